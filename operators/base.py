@@ -1,0 +1,385 @@
+"""Operator contracts: Transform, Estimator, Source, Sink; the registry; errors.
+
+An operator sees one partition (a ``pyarrow.Table``) at a time and never knows
+which engine runs it. Parameters are a pydantic model (``Params``) validated when
+the pipeline is planned, so a bad pipeline fails before any data moves.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+# --------------------------------------------------------------------------- errors
+
+
+class SluiceError(Exception):
+    """A failure a user can act on: what was wrong, where, and what would fix it.
+
+    The CLI prints ``str(error)`` on one line and exits non-zero, no traceback.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, where: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.where = where
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    def located(self, where: str) -> SluiceError:
+        """Prefix a location (file:line, step, partition) unless one is set already."""
+        if not self.where:
+            self.where = where
+        elif where not in self.where:
+            self.where = f"{where}: {self.where}"
+        return self
+
+
+class DataError(SluiceError):
+    """The data is not what the pipeline needs (a null label, a missing column...)."""
+
+
+class ParamError(SluiceError):
+    """An operator parameter is invalid in a way pydantic cannot express."""
+
+
+class SchemaError(SluiceError):
+    """A step's input schema lacks what the step needs (raised at plan time)."""
+
+
+class ArtifactError(SluiceError):
+    """A saved model cannot be loaded (missing, damaged or from a newer sluice)."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """' did you mean 'x'?' for the closest of choices, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "column") -> None:
+    """Raise SchemaError naming every column of ``columns`` that ``schema`` lacks."""
+    missing = [c for c in columns if schema.get_field_index(c) < 0]
+    if not missing:
+        return
+    have = schema.names
+    first = missing[0]
+    names = ", ".join(f"'{c}'" for c in missing)
+    raise SchemaError(
+        f"{what} {names} not in the input{suggest(first, have)}",
+        hint="input has: " + ", ".join(have[:20]) + (" ..." if len(have) > 20 else ""),
+    )
+
+
+# --------------------------------------------------------------------------- contracts
+
+
+class Params(BaseModel):
+    """Base of every operator's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Operator(ABC):
+    """What every registered operator has: a name, a kind, validated params."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, params: Params | dict[str, Any] | None = None, **kwargs: Any):
+        if params is None or isinstance(params, dict):
+            params = self.Params(**{**(params or {}), **kwargs})
+        self.params = params
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        return f"{type(self).__name__}({args})"
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        """Columns of the input this operator reads (checked at plan time)."""
+        return []
+
+
+class Transform(Operator):
+    """A function of one partition: ``output_schema(schema)``, ``transform(part, xp)``.
+
+    A transform is also what a fitted estimator becomes; its state round-trips
+    through ``state()`` / ``from_state()`` as JSON metadata plus numpy arrays.
+    """
+
+    kind = "transform"
+
+    @abstractmethod
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        """The schema ``transform`` returns for an input of ``schema``."""
+
+    @abstractmethod
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        """Return a new table; never mutate ``part``."""
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-able metadata and named arrays that rebuild this transform."""
+        return {"params": self.params.model_dump(mode="json")}, {}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Transform:
+        return cls(cls.Params(**meta["params"]))
+
+
+class Estimator(Operator):
+    """A fit over partitions, as rounds of partial -> combine -> update.
+
+    ``init(schema) -> state``; per partition ``partial(part, state, xp) -> stats``;
+    ``combine(a, b) -> stats`` (associative and commutative); on the driver
+    ``update(stats, state) -> (state, done)``, repeated until done;
+    ``fitted(state) -> Transform``. ``partial`` of an empty partition returns
+    stats that combine as an identity.
+    """
+
+    kind = "estimator"
+    multi_pass: ClassVar[bool] = False  # True: the runtime caches the input for the passes
+
+    @abstractmethod
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        """Schema of the fitted transform's output for an input of ``schema``."""
+
+    @abstractmethod
+    def init(self, schema: pa.Schema) -> Any: ...
+
+    @abstractmethod
+    def partial(self, part: pa.Table, state: Any, xp: Any) -> Any: ...
+
+    @abstractmethod
+    def combine(self, a: Any, b: Any) -> Any: ...
+
+    @abstractmethod
+    def update(self, stats: Any, state: Any) -> tuple[Any, bool]: ...
+
+    @abstractmethod
+    def fitted(self, state: Any) -> Transform: ...
+
+    def metrics(self, state: Any) -> dict[str, Any]:
+        """Numbers worth a line in the run record (iterations, convergence...)."""
+        return {}
+
+
+def drive(estimator: Estimator, schema: pa.Schema,
+          aggregate: Callable[[Callable[[pa.Table, Any], Any]], Any]) -> tuple[Any, int]:
+    """The driver loop of every fit: rounds of ``aggregate(partial)`` then ``update``.
+
+    ``aggregate(fn)`` runs ``fn(part, xp)`` on every partition and combines the
+    results with ``estimator.combine``; engines and the conformance kit supply it.
+    Returns the final state and the number of passes.
+    """
+    state = estimator.init(schema)
+    rounds = 0
+    while True:
+        current = state
+
+        def partial(part: pa.Table, xp: Any, current: Any = current) -> Any:
+            return estimator.partial(part, current, xp)
+
+        stats = aggregate(partial)
+        state, done = estimator.update(stats, state)
+        rounds += 1
+        if done:
+            return state, rounds
+
+
+def tree_reduce(values: list[Any], combine: Callable[[Any, Any], Any]) -> Any:
+    """Pairwise combine in a fixed order, so the result does not depend on timing."""
+    if not values:
+        raise ValueError("nothing to combine")
+    while len(values) > 1:
+        nxt = [combine(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)]
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values = nxt
+    return values[0]
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    """One unit of work a Source can read on any machine: plain data, picklable."""
+
+    index: int
+    path: str
+    row_groups: tuple[int, ...] | None = None
+    rows: int | None = None
+    partition_expression: Any = None  # pyarrow Expression of hive partition values
+
+    def describe(self) -> str:
+        where = self.path
+        if self.row_groups is not None and len(self.row_groups) > 0:
+            first, last = self.row_groups[0], self.row_groups[-1]
+            where += f" row groups {first}-{last}" if first != last else f" row group {first}"
+        return f"partition {self.index} ({where})"
+
+
+class Source(Operator):
+    """Where a pipeline's data comes from: a schema and independently readable partitions."""
+
+    kind = "source"
+
+    @abstractmethod
+    def schema(self) -> pa.Schema:
+        """The schema of every partition, known before any data is read."""
+
+    @abstractmethod
+    def partitions(self) -> list[PartitionInfo]: ...
+
+    @abstractmethod
+    def read(self, partition: PartitionInfo) -> pa.Table: ...
+
+    def read_all(self) -> pa.Table:
+        """Every partition in order, as one table (tests and small data)."""
+        return pa.concat_tables([self.read(p) for p in self.partitions()])
+
+
+@dataclass
+class WriteResult:
+    """What one partition's write produced (returned to the driver for the commit)."""
+
+    files: list[str] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+
+
+class Sink(Operator):
+    """Where data goes: ``begin`` on the driver, ``write`` per partition, ``commit`` once.
+
+    ``abort`` is called instead of ``commit`` when any partition failed; a run
+    killed before ``commit`` leaves the previous output (or none) readable.
+    """
+
+    kind = "sink"
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    @abstractmethod
+    def begin(self, run_id: str, schema: pa.Schema) -> Any:
+        """Prepare the staging area; returns a picklable token for ``write``."""
+
+    @abstractmethod
+    def write(self, token: Any, part: pa.Table, index: int) -> WriteResult: ...
+
+    @abstractmethod
+    def commit(self, token: Any, results: list[WriteResult]) -> dict[str, Any]:
+        """Publish atomically; returns the run-record entry of this output."""
+
+    @abstractmethod
+    def abort(self, token: Any) -> None: ...
+
+
+class Action(Operator):
+    """A driver-side step the runtime carries out (save_model); data passes through."""
+
+    kind = "action"
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+
+# --------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Operator]] = {}
+_FITTED: dict[str, type[Transform]] = {}
+
+
+def register(name: str) -> Callable[[type[Operator]], type[Operator]]:
+    """Class decorator: make an operator available as ``op: <name>`` in pipelines.
+
+    ```python
+    @register("standard_scale")
+    class StandardScale(Estimator): ...
+    ```
+    """
+
+    def wrap(cls: type[Operator]) -> type[Operator]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"operator '{name}' registered twice ({_REGISTRY[name]} and {cls})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def register_fitted(name: str) -> Callable[[type[Transform]], type[Transform]]:
+    """Class decorator for a fitted transform that model artifacts refer to by name."""
+
+    def wrap(cls: type[Transform]) -> type[Transform]:
+        if name in _FITTED and _FITTED[name] is not cls:
+            raise ValueError(f"fitted transform '{name}' registered twice")
+        cls.name = name
+        _FITTED[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_builtins() -> None:
+    importlib.import_module("operators.library")
+
+
+def registered() -> dict[str, type[Operator]]:
+    """Every operator a pipeline can name, by name (built-ins loaded on first use)."""
+    _load_builtins()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def lookup(op: str) -> type[Operator]:
+    """The operator class for ``op``: a registered name or a dotted path ``pkg.mod.Class``."""
+    ops = registered()
+    if op in ops:
+        return ops[op]
+    if "." in op:
+        module_name, _, attr = op.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ParamError(
+                f"operator '{op}': cannot import module '{module_name}' ({exc})",
+                hint="is the package installed in this environment?",
+            ) from None
+        cls = getattr(module, attr, None)
+        if cls is None:
+            names = [n for n in dir(module) if not n.startswith("_")]
+            raise ParamError(f"operator '{op}': module '{module_name}' has no '{attr}'"
+                             f"{suggest(attr, names)}")
+        if not (isinstance(cls, type) and issubclass(cls, Operator)):
+            raise ParamError(
+                f"operator '{op}' is not a sluice operator",
+                hint="subclass operators.base.Transform, Estimator, Source or Sink",
+            )
+        if not cls.name:
+            cls.name = op
+        return cls
+    raise ParamError(f"unknown operator '{op}'{suggest(op, ops)}",
+                     hint="`sluice ops` lists them")
+
+
+def lookup_fitted(name: str) -> type[Transform]:
+    """The class a saved model's step names (built-in fitted, registered or dotted)."""
+    _load_builtins()
+    if name in _FITTED:
+        return _FITTED[name]
+    cls = lookup(name)
+    if not issubclass(cls, Transform):
+        raise ArtifactError(f"step '{name}' in the model is not a transform")
+    return cls

@@ -1,0 +1,1 @@
+"""Conformance cases, one module per operator family; each calls ``kit.case``."""

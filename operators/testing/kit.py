@@ -1,0 +1,333 @@
+"""The conformance kit: one ``check_*`` per promise an operator makes.
+
+Every registered operator has at least one ``Case`` (see ``operators/testing/cases``)
+and ``tests/operators/test_conformance.py`` runs every applicable check on every
+case. An operator that cannot keep a promise declares it in ``Case.skip`` with
+the reason; nothing is silently left out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators.arrays import get_namespace
+from operators.base import (
+    Estimator,
+    Operator,
+    Sink,
+    Source,
+    Transform,
+    drive,
+    lookup,
+    lookup_fitted,
+    tree_reduce,
+)
+
+
+@dataclass
+class Case:
+    """An operator with parameters and an input on which every promise can be checked."""
+
+    op: str
+    params: dict[str, Any]
+    data: Callable[[], pa.Table]
+    id: str = ""
+    rtol: float = 1e-9
+    atol: float = 1e-12
+    skip: dict[str, str] = field(default_factory=dict)  # check name -> declared reason
+
+    @property
+    def name(self) -> str:
+        return f"{self.op}[{self.id}]" if self.id else self.op
+
+    def build(self) -> Operator:
+        cls = lookup(self.op)
+        return cls(cls.Params(**self.params))
+
+
+CASES: list[Case] = []
+
+
+def case(op: str, params: dict[str, Any], data: Callable[[], pa.Table], **kwargs: Any) -> Case:
+    """Declare a conformance case (called at import time of a cases module)."""
+    c = Case(op, params, data, **kwargs)
+    CASES.append(c)
+    return c
+
+
+def all_cases() -> list[Case]:
+    import importlib
+    import pkgutil
+
+    from operators.testing import cases as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    return list(CASES)
+
+
+# --------------------------------------------------------------------------- helpers
+
+NUMPY = get_namespace("numpy")
+
+
+def split(table: pa.Table, k: int, seed: int | None = None) -> list[pa.Table]:
+    """``table`` in ``k`` partitions (some may be empty); shuffled order if ``seed``."""
+    bounds = np.linspace(0, table.num_rows, k + 1).astype(int)
+    parts = [table.slice(int(a), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+    if seed is not None:
+        random.Random(seed).shuffle(parts)
+    return parts
+
+
+def fit(estimator: Estimator, parts: list[pa.Table], xp: Any = NUMPY) -> Transform:
+    """Fit over in-memory partitions with the same driver loop the engines use."""
+    schema = parts[0].schema
+
+    def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
+        return tree_reduce([partial(p, xp) for p in parts], estimator.combine)
+
+    state, _ = drive(estimator, schema, aggregate)
+    return estimator.fitted(state)
+
+
+def roundtrip(transform: Transform) -> Transform:
+    """The transform rebuilt from its saved form (JSON text + npz bytes, no pickle)."""
+    meta, arrays = transform.state()
+    meta = json.loads(json.dumps(meta))
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as npz:
+        loaded = {k: npz[k] for k in npz.files}
+    return lookup_fitted(transform.name).from_state(meta, loaded)
+
+
+def assert_tables_close(actual: pa.Table, expected: pa.Table, rtol: float = 1e-9,
+                        atol: float = 1e-12, what: str = "") -> None:
+    """Same schema and rows; floating columns compared with tolerances."""
+    prefix = f"{what}: " if what else ""
+    assert actual.schema == expected.schema, (
+        f"{prefix}schema differs:\n{actual.schema}\n!=\n{expected.schema}")
+    assert actual.num_rows == expected.num_rows, (
+        f"{prefix}{actual.num_rows} rows != {expected.num_rows}")
+    for name in expected.column_names:
+        a, e = actual.column(name), expected.column(name)
+        if _is_float_like(e.type):
+            an, en = _float_values(a), _float_values(e)
+            assert an.shape == en.shape, f"{prefix}column '{name}' shape differs"
+            np.testing.assert_allclose(an, en, rtol=rtol, atol=atol, equal_nan=True,
+                                       err_msg=f"{prefix}column '{name}'")
+            assert a.null_count == e.null_count, f"{prefix}column '{name}' nulls differ"
+        else:
+            assert a.combine_chunks().equals(e.combine_chunks()), (
+                f"{prefix}column '{name}' differs")
+
+
+def _is_float_like(t: pa.DataType) -> bool:
+    if pa.types.is_floating(t):
+        return True
+    return (pa.types.is_list(t) or pa.types.is_large_list(t) or
+            pa.types.is_fixed_size_list(t)) and pa.types.is_floating(t.value_type)
+
+
+def _float_values(column: pa.ChunkedArray) -> np.ndarray:
+    column = column.combine_chunks()
+    if pa.types.is_floating(column.type):
+        return pc.fill_null(column, np.nan).to_numpy(zero_copy_only=False)
+    values = pc.list_flatten(column)
+    return pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)
+
+
+def _apply(op: Operator, parts: list[pa.Table], xp: Any = NUMPY) -> tuple[Transform, pa.Table]:
+    """Fit if needed, then transform every partition and concatenate in order."""
+    transform = fit(op, parts, xp) if isinstance(op, Estimator) else op
+    out = [transform.transform(p, xp) for p in parts]
+    return transform, pa.concat_tables(out)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_declared_schema(c: Case) -> None:
+    """output_schema(schema) is exactly the schema transform returns (also empty input)."""
+    op, data = c.build(), c.data()
+    transform, out = _apply(op, [data])
+    declared = op.output_schema(data.schema)
+    assert out.schema == declared, f"declared {declared}\nbut produced {out.schema}"
+    assert transform.output_schema(data.schema) == declared
+
+
+def check_no_input_mutation(c: Case) -> None:
+    """The input table is unchanged by fit and transform."""
+    op, data = c.build(), c.data()
+    before = pa.table({n: pa.array(data.column(n).to_pylist(), data.column(n).type)
+                       for n in data.column_names}, schema=data.schema)
+    _apply(op, [data])
+    assert data.equals(before), "the operator changed its input"
+
+
+def check_empty_partition(c: Case) -> None:
+    """An empty partition transforms to an empty table of the declared schema, and
+    (for estimators) adds nothing to a fit."""
+    op, data = c.build(), c.data()
+    empty = data.schema.empty_table()
+    transform, whole = _apply(op, [data])
+    out = transform.transform(empty, NUMPY)
+    assert out.num_rows == 0 and out.schema == op.output_schema(data.schema)
+    if isinstance(op, Estimator):
+        _, with_empty = _apply(c.build(), [empty, data, empty])
+        assert_tables_close(with_empty, whole, c.rtol, c.atol, "with empty partitions")
+
+
+def check_partition_invariance(c: Case) -> None:
+    """1 partition, k partitions and shuffled partitions give the same result."""
+    op, data = c.build(), c.data()
+    transform, whole = _apply(op, [data])
+    for k, seed in ((3, None), (7, 1)):
+        parts = split(data, k, seed)
+        fitted = fit(c.build(), parts) if isinstance(op, Estimator) else transform
+        got = fitted.transform(data, NUMPY)
+        assert_tables_close(got, whole, c.rtol, c.atol, f"fit on {k} partitions")
+        if not isinstance(op, Estimator):
+            pieces = pa.concat_tables([transform.transform(p, NUMPY) for p in split(data, k)])
+            assert_tables_close(pieces, whole, c.rtol, c.atol, f"{k} partitions")
+
+
+def check_combine_laws(c: Case) -> None:
+    """combine is associative and commutative (judged by the fitted result)."""
+    op = c.build()
+    if not isinstance(op, Estimator):
+        return
+    data = c.data()
+    parts = split(data, 3)
+    state = op.init(data.schema)
+    p = [op.partial(x, state, NUMPY) for x in parts]
+
+    def result(stats: Any) -> pa.Table:
+        new_state, _ = op.update(stats, op.init(data.schema))
+        return _first_round_view(op, new_state, data)
+
+    left = result(op.combine(op.combine(p[0], p[1]), p[2]))
+    right = result(op.combine(p[0], op.combine(p[1], p[2])))
+    swapped = result(op.combine(op.combine(p[2], p[0]), p[1]))
+    assert_tables_close(right, left, c.rtol, c.atol, "associativity")
+    assert_tables_close(swapped, left, c.rtol, c.atol, "commutativity")
+
+
+def _first_round_view(op: Estimator, state: Any, data: pa.Table) -> pa.Table:
+    """Something comparable about a state after one round: the fitted output when the
+    fit is one round, else the state's arrays as a table."""
+    try:
+        return op.fitted(state).transform(data, NUMPY)
+    except Exception:  # a multi-round state may not be fittable yet
+        flat = _flatten(state)
+        return pa.table({k: pa.array(np.ravel(v).astype(float)) for k, v in flat.items()})
+
+
+def _flatten(state: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(state, dict):
+        out: dict[str, Any] = {}
+        for k, v in state.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(state, int | float | np.ndarray | np.number):
+        return {prefix.rstrip("."): np.atleast_1d(np.asarray(state, dtype=float))}
+    return {}
+
+
+def check_state_roundtrip(c: Case) -> None:
+    """The fitted state survives save/load (JSON + npz, no pickle) with the same output."""
+    op, data = c.build(), c.data()
+    transform, out = _apply(op, [data])
+    again = roundtrip(transform).transform(data, NUMPY)
+    assert_tables_close(again, out, 0, 0, "after save/load")
+
+
+def check_strict_namespace(c: Case) -> None:
+    """Kernels use only the array API: array_api_strict gives the same result as NumPy."""
+    op, data = c.build(), c.data()
+    _, expected = _apply(op, [data])
+    strict = get_namespace("array_api_strict")
+    _, got = _apply(c.build(), [data], strict)
+    assert_tables_close(got, expected, max(c.rtol, 1e-9), max(c.atol, 1e-12), "array_api_strict")
+
+
+def check_source(c: Case) -> None:
+    """A source's schema() is the schema of every partition it reads."""
+    op = c.build()
+    assert isinstance(op, Source)
+    schema = op.schema()
+    infos = op.partitions()
+    assert infos, "a source has at least one partition"
+    for info in infos:
+        assert op.read(info).schema == schema, f"{info.describe()} schema differs"
+
+
+def check_sink(c: Case) -> None:
+    """A sink's committed output reads back as its input; abort leaves nothing."""
+    op = c.build()
+    assert isinstance(op, Sink)
+    data = c.data()
+    token = op.begin("kitrun1", data.schema)
+    results = [op.write(token, p, i) for i, p in enumerate(split(data, 3))]
+    op.commit(token, results)
+    from operators.io.parquet import ReadParquet
+
+    back = ReadParquet(path=op.params.path).read_all()
+    back = back.select(data.column_names).cast(data.schema)
+    order = [(n, "ascending") for n in data.column_names]
+    assert_tables_close(back.sort_by(order), data.sort_by(order), 0, 0, "written output")
+    fresh = os.path.join(scratch_dir(), "aborted")
+    aborted = lookup(c.op)(op.params.model_copy(update={"path": fresh}))
+    assert isinstance(aborted, Sink)
+    token = aborted.begin("kitrun2", data.schema)
+    aborted.write(token, data, 0)
+    aborted.abort(token)
+    left = os.listdir(os.path.dirname(fresh))
+    assert not left, f"an aborted write left {left}"
+
+
+CHECKS: dict[str, Callable[[Case], None]] = {
+    "declared_schema": check_declared_schema,
+    "no_input_mutation": check_no_input_mutation,
+    "empty_partition": check_empty_partition,
+    "partition_invariance": check_partition_invariance,
+    "combine_laws": check_combine_laws,
+    "state_roundtrip": check_state_roundtrip,
+    "strict_namespace": check_strict_namespace,
+    "source": check_source,
+    "sink": check_sink,
+}
+
+
+def applicable(c: Case) -> list[str]:
+    """The checks that apply to the case's operator kind."""
+    cls = lookup(c.op)
+    if issubclass(cls, Source):
+        return ["source"]
+    if issubclass(cls, Sink):
+        return ["sink"]
+    if issubclass(cls, Estimator):
+        return ["declared_schema", "no_input_mutation", "empty_partition",
+                "partition_invariance", "combine_laws", "state_roundtrip", "strict_namespace"]
+    if issubclass(cls, Transform):
+        return ["declared_schema", "no_input_mutation", "empty_partition",
+                "partition_invariance", "state_roundtrip", "strict_namespace"]
+    return []
+
+
+def scratch_dir() -> str:
+    """A fresh temporary directory for cases that need files."""
+    return tempfile.mkdtemp(prefix="sluice-kit-", dir=os.environ.get("SLUICE_KIT_TMP"))

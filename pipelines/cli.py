@@ -1,0 +1,221 @@
+"""The ``sluice`` command: run, validate, models, ops, datagen."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from operators.base import SluiceError
+from pipelines.engines.base import StepFailure
+from pipelines.runner import ENGINES, ValidationFailed, plan_file, run
+from pipelines.store import ModelStore
+
+
+def _err(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+
+
+def _parse_params(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"'{item}' is not k=v", param_hint="--param")
+        out[key.strip()] = value
+    return out
+
+
+def _progress_wanted(flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    return sys.stderr.isatty() and not os.environ.get("CI") and os.environ.get("TERM") != "dumb"
+
+
+def _fail(exc: BaseException) -> None:
+    """One line for user errors; a traceback, then one line, for bugs."""
+    if isinstance(exc, ValidationFailed):
+        for problem in exc.problems:
+            _err(str(problem))
+        _err(f"{len(exc.problems)} problem(s); nothing ran")
+    elif isinstance(exc, StepFailure):
+        traceback.print_exception(exc.error, file=sys.stderr)
+        _err(f"{exc} (this looks like a bug in an operator; please report it)")
+    elif isinstance(exc, SluiceError):
+        _err(str(exc))
+    else:
+        raise exc
+    sys.exit(1)
+
+
+models_option = click.option(
+    "--models", "models", metavar="DIR", default=None,
+    help="model store root (default: $SLUICE_MODELS, else data/models)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sluice")
+def main() -> None:
+    """Declarative ML pipelines over Parquet: local, Dask or Spark, same results."""
+
+
+@main.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
+@click.option("--param", "params", multiple=True, metavar="K=V", help="override a param")
+@models_option
+@click.option("--runs", "runs_dir", metavar="DIR", default=None,
+              help="run records folder (default: $SLUICE_RUNS, else data/runs)")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
+              help="Dask scheduler to attach to")
+@click.option("--master", metavar="URL", default=None, help="Spark master URL")
+@click.option("--progress/--no-progress", default=None,
+              help="progress bar (default: on a terminal, off in CI and pipes)")
+def run_command(file: str, engine: str, params: tuple[str, ...], models: str | None,
+                runs_dir: str | None, scheduler: str | None, master: str | None,
+                progress: bool | None) -> None:
+    """Validate and run a pipeline file."""
+    try:
+        record = run(file, _parse_params(params), engine=engine, models=models,
+                     runs_dir=runs_dir, scheduler=scheduler, master=master,
+                     progress=_progress_wanted(progress))
+    except (SluiceError, StepFailure) as exc:
+        _fail(exc)
+        return
+    _print_record(record)
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    click.echo(f"run {record['run_id']} of '{record['pipeline']}' on {record['engine']['name']}: "
+               f"{record['status']} in {record['seconds']:.2f}s")
+    for step_id, entry in record["steps"].items():
+        rows = entry.get("rows")
+        shown = f"{rows:>12,} rows" if rows is not None else " " * 17
+        click.echo(f"  {step_id:<24} {entry['op']:<22} {shown}  "
+                   f"{entry.get('wall_seconds', 0):8.3f}s")
+    for output in record["outputs"]:
+        click.echo(f"  wrote {output['rows']:,} rows to {output['path']}")
+    for model in record["models"]:
+        click.echo(f"  saved model {model['name']}@{model['version']} ({model['path']})")
+    for step_id, metrics in record["metrics"].items():
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if not isinstance(v, list | dict))
+        click.echo(f"  metrics {step_id}: {shown}")
+    click.echo(f"  record: {record['record_path']}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--param", "params", multiple=True, metavar="K=V", help="override a param")
+@models_option
+def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None) -> None:
+    """Check pipeline files without running them; report every problem (exit 1 if any)."""
+    overrides = _parse_params(params)
+    store = ModelStore(models)
+    total = 0
+    for file in files:
+        plan = plan_file(file, overrides, store)
+        for problem in plan.problems:
+            _err(str(problem))
+        total += len(plan.problems)
+        if plan.ok:
+            click.echo(f"{file}: ok ({len(plan.steps)} steps)")
+    if total:
+        _err(f"{total} problem(s) in {len(files)} file(s)")
+        sys.exit(1)
+
+
+@main.group()
+def models() -> None:
+    """The model registry."""
+
+
+@models.command("list")
+@models_option
+def models_list(models: str | None) -> None:
+    """Every model with its versions."""
+    store = ModelStore(models)
+    names = store.names()
+    if not names:
+        click.echo(f"no models in {store.root}")
+        return
+    for name in names:
+        versions = store.versions(name)
+        meta = store.read_meta(name, versions[-1])
+        click.echo(f"{name:<24} versions {', '.join(map(str, versions)):<16} latest "
+                   f"{meta.get('created_at', '?')} from {meta.get('pipeline', '?')}")
+
+
+@models.command("show")
+@click.argument("ref")
+@models_option
+@click.option("--json", "as_json", is_flag=True, help="print model.json as it is")
+def models_show(ref: str, models: str | None, as_json: bool) -> None:
+    """One model version: where it came from, what it needs, its steps and metrics."""
+    store = ModelStore(models)
+    try:
+        name, version = store.resolve(ref)
+        meta = store.read_meta(name, version)
+        store.load(f"{name}@{version}")  # proves the arrays load too
+    except SluiceError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(meta, indent=1))
+        return
+    click.echo(f"{name}@{version}  created {meta.get('created_at')}  pipeline "
+               f"{meta.get('pipeline')}  run {meta.get('run_id')}")
+    if meta.get("description"):
+        click.echo(f"  {meta['description']}")
+    click.echo("  needs columns: " + ", ".join(meta.get("required_columns", [])))
+    click.echo("  steps:")
+    for entry in meta["steps"]:
+        click.echo(f"    - {entry['op']}")
+    out = [f["name"] + ": " + f["type"] for f in meta["output_schema"]["fields"]]
+    click.echo("  output: " + ", ".join(out[-3:]))
+    for step_id, metrics in (meta.get("metrics") or {}).items():
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in (metrics or {}).items()
+                          if not isinstance(v, list | dict))
+        click.echo(f"  metrics {step_id}: {shown}")
+
+
+@main.command()
+@click.argument("name", required=False)
+def ops(name: str | None) -> None:
+    """The registered operators, their parameters and docs (from the registry itself)."""
+    from pipelines.docs import describe_operator, operator_summaries
+
+    if name:
+        try:
+            click.echo(describe_operator(name))
+        except SluiceError as exc:
+            _fail(exc)
+        return
+    for line in operator_summaries():
+        click.echo(line)
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["churn", "numeric"]))
+@click.option("--rows", type=click.IntRange(min=0), default=10_000, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--files", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--row-group-rows", type=click.IntRange(min=1), default=100_000, show_default=True)
+def datagen(kind: str, rows: int, out: str, files: int, seed: int, row_group_rows: int) -> None:
+    """Write synthetic data with a known signal (deterministic by seed)."""
+    from pipelines.datagen import generate
+
+    written = generate(kind, rows, out, files=files, seed=seed, row_group_rows=row_group_rows)
+    click.echo(f"wrote {rows:,} {kind} rows to {len(written)} file(s) in {out}")
+
+
+if __name__ == "__main__":
+    main()

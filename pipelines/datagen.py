@@ -1,0 +1,102 @@
+"""Synthetic data with a known signal, deterministic by seed: ``sluice datagen churn``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PLANS = np.array(["basic", "standard", "premium"])
+REGIONS = np.array(["north", "south", "east", "west", "test"])
+# the true model: log-odds of churn (documented so tests can check recovery)
+CHURN_COEF = {"intercept": -0.4, "tenure": -0.045, "monthly_charges": 0.02,
+              "plan=premium": -0.8, "plan=basic": 0.5, "region=south": 0.3}
+
+
+BLOCK = 65_536
+
+
+def _blockwise(make_block: Callable[..., Any], rows: int, seed: int, start: int) -> pa.Table:
+    """Rows [start, start + rows) of a stream made in fixed blocks, each seeded by
+    (seed, block number): the same rows whatever way they are split into files."""
+    first, last = start // BLOCK, (start + rows - 1) // BLOCK if rows else start // BLOCK
+    blocks = [make_block(np.random.default_rng([seed, b]), BLOCK, b * BLOCK)
+              for b in range(first, last + 1)]
+    table = pa.concat_tables(blocks)
+    return table.slice(start - first * BLOCK, rows)
+
+
+def churn_table(rows: int, seed: int = 0, start: int = 0) -> pa.Table:
+    """Customers with tenure, plan, region, charges (some total_charges null) and churned."""
+    return _blockwise(_churn_block, rows, seed, start)
+
+
+def _churn_block(rng: np.random.Generator, rows: int, start: int) -> pa.Table:
+    tenure = rng.integers(0, 73, rows)
+    plan_idx = rng.choice(3, rows, p=[0.5, 0.3, 0.2])
+    region_idx = rng.choice(5, rows, p=[0.3, 0.3, 0.2, 0.18, 0.02])
+    monthly = np.round(20 + 30 * plan_idx + rng.gamma(2.0, 10.0, rows), 2)
+    total = np.round(monthly * np.maximum(tenure, 1) * rng.uniform(0.9, 1.1, rows), 2)
+    total_null = rng.random(rows) < 0.02
+    logit = (CHURN_COEF["intercept"] + CHURN_COEF["tenure"] * tenure
+             + CHURN_COEF["monthly_charges"] * monthly
+             + CHURN_COEF["plan=premium"] * (plan_idx == 2)
+             + CHURN_COEF["plan=basic"] * (plan_idx == 0)
+             + CHURN_COEF["region=south"] * (region_idx == 1))
+    churned = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    signup = (np.datetime64("2026-11-28") - tenure.astype("timedelta64[M]").astype(
+        "timedelta64[D]")).astype("datetime64[D]")
+    return pa.table({
+        "customer_id": pa.array(np.arange(start, start + rows, dtype=np.int64)),
+        "tenure": pa.array(tenure.astype(np.int64)),
+        "plan": pa.array(PLANS[plan_idx]),
+        "region": pa.array(REGIONS[region_idx]),
+        "monthly_charges": pa.array(monthly),
+        "total_charges": pa.array(total, mask=total_null),
+        "signup_date": pa.array(signup, type=pa.date32()),
+        "churned": pa.array(churned),
+    })
+
+
+def numeric_table(rows: int, seed: int = 0, start: int = 0, features: int = 20) -> pa.Table:
+    """Float features x0..x{n-1} and a binary label from a known logistic model."""
+    coef = np.random.default_rng(seed + 1).standard_normal(features) / np.sqrt(features) * 2
+
+    def block(rng: np.random.Generator, rows: int, start: int) -> pa.Table:
+        return _numeric_block(rng, rows, coef)
+
+    return _blockwise(block, rows, seed, start)
+
+
+def _numeric_block(rng: np.random.Generator, rows: int, coef: np.ndarray) -> pa.Table:
+    features = len(coef)
+    x = rng.standard_normal((rows, features))
+    label = (rng.random(rows) < 1 / (1 + np.exp(-(x @ coef)))).astype(np.int64)
+    cols = {f"x{i}": pa.array(x[:, i]) for i in range(features)}
+    cols["label"] = pa.array(label)
+    return pa.table(cols)
+
+
+GENERATORS = {"churn": churn_table, "numeric": numeric_table}
+
+
+def generate(kind: str, rows: int, out: str | Path, *, files: int = 1, seed: int = 0,
+             row_group_rows: int = 100_000) -> list[str]:
+    """Write ``rows`` rows of ``kind`` as ``files`` Parquet files under ``out``."""
+    make = GENERATORS[kind]
+    os.makedirs(out, exist_ok=True)
+    written = []
+    bounds = np.linspace(0, rows, files + 1).astype(int)
+    for i in range(files):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        path = os.path.join(out, f"part-{i:05d}.parquet")
+        tmp = os.path.join(out, f".part-{i:05d}.parquet.tmp")
+        pq.write_table(make(hi - lo, seed=seed, start=lo), tmp, row_group_size=row_group_rows)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

@@ -1,0 +1,96 @@
+"""Operator documentation straight from the registry (so it cannot drift from the code).
+
+``python -m pipelines.docs`` prints the README's operator reference in Markdown.
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from typing import Any
+
+from pydantic_core import PydanticUndefined
+
+from operators.base import Operator, lookup, registered
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation)
+    return text.replace("typing.", "").replace("NoneType", "None")
+
+
+def parameters(cls: type[Operator]) -> list[dict[str, Any]]:
+    """Name, type, default (or required) and description of each parameter."""
+    out = []
+    for name, info in cls.Params.model_fields.items():
+        if info.default is not PydanticUndefined:
+            default = repr(info.default)
+        elif info.default_factory is not None:
+            default = repr(info.default_factory())
+        else:
+            default = None
+        out.append({"name": info.alias or name, "type": _type_name(info.annotation),
+                    "default": default, "description": info.description or ""})
+    return out
+
+
+def summary(cls: type[Operator]) -> str:
+    doc = inspect.getdoc(cls) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def example(cls: type[Operator]) -> str:
+    doc = inspect.getdoc(cls) or ""
+    if "```yaml" not in doc:
+        return ""
+    return doc.split("```yaml", 1)[1].split("```", 1)[0].strip("\n")
+
+
+def operator_summaries() -> list[str]:
+    ops = registered()
+    width = max(len(n) for n in ops)
+    lines = []
+    for name, cls in ops.items():
+        params = ", ".join(p["name"] + ("" if p["default"] is not None else "*")
+                           for p in parameters(cls))
+        lines.append(f"{name:<{width}}  {cls.kind:<9}  {summary(cls)}")
+        if params:
+            lines.append(f"{'':<{width}}  {'':<9}  params: {params}")
+    lines.append("(* required; `sluice ops NAME` for details)")
+    return lines
+
+
+def describe_operator(name: str) -> str:
+    cls = lookup(name)
+    lines = [f"{cls.name} ({cls.kind}): {summary(cls)}", "", "parameters:"]
+    for p in parameters(cls):
+        req = "required" if p["default"] is None else f"default {p['default']}"
+        lines.append(f"  {p['name']}: {p['type']} ({req})")
+        if p["description"]:
+            lines.append(f"      {p['description']}")
+    ex = example(cls)
+    if ex:
+        lines += ["", "example:", textwrap.indent(ex, "  ")]
+    return "\n".join(lines)
+
+
+def markdown() -> str:
+    """The operator reference section of the README."""
+    parts = []
+    for name, cls in registered().items():
+        parts.append(f"### `{name}` ({cls.kind})\n\n{summary(cls)}\n")
+        rows = ["| parameter | type | default | what |", "|---|---|---|---|"]
+        for p in parameters(cls):
+            default = "required" if p["default"] is None else f"`{p['default']}`"
+            ptype = p["type"].replace("|", "\\|")
+            rows.append(f"| `{p['name']}` | {ptype} | {default} | {p['description']} |")
+        parts.append("\n".join(rows) + "\n")
+        ex = example(cls)
+        if ex:
+            parts.append(f"```yaml\n{ex}\n```\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(markdown())

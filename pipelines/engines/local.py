@@ -1,0 +1,203 @@
+"""The embedded default: partitions (Parquet row groups) on a thread pool sized to the cores.
+
+At most ``2 x workers`` partitions are in flight, so memory is bounded by the
+partition size, not the dataset's. Arrow and NumPy release the GIL in their
+kernels, which is where a partition spends its time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
+from typing import Any
+
+import pyarrow as pa
+
+from operators.base import PartitionInfo, Sink, WriteResult, tree_reduce
+from pipelines.engines.base import Dataset, Engine, compute_partition
+
+
+def default_cache_bytes() -> int:
+    """A quarter of physical memory, or ``SLUICE_CACHE_MB``."""
+    if "SLUICE_CACHE_MB" in os.environ:
+        return int(os.environ["SLUICE_CACHE_MB"]) * 1024 * 1024
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 * 1024**3
+    return total // 4
+
+
+class LocalEngine(Engine):
+    """Threads over partitions on this machine; no cluster."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, cache_bytes: int | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.workers = workers or os.cpu_count() or 1
+        self.cache_bytes = default_cache_bytes() if cache_bytes is None else cache_bytes
+        self._pool: ThreadPoolExecutor | None = None
+        self._caches: dict[str, dict[int, pa.Table]] = {}
+        self._cache_full: set[str] = set()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+        self._partitions: dict[int, list[PartitionInfo]] = {}
+
+    def start(self) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sluice")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._caches.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "workers": self.workers}
+
+    def record(self, step: str, partition: int, rows: int, seconds: float) -> None:
+        with self._lock:
+            super().record(step, partition, rows, seconds)
+
+    def partitions(self, data: Dataset) -> list[PartitionInfo]:
+        key = id(data.source)
+        if key not in self._partitions:
+            self._partitions[key] = data.source.partitions()
+        return self._partitions[key]
+
+    # ------------------------------------------------------------------ running
+
+    def _compute(self, data: Dataset, info: PartitionInfo) -> pa.Table:
+        xp = self.xp()
+        if data.cache_key is None:
+            return compute_partition(data, info, xp, self.record)
+        cache = self._caches.setdefault(data.cache_key, {})
+        table = cache.get(info.index)
+        if table is not None:
+            return table
+        table = compute_partition(data, info, xp, self.record)
+        with self._lock:
+            if data.cache_key not in self._cache_full:
+                if self._cached_bytes + table.nbytes <= self.cache_bytes:
+                    cache[info.index] = table
+                    self._cached_bytes += table.nbytes
+                else:  # too big to keep: later passes recompute from the source
+                    self._cache_full.add(data.cache_key)
+                    self._cached_bytes -= sum(t.nbytes for t in cache.values())
+                    cache.clear()
+        return table
+
+    def _each(self, data: Dataset, fn: Callable[[pa.Table, PartitionInfo], Any],
+              label: str) -> Iterator[tuple[PartitionInfo, Any]]:
+        """Run ``fn`` on every computed partition; yields in partition order."""
+        self.start()
+        assert self._pool is not None
+        infos = self.partitions(data)
+        limit = 2 * self.workers
+        pending: dict[int, Future[Any]] = {}
+        done: dict[int, Any] = {}
+        nxt = emitted = 0
+        progress = _progress(self.progress, label, len(infos))
+
+        def job(info: PartitionInfo) -> Any:
+            return fn(self._compute(data, info), info)
+
+        try:
+            with progress as bar:
+                while emitted < len(infos):
+                    while nxt < len(infos) and len(pending) + len(done) < limit:
+                        pending[nxt] = self._pool.submit(job, infos[nxt])
+                        nxt += 1
+                    finished, _ = wait(pending.values(), return_when=FIRST_COMPLETED)
+                    for i in [i for i, f in pending.items() if f in finished]:
+                        done[i] = pending.pop(i).result()
+                        bar.advance(infos[i].rows or 0)
+                    while emitted in done:
+                        yield infos[emitted], done.pop(emitted)
+                        emitted += 1
+        finally:
+            for f in pending.values():
+                f.cancel()
+            wait(pending.values())
+
+    def aggregate(self, data: Dataset, step_id: str, partial: Callable[[pa.Table, Any], Any],
+                  combine: Callable[[Any, Any], Any], label: str = "") -> Any:
+        xp = self.xp()
+        partials = [p for _, p in self._each(data, lambda part, _: partial(part, xp),
+                                             label or f"{step_id}: fit")]
+        return tree_reduce(partials, combine)
+
+    def persist(self, data: Dataset) -> Dataset:
+        if data.cache_key is not None:
+            return data
+        key = uuid.uuid4().hex
+        self._caches[key] = {}
+        return Dataset(data.source, data.source_step, data.ops, data.schema, key)
+
+    def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
+        token = sink.begin(run_id, data.schema)
+        try:
+            results: list[WriteResult] = [
+                r for _, r in self._each(data, lambda part, info: sink.write(token, part,
+                                                                              info.index),
+                                         f"{step_id}: write")
+            ]
+        except BaseException:
+            sink.abort(token)
+            raise
+        return sink.commit(token, results)
+
+    def collect(self, data: Dataset) -> pa.Table:
+        parts = [t for _, t in self._each(data, lambda part, _: part, "collect")]
+        return pa.concat_tables(parts) if parts else data.schema.empty_table()
+
+
+class _Bar:
+    def __init__(self, progress: Any, task: Any):
+        self.progress, self.task = progress, task
+
+    def advance(self, rows: int) -> None:
+        self.progress.update(self.task, advance=1, rows=self.progress.tasks[0].fields["rows"]
+                             + rows)
+
+
+class _NoBar:
+    def advance(self, rows: int) -> None:
+        pass
+
+
+class _ProgressContext:
+    def __init__(self, label: str, total: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("partitions, {task.fields[rows]:,} rows"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), transient=True,
+        )
+        self.label, self.total = label, total
+
+    def __enter__(self) -> _Bar:
+        self.progress.start()
+        task = self.progress.add_task(self.label, total=self.total, rows=0)
+        return _Bar(self.progress, task)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+
+def _progress(enabled: bool, label: str, total: int) -> Any:
+    return _ProgressContext(label, total) if enabled else nullcontext(_NoBar())

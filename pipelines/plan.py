@@ -1,0 +1,214 @@
+"""Steps to a DAG: operators built from validated params, inputs resolved, cycles found,
+schemas propagated from the sources' footers, before any data is read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from pydantic import ValidationError
+
+from operators.base import (
+    Action,
+    Estimator,
+    Operator,
+    SchemaError,
+    SluiceError,
+    Sink,
+    Source,
+    lookup,
+    require_columns,
+    suggest,
+)
+from operators.score.score import Score
+from pipelines.spec import PipelineSpec, Problem, StepSpec
+
+
+@dataclass
+class Step:
+    spec: StepSpec
+    op: Operator
+    input: str | None
+    schema: pa.Schema | None = None  # output schema; None where it could not be derived
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass
+class Plan:
+    spec: PipelineSpec
+    steps: list[Step] = field(default_factory=list)  # topological order
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+    def consumers(self, step_id: str) -> list[Step]:
+        return [s for s in self.steps if s.input == step_id]
+
+    def chain_to(self, step_id: str) -> list[Step]:
+        """The steps from the source (exclusive) to ``step_id`` (inclusive), in order."""
+        path: list[Step] = []
+        current: Step | None = self.step(step_id)
+        while current is not None and not isinstance(current.op, Source):
+            path.append(current)
+            current = self.step(current.input) if current.input else None
+        return list(reversed(path))
+
+
+def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
+                       cls: type[Operator]) -> list[Problem]:
+    out = []
+    known = list(cls.Params.model_fields)
+    aliases = {f.alias: n for n, f in cls.Params.model_fields.items() if f.alias}
+    public = [next((a for a, n in aliases.items() if n == k), k) for k in known]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = loc[0] if loc else None
+        line = spec.line_of(key)
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown parameter '{key}'{suggest(key or '', public)}"
+            msg += f" ({cls.name} takes: {', '.join(public)})" if public else ""
+        elif err["type"] == "missing":
+            msg = f"missing required parameter '{key}'"
+        else:
+            path = ".".join(loc) if loc else "parameters"
+            got = err.get("input")
+            shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+            msg = f"parameter '{path}': {err['msg'].rstrip('.')} (got {shown})"
+        out.append(Problem(file, line, msg, step=spec.id, op=spec.op))
+    return out
+
+
+def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
+    """Plan a parsed pipeline; every problem found is in ``plan.problems``.
+
+    ``resolve_model(ref) -> (chain, required_columns, info)`` loads models for ``score``.
+    """
+    plan = Plan(spec=spec, problems=list(spec.problems))
+    file = spec.file
+
+    def problem(s: StepSpec, message: str, param: str | None = None) -> None:
+        plan.problems.append(Problem(file, s.line_of(param), message, step=s.id, op=s.op))
+
+    built: dict[str, Step] = {}
+    previous: str | None = None
+    for s in spec.steps:
+        try:
+            cls = lookup(s.op)
+        except SluiceError as exc:
+            problem(s, str(exc), "op")
+            previous = s.id
+            continue
+        try:
+            op = cls(cls.Params(**s.params))
+        except ValidationError as exc:
+            plan.problems.extend(_pydantic_problems(s, file, exc, cls))
+            op = None
+        except SluiceError as exc:
+            problem(s, str(exc))
+            op = None
+        if isinstance(op, Source) or (op is None and issubclass(cls, Source)):
+            if s.input is not None:
+                problem(s, f"{s.op} reads data and takes no `input:`", "input")
+            input_id = None
+        else:
+            input_id = s.input if s.input is not None else previous
+            if input_id is None:
+                problem(s, "the first step must read data (e.g. `op: read_parquet`)")
+        if op is not None:
+            built[s.id] = Step(s, op, input_id)
+        previous = s.id
+
+    ids = {s.id for s in spec.steps}
+    for step in built.values():
+        if step.input is not None and step.input not in ids:
+            problem(step.spec, f"`input: {step.input}` names no step{suggest(step.input, ids)}",
+                    "input")
+            step.input = None
+    plan.steps = _toposort(built, plan, file)
+    _propagate(plan, resolve_model)
+    return plan
+
+
+def _toposort(built: dict[str, Step], plan: Plan, file: str) -> list[Step]:
+    order: list[Step] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(step_id: str, trail: list[str]) -> None:
+        if state.get(step_id) == 2 or step_id not in built:
+            return
+        if state.get(step_id) == 1:
+            loop = trail[trail.index(step_id):] + [step_id]
+            s = built[step_id].spec
+            plan.problems.append(Problem(file, s.line_of("input"),
+                                         "steps form a cycle: " + " -> ".join(loop),
+                                         step=s.id, op=s.op))
+            return
+        state[step_id] = 1
+        step = built[step_id]
+        if step.input is not None:
+            visit(step.input, [*trail, step_id])
+        state[step_id] = 2
+        order.append(step)
+
+    for step_id in built:
+        visit(step_id, [])
+    in_cycle = {p.step for p in plan.problems if "cycle" in p.message}
+    for step in order:
+        if step.input in in_cycle:
+            step.input = None
+    return order
+
+
+def _propagate(plan: Plan, resolve_model: Any) -> None:
+    """Output schema of every step, in order; a step after a broken one is skipped."""
+    file = plan.spec.file
+    by_id = {s.id: s for s in plan.steps}
+    for step in plan.steps:
+        s = step.spec
+        try:
+            if isinstance(step.op, Source):
+                step.schema = step.op.schema()
+                continue
+            upstream = by_id.get(step.input) if step.input else None
+            if upstream is None or upstream.schema is None:
+                continue
+            schema = upstream.schema
+            if isinstance(step.op, Score):
+                if resolve_model is None:
+                    raise SchemaError("no model store to load the model from")
+                step.op.bind(*resolve_model(step.op.params.model))
+            require_columns(schema, step.op.input_columns(schema))
+            step.schema = step.op.output_schema(schema)
+        except SluiceError as exc:
+            param = _param_for(step, exc)
+            plan.problems.append(Problem(file, s.line_of(param), str(exc), step=s.id, op=s.op))
+
+
+def _param_for(step: Step, exc: SluiceError) -> str | None:
+    """The parameter a schema problem is most likely about, for its line number."""
+    text = str(exc)
+    for key in step.spec.params:
+        value = step.spec.params[key]
+        names = value if isinstance(value, list) else [value]
+        if any(isinstance(n, str) and f"'{n}'" in text for n in names):
+            return key
+    if isinstance(step.op, Source) and "path" in step.spec.params:
+        return "path"
+    return None
+
+
+def kind_of(op: Operator) -> str:
+    for cls, kind in ((Source, "source"), (Sink, "sink"), (Action, "action"),
+                      (Estimator, "estimator")):
+        if isinstance(op, cls):
+            return kind
+    return "transform"

@@ -1,0 +1,234 @@
+"""A run: validate, plan, execute on an engine, write the run record.
+
+The driver loop that fits estimators lives here, once for every engine:
+``init`` -> (``partial`` on every partition -> ``combine`` -> ``update``) until
+done -> ``fitted``. Engines only schedule partitions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from operators.base import Action, Estimator, SluiceError, Sink, Source, Transform, drive
+from operators.io.model import SaveModel
+from pipelines import spec as spec_module
+from pipelines.engines.base import Dataset, Engine
+from pipelines.plan import Plan, Step, build, kind_of
+from pipelines.spec import Problem
+from pipelines.store import ModelStore
+
+ENGINES = ("local", "dask", "spark")
+
+
+class ValidationFailed(SluiceError):
+    """The pipeline has problems; nothing ran."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__(f"{len(problems)} problem(s) in the pipeline")
+        self.problems = problems
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def default_runs_dir() -> str:
+    return os.environ.get("SLUICE_RUNS") or "data/runs"
+
+
+def make_engine(name: str, *, scheduler: str | None = None, master: str | None = None,
+                progress: bool = False) -> Engine:
+    """The engine called ``name``, configured from the CLI options."""
+    if name == "local":
+        from pipelines.engines.local import LocalEngine
+
+        return LocalEngine(progress=progress)
+    if name in ("dask", "spark"):
+        raise SluiceError(f"the {name} engine is not available in this version of sluice",
+                          hint="use --engine local")
+    raise SluiceError(f"unknown engine '{name}'", hint=f"choose one of {', '.join(ENGINES)}")
+
+
+def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
+              store: ModelStore | None = None) -> Plan:
+    """Parse and plan a pipeline file; problems are in ``plan.problems``."""
+    spec = spec_module.load(path, overrides)
+    store = store or ModelStore()
+
+    def resolve_model(ref: str) -> tuple[Any, list[str], dict[str, Any]]:
+        model = store.load(ref)
+        return model.chain, model.required, {"name": model.name, "version": model.version}
+
+    return build(spec, resolve_model=resolve_model)
+
+
+def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator
+        ) -> tuple[Transform, dict[str, Any]]:
+    """Fit an estimator over the engine's partitions (the same loop on every engine)."""
+    if estimator.multi_pass:
+        data = engine.persist(data)
+    passes = [0]
+
+    def aggregate(partial: Any) -> Any:
+        passes[0] += 1
+        return engine.aggregate(data, step_id, partial, estimator.combine,
+                                label=f"{step_id}: pass {passes[0]}")
+
+    try:
+        state, rounds = drive(estimator, data.schema, aggregate)
+    except SluiceError as exc:
+        raise exc.located(f"step '{step_id}'") from None
+    metrics = {"passes": rounds, **estimator.metrics(state)}
+    return estimator.fitted(state), metrics
+
+
+@dataclass
+class Run:
+    plan: Plan
+    engine: Engine
+    store: ModelStore
+    run_id: str
+    record: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    fitted: dict[str, Transform] = field(default_factory=dict)
+
+    def execute(self) -> None:
+        for step in self.plan.steps:
+            t0 = time.perf_counter()
+            try:
+                self._step(step)
+            except SluiceError as exc:
+                raise self._locate(step, exc) from None
+            entry = self.record["steps"][step.id]
+            entry["wall_seconds"] = round(time.perf_counter() - t0, 6)
+        for step in self.plan.steps:
+            if not self.plan.consumers(step.id) and isinstance(step.op, Transform | Estimator):
+                # a dangling transform still runs, so that its rows are counted
+                self.engine.aggregate(self.datasets[step.id], step.id,
+                                      lambda part, xp: part.num_rows, lambda a, b: a + b)
+
+    def _locate(self, step: Step, exc: SluiceError) -> SluiceError:
+        here = f"{self.plan.spec.file}:{step.spec.line}"
+        if exc.where and f"step '{step.id}'" in exc.where:
+            exc.where = f"{here}: {exc.where}"
+            return exc
+        return exc.located(f"{here}: step '{step.id}' ({step.op.name})")
+
+    def _step(self, step: Step) -> None:
+        op = step.op
+        data = self.datasets.get(step.input) if step.input else None
+        if isinstance(op, Source):
+            self.datasets[step.id] = self.engine.read(op, step.id, step.schema)
+        elif isinstance(op, Estimator):
+            transform, metrics = fit(self.engine, data, step.id, op)
+            self.fitted[step.id] = transform
+            if metrics:
+                self.record["metrics"][step.id] = metrics
+            self.datasets[step.id] = self.engine.map(data, step.id, transform, step.schema)
+        elif isinstance(op, Sink):
+            output = self.engine.write(data, step.id, op, self.run_id)
+            self.record["outputs"].append({"step": step.id, **output})
+            self.record["steps"][step.id]["rows"] = output["rows"]
+            self.datasets[step.id] = data
+        elif isinstance(op, SaveModel):
+            self._save_model(step)
+            self.datasets[step.id] = data
+        elif isinstance(op, Action):
+            raise SluiceError(f"step '{step.id}': no runtime support for action '{op.name}'")
+        else:
+            self.fitted[step.id] = op
+            self.datasets[step.id] = self.engine.map(data, step.id, op, step.schema)
+
+    def _save_model(self, step: Step) -> None:
+        chain = [s for s in self.plan.chain_to(step.id)
+                 if not isinstance(s.op, Sink | Action)]
+        if not any(isinstance(s.op, Estimator) for s in chain):
+            raise SluiceError(f"step '{step.id}': nothing fitted before save_model",
+                              hint="put save_model after a model step")
+        source_schema = self.plan.step(chain[0].input).schema if chain[0].input else None
+        steps = [self.fitted[s.id] for s in chain]
+        info = {
+            "pipeline": self.plan.spec.name,
+            "run_id": self.run_id,
+            "params": self.plan.spec.params,
+            "steps_from": [s.id for s in chain],
+            "metrics": {s.id: self.record["metrics"].get(s.id) for s in chain
+                        if s.id in self.record["metrics"]},
+        }
+        if step.op.params.description:
+            info["description"] = step.op.params.description
+        model = self.store.save(step.op.params.name, steps, source_schema, info)
+        self.record["models"].append({"step": step.id, "name": model.name,
+                                      "version": model.version, "path": self.store._path(
+                                          model.name, str(model.version))})
+
+
+def _write_record(record: dict[str, Any], runs_dir: str) -> str:
+    folder = Path(runs_dir) / record["pipeline"]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record['run_id']}.json"
+    tmp = folder / f".{record['run_id']}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, path)
+    return str(path)
+
+
+def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: str = "local",
+        models: str | None = None, runs_dir: str | None = None, scheduler: str | None = None,
+        master: str | None = None, progress: bool = False,
+        engine_instance: Engine | None = None) -> dict[str, Any]:
+    """Validate, plan and execute a pipeline file; returns the run record.
+
+    Raises ValidationFailed (nothing ran) or SluiceError (the run failed; the
+    record, with status ``failed``, is written all the same).
+    """
+    store = ModelStore(models)
+    plan = plan_file(path, overrides, store)
+    if not plan.ok:
+        raise ValidationFailed(plan.problems)
+    run_id = new_run_id()
+    eng = engine_instance or make_engine(engine, scheduler=scheduler, master=master,
+                                         progress=progress)
+    started = time.time()
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "pipeline": plan.spec.name,
+        "file": str(path),
+        "params": plan.spec.params,
+        "engine": eng.describe(),
+        "status": "running",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "steps": {s.id: {"op": s.op.name, "kind": kind_of(s.op)} for s in plan.steps},
+        "outputs": [],
+        "models": [],
+        "metrics": {},
+    }
+    current = Run(plan, eng, store, run_id, record)
+    try:
+        if engine_instance is None:
+            eng.start()
+        record["engine"] = eng.describe()
+        current.execute()
+        record["status"] = "succeeded"
+    except BaseException as exc:
+        record["status"] = "failed"
+        record["error"] = str(exc) if isinstance(exc, SluiceError) else f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if engine_instance is None:
+            eng.close()
+        for step_id, stats in eng.stats.items():
+            if step_id in record["steps"]:
+                record["steps"][step_id]["rows"] = stats.rows
+                record["steps"][step_id]["compute_seconds"] = round(stats.seconds, 6)
+        record["seconds"] = round(time.time() - started, 6)
+        record["record_path"] = _write_record(record, runs_dir or default_runs_dir())
+    return record

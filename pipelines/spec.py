@@ -1,0 +1,289 @@
+"""Pipeline files: safe YAML with line numbers, ``${param}`` substitution, step specs.
+
+Every problem is collected, not raised, so ``sluice validate`` reports them all in
+one pass; each names the file, the line and the step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from operators.base import suggest
+
+TOP_LEVEL_KEYS = ("pipeline", "description", "params", "steps")
+STEP_KEYS = ("id", "op", "input")
+_PARAM_REF = re.compile(r"\$\{([^}]*)\}")
+_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a pipeline, located."""
+
+    file: str
+    line: int
+    message: str
+    step: str | None = None
+    op: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.step:
+            where += f": step '{self.step}'" + (f" ({self.op})" if self.op else "")
+        return f"{where}: {self.message}"
+
+
+class Located(dict):
+    """A YAML mapping that remembers its line and the line of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class LocatedList(list):
+    line: int = 0
+    item_lines: list[int]
+
+
+@dataclass
+class StepSpec:
+    id: str
+    op: str
+    input: str | None
+    params: dict[str, Any]
+    line: int
+    param_lines: dict[str, int]
+    index: int
+    explicit_id: bool = False
+
+    def line_of(self, param: str | None) -> int:
+        return self.param_lines.get(param, self.line) if param else self.line
+
+
+@dataclass
+class PipelineSpec:
+    file: str
+    name: str
+    params: dict[str, Any]
+    steps: list[StepSpec]
+    description: str | None = None
+    raw_text: str = ""
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _to_python(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem],
+               file: str) -> Any:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out = Located()
+        out.line = line
+        out.key_lines = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                key = str(key)
+            key_line = key_node.start_mark.line + 1
+            if key in out:
+                problems.append(Problem(file, key_line,
+                                        f"key '{key}' appears twice (first on line "
+                                        f"{out.key_lines[key]})"))
+            out[key] = _to_python(loader, value_node, problems, file)
+            out.key_lines[key] = key_line
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = LocatedList()
+        items.line = line
+        items.item_lines = []
+        for child in node.value:
+            items.append(_to_python(loader, child, problems, file))
+            items.item_lines.append(child.start_mark.line + 1)
+        return items
+    return loader.construct_object(node, deep=True)
+
+
+def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
+    """Parse YAML safely (no tags that build objects) keeping line numbers."""
+    problems: list[Problem] = []
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, [Problem(file, 1, "the file is empty")]
+        return _to_python(loader, node, problems, file), problems
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        what = exc.problem or str(exc)
+        return None, [Problem(file, line, f"not valid YAML: {what}")]
+    except yaml.YAMLError as exc:
+        return None, [Problem(file, 0, f"not valid YAML: {exc}")]
+    finally:
+        loader.dispose()
+
+
+def coerce_override(value: str, default: Any) -> Any:
+    """A ``--param k=v`` string as the type of the param's default (int, float, bool)."""
+    if isinstance(default, bool):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got '{value}'")
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return value
+
+
+def substitute(value: Any, params: dict[str, Any], on_unknown: Any) -> Any:
+    """Replace ``${name}`` in strings; a string that is only ``${name}`` takes its type."""
+    if isinstance(value, str):
+        whole = _PARAM_REF.fullmatch(value.strip())
+        if whole and whole.group(1).strip() in params:
+            return params[whole.group(1).strip()]
+
+        def one(m: re.Match[str]) -> str:
+            name = m.group(1).strip()
+            if name not in params:
+                on_unknown(name)
+                return m.group(0)
+            return str(params[name])
+
+        return _PARAM_REF.sub(one, value)
+    if isinstance(value, list):
+        out = LocatedList(substitute(v, params, on_unknown) for v in value)
+        out.line = getattr(value, "line", 0)
+        out.item_lines = getattr(value, "item_lines", [])
+        return out
+    if isinstance(value, dict):
+        out = Located({k: substitute(v, params, on_unknown) for k, v in value.items()})
+        out.line = getattr(value, "line", 0)
+        out.key_lines = getattr(value, "key_lines", {})
+        return out
+    return value
+
+
+def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> PipelineSpec:
+    """Parse a pipeline file's text into a spec; problems are in ``spec.problems``."""
+    doc, problems = load_yaml(text, file)
+    spec = PipelineSpec(file=file, name=Path(file).stem, params={}, steps=[], raw_text=text,
+                        problems=problems)
+    if doc is None:
+        return spec
+    if not isinstance(doc, dict):
+        problems.append(Problem(file, 1, "a pipeline file is a mapping with `pipeline:` and "
+                                         "`steps:`"))
+        return spec
+    for key in doc:
+        if key not in TOP_LEVEL_KEYS:
+            problems.append(Problem(file, doc.key_lines[key],
+                                    f"unknown key '{key}'{suggest(key, TOP_LEVEL_KEYS)}",))
+    name = doc.get("pipeline")
+    if not isinstance(name, str) or not name:
+        problems.append(Problem(file, doc.key_lines.get("pipeline", 1),
+                                "`pipeline:` (the pipeline's name) is required"))
+    else:
+        spec.name = name
+    spec.description = doc.get("description")
+
+    params = doc.get("params") or {}
+    if not isinstance(params, dict):
+        problems.append(Problem(file, doc.key_lines.get("params", 1),
+                                "`params:` must be a mapping of name: default"))
+        params = {}
+    params = {str(k): v for k, v in params.items()}
+    for key, value in (overrides or {}).items():
+        if key not in params:
+            problems.append(Problem(file, doc.key_lines.get("params", 0),
+                                    f"--param {key}: the pipeline has no param '{key}'"
+                                    f"{suggest(key, params)}"
+                                    + (f" (params: {', '.join(params)})" if params else "")))
+            continue
+        try:
+            params[key] = coerce_override(value, params[key])
+        except ValueError as exc:
+            problems.append(Problem(file, doc.key_lines.get("params", 0),
+                                    f"--param {key}: {exc}"))
+    spec.params = params
+
+    steps = doc.get("steps")
+    if not isinstance(steps, list) or not steps:
+        problems.append(Problem(file, doc.key_lines.get("steps", 1),
+                                "`steps:` must be a non-empty list of steps"))
+        return spec
+    spec.steps = _parse_steps(steps, params, file, problems)
+    return spec
+
+
+def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
+                 problems: list[Problem]) -> list[StepSpec]:
+    out: list[StepSpec] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(steps):
+        line = steps.item_lines[index]
+        if not isinstance(raw, dict):
+            problems.append(Problem(file, line, f"step {index + 1} must be a mapping with `op:`"))
+            continue
+        op = raw.get("op")
+        explicit = "id" in raw
+        step_id = raw.get("id")
+        if not isinstance(op, str) or not op:
+            label = step_id if isinstance(step_id, str) else f"#{index + 1}"
+            problems.append(Problem(file, line, "`op:` is required", step=label))
+            continue
+        if explicit:
+            if not isinstance(step_id, str) or not _ID.match(step_id):
+                problems.append(Problem(file, raw.key_lines["id"],
+                                        f"step id {step_id!r} must be a name (letters, digits, "
+                                        "_ . -)", op=op))
+                step_id = f"{op.rsplit('.', 1)[-1]}_{index + 1}"
+        else:
+            step_id = op.rsplit(".", 1)[-1]
+            n = 2
+            while step_id in seen:
+                step_id = f"{op.rsplit('.', 1)[-1]}_{n}"
+                n += 1
+        if step_id in seen and explicit:
+            problems.append(Problem(file, raw.key_lines["id"],
+                                    f"step id '{step_id}' is used twice (also on line "
+                                    f"{seen[step_id]})", step=step_id, op=op))
+        seen[step_id] = line
+
+        def unknown(name: str, step_id: str = step_id, op: str = op, line: int = line) -> None:
+            known = ", ".join(params) or "none"
+            problems.append(Problem(file, line, f"unknown param '${{{name}}}'"
+                                    f"{suggest(name, params)} (params: {known})",
+                                    step=step_id, op=op))
+
+        body = {k: v for k, v in raw.items() if k not in STEP_KEYS}
+        key_lines = dict(raw.key_lines)
+        for key, value in body.items():
+            body[key] = substitute(value, params,
+                                   lambda name, k=key: unknown(name, line=key_lines[k]))
+        input_id = raw.get("input")
+        if input_id is not None and not isinstance(input_id, str):
+            problems.append(Problem(file, key_lines["input"], "`input:` must be a step id",
+                                    step=step_id, op=op))
+            input_id = None
+        out.append(StepSpec(id=step_id, op=op, input=input_id, params=body, line=line,
+                            param_lines=key_lines, index=index, explicit_id=explicit))
+    return out
+
+
+def load(path: str | Path, overrides: dict[str, str] | None = None) -> PipelineSpec:
+    """Read and parse a pipeline file; an unreadable file is a problem, not an exception."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        spec = PipelineSpec(file=file, name=Path(file).stem, params={}, steps=[])
+        spec.problems.append(Problem(file, 0, f"cannot read the file: {exc.strerror or exc}"))
+        return spec
+    return parse(text, file, overrides)

@@ -1,0 +1,240 @@
+"""The model registry: ``<root>/<name>/<version>/model.json + arrays.npz``, no pickle.
+
+Versions are 1, 2, ... A local save writes a hidden staging directory and renames
+it to the next free version number with an atomic no-replace rename, retrying
+on the next number if another run took it, so concurrent saves never collide.
+On object stores (no atomic rename) the version directory is written in place,
+``model.json`` last; a version without ``model.json`` is not a model.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import posixpath
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from operators.base import ArtifactError, SluiceError, Transform
+from operators.chain import Chain, dump_chain, load_chain
+from operators.io.fs import Location, rename_noreplace, resolve
+
+FORMAT = "sluice-model"
+FORMAT_VERSION = 1
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?:@(?P<version>latest|\d+))?$")
+
+
+def default_root() -> str:
+    return os.environ.get("SLUICE_MODELS") or "data/models"
+
+
+def schema_to_json(schema: pa.Schema) -> dict[str, Any]:
+    """Readable fields plus the exact Arrow schema (IPC bytes, base64)."""
+    return {
+        "fields": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "arrow": base64.b64encode(schema.serialize().to_pybytes()).decode(),
+    }
+
+
+def schema_from_json(data: dict[str, Any]) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["arrow"])))
+
+
+def required_columns(steps: list[Transform], schema: pa.Schema) -> list[str]:
+    """Input columns the chain reads that come from the input (not made by a step)."""
+    needed: list[str] = []
+    original = set(schema.names)
+    produced: set[str] = set()
+    for step in steps:
+        for column in step.input_columns(schema):
+            if column in original and column not in produced and column not in needed:
+                needed.append(column)
+        after = step.output_schema(schema)
+        produced |= set(after.names) - set(schema.names)
+        schema = after
+    return needed
+
+
+@dataclass
+class Model:
+    name: str
+    version: int
+    chain: Chain
+    meta: dict[str, Any]
+
+    @property
+    def input_schema(self) -> pa.Schema:
+        return schema_from_json(self.meta["input_schema"])
+
+    @property
+    def required(self) -> list[str]:
+        return list(self.meta["required_columns"])
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class ModelStore:
+    """Saves and loads fitted chains under a root path or URL."""
+
+    def __init__(self, root: str | None = None, storage_options: dict[str, Any] | None = None):
+        self.root = root or default_root()
+        self.location: Location = resolve(self.root, storage_options)
+
+    def _path(self, *parts: str) -> str:
+        return self.location.join(*parts)
+
+    # ------------------------------------------------------------------ reading
+
+    def names(self) -> list[str]:
+        fs = self.location.fsspec_fs
+        if not fs.exists(self.location.path):
+            return []
+        out = []
+        for entry in fs.ls(self.location.path, detail=True):
+            name = posixpath.basename(entry["name"].rstrip("/"))
+            if entry["type"] == "directory" and not name.startswith(".") and self.versions(name):
+                out.append(name)
+        return sorted(out)
+
+    def versions(self, name: str) -> list[int]:
+        fs = self.location.fsspec_fs
+        base = self._path(name)
+        if not fs.exists(base):
+            return []
+        found = []
+        for entry in fs.ls(base, detail=False):
+            tail = posixpath.basename(entry.rstrip("/"))
+            if tail.isdigit() and fs.exists(posixpath.join(base, tail, "model.json")):
+                found.append(int(tail))
+        return sorted(found)
+
+    def resolve(self, ref: str) -> tuple[str, int]:
+        """``name``, ``name@latest`` or ``name@3`` to (name, version)."""
+        m = _REF.match(ref.strip())
+        if not m:
+            raise SluiceError(f"'{ref}' is not a model reference",
+                              hint="use name, name@latest or name@3")
+        name, version = m.group("name"), m.group("version")
+        versions = self.versions(name)
+        if not versions:
+            from operators.base import suggest
+
+            raise ArtifactError(f"no model '{name}' in {self.root}{suggest(name, self.names())}",
+                                hint="train and `save_model` it first, or pass --models DIR")
+        if version in (None, "latest"):
+            return name, versions[-1]
+        if int(version) not in versions:
+            raise ArtifactError(f"model '{name}' has no version {version}",
+                                hint=f"versions: {', '.join(map(str, versions))}")
+        return name, int(version)
+
+    def read_meta(self, name: str, version: int) -> dict[str, Any]:
+        path = self._path(name, str(version), "model.json")
+        try:
+            with self.location.fsspec_fs.open(path, "rb") as f:
+                meta = json.loads(f.read())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"model {name}@{version}: model.json is unreadable ({exc})",
+                                hint="the artifact is damaged; re-train or use another version"
+                                ) from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ArtifactError(f"model {name}@{version}: model.json is not a sluice model")
+        fv = meta.get("format_version")
+        if not isinstance(fv, int) or fv > FORMAT_VERSION:
+            raise ArtifactError(
+                f"model {name}@{version} has format version {fv}, this sluice reads up to "
+                f"{FORMAT_VERSION}", hint="upgrade sluice to load it")
+        return meta
+
+    def load(self, ref: str) -> Model:
+        name, version = self.resolve(ref)
+        meta = self.read_meta(name, version)
+        path = self._path(name, str(version), "arrays.npz")
+        try:
+            with self.location.fsspec_fs.open(path, "rb") as f:
+                raw = f.read()
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise ArtifactError(f"model {name}@{version}: arrays.npz is unreadable ({exc})",
+                                hint="the artifact is damaged; re-train or use another version"
+                                ) from None
+        try:
+            steps = load_chain(meta["steps"], arrays)
+        except KeyError as exc:
+            raise ArtifactError(f"model {name}@{version}: model.json lacks {exc}") from None
+        except ArtifactError as exc:
+            raise exc.located(f"model {name}@{version}") from None
+        return Model(name, version, Chain(steps), meta)
+
+    # ------------------------------------------------------------------ writing
+
+    def save(self, name: str, steps: list[Transform], input_schema: pa.Schema,
+             info: dict[str, Any] | None = None) -> Model:
+        """Store a fitted chain as the next version of ``name``."""
+        chain = Chain(steps)
+        entries, arrays = dump_chain(steps)
+        meta: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "version": None,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "input_schema": schema_to_json(input_schema),
+            "required_columns": required_columns(steps, input_schema),
+            "output_schema": schema_to_json(chain.output_schema(input_schema)),
+            "steps": entries,
+            **(info or {}),
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        if self.location.local:
+            version = self._save_local(name, meta, buffer.getvalue())
+        else:
+            version = self._save_remote(name, meta, buffer.getvalue())
+        meta["version"] = version
+        return Model(name, version, chain, meta)
+
+    def _save_local(self, name: str, meta: dict[str, Any], arrays: bytes) -> int:
+        base = os.path.join(self.location.path, name)
+        os.makedirs(base, exist_ok=True)
+        staging = os.path.join(base, f".staging-{uuid.uuid4().hex}")
+        os.makedirs(staging)
+        try:
+            with open(os.path.join(staging, "arrays.npz"), "wb") as f:
+                f.write(arrays)
+            version = (self.versions(name) or [0])[-1] + 1
+            while True:
+                meta["version"] = version
+                with open(os.path.join(staging, "model.json"), "w") as f:
+                    json.dump(meta, f, indent=1)
+                try:
+                    rename_noreplace(staging, os.path.join(base, str(version)))
+                    return version
+                except FileExistsError:
+                    version += 1
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _save_remote(self, name: str, meta: dict[str, Any], arrays: bytes) -> int:
+        fs = self.location.fsspec_fs
+        version = (self.versions(name) or [0])[-1] + 1
+        while fs.exists(self._path(name, str(version))):
+            version += 1
+        meta["version"] = version
+        with fs.open(self._path(name, str(version), "arrays.npz"), "wb") as f:
+            f.write(arrays)
+        with fs.open(self._path(name, str(version), "model.json"), "wb") as f:
+            f.write(json.dumps(meta, indent=1).encode())
+        return version
