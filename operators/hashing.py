@@ -1,0 +1,103 @@
+"""Deterministic hashes of values and rows: randomness tied to row content, not to
+partitioning or engine (validation splits, bootstrap weights, hash encoding).
+
+A value's hash depends only on the value and the seed: integers (any width),
+booleans, dates and timestamps hash by their integer value, floats by their
+float64 bits (-0.0 as 0.0, one NaN), strings and binaries by their bytes (BLAKE2b),
+nulls by a fixed constant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_NULL = np.uint64(0x6A09E667F3BCC909)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser over a uint64 array (a bijection that spreads bits)."""
+    with np.errstate(over="ignore"):
+        x = x.astype(np.uint64, copy=True)
+        x ^= x >> np.uint64(30)
+        x *= _M1
+        x ^= x >> np.uint64(27)
+        x *= _M2
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def _bytes_hash(values: list[bytes | str | None], seed: int) -> np.ndarray:
+    key = seed.to_bytes(8, "little", signed=True)
+    out = np.empty(len(values), dtype=np.uint64)
+    for i, v in enumerate(values):
+        if v is None:
+            out[i] = _NULL
+            continue
+        data = v.encode() if isinstance(v, str) else v
+        out[i] = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=key).digest(), "little")
+    return out
+
+
+def hash_column(column: pa.Array | pa.ChunkedArray, seed: int = 0) -> np.ndarray:
+    """One uint64 per value, depending only on the value and ``seed``."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    t = column.type
+    n = len(column)
+    if pa.types.is_dictionary(t):
+        return hash_column(column.dictionary_decode(), seed)
+    if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t) or pa.types.is_string_view(t)):
+        encoded = pc.dictionary_encode(column)
+        uniques = _bytes_hash(encoded.dictionary.to_pylist(), seed)
+        idx = encoded.indices.to_numpy(zero_copy_only=False)
+        valid = ~np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)
+        out = np.full(n, _NULL, dtype=np.uint64)
+        out[valid] = uniques[idx[valid].astype(np.int64)]
+        return out
+    if pa.types.is_floating(t):
+        values = pc.cast(column, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+        values = np.where(values == 0.0, 0.0, values)
+        values = np.where(np.isnan(values), np.nan, values)
+        bits = values.view(np.uint64)
+    elif (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_temporal(t)
+          or pa.types.is_decimal(t)):
+        if pa.types.is_temporal(t):
+            as_int = column.view(pa.int64()) if t.bit_width == 64 else pc.cast(
+                column.view(pa.int32()), pa.int64())
+        elif pa.types.is_decimal(t):
+            return _bytes_hash([None if v is None else str(v) for v in column.to_pylist()], seed)
+        else:
+            as_int = pc.cast(column, pa.int64())
+        bits = as_int.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64).view(
+            np.uint64)
+    else:
+        return _bytes_hash([None if v is None else repr(v) for v in column.to_pylist()], seed)
+    with np.errstate(over="ignore"):
+        out = mix(bits ^ mix(np.array([seed], dtype=np.int64).view(np.uint64) + _GOLDEN))
+    if column.null_count:
+        out[np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)] = _NULL
+    return out
+
+
+def hash_rows(table: pa.Table, columns: list[str] | None = None, seed: int = 0) -> np.ndarray:
+    """One uint64 per row from the values of ``columns`` (default: all), in order."""
+    names = table.column_names if columns is None else columns
+    h = np.full(table.num_rows, mix(np.array([seed + 1], dtype=np.uint64))[0], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for i, name in enumerate(names):
+            salt = np.uint64(i + 1) * _GOLDEN
+            h = mix(h ^ (hash_column(table.column(name), seed) + salt))
+    return h
+
+
+def unit_interval(hashes: np.ndarray) -> np.ndarray:
+    """Hashes as float64 uniformly spread over [0, 1)."""
+    return (hashes >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
