@@ -46,6 +46,7 @@ class Case:
     rtol: float = 1e-9
     atol: float = 1e-12
     skip: dict[str, str] = field(default_factory=dict)  # check name -> declared reason
+    prepare: Callable[[Operator], None] | None = None  # e.g. bind a model to `score`
 
     @property
     def name(self) -> str:
@@ -53,7 +54,10 @@ class Case:
 
     def build(self) -> Operator:
         cls = lookup(self.op)
-        return cls(cls.Params(**self.params))
+        op = cls(cls.Params(**self.params))
+        if self.prepare is not None:
+            self.prepare(op)
+        return op
 
 
 CASES: list[Case] = []
