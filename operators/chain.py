@@ -43,7 +43,8 @@ def dump_chain(steps: list[Transform]) -> tuple[list[dict[str, Any]], dict[str, 
     arrays: dict[str, np.ndarray] = {}
     for i, step in enumerate(steps):
         meta, step_arrays = step.state()
-        entries.append({"op": step.name, "state": meta, "arrays": sorted(step_arrays)})
+        name = step.name or f"{type(step).__module__}.{type(step).__qualname__}"
+        entries.append({"op": name, "state": meta, "arrays": sorted(step_arrays)})
         for key, value in step_arrays.items():
             arrays[f"{i}.{key}"] = np.asarray(value)
     return entries, arrays

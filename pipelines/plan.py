@@ -107,14 +107,7 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
             problem(s, str(exc), "op")
             previous = s.id
             continue
-        try:
-            op = cls(cls.Params(**s.params))
-        except ValidationError as exc:
-            plan.problems.extend(_pydantic_problems(s, file, exc, cls))
-            op = None
-        except SluiceError as exc:
-            problem(s, str(exc))
-            op = None
+        op = _build_op(cls, s, plan, file)
         if isinstance(op, Source) or (op is None and issubclass(cls, Source)):
             if s.input is not None:
                 problem(s, f"{s.op} reads data and takes no `input:`", "input")
@@ -128,14 +121,32 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
         previous = s.id
 
     ids = {s.id for s in spec.steps}
-    for step in built.values():
-        if step.input is not None and step.input not in ids:
-            problem(step.spec, f"`input: {step.input}` names no step{suggest(step.input, ids)}",
-                    "input")
-            step.input = None
+    for s in spec.steps:
+        if s.input is not None and s.input not in ids:
+            problem(s, f"`input: {s.input}` names no step{suggest(s.input, ids)}", "input")
+            if s.id in built:
+                built[s.id].input = None
     plan.steps = _toposort(built, plan, file)
     _propagate(plan, resolve_model)
+    plan.problems.sort(key=lambda p: (p.file, p.line))
     return plan
+
+
+def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str) -> Operator | None:
+    """The operator with validated params; on errors, report them all and, when the bad
+    keys can be left out, still build it so that later checks (columns) run too."""
+    try:
+        return cls(cls.Params(**s.params))
+    except ValidationError as exc:
+        plan.problems.extend(_pydantic_problems(s, file, exc, cls))
+        bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+    except SluiceError as exc:
+        plan.problems.append(Problem(file, s.line, str(exc), step=s.id, op=s.op))
+        return None
+    try:
+        return cls(cls.Params(**{k: v for k, v in s.params.items() if k not in bad}))
+    except (ValidationError, SluiceError):
+        return None
 
 
 def _toposort(built: dict[str, Step], plan: Plan, file: str) -> list[Step]:

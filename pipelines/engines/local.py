@@ -17,8 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from operators.base import PartitionInfo, Sink, WriteResult, tree_reduce
-from pipelines.engines.base import Dataset, Engine, compute_partition
+from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
+from pipelines.engines.base import Dataset, Engine, StepFailure, compute_partition, located
 
 
 def default_cache_bytes() -> int:
@@ -93,9 +93,10 @@ class LocalEngine(Engine):
                     cache.clear()
         return table
 
-    def _each(self, data: Dataset, fn: Callable[[pa.Table, PartitionInfo], Any],
+    def _each(self, data: Dataset, step: str, fn: Callable[[pa.Table, PartitionInfo], Any],
               label: str) -> Iterator[tuple[PartitionInfo, Any]]:
-        """Run ``fn`` on every computed partition; yields in partition order."""
+        """Run ``fn`` (the work of ``step``) on every computed partition; yields in
+        partition order. A failure names the step and the partition."""
         self.start()
         assert self._pool is not None
         infos = self.partitions(data)
@@ -106,7 +107,13 @@ class LocalEngine(Engine):
         progress = _progress(self.progress, label, len(infos))
 
         def job(info: PartitionInfo) -> Any:
-            return fn(self._compute(data, info), info)
+            part = self._compute(data, info)
+            try:
+                return fn(part, info)
+            except (SluiceError, StepFailure) as exc:
+                raise located(step, info, exc) from None
+            except Exception as exc:
+                raise located(step, info, exc) from exc
 
         try:
             with progress as bar:
@@ -129,7 +136,7 @@ class LocalEngine(Engine):
     def aggregate(self, data: Dataset, step_id: str, partial: Callable[[pa.Table, Any], Any],
                   combine: Callable[[Any, Any], Any], label: str = "") -> Any:
         xp = self.xp()
-        partials = [p for _, p in self._each(data, lambda part, _: partial(part, xp),
+        partials = [p for _, p in self._each(data, step_id, lambda part, _: partial(part, xp),
                                              label or f"{step_id}: fit")]
         return tree_reduce(partials, combine)
 
@@ -144,9 +151,9 @@ class LocalEngine(Engine):
         token = sink.begin(run_id, data.schema)
         try:
             results: list[WriteResult] = [
-                r for _, r in self._each(data, lambda part, info: sink.write(token, part,
-                                                                              info.index),
-                                         f"{step_id}: write")
+                r for _, r in self._each(
+                    data, step_id, lambda part, info: sink.write(token, part, info.index),
+                    f"{step_id}: write")
             ]
         except BaseException:
             sink.abort(token)
@@ -154,7 +161,7 @@ class LocalEngine(Engine):
         return sink.commit(token, results)
 
     def collect(self, data: Dataset) -> pa.Table:
-        parts = [t for _, t in self._each(data, lambda part, _: part, "collect")]
+        parts = [t for _, t in self._each(data, "collect", lambda part, _: part, "collect")]
         return pa.concat_tables(parts) if parts else data.schema.empty_table()
 
 

@@ -1,0 +1,130 @@
+"""The `sluice` command as a user runs it: exit codes, one-line errors, listings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from conftest import write_pipeline
+
+from operators.base import registered
+
+SLUICE = str(Path(sys.executable).parent / "sluice")
+
+
+def sluice(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CI": "1"}
+    return subprocess.run([SLUICE, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+TRAIN = """
+    pipeline: center
+    steps:
+      - op: read_parquet
+        path: data/churn
+      - op: sluice_testops.CenterColumns
+        columns: [tenure]
+      - op: save_model
+        name: centre
+      - op: write_parquet
+        path: out
+    """
+
+
+def test_run_validate_and_models(churn: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, TRAIN)
+    ok = sluice("validate", str(path), cwd=workdir)
+    assert ok.returncode == 0 and "ok (4 steps)" in ok.stdout, ok.stderr
+    done = sluice("run", str(path), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "succeeded" in done.stdout and "saved model centre@1" in done.stdout
+    assert "wrote 5,000 rows to out" in done.stdout and done.stderr == ""
+    assert pq.read_table(workdir / "out").num_rows == 5000
+
+    again = sluice("run", str(path), cwd=workdir)
+    assert again.returncode == 1
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}:9: step 'write_parquet'")
+    assert "mode: overwrite" in lines[0]
+
+    listed = sluice("models", "list", cwd=workdir)
+    assert listed.returncode == 0 and "centre" in listed.stdout and "1, 2" in listed.stdout
+    shown = sluice("models", "show", "centre@1", cwd=workdir)
+    assert shown.returncode == 0 and "needs columns: tenure" in shown.stdout
+    missing = sluice("models", "show", "centr", cwd=workdir)
+    assert missing.returncode == 1 and "did you mean 'centre'?" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_invalid_pipeline_exit_code_and_all_problems(churn: Path, workdir: Path) -> None:
+    good = write_pipeline(workdir, TRAIN, "good.yaml")
+    bad = write_pipeline(workdir, TRAIN.replace("columns: [tenure]", "columns: [tenur]")
+                         .replace("name: centre", "nam: centre"), "bad.yaml")
+    result = sluice("validate", str(good), str(bad), cwd=workdir)
+    assert result.returncode == 1
+    assert f"{good}: ok" in result.stdout
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 4, errors
+    assert "did you mean 'tenure'" in errors[0]
+    assert "missing required parameter 'name'" in errors[1]
+    assert "unknown parameter 'nam'" in errors[2]
+    assert errors[3] == "error: 3 problem(s) in 2 file(s)"
+    ran = sluice("run", str(bad), cwd=workdir)
+    assert ran.returncode == 1 and "nothing ran" in ran.stderr
+    assert not (workdir / "out").exists() and not (workdir / "runs").exists()
+
+
+def test_bug_prints_traceback_then_one_located_line(churn: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: boom
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - id: explode
+            op: sluice_testops.Exploding
+            at_partition_with: 10
+          - op: write_parquet
+            path: out
+        """)
+    result = sluice("run", str(path), cwd=workdir)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ZeroDivisionError: boom" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: step 'explode', partition 0 (") and "bug" in last
+
+
+def test_params_and_usage_errors(churn: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, TRAIN)
+    result = sluice("run", str(path), "--param", "nope=1", cwd=workdir)
+    assert result.returncode == 1 and "has no param 'nope'" in result.stderr
+    result = sluice("run", str(path), "--param", "novalue", cwd=workdir)
+    assert result.returncode == 2 and "is not k=v" in result.stderr
+    result = sluice("run", str(path), "--engine", "flink", cwd=workdir)
+    assert result.returncode == 2
+    result = sluice("run", str(workdir / "missing.yaml"), cwd=workdir)
+    assert result.returncode == 1 and "cannot read the file" in result.stderr
+
+
+def test_ops_lists_the_registry(workdir: Path) -> None:
+    result = sluice("ops", cwd=workdir)
+    assert result.returncode == 0
+    names = {line.split()[0] for line in result.stdout.splitlines() if line[:1].strip()}
+    assert set(registered()) <= names
+    detail = sluice("ops", "read_parquet", cwd=workdir)
+    assert "filter" in detail.stdout and "example:" in detail.stdout
+    unknown = sluice("ops", "read_parket", cwd=workdir)
+    assert unknown.returncode == 1 and "did you mean 'read_parquet'?" in unknown.stderr
+
+
+def test_datagen_is_deterministic(workdir: Path) -> None:
+    for out in ("a", "b"):
+        result = sluice("datagen", "churn", "--rows", "3000", "--files", "2", "--out", out,
+                        cwd=workdir)
+        assert result.returncode == 0, result.stderr
+    a, b = pq.read_table(workdir / "a"), pq.read_table(workdir / "b")
+    assert a.num_rows == 3000 and a.equals(b)
+    assert a.column("total_charges").null_count > 0

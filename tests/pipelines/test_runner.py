@@ -1,0 +1,155 @@
+"""Runs end to end on the engines: fits, outputs, the run record, failures located."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_pipeline
+
+from operators.base import SluiceError
+from pipelines.datagen import churn_table, generate
+from pipelines.engines.base import StepFailure
+from pipelines.runner import ValidationFailed, run
+from pipelines.store import ModelStore
+
+TRAIN = """
+    pipeline: center
+    params: {folder: data/churn}
+    steps:
+      - id: events
+        op: read_parquet
+        path: ${folder}
+        columns: [customer_id, tenure, monthly_charges, plan]
+        filter: "tenure >= 1"
+        partition_mb: 1
+      - id: center
+        op: sluice_testops.CenterColumns
+        columns: [tenure, monthly_charges]
+      - op: save_model
+        name: centre
+      - op: write_parquet
+        path: out/centered
+    """
+
+
+def expected_means(rows: int = 5000) -> np.ndarray:
+    table = churn_table(rows).filter(pc.field("tenure") >= 1)
+    return np.array([np.mean(table["tenure"].to_numpy()),
+                     np.mean(table["monthly_charges"].to_numpy())])
+
+
+def test_train_save_write_and_record(churn: Path, workdir: Path, engine_name: str) -> None:
+    path = write_pipeline(workdir, TRAIN)
+    record = run(path, engine=engine_name)
+    means = expected_means()
+    assert record["status"] == "succeeded"
+    np.testing.assert_allclose(record["metrics"]["center"]["means"], means, rtol=1e-12)
+    n = int(np.sum(churn_table(5000)["tenure"].to_numpy() >= 1))
+    assert record["steps"]["events"]["rows"] == n
+    assert record["steps"]["write_parquet"]["rows"] == n
+    assert record["outputs"] == [{"step": "write_parquet", "path": "out/centered", "rows": n,
+                                  "files": record["outputs"][0]["files"]}]
+    assert record["models"][0]["name"] == "centre" and record["models"][0]["version"] == 1
+    on_disk = json.loads(Path(record["record_path"]).read_text())
+    assert on_disk["run_id"] == record["run_id"] and on_disk["status"] == "succeeded"
+    assert on_disk["engine"]["name"] == engine_name
+
+    out = pq.read_table(workdir / "out" / "centered")
+    assert out.num_rows == n
+    np.testing.assert_allclose(np.mean(out["tenure"].to_numpy()), 0, atol=1e-9)
+
+    model = ModelStore().load("centre")
+    assert model.version == 1 and model.required == ["tenure", "monthly_charges"]
+    np.testing.assert_allclose(model.chain.steps[0].means, means, rtol=1e-12)
+    assert model.meta["pipeline"] == "center" and model.meta["run_id"] == record["run_id"]
+
+    with pytest.raises(SluiceError, match="already exists"):
+        run(path, engine=engine_name)
+    assert ModelStore().versions("centre") == [1, 2]  # the fit ran; the write refused
+
+
+def test_partitioning_does_not_change_the_model(workdir: Path, engine_name: str) -> None:
+    table = churn_table(5000)
+    one = workdir / "one"
+    one.mkdir()
+    pq.write_table(table, one / "all.parquet")
+    generate("churn", 5000, workdir / "many", files=5, row_group_rows=333)
+    models = []
+    for folder in ("one", "many"):
+        path = write_pipeline(workdir, TRAIN.replace("out/centered", f"out/{folder}"))
+        record = run(path, {"folder": folder}, engine=engine_name)
+        models.append(np.array(record["metrics"]["center"]["means"]))
+    np.testing.assert_allclose(models[0], models[1], rtol=1e-12)
+
+
+def test_user_error_in_a_partition_is_located(workdir: Path, engine_name: str) -> None:
+    table = churn_table(3000)
+    folder = workdir / "nan"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 1000), folder / "a.parquet")
+    bad = table.slice(1000).set_column(4, "monthly_charges",
+                                       pc.multiply(table.slice(1000)["monthly_charges"],
+                                                   float("nan")))
+    pq.write_table(bad, folder / "b.parquet")
+    path = write_pipeline(workdir, TRAIN)
+    with pytest.raises(SluiceError) as info:
+        run(path, {"folder": "nan"}, engine=engine_name)
+    text = str(info.value)
+    assert text.startswith(f"{path}:10: step 'center', partition "), text
+    assert "b.parquet" in text and "NaN in" in text and "impute first" in text
+    assert not (workdir / "out").exists()
+    records = list((workdir / "runs" / "center").glob("*.json"))
+    (record,) = [json.loads(p.read_text()) for p in records]
+    assert record["status"] == "failed" and "NaN" in record["error"]
+    assert ModelStore().versions("centre") == []
+
+
+def test_bug_in_an_operator_names_step_and_partition(churn: Path, workdir: Path,
+                                                     engine_name: str) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: boom
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - id: explode
+            op: sluice_testops.Exploding
+            at_partition_with: 4000
+          - op: write_parquet
+            path: out
+        """)
+    with pytest.raises(StepFailure) as info:
+        run(path, engine=engine_name)
+    assert info.value.step == "explode" and "part-00002.parquet" in info.value.where
+    assert isinstance(info.value.error, ZeroDivisionError)
+    assert not (workdir / "out").exists()
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".out")]
+
+
+def test_invalid_pipeline_runs_nothing(churn: Path, workdir: Path, engine_name: str) -> None:
+    path = write_pipeline(workdir, TRAIN.replace("columns: [tenure, monthly_charges]",
+                                                 "columns: [tenure, monthly]"))
+    with pytest.raises(ValidationFailed) as info:
+        run(path, engine=engine_name)
+    assert "column 'monthly' not in the input" in str(info.value.problems[0])
+    assert not (workdir / "runs").exists() and not (workdir / "out").exists()
+
+
+def test_empty_input_after_filter(churn: Path, workdir: Path, engine_name: str) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: none
+        steps:
+          - op: read_parquet
+            path: data/churn
+            filter: "tenure > 1000"
+          - op: write_parquet
+            path: out
+        """)
+    record = run(path, engine=engine_name)
+    assert record["outputs"][0]["rows"] == 0
+    out = pq.read_table(workdir / "out")
+    assert out.num_rows == 0 and "tenure" in out.column_names

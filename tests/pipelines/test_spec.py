@@ -1,0 +1,210 @@
+"""Pipeline files: parsing, params, and `validate` reporting every problem in one pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import write_pipeline
+
+from pipelines.runner import plan_file
+from pipelines.spec import parse
+
+
+def problems(path: Path, **overrides: str) -> list[str]:
+    return [str(p) for p in plan_file(path, overrides).problems]
+
+
+def test_valid_pipeline_plans_with_schemas(churn: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: copy
+        params: {cols: 2}
+        steps:
+          - id: events
+            op: read_parquet
+            path: data/churn
+            columns: [tenure, plan]
+            filter: "tenure >= 0 and plan != 'test'"
+          - op: write_parquet
+            path: out
+        """)
+    plan = plan_file(path)
+    assert plan.ok, plan.problems
+    assert [s.id for s in plan.steps] == ["events", "write_parquet"]
+    assert plan.steps[0].schema.names == ["tenure", "plan"]
+    assert plan.steps[1].input == "events"
+
+
+def test_every_problem_in_one_pass_with_file_line_and_step(churn: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: bad
+        params: {ds: "2026-11-28"}
+        steps:
+          - id: events
+            op: read_parquet
+            path: data/churn
+            columns: [tenur, plan]
+            colums: [x]
+          - op: write_parqet
+            path: out
+          - id: w
+            op: write_parquet
+            input: evnts
+            path: ${dss}
+            mode: sometimes
+          - id: a
+            op: write_parquet
+            input: b
+            path: x
+          - id: b
+            op: write_parquet
+            input: a
+            path: y
+          - id: c
+            op: write_parquet
+        """)
+    found = problems(path)
+    f = str(path)
+    expected = [
+        (f"{f}:7: step 'events' (read_parquet): column 'tenur'", "did you mean 'tenure'?"),
+        (f"{f}:8: step 'events' (read_parquet): unknown parameter 'colums'",
+         "did you mean 'columns'?"),
+        (f"{f}:9: step 'write_parqet' (write_parqet): unknown operator 'write_parqet'",
+         "did you mean 'write_parquet'?"),
+        (f"{f}:13: step 'w' (write_parquet): `input: evnts` names no step",
+         "did you mean 'events'?"),
+        (f"{f}:14: step 'w' (write_parquet): unknown param '${{dss}}'", "did you mean 'ds'?"),
+        (f"{f}:15: step 'w' (write_parquet): parameter 'mode'", "'sometimes'"),
+        (f"{f}:18: step 'a' (write_parquet): steps form a cycle: a -> b -> a", ""),
+        (f"{f}:24: step 'c' (write_parquet): missing required parameter 'path'", ""),
+    ]
+    assert len(found) == len(expected), "\n".join(found)
+    for (start, contains), got in zip(expected, found):
+        assert got.startswith(start), got
+        assert contains in got, got
+
+
+def test_params_substitute_and_override(churn: Path, workdir: Path) -> None:
+    text = """
+        pipeline: p
+        params: {folder: churn, rows: 3, flag: false}
+        steps:
+          - op: read_parquet
+            path: data/${folder}
+            partition_mb: ${rows}
+        """
+    path = write_pipeline(workdir, text)
+    plan = plan_file(path)
+    assert plan.ok
+    read = plan.steps[0].op
+    assert read.params.path == "data/churn" and read.params.partition_mb == 3
+    plan = plan_file(path, {"rows": "5", "flag": "true"})
+    assert plan.ok and plan.steps[0].op.params.partition_mb == 5
+    assert plan.spec.params == {"folder": "churn", "rows": 5, "flag": True}
+    bad = problems(path, rows="many", color="red")
+    assert any("--param rows" in p and "invalid literal" in p for p in bad), bad
+    assert any("--param color: the pipeline has no param 'color'" in p for p in bad), bad
+
+
+def test_yaml_errors_are_located(workdir: Path) -> None:
+    path = write_pipeline(workdir, "pipeline: x\nsteps:\n  - op: read_parquet\n    path: [a\n")
+    (p,) = plan_file(path).problems
+    assert p.line in (4, 5) and "not valid YAML" in p.message
+
+
+def test_unsafe_yaml_tags_are_refused(workdir: Path) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: !!python/object/apply:os.system ["echo pwned > pwned"]
+        """)
+    assert plan_file(path).problems
+    assert not (workdir / "pwned").exists()
+
+
+def test_structure_problems(workdir: Path) -> None:
+    assert "empty" in problems(write_pipeline(workdir, ""))[0]
+    found = problems(write_pipeline(workdir, """
+        pipeline: x
+        stepz: []
+        """))
+    assert any("unknown key 'stepz'; did you mean 'steps'?" in p for p in found), found
+    assert any("`steps:` must be a non-empty list" in p for p in found), found
+    found = problems(write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: write_parquet
+            path: out
+          - id: w
+            op: write_parquet
+            path: o2
+          - id: w
+            op: write_parquet
+            path: o3
+        """))
+    assert any("the first step must read data" in p for p in found), found
+    assert any("step id 'w' is used twice" in p for p in found), found
+
+
+def test_duplicate_keys_are_problems() -> None:
+    spec = parse("pipeline: x\nsteps:\n  - op: read_parquet\n    path: a\n    path: b\n", "f.yaml")
+    assert any("key 'path' appears twice" in str(p) for p in spec.problems)
+
+
+def test_default_step_ids_are_unique() -> None:
+    spec = parse("""
+pipeline: x
+steps:
+  - op: read_parquet
+    path: a
+  - op: write_parquet
+    path: o
+  - op: write_parquet
+    path: o2
+""", "f.yaml")
+    assert [s.id for s in spec.steps] == ["read_parquet", "write_parquet", "write_parquet_2"]
+
+
+def test_dotted_path_operator_and_its_errors(churn: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: sluice_testops.CenterColumns
+            columns: [tenure, monthly_charges]
+          - op: sluice_testops.CenterColumnz
+            columns: [tenure]
+          - op: no_such_pkg.Op
+          - op: sluice_testops.CenterParams
+        """)
+    found = problems(path)
+    assert len(found) == 3, found
+    assert "has no 'CenterColumnz'; did you mean 'CenterColumns'?" in found[0]
+    assert "cannot import module 'no_such_pkg'" in found[1]
+    assert "is not a sluice operator" in found[2]
+
+
+@pytest.mark.parametrize("filter_text", ["tenure >>= 3", "tenur > 3", "plan + 1"])
+def test_bad_filters_are_plan_time_problems(churn: Path, workdir: Path, filter_text: str) -> None:
+    path = write_pipeline(workdir, f"""
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+            filter: "{filter_text}"
+        """)
+    (p,) = problems(path)
+    assert p.startswith(f"{path}:5: step 'read_parquet' (read_parquet): "), p
+
+
+def test_missing_data_is_a_plan_time_problem(workdir: Path) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: x
+        params: {ds: "2026-11-28"}
+        steps:
+          - op: read_parquet
+            path: data/none/ds=${ds}
+        """)
+    (p,) = problems(path)
+    assert "no such file or directory: 'data/none/ds=2026-11-28'" in p and ":5:" in p

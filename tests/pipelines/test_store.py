@@ -1,0 +1,105 @@
+"""The model registry: versions, references, damaged artifacts, concurrent saves."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from operators.base import ArtifactError
+from pipelines.store import FORMAT_VERSION, ModelStore
+
+SCHEMA = pa.schema([("a", pa.float64()), ("b", pa.int64()), ("label", pa.int64())])
+
+
+def centered(means: list[float]):
+    from sluice_testops import CenterParams, Centered
+
+    return Centered(CenterParams(columns=["a", "b"]), np.array(means))
+
+
+def test_save_load_and_references(tmp_path: Path) -> None:
+    store = ModelStore(str(tmp_path / "models"))
+    for i in range(3):
+        model = store.save("m", [centered([i, 2.0 * i])], SCHEMA, {"pipeline": "p"})
+        assert model.version == i + 1
+    assert store.names() == ["m"] and store.versions("m") == [1, 2, 3]
+    assert store.resolve("m") == ("m", 3) == store.resolve("m@latest")
+    loaded = store.load("m@2")
+    np.testing.assert_array_equal(loaded.chain.steps[0].means, [1.0, 2.0])
+    assert loaded.required == ["a", "b"] and loaded.input_schema == SCHEMA
+    meta = json.loads((tmp_path / "models" / "m" / "2" / "model.json").read_text())
+    assert meta["format_version"] == FORMAT_VERSION and meta["steps"][0]["op"].endswith(
+        "sluice_testops.Centered")
+    table = pa.table({"a": [1.0, 3.0], "b": [2, 4], "label": [0, 1]})
+    assert loaded.chain.transform(table, np).column("a").to_pylist() == [0.0, 2.0]
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ("n", "no model 'n'"), ("mm@1", "did you mean 'm'?"), ("m@7", "has no version 7"),
+    ("m@x", "is not a model reference"),
+])
+def test_bad_references(tmp_path: Path, ref: str, message: str) -> None:
+    store = ModelStore(str(tmp_path))
+    store.save("m", [centered([0, 0])], SCHEMA)
+    with pytest.raises(Exception, match=message):
+        store.load(ref)
+
+
+def test_damaged_and_newer_artifacts(tmp_path: Path) -> None:
+    store = ModelStore(str(tmp_path))
+    for _ in range(4):
+        store.save("m", [centered([0, 0])], SCHEMA)
+    (tmp_path / "m" / "1" / "model.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"m@1: model.json is unreadable"):
+        store.load("m@1")
+    (tmp_path / "m" / "2" / "arrays.npz").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match=r"m@2: arrays.npz is unreadable"):
+        store.load("m@2")
+    meta = json.loads((tmp_path / "m" / "3" / "model.json").read_text())
+    meta["format_version"] = FORMAT_VERSION + 1
+    (tmp_path / "m" / "3" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="upgrade sluice"):
+        store.load("m@3")
+    meta = json.loads((tmp_path / "m" / "4" / "model.json").read_text())
+    meta["steps"][0]["op"] = "os.system"
+    (tmp_path / "m" / "4" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="not a sluice operator"):
+        store.load("m@4")
+
+
+def test_object_arrays_are_never_unpickled(tmp_path: Path) -> None:
+    store = ModelStore(str(tmp_path))
+    store.save("m", [centered([0, 0])], SCHEMA)
+    np.savez(tmp_path / "m" / "1" / "arrays.npz",
+             **{"0.means": np.array([{"evil": 1}], dtype=object)})
+    with pytest.raises(ArtifactError, match="arrays.npz is unreadable"):
+        store.load("m@1")
+
+
+def _save_many(root: str, n: int, queue: multiprocessing.Queue) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins"))
+    store = ModelStore(root)
+    queue.put([store.save("m", [centered([1, 2])], SCHEMA).version for _ in range(n)])
+
+
+def test_concurrent_saves_get_distinct_versions(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_save_many, args=(str(tmp_path), 8, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    versions = sorted(v for _ in procs for v in queue.get(timeout=120))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert versions == list(range(1, 25))
+    store = ModelStore(str(tmp_path))
+    assert store.versions("m") == versions
+    assert all(store.load(f"m@{v}").version == v for v in versions)
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]

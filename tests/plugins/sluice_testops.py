@@ -1,0 +1,105 @@
+"""A third-party operator package, as a user would write one, named by dotted path
+(``op: sluice_testops.CenterColumns``) in the runtime tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from operators.arrays import table_to_matrix, to_numpy
+from operators.base import DataError, Estimator, Params, Transform, require_columns
+
+
+class CenterParams(Params):
+    columns: list[str] = Field(description="numeric columns to centre")
+
+
+class Centered(Transform):
+    """Subtract fitted means (the fitted form of CenterColumns)."""
+
+    Params = CenterParams
+
+    def __init__(self, params: Any, means: np.ndarray | None = None):
+        super().__init__(params)
+        self.means = means
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        for c in self.params.columns:
+            schema = schema.set(schema.get_field_index(c), pa.field(c, pa.float64()))
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        x = to_numpy(table_to_matrix(part, self.params.columns, xp)) - self.means
+        out = part
+        for j, c in enumerate(self.params.columns):
+            out = out.set_column(out.schema.get_field_index(c), pa.field(c, pa.float64()),
+                                 pa.array(x[:, j]))
+        return out
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"params": self.params.model_dump()}, {"means": self.means}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Centered:
+        return cls(CenterParams(**meta["params"]), arrays["means"])
+
+
+class CenterColumns(Estimator):
+    """Centre columns on their mean (one pass of sums and counts)."""
+
+    Params = CenterParams
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        require_columns(schema, self.params.columns)
+        return Centered(self.params).output_schema(schema)
+
+    def init(self, schema: pa.Schema) -> Any:
+        return None
+
+    def partial(self, part: pa.Table, state: Any, xp: Any) -> Any:
+        x = table_to_matrix(part, self.params.columns, xp)
+        if bool(xp.any(xp.isnan(x))):
+            raise DataError(f"NaN in {self.params.columns}", hint="impute first")
+        return {"n": part.num_rows, "sum": to_numpy(xp.sum(x, axis=0))}
+
+    def combine(self, a: Any, b: Any) -> Any:
+        return {"n": a["n"] + b["n"], "sum": a["sum"] + b["sum"]}
+
+    def update(self, stats: Any, state: Any) -> tuple[Any, bool]:
+        if stats["n"] == 0:
+            raise DataError("no rows to fit on")
+        return stats["sum"] / stats["n"], True
+
+    def fitted(self, state: Any) -> Transform:
+        return Centered(self.params, state)
+
+    def metrics(self, state: Any) -> dict[str, Any]:
+        return {"means": [float(m) for m in state]}
+
+
+class ExplodingParams(Params):
+    at_partition_with: int = Field(description="fail on the partition holding this id")
+
+
+class Exploding(Transform):
+    """Fails with a bug-like error on one partition (to test failure reporting)."""
+
+    Params = ExplodingParams
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        ids = part.column("customer_id").to_pylist()
+        if self.params.at_partition_with in ids:
+            raise ZeroDivisionError("boom")
+        return part
