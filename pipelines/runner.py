@@ -1,8 +1,8 @@
 """A run: validate, plan, execute on an engine, write the run record.
 
-The driver loop that fits estimators lives here, once for every engine:
-``init`` -> (``partial`` on every partition -> ``combine`` -> ``update``) until
-done -> ``fitted``. Engines only schedule partitions.
+Estimators are fitted here with ``operators.base.drive``, the same loop on every
+engine: ``init`` -> (``partial`` on every partition -> ``combine`` -> ``update``)
+until done -> ``fitted``. Engines only schedule partitions.
 """
 
 from __future__ import annotations
@@ -71,8 +71,11 @@ def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
 
 
 def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator
-        ) -> tuple[Transform, dict[str, Any]]:
-    """Fit an estimator over the engine's partitions (the same loop on every engine)."""
+        ) -> tuple[Transform, dict[str, Any], Dataset]:
+    """Fit an estimator over the engine's partitions (the same loop on every engine).
+
+    Returns the fitted transform, the fit's metrics and the (possibly persisted) input.
+    """
     if estimator.multi_pass:
         data = engine.persist(data)
     passes = [0]
@@ -87,7 +90,7 @@ def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator
     except SluiceError as exc:
         raise exc.located(f"step '{step_id}'") from None
     metrics = {"passes": rounds, **estimator.metrics(state)}
-    return estimator.fitted(state), metrics
+    return estimator.fitted(state), metrics, data
 
 
 @dataclass
@@ -110,7 +113,7 @@ class Run:
             entry = self.record["steps"][step.id]
             entry["wall_seconds"] = round(time.perf_counter() - t0, 6)
         for step in self.plan.steps:
-            if not self.plan.consumers(step.id) and isinstance(step.op, Transform | Estimator):
+            if not self.plan.consumers(step.id) and isinstance(step.op, Transform):
                 # a dangling transform still runs, so that its rows are counted
                 self.engine.aggregate(self.datasets[step.id], step.id,
                                       lambda part, xp: part.num_rows, lambda a, b: a + b)
@@ -128,10 +131,9 @@ class Run:
         if isinstance(op, Source):
             self.datasets[step.id] = self.engine.read(op, step.id, step.schema)
         elif isinstance(op, Estimator):
-            transform, metrics = fit(self.engine, data, step.id, op)
+            transform, metrics, data = fit(self.engine, data, step.id, op)
             self.fitted[step.id] = transform
-            if metrics:
-                self.record["metrics"][step.id] = metrics
+            self.record["metrics"][step.id] = metrics
             self.datasets[step.id] = self.engine.map(data, step.id, transform, step.schema)
         elif isinstance(op, Sink):
             output = self.engine.write(data, step.id, op, self.run_id)
@@ -228,6 +230,12 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         for step_id, stats in eng.stats.items():
             if step_id in record["steps"]:
                 record["steps"][step_id]["rows"] = stats.rows
+        for step in plan.steps:  # a fit or an action sees the rows of its input
+            entry = record["steps"][step.id]
+            if "rows" not in entry and isinstance(step.op, Estimator | Action) and step.input:
+                rows = record["steps"][step.input].get("rows")
+                if rows is not None:
+                    entry["rows"] = rows
                 record["steps"][step_id]["compute_seconds"] = round(stats.seconds, 6)
         record["seconds"] = round(time.time() - started, 6)
         record["record_path"] = _write_record(record, runs_dir or default_runs_dir())

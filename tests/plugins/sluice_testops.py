@@ -103,3 +103,64 @@ class Exploding(Transform):
         if self.params.at_partition_with in ids:
             raise ZeroDivisionError("boom")
         return part
+
+
+class ThreePassParams(Params):
+    column: str = Field(description="numeric column")
+
+
+class ThreePass(Estimator):
+    """Mean, then variance around it, then the largest deviation: three passes."""
+
+    Params = ThreePassParams
+    multi_pass = True
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return [self.params.column]
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    def init(self, schema: pa.Schema) -> Any:
+        return {"pass": 0}
+
+    def partial(self, part: pa.Table, state: Any, xp: Any) -> Any:
+        x = table_to_matrix(part, [self.params.column], xp)[:, 0]
+        if state["pass"] == 0:
+            return {"n": part.num_rows, "v": float(xp.sum(x))}
+        if state["pass"] == 1:
+            return {"n": part.num_rows, "v": float(xp.sum((x - state["mean"]) ** 2))}
+        return {"n": part.num_rows,
+                "v": float(xp.max(xp.abs(x - state["mean"]))) if part.num_rows else 0.0}
+
+    def combine(self, a: Any, b: Any) -> Any:
+        if self._last_pass:
+            return {"n": a["n"] + b["n"], "v": max(a["v"], b["v"])}
+        return {"n": a["n"] + b["n"], "v": a["v"] + b["v"]}
+
+    _last_pass = False
+
+    def update(self, stats: Any, state: Any) -> tuple[Any, bool]:
+        step = state["pass"]
+        if step == 0:
+            return {"pass": 1, "mean": stats["v"] / stats["n"]}, False
+        if step == 1:
+            self._last_pass = True
+            return {**state, "pass": 2, "var": stats["v"] / stats["n"]}, False
+        return {**state, "pass": 3, "maxdev": stats["v"]}, True
+
+    def fitted(self, state: Any) -> Transform:
+        return Passthrough({})
+
+    def metrics(self, state: Any) -> dict[str, Any]:
+        return {k: v for k, v in state.items() if k != "pass"}
+
+
+class Passthrough(Transform):
+    """Returns its input."""
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        return part

@@ -1,0 +1,153 @@
+"""The embedded local engine: order, caching for multi-pass fits, bounded memory, progress."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_pipeline
+
+from operators.io.parquet import ReadParquet
+from pipelines.datagen import churn_table
+from pipelines.engines.local import LocalEngine
+from pipelines.runner import run
+
+THREE_PASS = """
+    pipeline: three
+    steps:
+      - op: read_parquet
+        path: data/churn
+        partition_mb: 0.02
+      - id: three
+        op: sluice_testops.ThreePass
+        column: monthly_charges
+    """
+
+
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    original = ReadParquet.read
+
+    def counted(self, partition):  # noqa: ANN001, ANN202 - a spy with the same signature
+        calls.append(partition.index)
+        return original(self, partition)
+
+    monkeypatch.setattr(ReadParquet, "read", counted)
+    return calls
+
+
+def test_multi_pass_fit_reads_once_when_cached(churn: Path, workdir: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_reads(monkeypatch)
+    path = write_pipeline(workdir, THREE_PASS)
+    record = run(path)
+    x = churn_table(5000)["monthly_charges"].to_numpy()
+    metrics = record["metrics"]["three"]
+    assert metrics["passes"] == 3
+    np.testing.assert_allclose([metrics["mean"], metrics["var"], metrics["maxdev"]],
+                               [x.mean(), x.var(), np.abs(x - x.mean()).max()], rtol=1e-12)
+    partitions = len(set(calls))
+    assert partitions >= 3 and len(calls) == partitions  # one read per partition in all
+
+
+def test_multi_pass_fit_recomputes_when_cache_is_too_small(churn: Path, workdir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    calls = count_reads(monkeypatch)
+    path = write_pipeline(workdir, THREE_PASS)
+    engine = LocalEngine(cache_bytes=0)
+    with engine:
+        record = run(path, engine_instance=engine)
+    partitions = len(set(calls))
+    assert len(calls) == 3 * partitions
+    x = churn_table(5000)["monthly_charges"].to_numpy()
+    np.testing.assert_allclose(record["metrics"]["three"]["var"], x.var(), rtol=1e-12)
+
+
+def test_output_keeps_partition_order(churn: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: copy
+        steps:
+          - op: read_parquet
+            path: data/churn
+            partition_mb: 0.02
+          - op: write_parquet
+            path: out
+        """)
+    run(path)
+    files = sorted((workdir / "out").glob("*.parquet"))
+    assert len(files) > 3
+    ids = np.concatenate([pq.read_table(f)["customer_id"].to_numpy() for f in files])
+    np.testing.assert_array_equal(ids, np.arange(5000))
+
+
+MEMORY_SCRIPT = """
+import sys, pyarrow as pa
+sys.path.insert(0, {plugins!r})
+from pipelines.runner import run
+run({pipeline!r}, runs_dir={runs!r})
+print(pa.default_memory_pool().max_memory())
+"""
+
+
+def test_memory_is_bounded_by_partitions_not_dataset(workdir: Path) -> None:
+    from pipelines.datagen import generate
+
+    generate("numeric", 1_200_000, workdir / "big", files=12, row_group_rows=100_000)
+    dataset_bytes = pq.read_table(workdir / "big").nbytes
+    path = write_pipeline(workdir, """
+        pipeline: copy
+        steps:
+          - op: read_parquet
+            path: big
+            partition_mb: 8
+          - op: write_parquet
+            path: out
+        """)
+    script = MEMORY_SCRIPT.format(plugins=str(Path(__file__).parent.parent / "plugins"),
+                                  pipeline=str(path), runs=str(workdir / "runs"))
+    out = subprocess.run([sys.executable, "-c", script], cwd=workdir, capture_output=True,
+                         text=True, timeout=300, check=True)
+    peak = int(out.stdout.strip().splitlines()[-1])
+    workers = os.cpu_count() or 1
+    partition_bytes = dataset_bytes / 12
+    assert peak < max(0.5 * dataset_bytes, (2 * workers + 2) * 2 * partition_bytes), (
+        f"peak arrow memory {peak / 2**20:.0f} MiB for a {dataset_bytes / 2**20:.0f} MiB dataset")
+
+
+def test_progress_bar_on_a_terminal_only(churn: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, THREE_PASS)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["TERM"] = "xterm"
+    sluice = str(Path(sys.executable).parent / "sluice")
+    script = textwrap.dedent(f"""
+        import os, sys
+        os.execve({sluice!r}, [{sluice!r}, "run", {str(path)!r}], os.environ)
+        """)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child runs sluice on a pseudo-terminal
+        os.chdir(workdir)
+        os.execve(sys.executable, [sys.executable, "-c", script], env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "partitions" in text and "rows" in text and "ETA" in text, text
+    piped = subprocess.run([sluice, "run", str(path)], cwd=workdir, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
