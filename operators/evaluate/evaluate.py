@@ -1,0 +1,312 @@
+"""evaluate: metrics of predictions against a label, in one pass over the partitions."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from operators.arrays import column_to_numpy
+from operators.base import (
+    DataError,
+    Estimator,
+    ParamError,
+    Params,
+    SchemaError,
+    Transform,
+    register,
+    register_fitted,
+    require_columns,
+    suggest,
+)
+from operators.evaluate.metrics import (
+    CLASSIFICATION_METRICS,
+    DEFAULT_METRICS,
+    METRICS,
+    PROBABILITY_METRICS,
+    REGRESSION_METRICS,
+    MetricAccumulator,
+)
+
+Task = Literal["classification", "regression", "auto"]
+
+
+class EvaluateParams(Params):
+    label: str = Field(description="the column of true values")
+    metrics: list[str] | None = Field(
+        None, description="metrics to compute (default: all for the task that the data allows); "
+        "regression: " + ", ".join(REGRESSION_METRICS) + "; classification: "
+        + ", ".join(CLASSIFICATION_METRICS))
+    prediction: str = Field("prediction", description="the column of predicted values")
+    probability: str = Field(
+        "probability", description="predicted probabilities: binary P(classes[1]) as float64, "
+        "multiclass list<double> in sorted class order; needed by log_loss and roc_auc only")
+    weight: str | None = Field(None, description="column of row weights (>= 0)")
+    task: Task = Field("auto", description="classification | regression | auto: "
+                       "classification when the label is integer, boolean or string")
+    classes: list[bool | int | float | str] | None = Field(
+        None, description="every class (sorted order is used); default: learned from the "
+        "label and prediction values")
+
+
+@register("evaluate")
+class Evaluate(Estimator):
+    """Evaluate predictions against a label; the metrics go to the run record, rows pass through.
+
+    ```yaml
+    - op: evaluate
+      label: churned
+      metrics: [accuracy, roc_auc, f1, confusion_matrix]   # default: all the data allows
+      # prediction: prediction   probability: probability   weight: w   task: auto
+    ```
+    Classification metrics: accuracy, log_loss, roc_auc (binary, or macro one-vs-rest),
+    precision, recall, f1 (binary: positive class = the larger class; multiclass: macro
+    average), confusion_matrix, count. Regression: rmse, mse, mae, r2, count.
+    """
+
+    Params = EvaluateParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        known = sorted(set(REGRESSION_METRICS) | set(CLASSIFICATION_METRICS))
+        if self.params.metrics == []:
+            raise ParamError("metrics is empty", hint="list metrics, or leave it out for all")
+        for name in self.params.metrics or []:
+            if name not in known:
+                raise ParamError(f"unknown metric '{name}'{suggest(name, known)}",
+                                 hint="known: " + ", ".join(known))
+        if self.params.task == "regression" and self.params.classes is not None:
+            raise ParamError("classes are for classification", hint="drop classes")
+
+    # ----------------------------------------------------------------- plan time
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        p = self.params
+        optional = [c for c in (p.probability, p.weight) if c and c in schema.names]
+        return [p.label, p.prediction, *optional]
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        self._plan(schema)
+        return schema
+
+    def _plan(self, schema: pa.Schema) -> dict[str, Any]:
+        """Everything decided from the schema: task, metrics, classes, columns used."""
+        p = self.params
+        require_columns(schema, [p.label, p.prediction])
+        label_type = _value_type(schema.field(p.label).type)
+        task = p.task if p.task != "auto" else _task_of(p.label, label_type)
+        if p.classes is not None and task != "classification":
+            raise ParamError(f"classes given but label '{p.label}' ({label_type}) makes this "
+                             "a regression", hint="set task: classification")
+        for name in p.metrics or []:
+            if name not in METRICS[task]:
+                raise ParamError(
+                    f"metric '{name}' is not a {task} metric{suggest(name, METRICS[task])}",
+                    hint=f"{task} metrics: " + ", ".join(METRICS[task])
+                    + ("" if p.task != "auto" else "; or set task"))
+        has_proba = p.probability in schema.names and task == "classification"
+        if p.metrics is None:
+            metrics = [m for m in DEFAULT_METRICS[task]
+                       if has_proba or m not in PROBABILITY_METRICS]
+        else:
+            metrics = list(p.metrics)
+        needs = [m for m in metrics if m in PROBABILITY_METRICS]
+        if needs and not has_proba:
+            raise SchemaError(
+                f"metric {', '.join(needs)} needs the probability column '{p.probability}', "
+                f"not in the input{suggest(p.probability, schema.names)}",
+                hint="score with a classifier first, set `probability:` to the column, "
+                     "or drop " + ", ".join(needs))
+        classes = self._classes(label_type) if task == "classification" else None
+        if task == "regression":
+            for column in (p.label, p.prediction):
+                _require_numeric(schema, column, "a regression")
+        else:
+            _require_comparable(schema, p.label, p.prediction)
+        if needs:
+            _require_probability(schema, p.probability, classes)
+        if p.weight is not None:
+            require_columns(schema, [p.weight], "weight column")
+            _require_numeric(schema, p.weight, "a weight")
+        return {"task": task, "metrics": metrics, "classes": classes,
+                "probability": p.probability if needs else None}
+
+    def _classes(self, label_type: pa.DataType) -> list[Any] | None:
+        classes = self.params.classes
+        if classes is None:
+            return None
+        try:
+            values = pa.array(classes).cast(label_type)
+        except (pa.ArrowException, ValueError):
+            raise ParamError(f"classes {classes} do not fit the label type {label_type}",
+                             hint="list classes as values of the label column") from None
+        if values.null_count:
+            raise ParamError("classes has an empty value", hint="list each class")
+        return values.to_pylist()
+
+    # ----------------------------------------------------------------- fit
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        return self._plan(schema)
+
+    def _accumulator(self, state: dict[str, Any]) -> MetricAccumulator:
+        p = self.params
+        return MetricAccumulator(state["task"], state["metrics"], state["classes"],
+                                 columns=(p.label, p.prediction))
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        accumulator = self._accumulator(state)
+        if part.num_rows == 0:
+            return accumulator.empty()
+        p = self.params
+        numeric = state["task"] == "regression"
+        y_true = _values(part, p.label, numeric, "label")
+        y_pred = _values(part, p.prediction, numeric, "prediction")
+        proba = _probability(part, state["probability"]) if state["probability"] else None
+        weight = _weights(part, p.weight) if p.weight else None
+        return accumulator.partial(y_true, y_pred, proba, weight, xp=xp)
+
+    def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        return MetricAccumulator(a["task"]).combine(a, b)
+
+    def update(self, stats: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return {**state, "metrics_values": self._accumulator(state).finalize(stats)}, True
+
+    def fitted(self, state: dict[str, Any]) -> Transform:
+        return EvaluateFitted(self.params, state.get("metrics_values", {}))
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        return dict(state.get("metrics_values", {}))
+
+
+@register_fitted("evaluate.fitted")
+class EvaluateFitted(Transform):
+    """The evaluated data, unchanged; carries the metrics it measured."""
+
+    Params = EvaluateParams
+
+    def __init__(self, params: Any = None, metrics: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        self.metrics = dict(metrics or {})
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        return part  # tables are immutable: passing it on cannot change the caller's
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"params": self.params.model_dump(mode="json"), "metrics": self.metrics}, {}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Transform:
+        return cls(cls.Params(**meta["params"]), meta.get("metrics"))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _task_of(label: str, t: pa.DataType) -> str:
+    """DESIGN.md's rule: integer, boolean or string label -> classification; float -> regression."""
+    if pa.types.is_integer(t) or pa.types.is_boolean(t) or _is_string(t):
+        return "classification"
+    if pa.types.is_floating(t):
+        return "regression"
+    raise SchemaError(f"label '{label}' has type {t}: cannot tell classification from "
+                      "regression", hint="set task: classification or task: regression")
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _require_numeric(schema: pa.Schema, column: str, what: str) -> None:
+    t = _value_type(schema.field(column).type)
+    if not _is_numeric(t):
+        raise SchemaError(f"column '{column}' has type {t} but {what} needs numbers",
+                          hint="cast it, or choose another column")
+
+
+def _require_comparable(schema: pa.Schema, label: str, prediction: str) -> None:
+    a, b = (_value_type(schema.field(c).type) for c in (label, prediction))
+    if _is_string(a) != _is_string(b) or not (_is_string(a) or _is_numeric(a)):
+        raise SchemaError(f"prediction '{prediction}' ({b}) cannot be compared with label "
+                          f"'{label}' ({a})", hint="predictions must be class labels of the "
+                          "label's kind; is `prediction:` the right column?")
+
+
+def _require_probability(schema: pa.Schema, column: str, classes: list[Any] | None) -> None:
+    t = schema.field(column).type
+    is_list = (pa.types.is_list(t) or pa.types.is_large_list(t)
+               or pa.types.is_fixed_size_list(t))
+    if is_list and not pa.types.is_floating(t.value_type) or not (
+            is_list or pa.types.is_floating(t)):
+        raise SchemaError(f"probability column '{column}' has type {t}",
+                          hint="expected float64 (binary) or list<double> (multiclass)")
+    if not is_list and classes is not None and len(classes) > 2:
+        raise SchemaError(f"probability column '{column}' is one number per row but "
+                          f"{len(classes)} classes are given",
+                          hint="multiclass probability is a list<double> per row")
+
+
+def _no_nulls(part: pa.Table, column: str, what: str) -> pa.Array:
+    values = part.column(column)
+    if values.null_count:
+        raise DataError(f"{what} column '{column}' has {values.null_count} null values",
+                        hint=f"drop or fill rows with a null '{column}' before evaluate")
+    values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    return values.dictionary_decode() if pa.types.is_dictionary(values.type) else values
+
+
+def _values(part: pa.Table, column: str, numeric: bool, what: str) -> np.ndarray:
+    values = _no_nulls(part, column, what)
+    if numeric:
+        out = column_to_numpy(values)
+    else:
+        out = values.to_numpy(zero_copy_only=False)
+        if _is_string(values.type):
+            out = out.astype(str)
+    if out.dtype.kind == "f" and np.isnan(out).any():
+        raise DataError(f"{what} column '{column}' has NaN values",
+                        hint=f"drop or fill rows with a NaN '{column}' before evaluate")
+    return out
+
+
+def _probability(part: pa.Table, column: str) -> np.ndarray:
+    values = _no_nulls(part, column, "probability")
+    if pa.types.is_floating(values.type):
+        out = column_to_numpy(values)
+    else:
+        lengths = pc.list_value_length(values)
+        low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()
+        if low != high:
+            raise DataError(f"probability column '{column}' has lists of {low} to {high} "
+                            "entries", hint="one entry per class on every row")
+        flat = pc.list_flatten(values)
+        if flat.null_count:
+            raise DataError(f"probability column '{column}' has null entries",
+                            hint="one probability per class on every row")
+        out = column_to_numpy(flat).reshape(len(values), low)
+    if np.isnan(out).any() or (out < 0).any() or (out > 1).any():
+        raise DataError(f"probability column '{column}' has values outside [0, 1]",
+                        hint="is it a probability (not a logit or score)?")
+    return out
+
+
+def _weights(part: pa.Table, column: str) -> np.ndarray:
+    out = column_to_numpy(_no_nulls(part, column, "weight"))
+    if np.isnan(out).any() or (out < 0).any():
+        raise DataError(f"weight column '{column}' has NaN or negative values",
+                        hint="weights must be >= 0")
+    return out

@@ -1,0 +1,436 @@
+"""Mergeable evaluation metrics: per-partition statistics that combine, then finalize.
+
+A ``MetricAccumulator`` follows the Estimator rhythm: ``partial`` on each
+partition (numeric work on the array namespace ``xp``), ``combine`` on any
+tree of partials (associative, commutative; the stats of zero rows are the
+identity), ``finalize`` on the driver in NumPy. Stats are plain picklable dicts
+of NumPy arrays and floats.
+
+Labels, not indices: ``y_true`` and ``y_pred`` hold class labels (any sortable
+type: int, bool, str, float); they are mapped to positions in the sorted class
+list. Class order is always sorted, whether the classes are given or learned
+from the data, which is the order of the ``probability`` columns a model emits
+(binary: a float ``P(classes[1])``; multiclass: one column per class).
+
+When ``classes`` is not given, each partition keeps its statistics keyed by the
+class values it saw (labels and predictions); ``combine`` aligns two partials on
+the union of their classes. Multiclass probabilities are positional, so before
+the full class set is known a partition cannot tell which probability column
+belongs to a label; it keeps the few candidate columns a label can still have
+(``K - n_seen + 1`` of them for ``K`` columns) and ``combine`` narrows them. At
+``finalize`` the number of classes found must equal the number of probability
+columns, else pass ``classes`` explicitly. Memory of the stats is bounded by the
+class count, never by the rows: ``2**16 + 1`` floats per class and probability
+column, times the candidates while classes are unseen (one with ``classes`` given).
+
+Metrics that are undefined on the data (``roc_auc`` with a single class,
+``log_loss`` with one class and binary probabilities) are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from operators.arrays import get_namespace, to_numpy, to_xp
+from operators.base import DataError, ParamError, suggest
+
+REGRESSION_METRICS = ["rmse", "mse", "mae", "r2", "count"]
+CLASSIFICATION_METRICS = ["accuracy", "log_loss", "roc_auc", "precision", "recall", "f1",
+                          "confusion_matrix", "count"]
+DEFAULT_METRICS = {
+    "regression": ["rmse", "mae", "r2", "count"],
+    "classification": ["accuracy", "precision", "recall", "f1", "log_loss", "roc_auc",
+                       "confusion_matrix", "count"],
+}
+PROBABILITY_METRICS = ["log_loss", "roc_auc"]
+METRICS = {"regression": REGRESSION_METRICS, "classification": CLASSIFICATION_METRICS}
+
+AUC_BINS = 2 ** 16
+"""Scores are binned to the grid ``k / AUC_BINS``, k = 0..AUC_BINS (``AUC_BINS + 1`` bins)."""
+
+_EPS = float(np.finfo(np.float64).eps)  # scikit-learn's log_loss clip for float64
+
+
+class MetricAccumulator:
+    """Mergeable metrics for one task: ``partial`` per partition, ``combine``, ``finalize``.
+
+    Regression: ``rmse``, ``mse``, ``mae``, ``r2`` (``1 - SSE/SST``; 1.0 or 0.0 when
+    the label is constant, as scikit-learn), ``count`` (rows, unweighted).
+
+    Classification: ``accuracy``; ``log_loss`` (probabilities clipped to
+    ``[eps, 1 - eps]``, eps of float64, no renormalisation - as scikit-learn);
+    ``roc_auc`` (binary: score ``P(classes[1])``; multiclass: macro one-vs-rest
+    over the classes with both positives and negatives); ``precision``,
+    ``recall``, ``f1`` (binary: positive class ``classes[1]``; multiclass: macro
+    average over all classes, a class never predicted counts 0 precision, as
+    scikit-learn's ``zero_division=0``; with a single class, that class's values);
+    ``confusion_matrix`` (rows true, columns predicted, sorted class order; also
+    adds ``classes``); ``count``. With a weight, every metric but ``count`` is
+    weighted (scikit-learn's ``sample_weight``).
+
+    How exact ``roc_auc`` is: each class's scores are histogrammed on the fixed
+    grid ``k / 2**16`` (a score goes to the nearest grid point; memory is
+    ``2**16 + 1`` floats per class, whatever the data size) and the
+    Mann-Whitney statistic is computed over bins, pairs within one bin counting
+    one half. That is exactly the trapezoidal ROC AUC of the binned scores, so:
+
+    * it is exact (to float rounding) when every score lies on the grid
+      (``k / 2**16``: e.g. scores with at most 16 binary digits);
+    * otherwise the only error is pairs of a positive and a negative whose
+      distinct scores share a bin, each off by at most one half:
+      ``|AUC_binned - AUC| <= sum_b P_b N_b / (2 P N)`` (``P_b``, ``N_b``: positive
+      and negative weight in bin b). For scores whose negative density is at most
+      ``D`` that is at most ``D / 2**17``, below 1e-4 for ``D < 13``.
+    """
+
+    def __init__(self, task: str, metrics: list[str] | None = None,
+                 classes: list[Any] | None = None,
+                 columns: tuple[str, str] = ("y_true", "y_pred")):
+        if task not in METRICS:
+            raise ParamError(f"unknown task '{task}'{suggest(task, METRICS)}",
+                             hint="use classification or regression")
+        self.task = task
+        self.explicit = metrics is not None
+        self.metrics = list(metrics) if metrics is not None else list(DEFAULT_METRICS[task])
+        for name in self.metrics:
+            if name not in METRICS[task]:
+                raise ParamError(f"unknown {task} metric '{name}'{suggest(name, METRICS[task])}",
+                                 hint="known: " + ", ".join(METRICS[task]))
+        if classes is not None and task == "regression":
+            raise ParamError("classes are for classification", hint="drop classes")
+        self.classes = None if classes is None else _sorted_classes(classes)
+        self.columns = columns
+        self.needs_proba = [m for m in self.metrics if m in PROBABILITY_METRICS]
+
+    # ----------------------------------------------------------------- partial
+
+    def partial(self, y_true: np.ndarray, y_pred: np.ndarray, proba: Any | None = None,
+                weight: Any | None = None, *, xp: Any = None) -> dict[str, Any]:
+        """Statistics of one partition (labels as NumPy; proba/weight NumPy or ``xp``)."""
+        xp = xp if xp is not None else get_namespace("numpy")
+        n = int(np.shape(y_true)[0])
+        if int(np.shape(y_pred)[0]) != n:
+            raise DataError(f"{self.columns[0]} has {n} rows but {self.columns[1]} "
+                            f"has {np.shape(y_pred)[0]}")
+        if n == 0:
+            return self.empty()
+        w = (xp.ones(n, dtype=xp.float64) if weight is None
+             else xp.astype(_on(xp, weight), xp.float64))
+        if self.task == "regression":
+            return self._partial_regression(y_true, y_pred, w, xp)
+        return self._partial_classification(y_true, y_pred, proba, w, xp)
+
+    def empty(self) -> dict[str, Any]:
+        """The stats of zero rows: the identity of ``combine``."""
+        if self.task == "regression":
+            return {"task": "regression", "rows": 0.0, "weight": 0.0, "mean": 0.0, "m2": 0.0,
+                    "sse": 0.0, "sae": 0.0}
+        classes = self.classes if self.classes is not None else np.asarray([])
+        k = len(classes)
+        return {"task": "classification", "classes": classes, "rows": 0.0, "weight": 0.0,
+                "confusion": np.zeros((k, k)), "proba": None}
+
+    def _partial_regression(self, y_true: Any, y_pred: Any, w: Any, xp: Any) -> dict[str, Any]:
+        y = xp.astype(_on(xp, np.asarray(y_true, dtype=np.float64)), xp.float64)
+        p = xp.astype(_on(xp, np.asarray(y_pred, dtype=np.float64)), xp.float64)
+        total = xp.sum(w)
+        mean = xp.sum(w * y) / total if float(total) > 0 else xp.asarray(0.0)
+        err = y - p
+        sums = xp.stack([total, mean, xp.sum(w * (y - mean) ** 2), xp.sum(w * err * err),
+                         xp.sum(w * xp.abs(err))])
+        total, mean, m2, sse, sae = (float(v) for v in to_numpy(sums))
+        return {"task": "regression", "rows": float(y.shape[0]), "weight": total, "mean": mean,
+                "m2": m2, "sse": sse, "sae": sae}
+
+    def _partial_classification(self, y_true: np.ndarray, y_pred: np.ndarray, proba: Any,
+                                w: Any, xp: Any) -> dict[str, Any]:
+        y_true, y_pred = _labels(y_true), _labels(y_pred)
+        if self.classes is not None:
+            classes = self.classes
+        else:
+            classes = np.unique(np.concatenate([np.unique(y_true), np.unique(y_pred)]))
+        k = len(classes)
+        t = _on(xp, self._index(y_true, classes, self.columns[0]))
+        p = _on(xp, self._index(y_pred, classes, self.columns[1]))
+        confusion = _segment_sums(xp, t * k + p, w[:, None], k * k).reshape(k, k)
+        stats: dict[str, Any] = {"task": "classification", "classes": classes,
+                                 "rows": float(len(y_true)), "weight": float(xp.sum(w)),
+                                 "confusion": confusion, "proba": None}
+        if proba is None:
+            if self.needs_proba and self.explicit:
+                raise ParamError(f"metrics {self.needs_proba} need predicted probabilities",
+                                 hint="give a probability column or drop these metrics")
+            return stats
+        stats["proba"] = self._partial_proba(_on(xp, proba), t, k, w, xp)
+        return stats
+
+    def _partial_proba(self, proba: Any, t: Any, k: int, w: Any, xp: Any) -> dict[str, Any]:
+        proba = xp.astype(proba, xp.float64)
+        if proba.ndim == 2 and proba.shape[1] == 2:
+            proba = proba[:, 1]
+        if proba.ndim == 1:
+            if k > 2:
+                raise DataError(f"probability is one number per row (binary) but {k} classes "
+                                "were found", hint="a multiclass probability is a list per row")
+            nb = AUC_BINS + 1
+            clipped = xp.clip(proba, _EPS, 1 - _EPS)
+            losses = xp.stack([-xp.log(xp.clip(1 - proba, _EPS, 1 - _EPS)), -xp.log(clipped)],
+                              axis=1)
+            loss = _segment_sums(xp, t, w[:, None] * losses, k)
+            hist = _segment_sums(xp, t * nb + _bins(xp, proba), w[:, None], k * nb)
+            return {"width": 1, "loss": loss, "hist": hist.reshape(k, 1, nb), "hist_all": None}
+        width = int(proba.shape[1])
+        if k > width:
+            raise DataError(f"probability has {width} entries per row but {k} classes were "
+                            "found", hint="the probability list has one entry per class")
+        nb = AUC_BINS + 1
+        losses = -xp.log(xp.clip(proba, _EPS, 1 - _EPS))
+        loss = _segment_sums(xp, t, w[:, None] * losses, k)
+        bins = _bins(xp, proba)
+        n = proba.shape[0]
+        columns = xp.reshape(xp.arange(width, dtype=xp.int64), (1, width))
+        hist_all = _segment_sums(xp, xp.reshape(columns * nb + bins, (-1,)),
+                                 xp.reshape(xp.broadcast_to(w[:, None], (n, width)), (-1, 1)),
+                                 width * nb).reshape(width, nb)
+        # a label at position i of the classes seen so far owns probability column
+        # i + c for one c in [0, width - k]: keep all of those candidates
+        cands = width - k + 1
+        offsets = xp.reshape(xp.arange(cands, dtype=xp.int64), (1, cands))
+        own = xp.take_along_axis(bins, t[:, None] + offsets, axis=1)
+        keys = (t[:, None] * cands + offsets) * nb + own
+        hist = _segment_sums(xp, xp.reshape(keys, (-1,)),
+                             xp.reshape(xp.broadcast_to(w[:, None], (n, cands)), (-1, 1)),
+                             k * cands * nb).reshape(k, cands, nb)
+        return {"width": width, "loss": loss, "hist": hist, "hist_all": hist_all}
+
+    def _index(self, values: np.ndarray, classes: np.ndarray, column: str) -> np.ndarray:
+        pos = np.searchsorted(classes, values)
+        bad = pos >= len(classes)
+        bad[~bad] = classes[pos[~bad]] != values[~bad]
+        if bad.any():
+            value = values[bad][0]
+            raise DataError(f"{column} value {_plain(value)!r} is not one of the classes "
+                            f"{[_plain(c) for c in classes[:20]]}",
+                            hint="add it to classes, or leave classes unset to learn them")
+        return pos.astype(np.int64)
+
+    # ----------------------------------------------------------------- combine
+
+    def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        """Merge two partials (associative, commutative; empty stats are the identity)."""
+        if a["rows"] == 0:
+            return b
+        if b["rows"] == 0:
+            return a
+        if self.task == "regression":
+            return _combine_regression(a, b)
+        classes = (a["classes"] if np.array_equal(a["classes"], b["classes"])
+                   else np.union1d(a["classes"], b["classes"]))
+        a, b = _align(a, classes), _align(b, classes)
+        if (a["proba"] is None) != (b["proba"] is None):
+            raise DataError("some partitions have probabilities and some do not")
+        proba = None
+        if a["proba"] is not None:
+            pa_, pb = a["proba"], b["proba"]
+            if pa_["width"] != pb["width"]:
+                raise DataError(f"probability has {pa_['width']} entries in one partition and "
+                                f"{pb['width']} in another", hint="one entry per class")
+            proba = {"width": pa_["width"], "loss": pa_["loss"] + pb["loss"],
+                     "hist": pa_["hist"] + pb["hist"],
+                     "hist_all": None if pa_["hist_all"] is None
+                     else pa_["hist_all"] + pb["hist_all"]}
+        return {"task": "classification", "classes": classes, "rows": a["rows"] + b["rows"],
+                "weight": a["weight"] + b["weight"], "confusion": a["confusion"] + b["confusion"],
+                "proba": proba}
+
+    # ----------------------------------------------------------------- finalize
+
+    def finalize(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """The metrics (plain floats and lists, JSON-able) from combined stats."""
+        if stats["rows"] == 0:
+            raise DataError("no rows to evaluate", hint="check the input and any filter")
+        if not stats["weight"] > 0:
+            raise DataError("the weights sum to zero", hint="weights must be >= 0, some > 0")
+        if self.task == "regression":
+            values = _finalize_regression(stats)
+        else:
+            values = self._finalize_classification(stats)
+        return {m: values[m] for m in self.metrics if m in values} | (
+            {"classes": values["classes"]} if "confusion_matrix" in self.metrics else {})
+
+    def _finalize_classification(self, stats: dict[str, Any]) -> dict[str, Any]:
+        classes, conf, total = stats["classes"], stats["confusion"], stats["weight"]
+        k = len(classes)
+        tp = np.diag(conf)
+        true_sum, pred_sum = conf.sum(axis=1), conf.sum(axis=0)
+        precision = _ratio(tp, pred_sum)
+        recall = _ratio(tp, true_sum)
+        f1 = _ratio(2 * tp, true_sum + pred_sum)
+        binary = k <= 2
+        pick = (lambda v: float(v[-1])) if binary else (lambda v: float(np.mean(v)))
+        weighted = not np.array_equal(conf, np.round(conf))
+        out: dict[str, Any] = {
+            "accuracy": float(tp.sum() / total),
+            "precision": pick(precision), "recall": pick(recall), "f1": pick(f1),
+            "confusion_matrix": (conf.tolist() if weighted else conf.astype(np.int64).tolist()),
+            "classes": [_plain(c) for c in classes],
+            "count": int(stats["rows"]),
+        }
+        if stats["proba"] is not None:
+            out.update(_finalize_proba(stats["proba"], k, total))
+        return out
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _on(xp: Any, array: Any) -> Any:
+    return to_xp(array, xp) if isinstance(array, np.ndarray) else array
+
+
+def _bins(xp: Any, scores: Any) -> Any:
+    """Nearest grid point ``k / AUC_BINS`` of each score (clipped to [0, 1]) as int64."""
+    scaled = xp.floor(xp.clip(scores, 0.0, 1.0) * AUC_BINS + 0.5)
+    return xp.astype(scaled, xp.int64)
+
+
+def _segment_sums(xp: Any, keys: Any, values: Any, length: int) -> np.ndarray:
+    """``out[key] += values[row]`` for keys in [0, length): a weighted bincount per column.
+
+    The array API has no bincount, so: sort by key, cumulative sums, and read
+    them at each key's boundaries (found by searchsorted). Integer weights stay exact.
+    """
+    order = xp.argsort(keys)
+    sorted_keys = xp.take(keys, order)
+    values = xp.take(values, order, axis=0)
+    edges = xp.searchsorted(sorted_keys, xp.arange(length + 1, dtype=xp.int64))
+    running = xp.cumulative_sum(values, axis=0, include_initial=True)
+    at = xp.take(running, edges, axis=0)
+    return to_numpy(at[1:, ...] - at[:-1, ...]).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def _sorted_classes(classes: list[Any]) -> np.ndarray:
+    values = _labels(np.asarray(list(classes)))
+    unique = np.unique(values)
+    if len(unique) != len(values):
+        raise ParamError("classes has duplicates", hint="list each class once")
+    return unique
+
+
+def _labels(values: np.ndarray) -> np.ndarray:
+    """Labels as a sortable NumPy array (object arrays of str become str arrays)."""
+    values = np.asarray(values)
+    if values.dtype == object and len(values):
+        return values.astype(str) if all(isinstance(v, str) for v in values[:1]) else values
+    return values
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value JSON understands."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _align(stats: dict[str, Any], classes: np.ndarray) -> dict[str, Any]:
+    """The classification stats re-keyed on ``classes`` (a sorted superset of its own)."""
+    own = stats["classes"]
+    if np.array_equal(own, classes):
+        return stats
+    k, pos = len(classes), np.searchsorted(classes, own)
+    confusion = np.zeros((k, k))
+    confusion[np.ix_(pos, pos)] = stats["confusion"]
+    proba = stats["proba"]
+    if proba is not None:
+        width = proba["width"]
+        loss = np.zeros((k, proba["loss"].shape[1]))
+        loss[pos] = proba["loss"]
+        if width == 1:
+            if k > 2:
+                raise DataError(f"probability is one number per row (binary) but {k} classes "
+                                "were found", hint="a multiclass probability is a list per row")
+            hist = np.zeros((k, 1, AUC_BINS + 1))
+            hist[pos] = proba["hist"]
+        else:
+            if k > width:
+                raise DataError(f"probability has {width} entries per row but {k} classes "
+                                "were found", hint="the probability list has one entry per class")
+            cands = width - k + 1
+            hist = np.zeros((k, cands, AUC_BINS + 1))
+            # candidate c of class at new position g is column g + c; in the old stats
+            # that column is candidate (g - i) + c of the class at old position i
+            for i, g in enumerate(pos):
+                hist[g] = proba["hist"][i, g - i:g - i + cands]
+        proba = {"width": width, "loss": loss, "hist": hist, "hist_all": proba["hist_all"]}
+    return {**stats, "classes": classes, "confusion": confusion, "proba": proba}
+
+
+def _combine_regression(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    # Chan et al.'s pairwise update: stable where raw sums of squares cancel
+    wa, wb = a["weight"], b["weight"]
+    total = wa + wb
+    if total > 0:
+        delta = b["mean"] - a["mean"]
+        mean = (wa * a["mean"] + wb * b["mean"]) / total
+        m2 = a["m2"] + b["m2"] + delta * delta * wa * wb / total
+    else:
+        mean, m2 = 0.0, 0.0
+    return {"task": "regression", "rows": a["rows"] + b["rows"], "weight": total, "mean": mean,
+            "m2": m2, "sse": a["sse"] + b["sse"], "sae": a["sae"] + b["sae"]}
+
+
+def _finalize_regression(stats: dict[str, Any]) -> dict[str, Any]:
+    total, sse, m2 = stats["weight"], stats["sse"], stats["m2"]
+    # a constant label gives 1.0 or 0.0: scikit-learn's force_finite convention
+    r2 = 1.0 - sse / m2 if m2 > 0 else float(sse == 0)
+    return {"mse": sse / total, "rmse": math.sqrt(sse / total), "mae": stats["sae"] / total,
+            "r2": r2, "count": int(stats["rows"])}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den is 0 (scikit-learn's zero_division=0)."""
+    safe = np.where(den > 0, den, 1.0)
+    return np.where(den > 0, num / safe, 0.0)
+
+
+def _finalize_proba(proba: dict[str, Any], k: int, total: float) -> dict[str, float]:
+    width, loss, hist = proba["width"], proba["loss"], proba["hist"]
+    if width == 1:
+        if k < 2:
+            return {"log_loss": math.nan, "roc_auc": math.nan}
+        return {"log_loss": float((loss[0, 0] + loss[1, 1]) / total),
+                "roc_auc": auc(hist[1, 0], hist[0, 0])}
+    if k != width:
+        raise DataError(f"probability has {width} entries per row but {k} classes are known "
+                        "(given, or found in the labels and predictions)",
+                        hint=f"set classes to the model's {width} classes")
+    own = hist[:, 0, :]
+    negatives = np.clip(proba["hist_all"] - own, 0.0, None)
+    aucs = [auc(own[c], negatives[c]) for c in range(k)]
+    defined = [a for a in aucs if not math.isnan(a)]
+    return {"log_loss": float(np.trace(loss) / total),
+            "roc_auc": float(np.mean(defined)) if defined else math.nan}
+
+
+def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """ROC AUC from weight histograms over ordered score bins (ties in a bin count half).
+
+    NaN when either side has no weight.
+    """
+    p, n = float(positives.sum()), float(negatives.sum())
+    if p <= 0 or n <= 0:
+        return math.nan
+    below = np.cumsum(negatives) - negatives
+    return float(np.sum(positives * (below + 0.5 * negatives)) / (p * n))
+
+
+def auc_bin_error_bound(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """The bound ``sum_b P_b N_b / (2 P N)`` on how far ``auc`` is from the unbinned AUC."""
+    p, n = float(positives.sum()), float(negatives.sum())
+    if p <= 0 or n <= 0:
+        return math.nan
+    return float(np.sum(positives * negatives) / (2 * p * n))

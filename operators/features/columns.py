@@ -1,0 +1,300 @@
+"""select, drop, rename and cast columns; and the column helpers the feature operators share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator
+
+from operators.base import (
+    DataError,
+    ParamError,
+    Params,
+    SchemaError,
+    Transform,
+    register,
+    require_columns,
+)
+from operators.io.parquet import parse_type
+
+# --------------------------------------------------------------------------- helpers
+
+
+def is_numeric(t: pa.DataType) -> bool:
+    """Integer or floating point (booleans and decimals are not numbers to scale)."""
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def require_numeric(schema: pa.Schema, columns: Iterable[str], what: str) -> None:
+    """SchemaError naming the first column of ``columns`` that is not integer or floating."""
+    require_columns(schema, columns)
+    for name in columns:
+        t = schema.field(name).type
+        if not is_numeric(t):
+            raise SchemaError(f"column '{name}' is {t}, but {what} needs numbers",
+                              hint=f"leave '{name}' out, or `cast` it to float64 first")
+
+
+def unique_names(names: list[str], param: str) -> None:
+    """ParamError if a column is listed twice in ``param``."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ParamError(f"column '{name}' is listed twice in `{param}`")
+        seen.add(name)
+
+
+def null_mask(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """True where ``column`` is null, as a NumPy bool vector."""
+    return np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def replace_field(schema: pa.Schema, name: str, fields: list[pa.Field]) -> pa.Schema:
+    """``schema`` with column ``name`` replaced, in place, by ``fields`` (any number)."""
+    i = schema.get_field_index(name)
+    out = schema.remove(i)
+    for k, f in enumerate(fields):
+        out = out.insert(i + k, f)
+    return out
+
+
+def replace_columns(part: pa.Table, name: str, fields: list[pa.Field],
+                    arrays: list[pa.Array]) -> pa.Table:
+    """``part`` with column ``name`` replaced, in place, by ``arrays`` (any number)."""
+    i = part.schema.get_field_index(name)
+    out = part.remove_column(i)
+    for k, (f, a) in enumerate(zip(fields, arrays, strict=True)):
+        out = out.add_column(i + k, f, a)
+    return out
+
+
+def plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array, dictionary-decoded."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
+def value_counts(column: pa.ChunkedArray | pa.Array) -> dict[str, Any]:
+    """Distinct values (not null, not NaN) in sorted order, their counts, and the nulls.
+
+    Plain data for an Estimator's stats: ``{"values": list, "counts": int64 array,
+    "nulls": int}``; ``merge_counts`` combines two exactly.
+    """
+    column = plain(column)
+    nulls = column.null_count
+    column = column.drop_null()
+    if pa.types.is_floating(column.type):
+        # -0.0 + 0.0 is 0.0: one value, however the partitions split the data
+        column = pc.add(column.filter(pc.invert(pc.is_nan(column))), 0.0)
+    counted = pc.value_counts(column)
+    values, counts = counted.field("values"), counted.field("counts")
+    order = pc.sort_indices(values)
+    return {"values": values.take(order).to_pylist(),
+            "counts": counts.take(order).to_numpy(zero_copy_only=False).astype(np.int64),
+            "nulls": int(nulls)}
+
+
+def merge_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two ``value_counts`` as one: counts of equal values add; values stay sorted."""
+    merged: dict[Any, int] = dict(zip(a["values"], a["counts"].tolist(), strict=True))
+    for value, count in zip(b["values"], b["counts"].tolist(), strict=True):
+        merged[value] = merged.get(value, 0) + count
+    values = sorted(merged)
+    return {"values": values, "counts": np.array([merged[v] for v in values], dtype=np.int64),
+            "nulls": a["nulls"] + b["nulls"]}
+
+
+def arrow_message(exc: BaseException) -> str:
+    """The first line of an Arrow error, without its 'Invalid: ' prefix."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__).removeprefix("Invalid: ")
+
+
+# --------------------------------------------------------------------------- select / drop
+
+
+class SelectParams(Params):
+    columns: list[str] = Field(min_length=1, description="columns to keep, in this order")
+
+
+@register("select")
+class Select(Transform):
+    """Keep only the named columns, in the order given.
+
+    ```yaml
+    - op: select
+      columns: [tenure, plan, churned]
+    ```
+    """
+
+    Params = SelectParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        unique_names(self.params.columns, "columns")
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        require_columns(schema, self.params.columns)
+        return pa.schema([schema.field(c) for c in self.params.columns],
+                         metadata=schema.metadata)
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        return part.select(self.params.columns)
+
+
+class DropParams(Params):
+    columns: list[str] = Field(min_length=1, description="columns to remove")
+
+
+@register("drop")
+class Drop(Transform):
+    """Remove the named columns.
+
+    ```yaml
+    - op: drop
+      columns: [customer_id, signup_date]
+    ```
+    """
+
+    Params = DropParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        unique_names(self.params.columns, "columns")
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        require_columns(schema, self.params.columns)
+        for name in self.params.columns:
+            schema = schema.remove(schema.get_field_index(name))
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        return part.drop_columns(self.params.columns)
+
+
+# --------------------------------------------------------------------------- rename
+
+
+class RenameParams(Params):
+    columns: dict[str, str] = Field(min_length=1,
+                                    description="old name: new name, e.g. {amt: amount}")
+
+
+@register("rename")
+class Rename(Transform):
+    """Rename columns; the new names must not clash with each other or with kept columns.
+
+    ```yaml
+    - op: rename
+      columns: {amt: amount, cust: customer_id}
+    ```
+    """
+
+    Params = RenameParams
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def _names(self, names: list[str]) -> list[str]:
+        mapping = self.params.columns
+        new = [mapping.get(n, n) for n in names]
+        seen: dict[str, str] = {}
+        for old, name in zip(names, new, strict=True):
+            if name in seen:
+                pair = (seen[name], old)
+                renamed = [n for n in pair if n in mapping]
+                if len(renamed) == 2:
+                    message = f"renaming '{pair[0]}' and '{pair[1]}' both give '{name}'"
+                else:
+                    message = f"renaming '{renamed[0]}' to '{name}' clashes with column '{name}'"
+                raise SchemaError(message,
+                                  hint="choose another name, or drop the other column first")
+            seen[name] = old
+        return new
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        require_columns(schema, self.params.columns)
+        new = self._names(schema.names)
+        return pa.schema([f.with_name(n) for f, n in zip(schema, new, strict=True)],
+                         metadata=schema.metadata)
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        return part.rename_columns(self._names(part.column_names))
+
+
+# --------------------------------------------------------------------------- cast
+
+
+class CastParams(Params):
+    columns: dict[str, str] = Field(
+        min_length=1, description="column: type, e.g. {tenure: float64, day: date32}")
+    safe: bool = Field(True, description="true: a value that does not fit is an error; "
+                                         "false: truncate / wrap as Arrow's unsafe cast does")
+
+    @field_validator("columns")
+    @classmethod
+    def _types_known(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, type_name in value.items():
+            try:
+                parse_type(type_name)
+            except ValueError as exc:
+                raise ParamError(f"cast of column '{name}': {exc}") from None
+        return value
+
+
+@register("cast")
+class Cast(Transform):
+    """Change column types (Arrow casts); a value that does not fit is an error by default.
+
+    ```yaml
+    - op: cast
+      columns: {tenure: float64, signup: date32, plan: string}
+      safe: true
+    ```
+    """
+
+    Params = CastParams
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def _targets(self) -> dict[str, pa.DataType]:
+        return {c: parse_type(t) for c, t in self.params.columns.items()}
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        require_columns(schema, self.params.columns)
+        for name, target in self._targets().items():
+            i = schema.get_field_index(name)
+            source = schema.field(i).type
+            try:
+                pa.array([], type=source).cast(target)
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+                raise SchemaError(f"cannot cast column '{name}' from {source} to {target}",
+                                  hint="cast through an intermediate type, or derive it "
+                                       "with an expression") from None
+            schema = schema.set(i, schema.field(i).with_type(target))
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        for name, target in self._targets().items():
+            i = part.schema.get_field_index(name)
+            try:
+                column = pc.cast(part.column(i), target, safe=self.params.safe)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                hint = ("set `safe: false` to truncate or wrap, or fix the data"
+                        if self.params.safe else "fix the data")
+                raise DataError(f"cannot cast column '{name}' to {target}: "
+                                f"{arrow_message(exc)}", hint=hint) from None
+            part = part.set_column(i, part.schema.field(i).with_type(target), column)
+        return part

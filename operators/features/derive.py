@@ -1,0 +1,118 @@
+"""derive: new columns from expressions over the existing ones (operators/expressions.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from pydantic import Field, field_validator
+
+from operators.base import DataError, ParamError, Params, SchemaError, Transform, register
+from operators.expressions import (
+    ExpressionError,
+    expression_type,
+    parse_expression,
+    referenced_columns,
+)
+from operators.features.columns import arrow_message
+
+
+class DeriveParams(Params):
+    columns: dict[str, str] = Field(
+        min_length=1, description="new column: expression, in order; a later expression may "
+                                  "use an earlier new column; an existing name is replaced")
+
+    @field_validator("columns")
+    @classmethod
+    def _parses(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, text in value.items():
+            try:
+                parse_expression(text)
+            except ExpressionError as exc:
+                raise ParamError(f"derive column '{name}': {exc}") from None
+        return value
+
+
+@register("derive")
+class Derive(Transform):
+    """Add (or replace) columns computed by safe SQL-like expressions, in order.
+
+    Expressions are parsed, never eval'd; see operators/expressions.py for the language.
+    A new column that has the name of an existing one replaces it in place; others are
+    added at the end.
+
+    ```yaml
+    - op: derive
+      columns:
+        charge_per_month: "total_charges / greatest(tenure, 1)"
+        log_charge: "log1p(charge_per_month)"
+        is_long: "tenure >= 24"
+    ```
+    """
+
+    Params = DeriveParams
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        made: set[str] = set()
+        used: list[str] = []
+        for name, text in self.params.columns.items():
+            for column in referenced_columns(text):
+                if column not in made and column not in used:
+                    used.append(column)
+            made.add(name)
+        return used
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        for name, text in self.params.columns.items():
+            try:
+                t = expression_type(text, schema)
+            except ExpressionError as exc:
+                raise SchemaError(f"derive column '{name}': {exc}") from None
+            if pa.types.is_null(t):
+                raise SchemaError(f"derive column '{name}': the expression is always null",
+                                  hint="cast it, e.g. cast(null as float64)")
+            field = pa.field(name, t)
+            i = schema.get_field_index(name)
+            schema = schema.set(i, field) if i >= 0 else schema.append(field)
+        return schema
+
+    def _batches(self) -> list[dict[str, str]]:
+        """Expressions in groups that can be evaluated in one projection: a group ends
+        before an expression that reads a column the group makes."""
+        batches: list[dict[str, str]] = [{}]
+        for name, text in self.params.columns.items():
+            if any(c in batches[-1] for c in referenced_columns(text)) or name in batches[-1]:
+                batches.append({})
+            batches[-1][name] = text
+        return batches
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        out = part
+        for batch in self._batches():
+            try:
+                made = ds.dataset(out).to_table(
+                    columns={name: parse_expression(text) for name, text in batch.items()})
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                failed = self._failing(out, batch)
+                raise DataError(f"derive column '{failed}': {arrow_message(exc)}",
+                                hint="guard the expression, e.g. with if(...) or coalesce(...)"
+                                ) from None
+            for name in batch:
+                field = pa.field(name, made.schema.field(name).type)
+                i = out.schema.get_field_index(name)
+                column = made.column(name)
+                out = out.set_column(i, field, column) if i >= 0 else out.append_column(
+                    field, column)
+        return out
+
+    @staticmethod
+    def _failing(part: pa.Table, batch: dict[str, str]) -> str:
+        """The first expression of ``batch`` that fails on ``part`` alone."""
+        for name, text in batch.items():
+            try:
+                ds.dataset(part).to_table(columns={name: parse_expression(text)})
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                return name
+        return next(iter(batch))
+

@@ -1,0 +1,257 @@
+"""impute: fill missing values with a fitted mean, median or most frequent value, or a constant."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
+
+from operators.arrays import column_to_numpy
+from operators.base import (
+    DataError,
+    Estimator,
+    ParamError,
+    Params,
+    SchemaError,
+    Transform,
+    register,
+    register_fitted,
+    require_columns,
+)
+from operators.features.columns import (
+    is_numeric,
+    merge_counts,
+    plain,
+    unique_names,
+    value_counts,
+)
+from operators.features.scale import combine_moments, moments
+from operators.quantiles import ApproxQuantiles, QuantileSearch
+
+Strategy = Literal["mean", "median", "most_frequent", "constant"]
+Scalar = bool | int | float | str
+
+
+class ImputeParams(Params):
+    columns: list[str] = Field(min_length=1, description="columns whose missing values to fill")
+    strategy: Strategy = Field("mean", description="mean | median | most_frequent | constant")
+    value: Scalar | None = Field(None, description="the fill value of strategy constant")
+    approx: bool = Field(False, description="median from a one-pass KLL sketch: approximate "
+                                            "and not partition-invariant (huge data)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImputeParams:
+        if self.strategy == "constant" and self.value is None:
+            raise ParamError("strategy constant needs a `value`",
+                             hint="e.g. value: 0, or value: unknown")
+        if self.strategy != "constant" and self.value is not None:
+            raise ParamError(f"`value` is only used by strategy constant, not {self.strategy}",
+                             hint="remove `value`, or set strategy: constant")
+        if self.approx and self.strategy != "median":
+            raise ParamError(f"`approx` applies to strategy median, not {self.strategy}")
+        return self
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def output_type(params: ImputeParams, name: str, t: pa.DataType) -> pa.DataType:
+    """The column's type after imputation; a SchemaError / ParamError if it cannot be filled.
+
+    mean and median make integer columns float64; most_frequent keeps every type;
+    a constant keeps the type when the value fits it, and makes an integer column
+    float64 when the value is a float.
+    """
+    value_t = _value_type(t)
+    if params.strategy in ("mean", "median"):
+        if not is_numeric(t):
+            raise SchemaError(f"column '{name}' is {t}; strategy {params.strategy} needs numbers",
+                              hint="use strategy most_frequent or constant")
+        return t if pa.types.is_floating(t) else pa.float64()
+    if params.strategy == "most_frequent":
+        if not (is_numeric(value_t) or pa.types.is_boolean(value_t) or _is_text(value_t)):
+            raise SchemaError(f"column '{name}' is {t}; strategy most_frequent takes numbers, "
+                              "booleans and strings", hint="use strategy constant")
+        return t
+    value = params.value
+    if pa.types.is_integer(value_t) and isinstance(value, float):
+        return pa.float64()
+    if isinstance(value, str) != _is_text(value_t) or (
+            isinstance(value, bool) != pa.types.is_boolean(value_t)):
+        raise ParamError(f"value {value!r} does not suit column '{name}' of type {t}",
+                         hint="give a value of the column's type")
+    try:
+        pa.scalar(value).cast(value_t)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError):
+        raise ParamError(f"value {value!r} does not fit column '{name}' of type {t}",
+                         hint="give a value of the column's type") from None
+    return t
+
+
+def imputed_schema(params: ImputeParams, schema: pa.Schema) -> pa.Schema:
+    require_columns(schema, params.columns)
+    for name in params.columns:
+        i = schema.get_field_index(name)
+        field = schema.field(i)
+        schema = schema.set(i, field.with_type(output_type(params, name, field.type)))
+    return schema
+
+
+@register("impute")
+class Impute(Estimator):
+    """Fill nulls (and NaN in floating columns) with a value fitted per column.
+
+    mean and median skip missing values and make integer columns float64 (an integer
+    column imputed with its mean becomes float64); most_frequent takes the value seen
+    most often (ties: the smallest), for numbers, booleans and strings; constant fills
+    ``value``. The fitted values are in the model's state. A column with no value at
+    all to fit on is an error.
+
+    ```yaml
+    - op: impute
+      columns: [total_charges]
+      strategy: median          # mean | median | most_frequent | constant
+    - op: impute
+      columns: [region]
+      strategy: constant
+      value: unknown
+    ```
+    """
+
+    Params = ImputeParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        unique_names(self.params.columns, "columns")
+        p = self.params
+        self.multi_pass = p.strategy == "median" and not p.approx
+        self.search: QuantileSearch | ApproxQuantiles | None = None
+        if p.strategy == "median":
+            self.search = (ApproxQuantiles if p.approx else QuantileSearch)(p.columns, [0.5])
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return imputed_schema(self.params, schema)
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        if isinstance(self.search, QuantileSearch):
+            return {"search": self.search.init()}
+        return {}
+
+    def _values(self, part: pa.Table) -> dict[str, np.ndarray]:
+        return {c: column_to_numpy(part.column(c)) for c in self.params.columns}
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> Any:
+        p = self.params
+        if p.strategy == "mean":
+            return moments(part, p.columns, xp)
+        if p.strategy == "most_frequent":
+            return {c: value_counts(part.column(c)) for c in p.columns}
+        if isinstance(self.search, QuantileSearch):
+            return self.search.partial(self._values(part), state["search"])
+        if isinstance(self.search, ApproxQuantiles):
+            return self.search.partial(self._values(part))
+        return {}
+
+    def combine(self, a: Any, b: Any) -> Any:
+        p = self.params
+        if p.strategy == "mean":
+            return combine_moments(a, b)
+        if p.strategy == "most_frequent":
+            return {c: merge_counts(a[c], b[c]) for c in p.columns}
+        if self.search is not None:
+            return self.search.combine(a, b)
+        return {}
+
+    def update(self, stats: Any, state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        p = self.params
+        if p.strategy == "constant":
+            return {"fill": {c: p.value for c in p.columns}}, True
+        if p.strategy == "mean":
+            self._require(dict(zip(p.columns, stats["count"].tolist(), strict=True)))
+            return {"fill": dict(zip(p.columns, stats["mean"].tolist(), strict=True))}, True
+        if p.strategy == "most_frequent":
+            self._require({c: len(stats[c]["values"]) for c in p.columns})
+            return {"fill": {c: _most_frequent(stats[c]) for c in p.columns}}, True
+        search = self.search
+        if isinstance(search, ApproxQuantiles):
+            self._require(search.counts(stats))
+            return {"fill": {c: float(v[0]) for c, v in search.result(stats).items()}}, True
+        assert isinstance(search, QuantileSearch)
+        found, done = search.update(stats, state["search"])
+        self._require(search.counts(found))
+        if not done:
+            return {"search": found}, False
+        return {"fill": {c: float(v[0]) for c, v in search.result(found).items()}}, True
+
+    def _require(self, counts: dict[str, int]) -> None:
+        for name, n in counts.items():
+            if not n:
+                raise DataError(f"column '{name}' has no values to compute its "
+                                f"{self.params.strategy.replace('_', ' ')} (all null or NaN)",
+                                hint="use strategy constant with a `value`")
+
+    def fitted(self, state: dict[str, Any]) -> ImputeFitted:
+        if "fill" not in state:
+            raise ValueError("impute is not fitted yet")
+        return ImputeFitted(self.params, state["fill"])
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {"fill": dict(state.get("fill", {}))}
+
+
+def _most_frequent(counts: dict[str, Any]) -> Any:
+    """The value counted most often; ties go to the smallest (values are sorted)."""
+    return counts["values"][int(np.argmax(counts["counts"]))]
+
+
+@register_fitted("impute.fitted")
+class ImputeFitted(Transform):
+    """Fill nulls (and NaN) with the fitted value of each column."""
+
+    Params = ImputeParams
+
+    def __init__(self, params: ImputeParams, fill: dict[str, Any]):
+        super().__init__(params)
+        self.fill = dict(fill)
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return imputed_schema(self.params, schema)
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        out = part
+        for name in self.params.columns:
+            i = out.schema.get_field_index(name)
+            field = out.schema.field(i)
+            target = output_type(self.params, name, field.type)
+            column = plain(out.column(i))
+            value_t = _value_type(target)
+            if column.type != value_t:
+                column = pc.cast(column, value_t)
+            if pa.types.is_floating(value_t):
+                column = pc.if_else(pc.is_nan(column), pa.scalar(None, value_t), column)
+            filled = pc.fill_null(column, pa.scalar(self.fill[name]).cast(value_t))
+            if filled.type != target:
+                filled = pc.cast(filled, target)
+            out = out.set_column(i, field.with_type(target), filled)
+        return out
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"params": self.params.model_dump(mode="json"), "fill": self.fill}, {}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> ImputeFitted:
+        return cls(ImputeParams(**meta["params"]), meta["fill"])

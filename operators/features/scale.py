@@ -1,0 +1,292 @@
+"""standard_scale and min_max_scale: per-column moments in one pass, applied on ``xp``.
+
+Both fit the same statistics per column (count, mean, sum of squared deviations,
+minimum, maximum), computed on a partition with the array namespace ``xp`` and combined
+with Chan et al.'s parallel formula, so the variance is as accurate on a thousand
+partitions as on one (no naive sum of squares).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from operators.arrays import table_to_matrix, to_numpy, to_xp
+from operators.base import (
+    DataError,
+    Estimator,
+    Params,
+    Transform,
+    register,
+    register_fitted,
+)
+from operators.features.columns import null_mask, replace_field, require_numeric, unique_names
+
+MOMENTS = ("count", "mean", "m2", "min", "max")
+
+
+def empty_moments(k: int) -> dict[str, np.ndarray]:
+    """The moments of no values: the identity of ``combine_moments``."""
+    return {"count": np.zeros(k), "mean": np.zeros(k), "m2": np.zeros(k),
+            "min": np.full(k, np.inf), "max": np.full(k, -np.inf)}
+
+
+def moments(part: pa.Table, columns: list[str], xp: Any) -> dict[str, np.ndarray]:
+    """count, mean, m2 (sum of squared deviations), min and max of each column on ``xp``.
+
+    Nulls and NaN are left out; an infinite value is a DataError naming the column.
+    """
+    if part.num_rows == 0:
+        return empty_moments(len(columns))
+    x = table_to_matrix(part, columns, xp)
+    valid = ~xp.isnan(x)
+    infinite = to_numpy(xp.sum(xp.astype(xp.isinf(x), xp.int64), axis=0))
+    for name, n in zip(columns, infinite, strict=True):
+        if n:
+            raise DataError(f"column '{name}' has {int(n)} infinite values",
+                            hint="clip or filter them out first")
+    count = xp.sum(xp.astype(valid, xp.float64), axis=0)
+    mean = xp.sum(xp.where(valid, x, 0.0), axis=0) / xp.maximum(count, 1.0)
+    deviation = xp.where(valid, x - mean, 0.0)
+    return {
+        "count": to_numpy(count),
+        "mean": to_numpy(mean),
+        "m2": to_numpy(xp.sum(deviation * deviation, axis=0)),
+        "min": to_numpy(xp.min(xp.where(valid, x, xp.inf), axis=0)),
+        "max": to_numpy(xp.max(xp.where(valid, x, -xp.inf), axis=0)),
+    }
+
+
+def combine_moments(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Chan et al.'s pairwise update, written symmetrically so that it commutes exactly."""
+    na, nb = a["count"], b["count"]
+    n = na + nb
+    safe_n = np.maximum(n, 1.0)
+    delta = b["mean"] - a["mean"]
+    mean = np.where(na == 0, b["mean"], np.where(nb == 0, a["mean"],
+                                                 (na * a["mean"] + nb * b["mean"]) / safe_n))
+    m2 = np.where((na == 0) | (nb == 0), a["m2"] + b["m2"],
+                  a["m2"] + b["m2"] + delta * delta * (na * nb / safe_n))
+    return {"count": n, "mean": mean, "m2": m2, "min": np.minimum(a["min"], b["min"]),
+            "max": np.maximum(a["max"], b["max"])}
+
+
+def require_values(columns: list[str], count: np.ndarray, op: str) -> None:
+    """DataError naming the first column that had no value to fit on."""
+    for name, n in zip(columns, count, strict=True):
+        if n == 0:
+            raise DataError(f"column '{name}' has no values (all null or NaN) to fit {op} on",
+                            hint=f"impute it first, or leave '{name}' out")
+
+
+def scale_columns(part: pa.Table, columns: list[str], offset: np.ndarray, factor: np.ndarray,
+                  shift: np.ndarray, xp: Any, clip: tuple[float, float] | None = None
+                  ) -> pa.Table:
+    """``(x - offset) * factor + shift`` per column on ``xp``, as float64 in place; nulls stay."""
+    if part.num_rows == 0:
+        out = part
+        for name in columns:
+            i = out.schema.get_field_index(name)
+            out = out.set_column(i, pa.field(name, pa.float64()), pa.array([], pa.float64()))
+        return out
+    x = table_to_matrix(part, columns, xp)
+    y = (x - to_xp(offset, xp)) * to_xp(factor, xp) + to_xp(shift, xp)
+    if clip is not None:
+        y = xp.clip(y, clip[0], clip[1])
+    host = to_numpy(y)
+    out = part
+    for j, name in enumerate(columns):
+        i = out.schema.get_field_index(name)
+        values = pa.array(host[:, j], pa.float64(), mask=null_mask(part.column(name)))
+        out = out.set_column(i, pa.field(name, pa.float64()), values)
+    return out
+
+
+def scaled_schema(schema: pa.Schema, columns: list[str], what: str) -> pa.Schema:
+    require_numeric(schema, columns, what)
+    for name in columns:
+        schema = replace_field(schema, name, [pa.field(name, pa.float64())])
+    return schema
+
+
+def _moments_state(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(arrays[k], dtype=np.float64) for k in MOMENTS}
+
+
+class _MomentsEstimator(Estimator):
+    """One pass of column moments; subclasses say what the fitted transform does."""
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        unique_names(self.params.columns, "columns")
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return scaled_schema(schema, self.params.columns, self.name)
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        return {}
+
+    def partial(self, part: pa.Table, state: Any, xp: Any) -> dict[str, np.ndarray]:
+        return moments(part, self.params.columns, xp)
+
+    def combine(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray]
+                ) -> dict[str, np.ndarray]:
+        return combine_moments(a, b)
+
+    def update(self, stats: dict[str, np.ndarray], state: Any
+               ) -> tuple[dict[str, np.ndarray], bool]:
+        require_values(self.params.columns, stats["count"], self.name)
+        return stats, True
+
+    def metrics(self, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"rows": int(state["count"].max(initial=0))}
+
+
+# --------------------------------------------------------------------------- standard_scale
+
+
+class StandardScaleParams(Params):
+    columns: list[str] = Field(min_length=1, description="numeric columns to scale")
+    with_mean: bool = Field(True, description="subtract the mean")
+    with_std: bool = Field(True, description="divide by the population standard deviation")
+
+
+def is_constant(count: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Variances that are rounding noise around zero (scikit-learn's test)."""
+    eps = np.finfo(np.float64).eps
+    return var <= count * eps * var + (count * mean * eps) ** 2
+
+
+@register("standard_scale")
+class StandardScale(_MomentsEstimator):
+    """Standardise numeric columns: (x - mean) / std, population std (as scikit-learn).
+
+    Nulls and NaN are left out of the fit and stay as they are; the output is float64;
+    a constant column becomes 0.
+
+    ```yaml
+    - op: standard_scale
+      columns: [tenure, monthly_charges, total_charges]
+      with_mean: true
+      with_std: true
+    ```
+    """
+
+    Params = StandardScaleParams
+
+    def fitted(self, state: dict[str, np.ndarray]) -> StandardScaleFitted:
+        return StandardScaleFitted(self.params, _moments_state(state))
+
+
+@register_fitted("standard_scale.fitted")
+class StandardScaleFitted(Transform):
+    """(x - mean) / scale with the fitted mean and scale (1 for a constant column)."""
+
+    Params = StandardScaleParams
+
+    def __init__(self, params: StandardScaleParams, stats: dict[str, np.ndarray]):
+        super().__init__(params)
+        self.stats = stats
+        count, mean, var = stats["count"], stats["mean"], stats["m2"] / np.maximum(
+            stats["count"], 1.0)
+        constant = (stats["min"] == stats["max"]) | is_constant(count, mean, var)
+        # a constant column's mean is its value exactly, so it scales to exactly 0
+        self.mean = np.where(stats["min"] == stats["max"], stats["min"], mean)
+        self.scale = np.where(constant, 1.0, np.sqrt(var))
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return scaled_schema(schema, self.params.columns, "standard_scale")
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        k = len(self.params.columns)
+        offset = self.mean if self.params.with_mean else np.zeros(k)
+        factor = 1.0 / self.scale if self.params.with_std else np.ones(k)
+        return scale_columns(part, self.params.columns, offset, factor, np.zeros(k), xp)
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"params": self.params.model_dump(mode="json")}, dict(self.stats)
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+                   ) -> StandardScaleFitted:
+        return cls(StandardScaleParams(**meta["params"]), _moments_state(arrays))
+
+
+# --------------------------------------------------------------------------- min_max_scale
+
+
+class MinMaxScaleParams(Params):
+    columns: list[str] = Field(min_length=1, description="numeric columns to scale")
+    feature_range: tuple[float, float] = Field(
+        (0.0, 1.0), description="[low, high] the fitted minimum and maximum map to")
+    clip: bool = Field(False, description="clip scored values outside the fitted range")
+
+    @field_validator("feature_range")
+    @classmethod
+    def _increasing(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:
+            raise ValueError(f"low must be below high, got [{value[0]}, {value[1]}]")
+        return value
+
+
+@register("min_max_scale")
+class MinMaxScale(_MomentsEstimator):
+    """Scale numeric columns linearly so that the fitted minimum and maximum map to a range.
+
+    Nulls and NaN are left out of the fit and stay; the output is float64; a constant
+    column maps to the low end of the range.
+
+    ```yaml
+    - op: min_max_scale
+      columns: [tenure, monthly_charges]
+      feature_range: [0, 1]
+    ```
+    """
+
+    Params = MinMaxScaleParams
+
+    def fitted(self, state: dict[str, np.ndarray]) -> MinMaxScaleFitted:
+        return MinMaxScaleFitted(self.params, _moments_state(state))
+
+
+@register_fitted("min_max_scale.fitted")
+class MinMaxScaleFitted(Transform):
+    """low + (x - min) * (high - low) / (max - min); 0 slope for a constant column."""
+
+    Params = MinMaxScaleParams
+
+    def __init__(self, params: MinMaxScaleParams, stats: dict[str, np.ndarray]):
+        super().__init__(params)
+        self.stats = stats
+        low, high = params.feature_range
+        width = stats["max"] - stats["min"]
+        self.factor = np.where(width > 0, (high - low) / np.where(width > 0, width, 1.0), 0.0)
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return scaled_schema(schema, self.params.columns, "min_max_scale")
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        low, high = self.params.feature_range
+        k = len(self.params.columns)
+        return scale_columns(part, self.params.columns, self.stats["min"], self.factor,
+                             np.full(k, low), xp, (low, high) if self.params.clip else None)
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"params": self.params.model_dump(mode="json")}, dict(self.stats)
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+                   ) -> MinMaxScaleFitted:
+        return cls(MinMaxScaleParams(**meta["params"]), _moments_state(arrays))

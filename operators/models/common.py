@@ -1,0 +1,417 @@
+"""What every model family shares: feature and label handling, the classifier rule, the
+validation split by row hash, the `prediction` / `probability` outputs, the fitted base.
+
+A model step reads numeric feature columns (integer, floating, boolean), a label and
+an optional weight column. Its label makes it a classifier (integer, boolean or string:
+classes in sorted order) or a regressor (floating point). Rows are held out for
+validation by a hash of their content and the seed, so every engine and every
+partitioning holds out the same rows.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from operators.arrays import column_to_numpy, to_numpy, to_xp
+from operators.base import (
+    DataError,
+    ParamError,
+    Params,
+    SchemaError,
+    Transform,
+    require_columns,
+)
+from operators.evaluate.metrics import MetricAccumulator
+from operators.hashing import hash_rows, unit_interval
+
+PREDICTION = "prediction"
+PROBABILITY = "probability"
+
+FEATURE_HINT = "impute it (op: impute) or filter those rows out in read_parquet's filter"
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative fit stopped before its tolerance was met (also in the run record)."""
+
+
+class ConditioningWarning(UserWarning):
+    """The design matrix is rank-deficient or ill-conditioned; the solution is the
+    minimum-norm one (also in the run record)."""
+
+
+class SupervisedParams(Params):
+    """Parameters every supervised model step has."""
+
+    label: str = Field(description="the column to predict")
+    features: list[str] | None = Field(
+        None, description="feature columns (default: every numeric column but the label "
+                          "and the weight)")
+    weight: str | None = Field(None, description="column of non-negative row weights")
+    validation_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="fraction of rows held out (by row-content hash) for validation metrics")
+    seed: int = Field(0, description="seed of the validation split")
+
+
+# --------------------------------------------------------------------------- types
+
+
+def is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def class_label_type(t: pa.DataType) -> pa.DataType | None:
+    """The type class labels of a column of type ``t`` have, or None if not a class label.
+
+    Integer, boolean and string columns hold classes (a dictionary column's values do).
+    """
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+        return t
+    return None
+
+
+def is_classification(label_type: pa.DataType, task: str | None = None) -> bool:
+    """The model is a classifier when its label holds classes, unless ``task`` says."""
+    if task is not None:
+        return task == "classification"
+    return class_label_type(label_type) is not None
+
+
+# --------------------------------------------------------------------------- plan time
+
+
+def select_features(schema: pa.Schema, params: SupervisedParams) -> list[str]:
+    """The feature columns: as given, or every numeric column but the label and weight."""
+    if params.features is not None:
+        return list(params.features)
+    skip = {params.label, params.weight}
+    return [f.name for f in schema if f.name not in skip and is_numeric(f.type)]
+
+
+def model_input_columns(schema: pa.Schema, params: SupervisedParams) -> list[str]:
+    """Columns a model step reads while fitting: features, label, weight."""
+    extra = [params.label] + ([params.weight] if params.weight else [])
+    return select_features(schema, params) + [c for c in extra if c]
+
+
+def check_features(schema: pa.Schema, features: list[str]) -> None:
+    """Plan-time check: every feature is present and numeric."""
+    require_columns(schema, features, "feature column")
+    for name in features:
+        t = schema.field(name).type
+        if not is_numeric(t):
+            raise SchemaError(
+                f"feature column '{name}' is {t}, not numeric",
+                hint="encode it first (op: one_hot or op: hash_encode), or leave it out of "
+                     "features")
+
+
+def check_inputs(schema: pa.Schema, params: SupervisedParams) -> list[str]:
+    """Plan-time checks of features, label and weight; returns the feature columns."""
+    require_columns(schema, [params.label], "label column")
+    features = select_features(schema, params)
+    for role, name in (("label", params.label), ("weight", params.weight)):
+        if name is not None and name in (params.features or []):
+            raise ParamError(f"the {role} column '{name}' is also listed in features",
+                             hint=f"remove '{name}' from features")
+    if params.weight is not None:
+        require_columns(schema, [params.weight], "weight column")
+        t = schema.field(params.weight).type
+        if not is_numeric(t):
+            raise SchemaError(f"weight column '{params.weight}' is {t}, not numeric",
+                              hint="cast it to float64")
+        if params.weight == params.label:
+            raise ParamError(f"'{params.label}' is both the label and the weight",
+                             hint="use another weight column")
+    if not features:
+        raise SchemaError("no numeric feature columns in the input",
+                          hint="list features, or encode string columns (op: one_hot)")
+    check_features(schema, features)
+    return features
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def holdout_mask(part: pa.Table, fraction: float, seed: int) -> np.ndarray:
+    """True for the rows held out for validation: a hash of all of the row's columns."""
+    if fraction <= 0:
+        return np.zeros(part.num_rows, dtype=bool)
+    return unit_interval(hash_rows(part, None, seed)) < fraction
+
+
+def split_rows(part: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
+    """(training rows, held-out rows) of a partition."""
+    if fraction <= 0:
+        return part, part.slice(0, 0)
+    mask = holdout_mask(part, fraction, seed)
+    return part.filter(pa.array(~mask)), part.filter(pa.array(mask))
+
+
+def _check_finite(column: pa.ChunkedArray, what: str) -> None:
+    if column.null_count:
+        raise DataError(f"{what} has {column.null_count} null values", hint=FEATURE_HINT)
+    if pa.types.is_floating(column.type) and len(column):
+        finite = pc.sum(pc.is_finite(column)).as_py() or 0
+        if finite != len(column):
+            raise DataError(f"{what} has {len(column) - finite} NaN or infinite values",
+                            hint=FEATURE_HINT)
+
+
+def host_matrix(part: pa.Table, features: list[str],
+                extra: list[np.ndarray] | None = None) -> np.ndarray:
+    """Features (checked: no nulls, NaN or inf) then ``extra`` columns, as one host matrix."""
+    extra = extra or []
+    host = np.empty((part.num_rows, len(features) + len(extra)), dtype=np.float64, order="F")
+    for j, name in enumerate(features):
+        column = part.column(name)
+        _check_finite(column, f"feature column '{name}'")
+        host[:, j] = column_to_numpy(column)
+    for j, values in enumerate(extra, start=len(features)):
+        host[:, j] = values
+    return host
+
+
+def feature_matrix(part: pa.Table, features: list[str], xp: Any,
+                   extra: list[np.ndarray] | None = None) -> Any:
+    """``host_matrix`` moved to ``xp`` in one host-to-device copy."""
+    return to_xp(host_matrix(part, features, extra), xp)
+
+
+def row_weights(part: pa.Table, weight: str | None) -> np.ndarray:
+    """The weight column as float64 (ones without one); nulls, NaN or negatives are errors."""
+    if weight is None:
+        return np.ones(part.num_rows)
+    column = part.column(weight)
+    what = f"weight column '{weight}'"
+    hint = "weights must be finite and >= 0; filter or impute those rows"
+    if column.null_count:
+        raise DataError(f"{what} has {column.null_count} null values", hint=hint)
+    values = column_to_numpy(column)
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        raise DataError(f"{what} has {int(bad.sum())} negative, NaN or infinite values "
+                        f"(first: {values[bad][0]})", hint=hint)
+    return values
+
+
+def label_column(part: pa.Table, label: str) -> pa.Array:
+    """The label column as one array (dictionary decoded); nulls are a DataError."""
+    column = part.column(label)
+    if column.null_count:
+        raise DataError(
+            f"label column '{label}' has {column.null_count} null values",
+            hint=f"filter them out (read_parquet filter: \"{label} is not null\") or impute them")
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if pa.types.is_floating(array.type):
+        bad = len(array) - (pc.sum(pc.is_finite(array)).as_py() or 0)
+        if bad:
+            raise DataError(f"label column '{label}' has {bad} NaN or infinite values",
+                            hint=f"filter them out (read_parquet filter: \"{label} is not "
+                                 "null\") or impute them")
+    return array
+
+
+def class_weights(labels: pa.Array, weights: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    """The classes present (sorted) and the total weight of each."""
+    if len(labels) == 0:
+        return [], np.zeros(0)
+    unique = pc.unique(labels)
+    index = pc.index_in(labels, value_set=unique).to_numpy(zero_copy_only=False)
+    totals = np.bincount(index, weights=weights, minlength=len(unique))
+    values = unique.to_pylist()
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    return [values[i] for i in order], totals[order]
+
+
+def merge_class_weights(a: tuple[list[Any], np.ndarray],
+                        b: tuple[list[Any], np.ndarray]) -> tuple[list[Any], np.ndarray]:
+    """The union of two ``class_weights`` results (sorted, weights added)."""
+    totals: dict[Any, float] = dict(zip(a[0], a[1].tolist()))
+    for value, weight in zip(b[0], b[1].tolist()):
+        totals[value] = totals.get(value, 0.0) + weight
+    classes = sorted(totals)
+    return classes, np.array([totals[c] for c in classes], dtype=np.float64)
+
+
+def encode_classes(labels: pa.Array, classes: list[Any], label_type: pa.DataType) -> np.ndarray:
+    """Each label's position in ``classes`` (int64), -1 for a label not among them."""
+    if len(labels) == 0:
+        return np.zeros(0, dtype=np.int64)
+    index = pc.index_in(labels, value_set=pa.array(classes, type=label_type))
+    return index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _put_field(schema: pa.Schema, field: pa.Field) -> pa.Schema:
+    """Replace the field of that name in place, or append it at the end."""
+    index = schema.get_field_index(field.name)
+    return schema.set(index, field) if index >= 0 else schema.append(field)
+
+
+def _put_column(table: pa.Table, field: pa.Field, column: pa.Array) -> pa.Table:
+    """Replace the column of that name in place, or append it at the end."""
+    index = table.schema.get_field_index(field.name)
+    if index >= 0:
+        return table.set_column(index, field, column)
+    return table.append_column(field, column)
+
+
+def prediction_fields(classes: list[Any] | None,
+                      label_type: pa.DataType | None) -> list[pa.Field]:
+    """``prediction`` (class label or float64) and, for classifiers, ``probability``."""
+    if classes is None:
+        return [pa.field(PREDICTION, pa.float64())]
+    probability = pa.float64() if len(classes) == 2 else pa.list_(pa.float64())
+    return [pa.field(PREDICTION, label_type), pa.field(PROBABILITY, probability)]
+
+
+def with_predictions(schema: pa.Schema, classes: list[Any] | None,
+                     label_type: pa.DataType | None) -> pa.Schema:
+    for field in prediction_fields(classes, label_type):
+        schema = _put_field(schema, field)
+    return schema
+
+
+class FittedModel(Transform):
+    """A fitted model: reads its feature columns, adds ``prediction`` (and ``probability``).
+
+    Subclasses implement ``predict_matrix`` on the namespace ``xp`` and the artifact
+    arrays (``arrays`` / ``from_state``); this class does the columns, the schema and the
+    class labels. Input columns pass through; scoring data needs only the features.
+    """
+
+    def __init__(self, features: list[str], classes: list[Any] | None = None,
+                 label_type: pa.DataType | None = None):
+        super().__init__({})
+        self.features = list(features)
+        self.classes = None if classes is None else list(classes)
+        self.label_type = label_type
+
+    def __repr__(self) -> str:
+        what = "regressor" if self.classes is None else f"classes={self.classes!r}"
+        return f"{type(self).__name__}(features={self.features!r}, {what})"
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.classes is not None
+
+    @abstractmethod
+    def predict_matrix(self, X: Any, xp: Any) -> Any:
+        """Regressor: the (n,) predictions; classifier: (n, K) class probabilities."""
+
+    @abstractmethod
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The model's numeric state, saved in arrays.npz."""
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.features)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        check_features(schema, self.features)
+        return with_predictions(schema, self.classes, self.label_type)
+
+    def outputs(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """(predictions, probabilities) on the host: class positions for a classifier."""
+        require_columns(part.schema, self.features, "feature column")
+        scores = self.predict_matrix(feature_matrix(part, self.features, xp), xp)
+        if not self.is_classifier:
+            return to_numpy(scores).astype(np.float64, copy=False), None
+        best = xp.argmax(scores, axis=1)
+        return to_numpy(best).astype(np.int64, copy=False), to_numpy(scores)
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        predicted, proba = self.outputs(part, xp)
+        fields = prediction_fields(self.classes, self.label_type)
+        if proba is None:
+            return _put_column(part, fields[0], pa.array(predicted, pa.float64()))
+        labels = pa.array(self.classes, type=self.label_type).take(pa.array(predicted))
+        if len(self.classes) == 2:
+            probability = pa.array(np.ascontiguousarray(proba[:, 1]), pa.float64())
+        else:
+            k = len(self.classes)
+            offsets = pa.array(np.arange(0, proba.size + 1, k, dtype=np.int32))
+            probability = pa.ListArray.from_arrays(offsets, pa.array(proba.reshape(-1)))
+        out = _put_column(part, fields[0], labels)
+        return _put_column(out, fields[1], probability)
+
+    def meta(self) -> dict[str, Any]:
+        return {"features": self.features, "classes": self.classes,
+                "label_type": None if self.label_type is None else str(self.label_type)}
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return self.meta(), self.arrays()
+
+    @staticmethod
+    def meta_args(meta: dict[str, Any]) -> dict[str, Any]:
+        """The constructor arguments of ``FittedModel`` stored by ``meta()``."""
+        label_type = meta.get("label_type")
+        return {"features": list(meta["features"]), "classes": meta.get("classes"),
+                "label_type": None if label_type is None else pa.type_for_alias(label_type)}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def metric_accumulator(model: FittedModel) -> MetricAccumulator:
+    if model.is_classifier:
+        return MetricAccumulator("classification", classes=model.classes)
+    return MetricAccumulator("regression")
+
+
+def validation_partial(model: FittedModel, part: pa.Table, params: SupervisedParams,
+                       xp: Any) -> dict[str, Any]:
+    """Metric statistics of ``model`` on the partition's held-out rows.
+
+    Held-out rows whose class the training rows never had are counted, not scored.
+    """
+    accumulator = metric_accumulator(model)
+    _, held = split_rows(part, params.validation_fraction, params.seed)
+    weights = row_weights(held, params.weight)
+    labels = label_column(held, params.label)
+    unseen = 0
+    if model.is_classifier:
+        truth = encode_classes(labels, model.classes, model.label_type)
+        known = truth >= 0
+        unseen = int((~known).sum())
+        if unseen:
+            held, truth, weights = held.filter(pa.array(known)), truth[known], weights[known]
+    if held.num_rows == 0:
+        return {"metrics": accumulator.empty(), "unseen": unseen}
+    predicted, proba = model.outputs(held, xp)
+    if model.is_classifier:
+        names = np.asarray(model.classes)
+        stats = accumulator.partial(names[truth], names[predicted], proba, weights)
+    else:
+        stats = accumulator.partial(column_to_numpy(labels), predicted, None, weights)
+    return {"metrics": stats, "unseen": unseen}
+
+
+def validation_combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Combine two ``validation_partial`` results."""
+    accumulator = MetricAccumulator(a["metrics"]["task"])
+    return {"metrics": accumulator.combine(a["metrics"], b["metrics"]),
+            "unseen": a["unseen"] + b["unseen"]}
+
+
+def validation_finalize(model: FittedModel, stats: dict[str, Any]) -> dict[str, Any]:
+    """The validation metrics; ``{"count": 0}`` when no row was held out."""
+    out: dict[str, Any] = {"count": 0}
+    if stats["metrics"]["rows"] > 0:
+        out = metric_accumulator(model).finalize(stats["metrics"])
+    if stats["unseen"]:
+        out["unseen_class_rows"] = stats["unseen"]
+    return out

@@ -1,0 +1,373 @@
+"""logistic_regression: binary and multinomial logistic regression, Newton or L-BFGS.
+
+The fit is rounds of passes over the partitions, the way Spark MLlib trains:
+
+1. a summary pass: the classes (sorted), their weights, the row counts; the intercept
+   starts at the log class priors (the best intercept-only model);
+2. optimisation passes, each evaluating the loss and gradient (and, for Newton, the
+   Hessian) at the point the driver-side optimiser asks for (``optimize.py``); a line
+   search costs a further pass only when the full step is not good enough;
+3. when ``validation_fraction`` > 0, one pass scoring the held-out rows.
+
+The objective is ``mean log-loss + l2/2 * |W|^2`` (weighted mean with ``weight``; the
+intercept is never penalised; no hidden standardisation); scikit-learn:
+``LogisticRegression(C=1/(l2*n))``, ``C=inf`` when l2 = 0. With K > 2 classes the model is
+a softmax over K coefficient vectors, all penalised, as scikit-learn's multinomial; the
+softmax is unchanged by adding a constant to every class's intercept, so the saved
+intercepts are centred (they sum to zero).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from operators.arrays import to_numpy
+from operators.base import DataError, Estimator, SchemaError, register, register_fitted
+from operators.models.common import (
+    ConvergenceWarning,
+    FittedModel,
+    check_inputs,
+    class_label_type,
+    class_weights,
+    encode_classes,
+    feature_matrix,
+    label_column,
+    merge_class_weights,
+    model_input_columns,
+    row_weights,
+    split_rows,
+    validation_combine,
+    validation_finalize,
+    validation_partial,
+    with_predictions,
+)
+from operators.models.linear import LinearParams
+from operators.models.optimize import (
+    lbfgs_start,
+    lbfgs_tell,
+    newton_start,
+    newton_tell,
+)
+
+NEWTON_MAX_PARAMETERS = 500
+"""``solver: auto`` uses Newton up to this many coefficients (K x (features + 1)): its
+per-pass Hessian costs rows x parameters^2, L-BFGS's gradient rows x parameters."""
+HESSIAN_CHUNK = 1 << 22
+"""Elements of the per-row Kronecker block built at once for a multinomial Hessian."""
+
+
+class LogisticParams(LinearParams):
+    max_iter: int = Field(100, ge=1, description="most optimiser iterations (accepted steps)")
+    tol: float = Field(1e-8, gt=0.0,
+                       description="stop when |gradient| <= tol x |gradient at the start|")
+    solver: Literal["auto", "newton", "lbfgs"] = Field(
+        "auto", description="newton (gradient + Hessian per pass), lbfgs (gradient per "
+                            "pass), auto: newton up to 500 coefficients")
+
+
+def sigmoid(z: Any, xp: Any) -> Any:
+    """1 / (1 + exp(-z)) without overflow for large |z|."""
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def softmax(z: Any, xp: Any) -> Any:
+    """Row-wise softmax, the row maximum subtracted first so exp cannot overflow."""
+    e = xp.exp(z - xp.max(z, axis=1, keepdims=True))
+    return e / xp.sum(e, axis=1, keepdims=True)
+
+
+@register_fitted("logistic_regression.fitted")
+class LogisticRegressionFitted(FittedModel):
+    """Class probabilities ``sigmoid(X @ coef.T + intercept)`` (binary: P(classes[1])) or
+    ``softmax(X @ coef.T + intercept)``; ``prediction`` is the most probable class."""
+
+    def __init__(self, features: list[str], classes: list[Any], label_type: pa.DataType,
+                 coef: np.ndarray, intercept: np.ndarray):
+        super().__init__(features, classes, label_type)
+        self.coef = np.asarray(coef, dtype=np.float64).reshape(-1, len(self.features))
+        self.intercept = np.asarray(intercept, dtype=np.float64).reshape(-1)
+
+    def predict_matrix(self, X: Any, xp: Any) -> Any:
+        z = X @ xp.asarray(self.coef).T + xp.asarray(self.intercept)
+        if len(self.classes) == 2:
+            p = sigmoid(z[:, 0], xp)
+            return xp.stack([1.0 - p, p], axis=1)
+        return softmax(z, xp)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef, "intercept": self.intercept}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+                   ) -> LogisticRegressionFitted:
+        return cls(**cls.meta_args(meta), coef=arrays["coef"], intercept=arrays["intercept"])
+
+
+@register("logistic_regression")
+class LogisticRegression(Estimator):
+    """Logistic regression (binary, or multinomial softmax for more than two classes).
+
+    ```yaml
+    - op: logistic_regression
+      label: churned            # integer, boolean or string classes
+      l2: 0.001                 # scikit-learn LogisticRegression(C = 1 / (l2 * n))
+      solver: auto              # newton | lbfgs
+      validation_fraction: 0.2  # held-out rows scored into the run record
+    ```
+    The plan-time schema assumes two classes (``probability`` float64) unless the fit
+    finds more: the number of classes is only known from the data.
+    """
+
+    Params = LogisticParams
+    multi_pass = True
+    schema_from_fit = True  # probability is float64 for 2 classes, list<double> for more
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return model_input_columns(schema, self.params)
+
+    def _label_type(self, schema: pa.Schema) -> pa.DataType:
+        label = self.params.label
+        t = schema.field(label).type
+        value_type = class_label_type(t)
+        if value_type is None:
+            raise SchemaError(
+                f"label column '{label}' is {t}: logistic_regression needs classes "
+                "(integer, boolean or string)",
+                hint=f"cast it (read_parquet schema: {{{label}: int64}}), or use "
+                     "linear_regression to predict numbers")
+        return value_type
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        check_inputs(schema, self.params)
+        label_type = self._label_type(schema)
+        return with_predictions(schema, [False, True], label_type)
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        features = check_inputs(schema, self.params)
+        return {"phase": "summary", "features": features,
+                "label_type": str(self._label_type(schema))}
+
+    # ------------------------------------------------------------------ partitions
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        p = self.params
+        if state["phase"] == "validate":
+            return validation_partial(self._model(state), part, p, xp)
+        train, held = split_rows(part, p.validation_fraction, p.seed)
+        weights = row_weights(train, p.weight)
+        labels = label_column(train, p.label)
+        if state["phase"] == "summary":
+            classes, totals = class_weights(labels, weights)
+            return {"kind": "summary", "rows": train.num_rows, "heldout": held.num_rows,
+                    "classes": classes, "weights": totals}
+        index = encode_classes(labels, state["classes"], pa.type_for_alias(state["label_type"]))
+        extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [index, weights]
+        data = feature_matrix(train, state["features"], xp, extra)
+        theta = state["opt"]["point"].reshape(state["shape"])
+        return _evaluate(data, theta, state["solver"] == "newton", xp)
+
+    def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        if "metrics" in a:
+            return validation_combine(a, b)
+        if a["kind"] == "summary":
+            classes, totals = merge_class_weights((a["classes"], a["weights"]),
+                                                  (b["classes"], b["weights"]))
+            return {"kind": "summary", "rows": a["rows"] + b["rows"],
+                    "heldout": a["heldout"] + b["heldout"], "classes": classes,
+                    "weights": totals}
+        return {"kind": "evaluate", "loss": a["loss"] + b["loss"], "grad": a["grad"] + b["grad"],
+                "hess": a["hess"] + b["hess"]}
+
+    # ------------------------------------------------------------------ driver
+
+    def update(self, stats: dict[str, Any], state: dict[str, Any]
+               ) -> tuple[dict[str, Any], bool]:
+        if state["phase"] == "summary":
+            return self._start(stats, state), False
+        if state["phase"] == "validate":
+            validation = validation_finalize(self._model(state), stats)
+            return {**state, "phase": "done", "validation": validation}, True
+        state = {**state, "opt": self._tell(stats, state)}
+        if not state["opt"]["done"]:
+            return state, False
+        state = self._finish(state)
+        done = self.params.validation_fraction == 0
+        return {**state, "phase": "done" if done else "validate"}, done
+
+    def _start(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        if stats["rows"] == 0:
+            raise DataError(
+                "no training rows" + (f" ({stats['heldout']} held out for validation)"
+                                      if stats["heldout"] else ""),
+                hint="check the input and its filter" + (", or lower validation_fraction"
+                                                         if stats["heldout"] else ""))
+        classes, totals = stats["classes"], stats["weights"]
+        if len(classes) < 2:
+            raise DataError(f"label column '{p.label}' has a single class ({classes[0]!r}) "
+                            "in the training rows",
+                            hint="a classifier needs at least two classes: check the filter "
+                                 "and the label column")
+        total = float(totals.sum())
+        if not total > 0:
+            raise DataError(f"the weights in column '{p.weight}' sum to zero",
+                            hint="give some training rows a positive weight")
+        k = 1 if len(classes) == 2 else len(classes)
+        n_features = len(state["features"])
+        width = n_features + int(p.fit_intercept)
+        solver = p.solver
+        if solver == "auto":
+            solver = "newton" if k * width <= NEWTON_MAX_PARAMETERS else "lbfgs"
+        theta = np.zeros((k, width))
+        if p.fit_intercept:
+            # log class priors: a zero intercept gradient from the first pass
+            logs = np.log(np.maximum(totals, np.finfo(np.float64).tiny))
+            theta[:, -1] = [logs[1] - logs[0]] if k == 1 else logs - logs.mean()
+        mask = np.ones((k, width))
+        if p.fit_intercept:
+            mask[:, -1] = 0.0
+        if solver == "newton":
+            opt = newton_start(theta.reshape(-1), tol=p.tol, max_iter=p.max_iter)
+        else:
+            opt = lbfgs_start(theta.reshape(-1), tol=p.tol, max_iter=p.max_iter)
+        return {**state, "phase": "optimize", "classes": classes, "weight": total,
+                "rows": stats["rows"], "heldout": stats["heldout"], "solver": solver,
+                "shape": (k, width), "penalised": mask.reshape(-1), "opt": opt}
+
+    def _tell(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        l2, total, mask, opt = self.params.l2, state["weight"], state["penalised"], state["opt"]
+        x = opt["point"]
+        loss = stats["loss"] / total + 0.5 * l2 * float(np.sum(mask * x * x))
+        grad = stats["grad"] / total + l2 * mask * x
+        if state["solver"] == "lbfgs":
+            return lbfgs_tell(opt, loss, grad)
+        hess = stats["hess"] / total + l2 * np.diag(mask)
+        k, width = state["shape"]
+        if k > 1:
+            # the softmax loss is flat along "add the same vector to every class"; the
+            # iterates and gradients stay orthogonal to those directions, so adding a
+            # multiple of the projector onto them leaves the Newton step unchanged and
+            # makes the matrix invertible
+            projector = np.kron(np.full((k, k), 1.0 / k), np.eye(width))
+            hess = hess + (np.trace(hess) / hess.shape[0]) * projector
+        return newton_tell(opt, loss, grad, hess)
+
+    def _finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        p, opt = self.params, state["opt"]
+        if not opt["converged"]:
+            warnings.warn(
+                f"logistic_regression did not converge: {opt['reason']} after "
+                f"{opt['iterations']} iterations (gradient norm {opt['gradient_norm']:.3g}, "
+                f"tol {p.tol:g} x initial {opt['g0']:.3g}); raise max_iter, standardise the "
+                "features (op: standard_scale) or set l2 > 0", ConvergenceWarning,
+                stacklevel=3)
+        return {**state, **self._coefficients(state, opt["x"])}
+
+    def _coefficients(self, state: dict[str, Any], point: np.ndarray) -> dict[str, np.ndarray]:
+        k, width = state["shape"]
+        theta = point.reshape(k, width)
+        n_features = len(state["features"])
+        coef = theta[:, :n_features].copy()
+        intercept = theta[:, n_features].copy() if self.params.fit_intercept else np.zeros(k)
+        if k > 1:
+            intercept -= intercept.mean()
+            if self.params.l2 == 0:
+                coef -= coef.mean(axis=0)
+        return {"coef": coef, "intercept": intercept}
+
+    def _model(self, state: dict[str, Any]) -> LogisticRegressionFitted:
+        return LogisticRegressionFitted(state["features"], state["classes"],
+                                        pa.type_for_alias(state["label_type"]),
+                                        state["coef"], state["intercept"])
+
+    def fitted(self, state: dict[str, Any]) -> LogisticRegressionFitted:
+        """The fitted model; before the fit is done, the model at the current iterate."""
+        if "coef" not in state:
+            if "opt" not in state:
+                raise RuntimeError("logistic_regression: fitted() before the summary pass")
+            state = {**state, **self._coefficients(state, state["opt"]["x"]
+                                                   if "x" in state["opt"]
+                                                   else state["opt"]["point"])}
+        return self._model(state)
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        if "opt" not in state:
+            return {}
+        opt = state["opt"]
+        out: dict[str, Any] = {
+            "solver": state["solver"], "converged": bool(opt["converged"]),
+            "iterations": int(opt["iterations"]), "loss": float(opt["f"]),
+            "gradient_norm": float(opt["gradient_norm"]),
+            "initial_gradient_norm": float(opt["g0"]), "classes": len(state["classes"]),
+            "training_rows": int(state["rows"]), "validation_rows": int(state["heldout"]),
+        }
+        if not opt["converged"]:
+            out["stop_reason"] = opt["reason"]
+        if "validation" in state:
+            out["validation"] = state["validation"]
+        return out
+
+
+def _evaluate(data: Any, theta: np.ndarray, hessian: bool, xp: Any) -> dict[str, Any]:
+    """Weighted sums of the log-loss, its gradient and (for Newton) its Hessian at
+    ``theta`` (classes x columns) over one partition's training rows.
+
+    ``data`` holds the design columns (features, then the intercept's ones), the label
+    as a class position, and the weight.
+    """
+    k, width = theta.shape
+    size = k * width
+    empty_hess = np.zeros((size, size) if hessian else (0, 0))
+    if data.shape[0] == 0:
+        return {"kind": "evaluate", "loss": 0.0, "grad": np.zeros(size), "hess": empty_hess}
+    X, y, w = data[:, :width], data[:, width], data[:, width + 1]
+    z = X @ xp.asarray(theta).T
+    if k == 1:
+        z = z[:, 0]
+        # log(1 + exp(z)) - y z, stable for large |z|
+        loss = xp.sum(w * (xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))) - y * z))
+        p = sigmoid(z, xp)
+        grad = (w * (p - y)) @ X
+        hess = X.T @ (X * (w * p * (1.0 - p))[:, None]) if hessian else None
+        return {"kind": "evaluate", "loss": float(loss), "grad": to_numpy(grad),
+                "hess": to_numpy(hess) if hessian else empty_hess}
+    onehot = xp.astype(y[:, None] == xp.arange(k, dtype=xp.float64)[None, :], xp.float64)
+    top = xp.max(z, axis=1, keepdims=True)
+    log_norm = top + xp.log(xp.sum(xp.exp(z - top), axis=1, keepdims=True))
+    loss = xp.sum(w * xp.sum(onehot * (log_norm - z), axis=1))
+    proba = xp.exp(z - log_norm)
+    grad = ((proba - onehot) * w[:, None]).T @ X
+    out = {"kind": "evaluate", "loss": float(loss), "grad": to_numpy(grad).reshape(-1),
+           "hess": empty_hess}
+    if hessian:
+        out["hess"] = _multinomial_hessian(X, proba, w, xp)
+    return out
+
+
+def _multinomial_hessian(X: Any, proba: Any, w: Any, xp: Any) -> np.ndarray:
+    """sum_i w_i (diag(p_i) - p_i p_i') kron x_i x_i', parameters ordered class-major.
+
+    The ``p_i kron x_i`` rows are built in chunks so memory stays bounded.
+    """
+    n, width = X.shape
+    k = proba.shape[1]
+    size = k * width
+    step = max(1, HESSIAN_CHUNK // size)
+    outer = None
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        rows = stop - start
+        kron = xp.reshape(proba[start:stop, :, None] * X[start:stop, None, :], (rows, size))
+        part = kron.T @ (kron * w[start:stop, None])
+        outer = part if outer is None else outer + part
+    hess = -to_numpy(outer)
+    for c in range(k):
+        block = X.T @ (X * (w * proba[:, c])[:, None])
+        hess[c * width:(c + 1) * width, c * width:(c + 1) * width] += to_numpy(block)
+    return hess

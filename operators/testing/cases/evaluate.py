@@ -1,0 +1,60 @@
+"""Cases for evaluate: binary, multiclass, regression and weighted.
+
+evaluate passes rows through, so the kit's output comparisons only see the data;
+tests/operators/test_evaluate.py checks that the metrics themselves are partition
+invariant and match scikit-learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from operators.testing.kit import case
+
+
+def binary_table(rows: int = 300, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, rows)
+    p = np.clip(0.35 * y + 0.65 * rng.random(rows), 0.0, 1.0)
+    return pa.table({
+        "id": pa.array(np.arange(rows, dtype=np.int64)),
+        "churned": pa.array(y.astype(np.int64)),
+        "prediction": pa.array((p > 0.5).astype(np.int64)),
+        "probability": pa.array(p),
+        "w": pa.array(rng.random(rows) * 3),
+    })
+
+
+def multiclass_table(rows: int = 300, seed: int = 1) -> pa.Table:
+    """String labels sorted, so that most partitions see only some of the classes."""
+    rng = np.random.default_rng(seed)
+    names = np.array(["basic", "plus", "pro", "team"])
+    proba = rng.dirichlet(np.ones(len(names)), rows)
+    y = names[np.array([rng.choice(len(names), p=row) for row in proba])]
+    order = np.argsort(y, kind="stable")
+    return pa.table({
+        "plan": pa.array(y[order]),
+        "prediction": pa.array(names[proba.argmax(axis=1)][order]),
+        "probability": pa.array(list(proba[order]), pa.list_(pa.float64())),
+    })
+
+
+def regression_table(rows: int = 300, seed: int = 2) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    y = 1000.0 + rng.standard_normal(rows) * 5
+    return pa.table({
+        "charges": pa.array(y),
+        "prediction": pa.array(y + rng.standard_normal(rows)),
+        "w": pa.array(rng.integers(0, 4, rows).astype(np.float64)),
+    })
+
+
+case("evaluate", {"label": "churned"}, binary_table, id="binary")
+case("evaluate", {"label": "plan", "metrics": ["accuracy", "log_loss", "roc_auc", "f1",
+                                               "confusion_matrix"]},
+     multiclass_table, id="multiclass")
+case("evaluate", {"label": "charges"}, regression_table, id="regression")
+case("evaluate", {"label": "churned", "weight": "w", "classes": [0, 1]}, binary_table,
+     id="weighted")
+case("evaluate", {"label": "charges", "weight": "w"}, regression_table, id="weighted-regression")

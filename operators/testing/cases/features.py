@@ -1,0 +1,135 @@
+"""Cases for the feature operators: impute, scalers, one_hot, hash_encode, bucketize,
+derive, select, drop, rename, cast."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from operators.testing.kit import case
+
+
+def features_table(rows: int = 240, seed: int = 3, nan: bool = False) -> pa.Table:
+    """Numbers with nulls (and NaN if ``nan``), a constant, categories with nulls, a
+    dictionary, booleans."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(rows) * 3 + 1
+    if nan:
+        x[rng.random(rows) < 0.05] = np.nan
+    plans = np.array(["basic", "plus", "premium", "trial"])[
+        np.minimum(rng.geometric(0.45, rows) - 1, 3)]
+    regions = np.array(["eu", "us", "apac"])[rng.integers(0, 3, rows)]
+    return pa.table({
+        "id": pa.array(np.arange(rows, dtype=np.int64)),
+        "x": pa.array(x, mask=rng.random(rows) < 0.08),
+        "n": pa.array(rng.integers(0, 20, rows), pa.int64(), mask=rng.random(rows) < 0.1),
+        "small": pa.array(rng.integers(-5, 5, rows).astype(np.int32)),
+        "const": pa.array(np.full(rows, 0.1)),
+        "big": pa.array(np.exp(rng.standard_normal(rows) * 4)),
+        "plan": pa.array(plans, pa.string(), mask=rng.random(rows) < 0.07),
+        "region": pa.array(regions).dictionary_encode(),
+        "flag": pa.array(rng.random(rows) < 0.3),
+        "f32": pa.array(rng.standard_normal(rows).astype(np.float32),
+                        mask=rng.random(rows) < 0.1),
+    })
+
+
+def nan_table() -> pa.Table:
+    return features_table(nan=True)
+
+
+# pa.Table.equals is False for a table holding NaN, even against itself
+
+
+def large_table() -> pa.Table:
+    """More rows than the exact quantile search collects in one pass, with ties."""
+    rng = np.random.default_rng(11)
+    rows = 9000
+    y = np.round(rng.standard_normal(rows) * 100) / 7
+    return pa.table({
+        "y": pa.array(y, mask=rng.random(rows) < 0.02),
+        "k": pa.array(rng.integers(0, 50, rows), pa.int64()),
+    })
+
+
+def small_table() -> pa.Table:
+    """Few enough values that a KLL sketch keeps them all (exact, partition-invariant)."""
+    return features_table(rows=150, seed=5)
+
+
+def _cases(op: str, data: Callable[[], pa.Table], *variants: tuple[str, dict]) -> None:
+    for ident, params in variants:
+        case(op, params, data, id=ident)
+
+
+_cases("impute", features_table,
+       ("mean", {"columns": ["x", "n", "f32"]}),
+       ("median", {"columns": ["x", "n", "big"], "strategy": "median"}),
+       ("most-frequent", {"columns": ["plan", "n", "flag", "region", "small"],
+                          "strategy": "most_frequent"}),
+       ("constant-string", {"columns": ["plan", "region"], "strategy": "constant",
+                            "value": "unknown"}),
+       ("constant-numbers", {"columns": ["n", "x"], "strategy": "constant", "value": -1}),
+       ("constant-float-on-int", {"columns": ["n"], "strategy": "constant", "value": 0.5}))
+_cases("impute", nan_table,
+       ("mean-nan", {"columns": ["x"]}),
+       ("median-nan", {"columns": ["x"], "strategy": "median"}))
+_cases("impute", large_table,
+       ("median-multi-pass", {"columns": ["y", "k"], "strategy": "median"}))
+_cases("impute", small_table,
+       ("median-approx", {"columns": ["x", "big"], "strategy": "median", "approx": True}))
+
+_cases("standard_scale", features_table,
+       ("default", {"columns": ["x", "n", "small", "const", "big", "f32"]}),
+       ("no-mean", {"columns": ["x", "n"], "with_mean": False}),
+       ("no-std", {"columns": ["x", "const"], "with_std": False}))
+
+_cases("standard_scale", nan_table, ("nan", {"columns": ["x", "n"]}))
+
+_cases("min_max_scale", features_table,
+       ("default", {"columns": ["x", "n", "const", "small"]}),
+       ("range-clip", {"columns": ["big", "f32"], "feature_range": [-1, 1], "clip": True}))
+
+_cases("one_hot", features_table,
+       ("default", {"columns": ["plan", "region", "flag", "small"]}),
+       ("max-categories", {"columns": ["plan", "small"], "max_categories": 3}),
+       ("min-frequency", {"columns": ["plan", "n"], "min_frequency": 0.1}),
+       ("min-count-no-nulls", {"columns": ["region", "flag"], "min_frequency": 90,
+                               "nulls": "error"}))
+
+_cases("hash_encode", features_table,
+       ("default", {"columns": ["plan", "n"], "buckets": 8}),
+       ("keep-seed", {"columns": ["region", "x", "flag"], "buckets": 4, "seed": 7,
+                      "drop": False}))
+
+_cases("bucketize", features_table,
+       ("boundaries", {"columns": ["x", "n"], "boundaries": [-2, 0, 1.5, 4]}),
+       ("quantiles-suffix", {"columns": ["x", "big", "small"], "quantiles": 4,
+                             "suffix": "_q"}))
+_cases("bucketize", nan_table,
+       ("nan", {"columns": ["x"], "quantiles": 5}))
+_cases("bucketize", large_table,
+       ("quantiles-multi-pass", {"columns": ["y", "k"], "quantiles": 10}))
+_cases("bucketize", small_table,
+       ("quantiles-approx", {"columns": ["x", "big"], "quantiles": 3, "approx": True}))
+
+_cases("derive", features_table,
+       ("chained", {"columns": {"ratio": "x / greatest(abs(n), 1)",
+                                "log_ratio": "log1p(abs(ratio))",
+                                "is_basic": "plan = 'basic'",
+                                "both": "is_basic and flag"}}),
+       ("replace", {"columns": {"x": "coalesce(x, 0.0) * 2", "n": "n % 7",
+                                "label": "upper(plan)"}}))
+
+_cases("select", features_table,
+       ("reorder", {"columns": ["plan", "x", "id"]}))
+_cases("drop", features_table,
+       ("some", {"columns": ["big", "region"]}))
+_cases("rename", features_table,
+       ("some", {"columns": {"x": "x_renamed", "plan": "tier"}}),
+       ("swap", {"columns": {"x": "n", "n": "x"}}))
+_cases("cast", features_table,
+       ("widen", {"columns": {"small": "int64", "n": "float64", "flag": "int8"}}),
+       ("to-string-unsafe", {"columns": {"id": "string", "x": "int32"}, "safe": False}))

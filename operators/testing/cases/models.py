@@ -1,0 +1,92 @@
+"""Cases for linear_regression, logistic_regression and score (a bound logistic model)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pyarrow as pa
+
+from operators.chain import Chain
+from operators.models.logistic import LogisticRegression, LogisticRegressionFitted
+from operators.testing.kit import case, fit, split
+
+
+def regression_table(rows: int = 160, seed: int = 0) -> pa.Table:
+    """Float, integer and boolean features, a string column (not a feature), weights."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.standard_normal(rows)
+    x2 = rng.integers(-3, 4, rows).astype(np.int32)
+    x3 = rng.random(rows) < 0.4
+    y = 1.5 * x1 - 0.7 * x2 + 2.0 * x3 + 0.3 + 0.5 * rng.standard_normal(rows)
+    return pa.table({
+        "x1": x1, "x2": pa.array(x2), "x3": pa.array(x3),
+        "g": pa.array(np.array(["a", "b"])[rng.integers(0, 2, rows)]),
+        "y": y, "w": rng.uniform(0.2, 3.0, rows),
+    })
+
+
+def classification_table(rows: int = 160, classes: int = 2, seed: int = 1) -> pa.Table:
+    """Two float features and an integer one; labels overlap (no separation)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 3))
+    x[:, 2] = np.round(x[:, 2] * 2)
+    logits = x @ rng.standard_normal((3, classes)) + rng.standard_normal((rows, classes))
+    label = np.argmax(logits, axis=1)
+    return pa.table({
+        "x1": x[:, 0], "x2": x[:, 1], "x3": pa.array(x[:, 2].astype(np.int64)),
+        "y": pa.array(label.astype(np.int64)), "w": rng.uniform(0.5, 2.0, rows),
+    })
+
+
+def string_multiclass_table() -> pa.Table:
+    table = classification_table(classes=3, seed=2)
+    names = np.array(["north", "east", "south"])[table.column("y").to_numpy()]
+    return table.set_column(table.schema.get_field_index("y"), "y", pa.array(names))
+
+
+def _cases() -> None:
+    case("linear_regression", {"label": "y"}, regression_table, id="ols", rtol=1e-9,
+         atol=1e-10)
+    case("linear_regression", {"label": "y", "features": ["x1", "x2", "x3"], "weight": "w",
+                               "l2": 0.1, "fit_intercept": False},
+         regression_table, id="ridge-weighted", rtol=1e-9, atol=1e-10)
+    case("linear_regression", {"label": "y", "weight": "w", "validation_fraction": 0.25,
+                               "seed": 3},
+         regression_table, id="validation", rtol=1e-9, atol=1e-10)
+    case("logistic_regression", {"label": "y"}, classification_table, id="binary-newton",
+         rtol=1e-7, atol=1e-9)
+    case("logistic_regression", {"label": "y", "weight": "w", "l2": 0.01, "solver": "lbfgs",
+                                 "validation_fraction": 0.2},
+         classification_table, id="binary-lbfgs-weighted", rtol=1e-6, atol=1e-8)
+    case("logistic_regression", {"label": "y", "l2": 0.001, "solver": "newton",
+                                 "validation_fraction": 0.2},
+         string_multiclass_table, id="multiclass-newton", rtol=1e-7, atol=1e-9)
+    case("logistic_regression", {"label": "y", "weight": "w", "l2": 0.01, "solver": "lbfgs",
+                                 "fit_intercept": False},
+         lambda: classification_table(classes=4, seed=3), id="multiclass-lbfgs-weighted",
+         rtol=1e-6, atol=1e-8)
+    case("score", {"model": "t"}, _scoring_table, id="logistic",
+         prepare=lambda op: op.bind(Chain([_scoring_model()]), _scoring_model().features,
+                                    {"name": "t", "version": 1}),
+         skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
+                                  "model's own round-trip is checked by its cases"})
+
+
+@cache
+def _scoring_model() -> LogisticRegressionFitted:
+    table = classification_table(seed=4)
+    model = fit(LogisticRegression(label="y", features=["x1", "x2", "x3"], l2=0.01),
+                split(table, 3))
+    assert isinstance(model, LogisticRegressionFitted)
+    return model
+
+
+def _scoring_table() -> pa.Table:
+    """Scoring input: the features, an id to pass through, no label."""
+    table = classification_table(rows=90, seed=5)
+    ids = pa.array([f"r{i}" for i in range(table.num_rows)])
+    return table.select(["x1", "x2", "x3"]).append_column("id", ids)
+
+
+_cases()

@@ -1,0 +1,302 @@
+"""The evaluate operator: metrics against scikit-learn, partition invariance, plan-time
+and data errors, pass-through of the rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_score,
+    r2_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from operators.arrays import get_namespace
+from operators.base import DataError, ParamError, SchemaError, drive, tree_reduce
+from operators.evaluate.evaluate import Evaluate
+from operators.testing.cases.evaluate import binary_table, multiclass_table, regression_table
+from operators.testing.kit import fit, roundtrip, split
+
+NUMPY = get_namespace("numpy")
+AUC_TOL = 1e-4
+
+
+def evaluate(params: dict[str, Any], parts: list[pa.Table], xp: Any = NUMPY) -> dict[str, Any]:
+    """The metrics evaluate reports for data in these partitions (the runtime's loop)."""
+    op = Evaluate(**params)
+    op.output_schema(parts[0].schema)
+
+    def aggregate(partial: Any) -> Any:
+        return tree_reduce([partial(p, xp) for p in parts], op.combine)
+
+    state, rounds = drive(op, parts[0].schema, aggregate)
+    assert rounds == 1
+    return op.metrics(state)
+
+
+def partitionings(table: pa.Table, label: str) -> dict[str, list[pa.Table]]:
+    by_label = table.sort_by(label)
+    return {"one": [table], "four": split(table, 4), "shuffled": split(table, 9, seed=3),
+            "by-label": split(by_label, 6, seed=1)}
+
+
+def assert_same_metrics(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+        elif key == "confusion_matrix":
+            np.testing.assert_allclose(got[key], value, rtol=1e-12, err_msg=key)
+        else:
+            assert got[key] == value, key
+
+
+def column(table: pa.Table, name: str) -> np.ndarray:
+    values = table.column(name)
+    if pa.types.is_list(values.type):
+        return np.array(values.to_pylist())
+    return values.to_numpy()
+
+
+# --------------------------------------------------------------------------- vs scikit-learn
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_binary_matches_sklearn_on_every_partitioning(weighted: bool) -> None:
+    table = binary_table(1500)
+    params = {"label": "churned", **({"weight": "w"} if weighted else {})}
+    y, pred, proba = (column(table, c) for c in ("churned", "prediction", "probability"))
+    w = column(table, "w") if weighted else None
+    results = {how: evaluate(params, parts)
+               for how, parts in partitionings(table, "churned").items()}
+    got = results["one"]
+    for other in results.values():
+        assert_same_metrics(other, got)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y, pred, sample_weight=w), rel=1e-12)
+    assert got["log_loss"] == pytest.approx(log_loss(y, y_proba=proba, sample_weight=w),
+                                            rel=1e-12)
+    for name, fn in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+        assert got[name] == pytest.approx(fn(y, pred, sample_weight=w), rel=1e-12)
+    np.testing.assert_allclose(got["confusion_matrix"],
+                               confusion_matrix(y, pred, sample_weight=w), rtol=1e-12)
+    assert abs(got["roc_auc"] - roc_auc_score(y, proba, sample_weight=w)) <= AUC_TOL
+    assert got["count"] == 1500 and got["classes"] == [0, 1]
+
+
+def test_multiclass_matches_sklearn_on_every_partitioning() -> None:
+    table = multiclass_table(1200)
+    y, pred, proba = (column(table, c) for c in ("plan", "prediction", "probability"))
+    results = {how: evaluate({"label": "plan"}, parts)
+               for how, parts in partitionings(table, "plan").items()}
+    got = results["one"]
+    for other in results.values():
+        assert_same_metrics(other, got)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y, pred), rel=1e-12)
+    assert got["log_loss"] == pytest.approx(log_loss(y, y_proba=proba), rel=1e-12)
+    for name, fn in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+        assert got[name] == pytest.approx(fn(y, pred, average="macro", zero_division=0),
+                                          rel=1e-12)
+    assert abs(got["roc_auc"] - roc_auc_score(y, proba, multi_class="ovr")) <= AUC_TOL
+    assert got["classes"] == sorted(set(y))
+    np.testing.assert_array_equal(got["confusion_matrix"], confusion_matrix(y, pred))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_regression_matches_sklearn_on_every_partitioning(weighted: bool) -> None:
+    table = regression_table(1500)
+    params = {"label": "charges", "metrics": ["rmse", "mse", "mae", "r2", "count"],
+              **({"weight": "w"} if weighted else {})}
+    y, pred = column(table, "charges"), column(table, "prediction")
+    w = column(table, "w") if weighted else None
+    results = {how: evaluate(params, parts)
+               for how, parts in partitionings(table, "charges").items()}
+    got = results["one"]
+    for other in results.values():
+        assert_same_metrics(other, got)
+    mse = mean_squared_error(y, pred, sample_weight=w)
+    assert got["mse"] == pytest.approx(mse, rel=1e-12)
+    assert got["rmse"] == pytest.approx(math.sqrt(mse), rel=1e-12)
+    assert got["mae"] == pytest.approx(mean_absolute_error(y, pred, sample_weight=w), rel=1e-12)
+    assert got["r2"] == pytest.approx(r2_score(y, pred, sample_weight=w), rel=1e-12)
+    assert got["count"] == 1500
+
+
+def test_string_and_dictionary_labels_with_explicit_classes() -> None:
+    rng = np.random.default_rng(7)
+    y = rng.choice(["no", "yes"], 400)
+    score = np.clip(0.4 * (y == "yes") + 0.6 * rng.random(400), 0, 1)
+    pred = np.where(score > 0.5, "yes", "no")
+    table = pa.table({"churn": pa.array(y).dictionary_encode(), "prediction": pa.array(pred),
+                      "probability": pa.array(score)})
+    got = evaluate({"label": "churn", "classes": ["yes", "no"]}, split(table, 5, seed=2))
+    assert got["classes"] == ["no", "yes"]
+    assert got["f1"] == pytest.approx(f1_score(y, pred, pos_label="yes"), rel=1e-12)
+    assert abs(got["roc_auc"] - roc_auc_score(y == "yes", score)) <= AUC_TOL
+
+
+def test_array_api_strict_gives_the_same_metrics() -> None:
+    for params, table in (({"label": "plan"}, multiclass_table(300)),
+                          ({"label": "churned", "weight": "w"}, binary_table(300)),
+                          ({"label": "charges", "weight": "w"}, regression_table(300))):
+        parts = split(table, 3)
+        assert_same_metrics(evaluate(params, parts, get_namespace("array_api_strict")),
+                            evaluate(params, parts))
+
+
+# --------------------------------------------------------------------------- the operator
+
+
+def test_rows_pass_through_and_metrics_survive_save_load() -> None:
+    table = binary_table(200)
+    op = Evaluate(label="churned")
+    assert op.output_schema(table.schema) == table.schema
+    fitted = fit(op, split(table, 3))
+    assert fitted.transform(table, NUMPY).equals(table)
+    again = roundtrip(fitted)
+    assert again.transform(table, NUMPY).equals(table)
+    assert again.metrics == fitted.metrics and fitted.metrics["count"] == 200
+    assert json.loads(json.dumps(fitted.metrics)) == fitted.metrics
+
+
+@pytest.mark.parametrize(("label", "values", "task"), [
+    ("i", pa.array([0, 1, 1, 0], pa.int32()), "classification"),
+    ("b", pa.array([True, False, True, True]), "classification"),
+    ("s", pa.array(["a", "b", "a", "a"]), "classification"),
+    ("f", pa.array([0.5, 1.5, 2.0, 3.0]), "regression"),
+])
+def test_task_auto_follows_the_label_type(label: str, values: pa.Array, task: str) -> None:
+    table = pa.table({label: values, "prediction": values})
+    got = evaluate({"label": label}, [table])
+    if task == "classification":
+        assert got["accuracy"] == 1.0 and "rmse" not in got
+    else:
+        assert got["rmse"] == 0.0 and "accuracy" not in got
+
+
+def test_task_override_classifies_a_float_label() -> None:
+    values = pa.array([0.0, 1.0, 1.0, 2.0])
+    table = pa.table({"y": values, "prediction": pa.array([0.0, 1.0, 2.0, 2.0])})
+    got = evaluate({"label": "y", "task": "classification", "metrics": ["accuracy"]}, [table])
+    assert got["accuracy"] == 0.75
+
+
+def test_default_metrics_follow_the_probability_column() -> None:
+    table = binary_table(100).drop_columns(["probability"])
+    got = evaluate({"label": "churned"}, [table])
+    assert "log_loss" not in got and "roc_auc" not in got and "f1" in got
+    with pytest.raises(SchemaError, match="'probability'") as info:
+        Evaluate(label="churned", metrics=["roc_auc"]).output_schema(table.schema)
+    assert "probability" in info.value.hint
+
+
+def test_probability_column_named_by_param() -> None:
+    table = binary_table(100).rename_columns(["id", "churned", "prediction", "p_yes", "w"])
+    got = evaluate({"label": "churned", "probability": "p_yes", "metrics": ["log_loss"]},
+                   [table])
+    assert got["log_loss"] == pytest.approx(
+        log_loss(column(table, "churned"), y_proba=column(table, "p_yes")), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_metric_is_a_param_error_with_a_suggestion() -> None:
+    with pytest.raises(ParamError, match="did you mean 'accuracy'"):
+        Evaluate(label="churned", metrics=["acuracy"])
+    with pytest.raises(ParamError, match="'rmse' is not a classification metric"):
+        Evaluate(label="churned", metrics=["rmse"]).output_schema(binary_table(10).schema)
+
+
+@pytest.mark.parametrize(("params", "error", "match"), [
+    ({"label": "nope"}, SchemaError, "'nope'"),
+    ({"label": "churned", "metrics": []}, ParamError, "empty"),
+    ({"label": "churned", "prediction": "id2"}, SchemaError, "'id2'"),
+    ({"label": "churned", "weight": "wt"}, SchemaError, "'wt'"),
+    ({"label": "churned", "classes": ["a", "b"]}, ParamError, "label type"),
+    ({"label": "churned", "classes": [0, 1, 2]}, SchemaError, "one number per row"),
+    ({"label": "w", "classes": [0, 1]}, ParamError, "task: classification"),
+    ({"label": "churned", "probability": "id", "metrics": ["log_loss"]}, SchemaError, "int64"),
+])
+def test_plan_time_errors(params: dict[str, Any], error: type, match: str) -> None:
+    with pytest.raises(error, match=match) as info:
+        Evaluate(**params).output_schema(binary_table(10).schema)
+    assert info.value.hint
+
+
+def test_label_with_nulls_is_a_data_error_naming_the_column() -> None:
+    table = binary_table(50)
+    labels = pa.array(column(table, "churned"), mask=np.arange(50) == 7)
+    table = table.set_column(1, "churned", labels)
+    with pytest.raises(DataError, match="label column 'churned' has 1 null") as info:
+        evaluate({"label": "churned"}, [table])
+    assert info.value.hint
+
+
+@pytest.mark.parametrize(("name", "values", "match"), [
+    ("probability", [1.5] + [0.5] * 49, "outside"),
+    ("w", [-1.0] + [1.0] * 49, "negative"),
+])
+def test_bad_probability_or_weight_is_a_data_error(name: str, values: list, match: str) -> None:
+    table = binary_table(50)
+    table = table.set_column(table.schema.get_field_index(name), name, pa.array(values))
+    with pytest.raises(DataError, match=match):
+        evaluate({"label": "churned", "weight": "w"}, [table])
+
+
+def test_nan_regression_label_is_a_data_error() -> None:
+    table = regression_table(20)
+    y = column(table, "charges").copy()
+    y[3] = np.nan
+    table = table.set_column(0, "charges", pa.array(y))
+    with pytest.raises(DataError, match="'charges' has NaN"):
+        evaluate({"label": "charges"}, [table])
+
+
+def test_empty_input_is_a_data_error() -> None:
+    empty = binary_table(10).schema.empty_table()
+    with pytest.raises(DataError, match="no rows") as info:
+        evaluate({"label": "churned"}, [empty, empty])
+    assert info.value.hint
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_a_pipeline_run_records_the_metrics(workdir: Path) -> None:
+    from pipelines.runner import run
+
+    table = binary_table(600)
+    (workdir / "scored").mkdir()
+    for i, piece in enumerate(split(table, 3)):
+        pq.write_table(piece, workdir / "scored" / f"part-{i}.parquet")
+    path = workdir / "eval.yaml"
+    path.write_text(textwrap.dedent("""
+        pipeline: churn_eval
+        steps:
+          - op: read_parquet
+            path: scored
+          - id: quality
+            op: evaluate
+            label: churned
+            metrics: [accuracy, roc_auc]
+        """))
+    record = run(path)
+    metrics = record["metrics"]["quality"]
+    y, pred, proba = (column(table, c) for c in ("churned", "prediction", "probability"))
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred), rel=1e-12)
+    assert abs(metrics["roc_auc"] - roc_auc_score(y, proba)) <= AUC_TOL
