@@ -60,6 +60,10 @@ class SchemaError(SluiceError):
     """A step's input schema lacks what the step needs (raised at plan time)."""
 
 
+class MissingColumnError(SchemaError):
+    """A column a step needs is not in its input."""
+
+
 class ArtifactError(SluiceError):
     """A saved model cannot be loaded (missing, damaged or from a newer sluice)."""
 
@@ -78,7 +82,7 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
     have = schema.names
     first = missing[0]
     names = ", ".join(f"'{c}'" for c in missing)
-    raise SchemaError(
+    raise MissingColumnError(
         f"{what} {names} not in the input{suggest(first, have)}",
         hint="input has: " + ", ".join(have[:20]) + (" ..." if len(have) > 20 else ""),
     )
@@ -152,6 +156,10 @@ class Estimator(Operator):
 
     kind = "estimator"
     multi_pass: ClassVar[bool] = False  # True: the runtime caches the input for the passes
+    # True when the fit decides output columns or types (one_hot's vocabulary, the
+    # probability type of a classifier with 2 or more classes): the plan-time schema
+    # after it is a lower bound, and later steps' column checks wait for the run
+    schema_from_fit: ClassVar[bool] = False
 
     @abstractmethod
     def output_schema(self, schema: pa.Schema) -> pa.Schema:

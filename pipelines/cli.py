@@ -101,10 +101,21 @@ def _print_record(record: dict[str, Any]) -> None:
         click.echo(f"  wrote {output['rows']:,} rows to {output['path']}")
     for model in record["models"]:
         click.echo(f"  saved model {model['name']}@{model['version']} ({model['path']})")
-    for step_id, metrics in record["metrics"].items():
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if not isinstance(v, list | dict))
-        click.echo(f"  metrics {step_id}: {shown}")
+    _print_metrics(record["metrics"])
     click.echo(f"  record: {record['record_path']}")
+
+
+def _print_metrics(by_step: dict[str, Any]) -> None:
+    """One line per step (and per nested group, e.g. validation) of scalar metrics."""
+    for step_id, metrics in by_step.items():
+        groups = [(step_id, metrics or {})]
+        groups += [(f"{step_id}.{k}", v) for k, v in (metrics or {}).items()
+                   if isinstance(v, dict)]
+        for label, values in groups:
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()
+                              if not isinstance(v, list | dict))
+            if shown:
+                click.echo(f"  metrics {label}: {shown}")
 
 
 def _fmt(value: Any) -> str:
@@ -180,10 +191,7 @@ def models_show(ref: str, models: str | None, as_json: bool) -> None:
         click.echo(f"    - {entry['op']}")
     out = [f["name"] + ": " + f["type"] for f in meta["output_schema"]["fields"]]
     click.echo("  output: " + ", ".join(out[-3:]))
-    for step_id, metrics in (meta.get("metrics") or {}).items():
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in (metrics or {}).items()
-                          if not isinstance(v, list | dict))
-        click.echo(f"  metrics {step_id}: {shown}")
+    _print_metrics(meta.get("metrics") or {})
 
 
 @main.command()

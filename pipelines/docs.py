@@ -1,6 +1,7 @@
 """Operator documentation straight from the registry (so it cannot drift from the code).
 
-``python -m pipelines.docs`` prints the README's operator reference in Markdown.
+``python -m pipelines.docs`` rewrites the README's operator reference between its
+``operators:begin`` and ``operators:end`` markers; a test checks that it is current.
 """
 
 from __future__ import annotations
@@ -92,5 +93,20 @@ def markdown() -> str:
     return "\n".join(parts)
 
 
+BEGIN = "<!-- operators:begin"
+END = "<!-- operators:end -->"
+
+
+def readme_with_reference(text: str) -> str:
+    """``text`` (the README) with the generated reference between the markers."""
+    head, _, rest = text.partition(BEGIN)
+    marker_line, _, rest = rest.partition("\n")
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}{marker_line}\n\n{markdown()}\n{END}{tail}"
+
+
 if __name__ == "__main__":
-    print(markdown())
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    readme.write_text(readme_with_reference(readme.read_text()))

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from operators.base import (
     Action,
     Estimator,
+    MissingColumnError,
     Operator,
     SchemaError,
     SluiceError,
@@ -31,6 +32,7 @@ class Step:
     op: Operator
     input: str | None
     schema: pa.Schema | None = None  # output schema; None where it could not be derived
+    open: bool = False  # a fit upstream adds columns only known at run time
 
     @property
     def id(self) -> str:
@@ -193,12 +195,20 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             if upstream is None or upstream.schema is None:
                 continue
             schema = upstream.schema
+            step.open = upstream.open or (isinstance(step.op, Estimator)
+                                          and step.op.schema_from_fit)
             if isinstance(step.op, Score):
                 if resolve_model is None:
                     raise SchemaError("no model store to load the model from")
                 step.op.bind(*resolve_model(step.op.params.model))
-            require_columns(schema, step.op.input_columns(schema))
-            step.schema = step.op.output_schema(schema)
+            try:
+                require_columns(schema, step.op.input_columns(schema))
+                step.schema = step.op.output_schema(schema)
+            except MissingColumnError:
+                if not upstream.open:
+                    raise
+                # the column may come from the fit upstream: checked when the run gets there
+                step.schema = schema
         except SluiceError as exc:
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param), str(exc), step=s.id, op=s.op))

@@ -134,7 +134,10 @@ class Run:
             transform, metrics, data = fit(self.engine, data, step.id, op)
             self.fitted[step.id] = transform
             self.record["metrics"][step.id] = metrics
-            self.datasets[step.id] = self.engine.map(data, step.id, transform, step.schema)
+            # the fitted schema can differ from the plan's (one_hot's columns come from
+            # the vocabulary), so the steps after see the real one
+            schema = transform.output_schema(data.schema)
+            self.datasets[step.id] = self.engine.map(data, step.id, transform, schema)
         elif isinstance(op, Sink):
             output = self.engine.write(data, step.id, op, self.run_id)
             self.record["outputs"].append({"step": step.id, **output})
@@ -147,7 +150,8 @@ class Run:
             raise SluiceError(f"step '{step.id}': no runtime support for action '{op.name}'")
         else:
             self.fitted[step.id] = op
-            self.datasets[step.id] = self.engine.map(data, step.id, op, step.schema)
+            schema = op.output_schema(data.schema)
+            self.datasets[step.id] = self.engine.map(data, step.id, op, schema)
 
     def _save_model(self, step: Step) -> None:
         chain = [s for s in self.plan.chain_to(step.id)
