@@ -51,9 +51,14 @@ def make_engine(name: str, *, scheduler: str | None = None, master: str | None =
         from pipelines.engines.local import LocalEngine
 
         return LocalEngine(progress=progress)
-    if name in ("dask", "spark"):
-        raise SluiceError(f"the {name} engine is not available in this version of sluice",
-                          hint="use --engine local")
+    if name == "dask":
+        from pipelines.engines.dask import DaskEngine
+
+        return DaskEngine(scheduler=scheduler, progress=progress)
+    if name == "spark":
+        from pipelines.engines.spark import SparkEngine
+
+        return SparkEngine(master=master, progress=progress)
     raise SluiceError(f"unknown engine '{name}'", hint=f"choose one of {', '.join(ENGINES)}")
 
 
@@ -221,6 +226,7 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     try:
         if engine_instance is None:
             eng.start()
+        eng.begin_run()
         record["engine"] = eng.describe()
         current.execute()
         record["status"] = "succeeded"

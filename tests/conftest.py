@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,10 +23,31 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 
-@pytest.fixture(params=["local"])
-def engine_name(request: pytest.FixtureRequest) -> str:
-    """Every engine the test matrix covers (dask and spark join when they exist)."""
-    return request.param
+ENGINES = ("local", "dask", "spark")
+
+
+@pytest.fixture(scope="session")
+def shared_engines() -> Iterator[dict[str, Any]]:
+    """One started engine per name for the whole test session (a Spark session takes
+    seconds to start); each is closed at the end."""
+    started: dict[str, Any] = {}
+    yield started
+    for engine in started.values():
+        engine.close()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest, shared_engines: dict[str, Any]) -> Any:
+    """Every engine of the test matrix, started once and shared (tests pass it to
+    ``run(..., engine_instance=engine)``)."""
+    from pipelines.runner import make_engine
+
+    name = request.param
+    if name not in shared_engines:
+        instance = make_engine(name)
+        instance.start()
+        shared_engines[name] = instance
+    return shared_engines[name]
 
 
 @pytest.fixture(autouse=True)

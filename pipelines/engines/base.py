@@ -30,6 +30,10 @@ class StepFailure(Exception):
         super().__init__(f"step '{step}', {where}: {type(error).__name__}: {error}")
         self.step, self.where, self.error = step, where, error
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # crosses process boundaries (Dask, Spark) with its parts intact
+        return (type(self), (self.step, self.where, self.error))
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -127,6 +131,10 @@ class Engine(ABC):
     def describe(self) -> dict[str, Any]:
         """What the run record says about the engine (cluster address, cores...)."""
         return {"name": self.name, "device": self.device}
+
+    def begin_run(self) -> None:
+        """Forget the previous run's counters and caches (an engine can serve many runs)."""
+        self.stats = {}
 
     def __enter__(self) -> Engine:
         self.start()

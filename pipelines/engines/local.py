@@ -61,6 +61,13 @@ class LocalEngine(Engine):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "workers": self.workers}
 
+    def begin_run(self) -> None:
+        super().begin_run()
+        self._caches.clear()
+        self._cache_full.clear()
+        self._cached_bytes = 0
+        self._partitions.clear()
+
     def record(self, step: str, partition: int, rows: int, seconds: float) -> None:
         with self._lock:
             super().record(step, partition, rows, seconds)

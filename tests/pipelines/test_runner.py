@@ -13,7 +13,7 @@ from conftest import write_pipeline
 
 from operators.base import SluiceError
 from pipelines.datagen import churn_table, generate
-from pipelines.engines.base import StepFailure
+from pipelines.engines.base import Engine, StepFailure
 from pipelines.runner import ValidationFailed, run
 from pipelines.store import ModelStore
 
@@ -43,9 +43,9 @@ def expected_means(rows: int = 5000) -> np.ndarray:
                      np.mean(table["monthly_charges"].to_numpy())])
 
 
-def test_train_save_write_and_record(churn: Path, workdir: Path, engine_name: str) -> None:
+def test_train_save_write_and_record(churn: Path, workdir: Path, engine: Engine) -> None:
     path = write_pipeline(workdir, TRAIN)
-    record = run(path, engine=engine_name)
+    record = run(path, engine_instance=engine)
     means = expected_means()
     assert record["status"] == "succeeded"
     np.testing.assert_allclose(record["metrics"]["center"]["means"], means, rtol=1e-12)
@@ -57,7 +57,7 @@ def test_train_save_write_and_record(churn: Path, workdir: Path, engine_name: st
     assert record["models"][0]["name"] == "centre" and record["models"][0]["version"] == 1
     on_disk = json.loads(Path(record["record_path"]).read_text())
     assert on_disk["run_id"] == record["run_id"] and on_disk["status"] == "succeeded"
-    assert on_disk["engine"]["name"] == engine_name
+    assert on_disk["engine"]["name"] == engine.name
 
     out = pq.read_table(workdir / "out" / "centered")
     assert out.num_rows == n
@@ -69,11 +69,11 @@ def test_train_save_write_and_record(churn: Path, workdir: Path, engine_name: st
     assert model.meta["pipeline"] == "center" and model.meta["run_id"] == record["run_id"]
 
     with pytest.raises(SluiceError, match="already exists"):
-        run(path, engine=engine_name)
+        run(path, engine_instance=engine)
     assert ModelStore().versions("centre") == [1, 2]  # the fit ran; the write refused
 
 
-def test_partitioning_does_not_change_the_model(workdir: Path, engine_name: str) -> None:
+def test_partitioning_does_not_change_the_model(workdir: Path, engine: Engine) -> None:
     table = churn_table(5000)
     one = workdir / "one"
     one.mkdir()
@@ -82,12 +82,12 @@ def test_partitioning_does_not_change_the_model(workdir: Path, engine_name: str)
     models = []
     for folder in ("one", "many"):
         path = write_pipeline(workdir, TRAIN.replace("out/centered", f"out/{folder}"))
-        record = run(path, {"folder": folder}, engine=engine_name)
+        record = run(path, {"folder": folder}, engine_instance=engine)
         models.append(np.array(record["metrics"]["center"]["means"]))
     np.testing.assert_allclose(models[0], models[1], rtol=1e-12)
 
 
-def test_user_error_in_a_partition_is_located(workdir: Path, engine_name: str) -> None:
+def test_user_error_in_a_partition_is_located(workdir: Path, engine: Engine) -> None:
     table = churn_table(3000)
     folder = workdir / "nan"
     folder.mkdir()
@@ -98,7 +98,7 @@ def test_user_error_in_a_partition_is_located(workdir: Path, engine_name: str) -
     pq.write_table(bad, folder / "b.parquet")
     path = write_pipeline(workdir, TRAIN)
     with pytest.raises(SluiceError) as info:
-        run(path, {"folder": "nan"}, engine=engine_name)
+        run(path, {"folder": "nan"}, engine_instance=engine)
     text = str(info.value)
     assert text.startswith(f"{path}:10: step 'center', partition "), text
     assert "b.parquet" in text and "NaN in" in text and "impute first" in text
@@ -110,7 +110,7 @@ def test_user_error_in_a_partition_is_located(workdir: Path, engine_name: str) -
 
 
 def test_bug_in_an_operator_names_step_and_partition(churn: Path, workdir: Path,
-                                                     engine_name: str) -> None:
+                                                     engine: Engine) -> None:
     path = write_pipeline(workdir, """
         pipeline: boom
         steps:
@@ -123,23 +123,23 @@ def test_bug_in_an_operator_names_step_and_partition(churn: Path, workdir: Path,
             path: out
         """)
     with pytest.raises(StepFailure) as info:
-        run(path, engine=engine_name)
+        run(path, engine_instance=engine)
     assert info.value.step == "explode" and "part-00002.parquet" in info.value.where
     assert isinstance(info.value.error, ZeroDivisionError)
     assert not (workdir / "out").exists()
     assert not [p for p in workdir.iterdir() if p.name.startswith(".out")]
 
 
-def test_invalid_pipeline_runs_nothing(churn: Path, workdir: Path, engine_name: str) -> None:
+def test_invalid_pipeline_runs_nothing(churn: Path, workdir: Path, engine: Engine) -> None:
     path = write_pipeline(workdir, TRAIN.replace("columns: [tenure, monthly_charges]",
                                                  "columns: [tenure, monthly]"))
     with pytest.raises(ValidationFailed) as info:
-        run(path, engine=engine_name)
+        run(path, engine_instance=engine)
     assert "column 'monthly' not in the input" in str(info.value.problems[0])
     assert not (workdir / "runs").exists() and not (workdir / "out").exists()
 
 
-def test_empty_input_after_filter(churn: Path, workdir: Path, engine_name: str) -> None:
+def test_empty_input_after_filter(churn: Path, workdir: Path, engine: Engine) -> None:
     path = write_pipeline(workdir, """
         pipeline: none
         steps:
@@ -149,7 +149,7 @@ def test_empty_input_after_filter(churn: Path, workdir: Path, engine_name: str) 
           - op: write_parquet
             path: out
         """)
-    record = run(path, engine=engine_name)
+    record = run(path, engine_instance=engine)
     assert record["outputs"][0]["rows"] == 0
     out = pq.read_table(workdir / "out")
     assert out.num_rows == 0 and "tenure" in out.column_names

@@ -1,0 +1,169 @@
+"""Engine equivalence and partition invariance: every engine, 1 and many partitions,
+gives the local engine's fitted state (allclose) and scores."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import ROOT, write_pipeline
+
+from operators.testing.kit import assert_tables_close
+from pipelines.datagen import churn_table
+from pipelines.runner import make_engine, run
+from pipelines.store import ModelStore
+
+# the model zoo: every model family and feature step on the churn data
+ZOO = {
+    "logistic_multiclass": """
+      - op: drop
+        columns: [customer_id]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: derive
+        columns: {charge_ratio: "total_charges / (tenure + 1)", log_tenure: "log1p(tenure)"}
+      - op: one_hot
+        columns: [region]
+      - op: bucketize
+        columns: [monthly_charges]
+        quantiles: 4
+      - op: standard_scale
+        columns: [tenure, total_charges, charge_ratio, log_tenure]
+      - op: logistic_regression
+        label: plan
+        l2: 0.01
+        solver: newton
+    """,
+    "linear_weighted": """
+      - op: drop
+        columns: [signup_date, customer_id]
+      - op: impute
+        columns: [total_charges]
+        strategy: mean
+      - op: hash_encode
+        columns: [region]
+        buckets: 4
+      - op: one_hot
+        columns: [plan]
+        min_frequency: 10
+      - op: min_max_scale
+        columns: [tenure]
+      - op: derive
+        columns: {w: "1 + churned"}
+      - op: linear_regression
+        label: monthly_charges
+        weight: w
+        features: [tenure, total_charges, "plan=basic", "plan=premium", "region#0", "region#1"]
+        l2: 0.1
+        validation_fraction: 0.25
+    """,
+}
+
+
+def layout(folder: Path, files: int) -> Path:
+    """The same 6,000 rows as 1 file or as `files` files of small row groups."""
+    table = churn_table(6000, seed=7)
+    folder.mkdir(parents=True)
+    bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
+    for i in range(files):
+        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]),
+                       folder / f"part-{i}.parquet", row_group_size=400)
+    return folder
+
+
+def train_and_score(workdir: Path, engine, steps: str, files: int, tag: str
+                    ) -> tuple[dict[str, np.ndarray], pa.Table]:
+    data = layout(workdir / f"data-{tag}", files)
+    body = textwrap.indent(textwrap.dedent(steps).strip(), "  ")
+    train = workdir / f"train-{tag}.yaml"
+    train.write_text(f"pipeline: zoo\nsteps:\n  - op: read_parquet\n    path: {data}\n"
+                     f"    partition_mb: 0.05\n{body}\n  - op: save_model\n    name: m{tag}\n")
+    run(train, engine_instance=engine)
+    score = write_pipeline(workdir, f"""
+        pipeline: zoo_score
+        steps:
+          - op: read_parquet
+            path: {data}
+            partition_mb: 0.05
+          - op: score
+            model: m{tag}
+          - op: write_parquet
+            path: {workdir / f"scores-{tag}"}
+        """, f"score-{tag}.yaml")
+    run(score, engine_instance=engine)
+    model = ModelStore().load(f"m{tag}")
+    arrays = {}
+    for i, step in enumerate(model.chain.steps):
+        _, values = step.state()
+        arrays.update({f"{i}.{k}": np.asarray(v) for k, v in values.items()})
+    scores = pq.read_table(workdir / f"scores-{tag}").sort_by("customer_id")
+    return arrays, scores
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """The local engine on one partition: what every engine and layout must match."""
+    out = {}
+    local = make_engine("local")
+    with local, pytest.MonkeyPatch.context() as mp:
+        for name, steps in ZOO.items():
+            folder = tmp_path_factory.mktemp(f"ref-{name}")
+            mp.setenv("SLUICE_MODELS", str(folder / "models"))
+            mp.setenv("SLUICE_RUNS", str(folder / "runs"))
+            out[name] = train_and_score(folder, local, steps, 1, "ref")
+    return out
+
+
+def assert_same(got: tuple, expected: tuple, rtol: float) -> None:
+    arrays, scores = got
+    ref_arrays, ref_scores = expected
+    assert arrays.keys() == ref_arrays.keys()
+    for key, value in ref_arrays.items():
+        if value.dtype.kind in "fc":
+            np.testing.assert_allclose(arrays[key], value, rtol=rtol, atol=1e-9, err_msg=key)
+        else:
+            np.testing.assert_array_equal(arrays[key], value, err_msg=key)
+    assert_tables_close(scores, ref_scores, rtol=rtol, atol=1e-9, what="scores")
+
+
+@pytest.mark.parametrize("files", [1, 5])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_matches_local_one_partition(workdir: Path, engine, reference: dict, name: str,
+                                         files: int) -> None:
+    got = train_and_score(workdir, engine, ZOO[name], files, f"{name}{files}")
+    assert_same(got, reference[name], rtol=1e-6)
+
+
+def test_demo_pipelines_match_across_engines(workdir: Path, engine) -> None:
+    shutil.copytree(ROOT / "data" / "churn", workdir / "data" / "churn")
+    results = {}
+    for label, eng in (("local", make_engine("local")), ("engine", engine)):
+        own = label == "local"
+        if own:
+            eng.start()
+        try:
+            models = workdir / f"models-{label}"
+            run(ROOT / "conf" / "pipelines" / "churn_train.yaml", models=str(models),
+                engine_instance=eng)
+            record = run(ROOT / "conf" / "pipelines" / "churn_score.yaml", models=str(models),
+                         engine_instance=eng)
+        finally:
+            if own:
+                eng.close()
+        scores = pq.read_table(workdir / "data" / "scores" / "ds=2026-11-28")
+        results[label] = (ModelStore(str(models)).load("churn"), scores.sort_by("customer_id"),
+                          record["metrics"]["evaluate"])
+    local, other = results["local"], results["engine"]
+    for a, b in zip(local[0].chain.steps, other[0].chain.steps):
+        for key, value in a.state()[1].items():
+            np.testing.assert_allclose(b.state()[1][key], value, rtol=1e-7, err_msg=key)
+    assert_tables_close(other[1], local[1], rtol=1e-7, atol=1e-10, what="scores")
+    for key, value in local[2].items():
+        if isinstance(value, float):
+            assert other[2][key] == pytest.approx(value, rel=1e-7), key
