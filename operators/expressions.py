@@ -1,0 +1,1338 @@
+"""Safe SQL-like expressions for pipeline YAML, compiled to ``pyarrow.compute.Expression``.
+
+Used for ``filter:`` predicates on ``read_parquet`` (pushed down into ``pyarrow.dataset`` scans,
+where row groups are pruned with Parquet statistics) and for ``derive:`` value expressions.
+The text is parsed by a ``lark`` LALR grammar into a small syntax tree and then translated
+node by node into ``pc.field`` / ``pc.scalar`` / compute-function calls; user text is never
+handed to ``eval``, ``exec`` or Python's ``ast``, and nothing in it is executed.
+
+Example::
+
+    >>> import pyarrow as pa, pyarrow.dataset as ds
+    >>> table = pa.table({"tenure": [0, 3, None], "region": ["eu", "test", "us"]})
+    >>> kept = ds.dataset(table).to_table(filter=parse_filter("tenure >= 0 and region != 'test'"))
+    >>> kept.column("region").to_pylist()  # 'test' fails the test, null >= 0 is null
+    ['eu']
+    >>> derived = ds.dataset(table).to_table(columns={"half": parse_expression("tenure / 2")})
+    >>> derived.column("half").to_pylist()
+    [0.0, 1.5, None]
+
+Language
+--------
+* Literals: ``12``, ``1_000``, ``1.5``, ``.5``, ``1e-3``; strings in ``'...'`` or ``"..."``
+  (backslash escapes ``\\n \\t \\r \\0 \\\\ \\' \\" \\uXXXX \\UXXXXXXXX``, any other backslash is
+  kept as is, and a doubled quote ``'it''s'`` stands for one); ``true`` / ``false``; ``null``;
+  ``date '2026-11-28'`` (``date32``); ``timestamp '2026-11-28 10:00:00'`` (``timestamp[us]``,
+  or ``timestamp[us, tz=UTC]`` when the text has a zone such as ``Z`` or ``+01:00``).
+* Columns: bare names (``tenure``, ``größe``) or backticks for anything else
+  (```plan=basic```, a doubled backtick stands for one). Keywords (``and or not in is null
+  true false between like date timestamp as``) are case-insensitive and need backticks to be
+  used as column names: ```date```.
+* Operators, loosest first: ``or``; ``and``; ``not``; comparisons ``= == != <> < <= > >=``,
+  ``is [not] null``, ``[not] in (v, ...)``, ``[not] between a and b`` (inclusive),
+  ``[not] like 'pat%'`` (``%`` any run, ``_`` one character); ``+ -``; ``* / %``;
+  unary ``-``; ``**`` / ``^`` (right-associative, binds tighter than unary minus on its left:
+  ``-2 ** 2`` is -4). Comparisons do not chain (``a < b < c`` is an error).
+* Functions (case-insensitive): ``log``/``ln``, ``log1p``, ``log2``, ``log10``, ``exp``,
+  ``sqrt``, ``abs``, ``floor``, ``ceil``, ``round(x[, ndigits])``, ``pow``/``power(x, y)``,
+  ``least(...)``, ``greatest(...)``, ``coalesce(...)``, ``if(cond, a, b)``/``if_else``,
+  ``is_nan(x)``, ``lower``, ``upper``, ``length``, ``year``, ``month``, ``day``,
+  ``cast(x as type)`` with type one of int8..int64, uint8..uint64, int/integer (int64),
+  float32, float64/double/float, string/str/utf8, bool/boolean, date, timestamp.
+
+Semantics
+---------
+Null handling is pyarrow's, which is SQL's three-valued logic: arithmetic and comparisons
+with a null operand give null, ``and``/``or`` are Kleene (``false and null`` is false,
+``true or null`` is true), ``not null`` is null, and a filter keeps only rows whose predicate
+is true, so rows where it is null are dropped (``x != 'a'`` drops rows where x is null).
+``x in (...)`` follows SQL too: null when x is null, or when x is not in the list and the
+list holds a null. ``x = null`` is rejected (it is never true); write ``x is null``.
+NaN is a value, not null: ``x is null`` is false for NaN, ``NaN = NaN`` is false.
+
+``/`` is always true division in float64 (integers are converted first) and division by
+zero follows IEEE (``inf``/``-inf``/``nan``); ``**``/``pow`` also work in float64.
+``%`` is a floored modulo (the result has the sign of the divisor, as in Python) that keeps
+integer types; ``x % 0`` is null. ``+ - *`` on integers wrap on overflow (unchecked
+kernels), as do all math functions (``log(0)`` is ``-inf``, ``sqrt(-1)`` is ``nan``).
+``round`` rounds half to even. ``least``/``greatest`` skip nulls (and NaN, unless every
+value is NaN). ``if(cond, a, b)`` is null where ``cond`` is null. ``cast`` truncates floats
+toward zero and timestamps to dates (NaN/inf/out-of-range floats give unspecified integers);
+integer overflow and unparsable strings raise when the expression is evaluated.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import functools
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from lark import Lark, Token, Tree
+from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
+
+__all__ = [
+    "ExpressionError",
+    "check_filter",
+    "expression_type",
+    "parse_expression",
+    "parse_filter",
+    "referenced_columns",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class ExpressionError(ValueError):
+    """What was wrong, at which character of which text, and what would fix it.
+
+    Example::
+
+        >>> try:
+        ...     parse_expression("tenure +")
+        ... except ExpressionError as err:
+        ...     print(err)
+        unexpected end of expression; expected a value at column 9 in 'tenure +'
+    """
+
+    text: str
+    position: int
+    message: str
+
+    def __init__(self, message: str, text: str, position: int = -1) -> None:
+        super().__init__(message, text, position)
+        self.message = message
+        self.text = text
+        self.position = position
+
+    def __str__(self) -> str:
+        """One line: the message, the 1-based column and the text."""
+        if self.position < 0:
+            return f"{self.message} in {self.text!r}"
+        return f"{self.message} at column {self.position + 1} in {self.text!r}"
+
+    def pretty(self) -> str:
+        """Several lines: the message, then the offending line of text with a caret under it.
+
+        Example::
+
+            >>> print(ExpressionError("unexpected character '$'", "a > $1", 4).pretty())
+            unexpected character '$'
+              a > $1
+                  ^
+        """
+        if self.position < 0:
+            return f"{self.message}\n  {self.text}"
+        start = self.text.rfind("\n", 0, self.position) + 1
+        end = self.text.find("\n", self.position)
+        line = self.text[start : len(self.text) if end < 0 else end]
+        # Keep the caret aligned when the line holds tabs.
+        prefix = "".join("\t" if ch == "\t" else " " for ch in self.text[start : self.position])
+        return f"{self.message}\n  {line}\n  {prefix}^"
+
+
+# --------------------------------------------------------------------------------------------
+# Grammar
+# --------------------------------------------------------------------------------------------
+
+_GRAMMAR = r"""
+?start: expr
+
+?expr: or_expr
+?or_expr: and_expr (OR and_expr)*
+?and_expr: not_expr (AND not_expr)*
+?not_expr: NOT not_expr                        -> not_op
+         | predicate
+?predicate: sum
+          | sum COMP_OP sum                    -> comparison
+          | sum IS NULL                        -> is_null
+          | sum IS NOT NULL                    -> is_not_null
+          | sum IN LPAR expr_list RPAR         -> in_list
+          | sum NOT IN LPAR expr_list RPAR     -> not_in_list
+          | sum BETWEEN sum AND sum            -> between
+          | sum NOT BETWEEN sum AND sum        -> not_between
+          | sum LIKE sum                       -> like
+          | sum NOT LIKE sum                   -> not_like
+expr_list: expr (COMMA expr)*
+?sum: product ((PLUS | MINUS) product)*
+?product: unary ((STAR | SLASH | PERCENT) unary)*
+?unary: MINUS unary                            -> neg
+      | PLUS unary                             -> pos
+      | power
+?power: atom (POW unary)?
+?atom: INT                                     -> int_lit
+     | FLOAT                                   -> float_lit
+     | STRING                                  -> string_lit
+     | TRUE                                    -> true_lit
+     | FALSE                                   -> false_lit
+     | NULL                                    -> null_lit
+     | DATE STRING                             -> date_lit
+     | TIMESTAMP STRING                        -> timestamp_lit
+     | IDENT                                   -> column
+     | QIDENT                                  -> column
+     | IDENT LPAR [arg (COMMA arg)*] RPAR      -> call
+     | LPAR expr RPAR                          -> paren
+arg: expr
+   | expr AS type_name                         -> cast_arg
+type_name: IDENT | DATE | TIMESTAMP
+
+OR: "or"i
+AND: "and"i
+NOT: "not"i
+IS: "is"i
+IN: "in"i
+NULL: "null"i
+TRUE: "true"i
+FALSE: "false"i
+BETWEEN: "between"i
+LIKE: "like"i
+DATE: "date"i
+TIMESTAMP: "timestamp"i
+AS: "as"i
+COMP_OP: "==" | "!=" | "<>" | "<=" | ">=" | "=" | "<" | ">"
+PLUS: "+"
+MINUS: "-"
+POW: "**" | "^"
+STAR: "*"
+SLASH: "/"
+PERCENT: "%"
+LPAR: "("
+RPAR: ")"
+COMMA: ","
+INT: /[0-9](_?[0-9])*/
+FLOAT.2: /([0-9](_?[0-9])*)?\.[0-9](_?[0-9])*([eE][+-]?[0-9]+)?/
+       | /[0-9](_?[0-9])*\.([eE][+-]?[0-9]+)?/
+       | /[0-9](_?[0-9])*[eE][+-]?[0-9]+/
+STRING: /'(?:[^'\\]|\\[\s\S]|'')*'/ | /"(?:[^"\\]|\\[\s\S]|"")*"/
+IDENT: /[^\W\d]\w*/
+QIDENT: /`(?:[^`]|``)*`/
+%ignore /\s+/
+"""
+
+_KEYWORDS = frozenset(
+    ["and", "or", "not", "in", "is", "null", "true", "false", "between", "like", "date",
+     "timestamp", "as"]
+)
+_KEYWORD_TOKENS = frozenset(k.upper() for k in _KEYWORDS)
+# Tokens that can only start a value: a parser state accepting them is waiting for a value.
+_LITERAL_TOKENS = frozenset(["INT", "FLOAT", "STRING", "IDENT", "QIDENT"])
+_IDENT_RE = re.compile(r"[^\W\d]\w*")
+_MAX_SHOWN_NAMES = 12
+
+
+@functools.cache
+def _parser() -> Lark:
+    """The LALR parser, built on first use (keeps ``import`` cheap)."""
+    return Lark(
+        _GRAMMAR,
+        parser="lalr",
+        lexer="basic",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Syntax tree
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Literal:
+    pos: int
+    kind: str  # int | float | string | bool | null | date | timestamp
+    value: object
+    arrow_type: pa.DataType
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Column:
+    pos: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Neg:
+    pos: int
+    operand: _Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Not:
+    pos: int
+    operand: _Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _BinOp:
+    pos: int  # of the operator
+    op: str  # canonical: + - * / % ** = != < <= > >=
+    symbol: str  # as written, for messages
+    left: _Node
+    right: _Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Logic:
+    pos: int  # of the first operator
+    op: str  # and | or
+    operands: tuple[_Node, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _IsNull:
+    pos: int
+    operand: _Node
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _InList:
+    pos: int  # of 'in'
+    operand: _Node
+    items: tuple[_Node, ...]
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Between:
+    pos: int
+    operand: _Node
+    low: _Node
+    high: _Node
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Like:
+    pos: int
+    operand: _Node
+    pattern: str
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Call:
+    pos: int  # of the function name
+    name: str  # canonical lower-case name
+    written: str  # as written
+    args: tuple[_Node, ...]
+    cast_type: str | None = None
+
+
+_Node = (
+    _Literal | _Column | _Neg | _Not | _BinOp | _Logic | _IsNull | _InList | _Between | _Like
+    | _Call
+)
+
+
+def _children(node: _Node) -> tuple[_Node, ...]:
+    """Direct sub-nodes of ``node`` in textual order."""
+    if isinstance(node, _Neg | _Not | _IsNull | _Like):
+        return (node.operand,)
+    if isinstance(node, _BinOp):
+        return (node.left, node.right)
+    if isinstance(node, _Logic):
+        return node.operands
+    if isinstance(node, _InList):
+        return (node.operand, *node.items)
+    if isinstance(node, _Between):
+        return (node.operand, node.low, node.high)
+    if isinstance(node, _Call):
+        return node.args
+    return ()
+
+
+def _walk(node: _Node) -> Iterator[_Node]:
+    """All nodes, parents before children, children in textual order (iterative)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(_children(current)))
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing: text -> lark tree -> syntax tree
+# --------------------------------------------------------------------------------------------
+
+_COMPARISONS = {"==": "=", "=": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">",
+                ">=": ">="}
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
+
+
+def _unquote_string(token: Token, text: str) -> str:
+    """Decode a quoted string token: doubled quotes and backslash escapes."""
+    raw = str(token)
+    quote, body = raw[0], raw[1:-1]
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == quote:  # the grammar guarantees it is doubled
+            out.append(quote)
+            i += 2
+        elif ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt in _ESCAPES:
+                out.append(_ESCAPES[nxt])
+                i += 2
+            elif nxt in "uU":
+                width = 4 if nxt == "u" else 8
+                digits = body[i + 2 : i + 2 + width]
+                if len(digits) != width or not all(c in "0123456789abcdefABCDEF" for c in digits):
+                    raise ExpressionError(
+                        f"bad escape '\\{nxt}' in string; it needs {width} hex digits, "
+                        f"e.g. '\\{nxt}{'0' * (width - 2)}e9'",
+                        text,
+                        token.start_pos + 1 + i,
+                    )
+                code = int(digits, 16)
+                if code > 0x10FFFF:
+                    raise ExpressionError(
+                        f"bad escape '\\{nxt}{digits}' in string; not a unicode character",
+                        text,
+                        token.start_pos + 1 + i,
+                    )
+                out.append(chr(code))
+                i += 2 + width
+            else:  # unknown escapes are kept verbatim (useful for LIKE patterns: '\%')
+                out.append(ch + nxt)
+                i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _column_name(token: Token) -> str:
+    raw = str(token)
+    if token.type == "QIDENT":
+        return raw[1:-1].replace("``", "`")
+    return raw
+
+
+def _date_literal(token: Token, text: str) -> _Literal:
+    value = _unquote_string(token, text)
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+            raise ValueError("expected YYYY-MM-DD")
+        parsed = _dt.date.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise ExpressionError(
+            f"invalid date {value!r} ({exc}); write date 'YYYY-MM-DD', e.g. date '2026-11-28'",
+            text,
+            token.start_pos,
+        ) from None
+    return _Literal(token.start_pos, "date", parsed, pa.date32())
+
+
+def _timestamp_literal(token: Token, text: str) -> _Literal:
+    value = _unquote_string(token, text)
+    try:
+        if not re.match(r"\d{4}-\d{2}-\d{2}", value.strip()):
+            raise ValueError("expected YYYY-MM-DD HH:MM:SS")
+        parsed = _dt.datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise ExpressionError(
+            f"invalid timestamp {value!r} ({exc}); write timestamp 'YYYY-MM-DD HH:MM:SS', "
+            "optionally with a zone like 'Z' or '+02:00'",
+            text,
+            token.start_pos,
+        ) from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(_dt.UTC)
+        return _Literal(token.start_pos, "timestamp", parsed, pa.timestamp("us", tz="UTC"))
+    return _Literal(token.start_pos, "timestamp", parsed, pa.timestamp("us"))
+
+
+def _tok(tree: Tree, index: int) -> Token:
+    child = tree.children[index]
+    assert isinstance(child, Token)
+    return child
+
+
+def _build(tree: Tree | Token, text: str) -> _Node:
+    """Translate one lark tree into a syntax-tree node."""
+    if isinstance(tree, Token):  # pragma: no cover - the grammar always wraps tokens
+        raise ExpressionError(f"unexpected {tree!s}", text, tree.start_pos)
+    kind = tree.data
+    kids = tree.children
+
+    if kind == "int_lit":
+        tok = _tok(tree, 0)
+        return _Literal(tok.start_pos, "int", int(str(tok).replace("_", "")), pa.int64())
+    if kind == "float_lit":
+        tok = _tok(tree, 0)
+        return _Literal(tok.start_pos, "float", float(str(tok).replace("_", "")), pa.float64())
+    if kind == "string_lit":
+        tok = _tok(tree, 0)
+        return _Literal(tok.start_pos, "string", _unquote_string(tok, text), pa.string())
+    if kind in ("true_lit", "false_lit"):
+        return _Literal(_tok(tree, 0).start_pos, "bool", kind == "true_lit", pa.bool_())
+    if kind == "null_lit":
+        return _Literal(_tok(tree, 0).start_pos, "null", None, pa.null())
+    if kind == "date_lit":
+        lit = _date_literal(_tok(tree, 1), text)
+        return _Literal(_tok(tree, 0).start_pos, lit.kind, lit.value, lit.arrow_type)
+    if kind == "timestamp_lit":
+        lit = _timestamp_literal(_tok(tree, 1), text)
+        return _Literal(_tok(tree, 0).start_pos, lit.kind, lit.value, lit.arrow_type)
+    if kind == "column":
+        tok = _tok(tree, 0)
+        return _Column(tok.start_pos, _column_name(tok))
+    if kind == "paren":
+        return _build(kids[1], text)
+    if kind == "pos":
+        return _build(kids[1], text)
+    if kind == "neg":
+        operand = _build(kids[1], text)
+        pos = _tok(tree, 0).start_pos
+        if isinstance(operand, _Literal) and operand.kind in ("int", "float"):
+            return _Literal(pos, operand.kind, -operand.value, operand.arrow_type)  # type: ignore[operator]
+        return _Neg(pos, operand)
+    if kind == "not_op":
+        return _Not(_tok(tree, 0).start_pos, _build(kids[1], text))
+    if kind in ("or_expr", "and_expr"):
+        operands = tuple(_build(k, text) for k in kids[::2])
+        return _Logic(_tok(tree, 1).start_pos, "or" if kind == "or_expr" else "and", operands)
+    if kind in ("sum", "product"):
+        node = _build(kids[0], text)
+        for i in range(1, len(kids), 2):
+            op_tok = _tok(tree, i)
+            node = _BinOp(op_tok.start_pos, str(op_tok), str(op_tok), node,
+                          _build(kids[i + 1], text))
+        return node
+    if kind == "power":
+        op_tok = _tok(tree, 1)
+        return _BinOp(op_tok.start_pos, "**", str(op_tok), _build(kids[0], text),
+                      _build(kids[2], text))
+    if kind == "comparison":
+        op_tok = _tok(tree, 1)
+        return _BinOp(op_tok.start_pos, _COMPARISONS[str(op_tok)], str(op_tok),
+                      _build(kids[0], text), _build(kids[2], text))
+    if kind in ("is_null", "is_not_null"):
+        return _IsNull(_tok(tree, 1).start_pos, _build(kids[0], text), kind == "is_not_null")
+    if kind in ("in_list", "not_in_list"):
+        negated = kind == "not_in_list"
+        list_tree = kids[4 if negated else 3]
+        assert isinstance(list_tree, Tree)
+        items = tuple(_build(k, text) for k in list_tree.children[::2])
+        return _InList(_tok(tree, 1).start_pos, _build(kids[0], text), items, negated)
+    if kind in ("between", "not_between"):
+        negated = kind == "not_between"
+        off = 1 if negated else 0
+        return _Between(_tok(tree, 1).start_pos, _build(kids[0], text),
+                        _build(kids[2 + off], text), _build(kids[4 + off], text), negated)
+    if kind in ("like", "not_like"):
+        negated = kind == "not_like"
+        like_pos = _tok(tree, 2 if negated else 1).start_pos
+        pattern = _build(kids[-1], text)
+        if not (isinstance(pattern, _Literal) and pattern.kind == "string"):
+            raise ExpressionError(
+                "the pattern after 'like' must be a quoted string, e.g. x like 'abc%'",
+                text,
+                _first_pos(pattern),
+            )
+        return _Like(like_pos, _build(kids[0], text), str(pattern.value), negated)
+    if kind == "call":
+        return _build_call(tree, text)
+    raise AssertionError(f"unhandled grammar rule {kind}")  # pragma: no cover
+
+
+def _build_call(tree: Tree, text: str) -> _Call:
+    name_tok = _tok(tree, 0)
+    written = str(name_tok)
+    name = written.lower()
+    if name not in _FUNCTIONS:
+        raise ExpressionError(_unknown_function_message(written), text, name_tok.start_pos)
+    arg_trees = [k for k in tree.children[2:-1] if isinstance(k, Tree)]
+    spec = _FUNCTIONS[name]
+    if len(arg_trees) < spec.min_args or (
+        spec.max_args is not None and len(arg_trees) > spec.max_args
+    ):
+        raise ExpressionError(
+            f"{written}() {_arity_text(spec.min_args, spec.max_args)} (got {len(arg_trees)})"
+            + (": cast(x as float64)" if name == "cast" else ""),
+            text,
+            name_tok.start_pos,
+        )
+    args: list[_Node] = []
+    cast_type: str | None = None
+    for arg_tree in arg_trees:
+        args.append(_build(arg_tree.children[0], text))
+        if arg_tree.data == "cast_arg":
+            if name != "cast":
+                raise ExpressionError(
+                    "'as' is only allowed in cast(x as type)", text, _tok(arg_tree, 1).start_pos
+                )
+            type_tok = arg_tree.children[2].children[0]
+            cast_type = str(type_tok).lower()
+            if cast_type not in _CAST_TYPES:
+                raise ExpressionError(
+                    _unknown_name_message("type", str(type_tok), _CAST_TYPES),
+                    text,
+                    type_tok.start_pos,
+                )
+    if name == "cast" and cast_type is None:
+        raise ExpressionError(
+            "cast needs a target type: cast(x as float64)", text, name_tok.start_pos
+        )
+    if name == "cast":
+        return _Call(name_tok.start_pos, name, written, tuple(args), cast_type)
+    return _Call(name_tok.start_pos, spec.canonical, written, tuple(args))
+
+
+def _arity_text(low: int, high: int | None) -> str:
+    def n(k: int) -> str:
+        return f"{k} argument" + ("" if k == 1 else "s")
+
+    if high is None:
+        return f"takes at least {n(low)}"
+    if low == high:
+        return f"takes exactly {n(low)}"
+    return f"takes {low} or {n(high)}" if high == low + 1 else f"takes {low} to {n(high)}"
+
+
+def _first_pos(node: _Node) -> int:
+    """Character offset where ``node``'s text starts."""
+    return min(n.pos for n in _walk(node))
+
+
+def _quote_name(name: str) -> str:
+    """How to write column ``name`` in an expression."""
+    if _IDENT_RE.fullmatch(name) and name.lower() not in _KEYWORDS:
+        return name
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _closest(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate most like ``name``: same name up to case, else a close spelling."""
+    lowered = {c.lower(): c for c in candidates}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def _shown(names: Sequence[str]) -> str:
+    more = ", ..." if len(names) > _MAX_SHOWN_NAMES else ""
+    return ", ".join(names[:_MAX_SHOWN_NAMES]) + more
+
+
+def _unknown_name_message(what: str, name: str, known: Sequence[str] | dict[str, object]) -> str:
+    names = sorted(known)
+    match = _closest(name, names)
+    if match is not None:
+        return f"unknown {what} {name!r}; did you mean {match!r}?"
+    return f"unknown {what} {name!r}; known {what}s: {_shown(names)}"
+
+
+def _unknown_column_message(name: str, columns: Sequence[str]) -> str:
+    match = _closest(name, columns)
+    if match is not None:
+        written = _quote_name(match)
+        suggestion = repr(match) if written == match else written
+        return f"unknown column {name!r}; did you mean {suggestion}?"
+    return f"unknown column {name!r}; the columns are: {_shown([_quote_name(c) for c in columns])}"
+
+
+def _unknown_function_message(name: str) -> str:
+    return _unknown_name_message("function", name, _FUNCTIONS)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(text: str) -> _Node:
+    """Parse ``text`` into a syntax tree (cached; trees are immutable)."""
+    if not text.strip():
+        raise ExpressionError("empty expression; write e.g. tenure > 0", text, 0)
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedCharacters as exc:
+        raise _unexpected_character(exc, text) from None
+    except UnexpectedToken as exc:
+        raise _unexpected_token(exc, text) from None
+    except UnexpectedEOF:  # pragma: no cover - LALR reports '$END' tokens instead
+        raise ExpressionError(
+            "unexpected end of expression; expected a value", text, len(text.rstrip())
+        ) from None
+    except LarkError:  # pragma: no cover - defensive
+        raise ExpressionError("could not parse expression", text, -1) from None
+    try:
+        return _build(tree, text)
+    except RecursionError:
+        raise ExpressionError("expression is nested too deeply", text, -1) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Syntax error messages
+# --------------------------------------------------------------------------------------------
+
+_CHAR_HINTS = {
+    "&": "; use 'and' to combine conditions",
+    "|": "; use 'or' to combine conditions",
+    "!": "; use 'not' to negate, or '!=' for not equal",
+    ".": "; attribute access is not supported (quote a column with dots in backticks: `a.b`)",
+    "[": "; indexing is not supported",
+    "]": "; indexing is not supported",
+    "{": "; braces are not supported; use ( and )",
+    "}": "; braces are not supported; use ( and )",
+    ";": "; write one expression, joining conditions with 'and' / 'or'",
+    ":": "; write one expression (a derive step is 'name: expression' in the YAML itself)",
+    "~": "; use 'not' to negate",
+}
+
+
+def _unexpected_character(exc: UnexpectedCharacters, text: str) -> ExpressionError:
+    pos = exc.pos_in_stream
+    char = text[pos]
+    if char in "'\"":
+        return ExpressionError(f"unterminated string; add the closing {char}", text, pos)
+    if char == "`":
+        return ExpressionError("unterminated `quoted name`; add the closing `", text, pos)
+    return ExpressionError(f"unexpected character {char!r}{_CHAR_HINTS.get(char, '')}", text, pos)
+
+
+def _describe_token(tok: Token) -> str:
+    value = str(tok)
+    if tok.type == "$END":
+        return "end of expression"
+    if tok.type == "IDENT":
+        return f"name {value!r}"
+    if tok.type == "QIDENT":
+        return f"column {value}"
+    if tok.type in ("INT", "FLOAT"):
+        return f"number {value}"
+    if tok.type == "STRING":
+        return "string " + (value if len(value) <= 30 else value[:27] + "...")
+    return f"'{value}'"
+
+
+def _describe_expected(accepts: set[str]) -> str:
+    parts: list[str] = []
+    if accepts & _LITERAL_TOKENS:
+        parts.append("a value")
+    elif accepts == {"STRING"}:
+        parts.append("a quoted string")
+    elif accepts <= {"NULL", "NOT"} and "NULL" in accepts:
+        parts.append("'null' or 'not null'")
+    elif accepts and accepts <= {"IN", "BETWEEN", "LIKE"}:
+        parts.append("'in', 'between' or 'like'")
+    elif accepts == {"LPAR"}:
+        parts.append("'('")
+    if "AND" in accepts and not accepts & {"OR", "COMP_OP", "$END"}:
+        parts.append("'and'")  # between x and ...
+    elif accepts & {"COMP_OP", "STAR", "SLASH", "PERCENT", "POW", "AND", "OR", "IS"}:
+        parts.append("an operator")
+    if "RPAR" in accepts:
+        parts.append("')'")
+    if "COMMA" in accepts:
+        parts.append("','")
+    if "$END" in accepts:
+        parts.append("the end of the expression")
+    if not parts:  # pragma: no cover - every parser state maps to something above
+        return "something else"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def _tokens_before(text: str, pos: int) -> list[Token]:
+    """The tokens of ``text`` that start before ``pos`` (lexing stops at the first bad char)."""
+    tokens: list[Token] = []
+    try:
+        for tok in _parser().lex(text):
+            if tok.start_pos >= pos:
+                break
+            tokens.append(tok)
+    except LarkError:
+        pass
+    return tokens
+
+
+def _unexpected_token(exc: UnexpectedToken, text: str) -> ExpressionError:
+    tok = exc.token
+    at_end = tok.type == "$END"
+    pos = len(text.rstrip()) if at_end else tok.start_pos
+    accepts = set(exc.accepts or exc.expected)
+    expected = _describe_expected(accepts)
+    before = _tokens_before(text, pos)
+    previous = before[-1] if before else None
+    wants_value = bool(accepts & _LITERAL_TOKENS)
+
+    if previous is not None and previous.type in ("DATE", "TIMESTAMP") and accepts == {"STRING"}:
+        word = str(previous).lower()
+        example = "'2026-11-28'" if word == "date" else "'2026-11-28 10:00:00'"
+        return ExpressionError(
+            f"'{previous}' starts a {word} literal and must be followed by a quoted {word} "
+            f"like {word} {example}; for a column named {word} write `{previous}`",
+            text,
+            pos,
+        )
+    if tok.type == "COMP_OP" and wants_value and previous is not None and (
+        previous.type == "COMP_OP"
+    ):
+        glued = f"{previous}{tok}" if previous.end_pos == tok.start_pos else f"{previous} {tok}"
+        fix = {"=>": ">=", "=<": "<=", "= =": "==", "=!": "!=", "><": "<>"}.get(glued)
+        return ExpressionError(
+            f"'{previous}' is a comparison and must be followed by a value, not '{tok}'"
+            + (f"; did you mean '{fix}'?" if fix else ""),
+            text,
+            pos,
+        )
+    if tok.type == "COMP_OP" and not wants_value and "COMP_OP" not in accepts:
+        return ExpressionError(
+            f"'{tok}' is a comparison and comparisons can't be chained; join them with 'and', "
+            "e.g. 'a < b and b < c'",
+            text,
+            pos,
+        )
+    message = f"unexpected {_describe_token(tok)}; expected {expected}"
+    if tok.type in _KEYWORD_TOKENS and wants_value:
+        message += f" ('{tok}' is a keyword; for a column with that name write `{tok}`)"
+    elif tok.type == "LPAR" and previous is not None and previous.type == "QIDENT":
+        message += " (function names are not quoted)"
+    elif at_end and "RPAR" in accepts and not wants_value:
+        opener = _unclosed_paren(before)
+        if opener is not None:
+            message += f" (the '(' at column {opener + 1} is not closed)"
+    return ExpressionError(message, text, pos)
+
+
+def _unclosed_paren(tokens: list[Token]) -> int | None:
+    stack: list[int] = []
+    for tok in tokens:
+        if tok.type == "LPAR":
+            stack.append(tok.start_pos)
+        elif tok.type == "RPAR" and stack:
+            stack.pop()
+    return stack[-1] if stack else None
+
+
+# --------------------------------------------------------------------------------------------
+# Functions and types
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Function:
+    canonical: str
+    min_args: int
+    max_args: int | None
+    build: Callable[..., pc.Expression]
+    result: str  # number | string | bool | any : for the schema-free filter check
+    numeric_args: bool = False  # the arguments are converted to float64 (pow)
+
+
+def _float64(expr: pc.Expression, node: _Node) -> pc.Expression:
+    """``expr`` as float64: literals directly, everything else by an (unchecked) cast."""
+    if isinstance(node, _Literal) and node.kind in ("int", "float"):
+        return pc.scalar(pa.scalar(float(node.value), pa.float64()))  # type: ignore[arg-type]
+    if isinstance(node, _Literal) and node.kind == "null":
+        return pc.scalar(pa.scalar(None, pa.float64()))
+    return expr.cast(pa.float64(), safe=False)
+
+
+def _unary(fn: Callable[..., pc.Expression]) -> Callable[..., pc.Expression]:
+    return lambda nodes, exprs: fn(exprs[0])
+
+
+def _build_round(nodes: Sequence[_Node], exprs: Sequence[pc.Expression]) -> pc.Expression:
+    if len(exprs) == 1:
+        return pc.round(exprs[0])
+    digits = nodes[1]
+    if isinstance(digits, _Literal) and digits.kind == "int":
+        return pc.round(exprs[0], ndigits=int(digits.value))  # type: ignore[call-overload]
+    return pc.round_binary(exprs[0], exprs[1])
+
+
+def _build_pow(nodes: Sequence[_Node], exprs: Sequence[pc.Expression]) -> pc.Expression:
+    return pc.power(_float64(exprs[0], nodes[0]), _float64(exprs[1], nodes[1]))
+
+
+_FUNCTIONS: dict[str, _Function] = {}
+
+
+def _register(names: str, fn: _Function) -> None:
+    for name in names.split():
+        _FUNCTIONS[name] = fn
+
+
+_register("log ln", _Function("log", 1, 1, _unary(pc.ln), "number"))
+_register("log1p", _Function("log1p", 1, 1, _unary(pc.log1p), "number"))
+_register("log2", _Function("log2", 1, 1, _unary(pc.log2), "number"))
+_register("log10", _Function("log10", 1, 1, _unary(pc.log10), "number"))
+_register("exp", _Function("exp", 1, 1, _unary(pc.exp), "number"))
+_register("sqrt", _Function("sqrt", 1, 1, _unary(pc.sqrt), "number"))
+_register("abs", _Function("abs", 1, 1, _unary(pc.abs), "number"))
+_register("floor", _Function("floor", 1, 1, _unary(pc.floor), "number"))
+_register("ceil", _Function("ceil", 1, 1, _unary(pc.ceil), "number"))
+_register("round", _Function("round", 1, 2, _build_round, "number"))
+_register("pow power", _Function("pow", 2, 2, _build_pow, "number", numeric_args=True))
+_register("least", _Function("least", 1, None, lambda n, e: pc.min_element_wise(*e), "any"))
+_register("greatest", _Function("greatest", 1, None, lambda n, e: pc.max_element_wise(*e), "any"))
+_register("coalesce", _Function("coalesce", 1, None, lambda n, e: pc.coalesce(*e), "any"))
+_register("if if_else", _Function("if", 3, 3, lambda n, e: pc.if_else(*e), "any"))
+_register("is_nan", _Function("is_nan", 1, 1, _unary(pc.is_nan), "bool"))
+_register("lower", _Function("lower", 1, 1, _unary(pc.utf8_lower), "string"))
+_register("upper", _Function("upper", 1, 1, _unary(pc.utf8_upper), "string"))
+_register("length", _Function("length", 1, 1, _unary(pc.utf8_length), "number"))
+_register("year", _Function("year", 1, 1, _unary(pc.year), "number"))
+_register("month", _Function("month", 1, 1, _unary(pc.month), "number"))
+_register("day", _Function("day", 1, 1, _unary(pc.day), "number"))
+_register("cast", _Function("cast", 1, 1, lambda n, e: e[0], "any"))
+
+_CAST_TYPES: dict[str, pa.DataType] = {
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "int": pa.int64(),
+    "integer": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "double": pa.float64(),
+    "float": pa.float64(),
+    "string": pa.string(),
+    "str": pa.string(),
+    "utf8": pa.string(),
+    "bool": pa.bool_(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us"),
+}
+
+_ARROW_COMPARISON = {
+    "=": pc.equal,
+    "!=": pc.not_equal,
+    "<": pc.less,
+    "<=": pc.less_equal,
+    ">": pc.greater,
+    ">=": pc.greater_equal,
+}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Compilation: syntax tree -> pc.Expression
+# --------------------------------------------------------------------------------------------
+
+
+def _balanced(fn: Callable[..., pc.Expression], exprs: Sequence[pc.Expression]) -> pc.Expression:
+    """Combine many expressions with a binary ``fn`` as a balanced tree (shallow nesting)."""
+    items = list(exprs)
+    while len(items) > 1:
+        paired = [fn(items[i], items[i + 1]) for i in range(0, len(items) - 1, 2)]
+        if len(items) % 2:
+            paired.append(items[-1])
+        items = paired
+    return items[0]
+
+
+_NULL_BOOL = pc.scalar(pa.scalar(None, pa.bool_()))
+
+
+def _value_set(items: Sequence[_Literal], text: str, pos: int) -> tuple[pa.DataType, list]:
+    """The arrow type and the non-null values of an all-literal ``in`` list."""
+    values = [item for item in items if item.kind != "null"]
+    types = {item.arrow_type for item in values}
+    kinds = {item.kind for item in values}
+    if not values:
+        return pa.null(), []
+    if kinds <= {"int", "float"}:
+        arrow_type = pa.int64() if kinds == {"int"} else pa.float64()
+    elif len(types) == 1:
+        arrow_type = next(iter(types))
+    else:
+        names = sorted({"number" if k in ("int", "float") else k for k in kinds})
+        if names == ["timestamp"]:
+            names = ["timestamps with and without a time zone"]
+        raise ExpressionError(
+            f"the values after 'in' mix {' and '.join(names)}; use values of one type",
+            text,
+            pos,
+        )
+    return arrow_type, [item.value for item in values]
+
+
+class _Compiler:
+    """Translate a syntax tree into a ``pc.Expression``; optionally record every node's result."""
+
+    def __init__(self, text: str, trace: list[tuple[_Node, pc.Expression]] | None = None) -> None:
+        self.text = text
+        self.trace = trace
+
+    def to_expr(self, node: _Node) -> pc.Expression:
+        expr = self._compile(node)
+        if self.trace is not None:
+            self.trace.append((node, expr))
+        return expr
+
+    def _compile(self, node: _Node) -> pc.Expression:
+        if isinstance(node, _Literal):
+            if node.kind == "int" and not _INT64_MIN <= node.value <= _INT64_MAX:  # type: ignore[operator]
+                raise ExpressionError(
+                    f"integer {node.value} does not fit in int64; write it as a float, "
+                    "e.g. 1e20",
+                    self.text,
+                    node.pos,
+                )
+            return pc.scalar(pa.scalar(node.value, node.arrow_type))
+        if isinstance(node, _Column):
+            return pc.field(node.name)
+        if isinstance(node, _Neg):
+            return pc.negate(self.to_expr(node.operand))
+        if isinstance(node, _Not):
+            return pc.invert(self.to_expr(node.operand))
+        if isinstance(node, _Logic):
+            fn = pc.and_kleene if node.op == "and" else pc.or_kleene
+            return _balanced(fn, [self.to_expr(op) for op in node.operands])
+        if isinstance(node, _BinOp):
+            return self._binop(node)
+        if isinstance(node, _IsNull):
+            operand = self.to_expr(node.operand)
+            return pc.is_valid(operand) if node.negated else pc.is_null(operand)
+        if isinstance(node, _InList):
+            result = self._in_list(node)
+            return pc.invert(result) if node.negated else result
+        if isinstance(node, _Between):
+            operand = self.to_expr(node.operand)
+            low, high = self.to_expr(node.low), self.to_expr(node.high)
+            result = pc.and_kleene(pc.greater_equal(operand, low), pc.less_equal(operand, high))
+            return pc.invert(result) if node.negated else result
+        if isinstance(node, _Like):
+            result = pc.match_like(self.to_expr(node.operand), pattern=node.pattern)
+            return pc.invert(result) if node.negated else result
+        if isinstance(node, _Call):
+            exprs = [self.to_expr(arg) for arg in node.args]
+            if node.name == "cast":
+                assert node.cast_type is not None
+                target = _CAST_TYPES[node.cast_type]
+                options = pc.CastOptions(
+                    target,
+                    allow_float_truncate=True,
+                    allow_time_truncate=True,
+                    allow_decimal_truncate=True,
+                )
+                return exprs[0].cast(options=options)
+            return _FUNCTIONS[node.name].build(node.args, exprs)
+        raise AssertionError(f"unhandled node {node!r}")  # pragma: no cover
+
+    def _binop(self, node: _BinOp) -> pc.Expression:
+        for side in (node.left, node.right):
+            if node.op in _ARROW_COMPARISON and isinstance(side, _Literal) and side.kind == "null":
+                negate = "not " if node.op == "!=" else ""
+                raise ExpressionError(
+                    f"'{node.symbol} null' is never true (comparing with null gives null); "
+                    f"write 'is {negate}null'",
+                    self.text,
+                    node.pos,
+                )
+        left, right = self.to_expr(node.left), self.to_expr(node.right)
+        if node.op in _ARROW_COMPARISON:
+            return _ARROW_COMPARISON[node.op](left, right)
+        if node.op == "+":
+            return pc.add(left, right)
+        if node.op == "-":
+            return pc.subtract(left, right)
+        if node.op == "*":
+            return pc.multiply(left, right)
+        if node.op == "/":
+            return pc.divide(_float64(left, node.left), _float64(right, node.right))
+        if node.op == "**":
+            return pc.power(_float64(left, node.left), _float64(right, node.right))
+        if node.op == "%":
+            divisor = node.right
+            if isinstance(divisor, _Literal) and divisor.kind in ("int", "float") and divisor.value:
+                return pc.modulo(left, right)
+            # x % 0 is null rather than an error (integer kernels raise on zero divisors).
+            safe_right = pc.if_else(pc.equal(right, pc.scalar(0)), pc.scalar(None), right)
+            return pc.modulo(left, safe_right)
+        raise AssertionError(f"unhandled operator {node.op}")  # pragma: no cover
+
+    def _in_list(self, node: _InList) -> pc.Expression:
+        operand = self.to_expr(node.operand)
+        items = node.items
+        if all(isinstance(item, _Literal) for item in items):
+            literals = [item for item in items if isinstance(item, _Literal)]
+            for item in literals:
+                self.to_expr(item)  # range checks and tracing
+            arrow_type, values = _value_set(literals, self.text, node.pos)
+            terms = []
+            if _is_numeric(arrow_type) and any(v == 0 for v in values):
+                # is_in hashes -0.0 and 0.0 apart; '=' treats them as equal, and so should 'in'.
+                values = [v for v in values if v != 0]
+                terms.append(pc.equal(operand, pc.scalar(0)))
+            if values:
+                terms.insert(0, pc.is_in(operand, value_set=pa.array(values, type=arrow_type)))
+            # is_in answers false for a null operand; SQL wants null, so or it with
+            # 'null where the operand is null, false elsewhere'.
+            terms.append(pc.invert(pc.true_unless_null(operand)))
+            if any(item.kind == "null" for item in literals):
+                terms.append(_NULL_BOOL)  # x not in the rest of the list: null, not false
+            return _balanced(pc.or_kleene, terms)
+        return _balanced(pc.or_kleene, [pc.equal(operand, self.to_expr(i)) for i in items])
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(text: str) -> pc.Expression:
+    node = _parse(text)
+    try:
+        return _Compiler(text).to_expr(node)
+    except RecursionError:
+        raise ExpressionError("expression is nested too deeply", text, -1) from None
+
+
+def _require_text(text: object) -> str:
+    if not isinstance(text, str):
+        raise ExpressionError(
+            f"expected an expression as text, got {type(text).__name__} {text!r} "
+            "(quote it in the YAML file)",
+            str(text),
+            -1,
+        )
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Typing against a schema
+# --------------------------------------------------------------------------------------------
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_null(t)
+    )
+
+
+def _describe_node(node: _Node) -> str:
+    if isinstance(node, _BinOp):
+        return f"'{node.symbol}'"
+    if isinstance(node, _Logic):
+        return f"'{node.op}'"
+    if isinstance(node, _Not):
+        return "'not'"
+    if isinstance(node, _Neg):
+        return "unary '-'"
+    if isinstance(node, _InList):
+        return "'not in'" if node.negated else "'in'"
+    if isinstance(node, _Between):
+        return "'not between'" if node.negated else "'between'"
+    if isinstance(node, _Like):
+        return "'not like'" if node.negated else "'like'"
+    if isinstance(node, _IsNull):
+        return "'is not null'" if node.negated else "'is null'"
+    if isinstance(node, _Call):
+        return f"{node.written}()"
+    return "value"  # pragma: no cover
+
+
+def _type_error(
+    node: _Node, arg_types: list[pa.DataType], detail: str, text: str
+) -> ExpressionError:
+    types = " and ".join(str(t) for t in arg_types) if arg_types else "no arguments"
+    what = _describe_node(node)
+    if isinstance(node, _Column):
+        return ExpressionError(f"cannot use column {node.name!r} ({detail})", text, node.pos)
+    if isinstance(node, _Call) and node.name == "cast":
+        message = f"cannot cast {arg_types[0]} to {node.cast_type}"
+    elif isinstance(node, _BinOp) and node.op in _ARROW_COMPARISON:
+        message = f"cannot compare {types} with {what}"
+    elif isinstance(node, _Logic | _Not):
+        message = f"{what} needs true/false values, got {types}"
+    elif isinstance(node, _InList):
+        listed = " and ".join(dict.fromkeys(str(t) for t in arg_types[1:]))
+        message = f"cannot look up {arg_types[0]} values in a list of {listed}"
+    else:
+        message = f"cannot apply {what} to {types}"
+    hints = []
+    temporal = [t for t in arg_types if pa.types.is_timestamp(t) or pa.types.is_date(t)]
+    if temporal and any(pa.types.is_string(t) for t in arg_types):
+        hints.append("write dates as date '2026-11-28' or timestamp '2026-11-28 10:00:00'")
+    zones = {t.tz is not None for t in arg_types if pa.types.is_timestamp(t)}
+    if zones == {True, False}:
+        hints.append(
+            "one timestamp has a time zone and the other has not; add or drop the zone "
+            "(a literal with 'Z' or '+01:00' is UTC)"
+        )
+    if detail and not detail.startswith("Function ") and not hints:
+        hints.append(detail)
+    if hints:
+        message += " (" + "; ".join(hints) + ")"
+    return ExpressionError(message, text, node.pos)
+
+
+def _arrow_detail(exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first
+
+
+@functools.lru_cache(maxsize=1024)
+def _typed(text: str, schema: pa.Schema) -> pa.DataType:
+    node = _parse(text)
+    names = set(schema.names)
+    for sub in _walk(node):
+        if isinstance(sub, _Column) and sub.name not in names:
+            raise ExpressionError(_unknown_column_message(sub.name, schema.names), text, sub.pos)
+    trace: list[tuple[_Node, pc.Expression]] = []
+    try:
+        _Compiler(text, trace).to_expr(node)
+    except RecursionError:
+        raise ExpressionError("expression is nested too deeply", text, -1) from None
+    dataset = ds.dataset(schema.empty_table())
+    index = {id(n): i for i, (n, _) in enumerate(trace)}
+    try:
+        projected = dataset.to_table(columns={f"_{i}": e for i, (_, e) in enumerate(trace)})
+        types = list(projected.schema.types)
+    except (pa.ArrowException, TypeError, ValueError):
+        types = []
+        for sub, expr in trace:  # post-order: children are typed before their parents
+            try:
+                types.append(dataset.to_table(columns={"_": expr}).schema.types[0])
+            except (pa.ArrowException, TypeError, ValueError) as exc:
+                arg_types = [types[index[id(c)]] for c in _children(sub)]
+                raise _type_error(sub, arg_types, _arrow_detail(exc), text) from None
+    for sub, _ in trace:
+        compares = (isinstance(sub, _BinOp) and sub.op in _ARROW_COMPARISON) or isinstance(
+            sub, _Between | _InList
+        )
+        if compares:  # arrow only notices this while running, not when planning
+            arg_types = [types[index[id(c)]] for c in _children(sub)]
+            zones = {t.tz is not None for t in arg_types if pa.types.is_timestamp(t)}
+            if zones == {True, False}:
+                raise _type_error(sub, arg_types, "", text)
+        numeric = (isinstance(sub, _BinOp) and sub.op in ("/", "**")) or (
+            isinstance(sub, _Call) and _FUNCTIONS[sub.name].numeric_args
+        )
+        if numeric:
+            arg_types = [types[index[id(c)]] for c in _children(sub)]
+            if not all(_is_numeric(t) for t in arg_types):
+                raise _type_error(sub, arg_types, "it needs numbers", text)
+    return types[index[id(node)]]
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def parse_expression(text: str) -> pc.Expression:
+    """Parse a value expression (a ``derive`` step) into a ``pc.Expression``.
+
+    Example::
+
+        >>> table = pa.table({"amount": [0.0, 1.5]})
+        >>> derived = ds.dataset(table).to_table(columns={"x": parse_expression("amount * 2")})
+        >>> derived.column("x").to_pylist()
+        [0.0, 3.0]
+    """
+    return _compiled(_require_text(text))
+
+
+def parse_filter(text: str) -> pc.Expression:
+    """Parse a boolean predicate (a ``filter``) into a ``pc.Expression`` for dataset scans.
+
+    Expressions that are certainly not true/false (arithmetic, a number or string literal)
+    are rejected here; others, such as a bare column, are checked by :func:`check_filter`.
+
+    Example::
+
+        >>> table = pa.table({"tenure": [0, 5, None], "region": ["eu", "test", "us"]})
+        >>> table.filter(parse_filter("tenure >= 0 and region != 'test'")).num_rows
+        1
+    """
+    text = _require_text(text)
+    expr = _compiled(text)
+    node = _parse(text)
+    kind = _static_kind(node)
+    if kind is not None and kind != "bool":
+        start = len(text) - len(text.lstrip())
+        hint = f"; compare it, e.g. {text.strip() + ' > 0'!r}" if kind == "number" else ""
+        raise ExpressionError(f"filter must be true/false, got a {kind}{hint}", text, start)
+    return expr
+
+
+def _static_kind(node: _Node) -> str | None:
+    """What ``node`` certainly evaluates to, without a schema (None: can't tell)."""
+    if isinstance(node, _Literal):
+        return {"int": "number", "float": "number", "string": "string", "bool": "bool",
+                "date": "date", "timestamp": "timestamp"}.get(node.kind)
+    if isinstance(node, _Neg):
+        return "number"
+    if isinstance(node, _BinOp):
+        return "bool" if node.op in _ARROW_COMPARISON else "number"
+    if isinstance(node, _Not | _Logic | _IsNull | _InList | _Between | _Like):
+        return "bool"
+    if isinstance(node, _Call):
+        if node.name == "cast":
+            return "bool" if node.cast_type in ("bool", "boolean") else "value of another type"
+        result = _FUNCTIONS[node.name].result
+        return None if result == "any" else result
+    return None
+
+
+def referenced_columns(text: str) -> list[str]:
+    """Column names used by ``text``, in order of first appearance, without duplicates.
+
+    Example::
+
+        >>> referenced_columns("total / tenure > 2 and tenure > 0")
+        ['total', 'tenure']
+    """
+    node = _parse(_require_text(text))
+    columns = sorted((n.pos, n.name) for n in _walk(node) if isinstance(n, _Column))
+    return list(dict.fromkeys(name for _, name in columns))
+
+
+def expression_type(text: str, schema: pa.Schema) -> pa.DataType:
+    """The arrow type ``text`` evaluates to over ``schema``, checked without reading any data.
+
+    Raises :class:`ExpressionError` for unknown columns (suggesting a close name) and for
+    operations the column types don't support.
+
+    Example::
+
+        >>> schema = pa.schema({"total": pa.int64(), "tenure": pa.int32()})
+        >>> expression_type("total / tenure", schema)
+        DataType(double)
+    """
+    return _typed(_require_text(text), schema)
+
+
+def check_filter(text: str, schema: pa.Schema) -> pc.Expression:
+    """Check that ``text`` is a valid true/false predicate over ``schema`` and return it parsed.
+
+    Example::
+
+        >>> check_filter("tenure >= 0", pa.schema({"tenure": pa.int64()}))
+        <pyarrow.compute.Expression (tenure >= 0)>
+    """
+    text = _require_text(text)
+    result = expression_type(text, schema)
+    if not (pa.types.is_boolean(result) or pa.types.is_null(result)):
+        start = len(text) - len(text.lstrip())
+        raise ExpressionError(
+            f"filter must be true/false, got {result}; compare it with a value, e.g. "
+            f"{text.strip() + ' > 0'!r}"
+            if _is_numeric(result)
+            else f"filter must be true/false, got {result}",
+            text,
+            start,
+        )
+    return _compiled(text)

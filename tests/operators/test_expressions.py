@@ -1,0 +1,1082 @@
+"""Tests for ``operators.expressions``: the safe filter / derive expression language.
+
+Every expected value is computed independently in plain Python (or numpy for IEEE float
+corner cases) from the same rows the expression runs on; nothing is hard-coded from a run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import math
+import operator
+import pickle
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from operators import expressions
+from operators.expressions import (
+    ExpressionError,
+    check_filter,
+    expression_type,
+    parse_expression,
+    parse_filter,
+    referenced_columns,
+)
+
+NAN = float("nan")
+INF = float("inf")
+UTC = dt.UTC
+
+# ---------------------------------------------------------------------------------------------
+# A small table and helpers
+# ---------------------------------------------------------------------------------------------
+
+SCHEMA = pa.schema(
+    [
+        ("tenure", pa.int64()),
+        ("total", pa.float64()),
+        ("region", pa.string()),
+        ("flag", pa.bool_()),
+        ("d", pa.date32()),
+        ("ts", pa.timestamp("us")),
+        ("tsz", pa.timestamp("us", tz="UTC")),
+        ("plan=basic", pa.int32()),
+        ("größe", pa.float64()),
+        ("date", pa.int64()),
+    ]
+)
+
+ROWS: list[dict[str, Any]] = [
+    {"tenure": 0, "total": 10.0, "region": "eu", "flag": True, "d": dt.date(2026, 1, 1),
+     "ts": dt.datetime(2026, 1, 1, 8, 0), "tsz": dt.datetime(2026, 1, 1, 8, 0, tzinfo=UTC),
+     "plan=basic": 1, "größe": 1.5, "date": 7},
+    {"tenure": 3, "total": 30.0, "region": "test", "flag": False, "d": dt.date(2026, 11, 28),
+     "ts": dt.datetime(2026, 11, 28, 10, 0), "tsz": dt.datetime(2026, 11, 28, 9, 0, tzinfo=UTC),
+     "plan=basic": 0, "größe": -2.25, "date": 8},
+    {"tenure": None, "total": 5.0, "region": "us", "flag": None, "d": None, "ts": None,
+     "tsz": None, "plan=basic": None, "größe": None, "date": None},
+    {"tenure": 5, "total": None, "region": None, "flag": True, "d": dt.date(2027, 2, 3),
+     "ts": dt.datetime(2027, 2, 3, 23, 59, 59), "tsz": dt.datetime(2027, 2, 3, tzinfo=UTC),
+     "plan=basic": 1, "größe": 2.5, "date": 9},
+    {"tenure": 12, "total": NAN, "region": "it's", "flag": False, "d": dt.date(2025, 12, 31),
+     "ts": dt.datetime(2025, 12, 31), "tsz": dt.datetime(2025, 12, 31, 23, tzinfo=UTC),
+     "plan=basic": 0, "größe": 0.5, "date": 10},
+    {"tenure": -4, "total": -7.5, "region": "EU", "flag": True, "d": dt.date(2026, 6, 15),
+     "ts": dt.datetime(2026, 6, 15, 12, 30), "tsz": dt.datetime(2026, 6, 15, 12, 30, tzinfo=UTC),
+     "plan=basic": 1, "größe": -0.0, "date": 11},
+]
+TABLE = pa.Table.from_pylist(ROWS, schema=SCHEMA)
+
+
+def evaluate(text: str, table: pa.Table = TABLE) -> list[Any]:
+    """Evaluate a value expression over ``table`` with a dataset projection."""
+    result = ds.dataset(table).to_table(columns={"r": parse_expression(text)})
+    return result.column("r").to_pylist()
+
+
+def kept_rows(text: str, table: pa.Table = TABLE) -> list[int]:
+    """Indices of the rows of ``table`` that ``filter=parse_filter(text)`` keeps."""
+    with_ids = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+    result = ds.dataset(with_ids).to_table(filter=parse_filter(text), columns=["_row"])
+    return sorted(result.column("_row").to_pylist())
+
+
+def rowwise(fn: Callable[..., Any], *names: str) -> Callable[[dict[str, Any]], Any]:
+    """``fn`` applied to the named columns of a row; None (SQL null) if any of them is null."""
+
+    def apply(row: dict[str, Any]) -> Any:
+        values = [row[n] for n in names]
+        return None if any(v is None for v in values) else fn(*values)
+
+    return apply
+
+
+def ieee(fn: Callable[..., Any]) -> Callable[..., float]:
+    """Float math with IEEE results (inf / nan) instead of Python exceptions."""
+
+    def apply(*args: Any) -> float:
+        with np.errstate(all="ignore"):
+            return float(fn(*(np.float64(a) for a in args)))
+
+    return apply
+
+
+def same(actual: Any, expected: Any) -> bool:
+    """Equality that treats NaN as equal to NaN, compares numbers numerically, keeps -0.0 == 0."""
+    if actual is None or expected is None:
+        return actual is None and expected is None
+    if isinstance(expected, float) or isinstance(actual, float):
+        if isinstance(actual, bool) or isinstance(expected, bool):
+            return False
+        if math.isnan(expected) or math.isnan(actual):
+            return math.isnan(expected) and math.isnan(actual)
+        return actual == expected or math.isclose(actual, expected, rel_tol=1e-12, abs_tol=0)
+    return type(actual) is type(expected) and actual == expected
+
+
+def assert_same(actual: list[Any], expected: list[Any]) -> None:
+    assert len(actual) == len(expected)
+    pairs = enumerate(zip(actual, expected, strict=True))
+    bad = [(i, a, e) for i, (a, e) in pairs if not same(a, e)]
+    assert not bad, f"rows differ (index, got, expected): {bad}"
+
+
+def and3(*values: bool | None) -> bool | None:
+    if any(v is False for v in values):
+        return False
+    return None if any(v is None for v in values) else True
+
+
+def or3(*values: bool | None) -> bool | None:
+    if any(v is True for v in values):
+        return True
+    return None if any(v is None for v in values) else False
+
+
+def not3(value: bool | None) -> bool | None:
+    return None if value is None else not value
+
+
+def in3(value: Any, items: list[Any]) -> bool | None:
+    if value is None:
+        return None
+    if any(item is not None and value == item for item in items):
+        return True
+    return None if any(item is None for item in items) else False
+
+
+def least_greatest(pick: Callable[..., Any]) -> Callable[..., Any]:
+    """arrow's min/max_element_wise: skips nulls, and NaN unless everything is NaN."""
+
+    def apply(*values: Any) -> Any:
+        present = [v for v in values if v is not None]
+        numbers = [v for v in present if not (isinstance(v, float) and math.isnan(v))]
+        if numbers:
+            return pick(numbers)
+        return NAN if present else None
+
+    return apply
+
+
+# ---------------------------------------------------------------------------------------------
+# Value expressions (derive) on the small table
+# ---------------------------------------------------------------------------------------------
+
+VALUE_CASES: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+    # literals
+    ("42", lambda r: 42),
+    ("1_000", lambda r: 1000),
+    ("1.5", lambda r: 1.5),
+    (".5", lambda r: 0.5),
+    ("1e-3", lambda r: 0.001),
+    ("2.5E2", lambda r: 250.0),
+    ("'it''s'", lambda r: "it's"),
+    ('"say ""hi"""', lambda r: 'say "hi"'),
+    (r"'tab\there\\ \'q\' \u00e9'", lambda r: "tab\there\\ 'q' \u00e9"),
+    (r"'a\%b'", lambda r: "a\\%b"),
+    ("TRUE", lambda r: True),
+    ("False", lambda r: False),
+    ("null", lambda r: None),
+    # columns
+    ("tenure", lambda r: r["tenure"]),
+    ("`plan=basic` + 1", rowwise(lambda p: p + 1, "plan=basic")),
+    ("größe * 2", rowwise(lambda g: g * 2, "größe")),
+    ("`date` * 10", rowwise(lambda v: v * 10, "date")),
+    ("`tenure` - 1", rowwise(lambda t: t - 1, "tenure")),
+    # arithmetic
+    ("tenure + 1", rowwise(lambda t: t + 1, "tenure")),
+    ("tenure - 2 * 3", rowwise(lambda t: t - 6, "tenure")),
+    ("(tenure - 2) * 3", rowwise(lambda t: (t - 2) * 3, "tenure")),
+    ("10 - 2 - 3", lambda r: 5),
+    ("100 / 10 / 5", lambda r: 2.0),
+    ("total / tenure", rowwise(ieee(operator.truediv), "total", "tenure")),
+    ("tenure / 4", rowwise(lambda t: t / 4, "tenure")),
+    ("7 / 2", lambda r: 3.5),
+    ("tenure / 0", rowwise(ieee(lambda t: t / np.float64(0)), "tenure")),
+    ("-tenure / 0", rowwise(ieee(lambda t: -t / np.float64(0)), "tenure")),
+    ("tenure % 5", rowwise(lambda t: t % 5, "tenure")),
+    ("tenure % -5", rowwise(lambda t: t % -5, "tenure")),
+    ("tenure % 0", lambda r: None),
+    ("tenure % (tenure - 3)", rowwise(lambda t: None if t == 3 else t % (t - 3), "tenure")),
+    ("total % 4", rowwise(lambda v: v % 4, "total")),
+    ("-tenure", rowwise(lambda t: -t, "tenure")),
+    ("- -tenure", rowwise(lambda t: t, "tenure")),
+    ("2 ** 3 ** 2", lambda r: float(2 ** 9)),
+    ("-2 ** 2", lambda r: -4.0),
+    ("(-2) ** 2", lambda r: 4.0),
+    ("2 ^ -1", lambda r: 0.5),
+    ("tenure ** 2", rowwise(lambda t: float(t) ** 2, "tenure")),
+    ("2 * 3 ** 2", lambda r: 18.0),
+    # functions
+    ("log(total)", rowwise(ieee(np.log), "total")),
+    ("LN(total)", rowwise(ieee(np.log), "total")),
+    ("log1p(tenure)", rowwise(ieee(np.log1p), "tenure")),
+    ("log2(total)", rowwise(ieee(np.log2), "total")),
+    ("log10(total)", rowwise(ieee(np.log10), "total")),
+    ("exp(größe)", rowwise(ieee(np.exp), "größe")),
+    ("sqrt(total)", rowwise(ieee(np.sqrt), "total")),
+    ("abs(tenure)", rowwise(abs, "tenure")),
+    ("abs(total)", rowwise(abs, "total")),
+    ("floor(größe)", rowwise(lambda g: float(math.floor(g)), "größe")),
+    ("ceil(größe)", rowwise(lambda g: float(math.ceil(g)), "größe")),
+    ("round(größe)", rowwise(lambda g: float(round(g)), "größe")),
+    ("round(größe, 1)", rowwise(lambda g: round(g, 1), "größe")),
+    ("round(total / 3, 2)", rowwise(lambda v: float(np.round(v / 3, 2)), "total")),
+    ("pow(tenure, 2)", rowwise(lambda t: float(t) ** 2, "tenure")),
+    ("POWER(2, tenure)", rowwise(lambda t: 2.0 ** t, "tenure")),
+    ("least(tenure, 2)", lambda r: least_greatest(min)(r["tenure"], 2)),
+    ("greatest(tenure, total, 0)",
+     lambda r: least_greatest(max)(r["tenure"], r["total"], 0)),
+    ("least(total, größe)", lambda r: least_greatest(min)(r["total"], r["größe"])),
+    ("coalesce(tenure, -1)", lambda r: r["tenure"] if r["tenure"] is not None else -1),
+    ("coalesce(region, 'none')", lambda r: r["region"] if r["region"] is not None else "none"),
+    ("if(flag, tenure, -tenure)",
+     lambda r: None if r["flag"] is None else (r["tenure"] if r["flag"] else
+                                               (None if r["tenure"] is None else -r["tenure"]))),
+    ("IF_ELSE(tenure > 1, 'big', 'small')",
+     rowwise(lambda t: "big" if t > 1 else "small", "tenure")),
+    ("is_nan(total)", rowwise(math.isnan, "total")),
+    ("lower(region)", rowwise(str.lower, "region")),
+    ("Upper(region)", rowwise(str.upper, "region")),
+    ("length(region)", rowwise(len, "region")),
+    ("year(d)", rowwise(lambda d: d.year, "d")),
+    ("month(ts)", rowwise(lambda t: t.month, "ts")),
+    ("day(d)", rowwise(lambda d: d.day, "d")),
+    ("cast(total as int64)", rowwise(int, "total")),  # evaluated on finite rows only
+    ("cast(größe AS int)", rowwise(int, "größe")),
+    ("cast(tenure as string)", rowwise(str, "tenure")),
+    ("cast(tenure as double) / 2", rowwise(lambda t: t / 2, "tenure")),
+    ("cast(tenure as boolean)", rowwise(bool, "tenure")),
+    ("cast(ts as date)", rowwise(lambda t: t.date(), "ts")),
+    ("cast('2026-03-04' as date)", lambda r: dt.date(2026, 3, 4)),
+    ("cast('17' as int16) + 1", lambda r: 18),
+    # dates and timestamps as values
+    ("date '2026-11-28'", lambda r: dt.date(2026, 11, 28)),
+    ("timestamp '2026-11-28 10:00:00'", lambda r: dt.datetime(2026, 11, 28, 10)),
+    ("timestamp '2026-11-28T10:00:00.250'", lambda r: dt.datetime(2026, 11, 28, 10, 0, 0, 250000)),
+    ("timestamp '2026-11-28 10:00:00Z'", lambda r: dt.datetime(2026, 11, 28, 10, tzinfo=UTC)),
+    ("timestamp '2026-11-28 10:00:00+02:00'", lambda r: dt.datetime(2026, 11, 28, 8, tzinfo=UTC)),
+]
+
+# rows where cast(total as int64) would be NaN -> unspecified: restrict that case to finite rows
+_FINITE_ONLY = {"cast(total as int64)"}
+
+
+@pytest.mark.parametrize(("text", "expected"), VALUE_CASES, ids=[c[0] for c in VALUE_CASES])
+def test_value_expression(text: str, expected: Callable[[dict[str, Any]], Any]) -> None:
+    table, rows = TABLE, ROWS
+    if text in _FINITE_ONLY:
+        keep = [i for i, r in enumerate(ROWS) if r["total"] is None or math.isfinite(r["total"])]
+        table, rows = TABLE.take(keep), [ROWS[i] for i in keep]
+    assert_same(evaluate(text, table), [expected(row) for row in rows])
+
+
+def test_true_division_is_float64_even_for_integers() -> None:
+    table = pa.table({"a": pa.array([7, -7, 1], pa.int32()), "b": pa.array([2, 2, 3], pa.int8())})
+    assert expression_type("a / b", table.schema) == pa.float64()
+    assert evaluate("a / b", table) == [7 / 2, -7 / 2, 1 / 3]
+    assert expression_type("a % b", table.schema) == pa.int32()
+
+
+def test_division_by_zero_never_raises() -> None:
+    table = pa.table({"a": [1, -1, 0, None], "b": [0, 0, 0, 0]})
+    got = evaluate("a / b", table)
+    assert got[0] == INF and got[1] == -INF and math.isnan(got[2]) and got[3] is None
+    assert evaluate("a % b", table) == [None, None, None, None]
+
+
+def test_unchecked_math_gives_nan_and_inf() -> None:
+    table = pa.table({"x": [-1.0, 0.0]})
+    got_log, got_sqrt = evaluate("log(x)", table), evaluate("sqrt(x)", table)
+    assert math.isnan(got_log[0]) and got_log[1] == -INF
+    assert math.isnan(got_sqrt[0]) and got_sqrt[1] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Predicates (filters) on the small table
+# ---------------------------------------------------------------------------------------------
+
+
+def cmp3(op: Callable[[Any, Any], bool], *names: str, literal: Any = None) -> Callable[..., Any]:
+    if literal is not None:
+        return rowwise(lambda a: op(a, literal), *names)
+    return rowwise(op, *names)
+
+
+PREDICATE_CASES: list[tuple[str, Callable[[dict[str, Any]], bool | None]]] = [
+    ("tenure >= 0 and region != 'test'",
+     lambda r: and3(cmp3(operator.ge, "tenure", literal=0)(r),
+                    cmp3(operator.ne, "region", literal="test")(r))),
+    ("tenure = 3", cmp3(operator.eq, "tenure", literal=3)),
+    ("tenure == 3", cmp3(operator.eq, "tenure", literal=3)),
+    ("tenure != 3", cmp3(operator.ne, "tenure", literal=3)),
+    ("tenure <> 3", cmp3(operator.ne, "tenure", literal=3)),
+    ("tenure < 3", cmp3(operator.lt, "tenure", literal=3)),
+    ("tenure <= 3", cmp3(operator.le, "tenure", literal=3)),
+    ("tenure > 3", cmp3(operator.gt, "tenure", literal=3)),
+    ("tenure > -3.5", cmp3(operator.gt, "tenure", literal=-3.5)),
+    ("total > tenure", cmp3(operator.gt, "total", "tenure")),
+    ("total = total", cmp3(operator.eq, "total", "total")),
+    ("total != total", cmp3(operator.ne, "total", "total")),
+    ("region < 'f'", cmp3(operator.lt, "region", literal="f")),
+    ("flag", lambda r: r["flag"]),
+    ("not flag", lambda r: not3(r["flag"])),
+    ("flag = false", cmp3(operator.eq, "flag", literal=False)),
+    ("true", lambda r: True),
+    ("NOT tenure > 1 OR flag AND total > 6",
+     lambda r: or3(not3(cmp3(operator.gt, "tenure", literal=1)(r)),
+                   and3(r["flag"], cmp3(operator.gt, "total", literal=6)(r)))),
+    ("(not tenure > 1 or flag) and total > 6",
+     lambda r: and3(or3(not3(cmp3(operator.gt, "tenure", literal=1)(r)), r["flag"]),
+                    cmp3(operator.gt, "total", literal=6)(r))),
+    ("not not flag", lambda r: r["flag"]),
+    ("tenure in (0, 3, 12)", lambda r: in3(r["tenure"], [0, 3, 12])),
+    ("tenure IN (3)", lambda r: in3(r["tenure"], [3])),
+    ("tenure not in (0, 3)", lambda r: not3(in3(r["tenure"], [0, 3]))),
+    ("tenure in (5, null)", lambda r: in3(r["tenure"], [5, None])),
+    ("tenure not in (5, null)", lambda r: not3(in3(r["tenure"], [5, None]))),
+    ("tenure in (null)", lambda r: in3(r["tenure"], [None])),
+    ("größe in (0, 1.5)", lambda r: in3(r["größe"], [0, 1.5])),
+    ("region in ('eu', 'it''s')", lambda r: in3(r["region"], ["eu", "it's"])),
+    ("region not in ('eu')", lambda r: not3(in3(r["region"], ["eu"]))),
+    ("tenure in (tenure - 3, 2 * 2, 12)",
+     lambda r: in3(r["tenure"], [None if r["tenure"] is None else r["tenure"] - 3, 4, 12])),
+    ("d in (date '2026-01-01', date '2027-02-03')",
+     lambda r: in3(r["d"], [dt.date(2026, 1, 1), dt.date(2027, 2, 3)])),
+    ("tenure is null", lambda r: r["tenure"] is None),
+    ("total IS NOT NULL", lambda r: r["total"] is not None),
+    ("total is null", lambda r: r["total"] is None),  # NaN is a value, not null
+    ("is_nan(total)", rowwise(math.isnan, "total")),
+    ("tenure between 0 and 5", rowwise(lambda t: 0 <= t <= 5, "tenure")),
+    ("tenure not between 0 and 5", rowwise(lambda t: not 0 <= t <= 5, "tenure")),
+    ("tenure between 0 and 5 and flag",
+     lambda r: and3(rowwise(lambda t: 0 <= t <= 5, "tenure")(r), r["flag"])),
+    ("total between tenure and 40",
+     lambda r: and3(cmp3(operator.ge, "total", "tenure")(r),
+                    cmp3(operator.le, "total", literal=40)(r))),
+    ("region like 'e%'", rowwise(lambda s: s.startswith("e"), "region")),
+    ("region LIKE '_u'", rowwise(lambda s: len(s) == 2 and s[1] == "u", "region")),
+    ("region not like '%s%'", rowwise(lambda s: "s" not in s, "region")),
+    ("lower(region) = 'eu'", rowwise(lambda s: s.lower() == "eu", "region")),
+    ("length(region) > 2", rowwise(lambda s: len(s) > 2, "region")),
+    ("d >= date '2026-06-15'", cmp3(operator.ge, "d", literal=dt.date(2026, 6, 15))),
+    ("d between date '2026-01-01' and date '2026-12-31'",
+     rowwise(lambda d: dt.date(2026, 1, 1) <= d <= dt.date(2026, 12, 31), "d")),
+    ("year(d) = 2026", rowwise(lambda d: d.year == 2026, "d")),
+    ("ts < timestamp '2026-06-15 12:30:00'",
+     cmp3(operator.lt, "ts", literal=dt.datetime(2026, 6, 15, 12, 30))),
+    ("ts >= date '2026-06-15'", cmp3(operator.ge, "ts", literal=dt.datetime(2026, 6, 15))),
+    ("tsz >= timestamp '2026-06-15T14:30:00+02:00'",
+     cmp3(operator.ge, "tsz", literal=dt.datetime(2026, 6, 15, 12, 30, tzinfo=UTC))),
+    ("tsz < timestamp '2026-01-01 08:00:00.000001Z'",
+     cmp3(operator.lt, "tsz", literal=dt.datetime(2026, 1, 1, 8, 0, 0, 1, tzinfo=UTC))),
+    ("total / tenure > 3", rowwise(lambda a, b: ieee(operator.truediv)(a, b) > 3,
+                                   "total", "tenure")),
+    ("`plan=basic` = 1 and `date` > 7",
+     lambda r: and3(cmp3(operator.eq, "plan=basic", literal=1)(r),
+                    cmp3(operator.gt, "date", literal=7)(r))),
+    ("if(flag, tenure > 1, false)",
+     lambda r: None if r["flag"] is None else
+     (cmp3(operator.gt, "tenure", literal=1)(r) if r["flag"] else False)),
+    ("coalesce(flag, false)", lambda r: r["flag"] if r["flag"] is not None else False),
+    ("cast(tenure as bool)", rowwise(bool, "tenure")),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), PREDICATE_CASES, ids=[c[0] for c in PREDICATE_CASES]
+)
+def test_predicate(text: str, expected: Callable[[dict[str, Any]], bool | None]) -> None:
+    want = [expected(row) for row in ROWS]
+    assert evaluate(text) == want  # three-valued result, nulls included
+    assert kept_rows(text) == [i for i, v in enumerate(want) if v is True]
+    assert pa.types.is_boolean(expression_type(text, SCHEMA))
+    assert check_filter(text, SCHEMA).equals(parse_filter(text))
+
+
+def test_table_filter_accepts_the_expression_too() -> None:
+    want = [i for i, r in enumerate(ROWS) if r["tenure"] is not None and r["tenure"] > 1]
+    assert TABLE.filter(parse_filter("tenure > 1")).num_rows == len(want)
+
+
+def test_keywords_are_case_insensitive() -> None:
+    texts = ["tenure is not null and tenure in (0, 3) or tenure between 4 and 5",
+             "TENURE IS NOT NULL AND TENURE IN (0, 3) OR TENURE BETWEEN 4 AND 5"]
+    # column names stay case-sensitive, keywords don't
+    with pytest.raises(ExpressionError, match="unknown column 'TENURE'"):
+        check_filter(texts[1], SCHEMA)
+    mixed = "tenure Is Not Null And tenure In (0, 3) Or tenure Between 4 AnD 5"
+    want = [i for i, r in enumerate(ROWS)
+            if r["tenure"] is not None and (r["tenure"] in (0, 3) or 4 <= r["tenure"] <= 5)]
+    assert kept_rows(texts[0]) == kept_rows(mixed) == want
+
+
+def test_literal_types() -> None:
+    schema = pa.schema([])
+    assert expression_type("1", schema) == pa.int64()
+    assert expression_type("1.0", schema) == pa.float64()
+    assert expression_type("'x'", schema) == pa.string()
+    assert expression_type("true", schema) == pa.bool_()
+    assert expression_type("null", schema) == pa.null()
+    assert expression_type("date '2026-11-28'", schema) == pa.date32()
+    assert expression_type("timestamp '2026-11-28 10:00:00'", schema) == pa.timestamp("us")
+    assert expression_type("timestamp '2026-11-28 10:00:00Z'", schema) == pa.timestamp(
+        "us", tz="UTC"
+    )
+
+
+@pytest.mark.parametrize(
+    ("type_name", "arrow_type"),
+    [("int8", pa.int8()), ("int16", pa.int16()), ("int32", pa.int32()), ("int64", pa.int64()),
+     ("uint8", pa.uint8()), ("uint16", pa.uint16()), ("uint32", pa.uint32()),
+     ("uint64", pa.uint64()), ("float32", pa.float32()), ("float64", pa.float64()),
+     ("double", pa.float64()), ("string", pa.string()), ("bool", pa.bool_()),
+     ("boolean", pa.bool_()), ("date", pa.date32()), ("INT", pa.int64())],
+)
+def test_cast_types(type_name: str, arrow_type: pa.DataType) -> None:
+    source = "tenure" if type_name != "date" else "ts"
+    assert expression_type(f"cast({source} as {type_name})", SCHEMA) == arrow_type
+
+
+def test_long_chains_and_lists() -> None:
+    table = pa.table({"k": list(range(1000))})
+    ors = " or ".join(f"k = {i}" for i in range(0, 1000, 2))
+    assert kept_rows(ors, table) == list(range(0, 1000, 2))
+    in_list = "k in (" + ", ".join(str(i) for i in range(0, 3000, 3)) + ")"
+    assert kept_rows(in_list, table) == list(range(0, 1000, 3))
+    nested = "(" * 300 + "k < 5" + ")" * 300
+    assert kept_rows(nested, table) == list(range(5))
+
+
+def test_absurd_nesting_is_a_clean_error() -> None:
+    err = error_of(parse_filter, "(" * 5000 + "k > 1" + ")" * 5000)
+    assert err.message == "expression is nested too deeply"
+
+
+def test_integer_edge_literals() -> None:
+    assert evaluate("-9223372036854775808", pa.table({"x": [1]})) == [-(2**63)]
+    with pytest.raises(ExpressionError, match="does not fit in int64"):
+        parse_expression("9223372036854775808")
+
+
+# ---------------------------------------------------------------------------------------------
+# API: referenced_columns, expression_type, check_filter, ExpressionError
+# ---------------------------------------------------------------------------------------------
+
+
+def test_referenced_columns_in_order_of_first_appearance() -> None:
+    text = "total / tenure > 2 and tenure > 0 or `plan=basic` is null or log(größe) > total"
+    assert referenced_columns(text) == ["total", "tenure", "plan=basic", "größe"]
+    assert referenced_columns("1 + 2") == []
+    assert referenced_columns("`a``b` = 1") == ["a`b"]
+    assert referenced_columns("x in (y, z, x)") == ["x", "y", "z"]
+
+
+def test_expression_type_plans_without_data() -> None:
+    assert expression_type("total / tenure", SCHEMA) == pa.float64()
+    assert expression_type("tenure + 1", SCHEMA) == pa.int64()
+    assert expression_type("log1p(tenure)", SCHEMA) == pa.float64()
+    assert expression_type("upper(region)", SCHEMA) == pa.string()
+    assert expression_type("year(d)", SCHEMA) == pa.int64()
+    assert expression_type("tenure > 1", SCHEMA) == pa.bool_()
+    assert expression_type("region", SCHEMA) == pa.string()
+
+
+def test_check_filter_returns_the_parsed_expression() -> None:
+    expr = check_filter("tenure >= 0 and region != 'test'", SCHEMA)
+    assert isinstance(expr, pc.Expression)
+    assert expr.equals(parse_filter("tenure >= 0 and region != 'test'"))
+    assert isinstance(check_filter("null", SCHEMA), pc.Expression)  # null type is allowed
+
+
+def test_parsing_is_cached_and_expressions_are_reused() -> None:
+    assert parse_expression("tenure + 1") is parse_expression("tenure + 1")
+    assert parse_filter("tenure > 1") is parse_filter("tenure > 1")
+
+
+def test_expression_error_fields_str_pretty_and_pickle() -> None:
+    with pytest.raises(ExpressionError) as info:
+        parse_expression("tenure > $5")
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert (err.text, err.position) == ("tenure > $5", 9)
+    assert err.message == "unexpected character '$'"
+    assert str(err) == "unexpected character '$' at column 10 in 'tenure > $5'"
+    assert "\n" not in str(err)
+    assert err.pretty().splitlines() == [err.message, "  tenure > $5", "  " + " " * 9 + "^"]
+    clone = pickle.loads(pickle.dumps(err))
+    assert (clone.message, clone.text, clone.position, str(clone)) == (
+        err.message, err.text, err.position, str(err))
+    no_position = ExpressionError("bad", "x", -1)
+    assert str(no_position) == "bad in 'x'"
+
+
+def test_pretty_points_at_the_right_line() -> None:
+    text = "tenure > 1\n  and region ! 'x'"
+    err = error_of(parse_filter, text)
+    assert err.position == text.index("!")
+    assert err.pretty().splitlines()[1:] == ["    and region ! 'x'", "  " + " " * 13 + "^"]
+
+
+def test_non_string_input_is_a_readable_error() -> None:
+    with pytest.raises(ExpressionError, match="got bool True"):
+        parse_filter(True)  # type: ignore[arg-type]  # what YAML makes of `filter: yes`
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+FORBIDDEN_IN_MESSAGES = re.compile(
+    r"lark|Traceback|Token|RPAR|LPAR|QIDENT|IDENT|COMP_OP|\$END|STRING|Unexpected|"
+    r"ArrowNotImplemented|ArrowInvalid|no kernel|_lit\b|rule"
+)
+
+
+def error_of(fn: Callable[..., Any], *args: Any) -> ExpressionError:
+    with pytest.raises(ExpressionError) as info:
+        fn(*args)
+    err = info.value
+    assert not FORBIDDEN_IN_MESSAGES.search(err.message), err.message
+    assert "\n" not in str(err)
+    return err
+
+
+SYNTAX_ERRORS: list[tuple[str, str, int]] = [
+    # text, message fragment, 0-based position
+    ("tenure +", "unexpected end of expression; expected a value", 8),
+    ("tenure +   ", "unexpected end of expression; expected a value", 8),
+    ("log1p(", "unexpected end of expression; expected a value or ')'", 6),
+    ("(tenure > 1", "expected ')' (the '(' at column 1 is not closed)", 11),
+    ("tenure > (1 + (2)", "the '(' at column 10 is not closed", 17),
+    ("tenure > 1 )", "unexpected ')'; expected the end of the expression", 11),
+    ("tenure > $1", "unexpected character '$'", 9),
+    ("tenure >> 1", "'>' is a comparison and must be followed by a value, not '>'", 8),
+    ("tenure => 1", "must be followed by a value, not '>'; did you mean '>='?", 8),
+    ("tenure = = 1", "did you mean '=='?", 9),
+    ("tenure = * 1", "unexpected '*'; expected a value", 9),
+    ("a < b < c", "'<' is a comparison and comparisons can't be chained", 6),
+    ("a = b = c", "'=' is a comparison", 6),
+    ("tenure tenure", "unexpected name 'tenure'; expected an operator", 7),
+    ("tenure 5", "unexpected number 5", 7),
+    ("x && y", "use 'and'", 2),
+    ("x || y", "use 'or'", 2),
+    ("!x", "use 'not'", 0),
+    ("region = 'eu", "unterminated string", 9),
+    ('region = "eu', "unterminated string", 9),
+    ("`plan=basic = 1", "unterminated `quoted name`", 0),
+    ("x is 3", "expected 'null' or 'not null'", 5),
+    ("x in 1, 2", "expected '('", 5),
+    ("x in ()", "unexpected ')'; expected a value", 6),
+    ("x between 1", "expected 'and'", 11),
+    ("x not", "expected 'in', 'between' or 'like'", 5),
+    ("date > 1", "for a column named date write `date`", 5),
+    ("in = 1", "'in' is a keyword; for a column with that name write `in`", 0),
+    ("x = date 5", "followed by a quoted date", 9),
+    ("date '2026-02-30'", "invalid date '2026-02-30'", 5),
+    ("date '28.11.2026'", "write date 'YYYY-MM-DD'", 5),
+    ("timestamp 'noon'", "invalid timestamp 'noon'", 10),
+    (r"'\u12'", "bad escape", 1),
+    ("x like y", "pattern after 'like' must be a quoted string", 7),
+    ("x = null", "write 'is null'", 2),
+    ("x <> NULL", "write 'is not null'", 2),
+    ("x in (1, 'a')", "mix number and string", 2),
+    ("", "empty expression", 0),
+    ("   ", "empty expression", 0),
+    ("tenure.total", "attribute access is not supported", 6),
+    ("tenure[0]", "indexing is not supported", 6),
+    ("x = 1; y = 2", "write one expression", 5),
+    ("`x`(1)", "function names are not quoted", 3),
+    ("1 +\n  * 2", "unexpected '*'; expected a value", 6),
+]
+
+
+@pytest.mark.parametrize(("text", "fragment", "position"), SYNTAX_ERRORS,
+                         ids=[repr(c[0]) for c in SYNTAX_ERRORS])
+def test_syntax_errors(text: str, fragment: str, position: int) -> None:
+    err = error_of(parse_expression, text)
+    assert fragment in err.message
+    assert err.position == position, (err.position, str(err))
+    assert err.text == text
+    if position >= 0:
+        assert f"at column {position + 1} in " in str(err)
+
+
+def test_unknown_column_suggests_a_close_name() -> None:
+    text = "tenure > 1 and regoin = 'eu'"
+    err = error_of(expression_type, text, SCHEMA)
+    assert err.message == "unknown column 'regoin'; did you mean 'region'?"
+    assert err.position == text.index("regoin")
+    err = error_of(check_filter, "Tenure > 1", SCHEMA)
+    assert "did you mean 'tenure'?" in err.message
+    # the suggestion is written the way it has to be typed
+    err = error_of(check_filter, "`plan=basik` > 1", SCHEMA)
+    assert "did you mean `plan=basic`?" in err.message
+    schema = pa.schema([("b", pa.int8()), ("a", pa.int8()), ("a b", pa.int8())])
+    err = error_of(check_filter, "zzz > 1", schema)
+    assert err.message == "unknown column 'zzz'; the columns are: b, a, `a b`"
+
+
+def test_unknown_function_suggests_a_close_name() -> None:
+    err = error_of(parse_expression, "1 + sqr(tenure)")
+    assert err.message == "unknown function 'sqr'; did you mean 'sqrt'?"
+    assert err.position == 4
+    err = error_of(parse_expression, "LOG1P_(x)")
+    assert "did you mean 'log1p'?" in err.message
+    err = error_of(parse_expression, "frobnicate(x)")
+    assert err.message.startswith("unknown function 'frobnicate'; known functions: abs, ")
+    err = error_of(parse_expression, "cast(x as int42)")
+    assert err.message.startswith("unknown type 'int42'; did you mean")
+    assert err.position == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("log(1, 2)", "log() takes exactly 1 argument (got 2)"),
+     ("sqrt()", "sqrt() takes exactly 1 argument (got 0)"),
+     ("round(x, 1, 2)", "round() takes 1 or 2 arguments (got 3)"),
+     ("pow(2)", "pow() takes exactly 2 arguments (got 1)"),
+     ("if(a, b)", "if() takes exactly 3 arguments (got 2)"),
+     ("least()", "least() takes at least 1 argument (got 0)"),
+     ("coalesce()", "coalesce() takes at least 1 argument (got 0)"),
+     ("cast(x)", "cast needs a target type: cast(x as float64)"),
+     ("cast(x as int, y)", "cast() takes exactly 1 argument (got 2)"),
+     ("abs(x as int)", "'as' is only allowed in cast(x as type)")],
+)
+def test_wrong_arity(text: str, fragment: str) -> None:
+    err = error_of(parse_expression, text)
+    assert fragment in err.message
+    assert 0 <= err.position < len(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments", "at"),
+    [("region + 1", ["cannot apply '+'", "string", "int64"], "+"),
+     ("1 + region * 2", ["cannot apply '*'", "string and int64"], "*"),
+     ("region / 2", ["cannot apply '/'", "string", "needs numbers"], "/"),
+     ("flag ** 2", ["cannot apply '**'", "bool"], "**"),
+     ("pow(region, 2)", ["pow()", "string"], "pow"),
+     ("log1p(region) > 0", ["log1p()", "string"], "log1p"),
+     ("upper(tenure) = 'A'", ["upper()", "int64"], "upper"),
+     ("tenure and flag", ["'and' needs true/false values", "int64"], "and"),
+     ("not region", ["'not' needs true/false values", "string"], "not"),
+     ("d > '2026-01-01'", ["cannot compare date32[day] and string", "date '2026-11-28'"], ">"),
+     ("tsz > timestamp '2026-01-01 00:00:00'", ["timestamp[us, tz=UTC]", "time zone"], ">"),
+     ("ts between date '2026-01-01' and timestamp '2027-01-01 00:00:00Z'",
+      ["timestamp[us, tz=UTC]", "time zone"], "between"),
+     ("tsz in (timestamp '2026-01-01 00:00:00')", ["time zone"], "in"),
+     ("tenure in ('a', 'b')", ["cannot look up int64 values in a list of string"], "in"),
+     ("region like 'a%' and tenure like 'b'", ["'like'", "int64"], "like 'b'"),
+     ("-region", ["unary '-'", "string"], "-"),
+     ("cast(d as int8)", ["cannot cast date32[day] to int8"], "cast")],
+)
+def test_type_errors_name_the_operation_and_types(text: str, fragments: list[str], at: str) -> None:
+    parse_expression(text)  # syntactically fine: the problem is only visible with a schema
+    err = error_of(expression_type, text, SCHEMA)
+    for fragment in fragments:
+        assert fragment in err.message, err.message
+    assert err.position == text.index(at), str(err)
+
+
+def test_non_boolean_filter() -> None:
+    err = error_of(check_filter, "tenure + 1", SCHEMA)
+    assert err.message.startswith("filter must be true/false, got int64")
+    err = error_of(check_filter, "region", SCHEMA)
+    assert err.message == "filter must be true/false, got string"
+    err = error_of(check_filter, "coalesce(total, 0)", SCHEMA)
+    assert "got double" in err.message
+    # certainly-not-boolean expressions are rejected without a schema as well
+    for text, kind in [("tenure + 1", "number"), ("'eu'", "string"), ("-tenure", "number"),
+                       ("log(total)", "number"), ("date '2026-01-01'", "date")]:
+        err = error_of(parse_filter, text)
+        assert err.message.startswith(f"filter must be true/false, got a {kind}"), err.message
+    # a bare column may well be boolean: only the schema can tell
+    assert isinstance(parse_filter("flag"), pc.Expression)
+
+
+# ---------------------------------------------------------------------------------------------
+# Injection safety
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["__import__('os').system('touch {marker}')",
+     "__import__('os')",
+     "eval('open(\"{marker}\", \"w\")')",
+     "exec('import os')",
+     "open('{marker}', 'w')",
+     "tenure.__class__",
+     "tenure.__class__.__bases__[0].__subclasses__()",
+     "().__class__",
+     "[x for x in (1,)]",
+     "lambda: 1",
+     "getattr(tenure, '__dict__')",
+     "tenure; import os",
+     "{{'a': 1}}",
+     "f'{{1}}'"],
+)
+def test_injection_attempts_fail_and_execute_nothing(template: str, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    text = template.format(marker=marker)
+    error_of(parse_expression, text)
+    error_of(parse_filter, text)
+    error_of(expression_type, text, SCHEMA)
+    assert not marker.exists()
+
+
+def test_module_never_evaluates_user_text() -> None:
+    source = inspect.getsource(expressions)
+    assert not re.search(r"(?<![\w.])(eval|exec|compile)\(", source)
+    assert not re.search(r"^\s*(import ast|from ast )", source, flags=re.MULTILINE)
+    assert not re.search(r"literal_eval|__import__|importlib", source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pushdown: row groups are pruned with Parquet statistics
+# ---------------------------------------------------------------------------------------------
+
+N_ROWS, GROUP = 1000, 100
+PUSHDOWN_FILTERS = [
+    "k >= 950",
+    "k < 100",
+    "k between 250 and 349",
+    "k in (5, 950)",
+    "k in (0, 999)",
+    "k = 0 or k = 999",
+    "not (k < 900)",
+    "k > 5000",
+    "k >= 300 and day >= date '2026-01-08'",
+    "day < date '2026-01-03'",
+    "at >= timestamp '2026-01-10 00:00:00Z'",
+    "name >= 'n0990'",
+]
+
+
+@pytest.fixture(scope="module")
+def parquet_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
+    k = list(range(N_ROWS))
+    start = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    table = pa.table({
+        "k": pa.array(k, pa.int64()),
+        "day": pa.array([dt.date(2026, 1, 1) + dt.timedelta(days=i // 100) for i in k]),
+        "at": pa.array([start + dt.timedelta(hours=i // 4) for i in k], pa.timestamp("us", "UTC")),
+        "name": pa.array([f"n{i:04d}" for i in k]),
+        "x": pa.array([float(i % 7) for i in k]),
+    })
+    path = tmp_path_factory.mktemp("pushdown") / "data.parquet"
+    pq.write_table(table, path, row_group_size=GROUP)
+    assert pq.ParquetFile(path).metadata.num_row_groups == N_ROWS // GROUP
+    return path, table
+
+
+@pytest.mark.parametrize("text", PUSHDOWN_FILTERS)
+def test_row_groups_are_pruned_by_statistics(
+    text: str, parquet_file: tuple[Path, pa.Table]
+) -> None:
+    path, table = parquet_file
+    dataset = ds.dataset(path, format="parquet")
+    expr = check_filter(text, dataset.schema)
+    matching = kept_rows(text, table)
+    # sorted columns: exactly the row groups holding a matching row can survive the statistics
+    expected_groups = sorted({i // GROUP for i in matching})
+    (fragment,) = list(dataset.get_fragments())
+    kept = fragment.subset(expr)
+    assert [rg.id for rg in kept.row_groups] == expected_groups
+    assert len(fragment.split_by_row_group(expr)) == len(expected_groups)
+    assert len(expected_groups) < N_ROWS // GROUP
+    # and the scan still returns exactly the right rows
+    scanned = dataset.to_table(filter=expr, columns=["k"]).column("k").to_pylist()
+    assert sorted(scanned) == matching
+
+
+def test_derived_value_through_a_parquet_scan(parquet_file: tuple[Path, pa.Table]) -> None:
+    path, table = parquet_file
+    dataset = ds.dataset(path, format="parquet")
+    result = dataset.to_table(
+        columns={"ratio": parse_expression("x / (k + 1)")}, filter=parse_filter("k < 10")
+    )
+    want = [table["x"][i].as_py() / (i + 1) for i in range(10)]
+    assert result.column("ratio").to_pylist() == want
+
+
+# ---------------------------------------------------------------------------------------------
+# Property-based: random tables x random expression trees vs a row-by-row Python reference
+# ---------------------------------------------------------------------------------------------
+
+BASE_DAY = dt.date(2026, 1, 1)
+P_SCHEMA = pa.schema([
+    ("i", pa.int64()),
+    ("größe", pa.int64()),
+    ("net f", pa.float64()),
+    ("s", pa.string()),
+    ("d", pa.date32()),
+])
+INT_COLS = ["i", "größe"]
+FLOAT_SPECIALS = [0.0, -0.0, 0.5, -1.5, 2.0, 3.25, NAN, INF, -INF]
+
+row_strategy = st.fixed_dictionaries({
+    "i": st.none() | st.integers(-4, 4),
+    "größe": st.none() | st.integers(-4, 4),
+    "net f": st.none() | st.just(NAN) | st.just(-0.0) | st.sampled_from(FLOAT_SPECIALS)
+    | st.floats(-8, 8, allow_nan=False, allow_subnormal=False),
+    "s": st.none() | st.sampled_from(["a", "b", "ab", "B", "", "a_b", "it's", "ba"]),
+    "d": st.none() | st.integers(0, 12).map(lambda k: BASE_DAY + dt.timedelta(days=k)),
+})
+tables = st.lists(row_strategy, min_size=1, max_size=20)
+
+# Expression trees are tuples: (kind, ...). Leaves:
+int_leaf = st.sampled_from([("col", c) for c in INT_COLS]) | st.integers(-5, 5).map(
+    lambda v: ("int", v))
+num_leaf = (
+    int_leaf
+    | st.just(("col", "net f"))
+    | st.sampled_from([(0.5, ".5"), (-1.5, "-1.5"), (2.0, "2.0"), (0.0, "0.0"), (0.001, "1e-3"),
+                       (2.5, "2.5")]).map(lambda v: ("float", *v))
+)
+
+
+def _num_branches(children: st.SearchStrategy) -> st.SearchStrategy:
+    return (
+        st.tuples(st.just("bin"), st.sampled_from(["+", "-", "*", "/"]), children, children)
+        | st.tuples(st.just("bin"), st.just("/"), children, children)
+        | st.tuples(st.just("bin"), st.sampled_from(["-", "/"]), int_leaf, int_leaf)
+        # mixed precedence, with and without the parentheses it needs
+        | st.tuples(st.just("bin"), st.sampled_from(["+", "-"]), children,
+                    st.tuples(st.just("bin"), st.sampled_from(["*", "/"]), children, children))
+        | st.tuples(st.just("bin"), st.sampled_from(["*", "/"]),
+                    st.tuples(st.just("bin"), st.sampled_from(["+", "-"]), children, children),
+                    children)
+        | st.tuples(st.just("neg"), children)
+        | st.tuples(st.just("call"), st.sampled_from(["abs", "ABS"]), children)
+        | st.tuples(st.just("call"), st.just("coalesce"), children, children)
+        | st.tuples(st.just("bin"), st.just("%"), int_leaf, int_leaf)
+        | st.tuples(st.just("pow"), num_leaf, st.integers(0, 3), st.sampled_from(["**", "^"]))
+    )
+
+
+num_expr = st.recursive(num_leaf, _num_branches, max_leaves=5)
+str_expr = st.just(("col", "s")) | st.tuples(
+    st.just("call"), st.sampled_from(["lower", "upper"]), st.just(("col", "s")))
+str_lit = st.sampled_from(["a", "b", "ab", "", "it's", "B"]).map(lambda v: ("str", v))
+date_lit = st.integers(-1, 13).map(lambda k: ("date", BASE_DAY + dt.timedelta(days=k)))
+num_lit = st.integers(-5, 5).map(lambda v: ("int", v)) | st.sampled_from(
+    [0.5, -1.5, 0.0, -0.0, 2.0, 3.25]).map(lambda v: ("float", v, repr(v)))
+null = st.just(("null",))
+any_column = st.sampled_from([("col", name) for name in P_SCHEMA.names])
+CMP = ["=", "==", "!=", "<>", "<", "<=", ">", ">="]
+LIKE_PATTERNS = ["a%", "%b", "_", "a_b", "%", "", "%'%", "B%"]
+
+bool_leaf = (
+    st.tuples(st.just("cmp"), st.sampled_from(CMP), num_expr, num_expr)
+    | st.tuples(st.just("cmp"), st.sampled_from(CMP), str_expr, str_lit)
+    | st.tuples(st.just("cmp"), st.sampled_from(CMP), st.just(("col", "d")), date_lit)
+    | st.tuples(st.just("isnull"), any_column | num_expr | str_expr, st.booleans())
+    | st.tuples(st.just("in"), num_leaf | num_expr, st.lists(num_lit | null, min_size=1,
+                                                             max_size=4), st.booleans())
+    | st.tuples(st.just("in"), st.just(("col", "net f")), st.lists(num_lit, min_size=1,
+                                                                   max_size=3), st.booleans())
+    | st.tuples(st.just("in"), str_expr, st.lists(str_lit | null, min_size=1, max_size=3),
+                st.booleans())
+    | st.tuples(st.just("in"), num_expr, st.lists(num_expr, min_size=1, max_size=3),
+                st.booleans())
+    | st.tuples(st.just("between"), num_expr, num_expr, num_expr, st.booleans())
+    | st.tuples(st.just("between"), st.just(("col", "d")), date_lit, date_lit, st.booleans())
+    | st.tuples(st.just("like"), st.just(("col", "s")), st.sampled_from(LIKE_PATTERNS),
+                st.booleans())
+    | st.tuples(st.just("bool"), st.booleans())
+)
+bool_expr = st.recursive(
+    bool_leaf,
+    lambda ch: st.tuples(st.sampled_from(["and", "or"]), ch, ch) | st.tuples(st.just("not"), ch),
+    max_leaves=6,
+)
+styles = st.fixed_dictionaries({
+    "parens": st.booleans(),
+    "case": st.sampled_from([str.lower, str.upper, str.title]),
+})
+
+# precedence levels, loosest first; an operand must be at least the level its slot needs
+OR, AND, NOT, PRED, SUM, PROD, UNARY, POW, ATOM = range(1, 10)
+
+
+def render(node: tuple, style: dict[str, Any]) -> str:
+    """Write a tree as expression text, with minimal or with full parentheses."""
+    return _render(node, style)[0]
+
+
+def _render(node: tuple, style: dict[str, Any]) -> tuple[str, int]:
+    kw = style["case"]
+
+    def sub(child: tuple, need: int) -> str:
+        text, level = _render(child, style)
+        if level < need or (style["parens"] and level < ATOM):
+            return f"({text})"
+        return text
+
+    kind = node[0]
+    if kind == "col":
+        name = node[1]
+        return (name if re.fullmatch(r"[^\W\d]\w*", name) else f"`{name}`"), ATOM
+    if kind == "int":
+        return str(node[1]), (ATOM if node[1] >= 0 else UNARY)
+    if kind == "float":
+        return node[2], (UNARY if node[2].startswith("-") else ATOM)
+    if kind == "str":
+        return "'" + node[1].replace("'", "''") + "'", ATOM
+    if kind == "date":
+        return f"{kw('date')} '{node[1].isoformat()}'", ATOM
+    if kind == "null":
+        return kw("null"), ATOM
+    if kind == "bool":
+        return kw("true" if node[1] else "false"), ATOM
+    if kind == "bin":
+        level = SUM if node[1] in "+-" else PROD
+        return f"{sub(node[2], level)} {node[1]} {sub(node[3], level + 1)}", level
+    if kind == "neg":
+        return f"- {sub(node[1], UNARY)}", UNARY
+    if kind == "pow":
+        return f"{sub(node[1], ATOM)} {node[3]} {node[2]}", POW
+    if kind == "call":
+        return f"{node[1]}({', '.join(render(arg, style) for arg in node[2:])})", ATOM
+    if kind == "cmp":
+        return f"{sub(node[2], SUM)} {node[1]} {sub(node[3], SUM)}", PRED
+    if kind == "isnull":
+        return f"{sub(node[1], SUM)} {kw('is not null' if node[2] else 'is null')}", PRED
+    if kind == "in":
+        items = ", ".join(render(item, style) for item in node[2])
+        return f"{sub(node[1], SUM)} {kw('not in' if node[3] else 'in')} ({items})", PRED
+    if kind == "between":
+        word = kw("not between" if node[4] else "between")
+        return (f"{sub(node[1], SUM)} {word} {sub(node[2], SUM)} {kw('and')} "
+                f"{sub(node[3], SUM)}", PRED)
+    if kind == "like":
+        pattern = node[2].replace("'", "''")
+        return f"{sub(node[1], SUM)} {kw('not like' if node[3] else 'like')} '{pattern}'", PRED
+    if kind == "not":
+        return f"{kw('not')} {sub(node[1], NOT)}", NOT
+    if kind in ("and", "or"):
+        level = AND if kind == "and" else OR
+        return f"{sub(node[1], level)} {kw(kind)} {sub(node[2], level + 1)}", level
+    raise AssertionError(kind)
+
+
+def reference(node: tuple, row: dict[str, Any]) -> Any:
+    """Evaluate a tree on one row in plain Python with SQL three-valued logic."""
+    kind = node[0]
+    if kind == "col":
+        return row[node[1]]
+    if kind in ("int", "float", "str", "date", "bool"):
+        return node[1]
+    if kind == "null":
+        return None
+    if kind == "not":
+        return not3(reference(node[1], row))
+    if kind == "and":
+        return and3(reference(node[1], row), reference(node[2], row))
+    if kind == "or":
+        return or3(reference(node[1], row), reference(node[2], row))
+    if kind == "isnull":
+        value = reference(node[1], row)
+        return (value is not None) if node[2] else (value is None)
+    if kind == "in":
+        result = in3(reference(node[1], row), [reference(item, row) for item in node[2]])
+        return not3(result) if node[3] else result
+    if kind == "between":
+        value, low, high = (reference(n, row) for n in node[1:4])
+        result = and3(None if value is None or low is None else value >= low,
+                      None if value is None or high is None else value <= high)
+        return not3(result) if node[4] else result
+    if kind == "like":
+        value = reference(node[1], row)
+        if value is None:
+            return None
+        regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in node[2])
+        matched = re.fullmatch(regex, value, flags=re.DOTALL) is not None
+        return not matched if node[3] else matched
+    if kind == "call" and node[1] == "coalesce":
+        first = reference(node[2], row)
+        return first if first is not None else reference(node[3], row)
+    args = [reference(arg, row) for arg in node[2:]] if kind in ("cmp", "bin") else None
+    if kind == "cmp":
+        a, b = args  # type: ignore[misc]
+        if a is None or b is None:
+            return None
+        ops = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, "<>": operator.ne,
+               "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+        return ops[node[1]](a, b)
+    if kind == "bin":
+        a, b = args  # type: ignore[misc]
+        if a is None or b is None:
+            return None
+        if node[1] == "/":
+            return ieee(operator.truediv)(a, b)
+        if node[1] == "%":
+            return None if b == 0 else a % b
+        return {"+": operator.add, "-": operator.sub, "*": operator.mul}[node[1]](a, b)
+    if kind == "neg":
+        value = reference(node[1], row)
+        return None if value is None else -value
+    if kind == "pow":
+        base = reference(node[1], row)
+        return None if base is None else ieee(np.power)(base, node[2])
+    if kind == "call":
+        value = reference(node[2], row)
+        if value is None:
+            return None
+        return {"abs": abs, "lower": str.lower, "upper": str.upper}[node[1].lower()](value)
+    raise AssertionError(kind)
+
+
+def _table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=P_SCHEMA)
+
+
+PROPERTY_SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@PROPERTY_SETTINGS
+@given(rows=tables, tree=bool_expr, style=styles)
+def test_random_filters_match_python_reference(
+    rows: list[dict[str, Any]], tree: tuple, style: dict[str, Any]
+) -> None:
+    text = render(tree, style)
+    table = _table(rows)
+    expected = [reference(tree, row) for row in rows]
+    # the filter keeps exactly the rows where the predicate is true (not false, not null)
+    assert kept_rows(text, table) == [i for i, v in enumerate(expected) if v is True], text
+    # and the predicate's three-valued value matches row by row
+    assert evaluate(text, table) == expected, text
+    assert check_filter(text, table.schema).equals(parse_filter(text))
+    assert pa.types.is_boolean(expression_type(text, table.schema))
+    assert set(referenced_columns(text)) <= set(P_SCHEMA.names)
+
+
+@settings(max_examples=100, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(rows=tables, tree=num_expr, style=styles)
+def test_random_value_expressions_match_python_reference(
+    rows: list[dict[str, Any]], tree: tuple, style: dict[str, Any]
+) -> None:
+    text = render(tree, style)
+    table = _table(rows)
+    result = ds.dataset(table).to_table(columns={"r": parse_expression(text)})
+    assert_same(result.column("r").to_pylist(), [reference(tree, row) for row in rows])
+    assert expression_type(text, table.schema) == result.schema.field("r").type, text
