@@ -16,15 +16,54 @@ class Case:
     dataset: str
     sides: tuple[str, str]
     generate: Callable[[Path, int, int], None]
+    setup: Callable[[Path, Path], None] | None = None  # once, untimed, before the sides
 
 
 def _numeric(out: Path, rows: int, files: int) -> None:
     generate("numeric", rows, out, files=files, row_group_rows=250_000)
 
 
+def _pipeline(scratch: Path, name: str, text: str) -> Path:
+    path = scratch / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+L2 = 1e-4
+
+
+def _train_model(data: Path, scratch: Path) -> None:
+    """A logistic model for the scoring cases, saved by sluice and as plain arrays."""
+    import numpy as np
+
+    from pipelines.runner import run
+    from pipelines.store import ModelStore
+
+    shutil.rmtree(scratch / "models", ignore_errors=True)
+    run(_pipeline(scratch, "bench_train", f"""
+        pipeline: bench_train
+        steps:
+          - op: read_parquet
+            path: {data}
+          - op: logistic_regression
+            label: label
+            l2: {L2}
+          - op: save_model
+            name: bench
+        """), models=str(scratch / "models"), runs_dir=str(scratch / "runs"))
+    fitted = ModelStore(str(scratch / "models")).load("bench").chain.steps[-1]
+    _, arrays = fitted.state()
+    np.savez(scratch / "bench_model.npz", **arrays)
+
+
 CASES: dict[str, Case] = {
     # read -> write_parquet through the local engine vs pyarrow's own read + write
     "io_copy": Case("numeric", ("sluice_local", "pyarrow_floor"), _numeric),
+    # read -> score (logistic) -> write vs a plain pyarrow + numpy script doing the same
+    "score_logistic": Case("numeric", ("sluice_local", "pyarrow_numpy"), _numeric,
+                           _train_model),
+    # read + fit logistic regression (same objective) vs scikit-learn lbfgs
+    "train_logistic": Case("numeric", ("sluice_local", "sklearn_lbfgs"), _numeric),
 }
 
 
@@ -59,3 +98,71 @@ def io_copy_pyarrow_floor(data: Path, scratch: Path) -> None:
     out.mkdir()
     for i, fragment in enumerate(ds.dataset(data, format="parquet").get_fragments()):
         pq.write_table(fragment.to_table(), out / f"part-{i:05d}.parquet")
+
+
+def score_logistic_sluice_local(data: Path, scratch: Path) -> None:
+    from pipelines.runner import run
+
+    out = fresh(scratch / "score_sluice")
+    run(_pipeline(scratch, "bench_score", f"""
+        pipeline: bench_score
+        steps:
+          - op: read_parquet
+            path: {data}
+          - op: score
+            model: bench
+          - op: write_parquet
+            path: {out}
+        """), models=str(scratch / "models"), runs_dir=str(scratch / "runs"))
+
+
+def score_logistic_pyarrow_numpy(data: Path, scratch: Path) -> None:
+    """What a careful engineer writes by hand: per file, read, X @ w + b, write."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    model = np.load(scratch / "bench_model.npz")
+    coef = model["coef"].ravel()
+    intercept = float(np.ravel(model["intercept"])[0])
+    out = fresh(scratch / "score_numpy")
+    out.mkdir()
+    features = [f"x{i}" for i in range(len(coef))]
+    for i, fragment in enumerate(ds.dataset(data, format="parquet").get_fragments()):
+        table = fragment.to_table()
+        x = np.column_stack([table.column(f).to_numpy() for f in features])
+        p = 1 / (1 + np.exp(-(x @ coef + intercept)))
+        table = table.append_column("prediction", pa.array((p > 0.5).astype(np.int64)))
+        table = table.append_column("probability", pa.array(p))
+        pq.write_table(table, out / f"part-{i:05d}.parquet")
+
+
+def train_logistic_sluice_local(data: Path, scratch: Path) -> None:
+    from pipelines.runner import run
+
+    shutil.rmtree(scratch / "train_models", ignore_errors=True)
+    run(_pipeline(scratch, "bench_fit", f"""
+        pipeline: bench_fit
+        steps:
+          - op: read_parquet
+            path: {data}
+          - op: logistic_regression
+            label: label
+            l2: {L2}
+          - op: save_model
+            name: fit
+        """), models=str(scratch / "train_models"), runs_dir=str(scratch / "runs"))
+
+
+def train_logistic_sklearn_lbfgs(data: Path, scratch: Path) -> None:
+    """scikit-learn on the same files and the same objective (C = 1 / (l2 * n))."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from sklearn.linear_model import LogisticRegression
+
+    table = pq.read_table(data)
+    features = [c for c in table.column_names if c != "label"]
+    x = np.column_stack([table.column(f).to_numpy() for f in features])
+    y = table.column("label").to_numpy()
+    LogisticRegression(C=1 / (L2 * len(y)), tol=1e-8, max_iter=1000).fit(x, y)

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if not data.exists():
         case.generate(data, args.rows, args.files)
     scratch = DATA / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    if case.setup is not None:
+        case.setup(data, scratch)
     results: dict[str, dict[str, float]] = {}
     for side in case.sides:
         times, peaks = [], []
