@@ -73,16 +73,19 @@ def main() -> None:
 @click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
               help="Dask scheduler to attach to")
 @click.option("--master", metavar="URL", default=None, help="Spark master URL")
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default=None,
+              help="where numeric kernels run (default: the pipeline's `device:`, else cpu)")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar (default: on a terminal, off in CI and pipes)")
 def run_command(file: str, engine: str, params: tuple[str, ...], models: str | None,
                 runs_dir: str | None, scheduler: str | None, master: str | None,
-                progress: bool | None) -> None:
+                device: str | None, progress: bool | None) -> None:
     """Validate and run a pipeline file."""
     try:
         record = run(file, _parse_params(params), engine=engine, models=models,
-                     runs_dir=runs_dir, scheduler=scheduler, master=master,
-                     progress=_progress_wanted(progress))
+                     runs_dir=runs_dir, scheduler=scheduler, master=master, device=device,
+                     progress=_progress_wanted(progress),
+                     notify=lambda line: click.echo(f"note: {line}", err=True))
     except (SluiceError, StepFailure) as exc:
         _fail(exc)
         return

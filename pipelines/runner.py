@@ -11,15 +11,15 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from operators.base import Action, Estimator, SluiceError, Sink, Source, Transform, drive
+from operators.base import Action, Estimator, Sink, SluiceError, Source, Transform, drive
 from operators.io.model import SaveModel
 from pipelines import spec as spec_module
+from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine
 from pipelines.plan import Plan, Step, build, kind_of
 from pipelines.spec import Problem
@@ -194,8 +194,9 @@ def _write_record(record: dict[str, Any], runs_dir: str) -> str:
 
 def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: str = "local",
         models: str | None = None, runs_dir: str | None = None, scheduler: str | None = None,
-        master: str | None = None, progress: bool = False,
-        engine_instance: Engine | None = None) -> dict[str, Any]:
+        master: str | None = None, progress: bool = False, device: str | None = None,
+        engine_instance: Engine | None = None,
+        notify: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Validate, plan and execute a pipeline file; returns the run record.
 
     Raises ValidationFailed (nothing ran) or SluiceError (the run failed; the
@@ -205,9 +206,15 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     plan = plan_file(path, overrides, store)
     if not plan.ok:
         raise ValidationFailed(plan.problems)
+    # --device beats the pipeline's `device:`; a GPU that is asked for and missing
+    # fails here, before any data moves
+    chosen, notice = resolve_device(device or plan.spec.device or "cpu")
+    if notice and notify:
+        notify(notice)
     run_id = new_run_id()
     eng = engine_instance or make_engine(engine, scheduler=scheduler, master=master,
                                          progress=progress)
+    eng.device = chosen
     started = time.time()
     record: dict[str, Any] = {
         "run_id": run_id,
@@ -232,7 +239,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         record["status"] = "succeeded"
     except BaseException as exc:
         record["status"] = "failed"
-        record["error"] = str(exc) if isinstance(exc, SluiceError) else f"{type(exc).__name__}: {exc}"
+        record["error"] = (str(exc) if isinstance(exc, SluiceError)
+                           else f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if engine_instance is None:

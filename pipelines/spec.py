@@ -15,7 +15,7 @@ import yaml
 
 from operators.base import suggest
 
-TOP_LEVEL_KEYS = ("pipeline", "description", "params", "steps")
+TOP_LEVEL_KEYS = ("pipeline", "description", "params", "device", "steps")
 STEP_KEYS = ("id", "op", "input")
 _PARAM_REF = re.compile(r"\$\{([^}]*)\}")
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -72,6 +72,7 @@ class PipelineSpec:
     params: dict[str, Any]
     steps: list[StepSpec]
     description: str | None = None
+    device: str | None = None
     raw_text: str = ""
     problems: list[Problem] = field(default_factory=list)
 
@@ -192,6 +193,12 @@ def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> Pipe
     else:
         spec.name = name
     spec.description = doc.get("description")
+    device = doc.get("device")
+    if device is not None and device not in ("cpu", "gpu", "auto"):
+        problems.append(Problem(file, doc.key_lines["device"],
+                                f"`device: {device}` must be cpu, gpu or auto"))
+    else:
+        spec.device = device
 
     params = doc.get("params") or {}
     if not isinstance(params, dict):
@@ -266,7 +273,7 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
         key_lines = dict(raw.key_lines)
         for key, value in body.items():
             body[key] = substitute(value, params,
-                                   lambda name, k=key: unknown(name, line=key_lines[k]))
+                                   lambda name, line=key_lines[key]: unknown(name, line=line))
         input_id = raw.get("input")
         if input_id is not None and not isinstance(input_id, str):
             problems.append(Problem(file, key_lines["input"], "`input:` must be a step id",

@@ -122,10 +122,10 @@ class Engine(ABC):
         stats.seconds += seconds
 
     # lifecycle
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - engines without a cluster start nothing
         """Start or attach to the cluster."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027
         """Stop what ``start`` started."""
 
     def describe(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ SCHEMA = pa.schema([("a", pa.float64()), ("b", pa.int64()), ("label", pa.int64()
 
 
 def centered(means: list[float]):
-    from sluice_testops import CenterParams, Centered
+    from sluice_testops import Centered, CenterParams
 
     return Centered(CenterParams(columns=["a", "b"]), np.array(means))
 
