@@ -41,7 +41,8 @@ def _fail(exc: BaseException) -> None:
     if isinstance(exc, ValidationFailed):
         for problem in exc.problems:
             _err(str(problem))
-        _err(f"{len(exc.problems)} problem(s); nothing ran")
+        if len(exc.problems) > 1:
+            _err(f"{len(exc.problems)} problems; nothing ran")
     elif isinstance(exc, StepFailure):
         traceback.print_exception(exc.error, file=sys.stderr)
         _err(f"{exc} (this looks like a bug in an operator; please report it)")

@@ -124,10 +124,13 @@ class Run:
                                       lambda part, xp: part.num_rows, lambda a, b: a + b)
 
     def _locate(self, step: Step, exc: SluiceError) -> SluiceError:
+        """Prefix file:line of the step the error names (an upstream step's partition
+        can fail while a later step pulls it), else of the step being run."""
+        for named in self.plan.steps:
+            if exc.where and exc.where.startswith(f"step '{named.id}'"):
+                exc.where = f"{self.plan.spec.file}:{named.spec.line}: {exc.where}"
+                return exc
         here = f"{self.plan.spec.file}:{step.spec.line}"
-        if exc.where and f"step '{step.id}'" in exc.where:
-            exc.where = f"{here}: {exc.where}"
-            return exc
         return exc.located(f"{here}: step '{step.id}' ({step.op.name})")
 
     def _step(self, step: Step) -> None:

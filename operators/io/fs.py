@@ -7,9 +7,12 @@ environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...) or ``storage_option
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +53,27 @@ def resolve(path: str, storage_options: dict[str, Any] | None = None) -> Locatio
             f"cannot open '{path}': {exc}",
             hint=f"install the fsspec package for '{protocol}://' (s3fs for s3, gcsfs for gs)",
         ) from None
+    _forget_listings(fs, inner)
     handler = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     return Location(path, inner, handler, fs, False)
+
+
+def _forget_listings(fs: Any, inner: str) -> None:
+    """Drop what fsspec remembers of listings at and below ``inner``.
+
+    fsspec shares one filesystem instance per protocol and options, and s3fs keeps
+    directory listings (with file sizes) without expiry: in a long-lived process
+    another process's output, or a rewritten ``_SUCCESS``, would be missed or read
+    short. Resolving a path is where a read or a write starts, so it starts fresh.
+    """
+    fixed = re.split(r"[*?\[]", inner, maxsplit=1)[0]  # a glob: all below its fixed part
+    with contextlib.suppress(Exception):  # a cache is an optimisation, never an error
+        fs.invalidate_cache(fixed.rstrip("/") or fixed)
+        cache = getattr(fs, "dircache", None)
+        if cache is not None:
+            prefix = fixed if fixed != inner else inner.rstrip("/") + "/"
+            for key in [k for k in list(cache) if k.startswith(prefix)]:
+                cache.pop(key, None)
 
 
 _RENAME_NOREPLACE = 1
@@ -99,3 +121,117 @@ def rename_noreplace(src: str, dst: str) -> None:
 def exchange(src: str, dst: str) -> bool:
     """Swap two existing paths atomically; False where the platform cannot."""
     return _renameat2(src, dst, _RENAME_EXCHANGE)
+
+
+def remove(path: str) -> None:
+    """Delete a file or a directory tree, whichever ``path`` is; absent is fine."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def fsync_tree(root: str) -> None:
+    """Flush every file and directory under ``root`` to disk, so that a rename published
+    after it cannot survive a power cut that its contents did not."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync(os.path.join(folder, name), os.O_RDONLY)
+        _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a directory's entries (a rename inside it) to disk."""
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # some filesystems cannot fsync a directory; the data files were flushed
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+# Staging directories are claimed with an advisory lock (flock) held by the process
+# that writes them, from creation until publish or abort. The kernel drops the lock
+# when that process dies, however it dies (SIGKILL included), so an unlocked staging
+# directory is the debris of a dead run and any later run may delete it; a live
+# writer's directory, however old, is never touched.
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, so staging debris is never swept
+    fcntl = None  # type: ignore[assignment]
+
+
+def claim_dir(path: str) -> int | None:
+    """Create directory ``path`` (it must not exist) and lock it for this process.
+
+    Returns the descriptor holding the lock (pass it to ``release_dir``), or None where
+    the filesystem has no locks (then ``sweep_stale`` never deletes it either).
+    """
+    while True:
+        os.mkdir(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        if fcntl is None:
+            os.close(fd)
+            return None
+        try:
+            # blocks only while a sweeper that found the directory unlocked deletes it
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            os.close(fd)
+            return None
+        if _same_inode(path, fd):
+            return fd
+        os.close(fd)  # swept between mkdir and lock: create it again
+
+
+def release_dir(fd: int | None) -> None:
+    """Drop the lock ``claim_dir`` took."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def sweep_stale(parent: str, prefix: str) -> list[str]:
+    """Delete the entries of ``parent`` named ``prefix*`` that no live process holds locked;
+    returns the paths deleted."""
+    if fcntl is None:
+        return []
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except OSError:
+        return []
+    swept = []
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # held by a live writer, or locks unsupported: keep it
+            if _same_inode(path, fd):
+                remove(path)
+                swept.append(path)
+        finally:
+            os.close(fd)
+    return swept
+
+
+def _same_inode(path: str, fd: int) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)

@@ -3,25 +3,39 @@
 Output commit protocol (also what read_parquet honours):
 
 * every output directory gets a ``_SUCCESS`` manifest, written last, that lists
-  the data files of the output (JSON: format, run id, files, rows);
+  the data files of the output (JSON: format, run id, files, rows, and the Arrow
+  schema and ``partition_by`` columns, so hive partition columns read back with
+  their types and places); data files are named by run id
+  (``part-<run id>-<partition>.parquet``);
 * on a local filesystem the output is written under a hidden staging directory
-  beside the target and renamed into place (an atomic exchange when overwriting),
-  so a reader sees the old output or the new one, never a mix;
-* on object stores (no atomic rename) data files are named by run id and written
-  straight into the target, the manifest is written last and the previous
-  output's files are deleted only after it: a reader that reads the files listed
-  in ``_SUCCESS`` (sluice's read_parquet does) never sees half an output.
+  beside the target (``.<name>.sluice-tmp-<run id>``), flushed to disk, and
+  renamed into place (an atomic exchange when overwriting), so a reader sees the
+  old output or the new one, never a mix; a reader that planned against the old
+  output and reads after the exchange gets a clear error (the old files are
+  gone), never new rows under old names. The writing process holds a lock on its
+  staging directory; the kernel drops it when the process dies, however it dies,
+  so every run deletes the unlocked (dead) staging directories beside its target
+  before it starts;
+* on object stores (no atomic rename) data files are written straight into the
+  target, the manifest is written last and the previous output's files are
+  deleted only after it: a reader that reads the files listed in ``_SUCCESS``
+  (sluice's read_parquet does) never sees half an output. Where the target has no
+  sluice manifest yet, the writer first puts one there that lists what a reader
+  sees now (nothing, or the files of a foreign dataset being overwritten), so the
+  new files stay invisible until the commit; a target whose manifest lists
+  nothing has no committed output, and reading it is an error.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import posixpath
 import re
-import shutil
 import time
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any, Literal
 
@@ -32,22 +46,38 @@ from pydantic import Field, field_validator
 
 from operators.base import (
     DataError,
-    PartitionInfo,
+    ParamError,
     Params,
+    PartitionInfo,
     SchemaError,
-    SluiceError,
     Sink,
+    SluiceError,
     Source,
     WriteResult,
     register,
     require_columns,
 )
-from operators.io.fs import Location, exchange, rename_noreplace, resolve
+from operators.io.fs import (
+    Location,
+    claim_dir,
+    exchange,
+    fsync_dir,
+    fsync_tree,
+    release_dir,
+    remove,
+    rename_noreplace,
+    resolve,
+    sweep_stale,
+)
 
 MANIFEST = "_SUCCESS"
 MANIFEST_FORMAT = "sluice-output/1"
+STAGING_MARK = ".sluice-tmp-"
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
+# data files of a sluice run on an object store: part-<run id>-<partition>[-<i>].parquet
+_RUN_FILE = re.compile(r"^part-.+-\d{5}(-\d+)?\.parquet$")
+_QUOTED_PATH = re.compile(r"(?:input source|schema from|local file|file) '([^']+)'")
 
 
 def parse_type(name: str) -> pa.DataType:
@@ -87,9 +117,56 @@ def read_manifest(location: Location, directory: str) -> dict[str, Any] | None:
     return None
 
 
-def _friendly(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.removeprefix("Invalid: ")
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].removeprefix("Invalid: ") if text else type(exc).__name__
+
+
+def _hidden(relative: str) -> bool:
+    """Whether a path below a dataset's root is hidden from readers (as pyarrow's
+    discovery hides it): any part starting with '_' or '.'."""
+    return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
+
+
+def _encode_schema(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def _decode_schema(text: Any) -> pa.Schema | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+    except (ValueError, pa.ArrowException):
+        return None
+
+
+class _Manifests:
+    """The sluice manifests met while listing one input, each read once."""
+
+    def __init__(self, location: Location,
+                 listed: Callable[[dict[str, Any], str], list[str]]) -> None:
+        self.location, self.listed = location, listed
+        self.manifests: dict[str, dict[str, Any] | None] = {}
+        self.files: dict[str, set[str]] = {}
+
+    def get(self, folder: str) -> dict[str, Any] | None:
+        if folder not in self.manifests:
+            self.manifests[folder] = read_manifest(self.location, folder)
+        return self.manifests[folder]
+
+    def committed(self, path: str) -> bool:
+        """Whether a file is data: outside any sluice output, or listed by the manifest of
+        the output it lies in (however deep, and whatever path or glob reached it)."""
+        folder = posixpath.dirname(path)
+        while folder and folder != posixpath.dirname(folder):
+            manifest = self.get(folder)
+            if manifest is not None:
+                if folder not in self.files:
+                    self.files[folder] = set(self.listed(manifest, folder))
+                return path in self.files[folder]
+            folder = posixpath.dirname(folder)
+        return True
 
 
 class ReadParquetParams(Params):
@@ -99,7 +176,7 @@ class ReadParquetParams(Params):
     schema_: dict[str, str] | None = Field(
         None, alias="schema", description="expected types, e.g. {tenure: int64}; cast on read"
     )
-    partition_mb: int = Field(64, gt=0, description="target uncompressed size of a partition")
+    partition_mb: float = Field(64, gt=0, description="target uncompressed size of a partition")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for URLs")
 
@@ -136,63 +213,182 @@ class ReadParquet(Source):
     def location(self) -> Location:
         return resolve(self.params.path, self.params.storage_options)
 
+    def _shown(self, path: str) -> str:
+        """A path as the user knows it: with its protocol when it is a URL."""
+        loc = self.location
+        if loc.local or "://" in path:
+            return path
+        return f"{loc.url.split('://', 1)[0]}://{path}"
+
+    def _failure(self, exc: BaseException, path: str) -> DataError:
+        """A one-line error naming the file pyarrow failed on and what is wrong with it."""
+        first = _first_line(exc)
+        named = _QUOTED_PATH.findall(str(exc))
+        if isinstance(exc, FileNotFoundError) and not named and len(first.split()) == 1:
+            named = [first]  # pyarrow's FileNotFoundError says just the path
+        where = self._shown(named[-1] if named else path)
+        text = str(exc).lower()
+        if "encrypt" in text or "decrypt" in text:
+            reason, hint = "the file is encrypted", "sluice reads unencrypted Parquet only"
+        elif "size is 0 bytes" in text:
+            reason, hint = "the file is empty (0 bytes)", "delete it or write it again"
+        elif "magic bytes not found" in text:
+            reason = "not a Parquet file (no Parquet footer: corrupt or truncated)"
+            hint = "write it again, or move it out of the input"
+        elif isinstance(exc, FileNotFoundError) or "no such file" in text:
+            reason = "the file is gone"
+            hint = "it was deleted, or replaced after the run was planned; run again"
+        else:
+            reason = first.rsplit("': ", 1)[-1].rstrip(" :")
+            hint = "the file is corrupt or truncated; write it again, or move it out of the input"
+        return DataError(f"cannot read Parquet file '{where}': {reason}", hint=hint)
+
     @cached_property
     def dataset(self) -> ds.Dataset:
         loc = self.location
-        fs = loc.filesystem
-        path = loc.path
-        hive = ds.HivePartitioning.discover(infer_dictionary=False)
         try:
-            if _GLOB_CHARS.search(path):
-                files = sorted(loc.fsspec_fs.glob(path))
-                files = [f for f in files if not posixpath.basename(f).startswith(("_", "."))]
-                if not files:
-                    raise DataError(f"no files match '{self.params.path}'")
-                base = _GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0]
-                return ds.dataset(files, filesystem=fs, format="parquet", partitioning=hive,
-                                  partition_base_dir=base)
-            info = fs.get_file_info(path)
-            if info.type == pa.fs.FileType.NotFound:
-                raise DataError(f"no such file or directory: '{self.params.path}'",
-                                hint="check the path and the params in it")
-            if info.type == pa.fs.FileType.Directory:
-                manifest = read_manifest(loc, path)
-                if manifest is not None:
-                    files = [posixpath.join(path, f) for f in manifest["files"]]
-                    return ds.dataset(files, filesystem=fs, format="parquet",
-                                      partitioning=hive, partition_base_dir=path)
-                found = ds.dataset(path, filesystem=fs, format="parquet", partitioning=hive)
-                if not found.files:
-                    raise DataError(f"no Parquet files in directory '{self.params.path}'")
-                return found
-            return ds.dataset(path, filesystem=fs, format="parquet")
+            return self._discover(loc, loc.path.rstrip("/") or loc.path)
         except SluiceError:
             raise
         except _ARROW_ERRORS as exc:
-            raise DataError(f"cannot read Parquet at '{self.params.path}': {_friendly(exc)}",
-                            hint="is it a valid, unencrypted Parquet file?") from None
+            raise self._failure(exc, loc.path) from None
+
+    def _discover(self, loc: Location, path: str) -> ds.Dataset:
+        manifests = _Manifests(loc, self._listed)
+        if _GLOB_CHARS.search(path):
+            base = _GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0]
+            files = self._glob(loc, path, base, manifests)
+            if not files:
+                raise DataError(f"no files match '{self.params.path}'")
+            return self._files_dataset(files, base, None)
+        info = loc.filesystem.get_file_info(path)
+        if info.type == pa.fs.FileType.NotFound:
+            raise DataError(f"no such file or directory: '{self.params.path}'",
+                            hint="check the path and the params in it")
+        if info.type != pa.fs.FileType.Directory:
+            return ds.dataset(path, filesystem=loc.filesystem, format="parquet")
+        manifest = manifests.get(path)
+        if manifest is not None:
+            return self._files_dataset(self._listed(manifest, path), path, manifest)
+        files = self._directory_files(loc, path, manifests)
+        if not files:
+            raise DataError(f"no Parquet files in directory '{self.params.path}'")
+        return self._files_dataset(files, path, None)
+
+    @staticmethod
+    def _directory_files(loc: Location, directory: str, manifests: _Manifests) -> list[str]:
+        """The data files below a directory that has no manifest of its own: hidden names
+        ('_', '.') left out, as pyarrow's discovery does."""
+        selector = pa.fs.FileSelector(directory, recursive=True)
+        return sorted(
+            f.path for f in loc.filesystem.get_file_info(selector)
+            if f.type == pa.fs.FileType.File
+            and not _hidden(posixpath.relpath(f.path, directory))
+            and manifests.committed(f.path)
+        )
+
+    def _glob(self, loc: Location, pattern: str, base: str,
+              manifests: _Manifests) -> list[str]:
+        """The data files a glob names; a directory it matches stands for its data files."""
+        files: list[str] = []
+        for path, info in sorted(loc.fsspec_fs.glob(pattern, detail=True).items()):
+            path = path.rstrip("/")
+            if _hidden(posixpath.relpath(path, base)):
+                continue
+            if info.get("type") != "directory":
+                if manifests.committed(path):
+                    files.append(path)
+                continue
+            manifest = manifests.get(path)
+            if manifest is not None:
+                files.extend(self._listed(manifest, path))
+            else:
+                files.extend(self._directory_files(loc, path, manifests))
+        return files
+
+    def _listed(self, manifest: dict[str, Any], directory: str) -> list[str]:
+        """The data files a sluice manifest lists, checked to lie inside its directory."""
+        files = manifest.get("files")
+        where = self._shown(posixpath.join(directory, MANIFEST))
+        if not isinstance(files, list) or not all(
+            isinstance(f, str) and f and not f.startswith("/")
+            and not posixpath.normpath(f).startswith("..") for f in files
+        ):
+            raise DataError(f"manifest '{where}' is damaged: 'files' must list relative paths",
+                            hint="write the output again")
+        if not files:
+            raise DataError(
+                f"'{self._shown(directory)}' has no committed output: a sluice run writing it "
+                "has not finished, or died", hint="wait for it, or run the job that writes it")
+        return [posixpath.join(directory, f) for f in files]
+
+    def _files_dataset(self, files: list[str], base: str,
+                       manifest: dict[str, Any] | None) -> ds.Dataset:
+        """A dataset of listed files; a sluice manifest's schema gives column order and the
+        types of hive partition columns (else they are inferred from the paths)."""
+        schema = _decode_schema((manifest or {}).get("schema"))
+        partition_by = (manifest or {}).get("partition_by") or []
+        partitioning: Any = ds.HivePartitioning.discover(infer_dictionary=False)
+        if schema is not None and all(schema.get_field_index(c) >= 0 for c in partition_by):
+            partitioning = ds.partitioning(pa.schema([schema.field(c) for c in partition_by]),
+                                           flavor="hive")
+        else:
+            schema = None
+        return ds.dataset(files, filesystem=self.location.filesystem, format="parquet",
+                          partitioning=partitioning, partition_base_dir=base, schema=schema)
 
     @cached_property
     def _filter(self) -> Any:
         if not self.params.filter:
             return None
-        from operators.expressions import check_filter
+        from operators.expressions import ExpressionError, check_filter
 
-        return check_filter(self.params.filter, self.dataset.schema)
+        try:
+            return check_filter(self.params.filter, self.dataset.schema)
+        except ExpressionError as exc:
+            raise ParamError(f"filter: {exc}",
+                             hint="columns: " + ", ".join(self.dataset.schema.names[:20])
+                             ) from None
+
+    @cached_property
+    def _casts(self) -> dict[str, pa.DataType]:
+        """The declared types that differ from the data's, each checked to be castable."""
+        full = self.dataset.schema
+        casts: dict[str, pa.DataType] = {}
+        for name, type_name in (self.params.schema_ or {}).items():
+            i = full.get_field_index(name)
+            if i < 0:
+                raise SchemaError(f"schema names column '{name}' that the data does not have",
+                                  hint="columns: " + ", ".join(full.names[:20]))
+            have, want = full.field(i).type, parse_type(type_name)
+            if have == want:
+                continue
+            try:
+                pa.array([], type=have).cast(want)
+            except (pa.ArrowException, TypeError):
+                raise DataError(
+                    f"'{self._shown(self.location.path)}': column '{name}' is {have}, which "
+                    f"cannot be cast to {want}", hint="declare a type the column converts to"
+                ) from None
+            casts[name] = want
+        return casts
 
     def schema(self) -> pa.Schema:
         full = self.dataset.schema
         if self.params.filter:
             self._filter  # noqa: B018 - validates the filter against the full schema
+        casts = self._casts
         columns = self.params.columns
         if columns is not None:
             require_columns(full, columns)
+            unread = [c for c in casts if c not in columns]
+            if unread:
+                raise SchemaError(f"schema names column '{unread[0]}' that is not read",
+                                  hint="add it to `columns`, or drop it from `schema`")
             full = pa.schema([full.field(c) for c in columns])
-        for name, type_name in (self.params.schema_ or {}).items():
+        for name, want in casts.items():
             i = full.get_field_index(name)
-            if i < 0:
-                raise SchemaError(f"schema names column '{name}' that the data does not have")
-            full = full.set(i, full.field(i).with_type(parse_type(type_name)))
+            full = full.set(i, full.field(i).with_type(want))
         return full
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
@@ -201,13 +397,19 @@ class ReadParquet(Source):
     def partitions(self) -> list[PartitionInfo]:
         target = self.params.partition_mb * 1024 * 1024
         out: list[PartitionInfo] = []
-        for fragment in self.dataset.get_fragments():
+        flt = self._filter
+        try:
+            # the filter prunes hive partitions here, row groups (by statistics) below
+            fragments = list(self.dataset.get_fragments(filter=flt)
+                             if flt is not None else self.dataset.get_fragments())
+        except _ARROW_ERRORS as exc:
+            raise self._failure(exc, self.location.path) from None
+        for fragment in fragments:
             try:
-                pieces = (fragment.split_by_row_group(self._filter) if self._filter is not None
-                          else fragment.split_by_row_group())
+                pieces = (fragment.split_by_row_group(flt, schema=self.dataset.schema)
+                          if flt is not None else fragment.split_by_row_group())
             except _ARROW_ERRORS as exc:
-                raise DataError(f"cannot read Parquet file '{fragment.path}': {_friendly(exc)}",
-                                hint="the file is corrupt, truncated or encrypted") from None
+                raise self._failure(exc, fragment.path) from None
             group: list[int] = []
             rows = size = 0
             for piece in pieces:
@@ -243,14 +445,19 @@ class ReadParquet(Source):
             table = fragment.to_table(schema=self.dataset.schema, columns=self.params.columns,
                                       filter=self._filter)
         except _ARROW_ERRORS as exc:
-            raise DataError(f"cannot read Parquet file '{partition.path}': {_friendly(exc)}",
-                            hint="the file is corrupt, truncated or encrypted") from None
-        if table.schema != schema:
+            raise self._failure(exc, partition.path) from None
+        for name, want in self._casts.items():
+            i = table.schema.get_field_index(name)
             try:
-                table = table.cast(schema)
+                column = table.column(i).cast(want)
             except _ARROW_ERRORS as exc:
-                raise DataError(f"'{partition.path}': cannot cast to the declared schema: "
-                                f"{_friendly(exc)}") from None
+                raise DataError(
+                    f"'{self._shown(partition.path)}': column '{name}' cannot be cast from "
+                    f"{table.schema.field(i).type} to {want}: {_first_line(exc)}",
+                    hint="fix the data, or declare a type every value converts to") from None
+            table = table.set_column(i, table.schema.field(i).with_type(want), column)
+        if table.schema != schema:
+            table = table.cast(schema)
         return table
 
 
@@ -260,10 +467,16 @@ class WriteParquetParams(Params):
         "error", description="error: refuse an existing output; overwrite: replace it atomically"
     )
     partition_by: list[str] | None = Field(None, description="hive partition columns")
-    compression: Literal["snappy", "zstd", "gzip", "brotli", "lz4", "none"] = "snappy"
+    compression: Literal["snappy", "zstd", "gzip", "brotli", "lz4", "none"] = Field(
+        "snappy", description="Parquet codec of the written files")
     row_group_rows: int = Field(1_000_000, gt=0, description="rows per row group at most")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for URLs")
+
+
+# Staging locks this process holds, by staging path: tokens travel to workers and
+# must stay picklable, so the descriptors live here, on the driver that began the write.
+_STAGING_LOCKS: dict[str, int | None] = {}
 
 
 @register("write_parquet")
@@ -287,46 +500,78 @@ class WriteParquet(Sink):
         require_columns(schema, self.input_columns(schema), "partition_by column")
         return schema
 
-    def _existing(self, loc: Location) -> bool:
-        info = loc.filesystem.get_file_info(loc.path)
-        if info.type == pa.fs.FileType.NotFound:
-            return False
-        if info.type == pa.fs.FileType.File:
-            return True
-        return bool(loc.filesystem.get_file_info(pa.fs.FileSelector(loc.path)))
+    def _exists_error(self) -> DataError:
+        return DataError(f"output '{self.params.path}' already exists",
+                         hint="set `mode: overwrite` to replace it, or write elsewhere")
+
+    def _io_error(self, exc: BaseException) -> DataError:
+        return DataError(f"cannot write Parquet to '{self.params.path}': {_first_line(exc)}",
+                         hint="check the path, its permissions and the free space")
 
     def begin(self, run_id: str, schema: pa.Schema) -> dict[str, Any]:
         loc = resolve(self.params.path, self.params.storage_options)
         token: dict[str, Any] = {"run_id": run_id, "schema": schema, "local": loc.local}
-        if loc.local:
-            target = loc.path
-            if self.params.mode == "error" and self._existing(loc):
-                raise DataError(f"output '{self.params.path}' already exists",
-                                hint="set `mode: overwrite` to replace it, or write elsewhere")
-            parent, name = os.path.split(target)
-            os.makedirs(parent, exist_ok=True)
-            staging = os.path.join(parent, f".{name}.sluice-tmp-{run_id}")
-            os.makedirs(staging)
-            token.update(target=target, staging=staging)
-        else:
-            manifest = read_manifest(loc, loc.path)
-            if self.params.mode == "error" and (manifest is not None or self._has_data(loc)):
-                raise DataError(f"output '{self.params.path}' already exists",
-                                hint="set `mode: overwrite` to replace it, or write elsewhere")
-            loc.filesystem.create_dir(loc.path, recursive=True)
-            token.update(target=loc.path, staging=loc.path)
+        try:
+            token.update(self._begin_local(loc, run_id) if loc.local
+                         else self._begin_remote(loc, run_id))
+        except SluiceError:
+            raise
+        except _ARROW_ERRORS as exc:
+            raise self._io_error(exc) from None
         return token
 
-    def _has_data(self, loc: Location) -> bool:
-        """True if a remote target holds files other than debris of an uncommitted run."""
-        if loc.filesystem.get_file_info(loc.path).type == pa.fs.FileType.NotFound:
+    def _begin_local(self, loc: Location, run_id: str) -> dict[str, Any]:
+        target = loc.path
+        parent, name = os.path.split(target)
+        os.makedirs(parent, exist_ok=True)
+        # staging directories of runs that died (nobody holds their lock any more)
+        sweep_stale(parent, f".{name}{STAGING_MARK}")
+        if self.params.mode == "error" and self._existing(loc):
+            raise self._exists_error()
+        staging = os.path.join(parent, f".{name}{STAGING_MARK}{run_id}")
+        _STAGING_LOCKS[staging] = claim_dir(staging)
+        return {"target": target, "staging": staging}
+
+    @staticmethod
+    def _existing(loc: Location) -> bool:
+        """A local target exists unless it is absent or an empty directory."""
+        info = loc.filesystem.get_file_info(loc.path)
+        if info.type == pa.fs.FileType.NotFound:
             return False
-        selector = pa.fs.FileSelector(loc.path, recursive=True)
-        debris = re.compile(r"part-[0-9a-z]+-\d{5}(-\d+)?\.parquet$")
-        return any(
-            f.type == pa.fs.FileType.File and not debris.search(f.base_name)
-            for f in loc.filesystem.get_file_info(selector)
-        )
+        if info.type != pa.fs.FileType.Directory:
+            return True
+        return bool(loc.filesystem.get_file_info(pa.fs.FileSelector(loc.path)))
+
+    def _begin_remote(self, loc: Location, run_id: str) -> dict[str, Any]:
+        fs = loc.filesystem
+        # an object at the target's own key: readers see it until the commit deletes it
+        replaces_file = fs.get_file_info(loc.path).type == pa.fs.FileType.File
+        manifest = read_manifest(loc, loc.path)
+        foreign = [] if manifest is not None else self._foreign_files(loc)
+        committed = bool(manifest.get("files")) if manifest is not None else bool(foreign)
+        if self.params.mode == "error" and (committed or replaces_file):
+            raise self._exists_error()
+        fs.create_dir(loc.path, recursive=True)
+        if manifest is None:
+            # a manifest listing what readers see now (nothing, or the files of a foreign
+            # dataset being overwritten) keeps the files of this run out of their sight
+            _write_manifest(fs, loc.path, {"format": MANIFEST_FORMAT, "run_id": run_id,
+                                           "files": foreign, "pending": not foreign})
+        return {"target": loc.path, "staging": loc.path, "replaces_file": replaces_file}
+
+    @staticmethod
+    def _foreign_files(loc: Location) -> list[str]:
+        """The data files a reader finds in a remote target that has no sluice manifest,
+        leaving out those of sluice runs that never committed."""
+        if loc.filesystem.get_file_info(loc.path).type != pa.fs.FileType.Directory:
+            return []
+        out = []
+        for f in loc.filesystem.get_file_info(pa.fs.FileSelector(loc.path, recursive=True)):
+            rel = posixpath.relpath(f.path, loc.path)
+            if (f.type == pa.fs.FileType.File and not _hidden(rel)
+                    and not _RUN_FILE.match(f.base_name)):
+                out.append(rel)
+        return sorted(out)
 
     def _filesystem(self, token: dict[str, Any]) -> pa.fs.FileSystem:
         if token["local"]:
@@ -336,11 +581,19 @@ class WriteParquet(Sink):
     def write(self, token: dict[str, Any], part: pa.Table, index: int) -> WriteResult:
         if part.num_rows == 0:
             return WriteResult()
+        try:
+            written = self._write_files(token, part, f"part-{token['run_id']}-{index:05d}")
+        except SluiceError:
+            raise
+        except _ARROW_ERRORS as exc:
+            raise self._io_error(exc) from None
+        return WriteResult(files=sorted(written), rows=part.num_rows, bytes=part.nbytes)
+
+    def _write_files(self, token: dict[str, Any], part: pa.Table, stem: str) -> list[str]:
         fs = self._filesystem(token)
-        stem = f"part-{index:05d}" if token["local"] else f"part-{token['run_id']}-{index:05d}"
         compression = None if self.params.compression == "none" else self.params.compression
-        written: list[str] = []
         staging = token["staging"]
+        written: list[str] = []
         if self.params.partition_by:
             def visit(f: Any) -> None:
                 written.append(posixpath.relpath(f.path, staging))
@@ -354,54 +607,73 @@ class WriteParquet(Sink):
                 max_rows_per_group=self.params.row_group_rows,
                 min_rows_per_group=min(self.params.row_group_rows, part.num_rows),
             )
-        else:
-            name = stem + ".parquet"
-            with fs.open_output_stream(posixpath.join(staging, name)) as sink:
-                pq.write_table(part, sink, compression=compression or "none",
-                               row_group_size=self.params.row_group_rows)
-            written.append(name)
-        return WriteResult(files=sorted(written), rows=part.num_rows, bytes=part.nbytes)
+            return written
+        name = stem + ".parquet"
+        with fs.open_output_stream(posixpath.join(staging, name)) as sink:
+            pq.write_table(part, sink, compression=compression or "none",
+                           row_group_size=self.params.row_group_rows)
+        return [name]
 
     def commit(self, token: dict[str, Any], results: list[WriteResult]) -> dict[str, Any]:
         fs = self._filesystem(token)
         files = [f for r in results for f in r.files]
         rows = sum(r.rows for r in results)
-        if not files:
-            # an empty result is still a readable output with the right schema
-            empty = ("part-00000.parquet" if token["local"]
-                     else f"part-{token['run_id']}-00000.parquet")
-            with fs.open_output_stream(posixpath.join(token["staging"], empty)) as sink:
-                pq.write_table(token["schema"].empty_table(), sink)
-            files = [empty]
-        manifest = {"format": MANIFEST_FORMAT, "run_id": token["run_id"], "files": files,
-                    "rows": rows, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                time.gmtime())}
-        with fs.open_output_stream(posixpath.join(token["staging"], MANIFEST)) as f:
-            f.write(json.dumps(manifest, indent=1).encode())
-        if token["local"]:
-            self._publish_local(token)
-        else:
+        try:
+            if not files:
+                # an empty result is still a readable output with the right schema
+                empty = f"part-{token['run_id']}-00000.parquet"
+                with fs.open_output_stream(posixpath.join(token["staging"], empty)) as sink:
+                    pq.write_table(token["schema"].empty_table(), sink)
+                files = [empty]
+            manifest = {"format": MANIFEST_FORMAT, "run_id": token["run_id"], "files": files,
+                        "rows": rows, "partition_by": list(self.params.partition_by or []),
+                        "schema": _encode_schema(token["schema"]),
+                        "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            _write_manifest(fs, token["staging"], manifest)
+            if token["local"]:
+                self._publish_local(token)
+        except BaseException as exc:
+            # nothing was published: the previous output (or none) stays as it was
+            self.abort(token)
+            if isinstance(exc, SluiceError) or not isinstance(exc, _ARROW_ERRORS):
+                raise
+            raise self._io_error(exc) from None
+        if not token["local"]:
             self._drop_unlisted(fs, token["target"], set(files))
+            if token.get("replaces_file"):
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    fs.delete_file(token["target"])
         return {"path": self.params.path, "rows": rows, "files": len(files)}
 
     def _publish_local(self, token: dict[str, Any]) -> None:
         staging, target = token["staging"], token["target"]
+        # on disk before the rename, so that no crash can publish files it did not keep
+        fsync_tree(staging)
         try:
             rename_noreplace(staging, target)
-            return
         except FileExistsError:
-            if self.params.mode == "error":
-                shutil.rmtree(staging, ignore_errors=True)
+            self._replace_local(staging, target)
+        release_dir(_STAGING_LOCKS.pop(staging, None))
+        fsync_dir(os.path.dirname(target))
+
+    def _replace_local(self, staging: str, target: str) -> None:
+        if self.params.mode == "error":
+            with contextlib.suppress(OSError):
+                os.rmdir(target)  # an empty directory is no output: take its place
+            try:
+                rename_noreplace(staging, target)
+                return
+            except FileExistsError:
                 raise DataError(f"output '{self.params.path}' appeared while writing",
                                 hint="another run wrote it; set `mode: overwrite`") from None
         if exchange(staging, target):
-            shutil.rmtree(staging, ignore_errors=True)  # now holds the previous output
+            remove(staging)  # now holds the previous output
             return
-        # no atomic exchange here: move the old output aside, then the new one in
+        # no atomic exchange on this platform: for a moment the target is absent
         old = staging + ".old"
         os.rename(target, old)
         os.rename(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
+        remove(old)
 
     @staticmethod
     def _drop_unlisted(fs: pa.fs.FileSystem, target: str, keep: set[str]) -> None:
@@ -414,11 +686,23 @@ class WriteParquet(Sink):
 
     def abort(self, token: dict[str, Any]) -> None:
         if token["local"]:
-            shutil.rmtree(token["staging"], ignore_errors=True)
-        else:
-            fs = self._filesystem(token)
-            prefix = f"part-{token['run_id']}-"
+            remove(token["staging"])
+            release_dir(_STAGING_LOCKS.pop(token["staging"], None))
+            return
+        fs = self._filesystem(token)
+        prefix = f"part-{token['run_id']}-"
+        with contextlib.suppress(FileNotFoundError, OSError):
             for info in fs.get_file_info(pa.fs.FileSelector(token["target"], recursive=True)):
                 if info.base_name.startswith(prefix):
                     with contextlib.suppress(FileNotFoundError, OSError):
                         fs.delete_file(info.path)
+            loc = resolve(self.params.path, self.params.storage_options)
+            manifest = read_manifest(loc, token["target"])
+            if (manifest is not None and manifest.get("pending")
+                    and manifest.get("run_id") == token["run_id"]):
+                fs.delete_file(posixpath.join(token["target"], MANIFEST))
+
+
+def _write_manifest(fs: pa.fs.FileSystem, directory: str, manifest: dict[str, Any]) -> None:
+    with fs.open_output_stream(posixpath.join(directory, MANIFEST)) as f:
+        f.write(json.dumps(manifest, indent=1).encode())

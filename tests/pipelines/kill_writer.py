@@ -1,0 +1,65 @@
+"""Run a pipeline through the `sluice run` CLI, optionally pausing at a commit step.
+
+Used by test_parquet_write.py, which SIGKILLs this process at chosen moments:
+
+    python kill_writer.py PIPELINE.yaml
+
+``KILL_WRITER_PAUSE`` (only here, never in the library) names a point at which the
+writer prints ``PAUSED <point>`` on stdout and sleeps, so the test can kill it there:
+
+* ``staged``: every partition is written into the staging directory, no manifest yet;
+* ``synced``: the manifest is written and flushed, the rename has not happened;
+* ``exchanged``: the new output is in place, the old one not yet deleted (overwrite).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import operators.io.parquet as parquet
+from pipelines.cli import main
+
+PAUSE = os.environ.get("KILL_WRITER_PAUSE", "")
+
+
+def pause(point: str) -> None:
+    print(f"PAUSED {point}", flush=True)
+    time.sleep(120)
+
+
+def hook() -> None:
+    if PAUSE == "staged":
+        commit = parquet.WriteParquet.commit
+
+        def paused_commit(self: Any, token: Any, results: Any) -> Any:
+            pause("staged")
+            return commit(self, token, results)
+
+        parquet.WriteParquet.commit = paused_commit  # type: ignore[method-assign]
+    elif PAUSE == "synced":
+        fsync_tree = parquet.fsync_tree
+
+        def paused_fsync(root: str) -> None:
+            fsync_tree(root)
+            pause("synced")
+
+        parquet.fsync_tree = paused_fsync
+    elif PAUSE == "exchanged":
+        exchange = parquet.exchange
+
+        def paused_exchange(src: str, dst: str) -> bool:
+            swapped = exchange(src, dst)
+            pause("exchanged")
+            return swapped
+
+        parquet.exchange = paused_exchange
+    elif PAUSE:
+        raise SystemExit(f"unknown KILL_WRITER_PAUSE '{PAUSE}'")
+
+
+if __name__ == "__main__":
+    hook()
+    main(["run", *sys.argv[1:]])

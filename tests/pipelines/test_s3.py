@@ -1,0 +1,299 @@
+"""read_parquet / write_parquet on S3 (moto in server mode on 127.0.0.1) and the
+object-store commit protocol: run-id file names, manifest last, old files deleted after."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+import fsspec  # noqa: E402
+
+import operators.io.parquet as parquet  # noqa: E402
+from operators.base import DataError  # noqa: E402
+from operators.io.parquet import MANIFEST, ReadParquet, WriteParquet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on a free port of 127.0.0.1, for this module."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh bucket; credentials and endpoint from the environment, as users set them."""
+    import boto3
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # fsspec caches filesystem instances: none may keep another endpoint
+    s3fs.S3FileSystem.clear_instance_cache()
+    name = f"sluice-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    yield name
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def s3() -> Any:
+    """The s3fs instance sluice itself uses (same options, so the same cached instance)."""
+    return fsspec.filesystem("s3")
+
+
+def objects(bucket: str, prefix: str = "") -> list[str]:
+    """Every key under the prefix, straight from the server (boto3, no cache)."""
+    import boto3
+
+    listed = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+def put(bucket: str, key: str, data: bytes) -> None:
+    import boto3
+
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def parquet_bytes(table: pa.Table, **kwargs: Any) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, **kwargs)
+    return sink.getvalue()
+
+
+def sample(rows: int = 300, generation: int = 0) -> pa.Table:
+    return pa.table({
+        "id": pa.array(np.arange(rows, dtype=np.int64)),
+        "x": pa.array(np.random.default_rng(generation).standard_normal(rows)),
+        "region": pa.array(np.array(["north", "south", "east"])[np.arange(rows) % 3]),
+        "generation": pa.array(np.full(rows, generation, dtype=np.int64)),
+    })
+
+
+def write(url: str, parts: list[pa.Table], run_id: str, **params: Any) -> dict[str, Any]:
+    op = WriteParquet(path=url, **params)
+    token = op.begin(run_id, parts[0].schema)
+    return op.commit(token, [op.write(token, p, i) for i, p in enumerate(parts)])
+
+
+def begin_and_write(url: str, table: pa.Table, run_id: str, **params: Any) -> None:
+    """A writer that dies before its commit: begin and write, nothing after."""
+    op = WriteParquet(path=url, **params)
+    token = op.begin(run_id, table.schema)
+    op.write(token, table.slice(0, table.num_rows // 2), 0)
+    op.write(token, table.slice(table.num_rows // 2), 1)
+
+
+def read(url: str, **params: Any) -> pa.Table:
+    return ReadParquet(path=url, **params).read_all()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_read_file_directory_hive_and_glob(bucket: str) -> None:
+    table = sample(400)
+    put(bucket, "plain/one.parquet", parquet_bytes(table.slice(0, 150), row_group_size=50))
+    put(bucket, "plain/two.parquet", parquet_bytes(table.slice(150), row_group_size=70))
+    put(bucket, "plain/_SUCCESS", b"")
+    for region in ("north", "south"):
+        part = table.filter(pc.equal(table["region"], region)).drop(["region"])
+        put(bucket, f"hive/region={region}/data.parquet", parquet_bytes(part))
+
+    assert read(f"s3://{bucket}/plain/one.parquet").equals(table.slice(0, 150))
+    assert read(f"s3://{bucket}/plain").equals(table)
+    assert read(f"s3://{bucket}/plain/*.parquet", filter="id >= 100").equals(
+        table.filter(pc.greater_equal(table["id"], 100)))
+    hive = ReadParquet(path=f"s3://{bucket}/hive", filter="region = 'south'")
+    assert {p.path.rsplit("/", 2)[1] for p in hive.partitions()} == {"region=south"}
+    want = table.filter(pc.equal(table["region"], "south"))
+    assert hive.read_all().select(want.column_names).equals(want)
+    glob = read(f"s3://{bucket}/hive/region=*/*.parquet")
+    assert sorted(glob["id"].to_pylist()) == sorted(
+        table.filter(pc.is_in(table["region"], pa.array(["north", "south"])))["id"].to_pylist())
+
+
+def test_broken_object_is_a_one_line_error_naming_the_url(bucket: str) -> None:
+    put(bucket, "bad/a.parquet", parquet_bytes(sample()))
+    put(bucket, "bad/b.parquet", b"not parquet at all" * 10)
+    op = ReadParquet(path=f"s3://{bucket}/bad")
+    with pytest.raises(DataError) as info:
+        op.schema()
+        for part in op.partitions():
+            op.read(part)
+    assert f"s3://{bucket}/bad/b.parquet" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_changes_by_another_process_are_seen(bucket: str) -> None:
+    url = f"s3://{bucket}/out"
+    write(url, [sample(100)], "run-1")
+    assert read(url).num_rows == 100  # s3fs now remembers the listing and sizes
+    assert read(f"{url}/*.parquet").num_rows == 100
+    # another process commits a bigger output behind this one's back
+    put(bucket, "out/part-other-00000.parquet", parquet_bytes(sample(250, generation=2)))
+    manifest = {"format": "sluice-output/1", "run_id": "other", "rows": 250,
+                "files": ["part-other-00000.parquet"], "extra": "x" * 500}
+    put(bucket, f"out/{MANIFEST}", json.dumps(manifest).encode())
+    assert read(url).equals(sample(250, generation=2))
+    assert read(f"{url}/*.parquet").equals(sample(250, generation=2))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_write_modes(bucket: str) -> None:
+    url = f"s3://{bucket}/out"
+    first = sample(300, generation=1)
+    assert write(url, [first.slice(0, 100), first.slice(100)], "run-1")["files"] == 2
+    assert objects(bucket) == ["out/_SUCCESS", "out/part-run-1-00000.parquet",
+                               "out/part-run-1-00001.parquet"]
+    assert read(url).equals(first)
+    with pytest.raises(DataError, match="already exists"):
+        write(url, [sample(5)], "run-2")
+    assert read(url).equals(first) and len(objects(bucket)) == 3
+
+    second = sample(120, generation=2)
+    write(url, [second], "run-3", mode="overwrite")
+    assert objects(bucket) == ["out/_SUCCESS", "out/part-run-3-00000.parquet"]
+    assert read(url).equals(second)
+    manifest = json.loads(s3().cat(f"{bucket}/out/{MANIFEST}"))
+    assert manifest["run_id"] == "run-3" and manifest["rows"] == 120
+
+
+def test_an_object_at_the_target_key(bucket: str) -> None:
+    url = f"s3://{bucket}/out"
+    put(bucket, "out", parquet_bytes(sample(20, generation=1)))
+    with pytest.raises(DataError, match="already exists"):
+        write(url, [sample(5)], "refused")
+    op = WriteParquet(path=url, mode="overwrite")
+    token = op.begin("replacing", sample().schema)
+    results = [op.write(token, sample(60, generation=2), 0)]
+    assert read(url).equals(sample(20, generation=1))  # the old object, until the commit
+    op.commit(token, results)
+    assert read(url).equals(sample(60, generation=2))
+    assert "out" not in objects(bucket)
+
+
+def test_partition_by_round_trips(bucket: str) -> None:
+    url = f"s3://{bucket}/hive"
+    table = sample(600)
+    write(url, [table.slice(0, 250), table.slice(250)], "run-1", partition_by=["region"])
+    assert {k.split("/")[1] for k in objects(bucket) if k.endswith(".parquet")} == {
+        "region=north", "region=south", "region=east"}
+    back = read(url)
+    assert back.schema == table.schema and back.sort_by("id").equals(table)
+    write(url, [sample(30, generation=4)], "run-2", partition_by=["region"], mode="overwrite")
+    assert read(url).sort_by("id").equals(sample(30, generation=4))
+    assert not [k for k in objects(bucket) if "run-1" in k]
+
+
+def test_manifest_is_written_last_and_old_files_deleted_after(
+        bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"s3://{bucket}/out"
+    write(url, [sample(50, generation=1)], "old")
+    at_commit: list[list[str]] = []
+    real = parquet._write_manifest
+
+    def spy(fs: Any, directory: str, manifest: dict[str, Any]) -> None:
+        at_commit.append(objects(bucket))
+        real(fs, directory, manifest)
+        assert read(url).equals(sample(80, generation=2))  # committed: readers see it all
+
+    monkeypatch.setattr(parquet, "_write_manifest", spy)
+    write(url, [sample(40, generation=2), sample(80, generation=2).slice(40)], "new",
+          mode="overwrite")
+    (before,) = at_commit
+    assert "out/part-old-00000.parquet" in before  # old files still there ...
+    assert {"out/part-new-00000.parquet", "out/part-new-00001.parquet"} <= set(before)
+    assert objects(bucket) == ["out/_SUCCESS", "out/part-new-00000.parquet",
+                               "out/part-new-00001.parquet"]  # ... and gone after
+
+
+def test_dead_writer_leaves_the_previous_output(bucket: str) -> None:
+    url = f"s3://{bucket}/out"
+    old = sample(200, generation=1)
+    write(url, [old], "old")
+    begin_and_write(url, sample(500, generation=2), "dead", mode="overwrite")
+    assert any("part-dead-" in k for k in objects(bucket))  # its files are there ...
+    assert read(url).equals(old)  # ... and invisible to a reader of the manifest
+    assert ReadParquet(path=url).partitions()[0].path.endswith("part-old-00000.parquet")
+    with pytest.raises(DataError, match="already exists"):
+        write(url, [sample(5)], "again")  # mode error: the old output is still there
+    new = sample(70, generation=3)
+    write(url, [new], "rerun", mode="overwrite")
+    assert read(url).equals(new)
+    assert objects(bucket) == ["out/_SUCCESS", "out/part-rerun-00000.parquet"]
+
+
+def test_dead_writer_is_invisible_in_a_hive_subdirectory(bucket: str) -> None:
+    url = f"s3://{bucket}/hive"
+    old = sample(90, generation=1)
+    write(url, [old], "old", partition_by=["region"])
+    begin_and_write(url, sample(300, generation=2), "dead", partition_by=["region"],
+                    mode="overwrite")
+    assert any(k.startswith("hive/region=north/part-dead-") for k in objects(bucket))
+    north = old.filter(pc.equal(old["region"], "north")).drop(["region"])
+    assert read(f"{url}/region=north").equals(north)
+    assert read(f"{url}/region=*/*.parquet").num_rows == old.num_rows
+
+
+def test_dead_first_writer_leaves_no_readable_output(bucket: str) -> None:
+    url = f"s3://{bucket}/out"
+    begin_and_write(url, sample(500, generation=2), "20261128T101010Z-abc123")
+    assert len(objects(bucket)) == 3  # a pending manifest and two data files
+    for reader in (ReadParquet(path=url), ReadParquet(path=f"s3://{bucket}/out/*")):
+        with pytest.raises(DataError, match="no committed output"):
+            reader.schema()
+    new = sample(90, generation=3)
+    write(url, [new], "rerun")  # mode error: debris of a dead run is no output
+    assert read(url).equals(new)
+    assert objects(bucket) == ["out/_SUCCESS", "out/part-rerun-00000.parquet"]
+
+
+def test_abort_removes_its_files_and_pending_manifest(bucket: str) -> None:
+    url = f"s3://{bucket}/out"
+    op = WriteParquet(path=url)
+    token = op.begin("aborted", sample().schema)
+    op.write(token, sample(), 0)
+    op.abort(token)
+    assert objects(bucket) == []
+    write(url, [sample(10)], "after")
+    assert read(url).num_rows == 10
+
+
+def test_overwriting_a_foreign_dataset_hides_new_files_until_commit(bucket: str) -> None:
+    url = f"s3://{bucket}/spark"
+    foreign = sample(100, generation=7)
+    put(bucket, "spark/part-00000-abc-c000.snappy.parquet", parquet_bytes(foreign.slice(0, 60)))
+    put(bucket, "spark/part-00001-abc-c000.snappy.parquet", parquet_bytes(foreign.slice(60)))
+    put(bucket, "spark/_SUCCESS", b"")
+    with pytest.raises(DataError, match="already exists"):
+        write(url, [sample(5)], "refused")
+    assert read(url).equals(foreign)
+    begin_and_write(url, sample(300, generation=8), "dying", mode="overwrite")
+    assert read(url).equals(foreign)  # the dead run's files are not in sight
+    new = sample(40, generation=9)
+    write(url, [new], "done", mode="overwrite")
+    assert read(url).equals(new)
+    assert objects(bucket) == ["spark/_SUCCESS", "spark/part-done-00000.parquet"]
