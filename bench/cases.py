@@ -32,16 +32,13 @@ def _pipeline(scratch: Path, name: str, text: str) -> Path:
 L2 = 1e-4
 
 
-def _train_model(data: Path, scratch: Path) -> None:
-    """A logistic model for the scoring cases, saved by sluice and as plain arrays."""
-    import numpy as np
-
+def _fit_logistic(data: Path, scratch: Path, models: str, engine: str = "local") -> None:
+    """read + logistic_regression + save_model with sluice (model name `bench`)."""
     from pipelines.runner import run
-    from pipelines.store import ModelStore
 
-    shutil.rmtree(scratch / "models", ignore_errors=True)
-    run(_pipeline(scratch, "bench_train", f"""
-        pipeline: bench_train
+    shutil.rmtree(scratch / models, ignore_errors=True)
+    run(_pipeline(scratch, f"bench_fit_{engine}", f"""
+        pipeline: bench_fit
         steps:
           - op: read_parquet
             path: {data}
@@ -50,7 +47,16 @@ def _train_model(data: Path, scratch: Path) -> None:
             l2: {L2}
           - op: save_model
             name: bench
-        """), models=str(scratch / "models"), runs_dir=str(scratch / "runs"))
+        """), models=str(scratch / models), runs_dir=str(scratch / "runs"), engine=engine)
+
+
+def _train_model(data: Path, scratch: Path) -> None:
+    """A logistic model for the scoring cases, saved by sluice and as plain arrays."""
+    import numpy as np
+
+    from pipelines.store import ModelStore
+
+    _fit_logistic(data, scratch, "models")
     fitted = ModelStore(str(scratch / "models")).load("bench").chain.steps[-1]
     _, arrays = fitted.state()
     np.savez(scratch / "bench_model.npz", **arrays)
@@ -139,20 +145,7 @@ def score_logistic_pyarrow_numpy(data: Path, scratch: Path) -> None:
 
 
 def train_logistic_sluice_local(data: Path, scratch: Path) -> None:
-    from pipelines.runner import run
-
-    shutil.rmtree(scratch / "train_models", ignore_errors=True)
-    run(_pipeline(scratch, "bench_fit", f"""
-        pipeline: bench_fit
-        steps:
-          - op: read_parquet
-            path: {data}
-          - op: logistic_regression
-            label: label
-            l2: {L2}
-          - op: save_model
-            name: fit
-        """), models=str(scratch / "train_models"), runs_dir=str(scratch / "runs"))
+    _fit_logistic(data, scratch, "train_models")
 
 
 def train_logistic_sklearn_lbfgs(data: Path, scratch: Path) -> None:
