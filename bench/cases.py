@@ -8,6 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.mlp_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    mlp_holdout,
+    train_mlp_lbfgs_sklearn_lbfgs,
+    train_mlp_lbfgs_sluice_local,
+    train_mlp_sklearn_adam,
+    train_mlp_sluice_local,
+)
 from pipelines.datagen import generate
 
 
@@ -70,6 +77,10 @@ CASES: dict[str, Case] = {
                            _train_model),
     # read + fit logistic regression (same objective) vs scikit-learn lbfgs
     "train_logistic": Case("numeric", ("sluice_local", "sklearn_lbfgs"), _numeric),
+    # read + fit mlp [64, 32], adam 10 epochs, vs scikit-learn MLPClassifier (accuracy in scratch)
+    "train_mlp": Case("numeric", ("sluice_local", "sklearn_adam"), _numeric, mlp_holdout),
+    # the same with full-batch L-BFGS, 50 iterations on both sides
+    "train_mlp_lbfgs": Case("numeric", ("sluice_local", "sklearn_lbfgs"), _numeric, mlp_holdout),
 }
 
 

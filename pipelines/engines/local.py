@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import pyarrow as pa
+from threadpoolctl import threadpool_limits
 
 from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
 from pipelines.engines.base import Dataset, Engine, StepFailure, compute_partition, located
@@ -51,11 +52,16 @@ class LocalEngine(Engine):
     def start(self) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sluice")
+            # partitions already run in parallel: BLAS threads inside each would
+            # oversubscribe the cores (small matmuls slow down many times over)
+            cores = os.cpu_count() or 1
+            self._blas_limits = threadpool_limits(max(1, cores // self.workers), "blas")
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            self._blas_limits.restore_original_limits()
         self._caches.clear()
 
     def describe(self) -> dict[str, Any]:

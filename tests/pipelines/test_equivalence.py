@@ -40,6 +40,25 @@ ZOO = {
         l2: 0.01
         solver: newton
     """,
+    "mlp_lbfgs": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan, region]
+      - op: standard_scale
+        columns: [tenure, monthly_charges, total_charges]
+      - op: mlp
+        label: churned
+        hidden: [6]
+        activation: tanh
+        l2: 0.01
+        tol: 1.0e-9
+        max_iter: 1000
+        validation_fraction: 0.2
+    """,
     "linear_weighted": """
       - op: drop
         columns: [signup_date, customer_id]

@@ -1,0 +1,753 @@
+"""mlp: a multilayer perceptron (classifier or regressor), full-batch L-BFGS or Adam.
+
+The network: ``hidden`` fully connected layers with ``activation`` (relu, tanh or
+sigmoid), then an output layer of one unit with identity (regression) or sigmoid
+(two classes) or K units with softmax (K > 2 classes). Layer l computes
+``A_l = act(A_{l-1} @ W_l + b_l)`` with ``W_l`` of shape (fan_in, fan_out); the forward
+pass and backpropagation are written by hand with array-API ops (matmul, the
+activations and their derivatives), so they run on NumPy, CuPy or array_api_strict.
+
+Objective (n = total weight of the training rows, the row count without ``weight``)::
+
+    1/n * sum_i w_i * loss(y_i, f(x_i)) + l2/2 * sum_l |W_l|^2
+
+``loss`` is the log-loss (sigmoid or softmax output) or half the squared error (identity
+output); the penalty is on the weights, never the biases; no hidden standardisation.
+scikit-learn's MLPClassifier / MLPRegressor add ``alpha/(2 n) * |W|^2`` to the same mean
+loss, so ``alpha = l2 * n`` for ``solver: lbfgs``. Its ``adam`` adds the penalty per
+mini-batch of b rows as ``alpha/(2 b) * |W|^2``, so there ``alpha = l2 * batch_size``.
+
+The fit is rounds of passes over the partitions:
+
+1. a summary pass: row counts, total weight, the classes (sorted) and their weights, or
+   the label's weighted sum. The weights start from ``seed`` (driver-side NumPy
+   generator): uniform in ``+-sqrt(6 / fan_in)`` (He) for relu layers,
+   ``+-sqrt(6 / (fan_in + fan_out))`` (Glorot) for tanh layers and the output layer,
+   ``+-sqrt(2 / (fan_in + fan_out))`` for sigmoid layers (scikit-learn's choice); hidden
+   biases start at zero, the output bias at the best constant model (log class priors,
+   or the label's mean).
+2. ``solver: lbfgs``: each pass evaluates the loss and gradient sums over every
+   partition's training rows (in blocks of ``CHUNK_ROWS`` rows) at the point the
+   driver-side L-BFGS (``optimize.py``) asks for; all parameters are one flat vector (per
+   layer ``W_l`` row-major, then ``b_l``). Stops when ``|grad| <= tol * |grad at the
+   start|`` (converged), after ``max_iter`` iterations, or when the line search finds no
+   decrease (not converged: warned and recorded).
+3. ``solver: adam``: one pass per epoch. Every partition starts from the broadcast
+   parameters, Adam moments and step count and takes mini-batch Adam steps
+   (``learning_rate``, beta1 0.9, beta2 0.999, eps 1e-8, scikit-learn's update) over its
+   own training rows: batches of ``batch_size`` consecutive rows in an order given by a
+   hash of each row's content, the seed and the epoch. A batch's gradient is
+   ``sum_i w_i grad_i / (b * mean weight) + l2 * W`` (mean weight: total weight / rows),
+   an unbiased estimate of the objective's gradient. Each partition returns its
+   parameters and moments times its row count; the driver averages them (weighted by
+   rows) and advances the step count by the row-weighted mean of the partitions' steps.
+   An epoch is thus ``rows per partition / batch_size`` sequential steps, not ``rows /
+   batch_size``: partitions much smaller than a batch take one step per epoch. Stops when
+   the epoch's loss (the validation loss with ``early_stopping``) has not improved by
+   ``tol`` for ``n_iter_no_change`` epochs in a row (converged), or after ``max_iter``
+   epochs (not converged: warned and recorded). With ``early_stopping`` each pass also
+   scores the held-out rows at the parameters it starts from, and the model is the epoch
+   with the lowest validation loss (one extra pass scores the last epoch when
+   ``max_iter`` ends the fit).
+4. when ``validation_fraction`` > 0, one pass scoring the held-out rows into the run record.
+
+What is deterministic. Partition sums (loss, gradient, adam's weighted parameters) are
+combined in double-double arithmetic, so the order in which an engine combines partitions
+changes no bit of the result: the same data, ``seed`` and partitioning give the same model
+on every engine, bit for bit with the same array library. Adam's batch order comes from
+row content, so the order of partitions and of rows within a partition do not matter
+either; a different partitioning gives a different (equally good) adam model, by design.
+L-BFGS sums are sums over all rows, so another partitioning changes only the rounding of
+each partition's own sums; a fit that converges reaches the same minimum (to the
+tolerance: about 1e-7 relative with ``tol: 1e-9``), but the optimiser can amplify last-bit
+differences on a non-convex loss, so a fit stopped by ``max_iter`` far from a minimum (or
+with relu kinks) can end elsewhere on another partitioning.
+
+The run record gets ``loss_curve`` (the objective after each L-BFGS iteration; for adam,
+each epoch's mean mini-batch loss while it trained, as scikit-learn's ``loss_curve_``).
+The fitted network is its arrays (``W0``, ``b0``, ``W1``, ...) and the architecture in
+the model's JSON; scoring runs the forward pass over a partition in row chunks.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from operators.arrays import column_to_numpy, to_numpy, to_xp
+from operators.base import (
+    ArtifactError,
+    DataError,
+    Estimator,
+    ParamError,
+    SchemaError,
+    register,
+    register_fitted,
+)
+from operators.hashing import mix
+from operators.models.common import (
+    ConvergenceWarning,
+    FittedModel,
+    SupervisedParams,
+    check_inputs,
+    class_label_type,
+    class_weights,
+    encode_classes,
+    host_matrix,
+    is_classification,
+    is_numeric,
+    label_column,
+    merge_class_weights,
+    model_input_columns,
+    row_weights,
+    split_rows,
+    validation_combine,
+    validation_finalize,
+    validation_partial,
+    with_predictions,
+)
+from operators.models.logistic import sigmoid, softmax
+from operators.models.optimize import lbfgs_start, lbfgs_tell
+
+CHUNK_ROWS = 1 << 13
+"""Rows per forward/backward block of a full-batch pass or of scoring: the activations
+held at once are CHUNK_ROWS x the widest layer, whatever the partition size."""
+BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
+DIVERGED_HINT = "standardise the features (op: standard_scale) or lower learning_rate"
+
+
+class MLPParams(SupervisedParams):
+    hidden: list[int] = Field(
+        [64, 32], min_length=1,
+        description="units of each hidden layer, input side first (at least one layer)")
+    activation: Literal["relu", "tanh", "sigmoid"] = Field(
+        "relu", description="activation of the hidden layers")
+    task: Literal["classification", "regression"] | None = Field(
+        None, description="default: classification for an integer, boolean or string label, "
+                          "regression for a floating one")
+    l2: float = Field(1e-4, ge=0.0,
+                      description="L2 penalty on the weights (never the biases): l2/2 * |W|^2 "
+                                  "added to the mean loss; scikit-learn alpha = l2 * n")
+    solver: Literal["lbfgs", "adam"] = Field(
+        "lbfgs", description="lbfgs: full batch, one pass per evaluation, the model does not "
+                             "depend on the partitioning (to the optimiser's tolerance); "
+                             "adam: mini-batches in each partition, averaged once per epoch "
+                             "(one pass per epoch)")
+    max_iter: int = Field(200, ge=1, description="L-BFGS iterations, or adam epochs")
+    tol: float = Field(1e-4, gt=0.0,
+                       description="lbfgs: stop at |grad| <= tol x |initial grad|; adam: stop "
+                                   "when the loss has not improved by tol for "
+                                   "n_iter_no_change epochs")
+    batch_size: int = Field(200, ge=1, description="adam: rows per mini-batch step")
+    learning_rate: float = Field(1e-3, gt=0.0, description="adam: step size")
+    n_iter_no_change: int = Field(10, ge=1,
+                                  description="adam: epochs without improvement before stopping")
+    early_stopping: bool = Field(
+        False, description="adam: keep the epoch with the lowest loss on the held-out rows "
+                           "(validation_fraction) and stop when it no longer improves")
+    seed: int = Field(0, description="seed of the initial weights, the validation split and "
+                                     "adam's batch order")
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_units(cls, value: list[int]) -> list[int]:
+        if any(units <= 0 for units in value):
+            raise ValueError(f"every hidden layer needs at least one unit (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _early_stopping(self) -> MLPParams:
+        if self.early_stopping and self.solver != "adam":
+            raise ParamError("early_stopping applies to solver: adam",
+                             hint="set solver: adam, or drop early_stopping")
+        if self.early_stopping and self.validation_fraction == 0:
+            raise ParamError("early_stopping needs held-out rows",
+                             hint="set validation_fraction, e.g. 0.1")
+        return self
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _activate(z: Any, activation: str, xp: Any) -> Any:
+    if activation == "relu":
+        return xp.maximum(z, 0.0)
+    if activation == "tanh":
+        return xp.tanh(z)
+    return sigmoid(z, xp)
+
+
+def _backprop_activation(upstream: Any, a: Any, activation: str, xp: Any) -> Any:
+    """``upstream * act'(z)``, the derivative written with the activation ``a = act(z)``."""
+    if activation == "relu":
+        return xp.where(a > 0, upstream, 0.0)
+    if activation == "tanh":
+        return upstream * (1.0 - a * a)
+    return upstream * (a * (1.0 - a))
+
+
+def _layers(theta: Any, units: list[int], xp: Any) -> list[tuple[Any, Any]]:
+    """The (W, b) of every layer: views of the flat parameter vector."""
+    out, start = [], 0
+    for fan_in, fan_out in zip(units[:-1], units[1:]):
+        stop = start + fan_in * fan_out
+        out.append((xp.reshape(theta[start:stop], (fan_in, fan_out)),
+                    theta[stop:stop + fan_out]))
+        start = stop + fan_out
+    return out
+
+
+def _forward(X: Any, layers: list[tuple[Any, Any]], activation: str, xp: Any
+             ) -> tuple[list[Any], Any]:
+    """The inputs of every layer (X first) and the output layer's pre-activation."""
+    inputs = [X]
+    for W, b in layers[:-1]:
+        inputs.append(_activate(inputs[-1] @ W + b, activation, xp))
+    W, b = layers[-1]
+    return inputs, inputs[-1] @ W + b
+
+
+def _output_loss(z: Any, target: Any, w: Any, output: str, xp: Any) -> tuple[Any, Any]:
+    """The weighted loss sum and its gradient by the output pre-activation ``z``."""
+    if output == "identity":
+        residual = z[:, 0] - target
+        return 0.5 * xp.sum(w * residual * residual), (w * residual)[:, None]
+    if output == "sigmoid":
+        s = z[:, 0]
+        # log(1 + exp(s)) - y s, stable for large |s|
+        loss = xp.sum(w * (xp.maximum(s, 0.0) + xp.log1p(xp.exp(-xp.abs(s))) - target * s))
+        return loss, (w * (sigmoid(s, xp) - target))[:, None]
+    k = z.shape[1]
+    onehot = xp.astype(target[:, None] == xp.arange(k, dtype=xp.float64)[None, :], xp.float64)
+    top = xp.max(z, axis=1, keepdims=True)
+    log_norm = top + xp.log(xp.sum(xp.exp(z - top), axis=1, keepdims=True))
+    loss = xp.sum(w * xp.sum(onehot * (log_norm - z), axis=1))
+    return loss, (xp.exp(z - log_norm) - onehot) * w[:, None]
+
+
+def _backward(inputs: list[Any], layers: list[tuple[Any, Any]], delta: Any, activation: str,
+              xp: Any) -> Any:
+    """The flat gradient (the parameter vector's layout) from the output's ``delta``."""
+    grads = []
+    for i in range(len(layers) - 1, -1, -1):
+        grads.append(xp.sum(delta, axis=0))
+        grads.append(xp.reshape(inputs[i].T @ delta, (-1,)))
+        if i:
+            delta = _backprop_activation(delta @ layers[i][0].T, inputs[i], activation, xp)
+    return xp.concat(grads[::-1])
+
+
+def _predict(X: Any, layers: list[tuple[Any, Any]], activation: str, output: str, xp: Any
+             ) -> Any:
+    """Regression: the (n,) predictions; classifier: (n, K) probabilities."""
+    pieces, rows = [], X.shape[0]
+    for start in range(0, max(rows, 1), CHUNK_ROWS):
+        _, z = _forward(X[start:min(start + CHUNK_ROWS, rows), :], layers, activation, xp)
+        if output == "identity":
+            pieces.append(z[:, 0])
+        elif output == "sigmoid":
+            p = sigmoid(z[:, 0], xp)
+            pieces.append(xp.stack([1.0 - p, p], axis=1))
+        else:
+            pieces.append(softmax(z, xp))
+    return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=0)
+
+
+def _data_loss(data: Any, theta: Any, net: dict[str, Any], xp: Any, gradient: bool
+               ) -> tuple[float, np.ndarray | None]:
+    """Weighted loss sum (and its gradient sum) over the rows of ``data`` (features,
+    target, weight), block by block so memory stays bounded."""
+    n_features = net["units"][0]
+    layers = _layers(theta, net["units"], xp)
+    loss, grad, rows = None, None, data.shape[0]
+    for start in range(0, rows, CHUNK_ROWS):
+        block = data[start:min(start + CHUNK_ROWS, rows), :]
+        inputs, z = _forward(block[:, :n_features], layers, net["activation"], xp)
+        part, delta = _output_loss(z, block[:, n_features], block[:, n_features + 1],
+                                   net["output"], xp)
+        loss = part if loss is None else loss + part  # on the device until the end
+        if gradient:
+            g = _backward(inputs, layers, delta, net["activation"], xp)
+            grad = g if grad is None else grad + g
+    total = 0.0 if loss is None else float(loss)
+    if not gradient:
+        return total, None
+    return total, np.zeros(_size(net["units"])) if grad is None else to_numpy(grad)
+
+
+def _adam_epoch(data: Any, net: dict[str, Any], adam: dict[str, Any], l2: float,
+                batch_size: int, learning_rate: float, mean_weight: float, xp: Any
+                ) -> tuple[Any, Any, Any, int, float]:
+    """Mini-batch Adam steps over ``data``'s rows in order: (theta, m, v, steps, the
+    weighted sum of each row's loss when its batch was used)."""
+    n_features = net["units"][0]
+    theta, m, v = (xp.asarray(adam[key]) for key in ("theta", "m", "v"))
+    penalised = xp.asarray(net["penalised"])
+    # the running loss stays on the device: one transfer at the end, not one per step
+    t, running, steps, rows = float(adam["t"]), xp.asarray(0.0, dtype=xp.float64), 0, \
+        data.shape[0]
+    for start in range(0, rows, batch_size):
+        block = data[start:min(start + batch_size, rows), :]
+        layers = _layers(theta, net["units"], xp)
+        inputs, z = _forward(block[:, :n_features], layers, net["activation"], xp)
+        loss, delta = _output_loss(z, block[:, n_features], block[:, n_features + 1],
+                                   net["output"], xp)
+        scale = 1.0 / (block.shape[0] * mean_weight)
+        grad = _backward(inputs, layers, delta * scale, net["activation"], xp)
+        grad = grad + l2 * penalised * theta
+        t += 1.0
+        steps += 1
+        m = BETA1 * m + (1.0 - BETA1) * grad
+        v = BETA2 * v + (1.0 - BETA2) * (grad * grad)
+        step = learning_rate * math.sqrt(1.0 - BETA2 ** t) / (1.0 - BETA1 ** t)
+        theta = theta - step * m / (xp.sqrt(v) + ADAM_EPS)
+        running = running + loss
+    return theta, m, v, steps, float(running)
+
+
+def _exact(values: dict[str, Any]) -> dict[str, Any]:
+    """Partition sums as double-double pairs (high, low): ``combine`` adds them with an
+    error-free two-sum, so the order an engine combines partitions in changes no bit
+    of the rounded total (barring ties at 2^-106 relative)."""
+    return {"kind": "sums", "sums": {
+        k: np.stack([np.atleast_1d(np.asarray(v, dtype=np.float64)), np.zeros(np.size(v))])
+        for k, v in values.items()}}
+
+
+def _dd_add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The sum of two double-double pairs (Knuth's two-sum, then renormalised)."""
+    total = a[0] + b[0]
+    back = total - a[0]
+    low = (a[0] - (total - back)) + (b[0] - back) + a[1] + b[1]
+    high = total + low
+    return np.stack([high, low - (high - total)])
+
+
+def _size(units: list[int]) -> int:
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(units[:-1], units[1:]))
+
+
+def _batch_order(data: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """A row order from each row's content (its float64 bits), the seed and the epoch,
+    never from the row's position: ``argsort`` of a hash of every row."""
+    key = np.array([seed, epoch], dtype=np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        salt = mix(mix(key[:1]) ^ (key[1:] + np.uint64(1)))[0]
+        salts = mix(np.arange(data.shape[1], dtype=np.uint64) ^ salt)
+        # one mixed word per cell (column-salted), summed along the row and mixed again
+        cells = mix(np.ascontiguousarray(data).view(np.uint64) ^ salts[None, :])
+        keys = mix(np.sum(cells, axis=1, dtype=np.uint64))
+    return np.argsort(keys, kind="stable")
+
+
+# --------------------------------------------------------------------------- fitted
+
+
+@register_fitted("mlp.fitted")
+class MLPFitted(FittedModel):
+    """The network's forward pass: ``prediction`` (the most probable class, or the value)
+    and, for classifiers, ``probability`` (sigmoid or softmax output)."""
+
+    def __init__(self, features: list[str], classes: list[Any] | None,
+                 label_type: pa.DataType | None, activation: str,
+                 weights: list[np.ndarray], biases: list[np.ndarray]):
+        super().__init__(features, classes, label_type)
+        self.activation = activation
+        self.weights = [np.asarray(W, dtype=np.float64) for W in weights]
+        self.biases = [np.asarray(b, dtype=np.float64).reshape(-1) for b in biases]
+        outputs = self.weights[-1].shape[1]
+        if classes is None:
+            self.output = "identity"
+        else:
+            self.output = "sigmoid" if outputs == 1 else "softmax"
+
+    @property
+    def hidden(self) -> list[int]:
+        return [W.shape[1] for W in self.weights[:-1]]
+
+    def predict_matrix(self, X: Any, xp: Any) -> Any:
+        layers = [(xp.asarray(W), xp.asarray(b)) for W, b in zip(self.weights, self.biases)]
+        return _predict(X, layers, self.activation, self.output, xp)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for i, (W, b) in enumerate(zip(self.weights, self.biases)):
+            out[f"W{i}"], out[f"b{i}"] = W, b
+        return out
+
+    def meta(self) -> dict[str, Any]:
+        return {**super().meta(), "hidden": self.hidden, "activation": self.activation,
+                "output": self.output}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MLPFitted:
+        layers = len(meta["hidden"]) + 1
+        missing = [k for i in range(layers) for k in (f"W{i}", f"b{i}") if k not in arrays]
+        if missing:
+            raise ArtifactError(f"mlp model lacks arrays {missing}",
+                                hint="the artifact is damaged: train and save it again")
+        return cls(**cls.meta_args(meta), activation=meta["activation"],
+                   weights=[arrays[f"W{i}"] for i in range(layers)],
+                   biases=[arrays[f"b{i}"] for i in range(layers)])
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+@register("mlp")
+class MLP(Estimator):
+    """Multilayer perceptron: a classifier (sigmoid / softmax output) or a regressor.
+
+    ```yaml
+    - op: mlp
+      label: churned            # integer, boolean or string: classifier; floating: regressor
+      hidden: [64, 32]
+      activation: relu          # relu | tanh | sigmoid
+      l2: 0.0001                # scikit-learn alpha = l2 * n (lbfgs)
+      solver: lbfgs             # lbfgs (full batch) | adam (mini-batches, averaged per epoch)
+      max_iter: 200
+      validation_fraction: 0.1  # held-out rows scored into the run record
+    ```
+    The plan-time schema of a classifier assumes two classes (``probability`` float64)
+    unless the fit finds more: the number of classes is only known from the data.
+    """
+
+    Params = MLPParams
+    multi_pass = True
+    schema_from_fit = True  # probability is float64 for 2 classes, list<double> for more
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return model_input_columns(schema, self.params)
+
+    def _label_type(self, schema: pa.Schema) -> pa.DataType | None:
+        """The class label type (classifier) or None (regressor); checks the label."""
+        p = self.params
+        t = schema.field(p.label).type
+        value_type = t.value_type if pa.types.is_dictionary(t) else t
+        if is_classification(t, p.task):
+            if class_label_type(t) is None and not pa.types.is_floating(value_type):
+                raise SchemaError(f"label column '{p.label}' is {t}: not classes",
+                                  hint="cast it to int64 or string")
+            return value_type
+        if not is_numeric(value_type):
+            if p.task == "regression":
+                raise SchemaError(f"label column '{p.label}' is {t}: a regressor needs numbers",
+                                  hint="cast it to float64, or drop `task: regression` to "
+                                       "classify it")
+            raise SchemaError(f"label column '{p.label}' is {t}: neither classes (integer, "
+                              "boolean, string) nor numbers (floating)",
+                              hint=f"cast it (read_parquet schema: {{{p.label}: int64}})")
+        return None
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        check_inputs(schema, self.params)
+        label_type = self._label_type(schema)
+        classes = None if label_type is None else [False, True]
+        return with_predictions(schema, classes, label_type)
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        features = check_inputs(schema, self.params)
+        label_type = self._label_type(schema)
+        return {"phase": "summary", "features": features, "classify": label_type is not None,
+                "label_type": None if label_type is None else str(label_type)}
+
+    # ------------------------------------------------------------------ partitions
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        p = self.params
+        if state["phase"] == "validate":
+            return validation_partial(self._model(state, state["theta"]), part, p, xp)
+        train, held = split_rows(part, p.validation_fraction, p.seed)
+        if state["phase"] == "summary":
+            return self._summary(train, held, state["classify"])
+        if state["phase"] == "lbfgs":
+            data = to_xp(self._host_data(train, state), xp)
+            loss, grad = _data_loss(data, xp.asarray(state["opt"]["point"]), state["net"], xp,
+                                    gradient=True)
+            return _exact({"loss": loss, "grad": grad})
+        return self._epoch(train, held, state, xp)
+
+    def _summary(self, train: pa.Table, held: pa.Table, classify: bool) -> dict[str, Any]:
+        p = self.params
+        weights = row_weights(train, p.weight)
+        labels = label_column(train, p.label)
+        out: dict[str, Any] = {"kind": "summary", "rows": train.num_rows,
+                               "heldout": held.num_rows, "weight": float(weights.sum())}
+        if classify:
+            out["classes"], out["weights"] = class_weights(labels, weights)
+        else:
+            out["label_sum"] = float(weights @ column_to_numpy(labels))
+        return out
+
+    def _host_data(self, table: pa.Table, state: dict[str, Any]) -> np.ndarray:
+        """Features, target (class position or value) and weight of ``table``'s rows;
+        rows of a class the training rows never had are dropped."""
+        p = self.params
+        weights = row_weights(table, p.weight)
+        labels = label_column(table, p.label)
+        if state["classify"]:
+            target = encode_classes(labels, state["classes"],
+                                    pa.type_for_alias(state["label_type"]))
+            known = target >= 0
+            if not known.all():
+                table, target, weights = table.filter(pa.array(known)), target[known], \
+                    weights[known]
+            target = target.astype(np.float64)
+        else:
+            target = column_to_numpy(labels)
+        return host_matrix(table, state["features"], [target, weights])
+
+    def _epoch(self, train: pa.Table, held: pa.Table, state: dict[str, Any], xp: Any
+               ) -> dict[str, Any]:
+        p, net, adam = self.params, state["net"], state["adam"]
+        size = _size(net["units"])
+        out: dict[str, Any] = {"rows": 0.0, "steps": 0.0, "loss": 0.0, "theta": np.zeros(size),
+                               "m": np.zeros(size), "v": np.zeros(size), "val_loss": 0.0,
+                               "val_weight": 0.0}
+        if p.early_stopping and held.num_rows:
+            data = self._host_data(held, state)
+            loss, _ = _data_loss(to_xp(data, xp), xp.asarray(adam["theta"]), net, xp,
+                                 gradient=False)
+            out.update(val_loss=loss, val_weight=float(data[:, -1].sum()))
+        if not adam["train"] or train.num_rows == 0:
+            return _exact(out)
+        host = self._host_data(train, state)
+        data = to_xp(np.ascontiguousarray(host[_batch_order(host, p.seed, adam["epoch"])]), xp)
+        theta, m, v, steps, running = _adam_epoch(data, net, adam, p.l2, p.batch_size,
+                                                  p.learning_rate, state["mean_weight"], xp)
+        rows = train.num_rows
+        out.update(rows=float(rows), steps=float(steps * rows), loss=running,
+                   theta=to_numpy(theta) * rows, m=to_numpy(m) * rows, v=to_numpy(v) * rows)
+        return _exact(out)
+
+    def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        if "metrics" in a:
+            return validation_combine(a, b)
+        if a["kind"] == "summary":
+            out = {"kind": "summary", "rows": a["rows"] + b["rows"],
+                   "heldout": a["heldout"] + b["heldout"], "weight": a["weight"] + b["weight"]}
+            if "classes" in a:
+                out["classes"], out["weights"] = merge_class_weights(
+                    (a["classes"], a["weights"]), (b["classes"], b["weights"]))
+            else:
+                out["label_sum"] = a["label_sum"] + b["label_sum"]
+            return out
+        return {"kind": "sums", "sums": {k: _dd_add(v, b["sums"][k])
+                                         for k, v in a["sums"].items()}}
+
+    # ------------------------------------------------------------------ driver
+
+    def update(self, stats: dict[str, Any], state: dict[str, Any]
+               ) -> tuple[dict[str, Any], bool]:
+        if state["phase"] == "summary":
+            return self._start(stats, state), False
+        if state["phase"] == "validate":
+            validation = validation_finalize(self._model(state, state["theta"]), stats)
+            return {**state, "phase": "done", "validation": validation}, True
+        sums = {k: v[0] + v[1] for k, v in stats["sums"].items()}
+        state = self._lbfgs_step(sums, state) if state["phase"] == "lbfgs" \
+            else self._adam_step(sums, state)
+        if state["phase"] != "finished":
+            return state, False
+        done = self.params.validation_fraction == 0
+        return {**state, "phase": "done" if done else "validate"}, done
+
+    def _start(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        if stats["rows"] == 0:
+            raise DataError(
+                "no training rows" + (f" ({stats['heldout']} held out for validation)"
+                                      if stats["heldout"] else ""),
+                hint="check the input and its filter" + (", or lower validation_fraction"
+                                                         if stats["heldout"] else ""))
+        if p.early_stopping and stats["heldout"] == 0:
+            raise DataError("early_stopping: no rows were held out",
+                            hint="raise validation_fraction")
+        total = stats["weight"]
+        if not total > 0:
+            raise DataError(f"the weights in column '{p.weight}' sum to zero",
+                            hint="give some training rows a positive weight")
+        classes = stats.get("classes")
+        if classes is None:
+            output, outputs = "identity", 1
+            bias = np.array([stats["label_sum"] / total])
+        else:
+            if len(classes) < 2:
+                raise DataError(f"label column '{p.label}' has a single class "
+                                f"({classes[0]!r}) in the training rows",
+                                hint="a classifier needs at least two classes: check the "
+                                     "filter and the label column")
+            logs = np.log(np.maximum(stats["weights"], np.finfo(np.float64).tiny))
+            if len(classes) == 2:
+                output, outputs, bias = "sigmoid", 1, np.array([logs[1] - logs[0]])
+            else:
+                output, outputs, bias = "softmax", len(classes), logs - logs.mean()
+        units = [len(state["features"]), *p.hidden, outputs]
+        theta, penalised = self._initial(units, bias)
+        net = {"units": units, "activation": p.activation, "output": output,
+               "penalised": penalised}
+        state = {**state, "classes": classes, "rows": stats["rows"],
+                 "heldout": stats["heldout"], "weight": total,
+                 "mean_weight": total / stats["rows"], "net": net, "loss_curve": []}
+        if p.solver == "lbfgs":
+            return {**state, "phase": "lbfgs",
+                    "opt": lbfgs_start(theta, tol=p.tol, max_iter=p.max_iter)}
+        adam = {"theta": theta, "m": np.zeros_like(theta), "v": np.zeros_like(theta),
+                "t": 0.0, "epoch": 0, "train": True, "best": math.inf, "stale": 0,
+                "best_theta": theta, "best_epoch": 0, "validation_curve": []}
+        return {**state, "phase": "adam", "adam": adam}
+
+    def _initial(self, units: list[int], output_bias: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """The starting parameter vector from the seed, and the mask of the weights."""
+        rng = np.random.default_rng(self.params.seed)
+        activation = self.params.activation
+        pieces, mask = [], []
+        for i, (fan_in, fan_out) in enumerate(zip(units[:-1], units[1:])):
+            last = i == len(units) - 2
+            if last or activation == "tanh":
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+            elif activation == "relu":
+                bound = math.sqrt(6.0 / fan_in)
+            else:
+                bound = math.sqrt(2.0 / (fan_in + fan_out))
+            pieces += [rng.uniform(-bound, bound, fan_in * fan_out),
+                       output_bias if last else np.zeros(fan_out)]
+            mask += [np.ones(fan_in * fan_out), np.zeros(fan_out)]
+        return np.concatenate(pieces), np.concatenate(mask)
+
+    def _lbfgs_step(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        l2, total, opt = self.params.l2, state["weight"], state["opt"]
+        mask, x = state["net"]["penalised"], opt["point"]
+        loss = float(stats["loss"][0]) / total + 0.5 * l2 * float(np.sum(mask * x * x))
+        grad = stats["grad"] / total + l2 * mask * x
+        before = opt["iterations"]
+        opt = lbfgs_tell(opt, loss, grad)
+        curve = state["loss_curve"]
+        if opt["iterations"] > before:
+            curve = [*curve, float(opt["f"])]
+        state = {**state, "opt": opt, "loss_curve": curve}
+        if not opt["done"]:
+            return state
+        if not np.isfinite(opt["f"]):
+            raise DataError("mlp: the loss is not finite at the starting weights",
+                            hint="standardise the features (op: standard_scale)")
+        self._warn(opt["converged"], opt["reason"], opt["iterations"],
+                   f"gradient norm {opt['gradient_norm']:.3g}, tol {self.params.tol:g} x "
+                   f"initial {opt['g0']:.3g}")
+        return {**state, "phase": "finished", "theta": opt["x"]}
+
+    def _adam_step(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        p, adam = self.params, dict(state["adam"])
+        if p.early_stopping:
+            # the held-out loss of the parameters this pass started from
+            if not stats["val_weight"][0] > 0:
+                raise DataError("early_stopping: the held-out rows have no weight to score",
+                                hint="raise validation_fraction, or check the weight column")
+            score = float(stats["val_loss"][0] / stats["val_weight"][0])
+            adam["validation_curve"] = [*adam["validation_curve"], score]
+            self._track(adam, score, adam["theta"])
+        curve = state["loss_curve"]
+        if adam["train"]:
+            rows = float(stats["rows"][0])
+            theta = stats["theta"] / rows
+            mask = state["net"]["penalised"]
+            loss = (float(stats["loss"][0]) / state["weight"]
+                    + 0.5 * p.l2 * float(np.sum(mask * theta ** 2)))
+            adam["epoch"] += 1
+            if not (np.isfinite(loss) and np.all(np.isfinite(theta))):
+                raise DataError(f"mlp: adam diverged in epoch {adam['epoch']} (the loss is "
+                                "not finite)", hint=DIVERGED_HINT)
+            adam.update(theta=theta, m=stats["m"] / rows, v=stats["v"] / rows,
+                        t=adam["t"] + float(stats["steps"][0]) / rows)
+            curve = [*curve, loss]
+            if not p.early_stopping:
+                self._track(adam, loss, theta)
+        state = {**state, "adam": adam, "loss_curve": curve}
+        if adam["stale"] >= p.n_iter_no_change:
+            converged, reason = True, (f"loss did not improve by tol={p.tol:g} for "
+                                       f"{p.n_iter_no_change} epochs")
+        elif adam["epoch"] >= p.max_iter and (adam["train"] and p.early_stopping):
+            # one more pass scores the last epoch's parameters on the held-out rows
+            return {**state, "adam": {**adam, "train": False}}
+        elif adam["epoch"] >= p.max_iter:
+            converged, reason = False, f"max_iter={p.max_iter} reached"
+        else:
+            return state
+        adam.update(converged=converged, reason=reason)
+        self._warn(converged, reason, adam["epoch"], f"last loss {curve[-1]:.6g}")
+        theta = adam["best_theta"] if p.early_stopping else adam["theta"]
+        return {**state, "adam": adam, "phase": "finished", "theta": theta}
+
+    def _track(self, adam: dict[str, Any], loss: float, theta: np.ndarray) -> None:
+        """Count the epochs without an improvement of ``tol`` (scikit-learn's rule)."""
+        adam["stale"] = adam["stale"] + 1 if loss > adam["best"] - self.params.tol else 0
+        if loss < adam["best"]:
+            adam.update(best=loss, best_theta=theta, best_epoch=adam["epoch"])
+
+    def _warn(self, converged: bool, reason: str, iterations: int, detail: str) -> None:
+        if converged:
+            return
+        warnings.warn(
+            f"mlp did not converge: {reason} after {iterations} "
+            f"{'iterations' if self.params.solver == 'lbfgs' else 'epochs'} ({detail}); "
+            "raise max_iter, standardise the features (op: standard_scale) or raise l2",
+            ConvergenceWarning, stacklevel=4)
+
+    def _model(self, state: dict[str, Any], theta: np.ndarray) -> MLPFitted:
+        net = state["net"]
+        layers = _layers(theta, net["units"], np)
+        label_type = state["label_type"]
+        return MLPFitted(state["features"], state["classes"],
+                         None if label_type is None else pa.type_for_alias(label_type),
+                         net["activation"], [W.copy() for W, _ in layers],
+                         [b.copy() for _, b in layers])
+
+    def fitted(self, state: dict[str, Any]) -> MLPFitted:
+        """The fitted network; before the fit is done, the network at the current point."""
+        if "theta" in state:
+            return self._model(state, state["theta"])
+        if "net" not in state:
+            raise RuntimeError("mlp: fitted() before the summary pass")
+        if "adam" in state:
+            return self._model(state, state["adam"]["theta"])
+        opt = state["opt"]
+        return self._model(state, opt["x"] if "x" in opt else opt["point"])
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        if "net" not in state:
+            return {}
+        net = state["net"]
+        out: dict[str, Any] = {
+            "solver": self.params.solver, "layers": net["units"],
+            "parameters": _size(net["units"]),
+            "classes": None if state["classes"] is None else len(state["classes"]),
+            "training_rows": int(state["rows"]), "validation_rows": int(state["heldout"]),
+            "loss_curve": [float(v) for v in state["loss_curve"]],
+        }
+        if "opt" in state:
+            opt = state["opt"]
+            out.update(converged=bool(opt["converged"]), iterations=int(opt["iterations"]),
+                       loss=float(opt["f"]) if "f" in opt else float("nan"),
+                       gradient_norm=float(opt.get("gradient_norm", float("nan"))),
+                       initial_gradient_norm=float(opt.get("g0", float("nan"))))
+            reason = opt["reason"]
+        else:
+            adam = state["adam"]
+            out.update(converged=bool(adam.get("converged", False)),
+                       iterations=int(adam["epoch"]),
+                       loss=out["loss_curve"][-1] if out["loss_curve"] else float("nan"))
+            if self.params.early_stopping:
+                out.update(validation_loss_curve=[float(v) for v in adam["validation_curve"]],
+                           best_epoch=int(adam["best_epoch"]))
+            reason = adam.get("reason", "")
+        if not out["converged"] and reason:
+            out["stop_reason"] = reason
+        if "validation" in state:
+            out["validation"] = state["validation"]
+        return out
