@@ -8,6 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.dask_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    dask_score_logistic_dask_numpy,
+    dask_score_logistic_sluice_dask,
+    dask_train_logistic_dask_ml,
+    dask_train_logistic_sluice_dask,
+)
 from bench.mlp_cases import (  # noqa: F401 - bench.worker looks the sides up here
     mlp_holdout,
     train_mlp_lbfgs_sklearn_lbfgs,
@@ -77,6 +83,12 @@ CASES: dict[str, Case] = {
                            _train_model),
     # read + fit logistic regression (same objective) vs scikit-learn lbfgs
     "train_logistic": Case("numeric", ("sluice_local", "sklearn_lbfgs"), _numeric),
+    # read -> score (logistic) -> write on Dask: the Dask engine vs dd.read_parquet +
+    # map_partitions(NumPy) + to_parquet on the same LocalCluster shape (the floor on Dask)
+    "dask_score_logistic": Case("numeric", ("sluice_dask", "dask_numpy"), _numeric,
+                                _train_model),
+    # read + fit logistic regression on Dask: the Dask engine vs dask-ml (lbfgs, same L2)
+    "dask_train_logistic": Case("numeric", ("sluice_dask", "dask_ml"), _numeric),
     # read + fit mlp [64, 32], adam 10 epochs, vs scikit-learn MLPClassifier (accuracy in scratch)
     "train_mlp": Case("numeric", ("sluice_local", "sklearn_adam"), _numeric, mlp_holdout),
     # the same with full-batch L-BFGS, 50 iterations on both sides

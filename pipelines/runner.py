@@ -251,13 +251,13 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         for step_id, stats in eng.stats.items():
             if step_id in record["steps"]:
                 record["steps"][step_id]["rows"] = stats.rows
+                record["steps"][step_id]["compute_seconds"] = round(stats.seconds, 6)
         for step in plan.steps:  # a fit or an action sees the rows of its input
             entry = record["steps"][step.id]
             if "rows" not in entry and isinstance(step.op, Estimator | Action) and step.input:
                 rows = record["steps"][step.input].get("rows")
                 if rows is not None:
                     entry["rows"] = rows
-                record["steps"][step_id]["compute_seconds"] = round(stats.seconds, 6)
         record["seconds"] = round(time.time() - started, 6)
         record["record_path"] = _write_record(record, runs_dir or default_runs_dir())
     return record

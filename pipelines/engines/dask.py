@@ -1,0 +1,563 @@
+"""The Dask engine: partitions as ``dask.distributed`` tasks, Arrow tables between them.
+
+How the contract maps onto distributed:
+
+* **cluster**: ``--scheduler tcp://host:port`` (or ``scheduler:`` in the profile)
+  attaches to a running cluster; without one a ``LocalCluster`` of worker
+  processes on 127.0.0.1 is started (one per core, one thread each). Workers
+  import sluice and the operator packages a pipeline names from their own
+  environment (``pip install sluice[dask]`` plus your plugins, or the same
+  PYTHONPATH): nothing is shipped but the pickled steps. ``start`` checks that
+  every worker can import the same sluice version.
+* **tasks**: one ``client.submit`` per ``PartitionInfo``; the task reads the
+  partition, applies the dataset's transforms and runs the step's work (a partial,
+  a sink write) on the worker. The steps go to the cluster once per call, as the
+  bytes of one small task that every partition task depends on, and the worker
+  unpickles them inside the task, so a module it lacks is an error that names the
+  step rather than a worker that cannot read its messages. A bounded window (four
+  tasks per worker thread) is in flight; results come back in partition order.
+* **persist**: a multi-pass fit's input becomes one future per partition holding
+  the computed Arrow table on a worker (spilled by Dask when memory runs short,
+  recomputed from the source if its worker dies); every pass and every dataset
+  derived from it start from those futures. They are released by the next run.
+* **combine**: partials come back to the driver and are combined there with
+  ``tree_reduce`` (fixed pairwise order, as every engine), so the result does not
+  depend on which worker finished first.
+* **write**: ``sink.begin`` and ``sink.commit`` on the driver, ``sink.write`` in the
+  tasks; after a failure the writes in flight finish before ``sink.abort``.
+* **paths**: a task works in the driver's directory when the worker has it (a
+  LocalCluster, workers on the same machine), so relative paths mean the same as
+  on the local engine; remote workers need absolute paths or URLs.
+* **errors**: a failure in a task comes back as a value (no worker log spam), and
+  is raised on the driver as itself: a ``SluiceError`` with step and partition,
+  or a ``StepFailure`` whose error carries the worker's traceback as a note.
+* **counters**: each task returns its per-step row counts and seconds with its
+  result; the driver merges them into ``engine.stats``.
+
+The profile ``conf/engines/dask.yaml`` (relative to the working directory), or the
+file named by ``$SLUICE_DASK_PROFILE``, gives the defaults; arguments win over it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
+from pipelines.engines.base import Dataset, Engine, StepFailure, compute_partition, located
+from pipelines.engines.local import _progress
+
+__all__ = ["DaskEngine", "DaskProfile", "load_profile"]
+
+PROFILE = Path("conf") / "engines" / "dask.yaml"
+PROFILE_ENV = "SLUICE_DASK_PROFILE"
+
+WORKER_HINT = ("install sluice and the pipeline's operator packages where the workers run "
+               "(the same environment or PYTHONPATH as the driver)")
+
+# tasks in flight per worker thread: enough to hide the round trip to the driver,
+# few enough that the results of a collect and the writes to finish before an abort
+# stay small
+WINDOW = 4
+
+Counts = list[tuple[str, int, int, float]]
+
+
+class DaskProfile(BaseModel):
+    """``conf/engines/dask.yaml``: where the cluster is, or how to start a local one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheduler: str | None = Field(
+        None, description="tcp://host:port of a running scheduler; null starts a LocalCluster")
+    workers: int | None = Field(
+        None, gt=0, description="LocalCluster worker processes (null: one per core)")
+    threads_per_worker: int = Field(1, gt=0, description="threads of each LocalCluster worker")
+    memory_limit: str | int | float | None = Field(
+        "auto", description="per LocalCluster worker: 'auto' (memory / workers), '4GiB', "
+                            "bytes, or 0 / null for no limit")
+    timeout: float = Field(
+        30, gt=0, description="seconds to reach the scheduler and to wait for a first worker")
+
+
+def load_profile(path: str | Path | None = None) -> DaskProfile:
+    """The profile at ``path``, ``$SLUICE_DASK_PROFILE`` or ``conf/engines/dask.yaml``;
+    defaults when none exists (a path named explicitly must exist)."""
+    named = path or os.environ.get(PROFILE_ENV)
+    file = Path(named) if named else PROFILE
+    if not file.exists():
+        if named:
+            raise SluiceError(f"Dask profile '{file}' not found",
+                              hint=f"fix the path, or unset {PROFILE_ENV}")
+        return DaskProfile()
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+        return DaskProfile(**raw)
+    except (yaml.YAMLError, TypeError) as exc:
+        raise SluiceError(f"{file}: not a mapping of Dask settings ({exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise SluiceError(f"{file}: '{key}': {first['msg']}",
+                          hint="keys: " + ", ".join(DaskProfile.model_fields)) from None
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A task's failure, returned as a value: raised again on the driver, after the
+    counts of the steps that did run are recorded."""
+
+    error: BaseException
+    counts: Counts = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every partition task of one engine call runs (pickled once per call)."""
+
+    data: Dataset
+    skip: int  # transforms already applied to the persisted partitions a task starts from
+    step: str
+    action: Callable[[pa.Table, PartitionInfo, Any], Any]
+    xp_name: str
+    cwd: str  # the driver's: relative paths in a pipeline mean the same on the workers
+
+
+class _Partial:
+    def __init__(self, partial: Callable[[pa.Table, Any], Any]):
+        self.partial = partial
+
+    def __call__(self, part: pa.Table, info: PartitionInfo, xp: Any) -> Any:
+        return self.partial(part, xp)
+
+
+class _Write:
+    def __init__(self, sink: Sink, token: Any):
+        self.sink, self.token = sink, token
+
+    def __call__(self, part: pa.Table, info: PartitionInfo, xp: Any) -> WriteResult:
+        return self.sink.write(self.token, part, info.index)
+
+
+def _table(part: pa.Table, info: PartitionInfo, xp: Any) -> pa.Table:
+    return part
+
+
+# unpickled jobs of this worker process, by key (a few calls back: passes overlap little)
+_JOBS: dict[str, _Job] = {}
+_JOBS_KEPT = 4
+_JOBS_LOCK = threading.Lock()
+
+
+def _unpack(key: str, blob: bytes) -> _Job:
+    with _JOBS_LOCK:
+        job = _JOBS.get(key)
+        if job is None:
+            job = pickle.loads(blob)
+            _JOBS[key] = job
+            while len(_JOBS) > _JOBS_KEPT:
+                del _JOBS[next(iter(_JOBS))]
+    return job
+
+
+def _blob(blob: bytes) -> bytes:
+    """The job's bytes as a task of their own: recomputed from the graph if lost."""
+    return blob
+
+
+def _pickles(exc: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return False
+    return True
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` as it can cross to the driver intact: a bug keeps its worker traceback
+    as a note; an exception that does not pickle is replaced by one that does."""
+    if isinstance(exc, StepFailure):
+        error = exc.error
+        if error.__traceback__ is not None:
+            frames = "".join(traceback.format_tb(error.__traceback__)).rstrip()
+            error.add_note(f"raised on a Dask worker:\n{frames}")
+        if _pickles(exc):
+            return exc
+        stand_in = RuntimeError(f"{type(error).__module__}.{type(error).__qualname__}: {error}")
+        stand_in.__notes__ = list(getattr(error, "__notes__", []))
+        return StepFailure(exc.step, exc.where, stand_in)
+    if _pickles(exc):
+        return exc
+    if isinstance(exc, SluiceError):
+        return SluiceError(exc.message, hint=exc.hint, where=exc.where)
+    return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+
+
+def _run(key: str, blob: bytes, info: PartitionInfo, start: Any) -> Any:
+    """One partition of a job, on a worker: ``(value, counts, inherited counts)`` or a
+    ``_Failure``. ``start`` is a persisted partition's own output, or None."""
+    if isinstance(start, _Failure):
+        return start
+    try:
+        job = _unpack(key, blob)
+    except Exception as exc:
+        return _Failure(SluiceError(
+            f"a Dask worker cannot load the steps: {type(exc).__name__}: {exc}",
+            hint=WORKER_HINT))
+    from operators.arrays import get_namespace
+
+    _follow(job.cwd)
+    counts: Counts = []
+
+    def record(step: str, index: int, rows: int, seconds: float) -> None:
+        counts.append((step, index, rows, seconds))
+
+    part = None
+    try:
+        xp = get_namespace(job.xp_name)
+        part = compute_partition(job.data, info, xp, record,
+                                 start=None if start is None else start[0], skip=job.skip)
+        try:
+            value = job.action(part, info, xp)
+        except (SluiceError, StepFailure) as exc:
+            raise located(job.step, info, exc) from None
+        except Exception as exc:
+            raise located(job.step, info, exc) from exc
+    except Exception as exc:
+        return _Failure(_portable(exc), counts)
+    finally:
+        # Arrow's allocator keeps freed pages for reuse: a worker's memory would grow
+        # towards its limit (and be paused) without this, which costs well under a ms
+        part = None
+        pa.default_memory_pool().release_unused()
+    inherited = [] if start is None else [*start[1], *start[2]]
+    return value, counts, inherited
+
+
+def _follow(cwd: str) -> None:
+    """Work in the driver's directory where it exists (a worker on the same machine);
+    every task of a driver asks for the same one, so threads do not disagree."""
+    try:
+        here = os.getcwd()
+    except FileNotFoundError:  # the directory this worker was in is gone
+        here = None
+    if here != cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
+def _probe() -> Callable[[], str]:
+    """A check for every worker, pickled by value (it must run where sluice is missing)."""
+
+    def probe() -> str:
+        try:
+            from importlib.metadata import version
+
+            import pipelines.engines.dask  # noqa: F401 - what every task imports
+
+            return version("sluice")
+        except Exception as exc:
+            return f"cannot import sluice: {type(exc).__name__}: {exc}"
+
+    return probe
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+@dataclass
+class _Persisted:
+    data: Dataset
+    blob: Any  # the future of the job's bytes: the partitions' recipe if a worker dies
+    futures: list[Any]
+    merged: set[int] = field(default_factory=set)  # partitions whose counts are recorded
+
+
+class DaskEngine(Engine):
+    """Partitions as tasks on a dask.distributed cluster (local processes or attached)."""
+
+    name = "dask"
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None,
+                 progress: bool = False, *, threads_per_worker: int | None = None,
+                 memory_limit: str | int | float | None = None, timeout: float | None = None,
+                 profile: str | Path | None = None, **kwargs: Any):
+        super().__init__(progress=progress, **kwargs)
+        conf = load_profile(profile)
+        self.scheduler = scheduler or conf.scheduler
+        self.workers = workers or conf.workers
+        self.threads_per_worker = threads_per_worker or conf.threads_per_worker
+        self.memory_limit = conf.memory_limit if memory_limit is None else memory_limit
+        self.timeout = timeout or conf.timeout
+        self._cluster: Any = None
+        self._client: Any = None
+        self._persisted: dict[str, _Persisted] = {}
+        self._partitions: dict[int, list[PartitionInfo]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._client is not None:
+            return
+        from distributed import Client, LocalCluster
+
+        if self.scheduler:
+            try:
+                client = Client(self.scheduler, timeout=self.timeout, set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise SluiceError(
+                    f"cannot reach the Dask scheduler at {self.scheduler}: {exc}",
+                    hint="is `dask scheduler` running there? check --scheduler or "
+                         f"{PROFILE}") from None
+            try:
+                client.wait_for_workers(1, timeout=self.timeout)
+            except TimeoutError:
+                client.close()
+                raise SluiceError(
+                    f"no Dask worker joined the scheduler at {self.scheduler} within "
+                    f"{self.timeout:g} s", hint=f"start some: `dask worker {self.scheduler}`"
+                ) from None
+        else:
+            self._cluster = LocalCluster(
+                n_workers=self.workers or os.cpu_count() or 1,
+                threads_per_worker=self.threads_per_worker, processes=True, host="127.0.0.1",
+                # the scheduler's HTTP server (the dashboard, with bokeh) on a free port
+                # of 127.0.0.1: the default, 8787, is often taken by another cluster
+                dashboard_address="127.0.0.1:0",
+                memory_limit=self.memory_limit or 0,
+            )
+            client = Client(self._cluster, set_as_default=False)
+        self._client = client
+        try:
+            self._check_workers()
+        except BaseException:
+            self.close()
+            raise
+        if self.progress and self.dashboard:
+            print(f"Dask dashboard: {self.dashboard}", file=sys.stderr)
+
+    def _check_workers(self) -> None:
+        from importlib.metadata import version
+
+        ours = version("sluice")
+        found = self._client.run(_probe())
+        wrong = {addr: v for addr, v in found.items() if v != ours}
+        if wrong:
+            addr, what = next(iter(wrong.items()))
+            what = what if what.startswith("cannot") else f"has sluice {what}, not {ours}"
+            raise SluiceError(f"Dask worker {addr} {what} ({len(wrong)} of {len(found)} "
+                              "workers)", hint=WORKER_HINT)
+
+    def close(self) -> None:
+        self._release()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    @property
+    def dashboard(self) -> str | None:
+        if self._client is None or not _has_bokeh():
+            return None
+        return self._client.dashboard_link
+
+    def describe(self) -> dict[str, Any]:
+        out = {**super().describe(),
+               "cluster": "attached" if self.scheduler else "LocalCluster"}
+        if self._client is None:
+            return {**out, "scheduler": self.scheduler, "workers": self.workers}
+        import distributed
+
+        workers = self._client.scheduler_info().get("workers", {}).values()
+        limits = sorted({w.get("memory_limit") or 0 for w in workers})
+        return {**out, "scheduler": self._client.scheduler.address,
+                "workers": len(workers), "threads": sum(w.get("nthreads", 0) for w in workers),
+                "memory_limit": limits[0] if len(limits) == 1 else limits,
+                "dashboard": self.dashboard, "distributed": distributed.__version__}
+
+    def begin_run(self) -> None:
+        super().begin_run()
+        self._release()
+        self._partitions.clear()
+
+    def _release(self) -> None:
+        if self._client is not None:
+            for kept in self._persisted.values():
+                self._client.cancel([*kept.futures, kept.blob])
+        self._persisted.clear()
+
+    def _require(self) -> Any:
+        self.start()
+        return self._client
+
+    def partitions(self, data: Dataset) -> list[PartitionInfo]:
+        key = id(data.source)
+        if key not in self._partitions:
+            self._partitions[key] = data.source.partitions()
+        return self._partitions[key]
+
+    # ------------------------------------------------------------------ running
+
+    def _base(self, data: Dataset) -> _Persisted | None:
+        """The persisted dataset ``data`` starts from: itself, or the longest persisted
+        prefix of its steps over the same source."""
+        if data.cache_key in self._persisted:
+            return self._persisted[data.cache_key]
+        best = None
+        for kept in self._persisted.values():
+            n = len(kept.data.ops)
+            if (kept.data.source is data.source and kept.data.source_step == data.source_step
+                    and data.ops[:n] == kept.data.ops
+                    and (best is None or n > len(best.data.ops))):
+                best = kept
+        return best
+
+    def _submit_job(self, data: Dataset, step: str,
+                    action: Callable[[pa.Table, PartitionInfo, Any], Any]
+                    ) -> tuple[str, Any, _Persisted | None]:
+        import cloudpickle
+
+        base = self._base(data)
+        job = _Job(data, len(base.data.ops) if base else 0, step, action, self.xp_name,
+                   os.getcwd())
+        # one per call: every task key of the call ends in it (the dashboard groups
+        # them as sluice-<step>)
+        key = uuid.uuid4().hex
+        blob = self._client.submit(_blob, cloudpickle.dumps(job), key=f"sluice-job-{key}",
+                                   pure=False)
+        return key, blob, base
+
+    def _each(self, data: Dataset, step: str,
+              action: Callable[[pa.Table, PartitionInfo, Any], Any], label: str,
+              drain: bool = False) -> Iterator[tuple[PartitionInfo, Any]]:
+        """Run ``action`` (the work of ``step``) on every partition; yields results in
+        partition order. ``drain``: after a failure, wait for the tasks in flight (a
+        sink must not be aborted under a write) before raising."""
+        from distributed import wait
+
+        client = self._require()
+        infos = self.partitions(data)
+        key, blob, base = self._submit_job(data, step, action)
+        limit = WINDOW * max(1, sum(client.nthreads().values()))
+        pending: dict[int, Any] = {}
+        done: dict[int, Any] = {}
+        nxt = emitted = 0
+        try:
+            with _progress(self.progress, label, len(infos)) as bar:
+                while emitted < len(infos):
+                    while nxt < len(infos) and len(pending) + len(done) < limit:
+                        start = base.futures[nxt] if base else None
+                        pending[nxt] = client.submit(
+                            _run, key, blob, infos[nxt], start, pure=False,
+                            key=f"sluice-{_safe(step)}-{key}-{nxt}")
+                        nxt += 1
+                    with client.as_current():  # wait() finds the client this way
+                        wait(list(pending.values()), return_when="FIRST_COMPLETED")
+                    for i in [i for i, f in pending.items() if f.done()]:
+                        done[i] = self._outcome(pending.pop(i), infos[i], step, base)
+                        bar.advance(infos[i].rows or 0)
+                    while emitted in done:
+                        yield infos[emitted], done.pop(emitted)
+                        emitted += 1
+        finally:
+            if pending:
+                if drain:
+                    with client.as_current():
+                        wait(list(pending.values()))
+                client.cancel(list(pending.values()))
+            client.cancel([blob])
+
+    def _outcome(self, future: Any, info: PartitionInfo, step: str,
+                 base: _Persisted | None) -> Any:
+        """A task's value, its counters merged; its failure raised as itself."""
+        from distributed import KilledWorker
+
+        where = f"step '{step}', {info.describe()}"
+        try:
+            out = future.result()
+        except KilledWorker:
+            raise SluiceError(
+                f"{where}: the Dask workers running this task died (killed, or out of memory)",
+                hint="raise the workers' memory_limit or lower partition_mb") from None
+        except Exception as exc:  # the cluster's failure (a lost scheduler...), not a step's
+            raise SluiceError(f"{where}: the Dask cluster could not run the task: "
+                              f"{type(exc).__name__}: {exc}",
+                              hint="see the scheduler's and the workers' logs") from None
+        if isinstance(out, _Failure):
+            for row in out.counts:
+                self.record(*row)
+            error = out.error
+            if isinstance(error, SluiceError) and not error.where:
+                error.located(where)
+            raise error from None
+        value, counts, inherited = out
+        if base is not None and info.index not in base.merged:
+            base.merged.add(info.index)
+            counts = [*inherited, *counts]
+        for row in counts:
+            self.record(*row)
+        return value
+
+    def aggregate(self, data: Dataset, step_id: str, partial: Callable[[pa.Table, Any], Any],
+                  combine: Callable[[Any, Any], Any], label: str = "") -> Any:
+        partials = [p for _, p in self._each(data, step_id, _Partial(partial),
+                                             label or f"{step_id}: fit")]
+        return tree_reduce(partials, combine)
+
+    def persist(self, data: Dataset) -> Dataset:
+        if data.cache_key is not None:
+            return data
+        client = self._require()
+        infos = self.partitions(data)
+        step = data.ops[-1][0] if data.ops else data.source_step
+        key, blob, base = self._submit_job(data, step, _table)
+        futures = [client.submit(_run, key, blob, info, base.futures[i] if base else None,
+                                 pure=False, key=f"sluice-persist-{key}-{i}")
+                   for i, info in enumerate(infos)]
+        kept = Dataset(data.source, data.source_step, data.ops, data.schema, key)
+        self._persisted[key] = _Persisted(kept, blob, futures)
+        return kept
+
+    def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
+        self._require()
+        token = sink.begin(run_id, data.schema)
+        try:
+            results: list[WriteResult] = [
+                r for _, r in self._each(data, step_id, _Write(sink, token),
+                                         f"{step_id}: write", drain=True)]
+        except BaseException:
+            sink.abort(token)
+            raise
+        return sink.commit(token, results)
+
+    def collect(self, data: Dataset) -> pa.Table:
+        parts = [t for _, t in self._each(data, "collect", _table, "collect")]
+        return pa.concat_tables(parts) if parts else data.schema.empty_table()
+
+
+def _has_bokeh() -> bool:
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def _safe(step: str) -> str:
+    """A step id as a readable part of a Dask key."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in step)
+
+
