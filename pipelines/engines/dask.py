@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
 from pipelines.engines.base import Dataset, Engine, StepFailure, compute_partition, located
-from pipelines.engines.local import _progress
+from pipelines.engines.progress import progress_bar
 
 __all__ = ["DaskEngine", "DaskProfile", "load_profile"]
 
@@ -460,7 +460,7 @@ class DaskEngine(Engine):
         done: dict[int, Any] = {}
         nxt = emitted = 0
         try:
-            with _progress(self.progress, label, len(infos)) as bar:
+            with progress_bar(self.progress, label, len(infos)) as bar:
                 while emitted < len(infos):
                     while nxt < len(infos) and len(pending) + len(done) < limit:
                         start = base.futures[nxt] if base else None

@@ -12,7 +12,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import nullcontext
 from typing import Any
 
 import pyarrow as pa
@@ -20,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
 from pipelines.engines.base import Dataset, Engine, StepFailure, compute_partition, located
+from pipelines.engines.progress import progress_bar
 
 
 def default_cache_bytes() -> int:
@@ -120,7 +120,7 @@ class LocalEngine(Engine):
         pending: dict[int, Future[Any]] = {}
         done: dict[int, Any] = {}
         nxt = emitted = 0
-        progress = _progress(self.progress, label, len(infos))
+        progress = progress_bar(self.progress, label, len(infos))
 
         def job(info: PartitionInfo) -> Any:
             part = self._compute(data, info)
@@ -179,48 +179,3 @@ class LocalEngine(Engine):
     def collect(self, data: Dataset) -> pa.Table:
         parts = [t for _, t in self._each(data, "collect", lambda part, _: part, "collect")]
         return pa.concat_tables(parts) if parts else data.schema.empty_table()
-
-
-class _Bar:
-    def __init__(self, progress: Any, task: Any):
-        self.progress, self.task = progress, task
-
-    def advance(self, rows: int) -> None:
-        self.progress.update(self.task, advance=1, rows=self.progress.tasks[0].fields["rows"]
-                             + rows)
-
-
-class _NoBar:
-    def advance(self, rows: int) -> None:
-        pass
-
-
-class _ProgressContext:
-    def __init__(self, label: str, total: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("partitions, {task.fields[rows]:,} rows"), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), transient=True,
-        )
-        self.label, self.total = label, total
-
-    def __enter__(self) -> _Bar:
-        self.progress.start()
-        task = self.progress.add_task(self.label, total=self.total, rows=0)
-        return _Bar(self.progress, task)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
-
-
-def _progress(enabled: bool, label: str, total: int) -> Any:
-    return _ProgressContext(label, total) if enabled else nullcontext(_NoBar())

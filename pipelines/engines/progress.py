@@ -1,0 +1,52 @@
+"""A terminal progress bar (partitions, rows, ETA) shared by the engines."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+
+class _Bar:
+    def __init__(self, progress: Any, task: Any):
+        self.progress, self.task = progress, task
+
+    def advance(self, rows: int) -> None:
+        self.progress.update(self.task, advance=1, rows=self.progress.tasks[0].fields["rows"]
+                             + rows)
+
+
+class _NoBar:
+    def advance(self, rows: int) -> None:
+        pass
+
+
+class _ProgressContext:
+    def __init__(self, label: str, total: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("partitions, {task.fields[rows]:,} rows"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), transient=True,
+        )
+        self.label, self.total = label, total
+
+    def __enter__(self) -> _Bar:
+        self.progress.start()
+        task = self.progress.add_task(self.label, total=self.total, rows=0)
+        return _Bar(self.progress, task)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+
+def progress_bar(enabled: bool, label: str, total: int) -> Any:
+    """A context manager yielding a bar with ``advance(rows)``; a no-op when disabled."""
+    return _ProgressContext(label, total) if enabled else nullcontext(_NoBar())
