@@ -21,6 +21,15 @@ from bench.mlp_cases import (  # noqa: F401 - bench.worker looks the sides up he
     train_mlp_sklearn_adam,
     train_mlp_sluice_local,
 )
+from bench.spark_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    score_spark_mllib_mllib,
+    score_spark_mllib_sluice_spark,
+    score_spark_udf_pandas_udf_sklearn,
+    score_spark_udf_sluice_spark,
+    spark_models,
+    train_spark_mllib_mllib,
+    train_spark_mllib_sluice_spark,
+)
 from pipelines.datagen import generate
 
 
@@ -93,6 +102,13 @@ CASES: dict[str, Case] = {
     "train_mlp": Case("numeric", ("sluice_local", "sklearn_adam"), _numeric, mlp_holdout),
     # the same with full-batch L-BFGS, 50 iterations on both sides
     "train_mlp_lbfgs": Case("numeric", ("sluice_local", "sklearn_lbfgs"), _numeric, mlp_holdout),
+    # read -> score -> write on the Spark engine vs MLlib PipelineModel.transform + write
+    "score_spark_mllib": Case("numeric", ("sluice_spark", "mllib"), _numeric, spark_models),
+    # the same vs a pandas_udf scoring a scikit-learn model (MLflow's spark_udf) + write
+    "score_spark_udf": Case("numeric", ("sluice_spark", "pandas_udf_sklearn"), _numeric,
+                            spark_models),
+    # read + fit logistic regression on the Spark engine vs MLlib LogisticRegression
+    "train_spark_mllib": Case("numeric", ("sluice_spark", "mllib"), _numeric),
 }
 
 

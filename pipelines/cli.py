@@ -229,5 +229,25 @@ def datagen(kind: str, rows: int, out: str, files: int, seed: int, row_group_row
     click.echo(f"wrote {rows:,} {kind} rows to {len(written)} file(s) in {out}")
 
 
+@main.command("package")
+@click.option("--out", type=click.Path(file_okay=False), default="dist", show_default=True,
+              help="folder for sluice.zip and sluice_submit.py")
+@click.option("--include", "include", multiple=True, type=click.Path(exists=True),
+              metavar="PATH", help="a module file or package folder of your own operators")
+def package_command(out: str, include: tuple[str, ...]) -> None:
+    """Build the archive and entry script that run pipelines under spark-submit."""
+    from pipelines.package import ArchiveError, build
+
+    try:
+        archive = build(out, include)
+    except ArchiveError as exc:
+        _err(str(exc))
+        sys.exit(1)
+    size = archive.path.stat().st_size / 2**20
+    click.echo(f"wrote {archive.path} ({size:.1f} MiB, {archive.files} files) and "
+               f"{archive.entry}")
+    click.echo(f"  {archive.command()}")
+
+
 if __name__ == "__main__":
     main()

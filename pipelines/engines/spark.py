@@ -1,0 +1,768 @@
+"""Spark: the partitions of a pipeline as Spark tasks, through ``DataFrame.mapInArrow``.
+
+A job is a DataFrame of partition descriptors (``spark.range`` with one row per
+Spark partition, each standing for a contiguous group of sluice partitions)
+mapped with ``mapInArrow``: the function reads each of its partitions with the
+Source (``source.read(info)``, the same reader as the local engine: manifests,
+hive columns, filters, casts and types identical) and applies the dataset's
+transforms (``compute_partition``); then, in the same Python worker,
+
+* an aggregate (a fit's pass) runs the partial and emits one row per partition
+  with the pickled partial; the driver combines them in partition order
+  (``tree_reduce``), so the result does not depend on timing;
+* a write runs ``sink.write`` and emits the ``WriteResult``; the driver commits
+  once (``_SUCCESS`` manifest, atomic rename: Spark's own committer, with its
+  ``_temporary`` folders, is not involved);
+* a multi-pass fit reads a ``cache()``-d DataFrame of the prepared partitions,
+  kept as Arrow IPC blobs (exact Arrow types, no conversion through Spark types);
+* ``to_dataframe`` gives the typed DataFrame (the declared schema converted to
+  Spark types) for Spark code downstream.
+
+Per-step row counts come back in the result rows, and so does a user error
+(``SluiceError``): it is not retried, and the driver raises the one of the lowest
+partition, which the CLI prints as its one line. Any other exception fails the task
+attempt so that Spark retries it (``spark.task.maxFailures``; a lost Python worker
+or executor too); the last attempt returns it as a ``StepFailure`` carrying the
+executor's traceback.
+
+Session: ``local[*]`` by default; ``--master URL`` or ``conf/engines/spark.yaml``
+(or ``$SLUICE_SPARK_PROFILE``) otherwise. Inside ``spark-submit`` the session
+spark-submit configures is used, and its settings win over the profile's. For a
+non-local master the engine ships sluice to the executors as the archive of
+``pipelines/package.py``, so workers need only pyspark, numpy and pyarrow.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import os
+import pickle
+import re
+import sys
+import time
+import traceback
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from operators.arrays import get_namespace
+from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
+from pipelines.engines.base import Dataset, Engine, StepFailure, compute_partition, located
+from pipelines.package import active_archive, cached_build, run_in_executor
+
+PROFILE_ENV = "SLUICE_SPARK_PROFILE"
+PROFILE_PATH = Path("conf") / "engines" / "spark.yaml"
+DEFAULT_MASTER = "local[*]"
+
+# what sluice sets on a session it creates (the profile's `conf` and the constructor's
+# win over these; inside spark-submit, spark-submit's settings win over all of them)
+DEFAULT_CONF: dict[str, str] = {
+    # batches from the JVM to Python (typed DataFrames consumed downstream): Spark's
+    # 10,000 rows leave vectorised kernels a small batch each; partitions read by
+    # sluice itself do not go through this at all
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "100000",
+    "spark.sql.execution.arrow.maxBytesPerBatch": str(256 * 1024 * 1024),
+    "spark.python.worker.reuse": "true",
+}
+# a local master runs everything on this machine: nothing needs to listen beyond it
+LOCAL_CONF: dict[str, str] = {
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+}
+
+_BLOB, _RECORDS, _ERROR, _RESULT = 0, 1, 2, 3
+_ROWS_SCHEMA = pa.schema([("partition", pa.int32()), ("kind", pa.int8()), ("data", pa.binary())])
+_ROWS_DDL = "partition int, kind byte, data binary"
+_BLOB_BYTES = 32 * 1024 * 1024  # cached partitions are cut in IPC blobs of at most this
+_ERROR_MARK = re.compile(r"\[sluice-error:([A-Za-z0-9+/=]+)\]")
+_PANDAS_WARNING = "PySpark does not yet fully support pandas"
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
+
+
+class SparkProfile(BaseModel):
+    """``conf/engines/spark.yaml``: how sluice makes its Spark session."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    master: str | None = Field(None, description="master URL; --master wins; default local[*]")
+    app_name: str = Field("sluice", description="application name shown by Spark")
+    conf: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Spark confs (spark.* keys) for sessions sluice makes")
+    log_level: str | None = Field("WARN", description="Spark log level (spark.log.level)")
+    rows_per_task: int = Field(
+        1_000_000, gt=0,
+        description="consecutive small partitions share a Spark task up to this many rows")
+    ship_code: Literal["auto", "always", "never"] = Field(
+        "auto", description="ship sluice to executors as an archive (auto: non-local masters)")
+    py_files: list[str] = Field(default_factory=list,
+                                description="your own modules/packages for the executors")
+
+
+def load_profile(path: str | os.PathLike[str] | None = None) -> tuple[SparkProfile, str | None]:
+    """The profile at ``path``, else ``$SLUICE_SPARK_PROFILE``, else ``conf/engines/spark.yaml``
+    when the working directory has one, else the defaults."""
+    chosen = path or os.environ.get(PROFILE_ENV)
+    if chosen is None:
+        if not PROFILE_PATH.is_file():
+            return SparkProfile(), None
+        chosen = PROFILE_PATH
+    where = str(chosen)
+    try:
+        raw = yaml.safe_load(Path(chosen).read_text()) or {}
+    except FileNotFoundError:
+        raise SluiceError(f"Spark profile '{where}' does not exist",
+                          hint=f"fix ${PROFILE_ENV} or create the file") from None
+    except yaml.YAMLError as exc:
+        raise SluiceError(f"Spark profile '{where}' is not valid YAML: "
+                          f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SluiceError(f"Spark profile '{where}' must be a mapping of settings")
+    try:
+        return SparkProfile(**raw), where
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise SluiceError(f"Spark profile '{where}': '{key}': {first['msg']}",
+                          hint="keys: " + ", ".join(SparkProfile.model_fields)) from None
+
+
+def is_local(master: str) -> bool:
+    return master.startswith("local")
+
+
+def task_attempts(master: str, conf: dict[str, str]) -> int:
+    """How many attempts Spark gives a task: ``local[N, F]`` -> F, ``local[N]`` -> 1,
+    a cluster -> ``spark.task.maxFailures``."""
+    m = re.fullmatch(r"local\[\s*(?:\*|\d+)\s*,\s*(\d+)\s*\]", master)
+    if m:
+        return int(m.group(1))
+    if master == "local" or master.startswith("local["):
+        return 1
+    return int(conf.get("spark.task.maxFailures", "4"))
+
+
+# --------------------------------------------------------------------------- types
+
+
+def spark_type(t: pa.DataType, column: str = "") -> Any:
+    """The Spark type a column of Arrow type ``t`` becomes in a DataFrame."""
+    from pyspark.sql import types as st
+
+    if pa.types.is_dictionary(t):
+        return spark_type(t.value_type, column)
+    simple = [
+        (pa.types.is_null, st.NullType), (pa.types.is_boolean, st.BooleanType),
+        (pa.types.is_int8, st.ByteType), (pa.types.is_int16, st.ShortType),
+        (pa.types.is_int32, st.IntegerType), (pa.types.is_int64, st.LongType),
+        # unsigned: the next signed type that holds every value
+        (pa.types.is_uint8, st.ShortType), (pa.types.is_uint16, st.IntegerType),
+        (pa.types.is_uint32, st.LongType),
+        (pa.types.is_float16, st.FloatType), (pa.types.is_float32, st.FloatType),
+        (pa.types.is_float64, st.DoubleType),
+        (pa.types.is_string, st.StringType), (pa.types.is_large_string, st.StringType),
+        (pa.types.is_binary, st.BinaryType), (pa.types.is_large_binary, st.BinaryType),
+        (pa.types.is_fixed_size_binary, st.BinaryType),
+        (pa.types.is_date, st.DateType), (pa.types.is_duration, st.DayTimeIntervalType),
+    ]
+    for test, make in simple:
+        if test(t):
+            return make()
+    if pa.types.is_uint64(t):
+        return st.DecimalType(20, 0)
+    if pa.types.is_string_view(t):
+        return st.StringType()
+    if pa.types.is_binary_view(t):
+        return st.BinaryType()
+    if pa.types.is_timestamp(t):
+        return st.TimestampType() if t.tz else st.TimestampNTZType()
+    if pa.types.is_decimal(t):
+        if t.precision > 38:
+            raise SluiceError(f"column '{column}' is {t}: Spark decimals hold 38 digits at most",
+                              hint="cast it to float64 or a narrower decimal first")
+        return st.DecimalType(t.precision, t.scale)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return st.ArrayType(spark_type(t.value_type, column), t.value_field.nullable)
+    if pa.types.is_struct(t):
+        return st.StructType([st.StructField(f.name, spark_type(f.type, f"{column}.{f.name}"),
+                                             f.nullable) for f in t])
+    if pa.types.is_map(t):
+        return st.MapType(spark_type(t.key_type, column), spark_type(t.item_type, column),
+                          t.item_field.nullable)
+    raise SluiceError(f"column '{column}' is {t}, which Spark has no type for",
+                      hint="cast or drop it before handing the data to Spark")
+
+
+def spark_schema(schema: pa.Schema) -> Any:
+    """An Arrow schema as a Spark ``StructType`` (list<double> -> array<double>...)."""
+    from pyspark.sql import types as st
+
+    return st.StructType([st.StructField(f.name, spark_type(f.type, f.name), f.nullable)
+                          for f in schema])
+
+
+def _cast_for_spark(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """The Arrow types Spark reads for ``target``; nanoseconds are truncated to Spark's
+    microseconds, every other cast is exact or fails."""
+    columns = []
+    for column, field in zip(table.columns, target):
+        have = column.type
+        lossy = ((pa.types.is_timestamp(have) or pa.types.is_duration(have))
+                 and have.unit == "ns")
+        columns.append(column if have == field.type
+                       else pc.cast(column, field.type, safe=not lossy))
+    return pa.Table.from_arrays(columns, schema=target)
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def _binary(values: list[pa.Buffer | bytes]) -> pa.Array:
+    """A binary array over existing buffers (no copy of a large blob)."""
+    buffers = [v if isinstance(v, pa.Buffer) else pa.py_buffer(v) for v in values]
+    offsets = np.zeros(len(buffers) + 1, dtype=np.int32)
+    np.cumsum([b.size for b in buffers], out=offsets[1:])
+    data = buffers[0] if len(buffers) == 1 else pa.py_buffer(b"".join(b.to_pybytes()
+                                                                      for b in buffers))
+    return pa.Array.from_buffers(pa.binary(), len(buffers), [None, pa.py_buffer(offsets), data])
+
+
+def _row(partition: int, kind: int, data: pa.Buffer | bytes) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array([partition], pa.int32()), pa.array([kind], pa.int8()), _binary([data])],
+        schema=_ROWS_SCHEMA)
+
+
+def _ipc_blobs(table: pa.Table) -> Iterator[pa.Buffer]:
+    """A table as IPC streams of at most ``_BLOB_BYTES`` each (one, if it is empty)."""
+    per_row = max(1, table.nbytes // max(table.num_rows, 1))
+    step = max(1, _BLOB_BYTES // per_row)
+    start = 0
+    while True:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table.slice(start, step))
+        yield sink.getvalue()
+        start += step
+        if start >= table.num_rows:
+            return
+
+
+def _with_traceback(exc: BaseException) -> BaseException:
+    """A failure ready to cross to the driver: a bug keeps its executor traceback as a
+    note, and anything that does not pickle becomes a RuntimeError with its text."""
+    if isinstance(exc, StepFailure):
+        error = exc.error
+        text = "".join(traceback.format_exception(error)).rstrip()
+        if text and not any(n.startswith("executor traceback") for n in
+                            getattr(error, "__notes__", [])):
+            error.add_note(f"executor traceback (most recent call last):\n{text}")
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        if isinstance(exc, StepFailure):
+            plain = RuntimeError(f"{type(exc.error).__name__}: {exc.error}")
+            for note in getattr(exc.error, "__notes__", []):
+                plain.add_note(note)
+            return StepFailure(exc.step, exc.where, plain)
+        return SluiceError(str(exc))
+
+
+def _marked(failure: BaseException) -> str:
+    """A failure's first line, and the failure itself for the driver to recover from the
+    text of a failed Spark job."""
+    payload = base64.b64encode(pickle.dumps(_with_traceback(failure))).decode()
+    first = str(failure).splitlines()[0] if str(failure) else repr(failure)
+    return f"{first} [sluice-error:{payload}]"
+
+
+class _Attempt(RuntimeError):
+    """Fails a task attempt so that Spark runs it again; carries the failure along."""
+
+
+@dataclass
+class _Task:
+    """What one Spark task runs, pickled into the ``mapInArrow`` function.
+
+    ``kind``: ``results`` (``work`` on each partition, one result row each), ``cache``
+    (the partitions as IPC blobs for ``cache()``), ``frame`` (typed record batches).
+    The input rows are partition descriptors (``spark.range``: the task's number), or
+    the rows of a cached DataFrame when ``cached``.
+    """
+
+    kind: str
+    data: Dataset
+    infos: dict[int, PartitionInfo]
+    groups: list[list[int]]
+    cached: bool
+    step: str
+    xp_name: str
+    attempts: int
+    nonce: str
+    cwd: str = ""
+    work: Callable[[pa.Table, PartitionInfo, Any], Any] | None = None
+    frame_schema: pa.Schema | None = None
+    batch_rows: int = 100_000
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        last = context is None or context.attemptNumber() + 1 >= self.attempts
+        xp = get_namespace(self.xp_name)
+        inputs = (self._cached_inputs(batches) if self.cached
+                  else self._computed_inputs(batches, xp, last))
+        emit = getattr(self, f"_emit_{self.kind}")
+        previous = os.getcwd()
+        # relative paths in a pipeline mean the driver's working directory, as on the
+        # local engine, wherever an executor sees that directory (local masters, NFS)
+        if self.cwd and os.path.isdir(self.cwd):
+            os.chdir(self.cwd)
+        try:
+            for info, table, records, failure in inputs:
+                yield from emit(info, table, records, failure, xp, last)
+        finally:
+            os.chdir(previous)
+
+    def _retry(self, failure: BaseException, last: bool) -> None:
+        """A bug may be transient (a lost file handle, memory): before the last attempt,
+        fail the attempt so that Spark runs the task again."""
+        if isinstance(failure, StepFailure) and not last:
+            raise _Attempt(_marked(failure))
+
+    # inputs: (info, table or None, per-step records, failure or None)
+
+    def _computed_inputs(self, batches: Iterator[pa.RecordBatch], xp: Any,
+                         last: bool) -> Iterator[Any]:
+        numbers = [int(v) for batch in batches for v in batch.column(0).to_pylist()]
+        for number in numbers:  # this task's number: its group of partitions
+            for index in self.groups[number]:
+                info = self.infos[index]
+                records: list[tuple[str, int, int, float]] = []
+                try:
+                    table = compute_partition(self.data, info, xp,
+                                              lambda *r, out=records: out.append(r))
+                except (SluiceError, StepFailure) as exc:
+                    self._retry(exc, last)
+                    yield info, None, records, exc
+                    continue
+                yield info, table, records, None
+
+    def _cached_inputs(self, batches: Iterator[pa.RecordBatch]) -> Iterator[Any]:
+        current: int | None = None
+        blobs: list[pa.Buffer] = []
+        records: list[Any] = []
+        failure: BaseException | None = None
+
+        def flush() -> Any:
+            table = None
+            if failure is None:
+                table = pa.concat_tables([pa.ipc.open_stream(b).read_all() for b in blobs])
+            return self.infos[current], table, records, failure
+
+        for batch in batches:
+            parts = batch.column(0).to_pylist()
+            kinds = batch.column(1).to_pylist()
+            data = batch.column(2)
+            for i, (part, kind) in enumerate(zip(parts, kinds)):
+                if part != current:
+                    if current is not None:
+                        yield flush()
+                    current, blobs, records, failure = part, [], [], None
+                if kind == _BLOB:
+                    blobs.append(data[i].as_buffer())
+                elif kind == _RECORDS:
+                    records = pickle.loads(data[i].as_buffer())
+                else:
+                    failure = pickle.loads(data[i].as_buffer())
+        if current is not None:
+            yield flush()
+
+    # outputs
+
+    def _emit_results(self, info: PartitionInfo, table: pa.Table | None, records: list[Any],
+                      failure: BaseException | None, xp: Any, last: bool
+                      ) -> Iterator[pa.RecordBatch]:
+        if failure is None:
+            assert self.work is not None and table is not None
+            try:
+                value = self.work(table, info, xp)
+            except Exception as exc:
+                failure = located(self.step, info, exc)
+                self._retry(failure, last)
+            else:
+                yield _row(info.index, _RESULT, pickle.dumps((value, records)))
+                return
+        yield _row(info.index, _ERROR, pickle.dumps((_with_traceback(failure), records)))
+
+    def _emit_cache(self, info: PartitionInfo, table: pa.Table | None, records: list[Any],
+                    failure: BaseException | None, xp: Any, last: bool
+                    ) -> Iterator[pa.RecordBatch]:
+        if failure is not None:
+            # an error row in the cache: the pass reading it reports the failure
+            yield _row(info.index, _ERROR, pickle.dumps(_with_traceback(failure)))
+            return
+        assert table is not None
+        for blob in _ipc_blobs(table):
+            yield _row(info.index, _BLOB, blob)
+        yield _row(info.index, _RECORDS, pickle.dumps(records))
+
+    def _emit_frame(self, info: PartitionInfo, table: pa.Table | None, records: list[Any],
+                    failure: BaseException | None, xp: Any, last: bool
+                    ) -> Iterator[pa.RecordBatch]:
+        if failure is not None:
+            raise _Attempt(_marked(failure))
+        assert table is not None and self.frame_schema is not None
+        yield from _cast_for_spark(table, self.frame_schema).to_batches(self.batch_rows)
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+@contextlib.contextmanager
+def _environ_defaults(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set only while the JVM starts, and only where unset."""
+    added = [k for k in values if k not in os.environ]
+    for key in added:
+        os.environ[key] = values[key]
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def _quiet_pandas_warning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
+        yield
+
+
+@dataclass
+class _Cache:
+    frame: Any  # the cached DataFrame of IPC blobs, built on first use
+    counted: bool = False  # the per-step counts of its first computation are recorded
+
+
+class SparkEngine(Engine):
+    """Partitions as Spark tasks: ``mapInArrow`` over partition descriptors."""
+
+    name = "spark"
+
+    def __init__(self, master: str | None = None, conf: dict[str, Any] | None = None,
+                 progress: bool = False, profile: str | os.PathLike[str] | None = None,
+                 **kwargs: Any):
+        super().__init__(progress=progress, **kwargs)
+        self.profile, self.profile_path = load_profile(profile)
+        self.master = master or self.profile.master or DEFAULT_MASTER
+        self.conf = {k: _conf_text(v) for k, v in {**self.profile.conf, **(conf or {})}.items()}
+        self.spark: Any = None
+        self.mode = "off"  # session: sluice made it; spark-submit; attached: it existed
+        self._owned = False
+        self._attempts = 1
+        self._caches: dict[str, _Cache] = {}
+        self._partitions: dict[int, list[PartitionInfo]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def settings(self, local: bool | None = None) -> dict[str, str]:
+        """The Spark confs sluice asks for: its defaults, then the profile's, then the
+        constructor's (a local master also binds to 127.0.0.1)."""
+        out = dict(DEFAULT_CONF)
+        if is_local(self.master) if local is None else local:
+            out.update(LOCAL_CONF)
+        out["spark.ui.showConsoleProgress"] = "true" if self.progress else "false"
+        if self.profile.log_level:
+            out["spark.log.level"] = self.profile.log_level.upper()
+        out.update(self.conf)
+        return out
+
+    def start(self) -> None:
+        if self.spark is not None:
+            return
+        from pyspark import SparkConf, SparkContext
+        from pyspark.sql import SparkSession
+
+        with _quiet_pandas_warning():
+            if SparkContext._active_spark_context is not None:
+                self.spark = SparkSession.builder.getOrCreate()
+                self.mode, self._owned = "attached", False
+            elif "PYSPARK_GATEWAY_PORT" in os.environ:
+                # the driver of spark-submit: its JVM holds its settings, which win
+                SparkContext._ensure_initialized()
+                conf = SparkConf()
+                for key, value in self.settings(local=False).items():
+                    conf.setIfMissing(key, value)
+                conf.setIfMissing("spark.app.name", self.profile.app_name)
+                self.spark = SparkSession.builder.config(conf=conf).getOrCreate()
+                self.mode, self._owned = "spark-submit", True
+            else:
+                conf = SparkConf().setMaster(self.master).setAppName(self.profile.app_name)
+                conf.setAll(list(self.settings().items()))
+                env = ({"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+                       if is_local(self.master) else {})
+                with _environ_defaults(env):
+                    self.spark = SparkSession.builder.config(conf=conf).getOrCreate()
+                self.mode, self._owned = "session", True
+        sc = self.spark.sparkContext
+        self._attempts = task_attempts(sc.master, dict(sc.getConf().getAll()))
+        self._ship_code(sc)
+
+    def _ship_code(self, sc: Any) -> None:
+        ship = self.profile.ship_code
+        # under spark-submit with the archive, the executors have it already
+        if active_archive() is None and (ship == "always" or (ship == "auto"
+                                                              and not is_local(sc.master))):
+            sc.addPyFile(str(cached_build().path))
+        for path in self.profile.py_files:
+            sc.addPyFile(path)
+
+    def close(self) -> None:
+        self._drop_caches()
+        if self.spark is not None and self._owned:
+            self.spark.stop()
+        self.spark, self.mode, self._owned = None, "off", False
+
+    def describe(self) -> dict[str, Any]:
+        out = {**super().describe(), "master": self.master, "mode": self.mode}
+        if self.profile_path:
+            out["profile"] = self.profile_path
+        if self.spark is not None:
+            sc = self.spark.sparkContext
+            conf = dict(sc.getConf().getAll())
+            out.update(master=sc.master, spark_version=sc.version, app_id=sc.applicationId,
+                       parallelism=sc.defaultParallelism, task_attempts=self._attempts,
+                       conf={k: conf[k] for k in sorted(self.settings(is_local(sc.master)))
+                             if k in conf})
+        return out
+
+    def begin_run(self) -> None:
+        super().begin_run()
+        self._drop_caches()
+        self._partitions.clear()
+
+    def _drop_caches(self) -> None:
+        for cache in self._caches.values():
+            if cache.frame is not None:
+                with contextlib.suppress(Exception):  # a stopped session has nothing cached
+                    cache.frame.unpersist(blocking=False)
+        self._caches.clear()
+
+    # ------------------------------------------------------------------ planning
+
+    def partitions(self, data: Dataset) -> list[PartitionInfo]:
+        key = id(data.source)
+        if key not in self._partitions:
+            self._partitions[key] = data.source.partitions()
+        return self._partitions[key]
+
+    def task_groups(self, infos: list[PartitionInfo]) -> list[list[int]]:
+        """Consecutive partitions per Spark task: about ``rows_per_task`` rows each, and
+        at least one task per core when there are enough partitions."""
+        if not infos:
+            return [[]]
+        budget = self.profile.rows_per_task
+        rows = [budget if i.rows is None else i.rows for i in infos]
+        total = sum(rows)
+        parallelism = self.spark.sparkContext.defaultParallelism if self.spark else 1
+        tasks = min(len(infos), max(parallelism, -(-total // budget)))
+        groups: list[list[int]] = []
+        last, done = -1, 0
+        for position, (info, n) in enumerate(zip(infos, rows)):
+            # the task whose share of the rows holds this partition's middle row
+            task = (min(tasks - 1, int((done + n / 2) * tasks / total)) if total
+                    else position * tasks // len(infos))
+            if task != last:
+                groups.append([])
+                last = task
+            groups[-1].append(info.index)
+            done += n
+        return groups
+
+    def _source_frame(self, data: Dataset, infos: list[PartitionInfo]
+                      ) -> tuple[Any, list[list[int]], _Cache | None]:
+        """The DataFrame a job maps over: partition descriptors, or the dataset's cache
+        (built here, lazily, on its first use)."""
+        groups = self.task_groups(infos)
+        descriptors = self.spark.range(0, len(groups), 1, len(groups))
+        cache = self._caches.get(data.cache_key) if data.cache_key else None
+        if cache is None:
+            return descriptors, groups, None
+        if cache.frame is None:
+            task = self._task("cache", data, infos, groups, cached=False, step="cache")
+            cache.frame = self._map(descriptors, task, _ROWS_DDL).cache()
+        return cache.frame, groups, cache
+
+    def _task(self, kind: str, data: Dataset, infos: list[PartitionInfo],
+              groups: list[list[int]], cached: bool, step: str, **extra: Any) -> _Task:
+        return _Task(kind=kind, data=data, infos={i.index: i for i in infos}, groups=groups,
+                     cached=cached, step=step, xp_name=self.xp_name, attempts=self._attempts,
+                     nonce=uuid.uuid4().hex, cwd=os.getcwd(), **extra)
+
+    @staticmethod
+    def _map(frame: Any, task: _Task, schema: Any) -> Any:
+        from pyspark import cloudpickle
+
+        function = functools.partial(run_in_executor, cloudpickle.dumps(task))
+        with _quiet_pandas_warning():
+            try:
+                return frame.mapInArrow(function, schema)
+            except ImportError:
+                return _map_in_arrow_without_pandas(frame, function, schema)
+
+    # ------------------------------------------------------------------ running
+
+    def _run(self, data: Dataset, step: str, work: Callable[[pa.Table, PartitionInfo, Any], Any],
+             label: str) -> list[Any]:
+        """``work(part, info, xp)`` on every partition; the results in partition order."""
+        self.start()
+        infos = self.partitions(data)
+        if not infos:
+            return []
+        frame, groups, cache = self._source_frame(data, infos)
+        task = self._task("results", data, infos, groups, cached=cache is not None, step=step,
+                          work=work)
+        rows = self._collect(self._map(frame, task, _ROWS_DDL), label)
+        results: dict[int, Any] = {}
+        errors: dict[int, BaseException] = {}
+        count = cache is None or not cache.counted
+        for part, kind, data_ in zip(rows.column(0).to_pylist(), rows.column(1).to_pylist(),
+                                     rows.column(2).to_pylist()):
+            value, records = pickle.loads(data_)
+            if kind == _ERROR:
+                errors[part] = value
+            else:
+                results[part] = value
+            if count:
+                for record in records:
+                    self.record(*record)
+        if cache is not None:
+            cache.counted = True
+        if errors:
+            raise errors[min(errors)]
+        return [results[info.index] for info in infos]
+
+    def _collect(self, frame: Any, label: str) -> pa.Table:
+        """Run a job; a failed one (every attempt of a task failed) becomes the sluice
+        error it carries, or one line saying what Spark reported."""
+        sc = self.spark.sparkContext
+        group = f"sluice-{uuid.uuid4().hex[:12]}"
+        sc.setJobGroup(group, label or "sluice", interruptOnCancel=True)
+        try:
+            with _quiet_pandas_warning():
+                return frame.toArrow()
+        except KeyboardInterrupt:
+            sc.cancelJobGroup(group)
+            raise
+        except Exception as exc:
+            self._quiesce(group)
+            raise _job_failure(exc, label) from None
+        finally:
+            for key in ("spark.jobGroup.id", "spark.job.description",
+                        "spark.job.interruptOnCancel"):
+                sc.setLocalProperty(key, None)
+
+    def _quiesce(self, group: str, timeout: float = 15.0) -> None:
+        """Wait for the tasks of a failed job to stop, so that an abort that follows does
+        not race a task still writing."""
+        tracker = self.spark.sparkContext.statusTracker()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            active = 0
+            for job in tracker.getJobIdsForGroup(group):
+                info = tracker.getJobInfo(job)
+                for stage in info.stageIds if info else []:
+                    stage_info = tracker.getStageInfo(stage)
+                    active += stage_info.numActiveTasks if stage_info else 0
+            if not active:
+                return
+            time.sleep(0.1)
+
+    def aggregate(self, data: Dataset, step_id: str, partial: Callable[[pa.Table, Any], Any],
+                  combine: Callable[[Any, Any], Any], label: str = "") -> Any:
+        partials = self._run(data, step_id, lambda part, info, xp: partial(part, xp),
+                             label or f"{step_id}: fit")
+        return tree_reduce(partials, combine)
+
+    def persist(self, data: Dataset) -> Dataset:
+        if data.cache_key is not None:
+            return data
+        key = uuid.uuid4().hex
+        self._caches[key] = _Cache(None)
+        return replace(data, cache_key=key)
+
+    def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
+        token = sink.begin(run_id, data.schema)
+        try:
+            results: list[WriteResult] = self._run(
+                data, step_id, lambda part, info, xp: sink.write(token, part, info.index),
+                f"{step_id}: write")
+        except BaseException:
+            sink.abort(token)
+            raise
+        return sink.commit(token, results)
+
+    def collect(self, data: Dataset) -> pa.Table:
+        parts = self._run(data, "collect", lambda part, info, xp: part, "collect")
+        return pa.concat_tables(parts) if parts else data.schema.empty_table()
+
+    def to_dataframe(self, data: Dataset, batch_rows: int = 100_000) -> Any:
+        """The dataset as a Spark DataFrame of its declared schema (Spark types), for Spark
+        code downstream. Its partitions are computed when Spark runs it; a failure there
+        is a Spark task failure carrying the sluice error's text."""
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        self.start()
+        schema = spark_schema(data.schema)
+        target = to_arrow_schema(schema, timezone="UTC")
+        infos = self.partitions(data)
+        frame, groups, cache = self._source_frame(data, infos)
+        task = self._task("frame", data, infos, groups, cached=cache is not None,
+                          step="to_dataframe", frame_schema=target, batch_rows=batch_rows)
+        return self._map(frame, task, schema)
+
+
+def _map_in_arrow_without_pandas(frame: Any, function: Any, schema: Any) -> Any:
+    """``mapInArrow`` on a driver without pandas (a bare spark-submit node): pyspark's
+    method checks for pandas, which it never uses for Arrow batches; this builds the
+    same plan without the check."""
+    from pyspark.sql import DataFrame
+    from pyspark.sql.pandas.functions import vectorized_udf
+    from pyspark.util import PythonEvalType
+
+    udf = vectorized_udf(function, schema, PythonEvalType.SQL_MAP_ARROW_ITER_UDF)
+    column = udf(*[frame[c] for c in frame.columns])
+    return DataFrame(frame._jdf.mapInArrow(column._jc, False, None), frame.sparkSession)
+
+
+def _conf_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _job_failure(exc: BaseException, label: str) -> BaseException:
+    text = str(exc)
+    marked = _ERROR_MARK.search(text)
+    if marked:
+        return pickle.loads(base64.b64decode(marked.group(1)))
+    reason = re.search(r"Job aborted due to stage failure: ([^\n]+)", text)
+    first = reason.group(1) if reason else next((ln for ln in text.splitlines() if ln.strip()),
+                                                type(exc).__name__)
+    message = f"Spark job '{label}' failed: {first.strip()[:500]}"
+    # the Python error under the JVM's, e.g. an archive built for another Python
+    python = [m for m in _EXCEPTION_LINE.finditer(text)
+              if not m.group(1).startswith(("org.", "java.", "scala.", "py4j.", "io."))]
+    if python and python[-1].group(0) not in message:
+        message += f" ({python[-1].group(0).strip()[:500]})"
+    return SluiceError(message, hint="see the Spark driver and executor logs")
