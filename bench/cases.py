@@ -30,6 +30,12 @@ from bench.spark_cases import (  # noqa: F401 - bench.worker looks the sides up 
     train_spark_mllib_mllib,
     train_spark_mllib_sluice_spark,
 )
+from bench.tree_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    train_boosted_sklearn_hist,
+    train_boosted_sluice_local,
+    train_forest_sklearn,
+    train_forest_sluice_local,
+)
 from pipelines.datagen import generate
 
 
@@ -102,6 +108,10 @@ CASES: dict[str, Case] = {
     "train_mlp": Case("numeric", ("sluice_local", "sklearn_adam"), _numeric, mlp_holdout),
     # the same with full-batch L-BFGS, 50 iterations on both sides
     "train_mlp_lbfgs": Case("numeric", ("sluice_local", "sklearn_lbfgs"), _numeric, mlp_holdout),
+    # random_forest (50 trees, depth 10) vs RandomForestClassifier, held-out accuracy printed
+    "train_forest": Case("numeric", ("sluice_local", "sklearn"), _numeric),
+    # gradient_boosted_trees (100 trees, depth 6) vs HistGradientBoostingClassifier
+    "train_boosted": Case("numeric", ("sluice_local", "sklearn_hist"), _numeric),
     # read -> score -> write on the Spark engine vs MLlib PipelineModel.transform + write
     "score_spark_mllib": Case("numeric", ("sluice_spark", "mllib"), _numeric, spark_models),
     # the same vs a pandas_udf scoring a scikit-learn model (MLflow's spark_udf) + write

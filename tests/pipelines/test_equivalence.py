@@ -59,6 +59,26 @@ ZOO = {
         max_iter: 1000
         validation_fraction: 0.2
     """,
+    "forest": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: one_hot
+        columns: [plan, region]
+      - op: random_forest
+        label: churned
+        n_trees: 5
+        max_depth: 4
+        seed: 3
+    """,
+    "boosted_regression": """
+      - op: drop
+        columns: [customer_id, signup_date, plan, region]
+      - op: gradient_boosted_trees
+        label: monthly_charges
+        n_trees: 8
+        max_depth: 3
+        subsample: 0.8
+    """,
     "linear_weighted": """
       - op: drop
         columns: [signup_date, customer_id]

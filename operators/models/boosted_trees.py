@@ -1,0 +1,283 @@
+"""gradient_boosted_trees: Newton boosting of histogram trees, one tree level per pass.
+
+Each round fits a tree (one per class for multiclass) to the gradient and hessian of
+the loss at the current scores, as scikit-learn's HistGradientBoosting and XGBoost: a
+split maximises ``G_l^2/(H_l + l2) + G_r^2/(H_r + l2) - G^2/(H + l2)``, a leaf adds
+``-learning_rate * G / (H + l2)``. Losses: squared error (regression), log-loss
+(binary: sigmoid; more classes: softmax). Scores start at the best constant (the mean,
+the log-odds or log class priors).
+
+The trees of the finished rounds live in the driver's state; a partition recomputes its
+rows' scores from them when its memo (``trees.partition_memo``) does not hold them
+already, adding the rounds in the same order either way. ``subsample`` keeps a row in a
+round by a hash of its content and the round; ``early_stopping`` scores the held-out rows
+(``validation_fraction``) in the first pass of every round and stops, keeping the trees
+grown so far, when the loss has not improved by more than ``tol`` in ``n_iter_no_change``
+rounds (scikit-learn's rule).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from operators.arrays import to_xp
+from operators.base import ParamError, register, register_fitted
+from operators.models.common import split_rows
+from operators.models.trees import (
+    Criterion,
+    Newton,
+    TreeEstimator,
+    TreeModelFitted,
+    TreeParams,
+    add_roots,
+    derived_uniform,
+    descend,
+    forest_on,
+    model_arrays,
+    new_forest,
+    prepare_rows,
+    subsample_salt,
+    truncate,
+)
+
+
+class BoostedTreesParams(TreeParams):
+    n_trees: int = Field(100, ge=1, le=100_000,
+                         description="boosting rounds (one tree per class for multiclass)")
+    learning_rate: float = Field(0.1, gt=0.0, description="shrinkage of each tree's values")
+    max_depth: int = Field(6, ge=0, le=30, description="levels of splits per tree")
+    min_samples_leaf: float = Field(20.0, gt=0,
+                                    description="smallest training weight of a leaf (rows "
+                                                "when there is no weight column)")
+    l2: float = Field(0.0, ge=0.0, description="L2 penalty on leaf values (added to H)")
+    subsample: float = Field(1.0, gt=0.0, le=1.0,
+                             description="fraction of rows each round learns from (by row "
+                                         "hash and round)")
+    early_stopping: bool = Field(False, description="stop when the held-out loss stops "
+                                                    "improving (needs validation_fraction)")
+    n_iter_no_change: int = Field(10, ge=1, description="rounds without improvement before "
+                                                        "stopping")
+    tol: float = Field(1e-7, ge=0.0, description="smallest improvement of the held-out loss")
+
+
+@register_fitted("gradient_boosted_trees.fitted")
+class BoostedTreesFitted(TreeModelFitted):
+    """Boosted trees: ``base + sum of leaf values``, through a sigmoid (binary) or softmax
+    (multiclass) for classes."""
+
+
+@register("gradient_boosted_trees")
+class GradientBoostedTrees(TreeEstimator):
+    """Gradient-boosted trees (squared error, or log-loss for classes), one level per pass.
+
+    ```yaml
+    - op: gradient_boosted_trees
+      label: churned
+      n_trees: 200
+      learning_rate: 0.1
+      max_depth: 6
+      subsample: 0.8              # rows per round, by row hash
+      validation_fraction: 0.1
+      early_stopping: true        # stop when the held-out loss stops improving
+    ```
+    """
+
+    Params = BoostedTreesParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        if self.params.early_stopping and self.params.validation_fraction <= 0:
+            raise ParamError("early_stopping needs held-out rows",
+                             hint="set validation_fraction (0.1 is usual)")
+
+    # ------------------------------------------------------------------ driver
+
+    def _outputs(self, state: dict[str, Any]) -> int:
+        return len(state["classes"]) if state["classify"] and len(state["classes"]) > 2 else 1
+
+    def _criterion(self, state: dict[str, Any]) -> Criterion:
+        return Newton(self.params.l2, self.params.learning_rate, self._outputs(state))
+
+    def _start(self, state: dict[str, Any]) -> dict[str, Any]:
+        k = self._outputs(state)
+        if not state["classify"]:
+            base = np.array([state["mean"]])
+        else:
+            prior = np.clip(state["prior"], 1e-15, 1.0)
+            base = np.array([math.log(prior[1] / prior[0])]) if k == 1 else np.log(prior)
+        forest = add_roots(new_forest(k), np.arange(k), k)
+        state = {**state, "phase": "grow", "forest": forest, "base": base, "round": 0,
+                 "losses": [], "stopped": False, "loss_due": self.params.early_stopping}
+        return self._next_level(state)
+
+    def _empty_value(self, state: dict[str, Any]) -> np.ndarray:
+        return np.zeros(1)
+
+    def _before_level(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        if "loss" not in stats:
+            return state
+        loss = stats["loss"] / stats["loss_weight"] if stats["loss_weight"] > 0 else 0.0
+        losses = [*state["losses"], float(loss)]
+        state = {**state, "losses": losses, "loss_due": False}
+        if not self._should_stop(losses):
+            return state
+        # the round being grown is dropped: its roots are the last trees
+        k = self._outputs(state)
+        forest = truncate(state["forest"], state["round"] * k)
+        return {**state, "forest": forest, "phase": "grown", "stopped": True}
+
+    def _should_stop(self, losses: list[float]) -> bool:
+        """scikit-learn's rule: no loss of the last n_iter_no_change rounds beats the one
+        before them by more than tol."""
+        wait = self.params.n_iter_no_change
+        if len(losses) <= wait:
+            return False
+        reference = losses[-wait - 1] - self.params.tol
+        return not any(loss < reference for loss in losses[-wait:])
+
+    def _finish_growth(self, state: dict[str, Any]) -> dict[str, Any]:
+        if state["stopped"]:
+            return state
+        rounds = state["round"] + 1
+        state = {**state, "round": rounds}
+        if rounds >= self.params.n_trees:
+            return state
+        k = self._outputs(state)
+        forest = add_roots(state["forest"], np.arange(rounds * k, (rounds + 1) * k), k)
+        return self._next_level({**state, "forest": forest, "siblings": None,
+                                 "loss_due": self.params.early_stopping})
+
+    def _model(self, state: dict[str, Any]) -> BoostedTreesFitted:
+        arrays, depth = model_arrays(state["forest"], len(state["features"]), state["base"])
+        classify = state["classify"]
+        link = "identity"
+        if classify:
+            link = "sigmoid" if self._outputs(state) == 1 else "softmax"
+        return BoostedTreesFitted(
+            state["features"], state["classes"] if classify else None,
+            pa.type_for_alias(state["label_type"]) if classify else None,
+            combine="sum", link=link, depth=depth, arrays=arrays)
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        out = super().metrics(state)
+        if "forest" not in state:
+            return out
+        out["rounds"] = len(state["forest"]["roots"]) // self._outputs(state)
+        if self.params.early_stopping:
+            out["stopped_early"] = bool(state["stopped"])
+            out["validation_losses"] = [float(v) for v in state["losses"]]
+        return out
+
+    # ------------------------------------------------------------------ partitions
+
+    def _pass_extras(self, part: pa.Table, prep: dict[str, Any], state: dict[str, Any],
+                     memo: dict[str, Any], xp: Any) -> dict[str, Any]:
+        rounds = state["round"]
+        if memo.get("round") != rounds:  # the rows of earlier rounds' trees are done with
+            memo.update(round=rounds, trees={}, bytes=0)
+        if not state["loss_due"]:
+            return {}
+        held = memo.get("held")
+        if held is None:
+            held = prepare_rows(split_rows(part, self.params.validation_fraction,
+                                           self.params.seed)[1], state, self.params, xp)
+            memo["held"] = held
+        raw = self._raw(held, state, memo, "held_raw", xp)
+        loss = _loss(raw, held["y"], self._outputs(state), state["classify"], xp)
+        return {"loss": float(xp.sum(held["w"] * loss)), "loss_weight": float(xp.sum(held["w"]))}
+
+    def _combine_level(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        out = super()._combine_level(a, b)
+        if "loss" in a:
+            out.update(loss=a["loss"] + b["loss"], loss_weight=a["loss_weight"] + b["loss_weight"])
+        return out
+
+    def _raw(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
+             key: str, xp: Any) -> Any:
+        """Scores of the rows after the finished rounds: from the memo, plus the rounds
+        finished since, added in round order."""
+        rounds, k = state["round"], self._outputs(state)
+        done, raw = memo.get(key, (0, None))
+        if raw is None or done > rounds:
+            done = 0
+            raw = xp.broadcast_to(to_xp(state["base"], xp)[None, :], (prep["n"], k))
+        if done < rounds:
+            forest = state["forest"]
+            arrays = forest_on(forest, xp)
+            values = to_xp(forest["value"], xp)
+            rows = xp.arange(prep["n"], dtype=xp.int64)
+            for tree in range(done * k, rounds * k):
+                pos = xp.full((prep["n"],), int(forest["roots"][tree]), dtype=xp.int64)
+                pos = descend(pos, rows, prep["codes"], prep["n"], arrays,
+                              state["missing"], xp)
+                raw = raw + xp.take(values, pos, axis=0)
+        memo[key] = (rounds, raw)
+        return raw
+
+    def _gradients(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
+                   xp: Any) -> tuple[Any, Any]:
+        held = memo.get("gradients")
+        if held is not None and held[0] == state["round"]:
+            return held[1], held[2]
+        raw = self._raw(prep, state, memo, "raw", xp)
+        g, h = _gradients(raw, prep["y"], self._outputs(state), state["classify"], xp)
+        memo["gradients"] = (state["round"], g, h)
+        return g, h
+
+    def _initial_rows(self, prep: dict[str, Any], state: dict[str, Any], tree: int, xp: Any
+                      ) -> tuple[Any, Any | None]:
+        keep = prep["w"] > 0
+        if self.params.subsample < 1:
+            uniform = derived_uniform(prep["hash"], subsample_salt(state["round"]))
+            keep = keep & to_xp(uniform < self.params.subsample, xp)
+        return xp.nonzero(keep)[0], None
+
+    def _channels(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
+                  tree: int, rows: Any, mult: Any, xp: Any) -> tuple[list[Any], Any | None]:
+        g, h = self._gradients(prep, state, memo, xp)
+        column = tree % self._outputs(state)
+        return [mult * xp.take(g[:, column], rows), mult * xp.take(h[:, column], rows), mult], None
+
+
+def _targets(y: Any, k: int, classify: bool, xp: Any) -> Any:
+    """The label as (n, k) float targets: the value, the positive class, or one-hot."""
+    if not classify:
+        return xp.astype(y, xp.float64)[:, None]
+    if k == 1:
+        return xp.astype(y == 1, xp.float64)[:, None]
+    return xp.astype(y[:, None] == xp.arange(k, dtype=y.dtype)[None, :], xp.float64)
+
+
+def _probabilities(raw: Any, k: int, xp: Any) -> Any:
+    if k == 1:
+        e = xp.exp(-xp.abs(raw))
+        return xp.where(raw >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    e = xp.exp(raw - xp.max(raw, axis=1, keepdims=True))
+    return e / xp.sum(e, axis=1, keepdims=True)
+
+
+def _gradients(raw: Any, y: Any, k: int, classify: bool, xp: Any) -> tuple[Any, Any]:
+    """Gradient and hessian of the loss per row and output, (n, k) each."""
+    target = _targets(y, k, classify, xp)
+    if not classify:
+        return raw - target, xp.ones_like(raw)
+    p = _probabilities(raw, k, xp)
+    return p - target, p * (1.0 - p)
+
+
+def _loss(raw: Any, y: Any, k: int, classify: bool, xp: Any) -> Any:
+    """Per-row loss: half squared error, log-loss (binary) or cross-entropy."""
+    target = _targets(y, k, classify, xp)
+    if not classify:
+        return 0.5 * (raw[:, 0] - target[:, 0]) ** 2
+    if k == 1:
+        z = raw[:, 0]
+        return xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))) - target[:, 0] * z
+    top = xp.max(raw, axis=1, keepdims=True)
+    log_norm = top[:, 0] + xp.log(xp.sum(xp.exp(raw - top), axis=1))
+    return log_norm - xp.sum(target * raw, axis=1)

@@ -1,0 +1,1328 @@
+"""Histogram trees over partitions: what decision_tree, random_forest and
+gradient_boosted_trees share (Spark MLlib, XGBoost ``hist`` and LightGBM train this way).
+
+A fit is rounds of passes over the partitions:
+
+1. summary: the classes (or label sums), row counts, and a sample of the training rows
+   for the bin edges: the ``BIN_SAMPLE_ROWS`` rows with the smallest row-content hash
+   (a bottom-k sample, as scikit-learn's and LightGBM's 200,000-row binning samples).
+   The sample is a function of the rows and the seed only, so every partitioning and
+   engine gets the same edges, in one pass (``operators/quantiles.py``'s exact search
+   needs 3 or 4 passes and ~100 MB of partials per partition for 254 quantiles of 20
+   columns); with at most ``BIN_SAMPLE_ROWS`` training rows the edges are exact.
+   Each feature gets at most ``max_bins`` value bins: the midpoints between its
+   distinct values when there are few, else quantiles; NaN and null go to
+   the missing bin after the value bins of the widest feature, so a code fits in a
+   uint8 and histograms are no wider than the data needs.
+2. level passes: each partition bins its training rows (one searchsorted per feature),
+   finds the node of every row in every tree being grown, and sums per (node,
+   feature, bin) the statistics of the criterion; the driver adds the partitions'
+   histograms and finds every pending node's best split (each threshold, missing
+   values sent left and right). All trees of a level grow in the same pass; the
+   level's nodes are split into several passes when their histograms would pass
+   ``max_histogram_mb``. Where nodes use every feature, a pass sums only the smaller
+   child of each split and the driver derives its sibling as parent minus child.
+3. a validation pass when ``validation_fraction`` > 0.
+
+Nothing a partition computes depends on how the rows are split into partitions:
+bootstrap counts and subsamples come from a hash of the row's content (features, label,
+weight) and the seed. Histogram sums are floating point, so their last bits depend on
+the order partials are added; split choices treat gains within ``GAIN_RTOL`` of the best
+as ties (the lowest feature, then bin, wins) so that such noise cannot flip a split.
+
+A partition cannot keep state between passes, but an engine that caches partitions (the
+local engine) hands the same table object to every pass. ``partition_memo`` keeps the
+derived arrays (bin codes, each tree's rows and their nodes, boosting scores) in a
+weakly keyed memo of that object for the fit that made them; everything in it is
+recomputed exactly when it is missing, so it only saves time.
+
+The fitted model is arrays (``TreeModelFitted.arrays``): per node the feature (-1 for a
+leaf), threshold (``x <= threshold`` goes left), children, default direction of missing
+values, value, cover (training weight) and gain, per tree the root; no pickle. Scoring is
+level-by-level gathers over all trees at once on any array namespace.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import weakref
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from operators.arrays import column_to_numpy, to_numpy, to_xp
+from operators.base import (
+    DataError,
+    Estimator,
+    SchemaError,
+    require_columns,
+)
+from operators.hashing import hash_rows, mix, unit_interval
+from operators.models.common import (
+    FittedModel,
+    SupervisedParams,
+    check_inputs,
+    class_label_type,
+    class_weights,
+    encode_classes,
+    is_classification,
+    label_column,
+    merge_class_weights,
+    model_input_columns,
+    row_weights,
+    split_rows,
+    validation_combine,
+    validation_finalize,
+    validation_partial,
+    with_predictions,
+)
+
+BIN_SAMPLE_ROWS = 200_000
+"""Training rows sampled (by smallest row hash) for the bin edges; below this the edges
+are exact."""
+GAIN_RTOL = 1e-9
+"""Split gains within this fraction of the node's gain scale are ties (floating-point
+noise of histogram sums added in another order must not change a split)."""
+MEMO_FACTOR = 2.0
+"""A partition's memo of tree rows holds at most this many times the table's bytes."""
+PARENT_HISTOGRAM_MB = 16.0
+"""Histograms of split nodes kept (in the state) for the next level, where the larger
+child of a node gets its parent's histogram minus its sibling's instead of a pass's
+sums (LightGBM's subtraction trick: a pass sums the smaller children only)."""
+ROW_BATCH = 1 << 21
+"""A pass sums the histograms of about this many (tree, row) pairs at a time."""
+SCORING_BLOCK = 1 << 20
+"""Scoring traverses at most this many (row, tree) pairs at a time."""
+
+PENDING, SPLIT, LEAF = 0, 1, 2
+
+_SAMPLE_SALT = 1 << 40
+_BOOTSTRAP_SALT = 2 << 40
+_SUBSAMPLE_SALT = 3 << 40
+_FEATURE_SALT = 4 << 40
+_SAMPLE_KEY = mix(np.array([_SAMPLE_SALT], dtype=np.uint64))[0]
+
+
+class TreeParams(SupervisedParams):
+    """Parameters every tree model has."""
+
+    seed: int = Field(0, description="seed of the validation split, the bootstrap, feature "
+                                     "draws and subsamples (with each row's content)")
+    task: Literal["classification", "regression"] | None = Field(
+        None, description="classification or regression (default: classification for an "
+                          "integer, boolean or string label, regression for a float one)")
+    max_depth: int = Field(
+        10, ge=0, le=30, description="levels of splits (0: a single leaf, the class "
+                                     "frequencies or the mean, as Spark MLlib)")
+    min_samples_leaf: float = Field(
+        1.0, gt=0, description="smallest training weight of a leaf (rows when there is no "
+                               "weight column; a forest's bootstrap copies count)")
+    max_bins: int = Field(255, ge=2, le=255,
+                          description="value bins per feature (a bin for missing values "
+                                      "comes on top)")
+    max_histogram_mb: float = Field(
+        64.0, gt=0, description="histogram memory per pass; a level whose nodes need more "
+                                "is grown in several passes")
+
+
+# --------------------------------------------------------------------------- plan time
+
+
+def tree_label_type(schema: pa.Schema, params: TreeParams, op: str) -> tuple[bool, pa.DataType]:
+    """(is classifier, label value type); a label that cannot be what the task needs is
+    a SchemaError."""
+    label = params.label
+    t = schema.field(label).type
+    classify = is_classification(t, params.task)
+    value_type = class_label_type(t)
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if classify:
+        if value_type is None and not pa.types.is_floating(t):
+            raise SchemaError(f"label column '{label}' is {t}: {op} needs class labels",
+                              hint="cast it to int64 or string")
+        return True, value_type or t
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+        raise SchemaError(f"label column '{label}' is {t}: a regression label is a number",
+                          hint="use task: classification to predict classes")
+    return False, pa.float64()
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def model_hashes(table: pa.Table, params: SupervisedParams, features: list[str]) -> np.ndarray:
+    """One uint64 per row from its features, label and weight: bootstrap, subsample and
+    bin sample streams are derived from it."""
+    columns = features + [params.label] + ([params.weight] if params.weight else [])
+    return hash_rows(table, columns, params.seed)
+
+
+def derived_uniform(hashes: np.ndarray, salt: int) -> np.ndarray:
+    """An independent uniform [0, 1) per row for each ``salt`` (bootstrap of tree t,
+    subsample of round r): one mix of the row hash, no re-hashing of the columns."""
+    key = mix(np.array([salt], dtype=np.uint64))[0]
+    return unit_interval(mix(hashes ^ key))
+
+
+_POISSON_CDF = np.cumsum([math.exp(-1.0) / math.factorial(k) for k in range(20)])
+
+
+def poisson_counts(uniform: np.ndarray) -> np.ndarray:
+    """Poisson(1) draws by the inverse CDF of the uniforms (bootstrap copies of a row)."""
+    counts = np.searchsorted(_POISSON_CDF, uniform, side="right")
+    return np.minimum(counts, len(_POISSON_CDF)).astype(np.uint8)
+
+
+def bootstrap_salt(tree: int) -> int:
+    return _BOOTSTRAP_SALT + tree
+
+
+def subsample_salt(round_: int) -> int:
+    return _SUBSAMPLE_SALT + round_
+
+
+def feature_columns(table: pa.Table, features: list[str]) -> np.ndarray:
+    """The features as a (features, rows) float64 host array; null is NaN, inf stays."""
+    host = np.empty((len(features), table.num_rows), dtype=np.float64)
+    for j, name in enumerate(features):
+        host[j] = column_to_numpy(table.column(name))
+    return host
+
+
+# --------------------------------------------------------------------------- bins
+
+
+def bin_edges(sample: np.ndarray, max_bins: int) -> list[np.ndarray]:
+    """Per feature (columns of ``sample``), at most ``max_bins - 1`` increasing edges.
+
+    Few distinct values: the midpoints between them (every value its own bin); else the
+    quantiles at ``k / max_bins``, each the average of at most two values (numpy's
+    ``averaged_inverted_cdf``: scikit-learn's HistGradientBoosting rule).
+    A value ``x`` falls in bin ``#{edges < x}``; NaN and inf never become edges.
+    """
+    edges = []
+    for j in range(sample.shape[1]):
+        values = sample[:, j]
+        values = values[np.isfinite(values)]
+        distinct = np.unique(values)
+        if len(distinct) <= max_bins:
+            cut = distinct[:-1] / 2 + distinct[1:] / 2
+        else:
+            percents = np.linspace(0.0, 100.0, max_bins + 1)[1:-1]
+            cut = np.unique(np.percentile(values, percents, method="averaged_inverted_cdf"))
+        edges.append(np.asarray(cut, dtype=np.float64))
+    return edges
+
+
+def threshold_of(edges: np.ndarray, bin_: int) -> float:
+    """The threshold of a split after value bin ``bin_`` (+inf after the last bin: a
+    split on missing or not)."""
+    return float(edges[bin_]) if bin_ < len(edges) else math.inf
+
+
+def missing_bin(edges: list[np.ndarray]) -> int:
+    """The code of a missing value: after the value bins of the widest feature."""
+    return max((len(e) for e in edges), default=0) + 1
+
+
+def bin_codes(values: Any, edges: list[np.ndarray], missing: int, xp: Any) -> Any:
+    """The (features, rows) values as flat uint8 bin codes, feature-major (code of row i
+    in feature f at ``f * rows + i``); NaN gets ``missing``."""
+    codes = []
+    for j, cut in enumerate(edges):
+        x = values[j, :]
+        code = xp.searchsorted(to_xp(cut, xp), x, side="left")
+        code = xp.where(xp.isnan(x), xp.asarray(missing, dtype=code.dtype), code)
+        codes.append(xp.astype(code, xp.uint8))
+    if not codes:
+        return xp.zeros((0,), dtype=xp.uint8)
+    return xp.concat(codes)
+
+
+# --------------------------------------------------------------------------- memo
+
+_MEMOS: dict[int, tuple[Any, str, dict[str, Any]]] = {}
+
+
+def partition_memo(part: pa.Table, token: str) -> dict[str, Any]:
+    """A dict that lives as long as the table object ``part`` and belongs to the fit
+    ``token``; a fresh dict (kept nowhere) if the table cannot be weakly referenced.
+
+    Only derived, exactly recomputable data goes in: an engine that hands a new table
+    object to every pass gets the same model, more slowly.
+    """
+    key = id(part)
+    entry = _MEMOS.get(key)
+    if entry is not None and entry[0]() is part and entry[1] == token:
+        return entry[2]
+    memo: dict[str, Any] = {"bytes": 0, "limit": MEMO_FACTOR * part.nbytes}
+
+    def forget(ref: Any, key: int = key) -> None:
+        held = _MEMOS.get(key)
+        if held is not None and held[0] is ref:
+            _MEMOS.pop(key, None)
+
+    try:
+        ref = weakref.ref(part, forget)
+    except TypeError:
+        return memo
+    _MEMOS[key] = (ref, token, memo)
+    return memo
+
+
+def new_token() -> str:
+    """Names one fit's memo entries."""
+    return secrets.token_hex(8)
+
+
+# --------------------------------------------------------------------------- criteria
+
+
+class Criterion:
+    """What a split optimises, from per-node channel sums (channel first: ``stats[c]``).
+
+    ``gain = score(left) + score(right) - score(parent)``; for the impurity criteria it
+    is the weighted impurity decrease ``W_p i_p - W_l i_l - W_r i_r`` (scikit-learn's,
+    times the root weight).
+    """
+
+    channels: int = 1
+
+    def weight(self, stats: np.ndarray) -> np.ndarray:
+        return stats[0]
+
+    def score(self, stats: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def allowed(self, stats: np.ndarray) -> np.ndarray | bool:
+        """Extra condition on a child (boosting: enough hessian)."""
+        return True
+
+    def splittable(self, stats: np.ndarray) -> np.ndarray:
+        """Whether a node with these sums could gain from a split (not pure)."""
+        return np.ones(stats.shape[1:], dtype=bool)
+
+    def value(self, stats: np.ndarray) -> np.ndarray:
+        """Leaf values, channel first."""
+        raise NotImplementedError
+
+    def clean(self, stats: np.ndarray) -> np.ndarray:
+        """Sums that cannot be negative clipped at 0 (differences of float sums), in place."""
+        return np.maximum(stats, 0.0, out=stats)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den <= 0."""
+    positive = den > 0
+    return np.where(positive, num / np.where(positive, den, 1.0), 0.0)
+
+
+def _channel_sum(stats: np.ndarray) -> np.ndarray:
+    # a sum over a short leading axis as adds of whole slices: NumPy's reduction over a
+    # short axis is many times slower
+    total = stats[0].copy()
+    for k in range(1, stats.shape[0]):
+        total += stats[k]
+    return total
+
+
+class Gini(Criterion):
+    """Class weights per channel; ``score = sum c_k^2 / W``."""
+
+    def __init__(self, n_classes: int):
+        self.channels = n_classes
+
+    def weight(self, stats: np.ndarray) -> np.ndarray:
+        return _channel_sum(stats)
+
+    def score(self, stats: np.ndarray) -> np.ndarray:
+        return _ratio(_channel_sum(stats * stats), _channel_sum(stats))
+
+    def splittable(self, stats: np.ndarray) -> np.ndarray:
+        w = _channel_sum(stats)
+        return _channel_sum((stats > GAIN_RTOL * w).astype(np.int64)) >= 2
+
+    def value(self, stats: np.ndarray) -> np.ndarray:
+        w = _channel_sum(stats)
+        return np.where(w > 0, stats / np.where(w > 0, w, 1.0), 1.0 / stats.shape[0])
+
+
+class Entropy(Gini):
+    """Class weights per channel; ``score = sum c_k log c_k - W log W`` (= -W H)."""
+
+    def score(self, stats: np.ndarray) -> np.ndarray:
+        w = _channel_sum(stats)
+        plogp = _channel_sum(np.where(stats > 0, stats * np.log(np.where(stats > 0, stats, 1.0)),
+                                      0.0))
+        return plogp - np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0)
+
+
+class Variance(Criterion):
+    """Channels (weight, weight * y); ``score = (sum w y)^2 / W``."""
+
+    channels = 2
+
+    def score(self, stats: np.ndarray) -> np.ndarray:
+        return _ratio(stats[1] * stats[1], stats[0])
+
+    def value(self, stats: np.ndarray) -> np.ndarray:
+        return _ratio(stats[1], stats[0])[None]
+
+    def clean(self, stats: np.ndarray) -> np.ndarray:
+        np.maximum(stats[0], 0.0, out=stats[0])
+        return stats
+
+
+class Newton(Criterion):
+    """Boosting: channels (gradient, hessian, weight); ``score = G^2 / (H + l2)``,
+    leaf value ``-learning_rate G / (H + l2)`` (XGBoost's and scikit-learn's
+    HistGradientBoosting's; the gain is halved, which changes no choice)."""
+
+    channels = 3
+    MIN_HESSIAN = 1e-3
+
+    def __init__(self, l2: float, learning_rate: float, n_outputs: int):
+        self.l2, self.learning_rate, self.n_outputs = l2, learning_rate, n_outputs
+
+    def weight(self, stats: np.ndarray) -> np.ndarray:
+        return stats[2]
+
+    def score(self, stats: np.ndarray) -> np.ndarray:
+        return 0.5 * _ratio(stats[0] * stats[0], stats[1] + self.l2)
+
+    def allowed(self, stats: np.ndarray) -> np.ndarray | bool:
+        return stats[1] >= self.MIN_HESSIAN
+
+    def value(self, stats: np.ndarray) -> np.ndarray:
+        return (-self.learning_rate * _ratio(stats[0], stats[1] + self.l2))[None]
+
+    def clean(self, stats: np.ndarray) -> np.ndarray:
+        np.maximum(stats[1:], 0.0, out=stats[1:])
+        return stats
+
+
+# --------------------------------------------------------------------------- histograms
+
+
+def segment_sums(xp: Any, keys: Any, values: Any, length: int) -> np.ndarray:
+    """``out[key, c] += values[i, c]`` for keys in [0, length), by sorting (the array API
+    has no bincount): cumulative sums read at each key's boundaries."""
+    order = xp.argsort(keys)
+    sorted_keys = xp.take(keys, order)
+    values = xp.take(values, order, axis=0)
+    edges = xp.searchsorted(sorted_keys, xp.arange(length + 1, dtype=sorted_keys.dtype))
+    running = xp.cumulative_sum(values, axis=0, include_initial=True)
+    at = xp.take(running, edges, axis=0)
+    return to_numpy(at[1:, ...] - at[:-1, ...]).astype(np.float64)
+
+
+def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: list[Any],
+               fold: Any | None, fold_size: int, featsel: np.ndarray | None,
+               n_features: int, n_slots: int, n_bins: int) -> np.ndarray:
+    """Sums per (feature position, slot, bin, channel), a float64 host array of shape
+    ``(m, n_slots, n_bins, C)``.
+
+    Row ``rows[i]`` (of ``n`` binned rows; ``codes`` feature-major) adds ``channels[c][i]``
+    at its slot and its bin of each feature position ``j``: feature ``j``, or
+    ``featsel[slot, j]`` when nodes sample their features. With ``fold`` (the class of a
+    row) the single channel goes to channel ``fold[i]`` of ``fold_size``. NumPy and CuPy
+    use bincount; other namespaces sum by sorting.
+    """
+    m = n_features if featsel is None else featsel.shape[1]
+    width = fold_size if fold is not None else len(channels)
+    shape = (m, n_slots, n_bins, width)
+    if rows.shape[0] == 0 or m == 0:
+        return np.zeros(shape)
+    slots = xp.astype(slots, xp.int64)
+    rows = xp.astype(rows, xp.int64)
+    scale = fold_size if fold is not None else 1
+    # key = (slot * n_bins + code) * scale + fold: all but the code once for every j
+    base = slots * (n_bins * scale)
+    if fold is not None:
+        base = base + xp.astype(fold, xp.int64)
+    block = n_slots * n_bins * scale
+
+    def keys_of(j: int) -> Any:
+        if featsel is None:
+            index = rows + j * n
+        else:
+            offsets = to_xp(featsel[:, j].astype(np.int64) * n, xp)
+            index = xp.take(offsets, slots) + rows
+        code = xp.astype(xp.take(codes, index), xp.int64)
+        return base + (code * scale if scale > 1 else code)
+
+    bincount = getattr(xp, "bincount", None)
+    if bincount is not None:
+        out = np.empty(shape)
+        for j in range(m):
+            key = keys_of(j)
+            if fold is not None:
+                sums = bincount(key, weights=channels[0], minlength=block)
+                out[j] = to_numpy(sums).reshape(n_slots, n_bins, fold_size)
+            else:
+                for c, weights in enumerate(channels):
+                    sums = bincount(key, weights=weights, minlength=block)
+                    out[j, :, :, c] = to_numpy(sums).reshape(n_slots, n_bins)
+        return out
+    keys = xp.concat([keys_of(j) + j * block for j in range(m)])
+    values = xp.stack(channels[:1] if fold is not None else channels, axis=1)
+    values = xp.concat([values] * m, axis=0)
+    sums = segment_sums(xp, keys, values, m * block)
+    return sums.reshape(shape)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
+                min_gain: np.ndarray, chunk: int = 256) -> dict[str, np.ndarray]:
+    """The best split of each slot of ``hist`` ``(m, S, bins, C)``, whose last bin holds
+    the missing values.
+
+    Candidates: after each value bin, missing values left or right; both children need
+    weight >= ``min_leaf`` and the criterion's consent; the gain must pass ``min_gain``
+    (per slot) and the noise floor. Among gains within ``GAIN_RTOL`` of the best the
+    first (feature position, missing right before left, bin) wins. Where a node had no
+    missing values they go to the heavier child. Stats come back channel last.
+    """
+    m, n_slots, n_bins1, width = hist.shape
+    n_bins = n_bins1 - 1
+    out = {"found": np.zeros(n_slots, dtype=bool), "position": np.zeros(n_slots, dtype=np.int64),
+           "bin": np.zeros(n_slots, dtype=np.int64),
+           "missing_left": np.zeros(n_slots, dtype=bool), "gain": np.zeros(n_slots),
+           "left": np.zeros((n_slots, width)), "right": np.zeros((n_slots, width))}
+    if n_bins == 0:
+        return out
+    for start in range(0, n_slots, chunk):
+        stop = min(start + chunk, n_slots)
+        s = stop - start
+        # channel first, slot first after it: (C, s, m, B1)
+        h = np.ascontiguousarray(np.transpose(hist[:, start:stop], (3, 1, 0, 2)))
+        missing = h[..., n_bins]                                         # (C,s,m)
+        left = np.empty((width, s, m, 2, n_bins))
+        np.cumsum(h[..., :n_bins], axis=-1, out=left[..., 0, :])
+        np.add(left[..., 0, :], missing[..., None], out=left[..., 1, :])
+        total = left[..., 0, -1] + missing                               # (C,s,m)
+        right = criterion.clean(total[..., None, None] - left)
+        criterion.clean(left)
+        criterion.clean(total)
+        s_left, s_right = criterion.score(left), criterion.score(right)
+        s_total = criterion.score(total)[..., None, None]
+        gain = s_left + s_right - s_total                                # (s,m,2,B)
+        w_left, w_right = criterion.weight(left), criterion.weight(right)
+        valid = ((w_left >= min_leaf) & (w_right >= min_leaf) & (w_left > 0) & (w_right > 0)
+                 & criterion.allowed(left) & criterion.allowed(right))
+        scale = np.abs(s_left) + np.abs(s_right) + np.abs(s_total)
+        gain, valid, scale = gain.reshape(s, -1), valid.reshape(s, -1), scale.reshape(s, -1)
+        masked = np.where(valid, gain, -np.inf)
+        best = masked.max(axis=1)
+        tol = GAIN_RTOL * np.where(valid, scale, 0.0).max(axis=1)
+        found = (best > tol) & (best >= min_gain[start:stop])
+        pick = np.argmax(masked >= (best - tol)[:, None], axis=1)
+        position, rest = np.divmod(pick, 2 * n_bins)
+        direction, bin_ = np.divmod(rest, n_bins)
+        rows = np.arange(s)
+        lft = left[:, rows, position, direction, bin_]                  # (C, s)
+        rgt = right[:, rows, position, direction, bin_]
+        no_missing = criterion.weight(missing[:, rows, position]) <= 0
+        heavier_left = criterion.weight(lft) >= criterion.weight(rgt)
+        sl = slice(start, stop)
+        out["found"][sl] = found
+        out["position"][sl] = position
+        out["bin"][sl] = bin_
+        out["missing_left"][sl] = np.where(no_missing, heavier_left, direction == 1)
+        out["gain"][sl] = np.where(found, best, 0.0)
+        out["left"][sl] = lft.T
+        out["right"][sl] = rgt.T
+    return out
+
+
+def sample_features(nodes: np.ndarray, n_features: int, m: int, seed: int) -> np.ndarray:
+    """``m`` of ``n_features`` features per node (sorted), drawn from a hash of the seed
+    and the node id: the same on every engine."""
+    key = mix(np.array([_FEATURE_SALT + (seed & 0xFFFFFFFF)], dtype=np.uint64))[0]
+    ids = nodes.astype(np.uint64)[:, None] * np.uint64(n_features) + np.arange(
+        n_features, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        draws = mix(mix(ids ^ key))
+    chosen = np.argsort(draws, axis=1, kind="stable")[:, :m]
+    return np.sort(chosen, axis=1).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- forest arrays
+
+
+def new_forest(width: int) -> dict[str, np.ndarray]:
+    """Empty node arrays (driver side; every tree's nodes in creation order)."""
+    return {"tree": np.zeros(0, np.int32), "depth": np.zeros(0, np.int32),
+            "status": np.zeros(0, np.int8), "feature": np.zeros(0, np.int32),
+            "bin": np.zeros(0, np.int32), "threshold": np.zeros(0),
+            "missing_left": np.zeros(0, bool), "left": np.zeros(0, np.int32),
+            "right": np.zeros(0, np.int32), "value": np.zeros((0, width)),
+            "weight": np.zeros(0), "gain": np.zeros(0), "roots": np.zeros(0, np.int32)}
+
+
+def add_nodes(forest: dict[str, np.ndarray], tree: np.ndarray, depth: np.ndarray,
+              status: np.ndarray, value: np.ndarray, weight: np.ndarray
+              ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The forest with new nodes appended (not split yet) and their ids."""
+    k = len(tree)
+    start = len(forest["tree"])
+    fresh = {"tree": tree.astype(np.int32), "depth": depth.astype(np.int32),
+             "status": status.astype(np.int8), "feature": np.full(k, -1, np.int32),
+             "bin": np.full(k, -1, np.int32), "threshold": np.full(k, np.nan),
+             "missing_left": np.zeros(k, bool), "left": np.full(k, -1, np.int32),
+             "right": np.full(k, -1, np.int32), "value": value.reshape(k, forest["value"].shape[1]),
+             "weight": weight.astype(np.float64), "gain": np.zeros(k)}
+    out = {name: np.concatenate([forest[name], fresh[name]]) for name in fresh}
+    out["roots"] = forest["roots"]
+    return out, np.arange(start, start + k)
+
+
+def add_roots(forest: dict[str, np.ndarray], trees: np.ndarray, width: int
+              ) -> dict[str, np.ndarray]:
+    """One pending root per tree of ``trees`` (their values come with the first pass)."""
+    k = len(trees)
+    forest, ids = add_nodes(forest, trees, np.zeros(k), np.full(k, PENDING),
+                            np.zeros((k, width)), np.zeros(k))
+    forest["roots"] = np.concatenate([forest["roots"], ids.astype(np.int32)])
+    return forest
+
+
+def truncate(forest: dict[str, np.ndarray], n_trees: int) -> dict[str, np.ndarray]:
+    """The forest without the trees from ``n_trees`` on (their nodes come last)."""
+    if n_trees >= len(forest["roots"]):
+        return forest
+    end = int(forest["roots"][n_trees])
+    out = {k: v[:end] for k, v in forest.items() if k != "roots"}
+    out["roots"] = forest["roots"][:n_trees]
+    return out
+
+
+class Level:
+    """The pending nodes of a level and the node groups (passes) they are split into."""
+
+    @staticmethod
+    def start(forest: dict[str, np.ndarray], group_size: int,
+              featsel: Callable[[np.ndarray], np.ndarray | None],
+              siblings: dict[str, np.ndarray] | None = None) -> dict[str, Any] | None:
+        """The level of the pending nodes; those ``siblings`` derives need no pass."""
+        pending = np.flatnonzero(forest["status"] == PENDING)
+        if len(pending) == 0:
+            return None
+        nodes = pending if siblings is None else np.setdiff1d(pending, siblings["large"])
+        # by tree, so that each tree's nodes are consecutive slots of a pass's histogram
+        nodes = nodes[np.lexsort((nodes, forest["tree"][nodes]))]
+        # pending nodes are the children of the last level's splits: all of one depth
+        return {"nodes": nodes, "start": 0, "size": max(1, group_size),
+                "featsel": featsel(nodes), "depth": int(forest["depth"][pending[0]])}
+
+    @staticmethod
+    def group(level: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        sl = slice(level["start"], level["start"] + level["size"])
+        featsel = level["featsel"]
+        return level["nodes"][sl], None if featsel is None else featsel[sl]
+
+    @staticmethod
+    def advance(level: dict[str, Any]) -> dict[str, Any] | None:
+        """The next group of the level, or None when the level is done."""
+        nxt = level["start"] + level["size"]
+        return {**level, "start": nxt} if nxt < len(level["nodes"]) else None
+
+
+def keep_parents(forest: dict[str, np.ndarray], nodes: np.ndarray, hist: np.ndarray,
+                 kept: dict[str, np.ndarray] | None, limit: float) -> dict[str, np.ndarray] | None:
+    """``kept`` plus the histograms of the ``nodes`` just split whose children are both
+    pending (while they fit in ``limit`` bytes), keyed by the smaller child."""
+    status = forest["status"]
+    split = status[nodes] == SPLIT
+    left = np.where(split, forest["left"][nodes], 0)
+    right = np.where(split, forest["right"][nodes], 0)
+    both = np.flatnonzero(split & (status[left] == PENDING) & (status[right] == PENDING))
+    used = 0 if kept is None else kept["hist"].nbytes
+    room = int(max(0.0, limit - used) // max(hist[:, 0].nbytes, 1))
+    both = both[:room]
+    if len(both) == 0:
+        return kept
+    lighter = forest["weight"][left[both]] <= forest["weight"][right[both]]
+    small = np.where(lighter, left[both], right[both])
+    large = np.where(lighter, right[both], left[both])
+    parents = np.moveaxis(hist[:, both], 1, 0)
+    if kept is None:
+        return {"small": small, "large": large, "hist": np.ascontiguousarray(parents)}
+    return {"small": np.concatenate([kept["small"], small]),
+            "large": np.concatenate([kept["large"], large]),
+            "hist": np.concatenate([kept["hist"], parents])}
+
+
+def add_siblings(nodes: np.ndarray, hist: np.ndarray, siblings: dict[str, np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The group's nodes and histograms with the larger siblings of its nodes added:
+    parent minus smaller child."""
+    order = np.argsort(siblings["small"])
+    small = siblings["small"][order]
+    at = np.minimum(np.searchsorted(small, nodes), len(small) - 1)
+    match = small[at] == nodes
+    which = order[at[match]]
+    derived = siblings["hist"][which] - np.moveaxis(hist[:, match], 1, 0)
+    return (np.concatenate([nodes, siblings["large"][which]]),
+            np.concatenate([hist, np.moveaxis(derived, 0, 1)], axis=1))
+
+
+def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.ndarray | None,
+               hist: np.ndarray, criterion: Criterion, edges: list[np.ndarray], *,
+               max_depth: int, min_leaf: float, min_gain_fraction: float,
+               empty_value: np.ndarray) -> dict[str, np.ndarray]:
+    """Decide the group's pending ``nodes`` from their histograms: split (two new children,
+    pending unless they cannot split) or leaf. Roots get their value and weight here."""
+    forest = {k: v.copy() for k, v in forest.items()}
+    totals = criterion.clean(np.ascontiguousarray(hist[0].sum(axis=1).T))   # (C, S)
+    roots = forest["depth"][nodes] == 0
+    if roots.any():
+        values = criterion.value(totals[:, roots]).T
+        empty = criterion.weight(totals[:, roots]) <= 0
+        values[empty] = empty_value  # an empty bootstrap sample predicts the priors
+        forest["value"][nodes[roots]] = _placed(forest, forest["tree"][nodes[roots]], values)
+        forest["weight"][nodes[roots]] = criterion.weight(totals[:, roots])
+    weight = forest["weight"][nodes]
+    depth = forest["depth"][nodes]
+    can = ((depth < max_depth) & (weight >= 2 * min_leaf) & (weight > 0)
+           & criterion.splittable(totals))
+    root_weight = forest["weight"][forest["roots"][forest["tree"][nodes]]]
+    min_gain = min_gain_fraction * root_weight
+    found = np.zeros(len(nodes), dtype=bool)
+    if can.any():
+        chosen = best_splits(hist[:, can], criterion, min_leaf, min_gain[can])
+        found[can] = chosen["found"]
+        hit = chosen["found"]
+        split_nodes = nodes[can][hit]
+        position = chosen["position"][hit]
+        if featsel is None:
+            feature = position
+        else:
+            feature = featsel[can][hit][np.arange(len(position)), position]
+        bins = chosen["bin"][hit]
+        forest["feature"][split_nodes] = feature
+        forest["bin"][split_nodes] = bins
+        forest["threshold"][split_nodes] = [threshold_of(edges[f], b)
+                                            for f, b in zip(feature, bins, strict=True)]
+        forest["missing_left"][split_nodes] = chosen["missing_left"][hit]
+        forest["gain"][split_nodes] = chosen["gain"][hit]
+        forest["status"][split_nodes] = SPLIT
+        forest = _add_children(forest, split_nodes, chosen["left"][hit], chosen["right"][hit],
+                               criterion, max_depth, min_leaf)
+    leaves = nodes[~found]
+    forest["status"][leaves] = LEAF
+    return forest
+
+
+def _placed(forest: dict[str, np.ndarray], tree: np.ndarray, values: np.ndarray
+            ) -> np.ndarray:
+    """Node values as wide as the forest's: a boosted tree's single value goes to the
+    output column of its class (trees of a round take the classes in turn)."""
+    width = forest["value"].shape[1]
+    if values.shape[1] == width:
+        return values
+    full = np.zeros((len(values), width))
+    full[np.arange(len(values)), tree % width] = values[:, 0]
+    return full
+
+
+def _add_children(forest: dict[str, np.ndarray], parents: np.ndarray, left: np.ndarray,
+                  right: np.ndarray, criterion: Criterion, max_depth: int, min_leaf: float
+                  ) -> dict[str, np.ndarray]:
+    k = len(parents)
+    stats = np.empty((left.shape[1], 2 * k))
+    stats[:, 0::2], stats[:, 1::2] = left.T, right.T
+    tree = np.repeat(forest["tree"][parents], 2)
+    depth = np.repeat(forest["depth"][parents] + 1, 2)
+    weight = criterion.weight(stats)
+    pending = (depth < max_depth) & (weight >= 2 * min_leaf) & criterion.splittable(stats)
+    value = _placed(forest, tree, criterion.value(stats).T)
+    forest, ids = add_nodes(forest, tree, depth, np.where(pending, PENDING, LEAF), value,
+                            weight)
+    forest["left"][parents] = ids[0::2]
+    forest["right"][parents] = ids[1::2]
+    return forest
+
+
+def forest_stats(forest: dict[str, np.ndarray]) -> dict[str, int]:
+    status = forest["status"]
+    leaves = status == LEAF
+    return {"trees": int(len(forest["roots"])), "nodes": int(len(status)),
+            "leaves": int(leaves.sum()),
+            "depth": int(forest["depth"].max(initial=0))}
+
+
+def importances(forest: dict[str, np.ndarray], n_features: int) -> np.ndarray:
+    """Split gain per feature: normalised per tree, averaged over the trees that split,
+    normalised (scikit-learn's mean decrease in impurity)."""
+    split = forest["status"] == SPLIT
+    n_trees = len(forest["roots"])
+    if not split.any() or n_trees == 0:
+        return np.zeros(n_features)
+    per_tree = np.zeros((n_trees, n_features))
+    np.add.at(per_tree, (forest["tree"][split], forest["feature"][split]),
+              forest["gain"][split])
+    sums = per_tree.sum(axis=1, keepdims=True)
+    used = sums[:, 0] > 0
+    mean = (per_tree[used] / sums[used]).mean(axis=0)
+    total = mean.sum()
+    return mean / total if total > 0 else mean
+
+
+# --------------------------------------------------------------------------- traversal
+
+
+def forest_on(forest: dict[str, np.ndarray], xp: Any) -> dict[str, Any]:
+    """The arrays a partition walks, on ``xp``."""
+    return {"feature": to_xp(forest["feature"].astype(np.int64), xp),
+            "bin": to_xp(forest["bin"].astype(np.int64), xp),
+            "missing_left": to_xp(forest["missing_left"], xp),
+            "left": to_xp(forest["left"].astype(np.int64), xp),
+            "right": to_xp(forest["right"].astype(np.int64), xp),
+            "status": to_xp(forest["status"].astype(np.int64), xp)}
+
+
+def descend(pos: Any, rows: Any, codes: Any, n: int, arrays: dict[str, Any], missing: int,
+            xp: Any, steps: int | None = None) -> Any:
+    """Each row's node moved down split nodes until it is at a pending node or a leaf
+    (at most ``steps`` levels down when the number is known)."""
+    step = 0
+    while steps is None or step < steps:
+        step += 1
+        feature = xp.take(arrays["feature"], pos)
+        inner = feature >= 0
+        if steps is None and not bool(xp.any(inner)):
+            return pos
+        feature = xp.where(inner, feature, xp.zeros_like(feature))
+        code = xp.astype(xp.take(codes, feature * n + rows), xp.int64)
+        go_left = xp.where(code == missing, xp.take(arrays["missing_left"], pos),
+                           code <= xp.take(arrays["bin"], pos))
+        child = xp.where(go_left, xp.take(arrays["left"], pos), xp.take(arrays["right"], pos))
+        pos = xp.where(inner, child, pos)
+    return pos
+
+
+def drop_leaves(rows: Any, pos: Any, extra: Any | None, arrays: dict[str, Any], xp: Any
+                ) -> tuple[Any, Any, Any | None]:
+    """The rows (and their nodes, extra) not at a leaf: at a pending node, or at a node
+    an earlier group of this level split (its rows go down at the next level)."""
+    keep = xp.nonzero(xp.take(arrays["status"], pos) != LEAF)[0]
+    if keep.shape[0] == rows.shape[0]:
+        return rows, pos, extra
+    return (xp.take(rows, keep), xp.take(pos, keep),
+            None if extra is None else xp.take(extra, keep))
+
+
+# --------------------------------------------------------------------------- estimator base
+
+
+class TreeEstimator(Estimator):
+    """What the tree estimators share: the summary pass, the level passes, validation.
+
+    Subclasses say which trees a pass grows (``_start`` builds the forest), the rows and
+    multipliers of each tree (``_initial_rows``, ``_row_weights``), the channels
+    (``_channels``) and what happens when no node is pending (``_finish_growth``).
+    """
+
+    multi_pass = True
+    schema_from_fit = True  # probability is float64 for 2 classes, list<double> for more
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return model_input_columns(schema, self.params)
+
+    def _check(self, schema: pa.Schema) -> tuple[list[str], bool, pa.DataType]:
+        features = check_inputs(schema, self.params)
+        classify, label_type = tree_label_type(schema, self.params, self.name)
+        self._check_params(classify)
+        return features, classify, label_type
+
+    def _check_params(self, classify: bool) -> None:
+        """Parameter combinations that depend on the task."""
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        _, classify, label_type = self._check(schema)
+        return with_predictions(schema, [False, True] if classify else None,
+                                label_type if classify else None)
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        features, classify, label_type = self._check(schema)
+        return {"phase": "summary", "token": new_token(), "features": features,
+                "classify": classify, "label_type": str(label_type)}
+
+    # ------------------------------------------------------------------ partitions
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        if state["phase"] == "validate":
+            return validation_partial(self._model(state), part, self.params, xp)
+        if state["phase"] == "summary":
+            return self._summary_partial(part, state)
+        return self._level_partial(part, state, xp)
+
+    def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        if "metrics" in a:
+            return validation_combine(a, b)
+        if a["kind"] == "summary":
+            return _combine_summary(a, b)
+        return self._combine_level(a, b)
+
+    def _summary_partial(self, part: pa.Table, state: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        train, held = split_rows(part, p.validation_fraction, p.seed)
+        weights = row_weights(train, p.weight)
+        labels = label_column(train, p.label)
+        out: dict[str, Any] = {"kind": "summary", "rows": train.num_rows,
+                               "heldout": held.num_rows}
+        if state["classify"]:
+            out["classes"], out["class_weights"] = class_weights(labels, weights)
+        else:
+            y = _float_labels(labels)
+            out["sums"] = np.array([weights.sum(), weights @ y])
+        features = state["features"]
+        keys = mix(model_hashes(train, p, features) ^ _SAMPLE_KEY)
+        order = np.argsort(keys, kind="stable")[:BIN_SAMPLE_ROWS]
+        out["sample_keys"] = keys[order]
+        out["sample"] = np.ascontiguousarray(
+            feature_columns(train.take(pa.array(order)), features).T)
+        return out
+
+    def _prepared(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
+                  xp: Any) -> dict[str, Any]:
+        """The partition's training rows binned, with labels, weights and row hashes."""
+        prep = memo.get("prep")
+        if prep is None:
+            prep = prepare_rows(split_rows(part, self.params.validation_fraction,
+                                           self.params.seed)[0], state, self.params, xp)
+            memo["prep"] = prep
+        return prep
+
+    def _level_partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        memo = partition_memo(part, state["token"])
+        prep = self._prepared(part, state, memo, xp)
+        out = self._pass_extras(part, prep, state, memo, xp)
+        nodes, featsel = Level.group(state["level"])
+        forest = state["forest"]
+        arrays = forest_on(forest, xp)
+        slot_of = np.full(len(forest["tree"]), -1, dtype=np.int64)
+        slot_of[nodes] = np.arange(len(nodes))
+        slot_of_x = to_xp(slot_of, xp)
+        crit = self._criterion(state)
+        trees, first = np.unique(forest["tree"][nodes], return_index=True)
+        ends = np.append(first[1:], len(nodes))
+        hist: np.ndarray | None = None
+        batch: list[tuple[Any, Any, list[Any], Any]] = []
+        batch_rows, batch_start = 0, 0
+        for t, (tree, end) in enumerate(zip(trees.tolist(), ends.tolist(), strict=True)):
+            rows, pos, extra = self._tree_rows(prep, state, memo, arrays, int(tree), xp)
+            slots = xp.take(slot_of_x, pos)
+            inside = xp.nonzero(slots >= 0)[0]
+            rows, slots = xp.take(rows, inside), xp.take(slots, inside)
+            extra = None if extra is None else xp.take(extra, inside)
+            mult = self._row_weights(prep, rows, extra, xp)
+            channels, fold = self._channels(prep, state, memo, int(tree), rows, mult, xp)
+            batch.append((rows, slots, channels, fold))
+            batch_rows += int(rows.shape[0])
+            if batch_rows >= ROW_BATCH or t == len(trees) - 1:
+                # the batch's trees own the slots [start of its first tree, end)
+                lo = int(first[batch_start])
+                sums = self._batch_histograms(prep, state, batch, featsel, crit, lo, end, xp)
+                if sums is not None:
+                    if hist is None:
+                        hist = np.zeros((sums.shape[0], len(nodes), *sums.shape[2:]))
+                    hist[:, lo:end] = sums
+                batch, batch_rows, batch_start = [], 0, t + 1
+        out.update({"kind": "level", "hist": hist})
+        return out
+
+    def _batch_histograms(self, prep: dict[str, Any], state: dict[str, Any],
+                          batch: list[tuple[Any, Any, list[Any], Any]],
+                          featsel: np.ndarray | None, crit: Criterion, lo: int, hi: int,
+                          xp: Any) -> np.ndarray | None:
+        """Histograms of the slots ``[lo, hi)`` from a batch of trees' rows."""
+        if not sum(int(rows.shape[0]) for rows, _, _, _ in batch):
+            return None
+        fold = None if batch[0][3] is None else xp.concat([b[3] for b in batch])
+        channels = [xp.concat([b[2][i] for b in batch]) for i in range(len(batch[0][2]))]
+        return histograms(xp, prep["codes"], prep["n"], xp.concat([b[0] for b in batch]),
+                          xp.concat([b[1] for b in batch]) - lo, channels, fold,
+                          crit.channels if fold is not None else 1,
+                          None if featsel is None else featsel[lo:hi],
+                          len(state["features"]), hi - lo, state["missing"] + 1)
+
+    def _tree_rows(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
+                   arrays: dict[str, Any], tree: int, xp: Any) -> tuple[Any, Any, Any]:
+        """The tree's rows not at a leaf, their nodes at this level's depth and per-row
+        extra (bootstrap counts); from the memo, moved down the levels split since, or
+        from the root."""
+        trees = memo.setdefault("trees", {})
+        held = trees.pop(tree, None)
+        depth = state["level"]["depth"]
+        if held is None:
+            rows, extra = self._initial_rows(prep, state, tree, xp)
+            root = int(state["forest"]["roots"][tree])
+            pos = xp.full(rows.shape, root, dtype=xp.int64)
+            steps = depth
+        else:
+            rows, pos, extra, size, at = held
+            memo["bytes"] -= size
+            rows, pos = xp.astype(rows, xp.int64), xp.astype(pos, xp.int64)
+            steps = depth - at
+        pos = descend(pos, rows, prep["codes"], prep["n"], arrays, state["missing"], xp, steps)
+        rows, pos, extra = drop_leaves(rows, pos, extra, arrays, xp)
+        size = int(rows.shape[0]) * (8 + (0 if extra is None else 1))
+        if memo["bytes"] + size <= memo["limit"]:
+            trees[tree] = (xp.astype(rows, xp.int32), xp.astype(pos, xp.int32), extra, size,
+                           depth)
+            memo["bytes"] += size
+        return rows, pos, extra
+
+    def _initial_rows(self, prep: dict[str, Any], state: dict[str, Any], tree: int, xp: Any
+                      ) -> tuple[Any, Any | None]:
+        """Rows a tree learns from (positive weight) and their extra (None)."""
+        return xp.nonzero(prep["w"] > 0)[0], None
+
+    def _row_weights(self, prep: dict[str, Any], rows: Any, extra: Any | None, xp: Any) -> Any:
+        return xp.take(prep["w"], rows)
+
+    def _pass_extras(self, part: pa.Table, prep: dict[str, Any], state: dict[str, Any],
+                     memo: dict[str, Any], xp: Any) -> dict[str, Any]:
+        """More per-pass statistics (boosting: the validation loss)."""
+        return {}
+
+    def _channels(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
+                  tree: int, rows: Any, mult: Any, xp: Any) -> tuple[list[Any], Any | None]:
+        """Histogram channels of a tree's rows: classes folded, or (w, w y)."""
+        if state["classify"]:
+            return [mult], xp.take(prep["y"], rows)
+        return [mult, mult * xp.take(prep["y"], rows)], None
+
+    def _combine_level(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        hist = b["hist"] if a["hist"] is None else (
+            a["hist"] if b["hist"] is None else a["hist"] + b["hist"])
+        return {**a, "hist": hist}
+
+    # ------------------------------------------------------------------ driver
+
+    def update(self, stats: dict[str, Any], state: dict[str, Any]
+               ) -> tuple[dict[str, Any], bool]:
+        if state["phase"] == "summary":
+            return self._start(self._summarise(stats, state)), False
+        if state["phase"] == "validate":
+            validation = validation_finalize(self._model(state), stats)
+            return {**state, "phase": "done", "validation": validation}, True
+        state = self._before_level(stats, state)
+        if state["phase"] != "grow":
+            return self._after_growth(state)
+        return self._level_update(stats, state)
+
+    def _summarise(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        if stats["rows"] == 0:
+            raise DataError(
+                "no training rows" + (f" ({stats['heldout']} held out for validation)"
+                                      if stats["heldout"] else ""),
+                hint="check the input and its filter" + (", or lower validation_fraction"
+                                                         if stats["heldout"] else ""))
+        edges = bin_edges(stats["sample"], p.max_bins)
+        out = {**state, "rows": int(stats["rows"]), "heldout": int(stats["heldout"]),
+               "edges": edges, "missing": missing_bin(edges)}
+        if state["classify"]:
+            classes, totals = stats["classes"], stats["class_weights"]
+            if len(classes) < 2:
+                raise DataError(f"label column '{p.label}' has a single class "
+                                f"({classes[0]!r}) in the training rows",
+                                hint="a classifier needs at least two classes: check the "
+                                     "filter and the label column")
+            total = float(totals.sum())
+            out.update(classes=classes, prior=totals / total if total > 0 else totals)
+        else:
+            total = float(stats["sums"][0])
+            out["mean"] = float(stats["sums"][1] / total) if total > 0 else 0.0
+        if not total > 0:
+            raise DataError(f"the weights in column '{p.weight}' sum to zero",
+                            hint="give some training rows a positive weight")
+        out["total_weight"] = total
+        return out
+
+    def _group_size(self, state: dict[str, Any], m: int) -> int:
+        width = self._criterion(state).channels
+        slot_bytes = m * (state["missing"] + 1) * width * 8
+        return int(self.params.max_histogram_mb * 2**20 // slot_bytes)
+
+    def _featsel(self, state: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray | None]:
+        return lambda nodes: None
+
+    def _n_sampled(self, state: dict[str, Any]) -> int:
+        return len(state["features"])
+
+    def _next_level(self, state: dict[str, Any]) -> dict[str, Any]:
+        level = Level.start(state["forest"], self._group_size(state, self._n_sampled(state)),
+                            self._featsel(state), state.get("siblings"))
+        return {**state, "level": level, "phase": "grow" if level is not None else "grown"}
+
+    def _before_level(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """Look at the pass's extra statistics before growing (boosting: stop early)."""
+        return state
+
+    def _level_update(self, stats: dict[str, Any], state: dict[str, Any]
+                      ) -> tuple[dict[str, Any], bool]:
+        p = self.params
+        nodes, featsel = Level.group(state["level"])
+        crit = self._criterion(state)
+        m = self._n_sampled(state) if featsel is None else featsel.shape[1]
+        hist = stats["hist"]
+        if hist is None:
+            hist = np.zeros((m, len(nodes), state["missing"] + 1, crit.channels))
+        if state.get("siblings") is not None:
+            nodes, hist = add_siblings(nodes, hist, state["siblings"])
+        forest = grow_level(state["forest"], nodes, featsel, hist, crit, state["edges"],
+                            max_depth=p.max_depth, min_leaf=p.min_samples_leaf,
+                            min_gain_fraction=self._min_gain_fraction(state),
+                            empty_value=self._empty_value(state))
+        kept = state.get("kept")
+        if featsel is None:  # parent and children histograms cover the same features
+            limit = min(PARENT_HISTOGRAM_MB, p.max_histogram_mb) * 2**20
+            kept = keep_parents(forest, nodes, hist, kept, limit)
+        state = {**state, "forest": forest, "kept": kept,
+                 "histogram_passes": state.get("histogram_passes", 0) + 1}
+        level = Level.advance(state["level"])
+        if level is not None:
+            return {**state, "level": level}, False
+        state = self._next_level({**state, "siblings": kept, "kept": None})
+        if state["phase"] == "grow":
+            return state, False
+        return self._after_growth(state)
+
+    def _after_growth(self, state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        state = self._finish_growth(state)
+        if state["phase"] == "grow":
+            return state, False
+        done = self.params.validation_fraction == 0
+        return {**state, "phase": "done" if done else "validate"}, done
+
+    def _finish_growth(self, state: dict[str, Any]) -> dict[str, Any]:
+        """No node is pending: the fit is grown (boosting: start the next round)."""
+        return state
+
+    def _min_gain_fraction(self, state: dict[str, Any]) -> float:
+        return 0.0
+
+    def _empty_value(self, state: dict[str, Any]) -> np.ndarray:
+        return state["prior"] if state["classify"] else np.array([state["mean"]])
+
+    def _criterion(self, state: dict[str, Any]) -> Criterion:
+        raise NotImplementedError
+
+    def _start(self, state: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _model(self, state: dict[str, Any]) -> TreeModelFitted:
+        raise NotImplementedError
+
+    def fitted(self, state: dict[str, Any]) -> TreeModelFitted:
+        if state["phase"] not in ("validate", "done"):
+            raise RuntimeError(f"{self.name}: fitted() before the trees are grown")
+        return self._model(state)
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        if "forest" not in state:
+            return {}
+        out: dict[str, Any] = {**forest_stats(state["forest"]),
+                               "training_rows": state["rows"],
+                               "validation_rows": state["heldout"],
+                               "histogram_passes": state.get("histogram_passes", 0)}
+        if state["classify"]:
+            out["classes"] = len(state["classes"])
+        weights = importances(state["forest"], len(state["features"]))
+        out["feature_importances"] = {f: float(v) for f, v in
+                                      zip(state["features"], weights, strict=True)}
+        if "validation" in state:
+            out["validation"] = state["validation"]
+        return out
+
+
+def _float_labels(labels: pa.Array) -> np.ndarray:
+    if pa.types.is_boolean(labels.type):
+        return np.asarray(labels.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return labels.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _combine_summary(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = {"kind": "summary", "rows": a["rows"] + b["rows"],
+           "heldout": a["heldout"] + b["heldout"]}
+    if "classes" in a:
+        out["classes"], out["class_weights"] = merge_class_weights(
+            (a["classes"], a["class_weights"]), (b["classes"], b["class_weights"]))
+    else:
+        out["sums"] = a["sums"] + b["sums"]
+    keys = np.concatenate([a["sample_keys"], b["sample_keys"]])
+    sample = np.concatenate([a["sample"], b["sample"]])
+    # rows with equal keys have equal content (features, label, weight), so which of
+    # them is kept does not matter
+    order = np.argsort(keys, kind="stable")[:BIN_SAMPLE_ROWS]
+    out["sample_keys"], out["sample"] = keys[order], sample[order]
+    return out
+
+
+def prepare_rows(table: pa.Table, state: dict[str, Any], params: SupervisedParams, xp: Any
+                 ) -> dict[str, Any]:
+    """Rows binned (feature-major uint8 codes on ``xp``) with label, weight, row hash."""
+    features = state["features"]
+    values = to_xp(feature_columns(table, features), xp)
+    codes = bin_codes(values, state["edges"], state["missing"], xp)
+    labels = label_column(table, params.label)
+    if state["classify"]:
+        y = encode_classes(labels, state["classes"], pa.type_for_alias(state["label_type"]))
+    else:
+        y = _float_labels(labels)
+    return {"n": table.num_rows, "codes": codes, "y": to_xp(y, xp),
+            "w": to_xp(row_weights(table, params.weight), xp),
+            "hash": model_hashes(table, params, features)}
+
+
+# --------------------------------------------------------------------------- fitted model
+
+
+class TreeModelFitted(FittedModel):
+    """Trees as arrays; scores are the mean (forest) or the sum plus a base (boosting) of
+    the trees' leaf values, mapped by ``link`` (identity, sigmoid or softmax)."""
+
+    ARRAYS = ("feature", "threshold", "left", "right", "default_left", "value", "cover",
+              "gain", "tree_start", "importances", "base")
+
+    def __init__(self, features: list[str], classes: list[Any] | None,
+                 label_type: pa.DataType | None, *, combine: str, link: str, depth: int,
+                 arrays: dict[str, np.ndarray]):
+        super().__init__(features, classes, label_type)
+        self.combine, self.link, self.depth = combine, link, int(depth)
+        self.nodes = {k: np.asarray(arrays[k]) for k in self.ARRAYS}
+        feature = self.nodes["feature"].astype(np.int64)
+        own = np.arange(len(feature))
+        leaf = feature < 0
+        # leaves point at themselves, so every row can take the same number of steps
+        self._walk = {
+            "feature": np.where(leaf, 0, feature),
+            "threshold": self.nodes["threshold"].astype(np.float64),
+            "left": np.where(leaf, own, self.nodes["left"]).astype(np.int64),
+            "right": np.where(leaf, own, self.nodes["right"]).astype(np.int64),
+            "default_left": self.nodes["default_left"].astype(bool),
+        }
+
+    @property
+    def feature_importances(self) -> dict[str, float]:
+        return {f: float(v) for f, v in zip(self.features, self.nodes["importances"],
+                                            strict=True)}
+
+    def predict_matrix(self, X: Any, xp: Any) -> Any:
+        return self._scores(xp.reshape(xp.permute_dims(X, (1, 0)), (-1,)), X.shape[0], xp)
+
+    def _scores(self, flat: Any, n: int, xp: Any) -> Any:
+        """``predict_matrix`` of the feature-major flattened matrix ``flat``."""
+        sums = leaf_sums(flat, n, self._walk, self.nodes["value"],
+                         self.nodes["tree_start"][:-1], self.depth, xp)
+        n_trees = len(self.nodes["tree_start"]) - 1
+        if self.combine == "mean":
+            scores = sums / max(n_trees, 1)
+        else:
+            scores = sums + to_xp(self.nodes["base"], xp)
+        if self.link == "sigmoid":
+            p = _sigmoid(scores[:, 0], xp)
+            return xp.stack([1.0 - p, p], axis=1)
+        if self.link == "softmax":
+            e = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
+            return e / xp.sum(e, axis=1, keepdims=True)
+        if self.is_classifier:
+            return scores
+        return scores[:, 0]
+
+    def outputs(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """As ``FittedModel.outputs``, with missing and infinite feature values allowed."""
+        require_columns(part.schema, self.features, "feature column")
+        flat = to_xp(feature_columns(part, self.features).reshape(-1), xp)
+        scores = self._scores(flat, part.num_rows, xp)
+        if not self.is_classifier:
+            return to_numpy(scores).astype(np.float64, copy=False), None
+        best = xp.argmax(scores, axis=1)
+        return to_numpy(best).astype(np.int64, copy=False), to_numpy(scores)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return dict(self.nodes)
+
+    def meta(self) -> dict[str, Any]:
+        return {**super().meta(), "combine": self.combine, "link": self.link,
+                "depth": self.depth}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> TreeModelFitted:
+        return cls(**cls.meta_args(meta), combine=meta["combine"], link=meta["link"],
+                   depth=meta["depth"], arrays=arrays)
+
+
+def _sigmoid(z: Any, xp: Any) -> Any:
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def leaf_sums(flat: Any, n: int, walk: dict[str, np.ndarray], values: np.ndarray,
+              roots: np.ndarray, depth: int, xp: Any) -> Any:
+    """Per row, the sum over trees of the value of the leaf the row reaches: ``depth``
+    steps of gathers for every (row, tree) pair, a block of rows at a time."""
+    width = values.shape[1]
+    n_trees = len(roots)
+    if n == 0 or n_trees == 0:
+        return xp.zeros((n, width), dtype=xp.float64)
+    on = {k: to_xp(v, xp) for k, v in walk.items()}
+    value = to_xp(values, xp)
+    root = to_xp(roots.astype(np.int64), xp)
+    block = max(1, SCORING_BLOCK // n_trees)
+    out = []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        rows = xp.arange(start, stop, dtype=xp.int64)
+        size = (stop - start) * n_trees
+        row = xp.reshape(xp.broadcast_to(rows[:, None], (stop - start, n_trees)), (size,))
+        node = xp.reshape(xp.broadcast_to(root[None, :], (stop - start, n_trees)), (size,))
+        for _ in range(depth):
+            x = xp.take(flat, xp.take(on["feature"], node) * n + row)
+            go_left = xp.where(xp.isnan(x), xp.take(on["default_left"], node),
+                               x <= xp.take(on["threshold"], node))
+            node = xp.where(go_left, xp.take(on["left"], node), xp.take(on["right"], node))
+        leaf = xp.take(value, node, axis=0)
+        out.append(xp.sum(xp.reshape(leaf, (stop - start, n_trees, width)), axis=1))
+    return out[0] if len(out) == 1 else xp.concat(out, axis=0)
+
+
+def model_arrays(forest: dict[str, np.ndarray], n_features: int,
+                 base: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """The artifact arrays of a grown forest (each tree's nodes contiguous, root first)
+    and its depth."""
+    order = np.lexsort((np.arange(len(forest["tree"])), forest["tree"]))
+    new_id = np.empty(len(order), dtype=np.int64)
+    new_id[order] = np.arange(len(order))
+    split = forest["status"][order] == SPLIT
+
+    def child(ids: np.ndarray) -> np.ndarray:
+        return np.where(split, new_id[np.maximum(ids, 0)], -1).astype(np.int32)
+
+    counts = np.bincount(forest["tree"], minlength=len(forest["roots"]))
+    arrays = {
+        "feature": np.where(split, forest["feature"][order], -1).astype(np.int32),
+        "threshold": np.where(split, forest["threshold"][order], np.nan),
+        "left": child(forest["left"][order]),
+        "right": child(forest["right"][order]),
+        "default_left": forest["missing_left"][order] & split,
+        "value": forest["value"][order],
+        "cover": forest["weight"][order],
+        "gain": np.where(split, forest["gain"][order], 0.0),
+        "tree_start": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "importances": importances(forest, n_features),
+        "base": np.zeros(forest["value"].shape[1]) if base is None else np.asarray(base),
+    }
+    return arrays, int(forest["depth"].max(initial=0))
+

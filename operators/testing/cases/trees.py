@@ -1,0 +1,82 @@
+"""Cases for decision_tree, random_forest and gradient_boosted_trees: classes and numbers,
+weights, missing feature values (null and NaN), a constant feature, several node groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from operators.testing.kit import case
+
+
+def tree_table(rows: int = 160, classes: int = 2, seed: int = 0,
+               regression: bool = False) -> pa.Table:
+    """Float features with nulls and NaN, an integer and a boolean one, a constant one,
+    a string column (not a feature), weights; the label depends on all of them."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.standard_normal(rows)
+    x2 = rng.uniform(-2, 2, rows)
+    x3 = rng.integers(-3, 4, rows)
+    x4 = rng.random(rows) < 0.4
+    signal = 1.5 * x1 - 0.8 * np.abs(x2) + 0.4 * x3 + 1.2 * x4
+    missing1 = rng.random(rows) < 0.1
+    missing2 = rng.random(rows) < 0.1
+    # missing x2 carries information, so the learned direction matters
+    signal = np.where(missing2, signal + 1.5, signal) + 0.3 * rng.standard_normal(rows)
+    # half of the missing x2 values are NaN, half null
+    x2_values = np.where(missing2 & (rng.random(rows) < 0.5), np.nan, x2)
+    columns = {
+        "x1": pa.array(x1, mask=missing1),
+        "x2": pa.array(x2_values, mask=missing2 & ~np.isnan(x2_values)),
+        "x3": pa.array(x3.astype(np.int32)),
+        "x4": pa.array(x4),
+        "flat": np.full(rows, 2.5),
+        "g": pa.array(np.array(["a", "b"])[rng.integers(0, 2, rows)]),
+        "w": rng.uniform(0.2, 3.0, rows),
+    }
+    if regression:
+        columns["y"] = signal
+    else:
+        cuts = np.quantile(signal, np.linspace(0, 1, classes + 1)[1:-1])
+        columns["y"] = pa.array(np.searchsorted(cuts, signal).astype(np.int64))
+    return pa.table(columns)
+
+
+def string_classes_table() -> pa.Table:
+    table = tree_table(classes=3, seed=2)
+    names = np.array(["north", "east", "south"])[table.column("y").to_numpy()]
+    return table.set_column(table.schema.get_field_index("y"), "y", pa.array(names))
+
+
+def _cases() -> None:
+    case("decision_tree", {"label": "y", "max_depth": 4}, tree_table, id="gini-missing")
+    case("decision_tree", {"label": "y", "weight": "w", "criterion": "entropy",
+                           "max_depth": 5, "min_samples_leaf": 3, "validation_fraction": 0.2,
+                           "seed": 3},
+         string_classes_table, id="entropy-weighted-multiclass")
+    case("decision_tree", {"label": "y", "weight": "w", "max_depth": 4,
+                           "min_impurity_decrease": 0.01, "max_bins": 16},
+         lambda: tree_table(regression=True, seed=4), id="variance-weighted")
+    case("random_forest", {"label": "y", "n_trees": 6, "max_depth": 4, "seed": 5},
+         tree_table, id="bootstrap-sqrt")
+    case("random_forest", {"label": "y", "weight": "w", "n_trees": 4, "max_depth": 3,
+                           "max_features": 0.5, "validation_fraction": 0.2,
+                           "max_histogram_mb": 0.01},
+         lambda: tree_table(regression=True, seed=6), id="regression-node-groups")
+    case("random_forest", {"label": "y", "n_trees": 3, "max_depth": 3, "bootstrap": False,
+                           "max_features": "all", "criterion": "entropy"},
+         string_classes_table, id="no-bootstrap-multiclass")
+    case("gradient_boosted_trees", {"label": "y", "n_trees": 5, "max_depth": 3,
+                                    "min_samples_leaf": 5},
+         tree_table, id="binary", rtol=1e-8, atol=1e-10)
+    case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 5, "max_depth": 2,
+                                    "subsample": 0.7, "l2": 1.0, "min_samples_leaf": 3},
+         lambda: tree_table(regression=True, seed=7), id="regression-subsample-weighted",
+         rtol=1e-8, atol=1e-10)
+    case("gradient_boosted_trees", {"label": "y", "n_trees": 4, "max_depth": 2,
+                                    "min_samples_leaf": 5, "validation_fraction": 0.25,
+                                    "early_stopping": True, "n_iter_no_change": 2},
+         string_classes_table, id="multiclass-early-stopping", rtol=1e-8, atol=1e-10)
+
+
+_cases()

@@ -1,0 +1,487 @@
+"""Tree models: bins, histograms, split search, the artifact and scoring, missing values,
+bad input, memo and node groups, metrics (small data; parity with scikit-learn is in
+test_tree_parity.py)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from operators.arrays import get_namespace
+from operators.base import DataError, ParamError, SchemaError, drive, tree_reduce
+from operators.models import trees
+from operators.models.boosted_trees import GradientBoostedTrees
+from operators.models.forest import DecisionTree, RandomForest
+from operators.models.trees import (
+    Entropy,
+    Gini,
+    Newton,
+    Variance,
+    best_splits,
+    bin_codes,
+    bin_edges,
+    histograms,
+    poisson_counts,
+)
+from operators.testing.cases.trees import tree_table
+from operators.testing.kit import roundtrip, split
+
+NUMPY = get_namespace("numpy")
+STRICT = get_namespace("array_api_strict")
+
+
+def fit_state(estimator: Any, parts: list[pa.Table], xp: Any = NUMPY, fresh: bool = False
+              ) -> tuple[Any, dict[str, Any], int]:
+    """The fitted model, its metrics and the number of passes. ``fresh``: every pass gets
+    new table objects (as an engine without a cache), so no memo can help."""
+
+    def aggregate(partial: Any) -> Any:
+        tables = [p.slice(0) for p in parts] if fresh else parts
+        return tree_reduce([partial(p, xp) for p in tables], estimator.combine)
+
+    state, passes = drive(estimator, parts[0].schema, aggregate)
+    return estimator.fitted(state), estimator.metrics(state), passes
+
+
+def predictions(model: Any, table: pa.Table, xp: Any = NUMPY) -> dict[str, np.ndarray]:
+    out = model.transform(table, xp)
+    result = {"prediction": np.asarray(out.column("prediction").to_pylist())}
+    if "probability" in out.column_names:
+        result["probability"] = np.asarray(out.column("probability").to_pylist(), dtype=float)
+    return result
+
+
+def table_of(X: np.ndarray, y: Any, **extra: Any) -> pa.Table:
+    return pa.table({**{f"x{j}": X[:, j] for j in range(X.shape[1])}, "y": y, **extra})
+
+
+# --------------------------------------------------------------------------- bins
+
+
+def test_edges_are_midpoints_of_few_distinct_values() -> None:
+    sample = np.array([[3.0, 1.0], [1.0, np.nan], [2.0, np.inf], [3.0, 5.0]])
+    edges = bin_edges(sample, max_bins=8)
+    np.testing.assert_array_equal(edges[0], [1.5, 2.5])
+    np.testing.assert_array_equal(edges[1], [3.0])  # NaN and inf are not edges
+
+
+def test_edges_are_quantiles_of_many_values() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((5000, 1))
+    edges = bin_edges(values, max_bins=16)[0]
+    expected = np.percentile(values[:, 0], np.linspace(0, 100, 17)[1:-1],
+                             method="averaged_inverted_cdf")
+    np.testing.assert_allclose(edges, expected)
+    assert len(edges) == 15
+
+
+@pytest.mark.parametrize("xp", [NUMPY, STRICT], ids=["numpy", "strict"])
+def test_bin_codes_follow_the_edges(xp: Any) -> None:
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((2, 300))
+    values[0, ::7] = np.nan
+    values[1, :5] = [-np.inf, np.inf, 0.0, 0.0, 0.0]
+    edges = bin_edges(values.T, max_bins=10)
+    missing = trees.missing_bin(edges)
+    codes = np.asarray(bin_codes(xp.asarray(values), edges, missing, xp)).reshape(2, -1)
+    for f in range(2):
+        for b in range(len(edges[f])):
+            finite = ~np.isnan(values[f])
+            # x <= edges[b] exactly when its code is <= b
+            np.testing.assert_array_equal(values[f][finite] <= edges[f][b],
+                                          codes[f][finite] <= b)
+        assert (codes[f][np.isnan(values[f])] == missing).all()
+
+
+def test_bin_sample_is_the_same_for_any_partitioning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bottom-k by row hash: a 40-row sample of 300 rows is the same set of rows for 1 or
+    5 shuffled partitions, so the edges are too."""
+    monkeypatch.setattr(trees, "BIN_SAMPLE_ROWS", 40)
+    table = tree_table(rows=300, seed=3)
+    estimator = DecisionTree(label="y", max_bins=8)
+
+    def edges(parts: list[pa.Table]) -> list[np.ndarray]:
+        state = estimator.init(table.schema)
+        stats = tree_reduce([estimator.partial(p, state, NUMPY) for p in parts],
+                            estimator.combine)
+        assert len(stats["sample"]) == 40
+        return estimator.update(stats, state)[0]["edges"]
+
+    shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
+    one, five = edges([table]), edges(split(shuffled, 5, seed=2))
+    for a, b in zip(one, five, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_poisson_counts_have_the_poisson_frequencies() -> None:
+    uniform = (np.arange(200_000) + 0.5) / 200_000
+    counts = poisson_counts(uniform)
+    freq = np.bincount(counts) / len(counts)
+    pmf = [math.exp(-1) / math.factorial(k) for k in range(len(freq))]
+    np.testing.assert_allclose(freq[:6], pmf[:6], atol=2e-5)
+
+
+# --------------------------------------------------------------------------- histograms
+
+
+def naive_histograms(codes: np.ndarray, rows: np.ndarray, slots: np.ndarray,
+                     channels: list[np.ndarray], fold: np.ndarray | None, fold_size: int,
+                     featsel: np.ndarray | None, n_slots: int, n_bins: int) -> np.ndarray:
+    m = codes.shape[0] if featsel is None else featsel.shape[1]
+    width = fold_size if fold is not None else len(channels)
+    out = np.zeros((m, n_slots, n_bins, width))
+    for i, (row, slot) in enumerate(zip(rows, slots, strict=True)):
+        for j in range(m):
+            f = j if featsel is None else featsel[slot, j]
+            code = codes[f, row]
+            if fold is not None:
+                out[j, slot, code, fold[i]] += channels[0][i]
+            else:
+                for c, ch in enumerate(channels):
+                    out[j, slot, code, c] += ch[i]
+    return out
+
+
+@pytest.mark.parametrize("xp", [NUMPY, STRICT], ids=["numpy", "strict"])
+@pytest.mark.parametrize("kind", ["fold", "channels", "featsel"])
+def test_histograms_match_a_loop(xp: Any, kind: str) -> None:
+    rng = np.random.default_rng(4)
+    n, n_features, n_bins, n_slots = 60, 3, 6, 4
+    codes = rng.integers(0, n_bins, (n_features, n)).astype(np.uint8)
+    rows = rng.choice(n, 45, replace=False)
+    slots = rng.integers(0, n_slots, 45)
+    channels = [rng.random(45), rng.standard_normal(45)]
+    fold = rng.integers(0, 3, 45) if kind == "fold" else None
+    featsel = (np.sort(np.argsort(rng.random((n_slots, n_features)), axis=1)[:, :2], axis=1)
+               if kind == "featsel" else None)
+    used = channels[:1] if kind == "fold" else channels
+    got = histograms(xp, xp.asarray(codes.reshape(-1)), n, xp.asarray(rows), xp.asarray(slots),
+                     [xp.asarray(c) for c in used], None if fold is None else xp.asarray(fold),
+                     3 if kind == "fold" else 1, featsel, n_features, n_slots, n_bins)
+    expected = naive_histograms(codes, rows, slots, used, fold, 3, featsel, n_slots, n_bins)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def brute_force_gain(hist: np.ndarray, criterion: Any, min_leaf: float) -> float:
+    """The best gain of slot 0 over every (feature, threshold, missing side)."""
+    m, _, n_bins1, _ = hist.shape
+    best = -np.inf
+    for j in range(m):
+        h = hist[j, 0]
+        total = h.sum(axis=0)
+        for b in range(n_bins1 - 1):
+            for missing_left in (False, True):
+                left = h[:b + 1].sum(axis=0) + (h[-1] if missing_left else 0)
+                right = total - left
+                lw, rw = criterion.weight(left[:, None])[0], criterion.weight(right[:, None])[0]
+                if lw < min_leaf or rw < min_leaf or lw <= 0 or rw <= 0:
+                    continue
+                if not (np.all(criterion.allowed(left[:, None]))
+                        and np.all(criterion.allowed(right[:, None]))):
+                    continue
+                gain = (criterion.score(left[:, None]) + criterion.score(right[:, None])
+                        - criterion.score(total[:, None]))[0]
+                best = max(best, gain)
+    return best
+
+
+@pytest.mark.parametrize("criterion", [Gini(3), Entropy(3), Variance(), Newton(0.5, 0.1, 1)],
+                         ids=["gini", "entropy", "variance", "newton"])
+def test_best_split_is_the_brute_force_best(criterion: Any) -> None:
+    rng = np.random.default_rng(5)
+    for trial in range(5):
+        hist = rng.integers(0, 4, (3, 1, 7, criterion.channels)).astype(float)
+        if isinstance(criterion, Variance):
+            hist[..., 1] = hist[..., 0] * rng.standard_normal(hist.shape[:-1])
+        if isinstance(criterion, Newton):
+            hist[..., 0] = rng.standard_normal(hist.shape[:-1]) * hist[..., 2]
+            hist[..., 1] = hist[..., 2] * 0.25
+        # every feature sees the same rows: the same node totals
+        hist[1:] = hist[:1][:, :, rng.permutation(7)]
+        found = best_splits(hist, criterion, 1.0, np.zeros(1))
+        expected = brute_force_gain(hist, criterion, 1.0)
+        if found["found"][0]:
+            assert found["gain"][0] == pytest.approx(expected, rel=1e-9), trial
+        else:
+            assert not expected > 1e-9, trial
+
+
+def test_ties_go_to_the_first_feature_and_bin() -> None:
+    hist = np.zeros((2, 1, 4, 2))
+    hist[:, 0, 0, 0] = 5.0  # class 0 in bin 0, class 1 in bin 2 of both features
+    hist[:, 0, 2, 1] = 5.0
+    found = best_splits(hist, Gini(2), 1.0, np.zeros(1))
+    assert found["found"][0] and found["position"][0] == 0 and found["bin"][0] == 0
+    # no missing values at the node: they go to the heavier side (left on a tie)
+    assert found["missing_left"][0]
+
+
+# --------------------------------------------------------------------------- the artifact
+
+
+def walk(model: Any, x: np.ndarray) -> np.ndarray:
+    """Per row, the sum over trees of the leaf values, walking the saved arrays."""
+    nodes = model.nodes
+    out = np.zeros((len(x), nodes["value"].shape[1]))
+    for i, row in enumerate(x):
+        for start in nodes["tree_start"][:-1]:
+            node = int(start)
+            while nodes["feature"][node] >= 0:
+                value = row[nodes["feature"][node]]
+                if np.isnan(value):
+                    left = nodes["default_left"][node]
+                else:
+                    left = value <= nodes["threshold"][node]
+                node = int(nodes["left"][node] if left else nodes["right"][node])
+            out[i] += nodes["value"][node]
+    return out
+
+
+@pytest.mark.parametrize("op", ["random_forest", "gradient_boosted_trees"])
+def test_scores_are_the_walk_of_the_saved_arrays(op: str) -> None:
+    table = tree_table(rows=200, seed=8)
+    features = ["x1", "x2", "x3", "x4", "flat"]
+    if op == "random_forest":
+        estimator: Any = RandomForest(label="y", features=features, n_trees=5, max_depth=4)
+    else:
+        estimator = GradientBoostedTrees(label="y", features=features, n_trees=4, max_depth=3,
+                                         min_samples_leaf=5)
+    model = roundtrip(fit_state(estimator, split(table, 3))[0])
+    x = np.column_stack([np.asarray(table.column(f).to_pylist(), dtype=float)
+                         for f in features])
+    sums = walk(model, x)
+    got = predictions(model, table, STRICT)["probability"]
+    if op == "random_forest":
+        expected = (sums / 5)[:, 1]
+    else:
+        expected = 1 / (1 + np.exp(-(sums[:, 0] + model.nodes["base"][0])))
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert set(model.nodes) >= {"feature", "threshold", "left", "right", "default_left",
+                                "value", "tree_start", "importances"}
+
+
+# --------------------------------------------------------------------------- missing values
+
+
+def test_missing_values_get_a_learned_direction() -> None:
+    """y is 1 exactly where x0 is missing (null or NaN): one split on missingness."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(400)
+    missing = rng.random(400) < 0.3
+    nan = missing & (rng.random(400) < 0.5)
+    column = pa.array(np.where(nan, np.nan, x), mask=missing & ~nan)
+    table = pa.table({"x0": column, "x1": rng.standard_normal(400),
+                      "y": pa.array(missing.astype(np.int64))})
+    model = fit_state(DecisionTree(label="y", max_depth=2), [table])[0]
+    assert (predictions(model, table)["prediction"] == missing).all()
+    root = 0
+    assert model.nodes["feature"][root] == 0
+    assert math.isinf(model.nodes["threshold"][root])  # all values left, missing right
+    assert not model.nodes["default_left"][root]
+
+
+def test_missing_at_scoring_only_goes_to_the_heavier_side() -> None:
+    x = np.array([0.0] * 30 + [1.0] * 10)
+    table = pa.table({"x0": x, "y": pa.array((x > 0.5).astype(np.int64))})
+    model = fit_state(DecisionTree(label="y", max_depth=1), [table])[0]
+    scoring = pa.table({"x0": pa.array([np.nan, None, 1.0], type=pa.float64())})
+    np.testing.assert_array_equal(predictions(model, scoring)["prediction"], [0, 0, 1])
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_a_constant_feature_is_never_split_on() -> None:
+    table = tree_table(rows=200, seed=10)
+    model, metrics, _ = fit_state(DecisionTree(label="y", max_depth=4), [table])
+    assert metrics["feature_importances"]["flat"] == 0.0
+    assert 4 not in model.nodes["feature"]  # "flat" is the fifth feature
+    only = fit_state(DecisionTree(label="y", features=["flat"]), [table])[0]
+    assert len(only.nodes["feature"]) == 1  # a single leaf
+
+
+def test_a_single_row() -> None:
+    table = pa.table({"x0": [1.0], "y": [4.5]})
+    model = fit_state(GradientBoostedTrees(label="y", n_trees=3), [table])[0]
+    assert predictions(model, table)["prediction"] == pytest.approx([4.5])
+    model = fit_state(DecisionTree(label="y"), [table])[0]
+    assert predictions(model, table)["prediction"] == pytest.approx([4.5])
+    classes = pa.table({"x0": [1.0], "y": [1]})
+    with pytest.raises(DataError, match="single class") as error:
+        fit_state(RandomForest(label="y"), [classes])
+    assert error.value.hint
+
+
+@pytest.mark.parametrize("op", [DecisionTree, RandomForest, GradientBoostedTrees])
+def test_a_null_label_is_a_data_error(op: Any) -> None:
+    table = pa.table({"x0": [1.0, 2.0, 3.0], "y": pa.array([0, None, 1])})
+    with pytest.raises(DataError, match="label column 'y' has 1 null") as error:
+        fit_state(op(label="y"), [table])
+    assert "filter" in error.value.hint
+
+
+def test_max_depth_zero_is_a_single_leaf() -> None:
+    """max_depth 0 is a single leaf: the class frequencies (the mean), as Spark MLlib."""
+    table = tree_table(rows=120, seed=11)
+    y = table.column("y").to_numpy()
+    for op in (DecisionTree(label="y", max_depth=0),
+               RandomForest(label="y", max_depth=0, n_trees=3, bootstrap=False)):
+        model = fit_state(op, [table])[0]
+        np.testing.assert_allclose(predictions(model, table)["probability"], y.mean())
+    boosted = fit_state(GradientBoostedTrees(label="y", max_depth=0, n_trees=1,
+                                             learning_rate=1.0), [table])[0]
+    np.testing.assert_allclose(predictions(boosted, table)["probability"], y.mean(),
+                               rtol=1e-12)
+    with pytest.raises(ValidationError):
+        DecisionTree(label="y", max_depth=-1)
+
+
+def test_bad_parameters_and_schemas() -> None:
+    table = tree_table(rows=50)
+    with pytest.raises(ParamError, match="criterion variance"):
+        DecisionTree(label="y", criterion="variance", task="classification")
+    with pytest.raises(ParamError, match="criterion gini"):
+        DecisionTree(label="y", criterion="gini").output_schema(
+            tree_table(rows=10, regression=True).schema)
+    with pytest.raises(ParamError, match="early_stopping needs held-out rows"):
+        GradientBoostedTrees(label="y", early_stopping=True)
+    with pytest.raises(SchemaError, match="not numeric"):
+        DecisionTree(label="y", features=["g"]).output_schema(table.schema)
+    with pytest.raises(SchemaError, match="regression label is a number"):
+        DecisionTree(label="g", task="regression").output_schema(table.schema)
+    with pytest.raises(ValidationError):
+        RandomForest(label="y", max_features=1.5)
+    zero = table.set_column(table.schema.get_field_index("w"), "w", pa.array(np.zeros(50)))
+    with pytest.raises(DataError, match="sum to zero"):
+        fit_state(DecisionTree(label="y", weight="w"), [zero])
+
+
+def test_task_overrides_the_label_type() -> None:
+    table = tree_table(rows=150, seed=12)
+    regression = fit_state(DecisionTree(label="y", task="regression", max_depth=3), [table])[0]
+    assert not regression.is_classifier
+    floats = table.set_column(table.schema.get_field_index("y"), "y",
+                              pa.array(table.column("y").to_numpy().astype(float)))
+    classifier = fit_state(DecisionTree(label="y", task="classification"), [floats])[0]
+    assert classifier.classes == [0.0, 1.0]
+
+
+# --------------------------------------------------------------------------- memo, groups
+
+
+@pytest.mark.parametrize("op", ["forest", "boosted"])
+def test_memo_only_saves_time(op: str) -> None:
+    """Fresh table objects every pass (no memo) give the same model, bit for bit."""
+    table = tree_table(rows=240, seed=13)
+
+    def estimator() -> Any:
+        if op == "forest":
+            return RandomForest(label="y", weight="w", n_trees=4, max_depth=4, seed=3)
+        return GradientBoostedTrees(label="y", weight="w", n_trees=4, max_depth=3,
+                                    subsample=0.8, min_samples_leaf=5, validation_fraction=0.2,
+                                    early_stopping=True, n_iter_no_change=5)
+
+    parts = split(table, 3)
+    cached, _, _ = fit_state(estimator(), parts)
+    fresh, _, _ = fit_state(estimator(), parts, fresh=True)
+    for name, values in cached.arrays().items():
+        np.testing.assert_array_equal(values, fresh.arrays()[name], err_msg=name)
+
+
+def test_node_groups_give_the_same_forest() -> None:
+    table = tree_table(rows=300, seed=14)
+    parts = split(table, 2)
+    one, metrics, _ = fit_state(RandomForest(label="y", n_trees=8, max_depth=5), parts)
+    many, small, _ = fit_state(RandomForest(label="y", n_trees=8, max_depth=5,
+                                            max_histogram_mb=0.005), parts)
+    assert small["histogram_passes"] > metrics["histogram_passes"]
+    for name, values in one.arrays().items():
+        np.testing.assert_array_equal(values, many.arrays()[name], err_msg=name)
+
+
+@pytest.mark.parametrize("op", ["forest", "boosted"])
+def test_row_batches_give_the_same_model(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass sums its trees' histograms in batches of rows: any batch size, one model."""
+    table = tree_table(rows=300, classes=3, seed=19)
+
+    def estimator() -> Any:
+        if op == "forest":
+            return RandomForest(label="y", n_trees=6, max_depth=4, max_histogram_mb=0.02)
+        return GradientBoostedTrees(label="y", n_trees=3, max_depth=3, min_samples_leaf=5)
+
+    whole = fit_state(estimator(), split(table, 2))[0]
+    monkeypatch.setattr(trees, "ROW_BATCH", 50)
+    batched = fit_state(estimator(), split(table, 2))[0]
+    for name, values in whole.arrays().items():
+        np.testing.assert_array_equal(values, batched.arrays()[name], err_msg=name)
+
+
+@pytest.mark.parametrize("op", [DecisionTree, GradientBoostedTrees])
+def test_node_groups_and_sibling_subtraction(op: Any) -> None:
+    """All features per node: larger children get parent minus sibling; a budget too
+    small for a level (or for the parents kept) gives the same model."""
+    table = tree_table(rows=400, seed=18, regression=op is GradientBoostedTrees)
+    parts = split(table, 3)
+    params = {"label": "y", "weight": "w", "max_depth": 5, "min_samples_leaf": 2}
+    if op is GradientBoostedTrees:
+        params["n_trees"] = 3
+    roomy, metrics, _ = fit_state(op(**params), parts)
+    tight, small, _ = fit_state(op(**params, max_histogram_mb=0.002), parts)
+    assert small["histogram_passes"] > metrics["histogram_passes"]
+    assert small["nodes"] == metrics["nodes"]
+    got, expected = predictions(tight, table), predictions(roomy, table)
+    for name, values in expected.items():
+        np.testing.assert_allclose(got[name], values, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+# --------------------------------------------------------------------------- forests, metrics
+
+
+def test_bootstrap_follows_the_seed() -> None:
+    table = tree_table(rows=200, seed=15)
+    first = fit_state(RandomForest(label="y", n_trees=3, seed=1), [table])[0]
+    again = fit_state(RandomForest(label="y", n_trees=3, seed=1), split(table, 4, seed=3))[0]
+    other = fit_state(RandomForest(label="y", n_trees=3, seed=2), [table])[0]
+    np.testing.assert_allclose(predictions(first, table)["probability"],
+                               predictions(again, table)["probability"], rtol=1e-12)
+    assert not np.allclose(predictions(first, table)["probability"],
+                           predictions(other, table)["probability"])
+
+
+def test_metrics_have_importances_and_validation() -> None:
+    rng = np.random.default_rng(16)
+    X = rng.standard_normal((400, 3))
+    y = (X[:, 1] > 0).astype(np.int64)
+    table = table_of(X, y)
+    _, metrics, passes = fit_state(RandomForest(label="y", n_trees=5, max_depth=3,
+                                                validation_fraction=0.25), [table])
+    importances = metrics["feature_importances"]
+    assert sum(importances.values()) == pytest.approx(1.0)
+    assert max(importances, key=importances.get) == "x1"
+    assert metrics["validation"]["accuracy"] > 0.9
+    assert metrics["trees"] == 5 and metrics["depth"] <= 3
+    assert metrics["validation_rows"] + metrics["training_rows"] == 400
+    assert passes == 1 + metrics["histogram_passes"] + 1
+
+
+def test_early_stopping_keeps_the_rounds_grown() -> None:
+    rng = np.random.default_rng(17)
+    X = rng.standard_normal((300, 2))
+    y = X[:, 0] + 0.1 * rng.standard_normal(300)
+    table = table_of(X, y)
+    _, metrics, _ = fit_state(GradientBoostedTrees(
+        label="y", n_trees=200, learning_rate=1.0, max_depth=3, min_samples_leaf=5,
+        validation_fraction=0.3, early_stopping=True, n_iter_no_change=3), [table])
+    assert metrics["stopped_early"]
+    assert metrics["rounds"] < 200
+    losses = metrics["validation_losses"]
+    assert len(losses) == metrics["rounds"] + 1  # the baseline, then one per round
+    assert min(losses[-3:]) >= losses[-4] - 1e-7
