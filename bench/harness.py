@@ -29,15 +29,15 @@ RESULTS = ROOT / "bench" / "results"
 
 def run_side(case: str, side: str, data: Path, scratch: Path) -> tuple[float, int]:
     """Wall seconds and peak RSS bytes of one side in a fresh process."""
-    cmd = [sys.executable, "-m", "bench.worker", case, side, str(data), str(scratch)]
+    stats = scratch / f".{case}-{side}.rss"
+    cmd = [sys.executable, "-m", "bench.worker", case, side, str(data), str(scratch),
+           str(stats)]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "CI": "1"})
-    _, status, usage = os.wait4(proc.pid, 0)
+    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "CI": "1"}, check=False)
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: {case}/{side} failed with exit code {proc.returncode}")
-    return seconds, usage.ru_maxrss * 1024
+    if result.returncode != 0:
+        raise SystemExit(f"bench: {case}/{side} failed with exit code {result.returncode}")
+    return seconds, int(stats.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:

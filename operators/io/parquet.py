@@ -470,6 +470,10 @@ class WriteParquetParams(Params):
     compression: Literal["snappy", "zstd", "gzip", "brotli", "lz4", "none"] = Field(
         "snappy", description="Parquet codec of the written files")
     row_group_rows: int = Field(1_000_000, gt=0, description="rows per row group at most")
+    durable: bool = Field(
+        False, description="fsync files and directories before publishing, so the output "
+                           "also survives an OS crash or power loss (slower; a killed run "
+                           "is safe without it)")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for URLs")
 
@@ -647,14 +651,17 @@ class WriteParquet(Sink):
 
     def _publish_local(self, token: dict[str, Any]) -> None:
         staging, target = token["staging"], token["target"]
-        # on disk before the rename, so that no crash can publish files it did not keep
-        fsync_tree(staging)
+        if self.params.durable:
+            # on disk before the rename, so that no OS crash can publish files it did
+            # not keep (a killed process needs none of this: the page cache survives it)
+            fsync_tree(staging)
         try:
             rename_noreplace(staging, target)
         except FileExistsError:
             self._replace_local(staging, target)
         release_dir(_STAGING_LOCKS.pop(staging, None))
-        fsync_dir(os.path.dirname(target))
+        if self.params.durable:
+            fsync_dir(os.path.dirname(target))
 
     def _replace_local(self, staging: str, target: str) -> None:
         if self.params.mode == "error":

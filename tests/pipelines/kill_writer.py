@@ -8,7 +8,7 @@ Used by test_parquet_write.py, which SIGKILLs this process at chosen moments:
 writer prints ``PAUSED <point>`` on stdout and sleeps, so the test can kill it there:
 
 * ``staged``: every partition is written into the staging directory, no manifest yet;
-* ``synced``: the manifest is written and flushed, the rename has not happened;
+* ``publishing``: the manifest is written, the rename has not happened;
 * ``exchanged``: the new output is in place, the old one not yet deleted (overwrite).
 """
 
@@ -39,14 +39,14 @@ def hook() -> None:
             return commit(self, token, results)
 
         parquet.WriteParquet.commit = paused_commit  # type: ignore[method-assign]
-    elif PAUSE == "synced":
-        fsync_tree = parquet.fsync_tree
+    elif PAUSE == "publishing":
+        rename = parquet.rename_noreplace
 
-        def paused_fsync(root: str) -> None:
-            fsync_tree(root)
-            pause("synced")
+        def paused_rename(src: str, dst: str) -> None:
+            pause("publishing")  # the manifest is written; the rename is next
+            rename(src, dst)
 
-        parquet.fsync_tree = paused_fsync
+        parquet.rename_noreplace = paused_rename
     elif PAUSE == "exchanged":
         exchange = parquet.exchange
 

@@ -207,7 +207,7 @@ def test_partition_by_overwrite_and_empty(workdir: Path) -> None:
     assert back.num_rows == 0 and back.schema == new.schema
 
 
-def test_files_and_directories_are_flushed_before_the_rename(
+def test_durable_output_is_flushed_before_the_rename(
         workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[Path] = []
     real_fsync = os.fsync
@@ -217,8 +217,10 @@ def test_files_and_directories_are_flushed_before_the_rename(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", spy_fsync)
+    write(workdir / "fast", split(sample(), 2), "run-0", partition_by=["year"])
+    assert synced == []  # not durable: no fsync (the default; a killed run is still safe)
     target = workdir / "out"
-    write(target, split(sample(), 2), "run-1", partition_by=["year"])
+    write(target, split(sample(), 2), "run-1", partition_by=["year"], durable=True)
     staging = workdir / f".out{STAGING_MARK}run-1"
     listed = json.loads((target / MANIFEST).read_text())["files"]
     assert {staging / f for f in [*listed, MANIFEST]} <= set(synced)
@@ -394,14 +396,14 @@ def test_sigkill_at_any_moment_leaves_old_or_new(workdir: Path,
     assert state_of(target, None, new) == "new"
     delays = np.sort(np.random.default_rng(42).uniform(0.05, 1.0, 5)) * full_run
     moments = [("", float(d)) for d in delays] + [
-        ("staged", 0.0), ("synced", 0.0), ("exchanged", 0.0)]
+        ("staged", 0.0), ("publishing", 0.0), ("exchanged", 0.0)]
     outcomes = []
     for pause, delay in moments:
         write(target, [old], f"old-{len(outcomes)}", mode="overwrite")
         kill_at(pipeline, workdir, pause, delay)
         outcome = state_of(target, old, new)
         outcomes.append((pause or f"{delay:.2f}s", outcome))
-        if pause in ("staged", "synced"):
+        if pause in ("staged", "publishing"):
             assert outcome == "old" and len(staging_dirs(target)) == 1
         if pause == "exchanged":  # swapped in, the old output left in the staging dir
             assert outcome == "new" and len(staging_dirs(target)) == 1
@@ -418,7 +420,7 @@ def test_sigkill_of_a_first_write_leaves_nothing(workdir: Path,
     source, new = big_dataset
     target = workdir / "outputs" / "out"
     pipeline = kill_pipeline(workdir, source, "error")
-    for pause in ("synced",):
+    for pause in ("publishing",):
         kill_at(pipeline, workdir, pause, 0.0)
         assert state_of(target, None, new) == "absent"
         assert len(staging_dirs(target)) == 1
