@@ -167,6 +167,15 @@ def _check_finite(column: pa.ChunkedArray, what: str) -> None:
                             hint=FEATURE_HINT)
 
 
+def require_training_rows(rows: int, heldout: int) -> None:
+    """A DataError when nothing is left to train on (after the validation hold-out)."""
+    if rows == 0:
+        raise DataError(
+            "no training rows" + (f" ({heldout} held out for validation)" if heldout else ""),
+            hint="check the input and its filter" + (", or lower validation_fraction"
+                                                     if heldout else ""))
+
+
 def host_matrix(part: pa.Table, features: list[str],
                 extra: list[np.ndarray] | None = None) -> np.ndarray:
     """Features (checked: no nulls, NaN or inf) then ``extra`` columns, as one host matrix."""

@@ -31,6 +31,7 @@ from operators.models.common import (
     is_numeric,
     label_column,
     model_input_columns,
+    require_training_rows,
     row_weights,
     split_rows,
     validation_combine,
@@ -141,12 +142,7 @@ class LinearRegression(Estimator):
 
     def _solve(self, stats: dict[str, Any], features: list[str]) -> dict[str, Any]:
         p = self.params
-        if stats["rows"] == 0:
-            raise DataError(
-                "no training rows" + (f" ({stats['heldout']} held out for validation)"
-                                      if stats["heldout"] else ""),
-                hint="check the input and its filter" + (", or lower validation_fraction"
-                                                         if stats["heldout"] else ""))
+        require_training_rows(stats["rows"], stats["heldout"])
         total = stats["weight"]
         if not total > 0:
             raise DataError(f"the weights in column '{p.weight}' sum to zero",

@@ -39,6 +39,7 @@ from operators.models.common import (
     label_column,
     merge_class_weights,
     model_input_columns,
+    require_training_rows,
     row_weights,
     split_rows,
     validation_combine,
@@ -202,12 +203,7 @@ class LogisticRegression(Estimator):
 
     def _start(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         p = self.params
-        if stats["rows"] == 0:
-            raise DataError(
-                "no training rows" + (f" ({stats['heldout']} held out for validation)"
-                                      if stats["heldout"] else ""),
-                hint="check the input and its filter" + (", or lower validation_fraction"
-                                                         if stats["heldout"] else ""))
+        require_training_rows(stats["rows"], stats["heldout"])
         classes, totals = stats["classes"], stats["weights"]
         if len(classes) < 2:
             raise DataError(f"label column '{p.label}' has a single class ({classes[0]!r}) "

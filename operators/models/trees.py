@@ -73,6 +73,7 @@ from operators.models.common import (
     label_column,
     merge_class_weights,
     model_input_columns,
+    require_training_rows,
     row_weights,
     split_rows,
     validation_combine,
@@ -1023,12 +1024,7 @@ class TreeEstimator(Estimator):
 
     def _summarise(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         p = self.params
-        if stats["rows"] == 0:
-            raise DataError(
-                "no training rows" + (f" ({stats['heldout']} held out for validation)"
-                                      if stats["heldout"] else ""),
-                hint="check the input and its filter" + (", or lower validation_fraction"
-                                                         if stats["heldout"] else ""))
+        require_training_rows(stats["rows"], stats["heldout"])
         edges = bin_edges(stats["sample"], p.max_bins)
         out = {**state, "rows": int(stats["rows"]), "heldout": int(stats["heldout"]),
                "edges": edges, "missing": missing_bin(edges)}
