@@ -70,6 +70,18 @@ ZOO = {
         max_depth: 4
         seed: 3
     """,
+    "tree_entropy": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: most_frequent
+      - op: decision_tree
+        label: region
+        criterion: entropy
+        max_depth: 5
+        min_samples_leaf: 20
+    """,
     "boosted_regression": """
       - op: drop
         columns: [customer_id, signup_date, plan, region]
