@@ -14,6 +14,13 @@ from bench.dask_cases import (  # noqa: F401 - bench.worker looks the sides up h
     dask_train_logistic_dask_ml,
     dask_train_logistic_sluice_dask,
 )
+from bench.mllib_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    forest_split,
+    train_forest_mllib_mllib,
+    train_forest_mllib_sluice_local,
+    train_mlp_mllib_mllib,
+    train_mlp_mllib_sluice_local,
+)
 from bench.mlp_cases import (  # noqa: F401 - bench.worker looks the sides up here
     mlp_holdout,
     train_mlp_lbfgs_sklearn_lbfgs,
@@ -119,6 +126,10 @@ CASES: dict[str, Case] = {
                             spark_models),
     # read + fit logistic regression on the Spark engine vs MLlib LogisticRegression
     "train_spark_mllib": Case("numeric", ("sluice_spark", "mllib"), _numeric),
+    # random_forest (50 trees, depth 10) vs MLlib RandomForestClassifier, local[cores]
+    "train_forest_mllib": Case("numeric", ("sluice_local", "mllib"), _numeric, forest_split),
+    # mlp [64, 32] sigmoid, L-BFGS 50 iterations vs MLlib MultilayerPerceptronClassifier
+    "train_mlp_mllib": Case("numeric", ("sluice_local", "mllib"), _numeric, mlp_holdout),
 }
 
 

@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             peaks.append(peak)
         results[side] = {"seconds": statistics.median(times), "peak_rss_mb": max(peaks) / 2**20,
                          "runs": times}
+        detail = scratch / f"{args.case}_{side}.json"  # accuracy, fit seconds, if a side wrote them
+        if detail.exists():
+            results[side]["detail"] = json.loads(detail.read_text())
     ours, ref = case.sides
     ratio = results[ours]["seconds"] / results[ref]["seconds"]
     mem_ratio = results[ours]["peak_rss_mb"] / results[ref]["peak_rss_mb"]
