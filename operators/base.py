@@ -253,6 +253,11 @@ class Source(Operator):
     @abstractmethod
     def read(self, partition: PartitionInfo) -> pa.Table: ...
 
+    def is_local(self) -> bool:
+        """True when partitions are read from this machine's disks (cheap to read again);
+        engines may re-read such a source instead of caching it."""
+        return False
+
     def read_all(self) -> pa.Table:
         """Every partition in order, as one table (tests and small data)."""
         return pa.concat_tables([self.read(p) for p in self.partitions()])

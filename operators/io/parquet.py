@@ -373,6 +373,9 @@ class ReadParquet(Source):
             casts[name] = want
         return casts
 
+    def is_local(self) -> bool:
+        return self.location.local
+
     def schema(self) -> pa.Schema:
         full = self.dataset.schema
         if self.params.filter:

@@ -107,6 +107,10 @@ class SparkProfile(BaseModel):
         "auto", description="ship sluice to executors as an archive (auto: non-local masters)")
     py_files: list[str] = Field(default_factory=list,
                                 description="your own modules/packages for the executors")
+    cache_fits: Literal["auto", "always", "never"] = Field(
+        "auto", description="whether multi-pass fits cache their prepared input in Spark "
+                            "(auto: unless the source is on local disks, which re-reading "
+                            "beats: Spark's cache is slower to read than local Parquet)")
 
 
 def load_profile(path: str | os.PathLike[str] | None = None) -> tuple[SparkProfile, str | None]:
@@ -697,7 +701,9 @@ class SparkEngine(Engine):
         return tree_reduce(partials, combine)
 
     def persist(self, data: Dataset) -> Dataset:
-        if data.cache_key is not None:
+        mode = self.profile.cache_fits
+        if data.cache_key is not None or mode == "never" or (
+                mode == "auto" and data.source.is_local()):
             return data
         key = uuid.uuid4().hex
         self._caches[key] = _Cache(None)

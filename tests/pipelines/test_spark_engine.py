@@ -273,8 +273,14 @@ def test_spark_written_parquet_reads_and_scores_like_local(spark: SparkEngine,
 # --------------------------------------------------------------------------- execution
 
 
+@pytest.mark.parametrize("cache_fits", ["always", "auto"])
 def test_multi_pass_fit_computes_each_partition_once(spark: SparkEngine, workdir: Path,
-                                                     probe: str) -> None:
+                                                     probe: str, cache_fits: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached: each partition is prepared once for all passes. `auto` does not cache a
+    source on local disks (re-reading it beats Spark's cache): once per pass."""
+    monkeypatch.setattr(spark, "profile", spark.profile.model_copy(
+        update={"cache_fits": cache_fits}))
     generate("churn", 4000, workdir / "data", files=2, row_group_rows=500)
     source = ReadParquet(path=str(workdir / "data"), partition_mb=0.01)
     partitions = len(source.partitions())
@@ -296,15 +302,15 @@ def test_multi_pass_fit_computes_each_partition_once(spark: SparkEngine, workdir
     record = run(path, engine_instance=spark)
     metrics = record["metrics"]["fit"]
     assert metrics["passes"] == 3
-    # three passes over the data, each partition prepared once: the passes read the cache
-    assert len(log.read_text().split()) == partitions
+    cached = cache_fits == "always"
+    assert len(log.read_text().split()) == (partitions if cached else 3 * partitions)
     x = churn_table(4000)["monthly_charges"].to_numpy()
     assert metrics["mean"] == pytest.approx(x.mean(), rel=1e-12)
     assert metrics["var"] == pytest.approx(x.var(), rel=1e-12)
     assert metrics["maxdev"] == pytest.approx(np.max(np.abs(x - x.mean())), rel=1e-12)
     assert record["steps"]["logged"]["rows"] == 4000
     sc = spark.spark.sparkContext
-    assert sc._jsc.getPersistentRDDs().size() == 1
+    assert sc._jsc.getPersistentRDDs().size() == int(cached)
     spark.begin_run()  # the next run starts without the previous run's cache
     assert sc._jsc.getPersistentRDDs().size() == 0
 
