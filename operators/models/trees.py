@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 import secrets
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -284,7 +285,7 @@ def new_token() -> str:
 # --------------------------------------------------------------------------- criteria
 
 
-class Criterion:
+class Criterion(ABC):
     """What a split optimises, from per-node channel sums (channel first: ``stats[c]``).
 
     ``gain = score(left) + score(right) - score(parent)``; for the impurity criteria it
@@ -297,8 +298,8 @@ class Criterion:
     def weight(self, stats: np.ndarray) -> np.ndarray:
         return stats[0]
 
-    def score(self, stats: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def score(self, stats: np.ndarray) -> np.ndarray: ...
 
     def allowed(self, stats: np.ndarray) -> np.ndarray | bool:
         """Extra condition on a child (boosting: enough hessian)."""
@@ -308,9 +309,9 @@ class Criterion:
         """Whether a node with these sums could gain from a split (not pure)."""
         return np.ones(stats.shape[1:], dtype=bool)
 
+    @abstractmethod
     def value(self, stats: np.ndarray) -> np.ndarray:
         """Leaf values, channel first."""
-        raise NotImplementedError
 
     def clean(self, stats: np.ndarray) -> np.ndarray:
         """Sums that cannot be negative clipped at 0 (differences of float sums), in place."""
@@ -1112,14 +1113,14 @@ class TreeEstimator(Estimator):
     def _empty_value(self, state: dict[str, Any]) -> np.ndarray:
         return state["prior"] if state["classify"] else np.array([state["mean"]])
 
-    def _criterion(self, state: dict[str, Any]) -> Criterion:
-        raise NotImplementedError
+    @abstractmethod
+    def _criterion(self, state: dict[str, Any]) -> Criterion: ...
 
-    def _start(self, state: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def _start(self, state: dict[str, Any]) -> dict[str, Any]: ...
 
-    def _model(self, state: dict[str, Any]) -> TreeModelFitted:
-        raise NotImplementedError
+    @abstractmethod
+    def _model(self, state: dict[str, Any]) -> TreeModelFitted: ...
 
     def fitted(self, state: dict[str, Any]) -> TreeModelFitted:
         if state["phase"] not in ("validate", "done"):
