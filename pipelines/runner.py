@@ -181,8 +181,8 @@ class Run:
             info["description"] = step.op.params.description
         model = self.store.save(step.op.params.name, steps, source_schema, info)
         self.record["models"].append({"step": step.id, "name": model.name,
-                                      "version": model.version, "path": self.store._path(
-                                          model.name, str(model.version))})
+                                      "version": model.version,
+                                      "path": self.store.path_of(model)})
 
 
 def _write_record(record: dict[str, Any], runs_dir: str) -> str:

@@ -94,6 +94,10 @@ class ModelStore:
     def _path(self, *parts: str) -> str:
         return self.location.join(*parts)
 
+    def path_of(self, model: Model) -> str:
+        """Where a model version lives (its folder, path or URL)."""
+        return self._path(model.name, str(model.version))
+
     # ------------------------------------------------------------------ reading
 
     def names(self) -> list[str]:
