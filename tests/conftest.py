@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,34 @@ def churn(workdir: Path) -> Path:
     out = workdir / "data" / "churn"
     generate("churn", 5000, out, files=3, row_group_rows=700)
     return out
+
+
+SLUICE = str(Path(sys.executable).parent / "sluice")
+
+
+def terminal_env() -> dict[str, str]:
+    """The environment of a person at a terminal: no CI variable, a real TERM."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["TERM"] = "xterm"
+    return env
+
+
+def sluice_on_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
+    """Run `sluice ARGS` on a pseudo-terminal, as a person would; exit code and screen."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: sluice with the pty as its terminal
+        os.chdir(cwd)
+        os.execve(SLUICE, [SLUICE, *args], terminal_env())
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the terminal closes when sluice exits
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_pipeline
+from conftest import sluice_on_terminal, write_pipeline
 
 from operators.base import SluiceError
 from operators.io.parquet import ReadParquet
@@ -377,27 +376,10 @@ def test_worker_killed_in_the_middle_of_a_fit(churn: Path, workdir: Path,
 def test_cli_attaches_to_a_scheduler_with_a_progress_bar(churn: Path, workdir: Path,
                                                          cli_cluster: dict[str, Any]) -> None:
     path = write_pipeline(workdir, THREE_PASS)
-    env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env["TERM"] = "xterm"
-    sluice = str(Path(sys.executable).parent / "sluice")
-    argv = [sluice, "run", str(path), "--engine", "dask", "--scheduler", cli_cluster["address"],
-            "--runs", str(workdir / "runs")]
-    pid, fd = pty.fork()
-    if pid == 0:  # the child runs sluice on a pseudo-terminal
-        os.chdir(workdir)
-        os.execve(sluice, argv, env)
-    chunks = []
-    while True:
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    _, status = os.waitpid(pid, 0)
-    text = b"".join(chunks).decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    code, text = sluice_on_terminal(
+        ["run", str(path), "--engine", "dask", "--scheduler", cli_cluster["address"],
+         "--runs", str(workdir / "runs")], workdir)
+    assert code == 0, text
     assert "three: pass 2" in text and "partitions" in text and "ETA" in text, text
     (record_path,) = (workdir / "runs" / "three").glob("*.json")
     engine = json.loads(record_path.read_text())["engine"]

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import pty
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_pipeline
+from conftest import SLUICE, sluice_on_terminal, terminal_env, write_pipeline
 
 from operators.io.parquet import ReadParquet
 from pipelines.datagen import churn_table
@@ -124,30 +122,9 @@ def test_memory_is_bounded_by_partitions_not_dataset(workdir: Path) -> None:
 
 def test_progress_bar_on_a_terminal_only(churn: Path, workdir: Path) -> None:
     path = write_pipeline(workdir, THREE_PASS)
-    env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env["TERM"] = "xterm"
-    sluice = str(Path(sys.executable).parent / "sluice")
-    script = textwrap.dedent(f"""
-        import os, sys
-        os.execve({sluice!r}, [{sluice!r}, "run", {str(path)!r}], os.environ)
-        """)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child runs sluice on a pseudo-terminal
-        os.chdir(workdir)
-        os.execve(sys.executable, [sys.executable, "-c", script], env)
-    chunks = []
-    while True:
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    _, status = os.waitpid(pid, 0)
-    text = b"".join(chunks).decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    code, text = sluice_on_terminal(["run", str(path)], workdir)
+    assert code == 0, text
     assert "partitions" in text and "rows" in text and "ETA" in text, text
-    piped = subprocess.run([sluice, "run", str(path)], cwd=workdir, env=env,
+    piped = subprocess.run([SLUICE, "run", str(path)], cwd=workdir, env=terminal_env(),
                            capture_output=True, text=True, timeout=120)
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
