@@ -166,11 +166,13 @@ def io_copy_pyarrow_floor(data: Path, scratch: Path) -> None:
         pq.write_table(fragment.to_table(), out / f"part-{i:05d}.parquet")
 
 
-def score_logistic_sluice_local(data: Path, scratch: Path) -> None:
+def _score_logistic(data: Path, scratch: Path, out: str, models: str = "models",
+                    engine: str = "local") -> None:
+    """read -> score (model `bench`) -> write_parquet with sluice on ``engine``."""
     from pipelines.runner import run
 
-    out = fresh(scratch / "score_sluice")
-    run(_pipeline(scratch, "bench_score", f"""
+    target = fresh(scratch / out)
+    run(_pipeline(scratch, f"bench_score_{engine}", f"""
         pipeline: bench_score
         steps:
           - op: read_parquet
@@ -178,8 +180,12 @@ def score_logistic_sluice_local(data: Path, scratch: Path) -> None:
           - op: score
             model: bench
           - op: write_parquet
-            path: {out}
-        """), models=str(scratch / "models"), runs_dir=str(scratch / "runs"))
+            path: {target}
+        """), models=str(scratch / models), runs_dir=str(scratch / "runs"), engine=engine)
+
+
+def score_logistic_sluice_local(data: Path, scratch: Path) -> None:
+    _score_logistic(data, scratch, "score_sluice")
 
 
 def score_logistic_pyarrow_numpy(data: Path, scratch: Path) -> None:

@@ -34,20 +34,9 @@ def _cluster() -> Iterator[Any]:
 
 
 def dask_score_logistic_sluice_dask(data: Path, scratch: Path) -> None:
-    from bench.cases import _pipeline, fresh
-    from pipelines.runner import run
+    from bench.cases import _score_logistic
 
-    out = fresh(scratch / "score_sluice_dask")
-    run(_pipeline(scratch, "bench_score_dask", f"""
-        pipeline: bench_score
-        steps:
-          - op: read_parquet
-            path: {data}
-          - op: score
-            model: bench
-          - op: write_parquet
-            path: {out}
-        """), models=str(scratch / "models"), runs_dir=str(scratch / "runs"), engine="dask")
+    _score_logistic(data, scratch, "score_sluice_dask", engine="dask")
 
 
 def dask_score_logistic_dask_numpy(data: Path, scratch: Path) -> None:

@@ -82,20 +82,9 @@ def spark_models(data: Path, scratch: Path) -> None:
 
 
 def _score_sluice(data: Path, scratch: Path, out: str) -> None:
-    from bench.cases import _pipeline, fresh
-    from pipelines.runner import run
+    from bench.cases import _score_logistic
 
-    target = fresh(scratch / out)
-    run(_pipeline(scratch, "bench_score_spark", f"""
-        pipeline: bench_score_spark
-        steps:
-          - op: read_parquet
-            path: {data}
-          - op: score
-            model: bench
-          - op: write_parquet
-            path: {target}
-        """), models=str(scratch / MODELS), runs_dir=str(scratch / "runs"), engine="spark")
+    _score_logistic(data, scratch, out, models=MODELS, engine="spark")
 
 
 def score_spark_mllib_sluice_spark(data: Path, scratch: Path) -> None:
