@@ -20,8 +20,9 @@ Example::
 Language
 --------
 * Literals: ``12``, ``1_000``, ``1.5``, ``.5``, ``1e-3``; strings in ``'...'`` or ``"..."``
-  (backslash escapes ``\\n \\t \\r \\0 \\\\ \\' \\" \\uXXXX \\UXXXXXXXX``, any other backslash is
-  kept as is, and a doubled quote ``'it''s'`` stands for one); ``true`` / ``false``; ``null``;
+  (backslash escapes ``\\n \\t \\r \\0 \\\\ \\' \\"``, ``\\u`` + 4 hex digits,
+  ``\\U`` + 8; any other backslash is kept as is, and a doubled quote ``'it''s'`` stands
+  for one); ``true`` / ``false``; ``null``;
   ``date '2026-11-28'`` (``date32``); ``timestamp '2026-11-28 10:00:00'`` (``timestamp[us]``,
   or ``timestamp[us, tz=UTC]`` when the text has a zone such as ``Z`` or ``+01:00``).
 * Columns: bare names (``tenure``, ``größe``) or backticks for anything else
