@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from operators.arrays import column_to_numpy, to_numpy, to_xp
+from operators.arrays import column_to_numpy, host_buffer, to_numpy, to_xp
 from operators.base import (
     DataError,
     ParamError,
@@ -177,10 +177,12 @@ def require_training_rows(rows: int, heldout: int) -> None:
 
 
 def host_matrix(part: pa.Table, features: list[str],
-                extra: list[np.ndarray] | None = None) -> np.ndarray:
-    """Features (checked: no nulls, NaN or inf) then ``extra`` columns, as one host matrix."""
+                extra: list[np.ndarray] | None = None, xp: Any = None) -> np.ndarray:
+    """Features (checked: no nulls, NaN or inf) then ``extra`` columns, as one host
+    matrix in ``xp``'s compute dtype (float64 without ``xp``), ready to send to it."""
     extra = extra or []
-    host = np.empty((part.num_rows, len(features) + len(extra)), dtype=np.float64, order="F")
+    shape = (part.num_rows, len(features) + len(extra))
+    host = np.empty(shape, np.float64, order="F") if xp is None else host_buffer(shape, xp)
     for j, name in enumerate(features):
         column = part.column(name)
         _check_finite(column, f"feature column '{name}'")
@@ -193,7 +195,7 @@ def host_matrix(part: pa.Table, features: list[str],
 def feature_matrix(part: pa.Table, features: list[str], xp: Any,
                    extra: list[np.ndarray] | None = None) -> Any:
     """``host_matrix`` moved to ``xp`` in one host-to-device copy."""
-    return to_xp(host_matrix(part, features, extra), xp)
+    return to_xp(host_matrix(part, features, extra, xp), xp)
 
 
 def row_weights(part: pa.Table, weight: str | None) -> np.ndarray:

@@ -55,7 +55,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from operators.arrays import column_to_numpy, to_numpy, to_xp
+from operators.arrays import column_to_numpy, host_buffer, to_numpy, to_xp
 from operators.base import (
     DataError,
     Estimator,
@@ -188,9 +188,15 @@ def subsample_salt(round_: int) -> int:
     return _SUBSAMPLE_SALT + round_
 
 
-def feature_columns(table: pa.Table, features: list[str]) -> np.ndarray:
-    """The features as a (features, rows) float64 host array; null is NaN, inf stays."""
-    host = np.empty((len(features), table.num_rows), dtype=np.float64)
+def feature_columns(table: pa.Table, features: list[str], xp: Any = None) -> np.ndarray:
+    """The features as a (features, rows) float64 host array; null is NaN, inf stays.
+
+    Float64 whatever ``xp``'s compute dtype: values are only compared with the bin
+    edges, and the codes that travel on are one byte each.
+    """
+    shape = (len(features), table.num_rows)
+    host = (np.empty(shape, np.float64) if xp is None
+            else host_buffer(shape, xp, order="C", dtype=np.float64))
     for j, name in enumerate(features):
         host[j] = column_to_numpy(table.column(name))
     return host
@@ -1171,7 +1177,7 @@ def prepare_rows(table: pa.Table, state: dict[str, Any], params: SupervisedParam
                  ) -> dict[str, Any]:
     """Rows binned (feature-major uint8 codes on ``xp``) with label, weight, row hash."""
     features = state["features"]
-    values = to_xp(feature_columns(table, features), xp)
+    values = to_xp(feature_columns(table, features, xp), xp)
     codes = bin_codes(values, state["edges"], state["missing"], xp)
     labels = label_column(table, params.label)
     if state["classify"]:
@@ -1241,7 +1247,7 @@ class TreeModelFitted(FittedModel):
     def outputs(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """As ``FittedModel.outputs``, with missing and infinite feature values allowed."""
         require_columns(part.schema, self.features, "feature column")
-        flat = to_xp(feature_columns(part, self.features).reshape(-1), xp)
+        flat = to_xp(feature_columns(part, self.features, xp).reshape(-1), xp)
         scores = self._scores(flat, part.num_rows, xp)
         if not self.is_classifier:
             return to_numpy(scores).astype(np.float64, copy=False), None

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.arrays import get_namespace
+from operators.arrays import get_namespace, transfers
 from operators.base import (
     Estimator,
     Operator,
@@ -276,6 +276,41 @@ def check_strict_namespace(c: Case) -> None:
     assert_tables_close(got, expected, max(c.rtol, 1e-9), max(c.atol, 1e-12), "array_api_strict")
 
 
+def check_strict_device(c: Case) -> None:
+    """On array_api_strict's non-default device (as on a GPU) kernels make their arrays
+    where the data is, never round-trip through NumPy, and move a partition's rows to
+    the device at most once per call (``transform`` or ``partial``)."""
+    op, data = c.build(), c.data()
+    _, expected = _apply(op, [data])
+    strict = get_namespace("array_api_strict")
+    placed = get_namespace("array_api_strict", strict.Device("device1"))
+    rows = data.num_rows
+    calls: list[tuple[str, int]] = []
+
+    def counted(what: str, fn: Callable[[], Any]) -> Any:
+        with transfers() as log:
+            out = fn()
+        calls.append((what, sum(1 for d, shape, _ in log if d == "h2d" and rows in shape)))
+        return out
+
+    built = c.build()
+    if isinstance(built, Estimator):
+        def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
+            return counted("partial", lambda: partial(data, placed))
+
+        state, _ = drive(built, data.schema, aggregate)
+        transform = built.fitted(state)
+    else:
+        transform = built
+    got = counted("transform", lambda: transform.transform(data, placed))
+    assert_tables_close(got, expected, max(c.rtol, 1e-9), max(c.atol, 1e-12),
+                        "array_api_strict on device1")
+    if rows > 1:
+        many = [(what, n) for what, n in calls if n > 1]
+        assert not many, (f"{many[0][0]} moved the partition's rows to the device "
+                          f"{many[0][1]} times (one copy is the contract)")
+
+
 def check_source(c: Case) -> None:
     """A source's schema() is the schema of every partition it reads."""
     op = c.build()
@@ -319,6 +354,7 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "combine_laws": check_combine_laws,
     "state_roundtrip": check_state_roundtrip,
     "strict_namespace": check_strict_namespace,
+    "strict_device": check_strict_device,
     "source": check_source,
     "sink": check_sink,
 }
@@ -333,10 +369,11 @@ def applicable(c: Case) -> list[str]:
         return ["sink"]
     if issubclass(cls, Estimator):
         return ["declared_schema", "no_input_mutation", "empty_partition",
-                "partition_invariance", "combine_laws", "state_roundtrip", "strict_namespace"]
+                "partition_invariance", "combine_laws", "state_roundtrip", "strict_namespace",
+                "strict_device"]
     if issubclass(cls, Transform):
         return ["declared_schema", "no_input_mutation", "empty_partition",
-                "partition_invariance", "state_roundtrip", "strict_namespace"]
+                "partition_invariance", "state_roundtrip", "strict_namespace", "strict_device"]
     return []
 
 
