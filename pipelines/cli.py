@@ -11,8 +11,9 @@ from typing import Any
 import click
 
 from operators.base import SluiceError
+from pipelines import profiles
 from pipelines.engines.base import StepFailure
-from pipelines.runner import ENGINES, ValidationFailed, plan_file, run
+from pipelines.runner import ValidationFailed, plan_file, run
 from pipelines.store import ModelStore
 
 
@@ -64,9 +65,22 @@ def main() -> None:
     """Declarative ML pipelines over Parquet: local, Dask or Spark, same results."""
 
 
+def _engine_choice(value: str) -> str:
+    """``--engine`` names an engine or an existing profile: else a usage error."""
+    try:
+        profiles.locate(value)
+    except SluiceError as exc:
+        raise click.BadParameter(f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+                                 ) from None
+    return value
+
+
 @main.command("run")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
+@click.option("--engine", default="local", show_default=True, metavar="NAME|PROFILE",
+              callback=lambda ctx, param, value: _engine_choice(value),
+              help="local, dask, spark, or an engine profile: a name in conf/engines/ "
+                   "(gpu: conf/engines/gpu.yaml) or a path to a .yaml file")
 @click.option("--param", "params", multiple=True, metavar="K=V", help="override a param")
 @models_option
 @click.option("--runs", "runs_dir", metavar="DIR", default=None,
@@ -75,17 +89,21 @@ def main() -> None:
               help="Dask scheduler to attach to")
 @click.option("--master", metavar="URL", default=None, help="Spark master URL")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default=None,
-              help="where numeric kernels run (default: the pipeline's `device:`, else cpu)")
+              help="where numeric kernels run (a step's `device:` wins; default: the "
+                   "pipeline's `device:`, else the engine profile's, else cpu)")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None,
+              help="compute dtype of numeric kernels (a step's `dtype:` wins; default: the "
+                   "pipeline's, else the engine profile's, else float64)")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar (default: on a terminal, off in CI and pipes)")
 def run_command(file: str, engine: str, params: tuple[str, ...], models: str | None,
                 runs_dir: str | None, scheduler: str | None, master: str | None,
-                device: str | None, progress: bool | None) -> None:
+                device: str | None, dtype: str | None, progress: bool | None) -> None:
     """Validate and run a pipeline file."""
     try:
         record = run(file, _parse_params(params), engine=engine, models=models,
                      runs_dir=runs_dir, scheduler=scheduler, master=master, device=device,
-                     progress=_progress_wanted(progress),
+                     dtype=dtype, progress=_progress_wanted(progress),
                      notify=lambda line: click.echo(f"note: {line}", err=True))
     except (SluiceError, StepFailure) as exc:
         _fail(exc)

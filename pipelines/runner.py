@@ -18,7 +18,9 @@ from typing import Any
 
 from operators.base import Action, Estimator, Sink, SluiceError, Source, Transform, drive
 from operators.io.model import SaveModel
+from pipelines import profiles
 from pipelines import spec as spec_module
+from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine
 from pipelines.plan import Plan, Step, build, kind_of
@@ -46,20 +48,56 @@ def default_runs_dir() -> str:
 
 def make_engine(name: str, *, scheduler: str | None = None, master: str | None = None,
                 progress: bool = False) -> Engine:
-    """The engine called ``name``, configured from the CLI options."""
-    if name == "local":
+    """The engine ``name`` names, configured from the CLI options: local, dask or spark
+    (with its default profile), or a profile (``gpu`` for ``conf/engines/gpu.yaml``,
+    or a path to a YAML file) that says which engine it configures."""
+    kind, profile = profiles.locate(name)
+    if kind == "local":
         from pipelines.engines.local import LocalEngine
 
-        return LocalEngine(progress=progress)
-    if name == "dask":
+        return LocalEngine(progress=progress, profile=profile)
+    if kind == "dask":
         from pipelines.engines.dask import DaskEngine
 
-        return DaskEngine(scheduler=scheduler, progress=progress)
-    if name == "spark":
-        from pipelines.engines.spark import SparkEngine
+        return DaskEngine(scheduler=scheduler, progress=progress, profile=profile)
+    from pipelines.engines.spark import SparkEngine
 
-        return SparkEngine(master=master, progress=progress)
-    raise SluiceError(f"unknown engine '{name}'", hint=f"choose one of {', '.join(ENGINES)}")
+    return SparkEngine(master=master, progress=progress, profile=profile)
+
+
+def placements(plan: Plan, engine: Engine, device: str | None = None,
+               dtype: str | None = None, notify: Callable[[str], None] | None = None
+               ) -> dict[str, Placement]:
+    """Where each step runs, and in which dtype: the step's keys > the command line >
+    the pipeline's keys > the engine profile's > cpu, float64. A GPU that is asked for
+    and missing fails here, before any data moves; ``auto`` without one falls back to
+    the CPU with one notice."""
+    profile = engine.profile_device
+    reasons: dict[str, str | None] = {}
+
+    def problem() -> str | None:
+        if "gpu" not in reasons:
+            reasons["gpu"] = engine.gpu_problem()
+        return reasons["gpu"]
+
+    out: dict[str, Placement] = {}
+    notices: list[str] = []
+    for step in plan.steps:
+        requested = (step.spec.device or device or plan.spec.device or profile.device
+                     or "cpu")
+        where = ""
+        if step.spec.device:
+            where = f"{plan.spec.file}:{step.spec.line}: step '{step.id}'"
+        chosen, notice = resolve_device(requested, problem, where)
+        if notice and not notices:
+            notices.append(f"device auto: {reasons['gpu']}; running on the CPU")
+        chosen_dtype = (step.spec.dtype or dtype or plan.spec.dtype or profile.dtype
+                        or "float64")
+        out[step.id] = Placement(chosen, chosen_dtype)
+    for line in notices:
+        if notify:
+            notify(line)
+    return out
 
 
 def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
@@ -75,8 +113,8 @@ def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
     return build(spec, resolve_model=resolve_model)
 
 
-def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator
-        ) -> tuple[Transform, dict[str, Any], Dataset]:
+def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator,
+        placement: Placement = CPU) -> tuple[Transform, dict[str, Any], Dataset]:
     """Fit an estimator over the engine's partitions (the same loop on every engine).
 
     Returns the fitted transform, the fit's metrics and the (possibly persisted) input.
@@ -88,7 +126,7 @@ def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator
     def aggregate(partial: Any) -> Any:
         passes[0] += 1
         return engine.aggregate(data, step_id, partial, estimator.combine,
-                                label=f"{step_id}: pass {passes[0]}")
+                                label=f"{step_id}: pass {passes[0]}", placement=placement)
 
     try:
         state, rounds = drive(estimator, data.schema, aggregate)
@@ -107,6 +145,10 @@ class Run:
     record: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, Dataset] = field(default_factory=dict)
     fitted: dict[str, Transform] = field(default_factory=dict)
+    placements: dict[str, Placement] = field(default_factory=dict)
+
+    def placement(self, step: Step) -> Placement:
+        return self.placements.get(step.id, CPU)
 
     def execute(self) -> None:
         for step in self.plan.steps:
@@ -121,7 +163,8 @@ class Run:
             if not self.plan.consumers(step.id) and isinstance(step.op, Transform):
                 # a dangling transform still runs, so that its rows are counted
                 self.engine.aggregate(self.datasets[step.id], step.id,
-                                      lambda part, xp: part.num_rows, lambda a, b: a + b)
+                                      lambda part, xp: part.num_rows, lambda a, b: a + b,
+                                      placement=CPU)
 
     def _locate(self, step: Step, exc: SluiceError) -> SluiceError:
         """Prefix file:line of the step the error names (an upstream step's partition
@@ -139,13 +182,15 @@ class Run:
         if isinstance(op, Source):
             self.datasets[step.id] = self.engine.read(op, step.id, step.schema)
         elif isinstance(op, Estimator):
-            transform, metrics, data = fit(self.engine, data, step.id, op)
+            transform, metrics, data = fit(self.engine, data, step.id, op,
+                                           self.placement(step))
             self.fitted[step.id] = transform
             self.record["metrics"][step.id] = metrics
             # the fitted schema can differ from the plan's (one_hot's columns come from
             # the vocabulary), so the steps after see the real one
             schema = transform.output_schema(data.schema)
-            self.datasets[step.id] = self.engine.map(data, step.id, transform, schema)
+            self.datasets[step.id] = self.engine.map(data, step.id, transform, schema,
+                                                     self.placement(step))
         elif isinstance(op, Sink):
             output = self.engine.write(data, step.id, op, self.run_id)
             self.record["outputs"].append({"step": step.id, **output})
@@ -159,7 +204,8 @@ class Run:
         else:
             self.fitted[step.id] = op
             schema = op.output_schema(data.schema)
-            self.datasets[step.id] = self.engine.map(data, step.id, op, schema)
+            self.datasets[step.id] = self.engine.map(data, step.id, op, schema,
+                                                     self.placement(step))
 
     def _save_model(self, step: Step) -> None:
         chain = [s for s in self.plan.chain_to(step.id)
@@ -198,7 +244,7 @@ def _write_record(record: dict[str, Any], runs_dir: str) -> str:
 def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: str = "local",
         models: str | None = None, runs_dir: str | None = None, scheduler: str | None = None,
         master: str | None = None, progress: bool = False, device: str | None = None,
-        engine_instance: Engine | None = None,
+        dtype: str | None = None, engine_instance: Engine | None = None,
         notify: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Validate, plan and execute a pipeline file; returns the run record.
 
@@ -209,15 +255,15 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     plan = plan_file(path, overrides, store)
     if not plan.ok:
         raise ValidationFailed(plan.problems)
-    # --device beats the pipeline's `device:`; a GPU that is asked for and missing
-    # fails here, before any data moves
-    chosen, notice = resolve_device(device or plan.spec.device or "cpu")
-    if notice and notify:
-        notify(notice)
     run_id = new_run_id()
     eng = engine_instance or make_engine(engine, scheduler=scheduler, master=master,
                                          progress=progress)
-    eng.device = chosen
+    try:
+        placed = placements(plan, eng, device, dtype, notify)
+    except BaseException:
+        if engine_instance is None:
+            eng.close()
+        raise
     started = time.time()
     record: dict[str, Any] = {
         "run_id": run_id,
@@ -227,12 +273,15 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         "engine": eng.describe(),
         "status": "running",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "steps": {s.id: {"op": s.op.name, "kind": kind_of(s.op)} for s in plan.steps},
+        "device": ", ".join(sorted({p.device for p in placed.values()})),
+        "steps": {s.id: {"op": s.op.name, "kind": kind_of(s.op),
+                         **({"dtype": "float32"} if placed[s.id].dtype == "float32" else {})}
+                  for s in plan.steps},
         "outputs": [],
         "models": [],
         "metrics": {},
     }
-    current = Run(plan, eng, store, run_id, record)
+    current = Run(plan, eng, store, run_id, record, placements=placed)
     try:
         if engine_instance is None:
             eng.start()
@@ -252,6 +301,7 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
             if step_id in record["steps"]:
                 record["steps"][step_id]["rows"] = stats.rows
                 record["steps"][step_id]["compute_seconds"] = round(stats.seconds, 6)
+                record["steps"][step_id].update(stats.describe())
         for step in plan.steps:  # a fit or an action sees the rows of its input
             entry = record["steps"][step.id]
             if "rows" not in entry and isinstance(step.op, Estimator | Action) and step.input:

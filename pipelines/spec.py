@@ -15,8 +15,10 @@ import yaml
 
 from operators.base import suggest
 
-TOP_LEVEL_KEYS = ("pipeline", "description", "params", "device", "steps")
-STEP_KEYS = ("id", "op", "input")
+TOP_LEVEL_KEYS = ("pipeline", "description", "params", "device", "dtype", "steps")
+STEP_KEYS = ("id", "op", "input", "device", "dtype")
+# where a pipeline's or a step's numeric kernels run, and in which dtype
+PLACEMENT_KEYS = {"device": ("cpu", "gpu", "auto"), "dtype": ("float64", "float32")}
 _PARAM_REF = re.compile(r"\$\{([^}]*)\}")
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
@@ -60,6 +62,8 @@ class StepSpec:
     param_lines: dict[str, int]
     index: int
     explicit_id: bool = False
+    device: str | None = None
+    dtype: str | None = None
 
     def line_of(self, param: str | None) -> int:
         return self.param_lines.get(param, self.line) if param else self.line
@@ -73,6 +77,7 @@ class PipelineSpec:
     steps: list[StepSpec]
     description: str | None = None
     device: str | None = None
+    dtype: str | None = None
     raw_text: str = ""
     problems: list[Problem] = field(default_factory=list)
 
@@ -193,12 +198,7 @@ def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> Pipe
     else:
         spec.name = name
     spec.description = doc.get("description")
-    device = doc.get("device")
-    if device is not None and device not in ("cpu", "gpu", "auto"):
-        problems.append(Problem(file, doc.key_lines["device"],
-                                f"`device: {device}` must be cpu, gpu or auto"))
-    else:
-        spec.device = device
+    spec.device, spec.dtype = _placement(doc, file, problems)
 
     params = doc.get("params") or {}
     if not isinstance(params, dict):
@@ -279,9 +279,26 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
             problems.append(Problem(file, key_lines["input"], "`input:` must be a step id",
                                     step=step_id, op=op))
             input_id = None
+        device, dtype = _placement(raw, file, problems, step=step_id, op=op)
         out.append(StepSpec(id=step_id, op=op, input=input_id, params=body, line=line,
-                            param_lines=key_lines, index=index, explicit_id=explicit))
+                            param_lines=key_lines, index=index, explicit_id=explicit,
+                            device=device, dtype=dtype))
     return out
+
+
+def _placement(doc: Any, file: str, problems: list[Problem], **where: Any
+               ) -> tuple[str | None, str | None]:
+    """The ``device:`` and ``dtype:`` of the pipeline or of a step; bad values are problems."""
+    out: list[str | None] = []
+    for key, allowed in PLACEMENT_KEYS.items():
+        value = doc.get(key)
+        if value is not None and value not in allowed:
+            problems.append(Problem(file, doc.key_lines[key],
+                                    f"`{key}: {value}` must be {', '.join(allowed[:-1])} or "
+                                    f"{allowed[-1]}", **where))
+            value = None
+        out.append(value)
+    return out[0], out[1]
 
 
 def load(path: str | Path, overrides: dict[str, str] | None = None) -> PipelineSpec:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from operators.arrays import get_namespace, to_numpy, to_xp
+from operators.arrays import get_namespace, host_buffer, to_numpy, to_xp
 from operators.base import DataError, ParamError, suggest
 
 REGRESSION_METRICS = ["rmse", "mse", "mae", "r2", "count"]
@@ -109,7 +109,11 @@ class MetricAccumulator:
 
     def partial(self, y_true: np.ndarray, y_pred: np.ndarray, proba: Any | None = None,
                 weight: Any | None = None, *, xp: Any = None) -> dict[str, Any]:
-        """Statistics of one partition (labels as NumPy; proba/weight NumPy or ``xp``)."""
+        """Statistics of one partition (labels as NumPy; proba/weight NumPy or ``xp``).
+
+        The per-row numbers (labels or class positions, NumPy weights and probabilities)
+        go to ``xp``'s device together, in one host-to-device copy.
+        """
         xp = xp if xp is not None else get_namespace("numpy")
         n = int(np.shape(y_true)[0])
         if int(np.shape(y_pred)[0]) != n:
@@ -117,11 +121,30 @@ class MetricAccumulator:
                             f"has {np.shape(y_pred)[0]}")
         if n == 0:
             return self.empty()
-        w = (xp.ones(n, dtype=xp.float64) if weight is None
-             else xp.astype(_on(xp, weight), xp.float64))
+        classes = None
         if self.task == "regression":
-            return self._partial_regression(y_true, y_pred, w, xp)
-        return self._partial_classification(y_true, y_pred, proba, w, xp)
+            truth = [np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)]
+        else:
+            y_true, y_pred = _labels(y_true), _labels(y_pred)
+            if self.classes is not None:
+                classes = self.classes
+            else:
+                classes = np.unique(np.concatenate([np.unique(y_true), np.unique(y_pred)]))
+            truth = [self._index(y_true, classes, self.columns[0]),
+                     self._index(y_pred, classes, self.columns[1])]
+            if proba is None and self.needs_proba and self.explicit:
+                raise ParamError(f"metrics {self.needs_proba} need predicted probabilities",
+                                 hint="give a probability column or drop these metrics")
+        on_host = [isinstance(a, np.ndarray) for a in (weight, proba)]
+        sent = _send(xp, truth + [a for a, h in zip((weight, proba), on_host) if h])
+        weight = sent[2] if on_host[0] else weight
+        proba = sent[-1] if on_host[1] else proba
+        w = (xp.ones(n, dtype=xp.float64) if weight is None
+             else xp.astype(weight, xp.float64))
+        if self.task == "regression":
+            return self._partial_regression(sent[0], sent[1], w, xp)
+        return self._partial_classification(xp.astype(sent[0], xp.int64),
+                                            xp.astype(sent[1], xp.int64), classes, proba, w, xp)
 
     def empty(self) -> dict[str, Any]:
         """The stats of zero rows: the identity of ``combine``."""
@@ -133,9 +156,7 @@ class MetricAccumulator:
         return {"task": "classification", "classes": classes, "rows": 0.0, "weight": 0.0,
                 "confusion": np.zeros((k, k)), "proba": None}
 
-    def _partial_regression(self, y_true: Any, y_pred: Any, w: Any, xp: Any) -> dict[str, Any]:
-        y = xp.astype(_on(xp, np.asarray(y_true, dtype=np.float64)), xp.float64)
-        p = xp.astype(_on(xp, np.asarray(y_pred, dtype=np.float64)), xp.float64)
+    def _partial_regression(self, y: Any, p: Any, w: Any, xp: Any) -> dict[str, Any]:
         total = xp.sum(w)
         mean = xp.sum(w * y) / total if float(total) > 0 else xp.asarray(0.0)
         err = y - p
@@ -145,26 +166,17 @@ class MetricAccumulator:
         return {"task": "regression", "rows": float(y.shape[0]), "weight": total, "mean": mean,
                 "m2": m2, "sse": sse, "sae": sae}
 
-    def _partial_classification(self, y_true: np.ndarray, y_pred: np.ndarray, proba: Any,
+    def _partial_classification(self, t: Any, p: Any, classes: np.ndarray, proba: Any,
                                 w: Any, xp: Any) -> dict[str, Any]:
-        y_true, y_pred = _labels(y_true), _labels(y_pred)
-        if self.classes is not None:
-            classes = self.classes
-        else:
-            classes = np.unique(np.concatenate([np.unique(y_true), np.unique(y_pred)]))
+        """Stats from the class positions ``t`` (true) and ``p`` (predicted) on ``xp``."""
         k = len(classes)
-        t = _on(xp, self._index(y_true, classes, self.columns[0]))
-        p = _on(xp, self._index(y_pred, classes, self.columns[1]))
         confusion = _segment_sums(xp, t * k + p, w[:, None], k * k).reshape(k, k)
         stats: dict[str, Any] = {"task": "classification", "classes": classes,
-                                 "rows": float(len(y_true)), "weight": float(xp.sum(w)),
+                                 "rows": float(t.shape[0]), "weight": float(xp.sum(w)),
                                  "confusion": confusion, "proba": None}
         if proba is None:
-            if self.needs_proba and self.explicit:
-                raise ParamError(f"metrics {self.needs_proba} need predicted probabilities",
-                                 hint="give a probability column or drop these metrics")
             return stats
-        stats["proba"] = self._partial_proba(_on(xp, proba), t, k, w, xp)
+        stats["proba"] = self._partial_proba(proba, t, k, w, xp)
         return stats
 
     def _partial_proba(self, proba: Any, t: Any, k: int, w: Any, xp: Any) -> dict[str, Any]:
@@ -287,8 +299,23 @@ class MetricAccumulator:
 # --------------------------------------------------------------------------- kernels
 
 
-def _on(xp: Any, array: Any) -> Any:
-    return to_xp(array, xp) if isinstance(array, np.ndarray) else array
+def _send(xp: Any, blocks: list[np.ndarray]) -> list[Any]:
+    """Row-aligned host arrays, ``(n,)`` or ``(n, k)``, on ``xp`` in one host-to-device
+    copy: the columns of one float64 host buffer, split on the device (class positions
+    are exact in float64)."""
+    n = int(blocks[0].shape[0])
+    widths = [1 if b.ndim == 1 else int(b.shape[1]) for b in blocks]
+    host = host_buffer((n, sum(widths)), xp, order="F", dtype=np.float64)
+    at = 0
+    for block, width in zip(blocks, widths, strict=True):
+        host[:, at:at + width] = block.reshape(n, width)
+        at += width
+    matrix = to_xp(host, xp)
+    out, at = [], 0
+    for block, width in zip(blocks, widths, strict=True):
+        out.append(matrix[:, at] if block.ndim == 1 else matrix[:, at:at + width])
+        at += width
+    return out
 
 
 def _bins(xp: Any, scores: Any) -> Any:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from operators.arrays import table_to_matrix, to_numpy, to_xp
+from operators.arrays import compute_dtype, table_to_matrix, to_numpy, to_xp
 from operators.base import (
     DataError,
     Estimator,
@@ -43,20 +43,24 @@ def moments(part: pa.Table, columns: list[str], xp: Any) -> dict[str, np.ndarray
         return empty_moments(len(columns))
     x = table_to_matrix(part, columns, xp)
     valid = ~xp.isnan(x)
-    infinite = to_numpy(xp.sum(xp.astype(xp.isinf(x), xp.int64), axis=0))
+    # the per-row arrays stay in the compute dtype; every sum accumulates in float64
+    infinite = to_numpy(xp.sum(xp.astype(xp.isinf(x), x.dtype), axis=0, dtype=xp.float64))
     for name, n in zip(columns, infinite, strict=True):
         if n:
             raise DataError(f"column '{name}' has {int(n)} infinite values",
                             hint="clip or filter them out first")
-    count = xp.sum(xp.astype(valid, xp.float64), axis=0)
-    mean = xp.sum(xp.where(valid, x, 0.0), axis=0) / xp.maximum(count, 1.0)
-    deviation = xp.where(valid, x - mean, 0.0)
+    count = xp.sum(xp.astype(valid, x.dtype), axis=0, dtype=xp.float64)
+    mean = xp.sum(xp.where(valid, x, 0.0), axis=0, dtype=xp.float64) / xp.maximum(count, 1.0)
+    # deviations from the mean rounded to the compute dtype: in float32 that adds
+    # count * (mean - rounded)^2 <= count * (6e-8 * mean)^2 to m2, nothing at float32's
+    # own resolution of the values
+    deviation = xp.where(valid, x - xp.astype(mean, x.dtype), 0.0)
     return {
         "count": to_numpy(count),
         "mean": to_numpy(mean),
-        "m2": to_numpy(xp.sum(deviation * deviation, axis=0)),
-        "min": to_numpy(xp.min(xp.where(valid, x, xp.inf), axis=0)),
-        "max": to_numpy(xp.max(xp.where(valid, x, -xp.inf), axis=0)),
+        "m2": to_numpy(xp.sum(deviation * deviation, axis=0, dtype=xp.float64)),
+        "min": to_numpy(xp.astype(xp.min(xp.where(valid, x, xp.inf), axis=0), xp.float64)),
+        "max": to_numpy(xp.astype(xp.max(xp.where(valid, x, -xp.inf), axis=0), xp.float64)),
     }
 
 
@@ -85,7 +89,8 @@ def require_values(columns: list[str], count: np.ndarray, op: str) -> None:
 def scale_columns(part: pa.Table, columns: list[str], offset: np.ndarray, factor: np.ndarray,
                   shift: np.ndarray, xp: Any, clip: tuple[float, float] | None = None
                   ) -> pa.Table:
-    """``(x - offset) * factor + shift`` per column on ``xp``, as float64 in place; nulls stay."""
+    """``(x - offset) * factor + shift`` per column on ``xp`` in its compute dtype, as
+    float64 columns in place; nulls stay."""
     if part.num_rows == 0:
         out = part
         for name in columns:
@@ -93,14 +98,17 @@ def scale_columns(part: pa.Table, columns: list[str], offset: np.ndarray, factor
             out = out.set_column(i, pa.field(name, pa.float64()), pa.array([], pa.float64()))
         return out
     x = table_to_matrix(part, columns, xp)
-    y = (x - to_xp(offset, xp)) * to_xp(factor, xp) + to_xp(shift, xp)
+    dtype = compute_dtype(xp)
+    offset, factor, shift = (to_xp(np.asarray(v, dtype=dtype), xp) for v in (offset, factor, shift))
+    y = (x - offset) * factor + shift
     if clip is not None:
         y = xp.clip(y, clip[0], clip[1])
     host = to_numpy(y)
     out = part
     for j, name in enumerate(columns):
         i = out.schema.get_field_index(name)
-        values = pa.array(host[:, j], pa.float64(), mask=null_mask(part.column(name)))
+        values = pa.array(np.asarray(host[:, j], dtype=np.float64), pa.float64(),
+                          mask=null_mask(part.column(name)))
         out = out.set_column(i, pa.field(name, pa.float64()), values)
     return out
 

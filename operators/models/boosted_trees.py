@@ -182,14 +182,27 @@ class GradientBoostedTrees(TreeEstimator):
             memo.update(round=rounds, trees={}, bytes=0)
         if not state["loss_due"]:
             return {}
-        held = memo.get("held")
-        if held is None:
-            held = prepare_rows(split_rows(part, self.params.validation_fraction,
-                                           self.params.seed)[1], state, self.params, xp)
-            memo["held"] = held
+        held = memo["held"]  # prepared with the training rows (``_prepared``)
         raw = self._raw(held, state, memo, "held_raw", xp)
         loss = _loss(raw, held["y"], self._outputs(state), state["classify"], xp)
         return {"loss": float(xp.sum(held["w"] * loss)), "loss_weight": float(xp.sum(held["w"]))}
+
+    def _prepared(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
+                  xp: Any) -> dict[str, Any]:
+        """The training rows (as every tree estimator), and the held-out rows too when
+        this pass scores them: both in one copy to the device."""
+        if not state["loss_due"] or "held" in memo:
+            return super()._prepared(part, state, memo, xp)
+        train, held = split_rows(part, self.params.validation_fraction, self.params.seed)
+        tables = [held] if "prep" in memo else [train, held]
+        prepared = prepare_rows(tables, state, self.params, xp, self._row_hash())
+        memo["held"] = prepared[-1]
+        if len(prepared) == 2:
+            memo["prep"] = prepared[0]
+        return memo["prep"]
+
+    def _row_hash(self) -> bool:
+        return self.params.subsample < 1
 
     def _combine_level(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         out = super()._combine_level(a, b)
@@ -233,8 +246,8 @@ class GradientBoostedTrees(TreeEstimator):
                       ) -> tuple[Any, Any | None]:
         keep = prep["w"] > 0
         if self.params.subsample < 1:
-            uniform = derived_uniform(prep["hash"], subsample_salt(state["round"]))
-            keep = keep & to_xp(uniform < self.params.subsample, xp)
+            uniform = derived_uniform(prep["hash"], subsample_salt(state["round"]), xp)
+            keep = keep & (uniform < self.params.subsample)
         return xp.nonzero(keep)[0], None
 
     def _channels(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],

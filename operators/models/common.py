@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from operators.arrays import column_to_numpy, host_buffer, to_numpy, to_xp
+from operators.arrays import column_to_numpy, compute_dtype, host_buffer, to_numpy, to_xp
 from operators.base import (
     DataError,
     ParamError,
@@ -32,6 +32,10 @@ from operators.hashing import hash_rows, unit_interval
 
 PREDICTION = "prediction"
 PROBABILITY = "probability"
+
+ACCUMULATE_ROWS = 1 << 16
+"""Rows per float32 matmul block of ``row_products``, each block's result summed in
+float64: the float32 rounding of a statistic then stays near 2^-24 x sqrt(block)."""
 
 FEATURE_HINT = "impute it (op: impute) or filter those rows out in read_parquet's filter"
 
@@ -198,6 +202,32 @@ def feature_matrix(part: pa.Table, features: list[str], xp: Any,
     return to_xp(host_matrix(part, features, extra, xp), xp)
 
 
+def parameters(values: np.ndarray, xp: Any) -> Any:
+    """Host parameters (coefficients, layer weights) as an array of ``xp`` in its compute
+    dtype: a float64 parameter would promote every product with the data to float64."""
+    return xp.asarray(np.asarray(values, dtype=compute_dtype(xp)))
+
+
+def row_products(a: Any, b: Any, xp: Any) -> Any:
+    """``a.T @ b`` (``a @ b`` for a vector ``a``): a sum over the rows, in float64.
+
+    In float64 that is the one matmul. In a narrower compute dtype the matmul still runs
+    in it (the speed of float32 is there), over blocks of ``ACCUMULATE_ROWS`` rows whose
+    results are added up in float64: the rounding of a sum grows with the block, not
+    with the partition.
+    """
+    if a.dtype == xp.float64 and b.dtype == xp.float64:
+        return a @ b if a.ndim == 1 else a.T @ b
+    rows = a.shape[0]
+    total = xp.zeros(tuple(a.shape[1:]) + tuple(b.shape[1:]), dtype=xp.float64)
+    for start in range(0, rows, ACCUMULATE_ROWS):
+        stop = min(start + ACCUMULATE_ROWS, rows)
+        block_a, block_b = a[start:stop, ...], b[start:stop, ...]
+        block = block_a @ block_b if a.ndim == 1 else block_a.T @ block_b
+        total = total + xp.astype(block, xp.float64)
+    return total
+
+
 def row_weights(part: pa.Table, weight: str | None) -> np.ndarray:
     """The weight column as float64 (ones without one); nulls, NaN or negatives are errors."""
     if weight is None:
@@ -339,10 +369,12 @@ class FittedModel(Transform):
         """(predictions, probabilities) on the host: class positions for a classifier."""
         require_columns(part.schema, self.features, "feature column")
         scores = self.predict_matrix(feature_matrix(part, self.features, xp), xp)
+        # computed in the compute dtype; the output columns are float64 whatever it is
         if not self.is_classifier:
             return to_numpy(scores).astype(np.float64, copy=False), None
         best = xp.argmax(scores, axis=1)
-        return to_numpy(best).astype(np.int64, copy=False), to_numpy(scores)
+        return (to_numpy(best).astype(np.int64, copy=False),
+                to_numpy(scores).astype(np.float64, copy=False))
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         predicted, proba = self.outputs(part, xp)

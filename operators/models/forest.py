@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from operators.arrays import to_xp
 from operators.base import ParamError, register, register_fitted
 from operators.models.trees import (
     Criterion,
@@ -187,9 +186,13 @@ class RandomForest(AveragedTrees):
                       ) -> tuple[Any, Any | None]:
         if not self.params.bootstrap:
             return super()._initial_rows(prep, state, tree, xp)
-        counts = to_xp(poisson_counts(derived_uniform(prep["hash"], bootstrap_salt(tree))), xp)
+        # drawn where the rows are, from their hashes: no copy of the counts per tree
+        counts = poisson_counts(derived_uniform(prep["hash"], bootstrap_salt(tree), xp), xp)
         rows = xp.nonzero((counts > 0) & (prep["w"] > 0))[0]
         return rows, xp.take(counts, rows)
+
+    def _row_hash(self) -> bool:
+        return self.params.bootstrap
 
     def _row_weights(self, prep: dict[str, Any], rows: Any, extra: Any | None, xp: Any) -> Any:
         weights = xp.take(prep["w"], rows)

@@ -31,7 +31,9 @@ from operators.models.common import (
     is_numeric,
     label_column,
     model_input_columns,
+    parameters,
     require_training_rows,
+    row_products,
     row_weights,
     split_rows,
     validation_combine,
@@ -65,8 +67,7 @@ class LinearRegressionFitted(FittedModel):
         self.intercept = float(intercept)
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
-        coef = xp.asarray(self.coef)
-        return X @ coef + self.intercept
+        return X @ parameters(self.coef, xp) + self.intercept
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"coef": self.coef, "intercept": np.asarray(self.intercept)}
@@ -201,15 +202,17 @@ def _float_values(labels: pa.Array) -> np.ndarray:
 
 def _moments(data: Any, k: int, xp: Any, rows: int, heldout: int) -> dict[str, Any]:
     """Weighted count, mean and centred co-moments of ``[features, label]`` (last column
-    of ``data`` is the weight)."""
+    of ``data`` is the weight), accumulated in float64 whatever ``data``'s dtype."""
     values, weights = data[:, :k + 1], data[:, k + 1]
-    total = float(xp.sum(weights))
+    total = float(xp.sum(weights, dtype=xp.float64))
     if not total > 0:
         return {"rows": rows, "heldout": heldout, "weight": 0.0, "mean": np.zeros(k + 1),
                 "comoment": np.zeros((k + 1, k + 1))}
-    mean = (weights @ values) / total
-    centred = values - mean
-    comoment = centred.T @ (centred * weights[:, None])
+    mean = row_products(weights, values, xp) / total
+    # centred on the mean rounded to the data's dtype: in float32 the co-moments move by
+    # (mean - rounded)^2 relative terms, below float32's own resolution of the values
+    centred = values - xp.astype(mean, values.dtype)
+    comoment = row_products(centred, centred * weights[:, None], xp)
     return {"rows": rows, "heldout": heldout, "weight": total, "mean": to_numpy(mean),
             "comoment": to_numpy(comoment)}
 

@@ -39,7 +39,9 @@ from operators.models.common import (
     label_column,
     merge_class_weights,
     model_input_columns,
+    parameters,
     require_training_rows,
+    row_products,
     row_weights,
     split_rows,
     validation_combine,
@@ -95,7 +97,7 @@ class LogisticRegressionFitted(FittedModel):
         self.intercept = np.asarray(intercept, dtype=np.float64).reshape(-1)
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
-        z = X @ xp.asarray(self.coef).T + xp.asarray(self.intercept)
+        z = X @ parameters(self.coef, xp).T + parameters(self.intercept, xp)
         if len(self.classes) == 2:
             p = sigmoid(z[:, 0], xp)
             return xp.stack([1.0 - p, p], axis=1)
@@ -323,22 +325,23 @@ def _evaluate(data: Any, theta: np.ndarray, hessian: bool, xp: Any) -> dict[str,
     if data.shape[0] == 0:
         return {"kind": "evaluate", "loss": 0.0, "grad": np.zeros(size), "hess": empty_hess}
     X, y, w = data[:, :width], data[:, width], data[:, width + 1]
-    z = X @ xp.asarray(theta).T
+    z = X @ parameters(theta, xp).T
     if k == 1:
         z = z[:, 0]
         # log(1 + exp(z)) - y z, stable for large |z|
-        loss = xp.sum(w * (xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))) - y * z))
+        loss = xp.sum(w * (xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))) - y * z),
+                      dtype=xp.float64)
         p = sigmoid(z, xp)
-        grad = (w * (p - y)) @ X
-        hess = X.T @ (X * (w * p * (1.0 - p))[:, None]) if hessian else None
+        grad = row_products(w * (p - y), X, xp)
+        hess = row_products(X, X * (w * p * (1.0 - p))[:, None], xp) if hessian else None
         return {"kind": "evaluate", "loss": float(loss), "grad": to_numpy(grad),
                 "hess": to_numpy(hess) if hessian else empty_hess}
-    onehot = xp.astype(y[:, None] == xp.arange(k, dtype=xp.float64)[None, :], xp.float64)
+    onehot = xp.astype(y[:, None] == xp.arange(k, dtype=data.dtype)[None, :], data.dtype)
     top = xp.max(z, axis=1, keepdims=True)
     log_norm = top + xp.log(xp.sum(xp.exp(z - top), axis=1, keepdims=True))
-    loss = xp.sum(w * xp.sum(onehot * (log_norm - z), axis=1))
+    loss = xp.sum(w * xp.sum(onehot * (log_norm - z), axis=1), dtype=xp.float64)
     proba = xp.exp(z - log_norm)
-    grad = ((proba - onehot) * w[:, None]).T @ X
+    grad = row_products((proba - onehot) * w[:, None], X, xp)
     out = {"kind": "evaluate", "loss": float(loss), "grad": to_numpy(grad).reshape(-1),
            "hess": empty_hess}
     if hessian:
@@ -360,10 +363,10 @@ def _multinomial_hessian(X: Any, proba: Any, w: Any, xp: Any) -> np.ndarray:
         stop = min(start + step, n)
         rows = stop - start
         kron = xp.reshape(proba[start:stop, :, None] * X[start:stop, None, :], (rows, size))
-        part = kron.T @ (kron * w[start:stop, None])
+        part = row_products(kron, kron * w[start:stop, None], xp)
         outer = part if outer is None else outer + part
     hess = -to_numpy(outer)
     for c in range(k):
-        block = X.T @ (X * (w * proba[:, c])[:, None])
+        block = row_products(X, X * (w * proba[:, c])[:, None], xp)
         hess[c * width:(c + 1) * width, c * width:(c + 1) * width] += to_numpy(block)
     return hess

@@ -79,7 +79,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from operators.arrays import column_to_numpy, to_numpy, to_xp
+from operators.arrays import column_to_numpy, compute_dtype, to_numpy, to_xp
 from operators.base import (
     ArtifactError,
     DataError,
@@ -104,6 +104,7 @@ from operators.models.common import (
     label_column,
     merge_class_weights,
     model_input_columns,
+    parameters,
     require_training_rows,
     row_weights,
     split_rows,
@@ -217,17 +218,19 @@ def _output_loss(z: Any, target: Any, w: Any, output: str, xp: Any) -> tuple[Any
     """The weighted loss sum and its gradient by the output pre-activation ``z``."""
     if output == "identity":
         residual = z[:, 0] - target
-        return 0.5 * xp.sum(w * residual * residual), (w * residual)[:, None]
+        return (0.5 * xp.sum(w * residual * residual, dtype=xp.float64),
+                (w * residual)[:, None])
     if output == "sigmoid":
         s = z[:, 0]
         # log(1 + exp(s)) - y s, stable for large |s|
-        loss = xp.sum(w * (xp.maximum(s, 0.0) + xp.log1p(xp.exp(-xp.abs(s))) - target * s))
+        loss = xp.sum(w * (xp.maximum(s, 0.0) + xp.log1p(xp.exp(-xp.abs(s))) - target * s),
+                      dtype=xp.float64)
         return loss, (w * (sigmoid(s, xp) - target))[:, None]
     k = z.shape[1]
-    onehot = xp.astype(target[:, None] == xp.arange(k, dtype=xp.float64)[None, :], xp.float64)
+    onehot = xp.astype(target[:, None] == xp.arange(k, dtype=z.dtype)[None, :], z.dtype)
     top = xp.max(z, axis=1, keepdims=True)
     log_norm = top + xp.log(xp.sum(xp.exp(z - top), axis=1, keepdims=True))
-    loss = xp.sum(w * xp.sum(onehot * (log_norm - z), axis=1))
+    loss = xp.sum(w * xp.sum(onehot * (log_norm - z), axis=1), dtype=xp.float64)
     return loss, (xp.exp(z - log_norm) - onehot) * w[:, None]
 
 
@@ -262,7 +265,8 @@ def _predict(X: Any, layers: list[tuple[Any, Any]], activation: str, output: str
 def _data_loss(data: Any, theta: Any, net: dict[str, Any], xp: Any, gradient: bool
                ) -> tuple[float, np.ndarray | None]:
     """Weighted loss sum (and its gradient sum) over the rows of ``data`` (features,
-    target, weight), block by block so memory stays bounded."""
+    target, weight), block by block so memory stays bounded; ``theta`` is in ``data``'s
+    dtype, the blocks' sums are added up in float64."""
     n_features = net["units"][0]
     layers = _layers(theta, net["units"], xp)
     loss, grad, rows = None, None, data.shape[0]
@@ -273,7 +277,7 @@ def _data_loss(data: Any, theta: Any, net: dict[str, Any], xp: Any, gradient: bo
                                    net["output"], xp)
         loss = part if loss is None else loss + part  # on the device until the end
         if gradient:
-            g = _backward(inputs, layers, delta, net["activation"], xp)
+            g = xp.astype(_backward(inputs, layers, delta, net["activation"], xp), xp.float64)
             grad = g if grad is None else grad + g
     total = 0.0 if loss is None else float(loss)
     if not gradient:
@@ -285,7 +289,11 @@ def _adam_epoch(data: Any, net: dict[str, Any], adam: dict[str, Any], l2: float,
                 batch_size: int, learning_rate: float, mean_weight: float, xp: Any
                 ) -> tuple[Any, Any, Any, int, float]:
     """Mini-batch Adam steps over ``data``'s rows in order: (theta, m, v, steps, the
-    weighted sum of each row's loss when its batch was used)."""
+    weighted sum of each row's loss when its batch was used).
+
+    The parameters and moments stay float64 on the device (a float32 step would be lost
+    in the rounding of a float32 weight); each batch's forward and backward pass runs in
+    ``data``'s dtype with the parameters rounded to it."""
     n_features = net["units"][0]
     theta, m, v = (xp.asarray(adam[key]) for key in ("theta", "m", "v"))
     penalised = xp.asarray(net["penalised"])
@@ -294,7 +302,7 @@ def _adam_epoch(data: Any, net: dict[str, Any], adam: dict[str, Any], l2: float,
         data.shape[0]
     for start in range(0, rows, batch_size):
         block = data[start:min(start + batch_size, rows), :]
-        layers = _layers(theta, net["units"], xp)
+        layers = _layers(xp.astype(theta, data.dtype, copy=False), net["units"], xp)
         inputs, z = _forward(block[:, :n_features], layers, net["activation"], xp)
         loss, delta = _output_loss(z, block[:, n_features], block[:, n_features + 1],
                                    net["output"], xp)
@@ -372,7 +380,8 @@ class MLPFitted(FittedModel):
         return [W.shape[1] for W in self.weights[:-1]]
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
-        layers = [(xp.asarray(W), xp.asarray(b)) for W, b in zip(self.weights, self.biases)]
+        layers = [(parameters(W, xp), parameters(b, xp))
+                  for W, b in zip(self.weights, self.biases)]
         return _predict(X, layers, self.activation, self.output, xp)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -467,9 +476,9 @@ class MLP(Estimator):
         if state["phase"] == "summary":
             return self._summary(train, held, state["classify"])
         if state["phase"] == "lbfgs":
-            data = to_xp(self._host_data(train, state), xp)
-            loss, grad = _data_loss(data, xp.asarray(state["opt"]["point"]), state["net"], xp,
-                                    gradient=True)
+            data = to_xp(self._host_data(train, state, xp), xp)
+            loss, grad = _data_loss(data, parameters(state["opt"]["point"], xp), state["net"],
+                                    xp, gradient=True)
             return _exact({"loss": loss, "grad": grad})
         return self._epoch(train, held, state, xp)
 
@@ -485,9 +494,11 @@ class MLP(Estimator):
             out["label_sum"] = float(weights @ column_to_numpy(labels))
         return out
 
-    def _host_data(self, table: pa.Table, state: dict[str, Any]) -> np.ndarray:
-        """Features, target (class position or value) and weight of ``table``'s rows;
-        rows of a class the training rows never had are dropped."""
+    def _host_data(self, table: pa.Table, state: dict[str, Any], xp: Any = None
+                   ) -> np.ndarray:
+        """Features, target (class position or value) and weight of ``table``'s rows, in
+        ``xp``'s compute dtype (float64 without ``xp``); rows of a class the training rows
+        never had are dropped."""
         p = self.params
         weights = row_weights(table, p.weight)
         labels = label_column(table, p.label)
@@ -501,7 +512,7 @@ class MLP(Estimator):
             target = target.astype(np.float64)
         else:
             target = column_to_numpy(labels)
-        return host_matrix(table, state["features"], [target, weights])
+        return host_matrix(table, state["features"], [target, weights], xp)
 
     def _epoch(self, train: pa.Table, held: pa.Table, state: dict[str, Any], xp: Any
                ) -> dict[str, Any]:
@@ -511,14 +522,16 @@ class MLP(Estimator):
                                "m": np.zeros(size), "v": np.zeros(size), "val_loss": 0.0,
                                "val_weight": 0.0}
         if p.early_stopping and held.num_rows:
-            data = self._host_data(held, state)
-            loss, _ = _data_loss(to_xp(data, xp), xp.asarray(adam["theta"]), net, xp,
+            data = self._host_data(held, state, xp)
+            loss, _ = _data_loss(to_xp(data, xp), parameters(adam["theta"], xp), net, xp,
                                  gradient=False)
-            out.update(val_loss=loss, val_weight=float(data[:, -1].sum()))
+            out.update(val_loss=loss, val_weight=float(data[:, -1].sum(dtype=np.float64)))
         if not adam["train"] or train.num_rows == 0:
             return _exact(out)
+        # float64 on the host: the batch order hashes the float64 bits of every row
         host = self._host_data(train, state)
-        data = to_xp(np.ascontiguousarray(host[_batch_order(host, p.seed, adam["epoch"])]), xp)
+        order = _batch_order(host, p.seed, adam["epoch"])
+        data = to_xp(np.ascontiguousarray(host[order], dtype=compute_dtype(xp)), xp)
         theta, m, v, steps, running = _adam_epoch(data, net, adam, p.l2, p.batch_size,
                                                   p.learning_rate, state["mean_weight"], xp)
         rows = train.num_rows

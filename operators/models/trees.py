@@ -55,14 +55,14 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from operators.arrays import column_to_numpy, host_buffer, to_numpy, to_xp
+from operators.arrays import column_to_numpy, get_namespace, host_buffer, to_numpy, to_xp
 from operators.base import (
     DataError,
     Estimator,
     SchemaError,
     require_columns,
 )
-from operators.hashing import hash_rows, mix, unit_interval
+from operators.hashing import hash_rows, mix
 from operators.models.common import (
     FittedModel,
     SupervisedParams,
@@ -107,6 +107,9 @@ _BOOTSTRAP_SALT = 2 << 40
 _SUBSAMPLE_SALT = 3 << 40
 _FEATURE_SALT = 4 << 40
 _SAMPLE_KEY = mix(np.array([_SAMPLE_SALT], dtype=np.uint64))[0]
+# splitmix64's multipliers (operators/hashing.py's mix), for mixing row hashes on a device
+_MIX_M1, _MIX_M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+NUMPY = get_namespace("numpy")
 
 
 class TreeParams(SupervisedParams):
@@ -164,20 +167,37 @@ def model_hashes(table: pa.Table, params: SupervisedParams, features: list[str])
     return hash_rows(table, columns, params.seed)
 
 
-def derived_uniform(hashes: np.ndarray, salt: int) -> np.ndarray:
+def derived_uniform(hashes: Any, salt: int, xp: Any = NUMPY) -> Any:
     """An independent uniform [0, 1) per row for each ``salt`` (bootstrap of tree t,
-    subsample of round r): one mix of the row hash, no re-hashing of the columns."""
-    key = mix(np.array([salt], dtype=np.uint64))[0]
-    return unit_interval(mix(hashes ^ key))
+    subsample of round r): one mix of the row hashes (uint64 on ``xp``, where the rows
+    are), no re-hashing of the columns.
+
+    ``operators.hashing``'s ``mix`` and ``unit_interval`` in array API operations (exact
+    integer arithmetic), so every namespace draws the same numbers.
+    """
+    x = hashes ^ _u64(int(mix(np.array([salt], dtype=np.uint64))[0]), xp)
+    x = x ^ (x >> _u64(30, xp))
+    x = x * _u64(_MIX_M1, xp)
+    x = x ^ (x >> _u64(27, xp))
+    x = x * _u64(_MIX_M2, xp)
+    x = x ^ (x >> _u64(31, xp))
+    return xp.astype(x >> _u64(11, xp), xp.float64) * (1.0 / (1 << 53))
+
+
+def _u64(value: int, xp: Any) -> Any:
+    # a 0-d uint64 operand: a Python int above 2**63 is no int64, and mixed with one an
+    # unsigned array could be promoted to float
+    return xp.asarray(value, dtype=xp.uint64)
 
 
 _POISSON_CDF = np.cumsum([math.exp(-1.0) / math.factorial(k) for k in range(20)])
 
 
-def poisson_counts(uniform: np.ndarray) -> np.ndarray:
-    """Poisson(1) draws by the inverse CDF of the uniforms (bootstrap copies of a row)."""
-    counts = np.searchsorted(_POISSON_CDF, uniform, side="right")
-    return np.minimum(counts, len(_POISSON_CDF)).astype(np.uint8)
+def poisson_counts(uniform: Any, xp: Any = NUMPY) -> Any:
+    """Poisson(1) draws by the inverse CDF of the uniforms (bootstrap copies of a row),
+    uint8 on ``xp``; a uniform past the table's last entry (mass ~1e-19) counts 20."""
+    counts = xp.searchsorted(to_xp(_POISSON_CDF, xp), uniform, side="right")
+    return xp.astype(counts, xp.uint8)
 
 
 def bootstrap_salt(tree: int) -> int:
@@ -241,10 +261,13 @@ def missing_bin(edges: list[np.ndarray]) -> int:
 def bin_codes(values: Any, edges: list[np.ndarray], missing: int, xp: Any) -> Any:
     """The (features, rows) values as flat uint8 bin codes, feature-major (code of row i
     in feature f at ``f * rows + i``); NaN gets ``missing``."""
+    # every feature's edges in one copy, each feature's a slice of it on the device
+    bounds = np.cumsum([0] + [len(cut) for cut in edges]).tolist()
+    cuts = to_xp(np.concatenate([np.zeros(0), *edges]), xp)
     codes = []
-    for j, cut in enumerate(edges):
+    for j in range(len(edges)):
         x = values[j, :]
-        code = xp.searchsorted(to_xp(cut, xp), x, side="left")
+        code = xp.searchsorted(cuts[bounds[j]:bounds[j + 1]], x, side="left")
         code = xp.where(xp.isnan(x), xp.asarray(missing, dtype=code.dtype), code)
         codes.append(xp.astype(code, xp.uint8))
     if not codes:
@@ -455,12 +478,11 @@ def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: lis
         base = base + xp.astype(fold, xp.int64)
     block = n_slots * n_bins * scale
 
+    # where each slot's j-th feature starts in the codes, every j in one copy
+    offsets = None if featsel is None else to_xp(featsel.astype(np.int64) * n, xp)
+
     def keys_of(j: int) -> Any:
-        if featsel is None:
-            index = rows + j * n
-        else:
-            offsets = to_xp(featsel[:, j].astype(np.int64) * n, xp)
-            index = xp.take(offsets, slots) + rows
+        index = rows + j * n if offsets is None else xp.take(offsets[:, j], slots) + rows
         code = xp.astype(xp.take(codes, index), xp.int64)
         return base + (code * scale if scale > 1 else code)
 
@@ -787,14 +809,21 @@ def importances(forest: dict[str, np.ndarray], n_features: int) -> np.ndarray:
 # --------------------------------------------------------------------------- traversal
 
 
-def forest_on(forest: dict[str, np.ndarray], xp: Any) -> dict[str, Any]:
-    """The arrays a partition walks, on ``xp``."""
-    return {"feature": to_xp(forest["feature"].astype(np.int64), xp),
-            "bin": to_xp(forest["bin"].astype(np.int64), xp),
-            "missing_left": to_xp(forest["missing_left"], xp),
-            "left": to_xp(forest["left"].astype(np.int64), xp),
-            "right": to_xp(forest["right"].astype(np.int64), xp),
-            "status": to_xp(forest["status"].astype(np.int64), xp)}
+_WALKED = ("feature", "bin", "missing_left", "left", "right", "status")
+
+
+def forest_on(forest: dict[str, np.ndarray], xp: Any, slot_of: np.ndarray | None = None
+              ) -> dict[str, Any]:
+    """The arrays a partition walks (and ``slot_of``, each node's slot in a pass's
+    histograms, -1 for none) on ``xp``: one int64 host array, one copy."""
+    names = _WALKED + (() if slot_of is None else ("slot_of",))
+    host = np.empty((len(names), len(forest["tree"])), dtype=np.int64)
+    for i, name in enumerate(names):
+        host[i] = forest[name] if name != "slot_of" else slot_of
+    packed = to_xp(host, xp)
+    out = {name: packed[i, :] for i, name in enumerate(names)}
+    out["missing_left"] = out["missing_left"] != 0
+    return out
 
 
 def descend(pos: Any, rows: Any, codes: Any, n: int, arrays: dict[str, Any], missing: int,
@@ -902,13 +931,17 @@ class TreeEstimator(Estimator):
 
     def _prepared(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
                   xp: Any) -> dict[str, Any]:
-        """The partition's training rows binned, with labels, weights and row hashes."""
+        """The partition's training rows binned, with labels, weights (and row hashes)."""
         prep = memo.get("prep")
         if prep is None:
-            prep = prepare_rows(split_rows(part, self.params.validation_fraction,
-                                           self.params.seed)[0], state, self.params, xp)
+            train = split_rows(part, self.params.validation_fraction, self.params.seed)[0]
+            prep = prepare_rows([train], state, self.params, xp, self._row_hash())[0]
             memo["prep"] = prep
         return prep
+
+    def _row_hash(self) -> bool:
+        """Whether the rows' hashes go to the device (bootstrap counts, subsamples)."""
+        return False
 
     def _level_partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         memo = partition_memo(part, state["token"])
@@ -916,10 +949,9 @@ class TreeEstimator(Estimator):
         out = self._pass_extras(part, prep, state, memo, xp)
         nodes, featsel = Level.group(state["level"])
         forest = state["forest"]
-        arrays = forest_on(forest, xp)
         slot_of = np.full(len(forest["tree"]), -1, dtype=np.int64)
         slot_of[nodes] = np.arange(len(nodes))
-        slot_of_x = to_xp(slot_of, xp)
+        arrays = forest_on(forest, xp, slot_of)
         crit = self._criterion(state)
         trees, first = np.unique(forest["tree"][nodes], return_index=True)
         ends = np.append(first[1:], len(nodes))
@@ -928,7 +960,7 @@ class TreeEstimator(Estimator):
         batch_rows, batch_start = 0, 0
         for t, (tree, end) in enumerate(zip(trees.tolist(), ends.tolist(), strict=True)):
             rows, pos, extra = self._tree_rows(prep, state, memo, arrays, int(tree), xp)
-            slots = xp.take(slot_of_x, pos)
+            slots = xp.take(arrays["slot_of"], pos)
             inside = xp.nonzero(slots >= 0)[0]
             rows, slots = xp.take(rows, inside), xp.take(slots, inside)
             extra = None if extra is None else xp.take(extra, inside)
@@ -1173,20 +1205,46 @@ def _combine_summary(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def prepare_rows(table: pa.Table, state: dict[str, Any], params: SupervisedParams, xp: Any
-                 ) -> dict[str, Any]:
-    """Rows binned (feature-major uint8 codes on ``xp``) with label, weight, row hash."""
-    features = state["features"]
-    values = to_xp(feature_columns(table, features, xp), xp)
-    codes = bin_codes(values, state["edges"], state["missing"], xp)
-    labels = label_column(table, params.label)
-    if state["classify"]:
-        y = encode_classes(labels, state["classes"], pa.type_for_alias(state["label_type"]))
-    else:
-        y = _float_labels(labels)
-    return {"n": table.num_rows, "codes": codes, "y": to_xp(y, xp),
-            "w": to_xp(row_weights(table, params.weight), xp),
-            "hash": model_hashes(table, params, features)}
+def prepare_rows(tables: list[pa.Table], state: dict[str, Any], params: SupervisedParams,
+                 xp: Any, row_hash: bool = False) -> list[dict[str, Any]]:
+    """Each table's rows binned (feature-major uint8 codes on ``xp``) with label, weight
+    and (``row_hash``) the uint64 row hash, from one host-to-device copy for all tables.
+
+    The copy is one float64 host buffer, a column per row (the tables' rows one after
+    another): the row's features, label (class position or value), weight and the two
+    32-bit halves of its hash (a uint64 is not exact in float64; its halves are). The
+    device splits it and keeps the codes and copies of the label, weight and hash only.
+    """
+    features, classify = state["features"], state["classify"]
+    f = len(features)
+    starts = np.cumsum([0] + [t.num_rows for t in tables]).tolist()
+    host = host_buffer((f + (4 if row_hash else 2), starts[-1]), xp, order="C",
+                       dtype=np.float64)
+    for table, a, b in zip(tables, starts[:-1], starts[1:], strict=True):
+        block = host[:, a:b]
+        for j, name in enumerate(features):
+            block[j] = column_to_numpy(table.column(name))
+        labels = label_column(table, params.label)
+        block[f] = (encode_classes(labels, state["classes"],
+                                   pa.type_for_alias(state["label_type"]))
+                    if classify else _float_labels(labels))
+        block[f + 1] = row_weights(table, params.weight)
+        if row_hash:
+            hashes = model_hashes(table, params, features)
+            block[f + 2] = hashes >> np.uint64(32)
+            block[f + 3] = hashes & np.uint64(0xFFFFFFFF)
+    matrix = to_xp(host, xp)
+    out = []
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        block = matrix[:, a:b]
+        prep = {"n": b - a, "codes": bin_codes(block, state["edges"], state["missing"], xp),
+                "y": xp.astype(block[f, :], xp.int64 if classify else xp.float64),
+                "w": xp.astype(block[f + 1, :], xp.float64), "hash": None}
+        if row_hash:
+            high, low = (xp.astype(block[f + k, :], xp.uint64) for k in (2, 3))
+            prep["hash"] = (high << _u64(32, xp)) | low
+        out.append(prep)
+    return out
 
 
 # --------------------------------------------------------------------------- fitted model
@@ -1208,14 +1266,18 @@ class TreeModelFitted(FittedModel):
         feature = self.nodes["feature"].astype(np.int64)
         own = np.arange(len(feature))
         leaf = feature < 0
-        # leaves point at themselves, so every row can take the same number of steps
-        self._walk = {
-            "feature": np.where(leaf, 0, feature),
-            "threshold": self.nodes["threshold"].astype(np.float64),
-            "left": np.where(leaf, own, self.nodes["left"]).astype(np.int64),
-            "right": np.where(leaf, own, self.nodes["right"]).astype(np.int64),
-            "default_left": self.nodes["default_left"].astype(bool),
-        }
+        value = self.nodes["value"]
+        # what scoring walks, as the rows of one float64 array (one copy to a device; node
+        # ids and flags are exact): feature, threshold, left, right, default_left, then
+        # the value columns. Leaves point at themselves, so every row can take the same
+        # number of steps
+        self._walk = np.empty((5 + value.shape[1], len(feature)))
+        self._walk[0] = np.where(leaf, 0, feature)
+        self._walk[1] = self.nodes["threshold"]
+        self._walk[2] = np.where(leaf, own, self.nodes["left"])
+        self._walk[3] = np.where(leaf, own, self.nodes["right"])
+        self._walk[4] = self.nodes["default_left"]
+        self._walk[5:] = value.T
 
     @property
     def feature_importances(self) -> dict[str, float]:
@@ -1227,8 +1289,7 @@ class TreeModelFitted(FittedModel):
 
     def _scores(self, flat: Any, n: int, xp: Any) -> Any:
         """``predict_matrix`` of the feature-major flattened matrix ``flat``."""
-        sums = leaf_sums(flat, n, self._walk, self.nodes["value"],
-                         self.nodes["tree_start"][:-1], self.depth, xp)
+        sums = leaf_sums(flat, n, self._walk, self.nodes["tree_start"][:-1], self.depth, xp)
         n_trees = len(self.nodes["tree_start"]) - 1
         if self.combine == "mean":
             scores = sums / max(n_trees, 1)
@@ -1272,16 +1333,20 @@ def _sigmoid(z: Any, xp: Any) -> Any:
     return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def leaf_sums(flat: Any, n: int, walk: dict[str, np.ndarray], values: np.ndarray,
-              roots: np.ndarray, depth: int, xp: Any) -> Any:
+def leaf_sums(flat: Any, n: int, walk: np.ndarray, roots: np.ndarray, depth: int,
+              xp: Any) -> Any:
     """Per row, the sum over trees of the value of the leaf the row reaches: ``depth``
-    steps of gathers for every (row, tree) pair, a block of rows at a time."""
-    width = values.shape[1]
+    steps of gathers for every (row, tree) pair, a block of rows at a time. ``walk``:
+    ``TreeModelFitted``'s rows of node arrays."""
+    width = walk.shape[0] - 5
     n_trees = len(roots)
     if n == 0 or n_trees == 0:
         return xp.zeros((n, width), dtype=xp.float64)
-    on = {k: to_xp(v, xp) for k, v in walk.items()}
-    value = to_xp(values, xp)
+    packed = to_xp(walk, xp)
+    on = {"feature": xp.astype(packed[0, :], xp.int64), "threshold": packed[1, :],
+          "left": xp.astype(packed[2, :], xp.int64), "right": xp.astype(packed[3, :], xp.int64),
+          "default_left": packed[4, :] != 0}
+    value = xp.permute_dims(packed[5:, :], (1, 0))
     root = to_xp(roots.astype(np.int64), xp)
     block = max(1, SCORING_BLOCK // n_trees)
     out = []

@@ -17,10 +17,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from operators.arrays import get_namespace
 from operators.base import PartitionInfo, Sink, SluiceError, Source, Transform, tree_reduce
+from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem, run_placed
 
-__all__ = ["Dataset", "Engine", "StepFailure", "compute_partition", "tree_reduce"]
+__all__ = ["Dataset", "Engine", "StepFailure", "compute_partition", "placed_action",
+           "tree_reduce"]
+
+# record(step, partition index, rows, seconds, device): what each step did on each
+# partition; ``device`` is None on the CPU, else where it ran and any out-of-memory
+# split or CPU fallback (see ``pipelines.device.run_placed``)
+Record = Callable[..., None]
 
 
 class StepFailure(Exception):
@@ -41,23 +47,44 @@ class Dataset:
 
     source: Source
     source_step: str
-    ops: tuple[tuple[str, Transform], ...] = ()
+    ops: tuple[tuple[str, Transform, Placement], ...] = ()
     schema: pa.Schema | None = None
     cache_key: str | None = None
 
-    def then(self, step_id: str, transform: Transform, schema: pa.Schema) -> Dataset:
-        return replace(self, ops=(*self.ops, (step_id, transform)), schema=schema,
+    def then(self, step_id: str, transform: Transform, schema: pa.Schema,
+             placement: Placement = CPU) -> Dataset:
+        return replace(self, ops=(*self.ops, (step_id, transform, placement)), schema=schema,
                        cache_key=None)
+
+    def uses_gpu(self, skip: int = 0) -> bool:
+        """Whether a transform after the first ``skip`` runs on a GPU."""
+        return any(p.device == "gpu" for _, _, p in self.ops[skip:])
 
 
 @dataclass
 class StepStats:
     rows_by_partition: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
+    devices: set[str] = field(default_factory=set)
+    splits: dict[int, int] = field(default_factory=dict)
+    fallbacks: dict[int, str] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
         return sum(self.rows_by_partition.values())
+
+    def describe(self) -> dict[str, Any]:
+        """The run record's view: where the step ran, and what ran out of device memory."""
+        out: dict[str, Any] = {}
+        if self.devices:
+            out["device"] = ", ".join(sorted(self.devices))
+        if self.splits:
+            out["device_splits"] = [{"partition": i, "pieces": n}
+                                    for i, n in sorted(self.splits.items())]
+        if self.fallbacks:
+            out["device_fallbacks"] = [{"partition": i, "device": "cpu", "reason": r}
+                                       for i, r in sorted(self.fallbacks.items())]
+        return out
 
 
 def located(step: str, partition: PartitionInfo, exc: BaseException) -> BaseException:
@@ -70,13 +97,32 @@ def located(step: str, partition: PartitionInfo, exc: BaseException) -> BaseExce
     return StepFailure(step, partition.describe(), exc)
 
 
-def compute_partition(data: Dataset, partition: PartitionInfo, xp: Any,
-                      record: Callable[[str, int, int, float], None] | None = None,
+def _concat(a: pa.Table, b: pa.Table) -> pa.Table:
+    return pa.concat_tables([a, b])
+
+
+def _placed(step: str, placement: Placement, fn: Callable[[pa.Table, Any], Any],
+            part: pa.Table, index: int, merge: Callable[[Any, Any], Any],
+            record: Record | None, rows: Callable[[Any], int]) -> Any:
+    t0 = time.perf_counter()
+    value, event = run_placed(placement, fn, part, merge)
+    if record:
+        device = None
+        if placement.device != "cpu":
+            device = {"device": "cpu" if event and "fallback" in event
+                      else placement.describe(), **(event or {})}
+        record(step, index, rows(value), time.perf_counter() - t0, device)
+    return value
+
+
+def compute_partition(data: Dataset, partition: PartitionInfo,
+                      record: Record | None = None,
                       start: pa.Table | None = None, skip: int = 0) -> pa.Table:
-    """Read one partition and apply the dataset's transforms; failures are located.
+    """Read one partition and apply the dataset's transforms, each where its placement
+    says; failures are located.
 
     ``start``/``skip`` resume from a cached table that already has ``skip`` ops applied.
-    ``record(step, partition_index, rows, seconds)`` receives per-step counts.
+    ``record(step, partition_index, rows, seconds, device)`` receives per-step counts.
     """
     step = data.source_step
     try:
@@ -84,14 +130,12 @@ def compute_partition(data: Dataset, partition: PartitionInfo, xp: Any,
         if start is None:
             part = data.source.read(partition)
             if record:
-                record(step, partition.index, part.num_rows, time.perf_counter() - t0)
+                record(step, partition.index, part.num_rows, time.perf_counter() - t0, None)
         else:
             part = start
-        for step, op in data.ops[skip:]:
-            t0 = time.perf_counter()
-            part = op.transform(part, xp)
-            if record:
-                record(step, partition.index, part.num_rows, time.perf_counter() - t0)
+        for step, op, placement in data.ops[skip:]:
+            part = _placed(step, placement, op.transform, part, partition.index, _concat,
+                           record, lambda table: table.num_rows)
         return part
     except (SluiceError, StepFailure) as exc:
         raise located(step, partition, exc) from None
@@ -99,27 +143,48 @@ def compute_partition(data: Dataset, partition: PartitionInfo, xp: Any,
         raise located(step, partition, exc) from exc
 
 
+@dataclass(frozen=True)
+class placed_action:  # noqa: N801 - used like a function
+    """``partial(part, xp)`` of a fit step on one partition, where ``placement`` says,
+    recorded like a transform (rows in, seconds, device). Picklable for workers."""
+
+    step: str
+    placement: Placement
+    partial: Callable[[pa.Table, Any], Any]
+    combine: Callable[[Any, Any], Any]
+
+    def __call__(self, part: pa.Table, info: PartitionInfo, record: Record | None) -> Any:
+        return _placed(self.step, self.placement, self.partial, part, info.index,
+                       self.combine, record, lambda _: part.num_rows)
+
+
 class Engine(ABC):
     """What an engine provides to the runner. Partials and results are picklable."""
 
     name: str = ""
 
-    def __init__(self, device: str = "cpu", progress: bool = False):
-        self.device = device
+    def __init__(self, progress: bool = False, profile_device: DeviceProfile | None = None):
         self.progress = progress
+        # the profile's device keys (``conf/engines/*.yaml``: device, dtype, gpu_timeout)
+        self.profile_device = profile_device or DeviceProfile()
         self.stats: dict[str, StepStats] = {}
 
-    @property
-    def xp_name(self) -> str:
-        return "cupy" if self.device == "gpu" else "numpy"
-
-    def xp(self) -> Any:
-        return get_namespace(self.xp_name)
-
-    def record(self, step: str, partition: int, rows: int, seconds: float) -> None:
+    def record(self, step: str, partition: int, rows: int, seconds: float,
+               device: dict[str, Any] | None = None) -> None:
         stats = self.stats.setdefault(step, StepStats())
         stats.rows_by_partition[partition] = rows
         stats.seconds += seconds
+        if device is not None:
+            stats.devices.add(device["device"])
+            if "split" in device:
+                stats.splits[partition] = device["split"]
+            if "fallback" in device:
+                stats.fallbacks[partition] = device["reason"]
+
+    def gpu_problem(self) -> str | None:
+        """Why the engine's workers cannot compute on a GPU, or None when they can
+        (asked before any data moves). The local engine asks this machine."""
+        return gpu_problem()
 
     # lifecycle
     def start(self) -> None:  # noqa: B027 - engines without a cluster start nothing
@@ -130,7 +195,7 @@ class Engine(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What the run record says about the engine (cluster address, cores...)."""
-        return {"name": self.name, "device": self.device}
+        return {"name": self.name}
 
     def begin_run(self) -> None:
         """Forget the previous run's counters and caches (an engine can serve many runs)."""
@@ -148,13 +213,15 @@ class Engine(ABC):
         return Dataset(source=source, source_step=step_id, schema=schema)
 
     def map(self, data: Dataset, step_id: str, transform: Transform,
-            schema: pa.Schema) -> Dataset:
-        return data.then(step_id, transform, schema)
+            schema: pa.Schema, placement: Placement = CPU) -> Dataset:
+        return data.then(step_id, transform, schema, placement)
 
     @abstractmethod
     def aggregate(self, data: Dataset, step_id: str, partial: Callable[[pa.Table, Any], Any],
-                  combine: Callable[[Any, Any], Any], label: str = "") -> Any:
-        """``partial(part, xp)`` on every partition, combined into one value."""
+                  combine: Callable[[Any, Any], Any], label: str = "",
+                  placement: Placement = CPU) -> Any:
+        """``partial(part, xp)`` on every partition (where ``placement`` says), combined
+        into one value."""
 
     @abstractmethod
     def persist(self, data: Dataset) -> Dataset:

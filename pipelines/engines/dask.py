@@ -53,12 +53,20 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
-from pipelines.engines.base import Dataset, Engine, StepFailure, compute_partition, located
+from pipelines.device import CPU, DeviceProfile, Placement
+from pipelines.engines.base import (
+    Dataset,
+    Engine,
+    StepFailure,
+    compute_partition,
+    located,
+    placed_action,
+)
 from pipelines.engines.progress import progress_bar
+from pipelines.profiles import read, validated
 
 __all__ = ["DaskEngine", "DaskProfile", "load_profile"]
 
@@ -73,13 +81,11 @@ WORKER_HINT = ("install sluice and the pipeline's operator packages where the wo
 # stay small
 WINDOW = 4
 
-Counts = list[tuple[str, int, int, float]]
+Counts = list[tuple[Any, ...]]  # (step, partition, rows, seconds, device)
 
 
-class DaskProfile(BaseModel):
+class DaskProfile(DeviceProfile):
     """``conf/engines/dask.yaml``: where the cluster is, or how to start a local one."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     scheduler: str | None = Field(
         None, description="tcp://host:port of a running scheduler; null starts a LocalCluster")
@@ -91,6 +97,9 @@ class DaskProfile(BaseModel):
                             "bytes, or 0 / null for no limit")
     timeout: float = Field(
         30, gt=0, description="seconds to reach the scheduler and to wait for a first worker")
+    gpu_workers: int = Field(
+        0, ge=0, description="LocalCluster only: workers that get the resource GPU=1 (one "
+                             "per GPU; null/0 with device gpu: as many as CUDA sees)")
 
 
 def load_profile(path: str | Path | None = None) -> DaskProfile:
@@ -103,16 +112,7 @@ def load_profile(path: str | Path | None = None) -> DaskProfile:
             raise SluiceError(f"Dask profile '{file}' not found",
                               hint=f"fix the path, or unset {PROFILE_ENV}")
         return DaskProfile()
-    try:
-        raw = yaml.safe_load(file.read_text()) or {}
-        return DaskProfile(**raw)
-    except (yaml.YAMLError, TypeError) as exc:
-        raise SluiceError(f"{file}: not a mapping of Dask settings ({exc})") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise SluiceError(f"{file}: '{key}': {first['msg']}",
-                          hint="keys: " + ", ".join(DaskProfile.model_fields)) from None
+    return validated(DaskProfile, read(file, "Dask"), str(file), "Dask")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -134,28 +134,19 @@ class _Job:
     data: Dataset
     skip: int  # transforms already applied to the persisted partitions a task starts from
     step: str
-    action: Callable[[pa.Table, PartitionInfo, Any], Any]
-    xp_name: str
+    action: Callable[[pa.Table, PartitionInfo, Any], Any]  # (part, info, record)
     cwd: str  # the driver's: relative paths in a pipeline mean the same on the workers
-
-
-class _Partial:
-    def __init__(self, partial: Callable[[pa.Table, Any], Any]):
-        self.partial = partial
-
-    def __call__(self, part: pa.Table, info: PartitionInfo, xp: Any) -> Any:
-        return self.partial(part, xp)
 
 
 class _Write:
     def __init__(self, sink: Sink, token: Any):
         self.sink, self.token = sink, token
 
-    def __call__(self, part: pa.Table, info: PartitionInfo, xp: Any) -> WriteResult:
+    def __call__(self, part: pa.Table, info: PartitionInfo, record: Any) -> WriteResult:
         return self.sink.write(self.token, part, info.index)
 
 
-def _table(part: pa.Table, info: PartitionInfo, xp: Any) -> pa.Table:
+def _table(part: pa.Table, info: PartitionInfo, record: Any) -> pa.Table:
     return part
 
 
@@ -220,21 +211,18 @@ def _run(key: str, blob: bytes, info: PartitionInfo, start: Any) -> Any:
         return _Failure(SluiceError(
             f"a Dask worker cannot load the steps: {type(exc).__name__}: {exc}",
             hint=WORKER_HINT))
-    from operators.arrays import get_namespace
-
     _follow(job.cwd)
     counts: Counts = []
 
-    def record(step: str, index: int, rows: int, seconds: float) -> None:
-        counts.append((step, index, rows, seconds))
+    def record(*row: Any) -> None:
+        counts.append(row)
 
     part = None
     try:
-        xp = get_namespace(job.xp_name)
-        part = compute_partition(job.data, info, xp, record,
+        part = compute_partition(job.data, info, record,
                                  start=None if start is None else start[0], skip=job.skip)
         try:
-            value = job.action(part, info, xp)
+            value = job.action(part, info, record)
         except (SluiceError, StepFailure) as exc:
             raise located(job.step, info, exc) from None
         except Exception as exc:
@@ -297,8 +285,8 @@ class DaskEngine(Engine):
                  progress: bool = False, *, threads_per_worker: int | None = None,
                  memory_limit: str | int | float | None = None, timeout: float | None = None,
                  profile: str | Path | None = None, **kwargs: Any):
-        super().__init__(progress=progress, **kwargs)
         conf = load_profile(profile)
+        super().__init__(progress=progress, profile_device=conf, **kwargs)
         self.scheduler = scheduler or conf.scheduler
         self.workers = workers or conf.workers
         self.threads_per_worker = threads_per_worker or conf.threads_per_worker
@@ -435,7 +423,7 @@ class DaskEngine(Engine):
         import cloudpickle
 
         base = self._base(data)
-        job = _Job(data, len(base.data.ops) if base else 0, step, action, self.xp_name,
+        job = _Job(data, len(base.data.ops) if base else 0, step, action,
                    os.getcwd())
         # one per call: every task key of the call ends in it (the dashboard groups
         # them as sluice-<step>)
@@ -516,8 +504,10 @@ class DaskEngine(Engine):
         return value
 
     def aggregate(self, data: Dataset, step_id: str, partial: Callable[[pa.Table, Any], Any],
-                  combine: Callable[[Any, Any], Any], label: str = "") -> Any:
-        partials = [p for _, p in self._each(data, step_id, _Partial(partial),
+                  combine: Callable[[Any, Any], Any], label: str = "",
+                  placement: Placement = CPU) -> Any:
+        action = placed_action(step_id, placement, partial, combine)
+        partials = [p for _, p in self._each(data, step_id, action,
                                              label or f"{step_id}: fit")]
         return tree_reduce(partials, combine)
 

@@ -18,8 +18,17 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
-from pipelines.engines.base import Dataset, Engine, StepFailure, compute_partition, located
+from pipelines.device import CPU, Placement
+from pipelines.engines.base import (
+    Dataset,
+    Engine,
+    StepFailure,
+    compute_partition,
+    located,
+    placed_action,
+)
 from pipelines.engines.progress import progress_bar
+from pipelines.profiles import load_local
 
 
 def default_cache_bytes() -> int:
@@ -38,9 +47,11 @@ class LocalEngine(Engine):
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, cache_bytes: int | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.workers = workers or os.cpu_count() or 1
+    def __init__(self, workers: int | None = None, cache_bytes: int | None = None,
+                 profile: str | None = None, **kwargs: Any):
+        conf = load_local(profile)
+        super().__init__(profile_device=conf, **kwargs)
+        self.workers = workers or conf.workers or os.cpu_count() or 1
         self.cache_bytes = default_cache_bytes() if cache_bytes is None else cache_bytes
         self._pool: ThreadPoolExecutor | None = None
         self._caches: dict[str, dict[int, pa.Table]] = {}
@@ -74,9 +85,10 @@ class LocalEngine(Engine):
         self._cached_bytes = 0
         self._partitions.clear()
 
-    def record(self, step: str, partition: int, rows: int, seconds: float) -> None:
+    def record(self, step: str, partition: int, rows: int, seconds: float,
+               device: dict[str, Any] | None = None) -> None:
         with self._lock:
-            super().record(step, partition, rows, seconds)
+            super().record(step, partition, rows, seconds, device)
 
     def partitions(self, data: Dataset) -> list[PartitionInfo]:
         key = id(data.source)
@@ -90,14 +102,13 @@ class LocalEngine(Engine):
     # ------------------------------------------------------------------ running
 
     def _compute(self, data: Dataset, info: PartitionInfo) -> pa.Table:
-        xp = self.xp()
         if data.cache_key is None:
-            return compute_partition(data, info, xp, self.record)
+            return compute_partition(data, info, self.record)
         cache = self._caches.setdefault(data.cache_key, {})
         table = cache.get(info.index)
         if table is not None:
             return table
-        table = compute_partition(data, info, xp, self.record)
+        table = compute_partition(data, info, self.record)
         with self._lock:
             if data.cache_key not in self._cache_full:
                 if self._cached_bytes + table.nbytes <= self.cache_bytes:
@@ -150,9 +161,11 @@ class LocalEngine(Engine):
             wait(pending.values())
 
     def aggregate(self, data: Dataset, step_id: str, partial: Callable[[pa.Table, Any], Any],
-                  combine: Callable[[Any, Any], Any], label: str = "") -> Any:
-        xp = self.xp()
-        partials = [p for _, p in self._each(data, step_id, lambda part, _: partial(part, xp),
+                  combine: Callable[[Any, Any], Any], label: str = "",
+                  placement: Placement = CPU) -> Any:
+        action = placed_action(step_id, placement, partial, combine)
+        partials = [p for _, p in self._each(data, step_id,
+                                             lambda part, info: action(part, info, self.record),
                                              label or f"{step_id}: fit")]
         return tree_reduce(partials, combine)
 

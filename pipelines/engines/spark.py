@@ -53,13 +53,20 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from operators.arrays import get_namespace
 from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
-from pipelines.engines.base import Dataset, Engine, StepFailure, compute_partition, located
+from pipelines.device import CPU, DeviceProfile, Placement
+from pipelines.engines.base import (
+    Dataset,
+    Engine,
+    StepFailure,
+    compute_partition,
+    located,
+    placed_action,
+)
 from pipelines.package import active_archive, cached_build, run_in_executor
+from pipelines.profiles import read, validated
 
 PROFILE_ENV = "SLUICE_SPARK_PROFILE"
 PROFILE_PATH = Path("conf") / "engines" / "spark.yaml"
@@ -90,10 +97,8 @@ _PANDAS_WARNING = "PySpark does not yet fully support pandas"
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
 
 
-class SparkProfile(BaseModel):
+class SparkProfile(DeviceProfile):
     """``conf/engines/spark.yaml``: how sluice makes its Spark session."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     master: str | None = Field(None, description="master URL; --master wins; default local[*]")
     app_name: str = Field("sluice", description="application name shown by Spark")
@@ -122,23 +127,7 @@ def load_profile(path: str | os.PathLike[str] | None = None) -> tuple[SparkProfi
             return SparkProfile(), None
         chosen = PROFILE_PATH
     where = str(chosen)
-    try:
-        raw = yaml.safe_load(Path(chosen).read_text()) or {}
-    except FileNotFoundError:
-        raise SluiceError(f"Spark profile '{where}' does not exist",
-                          hint=f"fix ${PROFILE_ENV} or create the file") from None
-    except yaml.YAMLError as exc:
-        raise SluiceError(f"Spark profile '{where}' is not valid YAML: "
-                          f"{str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise SluiceError(f"Spark profile '{where}' must be a mapping of settings")
-    try:
-        return SparkProfile(**raw), where
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise SluiceError(f"Spark profile '{where}': '{key}': {first['msg']}",
-                          hint="keys: " + ", ".join(SparkProfile.model_fields)) from None
+    return validated(SparkProfile, read(where, "Spark"), where, "Spark"), where
 
 
 def is_local(master: str) -> bool:
@@ -311,7 +300,6 @@ class _Task:
     groups: list[list[int]]
     cached: bool
     step: str
-    xp_name: str
     attempts: int
     nonce: str
     cwd: str = ""
@@ -324,9 +312,8 @@ class _Task:
 
         context = TaskContext.get()
         last = context is None or context.attemptNumber() + 1 >= self.attempts
-        xp = get_namespace(self.xp_name)
         inputs = (self._cached_inputs(batches) if self.cached
-                  else self._computed_inputs(batches, xp, last))
+                  else self._computed_inputs(batches, last))
         emit = getattr(self, f"_emit_{self.kind}")
         previous = os.getcwd()
         # relative paths in a pipeline mean the driver's working directory, as on the
@@ -335,7 +322,7 @@ class _Task:
             os.chdir(self.cwd)
         try:
             for info, table, records, failure in inputs:
-                yield from emit(info, table, records, failure, xp, last)
+                yield from emit(info, table, records, failure, last)
         finally:
             os.chdir(previous)
 
@@ -347,15 +334,15 @@ class _Task:
 
     # inputs: (info, table or None, per-step records, failure or None)
 
-    def _computed_inputs(self, batches: Iterator[pa.RecordBatch], xp: Any,
-                         last: bool) -> Iterator[Any]:
+    def _computed_inputs(self, batches: Iterator[pa.RecordBatch], last: bool
+                         ) -> Iterator[Any]:
         numbers = [int(v) for batch in batches for v in batch.column(0).to_pylist()]
         for number in numbers:  # this task's number: its group of partitions
             for index in self.groups[number]:
                 info = self.infos[index]
                 records: list[tuple[str, int, int, float]] = []
                 try:
-                    table = compute_partition(self.data, info, xp,
+                    table = compute_partition(self.data, info,
                                               lambda *r, out=records: out.append(r))
                 except (SluiceError, StepFailure) as exc:
                     self._retry(exc, last)
@@ -396,12 +383,12 @@ class _Task:
     # outputs
 
     def _emit_results(self, info: PartitionInfo, table: pa.Table | None, records: list[Any],
-                      failure: BaseException | None, xp: Any, last: bool
+                      failure: BaseException | None, last: bool
                       ) -> Iterator[pa.RecordBatch]:
         if failure is None:
             assert self.work is not None and table is not None
             try:
-                value = self.work(table, info, xp)
+                value = self.work(table, info, lambda *r, out=records: out.append(r))
             except Exception as exc:
                 failure = located(self.step, info, exc)
                 self._retry(failure, last)
@@ -411,7 +398,7 @@ class _Task:
         yield _row(info.index, _ERROR, pickle.dumps((_with_traceback(failure), records)))
 
     def _emit_cache(self, info: PartitionInfo, table: pa.Table | None, records: list[Any],
-                    failure: BaseException | None, xp: Any, last: bool
+                    failure: BaseException | None, last: bool
                     ) -> Iterator[pa.RecordBatch]:
         if failure is not None:
             # an error row in the cache: the pass reading it reports the failure
@@ -423,7 +410,7 @@ class _Task:
         yield _row(info.index, _RECORDS, pickle.dumps(records))
 
     def _emit_frame(self, info: PartitionInfo, table: pa.Table | None, records: list[Any],
-                    failure: BaseException | None, xp: Any, last: bool
+                    failure: BaseException | None, last: bool
                     ) -> Iterator[pa.RecordBatch]:
         if failure is not None:
             raise _Attempt(_marked(failure))
@@ -468,8 +455,8 @@ class SparkEngine(Engine):
     def __init__(self, master: str | None = None, conf: dict[str, Any] | None = None,
                  progress: bool = False, profile: str | os.PathLike[str] | None = None,
                  **kwargs: Any):
-        super().__init__(progress=progress, **kwargs)
         self.profile, self.profile_path = load_profile(profile)
+        super().__init__(progress=progress, profile_device=self.profile, **kwargs)
         self.master = master or self.profile.master or DEFAULT_MASTER
         self.conf = {k: _conf_text(v) for k, v in {**self.profile.conf, **(conf or {})}.items()}
         self.spark: Any = None
@@ -612,7 +599,7 @@ class SparkEngine(Engine):
     def _task(self, kind: str, data: Dataset, infos: list[PartitionInfo],
               groups: list[list[int]], cached: bool, step: str, **extra: Any) -> _Task:
         return _Task(kind=kind, data=data, infos={i.index: i for i in infos}, groups=groups,
-                     cached=cached, step=step, xp_name=self.xp_name, attempts=self._attempts,
+                     cached=cached, step=step, attempts=self._attempts,
                      nonce=uuid.uuid4().hex, cwd=os.getcwd(), **extra)
 
     @staticmethod
@@ -630,7 +617,7 @@ class SparkEngine(Engine):
 
     def _run(self, data: Dataset, step: str, work: Callable[[pa.Table, PartitionInfo, Any], Any],
              label: str) -> list[Any]:
-        """``work(part, info, xp)`` on every partition; the results in partition order."""
+        """``work(part, info, record)`` on every partition; the results in partition order."""
         self.start()
         infos = self.partitions(data)
         if not infos:
@@ -695,8 +682,9 @@ class SparkEngine(Engine):
             time.sleep(0.1)
 
     def aggregate(self, data: Dataset, step_id: str, partial: Callable[[pa.Table, Any], Any],
-                  combine: Callable[[Any, Any], Any], label: str = "") -> Any:
-        partials = self._run(data, step_id, lambda part, info, xp: partial(part, xp),
+                  combine: Callable[[Any, Any], Any], label: str = "",
+                  placement: Placement = CPU) -> Any:
+        partials = self._run(data, step_id, placed_action(step_id, placement, partial, combine),
                              label or f"{step_id}: fit")
         return tree_reduce(partials, combine)
 
@@ -713,7 +701,7 @@ class SparkEngine(Engine):
         token = sink.begin(run_id, data.schema)
         try:
             results: list[WriteResult] = self._run(
-                data, step_id, lambda part, info, xp: sink.write(token, part, info.index),
+                data, step_id, lambda part, info, record: sink.write(token, part, info.index),
                 f"{step_id}: write")
         except BaseException:
             sink.abort(token)
@@ -721,7 +709,7 @@ class SparkEngine(Engine):
         return sink.commit(token, results)
 
     def collect(self, data: Dataset) -> pa.Table:
-        parts = self._run(data, "collect", lambda part, info, xp: part, "collect")
+        parts = self._run(data, "collect", lambda part, info, record: part, "collect")
         return pa.concat_tables(parts) if parts else data.schema.empty_table()
 
     def to_dataframe(self, data: Dataset, batch_rows: int = 100_000) -> Any:

@@ -42,7 +42,7 @@ def test_auto_runs_on_the_cpu_with_one_notice_and_identical_results(workdir: Pat
     auto = run(train, device="auto", models="auto-models", notify=notes.append)
     cpu = run(train, device="cpu", models="cpu-models", notify=notes.append)
     assert len(notes) == 1 and notes[0].startswith("device auto: ")
-    assert auto["engine"]["device"] == "cpu" == cpu["engine"]["device"]
+    assert auto["device"] == "cpu" == cpu["device"]
     a = ModelStore("auto-models").load("churn").chain.steps[-1].state()[1]
     c = ModelStore("cpu-models").load("churn").chain.steps[-1].state()[1]
     for key in c:

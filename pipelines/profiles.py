@@ -1,0 +1,89 @@
+"""Engine profiles (``conf/engines/*.yaml``) and how ``--engine`` finds one.
+
+``--engine local|dask|spark`` picks the engine, which reads its own default profile
+(``conf/engines/dask.yaml``...). Any other name is a profile: ``--engine gpu`` reads
+``conf/engines/gpu.yaml``, ``--engine path/to/file.yaml`` that file; the profile's
+``engine:`` key says which engine it configures, and the rest are that engine's keys
+plus the device keys every engine understands (``pipelines.device.DeviceProfile``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from operators.base import SluiceError, suggest
+from pipelines.device import DeviceProfile
+
+ENGINES = ("local", "dask", "spark")
+FOLDER = Path("conf") / "engines"
+
+
+class LocalProfile(DeviceProfile):
+    """``conf/engines/local.yaml`` (or a profile with ``engine: local``)."""
+
+    workers: int | None = Field(
+        None, gt=0, description="partitions computed at once (null: one per core)")
+
+
+def read(path: str | Path, what: str) -> dict[str, Any]:
+    """A profile file's settings as a mapping; unreadable or not a mapping is an error."""
+    where = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise SluiceError(f"{what} profile '{where}' does not exist",
+                          hint="fix the path, or create the file") from None
+    except yaml.YAMLError as exc:
+        raise SluiceError(f"{what} profile '{where}' is not valid YAML: "
+                          f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SluiceError(f"{what} profile '{where}' must be a mapping of settings")
+    return raw
+
+
+def validated(model: type[DeviceProfile], raw: dict[str, Any], where: str,
+              what: str) -> Any:
+    """``raw`` as ``model``; the first wrong key is a one-line error naming the file."""
+    try:
+        return model(**raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown key" + suggest(key, model.model_fields)
+        raise SluiceError(f"{what} profile '{where}': '{key}': {message}",
+                          hint="keys: " + ", ".join(model.model_fields)) from None
+
+
+def locate(name: str) -> tuple[str, str | None]:
+    """``--engine NAME``: the engine and the profile file (None: the engine's default)."""
+    if name in ENGINES:
+        return name, None
+    named = name.endswith((".yaml", ".yml")) or "/" in name
+    path = Path(name) if named else FOLDER / f"{name}.yaml"
+    if not path.is_file():
+        raise SluiceError(
+            f"unknown engine '{name}'" + (f": {path} does not exist" if named else
+                                           f": not {', '.join(ENGINES)}, and no {path}"),
+            hint="use --engine local, dask or spark, or a profile in conf/engines/")
+    kind = read(path, "engine").get("engine")
+    if kind not in ENGINES:
+        raise SluiceError(f"engine profile '{path}': `engine:` must be one of "
+                          f"{', '.join(ENGINES)}" + (f", not '{kind}'" if kind else ""),
+                          hint="say which engine the profile configures")
+    return kind, str(path)
+
+
+def load_local(path: str | None) -> LocalProfile:
+    """The local engine's profile: ``path``, else ``conf/engines/local.yaml`` if present."""
+    if path is None:
+        default = FOLDER / "local.yaml"
+        if not default.is_file():
+            return LocalProfile()
+        path = str(default)
+    return validated(LocalProfile, read(path, "local"), path, "local")
