@@ -149,7 +149,9 @@ def case_train_logistic(parts: list[pa.Table], args: argparse.Namespace
                         ) -> Callable[[Side], Any]:
     from operators.models.logistic import LogisticRegression
 
-    params = LogisticRegression.Params(label="label", l2=L2)
+    # float32 cannot reach the default tolerance: Newton would run to max_iter
+    params = LogisticRegression.Params(label="label", l2=L2,
+                                       tol=1e-8 if args.dtype == "float64" else 1e-5)
     return lambda side: _model_arrays(_fit(LogisticRegression(params), parts, side))
 
 

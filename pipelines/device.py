@@ -86,13 +86,14 @@ def resolve(requested: str, problem: Callable[[], str | None] = gpu_problem,
     reason = problem()
     if reason is None:
         return "gpu", None
-    who = f"{where} asks for" if where else "was asked for"
     if requested == "gpu":
-        raise SluiceError(f"device gpu {who}, but {reason}" if where
-                          else f"device gpu was asked for, but {reason}",
+        if where:
+            raise SluiceError(f"{where} asks for device gpu, but {reason}",
+                              hint="make it `device: auto` to fall back to the CPU, or run "
+                                   "where a GPU is visible")
+        raise SluiceError(f"device gpu was asked for, but {reason}",
                           hint="use --device cpu or auto, or run where a GPU is visible")
-    return "cpu", f"device auto{' (' + where + ')' if where else ''}: {reason}; " \
-                  "running on the CPU"
+    return "cpu", f"device auto: {reason}; running on the CPU"
 
 
 @dataclass(frozen=True)

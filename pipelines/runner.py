@@ -87,10 +87,11 @@ def placements(plan: Plan, engine: Engine, device: str | None = None,
                      or "cpu")
         where = ""
         if step.spec.device:
-            where = f"{plan.spec.file}:{step.spec.line}: step '{step.id}'"
+            line = step.spec.param_lines.get("device", step.spec.line)
+            where = f"{plan.spec.file}:{line}: step '{step.id}'"
         chosen, notice = resolve_device(requested, problem, where)
-        if notice and not notices:
-            notices.append(f"device auto: {reasons['gpu']}; running on the CPU")
+        if notice and notice not in notices:
+            notices.append(notice)
         chosen_dtype = (step.spec.dtype or dtype or plan.spec.dtype or profile.dtype
                         or "float64")
         out[step.id] = Placement(chosen, chosen_dtype)

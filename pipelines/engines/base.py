@@ -24,8 +24,8 @@ __all__ = ["Dataset", "Engine", "StepFailure", "compute_partition", "placed_acti
            "tree_reduce"]
 
 # record(step, partition index, rows, seconds, device): what each step did on each
-# partition; ``device`` is None on the CPU, else where it ran and any out-of-memory
-# split or CPU fallback (see ``pipelines.device.run_placed``)
+# partition; ``device`` says where it ran ("cpu", "gpu:0") and any out-of-memory
+# split or CPU fallback (see ``pipelines.device.run_placed``); None for a source
 Record = Callable[..., None]
 
 
@@ -107,10 +107,8 @@ def _placed(step: str, placement: Placement, fn: Callable[[pa.Table, Any], Any],
     t0 = time.perf_counter()
     value, event = run_placed(placement, fn, part, merge)
     if record:
-        device = None
-        if placement.device != "cpu":
-            device = {"device": "cpu" if event and "fallback" in event
-                      else placement.describe(), **(event or {})}
+        device = {"device": "cpu" if event and "fallback" in event else placement.describe(),
+                  **(event or {})}
         record(step, index, rows(value), time.perf_counter() - t0, device)
     return value
 

@@ -25,6 +25,11 @@ attempt so that Spark retries it (``spark.task.maxFailures``; a lost Python work
 or executor too); the last attempt returns it as a ``StepFailure`` carrying the
 executor's traceback.
 
+GPUs: a step placed on ``gpu`` computes on the GPU Spark assigned to its task
+(``TaskContext.resources()["gpu"]``, from ``spark.task.resource.gpu.amount``), so
+that tasks sharing an executor's GPUs use different ones; ``gpu_problem`` asks a
+1-task job before any data moves (``conf/engines/spark-gpu.yaml``).
+
 Session: ``local[*]`` by default; ``--master URL`` or ``conf/engines/spark.yaml``
 (or ``$SLUICE_SPARK_PROFILE``) otherwise. Inside ``spark-submit`` the session
 spark-submit configures is used, and its settings win over the profile's. For a
@@ -40,7 +45,9 @@ import functools
 import os
 import pickle
 import re
+import socket
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -55,8 +62,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from operators.arrays import standin
 from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
-from pipelines.device import CPU, DeviceProfile, Placement
+from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem, select_gpu
 from pipelines.engines.base import (
     Dataset,
     Engine,
@@ -95,6 +103,10 @@ _BLOB_BYTES = 32 * 1024 * 1024  # cached partitions are cut in IPC blobs of at m
 _ERROR_MARK = re.compile(r"\[sluice-error:([A-Za-z0-9+/=]+)\]")
 _PANDAS_WARNING = "PySpark does not yet fully support pandas"
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
+# the confs that give Spark tasks a GPU (stage-level scheduling of the default profile)
+EXECUTOR_GPU = "spark.executor.resource.gpu.amount"
+TASK_GPU = "spark.task.resource.gpu.amount"
+GPU_PROFILE = "conf/engines/spark-gpu.yaml"
 
 
 class SparkProfile(DeviceProfile):
@@ -315,16 +327,27 @@ class _Task:
         inputs = (self._cached_inputs(batches) if self.cached
                   else self._computed_inputs(batches, last))
         emit = getattr(self, f"_emit_{self.kind}")
+        # a GPU step computes on the GPU Spark gave this task (a local master gives
+        # none: the current device); the run record names it
+        address = task_gpu(context) if self._computes_on_gpu() else None
         previous = os.getcwd()
         # relative paths in a pipeline mean the driver's working directory, as on the
         # local engine, wherever an executor sees that directory (local masters, NFS)
         if self.cwd and os.path.isdir(self.cwd):
             os.chdir(self.cwd)
         try:
-            for info, table, records, failure in inputs:
-                yield from emit(info, table, records, failure, last)
+            with select_gpu(address):
+                for info, table, records, failure in inputs:
+                    yield from emit(info, table, records, failure, last)
         finally:
             os.chdir(previous)
+
+    def _computes_on_gpu(self) -> bool:
+        """Whether this task runs a transform (not already cached) or a fit's partial
+        placed on a GPU."""
+        work = self.work
+        return ((not self.cached and self.data.uses_gpu())
+                or (isinstance(work, placed_action) and work.placement.device == "gpu"))
 
     def _retry(self, failure: BaseException, last: bool) -> None:
         """A bug may be transient (a lost file handle, memory): before the last attempt,
@@ -416,6 +439,49 @@ class _Task:
             raise _Attempt(_marked(failure))
         assert table is not None and self.frame_schema is not None
         yield from _cast_for_spark(table, self.frame_schema).to_batches(self.batch_rows)
+
+
+def task_gpu(context: Any) -> str | None:
+    """The address of the first GPU Spark assigned to the task of ``context``, or None
+    (no task context, or a session that gives tasks no GPU: a local master)."""
+    if context is None:
+        return None
+    gpu = context.resources().get("gpu")
+    return gpu.addresses[0] if gpu is not None and gpu.addresses else None
+
+
+@dataclass(frozen=True)
+class _GpuProbe:
+    """The function of a 1-task job: why this executor's Python worker cannot compute
+    on the GPU Spark assigned to its task, or None (a result row)."""
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        for _ in batches:  # the one descriptor row
+            pass
+        address = task_gpu(TaskContext.get())
+        problem = gpu_problem()
+        if problem is None and address is not None:
+            problem = _unknown_address(address)
+        if problem is not None:
+            problem += f" (on the Spark executor of {socket.gethostname()})"
+        yield _row(0, _RESULT, pickle.dumps(problem))
+
+
+def _unknown_address(address: str) -> str | None:
+    """Why CUDA has no device ``address`` (Spark's addresses are what the discovery
+    script printed), or None when it has."""
+    if standin():
+        return None
+    import cupy
+
+    count = cupy.cuda.runtime.getDeviceCount()
+    if address.isdigit() and int(address) < count:
+        return None
+    return (f"Spark assigned GPU '{address}', but CUDA sees {count} device(s) "
+            "(the discovery script must print CUDA ordinals; CUDA_VISIBLE_DEVICES "
+            "renumbers them)")
 
 
 # --------------------------------------------------------------------------- the engine
@@ -603,7 +669,8 @@ class SparkEngine(Engine):
                      nonce=uuid.uuid4().hex, cwd=os.getcwd(), **extra)
 
     @staticmethod
-    def _map(frame: Any, task: _Task, schema: Any) -> Any:
+    def _map(frame: Any, task: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+             schema: Any) -> Any:
         from pyspark import cloudpickle
 
         function = functools.partial(run_in_executor, cloudpickle.dumps(task))
@@ -661,9 +728,58 @@ class SparkEngine(Engine):
             self._quiesce(group)
             raise _job_failure(exc, label) from None
         finally:
-            for key in ("spark.jobGroup.id", "spark.job.description",
-                        "spark.job.interruptOnCancel"):
-                sc.setLocalProperty(key, None)
+            _clear_job_group(sc)
+
+    # ------------------------------------------------------------------ GPUs
+
+    def gpu_problem(self) -> str | None:
+        """Why Spark tasks cannot compute on a GPU, or None: a 1-task job asks an
+        executor's Python worker (a local master's run on this machine, with the
+        environment the session started them with). On a cluster the session must ask
+        for GPUs, and the job must get one within the profile's ``gpu_timeout``:
+        Spark itself waits for ever for an executor with the resources asked."""
+        self.start()
+        sc = self.spark.sparkContext
+        conf = dict(sc.getConf().getAll())
+        if not is_local(sc.master) and not all(_amount(conf.get(k)) > 0
+                                               for k in (EXECUTOR_GPU, TASK_GPU)):
+            return (f"the Spark session gives its tasks no GPU: set {EXECUTOR_GPU} and "
+                    f"{TASK_GPU} ({GPU_PROFILE} shows how)")
+        timeout = self.profile.gpu_timeout
+        group = f"sluice-gpu-{uuid.uuid4().hex[:12]}"
+        expired = threading.Event()
+
+        def cancel() -> None:
+            expired.set()
+            sc.cancelJobGroup(group)
+
+        frame = self._map(self.spark.range(0, 1, 1, 1), _GpuProbe(), _ROWS_DDL)
+        timer = threading.Timer(timeout, cancel)
+        timer.daemon = True
+        sc.setJobGroup(group, "sluice: GPU probe", interruptOnCancel=True)
+        timer.start()
+        try:
+            with _quiet_pandas_warning():
+                rows = frame.toArrow()
+        except Exception as exc:
+            if expired.is_set():
+                return self._no_gpu_in_time(timeout, conf)
+            raise _job_failure(exc, "GPU probe") from None
+        finally:
+            timer.cancel()
+            _clear_job_group(sc)
+        return pickle.loads(rows.column(2)[0].as_py())
+
+    def _no_gpu_in_time(self, timeout: float, conf: dict[str, str]) -> str:
+        executors = ""
+        with contextlib.suppress(Exception):  # py4j: the count is a detail of the message
+            # the driver is listed among them
+            count = len(self.spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos())
+            executors = f"{count - 1} executor(s) registered; "
+        return (f"no Spark executor got a GPU within {timeout:g} s ({executors}executors ask "
+                f"for {EXECUTOR_GPU}={conf.get(EXECUTOR_GPU, 'unset')}, tasks for "
+                f"{TASK_GPU}={conf.get(TASK_GPU, 'unset')}: check that workers offer them, "
+                "spark.worker.resource.gpu.*; gpu_timeout sets the wait)")
 
     def _quiesce(self, group: str, timeout: float = 15.0) -> None:
         """Wait for the tasks of a failed job to stop, so that an abort that follows does
@@ -739,6 +855,19 @@ def _map_in_arrow_without_pandas(frame: Any, function: Any, schema: Any) -> Any:
     udf = vectorized_udf(function, schema, PythonEvalType.SQL_MAP_ARROW_ITER_UDF)
     column = udf(*[frame[c] for c in frame.columns])
     return DataFrame(frame._jdf.mapInArrow(column._jc, False, None), frame.sparkSession)
+
+
+def _clear_job_group(sc: Any) -> None:
+    for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+        sc.setLocalProperty(key, None)
+
+
+def _amount(value: str | None) -> float:
+    """A resource amount conf as a number (unset or not a number: 0)."""
+    try:
+        return float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _conf_text(value: Any) -> str:
