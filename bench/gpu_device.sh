@@ -23,7 +23,7 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu-out}
+OUT=${OUT:-/tmp/gpu-out}  # the device tool sets OUT; these files come back
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 unset SLUICE_GPU_STANDIN SLUICE_GPU_STANDIN_MEMORY  # the real GPU, not the stand-in
@@ -35,9 +35,13 @@ say() { echo "== gpu_device [$(( $(date +%s) - started )) s]: $*"; }
 
 # --------------------------------------------------------------------------- environment
 say "installing $(ls .whl/*.whl 2>/dev/null | wc -l) wheels into /tmp/site"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || { echo "gpu_device: wheel install failed (carry .whl? run bench/gpu_wheels.sh first)"; exit 3; }
-version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl; then
+  echo "gpu_device: the wheel install failed (carry [\".whl\"]; bench/gpu_wheels.sh makes it)"
+  exit 3
+fi
+version=$(python3 -c 'import tomllib
+print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 mkdir -p "/tmp/site/sluice-$version.dist-info"
 printf 'Metadata-Version: 2.1\nName: sluice\nVersion: %s\n' "$version" \
   > "/tmp/site/sluice-$version.dist-info/METADATA"
@@ -49,14 +53,8 @@ export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 import importlib.metadata as md
 import sys
 
-import cupy
-
 print("python", sys.version.split()[0], sys.executable)
-print("cupy", cupy.__version__, "| CUDA runtime", cupy.cuda.runtime.runtimeGetVersion(),
-      "| driver", cupy.cuda.runtime.driverGetVersion(),
-      "| devices", cupy.cuda.runtime.getDeviceCount())
-print("a kernel on the GPU:", float((cupy.arange(10.0) ** 2).sum()))
-for name in ("sluice", "numpy", "pyarrow", "pydantic", "array-api-compat",
+for name in ("sluice", "cupy-cuda13x", "numpy", "pyarrow", "pydantic", "array-api-compat",
              "array-api-strict", "dask", "distributed", "datasketches", "lark",
              "scikit-learn", "pytest", "pytest-timeout", "typing-extensions"):
     try:
@@ -66,6 +64,11 @@ for name in ("sluice", "numpy", "pyarrow", "pydantic", "array-api-compat",
 from pipelines.device import gpu_problem
 
 print("gpu_problem():", gpu_problem())
+import cupy
+
+print("CUDA runtime", cupy.cuda.runtime.runtimeGetVersion(), "| driver",
+      cupy.cuda.runtime.driverGetVersion(), "| devices", cupy.cuda.runtime.getDeviceCount())
+print("a kernel on the GPU:", float((cupy.arange(10.0) ** 2).sum()))
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 env_rc=${PIPESTATUS[0]}
