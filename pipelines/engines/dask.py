@@ -33,6 +33,19 @@ How the contract maps onto distributed:
   or a ``StepFailure`` whose error carries the worker's traceback as a note.
 * **counters**: each task returns its per-step row counts and seconds with its
   result; the driver merges them into ``engine.stats``.
+* **GPUs**: a worker that computes on a GPU offers the Dask resource ``GPU=1``
+  (``dask worker SCHEDULER --resources GPU=1``, one worker per GPU). Every task of a
+  call with a step placed on the GPU asks for it, so the scheduler runs it on such a
+  worker only; CPU-only calls go anywhere. Before any data moves, ``gpu_problem``
+  waits up to ``gpu_timeout`` seconds for such a worker and has each one check its
+  GPU; a run that asks for device gpu fails then with the reason instead of waiting
+  for ever, and ``auto`` runs on the CPU. While a call waits for GPU tasks, workers
+  with the resource that leave for longer than ``gpu_timeout`` fail it the same way.
+  A LocalCluster gives ``gpu_workers`` of its workers ``GPU=1``, each its own GPU
+  (``CUDA_VISIBLE_DEVICES``); with none configured, once a run asks for a GPU and this
+  machine has one, every worker offers ``GPU=1`` and they share it (a cluster started
+  before the run asked is started again). ``conf/engines/dask-gpu.yaml`` documents
+  the settings.
 
 The profile ``conf/engines/dask.yaml`` (relative to the working directory), or the
 file named by ``$SLUICE_DASK_PROFILE``, gives the defaults; arguments win over it.
@@ -40,11 +53,13 @@ file named by ``$SLUICE_DASK_PROFILE``, gives the defaults; arguments win over i
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pickle
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,7 +71,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
-from pipelines.device import CPU, DeviceProfile, Placement
+from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem
 from pipelines.engines.base import (
     Dataset,
     Engine,
@@ -81,6 +96,13 @@ WORKER_HINT = ("install sluice and the pipeline's operator packages where the wo
 # stay small
 WINDOW = 4
 
+# what a task that computes on a GPU asks of its worker: workers offer GPU=1, one per
+# GPU, so the scheduler runs such tasks only there (and one at a time on each GPU)
+GPU = {"GPU": 1}
+GPU_WORKER_HINT = ("start one worker per GPU with `dask worker {scheduler} --resources "
+                   "GPU=1`, CUDA_VISIBLE_DEVICES=<i> for each, or `dask cuda worker "
+                   "{scheduler} --resources GPU=1`")
+
 Counts = list[tuple[Any, ...]]  # (step, partition, rows, seconds, device)
 
 
@@ -98,8 +120,10 @@ class DaskProfile(DeviceProfile):
     timeout: float = Field(
         30, gt=0, description="seconds to reach the scheduler and to wait for a first worker")
     gpu_workers: int = Field(
-        0, ge=0, description="LocalCluster only: workers that get the resource GPU=1 (one "
-                             "per GPU; null/0 with device gpu: as many as CUDA sees)")
+        0, ge=0, description="LocalCluster only: workers that get the resource GPU=1, the "
+                             "i-th seeing only GPU i (CUDA_VISIBLE_DEVICES); 0: when a run "
+                             "asks for a GPU and this machine has one, every worker gets "
+                             "GPU=1 and they share it")
 
 
 def load_profile(path: str | Path | None = None) -> DaskProfile:
@@ -136,6 +160,13 @@ class _Job:
     step: str
     action: Callable[[pa.Table, PartitionInfo, Any], Any]  # (part, info, record)
     cwd: str  # the driver's: relative paths in a pipeline mean the same on the workers
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether a task of this job computes on a GPU (a transform it applies, or a
+        fit's partial)."""
+        return self.data.uses_gpu(self.skip) or (
+            isinstance(self.action, placed_action) and self.action.placement.device == "gpu")
 
 
 class _Write:
@@ -273,7 +304,23 @@ class _Persisted:
     data: Dataset
     blob: Any  # the future of the job's bytes: the partitions' recipe if a worker dies
     futures: list[Any]
+    gpu: bool  # computed on GPU workers: one lost is computed again only there
     merged: set[int] = field(default_factory=set)  # partitions whose counts are recorded
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    """One engine call's job on the cluster."""
+
+    key: str  # every task key of the call ends in it
+    blob: Any  # the future of the pickled job
+    base: _Persisted | None  # the persisted partitions its tasks start from
+    resources: dict[str, int] | None  # what each of its tasks asks of a worker
+
+    @property
+    def needs_gpu(self) -> bool:
+        """Whether its tasks, or the persisted partitions they start from, need a GPU."""
+        return self.resources is not None or (self.base is not None and self.base.gpu)
 
 
 class DaskEngine(Engine):
@@ -284,7 +331,8 @@ class DaskEngine(Engine):
     def __init__(self, scheduler: str | None = None, workers: int | None = None,
                  progress: bool = False, *, threads_per_worker: int | None = None,
                  memory_limit: str | int | float | None = None, timeout: float | None = None,
-                 profile: str | Path | None = None, **kwargs: Any):
+                 gpu_workers: int | None = None, profile: str | Path | None = None,
+                 **kwargs: Any):
         conf = load_profile(profile)
         super().__init__(progress=progress, profile_device=conf, **kwargs)
         self.scheduler = scheduler or conf.scheduler
@@ -292,6 +340,9 @@ class DaskEngine(Engine):
         self.threads_per_worker = threads_per_worker or conf.threads_per_worker
         self.memory_limit = conf.memory_limit if memory_limit is None else memory_limit
         self.timeout = timeout or conf.timeout
+        self.gpu_workers = conf.gpu_workers if gpu_workers is None else gpu_workers
+        # a LocalCluster with every worker offering GPU=1 (sharing this machine's GPU)
+        self._share_gpu = False
         self._cluster: Any = None
         self._client: Any = None
         self._persisted: dict[str, _Persisted] = {}
@@ -302,7 +353,7 @@ class DaskEngine(Engine):
     def start(self) -> None:
         if self._client is not None:
             return
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         if self.scheduler:
             try:
@@ -321,14 +372,7 @@ class DaskEngine(Engine):
                     f"{self.timeout:g} s", hint=f"start some: `dask worker {self.scheduler}`"
                 ) from None
         else:
-            self._cluster = LocalCluster(
-                n_workers=self.workers or os.cpu_count() or 1,
-                threads_per_worker=self.threads_per_worker, processes=True, host="127.0.0.1",
-                # the scheduler's HTTP server (the dashboard, with bokeh) on a free port
-                # of 127.0.0.1: the default, 8787, is often taken by another cluster
-                dashboard_address="127.0.0.1:0",
-                memory_limit=self.memory_limit or 0,
-            )
+            self._cluster = self._local_cluster()
             client = Client(self._cluster, set_as_default=False)
         self._client = client
         try:
@@ -338,6 +382,41 @@ class DaskEngine(Engine):
             raise
         if self.progress and self.dashboard:
             print(f"Dask dashboard: {self.dashboard}", file=sys.stderr)
+
+    def _local_cluster(self) -> Any:
+        """A LocalCluster of worker processes on 127.0.0.1, the GPU workers among them
+        offering the resource GPU (each its own GPU, or all sharing this machine's)."""
+        from distributed import LocalCluster
+
+        total = max(self.workers or os.cpu_count() or 1, self.gpu_workers)
+        gpus = total if self._share_gpu else self.gpu_workers
+        cluster = LocalCluster(
+            n_workers=total - gpus,
+            threads_per_worker=self.threads_per_worker, processes=True, host="127.0.0.1",
+            # the scheduler's HTTP server (the dashboard, with bokeh) on a free port
+            # of 127.0.0.1: the default, 8787, is often taken by another cluster
+            dashboard_address="127.0.0.1:0",
+            memory_limit=self.memory_limit or 0,
+        )
+        if not gpus:
+            return cluster
+        # LocalCluster gives all its workers the same options; a SpecCluster (which it
+        # is) takes workers of other specifications added to its spec, started when
+        # its state is corrected
+        template = cluster.new_spec
+        devices = _visible_devices(gpus)
+        for i in range(gpus):
+            options = {**template["options"], "resources": dict(GPU)}
+            if not self._share_gpu:
+                options["env"] = {**(options.get("env") or {}),
+                                  "CUDA_VISIBLE_DEVICES": devices[i % len(devices)]}
+            cluster.worker_spec[f"gpu-{i}"] = {**template, "options": options}
+        try:
+            cluster.sync(cluster._correct_state)
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster
 
     def _check_workers(self) -> None:
         from importlib.metadata import version
@@ -375,10 +454,93 @@ class DaskEngine(Engine):
 
         workers = self._client.scheduler_info().get("workers", {}).values()
         limits = sorted({w.get("memory_limit") or 0 for w in workers})
+        gpus = len(self._gpu_addresses())
         return {**out, "scheduler": self._client.scheduler.address,
                 "workers": len(workers), "threads": sum(w.get("nthreads", 0) for w in workers),
                 "memory_limit": limits[0] if len(limits) == 1 else limits,
+                **({"gpu_workers": gpus} if gpus else {}),
                 "dashboard": self.dashboard, "distributed": distributed.__version__}
+
+    # ------------------------------------------------------------------ GPUs
+
+    def gpu_problem(self) -> str | None:
+        """Why no worker can compute on a GPU, or None: waits up to ``gpu_timeout``
+        seconds for a worker that offers the resource GPU, then has each such worker
+        check its GPU."""
+        if not self.scheduler and not self.gpu_workers and not self._share_gpu:
+            # a LocalCluster's workers are processes of this machine: its GPU or none
+            reason = gpu_problem()
+            if reason is not None:
+                return f"the LocalCluster's workers run on this machine, and {reason}"
+            self._share_gpu = True
+            self.close()  # one already started has no GPU workers: it starts again
+        self._require()
+        timeout = self.profile_device.gpu_timeout
+        addresses = self._wait_for_gpu_workers(timeout)
+        if not addresses:
+            scheduler = self._client.scheduler.address
+            return (f"no Dask worker offers the resource GPU after {timeout:g} s ("
+                    + GPU_WORKER_HINT.format(scheduler=scheduler) + ")")
+        return self._check_gpus(addresses, timeout)
+
+    def _gpu_addresses(self) -> list[str]:
+        """The workers that offer the resource GPU now."""
+        workers = self._client.scheduler_info().get("workers", {})
+        return sorted(addr for addr, info in workers.items()
+                      if (info.get("resources") or {}).get("GPU", 0) >= 1)
+
+    def _wait_for_gpu_workers(self, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._gpu_addresses()
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _check_gpus(self, addresses: list[str], timeout: float) -> str | None:
+        """``pipelines.device.gpu_problem`` on each GPU worker, as a task that holds its
+        GPU: the first worker's reason, or None. Workers still busy after ``timeout``
+        (another client's GPU tasks) are trusted when one of the others answered."""
+        from distributed import wait
+
+        client = self._client
+        tag = uuid.uuid4().hex
+        checks = {addr: client.submit(gpu_problem, pure=False, resources=dict(GPU),
+                                      workers=[addr], allow_other_workers=False,
+                                      key=f"sluice-gpu-check-{tag}-{i}")
+                  for i, addr in enumerate(addresses)}
+        try:
+            # wait() raises TimeoutError when some are not done: those are read below
+            with client.as_current(), contextlib.suppress(TimeoutError):
+                wait(list(checks.values()), timeout=timeout)
+            answered = 0
+            for addr, future in checks.items():
+                if not future.done():
+                    continue
+                answered += 1
+                try:
+                    reason = future.result()
+                except Exception as exc:  # the worker died, or cannot run the check
+                    reason = f"the GPU check failed: {type(exc).__name__}: {exc}"
+                if reason is not None:
+                    return f"Dask worker {addr}: {reason}"
+            if not answered:
+                return (f"none of the {len(addresses)} Dask worker(s) offering the resource "
+                        f"GPU ran a GPU check within {timeout:g} s (busy with other tasks?)")
+            return None
+        finally:
+            client.cancel(list(checks.values()))
+
+    def _gpu_workers_gone(self) -> SluiceError | None:
+        """While GPU tasks wait: an error when no worker has offered the resource GPU
+        for ``gpu_timeout`` seconds (they left: the tasks would wait for ever)."""
+        timeout = self.profile_device.gpu_timeout
+        if self._wait_for_gpu_workers(timeout):
+            return None
+        return SluiceError(
+            f"no Dask worker has offered the resource GPU for {timeout:g} s (they left "
+            "the cluster), and the step's tasks need one",
+            hint=GPU_WORKER_HINT.format(scheduler=self._client.scheduler.address))
 
     def begin_run(self) -> None:
         super().begin_run()
@@ -418,8 +580,7 @@ class DaskEngine(Engine):
         return best
 
     def _submit_job(self, data: Dataset, step: str,
-                    action: Callable[[pa.Table, PartitionInfo, Any], Any]
-                    ) -> tuple[str, Any, _Persisted | None]:
+                    action: Callable[[pa.Table, PartitionInfo, Any], Any]) -> _Submitted:
         import cloudpickle
 
         base = self._base(data)
@@ -430,7 +591,7 @@ class DaskEngine(Engine):
         key = uuid.uuid4().hex
         blob = self._client.submit(_blob, cloudpickle.dumps(job), key=f"sluice-job-{key}",
                                    pure=False)
-        return key, blob, base
+        return _Submitted(key, blob, base, dict(GPU) if job.uses_gpu else None)
 
     def _each(self, data: Dataset, step: str,
               action: Callable[[pa.Table, PartitionInfo, Any], Any], label: str,
@@ -442,8 +603,12 @@ class DaskEngine(Engine):
 
         client = self._require()
         infos = self.partitions(data)
-        key, blob, base = self._submit_job(data, step, action)
+        job = self._submit_job(data, step, action)
+        key, blob, base = job.key, job.blob, job.base
         limit = WINDOW * max(1, sum(client.nthreads().values()))
+        # tasks that only GPU workers can run check, every gpu_timeout, that some are left
+        patience = self.profile_device.gpu_timeout if job.needs_gpu else None
+        stranded = False  # no GPU worker left: the GPU tasks in flight never finish
         pending: dict[int, Any] = {}
         done: dict[int, Any] = {}
         nxt = emitted = 0
@@ -454,10 +619,19 @@ class DaskEngine(Engine):
                         start = base.futures[nxt] if base else None
                         pending[nxt] = client.submit(
                             _run, key, blob, infos[nxt], start, pure=False,
+                            resources=job.resources,
                             key=f"sluice-{_safe(step)}-{key}-{nxt}")
                         nxt += 1
-                    with client.as_current():  # wait() finds the client this way
-                        wait(list(pending.values()), return_when="FIRST_COMPLETED")
+                    try:
+                        with client.as_current():  # wait() finds the client this way
+                            wait(list(pending.values()), timeout=patience,
+                                 return_when="FIRST_COMPLETED")
+                    except TimeoutError:
+                        gone = self._gpu_workers_gone()
+                        if gone is not None:
+                            stranded = True
+                            raise gone from None
+                        continue
                     for i in [i for i, f in pending.items() if f.done()]:
                         done[i] = self._outcome(pending.pop(i), infos[i], step, base)
                         bar.advance(infos[i].rows or 0)
@@ -467,8 +641,10 @@ class DaskEngine(Engine):
         finally:
             if pending:
                 if drain:
-                    with client.as_current():
-                        wait(list(pending.values()))
+                    # those that can still run (on CPU workers) finish; the stranded
+                    # ones are given up after gpu_timeout
+                    with client.as_current(), contextlib.suppress(TimeoutError):
+                        wait(list(pending.values()), timeout=patience if stranded else None)
                 client.cancel(list(pending.values()))
             client.cancel([blob])
 
@@ -517,12 +693,15 @@ class DaskEngine(Engine):
         client = self._require()
         infos = self.partitions(data)
         step = data.ops[-1][0] if data.ops else data.source_step
-        key, blob, base = self._submit_job(data, step, _table)
-        futures = [client.submit(_run, key, blob, info, base.futures[i] if base else None,
-                                 pure=False, key=f"sluice-persist-{key}-{i}")
+        job = self._submit_job(data, step, _table)
+        base = job.base
+        futures = [client.submit(_run, job.key, job.blob, info,
+                                 base.futures[i] if base else None, pure=False,
+                                 resources=job.resources,
+                                 key=f"sluice-persist-{_safe(step)}-{job.key}-{i}")
                    for i, info in enumerate(infos)]
-        kept = Dataset(data.source, data.source_step, data.ops, data.schema, key)
-        self._persisted[key] = _Persisted(kept, blob, futures)
+        kept = Dataset(data.source, data.source_step, data.ops, data.schema, job.key)
+        self._persisted[job.key] = _Persisted(kept, job.blob, futures, job.needs_gpu)
         return kept
 
     def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
@@ -546,8 +725,14 @@ def _has_bokeh() -> bool:
     return importlib.util.find_spec("bokeh") is not None
 
 
+def _visible_devices(count: int) -> list[str]:
+    """The CUDA devices a LocalCluster's GPU workers take in turn: the driver's
+    ``CUDA_VISIBLE_DEVICES`` if set, else ordinals 0 to ``count - 1``."""
+    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+             if d.strip()]
+    return named or [str(i) for i in range(count)]
+
+
 def _safe(step: str) -> str:
     """A step id as a readable part of a Dask key."""
     return "".join(c if c.isalnum() or c == "_" else "_" for c in step)
-
-

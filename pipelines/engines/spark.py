@@ -741,8 +741,18 @@ class SparkEngine(Engine):
         self.start()
         sc = self.spark.sparkContext
         conf = dict(sc.getConf().getAll())
-        if not is_local(sc.master) and not all(_amount(conf.get(k)) > 0
-                                               for k in (EXECUTOR_GPU, TASK_GPU)):
+        asks = {k: _amount(conf.get(k)) > 0 for k in (EXECUTOR_GPU, TASK_GPU)}
+        # local[N] has no executors to give GPUs to: tasks that ask for one never start
+        # (local-cluster[...] is a standalone cluster, and does)
+        if sc.master == "local" or sc.master.startswith("local["):
+            if asks[TASK_GPU]:
+                # fatal whatever the device: no task of this session would ever start
+                raise SluiceError(
+                    f"a local master cannot schedule GPU resources, so tasks asking for "
+                    f"{TASK_GPU}={conf[TASK_GPU]} never start, on the GPU or the CPU",
+                    hint="drop it (local tasks use this machine's GPU), or use a cluster "
+                         "master")
+        elif not all(asks.values()):
             return (f"the Spark session gives its tasks no GPU: set {EXECUTOR_GPU} and "
                     f"{TASK_GPU} ({GPU_PROFILE} shows how)")
         timeout = self.profile.gpu_timeout
@@ -763,7 +773,12 @@ class SparkEngine(Engine):
                 rows = frame.toArrow()
         except Exception as exc:
             if expired.is_set():
-                return self._no_gpu_in_time(timeout, conf)
+                # not a reason to fall back to the CPU: every task of this session asks
+                # for a GPU, so CPU steps would wait for ever too
+                raise SluiceError(self._no_gpu_in_time(timeout, conf),
+                                  hint="steps on the CPU would wait too: fix the GPU "
+                                       "resources, or run with a session that asks tasks "
+                                       "for no GPU") from None
             raise _job_failure(exc, "GPU probe") from None
         finally:
             timer.cancel()
