@@ -79,6 +79,8 @@ from pipelines.profiles import read, validated
 PROFILE_ENV = "SLUICE_SPARK_PROFILE"
 PROFILE_PATH = Path("conf") / "engines" / "spark.yaml"
 DEFAULT_MASTER = "local[*]"
+# how often the driver looks for a partition's failure while a job runs
+FAIL_FAST_POLL_S = 0.1
 
 # what sluice sets on a session it creates (the profile's `conf` and the constructor's
 # win over these; inside spark-submit, spark-submit's settings win over all of them)
@@ -318,6 +320,9 @@ class _Task:
     work: Callable[[pa.Table, PartitionInfo, Any], Any] | None = None
     frame_schema: pa.Schema | None = None
     batch_rows: int = 100_000
+    # a ``results`` job's first failure, sent to the driver as soon as its task ends,
+    # so that the driver cancels the job instead of computing every other partition
+    failures: Any = None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -339,6 +344,8 @@ class _Task:
             with select_gpu(address):
                 for info, table, records, failure in inputs:
                     yield from emit(info, table, records, failure, last)
+                    if self.kind == "results" and self._failed:
+                        break  # the job fails: this task's other partitions are wasted
         finally:
             os.chdir(previous)
 
@@ -418,7 +425,13 @@ class _Task:
             else:
                 yield _row(info.index, _RESULT, pickle.dumps((value, records)))
                 return
-        yield _row(info.index, _ERROR, pickle.dumps((_with_traceback(failure), records)))
+        blob = pickle.dumps((_with_traceback(failure), records))
+        self._failed = True
+        if self.failures is not None:
+            self.failures.add((info.index, blob))
+        yield _row(info.index, _ERROR, blob)
+
+    _failed = False
 
     def _emit_cache(self, info: PartitionInfo, table: pa.Table | None, records: list[Any],
                     failure: BaseException | None, last: bool
@@ -690,9 +703,10 @@ class SparkEngine(Engine):
         if not infos:
             return []
         frame, groups, cache = self._source_frame(data, infos)
+        failures = self.spark.sparkContext.accumulator(None, _FirstFailure())
         task = self._task("results", data, infos, groups, cached=cache is not None, step=step,
-                          work=work)
-        rows = self._collect(self._map(frame, task, _ROWS_DDL), label)
+                          work=work, failures=failures)
+        rows = self._collect(self._map(frame, task, _ROWS_DDL), label, failures)
         results: dict[int, Any] = {}
         errors: dict[int, BaseException] = {}
         count = cache is None or not cache.counted
@@ -712,12 +726,32 @@ class SparkEngine(Engine):
             raise errors[min(errors)]
         return [results[info.index] for info in infos]
 
-    def _collect(self, frame: Any, label: str) -> pa.Table:
+    def _collect(self, frame: Any, label: str, failures: Any = None) -> pa.Table:
         """Run a job; a failed one (every attempt of a task failed) becomes the sluice
-        error it carries, or one line saying what Spark reported."""
+        error it carries, or one line saying what Spark reported.
+
+        ``failures``: the job's accumulator of partition failures (errors that are not
+        retried). The first to reach the driver cancels the job (fail fast: the other
+        partitions' work would be thrown away) and is raised.
+        """
         sc = self.spark.sparkContext
         group = f"sluice-{uuid.uuid4().hex[:12]}"
         sc.setJobGroup(group, label or "sluice", interruptOnCancel=True)
+        done = threading.Event()
+        failed: list[bytes] = []
+
+        def watch() -> None:
+            while not done.wait(FAIL_FAST_POLL_S):
+                first = failures.value
+                if first is not None:
+                    failed.append(first[1])
+                    sc.cancelJobGroup(group)
+                    return
+
+        watcher = None
+        if failures is not None:
+            watcher = threading.Thread(target=watch, name="sluice-fail-fast", daemon=True)
+            watcher.start()
         try:
             with _quiet_pandas_warning():
                 return frame.toArrow()
@@ -725,9 +759,16 @@ class SparkEngine(Engine):
             sc.cancelJobGroup(group)
             raise
         except Exception as exc:
+            done.set()
+            if watcher is not None:
+                watcher.join()
             self._quiesce(group)
+            if failed:
+                error, _ = pickle.loads(failed[0])
+                raise error from None
             raise _job_failure(exc, label) from None
         finally:
+            done.set()
             _clear_job_group(sc)
 
     # ------------------------------------------------------------------ GPUs
@@ -883,6 +924,20 @@ def _amount(value: str | None) -> float:
         return float(value) if value is not None else 0.0
     except ValueError:
         return 0.0
+
+
+class _FirstFailure:
+    """A pyspark ``AccumulatorParam`` (duck-typed: pyspark is imported lazily) that
+    keeps a job's failure of the lowest partition index: ``(index, pickled (error,
+    records))`` or None."""
+
+    def zero(self, value: Any) -> Any:
+        return None
+
+    def addInPlace(self, a: Any, b: Any) -> Any:  # noqa: N802 - pyspark's name
+        if a is None or b is None:
+            return a if b is None else b
+        return a if a[0] <= b[0] else b
 
 
 def _conf_text(value: Any) -> str:

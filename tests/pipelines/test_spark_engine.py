@@ -572,3 +572,35 @@ def test_package_builds_a_self_sufficient_archive(tmp_path: Path,
     bare = subprocess.run([sys.executable, "-S", "-c", "import pydantic_core"], env=env,
                           capture_output=True, cwd=tmp_path)
     assert bare.returncode != 0  # without the archive's help, it cannot
+
+
+def test_a_user_error_cancels_the_rest_of_the_job(spark: SparkEngine, workdir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail fast: the first partition's error reaches the driver as its task ends and
+    the job is cancelled; the other partitions (each 1 s here) are not all computed."""
+    files = 12
+    (workdir / "parts").mkdir()
+    for i in range(files):
+        ids = list(range(i * 100, (i + 1) * 100))
+        pq.write_table(pa.table({"id": ids, "bad": [i == 0] * 100}),
+                       workdir / "parts" / f"p{i:02d}.parquet")
+    marks = workdir / "marks"
+    marks.mkdir()
+    path = write_pipeline(workdir, f"""
+        pipeline: fail_fast
+        steps:
+          - op: read_parquet
+            path: parts
+          - id: touch
+            op: sluice_testops.Touch
+            folder: {marks}
+            seconds: 1.0
+        """)
+    # one partition per task, so that there are tasks to cancel
+    monkeypatch.setattr(spark, "profile", spark.profile.model_copy(update={"rows_per_task": 1}))
+    with pytest.raises(SluiceError) as info:
+        run(path, engine_instance=spark)
+    assert "step 'touch', partition 0 (" in str(info.value)
+    assert "a bad row" in str(info.value)
+    computed = len(list(marks.iterdir()))
+    assert 1 <= computed <= files // 2, f"{computed} of {files} partitions were computed"

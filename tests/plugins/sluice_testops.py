@@ -164,3 +164,30 @@ class Passthrough(Transform):
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         return part
+
+
+class TouchParams(Params):
+    folder: str = Field(description="where each partition leaves a file named by its first id")
+    seconds: float = Field(0.0, description="how long each partition takes after that")
+
+
+class Touch(Transform):
+    """Leaves a mark per partition computed, then takes its time; a partition holding a
+    row with ``bad`` true is a user error (for fail-fast tests)."""
+
+    Params = TouchParams
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        import os
+        import time
+
+        if part.num_rows:
+            first = part.column("id")[0].as_py()
+            open(os.path.join(self.params.folder, str(first)), "w").close()
+        if any(part.column("bad").to_pylist()):
+            raise DataError("a bad row", hint="leave it out")
+        time.sleep(self.params.seconds)
+        return part
