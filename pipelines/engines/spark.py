@@ -79,6 +79,7 @@ from pipelines.profiles import read, validated
 PROFILE_ENV = "SLUICE_SPARK_PROFILE"
 PROFILE_PATH = Path("conf") / "engines" / "spark.yaml"
 DEFAULT_MASTER = "local[*]"
+DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 # how often the driver looks for a partition's failure while a job runs
 FAIL_FAST_POLL_S = 0.1
 
@@ -581,6 +582,7 @@ class SparkEngine(Engine):
             else:
                 conf = SparkConf().setMaster(self.master).setAppName(self.profile.app_name)
                 conf.setAll(list(self.settings().items()))
+                conf.set(DRIVER_JAVA_OPTIONS, quiet_driver_logs(conf.get(DRIVER_JAVA_OPTIONS)))
                 env = ({"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
                        if is_local(self.master) else {})
                 with _environ_defaults(env):
@@ -745,7 +747,8 @@ class SparkEngine(Engine):
                 first = failures.value
                 if first is not None:
                     failed.append(first[1])
-                    sc.cancelJobGroup(group)
+                    if _running(sc, group):  # else Spark warns that nothing was cancelled
+                        sc.cancelJobGroup(group)
                     return
 
         watcher = None
@@ -938,6 +941,26 @@ class _FirstFailure:
         if a is None or b is None:
             return a if b is None else b
         return a if a[0] <= b[0] else b
+
+
+def _running(sc: Any, group: str) -> bool:
+    """Whether a job of ``group`` is still running."""
+    tracker = sc.statusTracker()
+    for job in tracker.getJobIdsForGroup(group):
+        info = tracker.getJobInfo(job)
+        if info is not None and str(info.status) == "RUNNING":
+            return True
+    return False
+
+
+def quiet_driver_logs(options: str | None) -> str:
+    """The driver's JVM options with sluice's log4j2 configuration (warnings and errors,
+    no start-up banner), unless the options name a configuration of their own."""
+    options = options or ""
+    if "log4j2.configurationFile" in options or "log4j.configuration" in options:
+        return options
+    path = Path(__file__).with_name("log4j2.properties").resolve()
+    return f"{options} -Dlog4j2.configurationFile={path.as_uri()}".strip()
 
 
 def _conf_text(value: Any) -> str:

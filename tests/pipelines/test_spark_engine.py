@@ -604,3 +604,41 @@ def test_a_user_error_cancels_the_rest_of_the_job(spark: SparkEngine, workdir: P
     assert "a bad row" in str(info.value)
     computed = len(list(marks.iterdir()))
     assert 1 <= computed <= files // 2, f"{computed} of {files} partitions were computed"
+
+
+def test_sessions_sluice_starts_log_warnings_only() -> None:
+    from pipelines.engines.spark import quiet_driver_logs
+
+    ours = quiet_driver_logs(None)
+    assert ours.startswith("-Dlog4j2.configurationFile=file:/")
+    assert Path(ours.split("=file:", 1)[1]).name == "log4j2.properties"
+    assert Path(ours.split("=file:", 1)[1]).is_file()
+    assert quiet_driver_logs("-Xss4m") == f"-Xss4m {ours}"
+    own = "-Dlog4j2.configurationFile=file:/etc/mine.properties"
+    assert quiet_driver_logs(own) == own
+
+
+@pytest.mark.slow
+def test_a_fresh_session_prints_only_the_error(churn: Path, workdir: Path) -> None:
+    """From the command line, a Spark run that fails prints the error line, not Spark's
+    start-up banner (the JVM's own incubator-module warning aside)."""
+    import subprocess
+
+    path = write_pipeline(workdir, """
+        pipeline: bad_value
+        steps:
+          - op: read_parquet
+            path: data/churn
+            schema: {plan: int64}
+          - op: write_parquet
+            path: out
+        """)
+    env = {**os.environ, "CI": "1", "SPARK_LOCAL_IP": "127.0.0.1",
+           "PYSPARK_PYTHON": sys.executable}
+    done = subprocess.run([str(Path(sys.executable).parent / "sluice"), "run", str(path),
+                           "--engine", "spark"], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()
+             and not line.startswith("WARNING: Using incubator modules")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
