@@ -204,10 +204,17 @@ class ReadParquet(Source):
     Params = ReadParquetParams
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"params": self.params}
+        # the dataset's schema travels once known: a worker reads its partitions
+        # (path + row groups) without listing the dataset again on every pass
+        state: dict[str, Any] = {"params": self.params}
+        if "full_schema" in self.__dict__:
+            state["full_schema"] = self.__dict__["full_schema"]
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.params = state["params"]
+        if "full_schema" in state:
+            self.full_schema = state["full_schema"]
 
     @cached_property
     def location(self) -> Location:
@@ -338,22 +345,27 @@ class ReadParquet(Source):
                           partitioning=partitioning, partition_base_dir=base, schema=schema)
 
     @cached_property
+    def full_schema(self) -> pa.Schema:
+        """The dataset's schema (every column, hive partition keys included)."""
+        return self.dataset.schema
+
+    @cached_property
     def _filter(self) -> Any:
         if not self.params.filter:
             return None
         from operators.expressions import ExpressionError, check_filter
 
         try:
-            return check_filter(self.params.filter, self.dataset.schema)
+            return check_filter(self.params.filter, self.full_schema)
         except ExpressionError as exc:
             raise ParamError(f"filter: {exc}",
-                             hint="columns: " + ", ".join(self.dataset.schema.names[:20])
+                             hint="columns: " + ", ".join(self.full_schema.names[:20])
                              ) from None
 
     @cached_property
     def _casts(self) -> dict[str, pa.DataType]:
         """The declared types that differ from the data's, each checked to be castable."""
-        full = self.dataset.schema
+        full = self.full_schema
         casts: dict[str, pa.DataType] = {}
         for name, type_name in (self.params.schema_ or {}).items():
             i = full.get_field_index(name)
@@ -377,7 +389,7 @@ class ReadParquet(Source):
         return self.location.local
 
     def schema(self) -> pa.Schema:
-        full = self.dataset.schema
+        full = self.full_schema
         if self.params.filter:
             self._filter  # noqa: B018 - validates the filter against the full schema
         casts = self._casts
@@ -409,7 +421,7 @@ class ReadParquet(Source):
             raise self._failure(exc, self.location.path) from None
         for fragment in fragments:
             try:
-                pieces = (fragment.split_by_row_group(flt, schema=self.dataset.schema)
+                pieces = (fragment.split_by_row_group(flt, schema=self.full_schema)
                           if flt is not None else fragment.split_by_row_group())
             except _ARROW_ERRORS as exc:
                 raise self._failure(exc, fragment.path) from None
@@ -445,7 +457,7 @@ class ReadParquet(Source):
             fragment = fmt.make_fragment(partition.path, self.location.filesystem,
                                          partition_expression=partition.partition_expression,
                                          row_groups=list(partition.row_groups or ()))
-            table = fragment.to_table(schema=self.dataset.schema, columns=self.params.columns,
+            table = fragment.to_table(schema=self.full_schema, columns=self.params.columns,
                                       filter=self._filter)
         except _ARROW_ERRORS as exc:
             raise self._failure(exc, partition.path) from None

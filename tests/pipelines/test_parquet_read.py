@@ -609,3 +609,30 @@ def test_bad_manifest_is_a_data_error(workdir: Path, files: object, message: str
             op.read(part)
     assert info.type is DataError and message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_shipped_source_reads_without_listing_the_dataset_again(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines pickle the source to their workers once per pass: the dataset's schema
+    goes with it, so a worker reads its partitions without discovering the dataset."""
+    import pickle
+
+    from operators.io import parquet
+
+    hive_dataset(workdir / "hive")
+    op = read(workdir / "hive", filter="x >= 1000 and region = 'south'",
+              schema={"x": "float64"})
+    infos = op.partitions()
+    want = [op.read(info) for info in infos]
+    shipped = pickle.loads(pickle.dumps(op))
+
+    def no_listing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the dataset was discovered again")
+
+    monkeypatch.setattr(parquet.ds, "dataset", no_listing)
+    for info, expected in zip(infos, want, strict=True):
+        assert_same(shipped.read(info), expected)
+    assert shipped.schema() == op.schema()
+    fresh = pickle.loads(pickle.dumps(read(workdir / "hive")))  # nothing known yet
+    with pytest.raises(AssertionError, match="discovered again"):
+        fresh.schema()
