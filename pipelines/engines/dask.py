@@ -54,6 +54,7 @@ file named by ``$SLUICE_DASK_PROFILE``, gives the defaults; arguments win over i
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import pickle
@@ -160,6 +161,7 @@ class _Job:
     step: str
     action: Callable[[pa.Table, PartitionInfo, Any], Any]  # (part, info, record)
     cwd: str  # the driver's: relative paths in a pipeline mean the same on the workers
+    version: str = ""  # the driver's sluice: a worker that joined later must have it too
 
     @property
     def uses_gpu(self) -> bool:
@@ -242,6 +244,12 @@ def _run(key: str, blob: bytes, info: PartitionInfo, start: Any) -> Any:
         return _Failure(SluiceError(
             f"a Dask worker cannot load the steps: {type(exc).__name__}: {exc}",
             hint=WORKER_HINT))
+    if job.version and job.version != _sluice_version():
+        # the workers were checked at start; this one joined the cluster since
+        return _Failure(SluiceError(
+            f"Dask worker {_worker_address()} has sluice {_sluice_version()}, not the "
+            f"driver's {job.version} (it joined the cluster after the run started)",
+            hint=WORKER_HINT))
     _follow(job.cwd)
     counts: Counts = []
 
@@ -278,6 +286,22 @@ def _follow(cwd: str) -> None:
         here = None
     if here != cwd and os.path.isdir(cwd):
         os.chdir(cwd)
+
+
+@functools.cache
+def _sluice_version() -> str:
+    from importlib.metadata import version
+
+    return version("sluice")
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except ValueError:  # not in a worker (tests call tasks directly)
+        return "(not a worker)"
 
 
 def _probe() -> Callable[[], str]:
@@ -585,7 +609,7 @@ class DaskEngine(Engine):
 
         base = self._base(data)
         job = _Job(data, len(base.data.ops) if base else 0, step, action,
-                   os.getcwd())
+                   os.getcwd(), _sluice_version())
         # one per call: every task key of the call ends in it (the dashboard groups
         # them as sluice-<step>)
         key = uuid.uuid4().hex

@@ -117,6 +117,33 @@ def test_workers_must_have_the_drivers_sluice(dask_engine: DaskEngine,
     assert "install sluice and the pipeline's operator packages" in text
 
 
+def test_a_worker_that_joined_with_another_sluice_fails_its_tasks(
+        dask_engine: DaskEngine, churn: Path, workdir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers are checked at start; every task checks the one it runs on, so a worker
+    that joined the cluster later with another sluice cannot compute with it."""
+    from importlib.metadata import version
+
+    from pipelines.engines import dask as engine_module
+
+    monkeypatch.setattr(engine_module, "_sluice_version", lambda: "9.9")  # the driver's
+    path = write_pipeline(workdir, """
+        pipeline: joined
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: write_parquet
+            path: out
+        """)
+    with pytest.raises(SluiceError) as info:
+        run(path, engine_instance=dask_engine)
+    text = str(info.value)
+    assert f"has sluice {version('sluice')}, not the driver's 9.9 (it joined the cluster " \
+           "after the run started)" in text
+    assert "Dask worker tcp://127.0.0.1:" in text
+    assert not (workdir / "out").exists()
+
+
 def test_unreachable_scheduler_is_one_clear_error() -> None:
     engine = DaskEngine(scheduler="tcp://127.0.0.1:9", timeout=1)
     with pytest.raises(SluiceError, match=r"cannot reach the Dask scheduler at tcp://127"):
