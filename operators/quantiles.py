@@ -274,3 +274,44 @@ class ApproxQuantiles:
             else:
                 out[c] = np.array([sketch.get_quantile(p, True) for p in self.probs])
         return out
+
+
+class ColumnQuantiles:
+    """The quantiles ``probs`` of table columns, for an estimator's fit: exact
+    (``QuantileSearch``, a few passes) or, with ``approx``, one pass of KLL sketches.
+
+    The estimator keeps its own state as a dict; this uses its ``search`` key.
+    """
+
+    def __init__(self, columns: Sequence[str], probs: Sequence[float], approx: bool):
+        self.columns = list(columns)
+        self.search: QuantileSearch | ApproxQuantiles = (
+            ApproxQuantiles if approx else QuantileSearch)(columns, probs)
+        self.multi_pass = not approx
+
+    def init(self) -> dict[str, Any]:
+        return {"search": self.search.init()} if isinstance(self.search, QuantileSearch) else {}
+
+    def partial(self, part: Any, state: dict[str, Any]) -> Any:
+        from operators.arrays import column_to_numpy
+
+        values = {c: column_to_numpy(part.column(c)) for c in self.columns}
+        if isinstance(self.search, QuantileSearch):
+            return self.search.partial(values, state["search"])
+        return self.search.partial(values)
+
+    def combine(self, a: Any, b: Any) -> Any:
+        return self.search.combine(a, b)
+
+    def update(self, stats: Any, state: dict[str, Any],
+               require: Any) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
+        """The quantiles by column once known (else None and the state of the next
+        pass); ``require(counts by column)`` checks that every column had values."""
+        if isinstance(self.search, ApproxQuantiles):
+            require(self.search.counts(stats))
+            return self.search.result(stats), state
+        found, done = self.search.update(stats, state["search"])
+        require(self.search.counts(found))
+        if not done:
+            return None, {**state, "search": found}
+        return self.search.result(found), state

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from operators.arrays import column_to_numpy, table_to_matrix, to_numpy, to_xp
+from operators.arrays import table_to_matrix, to_numpy, to_xp
 from operators.base import (
     DataError,
     Estimator,
@@ -28,7 +28,7 @@ from operators.features.columns import (
     unique_names,
 )
 from operators.hashing import hash_column
-from operators.quantiles import ApproxQuantiles, QuantileSearch
+from operators.quantiles import ColumnQuantiles
 
 
 def _no_clash(schema: pa.Schema, names: list[str], op: str) -> None:
@@ -185,11 +185,11 @@ class Bucketize(Estimator):
         super().__init__(params, **kwargs)
         p = self.params
         unique_names(p.columns, "columns")
-        self.multi_pass = p.quantiles is not None and not p.approx
-        self.search: QuantileSearch | ApproxQuantiles | None = None
+        self.search = None
         if p.quantiles is not None:
             probs = np.linspace(0.0, 1.0, p.quantiles + 1)[1:-1]
-            self.search = (ApproxQuantiles if p.approx else QuantileSearch)(p.columns, probs)
+            self.search = ColumnQuantiles(p.columns, probs, p.approx)
+        self.multi_pass = self.search is not None and self.search.multi_pass
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
@@ -198,17 +198,10 @@ class Bucketize(Estimator):
         return bucketized_schema(self.params, schema)
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        if isinstance(self.search, QuantileSearch):
-            return {"search": self.search.init()}
-        return {}
+        return self.search.init() if self.search is not None else {}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> Any:
-        if self.search is None:
-            return {}
-        values = {c: column_to_numpy(part.column(c)) for c in self.params.columns}
-        if isinstance(self.search, QuantileSearch):
-            return self.search.partial(values, state["search"])
-        return self.search.partial(values)
+        return {} if self.search is None else self.search.partial(part, state)
 
     def combine(self, a: Any, b: Any) -> Any:
         return {} if self.search is None else self.search.combine(a, b)
@@ -218,15 +211,9 @@ class Bucketize(Estimator):
         if self.search is None:
             assert p.boundaries is not None
             return {"boundaries": {c: list(p.boundaries) for c in p.columns}}, True
-        if isinstance(self.search, QuantileSearch):
-            found, done = self.search.update(stats, state["search"])
-            self._require(self.search.counts(found))
-            if not done:
-                return {"search": found}, False
-            result = self.search.result(found)
-        else:
-            self._require(self.search.counts(stats))
-            result = self.search.result(stats)
+        result, state = self.search.update(stats, state, self._require)
+        if result is None:
+            return state, False
         return {"boundaries": {c: np.unique(v).tolist() for c, v in result.items()}}, True
 
     @staticmethod

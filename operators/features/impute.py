@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from operators.arrays import column_to_numpy
 from operators.base import (
     DataError,
     Estimator,
@@ -29,7 +28,7 @@ from operators.features.columns import (
     value_counts,
 )
 from operators.features.scale import combine_moments, moments
-from operators.quantiles import ApproxQuantiles, QuantileSearch
+from operators.quantiles import ColumnQuantiles
 
 Strategy = Literal["mean", "median", "most_frequent", "constant"]
 Scalar = bool | int | float | str
@@ -132,10 +131,9 @@ class Impute(Estimator):
         super().__init__(params, **kwargs)
         unique_names(self.params.columns, "columns")
         p = self.params
-        self.multi_pass = p.strategy == "median" and not p.approx
-        self.search: QuantileSearch | ApproxQuantiles | None = None
-        if p.strategy == "median":
-            self.search = (ApproxQuantiles if p.approx else QuantileSearch)(p.columns, [0.5])
+        self.search = (ColumnQuantiles(p.columns, [0.5], p.approx)
+                       if p.strategy == "median" else None)
+        self.multi_pass = self.search is not None and self.search.multi_pass
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
@@ -144,12 +142,7 @@ class Impute(Estimator):
         return imputed_schema(self.params, schema)
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        if isinstance(self.search, QuantileSearch):
-            return {"search": self.search.init()}
-        return {}
-
-    def _values(self, part: pa.Table) -> dict[str, np.ndarray]:
-        return {c: column_to_numpy(part.column(c)) for c in self.params.columns}
+        return self.search.init() if self.search is not None else {}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> Any:
         p = self.params
@@ -157,10 +150,8 @@ class Impute(Estimator):
             return moments(part, p.columns, xp)
         if p.strategy == "most_frequent":
             return {c: value_counts(part.column(c)) for c in p.columns}
-        if isinstance(self.search, QuantileSearch):
-            return self.search.partial(self._values(part), state["search"])
-        if isinstance(self.search, ApproxQuantiles):
-            return self.search.partial(self._values(part))
+        if self.search is not None:
+            return self.search.partial(part, state)
         return {}
 
     def combine(self, a: Any, b: Any) -> Any:
@@ -183,16 +174,11 @@ class Impute(Estimator):
         if p.strategy == "most_frequent":
             self._require({c: len(stats[c]["values"]) for c in p.columns})
             return {"fill": {c: _most_frequent(stats[c]) for c in p.columns}}, True
-        search = self.search
-        if isinstance(search, ApproxQuantiles):
-            self._require(search.counts(stats))
-            return {"fill": {c: float(v[0]) for c, v in search.result(stats).items()}}, True
-        assert isinstance(search, QuantileSearch)
-        found, done = search.update(stats, state["search"])
-        self._require(search.counts(found))
-        if not done:
-            return {"search": found}, False
-        return {"fill": {c: float(v[0]) for c, v in search.result(found).items()}}, True
+        assert self.search is not None
+        found, state = self.search.update(stats, state, self._require)
+        if found is None:
+            return state, False
+        return {"fill": {c: float(v[0]) for c, v in found.items()}}, True
 
     def _require(self, counts: dict[str, int]) -> None:
         for name, n in counts.items():
