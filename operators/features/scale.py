@@ -3,7 +3,8 @@
 Both fit the same statistics per column (count, mean, sum of squared deviations,
 minimum, maximum), computed on a partition with the array namespace ``xp`` and combined
 with Chan et al.'s parallel formula, so the variance is as accurate on a thousand
-partitions as on one (no naive sum of squares).
+partitions as on one (no naive sum of squares). In a float32 step (docs/float32.md) the
+per-row arithmetic is float32 and every sum accumulates in float64.
 """
 
 from __future__ import annotations

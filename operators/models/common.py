@@ -208,6 +208,12 @@ def parameters(values: np.ndarray, xp: Any) -> Any:
     return xp.asarray(np.asarray(values, dtype=compute_dtype(xp)))
 
 
+def precision(xp: Any) -> float:
+    """The machine epsilon of ``xp``'s compute dtype: how finely a partition's sums can
+    tell two points apart (iterative fits loosen their stopping rules to it)."""
+    return float(np.finfo(compute_dtype(xp)).eps)
+
+
 def row_products(a: Any, b: Any, xp: Any) -> Any:
     """``a.T @ b`` (``a @ b`` for a vector ``a``): a sum over the rows, in float64.
 
@@ -370,11 +376,12 @@ class FittedModel(Transform):
         require_columns(part.schema, self.features, "feature column")
         scores = self.predict_matrix(feature_matrix(part, self.features, xp), xp)
         # computed in the compute dtype; the output columns are float64 whatever it is
+        scores = to_numpy(scores).astype(np.float64, copy=False)
         if not self.is_classifier:
-            return to_numpy(scores).astype(np.float64, copy=False), None
-        best = xp.argmax(scores, axis=1)
-        return (to_numpy(best).astype(np.int64, copy=False),
-                to_numpy(scores).astype(np.float64, copy=False))
+            return scores, None
+        # the most probable class from the probabilities that come back anyway: one
+        # transfer from the device per partition, not two
+        return np.argmax(scores, axis=1), scores
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         predicted, proba = self.outputs(part, xp)

@@ -15,6 +15,9 @@ intercept is never penalised; no hidden standardisation); scikit-learn:
 a softmax over K coefficient vectors, all penalised, as scikit-learn's multinomial; the
 softmax is unchanged by adding a constant to every class's intercept, so the saved
 intercepts are centred (they sum to zero).
+
+In a float32 step each pass's products run in float32 and its sums accumulate in float64;
+the optimiser stops where float32 can no longer tell points apart (docs/float32.md).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from operators.models.common import (
     merge_class_weights,
     model_input_columns,
     parameters,
+    precision,
     require_training_rows,
     row_products,
     row_weights,
@@ -168,7 +172,7 @@ class LogisticRegression(Estimator):
         if state["phase"] == "summary":
             classes, totals = class_weights(labels, weights)
             return {"kind": "summary", "rows": train.num_rows, "heldout": held.num_rows,
-                    "classes": classes, "weights": totals}
+                    "classes": classes, "weights": totals, "precision": precision(xp)}
         index = encode_classes(labels, state["classes"], pa.type_for_alias(state["label_type"]))
         extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [index, weights]
         data = feature_matrix(train, state["features"], xp, extra)
@@ -183,7 +187,7 @@ class LogisticRegression(Estimator):
                                                   (b["classes"], b["weights"]))
             return {"kind": "summary", "rows": a["rows"] + b["rows"],
                     "heldout": a["heldout"] + b["heldout"], "classes": classes,
-                    "weights": totals}
+                    "weights": totals, "precision": max(a["precision"], b["precision"])}
         return {"kind": "evaluate", "loss": a["loss"] + b["loss"], "grad": a["grad"] + b["grad"],
                 "hess": a["hess"] + b["hess"]}
 
@@ -230,10 +234,9 @@ class LogisticRegression(Estimator):
         mask = np.ones((k, width))
         if p.fit_intercept:
             mask[:, -1] = 0.0
-        if solver == "newton":
-            opt = newton_start(theta.reshape(-1), tol=p.tol, max_iter=p.max_iter)
-        else:
-            opt = lbfgs_start(theta.reshape(-1), tol=p.tol, max_iter=p.max_iter)
+        start = newton_start if solver == "newton" else lbfgs_start
+        opt = start(theta.reshape(-1), tol=p.tol, max_iter=p.max_iter,
+                    precision=stats["precision"])
         return {**state, "phase": "optimize", "classes": classes, "weight": total,
                 "rows": stats["rows"], "heldout": stats["heldout"], "solver": solver,
                 "shape": (k, width), "penalised": mask.reshape(-1), "opt": opt}
@@ -257,13 +260,13 @@ class LogisticRegression(Estimator):
         return newton_tell(opt, loss, grad, hess)
 
     def _finish(self, state: dict[str, Any]) -> dict[str, Any]:
-        p, opt = self.params, state["opt"]
+        opt = state["opt"]
         if not opt["converged"]:
             warnings.warn(
                 f"logistic_regression did not converge: {opt['reason']} after "
                 f"{opt['iterations']} iterations (gradient norm {opt['gradient_norm']:.3g}, "
-                f"tol {p.tol:g} x initial {opt['g0']:.3g}); raise max_iter, standardise the "
-                "features (op: standard_scale) or set l2 > 0", ConvergenceWarning,
+                f"tol {opt['tol']:g} x initial {opt['g0']:.3g}); raise max_iter, standardise "
+                "the features (op: standard_scale) or set l2 > 0", ConvergenceWarning,
                 stacklevel=3)
         return {**state, **self._coefficients(state, opt["x"])}
 

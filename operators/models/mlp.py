@@ -63,6 +63,12 @@ tolerance: about 1e-7 relative with ``tol: 1e-9``), but the optimiser can amplif
 differences on a non-convex loss, so a fit stopped by ``max_iter`` far from a minimum (or
 with relu kinks) can end elsewhere on another partitioning.
 
+In a float32 step (docs/float32.md) the forward and backward passes run in float32 and
+the loss and gradient sums accumulate in float64; adam keeps its parameters and moments
+in float64 and orders batches by the float64 rows (the same batches in both dtypes).
+A float32 fit differs from a float64 one as another partitioning does: the same minimum
+to about 1e-4 in the outputs when both converge there, maybe another on a non-convex loss.
+
 The run record gets ``loss_curve`` (the objective after each L-BFGS iteration; for adam,
 each epoch's mean mini-batch loss while it trained, as scikit-learn's ``loss_curve_``).
 The fitted network is its arrays (``W0``, ``b0``, ``W1``, ...) and the architecture in
@@ -105,6 +111,7 @@ from operators.models.common import (
     merge_class_weights,
     model_input_columns,
     parameters,
+    precision,
     require_training_rows,
     row_weights,
     split_rows,
@@ -474,7 +481,7 @@ class MLP(Estimator):
             return validation_partial(self._model(state, state["theta"]), part, p, xp)
         train, held = split_rows(part, p.validation_fraction, p.seed)
         if state["phase"] == "summary":
-            return self._summary(train, held, state["classify"])
+            return {**self._summary(train, held, state["classify"]), "precision": precision(xp)}
         if state["phase"] == "lbfgs":
             data = to_xp(self._host_data(train, state, xp), xp)
             loss, grad = _data_loss(data, parameters(state["opt"]["point"], xp), state["net"],
@@ -544,7 +551,8 @@ class MLP(Estimator):
             return validation_combine(a, b)
         if a["kind"] == "summary":
             out = {"kind": "summary", "rows": a["rows"] + b["rows"],
-                   "heldout": a["heldout"] + b["heldout"], "weight": a["weight"] + b["weight"]}
+                   "heldout": a["heldout"] + b["heldout"], "weight": a["weight"] + b["weight"],
+                   "precision": max(a["precision"], b["precision"])}
             if "classes" in a:
                 out["classes"], out["weights"] = merge_class_weights(
                     (a["classes"], a["weights"]), (b["classes"], b["weights"]))
@@ -605,7 +613,8 @@ class MLP(Estimator):
                  "mean_weight": total / stats["rows"], "net": net, "loss_curve": []}
         if p.solver == "lbfgs":
             return {**state, "phase": "lbfgs",
-                    "opt": lbfgs_start(theta, tol=p.tol, max_iter=p.max_iter)}
+                    "opt": lbfgs_start(theta, tol=p.tol, max_iter=p.max_iter,
+                                       precision=stats["precision"])}
         adam = {"theta": theta, "m": np.zeros_like(theta), "v": np.zeros_like(theta),
                 "t": 0.0, "epoch": 0, "train": True, "best": math.inf, "stale": 0,
                 "best_theta": theta, "best_epoch": 0, "validation_curve": []}
@@ -647,7 +656,7 @@ class MLP(Estimator):
             raise DataError("mlp: the loss is not finite at the starting weights",
                             hint="standardise the features (op: standard_scale)")
         self._warn(opt["converged"], opt["reason"], opt["iterations"],
-                   f"gradient norm {opt['gradient_norm']:.3g}, tol {self.params.tol:g} x "
+                   f"gradient norm {opt['gradient_norm']:.3g}, tol {opt['tol']:g} x "
                    f"initial {opt['g0']:.3g}")
         return {**state, "phase": "finished", "theta": opt["x"]}
 

@@ -10,6 +10,15 @@ it pickles and is broadcast like any estimator state.
 
 Both stop when ``|grad| <= tol * |grad at x0|`` (2-norms), after ``max_iter`` accepted
 steps (``converged`` False), or when the line search cannot decrease the loss any more.
+
+``precision`` is the machine epsilon of the dtype the partitions evaluate in. The point
+is rounded to that dtype before each pass, and the data were, so in float32 the gradient
+stalls 1e-7 to 1e-5 below its start (more on ill-scaled features) and a small ``tol`` is
+out of reach. There loss changes below ``precision x |loss|`` count as rounding in the
+line searches, and a run also stops, converged as far as that dtype can tell, when an
+accepted step is within a few roundings of the point (``|step| < RESOLUTION x precision
+x |x|``) or a full Newton step changes the loss only by rounding without shrinking the
+gradient. In float64 none of this changes a result.
 """
 
 from __future__ import annotations
@@ -29,17 +38,24 @@ EPS = np.finfo(np.float64).eps
 FLAT = 1e-12
 """Loss changes below FLAT x |loss| are rounding: near the optimum the line searches
 judge a step by its gradient instead (Hager and Zhang's approximate Wolfe conditions)."""
+RESOLUTION = 16
+"""Steps shorter than this many roundings of the point are noise in a narrow dtype: the
+rounding of each pass's sums moves the minimiser that far (more on ill-scaled features)."""
 
 
 def gradient_norm(grad: np.ndarray) -> float:
     return float(np.linalg.norm(grad))
 
 
-def _start(method: str, x0: np.ndarray, tol: float, max_iter: int) -> State:
+def _start(method: str, x0: np.ndarray, tol: float, max_iter: int,
+           precision: float) -> State:
+    narrow = precision > EPS
     return {
         "method": method, "point": np.array(x0, dtype=np.float64), "phase": "first",
         "done": False, "converged": False, "reason": "", "iterations": 0, "evaluations": 0,
-        "tol": float(tol), "max_iter": int(max_iter),
+        "tol": float(tol), "flat": max(FLAT, float(precision)), "precision": float(precision),
+        "resolution": RESOLUTION * float(precision) if narrow else 0.0,
+        "max_iter": int(max_iter),
     }
 
 
@@ -50,9 +66,12 @@ def _finish(s: State, converged: bool, reason: str) -> State:
 
 def _accepted(s: State, x: np.ndarray, f: float, g: np.ndarray) -> State | None:
     """Record an accepted point; the finished state when it ends the run, else None."""
+    step = float(np.linalg.norm(x - s["x"])) if "x" in s else float("inf")
     s.update(x=x, f=float(f), g=g, gradient_norm=gradient_norm(g))
     if s["gradient_norm"] <= s["tol"] * s["g0"]:
         return _finish(s, True, "gradient norm below tol")
+    if step < s["resolution"] * float(np.linalg.norm(x)):
+        return _finish(s, True, "step within the rounding of the evaluations' dtype")
     if s["iterations"] >= s["max_iter"]:
         return _finish(s, False, f"max_iter={s['max_iter']} reached")
     return None
@@ -69,9 +88,10 @@ def _first(s: State, f: float, g: np.ndarray) -> State | None:
 # --------------------------------------------------------------------------- L-BFGS
 
 
-def lbfgs_start(x0: np.ndarray, *, tol: float, max_iter: int, memory: int = 10) -> State:
+def lbfgs_start(x0: np.ndarray, *, tol: float, max_iter: int, memory: int = 10,
+                precision: float = EPS) -> State:
     """A fresh L-BFGS run from ``x0``: evaluate ``state['point']`` and tell the result."""
-    s = _start("lbfgs", x0, tol, max_iter)
+    s = _start("lbfgs", x0, tol, max_iter, precision)
     s["memory"] = int(memory)
     s["S"] = np.zeros((0, s["point"].size))
     s["Y"] = np.zeros((0, s["point"].size))
@@ -145,7 +165,7 @@ def _cubic_min(a: float, fa: float, da: float, b: float, fb: float, db: float) -
 def _wolfe_search(s: State, f: float, g: np.ndarray) -> State:
     """One trial of a strong-Wolfe line search (Nocedal & Wright, algorithms 3.5 and 3.6).
 
-    Where the loss change is below rounding (``FLAT``), loss comparisons mean nothing:
+    Where the loss change is below rounding (``flat``), loss comparisons mean nothing:
     the trial is judged by its slope alone, which changes sign across the minimum.
     """
     a, d, f0, slope0 = s["a"], s["d"], s["f"], s["slope"]
@@ -190,7 +210,7 @@ def _wolfe_search(s: State, f: float, g: np.ndarray) -> State:
 
 def _level(s: State, f: float) -> bool:
     """True when ``f`` differs from the loss at the start of the search only by rounding."""
-    return abs(f - s["f"]) <= FLAT * abs(s["f"])
+    return abs(f - s["f"]) <= s["flat"] * abs(s["f"])
 
 
 def _extrapolate(s: State, trial: tuple) -> State:
@@ -249,9 +269,10 @@ def _lbfgs_accept(s: State, x: np.ndarray, f: float, g: np.ndarray) -> State:
 # --------------------------------------------------------------------------- Newton
 
 
-def newton_start(x0: np.ndarray, *, tol: float, max_iter: int) -> State:
+def newton_start(x0: np.ndarray, *, tol: float, max_iter: int,
+                 precision: float = EPS) -> State:
     """A fresh Newton run from ``x0``: evaluate loss, gradient and Hessian at ``point``."""
-    return _start("newton", x0, tol, max_iter)
+    return _start("newton", x0, tol, max_iter, precision)
 
 
 def newton_tell(state: State, loss: float, grad: np.ndarray, hess: np.ndarray) -> State:
@@ -259,7 +280,8 @@ def newton_tell(state: State, loss: float, grad: np.ndarray, hess: np.ndarray) -
 
     A full Newton step is tried first; a backtracking (Armijo) search shortens it only
     when the loss did not decrease enough, each shorter trial being one more pass. Where
-    the loss change is rounding (``FLAT``), a step that shrinks the gradient is taken.
+    the loss change is rounding (``flat``), a step that shrinks the gradient is taken;
+    in a dtype narrower than float64 a full step that does not is the end of the run.
     """
     s = dict(state)
     s["evaluations"] += 1
@@ -267,10 +289,15 @@ def newton_tell(state: State, loss: float, grad: np.ndarray, hess: np.ndarray) -
     if s["phase"] == "first":
         return _first(s, loss, grad) or _newton_direction(s, hess)
     t, f0, slope = s["t"], s["f"], s["slope"]
-    flat = loss <= f0 + FLAT * abs(f0) and gradient_norm(grad) < s["gradient_norm"]
+    flat = loss <= f0 + s["flat"] * abs(f0) and gradient_norm(grad) < s["gradient_norm"]
     if np.isfinite(loss) and (loss <= f0 + C1 * t * slope or flat):
         s["iterations"] += 1
         return _accepted(s, s["point"], loss, grad) or _newton_direction(s, hess)
+    if t == 1.0 and s["precision"] > EPS and abs(loss - f0) <= s["flat"] * abs(f0):
+        # evaluated in a narrower dtype, neither the loss nor the gradient can tell the
+        # full Newton step from the point: it is at that dtype's resolution, and shorter
+        # steps would only cost passes
+        return _finish(s, True, "Newton step within the rounding of the evaluations' dtype")
     # quadratic model of the loss along the step, kept in [0.1 t, 0.5 t]
     shortened = 0.5 * t
     if np.isfinite(loss):
