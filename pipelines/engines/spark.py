@@ -747,8 +747,10 @@ class SparkEngine(Engine):
                 first = failures.value
                 if first is not None:
                     failed.append(first[1])
-                    if _running(sc, group):  # else Spark warns that nothing was cancelled
-                        sc.cancelJobGroup(group)
+                    # by job id: a job that ends meanwhile is then no warning in the log
+                    # (cancelling a group with no active job is)
+                    for job in _running(sc, group):
+                        sc._jsc.sc().cancelJob(job)
                     return
 
         watcher = None
@@ -943,14 +945,15 @@ class _FirstFailure:
         return a if a[0] <= b[0] else b
 
 
-def _running(sc: Any, group: str) -> bool:
-    """Whether a job of ``group`` is still running."""
+def _running(sc: Any, group: str) -> list[int]:
+    """The jobs of ``group`` still running."""
     tracker = sc.statusTracker()
+    out = []
     for job in tracker.getJobIdsForGroup(group):
         info = tracker.getJobInfo(job)
         if info is not None and str(info.status) == "RUNNING":
-            return True
-    return False
+            out.append(int(job))
+    return out
 
 
 def quiet_driver_logs(options: str | None) -> str:

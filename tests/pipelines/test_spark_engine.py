@@ -633,6 +633,10 @@ def test_a_fresh_session_prints_only_the_error(churn: Path, workdir: Path) -> No
           - op: write_parquet
             path: out
         """)
+    # the tests' shared session holds the UI's port: another would say it moved on
+    (workdir / "conf" / "engines").mkdir(parents=True)
+    (workdir / "conf" / "engines" / "spark.yaml").write_text(
+        "conf:\n  spark.ui.enabled: false\n")
     env = {**os.environ, "CI": "1", "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_PYTHON": sys.executable}
     done = subprocess.run([str(Path(sys.executable).parent / "sluice"), "run", str(path),

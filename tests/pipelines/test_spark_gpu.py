@@ -27,7 +27,7 @@ import pytest
 import yaml
 from conftest import ROOT
 from test_spark_engine import spark  # noqa: F401 - the shared local session (a fixture)
-from test_spark_submit import VENV_BIN, Cluster, clean_env, free_port, wait_for
+from test_spark_submit import VENV_BIN, Cluster, clean_env, standalone
 
 from operators.arrays import STANDIN_ENV
 from operators.base import SluiceError
@@ -215,39 +215,10 @@ def gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         echo '{{"name": "gpu", "addresses": ["{ADDRESS}"]}}'
         """))
     script.chmod(0o755)
-    port = free_port()
-    url = f"spark://127.0.0.1:{port}"
-    spark_class = str(VENV_BIN / "spark-class")
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        master_log = folder / "master.log"
-        with master_log.open("wb") as out:
-            started.append(subprocess.Popen(
-                [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                 "--port", str(port), "--webui-port", str(free_port())],
-                env=clean_env(SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false"),
-                stdout=out, stderr=subprocess.STDOUT, cwd=folder))
-        wait_for(master_log, "I have been elected leader", started[-1])
-        worker_log = folder / "worker.log"
-        options = (f"-Dspark.worker.resource.gpu.amount=1 "
-                   f"-Dspark.worker.resource.gpu.discoveryScript={script}")
-        with worker_log.open("wb") as out:
-            started.append(subprocess.Popen(
-                [spark_class, "org.apache.spark.deploy.worker.Worker", url,
-                 "--host", "127.0.0.1", "--webui-port", str(free_port()), "--cores", "2",
-                 "--memory", "2g", "--work-dir", str(folder / "work")],
-                env=clean_env(SPARK_WORKER_OPTS=options), stdout=out,
-                stderr=subprocess.STDOUT, cwd=folder))
-        wait_for(worker_log, "Successfully registered with master", started[-1])
-        yield Cluster(url, folder)
-    finally:
-        for proc in reversed(started):
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    options = (f"-Dspark.worker.resource.gpu.amount=1 "
+               f"-Dspark.worker.resource.gpu.discoveryScript={script}")
+    with standalone(folder, SPARK_WORKER_OPTS=options) as running:
+        yield running
 
 
 def gpu_conf(cluster: Cluster, gpus: int = 1) -> dict[str, Any]:

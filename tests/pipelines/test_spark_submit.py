@@ -13,6 +13,7 @@ this machine, so the interpreter binary and the standard library are shared with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -189,10 +190,10 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return script
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A standalone master and one worker (2 cores) on 127.0.0.1, stopped at the end."""
-    folder = tmp_path_factory.mktemp("cluster")
+@contextlib.contextmanager
+def standalone(folder: Path, **worker_env: str) -> Iterator[Cluster]:
+    """A standalone master and one worker (2 cores) on 127.0.0.1, stopped on exit;
+    ``worker_env``: the worker's environment (SPARK_WORKER_OPTS, ...)."""
     port = free_port()
     url = f"spark://127.0.0.1:{port}"
     spark_class = str(VENV_BIN / "spark-class")
@@ -200,23 +201,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         master_log = folder / "master.log"
         with master_log.open("wb") as out:
-            master = subprocess.Popen(
+            started.append(subprocess.Popen(
                 [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                  "--port", str(port), "--webui-port", str(free_port())],
                 env=clean_env(SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false"),
-                stdout=out, stderr=subprocess.STDOUT, cwd=folder)
-        started.append(master)
-        wait_for(master_log, "I have been elected leader", master)
+                stdout=out, stderr=subprocess.STDOUT, cwd=folder))
+        wait_for(master_log, "I have been elected leader", started[-1])
         worker_log = folder / "worker.log"
         with worker_log.open("wb") as out:
-            worker = subprocess.Popen(
+            started.append(subprocess.Popen(
                 [spark_class, "org.apache.spark.deploy.worker.Worker", url,
                  "--host", "127.0.0.1", "--webui-port", str(free_port()), "--cores", "2",
                  "--memory", "2g", "--work-dir", str(folder / "work")],
-                env=clean_env(SLUICE_ARCHIVE_DIR=str(folder / "extracted")), stdout=out,
-                stderr=subprocess.STDOUT, cwd=folder)
-        started.append(worker)
-        wait_for(worker_log, "Successfully registered with master", worker)
+                env=clean_env(**worker_env), stdout=out, stderr=subprocess.STDOUT,
+                cwd=folder))
+        wait_for(worker_log, "Successfully registered with master", started[-1])
         yield Cluster(url, folder)
     finally:
         for proc in reversed(started):
@@ -226,6 +225,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A standalone master and one worker (2 cores) on 127.0.0.1, stopped at the end."""
+    folder = tmp_path_factory.mktemp("cluster")
+    with standalone(folder, SLUICE_ARCHIVE_DIR=str(folder / "extracted")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
