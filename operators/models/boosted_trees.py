@@ -7,13 +7,19 @@ split maximises ``G_l^2/(H_l + l2) + G_r^2/(H_r + l2) - G^2/(H + l2)``, a leaf a
 (binary: sigmoid; more classes: softmax). Scores start at the best constant (the mean,
 the log-odds or log class priors).
 
-The trees of the finished rounds live in the driver's state; a partition recomputes its
-rows' scores from them when its memo (``trees.partition_memo``) does not hold them
-already, adding the rounds in the same order either way. ``subsample`` keeps a row in a
-round by a hash of its content and the round; ``early_stopping`` scores the held-out rows
-(``validation_fraction``) in the first pass of every round and stops, keeping the trees
-grown so far, when the loss has not improved by more than ``tol`` in ``n_iter_no_change``
-rounds (scikit-learn's rule).
+The trees of the finished rounds live in the driver's state. A partition's memo
+(``trees.partition_memo``) keeps, per round, every training row's node in each tree of
+the round (moved one level down per pass by a table lookup), the rows' scores and their
+gradient and hessian: a round's last positions are its leaves, so no earlier tree is
+walked again (XGBoost and LightGBM update predictions from leaf positions as well).
+Without the memo (an engine that hands a new table object to every pass) a partition
+walks the finished rounds' trees from the roots and the round's tree down to the level;
+both add the same values in the same order, so the model is the same bit for bit.
+
+``subsample`` keeps a row in a round by a hash of its content and the round;
+``early_stopping`` scores the held-out rows (``validation_fraction``) in the first pass of
+every round and stops, keeping the trees grown so far, when the loss has not improved by
+more than ``tol`` in ``n_iter_no_change`` rounds (scikit-learn's rule).
 """
 
 from __future__ import annotations
@@ -30,19 +36,22 @@ from operators.base import ParamError, register, register_fitted
 from operators.models.common import split_rows
 from operators.models.trees import (
     Criterion,
+    Level,
     Newton,
     TreeEstimator,
     TreeModelFitted,
     TreeParams,
     add_roots,
     derived_uniform,
-    descend,
-    forest_on,
+    histograms,
     model_arrays,
     new_forest,
+    node_tables,
+    partition_memo,
     prepare_rows,
     subsample_salt,
     truncate,
+    walk_step,
 )
 
 
@@ -175,11 +184,91 @@ class GradientBoostedTrees(TreeEstimator):
 
     # ------------------------------------------------------------------ partitions
 
+    def _level_partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        """The histograms of this pass's nodes from the round's rows: every training row
+        keeps its node in each tree of the round (``_positions``), so a level moves rows
+        one step down and the round's last positions give the rows' new scores."""
+        memo = partition_memo(part, state["token"])
+        prep = self._prepared(part, state, memo, xp)
+        out = self._pass_extras(part, prep, state, memo, xp)
+        columns = self._round_channels(prep, state, memo, xp)  # before positions move
+        nodes, _ = Level.group(state["level"])
+        forest, k, n = state["forest"], self._outputs(state), prep["n"]
+        first = int(forest["roots"][state["round"] * k])
+        tables = node_tables(forest, first, len(forest["tree"]), state["missing"], n, xp,
+                             nodes)
+        positions = self._positions(prep, state, memo, tables, xp)
+        learners = self._learners(prep, state, memo, xp)
+        # at the roots every row learns: their weight sums are the same every round
+        roots = state["level"]["depth"] == 0 and learners is None
+        owner = forest["tree"][nodes] - state["round"] * k
+        hist: np.ndarray | None = None
+        for column, pos in enumerate(positions):
+            # the tree's nodes are the slots [lo, hi): nodes come sorted by tree
+            lo, hi = np.searchsorted(owner, [column, column + 1]).tolist()
+            if lo == hi:
+                continue
+            slot = xp.take(tables["slot"], pos)
+            inside = slot >= 0 if learners is None else (slot >= 0) & learners
+            rows = xp.nonzero(inside)[0]
+            if rows.shape[0] == 0:
+                continue
+            channels = columns[column]
+            if rows.shape[0] != n:
+                channels = [xp.take(c, rows) for c in channels]
+            weights = memo.get("root_weights") if roots else None
+            sums = histograms(xp, prep["codes"], n, rows, xp.take(slot, rows) - lo,
+                              channels if weights is None else channels[:-1], None, 1, None,
+                              len(state["features"]), hi - lo, state["missing"] + 1,
+                              prep.get("by_row"))
+            if weights is not None:
+                sums = np.concatenate([sums, weights], axis=3)
+            elif roots:
+                memo["root_weights"] = sums[..., -1:].copy()
+            if hist is None:
+                hist = np.zeros((sums.shape[0], len(nodes), *sums.shape[2:]))
+            hist[:, lo:hi] = sums
+        out.update({"kind": "level", "hist": hist})
+        return out
+
+    def _positions(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
+                   tables: dict[str, Any], xp: Any) -> list[Any]:
+        """Each row's node (local id) in each tree of the round at this level's depth: the
+        memo's moved down the levels split since, or from the roots."""
+        forest, k, n = state["forest"], self._outputs(state), prep["n"]
+        rounds, depth = state["round"], state["level"]["depth"]
+        held = memo.get("walk")
+        if held is not None and held[0] == rounds and held[1] <= depth:
+            positions, steps = held[2], depth - held[1]
+        else:
+            first = int(forest["roots"][rounds * k])
+            positions = [xp.full((n,), int(forest["roots"][rounds * k + c]) - first,
+                                 dtype=xp.int64) for c in range(k)]
+            steps = depth
+        for _ in range(steps):
+            positions = [walk_step(pos, _row_ids(prep, xp), prep["codes"], tables, xp)
+                         for pos in positions]
+        if k * n * 8 <= memo["limit"]:
+            memo["walk"] = (rounds, depth, positions)
+        return positions
+
+    def _learners(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
+                  xp: Any) -> Any | None:
+        """Which rows the round's trees learn from (positive weight, in the subsample);
+        None for all."""
+        held = memo.get("learners")
+        if held is not None and held[0] == state["round"]:
+            return held[1]
+        keep = prep["w"] > 0
+        if self.params.subsample < 1:
+            uniform = derived_uniform(prep["hash"], subsample_salt(state["round"]), xp)
+            keep = keep & (uniform < self.params.subsample)
+        learners = None if bool(xp.all(keep)) else keep
+        memo["learners"] = (state["round"], learners)
+        return learners
+
     def _pass_extras(self, part: pa.Table, prep: dict[str, Any], state: dict[str, Any],
                      memo: dict[str, Any], xp: Any) -> dict[str, Any]:
-        rounds = state["round"]
-        if memo.get("round") != rounds:  # the rows of earlier rounds' trees are done with
-            memo.update(round=rounds, trees={}, bytes=0)
         if not state["loss_due"]:
             return {}
         held = memo["held"]  # prepared with the training rows (``_prepared``)
@@ -213,48 +302,66 @@ class GradientBoostedTrees(TreeEstimator):
     def _raw(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
              key: str, xp: Any) -> Any:
         """Scores of the rows after the finished rounds: from the memo, plus the rounds
-        finished since, added in round order."""
+        finished since, added in round order. A round's leaves: from the training rows'
+        last positions in it (``_positions``) when the memo has them, else a walk from
+        the roots."""
         rounds, k = state["round"], self._outputs(state)
         done, raw = memo.get(key, (0, None))
         if raw is None or done > rounds:
             done = 0
             raw = xp.broadcast_to(to_xp(state["base"], xp)[None, :], (prep["n"], k))
-        if done < rounds:
-            forest = state["forest"]
-            arrays = forest_on(forest, xp)
-            values = to_xp(forest["value"], xp)
-            rows = xp.arange(prep["n"], dtype=xp.int64)
-            for tree in range(done * k, rounds * k):
-                pos = xp.full((prep["n"],), int(forest["roots"][tree]), dtype=xp.int64)
-                pos = descend(pos, rows, prep["codes"], prep["n"], arrays,
-                              state["missing"], xp)
+        forest = state["forest"]
+        roots = forest["roots"]
+        held = memo.get("walk") if key == "raw" else None
+        for round_ in range(done, rounds):
+            first = int(roots[round_ * k])
+            end = int(roots[(round_ + 1) * k]) if (round_ + 1) * k < len(roots) else len(
+                forest["tree"])
+            tables = node_tables(forest, first, end, state["missing"], prep["n"], xp)
+            values = to_xp(forest["value"][first:end], xp)
+            bottom = int(forest["depth"][first:end].max())
+            for column in range(k):
+                if held is not None and held[0] == round_:
+                    pos, at = held[2][column], held[1]
+                else:
+                    pos = xp.full((prep["n"],), int(roots[round_ * k + column]) - first,
+                                  dtype=xp.int64)
+                    at = 0
+                for _ in range(bottom - at):
+                    pos = walk_step(pos, _row_ids(prep, xp), prep["codes"], tables, xp)
                 raw = raw + xp.take(values, pos, axis=0)
         memo[key] = (rounds, raw)
         return raw
 
-    def _gradients(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
-                   xp: Any) -> tuple[Any, Any]:
-        held = memo.get("gradients")
+    def _round_channels(self, prep: dict[str, Any], state: dict[str, Any],
+                        memo: dict[str, Any], xp: Any) -> list[list[Any]]:
+        """Per tree of the round (output column), every row's histogram channels
+        ``w g``, ``w h``, ``w``: on NumPy the first two as one complex array (one
+        scatter-add for both, ``histograms``)."""
+        held = memo.get("channels")
         if held is not None and held[0] == state["round"]:
-            return held[1], held[2]
+            return held[1]
         raw = self._raw(prep, state, memo, "raw", xp)
         g, h = _gradients(raw, prep["y"], self._outputs(state), state["classify"], xp)
-        memo["gradients"] = (state["round"], g, h)
-        return g, h
+        w = prep["w"]
+        columns = []
+        for column in range(self._outputs(state)):
+            wg, wh = w * g[:, column], w * h[:, column]
+            if isinstance(wg, np.ndarray):
+                pair = np.empty(wg.shape[0], np.complex128)
+                pair.real, pair.imag = wg, wh
+                columns.append([pair, w])
+            else:
+                columns.append([wg, wh, w])
+        memo["channels"] = (state["round"], columns)
+        return columns
 
-    def _initial_rows(self, prep: dict[str, Any], state: dict[str, Any], tree: int, xp: Any
-                      ) -> tuple[Any, Any | None]:
-        keep = prep["w"] > 0
-        if self.params.subsample < 1:
-            uniform = derived_uniform(prep["hash"], subsample_salt(state["round"]), xp)
-            keep = keep & (uniform < self.params.subsample)
-        return xp.nonzero(keep)[0], None
 
-    def _channels(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
-                  tree: int, rows: Any, mult: Any, xp: Any) -> tuple[list[Any], Any | None]:
-        g, h = self._gradients(prep, state, memo, xp)
-        column = tree % self._outputs(state)
-        return [mult * xp.take(g[:, column], rows), mult * xp.take(h[:, column], rows), mult], None
+def _row_ids(prep: dict[str, Any], xp: Any) -> Any:
+    """0 .. n-1, the prepared rows' ids (kept with them)."""
+    if "ids" not in prep:
+        prep["ids"] = xp.arange(prep["n"], dtype=xp.int64)
+    return prep["ids"]
 
 
 def _targets(y: Any, k: int, classify: bool, xp: Any) -> Any:

@@ -14,14 +14,18 @@ A fit is rounds of passes over the partitions:
    distinct values when there are few, else quantiles; NaN and null go to
    the missing bin after the value bins of the widest feature, so a code fits in a
    uint8 and histograms are no wider than the data needs.
-2. level passes: each partition bins its training rows (one searchsorted per feature),
-   finds the node of every row in every tree being grown, and sums per (node,
-   feature, bin) the statistics of the criterion; the driver adds the partitions'
-   histograms and finds every pending node's best split (each threshold, missing
-   values sent left and right). All trees of a level grow in the same pass; the
-   level's nodes are split into several passes when their histograms would pass
-   ``max_histogram_mb``. Where nodes use every feature, a pass sums only the smaller
-   child of each split and the driver derives its sibling as parent minus child.
+2. level passes: each partition bins its training rows (a branch-free binary search of
+   the edges per feature, ``bin_codes``), finds the node of every row in every tree
+   being grown, and sums per (node, feature, bin) the statistics of the criterion
+   (``histograms``: on NumPy one scatter-add per feature for two channels at once, as
+   a complex number); the driver adds the partitions' histograms and finds every
+   pending node's best split (each threshold, missing values sent left and right;
+   the left side only repeats the right when no node has missing values, and is then
+   skipped). All trees of a level grow in the same pass; the level's nodes are split
+   into several passes when their histograms would pass ``max_histogram_mb``. Where
+   nodes use every feature, a pass sums only the smaller child of each split and the
+   driver derives its sibling as parent minus child. Boosting keeps every row's node in
+   the round's trees (``node_tables``, ``walk_step``: one lookup per row and level).
 3. a validation pass when ``validation_fraction`` > 0.
 
 Nothing a partition computes depends on how the rows are split into partitions:
@@ -32,9 +36,10 @@ as ties (the lowest feature, then bin, wins) so that such noise cannot flip a sp
 
 A partition cannot keep state between passes, but an engine that caches partitions (the
 local engine) hands the same table object to every pass. ``partition_memo`` keeps the
-derived arrays (bin codes, each tree's rows and their nodes, boosting scores) in a
-weakly keyed memo of that object for the fit that made them; everything in it is
-recomputed exactly when it is missing, so it only saves time.
+derived arrays (bin codes, each tree's rows and their nodes, boosting scores and
+gradients) in a weakly keyed memo of that object for the fit that made them; everything
+in it is recomputed exactly when it is missing, with the same operations in the same
+order, so it only saves time.
 
 The fitted model is arrays (``TreeModelFitted.arrays``): per node the feature (-1 for a
 leaf), threshold (``x <= threshold`` goes left), children, default direction of missing
@@ -99,6 +104,9 @@ ROW_BATCH = 1 << 21
 """A pass sums the histograms of about this many (tree, row) pairs at a time."""
 SCORING_BLOCK = 1 << 20
 """Scoring traverses at most this many (row, tree) pairs at a time."""
+TABLE_ENTRIES = 1 << 20
+"""``node_tables`` moves rows down by one lookup per (node, code) while the nodes times
+the codes are at most this many; above, by comparisons."""
 
 PENDING, SPLIT, LEAF = 0, 1, 2
 
@@ -260,18 +268,32 @@ def missing_bin(edges: list[np.ndarray]) -> int:
 
 def bin_codes(values: Any, edges: list[np.ndarray], missing: int, xp: Any) -> Any:
     """The (features, rows) values as flat uint8 bin codes, feature-major (code of row i
-    in feature f at ``f * rows + i``); NaN gets ``missing``."""
-    # every feature's edges in one copy, each feature's a slice of it on the device
-    bounds = np.cumsum([0] + [len(cut) for cut in edges]).tolist()
-    cuts = to_xp(np.concatenate([np.zeros(0), *edges]), xp)
+    in feature f at ``f * rows + i``); NaN gets ``missing``.
+
+    A code is ``#{edges < x}`` (``searchsorted(edges, x, side="left")``), found by a
+    branch-free binary search: each feature's edges padded with +inf to a power of two,
+    a value steps down halves of it together with all the others (a gather and a
+    comparison per halving; several times faster than NumPy's searchsorted, whose
+    branches the unsorted values mispredict)."""
+    if not edges:
+        return xp.zeros((0,), dtype=xp.uint8)
+    size = 1 << max(len(cut) for cut in edges).bit_length()
+    padded = np.full((len(edges), size), np.inf)
+    for j, cut in enumerate(edges):
+        padded[j, :len(cut)] = cut
+    table = to_xp(padded, xp)  # every feature's edges in one copy
+    n = values.shape[1]
     codes = []
     for j in range(len(edges)):
         x = values[j, :]
-        code = xp.searchsorted(cuts[bounds[j]:bounds[j + 1]], x, side="left")
+        code = xp.zeros((n,), dtype=xp.int64)
+        step = size // 2
+        while step >= 1:
+            below = xp.take(table[j, :], code + (step - 1)) < x
+            code = code + xp.astype(below, xp.int64) * step
+            step //= 2
         code = xp.where(xp.isnan(x), xp.asarray(missing, dtype=code.dtype), code)
         codes.append(xp.astype(code, xp.uint8))
-    if not codes:
-        return xp.zeros((0,), dtype=xp.uint8)
     return xp.concat(codes)
 
 
@@ -424,7 +446,14 @@ class Newton(Criterion):
         return stats[2]
 
     def score(self, stats: np.ndarray) -> np.ndarray:
-        return 0.5 * _ratio(stats[0] * stats[0], stats[1] + self.l2)
+        # 0.5 * _ratio(G * G, H + l2), with fewer temporaries (it scores every candidate)
+        den = stats[1] + self.l2
+        out = np.asarray(stats[0] * stats[0])  # an array even for one node's sums
+        positive = den > 0
+        np.divide(out, den, out=out, where=positive)
+        np.copyto(out, 0.0, where=~positive)
+        out *= 0.5
+        return out
 
     def allowed(self, stats: np.ndarray) -> np.ndarray | bool:
         return stats[1] >= self.MIN_HESSIAN
@@ -454,21 +483,32 @@ def segment_sums(xp: Any, keys: Any, values: Any, length: int) -> np.ndarray:
 
 def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: list[Any],
                fold: Any | None, fold_size: int, featsel: np.ndarray | None,
-               n_features: int, n_slots: int, n_bins: int) -> np.ndarray:
+               n_features: int, n_slots: int, n_bins: int,
+               by_row: np.ndarray | None = None) -> np.ndarray:
     """Sums per (feature position, slot, bin, channel), a float64 host array of shape
     ``(m, n_slots, n_bins, C)``.
 
-    Row ``rows[i]`` (of ``n`` binned rows; ``codes`` feature-major) adds ``channels[c][i]``
-    at its slot and its bin of each feature position ``j``: feature ``j``, or
-    ``featsel[slot, j]`` when nodes sample their features. With ``fold`` (the class of a
-    row) the single channel goes to channel ``fold[i]`` of ``fold_size``. NumPy and CuPy
-    use bincount; other namespaces sum by sorting.
+    Row ``rows[i]`` (distinct, increasing indices of ``n`` binned rows; ``codes``
+    feature-major) adds ``channels[c][i]`` at its slot and its bin of each feature
+    position ``j``: feature ``j``, or ``featsel[slot, j]`` when nodes sample their
+    features. A complex channel is two: its real and its imaginary part. With ``fold``
+    (the class of a row) the single channel goes to channel ``fold[i]`` of
+    ``fold_size``. Every namespace adds a bin's rows in row order, so all give the same
+    sums: NumPy by scatter-adds (``_numpy_histograms``; ``by_row``: the same codes as a
+    row-major ``(n, features)`` array, whose rows gather faster), CuPy by bincount,
+    others by sorting.
     """
     m = n_features if featsel is None else featsel.shape[1]
-    width = fold_size if fold is not None else len(channels)
+    width = fold_size if fold is not None else sum(1 + _is_complex(c, xp) for c in channels)
     shape = (m, n_slots, n_bins, width)
     if rows.shape[0] == 0 or m == 0:
         return np.zeros(shape)
+    if isinstance(codes, np.ndarray):
+        return _numpy_histograms(codes, n, rows, slots, channels, fold, featsel, shape,
+                                 by_row)
+    if fold is None:
+        channels = [part for c in channels for part in
+                    ((xp.real(c), xp.imag(c)) if _is_complex(c, xp) else (c,))]
     slots = xp.astype(slots, xp.int64)
     rows = xp.astype(rows, xp.int64)
     scale = fold_size if fold is not None else 1
@@ -506,6 +546,86 @@ def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: lis
     return sums.reshape(shape)
 
 
+def _is_complex(values: Any, xp: Any) -> bool:
+    return bool(xp.isdtype(values.dtype, "complex floating"))
+
+
+def _numpy_histograms(codes: np.ndarray, n: int, rows: np.ndarray, slots: np.ndarray,
+                      channels: list[np.ndarray], fold: np.ndarray | None,
+                      featsel: np.ndarray | None, shape: tuple[int, ...],
+                      by_row: np.ndarray | None) -> np.ndarray:
+    """``histograms`` on NumPy: per feature position one ``np.add.at`` per pair of
+    channels, the pair as the real and imaginary parts of one complex value (complex
+    addition adds the parts separately, so the sums are the per-channel sums, in row
+    order, as bincount's; one scatter for two channels halves the passes).
+
+    All rows of one slot (a root) read the codes as they are: no gather, no key."""
+    m, n_slots, n_bins, width = shape
+    codes = codes.reshape(-1, n)
+    whole = featsel is None and n_slots == 1 and fold is None and rows.shape[0] == n
+    if whole:
+        gathered = codes
+    elif featsel is None:
+        # a row's codes are contiguous in ``by_row``: one gather of whole rows
+        gathered = (np.take(codes, rows, axis=1) if by_row is None
+                    else np.take(by_row, rows, axis=0).T)
+    scale = width if fold is not None else 1
+    base = None
+    if not whole:
+        base = slots.astype(np.intp) * (n_bins * scale)
+        if fold is not None:
+            base += fold
+    block = n_slots * n_bins * scale
+    packed = _paired(channels[:1] if fold is not None else channels)
+    out = np.empty(shape)
+    flat = out.reshape(m, block, -1) if fold is None else out.reshape(m, block)
+    for j in range(m):
+        if featsel is None:
+            code = gathered[j]
+        elif by_row is None:
+            code = np.take(codes.reshape(-1), featsel[slots, j].astype(np.intp) * n + rows)
+        else:
+            code = np.take(by_row.reshape(-1), rows * by_row.shape[1] + featsel[slots, j])
+        if scale > 1:
+            code = code.astype(np.intp) * scale
+        key = code if base is None else base + code
+        at = 0
+        for weights in packed:
+            sums = np.zeros(block, weights.dtype)
+            np.add.at(sums, key, weights)
+            if fold is not None:
+                flat[j] = sums
+            elif np.iscomplexobj(sums):
+                flat[j, :, at], flat[j, :, at + 1] = sums.real, sums.imag
+                at += 2
+            else:
+                flat[j, :, at] = sums
+                at += 1
+    return out
+
+
+def _paired(channels: list[np.ndarray]) -> list[np.ndarray]:
+    """The channels with each two consecutive real ones as one complex array."""
+    out: list[np.ndarray] = []
+    single: np.ndarray | None = None
+    for values in channels:
+        if np.iscomplexobj(values):
+            if single is not None:
+                out.append(np.asarray(single, np.float64))
+                single = None
+            out.append(values)
+        elif single is None:
+            single = values
+        else:
+            pair = np.empty(values.shape[0], np.complex128)
+            pair.real, pair.imag = single, values
+            out.append(pair)
+            single = None
+    if single is not None:
+        out.append(np.asarray(single, np.float64))
+    return out
+
+
 # --------------------------------------------------------------------------- splits
 
 
@@ -531,34 +651,50 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
     for start in range(0, n_slots, chunk):
         stop = min(start + chunk, n_slots)
         s = stop - start
-        # channel first, slot first after it: (C, s, m, B1)
-        h = np.ascontiguousarray(np.transpose(hist[:, start:stop], (3, 1, 0, 2)))
-        missing = h[..., n_bins]                                         # (C,s,m)
-        left = np.empty((width, s, m, 2, n_bins))
-        np.cumsum(h[..., :n_bins], axis=-1, out=left[..., 0, :])
-        np.add(left[..., 0, :], missing[..., None], out=left[..., 1, :])
-        total = left[..., 0, -1] + missing                               # (C,s,m)
-        right = criterion.clean(total[..., None, None] - left)
+        # channel first, then bin, slot, feature position: (C, B1, s, m)
+        h = np.ascontiguousarray(np.transpose(hist[:, start:stop], (3, 2, 1, 0)))
+        missing = h[:, n_bins]                                           # (C,s,m)
+        # with no missing value in the chunk, "missing left" repeats "missing right"
+        # (the same sums, later in the order), so it is left out: the same choice
+        sides = 2 if missing.any() else 1
+        left = np.empty((width, sides, n_bins, s, m))
+        _prefix_sums(h[:, :n_bins], left[:, 0])
+        if sides == 2:
+            np.add(left[:, 0], missing[:, None], out=left[:, 1])
+        total = left[:, 0, -1] + missing                                 # (C,s,m)
+        right = criterion.clean(total[:, None, None] - left)
         criterion.clean(left)
         criterion.clean(total)
         s_left, s_right = criterion.score(left), criterion.score(right)
-        s_total = criterion.score(total)[..., None, None]
-        gain = s_left + s_right - s_total                                # (s,m,2,B)
+        s_total = criterion.score(total)[None, None]
+        gain = s_left + s_right
+        gain -= s_total                                                  # (sides,B,s,m)
         w_left, w_right = criterion.weight(left), criterion.weight(right)
-        valid = ((w_left >= min_leaf) & (w_right >= min_leaf) & (w_left > 0) & (w_right > 0)
-                 & criterion.allowed(left) & criterion.allowed(right))
-        scale = np.abs(s_left) + np.abs(s_right) + np.abs(s_total)
-        gain, valid, scale = gain.reshape(s, -1), valid.reshape(s, -1), scale.reshape(s, -1)
-        masked = np.where(valid, gain, -np.inf)
-        best = masked.max(axis=1)
-        tol = GAIN_RTOL * np.where(valid, scale, 0.0).max(axis=1)
+        valid = w_left >= min_leaf
+        valid &= w_right >= min_leaf
+        if not min_leaf > 0:
+            valid &= (w_left > 0) & (w_right > 0)
+        for allowed in (criterion.allowed(left), criterion.allowed(right)):
+            if allowed is not True:
+                valid &= allowed
+        # the noise floor: GAIN_RTOL times the largest |s_left| + |s_right| + |s_total|
+        scale = np.abs(s_left, out=s_left)
+        scale += np.abs(s_right, out=s_right)
+        scale += np.abs(s_total)
+        invalid = ~valid
+        np.copyto(gain, -np.inf, where=invalid)
+        np.copyto(scale, 0.0, where=invalid)
+        best = gain.max(axis=(0, 1, 3))
+        tol = GAIN_RTOL * scale.max(axis=(0, 1, 3))
         found = (best > tol) & (best >= min_gain[start:stop])
-        pick = np.argmax(masked >= (best - tol)[:, None], axis=1)
-        position, rest = np.divmod(pick, 2 * n_bins)
+        near = gain >= (best - tol)[:, None]
+        # the first near-best candidate in (feature position, side, bin) order
+        pick = np.argmax(np.transpose(near, (2, 3, 0, 1)).reshape(s, -1), axis=1)
+        position, rest = np.divmod(pick, sides * n_bins)
         direction, bin_ = np.divmod(rest, n_bins)
         rows = np.arange(s)
-        lft = left[:, rows, position, direction, bin_]                  # (C, s)
-        rgt = right[:, rows, position, direction, bin_]
+        lft = left[:, direction, bin_, rows, position]                  # (C, s)
+        rgt = right[:, direction, bin_, rows, position]
         no_missing = criterion.weight(missing[:, rows, position]) <= 0
         heavier_left = criterion.weight(lft) >= criterion.weight(rgt)
         sl = slice(start, stop)
@@ -570,6 +706,18 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         out["left"][sl] = lft.T
         out["right"][sl] = rgt.T
     return out
+
+
+def _prefix_sums(values: np.ndarray, out: np.ndarray) -> None:
+    """``np.cumsum(values, axis=1, out=out)``: for wide slices as a loop of whole-slice
+    adds (NumPy accumulates along a middle axis element by element, many times slower);
+    the same additions in the same order."""
+    if values[:, 0].size < 256:
+        np.cumsum(values, axis=1, out=out)
+        return
+    out[:, 0] = values[:, 0]
+    for b in range(1, values.shape[1]):
+        np.add(out[:, b - 1], values[:, b], out=out[:, b])
 
 
 def sample_features(nodes: np.ndarray, n_features: int, m: int, seed: int) -> np.ndarray:
@@ -846,6 +994,60 @@ def descend(pos: Any, rows: Any, codes: Any, n: int, arrays: dict[str, Any], mis
     return pos
 
 
+def node_tables(forest: dict[str, np.ndarray], first: int, end: int, missing: int, n: int,
+                xp: Any, nodes: np.ndarray | None = None) -> dict[str, Any]:
+    """What moves rows down the nodes ``[first, end)`` (the trees of one boosting round:
+    children come after their parents), indexed by the node's local id ``node - first``,
+    on ``xp`` in one copy.
+
+    ``offset``: where a row at the node reads its code (split feature times ``n``);
+    ``child``: per (node, code) the node a row goes to, a node that is not split keeping
+    its rows (or ``bin``, ``missing_left``, ``left``, ``right`` to compare with, for many
+    nodes); ``slot``: the node's position in ``nodes`` (a pass's histograms), -1 for none.
+    """
+    size = end - first
+    local = np.arange(size)
+    split = forest["status"][first:end] == SPLIT
+    left = np.where(split, forest["left"][first:end] - first, local)
+    right = np.where(split, forest["right"][first:end] - first, local)
+    slot = np.full(size, -1, dtype=np.int64)
+    if nodes is not None:
+        slot[np.asarray(nodes) - first] = np.arange(len(nodes))
+    width = missing + 1
+    columns = [np.where(split, forest["feature"][first:end], 0) * n, slot]
+    if size * width <= TABLE_ENTRIES:
+        code = np.arange(width)[None, :]
+        go_left = np.where(code == missing, forest["missing_left"][first:end, None],
+                           code <= forest["bin"][first:end, None])
+        columns.append(np.where(go_left, left[:, None], right[:, None]))
+    else:
+        columns += [forest["bin"][first:end], forest["missing_left"][first:end], left, right]
+    host = np.empty((size, sum(1 if c.ndim == 1 else c.shape[1] for c in columns)), np.int64)
+    at = 0
+    for c in columns:
+        wide = 1 if c.ndim == 1 else c.shape[1]
+        host[:, at:at + wide] = c.reshape(size, wide)
+        at += wide
+    packed = to_xp(host, xp)
+    out = {"offset": packed[:, 0], "slot": packed[:, 1], "width": width, "missing": missing}
+    if size * width <= TABLE_ENTRIES:
+        out["child"] = xp.reshape(packed[:, 2:], (-1,))
+    else:
+        out.update(bin=packed[:, 2], missing_left=packed[:, 3] != 0, left=packed[:, 4],
+                   right=packed[:, 5])
+    return out
+
+
+def walk_step(pos: Any, rows: Any, codes: Any, tables: dict[str, Any], xp: Any) -> Any:
+    """The local nodes ``pos`` of the rows ``rows`` one level down (``node_tables``)."""
+    code = xp.astype(xp.take(codes, xp.take(tables["offset"], pos) + rows), xp.int64)
+    if "child" in tables:
+        return xp.take(tables["child"], pos * tables["width"] + code)
+    go_left = xp.where(code == tables["missing"], xp.take(tables["missing_left"], pos),
+                       code <= xp.take(tables["bin"], pos))
+    return xp.where(go_left, xp.take(tables["left"], pos), xp.take(tables["right"], pos))
+
+
 def drop_leaves(rows: Any, pos: Any, extra: Any | None, arrays: dict[str, Any], xp: Any
                 ) -> tuple[Any, Any, Any | None]:
     """The rows (and their nodes, extra) not at a leaf: at a pending node, or at a node
@@ -993,7 +1195,8 @@ class TreeEstimator(Estimator):
                           xp.concat([b[1] for b in batch]) - lo, channels, fold,
                           crit.channels if fold is not None else 1,
                           None if featsel is None else featsel[lo:hi],
-                          len(state["features"]), hi - lo, state["missing"] + 1)
+                          len(state["features"]), hi - lo, state["missing"] + 1,
+                          prep.get("by_row"))
 
     def _tree_rows(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
                    arrays: dict[str, Any], tree: int, xp: Any) -> tuple[Any, Any, Any]:
@@ -1240,6 +1443,8 @@ def prepare_rows(tables: list[pa.Table], state: dict[str, Any], params: Supervis
         prep = {"n": b - a, "codes": bin_codes(block, state["edges"], state["missing"], xp),
                 "y": xp.astype(block[f, :], xp.int64 if classify else xp.float64),
                 "w": xp.astype(block[f + 1, :], xp.float64), "hash": None}
+        if isinstance(prep["codes"], np.ndarray):  # for ``histograms``' row gathers
+            prep["by_row"] = np.ascontiguousarray(prep["codes"].reshape(f, -1).T)
         if row_hash:
             high, low = (xp.astype(block[f + k, :], xp.uint64) for k in (2, 3))
             prep["hash"] = (high << _u64(32, xp)) | low

@@ -407,21 +407,41 @@ def test_node_groups_give_the_same_forest() -> None:
         np.testing.assert_array_equal(values, many.arrays()[name], err_msg=name)
 
 
-@pytest.mark.parametrize("op", ["forest", "boosted"])
-def test_row_batches_give_the_same_model(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pass sums its trees' histograms in batches of rows: any batch size, one model."""
+def test_row_batches_give_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forest's pass sums its trees' histograms in batches of rows: any batch size,
+    one model."""
     table = tree_table(rows=300, classes=3, seed=19)
 
     def estimator() -> Any:
-        if op == "forest":
-            return RandomForest(label="y", n_trees=6, max_depth=4, max_histogram_mb=0.02)
-        return GradientBoostedTrees(label="y", n_trees=3, max_depth=3, min_samples_leaf=5)
+        return RandomForest(label="y", n_trees=6, max_depth=4, max_histogram_mb=0.02)
 
     whole = fit_state(estimator(), split(table, 2))[0]
     monkeypatch.setattr(trees, "ROW_BATCH", 50)
     batched = fit_state(estimator(), split(table, 2))[0]
     for name, values in whole.arrays().items():
         np.testing.assert_array_equal(values, batched.arrays()[name], err_msg=name)
+
+
+@pytest.mark.parametrize("classes", [0, 2, 3])
+def test_boosting_moves_rows_by_table_or_by_comparisons_to_one_model(
+        classes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A boosting pass moves each row down the round's trees by a child lookup table,
+    or by comparisons where the table would be too big; and an engine without the
+    partition memo walks the trees from their roots: one model every way."""
+    table = tree_table(rows=400, classes=classes, seed=23, regression=classes == 0)
+
+    def estimator() -> GradientBoostedTrees:
+        return GradientBoostedTrees(label="y", n_trees=4, max_depth=4, min_samples_leaf=3,
+                                    subsample=0.8)
+
+    parts = split(table, 3)
+    by_table = fit_state(estimator(), parts)[0]
+    no_memo = fit_state(estimator(), parts, fresh=True)[0]
+    monkeypatch.setattr(trees, "TABLE_ENTRIES", 0)
+    by_comparison = fit_state(estimator(), parts)[0]
+    for name, values in by_table.arrays().items():
+        np.testing.assert_array_equal(values, by_comparison.arrays()[name], err_msg=name)
+        np.testing.assert_array_equal(values, no_memo.arrays()[name], err_msg=name)
 
 
 @pytest.mark.parametrize("op", [DecisionTree, GradientBoostedTrees])
