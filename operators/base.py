@@ -103,6 +103,9 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = Params
+    # False: the operator works on Arrow on the host and never touches ``xp``, so a
+    # step asking for a GPU runs it on the CPU (no device to wait for or run out of)
+    numeric_kernels: ClassVar[bool] = True
 
     def __init__(self, params: Params | dict[str, Any] | None = None, **kwargs: Any):
         if params is None or isinstance(params, dict):

@@ -114,11 +114,22 @@ def run_command(file: str, engine: str, params: tuple[str, ...], models: str | N
 def _print_record(record: dict[str, Any]) -> None:
     click.echo(f"run {record['run_id']} of '{record['pipeline']}' on {record['engine']['name']}: "
                f"{record['status']} in {record['seconds']:.2f}s")
+    on_gpu = "gpu" in record.get("device", "")
     for step_id, entry in record["steps"].items():
         rows = entry.get("rows")
         shown = f"{rows:>12,} rows" if rows is not None else " " * 17
+        where = f"  {entry.get('device', '')}" if on_gpu else ""
+        if entry.get("dtype"):
+            where += f" {entry['dtype']}"
         click.echo(f"  {step_id:<24} {entry['op']:<22} {shown}  "
-                   f"{entry.get('wall_seconds', 0):8.3f}s")
+                   f"{entry.get('wall_seconds', 0):8.3f}s{where}".rstrip())
+    for step_id, entry in record["steps"].items():
+        for split in entry.get("device_splits", []):
+            click.echo(f"  step '{step_id}', partition {split['partition']}: split in "
+                       f"{split['pieces']} pieces to fit in device memory")
+        for fallback in entry.get("device_fallbacks", []):
+            click.echo(f"  step '{step_id}', partition {fallback['partition']}: ran on the "
+                       f"CPU ({fallback['reason']})")
     for output in record["outputs"]:
         click.echo(f"  wrote {output['rows']:,} rows to {output['path']}")
     for model in record["models"]:

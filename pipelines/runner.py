@@ -89,6 +89,8 @@ def placements(plan: Plan, engine: Engine, device: str | None = None,
         if step.spec.device:
             line = step.spec.param_lines.get("device", step.spec.line)
             where = f"{plan.spec.file}:{line}: step '{step.id}'"
+        if not step.op.numeric_kernels and not step.spec.device:
+            requested = "cpu"  # Arrow on the host: no GPU to wait for
         chosen, notice = resolve_device(requested, problem, where)
         if notice and notice not in notices:
             notices.append(notice)

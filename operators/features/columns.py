@@ -132,6 +132,8 @@ class Select(Transform):
     ```
     """
 
+    numeric_kernels = False
+
     Params = SelectParams
 
     def __init__(self, params: Any = None, **kwargs: Any):
@@ -163,6 +165,8 @@ class Drop(Transform):
       columns: [customer_id, signup_date]
     ```
     """
+
+    numeric_kernels = False
 
     Params = DropParams
 
@@ -200,6 +204,8 @@ class Rename(Transform):
       columns: {amt: amount, cust: customer_id}
     ```
     """
+
+    numeric_kernels = False
 
     Params = RenameParams
 
@@ -263,6 +269,8 @@ class Cast(Transform):
       safe: true
     ```
     """
+
+    numeric_kernels = False
 
     Params = CastParams
 

@@ -51,6 +51,8 @@ class Derive(Transform):
     ```
     """
 
+    numeric_kernels = False
+
     Params = DeriveParams
 
     def input_columns(self, schema: pa.Schema) -> list[str]:

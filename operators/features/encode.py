@@ -64,6 +64,8 @@ class HashEncode(Transform):
     ```
     """
 
+    numeric_kernels = False
+
     Params = HashEncodeParams
 
     def __init__(self, params: Any = None, **kwargs: Any):

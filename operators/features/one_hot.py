@@ -129,6 +129,8 @@ class OneHot(Estimator):
     ```
     """
 
+    numeric_kernels = False
+
     Params = OneHotParams
     schema_from_fit = True
 
@@ -202,6 +204,8 @@ def _null_error(name: str, nulls: int) -> DataError:
 @register_fitted("one_hot.fitted")
 class OneHotFitted(Transform):
     """The fitted vocabulary: a 0/1 column per category (+ other, + null)."""
+
+    numeric_kernels = False
 
     Params = OneHotParams
 

@@ -275,3 +275,36 @@ def test_engine_names_and_profiles_are_checked(numbers: Path, workdir: Path) -> 
     result = sluice("run", str(path), "--engine", str(bad), cwd=workdir)
     assert result.returncode == 1
     assert "odd.yaml': 'workrs': unknown key; did you mean 'workers'?" in result.stderr
+
+
+def test_steps_without_numeric_kernels_stay_on_the_host(numbers: Path, workdir: Path,
+                                                        standin: None) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: host
+        steps:
+          - op: read_parquet
+            path: data/numbers.parquet
+          - op: select
+            columns: [a, b, y]
+          - op: derive
+            columns: {ab: "a * b"}
+          - op: standard_scale
+            columns: [a, b, ab]
+        """)
+    record = run(path, device="gpu")
+    steps = record["steps"]
+    assert steps["select"]["device"] == steps["derive"]["device"] == "cpu"
+    assert steps["standard_scale"]["device"] == "gpu:standin"
+
+
+def test_the_summary_says_where_steps_ran_and_what_did_not_fit(
+        numbers: Path, workdir: Path, standin: None) -> None:
+    path = pipeline(workdir)
+    env = {STANDIN_MEMORY_ENV: str(_matrix_bytes() // 3)}
+    result = sluice("run", str(path), "--device", "gpu", cwd=workdir,
+                    env={STANDIN_ENV: "array_api_strict", **env})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    model = next(line for line in lines if line.lstrip().startswith("model "))
+    assert model.endswith("gpu:standin")
+    assert "  step 'model', partition 0: split in 4 pieces to fit in device memory" in lines
