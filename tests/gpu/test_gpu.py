@@ -284,7 +284,8 @@ def _ran_on(record: dict[str, Any], step: str) -> str:
 
 def _train(device: str, models: str, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
     record = _run(TRAIN, device, models, engine_kwargs)
-    assert record["status"] == "succeeded" and record["device"] == device
+    # host-only steps (one_hot, select...) run on the CPU in a GPU run too
+    assert record["status"] == "succeeded" and device in record["device"].split(", ")
     if device == "gpu":  # else the comparisons below would hold trivially
         assert _ran_on(record, "model").startswith("gpu"), record["steps"]["model"]
     return record
@@ -293,7 +294,7 @@ def _train(device: str, models: str, engine_kwargs: dict[str, Any]) -> dict[str,
 def _score(device: str, models: str, engine_kwargs: dict[str, Any]
            ) -> tuple[dict[str, Any], pa.Table]:
     record = _run(SCORE, device, models, engine_kwargs)
-    assert record["status"] == "succeeded" and record["device"] == device
+    assert record["status"] == "succeeded" and device in record["device"].split(", ")
     table = ReadParquet(path=str(SCORES)).read_all()
     shutil.rmtree(SCORES)  # the next run writes its own
     return record, table.sort_by("customer_id")

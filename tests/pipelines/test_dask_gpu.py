@@ -112,10 +112,12 @@ def test_gpu_run_on_workers_sharing_the_gpu_gives_the_cpu_model(
         assert len(started) == 2
         assert gpu["engine"]["gpu_workers"] == 2 == engine.describe()["workers"]
         cpu = run(TRAIN, device="cpu", models="cpu-models", engine_instance=engine)
-    assert gpu["device"] == "gpu" and cpu["device"] == "cpu"
-    for step in ("impute", "one_hot", "standard_scale", "model"):
+    # host-only steps (one_hot) run on the CPU in a GPU run too
+    assert gpu["device"] == "cpu, gpu" and cpu["device"] == "cpu"
+    for step in ("impute", "standard_scale", "model"):
         assert gpu["steps"][step]["device"] == "gpu:standin", step
         assert cpu["steps"][step]["device"] == "cpu", step
+    assert gpu["steps"]["one_hot"]["device"] == "cpu"
     on_gpu, on_cpu = model_state("gpu-models"), model_state("cpu-models")
     assert on_gpu.keys() == on_cpu.keys() and on_cpu
     for key in on_cpu:
