@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, write_pipeline
 
+from operators.arrays import STANDIN_ENV
 from operators.testing.kit import assert_tables_close
 from pipelines.datagen import churn_table
 from pipelines.runner import make_engine, run
@@ -128,14 +129,14 @@ def layout(folder: Path, files: int) -> Path:
     return folder
 
 
-def train_and_score(workdir: Path, engine, steps: str, files: int, tag: str
-                    ) -> tuple[dict[str, np.ndarray], pa.Table]:
+def train_and_score(workdir: Path, engine, steps: str, files: int, tag: str,
+                    device: str | None = None) -> tuple[dict[str, np.ndarray], pa.Table]:
     data = layout(workdir / f"data-{tag}", files)
     body = textwrap.indent(textwrap.dedent(steps).strip(), "  ")
     train = workdir / f"train-{tag}.yaml"
     train.write_text(f"pipeline: zoo\nsteps:\n  - op: read_parquet\n    path: {data}\n"
                      f"    partition_mb: 0.05\n{body}\n  - op: save_model\n    name: m{tag}\n")
-    run(train, engine_instance=engine)
+    run(train, engine_instance=engine, device=device)
     score = write_pipeline(workdir, f"""
         pipeline: zoo_score
         steps:
@@ -147,7 +148,7 @@ def train_and_score(workdir: Path, engine, steps: str, files: int, tag: str
           - op: write_parquet
             path: {workdir / f"scores-{tag}"}
         """, f"score-{tag}.yaml")
-    run(score, engine_instance=engine)
+    run(score, engine_instance=engine, device=device)
     model = ModelStore().load(f"m{tag}")
     arrays = {}
     for i, step in enumerate(model.chain.steps):
@@ -188,6 +189,17 @@ def assert_same(got: tuple, expected: tuple, rtol: float) -> None:
 def test_zoo_matches_local_one_partition(workdir: Path, engine, reference: dict, name: str,
                                          files: int) -> None:
     got = train_and_score(workdir, engine, ZOO[name], files, f"{name}{files}")
+    assert_same(got, reference[name], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_on_the_gpu_stand_in_matches_the_cpu(workdir: Path, reference: dict, name: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model family, its feature steps and scoring on the GPU path (the stand-in
+    device: a kernel that slips into NumPy fails), over 5 files."""
+    monkeypatch.setenv(STANDIN_ENV, "array_api_strict")
+    with make_engine("local") as local:
+        got = train_and_score(workdir, local, ZOO[name], 5, f"{name}gpu", device="gpu")
     assert_same(got, reference[name], rtol=1e-6)
 
 
