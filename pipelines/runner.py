@@ -73,25 +73,31 @@ def placements(plan: Plan, engine: Engine, device: str | None = None,
     and missing fails here, before any data moves; ``auto`` without one falls back to
     the CPU with one notice."""
     profile = engine.profile_device
+
+    def wanted(step: Step) -> str:
+        if not step.op.numeric_kernels and not step.spec.device:
+            return "cpu"  # Arrow on the host: no GPU to wait for
+        return step.spec.device or device or plan.spec.device or profile.device or "cpu"
+
+    requested = {step.id: wanted(step) for step in plan.steps}
+    # a cluster's GPU workers may still be joining: worth waiting for when a step must
+    # have a GPU, not when `auto` would run on the CPU anyway
+    wait = "gpu" in requested.values()
     reasons: dict[str, str | None] = {}
 
     def problem() -> str | None:
         if "gpu" not in reasons:
-            reasons["gpu"] = engine.gpu_problem()
+            reasons["gpu"] = engine.gpu_problem(wait=wait)
         return reasons["gpu"]
 
     out: dict[str, Placement] = {}
     notices: list[str] = []
     for step in plan.steps:
-        requested = (step.spec.device or device or plan.spec.device or profile.device
-                     or "cpu")
         where = ""
         if step.spec.device:
             line = step.spec.param_lines.get("device", step.spec.line)
             where = f"{plan.spec.file}:{line}: step '{step.id}'"
-        if not step.op.numeric_kernels and not step.spec.device:
-            requested = "cpu"  # Arrow on the host: no GPU to wait for
-        chosen, notice = resolve_device(requested, problem, where)
+        chosen, notice = resolve_device(requested[step.id], problem, where)
         if notice and notice not in notices:
             notices.append(notice)
         chosen_dtype = (step.spec.dtype or dtype or plan.spec.dtype or profile.dtype

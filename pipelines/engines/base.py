@@ -179,9 +179,11 @@ class Engine(ABC):
             if "fallback" in device:
                 stats.fallbacks[partition] = device["reason"]
 
-    def gpu_problem(self) -> str | None:
+    def gpu_problem(self, wait: bool = True) -> str | None:
         """Why the engine's workers cannot compute on a GPU, or None when they can
-        (asked before any data moves). The local engine asks this machine."""
+        (asked before any data moves). ``wait``: give GPU workers that may still be
+        joining a cluster time (the profile's ``gpu_timeout``); without it, answer from
+        what is there now. The local engine asks this machine."""
         return gpu_problem()
 
     # lifecycle

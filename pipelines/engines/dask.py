@@ -487,10 +487,10 @@ class DaskEngine(Engine):
 
     # ------------------------------------------------------------------ GPUs
 
-    def gpu_problem(self) -> str | None:
+    def gpu_problem(self, wait: bool = True) -> str | None:
         """Why no worker can compute on a GPU, or None: waits up to ``gpu_timeout``
-        seconds for a worker that offers the resource GPU, then has each such worker
-        check its GPU."""
+        seconds (``wait``; else not at all) for a worker that offers the resource GPU,
+        then has each such worker check its GPU."""
         if not self.scheduler and not self.gpu_workers and not self._share_gpu:
             # a LocalCluster's workers are processes of this machine: its GPU or none
             reason = gpu_problem()
@@ -500,10 +500,11 @@ class DaskEngine(Engine):
             self.close()  # one already started has no GPU workers: it starts again
         self._require()
         timeout = self.profile_device.gpu_timeout
-        addresses = self._wait_for_gpu_workers(timeout)
+        addresses = self._wait_for_gpu_workers(timeout if wait else 0.0)
         if not addresses:
             scheduler = self._client.scheduler.address
-            return (f"no Dask worker offers the resource GPU after {timeout:g} s ("
+            waited = f" after {timeout:g} s" if wait else ""
+            return (f"no Dask worker offers the resource GPU{waited} ("
                     + GPU_WORKER_HINT.format(scheduler=scheduler) + ")")
         return self._check_gpus(addresses, timeout)
 

@@ -778,12 +778,13 @@ class SparkEngine(Engine):
 
     # ------------------------------------------------------------------ GPUs
 
-    def gpu_problem(self) -> str | None:
+    def gpu_problem(self, wait: bool = True) -> str | None:
         """Why Spark tasks cannot compute on a GPU, or None: a 1-task job asks an
         executor's Python worker (a local master's run on this machine, with the
         environment the session started them with). On a cluster the session must ask
         for GPUs, and the job must get one within the profile's ``gpu_timeout``:
-        Spark itself waits for ever for an executor with the resources asked."""
+        Spark itself waits for ever for an executor with the resources asked (whatever
+        ``wait`` says: a session whose tasks ask for GPUs cannot run without one)."""
         self.start()
         sc = self.spark.sparkContext
         conf = dict(sc.getConf().getAll())
