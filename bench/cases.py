@@ -16,6 +16,8 @@ from bench.dask_cases import (  # noqa: F401 - bench.worker looks the sides up h
 )
 from bench.mllib_cases import (  # noqa: F401 - bench.worker looks the sides up here
     forest_split,
+    train_boosted_spark_mllib,
+    train_boosted_spark_sluice_spark,
     train_forest_mllib_mllib,
     train_forest_mllib_sluice_local,
     train_mlp_mllib_mllib,
@@ -130,6 +132,8 @@ CASES: dict[str, Case] = {
     "train_forest_mllib": Case("numeric", ("sluice_local", "mllib"), _numeric, forest_split),
     # mlp [64, 32] sigmoid, L-BFGS 50 iterations vs MLlib MultilayerPerceptronClassifier
     "train_mlp_mllib": Case("numeric", ("sluice_local", "mllib"), _numeric, mlp_holdout),
+    # gradient_boosted_trees (20 trees, depth 4) on the Spark engine vs MLlib GBTClassifier
+    "train_boosted_spark": Case("numeric", ("sluice_spark", "mllib"), _numeric, forest_split),
 }
 
 
