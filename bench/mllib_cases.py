@@ -62,13 +62,13 @@ MLP_SOLVER = {"solver": "lbfgs", "max_iter": LBFGS_ITERATIONS, "activation": "si
               "l2": 0.0, "tol": 1e-12}
 
 
-def _session() -> tuple[Any, float]:
+def _session(master: str = MASTER) -> tuple[Any, float]:
     """A Spark session as the Spark engine makes it (profile included) and its start-up
     seconds."""
     from pipelines.engines.spark import SparkEngine
 
     start = time.perf_counter()
-    engine = SparkEngine(master=MASTER)
+    engine = SparkEngine(master=master)
     engine.start()
     return engine, time.perf_counter() - start
 
@@ -113,34 +113,46 @@ def train_forest_mllib_sluice_local(data: Path, scratch: Path) -> None:
     print(f"  {name} sluice: fit {fit_seconds:.2f} s")
 
 
-def train_forest_mllib_mllib(data: Path, scratch: Path) -> None:
+def _held_out_fit(scratch: Path, case: str, classifier: Any, master: str = MASTER,
+                  **extra: Any) -> None:
+    """MLlib's side of a tree case: ``classifier`` after a VectorAssembler, fitted on the
+    rows sluice trains on (the split's ``held`` false), scored on the rows it holds out;
+    ``extra``: more fields of the record, each a function of the fitted model."""
     from pyspark.ml import Pipeline
-    from pyspark.ml.classification import RandomForestClassifier
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
     from pyspark.ml.feature import VectorAssembler
     from pyspark.sql import functions as F
 
-    engine, session_seconds = _session()
+    engine, session_seconds = _session(master)
     try:
         frame = engine.spark.read.parquet(str(scratch / SPLIT))
         features = [c for c in frame.columns if c not in ("label", "held")]
-        forest = RandomForestClassifier(
-            labelCol="label", numTrees=FOREST["n_trees"], maxDepth=FOREST["max_depth"],
-            maxBins=255, featureSubsetStrategy="sqrt", seed=SEED)
         start = time.perf_counter()
         model = Pipeline(stages=[VectorAssembler(inputCols=features, outputCol="features"),
-                                 forest]).fit(frame.filter(~F.col("held")))
+                                 classifier(labelCol="label")]).fit(frame.filter(~F.col("held")))
         fit_seconds = time.perf_counter() - start
         held = model.transform(frame.filter(F.col("held")))
         accuracy = MulticlassClassificationEvaluator(
             labelCol="label", metricName="accuracy").evaluate(held)
-        _record(scratch, "train_forest_mllib_mllib", accuracy=accuracy,
-                fit_seconds=fit_seconds, session_seconds=session_seconds,
-                nodes=model.stages[-1].totalNumNodes)
-        print(f"  train_forest_mllib mllib: held-out accuracy {accuracy:.4f}, "
+        fitted = model.stages[-1]
+        _record(scratch, f"{case}_mllib", accuracy=accuracy, fit_seconds=fit_seconds,
+                session_seconds=session_seconds, master=engine.spark.sparkContext.master,
+                **{key: value(fitted) for key, value in extra.items()})
+        print(f"  {case} mllib: held-out accuracy {accuracy:.4f}, "
               f"fit {fit_seconds:.2f} s, session start {session_seconds:.2f} s")
     finally:
         engine.close()
+
+
+def train_forest_mllib_mllib(data: Path, scratch: Path) -> None:
+    from functools import partial
+
+    from pyspark.ml.classification import RandomForestClassifier
+
+    forest = partial(RandomForestClassifier, numTrees=FOREST["n_trees"],
+                     maxDepth=FOREST["max_depth"], maxBins=255, featureSubsetStrategy="sqrt",
+                     seed=SEED)
+    _held_out_fit(scratch, "train_forest_mllib", forest, nodes=lambda m: m.totalNumNodes)
 
 
 def train_mlp_mllib_sluice_local(data: Path, scratch: Path) -> None:
@@ -219,40 +231,17 @@ def train_boosted_spark_sluice_spark(data: Path, scratch: Path) -> None:
 
 
 def train_boosted_spark_mllib(data: Path, scratch: Path) -> None:
-    from pyspark.ml import Pipeline
+    from functools import partial
+
     from pyspark.ml.classification import GBTClassifier
-    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-    from pyspark.ml.feature import VectorAssembler
-    from pyspark.sql import functions as F
 
-    from pipelines.engines.spark import DEFAULT_MASTER, SparkEngine
+    from pipelines.engines.spark import DEFAULT_MASTER
 
-    start = time.perf_counter()
-    engine = SparkEngine(master=DEFAULT_MASTER)  # the sluice side's session
-    engine.start()
-    session_seconds = time.perf_counter() - start
-    try:
-        frame = engine.spark.read.parquet(str(scratch / SPLIT))
-        features = [c for c in frame.columns if c not in ("label", "held")]
-        boosted = GBTClassifier(
-            labelCol="label", lossType="logistic", maxIter=BOOSTED_SPARK["n_trees"],
-            maxDepth=BOOSTED_SPARK["max_depth"], stepSize=BOOSTED_SPARK["learning_rate"],
-            maxBins=BOOSTED_SPARK["max_bins"],
-            minInstancesPerNode=BOOSTED_SPARK["min_samples_leaf"], subsamplingRate=1.0,
-            featureSubsetStrategy="all", seed=SEED)
-        start = time.perf_counter()
-        model = Pipeline(stages=[VectorAssembler(inputCols=features, outputCol="features"),
-                                 boosted]).fit(frame.filter(~F.col("held")))
-        fit_seconds = time.perf_counter() - start
-        held = model.transform(frame.filter(F.col("held")))
-        accuracy = MulticlassClassificationEvaluator(
-            labelCol="label", metricName="accuracy").evaluate(held)
-        fitted = model.stages[-1]
-        _record(scratch, "train_boosted_spark_mllib", accuracy=accuracy,
-                fit_seconds=fit_seconds, session_seconds=session_seconds,
-                trees=fitted.getNumTrees, nodes=fitted.totalNumNodes,
-                master=engine.spark.sparkContext.master)
-        print(f"  train_boosted_spark mllib: held-out accuracy {accuracy:.4f}, "
-              f"fit {fit_seconds:.2f} s, session start {session_seconds:.2f} s")
-    finally:
-        engine.close()
+    boosted = partial(
+        GBTClassifier, lossType="logistic", maxIter=BOOSTED_SPARK["n_trees"],
+        maxDepth=BOOSTED_SPARK["max_depth"], stepSize=BOOSTED_SPARK["learning_rate"],
+        maxBins=BOOSTED_SPARK["max_bins"], minInstancesPerNode=BOOSTED_SPARK["min_samples_leaf"],
+        subsamplingRate=1.0, featureSubsetStrategy="all", seed=SEED)
+    # the sluice side's session: the Spark engine's default master
+    _held_out_fit(scratch, "train_boosted_spark", boosted, DEFAULT_MASTER,
+                  trees=lambda m: m.getNumTrees, nodes=lambda m: m.totalNumNodes)
