@@ -17,11 +17,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from operators.base import PartitionInfo, Sink, SluiceError, Source, Transform, tree_reduce
+from operators.base import (
+    PartitionInfo,
+    Sink,
+    SluiceError,
+    Source,
+    Transform,
+    WriteResult,
+    tree_reduce,
+)
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem, run_placed
 
 __all__ = ["Dataset", "Engine", "StepFailure", "compute_partition", "placed_action",
-           "tree_reduce"]
+           "tree_reduce", "write_through"]
 
 # record(step, partition index, rows, seconds, device): what each step did on each
 # partition; ``device`` says where it ran ("cpu", "gpu:0") and any out-of-memory
@@ -154,6 +162,19 @@ class placed_action:  # noqa: N801 - used like a function
     def __call__(self, part: pa.Table, info: PartitionInfo, record: Record | None) -> Any:
         return _placed(self.step, self.placement, self.partial, part, info.index,
                        self.combine, record, lambda _: part.num_rows)
+
+
+def write_through(sink: Sink, run_id: str, schema: pa.Schema,
+                  write_all: Callable[[Any], list[WriteResult]]) -> dict[str, Any]:
+    """The sink protocol of every engine: begin, write every partition
+    (``write_all(token)``, the engine's part), commit; abort on any failure."""
+    token = sink.begin(run_id, schema)
+    try:
+        results = write_all(token)
+    except BaseException:
+        sink.abort(token)
+        raise
+    return sink.commit(token, results)
 
 
 class Engine(ABC):

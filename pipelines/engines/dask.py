@@ -80,6 +80,7 @@ from pipelines.engines.base import (
     compute_partition,
     located,
     placed_action,
+    write_through,
 )
 from pipelines.engines.progress import progress_bar
 from pipelines.profiles import read, validated
@@ -731,15 +732,12 @@ class DaskEngine(Engine):
 
     def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
         self._require()
-        token = sink.begin(run_id, data.schema)
-        try:
-            results: list[WriteResult] = [
-                r for _, r in self._each(data, step_id, _Write(sink, token),
-                                         f"{step_id}: write", drain=True)]
-        except BaseException:
-            sink.abort(token)
-            raise
-        return sink.commit(token, results)
+
+        def write_all(token: Any) -> list[WriteResult]:
+            return [r for _, r in self._each(data, step_id, _Write(sink, token),
+                                             f"{step_id}: write", drain=True)]
+
+        return write_through(sink, run_id, data.schema, write_all)
 
     def collect(self, data: Dataset) -> pa.Table:
         parts = [t for _, t in self._each(data, "collect", _table, "collect")]

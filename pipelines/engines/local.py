@@ -26,6 +26,7 @@ from pipelines.engines.base import (
     compute_partition,
     located,
     placed_action,
+    write_through,
 )
 from pipelines.engines.progress import progress_bar
 from pipelines.profiles import load_local
@@ -177,17 +178,12 @@ class LocalEngine(Engine):
         return Dataset(data.source, data.source_step, data.ops, data.schema, key)
 
     def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
-        token = sink.begin(run_id, data.schema)
-        try:
-            results: list[WriteResult] = [
-                r for _, r in self._each(
-                    data, step_id, lambda part, info: sink.write(token, part, info.index),
-                    f"{step_id}: write")
-            ]
-        except BaseException:
-            sink.abort(token)
-            raise
-        return sink.commit(token, results)
+        def write_all(token: Any) -> list[WriteResult]:
+            return [r for _, r in self._each(
+                data, step_id, lambda part, info: sink.write(token, part, info.index),
+                f"{step_id}: write")]
+
+        return write_through(sink, run_id, data.schema, write_all)
 
     def collect(self, data: Dataset) -> pa.Table:
         parts = [t for _, t in self._each(data, "collect", lambda part, _: part, "collect")]

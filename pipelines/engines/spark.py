@@ -72,6 +72,7 @@ from pipelines.engines.base import (
     compute_partition,
     located,
     placed_action,
+    write_through,
 )
 from pipelines.package import active_archive, cached_build, run_in_executor
 from pipelines.profiles import read, validated
@@ -876,15 +877,12 @@ class SparkEngine(Engine):
         return replace(data, cache_key=key)
 
     def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
-        token = sink.begin(run_id, data.schema)
-        try:
-            results: list[WriteResult] = self._run(
+        def write_all(token: Any) -> list[WriteResult]:
+            return self._run(
                 data, step_id, lambda part, info, record: sink.write(token, part, info.index),
                 f"{step_id}: write")
-        except BaseException:
-            sink.abort(token)
-            raise
-        return sink.commit(token, results)
+
+        return write_through(sink, run_id, data.schema, write_all)
 
     def collect(self, data: Dataset) -> pa.Table:
         parts = self._run(data, "collect", lambda part, info, record: part, "collect")
