@@ -76,6 +76,22 @@ def write_pipeline(folder: Path, text: str, name: str = "pipeline.yaml") -> Path
     return path
 
 
+def exploding_pipeline(folder: Path, at_partition_with: int) -> Path:
+    """read data/churn -> a step ``explode`` that fails with a bug (ZeroDivisionError) on
+    the partition holding row ``at_partition_with`` -> write ``out``."""
+    return write_pipeline(folder, f"""
+        pipeline: boom
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - id: explode
+            op: sluice_testops.Exploding
+            at_partition_with: {at_partition_with}
+          - op: write_parquet
+            path: out
+        """)
+
+
 @pytest.fixture
 def churn(workdir: Path) -> Path:
     """5,000 churn rows in 3 files of several row groups under workdir/data/churn."""

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import write_pipeline
+from conftest import exploding_pipeline, write_pipeline
 
 from operators.base import registered
 
@@ -79,17 +79,7 @@ def test_invalid_pipeline_exit_code_and_all_problems(churn: Path, workdir: Path)
 
 
 def test_bug_prints_traceback_then_one_located_line(churn: Path, workdir: Path) -> None:
-    path = write_pipeline(workdir, """
-        pipeline: boom
-        steps:
-          - op: read_parquet
-            path: data/churn
-          - id: explode
-            op: sluice_testops.Exploding
-            at_partition_with: 10
-          - op: write_parquet
-            path: out
-        """)
+    path = exploding_pipeline(workdir, 10)
     result = sluice("run", str(path), cwd=workdir)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "ZeroDivisionError: boom" in result.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_pipeline
+from conftest import exploding_pipeline, write_pipeline
 
 from operators.base import SluiceError
 from pipelines.datagen import churn_table, generate
@@ -111,17 +111,7 @@ def test_user_error_in_a_partition_is_located(workdir: Path, engine: Engine) -> 
 
 def test_bug_in_an_operator_names_step_and_partition(churn: Path, workdir: Path,
                                                      engine: Engine) -> None:
-    path = write_pipeline(workdir, """
-        pipeline: boom
-        steps:
-          - op: read_parquet
-            path: data/churn
-          - id: explode
-            op: sluice_testops.Exploding
-            at_partition_with: 4000
-          - op: write_parquet
-            path: out
-        """)
+    path = exploding_pipeline(workdir, 4000)
     with pytest.raises(StepFailure) as info:
         run(path, engine_instance=engine)
     assert info.value.step == "explode" and "part-00002.parquet" in info.value.where

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, write_pipeline
+from conftest import ROOT, exploding_pipeline, write_pipeline
 
 from operators.base import DataError, SluiceError
 from operators.io.parquet import ReadParquet
@@ -435,17 +435,7 @@ def test_spark_failures_become_one_line() -> None:
 
 def test_bug_carries_the_executor_traceback(spark: SparkEngine, churn: Path,
                                             workdir: Path) -> None:
-    path = write_pipeline(workdir, """
-        pipeline: boom
-        steps:
-          - op: read_parquet
-            path: data/churn
-          - id: explode
-            op: sluice_testops.Exploding
-            at_partition_with: 10
-          - op: write_parquet
-            path: out
-        """)
+    path = exploding_pipeline(workdir, 10)
     with pytest.raises(StepFailure) as info:
         run(path, engine_instance=spark)
     assert info.value.step == "explode" and "part-00000.parquet" in info.value.where
