@@ -10,8 +10,10 @@ from typing import Any
 
 import click
 
+from operators.arrays import DTYPES
 from operators.base import SluiceError
 from pipelines import profiles
+from pipelines.device import DEVICES
 from pipelines.engines.base import StepFailure
 from pipelines.runner import ValidationFailed, plan_file, run
 from pipelines.store import ModelStore
@@ -88,10 +90,10 @@ def _engine_choice(value: str) -> str:
 @click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
               help="Dask scheduler to attach to")
 @click.option("--master", metavar="URL", default=None, help="Spark master URL")
-@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default=None,
+@click.option("--device", type=click.Choice(DEVICES), default=None,
               help="where numeric kernels run (a step's `device:` wins; default: the "
                    "pipeline's `device:`, else the engine profile's, else cpu)")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None,
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="compute dtype of numeric kernels (a step's `dtype:` wins; default: the "
                    "pipeline's, else the engine profile's, else float64)")
 @click.option("--progress/--no-progress", default=None,

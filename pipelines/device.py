@@ -27,7 +27,6 @@ from operators.arrays import gpu_namespace, is_device_oom, standin
 from operators.base import SluiceError
 
 DEVICES = ("cpu", "gpu", "auto")
-DTYPES = ("float64", "float32")
 # a partition that does not fit on the device is halved this many times at most
 # (pieces of 1/16) before it is computed on the CPU
 MAX_SPLITS = 4

@@ -13,12 +13,14 @@ from typing import Any
 
 import yaml
 
+from operators.arrays import DTYPES
 from operators.base import suggest
+from pipelines.device import DEVICES
 
 TOP_LEVEL_KEYS = ("pipeline", "description", "params", "device", "dtype", "steps")
 STEP_KEYS = ("id", "op", "input", "device", "dtype")
 # where a pipeline's or a step's numeric kernels run, and in which dtype
-PLACEMENT_KEYS = {"device": ("cpu", "gpu", "auto"), "dtype": ("float64", "float32")}
+PLACEMENT_KEYS = {"device": DEVICES, "dtype": DTYPES}
 _PARAM_REF = re.compile(r"\$\{([^}]*)\}")
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
