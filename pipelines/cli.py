@@ -134,6 +134,9 @@ def _print_record(record: dict[str, Any]) -> None:
                        f"CPU ({fallback['reason']})")
     for output in record["outputs"]:
         click.echo(f"  wrote {output['rows']:,} rows to {output['path']}")
+    for model in record.get("models_used", []):
+        click.echo(f"  step '{model['step']}' used model {model['name']}@{model['version']} "
+                   f"({model['path']})")
     for model in record["models"]:
         click.echo(f"  saved model {model['name']}@{model['version']} ({model['path']})")
     _print_metrics(record["metrics"])

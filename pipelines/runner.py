@@ -117,7 +117,8 @@ def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
 
     def resolve_model(ref: str) -> tuple[Any, list[str], dict[str, Any]]:
         model = store.load(ref)
-        return model.chain, model.required, {"name": model.name, "version": model.version}
+        return model.chain, model.required, {"name": model.name, "version": model.version,
+                                             "path": store.path_of(model)}
 
     return build(spec, resolve_model=resolve_model)
 
@@ -288,6 +289,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
                   for s in plan.steps},
         "outputs": [],
         "models": [],
+        "models_used": [{"step": s.id, **s.op.model_info} for s in plan.steps
+                        if getattr(s.op, "model_info", None)],
         "metrics": {},
     }
     current = Run(plan, eng, store, run_id, record, placements=placed)

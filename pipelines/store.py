@@ -3,13 +3,17 @@
 Versions are 1, 2, ... A local save writes a hidden staging directory and renames
 it to the next free version number with an atomic no-replace rename, retrying
 on the next number if another run took it, so concurrent saves never collide.
-On object stores (no atomic rename) the version directory is written in place,
-``model.json`` last; a version without ``model.json`` is not a model.
+On object stores (no atomic rename) a save claims the version number by creating
+``<version>/.claim`` exclusively (S3 ``If-None-Match: *``, fsspec mode ``"xb"``),
+moving on to the next number if another writer holds it; only the holder writes
+that directory, ``model.json`` last. A version without ``model.json`` (a writer in
+progress, or one that died) is not a model and its number is never reused.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -30,6 +34,7 @@ from operators.io.fs import Location, rename_noreplace, resolve
 
 FORMAT = "sluice-model"
 FORMAT_VERSION = 1
+CLAIM = ".claim"
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?:@(?P<version>latest|\d+))?$")
 
 
@@ -95,8 +100,10 @@ class ModelStore:
         return self.location.join(*parts)
 
     def path_of(self, model: Model) -> str:
-        """Where a model version lives (its folder, path or URL)."""
-        return self._path(model.name, str(model.version))
+        """Where a model version lives (its folder, or its URL on an object store)."""
+        if self.location.local:
+            return self._path(model.name, str(model.version))
+        return "/".join([self.root.rstrip("/"), model.name, str(model.version)])
 
     # ------------------------------------------------------------------ reading
 
@@ -233,12 +240,44 @@ class ModelStore:
 
     def _save_remote(self, name: str, meta: dict[str, Any], arrays: bytes) -> int:
         fs = self.location.fsspec_fs
-        version = (self.versions(name) or [0])[-1] + 1
-        while fs.exists(self._path(name, str(version))):
-            version += 1
-        meta["version"] = version
-        with fs.open(self._path(name, str(version), "arrays.npz"), "wb") as f:
-            f.write(arrays)
-        with fs.open(self._path(name, str(version), "model.json"), "wb") as f:
-            f.write(json.dumps(meta, indent=1).encode())
+        version = self._claim(name)
+        try:
+            meta["version"] = version
+            with fs.open(self._path(name, str(version), "arrays.npz"), "wb") as f:
+                f.write(arrays)
+            with fs.open(self._path(name, str(version), "model.json"), "wb") as f:
+                f.write(json.dumps(meta, indent=1).encode())
+        except BaseException:
+            # the number stays claimed (never reused); its half-written files go
+            for leftover in ("model.json", "arrays.npz"):
+                with contextlib.suppress(Exception):  # best effort; the first error matters
+                    fs.rm(self._path(name, str(version), leftover))
+            raise
         return version
+
+    def _claim(self, name: str) -> int:
+        """Take the next free version number of ``name`` on an object store."""
+        fs = self.location.fsspec_fs
+        base = self._path(name)
+        taken = [0]
+        if fs.exists(base):
+            fs.invalidate_cache(base)
+            taken += [int(t) for t in (posixpath.basename(e.rstrip("/"))
+                                       for e in fs.ls(base, detail=False)) if t.isdigit()]
+        version = max(taken) + 1
+        token = uuid.uuid4().hex.encode()
+        while True:
+            claim = self._path(name, str(version), CLAIM)
+            try:
+                with fs.open(claim, "xb") as f:
+                    f.write(token)
+                return version
+            except FileExistsError:
+                version += 1
+            except (NotImplementedError, ValueError) as exc:
+                raise ArtifactError(
+                    f"cannot save to the model registry {self.root}: its file system "
+                    f"({type(fs).__name__}) has no exclusive create ({exc}), so two runs "
+                    "could take the same version number",
+                    hint="keep the registry (--models) on a local path or on s3://, gs:// or abfs://"
+                ) from None

@@ -297,3 +297,121 @@ def test_overwriting_a_foreign_dataset_hides_new_files_until_commit(bucket: str)
     write(url, [new], "done", mode="overwrite")
     assert read(url).equals(new)
     assert objects(bucket) == ["spark/_SUCCESS", "spark/part-done-00000.parquet"]
+
+
+# --------------------------------------------------------------------------- model registry
+
+REGISTRY_SCHEMA = pa.schema([("a", pa.float64()), ("b", pa.int64())])
+
+
+def centered(means: list[float]) -> Any:
+    from sluice_testops import Centered, CenterParams
+
+    return Centered(CenterParams(columns=["a", "b"]), np.array(means, dtype=np.float64))
+
+
+def test_registry_round_trip_on_s3(bucket: str) -> None:
+    from pipelines.store import ModelStore
+
+    store = ModelStore(f"s3://{bucket}/models")
+    assert store.names() == []
+    for i in range(3):
+        assert store.save("m", [centered([i, -i])], REGISTRY_SCHEMA).version == i + 1
+    fresh = ModelStore(f"s3://{bucket}/models")
+    assert fresh.names() == ["m"] and fresh.versions("m") == [1, 2, 3]
+    assert fresh.load("m@latest").version == 3
+    np.testing.assert_array_equal(fresh.load("m@2").chain.steps[0].means, [1.0, -1.0])
+    assert objects(bucket, "models/m/1/") == [
+        "models/m/1/.claim", "models/m/1/arrays.npz", "models/m/1/model.json"]
+
+
+def test_concurrent_registry_saves_on_s3_get_distinct_versions(bucket: str) -> None:
+    """Writers that all list the same versions at once: each number is taken once, and
+    every version holds the arrays of the writer that took it."""
+    import threading
+
+    from pipelines.store import ModelStore
+
+    writers, saves = 4, 4
+    barrier = threading.Barrier(writers)
+    results: dict[int, list[tuple[int, float]]] = {}
+
+    def save_many(w: int) -> None:
+        store = ModelStore(f"s3://{bucket}/models")  # each thread its own store, one s3fs
+        got = []
+        for k in range(saves):
+            barrier.wait(timeout=60)  # all writers race for the same next number
+            mark = 100.0 * w + k
+            got.append((store.save("m", [centered([mark, 0.0])], REGISTRY_SCHEMA).version,
+                        mark))
+        results[w] = got
+
+    threads = [threading.Thread(target=save_many, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == writers
+    taken = sorted(v for got in results.values() for v, _ in got)
+    assert taken == list(range(1, writers * saves + 1))
+    store = ModelStore(f"s3://{bucket}/models")
+    assert store.versions("m") == taken
+    for got in results.values():
+        for version, mark in got:
+            assert store.load(f"m@{version}").chain.steps[0].means[0] == mark
+
+
+def test_dead_registry_writer_is_invisible_and_its_number_never_reused(bucket: str) -> None:
+    from pipelines.store import ModelStore
+
+    store = ModelStore(f"s3://{bucket}/models")
+    store.save("m", [centered([1.0, 1.0])], REGISTRY_SCHEMA)
+    put(bucket, "models/m/2/.claim", b"dead")  # a writer that died after its claim
+    put(bucket, "models/m/2/arrays.npz", b"half")
+    assert store.versions("m") == [1] and store.load("m@latest").version == 1
+    assert store.save("m", [centered([3.0, 3.0])], REGISTRY_SCHEMA).version == 3
+    assert store.versions("m") == [1, 3]
+
+
+def test_failed_registry_write_removes_its_files(bucket: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.store import ModelStore
+
+    store = ModelStore(f"s3://{bucket}/models")
+    real_dumps = json.dumps
+
+    def failing(*args: Any, **kwargs: Any) -> str:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(json, "dumps", failing)
+    with pytest.raises(OSError, match="disk on fire"):
+        store.save("m", [centered([1.0, 1.0])], REGISTRY_SCHEMA)
+    monkeypatch.setattr(json, "dumps", real_dumps)
+    assert objects(bucket, "models/") == ["models/m/1/.claim"]
+    assert store.versions("m") == []
+    assert store.save("m", [centered([1.0, 1.0])], REGISTRY_SCHEMA).version == 2
+
+
+def test_train_and_score_with_the_registry_on_s3(bucket: str, workdir: Any) -> None:
+    """The CLI as users run it, with --models on S3: train saves churn@1, scoring loads it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipelines.datagen import generate
+
+    generate("churn", 3000, workdir / "data" / "churn" / "ds=2026-11-28", files=2)
+    root = Path(__file__).resolve().parents[2]
+    sluice = str(Path(sys.executable).parent / "sluice")
+    env = {**os.environ, "CI": "1"}
+    models = f"s3://{bucket}/models"
+    for pipeline in ("churn_train", "churn_score"):
+        done = subprocess.run(
+            [sluice, "run", str(root / "conf" / "pipelines" / f"{pipeline}.yaml"),
+             "--models", models, "--param", "ds=2026-11-28"],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+    assert "models/churn/1/model.json" in objects(bucket, "models/")
+    assert f"step 'scores' used model churn@1 ({models}/churn/1)" in done.stdout, done.stdout
+    assert pq.read_table(workdir / "data" / "scores" / "ds=2026-11-28").num_rows == 3000
