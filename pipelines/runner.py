@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from operators.base import Action, Estimator, Sink, SluiceError, Source, Transform, drive
+from operators.base import Action, Estimator, Sink, SluiceError, Source, Transform
 from operators.io.model import SaveModel
 from pipelines import profiles
 from pipelines import spec as spec_module
@@ -125,21 +125,13 @@ def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
 
 def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator,
         placement: Placement = CPU) -> tuple[Transform, dict[str, Any], Dataset]:
-    """Fit an estimator over the engine's partitions (the same loop on every engine).
+    """Fit an estimator over the engine's partitions (``Engine.fit``: the same driver
+    loop on every engine, run where the engine says).
 
     Returns the fitted transform, the fit's metrics and the (possibly persisted) input.
     """
-    if estimator.multi_pass:
-        data = engine.persist(data)
-    passes = [0]
-
-    def aggregate(partial: Any) -> Any:
-        passes[0] += 1
-        return engine.aggregate(data, step_id, partial, estimator.combine,
-                                label=f"{step_id}: pass {passes[0]}", placement=placement)
-
     try:
-        state, rounds = drive(estimator, data.schema, aggregate)
+        state, rounds, data = engine.fit(data, step_id, estimator, placement)
     except SluiceError as exc:
         raise exc.located(f"step '{step_id}'") from None
     metrics = {"passes": rounds, **estimator.metrics(state)}

@@ -51,6 +51,18 @@ def engine(request: pytest.FixtureRequest, shared_engines: dict[str, Any]) -> An
     return shared_engines[name]
 
 
+@pytest.fixture
+def spark(shared_engines: dict[str, Any]) -> Any:
+    """The session's shared Spark engine (the same one the engine matrix uses)."""
+    from pipelines.runner import make_engine
+
+    if "spark" not in shared_engines:
+        engine = make_engine("spark")
+        engine.start()
+        shared_engines["spark"] = engine
+    return shared_engines["spark"]
+
+
 @pytest.fixture(autouse=True)
 def _kit_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICE_KIT_TMP", str(tmp_path_factory.getbasetemp()))

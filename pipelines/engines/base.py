@@ -3,7 +3,7 @@
 A ``Dataset`` is a logical plan: a Source, its partitions, and the transforms
 applied to each partition in order. Engines decide where partitions are read and
 transformed (threads, Dask workers, Spark executors), how partials are combined
-and what is cached; the driver loop that fits estimators (``runner.fit``) and
+and what is cached; the driver loop that fits estimators (``Engine.fit``) and
 every operator are the same on every engine.
 """
 
@@ -18,12 +18,14 @@ from typing import Any
 import pyarrow as pa
 
 from operators.base import (
+    Estimator,
     PartitionInfo,
     Sink,
     SluiceError,
     Source,
     Transform,
     WriteResult,
+    drive,
     tree_reduce,
 )
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem, run_placed
@@ -76,6 +78,8 @@ class StepStats:
     devices: set[str] = field(default_factory=set)
     splits: dict[int, int] = field(default_factory=dict)
     fallbacks: dict[int, str] = field(default_factory=dict)
+    # how the engine ran the step, for the run record (a Spark fit: ``fit_mode``)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -83,7 +87,7 @@ class StepStats:
 
     def describe(self) -> dict[str, Any]:
         """The run record's view: where the step ran, and what ran out of device memory."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = dict(self.notes)
         if self.devices:
             out["device"] = ", ".join(sorted(self.devices))
         if self.splits:
@@ -243,6 +247,25 @@ class Engine(ABC):
                   placement: Placement = CPU) -> Any:
         """``partial(part, xp)`` on every partition (where ``placement`` says), combined
         into one value."""
+
+    def fit(self, data: Dataset, step_id: str, estimator: Estimator,
+            placement: Placement = CPU) -> tuple[Any, int, Dataset]:
+        """Fit ``estimator`` on ``data``: the driver loop (``operators.base.drive``), one
+        ``aggregate`` per pass over the (persisted, when there are several) partitions.
+
+        Returns the final state, the number of passes and the dataset the passes read.
+        """
+        if estimator.multi_pass:
+            data = self.persist(data)
+        passes = [0]
+
+        def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
+            passes[0] += 1
+            return self.aggregate(data, step_id, partial, estimator.combine,
+                                  label=f"{step_id}: pass {passes[0]}", placement=placement)
+
+        state, rounds = drive(estimator, data.schema, aggregate)
+        return state, rounds, data
 
     @abstractmethod
     def persist(self, data: Dataset) -> Dataset:

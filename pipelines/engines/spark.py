@@ -13,8 +13,13 @@ transforms (``compute_partition``); then, in the same Python worker,
 * a write runs ``sink.write`` and emits the ``WriteResult``; the driver commits
   once (``_SUCCESS`` manifest, atomic rename: Spark's own committer, with its
   ``_temporary`` folders, is not involved);
-* a multi-pass fit reads a ``cache()``-d DataFrame of the prepared partitions,
-  kept as Arrow IPC blobs (exact Arrow types, no conversion through Spark types);
+* a multi-pass fit runs resident where it can (``resident_fits``): one barrier job
+  whose tasks compute their partitions once, keep them, and answer each pass the
+  driver sends them over a direct connection (``pipelines/engines/resident.py``);
+  the driver combines the partials in partition order, so the model is the same;
+* otherwise a multi-pass fit runs one job a pass, reading a ``cache()``-d DataFrame
+  of the prepared partitions, kept as Arrow IPC blobs (exact Arrow types, no
+  conversion through Spark types), or re-reading a source on local disks;
 * ``to_dataframe`` gives the typed DataFrame (the declared schema converted to
   Spark types) for Spark code downstream.
 
@@ -45,6 +50,7 @@ import functools
 import os
 import pickle
 import re
+import secrets
 import socket
 import sys
 import threading
@@ -63,12 +69,22 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from operators.arrays import standin
-from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
+from operators.base import (
+    Estimator,
+    PartitionInfo,
+    Sink,
+    SluiceError,
+    WriteResult,
+    drive,
+    tree_reduce,
+)
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem, select_gpu
+from pipelines.engines import resident
 from pipelines.engines.base import (
     Dataset,
     Engine,
     StepFailure,
+    StepStats,
     compute_partition,
     located,
     placed_action,
@@ -132,6 +148,20 @@ class SparkProfile(DeviceProfile):
         "auto", description="whether multi-pass fits cache their prepared input in Spark "
                             "(auto: unless the source is on local disks, which re-reading "
                             "beats: Spark's cache is slower to read than local Parquet)")
+    resident_fits: Literal["auto", "always", "never"] = Field(
+        "auto", description="run a multi-pass fit as one barrier job whose tasks keep their "
+                            "partitions in memory and exchange partials directly, instead "
+                            "of one job per pass (auto: when there is a slot for each task, "
+                            "dynamic allocation is off and each task's share of the rows is "
+                            "estimated under resident_task_bytes)")
+    resident_port: int = Field(
+        0, ge=0, le=65535,
+        description="the driver's port the tasks of a resident fit connect to (0: any free "
+                    "port; set one your cluster's network lets executors reach)")
+    resident_task_bytes: int = Field(
+        4 * 1024**3, gt=0,
+        description="auto resident fits: the most bytes of prepared rows one task may hold "
+                    "(estimated from row counts and the schema)")
 
 
 def load_profile(path: str | os.PathLike[str] | None = None) -> tuple[SparkProfile, str | None]:
@@ -337,19 +367,11 @@ class _Task:
         # a GPU step computes on the GPU Spark gave this task (a local master gives
         # none: the current device); the run record names it
         address = task_gpu(context) if self._computes_on_gpu() else None
-        previous = os.getcwd()
-        # relative paths in a pipeline mean the driver's working directory, as on the
-        # local engine, wherever an executor sees that directory (local masters, NFS)
-        if self.cwd and os.path.isdir(self.cwd):
-            os.chdir(self.cwd)
-        try:
-            with select_gpu(address):
-                for info, table, records, failure in inputs:
-                    yield from emit(info, table, records, failure, last)
-                    if self.kind == "results" and self._failed:
-                        break  # the job fails: this task's other partitions are wasted
-        finally:
-            os.chdir(previous)
+        with _placed_task(self.cwd, address):
+            for info, table, records, failure in inputs:
+                yield from emit(info, table, records, failure, last)
+                if self.kind == "results" and self._failed:
+                    break  # the job fails: this task's other partitions are wasted
 
     def _computes_on_gpu(self) -> bool:
         """Whether this task runs a transform (not already cached) or a fit's partial
@@ -454,6 +476,94 @@ class _Task:
             raise _Attempt(_marked(failure))
         assert table is not None and self.frame_schema is not None
         yield from _cast_for_spark(table, self.frame_schema).to_batches(self.batch_rows)
+
+
+@dataclass
+class _ResidentTask:
+    """One task of a resident fit (``pipelines/engines/resident.py``): compute the
+    partitions of ``groups[rank]`` once, connect to the driver, answer its passes."""
+
+    data: Dataset
+    infos: dict[int, PartitionInfo]
+    groups: list[list[int]]
+    step: str
+    placement: Placement
+    host: str
+    port: int
+    secret: bytes
+    cwd: str = ""
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import BarrierTaskContext
+
+        context = BarrierTaskContext.get()
+        rank = context.partitionId()
+        for _ in batches:  # the descriptor row: a task's number is its rank
+            pass
+        gpu = self.data.uses_gpu() or self.placement.device == "gpu"
+        with _placed_task(self.cwd, task_gpu(context) if gpu else None):
+            self._run(rank)
+        yield _row(self.groups[rank][0], _RECORDS, pickle.dumps((None, [])))
+
+    def _run(self, rank: int) -> None:
+        records: list[Any] = []
+
+        def record(*r: Any) -> None:
+            records.append(r)
+
+        def taken() -> list[Any]:
+            out = list(records)
+            records.clear()
+            return out
+
+        held: list[tuple[PartitionInfo, pa.Table]] = []
+        failure = None
+        for index in self.groups[rank]:
+            info = self.infos[index]
+            try:
+                held.append((info, compute_partition(self.data, info, record)))
+            except (SluiceError, StepFailure) as exc:
+                failure = (index, _with_traceback(exc))
+                break
+        try:
+            sock = resident.connect(self.host, self.port, self.secret, rank)
+        except OSError as exc:
+            raise _Attempt(_marked(SluiceError(
+                f"a task of the resident fit of step '{self.step}' cannot reach the driver "
+                f"at {self.host}:{self.port} ({exc})",
+                hint="let executors reach that port (resident_port in the Spark profile "
+                     "picks it), or set resident_fits: never"))) from None
+        try:
+            resident.send(sock, resident.READY, pickle.dumps((failure, taken())))
+            if failure is not None:
+                resident.serve(sock, lambda work: b"")  # until the driver says stop
+                return
+
+            def locate(info: PartitionInfo, exc: BaseException) -> BaseException:
+                return _with_traceback(located(self.step, info, exc))
+
+            def answer(work: placed_action) -> bytes:
+                done = resident.answers(lambda t, i: work(t, i, record), held, locate)
+                return pickle.dumps((done, taken()))
+
+            resident.serve(sock, answer)
+        finally:
+            sock.close()
+
+
+@contextlib.contextmanager
+def _placed_task(cwd: str, gpu: str | None) -> Iterator[None]:
+    """A task's surroundings: the driver's working directory, where an executor sees
+    it (relative paths in a pipeline mean it, as on the local engine: local masters,
+    NFS), and the GPU Spark gave the task (``gpu``: its address; None: none used)."""
+    previous = os.getcwd()
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+    try:
+        with select_gpu(gpu):
+            yield
+    finally:
+        os.chdir(previous)
 
 
 def task_gpu(context: Any) -> str | None:
@@ -648,21 +758,9 @@ class SparkEngine(Engine):
             return [[]]
         budget = self.profile.rows_per_task
         rows = [budget if i.rows is None else i.rows for i in infos]
-        total = sum(rows)
         parallelism = self.spark.sparkContext.defaultParallelism if self.spark else 1
-        tasks = min(len(infos), max(parallelism, -(-total // budget)))
-        groups: list[list[int]] = []
-        last, done = -1, 0
-        for position, (info, n) in enumerate(zip(infos, rows)):
-            # the task whose share of the rows holds this partition's middle row
-            task = (min(tasks - 1, int((done + n / 2) * tasks / total)) if total
-                    else position * tasks // len(infos))
-            if task != last:
-                groups.append([])
-                last = task
-            groups[-1].append(info.index)
-            done += n
-        return groups
+        return _contiguous(infos, rows, min(len(infos), max(parallelism,
+                                                            -(-sum(rows) // budget))))
 
     def _source_frame(self, data: Dataset, infos: list[PartitionInfo]
                       ) -> tuple[Any, list[list[int]], _Cache | None]:
@@ -686,15 +784,15 @@ class SparkEngine(Engine):
 
     @staticmethod
     def _map(frame: Any, task: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
-             schema: Any) -> Any:
+             schema: Any, barrier: bool = False) -> Any:
         from pyspark import cloudpickle
 
         function = functools.partial(run_in_executor, cloudpickle.dumps(task))
         with _quiet_pandas_warning():
             try:
-                return frame.mapInArrow(function, schema)
+                return frame.mapInArrow(function, schema, barrier=barrier)
             except ImportError:
-                return _map_in_arrow_without_pandas(frame, function, schema)
+                return _map_in_arrow_without_pandas(frame, function, schema, barrier)
 
     # ------------------------------------------------------------------ running
 
@@ -867,6 +965,110 @@ class SparkEngine(Engine):
                              label or f"{step_id}: fit")
         return tree_reduce(partials, combine)
 
+    def fit(self, data: Dataset, step_id: str, estimator: Estimator,
+            placement: Placement = CPU) -> tuple[Any, int, Dataset]:
+        """A multi-pass fit runs resident (one barrier job whose tasks keep their
+        partitions, ``_ResidentTask``) where the profile's ``resident_fits`` allows it,
+        else one job a pass."""
+        tasks = self._resident_tasks(data, step_id, estimator)
+        notes = self.stats.setdefault(step_id, StepStats()).notes
+        if tasks is None:
+            if estimator.multi_pass:
+                notes["fit_mode"] = "one job a pass"
+            return super().fit(data, step_id, estimator, placement)
+        infos = self.partitions(data)
+        rows = [self.profile.rows_per_task if i.rows is None else i.rows for i in infos]
+        groups = _contiguous(infos, rows, tasks)
+        notes["fit_mode"] = f"resident, {len(groups)} tasks"
+        conf = self.spark.sparkContext.getConf()
+        host = conf.get("spark.driver.host") or socket.gethostname()
+        hub = resident.Hub(conf.get("spark.driver.bindAddress") or host,
+                           secrets.token_bytes(32), self.profile.resident_port)
+        task = _ResidentTask(data=data, infos={i.index: i for i in infos}, groups=groups,
+                             step=step_id, placement=placement, host=host, port=hub.port,
+                             secret=hub.secret, cwd=os.getcwd())
+        descriptors = self.spark.range(0, len(groups), 1, len(groups))
+        frame = self._map(descriptors, task, _ROWS_DDL, barrier=True)
+        job = _Background(lambda: self._collect(
+            frame, f"{step_id}: fit (resident, {len(groups)} tasks)"))
+        passes = [0]
+
+        def on_records(records: list[Any]) -> None:
+            for record in records:
+                self.record(*record)
+
+        def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
+            from pyspark import cloudpickle
+
+            passes[0] += 1
+            work = placed_action(step_id, placement, partial, estimator.combine)
+            values = hub.gather(cloudpickle.dumps(work), on_records)
+            return tree_reduce([values[i] for i in (info.index for info in infos)],
+                               estimator.combine)
+
+        try:
+            hub.accept(len(groups), job.check)
+            hub.ready(on_records)
+            state, rounds = drive(estimator, data.schema, aggregate)
+        except BaseException as exc:
+            hub.close()
+            job.wait(quiet=True)
+            if isinstance(exc, ConnectionError) and job.error is not None:
+                raise job.error from None  # a task died: Spark says why
+            raise
+        hub.close()
+        job.wait()
+        return state, rounds, data
+
+    def _resident_tasks(self, data: Dataset, step_id: str, estimator: Estimator
+                        ) -> int | None:
+        """How many tasks a resident fit of ``estimator`` gets, or None for one job a
+        pass (a single-pass fit; ``resident_fits`` never or, under auto, not possible)."""
+        mode = self.profile.resident_fits
+        if mode == "never" or not estimator.multi_pass:
+            return None
+        self.start()
+        infos = self.partitions(data)
+        if not infos:
+            return None
+        slots = self._slots()
+        conf = self.spark.sparkContext.getConf()
+        problem = None
+        if _on(conf, "spark.dynamicAllocation.enabled"):
+            problem = "dynamic allocation is on, and a barrier job needs its executors fixed"
+        elif mode == "auto" and (_on(conf, "spark.network.crypto.enabled")
+                                 or _on(conf, "spark.ssl.enabled")):
+            problem = ("Spark's network encryption is on, and the resident fit's connection "
+                       "is not encrypted")
+        elif (mode == "auto" and self.master.startswith("k8s://")
+              and not self.profile.resident_port):
+            problem = ("on Kubernetes the driver's pod accepts only the ports its service "
+                       "names; set resident_port to one of them")
+        elif slots < 1:
+            problem = "no executor offers a free task slot"
+        tasks = max(1, min(slots, len(infos)))
+        if problem is None and mode == "auto":
+            held = _estimated_bytes(data.schema, infos, self.profile.rows_per_task) / tasks
+            if held > self.profile.resident_task_bytes:
+                problem = (f"each task would hold about {held / 2**30:.1f} GiB, over "
+                           f"resident_task_bytes")
+        if problem is None:
+            return tasks
+        if mode == "always":
+            where = self.profile_path or "the Spark profile"
+            raise SluiceError(f"step '{step_id}': cannot run the fit resident: {problem}",
+                              hint=f"set resident_fits: auto or never in {where}")
+        return None
+
+    def _slots(self) -> int:
+        """Tasks the cluster can run at once now (what a barrier job may ask for)."""
+        jsc = self.spark.sparkContext._jsc.sc()
+        try:
+            profile = jsc.resourceProfileManager().resourceProfileFromId(0)
+            return int(jsc.maxNumConcurrentTasks(profile))
+        except Exception:  # noqa: BLE001 - a JVM without the method: no resident fits
+            return 0
+
     def persist(self, data: Dataset) -> Dataset:
         mode = self.profile.cache_fits
         if data.cache_key is not None or mode == "never" or (
@@ -904,7 +1106,71 @@ class SparkEngine(Engine):
         return self._map(frame, task, schema)
 
 
-def _map_in_arrow_without_pandas(frame: Any, function: Any, schema: Any) -> Any:
+def _on(conf: Any, key: str) -> bool:
+    return str(conf.get(key, "false")).strip().lower() == "true"
+
+
+class _Background:
+    """A job collected in a thread while the driver talks to its tasks."""
+
+    def __init__(self, run: Callable[[], Any]):
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, args=(run,), daemon=True,
+                                       name="sluice-resident-fit")
+        self.thread.start()
+
+    def _main(self, run: Callable[[], Any]) -> None:
+        try:
+            run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
+            self.error = exc
+
+    def check(self) -> None:
+        """Raise the job's failure if it ended before its tasks connected."""
+        if not self.thread.is_alive():
+            if self.error is not None:
+                raise self.error
+            raise RuntimeError("the resident fit's job ended before its tasks connected")
+
+    def wait(self, quiet: bool = False) -> None:
+        self.thread.join()
+        if self.error is not None and not quiet:
+            raise self.error
+
+
+def _estimated_bytes(schema: pa.Schema | None, infos: list[PartitionInfo],
+                     unknown_rows: int) -> float:
+    """Bytes of the rows of ``infos`` in Arrow memory, from row counts and the schema
+    (32 bytes a variable-width value)."""
+    width = 0
+    for field in schema or []:
+        try:
+            width += max(1, field.type.bit_width // 8)
+        except ValueError:  # variable width: strings, lists...
+            width += 32
+    return float(sum(unknown_rows if i.rows is None else i.rows for i in infos) * max(1, width))
+
+
+def _contiguous(infos: list[PartitionInfo], rows: list[int], tasks: int) -> list[list[int]]:
+    """Consecutive partitions in ``tasks`` groups of about equal rows (fewer when some
+    partitions are large)."""
+    total = sum(rows)
+    groups: list[list[int]] = []
+    last, done = -1, 0
+    for position, (info, n) in enumerate(zip(infos, rows)):
+        # the task whose share of the rows holds this partition's middle row
+        task = (min(tasks - 1, int((done + n / 2) * tasks / total)) if total
+                else position * tasks // len(infos))
+        if task != last:
+            groups.append([])
+            last = task
+        groups[-1].append(info.index)
+        done += n
+    return groups
+
+
+def _map_in_arrow_without_pandas(frame: Any, function: Any, schema: Any,
+                                  barrier: bool = False) -> Any:
     """``mapInArrow`` on a driver without pandas (a bare spark-submit node): pyspark's
     method checks for pandas, which it never uses for Arrow batches; this builds the
     same plan without the check."""
@@ -914,7 +1180,7 @@ def _map_in_arrow_without_pandas(frame: Any, function: Any, schema: Any) -> Any:
 
     udf = vectorized_udf(function, schema, PythonEvalType.SQL_MAP_ARROW_ITER_UDF)
     column = udf(*[frame[c] for c in frame.columns])
-    return DataFrame(frame._jdf.mapInArrow(column._jc, False, None), frame.sparkSession)
+    return DataFrame(frame._jdf.mapInArrow(column._jc, barrier, None), frame.sparkSession)
 
 
 def _clear_job_group(sc: Any) -> None:

@@ -14,7 +14,6 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +35,7 @@ from pipelines.engines.spark import (
     spark_type,
     task_attempts,
 )
-from pipelines.runner import make_engine, run
+from pipelines.runner import run
 
 PROBE = '''
 """Test operators shipped to the executors with addPyFile."""
@@ -67,16 +66,6 @@ class LogPartitions(Transform):
             f.write(f"{first}\\n")
         return part
 '''
-
-
-@pytest.fixture
-def spark(shared_engines: dict[str, Any]) -> SparkEngine:
-    """The session's shared Spark engine (the same one the engine matrix uses)."""
-    if "spark" not in shared_engines:
-        engine = make_engine("spark")
-        engine.start()
-        shared_engines["spark"] = engine
-    return shared_engines["spark"]
 
 
 @pytest.fixture(scope="session")
@@ -273,14 +262,17 @@ def test_spark_written_parquet_reads_and_scores_like_local(spark: SparkEngine,
 # --------------------------------------------------------------------------- execution
 
 
-@pytest.mark.parametrize("cache_fits", ["always", "auto"])
+@pytest.mark.parametrize(("cache_fits", "resident_fits"),
+                         [("always", "never"), ("auto", "never"), ("auto", "auto")])
 def test_multi_pass_fit_computes_each_partition_once(spark: SparkEngine, workdir: Path,
                                                      probe: str, cache_fits: str,
+                                                     resident_fits: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Cached: each partition is prepared once for all passes. `auto` does not cache a
-    source on local disks (re-reading it beats Spark's cache): once per pass."""
+    """One job a pass, cached: each partition is prepared once for all passes; `auto`
+    does not cache a source on local disks (re-reading it beats Spark's cache): once a
+    pass. Resident (one barrier job whose tasks keep their partitions): once."""
     monkeypatch.setattr(spark, "profile", spark.profile.model_copy(
-        update={"cache_fits": cache_fits}))
+        update={"cache_fits": cache_fits, "resident_fits": resident_fits}))
     generate("churn", 4000, workdir / "data", files=2, row_group_rows=500)
     source = ReadParquet(path=str(workdir / "data"), partition_mb=0.01)
     partitions = len(source.partitions())
@@ -302,8 +294,11 @@ def test_multi_pass_fit_computes_each_partition_once(spark: SparkEngine, workdir
     record = run(path, engine_instance=spark)
     metrics = record["metrics"]["fit"]
     assert metrics["passes"] == 3
-    cached = cache_fits == "always"
-    assert len(log.read_text().split()) == (partitions if cached else 3 * partitions)
+    cached = cache_fits == "always" and resident_fits == "never"
+    once = cached or resident_fits == "auto"
+    assert len(log.read_text().split()) == (partitions if once else 3 * partitions)
+    assert record["steps"]["fit"]["fit_mode"] == (
+        "one job a pass" if resident_fits == "never" else "resident, 2 tasks")
     x = churn_table(4000)["monthly_charges"].to_numpy()
     assert metrics["mean"] == pytest.approx(x.mean(), rel=1e-12)
     assert metrics["var"] == pytest.approx(x.var(), rel=1e-12)

@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
-from test_spark_engine import spark  # noqa: F401 - the shared local session (a fixture)
 from test_spark_submit import VENV_BIN, Cluster, clean_env, standalone
 
 from operators.arrays import STANDIN_ENV

@@ -370,6 +370,8 @@ def test_spark_submit_trains_and_scores_on_bare_workers(cluster: Cluster, projec
     assert engine["task_attempts"] == 4
     assert engine["conf"]["spark.sql.shuffle.partitions"] == "3"
     assert engine["conf"]["spark.sql.execution.arrow.maxRecordsPerBatch"] == "4096"
+    # the fit ran as one barrier job whose tasks (on bare workers) kept their partitions
+    assert record["steps"]["model"]["fit_mode"].startswith("resident, ")
     assert_bare_executors(probe_lines(log), cluster)
 
     # scoring, with one task attempt raising and another losing its Python worker

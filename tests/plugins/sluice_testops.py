@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -191,3 +192,48 @@ class Touch(Transform):
             raise DataError("a bad row", hint="leave it out")
         time.sleep(self.params.seconds)
         return part
+
+
+class FailingPassParams(Params):
+    at_pass: int = Field(description="the pass (0, 1, ...) that fails")
+    at_partition_with: int = Field(description="on the partition holding this customer_id")
+    kind: Literal["user", "bug", "exit"] = Field(
+        description="a DataError, a ZeroDivisionError, or the process exits")
+
+
+class FailingPass(Estimator):
+    """Counts rows in ``at_pass + 1`` passes, failing in pass ``at_pass`` on one
+    partition (to test failures in the middle of a multi-pass fit)."""
+
+    Params = FailingPassParams
+    multi_pass = True
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return ["customer_id"]
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    def init(self, schema: pa.Schema) -> Any:
+        return {"pass": 0}
+
+    def partial(self, part: pa.Table, state: Any, xp: Any) -> Any:
+        if (state["pass"] == self.params.at_pass
+                and self.params.at_partition_with in part.column("customer_id").to_pylist()):
+            if self.params.kind == "user":
+                raise DataError(f"a bad row in pass {state['pass']}",
+                                hint="fix the row")
+            if self.params.kind == "bug":
+                raise ZeroDivisionError(f"boom in pass {state['pass']}")
+            os._exit(3)
+        return part.num_rows
+
+    def combine(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def update(self, stats: Any, state: Any) -> tuple[Any, bool]:
+        done = state["pass"] >= self.params.at_pass
+        return {"pass": state["pass"] + 1, "rows": stats}, done
+
+    def fitted(self, state: Any) -> Transform:
+        return Passthrough({})

@@ -1,0 +1,193 @@
+"""Resident fits: a multi-pass fit as one job whose tasks keep their partitions.
+
+Run one job per pass, and every pass pays the cluster's scheduling and reads (or
+deserialises) its partitions again; an estimator's per-partition memo
+(``trees.partition_memo``) never survives a pass either. A resident fit starts one
+task per slot, all at once (Spark's barrier mode: all or none), each computing its
+share of the partitions once and holding them. The tasks connect to the driver, which
+runs the estimator's driver loop (``operators.base.drive``) as on every engine: each
+pass, it sends the pass's ``partial`` to every task over that connection, receives
+each partition's partial and combines them in partition order (``tree_reduce``), so
+the model is the one per-pass jobs give, bit for bit. XGBoost's and Horovod's Spark
+integrations run the same way: one barrier stage whose tasks stay for the whole fit.
+
+A task proves it belongs to the fit with a secret the driver put in the task;
+nothing from a connection without it is read further. Messages: one kind byte, an
+8-byte length, the payload (pickles of the driver's own objects and of the tasks').
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import pickle
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from operators.base import PartitionInfo
+
+HELLO, READY, WORK, REPLY, STOP = 1, 2, 3, 4, 5
+_HEADER = struct.Struct("!BQ")
+_RANK = struct.Struct("!I")
+# how long the driver waits for the tasks to connect once the job is running, and how
+# often it looks whether the job failed meanwhile
+CONNECT_TIMEOUT_S = 600.0
+POLL_S = 0.2
+
+# one partition's answer to a pass: (partition index, failure or None, value)
+Answer = tuple[int, BaseException | None, Any]
+# per-step records of a task: (step, partition, rows, seconds, device)
+Records = list[tuple[Any, ...]]
+
+
+def send(sock: socket.socket, kind: int, payload: bytes = b"") -> None:
+    sock.sendall(_HEADER.pack(kind, len(payload)))
+    if payload:
+        sock.sendall(payload)
+
+
+def receive(sock: socket.socket) -> tuple[int, bytes]:
+    kind, size = _HEADER.unpack(_exactly(sock, _HEADER.size))
+    return kind, _exactly(sock, size)
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            raise ConnectionError("a task of the resident fit closed its connection")
+        got += n
+    return bytes(buffer)
+
+
+def _expect(sock: socket.socket, kind: int) -> bytes:
+    got, payload = receive(sock)
+    if got != kind:
+        raise ConnectionError(f"resident fit: message {got} where {kind} was due")
+    return payload
+
+
+class Hub:
+    """The driver's side: a listening socket, then one connection per task."""
+
+    def __init__(self, host: str, secret: bytes, port: int = 0):
+        self.secret = secret
+        self.server = socket.create_server((host, port))
+        self.tasks: list[socket.socket] = []
+
+    @property
+    def port(self) -> int:
+        return int(self.server.getsockname()[1])
+
+    def accept(self, count: int, check: Callable[[], None],
+               timeout: float = CONNECT_TIMEOUT_S) -> None:
+        """Wait for ``count`` tasks, ordered by rank; ``check()`` raises if the job
+        failed meanwhile. A connection without the secret is dropped unread."""
+        self.server.settimeout(POLL_S)
+        by_rank: dict[int, socket.socket] = {}
+        deadline = time.monotonic() + timeout
+        while len(by_rank) < count:
+            check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"resident fit: {count - len(by_rank)} of {count} tasks "
+                                   f"did not connect in {timeout:.0f} s")
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(30.0)
+            try:
+                kind, size = _HEADER.unpack(_exactly(conn, _HEADER.size))
+                if kind != HELLO or size != len(self.secret) + _RANK.size:
+                    raise ConnectionError("not a task of this fit")
+                payload = _exactly(conn, size)
+            except (OSError, ConnectionError, struct.error):
+                conn.close()
+                continue
+            secret, rank = payload[:-_RANK.size], _RANK.unpack(payload[-_RANK.size:])[0]
+            if not hmac.compare_digest(secret, self.secret) or rank in by_rank:
+                conn.close()
+                continue
+            conn.settimeout(None)  # a pass takes what it takes
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            by_rank[rank] = conn
+        self.tasks = [by_rank[r] for r in sorted(by_rank)]
+
+    def ready(self, on_records: Callable[[Records], None]) -> None:
+        """Every task has computed its partitions: raise the failure of the lowest
+        partition if any did not."""
+        failures: dict[int, BaseException] = {}
+        for task in self.tasks:
+            failure, records = pickle.loads(_expect(task, READY))
+            on_records(records)
+            if failure is not None:
+                failures[failure[0]] = failure[1]
+        if failures:
+            raise failures[min(failures)]
+
+    def gather(self, work: bytes, on_records: Callable[[Records], None]) -> dict[int, Any]:
+        """One pass: ``work`` to every task; the values by partition index, or the
+        failure of the lowest partition."""
+        for task in self.tasks:
+            send(task, WORK, work)
+        found: dict[int, tuple[BaseException | None, Any]] = {}
+        for task in self.tasks:
+            answers, records = pickle.loads(_expect(task, REPLY))
+            on_records(records)
+            found.update({index: (failure, value) for index, failure, value in answers})
+        failures = {i: f for i, (f, _) in found.items() if f is not None}
+        if failures:
+            raise failures[min(failures)]
+        return {i: v for i, (_, v) in found.items()}
+
+    def close(self) -> None:
+        for task in self.tasks:
+            with contextlib.suppress(OSError):  # a task already gone needs no stop
+                send(task, STOP)
+            task.close()
+        self.tasks = []
+        self.server.close()
+
+
+def connect(host: str, port: int, secret: bytes, rank: int,
+            timeout: float = 60.0) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    send(sock, HELLO, secret + _RANK.pack(rank))
+    sock.settimeout(None)
+    return sock
+
+
+def answers(work: Callable[[pa.Table, PartitionInfo], Any],
+            held: list[tuple[PartitionInfo, pa.Table]],
+            locate: Callable[[PartitionInfo, BaseException], BaseException]) -> list[Answer]:
+    """``work`` on every held partition; a failure is located and ends the pass here
+    (the fit fails anyway)."""
+    out: list[Answer] = []
+    for info, table in held:
+        try:
+            out.append((info.index, None, work(table, info)))
+        except Exception as exc:
+            out.append((info.index, locate(info, exc), None))
+            break
+    return out
+
+
+def serve(sock: socket.socket, answer: Callable[[Any], bytes]) -> None:
+    """A task's side after READY: answer every pass the driver sends until it says
+    stop. ``answer(work)``: the pickled reply to one pass (``work`` unpickled)."""
+    while True:
+        kind, payload = receive(sock)
+        if kind == STOP:
+            return
+        if kind != WORK:
+            raise ConnectionError(f"resident fit: unexpected message {kind} from the driver")
+        send(sock, REPLY, answer(pickle.loads(payload)))

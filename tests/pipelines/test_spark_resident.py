@@ -1,0 +1,278 @@
+"""Resident fits on Spark: a multi-pass fit as one barrier job whose tasks keep their
+partitions and answer the driver's passes over a direct connection
+(``pipelines/engines/resident.py``).
+
+The same models as one job a pass and as the local engine, bit for bit; failures in
+the first computation, in a pass, and of a whole task; when ``auto`` falls back; the
+protocol's own checks (the secret, the order of the answers)."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import write_pipeline
+
+from operators.base import DataError, PartitionInfo, SluiceError
+from pipelines.engines import resident
+from pipelines.engines.base import StepFailure
+from pipelines.engines.spark import SparkEngine
+from pipelines.runner import run
+from pipelines.store import ModelStore
+
+
+def profile(spark: SparkEngine, monkeypatch: pytest.MonkeyPatch, **update: Any) -> None:
+    monkeypatch.setattr(spark, "profile", spark.profile.model_copy(update=update))
+
+
+def fitted_arrays(models: Path, name: str) -> dict[str, np.ndarray]:
+    """Every array of the latest version of ``name``, keyed by step and array name."""
+    model = ModelStore(str(models)).load(name)
+    out = {}
+    for i, step in enumerate(model.chain.steps):
+        _, arrays = step.state()
+        out.update({f"{i}.{k}": v for k, v in arrays.items()})
+    return out
+
+
+MODELS = {
+    "boosted": """
+          - id: model
+            op: gradient_boosted_trees
+            label: churned
+            n_trees: 6
+            max_depth: 3
+            validation_fraction: 0.2
+            subsample: 0.8
+            seed: 3""",
+    "forest": """
+          - id: model
+            op: random_forest
+            label: churned
+            n_trees: 4
+            max_depth: 4
+            seed: 5""",
+    "logistic": """
+          - op: impute
+            columns: [total_charges]
+          - op: standard_scale
+            columns: [tenure, monthly_charges, total_charges]
+          - id: model
+            op: logistic_regression
+            label: churned
+            l2: 0.01""",
+}
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_resident_fits_give_the_same_model_as_one_job_a_pass_and_local(
+        spark: SparkEngine, churn: Path, workdir: Path, model: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_pipeline(workdir, f"""
+        pipeline: fit_{model}
+        steps:
+          - op: read_parquet
+            path: data/churn
+            columns: [tenure, monthly_charges, total_charges, churned]
+            partition_mb: 0.02{MODELS[model]}
+          - op: save_model
+            name: m
+        """)
+    fits = {}
+    for mode in ("auto", "never"):
+        profile(spark, monkeypatch, resident_fits=mode)
+        record = run(path, engine_instance=spark, models=str(workdir / mode))
+        expected = "resident, 2 tasks" if mode == "auto" else "one job a pass"
+        assert record["steps"]["model"]["fit_mode"] == expected
+        assert record["steps"]["model"]["rows"] == 5000
+        fits[mode] = (fitted_arrays(workdir / mode, "m"), record["metrics"]["model"])
+    run(path, engine="local", models=str(workdir / "local"))
+    fits["local"] = (fitted_arrays(workdir / "local", "m"), None)
+    arrays = fits["auto"][0]
+    assert arrays
+    for other in ("never", "local"):
+        assert arrays.keys() == fits[other][0].keys()
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(value, fits[other][0][key], err_msg=key)
+    assert fits["auto"][1] == fits["never"][1]  # passes, losses, validation: the same
+
+
+def failing_fit(workdir: Path, at_pass: int, kind: str, at: int = 3500) -> Path:
+    return write_pipeline(workdir, f"""
+        pipeline: failing
+        steps:
+          - op: read_parquet
+            path: data/churn
+            partition_mb: 0.02
+          - id: fit
+            op: sluice_testops.FailingPass
+            at_pass: {at_pass}
+            at_partition_with: {at}
+            kind: {kind}
+        """)
+
+
+@pytest.mark.parametrize("at_pass", [0, 2])
+def test_a_user_error_in_a_pass_is_one_located_line(spark: SparkEngine, churn: Path,
+                                                    workdir: Path, at_pass: int) -> None:
+    with pytest.raises(DataError) as info:
+        run(failing_fit(workdir, at_pass, "user"), engine_instance=spark)
+    text = str(info.value)
+    assert f"a bad row in pass {at_pass}" in text and "step 'fit', partition " in text
+    assert spark.stats["fit"].notes["fit_mode"] == "resident, 2 tasks"
+    # the connection is closed and the next fit runs
+    record = run(failing_fit(workdir, 4, "user", at=-1), engine_instance=spark)
+    assert record["status"] == "succeeded" and record["metrics"]["fit"]["passes"] == 5
+
+
+def test_a_bug_in_a_pass_carries_the_executor_traceback(spark: SparkEngine, churn: Path,
+                                                        workdir: Path) -> None:
+    with pytest.raises(StepFailure) as info:
+        run(failing_fit(workdir, 1, "bug"), engine_instance=spark)
+    assert isinstance(info.value.error, ZeroDivisionError)
+    assert "boom in pass 1" in str(info.value)
+    notes = "\n".join(getattr(info.value.error, "__notes__", []))
+    assert "executor traceback" in notes and "sluice_testops.py" in notes
+
+
+def test_an_error_computing_the_partitions_ends_every_task(spark: SparkEngine, churn: Path,
+                                                           workdir: Path) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: failing_read
+        steps:
+          - op: read_parquet
+            path: data/churn
+            partition_mb: 0.02
+          - id: explode
+            op: sluice_testops.Exploding
+            at_partition_with: 4000
+          - id: fit
+            op: sluice_testops.ThreePass
+            column: monthly_charges
+        """)
+    with pytest.raises(StepFailure) as info:
+        run(path, engine_instance=spark)
+    assert "step 'explode', partition" in str(info.value)
+    assert spark.stats["fit"].notes["fit_mode"] == "resident, 2 tasks"
+
+
+def test_a_task_that_dies_fails_the_fit_without_hanging(spark: SparkEngine, churn: Path,
+                                                        workdir: Path) -> None:
+    """A Python worker that exits mid-fit: Spark fails the barrier stage, the driver
+    reports it, and the session serves the next fit."""
+    with pytest.raises(SluiceError) as info:
+        run(failing_fit(workdir, 1, "exit"), engine_instance=spark)
+    assert "fit" in str(info.value)
+    record = run(failing_fit(workdir, 2, "user", at=-1), engine_instance=spark)
+    assert record["status"] == "succeeded"
+
+
+def test_auto_falls_back_and_always_says_why(spark: SparkEngine, churn: Path, workdir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = failing_fit(workdir, 2, "user", at=-1)  # never fails: three passes
+    monkeypatch.setattr(SparkEngine, "_slots", lambda self: 0)
+    record = run(path, engine_instance=spark)
+    assert record["steps"]["fit"]["fit_mode"] == "one job a pass"
+    profile(spark, monkeypatch, resident_fits="always")
+    with pytest.raises(SluiceError, match="no executor offers a free task slot") as info:
+        run(path, engine_instance=spark)
+    assert "resident_fits: auto or never" in info.value.hint
+    monkeypatch.undo()
+    # over the memory budget: auto fits one job a pass
+    profile(spark, monkeypatch, resident_task_bytes=1000)
+    record = run(path, engine_instance=spark)
+    assert record["steps"]["fit"]["fit_mode"] == "one job a pass"
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def test_hub_drops_connections_without_the_secret_and_orders_by_rank() -> None:
+    hub = resident.Hub("127.0.0.1", b"s" * 32)
+    stray = socket.create_connection(("127.0.0.1", hub.port))
+    resident.send(stray, resident.HELLO, b"x" * 32 + (0).to_bytes(4, "big"))
+    tasks = [resident.connect("127.0.0.1", hub.port, b"s" * 32, rank) for rank in (1, 0)]
+    try:
+        hub.accept(2, check=lambda: None, timeout=30)
+        assert stray.recv(1) == b""  # closed unread
+        # the hub's first connection is task 0's, whatever the order they came in
+        resident.send(hub.tasks[0], resident.STOP)
+        assert resident.receive(tasks[1])[0] == resident.STOP
+    finally:
+        for sock in (stray, *tasks):
+            sock.close()
+        hub.close()
+
+
+def test_hub_gives_up_when_the_job_failed_before_its_tasks_connected() -> None:
+    hub = resident.Hub("127.0.0.1", b"s" * 32)
+
+    def failed() -> None:
+        raise RuntimeError("the job failed")
+
+    try:
+        with pytest.raises(RuntimeError, match="the job failed"):
+            hub.accept(2, check=failed, timeout=30)
+    finally:
+        hub.close()
+
+
+def test_a_pass_gathers_every_partition_and_raises_the_lowest_failure() -> None:
+    """Two tasks in threads: the values come back by partition index; failures of
+    several partitions give the lowest one's; records reach the driver."""
+    hub = resident.Hub("127.0.0.1", b"k" * 32)
+    infos = [PartitionInfo(index=i, path=f"p{i}") for i in range(4)]
+    tables = {i: pa.table({"x": [float(i)] * (i + 1)}) for i in range(4)}
+    held = {0: [(infos[0], tables[0]), (infos[1], tables[1])],
+            1: [(infos[2], tables[2]), (infos[3], tables[3])]}
+
+    def task(rank: int) -> None:
+        sock = resident.connect("127.0.0.1", hub.port, b"k" * 32, rank)
+        resident.send(sock, resident.READY, pickle.dumps((None, [("read", rank)])))
+
+        def answer(work: Any) -> bytes:
+            done = resident.answers(work, held[rank],
+                                    lambda info, exc: DataError(f"p{info.index}: {exc}"))
+            return pickle.dumps((done, [("pass", rank)]))
+
+        resident.serve(sock, answer)
+        sock.close()
+
+    threads = [threading.Thread(target=task, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    records: list[Any] = []
+    try:
+        hub.accept(2, check=lambda: None, timeout=30)
+        hub.ready(records.extend)
+        values = hub.gather(pickle.dumps(_Rows()), records.extend)
+        assert values == {0: 1, 1: 2, 2: 3, 3: 4}
+        with pytest.raises(DataError, match="p1: bad"):
+            hub.gather(pickle.dumps(_Fails({1, 3})), records.extend)
+    finally:
+        hub.close()
+        for t in threads:
+            t.join(timeout=30)
+    assert sorted(records) == [("pass", 0), ("pass", 0), ("pass", 1), ("pass", 1),
+                               ("read", 0), ("read", 1)]
+
+
+class _Rows:
+    def __call__(self, table: pa.Table, info: PartitionInfo) -> int:
+        return table.num_rows
+
+
+class _Fails:
+    def __init__(self, failing: set[int]):
+        self.failing = failing
+
+    def __call__(self, table: pa.Table, info: PartitionInfo) -> int:
+        if info.index in self.failing:
+            raise ValueError("bad")
+        return table.num_rows
