@@ -1010,11 +1010,21 @@ class SparkEngine(Engine):
             hub.accept(len(groups), job.check)
             hub.ready(on_records)
             state, rounds = drive(estimator, data.schema, aggregate)
-        except BaseException as exc:
+        except (ConnectionError, _JobEnded) as exc:
+            # the job or a task was lost (an executor, a Python worker, the network):
+            # a barrier stage is not retried, so under auto the fit starts again, one
+            # job a pass, whose tasks Spark retries one by one
             hub.close()
             job.wait(quiet=True)
-            if isinstance(exc, ConnectionError) and job.error is not None:
-                raise job.error from None  # a task died: Spark says why
+            lost = job.error or exc
+            if self.profile.resident_fits != "auto":
+                raise lost from None
+            reason = str(lost).splitlines()[0][:300] if str(lost) else type(lost).__name__
+            notes["fit_mode"] = f"one job a pass (the resident fit failed: {reason})"
+            return super().fit(data, step_id, estimator, placement)
+        except BaseException:
+            hub.close()
+            job.wait(quiet=True)
             raise
         hub.close()
         job.wait()
@@ -1110,6 +1120,10 @@ def _on(conf: Any, key: str) -> bool:
     return str(conf.get(key, "false")).strip().lower() == "true"
 
 
+class _JobEnded(Exception):
+    """The job of a resident fit ended while the driver waited for its tasks."""
+
+
 class _Background:
     """A job collected in a thread while the driver talks to its tasks."""
 
@@ -1126,11 +1140,10 @@ class _Background:
             self.error = exc
 
     def check(self) -> None:
-        """Raise the job's failure if it ended before its tasks connected."""
+        """Raise if the job ended before its tasks connected."""
         if not self.thread.is_alive():
-            if self.error is not None:
-                raise self.error
-            raise RuntimeError("the resident fit's job ended before its tasks connected")
+            raise _JobEnded(self.error or "the resident fit's job ended before its tasks "
+                                          "connected")
 
     def wait(self, quiet: bool = False) -> None:
         self.thread.join()

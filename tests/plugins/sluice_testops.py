@@ -199,6 +199,8 @@ class FailingPassParams(Params):
     at_partition_with: int = Field(description="on the partition holding this customer_id")
     kind: Literal["user", "bug", "exit"] = Field(
         description="a DataError, a ZeroDivisionError, or the process exits")
+    once: str | None = Field(None, description="a file: fail only if it does not exist yet "
+                                               "(and create it)")
 
 
 class FailingPass(Estimator):
@@ -220,6 +222,10 @@ class FailingPass(Estimator):
     def partial(self, part: pa.Table, state: Any, xp: Any) -> Any:
         if (state["pass"] == self.params.at_pass
                 and self.params.at_partition_with in part.column("customer_id").to_pylist()):
+            if self.params.once is not None:
+                if os.path.exists(self.params.once):
+                    return part.num_rows
+                open(self.params.once, "w").close()
             if self.params.kind == "user":
                 raise DataError(f"a bad row in pass {state['pass']}",
                                 hint="fix the row")
