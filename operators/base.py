@@ -212,15 +212,23 @@ def drive(estimator: Estimator, schema: pa.Schema,
 
 
 def tree_reduce(values: list[Any], combine: Callable[[Any, Any], Any]) -> Any:
-    """Pairwise combine in a fixed order, so the result does not depend on timing."""
+    """Pairwise combine in a fixed order, so the result does not depend on timing.
+
+    Consumes ``values``: each pair leaves the list as it is combined, so partials
+    (a level's histograms, say) are freed as they go, not held until the end."""
     if not values:
         raise ValueError("nothing to combine")
     while len(values) > 1:
-        nxt = [combine(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)]
+        nxt = []
+        for i in range(0, len(values) - 1, 2):
+            a, b = values[i], values[i + 1]
+            values[i] = values[i + 1] = None
+            nxt.append(combine(a, b))
+            del a, b
         if len(values) % 2:
             nxt.append(values[-1])
-        values = nxt
-    return values[0]
+        values[:] = nxt
+    return values.pop()
 
 
 @dataclass(frozen=True)

@@ -197,3 +197,8 @@ class RandomForest(AveragedTrees):
     def _row_weights(self, prep: dict[str, Any], rows: Any, extra: Any | None, xp: Any) -> Any:
         weights = xp.take(prep["w"], rows)
         return weights if extra is None else weights * xp.astype(extra, xp.float64)
+
+    def _row_counts(self, rows: Any, extra: Any | None, xp: Any) -> Any:
+        if extra is None:
+            return super()._row_counts(rows, extra, xp)
+        return xp.astype(extra, xp.uint32)

@@ -18,10 +18,12 @@ A fit is rounds of passes over the partitions:
    the edges per feature, ``bin_codes``), finds the node of every row in every tree
    being grown, and sums per (node, feature, bin) the statistics of the criterion
    (``histograms``: on NumPy one scatter-add per feature for two channels at once, as
-   a complex number); the driver adds the partitions' histograms and finds every
-   pending node's best split (each threshold, missing values sent left and right;
-   the left side only repeats the right when no node has missing values, and is then
-   skipped). All trees of a level grow in the same pass; the level's nodes are split
+   a complex number; a classifier's class counts, with no weight column, as integers,
+   shipped in the smallest unsigned type that holds them: exactly the float sums, in
+   an eighth to a half of the bytes); the driver adds the partitions' histograms and
+   finds every pending node's best split (each threshold, missing values sent left and
+   right; the left side only repeats the right when no node has missing values, and is
+   then skipped). All trees of a level grow in the same pass; the level's nodes are split
    into several passes when their histograms would pass ``max_histogram_mb``. Where
    nodes use every feature, a pass sums only the smaller child of each split and the
    driver derives its sibling as parent minus child. Boosting keeps every row's node in
@@ -100,6 +102,8 @@ PARENT_HISTOGRAM_MB = 16.0
 """Histograms of split nodes kept (in the state) for the next level, where the larger
 child of a node gets its parent's histogram minus its sibling's instead of a pass's
 sums (LightGBM's subtraction trick: a pass sums the smaller children only)."""
+HISTOGRAM_CHUNK = 1 << 18
+"""NumPy histograms make the scatter keys of this many rows at a time."""
 ROW_BATCH = 1 << 21
 """A pass sums the histograms of about this many (tree, row) pairs at a time."""
 SCORING_BLOCK = 1 << 20
@@ -484,9 +488,12 @@ def segment_sums(xp: Any, keys: Any, values: Any, length: int) -> np.ndarray:
 def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: list[Any],
                fold: Any | None, fold_size: int, featsel: np.ndarray | None,
                n_features: int, n_slots: int, n_bins: int,
-               by_row: np.ndarray | None = None) -> np.ndarray:
-    """Sums per (feature position, slot, bin, channel), a float64 host array of shape
-    ``(m, n_slots, n_bins, C)``.
+               by_row: np.ndarray | None = None, out: np.ndarray | None = None
+               ) -> np.ndarray:
+    """Sums per (feature position, slot, bin, channel), a host array of shape
+    ``(m, n_slots, n_bins, C)``: ``out`` when given (a view of a pass's histograms, so
+    that a batch's sums need no array of their own and no copy; uint32 for counts, whose
+    sums are whole numbers), else a new float64 one.
 
     Row ``rows[i]`` (distinct, increasing indices of ``n`` binned rows; ``codes``
     feature-major) adds ``channels[c][i]`` at its slot and its bin of each feature
@@ -501,14 +508,20 @@ def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: lis
     m = n_features if featsel is None else featsel.shape[1]
     width = fold_size if fold is not None else sum(1 + _is_complex(c, xp) for c in channels)
     shape = (m, n_slots, n_bins, width)
+    if out is None:
+        out = np.empty(shape)
+    elif out.shape != shape:
+        raise ValueError(f"histograms of shape {shape} cannot go to an array of {out.shape}")
     if rows.shape[0] == 0 or m == 0:
-        return np.zeros(shape)
+        out[...] = 0.0
+        return out
     if isinstance(codes, np.ndarray):
-        return _numpy_histograms(codes, n, rows, slots, channels, fold, featsel, shape,
-                                 by_row)
+        return _numpy_histograms(codes, n, rows, slots, channels, fold, featsel, out, by_row)
     if fold is None:
         channels = [part for c in channels for part in
                     ((xp.real(c), xp.imag(c)) if _is_complex(c, xp) else (c,))]
+    else:  # counts (integers) are summed as float64 here: exact, then stored in ``out``
+        channels = [xp.astype(channels[0], xp.float64, copy=False)]
     slots = xp.astype(slots, xp.int64)
     rows = xp.astype(rows, xp.int64)
     scale = fold_size if fold is not None else 1
@@ -528,7 +541,6 @@ def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: lis
 
     bincount = getattr(xp, "bincount", None)
     if bincount is not None:
-        out = np.empty(shape)
         for j in range(m):
             key = keys_of(j)
             if fold is not None:
@@ -542,8 +554,33 @@ def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: lis
     keys = xp.concat([keys_of(j) + j * block for j in range(m)])
     values = xp.stack(channels[:1] if fold is not None else channels, axis=1)
     values = xp.concat([values] * m, axis=0)
-    sums = segment_sums(xp, keys, values, m * block)
-    return sums.reshape(shape)
+    out[...] = segment_sums(xp, keys, values, m * block).reshape(shape)
+    return out
+
+
+def narrow_counts(hist: np.ndarray) -> np.ndarray:
+    """Histograms whose sums are counts (whole numbers, below 2**53) in the smallest
+    unsigned integer type that holds them: the same numbers in an eighth to a half of
+    the bytes, for the partials a pass holds and combines (float64 again, they are
+    exactly the sums)."""
+    return hist.astype(_count_type(float(hist.max(initial=0.0))), copy=False)
+
+
+def add_histograms(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """The sum of two partitions' histograms (None: none); counts stay integers, in a
+    type that holds the sum, and mixed with float64 sums they add exactly as floats."""
+    if a is None or b is None:
+        return b if a is None else a
+    if a.dtype.kind == "u" and b.dtype.kind == "u":
+        return np.add(a, b, dtype=_count_type(int(a.max(initial=0)) + int(b.max(initial=0))))
+    return np.add(a, b, dtype=np.float64)
+
+
+def _count_type(top: float) -> type:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return dtype
+    return np.float64
 
 
 def _is_complex(values: Any, xp: Any) -> bool:
@@ -552,15 +589,19 @@ def _is_complex(values: Any, xp: Any) -> bool:
 
 def _numpy_histograms(codes: np.ndarray, n: int, rows: np.ndarray, slots: np.ndarray,
                       channels: list[np.ndarray], fold: np.ndarray | None,
-                      featsel: np.ndarray | None, shape: tuple[int, ...],
+                      featsel: np.ndarray | None, out: np.ndarray,
                       by_row: np.ndarray | None) -> np.ndarray:
-    """``histograms`` on NumPy: per feature position one ``np.add.at`` per pair of
-    channels, the pair as the real and imaginary parts of one complex value (complex
-    addition adds the parts separately, so the sums are the per-channel sums, in row
-    order, as bincount's; one scatter for two channels halves the passes).
+    """``histograms`` on NumPy, into ``out``: per feature position one ``np.add.at`` per
+    pair of channels, the pair as the real and imaginary parts of one complex value
+    (complex addition adds the parts separately, so the sums are the per-channel sums, in
+    row order, as bincount's; one scatter for two channels halves the passes).
 
-    All rows of one slot (a root) read the codes as they are: no gather, no key."""
-    m, n_slots, n_bins, width = shape
+    All rows of one slot (a root) read the codes as they are: no gather, no key. Keys
+    are made ``HISTOGRAM_CHUNK`` rows at a time (in order, so every bin adds its rows in
+    the same order: any chunk gives the same sums), and the sums go straight into ``out``
+    where its layout is theirs (one class per channel, or one complex pair): a batch
+    costs 8 bytes a row on top of its arrays, no histogram-sized temporary."""
+    m, n_slots, n_bins, width = out.shape
     codes = codes.reshape(-1, n)
     whole = featsel is None and n_slots == 1 and fold is None and rows.shape[0] == n
     if whole:
@@ -570,36 +611,77 @@ def _numpy_histograms(codes: np.ndarray, n: int, rows: np.ndarray, slots: np.nda
         gathered = (np.take(codes, rows, axis=1) if by_row is None
                     else np.take(by_row, rows, axis=0).T)
     scale = width if fold is not None else 1
+    block = n_slots * n_bins * scale
+    # one class per channel: the row's multiplier in the histograms' type (float64, or
+    # uint32 for counts: adding integers of another type is many times slower)
+    packed = ([np.asarray(channels[0], out.dtype)] if fold is not None
+              else _paired(channels))
+    direct = len(packed) == 1 and packed[0].itemsize * block == out[0].nbytes
+    total = rows.shape[0]
+    # per row, held for every feature position: (slot * n_bins) * scale + fold and where
+    # its codes start, in int32 where they fit; a chunk's keys are made in intp buffers
+    small = np.int32 if max(block, codes.size) < 2**31 else np.intp
     base = None
     if not whole:
-        base = slots.astype(np.intp) * (n_bins * scale)
+        base = slots.astype(small)
+        base *= n_bins * scale
         if fold is not None:
             base += fold
-    block = n_slots * n_bins * scale
-    packed = _paired(channels[:1] if fold is not None else channels)
-    out = np.empty(shape)
-    flat = out.reshape(m, block, -1) if fold is None else out.reshape(m, block)
-    for j in range(m):
+    if featsel is not None:
+        starts = rows.astype(small)
+        if by_row is not None:
+            starts *= by_row.shape[1]
+    size = min(total, HISTOGRAM_CHUNK)
+    key_buffer, index_buffer = np.empty(size, np.intp), np.empty(size, np.intp)
+
+    def keys(j: int, a: int, b: int) -> np.ndarray:
+        """The keys (slot, bin, class) of feature position ``j`` of the rows [a, b)."""
         if featsel is None:
-            code = gathered[j]
-        elif by_row is None:
-            code = np.take(codes.reshape(-1), featsel[slots, j].astype(np.intp) * n + rows)
+            code = gathered[j, a:b]
         else:
-            code = np.take(by_row.reshape(-1), rows * by_row.shape[1] + featsel[slots, j])
-        if scale > 1:
-            code = code.astype(np.intp) * scale
-        key = code if base is None else base + code
+            index = index_buffer[:b - a]
+            feature = featsel[slots[a:b], j]
+            if by_row is None:
+                np.multiply(feature, n, out=index, dtype=np.intp)
+                index += starts[a:b]
+            else:
+                np.add(feature, starts[a:b], out=index, dtype=np.intp)
+            code = np.take(codes.reshape(-1) if by_row is None else by_row.reshape(-1), index)
+        if base is None:
+            return code
+        key = key_buffer[:b - a]
+        if scale == 1:
+            np.add(base[a:b], code, out=key, dtype=np.intp)
+        else:
+            np.multiply(code, scale, out=key, dtype=np.intp)
+            key += base[a:b]
+        return key
+
+    for j in range(m):
+        target = out[j]
+        in_place = direct and target.flags.c_contiguous
+        if in_place:
+            sums = [target.reshape(-1).view(packed[0].dtype)]
+            sums[0][...] = 0
+        else:
+            sums = [np.zeros(block, weights.dtype) for weights in packed]
+        for a in range(0, total, HISTOGRAM_CHUNK):
+            b = min(a + HISTOGRAM_CHUNK, total)
+            key = keys(j, a, b)
+            for acc, weights in zip(sums, packed, strict=True):
+                np.add.at(acc, key, weights[a:b])
+        if in_place:
+            continue
         at = 0
-        for weights in packed:
-            sums = np.zeros(block, weights.dtype)
-            np.add.at(sums, key, weights)
+        for acc in sums:
             if fold is not None:
-                flat[j] = sums
-            elif np.iscomplexobj(sums):
-                flat[j, :, at], flat[j, :, at + 1] = sums.real, sums.imag
+                target[...] = acc.reshape(n_slots, n_bins, width)
+            elif np.iscomplexobj(acc):
+                pair = acc.reshape(n_slots, n_bins)
+                target[:, :, at], target[:, :, at + 1] = pair.real, pair.imag
                 at += 2
             else:
-                flat[j, :, at] = sums
+                target[:, :, at] = acc.reshape(n_slots, n_bins)
                 at += 1
     return out
 
@@ -630,9 +712,11 @@ def _paired(channels: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
-                min_gain: np.ndarray, chunk: int = 256) -> dict[str, np.ndarray]:
+                min_gain: np.ndarray, chunk: int = 256, slots: np.ndarray | None = None
+                ) -> dict[str, np.ndarray]:
     """The best split of each slot of ``hist`` ``(m, S, bins, C)``, whose last bin holds
-    the missing values.
+    the missing values; of the ``slots`` only (their order) when given, gathered a
+    chunk at a time (no copy of the histograms).
 
     Candidates: after each value bin, missing values left or right; both children need
     weight >= ``min_leaf`` and the criterion's consent; the gain must pass ``min_gain``
@@ -641,6 +725,8 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
     missing values they go to the heavier child. Stats come back channel last.
     """
     m, n_slots, n_bins1, width = hist.shape
+    if slots is not None:
+        n_slots = len(slots)
     n_bins = n_bins1 - 1
     out = {"found": np.zeros(n_slots, dtype=bool), "position": np.zeros(n_slots, dtype=np.int64),
            "bin": np.zeros(n_slots, dtype=np.int64),
@@ -652,7 +738,8 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         stop = min(start + chunk, n_slots)
         s = stop - start
         # channel first, then bin, slot, feature position: (C, B1, s, m)
-        h = np.ascontiguousarray(np.transpose(hist[:, start:stop], (3, 2, 1, 0)))
+        part = hist[:, start:stop] if slots is None else hist[:, slots[start:stop]]
+        h = np.ascontiguousarray(np.transpose(part, (3, 2, 1, 0)))
         missing = h[:, n_bins]                                           # (C,s,m)
         # with no missing value in the chunk, "missing left" repeats "missing right"
         # (the same sums, later in the order), so it is left out: the same choice
@@ -875,7 +962,8 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
     min_gain = min_gain_fraction * root_weight
     found = np.zeros(len(nodes), dtype=bool)
     if can.any():
-        chosen = best_splits(hist[:, can], criterion, min_leaf, min_gain[can])
+        chosen = best_splits(hist, criterion, min_leaf, min_gain[can],
+                             slots=None if can.all() else np.flatnonzero(can))
         found[can] = chosen["found"]
         hit = chosen["found"]
         split_nodes = nodes[can][hit]
@@ -1158,45 +1246,62 @@ class TreeEstimator(Estimator):
         trees, first = np.unique(forest["tree"][nodes], return_index=True)
         ends = np.append(first[1:], len(nodes))
         hist: np.ndarray | None = None
-        batch: list[tuple[Any, Any, list[Any], Any]] = []
+        counts = self._counts(state)
+        # counts are summed as integers while no bin can pass 2**32 (a row counts at most
+        # 255 times): the same sums as in float64, in half the bytes
+        dtype = np.uint32 if counts and prep["n"] * 255 < 2**32 else np.float64
+        batch: list[tuple[Any, Any, Any]] = []
         batch_rows, batch_start = 0, 0
         for t, (tree, end) in enumerate(zip(trees.tolist(), ends.tolist(), strict=True)):
             rows, pos, extra = self._tree_rows(prep, state, memo, arrays, int(tree), xp)
             slots = xp.take(arrays["slot_of"], pos)
             inside = xp.nonzero(slots >= 0)[0]
-            rows, slots = xp.take(rows, inside), xp.take(slots, inside)
-            extra = None if extra is None else xp.take(extra, inside)
-            mult = self._row_weights(prep, rows, extra, xp)
-            channels, fold = self._channels(prep, state, memo, int(tree), rows, mult, xp)
-            batch.append((rows, slots, channels, fold))
-            batch_rows += int(rows.shape[0])
+            # a batch holds 9 bytes a row (int32 row and slot, as the memo; the extra):
+            # weights and channels come with its histograms
+            batch.append((xp.astype(xp.take(rows, inside), xp.int32),
+                          xp.astype(xp.take(slots, inside), xp.int32),
+                          None if extra is None else xp.take(extra, inside)))
+            batch_rows += int(batch[-1][0].shape[0])
             if batch_rows >= ROW_BATCH or t == len(trees) - 1:
                 # the batch's trees own the slots [start of its first tree, end)
                 lo = int(first[batch_start])
-                sums = self._batch_histograms(prep, state, batch, featsel, crit, lo, end, xp)
-                if sums is not None:
+                if batch_rows:
                     if hist is None:
-                        hist = np.zeros((sums.shape[0], len(nodes), *sums.shape[2:]))
-                    hist[:, lo:end] = sums
+                        m = len(state["features"]) if featsel is None else featsel.shape[1]
+                        hist = np.zeros((m, len(nodes), state["missing"] + 1, crit.channels),
+                                        dtype=dtype)
+                    rows, slots, extra = _concat_batch(batch, xp)
+                    batch = []  # the trees' pieces go before the histograms' temporaries
+                    self._batch_histograms(prep, state, rows, slots - lo, extra,
+                                           None if featsel is None else featsel[lo:end],
+                                           crit, hist[:, lo:end], xp)
+                    del rows, slots, extra  # not alive while the next tree's rows are found
                 batch, batch_rows, batch_start = [], 0, t + 1
+        if hist is not None and counts:
+            hist = narrow_counts(hist)
         out.update({"kind": "level", "hist": hist})
         return out
 
-    def _batch_histograms(self, prep: dict[str, Any], state: dict[str, Any],
-                          batch: list[tuple[Any, Any, list[Any], Any]],
-                          featsel: np.ndarray | None, crit: Criterion, lo: int, hi: int,
-                          xp: Any) -> np.ndarray | None:
-        """Histograms of the slots ``[lo, hi)`` from a batch of trees' rows."""
-        if not sum(int(rows.shape[0]) for rows, _, _, _ in batch):
-            return None
-        fold = None if batch[0][3] is None else xp.concat([b[3] for b in batch])
-        channels = [xp.concat([b[2][i] for b in batch]) for i in range(len(batch[0][2]))]
-        return histograms(xp, prep["codes"], prep["n"], xp.concat([b[0] for b in batch]),
-                          xp.concat([b[1] for b in batch]) - lo, channels, fold,
-                          crit.channels if fold is not None else 1,
-                          None if featsel is None else featsel[lo:hi],
-                          len(state["features"]), hi - lo, state["missing"] + 1,
-                          prep.get("by_row"))
+    def _counts(self, state: dict[str, Any]) -> bool:
+        """Whether the histograms' sums are counts (whole numbers): the rows' classes,
+        each row weighing 1 (or its bootstrap copies)."""
+        return bool(state["classify"]) and self.params.weight is None
+
+    def _batch_histograms(self, prep: dict[str, Any], state: dict[str, Any], rows: Any,
+                          slots: Any, extra: Any | None, featsel: np.ndarray | None,
+                          crit: Criterion, out: np.ndarray, xp: Any) -> None:
+        """Histograms of a batch of trees' ``rows`` (their ``slots`` among the batch's,
+        per-row extra) into ``out``, the pass's histograms of the batch's slots;
+        ``featsel``: the batch's slots' features; integer ``out``: the rows' counts."""
+        if out.dtype.kind == "u":
+            mult = self._row_counts(rows, extra, xp)
+        else:
+            mult = self._row_weights(prep, rows, extra, xp)
+        channels, fold = self._channels(prep, state, rows, mult, xp)
+        histograms(xp, prep["codes"], prep["n"], rows, slots, channels, fold,
+                   crit.channels if fold is not None else 1, featsel,
+                   len(state["features"]), out.shape[1], state["missing"] + 1,
+                   prep.get("by_row"), out=out)
 
     def _tree_rows(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
                    arrays: dict[str, Any], tree: int, xp: Any) -> tuple[Any, Any, Any]:
@@ -1233,22 +1338,24 @@ class TreeEstimator(Estimator):
     def _row_weights(self, prep: dict[str, Any], rows: Any, extra: Any | None, xp: Any) -> Any:
         return xp.take(prep["w"], rows)
 
+    def _row_counts(self, rows: Any, extra: Any | None, xp: Any) -> Any:
+        """``_row_weights`` as uint32 where every row weighs 1 (``_counts``)."""
+        return xp.ones(rows.shape, dtype=xp.uint32)
+
     def _pass_extras(self, part: pa.Table, prep: dict[str, Any], state: dict[str, Any],
                      memo: dict[str, Any], xp: Any) -> dict[str, Any]:
         """More per-pass statistics (boosting: the validation loss)."""
         return {}
 
-    def _channels(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
-                  tree: int, rows: Any, mult: Any, xp: Any) -> tuple[list[Any], Any | None]:
-        """Histogram channels of a tree's rows: classes folded, or (w, w y)."""
+    def _channels(self, prep: dict[str, Any], state: dict[str, Any], rows: Any, mult: Any,
+                  xp: Any) -> tuple[list[Any], Any | None]:
+        """Histogram channels of a batch's rows: classes folded, or (w, w y)."""
         if state["classify"]:
             return [mult], xp.take(prep["y"], rows)
         return [mult, mult * xp.take(prep["y"], rows)], None
 
     def _combine_level(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-        hist = b["hist"] if a["hist"] is None else (
-            a["hist"] if b["hist"] is None else a["hist"] + b["hist"])
-        return {**a, "hist": hist}
+        return {**a, "hist": add_histograms(a["hist"], b["hist"])}
 
     # ------------------------------------------------------------------ driver
 
@@ -1317,6 +1424,8 @@ class TreeEstimator(Estimator):
         hist = stats["hist"]
         if hist is None:
             hist = np.zeros((m, len(nodes), state["missing"] + 1, crit.channels))
+        else:  # counts come as integers (``narrow_counts``): the same sums
+            hist = np.asarray(hist, dtype=np.float64)
         if state.get("siblings") is not None:
             nodes, hist = add_siblings(nodes, hist, state["siblings"])
         forest = grow_level(state["forest"], nodes, featsel, hist, crit, state["edges"],
@@ -1383,6 +1492,14 @@ class TreeEstimator(Estimator):
         if "validation" in state:
             out["validation"] = state["validation"]
         return out
+
+
+def _concat_batch(batch: list[tuple[Any, Any, Any]], xp: Any) -> tuple[Any, Any, Any]:
+    """A pass's batch of trees' (rows, slots, extra) as three arrays (extra: None when
+    the trees have none)."""
+    rows, slots, extra = zip(*batch, strict=True)
+    return (xp.concat(list(rows)), xp.concat(list(slots)),
+            None if extra[0] is None else xp.concat(list(extra)))
 
 
 def _float_labels(labels: pa.Array) -> np.ndarray:

@@ -1003,7 +1003,7 @@ class SparkEngine(Engine):
             passes[0] += 1
             work = placed_action(step_id, placement, partial, estimator.combine)
             values = hub.gather(cloudpickle.dumps(work), on_records)
-            return tree_reduce([values[i] for i in (info.index for info in infos)],
+            return tree_reduce([values.pop(i) for i in (info.index for info in infos)],
                                estimator.combine)
 
         try:
