@@ -20,6 +20,12 @@ How the contract maps onto distributed:
   the computed Arrow table on a worker (spilled by Dask when memory runs short,
   recomputed from the source if its worker dies); every pass and every dataset
   derived from it start from those futures. They are released by the next run.
+* **resident fits**: a multi-pass fit on the CPU creates one actor per worker
+  (``_Resident``), given the persisted partitions on it (a worker holding more
+  than its share of the threads hands the extra to the least loaded, once); each
+  pass is one call per actor, on the same table objects every pass. A lost actor
+  (its worker died) makes the fit start again, a job a pass, where Dask recomputes
+  the lost partitions. ``resident_fits: never`` in the profile turns it off.
 * **combine**: partials come back to the driver and are combined there with
   ``tree_reduce`` (fixed pairwise order, as every engine), so the result does not
   depend on which worker finished first.
@@ -66,17 +72,26 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
 
-from operators.base import PartitionInfo, Sink, SluiceError, WriteResult, tree_reduce
+from operators.base import (
+    Estimator,
+    PartitionInfo,
+    Sink,
+    SluiceError,
+    WriteResult,
+    drive,
+    tree_reduce,
+)
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem
 from pipelines.engines.base import (
     Dataset,
     Engine,
     StepFailure,
+    StepStats,
     compute_partition,
     located,
     placed_action,
@@ -126,6 +141,11 @@ class DaskProfile(DeviceProfile):
                              "i-th seeing only GPU i (CUDA_VISIBLE_DEVICES); 0: when a run "
                              "asks for a GPU and this machine has one, every worker gets "
                              "GPU=1 and they share it")
+    resident_fits: Literal["auto", "never"] = Field(
+        "auto", description="auto: a multi-pass fit on the CPU runs resident - one actor "
+                            "per worker holds the worker's persisted partitions and "
+                            "answers each pass in one call, instead of one task per "
+                            "partition a pass; never: a job a pass")
 
 
 def load_profile(path: str | Path | None = None) -> DaskProfile:
@@ -321,6 +341,62 @@ def _probe() -> Callable[[], str]:
     return probe
 
 
+class _Resident:
+    """A Dask actor holding one worker's persisted partitions for a resident fit: each
+    pass is one call (``run``) that answers for all of them, on the same table objects
+    every pass (an estimator's partition memo lives as long as the fit)."""
+
+    def __init__(self, step: str, version: str, cwd: str, threads: int,
+                 infos: list[PartitionInfo], *parts: Any):
+        self.step, self.version, self.cwd = step, version, cwd
+        self.held = list(zip(infos, parts, strict=True))
+        # a worker runs its actors' calls in one thread: a worker of several threads
+        # gets its partitions computed by as many here
+        self.pool = None
+        if threads > 1 and len(self.held) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(min(threads, len(self.held)),
+                                           thread_name_prefix="sluice-resident")
+
+    def ready(self) -> list[tuple[int, BaseException | None, Counts]]:
+        """Per partition: its failure to compute (or None) and the counts of the steps
+        that made it (recorded once by the driver)."""
+        if self.version and self.version != _sluice_version():
+            error = SluiceError(
+                f"Dask worker {_worker_address()} has sluice {_sluice_version()}, not the "
+                f"driver's {self.version}", hint=WORKER_HINT)
+            return [(info.index, error, []) for info, _ in self.held]
+        out: list[tuple[int, BaseException | None, Counts]] = []
+        for info, part in self.held:
+            if isinstance(part, _Failure):
+                out.append((info.index, part.error, part.counts))
+            else:
+                out.append((info.index, None, [*part[1], *part[2]]))
+        return out
+
+    def run(self, blob: bytes) -> tuple[list[Any], Counts]:
+        """One pass: the pickled work on every held partition; (answers, counts)."""
+        from pipelines.engines.resident import answers
+
+        _follow(self.cwd)
+        work = pickle.loads(blob)
+        counts: Counts = []
+
+        def record(*row: Any) -> None:
+            counts.append(row)
+
+        def locate(info: PartitionInfo, exc: BaseException) -> BaseException:
+            return _portable(located(self.step, info, exc))
+
+        held = [(info, part[0]) for info, part in self.held]
+        if self.pool is None:
+            return answers(lambda t, i: work(t, i, record), held, locate), counts
+        found = list(self.pool.map(
+            lambda one: answers(lambda t, i: work(t, i, record), [one], locate)[0], held))
+        return found, counts
+
+
 # --------------------------------------------------------------------------- driver side
 
 
@@ -360,6 +436,7 @@ class DaskEngine(Engine):
                  **kwargs: Any):
         conf = load_profile(profile)
         super().__init__(progress=progress, profile_device=conf, **kwargs)
+        self.profile = conf
         self.scheduler = scheduler or conf.scheduler
         self.workers = workers or conf.workers
         self.threads_per_worker = threads_per_worker or conf.threads_per_worker
@@ -704,6 +781,121 @@ class DaskEngine(Engine):
         for row in counts:
             self.record(*row)
         return value
+
+    def fit(self, data: Dataset, step_id: str, estimator: Estimator,
+            placement: Placement = CPU) -> tuple[Any, int, Dataset]:
+        """A multi-pass fit on the CPU runs resident (``_Resident``: one actor per
+        worker, one call per worker a pass) unless the profile says never; a fit that
+        loses a worker meanwhile starts again, a job a pass (Dask recomputes what the
+        worker held)."""
+        notes = self.stats.setdefault(step_id, StepStats()).notes
+        if (not estimator.multi_pass or self.profile.resident_fits == "never"
+                or placement.device == "gpu"):
+            if estimator.multi_pass:
+                notes["fit_mode"] = "one job a pass"
+            return super().fit(data, step_id, estimator, placement)
+        from distributed import wait
+
+        client = self._require()
+        data = self.persist(data)
+        kept = self._persisted[data.cache_key]
+        infos = self.partitions(data)
+        if not infos:
+            return super().fit(data, step_id, estimator, placement)
+        with client.as_current():  # actor handles find their client this way
+            wait(kept.futures)
+            return self._resident_fit(client, data, step_id, estimator, placement, kept,
+                                      infos, notes)
+
+    def _resident_fit(self, client: Any, data: Dataset, step_id: str, estimator: Estimator,
+                      placement: Placement, kept: _Persisted, infos: list[PartitionInfo],
+                      notes: dict[str, Any]) -> tuple[Any, int, Dataset]:
+        holders = self._holders(client, step_id, infos, kept)
+        notes["fit_mode"] = f"resident, {len(holders)} workers"
+        try:
+            failures: dict[int, BaseException] = {}
+            for call in [h.ready() for h in holders]:
+                for index, failure, counts in call.result():
+                    if index not in kept.merged:
+                        kept.merged.add(index)
+                        for row in counts:
+                            self.record(*row)
+                    if failure is not None:
+                        failures[index] = failure
+            if failures:
+                first = min(failures)
+                error = failures[first]
+                if isinstance(error, SluiceError) and not error.where:
+                    error.located(f"step '{step_id}', {infos[first].describe()}")
+                raise error
+
+            passes = [0]
+            rows = {i.index: i.rows or 0 for i in infos}
+
+            def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
+                import cloudpickle
+
+                passes[0] += 1
+                blob = cloudpickle.dumps(placed_action(step_id, placement, partial,
+                                                       estimator.combine))
+                values: dict[int, Any] = {}
+                found: dict[int, BaseException] = {}
+                with progress_bar(self.progress, f"{step_id}: pass {passes[0]}",
+                                  len(infos)) as bar:
+                    for call in [h.run(blob) for h in holders]:
+                        answers, counts = call.result()
+                        for row in counts:
+                            self.record(*row)
+                        for index, failure, value in answers:
+                            if failure is not None:
+                                found[index] = failure
+                            values[index] = value
+                            bar.advance(rows[index])
+                if found:
+                    raise found[min(found)]
+                return tree_reduce([values.pop(i.index) for i in infos], estimator.combine)
+
+            state, rounds = drive(estimator, data.schema, aggregate)
+        except (SluiceError, StepFailure):
+            raise
+        except Exception as exc:  # a worker lost, the actor gone: Dask recomputes
+            notes["fit_mode"] = (f"one job a pass (the resident fit failed: "
+                                 f"{type(exc).__name__}: {str(exc)[:200]})")
+            return super().fit(data, step_id, estimator, placement)
+        finally:
+            holders.clear()
+        return state, rounds, data
+
+    def _holders(self, client: Any, step_id: str, infos: list[PartitionInfo],
+                 kept: _Persisted) -> list[Any]:
+        """One ``_Resident`` actor per worker, given the persisted partitions it holds;
+        a worker's partitions beyond its share of the threads go to the workers with
+        the least (their only move, once for the whole fit)."""
+        threads = client.nthreads()
+        total = sum(threads.values())
+        where = client.who_has(kept.futures)
+        load: dict[str, list[int]] = {w: [] for w in sorted(threads)}
+        extra = []
+        for i, future in enumerate(kept.futures):
+            holder = min(where.get(future.key) or ("",))
+            share = -(-len(infos) * threads.get(holder, 0) // max(1, total))
+            if holder in load and len(load[holder]) < share:
+                load[holder].append(i)
+            else:
+                extra.append(i)
+        for i in extra:
+            lightest = min(load, key=lambda w: len(load[w]) / threads[w])
+            load[lightest].append(i)
+        actors = []
+        for worker, mine in load.items():
+            if not mine:
+                continue
+            actors.append(client.submit(
+                _Resident, step_id, _sluice_version(), os.getcwd(), threads[worker],
+                [infos[i] for i in sorted(mine)], *[kept.futures[i] for i in sorted(mine)],
+                actor=True, pure=False, workers=[worker], allow_other_workers=False,
+                key=f"sluice-resident-{_safe(step_id)}-{uuid.uuid4().hex}"))
+        return [a.result() for a in actors]
 
     def aggregate(self, data: Dataset, step_id: str, partial: Callable[[pa.Table, Any], Any],
                   combine: Callable[[Any, Any], Any], label: str = "",

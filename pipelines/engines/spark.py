@@ -991,7 +991,6 @@ class SparkEngine(Engine):
         frame = self._map(descriptors, task, _ROWS_DDL, barrier=True)
         job = _Background(lambda: self._collect(
             frame, f"{step_id}: fit (resident, {len(groups)} tasks)"))
-        passes = [0]
 
         def on_records(records: list[Any]) -> None:
             for record in records:
@@ -1000,7 +999,6 @@ class SparkEngine(Engine):
         def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
             from pyspark import cloudpickle
 
-            passes[0] += 1
             work = placed_action(step_id, placement, partial, estimator.combine)
             values = hub.gather(cloudpickle.dumps(work), on_records)
             return tree_reduce([values.pop(i) for i in (info.index for info in infos)],

@@ -389,6 +389,9 @@ def test_worker_killed_in_the_middle_of_a_fit(churn: Path, workdir: Path,
     scheduler_log = (cli_cluster["logs"] / "scheduler.log").read_text()
     assert "lose already computed task(s)" in scheduler_log and "sluice-persist-" in \
         scheduler_log, scheduler_log
+    # the resident fit lost its actor on the victim and fitted again, a job a pass
+    mode = record["steps"]["three"]["fit_mode"]
+    assert mode.startswith("one job a pass (the resident fit failed: "), mode
     metrics = record["metrics"]["three"]
     assert metrics["passes"] == 3
     for key in ("mean", "var", "maxdev"):

@@ -1,10 +1,12 @@
-"""Resident fits on Spark: a multi-pass fit as one barrier job whose tasks keep their
-partitions and answer the driver's passes over a direct connection
-(``pipelines/engines/resident.py``).
+"""Resident fits: a multi-pass fit whose partitions stay where they were computed and
+answer every pass the driver sends - on Spark one barrier job whose tasks talk to the
+driver over a direct connection (``pipelines/engines/resident.py``), on Dask one actor
+per worker holding its persisted partitions.
 
-The same models as one job a pass and as the local engine, bit for bit; failures in
-the first computation, in a pass, and of a whole task; when ``auto`` falls back; the
-protocol's own checks (the secret, the order of the answers)."""
+On both: the same models as one job a pass and as the local engine, bit for bit, and
+failures in the first computation and in a pass. On Spark: a lost task, when ``auto``
+falls back, and the protocol's own checks (the secret, the order of the answers). Dask's
+lost worker is in test_dask_engine.py."""
 
 from __future__ import annotations
 
@@ -27,8 +29,15 @@ from pipelines.runner import run
 from pipelines.store import ModelStore
 
 
-def profile(spark: SparkEngine, monkeypatch: pytest.MonkeyPatch, **update: Any) -> None:
-    monkeypatch.setattr(spark, "profile", spark.profile.model_copy(update=update))
+def profile(engine: Any, monkeypatch: pytest.MonkeyPatch, **update: Any) -> None:
+    monkeypatch.setattr(engine, "profile", engine.profile.model_copy(update=update))
+
+
+# the engine matrix's shared Dask and Spark engines (conftest's ``engine``)
+on_clusters = pytest.mark.parametrize("engine", ["dask", "spark"], indirect=True)
+
+
+RESIDENT = {"dask": "resident, 2 workers", "spark": "resident, 2 tasks"}
 
 
 def fitted_arrays(models: Path, name: str) -> dict[str, np.ndarray]:
@@ -70,9 +79,10 @@ MODELS = {
 }
 
 
+@on_clusters
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_resident_fits_give_the_same_model_as_one_job_a_pass_and_local(
-        spark: SparkEngine, churn: Path, workdir: Path, model: str,
+        engine: Any, churn: Path, workdir: Path, model: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_pipeline(workdir, f"""
         pipeline: fit_{model}
@@ -86,9 +96,9 @@ def test_resident_fits_give_the_same_model_as_one_job_a_pass_and_local(
         """)
     fits = {}
     for mode in ("auto", "never"):
-        profile(spark, monkeypatch, resident_fits=mode)
-        record = run(path, engine_instance=spark, models=str(workdir / mode))
-        expected = "resident, 2 tasks" if mode == "auto" else "one job a pass"
+        profile(engine, monkeypatch, resident_fits=mode)
+        record = run(path, engine_instance=engine, models=str(workdir / mode))
+        expected = RESIDENT[engine.name] if mode == "auto" else "one job a pass"
         assert record["steps"]["model"]["fit_mode"] == expected
         assert record["steps"]["model"]["rows"] == 5000
         fits[mode] = (fitted_arrays(workdir / mode, "m"), record["metrics"]["model"])
@@ -103,7 +113,10 @@ def test_resident_fits_give_the_same_model_as_one_job_a_pass_and_local(
     assert fits["auto"][1] == fits["never"][1]  # passes, losses, validation: the same
 
 
-def failing_fit(workdir: Path, at_pass: int, kind: str, at: int = 3500) -> Path:
+def failing_fit(workdir: Path, at_pass: int, kind: str, at: int = 3500,
+                once: Path | None = None) -> Path:
+    """A fit of ``at_pass + 1`` passes failing (``kind``) in pass ``at_pass`` on the
+    partition holding customer ``at`` (only while the file ``once`` does not exist)."""
     return write_pipeline(workdir, f"""
         pipeline: failing
         steps:
@@ -115,33 +128,38 @@ def failing_fit(workdir: Path, at_pass: int, kind: str, at: int = 3500) -> Path:
             at_pass: {at_pass}
             at_partition_with: {at}
             kind: {kind}
+            once: {'null' if once is None else once}
         """)
 
 
+@on_clusters
 @pytest.mark.parametrize("at_pass", [0, 2])
-def test_a_user_error_in_a_pass_is_one_located_line(spark: SparkEngine, churn: Path,
+def test_a_user_error_in_a_pass_is_one_located_line(engine: Any, churn: Path,
                                                     workdir: Path, at_pass: int) -> None:
     with pytest.raises(DataError) as info:
-        run(failing_fit(workdir, at_pass, "user"), engine_instance=spark)
+        run(failing_fit(workdir, at_pass, "user"), engine_instance=engine)
     text = str(info.value)
     assert f"a bad row in pass {at_pass}" in text and "step 'fit', partition " in text
-    assert spark.stats["fit"].notes["fit_mode"] == "resident, 2 tasks"
-    # the connection is closed and the next fit runs
-    record = run(failing_fit(workdir, 4, "user", at=-1), engine_instance=spark)
+    assert engine.stats["fit"].notes["fit_mode"] == RESIDENT[engine.name]
+    # the holders are gone and the next fit runs
+    record = run(failing_fit(workdir, 4, "user", at=-1), engine_instance=engine)
     assert record["status"] == "succeeded" and record["metrics"]["fit"]["passes"] == 5
 
 
-def test_a_bug_in_a_pass_carries_the_executor_traceback(spark: SparkEngine, churn: Path,
-                                                        workdir: Path) -> None:
+@on_clusters
+def test_a_bug_in_a_pass_carries_the_workers_traceback(engine: Any, churn: Path,
+                                                       workdir: Path) -> None:
     with pytest.raises(StepFailure) as info:
-        run(failing_fit(workdir, 1, "bug"), engine_instance=spark)
+        run(failing_fit(workdir, 1, "bug"), engine_instance=engine)
     assert isinstance(info.value.error, ZeroDivisionError)
     assert "boom in pass 1" in str(info.value)
     notes = "\n".join(getattr(info.value.error, "__notes__", []))
-    assert "executor traceback" in notes and "sluice_testops.py" in notes
+    heading = "executor traceback" if engine.name == "spark" else "raised on a Dask worker"
+    assert heading in notes and "sluice_testops.py" in notes
 
 
-def test_an_error_computing_the_partitions_ends_every_task(spark: SparkEngine, churn: Path,
+@on_clusters
+def test_an_error_computing_the_partitions_ends_every_task(engine: Any, churn: Path,
                                                            workdir: Path) -> None:
     path = write_pipeline(workdir, """
         pipeline: failing_read
@@ -157,9 +175,9 @@ def test_an_error_computing_the_partitions_ends_every_task(spark: SparkEngine, c
             column: monthly_charges
         """)
     with pytest.raises(StepFailure) as info:
-        run(path, engine_instance=spark)
+        run(path, engine_instance=engine)
     assert "step 'explode', partition" in str(info.value)
-    assert spark.stats["fit"].notes["fit_mode"] == "resident, 2 tasks"
+    assert engine.stats["fit"].notes["fit_mode"] == RESIDENT[engine.name]
 
 
 def test_a_task_lost_mid_fit_refits_one_job_a_pass(spark: SparkEngine, churn: Path,
@@ -170,19 +188,7 @@ def test_a_task_lost_mid_fit_refits_one_job_a_pass(spark: SparkEngine, churn: Pa
     with the same result; under always the run fails saying so; a worker that always
     dies fails the run, and the session serves the next fit."""
     marker = workdir / "died"
-    path = write_pipeline(workdir, f"""
-        pipeline: dies_once
-        steps:
-          - op: read_parquet
-            path: data/churn
-            partition_mb: 0.02
-          - id: fit
-            op: sluice_testops.FailingPass
-            at_pass: 1
-            at_partition_with: 3500
-            kind: exit
-            once: {marker}
-        """)
+    path = failing_fit(workdir, 1, "exit", once=marker)
     record = run(path, engine_instance=spark)
     assert marker.exists()
     mode = record["steps"]["fit"]["fit_mode"]
