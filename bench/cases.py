@@ -45,6 +45,12 @@ from bench.tree_cases import (  # noqa: F401 - bench.worker looks the sides up h
     train_forest_sklearn,
     train_forest_sluice_local,
 )
+from bench.xgboost_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    dask_train_boosted_sluice_dask,
+    dask_train_boosted_xgboost,
+    train_boosted_xgboost_sluice_local,
+    train_boosted_xgboost_xgboost,
+)
 from pipelines.datagen import generate
 
 
@@ -132,6 +138,9 @@ CASES: dict[str, Case] = {
     "train_forest_mllib": Case("numeric", ("sluice_local", "mllib"), _numeric, forest_split),
     # mlp [64, 32] sigmoid, L-BFGS 50 iterations vs MLlib MultilayerPerceptronClassifier
     "train_mlp_mllib": Case("numeric", ("sluice_local", "mllib"), _numeric, mlp_holdout),
+    # gradient_boosted_trees (100 trees, depth 6) vs XGBoost hist, locally and on Dask
+    "train_boosted_xgboost": Case("numeric", ("sluice_local", "xgboost"), _numeric),
+    "dask_train_boosted": Case("numeric", ("sluice_dask", "xgboost"), _numeric),
     # gradient_boosted_trees (20 trees, depth 4) on the Spark engine vs MLlib GBTClassifier
     "train_boosted_spark": Case("numeric", ("sluice_spark", "mllib"), _numeric, forest_split),
 }

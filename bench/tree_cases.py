@@ -23,7 +23,8 @@ FOREST = {"n_trees": 50, "max_depth": 10}
 BOOSTED = {"n_trees": 100, "max_depth": 6, "learning_rate": 0.1, "min_samples_leaf": 20}
 
 
-def _run_sluice(data: Path, scratch: Path, name: str, op: str, params: dict[str, Any]) -> None:
+def _run_sluice(data: Path, scratch: Path, name: str, op: str, params: dict[str, Any],
+                engine: str = "local") -> None:
     from pipelines.runner import run
 
     shutil.rmtree(scratch / f"{name}_models", ignore_errors=True)
@@ -39,7 +40,8 @@ def _run_sluice(data: Path, scratch: Path, name: str, op: str, params: dict[str,
             label: label
             validation_fraction: {HOLDOUT}
             seed: {SEED}""") + settings + "\n  - op: save_model\n    name: fit\n")
-    record = run(pipeline, models=str(scratch / f"{name}_models"), runs_dir=str(scratch / "runs"))
+    record = run(pipeline, models=str(scratch / f"{name}_models"), runs_dir=str(scratch / "runs"),
+                 engine=engine)
     metrics = record["metrics"]["model"]
     print(f"  {name} sluice: held-out accuracy {metrics['validation']['accuracy']:.4f}, "
           f"{metrics['passes']} passes, {metrics['nodes']} nodes")

@@ -1,0 +1,67 @@
+"""Benchmark sides for boosting against XGBoost (``pip install -e '.[bench]'``).
+
+Both sides fit 100 rounds of depth-6 trees (learning rate 0.1, 255 bins, XGBoost's
+``hist``) on the same Parquet files and print the accuracy on the same held-out rows
+(the 10% ``validation_fraction: 0.1`` holds out by row hash):
+
+* ``train_boosted_xgboost``: ``gradient_boosted_trees`` on the local engine against
+  ``xgboost.XGBClassifier`` (every core, as the local engine);
+* ``dask_train_boosted``: the same on the Dask engine against ``xgboost.dask``'s
+  ``DaskXGBClassifier`` on Dask arrays of the same training rows persisted on the
+  workers (sluice reads its Parquet in the fit's time; XGBoost's side gets its rows
+  ready), each side in its own LocalCluster of one single-threaded worker per core.
+
+The models differ in their details: XGBoost's leaf cap is a hessian sum
+(``min_child_weight``, left at 1) where sluice counts rows (``min_samples_leaf: 20``),
+and XGBoost sketches its bins per feature where sluice takes exact quantiles.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.tree_cases import BOOSTED, SEED, _run_sluice, _split
+
+XGB: dict[str, Any] = {"n_estimators": BOOSTED["n_trees"], "max_depth": BOOSTED["max_depth"],
+                       "learning_rate": BOOSTED["learning_rate"], "max_bin": 255,
+                       "tree_method": "hist", "random_state": SEED}
+
+
+def train_boosted_xgboost_sluice_local(data: Path, scratch: Path) -> None:
+    _run_sluice(data, scratch, "train_boosted_xgboost", "gradient_boosted_trees", BOOSTED)
+
+
+def train_boosted_xgboost_xgboost(data: Path, scratch: Path) -> None:
+    import xgboost
+
+    x, y, x_held, y_held = _split(data)
+    model = xgboost.XGBClassifier(**XGB, n_jobs=os.cpu_count()).fit(x, y)
+    print(f"  train_boosted_xgboost xgboost: held-out accuracy {model.score(x_held, y_held):.4f}")
+
+
+def dask_train_boosted_sluice_dask(data: Path, scratch: Path) -> None:
+    _run_sluice(data, scratch, "dask_train_boosted", "gradient_boosted_trees", BOOSTED,
+                engine="dask")
+
+
+def dask_train_boosted_xgboost(data: Path, scratch: Path) -> None:
+    """xgboost.dask on the training rows (sluice's hold-out mask), as Dask arrays of
+    four chunks persisted on the workers before the fit."""
+    import dask.array as da
+    import numpy as np
+    import xgboost.dask as dxgb
+
+    from bench.dask_cases import _cluster
+
+    x, y, x_held, y_held = _split(data)
+    rows = -(-len(y) // 4)
+    with _cluster() as client:
+        dx = da.from_array(x, chunks=(rows, x.shape[1])).persist()
+        dy = da.from_array(y, chunks=rows).persist()
+        model = dxgb.DaskXGBClassifier(**XGB).fit(dx, dy)
+        booster = model.get_booster()
+    del client
+    accuracy = float(np.mean((booster.inplace_predict(x_held) > 0.5) == y_held))
+    print(f"  dask_train_boosted xgboost: held-out accuracy {accuracy:.4f}")
