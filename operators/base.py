@@ -187,6 +187,12 @@ class Estimator(Operator):
         """Numbers worth a line in the run record (iterations, convergence...)."""
         return {}
 
+    def partial_state(self, state: Any) -> Any:
+        """What ``partial`` reads of ``state``: the part engines send to the partitions
+        every pass (the rest, such as histograms kept for the next level, stays on the
+        driver for ``update``)."""
+        return state
+
 
 def drive(estimator: Estimator, schema: pa.Schema,
           aggregate: Callable[[Callable[[pa.Table, Any], Any]], Any]) -> tuple[Any, int]:
@@ -199,7 +205,7 @@ def drive(estimator: Estimator, schema: pa.Schema,
     state = estimator.init(schema)
     rounds = 0
     while True:
-        current = state
+        current = estimator.partial_state(state)
 
         def partial(part: pa.Table, xp: Any, current: Any = current) -> Any:
             return estimator.partial(part, current, xp)

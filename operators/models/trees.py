@@ -1185,6 +1185,11 @@ class TreeEstimator(Estimator):
 
     # ------------------------------------------------------------------ partitions
 
+    def partial_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        # the parents' histograms kept for sibling subtraction (up to PARENT_HISTOGRAM_MB)
+        # serve the driver's update only: partitions need not receive them every pass
+        return {k: v for k, v in state.items() if k not in ("siblings", "kept")}
+
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         if state["phase"] == "validate":
             return validation_partial(self._model(state), part, self.params, xp)

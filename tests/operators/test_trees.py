@@ -505,3 +505,36 @@ def test_early_stopping_keeps_the_rounds_grown() -> None:
     losses = metrics["validation_losses"]
     assert len(losses) == metrics["rounds"] + 1  # the baseline, then one per round
     assert min(losses[-3:]) >= losses[-4] - 1e-7
+
+
+def test_partitions_get_no_histograms_kept_for_the_driver() -> None:
+    """The parents' histograms kept for sibling subtraction are the driver's: what each
+    pass ships to the partitions (``partial_state``) leaves them out, and every
+    partition's partial is the one the whole state gives."""
+    import pickle
+
+    parts = split(tree_table(rows=600, seed=21), 3)
+    estimator = GradientBoostedTrees(label="y", n_trees=4, max_depth=4, min_samples_leaf=5)
+    whole = [estimator.init(parts[0].schema)]
+    original = estimator.update
+
+    def update(stats: Any, state: Any) -> Any:
+        out = original(stats, state)
+        whole.append(out[0])
+        return out
+
+    estimator.update = update  # type: ignore[method-assign]
+    saved = []
+
+    def aggregate(partial: Any) -> Any:
+        (shipped,) = partial.__defaults__
+        full = whole[-1]
+        assert "siblings" not in shipped and "kept" not in shipped
+        saved.append(len(pickle.dumps(full)) - len(pickle.dumps(shipped)))
+        values = [partial(p, NUMPY) for p in parts]
+        expected = [estimator.partial(p, full, NUMPY) for p in parts]
+        assert pickle.dumps(values) == pickle.dumps(expected)
+        return tree_reduce(values, estimator.combine)
+
+    drive(estimator, parts[0].schema, aggregate)
+    assert max(saved) > 10_000  # a level's parent histograms stayed on the driver
