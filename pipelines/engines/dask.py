@@ -23,7 +23,9 @@ How the contract maps onto distributed:
 * **resident fits**: a multi-pass fit on the CPU creates one actor per worker
   (``_Resident``), given the persisted partitions on it (a worker holding more
   than its share of the threads hands the extra to the least loaded, once); each
-  pass is one call per actor, on the same table objects every pass. A lost actor
+  pass is one call per actor, on the same table objects every pass. Partitions an
+  actor holds cannot be spilled: a worker that would hold more than half its memory
+  limit that way makes the fit run a job a pass instead. A lost actor
   (its worker died) makes the fit start again, a job a pass, where Dask recomputes
   the lost partitions. ``resident_fits: never`` in the profile turns it off.
 * **combine**: partials come back to the driver and are combined there with
@@ -121,6 +123,10 @@ GPU_WORKER_HINT = ("start one worker per GPU with `dask worker {scheduler} --res
                    "{scheduler} --resources GPU=1`")
 
 Counts = list[tuple[Any, ...]]  # (step, partition, rows, seconds, device)
+
+# a resident fit's actor keeps its partitions in memory (Dask can no longer spill
+# them): at most this share of its worker's memory limit, else a job a pass
+RESIDENT_MEMORY = 0.5
 
 
 class DaskProfile(DeviceProfile):
@@ -828,9 +834,15 @@ class DaskEngine(Engine):
     def _resident_fit(self, client: Any, data: Dataset, step_id: str, estimator: Estimator,
                       placement: Placement, kept: _Persisted, infos: list[PartitionInfo],
                       notes: dict[str, Any]) -> tuple[Any, int, Dataset]:
-        holders = self._holders(client, step_id, infos, kept)
-        notes["fit_mode"] = f"resident, {len(holders)} workers"
+        plan = self._resident_plan(client, kept)
+        crowded = self._over_memory(client, kept, plan)
+        if crowded:
+            notes["fit_mode"] = f"one job a pass ({crowded})"
+            return super().fit(data, step_id, estimator, placement)
+        notes["fit_mode"] = f"resident, {len(plan)} workers"
+        holders: list[Any] = []
         try:
+            holders = self._holders(client, step_id, infos, kept, plan)
             failures: dict[int, BaseException] = {}
             for call in [h.ready() for h in holders]:
                 for index, failure, counts in call.result():
@@ -884,11 +896,10 @@ class DaskEngine(Engine):
             holders.clear()
         return state, rounds, data
 
-    def _holders(self, client: Any, step_id: str, infos: list[PartitionInfo],
-                 kept: _Persisted) -> list[Any]:
-        """One ``_Resident`` actor per worker, given the persisted partitions it holds;
-        a worker's partitions beyond its share of the threads go to the workers with
-        the least (their only move, once for the whole fit)."""
+    def _resident_plan(self, client: Any, kept: _Persisted) -> dict[str, list[int]]:
+        """Which worker's actor holds which persisted partitions: each the ones it has,
+        up to its share of the cluster's threads; the rest go to the workers with the
+        least (their only move, once for the whole fit)."""
         threads = client.nthreads()
         total = sum(threads.values())
         where = client.who_has(kept.futures)
@@ -896,7 +907,7 @@ class DaskEngine(Engine):
         extra = []
         for i, future in enumerate(kept.futures):
             holder = min(where.get(future.key) or ("",))
-            share = -(-len(infos) * threads.get(holder, 0) // max(1, total))
+            share = -(-len(kept.futures) * threads.get(holder, 0) // max(1, total))
             if holder in load and len(load[holder]) < share:
                 load[holder].append(i)
             else:
@@ -904,13 +915,31 @@ class DaskEngine(Engine):
         for i in extra:
             lightest = min(load, key=lambda w: len(load[w]) / threads[w])
             load[lightest].append(i)
+        return {w: sorted(mine) for w, mine in load.items() if mine}
+
+    @staticmethod
+    def _over_memory(client: Any, kept: _Persisted, plan: dict[str, list[int]]) -> str:
+        """Why an actor would hold too much (its worker could no longer spill what it
+        holds), or "": at most RESIDENT_MEMORY of a worker's memory limit."""
+        sizes = client.nbytes([f.key for f in kept.futures], summary=False)
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        for worker, mine in plan.items():
+            limit = workers.get(worker, {}).get("memory_limit") or 0
+            held = sum(sizes.get(kept.futures[i].key, 0) for i in mine)
+            if limit and held > RESIDENT_MEMORY * limit:
+                return (f"worker {worker} would hold {held / 2**30:.2f} GiB of partitions, "
+                        f"over {RESIDENT_MEMORY:.0%} of its memory limit")
+        return ""
+
+    def _holders(self, client: Any, step_id: str, infos: list[PartitionInfo],
+                 kept: _Persisted, load: dict[str, list[int]]) -> list[Any]:
+        """One ``_Resident`` actor per worker of ``load``, given those partitions."""
+        threads = client.nthreads()
         actors = []
         for worker, mine in load.items():
-            if not mine:
-                continue
             actors.append(client.submit(
                 _Resident, step_id, _sluice_version(), os.getcwd(), threads[worker],
-                [infos[i] for i in sorted(mine)], *[kept.futures[i] for i in sorted(mine)],
+                [infos[i] for i in mine], *[kept.futures[i] for i in mine],
                 actor=True, pure=False, workers=[worker], allow_other_workers=False,
                 key=f"sluice-resident-{_safe(step_id)}-{uuid.uuid4().hex}"))
         return [a.result() for a in actors]

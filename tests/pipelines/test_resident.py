@@ -309,3 +309,21 @@ class _Fails:
         if info.index in self.failing:
             raise ValueError("bad")
         return table.num_rows
+
+
+@pytest.mark.parametrize("engine", ["dask"], indirect=True)
+def test_dask_fits_a_job_a_pass_when_an_actor_would_hold_too_much(
+        engine: Any, churn: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An actor keeps its partitions in memory, where Dask can no longer spill them: over
+    RESIDENT_MEMORY of a worker's memory limit, the fit runs a job a pass instead."""
+    from pipelines.engines import dask as dask_engine
+
+    path = failing_fit(workdir, 2, "user", at=-1)
+    monkeypatch.setattr(dask_engine, "RESIDENT_MEMORY", 1e-9)
+    record = run(path, engine_instance=engine)
+    mode = record["steps"]["fit"]["fit_mode"]
+    assert mode.startswith("one job a pass (worker tcp://127.0.0.1:") and \
+        "GiB of partitions, over 0% of its memory limit" in mode, mode
+    assert record["metrics"]["fit"]["passes"] == 3
+    monkeypatch.undo()
+    assert run(path, engine_instance=engine)["steps"]["fit"]["fit_mode"] == RESIDENT["dask"]
