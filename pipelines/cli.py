@@ -126,6 +126,9 @@ def _print_record(record: dict[str, Any]) -> None:
         click.echo(f"  {step_id:<24} {entry['op']:<22} {shown}  "
                    f"{entry.get('wall_seconds', 0):8.3f}s{where}".rstrip())
     for step_id, entry in record["steps"].items():
+        mode = entry.get("fit_mode", "")
+        if mode.startswith("one job a pass ("):  # resident was possible, and fell back
+            click.echo(f"  step '{step_id}': fitted {mode}")
         for split in entry.get("device_splits", []):
             click.echo(f"  step '{step_id}', partition {split['partition']}: split in "
                        f"{split['pieces']} pieces to fit in device memory")

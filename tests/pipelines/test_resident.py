@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -325,5 +326,21 @@ def test_dask_fits_a_job_a_pass_when_an_actor_would_hold_too_much(
     assert mode.startswith("one job a pass (worker tcp://127.0.0.1:") and \
         "GiB of partitions, over 0% of its memory limit" in mode, mode
     assert record["metrics"]["fit"]["passes"] == 3
+    # the command line's summary says so, with the reason
+    from click.testing import CliRunner
+
+    shown = CliRunner().invoke(_printing, obj=record)
+    assert f"  step 'fit': fitted {mode}\n" in shown.output, shown.output
     monkeypatch.undo()
-    assert run(path, engine_instance=engine)["steps"]["fit"]["fit_mode"] == RESIDENT["dask"]
+    record = run(path, engine_instance=engine)
+    assert record["steps"]["fit"]["fit_mode"] == RESIDENT["dask"]
+    assert "fitted" not in CliRunner().invoke(_printing, obj=record).output
+
+
+@click.command()
+@click.pass_obj
+def _printing(record: dict[str, Any]) -> None:
+    """The summary ``sluice run`` prints for a record."""
+    from pipelines.cli import _print_record
+
+    _print_record(record)
