@@ -99,6 +99,14 @@ class StepStats:
         return out
 
 
+def format_bytes(n: float) -> str:
+    """``n`` bytes for a person: 512 B, 3.2 MiB, 1.50 GiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}" if unit == "GiB" else f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
 def located(step: str, partition: PartitionInfo, exc: BaseException) -> BaseException:
     """Name the step and partition in a failure; user errors stay one-liners."""
     where = f"step '{step}', {partition.describe()}"

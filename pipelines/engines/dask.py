@@ -95,6 +95,7 @@ from pipelines.engines.base import (
     StepFailure,
     StepStats,
     compute_partition,
+    format_bytes,
     located,
     placed_action,
     write_through,
@@ -927,7 +928,7 @@ class DaskEngine(Engine):
             limit = workers.get(worker, {}).get("memory_limit") or 0
             held = sum(sizes.get(kept.futures[i].key, 0) for i in mine)
             if limit and held > RESIDENT_MEMORY * limit:
-                return (f"worker {worker} would hold {held / 2**30:.2f} GiB of partitions, "
+                return (f"worker {worker} would hold {format_bytes(held)} of partitions, "
                         f"over {RESIDENT_MEMORY:.0%} of its memory limit")
         return ""
 

@@ -86,6 +86,7 @@ from pipelines.engines.base import (
     StepFailure,
     StepStats,
     compute_partition,
+    format_bytes,
     located,
     placed_action,
     write_through,
@@ -970,11 +971,11 @@ class SparkEngine(Engine):
         """A multi-pass fit runs resident (one barrier job whose tasks keep their
         partitions, ``_ResidentTask``) where the profile's ``resident_fits`` allows it,
         else one job a pass."""
-        tasks = self._resident_tasks(data, step_id, estimator)
+        tasks, problem = self._resident_tasks(data, step_id, estimator)
         notes = self.stats.setdefault(step_id, StepStats()).notes
         if tasks is None:
             if estimator.multi_pass:
-                notes["fit_mode"] = "one job a pass"
+                notes["fit_mode"] = "one job a pass" + (f" ({problem})" if problem else "")
             return super().fit(data, step_id, estimator, placement)
         infos = self.partitions(data)
         rows = [self.profile.rows_per_task if i.rows is None else i.rows for i in infos]
@@ -1029,16 +1030,17 @@ class SparkEngine(Engine):
         return state, rounds, data
 
     def _resident_tasks(self, data: Dataset, step_id: str, estimator: Estimator
-                        ) -> int | None:
+                        ) -> tuple[int | None, str]:
         """How many tasks a resident fit of ``estimator`` gets, or None for one job a
-        pass (a single-pass fit; ``resident_fits`` never or, under auto, not possible)."""
+        pass (a single-pass fit, ``resident_fits: never``, or under auto what makes it
+        impossible, the second value)."""
         mode = self.profile.resident_fits
         if mode == "never" or not estimator.multi_pass:
-            return None
+            return None, ""
         self.start()
         infos = self.partitions(data)
         if not infos:
-            return None
+            return None, ""
         slots = self._slots()
         conf = self.spark.sparkContext.getConf()
         problem = None
@@ -1058,15 +1060,15 @@ class SparkEngine(Engine):
         if problem is None and mode == "auto":
             held = _estimated_bytes(data.schema, infos, self.profile.rows_per_task) / tasks
             if held > self.profile.resident_task_bytes:
-                problem = (f"each task would hold about {held / 2**30:.1f} GiB, over "
+                problem = (f"each task would hold about {format_bytes(held)}, over "
                            f"resident_task_bytes")
         if problem is None:
-            return tasks
+            return tasks, ""
         if mode == "always":
             where = self.profile_path or "the Spark profile"
             raise SluiceError(f"step '{step_id}': cannot run the fit resident: {problem}",
                               hint=f"set resident_fits: auto or never in {where}")
-        return None
+        return None, problem
 
     def _slots(self) -> int:
         """Tasks the cluster can run at once now (what a barrier job may ask for)."""
