@@ -10,7 +10,7 @@ plus the device keys every engine understands (``pipelines.device.DeviceProfile`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -27,6 +27,15 @@ class LocalProfile(DeviceProfile):
 
     workers: int | None = Field(
         None, gt=0, description="partitions computed at once (null: one per core)")
+    resident_fits: Literal["auto", "always", "never"] = Field(
+        "auto", description="multi-pass CPU fits in `workers` processes that keep their "
+                            "partitions (NumPy's scatter-adds hold the GIL: threads run the "
+                            "tree histograms one at a time); auto: with 4 workers or more "
+                            "and at least resident_rows rows (on 2 cores processes and "
+                            "threads measure the same); always; never: threads")
+    resident_rows: int = Field(
+        500_000, ge=0, description="auto resident fits: the fewest rows worth starting "
+                                   "processes for")
 
 
 def read(path: str | Path, what: str) -> dict[str, Any]:

@@ -99,6 +99,24 @@ class StepStats:
         return out
 
 
+def contiguous_groups(infos: list[PartitionInfo], rows: list[int], tasks: int) -> list[list[int]]:
+    """Consecutive partitions in ``tasks`` groups of about equal rows (fewer when some
+    partitions are large)."""
+    total = sum(rows)
+    groups: list[list[int]] = []
+    last, done = -1, 0
+    for position, (info, n) in enumerate(zip(infos, rows)):
+        # the task whose share of the rows holds this partition's middle row
+        task = (min(tasks - 1, int((done + n / 2) * tasks / total)) if total
+                else position * tasks // len(infos))
+        if task != last:
+            groups.append([])
+            last = task
+        groups[-1].append(info.index)
+        done += n
+    return groups
+
+
 def format_bytes(n: float) -> str:
     """``n`` bytes for a person: 512 B, 3.2 MiB, 1.50 GiB."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):

@@ -1,4 +1,4 @@
-"""Resident fits: a multi-pass fit as one job whose tasks keep their partitions.
+"""Resident fits: a multi-pass fit whose tasks keep their partitions.
 
 Run one job per pass, and every pass pays the cluster's scheduling and reads (or
 deserialises) its partitions again; an estimator's per-partition memo
@@ -10,6 +10,8 @@ pass, it sends the pass's ``partial`` to every task over that connection, receiv
 each partition's partial and combines them in partition order (``tree_reduce``), so
 the model is the one per-pass jobs give, bit for bit. XGBoost's and Horovod's Spark
 integrations run the same way: one barrier stage whose tasks stay for the whole fit.
+The local engine runs the same tasks as worker processes (NumPy's scatter-adds hold
+the GIL: threads do not share a fit's histograms between cores, processes do).
 
 A task proves it belongs to the fit with a secret the driver put in the task;
 nothing from a connection without it is read further. Messages: one kind byte, an
@@ -24,12 +26,21 @@ import pickle
 import socket
 import struct
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 
-from operators.base import PartitionInfo
+from operators.base import Estimator, PartitionInfo, SluiceError, drive, tree_reduce
+from pipelines.device import Placement
+from pipelines.engines.base import (
+    Dataset,
+    StepFailure,
+    compute_partition,
+    located,
+    placed_action,
+)
 
 HELLO, READY, WORK, REPLY, STOP = 1, 2, 3, 4, 5
 _HEADER = struct.Struct("!BQ")
@@ -191,3 +202,84 @@ def serve(sock: socket.socket, answer: Callable[[Any], bytes]) -> None:
         if kind != WORK:
             raise ConnectionError(f"resident fit: unexpected message {kind} from the driver")
         send(sock, REPLY, answer(pickle.loads(payload)))
+
+
+def portable(exc: BaseException, label: str = "executor") -> BaseException:
+    """A failure ready to cross to the driver: a bug keeps its traceback as a note
+    (``<label> traceback``), and anything that does not pickle becomes a RuntimeError
+    with its text."""
+    if isinstance(exc, StepFailure):
+        error = exc.error
+        text = "".join(traceback.format_exception(error)).rstrip()
+        if text and not any(n.startswith(f"{label} traceback") for n in
+                            getattr(error, "__notes__", [])):
+            error.add_note(f"{label} traceback (most recent call last):\n{text}")
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        if isinstance(exc, StepFailure):
+            plain = RuntimeError(f"{type(exc.error).__name__}: {exc.error}")
+            for note in getattr(exc.error, "__notes__", []):
+                plain.add_note(note)
+            return StepFailure(exc.step, exc.where, plain)
+        return SluiceError(str(exc))
+
+
+class Task:
+    """A task's side of a resident fit: compute its partitions once (``hold``), then,
+    connected to the driver, say READY and answer every pass (``answer``)."""
+
+    def __init__(self, data: Dataset, infos: list[PartitionInfo], step: str,
+                 label: str = "executor"):
+        self.data, self.infos, self.step, self.label = data, infos, step, label
+        self.records: Records = []
+        self.held: list[tuple[PartitionInfo, pa.Table]] = []
+        self.failure: tuple[int, BaseException] | None = None
+
+    def record(self, *row: Any) -> None:
+        self.records.append(row)
+
+    def taken(self) -> Records:
+        out = list(self.records)
+        self.records.clear()
+        return out
+
+    def hold(self) -> None:
+        for info in self.infos:
+            try:
+                self.held.append((info, compute_partition(self.data, info, self.record)))
+            except (SluiceError, StepFailure) as exc:
+                self.failure = (info.index, portable(exc, self.label))
+                return
+
+    def answer(self, sock: socket.socket) -> None:
+        send(sock, READY, pickle.dumps((self.failure, self.taken())))
+        if self.failure is not None:
+            serve(sock, lambda work: b"")  # until the driver says stop
+            return
+
+        def locate(info: PartitionInfo, exc: BaseException) -> BaseException:
+            return portable(located(self.step, info, exc), self.label)
+
+        def reply(work: placed_action) -> bytes:
+            done = answers(lambda t, i: work(t, i, self.record), self.held, locate)
+            return pickle.dumps((done, self.taken()))
+
+        serve(sock, reply)
+
+
+def fit(hub: Hub, estimator: Estimator, schema: pa.Schema, infos: list[PartitionInfo],
+        step: str, placement: Placement, on_records: Callable[[Records], None],
+        dumps: Callable[[Any], bytes]) -> tuple[Any, int]:
+    """The driver's side once every task connected: READY, then the estimator's
+    driver loop with each pass sent to the tasks (``dumps``: a cloudpickle the tasks
+    can load) and combined in partition order."""
+    hub.ready(on_records)
+
+    def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
+        work = placed_action(step, placement, partial, estimator.combine)
+        values = hub.gather(dumps(work), on_records)
+        return tree_reduce([values.pop(i.index) for i in infos], estimator.combine)
+
+    return drive(estimator, schema, aggregate)

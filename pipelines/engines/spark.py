@@ -55,7 +55,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -75,7 +74,6 @@ from operators.base import (
     Sink,
     SluiceError,
     WriteResult,
-    drive,
     tree_reduce,
 )
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem, select_gpu
@@ -86,6 +84,7 @@ from pipelines.engines.base import (
     StepFailure,
     StepStats,
     compute_partition,
+    contiguous_groups,
     format_bytes,
     located,
     placed_action,
@@ -298,31 +297,10 @@ def _ipc_blobs(table: pa.Table) -> Iterator[pa.Buffer]:
             return
 
 
-def _with_traceback(exc: BaseException) -> BaseException:
-    """A failure ready to cross to the driver: a bug keeps its executor traceback as a
-    note, and anything that does not pickle becomes a RuntimeError with its text."""
-    if isinstance(exc, StepFailure):
-        error = exc.error
-        text = "".join(traceback.format_exception(error)).rstrip()
-        if text and not any(n.startswith("executor traceback") for n in
-                            getattr(error, "__notes__", [])):
-            error.add_note(f"executor traceback (most recent call last):\n{text}")
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        if isinstance(exc, StepFailure):
-            plain = RuntimeError(f"{type(exc.error).__name__}: {exc.error}")
-            for note in getattr(exc.error, "__notes__", []):
-                plain.add_note(note)
-            return StepFailure(exc.step, exc.where, plain)
-        return SluiceError(str(exc))
-
-
 def _marked(failure: BaseException) -> str:
     """A failure's first line, and the failure itself for the driver to recover from the
     text of a failed Spark job."""
-    payload = base64.b64encode(pickle.dumps(_with_traceback(failure))).decode()
+    payload = base64.b64encode(pickle.dumps(resident.portable(failure))).decode()
     first = str(failure).splitlines()[0] if str(failure) else repr(failure)
     return f"{first} [sluice-error:{payload}]"
 
@@ -450,7 +428,7 @@ class _Task:
             else:
                 yield _row(info.index, _RESULT, pickle.dumps((value, records)))
                 return
-        blob = pickle.dumps((_with_traceback(failure), records))
+        blob = pickle.dumps((resident.portable(failure), records))
         self._failed = True
         if self.failures is not None:
             self.failures.add((info.index, blob))
@@ -463,7 +441,7 @@ class _Task:
                     ) -> Iterator[pa.RecordBatch]:
         if failure is not None:
             # an error row in the cache: the pass reading it reports the failure
-            yield _row(info.index, _ERROR, pickle.dumps(_with_traceback(failure)))
+            yield _row(info.index, _ERROR, pickle.dumps(resident.portable(failure)))
             return
         assert table is not None
         for blob in _ipc_blobs(table):
@@ -507,25 +485,8 @@ class _ResidentTask:
         yield _row(self.groups[rank][0], _RECORDS, pickle.dumps((None, [])))
 
     def _run(self, rank: int) -> None:
-        records: list[Any] = []
-
-        def record(*r: Any) -> None:
-            records.append(r)
-
-        def taken() -> list[Any]:
-            out = list(records)
-            records.clear()
-            return out
-
-        held: list[tuple[PartitionInfo, pa.Table]] = []
-        failure = None
-        for index in self.groups[rank]:
-            info = self.infos[index]
-            try:
-                held.append((info, compute_partition(self.data, info, record)))
-            except (SluiceError, StepFailure) as exc:
-                failure = (index, _with_traceback(exc))
-                break
+        task = resident.Task(self.data, [self.infos[i] for i in self.groups[rank]], self.step)
+        task.hold()
         try:
             sock = resident.connect(self.host, self.port, self.secret, rank)
         except OSError as exc:
@@ -535,19 +496,7 @@ class _ResidentTask:
                 hint="let executors reach that port (resident_port in the Spark profile "
                      "picks it), or set resident_fits: never"))) from None
         try:
-            resident.send(sock, resident.READY, pickle.dumps((failure, taken())))
-            if failure is not None:
-                resident.serve(sock, lambda work: b"")  # until the driver says stop
-                return
-
-            def locate(info: PartitionInfo, exc: BaseException) -> BaseException:
-                return _with_traceback(located(self.step, info, exc))
-
-            def answer(work: placed_action) -> bytes:
-                done = resident.answers(lambda t, i: work(t, i, record), held, locate)
-                return pickle.dumps((done, taken()))
-
-            resident.serve(sock, answer)
+            task.answer(sock)
         finally:
             sock.close()
 
@@ -760,7 +709,7 @@ class SparkEngine(Engine):
         budget = self.profile.rows_per_task
         rows = [budget if i.rows is None else i.rows for i in infos]
         parallelism = self.spark.sparkContext.defaultParallelism if self.spark else 1
-        return _contiguous(infos, rows, min(len(infos), max(parallelism,
+        return contiguous_groups(infos, rows, min(len(infos), max(parallelism,
                                                             -(-sum(rows) // budget))))
 
     def _source_frame(self, data: Dataset, infos: list[PartitionInfo]
@@ -979,7 +928,7 @@ class SparkEngine(Engine):
             return super().fit(data, step_id, estimator, placement)
         infos = self.partitions(data)
         rows = [self.profile.rows_per_task if i.rows is None else i.rows for i in infos]
-        groups = _contiguous(infos, rows, tasks)
+        groups = contiguous_groups(infos, rows, tasks)
         notes["fit_mode"] = f"resident, {len(groups)} tasks"
         conf = self.spark.sparkContext.getConf()
         host = conf.get("spark.driver.host") or socket.gethostname()
@@ -997,18 +946,12 @@ class SparkEngine(Engine):
             for record in records:
                 self.record(*record)
 
-        def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
-            from pyspark import cloudpickle
-
-            work = placed_action(step_id, placement, partial, estimator.combine)
-            values = hub.gather(cloudpickle.dumps(work), on_records)
-            return tree_reduce([values.pop(i) for i in (info.index for info in infos)],
-                               estimator.combine)
+        from pyspark import cloudpickle
 
         try:
             hub.accept(len(groups), job.check)
-            hub.ready(on_records)
-            state, rounds = drive(estimator, data.schema, aggregate)
+            state, rounds = resident.fit(hub, estimator, data.schema, infos, step_id,
+                                         placement, on_records, cloudpickle.dumps)
         except (ConnectionError, _JobEnded) as exc:
             # the job or a task was lost (an executor, a Python worker, the network):
             # a barrier stage is not retried, so under auto the fit starts again, one
@@ -1162,24 +1105,6 @@ def _estimated_bytes(schema: pa.Schema | None, infos: list[PartitionInfo],
         except ValueError:  # variable width: strings, lists...
             width += 32
     return float(sum(unknown_rows if i.rows is None else i.rows for i in infos) * max(1, width))
-
-
-def _contiguous(infos: list[PartitionInfo], rows: list[int], tasks: int) -> list[list[int]]:
-    """Consecutive partitions in ``tasks`` groups of about equal rows (fewer when some
-    partitions are large)."""
-    total = sum(rows)
-    groups: list[list[int]] = []
-    last, done = -1, 0
-    for position, (info, n) in enumerate(zip(infos, rows)):
-        # the task whose share of the rows holds this partition's middle row
-        task = (min(tasks - 1, int((done + n / 2) * tasks / total)) if total
-                else position * tasks // len(infos))
-        if task != last:
-            groups.append([])
-            last = task
-        groups[-1].append(info.index)
-        done += n
-    return groups
 
 
 def _map_in_arrow_without_pandas(frame: Any, function: Any, schema: Any,

@@ -36,10 +36,19 @@ def profile(engine: Any, monkeypatch: pytest.MonkeyPatch, **update: Any) -> None
 
 
 # the engine matrix's shared Dask and Spark engines (conftest's ``engine``)
-on_clusters = pytest.mark.parametrize("engine", ["dask", "spark"], indirect=True)
+on_clusters = pytest.mark.parametrize("engine", ["local", "dask", "spark"], indirect=True)
+# what turns resident fits on for the small data here (local: auto waits for 4 workers
+# and resident_rows), and what is off
+ON = {"local": "always", "dask": "auto", "spark": "auto"}
+OFF = {"local": None, "dask": "one job a pass", "spark": "one job a pass"}
 
 
-RESIDENT = {"dask": "resident, 2 workers", "spark": "resident, 2 tasks"}
+def resident_on(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    profile(engine, monkeypatch, resident_fits=ON[engine.name])
+
+
+RESIDENT = {"local": "resident, 2 processes", "dask": "resident, 2 workers",
+            "spark": "resident, 2 tasks"}
 
 
 def fitted_arrays(models: Path, name: str) -> dict[str, np.ndarray]:
@@ -97,22 +106,23 @@ def test_resident_fits_give_the_same_model_as_one_job_a_pass_and_local(
             name: m
         """)
     fits = {}
-    for mode in ("auto", "never"):
-        profile(engine, monkeypatch, resident_fits=mode)
+    for mode in ("on", "never"):
+        profile(engine, monkeypatch,
+                resident_fits=ON[engine.name] if mode == "on" else "never")
         record = run(path, engine_instance=engine, models=str(workdir / mode))
-        expected = RESIDENT[engine.name] if mode == "auto" else "one job a pass"
-        assert record["steps"]["model"]["fit_mode"] == expected
+        expected = RESIDENT[engine.name] if mode == "on" else OFF[engine.name]
+        assert record["steps"]["model"].get("fit_mode") == expected
         assert record["steps"]["model"]["rows"] == 5000
         fits[mode] = (fitted_arrays(workdir / mode, "m"), record["metrics"]["model"])
-    run(path, engine="local", models=str(workdir / "local"))
-    fits["local"] = (fitted_arrays(workdir / "local", "m"), None)
-    arrays = fits["auto"][0]
+    run(path, engine="local", models=str(workdir / "threads"))
+    fits["threads"] = (fitted_arrays(workdir / "threads", "m"), None)
+    arrays = fits["on"][0]
     assert arrays
-    for other in ("never", "local"):
+    for other in ("never", "threads"):
         assert arrays.keys() == fits[other][0].keys()
         for key, value in arrays.items():
             np.testing.assert_array_equal(value, fits[other][0][key], err_msg=key)
-    assert fits["auto"][1] == fits["never"][1]  # passes, losses, validation: the same
+    assert fits["on"][1] == fits["never"][1]  # passes, losses, validation: the same
 
 
 def failing_fit(workdir: Path, at_pass: int, kind: str, at: int = 3500,
@@ -137,7 +147,9 @@ def failing_fit(workdir: Path, at_pass: int, kind: str, at: int = 3500,
 @on_clusters
 @pytest.mark.parametrize("at_pass", [0, 2])
 def test_a_user_error_in_a_pass_is_one_located_line(engine: Any, churn: Path,
-                                                    workdir: Path, at_pass: int) -> None:
+                                                    workdir: Path, at_pass: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    resident_on(engine, monkeypatch)
     with pytest.raises(DataError) as info:
         run(failing_fit(workdir, at_pass, "user"), engine_instance=engine)
     text = str(info.value)
@@ -150,19 +162,25 @@ def test_a_user_error_in_a_pass_is_one_located_line(engine: Any, churn: Path,
 
 @on_clusters
 def test_a_bug_in_a_pass_carries_the_workers_traceback(engine: Any, churn: Path,
-                                                       workdir: Path) -> None:
+                                                       workdir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    resident_on(engine, monkeypatch)
     with pytest.raises(StepFailure) as info:
         run(failing_fit(workdir, 1, "bug"), engine_instance=engine)
     assert isinstance(info.value.error, ZeroDivisionError)
     assert "boom in pass 1" in str(info.value)
     notes = "\n".join(getattr(info.value.error, "__notes__", []))
-    heading = "executor traceback" if engine.name == "spark" else "raised on a Dask worker"
+    heading = {"local": "worker process traceback", "dask": "raised on a Dask worker",
+               "spark": "executor traceback"}[engine.name]
     assert heading in notes and "sluice_testops.py" in notes
 
 
 @on_clusters
 def test_an_error_computing_the_partitions_ends_every_task(engine: Any, churn: Path,
-                                                           workdir: Path) -> None:
+                                                           workdir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    resident_on(engine, monkeypatch)
     path = write_pipeline(workdir, """
         pipeline: failing_read
         steps:
@@ -347,3 +365,21 @@ def _printing(record: dict[str, Any]) -> None:
     from pipelines.cli import _print_record
 
     _print_record(record)
+
+
+@pytest.mark.parametrize("engine", ["local"], indirect=True)
+def test_local_fits_on_threads_when_a_worker_process_dies(
+        engine: Any, churn: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker process that exits mid-fit: the fit starts again on the threads, with
+    the same result; auto keeps threads for small data or few workers."""
+    resident_on(engine, monkeypatch)
+    marker = workdir / "died"
+    record = run(failing_fit(workdir, 1, "exit", once=marker), engine_instance=engine)
+    assert marker.exists()
+    mode = record["steps"]["fit"]["fit_mode"]
+    assert re.fullmatch(r"threads \(the resident fit failed: worker process sluice-fit-\d "
+                        r"exited with code 3\)", mode), mode
+    assert record["metrics"]["fit"]["passes"] == 2 and record["steps"]["fit"]["rows"] == 5000
+    profile(engine, monkeypatch, resident_fits="auto")
+    record = run(failing_fit(workdir, 2, "user", at=-1), engine_instance=engine)
+    assert "fit_mode" not in record["steps"]["fit"]  # 5,000 rows on 2 workers: threads
