@@ -218,10 +218,11 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float64)
     return values if values.dtype == dtype else values.astype(dtype)
 
 
-def table_to_matrix(part: pa.Table, columns: list[str], xp: Any) -> Any:
+def table_to_matrix(part: pa.Table, columns: list[str], xp: Any, dtype: Any = None) -> Any:
     """Columns of ``part`` as one (rows, len(columns)) array of ``xp``, in its compute
-    dtype. The matrix is filled on the host and moved to ``xp``'s device in one copy."""
-    host = host_buffer((part.num_rows, len(columns)), xp)
+    dtype (or ``dtype``: float64 where values must stay exact). The matrix is filled on
+    the host and moved to ``xp``'s device in one copy."""
+    host = host_buffer((part.num_rows, len(columns)), xp, dtype=dtype)
     for j, name in enumerate(columns):
         host[:, j] = column_to_numpy(part.column(name))
     return to_xp(host, xp)

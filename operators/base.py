@@ -106,6 +106,10 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
     # False: the operator works on Arrow on the host and never touches ``xp``, so a
     # step asking for a GPU runs it on the CPU (no device to wait for or run out of)
     numeric_kernels: ClassVar[bool] = True
+    # True: a step's ``dtype: float32`` makes the operator compute in float32, within
+    # docs/float32.md's tolerances; False: it computes exactly whatever the dtype (the
+    # conformance kit's float32 check holds both)
+    float32: ClassVar[bool] = False
 
     def __init__(self, params: Params | dict[str, Any] | None = None, **kwargs: Any):
         if params is None or isinstance(params, dict):

@@ -254,7 +254,9 @@ class BucketizeFitted(Transform):
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         columns = self.params.columns
         if part.num_rows:
-            x = table_to_matrix(part, columns, xp)
+            # float64 whatever the compute dtype: a value rounded to float32 could
+            # cross a boundary (boundaries are often data values)
+            x = table_to_matrix(part, columns, xp, dtype=np.float64)
             missing = to_numpy(xp.isnan(x))
             buckets = []
             for j, name in enumerate(columns):

@@ -147,7 +147,9 @@ class Impute(Estimator):
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> Any:
         p = self.params
         if p.strategy == "mean":
-            return moments(part, p.columns, xp)
+            # float64 whatever the compute dtype: the mean is a value written into the
+            # data, exactly as on the CPU
+            return moments(part, p.columns, xp, np.float64)
         if p.strategy == "most_frequent":
             return {c: value_counts(part.column(c)) for c in p.columns}
         if self.search is not None:

@@ -35,14 +35,16 @@ def empty_moments(k: int) -> dict[str, np.ndarray]:
             "min": np.full(k, np.inf), "max": np.full(k, -np.inf)}
 
 
-def moments(part: pa.Table, columns: list[str], xp: Any) -> dict[str, np.ndarray]:
-    """count, mean, m2 (sum of squared deviations), min and max of each column on ``xp``.
+def moments(part: pa.Table, columns: list[str], xp: Any,
+            dtype: Any = None) -> dict[str, np.ndarray]:
+    """count, mean, m2 (sum of squared deviations), min and max of each column on ``xp``,
+    computed in its compute dtype (or ``dtype``).
 
     Nulls and NaN are left out; an infinite value is a DataError naming the column.
     """
     if part.num_rows == 0:
         return empty_moments(len(columns))
-    x = table_to_matrix(part, columns, xp)
+    x = table_to_matrix(part, columns, xp, dtype)
     valid = ~xp.isnan(x)
     # the per-row arrays stay in the compute dtype; every sum accumulates in float64
     infinite = to_numpy(xp.sum(xp.astype(xp.isinf(x), x.dtype), axis=0, dtype=xp.float64))
@@ -187,6 +189,8 @@ class StandardScale(_MomentsEstimator):
     ```
     """
 
+    float32 = True  # docs/float32.md
+
     Params = StandardScaleParams
 
     def fitted(self, state: dict[str, np.ndarray]) -> StandardScaleFitted:
@@ -260,6 +264,8 @@ class MinMaxScale(_MomentsEstimator):
       feature_range: [0, 1]
     ```
     """
+
+    float32 = True  # docs/float32.md
 
     Params = MinMaxScaleParams
 

@@ -94,6 +94,8 @@ class LinearRegression(Estimator):
     ```
     """
 
+    float32 = True  # docs/float32.md
+
     Params = LinearParams
 
     def __init__(self, params: Any = None, **kwargs: Any):

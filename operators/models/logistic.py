@@ -131,6 +131,8 @@ class LogisticRegression(Estimator):
     finds more: the number of classes is only known from the data.
     """
 
+    float32 = True  # docs/float32.md
+
     Params = LogisticParams
     multi_pass = True
     schema_from_fit = True  # probability is float64 for 2 classes, list<double> for more

@@ -434,6 +434,8 @@ class MLP(Estimator):
     unless the fit finds more: the number of classes is only known from the data.
     """
 
+    float32 = True  # docs/float32.md
+
     Params = MLPParams
     multi_pass = True
     schema_from_fit = True  # probability is float64 for 2 classes, list<double> for more

@@ -29,6 +29,8 @@ class Score(Transform):
     columns pass through unchanged.
     """
 
+    float32 = True  # docs/float32.md
+
     Params = ScoreParams
 
     def __init__(self, params: Any = None, **kwargs: Any):

@@ -46,6 +46,9 @@ class Case:
     rtol: float = 1e-9
     atol: float = 1e-12
     skip: dict[str, str] = field(default_factory=dict)  # check name -> declared reason
+    # the float32 check's tolerances (docs/float32.md): float32 compute against float64
+    float32_rtol: float = 1e-4
+    float32_atol: float = 1e-5
     prepare: Callable[[Operator], None] | None = None  # e.g. bind a model to `score`
 
     @property
@@ -311,6 +314,26 @@ def check_strict_device(c: Case) -> None:
                           f"{many[0][1]} times (one copy is the contract)")
 
 
+def check_float32(c: Case) -> None:
+    """With a float32 compute namespace (a step's ``dtype: float32``; array_api_strict on
+    its non-default device, as on a GPU) the output keeps its declared types and agrees
+    with float64: within the case's float32 tolerances (docs/float32.md) for an operator
+    that computes in float32 (``float32 = True``), as exactly as ever for the others."""
+    op, data = c.build(), c.data()
+    _, expected = _apply(op, [data])
+    strict = get_namespace("array_api_strict")
+    placed = get_namespace("array_api_strict", strict.Device("device1"), "float32")
+    transform, got = _apply(c.build(), [data], placed)
+    declared = transform.output_schema(data.schema)
+    assert got.schema.remove_metadata() == declared.remove_metadata(), (
+        f"float32 compute changed the output types: {got.schema} != {declared}")
+    if lookup(c.op).float32:
+        rtol, atol = max(c.rtol, c.float32_rtol), max(c.atol, c.float32_atol)
+    else:
+        rtol, atol = max(c.rtol, 1e-9), max(c.atol, 1e-12)
+    assert_tables_close(got, expected, rtol, atol, "float32 on device1")
+
+
 def check_source(c: Case) -> None:
     """A source's schema() is the schema of every partition it reads."""
     op = c.build()
@@ -355,6 +378,7 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "state_roundtrip": check_state_roundtrip,
     "strict_namespace": check_strict_namespace,
     "strict_device": check_strict_device,
+    "float32": check_float32,
     "source": check_source,
     "sink": check_sink,
 }
@@ -370,10 +394,11 @@ def applicable(c: Case) -> list[str]:
     if issubclass(cls, Estimator):
         return ["declared_schema", "no_input_mutation", "empty_partition",
                 "partition_invariance", "combine_laws", "state_roundtrip", "strict_namespace",
-                "strict_device"]
+                "strict_device", "float32"]
     if issubclass(cls, Transform):
         return ["declared_schema", "no_input_mutation", "empty_partition",
-                "partition_invariance", "state_roundtrip", "strict_namespace", "strict_device"]
+                "partition_invariance", "state_roundtrip", "strict_namespace", "strict_device",
+                "float32"]
     return []
 
 
