@@ -109,6 +109,8 @@ class ModelStore:
 
     def names(self) -> list[str]:
         fs = self.location.fsspec_fs
+        if not self.location.local:
+            fs.invalidate_cache(self.location.path)
         if not fs.exists(self.location.path):
             return []
         out = []
@@ -119,15 +121,17 @@ class ModelStore:
         return sorted(out)
 
     def versions(self, name: str) -> list[int]:
+        """The complete versions of ``name`` (those with a model.json), as they are now:
+        one listing, never a cached one (another run may have saved since)."""
         fs = self.location.fsspec_fs
         base = self._path(name)
-        if not fs.exists(base):
-            return []
-        found = []
-        for entry in fs.ls(base, detail=False):
-            tail = posixpath.basename(entry.rstrip("/"))
-            if tail.isdigit() and fs.exists(posixpath.join(base, tail, "model.json")):
-                found.append(int(tail))
+        if not self.location.local:
+            fs.invalidate_cache(base)
+        found = set()
+        for path in fs.glob(posixpath.join(base, "*", "model.json")):
+            tail = posixpath.basename(posixpath.dirname(path.rstrip("/")))
+            if tail.isdigit():
+                found.add(int(tail))
         return sorted(found)
 
     def resolve(self, ref: str) -> tuple[str, int]:

@@ -415,3 +415,23 @@ def test_train_and_score_with_the_registry_on_s3(bucket: str, workdir: Any) -> N
     assert "models/churn/1/model.json" in objects(bucket, "models/")
     assert f"step 'scores' used model churn@1 ({models}/churn/1)" in done.stdout, done.stdout
     assert pq.read_table(workdir / "data" / "scores" / "ds=2026-11-28").num_rows == 3000
+
+
+def test_a_version_saved_elsewhere_is_seen_at_once(bucket: str) -> None:
+    """A long-lived store (a scoring service) sees a version another process saved:
+    its listings are never answered from fsspec's cache."""
+    import boto3
+
+    from pipelines.store import ModelStore
+
+    store = ModelStore(f"s3://{bucket}/models")
+    store.save("m", [centered([1.0, 2.0])], REGISTRY_SCHEMA)
+    assert store.versions("m") == [1] and store.load("m").version == 1
+    client = boto3.client("s3")
+    arrays = client.get_object(Bucket=bucket, Key="models/m/1/arrays.npz")["Body"].read()
+    meta = json.loads(client.get_object(Bucket=bucket, Key="models/m/1/model.json")["Body"]
+                      .read())
+    put(bucket, "models/m/2/arrays.npz", arrays)
+    put(bucket, "models/m/2/model.json", json.dumps({**meta, "version": 2}).encode())
+    assert store.versions("m") == [1, 2]
+    assert store.load("m@latest").version == 2
