@@ -99,17 +99,29 @@ class Hub:
         return int(self.server.getsockname()[1])
 
     def accept(self, count: int, check: Callable[[], None],
-               timeout: float = CONNECT_TIMEOUT_S) -> None:
-        """Wait for ``count`` tasks, ordered by rank; ``check()`` raises if the job
-        failed meanwhile. A connection without the secret is dropped unread."""
+               timeout: float | None = None) -> None:
+        """Wait for ``count`` tasks, ordered by rank (``timeout`` seconds at most,
+        default ``CONNECT_TIMEOUT_S``); ``check()`` raises if the job failed meanwhile.
+        A connection without the secret is dropped unread."""
+        timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
         self.server.settimeout(POLL_S)
         by_rank: dict[int, socket.socket] = {}
+        try:
+            self._accept(count, check, timeout, by_rank)
+        except BaseException:
+            for conn in by_rank.values():  # the tasks that did connect see it closed
+                conn.close()
+            raise
+        self.tasks = [by_rank[r] for r in sorted(by_rank)]
+
+    def _accept(self, count: int, check: Callable[[], None], timeout: float,
+                by_rank: dict[int, socket.socket]) -> None:
         deadline = time.monotonic() + timeout
         while len(by_rank) < count:
             check()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"resident fit: {count - len(by_rank)} of {count} tasks "
-                                   f"did not connect in {timeout:.0f} s")
+                raise ConnectionError(f"{count - len(by_rank)} of {count} tasks did not "
+                                      f"connect in {timeout:.0f} s")
             try:
                 conn, _ = self.server.accept()
             except TimeoutError:
@@ -130,7 +142,6 @@ class Hub:
             conn.settimeout(None)  # a pass takes what it takes
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             by_rank[rank] = conn
-        self.tasks = [by_rank[r] for r in sorted(by_rank)]
 
     def ready(self, on_records: Callable[[Records], None]) -> None:
         """Every task has computed its partitions: raise the failure of the lowest

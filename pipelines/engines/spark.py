@@ -99,6 +99,8 @@ DEFAULT_MASTER = "local[*]"
 DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 # how often the driver looks for a partition's failure while a job runs
 FAIL_FAST_POLL_S = 0.1
+# how long a resident fit's job may take to end once its tasks were told to stop
+JOB_END_S = 30.0
 
 # what sluice sets on a session it creates (the profile's `conf` and the constructor's
 # win over these; inside spark-submit, spark-submit's settings win over all of them)
@@ -777,16 +779,18 @@ class SparkEngine(Engine):
             raise errors[min(errors)]
         return [results[info.index] for info in infos]
 
-    def _collect(self, frame: Any, label: str, failures: Any = None) -> pa.Table:
+    def _collect(self, frame: Any, label: str, failures: Any = None,
+                 group: str | None = None) -> pa.Table:
         """Run a job; a failed one (every attempt of a task failed) becomes the sluice
         error it carries, or one line saying what Spark reported.
 
         ``failures``: the job's accumulator of partition failures (errors that are not
         retried). The first to reach the driver cancels the job (fail fast: the other
-        partitions' work would be thrown away) and is raised.
+        partitions' work would be thrown away) and is raised. ``group``: the job group
+        (to cancel the job from another thread), else a new one.
         """
         sc = self.spark.sparkContext
-        group = f"sluice-{uuid.uuid4().hex[:12]}"
+        group = group or f"sluice-{uuid.uuid4().hex[:12]}"
         sc.setJobGroup(group, label or "sluice", interruptOnCancel=True)
         done = threading.Event()
         failed: list[bytes] = []
@@ -939,8 +943,21 @@ class SparkEngine(Engine):
                              secret=hub.secret, cwd=os.getcwd())
         descriptors = self.spark.range(0, len(groups), 1, len(groups))
         frame = self._map(descriptors, task, _ROWS_DDL, barrier=True)
+        group = f"sluice-{uuid.uuid4().hex[:12]}"
         job = _Background(lambda: self._collect(
-            frame, f"{step_id}: fit (resident, {len(groups)} tasks)"))
+            frame, f"{step_id}: fit (resident, {len(groups)} tasks)", group=group))
+
+        def end() -> BaseException | None:
+            """Stop the tasks, then the job; the job's own failure, if it had one."""
+            everyone = len(hub.tasks) == len(groups)
+            hub.close()  # connected tasks stop and return
+            if everyone:
+                job.thread.join(timeout=JOB_END_S)
+            if job.thread.is_alive():  # tasks that never started (no free slots)
+                self.spark.sparkContext.cancelJobGroup(group)
+                job.wait(quiet=True)
+                return None
+            return job.error
 
         def on_records(records: list[Any]) -> None:
             for record in records:
@@ -953,23 +970,21 @@ class SparkEngine(Engine):
             state, rounds = resident.fit(hub, estimator, data.schema, infos, step_id,
                                          placement, on_records, cloudpickle.dumps)
         except (ConnectionError, _JobEnded) as exc:
-            # the job or a task was lost (an executor, a Python worker, the network):
-            # a barrier stage is not retried, so under auto the fit starts again, one
-            # job a pass, whose tasks Spark retries one by one
-            hub.close()
-            job.wait(quiet=True)
-            lost = job.error or exc
+            # the job or a task was lost (an executor, a Python worker, the network), or
+            # the tasks never connected: a barrier stage is not retried, so under auto
+            # the fit starts again, one job a pass, whose tasks Spark retries one by one
+            lost = end() or exc
             if self.profile.resident_fits != "auto":
                 raise lost from None
             reason = str(lost).splitlines()[0][:300] if str(lost) else type(lost).__name__
             notes["fit_mode"] = f"one job a pass (the resident fit failed: {reason})"
             return super().fit(data, step_id, estimator, placement)
         except BaseException:
-            hub.close()
-            job.wait(quiet=True)
+            end()
             raise
-        hub.close()
-        job.wait()
+        failed = end()
+        if failed is not None:
+            raise failed
         return state, rounds, data
 
     def _resident_tasks(self, data: Dataset, step_id: str, estimator: Estimator

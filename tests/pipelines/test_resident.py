@@ -383,3 +383,17 @@ def test_local_fits_on_threads_when_a_worker_process_dies(
     profile(engine, monkeypatch, resident_fits="auto")
     record = run(failing_fit(workdir, 2, "user", at=-1), engine_instance=engine)
     assert "fit_mode" not in record["steps"]["fit"]  # 5,000 rows on 2 workers: threads
+
+
+def test_tasks_that_never_start_fall_back_after_the_timeout(
+        spark: SparkEngine, churn: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A barrier job asking for more slots than are free never starts its tasks: after
+    the connect timeout the job is cancelled and the fit runs a job a pass."""
+    monkeypatch.setattr(resident, "CONNECT_TIMEOUT_S", 3.0)
+    monkeypatch.setattr(SparkEngine, "_slots", lambda self: 3)  # local[2] has 2
+    path = failing_fit(workdir, 2, "user", at=-1)
+    record = run(path, engine_instance=spark)
+    assert record["steps"]["fit"]["fit_mode"] == (
+        "one job a pass (the resident fit failed: 3 of 3 tasks did not connect in 3 s)")
+    assert record["metrics"]["fit"]["passes"] == 3
+    assert not spark.spark.sparkContext.statusTracker().getActiveJobsIds()
