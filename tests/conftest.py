@@ -37,13 +37,10 @@ def shared_engines() -> Iterator[dict[str, Any]]:
         engine.close()
 
 
-@pytest.fixture(params=ENGINES)
-def engine(request: pytest.FixtureRequest, shared_engines: dict[str, Any]) -> Any:
-    """Every engine of the test matrix, started once and shared (tests pass it to
-    ``run(..., engine_instance=engine)``)."""
+def started(shared_engines: dict[str, Any], name: str) -> Any:
+    """The session's engine ``name``, started on first use and shared by every test."""
     from pipelines.runner import make_engine
 
-    name = request.param
     if name not in shared_engines:
         instance = make_engine(name)
         instance.start()
@@ -51,16 +48,23 @@ def engine(request: pytest.FixtureRequest, shared_engines: dict[str, Any]) -> An
     return shared_engines[name]
 
 
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest, shared_engines: dict[str, Any]) -> Any:
+    """Every engine of the test matrix, started once and shared (tests pass it to
+    ``run(..., engine_instance=engine)``)."""
+    return started(shared_engines, request.param)
+
+
 @pytest.fixture
 def spark(shared_engines: dict[str, Any]) -> Any:
     """The session's shared Spark engine (the same one the engine matrix uses)."""
-    from pipelines.runner import make_engine
+    return started(shared_engines, "spark")
 
-    if "spark" not in shared_engines:
-        engine = make_engine("spark")
-        engine.start()
-        shared_engines["spark"] = engine
-    return shared_engines["spark"]
+
+@pytest.fixture
+def dask_engine(shared_engines: dict[str, Any]) -> Any:
+    """The session's LocalCluster engine (the one the engine matrix uses)."""
+    return started(shared_engines, "dask")
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from operators.io.parquet import ReadParquet
 from pipelines.datagen import churn_table
 from pipelines.engines.base import StepFailure
 from pipelines.engines.dask import DaskEngine, load_profile
-from pipelines.runner import make_engine, run
+from pipelines.runner import run
 
 DASK = str(Path(sys.executable).parent / "dask")
 
@@ -50,16 +50,6 @@ THREE_PASS = """
       - op: write_parquet
         path: ${out}
     """
-
-
-@pytest.fixture
-def dask_engine(shared_engines: dict[str, Any]) -> DaskEngine:
-    """The session's LocalCluster engine (the one the engine matrix uses)."""
-    if "dask" not in shared_engines:
-        engine = make_engine("dask")
-        engine.start()
-        shared_engines["dask"] = engine
-    return shared_engines["dask"]
 
 
 def expected_three(rows: int = 5000) -> list[float]:
