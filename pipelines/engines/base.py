@@ -230,6 +230,11 @@ class Engine(ABC):
             if "fallback" in device:
                 stats.fallbacks[partition] = device["reason"]
 
+    def record_all(self, rows: list[tuple[Any, ...]]) -> None:
+        """``record`` each of the rows a worker sent back."""
+        for row in rows:
+            self.record(*row)
+
     def gpu_problem(self, wait: bool = True) -> str | None:
         """Why the engine's workers cannot compute on a GPU, or None when they can
         (asked before any data moves). ``wait``: give GPU workers that may still be

@@ -85,10 +85,10 @@ from operators.base import (
     Sink,
     SluiceError,
     WriteResult,
-    drive,
     tree_reduce,
 )
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem
+from pipelines.engines import resident
 from pipelines.engines.base import (
     Dataset,
     Engine,
@@ -390,8 +390,6 @@ class _Resident:
 
     def run(self, blob: bytes) -> tuple[list[Any], Counts]:
         """One pass: the pickled work on every held partition; (answers, counts)."""
-        from pipelines.engines.resident import answers
-
         _follow(self.cwd)
         work = pickle.loads(blob)
         counts: Counts = []
@@ -404,9 +402,10 @@ class _Resident:
 
         held = [(info, part[0]) for info, part in self.held]
         if self.pool is None:
-            return answers(lambda t, i: work(t, i, record), held, locate), counts
+            return resident.answers(lambda t, i: work(t, i, record), held, locate), counts
         found = list(self.pool.map(
-            lambda one: answers(lambda t, i: work(t, i, record), [one], locate)[0], held))
+            lambda one: resident.answers(lambda t, i: work(t, i, record), [one], locate)[0],
+            held))
         return found, counts
 
 
@@ -793,8 +792,7 @@ class DaskEngine(Engine):
                               f"{type(exc).__name__}: {exc}",
                               hint="see the scheduler's and the workers' logs") from None
         if isinstance(out, _Failure):
-            for row in out.counts:
-                self.record(*row)
+            self.record_all(out.counts)
             error = out.error
             if isinstance(error, SluiceError) and not error.where:
                 error.located(where)
@@ -803,8 +801,7 @@ class DaskEngine(Engine):
         if base is not None and info.index not in base.merged:
             base.merged.add(info.index)
             counts = [*inherited, *counts]
-        for row in counts:
-            self.record(*row)
+        self.record_all(counts)
         return value
 
     def fit(self, data: Dataset, step_id: str, estimator: Estimator,
@@ -849,8 +846,7 @@ class DaskEngine(Engine):
                 for index, failure, counts in call.result():
                     if index not in kept.merged:
                         kept.merged.add(index)
-                        for row in counts:
-                            self.record(*row)
+                        self.record_all(counts)
                     if failure is not None:
                         failures[index] = failure
             if failures:
@@ -860,33 +856,22 @@ class DaskEngine(Engine):
                     error.located(f"step '{step_id}', {infos[first].describe()}")
                 raise error
 
+            import cloudpickle
+
             passes = [0]
             rows = {i.index: i.rows or 0 for i in infos}
 
-            def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
-                import cloudpickle
-
+            def gather(work: bytes) -> dict[int, Any]:
                 passes[0] += 1
-                blob = cloudpickle.dumps(placed_action(step_id, placement, partial,
-                                                       estimator.combine))
-                values: dict[int, Any] = {}
-                found: dict[int, BaseException] = {}
                 with progress_bar(self.progress, f"{step_id}: pass {passes[0]}",
                                   len(infos)) as bar:
-                    for call in [h.run(blob) for h in holders]:
-                        answers, counts = call.result()
-                        for row in counts:
-                            self.record(*row)
-                        for index, failure, value in answers:
-                            if failure is not None:
-                                found[index] = failure
-                            values[index] = value
-                            bar.advance(rows[index])
-                if found:
-                    raise found[min(found)]
-                return tree_reduce([values.pop(i.index) for i in infos], estimator.combine)
+                    calls = [h.run(work) for h in holders]  # every actor at once
+                    return resident.by_partition((call.result() for call in calls),
+                                                 self.record_all,
+                                                 lambda index: bar.advance(rows[index]))
 
-            state, rounds = drive(estimator, data.schema, aggregate)
+            state, rounds = resident.drive_passes(estimator, data.schema, infos, step_id,
+                                                  placement, gather, cloudpickle.dumps)
         except (SluiceError, StepFailure):
             raise
         except Exception as exc:  # a worker lost, the actor gone: Dask recomputes

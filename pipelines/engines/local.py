@@ -231,7 +231,17 @@ class LocalEngine(Engine):
         hub = resident.Hub("127.0.0.1", secrets.token_bytes(32))
         context = multiprocessing.get_context("forkserver")
         blas = max(1, (os.cpu_count() or 1) // len(groups))
-        processes = []
+        processes: list[Any] = []
+
+        def stop() -> None:
+            """Tell the tasks to stop, then wait for their processes (killed if stuck)."""
+            hub.close()
+            for process in processes:
+                process.join(timeout=10)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+
         try:
             for rank, group in enumerate(groups):
                 task = _LocalTask(data, [by_index[i] for i in group], step_id, hub.port,
@@ -247,30 +257,20 @@ class LocalEngine(Engine):
                         raise _Lost(f"worker process {process.name} exited with code "
                                     f"{process.exitcode} before it connected")
 
-            def on_records(records: list[Any]) -> None:
-                for record in records:
-                    self.record(*record)
 
             hub.accept(len(groups), check)
             try:
                 return resident.fit(hub, estimator, data.schema, infos, step_id, placement,
-                                    on_records, cloudpickle.dumps)
+                                    self.record_all, cloudpickle.dumps)
             except ConnectionError:
-                hub.close()  # the others stop; then the lost one has its exit code
-                for process in processes:
-                    process.join(timeout=10)
+                stop()  # the others stop; then the lost one has its exit code
                 lost = [p for p in processes if p.exitcode not in (None, 0)]
                 if lost:
                     raise _Lost(f"worker process {lost[0].name} exited with code "
                                 f"{lost[0].exitcode}") from None
                 raise
         finally:
-            hub.close()
-            for process in processes:
-                process.join(timeout=10)
-                if process.is_alive():
-                    process.kill()
-                    process.join()
+            stop()
 
     def persist(self, data: Dataset) -> Dataset:
         if data.cache_key is not None:

@@ -27,7 +27,7 @@ import socket
 import struct
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -160,15 +160,8 @@ class Hub:
         failure of the lowest partition."""
         for task in self.tasks:
             send(task, WORK, work)
-        found: dict[int, tuple[BaseException | None, Any]] = {}
-        for task in self.tasks:
-            answers, records = pickle.loads(_expect(task, REPLY))
-            on_records(records)
-            found.update({index: (failure, value) for index, failure, value in answers})
-        failures = {i: f for i, (f, _) in found.items() if f is not None}
-        if failures:
-            raise failures[min(failures)]
-        return {i: v for i, (_, v) in found.items()}
+        return by_partition((pickle.loads(_expect(task, REPLY)) for task in self.tasks),
+                            on_records)
 
     def close(self) -> None:
         for task in self.tasks:
@@ -280,17 +273,47 @@ class Task:
         serve(sock, reply)
 
 
-def fit(hub: Hub, estimator: Estimator, schema: pa.Schema, infos: list[PartitionInfo],
-        step: str, placement: Placement, on_records: Callable[[Records], None],
-        dumps: Callable[[Any], bytes]) -> tuple[Any, int]:
-    """The driver's side once every task connected: READY, then the estimator's
-    driver loop with each pass sent to the tasks (``dumps``: a cloudpickle the tasks
-    can load) and combined in partition order."""
-    hub.ready(on_records)
+def by_partition(replies: Iterable[tuple[list[Answer], Records]],
+                 on_records: Callable[[Records], None],
+                 on_answer: Callable[[int], None] | None = None) -> dict[int, Any]:
+    """A pass's replies (each task's answers and records) as the values by partition
+    index; the records go to ``on_records``, each answered partition to ``on_answer``;
+    the failure of the lowest partition is raised."""
+    values: dict[int, Any] = {}
+    failures: dict[int, BaseException] = {}
+    for found, records in replies:
+        on_records(records)
+        for index, failure, value in found:
+            if failure is not None:
+                failures[index] = failure
+            values[index] = value
+            if on_answer is not None:
+                on_answer(index)
+    if failures:
+        raise failures[min(failures)]
+    return values
+
+
+def drive_passes(estimator: Estimator, schema: pa.Schema, infos: list[PartitionInfo],
+                 step: str, placement: Placement, gather: Callable[[bytes], dict[int, Any]],
+                 dumps: Callable[[Any], bytes]) -> tuple[Any, int]:
+    """The estimator's driver loop over resident partitions: each pass pickled
+    (``dumps``: a cloudpickle the tasks can load), ``gather``-ed from every task (the
+    values by partition index) and combined in partition order."""
 
     def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
         work = placed_action(step, placement, partial, estimator.combine)
-        values = hub.gather(dumps(work), on_records)
+        values = gather(dumps(work))
         return tree_reduce([values.pop(i.index) for i in infos], estimator.combine)
 
     return drive(estimator, schema, aggregate)
+
+
+def fit(hub: Hub, estimator: Estimator, schema: pa.Schema, infos: list[PartitionInfo],
+        step: str, placement: Placement, on_records: Callable[[Records], None],
+        dumps: Callable[[Any], bytes]) -> tuple[Any, int]:
+    """The driver's side once every task connected: READY, then ``drive_passes`` with
+    each pass sent over the hub."""
+    hub.ready(on_records)
+    return drive_passes(estimator, schema, infos, step, placement,
+                        lambda work: hub.gather(work, on_records), dumps)

@@ -771,8 +771,7 @@ class SparkEngine(Engine):
             else:
                 results[part] = value
             if count:
-                for record in records:
-                    self.record(*record)
+                self.record_all(records)
         if cache is not None:
             cache.counted = True
         if errors:
@@ -959,16 +958,13 @@ class SparkEngine(Engine):
                 return None
             return job.error
 
-        def on_records(records: list[Any]) -> None:
-            for record in records:
-                self.record(*record)
 
         from pyspark import cloudpickle
 
         try:
             hub.accept(len(groups), job.check)
             state, rounds = resident.fit(hub, estimator, data.schema, infos, step_id,
-                                         placement, on_records, cloudpickle.dumps)
+                                         placement, self.record_all, cloudpickle.dumps)
         except (ConnectionError, _JobEnded) as exc:
             # the job or a task was lost (an executor, a Python worker, the network), or
             # the tasks never connected: a barrier stage is not retried, so under auto
