@@ -72,7 +72,7 @@ def placements(plan: Plan, engine: Engine, device: str | None = None,
     the pipeline's keys > the engine profile's > cpu, float64. A GPU that is asked for
     and missing fails here, before any data moves; ``auto`` without one falls back to
     the CPU with one notice."""
-    profile = engine.profile_device
+    profile = engine.profile
 
     def wanted(step: Step) -> str:
         if not step.op.numeric_kernels and not step.spec.device:

@@ -212,10 +212,11 @@ class Engine(ABC):
 
     name: str = ""
 
-    def __init__(self, progress: bool = False, profile_device: DeviceProfile | None = None):
+    def __init__(self, progress: bool = False, profile: DeviceProfile | None = None):
         self.progress = progress
-        # the profile's device keys (``conf/engines/*.yaml``: device, dtype, gpu_timeout)
-        self.profile_device = profile_device or DeviceProfile()
+        # the engine's profile (``conf/engines/*.yaml``); the runner reads its device keys
+        # (device, dtype, gpu_timeout), the engine the rest
+        self.profile = profile or DeviceProfile()
         self.stats: dict[str, StepStats] = {}
 
     def record(self, step: str, partition: int, rows: int, seconds: float,

@@ -447,8 +447,7 @@ class DaskEngine(Engine):
                  gpu_workers: int | None = None, profile: str | Path | None = None,
                  **kwargs: Any):
         conf = load_profile(profile)
-        super().__init__(progress=progress, profile_device=conf, **kwargs)
-        self.profile = conf
+        super().__init__(progress=progress, profile=conf, **kwargs)
         self.scheduler = scheduler or conf.scheduler
         self.workers = workers or conf.workers
         self.threads_per_worker = threads_per_worker or conf.threads_per_worker
@@ -601,7 +600,7 @@ class DaskEngine(Engine):
             self._share_gpu = True
             self.close()  # one already started has no GPU workers: it starts again
         self._require()
-        timeout = self.profile_device.gpu_timeout
+        timeout = self.profile.gpu_timeout
         addresses = self._wait_for_gpu_workers(timeout if wait else 0.0)
         if not addresses:
             scheduler = self._client.scheduler.address
@@ -661,7 +660,7 @@ class DaskEngine(Engine):
     def _gpu_workers_gone(self) -> SluiceError | None:
         """While GPU tasks wait: an error when no worker has offered the resource GPU
         for ``gpu_timeout`` seconds (they left: the tasks would wait for ever)."""
-        timeout = self.profile_device.gpu_timeout
+        timeout = self.profile.gpu_timeout
         if self._wait_for_gpu_workers(timeout):
             return None
         return SluiceError(
@@ -734,7 +733,7 @@ class DaskEngine(Engine):
         key, blob, base = job.key, job.blob, job.base
         limit = WINDOW * max(1, sum(client.nthreads().values()))
         # tasks that only GPU workers can run check, every gpu_timeout, that some are left
-        patience = self.profile_device.gpu_timeout if job.needs_gpu else None
+        patience = self.profile.gpu_timeout if job.needs_gpu else None
         stranded = False  # no GPU worker left: the GPU tasks in flight never finish
         pending: dict[int, Any] = {}
         done: dict[int, Any] = {}

@@ -75,8 +75,7 @@ class LocalEngine(Engine):
     def __init__(self, workers: int | None = None, cache_bytes: int | None = None,
                  profile: str | None = None, **kwargs: Any):
         conf = load_local(profile)
-        super().__init__(profile_device=conf, **kwargs)
-        self.profile = conf
+        super().__init__(profile=conf, **kwargs)
         self.workers = workers or conf.workers or os.cpu_count() or 1
         self.cache_bytes = default_cache_bytes() if cache_bytes is None else cache_bytes
         self._pool: ThreadPoolExecutor | None = None

@@ -598,8 +598,8 @@ class SparkEngine(Engine):
     def __init__(self, master: str | None = None, conf: dict[str, Any] | None = None,
                  progress: bool = False, profile: str | os.PathLike[str] | None = None,
                  **kwargs: Any):
-        self.profile, self.profile_path = load_profile(profile)
-        super().__init__(progress=progress, profile_device=self.profile, **kwargs)
+        settings, self.profile_path = load_profile(profile)
+        super().__init__(progress=progress, profile=settings, **kwargs)
         self.master = master or self.profile.master or DEFAULT_MASTER
         self.conf = {k: _conf_text(v) for k, v in {**self.profile.conf, **(conf or {})}.items()}
         self.spark: Any = None
@@ -957,7 +957,6 @@ class SparkEngine(Engine):
                 job.wait(quiet=True)
                 return None
             return job.error
-
 
         from pyspark import cloudpickle
 
