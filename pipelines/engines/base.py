@@ -135,6 +135,31 @@ def located(step: str, partition: PartitionInfo, exc: BaseException) -> BaseExce
     return StepFailure(step, partition.describe(), exc)
 
 
+@dataclass(frozen=True)
+class Raised:
+    """A partition's failure, kept until its turn comes: engines give partitions back
+    in partition order and stop submitting at the first failure, so of several failing
+    partitions the lowest is reported, whichever finished first (the same error on
+    every run and every engine)."""
+
+    error: BaseException
+
+    @staticmethod
+    def settle(get: Callable[[], Any]) -> Any:
+        """``get()``, or its exception as a ``Raised``."""
+        try:
+            return get()
+        except Exception as exc:
+            return Raised(exc)
+
+    @staticmethod
+    def unwrap(value: Any) -> Any:
+        """``value``, or its error raised."""
+        if isinstance(value, Raised):
+            raise value.error
+        return value
+
+
 def _concat(a: pa.Table, b: pa.Table) -> pa.Table:
     return pa.concat_tables([a, b])
 

@@ -92,6 +92,7 @@ from pipelines.engines import resident
 from pipelines.engines.base import (
     Dataset,
     Engine,
+    Raised,
     StepFailure,
     StepStats,
     compute_partition,
@@ -736,12 +737,14 @@ class DaskEngine(Engine):
         patience = self.profile.gpu_timeout if job.needs_gpu else None
         stranded = False  # no GPU worker left: the GPU tasks in flight never finish
         pending: dict[int, Any] = {}
-        done: dict[int, Any] = {}
+        done: dict[int, Any] = {}  # a value, or a Raised
         nxt = emitted = 0
+        failed = False  # once a partition failed, nothing more is submitted
         try:
             with progress_bar(self.progress, label, len(infos)) as bar:
                 while emitted < len(infos):
-                    while nxt < len(infos) and len(pending) + len(done) < limit:
+                    while (not failed and nxt < len(infos)
+                           and len(pending) + len(done) < limit):
                         start = base.futures[nxt] if base else None
                         pending[nxt] = client.submit(
                             _run, key, blob, infos[nxt], start, pure=False,
@@ -759,10 +762,13 @@ class DaskEngine(Engine):
                             raise gone from None
                         continue
                     for i in [i for i, f in pending.items() if f.done()]:
-                        done[i] = self._outcome(pending.pop(i), infos[i], step, base)
+                        future = pending.pop(i)
+                        done[i] = Raised.settle(
+                            lambda f=future, i=i: self._outcome(f, infos[i], step, base))
+                        failed = failed or isinstance(done[i], Raised)
                         bar.advance(infos[i].rows or 0)
-                    while emitted in done:
-                        yield infos[emitted], done.pop(emitted)
+                    while emitted in done:  # a failure is raised in its turn
+                        yield infos[emitted], Raised.unwrap(done.pop(emitted))
                         emitted += 1
         finally:
             if pending:

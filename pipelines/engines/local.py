@@ -38,6 +38,7 @@ from pipelines.engines import resident
 from pipelines.engines.base import (
     Dataset,
     Engine,
+    Raised,
     StepFailure,
     StepStats,
     compute_partition,
@@ -156,6 +157,7 @@ class LocalEngine(Engine):
         pending: dict[int, Future[Any]] = {}
         done: dict[int, Any] = {}
         nxt = emitted = 0
+        failed = False  # once a partition failed, nothing more is submitted
         progress = progress_bar(self.progress, label, len(infos))
 
         def job(info: PartitionInfo) -> Any:
@@ -170,15 +172,17 @@ class LocalEngine(Engine):
         try:
             with progress as bar:
                 while emitted < len(infos):
-                    while nxt < len(infos) and len(pending) + len(done) < limit:
+                    while (not failed and nxt < len(infos)
+                           and len(pending) + len(done) < limit):
                         pending[nxt] = self._pool.submit(job, infos[nxt])
                         nxt += 1
                     finished, _ = wait(pending.values(), return_when=FIRST_COMPLETED)
                     for i in [i for i, f in pending.items() if f in finished]:
-                        done[i] = pending.pop(i).result()
+                        done[i] = Raised.settle(pending.pop(i).result)
+                        failed = failed or isinstance(done[i], Raised)
                         bar.advance(infos[i].rows or 0)
-                    while emitted in done:
-                        yield infos[emitted], done.pop(emitted)
+                    while emitted in done:  # a failure is raised in its turn
+                        yield infos[emitted], Raised.unwrap(done.pop(emitted))
                         emitted += 1
         finally:
             for f in pending.values():

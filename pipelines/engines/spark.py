@@ -333,8 +333,9 @@ class _Task:
     work: Callable[[pa.Table, PartitionInfo, Any], Any] | None = None
     frame_schema: pa.Schema | None = None
     batch_rows: int = 100_000
-    # a ``results`` job's first failure, sent to the driver as soon as its task ends,
-    # so that the driver cancels the job instead of computing every other partition
+    # a ``results`` job's partitions, done or failed (``_Outcomes``), sent to the
+    # driver as each task ends, so that the driver cancels the job at the first failure
+    # instead of computing every other partition
     failures: Any = None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -428,12 +429,14 @@ class _Task:
                 failure = located(self.step, info, exc)
                 self._retry(failure, last)
             else:
+                if self.failures is not None:
+                    self.failures.add((None, frozenset((info.index,))))
                 yield _row(info.index, _RESULT, pickle.dumps((value, records)))
                 return
         blob = pickle.dumps((resident.portable(failure), records))
         self._failed = True
         if self.failures is not None:
-            self.failures.add((info.index, blob))
+            self.failures.add(((info.index, blob), frozenset((info.index,))))
         yield _row(info.index, _ERROR, blob)
 
     _failed = False
@@ -756,10 +759,11 @@ class SparkEngine(Engine):
         if not infos:
             return []
         frame, groups, cache = self._source_frame(data, infos)
-        failures = self.spark.sparkContext.accumulator(None, _FirstFailure())
+        failures = self.spark.sparkContext.accumulator(None, _Outcomes())
         task = self._task("results", data, infos, groups, cached=cache is not None, step=step,
                           work=work, failures=failures)
-        rows = self._collect(self._map(frame, task, _ROWS_DDL), label, failures)
+        rows = self._collect(self._map(frame, task, _ROWS_DDL), label,
+                             (failures, [info.index for info in infos]))
         results: dict[int, Any] = {}
         errors: dict[int, BaseException] = {}
         count = cache is None or not cache.counted
@@ -778,14 +782,17 @@ class SparkEngine(Engine):
             raise errors[min(errors)]
         return [results[info.index] for info in infos]
 
-    def _collect(self, frame: Any, label: str, failures: Any = None,
+    def _collect(self, frame: Any, label: str,
+                 failures: tuple[Any, list[int]] | None = None,
                  group: str | None = None) -> pa.Table:
         """Run a job; a failed one (every attempt of a task failed) becomes the sluice
         error it carries, or one line saying what Spark reported.
 
-        ``failures``: the job's accumulator of partition failures (errors that are not
-        retried). The first to reach the driver cancels the job (fail fast: the other
-        partitions' work would be thrown away) and is raised. ``group``: the job group
+        ``failures``: the job's ``_Outcomes`` accumulator (partition failures that are
+        not retried, partitions done) and the job's partition indices. A failure cancels
+        the job (fail fast: the other partitions' work would be thrown away) once every
+        partition before it is done, and the lowest failure is raised: the same error
+        whichever task finished first, as on the other engines. ``group``: the job group
         (to cancel the job from another thread), else a new one.
         """
         sc = self.spark.sparkContext
@@ -795,9 +802,13 @@ class SparkEngine(Engine):
         failed: list[bytes] = []
 
         def watch() -> None:
+            accumulator, indices = failures
             while not done.wait(FAIL_FAST_POLL_S):
-                first = failures.value
-                if first is not None:
+                value = accumulator.value
+                if value is not None and value[0] is not None:
+                    first, finished = value
+                    if any(i < first[0] and i not in finished for i in indices):
+                        continue  # a partition before it may fail too: its turn first
                     failed.append(first[1])
                     # by job id: a job that ends meanwhile is then no warning in the log
                     # (cancelling a group with no active job is)
@@ -1144,10 +1155,11 @@ def _amount(value: str | None) -> float:
         return 0.0
 
 
-class _FirstFailure:
-    """A pyspark ``AccumulatorParam`` (duck-typed: pyspark is imported lazily) that
-    keeps a job's failure of the lowest partition index: ``(index, pickled (error,
-    records))`` or None."""
+class _Outcomes:
+    """A pyspark ``AccumulatorParam`` (duck-typed: pyspark is imported lazily) over a
+    job's partitions: ``(failure, done)``, the failure of the lowest partition index
+    (``(index, pickled (error, records))``, or None) and the indices of the partitions
+    done (failed or not); None before any."""
 
     def zero(self, value: Any) -> Any:
         return None
@@ -1155,7 +1167,8 @@ class _FirstFailure:
     def addInPlace(self, a: Any, b: Any) -> Any:  # noqa: N802 - pyspark's name
         if a is None or b is None:
             return a if b is None else b
-        return a if a[0] <= b[0] else b
+        failures = [f for f in (a[0], b[0]) if f is not None]
+        return (min(failures, key=lambda f: f[0]) if failures else None, a[1] | b[1])
 
 
 def _running(sc: Any, group: str) -> list[int]:

@@ -120,6 +120,28 @@ def test_bug_in_an_operator_names_step_and_partition(churn: Path, workdir: Path,
     assert not [p for p in workdir.iterdir() if p.name.startswith(".out")]
 
 
+def test_of_several_failures_the_first_partition_is_reported(churn: Path, workdir: Path,
+                                                            engine: Engine) -> None:
+    # the first partition fails last: a user reading the error sees the same partition
+    # however the partitions were scheduled
+    path = write_pipeline(workdir, """
+        pipeline: boom
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - id: explode
+            op: sluice_testops.FailingLate
+            after: {10: 1.5, 4000: 0.0}
+          - op: write_parquet
+            path: out
+        """)
+    with pytest.raises(StepFailure) as info:
+        run(path, engine_instance=engine)
+    assert info.value.step == "explode" and "part-00000.parquet" in info.value.where
+    assert str(info.value.error) == "boom at 10"
+    assert not (workdir / "out").exists()
+
+
 def test_invalid_pipeline_runs_nothing(churn: Path, workdir: Path, engine: Engine) -> None:
     path = write_pipeline(workdir, TRAIN.replace("columns: [tenure, monthly_charges]",
                                                  "columns: [tenure, monthly]"))

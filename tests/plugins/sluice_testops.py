@@ -106,6 +106,32 @@ class Exploding(Transform):
         return part
 
 
+class FailingLateParams(Params):
+    after: dict[int, float] = Field(
+        description="customer_id -> seconds: the partition holding that id fails after "
+                    "that long")
+
+
+class FailingLate(Transform):
+    """Fails (a bug-like error naming its id) on the partitions holding the given ids,
+    each after its own delay (to test which of several failures is reported)."""
+
+    Params = FailingLateParams
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        import time
+
+        ids = set(part.column("customer_id").to_pylist())
+        for at, seconds in self.params.after.items():
+            if at in ids:
+                time.sleep(seconds)
+                raise ZeroDivisionError(f"boom at {at}")
+        return part
+
+
 class ThreePassParams(Params):
     column: str = Field(description="numeric column")
 
