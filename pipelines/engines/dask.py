@@ -69,7 +69,6 @@ import pickle
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -109,6 +108,8 @@ __all__ = ["DaskEngine", "DaskProfile", "load_profile"]
 PROFILE = Path("conf") / "engines" / "dask.yaml"
 PROFILE_ENV = "SLUICE_DASK_PROFILE"
 
+# what a worker's traceback note says it came from (resident.portable)
+WORKER = "Dask worker"
 WORKER_HINT = ("install sluice and the pipeline's operator packages where the workers run "
                "(the same environment or PYTHONPATH as the driver)")
 
@@ -240,34 +241,6 @@ def _blob(blob: bytes) -> bytes:
     return blob
 
 
-def _pickles(exc: BaseException) -> bool:
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return False
-    return True
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` as it can cross to the driver intact: a bug keeps its worker traceback
-    as a note; an exception that does not pickle is replaced by one that does."""
-    if isinstance(exc, StepFailure):
-        error = exc.error
-        if error.__traceback__ is not None:
-            frames = "".join(traceback.format_tb(error.__traceback__)).rstrip()
-            error.add_note(f"raised on a Dask worker:\n{frames}")
-        if _pickles(exc):
-            return exc
-        stand_in = RuntimeError(f"{type(error).__module__}.{type(error).__qualname__}: {error}")
-        stand_in.__notes__ = list(getattr(error, "__notes__", []))
-        return StepFailure(exc.step, exc.where, stand_in)
-    if _pickles(exc):
-        return exc
-    if isinstance(exc, SluiceError):
-        return SluiceError(exc.message, hint=exc.hint, where=exc.where)
-    return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-
-
 def _run(key: str, blob: bytes, info: PartitionInfo, start: Any) -> Any:
     """One partition of a job, on a worker: ``(value, counts, inherited counts)`` or a
     ``_Failure``. ``start`` is a persisted partition's own output, or None."""
@@ -302,7 +275,7 @@ def _run(key: str, blob: bytes, info: PartitionInfo, start: Any) -> Any:
         except Exception as exc:
             raise located(job.step, info, exc) from exc
     except Exception as exc:
-        return _Failure(_portable(exc), counts)
+        return _Failure(resident.portable(exc, WORKER), counts)
     finally:
         # Arrow's allocator keeps freed pages for reuse: a worker's memory would grow
         # towards its limit (and be paused) without this, which costs well under a ms
@@ -399,7 +372,7 @@ class _Resident:
             counts.append(row)
 
         def locate(info: PartitionInfo, exc: BaseException) -> BaseException:
-            return _portable(located(self.step, info, exc))
+            return resident.portable(located(self.step, info, exc), WORKER)
 
         held = [(info, part[0]) for info, part in self.held]
         if self.pool is None:

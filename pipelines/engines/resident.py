@@ -209,9 +209,11 @@ def serve(sock: socket.socket, answer: Callable[[Any], bytes]) -> None:
 
 
 def portable(exc: BaseException, label: str = "executor") -> BaseException:
-    """A failure ready to cross to the driver: a bug keeps its traceback as a note
-    (``<label> traceback``), and anything that does not pickle becomes a RuntimeError
-    with its text."""
+    """A failure ready to cross to the driver, from any engine's worker: a bug keeps its
+    traceback as a note (``<label> traceback (most recent call last):``, once), an
+    exception that does not pickle becomes a RuntimeError naming its type (module and
+    name) with its text and notes, and a sluice error that does not pickle keeps its
+    message, hint and place."""
     if isinstance(exc, StepFailure):
         error = exc.error
         text = "".join(traceback.format_exception(error)).rstrip()
@@ -222,12 +224,20 @@ def portable(exc: BaseException, label: str = "executor") -> BaseException:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:
-        if isinstance(exc, StepFailure):
-            plain = RuntimeError(f"{type(exc.error).__name__}: {exc.error}")
-            for note in getattr(exc.error, "__notes__", []):
-                plain.add_note(note)
-            return StepFailure(exc.step, exc.where, plain)
-        return SluiceError(str(exc))
+        pass
+    if isinstance(exc, StepFailure):
+        plain = RuntimeError(_named(exc.error))
+        for note in getattr(exc.error, "__notes__", []):
+            plain.add_note(note)
+        return StepFailure(exc.step, exc.where, plain)
+    if isinstance(exc, SluiceError):
+        return SluiceError(exc.message, hint=exc.hint, where=exc.where)
+    return RuntimeError(_named(exc))
+
+
+def _named(exc: BaseException) -> str:
+    kind = type(exc)
+    return f"{kind.__module__}.{kind.__qualname__}: {exc}"
 
 
 class Task:

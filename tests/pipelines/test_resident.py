@@ -170,7 +170,7 @@ def test_a_bug_in_a_pass_carries_the_workers_traceback(engine: Any, churn: Path,
     assert isinstance(info.value.error, ZeroDivisionError)
     assert "boom in pass 1" in str(info.value)
     notes = "\n".join(getattr(info.value.error, "__notes__", []))
-    heading = {"local": "worker process traceback", "dask": "raised on a Dask worker",
+    heading = {"local": "worker process traceback", "dask": "Dask worker traceback",
                "spark": "executor traceback"}[engine.name]
     assert heading in notes and "sluice_testops.py" in notes
 
