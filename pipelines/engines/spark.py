@@ -164,6 +164,10 @@ class SparkProfile(DeviceProfile):
         4 * 1024**3, gt=0,
         description="auto resident fits: the most bytes of prepared rows one task may hold "
                     "(estimated from row counts and the schema)")
+    connect_timeout: float = Field(
+        30, gt=0, description="seconds to reach a standalone master (spark://) before the "
+                              "session starts; a master that never answers is an error "
+                              "then, not Spark's minute of retries")
 
 
 def load_profile(path: str | os.PathLike[str] | None = None) -> tuple[SparkProfile, str | None]:
@@ -176,6 +180,42 @@ def load_profile(path: str | os.PathLike[str] | None = None) -> tuple[SparkProfi
         chosen = PROFILE_PATH
     where = str(chosen)
     return validated(SparkProfile, read(where, "Spark"), where, "Spark"), where
+
+
+def master_addresses(master: str) -> list[tuple[str, int]]:
+    """The (host, port) of each master of a standalone URL (``spark://h1:p1,h2:p2``, the
+    port 7077 unless given); none for other masters."""
+    if not master.startswith("spark://"):
+        return []
+    out = []
+    for part in master[len("spark://"):].split(","):
+        host, colon, port = part.strip().rpartition(":")
+        if not colon:
+            host, port = port, "7077"
+        out.append((host.strip("[]"), int(port) if port.isdigit() else 7077))
+    return out
+
+
+def unreachable_master(master: str, timeout: float) -> str | None:
+    """Why no master of a standalone URL accepts a connection within ``timeout`` seconds
+    (tried again every second: a master may be starting), or None when one does or the
+    master is not standalone."""
+    addresses = master_addresses(master)
+    deadline = time.monotonic() + timeout
+    while addresses:
+        problems = []
+        for host, port in addresses:
+            try:
+                socket.create_connection(
+                    (host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))
+                ).close()
+                return None
+            except OSError as exc:
+                problems.append(f"{host}:{port}: {exc.strerror or exc}")
+        if time.monotonic() >= deadline:
+            return "; ".join(problems)
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    return None
 
 
 def is_local(master: str) -> bool:
@@ -646,13 +686,21 @@ class SparkEngine(Engine):
                 self.spark = SparkSession.builder.config(conf=conf).getOrCreate()
                 self.mode, self._owned = "spark-submit", True
             else:
+                why = unreachable_master(self.master, self.profile.connect_timeout)
+                if why is not None:
+                    raise SluiceError(
+                        f"cannot reach the Spark master {self.master} within "
+                        f"{self.profile.connect_timeout:g} s ({why})",
+                        hint="is the master running there? check --master, or master "
+                             f"and connect_timeout in {PROFILE_PATH}")
                 conf = SparkConf().setMaster(self.master).setAppName(self.profile.app_name)
                 conf.setAll(list(self.settings().items()))
                 conf.set(DRIVER_JAVA_OPTIONS, quiet_driver_logs(conf.get(DRIVER_JAVA_OPTIONS)))
                 env = ({"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
                        if is_local(self.master) else {})
                 with _environ_defaults(env):
-                    self.spark = SparkSession.builder.config(conf=conf).getOrCreate()
+                    self.spark = _new_session(SparkSession.builder.config(conf=conf),
+                                              self.master)
                 self.mode, self._owned = "session", True
         sc = self.spark.sparkContext
         self._attempts = task_attempts(sc.master, dict(sc.getConf().getAll()))
@@ -1180,6 +1228,28 @@ def _running(sc: Any, group: str) -> list[int]:
         if info is not None and str(info.status) == "RUNNING":
             out.append(int(job))
     return out
+
+
+def _new_session(builder: Any, master: str) -> Any:
+    """``builder.getOrCreate()``; a session Spark cannot start (a master that refuses
+    the application, a bad conf, no Java) is a sluice error naming the master and
+    Spark's own first line, not a Java stack."""
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:
+        text = str(exc)
+        cause = re.search(r"(?:SparkException|Exception|Error): ([^\n]+)", text)
+        first = (cause.group(1) if cause else
+                 next((ln for ln in text.splitlines() if ln.strip()), type(exc).__name__))
+        if "stopped SparkContext" in first:
+            first = ("Spark stopped the session as it started (for a standalone master, "
+                     "'All masters are unresponsive' above means that no master there "
+                     "accepted the application: is it a Spark master, of this Spark "
+                     "version?)")
+        raise SluiceError(f"Spark could not start a session on {master}: "
+                          f"{first.strip()[:500]}",
+                          hint="see Spark's log lines above; check --master and the conf "
+                               f"in {PROFILE_PATH}") from None
 
 
 def quiet_driver_logs(options: str | None) -> str:

@@ -14,6 +14,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,9 +32,11 @@ from pipelines.engines.local import LocalEngine
 from pipelines.engines.spark import (
     SparkEngine,
     load_profile,
+    master_addresses,
     spark_schema,
     spark_type,
     task_attempts,
+    unreachable_master,
 )
 from pipelines.runner import run
 
@@ -631,3 +634,88 @@ def test_a_fresh_session_prints_only_the_error(churn: Path, workdir: Path) -> No
     lines = [line for line in done.stderr.splitlines() if line.strip()
              and not line.startswith("WARNING: Using incubator modules")]
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+
+
+def test_master_addresses_of_standalone_urls() -> None:
+    assert master_addresses("spark://10.0.0.5:7078") == [("10.0.0.5", 7078)]
+    assert master_addresses("spark://a:7077,b:7177") == [("a", 7077), ("b", 7177)]
+    assert master_addresses("spark://master") == [("master", 7077)]
+    assert master_addresses("spark://[::1]:7077") == [("::1", 7077)]
+    assert master_addresses("local[2]") == master_addresses("yarn") == []
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_master_waits_then_says_why() -> None:
+    import socket
+    import time
+
+    port = _closed_port()
+    started = time.monotonic()
+    why = unreachable_master(f"spark://127.0.0.1:{port}", 1.5)
+    assert why is not None and f"127.0.0.1:{port}" in why and "refused" in why.lower()
+    assert time.monotonic() - started >= 1.4  # tried again until the timeout
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        open_port = listening.getsockname()[1]
+        # one master of an HA list answering is enough
+        assert unreachable_master(f"spark://127.0.0.1:{port},127.0.0.1:{open_port}",
+                                  1.0) is None
+    assert unreachable_master("local[2]", 0.1) is None
+
+
+def _sluice_spark(workdir: Path, args: list[str], profile: str) -> Any:
+    import subprocess
+
+    (workdir / "conf" / "engines").mkdir(parents=True)
+    (workdir / "conf" / "engines" / "spark.yaml").write_text(textwrap.dedent(profile))
+    path = write_pipeline(workdir, """
+        pipeline: nowhere
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: write_parquet
+            path: out
+        """)
+    env = {**os.environ, "CI": "1", "SPARK_LOCAL_IP": "127.0.0.1",
+           "PYSPARK_PYTHON": sys.executable}
+    return subprocess.run([str(Path(sys.executable).parent / "sluice"), "run", str(path),
+                           "--engine", "spark", *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error")]
+
+
+def test_a_master_nobody_listens_on_is_one_error_before_any_jvm(churn: Path,
+                                                                 workdir: Path) -> None:
+    port = _closed_port()
+    done = _sluice_spark(workdir, ["--master", f"spark://127.0.0.1:{port}"],
+                         "connect_timeout: 1\n")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == _error_lines(done.stderr), done.stderr
+    (line,) = _error_lines(done.stderr)
+    assert f"cannot reach the Spark master spark://127.0.0.1:{port} within 1 s" in line
+    assert "refused" in line.lower() and "check --master" in line
+    assert "Traceback" not in done.stderr and not (workdir / "out").exists()
+
+
+def test_a_session_spark_cannot_start_is_one_sluice_error(churn: Path, workdir: Path) -> None:
+    done = _sluice_spark(workdir, [], """
+        conf:
+          spark.driver.memory: 100m
+          spark.ui.enabled: false
+        """)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "Py4JJavaError" not in done.stderr
+    (line,) = _error_lines(done.stderr)
+    assert line.startswith("error: Spark could not start a session on local[*]: ")
+    assert "Insufficient driver memory" in line and "conf/engines/spark.yaml" in line
