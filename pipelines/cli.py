@@ -61,7 +61,17 @@ models_option = click.option(
     help="model store root (default: $SLUICE_MODELS, else data/models)")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Every command's user errors are one line (and exit 1), wherever they are raised."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SluiceError, StepFailure) as exc:
+            _fail(exc)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sluice")
 def main() -> None:
     """Declarative ML pipelines over Parquet: local, Dask or Spark, same results."""

@@ -22,20 +22,44 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from operators.base import ArtifactError, SluiceError, Transform
 from operators.chain import Chain, dump_chain, load_chain
-from operators.io.fs import Location, rename_noreplace, resolve
+from operators.io.fs import Location, rename_noreplace, resolve, store_errors, store_problem
 
 FORMAT = "sluice-model"
 FORMAT_VERSION = 1
 CLAIM = ".claim"
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?:@(?P<version>latest|\d+))?$")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _store_access(method: F) -> F:
+    """A registry method whose store refuses access (no credentials, access denied, an
+    endpoint it cannot reach) raises that as a user error naming the registry."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self: ModelStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except SluiceError:
+            raise
+        except store_errors(OSError) as exc:
+            problem = store_problem(exc, self.root)
+            if problem is None:
+                raise
+            raise problem from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def default_root() -> str:
@@ -107,6 +131,7 @@ class ModelStore:
 
     # ------------------------------------------------------------------ reading
 
+    @_store_access
     def names(self) -> list[str]:
         fs = self.location.fsspec_fs
         if not self.location.local:
@@ -120,6 +145,7 @@ class ModelStore:
                 out.append(name)
         return sorted(out)
 
+    @_store_access
     def versions(self, name: str) -> list[int]:
         """The complete versions of ``name`` (those with a model.json), as they are now:
         one listing, never a cached one (another run may have saved since)."""
@@ -154,15 +180,16 @@ class ModelStore:
                                 hint=f"versions: {', '.join(map(str, versions))}")
         return name, int(version)
 
+    @_store_access
     def read_meta(self, name: str, version: int) -> dict[str, Any]:
         path = self._path(name, str(version), "model.json")
         try:
             with self.location.fsspec_fs.open(path, "rb") as f:
                 meta = json.loads(f.read())
         except (OSError, ValueError) as exc:
-            raise ArtifactError(f"model {name}@{version}: model.json is unreadable ({exc})",
-                                hint="the artifact is damaged; re-train or use another version"
-                                ) from None
+            raise store_problem(exc, self.root) or ArtifactError(
+                f"model {name}@{version}: model.json is unreadable ({exc})",
+                hint="the artifact is damaged; re-train or use another version") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ArtifactError(f"model {name}@{version}: model.json is not a sluice model")
         fv = meta.get("format_version")
@@ -172,6 +199,7 @@ class ModelStore:
                 f"{FORMAT_VERSION}", hint="upgrade sluice to load it")
         return meta
 
+    @_store_access
     def load(self, ref: str) -> Model:
         name, version = self.resolve(ref)
         meta = self.read_meta(name, version)
@@ -182,9 +210,9 @@ class ModelStore:
             with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, EOFError) as exc:
-            raise ArtifactError(f"model {name}@{version}: arrays.npz is unreadable ({exc})",
-                                hint="the artifact is damaged; re-train or use another version"
-                                ) from None
+            raise store_problem(exc, self.root) or ArtifactError(
+                f"model {name}@{version}: arrays.npz is unreadable ({exc})",
+                hint="the artifact is damaged; re-train or use another version") from None
         try:
             steps = load_chain(meta["steps"], arrays)
         except KeyError as exc:
@@ -195,6 +223,7 @@ class ModelStore:
 
     # ------------------------------------------------------------------ writing
 
+    @_store_access
     def save(self, name: str, steps: list[Transform], input_schema: pa.Schema,
              info: dict[str, Any] | None = None) -> Model:
         """Store a fitted chain as the next version of ``name``."""

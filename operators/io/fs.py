@@ -58,6 +58,74 @@ def resolve(path: str, storage_options: dict[str, Any] | None = None) -> Locatio
     return Location(path, inner, handler, fs, False)
 
 
+# the base classes of the errors object-store clients raise besides OSError (credentials,
+# endpoints, authentication), by module; counted only once their package is imported
+_CLIENT_ERRORS = {
+    "botocore.exceptions": ("BotoCoreError",),
+    "google.auth.exceptions": ("GoogleAuthError",),
+    "azure.core.exceptions": ("AzureError",),
+}
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                   "DefaultCredentialsError", "RefreshError", "ClientAuthenticationError",
+                   "CredentialUnavailableError")
+_UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
+                "ClientConnectorError", "ServiceRequestError", "ReadTimeoutError")
+_CREDENTIAL_HINTS = {
+    "s3": "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or "
+          "storage_options: {anon: true} for a public bucket",
+    "gs": "set GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth application-default "
+          "login`, or storage_options: {token: anon} for a public bucket",
+    "az": "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or a connection "
+          "string), or give them in storage_options",
+}
+_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "adl": "az"}
+
+
+def store_errors(*base: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """``base`` and the error classes of the object-store clients already imported:
+    an ``except store_errors(OSError) as exc`` clause also catches a missing credential
+    or an unreachable endpoint (``store_problem`` then says which)."""
+    import sys
+
+    extra = []
+    for module, names in _CLIENT_ERRORS.items():
+        loaded = sys.modules.get(module)
+        extra += [getattr(loaded, n) for n in names if loaded is not None and hasattr(loaded, n)]
+    return (*base, *extra)
+
+
+def store_problem(exc: BaseException, path: str) -> SluiceError | None:
+    """A file system refusing sluice access to ``path`` (no credentials, access denied,
+    an endpoint it cannot reach) as a user error naming the path and what to do; None
+    for any other error. The exception's causes are looked at too."""
+    protocol = path.split("://", 1)[0].lower() if is_url(path) else "file"
+    protocol = _ALIASES.get(protocol, protocol)
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        name, text = type(error).__name__, str(error)
+        first = (text.strip().splitlines() or [name])[0][:300]
+        if name in _NO_CREDENTIALS or "Unable to locate credentials" in text:
+            return SluiceError(
+                f"no credentials to access '{path}': {first}",
+                hint=_CREDENTIAL_HINTS.get(protocol, "give the file system's credentials in "
+                                                     "storage_options or its environment"))
+        if isinstance(error, PermissionError) or "AccessDenied" in text or \
+                "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+            return SluiceError(
+                f"access denied to '{path}': {first}",
+                hint="the credentials in use may not read or write there: check them, and "
+                     "their permissions on the path")
+        if name in _UNREACHABLE:
+            return SluiceError(
+                f"cannot reach the store of '{path}': {first}",
+                hint="check the endpoint (AWS_ENDPOINT_URL or storage_options' "
+                     "client_kwargs) and the network")
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _forget_listings(fs: Any, inner: str) -> None:
     """Drop what fsspec remembers of listings at and below ``inner``.
 

@@ -67,6 +67,8 @@ from operators.io.fs import (
     remove,
     rename_noreplace,
     resolve,
+    store_errors,
+    store_problem,
     sweep_stale,
 )
 
@@ -74,7 +76,12 @@ MANIFEST = "_SUCCESS"
 MANIFEST_FORMAT = "sluice-output/1"
 STAGING_MARK = ".sluice-tmp-"
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
+def _io_errors() -> tuple[type[BaseException], ...]:
+    """What reading and writing Parquet raises for bad files and refused access: pyarrow's
+    errors, OSError, ValueError, and the object-store clients' (credentials...)."""
+    return store_errors(pa.ArrowException, OSError, ValueError)
+
+
 # data files of a sluice run on an object store: part-<run id>-<partition>[-<i>].parquet
 _RUN_FILE = re.compile(r"^part-.+-\d{5}(-\d+)?\.parquet$")
 _QUOTED_PATH = re.compile(r"(?:input source|schema from|local file|file) '([^']+)'")
@@ -227,8 +234,12 @@ class ReadParquet(Source):
             return path
         return f"{loc.url.split('://', 1)[0]}://{path}"
 
-    def _failure(self, exc: BaseException, path: str) -> DataError:
-        """A one-line error naming the file pyarrow failed on and what is wrong with it."""
+    def _failure(self, exc: BaseException, path: str) -> SluiceError:
+        """A one-line error naming the file pyarrow failed on and what is wrong with it
+        (or the store's refusal: no credentials, access denied, no endpoint)."""
+        problem = store_problem(exc, self._shown(path))
+        if problem is not None:
+            return problem
         first = _first_line(exc)
         named = _QUOTED_PATH.findall(str(exc))
         if isinstance(exc, FileNotFoundError) and not named and len(first.split()) == 1:
@@ -257,7 +268,7 @@ class ReadParquet(Source):
             return self._discover(loc, loc.path.rstrip("/") or loc.path)
         except SluiceError:
             raise
-        except _ARROW_ERRORS as exc:
+        except _io_errors() as exc:
             raise self._failure(exc, loc.path) from None
 
     def _discover(self, loc: Location, path: str) -> ds.Dataset:
@@ -417,13 +428,13 @@ class ReadParquet(Source):
             # the filter prunes hive partitions here, row groups (by statistics) below
             fragments = list(self.dataset.get_fragments(filter=flt)
                              if flt is not None else self.dataset.get_fragments())
-        except _ARROW_ERRORS as exc:
+        except _io_errors() as exc:
             raise self._failure(exc, self.location.path) from None
         for fragment in fragments:
             try:
                 pieces = (fragment.split_by_row_group(flt, schema=self.full_schema)
                           if flt is not None else fragment.split_by_row_group())
-            except _ARROW_ERRORS as exc:
+            except _io_errors() as exc:
                 raise self._failure(exc, fragment.path) from None
             group: list[int] = []
             rows = size = 0
@@ -459,13 +470,13 @@ class ReadParquet(Source):
                                          row_groups=list(partition.row_groups or ()))
             table = fragment.to_table(schema=self.full_schema, columns=self.params.columns,
                                       filter=self._filter)
-        except _ARROW_ERRORS as exc:
+        except _io_errors() as exc:
             raise self._failure(exc, partition.path) from None
         for name, want in self._casts.items():
             i = table.schema.get_field_index(name)
             try:
                 column = table.column(i).cast(want)
-            except _ARROW_ERRORS as exc:
+            except _io_errors() as exc:
                 raise DataError(
                     f"'{self._shown(partition.path)}': column '{name}' cannot be cast from "
                     f"{table.schema.field(i).type} to {want}: {_first_line(exc)}",
@@ -523,7 +534,10 @@ class WriteParquet(Sink):
         return DataError(f"output '{self.params.path}' already exists",
                          hint="set `mode: overwrite` to replace it, or write elsewhere")
 
-    def _io_error(self, exc: BaseException) -> DataError:
+    def _io_error(self, exc: BaseException) -> SluiceError:
+        problem = store_problem(exc, self.params.path)
+        if problem is not None:
+            return problem
         return DataError(f"cannot write Parquet to '{self.params.path}': {_first_line(exc)}",
                          hint="check the path, its permissions and the free space")
 
@@ -535,7 +549,7 @@ class WriteParquet(Sink):
                          else self._begin_remote(loc, run_id))
         except SluiceError:
             raise
-        except _ARROW_ERRORS as exc:
+        except _io_errors() as exc:
             raise self._io_error(exc) from None
         return token
 
@@ -604,7 +618,7 @@ class WriteParquet(Sink):
             written = self._write_files(token, part, f"part-{token['run_id']}-{index:05d}")
         except SluiceError:
             raise
-        except _ARROW_ERRORS as exc:
+        except _io_errors() as exc:
             raise self._io_error(exc) from None
         return WriteResult(files=sorted(written), rows=part.num_rows, bytes=part.nbytes)
 
@@ -654,7 +668,7 @@ class WriteParquet(Sink):
         except BaseException as exc:
             # nothing was published: the previous output (or none) stays as it was
             self.abort(token)
-            if isinstance(exc, SluiceError) or not isinstance(exc, _ARROW_ERRORS):
+            if isinstance(exc, SluiceError) or not isinstance(exc, _io_errors()):
                 raise
             raise self._io_error(exc) from None
         if not token["local"]:

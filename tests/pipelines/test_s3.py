@@ -435,3 +435,148 @@ def test_a_version_saved_elsewhere_is_seen_at_once(bucket: str) -> None:
     put(bucket, "models/m/2/model.json", json.dumps({**meta, "version": 2}).encode())
     assert store.versions("m") == [1, 2]
     assert store.load("m@latest").version == 2
+
+
+# --------------------------------------------------------------------------- refused access
+
+
+@pytest.fixture
+def no_credentials(bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The bucket, seen by a user who set no AWS credentials (nor any file or instance
+    metadata that could give some: no request leaves 127.0.0.1)."""
+    import s3fs
+
+    put(bucket, "data/a.parquet", parquet_bytes(sample()))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()
+    return bucket
+
+
+def assert_one_line(error: BaseException, *parts: str) -> None:
+    text = str(error)
+    assert "\n" not in text and all(p in text for p in parts), text
+
+
+def test_no_credentials_is_one_error_naming_the_url_and_the_fix(no_credentials: str) -> None:
+    from operators.base import SluiceError
+
+    url = f"s3://{no_credentials}/data"
+    with pytest.raises(SluiceError) as info:
+        ReadParquet(path=url).schema()
+    assert_one_line(info.value, f"no credentials to access '{url}'", "AWS_ACCESS_KEY_ID",
+                    "anon: true")
+    out = f"s3://{no_credentials}/out"
+    with pytest.raises(SluiceError) as info:
+        write(out, [sample()], "run-1")
+    assert_one_line(info.value, f"no credentials to access '{out}'", "AWS_ACCESS_KEY_ID")
+
+
+def test_no_credentials_for_the_registry_on_the_command_line(no_credentials: str,
+                                                             workdir: Any) -> None:
+    """`sluice models list` and a run scoring from the registry: one error line each."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (workdir / "data").mkdir()
+    pq.write_table(sample(), workdir / "data" / "a.parquet")
+    (workdir / "score.yaml").write_text(
+        "pipeline: s\nsteps:\n  - op: read_parquet\n    path: data\n"
+        "  - op: score\n    model: m\n  - op: write_parquet\n    path: out\n")
+    sluice = str(Path(sys.executable).parent / "sluice")
+    models = f"s3://{no_credentials}/models"
+    for args in (["models", "list"], ["run", "score.yaml"]):
+        done = subprocess.run([sluice, *args, "--models", models], cwd=workdir,
+                              env={**os.environ, "CI": "1"}, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 1
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("error: ") and "Traceback" not in done.stderr
+        assert f"no credentials to access '{models}'" in line and "AWS_ACCESS_KEY_ID" in line
+
+
+def test_access_denied_is_one_error_naming_the_url(bucket: str, s3_endpoint: str) -> None:
+    """The store refuses the credentials (moto checking them against its IAM, where the
+    test's keys do not exist)."""
+    import urllib.request
+
+    import s3fs
+
+    from operators.base import SluiceError
+    from pipelines.store import ModelStore
+
+    put(bucket, "data/a.parquet", parquet_bytes(sample()))
+    s3fs.S3FileSystem.clear_instance_cache()
+
+    def authenticate(after: str) -> None:
+        urllib.request.urlopen(urllib.request.Request(
+            f"{s3_endpoint}/moto-api/reset-auth", data=after.encode(), method="POST",
+            headers={"Content-Type": "text/plain"})).close()
+
+    authenticate("0")
+    try:
+        url = f"s3://{bucket}/data"
+        with pytest.raises(SluiceError) as info:
+            ReadParquet(path=url).schema()
+        assert_one_line(info.value, f"access denied to '{url}'", "credentials")
+        with pytest.raises(SluiceError) as info:
+            ModelStore(f"s3://{bucket}/models").versions("m")
+        assert_one_line(info.value, f"access denied to 's3://{bucket}/models'")
+    finally:
+        authenticate("inf")
+
+
+def test_an_endpoint_nobody_listens_on_is_one_error(bucket: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import s3fs
+
+    from operators.base import SluiceError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    s3fs.S3FileSystem.clear_instance_cache()
+    url = f"s3://{bucket}/data"
+    with pytest.raises(SluiceError) as info:
+        # botocore's own retries off: s3fs still tries a few times
+        ReadParquet(path=url, storage_options={
+            "config_kwargs": {"retries": {"max_attempts": 1}}}).schema()
+    assert_one_line(info.value, f"cannot reach the store of '{url}'", "AWS_ENDPOINT_URL")
+
+
+def test_refusals_of_every_store_are_recognised_by_their_causes() -> None:
+    """Other clients' refusals (their classes' names, as gcsfs and adlfs raise them),
+    behind the errors that wrap them; anything else is not a refusal."""
+    from operators.io.fs import store_problem
+
+    class DefaultCredentialsError(Exception):
+        pass
+
+    class ClientAuthenticationError(Exception):
+        pass
+
+    try:
+        try:
+            raise DefaultCredentialsError("Your default credentials were not found")
+        except DefaultCredentialsError as exc:
+            raise OSError("listing failed") from exc
+    except OSError as wrapped:
+        gs = store_problem(wrapped, "gs://b/data")
+    assert gs is not None and "no credentials to access 'gs://b/data'" in gs.message
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in (gs.hint or "")
+    az = store_problem(ClientAuthenticationError("no key"), "abfs://c/data")
+    assert az is not None and "AZURE_STORAGE_ACCOUNT_KEY" in (az.hint or "")
+    local = store_problem(PermissionError(13, "Permission denied"), "/srv/data")
+    assert local is not None and local.message.startswith("access denied to '/srv/data'")
+    assert store_problem(ValueError("bad footer"), "s3://b/x") is None
+    assert store_problem(FileNotFoundError("s3://b/x"), "s3://b/x") is None
