@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from typing import Any
@@ -15,7 +16,7 @@ from operators.base import SluiceError
 from pipelines import profiles
 from pipelines.device import DEVICES
 from pipelines.engines.base import StepFailure
-from pipelines.runner import ValidationFailed, plan_file, run
+from pipelines.runner import Interrupted, ValidationFailed, plan_file, run, stopping_on_signals
 from pipelines.store import ModelStore
 
 
@@ -111,15 +112,25 @@ def _engine_choice(value: str) -> str:
 def run_command(file: str, engine: str, params: tuple[str, ...], models: str | None,
                 runs_dir: str | None, scheduler: str | None, master: str | None,
                 device: str | None, dtype: str | None, progress: bool | None) -> None:
-    """Validate and run a pipeline file."""
+    """Validate and run a pipeline file.
+
+    Exit status: 0 succeeded, 1 failed (one error line; a bug also prints its
+    traceback), 130 / 143 stopped by SIGINT / SIGTERM (the engine's jobs cancelled,
+    what was not committed discarded, the run record's status ``interrupted``)."""
     try:
-        record = run(file, _parse_params(params), engine=engine, models=models,
-                     runs_dir=runs_dir, scheduler=scheduler, master=master, device=device,
-                     dtype=dtype, progress=_progress_wanted(progress),
-                     notify=lambda line: click.echo(f"note: {line}", err=True))
+        with stopping_on_signals():
+            record = run(file, _parse_params(params), engine=engine, models=models,
+                         runs_dir=runs_dir, scheduler=scheduler, master=master,
+                         device=device, dtype=dtype, progress=_progress_wanted(progress),
+                         notify=lambda line: click.echo(f"note: {line}", err=True))
     except (SluiceError, StepFailure) as exc:
         _fail(exc)
         return
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _err(f"interrupted by {signal.Signals(signum).name}: stopped; what the run had not "
+             "committed was discarded (its run record says interrupted)")
+        sys.exit(128 + signum)
     _print_record(record)
 
 

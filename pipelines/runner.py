@@ -7,11 +7,14 @@ until done -> ``fitted``. Engines only schedule partitions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from pipelines import profiles
 from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
-from pipelines.engines.base import Dataset, Engine
+from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
 from pipelines.plan import Plan, Step, build, kind_of
 from pipelines.spec import Problem
 from pipelines.store import ModelStore
@@ -36,6 +39,42 @@ class ValidationFailed(SluiceError):
     def __init__(self, problems: list[Problem]):
         super().__init__(f"{len(problems)} problem(s) in the pipeline")
         self.problems = problems
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal (SIGINT, SIGTERM: Ctrl-C, a scheduler's kill or
+    timeout), raised in the main thread like Ctrl-C's KeyboardInterrupt, so that the
+    engine cancels its jobs and closes what it started, sinks discard what they had not
+    committed, and the run record says ``interrupted``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stopping_on_signals() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM and SIGINT raise ``Interrupted``
+    (a signal the process ignores, as nohup's SIGINT, stays ignored); a second signal
+    during the clean-up raises again, stopping it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        on_interrupt()  # e.g. Spark's job, which pyspark waits for before it lets go
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum, default in ((signal.SIGTERM, signal.SIG_DFL),
+                            (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(signum) is default:
+            previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def new_run_id() -> str:
@@ -295,8 +334,17 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         record["status"] = "succeeded"
     except BaseException as exc:
         record["status"] = "failed"
-        record["error"] = (str(exc) if isinstance(exc, SluiceError)
-                           else f"{type(exc).__name__}: {exc}")
+        interrupt = interruption(exc)
+        if interrupt is not None:
+            record["status"] = "interrupted"
+            record["error"] = (f"interrupted by "
+                               f"{interrupt.args[0] if interrupt.args else 'SIGINT'}")
+            if interrupt is not exc:  # what a library raised while it was interrupted
+                raise interrupt from None
+        elif isinstance(exc, SluiceError):
+            record["error"] = str(exc)
+        else:
+            record["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         if engine_instance is None:

@@ -108,6 +108,36 @@ def exploding_pipeline(folder: Path, at_partition_with: int) -> Path:
         """)
 
 
+def touch_pipeline(folder: Path, name: str, files: int, seconds: float,
+                   bad_file: int | None = None) -> tuple[Path, Path]:
+    """``files`` Parquet files of 100 ids each under folder/parts (the rows of file
+    ``bad_file`` marked bad), and a pipeline ``name`` reading them through a step
+    ``touch`` (``sluice_testops.Touch``: a mark per partition started in folder/marks,
+    then ``seconds`` of work) into ``out``; (pipeline path, marks folder)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "parts").mkdir()
+    for i in range(files):
+        pq.write_table(pa.table({"id": list(range(i * 100, (i + 1) * 100)),
+                                 "bad": [i == bad_file] * 100}),
+                       folder / "parts" / f"p{i:02d}.parquet")
+    marks = folder / "marks"
+    marks.mkdir()
+    return write_pipeline(folder, f"""
+        pipeline: {name}
+        steps:
+          - op: read_parquet
+            path: parts
+          - id: touch
+            op: sluice_testops.Touch
+            folder: {marks}
+            seconds: {seconds}
+          - op: write_parquet
+            path: out
+        """), marks
+
+
 @pytest.fixture
 def churn(workdir: Path) -> Path:
     """5,000 churn rows in 3 files of several row groups under workdir/data/churn."""

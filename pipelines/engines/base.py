@@ -9,9 +9,12 @@ every operator are the same on every engine.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -133,6 +136,59 @@ def located(step: str, partition: PartitionInfo, exc: BaseException) -> BaseExce
     if isinstance(exc, StepFailure):
         return exc
     return StepFailure(step, partition.describe(), exc)
+
+
+_interrupt_hooks: list[Callable[[], None]] = []
+
+
+@contextlib.contextmanager
+def interrupt_hook(hook: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, ``hook`` is called (in a thread of its own) when the run is
+    interrupted by a signal (``on_interrupt``): what the main thread cannot do while a
+    library holds it, such as cancelling the Spark job it waits for."""
+    _interrupt_hooks.append(hook)
+    try:
+        yield
+    finally:
+        _interrupt_hooks.remove(hook)
+
+
+def on_interrupt() -> None:
+    """Start every interrupt hook registered now, each in a daemon thread (a signal
+    handler must not block, nor re-enter a library the main thread is inside)."""
+    for hook in list(_interrupt_hooks):
+        threading.Thread(target=hook, name="sluice-interrupt", daemon=True).start()
+
+
+def interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C, or a signal sluice raises as one) behind ``exc``:
+    a library that meets the interrupt in a ``finally`` may raise its own error instead
+    (pyspark's job result, a closed connection), whose context is then the interrupt."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def workers_ignore_ctrl_c() -> Iterator[None]:
+    """Worker processes started in the block ignore SIGINT (an ignored signal stays
+    ignored in children, through exec too): Ctrl-C at a terminal reaches the whole
+    process group, and it is the driver that stops the run and closes its workers; a
+    KeyboardInterrupt traceback from each worker would bury the driver's one line.
+    (A Ctrl-C in the block itself, while workers start, is not seen: press it again.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass(frozen=True)

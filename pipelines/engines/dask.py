@@ -98,6 +98,7 @@ from pipelines.engines.base import (
     format_bytes,
     located,
     placed_action,
+    workers_ignore_ctrl_c,
     write_through,
 )
 from pipelines.engines.progress import progress_bar
@@ -239,6 +240,28 @@ def _unpack(key: str, blob: bytes) -> _Job:
 def _blob(blob: bytes) -> bytes:
     """The job's bytes as a task of their own: recomputed from the graph if lost."""
     return blob
+
+
+def _quiet_cancellations() -> None:
+    """On a worker of our LocalCluster: a task cancelled while it runs (a failed or
+    interrupted run cancels the rest) is no warning on the console."""
+    import logging
+
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _silenced(name: str) -> Iterator[None]:
+    """The logger ``name`` (and its children) says nothing while the block runs."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _run(key: str, blob: bytes, info: PartitionInfo, start: Any) -> Any:
@@ -459,9 +482,12 @@ class DaskEngine(Engine):
                     f"{self.timeout:g} s", hint=f"start some: `dask worker {self.scheduler}`"
                 ) from None
         else:
-            self._cluster = self._local_cluster()
+            with workers_ignore_ctrl_c():
+                self._cluster = self._local_cluster()
             client = Client(self._cluster, set_as_default=False)
         self._client = client
+        if self._cluster is not None:
+            client.run(_quiet_cancellations)
         try:
             self._check_workers()
         except BaseException:
@@ -535,7 +561,11 @@ class DaskEngine(Engine):
             self._client.close()
             self._client = None
         if self._cluster is not None:
-            self._cluster.close()
+            # a LocalCluster we started: its scheduler (in this process) logs errors for
+            # workers that end before it tells them to (Ctrl-C reaches them too), noise
+            # at the end of an interrupted run
+            with _silenced("distributed"):
+                self._cluster.close()
             self._cluster = None
 
     @property
@@ -713,6 +743,7 @@ class DaskEngine(Engine):
         done: dict[int, Any] = {}  # a value, or a Raised
         nxt = emitted = 0
         failed = False  # once a partition failed, nothing more is submitted
+        interrupted = False  # Ctrl-C: the tasks in flight are not waited for
         try:
             with progress_bar(self.progress, label, len(infos)) as bar:
                 while emitted < len(infos):
@@ -743,9 +774,12 @@ class DaskEngine(Engine):
                     while emitted in done:  # a failure is raised in its turn
                         yield infos[emitted], Raised.unwrap(done.pop(emitted))
                         emitted += 1
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             if pending:
-                if drain:
+                if drain and not interrupted:
                     # those that can still run (on CPU workers) finish; the stranded
                     # ones are given up after gpu_timeout
                     with client.as_current(), contextlib.suppress(TimeoutError):

@@ -45,6 +45,7 @@ from pipelines.engines.base import (
     contiguous_groups,
     located,
     placed_action,
+    workers_ignore_ctrl_c,
     write_through,
 )
 from pipelines.engines.progress import progress_bar
@@ -251,7 +252,8 @@ class LocalEngine(Engine):
                                   hub.secret, rank, os.getcwd(), blas)
                 process = context.Process(target=_serve_local, args=(cloudpickle.dumps(task),),
                                           name=f"sluice-fit-{rank}", daemon=True)
-                process.start()
+                with workers_ignore_ctrl_c():  # and the forkserver, started by the first
+                    process.start()
                 processes.append(process)
 
             def check() -> None:

@@ -56,6 +56,10 @@ Answer = tuple[int, BaseException | None, Any]
 Records = list[tuple[Any, ...]]
 
 
+class Closed(ConnectionError):
+    """The other side of a resident fit's connection closed it."""
+
+
 def send(sock: socket.socket, kind: int, payload: bytes = b"") -> None:
     sock.sendall(_HEADER.pack(kind, len(payload)))
     if payload:
@@ -74,7 +78,7 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
     while got < size:
         n = sock.recv_into(view[got:], size - got)
         if n == 0:
-            raise ConnectionError("a task of the resident fit closed its connection")
+            raise Closed("the other side of a resident fit's connection closed it")
         got += n
     return bytes(buffer)
 
@@ -268,10 +272,9 @@ class Task:
                 return
 
     def answer(self, sock: socket.socket) -> None:
-        send(sock, READY, pickle.dumps((self.failure, self.taken())))
-        if self.failure is not None:
-            serve(sock, lambda work: b"")  # until the driver says stop
-            return
+        """Say READY, then answer every pass until the driver says stop. A driver that
+        hangs up instead (it was interrupted, or gave the fit up) ends the task quietly:
+        the driver's own error says why, and a task's stack would only hide it."""
 
         def locate(info: PartitionInfo, exc: BaseException) -> BaseException:
             return portable(located(self.step, info, exc), self.label)
@@ -280,7 +283,12 @@ class Task:
             done = answers(lambda t, i: work(t, i, self.record), self.held, locate)
             return pickle.dumps((done, self.taken()))
 
-        serve(sock, reply)
+        try:
+            send(sock, READY, pickle.dumps((self.failure, self.taken())))
+            # a task whose partitions failed answers nothing, until the driver says stop
+            serve(sock, reply if self.failure is None else lambda work: b"")
+        except (Closed, BrokenPipeError, ConnectionResetError):
+            return
 
 
 def by_partition(replies: Iterable[tuple[list[Answer], Records]],

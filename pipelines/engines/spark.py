@@ -86,6 +86,8 @@ from pipelines.engines.base import (
     compute_partition,
     contiguous_groups,
     format_bytes,
+    interrupt_hook,
+    interruption,
     located,
     placed_action,
     write_through,
@@ -858,10 +860,7 @@ class SparkEngine(Engine):
                     if any(i < first[0] and i not in finished for i in indices):
                         continue  # a partition before it may fail too: its turn first
                     failed.append(first[1])
-                    # by job id: a job that ends meanwhile is then no warning in the log
-                    # (cancelling a group with no active job is)
-                    for job in _running(sc, group):
-                        sc._jsc.sc().cancelJob(job)
+                    _cancel(sc, group)
                     return
 
         watcher = None
@@ -869,12 +868,16 @@ class SparkEngine(Engine):
             watcher = threading.Thread(target=watch, name="sluice-fail-fast", daemon=True)
             watcher.start()
         try:
-            with _quiet_pandas_warning():
+            with _quiet_pandas_warning(), interrupt_hook(lambda: _cancel(sc, group)):
                 return frame.toArrow()
         except KeyboardInterrupt:
-            sc.cancelJobGroup(group)
+            _cancel(sc, group)
             raise
         except Exception as exc:
+            interrupt = interruption(exc)
+            if interrupt is not None:  # a KeyboardInterrupt pyspark replaced in a finally
+                _cancel(sc, group)
+                raise interrupt from None
             done.set()
             if watcher is not None:
                 watcher.join()
@@ -919,7 +922,7 @@ class SparkEngine(Engine):
 
         def cancel() -> None:
             expired.set()
-            sc.cancelJobGroup(group)
+            _cancel(sc, group)
 
         frame = self._map(self.spark.range(0, 1, 1, 1), _GpuProbe(), _ROWS_DDL)
         timer = threading.Timer(timeout, cancel)
@@ -1012,7 +1015,7 @@ class SparkEngine(Engine):
             if everyone:
                 job.thread.join(timeout=JOB_END_S)
             if job.thread.is_alive():  # tasks that never started (no free slots)
-                self.spark.sparkContext.cancelJobGroup(group)
+                _cancel(self.spark.sparkContext, group)
                 job.wait(quiet=True)
                 return None
             return job.error
@@ -1217,6 +1220,13 @@ class _Outcomes:
             return a if b is None else b
         failures = [f for f in (a[0], b[0]) if f is not None]
         return (min(failures, key=lambda f: f[0]) if failures else None, a[1] | b[1])
+
+
+def _cancel(sc: Any, group: str) -> None:
+    """Cancel the running jobs of ``group``, by job id: a job that ended meanwhile is
+    then no warning in the log (cancelling a group with no active job is)."""
+    for job in _running(sc, group):
+        sc._jsc.sc().cancelJob(job)
 
 
 def _running(sc: Any, group: str) -> list[int]:

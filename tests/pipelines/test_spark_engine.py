@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, exploding_pipeline, write_pipeline
+from conftest import ROOT, exploding_pipeline, touch_pipeline, write_pipeline
 
 from operators.base import DataError, SluiceError
 from operators.io.parquet import ReadParquet
@@ -567,23 +567,7 @@ def test_a_user_error_cancels_the_rest_of_the_job(spark: SparkEngine, workdir: P
     """Fail fast: the first partition's error reaches the driver as its task ends and
     the job is cancelled; the other partitions (each 1 s here) are not all computed."""
     files = 12
-    (workdir / "parts").mkdir()
-    for i in range(files):
-        ids = list(range(i * 100, (i + 1) * 100))
-        pq.write_table(pa.table({"id": ids, "bad": [i == 0] * 100}),
-                       workdir / "parts" / f"p{i:02d}.parquet")
-    marks = workdir / "marks"
-    marks.mkdir()
-    path = write_pipeline(workdir, f"""
-        pipeline: fail_fast
-        steps:
-          - op: read_parquet
-            path: parts
-          - id: touch
-            op: sluice_testops.Touch
-            folder: {marks}
-            seconds: 1.0
-        """)
+    path, marks = touch_pipeline(workdir, "fail_fast", files, 1.0, bad_file=0)
     # one partition per task, so that there are tasks to cancel
     monkeypatch.setattr(spark, "profile", spark.profile.model_copy(update={"rows_per_task": 1}))
     with pytest.raises(SluiceError) as info:
