@@ -82,6 +82,8 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
     have = schema.names
     first = missing[0]
     names = ", ".join(f"'{c}'" for c in missing)
+    if len(missing) > 1:
+        what += "s"
     raise MissingColumnError(
         f"{what} {names} not in the input{suggest(first, have)}",
         hint="input has: " + ", ".join(have[:20]) + (" ..." if len(have) > 20 else ""),

@@ -451,8 +451,10 @@ def test_select_drop_rename() -> None:
     renamed = run("rename", table, columns={"x": "n", "n": "x"})
     assert renamed.column_names == ["n", "x", "skew", "const", "label"]
     np.testing.assert_array_equal(floats(renamed, ["n"]), floats(table, ["x"]))
-    with pytest.raises(SchemaError, match="'lable' not in the input; did you mean 'label'"):
+    with pytest.raises(SchemaError, match="^column 'lable' not in the input; did you mean 'label'"):
         build("select", columns=["lable"]).output_schema(table.schema)
+    with pytest.raises(SchemaError, match="^columns 'lable', 'y' not in the input"):
+        build("select", columns=["lable", "x", "y"]).output_schema(table.schema)
     with pytest.raises(SchemaError, match="'consts'"):
         build("drop", columns=["consts"]).output_schema(table.schema)
     with pytest.raises(SchemaError, match="renaming 'x' to 'n' clashes with column 'n'"):
