@@ -120,6 +120,19 @@ def contiguous_groups(infos: list[PartitionInfo], rows: list[int], tasks: int) -
     return groups
 
 
+def estimated_bytes(schema: pa.Schema | None, infos: list[PartitionInfo],
+                    unknown_rows: int = 0) -> float:
+    """Bytes of the rows of ``infos`` in Arrow memory, from row counts and the schema
+    (32 bytes a variable-width value; ``unknown_rows`` for a partition of no count)."""
+    width = 0
+    for column in schema or []:
+        try:
+            width += max(1, column.type.bit_width // 8)
+        except ValueError:  # variable width: strings, lists...
+            width += 32
+    return float(sum(unknown_rows if i.rows is None else i.rows for i in infos) * max(1, width))
+
+
 def format_bytes(n: float) -> str:
     """``n`` bytes for a person: 512 B, 3.2 MiB, 1.50 GiB."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):

@@ -6,7 +6,8 @@ kernels, which is where a partition spends its time.
 
 A multi-pass fit on the CPU can run resident instead (``resident_fits``; auto: with 4
 workers or more and ``resident_rows`` rows; ``pipelines/engines/resident.py``):
-``workers`` processes (forkserver) each compute
+``workers`` processes (forkserver; auto: unless their partitions are estimated over
+the cache budget, ``SLUICE_CACHE_MB``) each compute
 their share of the partitions once, keep them, and answer every pass the driver
 sends over a connection on 127.0.0.1. NumPy's scatter-adds (the tree histograms)
 hold the GIL, so threads cannot share them between cores; processes can. The
@@ -43,6 +44,8 @@ from pipelines.engines.base import (
     StepStats,
     compute_partition,
     contiguous_groups,
+    estimated_bytes,
+    format_bytes,
     located,
     placed_action,
     workers_ignore_ctrl_c,
@@ -213,6 +216,14 @@ class LocalEngine(Engine):
                     self.workers < AUTO_WORKERS or sum(rows) < self.profile.resident_rows))):
             return super().fit(data, step_id, estimator, placement)
         notes = self.stats.setdefault(step_id, StepStats()).notes
+        held = estimated_bytes(data.schema, infos)
+        if mode == "auto" and held > self.cache_bytes:
+            # the processes would hold every partition; the threads keep what fits in
+            # the cache and compute the rest again each pass
+            notes["fit_mode"] = (f"threads (the partitions, about {format_bytes(held)}, are "
+                                 f"over the {format_bytes(self.cache_bytes)} worker "
+                                 "processes may hold: SLUICE_CACHE_MB)")
+            return super().fit(data, step_id, estimator, placement)
         groups = contiguous_groups(infos, rows, processes)
         notes["fit_mode"] = f"resident, {len(groups)} processes"
         try:

@@ -85,6 +85,7 @@ from pipelines.engines.base import (
     StepStats,
     compute_partition,
     contiguous_groups,
+    estimated_bytes,
     format_bytes,
     interrupt_hook,
     interruption,
@@ -1073,7 +1074,7 @@ class SparkEngine(Engine):
             problem = "no executor offers a free task slot"
         tasks = max(1, min(slots, len(infos)))
         if problem is None and mode == "auto":
-            held = _estimated_bytes(data.schema, infos, self.profile.rows_per_task) / tasks
+            held = estimated_bytes(data.schema, infos, self.profile.rows_per_task) / tasks
             if held > self.profile.resident_task_bytes:
                 problem = (f"each task would hold about {format_bytes(held)}, over "
                            f"resident_task_bytes")
@@ -1164,19 +1165,6 @@ class _Background:
         self.thread.join()
         if self.error is not None and not quiet:
             raise self.error
-
-
-def _estimated_bytes(schema: pa.Schema | None, infos: list[PartitionInfo],
-                     unknown_rows: int) -> float:
-    """Bytes of the rows of ``infos`` in Arrow memory, from row counts and the schema
-    (32 bytes a variable-width value)."""
-    width = 0
-    for field in schema or []:
-        try:
-            width += max(1, field.type.bit_width // 8)
-        except ValueError:  # variable width: strings, lists...
-            width += 32
-    return float(sum(unknown_rows if i.rows is None else i.rows for i in infos) * max(1, width))
 
 
 def _map_in_arrow_without_pandas(frame: Any, function: Any, schema: Any,

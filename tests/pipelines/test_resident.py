@@ -385,6 +385,28 @@ def test_local_fits_on_threads_when_a_worker_process_dies(
     assert "fit_mode" not in record["steps"]["fit"]  # 5,000 rows on 2 workers: threads
 
 
+def test_local_auto_keeps_threads_when_the_processes_would_hold_too_much(
+        churn: Path, workdir: Path) -> None:
+    """auto, with workers and rows enough: worker processes, unless the partitions they
+    would hold are over the engine's cache budget (the threads' cache keeps what fits)."""
+    from pipelines.engines.local import LocalEngine
+
+    modes = []
+    for budget in (10_000, 1 << 30):
+        engine = LocalEngine(workers=4, cache_bytes=budget)
+        engine.profile = engine.profile.model_copy(update={"resident_fits": "auto",
+                                                           "resident_rows": 1000})
+        try:
+            record = run(failing_fit(workdir, 2, "user", at=-1), engine_instance=engine)
+        finally:
+            engine.close()
+        modes.append(record["steps"]["fit"]["fit_mode"])
+        assert record["metrics"]["fit"]["passes"] == 3
+    assert re.fullmatch(r"threads \(the partitions, about [\d.]+ [KM]iB, are over the "
+                        r"9\.8 KiB worker processes may hold: SLUICE_CACHE_MB\)", modes[0]), modes
+    assert re.fullmatch(r"resident, \d processes", modes[1]), modes
+
+
 def test_tasks_that_never_start_fall_back_after_the_timeout(
         spark: SparkEngine, churn: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A barrier job asking for more slots than are free never starts its tasks: after
