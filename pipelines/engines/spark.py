@@ -923,7 +923,7 @@ class SparkEngine(Engine):
 
         def cancel() -> None:
             expired.set()
-            _cancel(sc, group)
+            sc.cancelJobGroup(group)
 
         frame = self._map(self.spark.range(0, 1, 1, 1), _GpuProbe(), _ROWS_DDL)
         timer = threading.Timer(timeout, cancel)
@@ -1016,7 +1016,8 @@ class SparkEngine(Engine):
             if everyone:
                 job.thread.join(timeout=JOB_END_S)
             if job.thread.is_alive():  # tasks that never started (no free slots)
-                _cancel(self.spark.sparkContext, group)
+                # by group: a barrier job waiting for slots is no running job yet
+                self.spark.sparkContext.cancelJobGroup(group)
                 job.wait(quiet=True)
                 return None
             return job.error
