@@ -159,10 +159,14 @@ def _print_record(record: dict[str, Any]) -> None:
     for output in record["outputs"]:
         click.echo(f"  wrote {output['rows']:,} rows to {output['path']}")
     for model in record.get("models_used", []):
+        ref = model.get("ref", "")
+        alias = f", as {ref}" if "@" in ref and not ref.endswith(f"@{model['version']}") else ""
         click.echo(f"  step '{model['step']}' used model {model['name']}@{model['version']} "
-                   f"({model['path']})")
+                   f"({model['path']}{alias})")
     for model in record["models"]:
-        click.echo(f"  saved model {model['name']}@{model['version']} ({model['path']})")
+        aliases = "".join(f", {model['name']}@{a}" for a in model.get("aliases", []))
+        click.echo(f"  saved model {model['name']}@{model['version']} ({model['path']}"
+                   f"{aliases})")
     _print_metrics(record["metrics"])
     click.echo(f"  record: {record['record_path']}")
 
@@ -222,8 +226,10 @@ def models_list(models: str | None) -> None:
     for name in names:
         versions = store.versions(name)
         meta = store.read_meta(name, versions[-1])
+        aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(store.aliases(name).items()))
         click.echo(f"{name:<24} versions {', '.join(map(str, versions)):<16} latest "
-                   f"{meta.get('created_at', '?')} from {meta.get('pipeline', '?')}")
+                   f"{meta.get('created_at', '?')} from {meta.get('pipeline', '?')}"
+                   + (f"  aliases {aliases}" if aliases else ""))
 
 
 @models.command("show")
@@ -243,8 +249,10 @@ def models_show(ref: str, models: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(meta, indent=1))
         return
+    aliases = sorted(a for a, v in store.aliases(name).items() if v == version)
     click.echo(f"{name}@{version}  created {meta.get('created_at')}  pipeline "
-               f"{meta.get('pipeline')}  run {meta.get('run_id')}")
+               f"{meta.get('pipeline')}  run {meta.get('run_id')}"
+               + (f"  aliases {', '.join(aliases)}" if aliases else ""))
     if meta.get("description"):
         click.echo(f"  {meta['description']}")
     click.echo("  needs columns: " + ", ".join(meta.get("required_columns", [])))
@@ -254,6 +262,27 @@ def models_show(ref: str, models: str | None, as_json: bool) -> None:
     out = [f["name"] + ": " + f["type"] for f in meta["output_schema"]["fields"]]
     click.echo("  output: " + ", ".join(out[-3:]))
     _print_metrics(meta.get("metrics") or {})
+
+
+@models.command("alias")
+@click.argument("ref")
+@click.argument("alias")
+@models_option
+@click.option("--delete", is_flag=True, help="remove the alias (REF: the model's name)")
+def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None:
+    """Point ALIAS of a model at the version REF names (churn@3, churn@staging, churn:
+    the latest), or remove it with --delete. A pipeline then scores with churn@ALIAS;
+    promoting or rolling back is pointing the alias elsewhere."""
+    store = ModelStore(models)
+    if delete:
+        name = ref.split("@", 1)[0]
+        was = store.remove_alias(name, alias)
+        click.echo(f"removed {name}@{alias} (it pointed at version {was})")
+        return
+    name, version = store.resolve(ref)
+    was = store.set_alias(name, alias, version)
+    moved = "" if was is None else (" (unchanged)" if was == version else f" (was {was})")
+    click.echo(f"{name}@{alias} -> version {version}{moved}")
 
 
 @main.command()

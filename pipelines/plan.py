@@ -83,8 +83,13 @@ def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
         else:
             path = ".".join(loc) if loc else "parameters"
             got = err.get("input")
-            shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
-            msg = f"parameter '{path}': {err['msg'].rstrip('.')} (got {shown})"
+            plain = dict(got) if isinstance(got, dict) else list(got) if isinstance(
+                got, list) else got  # YAML's located containers shown as what they hold
+            shown = repr(plain)
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            text = err["msg"].removeprefix("Value error, ").rstrip(".")
+            msg = f"parameter '{path}': {text} (got {shown})"
         out.append(Problem(file, line, msg, step=spec.id, op=spec.op))
     return out
 

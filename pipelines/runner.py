@@ -157,7 +157,7 @@ def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
     def resolve_model(ref: str) -> tuple[Any, list[str], dict[str, Any]]:
         model = store.load(ref)
         return model.chain, model.required, {"name": model.name, "version": model.version,
-                                             "path": store.path_of(model)}
+                                             "ref": ref.strip(), "path": store.path_of(model)}
 
     return build(spec, resolve_model=resolve_model)
 
@@ -267,9 +267,13 @@ class Run:
         if step.op.params.description:
             info["description"] = step.op.params.description
         model = self.store.save(step.op.params.name, steps, source_schema, info)
+        for alias in step.op.params.aliases:
+            self.store.set_alias(model.name, alias, model.version)
         self.record["models"].append({"step": step.id, "name": model.name,
                                       "version": model.version,
-                                      "path": self.store.path_of(model)})
+                                      "path": self.store.path_of(model),
+                                      **({"aliases": list(step.op.params.aliases)}
+                                         if step.op.params.aliases else {})})
 
 
 def _write_record(record: dict[str, Any], runs_dir: str) -> str:

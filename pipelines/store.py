@@ -8,6 +8,11 @@ On object stores (no atomic rename) a save claims the version number by creating
 moving on to the next number if another writer holds it; only the holder writes
 that directory, ``model.json`` last. A version without ``model.json`` (a writer in
 progress, or one that died) is not a model and its number is never reused.
+
+Aliases (``churn@production``) name a version: ``<name>/aliases/<alias>.json`` holds
+its number, written whole (a rename locally, one PUT on object stores), so a scoring
+job that reads ``churn@production`` sees the old version or the new, never a mix;
+promoting or rolling back is pointing the alias elsewhere (``sluice models alias``).
 """
 
 from __future__ import annotations
@@ -36,7 +41,10 @@ from operators.io.fs import Location, rename_noreplace, resolve, store_errors, s
 FORMAT = "sluice-model"
 FORMAT_VERSION = 1
 CLAIM = ".claim"
-_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?:@(?P<version>latest|\d+))?$")
+ALIASES = "aliases"  # <root>/<name>/aliases/<alias>.json: {"version": 3, ...}
+_ALIAS = r"[A-Za-z][A-Za-z0-9_-]*"
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)"
+                  rf"(?:@(?P<version>latest|\d+|{_ALIAS}))?$")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -161,11 +169,11 @@ class ModelStore:
         return sorted(found)
 
     def resolve(self, ref: str) -> tuple[str, int]:
-        """``name``, ``name@latest`` or ``name@3`` to (name, version)."""
+        """``name``, ``name@latest``, ``name@3`` or ``name@ALIAS`` to (name, version)."""
         m = _REF.match(ref.strip())
         if not m:
             raise SluiceError(f"'{ref}' is not a model reference",
-                              hint="use name, name@latest or name@3")
+                              hint="use name, name@latest, name@3 or name@ALIAS")
         name, version = m.group("name"), m.group("version")
         versions = self.versions(name)
         if not versions:
@@ -175,10 +183,87 @@ class ModelStore:
                                 hint="train and `save_model` it first, or pass --models DIR")
         if version in (None, "latest"):
             return name, versions[-1]
+        if not version.isdigit():
+            return name, self._aliased(name, version, versions)
         if int(version) not in versions:
             raise ArtifactError(f"model '{name}' has no version {version}",
                                 hint=f"versions: {', '.join(map(str, versions))}")
         return name, int(version)
+
+    def _aliased(self, name: str, alias: str, versions: list[int]) -> int:
+        """The version alias ``alias`` of ``name`` points at (an existing one)."""
+        aliases = self.aliases(name)
+        if alias not in aliases:
+            from operators.base import suggest
+
+            known = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+            raise ArtifactError(
+                f"model '{name}' has no alias '{alias}'{suggest(alias, list(aliases))}",
+                hint=f"aliases: {known}; set one with `sluice models alias {name}@VERSION "
+                     f"{alias}`")
+        version = aliases[alias]
+        if version not in versions:
+            raise ArtifactError(
+                f"alias {name}@{alias} points at version {version}, which is not in the "
+                "registry (any more)",
+                hint=f"point it at one of {', '.join(map(str, versions))}: `sluice models "
+                     f"alias {name}@VERSION {alias}`")
+        return version
+
+    @_store_access
+    def aliases(self, name: str) -> dict[str, int]:
+        """The aliases of ``name`` and the versions they point at, as they are now."""
+        fs = self.location.fsspec_fs
+        folder = self._path(name, ALIASES)
+        if not self.location.local:
+            fs.invalidate_cache(folder)
+        out: dict[str, int] = {}
+        for path in fs.glob(posixpath.join(folder, "*.json")):
+            alias = posixpath.basename(path)[:-len(".json")]
+            try:
+                with fs.open(path, "rb") as f:
+                    version = json.loads(f.read()).get("version")
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            except ValueError:
+                raise ArtifactError(f"alias {name}@{alias}: {path} is not JSON",
+                                    hint="set the alias again") from None
+            if isinstance(version, int):
+                out[alias] = version
+        return out
+
+    @_store_access
+    def set_alias(self, name: str, alias: str, version: int) -> int | None:
+        """Point ``name@alias`` at ``version`` (which must exist); the version it pointed
+        at before, or None. One object written whole (a rename locally), so a reader
+        sees the old version or the new, never a mix."""
+        if not re.fullmatch(_ALIAS, alias) or alias == "latest":
+            raise SluiceError(f"'{alias}' cannot be an alias",
+                              hint="a letter, then letters, digits, '_' or '-' (not 'latest')")
+        if version not in self.versions(name):
+            raise ArtifactError(f"model '{name}' has no version {version}")
+        previous = self.aliases(name).get(alias)
+        body = json.dumps({"version": version, "set_at": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
+        path = self._path(name, ALIASES, f"{alias}.json")
+        if self.location.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            staging = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(staging, "wb") as f:
+                f.write(body)
+            os.replace(staging, path)
+        else:
+            self.location.fsspec_fs.pipe_file(path, body)
+        return previous
+
+    @_store_access
+    def remove_alias(self, name: str, alias: str) -> int:
+        """Remove ``name@alias``; the version it pointed at."""
+        aliases = self.aliases(name)
+        if alias not in aliases:
+            raise ArtifactError(f"model '{name}' has no alias '{alias}'")
+        self.location.fsspec_fs.rm(self._path(name, ALIASES, f"{alias}.json"))
+        return aliases[alias]
 
     @_store_access
     def read_meta(self, name: str, version: int) -> dict[str, Any]:

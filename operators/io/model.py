@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+
+from pydantic import Field, field_validator
 
 from operators.base import Action, Params, register
 
@@ -11,6 +13,21 @@ class SaveModelParams(Params):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="registry name; each save adds version 1, 2, ...")
     description: str | None = Field(None, description="free text kept in model.json")
+    aliases: list[str] = Field(
+        default_factory=list,
+        description="aliases to point at the saved version (e.g. [candidate]); score with "
+                    "name@alias")
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, value: list[str]) -> list[str]:
+        for alias in value:
+            if alias == "latest":
+                raise ValueError("'latest' always means the newest version; it is no alias")
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", alias):
+                raise ValueError(f"'{alias}' is no alias: a letter, then letters, digits, "
+                                 "'_' or '-'")
+        return value
 
 
 @register("save_model")
@@ -20,6 +37,7 @@ class SaveModel(Action):
     ```yaml
     - op: save_model
       name: churn          # data/models/churn/<version>/model.json + arrays.npz
+      aliases: [candidate] # optional: churn@candidate now names this version
     ```
     """
 

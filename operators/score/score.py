@@ -14,7 +14,8 @@ PREDICTION_COLUMNS = ("prediction", "probability")
 
 
 class ScoreParams(Params):
-    model: str = Field(description="registry reference: name (latest), name@latest, name@3")
+    model: str = Field(description="registry reference: name (latest), name@latest, name@3, "
+                                   "name@ALIAS")
 
 
 @register("score")

@@ -60,6 +60,63 @@ def test_run_validate_and_models(churn: Path, workdir: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
+def test_aliases_promote_and_roll_back_what_a_pipeline_scores_with(churn: Path,
+                                                                   workdir: Path) -> None:
+    """Training saves a candidate; `sluice models alias` promotes it to production; the
+    scoring pipeline names centre@production and follows the alias, saying so."""
+    train = write_pipeline(workdir, """
+        pipeline: training
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: logistic_regression
+            label: churned
+            features: [tenure, monthly_charges]
+          - op: save_model
+            name: centre
+            aliases: [candidate]
+        """, "train.yaml")
+    score = write_pipeline(workdir, """
+        pipeline: scoring
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: score
+            model: centre@production
+          - op: write_parquet
+            path: scored
+            mode: overwrite
+        """, "score.yaml")
+    for version in (1, 2):
+        done = sluice("run", str(train), cwd=workdir)
+        assert done.returncode == 0, done.stderr
+        assert f"saved model centre@{version} (" in done.stdout
+        assert done.stdout.count("centre@candidate)") == 1
+    missing = sluice("run", str(score), cwd=workdir)
+    assert missing.returncode == 1
+    assert "model 'centre' has no alias 'production'" in missing.stderr
+    assert "candidate -> 2" in missing.stderr
+
+    for ref, version, said in (("centre@candidate", 2, "centre@production -> version 2"),
+                               ("centre@1", 1, "centre@production -> version 1 (was 2)")):
+        moved = sluice("models", "alias", ref, "production", cwd=workdir)
+        assert moved.returncode == 0 and moved.stdout.strip() == said, moved.stderr
+        done = sluice("run", str(score), cwd=workdir)
+        assert done.returncode == 0, done.stderr
+        assert f"used model centre@{version} (" in done.stdout
+        assert done.stdout.rstrip().splitlines()[-1].startswith("  record:")
+        assert ", as centre@production)" in done.stdout
+
+    listed = sluice("models", "list", cwd=workdir)
+    assert "aliases candidate -> 2, production -> 1" in listed.stdout
+    shown = sluice("models", "show", "centre@production", cwd=workdir)
+    assert shown.stdout.startswith("centre@1 ") and "aliases production" in shown.stdout
+    gone = sluice("models", "alias", "centre", "production", "--delete", cwd=workdir)
+    assert gone.stdout.strip() == "removed centre@production (it pointed at version 1)"
+    bad = sluice("models", "alias", "centre@2", "latest", cwd=workdir)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: 'latest' cannot be an alias")
+
+
 def test_invalid_pipeline_exit_code_and_all_problems(churn: Path, workdir: Path) -> None:
     good = write_pipeline(workdir, TRAIN, "good.yaml")
     bad = write_pipeline(workdir, TRAIN.replace("columns: [tenure]", "columns: [tenur]")

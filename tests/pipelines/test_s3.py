@@ -325,6 +325,22 @@ def test_registry_round_trip_on_s3(bucket: str) -> None:
         "models/m/1/.claim", "models/m/1/arrays.npz", "models/m/1/model.json"]
 
 
+def test_registry_aliases_on_s3(bucket: str) -> None:
+    from pipelines.store import ModelStore
+
+    store = ModelStore(f"s3://{bucket}/models")
+    for i in range(2):
+        store.save("m", [centered([i, -i])], REGISTRY_SCHEMA)
+    assert store.set_alias("m", "production", 1) is None
+    other = ModelStore(f"s3://{bucket}/models")  # another process's view
+    assert other.resolve("m@production") == ("m", 1)
+    assert store.set_alias("m", "production", 2) == 1
+    assert other.resolve("m@production") == ("m", 2)  # never a cached answer
+    assert objects(bucket, "models/m/aliases/") == ["models/m/aliases/production.json"]
+    assert other.names() == ["m"] and other.versions("m") == [1, 2]
+    assert store.remove_alias("m", "production") == 2 and other.aliases("m") == {}
+
+
 def test_concurrent_registry_saves_on_s3_get_distinct_versions(bucket: str) -> None:
     """Writers that all list the same versions at once: each number is taken once, and
     every version holds the arrays of the writer that took it."""

@@ -42,13 +42,58 @@ def test_save_load_and_references(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("ref", "message"), [
     ("n", "no model 'n'"), ("mm@1", "did you mean 'm'?"), ("m@7", "has no version 7"),
-    ("m@x", "is not a model reference"),
+    ("m@-x", "is not a model reference"), ("m@x", "has no alias 'x'"),
 ])
 def test_bad_references(tmp_path: Path, ref: str, message: str) -> None:
     store = ModelStore(str(tmp_path))
     store.save("m", [centered([0, 0])], SCHEMA)
     with pytest.raises(Exception, match=message):
         store.load(ref)
+
+
+def test_aliases_name_versions_and_move(tmp_path: Path) -> None:
+    store = ModelStore(str(tmp_path / "models"))
+    for i in range(3):
+        store.save("m", [centered([i, i])], SCHEMA)
+    assert store.aliases("m") == {}
+    assert store.set_alias("m", "production", 2) is None
+    assert store.set_alias("m", "staging", 3) is None
+    assert store.resolve("m@production") == ("m", 2)
+    np.testing.assert_array_equal(store.load("m@production").chain.steps[0].means, [1, 1])
+    # promote: the alias moves; the latest is still the latest
+    assert store.set_alias("m", "production", 3) == 2
+    assert store.resolve("m@production") == ("m", 3) == store.resolve("m")
+    assert ModelStore(str(tmp_path / "models")).aliases("m") == {"production": 3,
+                                                                "staging": 3}
+    assert store.remove_alias("m", "staging") == 3
+    assert store.aliases("m") == {"production": 3}
+    assert not list((tmp_path / "models" / "m" / "aliases").glob("*.tmp"))
+    # versions and names do not see the aliases' folder
+    assert store.versions("m") == [1, 2, 3] and store.names() == ["m"]
+
+
+def test_bad_aliases_say_what_to_do(tmp_path: Path) -> None:
+    from operators.base import SluiceError
+
+    store = ModelStore(str(tmp_path))
+    store.save("m", [centered([0, 0])], SCHEMA)
+    store.set_alias("m", "production", 1)
+    with pytest.raises(ArtifactError) as info:
+        store.resolve("m@prodution")
+    assert "no alias 'prodution'; did you mean 'production'?" in info.value.message
+    assert "production -> 1" in info.value.hint and "sluice models alias m@VERSION" in (
+        info.value.hint)
+    for bad in ("latest", "1st", "a b"):
+        with pytest.raises(SluiceError, match="cannot be an alias"):
+            store.set_alias("m", bad, 1)
+    with pytest.raises(ArtifactError, match="has no version 4"):
+        store.set_alias("m", "next", 4)
+    with pytest.raises(ArtifactError, match="has no alias 'gone'"):
+        store.remove_alias("m", "gone")
+    # the version an alias points at was deleted by hand
+    (tmp_path / "m" / "aliases" / "old.json").write_text('{"version": 9}')
+    with pytest.raises(ArtifactError, match=r"alias m@old points at version 9, which is not"):
+        store.resolve("m@old")
 
 
 def test_damaged_and_newer_artifacts(tmp_path: Path) -> None:
