@@ -721,6 +721,7 @@ class SparkEngine(Engine):
     def close(self) -> None:
         self._drop_caches()
         if self.spark is not None and self._owned:
+            _let_tasks_end(self.spark.sparkContext, JOB_END_S)
             self.spark.stop()
         self.spark, self.mode, self._owned = None, "off", False
 
@@ -873,11 +874,15 @@ class SparkEngine(Engine):
                 return frame.toArrow()
         except KeyboardInterrupt:
             _cancel(sc, group)
+            # the frame (and the broadcast of its function) lives until its killed
+            # tasks end: dropped under them, Spark logs a missing block for each
+            _let_tasks_end(sc, JOB_END_S)
             raise
         except Exception as exc:
             interrupt = interruption(exc)
             if interrupt is not None:  # a KeyboardInterrupt pyspark replaced in a finally
                 _cancel(sc, group)
+                _let_tasks_end(sc, JOB_END_S)
                 raise interrupt from None
             done.set()
             if watcher is not None:
@@ -1209,6 +1214,18 @@ class _Outcomes:
             return a if b is None else b
         failures = [f for f in (a[0], b[0]) if f is not None]
         return (min(failures, key=lambda f: f[0]) if failures else None, a[1] | b[1])
+
+
+def _let_tasks_end(sc: Any, seconds: float) -> None:
+    """Wait (up to ``seconds``) for the tasks still running to end: the tasks of a job
+    cancelled a moment ago (an interrupted run) wind down after it, and a session
+    stopped under them logs their block manager's errors."""
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(Exception):  # a session already half gone: stop it anyway
+        tracker = sc._jsc.sc().statusTracker()
+        while time.monotonic() < deadline and sum(
+                info.numRunningTasks() for info in tracker.getExecutorInfos()):
+            time.sleep(0.05)
 
 
 def _cancel(sc: Any, group: str) -> None:
