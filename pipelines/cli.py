@@ -239,13 +239,9 @@ def models_list(models: str | None) -> None:
 def models_show(ref: str, models: str | None, as_json: bool) -> None:
     """One model version: where it came from, what it needs, its steps and metrics."""
     store = ModelStore(models)
-    try:
-        name, version = store.resolve(ref)
-        meta = store.read_meta(name, version)
-        store.load(f"{name}@{version}")  # proves the arrays load too
-    except SluiceError as exc:
-        _fail(exc)
-        return
+    name, version = store.resolve(ref)
+    meta = store.read_meta(name, version)
+    store.load(f"{name}@{version}")  # proves the arrays load too
     if as_json:
         click.echo(json.dumps(meta, indent=1))
         return
@@ -292,10 +288,7 @@ def ops(name: str | None) -> None:
     from pipelines.docs import describe_operator, operator_summaries
 
     if name:
-        try:
-            click.echo(describe_operator(name))
-        except SluiceError as exc:
-            _fail(exc)
+        click.echo(describe_operator(name))
         return
     for line in operator_summaries():
         click.echo(line)
