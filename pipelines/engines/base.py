@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -149,6 +150,38 @@ def located(step: str, partition: PartitionInfo, exc: BaseException) -> BaseExce
     if isinstance(exc, StepFailure):
         return exc
     return StepFailure(step, partition.describe(), exc)
+
+
+def unreachable(addresses: list[tuple[str, int]], timeout: float,
+                greeting: bool = False) -> str | None:
+    """Why none of ``addresses`` takes a connection within ``timeout`` seconds (tried
+    again every second: a server may be starting), or None when one does. With
+    ``greeting``, the server must also speak first (a Dask scheduler sends its
+    handshake at once; a web server, say the dashboard's port, waits for a request)."""
+    deadline = time.monotonic() + timeout
+    while addresses:
+        problems = []
+        for host, port in addresses:
+            left = max(0.1, min(5.0, deadline - time.monotonic()))
+            try:
+                with socket.create_connection((host, port), timeout=left) as sock:
+                    if not greeting:
+                        return None
+                    try:
+                        if sock.recv(1):
+                            return None
+                        problems.append(f"{host}:{port} closed the connection at once")
+                    except TimeoutError:
+                        problems.append(f"{host}:{port} takes connections but says nothing "
+                                        f"in {left:g} s")
+                    except OSError as exc:
+                        problems.append(f"{host}:{port}: {exc.strerror or exc}")
+            except OSError as exc:
+                problems.append(f"{host}:{port}: {exc.strerror or exc}")
+        if time.monotonic() >= deadline:
+            return "; ".join(problems)
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    return None
 
 
 _interrupt_hooks: list[Callable[[], None]] = []

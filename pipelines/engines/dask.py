@@ -98,6 +98,7 @@ from pipelines.engines.base import (
     format_bytes,
     located,
     placed_action,
+    unreachable,
     workers_ignore_ctrl_c,
     write_through,
 )
@@ -240,6 +241,16 @@ def _unpack(key: str, blob: bytes) -> _Job:
 def _blob(blob: bytes) -> bytes:
     """The job's bytes as a task of their own: recomputed from the graph if lost."""
     return blob
+
+
+def _tcp_address(address: str) -> list[tuple[str, int]]:
+    """The (host, port) of a plain TCP scheduler address (``tcp://host:port`` or
+    ``host:port``); none for other protocols (tls://, ucx://...), which are not probed."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return []
+    host, _, port = rest.rpartition(":")
+    return [(host.strip("[]"), int(port))] if host and port.isdigit() else []
 
 
 def _quiet_cancellations() -> None:
@@ -466,6 +477,14 @@ class DaskEngine(Engine):
         from distributed import Client
 
         if self.scheduler:
+            # Dask's client waits for ever on a server that takes the connection but does
+            # not speak its protocol (the dashboard's port, another service)
+            why = unreachable(_tcp_address(self.scheduler), self.timeout, greeting=True)
+            if why is not None:
+                raise SluiceError(
+                    f"cannot reach the Dask scheduler at {self.scheduler}: {why}",
+                    hint="is `dask scheduler` running there? It listens on 8786 by default "
+                         f"(8787 is its dashboard); check --scheduler or {PROFILE}")
             try:
                 client = Client(self.scheduler, timeout=self.timeout, set_as_default=False)
             except (OSError, TimeoutError) as exc:

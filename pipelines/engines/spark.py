@@ -91,6 +91,7 @@ from pipelines.engines.base import (
     interruption,
     located,
     placed_action,
+    unreachable,
     write_through,
 )
 from pipelines.package import active_archive, cached_build, run_in_executor
@@ -200,25 +201,9 @@ def master_addresses(master: str) -> list[tuple[str, int]]:
 
 
 def unreachable_master(master: str, timeout: float) -> str | None:
-    """Why no master of a standalone URL accepts a connection within ``timeout`` seconds
-    (tried again every second: a master may be starting), or None when one does or the
-    master is not standalone."""
-    addresses = master_addresses(master)
-    deadline = time.monotonic() + timeout
-    while addresses:
-        problems = []
-        for host, port in addresses:
-            try:
-                socket.create_connection(
-                    (host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))
-                ).close()
-                return None
-            except OSError as exc:
-                problems.append(f"{host}:{port}: {exc.strerror or exc}")
-        if time.monotonic() >= deadline:
-            return "; ".join(problems)
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-    return None
+    """Why no master of a standalone URL takes a connection within ``timeout`` seconds,
+    or None when one does or the master is not standalone."""
+    return unreachable(master_addresses(master), timeout)
 
 
 def is_local(master: str) -> bool:

@@ -147,6 +147,27 @@ def test_unreachable_scheduler_is_one_clear_error() -> None:
     engine.close()
 
 
+def test_a_port_that_is_no_scheduler_is_one_clear_error() -> None:
+    """A server that takes the connection and says nothing (the dashboard's port, a web
+    server): Dask's client would wait for ever; sluice says what it found."""
+    import socket
+    import time
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        started = time.monotonic()
+        engine = DaskEngine(scheduler=f"tcp://127.0.0.1:{port}", timeout=2)
+        with pytest.raises(SluiceError) as info:
+            engine.start()
+        engine.close()
+    assert time.monotonic() - started < 20
+    assert (f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}: 127.0.0.1:{port} "
+            "takes connections but says nothing") in info.value.message
+    assert "8786 by default (8787 is its dashboard)" in info.value.hint
+
+
 # --------------------------------------------------------------------------- data
 
 
