@@ -123,9 +123,6 @@ def run_command(file: str, engine: str, params: tuple[str, ...], models: str | N
                          runs_dir=runs_dir, scheduler=scheduler, master=master,
                          device=device, dtype=dtype, progress=_progress_wanted(progress),
                          notify=lambda line: click.echo(f"note: {line}", err=True))
-    except (SluiceError, StepFailure) as exc:
-        _fail(exc)
-        return
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         _err(f"interrupted by {signal.Signals(signum).name}: stopped; what the run had not "

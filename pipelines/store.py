@@ -37,14 +37,13 @@ import pyarrow as pa
 from operators.base import ArtifactError, SluiceError, Transform
 from operators.chain import Chain, dump_chain, load_chain
 from operators.io.fs import Location, rename_noreplace, resolve, store_errors, store_problem
+from operators.io.model import ALIAS, ALIAS_RULE, MODEL_NAME, is_alias
 
 FORMAT = "sluice-model"
 FORMAT_VERSION = 1
 CLAIM = ".claim"
 ALIASES = "aliases"  # <root>/<name>/aliases/<alias>.json: {"version": 3, ...}
-_ALIAS = r"[A-Za-z][A-Za-z0-9_-]*"
-_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)"
-                  rf"(?:@(?P<version>latest|\d+|{_ALIAS}))?$")
+_REF = re.compile(rf"^(?P<name>{MODEL_NAME}?)(?:@(?P<version>latest|\d+|{ALIAS}))?$")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -237,9 +236,8 @@ class ModelStore:
         """Point ``name@alias`` at ``version`` (which must exist); the version it pointed
         at before, or None. One object written whole (a rename locally), so a reader
         sees the old version or the new, never a mix."""
-        if not re.fullmatch(_ALIAS, alias) or alias == "latest":
-            raise SluiceError(f"'{alias}' cannot be an alias",
-                              hint="a letter, then letters, digits, '_' or '-' (not 'latest')")
+        if not is_alias(alias):
+            raise SluiceError(f"'{alias}' cannot be an alias", hint=ALIAS_RULE)
         if version not in self.versions(name):
             raise ArtifactError(f"model '{name}' has no version {version}")
         previous = self.aliases(name).get(alias)

@@ -8,9 +8,19 @@ from pydantic import Field, field_validator
 
 from operators.base import Action, Params, register
 
+# what names a model in the registry, and what names one of its versions (an alias)
+MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+ALIAS = r"[A-Za-z][A-Za-z0-9_-]*"
+ALIAS_RULE = "a letter, then letters, digits, '_' or '-' (not 'latest')"
+
+
+def is_alias(name: str) -> bool:
+    """Whether ``name`` can be an alias (``latest`` always means the newest version)."""
+    return name != "latest" and re.fullmatch(ALIAS, name) is not None
+
 
 class SaveModelParams(Params):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+    name: str = Field(pattern=rf"^{MODEL_NAME}$",
                       description="registry name; each save adds version 1, 2, ...")
     description: str | None = Field(None, description="free text kept in model.json")
     aliases: list[str] = Field(
@@ -22,11 +32,8 @@ class SaveModelParams(Params):
     @classmethod
     def _alias_names(cls, value: list[str]) -> list[str]:
         for alias in value:
-            if alias == "latest":
-                raise ValueError("'latest' always means the newest version; it is no alias")
-            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", alias):
-                raise ValueError(f"'{alias}' is no alias: a letter, then letters, digits, "
-                                 "'_' or '-'")
+            if not is_alias(alias):
+                raise ValueError(f"'{alias}' cannot be an alias: {ALIAS_RULE}")
         return value
 
 

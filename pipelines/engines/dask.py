@@ -785,9 +785,8 @@ class DaskEngine(Engine):
                             raise gone from None
                         continue
                     for i in [i for i, f in pending.items() if f.done()]:
-                        future = pending.pop(i)
-                        done[i] = Raised.settle(
-                            lambda f=future, i=i: self._outcome(f, infos[i], step, base))
+                        done[i] = Raised.settle(functools.partial(
+                            self._outcome, pending.pop(i), infos[i], step, base))
                         failed = failed or isinstance(done[i], Raised)
                         bar.advance(infos[i].rows or 0)
                     while emitted in done:  # a failure is raised in its turn

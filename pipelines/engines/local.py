@@ -273,7 +273,6 @@ class LocalEngine(Engine):
                         raise _Lost(f"worker process {process.name} exited with code "
                                     f"{process.exitcode} before it connected")
 
-
             hub.accept(len(groups), check)
             try:
                 return resident.fit(hub, estimator, data.schema, infos, step_id, placement,

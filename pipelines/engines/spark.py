@@ -857,18 +857,19 @@ class SparkEngine(Engine):
         try:
             with _quiet_pandas_warning(), interrupt_hook(lambda: _cancel(sc, group)):
                 return frame.toArrow()
-        except KeyboardInterrupt:
-            _cancel(sc, group)
-            # the frame (and the broadcast of its function) lives until its killed
-            # tasks end: dropped under them, Spark logs a missing block for each
-            _let_tasks_end(sc, JOB_END_S)
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            # Ctrl-C, or pyspark's own error raised in a finally while it was interrupted
             interrupt = interruption(exc)
-            if interrupt is not None:  # a KeyboardInterrupt pyspark replaced in a finally
+            if interrupt is not None:
                 _cancel(sc, group)
+                # the frame (and the broadcast of its function) lives until its killed
+                # tasks end: dropped under them, Spark logs a missing block for each
                 _let_tasks_end(sc, JOB_END_S)
+                if interrupt is exc:
+                    raise
                 raise interrupt from None
+            if not isinstance(exc, Exception):
+                raise
             done.set()
             if watcher is not None:
                 watcher.join()
