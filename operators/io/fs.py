@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 import pyarrow.fs as pafs
 
-from operators.base import SluiceError
+from operators.base import SluiceError, causes
 
 
 @dataclass(frozen=True)
@@ -100,10 +100,7 @@ def store_problem(exc: BaseException, path: str) -> SluiceError | None:
     for any other error. The exception's causes are looked at too."""
     protocol = path.split("://", 1)[0].lower() if is_url(path) else "file"
     protocol = _ALIASES.get(protocol, protocol)
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    for error in causes(exc):
         name, text = type(error).__name__, str(error)
         first = (text.strip().splitlines() or [name])[0][:300]
         if name in _NO_CREDENTIALS or "Unable to locate credentials" in text:
@@ -122,7 +119,6 @@ def store_problem(exc: BaseException, path: str) -> SluiceError | None:
                 f"cannot reach the store of '{path}': {first}",
                 hint="check the endpoint (AWS_ENDPOINT_URL or storage_options' "
                      "client_kwargs) and the network")
-        error = error.__cause__ or error.__context__
     return None
 
 

@@ -29,6 +29,7 @@ from operators.base import (
     Source,
     Transform,
     WriteResult,
+    causes,
     drive,
     tree_reduce,
 )
@@ -210,14 +211,7 @@ def interruption(exc: BaseException) -> KeyboardInterrupt | None:
     """The KeyboardInterrupt (Ctrl-C, or a signal sluice raises as one) behind ``exc``:
     a library that meets the interrupt in a ``finally`` may raise its own error instead
     (pyspark's job result, a closed connection), whose context is then the interrupt."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+    return next((e for e in causes(exc) if isinstance(e, KeyboardInterrupt)), None)
 
 
 @contextlib.contextmanager
