@@ -418,4 +418,8 @@ def test_tasks_that_never_start_fall_back_after_the_timeout(
     assert record["steps"]["fit"]["fit_mode"] == (
         "one job a pass (the resident fit failed: 3 of 3 tasks did not connect in 3 s)")
     assert record["metrics"]["fit"]["passes"] == 3
-    assert not spark.spark.sparkContext.statusTracker().getActiveJobsIds()
+    # the status tracker hears of jobs ending through Spark's asynchronous listener
+    # bus: once it has heard all, no job may be left (the barrier job cancelled)
+    sc = spark.spark.sparkContext
+    sc._jsc.sc().listenerBus().waitUntilEmpty(10_000)
+    assert not sc.statusTracker().getActiveJobsIds()
