@@ -10,6 +10,7 @@ partitioning holds out the same rows.
 
 from __future__ import annotations
 
+import weakref
 from abc import abstractmethod
 from typing import Any
 
@@ -146,11 +147,46 @@ def check_inputs(schema: pa.Schema, params: SupervisedParams) -> list[str]:
 # --------------------------------------------------------------------------- partitions
 
 
+_TABLE_MEMOS: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def table_memo(part: pa.Table) -> dict[str, Any]:
+    """A dict that lives as long as the table object ``part`` (weakly keyed by it; a
+    fresh dict, kept nowhere, if the table cannot be weakly referenced): what a fit
+    derives from a partition, for the next pass over the same table (the local engine
+    and resident fits hand every pass the same object). A table never changes, so what
+    is derived from it holds while it lives."""
+    key = id(part)
+    entry = _TABLE_MEMOS.get(key)
+    if entry is not None and entry[0]() is part:
+        return entry[1]
+    memo: dict[str, Any] = {}
+
+    def forget(ref: Any, key: int = key) -> None:
+        held = _TABLE_MEMOS.get(key)
+        if held is not None and held[0] is ref:
+            _TABLE_MEMOS.pop(key, None)
+
+    try:
+        ref = weakref.ref(part, forget)
+    except TypeError:
+        return memo
+    _TABLE_MEMOS[key] = (ref, memo)
+    return memo
+
+
 def holdout_mask(part: pa.Table, fraction: float, seed: int) -> np.ndarray:
-    """True for the rows held out for validation: a hash of all of the row's columns."""
+    """True for the rows held out for validation: a hash of all of the row's columns
+    (kept with the table: every pass of a multi-pass fit splits the same rows)."""
     if fraction <= 0:
         return np.zeros(part.num_rows, dtype=bool)
-    return unit_interval(hash_rows(part, None, seed)) < fraction
+    masks = table_memo(part).setdefault("holdout", {})
+    mask = masks.get((fraction, seed))
+    if mask is None:
+        mask = unit_interval(hash_rows(part, None, seed)) < fraction
+        mask.flags.writeable = False
+        masks[(fraction, seed)] = mask
+    return mask
 
 
 def split_rows(part: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
