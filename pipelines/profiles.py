@@ -29,10 +29,10 @@ class LocalProfile(DeviceProfile):
         None, gt=0, description="partitions computed at once (null: one per core)")
     resident_fits: Literal["auto", "always", "never"] = Field(
         "auto", description="multi-pass CPU fits in `workers` processes that keep their "
-                            "partitions (NumPy's scatter-adds hold the GIL: threads run the "
-                            "tree histograms one at a time); auto: with 4 workers or more "
-                            "and at least resident_rows rows (on 2 cores processes and "
-                            "threads measure the same); always; never: threads")
+                            "partitions (a pass's Python code holds the GIL: its share of "
+                            "the threads' time grows with their number); auto: with 4 "
+                            "workers or more and at least resident_rows rows (on 2 cores "
+                            "the threads are faster); always; never: threads")
     resident_rows: int = Field(
         500_000, ge=0, description="auto resident fits: the fewest rows worth starting "
                                    "processes for")

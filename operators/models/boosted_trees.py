@@ -336,8 +336,7 @@ class GradientBoostedTrees(TreeEstimator):
     def _round_channels(self, prep: dict[str, Any], state: dict[str, Any],
                         memo: dict[str, Any], xp: Any) -> list[list[Any]]:
         """Per tree of the round (output column), every row's histogram channels
-        ``w g``, ``w h``, ``w``: on NumPy the first two as one complex array (one
-        scatter-add for both, ``histograms``)."""
+        ``w g``, ``w h``, ``w``."""
         held = memo.get("channels")
         if held is not None and held[0] == state["round"]:
             return held[1]
@@ -346,13 +345,7 @@ class GradientBoostedTrees(TreeEstimator):
         w = prep["w"]
         columns = []
         for column in range(self._outputs(state)):
-            wg, wh = w * g[:, column], w * h[:, column]
-            if isinstance(wg, np.ndarray):
-                pair = np.empty(wg.shape[0], np.complex128)
-                pair.real, pair.imag = wg, wh
-                columns.append([pair, w])
-            else:
-                columns.append([wg, wh, w])
+            columns.append([w * g[:, column], w * h[:, column], w])
         memo["channels"] = (state["round"], columns)
         return columns
 

@@ -17,10 +17,10 @@ A fit is rounds of passes over the partitions:
 2. level passes: each partition bins its training rows (a branch-free binary search of
    the edges per feature, ``bin_codes``), finds the node of every row in every tree
    being grown, and sums per (node, feature, bin) the statistics of the criterion
-   (``histograms``: on NumPy one scatter-add per feature for two channels at once, as
-   a complex number; a classifier's class counts, with no weight column, as integers,
-   shipped in the smallest unsigned type that holds them: exactly the float sums, in
-   an eighth to a half of the bytes); the driver adds the partitions' histograms and
+   (``histograms``: on NumPy a sparse product that releases the GIL, so the threads
+   of a pass share the cores; a classifier's class counts, with no weight column, as
+   integers, shipped in the smallest unsigned type that holds them: exactly the float
+   sums, in an eighth to a half of the bytes); the driver adds the partitions' histograms and
    finds every pending node's best split (each threshold, missing values sent left and
    right; the left side only repeats the right when no node has missing values, and is
    then skipped). All trees of a level grow in the same pass; the level's nodes are split
@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 import secrets
-import weakref
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Literal
@@ -84,6 +84,7 @@ from operators.models.common import (
     require_training_rows,
     row_weights,
     split_rows,
+    table_memo,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -102,8 +103,6 @@ PARENT_HISTOGRAM_MB = 16.0
 """Histograms of split nodes kept (in the state) for the next level, where the larger
 child of a node gets its parent's histogram minus its sibling's instead of a pass's
 sums (LightGBM's subtraction trick: a pass sums the smaller children only)."""
-HISTOGRAM_CHUNK = 1 << 18
-"""NumPy histograms make the scatter keys of this many rows at a time."""
 ROW_BATCH = 1 << 21
 """A pass sums the histograms of about this many (tree, row) pairs at a time."""
 SCORING_BLOCK = 1 << 20
@@ -303,32 +302,20 @@ def bin_codes(values: Any, edges: list[np.ndarray], missing: int, xp: Any) -> An
 
 # --------------------------------------------------------------------------- memo
 
-_MEMOS: dict[int, tuple[Any, str, dict[str, Any]]] = {}
-
-
 def partition_memo(part: pa.Table, token: str) -> dict[str, Any]:
     """A dict that lives as long as the table object ``part`` and belongs to the fit
-    ``token``; a fresh dict (kept nowhere) if the table cannot be weakly referenced.
+    ``token`` (another fit's replaces it); a fresh dict (kept nowhere) if the table
+    cannot be weakly referenced (``table_memo``).
 
     Only derived, exactly recomputable data goes in: an engine that hands a new table
     object to every pass gets the same model, more slowly.
     """
-    key = id(part)
-    entry = _MEMOS.get(key)
-    if entry is not None and entry[0]() is part and entry[1] == token:
-        return entry[2]
+    held = table_memo(part)
+    entry = held.get("fit")
+    if entry is not None and entry[0] == token:
+        return entry[1]
     memo: dict[str, Any] = {"bytes": 0, "limit": MEMO_FACTOR * part.nbytes}
-
-    def forget(ref: Any, key: int = key) -> None:
-        held = _MEMOS.get(key)
-        if held is not None and held[0] is ref:
-            _MEMOS.pop(key, None)
-
-    try:
-        ref = weakref.ref(part, forget)
-    except TypeError:
-        return memo
-    _MEMOS[key] = (ref, token, memo)
+    held["fit"] = (token, memo)
     return memo
 
 
@@ -498,15 +485,14 @@ def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: lis
     Row ``rows[i]`` (distinct, increasing indices of ``n`` binned rows; ``codes``
     feature-major) adds ``channels[c][i]`` at its slot and its bin of each feature
     position ``j``: feature ``j``, or ``featsel[slot, j]`` when nodes sample their
-    features. A complex channel is two: its real and its imaginary part. With ``fold``
-    (the class of a row) the single channel goes to channel ``fold[i]`` of
-    ``fold_size``. Every namespace adds a bin's rows in row order, so all give the same
-    sums: NumPy by scatter-adds (``_numpy_histograms``; ``by_row``: the same codes as a
-    row-major ``(n, features)`` array, whose rows gather faster), CuPy by bincount,
-    others by sorting.
+    features. With ``fold`` (the class of a row) the single channel goes to channel
+    ``fold[i]`` of ``fold_size``. NumPy sums by a sparse product that releases the GIL
+    (``_product_histograms``; ``by_row``: the same codes as a row-major
+    ``(n, features)`` array, whose rows gather faster), CuPy by bincount, others by
+    sorting; the product and bincount add a bin's rows in row order.
     """
     m = n_features if featsel is None else featsel.shape[1]
-    width = fold_size if fold is not None else sum(1 + _is_complex(c, xp) for c in channels)
+    width = fold_size if fold is not None else len(channels)
     shape = (m, n_slots, n_bins, width)
     if out is None:
         out = np.empty(shape)
@@ -515,12 +501,11 @@ def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: lis
     if rows.shape[0] == 0 or m == 0:
         out[...] = 0.0
         return out
-    if isinstance(codes, np.ndarray):
-        return _numpy_histograms(codes, n, rows, slots, channels, fold, featsel, out, by_row)
-    if fold is None:
-        channels = [part for c in channels for part in
-                    ((xp.real(c), xp.imag(c)) if _is_complex(c, xp) else (c,))]
-    else:  # counts (integers) are summed as float64 here: exact, then stored in ``out``
+    product = _sparse_product() if isinstance(codes, np.ndarray) else None
+    if product is not None:
+        return _product_histograms(product, codes, n, rows, slots, channels, fold, featsel,
+                                   out, by_row)
+    if fold is not None:  # counts (integers) summed as float64: exact, then stored in ``out``
         channels = [xp.astype(channels[0], xp.float64, copy=False)]
     slots = xp.astype(slots, xp.int64)
     rows = xp.astype(rows, xp.int64)
@@ -583,128 +568,119 @@ def _count_type(top: float) -> type:
     return np.float64
 
 
-def _is_complex(values: Any, xp: Any) -> bool:
-    return bool(xp.isdtype(values.dtype, "complex floating"))
+PRODUCT_ENTRIES = 1 << 19
+"""``_product_histograms`` makes the sparse matrix of about this many (row, feature)
+entries at a time (13 to 17 bytes each, in buffers each thread keeps)."""
+
+_scratch = threading.local()
 
 
-def _numpy_histograms(codes: np.ndarray, n: int, rows: np.ndarray, slots: np.ndarray,
-                      channels: list[np.ndarray], fold: np.ndarray | None,
-                      featsel: np.ndarray | None, out: np.ndarray,
-                      by_row: np.ndarray | None) -> np.ndarray:
-    """``histograms`` on NumPy, into ``out``: per feature position one ``np.add.at`` per
-    pair of channels, the pair as the real and imaginary parts of one complex value
-    (complex addition adds the parts separately, so the sums are the per-channel sums, in
-    row order, as bincount's; one scatter for two channels halves the passes).
+def _scratch_array(name: str, size: int, dtype: Any) -> np.ndarray:
+    """A buffer of this thread's, grown on demand and reused: a pass's partitions on
+    several threads allocating (and faulting in) fresh megabytes per batch scale far
+    worse than the arithmetic."""
+    held = getattr(_scratch, name, None)
+    if held is None or held.size < size or held.dtype != dtype:
+        held = np.empty(max(size, PRODUCT_ENTRIES), dtype)
+        setattr(_scratch, name, held)
+    return held[:size]
 
-    All rows of one slot (a root) read the codes as they are: no gather, no key. Keys
-    are made ``HISTOGRAM_CHUNK`` rows at a time (in order, so every bin adds its rows in
-    the same order: any chunk gives the same sums), and the sums go straight into ``out``
-    where its layout is theirs (one class per channel, or one complex pair): a batch
-    costs 8 bytes a row on top of its arrays, no histogram-sized temporary."""
+
+_ONES: dict[Any, np.ndarray] = {}
+
+
+def _ones(size: int, dtype: Any) -> np.ndarray:
+    """Read-only ones, shared by every thread: the sparse matrices' values."""
+    held = _ONES.get(dtype)
+    if held is None or held.size < size:
+        held = np.ones(max(size, PRODUCT_ENTRIES), dtype)
+        held.flags.writeable = False
+        _ONES[dtype] = held
+    return held[:size]
+
+
+def _sparse_product() -> Callable[..., None] | None:
+    """SciPy's kernel ``Y += A @ X`` for a CSC matrix ``A`` and dense ``X``, ``Y``
+    (``csc_matvecs``, behind ``scipy.sparse``'s products): called directly, the sums go
+    straight into the histograms, with no matrix object (which would copy its arrays);
+    None where this SciPy has no such kernel (NumPy's bincount serves then)."""
+    try:
+        from scipy.sparse import _sparsetools
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return None
+    return getattr(_sparsetools, "csc_matvecs", None)
+
+
+def _product_histograms(product: Callable[..., None], codes: np.ndarray, n: int,
+                        rows: np.ndarray, slots: np.ndarray, channels: list[np.ndarray],
+                        fold: np.ndarray | None, featsel: np.ndarray | None,
+                        out: np.ndarray, by_row: np.ndarray | None) -> np.ndarray:
+    """``histograms`` on NumPy, into ``out``, as a sparse product.
+
+    The rows' codes are a sparse matrix with a 1 per (row, feature position ``j``) in
+    the row of its cell ``(j, slot, bin, fold)``; that matrix times the rows' channels
+    (dense, ``(rows, C)``) is the histograms, in ``out``'s layout. The product adds a
+    cell's rows in row order (the same sums as bincount's, bit for bit), in ``out``'s
+    type (float64, or uint32 for counts: whole numbers, exact), and releases the GIL, so
+    a pass's partitions share the cores on threads (``np.add.at`` and ``np.bincount``
+    hold the GIL). The matrix is made ``PRODUCT_ENTRIES`` entries at a time, in buffers
+    the thread keeps: a batch costs a few bytes a row on top of its arrays.
+    """
     m, n_slots, n_bins, width = out.shape
-    codes = codes.reshape(-1, n)
-    whole = featsel is None and n_slots == 1 and fold is None and rows.shape[0] == n
-    if whole:
-        gathered = codes
-    elif featsel is None:
-        # a row's codes are contiguous in ``by_row``: one gather of whole rows
-        gathered = (np.take(codes, rows, axis=1) if by_row is None
-                    else np.take(by_row, rows, axis=0).T)
-    scale = width if fold is not None else 1
-    block = n_slots * n_bins * scale
-    # one class per channel: the row's multiplier in the histograms' type (float64, or
-    # uint32 for counts: adding integers of another type is many times slower)
-    packed = ([np.asarray(channels[0], out.dtype)] if fold is not None
-              else _paired(channels))
-    direct = len(packed) == 1 and packed[0].itemsize * block == out[0].nbytes
     total = rows.shape[0]
-    # per row, held for every feature position: (slot * n_bins) * scale + fold and where
-    # its codes start, in int32 where they fit; a chunk's keys are made in intp buffers
-    small = np.int32 if max(block, codes.size) < 2**31 else np.intp
+    if fold is not None:  # one channel; a row's class picks the last index of its cell
+        scale, values = width, np.asarray(channels[0], out.dtype)[:, None]
+    else:
+        scale, values = 1, np.stack([np.asarray(c, np.float64) for c in channels], axis=1)
+    target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    target[...] = 0
+    cells = m * n_slots * n_bins * scale
+    index_type = np.int32 if cells < 2**31 else np.int64
+    # the cell of (row, j): ((j * n_slots + slot) * n_bins + code) * scale + fold
+    columns = np.arange(m, dtype=index_type) * index_type(n_slots * n_bins * scale)
     base = None
-    if not whole:
-        base = slots.astype(small)
-        base *= n_bins * scale
+    if n_slots > 1 or fold is not None:
+        base = slots.astype(index_type) * index_type(n_bins * scale)
         if fold is not None:
             base += fold
-    if featsel is not None:
-        starts = rows.astype(small)
-        if by_row is not None:
-            starts *= by_row.shape[1]
-    size = min(total, HISTOGRAM_CHUNK)
-    key_buffer, index_buffer = np.empty(size, np.intp), np.empty(size, np.intp)
-
-    def keys(j: int, a: int, b: int) -> np.ndarray:
-        """The keys (slot, bin, class) of feature position ``j`` of the rows [a, b)."""
-        if featsel is None:
-            code = gathered[j, a:b]
-        else:
-            index = index_buffer[:b - a]
-            feature = featsel[slots[a:b], j]
+    whole = featsel is None and base is None and total == n
+    step = max(1, PRODUCT_ENTRIES // m)
+    size = min(step, total)
+    ones = _ones(size * m, out.dtype)
+    starts = np.arange(0, size * m + 1, m, dtype=index_type)
+    flat_codes = codes.reshape(-1) if by_row is None else by_row.reshape(-1)
+    for a in range(0, total, step):
+        b = min(a + step, total)
+        k = b - a
+        if featsel is not None:  # slot s's j-th code is feature featsel[s, j]'s
+            where = _scratch_array("where", k * m, np.intp).reshape(k, m)
+            feature = featsel[slots[a:b]]
             if by_row is None:
-                np.multiply(feature, n, out=index, dtype=np.intp)
-                index += starts[a:b]
+                np.multiply(feature, n, out=where, dtype=np.intp)
+                where += rows[a:b, None]
             else:
-                np.add(feature, starts[a:b], out=index, dtype=np.intp)
-            code = np.take(codes.reshape(-1) if by_row is None else by_row.reshape(-1), index)
-        if base is None:
-            return code
-        key = key_buffer[:b - a]
-        if scale == 1:
-            np.add(base[a:b], code, out=key, dtype=np.intp)
+                np.add(feature, rows[a:b, None] * by_row.shape[1], out=where, dtype=np.intp)
+            bins = np.take(flat_codes, where,
+                           out=_scratch_array("bins", k * m, codes.dtype).reshape(k, m))
+        elif whole:
+            bins = by_row[a:b] if by_row is not None else codes.reshape(m, n)[:, a:b].T
+        elif by_row is not None:
+            bins = np.take(by_row, rows[a:b], axis=0,
+                           out=_scratch_array("bins", k * m, by_row.dtype).reshape(k, m))
         else:
-            np.multiply(code, scale, out=key, dtype=np.intp)
-            key += base[a:b]
-        return key
-
-    for j in range(m):
-        target = out[j]
-        in_place = direct and target.flags.c_contiguous
-        if in_place:
-            sums = [target.reshape(-1).view(packed[0].dtype)]
-            sums[0][...] = 0
+            bins = codes.reshape(m, n)[:, rows[a:b]].T
+        index = _scratch_array("index", k * m, index_type).reshape(k, m)
+        if scale > 1:
+            np.multiply(bins, scale, out=index, dtype=index_type)
+            index += columns
         else:
-            sums = [np.zeros(block, weights.dtype) for weights in packed]
-        for a in range(0, total, HISTOGRAM_CHUNK):
-            b = min(a + HISTOGRAM_CHUNK, total)
-            key = keys(j, a, b)
-            for acc, weights in zip(sums, packed, strict=True):
-                np.add.at(acc, key, weights[a:b])
-        if in_place:
-            continue
-        at = 0
-        for acc in sums:
-            if fold is not None:
-                target[...] = acc.reshape(n_slots, n_bins, width)
-            elif np.iscomplexobj(acc):
-                pair = acc.reshape(n_slots, n_bins)
-                target[:, :, at], target[:, :, at + 1] = pair.real, pair.imag
-                at += 2
-            else:
-                target[:, :, at] = acc.reshape(n_slots, n_bins)
-                at += 1
-    return out
-
-
-def _paired(channels: list[np.ndarray]) -> list[np.ndarray]:
-    """The channels with each two consecutive real ones as one complex array."""
-    out: list[np.ndarray] = []
-    single: np.ndarray | None = None
-    for values in channels:
-        if np.iscomplexobj(values):
-            if single is not None:
-                out.append(np.asarray(single, np.float64))
-                single = None
-            out.append(values)
-        elif single is None:
-            single = values
-        else:
-            pair = np.empty(values.shape[0], np.complex128)
-            pair.real, pair.imag = single, values
-            out.append(pair)
-            single = None
-    if single is not None:
-        out.append(np.asarray(single, np.float64))
+            np.add(bins, columns, out=index, dtype=index_type)
+        if base is not None:
+            index += base[a:b, None]
+        product(cells, k, values.shape[1], starts[:k + 1], index.reshape(-1), ones[:k * m],
+                values[a:b].reshape(-1), target.reshape(-1))
+    if target is not out:
+        out[...] = target
     return out
 
 

@@ -10,8 +10,8 @@ pass, it sends the pass's ``partial`` to every task over that connection, receiv
 each partition's partial and combines them in partition order (``tree_reduce``), so
 the model is the one per-pass jobs give, bit for bit. XGBoost's and Horovod's Spark
 integrations run the same way: one barrier stage whose tasks stay for the whole fit.
-The local engine runs the same tasks as worker processes (NumPy's scatter-adds hold
-the GIL: threads do not share a fit's histograms between cores, processes do).
+The local engine runs the same tasks as worker processes (a pass's Python code holds
+the GIL: on many cores, threads wait for it; processes do not).
 
 A task proves it belongs to the fit with a secret the driver put in the task;
 nothing from a connection without it is read further. Messages: one kind byte, an

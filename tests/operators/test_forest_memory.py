@@ -60,14 +60,15 @@ def test_counts_summed_as_integers_give_the_float_model(
 @pytest.mark.parametrize("max_features", ["sqrt", "all"])
 def test_histogram_chunks_give_the_same_model(regression: bool, max_features: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The keys of a batch's rows are made a chunk at a time: any chunk size, one model."""
+    """The sparse matrix of a batch's rows is made a chunk at a time: any chunk size,
+    one model."""
     parts = split(tree_table(rows=400, seed=22, regression=regression), 2)
 
     def estimator() -> RandomForest:
         return RandomForest(label="y", n_trees=4, max_depth=5, max_features=max_features)
 
     whole = fit_arrays(estimator(), parts)
-    monkeypatch.setattr(trees, "HISTOGRAM_CHUNK", 7)
+    monkeypatch.setattr(trees, "PRODUCT_ENTRIES", 7)
     assert_same_model(fit_arrays(estimator(), parts), whole)
 
 
@@ -98,7 +99,8 @@ def test_added_counts_grow_their_type_and_stay_exact() -> None:
 
 def test_a_pass_holds_a_few_bytes_per_tree_row(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each level pass of a forest allocates at most the float64 size of its histograms
-    plus 40 bytes per (row, tree) and the keys of one histogram chunk, and ships its
+    plus 40 bytes per (row, tree) and the buffers of one product batch (at most 21 bytes
+    an entry: codes, cells, where the codes are, the matrix's ones), and ships its
     histograms as unsigned integers in at most half that size. A pass that kept a float64
     copy of the sums, or 8-byte indices, weights and classes of every (row, tree) pair
     twice over, would not fit."""
@@ -131,7 +133,7 @@ def test_a_pass_holds_a_few_bytes_per_tree_row(monkeypatch: pytest.MonkeyPatch) 
     assert len(passes) >= 8
     for peak, as_float, shipped in passes:
         assert shipped <= as_float // 2
-        assert peak <= as_float + 40 * rows * n_trees + 32 * trees.HISTOGRAM_CHUNK, (
+        assert peak <= as_float + 40 * rows * n_trees + 21 * trees.PRODUCT_ENTRIES, (
             peak, as_float)
 
 

@@ -167,6 +167,52 @@ def test_histograms_match_a_loop(xp: Any, kind: str) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("n_slots", [1, 5])
+@pytest.mark.parametrize("layout", ["by_row", "feature_major"])
+@pytest.mark.parametrize("kind", ["channels", "fold", "counts", "featsel"])
+def test_the_sparse_product_sums_as_bincount_bit_for_bit(
+        n_slots: int, layout: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NumPy's GIL-free product (``_product_histograms``) and bincount (the path of
+    namespaces that have one) give the same sums, bit for bit, for any batch size: every
+    cell adds its rows in row order. Every row at one slot (the roots: no gather), or a
+    subset over several; counts in uint32."""
+    rng = np.random.default_rng(11)
+    n, n_features, n_bins = 3000, 4, 9
+    codes = rng.integers(0, n_bins, (n_features, n)).astype(np.uint8)
+    by_row = np.ascontiguousarray(codes.T) if layout == "by_row" else None
+    rows = np.arange(n) if n_slots == 1 else np.sort(rng.choice(n, 2100, replace=False))
+    slots = rng.integers(0, n_slots, rows.shape[0])
+    gradients = rng.standard_normal(rows.shape[0]) * 1e3
+    channels = [gradients, rng.random(rows.shape[0]) * 1e-7, gradients ** 2]
+    fold = featsel = None
+    if kind in ("fold", "counts"):
+        fold = rng.integers(0, 3, rows.shape[0])
+        channels = [rng.integers(0, 4, rows.shape[0]).astype(np.uint32)
+                    if kind == "counts" else gradients]
+    if kind == "featsel":
+        featsel = np.sort(np.argsort(rng.random((n_slots, n_features)), axis=1)[:, :2], axis=1)
+    m = n_features if featsel is None else 2
+    shape = (m, n_slots, n_bins, 3 if fold is not None else len(channels))
+    dtype = np.uint32 if kind == "counts" else np.float64
+
+    def sums(out: np.ndarray) -> np.ndarray:
+        return histograms(np, codes.reshape(-1), n, rows, slots, channels, fold,
+                          3 if fold is not None else 1, featsel, n_features, n_slots,
+                          n_bins, by_row, out=out)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(trees, "_sparse_product", lambda: None)
+        expected = sums(np.empty(shape, dtype))
+    assert expected.any()
+    for entries in (trees.PRODUCT_ENTRIES, 7 * m):  # one batch, or many
+        monkeypatch.setattr(trees, "PRODUCT_ENTRIES", entries)
+        assert sums(np.empty(shape, dtype)).tobytes() == expected.tobytes()
+        # a view of a larger array (a pass's histograms) is written in place
+        held = np.full((m, n_slots + 1, n_bins, shape[3]), 7, dtype)
+        sums(held[:, 1:])
+        assert held[:, 1:].tobytes() == expected.tobytes() and (held[:, 0] == 7).all()
+
+
 # --------------------------------------------------------------------------- splits
 
 
