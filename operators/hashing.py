@@ -19,17 +19,24 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _NULL = np.uint64(0x6A09E667F3BCC909)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+_NAN_BITS = np.array([np.nan]).view(np.uint64)[0]
 
 
 def mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser over a uint64 array (a bijection that spreads bits)."""
+    return _mix_in_place(np.array(x, dtype=np.uint64, copy=True))
+
+
+def _mix_in_place(x: np.ndarray, spare: np.ndarray | None = None) -> np.ndarray:
+    """``mix`` of a uint64 array, written over it; ``spare``: a buffer of its shape
+    (one temporary for the three shifts, where the expression form makes five)."""
+    spare = np.empty_like(x) if spare is None else spare
     with np.errstate(over="ignore"):
-        x = x.astype(np.uint64, copy=True)
-        x ^= x >> np.uint64(30)
-        x *= _M1
-        x ^= x >> np.uint64(27)
-        x *= _M2
-        x ^= x >> np.uint64(31)
+        for shift, factor in ((30, _M1), (27, _M2), (31, None)):
+            np.right_shift(x, np.uint64(shift), out=spare)
+            x ^= spare
+            if factor is not None:
+                x *= factor
     return x
 
 
@@ -45,8 +52,10 @@ def _bytes_hash(values: list[bytes | str | None], seed: int) -> np.ndarray:
     return out
 
 
-def hash_column(column: pa.Array | pa.ChunkedArray, seed: int = 0) -> np.ndarray:
-    """One uint64 per value, depending only on the value and ``seed``."""
+def hash_column(column: pa.Array | pa.ChunkedArray, seed: int = 0,
+                spare: np.ndarray | None = None) -> np.ndarray:
+    """One uint64 per value, depending only on the value and ``seed`` (in ``spare``, a
+    uint64 buffer of the column's length, where given)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     t = column.type
@@ -64,9 +73,10 @@ def hash_column(column: pa.Array | pa.ChunkedArray, seed: int = 0) -> np.ndarray
         return out
     if pa.types.is_floating(t):
         values = pc.cast(column, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-        values = np.where(values == 0.0, 0.0, values)
-        values = np.where(np.isnan(values), np.nan, values)
-        bits = values.view(np.uint64)
+        bits = np.add(values, 0.0).view(np.uint64)  # -0.0 + 0.0 is 0.0; the rest as is
+        nan = np.isnan(values)
+        if nan.any():
+            bits[nan] = _NAN_BITS
     elif (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_temporal(t)
           or pa.types.is_decimal(t)):
         if pa.types.is_temporal(t):
@@ -81,7 +91,9 @@ def hash_column(column: pa.Array | pa.ChunkedArray, seed: int = 0) -> np.ndarray
     else:
         return _bytes_hash([None if v is None else repr(v) for v in column.to_pylist()], seed)
     with np.errstate(over="ignore"):
-        out = mix(bits ^ mix(np.array([seed], dtype=np.int64).view(np.uint64) + _GOLDEN))
+        salt = mix(np.array([seed], dtype=np.int64).view(np.uint64) + _GOLDEN)
+    out = np.bitwise_xor(bits, salt, out=None if spare is None else spare)
+    _mix_in_place(out, None if spare is None else np.empty_like(out))
     if column.null_count:
         out[np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)] = _NULL
     return out
@@ -91,10 +103,13 @@ def hash_rows(table: pa.Table, columns: list[str] | None = None, seed: int = 0) 
     """One uint64 per row from the values of ``columns`` (default: all), in order."""
     names = table.column_names if columns is None else columns
     h = np.full(table.num_rows, mix(np.array([seed + 1], dtype=np.uint64))[0], dtype=np.uint64)
+    spare, column = np.empty_like(h), np.empty_like(h)
     with np.errstate(over="ignore"):
         for i, name in enumerate(names):
-            salt = np.uint64(i + 1) * _GOLDEN
-            h = mix(h ^ (hash_column(table.column(name), seed) + salt))
+            hashed = hash_column(table.column(name), seed, column)
+            hashed += np.uint64(i + 1) * _GOLDEN
+            h ^= hashed
+            _mix_in_place(h, spare)
     return h
 
 
