@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from operators.io.fs import written_whole
+
 PLANS = np.array(["basic", "standard", "premium"])
 REGIONS = np.array(["north", "south", "east", "west", "test"])
 # the true model: log-odds of churn (documented so tests can check recovery)
@@ -95,8 +97,8 @@ def generate(kind: str, rows: int, out: str | Path, *, files: int = 1, seed: int
     for i in range(files):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
         path = os.path.join(out, f"part-{i:05d}.parquet")
-        tmp = os.path.join(out, f".part-{i:05d}.parquet.tmp")
-        pq.write_table(make(hi - lo, seed=seed, start=lo), tmp, row_group_size=row_group_rows)
-        os.replace(tmp, path)
+        with written_whole(path) as staging:
+            pq.write_table(make(hi - lo, seed=seed, start=lo), staging,
+                           row_group_size=row_group_rows)
         written.append(path)
     return written

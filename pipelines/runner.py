@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.base import Action, Estimator, Sink, SluiceError, Source, Transform
+from operators.io.fs import written_whole
 from operators.io.model import SaveModel
 from pipelines import profiles
 from pipelines import spec as spec_module
@@ -280,9 +281,8 @@ def _write_record(record: dict[str, Any], runs_dir: str) -> str:
     folder = Path(runs_dir) / record["pipeline"]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{record['run_id']}.json"
-    tmp = folder / f".{record['run_id']}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    os.replace(tmp, path)
+    with written_whole(path) as staging:
+        Path(staging).write_text(json.dumps(record, indent=1, default=str))
     return str(path)
 
 

@@ -36,7 +36,14 @@ import pyarrow as pa
 
 from operators.base import ArtifactError, SluiceError, Transform
 from operators.chain import Chain, dump_chain, load_chain
-from operators.io.fs import Location, rename_noreplace, resolve, store_errors, store_problem
+from operators.io.fs import (
+    Location,
+    rename_noreplace,
+    resolve,
+    store_errors,
+    store_problem,
+    written_whole,
+)
 from operators.io.model import ALIAS, ALIAS_RULE, MODEL_NAME, is_alias
 
 FORMAT = "sluice-model"
@@ -246,10 +253,8 @@ class ModelStore:
         path = self._path(name, ALIASES, f"{alias}.json")
         if self.location.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            staging = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(staging, "wb") as f:
+            with written_whole(path) as staging, open(staging, "wb") as f:
                 f.write(body)
-            os.replace(staging, path)
         else:
             self.location.fsspec_fs.pipe_file(path, body)
         return previous

@@ -13,6 +13,8 @@ import errno
 import os
 import re
 import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +166,22 @@ def _renameat2(src: str, dst: str, flags: int) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL):
         return False
     raise OSError(err, os.strerror(err), dst)
+
+
+@contextlib.contextmanager
+def written_whole(path: str | os.PathLike[str]) -> Iterator[str]:
+    """A fresh path beside local ``path`` for the block to write; renamed over ``path``
+    when the block ends without error (a reader sees the old file or the new, never
+    part of one), removed when it fails or is interrupted."""
+    folder, name = os.path.split(os.fspath(path))
+    staging = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield staging
+        os.replace(staging, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        raise
 
 
 def rename_noreplace(src: str, dst: str) -> None:

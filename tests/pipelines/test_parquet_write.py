@@ -429,3 +429,24 @@ def test_sigkill_of_a_first_write_leaves_nothing(workdir: Path,
         run_writer(pipeline, workdir)  # mode error: debris is no output
         assert state_of(target, None, new) == "new" and staging_dirs(target) == []
         shutil.rmtree(target)
+
+
+def test_a_file_written_whole_replaces_the_old_one_or_leaves_it(tmp_path: Path) -> None:
+    """``fs.written_whole`` (run records, aliases, generated data, spark-submit
+    archives): the new contents appear at once, with the folder's usual permissions;
+    a failed or interrupted write leaves the old file as it was and no staging file."""
+    target = tmp_path / "record.json"
+    target.write_text("old")
+    with sluice_fs.written_whole(target) as staging:
+        Path(staging).write_text("new")
+        assert target.read_text() == "old" and Path(staging).parent == tmp_path
+    assert target.read_text() == "new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    for error in (ValueError("bad"), KeyboardInterrupt()):
+        with pytest.raises(type(error)), sluice_fs.written_whole(target) as staging:
+            Path(staging).write_text("half")
+            raise error
+        assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]

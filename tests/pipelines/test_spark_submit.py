@@ -34,7 +34,7 @@ import pytest
 from conftest import ROOT
 
 from operators.testing.kit import assert_tables_close
-from pipelines.package import build
+from pipelines.package import build, dependency_closure
 from pipelines.runner import run
 from pipelines.store import ModelStore
 
@@ -342,6 +342,14 @@ def spark_submit(cluster: Cluster, project: Path, bare: Path, *args: str,
     env = cluster.env(PYSPARK_PYTHON=str(bare), PYSPARK_DRIVER_PYTHON=str(bare))
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True,
                           timeout=400)
+
+
+def test_the_archive_carries_the_dependencies_a_bare_node_lacks_but_scipy() -> None:
+    """sluice's dependencies go in the archive, but what a bare Spark node has and
+    SciPy (over 100 MB; the tree histograms fall back to NumPy's bincount without it)."""
+    names = {d.metadata["Name"].lower().replace("_", "-") for d in dependency_closure()}
+    assert {"pydantic", "pydantic-core", "pyyaml", "datasketches", "fsspec"} <= names
+    assert not names & {"numpy", "pyarrow", "pyspark", "py4j", "scipy"}
 
 
 def test_spark_submit_trains_and_scores_on_bare_workers(cluster: Cluster, project: Path,
