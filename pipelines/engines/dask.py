@@ -371,6 +371,7 @@ class _Resident:
                  infos: list[PartitionInfo], *parts: Any):
         self.step, self.version, self.cwd = step, version, cwd
         self.held = list(zip(infos, parts, strict=True))
+        self.reader = resident.PassReader()  # every pass comes here, in order
         # a worker runs its actors' calls in one thread: a worker of several threads
         # gets its partitions computed by as many here
         self.pool = None
@@ -399,7 +400,7 @@ class _Resident:
     def run(self, blob: bytes) -> tuple[list[Any], Counts]:
         """One pass: the pickled work on every held partition; (answers, counts)."""
         _follow(self.cwd)
-        work = pickle.loads(blob)
+        work = self.reader.loads(blob)
         counts: Counts = []
 
         def record(*row: Any) -> None:
@@ -901,7 +902,7 @@ class DaskEngine(Engine):
                                                  lambda index: bar.advance(rows[index]))
 
             state, rounds = resident.drive_passes(estimator, data.schema, infos, step_id,
-                                                  placement, gather, cloudpickle.dumps)
+                                                  placement, gather, cloudpickle.Pickler)
         except (SluiceError, StepFailure):
             raise
         except Exception as exc:  # a worker lost, the actor gone: Dask recomputes

@@ -276,7 +276,7 @@ class LocalEngine(Engine):
             hub.accept(len(groups), check)
             try:
                 return resident.fit(hub, estimator, data.schema, infos, step_id, placement,
-                                    self.record_all, cloudpickle.dumps)
+                                    self.record_all, cloudpickle.Pickler)
             except ConnectionError:
                 stop()  # the others stop; then the lost one has its exit code
                 lost = [p for p in processes if p.exitcode not in (None, 0)]

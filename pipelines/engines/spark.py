@@ -1018,7 +1018,7 @@ class SparkEngine(Engine):
         try:
             hub.accept(len(groups), job.check)
             state, rounds = resident.fit(hub, estimator, data.schema, infos, step_id,
-                                         placement, self.record_all, cloudpickle.dumps)
+                                         placement, self.record_all, cloudpickle.Pickler)
         except (ConnectionError, _JobEnded) as exc:
             # the job or a task was lost (an executor, a Python worker, the network), or
             # the tasks never connected: a barrier stage is not retried, so under auto

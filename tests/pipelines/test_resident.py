@@ -423,3 +423,71 @@ def test_tasks_that_never_start_fall_back_after_the_timeout(
     sc = spark.spark.sparkContext
     sc._jsc.sc().listenerBus().waitUntilEmpty(10_000)
     assert not sc.statusTracker().getActiveJobsIds()
+
+
+def _same(a: Any, b: Any) -> None:
+    """``a`` and ``b`` equal, arrays bit for bit with their dtype and shape."""
+    if isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+        assert a.tolist() == b.tolist() if a.dtype.hasobject else a.tobytes() == b.tobytes()
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _same(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _same(x, y)
+    else:
+        assert a == b
+
+
+def test_passes_send_what_changed_of_the_state_and_every_task_rebuilds_it() -> None:
+    """A state whose arrays grow by rows and change a few (a forest's levels), repeat,
+    change shape, type or contiguity, or appear twice: each pass unpickles to the
+    same values, with the same sharing; a task that writes its copy changes nothing
+    the next pass rebuilds from; a growing forest costs its new rows."""
+    import cloudpickle
+
+    rng = np.random.default_rng(3)
+    writer, readers = resident.PassWriter(cloudpickle.Pickler), [resident.PassReader()
+                                                                 for _ in range(2)]
+    nodes = rng.standard_normal(4000)
+    edges = [rng.standard_normal(300) for _ in range(3)]
+    sizes = []
+    for step in range(6):
+        nodes = np.concatenate([nodes, rng.standard_normal(500)])
+        nodes[rng.integers(0, 4000, 3)] = rng.standard_normal(3)  # a few rows change
+        nodes[5] = np.nan if step % 2 else -0.0  # NaN and -0.0: bits, not values
+        table = rng.integers(0, 9, (200 + 10 * step, 3)).astype(np.int32)
+        state = {
+            "nodes": nodes, "again": nodes, "edges": edges, "step": step,
+            "table": table if step != 3 else np.asfortranarray(table),  # contiguity
+            "kind": rng.standard_normal(300).astype(np.float32 if step == 4 else np.float64),
+            "small": np.arange(3), "scalar": np.float64(step), "boxed": np.array(7.0),
+            "objects": np.array(["a", None], dtype=object),
+            "fn": (lambda x, k=step: x + k),
+        }
+        blob = writer.dumps(state)
+        sizes.append(len(blob))
+        for reader in readers:
+            got = reader.loads(blob)
+            assert got["fn"](1) == 1 + step
+            assert got["again"] is got["nodes"]  # shared as in the state
+            _same({k: v for k, v in state.items() if k != "fn"},
+                  {k: v for k, v in got.items() if k != "fn"})
+            got["nodes"][:] = 0.0  # the task's own copy
+            got["edges"][0][:] = 0.0
+    # the first pass sends everything; later ones the new and changed rows, not 32 KB
+    assert sizes[0] > 40_000 and max(sizes[1:]) < 12_000, sizes
+
+
+def test_a_pass_of_a_shrunken_or_rebuilt_array_is_sent_whole() -> None:
+    import cloudpickle
+
+    writer, reader = resident.PassWriter(cloudpickle.Pickler), resident.PassReader()
+    first = np.arange(5000.0)
+    assert reader.loads(writer.dumps([first])) [0].tobytes() == first.tobytes()
+    for new in (first[:100].copy(), np.arange(5000.0)[::-1].copy(), np.arange(6000.0) * 2):
+        got = reader.loads(writer.dumps([new]))[0]
+        assert got.tobytes() == new.tobytes() and got.shape == new.shape
