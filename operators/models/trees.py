@@ -632,7 +632,10 @@ def _product_histograms(product: Callable[..., None], codes: np.ndarray, n: int,
         scale, values = width, np.asarray(channels[0], out.dtype)[:, None]
     else:
         scale, values = 1, np.stack([np.asarray(c, np.float64) for c in channels], axis=1)
-    target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    # a pass's histograms of some slots (a batch's) are a view, contiguous per feature:
+    # then one product per feature, each into its own part
+    by_feature = not out.flags.c_contiguous and out[0].flags.c_contiguous
+    target = out if out.flags.c_contiguous or by_feature else np.empty(out.shape, out.dtype)
     target[...] = 0
     cells = m * n_slots * n_bins * scale
     index_type = np.int32 if cells < 2**31 else np.int64
@@ -640,14 +643,16 @@ def _product_histograms(product: Callable[..., None], codes: np.ndarray, n: int,
     columns = np.arange(m, dtype=index_type) * index_type(n_slots * n_bins * scale)
     base = None
     if n_slots > 1 or fold is not None:
-        base = slots.astype(index_type) * index_type(n_bins * scale)
+        base = slots.astype(index_type)
+        base *= n_bins * scale
         if fold is not None:
             base += fold
     whole = featsel is None and base is None and total == n
     step = max(1, PRODUCT_ENTRIES // m)
     size = min(step, total)
     ones = _ones(size * m, out.dtype)
-    starts = np.arange(0, size * m + 1, m, dtype=index_type)
+    starts = np.arange(0, size * (1 if by_feature else m) + 1, 1 if by_feature else m,
+                       dtype=index_type)
     flat_codes = codes.reshape(-1) if by_row is None else by_row.reshape(-1)
     for a in range(0, total, step):
         b = min(a + step, total)
@@ -669,6 +674,15 @@ def _product_histograms(product: Callable[..., None], codes: np.ndarray, n: int,
                            out=_scratch_array("bins", k * m, by_row.dtype).reshape(k, m))
         else:
             bins = codes.reshape(m, n)[:, rows[a:b]].T
+        if by_feature:
+            index = _scratch_array("index", k, index_type)
+            for j in range(m):
+                np.multiply(bins[:, j], scale, out=index, dtype=index_type)
+                if base is not None:
+                    index += base[a:b]
+                product(n_slots * n_bins * scale, k, values.shape[1], starts[:k + 1], index,
+                        ones[:k], values[a:b].reshape(-1), target[j].reshape(-1))
+            continue
         index = _scratch_array("index", k * m, index_type).reshape(k, m)
         if scale > 1:
             np.multiply(bins, scale, out=index, dtype=index_type)
