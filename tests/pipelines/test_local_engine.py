@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,29 @@ def test_progress_bar_on_a_terminal_only(churn: Path, workdir: Path) -> None:
     piped = subprocess.run([SLUICE, "run", str(path)], cwd=workdir, env=terminal_env(),
                            capture_output=True, text=True, timeout=120)
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc",
+                    reason="declared: malloc arenas are glibc's")
+def test_the_engine_limits_malloc_arenas_to_its_workers_unless_the_user_did() -> None:
+    """glibc gives each thread that meets a busy arena its own (8 a core at most), and
+    NumPy temporaries freed in one are not reused by another: the local engine caps
+    them at its workers (2 at least) when it starts, in its own process, and leaves a
+    ``MALLOC_ARENA_MAX`` the user set alone. Run in a fresh process: the cap is for
+    the whole process and lasts."""
+    probe = textwrap.dedent("""
+        import ctypes, json, os, sys
+        from pipelines.engines import local
+        calls = []
+        real = local.limit_malloc_arenas
+        local.limit_malloc_arenas = lambda workers: calls.append(real(workers)) or calls[-1]
+        engine = local.LocalEngine(workers=3)
+        engine.start()
+        engine.close()
+        print(json.dumps(calls))
+        """)
+    for env, expected in (({}, [3]), ({"MALLOC_ARENA_MAX": "1"}, [None])):
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == str(expected).replace("None", "null")
