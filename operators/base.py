@@ -254,6 +254,49 @@ def tree_reduce(values: list[Any], combine: Callable[[Any, Any], Any]) -> Any:
     return values.pop()
 
 
+def tree_blocks(positions: Iterable[int]) -> list[tuple[int, int]]:
+    """Some of ``tree_reduce``'s value positions as ``[start, stop)`` blocks that are
+    whole subtrees of its tree, each as large as it can be: ``2**k`` positions from a
+    multiple of ``2**k``, all among ``positions``; single positions otherwise."""
+    held = set(positions)
+    ordered = sorted(held)
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < len(ordered):
+        start, size = ordered[i], 1
+        while start % (2 * size) == 0 and all(
+                p in held for p in range(start + size, start + 2 * size)):
+            size *= 2
+        out.append((start, start + size))
+        i += size
+    return out
+
+
+def tree_reduce_blocks(blocks: dict[tuple[int, int], Any], n: int,
+                       combine: Callable[[Any, Any], Any]) -> Any:
+    """``tree_reduce`` of ``n`` values given as ``blocks``, whole subtrees of its tree
+    already combined (``tree_blocks``, each ``tree_reduce`` of its values in order):
+    the same combines in the same order, so the same result, bit for bit. Consumes
+    ``blocks``."""
+    if n < 1:
+        raise ValueError("nothing to combine")
+    top = 1
+    while top < n:
+        top *= 2
+
+    def node(start: int, size: int) -> Any:
+        end = min(start + size, n)
+        if (start, end) in blocks:
+            return blocks.pop((start, end))
+        half = size // 2
+        if start + half >= n:  # tree_reduce carries a lone last value up a level
+            return node(start, half)
+        left = node(start, half)
+        return combine(left, node(start + half, half))
+
+    return node(0, top)
+
+
 @dataclass(frozen=True)
 class PartitionInfo:
     """One unit of work a Source can read on any machine: plain data, picklable."""

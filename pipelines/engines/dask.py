@@ -411,11 +411,12 @@ class _Resident:
 
         held = [(info, part[0]) for info, part in self.held]
         if self.pool is None:
-            return resident.answers(lambda t, i: work(t, i, record), held, locate), counts
-        found = list(self.pool.map(
-            lambda one: resident.answers(lambda t, i: work(t, i, record), [one], locate)[0],
-            held))
-        return found, counts
+            found = resident.answers(lambda t, i: work(t, i, record), held, locate)
+        else:
+            found = list(self.pool.map(
+                lambda one: resident.answers(lambda t, i: work(t, i, record), [one],
+                                             locate)[0], held))
+        return resident.merged(found, work.combine), counts
 
 
 # --------------------------------------------------------------------------- driver side
@@ -892,7 +893,7 @@ class DaskEngine(Engine):
             passes = [0]
             rows = {i.index: i.rows or 0 for i in infos}
 
-            def gather(work: bytes) -> dict[int, Any]:
+            def gather(work: bytes) -> dict[tuple[int, int], Any]:
                 passes[0] += 1
                 with progress_bar(self.progress, f"{step_id}: pass {passes[0]}",
                                   len(infos)) as bar:

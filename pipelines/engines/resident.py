@@ -8,8 +8,12 @@ share of the partitions once and holding them. The tasks connect to the driver, 
 runs the estimator's driver loop (``operators.base.drive``) as on every engine: each
 pass, it sends the pass's ``partial`` to every task over that connection, receives
 each partition's partial and combines them in partition order (``tree_reduce``), so
-the model is the one per-pass jobs give, bit for bit. XGBoost's and Horovod's Spark
-integrations run the same way: one barrier stage whose tasks stay for the whole fit.
+the model is the one per-pass jobs give, bit for bit. A task combines the partials of
+the whole subtrees of that reduction among its partitions before it replies
+(``merged``): the driver receives and adds one partial per block, not one per
+partition (a task holding 8 partitions sends one pass's histograms once). XGBoost's
+and Horovod's Spark integrations run the same way: one barrier stage whose tasks stay
+for the whole fit.
 The local engine runs the same tasks as worker processes (a pass's Python code holds
 the GIL: on many cores, threads wait for it; processes do not).
 
@@ -34,7 +38,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from operators.base import Estimator, PartitionInfo, SluiceError, drive, tree_reduce
+from operators.base import (
+    Estimator,
+    PartitionInfo,
+    SluiceError,
+    drive,
+    tree_blocks,
+    tree_reduce,
+    tree_reduce_blocks,
+)
 from pipelines.device import Placement
 from pipelines.engines.base import (
     Dataset,
@@ -52,8 +64,9 @@ _RANK = struct.Struct("!I")
 CONNECT_TIMEOUT_S = 600.0
 POLL_S = 0.2
 
-# one partition's answer to a pass: (partition index, failure or None, value)
-Answer = tuple[int, BaseException | None, Any]
+# a task's answer to a pass for the partitions [index, stop): (index, failure or None,
+# value, stop): one partition's partial, or a whole subtree of ``tree_reduce``'s combined
+Answer = tuple[int, BaseException | None, Any, int]
 # per-step records of a task: (step, partition, rows, seconds, device)
 Records = list[tuple[Any, ...]]
 
@@ -161,9 +174,10 @@ class Hub:
         if failures:
             raise failures[min(failures)]
 
-    def gather(self, work: bytes, on_records: Callable[[Records], None]) -> dict[int, Any]:
-        """One pass: ``work`` to every task; the values by partition index, or the
-        failure of the lowest partition."""
+    def gather(self, work: bytes, on_records: Callable[[Records], None]
+               ) -> dict[tuple[int, int], Any]:
+        """One pass: ``work`` to every task; the values by the partitions they answer
+        for (``by_partition``), or the failure of the lowest partition."""
         for task in self.tasks:
             send(task, WORK, work)
         return by_partition((pickle.loads(_expect(task, REPLY)) for task in self.tasks),
@@ -292,10 +306,26 @@ def answers(work: Callable[[pa.Table, PartitionInfo], Any],
     out: list[Answer] = []
     for info, table in held:
         try:
-            out.append((info.index, None, work(table, info)))
+            out.append((info.index, None, work(table, info), info.index + 1))
         except Exception as exc:
-            out.append((info.index, locate(info, exc), None))
+            out.append((info.index, locate(info, exc), None, info.index + 1))
             break
+    return out
+
+
+def merged(found: list[Answer], combine: Callable[[Any, Any], Any]) -> list[Answer]:
+    """A task's answers with each whole subtree of the driver's ``tree_reduce`` among
+    them combined here, as the driver would (``tree_blocks``): a task holding partitions
+    0-3 sends one partial for them, not four (a pass's histograms, say), and the model
+    is the same, bit for bit. Answers with a failure go as they are."""
+    if any(failure is not None for _, failure, _, _ in found):
+        return found
+    values = {index: value for index, _, value, _ in found}
+    found.clear()  # each partial goes as it is combined
+    out: list[Answer] = []
+    for start, stop in tree_blocks(values):
+        out.append((start, None, tree_reduce([values.pop(i) for i in range(start, stop)],
+                                             combine), stop))
     return out
 
 
@@ -381,7 +411,8 @@ class Task:
             return portable(located(self.step, info, exc), self.label)
 
         def reply(work: placed_action) -> bytes:
-            done = answers(lambda t, i: work(t, i, self.record), self.held, locate)
+            done = merged(answers(lambda t, i: work(t, i, self.record), self.held, locate),
+                          work.combine)
             return pickle.dumps((done, self.taken()))
 
         try:
@@ -394,37 +425,43 @@ class Task:
 
 def by_partition(replies: Iterable[tuple[list[Answer], Records]],
                  on_records: Callable[[Records], None],
-                 on_answer: Callable[[int], None] | None = None) -> dict[int, Any]:
-    """A pass's replies (each task's answers and records) as the values by partition
-    index; the records go to ``on_records``, each answered partition to ``on_answer``;
-    the failure of the lowest partition is raised."""
-    values: dict[int, Any] = {}
+                 on_answer: Callable[[int], None] | None = None
+                 ) -> dict[tuple[int, int], Any]:
+    """A pass's replies (each task's answers and records) as the values by the
+    partitions ``[index, stop)`` they answer for; the records go to ``on_records``,
+    each answered partition to ``on_answer``; the failure of the lowest partition is
+    raised."""
+    values: dict[tuple[int, int], Any] = {}
     failures: dict[int, BaseException] = {}
     for found, records in replies:
         on_records(records)
-        for index, failure, value in found:
+        for index, failure, value, stop in found:
             if failure is not None:
                 failures[index] = failure
-            values[index] = value
+            values[(index, stop)] = value
             if on_answer is not None:
-                on_answer(index)
+                for answered in range(index, stop):
+                    on_answer(answered)
     if failures:
         raise failures[min(failures)]
     return values
 
 
 def drive_passes(estimator: Estimator, schema: pa.Schema, infos: list[PartitionInfo],
-                 step: str, placement: Placement, gather: Callable[[bytes], dict[int, Any]],
+                 step: str, placement: Placement,
+                 gather: Callable[[bytes], dict[tuple[int, int], Any]],
                  pickler: type) -> tuple[Any, int]:
     """The estimator's driver loop over resident partitions: each pass pickled
     (``PassWriter`` with ``pickler``, a cloudpickle the tasks can load), ``gather``-ed
-    from every task (the values by partition index) and combined in partition order."""
+    from every task (the values by the partitions they answer for: ``merged``) and
+    combined in partition order (``tree_reduce_blocks``: as ``tree_reduce``)."""
+    if [i.index for i in infos] != list(range(len(infos))):
+        raise RuntimeError("a resident fit's partitions must be numbered 0, 1, ... in order")
     writer = PassWriter(pickler)
 
     def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
         work = placed_action(step, placement, partial, estimator.combine)
-        values = gather(writer.dumps(work))
-        return tree_reduce([values.pop(i.index) for i in infos], estimator.combine)
+        return tree_reduce_blocks(gather(writer.dumps(work)), len(infos), estimator.combine)
 
     return drive(estimator, schema, aggregate)
 

@@ -307,7 +307,7 @@ def test_a_pass_gathers_every_partition_and_raises_the_lowest_failure() -> None:
         hub.accept(2, check=lambda: None, timeout=30)
         hub.ready(records.extend)
         values = hub.gather(pickle.dumps(_Rows()), records.extend)
-        assert values == {0: 1, 1: 2, 2: 3, 3: 4}
+        assert values == {(0, 1): 1, (1, 2): 2, (2, 3): 3, (3, 4): 4}
         with pytest.raises(DataError, match="p1: bad"):
             hub.gather(pickle.dumps(_Fails({1, 3})), records.extend)
     finally:
@@ -491,3 +491,47 @@ def test_a_pass_of_a_shrunken_or_rebuilt_array_is_sent_whole() -> None:
     for new in (first[:100].copy(), np.arange(5000.0)[::-1].copy(), np.arange(6000.0) * 2):
         got = reader.loads(writer.dumps([new]))[0]
         assert got.tobytes() == new.tobytes() and got.shape == new.shape
+
+
+def test_tasks_combine_whole_subtrees_and_the_driver_gets_tree_reduces_result() -> None:
+    """Each task combines the whole subtrees of ``tree_reduce``'s tree among its
+    partitions (``merged``); the driver combines the rest (``tree_reduce_blocks``): the
+    same combines in the same order as ``tree_reduce`` over all partitions, for any
+    number of partitions and any way tasks hold them (Dask's are not contiguous)."""
+    from operators.base import tree_blocks, tree_reduce, tree_reduce_blocks
+
+    rng = np.random.default_rng(8)
+
+    def combine(a: Any, b: Any) -> Any:  # neither associative nor commutative
+        return (a, b)
+
+    for n in range(1, 34):
+        expected = tree_reduce(list(range(n)), combine)
+        for trial in range(6):
+            tasks = int(rng.integers(1, n + 1))
+            if trial % 2:  # contiguous groups, as the local and Spark engines hold them
+                cuts = np.sort(rng.choice(np.arange(1, n), tasks - 1, replace=False)) \
+                    if tasks > 1 else []
+                groups = np.split(np.arange(n), cuts)
+            else:  # anywhere, as Dask places persisted partitions
+                groups = np.array_split(rng.permutation(n), tasks)
+            replies = []
+            for group in groups:
+                found = [(int(i), None, int(i), int(i) + 1) for i in sorted(group)]
+                replies.append((resident.merged(found, combine), []))
+            answered: list[int] = []
+            blocks = resident.by_partition(replies, lambda r: None, answered.append)
+            assert sorted(answered) == list(range(n))
+            assert tree_reduce_blocks(blocks, n, combine) == expected, (n, groups)
+    # a task holding 0-3 and 5 of 8 sends two answers; 0-7 one
+    assert tree_blocks([0, 1, 2, 3, 5]) == [(0, 4), (5, 6)]
+    assert tree_blocks(range(8)) == [(0, 8)]
+    assert tree_blocks([1, 2, 3, 4]) == [(1, 2), (2, 4), (4, 5)]
+
+
+def test_a_task_with_a_failed_partition_sends_its_answers_as_they_are() -> None:
+    error = ValueError("p1")
+    found = [(0, None, "a", 1), (1, error, None, 2)]
+    assert resident.merged(list(found), lambda a, b: a + b) == found
+    with pytest.raises(ValueError, match="p1"):
+        resident.by_partition([(found, [])], lambda r: None)
