@@ -174,14 +174,15 @@ class Hub:
         if failures:
             raise failures[min(failures)]
 
-    def gather(self, work: bytes, on_records: Callable[[Records], None]
+    def gather(self, work: bytes, on_records: Callable[[Records], None],
+               on_answer: Callable[[int], None] | None = None
                ) -> dict[tuple[int, int], Any]:
         """One pass: ``work`` to every task; the values by the partitions they answer
         for (``by_partition``), or the failure of the lowest partition."""
         for task in self.tasks:
             send(task, WORK, work)
         return by_partition((pickle.loads(_expect(task, REPLY)) for task in self.tasks),
-                            on_records)
+                            on_records, on_answer)
 
     def close(self) -> None:
         for task in self.tasks:

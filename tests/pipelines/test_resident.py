@@ -535,3 +535,43 @@ def test_a_task_with_a_failed_partition_sends_its_answers_as_they_are() -> None:
     assert resident.merged(list(found), lambda a, b: a + b) == found
     with pytest.raises(ValueError, match="p1"):
         resident.by_partition([(found, [])], lambda r: None)
+
+
+@pytest.mark.parametrize("engine", ["dask"], indirect=True)
+def test_dask_passes_go_by_actor_calls_when_the_workers_cannot_reach_the_driver(
+        engine: Any, churn: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The actors serve the passes over connections to the driver's hub; actors that
+    cannot connect (here: told a port nobody listens on) leave the passes to Dask's
+    actor calls, which ``fit_mode`` says: the same model either way."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+
+    class Unreachable(resident.Hub):
+        @property
+        def port(self) -> int:
+            return closed
+
+    path = write_pipeline(workdir, f"""
+        pipeline: fit_boosted
+        steps:
+          - op: read_parquet
+            path: data/churn
+            columns: [tenure, monthly_charges, total_charges, churned]
+            partition_mb: 0.02{MODELS["boosted"]}
+          - op: save_model
+            name: m
+        """)
+    resident_on(engine, monkeypatch)
+    record = run(path, engine_instance=engine, models=str(workdir / "hub"))
+    assert record["steps"]["model"]["fit_mode"] == RESIDENT["dask"]
+    monkeypatch.setattr(resident, "Hub", Unreachable)
+    record = run(path, engine_instance=engine, models=str(workdir / "calls"))
+    mode = record["steps"]["model"]["fit_mode"]
+    assert mode.startswith(f"{RESIDENT['dask']} (passes by actor calls: the workers cannot "
+                           "connect to 127.0.0.1: "), mode
+    assert "Connection refused" in mode or "ConnectionRefusedError" in mode, mode
+    hub, calls = fitted_arrays(workdir / "hub", "m"), fitted_arrays(workdir / "calls", "m")
+    assert hub and hub.keys() == calls.keys()
+    for key, value in hub.items():
+        np.testing.assert_array_equal(value, calls[key], err_msg=key)
