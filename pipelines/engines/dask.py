@@ -968,8 +968,10 @@ class DaskEngine(Engine):
         try:
             hub.accept(len(holders), check, timeout=HUB_CONNECT_S + 5)
             hub.ready(lambda records: None)
-        except Exception as exc:
-            hub.close()
+        except BaseException as exc:
+            hub.close()  # the actors that did connect see it closed and return
+            if not isinstance(exc, Exception):  # interrupted
+                raise
             for call in serving:  # the actors are free again for the calls
                 with contextlib.suppress(Exception):
                     call.result()
