@@ -956,6 +956,10 @@ class DaskEngine(Engine):
         import secrets
 
         host = self._driver_host()
+        if host is None:
+            notes["fit_mode"] += (" (passes by actor calls: the scheduler's protocol is not "
+                                  "plain TCP, and the hub's connections would be)")
+            return None
         hub = resident.Hub(host, secrets.token_bytes(32))
         serving = [h.serve(host, hub.port, hub.secret, rank) for rank, h in enumerate(holders)]
 
@@ -980,16 +984,21 @@ class DaskEngine(Engine):
             return None
         return hub
 
-    def _driver_host(self) -> str:
+    def _driver_host(self) -> str | None:
         """The address of this machine that the workers reach: loopback for our own
-        LocalCluster, else the one its connection to the scheduler comes from."""
+        LocalCluster, else the one its connection to the scheduler comes from; None for
+        a scheduler on another protocol (``tls://``: the hub's plain TCP would carry in
+        clear what the cluster encrypts)."""
         if self._cluster is not None or not self.scheduler:
             return "127.0.0.1"
         found = _tcp_address(self.scheduler)
         if not found:
-            return socket.gethostbyname(socket.gethostname())
-        with socket.create_connection(found[0], timeout=self.timeout) as sock:
-            return str(sock.getsockname()[0])
+            return None
+        try:
+            with socket.create_connection(found[0], timeout=self.timeout) as sock:
+                return str(sock.getsockname()[0])
+        except OSError:
+            return None
 
     def _resident_plan(self, client: Any, kept: _Persisted) -> dict[str, list[int]]:
         """Which worker's actor holds which persisted partitions: each the ones it has,

@@ -434,3 +434,21 @@ def test_cli_attaches_to_a_scheduler_with_a_progress_bar(churn: Path, workdir: P
     engine = json.loads(record_path.read_text())["engine"]
     assert engine["name"] == "dask" and engine["cluster"] == "attached"
     assert engine["scheduler"] == cli_cluster["address"] and engine["workers"] == 2
+
+
+def test_the_hub_for_resident_passes_is_where_the_scheduler_is_reached_from() -> None:
+    """Actors connect back to the driver's hub at the address this machine reaches the
+    scheduler from; a TLS scheduler gets no hub (its plain TCP would carry in clear what
+    the cluster encrypts): the passes go by actor calls."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert DaskEngine(scheduler=f"tcp://127.0.0.1:{port}", timeout=2)._driver_host() \
+            == "127.0.0.1"
+        assert DaskEngine(scheduler=f"tls://127.0.0.1:{port}", timeout=2)._driver_host() \
+            is None
+    assert DaskEngine(scheduler=f"tcp://127.0.0.1:{port}", timeout=2)._driver_host() is None
+    assert DaskEngine()._driver_host() == "127.0.0.1"  # our own LocalCluster
