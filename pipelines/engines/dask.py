@@ -957,8 +957,10 @@ class DaskEngine(Engine):
 
         host = self._driver_host()
         if host is None:
-            notes["fit_mode"] += (" (passes by actor calls: the scheduler's protocol is not "
-                                  "plain TCP, and the hub's connections would be)")
+            why = ("this machine's address toward the scheduler is unknown"
+                   if _tcp_address(self.scheduler or "") else
+                   "the scheduler's protocol is not plain TCP, and the hub's would be")
+            notes["fit_mode"] += f" (passes by actor calls: {why})"
             return None
         hub = resident.Hub(host, secrets.token_bytes(32))
         serving = [h.serve(host, hub.port, hub.secret, rank) for rank, h in enumerate(holders)]
