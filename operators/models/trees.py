@@ -269,17 +269,19 @@ def missing_bin(edges: list[np.ndarray]) -> int:
     return max((len(e) for e in edges), default=0) + 1
 
 
-def bin_codes(values: Any, edges: list[np.ndarray], missing: int, xp: Any) -> Any:
-    """The (features, rows) values as flat uint8 bin codes, feature-major (code of row i
-    in feature f at ``f * rows + i``); NaN gets ``missing``.
+def bin_codes(values: Any, edges: list[np.ndarray], missing: int, xp: Any,
+              dtype: Any = None) -> Any:
+    """The (features, rows) values as flat uint8 (or ``dtype``) bin codes, feature-major
+    (code of row i in feature f at ``f * rows + i``); NaN gets ``missing``.
 
     A code is ``#{edges < x}`` (``searchsorted(edges, x, side="left")``), found by a
     branch-free binary search: each feature's edges padded with +inf to a power of two,
     a value steps down halves of it together with all the others (a gather and a
     comparison per halving; several times faster than NumPy's searchsorted, whose
     branches the unsorted values mispredict)."""
+    dtype = xp.uint8 if dtype is None else dtype
     if not edges:
-        return xp.zeros((0,), dtype=xp.uint8)
+        return xp.zeros((0,), dtype=dtype)
     size = 1 << max(len(cut) for cut in edges).bit_length()
     padded = np.full((len(edges), size), np.inf)
     for j, cut in enumerate(edges):
@@ -296,7 +298,7 @@ def bin_codes(values: Any, edges: list[np.ndarray], missing: int, xp: Any) -> An
             code = code + xp.astype(below, xp.int64) * step
             step //= 2
         code = xp.where(xp.isnan(x), xp.asarray(missing, dtype=code.dtype), code)
-        codes.append(xp.astype(code, xp.uint8))
+        codes.append(xp.astype(code, dtype))
     return xp.concat(codes)
 
 
@@ -1595,6 +1597,7 @@ class TreeModelFitted(FittedModel):
         self._walk[3] = np.where(leaf, own, self.nodes["right"])
         self._walk[4] = self.nodes["default_left"]
         self._walk[5:] = value.T
+        self._coded = coded_walk(self._walk, len(features))
 
     @property
     def feature_importances(self) -> dict[str, float]:
@@ -1606,7 +1609,8 @@ class TreeModelFitted(FittedModel):
 
     def _scores(self, flat: Any, n: int, xp: Any) -> Any:
         """``predict_matrix`` of the feature-major flattened matrix ``flat``."""
-        sums = leaf_sums(flat, n, self._walk, self.nodes["tree_start"][:-1], self.depth, xp)
+        sums = leaf_sums(flat, n, self._walk, self.nodes["tree_start"][:-1], self.depth, xp,
+                         self._coded)
         n_trees = len(self.nodes["tree_start"]) - 1
         if self.combine == "mean":
             scores = sums / max(n_trees, 1)
@@ -1650,15 +1654,51 @@ def _sigmoid(z: Any, xp: Any) -> Any:
     return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+CODED_ENTRIES = 1 << 24
+"""Scoring walks a model's codes (``coded_walk``) while its child table has at most
+this many entries (4 bytes each)."""
+
+
+def coded_walk(walk: np.ndarray, n_features: int) -> dict[str, np.ndarray] | None:
+    """What scoring needs to walk a model on codes instead of values (None where the
+    table would pass ``CODED_ENTRIES``): per feature, the sorted distinct thresholds its
+    nodes split at (``edges``); a row's code of a value is how many of them are below it
+    (``bin_codes``: ``x <= t`` exactly when its code is at most ``t``'s position), NaN
+    the last code, ``width - 1``; and per (node, code) the node a row goes
+    to (``child``; a leaf keeps its rows), so that a step is two lookups. The same
+    decisions as the thresholds', so the same scores, bit for bit."""
+    feature, threshold = walk[0].astype(np.int64), walk[1]
+    left, right = walk[2].astype(np.int64), walk[3].astype(np.int64)
+    split = (left != np.arange(walk.shape[1])) | (right != np.arange(walk.shape[1]))
+    edges = [np.unique(threshold[split & (feature == j)]) for j in range(n_features)]
+    width = max((len(e) for e in edges), default=0) + 2
+    if walk.shape[1] * width > CODED_ENTRIES or width > 2**15:
+        return None
+    position = np.zeros(walk.shape[1], np.int64)
+    for j, e in enumerate(edges):
+        on = split & (feature == j)
+        position[on] = np.searchsorted(e, threshold[on])
+    code = np.arange(width)[None, :]
+    go_left = np.where(code == width - 1, walk[4][:, None] != 0, code <= position[:, None])
+    child = np.where(go_left, left[:, None], right[:, None]).astype(np.int32)
+    return {"edges": edges, "child": child.reshape(-1), "feature": feature.astype(np.int32),
+            "width": np.array(width)}
+
+
 def leaf_sums(flat: Any, n: int, walk: np.ndarray, roots: np.ndarray, depth: int,
-              xp: Any) -> Any:
+              xp: Any, coded: dict[str, np.ndarray] | None = None) -> Any:
     """Per row, the sum over trees of the value of the leaf the row reaches: ``depth``
     steps of gathers for every (row, tree) pair, a block of rows at a time. ``walk``:
-    ``TreeModelFitted``'s rows of node arrays."""
+    ``TreeModelFitted``'s rows of node arrays; ``coded`` (``coded_walk``): walk on the
+    rows' codes, two lookups a step instead of comparing values."""
     width = walk.shape[0] - 5
     n_trees = len(roots)
     if n == 0 or n_trees == 0:
         return xp.zeros((n, width), dtype=xp.float64)
+    if coded is not None:
+        codes = bin_codes(xp.reshape(flat, (len(coded["edges"]), n)), coded["edges"],
+                          int(coded["width"]) - 1, xp, xp.int16)
+        return _coded_sums(codes, n, walk, roots, depth, coded, xp)
     packed = to_xp(walk, xp)
     on = {"feature": xp.astype(packed[0, :], xp.int64), "threshold": packed[1, :],
           "left": xp.astype(packed[2, :], xp.int64), "right": xp.astype(packed[3, :], xp.int64),
@@ -1678,6 +1718,35 @@ def leaf_sums(flat: Any, n: int, walk: np.ndarray, roots: np.ndarray, depth: int
             go_left = xp.where(xp.isnan(x), xp.take(on["default_left"], node),
                                x <= xp.take(on["threshold"], node))
             node = xp.where(go_left, xp.take(on["left"], node), xp.take(on["right"], node))
+        leaf = xp.take(value, node, axis=0)
+        out.append(xp.sum(xp.reshape(leaf, (stop - start, n_trees, width)), axis=1))
+    return out[0] if len(out) == 1 else xp.concat(out, axis=0)
+
+
+def _coded_sums(codes: Any, n: int, walk: np.ndarray, roots: np.ndarray, depth: int,
+                coded: dict[str, np.ndarray], xp: Any) -> Any:
+    """``leaf_sums`` on the rows' codes: per step, the code of the node's feature, then
+    the child table."""
+    width, n_trees = walk.shape[0] - 5, len(roots)
+    step = int(coded["width"])
+    child = to_xp(coded["child"], xp)  # int32: nodes x codes is under CODED_ENTRIES
+    # where a node's feature starts in the codes; int32 where every index fits
+    wide = n * max(1, len(coded["edges"])) >= 2**31
+    index = np.int64 if wide else np.int32
+    at = to_xp((coded["feature"].astype(np.int64) * n).astype(index), xp)
+    value = xp.permute_dims(to_xp(walk[5:, :], xp), (1, 0))
+    root = to_xp(roots.astype(np.int32), xp)
+    block = max(1, SCORING_BLOCK // n_trees)
+    out = []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        rows = xp.arange(start, stop, dtype=xp.int64 if wide else xp.int32)
+        size = (stop - start) * n_trees
+        row = xp.reshape(xp.broadcast_to(rows[:, None], (stop - start, n_trees)), (size,))
+        node = xp.reshape(xp.broadcast_to(root[None, :], (stop - start, n_trees)), (size,))
+        for _ in range(depth):
+            code = xp.take(codes, xp.take(at, node) + row)
+            node = xp.take(child, node * step + xp.astype(code, xp.int32))
         leaf = xp.take(value, node, axis=0)
         out.append(xp.sum(xp.reshape(leaf, (stop - start, n_trees, width)), axis=1))
     return out[0] if len(out) == 1 else xp.concat(out, axis=0)

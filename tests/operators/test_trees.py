@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from operators.arrays import get_namespace
+from operators.arrays import get_namespace, to_numpy
 from operators.base import DataError, ParamError, SchemaError, drive, tree_reduce
 from operators.models import trees
 from operators.models.boosted_trees import GradientBoostedTrees
@@ -312,6 +312,37 @@ def test_scores_are_the_walk_of_the_saved_arrays(op: str) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert set(model.nodes) >= {"feature", "threshold", "left", "right", "default_left",
                                 "value", "tree_start", "importances"}
+
+
+@pytest.mark.parametrize("xp", [NUMPY, STRICT], ids=["numpy", "strict"])
+@pytest.mark.parametrize("op", ["random_forest", "gradient_boosted_trees"])
+def test_walking_the_codes_scores_as_comparing_the_values(op: str, xp: Any) -> None:
+    """Scoring walks each row's codes against the thresholds the model splits at
+    (``coded_walk``): the same leaves as comparing the values, bit for bit, for values
+    on a threshold, next to one, infinite, NaN and -0.0."""
+    table = tree_table(rows=300, seed=12)
+    features = ["x1", "x2", "x3", "x4", "flat"]
+    if op == "random_forest":
+        estimator: Any = RandomForest(label="y", features=features, n_trees=6, max_depth=5)
+    else:
+        estimator = GradientBoostedTrees(label="y", features=features, n_trees=5,
+                                         max_depth=4, min_samples_leaf=3)
+    model = fit_state(estimator, split(table, 2))[0]
+    nodes = model.nodes
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((400, len(features)))
+    split_nodes = np.flatnonzero(nodes["feature"] >= 0)
+    for i in range(400):  # many values exactly on, or a hair off, a threshold
+        node = split_nodes[i % len(split_nodes)]
+        t = nodes["threshold"][node]
+        x[i, nodes["feature"][node]] = [t, np.nextafter(t, np.inf), np.nextafter(t, -np.inf),
+                                        np.nan, np.inf, -np.inf, -0.0, 0.0][i % 8]
+    assert model._coded is not None
+    flat = xp.asarray(np.ascontiguousarray(x.T).reshape(-1))
+    args = (flat, 400, model._walk, nodes["tree_start"][:-1], model.depth, xp)
+    coded, compared = trees.leaf_sums(*args, model._coded), trees.leaf_sums(*args, None)
+    assert to_numpy(coded).tobytes() == to_numpy(compared).tobytes()
+    np.testing.assert_array_equal(to_numpy(compared), walk(model, x))
 
 
 # --------------------------------------------------------------------------- missing values
