@@ -46,8 +46,11 @@ from bench.tree_cases import (  # noqa: F401 - bench.worker looks the sides up h
     train_forest_sluice_local,
 )
 from bench.xgboost_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    boosted_models,
     dask_train_boosted_sluice_dask,
     dask_train_boosted_xgboost,
+    score_boosted_xgboost_sluice_local,
+    score_boosted_xgboost_xgboost,
     train_boosted_xgboost_sluice_local,
     train_boosted_xgboost_xgboost,
 )
@@ -141,6 +144,9 @@ CASES: dict[str, Case] = {
     # gradient_boosted_trees (100 trees, depth 6) vs XGBoost hist, locally and on Dask
     "train_boosted_xgboost": Case("numeric", ("sluice_local", "xgboost"), _numeric),
     "dask_train_boosted": Case("numeric", ("sluice_dask", "xgboost"), _numeric),
+    # read -> score (the 100-tree models of each) -> write vs XGBoost's inplace_predict
+    "score_boosted_xgboost": Case("numeric", ("sluice_local", "xgboost"), _numeric,
+                                  boosted_models),
     # gradient_boosted_trees (20 trees, depth 4) on the Spark engine vs MLlib GBTClassifier
     "train_boosted_spark": Case("numeric", ("sluice_spark", "mllib"), _numeric, forest_split),
 }

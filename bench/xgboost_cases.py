@@ -6,6 +6,9 @@ Both sides fit 100 rounds of depth-6 trees (learning rate 0.1, 255 bins, XGBoost
 
 * ``train_boosted_xgboost``: ``gradient_boosted_trees`` on the local engine against
   ``xgboost.XGBClassifier`` (every core, as the local engine);
+* ``score_boosted_xgboost``: read, score with a 100-tree model of each (trained once,
+  untimed, ``boosted_models``), write Parquet: sluice's ``score`` step against
+  XGBoost's ``inplace_predict`` on each file's rows (every core);
 * ``dask_train_boosted``: the same on the Dask engine against ``xgboost.dask``'s
   ``DaskXGBClassifier`` on Dask arrays of the same training rows persisted on the
   workers (sluice reads its Parquet in the fit's time; XGBoost's side gets its rows
@@ -65,3 +68,59 @@ def dask_train_boosted_xgboost(data: Path, scratch: Path) -> None:
     del client
     accuracy = float(np.mean((booster.inplace_predict(x_held) > 0.5) == y_held))
     print(f"  dask_train_boosted xgboost: held-out accuracy {accuracy:.4f}")
+
+
+def boosted_models(data: Path, scratch: Path) -> None:
+    """Both sides' 100-tree models on the same training rows, for the scoring case."""
+    import xgboost
+
+    _run_sluice(data, scratch, "score_boosted", "gradient_boosted_trees", BOOSTED)
+    x, y, _, _ = _split(data)
+    model = xgboost.XGBClassifier(**XGB, n_jobs=os.cpu_count()).fit(x, y)
+    model.get_booster().save_model(str(scratch / "score_boosted.ubj"))
+
+
+def score_boosted_xgboost_sluice_local(data: Path, scratch: Path) -> None:
+    import shutil
+
+    from pipelines.runner import run
+
+    out = scratch / "score_boosted_sluice"
+    shutil.rmtree(out, ignore_errors=True)
+    pipeline = scratch / "score_boosted.yaml"
+    pipeline.write_text(f"""pipeline: score_boosted
+steps:
+  - op: read_parquet
+    path: {data}
+  - op: score
+    model: fit
+  - op: write_parquet
+    path: {out}
+""")
+    run(pipeline, models=str(scratch / "score_boosted_models"), runs_dir=str(scratch / "runs"))
+
+
+def score_boosted_xgboost_xgboost(data: Path, scratch: Path) -> None:
+    """Per file: read, predict with the booster, add the two columns, write."""
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+    import xgboost
+
+    booster = xgboost.Booster()
+    booster.load_model(str(scratch / "score_boosted.ubj"))
+    booster.set_param({"nthread": os.cpu_count()})
+    out = scratch / "score_boosted_xgboost"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for i, fragment in enumerate(ds.dataset(data, format="parquet").get_fragments()):
+        table = fragment.to_table()
+        x = np.column_stack([table.column(c).to_numpy() for c in table.column_names
+                             if c != "label"])
+        p = booster.inplace_predict(x).astype(np.float64)
+        table = table.append_column("prediction", pa.array((p > 0.5).astype(np.int64)))
+        table = table.append_column("probability", pa.array(p))
+        pq.write_table(table, out / f"part-{i:05d}.parquet")
