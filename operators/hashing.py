@@ -54,8 +54,8 @@ def _bytes_hash(values: list[bytes | str | None], seed: int) -> np.ndarray:
 
 def hash_column(column: pa.Array | pa.ChunkedArray, seed: int = 0,
                 spare: np.ndarray | None = None) -> np.ndarray:
-    """One uint64 per value, depending only on the value and ``seed`` (in ``spare``, a
-    uint64 buffer of the column's length, where given)."""
+    """One uint64 per value, depending only on the value and ``seed`` (``spare``: a
+    uint64 scratch buffer of the column's length, where the caller has one)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     t = column.type
@@ -92,8 +92,9 @@ def hash_column(column: pa.Array | pa.ChunkedArray, seed: int = 0,
         return _bytes_hash([None if v is None else repr(v) for v in column.to_pylist()], seed)
     with np.errstate(over="ignore"):
         salt = mix(np.array([seed], dtype=np.int64).view(np.uint64) + _GOLDEN)
-    out = np.bitwise_xor(bits, salt, out=None if spare is None else spare)
-    _mix_in_place(out, None if spare is None else np.empty_like(out))
+    out = bits  # a copy of the values' bits either way: mixed where it is
+    out ^= salt
+    _mix_in_place(out, spare)
     if column.null_count:
         out[np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)] = _NULL
     return out
@@ -103,10 +104,10 @@ def hash_rows(table: pa.Table, columns: list[str] | None = None, seed: int = 0) 
     """One uint64 per row from the values of ``columns`` (default: all), in order."""
     names = table.column_names if columns is None else columns
     h = np.full(table.num_rows, mix(np.array([seed + 1], dtype=np.uint64))[0], dtype=np.uint64)
-    spare, column = np.empty_like(h), np.empty_like(h)
+    spare = np.empty_like(h)
     with np.errstate(over="ignore"):
         for i, name in enumerate(names):
-            hashed = hash_column(table.column(name), seed, column)
+            hashed = hash_column(table.column(name), seed, spare)
             hashed += np.uint64(i + 1) * _GOLDEN
             h ^= hashed
             _mix_in_place(h, spare)
