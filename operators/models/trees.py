@@ -51,6 +51,7 @@ level-by-level gathers over all trees at once on any array namespace.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import threading
@@ -1597,7 +1598,6 @@ class TreeModelFitted(FittedModel):
         self._walk[3] = np.where(leaf, own, self.nodes["right"])
         self._walk[4] = self.nodes["default_left"]
         self._walk[5:] = value.T
-        self._coded = coded_walk(self._walk, len(features))
 
     @property
     def feature_importances(self) -> dict[str, float]:
@@ -1606,6 +1606,11 @@ class TreeModelFitted(FittedModel):
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         return self._scores(xp.reshape(xp.permute_dims(X, (1, 0)), (-1,)), X.shape[0], xp)
+
+    @functools.cached_property
+    def _coded(self) -> dict[str, np.ndarray] | None:
+        """The walk on codes (``coded_walk``), made when the model first scores."""
+        return coded_walk(self._walk, len(self.features))
 
     def _scores(self, flat: Any, n: int, xp: Any) -> Any:
         """``predict_matrix`` of the feature-major flattened matrix ``flat``."""
@@ -1670,14 +1675,14 @@ def coded_walk(walk: np.ndarray, n_features: int) -> dict[str, np.ndarray] | Non
     feature, threshold = walk[0].astype(np.int64), walk[1]
     left, right = walk[2].astype(np.int64), walk[3].astype(np.int64)
     split = (left != np.arange(walk.shape[1])) | (right != np.arange(walk.shape[1]))
-    edges = [np.unique(threshold[split & (feature == j)]) for j in range(n_features)]
+    edges, position = [], np.zeros(walk.shape[1], np.int64)
+    for j in range(n_features):
+        on = split & (feature == j)
+        edges.append(np.unique(threshold[on]))
+        position[on] = np.searchsorted(edges[-1], threshold[on])
     width = max((len(e) for e in edges), default=0) + 2
     if walk.shape[1] * width > CODED_ENTRIES or width > 2**15:
         return None
-    position = np.zeros(walk.shape[1], np.int64)
-    for j, e in enumerate(edges):
-        on = split & (feature == j)
-        position[on] = np.searchsorted(e, threshold[on])
     code = np.arange(width)[None, :]
     go_left = np.where(code == width - 1, walk[4][:, None] != 0, code <= position[:, None])
     child = np.where(go_left, left[:, None], right[:, None]).astype(np.int32)
@@ -1696,60 +1701,61 @@ def leaf_sums(flat: Any, n: int, walk: np.ndarray, roots: np.ndarray, depth: int
     if n == 0 or n_trees == 0:
         return xp.zeros((n, width), dtype=xp.float64)
     if coded is not None:
-        codes = bin_codes(xp.reshape(flat, (len(coded["edges"]), n)), coded["edges"],
-                          int(coded["width"]) - 1, xp, xp.int16)
-        return _coded_sums(codes, n, walk, roots, depth, coded, xp)
-    packed = to_xp(walk, xp)
-    on = {"feature": xp.astype(packed[0, :], xp.int64), "threshold": packed[1, :],
-          "left": xp.astype(packed[2, :], xp.int64), "right": xp.astype(packed[3, :], xp.int64),
-          "default_left": packed[4, :] != 0}
-    value = xp.permute_dims(packed[5:, :], (1, 0))
-    root = to_xp(roots.astype(np.int64), xp)
-    block = max(1, SCORING_BLOCK // n_trees)
-    out = []
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        rows = xp.arange(start, stop, dtype=xp.int64)
-        size = (stop - start) * n_trees
-        row = xp.reshape(xp.broadcast_to(rows[:, None], (stop - start, n_trees)), (size,))
-        node = xp.reshape(xp.broadcast_to(root[None, :], (stop - start, n_trees)), (size,))
-        for _ in range(depth):
-            x = xp.take(flat, xp.take(on["feature"], node) * n + row)
-            go_left = xp.where(xp.isnan(x), xp.take(on["default_left"], node),
-                               x <= xp.take(on["threshold"], node))
-            node = xp.where(go_left, xp.take(on["left"], node), xp.take(on["right"], node))
-        leaf = xp.take(value, node, axis=0)
-        out.append(xp.sum(xp.reshape(leaf, (stop - start, n_trees, width)), axis=1))
-    return out[0] if len(out) == 1 else xp.concat(out, axis=0)
-
-
-def _coded_sums(codes: Any, n: int, walk: np.ndarray, roots: np.ndarray, depth: int,
-                coded: dict[str, np.ndarray], xp: Any) -> Any:
-    """``leaf_sums`` on the rows' codes: per step, the code of the node's feature, then
-    the child table."""
-    width, n_trees = walk.shape[0] - 5, len(roots)
-    step = int(coded["width"])
-    child = to_xp(coded["child"], xp)  # int32: nodes x codes is under CODED_ENTRIES
-    # where a node's feature starts in the codes; int32 where every index fits
-    wide = n * max(1, len(coded["edges"])) >= 2**31
-    index = np.int64 if wide else np.int32
-    at = to_xp((coded["feature"].astype(np.int64) * n).astype(index), xp)
+        step, ids = _coded_step(flat, n, coded, xp)
+    else:
+        step, ids = _compared_step(flat, n, walk, xp), np.int64
     value = xp.permute_dims(to_xp(walk[5:, :], xp), (1, 0))
-    root = to_xp(roots.astype(np.int32), xp)
+    root = to_xp(roots.astype(ids), xp)
     block = max(1, SCORING_BLOCK // n_trees)
     out = []
     for start in range(0, n, block):
         stop = min(start + block, n)
-        rows = xp.arange(start, stop, dtype=xp.int64 if wide else xp.int32)
+        rows = xp.arange(start, stop, dtype=root.dtype)
         size = (stop - start) * n_trees
         row = xp.reshape(xp.broadcast_to(rows[:, None], (stop - start, n_trees)), (size,))
         node = xp.reshape(xp.broadcast_to(root[None, :], (stop - start, n_trees)), (size,))
         for _ in range(depth):
-            code = xp.take(codes, xp.take(at, node) + row)
-            node = xp.take(child, node * step + xp.astype(code, xp.int32))
+            node = step(node, row)
         leaf = xp.take(value, node, axis=0)
         out.append(xp.sum(xp.reshape(leaf, (stop - start, n_trees, width)), axis=1))
     return out[0] if len(out) == 1 else xp.concat(out, axis=0)
+
+
+def _compared_step(flat: Any, n: int, walk: np.ndarray, xp: Any) -> Callable[[Any, Any], Any]:
+    """One step down for ``leaf_sums``, comparing each row's value with its node's
+    threshold (NaN takes the node's default side)."""
+    packed = to_xp(walk, xp)
+    feature = xp.astype(packed[0, :], xp.int64)
+    threshold, default_left = packed[1, :], packed[4, :] != 0
+    left, right = xp.astype(packed[2, :], xp.int64), xp.astype(packed[3, :], xp.int64)
+
+    def step(node: Any, row: Any) -> Any:
+        x = xp.take(flat, xp.take(feature, node) * n + row)
+        go_left = xp.where(xp.isnan(x), xp.take(default_left, node),
+                           x <= xp.take(threshold, node))
+        return xp.where(go_left, xp.take(left, node), xp.take(right, node))
+
+    return step
+
+
+def _coded_step(flat: Any, n: int, coded: dict[str, np.ndarray], xp: Any
+                ) -> tuple[Callable[[Any, Any], Any], type]:
+    """One step down for ``leaf_sums`` on the rows' codes (``bin_codes`` of the
+    values, once): the code of the node's feature, then the child table; and the
+    integer type of node and row ids (int32 where every index fits)."""
+    codes = bin_codes(xp.reshape(flat, (len(coded["edges"]), n)), coded["edges"],
+                      int(coded["width"]) - 1, xp, xp.int16)
+    width = int(coded["width"])
+    child = to_xp(coded["child"], xp)  # int32: nodes x codes is under CODED_ENTRIES
+    ids = np.int64 if n * max(1, len(coded["edges"])) >= 2**31 else np.int32
+    # where a node's feature starts in the codes
+    at = to_xp((coded["feature"].astype(np.int64) * n).astype(ids), xp)
+
+    def step(node: Any, row: Any) -> Any:
+        code = xp.take(codes, xp.take(at, node) + row)
+        return xp.take(child, node * width + xp.astype(code, xp.int32))
+
+    return step, ids
 
 
 def model_arrays(forest: dict[str, np.ndarray], n_features: int,
