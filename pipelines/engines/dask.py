@@ -414,14 +414,9 @@ class _Resident:
         A driver this worker cannot reach is an error here, and the driver falls back
         to ``run``."""
         sock = resident.connect(host, port, secret, rank, timeout=HUB_CONNECT_S)
-        try:
-            resident.send(sock, resident.READY, pickle.dumps((None, [])))
-            resident.serve(sock, lambda work: pickle.dumps(self._answer(work)))
-            return True
-        except (resident.Closed, BrokenPipeError, ConnectionResetError):
-            return False
-        finally:
-            sock.close()
+        with sock:
+            return resident.serve(sock, pickle.dumps((None, [])),
+                                  lambda work: pickle.dumps(self._answer(work)))
 
     def _answer(self, work: Any) -> tuple[list[Any], Counts]:
         _follow(self.cwd)

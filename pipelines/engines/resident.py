@@ -330,18 +330,25 @@ def merged(found: list[Answer], combine: Callable[[Any, Any], Any]) -> list[Answ
     return out
 
 
-def serve(sock: socket.socket, answer: Callable[[Any], bytes]) -> None:
-    """A task's side after READY: answer every pass the driver sends until it says
-    stop. ``answer(work)``: the pickled reply to one pass (``work`` unpickled, with the
-    arrays of the passes before: ``PassReader``)."""
+def serve(sock: socket.socket, ready: bytes, answer: Callable[[Any], bytes]) -> bool:
+    """A task's side once connected: say READY (``ready``: the pickled failure and
+    records), then answer every pass the driver sends until it says stop (True) or
+    hangs up (False: it was interrupted, or gave the fit up; its own error says why,
+    and a task's stack would only hide it). ``answer(work)``: the pickled reply to one
+    pass (``work`` unpickled, with the arrays of the passes before: ``PassReader``)."""
     reader = PassReader()
-    while True:
-        kind, payload = receive(sock)
-        if kind == STOP:
-            return
-        if kind != WORK:
-            raise ConnectionError(f"resident fit: unexpected message {kind} from the driver")
-        send(sock, REPLY, answer(reader.loads(payload)))
+    try:
+        send(sock, READY, ready)
+        while True:
+            kind, payload = receive(sock)
+            if kind == STOP:
+                return True
+            if kind != WORK:
+                raise ConnectionError(
+                    f"resident fit: unexpected message {kind} from the driver")
+            send(sock, REPLY, answer(reader.loads(payload)))
+    except (Closed, BrokenPipeError, ConnectionResetError):
+        return False
 
 
 def portable(exc: BaseException, label: str = "executor") -> BaseException:
@@ -404,9 +411,8 @@ class Task:
                 return
 
     def answer(self, sock: socket.socket) -> None:
-        """Say READY, then answer every pass until the driver says stop. A driver that
-        hangs up instead (it was interrupted, or gave the fit up) ends the task quietly:
-        the driver's own error says why, and a task's stack would only hide it."""
+        """Say READY, then answer every pass until the driver says stop or hangs up
+        (``serve``)."""
 
         def locate(info: PartitionInfo, exc: BaseException) -> BaseException:
             return portable(located(self.step, info, exc), self.label)
@@ -416,12 +422,9 @@ class Task:
                           work.combine)
             return pickle.dumps((done, self.taken()))
 
-        try:
-            send(sock, READY, pickle.dumps((self.failure, self.taken())))
-            # a task whose partitions failed answers nothing, until the driver says stop
-            serve(sock, reply if self.failure is None else lambda work: b"")
-        except (Closed, BrokenPipeError, ConnectionResetError):
-            return
+        # a task whose partitions failed answers nothing, until the driver says stop
+        serve(sock, pickle.dumps((self.failure, self.taken())),
+              reply if self.failure is None else lambda work: b"")
 
 
 def by_partition(replies: Iterable[tuple[list[Answer], Records]],

@@ -289,14 +289,13 @@ def test_a_pass_gathers_every_partition_and_raises_the_lowest_failure() -> None:
 
     def task(rank: int) -> None:
         sock = resident.connect("127.0.0.1", hub.port, b"k" * 32, rank)
-        resident.send(sock, resident.READY, pickle.dumps((None, [("read", rank)])))
 
         def answer(work: Any) -> bytes:
             done = resident.answers(work, held[rank],
                                     lambda info, exc: DataError(f"p{info.index}: {exc}"))
             return pickle.dumps((done, [("pass", rank)]))
 
-        resident.serve(sock, answer)
+        resident.serve(sock, pickle.dumps((None, [("read", rank)])), answer)
         sock.close()
 
     threads = [threading.Thread(target=task, args=(r,)) for r in (0, 1)]
