@@ -129,6 +129,40 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0].removeprefix("Invalid: ") if text else type(exc).__name__
 
 
+def _plain(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _widens(have: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a file's type of a column converts to the dataset's with nothing lost in
+    kind: the same values dictionary-encoded or not, or a narrower type that pyarrow's
+    permissive promotion widens to the dataset's (int32 -> int64, float32 or int64 ->
+    float64, timestamp[ms] -> timestamp[us]...); a value that still does not fit is a
+    read-time error naming it."""
+    have, want = _plain(have), _plain(want)
+    return have == want or _promoted(want, have) == want
+
+
+def _promoted(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """The type that holds both (pyarrow's permissive promotion), or None."""
+    try:
+        merged = pa.unify_schemas([pa.schema([pa.field("c", _plain(a))]),
+                                   pa.schema([pa.field("c", _plain(b))])],
+                                  promote_options="permissive")
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    return merged.field(0).type
+
+
+def _castable(have: pa.DataType, want: pa.DataType) -> bool:
+    """Whether pyarrow has a cast between the two types (values are checked when read)."""
+    try:
+        pa.array([], type=have).cast(want)
+    except (pa.ArrowException, TypeError, ValueError):
+        return False
+    return True
+
+
 def _hidden(relative: str) -> bool:
     """Whether a path below a dataset's root is hidden from readers (as pyarrow's
     discovery hides it): any part starting with '_' or '.'."""
@@ -181,7 +215,9 @@ class ReadParquetParams(Params):
     columns: list[str] | None = Field(None, description="columns to read (default: all)")
     filter: str | None = Field(None, description="row filter, pushed down: \"a >= 0 and b != 'x'\"")
     schema_: dict[str, str] | None = Field(
-        None, alias="schema", description="expected types, e.g. {tenure: int64}; cast on read"
+        None, alias="schema",
+        description="types to read columns as, e.g. {tenure: int64}; cast on read (also "
+                    "where the files disagree on a column's type)"
     )
     partition_mb: float = Field(64, gt=0, description="target uncompressed size of a partition")
     storage_options: dict[str, Any] = Field(default_factory=dict,
@@ -386,13 +422,10 @@ class ReadParquet(Source):
             have, want = full.field(i).type, parse_type(type_name)
             if have == want:
                 continue
-            try:
-                pa.array([], type=have).cast(want)
-            except (pa.ArrowException, TypeError):
+            if not _castable(have, want):
                 raise DataError(
                     f"'{self._shown(self.location.path)}': column '{name}' is {have}, which "
-                    f"cannot be cast to {want}", hint="declare a type the column converts to"
-                ) from None
+                    f"cannot be cast to {want}", hint="declare a type the column converts to")
             casts[name] = want
         return casts
 
@@ -430,12 +463,15 @@ class ReadParquet(Source):
                              if flt is not None else self.dataset.get_fragments())
         except _io_errors() as exc:
             raise self._failure(exc, self.location.path) from None
+        files: list[tuple[str, pa.Schema]] = []
         for fragment in fragments:
             try:
-                pieces = (fragment.split_by_row_group(flt, schema=self.full_schema)
+                physical = fragment.physical_schema  # the footer, read once for the pieces too
+                pieces = (fragment.split_by_row_group(flt, schema=self._file_schema(physical))
                           if flt is not None else fragment.split_by_row_group())
             except _io_errors() as exc:
                 raise self._failure(exc, fragment.path) from None
+            files.append((fragment.path, physical))
             group: list[int] = []
             rows = size = 0
             for piece in pieces:
@@ -448,11 +484,75 @@ class ReadParquet(Source):
                 size += rg.total_byte_size
             if group:
                 out.append(self._info(len(out), fragment, group, rows))
+        self._check_types(files)
         if not out:
             # nothing to read (empty files or everything pruned): one empty partition
             # keeps the schema flowing to the steps after
             out.append(PartitionInfo(0, "", (), 0))
         return out
+
+    def _file_schema(self, physical: pa.Schema) -> pa.Schema:
+        """The dataset's schema with a file's own type for each column the file holds in
+        another: pyarrow reads (and prunes) the file by it and casts nothing; ``read``
+        casts to the step's types, naming the column and the value that does not fit."""
+        full = self.full_schema
+        for i, field in enumerate(full):
+            j = physical.get_field_index(field.name)
+            if j >= 0 and physical.field(j).type != field.type:
+                full = full.set(i, field.with_type(physical.field(j).type))
+        return full
+
+    def _check_types(self, files: list[tuple[str, pa.Schema]]) -> None:
+        """Fail before any data moves where files disagree on a read column's type in a
+        way no read could mend: a file's type that does not widen to the dataset's
+        (int64 where the dataset has double is fine; double where it has int64 is not),
+        or, for a column whose type ``schema`` declares, a type with no cast to it. A file
+        that lacks a column reads it as nulls (a column added later), as pyarrow and
+        Spark do."""
+        target = self.schema()
+        declared = set(self.params.schema_ or {})
+        by_column: dict[str, dict[pa.DataType, list[str]]] = {}
+        for path, physical in files:
+            for field in target:
+                j = physical.get_field_index(field.name)
+                if j >= 0:
+                    by_type = by_column.setdefault(field.name, {})
+                    by_type.setdefault(physical.field(j).type, []).append(path)
+        problems: list[str] = []
+        suggested: dict[str, str] = {}
+        for name, by_type in by_column.items():
+            want = target.field(name).type
+            fits = _castable if name in declared else _widens
+            bad = {t: paths for t, paths in by_type.items() if t != want and not fits(t, want)}
+            if not bad:
+                continue
+            found = ", ".join(f"{t} in {self._shown(paths[0])}"
+                              + (f" and {len(paths) - 1} more file(s)" if len(paths) > 1 else "")
+                              for t, paths in bad.items())
+            if name in declared:
+                problems.append(f"column '{name}' is {found}, which cannot be cast to the "
+                                f"declared {want}")
+                continue
+            like = by_type.get(want)
+            problems.append(f"the files disagree on column '{name}': it is {found}, but {want} "
+                            "in the dataset's schema"
+                            + (f" (as in {self._shown(like[0])})" if like else ""))
+            common = want
+            for t in by_type:
+                common = _promoted(common, t) if common is not None else None
+            if common is None and all(_castable(t, pa.string()) for t in by_type):
+                common = pa.string()
+            if common is not None:
+                suggested[name] = str(common)
+        if not problems:
+            return
+        if suggested:
+            hint = ("declare one type that every file's values convert to, on this "
+                    "read_parquet step: `schema: {"
+                    + ", ".join(f"{k}: {v}" for k, v in suggested.items()) + "}`")
+        else:
+            hint = "declare a type every file's column converts to, or write those files again"
+        raise DataError("; ".join(problems), hint=hint)
 
     @staticmethod
     def _info(index: int, fragment: Any, row_groups: list[int], rows: int) -> PartitionInfo:
@@ -468,20 +568,26 @@ class ReadParquet(Source):
             fragment = fmt.make_fragment(partition.path, self.location.filesystem,
                                          partition_expression=partition.partition_expression,
                                          row_groups=list(partition.row_groups or ()))
-            table = fragment.to_table(schema=self.full_schema, columns=self.params.columns,
-                                      filter=self._filter)
+            table = fragment.to_table(schema=self._file_schema(fragment.physical_schema),
+                                      columns=self.params.columns, filter=self._filter)
         except _io_errors() as exc:
             raise self._failure(exc, partition.path) from None
-        for name, want in self._casts.items():
-            i = table.schema.get_field_index(name)
+        for i, field in enumerate(table.schema):
+            want = schema.field(field.name).type
+            if field.type == want:
+                continue
             try:
                 column = table.column(i).cast(want)
             except _io_errors() as exc:
+                declared = field.name in (self.params.schema_ or {})
                 raise DataError(
-                    f"'{self._shown(partition.path)}': column '{name}' cannot be cast from "
-                    f"{table.schema.field(i).type} to {want}: {_first_line(exc)}",
-                    hint="fix the data, or declare a type every value converts to") from None
-            table = table.set_column(i, table.schema.field(i).with_type(want), column)
+                    f"'{self._shown(partition.path)}': column '{field.name}' cannot be cast "
+                    f"from {field.type} to {'the declared ' if declared else ''}{want}: "
+                    f"{_first_line(exc)}",
+                    hint="fix the data, or declare a type every value converts to"
+                    if declared else "declare a type every value converts to on this "
+                    f"read_parquet step (`schema: {{{field.name}: ...}}`)") from None
+            table = table.set_column(i, field.with_type(want), column)
         if table.schema != schema:
             table = table.cast(schema)
         return table

@@ -395,6 +395,119 @@ def test_declared_schema_that_cannot_apply(workdir: Path) -> None:
         read(path, columns=["s"], schema={"n": "float64"}).schema()
 
 
+# --------------------------------------------------------------------------- types across files
+
+
+def write_files(root: Path, *tables: pa.Table) -> Path:
+    """One file per table, read in this order (the first one's schema is the dataset's)."""
+    root.mkdir()
+    for i, table in enumerate(tables):
+        pq.write_table(table, root / f"p{i}.parquet")
+    return root
+
+
+def cast_each(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    return pa.concat_tables([t.cast(schema) for t in tables])
+
+
+WIDENING = [  # (the first file's type, a later file's type): the later widens to the first
+    (pa.int64(), pa.int32()), (pa.int64(), pa.uint16()), (pa.float64(), pa.float32()),
+    (pa.float64(), pa.int64()), (pa.large_string(), pa.string()),
+    (pa.string(), pa.dictionary(pa.int32(), pa.string())),
+    (pa.dictionary(pa.int32(), pa.string()), pa.string()),
+    (pa.timestamp("us"), pa.timestamp("ms")),
+]
+
+
+@pytest.mark.parametrize("first,later", WIDENING, ids=[f"{a}<-{b}" for a, b in WIDENING])
+def test_a_file_whose_type_widens_to_the_datasets_reads_as_the_dataset_type(
+        workdir: Path, first: pa.DataType, later: pa.DataType) -> None:
+    values = {"int": [1, 2, None], "uin": [1, 2, None], "flo": [1.5, -2.0, None],
+              "dou": [1.5, -2.0, None], "str": ["a", "b", None], "lar": ["a", "b", None],
+              "dic": ["a", "b", None], "tim": [0, 1_700_000_000_000, None]}
+    plain = later.value_type if pa.types.is_dictionary(later) else later
+    raw = values[str(plain)[:3]] if str(plain)[:3] in values else values["int"]
+    tables = [pa.table({"c": pa.array(raw, later), "k": [1, 2, 3]}),
+              pa.table({"c": pa.array(raw, later).cast(first), "k": [4, 5, 6]})][::-1]
+    root = write_files(workdir / "d", *tables)
+    op = read(root, filter="k >= 2")
+    want = cast_each(tables, pa.schema({"c": first, "k": pa.int64()}))
+    assert op.schema() == want.schema
+    got = op.read_all()
+    assert got.schema == want.schema
+    # dictionaries compare by their values (a filtered chunk keeps the file's dictionary)
+    assert_same(decoded(got), decoded(want.filter(pc.field("k") >= 2)))
+
+
+def test_files_that_disagree_on_a_type_fail_at_planning_with_the_type_to_declare(
+        workdir: Path) -> None:
+    ints = pa.table({"a": pa.array([1, 2], pa.int64()), "s": ["x", "y"], "k": [1, 2]})
+    doubles = pa.table({"a": [1.5, 2.5], "s": ["z", "w"], "k": [3, 4]})
+    texts = pa.table({"a": pa.array([3, 4], pa.int32()), "s": pa.array([5, 6]), "k": [5, 6]})
+    root = write_files(workdir / "d", ints, doubles, texts, doubles)
+    op = read(root)
+    assert op.schema().field("a").type == pa.int64()  # the first file's, as pyarrow's
+    with pytest.raises(DataError) as info:
+        op.partitions()
+    text = str(info.value)
+    assert "\n" not in text
+    assert ("column 'a': it is double in " + str(root / "p1.parquet") + " and 1 more file(s)"
+            in text)
+    assert f"int64 in the dataset's schema (as in {root / 'p0.parquet'})" in text
+    assert f"column 's': it is int64 in {root / 'p2.parquet'}" in text
+    assert "p2.parquet" not in text.split("column 's'")[0]  # its int32 'a' widens
+    assert "`schema: {a: double, s: string}`" in text
+    # what the message says to declare reads every file
+    declared = read(root, schema={"a": "double", "s": "string"})
+    want = cast_each([ints, doubles, texts, doubles],
+                     pa.schema({"a": pa.float64(), "s": pa.string(), "k": pa.int64()}))
+    assert_same(declared.read_all(), want)
+    # columns that are not read do not matter
+    assert_same(read(root, columns=["k"]).read_all(), want.select(["k"]))
+
+
+def test_a_declared_type_a_file_cannot_take(workdir: Path) -> None:
+    root = write_files(workdir / "d", pa.table({"a": [1, 2]}), pa.table({"a": [[1], [2]]}))
+    with pytest.raises(DataError) as info:
+        read(root, schema={"a": "float64"}).partitions()
+    text = str(info.value)
+    assert f"column 'a' is list<element: int64> in {root / 'p1.parquet'}" in text, text
+    assert "cannot be cast to the declared double" in text
+
+
+def test_a_value_that_does_not_convert_is_named_with_its_file_and_column(
+        workdir: Path) -> None:
+    root = write_files(workdir / "d", pa.table({"a": [1.0, 2.0]}), pa.table({"a": [2**60]}))
+    op = read(root)  # int64 widens to double at planning; this value does not fit in one
+    parts = op.partitions()
+    assert op.read(parts[0]).column("a").to_pylist() == [1.0, 2.0]
+    with pytest.raises(DataError) as info:
+        op.read(parts[1])
+    text = str(info.value)
+    assert f"'{root / 'p1.parquet'}': column 'a' cannot be cast from int64 to double" in text
+    assert "corrupt" not in text and "`schema: {a: ...}`" in text
+    # declared as int64, every value here converts (1.0 too)
+    assert read(root, schema={"a": "int64"}).read_all().column("a").to_pylist() == [1, 2, 2**60]
+    with pytest.raises(DataError) as info:  # a declared type: the hint is about the data
+        read(write_files(workdir / "e", pa.table({"a": [1.5]})), schema={"a": "int64"}
+             ).read_all()
+    assert "to the declared int64" in str(info.value) and "fix the data" in str(info.value)
+
+
+def test_a_file_without_a_column_reads_it_as_nulls(workdir: Path) -> None:
+    old = pa.table({"k": [1, 2]})
+    new = pa.table({"k": [3], "added": ["x"]})
+    root = write_files(workdir / "d", new, old)
+    want = pa.table({"k": [3, 1, 2], "added": ["x", None, None]})
+    assert_same(read(root).read_all(), want)
+
+
+def test_cli_files_that_disagree_fail_before_any_output(workdir: Path) -> None:
+    write_files(workdir / "d", pa.table({"a": [1, 2]}), pa.table({"a": ["x", "y"]}))
+    line = copy_fails_in_one_line(workdir, "d")
+    assert "column 'a'" in line and "`schema: {a: string}`" in line, line
+
+
 # --------------------------------------------------------------------------- broken files
 
 
@@ -517,6 +630,24 @@ def run_cli(workdir: Path, text: str) -> subprocess.CompletedProcess[str]:
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
 
 
+def copy_fails_in_one_line(workdir: Path, source: str) -> str:
+    """``sluice run`` of a copy from ``source`` to ``out``: exit 1, one error line (which it
+    returns), no traceback, and nothing of the output, not even its staging."""
+    done = run_cli(workdir, f"""
+        pipeline: copy
+        steps:
+          - op: read_parquet
+            path: {source}
+          - op: write_parquet
+            path: out
+        """)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not [p for p in workdir.iterdir() if p.name.startswith((".out", "out"))]
+    return lines[0]
+
+
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "zero_bytes", "encrypted"])
 def test_cli_broken_file_at_plan_time(workdir: Path, kind: str) -> None:
     make_broken(workdir / f"broken-{kind}.parquet", kind)
@@ -541,19 +672,7 @@ def test_cli_broken_file_at_run_time(workdir: Path, kind: str) -> None:
     (workdir / "data").mkdir()
     pq.write_table(good_table(), workdir / "data" / "a.parquet")
     make_broken(workdir / "data" / f"b-{kind}.parquet", kind)
-    done = run_cli(workdir, """
-        pipeline: broken
-        steps:
-          - op: read_parquet
-            path: data
-          - op: write_parquet
-            path: out
-        """)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert f"b-{kind}.parquet" in lines[0]
-    assert not [p for p in workdir.iterdir() if p.name.startswith((".out", "out"))]
+    assert f"b-{kind}.parquet" in copy_fails_in_one_line(workdir, "data")
 
 
 # --------------------------------------------------------------------------- manifests
