@@ -730,25 +730,27 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
     for start in range(0, n_slots, chunk):
         stop = min(start + chunk, n_slots)
         s = stop - start
-        # channel first, then bin, slot, feature position: (C, B1, s, m)
+        # channel first, then slot, feature position, bin: (C, s, m, B1), so that the
+        # candidates of a slot come in the order of choice, each bin's prefix sums along
+        # the last axis
         part = hist[:, start:stop] if slots is None else hist[:, slots[start:stop]]
-        h = np.ascontiguousarray(np.transpose(part, (3, 2, 1, 0)))
-        missing = h[:, n_bins]                                           # (C,s,m)
+        h = np.ascontiguousarray(np.transpose(part, (3, 1, 0, 2)))
+        missing = h[..., n_bins]                                         # (C,s,m)
         # with no missing value in the chunk, "missing left" repeats "missing right"
         # (the same sums, later in the order), so it is left out: the same choice
         sides = 2 if missing.any() else 1
-        left = np.empty((width, sides, n_bins, s, m))
-        _prefix_sums(h[:, :n_bins], left[:, 0])
+        left = np.empty((width, s, m, sides, n_bins))
+        np.cumsum(h[..., :n_bins], axis=-1, out=left[:, :, :, 0])
         if sides == 2:
-            np.add(left[:, 0], missing[:, None], out=left[:, 1])
-        total = left[:, 0, -1] + missing                                 # (C,s,m)
-        right = criterion.clean(total[:, None, None] - left)
+            np.add(left[:, :, :, 0], missing[..., None], out=left[:, :, :, 1])
+        total = left[:, :, :, 0, -1] + missing                           # (C,s,m)
+        right = criterion.clean(total[..., None, None] - left)
         criterion.clean(left)
         criterion.clean(total)
         s_left, s_right = criterion.score(left), criterion.score(right)
-        s_total = criterion.score(total)[None, None]
+        s_total = criterion.score(total)[..., None, None]
         gain = s_left + s_right
-        gain -= s_total                                                  # (sides,B,s,m)
+        gain -= s_total                                                  # (s,m,sides,B)
         w_left, w_right = criterion.weight(left), criterion.weight(right)
         valid = w_left >= min_leaf
         valid &= w_right >= min_leaf
@@ -764,17 +766,17 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         invalid = ~valid
         np.copyto(gain, -np.inf, where=invalid)
         np.copyto(scale, 0.0, where=invalid)
-        best = gain.max(axis=(0, 1, 3))
-        tol = GAIN_RTOL * scale.max(axis=(0, 1, 3))
+        best = gain.reshape(s, -1).max(axis=1)
+        tol = GAIN_RTOL * scale.reshape(s, -1).max(axis=1)
         found = (best > tol) & (best >= min_gain[start:stop])
-        near = gain >= (best - tol)[:, None]
+        near = gain.reshape(s, -1) >= (best - tol)[:, None]
         # the first near-best candidate in (feature position, side, bin) order
-        pick = np.argmax(np.transpose(near, (2, 3, 0, 1)).reshape(s, -1), axis=1)
+        pick = np.argmax(near, axis=1)
         position, rest = np.divmod(pick, sides * n_bins)
         direction, bin_ = np.divmod(rest, n_bins)
         rows = np.arange(s)
-        lft = left[:, direction, bin_, rows, position]                  # (C, s)
-        rgt = right[:, direction, bin_, rows, position]
+        lft = left[:, rows, position, direction, bin_]                  # (C, s)
+        rgt = right[:, rows, position, direction, bin_]
         no_missing = criterion.weight(missing[:, rows, position]) <= 0
         heavier_left = criterion.weight(lft) >= criterion.weight(rgt)
         sl = slice(start, stop)
@@ -786,18 +788,6 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         out["left"][sl] = lft.T
         out["right"][sl] = rgt.T
     return out
-
-
-def _prefix_sums(values: np.ndarray, out: np.ndarray) -> None:
-    """``np.cumsum(values, axis=1, out=out)``: for wide slices as a loop of whole-slice
-    adds (NumPy accumulates along a middle axis element by element, many times slower);
-    the same additions in the same order."""
-    if values[:, 0].size < 256:
-        np.cumsum(values, axis=1, out=out)
-        return
-    out[:, 0] = values[:, 0]
-    for b in range(1, values.shape[1]):
-        np.add(out[:, b - 1], values[:, b], out=out[:, b])
 
 
 def sample_features(nodes: np.ndarray, n_features: int, m: int, seed: int) -> np.ndarray:

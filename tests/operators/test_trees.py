@@ -216,15 +216,18 @@ def test_the_sparse_product_sums_as_bincount_bit_for_bit(
 # --------------------------------------------------------------------------- splits
 
 
-def brute_force_gain(hist: np.ndarray, criterion: Any, min_leaf: float) -> float:
-    """The best gain of slot 0 over every (feature, threshold, missing side)."""
+def brute_force_split(hist: np.ndarray, slot: int, criterion: Any, min_leaf: float
+                      ) -> tuple[float, tuple[int, bool, int] | None]:
+    """The best gain of a slot over every (feature position, threshold, missing side),
+    and the first candidate within GAIN_RTOL of it in (position, missing right before
+    left, bin) order."""
     m, _, n_bins1, _ = hist.shape
-    best = -np.inf
+    candidates = []
     for j in range(m):
-        h = hist[j, 0]
+        h = hist[j, slot]
         total = h.sum(axis=0)
-        for b in range(n_bins1 - 1):
-            for missing_left in (False, True):
+        for missing_left in (False, True):
+            for b in range(n_bins1 - 1):
                 left = h[:b + 1].sum(axis=0) + (h[-1] if missing_left else 0)
                 right = total - left
                 lw, rw = criterion.weight(left[:, None])[0], criterion.weight(right[:, None])[0]
@@ -235,8 +238,12 @@ def brute_force_gain(hist: np.ndarray, criterion: Any, min_leaf: float) -> float
                     continue
                 gain = (criterion.score(left[:, None]) + criterion.score(right[:, None])
                         - criterion.score(total[:, None]))[0]
-                best = max(best, gain)
-    return best
+                candidates.append((gain, (j, missing_left, b)))
+    if not candidates:
+        return -np.inf, None
+    best = max(g for g, _ in candidates)
+    first = next(c for g, c in candidates if g >= best - 1e-9 * max(abs(best), 1.0))
+    return best, first
 
 
 @pytest.mark.parametrize("criterion", [Gini(3), Entropy(3), Variance(), Newton(0.5, 0.1, 1)],
@@ -244,20 +251,36 @@ def brute_force_gain(hist: np.ndarray, criterion: Any, min_leaf: float) -> float
 def test_best_split_is_the_brute_force_best(criterion: Any) -> None:
     rng = np.random.default_rng(5)
     for trial in range(5):
-        hist = rng.integers(0, 4, (3, 1, 7, criterion.channels)).astype(float)
+        n_slots = 5
+        hist = rng.integers(0, 4, (3, n_slots, 7, criterion.channels)).astype(float)
         if isinstance(criterion, Variance):
             hist[..., 1] = hist[..., 0] * rng.standard_normal(hist.shape[:-1])
         if isinstance(criterion, Newton):
             hist[..., 0] = rng.standard_normal(hist.shape[:-1]) * hist[..., 2]
             hist[..., 1] = hist[..., 2] * 0.25
-        # every feature sees the same rows: the same node totals
-        hist[1:] = hist[:1][:, :, rng.permutation(7)]
-        found = best_splits(hist, criterion, 1.0, np.zeros(1))
-        expected = brute_force_gain(hist, criterion, 1.0)
-        if found["found"][0]:
-            assert found["gain"][0] == pytest.approx(expected, rel=1e-9), trial
-        else:
-            assert not expected > 1e-9, trial
+        # every feature of a slot sees the same rows: the same node totals
+        for slot in range(n_slots):
+            hist[1:, slot] = hist[:1, slot][:, rng.permutation(7)]
+        if trial % 2:
+            hist[:, ::2, -1] = 0  # no missing values at some nodes
+        slots = np.array([4, 0, 2, 3])
+        # every slot, and some slots in another order, a chunk at a time
+        for chosen, order in ((best_splits(hist, criterion, 1.0, np.zeros(n_slots)),
+                               range(n_slots)),
+                              (best_splits(hist, criterion, 1.0, np.zeros(4), chunk=3,
+                                           slots=slots), slots)):
+            for i, slot in enumerate(order):
+                expected, first = brute_force_split(hist, slot, criterion, 1.0)
+                if not chosen["found"][i]:
+                    assert not expected > 1e-9, (trial, slot)
+                    continue
+                assert chosen["gain"][i] == pytest.approx(expected, rel=1e-9), (trial, slot)
+                got = (chosen["position"][i], chosen["missing_left"][i], chosen["bin"][i])
+                missing = hist[first[0], slot, -1][:, None]
+                if criterion.weight(missing)[0] > 0:
+                    assert got == first, (trial, slot)
+                else:  # no missing value there: they go to the heavier side
+                    assert got[::2] == first[::2], (trial, slot)
 
 
 def test_ties_go_to_the_first_feature_and_bin() -> None:
