@@ -17,6 +17,10 @@ walks the finished rounds' trees from the roots and the round's tree down to the
 both add the same values in the same order, so the model is the same bit for bit.
 
 ``subsample`` keeps a row in a round by a hash of its content and the round;
+``tree_features`` lets each tree split on a fraction of the features and ``max_features``
+each node on some of its tree's (drawn by hashes of the seed and the tree's or node's id,
+``trees.allowed_features``): the histograms still cover every feature, so a child's
+sibling is still its parent's minus its own;
 ``early_stopping`` scores the held-out rows (``validation_fraction``) in the first pass of
 every round and stops, keeping the trees grown so far, when the loss has not improved by
 more than ``tol`` in ``n_iter_no_change`` rounds (scikit-learn's rule).
@@ -25,11 +29,11 @@ more than ``tol`` in ``n_iter_no_change`` rounds (scikit-learn's rule).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from operators.arrays import to_xp
 from operators.base import ParamError, register, register_fitted
@@ -42,7 +46,10 @@ from operators.models.trees import (
     TreeModelFitted,
     TreeParams,
     add_roots,
+    allowed_features,
     derived_uniform,
+    features_fraction,
+    fraction_of_features,
     histograms,
     model_arrays,
     new_forest,
@@ -72,6 +79,14 @@ class BoostedTreesParams(TreeParams):
     n_iter_no_change: int = Field(10, ge=1, description="rounds without improvement before "
                                                         "stopping")
     tol: float = Field(1e-7, ge=0.0, description="smallest improvement of the held-out loss")
+    tree_features: float = Field(1.0, gt=0.0, le=1.0,
+                                 description="fraction of the features each tree may split on, "
+                                             "drawn per tree (XGBoost's colsample_bytree)")
+    max_features: Annotated[Literal["sqrt", "log2", "all"] | float,
+                            AfterValidator(fraction_of_features)] = Field(
+        "all", description="features each node may split on, of its tree's: sqrt, log2, all, "
+                           "or a fraction in (0, 1] (scikit-learn's max_features, XGBoost's "
+                           "colsample_bynode)")
 
 
 @register_fitted("gradient_boosted_trees.fitted")
@@ -91,6 +106,7 @@ class GradientBoostedTrees(TreeEstimator):
       learning_rate: 0.1
       max_depth: 6
       subsample: 0.8              # rows per round, by row hash
+      tree_features: 0.8          # features per tree (XGBoost's colsample_bytree)
       validation_fraction: 0.1
       early_stopping: true        # stop when the held-out loss stops improving
     ```
@@ -126,6 +142,14 @@ class GradientBoostedTrees(TreeEstimator):
 
     def _empty_value(self, state: dict[str, Any]) -> np.ndarray:
         return np.zeros(1)
+
+    def _allowed(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
+        n = len(state["features"])
+        per_tree = features_fraction(self.params.tree_features, n, state["classify"])
+        return allowed_features(
+            nodes, state["forest"]["tree"][nodes], n, per_tree,
+            lambda m: features_fraction(self.params.max_features, m, state["classify"]),
+            self.params.seed)
 
     def _before_level(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         if "loss" not in stats:

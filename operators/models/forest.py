@@ -12,13 +12,12 @@ a hash of the seed and the node; every tree of a level grows in the same pass.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from operators.base import ParamError, register, register_fitted
 from operators.models.trees import (
@@ -32,6 +31,8 @@ from operators.models.trees import (
     add_roots,
     bootstrap_salt,
     derived_uniform,
+    features_fraction,
+    fraction_of_features,
     model_arrays,
     new_forest,
     poisson_counts,
@@ -50,18 +51,12 @@ class DecisionTreeParams(TreeParams):
 
 class RandomForestParams(DecisionTreeParams):
     n_trees: int = Field(100, ge=1, le=100_000, description="trees in the forest")
-    max_features: Literal["auto", "sqrt", "log2", "all"] | float = Field(
+    max_features: Annotated[Literal["auto", "sqrt", "log2", "all"] | float,
+                            AfterValidator(fraction_of_features)] = Field(
         "auto", description="features each node considers: sqrt, log2, all, or a fraction "
                             "in (0, 1]; auto: sqrt for classification, all for regression")
     bootstrap: bool = Field(True, description="each tree learns from Poisson(1) bootstrap "
                                               "copies of the rows (by row hash and seed)")
-
-    @field_validator("max_features")
-    @classmethod
-    def _fraction(cls, value: str | float) -> str | float:
-        if isinstance(value, float) and not 0 < value <= 1:
-            raise ValueError(f"a fraction of the features must lie in (0, 1], got {value}")
-        return value
 
 
 @register_fitted("decision_tree.fitted")
@@ -163,17 +158,8 @@ class RandomForest(AveragedTrees):
         return self.params.n_trees
 
     def _n_sampled(self, state: dict[str, Any]) -> int:
-        n = len(state["features"])
-        choice = self.params.max_features
-        if choice == "auto":
-            choice = "sqrt" if state["classify"] else "all"
-        if choice == "sqrt":
-            return max(1, int(math.sqrt(n)))
-        if choice == "log2":
-            return max(1, int(math.log2(n)))
-        if choice == "all":
-            return n
-        return max(1, min(n, int(choice * n)))
+        return features_fraction(self.params.max_features, len(state["features"]),
+                                 state["classify"])
 
     def _featsel(self, state: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray | None]:
         n, m = len(state["features"]), self._n_sampled(state)

@@ -118,6 +118,7 @@ _SAMPLE_SALT = 1 << 40
 _BOOTSTRAP_SALT = 2 << 40
 _SUBSAMPLE_SALT = 3 << 40
 _FEATURE_SALT = 4 << 40
+_TREE_FEATURE_SALT = 5 << 40
 _SAMPLE_KEY = mix(np.array([_SAMPLE_SALT], dtype=np.uint64))[0]
 # splitmix64's multipliers (operators/hashing.py's mix), for mixing row hashes on a device
 _MIX_M1, _MIX_M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -705,11 +706,12 @@ def _product_histograms(product: Callable[..., None], codes: np.ndarray, n: int,
 
 
 def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
-                min_gain: np.ndarray, chunk: int = 256, slots: np.ndarray | None = None
-                ) -> dict[str, np.ndarray]:
+                min_gain: np.ndarray, chunk: int = 256, slots: np.ndarray | None = None,
+                allowed: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The best split of each slot of ``hist`` ``(m, S, bins, C)``, whose last bin holds
     the missing values; of the ``slots`` only (their order) when given, gathered a
-    chunk at a time (no copy of the histograms).
+    chunk at a time (no copy of the histograms); on the feature positions ``allowed``
+    ``(S, m)`` only, when given.
 
     Candidates: after each value bin, missing values left or right; both children need
     weight >= ``min_leaf`` and the criterion's consent; the gain must pass ``min_gain``
@@ -756,9 +758,12 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         valid &= w_right >= min_leaf
         if not min_leaf > 0:
             valid &= (w_left > 0) & (w_right > 0)
-        for allowed in (criterion.allowed(left), criterion.allowed(right)):
-            if allowed is not True:
-                valid &= allowed
+        for consent in (criterion.allowed(left), criterion.allowed(right)):
+            if consent is not True:
+                valid &= consent
+        if allowed is not None:
+            usable = allowed[start:stop] if slots is None else allowed[slots[start:stop]]
+            valid &= usable[:, :, None, None]
         # the noise floor: GAIN_RTOL times the largest |s_left| + |s_right| + |s_total|
         scale = np.abs(s_left, out=s_left)
         scale += np.abs(s_right, out=s_right)
@@ -790,16 +795,72 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
     return out
 
 
+def _feature_draws(ids: np.ndarray, n_features: int, seed: int, salt: int) -> np.ndarray:
+    """A random uint64 per (id, feature), from a hash of the seed and the id (a node's or
+    a tree's): the same on every engine."""
+    key = mix(np.array([salt + (seed & 0xFFFFFFFF)], dtype=np.uint64))[0]
+    ids = ids.astype(np.uint64)[:, None] * np.uint64(n_features) + np.arange(
+        n_features, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        return mix(mix(ids ^ key))
+
+
 def sample_features(nodes: np.ndarray, n_features: int, m: int, seed: int) -> np.ndarray:
     """``m`` of ``n_features`` features per node (sorted), drawn from a hash of the seed
     and the node id: the same on every engine."""
-    key = mix(np.array([_FEATURE_SALT + (seed & 0xFFFFFFFF)], dtype=np.uint64))[0]
-    ids = nodes.astype(np.uint64)[:, None] * np.uint64(n_features) + np.arange(
-        n_features, dtype=np.uint64)[None, :]
-    with np.errstate(over="ignore"):
-        draws = mix(mix(ids ^ key))
+    draws = _feature_draws(nodes, n_features, seed, _FEATURE_SALT)
     chosen = np.argsort(draws, axis=1, kind="stable")[:, :m]
     return np.sort(chosen, axis=1).astype(np.int32)
+
+
+def fraction_of_features(value: str | float) -> str | float:
+    """A ``max_features`` choice's check: a number must be a fraction in (0, 1]."""
+    if isinstance(value, float) and not 0 < value <= 1:
+        raise ValueError(f"a fraction of the features must lie in (0, 1], got {value}")
+    return value
+
+
+def features_fraction(choice: str | float, n: int, classify: bool) -> int:
+    """How many of ``n`` features a ``max_features`` choice keeps: sqrt, log2, all, a
+    fraction in (0, 1], or auto (sqrt for classification, all for regression); at
+    least one."""
+    if choice == "auto":
+        choice = "sqrt" if classify else "all"
+    if choice == "sqrt":
+        return max(1, int(math.sqrt(n)))
+    if choice == "log2":
+        return max(1, int(math.log2(n)))
+    if choice == "all":
+        return n
+    return max(1, min(n, int(float(choice) * n)))
+
+
+def allowed_features(nodes: np.ndarray, trees: np.ndarray, n_features: int,
+                     per_tree: int, per_node: Callable[[int], int], seed: int
+                     ) -> np.ndarray | None:
+    """Which features each node may split on, ``(nodes, n_features)``, or None for all:
+    ``per_tree`` of them drawn for each tree (XGBoost's ``colsample_bytree``), and
+    ``per_node(per_tree)`` of those for each node (``colsample_bynode``, scikit-learn's
+    ``max_features``): by hashes of the seed and the tree's or the node's id, so the same
+    on every engine and partitioning."""
+    n_node = per_node(per_tree)
+    if per_tree >= n_features and n_node >= n_features:
+        return None
+    allowed = np.ones((len(nodes), n_features), dtype=bool)
+    if per_tree < n_features:
+        ids, which = np.unique(trees, return_inverse=True)
+        order = np.argsort(_feature_draws(ids, n_features, seed, _TREE_FEATURE_SALT), axis=1,
+                           kind="stable")
+        kept = np.zeros((len(ids), n_features), dtype=bool)
+        np.put_along_axis(kept, order[:, :per_tree], True, axis=1)
+        allowed = kept[which]
+    if n_node < per_tree:
+        draws = _feature_draws(nodes, n_features, seed, _FEATURE_SALT)
+        draws[~allowed] = np.iinfo(np.uint64).max  # the tree's features come first
+        order = np.argsort(draws, axis=1, kind="stable")
+        allowed = np.zeros_like(allowed)
+        np.put_along_axis(allowed, order[:, :n_node], True, axis=1)
+    return allowed
 
 
 # --------------------------------------------------------------------------- forest arrays
@@ -925,9 +986,11 @@ def add_siblings(nodes: np.ndarray, hist: np.ndarray, siblings: dict[str, np.nda
 def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.ndarray | None,
                hist: np.ndarray, criterion: Criterion, edges: list[np.ndarray], *,
                max_depth: int, min_leaf: float, min_gain_fraction: float,
-               empty_value: np.ndarray) -> dict[str, np.ndarray]:
+               empty_value: np.ndarray, allowed: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
     """Decide the group's pending ``nodes`` from their histograms: split (two new children,
-    pending unless they cannot split) or leaf. Roots get their value and weight here."""
+    pending unless they cannot split) or leaf, on the feature positions ``allowed`` (per
+    node, all when None). Roots get their value and weight here."""
     forest = {k: v.copy() for k, v in forest.items()}
     totals = criterion.clean(np.ascontiguousarray(hist[0].sum(axis=1).T))   # (C, S)
     roots = forest["depth"][nodes] == 0
@@ -946,7 +1009,8 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
     found = np.zeros(len(nodes), dtype=bool)
     if can.any():
         chosen = best_splits(hist, criterion, min_leaf, min_gain[can],
-                             slots=None if can.all() else np.flatnonzero(can))
+                             slots=None if can.all() else np.flatnonzero(can),
+                             allowed=allowed)
         found[can] = chosen["found"]
         hit = chosen["found"]
         split_nodes = nodes[can][hit]
@@ -1391,6 +1455,12 @@ class TreeEstimator(Estimator):
     def _featsel(self, state: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray | None]:
         return lambda nodes: None
 
+    def _allowed(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
+        """Which of the histograms' feature positions each node may split on (None: all;
+        boosting samples features per tree and per node with full histograms, so that a
+        child's sibling still comes from its parent's)."""
+        return None
+
     def _n_sampled(self, state: dict[str, Any]) -> int:
         return len(state["features"])
 
@@ -1419,7 +1489,8 @@ class TreeEstimator(Estimator):
         forest = grow_level(state["forest"], nodes, featsel, hist, crit, state["edges"],
                             max_depth=p.max_depth, min_leaf=p.min_samples_leaf,
                             min_gain_fraction=self._min_gain_fraction(state),
-                            empty_value=self._empty_value(state))
+                            empty_value=self._empty_value(state),
+                            allowed=self._allowed(state, nodes))
         kept = state.get("kept")
         if featsel is None:  # parent and children histograms cover the same features
             limit = min(PARENT_HISTOGRAM_MB, p.max_histogram_mb) * 2**20

@@ -522,6 +522,60 @@ def test_row_batches_give_the_same_model(monkeypatch: pytest.MonkeyPatch) -> Non
         np.testing.assert_array_equal(values, batched.arrays()[name], err_msg=name)
 
 
+def grown_state(estimator: Any, parts: list[pa.Table]) -> dict[str, Any]:
+    """The driver's final state of a fit (its forest: every node, in creation order)."""
+    state, _ = drive(estimator, parts[0].schema, lambda partial: tree_reduce(
+        [partial(p, NUMPY) for p in parts], estimator.combine))
+    return state
+
+
+def test_boosting_splits_on_the_features_drawn_for_its_tree_and_node() -> None:
+    """``tree_features`` draws features per tree, ``max_features`` some of those per node
+    (XGBoost's colsample_bytree and colsample_bynode): every split is on a feature its
+    node may use, trees draw different features, and drawing all is the default."""
+    table = tree_table(rows=400, classes=3, seed=29)  # 6 features, 3 trees a round
+    parts = split(table, 3)
+
+    def boosting(**params: Any) -> GradientBoostedTrees:
+        return GradientBoostedTrees(label="y", n_trees=8, max_depth=3, min_samples_leaf=3,
+                                    seed=4, **params)
+
+    state = grown_state(boosting(tree_features=0.5, max_features=0.7), parts)
+    forest, n = state["forest"], len(state["features"])
+    assert n == 6
+    split_nodes = np.flatnonzero(forest["status"] == trees.SPLIT)
+    tree_of = forest["tree"][split_nodes]
+    per_tree = trees.allowed_features(split_nodes, tree_of, n, 3, lambda m: m, 4)
+    per_node = trees.allowed_features(split_nodes, tree_of, n, 3, lambda m: int(0.7 * m), 4)
+    assert (per_tree.sum(axis=1) == 3).all() and (per_node.sum(axis=1) == 2).all()
+    assert not (per_node & ~per_tree).any()  # a node draws among its tree's features
+    used = forest["feature"][split_nodes]
+    assert per_node[np.arange(len(split_nodes)), used].all()
+    for tree in np.unique(tree_of):  # a tree's nodes share its draw
+        rows = per_tree[tree_of == tree]
+        assert (rows == rows[0]).all()
+    assert len({per_tree[tree_of == t][0].tobytes() for t in np.unique(tree_of)}) > 1
+    # unsampled, some splits use features those draws would not allow
+    full = grown_state(boosting(), parts)["forest"]
+    full_nodes = np.flatnonzero(full["status"] == trees.SPLIT)
+    allowed = trees.allowed_features(full_nodes, full["tree"][full_nodes], n, 3,
+                                     lambda m: int(0.7 * m), 4)
+    assert not allowed[np.arange(len(full_nodes)), full["feature"][full_nodes]].all()
+    assert trees.allowed_features(full_nodes, full["tree"][full_nodes], n, n, lambda m: m,
+                                  4) is None
+    every = grown_state(boosting(tree_features=1.0, max_features="all"), parts)["forest"]
+    for name, values in full.items():
+        np.testing.assert_array_equal(values, every[name], err_msg=name)
+    # the forest's per-node choices keep their meaning
+    assert [trees.features_fraction(c, 16, True) for c in ("auto", "sqrt", "log2", "all", 0.3)
+            ] == [4, 4, 4, 16, 4]
+    assert trees.features_fraction("auto", 16, False) == 16
+    for bad in ({"tree_features": 0.0}, {"tree_features": 1.5}, {"max_features": 1.5},
+                {"max_features": "auto"}):
+        with pytest.raises(ValidationError):
+            boosting(**bad)
+
+
 @pytest.mark.parametrize("classes", [0, 2, 3])
 def test_boosting_moves_rows_by_table_or_by_comparisons_to_one_model(
         classes: int, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,6 +91,8 @@ ZOO = {
         n_trees: 8
         max_depth: 3
         subsample: 0.8
+        tree_features: 0.7
+        max_features: 0.6
     """,
     "linear_weighted": """
       - op: drop

@@ -77,6 +77,10 @@ def _cases() -> None:
                                     "min_samples_leaf": 5, "validation_fraction": 0.25,
                                     "early_stopping": True, "n_iter_no_change": 2},
          string_classes_table, id="multiclass-early-stopping", rtol=1e-8, atol=1e-10)
+    case("gradient_boosted_trees", {"label": "y", "n_trees": 4, "max_depth": 3,
+                                    "min_samples_leaf": 5, "tree_features": 0.7,
+                                    "max_features": "sqrt", "seed": 2},
+         string_classes_table, id="multiclass-feature-sampling", rtol=1e-8, atol=1e-10)
 
 
 _cases()
