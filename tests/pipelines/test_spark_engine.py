@@ -368,7 +368,7 @@ def test_user_error_is_one_line_on_the_command_line(spark: SparkEngine, churn: P
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith(f"error: {path}:3: step 'events', partition "), err
-    assert "column 'plan' cannot be cast from string to int64" in lines[0]
+    assert "column 'plan' cannot be cast from string to the declared int64" in lines[0]
     assert spark.spark is not None and spark.spark.sparkContext._jsc is not None  # still up
     assert not (workdir / "out").exists()
 
@@ -400,7 +400,7 @@ def test_errors_read_as_on_the_local_engine(spark: SparkEngine, workdir: Path) -
         messages.append(str(info.value))
     assert messages[0] == messages[1]
     assert "step 'events', partition 1 (" in messages[1] and "b.parquet" in messages[1]
-    assert "column 'code' cannot be cast from string to int64" in messages[1]
+    assert "column 'code' cannot be cast from string to the declared int64" in messages[1]
 
 
 def test_spark_failures_become_one_line() -> None:
