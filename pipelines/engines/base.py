@@ -216,19 +216,45 @@ def interruption(exc: BaseException) -> KeyboardInterrupt | None:
 
 @contextlib.contextmanager
 def workers_ignore_ctrl_c() -> Iterator[None]:
-    """Worker processes started in the block ignore SIGINT (an ignored signal stays
-    ignored in children, through exec too): Ctrl-C at a terminal reaches the whole
-    process group, and it is the driver that stops the run and closes its workers; a
-    KeyboardInterrupt traceback from each worker would bury the driver's one line.
-    (A Ctrl-C in the block itself, while workers start, is not seen: press it again.)"""
+    """Worker processes started in the block never see SIGINT: Ctrl-C at a terminal
+    reaches the whole process group, and it is the driver that stops the run and closes
+    its workers; a KeyboardInterrupt traceback from each worker would bury the driver's
+    one line.
+
+    The block runs with SIGINT blocked in this thread, and threads started in it inherit
+    that: processes they start keep it blocked (the mask survives exec, and Python never
+    unblocks it), held and never delivered. A Ctrl-C meanwhile (a LocalCluster takes
+    seconds to start) is not lost: another thread takes it and the block notes it, or it
+    waits, pending, for the block's end; either way it reaches the handler the block
+    found once the block is done (so what the block started is in place to be closed)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: ignored, and a Ctrl-C is lost
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return
+    # multiprocessing's resource tracker unblocks SIGINT in the thread that starts it
+    # (the first process started): started now, before the block, it changes no mask
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    caught: list[int] = []
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        if signal.SIGINT not in blocked:  # a pending Ctrl-C arrives now, to ``previous``
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)
+    elif caught and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
 
 
 @dataclass(frozen=True)

@@ -79,3 +79,33 @@ def test_a_signal_stops_the_run_cleanly(engine: str, how: str, workdir: Path) ->
     assert record["error"] == f"interrupted by {signum.name}"
     # the engine's workers, the JVM and its Python workers: all gone
     assert _gone(child.pid, 30), "processes of the run are left behind"
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_dask_workers_start_stops_the_run(workdir: Path) -> None:
+    """The LocalCluster's worker processes start with Ctrl-C held off (the driver stops
+    the run); a Ctrl-C in those seconds is the driver's all the same."""
+    import psutil
+
+    path, marks = touch_pipeline(workdir, "stopped", 8, 3.0)
+    child = subprocess.Popen([SLUICE, "run", str(path), "--engine", "dask"], cwd=workdir,
+                             env={**os.environ, "CI": "1"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        driver, deadline = psutil.Process(child.pid), time.monotonic() + 120
+        while not driver.children(recursive=True):  # the workers are being started
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "no worker process started"
+            time.sleep(0.01)
+        os.killpg(child.pid, signal.SIGINT)
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 128 + signal.SIGINT, stderr
+    assert stderr.strip().splitlines() == [
+        "error: interrupted by SIGINT: stopped; what the run had not committed was "
+        "discarded (its run record says interrupted)"], stderr
+    assert not any(marks.iterdir())  # no partition was started
+    assert _gone(child.pid, 30), "processes of the run are left behind"
