@@ -20,7 +20,11 @@ both add the same values in the same order, so the model is the same bit for bit
 ``tree_features`` lets each tree split on a fraction of the features and ``max_features``
 each node on some of its tree's (drawn by hashes of the seed and the tree's or node's id,
 ``trees.allowed_features``): the histograms still cover every feature, so a child's
-sibling is still its parent's minus its own;
+sibling is still its parent's minus its own; ``monotonic`` constrains the output to rise
+(1) or fall (-1) with a feature, as scikit-learn's ``monotonic_cst`` does: a node's
+children's values stay within bounds its ancestors' constrained splits set (the middle of
+their two children's values), candidate splits whose children's values go the wrong way
+are not taken, and gains are the loss decreases at the bounded values (``trees.grow_level``);
 ``early_stopping`` scores the held-out rows (``validation_fraction``) in the first pass of
 every round and stops, keeping the trees grown so far, when the loss has not improved by
 more than ``tol`` in ``n_iter_no_change`` rounds (scikit-learn's rule).
@@ -36,7 +40,7 @@ import pyarrow as pa
 from pydantic import AfterValidator, Field
 
 from operators.arrays import to_xp
-from operators.base import ParamError, register, register_fitted
+from operators.base import DataError, ParamError, SchemaError, register, register_fitted
 from operators.models.common import split_rows
 from operators.models.trees import (
     Criterion,
@@ -87,6 +91,10 @@ class BoostedTreesParams(TreeParams):
         "all", description="features each node may split on, of its tree's: sqrt, log2, all, "
                            "or a fraction in (0, 1] (scikit-learn's max_features, XGBoost's "
                            "colsample_bynode)")
+    monotonic: dict[str, Literal[-1, 1]] | None = Field(
+        None, description="features the prediction may only rise (1) or only fall (-1) "
+                          "with, e.g. {tenure: -1} (regression and two classes; "
+                          "scikit-learn's monotonic_cst, XGBoost's monotone_constraints)")
 
 
 @register_fitted("gradient_boosted_trees.fitted")
@@ -107,6 +115,7 @@ class GradientBoostedTrees(TreeEstimator):
       max_depth: 6
       subsample: 0.8              # rows per round, by row hash
       tree_features: 0.8          # features per tree (XGBoost's colsample_bytree)
+      monotonic: {monthly_charges: 1}   # the churn risk only rises with the price
       validation_fraction: 0.1
       early_stopping: true        # stop when the held-out loss stops improving
     ```
@@ -130,6 +139,11 @@ class GradientBoostedTrees(TreeEstimator):
 
     def _start(self, state: dict[str, Any]) -> dict[str, Any]:
         k = self._outputs(state)
+        if self.params.monotonic and k > 1:
+            raise DataError(
+                f"monotonic constraints need a numeric label or two classes; "
+                f"'{self.params.label}' has {k} classes",
+                hint="leave monotonic out, or fit one model per class (a 0/1 label each)")
         if not state["classify"]:
             base = np.array([state["mean"]])
         else:
@@ -142,6 +156,19 @@ class GradientBoostedTrees(TreeEstimator):
 
     def _empty_value(self, state: dict[str, Any]) -> np.ndarray:
         return np.zeros(1)
+
+    def _check_features(self, features: list[str]) -> None:
+        unknown = [name for name in self.params.monotonic or {} if name not in features]
+        if unknown:
+            raise SchemaError(f"monotonic names '{unknown[0]}', which is not a feature",
+                              hint="features: " + ", ".join(features[:20]))
+
+    def _monotonic(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
+        constraints = self.params.monotonic
+        if not constraints:
+            return None
+        direction = np.array([constraints.get(f, 0) for f in state["features"]], np.int8)
+        return np.broadcast_to(direction, (len(nodes), len(direction)))
 
     def _allowed(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
         n = len(state["features"])

@@ -456,6 +456,18 @@ class Newton(Criterion):
     def value(self, stats: np.ndarray) -> np.ndarray:
         return (-self.learning_rate * _ratio(stats[0], stats[1] + self.l2))[None]
 
+    def bounded_value(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
+        """The leaf value before shrinkage, ``-G / (H + l2)``, within [lower, upper]
+        (monotonic constraints: scikit-learn's and XGBoost's bounds)."""
+        return np.clip(-_ratio(stats[0], stats[1] + self.l2), lower, upper)
+
+    def bounded_score(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
+        """``score`` at the bounded value ``v``: the loss decrease ``-(G v + (H + l2) v^2
+        / 2)``, which is ``score`` where ``v`` is within the bounds (XGBoost's gain given
+        a weight)."""
+        v = self.bounded_value(stats, lower, upper)
+        return -(stats[0] * v + 0.5 * (stats[1] + self.l2) * v * v)
+
     def clean(self, stats: np.ndarray) -> np.ndarray:
         np.maximum(stats[1:], 0.0, out=stats[1:])
         return stats
@@ -707,11 +719,17 @@ def _product_histograms(product: Callable[..., None], codes: np.ndarray, n: int,
 
 def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
                 min_gain: np.ndarray, chunk: int = 256, slots: np.ndarray | None = None,
-                allowed: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                allowed: np.ndarray | None = None, monotonic: np.ndarray | None = None,
+                bounds: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The best split of each slot of ``hist`` ``(m, S, bins, C)``, whose last bin holds
     the missing values; of the ``slots`` only (their order) when given, gathered a
     chunk at a time (no copy of the histograms); on the feature positions ``allowed``
     ``(S, m)`` only, when given.
+
+    ``monotonic`` ``(S, m)``: per slot and feature position 1 (the left child's value
+    may not pass the right's), -1 (the reverse) or 0; the criterion's values and scores
+    are then those within the slot's ``bounds`` ``(S, 2)`` (``Newton`` only: monotonic
+    constraints as scikit-learn's HistGradientBoosting and XGBoost have them).
 
     Candidates: after each value bin, missing values left or right; both children need
     weight >= ``min_leaf`` and the criterion's consent; the gain must pass ``min_gain``
@@ -749,8 +767,17 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         right = criterion.clean(total[..., None, None] - left)
         criterion.clean(left)
         criterion.clean(total)
-        s_left, s_right = criterion.score(left), criterion.score(right)
-        s_total = criterion.score(total)[..., None, None]
+        if monotonic is None:
+            s_left, s_right = criterion.score(left), criterion.score(right)
+            s_total = criterion.score(total)[..., None, None]
+        else:
+            assert isinstance(criterion, Newton) and bounds is not None
+            chosen = slice(start, stop) if slots is None else slots[start:stop]
+            lo, hi = bounds[chosen, 0], bounds[chosen, 1]
+            lo4, hi4 = lo[:, None, None, None], hi[:, None, None, None]
+            s_left = criterion.bounded_score(left, lo4, hi4)
+            s_right = criterion.bounded_score(right, lo4, hi4)
+            s_total = criterion.bounded_score(total, lo[:, None], hi[:, None])[..., None, None]
         gain = s_left + s_right
         gain -= s_total                                                  # (s,m,sides,B)
         w_left, w_right = criterion.weight(left), criterion.weight(right)
@@ -764,6 +791,11 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         if allowed is not None:
             usable = allowed[start:stop] if slots is None else allowed[slots[start:stop]]
             valid &= usable[:, :, None, None]
+        if monotonic is not None:  # the children's values in the constraint's order
+            rise = (criterion.bounded_value(right, lo4, hi4)
+                    - criterion.bounded_value(left, lo4, hi4))
+            direction = monotonic[chosen][:, :, None, None]
+            valid &= direction * rise >= 0
         # the noise floor: GAIN_RTOL times the largest |s_left| + |s_right| + |s_total|
         scale = np.abs(s_left, out=s_left)
         scale += np.abs(s_right, out=s_right)
@@ -873,7 +905,8 @@ def new_forest(width: int) -> dict[str, np.ndarray]:
             "bin": np.zeros(0, np.int32), "threshold": np.zeros(0),
             "missing_left": np.zeros(0, bool), "left": np.zeros(0, np.int32),
             "right": np.zeros(0, np.int32), "value": np.zeros((0, width)),
-            "weight": np.zeros(0), "gain": np.zeros(0), "roots": np.zeros(0, np.int32)}
+            "weight": np.zeros(0), "gain": np.zeros(0), "lower": np.zeros(0),
+            "upper": np.zeros(0), "roots": np.zeros(0, np.int32)}
 
 
 def add_nodes(forest: dict[str, np.ndarray], tree: np.ndarray, depth: np.ndarray,
@@ -887,7 +920,8 @@ def add_nodes(forest: dict[str, np.ndarray], tree: np.ndarray, depth: np.ndarray
              "bin": np.full(k, -1, np.int32), "threshold": np.full(k, np.nan),
              "missing_left": np.zeros(k, bool), "left": np.full(k, -1, np.int32),
              "right": np.full(k, -1, np.int32), "value": value.reshape(k, forest["value"].shape[1]),
-             "weight": weight.astype(np.float64), "gain": np.zeros(k)}
+             "weight": weight.astype(np.float64), "gain": np.zeros(k),
+             "lower": np.full(k, -np.inf), "upper": np.full(k, np.inf)}
     out = {name: np.concatenate([forest[name], fresh[name]]) for name in fresh}
     out["roots"] = forest["roots"]
     return out, np.arange(start, start + k)
@@ -986,11 +1020,17 @@ def add_siblings(nodes: np.ndarray, hist: np.ndarray, siblings: dict[str, np.nda
 def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.ndarray | None,
                hist: np.ndarray, criterion: Criterion, edges: list[np.ndarray], *,
                max_depth: int, min_leaf: float, min_gain_fraction: float,
-               empty_value: np.ndarray, allowed: np.ndarray | None = None
-               ) -> dict[str, np.ndarray]:
+               empty_value: np.ndarray, allowed: np.ndarray | None = None,
+               monotonic: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Decide the group's pending ``nodes`` from their histograms: split (two new children,
     pending unless they cannot split) or leaf, on the feature positions ``allowed`` (per
-    node, all when None). Roots get their value and weight here."""
+    node, all when None). Roots get their value and weight here.
+
+    ``monotonic`` (per node and feature position: 1, -1 or 0; ``best_splits``) keeps each
+    node's children's values within its bounds (``forest["lower"]``, ``["upper"]``), and
+    a split on a constrained feature bounds its children's subtrees at the middle of
+    their two values, the left below and the right above it for 1 (scikit-learn's rule),
+    so that the model's output only rises (1) or falls (-1) with that feature."""
     forest = {k: v.copy() for k, v in forest.items()}
     totals = criterion.clean(np.ascontiguousarray(hist[0].sum(axis=1).T))   # (C, S)
     roots = forest["depth"][nodes] == 0
@@ -1008,9 +1048,12 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
     min_gain = min_gain_fraction * root_weight
     found = np.zeros(len(nodes), dtype=bool)
     if can.any():
+        bounds = None
+        if monotonic is not None:
+            bounds = np.stack([forest["lower"][nodes], forest["upper"][nodes]], axis=1)
         chosen = best_splits(hist, criterion, min_leaf, min_gain[can],
                              slots=None if can.all() else np.flatnonzero(can),
-                             allowed=allowed)
+                             allowed=allowed, monotonic=monotonic, bounds=bounds)
         found[can] = chosen["found"]
         hit = chosen["found"]
         split_nodes = nodes[can][hit]
@@ -1027,8 +1070,13 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
         forest["missing_left"][split_nodes] = chosen["missing_left"][hit]
         forest["gain"][split_nodes] = chosen["gain"][hit]
         forest["status"][split_nodes] = SPLIT
+        limits = None
+        if monotonic is not None:
+            rows = np.flatnonzero(can)[hit]
+            limits = _child_bounds(criterion, chosen["left"][hit], chosen["right"][hit],
+                                   bounds[rows], monotonic[rows, position])
         forest = _add_children(forest, split_nodes, chosen["left"][hit], chosen["right"][hit],
-                               criterion, max_depth, min_leaf)
+                               criterion, max_depth, min_leaf, limits)
     leaves = nodes[~found]
     forest["status"][leaves] = LEAF
     return forest
@@ -1046,9 +1094,29 @@ def _placed(forest: dict[str, np.ndarray], tree: np.ndarray, values: np.ndarray
     return full
 
 
+def _child_bounds(criterion: Criterion, left: np.ndarray, right: np.ndarray,
+                  bounds: np.ndarray, direction: np.ndarray) -> dict[str, np.ndarray]:
+    """The children's values (shrunk) within their parent's ``bounds``, and the bounds
+    of their own children, left and right interleaved (``_add_children``'s order)."""
+    assert isinstance(criterion, Newton)
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    v_left = criterion.bounded_value(left.T, lo, hi)
+    v_right = criterion.bounded_value(right.T, lo, hi)
+    mid = 0.5 * (v_left + v_right)
+    rising, falling = direction > 0, direction < 0
+    k = len(lo)
+    value, lower, upper = np.empty(2 * k), np.empty(2 * k), np.empty(2 * k)
+    value[0::2], value[1::2] = v_left, v_right
+    lower[0::2] = np.where(falling, mid, lo)
+    upper[0::2] = np.where(rising, mid, hi)
+    lower[1::2] = np.where(rising, mid, lo)
+    upper[1::2] = np.where(falling, mid, hi)
+    return {"value": criterion.learning_rate * value, "lower": lower, "upper": upper}
+
+
 def _add_children(forest: dict[str, np.ndarray], parents: np.ndarray, left: np.ndarray,
-                  right: np.ndarray, criterion: Criterion, max_depth: int, min_leaf: float
-                  ) -> dict[str, np.ndarray]:
+                  right: np.ndarray, criterion: Criterion, max_depth: int, min_leaf: float,
+                  limits: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     k = len(parents)
     stats = np.empty((left.shape[1], 2 * k))
     stats[:, 0::2], stats[:, 1::2] = left.T, right.T
@@ -1056,9 +1124,12 @@ def _add_children(forest: dict[str, np.ndarray], parents: np.ndarray, left: np.n
     depth = np.repeat(forest["depth"][parents] + 1, 2)
     weight = criterion.weight(stats)
     pending = (depth < max_depth) & (weight >= 2 * min_leaf) & criterion.splittable(stats)
-    value = _placed(forest, tree, criterion.value(stats).T)
+    raw = criterion.value(stats).T if limits is None else limits["value"][:, None]
+    value = _placed(forest, tree, raw)
     forest, ids = add_nodes(forest, tree, depth, np.where(pending, PENDING, LEAF), value,
                             weight)
+    if limits is not None:
+        forest["lower"][ids], forest["upper"][ids] = limits["lower"], limits["upper"]
     forest["left"][parents] = ids[0::2]
     forest["right"][parents] = ids[1::2]
     return forest
@@ -1215,10 +1286,14 @@ class TreeEstimator(Estimator):
         features = check_inputs(schema, self.params)
         classify, label_type = tree_label_type(schema, self.params, self.name)
         self._check_params(classify)
+        self._check_features(features)
         return features, classify, label_type
 
     def _check_params(self, classify: bool) -> None:
         """Parameter combinations that depend on the task."""
+
+    def _check_features(self, features: list[str]) -> None:
+        """Parameters that name features (checked when the plan is made)."""
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         _, classify, label_type = self._check(schema)
@@ -1455,6 +1530,11 @@ class TreeEstimator(Estimator):
     def _featsel(self, state: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray | None]:
         return lambda nodes: None
 
+    def _monotonic(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
+        """Per node and histogram feature position: 1, -1 (constrained) or 0; None when no
+        feature is constrained."""
+        return None
+
     def _allowed(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
         """Which of the histograms' feature positions each node may split on (None: all;
         boosting samples features per tree and per node with full histograms, so that a
@@ -1490,7 +1570,8 @@ class TreeEstimator(Estimator):
                             max_depth=p.max_depth, min_leaf=p.min_samples_leaf,
                             min_gain_fraction=self._min_gain_fraction(state),
                             empty_value=self._empty_value(state),
-                            allowed=self._allowed(state, nodes))
+                            allowed=self._allowed(state, nodes),
+                            monotonic=self._monotonic(state, nodes))
         kept = state.get("kept")
         if featsel is None:  # parent and children histograms cover the same features
             limit = min(PARENT_HISTOGRAM_MB, p.max_histogram_mb) * 2**20

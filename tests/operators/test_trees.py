@@ -576,6 +576,74 @@ def test_boosting_splits_on_the_features_drawn_for_its_tree_and_node() -> None:
             boosting(**bad)
 
 
+def rising_and_wavy(rows: int, classify: bool, seed: int = 0) -> pa.Table:
+    """A label that rises with x1 overall but not everywhere (a sine on top), and rises
+    with x2."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.uniform(-3, 3, rows), rng.uniform(-3, 3, rows)
+    signal = np.sin(2 * x1) + 0.8 * x1 + 0.5 * x2 + 0.3 * rng.standard_normal(rows)
+    y = (signal > 0).astype(np.int64) if classify else signal
+    return pa.table({"x1": x1, "x2": x2, "y": y})
+
+
+def largest_moves(model: Any, column: str, other: str) -> tuple[float, float]:
+    """The largest fall and rise of the output along a grid of ``column``, the other
+    feature held at several values."""
+    grid = np.linspace(-3, 3, 241)
+    out = "probability" if model.classes is not None else "prediction"
+    steps = []
+    for held in np.linspace(-2.9, 2.9, 9):
+        table = pa.table({column: grid, other: np.full(len(grid), held)})
+        steps.append(np.diff(np.asarray(model.transform(table, NUMPY).column(out))))
+    steps = np.concatenate(steps)
+    return float(steps.min()), float(steps.max())
+
+
+@pytest.mark.parametrize("classify", [False, True], ids=["regression", "binary"])
+def test_monotonic_constraints_hold_and_fit_as_scikit_learn(classify: bool) -> None:
+    """``monotonic: {x1: 1, x2: -1}``: the output never falls along x1 and never rises
+    along x2 (where the data rise), while the unconstrained model does both; the fit is
+    as good as HistGradientBoosting's with its monotonic_cst."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    table = rising_and_wavy(4000, classify)
+    parts = split(table, 3)
+    settings = {"n_trees": 30, "max_depth": 4, "min_samples_leaf": 10}
+
+    def fitted(**params: Any) -> Any:
+        return fit_state(GradientBoostedTrees(label="y", **settings, **params), parts)[0]
+
+    free = fitted()
+    assert largest_moves(free, "x1", "x2")[0] < -1e-3  # the sine shows
+    assert largest_moves(free, "x2", "x1")[1] > 1e-3
+    bound = fitted(monotonic={"x1": 1, "x2": -1})
+    assert largest_moves(bound, "x1", "x2")[0] >= 0.0
+    assert largest_moves(bound, "x2", "x1")[1] <= 0.0
+    X, y = np.c_[table["x1"].to_numpy(), table["x2"].to_numpy()], table["y"].to_numpy()
+    peer = HistGradientBoostingClassifier if classify else HistGradientBoostingRegressor
+    reference = peer(max_iter=30, max_depth=4, min_samples_leaf=10, early_stopping=False,
+                     monotonic_cst=[1, -1]).fit(X, y)
+    if classify:
+        ours = np.asarray(predictions(bound, table)["probability"])
+        theirs = reference.predict_proba(X)[:, 1]
+        loss = [float(np.mean(-y * np.log(p) - (1 - y) * np.log(1 - p))) for p in (ours, theirs)]
+    else:
+        ours, theirs = np.asarray(predictions(bound, table)["prediction"]), reference.predict(X)
+        loss = [float(np.mean((p - y) ** 2)) for p in (ours, theirs)]
+    assert loss[0] == pytest.approx(loss[1], rel=0.02), loss
+
+
+def test_monotonic_constraints_that_cannot_apply() -> None:
+    table = rising_and_wavy(300, classify=False)
+    with pytest.raises(SchemaError, match="monotonic names 'x9', which is not a feature"):
+        GradientBoostedTrees(label="y", monotonic={"x9": 1}).output_schema(table.schema)
+    with pytest.raises(ValidationError):
+        GradientBoostedTrees(label="y", monotonic={"x1": 2})
+    classes = table.set_column(2, "y", pa.array(np.arange(300) % 3))
+    with pytest.raises(DataError, match="'y' has 3 classes"):
+        fit_state(GradientBoostedTrees(label="y", monotonic={"x1": 1}), [classes])
+
+
 @pytest.mark.parametrize("classes", [0, 2, 3])
 def test_boosting_moves_rows_by_table_or_by_comparisons_to_one_model(
         classes: int, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,6 +93,7 @@ ZOO = {
         subsample: 0.8
         tree_features: 0.7
         max_features: 0.6
+        monotonic: {tenure: 1}
     """,
     "linear_weighted": """
       - op: drop

@@ -73,6 +73,9 @@ def _cases() -> None:
                                     "subsample": 0.7, "l2": 1.0, "min_samples_leaf": 3},
          lambda: tree_table(regression=True, seed=7), id="regression-subsample-weighted",
          rtol=1e-8, atol=1e-10)
+    case("gradient_boosted_trees", {"label": "y", "n_trees": 5, "max_depth": 3,
+                                    "min_samples_leaf": 5, "monotonic": {"x1": 1, "x3": -1}},
+         tree_table, id="binary-monotonic", rtol=1e-8, atol=1e-10)
     case("gradient_boosted_trees", {"label": "y", "n_trees": 4, "max_depth": 2,
                                     "min_samples_leaf": 5, "validation_fraction": 0.25,
                                     "early_stopping": True, "n_iter_no_change": 2},
