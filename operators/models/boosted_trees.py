@@ -33,6 +33,7 @@ more than ``tol`` in ``n_iter_no_change`` rounds (scikit-learn's rule).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -61,6 +62,7 @@ from operators.models.trees import (
     partition_memo,
     prepare_rows,
     subsample_salt,
+    tree_features,
     truncate,
     walk_step,
 )
@@ -170,9 +172,24 @@ class GradientBoostedTrees(TreeEstimator):
         direction = np.array([constraints.get(f, 0) for f in state["features"]], np.int8)
         return np.broadcast_to(direction, (len(nodes), len(direction)))
 
+    children_share_features = True  # the features sampled per tree: a node's are its tree's
+
+    def _n_sampled(self, state: dict[str, Any]) -> int:
+        return features_fraction(self.params.tree_features, len(state["features"]),
+                                 state["classify"])
+
+    def _featsel(self, state: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray | None]:
+        """With ``tree_features``, a pass sums the histograms of its trees' features only
+        (those of a node are its tree's)."""
+        n, m = len(state["features"]), self._n_sampled(state)
+        if m >= n:
+            return lambda nodes: None
+        trees, seed = state["forest"]["tree"], self.params.seed
+        return lambda nodes: tree_features(trees[nodes], n, m, seed)
+
     def _allowed(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
         n = len(state["features"])
-        per_tree = features_fraction(self.params.tree_features, n, state["classify"])
+        per_tree = self._n_sampled(state)
         return allowed_features(
             nodes, state["forest"]["tree"][nodes], n, per_tree,
             lambda m: features_fraction(self.params.max_features, m, state["classify"]),
@@ -243,15 +260,16 @@ class GradientBoostedTrees(TreeEstimator):
         prep = self._prepared(part, state, memo, xp)
         out = self._pass_extras(part, prep, state, memo, xp)
         columns = self._round_channels(prep, state, memo, xp)  # before positions move
-        nodes, _ = Level.group(state["level"])
+        nodes, featsel = Level.group(state["level"])
         forest, k, n = state["forest"], self._outputs(state), prep["n"]
         first = int(forest["roots"][state["round"] * k])
         tables = node_tables(forest, first, len(forest["tree"]), state["missing"], n, xp,
                              nodes)
         positions = self._positions(prep, state, memo, tables, xp)
         learners = self._learners(prep, state, memo, xp)
-        # at the roots every row learns: their weight sums are the same every round
-        roots = state["level"]["depth"] == 0 and learners is None
+        # at the roots every row learns: their weight sums are the same every round (and
+        # feature, when the rounds' trees sum the same features)
+        roots = state["level"]["depth"] == 0 and learners is None and featsel is None
         owner = forest["tree"][nodes] - state["round"] * k
         hist: np.ndarray | None = None
         for column, pos in enumerate(positions):
@@ -269,7 +287,8 @@ class GradientBoostedTrees(TreeEstimator):
                 channels = [xp.take(c, rows) for c in channels]
             weights = memo.get("root_weights") if roots else None
             sums = histograms(xp, prep["codes"], n, rows, xp.take(slot, rows) - lo,
-                              channels if weights is None else channels[:-1], None, 1, None,
+                              channels if weights is None else channels[:-1], None, 1,
+                              None if featsel is None else featsel[lo:hi],
                               len(state["features"]), hi - lo, state["missing"] + 1,
                               prep.get("by_row"))
             if weights is not None:

@@ -827,6 +827,15 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
     return out
 
 
+def _at_positions(per_feature: np.ndarray | None, featsel: np.ndarray | None
+                  ) -> np.ndarray | None:
+    """Per node and feature ``(nodes, n_features)``, as per node and histogram position
+    (the features ``featsel`` gives each node's positions)."""
+    if per_feature is None or featsel is None:
+        return per_feature
+    return np.take_along_axis(per_feature, featsel.astype(np.intp), axis=1)
+
+
 def _feature_draws(ids: np.ndarray, n_features: int, seed: int, salt: int) -> np.ndarray:
     """A random uint64 per (id, feature), from a hash of the seed and the id (a node's or
     a tree's): the same on every engine."""
@@ -837,12 +846,17 @@ def _feature_draws(ids: np.ndarray, n_features: int, seed: int, salt: int) -> np
         return mix(mix(ids ^ key))
 
 
+def _drawn(ids: np.ndarray, n_features: int, m: int, seed: int, salt: int) -> np.ndarray:
+    """``m`` of ``n_features`` features per id, sorted (``_feature_draws``' smallest)."""
+    chosen = np.argsort(_feature_draws(ids, n_features, seed, salt), axis=1,
+                        kind="stable")[:, :m]
+    return np.sort(chosen, axis=1).astype(np.int32)
+
+
 def sample_features(nodes: np.ndarray, n_features: int, m: int, seed: int) -> np.ndarray:
     """``m`` of ``n_features`` features per node (sorted), drawn from a hash of the seed
     and the node id: the same on every engine."""
-    draws = _feature_draws(nodes, n_features, seed, _FEATURE_SALT)
-    chosen = np.argsort(draws, axis=1, kind="stable")[:, :m]
-    return np.sort(chosen, axis=1).astype(np.int32)
+    return _drawn(nodes, n_features, m, seed, _FEATURE_SALT)
 
 
 def fraction_of_features(value: str | float) -> str | float:
@@ -867,6 +881,13 @@ def features_fraction(choice: str | float, n: int, classify: bool) -> int:
     return max(1, min(n, int(float(choice) * n)))
 
 
+def tree_features(trees: np.ndarray, n_features: int, m: int, seed: int) -> np.ndarray:
+    """``m`` of ``n_features`` features per tree (sorted), drawn from a hash of the seed
+    and the tree's id: the same on every engine."""
+    ids, which = np.unique(trees, return_inverse=True)
+    return _drawn(ids, n_features, m, seed, _TREE_FEATURE_SALT)[which]
+
+
 def allowed_features(nodes: np.ndarray, trees: np.ndarray, n_features: int,
                      per_tree: int, per_node: Callable[[int], int], seed: int
                      ) -> np.ndarray | None:
@@ -880,12 +901,9 @@ def allowed_features(nodes: np.ndarray, trees: np.ndarray, n_features: int,
         return None
     allowed = np.ones((len(nodes), n_features), dtype=bool)
     if per_tree < n_features:
-        ids, which = np.unique(trees, return_inverse=True)
-        order = np.argsort(_feature_draws(ids, n_features, seed, _TREE_FEATURE_SALT), axis=1,
-                           kind="stable")
-        kept = np.zeros((len(ids), n_features), dtype=bool)
-        np.put_along_axis(kept, order[:, :per_tree], True, axis=1)
-        allowed = kept[which]
+        allowed = np.zeros_like(allowed)
+        np.put_along_axis(allowed, tree_features(trees, n_features, per_tree, seed), True,
+                          axis=1)
     if n_node < per_tree:
         draws = _feature_draws(nodes, n_features, seed, _FEATURE_SALT)
         draws[~allowed] = np.iinfo(np.uint64).max  # the tree's features come first
@@ -1530,6 +1548,10 @@ class TreeEstimator(Estimator):
     def _featsel(self, state: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray | None]:
         return lambda nodes: None
 
+    children_share_features = False
+    """Whether a node's children sum the histograms of the features the node did (then a
+    child's sibling may come from its parent's), as every node does when none samples."""
+
     def _monotonic(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
         """Per node and histogram feature position: 1, -1 (constrained) or 0; None when no
         feature is constrained."""
@@ -1566,14 +1588,16 @@ class TreeEstimator(Estimator):
             hist = np.asarray(hist, dtype=np.float64)
         if state.get("siblings") is not None:
             nodes, hist = add_siblings(nodes, hist, state["siblings"])
+            if featsel is not None:  # the derived siblings' features: their parents'
+                featsel = self._featsel(state)(nodes)
         forest = grow_level(state["forest"], nodes, featsel, hist, crit, state["edges"],
                             max_depth=p.max_depth, min_leaf=p.min_samples_leaf,
                             min_gain_fraction=self._min_gain_fraction(state),
                             empty_value=self._empty_value(state),
-                            allowed=self._allowed(state, nodes),
-                            monotonic=self._monotonic(state, nodes))
+                            allowed=_at_positions(self._allowed(state, nodes), featsel),
+                            monotonic=_at_positions(self._monotonic(state, nodes), featsel))
         kept = state.get("kept")
-        if featsel is None:  # parent and children histograms cover the same features
+        if featsel is None or self.children_share_features:
             limit = min(PARENT_HISTOGRAM_MB, p.max_histogram_mb) * 2**20
             kept = keep_parents(forest, nodes, hist, kept, limit)
         state = {**state, "forest": forest, "kept": kept,

@@ -576,6 +576,46 @@ def test_boosting_splits_on_the_features_drawn_for_its_tree_and_node() -> None:
             boosting(**bad)
 
 
+@pytest.mark.parametrize("classes", [0, 2, 3])
+def test_trees_sum_only_their_features_histograms_to_the_same_model(
+        classes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``tree_features`` a pass sums the histograms of its trees' features only: the
+    same trees as summing every feature's and searching the tree's (the same splits; the
+    values to rounding: a node's sums are read from its first feature's histogram)."""
+    from operators.models import boosted_trees
+
+    table = tree_table(rows=400, classes=classes, seed=31, regression=classes == 0)
+    parts = split(table, 3)
+
+    def fitted() -> dict[str, np.ndarray]:
+        model = fit_state(GradientBoostedTrees(
+            label="y", n_trees=6, max_depth=4, min_samples_leaf=3, subsample=0.8,
+            tree_features=0.5, max_features=0.7, seed=2), parts)[0]
+        return model.arrays()
+
+    summed: list[int] = []
+    real = boosted_trees.histograms
+
+    def counting(*args: Any, **kwargs: Any) -> np.ndarray:
+        out = real(*args, **kwargs)
+        summed.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(boosted_trees, "histograms", counting)
+    only_theirs = fitted()
+    assert set(summed) == {3}  # 3 of the 6 features a tree
+    summed.clear()
+    monkeypatch.setattr(GradientBoostedTrees, "_featsel", lambda self, state: lambda nodes: None)
+    every = fitted()
+    assert set(summed) == {6}
+    for name, values in every.items():
+        if values.dtype.kind == "f" and name not in ("threshold",):
+            np.testing.assert_allclose(values, only_theirs[name], rtol=1e-12, atol=1e-15,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(values, only_theirs[name], err_msg=name)
+
+
 def rising_and_wavy(rows: int, classify: bool, seed: int = 0) -> pa.Table:
     """A label that rises with x1 overall but not everywhere (a sine on top), and rises
     with x2."""
