@@ -286,11 +286,14 @@ class GradientBoostedTrees(TreeEstimator):
             if rows.shape[0] != n:
                 channels = [xp.take(c, rows) for c in channels]
             weights = memo.get("root_weights") if roots else None
+            chosen, by_row, m = None, prep.get("by_row"), len(state["features"])
+            if featsel is not None and by_row is not None:  # the tree's codes, row-major
+                by_row, m = self._tree_codes(memo, by_row, state, column, featsel[lo])
+            elif featsel is not None:
+                chosen = featsel[lo:hi]
             sums = histograms(xp, prep["codes"], n, rows, xp.take(slot, rows) - lo,
                               channels if weights is None else channels[:-1], None, 1,
-                              None if featsel is None else featsel[lo:hi],
-                              len(state["features"]), hi - lo, state["missing"] + 1,
-                              prep.get("by_row"))
+                              chosen, m, hi - lo, state["missing"] + 1, by_row)
             if weights is not None:
                 sums = np.concatenate([sums, weights], axis=3)
             elif roots:
@@ -300,6 +303,19 @@ class GradientBoostedTrees(TreeEstimator):
             hist[:, lo:hi] = sums
         out.update({"kind": "level", "hist": hist})
         return out
+
+    @staticmethod
+    def _tree_codes(memo: dict[str, Any], by_row: np.ndarray, state: dict[str, Any],
+                    column: int, features: np.ndarray) -> tuple[np.ndarray, int]:
+        """The partition's codes of a tree's features only, row-major, made once a round
+        (a level's rows gather from it as from every feature's codes, at a fraction of
+        the bytes)."""
+        held = memo.get("tree_codes")
+        if held is None or held[0] != state["round"]:
+            held = memo["tree_codes"] = (state["round"], {})
+        if column not in held[1]:
+            held[1][column] = np.ascontiguousarray(by_row[:, features])
+        return held[1][column], len(features)
 
     def _positions(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
                    tables: dict[str, Any], xp: Any) -> list[Any]:
