@@ -3,9 +3,10 @@
 Each round fits a tree (one per class for multiclass) to the gradient and hessian of
 the loss at the current scores, as scikit-learn's HistGradientBoosting and XGBoost: a
 split maximises ``G_l^2/(H_l + l2) + G_r^2/(H_r + l2) - G^2/(H + l2)``, a leaf adds
-``-learning_rate * G / (H + l2)``. Losses: squared error (regression), log-loss
-(binary: sigmoid; more classes: softmax). Scores start at the best constant (the mean,
-the log-odds or log class priors).
+``-learning_rate * G / (H + l2)``. Losses: squared error (regression), the Poisson or
+gamma half deviance with a log link (counts, positive amounts: the prediction is the exp
+of the scores), log-loss (binary: sigmoid; more classes: softmax). Scores start at the
+best constant (the mean, its log, the log-odds or log class priors).
 
 The trees of the finished rounds live in the driver's state. A partition's memo
 (``trees.partition_memo``) keeps, per round, every training row's node in each tree of
@@ -93,6 +94,11 @@ class BoostedTreesParams(TreeParams):
         "all", description="features each node may split on, of its tree's: sqrt, log2, all, "
                            "or a fraction in (0, 1] (scikit-learn's max_features, XGBoost's "
                            "colsample_bynode)")
+    loss: Literal["squared_error", "poisson", "gamma"] | None = Field(
+        None, description="regression loss: squared_error (default), poisson (counts) or "
+                          "gamma (positive amounts), these two with a log link: the "
+                          "prediction is the exp of the trees' sum (scikit-learn's and "
+                          "XGBoost's); classes always use the log-loss")
     monotonic: dict[str, Literal[-1, 1]] | None = Field(
         None, description="features the prediction may only rise (1) or only fall (-1) "
                           "with, e.g. {tenure: -1} (regression and two classes; "
@@ -146,7 +152,17 @@ class GradientBoostedTrees(TreeEstimator):
                 f"monotonic constraints need a numeric label or two classes; "
                 f"'{self.params.label}' has {k} classes",
                 hint="leave monotonic out, or fit one model per class (a 0/1 label each)")
-        if not state["classify"]:
+        loss = self._loss_name(state)
+        if loss in LOG_LINK:
+            low, mean = state["label_min"], state["mean"]
+            if low < 0 or (loss == "gamma" and low <= 0) or not mean > 0:
+                need = "positive" if loss == "gamma" else "non-negative, not all zero"
+                raise DataError(
+                    f"loss: {loss} needs {need} labels; '{self.params.label}' has "
+                    f"{low:g} (its mean is {mean:g})",
+                    hint="filter those rows out, or choose another loss")
+            base = np.array([math.log(mean)])
+        elif not state["classify"]:
             base = np.array([state["mean"]])
         else:
             prior = np.clip(state["prior"], 1e-15, 1.0)
@@ -158,6 +174,15 @@ class GradientBoostedTrees(TreeEstimator):
 
     def _empty_value(self, state: dict[str, Any]) -> np.ndarray:
         return np.zeros(1)
+
+    def _check_params(self, classify: bool) -> None:
+        if classify and self.params.loss is not None:
+            raise ParamError(f"loss: {self.params.loss} is a regression loss, and the label "
+                             "makes this a classifier (which uses the log-loss)",
+                             hint="leave loss out, or set task: regression for a numeric label")
+
+    def _loss_name(self, state: dict[str, Any]) -> str:
+        return "log_loss" if state["classify"] else self.params.loss or "squared_error"
 
     def _check_features(self, features: list[str]) -> None:
         unknown = [name for name in self.params.monotonic or {} if name not in features]
@@ -232,7 +257,7 @@ class GradientBoostedTrees(TreeEstimator):
     def _model(self, state: dict[str, Any]) -> BoostedTreesFitted:
         arrays, depth = model_arrays(state["forest"], len(state["features"]), state["base"])
         classify = state["classify"]
-        link = "identity"
+        link = "exp" if self._loss_name(state) in LOG_LINK else "identity"
         if classify:
             link = "sigmoid" if self._outputs(state) == 1 else "softmax"
         return BoostedTreesFitted(
@@ -359,7 +384,7 @@ class GradientBoostedTrees(TreeEstimator):
             return {}
         held = memo["held"]  # prepared with the training rows (``_prepared``)
         raw = self._raw(held, state, memo, "held_raw", xp)
-        loss = _loss(raw, held["y"], self._outputs(state), state["classify"], xp)
+        loss = _loss(raw, held["y"], self._outputs(state), self._loss_name(state), xp)
         return {"loss": float(xp.sum(held["w"] * loss)), "loss_weight": float(xp.sum(held["w"]))}
 
     def _prepared(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
@@ -427,7 +452,7 @@ class GradientBoostedTrees(TreeEstimator):
         if held is not None and held[0] == state["round"]:
             return held[1]
         raw = self._raw(prep, state, memo, "raw", xp)
-        g, h = _gradients(raw, prep["y"], self._outputs(state), state["classify"], xp)
+        g, h = _gradients(raw, prep["y"], self._outputs(state), self._loss_name(state), xp)
         w = prep["w"]
         columns = []
         for column in range(self._outputs(state)):
@@ -460,20 +485,35 @@ def _probabilities(raw: Any, k: int, xp: Any) -> Any:
     return e / xp.sum(e, axis=1, keepdims=True)
 
 
-def _gradients(raw: Any, y: Any, k: int, classify: bool, xp: Any) -> tuple[Any, Any]:
+LOG_LINK = ("poisson", "gamma")
+"""The losses whose prediction is the exp of the raw score."""
+
+
+def _gradients(raw: Any, y: Any, k: int, loss: str, xp: Any) -> tuple[Any, Any]:
     """Gradient and hessian of the loss per row and output, (n, k) each."""
-    target = _targets(y, k, classify, xp)
-    if not classify:
+    target = _targets(y, k, loss == "log_loss", xp)
+    if loss == "squared_error":
         return raw - target, xp.ones_like(raw)
+    if loss == "poisson":  # exp(raw) - y raw
+        mean = xp.exp(raw)
+        return mean - target, mean
+    if loss == "gamma":  # raw + y exp(-raw)
+        ratio = target * xp.exp(-raw)
+        return 1.0 - ratio, ratio
     p = _probabilities(raw, k, xp)
     return p - target, p * (1.0 - p)
 
 
-def _loss(raw: Any, y: Any, k: int, classify: bool, xp: Any) -> Any:
-    """Per-row loss: half squared error, log-loss (binary) or cross-entropy."""
-    target = _targets(y, k, classify, xp)
-    if not classify:
+def _loss(raw: Any, y: Any, k: int, loss: str, xp: Any) -> Any:
+    """Per-row loss: half squared error, the Poisson or gamma half deviance (up to terms
+    of the label alone), log-loss (binary) or cross-entropy."""
+    target = _targets(y, k, loss == "log_loss", xp)
+    if loss == "squared_error":
         return 0.5 * (raw[:, 0] - target[:, 0]) ** 2
+    if loss == "poisson":
+        return xp.exp(raw[:, 0]) - target[:, 0] * raw[:, 0]
+    if loss == "gamma":
+        return raw[:, 0] + target[:, 0] * xp.exp(-raw[:, 0])
     if k == 1:
         z = raw[:, 0]
         return xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))) - target[:, 0] * z

@@ -1356,6 +1356,7 @@ class TreeEstimator(Estimator):
         else:
             y = _float_labels(labels)
             out["sums"] = np.array([weights.sum(), weights @ y])
+            out["label_min"] = float(y.min(initial=np.inf))
         features = state["features"]
         keys = mix(model_hashes(train, p, features) ^ _SAMPLE_KEY)
         order = np.argsort(keys, kind="stable")[:BIN_SAMPLE_ROWS]
@@ -1534,6 +1535,7 @@ class TreeEstimator(Estimator):
         else:
             total = float(stats["sums"][0])
             out["mean"] = float(stats["sums"][1] / total) if total > 0 else 0.0
+            out["label_min"] = float(stats["label_min"])
         if not total > 0:
             raise DataError(f"the weights in column '{p.weight}' sum to zero",
                             hint="give some training rows a positive weight")
@@ -1680,6 +1682,7 @@ def _combine_summary(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             (a["classes"], a["class_weights"]), (b["classes"], b["class_weights"]))
     else:
         out["sums"] = a["sums"] + b["sums"]
+        out["label_min"] = min(a["label_min"], b["label_min"])
     keys = np.concatenate([a["sample_keys"], b["sample_keys"]])
     sample = np.concatenate([a["sample"], b["sample"]])
     # rows with equal keys have equal content (features, label, weight), so which of
@@ -1738,7 +1741,7 @@ def prepare_rows(tables: list[pa.Table], state: dict[str, Any], params: Supervis
 
 class TreeModelFitted(FittedModel):
     """Trees as arrays; scores are the mean (forest) or the sum plus a base (boosting) of
-    the trees' leaf values, mapped by ``link`` (identity, sigmoid or softmax)."""
+    the trees' leaf values, mapped by ``link`` (identity, exp, sigmoid or softmax)."""
 
     ARRAYS = ("feature", "threshold", "left", "right", "default_left", "value", "cover",
               "gain", "tree_start", "importances", "base")
@@ -1793,6 +1796,8 @@ class TreeModelFitted(FittedModel):
         if self.link == "softmax":
             e = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
             return e / xp.sum(e, axis=1, keepdims=True)
+        if self.link == "exp":  # Poisson and gamma losses
+            return xp.exp(scores[:, 0])
         if self.is_classifier:
             return scores
         return scores[:, 0]

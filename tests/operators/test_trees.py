@@ -616,6 +616,53 @@ def test_trees_sum_only_their_features_histograms_to_the_same_model(
             np.testing.assert_array_equal(values, only_theirs[name], err_msg=name)
 
 
+@pytest.mark.parametrize("loss", ["poisson", "gamma"])
+def test_poisson_and_gamma_losses_fit_as_scikit_learn(loss: str) -> None:
+    """Counts and positive amounts: Newton boosting of the half deviance with a log link
+    fits as HistGradientBoostingRegressor(loss=...) does, and predicts positive means."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.metrics import mean_gamma_deviance, mean_poisson_deviance
+
+    rng = np.random.default_rng(8)
+    x1, x2 = rng.uniform(-2, 2, 5000), rng.uniform(-2, 2, 5000)
+    mean = np.exp(0.5 * x1 - 0.3 * x2 ** 2 + 0.5)
+    y = rng.poisson(mean).astype(float) if loss == "poisson" else rng.gamma(2.0, mean / 2.0)
+    table = pa.table({"x1": x1, "x2": x2, "y": y})
+    model, metrics, _ = fit_state(GradientBoostedTrees(
+        label="y", n_trees=40, max_depth=3, min_samples_leaf=20, loss=loss), split(table, 3))
+    ours = np.asarray(predictions(model, table)["prediction"])
+    reference = HistGradientBoostingRegressor(
+        loss=loss, max_iter=40, max_depth=3, min_samples_leaf=20, early_stopping=False
+    ).fit(np.c_[x1, x2], y).predict(np.c_[x1, x2])
+    deviance = mean_poisson_deviance if loss == "poisson" else mean_gamma_deviance
+    assert (ours > 0).all()
+    assert deviance(y, ours) == pytest.approx(deviance(y, reference), rel=1e-6)
+    assert deviance(y, ours) < deviance(y, np.full_like(y, y.mean())) * 0.8
+    roundtrip(model)  # the log link is saved with the model
+    np.testing.assert_array_equal(predictions(roundtrip(model), table)["prediction"], ours)
+    # early stopping follows the held-out deviance
+    _, stopped, _ = fit_state(GradientBoostedTrees(
+        label="y", n_trees=400, max_depth=3, loss=loss, validation_fraction=0.2,
+        early_stopping=True, n_iter_no_change=5), split(table, 2))
+    assert stopped["stopped_early"] and stopped["rounds"] < 400
+    assert np.isfinite(stopped["validation_losses"]).all()
+
+
+def test_losses_that_cannot_apply() -> None:
+    rng = np.random.default_rng(9)
+    table = pa.table({"x": rng.standard_normal(200), "y": rng.poisson(2.0, 200).astype(float)})
+    with pytest.raises(DataError, match="loss: gamma needs positive labels; 'y' has 0"):
+        fit_state(GradientBoostedTrees(label="y", loss="gamma"), [table])
+    negative = table.set_column(1, "y", pa.array(np.r_[-1.0, table["y"].to_numpy()[1:]]))
+    with pytest.raises(DataError, match="loss: poisson needs non-negative"):
+        fit_state(GradientBoostedTrees(label="y", loss="poisson"), [negative])
+    classes = table.set_column(1, "y", pa.array(np.arange(200) % 2))
+    with pytest.raises(ParamError, match="regression loss"):
+        GradientBoostedTrees(label="y", loss="poisson").output_schema(classes.schema)
+    regression = GradientBoostedTrees(label="y", loss="poisson", task="regression")
+    assert regression.output_schema(classes.schema).field("prediction").type == pa.float64()
+
+
 def rising_and_wavy(rows: int, classify: bool, seed: int = 0) -> pa.Table:
     """A label that rises with x1 overall but not everywhere (a sine on top), and rises
     with x2."""

@@ -48,6 +48,15 @@ def string_classes_table() -> pa.Table:
     return table.set_column(table.schema.get_field_index("y"), "y", pa.array(names))
 
 
+def counts_table() -> pa.Table:
+    """The regression table with a count label (Poisson draws around exp of the signal)."""
+    table = tree_table(regression=True, seed=9)
+    signal = table.column("y").to_numpy()
+    counts = np.random.default_rng(9).poisson(np.exp(np.clip(signal, -3, 3) / 2))
+    return table.set_column(table.schema.get_field_index("y"), "y",
+                            pa.array(counts.astype(np.float64)))
+
+
 def _cases() -> None:
     case("decision_tree", {"label": "y", "max_depth": 4}, tree_table, id="gini-missing")
     case("decision_tree", {"label": "y", "weight": "w", "criterion": "entropy",
@@ -76,6 +85,10 @@ def _cases() -> None:
     case("gradient_boosted_trees", {"label": "y", "n_trees": 5, "max_depth": 3,
                                     "min_samples_leaf": 5, "monotonic": {"x1": 1, "x3": -1}},
          tree_table, id="binary-monotonic", rtol=1e-8, atol=1e-10)
+    case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 5, "max_depth": 3,
+                                    "min_samples_leaf": 5, "loss": "poisson",
+                                    "validation_fraction": 0.2, "early_stopping": True},
+         counts_table, id="poisson-weighted", rtol=1e-8, atol=1e-10)
     case("gradient_boosted_trees", {"label": "y", "n_trees": 4, "max_depth": 2,
                                     "min_samples_leaf": 5, "validation_fraction": 0.25,
                                     "early_stopping": True, "n_iter_no_change": 2},
