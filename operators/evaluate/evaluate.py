@@ -37,8 +37,9 @@ Task = Literal["classification", "regression", "auto"]
 class EvaluateParams(Params):
     label: str = Field(description="the column of true values")
     metrics: list[str] | None = Field(
-        None, description="metrics to compute (default: all for the task that the data allows); "
-        "regression: " + ", ".join(REGRESSION_METRICS) + "; classification: "
+        None, description="metrics to compute (default: all for the task that the data allows, "
+        "the deviances on request only); regression: " + ", ".join(REGRESSION_METRICS)
+        + "; classification: "
         + ", ".join(CLASSIFICATION_METRICS))
     prediction: str = Field("prediction", description="the column of predicted values")
     probability: str = Field(
@@ -64,7 +65,8 @@ class Evaluate(Estimator):
     ```
     Classification metrics: accuracy, log_loss, roc_auc (binary, or macro one-vs-rest),
     precision, recall, f1 (binary: positive class = the larger class; multiclass: macro
-    average), confusion_matrix, count. Regression: rmse, mse, mae, r2, count.
+    average), confusion_matrix, count. Regression: rmse, mse, mae, r2, count;
+    on request poisson_deviance and gamma_deviance.
     """
 
     Params = EvaluateParams

@@ -37,7 +37,8 @@ import numpy as np
 from operators.arrays import get_namespace, host_buffer, to_numpy, to_xp
 from operators.base import DataError, ParamError, suggest
 
-REGRESSION_METRICS = ["rmse", "mse", "mae", "r2", "count"]
+REGRESSION_METRICS = ["rmse", "mse", "mae", "r2", "count", "poisson_deviance",
+                      "gamma_deviance"]
 CLASSIFICATION_METRICS = ["accuracy", "log_loss", "roc_auc", "precision", "recall", "f1",
                           "confusion_matrix", "count"]
 DEFAULT_METRICS = {
@@ -58,7 +59,10 @@ class MetricAccumulator:
     """Mergeable metrics for one task: ``partial`` per partition, ``combine``, ``finalize``.
 
     Regression: ``rmse``, ``mse``, ``mae``, ``r2`` (``1 - SSE/SST``; 1.0 or 0.0 when
-    the label is constant, as scikit-learn), ``count`` (rows, unweighted).
+    the label is constant, as scikit-learn), ``count`` (rows, unweighted); on request,
+    ``poisson_deviance`` (labels >= 0) and ``gamma_deviance`` (labels > 0), the mean
+    deviances of scikit-learn's ``mean_poisson_deviance`` / ``mean_gamma_deviance``
+    (predictions > 0: the means of a Poisson or gamma model).
 
     Classification: ``accuracy``; ``log_loss`` (probabilities clipped to
     ``[eps, 1 - eps]``, eps of float64, no renormalisation - as scikit-learn);
@@ -150,7 +154,8 @@ class MetricAccumulator:
         """The stats of zero rows: the identity of ``combine``."""
         if self.task == "regression":
             return {"task": "regression", "rows": 0.0, "weight": 0.0, "mean": 0.0, "m2": 0.0,
-                    "sse": 0.0, "sae": 0.0}
+                    "sse": 0.0, "sae": 0.0, "poisson": 0.0, "gamma": 0.0,
+                    "y_min": math.inf, "p_min": math.inf}
         classes = self.classes if self.classes is not None else np.asarray([])
         k = len(classes)
         return {"task": "classification", "classes": classes, "rows": 0.0, "weight": 0.0,
@@ -160,11 +165,22 @@ class MetricAccumulator:
         total = xp.sum(w)
         mean = xp.sum(w * y) / total if float(total) > 0 else xp.asarray(0.0)
         err = y - p
-        sums = xp.stack([total, mean, xp.sum(w * (y - mean) ** 2), xp.sum(w * err * err),
-                         xp.sum(w * xp.abs(err))])
-        total, mean, m2, sse, sae = (float(v) for v in to_numpy(sums))
-        return {"task": "regression", "rows": float(y.shape[0]), "weight": total, "mean": mean,
-                "m2": m2, "sse": sse, "sae": sae}
+        sums = [total, mean, xp.sum(w * (y - mean) ** 2), xp.sum(w * err * err),
+                xp.sum(w * xp.abs(err)), xp.min(y), xp.min(p)]
+        deviances = [m for m in ("poisson_deviance", "gamma_deviance") if m in self.metrics]
+        if deviances:  # where they are defined (finalize refuses the rest)
+            ok_p = p > 0
+            mu = xp.where(ok_p, p, xp.ones_like(p))
+            pos = y > 0
+            ratio = xp.where(pos & ok_p, y, xp.ones_like(y)) / mu
+            log_ratio = xp.where(pos & ok_p, xp.log(ratio), xp.zeros_like(y))
+            sums.append(xp.sum(w * 2.0 * (y * log_ratio - (y - mu))))
+            sums.append(xp.sum(w * 2.0 * (ratio - log_ratio - 1.0)))
+        values = [float(v) for v in to_numpy(xp.stack(sums))]
+        poisson, gamma = values[7:] if deviances else (0.0, 0.0)
+        return {"task": "regression", "rows": float(y.shape[0]), "weight": values[0],
+                "mean": values[1], "m2": values[2], "sse": values[3], "sae": values[4],
+                "poisson": poisson, "gamma": gamma, "y_min": values[5], "p_min": values[6]}
 
     def _partial_classification(self, t: Any, p: Any, classes: np.ndarray, proba: Any,
                                 w: Any, xp: Any) -> dict[str, Any]:
@@ -268,10 +284,24 @@ class MetricAccumulator:
             raise DataError("the weights sum to zero", hint="weights must be >= 0, some > 0")
         if self.task == "regression":
             values = _finalize_regression(stats)
+            self._check_deviances(stats)
         else:
             values = self._finalize_classification(stats)
         return {m: values[m] for m in self.metrics if m in values} | (
             {"classes": values["classes"]} if "confusion_matrix" in self.metrics else {})
+
+    def _check_deviances(self, stats: dict[str, Any]) -> None:
+        for name, strict in (("poisson_deviance", False), ("gamma_deviance", True)):
+            if name not in self.metrics:
+                continue
+            low = stats["y_min"]
+            if (low <= 0 if strict else low < 0) or not stats["p_min"] > 0:
+                need = "labels > 0" if strict else "labels >= 0"
+                raise DataError(
+                    f"{name} needs {need} and predictions > 0; the smallest label is "
+                    f"{low:g} and the smallest prediction {stats['p_min']:g}",
+                    hint="evaluate a model of that loss on its kind of label, or drop "
+                         f"{name} from metrics")
 
     def _finalize_classification(self, stats: dict[str, Any]) -> dict[str, Any]:
         classes, conf, total = stats["classes"], stats["confusion"], stats["weight"]
@@ -407,7 +437,9 @@ def _combine_regression(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     else:
         mean, m2 = 0.0, 0.0
     return {"task": "regression", "rows": a["rows"] + b["rows"], "weight": total, "mean": mean,
-            "m2": m2, "sse": a["sse"] + b["sse"], "sae": a["sae"] + b["sae"]}
+            "m2": m2, "sse": a["sse"] + b["sse"], "sae": a["sae"] + b["sae"],
+            "poisson": a["poisson"] + b["poisson"], "gamma": a["gamma"] + b["gamma"],
+            "y_min": min(a["y_min"], b["y_min"]), "p_min": min(a["p_min"], b["p_min"])}
 
 
 def _finalize_regression(stats: dict[str, Any]) -> dict[str, Any]:
@@ -415,7 +447,8 @@ def _finalize_regression(stats: dict[str, Any]) -> dict[str, Any]:
     # a constant label gives 1.0 or 0.0: scikit-learn's force_finite convention
     r2 = 1.0 - sse / m2 if m2 > 0 else float(sse == 0)
     return {"mse": sse / total, "rmse": math.sqrt(sse / total), "mae": stats["sae"] / total,
-            "r2": r2, "count": int(stats["rows"])}
+            "r2": r2, "count": int(stats["rows"]), "poisson_deviance": stats["poisson"] / total,
+            "gamma_deviance": stats["gamma"] / total}
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

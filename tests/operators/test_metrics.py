@@ -15,6 +15,8 @@ from sklearn.metrics import (
     f1_score,
     log_loss,
     mean_absolute_error,
+    mean_gamma_deviance,
+    mean_poisson_deviance,
     mean_squared_error,
     precision_score,
     r2_score,
@@ -113,6 +115,25 @@ def test_regression_matches_sklearn(how: str, weighted: bool) -> None:
     close(got["mae"], mean_absolute_error(y, pred, sample_weight=w))
     close(got["r2"], r2_score(y, pred, sample_weight=w))
     assert got["count"] == len(y)
+    close(got["poisson_deviance"], mean_poisson_deviance(y, pred, sample_weight=w), 1e-9)
+    close(got["gamma_deviance"], mean_gamma_deviance(y, pred, sample_weight=w), 1e-9)
+
+
+def test_deviances_of_counts_and_where_they_are_not_defined() -> None:
+    rng = np.random.default_rng(4)
+    mean = np.exp(rng.uniform(-1, 2, 500))
+    counts = rng.poisson(mean).astype(float)
+    assert (counts == 0).any()
+    acc = MetricAccumulator("regression", ["poisson_deviance", "rmse"])
+    got = acc.finalize(acc.combine(acc.partial(counts[:200], mean[:200], None, None),
+                                   acc.partial(counts[200:], mean[200:], None, None)))
+    close(got["poisson_deviance"], mean_poisson_deviance(counts, mean), 1e-9)
+    with pytest.raises(DataError, match="poisson_deviance needs labels >= 0 and predictions"):
+        acc.finalize(acc.partial(counts, mean - 5.0, None, None))
+    gamma = MetricAccumulator("regression", ["gamma_deviance"])
+    with pytest.raises(DataError, match="gamma_deviance needs labels > 0"):
+        gamma.finalize(gamma.partial(counts, mean, None, None))
+    assert "poisson_deviance" not in DEFAULT_METRICS["regression"]  # on request only
 
 
 def test_regression_constant_label_r2_as_sklearn() -> None:
