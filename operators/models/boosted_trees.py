@@ -176,6 +176,7 @@ class GradientBoostedTrees(TreeEstimator):
         return np.zeros(1)
 
     def _check_params(self, classify: bool) -> None:
+        super()._check_params(classify)
         if classify and self.params.loss is not None:
             raise ParamError(f"loss: {self.params.loss} is a regression loss, and the label "
                              "makes this a classifier (which uses the log-loss)",

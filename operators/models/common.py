@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import weakref
 from abc import abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, PositiveFloat
 
 from operators.arrays import column_to_numpy, compute_dtype, host_buffer, to_numpy, to_xp
 from operators.base import (
@@ -62,6 +62,55 @@ class SupervisedParams(Params):
         0.0, ge=0.0, lt=1.0,
         description="fraction of rows held out (by row-content hash) for validation metrics")
     seed: int = Field(0, description="seed of the validation split")
+
+
+ClassWeight = Literal["balanced"] | dict[bool | int | str, PositiveFloat] | None
+
+
+def class_weight_field() -> Any:
+    return Field(None, description="weigh the classes' rows: balanced (each class weighs as "
+                                   "much in all), or {class: factor} (others 1); scikit-learn's "
+                                   "class_weight, XGBoost's scale_pos_weight")
+
+
+def weigh_classes(choice: ClassWeight, classes: list[Any], totals: np.ndarray, label: str
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The classes' total weights with ``class_weight`` applied, and the factor of each
+    class position's rows (None without ``class_weight``). ``balanced``: each class's
+    total becomes the mean total (scikit-learn's ``n / (k n_c)``, on the rows' weights);
+    a mapping names classes as the label holds them (or as text)."""
+    if choice is None:
+        return totals, None
+    if choice == "balanced":
+        present = totals > 0
+        factor = np.where(present, totals.sum() / (present.sum() * np.where(present, totals, 1.0)),
+                          0.0)
+        return totals * factor, factor
+    factor = np.ones(len(classes))
+    for key, value in choice.items():
+        hits = [i for i, c in enumerate(classes)
+                if (key == c and isinstance(key, bool) == isinstance(c, bool))
+                or (isinstance(key, str) and key == str(c))]
+        if not hits:
+            shown = ", ".join(repr(c) for c in classes[:20])
+            raise DataError(f"class_weight names class {key!r}, which label '{label}' does not "
+                            "have in the training rows", hint=f"classes: {shown}")
+        factor[hits] = value
+    return totals * factor, factor
+
+
+def check_class_weight(choice: ClassWeight, classify: bool, label: str) -> None:
+    if choice is not None and not classify:
+        raise ParamError(f"class_weight weighs classes, and label '{label}' makes this a "
+                         "regression", hint="leave class_weight out, or set task: classification")
+
+
+def by_class(weights: np.ndarray, index: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
+    """Row weights times their class's ``class_weight`` factor (rows of no known class,
+    index -1, keep theirs)."""
+    if factor is None:
+        return weights
+    return weights * np.where(index >= 0, factor[np.maximum(index, 0)], 1.0)
 
 
 # --------------------------------------------------------------------------- types

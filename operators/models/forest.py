@@ -81,6 +81,7 @@ class AveragedTrees(TreeEstimator):
             self._check_params(self.params.task == "classification")
 
     def _check_params(self, classify: bool) -> None:
+        super()._check_params(classify)
         criterion = self.params.criterion
         if classify and criterion == "variance":
             raise ParamError(f"{self.name}: criterion variance is for regression",

@@ -32,10 +32,13 @@ from pydantic import Field
 from operators.arrays import to_numpy
 from operators.base import DataError, Estimator, SchemaError, register, register_fitted
 from operators.models.common import (
+    ClassWeight,
     ConvergenceWarning,
     FittedModel,
+    by_class,
     check_inputs,
     class_label_type,
+    class_weight_field,
     class_weights,
     encode_classes,
     feature_matrix,
@@ -51,6 +54,7 @@ from operators.models.common import (
     validation_combine,
     validation_finalize,
     validation_partial,
+    weigh_classes,
     with_predictions,
 )
 from operators.models.linear import LinearParams
@@ -75,6 +79,7 @@ class LogisticParams(LinearParams):
     solver: Literal["auto", "newton", "lbfgs"] = Field(
         "auto", description="newton (gradient + Hessian per pass), lbfgs (gradient per "
                             "pass), auto: newton up to 500 coefficients")
+    class_weight: ClassWeight = class_weight_field()
 
 
 def sigmoid(z: Any, xp: Any) -> Any:
@@ -176,6 +181,7 @@ class LogisticRegression(Estimator):
             return {"kind": "summary", "rows": train.num_rows, "heldout": held.num_rows,
                     "classes": classes, "weights": totals, "precision": precision(xp)}
         index = encode_classes(labels, state["classes"], pa.type_for_alias(state["label_type"]))
+        weights = by_class(weights, index, state.get("class_factor"))
         extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [index, weights]
         data = feature_matrix(train, state["features"], xp, extra)
         theta = state["opt"]["point"].reshape(state["shape"])
@@ -218,6 +224,7 @@ class LogisticRegression(Estimator):
                             "in the training rows",
                             hint="a classifier needs at least two classes: check the filter "
                                  "and the label column")
+        totals, factor = weigh_classes(p.class_weight, classes, totals, p.label)
         total = float(totals.sum())
         if not total > 0:
             raise DataError(f"the weights in column '{p.weight}' sum to zero",
@@ -240,6 +247,7 @@ class LogisticRegression(Estimator):
         opt = start(theta.reshape(-1), tol=p.tol, max_iter=p.max_iter,
                     precision=stats["precision"])
         return {**state, "phase": "optimize", "classes": classes, "weight": total,
+                "class_factor": factor,
                 "rows": stats["rows"], "heldout": stats["heldout"], "solver": solver,
                 "shape": (k, width), "penalised": mask.reshape(-1), "opt": opt}
 

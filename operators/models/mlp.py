@@ -97,11 +97,15 @@ from operators.base import (
 )
 from operators.hashing import mix
 from operators.models.common import (
+    ClassWeight,
     ConvergenceWarning,
     FittedModel,
     SupervisedParams,
+    by_class,
+    check_class_weight,
     check_inputs,
     class_label_type,
+    class_weight_field,
     class_weights,
     encode_classes,
     host_matrix,
@@ -118,6 +122,7 @@ from operators.models.common import (
     validation_combine,
     validation_finalize,
     validation_partial,
+    weigh_classes,
     with_predictions,
 )
 from operators.models.logistic import sigmoid, softmax
@@ -161,6 +166,7 @@ class MLPParams(SupervisedParams):
                            "(validation_fraction) and stop when it no longer improves")
     seed: int = Field(0, description="seed of the initial weights, the validation split and "
                                      "adam's batch order")
+    class_weight: ClassWeight = class_weight_field()
 
     @field_validator("hidden")
     @classmethod
@@ -466,12 +472,14 @@ class MLP(Estimator):
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         check_inputs(schema, self.params)
         label_type = self._label_type(schema)
+        check_class_weight(self.params.class_weight, label_type is not None, self.params.label)
         classes = None if label_type is None else [False, True]
         return with_predictions(schema, classes, label_type)
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
         features = check_inputs(schema, self.params)
         label_type = self._label_type(schema)
+        check_class_weight(self.params.class_weight, label_type is not None, self.params.label)
         return {"phase": "summary", "features": features, "classify": label_type is not None,
                 "label_type": None if label_type is None else str(label_type)}
 
@@ -514,6 +522,7 @@ class MLP(Estimator):
         if state["classify"]:
             target = encode_classes(labels, state["classes"],
                                     pa.type_for_alias(state["label_type"]))
+            weights = by_class(weights, target, state.get("class_factor"))
             known = target >= 0
             if not known.all():
                 table, target, weights = table.filter(pa.array(known)), target[known], \
@@ -591,7 +600,7 @@ class MLP(Estimator):
         if not total > 0:
             raise DataError(f"the weights in column '{p.weight}' sum to zero",
                             hint="give some training rows a positive weight")
-        classes = stats.get("classes")
+        classes, factor = stats.get("classes"), None
         if classes is None:
             output, outputs = "identity", 1
             bias = np.array([stats["label_sum"] / total])
@@ -601,7 +610,9 @@ class MLP(Estimator):
                                 f"({classes[0]!r}) in the training rows",
                                 hint="a classifier needs at least two classes: check the "
                                      "filter and the label column")
-            logs = np.log(np.maximum(stats["weights"], np.finfo(np.float64).tiny))
+            totals, factor = weigh_classes(p.class_weight, classes, stats["weights"], p.label)
+            total = float(totals.sum())
+            logs = np.log(np.maximum(totals, np.finfo(np.float64).tiny))
             if len(classes) == 2:
                 output, outputs, bias = "sigmoid", 1, np.array([logs[1] - logs[0]])
             else:
@@ -611,7 +622,7 @@ class MLP(Estimator):
         net = {"units": units, "activation": p.activation, "output": output,
                "penalised": penalised}
         state = {**state, "classes": classes, "rows": stats["rows"],
-                 "heldout": stats["heldout"], "weight": total,
+                 "heldout": stats["heldout"], "weight": total, "class_factor": factor,
                  "mean_weight": total / stats["rows"], "net": net, "loss_curve": []}
         if p.solver == "lbfgs":
             return {**state, "phase": "lbfgs",

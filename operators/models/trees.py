@@ -72,10 +72,14 @@ from operators.base import (
 )
 from operators.hashing import hash_rows, mix
 from operators.models.common import (
+    ClassWeight,
     FittedModel,
     SupervisedParams,
+    by_class,
+    check_class_weight,
     check_inputs,
     class_label_type,
+    class_weight_field,
     class_weights,
     encode_classes,
     is_classification,
@@ -89,6 +93,7 @@ from operators.models.common import (
     validation_combine,
     validation_finalize,
     validation_partial,
+    weigh_classes,
     with_predictions,
 )
 
@@ -145,6 +150,7 @@ class TreeParams(SupervisedParams):
     max_histogram_mb: float = Field(
         64.0, gt=0, description="histogram memory per pass; a level whose nodes need more "
                                 "is grown in several passes")
+    class_weight: ClassWeight = class_weight_field()
 
 
 # --------------------------------------------------------------------------- plan time
@@ -1309,6 +1315,7 @@ class TreeEstimator(Estimator):
 
     def _check_params(self, classify: bool) -> None:
         """Parameter combinations that depend on the task."""
+        check_class_weight(self.params.class_weight, classify, self.params.label)
 
     def _check_features(self, features: list[str]) -> None:
         """Parameters that name features (checked when the plan is made)."""
@@ -1430,8 +1437,9 @@ class TreeEstimator(Estimator):
 
     def _counts(self, state: dict[str, Any]) -> bool:
         """Whether the histograms' sums are counts (whole numbers): the rows' classes,
-        each row weighing 1 (or its bootstrap copies)."""
-        return bool(state["classify"]) and self.params.weight is None
+        each row weighing 1 (or its bootstrap copies; not when classes are weighed)."""
+        return (bool(state["classify"]) and self.params.weight is None
+                and state.get("class_factor") is None)
 
     def _batch_histograms(self, prep: dict[str, Any], state: dict[str, Any], rows: Any,
                           slots: Any, extra: Any | None, featsel: np.ndarray | None,
@@ -1530,8 +1538,10 @@ class TreeEstimator(Estimator):
                                 f"({classes[0]!r}) in the training rows",
                                 hint="a classifier needs at least two classes: check the "
                                      "filter and the label column")
+            totals, factor = weigh_classes(p.class_weight, classes, totals, p.label)
             total = float(totals.sum())
-            out.update(classes=classes, prior=totals / total if total > 0 else totals)
+            out.update(classes=classes, prior=totals / total if total > 0 else totals,
+                       class_factor=factor)
         else:
             total = float(stats["sums"][0])
             out["mean"] = float(stats["sums"][1] / total) if total > 0 else 0.0
@@ -1712,10 +1722,15 @@ def prepare_rows(tables: list[pa.Table], state: dict[str, Any], params: Supervis
         for j, name in enumerate(features):
             block[j] = column_to_numpy(table.column(name))
         labels = label_column(table, params.label)
-        block[f] = (encode_classes(labels, state["classes"],
+        if classify:
+            index = encode_classes(labels, state["classes"],
                                    pa.type_for_alias(state["label_type"]))
-                    if classify else _float_labels(labels))
-        block[f + 1] = row_weights(table, params.weight)
+            block[f] = index
+            block[f + 1] = by_class(row_weights(table, params.weight), index,
+                                    state.get("class_factor"))
+        else:
+            block[f] = _float_labels(labels)
+            block[f + 1] = row_weights(table, params.weight)
         if row_hash:
             hashes = model_hashes(table, params, features)
             block[f + 2] = hashes >> np.uint64(32)

@@ -70,6 +70,7 @@ ZOO = {
         n_trees: 5
         max_depth: 4
         seed: 3
+        class_weight: balanced
     """,
     "tree_entropy": """
       - op: drop

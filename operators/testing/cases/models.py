@@ -60,7 +60,7 @@ def _cases() -> None:
                                  "validation_fraction": 0.2},
          classification_table, id="binary-lbfgs-weighted", rtol=1e-6, atol=1e-8)
     case("logistic_regression", {"label": "y", "l2": 0.001, "solver": "newton",
-                                 "validation_fraction": 0.2},
+                                 "validation_fraction": 0.2, "class_weight": "balanced"},
          string_multiclass_table, id="multiclass-newton", rtol=1e-7, atol=1e-9)
     case("logistic_regression", {"label": "y", "weight": "w", "l2": 0.01, "solver": "lbfgs",
                                  "fit_intercept": False},

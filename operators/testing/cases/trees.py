@@ -66,8 +66,9 @@ def _cases() -> None:
     case("decision_tree", {"label": "y", "weight": "w", "max_depth": 4,
                            "min_impurity_decrease": 0.01, "max_bins": 16},
          lambda: tree_table(regression=True, seed=4), id="variance-weighted")
-    case("random_forest", {"label": "y", "n_trees": 6, "max_depth": 4, "seed": 5},
-         tree_table, id="bootstrap-sqrt")
+    case("random_forest", {"label": "y", "n_trees": 6, "max_depth": 4, "seed": 5,
+                           "class_weight": {1: 2.5}},
+         tree_table, id="bootstrap-sqrt-class-weight")
     case("random_forest", {"label": "y", "weight": "w", "n_trees": 4, "max_depth": 3,
                            "max_features": 0.5, "validation_fraction": 0.2,
                            "max_histogram_mb": 0.01},
