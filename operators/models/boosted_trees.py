@@ -42,7 +42,7 @@ import pyarrow as pa
 from pydantic import AfterValidator, Field
 
 from operators.arrays import to_xp
-from operators.base import DataError, ParamError, SchemaError, register, register_fitted
+from operators.base import DataError, ParamError, register, register_fitted
 from operators.models.common import split_rows
 from operators.models.trees import (
     Criterion,
@@ -99,10 +99,6 @@ class BoostedTreesParams(TreeParams):
                           "gamma (positive amounts), these two with a log link: the "
                           "prediction is the exp of the trees' sum (scikit-learn's and "
                           "XGBoost's); classes always use the log-loss")
-    monotonic: dict[str, Literal[-1, 1]] | None = Field(
-        None, description="features the prediction may only rise (1) or only fall (-1) "
-                          "with, e.g. {tenure: -1} (regression and two classes; "
-                          "scikit-learn's monotonic_cst, XGBoost's monotone_constraints)")
 
 
 @register_fitted("gradient_boosted_trees.fitted")
@@ -147,11 +143,6 @@ class GradientBoostedTrees(TreeEstimator):
 
     def _start(self, state: dict[str, Any]) -> dict[str, Any]:
         k = self._outputs(state)
-        if self.params.monotonic and k > 1:
-            raise DataError(
-                f"monotonic constraints need a numeric label or two classes; "
-                f"'{self.params.label}' has {k} classes",
-                hint="leave monotonic out, or fit one model per class (a 0/1 label each)")
         loss = self._loss_name(state)
         if loss in LOG_LINK:
             low, mean = state["label_min"], state["mean"]
@@ -184,19 +175,6 @@ class GradientBoostedTrees(TreeEstimator):
 
     def _loss_name(self, state: dict[str, Any]) -> str:
         return "log_loss" if state["classify"] else self.params.loss or "squared_error"
-
-    def _check_features(self, features: list[str]) -> None:
-        unknown = [name for name in self.params.monotonic or {} if name not in features]
-        if unknown:
-            raise SchemaError(f"monotonic names '{unknown[0]}', which is not a feature",
-                              hint="features: " + ", ".join(features[:20]))
-
-    def _monotonic(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
-        constraints = self.params.monotonic
-        if not constraints:
-            return None
-        direction = np.array([constraints.get(f, 0) for f in state["features"]], np.int8)
-        return np.broadcast_to(direction, (len(nodes), len(direction)))
 
     children_share_features = True  # the features sampled per tree: a node's are its tree's
 

@@ -8,6 +8,10 @@ trees learn from bootstrap copies of the rows: tree ``t`` counts row ``i``
 ``Poisson(1)`` times, drawn from a hash of the row's content and ``seed + t`` (Spark
 MLlib's Poisson bootstrap), and each node considers ``max_features`` features drawn from
 a hash of the seed and the node; every tree of a level grows in the same pass.
+``monotonic`` (regression and two classes) keeps the mean, or the second class's share,
+rising or falling with a feature as scikit-learn's ``monotonic_cst``: a split whose
+children's values go the wrong way, or leave the bounds the node's ancestors' constrained
+splits set (the middle of their children's values), is not taken.
 """
 
 from __future__ import annotations

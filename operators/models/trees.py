@@ -151,6 +151,10 @@ class TreeParams(SupervisedParams):
         64.0, gt=0, description="histogram memory per pass; a level whose nodes need more "
                                 "is grown in several passes")
     class_weight: ClassWeight = class_weight_field()
+    monotonic: dict[str, Literal[-1, 1]] | None = Field(
+        None, description="features the prediction may only rise (1) or only fall (-1) "
+                          "with, e.g. {tenure: -1} (regression and two classes; "
+                          "scikit-learn's monotonic_cst, XGBoost's monotone_constraints)")
 
 
 # --------------------------------------------------------------------------- plan time
@@ -369,6 +373,15 @@ class Criterion(ABC):
         """Sums that cannot be negative clipped at 0 (differences of float sums), in place."""
         return np.maximum(stats, 0.0, out=stats)
 
+    clips_to_bounds = False
+    """Monotonic constraints: whether node values are clipped to the bounds (boosting, as
+    HistGradientBoosting), or a split whose children's values leave them is not taken
+    (the impurity criteria, as scikit-learn's trees)."""
+
+    def constrained_value(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
+        """The value monotonic constraints order: the mean, or the second class's share."""
+        raise NotImplementedError(f"{type(self).__name__} has no monotonic constraints")
+
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den, 0 where den <= 0."""
@@ -401,6 +414,9 @@ class Gini(Criterion):
         w = _channel_sum(stats)
         return _channel_sum((stats > GAIN_RTOL * w).astype(np.int64)) >= 2
 
+    def constrained_value(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
+        return _ratio(stats[1], _channel_sum(stats))
+
     def value(self, stats: np.ndarray) -> np.ndarray:
         w = _channel_sum(stats)
         return np.where(w > 0, stats / np.where(w > 0, w, 1.0), 1.0 / stats.shape[0])
@@ -426,6 +442,9 @@ class Variance(Criterion):
 
     def value(self, stats: np.ndarray) -> np.ndarray:
         return _ratio(stats[1], stats[0])[None]
+
+    def constrained_value(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
+        return _ratio(stats[1], stats[0])
 
     def clean(self, stats: np.ndarray) -> np.ndarray:
         np.maximum(stats[0], 0.0, out=stats[0])
@@ -461,6 +480,11 @@ class Newton(Criterion):
 
     def value(self, stats: np.ndarray) -> np.ndarray:
         return (-self.learning_rate * _ratio(stats[0], stats[1] + self.l2))[None]
+
+    clips_to_bounds = True
+
+    def constrained_value(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
+        return self.bounded_value(stats, lower, upper)
 
     def bounded_value(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
         """The leaf value before shrinkage, ``-G / (H + l2)``, within [lower, upper]
@@ -773,14 +797,16 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         right = criterion.clean(total[..., None, None] - left)
         criterion.clean(left)
         criterion.clean(total)
-        if monotonic is None:
-            s_left, s_right = criterion.score(left), criterion.score(right)
-            s_total = criterion.score(total)[..., None, None]
-        else:
-            assert isinstance(criterion, Newton) and bounds is not None
+        if monotonic is not None:
+            assert bounds is not None
             chosen = slice(start, stop) if slots is None else slots[start:stop]
             lo, hi = bounds[chosen, 0], bounds[chosen, 1]
             lo4, hi4 = lo[:, None, None, None], hi[:, None, None, None]
+        if monotonic is None or not criterion.clips_to_bounds:
+            s_left, s_right = criterion.score(left), criterion.score(right)
+            s_total = criterion.score(total)[..., None, None]
+        else:
+            assert isinstance(criterion, Newton)
             s_left = criterion.bounded_score(left, lo4, hi4)
             s_right = criterion.bounded_score(right, lo4, hi4)
             s_total = criterion.bounded_score(total, lo[:, None], hi[:, None])[..., None, None]
@@ -798,10 +824,11 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
             usable = allowed[start:stop] if slots is None else allowed[slots[start:stop]]
             valid &= usable[:, :, None, None]
         if monotonic is not None:  # the children's values in the constraint's order
-            rise = (criterion.bounded_value(right, lo4, hi4)
-                    - criterion.bounded_value(left, lo4, hi4))
-            direction = monotonic[chosen][:, :, None, None]
-            valid &= direction * rise >= 0
+            v_left = criterion.constrained_value(left, lo4, hi4)
+            v_right = criterion.constrained_value(right, lo4, hi4)
+            valid &= monotonic[chosen][:, :, None, None] * (v_right - v_left) >= 0
+            if not criterion.clips_to_bounds:  # and within the node's bounds
+                valid &= (v_left >= lo4) & (v_left <= hi4) & (v_right >= lo4) & (v_right <= hi4)
         # the noise floor: GAIN_RTOL times the largest |s_left| + |s_right| + |s_total|
         scale = np.abs(s_left, out=s_left)
         scale += np.abs(s_right, out=s_right)
@@ -1120,12 +1147,12 @@ def _placed(forest: dict[str, np.ndarray], tree: np.ndarray, values: np.ndarray
 
 def _child_bounds(criterion: Criterion, left: np.ndarray, right: np.ndarray,
                   bounds: np.ndarray, direction: np.ndarray) -> dict[str, np.ndarray]:
-    """The children's values (shrunk) within their parent's ``bounds``, and the bounds
-    of their own children, left and right interleaved (``_add_children``'s order)."""
-    assert isinstance(criterion, Newton)
+    """The bounds of the children's own children, and (boosting) the children's values
+    (shrunk) within their parent's ``bounds``; left and right interleaved
+    (``_add_children``'s order)."""
     lo, hi = bounds[:, 0], bounds[:, 1]
-    v_left = criterion.bounded_value(left.T, lo, hi)
-    v_right = criterion.bounded_value(right.T, lo, hi)
+    v_left = criterion.constrained_value(left.T, lo, hi)
+    v_right = criterion.constrained_value(right.T, lo, hi)
     mid = 0.5 * (v_left + v_right)
     rising, falling = direction > 0, direction < 0
     k = len(lo)
@@ -1135,7 +1162,10 @@ def _child_bounds(criterion: Criterion, left: np.ndarray, right: np.ndarray,
     upper[0::2] = np.where(rising, mid, hi)
     lower[1::2] = np.where(rising, mid, lo)
     upper[1::2] = np.where(falling, mid, hi)
-    return {"value": criterion.learning_rate * value, "lower": lower, "upper": upper}
+    out = {"lower": lower, "upper": upper}
+    if isinstance(criterion, Newton):
+        out["value"] = criterion.learning_rate * value
+    return out
 
 
 def _add_children(forest: dict[str, np.ndarray], parents: np.ndarray, left: np.ndarray,
@@ -1148,7 +1178,8 @@ def _add_children(forest: dict[str, np.ndarray], parents: np.ndarray, left: np.n
     depth = np.repeat(forest["depth"][parents] + 1, 2)
     weight = criterion.weight(stats)
     pending = (depth < max_depth) & (weight >= 2 * min_leaf) & criterion.splittable(stats)
-    raw = criterion.value(stats).T if limits is None else limits["value"][:, None]
+    raw = criterion.value(stats).T if limits is None or "value" not in limits else (
+        limits["value"][:, None])
     value = _placed(forest, tree, raw)
     forest, ids = add_nodes(forest, tree, depth, np.where(pending, PENDING, LEAF), value,
                             weight)
@@ -1319,6 +1350,10 @@ class TreeEstimator(Estimator):
 
     def _check_features(self, features: list[str]) -> None:
         """Parameters that name features (checked when the plan is made)."""
+        unknown = [name for name in self.params.monotonic or {} if name not in features]
+        if unknown:
+            raise SchemaError(f"monotonic names '{unknown[0]}', which is not a feature",
+                              hint="features: " + ", ".join(features[:20]))
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         _, classify, label_type = self._check(schema)
@@ -1538,6 +1573,11 @@ class TreeEstimator(Estimator):
                                 f"({classes[0]!r}) in the training rows",
                                 hint="a classifier needs at least two classes: check the "
                                      "filter and the label column")
+            if p.monotonic and len(classes) > 2:
+                raise DataError(
+                    f"monotonic constraints need a numeric label or two classes; "
+                    f"'{p.label}' has {len(classes)} classes",
+                    hint="leave monotonic out, or fit one model per class (a 0/1 label each)")
             totals, factor = weigh_classes(p.class_weight, classes, totals, p.label)
             total = float(totals.sum())
             out.update(classes=classes, prior=totals / total if total > 0 else totals,
@@ -1565,9 +1605,12 @@ class TreeEstimator(Estimator):
     child's sibling may come from its parent's), as every node does when none samples."""
 
     def _monotonic(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
-        """Per node and histogram feature position: 1, -1 (constrained) or 0; None when no
-        feature is constrained."""
-        return None
+        """Per node and feature: 1, -1 (constrained) or 0; None when no feature is."""
+        constraints = self.params.monotonic
+        if not constraints:
+            return None
+        direction = np.array([constraints.get(f, 0) for f in state["features"]], np.int8)
+        return np.broadcast_to(direction, (len(nodes), len(direction)))
 
     def _allowed(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
         """Which of the histograms' feature positions each node may split on (None: all;

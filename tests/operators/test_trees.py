@@ -686,19 +686,46 @@ def largest_moves(model: Any, column: str, other: str) -> tuple[float, float]:
     return float(steps.min()), float(steps.max())
 
 
+def _peer(kind: str, classify: bool) -> Any:
+    """The scikit-learn model of the same kind and settings, with monotonic_cst."""
+    from sklearn import ensemble, tree
+
+    if kind == "boosted":
+        peer = (ensemble.HistGradientBoostingClassifier if classify
+                else ensemble.HistGradientBoostingRegressor)
+        return peer(max_iter=30, max_depth=4, min_samples_leaf=10, early_stopping=False,
+                    monotonic_cst=[1, -1])
+    if kind == "tree":
+        peer = tree.DecisionTreeClassifier if classify else tree.DecisionTreeRegressor
+        return peer(max_depth=6, min_samples_leaf=10, monotonic_cst=[1, -1])
+    peer = ensemble.RandomForestClassifier if classify else ensemble.RandomForestRegressor
+    return peer(n_estimators=20, max_depth=6, min_samples_leaf=10, max_features=1.0,
+                monotonic_cst=[1, -1], random_state=0)
+
+
+MONOTONIC_KINDS = {  # (ours, settings, how close the fit must be to scikit-learn's)
+    "boosted": (GradientBoostedTrees, {"n_trees": 30, "max_depth": 4, "min_samples_leaf": 10},
+                0.02),
+    "tree": (DecisionTree, {"max_depth": 6, "min_samples_leaf": 10}, 0.05),
+    "forest": (RandomForest, {"n_trees": 20, "max_depth": 6, "min_samples_leaf": 10,
+                              "max_features": "all"}, 0.05),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MONOTONIC_KINDS))
 @pytest.mark.parametrize("classify", [False, True], ids=["regression", "binary"])
-def test_monotonic_constraints_hold_and_fit_as_scikit_learn(classify: bool) -> None:
+def test_monotonic_constraints_hold_and_fit_as_scikit_learn(kind: str, classify: bool) -> None:
     """``monotonic: {x1: 1, x2: -1}``: the output never falls along x1 and never rises
     along x2 (where the data rise), while the unconstrained model does both; the fit is
-    as good as HistGradientBoosting's with its monotonic_cst."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-
+    as good as scikit-learn's model with its monotonic_cst (boosting clips values to the
+    bounds, as HistGradientBoosting; the trees refuse splits that leave them, as
+    scikit-learn's trees)."""
+    op, settings, tolerance = MONOTONIC_KINDS[kind]
     table = rising_and_wavy(4000, classify)
     parts = split(table, 3)
-    settings = {"n_trees": 30, "max_depth": 4, "min_samples_leaf": 10}
 
     def fitted(**params: Any) -> Any:
-        return fit_state(GradientBoostedTrees(label="y", **settings, **params), parts)[0]
+        return fit_state(op(label="y", **settings, **params), parts)[0]
 
     free = fitted()
     assert largest_moves(free, "x1", "x2")[0] < -1e-3  # the sine shows
@@ -707,17 +734,15 @@ def test_monotonic_constraints_hold_and_fit_as_scikit_learn(classify: bool) -> N
     assert largest_moves(bound, "x1", "x2")[0] >= 0.0
     assert largest_moves(bound, "x2", "x1")[1] <= 0.0
     X, y = np.c_[table["x1"].to_numpy(), table["x2"].to_numpy()], table["y"].to_numpy()
-    peer = HistGradientBoostingClassifier if classify else HistGradientBoostingRegressor
-    reference = peer(max_iter=30, max_depth=4, min_samples_leaf=10, early_stopping=False,
-                     monotonic_cst=[1, -1]).fit(X, y)
+    reference = _peer(kind, classify).fit(X, y)
     if classify:
-        ours = np.asarray(predictions(bound, table)["probability"])
-        theirs = reference.predict_proba(X)[:, 1]
+        ours = np.clip(np.asarray(predictions(bound, table)["probability"]), 1e-6, 1 - 1e-6)
+        theirs = np.clip(reference.predict_proba(X)[:, 1], 1e-6, 1 - 1e-6)
         loss = [float(np.mean(-y * np.log(p) - (1 - y) * np.log(1 - p))) for p in (ours, theirs)]
     else:
         ours, theirs = np.asarray(predictions(bound, table)["prediction"]), reference.predict(X)
         loss = [float(np.mean((p - y) ** 2)) for p in (ours, theirs)]
-    assert loss[0] == pytest.approx(loss[1], rel=0.02), loss
+    assert loss[0] == pytest.approx(loss[1], rel=tolerance), loss
 
 
 def test_monotonic_constraints_that_cannot_apply() -> None:
@@ -727,8 +752,11 @@ def test_monotonic_constraints_that_cannot_apply() -> None:
     with pytest.raises(ValidationError):
         GradientBoostedTrees(label="y", monotonic={"x1": 2})
     classes = table.set_column(2, "y", pa.array(np.arange(300) % 3))
-    with pytest.raises(DataError, match="'y' has 3 classes"):
-        fit_state(GradientBoostedTrees(label="y", monotonic={"x1": 1}), [classes])
+    for op in (GradientBoostedTrees, DecisionTree, RandomForest):
+        with pytest.raises(SchemaError, match="monotonic names 'x9'"):
+            op(label="y", monotonic={"x9": 1}).output_schema(table.schema)
+        with pytest.raises(DataError, match="'y' has 3 classes"):
+            fit_state(op(label="y", monotonic={"x1": 1}), [classes])
 
 
 @pytest.mark.parametrize("classes", [0, 2, 3])

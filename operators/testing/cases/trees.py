@@ -59,6 +59,9 @@ def counts_table() -> pa.Table:
 
 def _cases() -> None:
     case("decision_tree", {"label": "y", "max_depth": 4}, tree_table, id="gini-missing")
+    case("decision_tree", {"label": "y", "weight": "w", "max_depth": 4,
+                           "monotonic": {"x1": 1, "x3": -1}},
+         lambda: tree_table(regression=True, seed=8), id="variance-monotonic")
     case("decision_tree", {"label": "y", "weight": "w", "criterion": "entropy",
                            "max_depth": 5, "min_samples_leaf": 3, "validation_fraction": 0.2,
                            "seed": 3},
