@@ -847,7 +847,10 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         rows = np.arange(s)
         lft = left[:, rows, position, direction, bin_]                  # (C, s)
         rgt = right[:, rows, position, direction, bin_]
-        no_missing = criterion.weight(missing[:, rows, position]) <= 0
+        # a missing-value weight that is a rounding residue (a sibling's histogram is its
+        # parent's minus its own) is none
+        no_missing = (criterion.weight(missing[:, rows, position])
+                      <= GAIN_RTOL * criterion.weight(total[:, rows, position]))
         heavier_left = criterion.weight(lft) >= criterion.weight(rgt)
         sl = slice(start, stop)
         out["found"][sl] = found

@@ -293,6 +293,20 @@ def test_ties_go_to_the_first_feature_and_bin() -> None:
     assert found["missing_left"][0]
 
 
+def test_a_rounding_residue_in_the_missing_bin_is_no_missing_value() -> None:
+    """A sibling's histogram is its parent's minus its own: a missing bin that should be
+    empty may hold a residue like 4e-15, and the sums of another engine or the GPU may
+    not; missing values go to the heavier side either way."""
+    hist = np.zeros((1, 2, 4, 2))
+    hist[0, :, 0, 0] = 5.0  # the heavier side is the left: class 0 in bin 0
+    hist[0, :, 2, 1] = 2.0
+    hist[0, 1, 3, 1] = 3.55e-15  # slot 1: a residue where slot 0 has none
+    found = best_splits(hist, Gini(2), 1.0, np.zeros(2))
+    assert found["found"].all() and found["missing_left"].all()
+    hist[0, 1, 3, 1] = 1e-6  # a real (if light) missing weight of class 1: to the right
+    assert not best_splits(hist, Gini(2), 1.0, np.zeros(2))["missing_left"][1]
+
+
 # --------------------------------------------------------------------------- the artifact
 
 
