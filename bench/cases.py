@@ -51,6 +51,8 @@ from bench.xgboost_cases import (  # noqa: F401 - bench.worker looks the sides u
     dask_train_boosted_xgboost,
     score_boosted_xgboost_sluice_local,
     score_boosted_xgboost_xgboost,
+    train_boosted_colsample_sluice_local,
+    train_boosted_colsample_xgboost,
     train_boosted_xgboost_sluice_local,
     train_boosted_xgboost_xgboost,
 )
@@ -144,6 +146,8 @@ CASES: dict[str, Case] = {
     # gradient_boosted_trees (100 trees, depth 6) vs XGBoost hist, locally and on Dask
     "train_boosted_xgboost": Case("numeric", ("sluice_local", "xgboost"), _numeric),
     "dask_train_boosted": Case("numeric", ("sluice_dask", "xgboost"), _numeric),
+    # the same with half the features per tree: tree_features vs colsample_bytree
+    "train_boosted_colsample": Case("numeric", ("sluice_local", "xgboost"), _numeric),
     # read -> score (the 100-tree models of each) -> write vs XGBoost's inplace_predict
     "score_boosted_xgboost": Case("numeric", ("sluice_local", "xgboost"), _numeric,
                                   boosted_models),

@@ -9,6 +9,8 @@ Both sides fit 100 rounds of depth-6 trees (learning rate 0.1, 255 bins, XGBoost
 * ``score_boosted_xgboost``: read, score with a 100-tree model of each (trained once,
   untimed, ``boosted_models``), write Parquet: sluice's ``score`` step against
   XGBoost's ``inplace_predict`` on each file's rows (every core);
+* ``train_boosted_colsample``: the same with half the features per tree
+  (``tree_features: 0.5`` against ``colsample_bytree=0.5``);
 * ``dask_train_boosted``: the same on the Dask engine against ``xgboost.dask``'s
   ``DaskXGBClassifier`` on Dask arrays of the same training rows persisted on the
   workers (sluice reads its Parquet in the fit's time; XGBoost's side gets its rows
@@ -42,6 +44,20 @@ def train_boosted_xgboost_xgboost(data: Path, scratch: Path) -> None:
     x, y, x_held, y_held = _split(data)
     model = xgboost.XGBClassifier(**XGB, n_jobs=os.cpu_count()).fit(x, y)
     print(f"  train_boosted_xgboost xgboost: held-out accuracy {model.score(x_held, y_held):.4f}")
+
+
+def train_boosted_colsample_sluice_local(data: Path, scratch: Path) -> None:
+    _run_sluice(data, scratch, "train_boosted_colsample", "gradient_boosted_trees",
+                {**BOOSTED, "tree_features": 0.5})
+
+
+def train_boosted_colsample_xgboost(data: Path, scratch: Path) -> None:
+    import xgboost
+
+    x, y, x_held, y_held = _split(data)
+    model = xgboost.XGBClassifier(**XGB, colsample_bytree=0.5, n_jobs=os.cpu_count()).fit(x, y)
+    print(f"  train_boosted_colsample xgboost: held-out accuracy "
+          f"{model.score(x_held, y_held):.4f}")
 
 
 def dask_train_boosted_sluice_dask(data: Path, scratch: Path) -> None:
