@@ -26,6 +26,9 @@ sibling is still its parent's minus its own; ``monotonic`` constrains the output
 children's values stay within bounds its ancestors' constrained splits set (the middle of
 their two children's values), candidate splits whose children's values go the wrong way
 are not taken, and gains are the loss decreases at the bounded values (``trees.grow_level``);
+``interactions`` keeps each branch of a tree on the features of one group (a node may
+split on the features of the groups holding every feature its ancestors split on, as
+scikit-learn's ``interaction_cst``: ``interaction_allowed``);
 ``early_stopping`` scores the held-out rows (``validation_fraction``) in the first pass of
 every round and stops, keeping the trees grown so far, when the loss has not improved by
 more than ``tol`` in ``n_iter_no_change`` rounds (scikit-learn's rule).
@@ -42,9 +45,10 @@ import pyarrow as pa
 from pydantic import AfterValidator, Field
 
 from operators.arrays import to_xp
-from operators.base import DataError, ParamError, register, register_fitted
+from operators.base import DataError, ParamError, SchemaError, register, register_fitted
 from operators.models.common import split_rows
 from operators.models.trees import (
+    SPLIT,
     Criterion,
     Level,
     Newton,
@@ -67,6 +71,38 @@ from operators.models.trees import (
     truncate,
     walk_step,
 )
+
+
+def interaction_groups(groups: list[list[str]], features: list[str]) -> np.ndarray:
+    """The groups as a (groups, features) mask, the features no group names as one more."""
+    mask = np.zeros((len(groups) + 1, len(features)), dtype=bool)
+    for g, group in enumerate(groups):
+        mask[g, [features.index(f) for f in group]] = True
+    mask[-1] = ~mask[:-1].any(axis=0)
+    return mask[mask.any(axis=1)]
+
+
+def interaction_allowed(forest: dict[str, np.ndarray], nodes: np.ndarray, groups: np.ndarray
+                        ) -> np.ndarray:
+    """Which features each node may split on, ``(nodes, features)``: those of the groups
+    that hold every feature its ancestors split on (scikit-learn's interaction_cst)."""
+    size = len(forest["tree"])
+    parent = np.full(size, -1, dtype=np.int64)
+    split = np.flatnonzero(forest["status"] == SPLIT)
+    parent[forest["left"][split]] = split
+    parent[forest["right"][split]] = split
+    used = np.zeros((len(nodes), groups.shape[1]), dtype=bool)
+    at = np.asarray(nodes, dtype=np.int64)
+    rows = np.arange(len(nodes))
+    while True:
+        at = np.where(at >= 0, parent[np.maximum(at, 0)], -1)
+        live = at >= 0
+        if not live.any():
+            break
+        used[rows[live], forest["feature"][at[live]]] = True
+    # a group fits when no feature used on the path is outside it
+    fits = (used.astype(np.int64) @ (~groups).T.astype(np.int64)) == 0      # (nodes, groups)
+    return (fits.astype(np.int64) @ groups.astype(np.int64)) > 0
 
 
 class BoostedTreesParams(TreeParams):
@@ -94,6 +130,11 @@ class BoostedTreesParams(TreeParams):
         "all", description="features each node may split on, of its tree's: sqrt, log2, all, "
                            "or a fraction in (0, 1] (scikit-learn's max_features, XGBoost's "
                            "colsample_bynode)")
+    interactions: list[list[str]] | None = Field(
+        None, description="groups of features that may split in one branch of a tree, e.g. "
+                          "[[tenure, plan], [region]]; the features no group names form one "
+                          "more (scikit-learn's interaction_cst, XGBoost's "
+                          "interaction_constraints)")
     loss: Literal["squared_error", "poisson", "gamma"] | None = Field(
         None, description="regression loss: squared_error (default), poisson (counts) or "
                           "gamma (positive amounts), these two with a log link: the "
@@ -191,13 +232,27 @@ class GradientBoostedTrees(TreeEstimator):
         trees, seed = state["forest"]["tree"], self.params.seed
         return lambda nodes: tree_features(trees[nodes], n, m, seed)
 
+    def _check_features(self, features: list[str]) -> None:
+        super()._check_features(features)
+        named = [f for group in self.params.interactions or [] for f in group]
+        unknown = [f for f in named if f not in features]
+        if unknown:
+            raise SchemaError(f"interactions names '{unknown[0]}', which is not a feature",
+                              hint="features: " + ", ".join(features[:20]))
+
     def _allowed(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
         n = len(state["features"])
         per_tree = self._n_sampled(state)
-        return allowed_features(
+        allowed = allowed_features(
             nodes, state["forest"]["tree"][nodes], n, per_tree,
             lambda m: features_fraction(self.params.max_features, m, state["classify"]),
             self.params.seed)
+        if self.params.interactions is None:
+            return allowed
+        interacting = interaction_allowed(state["forest"], nodes,
+                                          interaction_groups(self.params.interactions,
+                                                             state["features"]))
+        return interacting if allowed is None else allowed & interacting
 
     def _before_level(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         if "loss" not in stats:

@@ -759,6 +759,63 @@ def test_monotonic_constraints_hold_and_fit_as_scikit_learn(kind: str, classify:
     assert loss[0] == pytest.approx(loss[1], rel=tolerance), loss
 
 
+def branch_features(model: Any) -> list[set[int]]:
+    """The features split on along each root-to-leaf branch of every tree."""
+    nodes, out = model.nodes, []
+    for start in nodes["tree_start"][:-1]:
+        stack = [(int(start), frozenset())]
+        while stack:
+            node, seen = stack.pop()
+            feature = int(nodes["feature"][node])
+            if feature < 0:
+                out.append(set(seen))
+                continue
+            for child in (nodes["left"][node], nodes["right"][node]):
+                stack.append((int(child), seen | {feature}))
+    return out
+
+
+def test_interaction_constraints_keep_each_branch_in_one_group() -> None:
+    """``interactions: [[x1, x3], [x2]]``: every branch splits on the features of one
+    group only, so the model is additive in x1 and x2 (no x1-x2 interaction term, where
+    the label is x1 * x2 and the free model has one), and fits as HistGradientBoosting's
+    with the same interaction_cst."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(12)
+    x1, x2, x3 = (rng.uniform(-2, 2, 5000) for _ in range(3))
+    y = x1 * x2 + 0.5 * x3 + 0.1 * rng.standard_normal(5000)
+    table = pa.table({"x1": x1, "x2": x2, "x3": x3, "y": y})
+    settings = {"label": "y", "n_trees": 40, "max_depth": 4, "min_samples_leaf": 20}
+
+    def interaction(model: Any) -> float:
+        grid = pa.table({"x1": [1.5, 1.5, -1.5, -1.5], "x2": [1.5, -1.5, 1.5, -1.5],
+                         "x3": [0.3] * 4})
+        f = np.asarray(predictions(model, grid)["prediction"])
+        return float(f[0] - f[1] - f[2] + f[3])
+
+    free = fit_state(GradientBoostedTrees(**settings), split(table, 3))[0]
+    assert abs(interaction(free)) > 1.0
+    bound = fit_state(GradientBoostedTrees(**settings, interactions=[["x1", "x3"], ["x2"]]),
+                      split(table, 3))[0]
+    assert abs(interaction(bound)) < 1e-12
+    groups = [{0, 2}, {1}]
+    assert all(any(used <= g for g in groups) for used in branch_features(bound))
+    assert any(len(used) > 1 for used in branch_features(bound))  # x1 with x3 still
+    reference = HistGradientBoostingRegressor(
+        max_iter=40, max_depth=4, min_samples_leaf=20, early_stopping=False,
+        interaction_cst=[[0, 2], [1]]).fit(np.c_[x1, x2, x3], y)
+    ours = np.asarray(predictions(bound, table)["prediction"])
+    mse = [float(np.mean((p - y) ** 2)) for p in (ours, reference.predict(np.c_[x1, x2, x3]))]
+    assert mse[0] == pytest.approx(mse[1], rel=0.02), mse
+    # the features no group names form a group of their own
+    rest = fit_state(GradientBoostedTrees(**settings, interactions=[["x2"]]),
+                     split(table, 3))[0]
+    assert all(used <= {1} or used <= {0, 2} for used in branch_features(rest))
+    with pytest.raises(SchemaError, match="interactions names 'x9'"):
+        GradientBoostedTrees(label="y", interactions=[["x9"]]).output_schema(table.schema)
+
+
 def test_monotonic_constraints_that_cannot_apply() -> None:
     table = rising_and_wavy(300, classify=False)
     with pytest.raises(SchemaError, match="monotonic names 'x9', which is not a feature"):

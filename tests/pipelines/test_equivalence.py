@@ -95,6 +95,7 @@ ZOO = {
         tree_features: 0.7
         max_features: 0.6
         monotonic: {tenure: 1}
+        interactions: [[tenure, churned]]
     """,
     "linear_weighted": """
       - op: drop

@@ -99,7 +99,8 @@ def _cases() -> None:
          string_classes_table, id="multiclass-early-stopping", rtol=1e-8, atol=1e-10)
     case("gradient_boosted_trees", {"label": "y", "n_trees": 4, "max_depth": 3,
                                     "min_samples_leaf": 5, "tree_features": 0.7,
-                                    "max_features": "sqrt", "seed": 2},
+                                    "max_features": "sqrt", "seed": 2,
+                                    "interactions": [["x1", "x2"], ["x3", "x4", "flat"]]},
          string_classes_table, id="multiclass-feature-sampling", rtol=1e-8, atol=1e-10)
 
 
