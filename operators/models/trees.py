@@ -1739,13 +1739,25 @@ def _combine_summary(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     else:
         out["sums"] = a["sums"] + b["sums"]
         out["label_min"] = min(a["label_min"], b["label_min"])
-    keys = np.concatenate([a["sample_keys"], b["sample_keys"]])
-    sample = np.concatenate([a["sample"], b["sample"]])
-    # rows with equal keys have equal content (features, label, weight), so which of
-    # them is kept does not matter
-    order = np.argsort(keys, kind="stable")[:BIN_SAMPLE_ROWS]
-    out["sample_keys"], out["sample"] = keys[order], sample[order]
+    out["sample_keys"], out["sample"] = _smallest_keys(
+        a["sample_keys"], a["sample"], b["sample_keys"], b["sample"], BIN_SAMPLE_ROWS)
     return out
+
+
+def _smallest_keys(keys_a: np.ndarray, rows_a: np.ndarray, keys_b: np.ndarray,
+                   rows_b: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``limit`` rows of smallest key of two samples, each sorted by key: a merge
+    (a's rows before b's on equal keys, as a stable sort of a then b), written straight
+    into the result with no concatenation of the rows (megabytes per partition)."""
+    at_a = np.arange(len(keys_a)) + np.searchsorted(keys_b, keys_a, side="left")
+    at_b = np.arange(len(keys_b)) + np.searchsorted(keys_a, keys_b, side="right")
+    keep_a, keep_b = at_a < limit, at_b < limit
+    size = int(keep_a.sum() + keep_b.sum())
+    keys = np.empty(size, dtype=np.result_type(keys_a, keys_b))
+    rows = np.empty((size, *rows_a.shape[1:]), dtype=np.result_type(rows_a, rows_b))
+    keys[at_a[keep_a]], rows[at_a[keep_a]] = keys_a[keep_a], rows_a[keep_a]
+    keys[at_b[keep_b]], rows[at_b[keep_b]] = keys_b[keep_b], rows_b[keep_b]
+    return keys, rows
 
 
 def prepare_rows(tables: list[pa.Table], state: dict[str, Any], params: SupervisedParams,

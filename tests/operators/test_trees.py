@@ -213,6 +213,22 @@ def test_the_sparse_product_sums_as_bincount_bit_for_bit(
         assert held[:, 1:].tobytes() == expected.tobytes() and (held[:, 0] == 7).all()
 
 
+def test_the_bin_samples_merge_as_a_stable_sort_of_both() -> None:
+    """Two partitions' bin samples (each sorted by key) combine into the rows of smallest
+    key, equal keys a's first: what a stable sort of a then b keeps."""
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        na, nb, limit = (int(v) for v in rng.integers(0, 30, 3))
+        keys_a = np.sort(rng.integers(0, 10, na).astype(np.uint64))
+        keys_b = np.sort(rng.integers(0, 10, nb).astype(np.uint64))
+        rows_a, rows_b = rng.standard_normal((na, 3)), rng.standard_normal((nb, 3))
+        keys, rows = np.concatenate([keys_a, keys_b]), np.concatenate([rows_a, rows_b])
+        order = np.argsort(keys, kind="stable")[:limit]
+        got_keys, got_rows = trees._smallest_keys(keys_a, rows_a, keys_b, rows_b, limit)
+        np.testing.assert_array_equal(got_keys, keys[order], err_msg=str(trial))
+        np.testing.assert_array_equal(got_rows, rows[order], err_msg=str(trial))
+
+
 # --------------------------------------------------------------------------- splits
 
 
