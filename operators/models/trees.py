@@ -757,9 +757,10 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
     ``(S, m)`` only, when given.
 
     ``monotonic`` ``(S, m)``: per slot and feature position 1 (the left child's value
-    may not pass the right's), -1 (the reverse) or 0; the criterion's values and scores
-    are then those within the slot's ``bounds`` ``(S, 2)`` (``Newton`` only: monotonic
-    constraints as scikit-learn's HistGradientBoosting and XGBoost have them).
+    may not pass the right's), -1 (the reverse) or 0, with the slot's ``bounds``
+    ``(S, 2)`` on its children's values: ``Newton`` scores and orders the values within
+    the bounds (HistGradientBoosting's and XGBoost's constraints), the impurity criteria
+    take no split whose children's values leave them (scikit-learn's trees).
 
     Candidates: after each value bin, missing values left or right; both children need
     weight >= ``min_leaf`` and the criterion's consent; the gain must pass ``min_gain``
@@ -783,7 +784,8 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         # channel first, then slot, feature position, bin: (C, s, m, B1), so that the
         # candidates of a slot come in the order of choice, each bin's prefix sums along
         # the last axis
-        part = hist[:, start:stop] if slots is None else hist[:, slots[start:stop]]
+        chosen = slice(start, stop) if slots is None else slots[start:stop]
+        part = hist[:, chosen]
         h = np.ascontiguousarray(np.transpose(part, (3, 1, 0, 2)))
         missing = h[..., n_bins]                                         # (C,s,m)
         # with no missing value in the chunk, "missing left" repeats "missing right"
@@ -799,7 +801,6 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         criterion.clean(total)
         if monotonic is not None:
             assert bounds is not None
-            chosen = slice(start, stop) if slots is None else slots[start:stop]
             lo, hi = bounds[chosen, 0], bounds[chosen, 1]
             lo4, hi4 = lo[:, None, None, None], hi[:, None, None, None]
         if monotonic is None or not criterion.clips_to_bounds:
@@ -821,8 +822,7 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
             if consent is not True:
                 valid &= consent
         if allowed is not None:
-            usable = allowed[start:stop] if slots is None else allowed[slots[start:stop]]
-            valid &= usable[:, :, None, None]
+            valid &= allowed[chosen][:, :, None, None]
         if monotonic is not None:  # the children's values in the constraint's order
             v_left = criterion.constrained_value(left, lo4, hi4)
             v_right = criterion.constrained_value(right, lo4, hi4)
@@ -1616,9 +1616,10 @@ class TreeEstimator(Estimator):
         return np.broadcast_to(direction, (len(nodes), len(direction)))
 
     def _allowed(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
-        """Which of the histograms' feature positions each node may split on (None: all;
-        boosting samples features per tree and per node with full histograms, so that a
-        child's sibling still comes from its parent's)."""
+        """Which features each node may split on, ``(nodes, features)`` (None: all); the
+        level maps them to its histograms' positions. Boosting's per-node draws and
+        interaction constraints decide here, on histograms that hold every feature of the
+        tree, so that a child's sibling still comes from its parent's."""
         return None
 
     def _n_sampled(self, state: dict[str, Any]) -> int:
