@@ -20,8 +20,9 @@ both add the same values in the same order, so the model is the same bit for bit
 ``subsample`` keeps a row in a round by a hash of its content and the round;
 ``tree_features`` lets each tree split on a fraction of the features and ``max_features``
 each node on some of its tree's (drawn by hashes of the seed and the tree's or node's id,
-``trees.allowed_features``): the histograms still cover every feature, so a child's
-sibling is still its parent's minus its own; ``monotonic`` constrains the output to rise
+``trees.allowed_features``): a pass sums the histograms of its trees' features (every
+feature of the tree, whatever the nodes draw), so a child's sibling is still its parent's
+minus its own; ``monotonic`` constrains the output to rise
 (1) or fall (-1) with a feature, as scikit-learn's ``monotonic_cst`` does: a node's
 children's values stay within bounds its ancestors' constrained splits set (the middle of
 their two children's values), candidate splits whose children's values go the wrong way
