@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import exploding_pipeline, write_pipeline
+from conftest import ROOT, exploding_pipeline, write_pipeline
 
 from operators.base import SluiceError
 from pipelines.datagen import churn_table, generate
@@ -165,3 +165,33 @@ def test_empty_input_after_filter(churn: Path, workdir: Path, engine: Engine) ->
     assert record["outputs"][0]["rows"] == 0
     out = pq.read_table(workdir / "out")
     assert out.num_rows == 0 and "tenure" in out.column_names
+
+
+def test_the_boosted_example_pipeline_weighs_classes_and_keeps_its_constraint(
+        workdir: Path) -> None:
+    """conf/pipelines/churn_boosted_train.yaml (class weights, a monotonic constraint,
+    features per tree, early stopping) on the committed sample: it stops early, and its
+    churn risk never falls as the monthly charges rise."""
+    import pyarrow as pa
+
+    from operators.arrays import get_namespace
+    from pipelines.runner import run
+    from pipelines.store import ModelStore
+
+    (workdir / "data").symlink_to(ROOT / "data")
+    record = run(ROOT / "conf" / "pipelines" / "churn_boosted_train.yaml",
+                 models=str(workdir / "models"), runs_dir=str(workdir / "runs"))
+    assert record["status"] == "succeeded"
+    metrics = record["metrics"]["model"]
+    assert metrics["stopped_early"] and metrics["rounds"] < 300
+    model = ModelStore(str(workdir / "models")).load("churn_boosted")
+    sample = pq.read_table(ROOT / "data" / "churn" / "ds=2026-11-28").slice(0, 40)
+    charges = np.linspace(10.0, 150.0, 57)
+    risks = []
+    for row in sample.to_pylist():
+        grid = pa.Table.from_pylist([{**row, "monthly_charges": c} for c in charges],
+                                    schema=sample.schema)
+        out = model.chain.transform(grid, get_namespace("numpy"))
+        risks.append(np.asarray(out.column("probability")))
+    assert (np.diff(np.array(risks), axis=1) >= 0).all()
+    assert np.ptp(np.array(risks), axis=1).max() > 0.01  # the charges do move the risk
