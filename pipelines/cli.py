@@ -181,6 +181,12 @@ def _print_metrics(by_step: dict[str, Any]) -> None:
                 click.echo(f"  metrics {label}: {shown}")
 
 
+def _shown_param(value: Any) -> str:
+    """A parameter as the pipeline file would say it (flow-style YAML)."""
+    return json.dumps(value, separators=(", ", ": ")) if isinstance(value, dict | list) else (
+        str(value))
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
@@ -252,6 +258,10 @@ def models_show(ref: str, models: str | None, as_json: bool) -> None:
     click.echo("  steps:")
     for entry in meta["steps"]:
         click.echo(f"    - {entry['op']}")
+    for step_id, trained in (meta.get("trained_with") or {}).items():
+        given = ", ".join(f"{k}={_shown_param(v)}"
+                          for k, v in (trained["params"] or {}).items())
+        click.echo(f"  trained {step_id} ({trained['op']}): {given or 'the defaults'}")
     out = [f["name"] + ": " + f["type"] for f in meta["output_schema"]["fields"]]
     click.echo("  output: " + ", ".join(out[-3:]))
     _print_metrics(meta.get("metrics") or {})

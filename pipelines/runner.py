@@ -78,6 +78,15 @@ def stopping_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _given(op: Any) -> dict[str, Any] | None:
+    """An operator's parameters as its step set them, as JSON (None where an operator of
+    one's own holds a value JSON cannot say)."""
+    try:
+        return op.params.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    except (ValueError, TypeError):  # pydantic's serialization errors are ValueErrors
+        return None
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
@@ -262,6 +271,10 @@ class Run:
             "run_id": self.run_id,
             "params": self.plan.spec.params,
             "steps_from": [s.id for s in chain],
+            # what each fitted step was given (as the pipeline file said it): with the run
+            # record, the model says how it was trained
+            "trained_with": {s.id: {"op": s.op.name, "params": _given(s.op)}
+                             for s in chain if isinstance(s.op, Estimator)},
             "metrics": {s.id: self.record["metrics"].get(s.id) for s in chain
                         if s.id in self.record["metrics"]},
         }

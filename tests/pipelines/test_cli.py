@@ -55,6 +55,9 @@ def test_run_validate_and_models(churn: Path, workdir: Path) -> None:
     assert listed.returncode == 0 and "centre" in listed.stdout and "1, 2" in listed.stdout
     shown = sluice("models", "show", "centre@1", cwd=workdir)
     assert shown.returncode == 0 and "needs columns: tenure" in shown.stdout
+    # what the fitted step was given, as the pipeline file said it
+    assert ("trained CenterColumns (sluice_testops.CenterColumns): "
+            'columns=["tenure"]') in shown.stdout, shown.stdout
     missing = sluice("models", "show", "centr", cwd=workdir)
     assert missing.returncode == 1 and "did you mean 'centre'?" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -184,7 +184,14 @@ def test_the_boosted_example_pipeline_weighs_classes_and_keeps_its_constraint(
     assert record["status"] == "succeeded"
     metrics = record["metrics"]["model"]
     assert metrics["stopped_early"] and metrics["rounds"] < 300
-    model = ModelStore(str(workdir / "models")).load("churn_boosted")
+    store = ModelStore(str(workdir / "models"))
+    trained = store.read_meta("churn_boosted", 1)["trained_with"]["model"]
+    assert trained["op"] == "gradient_boosted_trees"
+    assert trained["params"] == {  # what the pipeline file says, defaults given included
+        "label": "churned", "n_trees": 300, "max_depth": 4, "learning_rate": 0.1,
+        "class_weight": "balanced", "monotonic": {"monthly_charges": 1}, "tree_features": 0.8,
+        "validation_fraction": 0.2, "early_stopping": True}
+    model = store.load("churn_boosted")
     sample = pq.read_table(ROOT / "data" / "churn" / "ds=2026-11-28").slice(0, 40)
     charges = np.linspace(10.0, 150.0, 57)
     risks = []
