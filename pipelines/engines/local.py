@@ -351,10 +351,5 @@ def _serve_local(blob: bytes) -> None:
     task: _LocalTask = pickle.loads(blob)
     os.chdir(task.cwd)
     with threadpool_limits(task.blas, "blas"):
-        work = resident.Task(task.data, task.infos, task.step, label="worker process")
-        work.hold()
-        sock = resident.connect("127.0.0.1", task.port, task.secret, task.rank)
-        try:
-            work.answer(sock)
-        finally:
-            sock.close()
+        resident.Task(task.data, task.infos, task.step, label="worker process").run(
+            "127.0.0.1", task.port, task.secret, task.rank)

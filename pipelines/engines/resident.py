@@ -426,6 +426,22 @@ class Task:
         serve(sock, pickle.dumps((self.failure, self.taken())),
               reply if self.failure is None else lambda work: b"")
 
+    def run(self, host: str, port: int, secret: bytes, rank: int,
+            unreachable: Callable[[OSError], BaseException] | None = None) -> None:
+        """A task's whole life in a resident fit: hold its partitions, connect to the
+        driver's hub (``unreachable`` makes the error when it cannot), answer every pass."""
+        self.hold()
+        try:
+            sock = connect(host, port, secret, rank)
+        except OSError as exc:
+            if unreachable is None:
+                raise
+            raise unreachable(exc) from None
+        try:
+            self.answer(sock)
+        finally:
+            sock.close()
+
 
 def by_partition(replies: Iterable[tuple[list[Answer], Records]],
                  on_records: Callable[[Records], None],

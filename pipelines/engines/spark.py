@@ -518,20 +518,15 @@ class _ResidentTask:
         yield _row(self.groups[rank][0], _RECORDS, pickle.dumps((None, [])))
 
     def _run(self, rank: int) -> None:
-        task = resident.Task(self.data, [self.infos[i] for i in self.groups[rank]], self.step)
-        task.hold()
-        try:
-            sock = resident.connect(self.host, self.port, self.secret, rank)
-        except OSError as exc:
-            raise _Attempt(_marked(SluiceError(
+        def unreachable(exc: OSError) -> BaseException:
+            return _Attempt(_marked(SluiceError(
                 f"a task of the resident fit of step '{self.step}' cannot reach the driver "
                 f"at {self.host}:{self.port} ({exc})",
                 hint="let executors reach that port (resident_port in the Spark profile "
-                     "picks it), or set resident_fits: never"))) from None
-        try:
-            task.answer(sock)
-        finally:
-            sock.close()
+                     "picks it), or set resident_fits: never")))
+
+        task = resident.Task(self.data, [self.infos[i] for i in self.groups[rank]], self.step)
+        task.run(self.host, self.port, self.secret, rank, unreachable)
 
 
 @contextlib.contextmanager
