@@ -900,12 +900,12 @@ class DaskEngine(Engine):
                         self.record_all(counts)
                     if failure is not None:
                         failures[index] = failure
-            if failures:
-                first = min(failures)
-                error = failures[first]
+            def locate(first: int, error: BaseException) -> BaseException:
                 if isinstance(error, SluiceError) and not error.where:
                     error.located(f"step '{step_id}', {infos[first].describe()}")
-                raise error
+                return error
+
+            resident.raise_lowest(failures, locate)
 
             import cloudpickle
 

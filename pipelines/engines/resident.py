@@ -171,8 +171,7 @@ class Hub:
             on_records(records)
             if failure is not None:
                 failures[failure[0]] = failure[1]
-        if failures:
-            raise failures[min(failures)]
+        raise_lowest(failures)
 
     def gather(self, work: bytes, on_records: Callable[[Records], None],
                on_answer: Callable[[int], None] | None = None
@@ -443,6 +442,15 @@ class Task:
             sock.close()
 
 
+def raise_lowest(failures: dict[int, BaseException],
+                 locate: Callable[[int, BaseException], BaseException] | None = None) -> None:
+    """Raise the failure of the lowest partition, if any: the same error whichever task
+    finished first (``locate`` may say where it happened)."""
+    if failures:
+        first = min(failures)
+        raise failures[first] if locate is None else locate(first, failures[first])
+
+
 def by_partition(replies: Iterable[tuple[list[Answer], Records]],
                  on_records: Callable[[Records], None],
                  on_answer: Callable[[int], None] | None = None
@@ -462,8 +470,7 @@ def by_partition(replies: Iterable[tuple[list[Answer], Records]],
             if on_answer is not None:
                 for answered in range(index, stop):
                     on_answer(answered)
-    if failures:
-        raise failures[min(failures)]
+    raise_lowest(failures)
     return values
 
 
