@@ -511,13 +511,16 @@ class ReadParquet(Source):
         Spark do."""
         target = self.schema()
         declared = set(self.params.schema_ or {})
-        by_column: dict[str, dict[pa.DataType, list[str]]] = {}
+        shared: dict[pa.Schema, list[str]] = {}  # files mostly share one schema
         for path, physical in files:
+            shared.setdefault(physical, []).append(path)
+        by_column: dict[str, dict[pa.DataType, list[str]]] = {}
+        for physical, paths in shared.items():
             for field in target:
                 j = physical.get_field_index(field.name)
                 if j >= 0:
                     by_type = by_column.setdefault(field.name, {})
-                    by_type.setdefault(physical.field(j).type, []).append(path)
+                    by_type.setdefault(physical.field(j).type, []).extend(paths)
         problems: list[str] = []
         suggested: dict[str, str] = {}
         for name, by_type in by_column.items():
