@@ -378,9 +378,10 @@ class Criterion(ABC):
     HistGradientBoosting), or a split whose children's values leave them is not taken
     (the impurity criteria, as scikit-learn's trees)."""
 
+    @abstractmethod
     def constrained_value(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
-        """The value monotonic constraints order: the mean, or the second class's share."""
-        raise NotImplementedError(f"{type(self).__name__} has no monotonic constraints")
+        """The value monotonic constraints order: the mean, or the second class's share
+        (boosting: the leaf value within [lower, upper])."""
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
