@@ -1259,6 +1259,16 @@ def descend(pos: Any, rows: Any, codes: Any, n: int, arrays: dict[str, Any], mis
     return pos
 
 
+def child_table(width: int, bin_: np.ndarray, missing_left: np.ndarray, left: np.ndarray,
+                right: np.ndarray) -> np.ndarray:
+    """Per (node, code) the node a row with that code goes to, ``(nodes, width)``: left
+    for codes up to the node's ``bin_``, the last code (missing values) to the node's
+    missing side (training's ``node_tables`` and scoring's ``coded_walk``)."""
+    code = np.arange(width)[None, :]
+    go_left = np.where(code == width - 1, missing_left[:, None], code <= bin_[:, None])
+    return np.where(go_left, left[:, None], right[:, None])
+
+
 def node_tables(forest: dict[str, np.ndarray], first: int, end: int, missing: int, n: int,
                 xp: Any, nodes: np.ndarray | None = None) -> dict[str, Any]:
     """What moves rows down the nodes ``[first, end)`` (the trees of one boosting round:
@@ -1281,10 +1291,8 @@ def node_tables(forest: dict[str, np.ndarray], first: int, end: int, missing: in
     width = missing + 1
     columns = [np.where(split, forest["feature"][first:end], 0) * n, slot]
     if size * width <= TABLE_ENTRIES:
-        code = np.arange(width)[None, :]
-        go_left = np.where(code == missing, forest["missing_left"][first:end, None],
-                           code <= forest["bin"][first:end, None])
-        columns.append(np.where(go_left, left[:, None], right[:, None]))
+        columns.append(child_table(width, forest["bin"][first:end],
+                                   forest["missing_left"][first:end], left, right))
     else:
         columns += [forest["bin"][first:end], forest["missing_left"][first:end], left, right]
     host = np.empty((size, sum(1 if c.ndim == 1 else c.shape[1] for c in columns)), np.int64)
@@ -1929,9 +1937,7 @@ def coded_walk(walk: np.ndarray, n_features: int) -> dict[str, np.ndarray] | Non
     width = max((len(e) for e in edges), default=0) + 2
     if walk.shape[1] * width > CODED_ENTRIES or width > 2**15:
         return None
-    code = np.arange(width)[None, :]
-    go_left = np.where(code == width - 1, walk[4][:, None] != 0, code <= position[:, None])
-    child = np.where(go_left, left[:, None], right[:, None]).astype(np.int32)
+    child = child_table(width, position, walk[4] != 0, left, right).astype(np.int32)
     return {"edges": edges, "child": child.reshape(-1), "feature": feature.astype(np.int32),
             "width": np.array(width)}
 
