@@ -950,11 +950,8 @@ class DaskEngine(Engine):
         NAT, a firewall), which ``fit_mode`` says."""
         import secrets
 
-        host = self._driver_host()
+        host, why = self._driver_host()
         if host is None:
-            why = ("this machine's address toward the scheduler is unknown"
-                   if _tcp_address(self.scheduler or "") else
-                   "the scheduler's protocol is not plain TCP, and the hub's would be")
             notes["fit_mode"] += f" (passes by actor calls: {why})"
             return None
         hub = resident.Hub(host, secrets.token_bytes(32))
@@ -981,21 +978,21 @@ class DaskEngine(Engine):
             return None
         return hub
 
-    def _driver_host(self) -> str | None:
+    def _driver_host(self) -> tuple[str | None, str]:
         """The address of this machine that the workers reach: loopback for our own
-        LocalCluster, else the one its connection to the scheduler comes from; None for
-        a scheduler on another protocol (``tls://``: the hub's plain TCP would carry in
-        clear what the cluster encrypts)."""
+        LocalCluster, else the one its connection to the scheduler comes from; or None
+        and why not (a scheduler on another protocol, ``tls://``: the hub's plain TCP
+        would carry in clear what the cluster encrypts)."""
         if self._cluster is not None or not self.scheduler:
-            return "127.0.0.1"
+            return "127.0.0.1", ""
         found = _tcp_address(self.scheduler)
         if not found:
-            return None
+            return None, "the scheduler's protocol is not plain TCP, and the hub's would be"
         try:
             with socket.create_connection(found[0], timeout=self.timeout) as sock:
-                return str(sock.getsockname()[0])
+                return str(sock.getsockname()[0]), ""
         except OSError:
-            return None
+            return None, "this machine's address toward the scheduler is unknown"
 
     def _resident_plan(self, client: Any, kept: _Persisted) -> dict[str, list[int]]:
         """Which worker's actor holds which persisted partitions: each the ones it has,

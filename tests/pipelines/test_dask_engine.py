@@ -447,8 +447,9 @@ def test_the_hub_for_resident_passes_is_where_the_scheduler_is_reached_from() ->
         server.listen()
         port = server.getsockname()[1]
         assert DaskEngine(scheduler=f"tcp://127.0.0.1:{port}", timeout=2)._driver_host() \
-            == "127.0.0.1"
-        assert DaskEngine(scheduler=f"tls://127.0.0.1:{port}", timeout=2)._driver_host() \
-            is None
-    assert DaskEngine(scheduler=f"tcp://127.0.0.1:{port}", timeout=2)._driver_host() is None
-    assert DaskEngine()._driver_host() == "127.0.0.1"  # our own LocalCluster
+            == ("127.0.0.1", "")
+        host, why = DaskEngine(scheduler=f"tls://127.0.0.1:{port}", timeout=2)._driver_host()
+        assert host is None and "not plain TCP" in why
+    host, why = DaskEngine(scheduler=f"tcp://127.0.0.1:{port}", timeout=2)._driver_host()
+    assert host is None and "address toward the scheduler is unknown" in why
+    assert DaskEngine()._driver_host() == ("127.0.0.1", "")  # our own LocalCluster
