@@ -78,7 +78,12 @@ def weigh_classes(choice: ClassWeight, classes: list[Any], totals: np.ndarray, l
     """The classes' total weights with ``class_weight`` applied, and the factor of each
     class position's rows (None without ``class_weight``). ``balanced``: each class's
     total becomes the mean total (scikit-learn's ``n / (k n_c)``, on the rows' weights);
-    a mapping names classes as the label holds them (or as text)."""
+    a mapping names classes as the label holds them (or as text). A single class is an
+    error: a classifier needs two."""
+    if len(classes) < 2:
+        raise DataError(f"label column '{label}' has a single class ({classes[0]!r}) in the "
+                        "training rows", hint="a classifier needs at least two classes: "
+                                              "check the filter and the label column")
     if choice is None:
         return totals, None
     if choice == "balanced":

@@ -219,11 +219,6 @@ class LogisticRegression(Estimator):
         p = self.params
         require_training_rows(stats["rows"], stats["heldout"])
         classes, totals = stats["classes"], stats["weights"]
-        if len(classes) < 2:
-            raise DataError(f"label column '{p.label}' has a single class ({classes[0]!r}) "
-                            "in the training rows",
-                            hint="a classifier needs at least two classes: check the filter "
-                                 "and the label column")
         totals, factor = weigh_classes(p.class_weight, classes, totals, p.label)
         total = float(totals.sum())
         if not total > 0:

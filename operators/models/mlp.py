@@ -605,11 +605,6 @@ class MLP(Estimator):
             output, outputs = "identity", 1
             bias = np.array([stats["label_sum"] / total])
         else:
-            if len(classes) < 2:
-                raise DataError(f"label column '{p.label}' has a single class "
-                                f"({classes[0]!r}) in the training rows",
-                                hint="a classifier needs at least two classes: check the "
-                                     "filter and the label column")
             totals, factor = weigh_classes(p.class_weight, classes, stats["weights"], p.label)
             total = float(totals.sum())
             logs = np.log(np.maximum(totals, np.finfo(np.float64).tiny))

@@ -1580,11 +1580,6 @@ class TreeEstimator(Estimator):
                "edges": edges, "missing": missing_bin(edges)}
         if state["classify"]:
             classes, totals = stats["classes"], stats["class_weights"]
-            if len(classes) < 2:
-                raise DataError(f"label column '{p.label}' has a single class "
-                                f"({classes[0]!r}) in the training rows",
-                                hint="a classifier needs at least two classes: check the "
-                                     "filter and the label column")
             if p.monotonic and len(classes) > 2:
                 raise DataError(
                     f"monotonic constraints need a numeric label or two classes; "
