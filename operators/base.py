@@ -146,6 +146,9 @@ class Transform(Operator):
     """
 
     kind = "transform"
+    # True: the transform chooses rows (filter, sample) and changes no column: it
+    # shapes what a pipeline trains on or writes, and is never part of a saved model
+    selects_rows: ClassVar[bool] = False
 
     @abstractmethod
     def output_schema(self, schema: pa.Schema) -> pa.Schema:

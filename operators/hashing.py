@@ -117,3 +117,10 @@ def hash_rows(table: pa.Table, columns: list[str] | None = None, seed: int = 0) 
 def unit_interval(hashes: np.ndarray) -> np.ndarray:
     """Hashes as float64 uniformly spread over [0, 1)."""
     return (hashes >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def chosen_rows(table: pa.Table, fraction: float, seed: int,
+                columns: list[str] | None = None) -> np.ndarray:
+    """True for about ``fraction`` of the rows: those whose hash of ``columns`` (default:
+    all) and ``seed`` falls below it (the validation hold-out and ``sample``)."""
+    return unit_interval(hash_rows(table, columns, seed)) < fraction

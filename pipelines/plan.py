@@ -22,8 +22,10 @@ from operators.base import (
     require_columns,
     suggest,
 )
-from operators.score.score import Score
+from operators.io.model import SaveModel
+from operators.score.score import PREDICTION_COLUMNS, Score
 from pipelines.spec import PipelineSpec, Problem, StepSpec
+from pipelines.store import parse_ref, required_columns
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Step:
     input: str | None
     schema: pa.Schema | None = None  # output schema; None where it could not be derived
     open: bool = False  # a fit upstream adds columns only known at run time
+    # a score step of a model this pipeline saves: the save_model step it waits for
+    saved_by: str | None = None
 
     @property
     def id(self) -> str:
@@ -63,6 +67,14 @@ class Plan:
             path.append(current)
             current = self.step(current.input) if current.input else None
         return list(reversed(path))
+
+    def model_chain(self, save_id: str) -> list[Step]:
+        """The steps a ``save_model`` step saves: those from the source to it, less
+        sinks, actions and the steps that choose rows (filter, sample: what a pipeline
+        trains on is not the model's business; scoring keeps every row it is given)."""
+        return [s for s in self.chain_to(save_id)
+                if not isinstance(s.op, Sink | Action)
+                and not getattr(s.op, "selects_rows", False)]
 
 
 def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
@@ -133,6 +145,7 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
             problem(s, f"`input: {s.input}` names no step{suggest(s.input, ids)}", "input")
             if s.id in built:
                 built[s.id].input = None
+    _link_saved_models(built)
     plan.steps = _toposort(built, plan, file)
     _propagate(plan, resolve_model)
     plan.problems.sort(key=lambda p: (p.file, p.line))
@@ -156,6 +169,27 @@ def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str) -> Operat
         return None
 
 
+def _link_saved_models(built: dict[str, Step]) -> None:
+    """A score step whose model this pipeline saves (``name`` or ``name@latest``, or an
+    alias the save sets) scores with the version this run saves, after it is saved: an
+    evaluation on held-out rows in the same run, as MLlib's fit then transform."""
+    saves: dict[str, list[Step]] = {}
+    for step in built.values():
+        if isinstance(step.op, SaveModel):
+            saves.setdefault(step.op.params.name, []).append(step)
+    for step in built.values():
+        if not isinstance(step.op, Score):
+            continue
+        try:
+            name, selector = parse_ref(step.op.params.model)
+        except SluiceError:
+            continue  # reported when the model is resolved
+        for save in reversed(saves.get(name, [])):  # the last save of the name
+            if selector in (None, "latest") or selector in save.op.params.aliases:
+                step.saved_by = save.id
+                break
+
+
 def _toposort(built: dict[str, Step], plan: Plan, file: str) -> list[Step]:
     order: list[Step] = []
     state: dict[str, int] = {}  # 1 visiting, 2 done
@@ -166,14 +200,25 @@ def _toposort(built: dict[str, Step], plan: Plan, file: str) -> list[Step]:
         if state.get(step_id) == 1:
             loop = trail[trail.index(step_id):] + [step_id]
             s = built[step_id].spec
-            plan.problems.append(Problem(file, s.line_of("input"),
-                                         "steps form a cycle: " + " -> ".join(loop),
-                                         step=s.id, op=s.op))
+            message = "steps form a cycle: " + " -> ".join(loop)
+            param = "input"
+            scorer = next((built[a] for a, b in zip(loop, loop[1:])
+                           if built[a].saved_by == b), None)
+            if scorer is not None:  # a score of the model this run saves, fed to it
+                s, param = scorer.spec, "model"
+                ref = scorer.op.params.model
+                message = (f"score uses the model '{ref}' that step '{scorer.saved_by}' "
+                           f"saves in this run, which is trained on the score's output (a cycle: "
+                           + " -> ".join(loop) + f"); to score with an earlier version, "
+                           f"name it: {parse_ref(ref)[0]}@3 or an alias")
+            plan.problems.append(Problem(file, s.line_of(param), message, step=s.id,
+                                         op=s.op))
             return
         state[step_id] = 1
         step = built[step_id]
-        if step.input is not None:
-            visit(step.input, [*trail, step_id])
+        for before in (step.input, step.saved_by):
+            if before is not None:
+                visit(before, [*trail, step_id])
         state[step_id] = 2
         order.append(step)
 
@@ -202,10 +247,18 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             schema = upstream.schema
             step.open = upstream.open or (isinstance(step.op, Estimator)
                                           and step.op.schema_from_fit)
-            if isinstance(step.op, Score):
+            if isinstance(step.op, Score) and step.saved_by is not None:
+                if not _bind_planned(plan, step):
+                    continue  # a step of the model's chain has a problem reported
+                step.open = True  # the fitted chain's columns and types come at run time
+            elif isinstance(step.op, Score):
                 if resolve_model is None:
                     raise SchemaError("no model store to load the model from")
                 step.op.bind(*resolve_model(step.op.params.model))
+            if isinstance(step.op, SaveModel) and not any(
+                    isinstance(c.op, Estimator) for c in plan.model_chain(step.id)):
+                raise SchemaError("nothing is fitted before save_model",
+                                  hint="put save_model after a model step")
             try:
                 require_columns(schema, step.op.input_columns(schema))
                 step.schema = step.op.output_schema(schema)
@@ -217,6 +270,27 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
         except SluiceError as exc:
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param), str(exc), step=s.id, op=s.op))
+
+
+def _bind_planned(plan: Plan, step: Step) -> bool:
+    """Bind a score step to the chain its ``save_model`` step will save, as planned:
+    the columns that chain reads from its input and the prediction columns its last
+    step's planned schema has (a fit may add them only at run time: the step is open);
+    False when a step of that chain has no schema (its problem is reported)."""
+    assert isinstance(step.op, Score) and step.saved_by is not None
+    chain = plan.model_chain(step.saved_by)
+    source = plan.step(chain[0].input) if chain and chain[0].input else None
+    if not chain or source is None or source.schema is None or any(
+            s.schema is None for s in chain):
+        return False
+    required = required_columns([s.op for s in chain], source.schema,
+                                [s.schema for s in chain])
+    last = chain[-1].schema
+    added = [last.field(c) for c in PREDICTION_COLUMNS if c in last.names]
+    name, _ = parse_ref(step.op.params.model)
+    step.op.bind_planned(required, added, {"name": name, "ref": step.op.params.model.strip(),
+                                           "saved_by": step.saved_by})
+    return True
 
 
 def _param_for(step: Step, exc: SluiceError) -> str | None:

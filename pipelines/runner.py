@@ -29,7 +29,7 @@ from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
 from pipelines.plan import Plan, Step, build, kind_of
 from pipelines.spec import Problem
-from pipelines.store import ModelStore
+from pipelines.store import Model, ModelStore
 
 ENGINES = ("local", "dask", "spark")
 
@@ -197,6 +197,7 @@ class Run:
     datasets: dict[str, Dataset] = field(default_factory=dict)
     fitted: dict[str, Transform] = field(default_factory=dict)
     placements: dict[str, Placement] = field(default_factory=dict)
+    saved: dict[str, Model] = field(default_factory=dict)  # save_model step -> its model
 
     def placement(self, step: Step) -> Placement:
         return self.placements.get(step.id, CPU)
@@ -253,17 +254,24 @@ class Run:
         elif isinstance(op, Action):
             raise SluiceError(f"step '{step.id}': no runtime support for action '{op.name}'")
         else:
+            if step.saved_by is not None:
+                self._bind_saved(step)
             self.fitted[step.id] = op
             schema = op.output_schema(data.schema)
             self.datasets[step.id] = self.engine.map(data, step.id, op, schema,
                                                      self.placement(step))
 
+    def _bind_saved(self, step: Step) -> None:
+        """Bind a score step to the model this run saved at ``step.saved_by``."""
+        model = self.saved[step.saved_by]
+        ref = step.op.params.model.strip()
+        info = {"name": model.name, "version": model.version, "ref": ref,
+                "path": self.store.path_of(model)}
+        step.op.bind(model.chain, model.required, info)
+        self.record["models_used"].append({"step": step.id, **info})
+
     def _save_model(self, step: Step) -> None:
-        chain = [s for s in self.plan.chain_to(step.id)
-                 if not isinstance(s.op, Sink | Action)]
-        if not any(isinstance(s.op, Estimator) for s in chain):
-            raise SluiceError(f"step '{step.id}': nothing fitted before save_model",
-                              hint="put save_model after a model step")
+        chain = self.plan.model_chain(step.id)
         source_schema = self.plan.step(chain[0].input).schema if chain[0].input else None
         steps = [self.fitted[s.id] for s in chain]
         info = {
@@ -281,6 +289,7 @@ class Run:
         if step.op.params.description:
             info["description"] = step.op.params.description
         model = self.store.save(step.op.params.name, steps, source_schema, info)
+        self.saved[step.id] = model
         for alias in step.op.params.aliases:
             self.store.set_alias(model.name, alias, model.version)
         self.record["models"].append({"step": step.id, "name": model.name,
@@ -338,7 +347,7 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         "outputs": [],
         "models": [],
         "models_used": [{"step": s.id, **s.op.model_info} for s in plan.steps
-                        if getattr(s.op, "model_info", None)],
+                        if getattr(s.op, "model_info", None) and s.saved_by is None],
         "metrics": {},
     }
     current = Run(plan, eng, store, run_id, record, placements=placed)

@@ -92,16 +92,28 @@ def schema_from_json(data: dict[str, Any]) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["arrow"])))
 
 
-def required_columns(steps: list[Transform], schema: pa.Schema) -> list[str]:
-    """Input columns the chain reads that come from the input (not made by a step)."""
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """A model reference as (name, what follows the @: latest, a version, an alias, or
+    None); a SluiceError when it is none of name, name@latest, name@3, name@ALIAS."""
+    m = _REF.match(ref.strip())
+    if not m:
+        raise SluiceError(f"'{ref}' is not a model reference",
+                          hint="use name, name@latest, name@3 or name@ALIAS")
+    return m.group("name"), m.group("version")
+
+
+def required_columns(steps: list[Any], schema: pa.Schema,
+                     schemas: list[pa.Schema] | None = None) -> list[str]:
+    """Input columns the chain reads that come from the input (not made by a step);
+    ``schemas``: each step's output schema, where the plan has them already."""
     needed: list[str] = []
     original = set(schema.names)
     produced: set[str] = set()
-    for step in steps:
+    for i, step in enumerate(steps):
         for column in step.input_columns(schema):
             if column in original and column not in produced and column not in needed:
                 needed.append(column)
-        after = step.output_schema(schema)
+        after = schemas[i] if schemas is not None else step.output_schema(schema)
         produced |= set(after.names) - set(schema.names)
         schema = after
     return needed
@@ -176,11 +188,7 @@ class ModelStore:
 
     def resolve(self, ref: str) -> tuple[str, int]:
         """``name``, ``name@latest``, ``name@3`` or ``name@ALIAS`` to (name, version)."""
-        m = _REF.match(ref.strip())
-        if not m:
-            raise SluiceError(f"'{ref}' is not a model reference",
-                              hint="use name, name@latest, name@3 or name@ALIAS")
-        name, version = m.group("name"), m.group("version")
+        name, version = parse_ref(ref)
         versions = self.versions(name)
         if not versions:
             from operators.base import suggest

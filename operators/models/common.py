@@ -29,7 +29,7 @@ from operators.base import (
     require_columns,
 )
 from operators.evaluate.metrics import MetricAccumulator
-from operators.hashing import hash_rows, unit_interval
+from operators.hashing import chosen_rows
 
 PREDICTION = "prediction"
 PROBABILITY = "probability"
@@ -38,7 +38,8 @@ ACCUMULATE_ROWS = 1 << 16
 """Rows per float32 matmul block of ``row_products``, each block's result summed in
 float64: the float32 rounding of a statistic then stays near 2^-24 x sqrt(block)."""
 
-FEATURE_HINT = "impute it (op: impute) or filter those rows out in read_parquet's filter"
+FEATURE_HINT = ("impute it (op: impute) or leave those rows out (op: filter, or "
+                "read_parquet's filter)")
 
 
 class ConvergenceWarning(UserWarning):
@@ -237,7 +238,7 @@ def holdout_mask(part: pa.Table, fraction: float, seed: int) -> np.ndarray:
     masks = table_memo(part).setdefault("holdout", {})
     mask = masks.get((fraction, seed))
     if mask is None:
-        mask = unit_interval(hash_rows(part, None, seed)) < fraction
+        mask = chosen_rows(part, fraction, seed)
         mask.flags.writeable = False
         masks[(fraction, seed)] = mask
     return mask

@@ -15,7 +15,9 @@ PREDICTION_COLUMNS = ("prediction", "probability")
 
 class ScoreParams(Params):
     model: str = Field(description="registry reference: name (latest), name@latest, name@3, "
-                                   "name@ALIAS")
+                                   "name@ALIAS; a model a save_model step of the same "
+                                   "pipeline saves (name, name@latest or an alias it sets) "
+                                   "is the version this run saves")
 
 
 @register("score")
@@ -27,7 +29,9 @@ class Score(Transform):
       model: churn@3
     ```
     The runtime loads the model when the pipeline is planned (``bind``); input
-    columns pass through unchanged.
+    columns pass through unchanged. A model the same pipeline trains and saves is
+    scored as the version this run saves, once saved (MLlib's fit, then transform):
+    train on one `sample` of the rows and `evaluate` on the rest in one run.
     """
 
     float32 = True  # docs/float32.md
@@ -39,10 +43,20 @@ class Score(Transform):
         self.chain: Chain | None = None
         self.model_info: dict[str, Any] = {}
         self.required: list[str] = []
+        self.planned: list[pa.Field] | None = None
 
     def bind(self, chain: Chain, required: list[str], info: dict[str, Any]) -> None:
         """Attach the loaded model: its chain, the columns it needs, its registry info."""
         self.chain, self.required, self.model_info = chain, list(required), dict(info)
+        self.planned = None
+
+    def bind_planned(self, required: list[str], added: list[pa.Field],
+                     info: dict[str, Any]) -> None:
+        """Attach a model the pipeline saves before this step, as planned: the columns it
+        will need and the prediction columns the plan knows of (the fitted chain is
+        bound when the run gets here)."""
+        self.chain, self.required, self.model_info = None, list(required), dict(info)
+        self.planned = list(added)
 
     def _bound(self) -> Chain:
         if self.chain is None:
@@ -53,13 +67,19 @@ class Score(Transform):
         return list(self.required)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        chain = self._bound()
-        require_columns(schema, self.required, f"column the model '{self.params.model}' needs:")
-        produced = chain.output_schema(schema)
-        added = [produced.field(c) for c in PREDICTION_COLUMNS if c in produced.names]
-        if not added:
-            raise SchemaError(f"model '{self.params.model}' has no predicting step",
-                              hint="the saved chain must end in a model step")
+        if self.chain is None and self.planned is not None:
+            require_columns(schema, self.required,
+                            f"column the model '{self.params.model}' needs:")
+            added = self.planned
+        else:
+            chain = self._bound()
+            require_columns(schema, self.required,
+                            f"column the model '{self.params.model}' needs:")
+            produced = chain.output_schema(schema)
+            added = [produced.field(c) for c in PREDICTION_COLUMNS if c in produced.names]
+            if not added:
+                raise SchemaError(f"model '{self.params.model}' has no predicting step",
+                                  hint="the saved chain must end in a model step")
         kept = pa.schema([f for f in schema if f.name not in PREDICTION_COLUMNS],
                          metadata=schema.metadata)
         for field in added:

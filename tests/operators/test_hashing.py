@@ -118,8 +118,8 @@ def test_a_tables_holdout_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> Non
     """Every pass of a multi-pass fit splits the same table: its rows are hashed once
     (per fraction and seed), and the kept mask cannot be changed by a caller."""
     calls = []
-    real = common.hash_rows
-    monkeypatch.setattr(common, "hash_rows",
+    real = common.chosen_rows
+    monkeypatch.setattr(common, "chosen_rows",
                         lambda *args: calls.append(args) or real(*args))
     part = pa.table({"x": np.arange(1000.0), "y": np.arange(1000) % 2})
     first = split_rows(part, 0.25, 0)

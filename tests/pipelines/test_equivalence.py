@@ -97,6 +97,24 @@ ZOO = {
         monotonic: {tenure: 1}
         interactions: [[tenure, churned]]
     """,
+    "sampled_logistic": """
+      - op: sample
+        fraction: 0.7
+        seed: 5
+        by: [customer_id]
+      - op: filter
+        where: "tenure > 2 or plan = 'premium'"
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: mean
+      - op: one_hot
+        columns: [plan, region]
+      - op: logistic_regression
+        label: churned
+        l2: 0.01
+    """,
     "linear_weighted": """
       - op: drop
         columns: [signup_date, customer_id]

@@ -1,5 +1,5 @@
 """Cases for the feature operators: impute, scalers, one_hot, hash_encode, bucketize,
-derive, select, drop, rename, cast."""
+derive, select, drop, rename, cast, filter, sample."""
 
 from __future__ import annotations
 
@@ -133,3 +133,10 @@ _cases("rename", features_table,
 _cases("cast", features_table,
        ("widen", {"columns": {"small": "int64", "n": "float64", "flag": "int8"}}),
        ("to-string-unsafe", {"columns": {"id": "string", "x": "int32"}, "safe": False}))
+
+_cases("filter", features_table,
+       ("nulls-dropped", {"where": "x > 0.5 and plan != 'trial'"}),
+       ("derived", {"where": "coalesce(n, 0) % 3 = 0 or flag"}))
+_cases("sample", features_table,
+       ("whole-row", {"fraction": 0.4, "seed": 3}),
+       ("by-complement", {"fraction": 0.7, "by": ["plan", "region"], "complement": True}))
