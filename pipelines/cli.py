@@ -168,17 +168,30 @@ def _print_record(record: dict[str, Any]) -> None:
     click.echo(f"  record: {record['record_path']}")
 
 
+SHOWN_GROUPS = 20  # evaluate's groups (by) shown in a run's summary; all are in the record
+
+
 def _print_metrics(by_step: dict[str, Any]) -> None:
-    """One line per step (and per nested group, e.g. validation) of scalar metrics."""
+    """One line per step (and per nested group: validation, evaluate's groups by value)
+    of scalar metrics."""
+
+    def show(label: str, values: dict[str, Any]) -> None:
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()
+                          if not isinstance(v, list | dict))
+        if shown:
+            click.echo(f"  metrics {label}: {shown}")
+        for key, value in values.items():
+            if key == "groups" and isinstance(value, dict):
+                for group in list(value)[:SHOWN_GROUPS]:
+                    show(f"{label}.{group}", value[group])
+                if len(value) > SHOWN_GROUPS:
+                    click.echo(f"  metrics {label}: {len(value) - SHOWN_GROUPS} more groups "
+                               "in the run record")
+            elif isinstance(value, dict):
+                show(f"{label}.{key}", value)
+
     for step_id, metrics in by_step.items():
-        groups = [(step_id, metrics or {})]
-        groups += [(f"{step_id}.{k}", v) for k, v in (metrics or {}).items()
-                   if isinstance(v, dict)]
-        for label, values in groups:
-            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()
-                              if not isinstance(v, list | dict))
-            if shown:
-                click.echo(f"  metrics {label}: {shown}")
+        show(step_id, metrics or {})
 
 
 def _shown_param(value: Any) -> str:

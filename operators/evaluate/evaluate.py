@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +30,9 @@ from operators.evaluate.metrics import (
     PROBABILITY_METRICS,
     REGRESSION_METRICS,
     MetricAccumulator,
+    align,
 )
+from operators.features.columns import unique_names
 
 Task = Literal["classification", "regression", "auto"]
 
@@ -51,6 +54,12 @@ class EvaluateParams(Params):
     classes: list[bool | int | float | str] | None = Field(
         None, description="every class (sorted order is used); default: learned from the "
         "label and prediction values")
+    by: list[str] | None = Field(
+        None, min_length=1,
+        description="also the metrics of each value of these columns, e.g. [region]: under "
+        "`groups` in the run record (region=east: {...}), beside the overall ones")
+    max_groups: int = Field(1000, gt=0, description="most groups `by` may make (a run "
+                                                    "with more fails, naming the columns)")
 
 
 @register("evaluate")
@@ -67,6 +76,10 @@ class Evaluate(Estimator):
     precision, recall, f1 (binary: positive class = the larger class; multiclass: macro
     average), confusion_matrix, count. Regression: rmse, mse, mae, r2, count;
     on request poisson_deviance and gamma_deviance.
+
+    With `by: [region]` the same metrics of each region too (in the same pass, over the
+    classes of all the rows), under `groups` in the run record: how a model does for
+    each segment, where an overall figure hides a weak one. A null is a group of its own.
     """
 
     Params = EvaluateParams
@@ -82,13 +95,14 @@ class Evaluate(Estimator):
                                  hint="known: " + ", ".join(known))
         if self.params.task == "regression" and self.params.classes is not None:
             raise ParamError("classes are for classification", hint="drop classes")
+        unique_names(self.params.by or [], "by")
 
     # ----------------------------------------------------------------- plan time
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         p = self.params
         optional = [c for c in (p.probability, p.weight) if c and c in schema.names]
-        return [p.label, p.prediction, *optional]
+        return [p.label, p.prediction, *optional, *(p.by or [])]
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         self._plan(schema)
@@ -133,6 +147,8 @@ class Evaluate(Estimator):
         if p.weight is not None:
             require_columns(schema, [p.weight], "weight column")
             _require_numeric(schema, p.weight, "a weight")
+        if p.by:
+            _require_groupable(schema, p.by)
         return {"task": task, "metrics": metrics, "classes": classes,
                 "probability": p.probability if needs else None}
 
@@ -162,20 +178,65 @@ class Evaluate(Estimator):
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         accumulator = self._accumulator(state)
         if part.num_rows == 0:
-            return accumulator.empty()
+            return self._grouped(accumulator.empty(), {})
         p = self.params
         numeric = state["task"] == "regression"
         y_true = _values(part, p.label, numeric, "label")
         y_pred = _values(part, p.prediction, numeric, "prediction")
         proba = _probability(part, state["probability"]) if state["probability"] else None
         weight = _weights(part, p.weight) if p.weight else None
-        return accumulator.partial(y_true, y_pred, proba, weight, xp=xp)
+        if not p.by:
+            return accumulator.partial(y_true, y_pred, proba, weight, xp=xp)
+        groups = {}
+        for key, rows in _group_rows(part, p.by):
+            groups[key] = accumulator.partial(
+                y_true[rows], y_pred[rows], None if proba is None else proba[rows],
+                None if weight is None else weight[rows], xp=xp)
+        self._check_groups(groups)
+        overall = functools.reduce(accumulator.combine, groups.values())
+        return self._grouped(overall, groups)
+
+    def _grouped(self, overall: dict[str, Any], groups: dict[tuple, Any]) -> dict[str, Any]:
+        """Stats with their groups' (``by``), or the overall stats alone."""
+        return {**overall, "groups": groups} if self.params.by else overall
+
+    def _check_groups(self, groups: dict[tuple, Any]) -> None:
+        p = self.params
+        if len(groups) > p.max_groups:
+            raise DataError(f"evaluate by {', '.join(p.by or [])}: more than {p.max_groups} "
+                            "groups", hint="group by fewer or coarser columns, or raise "
+                                           "max_groups")
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-        return MetricAccumulator(a["task"]).combine(a, b)
+        accumulator = MetricAccumulator(a["task"])
+        if "groups" not in a:
+            return accumulator.combine(a, b)
+        groups = dict(a["groups"])
+        for key, stats in b["groups"].items():
+            groups[key] = accumulator.combine(groups[key], stats) if key in groups else stats
+        self._check_groups(groups)
+        overall = {k: v for k, v in a.items() if k != "groups"}
+        other = {k: v for k, v in b.items() if k != "groups"}
+        return {**accumulator.combine(overall, other), "groups": groups}
 
     def update(self, stats: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        return {**state, "metrics_values": self._accumulator(state).finalize(stats)}, True
+        accumulator = self._accumulator(state)
+        groups = stats.get("groups")
+        overall = {k: v for k, v in stats.items() if k != "groups"}
+        values = accumulator.finalize(overall)
+        if groups is not None:
+            values["groups"] = {}
+            for key in sorted(groups, key=_key_order):
+                label = ",".join(f"{c}={_shown(v)}"
+                                 for c, v in zip(self.params.by or [], key, strict=True))
+                group = groups[key]
+                if state["task"] == "classification":  # every group on all rows' classes
+                    group = align(group, overall["classes"])
+                try:
+                    values["groups"][label] = accumulator.finalize(group)
+                except DataError as exc:
+                    raise exc.located(f"group {label}") from None
+        return {**state, "metrics_values": values}, True
 
     def fitted(self, state: dict[str, Any]) -> Transform:
         return EvaluateFitted(self.params, state.get("metrics_values", {}))
@@ -260,6 +321,39 @@ def _require_probability(schema: pa.Schema, column: str, classes: list[Any] | No
         raise SchemaError(f"probability column '{column}' is one number per row but "
                           f"{len(classes)} classes are given",
                           hint="multiclass probability is a list<double> per row")
+
+
+def _require_groupable(schema: pa.Schema, columns: list[str]) -> None:
+    require_columns(schema, columns, "by column")
+    for name in columns:
+        t = _value_type(schema.field(name).type)
+        if pa.types.is_nested(t) or pa.types.is_floating(t):
+            raise SchemaError(f"by column '{name}' is {t}: groups need distinct values "
+                              "(strings, integers, booleans, dates)",
+                              hint="`bucketize` or `cast` it first, or group by another column")
+
+
+def _group_rows(part: pa.Table, by: list[str]) -> list[tuple[tuple, np.ndarray]]:
+    """(the values of ``by``, the positions of the rows that have them), per group of
+    ``part`` (a null is a value of its own)."""
+    keys = part.select(by)
+    keys = keys.append_column("__row", pa.array(np.arange(part.num_rows, dtype=np.int64)))
+    grouped = keys.group_by(by, use_threads=False).aggregate([("__row", "list")])
+    values = list(zip(*(grouped.column(c).to_pylist() for c in by), strict=True))
+    rows = grouped.column("__row_list")
+    return [(key, rows[i].values.to_numpy()) for i, key in enumerate(values)]
+
+
+def _shown(value: Any) -> str:
+    """A group's value as its label shows it (the expression language's literals)."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _key_order(key: tuple) -> tuple:
+    """Groups in order of their values, nulls last."""
+    return tuple((v is None, "" if v is None else v) for v in key)
 
 
 def _no_nulls(part: pa.Table, column: str, what: str) -> pa.Array:

@@ -257,7 +257,7 @@ class MetricAccumulator:
             return _combine_regression(a, b)
         classes = (a["classes"] if np.array_equal(a["classes"], b["classes"])
                    else np.union1d(a["classes"], b["classes"]))
-        a, b = _align(a, classes), _align(b, classes)
+        a, b = align(a, classes), align(b, classes)
         if (a["proba"] is None) != (b["proba"] is None):
             raise DataError("some partitions have probabilities and some do not")
         proba = None
@@ -393,7 +393,7 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _align(stats: dict[str, Any], classes: np.ndarray) -> dict[str, Any]:
+def align(stats: dict[str, Any], classes: np.ndarray) -> dict[str, Any]:
     """The classification stats re-keyed on ``classes`` (a sorted superset of its own)."""
     own = stats["classes"]
     if np.array_equal(own, classes):

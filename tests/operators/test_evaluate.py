@@ -300,3 +300,97 @@ def test_a_pipeline_run_records_the_metrics(workdir: Path) -> None:
     y, pred, proba = (column(table, c) for c in ("churned", "prediction", "probability"))
     assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred), rel=1e-12)
     assert abs(metrics["roc_auc"] - roc_auc_score(y, proba)) <= AUC_TOL
+
+
+# --------------------------------------------------------------------------- by groups
+
+
+def with_segments(table: pa.Table, seed: int = 5) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    n = table.num_rows
+    segment = np.array(["east", "north", "south"])[rng.integers(0, 3, n)]
+    return table.append_column("segment", pa.array(segment, mask=rng.random(n) < 0.05)) \
+        .append_column("flag", pa.array(rng.random(n) < 0.4))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_by_gives_each_group_the_metrics_of_its_rows_on_every_partitioning(
+        weighted: bool) -> None:
+    table = with_segments(binary_table(1500))
+    params = {"label": "churned", "by": ["segment", "flag"],
+              **({"weight": "w"} if weighted else {})}
+    results = {how: evaluate(params, parts)
+               for how, parts in partitionings(table, "churned").items()}
+    got = results["one"]
+    for other in results.values():
+        assert other.keys() == got.keys() and other["groups"].keys() == got["groups"].keys()
+        assert_same_metrics({k: v for k, v in other.items() if k != "groups"},
+                            {k: v for k, v in got.items() if k != "groups"})
+        for label, metrics in got["groups"].items():
+            assert_same_metrics(other["groups"][label], metrics)
+    overall = evaluate({k: v for k, v in params.items() if k != "by"}, [table])
+    assert_same_metrics({k: v for k, v in got.items() if k != "groups"}, overall)
+    segments, flags = table["segment"].to_pylist(), table["flag"].to_pylist()
+    expected = sorted({(s, f) for s, f in zip(segments, flags)},
+                      key=lambda k: (k[0] is None, k[0] or "", k[1]))
+    assert list(got["groups"]) == [f"segment={'null' if s is None else s},flag={str(f).lower()}"
+                                   for s, f in expected]
+    for s, f in expected:
+        mask = np.array([a == s and b == f for a, b in zip(segments, flags)])
+        rows = table.filter(pa.array(mask))
+        label = f"segment={'null' if s is None else s},flag={str(f).lower()}"
+        assert_same_metrics(got["groups"][label], evaluate(
+            {**{k: v for k, v in params.items() if k != "by"}, "classes": [0, 1]}, [rows]))
+        y, pred = column(rows, "churned"), column(rows, "prediction")
+        w = column(rows, "w") if weighted else None
+        assert got["groups"][label]["accuracy"] == pytest.approx(
+            accuracy_score(y, pred, sample_weight=w), rel=1e-12)
+    assert sum(g["count"] for g in got["groups"].values()) == 1500
+
+
+def test_by_groups_keep_every_class_of_the_rows() -> None:
+    """A group that lacks a class still reports it: its confusion matrix is k x k in the
+    classes of all the rows."""
+    table = multiclass_table(1200)
+    plans = table["plan"].to_pylist()
+    # 'early' holds the first 300 rows (sorted labels: basic and some plus only), predicted
+    # right: neither its labels nor its predictions name pro or team
+    predicted = plans[:300] + table["prediction"].to_pylist()[300:]
+    table = table.set_column(1, "prediction", pa.array(predicted)).append_column(
+        "cohort", pa.array(["early" if i < 300 else "late" for i in range(len(plans))]))
+    assert not {"pro", "team"} & set(plans[:300])
+    got = evaluate({"label": "plan", "by": ["cohort"],
+                    "metrics": ["accuracy", "confusion_matrix", "count"]}, split(table, 5))
+    early = got["groups"]["cohort=early"]
+    assert early["classes"] == got["classes"] == sorted(set(plans))
+    rows = table.slice(0, 300)
+    np.testing.assert_array_equal(early["confusion_matrix"], confusion_matrix(
+        column(rows, "plan"), column(rows, "prediction"), labels=sorted(set(plans))))
+    assert early["count"] == 300 and got["groups"]["cohort=late"]["count"] == 900
+
+
+def test_by_on_a_regression() -> None:
+    table = regression_table(900)
+    table = table.append_column("day", pa.array(np.arange(900) % 3, pa.int32()))
+    got = evaluate({"label": "charges", "by": ["day"], "metrics": ["rmse", "count"]},
+                   split(table, 4, seed=2))
+    assert list(got["groups"]) == ["day=0", "day=1", "day=2"]
+    for day in range(3):
+        rows = table.filter(pa.array(np.arange(900) % 3 == day))
+        assert got["groups"][f"day={day}"]["rmse"] == pytest.approx(math.sqrt(
+            mean_squared_error(column(rows, "charges"), column(rows, "prediction"))), rel=1e-12)
+
+
+def test_by_errors() -> None:
+    table = with_segments(binary_table(300)).append_column("id_str", pa.array(
+        [str(i) for i in range(300)]))
+    with pytest.raises(DataError, match="evaluate by id_str: more than 100 groups") as info:
+        evaluate({"label": "churned", "by": ["id_str"], "max_groups": 100}, split(table, 3))
+    assert "raise max_groups" in str(info.value)
+    with pytest.raises(SchemaError, match="by column 'w' is double: groups need distinct"):
+        Evaluate(label="churned", by=["w"]).output_schema(table.schema)
+    with pytest.raises(SchemaError, match="by column 'segmnt' not in the input; did you mean "
+                                          "'segment'"):
+        Evaluate(label="churned", by=["segmnt"]).output_schema(table.schema)
+    with pytest.raises(ParamError, match="'segment' is listed twice in `by`"):
+        Evaluate(label="churned", by=["segment", "segment"])

@@ -253,3 +253,9 @@ def test_demo_pipelines_match_across_engines(workdir: Path, engine) -> None:
     for key, value in local[2].items():
         if isinstance(value, float):
             assert other[2][key] == pytest.approx(value, rel=1e-7), key
+    assert list(other[2]["groups"]) == list(local[2]["groups"]) == [  # evaluate by region
+        "region=east", "region=north", "region=south", "region=test", "region=west"]
+    for group, values in local[2]["groups"].items():
+        for key, value in values.items():
+            if isinstance(value, float):
+                assert other[2]["groups"][group][key] == pytest.approx(value, rel=1e-7), key

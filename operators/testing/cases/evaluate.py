@@ -58,3 +58,15 @@ case("evaluate", {"label": "charges"}, regression_table, id="regression")
 case("evaluate", {"label": "churned", "weight": "w", "classes": [0, 1]}, binary_table,
      id="weighted")
 case("evaluate", {"label": "charges", "weight": "w"}, regression_table, id="weighted-regression")
+
+
+def segmented_table(rows: int = 300) -> pa.Table:
+    """binary_table with a segment column (nulls included) to group by."""
+    table = binary_table(rows, seed=4)
+    rng = np.random.default_rng(9)
+    segment = np.array(["east", "north", "south"])[rng.integers(0, 3, rows)]
+    return table.append_column("segment", pa.array(segment, mask=rng.random(rows) < 0.1))
+
+
+case("evaluate", {"label": "churned", "by": ["segment"], "weight": "w"}, segmented_table,
+     id="by-segment")
