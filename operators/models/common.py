@@ -271,6 +271,13 @@ def require_training_rows(rows: int, heldout: int) -> None:
                                                      if heldout else ""))
 
 
+def require_positive_weight(total: float, weight: str | None) -> None:
+    """A DataError when the training rows' weights sum to zero (or to NaN)."""
+    if not total > 0:
+        raise DataError(f"the weights in column '{weight}' sum to zero",
+                        hint="give some training rows a positive weight")
+
+
 def host_matrix(part: pa.Table, features: list[str],
                 extra: list[np.ndarray] | None = None, xp: Any = None) -> np.ndarray:
     """Features (checked: no nulls, NaN or inf) then ``extra`` columns, as one host

@@ -24,7 +24,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from operators.arrays import to_numpy
-from operators.base import DataError, Estimator, SchemaError, register, register_fitted
+from operators.base import Estimator, SchemaError, register, register_fitted
 from operators.models.common import (
     ConditioningWarning,
     FittedModel,
@@ -35,6 +35,7 @@ from operators.models.common import (
     label_column,
     model_input_columns,
     parameters,
+    require_positive_weight,
     require_training_rows,
     row_products,
     row_weights,
@@ -150,9 +151,7 @@ class LinearRegression(Estimator):
         p = self.params
         require_training_rows(stats["rows"], stats["heldout"])
         total = stats["weight"]
-        if not total > 0:
-            raise DataError(f"the weights in column '{p.weight}' sum to zero",
-                            hint="give some training rows a positive weight")
+        require_positive_weight(total, p.weight)
         k = len(features)
         mean, comoment = stats["mean"], stats["comoment"] / total
         mx, my = mean[:k], mean[k]

@@ -30,7 +30,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from operators.arrays import to_numpy
-from operators.base import DataError, Estimator, SchemaError, register, register_fitted
+from operators.base import Estimator, SchemaError, register, register_fitted
 from operators.models.common import (
     ClassWeight,
     ConvergenceWarning,
@@ -47,6 +47,7 @@ from operators.models.common import (
     model_input_columns,
     parameters,
     precision,
+    require_positive_weight,
     require_training_rows,
     row_products,
     row_weights,
@@ -221,9 +222,7 @@ class LogisticRegression(Estimator):
         classes, totals = stats["classes"], stats["weights"]
         totals, factor = weigh_classes(p.class_weight, classes, totals, p.label)
         total = float(totals.sum())
-        if not total > 0:
-            raise DataError(f"the weights in column '{p.weight}' sum to zero",
-                            hint="give some training rows a positive weight")
+        require_positive_weight(total, p.weight)
         k = 1 if len(classes) == 2 else len(classes)
         n_features = len(state["features"])
         width = n_features + int(p.fit_intercept)

@@ -116,6 +116,7 @@ from operators.models.common import (
     model_input_columns,
     parameters,
     precision,
+    require_positive_weight,
     require_training_rows,
     row_weights,
     split_rows,
@@ -597,9 +598,7 @@ class MLP(Estimator):
             raise DataError("early_stopping: no rows were held out",
                             hint="raise validation_fraction")
         total = stats["weight"]
-        if not total > 0:
-            raise DataError(f"the weights in column '{p.weight}' sum to zero",
-                            hint="give some training rows a positive weight")
+        require_positive_weight(total, p.weight)
         classes, factor = stats.get("classes"), None
         if classes is None:
             output, outputs = "identity", 1

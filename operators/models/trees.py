@@ -86,6 +86,7 @@ from operators.models.common import (
     label_column,
     merge_class_weights,
     model_input_columns,
+    require_positive_weight,
     require_training_rows,
     row_weights,
     split_rows,
@@ -1593,9 +1594,7 @@ class TreeEstimator(Estimator):
             total = float(stats["sums"][0])
             out["mean"] = float(stats["sums"][1] / total) if total > 0 else 0.0
             out["label_min"] = float(stats["label_min"])
-        if not total > 0:
-            raise DataError(f"the weights in column '{p.weight}' sum to zero",
-                            hint="give some training rows a positive weight")
+        require_positive_weight(total, p.weight)
         out["total_weight"] = total
         return out
 

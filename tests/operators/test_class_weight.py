@@ -114,3 +114,16 @@ def test_class_weight_that_cannot_apply() -> None:
     named = probabilities(LogisticRegression(label="y", class_weight={"1": 3.0}), table)
     numbered = probabilities(LogisticRegression(label="y", class_weight={1: 3.0}), table)
     np.testing.assert_array_equal(named, numbered)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS) + ["linear_regression"])
+def test_weights_that_sum_to_zero_are_a_data_error_naming_the_column(name: str) -> None:
+    from operators.models.linear import LinearRegression
+
+    op, params = MODELS.get(name, (LinearRegression, {}))
+    table = imbalanced(60).append_column("w", pa.array(np.zeros(60)))
+    if name == "linear_regression":
+        table = table.set_column(2, "y", pa.array(table["y"].to_numpy().astype(float)))
+    with pytest.raises(DataError, match="the weights in column 'w' sum to zero") as info:
+        fit(op(label="y", features=["x1", "x2"], weight="w", **params), split(table, 2))
+    assert "give some training rows a positive weight" in str(info.value)
