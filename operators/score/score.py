@@ -67,14 +67,12 @@ class Score(Transform):
         return list(self.required)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        if self.chain is None and self.planned is not None:
-            require_columns(schema, self.required,
-                            f"column the model '{self.params.model}' needs:")
-            added = self.planned
+        planned = self.chain is None and self.planned is not None
+        chain = None if planned else self._bound()
+        require_columns(schema, self.required, f"column the model '{self.params.model}' needs:")
+        if chain is None:
+            added = list(self.planned or [])
         else:
-            chain = self._bound()
-            require_columns(schema, self.required,
-                            f"column the model '{self.params.model}' needs:")
             produced = chain.output_schema(schema)
             added = [produced.field(c) for c in PREDICTION_COLUMNS if c in produced.names]
             if not added:
