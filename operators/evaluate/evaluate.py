@@ -345,9 +345,12 @@ def _group_rows(part: pa.Table, by: list[str]) -> list[tuple[tuple, np.ndarray]]
 
 
 def _shown(value: Any) -> str:
-    """A group's value as its label shows it (the expression language's literals)."""
+    """A group's value as its label shows it: null for a null, the text 'null' quoted
+    (two groups never share a label), true / false for booleans."""
     if value is None:
         return "null"
+    if value == "null":
+        return "'null'"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

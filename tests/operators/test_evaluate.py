@@ -369,6 +369,14 @@ def test_by_groups_keep_every_class_of_the_rows() -> None:
     assert early["count"] == 300 and got["groups"]["cohort=late"]["count"] == 900
 
 
+def test_by_a_null_and_the_text_null_are_two_groups() -> None:
+    table = binary_table(200).append_column("tag", pa.array(
+        [None if i % 3 == 0 else "null" if i % 3 == 1 else "x" for i in range(200)]))
+    got = evaluate({"label": "churned", "by": ["tag"], "metrics": ["count"]}, split(table, 3))
+    assert list(got["groups"].items()) == [("tag='null'", {"count": 67}),
+                                           ("tag=x", {"count": 66}), ("tag=null", {"count": 67})]
+
+
 def test_by_on_a_regression() -> None:
     table = regression_table(900)
     table = table.append_column("day", pa.array(np.arange(900) % 3, pa.int32()))
