@@ -49,6 +49,8 @@ from bench.xgboost_cases import (  # noqa: F401 - bench.worker looks the sides u
     boosted_models,
     dask_train_boosted_sluice_dask,
     dask_train_boosted_xgboost,
+    explain_boosted_xgboost_sluice_local,
+    explain_boosted_xgboost_xgboost,
     score_boosted_xgboost_sluice_local,
     score_boosted_xgboost_xgboost,
     train_boosted_colsample_sluice_local,
@@ -151,6 +153,9 @@ CASES: dict[str, Case] = {
     # read -> score (the 100-tree models of each) -> write vs XGBoost's inplace_predict
     "score_boosted_xgboost": Case("numeric", ("sluice_local", "xgboost"), _numeric,
                                   boosted_models),
+    # the same with each row's per-feature contributions: TreeSHAP vs pred_contribs
+    "explain_boosted_xgboost": Case("numeric", ("sluice_local", "xgboost"), _numeric,
+                                    boosted_models),
     # gradient_boosted_trees (20 trees, depth 4) on the Spark engine vs MLlib GBTClassifier
     "train_boosted_spark": Case("numeric", ("sluice_spark", "mllib"), _numeric, forest_split),
 }

@@ -15,7 +15,10 @@ NumPy and once with the device namespace (CuPy), the way the engines call it:
   partition's ``partial`` at depth ``--tree-depth`` of the first tree), the partitions
   already binned on the side's device, as in every pass of a fit after its first;
 * ``train_mlp``: an ``mlp`` fit ([64, 32] relu, L-BFGS, ``--mlp-iterations``
-  iterations) over the partitions.
+  iterations) over the partitions;
+* ``explain``: ``score`` with ``contributions: true`` (TreeSHAP) of a boosted model of
+  20 depth-5 trees (fitted on the first partition, untimed) on the partitions of the
+  first ``--explain-rows`` rows (at most; TreeSHAP costs ~25 us a row on one CPU core).
 
 Both sides run the partitions on threads, as the local engine does whatever the device
 (``--cpu-threads``, ``--gpu-threads``: default every core; on the CPU side the BLAS
@@ -53,7 +56,7 @@ import numpy as np
 import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ("score", "train_logistic", "tree_level", "train_mlp")
+CASES = ("score", "train_logistic", "tree_level", "train_mlp", "explain")
 FEATURES = 20
 # about read_parquet's default partition_mb (64) of the numeric data's 21 columns
 PARTITION_ROWS = 400_000
@@ -198,11 +201,34 @@ def case_tree_level(parts: list[pa.Table], args: argparse.Namespace) -> Callable
     return run
 
 
+def case_explain(parts: list[pa.Table], args: argparse.Namespace) -> Callable[[Side], Any]:
+    from operators.chain import Chain
+    from operators.models.boosted_trees import GradientBoostedTrees
+    from operators.score.score import Score
+    from operators.testing.kit import fit
+
+    model = fit(GradientBoostedTrees(GradientBoostedTrees.Params(
+        label="label", n_trees=20, max_depth=5)), parts[:1])
+    score = Score(model="bench", contributions=True)
+    score.bind(Chain([model]), model.features, {"name": "bench", "version": 1})
+    rows = np.cumsum([p.num_rows for p in parts])
+    explained = parts[:int(np.searchsorted(rows, args.explain_rows)) + 1]
+
+    def run(side: Side) -> np.ndarray:
+        out = side.map(lambda p: score.transform(p, side.xp), explained)
+        return np.concatenate([np.stack([t.column("contributions").combine_chunks().field(j)
+                                         .to_numpy() for j in range(FEATURES)], axis=1)
+                               for t in out])
+
+    return run
+
+
 MAKERS: dict[str, Callable[[list[pa.Table], argparse.Namespace], Callable[[Side], Any]]] = {
     "score": case_score,
     "train_logistic": case_train_logistic,
     "tree_level": case_tree_level,
     "train_mlp": case_train_mlp,
+    "explain": case_explain,
 }
 
 
@@ -317,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tree-depth", type=int, default=3)
     parser.add_argument("--mlp-iterations", type=int, default=5)
+    parser.add_argument("--explain-rows", type=int, default=1_000_000)
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat needs at least 1")

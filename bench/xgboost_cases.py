@@ -9,6 +9,9 @@ Both sides fit 100 rounds of depth-6 trees (learning rate 0.1, 255 bins, XGBoost
 * ``score_boosted_xgboost``: read, score with a 100-tree model of each (trained once,
   untimed, ``boosted_models``), write Parquet: sluice's ``score`` step against
   XGBoost's ``inplace_predict`` on each file's rows (every core);
+* ``explain_boosted_xgboost``: the same with each row's per-feature contributions
+  written too (``score``'s ``contributions: true``, exact TreeSHAP) against XGBoost's
+  ``predict(..., pred_contribs=True)`` (its TreeSHAP), as a struct column each;
 * ``train_boosted_colsample``: the same with half the features per tree
   (``tree_features: 0.5`` against ``colsample_bytree=0.5``);
 * ``dask_train_boosted``: the same on the Dask engine against ``xgboost.dask``'s
@@ -96,7 +99,8 @@ def boosted_models(data: Path, scratch: Path) -> None:
     model.get_booster().save_model(str(scratch / "score_boosted.ubj"))
 
 
-def score_boosted_xgboost_sluice_local(data: Path, scratch: Path) -> None:
+def score_boosted_xgboost_sluice_local(data: Path, scratch: Path,
+                                       contributions: bool = False) -> None:
     import shutil
 
     from pipelines.runner import run
@@ -110,14 +114,25 @@ steps:
     path: {data}
   - op: score
     model: fit
+    contributions: {str(contributions).lower()}
   - op: write_parquet
     path: {out}
 """)
     run(pipeline, models=str(scratch / "score_boosted_models"), runs_dir=str(scratch / "runs"))
 
 
-def score_boosted_xgboost_xgboost(data: Path, scratch: Path) -> None:
-    """Per file: read, predict with the booster, add the two columns, write."""
+def explain_boosted_xgboost_sluice_local(data: Path, scratch: Path) -> None:
+    score_boosted_xgboost_sluice_local(data, scratch, contributions=True)
+
+
+def explain_boosted_xgboost_xgboost(data: Path, scratch: Path) -> None:
+    score_boosted_xgboost_xgboost(data, scratch, contributions=True)
+
+
+def score_boosted_xgboost_xgboost(data: Path, scratch: Path,
+                                  contributions: bool = False) -> None:
+    """Per file: read, predict with the booster, add the two columns (and the
+    contributions: a struct of a field per feature, and the bias), write."""
     import shutil
 
     import numpy as np
@@ -134,9 +149,14 @@ def score_boosted_xgboost_xgboost(data: Path, scratch: Path) -> None:
     out.mkdir(parents=True)
     for i, fragment in enumerate(ds.dataset(data, format="parquet").get_fragments()):
         table = fragment.to_table()
-        x = np.column_stack([table.column(c).to_numpy() for c in table.column_names
-                             if c != "label"])
+        names = [c for c in table.column_names if c != "label"]
+        x = np.column_stack([table.column(c).to_numpy() for c in names])
         p = booster.inplace_predict(x).astype(np.float64)
         table = table.append_column("prediction", pa.array((p > 0.5).astype(np.int64)))
         table = table.append_column("probability", pa.array(p))
+        if contributions:
+            phi = booster.predict(xgboost.DMatrix(x), pred_contribs=True).astype(np.float64)
+            table = table.append_column("contributions", pa.StructArray.from_arrays(
+                [pa.array(phi[:, j]) for j in range(len(names))], names=names))
+            table = table.append_column("contribution_base", pa.array(phi[:, -1]))
         pq.write_table(table, out / f"part-{i:05d}.parquet")

@@ -288,14 +288,19 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
     last = chain[-1].schema
     added = [last.field(c) for c in PREDICTION_COLUMNS if c in last.names]
     name, _ = parse_ref(step.op.params.model)
+    fits = [s.op for s in chain if isinstance(s.op, Estimator)]
     step.op.bind_planned(required, added, {"name": name, "ref": step.op.params.model.strip(),
-                                           "saved_by": step.saved_by})
+                                           "saved_by": step.saved_by},
+                         fits[-1] if fits else None)
     return True
 
 
 def _param_for(step: Step, exc: SluiceError) -> str | None:
     """The parameter a schema problem is most likely about, for its line number."""
     text = str(exc)
+    for key in step.spec.params:  # "contributions: ..." is about that parameter
+        if text.startswith(f"{key}: "):
+            return key
     for key in step.spec.params:
         value = step.spec.params[key]
         names = value if isinstance(value, list) else [value]

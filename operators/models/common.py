@@ -407,7 +407,7 @@ def _put_field(schema: pa.Schema, field: pa.Field) -> pa.Schema:
     return schema.set(index, field) if index >= 0 else schema.append(field)
 
 
-def _put_column(table: pa.Table, field: pa.Field, column: pa.Array) -> pa.Table:
+def put_column(table: pa.Table, field: pa.Field, column: pa.Array) -> pa.Table:
     """Replace the column of that name in place, or append it at the end."""
     index = table.schema.get_field_index(field.name)
     if index >= 0:
@@ -482,10 +482,14 @@ class FittedModel(Transform):
         return np.argmax(scores, axis=1), scores
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        predicted, proba = self.outputs(part, xp)
+        return self.with_outputs(part, *self.outputs(part, xp))
+
+    def with_outputs(self, part: pa.Table, predicted: np.ndarray,
+                     proba: np.ndarray | None) -> pa.Table:
+        """``part`` with the prediction columns of ``outputs``' arrays."""
         fields = prediction_fields(self.classes, self.label_type)
         if proba is None:
-            return _put_column(part, fields[0], pa.array(predicted, pa.float64()))
+            return put_column(part, fields[0], pa.array(predicted, pa.float64()))
         labels = pa.array(self.classes, type=self.label_type).take(pa.array(predicted))
         if len(self.classes) == 2:
             probability = pa.array(np.ascontiguousarray(proba[:, 1]), pa.float64())
@@ -493,8 +497,8 @@ class FittedModel(Transform):
             k = len(self.classes)
             offsets = pa.array(np.arange(0, proba.size + 1, k, dtype=np.int32))
             probability = pa.ListArray.from_arrays(offsets, pa.array(proba.reshape(-1)))
-        out = _put_column(part, fields[0], labels)
-        return _put_column(out, fields[1], probability)
+        out = put_column(part, fields[0], labels)
+        return put_column(out, fields[1], probability)
 
     def meta(self) -> dict[str, Any]:
         return {"features": self.features, "classes": self.classes,

@@ -7,10 +7,26 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from operators.base import Params, SchemaError, Transform, register, require_columns
+from operators.base import (
+    Operator,
+    Params,
+    SchemaError,
+    Transform,
+    register,
+    require_columns,
+)
 from operators.chain import Chain
+from operators.models.common import FittedModel
+from operators.models.trees import (
+    CONTRIBUTION_BASE,
+    CONTRIBUTIONS,
+    TreeEstimator,
+    TreeModelFitted,
+)
 
 PREDICTION_COLUMNS = ("prediction", "probability")
+OUTPUT_COLUMNS = (*PREDICTION_COLUMNS, CONTRIBUTIONS, CONTRIBUTION_BASE)
+TREE_MODELS = "decision_tree, random_forest and gradient_boosted_trees"
 
 
 class ScoreParams(Params):
@@ -18,6 +34,13 @@ class ScoreParams(Params):
                                    "name@ALIAS; a model a save_model step of the same "
                                    "pipeline saves (name, name@latest or an alias it sets) "
                                    "is the version this run saves")
+    contributions: bool = Field(
+        False, description="also add each row's per-feature contributions to its raw score "
+                           "(exact TreeSHAP, XGBoost's pred_contribs): `contributions`, a "
+                           "struct with a field per model feature, and `contribution_base`, "
+                           "the model's expected raw score; per row they add up to the raw "
+                           "score (log-odds for boosted classes, the probability for "
+                           "forests). Tree models only")
 
 
 @register("score")
@@ -32,6 +55,8 @@ class Score(Transform):
     columns pass through unchanged. A model the same pipeline trains and saves is
     scored as the version this run saves, once saved (MLlib's fit, then transform):
     train on one `sample` of the rows and `evaluate` on the rest in one run.
+    `contributions: true` explains a tree model's scores: each row's per-feature
+    contributions (exact TreeSHAP), which add up to its raw score.
     """
 
     float32 = True  # docs/float32.md
@@ -51,12 +76,27 @@ class Score(Transform):
         self.planned = None
 
     def bind_planned(self, required: list[str], added: list[pa.Field],
-                     info: dict[str, Any]) -> None:
+                     info: dict[str, Any], model: Operator | None = None) -> None:
         """Attach a model the pipeline saves before this step, as planned: the columns it
-        will need and the prediction columns the plan knows of (the fitted chain is
-        bound when the run gets here)."""
+        will need, the prediction columns the plan knows of and the model step (the
+        fitted chain is bound when the run gets there)."""
+        if self.params.contributions and not isinstance(model, TreeEstimator):
+            self._not_explained(model.name if model is not None else "no model step")
         self.chain, self.required, self.model_info = None, list(required), dict(info)
         self.planned = list(added)
+
+    def _not_explained(self, what: str) -> None:
+        raise SchemaError(f"contributions: model '{self.params.model}' ends in {what}; "
+                          f"per-feature contributions (TreeSHAP) are computed for "
+                          f"{TREE_MODELS}", hint="score a tree model, or drop contributions")
+
+    def _explained(self, chain: Chain) -> int:
+        """The position in ``chain`` of the tree model whose contributions are asked for."""
+        models = [i for i, step in enumerate(chain.steps) if isinstance(step, FittedModel)]
+        if not models or not isinstance(chain.steps[models[-1]], TreeModelFitted):
+            self._not_explained(chain.steps[models[-1]].name.removesuffix(".fitted")
+                                if models else "no model step")
+        return models[-1]
 
     def _bound(self) -> Chain:
         if self.chain is None:
@@ -71,6 +111,7 @@ class Score(Transform):
         chain = None if planned else self._bound()
         require_columns(schema, self.required, f"column the model '{self.params.model}' needs:")
         if chain is None:
+            # a planned model's contributions come with its features, at run time
             added = list(self.planned or [])
         else:
             produced = chain.output_schema(schema)
@@ -78,16 +119,30 @@ class Score(Transform):
             if not added:
                 raise SchemaError(f"model '{self.params.model}' has no predicting step",
                                   hint="the saved chain must end in a model step")
-        kept = pa.schema([f for f in schema if f.name not in PREDICTION_COLUMNS],
+            if self.params.contributions:
+                model = chain.steps[self._explained(chain)]
+                assert isinstance(model, TreeModelFitted)
+                added += model.contribution_fields()
+        dropped = OUTPUT_COLUMNS if self.params.contributions else PREDICTION_COLUMNS
+        kept = pa.schema([f for f in schema if f.name not in dropped],
                          metadata=schema.metadata)
         for field in added:
             kept = kept.append(field)
         return kept
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        scored = self._bound().transform(part, xp)
-        out = part.drop_columns([c for c in PREDICTION_COLUMNS if c in part.column_names])
-        for name in PREDICTION_COLUMNS:
+        chain = self._bound()
+        if self.params.contributions:
+            at = self._explained(chain)
+            model = chain.steps[at]
+            assert isinstance(model, TreeModelFitted)
+            scored = Chain(chain.steps[at + 1:]).transform(
+                model.explain(Chain(chain.steps[:at]).transform(part, xp), xp), xp)
+            columns = OUTPUT_COLUMNS
+        else:
+            scored, columns = chain.transform(part, xp), PREDICTION_COLUMNS
+        out = part.drop_columns([c for c in columns if c in part.column_names])
+        for name in columns:
             if name in scored.column_names:
                 out = out.append_column(scored.schema.field(name), scored.column(name))
         return out

@@ -130,16 +130,28 @@ def assert_tables_close(actual: pa.Table, expected: pa.Table, rtol: float = 1e-9
     assert actual.num_rows == expected.num_rows, (
         f"{prefix}{actual.num_rows} rows != {expected.num_rows}")
     for name in expected.column_names:
-        a, e = actual.column(name), expected.column(name)
-        if _is_float_like(e.type):
-            an, en = _float_values(a), _float_values(e)
-            assert an.shape == en.shape, f"{prefix}column '{name}' shape differs"
-            np.testing.assert_allclose(an, en, rtol=rtol, atol=atol, equal_nan=True,
-                                       err_msg=f"{prefix}column '{name}'")
-            assert a.null_count == e.null_count, f"{prefix}column '{name}' nulls differ"
-        else:
-            assert a.combine_chunks().equals(e.combine_chunks()), (
-                f"{prefix}column '{name}' differs")
+        _assert_columns_close(actual.column(name).combine_chunks(),
+                              expected.column(name).combine_chunks(), rtol, atol,
+                              f"{prefix}column '{name}'")
+
+
+def _assert_columns_close(a: pa.Array, e: pa.Array, rtol: float, atol: float,
+                          what: str) -> None:
+    """Floating values (and lists of them) with tolerances, a struct field by field,
+    anything else exactly."""
+    if pa.types.is_struct(e.type):
+        assert a.type == e.type and a.null_count == e.null_count, f"{what} differs"
+        for i in range(e.type.num_fields):
+            _assert_columns_close(a.field(i), e.field(i), rtol, atol,
+                                  f"{what} field '{e.type.field(i).name}'")
+    elif _is_float_like(e.type):
+        an, en = _float_values(a), _float_values(e)
+        assert an.shape == en.shape, f"{what} shape differs"
+        np.testing.assert_allclose(an, en, rtol=rtol, atol=atol, equal_nan=True,
+                                   err_msg=what)
+        assert a.null_count == e.null_count, f"{what}: nulls differ"
+    else:
+        assert a.equals(e), f"{what} differs"
 
 
 def _is_float_like(t: pa.DataType) -> bool:
@@ -149,8 +161,7 @@ def _is_float_like(t: pa.DataType) -> bool:
             pa.types.is_fixed_size_list(t)) and pa.types.is_floating(t.value_type)
 
 
-def _float_values(column: pa.ChunkedArray) -> np.ndarray:
-    column = column.combine_chunks()
+def _float_values(column: pa.Array) -> np.ndarray:
     if pa.types.is_floating(column.type):
         return pc.fill_null(column, np.nan).to_numpy(zero_copy_only=False)
     values = pc.list_flatten(column)

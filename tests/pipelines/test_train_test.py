@@ -220,6 +220,13 @@ def test_the_holdout_example_pipeline(workdir: Path) -> None:
                     by=["customer_id"])
     assert not set(written["customer_id"].to_pylist()) & set(train["customer_id"].to_pylist())
     assert model.version == 1
+    # with each customer's reasons, which add up to the score's log-odds
+    reasons = written["contributions"].combine_chunks()
+    assert [f.name for f in reasons.type] == model.chain.steps[-1].features
+    margin = np.sum([reasons.field(i).to_numpy() for i in range(reasons.type.num_fields)],
+                    axis=0) + written["contribution_base"].to_numpy()
+    np.testing.assert_allclose(1 / (1 + np.exp(-margin)), written["probability"].to_numpy(),
+                               rtol=1e-12)
 
 
 def test_scoring_the_model_the_run_saves_into_its_own_training_is_a_cycle(
@@ -245,3 +252,22 @@ def test_scoring_the_model_the_run_saves_into_its_own_training_is_a_cycle(
         "'save_model' saves in this run, which is trained on the score's output (a cycle: "
         "score -> save_model -> logistic_regression -> score); to score with an earlier "
         "version, name it: churn@3 or an alias")
+
+
+def test_contributions_of_a_model_that_is_not_trees_fail_when_planned(churn: Path,
+                                                                      workdir: Path) -> None:
+    """The model the run saves is a logistic regression: asking its score step for
+    contributions is a problem of the file, reported before any data moves."""
+    path = write_pipeline(workdir, TRAIN_TEST.replace(
+        "model: churn\n", "model: churn\n        contributions: true\n"))
+    with pytest.raises(ValidationFailed) as info:
+        run(path)
+    (problem,) = info.value.problems
+    line = [n for n, text in enumerate(path.read_text().splitlines(), 1)
+            if text.strip() == "contributions: true"][0]
+    assert str(problem) == (
+        f"{path}:{line}: step 'test_scores' (score): contributions: model 'churn' ends in "
+        "logistic_regression; per-feature contributions (TreeSHAP) are computed for "
+        "decision_tree, random_forest and gradient_boosted_trees (score a tree model, or "
+        "drop contributions)")
+    assert not (workdir / "models").exists()

@@ -3,10 +3,17 @@ weights, missing feature values (null and NaN), a constant feature, several node
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 
-from operators.testing.kit import case
+from operators.base import Operator, Transform, lookup
+from operators.chain import Chain
+from operators.models.common import FittedModel
+from operators.score.score import Score
+from operators.testing.kit import case, fit, split
 
 
 def tree_table(rows: int = 160, classes: int = 2, seed: int = 0,
@@ -102,6 +109,39 @@ def _cases() -> None:
                                     "max_features": "sqrt", "seed": 2,
                                     "interactions": [["x1", "x2"], ["x3", "x4", "flat"]]},
          string_classes_table, id="multiclass-feature-sampling", rtol=1e-8, atol=1e-10)
+    for name, model in (("boosted-binary", _boosted_binary), ("forest-multiclass",
+                                                                _forest_multiclass)):
+        case("score", {"model": "t", "contributions": True}, _explained_table,
+             id=f"contributions-{name}", rtol=1e-9, atol=1e-12,
+             prepare=functools.partial(_bind, model),
+             skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
+                                      "model's own round-trip is checked by its cases"})
+
+
+def _bind(model: Callable[[], Transform], op: Operator) -> None:
+    fitted = model()
+    assert isinstance(op, Score) and isinstance(fitted, FittedModel)
+    op.bind(Chain([fitted]), fitted.features, {"name": "t", "version": 1})
+
+
+@functools.cache
+def _boosted_binary() -> Transform:
+    """Boosted trees on every feature, missing values of both kinds among them."""
+    return fit(lookup("gradient_boosted_trees")(label="y", n_trees=6, max_depth=4,
+                                                min_samples_leaf=3),
+               split(tree_table(seed=11), 3))
+
+
+@functools.cache
+def _forest_multiclass() -> Transform:
+    return fit(lookup("random_forest")(label="y", n_trees=4, max_depth=5, seed=2),
+               split(string_classes_table(), 2))
+
+
+def _explained_table() -> pa.Table:
+    """Scoring rows for the contribution cases (their features, missing values too), no
+    label."""
+    return tree_table(rows=70, seed=12).drop_columns(["y"])
 
 
 _cases()

@@ -1,0 +1,254 @@
+"""Per-feature contributions of tree models (``operators/models/explain.py``) against the
+definition: the Shapley values of the path-dependent expectation game, by enumerating
+every subset of the features, for every tree model family, with missing values."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from operators.arrays import get_namespace, transfers
+from operators.base import SchemaError, lookup
+from operators.chain import Chain
+from operators.models import explain
+from operators.models.trees import TreeModelFitted, feature_columns, leaf_sums
+from operators.score.score import Score
+from operators.testing.cases.models import classification_table
+from operators.testing.cases.trees import counts_table, string_classes_table, tree_table
+from operators.testing.kit import assert_tables_close, fit, split
+
+NUMPY = get_namespace("numpy")
+
+
+def shapley_by_subsets(model: TreeModelFitted, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and feature, every raw output's Shapley value of ``v(S)``: the trees'
+    expected raw score with the features of S known (an unknown feature's split
+    averages both sides by their training cover); and ``v({})``. Raw outputs as the
+    model combines its trees (mean for a forest, sum plus base for boosting)."""
+    nodes, features = model.nodes, model.features
+    f = len(features)
+    starts = nodes["tree_start"][:-1]
+    mean = model.combine == "mean"
+
+    def expected(node: int, x: np.ndarray, known: frozenset[int]) -> np.ndarray:
+        j = nodes["feature"][node]
+        if j < 0:
+            return nodes["value"][node]
+        left, right = nodes["left"][node], nodes["right"][node]
+        if j in known:
+            value = x[j]
+            go_left = nodes["default_left"][node] if np.isnan(value) else (
+                value <= nodes["threshold"][node])
+            return expected(left if go_left else right, x, known)
+        return (nodes["cover"][left] * expected(left, x, known)
+                + nodes["cover"][right] * expected(right, x, known)) / nodes["cover"][node]
+
+    def game(x: np.ndarray, known: frozenset[int]) -> np.ndarray:
+        total = sum(expected(int(s), x, known) for s in starts)
+        return total / len(starts) if mean else total + nodes["base"]
+
+    out = []
+    for x in feature_columns(table, features).T:
+        values = {frozenset(s): game(x, frozenset(s)) for k in range(f + 1)
+                  for s in itertools.combinations(range(f), k)}
+        phi = np.zeros((f, nodes["value"].shape[1]))
+        for i in range(f):
+            others = [j for j in range(f) if j != i]
+            for k in range(f):
+                weight = math.factorial(k) * math.factorial(f - 1 - k) / math.factorial(f)
+                for s in itertools.combinations(others, k):
+                    phi[i] += weight * (values[frozenset(s) | {i}] - values[frozenset(s)])
+        out.append(phi)
+    return np.array(out), values[frozenset()]
+
+
+def contributions_of(out: pa.Table, model: TreeModelFitted) -> tuple[np.ndarray, np.ndarray]:
+    """The ``contributions`` and ``contribution_base`` columns as (rows, features, k)
+    and (rows, k) arrays."""
+    struct = out.column("contributions").combine_chunks()
+    assert [f.name for f in struct.type] == model.features
+    per_feature = [np.array(struct.field(j).to_pylist(), dtype=np.float64)
+                   for j in range(len(model.features))]
+    phi = np.stack(per_feature, axis=1)
+    base = np.array(out.column("contribution_base").to_pylist(), dtype=np.float64)
+    if phi.ndim == 2:
+        return phi[:, :, None], base[:, None]
+    return phi, base
+
+
+def explained(model: TreeModelFitted, rows: pa.Table, xp: Any = NUMPY) -> pa.Table:
+    score = Score(model="m", contributions=True)
+    score.bind(Chain([model]), model.features, {"name": "m", "version": 1})
+    return score.transform(rows, xp)
+
+
+def raw_scores(model: TreeModelFitted, rows: pa.Table) -> np.ndarray:
+    flat = feature_columns(rows, model.features).reshape(-1)
+    sums = leaf_sums(flat, rows.num_rows, model._walk, model.nodes["tree_start"][:-1],
+                     model.depth, NUMPY)
+    if model.combine == "mean":
+        return sums / (len(model.nodes["tree_start"]) - 1)
+    return sums + model.nodes["base"]
+
+
+def explained_outputs(model: TreeModelFitted, raw: np.ndarray) -> np.ndarray:
+    """The raw outputs contributions explain: the positive class's for a binary
+    forest (as ``probability``), else all."""
+    return raw[:, 1:] if raw.shape[1] == 2 else raw
+
+
+FEATURES = ["x1", "x2", "x3", "x4"]
+MODELS = {
+    "tree-regression": lambda: fit(lookup("decision_tree")(
+        label="y", features=FEATURES, max_depth=5, min_samples_leaf=3),
+        split(tree_table(regression=True, seed=3), 2)),
+    "forest-binary": lambda: fit(lookup("random_forest")(
+        label="y", features=FEATURES, n_trees=4, max_depth=4, seed=1),
+        split(tree_table(seed=4), 3)),
+    "forest-multiclass": lambda: fit(lookup("random_forest")(
+        label="y", features=FEATURES, n_trees=3, max_depth=4, seed=2),
+        [string_classes_table()]),
+    "boosted-binary": lambda: fit(lookup("gradient_boosted_trees")(
+        label="y", n_trees=5, max_depth=4, min_samples_leaf=3),  # x1..x4, flat, w
+        split(tree_table(seed=5), 2)),
+    "boosted-multiclass": lambda: fit(lookup("gradient_boosted_trees")(
+        label="y", features=FEATURES, n_trees=3, max_depth=3, min_samples_leaf=3),
+        [string_classes_table()]),
+    "boosted-poisson": lambda: fit(lookup("gradient_boosted_trees")(
+        label="y", features=FEATURES, n_trees=4, max_depth=3, loss="poisson",
+        min_samples_leaf=3), [counts_table()]),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request: pytest.FixtureRequest) -> TreeModelFitted:
+    fitted = MODELS[request.param]()
+    assert isinstance(fitted, TreeModelFitted)
+    return fitted
+
+
+@pytest.fixture(scope="module")
+def rows() -> pa.Table:
+    """Rows to explain, with nulls and NaN in x1 and x2 (tree_table's)."""
+    return tree_table(rows=24, seed=21).drop_columns(["y"])
+
+
+@pytest.mark.parametrize("tabulated", [True, False], ids=["tables", "polynomials"])
+def test_contributions_are_the_shapley_values_of_the_expectation_game(
+        model: TreeModelFitted, rows: pa.Table, tabulated: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if not tabulated:  # the per-row polynomials of deep forests
+        monkeypatch.setattr(explain, "TABLE_ENTRIES", 0)
+        model.__dict__.pop("_paths", None)
+    assert (model._paths.tables is not None) == tabulated
+    phi, base = contributions_of(explained(model, rows), model)
+    expected, empty = shapley_by_subsets(model, rows)
+    expected = explained_outputs(model, expected.transpose(0, 2, 1)).transpose(0, 2, 1)
+    np.testing.assert_allclose(phi, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(base, np.broadcast_to(
+        explained_outputs(model, empty[None, :]), base.shape), rtol=1e-12, atol=1e-14)
+    model.__dict__.pop("_paths", None)
+
+
+def test_contributions_add_up_to_the_raw_score(model: TreeModelFitted, rows: pa.Table) -> None:
+    out = explained(model, rows)
+    phi, base = contributions_of(out, model)
+    raw = explained_outputs(model, raw_scores(model, rows))
+    np.testing.assert_allclose(phi.sum(axis=1) + base, raw, rtol=1e-12, atol=1e-12)
+    if model.link == "sigmoid":  # boosted binary: the probability is the sigmoid of it
+        probability = out.column("probability").to_numpy()
+        np.testing.assert_allclose(1 / (1 + np.exp(-(phi.sum(axis=1) + base)[:, 0])),
+                                   probability, rtol=1e-12)
+    if model.link == "exp":  # poisson: the prediction is the exp of it
+        np.testing.assert_allclose(np.exp(phi.sum(axis=1) + base)[:, 0],
+                                   out.column("prediction").to_numpy(), rtol=1e-12)
+
+
+def test_a_feature_no_split_uses_contributes_exactly_zero(rows: pa.Table) -> None:
+    """``flat`` is constant: no tree splits on it, its contribution is 0.0, not noise."""
+    model = MODELS["boosted-binary"]()
+    assert "flat" in model.features
+    assert not np.any(model.nodes["feature"] == model.features.index("flat"))
+    phi, _ = contributions_of(explained(model, rows), model)
+    assert np.all(phi[:, model.features.index("flat"), :] == 0.0)
+    assert np.any(phi[:, model.features.index("x1"), :] != 0.0)
+
+
+def test_paths_that_split_a_feature_twice_merge_its_conditions() -> None:
+    """Deep trees on two features split each many times along a path: one entry per
+    (leaf, feature), the interval of its conditions, and still the exact values."""
+    table = tree_table(rows=300, regression=True, seed=13)
+    model = fit(lookup("decision_tree")(label="y", features=["x1", "x2"], max_depth=7,
+                                        min_samples_leaf=2), [table])
+    path_features = np.count_nonzero(model._paths.real, axis=1)
+    assert model.depth > 2 and path_features.max() == 2
+    rows = table.slice(0, 30)
+    phi, _ = contributions_of(explained(model, rows), model)
+    expected, _ = shapley_by_subsets(model, rows)
+    np.testing.assert_allclose(phi, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_blocks_of_rows_do_not_change_a_value(model: TreeModelFitted, rows: pa.Table,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = explained(model, rows)
+    monkeypatch.setattr(explain, "BLOCK_ENTRIES", 1)  # a row at a time
+    monkeypatch.setattr(explain, "SUM_ENTRIES", 1)  # a feature at a time
+    model.__dict__.pop("_paths", None)
+    try:  # sums in another order: the last bits may differ
+        assert_tables_close(explained(model, rows), whole, rtol=1e-12, atol=1e-15)
+    finally:
+        model.__dict__.pop("_paths", None)
+
+
+def test_trees_without_a_split_explain_nothing(rows: pa.Table) -> None:
+    model = fit(lookup("gradient_boosted_trees")(label="y", features=FEATURES, n_trees=2,
+                                                 min_samples_leaf=1000),
+                [tree_table(seed=5)])
+    assert np.all(model.nodes["feature"] < 0)
+    phi, base = contributions_of(explained(model, rows), model)
+    assert np.all(phi == 0.0)
+    np.testing.assert_allclose(base, raw_scores(model, rows), rtol=1e-12)
+
+
+def test_an_empty_partition_has_the_columns(model: TreeModelFitted, rows: pa.Table) -> None:
+    out = explained(model, rows.slice(0, 0))
+    assert out.num_rows == 0
+    assert out.schema.field("contributions").type.num_fields == len(model.features)
+
+
+def test_on_a_device_the_rows_go_over_once_and_the_values_are_the_same(
+        model: TreeModelFitted, rows: pa.Table) -> None:
+    strict = get_namespace("array_api_strict")
+    device = get_namespace("array_api_strict", strict.Device("device1"))
+    expected = explained(model, rows)
+    with transfers() as log:
+        got = explained(model, rows, device)
+    assert_tables_close(got, expected, rtol=1e-12, atol=1e-15)
+    # the features go over as one (features x rows) block, flattened
+    size = len(model.features) * rows.num_rows
+    moved = [shape for way, shape, _ in log if way == "h2d" and (
+        rows.num_rows in shape or math.prod(shape) == size)]
+    assert len(moved) == 1, moved
+
+
+def test_contributions_of_a_model_that_is_not_trees_is_an_error() -> None:
+    model = fit(lookup("logistic_regression")(label="y"), [classification_table()])
+    score = Score(model="churn", contributions=True)
+    score.bind(Chain([model]), model.features, {"name": "churn", "version": 1})
+    with pytest.raises(SchemaError, match="model 'churn' ends in logistic_regression; "
+                                          "per-feature contributions"):
+        score.output_schema(classification_table().schema)
+
+
+def test_contributions_replace_columns_of_those_names(model: TreeModelFitted,
+                                                      rows: pa.Table) -> None:
+    """Scoring again an output that has them replaces them, as prediction is."""
+    once = explained(model, rows)
+    again = explained(model, once)
+    assert again.column_names == once.column_names
+    assert_tables_close(again, once, rtol=1e-12, atol=1e-15)
