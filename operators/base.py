@@ -85,8 +85,10 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "column") -> None:
-    """Raise SchemaError naming every column of ``columns`` that ``schema`` lacks."""
+def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "column",
+                    where: str = "the input") -> None:
+    """Raise SchemaError naming every column of ``columns`` that ``schema`` (of
+    ``where``) lacks."""
     missing = [c for c in columns if schema.get_field_index(c) < 0]
     if not missing:
         return
@@ -96,8 +98,9 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
     if len(missing) > 1:
         what += "s"
     raise MissingColumnError(
-        f"{what} {names} not in the input{suggest(first, have)}",
-        hint="input has: " + ", ".join(have[:20]) + (" ..." if len(have) > 20 else ""),
+        f"{what} {names} not in {where}{suggest(first, have)}",
+        hint=("input has: " if where == "the input" else "it has: ") + ", ".join(have[:20])
+        + (" ..." if len(have) > 20 else ""),
     )
 
 
@@ -137,6 +140,11 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
         """Columns of the input this operator reads (checked at plan time)."""
         return []
 
+    def check_input(self, schema: pa.Schema) -> None:
+        """MissingColumnError naming the columns this step reads that ``schema`` lacks
+        (checked as the pipeline plans)."""
+        require_columns(schema, self.input_columns(schema))
+
 
 class Transform(Operator):
     """A function of one partition: ``output_schema(schema)``, ``transform(part, xp)``.
@@ -146,9 +154,10 @@ class Transform(Operator):
     """
 
     kind = "transform"
-    # True: the transform chooses rows (filter, sample) and changes no column: it
-    # shapes what a pipeline trains on or writes, and is never part of a saved model
-    selects_rows: ClassVar[bool] = False
+    # False: the transform shapes the data a pipeline trains on or writes (filter and
+    # sample choose rows, join brings a table's columns) and is never part of a saved
+    # model: a scoring pipeline does its own data preparation
+    in_model: ClassVar[bool] = True
 
     @abstractmethod
     def output_schema(self, schema: pa.Schema) -> pa.Schema:

@@ -275,6 +275,12 @@ def models_show(ref: str, models: str | None, as_json: bool) -> None:
         given = ", ".join(f"{k}={_shown_param(v)}"
                           for k, v in (trained["params"] or {}).items())
         click.echo(f"  trained {step_id} ({trained['op']}): {given or 'the defaults'}")
+    for data_step in meta.get("data_steps") or []:  # not in the model: scoring repeats them
+        given = ", ".join(f"{k}={_shown_param(v)}"
+                          for k, v in (data_step["params"] or {}).items())
+        added = data_step.get("added_columns") or []
+        click.echo(f"  data {data_step['step']} ({data_step['op']}): {given}"
+                   + (f"; added {', '.join(added)}" if added else ""))
     out = [f["name"] + ": " + f["type"] for f in meta["output_schema"]["fields"]]
     click.echo("  output: " + ", ".join(out[-3:]))
     _print_metrics(meta.get("metrics") or {})

@@ -19,7 +19,6 @@ from operators.base import (
     SluiceError,
     Source,
     lookup,
-    require_columns,
     suggest,
 )
 from operators.io.model import SaveModel
@@ -70,11 +69,11 @@ class Plan:
 
     def model_chain(self, save_id: str) -> list[Step]:
         """The steps a ``save_model`` step saves: those from the source to it, less
-        sinks, actions and the steps that choose rows (filter, sample: what a pipeline
-        trains on is not the model's business; scoring keeps every row it is given)."""
+        sinks, actions and the steps that shape the data (filter, sample, join: what a
+        pipeline trains on is not the model's business; scoring keeps every row it is
+        given, and brings its own columns)."""
         return [s for s in self.chain_to(save_id)
-                if not isinstance(s.op, Sink | Action)
-                and not getattr(s.op, "selects_rows", False)]
+                if not isinstance(s.op, Sink | Action) and getattr(s.op, "in_model", True)]
 
 
 def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
@@ -260,7 +259,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 raise SchemaError("nothing is fitted before save_model",
                                   hint="put save_model after a model step")
             try:
-                require_columns(schema, step.op.input_columns(schema))
+                step.op.check_input(schema)
                 step.schema = step.op.output_schema(schema)
             except MissingColumnError:
                 if not upstream.open:

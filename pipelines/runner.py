@@ -167,7 +167,8 @@ def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
     def resolve_model(ref: str) -> tuple[Any, list[str], dict[str, Any]]:
         model = store.load(ref)
         return model.chain, model.required, {"name": model.name, "version": model.version,
-                                             "ref": ref.strip(), "path": store.path_of(model)}
+                                             "ref": ref.strip(), "path": store.path_of(model),
+                                             "data_steps": model.meta.get("data_steps", [])}
 
     return build(spec, resolve_model=resolve_model)
 
@@ -270,6 +271,19 @@ class Run:
         step.op.bind(model.chain, model.required, info)
         self.record["models_used"].append({"step": step.id, **info})
 
+    def _data_steps(self, save_id: str, chain: list[Step]) -> list[dict[str, Any]]:
+        kept = {s.id for s in chain}
+        out = []
+        for s in self.plan.chain_to(save_id):
+            if s.id in kept or isinstance(s.op, Sink | Action) or s.input is None:
+                continue
+            before, after = self.plan.step(s.input).schema, s.schema
+            added = [] if before is None or after is None else [
+                n for n in after.names if n not in before.names]
+            out.append({"step": s.id, "op": s.op.name, "params": _given(s.op),
+                        "added_columns": added})
+        return out
+
     def _save_model(self, step: Step) -> None:
         chain = self.plan.model_chain(step.id)
         source_schema = self.plan.step(chain[0].input).schema if chain[0].input else None
@@ -283,6 +297,9 @@ class Run:
             # record, the model says how it was trained
             "trained_with": {s.id: {"op": s.op.name, "params": _given(s.op)}
                              for s in chain if isinstance(s.op, Estimator)},
+            # the steps that shaped the training data and are not in the model (filter,
+            # sample, join), with the columns they added: what a scoring pipeline repeats
+            "data_steps": self._data_steps(step.id, chain),
             "metrics": {s.id: self.record["metrics"].get(s.id) for s in chain
                         if s.id in self.record["metrics"]},
         }

@@ -93,7 +93,11 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem]
         out.key_lines = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str):
+            if isinstance(key, bool) and isinstance(key_node, yaml.ScalarNode):
+                # a name as written: YAML 1.1 reads a key `on` (join's), `yes` or `no`
+                # as a boolean
+                key = key_node.value
+            elif not isinstance(key, str):
                 key = str(key)
             key_line = key_node.start_mark.line + 1
             if key in out:

@@ -1,7 +1,7 @@
 """filter and sample: transforms that choose rows.
 
 They shape what a pipeline trains on or writes, not what a model does, so neither is
-ever part of a saved model (``Transform.selects_rows``): scoring keeps every row it
+ever part of a saved model (``Transform.in_model``): scoring keeps every row it
 is given, and a filter belongs in the scoring pipeline when one is wanted there.
 """
 
@@ -66,7 +66,7 @@ class Filter(Transform):
     """
 
     numeric_kernels = False
-    selects_rows = True
+    in_model = False
 
     Params = FilterParams
 
@@ -140,7 +140,7 @@ class Sample(Transform):
     """
 
     numeric_kernels = False
-    selects_rows = True
+    in_model = False
 
     Params = SampleParams
 

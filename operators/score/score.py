@@ -8,6 +8,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from operators.base import (
+    MissingColumnError,
     Operator,
     Params,
     SchemaError,
@@ -67,12 +68,15 @@ class Score(Transform):
         super().__init__(params, **kwargs)
         self.chain: Chain | None = None
         self.model_info: dict[str, Any] = {}
+        self.data_steps: list[dict[str, Any]] = []
         self.required: list[str] = []
         self.planned: list[pa.Field] | None = None
 
     def bind(self, chain: Chain, required: list[str], info: dict[str, Any]) -> None:
         """Attach the loaded model: its chain, the columns it needs, its registry info."""
         self.chain, self.required, self.model_info = chain, list(required), dict(info)
+        # the training pipeline's steps that are not in the model (join, filter, sample)
+        self.data_steps = self.model_info.pop("data_steps", [])
         self.planned = None
 
     def bind_planned(self, required: list[str], added: list[pa.Field],
@@ -105,6 +109,22 @@ class Score(Transform):
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.required)
+
+    def check_input(self, schema: pa.Schema) -> None:
+        try:
+            require_columns(schema, self.required,
+                            f"column the model '{self.params.model}' needs:")
+        except MissingColumnError as exc:
+            missing = {c for c in self.required if schema.get_field_index(c) < 0}
+            for step in self.data_steps:
+                added = [c for c in step.get("added_columns") or [] if c in missing]
+                if added:
+                    shown = ", ".join(f"'{c}'" for c in added)
+                    raise MissingColumnError(exc.message, hint=(
+                        f"the model's training pipeline added {shown} in step "
+                        f"'{step['step']}' ({step['op']}), which a model does not keep: "
+                        f"repeat that step before this one")) from None
+            raise
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         planned = self.chain is None and self.planned is not None

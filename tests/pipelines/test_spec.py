@@ -151,6 +151,23 @@ def test_duplicate_keys_are_problems() -> None:
     assert any("key 'path' appears twice" in str(p) for p in spec.problems)
 
 
+def test_a_key_yaml_1_1_reads_as_a_boolean_is_the_name_written() -> None:
+    """`on:` (join's keys), `yes:`, `no:`... are names, not True and False."""
+    spec = parse("""
+pipeline: x
+steps:
+  - op: read_parquet
+    path: a
+  - op: join
+    path: t.parquet
+    on: [k]
+  - op: rename
+    columns: {no: country_no, yes: answer}
+""", "f.yaml")
+    assert spec.steps[1].params["on"] == ["k"]
+    assert dict(spec.steps[2].params["columns"]) == {"no": "country_no", "yes": "answer"}
+
+
 def test_default_step_ids_are_unique() -> None:
     spec = parse("""
 pipeline: x

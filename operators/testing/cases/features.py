@@ -140,3 +140,41 @@ _cases("filter", features_table,
 _cases("sample", features_table,
        ("whole-row", {"fraction": 0.4, "seed": 3}),
        ("by-complement", {"fraction": 0.7, "by": ["plan", "region"], "complement": True}))
+
+
+def _lookup_tables() -> tuple[str, str]:
+    """A lookup by plan (string keys, a null key, a plan the data lacks, one it has
+    missing: trial) and one by (small, region): int64 keys where the data has int32,
+    plain strings where it has a dictionary."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    from operators.testing.kit import scratch_dir
+
+    folder = scratch_dir()
+    by_plan = os.path.join(folder, "plans.parquet")
+    pq.write_table(pa.table({
+        "plan": pa.array(["basic", "plus", "premium", "gold", None]),
+        "price": pa.array([10.0, 20.0, None, 50.0, 99.0]),
+        "tier": pa.array([1, 2, 3, 4, 5], pa.int16()),
+    }), by_plan)
+    by_pair = os.path.join(folder, "pairs")
+    os.makedirs(by_pair)
+    small = np.repeat(np.arange(-5, 5), 3)
+    region = np.tile(["eu", "us", "apac"], 10)
+    keep = (small + np.arange(30)) % 4 != 0  # not every pair
+    pairs = pa.table({"small": pa.array(small[keep], pa.int64()), "zone": region[keep],
+                      "rate": np.linspace(0.1, 0.9, int(keep.sum()))})
+    pq.write_table(pairs.slice(0, 10), os.path.join(by_pair, "a.parquet"))
+    pq.write_table(pairs.slice(10), os.path.join(by_pair, "b.parquet"))
+    return by_plan, by_pair
+
+
+_PLANS, _PAIRS = _lookup_tables()
+_cases("join", features_table,
+       ("left-string-key", {"path": _PLANS, "on": ["plan"]}),
+       ("inner-columns-prefix", {"path": _PLANS, "on": ["plan"], "how": "inner",
+                                 "columns": ["price"], "prefix": "plan_"}),
+       ("two-keys-named", {"path": _PAIRS, "on": {"small": "small", "region": "zone"},
+                           "filter": "rate > 0.2"}))

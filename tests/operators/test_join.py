@@ -1,0 +1,167 @@
+"""join: a small Parquet table's columns brought to each row by key, against pandas'
+merge; its checks and errors."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from operators.arrays import get_namespace
+from operators.base import DataError, SchemaError, lookup
+from operators.features.join import Join
+
+NP = get_namespace("numpy")
+
+
+def join(**params) -> Join:
+    cls = lookup("join")
+    op = cls(cls.Params(**params))
+    assert isinstance(op, Join)
+    return op
+
+
+def frame(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+@pytest.fixture
+def rows() -> pa.Table:
+    rng = np.random.default_rng(3)
+    n = 500
+    return pa.table({
+        "a": pa.array(rng.integers(0, 30, n).astype(np.int32), mask=rng.random(n) < 0.05),
+        "b": pa.array(np.array(["x", "y", "z"])[rng.integers(0, 3, n)]).dictionary_encode(),
+        "v": rng.standard_normal(n),
+    })
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Path:
+    """Keys (a, b): a in 0..24 (the rows go to 29), b in x, y (the rows have z too)."""
+    rng = np.random.default_rng(4)
+    a, b = np.meshgrid(np.arange(25), ["x", "y"], indexing="ij")
+    lookup_table = pa.table({"a": pa.array(a.ravel(), pa.int64()), "b": b.ravel(),
+                             "w": rng.standard_normal(a.size),
+                             "name": [f"n{i}" for i in range(a.size)]})
+    order = rng.permutation(lookup_table.num_rows)
+    path = tmp_path / "lookup"
+    path.mkdir()
+    pq.write_table(lookup_table.take(order[:20]), path / "one.parquet")
+    pq.write_table(lookup_table.take(order[20:]), path / "two.parquet")
+    return path
+
+
+def expected(rows: pa.Table, path: Path, on: list[str], how: str) -> pd.DataFrame:
+    left = frame(rows).astype({"a": "Int64", "b": "string"}).reset_index()
+    right = pq.read_table(path).to_pandas().astype({"a": "Int64", "b": "string"})
+    merged = left.merge(right, on=on, how=how, sort=False)
+    return merged.sort_values("index").drop(columns="index").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("how", ["left", "inner"])
+def test_two_keys_match_pandas_merge_in_the_rows_order(rows: pa.Table, table: Path,
+                                                       how: str) -> None:
+    out = join(path=str(table), on=["a", "b"], how=how).transform(rows, NP)
+    want = expected(rows, table, ["a", "b"], how)
+    assert out.column_names == ["a", "b", "v", "w", "name"]
+    assert out.num_rows == len(want) < rows.num_rows + (how == "left") * rows.num_rows
+    np.testing.assert_array_equal(out["v"].to_numpy(), want["v"].to_numpy())
+    got_w = out["w"].to_numpy(zero_copy_only=False)
+    np.testing.assert_array_equal(np.isnan(got_w), want["w"].isna().to_numpy())
+    np.testing.assert_allclose(got_w[~np.isnan(got_w)], want["w"].dropna().to_numpy())
+    assert out["name"].to_pylist() == [None if pd.isna(v) else v for v in want["name"]]
+    # the input's key columns are untouched (int32, dictionary)
+    assert out.schema.field("a").type == pa.int32()
+    assert pa.types.is_dictionary(out.schema.field("b").type)
+
+
+def test_a_null_key_matches_nothing_not_even_a_null_key_of_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"k": pa.array(["p", None]), "x": [1.0, 2.0]}), path)
+    out = join(path=str(path), on=["k"]).transform(
+        pa.table({"k": pa.array([None, "p", "q"])}), NP)
+    assert out["x"].to_pylist() == [None, 1.0, None]
+
+
+def test_the_output_schema_is_planned_from_the_footer(rows: pa.Table, table: Path) -> None:
+    op = join(path=str(table), on={"a": "a", "b": "b"}, columns=["name"], prefix="t_")
+    planned = op.output_schema(rows.schema)
+    assert planned.names == ["a", "b", "v", "t_name"]
+    assert op._table is None  # planning reads no rows
+    assert op.transform(rows, NP).schema == planned
+
+
+def test_the_table_travels_with_the_step(rows: pa.Table, table: Path, tmp_path: Path) -> None:
+    """Read on the driver once: a worker's copy works with the files gone."""
+    op = join(path=str(table), on=["a", "b"])
+    want = op.transform(rows, NP)
+    shipped = pickle.dumps(op)
+    for file in table.iterdir():
+        file.unlink()
+    assert pickle.loads(shipped).transform(rows, NP).equals(want)
+
+
+def test_a_key_on_several_rows_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.table({"k": [1, 2, 2, 3, 3, 3], "x": np.arange(6.0)}), path)
+    with pytest.raises(DataError) as info:
+        join(path=str(path), on=["k"]).transform(pa.table({"k": [1]}), NP)
+    assert str(info.value) == (
+        f"key k=2 is on 2 rows of '{path}' (and 1 other keys are repeated): a join brings "
+        "the columns of one row per key (keep one row per key in the table, or choose them "
+        "with filter:)")
+
+
+def test_keys_of_different_kinds_fail_as_planned(rows: pa.Table, tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": ["1", "2"], "x": [1.0, 2.0]}), path)
+    with pytest.raises(SchemaError) as info:
+        join(path=str(path), on=["a"]).output_schema(rows.schema)
+    assert str(info.value) == (
+        f"on: key 'a' is int32 in the input and string in '{path}' (cast one side first "
+        "(op: cast), so that both are numbers or both text)")
+
+
+def test_a_name_the_input_has_already_is_an_error(rows: pa.Table, tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": [1, 2], "v": [1.0, 2.0]}), path)
+    with pytest.raises(SchemaError, match="columns: the input has a column 'v' already "
+                                          r"\(name the columns to bring"):
+        join(path=str(path), on=["a"]).output_schema(rows.schema)
+    assert join(path=str(path), on=["a"], prefix="t_").output_schema(rows.schema).names[-1] == (
+        "t_v")
+
+
+def test_a_key_the_table_lacks_names_the_closest(rows: pa.Table, table: Path) -> None:
+    with pytest.raises(SchemaError) as info:
+        join(path=str(table), on={"a": "a", "b": "bb"}).output_schema(rows.schema)
+    assert str(info.value) == (f"on: key column 'bb' not in '{table}'; did you mean 'b'? "
+                               "(it has: a, b, w, name)")
+
+
+def test_a_table_over_max_mb_is_an_error(rows: pa.Table, table: Path) -> None:
+    with pytest.raises(DataError, match=r"takes 0 MB in memory, over max_mb 1e-06 \(a join "
+                                        "is for a table every worker can hold"):
+        join(path=str(table), on=["a", "b"], max_mb=1e-6).transform(rows, NP)
+
+
+def test_many_keys_of_many_values_fold_without_overflow(tmp_path: Path) -> None:
+    """Four keys of 10^5 values each: a product of their counts would overflow int64."""
+    rng = np.random.default_rng(5)
+    n = 100_000
+    keys = {f"k{i}": rng.permutation(n) for i in range(4)}
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({**keys, "x": np.arange(n, dtype=np.float64)}), path)
+    pick = rng.integers(0, n, 1000)
+    rows = pa.table({name: values[pick] for name, values in keys.items()})
+    rows = rows.set_column(3, "k3", pa.array(np.where(np.arange(1000) % 7 == 0, -1,
+                                                      keys["k3"][pick])))
+    out = join(path=str(path), on=list(keys)).transform(rows, NP)
+    want = np.where(np.arange(1000) % 7 == 0, np.nan, pick.astype(np.float64))
+    np.testing.assert_array_equal(out["x"].to_numpy(zero_copy_only=False), want)
