@@ -608,7 +608,7 @@ def _first_pos(node: _Node) -> int:
     return min(n.pos for n in _walk(node))
 
 
-def _quote_name(name: str) -> str:
+def quote_name(name: str) -> str:
     """How to write column ``name`` in an expression."""
     if _IDENT_RE.fullmatch(name) and name.lower() not in _KEYWORDS:
         return name
@@ -643,10 +643,10 @@ def _unknown_name_message(what: str, name: str, known: Sequence[str] | dict[str,
 def _unknown_column_message(name: str, columns: Sequence[str]) -> str:
     match = _closest(name, columns)
     if match is not None:
-        written = _quote_name(match)
+        written = quote_name(match)
         suggestion = repr(match) if written == match else written
         return f"unknown column {name!r}; did you mean {suggestion}?"
-    return f"unknown column {name!r}; the columns are: {_shown([_quote_name(c) for c in columns])}"
+    return f"unknown column {name!r}; the columns are: {_shown([quote_name(c) for c in columns])}"
 
 
 def _unknown_function_message(name: str) -> str:

@@ -302,7 +302,7 @@ def _param_for(step: Step, exc: SluiceError) -> str | None:
             return key
     for key in step.spec.params:
         value = step.spec.params[key]
-        names = value if isinstance(value, list) else [value]
+        names = list(value) if isinstance(value, list | dict) else [value]
         if any(isinstance(n, str) and f"'{n}'" in text for n in names):
             return key
     if isinstance(step.op, Source) and "path" in step.spec.params:

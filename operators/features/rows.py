@@ -1,4 +1,4 @@
-"""filter and sample: transforms that choose rows.
+"""filter, sample and expect: transforms that choose (or check) rows.
 
 They shape what a pipeline trains on or writes, not what a model does, so neither is
 ever part of a saved model (``Transform.in_model``): scoring keeps every row it
@@ -7,11 +7,13 @@ is given, and a filter belongs in the scoring pipeline when one is wanted there.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
     DataError,
@@ -26,6 +28,7 @@ from operators.expressions import (
     ExpressionError,
     check_filter,
     parse_filter,
+    quote_name,
     referenced_columns,
 )
 from operators.features.columns import arrow_message, unique_names
@@ -164,3 +167,139 @@ class Sample(Transform):
         if self.params.complement:
             keep = ~keep
         return part.filter(pa.array(keep))
+
+
+# --------------------------------------------------------------------------- expect
+
+
+class ExpectParams(Params):
+    rules: dict[str, str] = Field(
+        default_factory=dict,
+        description="name: a true/false condition every row must meet, e.g. "
+                    "{positive_charges: \"monthly_charges > 0\"}; false or null fails")
+    not_null: list[str] = Field(default_factory=list,
+                                description="columns that must have a value in every row")
+    on_failure: Literal["fail", "drop"] = Field(
+        "fail", description="fail: stop the run at the first partition with a failing row, "
+                            "naming the rule, the count and a failing row (an output is "
+                            "never half written); drop: keep only the rows that pass")
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_parse(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            try:
+                parse_filter(text)
+            except ExpressionError as exc:
+                raise ParamError(f"rules: '{name}': {exc}") from None
+        return value
+
+    @field_validator("not_null")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        unique_names(value, "not_null")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> ExpectParams:
+        if not self.rules and not self.not_null:
+            raise ParamError("expect checks nothing",
+                             hint="give rules: {name: condition} and/or not_null: [columns]")
+        return self
+
+
+EXAMPLE_COLUMNS = 8
+"""A failing row is shown with at most this many columns (the rule's first)."""
+
+
+@register("expect")
+class Expect(Transform):
+    """Check every row against rules before it goes on: data quality in the pipeline.
+
+    Each rule is a true/false condition in the expression language of `filter` (a row
+    fails it where it is false or null); `not_null` lists columns that must have a value.
+    `on_failure: fail` (the default) stops the run at the first partition with a
+    failing row, with the rule, how many of the partition's rows fail it and one of
+    them: a scheduled job stops before it writes or trains on bad data (a write is
+    atomic: no half output). `on_failure: drop` keeps the rows that pass every rule
+    (the run record's row counts show how many went). Never part of a saved model.
+
+    ```yaml
+    - op: expect
+      rules:
+        positive_charges: "monthly_charges > 0"
+        known_plan: "plan in ('basic', 'standard', 'premium')"
+      not_null: [customer_id, churned]
+    ```
+    """
+
+    numeric_kernels = False
+    in_model = False
+
+    Params = ExpectParams
+
+    @property
+    def checks(self) -> dict[str, str]:
+        """Every check by name: the rules, then ``not_null(column)`` for each column."""
+        out = dict(self.params.rules)
+        for column in self.params.not_null:
+            out[f"not_null({column})"] = f"{quote_name(column)} is not null"
+        return out
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        used = list(self.params.not_null)
+        for text in self.params.rules.values():
+            used += [c for c in referenced_columns(text) if c not in used]
+        return used
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        try:
+            require_columns(schema, self.params.not_null)
+        except SchemaError as exc:
+            raise SchemaError(f"not_null: {exc.message}", hint=exc.hint) from None
+        for name, text in self.params.rules.items():
+            try:
+                check_filter(text, schema)
+            except ExpressionError as exc:
+                raise SchemaError(f"rules: '{name}': {exc}") from None
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        checks = self.checks
+        try:
+            met = ds.dataset(part).to_table(
+                columns={name: parse_filter(text) for name, text in checks.items()})
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise DataError(f"rules: {arrow_message(exc)}",
+                            hint="guard the condition, e.g. with if(...) or coalesce(...)"
+                            ) from None
+        passed = None
+        for name in checks:
+            ok = pc.fill_null(met.column(name), False)
+            if self.params.on_failure == "fail":
+                failing = part.num_rows - pc.sum(ok).as_py() if part.num_rows else 0
+                if failing:
+                    raise self._failure(part, name, checks[name], ok, failing)
+            passed = ok if passed is None else pc.and_(passed, ok)
+        return part if passed is None or self.params.on_failure == "fail" else part.filter(
+            passed)
+
+    def _failure(self, part: pa.Table, name: str, text: str, ok: pa.ChunkedArray,
+                 failing: int) -> DataError:
+        first = pc.index(ok, False).as_py()
+        shown = referenced_columns(text)
+        shown += [c for c in part.column_names if c not in shown]
+        row = part.slice(first, 1).select(shown[:EXAMPLE_COLUMNS]).to_pylist()[0]
+        example = ", ".join(f"{k}={_value(v)}" for k, v in row.items())
+        rule = name if name.startswith("not_null(") else f"'{name}' ({text})"
+        return DataError(
+            f"{failing:,} of {part.num_rows:,} rows fail {rule}, e.g. the row {example}",
+            hint="fix the data, or on_failure: drop to go on with the rows that pass")
+
+
+def _value(value: Any) -> str:
+    """A value as a failing row shows it: text quoted, null as null, others as written
+    (2023-06-30, not datetime.date(2023, 6, 30))."""
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, str | bytes) else str(value)

@@ -1,4 +1,4 @@
-"""filter and sample: the rows they keep, worked out here, and their errors."""
+"""filter, sample and expect: the rows they keep, worked out here, and their errors."""
 
 from __future__ import annotations
 
@@ -145,3 +145,62 @@ def test_sample_parameters_are_checked() -> None:
     with pytest.raises(SchemaError, match="by: column 'custmer' not in the input; did you "
                                           "mean 'customer'"):
         build("sample", fraction=0.5, by=["custmer"]).output_schema(schema)
+
+
+# --------------------------------------------------------------------------- expect
+
+
+def test_expect_passes_rows_that_meet_every_rule_through_unchanged() -> None:
+    data = table()
+    op = build("expect", rules={"known_plan": "plan in ('basic', 'plus', 'trial')",
+                                "customer_ok": "customer >= 0"}, not_null=["plan"])
+    assert op.output_schema(data.schema) == data.schema
+    assert op.input_columns(data.schema) == ["plan", "customer"]
+    assert run_on(op, data, 4).equals(data)
+
+
+def test_expect_fails_with_the_rule_the_count_and_a_failing_row() -> None:
+    data = table()
+    amount = data["amount"].to_pylist()
+    op = build("expect", rules={"known_plan": "plan != 'gold'",
+                                "positive": "amount > -1.5"})
+    with pytest.raises(DataError) as info:
+        op.transform(data, NP)
+    failing = [i for i, a in enumerate(amount) if a is None or a <= -1.5]
+    first = data.slice(failing[0], 1).to_pylist()[0]
+    assert str(info.value) == (
+        f"{len(failing):,} of 4,000 rows fail 'positive' (amount > -1.5), e.g. the row "
+        f"amount={'null' if first['amount'] is None else repr(first['amount'])}, "
+        f"customer={first['customer']!r}, plan={first['plan']!r}, "
+        f"churned={first['churned']!r} (fix the data, or on_failure: drop to go on with "
+        "the rows that pass)")
+    nulls = data.filter(pa.array([a is None for a in amount]))
+    with pytest.raises(DataError, match=rf"^{nulls.num_rows} of {nulls.num_rows} rows fail "
+                                        r"not_null\(amount\), e.g. the row amount=null, "
+                                        "customer="):
+        build("expect", not_null=["amount"]).transform(nulls, NP)
+
+
+def test_expect_drop_keeps_the_rows_that_pass_every_rule() -> None:
+    data = table()
+    op = build("expect", rules={"positive": "amount > -1.5"}, not_null=["plan"],
+               on_failure="drop")
+    out = run_on(op, data, 3)
+    keep = [a is not None and a > -1.5 for a in data["amount"].to_pylist()]
+    assert out.equals(data.filter(pa.array(keep)))
+
+
+def test_expect_rules_are_checked_when_planned() -> None:
+    schema = table().schema
+    with pytest.raises(ParamError, match="expect checks nothing"):
+        build("expect")
+    with pytest.raises(ParamError, match="rules: 'p': filter must be true/false, got a "
+                                         "number"):
+        build("expect", rules={"p": "amount + 1"})
+    with pytest.raises(SchemaError, match="rules: 'p': .*did you mean 'amount'"):
+        build("expect", rules={"p": "amout > 0"}).output_schema(schema)
+    with pytest.raises(SchemaError, match="not_null: column 'pln' not in the input; did "
+                                          "you mean 'plan'"):
+        build("expect", not_null=["pln"]).output_schema(schema)
+    with pytest.raises(ValidationError, match="on_failure"):
+        build("expect", not_null=["plan"], on_failure="warn")

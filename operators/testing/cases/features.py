@@ -178,3 +178,8 @@ _cases("join", features_table,
                                  "columns": ["price"], "prefix": "plan_"}),
        ("two-keys-named", {"path": _PAIRS, "on": {"small": "small", "region": "zone"},
                            "filter": "rate > 0.2"}))
+_cases("expect", features_table,
+       ("passing-fail", {"rules": {"ids": "id >= 0", "small": "small between -5 and 4"},
+                         "not_null": ["region", "flag"]}),
+       ("drop", {"rules": {"positive": "x > 0", "known": "plan != 'trial'"},
+                 "not_null": ["n"], "on_failure": "drop"}))

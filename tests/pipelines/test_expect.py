@@ -1,0 +1,70 @@
+"""expect on every engine: a failing rule stops the run, located at the step and the
+partition's file, before anything is written; on_failure: drop goes on without the row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_pipeline
+
+from operators.base import SluiceError
+from pipelines.datagen import churn_table
+from pipelines.engines.base import Engine
+from pipelines.runner import run
+
+CHECKED = """
+    pipeline: checked
+    steps:
+      - op: read_parquet
+        path: data
+      - op: expect
+        rules:
+          positive_charges: "monthly_charges > 0"
+        not_null: [customer_id]
+        on_failure: {on_failure}
+      - op: write_parquet
+        path: out
+"""
+
+
+@pytest.fixture
+def data(workdir: Path) -> Path:
+    """Two files; the second has one row with a negative charge (customer 2500)."""
+    table = churn_table(3000)
+    folder = workdir / "data"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 1500), folder / "a.parquet")
+    charges = table["monthly_charges"].to_pylist()
+    charges[2500] = -1.0
+    bad = table.set_column(table.schema.get_field_index("monthly_charges"),
+                           "monthly_charges", [charges])
+    pq.write_table(bad.slice(1500), folder / "b.parquet")
+    return folder
+
+
+def test_a_failing_rule_stops_the_run_before_anything_is_written(
+        data: Path, workdir: Path, engine: Engine) -> None:
+    path = write_pipeline(workdir, CHECKED.format(on_failure="fail"))
+    with pytest.raises(SluiceError) as info:
+        run(path, engine_instance=engine)
+    text = str(info.value)
+    assert text.startswith(f"{path}:5: step 'expect', partition "), text
+    assert "b.parquet" in text
+    assert ("1 of 1,500 rows fail 'positive_charges' (monthly_charges > 0), e.g. the row "
+            "monthly_charges=-1.0, customer_id=2500, tenure=") in text
+    assert "signup_date=20" in text
+    assert not (workdir / "out").exists()
+
+
+def test_drop_goes_on_with_the_rows_that_pass(data: Path, workdir: Path,
+                                              engine: Engine) -> None:
+    record = run(write_pipeline(workdir, CHECKED.format(on_failure="drop")),
+                 engine_instance=engine)
+    assert record["steps"]["read_parquet"]["rows"] == 3000
+    assert record["steps"]["expect"]["rows"] == 2999
+    out = pq.read_table(workdir / "out")
+    assert out.num_rows == 2999
+    assert pc.min(out["monthly_charges"]).as_py() > 0
