@@ -39,14 +39,14 @@ from operators.base import DataError, ParamError, suggest
 
 REGRESSION_METRICS = ["rmse", "mse", "mae", "r2", "count", "poisson_deviance",
                       "gamma_deviance"]
-CLASSIFICATION_METRICS = ["accuracy", "log_loss", "roc_auc", "precision", "recall", "f1",
-                          "confusion_matrix", "count"]
+CLASSIFICATION_METRICS = ["accuracy", "log_loss", "roc_auc", "pr_auc", "precision", "recall",
+                          "f1", "confusion_matrix", "count"]
 DEFAULT_METRICS = {
     "regression": ["rmse", "mae", "r2", "count"],
     "classification": ["accuracy", "precision", "recall", "f1", "log_loss", "roc_auc",
-                       "confusion_matrix", "count"],
+                       "pr_auc", "confusion_matrix", "count"],
 }
-PROBABILITY_METRICS = ["log_loss", "roc_auc"]
+PROBABILITY_METRICS = ["log_loss", "roc_auc", "pr_auc"]
 METRICS = {"regression": REGRESSION_METRICS, "classification": CLASSIFICATION_METRICS}
 
 AUC_BINS = 2 ** 16
@@ -67,7 +67,10 @@ class MetricAccumulator:
     Classification: ``accuracy``; ``log_loss`` (probabilities clipped to
     ``[eps, 1 - eps]``, eps of float64, no renormalisation - as scikit-learn);
     ``roc_auc`` (binary: score ``P(classes[1])``; multiclass: macro one-vs-rest
-    over the classes with both positives and negatives); ``precision``,
+    over the classes with both positives and negatives); ``pr_auc`` (the area under the
+    precision-recall curve as average precision, scikit-learn's
+    ``average_precision_score`` and MLlib's areaUnderPR for a rare positive class; the
+    same classes and bins as ``roc_auc``, a bin one threshold); ``precision``,
     ``recall``, ``f1`` (binary: positive class ``classes[1]``; multiclass: macro
     average over all classes, a class never predicted counts 0 precision, as
     scikit-learn's ``zero_division=0``; with a single class, that class's values);
@@ -461,9 +464,10 @@ def _finalize_proba(proba: dict[str, Any], k: int, total: float) -> dict[str, fl
     width, loss, hist = proba["width"], proba["loss"], proba["hist"]
     if width == 1:
         if k < 2:
-            return {"log_loss": math.nan, "roc_auc": math.nan}
+            return {"log_loss": math.nan, "roc_auc": math.nan, "pr_auc": math.nan}
         return {"log_loss": float((loss[0, 0] + loss[1, 1]) / total),
-                "roc_auc": auc(hist[1, 0], hist[0, 0])}
+                "roc_auc": auc(hist[1, 0], hist[0, 0]),
+                "pr_auc": average_precision(hist[1, 0], hist[0, 0])}
     if k != width:
         raise DataError(f"probability has {width} entries per row but {k} classes are known "
                         "(given, or found in the labels and predictions)",
@@ -472,8 +476,11 @@ def _finalize_proba(proba: dict[str, Any], k: int, total: float) -> dict[str, fl
     negatives = np.clip(proba["hist_all"] - own, 0.0, None)
     aucs = [auc(own[c], negatives[c]) for c in range(k)]
     defined = [a for a in aucs if not math.isnan(a)]
+    precisions = [average_precision(own[c], negatives[c]) for c in range(k)]
+    kept = [a for a in precisions if not math.isnan(a)]
     return {"log_loss": float(np.trace(loss) / total),
-            "roc_auc": float(np.mean(defined)) if defined else math.nan}
+            "roc_auc": float(np.mean(defined)) if defined else math.nan,
+            "pr_auc": float(np.mean(kept)) if kept else math.nan}
 
 
 def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -486,6 +493,21 @@ def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
         return math.nan
     below = np.cumsum(negatives) - negatives
     return float(np.sum(positives * (below + 0.5 * negatives)) / (p * n))
+
+
+def average_precision(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Average precision from weight histograms over ordered score bins: each bin a
+    threshold (rows at or above it predicted positive), the precision at each weighted
+    by the recall it adds (scikit-learn's ``average_precision_score``, exact where the
+    scores lie on the bins' grid). NaN when there is no positive weight."""
+    p = float(positives.sum())
+    if p <= 0:
+        return math.nan
+    true = np.cumsum(positives[::-1])  # from the highest bin down
+    predicted = true + np.cumsum(negatives[::-1])
+    gained = positives[::-1] > 0
+    precision = true[gained] / predicted[gained]
+    return float(np.sum(positives[::-1][gained] * precision) / p)
 
 
 def auc_bin_error_bound(positives: np.ndarray, negatives: np.ndarray) -> float:
