@@ -25,6 +25,7 @@ from operators.io.model import SaveModel
 from operators.score.score import PREDICTION_COLUMNS, Score
 from pipelines.spec import PipelineSpec, Problem, StepSpec
 from pipelines.store import parse_ref, required_columns
+from pipelines.tuning import Tuning, plan_tuning
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Step:
     open: bool = False  # a fit upstream adds columns only known at run time
     # a score step of a model this pipeline saves: the save_model step it waits for
     saved_by: str | None = None
+    # a tuned model step: its candidates (the best becomes ``op`` when fitted)
+    tuning: Tuning | None = None
 
     @property
     def id(self) -> str:
@@ -126,6 +129,13 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
             previous = s.id
             continue
         op = _build_op(cls, s, plan, file)
+        tuning = None
+        if op is not None and (s.tune is not None or s.tune_metric is not None):
+            tuning, found = plan_tuning(cls, s.params, s.tune, s.tune_metric)
+            for key, message in found:
+                problem(s, message, key)
+            if tuning is not None:
+                op = tuning.ops[0]
         if isinstance(op, Source) or (op is None and issubclass(cls, Source)):
             if s.input is not None:
                 problem(s, f"{s.op} reads data and takes no `input:`", "input")
@@ -135,7 +145,7 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
             if input_id is None:
                 problem(s, "the first step must read data (e.g. `op: read_parquet`)")
         if op is not None:
-            built[s.id] = Step(s, op, input_id)
+            built[s.id] = Step(s, op, input_id, tuning=tuning)
         previous = s.id
 
     ids = {s.id for s in spec.steps}

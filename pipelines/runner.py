@@ -30,6 +30,7 @@ from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
 from pipelines.plan import Plan, Step, build, kind_of
 from pipelines.spec import Problem
 from pipelines.store import Model, ModelStore
+from pipelines.tuning import label_of
 
 ENGINES = ("local", "dask", "spark")
 
@@ -235,8 +236,11 @@ class Run:
         if isinstance(op, Source):
             self.datasets[step.id] = self.engine.read(op, step.id, step.schema)
         elif isinstance(op, Estimator):
-            transform, metrics, data = fit(self.engine, data, step.id, op,
-                                           self.placement(step))
+            if step.tuning is not None:
+                transform, metrics, data = self._tune(step, data)
+            else:
+                transform, metrics, data = fit(self.engine, data, step.id, op,
+                                               self.placement(step))
             self.fitted[step.id] = transform
             self.record["metrics"][step.id] = metrics
             # the fitted schema can differ from the plan's (one_hot's columns come from
@@ -261,6 +265,33 @@ class Run:
             schema = op.output_schema(data.schema)
             self.datasets[step.id] = self.engine.map(data, step.id, op, schema,
                                                      self.placement(step))
+
+    def _tune(self, step: Step, data: Dataset) -> tuple[Transform, dict[str, Any], Dataset]:
+        """Fit every candidate of a tuned step on the same rows (the input is cached after
+        the first) and keep the best on the held-out rows; the step's operator becomes
+        the best's, so that the saved model says how it was trained."""
+        tuning = step.tuning
+        assert tuning is not None
+        fits = []
+        for combo, candidate in zip(tuning.combos, tuning.ops, strict=True):
+            transform, metrics, data = fit(self.engine, data, step.id, candidate,
+                                           self.placement(step))
+            try:
+                name, value = tuning.score(metrics)
+            except SluiceError as exc:
+                raise exc.located(f"step '{step.id}'") from None
+            tuning.results.append({"params": combo, "metric": name, "value": value,
+                                   "passes": metrics["passes"]})
+            fits.append((transform, metrics))
+        best = tuning.best()
+        step.op = tuning.ops[best]
+        transform, metrics = fits[best]
+        name = tuning.results[best]["metric"]
+        metrics = {**metrics, "tuning": {
+            "metric": name, "best": label_of(tuning.combos[best]),
+            "candidates": {label_of(r["params"]): {name: r["value"], "passes": r["passes"]}
+                           for r in tuning.results}}}
+        return transform, metrics, data
 
     def _bind_saved(self, step: Step) -> None:
         """Bind a score step to the model this run saved at ``step.saved_by``."""

@@ -18,7 +18,7 @@ from operators.base import suggest
 from pipelines.device import DEVICES
 
 TOP_LEVEL_KEYS = ("pipeline", "description", "params", "device", "dtype", "steps")
-STEP_KEYS = ("id", "op", "input", "device", "dtype")
+STEP_KEYS = ("id", "op", "input", "device", "dtype", "tune", "tune_metric")
 # where a pipeline's or a step's numeric kernels run, and in which dtype
 PLACEMENT_KEYS = {"device": DEVICES, "dtype": DTYPES}
 _PARAM_REF = re.compile(r"\$\{([^}]*)\}")
@@ -66,6 +66,9 @@ class StepSpec:
     explicit_id: bool = False
     device: str | None = None
     dtype: str | None = None
+    # a model step's values to try (pipelines/tuning.py) and the metric that compares them
+    tune: Any = None
+    tune_metric: Any = None
 
     def line_of(self, param: str | None) -> int:
         return self.param_lines.get(param, self.line) if param else self.line
@@ -286,9 +289,14 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
                                     step=step_id, op=op))
             input_id = None
         device, dtype = _placement(raw, file, problems, step=step_id, op=op)
+        tune = raw.get("tune")
+        if tune is not None:
+            tune = substitute(tune, params,
+                              lambda name, line=key_lines["tune"]: unknown(name, line=line))
         out.append(StepSpec(id=step_id, op=op, input=input_id, params=body, line=line,
                             param_lines=key_lines, index=index, explicit_id=explicit,
-                            device=device, dtype=dtype))
+                            device=device, dtype=dtype, tune=tune,
+                            tune_metric=raw.get("tune_metric")))
     return out
 
 

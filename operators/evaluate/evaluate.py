@@ -47,7 +47,8 @@ class EvaluateParams(Params):
     prediction: str = Field("prediction", description="the column of predicted values")
     probability: str = Field(
         "probability", description="predicted probabilities: binary P(classes[1]) as float64, "
-        "multiclass list<double> in sorted class order; needed by log_loss, roc_auc and pr_auc only")
+        "multiclass list<double> in sorted class order; needed by log_loss, roc_auc and "
+        "pr_auc only")
     weight: str | None = Field(None, description="column of row weights (>= 0)")
     task: Task = Field("auto", description="classification | regression | auto: "
                        "classification when the label is integer, boolean or string")
@@ -74,9 +75,9 @@ class Evaluate(Estimator):
     ```
     Classification metrics: accuracy, log_loss, roc_auc (binary, or macro one-vs-rest),
     pr_auc (average precision: the area under the precision-recall curve, what tells a
-    model's quality for a rare class), precision, recall, f1 (binary: positive class = the larger class; multiclass: macro
-    average), confusion_matrix, count. Regression: rmse, mse, mae, r2, count;
-    on request poisson_deviance and gamma_deviance.
+    model's quality for a rare class), precision, recall, f1 (binary: positive class =
+    the larger class; multiclass: macro average), confusion_matrix, count. Regression:
+    rmse, mse, mae, r2, count; on request poisson_deviance and gamma_deviance.
 
     With `by: [region]` the same metrics of each region too (in the same pass, over the
     classes of all the rows), under `groups` in the run record: how a model does for

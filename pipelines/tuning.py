@@ -1,0 +1,127 @@
+"""Tuning a model step: every combination of the values a step's ``tune:`` lists is
+fitted on the same training rows and compared on the same held-out rows (the step's
+``validation_fraction`` and ``seed``); the best is the step's model (MLlib's
+TrainValidationSplit, scikit-learn's GridSearchCV with one held-out split).
+
+```yaml
+- id: model
+  op: gradient_boosted_trees
+  label: churned
+  validation_fraction: 0.2
+  tune:                      # every combination: 3 x 2 fits
+    max_depth: [3, 4, 6]
+    learning_rate: [0.05, 0.1]
+  tune_metric: roc_auc       # default: log_loss for classes, rmse for numbers
+```
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from operators.base import Operator, SluiceError, suggest
+from operators.evaluate.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from operators.models.common import SupervisedParams
+
+MAX_CANDIDATES = 100
+"""The most combinations one step may try."""
+FIXED = ("label", "weight", "validation_fraction", "seed")
+"""What a tuned step cannot vary: the rows and what they are compared on."""
+LOWER_IS_BETTER = {"log_loss", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance"}
+METRICS = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS))
+                 - {"count", "confusion_matrix"})
+
+
+@dataclass
+class Tuning:
+    """A step's candidates: each combination of the tuned values and its operator."""
+
+    metric: str | None  # None: log_loss or rmse, by the fitted model's task
+    combos: list[dict[str, Any]] = field(default_factory=list)
+    ops: list[Operator] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def metric_for(self, validation: dict[str, Any]) -> str:
+        if self.metric is not None:
+            return self.metric
+        return "log_loss" if "log_loss" in validation else "rmse"
+
+    def score(self, metrics: dict[str, Any]) -> tuple[str, float]:
+        """The compared metric of a fit's metrics, and its value."""
+        validation = metrics.get("validation") or {}
+        name = self.metric_for(validation)
+        if name not in validation:
+            shown = ", ".join(k for k in validation if k in METRICS) or "none"
+            raise SluiceError(f"tune_metric: the model reports no validation {name}",
+                              hint=f"it reports: {shown}")
+        return name, float(validation[name])
+
+    def best(self) -> int:
+        """The position of the best candidate (the first of equals)."""
+        name = self.results[0]["metric"]
+        sign = 1.0 if name in LOWER_IS_BETTER else -1.0
+        values = [sign * r["value"] if r["value"] == r["value"] else float("inf")
+                  for r in self.results]
+        return values.index(min(values))
+
+
+def label_of(combo: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in combo.items())
+
+
+def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: Any
+                ) -> tuple[Tuning | None, list[tuple[str, str]]]:
+    """The candidates of a step's ``tune:``, or the problems (``(key, message)``)."""
+    problems: list[tuple[str, str]] = []
+    if not issubclass(cls.Params, SupervisedParams):
+        return None, [("tune", f"{cls.name} is not a model: only a model step (with "
+                               "validation_fraction) can be tuned")]
+    if not isinstance(tune, dict) or not tune:
+        return None, [("tune", "tune must map parameters to the values to try, e.g. "
+                               "{max_depth: [3, 4, 6]}")]
+    known = list(cls.Params.model_fields)
+    for name, values in tune.items():
+        if name in FIXED:
+            problems.append(("tune", f"tune cannot vary '{name}': every candidate is "
+                                     "fitted and compared on the same rows"))
+        elif name not in known:
+            problems.append(("tune", f"tune: unknown parameter '{name}'{suggest(name, known)}"
+                                     f" ({cls.name} takes: {', '.join(known)})"))
+        elif not isinstance(values, list) or not values:
+            problems.append(("tune", f"tune: '{name}' must list the values to try, e.g. "
+                                     f"{name}: [a, b]"))
+        elif name in params:
+            problems.append(("tune", f"tune: '{name}' is set on the step too; give its "
+                                     "values in tune only"))
+    if metric is not None and metric not in METRICS:
+        problems.append(("tune_metric", f"unknown metric '{metric}'{suggest(str(metric), METRICS)}"
+                                        f" (one of: {', '.join(METRICS)})"))
+    if not problems and not params.get("validation_fraction"):
+        problems.append(("tune", "tune needs held-out rows to compare the candidates on: "
+                                 "set validation_fraction (e.g. 0.2)"))
+    if problems:
+        return None, problems
+    combos = [dict(zip(tune, values, strict=True))
+              for values in itertools.product(*tune.values())]
+    if len(combos) > MAX_CANDIDATES:
+        return None, [("tune", f"tune makes {len(combos):,} combinations, over "
+                               f"{MAX_CANDIDATES}: try fewer values")]
+    tuning = Tuning(metric)
+    for combo in combos:
+        try:
+            tuning.ops.append(cls(cls.Params(**{**params, **combo})))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            text = err["msg"].removeprefix("Value error, ").rstrip(".")
+            where = ".".join(str(p) for p in err["loc"])
+            problems.append(("tune", f"tune: {label_of(combo)}: parameter '{where}': {text}"))
+            break
+        except SluiceError as exc:
+            problems.append(("tune", f"tune: {label_of(combo)}: {exc}"))
+            break
+        tuning.combos.append(combo)
+    return (None, problems) if problems else (tuning, [])

@@ -1,0 +1,133 @@
+"""tune: every combination fitted on the same rows and compared on the same held-out
+rows, the best kept, on every engine; and the problems of a tune: as the file plans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_pipeline
+
+from pipelines.engines.base import Engine
+from pipelines.runner import ValidationFailed, plan_file, run
+from pipelines.store import ModelStore
+
+TUNED = """
+    pipeline: tuned
+    steps:
+      - op: read_parquet
+        path: data/churn
+        partition_mb: 0.05
+      - op: standard_scale
+        columns: [tenure, monthly_charges]
+      - id: model
+        op: logistic_regression
+        label: churned
+        features: [tenure, monthly_charges]
+        validation_fraction: 0.25
+        seed: 3
+{tune}
+      - op: save_model
+        name: churn
+"""
+
+GRID = """        tune:
+          l2: [10.0, 0.001, 1.0]
+          class_weight: [null, balanced]"""
+
+
+def test_the_best_candidate_on_the_held_out_rows_is_the_model(churn: Path, workdir: Path,
+                                                               engine: Engine) -> None:
+    record = run(write_pipeline(workdir, TUNED.format(tune=GRID + "\n        tune_metric: "
+                                                      "roc_auc")), engine_instance=engine)
+    tuning = record["metrics"]["model"]["tuning"]
+    candidates = tuning["candidates"]
+    assert list(candidates) == [f"l2={l2}, class_weight={w}" for l2 in (10.0, 0.001, 1.0)
+                                for w in (None, "balanced")]
+    assert tuning["metric"] == "roc_auc"
+    best = max(candidates, key=lambda k: candidates[k]["roc_auc"])
+    assert tuning["best"] == best
+    assert record["metrics"]["model"]["validation"]["roc_auc"] == candidates[best]["roc_auc"]
+    # the saved model is the best's, and says so
+    model = ModelStore().load("churn")
+    trained = model.meta["trained_with"]["model"]["params"]
+    l2, weight = best.removeprefix("l2=").split(", class_weight=")
+    assert trained["l2"] == float(l2)
+    assert trained.get("class_weight") == (None if weight == "None" else weight)
+    # ... the same model as a plain fit with those values
+    plain = TUNED.format(tune="").replace("seed: 3\n", f"seed: 3\n        l2: {l2}\n" + (
+        f"        class_weight: {weight}\n" if weight != "None" else ""))
+    again = run(write_pipeline(workdir, plain.replace("name: churn", "name: plain"),
+                               "plain.yaml"), engine_instance=engine)
+    assert again["metrics"]["model"]["validation"]["roc_auc"] == pytest.approx(
+        candidates[best]["roc_auc"], rel=1e-9)
+    ours = model.chain.steps[-1].state()[1]
+    theirs = ModelStore().load("plain").chain.steps[-1].state()[1]
+    for key, value in theirs.items():
+        np.testing.assert_allclose(ours[key], value, rtol=1e-8, err_msg=key)
+
+
+def test_the_default_metric_is_the_log_loss_lower_is_better(churn: Path,
+                                                            workdir: Path) -> None:
+    record = run(write_pipeline(workdir, TUNED.format(tune=GRID)))
+    tuning = record["metrics"]["model"]["tuning"]
+    candidates = tuning["candidates"]
+    assert tuning["metric"] == "log_loss"
+    assert tuning["best"] == min(candidates, key=lambda k: candidates[k]["log_loss"])
+
+
+@pytest.mark.parametrize(("tune", "key", "message"), [
+    ("tune:\n          max_iters: [10]", "tune",
+     "tune: unknown parameter 'max_iters'; did you mean 'max_iter'? (logistic_regression "
+     "takes: label, features,"),
+    ("tune:\n          seed: [1, 2]", "tune",
+     "tune cannot vary 'seed': every candidate is fitted and compared on the same rows"),
+    ("tune:\n          l2: 0.1", "tune", "tune: 'l2' must list the values to try"),
+    ("tune:\n          l2: [0.1, -1.0]", "tune",
+     "tune: l2=-1.0: parameter 'l2': Input should be greater than or equal to 0"),
+    ("tune:\n          l2: [0.1]\n        tune_metric: roc_aoc", "tune_metric",
+     "unknown metric 'roc_aoc'; did you mean 'roc_auc'? (one of: accuracy, f1,"),
+    ("tune:\n          max_iter: [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]\n"
+     "          l2: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]", "tune",
+     "tune makes 110 combinations, over 100: try fewer values"),
+])
+def test_tune_problems_are_reported_as_the_file_plans(churn: Path, workdir: Path, tune: str,
+                                                      key: str, message: str) -> None:
+    path = write_pipeline(workdir, TUNED.format(tune="        " + tune))
+    plan = plan_file(path)
+    (problem,) = plan.problems
+    lines = path.read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text.strip().startswith(f"{key}:"))
+    assert (problem.line, problem.step) == (line, "model")
+    assert message in problem.message, problem.message
+
+
+def test_only_a_model_with_held_out_rows_is_tuned(churn: Path, workdir: Path) -> None:
+    no_rows = TUNED.format(tune=GRID).replace("        validation_fraction: 0.25\n", "")
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, no_rows))
+    (problem,) = info.value.problems
+    assert "tune needs held-out rows to compare the candidates on: set " \
+           "validation_fraction (e.g. 0.2)" in str(problem)
+    scaler = TUNED.format(tune="").replace(
+        "columns: [tenure, monthly_charges]\n",
+        "columns: [tenure, monthly_charges]\n        tune:\n          with_mean: [true]\n")
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, scaler, "scaler.yaml"))
+    (problem,) = info.value.problems
+    assert "standard_scale is not a model: only a model step (with validation_fraction) " \
+           "can be tuned" in str(problem)
+    twice = TUNED.format(tune=GRID).replace("seed: 3\n", "seed: 3\n        l2: 0.5\n")
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, twice, "twice.yaml"))
+    assert "tune: 'l2' is set on the step too" in str(info.value.problems[0])
+
+
+def test_a_metric_the_model_does_not_report_fails_located(churn: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, TUNED.format(tune=GRID + "\n        tune_metric: rmse"))
+    with pytest.raises(Exception) as info:
+        run(path)
+    assert str(info.value).startswith(f"{path}:") and "step 'model'" in str(info.value)
+    assert "tune_metric: the model reports no validation rmse (it reports: accuracy" in str(
+        info.value)
