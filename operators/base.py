@@ -188,6 +188,8 @@ class Estimator(Operator):
 
     kind = "estimator"
     multi_pass: ClassVar[bool] = False  # True: the runtime caches the input for the passes
+    # True: the fitted model has per-feature contributions (score's contributions: true)
+    explained: ClassVar[bool] = False
     # True when the fit decides output columns or types (one_hot's vocabulary, the
     # probability type of a classifier with 2 or more classes): the plan-time schema
     # after it is a lower bound, and later steps' column checks wait for the run

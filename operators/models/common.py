@@ -33,6 +33,7 @@ from operators.hashing import chosen_rows
 
 PREDICTION = "prediction"
 PROBABILITY = "probability"
+CONTRIBUTIONS, CONTRIBUTION_BASE = "contributions", "contribution_base"
 
 ACCUMULATE_ROWS = 1 << 16
 """Rows per float32 matmul block of ``row_products``, each block's result summed in
@@ -472,7 +473,11 @@ class FittedModel(Transform):
     def outputs(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """(predictions, probabilities) on the host: class positions for a classifier."""
         require_columns(part.schema, self.features, "feature column")
-        scores = self.predict_matrix(feature_matrix(part, self.features, xp), xp)
+        return self.outputs_of(self.predict_matrix(feature_matrix(part, self.features, xp),
+                                                   xp))
+
+    def outputs_of(self, scores: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """``outputs`` of ``predict_matrix``'s scores."""
         # computed in the compute dtype; the output columns are float64 whatever it is
         scores = to_numpy(scores).astype(np.float64, copy=False)
         if not self.is_classifier:
@@ -500,6 +505,50 @@ class FittedModel(Transform):
         out = put_column(part, fields[0], labels)
         return put_column(out, fields[1], probability)
 
+    # --------------------------------------------------------------- contributions
+
+    def explains(self) -> str | None:
+        """None when ``contributions`` explains this model's scores, else why not."""
+        return f"{self.name.removesuffix('.fitted')}, which has no per-feature contributions"
+
+    @property
+    def explains_classes(self) -> bool:
+        """Whether contributions are per class (multiclass) rather than one number."""
+        return self.is_classifier and len(self.classes) > 2
+
+    def contribution_fields(self) -> list[pa.Field]:
+        """``contributions`` (a struct, a field per feature) and ``contribution_base``:
+        float64 each, or a list of float64 per class (multiclass)."""
+        value = pa.list_(pa.float64()) if self.explains_classes else pa.float64()
+        return [pa.field(CONTRIBUTIONS, pa.struct([pa.field(f, value) for f in self.features])),
+                pa.field(CONTRIBUTION_BASE, value)]
+
+    def contributions(self, part: pa.Table, xp: Any
+                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """``outputs`` with each row's per-feature contributions to its raw score, (rows,
+        features, k) on the host, and the expected raw score (k,); from one copy of the
+        rows to the device."""
+        raise NotImplementedError(self.explains())
+
+    def explain(self, part: pa.Table, xp: Any) -> pa.Table:
+        """``transform`` plus the ``contributions`` and ``contribution_base`` columns."""
+        require_columns(part.schema, self.features, "feature column")
+        predicted, proba, phi, base = self.contributions(part, xp)
+        out = self.with_outputs(part, predicted, proba)
+        n, fields = part.num_rows, self.contribution_fields()
+        if self.explains_classes:
+            k = phi.shape[2]
+            offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+            per_feature = [pa.ListArray.from_arrays(offsets, pa.array(phi[:, j, :].reshape(-1)))
+                           for j in range(len(self.features))]
+            base_column = pa.ListArray.from_arrays(offsets, pa.array(np.tile(base, n)))
+        else:
+            per_feature = [pa.array(np.ascontiguousarray(phi[:, j, 0]), pa.float64())
+                           for j in range(len(self.features))]
+            base_column = pa.array(np.full(n, base[0]), pa.float64())
+        struct = pa.StructArray.from_arrays(per_feature, fields=list(fields[0].type))
+        return put_column(put_column(out, fields[0], struct), fields[1], base_column)
+
     def meta(self) -> dict[str, Any]:
         return {"features": self.features, "classes": self.classes,
                 "label_type": None if self.label_type is None else str(self.label_type)}
@@ -513,6 +562,35 @@ class FittedModel(Transform):
         label_type = meta.get("label_type")
         return {"features": list(meta["features"]), "classes": meta.get("classes"),
                 "label_type": None if label_type is None else pa.type_for_alias(label_type)}
+
+
+class LinearContributions:
+    """Contributions of a model linear in its features before a link (linear and
+    logistic regression): ``coef_j * (x_j - mean_j)`` per output, the training rows'
+    (weighted) mean ``means`` the reference, and ``coef @ means + intercept`` the base:
+    the exact Shapley values of the raw score for independent features (SHAP's
+    LinearExplainer). Models saved before the means were kept have none."""
+
+    means: np.ndarray | None
+    coef: np.ndarray
+    intercept: Any
+
+    def explains(self) -> str | None:
+        if self.means is None:
+            return (f"{self.name.removesuffix('.fitted')} saved without its training means "
+                    "(by an older sluice): train it again to explain its scores")
+        return None
+
+    def contributions(self, part: pa.Table, xp: Any
+                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        assert self.means is not None
+        X = feature_matrix(part, self.features, xp)
+        predicted, proba = self.outputs_of(self.predict_matrix(X, xp))
+        coef = np.atleast_2d(self.coef)  # (outputs, features)
+        centred = X - to_xp(self.means.astype(compute_dtype(xp)), xp)
+        phi = centred[:, :, None] * to_xp(coef.T[None, :, :].astype(compute_dtype(xp)), xp)
+        base = coef @ self.means + np.asarray(self.intercept, dtype=np.float64).reshape(-1)
+        return predicted, proba, to_numpy(phi).astype(np.float64, copy=False), base
 
 
 # --------------------------------------------------------------------------- validation

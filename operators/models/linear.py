@@ -28,6 +28,7 @@ from operators.base import Estimator, SchemaError, register, register_fitted
 from operators.models.common import (
     ConditioningWarning,
     FittedModel,
+    LinearContributions,
     SupervisedParams,
     check_inputs,
     feature_matrix,
@@ -62,24 +63,31 @@ class LinearParams(SupervisedParams):
 
 
 @register_fitted("linear_regression.fitted")
-class LinearRegressionFitted(FittedModel):
-    """``prediction = X @ coef + intercept``."""
+class LinearRegressionFitted(LinearContributions, FittedModel):
+    """``prediction = X @ coef + intercept``; ``means``: the training rows' feature means
+    (contributions' reference)."""
 
-    def __init__(self, features: list[str], coef: np.ndarray, intercept: float):
+    def __init__(self, features: list[str], coef: np.ndarray, intercept: float,
+                 means: np.ndarray | None = None):
         super().__init__(features)
         self.coef = np.asarray(coef, dtype=np.float64).reshape(-1)
         self.intercept = float(intercept)
+        self.means = None if means is None else np.asarray(means, dtype=np.float64)
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         return X @ parameters(self.coef, xp) + self.intercept
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"coef": self.coef, "intercept": np.asarray(self.intercept)}
+        out = {"coef": self.coef, "intercept": np.asarray(self.intercept)}
+        if self.means is not None:
+            out["means"] = self.means
+        return out
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
                    ) -> LinearRegressionFitted:
-        return cls(list(meta["features"]), arrays["coef"], float(arrays["intercept"]))
+        return cls(list(meta["features"]), arrays["coef"], float(arrays["intercept"]),
+                   arrays.get("means"))
 
 
 @register("linear_regression")
@@ -96,6 +104,7 @@ class LinearRegression(Estimator):
     """
 
     float32 = True  # docs/float32.md
+    explained = True
 
     Params = LinearParams
 
@@ -167,7 +176,8 @@ class LinearRegression(Estimator):
         mse = max(float(label_var - 2 * coef @ cross + coef @ gram @ coef), 0.0)
         spread = comoment[k, k]
         out: dict[str, Any] = {
-            "coef": coef, "intercept": intercept, "rank": rank, "condition_number": condition,
+            "coef": coef, "intercept": intercept, "means": mx, "rank": rank,
+            "condition_number": condition,
             "training_rows": int(stats["rows"]), "validation_rows": int(stats["heldout"]),
             "training_rmse": float(np.sqrt(mse)),
             "training_r2": float(1 - mse / spread) if spread > 0 else float("nan"),
@@ -183,7 +193,8 @@ class LinearRegression(Estimator):
         return out
 
     def _model(self, state: dict[str, Any]) -> LinearRegressionFitted:
-        return LinearRegressionFitted(state["features"], state["coef"], state["intercept"])
+        return LinearRegressionFitted(state["features"], state["coef"], state["intercept"],
+                                      state.get("means"))
 
     def fitted(self, state: dict[str, Any]) -> LinearRegressionFitted:
         if "coef" not in state:

@@ -29,12 +29,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from operators.arrays import to_numpy
+from operators.arrays import column_to_numpy, to_numpy
 from operators.base import Estimator, SchemaError, register, register_fitted
 from operators.models.common import (
     ClassWeight,
     ConvergenceWarning,
     FittedModel,
+    LinearContributions,
     by_class,
     check_inputs,
     class_label_type,
@@ -96,15 +97,17 @@ def softmax(z: Any, xp: Any) -> Any:
 
 
 @register_fitted("logistic_regression.fitted")
-class LogisticRegressionFitted(FittedModel):
+class LogisticRegressionFitted(LinearContributions, FittedModel):
     """Class probabilities ``sigmoid(X @ coef.T + intercept)`` (binary: P(classes[1])) or
-    ``softmax(X @ coef.T + intercept)``; ``prediction`` is the most probable class."""
+    ``softmax(X @ coef.T + intercept)``; ``prediction`` is the most probable class.
+    ``means``: the training rows' feature means (contributions' reference)."""
 
     def __init__(self, features: list[str], classes: list[Any], label_type: pa.DataType,
-                 coef: np.ndarray, intercept: np.ndarray):
+                 coef: np.ndarray, intercept: np.ndarray, means: np.ndarray | None = None):
         super().__init__(features, classes, label_type)
         self.coef = np.asarray(coef, dtype=np.float64).reshape(-1, len(self.features))
         self.intercept = np.asarray(intercept, dtype=np.float64).reshape(-1)
+        self.means = None if means is None else np.asarray(means, dtype=np.float64)
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         z = X @ parameters(self.coef, xp).T + parameters(self.intercept, xp)
@@ -114,12 +117,16 @@ class LogisticRegressionFitted(FittedModel):
         return softmax(z, xp)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"coef": self.coef, "intercept": self.intercept}
+        out = {"coef": self.coef, "intercept": self.intercept}
+        if self.means is not None:
+            out["means"] = self.means
+        return out
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
                    ) -> LogisticRegressionFitted:
-        return cls(**cls.meta_args(meta), coef=arrays["coef"], intercept=arrays["intercept"])
+        return cls(**cls.meta_args(meta), coef=arrays["coef"], intercept=arrays["intercept"],
+                   means=arrays.get("means"))
 
 
 @register("logistic_regression")
@@ -138,6 +145,7 @@ class LogisticRegression(Estimator):
     """
 
     float32 = True  # docs/float32.md
+    explained = True
 
     Params = LogisticParams
     multi_pass = True
@@ -179,8 +187,12 @@ class LogisticRegression(Estimator):
         labels = label_column(train, p.label)
         if state["phase"] == "summary":
             classes, totals = class_weights(labels, weights)
+            # the weighted feature sums: the training means, contributions' reference
+            sums = np.array([float(column_to_numpy(train.column(f)) @ weights)
+                             for f in state["features"]])
             return {"kind": "summary", "rows": train.num_rows, "heldout": held.num_rows,
-                    "classes": classes, "weights": totals, "precision": precision(xp)}
+                    "classes": classes, "weights": totals, "precision": precision(xp),
+                    "sums": sums}
         index = encode_classes(labels, state["classes"], pa.type_for_alias(state["label_type"]))
         weights = by_class(weights, index, state.get("class_factor"))
         extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [index, weights]
@@ -196,7 +208,8 @@ class LogisticRegression(Estimator):
                                                   (b["classes"], b["weights"]))
             return {"kind": "summary", "rows": a["rows"] + b["rows"],
                     "heldout": a["heldout"] + b["heldout"], "classes": classes,
-                    "weights": totals, "precision": max(a["precision"], b["precision"])}
+                    "weights": totals, "precision": max(a["precision"], b["precision"]),
+                    "sums": a["sums"] + b["sums"]}
         return {"kind": "evaluate", "loss": a["loss"] + b["loss"], "grad": a["grad"] + b["grad"],
                 "hess": a["hess"] + b["hess"]}
 
@@ -240,7 +253,10 @@ class LogisticRegression(Estimator):
         start = newton_start if solver == "newton" else lbfgs_start
         opt = start(theta.reshape(-1), tol=p.tol, max_iter=p.max_iter,
                     precision=stats["precision"])
+        raw = float(stats["weights"].sum())  # the rows' own weights, before class_weight
+        means = stats["sums"] / raw if raw > 0 else np.zeros(len(stats["sums"]))
         return {**state, "phase": "optimize", "classes": classes, "weight": total,
+                "means": means,
                 "class_factor": factor,
                 "rows": stats["rows"], "heldout": stats["heldout"], "solver": solver,
                 "shape": (k, width), "penalised": mask.reshape(-1), "opt": opt}
@@ -289,7 +305,7 @@ class LogisticRegression(Estimator):
     def _model(self, state: dict[str, Any]) -> LogisticRegressionFitted:
         return LogisticRegressionFitted(state["features"], state["classes"],
                                         pa.type_for_alias(state["label_type"]),
-                                        state["coef"], state["intercept"])
+                                        state["coef"], state["intercept"], state.get("means"))
 
     def fitted(self, state: dict[str, Any]) -> LogisticRegressionFitted:
         """The fitted model; before the fit is done, the model at the current iterate."""

@@ -86,7 +86,6 @@ from operators.models.common import (
     label_column,
     merge_class_weights,
     model_input_columns,
-    put_column,
     require_positive_weight,
     require_training_rows,
     row_weights,
@@ -99,8 +98,6 @@ from operators.models.common import (
     with_predictions,
 )
 from operators.models.explain import Paths, contributions
-
-CONTRIBUTIONS, CONTRIBUTION_BASE = "contributions", "contribution_base"
 
 BIN_SAMPLE_ROWS = 200_000
 """Training rows sampled (by smallest row hash) for the bin edges; below this the edges
@@ -1350,6 +1347,7 @@ class TreeEstimator(Estimator):
 
     multi_pass = True
     schema_from_fit = True  # probability is float64 for 2 classes, list<double> for more
+    explained = True
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return model_input_columns(schema, self.params)
@@ -1895,18 +1893,6 @@ class TreeModelFitted(FittedModel):
         best = xp.argmax(scores, axis=1)
         return to_numpy(best).astype(np.int64, copy=False), to_numpy(scores)
 
-    @property
-    def explains_classes(self) -> bool:
-        """Whether contributions are per class (multiclass) rather than one number."""
-        return self.is_classifier and len(self.classes) > 2
-
-    def contribution_fields(self) -> list[pa.Field]:
-        """``contributions`` (a struct, a field per feature) and ``contribution_base``:
-        float64 each, or a list of float64 per class (multiclass)."""
-        value = pa.list_(pa.float64()) if self.explains_classes else pa.float64()
-        return [pa.field(CONTRIBUTIONS, pa.struct([pa.field(f, value) for f in self.features])),
-                pa.field(CONTRIBUTION_BASE, value)]
-
     @functools.cached_property
     def _paths(self) -> Paths:
         """The leaves' paths for ``explain``: the raw-score outputs explained (the
@@ -1919,29 +1905,18 @@ class TreeModelFitted(FittedModel):
             scale, base = 1.0, np.asarray(self.nodes["base"], dtype=np.float64)[outputs]
         return Paths(self.nodes, len(self.features), outputs, scale, base)
 
-    def explain(self, part: pa.Table, xp: Any) -> pa.Table:
-        """``transform`` plus each row's per-feature contributions to its raw score
-        (TreeSHAP, ``operators/models/explain.py``) and the expected raw score, from the
-        same copy of the features to the device."""
-        require_columns(part.schema, self.features, "feature column")
+    def explains(self) -> str | None:
+        return None
+
+    def contributions(self, part: pa.Table, xp: Any
+                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """TreeSHAP (``operators/models/explain.py``) from the same copy of the features
+        to the device as the scores."""
         flat = to_xp(feature_columns(part, self.features, xp).reshape(-1), xp)
         n = part.num_rows
-        out = self.with_outputs(part, *self._outputs(self._scores(flat, n, xp), xp))
+        predicted, proba = self._outputs(self._scores(flat, n, xp), xp)
         paths = self._paths
-        phi = to_numpy(contributions(flat, n, paths, xp))
-        fields = self.contribution_fields()
-        if self.explains_classes:
-            k = phi.shape[2]
-            offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-            per_feature = [pa.ListArray.from_arrays(offsets, pa.array(phi[:, j, :].reshape(-1)))
-                           for j in range(len(self.features))]
-            base = pa.ListArray.from_arrays(offsets, pa.array(np.tile(paths.base, n)))
-        else:
-            per_feature = [pa.array(np.ascontiguousarray(phi[:, j, 0]), pa.float64())
-                           for j in range(len(self.features))]
-            base = pa.array(np.full(n, paths.base[0]), pa.float64())
-        struct = pa.StructArray.from_arrays(per_feature, fields=list(fields[0].type))
-        return put_column(put_column(out, fields[0], struct), fields[1], base)
+        return predicted, proba, to_numpy(contributions(flat, n, paths, xp)), paths.base
 
     def arrays(self) -> dict[str, np.ndarray]:
         return dict(self.nodes)

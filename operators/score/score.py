@@ -17,17 +17,12 @@ from operators.base import (
     require_columns,
 )
 from operators.chain import Chain
-from operators.models.common import FittedModel
-from operators.models.trees import (
-    CONTRIBUTION_BASE,
-    CONTRIBUTIONS,
-    TreeEstimator,
-    TreeModelFitted,
-)
+from operators.models.common import CONTRIBUTION_BASE, CONTRIBUTIONS, FittedModel
 
 PREDICTION_COLUMNS = ("prediction", "probability")
 OUTPUT_COLUMNS = (*PREDICTION_COLUMNS, CONTRIBUTIONS, CONTRIBUTION_BASE)
-TREE_MODELS = "decision_tree, random_forest and gradient_boosted_trees"
+EXPLAINED = ("decision_tree, random_forest, gradient_boosted_trees, linear_regression and "
+             "logistic_regression")
 
 
 class ScoreParams(Params):
@@ -41,7 +36,9 @@ class ScoreParams(Params):
                            "struct with a field per model feature, and `contribution_base`, "
                            "the model's expected raw score; per row they add up to the raw "
                            "score (log-odds for boosted classes, the probability for "
-                           "forests). Tree models only")
+                           "forests and trees); tree models (TreeSHAP), linear and logistic "
+                           "regression (coefficient x the value's difference from the "
+                           "training mean)")
 
 
 @register("score")
@@ -56,8 +53,9 @@ class Score(Transform):
     columns pass through unchanged. A model the same pipeline trains and saves is
     scored as the version this run saves, once saved (MLlib's fit, then transform):
     train on one `sample` of the rows and `evaluate` on the rest in one run.
-    `contributions: true` explains a tree model's scores: each row's per-feature
-    contributions (exact TreeSHAP), which add up to its raw score.
+    `contributions: true` explains the scores of a tree or linear model: each row's
+    per-feature contributions (exact TreeSHAP; coefficient x distance from the training
+    mean), which add up to its raw score.
     """
 
     float32 = True  # docs/float32.md
@@ -84,22 +82,25 @@ class Score(Transform):
         """Attach a model the pipeline saves before this step, as planned: the columns it
         will need, the prediction columns the plan knows of and the model step (the
         fitted chain is bound when the run gets there)."""
-        if self.params.contributions and not isinstance(model, TreeEstimator):
-            self._not_explained(model.name if model is not None else "no model step")
+        if self.params.contributions and not getattr(model, "explained", False):
+            self._not_explained(f"{model.name}, which has no per-feature contributions"
+                                if model is not None else "no model step")
         self.chain, self.required, self.model_info = None, list(required), dict(info)
         self.planned = list(added)
 
-    def _not_explained(self, what: str) -> None:
-        raise SchemaError(f"contributions: model '{self.params.model}' ends in {what}; "
-                          f"per-feature contributions (TreeSHAP) are computed for "
-                          f"{TREE_MODELS}", hint="score a tree model, or drop contributions")
+    def _not_explained(self, why: str) -> None:
+        raise SchemaError(f"contributions: model '{self.params.model}' ends in {why}",
+                          hint=f"contributions are computed for {EXPLAINED}; score another "
+                               "model, or drop contributions")
 
     def _explained(self, chain: Chain) -> int:
-        """The position in ``chain`` of the tree model whose contributions are asked for."""
+        """The position in ``chain`` of the model whose contributions are asked for."""
         models = [i for i, step in enumerate(chain.steps) if isinstance(step, FittedModel)]
-        if not models or not isinstance(chain.steps[models[-1]], TreeModelFitted):
-            self._not_explained(chain.steps[models[-1]].name.removesuffix(".fitted")
-                                if models else "no model step")
+        if not models:
+            self._not_explained("no model step")
+        why = chain.steps[models[-1]].explains()
+        if why is not None:
+            self._not_explained(why)
         return models[-1]
 
     def _bound(self) -> Chain:
@@ -141,7 +142,7 @@ class Score(Transform):
                                   hint="the saved chain must end in a model step")
             if self.params.contributions:
                 model = chain.steps[self._explained(chain)]
-                assert isinstance(model, TreeModelFitted)
+                assert isinstance(model, FittedModel)
                 added += model.contribution_fields()
         dropped = OUTPUT_COLUMNS if self.params.contributions else PREDICTION_COLUMNS
         kept = pa.schema([f for f in schema if f.name not in dropped],
@@ -155,7 +156,7 @@ class Score(Transform):
         if self.params.contributions:
             at = self._explained(chain)
             model = chain.steps[at]
-            assert isinstance(model, TreeModelFitted)
+            assert isinstance(model, FittedModel)
             scored = Chain(chain.steps[at + 1:]).transform(
                 model.explain(Chain(chain.steps[:at]).transform(part, xp), xp), xp)
             columns = OUTPUT_COLUMNS

@@ -16,11 +16,12 @@ from operators.arrays import get_namespace, transfers
 from operators.base import SchemaError, lookup
 from operators.chain import Chain
 from operators.models import explain
+from operators.models.common import split_rows
 from operators.models.trees import TreeModelFitted, feature_columns, leaf_sums
 from operators.score.score import Score
-from operators.testing.cases.models import classification_table
+from operators.testing.cases.models import classification_table, regression_table
 from operators.testing.cases.trees import counts_table, string_classes_table, tree_table
-from operators.testing.kit import assert_tables_close, fit, split
+from operators.testing.kit import assert_tables_close, fit, roundtrip, split
 
 NUMPY = get_namespace("numpy")
 
@@ -236,13 +237,78 @@ def test_on_a_device_the_rows_go_over_once_and_the_values_are_the_same(
     assert len(moved) == 1, moved
 
 
-def test_contributions_of_a_model_that_is_not_trees_is_an_error() -> None:
-    model = fit(lookup("logistic_regression")(label="y"), [classification_table()])
+@pytest.mark.filterwarnings("ignore:mlp did not converge")
+def test_contributions_of_a_model_without_them_is_an_error() -> None:
+    table = classification_table()
+    model = fit(lookup("mlp")(label="y", hidden=[3], max_iter=5), [table])
     score = Score(model="churn", contributions=True)
     score.bind(Chain([model]), model.features, {"name": "churn", "version": 1})
-    with pytest.raises(SchemaError, match="model 'churn' ends in logistic_regression; "
-                                          "per-feature contributions"):
+    with pytest.raises(SchemaError, match="contributions: model 'churn' ends in mlp, which "
+                                          "has no per-feature contributions"):
+        score.output_schema(table.schema)
+
+
+# --------------------------------------------------------------------------- linear models
+
+
+LINEAR = {
+    "logistic-binary": lambda: fit(lookup("logistic_regression")(
+        label="y", weight="w", l2=0.01, validation_fraction=0.25, seed=2),
+        split(classification_table(), 3)),
+    "logistic-multiclass": lambda: fit(lookup("logistic_regression")(
+        label="y", class_weight="balanced"), split(classification_table(classes=3), 2)),
+    "linear-weighted": lambda: fit(lookup("linear_regression")(
+        label="y", weight="w", validation_fraction=0.2), split(regression_table(), 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LINEAR))
+def test_linear_contributions_are_coefficient_times_distance_from_the_training_mean(
+        name: str) -> None:
+    """The reference is the weighted mean of the rows the model was trained on (not the
+    held-out ones, not class_weight's weights), as SHAP's LinearExplainer with them as
+    background; per row the contributions and the base add up to the raw score."""
+    model = LINEAR[name]()
+    data = (classification_table(classes=3) if "multiclass" in name else
+            regression_table() if "linear" in name else classification_table())
+    train, _ = split_rows(data, model_params(name)["validation_fraction"],
+                          model_params(name)["seed"])
+    weights = (train["w"].to_numpy() if model_params(name)["weight"] else
+               np.ones(train.num_rows))
+    X = np.column_stack([train[f].to_numpy().astype(float) for f in model.features])
+    mean = weights @ X / weights.sum()
+    np.testing.assert_allclose(model.means, mean, rtol=1e-12)
+    rows = data.slice(0, 40)
+    phi, base = contributions_of(explained(model, rows), model)
+    coef = np.atleast_2d(model.coef)
+    x = np.column_stack([rows[f].to_numpy().astype(float) for f in model.features])
+    np.testing.assert_allclose(phi, (x - mean)[:, :, None] * coef.T[None], rtol=1e-12,
+                               atol=1e-14)
+    raw = x @ coef.T + model.intercept
+    np.testing.assert_allclose(phi.sum(axis=1) + base, raw, rtol=1e-12, atol=1e-12)
+    # saved and loaded, the means come along
+    assert np.array_equal(roundtrip(model).means, model.means)
+
+
+def model_params(name: str) -> dict[str, Any]:
+    return {"validation_fraction": 0.25 if name == "logistic-binary" else
+            0.2 if name == "linear-weighted" else 0.0,
+            "seed": 2 if name == "logistic-binary" else 0,
+            "weight": name != "logistic-multiclass"}
+
+
+def test_a_linear_model_saved_without_means_asks_to_be_trained_again() -> None:
+    model = LINEAR["logistic-binary"]()
+    meta, arrays = model.state()
+    del arrays["means"]
+    old = type(model).from_state(meta, arrays)
+    score = Score(model="churn@1", contributions=True)
+    score.bind(Chain([old]), old.features, {"name": "churn", "version": 1})
+    with pytest.raises(SchemaError, match="ends in logistic_regression saved without its "
+                                          "training means .by an older sluice.: train it "
+                                          "again to explain its scores"):
         score.output_schema(classification_table().schema)
+    assert old.transform(classification_table(), NUMPY).num_rows == 160  # it still scores
 
 
 def test_contributions_replace_columns_of_those_names(model: TreeModelFitted,

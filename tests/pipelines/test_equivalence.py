@@ -160,9 +160,8 @@ def train_and_score(workdir: Path, engine, steps: str, files: int, tag: str,
     train.write_text(f"pipeline: zoo\nsteps:\n  - op: read_parquet\n    path: {data}\n"
                      f"    partition_mb: 0.05\n{body}\n  - op: save_model\n    name: m{tag}\n")
     run(train, engine_instance=engine, device=device)
-    # tree models' scores come with their contributions (TreeSHAP)
-    trees = any(op in steps for op in ("decision_tree", "random_forest",
-                                       "gradient_boosted_trees"))
+    # scores come with their contributions (TreeSHAP, linear), the MLP's without
+    trees = "op: mlp" not in steps
     score = write_pipeline(workdir, f"""
         pipeline: zoo_score
         steps:

@@ -254,12 +254,21 @@ def test_scoring_the_model_the_run_saves_into_its_own_training_is_a_cycle(
         "version, name it: churn@3 or an alias")
 
 
-def test_contributions_of_a_model_that_is_not_trees_fail_when_planned(churn: Path,
-                                                                      workdir: Path) -> None:
-    """The model the run saves is a logistic regression: asking its score step for
-    contributions is a problem of the file, reported before any data moves."""
-    path = write_pipeline(workdir, TRAIN_TEST.replace(
-        "model: churn\n", "model: churn\n        contributions: true\n"))
+def test_contributions_of_the_model_the_run_saves(churn: Path, workdir: Path) -> None:
+    """The logistic model this run saves explains its test scores; an MLP, which has no
+    contributions, is a problem of the file, reported before any data moves."""
+    explained = TRAIN_TEST.replace("model: churn\n", "model: churn\n        contributions: true\n")
+    run(write_pipeline(workdir, explained))
+    written = pq.read_table(workdir / "out" / "test_scores")
+    reasons = written["contributions"].combine_chunks()
+    model = ModelStore().load("churn").chain.steps[-1]
+    assert [f.name for f in reasons.type] == model.features
+    margin = np.sum([reasons.field(i).to_numpy() for i in range(reasons.type.num_fields)],
+                    axis=0) + written["contribution_base"].to_numpy()
+    np.testing.assert_allclose(1 / (1 + np.exp(-margin)), written["probability"].to_numpy(),
+                               rtol=1e-12)
+    mlp = explained.replace("op: logistic_regression", "op: mlp\n        hidden: [4]")
+    path = write_pipeline(workdir, mlp, "mlp.yaml")
     with pytest.raises(ValidationFailed) as info:
         run(path)
     (problem,) = info.value.problems
@@ -267,7 +276,7 @@ def test_contributions_of_a_model_that_is_not_trees_fail_when_planned(churn: Pat
             if text.strip() == "contributions: true"][0]
     assert str(problem) == (
         f"{path}:{line}: step 'test_scores' (score): contributions: model 'churn' ends in "
-        "logistic_regression; per-feature contributions (TreeSHAP) are computed for "
-        "decision_tree, random_forest and gradient_boosted_trees (score a tree model, or "
-        "drop contributions)")
-    assert not (workdir / "models").exists()
+        "mlp, which has no per-feature contributions (contributions are computed for "
+        "decision_tree, random_forest, gradient_boosted_trees, linear_regression and "
+        "logistic_regression; score another model, or drop contributions)")
+    assert ModelStore().versions("churn") == [1]

@@ -71,6 +71,12 @@ def _cases() -> None:
                                     {"name": "t", "version": 1}),
          skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
                                   "model's own round-trip is checked by its cases"})
+    case("score", {"model": "t", "contributions": True}, _scoring_table,
+         id="logistic-contributions",
+         prepare=lambda op: op.bind(Chain([_scoring_model()]), _scoring_model().features,
+                                    {"name": "t", "version": 1}),
+         skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
+                                  "model's own round-trip is checked by its cases"})
 
 
 @cache
