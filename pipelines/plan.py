@@ -21,6 +21,7 @@ from operators.base import (
     lookup,
     suggest,
 )
+from operators.evaluate.drift import Drift
 from operators.io.model import SaveModel
 from operators.score.score import PREDICTION_COLUMNS, Score
 from pipelines.spec import PipelineSpec, Problem, StepSpec
@@ -260,7 +261,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 if not _bind_planned(plan, step):
                     continue  # a step of the model's chain has a problem reported
                 step.open = True  # the fitted chain's columns and types come at run time
-            elif isinstance(step.op, Score):
+            elif isinstance(step.op, Score | Drift):
                 if resolve_model is None:
                     raise SchemaError("no model store to load the model from")
                 step.op.bind(*resolve_model(step.op.params.model))

@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from operators.base import Action, Estimator, Sink, SluiceError, Source, Transform
+from operators.evaluate.drift import (
+    profile_combine,
+    profile_finish,
+    profile_partial,
+    profiled_columns,
+)
 from operators.io.fs import written_whole
 from operators.io.model import SaveModel
 from pipelines import profiles
@@ -29,7 +35,7 @@ from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
 from pipelines.plan import Plan, Step, build, kind_of
 from pipelines.spec import Problem
-from pipelines.store import Model, ModelStore
+from pipelines.store import Model, ModelStore, required_columns
 from pipelines.tuning import label_of
 
 ENGINES = ("local", "dask", "spark")
@@ -169,7 +175,7 @@ def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
         model = store.load(ref)
         return model.chain, model.required, {"name": model.name, "version": model.version,
                                              "ref": ref.strip(), "path": store.path_of(model),
-                                             "data_steps": model.meta.get("data_steps", [])}
+                                             "meta": model.meta}
 
     return build(spec, resolve_model=resolve_model)
 
@@ -315,6 +321,20 @@ class Run:
                         "added_columns": added})
         return out
 
+    def _profile(self, step: Step, chain: list[Step]) -> dict[str, Any]:
+        """The training rows' profile (``operators/evaluate/drift.py``): one pass over
+        the model's input (cached by the fits, mostly) for the numeric and text columns
+        the model reads."""
+        data = self.datasets.get(chain[0].input) if chain[0].input else None
+        if data is None or data.schema is None:
+            return {"rows": 0, "sample_rows": 0, "columns": {}}
+        needed = required_columns([self.fitted[s.id] for s in chain], data.schema)
+        columns = profiled_columns(data.schema, needed)
+        stats = self.engine.aggregate(data, step.id,
+                                      lambda part, xp: profile_partial(part, columns),
+                                      profile_combine, label=f"{step.id}: profile")
+        return profile_finish(stats)
+
     def _save_model(self, step: Step) -> None:
         chain = self.plan.model_chain(step.id)
         source_schema = self.plan.step(chain[0].input).schema if chain[0].input else None
@@ -336,6 +356,8 @@ class Run:
         }
         if step.op.params.description:
             info["description"] = step.op.params.description
+        if step.op.params.profile:
+            info["profile"] = self._profile(step, chain)
         model = self.store.save(step.op.params.name, steps, source_schema, info)
         self.saved[step.id] = model
         for alias in step.op.params.aliases:

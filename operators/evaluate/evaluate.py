@@ -247,11 +247,9 @@ class Evaluate(Estimator):
         return dict(state.get("metrics_values", {}))
 
 
-@register_fitted("evaluate.fitted")
-class EvaluateFitted(Transform):
-    """The evaluated data, unchanged; carries the metrics it measured."""
-
-    Params = EvaluateParams
+class Measured(Transform):
+    """The rows, unchanged, after a step that measures them (evaluate, drift); carries
+    what it measured."""
 
     def __init__(self, params: Any = None, metrics: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(params, **kwargs)
@@ -269,6 +267,13 @@ class EvaluateFitted(Transform):
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Transform:
         return cls(cls.Params(**meta["params"]), meta.get("metrics"))
+
+
+@register_fitted("evaluate.fitted")
+class EvaluateFitted(Measured):
+    """The evaluated data, unchanged; carries the metrics it measured."""
+
+    Params = EvaluateParams
 
 
 # --------------------------------------------------------------------------- helpers

@@ -27,6 +27,9 @@ class SaveModelParams(Params):
         default_factory=list,
         description="aliases to point at the saved version (e.g. [candidate]); score with "
                     "name@alias")
+    profile: bool = Field(True, description="keep a profile of the training rows' input "
+                                            "columns (one pass over a sample of them), "
+                                            "what `drift` compares scored rows with")
 
     @field_validator("aliases")
     @classmethod

@@ -74,7 +74,7 @@ class Score(Transform):
         """Attach the loaded model: its chain, the columns it needs, its registry info."""
         self.chain, self.required, self.model_info = chain, list(required), dict(info)
         # the training pipeline's steps that are not in the model (join, filter, sample)
-        self.data_steps = self.model_info.pop("data_steps", [])
+        self.data_steps = (self.model_info.pop("meta", None) or {}).get("data_steps", [])
         self.planned = None
 
     def bind_planned(self, required: list[str], added: list[pa.Field],

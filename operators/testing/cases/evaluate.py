@@ -70,3 +70,30 @@ def segmented_table(rows: int = 300) -> pa.Table:
 
 case("evaluate", {"label": "churned", "by": ["segment"], "weight": "w"}, segmented_table,
      id="by-segment")
+
+
+def _drift_cases() -> None:
+    """drift against a profile of one features table, on another: numbers with nulls,
+    text with nulls and a value the profile lacks, a dictionary column."""
+    from operators.evaluate.drift import profile_finish, profile_partial
+    from operators.testing.cases.features import features_table
+
+    columns = ["x", "big", "small", "plan", "region"]
+    profile = profile_finish(profile_partial(features_table(seed=3), columns))
+
+    def bind(op) -> None:
+        op.bind(None, [], {"name": "t", "version": 1, "meta": {"profile": profile}})
+
+    def shifted() -> pa.Table:
+        table = features_table(seed=8)
+        plans = table["plan"].to_pylist()
+        plans[:20] = ["gold"] * 20
+        return table.set_column(table.schema.get_field_index("plan"), "plan",
+                                pa.array(plans))
+
+    case("drift", {"model": "t"}, shifted, id="report", prepare=bind)
+    case("drift", {"model": "t", "columns": ["x", "region"], "max_psi": 10.0}, shifted,
+         id="columns-limit", prepare=bind)
+
+
+_drift_cases()

@@ -1,0 +1,273 @@
+"""drift: how far the rows a model scores have moved from the rows it was trained on.
+
+A saved model keeps a profile of its training rows' input columns (``profile_*``, made
+by ``save_model`` in one pass): per numeric column ten equal-frequency bins (the edges
+and each bin's share), per text column the shares of its 50 most frequent values and of
+the rest, and the share of missing values, all from a sample of 20,000 rows chosen by a
+hash of their content (the same sample, hence the same profile, on every engine and
+partitioning). ``drift`` counts the rows it sees in those bins and values, in one pass,
+and reports each column's population stability index (PSI: ``sum (a - e) ln(a / e)``
+over the bins, missing values a bin of their own, shares floored at 1e-4), the measure
+credit-risk and model-monitoring teams use (below 0.1 stable, 0.1-0.25 moving, above
+0.25 a shift); ``max_psi`` stops the run past it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from operators.base import (
+    DataError,
+    Estimator,
+    Params,
+    SchemaError,
+    Transform,
+    register,
+    register_fitted,
+    require_columns,
+)
+from operators.evaluate.evaluate import Measured
+from operators.hashing import hash_rows
+
+PROFILE_ROWS = 20_000
+"""Rows of the sample a training profile is made from."""
+BINS = 10
+"""Equal-frequency bins of a numeric column's profile."""
+TOP_VALUES = 50
+"""A text column's profile keeps the shares of this many most frequent values."""
+FLOOR = 1e-4
+"""Shares below this count as this in the PSI (an empty bin would make it infinite)."""
+
+
+def _kind(t: pa.DataType) -> str | None:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        return "numeric"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    return None  # dates, lists...: not profiled
+
+
+def profiled_columns(schema: pa.Schema, columns: list[str]) -> list[str]:
+    return [c for c in columns if _kind(schema.field(c).type) is not None]
+
+
+def profile_partial(part: pa.Table, columns: list[str]) -> dict[str, Any]:
+    """A partition's rows, their count and the ``PROFILE_ROWS`` of smallest hash."""
+    keys = hash_rows(part, columns, 0)
+    order = np.argsort(keys, kind="stable")[:PROFILE_ROWS]
+    return {"rows": part.num_rows, "keys": keys[order],
+            "sample": part.select(columns).take(pa.array(order))}
+
+
+def profile_combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    keys = np.concatenate([a["keys"], b["keys"]])
+    sample = pa.concat_tables([a["sample"], b["sample"]], promote_options="permissive")
+    order = np.argsort(keys, kind="stable")[:PROFILE_ROWS]
+    return {"rows": a["rows"] + b["rows"], "keys": keys[order],
+            "sample": sample.take(pa.array(order))}
+
+
+def _values(column: pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as float64 with missing values as NaN."""
+    column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return pc.fill_null(column.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+def _texts(column: pa.ChunkedArray) -> pa.Array:
+    column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column.cast(pa.string())
+
+
+def profile_finish(stats: dict[str, Any]) -> dict[str, Any]:
+    """The JSON profile of the merged partials: per column its bins (numeric: inner
+    edges; text: values, the last bin the others) and their shares, the last share
+    that of the missing values."""
+    sample = stats["sample"]
+    n = sample.num_rows
+    columns: dict[str, Any] = {}
+    for name in sample.column_names:
+        column = sample.column(name)
+        if _kind(column.type) == "numeric":
+            values = _values(column)
+            known = values[~np.isnan(values)]
+            edges = (np.unique(np.quantile(known, np.arange(1, BINS) / BINS, method="lower"))
+                     if known.size else np.zeros(0))
+            counts = np.bincount(np.searchsorted(edges, known, side="left"),
+                                 minlength=len(edges) + 1)
+            columns[name] = {"kind": "numeric", "edges": edges.tolist(),
+                             "shares": _shares(counts, n - known.size, n)}
+        else:
+            texts = _texts(column)
+            counted = pc.value_counts(texts.drop_null()).to_pylist()
+            counted.sort(key=lambda c: (-c["counts"], c["values"]))
+            top = counted[:TOP_VALUES]
+            rest = sum(c["counts"] for c in counted[TOP_VALUES:])
+            columns[name] = {"kind": "text", "values": [c["values"] for c in top],
+                             "shares": _shares(np.array([c["counts"] for c in top] + [rest]),
+                                               texts.null_count, n)}
+    return {"rows": int(stats["rows"]), "sample_rows": n, "columns": columns}
+
+
+def _shares(counts: np.ndarray, missing: int, n: int) -> list[float]:
+    return (np.append(counts, missing) / max(n, 1)).tolist()
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """The population stability index of two share vectors (floored at ``FLOOR``)."""
+    e = np.maximum(np.asarray(expected, dtype=np.float64), FLOOR)
+    a = np.maximum(np.asarray(actual, dtype=np.float64), FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+# --------------------------------------------------------------------------- the step
+
+
+class DriftParams(Params):
+    model: str = Field(description="the model whose training rows are the reference: "
+                                   "name, name@3, name@ALIAS (its saved profile)")
+    columns: list[str] | None = Field(
+        None, description="columns to compare (default: every column the model's profile "
+                          "has)")
+    max_psi: float | None = Field(
+        None, gt=0, description="stop the run when a column's PSI passes this (0.25: a "
+                                "shift); default: report only")
+
+
+@register("drift")
+class Drift(Estimator):
+    """Measure how far the rows have moved from the rows a saved model was trained on.
+
+    One pass: each column's population stability index (PSI) against the model's
+    training profile (kept by `save_model`), in the run record's metrics (`psi` per
+    column, `max_psi`, `drifted`: the columns past 0.25). With `max_psi` the run stops
+    past it, before the steps after this one run: a scheduled scoring job does not
+    write scores of data the model has not seen the like of. The rows pass through.
+
+    ```yaml
+    - op: drift
+      model: churn@production
+      max_psi: 0.25               # stop past it (default: report only)
+    ```
+    """
+
+    numeric_kernels = False
+    in_model = False
+
+    Params = DriftParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        self.profile: dict[str, Any] | None = None
+        self.model_info: dict[str, Any] = {}
+
+    def bind(self, chain: Any, required: list[str], info: dict[str, Any]) -> None:
+        """Attach the registry model's profile (the plan resolves ``model``)."""
+        info = dict(info)
+        meta = info.pop("meta", {}) or {}
+        self.model_info = info
+        self.profile = meta.get("profile")
+
+    @property
+    def _columns(self) -> dict[str, Any]:
+        if self.profile is None:
+            raise SchemaError(
+                f"model '{self.params.model}' has no training profile (saved by an older "
+                "sluice, or with profile: false)", hint="save it again to compare with it")
+        profiled = self.profile["columns"]
+        if self.params.columns is None:
+            return profiled
+        missing = [c for c in self.params.columns if c not in profiled]
+        if missing:
+            raise SchemaError(f"columns: '{missing[0]}' is not in the profile of model "
+                              f"'{self.params.model}'",
+                              hint="profiled: " + ", ".join(profiled))
+        return {c: profiled[c] for c in self.params.columns}
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self._columns) if self.profile is not None else []
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        columns = self._columns
+        require_columns(schema, list(columns), f"column the model '{self.params.model}' "
+                                               "was trained with:")
+        for name, entry in columns.items():
+            kind = _kind(schema.field(name).type)
+            if kind != entry["kind"]:
+                raise SchemaError(f"column '{name}' is {schema.field(name).type} here, "
+                                  f"{entry['kind']} in the training rows",
+                                  hint="cast it as it was (op: cast)")
+        return schema
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        return {"columns": self._columns}
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        counts = {}
+        for name, entry in state["columns"].items():
+            column = part.column(name)
+            if entry["kind"] == "numeric":
+                values = _values(column)
+                known = values[~np.isnan(values)]
+                bins = np.bincount(np.searchsorted(np.asarray(entry["edges"], dtype=np.float64),
+                                                   known, side="left"),
+                                   minlength=len(entry["edges"]) + 1)
+                counts[name] = np.append(bins, values.size - known.size).astype(np.int64)
+            else:
+                texts = _texts(column)
+                at = pc.index_in(texts, value_set=pa.array(entry["values"], pa.string()))
+                found = at.drop_null().to_numpy(zero_copy_only=False)
+                top = np.bincount(found, minlength=len(entry["values"]))
+                rest = len(texts) - texts.null_count - found.size
+                counts[name] = np.append(top, [rest, texts.null_count]).astype(np.int64)
+        return {"rows": part.num_rows, "counts": counts}
+
+    def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": a["rows"] + b["rows"],
+                "counts": {k: a["counts"][k] + b["counts"][k] for k in a["counts"]}}
+
+    def update(self, stats: dict[str, Any], state: dict[str, Any]
+               ) -> tuple[dict[str, Any], bool]:
+        rows = stats["rows"]
+        values = {name: psi(entry["shares"], stats["counts"][name] / rows) if rows else 0.0
+                  for name, entry in state["columns"].items()}
+        worst = max(values.values(), default=0.0)
+        out = {"psi": values, "max_psi": worst, "rows": rows,
+               "reference_rows": self.profile["rows"] if self.profile else 0,
+               "drifted": sorted((c for c, v in values.items() if v > 0.25),
+                                 key=lambda c: -values[c])}
+        if "version" in self.model_info:
+            out["model"] = f"{self.model_info.get('name')}@{self.model_info['version']}"
+        limit = self.params.max_psi
+        if limit is not None and worst > limit:
+            over = sorted((c for c, v in values.items() if v > limit), key=lambda c: -values[c])
+            shown = ", ".join(f"{c} (PSI {values[c]:.3g})" for c in over[:5])
+            raise DataError(
+                f"{len(over)} column{'s' if len(over) > 1 else ''} moved past max_psi "
+                f"{limit:g} from the training rows of model '{self.params.model}': {shown}",
+                hint="look at what changed in the data; retrain on recent rows, or raise "
+                     "max_psi if the change is expected")
+        return {**state, "metrics_values": out}, True
+
+    def fitted(self, state: dict[str, Any]) -> Transform:
+        return DriftFitted(self.params, state.get("metrics_values", {}))
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        return dict(state.get("metrics_values", {}))
+
+
+@register_fitted("drift.fitted")
+class DriftFitted(Measured):
+    """The rows, unchanged; carries the drift it measured."""
+
+    Params = DriftParams

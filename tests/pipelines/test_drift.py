@@ -1,0 +1,194 @@
+"""Training profiles and drift: the profile save_model keeps is the same on every engine
+and partitioning, and drift's PSI is the one worked out here with NumPy; max_psi stops a
+run before it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_pipeline
+
+from operators.base import SluiceError
+from operators.evaluate.drift import FLOOR, psi
+from pipelines.datagen import churn_table
+from pipelines.engines.base import Engine
+from pipelines.runner import ValidationFailed, run
+from pipelines.store import ModelStore
+
+TRAIN = """
+    pipeline: train
+    steps:
+      - op: read_parquet
+        path: train
+        partition_mb: 0.05
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan, region]
+      - op: logistic_regression
+        label: churned
+        features: [tenure, monthly_charges, total_charges, plan=basic, region=east]
+      - op: save_model
+        name: churn
+"""
+
+CHECK = """
+    pipeline: check
+    steps:
+      - op: read_parquet
+        path: scoring
+        partition_mb: 0.05
+      - op: drift
+        model: churn
+{extra}
+      - op: score
+        model: churn
+      - op: write_parquet
+        path: out
+"""
+
+
+@pytest.fixture
+def tables(workdir: Path) -> tuple[pa.Table, pa.Table]:
+    """3,000 training rows in 3 files; 2,000 scoring rows whose charges rose by 40% and
+    with a region the training rows never had."""
+    train = churn_table(3000, seed=1)
+    (workdir / "train").mkdir()
+    for i in range(3):
+        pq.write_table(train.slice(i * 1000, 1000), workdir / "train" / f"p{i}.parquet",
+                       row_group_size=300)
+    scoring = churn_table(2000, seed=2)
+    charges = scoring["monthly_charges"].to_numpy() * 1.4
+    scoring = scoring.set_column(scoring.schema.get_field_index("monthly_charges"),
+                                 "monthly_charges", pa.array(charges))
+    regions = scoring["region"].to_pylist()
+    regions[:100] = ["mars"] * 100
+    scoring = scoring.set_column(scoring.schema.get_field_index("region"), "region",
+                                 pa.array(regions))
+    (workdir / "scoring").mkdir()
+    pq.write_table(scoring, workdir / "scoring" / "s.parquet", row_group_size=500)
+    return train, scoring
+
+
+def numeric_shares(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    known = values[~np.isnan(values)]
+    counts = np.bincount(np.searchsorted(edges, known, side="left"), minlength=len(edges) + 1)
+    return np.append(counts, values.size - known.size) / values.size
+
+
+def test_the_profile_is_the_training_rows_on_every_engine(tables, workdir: Path,
+                                                          engine: Engine) -> None:
+    train, _ = tables
+    run(write_pipeline(workdir, TRAIN), engine_instance=engine)
+    profile = ModelStore().load("churn").meta["profile"]
+    assert profile["rows"] == profile["sample_rows"] == 3000  # all rows: below 20,000
+    # the columns the model reads from its input (before impute and one_hot)
+    assert sorted(profile["columns"]) == ["monthly_charges", "plan", "region", "tenure",
+                                          "total_charges"]
+    charges = profile["columns"]["monthly_charges"]
+    values = train["monthly_charges"].to_numpy()
+    edges = np.unique(np.quantile(values, np.arange(1, 10) / 10, method="lower"))
+    np.testing.assert_array_equal(charges["edges"], edges)
+    np.testing.assert_allclose(charges["shares"], numeric_shares(values, edges), rtol=1e-12)
+    total = profile["columns"]["total_charges"]  # nulls: the last share
+    nulls = train["total_charges"].null_count
+    assert nulls > 0 and total["shares"][-1] == pytest.approx(nulls / 3000, rel=1e-12)
+    plan = profile["columns"]["plan"]
+    counts = {v: train["plan"].to_pylist().count(v) for v in set(train["plan"].to_pylist())}
+    assert plan["values"] == sorted(counts, key=lambda v: (-counts[v], v))
+    assert plan["shares"][:-2] == pytest.approx([counts[v] / 3000 for v in plan["values"]])
+    assert plan["shares"][-2:] == [0.0, 0.0]
+    # the same profile, to the bit, however the rows were partitioned and run
+    assert json.dumps(profile) == json.dumps(_reference_profile(workdir, train))
+
+
+def _reference_profile(workdir: Path, train: pa.Table) -> dict:
+    """The profile of the same rows as one file on the local engine."""
+    one = workdir / "one"
+    one.mkdir()
+    pq.write_table(train, one / "all.parquet")
+    models = workdir / "models-one"
+    run(write_pipeline(workdir, TRAIN.replace("path: train", f"path: {one}"), "one.yaml"),
+        models=str(models))
+    return ModelStore(str(models)).load("churn").meta["profile"]
+
+
+def test_drift_is_the_psi_worked_out_here(tables, workdir: Path, engine: Engine) -> None:
+    train, scoring = tables
+    run(write_pipeline(workdir, TRAIN), engine_instance=engine)
+    profile = ModelStore().load("churn").meta["profile"]["columns"]
+    record = run(write_pipeline(workdir, CHECK.format(extra=""), "check.yaml"),
+                 engine_instance=engine)
+    metrics = record["metrics"]["drift"]
+    charges = profile["monthly_charges"]
+    expected = psi(charges["shares"],
+                   numeric_shares(scoring["monthly_charges"].to_numpy(), charges["edges"]))
+    assert metrics["psi"]["monthly_charges"] == pytest.approx(expected, rel=1e-12)
+    assert expected > 0.25
+    region = profile["region"]
+    seen = scoring["region"].to_pylist()
+    shares = [seen.count(v) / 2000 for v in region["values"]]
+    shares += [sum(v not in region["values"] for v in seen) / 2000, 0.0]
+    assert metrics["psi"]["region"] == pytest.approx(psi(region["shares"], shares), rel=1e-12)
+    assert metrics["psi"]["tenure"] < 0.1  # the same distribution
+    assert metrics["drifted"][0] == "monthly_charges"
+    assert metrics["rows"] == 2000 and metrics["reference_rows"] == 3000
+    assert metrics["model"] == "churn@1"
+    assert record["steps"]["write_parquet"]["rows"] == 2000  # report only: the run goes on
+
+
+def test_max_psi_stops_the_run_before_it_writes(tables, workdir: Path) -> None:
+    run(write_pipeline(workdir, TRAIN))
+    path = write_pipeline(workdir, CHECK.format(extra="        max_psi: 0.25"), "check.yaml")
+    with pytest.raises(SluiceError) as info:
+        run(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}:6: step 'drift': 2 columns moved past max_psi 0.25 "
+                           "from the training rows of model 'churn': monthly_charges (PSI "
+                           ), text
+    assert "), region (PSI 0.3" in text  # 5% of the rows in a region never seen
+    assert "retrain on recent rows, or raise max_psi" in text
+    assert not (workdir / "out").exists()
+
+
+def test_a_model_saved_without_a_profile_cannot_be_compared(tables, workdir: Path) -> None:
+    run(write_pipeline(workdir, TRAIN.replace("name: churn", "name: churn\n        "
+                                                             "profile: false")))
+    assert "profile" not in ModelStore().load("churn").meta
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, CHECK.format(extra=""), "check.yaml"))
+    (problem,) = info.value.problems
+    assert "model 'churn' has no training profile (saved by an older sluice, or with " \
+           "profile: false) (save it again to compare with it)" in str(problem)
+
+
+def test_drift_columns_are_checked_as_planned(tables, workdir: Path) -> None:
+    run(write_pipeline(workdir, TRAIN))
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, CHECK.format(extra="        columns: [tenure, churned]"),
+                           "cols.yaml"))
+    assert "columns: 'churned' is not in the profile of model 'churn' (profiled: " in str(
+        info.value.problems[0])
+    cast = CHECK.format(extra="").replace(
+        "      - op: drift", "      - op: cast\n        columns: {tenure: string}\n"
+                            "      - op: drift")
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, cast, "cast.yaml"))
+    assert "column 'tenure' is string here, numeric in the training rows (cast it as it " \
+           "was (op: cast))" in str(info.value.problems[0])
+    some = run(write_pipeline(workdir, CHECK.format(extra="        columns: [tenure]"),
+                              "some.yaml"))
+    assert list(some["metrics"]["drift"]["psi"]) == ["tenure"]
+
+
+def test_psi_floors_empty_bins() -> None:
+    assert psi([0.5, 0.5, 0.0], [0.5, 0.5, 0.0]) == 0.0
+    moved = psi([0.5, 0.5, 0.0], [0.5, 0.4, 0.1])
+    assert moved == pytest.approx((0.4 - 0.5) * np.log(0.4 / 0.5)
+                                  + (0.1 - FLOOR) * np.log(0.1 / FLOOR))
