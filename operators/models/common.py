@@ -564,6 +564,12 @@ class FittedModel(Transform):
                 "label_type": None if label_type is None else pa.type_for_alias(label_type)}
 
 
+def weighted_sums(table: pa.Table, columns: list[str], weights: np.ndarray) -> np.ndarray:
+    """Each column's sum of ``weights`` x value, in float64 (the training means of a
+    linear model's contributions)."""
+    return np.array([float(column_to_numpy(table.column(c)) @ weights) for c in columns])
+
+
 class LinearContributions:
     """Contributions of a model linear in its features before a link (linear and
     logistic regression): ``coef_j * (x_j - mean_j)`` per output, the training rows'

@@ -44,6 +44,7 @@ from operators.models.common import (
     validation_combine,
     validation_finalize,
     validation_partial,
+    weighted_sums,
     with_predictions,
 )
 from operators.models.optimize import EPS
@@ -137,12 +138,16 @@ class LinearRegression(Estimator):
         label = label_column(train, p.label)
         data = feature_matrix(train, state["features"], xp,
                               [_float_values(label), weights])
-        return _moments(data, len(state["features"]), xp, train.num_rows, held.num_rows)
+        out = _moments(data, len(state["features"]), xp, train.num_rows, held.num_rows)
+        # the weighted feature sums in float64 whatever the compute dtype: the training
+        # means, contributions' reference
+        out["sums"] = weighted_sums(train, state["features"], weights)
+        return out
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "metrics" in a:
             return validation_combine(a, b)
-        return _combine_moments(a, b)
+        return {**_combine_moments(a, b), "sums": a["sums"] + b["sums"]}
 
     def update(self, stats: dict[str, Any], state: dict[str, Any]
                ) -> tuple[dict[str, Any], bool]:
@@ -176,7 +181,7 @@ class LinearRegression(Estimator):
         mse = max(float(label_var - 2 * coef @ cross + coef @ gram @ coef), 0.0)
         spread = comoment[k, k]
         out: dict[str, Any] = {
-            "coef": coef, "intercept": intercept, "means": mx, "rank": rank,
+            "coef": coef, "intercept": intercept, "means": stats["sums"] / total, "rank": rank,
             "condition_number": condition,
             "training_rows": int(stats["rows"]), "validation_rows": int(stats["heldout"]),
             "training_rmse": float(np.sqrt(mse)),

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from operators.arrays import column_to_numpy, to_numpy
+from operators.arrays import to_numpy
 from operators.base import Estimator, SchemaError, register, register_fitted
 from operators.models.common import (
     ClassWeight,
@@ -57,6 +57,7 @@ from operators.models.common import (
     validation_finalize,
     validation_partial,
     weigh_classes,
+    weighted_sums,
     with_predictions,
 )
 from operators.models.linear import LinearParams
@@ -188,8 +189,7 @@ class LogisticRegression(Estimator):
         if state["phase"] == "summary":
             classes, totals = class_weights(labels, weights)
             # the weighted feature sums: the training means, contributions' reference
-            sums = np.array([float(column_to_numpy(train.column(f)) @ weights)
-                             for f in state["features"]])
+            sums = weighted_sums(train, state["features"], weights)
             return {"kind": "summary", "rows": train.num_rows, "heldout": held.num_rows,
                     "classes": classes, "weights": totals, "precision": precision(xp),
                     "sums": sums}

@@ -83,10 +83,10 @@ def model_arrays(models: str) -> dict[str, np.ndarray]:
 
 
 def assert_same_model(a: dict[str, np.ndarray], b: dict[str, np.ndarray],
-                      rtol: float = 1e-9) -> None:
+                      rtol: float = 1e-9, atol: float = 1e-12) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=1e-12, err_msg=key)
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
 
 
 @pytest.fixture
@@ -174,7 +174,9 @@ def test_float32_is_recorded_and_close_to_float64(numbers: Path, workdir: Path,
     record = run(pipeline(workdir, top="dtype: float32"), models="f32", device="gpu")
     assert record["steps"]["model"]["dtype"] == "float32"
     run(pipeline(workdir), models="f64", device="gpu")
-    assert_same_model(model_arrays("f32"), model_arrays("f64"), rtol=1e-3)
+    # the model's training means are of standardized columns, 0 up to the rounding of
+    # their values: in float32 that is ~1e-7 of the unit scale, not 1e-12
+    assert_same_model(model_arrays("f32"), model_arrays("f64"), rtol=1e-3, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- memory
