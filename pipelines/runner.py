@@ -206,6 +206,9 @@ class Run:
     fitted: dict[str, Transform] = field(default_factory=dict)
     placements: dict[str, Placement] = field(default_factory=dict)
     saved: dict[str, Model] = field(default_factory=dict)  # save_model step -> its model
+    # a step's output as a multi-pass fit cached it: later passes over it (save_model's
+    # profile) read the cache, not the source
+    cached: dict[str, Dataset] = field(default_factory=dict)
 
     def placement(self, step: Step) -> Placement:
         return self.placements.get(step.id, CPU)
@@ -247,6 +250,8 @@ class Run:
             else:
                 transform, metrics, data = fit(self.engine, data, step.id, op,
                                                self.placement(step))
+            if data.cache_key is not None and step.input is not None:
+                self.cached[step.input] = data
             self.fitted[step.id] = transform
             self.record["metrics"][step.id] = metrics
             # the fitted schema can differ from the plan's (one_hot's columns come from
@@ -325,7 +330,8 @@ class Run:
         """The training rows' profile (``operators/evaluate/drift.py``): one pass over
         the model's input (cached by the fits, mostly) for the numeric and text columns
         the model reads."""
-        data = self.datasets.get(chain[0].input) if chain[0].input else None
+        where = chain[0].input
+        data = (self.cached.get(where) or self.datasets.get(where)) if where else None
         if data is None or data.schema is None:
             return {"rows": 0, "sample_rows": 0, "columns": {}}
         needed = required_columns([self.fitted[s.id] for s in chain], data.schema)

@@ -36,6 +36,8 @@ from operators.hashing import hash_rows
 
 PROFILE_ROWS = 20_000
 """Rows of the sample a training profile is made from."""
+LEAD_COLUMNS = 4
+"""The sample's order is a hash of this many columns first (ties: of all of them)."""
 BINS = 10
 """Equal-frequency bins of a numeric column's profile."""
 TOP_VALUES = 50
@@ -59,18 +61,30 @@ def profiled_columns(schema: pa.Schema, columns: list[str]) -> list[str]:
 
 
 def profile_partial(part: pa.Table, columns: list[str]) -> dict[str, Any]:
-    """A partition's rows, their count and the ``PROFILE_ROWS`` of smallest hash."""
-    keys = hash_rows(part, columns, 0)
-    order = np.argsort(keys, kind="stable")[:PROFILE_ROWS]
-    return {"rows": part.num_rows, "keys": keys[order],
-            "sample": part.select(columns).take(pa.array(order))}
+    """A partition's row count and its ``PROFILE_ROWS`` rows first in the order of a
+    hash of their first ``LEAD_COLUMNS`` columns, then of all of them (only the rows
+    that can be first are hashed whole: a fraction of the cost of hashing every row's
+    every column, and the same rows)."""
+    rows = part.num_rows
+    lead = hash_rows(part, columns[:LEAD_COLUMNS], 0)
+    if rows > PROFILE_ROWS:
+        cut = np.partition(lead, PROFILE_ROWS - 1)[PROFILE_ROWS - 1]
+        candidates = np.flatnonzero(lead <= cut)
+        part = part.take(pa.array(candidates))
+        lead = lead[candidates]
+    part = part.select(columns)
+    tie = hash_rows(part, columns, 1)
+    order = np.lexsort((tie, lead))[:PROFILE_ROWS]
+    return {"rows": rows, "lead": lead[order], "tie": tie[order],
+            "sample": part.take(pa.array(order))}
 
 
 def profile_combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    keys = np.concatenate([a["keys"], b["keys"]])
+    lead = np.concatenate([a["lead"], b["lead"]])
+    tie = np.concatenate([a["tie"], b["tie"]])
     sample = pa.concat_tables([a["sample"], b["sample"]], promote_options="permissive")
-    order = np.argsort(keys, kind="stable")[:PROFILE_ROWS]
-    return {"rows": a["rows"] + b["rows"], "keys": keys[order],
+    order = np.lexsort((tie, lead))[:PROFILE_ROWS]
+    return {"rows": a["rows"] + b["rows"], "lead": lead[order], "tie": tie[order],
             "sample": sample.take(pa.array(order))}
 
 
