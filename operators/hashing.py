@@ -120,7 +120,11 @@ def unit_interval(hashes: np.ndarray) -> np.ndarray:
 
 
 def chosen_rows(table: pa.Table, fraction: float, seed: int,
-                columns: list[str] | None = None) -> np.ndarray:
+                columns: list[str] | None = None, start: float = 0.0) -> np.ndarray:
     """True for about ``fraction`` of the rows: those whose hash of ``columns`` (default:
-    all) and ``seed`` falls below it (the validation hold-out and ``sample``)."""
-    return unit_interval(hash_rows(table, columns, seed)) < fraction
+    all) and ``seed``, in [0, 1), falls in [start, start + fraction) (the validation
+    hold-out, a cross-validation fold, ``sample``)."""
+    position = unit_interval(hash_rows(table, columns, seed))
+    if start == 0:
+        return position < fraction
+    return (position >= start) & (position < start + fraction)

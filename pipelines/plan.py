@@ -131,8 +131,9 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
             continue
         op = _build_op(cls, s, plan, file)
         tuning = None
-        if op is not None and (s.tune is not None or s.tune_metric is not None):
-            tuning, found = plan_tuning(cls, s.params, s.tune, s.tune_metric)
+        if op is not None and (s.tune is not None or s.tune_metric is not None
+                               or s.tune_folds is not None):
+            tuning, found = plan_tuning(cls, s.params, s.tune, s.tune_metric, s.tune_folds)
             for key, message in found:
                 problem(s, message, key)
             if tuning is not None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from operators.base import Action, Estimator, Sink, SluiceError, Source, Transform
 from operators.evaluate.drift import (
     profile_combine,
@@ -284,24 +286,38 @@ class Run:
         tuning = step.tuning
         assert tuning is not None
         fits = []
-        for combo, candidate in zip(tuning.combos, tuning.ops, strict=True):
-            transform, metrics, data = fit(self.engine, data, step.id, candidate,
-                                           self.placement(step))
-            try:
-                name, value = tuning.score(metrics)
-            except SluiceError as exc:
-                raise exc.located(f"step '{step.id}'") from None
-            tuning.results.append({"params": combo, "metric": name, "value": value,
-                                   "passes": metrics["passes"]})
+        for i, combo in enumerate(tuning.combos):
+            result: dict[str, Any] = {"params": combo, "passes": 0}
+            for candidate in tuning.folds[i] if tuning.folds else [tuning.ops[i]]:
+                transform, metrics, data = fit(self.engine, data, step.id, candidate,
+                                               self.placement(step))
+                try:
+                    name, value = tuning.score(metrics)
+                except SluiceError as exc:
+                    raise exc.located(f"step '{step.id}'") from None
+                result["metric"] = name
+                result.setdefault("folds", []).append(value)
+                result["passes"] += metrics["passes"]
+            result["value"] = float(np.mean(result["folds"]))
+            tuning.results.append(result)
             fits.append((transform, metrics))
         best = tuning.best()
         step.op = tuning.ops[best]
-        transform, metrics = fits[best]
+        if tuning.folds:  # the best values, fitted as the step says
+            transform, metrics, data = fit(self.engine, data, step.id, step.op,
+                                           self.placement(step))
+        else:
+            transform, metrics = fits[best]
         name = tuning.results[best]["metric"]
-        metrics = {**metrics, "tuning": {
-            "metric": name, "best": label_of(tuning.combos[best]),
-            "candidates": {label_of(r["params"]): {name: r["value"], "passes": r["passes"]}
-                           for r in tuning.results}}}
+        candidates = {}
+        for r in tuning.results:
+            entry = {name: r["value"], "passes": r["passes"]}
+            if tuning.folds:
+                entry["folds"] = r["folds"]
+            candidates[label_of(r["params"])] = entry
+        metrics = {**metrics, "tuning": {"metric": name, "best": label_of(tuning.combos[best]),
+                                         "folds": len(tuning.folds[0]) if tuning.folds else 0,
+                                         "candidates": candidates}}
         return transform, metrics, data
 
     def _bind_saved(self, step: Step) -> None:

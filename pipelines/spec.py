@@ -18,7 +18,7 @@ from operators.base import suggest
 from pipelines.device import DEVICES
 
 TOP_LEVEL_KEYS = ("pipeline", "description", "params", "device", "dtype", "steps")
-STEP_KEYS = ("id", "op", "input", "device", "dtype", "tune", "tune_metric")
+STEP_KEYS = ("id", "op", "input", "device", "dtype", "tune", "tune_metric", "tune_folds")
 # where a pipeline's or a step's numeric kernels run, and in which dtype
 PLACEMENT_KEYS = {"device": DEVICES, "dtype": DTYPES}
 _PARAM_REF = re.compile(r"\$\{([^}]*)\}")
@@ -69,6 +69,7 @@ class StepSpec:
     # a model step's values to try (pipelines/tuning.py) and the metric that compares them
     tune: Any = None
     tune_metric: Any = None
+    tune_folds: Any = None
 
     def line_of(self, param: str | None) -> int:
         return self.param_lines.get(param, self.line) if param else self.line
@@ -296,7 +297,8 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
         out.append(StepSpec(id=step_id, op=op, input=input_id, params=body, line=line,
                             param_lines=key_lines, index=index, explicit_id=explicit,
                             device=device, dtype=dtype, tune=tune,
-                            tune_metric=raw.get("tune_metric")))
+                            tune_metric=raw.get("tune_metric"),
+                            tune_folds=raw.get("tune_folds")))
     return out
 
 

@@ -13,6 +13,12 @@ TrainValidationSplit, scikit-learn's GridSearchCV with one held-out split).
     learning_rate: [0.05, 0.1]
   tune_metric: roc_auc       # default: log_loss for classes, rmse for numbers
 ```
+
+With ``tune_folds: k`` the combinations are compared by k-fold cross-validation
+instead (MLlib's CrossValidator): fold i holds out the rows whose hash falls in
+[i/k, (i+1)/k), every combination is fitted k times and scored by the mean of its
+folds' metric, and the best values are then fitted as the step says (on all its rows,
+or holding out its own ``validation_fraction``): k x combinations + 1 fits.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from operators.models.common import SupervisedParams
 
 MAX_CANDIDATES = 100
 """The most combinations one step may try."""
-FIXED = ("label", "weight", "validation_fraction", "seed")
+MAX_FOLDS = 20
+FIXED = ("label", "weight", "validation_fraction", "validation_start", "seed")
 """What a tuned step cannot vary: the rows and what they are compared on."""
 LOWER_IS_BETTER = {"log_loss", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance"}
 METRICS = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS))
@@ -42,7 +49,8 @@ class Tuning:
 
     metric: str | None  # None: log_loss or rmse, by the fitted model's task
     combos: list[dict[str, Any]] = field(default_factory=list)
-    ops: list[Operator] = field(default_factory=list)
+    ops: list[Operator] = field(default_factory=list)  # each combination as the step says
+    folds: list[list[Operator]] = field(default_factory=list)  # and per fold (tune_folds)
     results: list[dict[str, Any]] = field(default_factory=list)
 
     def metric_for(self, validation: dict[str, Any]) -> str:
@@ -73,8 +81,8 @@ def label_of(combo: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in combo.items())
 
 
-def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: Any
-                ) -> tuple[Tuning | None, list[tuple[str, str]]]:
+def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: Any,
+                folds: Any = None) -> tuple[Tuning | None, list[tuple[str, str]]]:
     """The candidates of a step's ``tune:``, or the problems (``(key, message)``)."""
     problems: list[tuple[str, str]] = []
     if not issubclass(cls.Params, SupervisedParams):
@@ -100,9 +108,14 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
     if metric is not None and metric not in METRICS:
         problems.append(("tune_metric", f"unknown metric '{metric}'{suggest(str(metric), METRICS)}"
                                         f" (one of: {', '.join(METRICS)})"))
-    if not problems and not params.get("validation_fraction"):
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int)
+                              or not 2 <= folds <= MAX_FOLDS):
+        problems.append(("tune_folds", f"tune_folds must be a whole number from 2 to "
+                                       f"{MAX_FOLDS} (got {folds!r})"))
+    if not problems and folds is None and not params.get("validation_fraction"):
         problems.append(("tune", "tune needs held-out rows to compare the candidates on: "
-                                 "set validation_fraction (e.g. 0.2)"))
+                                 "set validation_fraction (e.g. 0.2), or tune_folds (e.g. "
+                                 "5) to cross-validate"))
     if problems:
         return None, problems
     combos = [dict(zip(tune, values, strict=True))
@@ -114,6 +127,10 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
     for combo in combos:
         try:
             tuning.ops.append(cls(cls.Params(**{**params, **combo})))
+            if folds is not None:
+                tuning.folds.append([cls(cls.Params(**{
+                    **params, **combo, "validation_fraction": 1.0 / folds,
+                    "validation_start": i / folds})) for i in range(folds)])
         except ValidationError as exc:
             err = exc.errors()[0]
             text = err["msg"].removeprefix("Value error, ").rstrip(".")

@@ -47,7 +47,7 @@ from pydantic import AfterValidator, Field
 
 from operators.arrays import to_xp
 from operators.base import DataError, ParamError, SchemaError, register, register_fitted
-from operators.models.common import split_rows
+from operators.models.common import held_out
 from operators.models.trees import (
     SPLIT,
     Criterion,
@@ -428,7 +428,7 @@ class GradientBoostedTrees(TreeEstimator):
         this pass scores them: both in one copy to the device."""
         if not state["loss_due"] or "held" in memo:
             return super()._prepared(part, state, memo, xp)
-        train, held = split_rows(part, self.params.validation_fraction, self.params.seed)
+        train, held = held_out(part, self.params)
         tables = [held] if "prep" in memo else [train, held]
         prepared = prepare_rows(tables, state, self.params, xp, self._row_hash())
         memo["held"] = prepared[-1]

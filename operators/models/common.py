@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, model_validator
 
 from operators.arrays import column_to_numpy, compute_dtype, host_buffer, to_numpy, to_xp
 from operators.base import (
@@ -63,7 +63,20 @@ class SupervisedParams(Params):
     validation_fraction: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="fraction of rows held out (by row-content hash) for validation metrics")
+    validation_start: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="where the held-out rows start in the order of the rows' hash: those "
+                    "in [start, start + validation_fraction) (tune_folds' folds; 0: the "
+                    "first share)")
     seed: int = Field(0, description="seed of the validation split")
+
+    @model_validator(mode="after")
+    def _window(self) -> SupervisedParams:
+        if self.validation_start + self.validation_fraction > 1 + 1e-12:
+            raise ParamError(f"validation_start {self.validation_start:g} + "
+                             f"validation_fraction {self.validation_fraction:g} is over 1",
+                             hint="the held-out share must end by 1")
+        return self
 
 
 ClassWeight = Literal["balanced"] | dict[bool | int | str, PositiveFloat] | None
@@ -231,26 +244,33 @@ def table_memo(part: pa.Table) -> dict[str, Any]:
     return memo
 
 
-def holdout_mask(part: pa.Table, fraction: float, seed: int) -> np.ndarray:
+def holdout_mask(part: pa.Table, fraction: float, seed: int, start: float = 0.0
+                 ) -> np.ndarray:
     """True for the rows held out for validation: a hash of all of the row's columns
     (kept with the table: every pass of a multi-pass fit splits the same rows)."""
     if fraction <= 0:
         return np.zeros(part.num_rows, dtype=bool)
     masks = table_memo(part).setdefault("holdout", {})
-    mask = masks.get((fraction, seed))
+    mask = masks.get((fraction, seed, start))
     if mask is None:
-        mask = chosen_rows(part, fraction, seed)
+        mask = chosen_rows(part, fraction, seed, start=start)
         mask.flags.writeable = False
-        masks[(fraction, seed)] = mask
+        masks[(fraction, seed, start)] = mask
     return mask
 
 
-def split_rows(part: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
+def split_rows(part: pa.Table, fraction: float, seed: int, start: float = 0.0
+               ) -> tuple[pa.Table, pa.Table]:
     """(training rows, held-out rows) of a partition."""
     if fraction <= 0:
         return part, part.slice(0, 0)
-    mask = holdout_mask(part, fraction, seed)
+    mask = holdout_mask(part, fraction, seed, start)
     return part.filter(pa.array(~mask)), part.filter(pa.array(mask))
+
+
+def held_out(part: pa.Table, params: SupervisedParams) -> tuple[pa.Table, pa.Table]:
+    """``split_rows`` as a model step's parameters say."""
+    return split_rows(part, params.validation_fraction, params.seed, params.validation_start)
 
 
 def _check_finite(column: pa.ChunkedArray, what: str) -> None:
@@ -615,7 +635,7 @@ def validation_partial(model: FittedModel, part: pa.Table, params: SupervisedPar
     Held-out rows whose class the training rows never had are counted, not scored.
     """
     accumulator = metric_accumulator(model)
-    _, held = split_rows(part, params.validation_fraction, params.seed)
+    _, held = held_out(part, params)
     weights = row_weights(held, params.weight)
     labels = label_column(held, params.label)
     unseen = 0

@@ -32,6 +32,7 @@ from operators.models.common import (
     SupervisedParams,
     check_inputs,
     feature_matrix,
+    held_out,
     is_numeric,
     label_column,
     model_input_columns,
@@ -40,7 +41,6 @@ from operators.models.common import (
     require_training_rows,
     row_products,
     row_weights,
-    split_rows,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -133,7 +133,7 @@ class LinearRegression(Estimator):
         if state["phase"] == "validate":
             return validation_partial(self._model(state), part, self.params, xp)
         p = self.params
-        train, held = split_rows(part, p.validation_fraction, p.seed)
+        train, held = held_out(part, p)
         weights = row_weights(train, p.weight)
         label = label_column(train, p.label)
         data = feature_matrix(train, state["features"], xp,

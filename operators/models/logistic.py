@@ -43,6 +43,7 @@ from operators.models.common import (
     class_weights,
     encode_classes,
     feature_matrix,
+    held_out,
     label_column,
     merge_class_weights,
     model_input_columns,
@@ -52,7 +53,6 @@ from operators.models.common import (
     require_training_rows,
     row_products,
     row_weights,
-    split_rows,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -183,7 +183,7 @@ class LogisticRegression(Estimator):
         p = self.params
         if state["phase"] == "validate":
             return validation_partial(self._model(state), part, p, xp)
-        train, held = split_rows(part, p.validation_fraction, p.seed)
+        train, held = held_out(part, p)
         weights = row_weights(train, p.weight)
         labels = label_column(train, p.label)
         if state["phase"] == "summary":

@@ -108,6 +108,7 @@ from operators.models.common import (
     class_weight_field,
     class_weights,
     encode_classes,
+    held_out,
     host_matrix,
     is_classification,
     is_numeric,
@@ -119,7 +120,6 @@ from operators.models.common import (
     require_positive_weight,
     require_training_rows,
     row_weights,
-    split_rows,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -490,7 +490,7 @@ class MLP(Estimator):
         p = self.params
         if state["phase"] == "validate":
             return validation_partial(self._model(state, state["theta"]), part, p, xp)
-        train, held = split_rows(part, p.validation_fraction, p.seed)
+        train, held = held_out(part, p)
         if state["phase"] == "summary":
             return {**self._summary(train, held, state["classify"]), "precision": precision(xp)}
         if state["phase"] == "lbfgs":

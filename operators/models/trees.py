@@ -82,6 +82,7 @@ from operators.models.common import (
     class_weight_field,
     class_weights,
     encode_classes,
+    held_out,
     is_classification,
     label_column,
     merge_class_weights,
@@ -89,7 +90,6 @@ from operators.models.common import (
     require_positive_weight,
     require_training_rows,
     row_weights,
-    split_rows,
     table_memo,
     validation_combine,
     validation_finalize,
@@ -1403,7 +1403,7 @@ class TreeEstimator(Estimator):
 
     def _summary_partial(self, part: pa.Table, state: dict[str, Any]) -> dict[str, Any]:
         p = self.params
-        train, held = split_rows(part, p.validation_fraction, p.seed)
+        train, held = held_out(part, p)
         weights = row_weights(train, p.weight)
         labels = label_column(train, p.label)
         out: dict[str, Any] = {"kind": "summary", "rows": train.num_rows,
@@ -1427,7 +1427,7 @@ class TreeEstimator(Estimator):
         """The partition's training rows binned, with labels, weights (and row hashes)."""
         prep = memo.get("prep")
         if prep is None:
-            train = split_rows(part, self.params.validation_fraction, self.params.seed)[0]
+            train = held_out(part, self.params)[0]
             prep = prepare_rows([train], state, self.params, xp, self._row_hash())[0]
             memo["prep"] = prep
         return prep

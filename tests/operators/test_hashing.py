@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from operators.base import ParamError
 from operators.hashing import hash_column, hash_rows, mix
 from operators.models import common
 from operators.models.common import split_rows
@@ -120,7 +121,7 @@ def test_a_tables_holdout_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> Non
     calls = []
     real = common.chosen_rows
     monkeypatch.setattr(common, "chosen_rows",
-                        lambda *args: calls.append(args) or real(*args))
+                        lambda *args, **kw: calls.append(args) or real(*args, **kw))
     part = pa.table({"x": np.arange(1000.0), "y": np.arange(1000) % 2})
     first = split_rows(part, 0.25, 0)
     again = split_rows(part, 0.25, 0)
@@ -136,3 +137,21 @@ def test_a_tables_holdout_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> Non
     mask = common.holdout_mask(part, 0.25, 0)
     with pytest.raises(ValueError):
         mask[0] = not mask[0]
+
+
+def test_folds_of_the_hash_order_split_the_rows_in_k() -> None:
+    """validation_start: the held-out windows [i/k, (i+1)/k) of k folds are disjoint and
+    together every row (tune_folds' cross-validation)."""
+    from operators.models.common import SupervisedParams, held_out
+
+    part = pa.table({"a": np.arange(5000), "b": np.arange(5000) % 7})
+    k = 4
+    masks = [common.holdout_mask(part, 1 / k, 3, i / k) for i in range(k)]
+    assert np.all(np.sum(masks, axis=0) == 1)
+    assert all(900 < m.sum() < 1600 for m in masks)
+    assert np.array_equal(masks[0], common.holdout_mask(part, 1 / k, 3))
+    params = SupervisedParams(label="a", validation_fraction=0.25, validation_start=0.5, seed=3)
+    assert held_out(part, params)[1].num_rows == masks[2].sum()
+    with pytest.raises(ParamError, match="validation_start 0.8 \\+ validation_fraction 0.3 "
+                                         "is over 1"):
+        SupervisedParams(label="a", validation_fraction=0.3, validation_start=0.8)

@@ -131,3 +131,48 @@ def test_a_metric_the_model_does_not_report_fails_located(churn: Path, workdir: 
     assert str(info.value).startswith(f"{path}:") and "step 'model'" in str(info.value)
     assert "tune_metric: the model reports no validation rmse (it reports: accuracy" in str(
         info.value)
+
+
+def test_tune_folds_cross_validates_then_fits_the_best_as_the_step_says(
+        churn: Path, workdir: Path, engine: Engine) -> None:
+    """Each combination fitted on k folds (fold i holds out the rows whose hash is in
+    [i/k, (i+1)/k)), scored by the mean; the best then fitted on all the rows."""
+    cv = TUNED.format(tune=GRID + "\n        tune_folds: 3").replace(
+        "        validation_fraction: 0.25\n", "")
+    record = run(write_pipeline(workdir, cv), engine_instance=engine)
+    tuning = record["metrics"]["model"]["tuning"]
+    assert tuning["folds"] == 3 and tuning["metric"] == "log_loss"
+    candidates = tuning["candidates"]
+    assert all(len(c["folds"]) == 3 for c in candidates.values())
+    for entry in candidates.values():
+        assert entry["log_loss"] == pytest.approx(np.mean(entry["folds"]), rel=1e-12)
+    best = min(candidates, key=lambda k: candidates[k]["log_loss"])
+    assert tuning["best"] == best
+    # a fold is a plain fit holding out that share of the hash order
+    l2, weight = best.removeprefix("l2=").split(", class_weight=")
+    values = f"        l2: {l2}\n" + (f"        class_weight: {weight}\n"
+                                      if weight != "None" else "")
+    fold = TUNED.format(tune="").replace(
+        "        validation_fraction: 0.25\n",
+        "        validation_fraction: 0.3333333333333333\n"
+        "        validation_start: 0.3333333333333333\n" + values)
+    one = run(write_pipeline(workdir, fold.replace("name: churn", "name: fold"), "fold.yaml"),
+              engine_instance=engine)
+    assert one["metrics"]["model"]["validation"]["log_loss"] == pytest.approx(
+        candidates[best]["folds"][1], rel=1e-9)
+    # the model: the best values on all the rows (the step holds none out)
+    assert record["metrics"]["model"]["training_rows"] == 5000
+    whole = TUNED.format(tune="").replace("        validation_fraction: 0.25\n", values)
+    run(write_pipeline(workdir, whole.replace("name: churn", "name: whole"), "whole.yaml"),
+        engine_instance=engine)
+    ours = ModelStore().load("churn").chain.steps[-1].state()[1]
+    theirs = ModelStore().load("whole").chain.steps[-1].state()[1]
+    for key, value in theirs.items():
+        np.testing.assert_allclose(ours[key], value, rtol=1e-8, err_msg=key)
+
+
+@pytest.mark.parametrize("folds", ["1", "21", "2.5", "true"])
+def test_tune_folds_must_be_a_count(churn: Path, workdir: Path, folds: str) -> None:
+    path = write_pipeline(workdir, TUNED.format(tune=GRID + f"\n        tune_folds: {folds}"))
+    (problem,) = plan_file(path).problems
+    assert problem.message.startswith("tune_folds must be a whole number from 2 to 20 (got")
