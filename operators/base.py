@@ -163,6 +163,12 @@ class Transform(Operator):
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         """The schema ``transform`` returns for an input of ``schema``."""
 
+    def derived_from(self) -> dict[str, list[str]]:
+        """The input columns each column this transform makes under a new name comes
+        from (one_hot's ``plan=basic`` from ``plan``); a column not named keeps its
+        name's input column. What score's ``contributions_by: inputs`` sums by."""
+        return {}
+
     @abstractmethod
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         """Return a new table; never mutate ``part``."""

@@ -212,6 +212,9 @@ class Rename(Transform):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
 
+    def derived_from(self) -> dict[str, list[str]]:
+        return {new: [old] for old, new in self.params.columns.items()}
+
     def _names(self, names: list[str]) -> list[str]:
         mapping = self.params.columns
         new = [mapping.get(n, n) for n in names]

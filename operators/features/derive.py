@@ -65,6 +65,9 @@ class Derive(Transform):
             made.add(name)
         return used
 
+    def derived_from(self) -> dict[str, list[str]]:
+        return {name: referenced_columns(text) for name, text in self.params.columns.items()}
+
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         for name, text in self.params.columns.items():
             try:

@@ -78,6 +78,9 @@ class HashEncode(Transform):
     def names(self, name: str) -> list[str]:
         return [f"{name}#{i}" for i in range(self.params.buckets)]
 
+    def derived_from(self) -> dict[str, list[str]]:
+        return {new: [name] for name in self.params.columns for new in self.names(name)}
+
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         require_columns(schema, self.params.columns)
         for name in self.params.columns:
@@ -240,6 +243,10 @@ class BucketizeFitted(Transform):
     """Bucket indices from fitted split points, searched on ``xp``."""
 
     Params = BucketizeParams
+
+    def derived_from(self) -> dict[str, list[str]]:
+        suffix = self.params.suffix
+        return {} if suffix is None else {f"{c}{suffix}": [c] for c in self.boundaries}
 
     def __init__(self, params: BucketizeParams, boundaries: dict[str, np.ndarray]):
         super().__init__(params)

@@ -216,6 +216,9 @@ class OneHotFitted(Transform):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
 
+    def derived_from(self) -> dict[str, list[str]]:
+        return {new: [name] for name in self.params.columns for new in self.names(name)}
+
     def names(self, name: str) -> list[str]:
         v = self.vocabulary[name]
         out = [f"{name}={label(value)}" for value in v["categories"]]

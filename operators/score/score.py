@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from operators.base import (
     MissingColumnError,
     Operator,
+    ParamError,
     Params,
     SchemaError,
     Transform,
@@ -39,6 +41,17 @@ class ScoreParams(Params):
                            "forests and trees); tree models (TreeSHAP), linear and logistic "
                            "regression (coefficient x the value's difference from the "
                            "training mean)")
+    contributions_by: Literal["features", "inputs"] = Field(
+        "features", description="features: a field per model feature (plan=basic, "
+                                "plan=premium...); inputs: per column of this step's input "
+                                "the features made from it add up (plan), through one_hot, "
+                                "hash_encode, bucketize, derive (of one column) and rename")
+
+    @model_validator(mode="after")
+    def _by_needs_contributions(self) -> ScoreParams:
+        if self.contributions_by != "features" and not self.contributions:
+            raise ParamError("contributions_by needs contributions: true")
+        return self
 
 
 @register("score")
@@ -141,9 +154,16 @@ class Score(Transform):
                 raise SchemaError(f"model '{self.params.model}' has no predicting step",
                                   hint="the saved chain must end in a model step")
             if self.params.contributions:
-                model = chain.steps[self._explained(chain)]
+                at = self._explained(chain)
+                model = chain.steps[at]
                 assert isinstance(model, FittedModel)
-                added += model.contribution_fields()
+                fields = model.contribution_fields()
+                if self.params.contributions_by == "inputs":
+                    value = fields[1].type
+                    groups = input_groups(chain.steps[:at], model.features)
+                    fields[0] = pa.field(CONTRIBUTIONS, pa.struct(
+                        [pa.field(g, value) for g in dict.fromkeys(groups.values())]))
+                added += fields
         dropped = OUTPUT_COLUMNS if self.params.contributions else PREDICTION_COLUMNS
         kept = pa.schema([f for f in schema if f.name not in dropped],
                          metadata=schema.metadata)
@@ -157,8 +177,11 @@ class Score(Transform):
             at = self._explained(chain)
             model = chain.steps[at]
             assert isinstance(model, FittedModel)
-            scored = Chain(chain.steps[at + 1:]).transform(
-                model.explain(Chain(chain.steps[:at]).transform(part, xp), xp), xp)
+            explained = model.explain(Chain(chain.steps[:at]).transform(part, xp), xp)
+            if self.params.contributions_by == "inputs":
+                explained = _summed(explained, input_groups(chain.steps[:at], model.features),
+                                    model.explains_classes)
+            scored = Chain(chain.steps[at + 1:]).transform(explained, xp)
             columns = OUTPUT_COLUMNS
         else:
             scored, columns = chain.transform(part, xp), PREDICTION_COLUMNS
@@ -167,3 +190,41 @@ class Score(Transform):
             if name in scored.column_names:
                 out = out.append_column(scored.schema.field(name), scored.column(name))
         return out
+
+
+def input_groups(steps: list[Transform], features: list[str]) -> dict[str, str]:
+    """Per model feature, the column of the chain's input it is made from (through each
+    step's ``derived_from``), or itself where it comes from several or none."""
+    out = {}
+    for feature in features:
+        current = [feature]
+        for step in reversed(steps):
+            made = step.derived_from()
+            current = list(dict.fromkeys(c for name in current for c in made.get(name, [name])))
+        out[feature] = current[0] if len(current) == 1 else feature
+    return out
+
+
+def _summed(table: pa.Table, groups: dict[str, str], per_class: bool) -> pa.Table:
+    """The contributions struct with the fields of a group added up (in the groups' order
+    of first appearance)."""
+    at = table.schema.get_field_index(CONTRIBUTIONS)
+    struct = table.column(at).combine_chunks()
+    n, names = len(struct), list(dict.fromkeys(groups.values()))
+    fields, arrays = [], []
+    for name in names:
+        members = [struct.field(f) for f, g in groups.items() if g == name]
+        if per_class:  # k per row: the flattened values add up row by row
+            values = sum(m.flatten().to_numpy(zero_copy_only=False) for m in members)
+            k = len(values) // max(n, 1)
+            offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)) if n else pa.array(
+                [0], pa.int32())
+            array = pa.ListArray.from_arrays(offsets, pa.array(values, pa.float64()))
+        else:
+            array = pa.array(sum(m.to_numpy(zero_copy_only=False) for m in members),
+                             pa.float64())
+        fields.append(pa.field(name, array.type))
+        arrays.append(array)
+    summed = (pa.StructArray.from_arrays(arrays, fields=fields) if fields
+              else pa.array([{}] * n, pa.struct([])))
+    return table.set_column(at, pa.field(CONTRIBUTIONS, summed.type), summed)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from operators.arrays import get_namespace, transfers
-from operators.base import SchemaError, lookup
+from operators.base import ParamError, SchemaError, lookup
 from operators.chain import Chain
 from operators.models import explain
 from operators.models.common import split_rows
@@ -318,3 +318,47 @@ def test_contributions_replace_columns_of_those_names(model: TreeModelFitted,
     again = explained(model, once)
     assert again.column_names == once.column_names
     assert_tables_close(again, once, rtol=1e-12, atol=1e-15)
+
+
+# --------------------------------------------------------------------------- by input
+
+
+def test_contributions_by_input_add_up_the_features_made_from_a_column() -> None:
+    """one_hot's plan=... add up to plan, a renamed column counts as its input name, a
+    column derived from one column as that column, one derived from two as itself."""
+    from operators.score.score import input_groups
+
+    table = tree_table(seed=14)
+    chain = [fit(lookup("one_hot")(columns=["g"]), [table]),
+             lookup("rename")(columns={"x3": "count"}),
+             lookup("derive")(columns={"x1_sq": "x1 * x1", "both": "coalesce(x1, 0) + x2"})]
+    prepared = table
+    for step in chain:
+        prepared = step.transform(prepared, NUMPY)
+    features = ["g=a", "g=b", "count", "x1_sq", "both", "x4"]
+    assert input_groups(chain, features) == {"g=a": "g", "g=b": "g", "count": "x3",
+                                             "x1_sq": "x1", "both": "both", "x4": "x4"}
+    model = fit(lookup("gradient_boosted_trees")(label="y", features=features, n_trees=4,
+                                                 max_depth=3), [prepared])
+    rows = table.slice(0, 30)
+    scored = {}
+    for by in ("features", "inputs"):
+        score = Score(model="m", contributions=True, contributions_by=by)
+        score.bind(Chain([*chain, model]), ["g", "x3", "x1", "x2", "x4"],
+                   {"name": "m", "version": 1})
+        out = score.transform(rows, NUMPY)
+        assert out.schema == score.output_schema(rows.schema)
+        scored[by] = out.column("contributions").combine_chunks()
+    by_input = scored["inputs"]
+    assert [f.name for f in by_input.type] == ["g", "x3", "x1", "both", "x4"]
+    features_of = scored["features"]
+    np.testing.assert_allclose(by_input.field("g").to_numpy(),
+                               features_of.field("g=a").to_numpy()
+                               + features_of.field("g=b").to_numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(by_input.field("x3").to_numpy(),
+                                  features_of.field("count").to_numpy())
+
+
+def test_contributions_by_needs_contributions() -> None:
+    with pytest.raises(ParamError, match="contributions_by needs contributions: true"):
+        Score(model="m", contributions_by="inputs")

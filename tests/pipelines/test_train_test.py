@@ -220,9 +220,11 @@ def test_the_holdout_example_pipeline(workdir: Path) -> None:
                     by=["customer_id"])
     assert not set(written["customer_id"].to_pylist()) & set(train["customer_id"].to_pylist())
     assert model.version == 1
-    # with each customer's reasons, which add up to the score's log-odds
+    # with each customer's reasons, which add up to the score's log-odds, by the columns
+    # the model was given (plan's one-hot columns added up)
     reasons = written["contributions"].combine_chunks()
-    assert [f.name for f in reasons.type] == model.chain.steps[-1].features
+    assert [f.name for f in reasons.type] == ["tenure", "monthly_charges", "total_charges",
+                                              "plan"]
     margin = np.sum([reasons.field(i).to_numpy() for i in range(reasons.type.num_fields)],
                     axis=0) + written["contribution_base"].to_numpy()
     np.testing.assert_allclose(1 / (1 + np.exp(-margin)), written["probability"].to_numpy(),
