@@ -116,6 +116,22 @@ def _cases() -> None:
              prepare=functools.partial(_bind, model),
              skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
                                       "model's own round-trip is checked by its cases"})
+    case("score", {"model": "t", "contributions": True, "contributions_by": "inputs"},
+         lambda: tree_table(rows=70, seed=15).drop_columns(["y"]), id="contributions-by-input",
+         prepare=_bind_prepared,
+         skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
+                                  "model's own round-trip is checked by its cases"})
+
+
+def _bind_prepared(op: Operator) -> None:
+    """A chain of one_hot on g and boosted trees on its columns and x1..x3."""
+    table = tree_table(seed=13)
+    one_hot = fit(lookup("one_hot")(columns=["g"]), [table])
+    features = ["g=a", "g=b", "x1", "x2", "x3"]
+    model = fit(lookup("gradient_boosted_trees")(label="y", features=features, n_trees=4,
+                                                 max_depth=3), [one_hot.transform(table, None)])
+    assert isinstance(op, Score)
+    op.bind(Chain([one_hot, model]), ["g", "x1", "x2", "x3"], {"name": "t", "version": 1})
 
 
 def _bind(model: Callable[[], Transform], op: Operator) -> None:
