@@ -211,10 +211,13 @@ class Drift(Estimator):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self._columns) if self.profile is not None else []
 
+    def check_input(self, schema: pa.Schema) -> None:
+        require_columns(schema, list(self._columns),
+                        f"column the model '{self.params.model}' was trained with:")
+
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         columns = self._columns
-        require_columns(schema, list(columns), f"column the model '{self.params.model}' "
-                                               "was trained with:")
+        self.check_input(schema)
         for name, entry in columns.items():
             kind = _kind(schema.field(name).type)
             if kind != entry["kind"]:

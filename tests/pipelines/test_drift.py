@@ -182,6 +182,12 @@ def test_drift_columns_are_checked_as_planned(tables, workdir: Path) -> None:
         run(write_pipeline(workdir, cast, "cast.yaml"))
     assert "column 'tenure' is string here, numeric in the training rows (cast it as it " \
            "was (op: cast))" in str(info.value.problems[0])
+    dropped = CHECK.format(extra="").replace(
+        "      - op: drift", "      - op: drop\n        columns: [tenure]\n      - op: drift")
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, dropped, "dropped.yaml"))
+    assert "column the model 'churn' was trained with: 'tenure' not in the input" in str(
+        info.value.problems[0])
     some = run(write_pipeline(workdir, CHECK.format(extra="        columns: [tenure]"),
                               "some.yaml"))
     assert list(some["metrics"]["drift"]["psi"]) == ["tenure"]
