@@ -281,6 +281,10 @@ def models_show(ref: str, models: str | None, as_json: bool) -> None:
         added = data_step.get("added_columns") or []
         click.echo(f"  data {data_step['step']} ({data_step['op']}): {given}"
                    + (f"; added {', '.join(added)}" if added else ""))
+    profile = meta.get("profile")
+    if profile:  # what drift compares scored rows with
+        click.echo(f"  profile: {profile['rows']:,} training rows ({profile['sample_rows']:,} "
+                   f"sampled): " + ", ".join(profile["columns"]))
     out = [f["name"] + ": " + f["type"] for f in meta["output_schema"]["fields"]]
     click.echo("  output: " + ", ".join(out[-3:]))
     _print_metrics(meta.get("metrics") or {})

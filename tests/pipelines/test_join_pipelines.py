@@ -111,6 +111,8 @@ def test_a_join_is_not_part_of_the_saved_model(churn: Path, regions: Path,
                            capture_output=True, text=True, check=True).stdout
     assert ('  data join (join): path=data/regions.parquet, on=["region"], '
             'columns=["tax_rate"]; added tax_rate\n') in shown
+    assert ("  profile: 5,000 training rows (5,000 sampled): tax_rate, tenure, "
+            "monthly_charges\n") in shown
     # a scoring pipeline brings the column itself: without the join it fails as planned
     bare = write_pipeline(workdir, SCORE.format(join=""), "bare.yaml")
     with pytest.raises(ValidationFailed) as info:
