@@ -22,7 +22,10 @@ from operators.base import (
     suggest,
 )
 from operators.evaluate.drift import Drift
+from operators.expressions import ExpressionError, referenced_columns
+from operators.features.rows import Filter
 from operators.io.model import SaveModel
+from operators.io.parquet import ReadParquet
 from operators.score.score import PREDICTION_COLUMNS, Score
 from pipelines.spec import PipelineSpec, Problem, StepSpec
 from pipelines.store import parse_ref, required_columns
@@ -40,6 +43,8 @@ class Step:
     saved_by: str | None = None
     # a tuned model step: its candidates (the best becomes ``op`` when fitted)
     tuning: Tuning | None = None
+    # a read_parquet step that also applies the condition of this filter step
+    pushed_from: str | None = None
 
     @property
     def id(self) -> str:
@@ -159,8 +164,44 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
     _link_saved_models(built)
     plan.steps = _toposort(built, plan, file)
     _propagate(plan, resolve_model)
+    if not plan.problems:
+        _push_filters(plan)
     plan.problems.sort(key=lambda p: (p.file, p.line))
     return plan
+
+
+def _push_filters(plan: Plan) -> None:
+    """A ``filter`` whose input is a ``read_parquet`` step it alone reads, on the files'
+    own columns (none the read casts), is given to the read too: Parquet's statistics
+    and the hive partitions then skip the files and row groups none of whose rows can
+    pass, and the rows that cannot are never decoded. The filter step still runs (on
+    rows that all pass), so every step after it gets the same rows; the read step counts
+    the rows it passes on."""
+    for step in plan.steps:
+        if not isinstance(step.op, Filter) or step.input is None:
+            continue
+        source = plan.step(step.input)
+        if not isinstance(source.op, ReadParquet) or source.pushed_from is not None or [
+                s.id for s in plan.consumers(source.id)] != [step.id]:
+            continue
+        read = source.op
+        where = step.op.params.where
+        try:
+            full = read.full_schema
+            used = referenced_columns(where)
+        except (SluiceError, ExpressionError):
+            continue
+        if any(full.get_field_index(c) < 0 or c in (read.params.schema_ or {}) for c in used):
+            continue
+        combined = where if not read.params.filter else f"({read.params.filter}) and ({where})"
+        pushed = ReadParquet(read.params.model_copy(update={"filter": combined}))
+        pushed.full_schema = full  # listed once, when planned
+        try:
+            if pushed.schema() != source.schema:
+                continue
+        except (SluiceError, ExpressionError):
+            continue
+        source.op, source.pushed_from = pushed, step.id
 
 
 def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str) -> Operator | None:

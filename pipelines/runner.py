@@ -434,7 +434,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "device": ", ".join(sorted({p.device for p in placed.values()})),
         "steps": {s.id: {"op": s.op.name, "kind": kind_of(s.op),
-                         **({"dtype": "float32"} if placed[s.id].dtype == "float32" else {})}
+                         **({"dtype": "float32"} if placed[s.id].dtype == "float32" else {}),
+                         **({"filter_from": s.pushed_from} if s.pushed_from else {})}
                   for s in plan.steps},
         "outputs": [],
         "models": [],

@@ -58,9 +58,9 @@ class Filter(Transform):
 
     The condition is the expression language of `derive` and `read_parquet`'s
     `filter` (parsed, never eval'd), over any column the step's input has, derived
-    and scored ones included. Put a condition on the files' own columns in
-    `read_parquet`'s `filter` instead: there it also skips files and row groups.
-    Never part of a saved model.
+    and scored ones included. Right after the `read_parquet` it alone reads, on the
+    files' own columns, it is given to the read too, where it skips files and row
+    groups. Never part of a saved model.
 
     ```yaml
     - op: filter
