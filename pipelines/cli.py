@@ -176,8 +176,9 @@ def _print_metrics(by_step: dict[str, Any]) -> None:
     of scalar metrics."""
 
     def show(label: str, values: dict[str, Any]) -> None:
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()
-                          if not isinstance(v, list | dict))
+        shown = ", ".join(f"{k}={_fmt_list(v) if isinstance(v, list) else _fmt(v)}"
+                          for k, v in values.items()
+                          if not isinstance(v, dict) and not _long(v))
         if shown:
             click.echo(f"  metrics {label}: {shown}")
         for key, value in values.items():
@@ -192,6 +193,21 @@ def _print_metrics(by_step: dict[str, Any]) -> None:
 
     for step_id, metrics in by_step.items():
         show(step_id, metrics or {})
+
+
+SHOWN_LIST = 12
+"""A list metric of at most this many plain values is shown in the summary (drift's
+drifted columns, a tuning candidate's folds, evaluate's classes); others are in the
+run record only (a confusion matrix)."""
+
+
+def _long(value: Any) -> bool:
+    return isinstance(value, list) and (len(value) > SHOWN_LIST or any(
+        isinstance(v, list | dict) for v in value))
+
+
+def _fmt_list(values: list[Any]) -> str:
+    return "[" + ", ".join(_fmt(v) for v in values) + "]"
 
 
 def _shown_param(value: Any) -> str:

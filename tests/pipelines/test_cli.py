@@ -178,3 +178,39 @@ def test_datagen_is_deterministic(workdir: Path) -> None:
     a, b = pq.read_table(workdir / "a"), pq.read_table(workdir / "b")
     assert a.num_rows == 3000 and a.equals(b)
     assert a.column("total_charges").null_count > 0
+
+
+def test_the_summary_shows_short_lists_and_leaves_long_ones_to_the_record(
+        churn: Path, workdir: Path) -> None:
+    train = write_pipeline(workdir, """
+        pipeline: trained
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: logistic_regression
+            label: churned
+            features: [tenure, monthly_charges]
+          - op: save_model
+            name: churn
+        """)
+    first = sluice("run", str(train), cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    score = write_pipeline(workdir, """
+        pipeline: evaluated
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: drift
+            model: churn
+          - op: score
+            model: churn
+          - op: evaluate
+            label: churned
+        """, "evaluated.yaml")
+    done = sluice("run", str(score), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    drift = next(line for line in lines if line.startswith("  metrics drift:"))
+    assert "drifted=[]" in drift and "model=churn@1" in drift
+    evaluate = next(line for line in lines if line.startswith("  metrics evaluate:"))
+    assert "classes=[0, 1]" in evaluate and "confusion_matrix" not in evaluate
