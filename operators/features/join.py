@@ -174,13 +174,14 @@ class Join(Transform):
             return self._table
 
     def _read(self) -> pa.Table:
-        source = self._source()
-        schema = source.schema()
         keys = [right for _, right in self.keys]
-        brought = self._brought(schema)
-        table = pa.concat_tables([source.read(p).select(keys + brought)
-                                  for p in source.partitions()] or
-                                 [schema.empty_table().select(keys + brought)])
+        wanted = keys + self._brought(self._source().schema())
+        # only the columns the join uses are decoded (the filter may use others)
+        p = self.params
+        source = ReadParquet(path=p.path, filter=p.filter, columns=wanted,
+                             storage_options=p.storage_options)
+        table = pa.concat_tables([source.read(part) for part in source.partitions()] or
+                                 [source.schema().empty_table()])
         mb = table.nbytes / 2**20
         if mb > self.params.max_mb:
             raise DataError(

@@ -165,3 +165,14 @@ def test_many_keys_of_many_values_fold_without_overflow(tmp_path: Path) -> None:
     out = join(path=str(path), on=list(keys)).transform(rows, NP)
     want = np.where(np.arange(1000) % 7 == 0, np.nan, pick.astype(np.float64))
     np.testing.assert_array_equal(out["x"].to_numpy(zero_copy_only=False), want)
+
+
+def test_the_table_filter_may_use_columns_the_join_does_not_bring(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"k": [1, 2, 3], "x": [10.0, 20.0, 30.0],
+                             "active": [True, False, True]}), path)
+    op = join(path=str(path), on=["k"], columns=["x"], filter="active")
+    rows = pa.table({"k": [1, 2, 3, 4]})
+    assert op.output_schema(rows.schema).names == ["k", "x"]
+    assert op.transform(rows, NP)["x"].to_pylist() == [10.0, None, 30.0, None]
+    assert op.table().column_names == ["k", "x"]  # only what the join uses is kept
