@@ -136,9 +136,10 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
             continue
         op = _build_op(cls, s, plan, file)
         tuning = None
-        if op is not None and (s.tune is not None or s.tune_metric is not None
-                               or s.tune_folds is not None):
-            tuning, found = plan_tuning(cls, s.params, s.tune, s.tune_metric, s.tune_folds)
+        if op is not None and any(v is not None for v in (s.tune, s.tune_metric, s.tune_folds,
+                                                          s.tune_samples)):
+            tuning, found = plan_tuning(cls, s.params, s.tune, s.tune_metric, s.tune_folds,
+                                        s.tune_samples)
             for key, message in found:
                 problem(s, message, key)
             if tuning is not None:

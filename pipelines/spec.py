@@ -18,7 +18,8 @@ from operators.base import suggest
 from pipelines.device import DEVICES
 
 TOP_LEVEL_KEYS = ("pipeline", "description", "params", "device", "dtype", "steps")
-STEP_KEYS = ("id", "op", "input", "device", "dtype", "tune", "tune_metric", "tune_folds")
+STEP_KEYS = ("id", "op", "input", "device", "dtype", "tune", "tune_metric", "tune_folds",
+             "tune_samples")
 # where a pipeline's or a step's numeric kernels run, and in which dtype
 PLACEMENT_KEYS = {"device": DEVICES, "dtype": DTYPES}
 _PARAM_REF = re.compile(r"\$\{([^}]*)\}")
@@ -70,6 +71,7 @@ class StepSpec:
     tune: Any = None
     tune_metric: Any = None
     tune_folds: Any = None
+    tune_samples: Any = None
 
     def line_of(self, param: str | None) -> int:
         return self.param_lines.get(param, self.line) if param else self.line
@@ -298,7 +300,8 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
                             param_lines=key_lines, index=index, explicit_id=explicit,
                             device=device, dtype=dtype, tune=tune,
                             tune_metric=raw.get("tune_metric"),
-                            tune_folds=raw.get("tune_folds")))
+                            tune_folds=raw.get("tune_folds"),
+                            tune_samples=raw.get("tune_samples")))
     return out
 
 

@@ -14,7 +14,9 @@ TrainValidationSplit, scikit-learn's GridSearchCV with one held-out split).
   tune_metric: roc_auc       # default: log_loss for classes, rmse for numbers
 ```
 
-With ``tune_folds: k`` the combinations are compared by k-fold cross-validation
+With ``tune_samples: n`` only n of the combinations are tried, chosen at random by the
+step's ``seed`` (a random search, for grids of more than 100 combinations). With
+``tune_folds: k`` the combinations are compared by k-fold cross-validation
 instead (MLlib's CrossValidator): fold i holds out the rows whose hash falls in
 [i/k, (i+1)/k), every combination is fitted k times and scored by the mean of its
 folds' metric, and the best values are then fitted as the step says (on all its rows,
@@ -24,9 +26,11 @@ or holding out its own ``validation_fraction``): k x combinations + 1 fits.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from operators.base import Operator, SluiceError, suggest
@@ -77,12 +81,22 @@ class Tuning:
         return values.index(min(values))
 
 
+def _combination(index: int, lists: list[list[Any]]) -> list[Any]:
+    """The ``index``-th combination of ``itertools.product(*lists)``."""
+    out = []
+    for values in reversed(lists):
+        index, at = divmod(index, len(values))
+        out.append(values[at])
+    return out[::-1]
+
+
 def label_of(combo: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in combo.items())
 
 
 def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: Any,
-                folds: Any = None) -> tuple[Tuning | None, list[tuple[str, str]]]:
+                folds: Any = None, samples: Any = None
+                ) -> tuple[Tuning | None, list[tuple[str, str]]]:
     """The candidates of a step's ``tune:``, or the problems (``(key, message)``)."""
     problems: list[tuple[str, str]] = []
     if not issubclass(cls.Params, SupervisedParams):
@@ -112,17 +126,32 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                               or not 2 <= folds <= MAX_FOLDS):
         problems.append(("tune_folds", f"tune_folds must be a whole number from 2 to "
                                        f"{MAX_FOLDS} (got {folds!r})"))
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
+                                or not 1 <= samples <= MAX_CANDIDATES):
+        problems.append(("tune_samples", f"tune_samples must be a whole number from 1 to "
+                                         f"{MAX_CANDIDATES} (got {samples!r})"))
     if not problems and folds is None and not params.get("validation_fraction"):
         problems.append(("tune", "tune needs held-out rows to compare the candidates on: "
                                  "set validation_fraction (e.g. 0.2), or tune_folds (e.g. "
                                  "5) to cross-validate"))
     if problems:
         return None, problems
-    combos = [dict(zip(tune, values, strict=True))
-              for values in itertools.product(*tune.values())]
-    if len(combos) > MAX_CANDIDATES:
-        return None, [("tune", f"tune makes {len(combos):,} combinations, over "
-                               f"{MAX_CANDIDATES}: try fewer values")]
+    lists = list(tune.values())
+    total = math.prod(len(v) for v in lists)
+    if samples is not None:
+        # a random search: ``samples`` of the combinations, chosen by the step's seed
+        # (the same ones on every run), in the grid's order
+        picked = np.random.default_rng(int(params.get("seed", 0))).choice(
+            total, size=min(samples, total), replace=False) if samples < total else range(total)
+        combos = [dict(zip(tune, _combination(int(i), lists), strict=True))
+                  for i in sorted(picked)]
+    elif total > MAX_CANDIDATES:
+        return None, [("tune", f"tune makes {total:,} combinations, over {MAX_CANDIDATES}: "
+                               "try fewer values, or tune_samples (e.g. 20) to try a random "
+                               "share of them")]
+    else:
+        combos = [dict(zip(tune, values, strict=True))
+                  for values in itertools.product(*lists)]
     tuning = Tuning(metric)
     for combo in combos:
         try:

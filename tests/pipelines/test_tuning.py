@@ -88,6 +88,8 @@ def test_the_default_metric_is_the_log_loss_lower_is_better(churn: Path,
      "tune: l2=-1.0: parameter 'l2': Input should be greater than or equal to 0"),
     ("tune:\n          l2: [0.1]\n        tune_metric: roc_aoc", "tune_metric",
      "unknown metric 'roc_aoc'; did you mean 'roc_auc'? (one of: accuracy, f1,"),
+    ("tune:\n          l2: [0.1]\n        tune_samples: 0", "tune_samples",
+     "tune_samples must be a whole number from 1 to 100 (got 0)"),
     ("tune:\n          max_iter: [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]\n"
      "          l2: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]", "tune",
      "tune makes 110 combinations, over 100: try fewer values"),
@@ -176,3 +178,30 @@ def test_tune_folds_must_be_a_count(churn: Path, workdir: Path, folds: str) -> N
     path = write_pipeline(workdir, TUNED.format(tune=GRID + f"\n        tune_folds: {folds}"))
     (problem,) = plan_file(path).problems
     assert problem.message.startswith("tune_folds must be a whole number from 2 to 20 (got")
+
+
+def test_tune_samples_tries_a_random_share_of_a_large_grid(churn: Path, workdir: Path) -> None:
+    """A grid of 300 combinations (over the 100 a step may try) searched at random: 5 of
+    them, chosen by the step's seed, the same on every run."""
+    grid = """        tune:
+          l2: [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0]
+          max_iter: [20, 40, 60, 80, 100]
+          tol: [1.0e-6, 1.0e-7, 1.0e-8, 1.0e-9, 1.0e-10, 1.0e-11, 1.0e-12, 1.0e-13, 1.0e-14,
+                1.0e-15]
+        tune_samples: 5"""
+    path = write_pipeline(workdir, TUNED.format(tune=grid))
+    first = plan_file(path).step("model").tuning
+    assert len(first.combos) == 5
+    assert first.combos == plan_file(path).step("model").tuning.combos  # by the seed
+    other = plan_file(write_pipeline(workdir, TUNED.format(tune=grid).replace(
+        "seed: 3", "seed: 4"), "other.yaml")).step("model").tuning
+    assert other.combos != first.combos
+    grid_order = [(c["l2"], c["max_iter"], c["tol"]) for c in first.combos]
+    assert grid_order == sorted(grid_order, key=lambda v: (
+        [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0].index(v[0]), v[1], -v[2]))
+    record = run(path)
+    assert len(record["metrics"]["model"]["tuning"]["candidates"]) == 5
+    without = TUNED.format(tune=grid.replace("\n        tune_samples: 5", ""))
+    (problem,) = plan_file(write_pipeline(workdir, without, "all.yaml")).problems
+    assert "tune makes 300 combinations, over 100: try fewer values, or tune_samples" in (
+        problem.message)
