@@ -14,9 +14,17 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from operators.base import DataError, Params, SchemaError, Transform, register, require_columns
+from operators.base import (
+    DataError,
+    ParamError,
+    Params,
+    SchemaError,
+    Transform,
+    register,
+    require_columns,
+)
 from operators.features.columns import unique_names
 from operators.io.parquet import ReadParquet
 
@@ -29,9 +37,10 @@ class JoinParams(Params):
                     "{input column: table column}; a null key matches nothing")
     columns: list[str] | None = Field(
         None, description="the table's columns to bring (default: all but the keys)")
-    how: Literal["left", "inner"] = Field(
+    how: Literal["left", "inner", "anti"] = Field(
         "left", description="left: every row, nulls where no key matches; inner: only the "
-                            "rows whose key is in the table")
+                            "rows whose key is in the table; anti: only the rows whose key "
+                            "is not (new customers, unmatched orders), bringing no column")
     prefix: str = Field("", description="put before the brought columns' names, e.g. "
                                         "customer_ (for names the input has already)")
     filter: str | None = Field(None, description="rows of the table to use, as "
@@ -58,6 +67,13 @@ class JoinParams(Params):
         if value is not None:
             unique_names(value, "columns")
         return value
+
+    @model_validator(mode="after")
+    def _anti_brings_nothing(self) -> JoinParams:
+        if self.how == "anti" and self.columns:
+            raise ParamError("how: anti keeps the rows without a match, which bring no "
+                             "column", hint="drop columns:, or use how: left")
+        return self
 
 
 def _comparable(t: pa.DataType) -> pa.DataType:
@@ -87,7 +103,7 @@ class Join(Transform):
       path: data/customers          # one row per customer_id
       on: [customer_id]             # or {customer_id: id} where the names differ
       columns: [segment, lifetime_value]
-      how: left                     # inner: only the rows whose key is in the table
+      how: left                     # inner: only rows whose key is in it; anti: only others
     ```
     """
 
@@ -121,6 +137,8 @@ class Join(Transform):
 
     def _brought(self, table_schema: pa.Schema) -> list[str]:
         """The table's columns this step adds (before the prefix)."""
+        if self.params.how == "anti":
+            return []
         keys = {right for _, right in self.keys}
         if self.params.columns is None:
             return [n for n in table_schema.names if n not in keys]
@@ -239,6 +257,8 @@ class Join(Transform):
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         table = self.table()
         at = self._positions(part)
+        if self.params.how == "anti":
+            return part.filter(pc.is_null(at))
         if self.params.how == "inner":
             found = pc.is_valid(at)
             part, at = part.filter(found), at.filter(found)

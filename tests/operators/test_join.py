@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from operators.arrays import get_namespace
-from operators.base import DataError, SchemaError, lookup
+from operators.base import DataError, ParamError, SchemaError, lookup
 from operators.features.join import Join
 
 NP = get_namespace("numpy")
@@ -176,3 +176,18 @@ def test_the_table_filter_may_use_columns_the_join_does_not_bring(tmp_path: Path
     assert op.output_schema(rows.schema).names == ["k", "x"]
     assert op.transform(rows, NP)["x"].to_pylist() == [10.0, None, 30.0, None]
     assert op.table().column_names == ["k", "x"]  # only what the join uses is kept
+
+
+def test_an_anti_join_keeps_the_rows_without_a_match(rows: pa.Table, table: Path) -> None:
+    op = join(path=str(table), on=["a", "b"], how="anti")
+    assert op.output_schema(rows.schema) == rows.schema
+    out = op.transform(rows, NP)
+    matched = join(path=str(table), on=["a", "b"], how="inner").transform(rows, NP)
+    assert out.num_rows + matched.num_rows == rows.num_rows
+    a, b = out["a"].to_pylist(), out["b"].cast(pa.string()).to_pylist()
+    assert all(x is None or x >= 25 or y == "z" for x, y in zip(a, b, strict=True))
+    assert out.equals(rows.filter(pa.array([
+        x is None or x >= 25 or y == "z" for x, y in zip(
+            rows["a"].to_pylist(), rows["b"].cast(pa.string()).to_pylist(), strict=True)])))
+    with pytest.raises(ParamError, match="how: anti keeps the rows without a match"):
+        join(path=str(table), on=["a"], how="anti", columns=["w"])

@@ -65,6 +65,18 @@ def test_a_join_gives_pandas_merge_on_every_engine(churn: Path, regions: Path, w
                                * (1 + want["tax_rate"].fillna(0)), rtol=1e-12)
 
 
+def test_an_anti_join_keeps_the_unmatched_rows_on_every_engine(
+        churn: Path, regions: Path, workdir: Path, engine: Engine) -> None:
+    record = run(write_pipeline(workdir, ENRICH.format(how="anti").replace(
+        "coalesce(tax_rate, 0)", "0")), engine_instance=engine)
+    got = pq.read_table(workdir / "out" / "enriched")
+    data = pq.read_table(churn).to_pandas()
+    unmatched = data[~data["region"].isin(["north", "south", "east", "mars"])]
+    assert got.num_rows == len(unmatched) == record["steps"]["join"]["rows"] > 0
+    assert set(got["region"].to_pylist()) == set(unmatched["region"])
+    assert "tax_rate" not in got.column_names
+
+
 TRAIN = """
     pipeline: train_joined
     steps:

@@ -177,7 +177,8 @@ _cases("join", features_table,
        ("inner-columns-prefix", {"path": _PLANS, "on": ["plan"], "how": "inner",
                                  "columns": ["price"], "prefix": "plan_"}),
        ("two-keys-named", {"path": _PAIRS, "on": {"small": "small", "region": "zone"},
-                           "filter": "rate > 0.2"}))
+                           "filter": "rate > 0.2"}),
+       ("anti", {"path": _PAIRS, "on": {"small": "small", "region": "zone"}, "how": "anti"}))
 _cases("expect", features_table,
        ("passing-fail", {"rules": {"ids": "id >= 0", "small": "small between -5 and 4"},
                          "not_null": ["region", "flag"]}),
