@@ -536,35 +536,46 @@ class FittedModel(Transform):
         """Whether contributions are per class (multiclass) rather than one number."""
         return self.is_classifier and len(self.classes) > 2
 
-    def contribution_fields(self) -> list[pa.Field]:
-        """``contributions`` (a struct, a field per feature) and ``contribution_base``:
-        float64 each, or a list of float64 per class (multiclass)."""
+    def contribution_fields(self, groups: dict[str, str] | None = None) -> list[pa.Field]:
+        """``contributions`` (a struct, a field per feature, or per group of features
+        where ``groups`` maps each feature to one) and ``contribution_base``: float64
+        each, or a list of float64 per class (multiclass)."""
         value = pa.list_(pa.float64()) if self.explains_classes else pa.float64()
-        return [pa.field(CONTRIBUTIONS, pa.struct([pa.field(f, value) for f in self.features])),
+        names = self.features if groups is None else list(dict.fromkeys(groups.values()))
+        return [pa.field(CONTRIBUTIONS, pa.struct([pa.field(f, value) for f in names])),
                 pa.field(CONTRIBUTION_BASE, value)]
 
     def contributions(self, part: pa.Table, xp: Any
                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """``outputs`` with each row's per-feature contributions to its raw score, (rows,
         features, k) on the host, and the expected raw score (k,); from one copy of the
-        rows to the device."""
-        raise NotImplementedError(self.explains())
+        rows to the device. A model without them says why (``explains``)."""
+        raise SchemaError(f"model ends in {self.explains()}")
 
-    def explain(self, part: pa.Table, xp: Any) -> pa.Table:
-        """``transform`` plus the ``contributions`` and ``contribution_base`` columns."""
+    def explain(self, part: pa.Table, xp: Any, groups: dict[str, str] | None = None
+                ) -> pa.Table:
+        """``transform`` plus the ``contributions`` and ``contribution_base`` columns;
+        with ``groups`` (feature -> name) the features of a group add up to one field."""
         require_columns(part.schema, self.features, "feature column")
         predicted, proba, phi, base = self.contributions(part, xp)
         out = self.with_outputs(part, predicted, proba)
-        n, fields = part.num_rows, self.contribution_fields()
+        n, fields = part.num_rows, self.contribution_fields(groups)
+        if groups is not None:
+            names = [f.name for f in fields[0].type]
+            at = {name: i for i, name in enumerate(names)}
+            summed = np.zeros((n, len(names), phi.shape[2]))
+            for j, feature in enumerate(self.features):
+                summed[:, at[groups[feature]], :] += phi[:, j, :]
+            phi = summed
         if self.explains_classes:
             k = phi.shape[2]
             offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
             per_feature = [pa.ListArray.from_arrays(offsets, pa.array(phi[:, j, :].reshape(-1)))
-                           for j in range(len(self.features))]
+                           for j in range(phi.shape[1])]
             base_column = pa.ListArray.from_arrays(offsets, pa.array(np.tile(base, n)))
         else:
             per_feature = [pa.array(np.ascontiguousarray(phi[:, j, 0]), pa.float64())
-                           for j in range(len(self.features))]
+                           for j in range(phi.shape[1])]
             base_column = pa.array(np.full(n, base[0]), pa.float64())
         struct = pa.StructArray.from_arrays(per_feature, fields=list(fields[0].type))
         return put_column(put_column(out, fields[0], struct), fields[1], base_column)

@@ -1885,13 +1885,7 @@ class TreeModelFitted(FittedModel):
         """As ``FittedModel.outputs``, with missing and infinite feature values allowed."""
         require_columns(part.schema, self.features, "feature column")
         flat = to_xp(feature_columns(part, self.features, xp).reshape(-1), xp)
-        return self._outputs(self._scores(flat, part.num_rows, xp), xp)
-
-    def _outputs(self, scores: Any, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        if not self.is_classifier:
-            return to_numpy(scores).astype(np.float64, copy=False), None
-        best = xp.argmax(scores, axis=1)
-        return to_numpy(best).astype(np.int64, copy=False), to_numpy(scores)
+        return self.outputs_of(self._scores(flat, part.num_rows, xp))
 
     @functools.cached_property
     def _paths(self) -> Paths:
@@ -1914,7 +1908,7 @@ class TreeModelFitted(FittedModel):
         to the device as the scores."""
         flat = to_xp(feature_columns(part, self.features, xp).reshape(-1), xp)
         n = part.num_rows
-        predicted, proba = self._outputs(self._scores(flat, n, xp), xp)
+        predicted, proba = self.outputs_of(self._scores(flat, n, xp))
         paths = self._paths
         return predicted, proba, to_numpy(contributions(flat, n, paths, xp)), paths.base
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
@@ -116,6 +115,15 @@ class Score(Transform):
             self._not_explained(why)
         return models[-1]
 
+    def _groups(self, chain: Chain, at: int) -> dict[str, str] | None:
+        """With ``contributions_by: inputs``, the input column of each of the model's
+        features (the chain before the model made them)."""
+        if self.params.contributions_by != "inputs":
+            return None
+        model = chain.steps[at]
+        assert isinstance(model, FittedModel)
+        return input_groups(chain.steps[:at], model.features)
+
     def _bound(self) -> Chain:
         if self.chain is None:
             raise SchemaError(f"model '{self.params.model}' is not loaded")
@@ -143,7 +151,7 @@ class Score(Transform):
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         planned = self.chain is None and self.planned is not None
         chain = None if planned else self._bound()
-        require_columns(schema, self.required, f"column the model '{self.params.model}' needs:")
+        self.check_input(schema)
         if chain is None:
             # a planned model's contributions come with its features, at run time
             added = list(self.planned or [])
@@ -157,13 +165,7 @@ class Score(Transform):
                 at = self._explained(chain)
                 model = chain.steps[at]
                 assert isinstance(model, FittedModel)
-                fields = model.contribution_fields()
-                if self.params.contributions_by == "inputs":
-                    value = fields[1].type
-                    groups = input_groups(chain.steps[:at], model.features)
-                    fields[0] = pa.field(CONTRIBUTIONS, pa.struct(
-                        [pa.field(g, value) for g in dict.fromkeys(groups.values())]))
-                added += fields
+                added += model.contribution_fields(self._groups(chain, at))
         dropped = OUTPUT_COLUMNS if self.params.contributions else PREDICTION_COLUMNS
         kept = pa.schema([f for f in schema if f.name not in dropped],
                          metadata=schema.metadata)
@@ -177,10 +179,8 @@ class Score(Transform):
             at = self._explained(chain)
             model = chain.steps[at]
             assert isinstance(model, FittedModel)
-            explained = model.explain(Chain(chain.steps[:at]).transform(part, xp), xp)
-            if self.params.contributions_by == "inputs":
-                explained = _summed(explained, input_groups(chain.steps[:at], model.features),
-                                    model.explains_classes)
+            explained = model.explain(Chain(chain.steps[:at]).transform(part, xp), xp,
+                                      self._groups(chain, at))
             scored = Chain(chain.steps[at + 1:]).transform(explained, xp)
             columns = OUTPUT_COLUMNS
         else:
@@ -204,27 +204,3 @@ def input_groups(steps: list[Transform], features: list[str]) -> dict[str, str]:
         out[feature] = current[0] if len(current) == 1 else feature
     return out
 
-
-def _summed(table: pa.Table, groups: dict[str, str], per_class: bool) -> pa.Table:
-    """The contributions struct with the fields of a group added up (in the groups' order
-    of first appearance)."""
-    at = table.schema.get_field_index(CONTRIBUTIONS)
-    struct = table.column(at).combine_chunks()
-    n, names = len(struct), list(dict.fromkeys(groups.values()))
-    fields, arrays = [], []
-    for name in names:
-        members = [struct.field(f) for f, g in groups.items() if g == name]
-        if per_class:  # k per row: the flattened values add up row by row
-            values = sum(m.flatten().to_numpy(zero_copy_only=False) for m in members)
-            k = len(values) // max(n, 1)
-            offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)) if n else pa.array(
-                [0], pa.int32())
-            array = pa.ListArray.from_arrays(offsets, pa.array(values, pa.float64()))
-        else:
-            array = pa.array(sum(m.to_numpy(zero_copy_only=False) for m in members),
-                             pa.float64())
-        fields.append(pa.field(name, array.type))
-        arrays.append(array)
-    summed = (pa.StructArray.from_arrays(arrays, fields=fields) if fields
-              else pa.array([{}] * n, pa.struct([])))
-    return table.set_column(at, pa.field(CONTRIBUTIONS, summed.type), summed)

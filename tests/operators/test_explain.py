@@ -246,6 +246,9 @@ def test_contributions_of_a_model_without_them_is_an_error() -> None:
     with pytest.raises(SchemaError, match="contributions: model 'churn' ends in mlp, which "
                                           "has no per-feature contributions"):
         score.output_schema(table.schema)
+    with pytest.raises(SchemaError, match="model ends in mlp, which has no per-feature "
+                                          "contributions"):
+        model.explain(table, NUMPY)
 
 
 # --------------------------------------------------------------------------- linear models
