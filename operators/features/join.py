@@ -115,6 +115,7 @@ class Join(Transform):
     def __init__(self, params: Any = None, **kwargs: Any):
         super().__init__(params, **kwargs)
         self._table: pa.Table | None = None
+        self._folded: tuple[list[pa.Array], list[pa.Array], pa.Array] | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -124,6 +125,7 @@ class Join(Transform):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.params, self._table, self._lock = state["params"], state["table"], threading.Lock()
+        self._folded = None
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -223,36 +225,22 @@ class Join(Transform):
                 "or choose them with filter:")
         return known.combine_chunks()
 
+    def _codes(self) -> tuple[list[pa.Array], list[pa.Array], pa.Array]:
+        """The table's side of the key lookup, once per process: each key's distinct
+        values, the dense codes after each fold, and each table row's code."""
+        if self._folded is None:  # two threads may both fold: to the same codes
+            table = self.table()
+            values = [pc.unique(table.column(right)) for _, right in self.keys]
+            dense: list[pa.Array] = []
+            rows = _fold([table.column(right) for _, right in self.keys], values, dense)
+            self._folded = (values, dense, rows)
+        return self._folded
+
     def _positions(self, part: pa.Table) -> pa.Array:
         """Per row of ``part``, the row of the table with its key (null: none)."""
-        table = self.table()
-        if len(self.keys) == 1:
-            left, right = self.keys[0]
-            column = part.column(left)
-            if pa.types.is_dictionary(column.type):
-                column = column.cast(column.type.value_type)
-            return pc.index_in(column.cast(table.schema.field(right).type),
-                               value_set=table.column(right), skip_nulls=True)
-        # several keys: each row's position in the table's distinct values of each key,
-        # folded into one number per row (dense after every key, so it cannot overflow)
-        mine = theirs = None
-        for left, right in self.keys:
-            values = pc.unique(table.column(right))
-            column = part.column(left)
-            if pa.types.is_dictionary(column.type):
-                column = column.cast(column.type.value_type)
-            a = pc.index_in(column.cast(values.type), value_set=values,
-                            skip_nulls=True).cast(pa.int64())
-            b = pc.index_in(table.column(right), value_set=values).cast(pa.int64())
-            if mine is None:
-                mine, theirs = a, b
-                continue
-            mine = pc.add(pc.multiply(mine, len(values)), a)
-            theirs = pc.add(pc.multiply(theirs, len(values)), b)
-            dense = pc.unique(theirs)
-            mine = pc.index_in(mine, value_set=dense, skip_nulls=True).cast(pa.int64())
-            theirs = pc.index_in(theirs, value_set=dense).cast(pa.int64())
-        return pc.index_in(mine, value_set=theirs, skip_nulls=True)
+        values, dense, rows = self._codes()
+        codes = _fold([part.column(left) for left, _ in self.keys], values, dense)
+        return pc.index_in(codes, value_set=rows, skip_nulls=True)
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         table = self.table()
@@ -276,3 +264,24 @@ def _combined(table: pa.Table, keys: list[str]) -> pa.Array:
     for name in keys[1:]:
         out = pc.or_(out, pc.is_null(table.column(name)))
     return pc.if_else(out, pa.scalar(None, pa.bool_()), pa.scalar(True))
+
+
+def _fold(columns: list[Any], values: list[pa.Array], dense: list[pa.Array]) -> pa.Array:
+    """One code per row for its keys: each key's position among the table's distinct
+    values, folded into the codes so far and made dense again after each key (so the
+    codes stay below the table's rows: no overflow however many keys); null where a key
+    is null or not in the table. The table's own fold fills ``dense`` (empty), a
+    partition's reuses it. Keys compare as values: a dictionary or a narrower type is
+    cast to the table's."""
+    code = None
+    for i, (column, distinct) in enumerate(zip(columns, values, strict=True)):
+        at = pc.index_in(column.cast(distinct.type), value_set=distinct,
+                         skip_nulls=True).cast(pa.int64())
+        if code is None:
+            code = at
+            continue
+        raw = pc.add(pc.multiply(code, len(distinct)), at)
+        if len(dense) < i:
+            dense.append(pc.unique(raw))
+        code = pc.index_in(raw, value_set=dense[i - 1], skip_nulls=True).cast(pa.int64())
+    return code
