@@ -33,6 +33,7 @@ from operators.base import (
 )
 from operators.evaluate.evaluate import Measured
 from operators.hashing import hash_rows
+from operators.models.common import is_numeric
 
 PROFILE_ROWS = 20_000
 """Rows of the sample a training profile is made from."""
@@ -49,7 +50,7 @@ FLOOR = 1e-4
 def _kind(t: pa.DataType) -> str | None:
     if pa.types.is_dictionary(t):
         t = t.value_type
-    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+    if is_numeric(t):
         return "numeric"
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return "text"
@@ -89,18 +90,13 @@ def profile_combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _values(column: pa.ChunkedArray) -> np.ndarray:
-    """A numeric column as float64 with missing values as NaN."""
-    column = column.combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    return pc.fill_null(column.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    """A numeric column (a dictionary too) as float64 with missing values as NaN."""
+    return pc.fill_null(column.cast(pa.float64()), np.nan).to_numpy()
 
 
 def _texts(column: pa.ChunkedArray) -> pa.Array:
-    column = column.combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    return column.cast(pa.string())
+    """A text column (a dictionary too) as one string array."""
+    return column.cast(pa.string()).combine_chunks()
 
 
 def profile_finish(stats: dict[str, Any]) -> dict[str, Any]:

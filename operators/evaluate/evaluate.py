@@ -33,6 +33,7 @@ from operators.evaluate.metrics import (
     align,
 )
 from operators.features.columns import unique_names
+from operators.models.common import is_numeric
 
 Task = Literal["classification", "regression", "auto"]
 
@@ -297,20 +298,16 @@ def _task_of(label: str, t: pa.DataType) -> str:
                       "regression", hint="set task: classification or task: regression")
 
 
-def _is_numeric(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-
-
 def _require_numeric(schema: pa.Schema, column: str, what: str) -> None:
     t = _value_type(schema.field(column).type)
-    if not _is_numeric(t):
+    if not is_numeric(t):
         raise SchemaError(f"column '{column}' has type {t} but {what} needs numbers",
                           hint="cast it, or choose another column")
 
 
 def _require_comparable(schema: pa.Schema, label: str, prediction: str) -> None:
     a, b = (_value_type(schema.field(c).type) for c in (label, prediction))
-    if _is_string(a) != _is_string(b) or not (_is_string(a) or _is_numeric(a)):
+    if _is_string(a) != _is_string(b) or not (_is_string(a) or is_numeric(a)):
         raise SchemaError(f"prediction '{prediction}' ({b}) cannot be compared with label "
                           f"'{label}' ({a})", hint="predictions must be class labels of the "
                           "label's kind; is `prediction:` the right column?")
