@@ -210,6 +210,11 @@ def _fmt_list(values: list[Any]) -> str:
     return "[" + ", ".join(_fmt(v) for v in values) + "]"
 
 
+def _shown_params(params: dict[str, Any] | None) -> str:
+    """A step's parameters as the pipeline file would say them: k=v, k=v."""
+    return ", ".join(f"{k}={_shown_param(v)}" for k, v in (params or {}).items())
+
+
 def _shown_param(value: Any) -> str:
     """A parameter as the pipeline file would say it (flow-style YAML)."""
     return json.dumps(value, separators=(", ", ": ")) if isinstance(value, dict | list) else (
@@ -288,14 +293,12 @@ def models_show(ref: str, models: str | None, as_json: bool) -> None:
     for entry in meta["steps"]:
         click.echo(f"    - {entry['op']}")
     for step_id, trained in (meta.get("trained_with") or {}).items():
-        given = ", ".join(f"{k}={_shown_param(v)}"
-                          for k, v in (trained["params"] or {}).items())
+        given = _shown_params(trained["params"])
         click.echo(f"  trained {step_id} ({trained['op']}): {given or 'the defaults'}")
     for data_step in meta.get("data_steps") or []:  # not in the model: scoring repeats them
-        given = ", ".join(f"{k}={_shown_param(v)}"
-                          for k, v in (data_step["params"] or {}).items())
         added = data_step.get("added_columns") or []
-        click.echo(f"  data {data_step['step']} ({data_step['op']}): {given}"
+        click.echo(f"  data {data_step['step']} ({data_step['op']}): "
+                   f"{_shown_params(data_step['params'])}"
                    + (f"; added {', '.join(added)}" if added else ""))
     profile = meta.get("profile")
     if profile:  # what drift compares scored rows with

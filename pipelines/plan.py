@@ -22,7 +22,7 @@ from operators.base import (
     suggest,
 )
 from operators.evaluate.drift import Drift
-from operators.expressions import ExpressionError, referenced_columns
+from operators.expressions import referenced_columns
 from operators.features.rows import Filter
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
@@ -182,26 +182,18 @@ def _push_filters(plan: Plan) -> None:
         if not isinstance(step.op, Filter) or step.input is None:
             continue
         source = plan.step(step.input)
-        if not isinstance(source.op, ReadParquet) or source.pushed_from is not None or [
+        if not isinstance(source.op, ReadParquet) or [
                 s.id for s in plan.consumers(source.id)] != [step.id]:
             continue
-        read = source.op
-        where = step.op.params.where
-        try:
-            full = read.full_schema
-            used = referenced_columns(where)
-        except (SluiceError, ExpressionError):
-            continue
-        if any(full.get_field_index(c) < 0 or c in (read.params.schema_ or {}) for c in used):
+        # the plan has no problem: the read's schema is known and the condition parses
+        read, where = source.op, step.op.params.where
+        full = read.full_schema
+        if any(full.get_field_index(c) < 0 or c in (read.params.schema_ or {})
+               for c in referenced_columns(where)):
             continue
         combined = where if not read.params.filter else f"({read.params.filter}) and ({where})"
         pushed = ReadParquet(read.params.model_copy(update={"filter": combined}))
         pushed.full_schema = full  # listed once, when planned
-        try:
-            if pushed.schema() != source.schema:
-                continue
-        except (SluiceError, ExpressionError):
-            continue
         source.op, source.pushed_from = pushed, step.id
 
 

@@ -122,14 +122,12 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
     if metric is not None and metric not in METRICS:
         problems.append(("tune_metric", f"unknown metric '{metric}'{suggest(str(metric), METRICS)}"
                                         f" (one of: {', '.join(METRICS)})"))
-    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int)
-                              or not 2 <= folds <= MAX_FOLDS):
-        problems.append(("tune_folds", f"tune_folds must be a whole number from 2 to "
-                                       f"{MAX_FOLDS} (got {folds!r})"))
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
-                                or not 1 <= samples <= MAX_CANDIDATES):
-        problems.append(("tune_samples", f"tune_samples must be a whole number from 1 to "
-                                         f"{MAX_CANDIDATES} (got {samples!r})"))
+    for key, value, low, high in (("tune_folds", folds, 2, MAX_FOLDS),
+                                  ("tune_samples", samples, 1, MAX_CANDIDATES)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not low <= value <= high):
+            problems.append((key, f"{key} must be a whole number from {low} to {high} "
+                                  f"(got {value!r})"))
     if not problems and folds is None and not params.get("validation_fraction"):
         problems.append(("tune", "tune needs held-out rows to compare the candidates on: "
                                  "set validation_fraction (e.g. 0.2), or tune_folds (e.g. "

@@ -612,6 +612,13 @@ class LinearContributions:
     coef: np.ndarray
     intercept: Any
 
+    def _keep_means(self, means: np.ndarray | None) -> None:
+        self.means = None if means is None else np.asarray(means, dtype=np.float64)
+
+    def _means_array(self) -> dict[str, np.ndarray]:
+        """The means for arrays.npz, where the model has them."""
+        return {} if self.means is None else {"means": self.means}
+
     def explains(self) -> str | None:
         if self.means is None:
             return (f"{self.name.removesuffix('.fitted')} saved without its training means "

@@ -73,16 +73,14 @@ class LinearRegressionFitted(LinearContributions, FittedModel):
         super().__init__(features)
         self.coef = np.asarray(coef, dtype=np.float64).reshape(-1)
         self.intercept = float(intercept)
-        self.means = None if means is None else np.asarray(means, dtype=np.float64)
+        self._keep_means(means)
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         return X @ parameters(self.coef, xp) + self.intercept
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {"coef": self.coef, "intercept": np.asarray(self.intercept)}
-        if self.means is not None:
-            out["means"] = self.means
-        return out
+        return {"coef": self.coef, "intercept": np.asarray(self.intercept),
+                **self._means_array()}
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]

@@ -108,7 +108,7 @@ class LogisticRegressionFitted(LinearContributions, FittedModel):
         super().__init__(features, classes, label_type)
         self.coef = np.asarray(coef, dtype=np.float64).reshape(-1, len(self.features))
         self.intercept = np.asarray(intercept, dtype=np.float64).reshape(-1)
-        self.means = None if means is None else np.asarray(means, dtype=np.float64)
+        self._keep_means(means)
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         z = X @ parameters(self.coef, xp).T + parameters(self.intercept, xp)
@@ -118,10 +118,7 @@ class LogisticRegressionFitted(LinearContributions, FittedModel):
         return softmax(z, xp)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {"coef": self.coef, "intercept": self.intercept}
-        if self.means is not None:
-            out["means"] = self.means
-        return out
+        return {"coef": self.coef, "intercept": self.intercept, **self._means_array()}
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
