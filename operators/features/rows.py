@@ -34,6 +34,36 @@ from operators.expressions import (
 from operators.features.columns import arrow_message, unique_names
 from operators.hashing import chosen_rows
 
+# --------------------------------------------------------------------------- conditions
+# filter's `where` and expect's rules: parsed with the step's parameters, checked against
+# the input as the pipeline plans, evaluated on each partition
+
+ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+
+def _parsed(text: str, what: str) -> str:
+    """``text`` when it parses as a true/false condition, else a ParamError."""
+    try:
+        parse_filter(text)
+    except ExpressionError as exc:
+        raise ParamError(f"{what}: {exc}") from None
+    return text
+
+
+def _checked(text: str, schema: pa.Schema, what: str) -> None:
+    """A SchemaError when the condition is not true/false over ``schema``'s columns."""
+    try:
+        check_filter(text, schema)
+    except ExpressionError as exc:
+        raise SchemaError(f"{what}: {exc}") from None
+
+
+def _failed(exc: BaseException, what: str) -> DataError:
+    """A condition that Arrow could not evaluate on a partition's values."""
+    return DataError(f"{what}: {arrow_message(exc)}",
+                     hint="guard the condition, e.g. with if(...) or coalesce(...)")
+
+
 # --------------------------------------------------------------------------- filter
 
 
@@ -45,11 +75,7 @@ class FilterParams(Params):
     @field_validator("where")
     @classmethod
     def _parses(cls, value: str) -> str:
-        try:
-            parse_filter(value)
-        except ExpressionError as exc:
-            raise ParamError(f"where: {exc}") from None
-        return value
+        return _parsed(value, "where")
 
 
 @register("filter")
@@ -77,19 +103,14 @@ class Filter(Transform):
         return referenced_columns(self.params.where)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        try:
-            check_filter(self.params.where, schema)
-        except ExpressionError as exc:
-            raise SchemaError(f"where: {exc}") from None
+        _checked(self.params.where, schema, "where")
         return schema
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         try:
             return part.filter(parse_filter(self.params.where))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            raise DataError(f"where: {arrow_message(exc)}",
-                            hint="guard the condition, e.g. with if(...) or coalesce(...)"
-                            ) from None
+        except ARROW_ERRORS as exc:
+            raise _failed(exc, "where") from None
 
 
 # --------------------------------------------------------------------------- sample
@@ -188,10 +209,7 @@ class ExpectParams(Params):
     @classmethod
     def _rules_parse(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            try:
-                parse_filter(text)
-            except ExpressionError as exc:
-                raise ParamError(f"rules: '{name}': {exc}") from None
+            _parsed(text, f"rules: '{name}'")
         return value
 
     @field_validator("not_null")
@@ -258,10 +276,7 @@ class Expect(Transform):
         except SchemaError as exc:
             raise SchemaError(f"not_null: {exc.message}", hint=exc.hint) from None
         for name, text in self.params.rules.items():
-            try:
-                check_filter(text, schema)
-            except ExpressionError as exc:
-                raise SchemaError(f"rules: '{name}': {exc}") from None
+            _checked(text, schema, f"rules: '{name}'")
         return schema
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
@@ -269,10 +284,8 @@ class Expect(Transform):
         try:
             met = ds.dataset(part).to_table(
                 columns={name: parse_filter(text) for name, text in checks.items()})
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            raise DataError(f"rules: {arrow_message(exc)}",
-                            hint="guard the condition, e.g. with if(...) or coalesce(...)"
-                            ) from None
+        except ARROW_ERRORS as exc:
+            raise _failed(exc, "rules") from None
         passed = None
         for name in checks:
             ok = pc.fill_null(met.column(name), False)
