@@ -331,6 +331,58 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
 
 
 @main.command()
+@click.argument("ref")
+@models_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on (0.0.0.0: every interface)")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="port to listen on (0: any free port, printed)")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="server processes sharing the port (each loads the model)")
+@click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True,
+              help="requests a process scores at once")
+@click.option("--refresh", type=click.FloatRange(min=0), default=0, show_default=True,
+              metavar="SECONDS", help="look this often whether REF names another version "
+              "(an alias moved, a new latest) and serve it; 0: never")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="where the model's kernels run")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True)
+@click.option("--max-rows", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="rows one request may carry (413 past it)")
+@click.option("--max-mb", type=click.FloatRange(min=0, min_open=True), default=100.0,
+              show_default=True, help="size of one request's body (413 past it)")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="a log line per request")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info",
+                                                 "debug"]), default="info", show_default=True)
+def serve(ref: str, models: str | None, host: str, port: int, workers: int, threads: int,
+          refresh: float, device: str, dtype: str, max_rows: int, max_mb: float,
+          access_log: bool, log_level: str) -> None:
+    """Serve the model REF (churn, churn@3, churn@production) over HTTP.
+
+    POST /invocations scores the rows of a request with the chain the `score` step
+    applies: MLflow's JSON formats (dataframe_split, dataframe_records, inputs,
+    instances), CSV, or an Arrow IPC stream (answered in Arrow). JSON `params` (or the
+    query string): contributions, contributions_by, keep (columns of the request to
+    echo). GET /ping, /health, /metadata (inputs, outputs, version), /version.
+    SIGINT / SIGTERM stop it once the requests in flight are answered (exit status 130 /
+    143); a problem with the model or the port stops it before it listens (exit 1)."""
+    from pipelines.serving import Settings
+    from pipelines.serving import serve as start
+
+    settings = Settings(ref=ref, models=models, device=device, dtype=dtype, threads=threads,
+                        max_rows=max_rows, max_mb=max_mb, refresh=refresh)
+
+    def ready(url: str, model: Any) -> None:
+        asked = "" if model.asked == model.ref else f" ({model.asked})"
+        click.echo(f"serving {model.ref}{asked} on {url}: POST /invocations; "
+                   f"GET /ping, /metadata", err=True)
+
+    start(settings, host=host, port=port, workers=workers, access_log=access_log,
+          log_level=log_level, ready=ready)
+
+
+@main.command()
 @click.argument("name", required=False)
 def ops(name: str | None) -> None:
     """The registered operators, their parameters and docs (from the registry itself)."""

@@ -1,0 +1,734 @@
+"""Online scoring: a saved model in a Python process (``load_model``) and over HTTP
+(``sluice serve``), with the fitted chain the bulk ``score`` step applies.
+
+    from pipelines.serving import load_model
+    model = load_model("churn@production")
+    model.score([{"tenure": 3, "plan": "basic", ...}])     # records in, records out
+
+``sluice serve churn@production --port 8080`` answers ``POST /invocations`` with the
+request formats of MLflow's scoring server (``dataframe_split``, ``dataframe_records``,
+``inputs``, ``instances``; CSV) and Arrow IPC streams, each request scored by the same
+``score`` operator a pipeline runs: the same predictions, the same errors, the same
+``contributions``. The server runs on uvicorn (``sluice[serve]``); scoring runs on a
+bounded thread pool so that ``/ping`` answers while a large batch scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from operators.base import DataError, SluiceError, suggest
+from operators.score.score import OUTPUT_COLUMNS, Score
+from pipelines.device import CPU, Placement, resolve, run_placed
+from pipelines.store import Model, ModelStore
+
+log = logging.getLogger("sluice.serve")
+
+JSON = "application/json"
+CSV = "text/csv"
+ARROW = "application/vnd.apache.arrow.stream"
+ARROW_FILE = "application/vnd.apache.arrow.file"
+MEDIA_TYPES = (JSON, CSV, ARROW, ARROW_FILE)
+# the JSON request formats (MLflow's scoring server's names)
+JSON_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
+REQUEST_PARAMS = ("contributions", "contributions_by", "keep")
+MODEL_HEADER = "X-Sluice-Model"
+ENVIRONMENT = "SLUICE_SERVE"  # a worker process's settings (``--workers``)
+
+
+class RequestError(SluiceError):
+    """A request that cannot be scored as sent; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, *, hint: str | None = None, status: int = 400):
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+# --------------------------------------------------------------------------- rows in
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, float) and not value.is_integer()
+
+
+def _column(name: str, values: Sequence[Any], target: pa.DataType | None) -> pa.Array:
+    """``values`` (Python objects, JSON's) as an array of ``target`` (the type the model
+    was trained on), converting what converts without loss (3.0 -> 3, "12" -> 12); a
+    RequestError naming the column and the first row that does not."""
+    if target is None:
+        try:
+            return pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise RequestError(f"column '{name}': mixed values ({exc})") from None
+    value_type = target.value_type if pa.types.is_dictionary(target) else target
+    try:
+        try:  # inferred first: a typed conversion truncates 3.5 to an int64 3
+            out = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            out = pa.array(values, type=value_type)
+        return out.cast(target, safe=True) if out.type != target else out
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    for row, value in enumerate(values):
+        try:
+            pa.array([value]).cast(value_type, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            shown = json.dumps(value) if not isinstance(value, float) else repr(value)
+            kind = "a whole number" if pa.types.is_integer(value_type) and _is_float(value) \
+                else str(value_type)
+            raise RequestError(f"column '{name}', row {row}: {shown[:60]} is not {kind}",
+                               hint=f"the model was trained on {value_type} values") from None
+    raise RequestError(f"column '{name}': the values are not {value_type}")
+
+
+def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with the model's input columns in their trained types (an Arrow, CSV or
+    pandas input's int32 where the model had int64...)."""
+    for i, name in enumerate(table.column_names):
+        index = schema.get_field_index(name)
+        if index < 0 or table.schema.field(i).type == schema.field(index).type:
+            continue
+        column = table.column(i)
+        target = schema.field(index).type
+        try:
+            cast = column.cast(target, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            cast = pa.chunked_array([_column(name, column.to_pylist(), target)])
+        table = table.set_column(i, schema.field(index).with_type(target), cast)
+    return table
+
+
+def _records(rows: Any, where: str) -> dict[str, list[Any]]:
+    """Columns of a list of JSON objects (a key a row lacks: null)."""
+    if not isinstance(rows, list):
+        raise RequestError(f"{where} must be a list of objects (one per row)")
+    names: dict[str, None] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise RequestError(f"{where}[{i}] is not an object",
+                               hint='a row is {"column": value, ...}')
+        names.update(dict.fromkeys(row))
+    return {name: [row.get(name) for row in rows] for name in names}
+
+
+def _split(body: Any, where: str) -> dict[str, list[Any]]:
+    """Columns of ``{"columns": [...], "data": [[...], ...]}`` (pandas' split orient)."""
+    if not isinstance(body, dict) or not isinstance(body.get("columns"), list) \
+            or not isinstance(body.get("data"), list):
+        raise RequestError(f"{where} must be an object with 'columns' (names) and 'data' "
+                           "(a list of rows, each a list of values)")
+    names = body["columns"]
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise RequestError(f"{where}.columns must be distinct column names")
+    data = body["data"]
+    for i, row in enumerate(data):
+        if not isinstance(row, list) or len(row) != len(names):
+            got = f"{len(row)} values" if isinstance(row, list) else "not a list"
+            raise RequestError(f"{where}.data[{i}] has {got}; columns names {len(names)}")
+    if not data:
+        return {name: [] for name in names}
+    return {name: list(values) for name, values in zip(names, zip(*data))}
+
+
+def _columns(body: dict[str, Any], where: str) -> dict[str, list[Any]]:
+    """Columns of ``{"a": [1, 2], "b": [3, 4]}``, or of one row ``{"a": 1, "b": 3}``."""
+    lists = [isinstance(v, list) for v in body.values()]
+    if not any(lists):
+        return {name: [value] for name, value in body.items()}
+    if not all(lists):
+        raise RequestError(f"{where} mixes lists and single values",
+                           hint="give every column a list of values, or one row of values")
+    lengths = {len(v) for v in body.values()}
+    if len(lengths) > 1:
+        shown = ", ".join(f"'{k}' {len(v)}" for k, v in body.items())
+        raise RequestError(f"{where}: the columns have different lengths ({shown})")
+    return {name: list(values) for name, values in body.items()}
+
+
+def json_columns(body: Any) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """The columns and the ``params`` of a JSON request (MLflow's formats, or a bare list
+    of row objects)."""
+    if isinstance(body, list):
+        return _records(body, "the body"), {}
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object",
+                           hint=f"one of {', '.join(JSON_FORMATS)} (and optional params)")
+    params = body.get("params") or {}
+    if not isinstance(params, dict):
+        raise RequestError("params must be an object")
+    given = [k for k in JSON_FORMATS if k in body]
+    unknown = [k for k in body if k not in JSON_FORMATS and k != "params"]
+    if len(given) != 1 or unknown:
+        if unknown:
+            what = f"unknown key '{unknown[0]}'{suggest(unknown[0], [*JSON_FORMATS, 'params'])}"
+        elif given:
+            what = f"more than one format ({', '.join(given)})"
+        else:
+            what = "no rows"
+        raise RequestError(f"the body has {what}",
+                           hint=f"send one of {', '.join(JSON_FORMATS)}, and optionally params")
+    key = given[0]
+    rows = body[key]
+    if key == "dataframe_split":
+        return _split(rows, key), params
+    if key == "dataframe_records" or isinstance(rows, list):
+        return _records(rows, key), params
+    if isinstance(rows, dict):
+        return _columns(rows, key), params
+    raise RequestError(f"{key} must be a list of row objects or an object of columns")
+
+
+def columns_table(columns: Mapping[str, Sequence[Any]], schema: pa.Schema) -> pa.Table:
+    """A table of Python columns, each in the type ``schema`` gives it (the model's
+    inputs); other columns as Arrow infers them."""
+    arrays, names = [], []
+    for name, values in columns.items():
+        index = schema.get_field_index(name)
+        arrays.append(_column(name, values, schema.field(index).type if index >= 0 else None))
+        names.append(name)
+    if not names:
+        return pa.table({})
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _is_pandas(data: Any) -> bool:
+    return type(data).__module__.startswith("pandas") and hasattr(data, "columns")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class ScoringModel:
+    """A saved model ready to score rows in this process: the registry's fitted chain
+    bound to a ``score`` operator per kind of output (predictions; contributions by
+    feature or by input), checked and warmed up on an empty table when loaded."""
+
+    def __init__(self, model: Model, *, asked: str | None = None, path: str = "",
+                 placement: Placement = CPU):
+        self.model = model
+        self.asked = (asked or model.ref).strip()
+        self.path = path
+        self.placement = placement
+        trained = model.input_schema
+        self.input_schema = pa.schema([trained.field(c) for c in model.required])
+        self._scorers: dict[tuple[bool, str], Score] = {}
+        self._lock = threading.Lock()
+        self.score_table(self.input_schema.empty_table())
+
+    @property
+    def ref(self) -> str:
+        return self.model.ref
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def version(self) -> int:
+        return self.model.version
+
+    @property
+    def required(self) -> list[str]:
+        return list(self.model.required)
+
+    def explains(self) -> bool:
+        try:
+            self._scorer(True, "features")
+        except SluiceError:
+            return False
+        return True
+
+    def _scorer(self, contributions: bool, by: str) -> Score:
+        key = (contributions, by)
+        scorer = self._scorers.get(key)
+        if scorer is not None:
+            return scorer
+        with self._lock:
+            if key not in self._scorers:
+                scorer = Score(model=self.asked, contributions=contributions,
+                               contributions_by=by)
+                scorer.bind(self.model.chain, self.model.required,
+                            {"name": self.name, "version": self.version, "ref": self.asked,
+                             "path": self.path, "meta": self.model.meta})
+                scorer.output_schema(self.input_schema)  # a model without contributions
+                self._scorers[key] = scorer
+            return self._scorers[key]
+
+    def output_fields(self, contributions: bool = False,
+                      contributions_by: str = "features") -> list[pa.Field]:
+        out = self._scorer(contributions, contributions_by).output_schema(self.input_schema)
+        return [out.field(c) for c in OUTPUT_COLUMNS if c in out.names]
+
+    def score_table(self, table: pa.Table, *, contributions: bool = False,
+                    contributions_by: str = "features") -> pa.Table:
+        """``table`` (its columns cast to the trained types) with the model's columns
+        added: ``prediction``, ``probability`` for classes, and with ``contributions``
+        ``contributions`` and ``contribution_base``."""
+        if contributions_by not in ("features", "inputs"):
+            raise RequestError(f"contributions_by '{contributions_by}' is not features or "
+                               "inputs")
+        if contributions_by != "features" and not contributions:
+            raise RequestError("contributions_by needs contributions: true")
+        scorer = self._scorer(bool(contributions), contributions_by)
+        table = _cast(table, self.input_schema)
+        scorer.check_input(table.schema)
+
+        def run(part: pa.Table, xp: Any) -> pa.Table:
+            return scorer.transform(part, xp)
+
+        out, info = run_placed(self.placement, run, table,
+                               lambda a, b: pa.concat_tables([a, b]))
+        if info:
+            log.warning("%s: the device ran out of memory on %d rows: %s", self.ref,
+                        table.num_rows, info)
+        return out
+
+    def score(self, data: Any, *, contributions: bool = False,
+              contributions_by: str = "features") -> Any:
+        """Score ``data``, given as a ``pyarrow.Table`` or ``RecordBatch``, a pandas
+        DataFrame, a list of row dicts or a dict of columns; returns the same kind with
+        the model's columns added (the input's columns pass through, as in the ``score``
+        step)."""
+        kwargs = {"contributions": contributions, "contributions_by": contributions_by}
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        if isinstance(data, pa.Table):
+            return self.score_table(data, **kwargs)
+        if _is_pandas(data):
+            table = pa.Table.from_pandas(data, preserve_index=False)
+            return self.score_table(table, **kwargs).to_pandas()
+        if isinstance(data, Mapping):
+            table = columns_table(_columns(dict(data), "the columns"), self.input_schema)
+            return self.score_table(table, **kwargs).to_pydict()
+        if isinstance(data, Iterable) and not isinstance(data, str | bytes):
+            rows = list(data)
+            table = columns_table(_records(rows, "the rows"), self.input_schema)
+            return self.score_table(table, **kwargs).to_pylist()
+        raise SluiceError(f"cannot score a {type(data).__name__}",
+                          hint="pass a pyarrow Table, a pandas DataFrame, a list of row "
+                               "dicts or a dict of columns")
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /metadata`` answers: the model, its inputs and outputs."""
+        meta = self.model.meta
+        return {
+            "model": self.ref, "name": self.name, "version": self.version,
+            "asked": self.asked, "created_at": meta.get("created_at"),
+            "pipeline": meta.get("pipeline"), "run_id": meta.get("run_id"),
+            "inputs": [{"name": f.name, "type": str(f.type)} for f in self.input_schema],
+            "outputs": [{"name": f.name, "type": str(f.type)} for f in self.output_fields()],
+            "contributions": self.explains(),
+            "device": self.placement.device,
+        }
+
+
+def load_model(ref: str, models: str | None = None, *, device: str = "cpu",
+               dtype: str = "float64", storage_options: dict[str, Any] | None = None
+               ) -> ScoringModel:
+    """A registry model (``churn``, ``churn@3``, ``churn@production``) ready to score
+    rows in this process; ``models``: the store root (default ``$SLUICE_MODELS``, else
+    ``data/models``); ``device``: cpu, gpu or auto (the CPU with a logged notice when no
+    GPU is usable)."""
+    chosen, notice = resolve(device)
+    if notice:
+        log.warning(notice)
+    store = ModelStore(models, storage_options)
+    model = store.load(ref)
+    return ScoringModel(model, asked=ref, path=store.path_of(model),
+                        placement=Placement(chosen, dtype))
+
+
+# --------------------------------------------------------------------------- rows out
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: null in their place."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_body(rows: list[dict[str, Any]], model: str) -> bytes:
+    try:
+        text = json.dumps({"predictions": rows, "model": model}, allow_nan=False)
+    except ValueError:
+        text = json.dumps({"predictions": _finite(rows), "model": model})
+    return text.encode()
+
+
+def arrow_body(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def csv_body(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pacsv.write_csv(table, sink)
+    return sink.getvalue()
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise RequestError(f"params.{name} must be true or false, not {json.dumps(value)}")
+
+
+def request_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The scoring options of a request (its JSON ``params`` or its query string)."""
+    unknown = [k for k in params if k not in REQUEST_PARAMS]
+    if unknown:
+        raise RequestError(f"unknown param '{unknown[0]}'{suggest(unknown[0], REQUEST_PARAMS)}",
+                           hint=f"params: {', '.join(REQUEST_PARAMS)}")
+    out: dict[str, Any] = {"contributions": _flag(params.get("contributions", False),
+                                                  "contributions"),
+                           "contributions_by": params.get("contributions_by", "features")}
+    keep = params.get("keep", [])
+    if isinstance(keep, str):
+        keep = [k for k in keep.split(",") if k]
+    if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
+        raise RequestError("params.keep must be a list of column names")
+    out["keep"] = keep
+    return out
+
+
+def media_type(header: str | None) -> str:
+    kind = (header or JSON).split(";")[0].strip().lower()
+    if kind in ("", "*/*"):
+        return JSON
+    if kind not in MEDIA_TYPES:
+        raise RequestError(f"content type '{kind}' is not one the server reads",
+                           hint=f"send {', '.join(MEDIA_TYPES)}", status=415)
+    return kind
+
+
+def answer_type(accept: str | None, request: str) -> str:
+    """The response's media type: what ``Accept`` names first of JSON, CSV and Arrow,
+    else Arrow for an Arrow request and JSON for the rest."""
+    for item in (accept or "").split(","):
+        kind = item.split(";")[0].strip().lower()
+        if kind in (JSON, CSV, ARROW):
+            return kind
+        if kind == ARROW_FILE:
+            return ARROW
+    return ARROW if request in (ARROW, ARROW_FILE) else JSON
+
+
+@dataclass
+class Settings:
+    """``sluice serve``'s options (travel to worker processes as JSON)."""
+
+    ref: str
+    models: str | None = None
+    device: str = "cpu"
+    dtype: str = "float64"
+    threads: int = 4
+    max_rows: int = 1_000_000
+    max_mb: float = 100.0
+    refresh: float = 0.0
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, text: str) -> Settings:
+        return cls(**json.loads(text))
+
+
+class Server:
+    """The model a server scores with (swapped when ``refresh`` finds the reference
+    moved), parsing and answering one request at a time per thread."""
+
+    def __init__(self, settings: Settings, model: ScoringModel | None = None):
+        self.settings = settings
+        self.store = ModelStore(settings.models, settings.storage_options or None)
+        self.model = model or self._load()
+
+    def _load(self) -> ScoringModel:
+        chosen, _ = resolve(self.settings.device)
+        model = self.store.load(self.settings.ref)
+        return ScoringModel(model, asked=self.settings.ref, path=self.store.path_of(model),
+                            placement=Placement(chosen, self.settings.dtype))
+
+    def refresh(self) -> str | None:
+        """Load the version the reference names now if it moved; a line saying so."""
+        name, version = self.store.resolve(self.settings.ref)
+        current = self.model
+        if (name, version) == (current.name, current.version):
+            return None
+        self.model = self._load()
+        return f"now serving {self.model.ref} (was {current.ref}) for {self.settings.ref}"
+
+    def table_of(self, body: bytes, kind: str, model: ScoringModel
+                 ) -> tuple[pa.Table, dict[str, Any]]:
+        if kind == JSON:
+            try:
+                parsed = json.loads(body)
+            except ValueError as exc:
+                raise RequestError(f"the body is not JSON ({exc})") from None
+            columns, params = json_columns(parsed)
+            return columns_table(columns, model.input_schema), params
+        try:
+            if kind == CSV:
+                types = {f.name: (f.type.value_type if pa.types.is_dictionary(f.type)
+                                  else f.type) for f in model.input_schema}
+                table = pacsv.read_csv(io.BytesIO(body),
+                                       convert_options=pacsv.ConvertOptions(column_types=types))
+            elif kind == ARROW:
+                table = pa.ipc.open_stream(body).read_all()
+            else:
+                table = pa.ipc.open_file(body).read_all()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            what = "CSV" if kind == CSV else "an Arrow IPC " + kind.rsplit(".", 1)[-1]
+            raise RequestError(f"the body is not {what} the server can read ({exc})") from None
+        return table, {}
+
+    def score(self, body: bytes, kind: str, answer: str, query: Mapping[str, str]
+              ) -> tuple[bytes, str]:
+        """The response body of one request and the model version that scored it."""
+        model = self.model  # one version for the whole request, whatever refresh does
+        table, params = self.table_of(body, kind, model)
+        options = request_params({**query, **params})
+        if table.num_rows > self.settings.max_rows:
+            raise RequestError(f"the request has {table.num_rows} rows; this server scores "
+                               f"up to {self.settings.max_rows} a request",
+                               hint="split it, or start the server with a larger --max-rows",
+                               status=413)
+        keep = options.pop("keep")
+        missing = [k for k in keep if k not in table.column_names]
+        if missing:
+            raise RequestError(f"params.keep: column '{missing[0]}' is not in the request"
+                               f"{suggest(missing[0], table.column_names)}")
+        scored = model.score_table(table, **options)
+        names = list(dict.fromkeys([*keep, *(c for c in OUTPUT_COLUMNS
+                                             if c in scored.column_names)]))
+        out = scored.select(names)
+        if answer == ARROW:
+            return arrow_body(out), model.ref
+        if answer == CSV:
+            if options["contributions"]:
+                raise RequestError("contributions are a struct column, which CSV cannot "
+                                   "hold", hint="ask for JSON or Arrow", status=406)
+            return csv_body(out), model.ref
+        return json_body(out.to_pylist(), model.ref), model.ref
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
+    """The ASGI application of ``sluice serve`` (Starlette)."""
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    server = Server(settings, model)
+    limit = int(settings.max_mb * 2**20)
+    state: dict[str, Any] = {}
+
+    def problem(status: int, code: str, message: str, hint: str | None = None) -> Response:
+        body: dict[str, Any] = {"error_code": code, "message": message}
+        if hint:
+            body["hint"] = hint
+        return JSONResponse(body, status_code=status,
+                            headers={MODEL_HEADER: server.model.ref})
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            raise RequestError(f"the body is {int(length) / 2**20:.1f} MB; this server takes "
+                               f"up to {settings.max_mb:g} MB",
+                               hint="split it, or start the server with a larger --max-mb",
+                               status=413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"the body is over {settings.max_mb:g} MB",
+                                   hint="split it, or start the server with a larger "
+                                        "--max-mb", status=413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def invocations(request: Request) -> Response:
+        try:
+            kind = media_type(request.headers.get("content-type"))
+            answer = answer_type(request.headers.get("accept"), kind)
+            body = await read_body(request)
+            content, ref = await anyio.to_thread.run_sync(
+                server.score, body, kind, answer, dict(request.query_params),
+                limiter=state["limiter"])
+        except RequestError as exc:
+            return problem(exc.status, "BAD_REQUEST" if exc.status == 400 else
+                           "UNSUPPORTED" if exc.status in (406, 415) else "TOO_LARGE",
+                           str(exc.message), exc.hint)
+        except SluiceError as exc:  # the data does not fit the model: the user's to fix
+            return problem(400, "BAD_REQUEST" if not isinstance(exc, DataError)
+                           else "INVALID_DATA", str(exc))
+        return Response(content, media_type=answer, headers={MODEL_HEADER: ref})
+
+    async def ping(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": server.model.ref},
+                            headers={MODEL_HEADER: server.model.ref})
+
+    async def version(request: Request) -> Response:
+        return JSONResponse({"sluice": metadata.version("sluice")})
+
+    async def describe(request: Request) -> Response:
+        model = server.model
+        body = {**model.describe(), "formats": list(MEDIA_TYPES),
+                "params": list(REQUEST_PARAMS), "max_rows": settings.max_rows,
+                "max_mb": settings.max_mb, "refresh": settings.refresh}
+        return JSONResponse(body, headers={MODEL_HEADER: model.ref})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return problem(exc.status_code, "NOT_FOUND" if exc.status_code == 404 else
+                       "METHOD_NOT_ALLOWED" if exc.status_code == 405 else "HTTP_ERROR",
+                       f"{request.method} {request.url.path}: {exc.detail}",
+                       "POST /invocations scores; GET /ping, /health, /metadata, /version")
+
+    async def bug(request: Request, exc: Exception) -> Response:
+        # Starlette raises it again once this is sent: uvicorn logs its traceback
+        return problem(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}",
+                       "this looks like a bug in sluice; please report it with the "
+                       "server's log")
+
+    async def refresher() -> None:
+        while True:
+            await asyncio.sleep(settings.refresh)
+            try:
+                line = await anyio.to_thread.run_sync(server.refresh)
+            except SluiceError as exc:
+                log.warning("refresh of %s failed, still serving %s: %s", settings.ref,
+                            server.model.ref, exc)
+                continue
+            if line:
+                log.warning(line)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        state["limiter"] = anyio.CapacityLimiter(settings.threads)
+        task = asyncio.create_task(refresher()) if settings.refresh > 0 else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    routes = [Route("/invocations", invocations, methods=["POST"]),
+              Route("/ping", ping, methods=["GET"]), Route("/health", ping, methods=["GET"]),
+              Route("/version", version, methods=["GET"]),
+              Route("/metadata", describe, methods=["GET"])]
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error, Exception: bug})
+
+
+def app_from_environment() -> Any:
+    """A worker process's application (``--workers``: uvicorn imports this)."""
+    return create_app(Settings.loads(os.environ[ENVIRONMENT]))
+
+
+def _uvicorn() -> Any:
+    try:
+        import uvicorn
+    except ImportError:
+        raise SluiceError("sluice serve needs uvicorn and starlette",
+                          hint="pip install 'sluice[serve]'") from None
+    try:
+        import starlette  # noqa: F401
+    except ImportError:
+        raise SluiceError("sluice serve needs starlette",
+                          hint="pip install 'sluice[serve]'") from None
+    return uvicorn
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
+          access_log: bool = True, log_level: str = "info",
+          ready: Any = None) -> None:
+    """Load the model (a problem with it stops here, before the port opens), listen on
+    ``host:port`` (0: a free port) and answer until SIGINT or SIGTERM; ``ready(url,
+    model)`` is called once the socket listens."""
+    uvicorn = _uvicorn()
+    server = Server(settings)  # the model loads and is checked once, here
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SluiceError(f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                          hint="choose another --port (0: any free port)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    common = {"access_log": access_log, "log_level": log_level, "lifespan": "on",
+              "timeout_graceful_shutdown": 30}
+    if ready is not None:
+        ready(f"http://{shown}:{bound}", server.model)
+    # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again:
+    # it lands here, and the exit status is 130 / 143 as `sluice run`'s
+    stopped: list[int] = []
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda sig, frame: stopped.append(sig))
+                for sig in handled}
+    try:
+        if workers > 1:
+            from uvicorn.supervisors import Multiprocess
+
+            os.environ[ENVIRONMENT] = settings.dumps()
+            config = uvicorn.Config("pipelines.serving:app_from_environment", factory=True,
+                                    workers=workers, **common)
+            supervisor = Multiprocess(config, sockets=[sock])
+            for sig in handled:  # the supervisor stops its workers; the status is ours
+                signal.signal(sig, lambda sig, frame: (stopped.append(sig),
+                                                       supervisor.signal_queue.append(sig)))
+            supervisor.run()
+        else:
+            config = uvicorn.Config(create_app(settings, server.model), **common)
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+        sys.stderr.flush()
+    if stopped:
+        raise SystemExit(128 + stopped[0])
+
+
+__all__ = ["ScoringModel", "load_model", "serve", "create_app", "Settings", "RequestError"]

@@ -1,0 +1,626 @@
+"""Online scoring: ``load_model`` in-process and ``sluice serve`` over HTTP give the
+predictions (and contributions) the bulk ``score`` step writes for the same rows; every
+request format; errors a client can act on; refresh, workers, signals, the GPU stand-in.
+
+The servers are real: ``sluice serve`` in a subprocess on 127.0.0.1, a free port."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from conftest import SLUICE, write_pipeline
+
+from operators.base import MissingColumnError, SluiceError
+from pipelines.datagen import churn_table
+from pipelines.runner import run
+from pipelines.serving import RequestError, _finite, json_columns, load_model
+from pipelines.store import ModelStore
+
+INPUTS = ["tenure", "plan", "region", "monthly_charges", "total_charges"]
+
+TRAIN = """
+    pipeline: train
+    steps:
+      - op: read_parquet
+        path: {data}
+        columns: [tenure, plan, region, monthly_charges, total_charges, churned]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan, region]
+      - op: standard_scale
+        columns: [tenure, monthly_charges, total_charges]
+      - op: {model}
+        label: {label}
+{extra}
+      - op: save_model
+        name: {name}
+"""
+
+SCORE = """
+    pipeline: score
+    steps:
+      - op: read_parquet
+        path: {data}
+      - op: score
+        model: {model}
+        contributions: {contributions}
+      - op: write_parquet
+        path: {out}
+"""
+
+
+def _train(folder: Path, models: Path, name: str, model: str = "logistic_regression",
+           label: str = "churned", extra: str = "") -> None:
+    text = TRAIN.format(data=folder / "train", model=model, label=label, name=name,
+                        extra="\n".join(f"        {line}" for line in extra.splitlines()))
+    run(write_pipeline(folder, text, f"{name}.yaml"), models=str(models),
+        runs_dir=str(folder / "runs"))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models trained on 3,000 churn rows: churn (logistic, 2 versions), boosted (3
+    classes of plan from the rest), charges (linear regression)."""
+    folder = tmp_path_factory.mktemp("serving")
+    train = churn_table(3000, seed=1)
+    (folder / "train").mkdir()
+    pq.write_table(train, folder / "train" / "part-0.parquet")
+    pq.write_table(churn_table(500, seed=2), folder / "rows.parquet")
+    models = folder / "models"
+    _train(folder, models, "churn", extra="l2: 0.01")
+    _train(folder, models, "churn", extra="l2: 0.5")
+    _train(folder, models, "charges", model="linear_regression", label="monthly_charges",
+           extra="l2: 0.01")
+    boosted = TRAIN.replace("      - op: one_hot\n        columns: [plan, region]\n",
+                            "      - op: one_hot\n        columns: [region]\n")
+    run(write_pipeline(folder, boosted.format(
+        data=folder / "train", model="gradient_boosted_trees", label="plan", name="boosted",
+        extra="        n_trees: 5\n        max_depth: 3"), "boosted.yaml"),
+        models=str(models), runs_dir=str(folder / "runs"))
+    ModelStore(str(models)).set_alias("churn", "production", 1)
+    return folder
+
+
+def _rows(registry: Path, n: int = 50) -> pa.Table:
+    return pq.read_table(registry / "rows.parquet").slice(0, n)
+
+
+def _bulk(registry: Path, model: str, rows: pa.Table, contributions: bool = False
+          ) -> pa.Table:
+    """What the pipeline's score step writes for ``rows``."""
+    folder = registry / f"bulk-{model.replace('@', '-')}-{contributions}-{rows.num_rows}"
+    folder.mkdir()
+    pq.write_table(rows, folder / "rows.parquet")
+    text = SCORE.format(data=folder / "rows.parquet", model=model, out=folder / "out",
+                        contributions=str(contributions).lower())
+    run(write_pipeline(folder, text), models=str(registry / "models"),
+        runs_dir=str(folder / "runs"))
+    return pq.read_table(folder / "out")
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def test_load_model_scores_as_the_score_step_does_in_every_input_kind(registry: Path
+                                                                       ) -> None:
+    rows = _rows(registry)
+    bulk = _bulk(registry, "churn@production", rows)
+    model = load_model("churn@production", str(registry / "models"))
+    assert (model.ref, model.asked, model.required) == (
+        "churn@1", "churn@production", ["total_charges", "plan", "region", "tenure",
+                                        "monthly_charges"])
+    expected = bulk.column("probability").to_numpy()
+    table = model.score(rows)
+    assert table.column_names == [*rows.column_names, "prediction", "probability"]
+    np.testing.assert_array_equal(table.column("probability").to_numpy(), expected)
+    records = model.score(rows.select(INPUTS).to_pylist())
+    np.testing.assert_allclose([r["probability"] for r in records], expected, rtol=1e-12)
+    assert [r["prediction"] for r in records] == bulk.column("prediction").to_pylist()
+    columns = model.score(rows.select(INPUTS).to_pydict())
+    np.testing.assert_allclose(columns["probability"], expected, rtol=1e-12)
+    frame = model.score(rows.to_pandas())
+    np.testing.assert_allclose(frame["probability"].to_numpy(), expected, rtol=1e-12)
+    batch = model.score(rows.to_batches()[0])
+    np.testing.assert_allclose(batch.column("probability").to_numpy(), expected[:len(batch)])
+
+
+def test_contributions_in_process_are_the_score_steps(registry: Path) -> None:
+    rows = _rows(registry, 20)
+    bulk = _bulk(registry, "churn@2", rows, contributions=True)
+    model = load_model("churn@2", str(registry / "models"))
+    out = model.score(rows, contributions=True)
+    assert out.column("contributions").to_pylist() == bulk.column("contributions").to_pylist()
+    by_input = model.score(rows, contributions=True, contributions_by="inputs")
+    first = by_input.column("contributions")[0].as_py()
+    assert set(first) == {"tenure", "plan", "region", "monthly_charges", "total_charges"}
+    full = out.column("contributions")[0].as_py()
+    assert first["plan"] == pytest.approx(sum(v for k, v in full.items()
+                                              if k.startswith("plan=")))
+
+
+def test_json_values_convert_to_the_trained_types_or_say_which_row(registry: Path) -> None:
+    model = load_model("churn", str(registry / "models"))
+    row = {"tenure": 3.0, "plan": "basic", "region": "north", "monthly_charges": 70,
+           "total_charges": None}
+    exact = model.score([row])[0]
+    assert model.score([{**row, "tenure": "3"}])[0] == {**exact, "tenure": 3}
+    with pytest.raises(RequestError, match=r"column 'tenure', row 1: 3\.5 is not a whole "
+                                           r"number"):
+        model.score([row, {**row, "tenure": 3.5}])
+    with pytest.raises(RequestError, match=r"column 'monthly_charges', row 0: \"high\" is "
+                                           "not double"):
+        model.score([{**row, "monthly_charges": "high"}])
+    with pytest.raises(MissingColumnError, match="'tenure' not in the input; did you mean "
+                                                 "'tenur'"):
+        model.score([{"tenur": 3, **{k: v for k, v in row.items() if k != "tenure"}}])
+    with pytest.raises(SluiceError, match="cannot score a int"):
+        model.score(3)
+    # a key one row lacks is null there (the imputer fills total_charges); a column no
+    # row has is missing (a misspelt key is not taken for nulls)
+    lacking = {k: v for k, v in row.items() if k != "total_charges"}
+    assert model.score([{**row, "total_charges": 10.0}, lacking])[1] == exact
+    with pytest.raises(MissingColumnError, match="'total_charges' not in the input"):
+        model.score([lacking])
+
+
+def test_a_model_without_contributions_says_so(registry: Path) -> None:
+    model = load_model("churn", str(registry / "models"))
+    with pytest.raises(RequestError, match="contributions_by needs contributions"):
+        model.score(_rows(registry, 2), contributions_by="inputs")
+
+
+def test_json_request_formats_give_the_same_columns() -> None:
+    split = {"dataframe_split": {"columns": ["a", "b"], "data": [[1, "x"], [2, None]]}}
+    records = {"dataframe_records": [{"a": 1, "b": "x"}, {"a": 2}]}
+    inputs = {"inputs": {"a": [1, 2], "b": ["x", None]}}
+    instances = {"instances": [{"a": 1, "b": "x"}, {"a": 2, "b": None}]}
+    bare = [{"a": 1, "b": "x"}, {"a": 2, "b": None}]
+    expected = {"a": [1, 2], "b": ["x", None]}
+    for body in (split, records, inputs, instances, bare):
+        assert json_columns(body)[0] == expected, body
+    assert json_columns({"inputs": {"a": 1, "b": "x"}, "params": {"keep": ["a"]}}) == (
+        {"a": [1], "b": ["x"]}, {"keep": ["a"]})
+    for body, message in [
+        ({"dataframe_recs": []}, "unknown key 'dataframe_recs'; did you mean "
+                                 "'dataframe_records'"),
+        ({}, "no rows"),
+        ({"inputs": [], "instances": []}, r"more than one format \(inputs, instances\)"),
+        ({"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}},
+         r"dataframe_split.data\[0\] has 2 values; columns names 1"),
+        ({"dataframe_records": [{"a": 1}, 3]}, r"dataframe_records\[1\] is not an object"),
+        ({"inputs": {"a": [1, 2], "b": [1]}}, "different lengths"),
+        ({"inputs": {"a": [1, 2], "b": 1}}, "mixes lists and single values"),
+        ("text", "must be a JSON object"),
+    ]:
+        with pytest.raises(RequestError, match=message):
+            json_columns(body)
+
+
+def test_json_has_no_nan() -> None:
+    assert _finite({"a": [1.0, float("nan")], "b": {"c": float("inf")}, "d": "x"}) == {
+        "a": [1.0, None], "b": {"c": None}, "d": "x"}
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class Served:
+    """A running ``sluice serve``: its process, URL and a client."""
+
+    def __init__(self, process: subprocess.Popen[str], port: int, line: str):
+        self.process, self.port, self.line = process, port, line
+        self.log: list[str] = []
+        self.drain = threading.Thread(target=self._drain, daemon=True)  # keep stderr flowing
+        self.drain.start()
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        self.log.append(self.process.stderr.read())
+
+    def wait(self) -> int:
+        """The exit status (killed after 30 s), stderr read to its end and closed."""
+        try:
+            return self.process.wait(timeout=30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.drain.join(10)
+            assert self.process.stderr is not None
+            self.process.stderr.close()
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        if isinstance(body, dict | list):
+            body = json.dumps(body)
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        connection.request(method, path, body, headers or {})
+        response = connection.getresponse()
+        data = response.read()
+        connection.close()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def post(self, body: Any, path: str = "/invocations", **headers: str
+             ) -> tuple[int, dict[str, Any]]:
+        if isinstance(body, str):
+            headers = {"Content-Type": "application/json", **headers}
+        status, _, data = self.request("POST", path, body, headers or None)
+        return status, json.loads(data)
+
+
+def _start(registry: Path, *args: str, env: dict[str, str] | None = None,
+           expect_failure: bool = False) -> Served | subprocess.CompletedProcess[str]:
+    command = [SLUICE, "serve", *args, "--models", str(registry / "models"), "--port", "0",
+               "--no-access-log"]
+    environment = {**os.environ, **(env or {})}
+    if expect_failure:
+        return subprocess.run(command, capture_output=True, text=True, env=environment,
+                              timeout=120, cwd=registry)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment,
+                               cwd=registry)
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    if "serving" not in line:
+        process.kill()
+        raise AssertionError(line + process.stderr.read())
+    port = int(line.split("http://127.0.0.1:")[1].split(":")[0])
+    return Served(process, port, line)
+
+
+def _stop(served: Served) -> int:
+    served.process.send_signal(signal.SIGTERM)
+    return served.wait()
+
+
+@pytest.fixture(scope="module")
+def server(registry: Path) -> Iterator[Served]:
+    served = _start(registry, "churn@production", "--max-rows", "1000", "--max-mb", "0.5")
+    assert isinstance(served, Served)
+    yield served
+    assert _stop(served) == 143
+
+
+def _split(rows: pa.Table) -> dict[str, Any]:
+    return {"dataframe_split": {"columns": rows.column_names,
+                                "data": [list(r.values()) for r in rows.to_pylist()]}}
+
+
+def test_the_server_answers_what_the_score_step_writes(registry: Path, server: Served
+                                                       ) -> None:
+    assert "serving churn@1 (churn@production) on http://127.0.0.1:" in server.line
+    rows = _rows(registry, 40)
+    bulk = _bulk(registry, "churn@1", rows)
+    expected = [{"prediction": p, "probability": q} for p, q in
+                zip(bulk.column("prediction").to_pylist(), bulk.column("probability").to_pylist())]
+    status, headers, data = server.request("POST", "/invocations", _split(rows.select(INPUTS)))
+    assert (status, headers["x-sluice-model"]) == (200, "churn@1")
+    answer = json.loads(data)
+    assert answer["model"] == "churn@1"
+    assert answer["predictions"] == expected
+    records = rows.select(INPUTS).to_pylist()
+    assert server.post({"dataframe_records": records})[1]["predictions"] == expected
+    assert server.post({"instances": records})[1]["predictions"] == expected
+    assert server.post({"inputs": rows.select(INPUTS).to_pydict()})[1]["predictions"] == expected
+    # CSV in, JSON out; CSV out when asked
+    sink = io.BytesIO()
+    pacsv.write_csv(rows.select(INPUTS), sink)
+    status, _, data = server.request("POST", "/invocations", sink.getvalue(),
+                                     {"Content-Type": "text/csv"})
+    assert [p["probability"] for p in json.loads(data)["predictions"]] == pytest.approx(
+        bulk.column("probability").to_pylist(), rel=1e-12)
+    status, headers, data = server.request("POST", "/invocations", sink.getvalue(),
+                                           {"Content-Type": "text/csv", "Accept": "text/csv"})
+    assert headers["content-type"].startswith("text/csv")
+    assert pacsv.read_csv(io.BytesIO(data)).column("prediction").to_pylist() == \
+        bulk.column("prediction").to_pylist()
+
+
+def test_arrow_in_arrow_out(registry: Path, server: Served) -> None:
+    rows = _rows(registry, 200)
+    bulk = _bulk(registry, "churn@1", rows)
+    small = rows.set_column(rows.schema.get_field_index("tenure"), "tenure",
+                            rows.column("tenure").cast(pa.int32()))  # cast to the trained type
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, small.schema) as writer:
+        writer.write_table(small)
+    status, headers, data = server.request(
+        "POST", "/invocations?keep=customer_id", sink.getvalue().to_pybytes(),
+        {"Content-Type": "application/vnd.apache.arrow.stream"})
+    assert status == 200, data
+    assert headers["content-type"] == "application/vnd.apache.arrow.stream"
+    out = pa.ipc.open_stream(data).read_all()
+    assert out.column_names == ["customer_id", "prediction", "probability"]
+    assert out.column("customer_id").equals(rows.column("customer_id"))
+    assert out.column("probability").equals(bulk.column("probability"))
+    file_sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(file_sink, rows.schema) as writer:
+        writer.write_table(rows)
+    status, _, data = server.request(
+        "POST", "/invocations", file_sink.getvalue().to_pybytes(),
+        {"Content-Type": "application/vnd.apache.arrow.file", "Accept": "application/json"})
+    assert status == 200
+    assert [p["probability"] for p in json.loads(data)["predictions"]] == \
+        bulk.column("probability").to_pylist()
+
+
+def test_contributions_and_kept_columns_over_http(registry: Path, server: Served) -> None:
+    rows = _rows(registry, 10)
+    bulk = _bulk(registry, "churn@production", rows, contributions=True)
+    body = {**_split(rows.select(["customer_id", *INPUTS])),
+            "params": {"contributions": True, "keep": ["customer_id"]}}
+    status, answer = server.post(body)
+    assert status == 200, answer
+    first = answer["predictions"][0]
+    assert list(first) == ["customer_id", "prediction", "probability", "contributions",
+                           "contribution_base"]
+    assert [p["contributions"] for p in answer["predictions"]] == \
+        bulk.column("contributions").to_pylist()
+    status, answer = server.post(_split(rows.select(INPUTS)),
+                                 "/invocations?contributions=true&contributions_by=inputs")
+    assert set(answer["predictions"][0]["contributions"]) == set(INPUTS)
+
+
+def test_client_mistakes_are_answered_with_what_to_fix(registry: Path, server: Served
+                                                       ) -> None:
+    rows = _rows(registry, 3).select(INPUTS)
+    cases = [
+        (b"{not json", {"Content-Type": "application/json"}, 400, "the body is not JSON"),
+        ({"dataframe_recrods": []}, {}, 400, "did you mean 'dataframe_records'"),
+        ({"dataframe_records": [{**r, "tenure": "soon"} for r in rows.to_pylist()]}, {},
+         400, "column 'tenure', row 0: \"soon\" is not int64"),
+        ({"dataframe_records": [{k: v for k, v in r.items() if k != "region"}
+                                for r in rows.to_pylist()]}, {}, 400,
+         "'region' not in the input"),
+        ({**_split(rows), "params": {"contribution": True}}, {}, 400,
+         "unknown param 'contribution'; did you mean 'contributions'"),
+        ({**_split(rows), "params": {"keep": ["id"]}}, {}, 400,
+         "params.keep: column 'id' is not in the request"),
+        ({"inputs": {c: [None] * 1001 for c in INPUTS}}, {}, 413,
+         "the request has 1001 rows; this server scores up to 1000"),
+        (b"x" * 600_000, {"Content-Type": "text/csv"}, 413, "this server takes up to 0.5 MB"),
+        (b"a,b", {"Content-Type": "text/plain"}, 415, "content type 'text/plain'"),
+        ({**_split(rows), "params": {"contributions": True}}, {"Accept": "text/csv"}, 406,
+         "CSV cannot hold"),
+    ]
+    for body, headers, status, message in cases:
+        if isinstance(body, dict):
+            body = json.dumps(body)
+            headers = {"Content-Type": "application/json", **headers}
+        got, answer_headers, data = server.request("POST", "/invocations", body, headers)
+        answer = json.loads(data)
+        assert got == status, (message, answer)
+        assert message in answer["message"] + " " + answer.get("hint", ""), answer
+        assert answer_headers["x-sluice-model"] == "churn@1"
+    # a null the model cannot take: the column, what to do
+    status, answer = server.post({"dataframe_records": [{**rows.to_pylist()[0],
+                                                         "tenure": None}]})
+    assert (status, answer["error_code"]) == (400, "INVALID_DATA")
+    assert "tenure" in answer["message"]
+    status, _, data = server.request("GET", "/score")
+    assert status == 404 and "POST /invocations" in json.loads(data)["hint"]
+    status, _, data = server.request("GET", "/invocations")
+    assert status == 405
+    # the server is still well
+    assert server.request("GET", "/ping")[0] == 200
+
+
+def test_health_metadata_and_version(server: Served) -> None:
+    status, headers, data = server.request("GET", "/ping")
+    assert (status, json.loads(data)) == (200, {"status": "ok", "model": "churn@1"})
+    assert server.request("GET", "/health")[0] == 200
+    meta = json.loads(server.request("GET", "/metadata")[2])
+    assert meta["model"] == "churn@1" and meta["asked"] == "churn@production"
+    assert [i["name"] for i in meta["inputs"]] == ["total_charges", "plan", "region",
+                                                   "tenure", "monthly_charges"]
+    assert meta["outputs"] == [{"name": "prediction", "type": "int64"},
+                               {"name": "probability", "type": "double"}]
+    assert meta["contributions"] is True and meta["max_rows"] == 1000
+    from importlib.metadata import version
+
+    assert json.loads(server.request("GET", "/version")[2]) == {"sluice": version("sluice")}
+
+
+def test_concurrent_requests_each_get_their_own_rows(registry: Path, server: Served) -> None:
+    rows = _rows(registry, 64).select(INPUTS)
+    expected = load_model("churn@1", str(registry / "models")).score(rows)
+    answers: dict[int, list[float]] = {}
+
+    def client(i: int) -> None:
+        part = rows.slice(i * 8, 8)
+        answers[i] = [p["probability"] for p in server.post(_split(part))[1]["predictions"]]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = [p for i in range(8) for p in answers[i]]
+    assert got == expected.column("probability").to_pylist()
+
+
+def test_a_regressor_and_a_multiclass_model(registry: Path) -> None:
+    rows = _rows(registry, 30)
+    for name, column in (("charges", "prediction"), ("boosted", "probability")):
+        bulk = _bulk(registry, name, rows)
+        served = _start(registry, name)
+        assert isinstance(served, Served)
+        try:
+            status, answer = served.post(_split(rows.select([*INPUTS, "churned"])))
+            assert status == 200, answer
+            assert [p[column] for p in answer["predictions"]] == bulk.column(column).to_pylist()
+            assert ("probability" in answer["predictions"][0]) == (name == "boosted")
+        finally:
+            assert _stop(served) == 143
+
+
+def test_refresh_serves_the_version_an_alias_moves_to(registry: Path) -> None:
+    store = ModelStore(str(registry / "models"))
+    store.set_alias("churn", "canary", 1)
+    served = _start(registry, "churn@canary", "--refresh", "0.2")
+    assert isinstance(served, Served)
+    rows = _rows(registry, 5).select(INPUTS)
+    try:
+        first = served.post(_split(rows))[1]
+        store.set_alias("churn", "canary", 2)
+        deadline = time.monotonic() + 30
+        while served.post(_split(rows))[1]["model"] != "churn@2":
+            assert time.monotonic() < deadline, "the server never moved to churn@2"
+            time.sleep(0.1)
+        second = served.post(_split(rows))[1]
+        v2 = load_model("churn@2", str(registry / "models")).score(rows)
+        assert [p["probability"] for p in second["predictions"]] == \
+            v2.column("probability").to_pylist()
+        assert first["predictions"] != second["predictions"]
+        # an alias removed: the refresh fails, the server keeps serving what it had
+        store.remove_alias("churn", "canary")
+        time.sleep(0.6)
+        assert served.post(_split(rows))[1]["model"] == "churn@2"
+    finally:
+        assert _stop(served) == 143
+    log = "".join(served.log)
+    assert "now serving churn@2 (was churn@1) for churn@canary" in log
+    assert "refresh of churn@canary failed, still serving churn@2: model 'churn' has no " \
+           "alias 'canary'" in log
+
+
+@pytest.mark.slow
+def test_workers_share_the_port(registry: Path) -> None:
+    served = _start(registry, "churn@2", "--workers", "2")
+    assert isinstance(served, Served)
+    rows = _rows(registry, 5).select(INPUTS)
+    expected = load_model("churn@2", str(registry / "models")).score(rows)
+    try:
+        for _ in range(20):
+            status, answer = served.post(_split(rows))
+            assert status == 200, answer
+            assert [p["probability"] for p in answer["predictions"]] == \
+                expected.column("probability").to_pylist()
+    finally:
+        assert _stop(served) == 143
+
+
+def test_sigterm_finishes_the_request_in_flight(registry: Path) -> None:
+    served = _start(registry, "churn")
+    assert isinstance(served, Served)
+    rows = pa.concat_tables([_rows(registry, 500).select(INPUTS)] * 200)  # 100k rows
+    result: dict[str, Any] = {}
+
+    body = json.dumps(_split(rows))
+
+    def client() -> None:
+        result["answer"] = served.post(body)
+        result["answered"] = time.monotonic()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    time.sleep(0.3)
+    signalled = time.monotonic()
+    served.process.send_signal(signal.SIGTERM)
+    thread.join(60)
+    assert served.wait() == 143
+    assert result["answered"] > signalled  # the request was in flight
+    status, answer = result["answer"]
+    assert status == 200 and len(answer["predictions"]) == rows.num_rows
+
+
+def test_startup_problems_are_one_line(registry: Path) -> None:
+    done = _start(registry, "churn@staging", expect_failure=True)
+    assert isinstance(done, subprocess.CompletedProcess)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("error: ") and "Traceback" not in done.stderr
+    assert "staging" in done.stderr
+    done = _start(registry, "churn", "--device", "gpu", expect_failure=True,
+                  env={"SLUICE_GPU_STANDIN": ""})
+    assert done.returncode == 1 and "device gpu was asked for, but" in done.stderr
+    served = _start(registry, "churn")
+    assert isinstance(served, Served)
+    try:
+        done = subprocess.run([SLUICE, "serve", "churn", "--models", str(registry / "models"),
+                               "--port", str(served.port)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{served.port}" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        assert _stop(served) == 143
+
+
+def test_the_gpu_path_on_the_stand_in_gives_the_cpu_answer(registry: Path) -> None:
+    rows = _rows(registry, 20).select(INPUTS)
+    cpu = load_model("churn@1", str(registry / "models")).score(rows)
+    served = _start(registry, "churn@1", "--device", "gpu",
+                    env={"SLUICE_GPU_STANDIN": "array_api_strict"})
+    assert isinstance(served, Served)
+    try:
+        assert json.loads(served.request("GET", "/metadata")[2])["device"] == "gpu"
+        answer = served.post(_split(rows))[1]
+        np.testing.assert_allclose([p["probability"] for p in answer["predictions"]],
+                                   cpu.column("probability").to_numpy(), rtol=1e-12)
+    finally:
+        assert _stop(served) == 143
+
+
+def test_serve_help_lists_the_options() -> None:
+    done = subprocess.run([SLUICE, "serve", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    for option in ("--port", "--workers", "--refresh", "--max-rows", "--device"):
+        assert option in done.stdout
+
+
+def test_a_bug_is_a_500_with_the_traceback_in_the_log(registry: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    import uvicorn
+
+    from pipelines import serving
+
+    def broken(self: Any, table: pa.Table, **kwargs: Any) -> pa.Table:
+        raise ZeroDivisionError("a bug")
+
+    settings = serving.Settings(ref="churn", models=str(registry / "models"))
+    app = serving.create_app(settings)
+    monkeypatch.setattr(serving.ScoringModel, "score_table", broken)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        client = Served.__new__(Served)
+        client.port = sock.getsockname()[1]
+        status, answer = client.post(_split(_rows(registry, 2).select(INPUTS)))
+        assert status == 500
+        assert answer["error_code"] == "INTERNAL_ERROR"
+        assert answer["message"] == "ZeroDivisionError: a bug"
+        assert "bug in sluice" in answer["hint"]
+        assert client.request("GET", "/ping")[0] == 200
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    assert any("ZeroDivisionError" in (r.exc_text or "") or r.exc_info for r in caplog.records)
