@@ -528,8 +528,8 @@ class Server:
             raise RequestError(f"params.keep: column '{missing[0]}' is not in the request"
                                f"{suggest(missing[0], table.column_names)}")
         scored = model.score_table(table, **options)
-        names = list(dict.fromkeys([*keep, *(c for c in OUTPUT_COLUMNS
-                                             if c in scored.column_names)]))
+        have = set(scored.column_names)
+        names = list(dict.fromkeys([*keep, *(c for c in OUTPUT_COLUMNS if c in have)]))
         out = scored.select(names)
         if answer == ARROW:
             return arrow_body(out), model.ref

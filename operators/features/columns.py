@@ -50,6 +50,8 @@ def unique_names(names: list[str], param: str) -> None:
 
 def null_mask(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """True where ``column`` is null, as a NumPy bool vector."""
+    if not column.null_count:
+        return np.zeros(len(column), dtype=bool)
     return np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)
 
 
@@ -66,10 +68,11 @@ def replace_columns(part: pa.Table, name: str, fields: list[pa.Field],
                     arrays: list[pa.Array]) -> pa.Table:
     """``part`` with column ``name`` replaced, in place, by ``arrays`` (any number)."""
     i = part.schema.get_field_index(name)
-    out = part.remove_column(i)
-    for k, (f, a) in enumerate(zip(fields, arrays, strict=True)):
-        out = out.add_column(i + k, f, a)
-    return out
+    if len(fields) != len(arrays):
+        raise ValueError(f"{len(fields)} fields for {len(arrays)} arrays")
+    columns = part.columns
+    return pa.Table.from_arrays([*columns[:i], *arrays, *columns[i + 1:]],
+                                schema=replace_field(part.schema, name, fields))
 
 
 def plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -212,6 +212,14 @@ class OneHotFitted(Transform):
     def __init__(self, params: OneHotParams, vocabulary: dict[str, Any]):
         super().__init__(params)
         self.vocabulary = vocabulary
+        self._sets: dict[str, pa.Array] = {}  # each column's categories, as Arrow
+
+    def _categories(self, name: str) -> pa.Array:
+        found = self._sets.get(name)
+        if found is None:
+            v = self.vocabulary[name]
+            found = self._sets[name] = pa.array(v["categories"], _ARROW_KIND[v["kind"]])
+        return found
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
@@ -250,7 +258,7 @@ class OneHotFitted(Transform):
             values = pc.cast(values, arrow_type)
         k = len(v["categories"])
         rows = len(values)
-        index = pc.index_in(values, value_set=pa.array(v["categories"], arrow_type))
+        index = pc.index_in(values, value_set=self._categories(name))
         index = index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.intp)
         missing = null_mask(values)
         if missing.any() and self.params.nulls == "error":

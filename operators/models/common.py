@@ -273,14 +273,15 @@ def held_out(part: pa.Table, params: SupervisedParams) -> tuple[pa.Table, pa.Tab
     return split_rows(part, params.validation_fraction, params.seed, params.validation_start)
 
 
-def _check_finite(column: pa.ChunkedArray, what: str) -> None:
+def _finite_values(column: pa.ChunkedArray, what: str) -> np.ndarray:
+    """The column as float64 values, a DataError when one is null, NaN or infinite."""
     if column.null_count:
         raise DataError(f"{what} has {column.null_count} null values", hint=FEATURE_HINT)
-    if pa.types.is_floating(column.type) and len(column):
-        finite = pc.sum(pc.is_finite(column)).as_py() or 0
-        if finite != len(column):
-            raise DataError(f"{what} has {len(column) - finite} NaN or infinite values",
-                            hint=FEATURE_HINT)
+    values = column_to_numpy(column)
+    if pa.types.is_floating(column.type) and not np.isfinite(values).all():
+        bad = len(values) - int(np.isfinite(values).sum())
+        raise DataError(f"{what} has {bad} NaN or infinite values", hint=FEATURE_HINT)
+    return values
 
 
 def require_training_rows(rows: int, heldout: int) -> None:
@@ -307,9 +308,7 @@ def host_matrix(part: pa.Table, features: list[str],
     shape = (part.num_rows, len(features) + len(extra))
     host = np.empty(shape, np.float64, order="F") if xp is None else host_buffer(shape, xp)
     for j, name in enumerate(features):
-        column = part.column(name)
-        _check_finite(column, f"feature column '{name}'")
-        host[:, j] = column_to_numpy(column)
+        host[:, j] = _finite_values(part.column(name), f"feature column '{name}'")
     for j, values in enumerate(extra, start=len(features)):
         host[:, j] = values
     return host
