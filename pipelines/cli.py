@@ -364,7 +364,8 @@ def serve(ref: str, models: str | None, host: str, port: int, workers: int, thre
     applies: MLflow's JSON formats (dataframe_split, dataframe_records, inputs,
     instances), CSV, or an Arrow IPC stream (answered in Arrow). JSON `params` (or the
     query string): contributions, contributions_by, keep (columns of the request to
-    echo). GET /ping, /health, /metadata (inputs, outputs, version), /version.
+    echo). GET /ping, /health, /metadata (inputs, outputs, version), /metrics
+    (Prometheus), /version.
     SIGINT / SIGTERM stop it once the requests in flight are answered (exit status 130 /
     143); a problem with the model or the port stops it before it listens (exit 1)."""
     from pipelines.serving import Settings

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -25,7 +26,9 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -479,13 +482,14 @@ class Server:
                             placement=Placement(chosen, self.settings.dtype))
 
     def refresh(self) -> str | None:
-        """Load the version the reference names now if it moved; a line saying so."""
+        """Load the version the reference names now if it moved; the version served
+        before, or None."""
         name, version = self.store.resolve(self.settings.ref)
         current = self.model
         if (name, version) == (current.name, current.version):
             return None
         self.model = self._load()
-        return f"now serving {self.model.ref} (was {current.ref}) for {self.settings.ref}"
+        return current.ref
 
     def table_of(self, body: bytes, kind: str, model: ScoringModel
                  ) -> tuple[pa.Table, dict[str, Any]]:
@@ -512,8 +516,9 @@ class Server:
         return table, {}
 
     def score(self, body: bytes, kind: str, answer: str, query: Mapping[str, str]
-              ) -> tuple[bytes, str]:
-        """The response body of one request and the model version that scored it."""
+              ) -> tuple[bytes, str, int]:
+        """The response body of one request, the model version that scored it and the
+        rows it scored."""
         model = self.model  # one version for the whole request, whatever refresh does
         table, params = self.table_of(body, kind, model)
         options = request_params({**query, **params})
@@ -532,16 +537,63 @@ class Server:
         names = list(dict.fromkeys([*keep, *(c for c in OUTPUT_COLUMNS if c in have)]))
         out = scored.select(names)
         if answer == ARROW:
-            return arrow_body(out), model.ref
+            return arrow_body(out), model.ref, out.num_rows
         if answer == CSV:
             if options["contributions"]:
                 raise RequestError("contributions are a struct column, which CSV cannot "
                                    "hold", hint="ask for JSON or Arrow", status=406)
-            return csv_body(out), model.ref
-        return json_body(out.to_pylist(), model.ref), model.ref
+            return csv_body(out), model.ref, out.num_rows
+        return json_body(out.to_pylist(), model.ref), model.ref, out.num_rows
 
 
 # --------------------------------------------------------------------------- HTTP
+
+# seconds: from a cached one-row answer to a large batch
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """A server's Prometheus metrics (``GET /metrics``): requests by model, status and
+    format, their latency, rows scored, the model served. With ``--workers`` every
+    process writes to ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` sums them
+    (prometheus_client's multiprocess mode)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = CollectorRegistry()
+        registry = None if self.multiprocess else self.registry
+        self.requests = Counter("sluice_requests", "Scoring requests answered",
+                                ["model", "status", "format"], registry=registry)
+        self.seconds = Histogram("sluice_request_seconds",
+                                 "Seconds from a scoring request's arrival to its answer",
+                                 ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.rows = Counter("sluice_rows", "Rows scored", ["model"], registry=registry)
+        self.model = Gauge("sluice_model_info", "1 for the model version being served",
+                           ["model", "asked"], registry=registry, multiprocess_mode="max")
+
+    def served(self, ref: str, asked: str, before: str | None = None) -> None:
+        if before is not None:
+            self.model.labels(before, asked).set(0)
+        self.model.labels(ref, asked).set(1)
+
+    def answered(self, ref: str, status: int, kind: str, seconds: float, rows: int) -> None:
+        self.requests.labels(ref, str(status), kind.rsplit("/", 1)[-1].split(".")[-1]).inc()
+        self.seconds.labels(ref).observe(seconds)
+        if rows:
+            self.rows.labels(ref).inc(rows)
+
+    def exposition(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
@@ -554,6 +606,8 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
     from starlette.routing import Route
 
     server = Server(settings, model)
+    metrics = Metrics()
+    metrics.served(server.model.ref, settings.ref)
     limit = int(settings.max_mb * 2**20)
     state: dict[str, Any] = {}
 
@@ -582,21 +636,36 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
         return b"".join(chunks)
 
     async def invocations(request: Request) -> Response:
+        start = time.perf_counter()
+        kind = "unknown"
         try:
             kind = media_type(request.headers.get("content-type"))
             answer = answer_type(request.headers.get("accept"), kind)
             body = await read_body(request)
-            content, ref = await anyio.to_thread.run_sync(
+            content, ref, rows = await anyio.to_thread.run_sync(
                 server.score, body, kind, answer, dict(request.query_params),
                 limiter=state["limiter"])
         except RequestError as exc:
-            return problem(exc.status, "BAD_REQUEST" if exc.status == 400 else
-                           "UNSUPPORTED" if exc.status in (406, 415) else "TOO_LARGE",
-                           str(exc.message), exc.hint)
+            response = problem(exc.status, "BAD_REQUEST" if exc.status == 400 else
+                               "UNSUPPORTED" if exc.status in (406, 415) else "TOO_LARGE",
+                               str(exc.message), exc.hint)
         except SluiceError as exc:  # the data does not fit the model: the user's to fix
-            return problem(400, "BAD_REQUEST" if not isinstance(exc, DataError)
-                           else "INVALID_DATA", str(exc))
-        return Response(content, media_type=answer, headers={MODEL_HEADER: ref})
+            response = problem(400, "BAD_REQUEST" if not isinstance(exc, DataError)
+                               else "INVALID_DATA", str(exc))
+        except Exception:
+            metrics.answered(server.model.ref, 500, kind, time.perf_counter() - start, 0)
+            raise
+        else:
+            response = Response(content, media_type=answer, headers={MODEL_HEADER: ref})
+            metrics.answered(ref, 200, kind, time.perf_counter() - start, rows)
+            return response
+        metrics.answered(server.model.ref, response.status_code, kind,
+                         time.perf_counter() - start, 0)
+        return response
+
+    async def exposition(request: Request) -> Response:
+        content, media = metrics.exposition()
+        return Response(content, headers={"Content-Type": media})
 
     async def ping(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": server.model.ref},
@@ -617,7 +686,8 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
         return problem(exc.status_code, "NOT_FOUND" if exc.status_code == 404 else
                        "METHOD_NOT_ALLOWED" if exc.status_code == 405 else "HTTP_ERROR",
                        f"{request.method} {request.url.path}: {exc.detail}",
-                       "POST /invocations scores; GET /ping, /health, /metadata, /version")
+                       "POST /invocations scores; GET /ping, /health, /metadata, /metrics, "
+                       "/version")
 
     async def bug(request: Request, exc: Exception) -> Response:
         # Starlette raises it again once this is sent: uvicorn logs its traceback
@@ -629,13 +699,15 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
         while True:
             await asyncio.sleep(settings.refresh)
             try:
-                line = await anyio.to_thread.run_sync(server.refresh)
+                before = await anyio.to_thread.run_sync(server.refresh)
             except SluiceError as exc:
                 log.warning("refresh of %s failed, still serving %s: %s", settings.ref,
                             server.model.ref, exc)
                 continue
-            if line:
-                log.warning(line)
+            if before is not None:
+                metrics.served(server.model.ref, settings.ref, before)
+                log.warning("now serving %s (was %s) for %s", server.model.ref, before,
+                            settings.ref)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -652,6 +724,7 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
     routes = [Route("/invocations", invocations, methods=["POST"]),
               Route("/ping", ping, methods=["GET"]), Route("/health", ping, methods=["GET"]),
               Route("/version", version, methods=["GET"]),
+              Route("/metrics", exposition, methods=["GET"]),
               Route("/metadata", describe, methods=["GET"])]
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={HTTPException: http_error, Exception: bug})
@@ -663,17 +736,14 @@ def app_from_environment() -> Any:
 
 
 def _uvicorn() -> Any:
-    try:
-        import uvicorn
-    except ImportError:
-        raise SluiceError("sluice serve needs uvicorn and starlette",
-                          hint="pip install 'sluice[serve]'") from None
-    try:
-        import starlette  # noqa: F401
-    except ImportError:
-        raise SluiceError("sluice serve needs starlette",
-                          hint="pip install 'sluice[serve]'") from None
-    return uvicorn
+    """uvicorn, once the serve extra's packages are known to be there."""
+    for name in ("uvicorn", "starlette", "prometheus_client"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise SluiceError(f"sluice serve needs {name}, which is not installed",
+                              hint="pip install 'sluice[serve]'") from None
+    return importlib.import_module("uvicorn")
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
@@ -704,6 +774,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
     # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again:
     # it lands here, and the exit status is 130 / 143 as `sluice run`'s
     stopped: list[int] = []
+    scratch: tempfile.TemporaryDirectory[str] | None = None
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, lambda sig, frame: stopped.append(sig))
                 for sig in handled}
@@ -712,6 +783,9 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
             from uvicorn.supervisors import Multiprocess
 
             os.environ[ENVIRONMENT] = settings.dumps()
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the workers' metrics
+                scratch = tempfile.TemporaryDirectory(prefix="sluice-metrics-")
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = scratch.name
             config = uvicorn.Config("pipelines.serving:app_from_environment", factory=True,
                                     workers=workers, **common)
             supervisor = Multiprocess(config, sockets=[sock])
@@ -726,6 +800,9 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
+        if scratch is not None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            scratch.cleanup()
         sys.stderr.flush()
     if stopped:
         raise SystemExit(128 + stopped[0])

@@ -28,7 +28,7 @@ from conftest import SLUICE, write_pipeline
 from operators.base import MissingColumnError, SluiceError
 from pipelines.datagen import churn_table
 from pipelines.runner import run
-from pipelines.serving import RequestError, _finite, json_columns, load_model
+from pipelines.serving import ARROW, RequestError, _finite, json_columns, load_model
 from pipelines.store import ModelStore
 
 INPUTS = ["tenure", "plan", "region", "monthly_charges", "total_charges"]
@@ -422,6 +422,41 @@ def test_client_mistakes_are_answered_with_what_to_fix(registry: Path, server: S
     assert server.request("GET", "/ping")[0] == 200
 
 
+def _metrics(served: Served) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, headers, data = served.request("GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(data.decode())
+            for sample in family.samples}
+
+
+def test_metrics_count_requests_rows_and_the_model(registry: Path) -> None:
+    served = _start(registry, "churn@1")
+    assert isinstance(served, Served)
+    rows = _rows(registry, 5).select(INPUTS)
+    try:
+        for _ in range(3):
+            assert served.post(_split(rows))[0] == 200
+        assert served.post({"dataframe_records": [{"tenure": 1}]})[0] == 400
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, rows.schema) as writer:
+            writer.write_table(rows)
+        assert served.request("POST", "/invocations", sink.getvalue().to_pybytes(),
+                              {"Content-Type": ARROW})[0] == 200
+        got = _metrics(served)
+    finally:
+        assert _stop(served) == 143
+    model = (("model", "churn@1"),)
+    assert got["sluice_requests_total", (("format", "json"), *model, ("status", "200"))] == 3
+    assert got["sluice_requests_total", (("format", "json"), *model, ("status", "400"))] == 1
+    assert got["sluice_requests_total", (("format", "stream"), *model, ("status", "200"))] == 1
+    assert got["sluice_rows_total", model] == 20
+    assert got["sluice_request_seconds_count", model] == 5
+    assert got["sluice_model_info", (("asked", "churn@1"), *model)] == 1
+
+
 def test_health_metadata_and_version(server: Served) -> None:
     status, headers, data = server.request("GET", "/ping")
     assert (status, json.loads(data)) == (200, {"status": "ok", "model": "churn@1"})
@@ -490,6 +525,9 @@ def test_refresh_serves_the_version_an_alias_moves_to(registry: Path) -> None:
             v2.column("probability").to_pylist()
         assert first["predictions"] != second["predictions"]
         # an alias removed: the refresh fails, the server keeps serving what it had
+        info = _metrics(served)
+        assert info["sluice_model_info", (("asked", "churn@canary"), ("model", "churn@1"))] == 0
+        assert info["sluice_model_info", (("asked", "churn@canary"), ("model", "churn@2"))] == 1
         store.remove_alias("churn", "canary")
         time.sleep(0.6)
         assert served.post(_split(rows))[1]["model"] == "churn@2"
@@ -513,6 +551,11 @@ def test_workers_share_the_port(registry: Path) -> None:
             assert status == 200, answer
             assert [p["probability"] for p in answer["predictions"]] == \
                 expected.column("probability").to_pylist()
+        # the workers' counts, summed (each connection may meet another process)
+        got = _metrics(served)
+        assert got["sluice_requests_total", (("format", "json"), ("model", "churn@2"),
+                                             ("status", "200"))] == 20
+        assert got["sluice_rows_total", (("model", "churn@2"),)] == 100
     finally:
         assert _stop(served) == 143
 
