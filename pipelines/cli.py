@@ -351,13 +351,22 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
               help="rows one request may carry (413 past it)")
 @click.option("--max-mb", type=click.FloatRange(min=0, min_open=True), default=100.0,
               show_default=True, help="size of one request's body (413 past it)")
+@click.option("--log-rows", metavar="DIR", default=None,
+              help="append the scored rows (inputs, prediction, when, which version, "
+                   "which request) to Parquet under DIR/date=YYYY-MM-DD/, for drift and "
+                   "evaluation pipelines to read")
+@click.option("--log-every", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, metavar="SECONDS", help="how often --log-rows writes a file")
+@click.option("--log-file-rows", type=click.IntRange(min=1), default=100_000,
+              show_default=True, help="rows that make --log-rows write a file at once")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="a log line per request")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info",
                                                  "debug"]), default="info", show_default=True)
 def serve(ref: str, models: str | None, host: str, port: int, workers: int, threads: int,
           refresh: float, device: str, dtype: str, max_rows: int, max_mb: float,
-          access_log: bool, log_level: str) -> None:
+          log_rows: str | None, log_every: float, log_file_rows: int, access_log: bool,
+          log_level: str) -> None:
     """Serve the model REF (churn, churn@3, churn@production) over HTTP.
 
     POST /invocations scores the rows of a request with the chain the `score` step
@@ -372,7 +381,8 @@ def serve(ref: str, models: str | None, host: str, port: int, workers: int, thre
     from pipelines.serving import serve as start
 
     settings = Settings(ref=ref, models=models, device=device, dtype=dtype, threads=threads,
-                        max_rows=max_rows, max_mb=max_mb, refresh=refresh)
+                        max_rows=max_rows, max_mb=max_mb, refresh=refresh,
+                        log_rows=log_rows, log_every=log_every, log_file_rows=log_file_rows)
 
     def ready(url: str, model: Any) -> None:
         asked = "" if model.asked == model.ref else f" ({model.asked})"

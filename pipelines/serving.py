@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import importlib
 import io
 import json
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -36,9 +38,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from operators.base import DataError, SluiceError, suggest
-from operators.score.score import OUTPUT_COLUMNS, Score
+from operators.io.fs import resolve as fs_resolve
+from operators.io.fs import written_whole
+from operators.score.score import OUTPUT_COLUMNS, PREDICTION_COLUMNS, Score
 from pipelines.device import CPU, Placement, resolve, run_placed
 from pipelines.store import Model, ModelStore
 
@@ -53,6 +58,7 @@ MEDIA_TYPES = (JSON, CSV, ARROW, ARROW_FILE)
 JSON_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 REQUEST_PARAMS = ("contributions", "contributions_by", "keep")
 MODEL_HEADER = "X-Sluice-Model"
+REQUEST_HEADER = "X-Request-Id"  # the client's, else one made up; in the row log
 ENVIRONMENT = "SLUICE_SERVE"  # a worker process's settings (``--workers``)
 
 
@@ -444,6 +450,86 @@ def answer_type(accept: str | None, request: str) -> str:
     return ARROW if request in (ARROW, ARROW_FILE) else JSON
 
 
+LOGGED = ("served_at", "model", "request_id")
+"""The columns the row log adds to the model's inputs and outputs."""
+
+
+class RowLog:
+    """The rows a server scored, appended to Parquet under a folder (``--log-rows``):
+    each row's model inputs (in the trained types), its prediction and probability,
+    when (``served_at``, UTC), by which version (``model``) and in which request
+    (``request_id``); files of up to ``file_rows`` rows written every ``every`` seconds
+    and at shutdown, in ``date=YYYY-MM-DD`` folders. A `read_parquet` of the folder
+    reads them (with the date as a column): drift and evaluation pipelines over what
+    was served. A file appears whole (written beside, then renamed); a write that
+    fails is logged and counted, never a failed request."""
+
+    def __init__(self, root: str, every: float, file_rows: int,
+                 storage_options: dict[str, Any] | None = None):
+        self.location = fs_resolve(root, storage_options)
+        self.root, self.every, self.file_rows = root, every, file_rows
+        self.prefix = f"part-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+        self.files = 0
+        self.lock = threading.Lock()
+        self.writing = threading.Lock()  # one flush at a time, files numbered in order
+        self.written = 0
+        self.failed = 0
+        self.on_flush: Any = None  # on_flush(written, lost): the server's metrics
+
+    def add(self, scored: pa.Table, model: ScoringModel, request_id: str) -> bool:
+        """Keep a request's rows; True when enough are kept for a file."""
+        names = [*model.required, *(c for c in PREDICTION_COLUMNS if c in scored.column_names)]
+        rows = scored.num_rows
+        now = pa.scalar(datetime.datetime.now(datetime.UTC), pa.timestamp("us", tz="UTC"))
+        table = scored.select(names).append_column(
+            "served_at", pa.repeat(now, rows)).append_column(
+            "model", pa.repeat(pa.scalar(model.ref), rows)).append_column(
+            "request_id", pa.repeat(pa.scalar(request_id), rows))
+        with self.lock:
+            self.pending.append(table)
+            self.rows += rows
+            return self.rows >= self.file_rows
+
+    def flush(self) -> tuple[int, int]:
+        """Write what is kept: (rows written, rows lost to a failed write)."""
+        with self.writing:
+            with self.lock:
+                pending, self.pending, self.rows = self.pending, [], 0
+            groups: dict[tuple[str, pa.Schema], list[pa.Table]] = {}
+            for table in pending:
+                day = table.column("served_at")[0].as_py().date().isoformat()
+                groups.setdefault((day, table.schema), []).append(table)
+            written = lost = 0
+            for (day, _), tables in groups.items():
+                table = pa.concat_tables(tables)
+                try:
+                    self._write(day, table)
+                except (OSError, pa.ArrowException) as exc:
+                    lost += table.num_rows
+                    log.error("--log-rows: %d scored rows not written to %s: %s",
+                              table.num_rows, self.root, exc)
+                else:
+                    written += table.num_rows
+            self.written += written
+            self.failed += lost
+            if self.on_flush is not None:
+                self.on_flush(written, lost)
+            return written, lost
+
+    def _write(self, day: str, table: pa.Table) -> None:
+        self.files += 1
+        name = f"{self.prefix}-{self.files:06d}.parquet"
+        folder = self.location.join(f"date={day}")
+        if self.location.local:
+            os.makedirs(folder, exist_ok=True)
+            with written_whole(os.path.join(folder, name)) as staging:
+                pq.write_table(table, staging)
+        else:  # an object store's put is whole
+            pq.write_table(table, f"{folder}/{name}", filesystem=self.location.filesystem)
+
+
 @dataclass
 class Settings:
     """``sluice serve``'s options (travel to worker processes as JSON)."""
@@ -456,6 +542,9 @@ class Settings:
     max_rows: int = 1_000_000
     max_mb: float = 100.0
     refresh: float = 0.0
+    log_rows: str | None = None  # a folder (or URL) the scored rows are appended to
+    log_every: float = 60.0
+    log_file_rows: int = 100_000
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def dumps(self) -> str:
@@ -474,6 +563,9 @@ class Server:
         self.settings = settings
         self.store = ModelStore(settings.models, settings.storage_options or None)
         self.model = model or self._load()
+        self.rowlog = None if not settings.log_rows else RowLog(
+            settings.log_rows, settings.log_every, settings.log_file_rows,
+            settings.storage_options or None)
 
     def _load(self) -> ScoringModel:
         chosen, _ = resolve(self.settings.device)
@@ -515,10 +607,10 @@ class Server:
             raise RequestError(f"the body is not {what} the server can read ({exc})") from None
         return table, {}
 
-    def score(self, body: bytes, kind: str, answer: str, query: Mapping[str, str]
-              ) -> tuple[bytes, str, int]:
+    def score(self, body: bytes, kind: str, answer: str, query: Mapping[str, str],
+              request_id: str = "") -> tuple[bytes, str, int]:
         """The response body of one request, the model version that scored it and the
-        rows it scored."""
+        rows it scored (kept for the row log, if there is one)."""
         model = self.model  # one version for the whole request, whatever refresh does
         table, params = self.table_of(body, kind, model)
         options = request_params({**query, **params})
@@ -533,6 +625,9 @@ class Server:
             raise RequestError(f"params.keep: column '{missing[0]}' is not in the request"
                                f"{suggest(missing[0], table.column_names)}")
         scored = model.score_table(table, **options)
+        if self.rowlog is not None and scored.num_rows and self.rowlog.add(
+                scored, model, request_id):
+            self.rowlog.flush()  # a file's worth: written by the request that filled it
         have = set(scored.column_names)
         names = list(dict.fromkeys([*keep, *(c for c in OUTPUT_COLUMNS if c in have)]))
         out = scored.select(names)
@@ -573,6 +668,16 @@ class Metrics:
         self.rows = Counter("sluice_rows", "Rows scored", ["model"], registry=registry)
         self.model = Gauge("sluice_model_info", "1 for the model version being served",
                            ["model", "asked"], registry=registry, multiprocess_mode="max")
+        self.logged_rows = Counter("sluice_logged_rows", "Scored rows written by --log-rows",
+                                   registry=registry)
+        self.lost_rows = Counter("sluice_log_lost_rows", "Scored rows --log-rows failed "
+                                 "to write", registry=registry)
+
+    def logged(self, written: int, lost: int) -> None:
+        if written:
+            self.logged_rows.inc(written)
+        if lost:
+            self.lost_rows.inc(lost)
 
     def served(self, ref: str, asked: str, before: str | None = None) -> None:
         if before is not None:
@@ -608,6 +713,8 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
     server = Server(settings, model)
     metrics = Metrics()
     metrics.served(server.model.ref, settings.ref)
+    if server.rowlog is not None:
+        server.rowlog.on_flush = metrics.logged
     limit = int(settings.max_mb * 2**20)
     state: dict[str, Any] = {}
 
@@ -638,12 +745,13 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
     async def invocations(request: Request) -> Response:
         start = time.perf_counter()
         kind = "unknown"
+        request_id = request.headers.get(REQUEST_HEADER) or uuid.uuid4().hex
         try:
             kind = media_type(request.headers.get("content-type"))
             answer = answer_type(request.headers.get("accept"), kind)
             body = await read_body(request)
             content, ref, rows = await anyio.to_thread.run_sync(
-                server.score, body, kind, answer, dict(request.query_params),
+                server.score, body, kind, answer, dict(request.query_params), request_id,
                 limiter=state["limiter"])
         except RequestError as exc:
             response = problem(exc.status, "BAD_REQUEST" if exc.status == 400 else
@@ -656,7 +764,8 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
             metrics.answered(server.model.ref, 500, kind, time.perf_counter() - start, 0)
             raise
         else:
-            response = Response(content, media_type=answer, headers={MODEL_HEADER: ref})
+            response = Response(content, media_type=answer,
+                                headers={MODEL_HEADER: ref, REQUEST_HEADER: request_id})
             metrics.answered(ref, 200, kind, time.perf_counter() - start, rows)
             return response
         metrics.answered(server.model.ref, response.status_code, kind,
@@ -709,17 +818,29 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
                 log.warning("now serving %s (was %s) for %s", server.model.ref, before,
                             settings.ref)
 
+    async def flush() -> None:
+        assert server.rowlog is not None
+        await anyio.to_thread.run_sync(server.rowlog.flush)
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(settings.log_every)
+            await flush()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         state["limiter"] = anyio.CapacityLimiter(settings.threads)
-        task = asyncio.create_task(refresher()) if settings.refresh > 0 else None
+        tasks = ([asyncio.create_task(refresher())] if settings.refresh > 0 else []) + (
+            [asyncio.create_task(flusher())] if server.rowlog is not None else [])
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if server.rowlog is not None:  # the rows scored since the last file
+                await flush()
 
     routes = [Route("/invocations", invocations, methods=["POST"]),
               Route("/ping", ping, methods=["GET"]), Route("/health", ping, methods=["GET"]),

@@ -667,3 +667,82 @@ def test_a_bug_is_a_500_with_the_traceback_in_the_log(registry: Path,
         thread.join(30)
         sock.close()
     assert any("ZeroDivisionError" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+DRIFT = """
+    pipeline: watch
+    steps:
+      - op: read_parquet
+        path: {log}
+      - op: drift
+        model: churn@1
+"""
+
+
+def test_logged_rows_are_what_was_answered_and_a_pipeline_reads_them(registry: Path
+                                                                       ) -> None:
+    log = registry / "served"
+    served = _start(registry, "churn@1", "--log-rows", str(log), "--log-every", "0.2")
+    assert isinstance(served, Served)
+    rows = _rows(registry, 30).select(INPUTS)
+    answers = []
+    try:
+        for i in range(3):
+            status, headers, data = served.request(
+                "POST", "/invocations", json.dumps(_split(rows.slice(i * 10, 10))),
+                {"Content-Type": "application/json", "X-Request-Id": f"r{i}"})
+            assert status == 200 and headers["x-request-id"] == f"r{i}"
+            answers += json.loads(data)["predictions"]
+        deadline = time.monotonic() + 30
+        while not list(log.glob("date=*/*.parquet")):
+            assert time.monotonic() < deadline, "no file was written"
+            time.sleep(0.1)
+        # one more, after a file was written: in the file the shutdown writes
+        status, headers, data = served.request("POST", "/invocations",
+                                               json.dumps(_split(rows.slice(0, 5))),
+                                               {"Content-Type": "application/json"})
+        answers += json.loads(data)["predictions"]
+        generated = headers["x-request-id"]
+        got = _metrics(served)
+    finally:
+        assert _stop(served) == 143
+    files = sorted(log.glob("date=*/*.parquet"))
+    assert len(files) >= 2 and not list(log.glob("date=*/.*"))  # no staging file left
+    table = pa.concat_tables([pq.read_table(f) for f in files]).sort_by("served_at")
+    assert table.column_names == ["total_charges", "plan", "region", "tenure",
+                                  "monthly_charges", "prediction", "probability",
+                                  "served_at", "model", "request_id"]
+    assert table.num_rows == 35
+    ids = table.column("request_id").to_pylist()
+    assert ids == ["r0"] * 10 + ["r1"] * 10 + ["r2"] * 10 + [generated] * 5
+    assert table.column("probability").to_pylist() == [a["probability"] for a in answers]
+    assert table.select(INPUTS).slice(0, 30).equals(rows)
+    assert set(table.column("model").to_pylist()) == {"churn@1"}
+    assert got.get(("sluice_logged_rows_total", ()), 0) >= 30
+    # the served rows are a dataset: a drift pipeline reads them, the date a column
+    folder = registry / "watch"
+    folder.mkdir()
+    record = run(write_pipeline(folder, DRIFT.format(log=log)), models=str(registry / "models"),
+                 runs_dir=str(folder / "runs"))
+    drift = record["metrics"]["drift"]
+    assert set(drift["psi"]) == set(INPUTS), drift
+    assert all(0 <= v < 10 for v in drift["psi"].values()), drift
+    assert record["steps"]["read_parquet"]["rows"] == 35
+
+
+def test_a_log_that_cannot_be_written_loses_rows_not_requests(registry: Path) -> None:
+    blocked = registry / "not-a-folder"
+    blocked.write_text("a file where the log's folder would be")
+    served = _start(registry, "churn@1", "--log-rows", str(blocked), "--log-every", "0.1")
+    assert isinstance(served, Served)
+    rows = _rows(registry, 4).select(INPUTS)
+    try:
+        assert served.post(_split(rows))[0] == 200
+        deadline = time.monotonic() + 30
+        while _metrics(served).get(("sluice_log_lost_rows_total", ()), 0) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert served.post(_split(rows))[0] == 200
+    finally:
+        assert _stop(served) == 143
+    assert "--log-rows: 4 scored rows not written to" in "".join(served.log)
