@@ -164,6 +164,15 @@ def _print_record(record: dict[str, Any]) -> None:
         aliases = "".join(f", {model['name']}@{a}" for a in model.get("aliases", []))
         click.echo(f"  saved model {model['name']}@{model['version']} ({model['path']}"
                    f"{aliases})")
+    for promotion in record.get("promotions", []):
+        target = f"{promotion['name']}@{promotion['alias']}"
+        if promotion["promoted"]:
+            was = promotion.get("was")
+            click.echo(f"  promoted {promotion['name']}@{promotion['version']} to {target}"
+                       f"{'' if was is None else f' (was version {was})'}: "
+                       f"{promotion['reason']}")
+        else:
+            click.echo(f"  kept {target}: {promotion['reason']}")
     _print_metrics(record["metrics"])
     click.echo(f"  record: {record['record_path']}")
 

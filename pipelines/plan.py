@@ -22,6 +22,7 @@ from operators.base import (
     suggest,
 )
 from operators.evaluate.drift import Drift
+from operators.evaluate.promote import Promote
 from operators.expressions import referenced_columns
 from operators.features.rows import Filter
 from operators.io.model import SaveModel
@@ -223,7 +224,7 @@ def _link_saved_models(built: dict[str, Step]) -> None:
         if isinstance(step.op, SaveModel):
             saves.setdefault(step.op.params.name, []).append(step)
     for step in built.values():
-        if not isinstance(step.op, Score):
+        if not isinstance(step.op, Score | Promote):
             continue
         try:
             name, selector = parse_ref(step.op.params.model)
@@ -292,7 +293,10 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             schema = upstream.schema
             step.open = upstream.open or (isinstance(step.op, Estimator)
                                           and step.op.schema_from_fit)
-            if isinstance(step.op, Score) and step.saved_by is not None:
+            if isinstance(step.op, Promote):
+                if not _bind_promoted(plan, step):
+                    continue  # a step of the model's chain has a problem reported
+            elif isinstance(step.op, Score) and step.saved_by is not None:
                 if not _bind_planned(plan, step):
                     continue  # a step of the model's chain has a problem reported
                 step.open = True  # the fitted chain's columns and types come at run time
@@ -317,19 +321,49 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             plan.problems.append(Problem(file, s.line_of(param), str(exc), step=s.id, op=s.op))
 
 
+def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | None:
+    """The steps ``save_id`` will save and the columns they read from their input, as
+    planned; None when one of them has no schema (its problem is reported)."""
+    chain = plan.model_chain(save_id)
+    source = plan.step(chain[0].input) if chain and chain[0].input else None
+    if not chain or source is None or source.schema is None or any(
+            s.schema is None for s in chain):
+        return None
+    return chain, required_columns([s.op for s in chain], source.schema,
+                                   [s.schema for s in chain])
+
+
+def _bind_promoted(plan: Plan, step: Step) -> bool:
+    """Bind a promote step to the chain its challenger's ``save_model`` will save (the
+    columns it reads); a SchemaError when no step of the pipeline saves it, or the save
+    itself sets the alias."""
+    assert isinstance(step.op, Promote)
+    p = step.op.params
+    if step.saved_by is None:
+        raise SchemaError(f"model: no save_model step of this pipeline saves '{p.model}'",
+                          hint="promote compares the model the run saves (save_model's "
+                               "name, or an alias it sets) with the alias's version")
+    save = plan.step(step.saved_by)
+    if p.alias in save.op.params.aliases:
+        raise SchemaError(f"alias: step '{save.id}' sets '{p.alias}' itself, whatever "
+                          "the comparison says", hint=f"drop '{p.alias}' from its aliases")
+    planned = _planned_chain(plan, step.saved_by)
+    if planned is None:
+        return False
+    step.op.bind_planned(planned[1])
+    return True
+
+
 def _bind_planned(plan: Plan, step: Step) -> bool:
     """Bind a score step to the chain its ``save_model`` step will save, as planned:
     the columns that chain reads from its input and the prediction columns its last
     step's planned schema has (a fit may add them only at run time: the step is open);
     False when a step of that chain has no schema (its problem is reported)."""
     assert isinstance(step.op, Score) and step.saved_by is not None
-    chain = plan.model_chain(step.saved_by)
-    source = plan.step(chain[0].input) if chain and chain[0].input else None
-    if not chain or source is None or source.schema is None or any(
-            s.schema is None for s in chain):
+    planned = _planned_chain(plan, step.saved_by)
+    if planned is None:
         return False
-    required = required_columns([s.op for s in chain], source.schema,
-                                [s.schema for s in chain])
+    chain, required = planned
     last = chain[-1].schema
     added = [last.field(c) for c in PREDICTION_COLUMNS if c in last.names]
     name, _ = parse_ref(step.op.params.model)

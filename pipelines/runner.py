@@ -28,6 +28,7 @@ from operators.evaluate.drift import (
     profile_partial,
     profiled_columns,
 )
+from operators.evaluate.promote import Promote
 from operators.io.fs import written_whole
 from operators.io.model import SaveModel
 from pipelines import profiles
@@ -247,6 +248,8 @@ class Run:
         if isinstance(op, Source):
             self.datasets[step.id] = self.engine.read(op, step.id, step.schema)
         elif isinstance(op, Estimator):
+            if isinstance(op, Promote):
+                self._bind_promote(step)
             if step.tuning is not None:
                 transform, metrics, data = self._tune(step, data)
             else:
@@ -256,6 +259,8 @@ class Run:
                 self.cached[step.input] = data
             self.fitted[step.id] = transform
             self.record["metrics"][step.id] = metrics
+            if isinstance(op, Promote):
+                self._promote(step, metrics)
             # the fitted schema can differ from the plan's (one_hot's columns come from
             # the vocabulary), so the steps after see the real one
             schema = transform.output_schema(data.schema)
@@ -319,6 +324,35 @@ class Run:
                                          "folds": len(tuning.folds[0]) if tuning.folds else 0,
                                          "candidates": candidates}}
         return transform, metrics, data
+
+    def _bind_promote(self, step: Step) -> None:
+        """Bind a promote step to the model this run saved (the challenger) and to the
+        version its alias names now (the champion; none when the alias is new)."""
+        assert isinstance(step.op, Promote)
+        model = self.saved[step.saved_by]
+        alias = step.op.params.alias
+
+        def bound(m: Any, ref: str) -> tuple[Any, list[str], dict[str, Any]]:
+            return m.chain, m.required, {"name": m.name, "version": m.version, "ref": ref,
+                                         "path": self.store.path_of(m), "meta": m.meta}
+
+        champion = None
+        if alias in self.store.aliases(model.name):
+            champion = bound(self.store.load(f"{model.name}@{alias}"),
+                             f"{model.name}@{alias}")
+        step.op.bind(bound(model, step.op.params.model.strip()), champion)
+
+    def _promote(self, step: Step, decision: dict[str, Any]) -> None:
+        """Move the alias to the challenger when promote decided so."""
+        assert isinstance(step.op, Promote)
+        model = self.saved[step.saved_by]
+        alias = step.op.params.alias
+        entry = {"step": step.id, "name": model.name, "alias": alias,
+                 "version": model.version, "promoted": bool(decision.get("promoted")),
+                 "reason": decision.get("reason")}
+        if entry["promoted"]:
+            entry["was"] = self.store.set_alias(model.name, alias, model.version)
+        self.record.setdefault("promotions", []).append(entry)
 
     def _bind_saved(self, step: Step) -> None:
         """Bind a score step to the model this run saved at ``step.saved_by``."""

@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from operators.base import Operator, SluiceError, suggest
-from operators.evaluate.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from operators.evaluate.metrics import COMPARABLE, LOWER_IS_BETTER
 from operators.models.common import SupervisedParams
 
 MAX_CANDIDATES = 100
@@ -42,9 +42,7 @@ MAX_CANDIDATES = 100
 MAX_FOLDS = 20
 FIXED = ("label", "weight", "validation_fraction", "validation_start", "seed")
 """What a tuned step cannot vary: the rows and what they are compared on."""
-LOWER_IS_BETTER = {"log_loss", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance"}
-METRICS = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS))
-                 - {"count", "confusion_matrix"})
+METRICS = COMPARABLE
 
 
 @dataclass

@@ -23,15 +23,13 @@ from pydantic import Field
 
 from operators.base import (
     DataError,
-    Estimator,
     Params,
     SchemaError,
-    Transform,
     register,
     register_fitted,
     require_columns,
 )
-from operators.evaluate.evaluate import Measured
+from operators.evaluate.evaluate import Measured, Measuring
 from operators.hashing import hash_rows
 from operators.models.common import is_numeric
 
@@ -155,7 +153,7 @@ class DriftParams(Params):
 
 
 @register("drift")
-class Drift(Estimator):
+class Drift(Measuring):
     """Measure how far the rows have moved from the rows a saved model was trained on.
 
     One pass: each column's population stability index (PSI) against the model's
@@ -271,12 +269,6 @@ class Drift(Estimator):
                 hint="look at what changed in the data; retrain on recent rows, or raise "
                      "max_psi if the change is expected")
         return {**state, "metrics_values": out}, True
-
-    def fitted(self, state: dict[str, Any]) -> Transform:
-        return DriftFitted(self.params, state.get("metrics_values", {}))
-
-    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
-        return dict(state.get("metrics_values", {}))
 
 
 @register_fitted("drift.fitted")

@@ -18,6 +18,7 @@ from operators.base import (
     Params,
     SchemaError,
     Transform,
+    lookup_fitted,
     register,
     register_fitted,
     require_columns,
@@ -64,8 +65,21 @@ class EvaluateParams(Params):
                                                     "with more fails, naming the columns)")
 
 
+class Measuring(Estimator):
+    """An estimator that measures rows (evaluate, drift, promote): its last ``update``
+    keeps the figures in ``state["metrics_values"]``, the run record's metrics, and its
+    fitted transform (registered as ``<name>.fitted``) passes the rows on, carrying them."""
+
+    def fitted(self, state: dict[str, Any]) -> Transform:
+        return lookup_fitted(f"{self.name}.fitted")(self.params,
+                                                    state.get("metrics_values", {}))
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        return dict(state.get("metrics_values", {}))
+
+
 @register("evaluate")
-class Evaluate(Estimator):
+class Evaluate(Measuring):
     """Evaluate predictions against a label; the metrics go to the run record, rows pass through.
 
     ```yaml
@@ -240,12 +254,6 @@ class Evaluate(Estimator):
                 except DataError as exc:
                     raise exc.located(f"group {label}") from None
         return {**state, "metrics_values": values}, True
-
-    def fitted(self, state: dict[str, Any]) -> Transform:
-        return EvaluateFitted(self.params, state.get("metrics_values", {}))
-
-    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
-        return dict(state.get("metrics_values", {}))
 
 
 class Measured(Transform):

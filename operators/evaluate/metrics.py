@@ -47,6 +47,19 @@ DEFAULT_METRICS = {
                        "pr_auc", "confusion_matrix", "count"],
 }
 PROBABILITY_METRICS = ["log_loss", "roc_auc", "pr_auc"]
+LOWER_IS_BETTER = {"log_loss", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance"}
+COMPARABLE = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS))
+                    - {"count", "confusion_matrix"})
+"""The metrics two models (tuning's candidates, promote's) can be compared by."""
+
+
+def default_metric(values: dict[str, Any]) -> str:
+    """What models are compared by when no metric is named: log_loss for classes (when
+    there are probabilities), else accuracy; rmse for numbers."""
+    for name in ("log_loss", "accuracy", "rmse"):
+        if name in values:
+            return name
+    raise ValueError(f"no comparable metric in {sorted(values)}")
 METRICS = {"regression": REGRESSION_METRICS, "classification": CLASSIFICATION_METRICS}
 
 AUC_BINS = 2 ** 16

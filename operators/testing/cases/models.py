@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -95,4 +97,35 @@ def _scoring_table() -> pa.Table:
     return table.select(["x1", "x2", "x3"]).append_column("id", ids)
 
 
+def _labelled_table() -> pa.Table:
+    """Held-out rows with their label: what promote compares two models on."""
+    return classification_table(rows=120, seed=6).select(["x1", "x2", "x3", "y"])
+
+
+@cache
+def _weaker_model() -> LogisticRegressionFitted:
+    """A champion to beat: one feature only."""
+    model = fit(LogisticRegression(label="y", features=["x1"], l2=1.0),
+                split(classification_table(seed=4), 3))
+    assert isinstance(model, LogisticRegressionFitted)
+    return model
+
+
+def _bind_promote(champion: bool) -> Callable[[Any], None]:
+    def bind(op: Any) -> None:
+        new, old = _scoring_model(), _weaker_model()
+        op.bind((Chain([new]), new.features, {"name": "t", "version": 2, "ref": "t"}),
+                (Chain([old]), old.features, {"name": "t", "version": 1,
+                                              "ref": "t@production"}) if champion else None)
+    return bind
+
+
+def _promote_cases() -> None:
+    case("promote", {"model": "t", "alias": "production", "label": "y"}, _labelled_table,
+         id="champion", prepare=_bind_promote(True), copies=2)
+    case("promote", {"model": "t", "alias": "production", "label": "y", "metric": "roc_auc"},
+         _labelled_table, id="first", prepare=_bind_promote(False))
+
+
 _cases()
+_promote_cases()

@@ -1,0 +1,191 @@
+"""promote: a champion/challenger comparison that moves an alias only to a better model.
+
+The model this run saves (the challenger) and the version an alias names now (the
+champion) score the same rows in one pass; the metrics of both go to the run record,
+and the alias moves to the challenger when it is better by at least ``min_delta`` (or
+when the alias names no version yet). A scheduled retraining pipeline ends in it, and
+every pipeline or server that follows ``name@alias`` (``sluice serve --refresh``) gets
+the new version only when it earned it. The runtime moves the alias; this operator
+decides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from pydantic import Field
+
+from operators.arrays import get_namespace
+from operators.base import (
+    ParamError,
+    Params,
+    SchemaError,
+    register,
+    register_fitted,
+    require_columns,
+    suggest,
+)
+from operators.evaluate.evaluate import Evaluate, Measured, Measuring
+from operators.evaluate.metrics import COMPARABLE, LOWER_IS_BETTER, default_metric
+from operators.io.model import is_alias
+from operators.score.score import Score
+
+HOST = get_namespace("numpy")
+
+
+class PromoteParams(Params):
+    model: str = Field(description="the challenger: the model this pipeline saves (its "
+                                   "name, name@latest, or an alias its save_model sets)")
+    alias: str = Field(description="the alias to move to the challenger when it is better "
+                                   "than the version the alias names now (the champion)")
+    label: str = Field(description="the true values of the rows both models score")
+    metric: str | None = Field(None, description="what they are compared by (default "
+                                                 "log_loss for classes, rmse for numbers); "
+                                                 "lower is better for log_loss, rmse, mse, "
+                                                 "mae and the deviances, higher for the rest")
+    min_delta: float = Field(0.0, ge=0, description="how much better the challenger must be "
+                                                    "(0: better at all; ties keep the "
+                                                    "champion)")
+    weight: str | None = Field(None, description="a column of row weights for the metric")
+
+
+@register("promote")
+class Promote(Measuring):
+    """Move an alias to the model this run saves only if it beats the one it names now.
+
+    ```yaml
+    - op: save_model
+      name: churn
+    - op: promote
+      input: holdout          # rows neither model was trained on
+      model: churn            # the challenger: the version this run saves
+      alias: production       # the champion: churn@production, moved if beaten
+      label: churned
+      metric: roc_auc         # default: log_loss for classes, rmse for numbers
+      min_delta: 0.002
+    ```
+    Both models score the rows in one pass (each through its own saved chain); the run
+    record has both metrics, the decision and why. With no version under the alias yet,
+    the challenger gets it. Rows pass through.
+    """
+
+    numeric_kernels = True
+    in_model = False
+
+    Params = PromoteParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        p = self.params
+        if not is_alias(p.alias):
+            raise ParamError(f"alias '{p.alias}' is not an alias name",
+                             hint="a name that is not a number or 'latest': production")
+        if p.metric is not None and p.metric not in COMPARABLE:
+            raise ParamError(f"unknown metric '{p.metric}'{suggest(p.metric, COMPARABLE)}",
+                             hint="one of: " + ", ".join(COMPARABLE))
+        self.required: list[str] = []
+        self.scorers: list[Score] = []  # the challenger's, then the champion's (if any)
+        self.refs: list[str] = []
+
+    def _evaluate(self) -> Evaluate:
+        p = self.params
+        return Evaluate(label=p.label, weight=p.weight,
+                        metrics=None if p.metric is None else [p.metric])
+
+    # ----------------------------------------------------------------- binding
+
+    def bind_planned(self, required: list[str]) -> None:
+        """The columns the challenger, as the pipeline plans it, reads."""
+        self.required = list(required)
+
+    def bind(self, challenger: tuple[Any, list[str], dict[str, Any]],
+             champion: tuple[Any, list[str], dict[str, Any]] | None) -> None:
+        """The saved challenger and the champion (None: the alias names no version yet),
+        each ``(chain, required columns, info)``, as ``score`` binds a model."""
+        self.scorers, self.refs = [], []
+        for chain, required, info in [challenger, *([champion] if champion else [])]:
+            scorer = Score(model=info["ref"])
+            scorer.bind(chain, required, info)
+            self.scorers.append(scorer)
+            self.refs.append(f"{info['name']}@{info['version']}")
+        self.required = list(dict.fromkeys(c for s in self.scorers for c in s.required))
+
+    # ----------------------------------------------------------------- plan time
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        p = self.params
+        return [*self.required, p.label, *([p.weight] if p.weight else [])]
+
+    def check_input(self, schema: pa.Schema) -> None:
+        p = self.params
+        require_columns(schema, [p.label, *([p.weight] if p.weight else [])])
+        for scorer, ref in zip(self.scorers, self.refs, strict=True):
+            try:
+                scorer.check_input(schema)
+            except SchemaError as exc:
+                raise SchemaError(f"{ref} cannot score these rows: {exc.message}",
+                                  hint=exc.hint or "give promote the rows both models "
+                                  "read") from None
+        if not self.scorers:
+            require_columns(schema, self.required, f"column the model '{p.model}' needs:")
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        self.check_input(schema)
+        return schema
+
+    # ----------------------------------------------------------------- fit
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        if not self.scorers:
+            raise SchemaError(f"model '{self.params.model}' is not bound",
+                              hint="promote runs after the save_model of its model")
+        self.check_input(schema)
+        evaluate = self._evaluate()
+        return {"evaluations": [evaluate.init(s.output_schema(schema)) for s in self.scorers]}
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> list[Any]:
+        # each model scores on the device (its own chain: a copy of the rows each); the
+        # metrics of the small prediction columns are counted on the host
+        evaluate = self._evaluate()
+        return [evaluate.partial(scorer.transform(part, xp), evaluation, HOST)
+                for scorer, evaluation in zip(self.scorers, state["evaluations"], strict=True)]
+
+    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+        evaluate = self._evaluate()
+        return [evaluate.combine(x, y) for x, y in zip(a, b, strict=True)]
+
+    def update(self, stats: list[Any], state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        evaluate = self._evaluate()
+        values = [evaluate.update(s, e)[0]["metrics_values"]
+                  for s, e in zip(stats, state["evaluations"], strict=True)]
+        return {**state, "metrics_values": self._decide(values)}, True
+
+    def _decide(self, values: list[dict[str, Any]]) -> dict[str, Any]:
+        p = self.params
+        name = p.metric or default_metric(values[0])
+        challenger = float(values[0][name])
+        out: dict[str, Any] = {"metric": name, "alias": p.alias, "challenger": self.refs[0],
+                               "challenger_value": challenger}
+        if len(values) == 1:
+            return {**out, "promoted": True, "reason": f"no version had the alias {p.alias}"}
+        champion = float(values[1][name])
+        out.update(champion=self.refs[1], champion_value=champion)
+        if self.refs[0] == self.refs[1]:
+            return {**out, "promoted": False, "reason": "the alias names the challenger"}
+        gain = champion - challenger if name in LOWER_IS_BETTER else challenger - champion
+        better = gain > p.min_delta if p.min_delta else gain > 0
+        direction = "lower" if name in LOWER_IS_BETTER else "higher"
+        if better:
+            reason = f"{name} {challenger:.6g} vs {champion:.6g} ({direction} is better)"
+        else:
+            by = f" by more than {p.min_delta:g}" if p.min_delta else ""
+            reason = f"{name} {challenger:.6g} vs {champion:.6g}: not {direction}{by}"
+        return {**out, "promoted": better, "gain": gain, "reason": reason}
+
+
+@register_fitted("promote.fitted")
+class PromoteFitted(Measured):
+    """The rows, unchanged; carries the comparison it made."""
+
+    Params = PromoteParams

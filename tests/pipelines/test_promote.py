@@ -1,0 +1,178 @@
+"""promote: the alias moves to the model a run saves only when it beats the version the
+alias names, on every engine, with the metrics an evaluate of each model gives on the
+same rows; plan problems name the line; a champion that cannot score the rows says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_pipeline
+
+from operators.base import SluiceError
+from pipelines.datagen import churn_table
+from pipelines.engines.base import Engine
+from pipelines.runner import ValidationFailed, run
+from pipelines.store import ModelStore
+
+RETRAIN = """
+    pipeline: retrain
+    params: {{l2: 0.001, features: [tenure, monthly_charges, total_charges, plan=basic]}}
+    steps:
+      - id: rows
+        op: read_parquet
+        path: {data}
+        partition_mb: 0.05
+      - op: sample
+        fraction: 0.75
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan]
+      - op: logistic_regression
+        label: churned
+        l2: ${{l2}}
+        features: ${{features}}
+      - op: save_model
+        name: churn
+      - id: holdout
+        op: sample
+        input: rows
+        fraction: 0.75
+        complement: true
+      - op: promote
+        model: churn
+        alias: production
+        label: churned
+{extra}
+"""
+
+EVALUATE = """
+    pipeline: check
+    steps:
+      - op: read_parquet
+        path: {data}
+      - op: sample
+        fraction: 0.75
+        complement: true
+      - op: score
+        model: {model}
+      - op: evaluate
+        label: churned
+"""
+
+
+@pytest.fixture
+def rows(workdir: Path) -> Path:
+    folder = workdir / "rows"
+    folder.mkdir()
+    table = churn_table(4000, seed=3)
+    for i in range(4):
+        pq.write_table(table.slice(i * 1000, 1000), folder / f"part-{i}.parquet")
+    return folder
+
+
+def _retrain(workdir: Path, rows: Path, engine: Any = None, extra: str = "",
+             features: str | None = None, **params: str) -> dict[str, Any]:
+    text = RETRAIN.format(data=rows, extra="\n".join(f"        {line}"
+                                                     for line in extra.splitlines()))
+    if features is not None:
+        text = text.replace("features: [tenure, monthly_charges, total_charges, plan=basic]",
+                            f"features: {features}")
+    path = write_pipeline(workdir, text, "retrain.yaml")
+    return run(path, {k: str(v) for k, v in params.items()}, engine_instance=engine)
+
+
+def _evaluated(workdir: Path, rows: Path, model: str, metric: str) -> float:
+    path = write_pipeline(workdir, EVALUATE.format(data=rows, model=model), "check.yaml")
+    return run(path)["metrics"]["evaluate"][metric]
+
+
+def test_the_alias_moves_only_to_a_better_model(workdir: Path, rows: Path,
+                                                engine: Engine) -> None:
+    store = ModelStore()
+    first = _retrain(workdir, rows, engine)
+    assert first["promotions"] == [{"step": "promote", "name": "churn", "alias": "production",
+                                    "version": 1, "promoted": True, "was": None,
+                                    "reason": "no version had the alias production"}]
+    assert store.aliases("churn") == {"production": 1}
+    decision = first["metrics"]["promote"]
+    assert decision["metric"] == "log_loss" and decision["challenger"] == "churn@1"
+    assert decision["challenger_value"] == pytest.approx(
+        _evaluated(workdir, rows, "churn@1", "log_loss"), rel=1e-12)
+
+    # a heavily regularised challenger is worse: the alias stays
+    worse = _retrain(workdir, rows, engine, l2="10")
+    decision = worse["metrics"]["promote"]
+    assert (decision["challenger"], decision["champion"]) == ("churn@2", "churn@1")
+    assert decision["promoted"] is False and decision["gain"] < 0
+    assert decision["champion_value"] == pytest.approx(
+        _evaluated(workdir, rows, "churn@1", "log_loss"), rel=1e-12)
+    assert decision["challenger_value"] == pytest.approx(
+        _evaluated(workdir, rows, "churn@2", "log_loss"), rel=1e-12)
+    assert worse["promotions"][0]["promoted"] is False
+    assert store.aliases("churn") == {"production": 1}
+
+    # more features: better, promoted, by roc_auc this time
+    better = _retrain(workdir, rows, engine, extra="metric: roc_auc",
+                      features="[tenure, monthly_charges, total_charges, plan=basic, "
+                               "plan=premium, plan=standard]")
+    decision = better["metrics"]["promote"]
+    assert decision["metric"] == "roc_auc" and decision["promoted"] is True
+    assert decision["challenger_value"] > decision["champion_value"]
+    assert decision["challenger_value"] == pytest.approx(
+        _evaluated(workdir, rows, "churn@3", "roc_auc"), rel=1e-12)
+    assert better["promotions"][0]["was"] == 1
+    assert store.aliases("churn") == {"production": 3}
+
+
+def test_min_delta_keeps_the_champion_when_the_gain_is_small(workdir: Path,
+                                                             rows: Path) -> None:
+    _retrain(workdir, rows)
+    record = _retrain(workdir, rows, extra="min_delta: 0.5", l2="0.0001")
+    decision = record["metrics"]["promote"]
+    assert decision["promoted"] is False
+    assert "not lower by more than 0.5" in decision["reason"]
+    assert ModelStore().aliases("churn") == {"production": 1}
+
+
+def test_a_champion_that_cannot_score_the_rows_stops_the_run(workdir: Path,
+                                                             rows: Path) -> None:
+    _retrain(workdir, rows)  # churn@1 reads plan
+    text = RETRAIN.format(data=rows, extra="").replace(
+        "plan=basic]}", "]}").replace(
+        "      - op: one_hot\n        columns: [plan]\n", "").replace(
+        "path: " + str(rows), "path: " + str(rows) + "\n        columns: [tenure, "
+        "monthly_charges, total_charges, churned]")
+    path = write_pipeline(workdir, text, "narrow.yaml")
+    with pytest.raises(SluiceError, match=r"churn@1 cannot score these rows: column the "
+                                          r"model 'churn@production' needs: 'plan' not in"):
+        run(path)
+    assert ModelStore().aliases("churn") == {"production": 1}
+
+
+def test_plan_problems_point_at_the_line(workdir: Path, rows: Path) -> None:
+    cases = [
+        (RETRAIN.replace("      - op: promote\n        model: churn",
+                         "      - op: promote\n        model: other"),
+         "model: no save_model step of this pipeline saves 'other'"),
+        (RETRAIN.replace("        name: churn\n", "        name: churn\n"
+                         "        aliases: [production]\n"),
+         "alias: step 'save_model' sets 'production' itself"),
+        (RETRAIN.replace("alias: production", "alias: '3'"), "alias '3' is not an alias"),
+        (RETRAIN.replace("label: churned\n{extra}", "label: churned\n        metric: auc\n"
+                         "{extra}"), "unknown metric 'auc'; did you mean 'pr_auc'"),
+        (RETRAIN.replace("label: churned\n{extra}", "label: churn\n{extra}"),
+         "'churn' not in the input"),
+    ]
+    for text, message in cases:
+        path = write_pipeline(workdir, text.format(data=rows, extra=""), "bad.yaml")
+        with pytest.raises(ValidationFailed) as failed:
+            run(path)
+        problems = [str(p) for p in failed.value.problems]
+        assert any(message in p for p in problems), (message, problems)
+        line = next(p for p in problems if message in p)
+        assert line.startswith(f"{path}:"), line
