@@ -95,8 +95,8 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
     have = schema.names
     first = missing[0]
     names = ", ".join(f"'{c}'" for c in missing)
-    if len(missing) > 1:
-        what += "s"
+    if len(missing) > 1:  # "feature column" -> "feature columns", "label" -> "labels"
+        what = what.replace("column", "columns", 1) if "column" in what else what + "s"
     raise MissingColumnError(
         f"{what} {names} not in {where}{suggest(first, have)}",
         hint=("input has: " if where == "the input" else "it has: ") + ", ".join(have[:20])

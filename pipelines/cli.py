@@ -348,8 +348,9 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
               help="port to listen on (0: any free port, printed)")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="server processes sharing the port (each loads the model)")
-@click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True,
-              help="requests a process scores at once")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="requests a process scores at once (more pays only for large batches, "
+                   "where NumPy lets go of Python's lock; --workers for more cores)")
 @click.option("--refresh", type=click.FloatRange(min=0), default=0, show_default=True,
               metavar="SECONDS", help="look this often whether REF names another version "
               "(an alias moved, a new latest) and serve it; 0: never")

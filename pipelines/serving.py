@@ -73,6 +73,9 @@ class RequestError(SluiceError):
 # --------------------------------------------------------------------------- rows in
 
 
+UNCONVERTIBLE = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
 def _is_float(value: Any) -> bool:
     return isinstance(value, float) and not value.is_integer()
 
@@ -90,16 +93,19 @@ def _column(name: str, values: Sequence[Any], target: pa.DataType | None) -> pa.
     try:
         try:  # inferred first: a typed conversion truncates 3.5 to an int64 3
             out = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             out = pa.array(values, type=value_type)
         return out.cast(target, safe=True) if out.type != target else out
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+    except (*UNCONVERTIBLE, OverflowError):
         pass
     for row, value in enumerate(values):
         try:
             pa.array([value]).cast(value_type, safe=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        except (*UNCONVERTIBLE, OverflowError):
             shown = json.dumps(value) if not isinstance(value, float) else repr(value)
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+                raise RequestError(f"column '{name}', row {row}: {shown[:60]} does not fit "
+                                   f"{value_type}") from None
             kind = "a whole number" if pa.types.is_integer(value_type) and _is_float(value) \
                 else str(value_type)
             raise RequestError(f"column '{name}', row {row}: {shown[:60]} is not {kind}",
@@ -150,7 +156,7 @@ def _split(body: Any, where: str) -> dict[str, list[Any]]:
     for i, row in enumerate(data):
         if not isinstance(row, list) or len(row) != len(names):
             got = f"{len(row)} values" if isinstance(row, list) else "not a list"
-            raise RequestError(f"{where}.data[{i}] has {got}; columns names {len(names)}")
+            raise RequestError(f"{where}.data[{i}] has {got}, for {len(names)} columns")
     if not data:
         return {name: [] for name in names}
     return {name: list(values) for name, values in zip(names, zip(*data))}
@@ -538,7 +544,7 @@ class Settings:
     models: str | None = None
     device: str = "cpu"
     dtype: str = "float64"
-    threads: int = 4
+    threads: int = 1
     max_rows: int = 1_000_000
     max_mb: float = 100.0
     refresh: float = 0.0
@@ -613,6 +619,8 @@ class Server:
         rows it scored (kept for the row log, if there is one)."""
         model = self.model  # one version for the whole request, whatever refresh does
         table, params = self.table_of(body, kind, model)
+        if table.num_rows == 0 and not table.num_columns:  # no rows, so no columns named
+            table = model.input_schema.empty_table()
         options = request_params({**query, **params})
         if table.num_rows > self.settings.max_rows:
             raise RequestError(f"the request has {table.num_rows} rows; this server scores "
@@ -758,8 +766,9 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
                                "UNSUPPORTED" if exc.status in (406, 415) else "TOO_LARGE",
                                str(exc.message), exc.hint)
         except SluiceError as exc:  # the data does not fit the model: the user's to fix
+            where = f"{exc.where}: " if exc.where else ""
             response = problem(400, "BAD_REQUEST" if not isinstance(exc, DataError)
-                               else "INVALID_DATA", str(exc))
+                               else "INVALID_DATA", where + exc.message, exc.hint)
         except Exception:
             metrics.answered(server.model.ref, 500, kind, time.perf_counter() - start, 0)
             raise
@@ -876,7 +885,9 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
     uvicorn = _uvicorn()
     server = Server(settings)  # the model loads and is checked once, here
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio then sets TCP_NODELAY on each connection (protocol 0
+    # leaves Nagle on, and a keep-alive answer waits ~40 ms for a delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

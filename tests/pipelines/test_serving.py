@@ -203,7 +203,7 @@ def test_json_request_formats_give_the_same_columns() -> None:
         ({}, "no rows"),
         ({"inputs": [], "instances": []}, r"more than one format \(inputs, instances\)"),
         ({"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}},
-         r"dataframe_split.data\[0\] has 2 values; columns names 1"),
+         r"dataframe_split.data\[0\] has 2 values, for 1 columns"),
         ({"dataframe_records": [{"a": 1}, 3]}, r"dataframe_records\[1\] is not an object"),
         ({"inputs": {"a": [1, 2], "b": [1]}}, "different lengths"),
         ({"inputs": {"a": [1, 2], "b": 1}}, "mixes lists and single values"),
@@ -389,6 +389,13 @@ def test_client_mistakes_are_answered_with_what_to_fix(registry: Path, server: S
         ({"dataframe_records": [{k: v for k, v in r.items() if k != "region"}
                                 for r in rows.to_pylist()]}, {}, 400,
          "'region' not in the input"),
+        ({"dataframe_records": [{k: v for k, v in r.items() if k not in ("region", "plan")}
+                                for r in rows.to_pylist()]}, {}, 400,
+         "columns the model 'churn@production' needs: 'plan', 'region' not in the input"),
+        ({"dataframe_records": [{**rows.to_pylist()[0], "tenure": 2**64}]}, {}, 400,
+         "column 'tenure', row 0: 18446744073709551616 does not fit int64"),
+        ({"dataframe_records": [{**rows.to_pylist()[0], "monthly_charges": -(2**70)}]}, {},
+         400, "column 'monthly_charges', row 0: -1180591620717411303424 does not fit"),
         ({**_split(rows), "params": {"contribution": True}}, {}, 400,
          "unknown param 'contribution'; did you mean 'contributions'"),
         ({**_split(rows), "params": {"keep": ["id"]}}, {}, 400,
@@ -409,6 +416,15 @@ def test_client_mistakes_are_answered_with_what_to_fix(registry: Path, server: S
         assert got == status, (message, answer)
         assert message in answer["message"] + " " + answer.get("hint", ""), answer
         assert answer_headers["x-sluice-model"] == "churn@1"
+    # the hint of a missing column is apart from the message
+    status, answer = server.post({"dataframe_records": [{k: v for k, v in r.items()
+                                                         if k != "region"}
+                                                        for r in rows.to_pylist()]})
+    assert answer["hint"].startswith("input has: ") and "input has" not in answer["message"]
+    # no rows: no predictions, whatever the format
+    for empty in ({"dataframe_records": []}, {"dataframe_split": {"columns": [], "data": []}},
+                  {"inputs": []}):
+        assert server.post(empty) == (200, {"predictions": [], "model": "churn@1"}), empty
     # a null the model cannot take: the column, what to do
     status, answer = server.post({"dataframe_records": [{**rows.to_pylist()[0],
                                                          "tenure": None}]})
