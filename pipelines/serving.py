@@ -302,18 +302,25 @@ class ScoringModel:
         if contributions_by != "features" and not contributions:
             raise RequestError("contributions_by needs contributions: true")
         scorer = self._scorer(bool(contributions), contributions_by)
-        table = _cast(table, self.input_schema)
-        scorer.check_input(table.schema)
+        cast = _cast(table, self.input_schema)
+        scorer.check_input(cast.schema)
 
         def run(part: pa.Table, xp: Any) -> pa.Table:
             return scorer.transform(part, xp)
 
-        out, info = run_placed(self.placement, run, table,
+        out, info = run_placed(self.placement, run, cast,
                                lambda a, b: pa.concat_tables([a, b]))
         if info:
             log.warning("%s: the device ran out of memory on %d rows: %s", self.ref,
                         table.num_rows, info)
-        return out
+        if cast is table:
+            return out
+        # the model read its columns in the trained types; the caller's pass as given
+        added = [c for c in OUTPUT_COLUMNS if c in out.column_names]
+        kept = table.drop_columns([c for c in added if c in table.column_names])
+        for name in added:
+            kept = kept.append_column(out.schema.field(name), out.column(name))
+        return kept
 
     def score(self, data: Any, *, contributions: bool = False,
               contributions_by: str = "features") -> Any:
@@ -354,6 +361,14 @@ class ScoringModel:
         }
 
 
+    def __getstate__(self) -> dict[str, Any]:  # shipped to Spark executors, Dask workers
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
 def load_model(ref: str, models: str | None = None, *, device: str = "cpu",
                dtype: str = "float64", storage_options: dict[str, Any] | None = None
                ) -> ScoringModel:
@@ -368,6 +383,86 @@ def load_model(ref: str, models: str | None = None, *, device: str = "cpu",
     model = store.load(ref)
     return ScoringModel(model, asked=ref, path=store.path_of(model),
                         placement=Placement(chosen, dtype))
+
+
+# --------------------------------------------------------------------------- Spark
+
+
+def spark_udf(ref: str, models: str | None = None, *, result: str = "probability",
+              contributions: bool = False, contributions_by: str = "features",
+              storage_options: dict[str, Any] | None = None) -> Any:
+    """A Spark column function scoring with the model ``ref`` (as MLflow's
+    ``spark_udf``), on Arrow batches end to end (``arrow_udf``: no pandas):
+
+        score = spark_udf("churn@production")
+        df.withColumn("p_churn", score(F.struct(*score.columns)))   # by name
+        df.withColumn("p_churn", score(*score.columns))             # in that order
+
+    One struct argument gives the model's columns by name (others are ignored); plain
+    columns must be the model's inputs in ``score.columns``' order. ``result``:
+    ``probability`` (a double, or an array of doubles in class order), ``prediction``,
+    or ``all`` (a struct of the model's columns, with ``contributions`` too). The model
+    is loaded here, once, and travels with the function to the executors (which need
+    this package: ``sluice package``'s archive, or an install)."""
+    from pyspark.sql.functions import arrow_udf
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    model = load_model(ref, models, storage_options=storage_options)
+    fields = {f.name: f for f in model.output_fields(contributions, contributions_by)}
+    if result == "all":
+        out_type: pa.DataType = pa.struct(list(fields.values()))
+    elif result in fields:
+        out_type = fields[result].type
+    else:
+        raise SluiceError(f"result '{result}': model {model.ref} gives "
+                          f"{', '.join(fields)}", hint="result: " + ", ".join(
+                              [*fields, "all"]))
+    columns = model.required
+
+    def score(*arrays: pa.Array) -> pa.Array:
+        if len(arrays) == 1 and pa.types.is_struct(arrays[0].type):
+            given = arrays[0]
+            names = [given.type.field(i).name for i in range(given.type.num_fields)]
+            table = pa.Table.from_arrays(given.flatten(), names=names)
+        elif len(arrays) == len(columns):
+            table = pa.Table.from_arrays(list(arrays), names=columns)
+        else:
+            raise SluiceError(f"model {model.ref} takes {len(columns)} columns "
+                              f"({', '.join(columns)}), in that order, or one struct of "
+                              f"them; got {len(arrays)}")
+        scored = model.score_table(table, contributions=contributions,
+                                   contributions_by=contributions_by)
+        if result != "all":
+            return scored.column(result).combine_chunks()
+        out = scored.select(list(fields))
+        return pa.StructArray.from_arrays([c.combine_chunks() for c in out.columns],
+                                          fields=list(fields.values()))
+
+    udf = arrow_udf(score, returnType=from_arrow_type(out_type))
+    udf.columns = list(columns)
+    udf.model = model.ref
+    return udf
+
+
+def score_spark(df: Any, ref: str, models: str | None = None, *,
+                contributions: bool = False, contributions_by: str = "features",
+                storage_options: dict[str, Any] | None = None) -> Any:
+    """The Spark DataFrame ``df`` with the model's columns added (``prediction``,
+    ``probability``...; the input's pass through), as the ``score`` step does: one
+    ``mapInArrow`` over its batches."""
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    model = load_model(ref, models, storage_options=storage_options)
+    kwargs = {"contributions": contributions, "contributions_by": contributions_by}
+    arrow_schema = to_arrow_schema(df.schema)
+    out_schema = model.score_table(arrow_schema.empty_table(), **kwargs).schema
+
+    def batches(parts: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        for batch in parts:
+            scored = model.score_table(pa.Table.from_batches([batch]), **kwargs)
+            yield from scored.cast(out_schema).to_batches()
+
+    return df.mapInArrow(batches, from_arrow_schema(out_schema))
 
 
 # --------------------------------------------------------------------------- rows out
@@ -940,4 +1035,5 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
         raise SystemExit(128 + stopped[0])
 
 
-__all__ = ["ScoringModel", "load_model", "serve", "create_app", "Settings", "RequestError"]
+__all__ = ["ScoringModel", "load_model", "spark_udf", "score_spark", "serve", "create_app",
+           "Settings", "RequestError"]

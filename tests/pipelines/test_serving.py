@@ -762,3 +762,56 @@ def test_a_log_that_cannot_be_written_loses_rows_not_requests(registry: Path) ->
     finally:
         assert _stop(served) == 143
     assert "--log-rows: 4 scored rows not written to" in "".join(served.log)
+
+
+# --------------------------------------------------------------------------- Spark
+
+
+def test_spark_udf_and_score_spark_answer_as_load_model(registry: Path, spark: Any) -> None:
+    from pyspark.sql import functions as F
+
+    from pipelines.serving import score_spark, spark_udf
+
+    models = str(registry / "models")
+    rows = _rows(registry, 300)
+    path = registry / "spark-rows.parquet"
+    pq.write_table(rows, path)
+    df = spark.spark.read.parquet(str(path))
+    expected = load_model("churn@1", models).score(rows)
+    by_id = dict(zip(rows.column("customer_id").to_pylist(),
+                     expected.column("probability").to_pylist()))
+
+    score = spark_udf("churn@1", models)
+    assert score.columns == ["total_charges", "plan", "region", "tenure", "monthly_charges"]
+    for argument in ([F.struct(*score.columns)], score.columns):
+        got = df.select("customer_id", score(*argument).alias("p")).collect()
+        assert {r.customer_id: r.p for r in got} == pytest.approx(by_id, rel=1e-12)
+
+    everything = spark_udf("churn@1", models, result="all", contributions=True)
+    first = df.select(everything(F.struct(*everything.columns)).alias("s")).first().s
+    assert set(first.asDict()) == {"prediction", "probability", "contributions",
+                                   "contribution_base"}
+    assert first.probability == pytest.approx(expected.column("probability")[0].as_py())
+
+    boosted = spark_udf("boosted", models)  # three classes: an array per row
+    classes = load_model("boosted", models).score(rows)
+    got = df.select("customer_id", boosted(F.struct(*boosted.columns)).alias("p")).collect()
+    want = dict(zip(rows.column("customer_id").to_pylist(),
+                    classes.column("probability").to_pylist()))
+    np.testing.assert_allclose([list(r.p) for r in sorted(got, key=lambda r: r.customer_id)],
+                               [want[k] for k in sorted(want)], rtol=1e-12)
+
+    scored = score_spark(df, "churn@1", models)
+    assert scored.columns == [*rows.column_names, "prediction", "probability"]
+    assert dict(scored.dtypes)["tenure"] == "bigint"
+    got = scored.select("customer_id", "prediction", "probability").collect()
+    assert {r.customer_id: r.probability for r in got} == pytest.approx(by_id, rel=1e-12)
+    assert sorted(r.prediction for r in got) == sorted(
+        expected.column("prediction").to_pylist())
+
+    with pytest.raises(SluiceError, match="result 'score': model churn@1 gives prediction, "
+                                          "probability"):
+        spark_udf("churn@1", models, result="score")
+    with pytest.raises(Exception, match=r"takes 5 columns \(total_charges, plan, region, "
+                                        r"tenure, monthly_charges\), in that order"):
+        df.select(score("tenure", "plan")).collect()
