@@ -14,6 +14,7 @@ import click
 from operators.arrays import DTYPES
 from operators.base import SluiceError
 from pipelines import profiles
+from pipelines.describe import shown_params as _shown_params
 from pipelines.device import DEVICES
 from pipelines.engines.base import StepFailure
 from pipelines.runner import Interrupted, ValidationFailed, plan_file, run, stopping_on_signals
@@ -219,17 +220,6 @@ def _fmt_list(values: list[Any]) -> str:
     return "[" + ", ".join(_fmt(v) for v in values) + "]"
 
 
-def _shown_params(params: dict[str, Any] | None) -> str:
-    """A step's parameters as the pipeline file would say them: k=v, k=v."""
-    return ", ".join(f"{k}={_shown_param(v)}" for k, v in (params or {}).items())
-
-
-def _shown_param(value: Any) -> str:
-    """A parameter as the pipeline file would say it (flow-style YAML)."""
-    return json.dumps(value, separators=(", ", ": ")) if isinstance(value, dict | list) else (
-        str(value))
-
-
 def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
@@ -253,6 +243,30 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
     if total:
         _err(f"{total} problem(s) in {len(files)} file(s)")
         sys.exit(1)
+
+
+@main.command("plan")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--param", "params", multiple=True, metavar="K=V", help="override a param")
+@models_option
+@click.option("--json", "as_json", is_flag=True, help="the plan as JSON, for tools")
+def plan_command(file: str, params: tuple[str, ...], models: str | None,
+                 as_json: bool) -> None:
+    """What a pipeline will do, without reading a row: each step in the order it runs,
+    what it reads, fits, scores (the model version) or writes, and how it changes the
+    columns. Problems are reported as `validate` does (exit 1)."""
+    from pipelines.describe import describe, format_plan  # noqa: I001 (beside its use)
+
+    plan = plan_file(file, _parse_params(params), ModelStore(models))
+    if not plan.ok:
+        raise ValidationFailed(plan.problems)
+    entries = describe(plan)
+    if as_json:
+        click.echo(json.dumps({"pipeline": plan.spec.name, "file": str(plan.spec.file),
+                               "steps": entries}, indent=1))
+        return
+    for line in format_plan(plan, entries):
+        click.echo(line)
 
 
 @main.group()

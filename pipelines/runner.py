@@ -88,7 +88,7 @@ def stopping_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _given(op: Any) -> dict[str, Any] | None:
+def given_params(op: Any) -> dict[str, Any] | None:
     """An operator's parameters as its step set them, as JSON (None where an operator of
     one's own holds a value JSON cannot say)."""
     try:
@@ -372,7 +372,7 @@ class Run:
             before, after = self.plan.step(s.input).schema, s.schema
             added = [] if before is None or after is None else [
                 n for n in after.names if n not in before.names]
-            out.append({"step": s.id, "op": s.op.name, "params": _given(s.op),
+            out.append({"step": s.id, "op": s.op.name, "params": given_params(s.op),
                         "added_columns": added})
         return out
 
@@ -402,7 +402,7 @@ class Run:
             "steps_from": [s.id for s in chain],
             # what each fitted step was given (as the pipeline file said it): with the run
             # record, the model says how it was trained
-            "trained_with": {s.id: {"op": s.op.name, "params": _given(s.op)}
+            "trained_with": {s.id: {"op": s.op.name, "params": given_params(s.op)}
                              for s in chain if isinstance(s.op, Estimator)},
             # the steps that shaped the training data and are not in the model (filter,
             # sample, join), with the columns they added: what a scoring pipeline repeats

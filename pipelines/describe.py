@@ -1,0 +1,151 @@
+"""``sluice plan``: what a pipeline will do, as planned, without reading a row.
+
+Per step, in the order it runs: what it reads from (its input step), what it does (the
+file it reads with the filter pushed into the read, the model version a ``score`` step
+resolves to, what a fit caches and how many candidates a ``tune`` fits, what a
+``save_model`` saves), and how it changes the columns: added, removed, retyped, and
+where a fit decides them at run time (one_hot's vocabulary). Spark's ``explain()``,
+Kedro's pipeline view, for a YAML file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from operators.base import Estimator, Sink, Source
+from operators.evaluate.drift import Drift
+from operators.evaluate.evaluate import Measuring
+from operators.evaluate.promote import Promote
+from operators.io.model import SaveModel
+from operators.io.parquet import ReadParquet
+from operators.score.score import Score
+from pipelines.plan import Plan, Step
+
+
+def shown_params(params: dict[str, Any] | None) -> str:
+    """A step's parameters as the pipeline file would say them: k=v, k=v."""
+    return ", ".join(f"{k}={_shown_param(v)}" for k, v in (params or {}).items())
+
+
+def _shown_param(value: Any) -> str:
+    """A parameter as the pipeline file would say it (flow-style YAML)."""
+    return json.dumps(value, separators=(", ", ": ")) if isinstance(value, dict | list) else (
+        str(value))
+
+
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    """A step's parameters as its file gives them, as plain JSON values."""
+    return json.loads(json.dumps(dict(params), default=str))
+
+
+def _columns(schema: pa.Schema | None) -> list[dict[str, str]] | None:
+    if schema is None:
+        return None
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
+
+
+def _changes(before: pa.Schema | None, after: pa.Schema | None) -> dict[str, Any]:
+    """Columns added, removed and retyped from ``before`` to ``after``."""
+    if before is None or after is None:
+        return {}
+    old = {f.name: f.type for f in before}
+    new = {f.name: f.type for f in after}
+    return {"added": [{"name": n, "type": str(t)} for n, t in new.items() if n not in old],
+            "removed": [n for n in old if n not in new],
+            "retyped": [{"name": n, "from": str(old[n]), "to": str(t)}
+                        for n, t in new.items() if n in old and old[n] != t]}
+
+
+def _notes(plan: Plan, step: Step) -> list[str]:
+    op = step.op
+    notes: list[str] = []
+    if isinstance(op, ReadParquet):
+        if step.pushed_from:  # the read's filter, as planned (its own and the step's)
+            notes.append(f"reads with filter: {op.params.filter} (step "
+                         f"'{step.pushed_from}''s condition pushed into the read: files "
+                         "and row groups it rules out are skipped)")
+    elif isinstance(op, Score | Promote | Drift):
+        if step.saved_by is not None:
+            notes.append(f"model: the version step '{step.saved_by}' saves in this run")
+        elif getattr(op, "model_info", None):
+            info = op.model_info
+            notes.append(f"model: {info.get('name')}@{info.get('version')} "
+                         f"({op.params.model})")
+        if isinstance(op, Promote):
+            notes.append(f"moves {op.params.model.split('@')[0]}@{op.params.alias} to it "
+                         f"if it is better by {op.params.metric or 'the default metric'}")
+        if isinstance(op, Score) and op.params.contributions:
+            notes.append(f"with contributions by {op.params.contributions_by}")
+    elif isinstance(op, SaveModel):
+        chain = [s.id for s in plan.model_chain(step.id)]
+        notes.append(f"saves {', '.join(chain)} as '{op.params.name}' (the next version)"
+                     + (f", aliases {', '.join(op.params.aliases)}" if op.params.aliases
+                        else ""))
+    if isinstance(op, Measuring):
+        notes.append("measures the rows in one pass (the figures go to the run record); "
+                     "rows pass on")
+    elif isinstance(op, Estimator):
+        passes = "passes over its cached input" if op.multi_pass else "one pass"
+        notes.append(f"fits ({passes})")
+        if step.tuning is not None:
+            folds = len(step.tuning.folds[0]) if step.tuning.folds else 0
+            count = len(step.tuning.combos)
+            notes.append(f"tunes {count} combination{'s' if count != 1 else ''}"
+                         + (f" by {folds}-fold cross-validation" if folds else ""))
+        if op.schema_from_fit:
+            notes.append("the fit decides columns it adds or their types (known once it "
+                         "has run)")
+    if step.spec.device or step.spec.dtype:
+        notes.append(", ".join(f"{k}: {v}" for k, v in (("device", step.spec.device),
+                                                         ("dtype", step.spec.dtype)) if v))
+    return notes
+
+
+def describe(plan: Plan) -> list[dict[str, Any]]:
+    """Each step, in run order: id, op, kind, input, line, notes, column changes and
+    output columns (None where a fit decides them at run time)."""
+    out = []
+    for step in plan.steps:
+        upstream = plan.step(step.input) if step.input else None
+        entry: dict[str, Any] = {
+            "id": step.id, "op": step.op.name, "kind": step.op.kind, "input": step.input,
+            "line": step.spec.line, "params": _plain(step.spec.params), "notes": _notes(plan, step),
+            "columns": None if step.open and not isinstance(step.op, Source)
+            else _columns(step.schema),
+        }
+        if upstream is not None and not isinstance(step.op, Sink):
+            entry.update(_changes(upstream.schema, step.schema))
+            entry["open"] = step.open
+        out.append(entry)
+    return out
+
+
+def _shown(columns: list[dict[str, str]], limit: int = 12) -> str:
+    text = ", ".join(f"{c['name']} {c['type']}" for c in columns[:limit])
+    return text + (f" ... ({len(columns)} in all)" if len(columns) > limit else "")
+
+
+def format_plan(plan: Plan, entries: list[dict[str, Any]]) -> list[str]:
+    """The lines ``sluice plan`` prints."""
+    lines = [f"pipeline {plan.spec.name} ({plan.spec.file}): {len(entries)} steps, in "
+             "the order they run"]
+    for entry in entries:
+        source = f" <- {entry['input']}" if entry["input"] else ""
+        lines.append(f"  {entry['id']}: {entry['op']}{source}  (line {entry['line']})")
+        if entry["params"]:
+            lines.append(f"      given: {shown_params(entry['params'])}")
+        for note in entry["notes"]:
+            lines.append(f"      {note}")
+        if entry["input"] is None and entry["columns"] is not None:
+            lines.append(f"      columns: {_shown(entry['columns'])}")
+            continue
+        for column in entry.get("added", []):
+            lines.append(f"      + {column['name']} {column['type']}")
+        for name in entry.get("removed", []):
+            lines.append(f"      - {name}")
+        for column in entry.get("retyped", []):
+            lines.append(f"      ~ {column['name']} {column['from']} -> {column['to']}")
+    return lines
