@@ -465,6 +465,17 @@ def score_spark(df: Any, ref: str, models: str | None = None, *,
     return df.mapInArrow(batches, from_arrow_schema(out_schema))
 
 
+def score_dask(ddf: Any, ref: str, models: str | None = None, *,
+               contributions: bool = False, contributions_by: str = "features",
+               storage_options: dict[str, Any] | None = None) -> Any:
+    """The Dask DataFrame ``ddf`` with the model's columns added, partition by partition
+    (``map_partitions``; the model travels with the graph), lazily as Dask is."""
+    model = load_model(ref, models, storage_options=storage_options)
+    kwargs = {"contributions": contributions, "contributions_by": contributions_by}
+    meta = model.score(ddf._meta, **kwargs)
+    return ddf.map_partitions(model.score, meta=meta, **kwargs)
+
+
 # --------------------------------------------------------------------------- rows out
 
 
@@ -1035,5 +1046,6 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
         raise SystemExit(128 + stopped[0])
 
 
-__all__ = ["ScoringModel", "load_model", "spark_udf", "score_spark", "serve", "create_app",
+__all__ = ["ScoringModel", "load_model", "spark_udf", "score_spark", "score_dask", "serve",
+           "create_app",
            "Settings", "RequestError"]

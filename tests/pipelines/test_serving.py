@@ -815,3 +815,23 @@ def test_spark_udf_and_score_spark_answer_as_load_model(registry: Path, spark: A
     with pytest.raises(Exception, match=r"takes 5 columns \(total_charges, plan, region, "
                                         r"tenure, monthly_charges\), in that order"):
         df.select(score("tenure", "plan")).collect()
+
+
+def test_score_dask_answers_as_load_model(registry: Path, dask_engine: Any) -> None:
+    import dask.dataframe as dd
+
+    from pipelines.serving import score_dask
+
+    rows = _rows(registry, 300)
+    path = registry / "dask-rows"
+    path.mkdir(exist_ok=True)
+    for i in range(3):
+        pq.write_table(rows.slice(i * 100, 100), path / f"part-{i}.parquet")
+    ddf = dd.read_parquet(str(path))
+    scored = score_dask(ddf, "churn@1", str(registry / "models"))
+    assert list(scored.columns) == [*rows.column_names, "prediction", "probability"]
+    got = dask_engine._client.compute(scored).result().sort_values("customer_id")
+    expected = load_model("churn@1", str(registry / "models")).score(rows)
+    np.testing.assert_allclose(got["probability"].to_numpy(),
+                               expected.column("probability").to_numpy(), rtol=1e-12)
+    assert got["prediction"].tolist() == expected.column("prediction").to_pylist()
