@@ -176,3 +176,22 @@ def test_plan_problems_point_at_the_line(workdir: Path, rows: Path) -> None:
         assert any(message in p for p in problems), (message, problems)
         line = next(p for p in problems if message in p)
         assert line.startswith(f"{path}:"), line
+
+
+def test_the_retraining_example_pipeline(workdir: Path) -> None:
+    """conf/pipelines/churn_retrain.yaml on the committed sample: the first run promotes
+    its model; a run with a much larger l2 keeps it; the champion's roc_auc is the same
+    in both records (the same held-out customers)."""
+    import shutil
+
+    from conftest import ROOT
+
+    shutil.copytree(ROOT / "data" / "churn", workdir / "data" / "churn")
+    path = ROOT / "conf" / "pipelines" / "churn_retrain.yaml"
+    first = run(path)
+    assert first["promotions"][0]["promoted"] is True
+    second = run(path, {"l2": "5"})
+    decision = second["metrics"]["promote"]
+    assert decision["promoted"] is False and decision["champion"] == "churn@1"
+    assert decision["champion_value"] == first["metrics"]["promote"]["challenger_value"]
+    assert ModelStore().aliases("churn") == {"production": 1}
