@@ -18,7 +18,7 @@ from pipelines.describe import shown_params as _shown_params
 from pipelines.device import DEVICES
 from pipelines.engines.base import StepFailure
 from pipelines.runner import Interrupted, ValidationFailed, plan_file, run, stopping_on_signals
-from pipelines.store import ModelStore
+from pipelines.store import ModelStore, parse_ref
 
 
 def _err(message: str) -> None:
@@ -415,6 +415,36 @@ def serve(ref: str, models: str | None, host: str, port: int, workers: int, thre
 
     start(settings, host=host, port=port, workers=workers, access_log=access_log,
           log_level=log_level, ready=ready)
+
+
+@models.command("delete")
+@click.argument("ref")
+@models_option
+def models_delete(ref: str, models: str | None) -> None:
+    """Delete one version (REF: churn@3, a number: never an alias or latest). Its number
+    is never given to another model; a version an alias names is refused."""
+    name, version = parse_ref(ref)
+    if version is None or not version.isdigit():
+        raise SluiceError(f"'{ref}' names no version number",
+                          hint=f"delete takes {name}@N; `sluice models show {ref}` says "
+                               "which version it is")
+    ModelStore(models).delete(name, int(version))
+    click.echo(f"deleted {name}@{version}")
+
+
+@models.command("prune")
+@click.argument("name")
+@click.option("--keep", type=click.IntRange(min=1), required=True,
+              help="how many of the newest versions to keep")
+@click.option("--dry-run", is_flag=True, help="say what would be deleted, delete nothing")
+@models_option
+def models_prune(name: str, keep: int, dry_run: bool, models: str | None) -> None:
+    """Delete the versions of NAME older than its newest --keep, except those an alias
+    names (a scheduled retraining saves a version a run)."""
+    doomed = ModelStore(models).prune(name, keep, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    shown = ", ".join(f"{name}@{v}" for v in doomed) or "nothing"
+    click.echo(f"{verb} {shown}")
 
 
 @main.command()

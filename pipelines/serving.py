@@ -293,9 +293,11 @@ class ScoringModel:
 
     def score_table(self, table: pa.Table, *, contributions: bool = False,
                     contributions_by: str = "features") -> pa.Table:
-        """``table`` (its columns cast to the trained types) with the model's columns
-        added: ``prediction``, ``probability`` for classes, and with ``contributions``
-        ``contributions`` and ``contribution_base``."""
+        """``table`` with the model's columns added: ``prediction``, ``probability`` for
+        classes, and with ``contributions`` ``contributions`` and ``contribution_base``.
+        The model reads its columns in the types it was trained on (int32 as int64...,
+        a value that does not convert is a RequestError naming it); the table's own
+        columns pass on as given."""
         if contributions_by not in ("features", "inputs"):
             raise RequestError(f"contributions_by '{contributions_by}' is not features or "
                                "inputs")

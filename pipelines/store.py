@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from operators.base import ArtifactError, SluiceError, Transform
+from operators.base import ArtifactError, SluiceError, Transform, suggest
 from operators.chain import Chain, dump_chain, load_chain
 from operators.io.fs import (
     Location,
@@ -50,6 +50,7 @@ FORMAT = "sluice-model"
 FORMAT_VERSION = 1
 CLAIM = ".claim"
 ALIASES = "aliases"  # <root>/<name>/aliases/<alias>.json: {"version": 3, ...}
+DELETED = "DELETED"  # <root>/<name>/<version>/DELETED: a deleted version's number, kept
 _REF = re.compile(rf"^(?P<name>{MODEL_NAME}?)(?:@(?P<version>latest|\d+|{ALIAS}))?$")
 
 
@@ -191,8 +192,6 @@ class ModelStore:
         name, version = parse_ref(ref)
         versions = self.versions(name)
         if not versions:
-            from operators.base import suggest
-
             raise ArtifactError(f"no model '{name}' in {self.root}{suggest(name, self.names())}",
                                 hint="train and `save_model` it first, or pass --models DIR")
         if version in (None, "latest"):
@@ -208,8 +207,6 @@ class ModelStore:
         """The version alias ``alias`` of ``name`` points at (an existing one)."""
         aliases = self.aliases(name)
         if alias not in aliases:
-            from operators.base import suggest
-
             known = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
             raise ArtifactError(
                 f"model '{name}' has no alias '{alias}'{suggest(alias, list(aliases))}",
@@ -275,6 +272,45 @@ class ModelStore:
             raise ArtifactError(f"model '{name}' has no alias '{alias}'")
         self.location.fsspec_fs.rm(self._path(name, ALIASES, f"{alias}.json"))
         return aliases[alias]
+
+    @_store_access
+    def delete(self, name: str, version: int) -> None:
+        """Delete version ``version`` of ``name``: its model.json first (from then on it
+        is no model: no listing or reference finds it), then its arrays. Its folder
+        stays with a ``DELETED`` note, so that its number is never given to another
+        model (a reference to churn@3 never means two things). A version an alias names
+        is refused."""
+        if version not in self.versions(name):
+            raise ArtifactError(f"model '{name}' has no version {version}")
+        named = sorted(a for a, v in self.aliases(name).items() if v == version)
+        if named:
+            shown = ", ".join(f"{name}@{a}" for a in named)
+            raise ArtifactError(f"{name}@{version} is named by {shown}",
+                                hint="point the alias at another version, or remove it "
+                                     "(sluice models alias ... --delete), first")
+        fs = self.location.fsspec_fs
+        note = json.dumps({"deleted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                       time.gmtime())}).encode()
+        fs.pipe_file(self._path(name, str(version), DELETED), note)
+        for leftover in ("model.json", "arrays.npz"):
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(self._path(name, str(version), leftover))
+
+    def prune(self, name: str, keep: int, dry_run: bool = False) -> list[int]:
+        """Delete the versions of ``name`` older than its newest ``keep``, except those
+        an alias names; the versions deleted (or that would be, ``dry_run``)."""
+        if keep < 1:
+            raise SluiceError("keep must be at least 1", hint="the newest version stays")
+        versions = self.versions(name)
+        if not versions:
+            raise ArtifactError(f"no model '{name}' in {self.root}"
+                                f"{suggest(name, self.names())}")
+        named = set(self.aliases(name).values())
+        doomed = [v for v in versions[:-keep] if v not in named]
+        if not dry_run:
+            for version in doomed:
+                self.delete(name, version)
+        return doomed
 
     @_store_access
     def read_meta(self, name: str, version: int) -> dict[str, Any]:

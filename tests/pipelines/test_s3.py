@@ -341,6 +341,18 @@ def test_registry_aliases_on_s3(bucket: str) -> None:
     assert store.remove_alias("m", "production") == 2 and other.aliases("m") == {}
 
 
+def test_registry_deletes_on_s3_never_reuse_a_number(bucket: str) -> None:
+    from pipelines.store import ModelStore
+
+    store = ModelStore(f"s3://{bucket}/models")
+    for i in range(3):
+        store.save("m", [centered([i, -i])], REGISTRY_SCHEMA)
+    store.delete("m", 3)
+    assert store.versions("m") == [1, 2]
+    assert store.save("m", [centered([9, 9])], REGISTRY_SCHEMA).version == 4
+    assert objects(bucket, "models/m/3/") == ["models/m/3/.claim", "models/m/3/DELETED"]
+
+
 def test_concurrent_registry_saves_on_s3_get_distinct_versions(bucket: str) -> None:
     """Writers that all list the same versions at once: each number is taken once, and
     every version holds the arrays of the writer that took it."""

@@ -72,6 +72,58 @@ def test_aliases_name_versions_and_move(tmp_path: Path) -> None:
     assert store.versions("m") == [1, 2, 3] and store.names() == ["m"]
 
 
+def test_delete_and_prune_keep_aliased_versions_and_never_reuse_a_number(tmp_path: Path
+                                                                         ) -> None:
+    store = ModelStore(str(tmp_path / "models"))
+    for i in range(6):
+        store.save("m", [centered([i, i])], SCHEMA)
+    store.set_alias("m", "production", 2)
+    with pytest.raises(ArtifactError, match=r"m@2 is named by m@production .*point the "
+                                            "alias at another version"):
+        store.delete("m", 2)
+    with pytest.raises(ArtifactError, match="has no version 9"):
+        store.delete("m", 9)
+    store.delete("m", 6)  # the latest
+    assert store.versions("m") == [1, 2, 3, 4, 5] and store.resolve("m") == ("m", 5)
+    with pytest.raises(ArtifactError, match="has no version 6"):
+        store.load("m@6")
+    assert (tmp_path / "models" / "m" / "6" / "DELETED").exists()
+    assert store.save("m", [centered([7, 7])], SCHEMA).version == 7  # 6 stays taken
+    assert store.prune("m", keep=2, dry_run=True) == [1, 3, 4]
+    assert store.versions("m") == [1, 2, 3, 4, 5, 7]
+    assert store.prune("m", keep=2) == [1, 3, 4]
+    assert store.versions("m") == [2, 5, 7]
+    np.testing.assert_array_equal(store.load("m@production").chain.steps[0].means, [1, 1])
+    with pytest.raises(ArtifactError, match="no model 'n'"):
+        store.prune("n", keep=1)
+
+
+def test_models_delete_and_prune_commands(tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import SLUICE
+
+    root = str(tmp_path / "models")
+    store = ModelStore(root)
+    for i in range(4):
+        store.save("m", [centered([i, i])], SCHEMA)
+    store.set_alias("m", "production", 1)
+
+    def sluice(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SLUICE, "models", *args, "--models", root],
+                              capture_output=True, text=True, timeout=120)
+
+    done = sluice("delete", "m@production")
+    assert done.returncode == 1 and "'m@production' names no version number" in done.stderr
+    assert sluice("delete", "m@3").stdout == "deleted m@3\n"
+    assert sluice("prune", "m", "--keep", "1", "--dry-run").stdout == "would delete m@2\n"
+    assert sluice("prune", "m", "--keep", "1").stdout == "deleted m@2\n"
+    assert store.versions("m") == [1, 4]
+    done = sluice("delete", "m@1")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "m@1 is named by m@production" in done.stderr
+
+
 def test_bad_aliases_say_what_to_do(tmp_path: Path) -> None:
     from operators.base import SluiceError
 
