@@ -37,6 +37,7 @@ from importlib import metadata
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -492,12 +493,56 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def json_body(rows: list[dict[str, Any]], model: str) -> bytes:
+KERNEL_ROWS = 64
+"""Answers of at least this many rows are written as JSON by Arrow kernels (below, the
+kernels' fixed cost is more than Python's json takes)."""
+
+
+def json_body(table: pa.Table, model: str) -> bytes:
+    """``{"predictions": [row objects], "model": ...}``: built by Arrow kernels from the
+    columns' JSON literals where every column is a number, a bool or text (the usual
+    answer), else through Python's json (lists of class probabilities, contributions)."""
+    literals = [_json_literals(column) for column in table.columns] \
+        if table.num_rows >= KERNEL_ROWS else []
+    if literals and all(v is not None for v in literals):
+        pieces: list[Any] = []
+        for i, (name, values) in enumerate(zip(table.column_names, literals, strict=True)):
+            pieces += [("{" if i == 0 else ", ") + json.dumps(name) + ": ", values]
+        pieces[-1:] = [pieces[-1], "}"]
+        rows = pc.binary_join_element_wise(*pieces, "")
+        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(rows)], pa.int32()),
+                                                         rows), ", ")[0].as_py()
+        return f'{{"predictions": [{joined}], "model": {json.dumps(model)}}}'.encode()
+    rows = table.to_pylist()
     try:
         text = json.dumps({"predictions": rows, "model": model}, allow_nan=False)
     except ValueError:
         text = json.dumps({"predictions": _finite(rows), "model": model})
     return text.encode()
+
+
+def _json_literals(column: pa.ChunkedArray) -> pa.Array | None:
+    """Each value of ``column`` as its JSON text (null for nulls, NaN and infinities), or
+    None for a type this does not write (lists, structs...)."""
+    values = column.combine_chunks()
+    kind = values.type
+    if pa.types.is_dictionary(kind):
+        values, kind = values.dictionary_decode(), kind.value_type
+    if pa.types.is_integer(kind):
+        text = pc.cast(values, pa.string())
+    elif pa.types.is_floating(kind):
+        text = pc.cast(values, pa.string())  # the shortest text that reads back exactly
+        whole = pc.match_substring_regex(text, r"^-?[0-9]+$")
+        text = pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
+        text = pc.if_else(pc.is_finite(values), text, pa.scalar(None, pa.string()))
+    elif pa.types.is_boolean(kind):
+        text = pc.if_else(values, "true", "false")
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = pa.array([None if v is None else json.dumps(v) for v in values.to_pylist()],
+                        pa.string())
+    else:
+        return None
+    return pc.fill_null(text, "null")
 
 
 def arrow_body(table: pa.Table) -> bytes:
@@ -754,7 +799,7 @@ class Server:
                 raise RequestError("contributions are a struct column, which CSV cannot "
                                    "hold", hint="ask for JSON or Arrow", status=406)
             return csv_body(out), model.ref, out.num_rows
-        return json_body(out.to_pylist(), model.ref), model.ref, out.num_rows
+        return json_body(out, model.ref), model.ref, out.num_rows
 
 
 # --------------------------------------------------------------------------- HTTP

@@ -835,3 +835,33 @@ def test_score_dask_answers_as_load_model(registry: Path, dask_engine: Any) -> N
     np.testing.assert_allclose(got["probability"].to_numpy(),
                                expected.column("probability").to_numpy(), rtol=1e-12)
     assert got["prediction"].tolist() == expected.column("prediction").to_pylist()
+
+
+def test_json_answers_written_by_arrow_kernels_read_back_exactly() -> None:
+    from pipelines.serving import KERNEL_ROWS, json_body
+
+    rng = np.random.default_rng(3)
+    n = KERNEL_ROWS * 3
+    values = rng.random(n) * 10.0 ** rng.integers(-300, 300, n)
+    values[:6] = [float("nan"), float("inf"), -0.0, 5.0, 1e16, 1e-7]
+    table = pa.table({
+        "id": pa.array([f'c"{i}\\\\' if i % 7 else None for i in range(n)]),
+        "prediction": pa.array(rng.integers(-(2**62), 2**62, n)),
+        "probability": pa.array(values),
+        "flag": pa.array([bool(i % 2) if i % 5 else None for i in range(n)]),
+        "plan": pa.array(["basic", "pro"] * (n // 2)).dictionary_encode(),
+    })
+    fast = json.loads(json_body(table, "m@1"))
+    slow = json.loads(json_body(table.slice(0, KERNEL_ROWS - 1), "m@1"))  # Python's json
+    expected = table.to_pylist()
+    for row in expected:
+        p = row["probability"]
+        row["probability"] = p if p == p and abs(p) != float("inf") else None
+    assert fast == {"predictions": expected, "model": "m@1"}
+    assert slow["predictions"] == expected[:KERNEL_ROWS - 1]
+    assert all(isinstance(r["probability"], float) for r in fast["predictions"]
+               if r["probability"] is not None)  # 5.0 is written 5.0, not 5
+    # a list column (multiclass probabilities) goes through Python's json
+    lists = pa.table({"probability": pa.array([[0.25, 0.75]] * n)})
+    assert json.loads(json_body(lists, "m@1"))["predictions"][0] == {
+        "probability": [0.25, 0.75]}
