@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import traceback
@@ -17,7 +19,14 @@ from pipelines import profiles
 from pipelines.describe import shown_params as _shown_params
 from pipelines.device import DEVICES
 from pipelines.engines.base import StepFailure
-from pipelines.runner import Interrupted, ValidationFailed, plan_file, run, stopping_on_signals
+from pipelines.runner import (
+    Interrupted,
+    ValidationFailed,
+    plan_file,
+    run,
+    scoring_pipeline,
+    stopping_on_signals,
+)
 from pipelines.store import ModelStore, parse_ref
 
 
@@ -89,47 +98,106 @@ def _engine_choice(value: str) -> str:
     return value
 
 
-@main.command("run")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--engine", default="local", show_default=True, metavar="NAME|PROFILE",
-              callback=lambda ctx, param, value: _engine_choice(value),
-              help="local, dask, spark, or an engine profile: a name in conf/engines/ "
-                   "(gpu: conf/engines/gpu.yaml) or a path to a .yaml file")
-@click.option("--param", "params", multiple=True, metavar="K=V", help="override a param")
-@models_option
-@click.option("--runs", "runs_dir", metavar="DIR", default=None,
-              help="run records folder (default: $SLUICE_RUNS, else data/runs)")
-@click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
-              help="Dask scheduler to attach to")
-@click.option("--master", metavar="URL", default=None, help="Spark master URL")
-@click.option("--device", type=click.Choice(DEVICES), default=None,
-              help="where numeric kernels run (a step's `device:` wins; default: the "
-                   "pipeline's `device:`, else the engine profile's, else cpu)")
-@click.option("--dtype", type=click.Choice(DTYPES), default=None,
-              help="compute dtype of numeric kernels (a step's `dtype:` wins; default: the "
-                   "pipeline's, else the engine profile's, else float64)")
-@click.option("--progress/--no-progress", default=None,
-              help="progress bar (default: on a terminal, off in CI and pipes)")
-def run_command(file: str, engine: str, params: tuple[str, ...], models: str | None,
-                runs_dir: str | None, scheduler: str | None, master: str | None,
-                device: str | None, dtype: str | None, progress: bool | None) -> None:
-    """Validate and run a pipeline file.
+def _engine_options(command: Any) -> Any:
+    """The options of a command that runs a pipeline (``run``, ``score``)."""
+    options = [
+        click.option("--engine", default="local", show_default=True, metavar="NAME|PROFILE",
+                     callback=lambda ctx, param, value: _engine_choice(value),
+                     help="local, dask, spark, or an engine profile: a name in "
+                          "conf/engines/ (gpu: conf/engines/gpu.yaml) or a path to a .yaml "
+                          "file"),
+        models_option,
+        click.option("--runs", "runs_dir", metavar="DIR", default=None,
+                     help="run records folder (default: $SLUICE_RUNS, else data/runs)"),
+        click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                     help="Dask scheduler to attach to"),
+        click.option("--master", metavar="URL", default=None, help="Spark master URL"),
+        click.option("--device", type=click.Choice(DEVICES), default=None,
+                     help="where numeric kernels run (a step's `device:` wins; default: "
+                          "the pipeline's `device:`, else the engine profile's, else cpu)"),
+        click.option("--dtype", type=click.Choice(DTYPES), default=None,
+                     help="compute dtype of numeric kernels (a step's `dtype:` wins; "
+                          "default: the pipeline's, else the engine profile's, else "
+                          "float64)"),
+        click.option("--progress/--no-progress", default=None,
+                     help="progress bar (default: on a terminal, off in CI and pipes)"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
-    Exit status: 0 succeeded, 1 failed (one error line; a bug also prints its
-    traceback), 130 / 143 stopped by SIGINT / SIGTERM (the engine's jobs cancelled,
-    what was not committed discarded, the run record's status ``interrupted``)."""
+
+def _run_and_print(path: str, params: dict[str, str], progress: bool | None,
+                   text: str | None = None, **options: Any) -> None:
+    """Run a pipeline as `sluice run` does: the summary, or one line and the exit
+    status of a failure or a signal."""
     try:
         with stopping_on_signals():
-            record = run(file, _parse_params(params), engine=engine, models=models,
-                         runs_dir=runs_dir, scheduler=scheduler, master=master,
-                         device=device, dtype=dtype, progress=_progress_wanted(progress),
-                         notify=lambda line: click.echo(f"note: {line}", err=True))
+            record = run(path, params, progress=_progress_wanted(progress), text=text,
+                         notify=lambda line: click.echo(f"note: {line}", err=True),
+                         **options)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         _err(f"interrupted by {signal.Signals(signum).name}: stopped; what the run had not "
              "committed was discarded (its run record says interrupted)")
         sys.exit(128 + signum)
     _print_record(record)
+
+
+@main.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--param", "params", multiple=True, metavar="K=V", help="override a param")
+@_engine_options
+def run_command(file: str, params: tuple[str, ...], progress: bool | None,
+                **options: Any) -> None:
+    """Validate and run a pipeline file.
+
+    Exit status: 0 succeeded, 1 failed (one error line; a bug also prints its
+    traceback), 130 / 143 stopped by SIGINT / SIGTERM (the engine's jobs cancelled,
+    what was not committed discarded, the run record's status ``interrupted``)."""
+    _run_and_print(file, _parse_params(params), progress, **options)
+
+
+@main.command("score")
+@click.argument("model")
+@click.argument("source", metavar="INPUT")
+@click.argument("output")
+@click.option("--mode", type=click.Choice(["error", "overwrite"]), default="error",
+              show_default=True, help="what to do with an existing OUTPUT")
+@click.option("--filter", "where", metavar="CONDITION", default=None,
+              help="score only the rows where it holds (pushed into the read)")
+@click.option("--keep", metavar="COLUMNS", default=None,
+              help="input columns to write beside the model's, comma separated "
+                   "(default: every input column)")
+@click.option("--contributions", is_flag=True, help="add per-feature contributions")
+@click.option("--contributions-by", type=click.Choice(["features", "inputs"]),
+              default="features", show_default=True)
+@_engine_options
+def score_command(model: str, source: str, output: str, mode: str, where: str | None,
+                  keep: str | None, contributions: bool, contributions_by: str,
+                  progress: bool | None, **options: Any) -> None:
+    """Score the Parquet at INPUT with MODEL (churn, churn@3, churn@production) into
+    OUTPUT, on any engine: the pipeline read -> score -> write, without a file (MLflow's
+    `models predict`). Atomic as every write; the summary and the run record as `run`'s.
+
+        sluice score churn@production data/churn/ds=2026-11-29 data/scores/ds=2026-11-29
+    """
+    text = scoring_pipeline(model, source, output, mode=mode, where=where,
+                            keep=None if keep is None else [
+                                c.strip() for c in keep.split(",") if c.strip()],
+                            contributions=contributions, contributions_by=contributions_by,
+                            models=options["models"])
+    label = f"sluice score {model}"
+    try:
+        _run_and_print(label, {}, progress, text=text, **options)
+    except ValidationFailed as exc:  # the lines of a file nobody wrote say nothing
+        exc.problems[:] = [dataclasses.replace(p, line=0) for p in exc.problems]
+        raise
+    except SluiceError as exc:
+        exc.where = re.sub(rf"^{re.escape(label)}:\d+", label, exc.where or "") or None
+        raise
+
+
 
 
 def _print_record(record: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from operators.base import Action, Estimator, Sink, SluiceError, Source, Transform
 from operators.evaluate.drift import (
@@ -168,10 +169,37 @@ def placements(plan: Plan, engine: Engine, device: str | None = None,
     return out
 
 
+def scoring_pipeline(model: str, source: str, output: str, *, mode: str = "error",
+                     where: str | None = None, keep: list[str] | None = None,
+                     contributions: bool = False, contributions_by: str = "features",
+                     models: str | None = None) -> str:
+    """The pipeline ``sluice score`` runs, as YAML: read ``source`` (``where`` pushed
+    into the read), score with ``model``, keep the ``keep`` input columns and the
+    model's (all the input's when None), write ``output``."""
+    read: dict[str, Any] = {"id": "input", "op": "read_parquet", "path": source}
+    if where:
+        read["filter"] = where
+    score: dict[str, Any] = {"id": "score", "op": "score", "model": model}
+    if contributions:
+        score.update(contributions=True, contributions_by=contributions_by)
+    steps = [read, score]
+    if keep is not None:
+        from pipelines.serving import load_model
+
+        added = load_model(model, models).output_fields(contributions, contributions_by)
+        steps.append({"id": "keep", "op": "select",
+                      "columns": [*keep, *(f.name for f in added)]})
+    steps.append({"id": "output", "op": "write_parquet", "path": output, "mode": mode})
+    name = model.split("@", 1)[0].strip()
+    return yaml.safe_dump({"pipeline": f"score_{name}", "steps": steps}, sort_keys=False)
+
+
 def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
-              store: ModelStore | None = None) -> Plan:
-    """Parse and plan a pipeline file; problems are in ``plan.problems``."""
-    spec = spec_module.load(path, overrides)
+              store: ModelStore | None = None, text: str | None = None) -> Plan:
+    """Parse and plan a pipeline file (``text``: its contents, ``path`` only naming it
+    in messages); problems are in ``plan.problems``."""
+    spec = spec_module.load(path, overrides) if text is None else spec_module.parse(
+        text, str(path), overrides)
     store = store or ModelStore()
 
     def resolve_model(ref: str) -> tuple[Any, list[str], dict[str, Any]]:
@@ -438,14 +466,16 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         models: str | None = None, runs_dir: str | None = None, scheduler: str | None = None,
         master: str | None = None, progress: bool = False, device: str | None = None,
         dtype: str | None = None, engine_instance: Engine | None = None,
-        notify: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Validate, plan and execute a pipeline file; returns the run record.
+        notify: Callable[[str], None] | None = None, text: str | None = None
+        ) -> dict[str, Any]:
+    """Validate, plan and execute a pipeline file (or ``text``, a pipeline ``path``
+    names); returns the run record.
 
     Raises ValidationFailed (nothing ran) or SluiceError (the run failed; the
     record, with status ``failed``, is written all the same).
     """
     store = ModelStore(models)
-    plan = plan_file(path, overrides, store)
+    plan = plan_file(path, overrides, store, text)
     if not plan.ok:
         raise ValidationFailed(plan.problems)
     run_id = new_run_id()

@@ -1,0 +1,109 @@
+"""``sluice score MODEL INPUT OUTPUT``: the read -> score -> write pipeline without a file,
+on every engine, the same rows as load_model's; errors name the step, not a line."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import SLUICE, write_pipeline
+
+from pipelines.datagen import churn_table
+from pipelines.runner import run, scoring_pipeline
+from pipelines.serving import load_model
+
+TRAIN = """
+    pipeline: train
+    steps:
+      - op: read_parquet
+        path: {data}
+        columns: [tenure, plan, region, monthly_charges, total_charges, churned]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan, region]
+      - op: logistic_regression
+        label: churned
+        l2: 0.01
+      - op: save_model
+        name: churn
+        aliases: [production]
+"""
+
+
+@pytest.fixture
+def trained(workdir: Path) -> Path:
+    rows = workdir / "rows"
+    rows.mkdir()
+    table = churn_table(3000, seed=5)
+    for i in range(3):
+        pq.write_table(table.slice(i * 1000, 1000), rows / f"part-{i}.parquet")
+    run(write_pipeline(workdir, TRAIN.format(data=rows), "train.yaml"))
+    return rows
+
+
+def _expected(rows: Path) -> dict[int, float]:
+    table = pq.read_table(rows)
+    scored = load_model("churn@production").score(table)
+    return dict(zip(table.column("customer_id").to_pylist(),
+                    scored.column("probability").to_pylist()))
+
+
+def test_scoring_without_a_file_on_every_engine(workdir: Path, trained: Path,
+                                                engine: Any) -> None:
+    text = scoring_pipeline("churn@production", str(trained), str(workdir / "out"),
+                            where="tenure >= 12", keep=["customer_id"])
+    record = run("sluice score churn@production", text=text, engine_instance=engine)
+    assert record["pipeline"] == "score_churn"
+    out = pq.read_table(workdir / "out")
+    assert out.column_names == ["customer_id", "prediction", "probability"]
+    expected = _expected(trained)
+    tenure = dict(zip(pq.read_table(trained).column("customer_id").to_pylist(),
+                      pq.read_table(trained).column("tenure").to_pylist()))
+    assert sorted(out.column("customer_id").to_pylist()) == sorted(
+        k for k, t in tenure.items() if t >= 12)
+    got = dict(zip(out.column("customer_id").to_pylist(),
+                   out.column("probability").to_pylist()))
+    np.testing.assert_allclose([got[k] for k in sorted(got)],
+                               [expected[k] for k in sorted(got)], rtol=1e-12)
+
+
+def test_the_score_command(workdir: Path, trained: Path) -> None:
+    def sluice(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SLUICE, "score", *args], capture_output=True, text=True,
+                              timeout=300, cwd=workdir)
+
+    done = sluice("churn@production", str(trained), "scores")
+    assert done.returncode == 0, done.stderr
+    assert "run " in done.stdout and "of 'score_churn' on local: succeeded" in done.stdout
+    assert "step 'score' used model churn@1" in done.stdout
+    out = pq.read_table(workdir / "scores")
+    assert out.column_names == [*pq.read_table(trained).column_names, "prediction",
+                                "probability"]
+    expected = _expected(trained)
+    got = dict(zip(out.column("customer_id").to_pylist(),
+                   out.column("probability").to_pylist()))
+    assert got == pytest.approx(expected, rel=1e-12)
+
+    done = sluice("churn@production", str(trained), "scores")  # exists: refused
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: sluice score churn@production: step 'output' "
+                                  "(write_parquet): output 'scores' already exists")
+    done = sluice("churn@production", str(trained), "scores", "--mode", "overwrite",
+                  "--contributions", "--keep", "customer_id")
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(workdir / "scores").column_names == [
+        "customer_id", "prediction", "probability", "contributions", "contribution_base"]
+
+    done = sluice("churn", str(trained), "other", "--filter", "tenur > 3")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: sluice score churn: step 'input' (read_parquet): "
+                                  "filter: unknown column 'tenur'; did you mean 'tenure'?")
+    done = sluice("churn@staging", str(trained), "other")
+    assert done.returncode == 1 and "has no alias 'staging'" in done.stderr
+    assert not (workdir / "other").exists()
