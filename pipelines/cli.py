@@ -443,6 +443,9 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
               help="rows one request may carry (413 past it)")
 @click.option("--max-mb", type=click.FloatRange(min=0, min_open=True), default=100.0,
               show_default=True, help="size of one request's body (413 past it)")
+@click.option("--drift-window", type=click.IntRange(min=0), default=10_000, show_default=True,
+              metavar="ROWS", help="the input columns' PSI against the training rows over "
+              "windows of this many scored rows, in /metrics and /metadata (0: none)")
 @click.option("--log-rows", metavar="DIR", default=None,
               help="append the scored rows (inputs, prediction, when, which version, "
                    "which request) to Parquet under DIR/date=YYYY-MM-DD/, for drift and "
@@ -457,8 +460,8 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
                                                  "debug"]), default="info", show_default=True)
 def serve(ref: str, models: str | None, host: str, port: int, workers: int, threads: int,
           refresh: float, device: str, dtype: str, max_rows: int, max_mb: float,
-          log_rows: str | None, log_every: float, log_file_rows: int, access_log: bool,
-          log_level: str) -> None:
+          drift_window: int, log_rows: str | None, log_every: float, log_file_rows: int,
+          access_log: bool, log_level: str) -> None:
     """Serve the model REF (churn, churn@3, churn@production) over HTTP.
 
     POST /invocations scores the rows of a request with the chain the `score` step
@@ -474,6 +477,7 @@ def serve(ref: str, models: str | None, host: str, port: int, workers: int, thre
 
     settings = Settings(ref=ref, models=models, device=device, dtype=dtype, threads=threads,
                         max_rows=max_rows, max_mb=max_mb, refresh=refresh,
+                        drift_window=drift_window,
                         log_rows=log_rows, log_every=log_every, log_file_rows=log_file_rows)
 
     def ready(url: str, model: Any) -> None:

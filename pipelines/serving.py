@@ -41,7 +41,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from operators.arrays import get_namespace
 from operators.base import DataError, SluiceError, suggest
+from operators.evaluate.drift import Drift
 from operators.io.fs import resolve as fs_resolve
 from operators.io.fs import written_whole
 from operators.score.score import OUTPUT_COLUMNS, PREDICTION_COLUMNS, Score
@@ -59,6 +61,7 @@ MEDIA_TYPES = (JSON, CSV, ARROW, ARROW_FILE)
 JSON_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 REQUEST_PARAMS = ("contributions", "contributions_by", "keep")
 MODEL_HEADER = "X-Sluice-Model"
+HOST = get_namespace("numpy")
 REQUEST_HEADER = "X-Request-Id"  # the client's, else one made up; in the row log
 ENVIRONMENT = "SLUICE_SERVE"  # a worker process's settings (``--workers``)
 
@@ -609,6 +612,43 @@ def answer_type(accept: str | None, request: str) -> str:
     return ARROW if request in (ARROW, ARROW_FILE) else JSON
 
 
+class DriftWindow:
+    """Live drift of the rows a server scores with one model version: each input
+    column's PSI against the model's training profile (the ``drift`` step's figures),
+    over consecutive windows of at least ``rows`` rows; ``last`` holds the latest
+    complete window's. None of it for a model saved without a profile."""
+
+    def __init__(self, model: ScoringModel, rows: int):
+        self.ref, self.rows = model.ref, rows
+        self.drift = Drift(model=model.ref)
+        self.drift.bind(None, [], {"meta": model.model.meta})
+        self.state = self.drift.init(model.input_schema)
+        self.columns = list(self.state["columns"])
+        self.stats: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def of(model: ScoringModel, rows: int) -> DriftWindow | None:
+        return DriftWindow(model, rows) if rows and model.model.meta.get("profile") else None
+
+    def add(self, table: pa.Table) -> dict[str, Any] | None:
+        """Count a request's rows; the figures of the window they complete, if they do."""
+        present = [c for c in self.columns if c in table.column_names]
+        if len(present) < len(self.columns) or not table.num_rows:
+            return None
+        stats = self.drift.partial(table.select(present), self.state, HOST)
+        with self.lock:
+            self.stats = stats if self.stats is None else self.drift.combine(self.stats,
+                                                                            stats)
+            if self.stats["rows"] < self.rows:
+                return None
+            done, self.stats = self.stats, None
+        figures = self.drift.update(done, self.state)[0]["metrics_values"]
+        self.last = figures
+        return figures
+
+
 LOGGED = ("served_at", "model", "request_id")
 """The columns the row log adds to the model's inputs and outputs."""
 
@@ -701,6 +741,7 @@ class Settings:
     max_rows: int = 1_000_000
     max_mb: float = 100.0
     refresh: float = 0.0
+    drift_window: int = 10_000
     log_rows: str | None = None  # a folder (or URL) the scored rows are appended to
     log_every: float = 60.0
     log_file_rows: int = 100_000
@@ -725,6 +766,8 @@ class Server:
         self.rowlog = None if not settings.log_rows else RowLog(
             settings.log_rows, settings.log_every, settings.log_file_rows,
             settings.storage_options or None)
+        self.drift = DriftWindow.of(self.model, settings.drift_window)
+        self.on_drift: Any = None  # on_drift(window figures): the server's metrics, log
 
     def _load(self) -> ScoringModel:
         chosen, _ = resolve(self.settings.device)
@@ -740,6 +783,7 @@ class Server:
         if (name, version) == (current.name, current.version):
             return None
         self.model = self._load()
+        self.drift = DriftWindow.of(self.model, self.settings.drift_window)
         return current.ref
 
     def table_of(self, body: bytes, kind: str, model: ScoringModel
@@ -786,6 +830,11 @@ class Server:
             raise RequestError(f"params.keep: column '{missing[0]}' is not in the request"
                                f"{suggest(missing[0], table.column_names)}")
         scored = model.score_table(table, **options)
+        window = self.drift
+        if window is not None and window.ref == model.ref:
+            figures = window.add(table)
+            if figures is not None and self.on_drift is not None:
+                self.on_drift(model.ref, figures)
         if self.rowlog is not None and scored.num_rows and self.rowlog.add(
                 scored, model, request_id):
             self.rowlog.flush()  # a file's worth: written by the request that filled it
@@ -829,10 +878,20 @@ class Metrics:
         self.rows = Counter("sluice_rows", "Rows scored", ["model"], registry=registry)
         self.model = Gauge("sluice_model_info", "1 for the model version being served",
                            ["model", "asked"], registry=registry, multiprocess_mode="max")
+        self.psi = Gauge("sluice_drift_psi", "An input column's PSI against the training "
+                         "rows over the last complete --drift-window of scored rows",
+                         ["model", "column"], registry=registry, multiprocess_mode="max")
+        self.windows = Counter("sluice_drift_windows", "Complete --drift-window windows",
+                               ["model"], registry=registry)
         self.logged_rows = Counter("sluice_logged_rows", "Scored rows written by --log-rows",
                                    registry=registry)
         self.lost_rows = Counter("sluice_log_lost_rows", "Scored rows --log-rows failed "
                                  "to write", registry=registry)
+
+    def drifted(self, ref: str, figures: dict[str, Any]) -> None:
+        for column, value in figures["psi"].items():
+            self.psi.labels(ref, column).set(value)
+        self.windows.labels(ref).inc()
 
     def logged(self, written: int, lost: int) -> None:
         if written:
@@ -876,6 +935,15 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
     metrics.served(server.model.ref, settings.ref)
     if server.rowlog is not None:
         server.rowlog.on_flush = metrics.logged
+
+    def drifted(ref: str, figures: dict[str, Any]) -> None:
+        metrics.drifted(ref, figures)
+        if figures["drifted"]:
+            shown = ", ".join(f"{c} {figures['psi'][c]:.3g}" for c in figures["drifted"])
+            log.warning("%s: the last %d rows moved from the training rows: PSI %s (over "
+                        "0.25)", ref, figures["rows"], shown)
+
+    server.on_drift = drifted
     limit = int(settings.max_mb * 2**20)
     state: dict[str, Any] = {}
 
@@ -949,7 +1017,9 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
         model = server.model
         body = {**model.describe(), "formats": list(MEDIA_TYPES),
                 "params": list(REQUEST_PARAMS), "max_rows": settings.max_rows,
-                "max_mb": settings.max_mb, "refresh": settings.refresh}
+                "max_mb": settings.max_mb, "refresh": settings.refresh,
+                "drift_window": settings.drift_window if server.drift else None,
+                "drift": server.drift.last if server.drift else None}
         return JSONResponse(body, headers={MODEL_HEADER: model.ref})
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -865,3 +866,38 @@ def test_json_answers_written_by_arrow_kernels_read_back_exactly() -> None:
     lists = pa.table({"probability": pa.array([[0.25, 0.75]] * n)})
     assert json.loads(json_body(lists, "m@1"))["predictions"][0] == {
         "probability": [0.25, 0.75]}
+
+
+def test_live_drift_over_windows_of_scored_rows(registry: Path) -> None:
+    served = _start(registry, "churn@1", "--drift-window", "200")
+    assert isinstance(served, Served)
+    rows = _rows(registry, 400).select(INPUTS)
+    like = rows.slice(0, 200)
+    charges = like.schema.get_field_index("monthly_charges")
+    shifted = rows.slice(200, 200)
+    shifted = shifted.set_column(charges, "monthly_charges",
+                                 pc.multiply(shifted.column(charges), 3.0))
+    try:
+        assert json.loads(served.request("GET", "/metadata")[2])["drift"] is None
+        for part in (like.slice(0, 120), like.slice(120)):  # one window of 200
+            assert served.post(_split(part))[0] == 200
+        first = json.loads(served.request("GET", "/metadata")[2])["drift"]
+        assert served.post(_split(shifted))[0] == 200
+        second = json.loads(served.request("GET", "/metadata")[2])["drift"]
+        got = _metrics(served)
+    finally:
+        assert _stop(served) == 143
+    assert first["drifted"] == [] and first["rows"] == 200
+    assert second["drifted"] == ["monthly_charges"] and second["psi"]["monthly_charges"] > 1
+    # the drift step's figures of the same rows
+    folder = registry / "drift-window"
+    folder.mkdir()
+    pq.write_table(shifted, folder / "rows.parquet")
+    record = run(write_pipeline(folder, DRIFT.format(log=folder / "rows.parquet")),
+                 models=str(registry / "models"), runs_dir=str(folder / "runs"))
+    assert second["psi"] == pytest.approx(record["metrics"]["drift"]["psi"], rel=1e-12)
+    assert got["sluice_drift_windows_total", (("model", "churn@1"),)] == 2
+    assert got["sluice_drift_psi", (("column", "monthly_charges"), ("model", "churn@1"))] == \
+        pytest.approx(second["psi"]["monthly_charges"])
+    assert "churn@1: the last 200 rows moved from the training rows: PSI monthly_charges" \
+        in "".join(served.log)
