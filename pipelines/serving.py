@@ -612,6 +612,10 @@ def answer_type(accept: str | None, request: str) -> str:
     return ARROW if request in (ARROW, ARROW_FILE) else JSON
 
 
+DRIFT_BATCH = 1024
+"""A drift window counts the rows it is given this many at a time (or at its end)."""
+
+
 class DriftWindow:
     """Live drift of the rows a server scores with one model version: each input
     column's PSI against the model's training profile (the ``drift`` step's figures),
@@ -625,6 +629,8 @@ class DriftWindow:
         self.state = self.drift.init(model.input_schema)
         self.columns = list(self.state["columns"])
         self.stats: dict[str, Any] | None = None
+        self.pending: list[pa.Table] = []  # rows not counted yet (a batch is cheaper)
+        self.pending_rows = 0
         self.last: dict[str, Any] | None = None
         self.lock = threading.Lock()
 
@@ -637,8 +643,15 @@ class DriftWindow:
         present = [c for c in self.columns if c in table.column_names]
         if len(present) < len(self.columns) or not table.num_rows:
             return None
-        stats = self.drift.partial(table.select(present), self.state, HOST)
         with self.lock:
+            self.pending.append(table.select(present))
+            self.pending_rows += table.num_rows
+            counted = (self.stats or {}).get("rows", 0)
+            if self.pending_rows < min(DRIFT_BATCH, self.rows - counted):
+                return None
+            batch = pa.concat_tables(self.pending, promote_options="permissive")
+            self.pending, self.pending_rows = [], 0
+            stats = self.drift.partial(batch, self.state, HOST)
             self.stats = stats if self.stats is None else self.drift.combine(self.stats,
                                                                             stats)
             if self.stats["rows"] < self.rows:
