@@ -91,7 +91,7 @@ def _column(name: str, values: Sequence[Any], target: pa.DataType | None) -> pa.
     if target is None:
         try:
             return pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
             raise RequestError(f"column '{name}': mixed values ({exc})") from None
     value_type = target.value_type if pa.types.is_dictionary(target) else target
     try:
@@ -799,15 +799,21 @@ class Server:
         self.drift = DriftWindow.of(self.model, self.settings.drift_window)
         return current.ref
 
-    def table_of(self, body: bytes, kind: str, model: ScoringModel
-                 ) -> tuple[pa.Table, dict[str, Any]]:
+    def table_of(self, body: bytes, kind: str, model: ScoringModel,
+                 query: Mapping[str, str]) -> tuple[pa.Table, dict[str, Any]]:
+        """The request's rows and its options (JSON ``params`` over the query string).
+        Of a JSON body only the columns the model reads and those ``keep`` names are
+        converted: a column nobody asked for cannot fail a request."""
         if kind == JSON:
             try:
                 parsed = json.loads(body)
             except ValueError as exc:
                 raise RequestError(f"the body is not JSON ({exc})") from None
             columns, params = json_columns(parsed)
-            return columns_table(columns, model.input_schema), params
+            options = request_params({**query, **params})
+            wanted = {*model.required, *options["keep"]}
+            return columns_table({k: v for k, v in columns.items() if k in wanted},
+                                 model.input_schema), options
         try:
             if kind == CSV:
                 types = {f.name: (f.type.value_type if pa.types.is_dictionary(f.type)
@@ -821,17 +827,16 @@ class Server:
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             what = "CSV" if kind == CSV else "an Arrow IPC " + kind.rsplit(".", 1)[-1]
             raise RequestError(f"the body is not {what} the server can read ({exc})") from None
-        return table, {}
+        return table, request_params(query)
 
     def score(self, body: bytes, kind: str, answer: str, query: Mapping[str, str],
               request_id: str = "") -> tuple[bytes, str, int]:
         """The response body of one request, the model version that scored it and the
         rows it scored (kept for the row log, if there is one)."""
         model = self.model  # one version for the whole request, whatever refresh does
-        table, params = self.table_of(body, kind, model)
+        table, options = self.table_of(body, kind, model, query)
         if table.num_rows == 0 and not table.num_columns:  # no rows, so no columns named
             table = model.input_schema.empty_table()
-        options = request_params({**query, **params})
         if table.num_rows > self.settings.max_rows:
             raise RequestError(f"the request has {table.num_rows} rows; this server scores "
                                f"up to {self.settings.max_rows} a request",

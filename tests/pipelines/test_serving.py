@@ -417,6 +417,14 @@ def test_client_mistakes_are_answered_with_what_to_fix(registry: Path, server: S
         assert got == status, (message, answer)
         assert message in answer["message"] + " " + answer.get("hint", ""), answer
         assert answer_headers["x-sluice-model"] == "churn@1"
+    # a column the model does not read, nor keep names, is never converted: mixed
+    # values there cannot fail the request; kept, they do
+    mixed = {"dataframe_records": [{**r, "note": [1, "a"][i % 2]}
+                                   for i, r in enumerate(rows.to_pylist())]}
+    assert server.post(mixed)[0] == 200
+    status, answer = server.post({**mixed, "params": {"keep": ["note"]}})
+    assert (status, answer["error_code"]) == (400, "BAD_REQUEST")
+    assert answer["message"].startswith("column 'note': mixed values")
     # the hint of a missing column is apart from the message
     status, answer = server.post({"dataframe_records": [{k: v for k, v in r.items()
                                                          if k != "region"}
