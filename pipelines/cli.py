@@ -195,6 +195,8 @@ def score_command(model: str, source: str, output: str, mode: str, where: str | 
         raise
     except SluiceError as exc:
         exc.where = re.sub(rf"^{re.escape(label)}:\d+", label, exc.where or "") or None
+        if exc.hint:  # the pipeline's keys are this command's options
+            exc.hint = exc.hint.replace("`mode: overwrite`", "--mode overwrite")
         raise
 
 

@@ -94,6 +94,7 @@ def test_the_score_command(workdir: Path, trained: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("error: sluice score churn@production: step 'output' "
                                   "(write_parquet): output 'scores' already exists")
+    assert "(set --mode overwrite to replace it" in done.stderr
     done = sluice("churn@production", str(trained), "scores", "--mode", "overwrite",
                   "--contributions", "--keep", "customer_id")
     assert done.returncode == 0, done.stderr
