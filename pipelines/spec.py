@@ -145,7 +145,20 @@ def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
 
 
 def coerce_override(value: str, default: Any) -> Any:
-    """A ``--param k=v`` string as the type of the param's default (int, float, bool)."""
+    """A ``--param k=v`` string as the type of the param's default (int, float, bool; a
+    list or a mapping written in YAML's flow style: ``[a, b]``, ``{a: 1}``)."""
+    if isinstance(default, list | dict):
+        kind = "list" if isinstance(default, list) else "mapping"
+        example = "[a, b]" if kind == "list" else "{a: 1, b: 2}"
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise ValueError(f"expected a {kind} such as {example}, got '{value}' "
+                             f"({first})") from None
+        if not isinstance(parsed, list if kind == "list" else dict):
+            raise ValueError(f"expected a {kind} such as {example}, got '{value}'")
+        return parsed
     if isinstance(default, bool):
         lowered = value.strip().lower()
         if lowered in ("true", "1", "yes", "on"):

@@ -106,6 +106,31 @@ def test_params_substitute_and_override(churn: Path, workdir: Path) -> None:
     assert any("--param color: the pipeline has no param 'color'" in p for p in bad), bad
 
 
+def test_list_and_mapping_params_override_in_yaml_flow_style(churn: Path,
+                                                             workdir: Path) -> None:
+    path = write_pipeline(workdir, """
+        pipeline: p
+        params: {keep: [tenure, plan], types: {tenure: double}}
+        steps:
+          - op: read_parquet
+            path: data/churn
+            columns: ${keep}
+          - op: cast
+            columns: ${types}
+        """)
+    plan = plan_file(path, {"keep": "[tenure, region, churned]", "types": "{tenure: float}"})
+    assert plan.ok, plan.problems
+    assert plan.steps[0].op.params.columns == ["tenure", "region", "churned"]
+    assert plan.spec.params["types"] == {"tenure": "float"}
+    bad = problems(path, keep="tenure", types="[a, b]")
+    assert any("--param keep: expected a list such as [a, b], got 'tenure'" in p
+               for p in bad), bad
+    assert any("--param types: expected a mapping such as {a: 1, b: 2}" in p
+               for p in bad), bad
+    assert any("expected a list" in p and "got '[a, b'" in p
+               for p in problems(path, keep="[a, b")), problems(path, keep="[a, b")
+
+
 def test_yaml_errors_are_located(workdir: Path) -> None:
     path = write_pipeline(workdir, "pipeline: x\nsteps:\n  - op: read_parquet\n    path: [a\n")
     (p,) = plan_file(path).problems
