@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
@@ -456,6 +457,13 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
               show_default=True, metavar="SECONDS", help="how often --log-rows writes a file")
 @click.option("--log-file-rows", type=click.IntRange(min=1), default=100_000,
               show_default=True, help="rows that make --log-rows write a file at once")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="a file holding a token every request but /ping and /health must send "
+                   "as `Authorization: Bearer <token>` (or $SLUICE_SERVE_TOKEN)")
+@click.option("--ssl-certfile", type=click.Path(dir_okay=False), default=None,
+              help="serve HTTPS with this certificate (PEM) ...")
+@click.option("--ssl-keyfile", type=click.Path(dir_okay=False), default=None,
+              help="... and its private key (PEM)")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="a log line per request")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info",
@@ -463,6 +471,7 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
 def serve(ref: str, models: str | None, host: str, port: int, workers: int, threads: int,
           refresh: float, device: str, dtype: str, max_rows: int, max_mb: float,
           drift_window: int, log_rows: str | None, log_every: float, log_file_rows: int,
+          token_file: str | None, ssl_certfile: str | None, ssl_keyfile: str | None,
           access_log: bool, log_level: str) -> None:
     """Serve the model REF (churn, churn@3, churn@production) over HTTP.
 
@@ -477,7 +486,18 @@ def serve(ref: str, models: str | None, host: str, port: int, workers: int, thre
     from pipelines.serving import Settings
     from pipelines.serving import serve as start
 
+    token = os.environ.get("SLUICE_SERVE_TOKEN") or None
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise SluiceError(f"cannot read --token-file {token_file}: "
+                              f"{exc.strerror or exc}") from None
+        if not token:
+            raise SluiceError(f"--token-file {token_file} is empty",
+                              hint="put the token in it")
     settings = Settings(ref=ref, models=models, device=device, dtype=dtype, threads=threads,
+                        token=token,
                         max_rows=max_rows, max_mb=max_mb, refresh=refresh,
                         drift_window=drift_window,
                         log_rows=log_rows, log_every=log_every, log_file_rows=log_file_rows)
@@ -488,7 +508,7 @@ def serve(ref: str, models: str | None, host: str, port: int, workers: int, thre
                    f"GET /ping, /metadata", err=True)
 
     start(settings, host=host, port=port, workers=workers, access_log=access_log,
-          log_level=log_level, ready=ready)
+          log_level=log_level, ready=ready, certfile=ssl_certfile, keyfile=ssl_keyfile)
 
 
 @models.command("delete")

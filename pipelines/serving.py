@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hmac
 import importlib
 import io
 import json
@@ -755,6 +756,7 @@ class Settings:
     max_mb: float = 100.0
     refresh: float = 0.0
     drift_window: int = 10_000
+    token: str | None = None  # requests but /ping and /health need `Bearer <token>`
     log_rows: str | None = None  # a folder (or URL) the scored rows are appended to
     log_every: float = 60.0
     log_file_rows: int = 100_000
@@ -989,10 +991,32 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    expected = f"Bearer {settings.token}".encode() if settings.token else None
+
+    def refused(request: Request) -> Response | None:
+        """401 unless the request carries the server's token (when it has one)."""
+        if expected is None:
+            return None
+        given = request.headers.get("authorization", "").encode()
+        if hmac.compare_digest(given, expected):
+            return None
+        response = problem(401, "UNAUTHORIZED",
+                           f"{request.method} {request.url.path}: "
+                           + ("the token is not this server's" if given
+                              else "no Authorization header"),
+                           "send Authorization: Bearer <the token the server was started "
+                           "with>")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
     async def invocations(request: Request) -> Response:
         start = time.perf_counter()
         kind = "unknown"
         request_id = request.headers.get(REQUEST_HEADER) or uuid.uuid4().hex
+        denied = refused(request)
+        if denied is not None:
+            metrics.answered(server.model.ref, 401, kind, time.perf_counter() - start, 0)
+            return denied
         try:
             kind = media_type(request.headers.get("content-type"))
             answer = answer_type(request.headers.get("accept"), kind)
@@ -1021,6 +1045,9 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
         return response
 
     async def exposition(request: Request) -> Response:
+        denied = refused(request)
+        if denied is not None:
+            return denied
         content, media = metrics.exposition()
         return Response(content, headers={"Content-Type": media})
 
@@ -1029,9 +1056,12 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
                             headers={MODEL_HEADER: server.model.ref})
 
     async def version(request: Request) -> Response:
-        return JSONResponse({"sluice": metadata.version("sluice")})
+        return refused(request) or JSONResponse({"sluice": metadata.version("sluice")})
 
     async def describe(request: Request) -> Response:
+        denied = refused(request)
+        if denied is not None:
+            return denied
         model = server.model
         body = {**model.describe(), "formats": list(MEDIA_TYPES),
                 "params": list(REQUEST_PARAMS), "max_rows": settings.max_rows,
@@ -1119,11 +1149,18 @@ def _uvicorn() -> Any:
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
           access_log: bool = True, log_level: str = "info",
-          ready: Any = None) -> None:
+          ready: Any = None, certfile: str | None = None, keyfile: str | None = None
+          ) -> None:
     """Load the model (a problem with it stops here, before the port opens), listen on
-    ``host:port`` (0: a free port) and answer until SIGINT or SIGTERM; ``ready(url,
-    model)`` is called once the socket listens."""
+    ``host:port`` (0: a free port; HTTPS with ``certfile`` and ``keyfile``) and answer
+    until SIGINT or SIGTERM; ``ready(url, model)`` is called once the socket listens."""
     uvicorn = _uvicorn()
+    if (certfile is None) != (keyfile is None):
+        raise SluiceError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+    for path in (certfile, keyfile):
+        if path is not None and not os.path.isfile(path):
+            raise SluiceError(f"no file '{path}'", hint="give the certificate and its key "
+                                                        "as PEM files")
     server = Server(settings)  # the model loads and is checked once, here
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named: asyncio then sets TCP_NODELAY on each connection (protocol 0
@@ -1140,10 +1177,12 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
     sock.set_inheritable(True)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    common = {"access_log": access_log, "log_level": log_level, "lifespan": "on",
-              "timeout_graceful_shutdown": 30}
+    common: dict[str, Any] = {"access_log": access_log, "log_level": log_level,
+                              "lifespan": "on", "timeout_graceful_shutdown": 30}
+    if certfile is not None:
+        common.update(ssl_certfile=certfile, ssl_keyfile=keyfile)
     if ready is not None:
-        ready(f"http://{shown}:{bound}", server.model)
+        ready(f"{'https' if certfile else 'http'}://{shown}:{bound}", server.model)
     # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again:
     # it lands here, and the exit status is 130 / 143 as `sluice run`'s
     stopped: list[int] = []

@@ -909,3 +909,87 @@ def test_live_drift_over_windows_of_scored_rows(registry: Path) -> None:
         pytest.approx(second["psi"]["monthly_charges"])
     assert "churn@1: the last 200 rows moved from the training rows: PSI monthly_charges" \
         in "".join(served.log)
+
+
+def _certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_https_and_a_token(registry: Path, tmp_path: Path) -> None:
+    import ssl
+
+    cert, key = _certificate(tmp_path)
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    process = subprocess.Popen(
+        [SLUICE, "serve", "churn@1", "--models", str(registry / "models"), "--port", "0",
+         "--no-access-log", "--token-file", str(token), "--ssl-certfile", str(cert),
+         "--ssl-keyfile", str(key)], stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    assert "on https://127.0.0.1:" in line, line + process.stderr.read()
+    served = Served(process, int(line.split("https://127.0.0.1:")[1].split(":")[0]), line)
+    context = ssl.create_default_context(cafile=str(cert))
+    rows = _rows(registry, 3).select(INPUTS)
+
+    def request(method: str, path: str, auth: str | None, body: Any = None
+                ) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPSConnection("127.0.0.1", served.port, timeout=60,
+                                                 context=context)
+        headers = {"Content-Type": "application/json"}
+        if auth is not None:
+            headers["Authorization"] = auth
+        connection.request(method, path, None if body is None else json.dumps(body),
+                           headers)
+        response = connection.getresponse()
+        out = (response.status, {k.lower(): v for k, v in response.getheaders()},
+               response.read())
+        connection.close()
+        return out
+
+    try:
+        assert request("GET", "/ping", None)[0] == 200  # liveness needs no token
+        status, headers, data = request("POST", "/invocations", None, _split(rows))
+        assert (status, headers["www-authenticate"]) == (401, "Bearer")
+        assert json.loads(data)["message"] == "POST /invocations: no Authorization header"
+        status, _, data = request("POST", "/invocations", "Bearer wrong", _split(rows))
+        assert status == 401 and "not this server's" in json.loads(data)["message"]
+        for path in ("/metadata", "/metrics", "/version"):
+            assert request("GET", path, None)[0] == 401, path
+        status, _, data = request("POST", "/invocations", "Bearer s3cret-token", _split(rows))
+        assert status == 200 and len(json.loads(data)["predictions"]) == 3
+        assert request("GET", "/metadata", "Bearer s3cret-token")[0] == 200
+        with pytest.raises(http.client.RemoteDisconnected):  # plain HTTP is not answered
+            plain = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+            plain.request("GET", "/ping")
+            plain.getresponse()
+    finally:
+        assert _stop(served) == 143
+    done = _start(registry, "churn", "--ssl-certfile", str(cert), expect_failure=True)
+    assert isinstance(done, subprocess.CompletedProcess)
+    assert done.returncode == 1
+    assert "HTTPS needs both --ssl-certfile and --ssl-keyfile" in done.stderr
