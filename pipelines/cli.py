@@ -457,6 +457,12 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
               show_default=True, metavar="SECONDS", help="how often --log-rows writes a file")
 @click.option("--log-file-rows", type=click.IntRange(min=1), default=100_000,
               show_default=True, help="rows that make --log-rows write a file at once")
+@click.option("--canary", metavar="REF:PERCENT", default=None,
+              help="another model (churn@candidate:10) that answers this share of the "
+                   "requests, chosen by their X-Request-Id (a retry meets the same model)")
+@click.option("--shadow", metavar="REF", default=None,
+              help="another model that scores every request after its answer is sent: "
+                   "into --log-rows and /metrics' disagreement count, never answered")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="a file holding a token every request but /ping and /health must send "
                    "as `Authorization: Bearer <token>` (or $SLUICE_SERVE_TOKEN)")
@@ -471,8 +477,9 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
 def serve(ref: str, models: str | None, host: str, port: int, workers: int, threads: int,
           refresh: float, device: str, dtype: str, max_rows: int, max_mb: float,
           drift_window: int, log_rows: str | None, log_every: float, log_file_rows: int,
-          token_file: str | None, ssl_certfile: str | None, ssl_keyfile: str | None,
-          access_log: bool, log_level: str) -> None:
+          canary: str | None, shadow: str | None, token_file: str | None,
+          ssl_certfile: str | None, ssl_keyfile: str | None, access_log: bool,
+          log_level: str) -> None:
     """Serve the model REF (churn, churn@3, churn@production) over HTTP.
 
     POST /invocations scores the rows of a request with the chain the `score` step
@@ -496,8 +503,20 @@ def serve(ref: str, models: str | None, host: str, port: int, workers: int, thre
         if not token:
             raise SluiceError(f"--token-file {token_file} is empty",
                               hint="put the token in it")
+    canary_ref, percent = None, 0.0
+    if canary is not None:
+        canary_ref, _, share = canary.rpartition(":")
+        try:
+            percent = float(share)
+        except ValueError:
+            percent = -1.0
+        if not canary_ref or not 0 < percent <= 100:
+            raise click.BadParameter(f"'{canary}' is not REF:PERCENT (churn@candidate:10, "
+                                     "a share above 0 and at most 100)",
+                                     param_hint="--canary")
     settings = Settings(ref=ref, models=models, device=device, dtype=dtype, threads=threads,
-                        token=token,
+                        token=token, canary=canary_ref, canary_percent=percent,
+                        shadow=shadow,
                         max_rows=max_rows, max_mb=max_mb, refresh=refresh,
                         drift_window=drift_window,
                         log_rows=log_rows, log_every=log_every, log_file_rows=log_file_rows)

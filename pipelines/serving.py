@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import hmac
 import importlib
 import io
@@ -757,6 +758,9 @@ class Settings:
     refresh: float = 0.0
     drift_window: int = 10_000
     token: str | None = None  # requests but /ping and /health need `Bearer <token>`
+    canary: str | None = None  # a model that answers canary_percent % of the requests
+    canary_percent: float = 0.0
+    shadow: str | None = None  # a model that scores every request too, unanswered
     log_rows: str | None = None  # a folder (or URL) the scored rows are appended to
     log_every: float = 60.0
     log_file_rows: int = 100_000
@@ -777,29 +781,76 @@ class Server:
     def __init__(self, settings: Settings, model: ScoringModel | None = None):
         self.settings = settings
         self.store = ModelStore(settings.models, settings.storage_options or None)
-        self.model = model or self._load()
+        self.model = model or self._load(settings.ref)
+        # a canary answers a share of the requests (chosen by their id: a retry goes to
+        # the same model); a shadow scores every request after its answer is sent
+        self.canary = self._load(settings.canary) if settings.canary else None
+        self.shadow = self._load(settings.shadow) if settings.shadow else None
         self.rowlog = None if not settings.log_rows else RowLog(
             settings.log_rows, settings.log_every, settings.log_file_rows,
             settings.storage_options or None)
         self.drift = DriftWindow.of(self.model, settings.drift_window)
         self.on_drift: Any = None  # on_drift(window figures): the server's metrics, log
+        self.on_shadow: Any = None  # on_shadow(ref, rows, disagreeing, failed)
 
-    def _load(self) -> ScoringModel:
+    def _load(self, ref: str) -> ScoringModel:
         chosen, _ = resolve(self.settings.device)
-        model = self.store.load(self.settings.ref)
-        return ScoringModel(model, asked=self.settings.ref, path=self.store.path_of(model),
+        model = self.store.load(ref)
+        return ScoringModel(model, asked=ref, path=self.store.path_of(model),
                             placement=Placement(chosen, self.settings.dtype))
 
-    def refresh(self) -> str | None:
-        """Load the version the reference names now if it moved; the version served
-        before, or None."""
-        name, version = self.store.resolve(self.settings.ref)
-        current = self.model
-        if (name, version) == (current.name, current.version):
-            return None
-        self.model = self._load()
-        self.drift = DriftWindow.of(self.model, self.settings.drift_window)
-        return current.ref
+    def refresh(self) -> list[tuple[str, str, str]]:
+        """Load the version each reference (the model's, the canary's, the shadow's)
+        names now where it moved: ``(reference, version before, version now)`` each."""
+        moved = []
+        for role in ("model", "canary", "shadow"):
+            current: ScoringModel | None = getattr(self, role)
+            if current is None:
+                continue
+            name, version = self.store.resolve(current.asked)
+            if (name, version) == (current.name, current.version):
+                continue
+            setattr(self, role, self._load(current.asked))
+            moved.append((current.asked, current.ref, getattr(self, role).ref))
+            if role == "model":
+                self.drift = DriftWindow.of(self.model, self.settings.drift_window)
+        return moved
+
+    def pick(self, request_id: str) -> ScoringModel:
+        """The model that answers the request ``request_id``: the canary for its share
+        of the ids (a hash of the id, so the same id always meets the same model)."""
+        canary = self.canary
+        if canary is None or not request_id:
+            return self.model
+        digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+        if int.from_bytes(digest, "big") % 10_000 < self.settings.canary_percent * 100:
+            return canary
+        return self.model
+
+    def shadowed(self, table: pa.Table, answered: pa.Table, options: dict[str, Any],
+                 request_id: str) -> None:
+        """Score a request's rows with the shadow model after its answer: into the row
+        log under the shadow's version, and counted where it predicts otherwise."""
+        shadow = self.shadow
+        if shadow is None or not table.num_rows:
+            return
+        try:
+            scored = shadow.score_table(table, **options)
+        except SluiceError as exc:
+            log.warning("shadow %s could not score request %s: %s", shadow.ref, request_id,
+                        exc)
+            if self.on_shadow is not None:
+                self.on_shadow(shadow.ref, 0, 0, 1)
+            return
+        theirs = scored.column("prediction").combine_chunks()
+        ours = answered.column("prediction").combine_chunks()
+        same = pc.fill_null(pc.equal(theirs.cast(ours.type) if theirs.type != ours.type
+                                     else theirs, ours), False)
+        disagreeing = int(len(same) - pc.sum(same).as_py()) if len(same) else 0
+        if self.on_shadow is not None:
+            self.on_shadow(shadow.ref, scored.num_rows, disagreeing, 0)
+        if self.rowlog is not None and self.rowlog.add(scored, shadow, request_id):
+            self.rowlog.flush()
 
     def table_of(self, body: bytes, kind: str, model: ScoringModel,
                  query: Mapping[str, str]) -> tuple[pa.Table, dict[str, Any]]:
@@ -832,10 +883,12 @@ class Server:
         return table, request_params(query)
 
     def score(self, body: bytes, kind: str, answer: str, query: Mapping[str, str],
-              request_id: str = "") -> tuple[bytes, str, int]:
-        """The response body of one request, the model version that scored it and the
-        rows it scored (kept for the row log, if there is one)."""
-        model = self.model  # one version for the whole request, whatever refresh does
+              request_id: str = "") -> tuple[bytes, str, int, Any]:
+        """The response body of one request, the model version that scored it, the rows
+        it scored (kept for the row log, if there is one) and the shadow's work to do
+        once the answer is sent (None without a shadow)."""
+        model = self.pick(request_id)  # one version for the whole request, whatever
+        # refresh does meanwhile
         table, options = self.table_of(body, kind, model, query)
         if table.num_rows == 0 and not table.num_columns:  # no rows, so no columns named
             table = model.input_schema.empty_table()
@@ -861,14 +914,18 @@ class Server:
         have = set(scored.column_names)
         names = list(dict.fromkeys([*keep, *(c for c in OUTPUT_COLUMNS if c in have)]))
         out = scored.select(names)
+        job = None
+        if self.shadow is not None and "prediction" in have:
+            def job() -> None:
+                self.shadowed(table, scored, options, request_id)
         if answer == ARROW:
-            return arrow_body(out), model.ref, out.num_rows
+            return arrow_body(out), model.ref, out.num_rows, job
         if answer == CSV:
             if options["contributions"]:
                 raise RequestError("contributions are a struct column, which CSV cannot "
                                    "hold", hint="ask for JSON or Arrow", status=406)
-            return csv_body(out), model.ref, out.num_rows
-        return json_body(out, model.ref), model.ref, out.num_rows
+            return csv_body(out), model.ref, out.num_rows, job
+        return json_body(out, model.ref), model.ref, out.num_rows, job
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -903,10 +960,25 @@ class Metrics:
                          ["model", "column"], registry=registry, multiprocess_mode="max")
         self.windows = Counter("sluice_drift_windows", "Complete --drift-window windows",
                                ["model"], registry=registry)
+        self.shadow_rows = Counter("sluice_shadow_rows", "Rows the --shadow model scored",
+                                   ["model"], registry=registry)
+        self.disagreeing = Counter("sluice_shadow_disagreements", "Rows the --shadow model "
+                                   "predicts otherwise than the answer", ["model"],
+                                   registry=registry)
+        self.shadow_failures = Counter("sluice_shadow_failures", "Requests the --shadow "
+                                       "model could not score", ["model"], registry=registry)
         self.logged_rows = Counter("sluice_logged_rows", "Scored rows written by --log-rows",
                                    registry=registry)
         self.lost_rows = Counter("sluice_log_lost_rows", "Scored rows --log-rows failed "
                                  "to write", registry=registry)
+
+    def shadowed(self, ref: str, rows: int, disagreeing: int, failed: int) -> None:
+        if rows:
+            self.shadow_rows.labels(ref).inc(rows)
+        if disagreeing:
+            self.disagreeing.labels(ref).inc(disagreeing)
+        if failed:
+            self.shadow_failures.labels(ref).inc(failed)
 
     def drifted(self, ref: str, figures: dict[str, Any]) -> None:
         for column, value in figures["psi"].items():
@@ -945,6 +1017,7 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
     """The ASGI application of ``sluice serve`` (Starlette)."""
     import anyio
     from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -952,7 +1025,10 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
 
     server = Server(settings, model)
     metrics = Metrics()
-    metrics.served(server.model.ref, settings.ref)
+    for other in (server.model, server.canary, server.shadow):
+        if other is not None:
+            metrics.served(other.ref, other.asked)
+    server.on_shadow = metrics.shadowed
     if server.rowlog is not None:
         server.rowlog.on_flush = metrics.logged
 
@@ -1021,7 +1097,7 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
             kind = media_type(request.headers.get("content-type"))
             answer = answer_type(request.headers.get("accept"), kind)
             body = await read_body(request)
-            content, ref, rows = await anyio.to_thread.run_sync(
+            content, ref, rows, job = await anyio.to_thread.run_sync(
                 server.score, body, kind, answer, dict(request.query_params), request_id,
                 limiter=state["limiter"])
         except RequestError as exc:
@@ -1037,7 +1113,10 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
             raise
         else:
             response = Response(content, media_type=answer,
-                                headers={MODEL_HEADER: ref, REQUEST_HEADER: request_id})
+                                headers={MODEL_HEADER: ref, REQUEST_HEADER: request_id},
+                                background=None if job is None else BackgroundTask(
+                                    anyio.to_thread.run_sync, job,
+                                    limiter=state["limiter"]))
             metrics.answered(ref, 200, kind, time.perf_counter() - start, rows)
             return response
         metrics.answered(server.model.ref, response.status_code, kind,
@@ -1067,7 +1146,12 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
                 "params": list(REQUEST_PARAMS), "max_rows": settings.max_rows,
                 "max_mb": settings.max_mb, "refresh": settings.refresh,
                 "drift_window": settings.drift_window if server.drift else None,
-                "drift": server.drift.last if server.drift else None}
+                "drift": server.drift.last if server.drift else None,
+                "canary": None if server.canary is None else {
+                    "model": server.canary.ref, "asked": server.canary.asked,
+                    "percent": settings.canary_percent},
+                "shadow": None if server.shadow is None else {
+                    "model": server.shadow.ref, "asked": server.shadow.asked}}
         return JSONResponse(body, headers={MODEL_HEADER: model.ref})
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -1088,15 +1172,14 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
         while True:
             await asyncio.sleep(settings.refresh)
             try:
-                before = await anyio.to_thread.run_sync(server.refresh)
+                moved = await anyio.to_thread.run_sync(server.refresh)
             except SluiceError as exc:
                 log.warning("refresh of %s failed, still serving %s: %s", settings.ref,
                             server.model.ref, exc)
                 continue
-            if before is not None:
-                metrics.served(server.model.ref, settings.ref, before)
-                log.warning("now serving %s (was %s) for %s", server.model.ref, before,
-                            settings.ref)
+            for asked, before, now in moved:
+                metrics.served(now, asked, before)
+                log.warning("now serving %s (was %s) for %s", now, before, asked)
 
     async def flush() -> None:
         assert server.rowlog is not None

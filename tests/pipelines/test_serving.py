@@ -993,3 +993,72 @@ def test_https_and_a_token(registry: Path, tmp_path: Path) -> None:
     assert isinstance(done, subprocess.CompletedProcess)
     assert done.returncode == 1
     assert "HTTPS needs both --ssl-certfile and --ssl-keyfile" in done.stderr
+
+
+def test_a_canary_answers_its_share_of_the_requests_by_their_id(registry: Path) -> None:
+    served = _start(registry, "churn@1", "--canary", "churn@2:30")
+    assert isinstance(served, Served)
+    rows = _rows(registry, 5).select(INPUTS)
+    models = str(registry / "models")
+    expected = {ref: load_model(ref, models).score(rows).column("probability").to_pylist()
+                for ref in ("churn@1", "churn@2")}
+    by_id: dict[str, str] = {}
+    try:
+        for i in range(200):
+            status, headers, data = served.request(
+                "POST", "/invocations", json.dumps(_split(rows)),
+                {"Content-Type": "application/json", "X-Request-Id": f"req-{i % 100}"})
+            assert status == 200
+            ref = headers["x-sluice-model"]
+            assert [p["probability"] for p in json.loads(data)["predictions"]] == expected[ref]
+            assert by_id.setdefault(f"req-{i % 100}", ref) == ref  # a retry: the same model
+        meta = json.loads(served.request("GET", "/metadata")[2])
+        got = _metrics(served)
+    finally:
+        assert _stop(served) == 143
+    share = sum(ref == "churn@2" for ref in by_id.values())
+    assert 15 <= share <= 45, share  # 30% of 100 ids, by their hash
+    assert meta["canary"] == {"model": "churn@2", "asked": "churn@2", "percent": 30.0}
+    assert got["sluice_requests_total", (("format", "json"), ("model", "churn@2"),
+                                         ("status", "200"))] == 2 * share
+    done = _start(registry, "churn@1", "--canary", "churn@2", expect_failure=True)
+    assert isinstance(done, subprocess.CompletedProcess)
+    assert done.returncode == 2 and "is not REF:PERCENT" in done.stderr
+
+
+def test_a_shadow_scores_every_request_into_the_row_log(registry: Path) -> None:
+    log = registry / "shadowed"
+    served = _start(registry, "churn@1", "--shadow", "churn@2", "--log-rows", str(log),
+                    "--log-every", "3600")
+    assert isinstance(served, Served)
+    rows = _rows(registry, 40).select(INPUTS)
+    models = str(registry / "models")
+    first = load_model("churn@1", models).score(rows)
+    second = load_model("churn@2", models).score(rows)
+    try:
+        for i in range(4):
+            status, headers, data = served.request(
+                "POST", "/invocations", json.dumps(_split(rows.slice(i * 10, 10))),
+                {"Content-Type": "application/json", "X-Request-Id": f"s{i}"})
+            assert status == 200 and headers["x-sluice-model"] == "churn@1"
+        deadline = time.monotonic() + 30
+        while _metrics(served).get(("sluice_shadow_rows_total", (("model", "churn@2"),)),
+                                   0) < 40:
+            assert time.monotonic() < deadline, "the shadow never scored"
+            time.sleep(0.05)
+        got = _metrics(served)
+        meta = json.loads(served.request("GET", "/metadata")[2])
+    finally:
+        assert _stop(served) == 143
+    assert meta["shadow"] == {"model": "churn@2", "asked": "churn@2"}
+    logged = pa.concat_tables([pq.read_table(f) for f in sorted(log.glob("date=*/*.parquet"))])
+    for ref, table in (("churn@1", first), ("churn@2", second)):
+        mine = logged.filter(pc.equal(logged.column("model"), ref)).sort_by(
+            [("request_id", "ascending")])
+        assert mine.num_rows == 40
+        assert mine.column("probability").to_pylist() == table.column(
+            "probability").to_pylist()
+    disagreeing = sum(a != b for a, b in zip(first.column("prediction").to_pylist(),
+                                             second.column("prediction").to_pylist()))
+    assert got.get(("sluice_shadow_disagreements_total", (("model", "churn@2"),)),
+                   0) == disagreeing
