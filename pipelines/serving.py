@@ -16,8 +16,10 @@ bounded thread pool so that ``/ping`` answers while a large batch scores.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
+import decimal
 import hashlib
 import hmac
 import importlib
@@ -28,6 +30,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -146,6 +149,9 @@ def _records(rows: Any, where: str) -> dict[str, list[Any]]:
             raise RequestError(f"{where}[{i}] is not an object",
                                hint='a row is {"column": value, ...}')
         names.update(dict.fromkeys(row))
+    if rows and not names:
+        raise RequestError(f"{where}: the rows have no values", hint="give each row the "
+                           "model's columns (GET /metadata lists them)")
     return {name: [row.get(name) for row in rows] for name in names}
 
 
@@ -165,6 +171,9 @@ def _split(body: Any, where: str) -> dict[str, list[Any]]:
             raise RequestError(f"{where}.data[{i}] has {got}, for {len(names)} columns")
     if not data:
         return {name: [] for name in names}
+    if not names:
+        raise RequestError(f"{where}: the rows have no values", hint="give each row the "
+                           "model's columns (GET /metadata lists them)")
     return {name: list(values) for name, values in zip(names, zip(*data))}
 
 
@@ -269,6 +278,11 @@ class ScoringModel:
     def required(self) -> list[str]:
         return list(self.model.required)
 
+    def check_columns(self, schema: pa.Schema) -> None:
+        """A MissingColumnError naming the model's columns ``schema`` lacks (with the
+        closest names it has)."""
+        self._scorer(False, "features").check_input(schema)
+
     def explains(self) -> bool:
         try:
             self._scorer(True, "features")
@@ -341,8 +355,8 @@ class ScoringModel:
             data = pa.Table.from_batches([data])
         if isinstance(data, pa.Table):
             return self.score_table(data, **kwargs)
-        if _is_pandas(data):
-            table = pa.Table.from_pandas(data, preserve_index=False)
+        if _is_pandas(data):  # the index goes through as pandas' metadata or a column
+            table = pa.Table.from_pandas(data)
             return self.score_table(table, **kwargs).to_pandas()
         if isinstance(data, Mapping):
             table = columns_table(_columns(dict(data), "the columns"), self.input_schema)
@@ -412,7 +426,11 @@ def spark_udf(ref: str, models: str | None = None, *, result: str = "probability
     or ``all`` (a struct of the model's columns, with ``contributions`` too). The model
     is loaded here, once, and travels with the function to the executors (which need
     this package: ``sluice package``'s archive, or an install)."""
-    from pyspark.sql.functions import arrow_udf
+    try:
+        from pyspark.sql.functions import arrow_udf
+    except ImportError:
+        raise SluiceError("spark_udf needs pyspark 4.1 or later (its arrow_udf)",
+                          hint="upgrade pyspark, or use score_spark (mapInArrow)") from None
     from pyspark.sql.pandas.types import from_arrow_type
 
     model = load_model(ref, models, storage_options=storage_options)
@@ -520,10 +538,25 @@ def json_body(table: pa.Table, model: str) -> bytes:
         return f'{{"predictions": [{joined}], "model": {json.dumps(model)}}}'.encode()
     rows = table.to_pylist()
     try:
-        text = json.dumps({"predictions": rows, "model": model}, allow_nan=False)
+        text = json.dumps({"predictions": rows, "model": model}, allow_nan=False,
+                          default=_plain)
     except ValueError:
-        text = json.dumps({"predictions": _finite(rows), "model": model})
+        text = json.dumps({"predictions": _finite(rows), "model": model}, default=_plain)
     return text.encode()
+
+
+def _plain(value: Any) -> Any:
+    """A value JSON has no type for, as JSON says it: dates and times in ISO 8601,
+    durations in seconds, decimals as text, bytes in base64."""
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
 def _json_literals(column: pa.ChunkedArray) -> pa.Array | None:
@@ -640,8 +673,14 @@ class DriftWindow:
     def of(model: ScoringModel, rows: int) -> DriftWindow | None:
         return DriftWindow(model, rows) if rows and model.model.meta.get("profile") else None
 
+    def reset(self) -> None:
+        """Start the window again (after a batch it could not count)."""
+        with self.lock:
+            self.pending, self.pending_rows, self.stats = [], 0, None
+
     def add(self, table: pa.Table) -> dict[str, Any] | None:
-        """Count a request's rows; the figures of the window they complete, if they do."""
+        """Count a request's rows (in the trained types); the figures of the window they
+        complete, if they do."""
         present = [c for c in self.columns if c in table.column_names]
         if len(present) < len(self.columns) or not table.num_rows:
             return None
@@ -862,8 +901,13 @@ class Server:
                 parsed = json.loads(body)
             except ValueError as exc:
                 raise RequestError(f"the body is not JSON ({exc})") from None
+            except RecursionError:
+                raise RequestError("the body's JSON is nested too deeply",
+                                   hint="send rows of plain values") from None
             columns, params = json_columns(parsed)
             options = request_params({**query, **params})
+            if any(len(v) for v in columns.values()):  # rows: the model's columns too
+                model.check_columns(pa.schema([(c, pa.null()) for c in columns]))
             wanted = {*model.required, *options["keep"]}
             return columns_table({k: v for k, v in columns.items() if k in wanted},
                                  model.input_schema), options
@@ -902,10 +946,17 @@ class Server:
         if missing:
             raise RequestError(f"params.keep: column '{missing[0]}' is not in the request"
                                f"{suggest(missing[0], table.column_names)}")
+        table = _cast(table, model.input_schema)  # the trained types: the log's, drift's
         scored = model.score_table(table, **options)
         window = self.drift
         if window is not None and window.ref == model.ref:
-            figures = window.add(table)
+            try:
+                figures = window.add(table)
+            except Exception:  # live drift is a measurement: never a failed request
+                log.exception("%s: the drift window could not count a request's rows",
+                              model.ref)
+                window.reset()
+                figures = None
             if figures is not None and self.on_drift is not None:
                 self.on_drift(model.ref, figures)
         if self.rowlog is not None and scored.num_rows and self.rowlog.add(
@@ -921,9 +972,11 @@ class Server:
         if answer == ARROW:
             return arrow_body(out), model.ref, out.num_rows, job
         if answer == CSV:
-            if options["contributions"]:
-                raise RequestError("contributions are a struct column, which CSV cannot "
-                                   "hold", hint="ask for JSON or Arrow", status=406)
+            nested = [f for f in out.schema if pa.types.is_nested(f.type)]
+            if nested:
+                raise RequestError(f"column '{nested[0].name}' is {nested[0].type}, which "
+                                   "CSV cannot hold", hint="ask for JSON or Arrow",
+                                   status=406)
             return csv_body(out), model.ref, out.num_rows, job
         return json_body(out, model.ref), model.ref, out.num_rows, job
 
@@ -954,10 +1007,12 @@ class Metrics:
                                  ["model"], buckets=LATENCY_BUCKETS, registry=registry)
         self.rows = Counter("sluice_rows", "Rows scored", ["model"], registry=registry)
         self.model = Gauge("sluice_model_info", "1 for the model version being served",
-                           ["model", "asked"], registry=registry, multiprocess_mode="max")
+                           ["model", "asked"], registry=registry,
+                           multiprocess_mode="mostrecent")
         self.psi = Gauge("sluice_drift_psi", "An input column's PSI against the training "
                          "rows over the last complete --drift-window of scored rows",
-                         ["model", "column"], registry=registry, multiprocess_mode="max")
+                         ["model", "column"], registry=registry,
+                         multiprocess_mode="mostrecent")
         self.windows = Counter("sluice_drift_windows", "Complete --drift-window windows",
                                ["model"], registry=registry)
         self.shadow_rows = Counter("sluice_shadow_rows", "Rows the --shadow model scored",
@@ -1067,14 +1122,16 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    expected = f"Bearer {settings.token}".encode() if settings.token else None
+    expected = settings.token.encode() if settings.token else None
 
     def refused(request: Request) -> Response | None:
         """401 unless the request carries the server's token (when it has one)."""
         if expected is None:
             return None
-        given = request.headers.get("authorization", "").encode()
-        if hmac.compare_digest(given, expected):
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                              expected):
             return None
         response = problem(401, "UNAUTHORIZED",
                            f"{request.method} {request.url.path}: "
@@ -1145,6 +1202,7 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
         body = {**model.describe(), "formats": list(MEDIA_TYPES),
                 "params": list(REQUEST_PARAMS), "max_rows": settings.max_rows,
                 "max_mb": settings.max_mb, "refresh": settings.refresh,
+                "process": os.getpid(),
                 "drift_window": settings.drift_window if server.drift else None,
                 "drift": server.drift.last if server.drift else None,
                 "canary": None if server.canary is None else {
@@ -1156,11 +1214,14 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return problem(exc.status_code, "NOT_FOUND" if exc.status_code == 404 else
-                       "METHOD_NOT_ALLOWED" if exc.status_code == 405 else "HTTP_ERROR",
-                       f"{request.method} {request.url.path}: {exc.detail}",
-                       "POST /invocations scores; GET /ping, /health, /metadata, /metrics, "
-                       "/version")
+        response = problem(exc.status_code, "NOT_FOUND" if exc.status_code == 404 else
+                           "METHOD_NOT_ALLOWED" if exc.status_code == 405 else "HTTP_ERROR",
+                           f"{request.method} {request.url.path}: {exc.detail}",
+                           "POST /invocations scores; GET /ping, /health, /metadata, "
+                           "/metrics, /version")
+        for key, value in (exc.headers or {}).items():  # a 405's Allow
+            response.headers[key] = value
+        return response
 
     async def bug(request: Request, exc: Exception) -> Response:
         # Starlette raises it again once this is sent: uvicorn logs its traceback
@@ -1173,7 +1234,7 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
             await asyncio.sleep(settings.refresh)
             try:
                 moved = await anyio.to_thread.run_sync(server.refresh)
-            except SluiceError as exc:
+            except Exception as exc:  # a store down for a while: try again next time
                 log.warning("refresh of %s failed, still serving %s: %s", settings.ref,
                             server.model.ref, exc)
                 continue
@@ -1188,7 +1249,10 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
     async def flusher() -> None:
         while True:
             await asyncio.sleep(settings.log_every)
-            await flush()
+            try:
+                await flush()
+            except Exception:  # a write's failure is logged and counted by flush itself
+                log.exception("--log-rows: a flush failed")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -1198,12 +1262,14 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if server.rowlog is not None:  # the rows scored since the last file
-                await flush()
+            try:
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+            finally:
+                if server.rowlog is not None:  # the rows scored since the last file
+                    await flush()
 
     routes = [Route("/invocations", invocations, methods=["POST"]),
               Route("/ping", ping, methods=["GET"]), Route("/health", ping, methods=["GET"]),
@@ -1240,10 +1306,14 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
     uvicorn = _uvicorn()
     if (certfile is None) != (keyfile is None):
         raise SluiceError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
-    for path in (certfile, keyfile):
-        if path is not None and not os.path.isfile(path):
-            raise SluiceError(f"no file '{path}'", hint="give the certificate and its key "
-                                                        "as PEM files")
+    if certfile is not None:  # checked here: a worker would fail in a loop of restarts
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile,
+                                                                                keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise SluiceError(f"cannot use --ssl-certfile {certfile} with --ssl-keyfile "
+                              f"{keyfile}: {exc.strerror or exc}",
+                              hint="give a PEM certificate and its PEM private key") from None
     server = Server(settings)  # the model loads and is checked once, here
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named: asyncio then sets TCP_NODELAY on each connection (protocol 0
@@ -1278,9 +1348,10 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
             from uvicorn.supervisors import Multiprocess
 
             os.environ[ENVIRONMENT] = settings.dumps()
-            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the workers' metrics
-                scratch = tempfile.TemporaryDirectory(prefix="sluice-metrics-")
-                os.environ["PROMETHEUS_MULTIPROC_DIR"] = scratch.name
+            # the workers' metrics, in a folder of this server's alone (another's, or an
+            # earlier run's, would add its counts to these)
+            scratch = tempfile.TemporaryDirectory(prefix="sluice-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = scratch.name
             config = uvicorn.Config("pipelines.serving:app_from_environment", factory=True,
                                     workers=workers, **common)
             supervisor = Multiprocess(config, sockets=[sock])
@@ -1289,6 +1360,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
                                                        supervisor.signal_queue.append(sig)))
             supervisor.run()
         else:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # one process: its own counts
             config = uvicorn.Config(create_app(settings, server.model), **common)
             uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -150,12 +150,11 @@ def coerce_override(value: str, default: Any) -> Any:
     if isinstance(default, list | dict):
         kind = "list" if isinstance(default, list) else "mapping"
         example = "[a, b]" if kind == "list" else "{a: 1, b: 2}"
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0]
+        parsed, problems = load_yaml(value, "--param")  # keys as in a file: on, 2024
+        if problems:
+            first = problems[0].message.splitlines()[0]
             raise ValueError(f"expected a {kind} such as {example}, got '{value}' "
-                             f"({first})") from None
+                             f"({first})")
         if not isinstance(parsed, list if kind == "list" else dict):
             raise ValueError(f"expected a {kind} such as {example}, got '{value}'")
         return parsed

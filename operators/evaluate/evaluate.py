@@ -129,8 +129,8 @@ class Evaluate(Measuring):
         """Everything decided from the schema: task, metrics, classes, columns used."""
         p = self.params
         require_columns(schema, [p.label, p.prediction])
-        label_type = _value_type(schema.field(p.label).type)
-        task = p.task if p.task != "auto" else _task_of(p.label, label_type)
+        label_type = value_type(schema.field(p.label).type)
+        task = p.task if p.task != "auto" else task_of(p.label, label_type)
         if p.classes is not None and task != "classification":
             raise ParamError(f"classes given but label '{p.label}' ({label_type}) makes this "
                              "a regression", hint="set task: classification")
@@ -288,7 +288,7 @@ class EvaluateFitted(Measured):
 # --------------------------------------------------------------------------- helpers
 
 
-def _value_type(t: pa.DataType) -> pa.DataType:
+def value_type(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
@@ -296,7 +296,7 @@ def _is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def _task_of(label: str, t: pa.DataType) -> str:
+def task_of(label: str, t: pa.DataType) -> str:
     """DESIGN.md's rule: integer, boolean or string label -> classification; float -> regression."""
     if pa.types.is_integer(t) or pa.types.is_boolean(t) or _is_string(t):
         return "classification"
@@ -307,14 +307,14 @@ def _task_of(label: str, t: pa.DataType) -> str:
 
 
 def _require_numeric(schema: pa.Schema, column: str, what: str) -> None:
-    t = _value_type(schema.field(column).type)
+    t = value_type(schema.field(column).type)
     if not is_numeric(t):
         raise SchemaError(f"column '{column}' has type {t} but {what} needs numbers",
                           hint="cast it, or choose another column")
 
 
 def _require_comparable(schema: pa.Schema, label: str, prediction: str) -> None:
-    a, b = (_value_type(schema.field(c).type) for c in (label, prediction))
+    a, b = (value_type(schema.field(c).type) for c in (label, prediction))
     if _is_string(a) != _is_string(b) or not (_is_string(a) or is_numeric(a)):
         raise SchemaError(f"prediction '{prediction}' ({b}) cannot be compared with label "
                           f"'{label}' ({a})", hint="predictions must be class labels of the "
@@ -338,7 +338,7 @@ def _require_probability(schema: pa.Schema, column: str, classes: list[Any] | No
 def _require_groupable(schema: pa.Schema, columns: list[str]) -> None:
     require_columns(schema, columns, "by column")
     for name in columns:
-        t = _value_type(schema.field(name).type)
+        t = value_type(schema.field(name).type)
         if pa.types.is_nested(t) or pa.types.is_floating(t):
             raise SchemaError(f"by column '{name}' is {t}: groups need distinct values "
                               "(strings, integers, booleans, dates)",

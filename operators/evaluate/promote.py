@@ -26,8 +26,8 @@ from operators.base import (
     require_columns,
     suggest,
 )
-from operators.evaluate.evaluate import Evaluate, Measured, Measuring
-from operators.evaluate.metrics import COMPARABLE, LOWER_IS_BETTER, default_metric
+from operators.evaluate.evaluate import Evaluate, Measured, Measuring, task_of, value_type
+from operators.evaluate.metrics import COMPARABLE, LOWER_IS_BETTER, METRICS, default_metric
 from operators.io.model import is_alias
 from operators.score.score import Score
 
@@ -129,6 +129,13 @@ class Promote(Measuring):
                                   "read") from None
         if not self.scorers:
             require_columns(schema, self.required, f"column the model '{p.model}' needs:")
+        if p.metric is not None:  # a metric of the other task: said before the run saves
+            task = task_of(p.label, value_type(schema.field(p.label).type))
+            if p.metric not in METRICS[task]:
+                raise ParamError(f"metric '{p.metric}' is not a {task} metric (label "
+                                 f"'{p.label}' is {schema.field(p.label).type})",
+                                 hint=f"{task} metrics: " + ", ".join(
+                                     m for m in METRICS[task] if m in COMPARABLE))
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         self.check_input(schema)
@@ -167,10 +174,18 @@ class Promote(Measuring):
         challenger = float(values[0][name])
         out: dict[str, Any] = {"metric": name, "alias": p.alias, "challenger": self.refs[0],
                                "challenger_value": challenger}
-        if len(values) == 1:
+        if len(values) == 1 and challenger == challenger:
             return {**out, "promoted": True, "reason": f"no version had the alias {p.alias}"}
+        if challenger != challenger:  # NaN: a metric these rows cannot give (one class)
+            return {**out, "promoted": False,
+                    "reason": f"{name} is not defined on these rows (one class only?): "
+                              "nothing promoted"}
         champion = float(values[1][name])
         out.update(champion=self.refs[1], champion_value=champion)
+        if champion != champion:
+            return {**out, "promoted": False,
+                    "reason": f"{name} of the champion is not defined on these rows: "
+                              "nothing promoted"}
         if self.refs[0] == self.refs[1]:
             return {**out, "promoted": False, "reason": "the alias names the challenger"}
         gain = champion - challenger if name in LOWER_IS_BETTER else challenger - champion

@@ -50,7 +50,8 @@ def unique_names(names: list[str], param: str) -> None:
 
 def null_mask(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """True where ``column`` is null, as a NumPy bool vector."""
-    if not column.null_count:
+    if not column.null_count and not pa.types.is_dictionary(column.type):
+        # (a dictionary's nulls may sit in its values, which null_count does not count)
         return np.zeros(len(column), dtype=bool)
     return np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)
 

@@ -350,6 +350,11 @@ def test_hash_encode_buckets_are_the_shared_hash() -> None:
 def test_hash_encode_nulls_are_zero() -> None:
     got = run("hash_encode", pa.table({"c": ["a", None, "b"]}), columns=["c"], buckets=3)
     assert floats(got, got.column_names).sum(axis=1).tolist() == [1, 0, 1]
+    # a dictionary whose null is one of its values (its null_count says 0)
+    coded = pc.dictionary_encode(pa.array(["a", None, "b"]), null_encoding="encode")
+    assert coded.null_count == 0
+    got = run("hash_encode", pa.table({"c": coded}), columns=["c"], buckets=3)
+    assert floats(got, got.column_names).sum(axis=1).tolist() == [1, 0, 1]
 
 
 # --------------------------------------------------------------------------- bucketize

@@ -167,6 +167,8 @@ def test_plan_problems_point_at_the_line(workdir: Path, rows: Path) -> None:
                          "{extra}"), "unknown metric 'auc'; did you mean 'pr_auc'"),
         (RETRAIN.replace("label: churned\n{extra}", "label: churn\n{extra}"),
          "'churn' not in the input"),
+        (RETRAIN.replace("label: churned\n{extra}", "label: churned\n        metric: rmse\n"
+                         "{extra}"), "metric 'rmse' is not a classification metric"),
     ]
     for text, message in cases:
         path = write_pipeline(workdir, text.format(data=rows, extra=""), "bad.yaml")
@@ -194,4 +196,17 @@ def test_the_retraining_example_pipeline(workdir: Path) -> None:
     decision = second["metrics"]["promote"]
     assert decision["promoted"] is False and decision["champion"] == "churn@1"
     assert decision["champion_value"] == first["metrics"]["promote"]["challenger_value"]
+    assert ModelStore().aliases("churn") == {"production": 1}
+
+
+def test_a_metric_the_rows_cannot_give_promotes_nothing(workdir: Path, rows: Path) -> None:
+    _retrain(workdir, rows)
+    one_class = RETRAIN.replace("        complement: true\n",
+                                "        complement: true\n      - op: filter\n"
+                                "        where: \"churned == 0\"\n")
+    path = write_pipeline(workdir, one_class.format(data=rows, extra="        metric: roc_auc"),
+                          "one_class.yaml")
+    decision = run(path, {"l2": "0.0001"})["metrics"]["promote"]
+    assert decision["promoted"] is False
+    assert "roc_auc is not defined on these rows" in decision["reason"]
     assert ModelStore().aliases("churn") == {"production": 1}

@@ -293,7 +293,8 @@ def _stop(served: Served) -> int:
 
 @pytest.fixture(scope="module")
 def server(registry: Path) -> Iterator[Served]:
-    served = _start(registry, "churn@production", "--max-rows", "1000", "--max-mb", "0.5")
+    served = _start(registry, "churn@production", "--max-rows", "1000", "--max-mb", "0.5",
+                    "--threads", "4")
     assert isinstance(served, Served)
     yield served
     assert _stop(served) == 143
@@ -417,6 +418,18 @@ def test_client_mistakes_are_answered_with_what_to_fix(registry: Path, server: S
         assert got == status, (message, answer)
         assert message in answer["message"] + " " + answer.get("hint", ""), answer
         assert answer_headers["x-sluice-model"] == "churn@1"
+    # rows without the model's columns: the closest names the request has
+    renamed = [{("tenur" if k == "tenure" else k): v for k, v in r.items()}
+               for r in rows.to_pylist()]
+    status, answer = server.post({"dataframe_records": renamed})
+    assert status == 400 and "'tenure' not in the input; did you mean 'tenur'" in \
+        answer["message"]
+    assert server.post({"dataframe_records": [{}, {}]})[0] == 400
+    status, _, data = server.request("POST", "/invocations", b"[" * 100_000 + b"]" * 100_000,
+                                     {"Content-Type": "application/json"})
+    assert status == 400 and "nested too deeply" in json.loads(data)["message"]
+    status, headers, _ = server.request("GET", "/invocations")
+    assert status == 405 and headers["allow"] == "POST"
     # a column the model does not read, nor keep names, is never converted: mixed
     # values there cannot fail the request; kept, they do
     mixed = {"dataframe_records": [{**r, "note": [1, "a"][i % 2]}
@@ -576,7 +589,14 @@ def test_workers_share_the_port(registry: Path) -> None:
             assert status == 200, answer
             assert [p["probability"] for p in answer["predictions"]] == \
                 expected.column("probability").to_pylist()
-        # the workers' counts, summed (each connection may meet another process)
+        # both processes answer (each connection is accepted by one or the other)
+        processes = set()
+        for _ in range(200):
+            processes.add(json.loads(served.request("GET", "/metadata")[2])["process"])
+            if len(processes) == 2:
+                break
+        assert len(processes) == 2, processes
+        # the workers' counts, summed
         got = _metrics(served)
         assert got["sluice_requests_total", (("format", "json"), ("model", "churn@2"),
                                              ("status", "200"))] == 20
@@ -1062,3 +1082,82 @@ def test_a_shadow_scores_every_request_into_the_row_log(registry: Path) -> None:
                                              second.column("prediction").to_pylist()))
     assert got.get(("sluice_shadow_disagreements_total", (("model", "churn@2"),)),
                    0) == disagreeing
+
+
+def test_dates_in_json_nested_columns_not_in_csv(registry: Path, server: Served) -> None:
+    rows = _rows(registry, 80)  # past the kernels' threshold, and under it
+    for n in (80, 3):
+        sink = pa.BufferOutputStream()
+        part = rows.slice(0, n)
+        with pa.ipc.new_stream(sink, part.schema) as writer:
+            writer.write_table(part)
+        status, _, data = server.request(
+            "POST", "/invocations?keep=customer_id,signup_date", sink.getvalue().to_pybytes(),
+            {"Content-Type": ARROW, "Accept": "application/json"})
+        assert status == 200, data
+        answer = json.loads(data)["predictions"]
+        assert [a["signup_date"] for a in answer] == [
+            d.isoformat() for d in part.column("signup_date").to_pylist()]
+
+
+def test_arrow_dictionaries_and_json_rows_share_one_drift_window_and_row_log(
+        registry: Path) -> None:
+    log = registry / "mixed-log"
+    served = _start(registry, "churn@1", "--drift-window", "100", "--log-rows", str(log),
+                    "--log-every", "3600")
+    assert isinstance(served, Served)
+    rows = _rows(registry, 300).select(INPUTS)
+    coded = rows.slice(0, 150)
+    coded = coded.set_column(coded.schema.get_field_index("plan"), "plan",
+                             pc.dictionary_encode(coded.column("plan")))
+    coded = coded.set_column(coded.schema.get_field_index("tenure"), "tenure",
+                             coded.column("tenure").cast(pa.int32()))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, coded.schema) as writer:
+        writer.write_table(coded)
+    try:
+        status, _, data = served.request("POST", "/invocations", sink.getvalue().to_pybytes(),
+                                         {"Content-Type": ARROW})
+        assert status == 200, data
+        for i in range(3):
+            assert served.post(_split(rows.slice(150 + 50 * i, 50)))[0] == 200
+        windows = _metrics(served)["sluice_drift_windows_total", (("model", "churn@1"),)]
+    finally:
+        assert _stop(served) == 143
+    assert windows == 2
+    folder = registry / "mixed-watch"
+    folder.mkdir()
+    record = run(write_pipeline(folder, DRIFT.format(log=log)), models=str(registry / "models"),
+                 runs_dir=str(folder / "runs"))
+    assert record["steps"]["read_parquet"]["rows"] == 300  # one type per column in the log
+
+
+def test_bearer_is_any_case_and_a_bad_certificate_is_one_line(registry: Path,
+                                                              tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("abc")
+    served = _start(registry, "churn@1", "--token-file", str(token))
+    assert isinstance(served, Served)
+    rows = _rows(registry, 2).select(INPUTS)
+    try:
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            assert served.post(json.dumps(_split(rows)), Authorization=f"{scheme} abc")[0] \
+                == 200, scheme
+        assert served.post(json.dumps(_split(rows)), Authorization="Basic abc")[0] == 401
+    finally:
+        assert _stop(served) == 143
+    junk = tmp_path / "junk.pem"
+    junk.write_text("junk")
+    for workers in ("1", "2"):
+        done = _start(registry, "churn@1", "--ssl-certfile", str(junk), "--ssl-keyfile",
+                      str(junk), "--workers", workers, expect_failure=True)
+        assert isinstance(done, subprocess.CompletedProcess)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert f"cannot use --ssl-certfile {junk}" in done.stderr
+
+
+def test_pandas_keeps_its_index(registry: Path) -> None:
+    frame = _rows(registry, 20).to_pandas().set_index("customer_id")
+    scored = load_model("churn@1", str(registry / "models")).score(frame)
+    assert scored.index.name == "customer_id" and list(scored.index) == list(frame.index)
+    assert list(scored.columns) == [*frame.columns, "prediction", "probability"]

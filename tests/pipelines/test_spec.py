@@ -129,6 +129,9 @@ def test_list_and_mapping_params_override_in_yaml_flow_style(churn: Path,
                for p in bad), bad
     assert any("expected a list" in p and "got '[a, b'" in p
                for p in problems(path, keep="[a, b")), problems(path, keep="[a, b")
+    # keys read as in a file: on, yes and 2024 stay names
+    plan = plan_file(path, {"types": "{on: double, 2024: float}"})
+    assert plan.spec.params["types"] == {"on": "double", "2024": "float"}
 
 
 def test_yaml_errors_are_located(workdir: Path) -> None:
