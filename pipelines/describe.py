@@ -32,6 +32,8 @@ def shown_params(params: dict[str, Any] | None) -> str:
 
 def _shown_param(value: Any) -> str:
     """A parameter as the pipeline file would say it (flow-style YAML)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)  # true, false, null
     return json.dumps(value, separators=(", ", ": ")) if isinstance(value, dict | list) else (
         str(value))
 
