@@ -730,6 +730,7 @@ class RowLog:
         self.written = 0
         self.failed = 0
         self.on_flush: Any = None  # on_flush(written, lost): the server's metrics
+        self.flusher: threading.Thread | None = None
 
     def add(self, scored: pa.Table, model: ScoringModel, request_id: str) -> bool:
         """Keep a request's rows; True when enough are kept for a file."""
@@ -744,6 +745,17 @@ class RowLog:
             self.pending.append(table)
             self.rows += rows
             return self.rows >= self.file_rows
+
+    def flush_soon(self) -> None:
+        """``flush`` on a thread of its own (one at a time): a request that fills a file
+        does not wait for its write, nor hold a scoring slot meanwhile."""
+        with self.lock:
+            if self.flusher is not None and self.flusher.is_alive():
+                return  # the running flush takes what is kept when it starts; the
+                # timer's next one takes the rest
+            self.flusher = threading.Thread(target=self.flush, name="sluice-row-log",
+                                            daemon=True)
+            self.flusher.start()
 
     def flush(self) -> tuple[int, int]:
         """Write what is kept: (rows written, rows lost to a failed write)."""
@@ -889,7 +901,7 @@ class Server:
         if self.on_shadow is not None:
             self.on_shadow(shadow.ref, scored.num_rows, disagreeing, 0)
         if self.rowlog is not None and self.rowlog.add(scored, shadow, request_id):
-            self.rowlog.flush()
+            self.rowlog.flush_soon()
 
     def table_of(self, body: bytes, kind: str, model: ScoringModel,
                  query: Mapping[str, str]) -> tuple[pa.Table, dict[str, Any]]:
@@ -961,7 +973,7 @@ class Server:
                 self.on_drift(model.ref, figures)
         if self.rowlog is not None and scored.num_rows and self.rowlog.add(
                 scored, model, request_id):
-            self.rowlog.flush()  # a file's worth: written by the request that filled it
+            self.rowlog.flush_soon()  # a file's worth, written beside the requests
         have = set(scored.column_names)
         names = list(dict.fromkeys([*keep, *(c for c in OUTPUT_COLUMNS if c in have)]))
         out = scored.select(names)

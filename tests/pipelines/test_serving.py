@@ -1161,3 +1161,22 @@ def test_pandas_keeps_its_index(registry: Path) -> None:
     scored = load_model("churn@1", str(registry / "models")).score(frame)
     assert scored.index.name == "customer_id" and list(scored.index) == list(frame.index)
     assert list(scored.columns) == [*frame.columns, "prediction", "probability"]
+
+
+def test_a_full_row_log_file_is_written_beside_the_requests(registry: Path) -> None:
+    log = registry / "by-size"
+    served = _start(registry, "churn@1", "--log-rows", str(log), "--log-every", "3600",
+                    "--log-file-rows", "10")
+    assert isinstance(served, Served)
+    rows = _rows(registry, 25).select(INPUTS)
+    try:
+        for start, size in ((0, 12), (12, 5), (17, 8)):
+            assert served.post(_split(rows.slice(start, size)))[0] == 200
+        deadline = time.monotonic() + 30
+        while not list(log.glob("date=*/*.parquet")):  # the timer is an hour away
+            assert time.monotonic() < deadline, "a full file was not written"
+            time.sleep(0.05)
+    finally:
+        assert _stop(served) == 143
+    files = sorted(log.glob("date=*/*.parquet"))
+    assert sum(pq.read_metadata(f).num_rows for f in files) == 25  # the rest at shutdown
