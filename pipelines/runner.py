@@ -39,7 +39,7 @@ from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
 from pipelines.plan import Plan, Step, build, kind_of
 from pipelines.spec import Problem
-from pipelines.store import Model, ModelStore, required_columns
+from pipelines.store import Model, ModelStore, binding, required_columns
 from pipelines.tuning import label_of
 
 ENGINES = ("local", "dask", "spark")
@@ -204,9 +204,7 @@ def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
 
     def resolve_model(ref: str) -> tuple[Any, list[str], dict[str, Any]]:
         model = store.load(ref)
-        return model.chain, model.required, {"name": model.name, "version": model.version,
-                                             "ref": ref.strip(), "path": store.path_of(model),
-                                             "meta": model.meta}
+        return binding(model, ref, store.path_of(model))
 
     return build(spec, resolve_model=resolve_model)
 
@@ -359,16 +357,13 @@ class Run:
         assert isinstance(step.op, Promote)
         model = self.saved[step.saved_by]
         alias = step.op.params.alias
-
-        def bound(m: Any, ref: str) -> tuple[Any, list[str], dict[str, Any]]:
-            return m.chain, m.required, {"name": m.name, "version": m.version, "ref": ref,
-                                         "path": self.store.path_of(m), "meta": m.meta}
-
         champion = None
         if alias in self.store.aliases(model.name):
-            champion = bound(self.store.load(f"{model.name}@{alias}"),
-                             f"{model.name}@{alias}")
-        step.op.bind(bound(model, step.op.params.model.strip()), champion)
+            ref = f"{model.name}@{alias}"
+            named = self.store.load(ref)
+            champion = binding(named, ref, self.store.path_of(named))
+        step.op.bind(binding(model, step.op.params.model, self.store.path_of(model)),
+                     champion)
 
     def _promote(self, step: Step, decision: dict[str, Any]) -> None:
         """Move the alias to the challenger when promote decided so."""

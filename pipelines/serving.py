@@ -53,7 +53,7 @@ from operators.io.fs import resolve as fs_resolve
 from operators.io.fs import written_whole
 from operators.score.score import OUTPUT_COLUMNS, PREDICTION_COLUMNS, Score
 from pipelines.device import CPU, Placement, resolve, run_placed
-from pipelines.store import Model, ModelStore
+from pipelines.store import Model, ModelStore, binding
 
 log = logging.getLogger("sluice.serve")
 
@@ -299,9 +299,7 @@ class ScoringModel:
             if key not in self._scorers:
                 scorer = Score(model=self.asked, contributions=contributions,
                                contributions_by=by)
-                scorer.bind(self.model.chain, self.model.required,
-                            {"name": self.name, "version": self.version, "ref": self.asked,
-                             "path": self.path, "meta": self.model.meta})
+                scorer.bind(*binding(self.model, self.asked, self.path))
                 scorer.output_schema(self.input_schema)  # a model without contributions
                 self._scorers[key] = scorer
             return self._scorers[key]

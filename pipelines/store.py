@@ -140,6 +140,14 @@ class Model:
         return f"{self.name}@{self.version}"
 
 
+def binding(model: Model, ref: str, path: str) -> tuple[Chain, list[str], dict[str, Any]]:
+    """What a step that scores with ``model`` is bound to (``Score.bind``, promote's,
+    drift's): its chain, the columns it needs, and its registry info (``ref``: how the
+    step named it; ``path``: where the version lives)."""
+    return model.chain, model.required, {"name": model.name, "version": model.version,
+                                         "ref": ref.strip(), "path": path, "meta": model.meta}
+
+
 class ModelStore:
     """Saves and loads fitted chains under a root path or URL."""
 
