@@ -396,6 +396,45 @@ class Sink(Operator):
     def abort(self, token: Any) -> None: ...
 
 
+class Shuffle(Operator):
+    """Rows made from the rows of every partition that share keys (a group-by).
+
+    ``partial(part)`` turns one partition into partial rows (one per key, with the
+    ``key_columns()``); the runtime brings the partial rows of each key from every
+    partition to one place (by a hash of the keys) and ``finish(partials)`` makes the
+    output rows of the keys it is given, in key order. Partials of the same key from
+    different partitions combine in any order: the output does not depend on the
+    partitioning, the engine or the order of the rows.
+    """
+
+    kind = "shuffle"
+    numeric_kernels = False
+
+    @abstractmethod
+    def output_schema(self, schema: pa.Schema) -> pa.Schema: ...
+
+    @abstractmethod
+    def key_columns(self) -> list[str]:
+        """The columns of the partial rows that say where they go (the group keys)."""
+
+    @abstractmethod
+    def partial(self, part: pa.Table) -> pa.Table:
+        """One partition's partial rows (an empty partition: an empty table)."""
+
+    @abstractmethod
+    def finish(self, partials: pa.Table) -> pa.Table:
+        """The output rows of ``partials`` (the partial rows of some keys from any number
+        of partitions, in any order), ordered by key."""
+
+    def partial_schema(self, schema: pa.Schema) -> pa.Schema:
+        return self.partial(schema.empty_table()).schema
+
+    def one_place(self) -> bool:
+        """True when every partial row must be finished in one place (an aggregate of
+        all the rows: ``finish`` of no partial rows is still its one row)."""
+        return False
+
+
 class Action(Operator):
     """A driver-side step the runtime carries out (save_model); data passes through."""
 

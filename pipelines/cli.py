@@ -110,6 +110,10 @@ def _engine_options(command: Any) -> Any:
         models_option,
         click.option("--runs", "runs_dir", metavar="DIR", default=None,
                      help="run records folder (default: $SLUICE_RUNS, else data/runs)"),
+        click.option("--scratch", metavar="DIR|URL", default=None,
+                     help="where aggregate steps leave partial rows during the run (every "
+                          "worker must see it; default: $SLUICE_SCRATCH, else the engine "
+                          "profile's scratch, else this machine's temporary folder)"),
         click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
                      help="Dask scheduler to attach to"),
         click.option("--master", metavar="URL", default=None, help="Spark master URL"),

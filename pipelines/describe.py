@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from operators.base import Estimator, Sink, Source
+from operators.base import Estimator, Shuffle, Sink, Source
 from operators.evaluate.drift import Drift
 from operators.evaluate.evaluate import Measuring
 from operators.evaluate.promote import Promote
@@ -86,6 +86,13 @@ def _notes(plan: Plan, step: Step) -> list[str]:
         notes.append(f"saves {', '.join(chain)} as '{op.params.name}' (the next version)"
                      + (f", aliases {', '.join(op.params.aliases)}" if op.params.aliases
                         else ""))
+    elif isinstance(op, Shuffle):
+        by = ", ".join(op.key_columns()) if getattr(op.params, "by", None) else "nothing (one row)"
+        parts = getattr(op.params, "partitions", None)
+        notes.append(f"shuffles: one row per {by}, from the rows of every partition "
+                     "(partial rows through the scratch folder), into "
+                     + (f"{parts} partitions" if parts else
+                        "as many partitions as its input has (at most 200)"))
     if isinstance(op, Measuring):
         notes.append("measures the rows in one pass (the figures go to the run record); "
                      "rows pass on")

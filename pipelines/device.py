@@ -46,6 +46,10 @@ class DeviceProfile(BaseModel):
         None, description="compute dtype of numeric kernels (the pipeline and --dtype win)")
     gpu_timeout: float = Field(
         60, gt=0, description="seconds to wait for a worker with a GPU before failing")
+    scratch: str | None = Field(
+        None, description="folder (or URL) where shuffle steps (aggregate) leave partial "
+                          "rows during a run; every worker must see it (--scratch and "
+                          "$SLUICE_SCRATCH win; default: this machine's temporary folder)")
 
 
 def gpu_problem() -> str | None:

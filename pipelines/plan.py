@@ -15,6 +15,7 @@ from operators.base import (
     MissingColumnError,
     Operator,
     SchemaError,
+    Shuffle,
     Sink,
     SluiceError,
     Source,
@@ -68,11 +69,15 @@ class Plan:
     def consumers(self, step_id: str) -> list[Step]:
         return [s for s in self.steps if s.input == step_id]
 
-    def chain_to(self, step_id: str) -> list[Step]:
-        """The steps from the source (exclusive) to ``step_id`` (inclusive), in order."""
+    def chain_to(self, step_id: str, through_shuffles: bool = False) -> list[Step]:
+        """The steps from the source (exclusive) to ``step_id`` (inclusive), in order; a
+        shuffle step (aggregate: its rows are new rows) ends the walk as a source does,
+        unless ``through_shuffles``."""
         path: list[Step] = []
         current: Step | None = self.step(step_id)
         while current is not None and not isinstance(current.op, Source):
+            if isinstance(current.op, Shuffle) and path and not through_shuffles:
+                break
             path.append(current)
             current = self.step(current.input) if current.input else None
         return list(reversed(path))
@@ -207,7 +212,8 @@ def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str) -> Operat
         plan.problems.extend(_pydantic_problems(s, file, exc, cls))
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
     except SluiceError as exc:
-        plan.problems.append(Problem(file, s.line, str(exc), step=s.id, op=s.op))
+        plan.problems.append(Problem(file, s.line_of(_param_named(s.params, str(exc))),
+                                     str(exc), step=s.id, op=s.op))
         return None
     try:
         return cls(cls.Params(**{k: v for k, v in s.params.items() if k not in bad}))
@@ -376,23 +382,29 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
 
 def _param_for(step: Step, exc: SluiceError) -> str | None:
     """The parameter a schema problem is most likely about, for its line number."""
-    text = str(exc)
-    for key in step.spec.params:  # "contributions: ..." is about that parameter
+    found = _param_named(step.spec.params, str(exc))
+    if found is None and isinstance(step.op, Source) and "path" in step.spec.params:
+        return "path"
+    return found
+
+
+def _param_named(params: dict[str, Any], text: str) -> str | None:
+    """The parameter a message is about: the one it starts with ("contributions: ..."),
+    else the first whose value (or one of its names) it quotes."""
+    for key in params:
         if text.startswith(f"{key}: "):
             return key
-    for key in step.spec.params:
-        value = step.spec.params[key]
+    for key in params:
+        value = params[key]
         names = list(value) if isinstance(value, list | dict) else [value]
         if any(isinstance(n, str) and f"'{n}'" in text for n in names):
             return key
-    if isinstance(step.op, Source) and "path" in step.spec.params:
-        return "path"
     return None
 
 
 def kind_of(op: Operator) -> str:
     for cls, kind in ((Source, "source"), (Sink, "sink"), (Action, "action"),
-                      (Estimator, "estimator")):
+                      (Estimator, "estimator"), (Shuffle, "shuffle")):
         if isinstance(op, cls):
             return kind
     return "transform"

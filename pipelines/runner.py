@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from operators.base import Action, Estimator, Sink, SluiceError, Source, Transform
+from operators.base import Action, Estimator, Shuffle, Sink, SluiceError, Source, Transform
 from operators.evaluate.drift import (
     profile_combine,
     profile_finish,
@@ -38,6 +38,13 @@ from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
 from pipelines.plan import Plan, Step, build, kind_of
+from pipelines.shuffle import (
+    ShuffledSource,
+    ShuffleWrite,
+    bucket_count,
+    default_scratch,
+    remove_scratch,
+)
 from pipelines.spec import Problem
 from pipelines.store import Model, ModelStore, binding, required_columns
 from pipelines.tuning import label_of
@@ -238,6 +245,9 @@ class Run:
     # a step's output as a multi-pass fit cached it: later passes over it (save_model's
     # profile) read the cache, not the source
     cached: dict[str, Dataset] = field(default_factory=dict)
+    # where shuffle steps (aggregate) leave their partial rows for the run: removed at
+    # its end (``pipelines/shuffle.py``)
+    scratch: str = ""
 
     def placement(self, step: Step) -> Placement:
         return self.placements.get(step.id, CPU)
@@ -292,6 +302,8 @@ class Run:
             schema = transform.output_schema(data.schema)
             self.datasets[step.id] = self.engine.map(data, step.id, transform, schema,
                                                      self.placement(step))
+        elif isinstance(op, Shuffle):
+            self.datasets[step.id] = self._shuffle(step, data)
         elif isinstance(op, Sink):
             output = self.engine.write(data, step.id, op, self.run_id)
             self.record["outputs"].append({"step": step.id, **output})
@@ -309,6 +321,21 @@ class Run:
             schema = op.output_schema(data.schema)
             self.datasets[step.id] = self.engine.map(data, step.id, op, schema,
                                                      self.placement(step))
+
+    def _shuffle(self, step: Step, data: Dataset) -> Dataset:
+        """A shuffle step: every partition's partial rows written to the scratch folder
+        by a hash of their keys, then read back as a source whose partitions combine
+        them (``pipelines/shuffle.py``)."""
+        op = step.op
+        assert isinstance(op, Shuffle)
+        buckets = bucket_count(op, len(self.engine.partitions(data)))
+        url = f"{self.scratch.rstrip('/')}/{step.id}"
+        written = self.engine.write(data, step.id, ShuffleWrite(op, url, buckets), self.run_id)
+        self.record["steps"][step.id]["shuffle"] = {
+            "partial_rows": written["partial_rows"],
+            "files": written["files"], "partitions": buckets}
+        source = ShuffledSource(op, url, data.schema, written)
+        return self.engine.read(source, step.id, source.schema())
 
     def _tune(self, step: Step, data: Dataset) -> tuple[Transform, dict[str, Any], Dataset]:
         """Fit every candidate of a tuned step on the same rows (the input is cached after
@@ -389,7 +416,7 @@ class Run:
     def _data_steps(self, save_id: str, chain: list[Step]) -> list[dict[str, Any]]:
         kept = {s.id for s in chain}
         out = []
-        for s in self.plan.chain_to(save_id):
+        for s in self.plan.chain_to(save_id, through_shuffles=True):
             if s.id in kept or isinstance(s.op, Sink | Action) or s.input is None:
                 continue
             before, after = self.plan.step(s.input).schema, s.schema
@@ -461,8 +488,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         models: str | None = None, runs_dir: str | None = None, scheduler: str | None = None,
         master: str | None = None, progress: bool = False, device: str | None = None,
         dtype: str | None = None, engine_instance: Engine | None = None,
-        notify: Callable[[str], None] | None = None, text: str | None = None
-        ) -> dict[str, Any]:
+        notify: Callable[[str], None] | None = None, text: str | None = None,
+        scratch: str | None = None) -> dict[str, Any]:
     """Validate, plan and execute a pipeline file (or ``text``, a pipeline ``path``
     names); returns the run record.
 
@@ -502,7 +529,9 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
                         if getattr(s.op, "model_info", None) and s.saved_by is None],
         "metrics": {},
     }
-    current = Run(plan, eng, store, run_id, record, placements=placed)
+    current = Run(plan, eng, store, run_id, record, placements=placed,
+                  scratch=f"{(scratch or default_scratch(eng.profile.scratch)).rstrip('/')}"
+                          f"/{run_id}")
     try:
         if engine_instance is None:
             eng.start()
@@ -527,6 +556,7 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     finally:
         if engine_instance is None:
             eng.close()
+        remove_scratch(current.scratch)
         for step_id, stats in eng.stats.items():
             if step_id in record["steps"]:
                 record["steps"][step_id]["rows"] = stats.rows

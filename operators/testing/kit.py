@@ -25,6 +25,7 @@ from operators.arrays import get_namespace, transfers
 from operators.base import (
     Estimator,
     Operator,
+    Shuffle,
     Sink,
     Source,
     Transform,
@@ -172,7 +173,10 @@ def _float_values(column: pa.Array) -> np.ndarray:
 
 
 def _apply(op: Operator, parts: list[pa.Table], xp: Any = NUMPY) -> tuple[Transform, pa.Table]:
-    """Fit if needed, then transform every partition and concatenate in order."""
+    """Fit if needed, then transform every partition and concatenate in order (a
+    shuffle: every partition's partial rows, finished together)."""
+    if isinstance(op, Shuffle):
+        return op, op.finish(pa.concat_tables([op.partial(p) for p in parts]))
     transform = fit(op, parts, xp) if isinstance(op, Estimator) else op
     out = [transform.transform(p, xp) for p in parts]
     return transform, pa.concat_tables(out)
@@ -383,6 +387,60 @@ def check_sink(c: Case) -> None:
     assert not left, f"an aborted write left {left}"
 
 
+def shuffled(op: Shuffle, parts: list[pa.Table], buckets: int, seed: int = 0) -> pa.Table:
+    """What a runtime makes of ``parts``: each partition's partial rows, sent to
+    ``buckets`` places by a hash of their keys in a scrambled order, finished at each
+    place; the places' rows one after the other."""
+    from operators.hashing import hash_rows
+
+    partials = pa.concat_tables([op.partial(p) for p in parts])
+    where = hash_rows(partials, op.key_columns(), 17) % np.uint64(buckets)
+    order = np.random.default_rng(seed).permutation(partials.num_rows)
+    out = []
+    for b in range(buckets):
+        rows = order[where[order] == b]
+        out.append(op.finish(partials.take(pa.array(rows, pa.int64()))))
+    return pa.concat_tables(out)
+
+
+def _by_keys(table: pa.Table, keys: list[str]) -> pa.Table:
+    return table.sort_by([(k, "ascending") for k in keys]) if keys else table
+
+
+def check_shuffle_schema(c: Case) -> None:
+    """A shuffle's declared schemas are what partial and finish make (no rows too)."""
+    op, data = c.build(), c.data()
+    assert isinstance(op, Shuffle)
+    partials = op.partial(data)
+    assert partials.schema == op.partial_schema(data.schema), (
+        f"partial_schema {op.partial_schema(data.schema)}\nbut partial made "
+        f"{partials.schema}")
+    for rows in (partials, partials.schema.empty_table()):
+        out = op.finish(rows)
+        declared = op.output_schema(data.schema)
+        assert out.schema == declared, f"declared {declared}\nbut finish made {out.schema}"
+    assert op.partial(data.schema.empty_table()).num_rows == 0, (
+        "an empty partition has partial rows")
+
+
+def check_shuffle_invariance(c: Case) -> None:
+    """The output is the same for 1, k and shuffled partitions (empty ones among them),
+    partial rows split among any number of places in any order; finished rows come in
+    key order."""
+    op, data = c.build(), c.data()
+    assert isinstance(op, Shuffle)
+    whole = op.finish(op.partial(data))
+    keys = [k for k in op.key_columns() if k in whole.column_names]
+    assert_tables_close(whole, _by_keys(whole, keys), 0, 0, "finished rows in key order")
+    empty = data.schema.empty_table()
+    for k, seed, buckets in ((3, None, 1), (7, 1, 3), (5, 2, 8)):
+        parts = [empty, *split(data, k, seed), empty]
+        buckets = 1 if op.one_place() else buckets
+        got = _by_keys(shuffled(op, parts, buckets, seed or 0), keys)
+        assert_tables_close(got, whole, c.rtol, c.atol,
+                            f"{k} partitions, {buckets} places")
+
+
 CHECKS: dict[str, Callable[[Case], None]] = {
     "declared_schema": check_declared_schema,
     "no_input_mutation": check_no_input_mutation,
@@ -395,6 +453,8 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "float32": check_float32,
     "source": check_source,
     "sink": check_sink,
+    "shuffle_schema": check_shuffle_schema,
+    "shuffle_invariance": check_shuffle_invariance,
 }
 
 
@@ -405,6 +465,8 @@ def applicable(c: Case) -> list[str]:
         return ["source"]
     if issubclass(cls, Sink):
         return ["sink"]
+    if issubclass(cls, Shuffle):
+        return ["shuffle_schema", "shuffle_invariance", "no_input_mutation"]
     if issubclass(cls, Estimator):
         return ["declared_schema", "no_input_mutation", "empty_partition",
                 "partition_invariance", "combine_laws", "state_roundtrip", "strict_namespace",

@@ -413,6 +413,10 @@ class Engine(ABC):
         self.close()
 
     # data
+    def partitions(self, data: Dataset) -> list[PartitionInfo]:
+        """The partitions of the dataset's source (engines remember them per run)."""
+        return data.source.partitions()
+
     def read(self, source: Source, step_id: str, schema: pa.Schema) -> Dataset:
         return Dataset(source=source, source_step=step_id, schema=schema)
 

@@ -184,3 +184,31 @@ _cases("expect", features_table,
                          "not_null": ["region", "flag"]}),
        ("drop", {"rules": {"positive": "x > 0", "known": "plan != 'trial'"},
                  "not_null": ["n"], "on_failure": "drop"}))
+
+
+def events_table(rows: int = 600, seed: int = 8) -> pa.Table:
+    """Event rows for aggregate: repeated keys (with nulls, a dictionary key), amounts
+    with nulls and NaN, times with ties, a text with nulls."""
+    rng = np.random.default_rng(seed)
+    base = features_table(rows, seed)
+    ts = rng.integers(0, 40, rows).astype("datetime64[s]")
+    return base.append_column("customer", pa.array(rng.integers(0, 35, rows), pa.int64(),
+                                                   mask=rng.random(rows) < 0.03)).append_column(
+        "ts", pa.array(ts, pa.timestamp("s"), mask=rng.random(rows) < 0.05))
+
+
+_ALL_FUNCTIONS = {
+    "rows": "count()", "known_x": "count(x)", "flagged": "count_if(flag and x > 0)",
+    "x_sum": "sum(x)", "n_sum": "sum(n * 2)", "x_mean": "mean(x)", "x_min": "min(x)",
+    "plan_max": "max(plan)", "x_std": "std(x)", "n_var": "var(n)",
+    "plans": "count_distinct(plan)", "any_flag": "any(flag)", "all_small": "all(small > -5)",
+    "last_plan": "max_by(plan, ts)", "first_n": "min_by(n, ts)", "latest": "max(ts)",
+}
+_cases("aggregate", events_table,
+       ("one-key", {"by": ["customer"], "columns": _ALL_FUNCTIONS}),
+       ("two-keys-dictionary", {"by": ["region", "plan"], "columns": {
+           "rows": "count(*)", "avg_big": "avg(big)", "sd": "stddev(f32)",
+           "top": "max_by(id, x)", "ids": "count_distinct(id % 7)"}}),
+       ("no-keys", {"by": [], "columns": {"rows": "count()", "x_sum": "sum(x)",
+                                          "x_var": "var(x)", "plans": "count_distinct(plan)",
+                                          "last": "max_by(plan, ts)"}}))

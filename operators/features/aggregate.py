@@ -1,0 +1,546 @@
+"""aggregate: one row per key from the rows of every partition (a group-by).
+
+Each partition is reduced to partial rows, one per key (``partial``); the runtime sends
+the partial rows of a key from every partition to one place by a hash of the key and
+``finish`` combines them (``operators.base.Shuffle``). Every aggregation is made of
+partials that combine in any order, so the output does not depend on how the rows
+were partitioned or which engine ran them (sums of floats up to rounding):
+
+- counts and sums add up; a mean is a sum and a count;
+- a variance is each partial's count, mean and sum of squared deviations, combined as
+  Chan et al. do (no sum of squares minus a square: no cancellation);
+- a distinct count keeps each partition's distinct values of the key (memory grows with
+  them: exact, as SQL's ``count(distinct x)``);
+- ``max_by(v, o)`` keeps each partition's row of the largest ``o`` (ties: the largest
+  ``v``), as Spark's ``max_by`` but deterministic.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from pydantic import Field, field_validator, model_validator
+
+from operators.base import (
+    DataError,
+    ParamError,
+    Params,
+    SchemaError,
+    Shuffle,
+    register,
+    require_columns,
+    suggest,
+)
+from operators.expressions import (
+    ExpressionError,
+    expression_type,
+    parse_expression,
+    referenced_columns,
+)
+from operators.features.columns import arrow_message, unique_names
+
+# function: (fewest arguments, most arguments, what it gives)
+FUNCTIONS: dict[str, tuple[int, int, str]] = {
+    "count": (0, 1, "the rows (`count()`), or the values of an expression that are not null"),
+    "count_if": (1, 1, "the rows where a condition is true"),
+    "sum": (1, 1, "the sum of the values (null when all are null)"),
+    "mean": (1, 1, "the mean of the values that are not null (float64)"),
+    "min": (1, 1, "the smallest value (numbers, text, dates, times, booleans)"),
+    "max": (1, 1, "the largest value"),
+    "std": (1, 1, "the sample standard deviation (n - 1; null below 2 values)"),
+    "var": (1, 1, "the sample variance (n - 1; null below 2 values)"),
+    "count_distinct": (1, 1, "the number of distinct values that are not null (exact)"),
+    "any": (1, 1, "whether a condition is true for some row"),
+    "all": (1, 1, "whether a condition is true for every row (nulls skipped)"),
+    "max_by": (2, 2, "`max_by(value, order)`: the value on the row of the largest order "
+                     "(ties: the largest value)"),
+    "min_by": (2, 2, "`min_by(value, order)`: the value on the row of the smallest order "
+                     "(ties: the smallest value)"),
+}
+ALIASES = {"avg": "mean", "stddev": "std", "variance": "var", "bool_or": "any",
+           "bool_and": "all", "arg_max": "max_by", "arg_min": "min_by"}
+
+_CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.S)
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+_GROUP_ROWS = "__row"  # internal column names start with two underscores
+_PER_KEY_NULLS = int(pa.__version__.split(".")[0]) >= 25
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """One output column: ``name = fn(args...)``; ``args`` are expression texts."""
+
+    name: str
+    fn: str
+    args: tuple[str, ...]
+
+    def arg(self, j: int) -> str:
+        """The internal column of argument ``j`` (its value on each input row)."""
+        return f"__a_{self.name}_{j}"
+
+    def field(self, what: str) -> str:
+        """The internal column of a partial value."""
+        return f"__p_{self.name}_{what}"
+
+
+def _split_args(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses and quotes."""
+    out, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"`":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return [a.strip() for a in out]
+
+
+def parse_aggregation(name: str, text: Any) -> Aggregation:
+    """``text`` (``sum(amount)``) as an Aggregation; ParamError says what is wrong."""
+    where = f"aggregate column '{name}'"
+    if not isinstance(text, str):
+        raise ParamError(f"{where}: expected an aggregation such as 'sum(amount)', "
+                         f"got {text!r}")
+    match = _CALL.match(text)
+    if match is None:
+        raise ParamError(f"{where}: '{text}' is not an aggregation",
+                         hint="write function(expression), e.g. sum(amount), count(), "
+                              f"max_by(plan, event_time); functions: {', '.join(FUNCTIONS)}")
+    given, inner = match.group(1), match.group(2)
+    fn = ALIASES.get(given.lower(), given.lower())
+    if fn not in FUNCTIONS:
+        raise ParamError(f"{where}: unknown aggregation '{given}'"
+                         f"{suggest(given.lower(), [*FUNCTIONS, *ALIASES])}",
+                         hint=f"functions: {', '.join(FUNCTIONS)}")
+    args = [] if not inner.strip() or (fn == "count" and inner.strip() == "*") else (
+        _split_args(inner))
+    low, high, _ = FUNCTIONS[fn]
+    if not low <= len(args) <= high:
+        wanted = str(low) if low == high else f"{low} or {high}"
+        raise ParamError(f"{where}: {fn} takes {wanted} argument{'s' if high != 1 else ''}, "
+                         f"got {len(args)}", hint=f"{fn}: {FUNCTIONS[fn][2]}")
+    for arg in args:
+        if not arg:
+            raise ParamError(f"{where}: an argument of {fn} is empty ('{text}')")
+        try:
+            parse_expression(arg)
+        except ExpressionError as exc:
+            raise ParamError(f"{where}: {exc}") from None
+    return Aggregation(name, fn, tuple(args))
+
+
+class AggregateParams(Params):
+    by: list[str] = Field(description="the key columns: one output row per distinct "
+                                      "combination of their values (null is a value); "
+                                      "`[]`: one row for all the rows")
+    columns: dict[str, str] = Field(
+        min_length=1, description="output column: aggregation of an expression over the "
+                                  "rows, e.g. `spend: sum(amount)`, `refunds: "
+                                  "count_if(kind == 'refund')`, `n: count()`; "
+                                  f"functions: {', '.join(FUNCTIONS)}")
+    partitions: int | None = Field(None, ge=1, le=10_000,
+                                   description="output partitions (rows go by a hash of "
+                                               "their keys); default: as many as the input "
+                                               "has, at most 200")
+
+    @field_validator("by")
+    @classmethod
+    def _distinct_keys(cls, value: list[str]) -> list[str]:
+        unique_names(value, "by")
+        return value
+
+    @model_validator(mode="after")
+    def _one_row(self) -> AggregateParams:
+        if not self.by and self.partitions not in (None, 1):
+            raise ParamError("partitions: with no `by` keys the output is one row (one "
+                             "partition)", hint="leave partitions out, or give `by` keys")
+        return self
+
+    @field_validator("columns")
+    @classmethod
+    def _parses(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, text in value.items():
+            parse_aggregation(name, text)
+        return value
+
+
+def _nested(t: pa.DataType) -> bool:
+    return pa.types.is_nested(t) or pa.types.is_dictionary(t) and _nested(t.value_type)
+
+
+def _ordered(t: pa.DataType) -> bool:
+    """Values that compare (min, max, sort): numbers, text, bytes, time, booleans."""
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+            or pa.types.is_temporal(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t) or pa.types.is_null(t))
+
+
+def _plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array, dictionaries decoded (keys and values compare as values)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column
+
+
+def _sum_options(min_count: int) -> pc.ScalarAggregateOptions:
+    return pc.ScalarAggregateOptions(skip_nulls=True, min_count=min_count)
+
+
+class _Grouper:
+    """Hash aggregations of a table's columns by keys, with each row's group number:
+    ``add`` what to compute, ``run`` it once (one pass of Arrow's hash group-by)."""
+
+    def __init__(self, table: pa.Table, keys: list[str]):
+        self.table, self.keys = table, keys
+        self.wanted: dict[tuple[str, str, str], tuple[str, Any]] = {}
+        self.numbered = False  # True: ``run`` also gives each row's group number
+
+    def add(self, column: str, fn: str, options: Any = None) -> tuple[str, str, str]:
+        key = (column, fn, repr(options))
+        self.wanted.setdefault(key, (column, options))
+        return key
+
+    def run(self) -> tuple[pa.Table, dict[tuple[str, str, str], pa.Array], np.ndarray | None]:
+        """The groups' keys (first appearance order), the aggregations by their ``add``
+        key, and each row's group number if ``numbered`` (else None)."""
+        n = self.table.num_rows
+        table, specs = self.table, []
+        if self.numbered:  # the rows of each group, as a list (one more hash aggregate)
+            table = table.append_column(_GROUP_ROWS, pa.array(np.arange(n, dtype=np.int64)))
+            specs.append((_GROUP_ROWS, "list", None))
+        specs += [(col, fn, opts) for (col, fn, _), (_, opts) in self.wanted.items()]
+        if not specs:
+            specs.append(("", "count_all", None))
+        out = table.group_by(self.keys, use_threads=False).aggregate(
+            [(c if c else [], f, o) if o is not None else (c if c else [], f)
+             for c, f, o in specs])
+        gid = None
+        if self.numbered:
+            rows = out.column(f"{_GROUP_ROWS}_list").combine_chunks()
+            gid = np.empty(n, dtype=np.int64)
+            gid[pc.list_flatten(rows).to_numpy(zero_copy_only=False)] = (
+                pc.list_parent_indices(rows).to_numpy(zero_copy_only=False))
+        results = {key: out.column("count_all" if not col else f"{col}_{fn}").combine_chunks()
+                   for key in self.wanted for col, fn in [(key[0], key[1])]}
+        return out.select(self.keys), results, gid
+
+
+def _sorted(table: pa.Table, keys: list[tuple[str, str]], nulls: str) -> np.ndarray:
+    """The row order that sorts ``table`` by ``keys`` (name, order), nulls ``nulls``
+    (at_start / at_end) for every key."""
+    if _PER_KEY_NULLS:
+        index = pc.sort_indices(table, sort_keys=[(k, o, nulls) for k, o in keys])
+    else:  # pyarrow before 25: one placement for all keys
+        index = pc.sort_indices(table, sort_keys=keys, null_placement=nulls)
+    return index.to_numpy(zero_copy_only=False)
+
+
+def _per_group(gid: np.ndarray, groups: int, values: pa.Array, fn: str) -> pa.Array:
+    """``fn`` (min, max) of ``values`` for each group 0..groups-1 (null where a group
+    has no value), in one hash aggregate."""
+    out = pa.table({"g": gid, "v": values}).group_by("g", use_threads=False).aggregate(
+        [("v", fn, _sum_options(1))])
+    at = np.full(groups, -1, dtype=np.int64)
+    at[out.column("g").to_numpy()] = np.arange(out.num_rows)
+    found = out.column(f"v_{fn}").combine_chunks()
+    return found.take(pa.array(at, mask=at < 0))
+
+
+def _extreme_in_group(gid: np.ndarray, groups: int, order: pa.Array, value: pa.Array,
+                      smallest: bool) -> tuple[pa.Array, pa.Array]:
+    """Per group, the largest order (``smallest``: the smallest) and the largest
+    (smallest) value of the rows that have it; null where no row has an order. Two hash
+    aggregates and a comparison, no sort."""
+    fn = "min" if smallest else "max"
+    order, value = _plain(order), _plain(value)
+    best = _per_group(gid, groups, order, fn)
+    at_best = pc.fill_null(pc.equal(order, best.take(pa.array(gid))), False)
+    chosen = _per_group(gid[at_best.to_numpy(zero_copy_only=False)], groups,
+                        value.filter(at_best), fn)
+    return best, chosen
+
+
+@register("aggregate")
+class Aggregate(Shuffle):
+    """One row per key (`by`) from the rows of every partition: counts, sums, means,
+    extremes, deviations, distinct counts and the value at the latest time, per customer,
+    day or any key; a group-by, on every engine.
+
+    ```yaml
+    - op: aggregate
+      by: [customer_id]
+      columns:
+        events: count()
+        spend: sum(amount)
+        refunds: count_if(kind == 'refund')
+        avg_amount: mean(amount)
+        last_plan: max_by(plan, event_time)
+        active_days: count_distinct(event_date)
+    ```
+
+    An aggregation's argument is an expression (as in `derive`): `sum(if(kind ==
+    'refund', amount, 0))`. The output has the `by` columns (dictionaries as their
+    values), then the `columns` in order, one row per distinct key (null is a key), in
+    key order within each output partition. Each partition is first reduced to a row per
+    key; those rows go to the output partitions by a hash of the key (a shuffle: through
+    files in the run's scratch folder, `--scratch`), where each key's rows are combined.
+    The result does not depend on the input's partitioning, order or engine.
+    """
+
+    Params = AggregateParams
+
+    @cached_property
+    def aggregations(self) -> list[Aggregation]:
+        return [parse_aggregation(n, t) for n, t in self.params.columns.items()]
+
+    def key_columns(self) -> list[str]:
+        return list(self.params.by) or ["__all"]
+
+    def one_place(self) -> bool:
+        return not self.params.by
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        used = list(self.params.by)
+        for agg in self.aggregations:
+            for arg in agg.args:
+                used += [c for c in referenced_columns(arg) if c not in used]
+        return used
+
+    # ------------------------------------------------------------------ planning
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        require_columns(schema, self.params.by, "key column")
+        for key in self.params.by:
+            if _nested(schema.field(key).type):
+                raise SchemaError(f"by: key column '{key}' is {schema.field(key).type}; "
+                                  "keys are plain values", hint=f"leave '{key}' out of by")
+        for agg in self.aggregations:
+            if agg.name in self.params.by:
+                raise SchemaError(f"columns: '{agg.name}' is also a key column",
+                                  hint="give the aggregation another name")
+            self._check_types(agg, schema)
+        empty = schema.empty_table()
+        return self.finish(self.partial(empty)).schema
+
+    def _check_types(self, agg: Aggregation, schema: pa.Schema) -> None:
+        types = []
+        for arg in agg.args:
+            try:
+                types.append(expression_type(arg, schema))
+            except ExpressionError as exc:
+                raise SchemaError(f"columns: '{agg.name}': {exc}") from None
+        what = f"columns: '{agg.name}' ({agg.fn}({', '.join(agg.args)}))"
+        if agg.fn in ("count_if", "any", "all"):
+            t = types[0]
+            if not (pa.types.is_boolean(t) or pa.types.is_null(t)):
+                raise SchemaError(f"{what}: needs a true/false condition, got {t}",
+                                  hint=f"compare it, e.g. {agg.fn}({agg.args[0]} > 0)")
+        elif agg.fn in ("sum", "mean", "std", "var"):
+            t = types[0].value_type if pa.types.is_dictionary(types[0]) else types[0]
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t)
+                    or pa.types.is_decimal(t) or pa.types.is_null(t)):
+                hint = (f"count_if({agg.args[0]}) counts the true rows"
+                        if pa.types.is_boolean(t) else f"cast it, e.g. {agg.fn}(cast("
+                        f"{agg.args[0]} as float64))")
+                raise SchemaError(f"{what}: needs numbers, got {t}", hint=hint)
+        elif agg.fn in ("min", "max", "max_by", "min_by"):
+            for arg, t in zip(agg.args, types):
+                if not _ordered(t):
+                    raise SchemaError(f"{what}: '{arg}' is {t}, which has no order",
+                                      hint="numbers, text, dates, times and booleans order")
+        elif agg.fn == "count_distinct" and _nested(types[0]):
+            raise SchemaError(f"{what}: '{agg.args[0]}' is {types[0]}; distinct values "
+                              "are plain values")
+
+    # ------------------------------------------------------------------ partial
+
+    def _project(self, part: pa.Table) -> pa.Table:
+        """The key columns and every aggregation's arguments, dictionaries decoded."""
+        columns: dict[str, Any] = {k: pc.field(k) for k in self.params.by}
+        for agg in self.aggregations:
+            for j, arg in enumerate(agg.args):
+                columns[agg.arg(j)] = parse_expression(arg)
+        try:
+            out = ds.dataset(part).to_table(columns=columns) if columns else None
+        except _ARROW_ERRORS as exc:
+            raise DataError(f"aggregate column {self._failing(part)}: {arrow_message(exc)}",
+                            hint="guard the expression, e.g. with if(...) or coalesce(...)"
+                            ) from None
+        arrays = {} if out is None else {n: _plain(out.column(n)) for n in out.column_names}
+        if not self.params.by:
+            arrays["__all"] = pa.array(np.zeros(part.num_rows, dtype=np.int8))
+        return pa.table(arrays) if arrays else pa.table({"__all": pa.array([], pa.int8())})
+
+    def _failing(self, part: pa.Table) -> str:
+        """The first aggregation whose arguments fail on ``part``, as the file says it."""
+        for agg in self.aggregations:
+            try:
+                ds.dataset(part).to_table(columns={
+                    agg.arg(j): parse_expression(a) for j, a in enumerate(agg.args)})
+            except _ARROW_ERRORS:
+                return f"'{agg.name}' ({self.params.columns[agg.name]})"
+        return f"'{self.aggregations[0].name}'"
+
+    def partial(self, part: pa.Table) -> pa.Table:
+        table = self._project(part)
+        keys = self.key_columns()
+        g = _Grouper(table, keys)
+        wanted: dict[str, Any] = {}
+        for agg in self.aggregations:
+            a = agg.arg(0) if agg.args else None
+            if agg.fn == "count" and a is None:
+                wanted[agg.field("n")] = g.add("", "count_all")
+            elif agg.fn == "count":
+                wanted[agg.field("n")] = g.add(a, "count", pc.CountOptions("only_valid"))
+            elif agg.fn == "count_if":
+                table = table.set_column(table.schema.get_field_index(a), a, pc.cast(
+                    pc.fill_null(table.column(a), False), pa.int64()))
+                wanted[agg.field("n")] = g.add(a, "sum", _sum_options(0))
+            elif agg.fn == "sum":
+                if pa.types.is_floating(table.schema.field(a).type):
+                    table = table.set_column(table.schema.get_field_index(a), a,
+                                             pc.cast(table.column(a), pa.float64()))
+                wanted[agg.field("sum")] = g.add(a, "sum", _sum_options(1))
+            elif agg.fn in ("mean", "std", "var"):
+                table = table.set_column(table.schema.get_field_index(a), a,
+                                         pc.cast(table.column(a), pa.float64()))
+                wanted[agg.field("n")] = g.add(a, "count", pc.CountOptions("only_valid"))
+                if agg.fn == "mean":
+                    wanted[agg.field("sum")] = g.add(a, "sum", _sum_options(1))
+                else:
+                    wanted[agg.field("mean")] = g.add(a, "mean", _sum_options(1))
+                    wanted[agg.field("var")] = g.add(a, "variance",
+                                                     pc.VarianceOptions(ddof=0, min_count=1))
+            elif agg.fn in ("min", "max", "any", "all"):
+                wanted[agg.field("value")] = g.add(a, agg.fn, _sum_options(1))
+            elif agg.fn == "count_distinct":
+                wanted[agg.field("values")] = g.add(a, "distinct",
+                                                    pc.CountOptions("only_valid"))
+        g.table = table
+        g.numbered = any(a.fn in ("max_by", "min_by") for a in self.aggregations)
+        groups, results, gid = g.run()
+        out = {k: groups.column(k) for k in keys}
+        for agg in self.aggregations:
+            if agg.fn in ("max_by", "min_by"):
+                o, v = _extreme_in_group(gid, groups.num_rows, table.column(agg.arg(1)),
+                                         table.column(agg.arg(0)), agg.fn == "min_by")
+                out[agg.field("order")], out[agg.field("value")] = o, v
+            elif agg.fn in ("std", "var"):
+                n = results[wanted[agg.field("n")]]
+                out[agg.field("n")] = n
+                out[agg.field("mean")] = results[wanted[agg.field("mean")]]
+                out[agg.field("m2")] = pc.multiply(results[wanted[agg.field("var")]],
+                                                   pc.cast(n, pa.float64()))
+            else:
+                for field in ("n", "sum", "value", "values"):
+                    if agg.field(field) in wanted:
+                        out[agg.field(field)] = results[wanted[agg.field(field)]]
+        return pa.table(out)
+
+    # ------------------------------------------------------------------ finish
+
+    def finish(self, partials: pa.Table) -> pa.Table:
+        keys = self.key_columns()
+        if not self.params.by and partials.num_rows == 0:
+            partials = self._no_rows(partials.schema)  # one row for all (no) rows
+        g = _Grouper(partials, keys)
+        wanted: dict[str, Any] = {}
+        for agg in self.aggregations:
+            for field in (agg.field("n"), agg.field("sum")):
+                if field in partials.column_names and agg.fn not in ("std", "var"):
+                    wanted[field] = g.add(field, "sum", _sum_options(
+                        1 if field.endswith("_sum") else 0))
+            if agg.fn in ("min", "max", "any", "all"):
+                wanted[agg.field("value")] = g.add(agg.field("value"), agg.fn,
+                                                   _sum_options(1))
+        g.numbered = any(a.fn in ("std", "var", "count_distinct", "max_by", "min_by")
+                         for a in self.aggregations)
+        groups, results, gid = g.run()
+        count = groups.num_rows
+        out: dict[str, Any] = {k: groups.column(k) for k in self.params.by}
+        for agg in self.aggregations:
+            out[agg.name] = self._finished(agg, partials, results, wanted, gid, count)
+        table = pa.table(out) if out else pa.table({})
+        if self.params.by and table.num_rows > 1:
+            table = table.take(_sorted(table, [(k, "ascending") for k in self.params.by],
+                                       "at_end"))
+        return table
+
+    def _no_rows(self, schema: pa.Schema) -> pa.Table:
+        """The partial row of no rows: counts 0, everything else null."""
+        return pa.table({f.name: pa.array([0], f.type) if f.name == "__all"
+                         or f.name.endswith("_n") else pa.nulls(1, f.type) for f in schema},
+                        schema=schema)
+
+    @staticmethod
+    def _finished(agg: Aggregation, partials: pa.Table, results: dict[Any, pa.Array],
+                  wanted: dict[str, Any], gid: np.ndarray, count: int) -> pa.Array:
+        if agg.fn in ("count", "count_if"):
+            return results[wanted[agg.field("n")]]
+        if agg.fn == "sum":
+            return results[wanted[agg.field("sum")]]
+        if agg.fn in ("min", "max", "any", "all"):
+            return results[wanted[agg.field("value")]]
+        if agg.fn == "mean":
+            n = pc.cast(results[wanted[agg.field("n")]], pa.float64())
+            return pc.if_else(pc.greater(n, 0),
+                              pc.divide(results[wanted[agg.field("sum")]], n),
+                              pa.nulls(count, pa.float64()))
+        if agg.fn in ("std", "var"):
+            return _combined_variance(partials, agg, gid, count, agg.fn == "std")
+        if agg.fn == "count_distinct":
+            return _distinct_count(partials.column(agg.field("values")), gid, count)
+        _, v = _extreme_in_group(gid, count, partials.column(agg.field("order")),
+                                 partials.column(agg.field("value")), agg.fn == "min_by")
+        return v
+
+
+def _combined_variance(partials: pa.Table, agg: Aggregation, gid: np.ndarray, count: int,
+                       sqrt: bool) -> pa.Array:
+    """The sample variance (or deviation) of each group from its partials' counts, means
+    and sums of squared deviations."""
+    n = _plain(partials.column(agg.field("n"))).to_numpy(zero_copy_only=False).astype(
+        np.float64)
+    mean = pc.fill_null(_plain(partials.column(agg.field("mean"))), 0.0).to_numpy(
+        zero_copy_only=False)
+    m2 = pc.fill_null(_plain(partials.column(agg.field("m2"))), 0.0).to_numpy(
+        zero_copy_only=False)
+    total = np.bincount(gid, weights=n, minlength=count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = np.bincount(gid, weights=n * mean, minlength=count) / total
+        spread = np.bincount(gid, weights=m2, minlength=count) + np.bincount(
+            gid, weights=n * (mean - centre[gid]) ** 2, minlength=count)
+        var = spread / (total - 1)
+    var = np.maximum(var, 0.0)
+    out = np.sqrt(var) if sqrt else var
+    return pa.array(out, pa.float64(), mask=total < 2)
+
+
+def _distinct_count(values: pa.ChunkedArray, gid: np.ndarray, count: int) -> pa.Array:
+    """How many distinct values the partials' lists of each group hold together."""
+    lists = _plain(values)
+    owner = gid[pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)]
+    pairs = pa.table({"g": owner, "v": _plain(pc.list_flatten(lists))})
+    out = pairs.group_by("g", use_threads=False).aggregate([("v", "count_distinct")])
+    counts = np.zeros(count, dtype=np.int64)
+    counts[out.column("g").to_numpy()] = out.column("v_count_distinct").to_numpy()
+    return pa.array(counts)

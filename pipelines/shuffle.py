@@ -1,0 +1,190 @@
+"""A shuffle step (``operators.base.Shuffle``, e.g. ``aggregate``) on any engine.
+
+Two stages, each an ordinary job of the engine:
+
+1. every partition of the step's input is reduced to partial rows (``op.partial``),
+   which are split by a hash of their keys into the output partitions ("buckets") and
+   written as Arrow IPC files, ``<scratch>/<step>/bucket=B/part-P.arrow``: a ``Sink``
+   (``ShuffleWrite``), written where the engine runs the partition;
+2. a ``Source`` (``ShuffledSource``) whose partition B reads bucket B's files and
+   combines them (``op.finish``): the steps after read it as they read Parquet.
+
+The scratch folder must be one every worker sees (on one machine, a temporary folder;
+on a cluster, a shared path or an object store: ``--scratch``). The run removes it at
+the end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from operators.base import PartitionInfo, Shuffle, Sink, SluiceError, Source, WriteResult
+from operators.hashing import hash_rows
+from operators.io.fs import resolve, store_errors, store_problem
+
+MAX_DEFAULT_BUCKETS = 200
+_SEED = 0x5EED  # the buckets' hash: the same on every engine and machine
+_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
+
+
+def default_scratch(profile: str | None = None) -> str:
+    """``$SLUICE_SCRATCH``, else the engine profile's ``scratch``, else a folder of this
+    machine's temporary directory."""
+    return (os.environ.get("SLUICE_SCRATCH") or profile
+            or os.path.join(tempfile.gettempdir(), "sluice-scratch"))
+
+
+def bucket_count(op: Shuffle, input_partitions: int) -> int:
+    if op.one_place():
+        return 1  # e.g. one row for all the rows
+    wanted = getattr(op.params, "partitions", None)
+    if wanted:
+        return int(wanted)
+    return max(1, min(MAX_DEFAULT_BUCKETS, input_partitions))
+
+
+def buckets_of(partials: pa.Table, keys: list[str], buckets: int) -> np.ndarray:
+    """The output partition of each partial row: a hash of its keys' values."""
+    if buckets == 1:
+        return np.zeros(partials.num_rows, dtype=np.int64)
+    return (hash_rows(partials, keys, _SEED) % np.uint64(buckets)).astype(np.int64)
+
+
+def _folder(url: str, bucket: int) -> str:
+    return f"{url.rstrip('/')}/bucket={bucket:05d}"
+
+
+def _problem(exc: BaseException, url: str, doing: str) -> SluiceError:
+    found = store_problem(exc, url)
+    if found is not None:
+        return found
+    return SluiceError(f"cannot {doing} the shuffle files at '{url}': {exc}",
+                       hint="give --scratch (or SLUICE_SCRATCH) a folder every worker can "
+                            "write and read, with room for the partial rows")
+
+
+class ShuffleWrite(Sink):
+    """Stage 1: a partition's partial rows, split into bucket files."""
+
+    name = "shuffle_write"
+
+    def __init__(self, op: Shuffle, url: str, buckets: int,
+                 storage_options: dict[str, Any] | None = None):
+        super().__init__()
+        self.op, self.url, self.buckets = op, url, buckets
+        self.storage_options = storage_options
+
+    def begin(self, run_id: str, schema: pa.Schema) -> dict[str, Any]:
+        return {"url": self.url}
+
+    def write(self, token: Any, part: pa.Table, index: int) -> WriteResult:
+        partials = self.op.partial(part)
+        result = ShuffleResult(rows=partials.num_rows)
+        if partials.num_rows == 0:
+            return result
+        where = buckets_of(partials, self.op.key_columns(), self.buckets)
+        order = np.argsort(where, kind="stable")
+        counts = np.bincount(where, minlength=self.buckets)
+        partials = partials.take(pa.array(order))
+        loc = resolve(self.url, self.storage_options)
+        start = 0
+        try:
+            for bucket in np.flatnonzero(counts):
+                piece = partials.slice(start, int(counts[bucket]))
+                start += int(counts[bucket])
+                folder = _folder(loc.path, int(bucket))
+                loc.filesystem.create_dir(folder, recursive=True)
+                path = f"{folder}/part-{index:06d}.arrow"
+                with loc.filesystem.open_output_stream(path) as sink, ipc.new_file(
+                        sink, piece.schema, options=_OPTIONS) as writer:
+                    writer.write_table(piece)
+                result.files.append(path)
+                result.buckets[int(bucket)] = int(counts[bucket])
+        except store_errors(OSError, pa.ArrowException) as exc:
+            raise _problem(exc, self.url, "write") from None
+        return result
+
+    def commit(self, token: Any, results: list[WriteResult]) -> dict[str, Any]:
+        rows, files = [0] * self.buckets, [0] * self.buckets
+        for result in results:
+            for bucket, n in getattr(result, "buckets", {}).items():
+                rows[bucket] += n
+                files[bucket] += 1
+        return {"partial_rows": sum(r.rows for r in results), "files": sum(files),
+                "bucket_rows": rows, "bucket_files": files}
+
+    def abort(self, token: Any) -> None:
+        remove_scratch(self.url, self.storage_options)
+
+
+class ShuffleResult(WriteResult):
+    """What one partition wrote: besides files and rows, the rows of each bucket."""
+
+    def __init__(self, rows: int = 0):
+        super().__init__(files=[], rows=rows)
+        self.buckets: dict[int, int] = {}
+
+
+class ShuffledSource(Source):
+    """Stage 2: output partition B is bucket B's partial rows, combined."""
+
+    name = "shuffled"
+
+    def __init__(self, op: Shuffle, url: str, input_schema: pa.Schema, written: dict[str, Any],
+                 storage_options: dict[str, Any] | None = None):
+        super().__init__()
+        self.op, self.url, self.input_schema = op, url, input_schema
+        self.rows, self.files = written["bucket_rows"], written["bucket_files"]
+        self.storage_options = storage_options
+        self._schema = op.output_schema(input_schema)
+        self._partial_schema = op.partial_schema(input_schema)
+
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    def partitions(self) -> list[PartitionInfo]:
+        return [PartitionInfo(index=b, path=_folder(self.url, b), rows=n)
+                for b, n in enumerate(self.rows)]
+
+    def read(self, partition: PartitionInfo) -> pa.Table:
+        b = partition.index
+        tables = []
+        if self.files[b]:
+            loc = resolve(self.url, self.storage_options)
+            folder = _folder(loc.path, b)
+            try:
+                listed = sorted(f.path for f in loc.filesystem.get_file_info(
+                    pa.fs.FileSelector(folder, allow_not_found=True))
+                    if f.path.endswith(".arrow"))
+                if len(listed) != self.files[b]:
+                    raise SluiceError(
+                        f"the shuffle files of partition {b} are not all here: "
+                        f"{len(listed)} of {self.files[b]} in '{folder}' (written by "
+                        "other tasks)", hint="--scratch (or SLUICE_SCRATCH) must be a "
+                        "folder every worker sees: a shared file system or an object "
+                        "store (s3://bucket/tmp), not a worker's own disk")
+                for path in listed:
+                    with loc.filesystem.open_input_file(path) as f:
+                        tables.append(ipc.open_file(f).read_all())
+            except store_errors(OSError, pa.ArrowException) as exc:
+                raise _problem(exc, self.url, "read") from None
+        partials = (pa.concat_tables(tables) if tables
+                    else self._partial_schema.empty_table())
+        return self.op.finish(partials)
+
+
+def remove_scratch(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Remove a scratch folder and what is in it (nothing if it is not there)."""
+    try:
+        loc = resolve(url, storage_options)
+        info = loc.filesystem.get_file_info(loc.path)
+        if info.type != pa.fs.FileType.NotFound:
+            loc.filesystem.delete_dir(loc.path)
+    except (*store_errors(OSError), pa.ArrowException, SluiceError):
+        pass  # best effort: a temporary folder

@@ -1,0 +1,182 @@
+"""aggregate: each function against pandas' group-by on rows with nulls, across any
+partitioning; variances without cancellation; deterministic max_by; clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from operators.base import DataError, MissingColumnError, ParamError, SchemaError
+from operators.features.aggregate import Aggregate
+from operators.testing.cases.features import events_table
+from operators.testing.kit import shuffled, split
+
+
+def aggregate(by: list[str], columns: dict[str, str], **params) -> Aggregate:
+    return Aggregate(by=by, columns=columns, **params)
+
+
+def run(op: Aggregate, table: pa.Table, parts: int = 5, places: int = 3) -> pd.DataFrame:
+    """The op over ``parts`` partitions finished in ``places`` places, as pandas indexed
+    by the keys."""
+    out = shuffled(op, split(table, parts, seed=4), 1 if op.one_place() else places)
+    frame = out.to_pandas()
+    return frame.set_index(op.params.by).sort_index() if op.params.by else frame
+
+
+def test_every_function_is_pandas_group_by_over_any_partitioning() -> None:
+    table = events_table(rows=3000)
+    op = aggregate(["customer"], {
+        "rows": "count()", "known_x": "count(x)", "flagged": "count_if(flag and x > 0)",
+        "x_sum": "sum(x)", "n_sum": "sum(n)", "x_mean": "mean(x)", "x_min": "min(x)",
+        "plan_max": "max(plan)", "x_std": "std(x)", "n_var": "var(n)",
+        "plans": "count_distinct(plan)", "any_flag": "any(flag)", "latest": "max(ts)"})
+    got = run(op, table)
+    df = table.to_pandas()
+    g = df.groupby("customer", dropna=False)
+    assert len(got) == df["customer"].nunique(dropna=False) == 36  # 35 ids and null
+    want = pd.DataFrame({
+        "rows": g.size(), "known_x": g["x"].count(),
+        "flagged": g.apply(lambda d: int((d["flag"] & (d["x"] > 0)).sum())),
+        "x_sum": g["x"].sum(min_count=1), "n_sum": g["n"].sum(min_count=1),
+        "x_mean": g["x"].mean(), "x_min": g["x"].min(), "plan_max": g["plan"].max(),
+        "x_std": g["x"].std(), "n_var": g["n"].var(), "plans": g["plan"].nunique(),
+        "any_flag": g["flag"].any(), "latest": g["ts"].max()})
+    assert got.index.isna().sum() == 1  # null is a key of its own
+    got.index = got.index.fillna(-1)
+    want.index = want.index.fillna(-1)
+    got, want = got.sort_index(), want.sort_index()
+    for column in ("rows", "known_x", "flagged", "plans"):
+        np.testing.assert_array_equal(got[column], want[column], err_msg=column)
+        assert got[column].dtype == np.int64
+    for column in ("x_sum", "n_sum", "x_mean", "x_min", "x_std", "n_var"):
+        np.testing.assert_allclose(got[column].astype(float), want[column].astype(float),
+                                   rtol=1e-9, err_msg=column)
+    assert list(got["plan_max"].fillna("-")) == list(want["plan_max"].fillna("-"))
+    assert list(got["any_flag"]) == list(want["any_flag"])
+    assert list(got["latest"]) == list(want["latest"])
+
+
+def test_keys_of_several_columns_dictionaries_as_their_values() -> None:
+    table = events_table(rows=1500)
+    op = aggregate(["region", "plan"], {"rows": "count()", "big": "mean(big)"})
+    out = shuffled(op, split(table, 4), 2)
+    assert out.schema.field("region").type == pa.string()  # a dictionary in the input
+    df = table.to_pandas()
+    df["region"] = df["region"].astype(str)
+    want = df.groupby(["region", "plan"], dropna=False).agg(
+        rows=("id", "size"), big=("big", "mean")).reset_index()
+    got = out.to_pandas()
+    key = ["region", "plan"]
+    got, want = (f.fillna({"plan": "~"}).sort_values(key).reset_index(drop=True)
+                 for f in (got, want))
+    np.testing.assert_array_equal(got["rows"], want["rows"])
+    np.testing.assert_allclose(got["big"], want["big"], rtol=1e-12)
+    assert list(got["plan"]) == list(want["plan"])
+
+
+def test_a_variance_of_large_values_across_partitions_loses_no_digits() -> None:
+    """Values near 1e9 that differ by units: a sum of squares minus a square loses all
+    the digits of the variance (~1e18 * 1e-16 against 1); the partials' means and
+    squared deviations keep all but the partial means' own rounding (~1e-8 here)."""
+    rng = np.random.default_rng(1)
+    values = 1e9 + rng.standard_normal(4000)
+    table = pa.table({"k": np.repeat([1, 2], 2000), "v": values})
+    got = run(aggregate(["k"], {"var": "var(v)", "sd": "std(v)"}), table, parts=9)
+    for k, rows in ((1, values[:2000]), (2, values[2000:])):
+        assert got.loc[k, "var"] == pytest.approx(np.var(rows, ddof=1), rel=1e-7)
+        assert got.loc[k, "sd"] == pytest.approx(np.std(rows, ddof=1), rel=1e-7)
+
+
+def test_max_by_takes_the_latest_row_ties_by_value_whatever_the_order() -> None:
+    table = pa.table({
+        "k": [1, 1, 1, 1, 2, 2, 3],
+        "plan": ["basic", "pro", "gold", None, "x", None, "only"],
+        "ts": [5, 9, 9, 2, None, None, None],
+    })
+    op = aggregate(["k"], {"last": "max_by(plan, ts)", "first": "min_by(plan, ts)",
+                           "at": "max(ts)"})
+    for seed in range(6):  # every partition order, one row per partition
+        rows = table.take(np.random.default_rng(seed).permutation(7))
+        got = run(op, rows, parts=7, places=2)
+        # k=1: ts 9 twice: 'pro' > 'gold'; smallest ts 2 has a null plan
+        assert got.loc[1, "last"] == "pro" and pd.isna(got.loc[1, "first"])
+        # no order at all: nothing is the latest row
+        assert pd.isna(got.loc[2, "last"]) and pd.isna(got.loc[3, "last"])
+
+
+def test_an_empty_input_is_no_rows_or_one_row_for_all() -> None:
+    empty = events_table().schema.empty_table()
+    keyed = aggregate(["customer"], {"rows": "count()", "x": "sum(x)"})
+    assert keyed.finish(keyed.partial(empty)).num_rows == 0
+    overall = aggregate([], {"rows": "count()", "x": "sum(x)", "m": "mean(x)",
+                             "d": "count_distinct(plan)", "last": "max_by(plan, ts)"})
+    out = overall.finish(overall.partial(empty)).to_pylist()
+    assert out == [{"rows": 0, "x": None, "m": None, "d": 0, "last": None}]
+    table = events_table(rows=400)
+    whole = overall.finish(pa.concat_tables([overall.partial(p) for p in split(table, 4)]))
+    assert whole.num_rows == 1 and whole["rows"][0].as_py() == 400
+    assert whole["x"][0].as_py() == pytest.approx(pa.compute.sum(table["x"]).as_py())
+
+
+def test_an_aggregation_of_an_expression() -> None:
+    table = pa.table({"k": [1, 1, 2], "kind": ["refund", "buy", "refund"],
+                      "amount": [10.0, 5.0, 7.0]})
+    op = aggregate(["k"], {"refunded": "sum(if(kind == 'refund', amount, 0.0))",
+                           "ratio": "mean(cast(kind == 'refund' as float64))"})
+    assert op.finish(op.partial(table)).to_pylist() == [
+        {"k": 1, "refunded": 10.0, "ratio": 0.5}, {"k": 2, "refunded": 7.0, "ratio": 1.0}]
+    assert op.input_columns(table.schema) == ["k", "kind", "amount"]
+
+
+@pytest.mark.parametrize(("columns", "by", "message"), [
+    ({"s": "summ(x)"}, ["k"], "unknown aggregation 'summ'; did you mean 'sum'?"),
+    ({"s": "sum(x, y)"}, ["k"], "sum takes 1 argument, got 2"),
+    ({"s": "max_by(x)"}, ["k"], "max_by takes 2 arguments, got 1"),
+    ({"s": "sum x"}, ["k"], "'sum x' is not an aggregation"),
+    ({"s": "sum(x +)"}, ["k"], "aggregate column 's'"),
+    ({"s": "count()"}, ["k", "k"], "by"),
+])
+def test_parameter_mistakes_are_named(columns: dict[str, str], by: list[str],
+                                      message: str) -> None:
+    with pytest.raises(ParamError) as caught:
+        aggregate(by, columns)
+    assert message in str(caught.value)
+
+
+def test_partitions_need_keys() -> None:
+    with pytest.raises(ParamError, match="with no `by` keys the output is one row"):
+        aggregate([], {"n": "count()"}, partitions=4)
+
+
+@pytest.mark.parametrize(("by", "columns", "message"), [
+    (["k"], {"s": "sum(plan)"}, "'s' (sum(plan)): needs numbers, got string"),
+    (["k"], {"s": "sum(flag)"}, "count_if(flag) counts the true rows"),
+    (["k"], {"s": "count_if(x)"}, "needs a true/false condition, got double"),
+    (["k"], {"s": "min(tags)"}, "'tags' is list<item: string>, which has no order"),
+    (["k"], {"k": "count()"}, "'k' is also a key column"),
+    (["tags"], {"n": "count()"}, "keys are plain values"),
+    (["k"], {"s": "sum(amonut)"}, "amount"),
+])
+def test_schema_mistakes_are_named(by: list[str], columns: dict[str, str],
+                                   message: str) -> None:
+    schema = pa.schema({"k": pa.int64(), "x": pa.float64(), "plan": pa.string(),
+                        "flag": pa.bool_(), "tags": pa.list_(pa.string()),
+                        "amount": pa.float64()})
+    with pytest.raises(SchemaError) as caught:
+        aggregate(by, columns).output_schema(schema)
+    assert message in str(caught.value)
+
+
+def test_a_missing_key_is_named_with_the_closest() -> None:
+    with pytest.raises(MissingColumnError, match="customr.*customer"):
+        aggregate(["customr"], {"n": "count()"}).output_schema(
+            pa.schema({"customer": pa.int64()}))
+
+
+def test_a_value_that_fails_names_the_aggregate() -> None:
+    op = aggregate(["k"], {"n": "sum(cast(plan as int64))"})
+    with pytest.raises(DataError, match="aggregate column 'n' .*: .*basic"):
+        op.partial(pa.table({"k": [1], "plan": ["basic"]}))

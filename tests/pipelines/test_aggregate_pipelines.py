@@ -1,0 +1,310 @@
+"""aggregate in pipelines: pandas' group-by on every engine, the same rows whatever the
+partitioning, features for a model that a scoring pipeline repeats, errors that name the
+step and the partition, and a scratch folder that does not outlive the run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from conftest import SLUICE, write_pipeline
+
+from operators.base import SluiceError
+from operators.features.aggregate import Aggregate
+from pipelines.engines.base import Engine
+from pipelines.runner import ValidationFailed, run
+from pipelines.shuffle import ShuffledSource, ShuffleWrite
+from pipelines.store import ModelStore
+
+CUSTOMERS = 600
+
+
+@pytest.fixture
+def events(workdir: Path) -> Path:
+    """24,000 events of 600 customers (and some of no customer) in 4 files; a label
+    table with each customer's churn, which depends on their events."""
+    rng = np.random.default_rng(5)
+    rows = 24_000
+    customer = rng.integers(0, CUSTOMERS, rows)
+    kind = rng.choice(["buy", "refund", "view"], rows, p=[0.5, 0.1, 0.4])
+    amount = np.round(rng.gamma(2.0, 20.0, rows) * (1 + customer % 3), 2)
+    table = pa.table({
+        "customer_id": pa.array(customer, pa.int64(), mask=rng.random(rows) < 0.01),
+        "kind": pa.array(kind).dictionary_encode(),
+        "amount": pa.array(amount, mask=rng.random(rows) < 0.05),
+        "plan": pa.array(rng.choice(["basic", "standard", "premium"], rows)),
+        "ts": pa.array(rng.integers(0, 10**6, rows).astype("datetime64[s]")),
+    })
+    folder = workdir / "data" / "events"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        pq.write_table(table.slice(i * rows // 4, rows // 4), folder / f"part-{i}.parquet",
+                       row_group_size=1500)
+    frame = table.to_pandas()
+    refunds = frame[frame["kind"] == "refund"].groupby("customer_id").size()
+    refunds = refunds.reindex(range(CUSTOMERS), fill_value=0)
+    churned = (rng.random(CUSTOMERS) < 1 / (1 + np.exp(-(refunds.to_numpy() - 4)))).astype(int)
+    pq.write_table(pa.table({"customer_id": np.arange(CUSTOMERS), "churned": churned}),
+                   workdir / "data" / "labels.parquet")
+    return folder
+
+
+FEATURES = """
+      - id: features
+        op: aggregate
+        by: [customer_id]{partitions}
+        columns:
+          events: count()
+          spend: sum(amount)
+          refunds: count_if(kind == 'refund')
+          avg_amount: mean(amount)
+          sd_amount: std(amount)
+          biggest: max(amount)
+          plans: count_distinct(plan)
+          last_plan: max_by(plan, ts)
+          first_seen: min(ts)
+"""
+
+AGGREGATE = """
+    pipeline: customer_features
+    steps:
+      - op: read_parquet
+        path: data/events
+        partition_mb: 0.02
+""" + FEATURES + """
+      - op: write_parquet
+        path: out/features
+"""
+
+
+def pandas_features(events: Path) -> pd.DataFrame:
+    frame = ds.dataset(events).to_table().to_pandas()
+    frame["kind"] = frame["kind"].astype(str)
+    g = frame.groupby("customer_id", dropna=False)
+
+    def last_plan(d: pd.DataFrame) -> str:
+        return d[d["ts"] == d["ts"].max()]["plan"].max()
+
+    return pd.DataFrame({
+        "events": g.size(), "spend": g["amount"].sum(min_count=1),
+        "refunds": g["kind"].apply(lambda s: int((s == "refund").sum())),
+        "avg_amount": g["amount"].mean(), "sd_amount": g["amount"].std(),
+        "biggest": g["amount"].max(), "plans": g["plan"].nunique(),
+        "last_plan": g.apply(last_plan), "first_seen": g["ts"].min()})
+
+
+def check_features(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    got = got.set_index("customer_id")
+    assert got.index.isna().sum() == 1  # the events of no customer are a row too
+    got.index, want.index = got.index.fillna(-1), want.index.fillna(-1)
+    got, want = got.sort_index(), want.sort_index()
+    assert list(got.index) == list(want.index)
+    for column in ("events", "refunds", "plans"):
+        np.testing.assert_array_equal(got[column], want[column], err_msg=column)
+    for column in ("spend", "avg_amount", "sd_amount", "biggest"):
+        np.testing.assert_allclose(got[column], want[column], rtol=1e-10, err_msg=column)
+    assert list(got["last_plan"]) == list(want["last_plan"])
+    assert list(got["first_seen"]) == list(want["first_seen"])
+
+
+def test_an_aggregate_is_pandas_group_by_on_every_engine(events: Path, workdir: Path,
+                                                         engine: Engine) -> None:
+    scratch = workdir / "scratch"
+    record = run(write_pipeline(workdir, AGGREGATE.format(partitions="")),
+                 engine_instance=engine, scratch=str(scratch))
+    out = workdir / "out" / "features"
+    check_features(ds.dataset(out).to_table().to_pandas(), pandas_features(events))
+    step = record["steps"]["features"]
+    assert step["rows"] == CUSTOMERS + 1 and step["kind"] == "shuffle"
+    assert record["steps"]["read_parquet"]["rows"] == 24_000
+    # a partition of the input per row group (16), each sending its partial rows (one
+    # per customer it has) to the output partition of their key
+    assert step["shuffle"]["partitions"] == 16
+    assert CUSTOMERS < step["shuffle"]["partial_rows"] <= 16 * (CUSTOMERS + 1)
+    # each output partition holds its keys in order, and a key is in one only
+    files = sorted(out.glob("*.parquet"))
+    assert len(files) == 16
+    seen: set[int] = set()
+    for file in files:
+        keys = pq.read_table(file)["customer_id"].to_pylist()
+        known = [k for k in keys if k is not None]
+        assert known == sorted(known) and not seen & set(keys)
+        seen |= set(keys)
+    assert not list(scratch.glob("*")), "the run left its shuffle files"
+
+
+def test_every_engine_and_partitioning_gives_the_same_rows(events: Path, workdir: Path,
+                                                           engine: Engine) -> None:
+    """The same output partitions give the same table, value for value, on every engine;
+    other output partitions the same rows in another order."""
+    path = write_pipeline(workdir, AGGREGATE.format(partitions="\n        partitions: 5"))
+    run(path, engine_instance=engine)
+    got = ds.dataset(workdir / "out" / "features").to_table()
+    text = path.read_text().replace("partition_mb: 0.02", "partition_mb: 64").replace(
+        "out/features", "out/whole").replace("partitions: 5", "partitions: 5")
+    run(write_pipeline(workdir, text, "whole.yaml"))  # 4 input partitions, local engine
+    whole = ds.dataset(workdir / "out" / "whole").to_table()
+    local = run(write_pipeline(workdir, path.read_text().replace("out/features", "out/local"),
+                               "local.yaml"))
+    assert local["steps"]["features"]["shuffle"]["partitions"] == 5
+    assert got.equals(ds.dataset(workdir / "out" / "local").to_table())
+    order = [("customer_id", "ascending")]
+    a, b = got.sort_by(order), whole.sort_by(order)
+    for name in got.column_names:
+        if pa.types.is_floating(got.schema.field(name).type):
+            np.testing.assert_allclose(a[name].to_numpy(zero_copy_only=False),
+                                       b[name].to_numpy(zero_copy_only=False), rtol=1e-12)
+        else:
+            assert a[name].equals(b[name]), name
+
+
+OVERALL = """
+    pipeline: totals
+    steps:
+      - op: read_parquet
+        path: data/events
+        partition_mb: 0.02
+      - op: filter
+        where: "kind == '{kind}'"
+      - op: aggregate
+        by: []
+        columns: {{events: count(), spend: sum(amount), buyers: count_distinct(customer_id)}}
+      - op: write_parquet
+        path: out/{kind}
+"""
+
+
+def test_no_keys_is_one_row_even_of_no_rows(events: Path, workdir: Path,
+                                            engine: Engine) -> None:
+    frame = ds.dataset(events).to_table().to_pandas()
+    for kind in ("refund", "nothing"):
+        record = run(write_pipeline(workdir, OVERALL.format(kind=kind), f"{kind}.yaml"),
+                     engine_instance=engine)
+        assert record["steps"]["aggregate"]["shuffle"]["partitions"] == 1
+        got = ds.dataset(workdir / "out" / kind).to_table().to_pylist()
+        rows = frame[frame["kind"] == kind]
+        assert len(got) == 1 and got[0]["events"] == len(rows)
+        assert got[0]["buyers"] == rows["customer_id"].nunique()
+        if kind == "nothing":
+            assert got[0]["spend"] is None
+        else:
+            assert got[0]["spend"] == pytest.approx(rows["amount"].sum(), rel=1e-12)
+
+
+TRAIN = """
+    pipeline: churn_from_events
+    steps:
+      - op: read_parquet
+        path: data/events
+        partition_mb: 0.02
+""" + FEATURES.format(partitions="") + """
+      - op: join
+        path: data/labels.parquet
+        on: [customer_id]
+        how: inner
+      - op: standard_scale
+        columns: [events, spend, refunds, avg_amount]
+      - op: logistic_regression
+        label: churned
+        features: [events, spend, refunds, avg_amount]
+      - op: save_model
+        name: churn_events
+"""
+
+SCORE = """
+    pipeline: score_events
+    steps:
+      - op: read_parquet
+        path: data/events
+{features}      - op: score
+        model: churn_events
+      - op: write_parquet
+        path: out/scores
+"""
+
+
+def test_features_from_an_aggregate_train_a_model_that_scoring_repeats(
+        events: Path, workdir: Path, engine: Engine) -> None:
+    record = run(write_pipeline(workdir, TRAIN), engine_instance=engine)
+    assert record["steps"]["join"]["rows"] == CUSTOMERS  # the null customer has no label
+    model = ModelStore().load("churn_events")
+    # the model starts after the aggregate (its rows are new rows) and the join
+    assert [s.name for s in model.chain.steps] == ["standard_scale.fitted",
+                                                   "logistic_regression.fitted"]
+    made = [d for d in model.meta["data_steps"] if d["step"] == "features"]
+    assert made and "refunds" in made[0]["added_columns"]
+    fitted = model.chain.steps[-1]
+    coef = dict(zip(fitted.features, fitted.coef[0]))
+    assert coef["refunds"] > 0.5  # the label follows the refunds
+    bare = write_pipeline(workdir, SCORE.format(features=""), "bare.yaml")
+    with pytest.raises(ValidationFailed) as info:
+        run(bare, engine_instance=engine)
+    (problem,) = info.value.problems
+    assert ("columns the model 'churn_events' needs: 'events', 'spend', 'refunds', "
+            "'avg_amount' not in the input (the model's training pipeline added 'events', "
+            "'spend', 'refunds', 'avg_amount' in step 'features' (aggregate), which a model "
+            "does not keep: repeat that step before this one)") in str(problem)
+    scored = run(write_pipeline(workdir, SCORE.format(features=FEATURES.format(
+        partitions="")), "score.yaml"), engine_instance=engine)
+    assert scored["steps"]["write_parquet"]["rows"] == CUSTOMERS + 1
+    scores = ds.dataset(workdir / "out" / "scores").to_table()
+    assert {"customer_id", "events", "probability", "prediction"} <= set(scores.column_names)
+
+
+def test_a_failing_partition_names_the_step_and_leaves_nothing(events: Path, workdir: Path,
+                                                               engine: Engine) -> None:
+    text = AGGREGATE.format(partitions="").replace("spend: sum(amount)",
+                                                    "spend: sum(cast(plan as int64))")
+    scratch = workdir / "scratch"
+    with pytest.raises(SluiceError) as info:
+        run(write_pipeline(workdir, text), engine_instance=engine, scratch=str(scratch))
+    message = str(info.value)
+    assert message.startswith(f"{workdir / 'pipeline.yaml'}:7: step 'features', partition ")
+    assert ("aggregate column 'spend' (sum(cast(plan as int64))): Failed to parse string: "
+            in message)
+    assert "guard the expression" in message
+    assert not (workdir / "out" / "features").exists()
+    assert not list(scratch.glob("*")), "the failed run left its shuffle files"
+
+
+def test_shuffle_files_a_worker_cannot_see_are_a_clear_error(tmp_path: Path) -> None:
+    op = Aggregate(by=["k"], columns={"n": "count()"})
+    table = pa.table({"k": np.arange(100), "v": np.ones(100)})
+    url = str(tmp_path / "scratch" / "features")
+    sink = ShuffleWrite(op, url, buckets=1)
+    token = sink.begin("run", table.schema)
+    results = [sink.write(token, table.slice(i * 50, 50), i) for i in range(2)]
+    written = sink.commit(token, results)
+    assert written["bucket_files"] == [2] and written["partial_rows"] == 100
+    source = ShuffledSource(op, url, table.schema, written)
+    (info,) = source.partitions()
+    assert source.read(info).num_rows == 100
+    Path(results[1].files[0]).unlink()  # written on a machine this one cannot see
+    with pytest.raises(SluiceError) as caught:
+        source.read(info)
+    assert "the shuffle files of partition 0 are not all here: 1 of 2" in str(caught.value)
+    assert "--scratch" in caught.value.hint
+
+
+def test_the_command_line_plans_and_runs_an_aggregate(events: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, AGGREGATE.format(partitions="\n        partitions: 3"))
+    plan = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
+                          text=True, check=True).stdout
+    assert "shuffles: one row per customer_id, from the rows of every partition" in plan
+    assert "into 3 partitions" in plan and "+ refunds int64" in plan
+    scratch = workdir / "elsewhere"
+    done = subprocess.run([SLUICE, "run", str(path), "--scratch", str(scratch)], cwd=workdir,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"features                 aggregate                       {CUSTOMERS + 1} rows" \
+        in done.stdout
+    assert scratch.is_dir() and not list(scratch.iterdir())
+    ops = subprocess.run([SLUICE, "ops", "aggregate"], cwd=workdir, capture_output=True,
+                         text=True, check=True).stdout
+    assert "max_by" in ops and "count_distinct" in ops
