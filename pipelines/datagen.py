@@ -1,4 +1,5 @@
-"""Synthetic data with a known signal, deterministic by seed: ``sluice datagen churn``."""
+"""Synthetic data with a known signal, deterministic by seed: ``sluice datagen churn``;
+``events``: what the churn data's customers did (their churn shows in it)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,42 @@ def _numeric_block(rng: np.random.Generator, rows: int, coef: np.ndarray) -> pa.
     return pa.table(cols)
 
 
-GENERATORS = {"churn": churn_table, "numeric": numeric_table}
+# the event kinds and their shares for customers who stay / churn (churn shows in refunds
+# and support calls: what an aggregate of the events can find)
+EVENT_KINDS = np.array(["view", "buy", "refund", "support"])
+EVENT_SHARES = {0: [0.52, 0.38, 0.04, 0.06], 1: [0.47, 0.28, 0.11, 0.14]}
+CHANNELS = np.array(["web", "app", "store"])
+EVENTS_CUSTOMERS = 5_000  # the customers of the committed churn sample: ids 0..4999
+EVENTS_END = np.datetime64("2026-11-28T00:00:00", "s")
+
+
+def events_table(rows: int, seed: int = 0, start: int = 0) -> pa.Table:
+    """Events (view, buy, refund, support) of the first 5,000 churn customers over the
+    90 days before 2026-11-28; customers who churn refund and call support more."""
+    churned = churn_table(EVENTS_CUSTOMERS, seed=seed).column("churned").to_numpy()
+
+    def block(rng: np.random.Generator, rows: int, start: int) -> pa.Table:
+        customer = rng.integers(0, EVENTS_CUSTOMERS, rows)
+        u = rng.random(rows)
+        kind = np.where(churned[customer] == 1,
+                        np.searchsorted(np.cumsum(EVENT_SHARES[1]), u, side="right"),
+                        np.searchsorted(np.cumsum(EVENT_SHARES[0]), u, side="right"))
+        kind = np.minimum(kind, len(EVENT_KINDS) - 1)
+        amount = np.round(rng.gamma(2.0, 25.0, rows), 2)
+        priced = (kind == 1) | (kind == 2)
+        ts = EVENTS_END - rng.integers(1, 90 * 86_400, rows).astype("timedelta64[s]")
+        return pa.table({
+            "customer_id": pa.array(customer.astype(np.int64)),
+            "kind": pa.array(EVENT_KINDS[kind]),
+            "amount": pa.array(amount, mask=~priced),
+            "channel": pa.array(CHANNELS[rng.integers(0, 3, rows)]),
+            "ts": pa.array(ts, pa.timestamp("s")),
+        })
+
+    return _blockwise(block, rows, seed, start)
+
+
+GENERATORS = {"churn": churn_table, "numeric": numeric_table, "events": events_table}
 
 
 def generate(kind: str, rows: int, out: str | Path, *, files: int = 1, seed: int = 0,

@@ -308,3 +308,59 @@ def test_the_command_line_plans_and_runs_an_aggregate(events: Path, workdir: Pat
     ops = subprocess.run([SLUICE, "ops", "aggregate"], cwd=workdir, capture_output=True,
                          text=True, check=True).stdout
     assert "max_by" in ops and "count_distinct" in ops
+
+
+ACTIVITY_SCORE = """
+    pipeline: score_activity
+    steps:
+      - op: read_parquet
+        path: data/events/ds=2026-11-28
+      - id: activity
+        op: aggregate
+        by: [customer_id]
+        columns:
+          events: count()
+          purchases: count_if(kind == 'buy')
+          spend: sum(if(kind == 'buy', amount, 0.0))
+          refunds: count_if(kind == 'refund')
+          refunded: sum(if(kind == 'refund', amount, 0.0))
+          support_calls: count_if(kind == 'support')
+          channels: count_distinct(channel)
+      - op: join
+        path: data/churn/ds=2026-11-28
+        on: [customer_id]
+        columns: [tenure, plan, monthly_charges]
+      - op: derive
+        columns:
+          refund_share: "refunds / greatest(purchases, 1)"
+          support_share: "support_calls / events"
+      - op: score
+        model: churn_activity
+      - op: write_parquet
+        path: out/activity_scores
+"""
+
+
+def test_the_activity_example_pipeline(workdir: Path) -> None:
+    """conf/pipelines/churn_activity_train.yaml on the committed samples: the events'
+    aggregate finds the churners' refunds and support calls (the generator's signal),
+    and a scoring pipeline that repeats it scores every customer."""
+    import shutil
+
+    from conftest import ROOT
+
+    from pipelines.datagen import EVENTS_CUSTOMERS, events_table
+
+    for folder in ("churn", "events"):
+        shutil.copytree(ROOT / "data" / folder, workdir / "data" / folder)
+    committed = ds.dataset(workdir / "data" / "events").to_table()
+    assert committed.equals(events_table(committed.num_rows).cast(committed.schema))
+    record = run(ROOT / "conf" / "pipelines" / "churn_activity_train.yaml")
+    assert record["steps"]["activity"]["rows"] == EVENTS_CUSTOMERS
+    metrics = record["metrics"]["model"]
+    assert metrics["validation"]["roc_auc"] > 0.8
+    importance = metrics["feature_importances"]
+    assert importance["support_share"] > importance["channels"]
+    assert importance["refund_share"] > importance["channels"]
+    scored = run(write_pipeline(workdir, ACTIVITY_SCORE))
+    assert scored["steps"]["write_parquet"]["rows"] == EVENTS_CUSTOMERS

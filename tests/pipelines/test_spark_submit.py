@@ -411,6 +411,60 @@ def test_spark_submit_trains_and_scores_on_bare_workers(cluster: Cluster, projec
     assert record["outputs"][0]["rows"] == scores.num_rows
 
 
+SUMMARY = """
+    pipeline: churn_summary
+    steps:
+      - op: read_parquet
+        path: {data}
+        partition_mb: 0.05
+      {extra}
+      - id: summary
+        op: aggregate
+        by: [region, plan]
+        columns:
+          customers: count()
+          churn_rate: mean(churned)
+          charges: sum(monthly_charges)
+          sd_tenure: std(tenure)
+          newest: max_by(customer_id, signup_date)
+      - op: write_parquet
+        path: {out}
+    """
+
+
+def test_spark_submit_aggregates_on_bare_workers_through_retries(
+        cluster: Cluster, project: Path, bare_python: Path) -> None:
+    """An aggregate's shuffle files are written by the executors of bare workers (the
+    archive carries the runtime) and read back by others; a write attempt that raised or
+    died is redone over its own files; the result is the local engine's."""
+    folder = project / "summary-run"
+    markers = folder / "markers"
+    markers.mkdir(parents=True)
+    summary = pipeline(folder, "summary.yaml", SUMMARY.format(
+        data=project / DATA, out=folder / "out", extra=step(f"""
+        - op: cluster_probe.Flaky
+          markers: {markers}
+          raise_on: 10
+          crash_on: 4000
+        """)))
+    scratch = folder / "scratch"
+    done = spark_submit(cluster, project, bare_python, "run", str(summary), "--runs",
+                        str(folder / "runs"), "--scratch", str(scratch))
+    assert done.returncode == 0, done.stdout + done.stderr[-5000:]
+    assert sorted(p.name for p in markers.iterdir()) == ["crashed", "raised"]
+    (record,) = records(folder / "runs", "churn_summary")
+    assert record["steps"]["summary"]["shuffle"]["partitions"] > 1
+    assert scratch.is_dir() and not list(scratch.iterdir())
+    local = pipeline(folder, "local.yaml", SUMMARY.format(
+        data=project / DATA, out=folder / "local", extra=""))
+    run(local, runs_dir=str(folder / "runs-local"))
+    got, want = (pq.read_table(folder / name) for name in ("out", "local"))
+    assert got.num_rows == want.num_rows > 10
+    order = [("region", "ascending"), ("plan", "ascending")]
+    assert_tables_close(got.sort_by(order), want.sort_by(order), rtol=1e-12, atol=1e-12,
+                        what="summary")
+
+
 def test_master_flag_ships_sluice_to_bare_workers(cluster: Cluster, project: Path,
                                                   bare_python: Path) -> None:
     log = project / "probe-master.log"
