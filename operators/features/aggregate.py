@@ -81,14 +81,6 @@ class Aggregation:
     fn: str
     args: tuple[str, ...]
 
-    def arg(self, j: int) -> str:
-        """The internal column of argument ``j`` (its value on each input row)."""
-        return f"__a_{self.name}_{j}"
-
-    def field(self, what: str) -> str:
-        """The internal column of a partial value."""
-        return f"__p_{self.name}_{what}"
-
 
 def _split_args(text: str) -> list[str]:
     """``text`` split at the commas outside parentheses and quotes."""
@@ -371,14 +363,20 @@ class Aggregate(Shuffle):
             raise SchemaError(f"{what}: '{agg.args[0]}' is {types[0]}; distinct values "
                               "are plain values")
 
+    # ------------------------------------------------------------------ layout
+
+    @cached_property
+    def _layout(self) -> _Layout:
+        return _Layout(self.aggregations)
+
     # ------------------------------------------------------------------ partial
 
     def _project(self, part: pa.Table) -> pa.Table:
-        """The key columns and every aggregation's arguments, dictionaries decoded."""
+        """The key columns and every distinct argument expression (``__x<i>``),
+        dictionaries decoded."""
         columns: dict[str, Any] = {k: pc.field(k) for k in self.params.by}
-        for agg in self.aggregations:
-            for j, arg in enumerate(agg.args):
-                columns[agg.arg(j)] = parse_expression(arg)
+        for text, name in self._layout.inputs.items():
+            columns[name] = parse_expression(text)
         try:
             out = ds.dataset(part).to_table(columns=columns) if columns else None
         except _ARROW_ERRORS as exc:
@@ -395,7 +393,7 @@ class Aggregate(Shuffle):
         for agg in self.aggregations:
             try:
                 ds.dataset(part).to_table(columns={
-                    agg.arg(j): parse_expression(a) for j, a in enumerate(agg.args)})
+                    f"a{j}": parse_expression(a) for j, a in enumerate(agg.args)})
             except _ARROW_ERRORS:
                 return f"'{agg.name}' ({self.params.columns[agg.name]})"
         return f"'{self.aggregations[0].name}'"
@@ -403,82 +401,53 @@ class Aggregate(Shuffle):
     def partial(self, part: pa.Table) -> pa.Table:
         table = self._project(part)
         keys = self.key_columns()
+        layout = self._layout
+        for name, (source, variant) in layout.variants.items():  # casts some kinds need
+            table = table.append_column(name, _variant(table.column(source), variant))
         g = _Grouper(table, keys)
-        wanted: dict[str, Any] = {}
-        for agg in self.aggregations:
-            a = agg.arg(0) if agg.args else None
-            if agg.fn == "count" and a is None:
-                wanted[agg.field("n")] = g.add("", "count_all")
-            elif agg.fn == "count":
-                wanted[agg.field("n")] = g.add(a, "count", pc.CountOptions("only_valid"))
-            elif agg.fn == "count_if":
-                table = table.set_column(table.schema.get_field_index(a), a, pc.cast(
-                    pc.fill_null(table.column(a), False), pa.int64()))
-                wanted[agg.field("n")] = g.add(a, "sum", _sum_options(0))
-            elif agg.fn == "sum":
-                if pa.types.is_floating(table.schema.field(a).type):
-                    table = table.set_column(table.schema.get_field_index(a), a,
-                                             pc.cast(table.column(a), pa.float64()))
-                wanted[agg.field("sum")] = g.add(a, "sum", _sum_options(1))
-            elif agg.fn in ("mean", "std", "var"):
-                table = table.set_column(table.schema.get_field_index(a), a,
-                                         pc.cast(table.column(a), pa.float64()))
-                wanted[agg.field("n")] = g.add(a, "count", pc.CountOptions("only_valid"))
-                if agg.fn == "mean":
-                    wanted[agg.field("sum")] = g.add(a, "sum", _sum_options(1))
-                else:
-                    wanted[agg.field("mean")] = g.add(a, "mean", _sum_options(1))
-                    wanted[agg.field("var")] = g.add(a, "variance",
-                                                     pc.VarianceOptions(ddof=0, min_count=1))
-            elif agg.fn in ("min", "max", "any", "all"):
-                wanted[agg.field("value")] = g.add(a, agg.fn, _sum_options(1))
-            elif agg.fn == "count_distinct":
-                wanted[agg.field("values")] = g.add(a, "distinct",
-                                                    pc.CountOptions("only_valid"))
-        g.table = table
-        g.numbered = any(a.fn in ("max_by", "min_by") for a in self.aggregations)
+        asked = {f.name: g.add(f.column, *_PARTIAL[f.kind]) for f in layout.fields
+                 if f.kind in _PARTIAL}
+        g.numbered = any(f.kind == "by_value" for f in layout.fields)
         groups, results, gid = g.run()
-        out = {k: groups.column(k) for k in keys}
-        for agg in self.aggregations:
-            if agg.fn in ("max_by", "min_by"):
-                o, v = _extreme_in_group(gid, groups.num_rows, table.column(agg.arg(1)),
-                                         table.column(agg.arg(0)), agg.fn == "min_by")
-                out[agg.field("order")], out[agg.field("value")] = o, v
-            elif agg.fn in ("std", "var"):
-                n = results[wanted[agg.field("n")]]
-                out[agg.field("n")] = n
-                out[agg.field("mean")] = results[wanted[agg.field("mean")]]
-                out[agg.field("m2")] = pc.multiply(results[wanted[agg.field("var")]],
-                                                   pc.cast(n, pa.float64()))
-            else:
-                for field in ("n", "sum", "value", "values"):
-                    if agg.field(field) in wanted:
-                        out[agg.field(field)] = results[wanted[agg.field(field)]]
+        out: dict[str, Any] = {k: groups.column(k) for k in keys}
+        for f in layout.fields:
+            if f.kind == "m2":  # sum of squared deviations: the variance times the count
+                var = results[asked[f.name]]
+                out[f.name] = pc.multiply(var, pc.cast(results[asked[f.count]], pa.float64()))
+            elif f.kind == "by_value":
+                order, value = f.column.split("|")
+                o, v = _extreme_in_group(gid, groups.num_rows, table.column(order),
+                                         table.column(value), f.smallest)
+                out[f.order], out[f.name] = o, v
+            elif f.kind != "by_order":
+                out[f.name] = results[asked[f.name]]
         return pa.table(out)
 
     # ------------------------------------------------------------------ finish
 
     def finish(self, partials: pa.Table) -> pa.Table:
         keys = self.key_columns()
+        layout = self._layout
         if not self.params.by and partials.num_rows == 0:
             partials = self._no_rows(partials.schema)  # one row for all (no) rows
         g = _Grouper(partials, keys)
-        wanted: dict[str, Any] = {}
-        for agg in self.aggregations:
-            for field in (agg.field("n"), agg.field("sum")):
-                if field in partials.column_names and agg.fn not in ("std", "var"):
-                    wanted[field] = g.add(field, "sum", _sum_options(
-                        1 if field.endswith("_sum") else 0))
-            if agg.fn in ("min", "max", "any", "all"):
-                wanted[agg.field("value")] = g.add(agg.field("value"), agg.fn,
-                                                   _sum_options(1))
-        g.numbered = any(a.fn in ("std", "var", "count_distinct", "max_by", "min_by")
-                         for a in self.aggregations)
+        asked = {f.name: g.add(f.name, *_FINISH[f.kind]) for f in layout.fields
+                 if f.kind in _FINISH}
+        g.numbered = any(f.kind in ("m2", "distinct", "by_value") for f in layout.fields)
         groups, results, gid = g.run()
         count = groups.num_rows
+        combined: dict[str, pa.Array] = {name: results[key] for name, key in asked.items()}
+        for f in layout.fields:
+            if f.kind == "distinct":
+                combined[f.name] = _distinct_count(partials.column(f.name), gid, count)
+            elif f.kind == "by_value":
+                _, combined[f.name] = _extreme_in_group(
+                    gid, count, partials.column(f.order), partials.column(f.name),
+                    f.smallest)
         out: dict[str, Any] = {k: groups.column(k) for k in self.params.by}
         for agg in self.aggregations:
-            out[agg.name] = self._finished(agg, partials, results, wanted, gid, count)
+            out[agg.name] = self._finished(agg, layout.roles[agg.name], partials, combined,
+                                           gid, count)
         table = pa.table(out) if out else pa.table({})
         if self.params.by and table.num_rows > 1:
             table = table.take(_sorted(table, [(k, "ascending") for k in self.params.by],
@@ -487,42 +456,134 @@ class Aggregate(Shuffle):
 
     def _no_rows(self, schema: pa.Schema) -> pa.Table:
         """The partial row of no rows: counts 0, everything else null."""
-        return pa.table({f.name: pa.array([0], f.type) if f.name == "__all"
-                         or f.name.endswith("_n") else pa.nulls(1, f.type) for f in schema},
-                        schema=schema)
+        counts = {f.name for f in self._layout.fields if f.kind in ("rows", "count", "sum0")}
+        return pa.table({f.name: pa.array([0], f.type) if f.name == "__all" or f.name in counts
+                         else pa.nulls(1, f.type) for f in schema}, schema=schema)
 
     @staticmethod
-    def _finished(agg: Aggregation, partials: pa.Table, results: dict[Any, pa.Array],
-                  wanted: dict[str, Any], gid: np.ndarray, count: int) -> pa.Array:
-        if agg.fn in ("count", "count_if"):
-            return results[wanted[agg.field("n")]]
-        if agg.fn == "sum":
-            return results[wanted[agg.field("sum")]]
-        if agg.fn in ("min", "max", "any", "all"):
-            return results[wanted[agg.field("value")]]
+    def _finished(agg: Aggregation, roles: dict[str, str], partials: pa.Table,
+                  combined: dict[str, pa.Array], gid: np.ndarray | None,
+                  count: int) -> pa.Array:
         if agg.fn == "mean":
-            n = pc.cast(results[wanted[agg.field("n")]], pa.float64())
-            return pc.if_else(pc.greater(n, 0),
-                              pc.divide(results[wanted[agg.field("sum")]], n),
+            n = pc.cast(combined[roles["n"]], pa.float64())
+            total = pc.cast(combined[roles["sum"]], pa.float64())
+            return pc.if_else(pc.greater(n, 0), pc.divide(total, n),
                               pa.nulls(count, pa.float64()))
         if agg.fn in ("std", "var"):
-            return _combined_variance(partials, agg, gid, count, agg.fn == "std")
-        if agg.fn == "count_distinct":
-            return _distinct_count(partials.column(agg.field("values")), gid, count)
-        _, v = _extreme_in_group(gid, count, partials.column(agg.field("order")),
-                                 partials.column(agg.field("value")), agg.fn == "min_by")
-        return v
+            assert gid is not None
+            return _combined_variance(partials, roles, gid, count, agg.fn == "std")
+        return combined[roles["value"]]
 
 
-def _combined_variance(partials: pa.Table, agg: Aggregation, gid: np.ndarray, count: int,
-                       sqrt: bool) -> pa.Array:
+@dataclass(frozen=True)
+class _Field:
+    """A partial column: ``name`` (``__p<i>``), what it holds of which projected
+    ``column`` (``kind``); a by_value field also names its order field."""
+
+    name: str
+    column: str
+    kind: str
+    count: str = ""  # m2: the field of the same column's count
+    order: str = ""  # by_value: the field of the order column's extreme
+    smallest: bool = False  # by_value: min_by
+
+
+# what a partial field's kind asks of Arrow's hash group-by on the rows, and of the
+# partial rows in finish (kinds missing from _FINISH are combined by the aggregation)
+_PARTIAL: dict[str, tuple[str, Any]] = {
+    "rows": ("count_all", None), "count": ("count", pc.CountOptions("only_valid")),
+    "sum0": ("sum", _sum_options(0)), "sum": ("sum", _sum_options(1)),
+    "mean": ("mean", _sum_options(1)), "m2": ("variance", pc.VarianceOptions(ddof=0,
+                                                                              min_count=1)),
+    "min": ("min", _sum_options(1)), "max": ("max", _sum_options(1)),
+    "any": ("any", _sum_options(1)), "all": ("all", _sum_options(1)),
+    "distinct": ("distinct", pc.CountOptions("only_valid")),
+}
+_FINISH: dict[str, tuple[str, Any]] = {
+    "rows": ("sum", _sum_options(0)), "count": ("sum", _sum_options(0)),
+    "sum0": ("sum", _sum_options(0)), "sum": ("sum", _sum_options(1)),
+    "min": ("min", _sum_options(1)), "max": ("max", _sum_options(1)),
+    "any": ("any", _sum_options(1)), "all": ("all", _sum_options(1)),
+}
+
+
+class _Layout:
+    """The partial columns of a set of aggregations, each computed once however many
+    aggregations use it (``mean(x)``, ``std(x)`` and ``count(x)`` share x's count): the
+    same names in ``partial`` and ``finish``, from the parameters alone.
+
+    ``inputs``: argument expression -> projected column (``__x<i>``); ``variants``:
+    a cast of a projected column some kinds need (float64 for deviations, 0/1 for
+    count_if, float64 for sums of floats) -> (column, variant); ``fields``:
+    the partial columns in order; ``roles``: per aggregation, role -> partial column.
+    """
+
+    def __init__(self, aggregations: list[Aggregation]):
+        self.inputs: dict[str, str] = {}
+        self.variants: dict[str, tuple[str, str]] = {}
+        self.fields: list[_Field] = []
+        self._by_key: dict[tuple[str, str, bool], _Field] = {}
+        self.roles: dict[str, dict[str, str]] = {}
+        for agg in aggregations:
+            cols = [self.inputs.setdefault(a, f"__x{len(self.inputs)}") for a in agg.args]
+            self.roles[agg.name] = self._roles(agg.fn, cols)
+
+    def _variant(self, column: str, variant: str) -> str:
+        name = f"{column}_{variant}"
+        self.variants.setdefault(name, (column, variant))
+        return name
+
+    def _field(self, column: str, kind: str, **extra: Any) -> str:
+        key = (column, kind, bool(extra.get("smallest")))
+        if key not in self._by_key:
+            self._by_key[key] = _Field(f"__p{len(self.fields)}", column, kind, **extra)
+            self.fields.append(self._by_key[key])
+        return self._by_key[key].name
+
+    def _roles(self, fn: str, cols: list[str]) -> dict[str, str]:
+        x = cols[0] if cols else ""
+        if fn == "count":
+            return {"value": self._field(x, "count") if cols else self._field("", "rows")}
+        if fn == "count_if":
+            return {"value": self._field(self._variant(x, "int"), "sum0")}
+        if fn == "sum":
+            return {"value": self._field(self._variant(x, "num"), "sum")}
+        if fn == "mean":
+            return {"n": self._field(x, "count"),
+                    "sum": self._field(self._variant(x, "num"), "sum")}
+        if fn in ("std", "var"):
+            f64 = self._variant(x, "f64")
+            n = self._field(x, "count")
+            return {"n": n, "mean": self._field(f64, "mean"),
+                    "m2": self._field(f64, "m2", count=n)}
+        if fn in ("min", "max", "any", "all"):
+            return {"value": self._field(x, fn)}
+        if fn == "count_distinct":
+            return {"value": self._field(x, "distinct")}
+        smallest = fn == "min_by"  # max_by / min_by (value, order)
+        order = self._field(f"{cols[1]}|{cols[0]}", "by_order", smallest=smallest)
+        return {"value": self._field(f"{cols[1]}|{cols[0]}", "by_value", order=order,
+                                     smallest=smallest)}
+
+
+def _variant(column: pa.ChunkedArray, variant: str) -> pa.ChunkedArray:
+    """A projected column as a kind needs it: float64 (f64), 0/1 with null as 0 (int),
+    float64 if floating else as is (num)."""
+    if variant == "int":
+        return pc.cast(pc.fill_null(column, False), pa.int64())
+    if variant == "f64" or pa.types.is_floating(column.type):
+        return pc.cast(column, pa.float64())
+    return column
+
+
+def _combined_variance(partials: pa.Table, roles: dict[str, str], gid: np.ndarray,
+                       count: int, sqrt: bool) -> pa.Array:
     """The sample variance (or deviation) of each group from its partials' counts, means
     and sums of squared deviations."""
-    n = _plain(partials.column(agg.field("n"))).to_numpy(zero_copy_only=False).astype(
-        np.float64)
-    mean = pc.fill_null(_plain(partials.column(agg.field("mean"))), 0.0).to_numpy(
+    n = _plain(partials.column(roles["n"])).to_numpy(zero_copy_only=False).astype(np.float64)
+    mean = pc.fill_null(_plain(partials.column(roles["mean"])), 0.0).to_numpy(
         zero_copy_only=False)
-    m2 = pc.fill_null(_plain(partials.column(agg.field("m2"))), 0.0).to_numpy(
+    m2 = pc.fill_null(_plain(partials.column(roles["m2"])), 0.0).to_numpy(
         zero_copy_only=False)
     total = np.bincount(gid, weights=n, minlength=count)
     with np.errstate(invalid="ignore", divide="ignore"):
