@@ -8,6 +8,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.aggregate_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    aggregate_pyarrow_floor,
+    aggregate_sluice_local,
+    check_aggregate,
+    check_dask_aggregate,
+    check_spark_aggregate,
+    dask_aggregate_dask,
+    dask_aggregate_sluice_dask,
+    events,
+    spark_aggregate_sluice_spark,
+    spark_aggregate_spark,
+)
 from bench.dask_cases import (  # noqa: F401 - bench.worker looks the sides up here
     dask_score_logistic_dask_numpy,
     dask_score_logistic_sluice_dask,
@@ -67,6 +79,7 @@ class Case:
     sides: tuple[str, str]
     generate: Callable[[Path, int, int], None]
     setup: Callable[[Path, Path], None] | None = None  # once, untimed, before the sides
+    check: Callable[[Path, Path], None] | None = None  # once, untimed, after the sides
 
 
 def _numeric(out: Path, rows: int, files: int) -> None:
@@ -158,6 +171,15 @@ CASES: dict[str, Case] = {
                                     boosted_models),
     # gradient_boosted_trees (20 trees, depth 4) on the Spark engine vs MLlib GBTClassifier
     "train_boosted_spark": Case("numeric", ("sluice_spark", "mllib"), _numeric, forest_split),
+    # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->
+    # write vs pyarrow's group_by, Dask's groupby().agg() and Spark's groupBy().agg();
+    # the outputs are compared after the sides (bench/aggregate_cases.py)
+    "aggregate": Case("events", ("sluice_local", "pyarrow_floor"), events,
+                      check=check_aggregate),
+    "dask_aggregate": Case("events", ("sluice_dask", "dask"), events,
+                           check=check_dask_aggregate),
+    "spark_aggregate": Case("events", ("sluice_spark", "spark"), events,
+                            check=check_spark_aggregate),
 }
 
 

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         r = results[side]
         print(f"  {side:<28} {r['seconds']:8.3f} s   peak RSS {r['peak_rss_mb']:8.1f} MiB")
     print(f"  time ratio {ours}/{ref} = {ratio:.2f}x   memory ratio = {mem_ratio:.2f}x")
+    if case.check is not None:
+        case.check(data, scratch)  # the sides' last outputs agree, or no results are kept
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {
         "case": args.case, "rows": args.rows, "files": args.files, "repeat": args.repeat,
