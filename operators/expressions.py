@@ -37,7 +37,11 @@ Language
 * Functions (case-insensitive): ``log``/``ln``, ``log1p``, ``log2``, ``log10``, ``exp``,
   ``sqrt``, ``abs``, ``floor``, ``ceil``, ``round(x[, ndigits])``, ``pow``/``power(x, y)``,
   ``least(...)``, ``greatest(...)``, ``coalesce(...)``, ``if(cond, a, b)``/``if_else``,
-  ``is_nan(x)``, ``lower``, ``upper``, ``length``, ``year``, ``month``, ``day``,
+  ``is_nan(x)``, ``lower``, ``upper``, ``length``, ``year``, ``month``, ``day``, ``hour``,
+  ``minute``, ``quarter``, ``day_of_week`` (Monday 0 .. Sunday 6), ``day_of_year``,
+  ``week`` (ISO), ``days_between(a, b)`` / ``hours_between`` / ``minutes_between`` /
+  ``seconds_between`` (the day, hour... boundaries from a to b, as SQL's datediff: b later
+  is positive; a date counts as its midnight, a zoned time by its UTC clock),
   ``cast(x as type)`` with type one of int8..int64, uint8..uint64, int/integer (int64),
   float32, float64/double/float, string/str/utf8, bool/boolean, date, timestamp.
 
@@ -832,6 +836,7 @@ class _Function:
     build: Callable[..., pc.Expression]
     result: str  # number | string | bool | any : for the schema-free filter check
     numeric_args: bool = False  # the arguments are converted to float64 (pow)
+    time_args: bool = False  # the arguments are dates or timestamps (days_between)
 
 
 def _float64(expr: pc.Expression, node: _Node) -> pc.Expression:
@@ -890,6 +895,28 @@ _register("length", _Function("length", 1, 1, _unary(pc.utf8_length), "number"))
 _register("year", _Function("year", 1, 1, _unary(pc.year), "number"))
 _register("month", _Function("month", 1, 1, _unary(pc.month), "number"))
 _register("day", _Function("day", 1, 1, _unary(pc.day), "number"))
+_register("hour", _Function("hour", 1, 1, _unary(pc.hour), "number"))
+_register("minute", _Function("minute", 1, 1, _unary(pc.minute), "number"))
+_register("quarter", _Function("quarter", 1, 1, _unary(pc.quarter), "number"))
+_register("day_of_week dayofweek", _Function("day_of_week", 1, 1, _unary(pc.day_of_week),
+                                             "number"))
+_register("day_of_year dayofyear", _Function("day_of_year", 1, 1, _unary(pc.day_of_year),
+                                             "number"))
+_register("week", _Function("week", 1, 1, _unary(pc.iso_week), "number"))
+
+
+def _between(kernel: Callable[..., pc.Expression]) -> Callable[..., pc.Expression]:
+    """``kernel`` of two times as timestamp[us]: any units, dates as their midnight, zoned
+    times by their UTC clock (Arrow's kernels want one type on both sides)."""
+    def build(nodes: Sequence[_Node], exprs: Sequence[pc.Expression]) -> pc.Expression:
+        return kernel(*(e.cast(pa.timestamp("us")) for e in exprs))
+    return build
+
+
+for _unit, _kernel in (("days", pc.days_between), ("hours", pc.hours_between),
+                       ("minutes", pc.minutes_between), ("seconds", pc.seconds_between)):
+    _register(f"{_unit}_between", _Function(f"{_unit}_between", 2, 2, _between(_kernel),
+                                            "number", time_args=True))
 _register("cast", _Function("cast", 1, 1, lambda n, e: e[0], "any"))
 
 _CAST_TYPES: dict[str, pa.DataType] = {
@@ -1225,6 +1252,11 @@ def _typed(text: str, schema: pa.Schema) -> pa.DataType:
             arg_types = [types[index[id(c)]] for c in _children(sub)]
             if not all(_is_numeric(t) for t in arg_types):
                 raise _type_error(sub, arg_types, "it needs numbers", text)
+        if isinstance(sub, _Call) and _FUNCTIONS[sub.name].time_args:
+            arg_types = [types[index[id(c)]] for c in _children(sub)]
+            if not all(pa.types.is_date(t) or pa.types.is_timestamp(t) or pa.types.is_null(t)
+                       for t in arg_types):
+                raise _type_error(sub, arg_types, "it needs dates or timestamps", text)
     return types[index[id(node)]]
 
 

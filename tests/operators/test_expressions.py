@@ -1083,3 +1083,37 @@ def test_random_value_expressions_match_python_reference(
     result = ds.dataset(table).to_table(columns={"r": parse_expression(text)})
     assert_same(result.column("r").to_pylist(), [reference(tree, row) for row in rows])
     assert expression_type(text, table.schema) == result.schema.field("r").type, text
+
+
+def test_date_and_time_parts_and_differences() -> None:
+    """The parts of dates and times, and SQL's datediff: the boundaries from a to b."""
+    times = [dt.datetime(2026, 11, 1, 23, 30, 5), dt.datetime(2026, 1, 1, 0, 0, 0), None]
+    days = [dt.date(2026, 11, 2), dt.date(2024, 2, 29), None]
+    table = pa.table({"ts": pa.array(times, pa.timestamp("s")), "d": pa.array(days)})
+
+    def values(text: str) -> list:
+        assert expression_type(text, table.schema) == pa.int64(), text
+        return ds.dataset(table).to_table(columns={"x": parse_expression(text)})["x"].to_pylist()
+
+    end = "timestamp '2026-11-28 00:00:00'"
+    assert values(f"days_between(ts, {end})") == [27, 331, None]
+    assert values(f"hours_between(ts, {end})") == [26 * 24 + 1, 331 * 24, None]
+    assert values("minutes_between(ts, ts)") == [0, 0, None]
+    assert values(f"seconds_between({end}, ts)") == [
+        int((t - dt.datetime(2026, 11, 28)).total_seconds()) if t else None for t in times]
+    assert values("days_between(d, date '2026-11-28')") == [26, 1003, None]
+    assert values("day_of_week(d)") == [d.weekday() if d else None for d in days]
+    assert values("dayofyear(d)") == [d.timetuple().tm_yday if d else None for d in days]
+    assert values("week(ts)") == [t.isocalendar()[1] if t else None for t in times]
+    assert values("quarter(d)") == [4, 1, None]
+    assert values("hour(ts) * 60 + minute(ts)") == [23 * 60 + 30, 0, None]
+    # any units, a date as its midnight, a zoned time by its UTC clock
+    assert values("days_between(d, ts)") == [(t.date() - d).days if t and d else None
+                                              for d, t in zip(days, times)]
+    assert values("days_between(cast(ts as timestamp), ts)") == [0, 0, None]
+    zoned = pa.table({"z": pa.array([dt.datetime(2026, 11, 27, 23, 0)],
+                                    pa.timestamp("ms", tz="UTC"))})
+    assert ds.dataset(zoned).to_table(columns={"x": parse_expression(
+        "hours_between(z, timestamp '2026-11-28 01:00:00')")})["x"].to_pylist() == [2]
+    with pytest.raises(ExpressionError, match="cannot apply"):
+        expression_type("days_between(d, 3)", table.schema)

@@ -326,6 +326,7 @@ ACTIVITY_SCORE = """
           refunded: sum(if(kind == 'refund', amount, 0.0))
           support_calls: count_if(kind == 'support')
           channels: count_distinct(channel)
+          last_seen: max(ts)
       - op: join
         path: data/churn/ds=2026-11-28
         on: [customer_id]
@@ -334,6 +335,7 @@ ACTIVITY_SCORE = """
         columns:
           refund_share: "refunds / greatest(purchases, 1)"
           support_share: "support_calls / events"
+          days_since_seen: "days_between(last_seen, timestamp '2026-11-28 00:00:00')"
       - op: score
         model: churn_activity
       - op: write_parquet
