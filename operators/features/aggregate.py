@@ -12,7 +12,9 @@ were partitioned or which engine ran them (sums of floats up to rounding):
 - a distinct count keeps each partition's distinct values of the key (memory grows with
   them: exact, as SQL's ``count(distinct x)``);
 - ``max_by(v, o)`` keeps each partition's row of the largest ``o`` (ties: the largest
-  ``v``), as Spark's ``max_by`` but deterministic.
+  ``v``), as Spark's ``max_by`` but deterministic;
+- a median or quantile keeps the values (exact, as pandas' ``quantile``: memory grows
+  with them, as Spark's exact ``percentile``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ FUNCTIONS: dict[str, tuple[int, int, str]] = {
                      "(ties: the largest value)"),
     "min_by": (2, 2, "`min_by(value, order)`: the value on the row of the smallest order "
                      "(ties: the smallest value)"),
+    "median": (1, 1, "the median of the values that are not null or NaN (exact; float64)"),
+    "quantile": (2, 2, "`quantile(x, 0.9)`: the q-quantile of the values, interpolated "
+                       "linearly between the two nearest (exact, as pandas' quantile)"),
 }
 ALIASES = {"avg": "mean", "stddev": "std", "variance": "var", "bool_or": "any",
            "bool_and": "all", "arg_max": "max_by", "arg_min": "min_by"}
@@ -80,6 +85,12 @@ class Aggregation:
     name: str
     fn: str
     args: tuple[str, ...]
+    options: tuple[str, ...] = ()  # literal arguments (quantile's q)
+
+    @property
+    def q(self) -> float:
+        """The quantile a median or quantile computes."""
+        return float(self.options[0]) if self.options else 0.5
 
 
 def _split_args(text: str) -> list[str]:
@@ -126,6 +137,18 @@ def parse_aggregation(name: str, text: Any) -> Aggregation:
         wanted = str(low) if low == high else f"{low} or {high}"
         raise ParamError(f"{where}: {fn} takes {wanted} argument{'s' if high != 1 else ''}, "
                          f"got {len(args)}", hint=f"{fn}: {FUNCTIONS[fn][2]}")
+    if fn == "quantile":
+        try:
+            q = float(args[1])
+        except ValueError:
+            q = -1.0
+        if not 0.0 <= q <= 1.0:
+            raise ParamError(f"{where}: quantile's second argument is a number from 0 to 1, "
+                             f"got '{args[1]}'", hint="e.g. quantile(amount, 0.9)")
+        args = [args[0]]
+        fn_args: tuple[str, ...] = (repr(q),)
+    else:
+        fn_args = ()
     for arg in args:
         if not arg:
             raise ParamError(f"{where}: an argument of {fn} is empty ('{text}')")
@@ -133,7 +156,7 @@ def parse_aggregation(name: str, text: Any) -> Aggregation:
             parse_expression(arg)
         except ExpressionError as exc:
             raise ParamError(f"{where}: {exc}") from None
-    return Aggregation(name, fn, tuple(args))
+    return Aggregation(name, fn, tuple(args), fn_args)
 
 
 class AggregateParams(Params):
@@ -346,7 +369,7 @@ class Aggregate(Shuffle):
             if not (pa.types.is_boolean(t) or pa.types.is_null(t)):
                 raise SchemaError(f"{what}: needs a true/false condition, got {t}",
                                   hint=f"compare it, e.g. {agg.fn}({agg.args[0]} > 0)")
-        elif agg.fn in ("sum", "mean", "std", "var"):
+        elif agg.fn in ("sum", "mean", "std", "var", "median", "quantile"):
             t = types[0].value_type if pa.types.is_dictionary(types[0]) else types[0]
             if not (pa.types.is_integer(t) or pa.types.is_floating(t)
                     or pa.types.is_decimal(t) or pa.types.is_null(t)):
@@ -433,7 +456,8 @@ class Aggregate(Shuffle):
         g = _Grouper(partials, keys)
         asked = {f.name: g.add(f.name, *_FINISH[f.kind]) for f in layout.fields
                  if f.kind in _FINISH}
-        g.numbered = any(f.kind in ("m2", "distinct", "by_value") for f in layout.fields)
+        g.numbered = any(f.kind in ("m2", "distinct", "by_value", "list")
+                         for f in layout.fields)
         groups, results, gid = g.run()
         count = groups.num_rows
         combined: dict[str, pa.Array] = {name: results[key] for name, key in asked.items()}
@@ -472,6 +496,9 @@ class Aggregate(Shuffle):
         if agg.fn in ("std", "var"):
             assert gid is not None
             return _combined_variance(partials, roles, gid, count, agg.fn == "std")
+        if agg.fn in ("median", "quantile"):
+            assert gid is not None
+            return _quantile(partials.column(roles["values"]), gid, count, agg.q)
         return combined[roles["value"]]
 
 
@@ -498,6 +525,7 @@ _PARTIAL: dict[str, tuple[str, Any]] = {
     "min": ("min", _sum_options(1)), "max": ("max", _sum_options(1)),
     "any": ("any", _sum_options(1)), "all": ("all", _sum_options(1)),
     "distinct": ("distinct", pc.CountOptions("only_valid")),
+    "list": ("list", None),
 }
 _FINISH: dict[str, tuple[str, Any]] = {
     "rows": ("sum", _sum_options(0)), "count": ("sum", _sum_options(0)),
@@ -560,6 +588,8 @@ class _Layout:
             return {"value": self._field(x, fn)}
         if fn == "count_distinct":
             return {"value": self._field(x, "distinct")}
+        if fn in ("median", "quantile"):
+            return {"values": self._field(self._variant(x, "f64"), "list")}
         smallest = fn == "min_by"  # max_by / min_by (value, order)
         order = self._field(f"{cols[1]}|{cols[0]}", "by_order", smallest=smallest)
         return {"value": self._field(f"{cols[1]}|{cols[0]}", "by_value", order=order,
@@ -594,6 +624,31 @@ def _combined_variance(partials: pa.Table, roles: dict[str, str], gid: np.ndarra
     var = np.maximum(var, 0.0)
     out = np.sqrt(var) if sqrt else var
     return pa.array(out, pa.float64(), mask=total < 2)
+
+
+def _quantile(values: pa.ChunkedArray, gid: np.ndarray, count: int, q: float) -> pa.Array:
+    """The ``q``-quantile of each group's values (the partials' lists together, nulls and
+    NaN left out), interpolated linearly between the two nearest as pandas and NumPy do;
+    null for a group without values."""
+    lists = _plain(values)
+    flat = pc.fill_null(_plain(pc.list_flatten(lists)), np.nan).to_numpy(zero_copy_only=False)
+    owner = gid[pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)]
+    kept = ~np.isnan(flat)
+    flat, owner = flat[kept], owner[kept]
+    order = np.lexsort((flat, owner))
+    flat = flat[order]
+    n = np.bincount(owner, minlength=count)
+    start = np.cumsum(n) - n
+    has = n > 0
+    at = np.where(has, (n - 1) * q, 0.0)
+    low = np.floor(at).astype(np.int64)
+    high = np.minimum(low + 1, np.maximum(n - 1, 0))
+    out = np.zeros(count)
+    if flat.size:
+        lo = flat[np.minimum(start + low, flat.size - 1)]
+        hi = flat[np.minimum(start + high, flat.size - 1)]
+        out = lo + (hi - lo) * (at - low)
+    return pa.array(out, pa.float64(), mask=~has)
 
 
 def _distinct_count(values: pa.ChunkedArray, gid: np.ndarray, count: int) -> pa.Array:

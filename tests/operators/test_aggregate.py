@@ -32,7 +32,8 @@ def test_every_function_is_pandas_group_by_over_any_partitioning() -> None:
         "rows": "count()", "known_x": "count(x)", "flagged": "count_if(flag and x > 0)",
         "x_sum": "sum(x)", "n_sum": "sum(n)", "x_mean": "mean(x)", "x_min": "min(x)",
         "plan_max": "max(plan)", "x_std": "std(x)", "n_var": "var(n)",
-        "plans": "count_distinct(plan)", "any_flag": "any(flag)", "latest": "max(ts)"})
+        "plans": "count_distinct(plan)", "any_flag": "any(flag)", "latest": "max(ts)",
+        "x_median": "median(x)", "x_q90": "quantile(x, 0.9)", "n_q0": "quantile(n, 0)"})
     got = run(op, table)
     df = table.to_pandas()
     g = df.groupby("customer", dropna=False)
@@ -43,7 +44,8 @@ def test_every_function_is_pandas_group_by_over_any_partitioning() -> None:
         "x_sum": g["x"].sum(min_count=1), "n_sum": g["n"].sum(min_count=1),
         "x_mean": g["x"].mean(), "x_min": g["x"].min(), "plan_max": g["plan"].max(),
         "x_std": g["x"].std(), "n_var": g["n"].var(), "plans": g["plan"].nunique(),
-        "any_flag": g["flag"].any(), "latest": g["ts"].max()})
+        "any_flag": g["flag"].any(), "latest": g["ts"].max(), "x_median": g["x"].median(),
+        "x_q90": g["x"].quantile(0.9), "n_q0": g["n"].min()})
     assert got.index.isna().sum() == 1  # null is a key of its own
     got.index = got.index.fillna(-1)
     want.index = want.index.fillna(-1)
@@ -51,7 +53,8 @@ def test_every_function_is_pandas_group_by_over_any_partitioning() -> None:
     for column in ("rows", "known_x", "flagged", "plans"):
         np.testing.assert_array_equal(got[column], want[column], err_msg=column)
         assert got[column].dtype == np.int64
-    for column in ("x_sum", "n_sum", "x_mean", "x_min", "x_std", "n_var"):
+    for column in ("x_sum", "n_sum", "x_mean", "x_min", "x_std", "n_var", "x_median", "x_q90",
+                   "n_q0"):
         np.testing.assert_allclose(got[column].astype(float), want[column].astype(float),
                                    rtol=1e-9, err_msg=column)
     assert list(got["plan_max"].fillna("-")) == list(want["plan_max"].fillna("-"))
@@ -138,6 +141,8 @@ def test_an_aggregation_of_an_expression() -> None:
     ({"s": "sum x"}, ["k"], "'sum x' is not an aggregation"),
     ({"s": "sum(x +)"}, ["k"], "aggregate column 's'"),
     ({"s": "count()"}, ["k", "k"], "by"),
+    ({"s": "quantile(x, 1.5)"}, ["k"], "quantile's second argument is a number from 0 to 1"),
+    ({"s": "quantile(x, y)"}, ["k"], "got 'y'"),
 ])
 def test_parameter_mistakes_are_named(columns: dict[str, str], by: list[str],
                                       message: str) -> None:
@@ -153,6 +158,7 @@ def test_partitions_need_keys() -> None:
 
 @pytest.mark.parametrize(("by", "columns", "message"), [
     (["k"], {"s": "sum(plan)"}, "'s' (sum(plan)): needs numbers, got string"),
+    (["k"], {"s": "median(plan)"}, "needs numbers, got string"),
     (["k"], {"s": "sum(flag)"}, "count_if(flag) counts the true rows"),
     (["k"], {"s": "count_if(x)"}, "needs a true/false condition, got double"),
     (["k"], {"s": "min(tags)"}, "'tags' is list<item: string>, which has no order"),

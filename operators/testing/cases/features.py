@@ -203,6 +203,7 @@ _ALL_FUNCTIONS = {
     "plan_max": "max(plan)", "x_std": "std(x)", "n_var": "var(n)",
     "plans": "count_distinct(plan)", "any_flag": "any(flag)", "all_small": "all(small > -5)",
     "last_plan": "max_by(plan, ts)", "first_n": "min_by(n, ts)", "latest": "max(ts)",
+    "x_median": "median(x)", "big_q": "quantile(big, 0.25)",
 }
 _cases("aggregate", events_table,
        ("one-key", {"by": ["customer"], "columns": _ALL_FUNCTIONS}),
