@@ -23,6 +23,7 @@ from operators.base import (
     suggest,
 )
 from operators.evaluate.drift import Drift
+from operators.evaluate.evaluate import Measuring
 from operators.evaluate.promote import Promote
 from operators.expressions import referenced_columns
 from operators.features.rows import Filter
@@ -314,6 +315,8 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                     isinstance(c.op, Estimator) for c in plan.model_chain(step.id)):
                 raise SchemaError("nothing is fitted before save_model",
                                   hint="put save_model after a model step")
+            if isinstance(step.op, SaveModel):
+                _check_fits_before_shuffles(plan, step)
             try:
                 step.op.check_input(schema)
                 step.schema = step.op.output_schema(schema)
@@ -325,6 +328,28 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
         except SluiceError as exc:
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param), str(exc), step=s.id, op=s.op))
+
+
+def _check_fits_before_shuffles(plan: Plan, save: Step) -> None:
+    """A SchemaError when a fitted step comes before a shuffle (aggregate) on the way to
+    ``save``: the model starts after the shuffle, so a scoring pipeline would fit that
+    step again on its own rows (a scaler's mean of the scoring data: skewed scores)."""
+    lineage = plan.chain_to(save.id, through_shuffles=True)
+    shuffles = [i for i, s in enumerate(lineage) if isinstance(s.op, Shuffle)]
+    if not shuffles:
+        return
+    last = lineage[shuffles[-1]]
+    fitted = [s for s in lineage[:shuffles[-1]] if isinstance(s.op, Estimator)
+              and getattr(s.op, "in_model", True) and not isinstance(s.op, Measuring)]
+    if fitted:
+        named = ", ".join(f"'{s.id}' ({s.op.name})" for s in fitted)
+        raise SchemaError(
+            f"{'steps' if len(fitted) > 1 else 'step'} {named} "
+            f"{'are' if len(fitted) > 1 else 'is'} fitted before '{last.id}' "
+            f"({last.op.name}), and the model saved here starts after it: a scoring "
+            "pipeline would fit it again on the rows it scores",
+            hint=f"move it after '{last.id}' (fitted on the aggregated rows), or compute "
+                 "it with derive (e.g. coalesce(x, 0) instead of impute)")
 
 
 def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | None:

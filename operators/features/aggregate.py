@@ -20,6 +20,7 @@ were partitioned or which engine ran them (sums of floats up to rounding):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -36,6 +37,7 @@ from operators.base import (
     Params,
     SchemaError,
     Shuffle,
+    SluiceError,
     register,
     require_columns,
     suggest,
@@ -74,7 +76,10 @@ ALIASES = {"avg": "mean", "stddev": "std", "variance": "var", "bool_or": "any",
 
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.S)
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
-_GROUP_ROWS = "__row"  # internal column names start with two underscores
+# internal column names start with a NUL character: no column of a user's is named so
+_I = "\x00"
+_GROUP_ROWS = f"{_I}row"
+_ALL = f"{_I}all"  # the one key of an aggregate without `by`
 _PER_KEY_NULLS = int(pa.__version__.split(".")[0]) >= 25
 
 
@@ -93,24 +98,33 @@ class Aggregation:
         return float(self.options[0]) if self.options else 0.5
 
 
+def _outside_quotes(text: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """(index, character, parenthesis depth after it) of each character of ``text`` from
+    ``start`` that is not inside quotes ('...', "...", `...`)."""
+    depth, quote = 0, ""
+    for i in range(start, len(text)):
+        ch = text[i]
+        if quote:
+            quote = "" if ch == quote else quote
+            continue
+        if ch in "'\"`":
+            quote = ch
+            continue
+        depth += 1 if ch == "(" else -1 if ch == ")" else 0
+        yield i, ch, depth
+
+
 def _split_args(text: str) -> list[str]:
     """``text`` split at the commas outside parentheses and quotes."""
-    out, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"`":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            out.append(text[start:i])
-            start = i + 1
-    out.append(text[start:])
-    return [a.strip() for a in out]
+    cuts = [i for i, ch, depth in _outside_quotes(text) if ch == "," and depth == 0]
+    bounds = [-1, *cuts, len(text)]
+    return [text[a + 1:b].strip() for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _closing(text: str, start: int) -> int | None:
+    """The index of the parenthesis that closes the one at ``start`` (quotes skipped)."""
+    return next((i for i, ch, depth in _outside_quotes(text, start)
+                 if ch == ")" and depth == 0), None)
 
 
 def parse_aggregation(name: str, text: Any) -> Aggregation:
@@ -125,6 +139,16 @@ def parse_aggregation(name: str, text: Any) -> Aggregation:
                          hint="write function(expression), e.g. sum(amount), count(), "
                               f"max_by(plan, event_time); functions: {', '.join(FUNCTIONS)}")
     given, inner = match.group(1), match.group(2)
+    closing = _closing(text, text.index("("))
+    if closing is not None and text[closing + 1:].strip():
+        raise ParamError(f"{where}: one aggregation per column: '{text}' goes on after "
+                         f"'{text[:closing + 1].strip()}'",
+                         hint="aggregate each part in a column of its own, then combine the "
+                              "columns in a derive step after the aggregate")
+    distinct = re.match(r"(?i)\s*distinct\s+(.*)$", inner, re.S)
+    if distinct:
+        raise ParamError(f"{where}: write count_distinct(x) for count(distinct x)",
+                         hint=f"count_distinct({distinct.group(1).strip()})")
     fn = ALIASES.get(given.lower(), given.lower())
     if fn not in FUNCTIONS:
         raise ParamError(f"{where}: unknown aggregation '{given}'"
@@ -189,9 +213,22 @@ class AggregateParams(Params):
     @field_validator("columns")
     @classmethod
     def _parses(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problems = []
         for name, text in value.items():
-            parse_aggregation(name, text)
+            try:
+                parse_aggregation(name, text)
+            except ParamError as exc:
+                problems.append(exc)
+        _raise_all(problems, ParamError)
         return value
+
+
+def _raise_all(problems: list[Any], kind: type[SluiceError]) -> None:
+    """Every problem found at once (one error: each column's message, "; " between)."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise kind("; ".join(str(p) for p in problems))
 
 
 def _nested(t: pa.DataType) -> bool:
@@ -199,12 +236,22 @@ def _nested(t: pa.DataType) -> bool:
 
 
 def _ordered(t: pa.DataType) -> bool:
-    """Values that compare (min, max, sort): numbers, text, bytes, time, booleans."""
+    """Values Arrow's min and max compare: numbers, text, bytes, dates, times, booleans."""
     t = t.value_type if pa.types.is_dictionary(t) else t
-    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
-            or pa.types.is_temporal(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
+    return (pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)
+            or pa.types.is_decimal(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)
+            or pa.types.is_time(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
             or pa.types.is_large_string(t) or pa.types.is_binary(t)
-            or pa.types.is_large_binary(t) or pa.types.is_null(t))
+            or pa.types.is_large_binary(t))
+
+
+def _normalized(column: pa.Array) -> pa.Array:
+    """Floats as one key each value: -0.0 as 0.0, every NaN as one NaN (as Spark
+    normalises them for grouping and distinct counts); anything else as is."""
+    if not pa.types.is_floating(column.type):
+        return column
+    zeroed = pc.add(column, pa.scalar(0.0, column.type))  # -0.0 + 0.0 is 0.0
+    return pc.if_else(pc.is_nan(zeroed), pa.scalar(float("nan"), column.type), zeroed)
 
 
 def _plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -238,14 +285,19 @@ class _Grouper:
         """The groups' keys (first appearance order), the aggregations by their ``add``
         key, and each row's group number if ``numbered`` (else None)."""
         n = self.table.num_rows
-        table, specs = self.table, []
+        # the keys under names of their own: Arrow names an aggregation <column>_<fn>, and
+        # a key named so (or count_all) would clash with it
+        inner = [f"{_I}k{j}" for j in range(len(self.keys))]
+        table = self.table.rename_columns(
+            [inner[self.keys.index(c)] if c in self.keys else c for c in self.table.column_names])
+        specs: list[tuple[str, str, Any]] = []
         if self.numbered:  # the rows of each group, as a list (one more hash aggregate)
             table = table.append_column(_GROUP_ROWS, pa.array(np.arange(n, dtype=np.int64)))
             specs.append((_GROUP_ROWS, "list", None))
         specs += [(col, fn, opts) for (col, fn, _), (_, opts) in self.wanted.items()]
         if not specs:
             specs.append(("", "count_all", None))
-        out = table.group_by(self.keys, use_threads=False).aggregate(
+        out = table.group_by(inner, use_threads=False).aggregate(
             [(c if c else [], f, o) if o is not None else (c if c else [], f)
              for c, f, o in specs])
         gid = None
@@ -256,7 +308,7 @@ class _Grouper:
                 pc.list_parent_indices(rows).to_numpy(zero_copy_only=False))
         results = {key: out.column("count_all" if not col else f"{col}_{fn}").combine_chunks()
                    for key in self.wanted for col, fn in [(key[0], key[1])]}
-        return out.select(self.keys), results, gid
+        return out.select(inner).rename_columns(self.keys), results, gid
 
 
 def _sorted(table: pa.Table, keys: list[tuple[str, str]], nulls: str) -> np.ndarray:
@@ -296,9 +348,10 @@ def _extreme_in_group(gid: np.ndarray, groups: int, order: pa.Array, value: pa.A
 
 @register("aggregate")
 class Aggregate(Shuffle):
-    """One row per key (`by`) from the rows of every partition: counts, sums, means,
-    extremes, deviations, distinct counts and the value at the latest time, per customer,
-    day or any key; a group-by, on every engine.
+    """A group-by: one row per key (`by`) from the rows of every partition, any engine.
+
+    Counts, sums, means, extremes, deviations, quantiles, distinct counts and the value
+    at the latest time, per customer, day or any key.
 
     ```yaml
     - op: aggregate
@@ -328,7 +381,7 @@ class Aggregate(Shuffle):
         return [parse_aggregation(n, t) for n, t in self.params.columns.items()]
 
     def key_columns(self) -> list[str]:
-        return list(self.params.by) or ["__all"]
+        return list(self.params.by) or [_ALL]
 
     def one_place(self) -> bool:
         return not self.params.by
@@ -344,15 +397,24 @@ class Aggregate(Shuffle):
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         require_columns(schema, self.params.by, "key column")
+        problems: list[SchemaError] = []
         for key in self.params.by:
-            if _nested(schema.field(key).type):
-                raise SchemaError(f"by: key column '{key}' is {schema.field(key).type}; "
-                                  "keys are plain values", hint=f"leave '{key}' out of by")
+            t = schema.field(key).type
+            plain = t.value_type if pa.types.is_dictionary(t) else t
+            if _nested(t) or pa.types.is_null(plain) or pa.types.is_float16(plain):
+                problems.append(SchemaError(
+                    f"by: key column '{key}' is {t}; keys are plain values",
+                    hint=f"leave '{key}' out of by" if not pa.types.is_float16(plain)
+                    else f"cast '{key}' to float32 first"))
         for agg in self.aggregations:
             if agg.name in self.params.by:
-                raise SchemaError(f"columns: '{agg.name}' is also a key column",
-                                  hint="give the aggregation another name")
-            self._check_types(agg, schema)
+                problems.append(SchemaError(f"columns: '{agg.name}' is also a key column",
+                                            hint="give the aggregation another name"))
+            try:
+                self._check_types(agg, schema)
+            except SchemaError as exc:
+                problems.append(exc)
+        _raise_all(problems, SchemaError)
         empty = schema.empty_table()
         return self.finish(self.partial(empty)).schema
 
@@ -364,15 +426,20 @@ class Aggregate(Shuffle):
             except ExpressionError as exc:
                 raise SchemaError(f"columns: '{agg.name}': {exc}") from None
         what = f"columns: '{agg.name}' ({agg.fn}({', '.join(agg.args)}))"
+        for arg, t in zip(agg.args, types):
+            if pa.types.is_null(t) and agg.fn != "count":
+                raise SchemaError(f"{what}: '{arg}' is always null (type null)",
+                                  hint=f"cast it to the type it stands for, e.g. "
+                                       f"cast({arg} as float64)")
         if agg.fn in ("count_if", "any", "all"):
             t = types[0]
-            if not (pa.types.is_boolean(t) or pa.types.is_null(t)):
+            if not pa.types.is_boolean(t):
                 raise SchemaError(f"{what}: needs a true/false condition, got {t}",
                                   hint=f"compare it, e.g. {agg.fn}({agg.args[0]} > 0)")
         elif agg.fn in ("sum", "mean", "std", "var", "median", "quantile"):
             t = types[0].value_type if pa.types.is_dictionary(types[0]) else types[0]
             if not (pa.types.is_integer(t) or pa.types.is_floating(t)
-                    or pa.types.is_decimal(t) or pa.types.is_null(t)):
+                    or pa.types.is_decimal(t)):
                 hint = (f"count_if({agg.args[0]}) counts the true rows"
                         if pa.types.is_boolean(t) else f"cast it, e.g. {agg.fn}(cast("
                         f"{agg.args[0]} as float64))")
@@ -380,8 +447,9 @@ class Aggregate(Shuffle):
         elif agg.fn in ("min", "max", "max_by", "min_by"):
             for arg, t in zip(agg.args, types):
                 if not _ordered(t):
-                    raise SchemaError(f"{what}: '{arg}' is {t}, which has no order",
-                                      hint="numbers, text, dates, times and booleans order")
+                    raise SchemaError(f"{what}: '{arg}' is {t}, which has no order here",
+                                      hint="numbers, text, dates, times and booleans order "
+                                           "(cast durations and float16 to numbers)")
         elif agg.fn == "count_distinct" and _nested(types[0]):
             raise SchemaError(f"{what}: '{agg.args[0]}' is {types[0]}; distinct values "
                               "are plain values")
@@ -395,7 +463,7 @@ class Aggregate(Shuffle):
     # ------------------------------------------------------------------ partial
 
     def _project(self, part: pa.Table) -> pa.Table:
-        """The key columns and every distinct argument expression (``__x<i>``),
+        """The key columns and every distinct argument expression (``\\x00x<i>``),
         dictionaries decoded."""
         columns: dict[str, Any] = {k: pc.field(k) for k in self.params.by}
         for text, name in self._layout.inputs.items():
@@ -407,9 +475,11 @@ class Aggregate(Shuffle):
                             hint="guard the expression, e.g. with if(...) or coalesce(...)"
                             ) from None
         arrays = {} if out is None else {n: _plain(out.column(n)) for n in out.column_names}
+        for key in self.params.by:  # one group of 0.0 and -0.0, one of every NaN
+            arrays[key] = _normalized(arrays[key])
         if not self.params.by:
-            arrays["__all"] = pa.array(np.zeros(part.num_rows, dtype=np.int8))
-        return pa.table(arrays) if arrays else pa.table({"__all": pa.array([], pa.int8())})
+            arrays[_ALL] = pa.array(np.zeros(part.num_rows, dtype=np.int8))
+        return pa.table(arrays)
 
     def _failing(self, part: pa.Table) -> str:
         """The first aggregation whose arguments fail on ``part``, as the file says it."""
@@ -481,7 +551,7 @@ class Aggregate(Shuffle):
     def _no_rows(self, schema: pa.Schema) -> pa.Table:
         """The partial row of no rows: counts 0, everything else null."""
         counts = {f.name for f in self._layout.fields if f.kind in ("rows", "count", "sum0")}
-        return pa.table({f.name: pa.array([0], f.type) if f.name == "__all" or f.name in counts
+        return pa.table({f.name: pa.array([0], f.type) if f.name == _ALL or f.name in counts
                          else pa.nulls(1, f.type) for f in schema}, schema=schema)
 
     @staticmethod
@@ -490,8 +560,7 @@ class Aggregate(Shuffle):
                   count: int) -> pa.Array:
         if agg.fn == "mean":
             n = pc.cast(combined[roles["n"]], pa.float64())
-            total = pc.cast(combined[roles["sum"]], pa.float64())
-            return pc.if_else(pc.greater(n, 0), pc.divide(total, n),
+            return pc.if_else(pc.greater(n, 0), pc.divide(combined[roles["sum"]], n),
                               pa.nulls(count, pa.float64()))
         if agg.fn in ("std", "var"):
             assert gid is not None
@@ -499,12 +568,14 @@ class Aggregate(Shuffle):
         if agg.fn in ("median", "quantile"):
             assert gid is not None
             return _quantile(partials.column(roles["values"]), gid, count, agg.q)
+        if agg.fn == "sum":
+            _check_range(agg, combined[roles["value"]], combined[roles["check"]])
         return combined[roles["value"]]
 
 
 @dataclass(frozen=True)
 class _Field:
-    """A partial column: ``name`` (``__p<i>``), what it holds of which projected
+    """A partial column: ``name`` (``\\x00p<i>``), what it holds of which projected
     ``column`` (``kind``); a by_value field also names its order field."""
 
     name: str
@@ -540,9 +611,9 @@ class _Layout:
     aggregations use it (``mean(x)``, ``std(x)`` and ``count(x)`` share x's count): the
     same names in ``partial`` and ``finish``, from the parameters alone.
 
-    ``inputs``: argument expression -> projected column (``__x<i>``); ``variants``:
-    a cast of a projected column some kinds need (float64 for deviations, 0/1 for
-    count_if, float64 for sums of floats) -> (column, variant); ``fields``:
+    ``inputs``: argument expression -> projected column (``\\x00x<i>``); ``variants``:
+    a cast of a projected column some kinds need (float64 for means, deviations and
+    quantiles, 0/1 for count_if, float64 for sums of floats) -> (column, variant); ``fields``:
     the partial columns in order; ``roles``: per aggregation, role -> partial column.
     """
 
@@ -553,7 +624,7 @@ class _Layout:
         self._by_key: dict[tuple[str, str, bool], _Field] = {}
         self.roles: dict[str, dict[str, str]] = {}
         for agg in aggregations:
-            cols = [self.inputs.setdefault(a, f"__x{len(self.inputs)}") for a in agg.args]
+            cols = [self.inputs.setdefault(a, f"{_I}x{len(self.inputs)}") for a in agg.args]
             self.roles[agg.name] = self._roles(agg.fn, cols)
 
     def _variant(self, column: str, variant: str) -> str:
@@ -564,7 +635,7 @@ class _Layout:
     def _field(self, column: str, kind: str, **extra: Any) -> str:
         key = (column, kind, bool(extra.get("smallest")))
         if key not in self._by_key:
-            self._by_key[key] = _Field(f"__p{len(self.fields)}", column, kind, **extra)
+            self._by_key[key] = _Field(f"{_I}p{len(self.fields)}", column, kind, **extra)
             self.fields.append(self._by_key[key])
         return self._by_key[key].name
 
@@ -574,11 +645,12 @@ class _Layout:
             return {"value": self._field(x, "count") if cols else self._field("", "rows")}
         if fn == "count_if":
             return {"value": self._field(self._variant(x, "int"), "sum0")}
-        if fn == "sum":
-            return {"value": self._field(self._variant(x, "num"), "sum")}
+        if fn == "sum":  # and in float64, to tell an integer sum that overflows
+            return {"value": self._field(self._variant(x, "num"), "sum"),
+                    "check": self._field(self._variant(x, "f64"), "sum")}
         if fn == "mean":
-            return {"n": self._field(x, "count"),
-                    "sum": self._field(self._variant(x, "num"), "sum")}
+            return {"n": self._field(x, "count"),  # summed in float64, as pandas and Spark
+                    "sum": self._field(self._variant(x, "f64"), "sum")}
         if fn in ("std", "var"):
             f64 = self._variant(x, "f64")
             n = self._field(x, "count")
@@ -587,7 +659,7 @@ class _Layout:
         if fn in ("min", "max", "any", "all"):
             return {"value": self._field(x, fn)}
         if fn == "count_distinct":
-            return {"value": self._field(x, "distinct")}
+            return {"value": self._field(self._variant(x, "norm"), "distinct")}
         if fn in ("median", "quantile"):
             return {"values": self._field(self._variant(x, "f64"), "list")}
         smallest = fn == "min_by"  # max_by / min_by (value, order)
@@ -598,11 +670,14 @@ class _Layout:
 
 def _variant(column: pa.ChunkedArray, variant: str) -> pa.ChunkedArray:
     """A projected column as a kind needs it: float64 (f64), 0/1 with null as 0 (int),
-    float64 if floating else as is (num)."""
+    float64 if floating else as is (num), floats normalised (norm)."""
     if variant == "int":
         return pc.cast(pc.fill_null(column, False), pa.int64())
+    if variant == "norm":
+        return _normalized(_plain(column))
     if variant == "f64" or pa.types.is_floating(column.type):
-        return pc.cast(column, pa.float64())
+        # integers past 2**53 lose their last digits, as in pandas and Spark
+        return pc.cast(column, pa.float64(), safe=False)
     return column
 
 
@@ -624,6 +699,20 @@ def _combined_variance(partials: pa.Table, roles: dict[str, str], gid: np.ndarra
     var = np.maximum(var, 0.0)
     out = np.sqrt(var) if sqrt else var
     return pa.array(out, pa.float64(), mask=total < 2)
+
+
+def _check_range(agg: Aggregation, total: pa.Array, approx: pa.Array) -> None:
+    """A DataError when an integer sum went past its type's range (Arrow's wraps around;
+    its float64 twin does not), as Spark's ANSI mode refuses it."""
+    if not pa.types.is_integer(total.type):
+        return
+    limit = 2.0**64 if pa.types.is_unsigned_integer(total.type) else 2.0**63
+    over = pc.greater_equal(pc.abs(approx), limit)
+    if pc.any(over).as_py():
+        at = pc.index(over, True).as_py()
+        raise DataError(f"aggregate column '{agg.name}': the sum is past the range of "
+                        f"{total.type} (about {approx[at].as_py():.4g})",
+                        hint=f"sum in float64: sum(cast({agg.args[0]} as float64))")
 
 
 def _quantile(values: pa.ChunkedArray, gid: np.ndarray, count: int, q: float) -> pa.Array:

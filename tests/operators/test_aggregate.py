@@ -186,3 +186,84 @@ def test_a_value_that_fails_names_the_aggregate() -> None:
     op = aggregate(["k"], {"n": "sum(cast(plan as int64))"})
     with pytest.raises(DataError, match="aggregate column 'n' .*: .*basic"):
         op.partial(pa.table({"k": [1], "plan": ["basic"]}))
+
+
+def test_means_and_deviations_of_large_integers_are_float_sums() -> None:
+    """A mean or deviation adds integers up in float64 (pandas, Spark): no wrapped int64
+    sum, no refused cast of a value past 2**53."""
+    big = 2**52
+    table = pa.table({"k": [1] * 4096 + [2, 2], "i": [big] * 4096 + [2**53 + 1, 2**53 + 3]})
+    got = run(aggregate(["k"], {"m": "mean(i)", "v": "var(i)"}), table)
+    assert got.loc[1, "m"] == float(big) and got.loc[1, "v"] == 0.0
+    assert got.loc[2, "m"] == pytest.approx(2.0**53 + 2, rel=1e-15)
+    # an integer sum stays int64 while it fits, and one that does not is an error (4096 *
+    # 2**52 is 2**64: Arrow's int64 sum wraps around to 0)
+    fits = run(aggregate(["k"], {"s": "sum(i)"}), table.slice(0, 2047))
+    assert fits.loc[1, "s"] == 2047 * big
+    with pytest.raises(DataError, match="'s': the sum is past the range of int64"):
+        run(aggregate(["k"], {"s": "sum(i)"}), table)
+
+
+def test_float_keys_and_distinct_values_as_spark_normalises_them() -> None:
+    """-0.0 and 0.0 are one key, every NaN one key (whatever its bits), and so in
+    distinct counts; the rows' hash for places agrees (one key in one place)."""
+    nan_bits = np.array([0x7FF8000000000000, 0x7FF8000000000001, 0xFFF8000000000000],
+                        dtype=np.uint64).view(np.float64)
+    keys = np.concatenate([[0.0, -0.0, 1.0], nan_bits])
+    table = pa.table({"k": keys, "v": np.arange(6, dtype=np.float64),
+                      "x": np.concatenate([[-0.0, 0.0, np.inf], nan_bits])})
+    op = aggregate(["k"], {"n": "count()", "d": "count_distinct(x)"})
+    for parts, places in ((1, 1), (6, 3), (3, 5)):
+        got = shuffled(op, split(table, parts, seed=1), places).sort_by("k").to_pydict()
+        assert got["n"] == [2, 1, 3] and str(got["k"]) == "[0.0, 1.0, nan]"
+        assert got["d"] == [1, 1, 1]
+    assert shuffled(aggregate(["v"], {"d": "count_distinct(x)"}), [table], 2)["d"].to_pylist(
+    ) == [1] * 6
+    whole = aggregate([], {"d": "count_distinct(x)"})
+    assert whole.finish(whole.partial(table))["d"].to_pylist() == [3]  # 0.0, inf, NaN
+
+
+@pytest.mark.parametrize("key", ["count_all", "__x0", "__p0", "__row", "__all", "k_sum"])
+def test_any_column_name_is_a_key(key: str) -> None:
+    """Keys named like Arrow's outputs or sluice's own columns group as any other."""
+    table = pa.table({key: [5, 5, 6], "k": [1, 2, 3], "v": [1.0, 2.0, 3.0]})
+    op = aggregate([key], {"n": "count()", "s": "sum(v)", "t": "sum(k)",
+                           "m": "max_by(v, k)", "d": "count_distinct(k)", "sd": "std(v)"})
+    got = shuffled(op, split(table, 2), 1).to_pylist()
+    assert got == [{key: 5, "n": 2, "s": 3.0, "t": 3, "m": 2.0, "d": 2,
+                    "sd": pytest.approx(np.std([1.0, 2.0], ddof=1))},
+                   {key: 6, "n": 1, "s": 3.0, "t": 3, "m": 3.0, "d": 1, "sd": None}]
+
+
+def test_columns_of_no_values_or_no_order_are_refused_as_planned() -> None:
+    schema = pa.schema({"k": pa.int64(), "nothing": pa.null(), "wait": pa.duration("s"),
+                        "half": pa.float16()})
+    with pytest.raises(SchemaError) as caught:
+        aggregate(["k"], {"a": "max(nothing)", "b": "count_distinct(nothing)",
+                          "c": "max(wait)", "d": "min(half)", "n": "count(nothing)"}
+                  ).output_schema(schema)
+    message = str(caught.value)  # every problem at once
+    assert "'a' (max(nothing)): 'nothing' is always null (type null)" in message
+    assert "'b' (count_distinct(nothing)): 'nothing' is always null" in message
+    assert "'c' (max(wait)): 'wait' is duration[s], which has no order here" in message
+    assert "'d' (min(half)): 'half' is halffloat" in message and "'n'" not in message
+    with pytest.raises(SchemaError, match="key column 'nothing' is null"):
+        aggregate(["nothing"], {"n": "count()"}).output_schema(schema)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("sum(amount) / count()", "one aggregation per column: 'sum(amount) / count()' goes on "
+                              "after 'sum(amount)'"),
+    ("COUNT(DISTINCT kind)", "write count_distinct(x) for count(distinct x) "
+                             "(count_distinct(kind))"),
+])
+def test_sql_habits_get_a_hint(text: str, message: str) -> None:
+    with pytest.raises(ParamError) as caught:
+        aggregate(["k"], {"a": text})
+    assert message in str(caught.value)
+
+
+def test_every_bad_column_is_named_at_once() -> None:
+    with pytest.raises(ParamError) as caught:
+        aggregate(["k"], {"a": "summ(x)", "b": "sum(x)", "c": "max_by(x)"})
+    assert "column 'a'" in str(caught.value) and "column 'c'" in str(caught.value)

@@ -310,43 +310,11 @@ def test_the_command_line_plans_and_runs_an_aggregate(events: Path, workdir: Pat
     assert "max_by" in ops and "count_distinct" in ops
 
 
-ACTIVITY_SCORE = """
-    pipeline: score_activity
-    steps:
-      - op: read_parquet
-        path: data/events/ds=2026-11-28
-      - id: activity
-        op: aggregate
-        by: [customer_id]
-        columns:
-          events: count()
-          purchases: count_if(kind == 'buy')
-          spend: sum(if(kind == 'buy', amount, 0.0))
-          refunds: count_if(kind == 'refund')
-          refunded: sum(if(kind == 'refund', amount, 0.0))
-          support_calls: count_if(kind == 'support')
-          channels: count_distinct(channel)
-          last_seen: max(ts)
-      - op: join
-        path: data/churn/ds=2026-11-28
-        on: [customer_id]
-        columns: [tenure, plan, monthly_charges]
-      - op: derive
-        columns:
-          refund_share: "refunds / greatest(purchases, 1)"
-          support_share: "support_calls / events"
-          days_since_seen: "days_between(last_seen, timestamp '2026-11-28 00:00:00')"
-      - op: score
-        model: churn_activity
-      - op: write_parquet
-        path: out/activity_scores
-"""
-
-
 def test_the_activity_example_pipeline(workdir: Path) -> None:
     """conf/pipelines/churn_activity_train.yaml on the committed samples: the events'
     aggregate finds the churners' refunds and support calls (the generator's signal),
-    and a scoring pipeline that repeats it scores every customer."""
+    and conf/pipelines/churn_activity_score.yaml, which repeats it, scores every
+    customer."""
     import shutil
 
     from conftest import ROOT
@@ -364,5 +332,26 @@ def test_the_activity_example_pipeline(workdir: Path) -> None:
     importance = metrics["feature_importances"]
     assert importance["support_share"] > importance["channels"]
     assert importance["refund_share"] > importance["channels"]
-    scored = run(write_pipeline(workdir, ACTIVITY_SCORE))
+    scored = run(ROOT / "conf" / "pipelines" / "churn_activity_score.yaml")
     assert scored["steps"]["write_parquet"]["rows"] == EVENTS_CUSTOMERS
+    scores = ds.dataset(workdir / "data" / "scores" / "activity").to_table()
+    assert scores.column_names == ["customer_id", "prediction", "probability"]
+
+
+def test_a_fit_before_an_aggregate_of_a_saved_model_is_refused_as_planned(
+        events: Path, workdir: Path) -> None:
+    """The model starts after the aggregate: a scaler before it would be fitted again by
+    every scoring pipeline on the rows it scores."""
+    text = TRAIN.replace("""        partition_mb: 0.02
+""", """        partition_mb: 0.02
+      - id: scaled
+        op: standard_scale
+        columns: [amount]
+""")
+    path = write_pipeline(workdir, text)
+    with pytest.raises(ValidationFailed) as info:
+        run(path)
+    (problem,) = info.value.problems
+    assert str(problem).startswith(f"{path}:33: step 'save_model' (save_model): step 'scaled' "
+                                   "(standard_scale) is fitted before 'features' (aggregate)")
+    assert "move it after 'features'" in str(problem)
