@@ -100,14 +100,57 @@ def hash_column(column: pa.Array | pa.ChunkedArray, seed: int = 0,
     return out
 
 
-def hash_rows(table: pa.Table, columns: list[str] | None = None, seed: int = 0) -> np.ndarray:
-    """One uint64 per row from the values of ``columns`` (default: all), in order."""
+_FNV_BASIS = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def text_hash(column: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """FNV-1a of each string's (or binary's) bytes, mixed, vectorised over the column
+    (one NumPy pass a byte position, not a Python call a value); None for other types.
+    Not ``hash_column``'s hash: for spreading rows (a shuffle's buckets), never for the
+    row hashes models and samples are tied to."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    t = column.type
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        width = np.int32
+    elif pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        width = np.int64
+    else:
+        return None
+    n = len(column)
+    out = np.full(n, _FNV_BASIS, dtype=np.uint64)
+    if n:
+        buffers = column.buffers()
+        offsets = np.frombuffer(buffers[1], dtype=width)[column.offset:column.offset + n + 1]
+        data = (np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None
+                else np.zeros(0, dtype=np.uint8))
+        starts = offsets[:-1].astype(np.int64)
+        lengths = np.diff(offsets).astype(np.int64)
+        live = np.flatnonzero(lengths > 0)
+        with np.errstate(over="ignore"):
+            for i in range(int(lengths.max(initial=0))):
+                live = live[lengths[live] > i]
+                out[live] ^= data[starts[live] + i].astype(np.uint64)
+                out[live] *= _FNV_PRIME
+    out = _mix_in_place(out)
+    if column.null_count:
+        out[np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)] = _NULL
+    return out
+
+
+def hash_rows(table: pa.Table, columns: list[str] | None = None, seed: int = 0,
+              fast_text: bool = False) -> np.ndarray:
+    """One uint64 per row from the values of ``columns`` (default: all), in order;
+    ``fast_text``: strings by ``text_hash`` (to spread rows, not to tie anything to)."""
     names = table.column_names if columns is None else columns
     h = np.full(table.num_rows, mix(np.array([seed + 1], dtype=np.uint64))[0], dtype=np.uint64)
     spare = np.empty_like(h)
     with np.errstate(over="ignore"):
         for i, name in enumerate(names):
-            hashed = hash_column(table.column(name), seed, spare)
+            hashed = text_hash(table.column(name)) if fast_text else None
+            if hashed is None:
+                hashed = hash_column(table.column(name), seed, spare)
             hashed += np.uint64(i + 1) * _GOLDEN
             h ^= hashed
             _mix_in_place(h, spare)

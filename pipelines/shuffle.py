@@ -4,9 +4,11 @@ Two stages, each an ordinary job of the engine:
 
 1. every partition of the step's input is reduced to partial rows (``op.partial``),
    which are split by a hash of their keys into the output partitions ("buckets") and
-   written as Arrow IPC files, ``<scratch>/<step>/bucket=B/part-P.arrow``: a ``Sink``
-   (``ShuffleWrite``), written where the engine runs the partition;
-2. a ``Source`` (``ShuffledSource``) whose partition B reads bucket B's files and
+   written as one Arrow IPC file, ``<scratch>/<step>/part-P.arrow``, whose record batch
+   B holds bucket B's rows (empty where it has none): a ``Sink`` (``ShuffleWrite``),
+   written where the engine runs the partition, one file a partition (not one a
+   partition and bucket: on an object store every file is a request);
+2. a ``Source`` (``ShuffledSource``) whose partition B reads batch B of every file and
    combines them (``op.finish``): the steps after read it as they read Parquet.
 
 The scratch folder must be one every worker sees (on one machine, a temporary folder;
@@ -53,11 +55,8 @@ def buckets_of(partials: pa.Table, keys: list[str], buckets: int) -> np.ndarray:
     """The output partition of each partial row: a hash of its keys' values."""
     if buckets == 1:
         return np.zeros(partials.num_rows, dtype=np.int64)
-    return (hash_rows(partials, keys, _SEED) % np.uint64(buckets)).astype(np.int64)
-
-
-def _folder(url: str, bucket: int) -> str:
-    return f"{url.rstrip('/')}/bucket={bucket:05d}"
+    return (hash_rows(partials, keys, _SEED, fast_text=True) % np.uint64(buckets)).astype(
+        np.int64)
 
 
 def _problem(exc: BaseException, url: str, doing: str) -> SluiceError:
@@ -89,35 +88,34 @@ class ShuffleWrite(Sink):
         if partials.num_rows == 0:
             return result
         where = buckets_of(partials, self.op.key_columns(), self.buckets)
-        order = np.argsort(where, kind="stable")
         counts = np.bincount(where, minlength=self.buckets)
-        partials = partials.take(pa.array(order))
+        partials = partials.take(pa.array(np.argsort(where, kind="stable"))).combine_chunks()
         loc = resolve(self.url, self.storage_options)
-        start = 0
+        path = f"{loc.path.rstrip('/')}/part-{index:06d}.arrow"
+        empty = pa.record_batch([pa.array([], f.type) for f in partials.schema],
+                                schema=partials.schema)
         try:
-            for bucket in np.flatnonzero(counts):
-                piece = partials.slice(start, int(counts[bucket]))
-                start += int(counts[bucket])
-                folder = _folder(loc.path, int(bucket))
-                loc.filesystem.create_dir(folder, recursive=True)
-                path = f"{folder}/part-{index:06d}.arrow"
-                with loc.filesystem.open_output_stream(path) as sink, ipc.new_file(
-                        sink, piece.schema, options=_OPTIONS) as writer:
-                    writer.write_table(piece)
-                result.files.append(path)
-                result.buckets[int(bucket)] = int(counts[bucket])
+            loc.filesystem.create_dir(loc.path, recursive=True)
+            with loc.filesystem.open_output_stream(path) as sink, ipc.new_file(
+                    sink, partials.schema, options=_OPTIONS) as writer:
+                start = 0
+                for n in counts:  # batch B: bucket B's rows
+                    piece = partials.slice(start, int(n)).to_batches()
+                    writer.write_batch(piece[0] if piece else empty)
+                    start += int(n)
         except store_errors(OSError, pa.ArrowException) as exc:
             raise _problem(exc, self.url, "write") from None
+        result.files.append(path)
+        result.buckets = {int(b): int(counts[b]) for b in np.flatnonzero(counts)}
         return result
 
     def commit(self, token: Any, results: list[WriteResult]) -> dict[str, Any]:
-        rows, files = [0] * self.buckets, [0] * self.buckets
+        rows = [0] * self.buckets
         for result in results:
             for bucket, n in getattr(result, "buckets", {}).items():
                 rows[bucket] += n
-                files[bucket] += 1
-        return {"partial_rows": sum(r.rows for r in results), "files": sum(files),
-                "bucket_rows": rows, "bucket_files": files}
+        return {"partial_rows": sum(r.rows for r in results),
+                "files": sum(len(r.files) for r in results), "bucket_rows": rows}
 
     def abort(self, token: Any) -> None:
         remove_scratch(self.url, self.storage_options)
@@ -140,7 +138,7 @@ class ShuffledSource(Source):
                  storage_options: dict[str, Any] | None = None):
         super().__init__()
         self.op, self.url, self.input_schema = op, url, input_schema
-        self.rows, self.files = written["bucket_rows"], written["bucket_files"]
+        self.rows, self.files = written["bucket_rows"], written["files"]
         self.storage_options = storage_options
         self._schema = op.output_schema(input_schema)
         self._partial_schema = op.partial_schema(input_schema)
@@ -149,29 +147,30 @@ class ShuffledSource(Source):
         return self._schema
 
     def partitions(self) -> list[PartitionInfo]:
-        return [PartitionInfo(index=b, path=_folder(self.url, b), rows=n)
+        return [PartitionInfo(index=b, path=f"{self.url} (bucket {b})", rows=n)
                 for b, n in enumerate(self.rows)]
 
     def read(self, partition: PartitionInfo) -> pa.Table:
         b = partition.index
         tables = []
-        if self.files[b]:
+        if self.rows[b]:
             loc = resolve(self.url, self.storage_options)
-            folder = _folder(loc.path, b)
             try:
                 listed = sorted(f.path for f in loc.filesystem.get_file_info(
-                    pa.fs.FileSelector(folder, allow_not_found=True))
+                    pa.fs.FileSelector(loc.path, allow_not_found=True))
                     if f.path.endswith(".arrow"))
-                if len(listed) != self.files[b]:
+                if len(listed) != self.files:
                     raise SluiceError(
-                        f"the shuffle files of partition {b} are not all here: "
-                        f"{len(listed)} of {self.files[b]} in '{folder}' (written by "
-                        "other tasks)", hint="--scratch (or SLUICE_SCRATCH) must be a "
-                        "folder every worker sees: a shared file system or an object "
-                        "store (s3://bucket/tmp), not a worker's own disk")
+                        f"the shuffle files are not all here: {len(listed)} of "
+                        f"{self.files} in '{self.url}' (written by other tasks)",
+                        hint="--scratch (or SLUICE_SCRATCH) must be a folder every worker "
+                             "sees: a shared file system or an object store "
+                             "(s3://bucket/tmp), not a worker's own disk")
                 for path in listed:
                     with loc.filesystem.open_input_file(path) as f:
-                        tables.append(ipc.open_file(f).read_all())
+                        batch = ipc.open_file(f).get_batch(b)
+                    if batch.num_rows:
+                        tables.append(pa.Table.from_batches([batch]))
             except store_errors(OSError, pa.ArrowException) as exc:
                 raise _problem(exc, self.url, "read") from None
         partials = (pa.concat_tables(tables) if tables

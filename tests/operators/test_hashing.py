@@ -155,3 +155,23 @@ def test_folds_of_the_hash_order_split_the_rows_in_k() -> None:
     with pytest.raises(ParamError, match="validation_start 0.8 \\+ validation_fraction 0.3 "
                                          "is over 1"):
         SupervisedParams(label="a", validation_fraction=0.3, validation_start=0.8)
+
+
+def test_text_hash_is_the_bytes_hash_whatever_the_layout() -> None:
+    """A shuffle's buckets: the same hash for the same bytes in string, large_string or
+    binary, sliced or chunked; null apart from ''; spread evenly."""
+    from operators.hashing import text_hash
+
+    values = ["a", None, "", "abc", "ab", "größe", "x" * 300]
+    plain = text_hash(pa.array(values))
+    assert plain is not None and len(set(plain.tolist())) == len(values)
+    for other in (pa.array(values, pa.large_string()),
+                  pa.array([None if v is None else v.encode() for v in values], pa.binary()),
+                  pa.chunked_array([pa.array(values[:3]), pa.array(values[3:])])):
+        np.testing.assert_array_equal(text_hash(other), plain)
+    longer = pa.array(["zz", *values])
+    np.testing.assert_array_equal(text_hash(longer.slice(1)), plain)
+    assert text_hash(pa.array([1, 2])) is None
+    spread = text_hash(pa.array([f"customer-{i}" for i in range(64_000)])) % np.uint64(16)
+    counts = np.bincount(spread.astype(np.int64), minlength=16)
+    assert counts.min() > 3_600 and counts.max() < 4_400

@@ -126,6 +126,7 @@ def test_an_aggregate_is_pandas_group_by_on_every_engine(events: Path, workdir: 
     # a partition of the input per row group (16), each sending its partial rows (one
     # per customer it has) to the output partition of their key
     assert step["shuffle"]["partitions"] == 16
+    assert step["shuffle"]["files"] == 16  # one a partition, a record batch a bucket
     assert CUSTOMERS < step["shuffle"]["partial_rows"] <= 16 * (CUSTOMERS + 1)
     # each output partition holds its keys in order, and a key is in one only
     files = sorted(out.glob("*.parquet"))
@@ -281,14 +282,14 @@ def test_shuffle_files_a_worker_cannot_see_are_a_clear_error(tmp_path: Path) -> 
     token = sink.begin("run", table.schema)
     results = [sink.write(token, table.slice(i * 50, 50), i) for i in range(2)]
     written = sink.commit(token, results)
-    assert written["bucket_files"] == [2] and written["partial_rows"] == 100
+    assert written["files"] == 2 and written["partial_rows"] == 100
     source = ShuffledSource(op, url, table.schema, written)
     (info,) = source.partitions()
     assert source.read(info).num_rows == 100
     Path(results[1].files[0]).unlink()  # written on a machine this one cannot see
     with pytest.raises(SluiceError) as caught:
         source.read(info)
-    assert "the shuffle files of partition 0 are not all here: 1 of 2" in str(caught.value)
+    assert "the shuffle files are not all here: 1 of 2" in str(caught.value)
     assert "--scratch" in caught.value.hint
 
 
