@@ -84,6 +84,8 @@ def hash_column(column: pa.Array | pa.ChunkedArray, seed: int = 0,
                 column.view(pa.int32()), pa.int64())
         elif pa.types.is_decimal(t):
             return _bytes_hash([None if v is None else str(v) for v in column.to_pylist()], seed)
+        elif pa.types.is_uint64(t):  # the same bits as int64 (values past 2**63 too)
+            as_int = column.view(pa.int64())
         else:
             as_int = pc.cast(column, pa.int64())
         bits = as_int.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64).view(

@@ -87,7 +87,8 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                      + (f", aliases {', '.join(op.params.aliases)}" if op.params.aliases
                         else ""))
     elif isinstance(op, Shuffle):
-        by = ", ".join(op.key_columns()) if getattr(op.params, "by", None) else "nothing (one row)"
+        keys = getattr(op.params, "by", None)
+        by = ", ".join(keys) if keys else "all the rows" if op.one_place() else "distinct row"
         parts = getattr(op.params, "partitions", None)
         notes.append(f"shuffles: one row per {by}, from the rows of every partition "
                      "(partial rows through the scratch folder), into "

@@ -48,7 +48,20 @@ from operators.expressions import (
     parse_expression,
     referenced_columns,
 )
-from operators.features.columns import arrow_message, unique_names
+from operators.features.columns import arrow_message
+from operators.features.grouping import (
+    INTERNAL,
+    Grouper,
+    distinct_keys,
+    extreme_in_group,
+    nested,
+    normalized,
+    ordered,
+    partitions_field,
+    plain,
+    sorted_order,
+    sum_options,
+)
 
 # function: (fewest arguments, most arguments, what it gives)
 FUNCTIONS: dict[str, tuple[int, int, str]] = {
@@ -76,11 +89,7 @@ ALIASES = {"avg": "mean", "stddev": "std", "variance": "var", "bool_or": "any",
 
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.S)
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
-# internal column names start with a NUL character: no column of a user's is named so
-_I = "\x00"
-_GROUP_ROWS = f"{_I}row"
-_ALL = f"{_I}all"  # the one key of an aggregate without `by`
-_PER_KEY_NULLS = int(pa.__version__.split(".")[0]) >= 25
+_ALL = f"{INTERNAL}all"  # the one key of an aggregate without `by`
 
 
 @dataclass(frozen=True)
@@ -192,16 +201,9 @@ class AggregateParams(Params):
                                   "rows, e.g. `spend: sum(amount)`, `refunds: "
                                   "count_if(kind == 'refund')`, `n: count()`; "
                                   f"functions: {', '.join(FUNCTIONS)}")
-    partitions: int | None = Field(None, ge=1, le=10_000,
-                                   description="output partitions (rows go by a hash of "
-                                               "their keys); default: as many as the input "
-                                               "has, at most 200")
+    partitions: int | None = partitions_field()
 
-    @field_validator("by")
-    @classmethod
-    def _distinct_keys(cls, value: list[str]) -> list[str]:
-        unique_names(value, "by")
-        return value
+    _distinct_keys = field_validator("by")(distinct_keys)
 
     @model_validator(mode="after")
     def _one_row(self) -> AggregateParams:
@@ -229,121 +231,6 @@ def _raise_all(problems: list[Any], kind: type[SluiceError]) -> None:
         raise problems[0]
     if problems:
         raise kind("; ".join(str(p) for p in problems))
-
-
-def _nested(t: pa.DataType) -> bool:
-    return pa.types.is_nested(t) or pa.types.is_dictionary(t) and _nested(t.value_type)
-
-
-def _ordered(t: pa.DataType) -> bool:
-    """Values Arrow's min and max compare: numbers, text, bytes, dates, times, booleans."""
-    t = t.value_type if pa.types.is_dictionary(t) else t
-    return (pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)
-            or pa.types.is_decimal(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)
-            or pa.types.is_time(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
-            or pa.types.is_large_string(t) or pa.types.is_binary(t)
-            or pa.types.is_large_binary(t))
-
-
-def _normalized(column: pa.Array) -> pa.Array:
-    """Floats as one key each value: -0.0 as 0.0, every NaN as one NaN (as Spark
-    normalises them for grouping and distinct counts); anything else as is."""
-    if not pa.types.is_floating(column.type):
-        return column
-    zeroed = pc.add(column, pa.scalar(0.0, column.type))  # -0.0 + 0.0 is 0.0
-    return pc.if_else(pc.is_nan(zeroed), pa.scalar(float("nan"), column.type), zeroed)
-
-
-def _plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """One array, dictionaries decoded (keys and values compare as values)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    return column
-
-
-def _sum_options(min_count: int) -> pc.ScalarAggregateOptions:
-    return pc.ScalarAggregateOptions(skip_nulls=True, min_count=min_count)
-
-
-class _Grouper:
-    """Hash aggregations of a table's columns by keys, with each row's group number:
-    ``add`` what to compute, ``run`` it once (one pass of Arrow's hash group-by)."""
-
-    def __init__(self, table: pa.Table, keys: list[str]):
-        self.table, self.keys = table, keys
-        self.wanted: dict[tuple[str, str, str], tuple[str, Any]] = {}
-        self.numbered = False  # True: ``run`` also gives each row's group number
-
-    def add(self, column: str, fn: str, options: Any = None) -> tuple[str, str, str]:
-        key = (column, fn, repr(options))
-        self.wanted.setdefault(key, (column, options))
-        return key
-
-    def run(self) -> tuple[pa.Table, dict[tuple[str, str, str], pa.Array], np.ndarray | None]:
-        """The groups' keys (first appearance order), the aggregations by their ``add``
-        key, and each row's group number if ``numbered`` (else None)."""
-        n = self.table.num_rows
-        # the keys under names of their own: Arrow names an aggregation <column>_<fn>, and
-        # a key named so (or count_all) would clash with it
-        inner = [f"{_I}k{j}" for j in range(len(self.keys))]
-        table = self.table.rename_columns(
-            [inner[self.keys.index(c)] if c in self.keys else c for c in self.table.column_names])
-        specs: list[tuple[str, str, Any]] = []
-        if self.numbered:  # the rows of each group, as a list (one more hash aggregate)
-            table = table.append_column(_GROUP_ROWS, pa.array(np.arange(n, dtype=np.int64)))
-            specs.append((_GROUP_ROWS, "list", None))
-        specs += [(col, fn, opts) for (col, fn, _), (_, opts) in self.wanted.items()]
-        if not specs:
-            specs.append(("", "count_all", None))
-        out = table.group_by(inner, use_threads=False).aggregate(
-            [(c if c else [], f, o) if o is not None else (c if c else [], f)
-             for c, f, o in specs])
-        gid = None
-        if self.numbered:
-            rows = out.column(f"{_GROUP_ROWS}_list").combine_chunks()
-            gid = np.empty(n, dtype=np.int64)
-            gid[pc.list_flatten(rows).to_numpy(zero_copy_only=False)] = (
-                pc.list_parent_indices(rows).to_numpy(zero_copy_only=False))
-        results = {key: out.column("count_all" if not col else f"{col}_{fn}").combine_chunks()
-                   for key in self.wanted for col, fn in [(key[0], key[1])]}
-        return out.select(inner).rename_columns(self.keys), results, gid
-
-
-def _sorted(table: pa.Table, keys: list[tuple[str, str]], nulls: str) -> np.ndarray:
-    """The row order that sorts ``table`` by ``keys`` (name, order), nulls ``nulls``
-    (at_start / at_end) for every key."""
-    if _PER_KEY_NULLS:
-        index = pc.sort_indices(table, sort_keys=[(k, o, nulls) for k, o in keys])
-    else:  # pyarrow before 25: one placement for all keys
-        index = pc.sort_indices(table, sort_keys=keys, null_placement=nulls)
-    return index.to_numpy(zero_copy_only=False)
-
-
-def _per_group(gid: np.ndarray, groups: int, values: pa.Array, fn: str) -> pa.Array:
-    """``fn`` (min, max) of ``values`` for each group 0..groups-1 (null where a group
-    has no value), in one hash aggregate."""
-    out = pa.table({"g": gid, "v": values}).group_by("g", use_threads=False).aggregate(
-        [("v", fn, _sum_options(1))])
-    at = np.full(groups, -1, dtype=np.int64)
-    at[out.column("g").to_numpy()] = np.arange(out.num_rows)
-    found = out.column(f"v_{fn}").combine_chunks()
-    return found.take(pa.array(at, mask=at < 0))
-
-
-def _extreme_in_group(gid: np.ndarray, groups: int, order: pa.Array, value: pa.Array,
-                      smallest: bool) -> tuple[pa.Array, pa.Array]:
-    """Per group, the largest order (``smallest``: the smallest) and the largest
-    (smallest) value of the rows that have it; null where no row has an order. Two hash
-    aggregates and a comparison, no sort."""
-    fn = "min" if smallest else "max"
-    order, value = _plain(order), _plain(value)
-    best = _per_group(gid, groups, order, fn)
-    at_best = pc.fill_null(pc.equal(order, best.take(pa.array(gid))), False)
-    chosen = _per_group(gid[at_best.to_numpy(zero_copy_only=False)], groups,
-                        value.filter(at_best), fn)
-    return best, chosen
 
 
 @register("aggregate")
@@ -401,7 +288,7 @@ class Aggregate(Shuffle):
         for key in self.params.by:
             t = schema.field(key).type
             plain = t.value_type if pa.types.is_dictionary(t) else t
-            if _nested(t) or pa.types.is_null(plain) or pa.types.is_float16(plain):
+            if nested(t) or pa.types.is_null(plain) or pa.types.is_float16(plain):
                 problems.append(SchemaError(
                     f"by: key column '{key}' is {t}; keys are plain values",
                     hint=f"leave '{key}' out of by" if not pa.types.is_float16(plain)
@@ -446,11 +333,11 @@ class Aggregate(Shuffle):
                 raise SchemaError(f"{what}: needs numbers, got {t}", hint=hint)
         elif agg.fn in ("min", "max", "max_by", "min_by"):
             for arg, t in zip(agg.args, types):
-                if not _ordered(t):
+                if not ordered(t):
                     raise SchemaError(f"{what}: '{arg}' is {t}, which has no order here",
                                       hint="numbers, text, dates, times and booleans order "
                                            "(cast durations and float16 to numbers)")
-        elif agg.fn == "count_distinct" and _nested(types[0]):
+        elif agg.fn == "count_distinct" and nested(types[0]):
             raise SchemaError(f"{what}: '{agg.args[0]}' is {types[0]}; distinct values "
                               "are plain values")
 
@@ -474,9 +361,9 @@ class Aggregate(Shuffle):
             raise DataError(f"aggregate column {self._failing(part)}: {arrow_message(exc)}",
                             hint="guard the expression, e.g. with if(...) or coalesce(...)"
                             ) from None
-        arrays = {} if out is None else {n: _plain(out.column(n)) for n in out.column_names}
+        arrays = {} if out is None else {n: plain(out.column(n)) for n in out.column_names}
         for key in self.params.by:  # one group of 0.0 and -0.0, one of every NaN
-            arrays[key] = _normalized(arrays[key])
+            arrays[key] = normalized(arrays[key])
         if not self.params.by:
             arrays[_ALL] = pa.array(np.zeros(part.num_rows, dtype=np.int8))
         return pa.table(arrays)
@@ -497,7 +384,7 @@ class Aggregate(Shuffle):
         layout = self._layout
         for name, (source, variant) in layout.variants.items():  # casts some kinds need
             table = table.append_column(name, _variant(table.column(source), variant))
-        g = _Grouper(table, keys)
+        g = Grouper(table, keys)
         asked = {f.name: g.add(f.column, *_PARTIAL[f.kind]) for f in layout.fields
                  if f.kind in _PARTIAL}
         g.numbered = any(f.kind == "by_value" for f in layout.fields)
@@ -509,7 +396,7 @@ class Aggregate(Shuffle):
                 out[f.name] = pc.multiply(var, pc.cast(results[asked[f.count]], pa.float64()))
             elif f.kind == "by_value":
                 order, value = f.column.split("|")
-                o, v = _extreme_in_group(gid, groups.num_rows, table.column(order),
+                o, v = extreme_in_group(gid, groups.num_rows, table.column(order),
                                          table.column(value), f.smallest)
                 out[f.order], out[f.name] = o, v
             elif f.kind != "by_order":
@@ -523,7 +410,7 @@ class Aggregate(Shuffle):
         layout = self._layout
         if not self.params.by and partials.num_rows == 0:
             partials = self._no_rows(partials.schema)  # one row for all (no) rows
-        g = _Grouper(partials, keys)
+        g = Grouper(partials, keys)
         asked = {f.name: g.add(f.name, *_FINISH[f.kind]) for f in layout.fields
                  if f.kind in _FINISH}
         g.numbered = any(f.kind in ("m2", "distinct", "by_value", "list")
@@ -535,7 +422,7 @@ class Aggregate(Shuffle):
             if f.kind == "distinct":
                 combined[f.name] = _distinct_count(partials.column(f.name), gid, count)
             elif f.kind == "by_value":
-                _, combined[f.name] = _extreme_in_group(
+                _, combined[f.name] = extreme_in_group(
                     gid, count, partials.column(f.order), partials.column(f.name),
                     f.smallest)
         out: dict[str, Any] = {k: groups.column(k) for k in self.params.by}
@@ -544,7 +431,7 @@ class Aggregate(Shuffle):
                                            gid, count)
         table = pa.table(out) if out else pa.table({})
         if self.params.by and table.num_rows > 1:
-            table = table.take(_sorted(table, [(k, "ascending") for k in self.params.by],
+            table = table.take(sorted_order(table, [(k, "ascending") for k in self.params.by],
                                        "at_end"))
         return table
 
@@ -590,19 +477,19 @@ class _Field:
 # partial rows in finish (kinds missing from _FINISH are combined by the aggregation)
 _PARTIAL: dict[str, tuple[str, Any]] = {
     "rows": ("count_all", None), "count": ("count", pc.CountOptions("only_valid")),
-    "sum0": ("sum", _sum_options(0)), "sum": ("sum", _sum_options(1)),
-    "mean": ("mean", _sum_options(1)), "m2": ("variance", pc.VarianceOptions(ddof=0,
+    "sum0": ("sum", sum_options(0)), "sum": ("sum", sum_options(1)),
+    "mean": ("mean", sum_options(1)), "m2": ("variance", pc.VarianceOptions(ddof=0,
                                                                               min_count=1)),
-    "min": ("min", _sum_options(1)), "max": ("max", _sum_options(1)),
-    "any": ("any", _sum_options(1)), "all": ("all", _sum_options(1)),
+    "min": ("min", sum_options(1)), "max": ("max", sum_options(1)),
+    "any": ("any", sum_options(1)), "all": ("all", sum_options(1)),
     "distinct": ("distinct", pc.CountOptions("only_valid")),
     "list": ("list", None),
 }
 _FINISH: dict[str, tuple[str, Any]] = {
-    "rows": ("sum", _sum_options(0)), "count": ("sum", _sum_options(0)),
-    "sum0": ("sum", _sum_options(0)), "sum": ("sum", _sum_options(1)),
-    "min": ("min", _sum_options(1)), "max": ("max", _sum_options(1)),
-    "any": ("any", _sum_options(1)), "all": ("all", _sum_options(1)),
+    "rows": ("sum", sum_options(0)), "count": ("sum", sum_options(0)),
+    "sum0": ("sum", sum_options(0)), "sum": ("sum", sum_options(1)),
+    "min": ("min", sum_options(1)), "max": ("max", sum_options(1)),
+    "any": ("any", sum_options(1)), "all": ("all", sum_options(1)),
 }
 
 
@@ -624,7 +511,7 @@ class _Layout:
         self._by_key: dict[tuple[str, str, bool], _Field] = {}
         self.roles: dict[str, dict[str, str]] = {}
         for agg in aggregations:
-            cols = [self.inputs.setdefault(a, f"{_I}x{len(self.inputs)}") for a in agg.args]
+            cols = [self.inputs.setdefault(a, f"{INTERNAL}x{len(self.inputs)}") for a in agg.args]
             self.roles[agg.name] = self._roles(agg.fn, cols)
 
     def _variant(self, column: str, variant: str) -> str:
@@ -635,7 +522,7 @@ class _Layout:
     def _field(self, column: str, kind: str, **extra: Any) -> str:
         key = (column, kind, bool(extra.get("smallest")))
         if key not in self._by_key:
-            self._by_key[key] = _Field(f"{_I}p{len(self.fields)}", column, kind, **extra)
+            self._by_key[key] = _Field(f"{INTERNAL}p{len(self.fields)}", column, kind, **extra)
             self.fields.append(self._by_key[key])
         return self._by_key[key].name
 
@@ -674,7 +561,7 @@ def _variant(column: pa.ChunkedArray, variant: str) -> pa.ChunkedArray:
     if variant == "int":
         return pc.cast(pc.fill_null(column, False), pa.int64())
     if variant == "norm":
-        return _normalized(_plain(column))
+        return normalized(plain(column))
     if variant == "f64" or pa.types.is_floating(column.type):
         # integers past 2**53 lose their last digits, as in pandas and Spark
         return pc.cast(column, pa.float64(), safe=False)
@@ -685,10 +572,10 @@ def _combined_variance(partials: pa.Table, roles: dict[str, str], gid: np.ndarra
                        count: int, sqrt: bool) -> pa.Array:
     """The sample variance (or deviation) of each group from its partials' counts, means
     and sums of squared deviations."""
-    n = _plain(partials.column(roles["n"])).to_numpy(zero_copy_only=False).astype(np.float64)
-    mean = pc.fill_null(_plain(partials.column(roles["mean"])), 0.0).to_numpy(
+    n = plain(partials.column(roles["n"])).to_numpy(zero_copy_only=False).astype(np.float64)
+    mean = pc.fill_null(plain(partials.column(roles["mean"])), 0.0).to_numpy(
         zero_copy_only=False)
-    m2 = pc.fill_null(_plain(partials.column(roles["m2"])), 0.0).to_numpy(
+    m2 = pc.fill_null(plain(partials.column(roles["m2"])), 0.0).to_numpy(
         zero_copy_only=False)
     total = np.bincount(gid, weights=n, minlength=count)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -719,8 +606,8 @@ def _quantile(values: pa.ChunkedArray, gid: np.ndarray, count: int, q: float) ->
     """The ``q``-quantile of each group's values (the partials' lists together, nulls and
     NaN left out), interpolated linearly between the two nearest as pandas and NumPy do;
     null for a group without values."""
-    lists = _plain(values)
-    flat = pc.fill_null(_plain(pc.list_flatten(lists)), np.nan).to_numpy(zero_copy_only=False)
+    lists = plain(values)
+    flat = pc.fill_null(plain(pc.list_flatten(lists)), np.nan).to_numpy(zero_copy_only=False)
     owner = gid[pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)]
     kept = ~np.isnan(flat)
     flat, owner = flat[kept], owner[kept]
@@ -742,9 +629,9 @@ def _quantile(values: pa.ChunkedArray, gid: np.ndarray, count: int, q: float) ->
 
 def _distinct_count(values: pa.ChunkedArray, gid: np.ndarray, count: int) -> pa.Array:
     """How many distinct values the partials' lists of each group hold together."""
-    lists = _plain(values)
+    lists = plain(values)
     owner = gid[pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)]
-    pairs = pa.table({"g": owner, "v": _plain(pc.list_flatten(lists))})
+    pairs = pa.table({"g": owner, "v": plain(pc.list_flatten(lists))})
     out = pairs.group_by("g", use_threads=False).aggregate([("v", "count_distinct")])
     counts = np.zeros(count, dtype=np.int64)
     counts[out.column("g").to_numpy()] = out.column("v_count_distinct").to_numpy()

@@ -175,3 +175,12 @@ def test_text_hash_is_the_bytes_hash_whatever_the_layout() -> None:
     spread = text_hash(pa.array([f"customer-{i}" for i in range(64_000)])) % np.uint64(16)
     counts = np.bincount(spread.astype(np.int64), minlength=16)
     assert counts.min() > 3_600 and counts.max() < 4_400
+
+
+def test_uint64_values_past_int64_hash_as_their_bits() -> None:
+    from operators.hashing import hash_column
+
+    big = pa.array([2**64 - 1, 5, None], pa.uint64())
+    hashed = hash_column(big)
+    np.testing.assert_array_equal(hashed[1:], hash_column(pa.array([5, None], pa.int64())))
+    assert hashed[0] == hash_column(pa.array([-1], pa.int64()))[0]

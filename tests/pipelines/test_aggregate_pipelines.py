@@ -356,3 +356,34 @@ def test_a_fit_before_an_aggregate_of_a_saved_model_is_refused_as_planned(
     assert str(problem).startswith(f"{path}:33: step 'save_model' (save_model): step 'scaled' "
                                    "(standard_scale) is fitted before 'features' (aggregate)")
     assert "move it after 'features'" in str(problem)
+
+
+LATEST = """
+    pipeline: latest_event
+    steps:
+      - op: read_parquet
+        path: data/events
+        partition_mb: 0.02
+      - id: latest
+        op: deduplicate
+        by: [customer_id]
+        order: ts
+      - op: write_parquet
+        path: {out}
+"""
+
+
+def test_deduplicate_keeps_each_keys_latest_row_the_same_on_every_engine(
+        events: Path, workdir: Path, engine: Engine) -> None:
+    record = run(write_pipeline(workdir, LATEST.format(out="out/latest")),
+                 engine_instance=engine)
+    got = ds.dataset(workdir / "out" / "latest").to_table()
+    frame = ds.dataset(events).to_table().to_pandas()
+    latest = frame.groupby("customer_id", dropna=False)["ts"].max()
+    assert got.num_rows == len(latest) == record["steps"]["latest"]["rows"] == CUSTOMERS + 1
+    assert got.schema.field("kind").type == pa.string()  # a dictionary, as its values
+    kept = got.to_pandas().set_index("customer_id")
+    kept.index, latest.index = kept.index.fillna(-1), latest.index.fillna(-1)
+    assert (kept["ts"].sort_index() == latest.sort_index()).all()
+    run(write_pipeline(workdir, LATEST.format(out="out/local"), "local.yaml"))
+    assert got.equals(ds.dataset(workdir / "out" / "local").to_table())

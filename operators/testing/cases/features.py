@@ -213,3 +213,19 @@ _cases("aggregate", events_table,
        ("no-keys", {"by": [], "columns": {"rows": "count()", "x_sum": "sum(x)",
                                           "x_var": "var(x)", "plans": "count_distinct(plan)",
                                           "last": "max_by(plan, ts)"}}))
+
+
+def updates_table(rows: int = 500, seed: int = 9) -> pa.Table:
+    """Updates of customers: repeated keys, versions with ties and nulls, exact repeats."""
+    base = events_table(rows, seed)
+    rng = np.random.default_rng(seed)
+    version = pa.array(rng.integers(0, 6, rows), pa.int64(), mask=rng.random(rows) < 0.1)
+    table = base.append_column("version", version)
+    return pa.concat_tables([table, table.slice(0, 40)])  # rows delivered twice
+
+
+_cases("deduplicate", updates_table,
+       ("latest", {"by": ["customer"], "order": "version"}),
+       ("earliest-two-keys", {"by": ["region", "plan"], "order": "ts", "keep": "first"}),
+       ("no-order", {"by": ["customer"]}),
+       ("whole-rows", {}))

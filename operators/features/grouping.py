@@ -1,0 +1,147 @@
+"""Grouping rows by keys with Arrow's hash group-by: what the shuffle operators
+(``aggregate``, ``deduplicate``) share: each row's group number, per-group extremes, keys
+that group as Spark groups them (floats normalised, dictionaries as their values)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from operators.features.columns import unique_names
+
+# internal column names start with a NUL character: no column of a user's is named so
+INTERNAL = "\x00"
+_GROUP_ROWS = f"{INTERNAL}row"
+_PER_KEY_NULLS = int(pa.__version__.split(".")[0]) >= 25
+
+
+def partitions_field() -> Any:
+    """A shuffle step's ``partitions`` parameter."""
+    return Field(None, ge=1, le=10_000, description="output partitions (rows go by a hash "
+                                                    "of their keys); default: as many as "
+                                                    "the input has, at most 200")
+
+
+def distinct_keys(cls: Any, value: list[str]) -> list[str]:
+    """A ``by`` validator: each key named once."""
+    unique_names(value, "by")
+    return value
+
+
+def nested(t: pa.DataType) -> bool:
+    return pa.types.is_nested(t) or pa.types.is_dictionary(t) and nested(t.value_type)
+
+
+def ordered(t: pa.DataType) -> bool:
+    """Values Arrow's min and max compare: numbers, text, bytes, dates, times, booleans."""
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return (pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)
+            or pa.types.is_decimal(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)
+            or pa.types.is_time(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t))
+
+
+def normalized(column: pa.Array) -> pa.Array:
+    """Floats as one key each value: -0.0 as 0.0, every NaN as one NaN (as Spark
+    normalises them for grouping and distinct counts); anything else as is."""
+    if not pa.types.is_floating(column.type):
+        return column
+    zeroed = pc.add(column, pa.scalar(0.0, column.type))  # -0.0 + 0.0 is 0.0
+    return pc.if_else(pc.is_nan(zeroed), pa.scalar(float("nan"), column.type), zeroed)
+
+
+def plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array, dictionaries decoded (keys and values compare as values)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column
+
+
+def sum_options(min_count: int) -> pc.ScalarAggregateOptions:
+    return pc.ScalarAggregateOptions(skip_nulls=True, min_count=min_count)
+
+
+class Grouper:
+    """Hash aggregations of a table's columns by keys, with each row's group number:
+    ``add`` what to compute, ``run`` it once (one pass of Arrow's hash group-by)."""
+
+    def __init__(self, table: pa.Table, keys: list[str]):
+        self.table, self.keys = table, keys
+        self.wanted: dict[tuple[str, str, str], tuple[str, Any]] = {}
+        self.numbered = False  # True: ``run`` also gives each row's group number
+
+    def add(self, column: str, fn: str, options: Any = None) -> tuple[str, str, str]:
+        key = (column, fn, repr(options))
+        self.wanted.setdefault(key, (column, options))
+        return key
+
+    def run(self) -> tuple[pa.Table, dict[tuple[str, str, str], pa.Array], np.ndarray | None]:
+        """The groups' keys (first appearance order), the aggregations by their ``add``
+        key, and each row's group number if ``numbered`` (else None)."""
+        n = self.table.num_rows
+        # the keys under names of their own: Arrow names an aggregation <column>_<fn>, and
+        # a key named so (or count_all) would clash with it
+        inner = [f"{INTERNAL}k{j}" for j in range(len(self.keys))]
+        table = self.table.rename_columns(
+            [inner[self.keys.index(c)] if c in self.keys else c for c in self.table.column_names])
+        specs: list[tuple[str, str, Any]] = []
+        if self.numbered:  # the rows of each group, as a list (one more hash aggregate)
+            table = table.append_column(_GROUP_ROWS, pa.array(np.arange(n, dtype=np.int64)))
+            specs.append((_GROUP_ROWS, "list", None))
+        specs += [(col, fn, opts) for (col, fn, _), (_, opts) in self.wanted.items()]
+        if not specs:
+            specs.append(("", "count_all", None))
+        out = table.group_by(inner, use_threads=False).aggregate(
+            [(c if c else [], f, o) if o is not None else (c if c else [], f)
+             for c, f, o in specs])
+        gid = None
+        if self.numbered:
+            rows = out.column(f"{_GROUP_ROWS}_list").combine_chunks()
+            gid = np.empty(n, dtype=np.int64)
+            gid[pc.list_flatten(rows).to_numpy(zero_copy_only=False)] = (
+                pc.list_parent_indices(rows).to_numpy(zero_copy_only=False))
+        results = {key: out.column("count_all" if not col else f"{col}_{fn}").combine_chunks()
+                   for key in self.wanted for col, fn in [(key[0], key[1])]}
+        return out.select(inner).rename_columns(self.keys), results, gid
+
+
+def sorted_order(table: pa.Table, keys: list[tuple[str, str]], nulls: str) -> np.ndarray:
+    """The row order that sorts ``table`` by ``keys`` (name, order), nulls ``nulls``
+    (at_start / at_end) for every key."""
+    if _PER_KEY_NULLS:
+        index = pc.sort_indices(table, sort_keys=[(k, o, nulls) for k, o in keys])
+    else:  # pyarrow before 25: one placement for all keys
+        index = pc.sort_indices(table, sort_keys=keys, null_placement=nulls)
+    return index.to_numpy(zero_copy_only=False)
+
+
+def per_group(gid: np.ndarray, groups: int, values: pa.Array, fn: str) -> pa.Array:
+    """``fn`` (min, max) of ``values`` for each group 0..groups-1 (null where a group
+    has no value), in one hash aggregate."""
+    out = pa.table({"g": gid, "v": values}).group_by("g", use_threads=False).aggregate(
+        [("v", fn, sum_options(1))])
+    at = np.full(groups, -1, dtype=np.int64)
+    at[out.column("g").to_numpy()] = np.arange(out.num_rows)
+    found = out.column(f"v_{fn}").combine_chunks()
+    return found.take(pa.array(at, mask=at < 0))
+
+
+def extreme_in_group(gid: np.ndarray, groups: int, order: pa.Array, value: pa.Array,
+                      smallest: bool) -> tuple[pa.Array, pa.Array]:
+    """Per group, the largest order (``smallest``: the smallest) and the largest
+    (smallest) value of the rows that have it; null where no row has an order. Two hash
+    aggregates and a comparison, no sort."""
+    fn = "min" if smallest else "max"
+    order, value = plain(order), plain(value)
+    best = per_group(gid, groups, order, fn)
+    at_best = pc.fill_null(pc.equal(order, best.take(pa.array(gid))), False)
+    chosen = per_group(gid[at_best.to_numpy(zero_copy_only=False)], groups,
+                        value.filter(at_best), fn)
+    return best, chosen
