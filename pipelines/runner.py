@@ -30,7 +30,7 @@ from operators.evaluate.drift import (
     profiled_columns,
 )
 from operators.evaluate.promote import Promote
-from operators.io.fs import written_whole
+from operators.io.fs import release_dir, written_whole
 from operators.io.model import SaveModel
 from pipelines import profiles
 from pipelines import spec as spec_module
@@ -42,6 +42,7 @@ from pipelines.shuffle import (
     ShuffledSource,
     ShuffleWrite,
     bucket_count,
+    claim_scratch,
     default_scratch,
     remove_scratch,
 )
@@ -248,6 +249,8 @@ class Run:
     # where shuffle steps (aggregate) leave their partial rows for the run: removed at
     # its end (``pipelines/shuffle.py``)
     scratch: str = ""
+    scratch_lock: int | None = None  # held while the run's scratch folder is in use
+    scratch_claimed: bool = False
 
     def placement(self, step: Step) -> Placement:
         return self.placements.get(step.id, CPU)
@@ -328,6 +331,9 @@ class Run:
         them (``pipelines/shuffle.py``)."""
         op = step.op
         assert isinstance(op, Shuffle)
+        if not self.scratch_claimed:
+            self.scratch_lock = claim_scratch(self.scratch)
+            self.scratch_claimed = True
         buckets = bucket_count(op, len(self.engine.partitions(data)))
         url = f"{self.scratch.rstrip('/')}/{step.id}"
         written = self.engine.write(data, step.id, ShuffleWrite(op, url, buckets), self.run_id)
@@ -557,6 +563,7 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         if engine_instance is None:
             eng.close()
         remove_scratch(current.scratch)
+        release_dir(current.scratch_lock)
         for step_id, stats in eng.stats.items():
             if step_id in record["steps"]:
                 record["steps"][step_id]["rows"] = stats.rows

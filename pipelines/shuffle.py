@@ -19,6 +19,7 @@ the end, whatever happened.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -28,7 +29,14 @@ import pyarrow.ipc as ipc
 
 from operators.base import PartitionInfo, Shuffle, Sink, SluiceError, Source, WriteResult
 from operators.hashing import hash_rows
-from operators.io.fs import resolve, store_errors, store_problem
+from operators.io.fs import (
+    claim_dir,
+    is_url,
+    resolve,
+    store_errors,
+    store_problem,
+    sweep_stale,
+)
 
 MAX_DEFAULT_BUCKETS = 200
 _SEED = 0x5EED  # the buckets' hash: the same on every engine and machine
@@ -176,6 +184,22 @@ class ShuffledSource(Source):
         partials = (pa.concat_tables(tables) if tables
                     else self._partial_schema.empty_table())
         return self.op.finish(partials)
+
+
+_RUN_FOLDER = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+")  # a run id (pipelines.runner)
+
+
+def claim_scratch(folder: str) -> int | None:
+    """Create a run's scratch folder on this machine's disks and lock it for the run (the
+    lock dies with the process); folders of runs that died without removing theirs (no
+    live lock) are removed first. Returns the lock for ``release_scratch``; nothing on an
+    object store (no locks there: a dead run's folder stays)."""
+    if is_url(folder):
+        return None
+    root, name = os.path.split(os.path.abspath(folder.removeprefix("file://")))
+    os.makedirs(root, exist_ok=True)
+    sweep_stale(root, "", _RUN_FOLDER)
+    return claim_dir(os.path.join(root, name))
 
 
 def remove_scratch(url: str, storage_options: dict[str, Any] | None = None) -> None:

@@ -281,13 +281,14 @@ def release_dir(fd: int | None) -> None:
             os.close(fd)
 
 
-def sweep_stale(parent: str, prefix: str) -> list[str]:
-    """Delete the entries of ``parent`` named ``prefix*`` that no live process holds locked;
-    returns the paths deleted."""
+def sweep_stale(parent: str, prefix: str, pattern: re.Pattern[str] | None = None) -> list[str]:
+    """Delete the entries of ``parent`` named ``prefix*`` (and matching ``pattern``) that no
+    live process holds locked; returns the paths deleted."""
     if fcntl is None:
         return []
     try:
-        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)
+                 and (pattern is None or pattern.fullmatch(n))]
     except OSError:
         return []
     swept = []

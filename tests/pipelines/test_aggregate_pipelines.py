@@ -4,6 +4,7 @@ step and the partition, and a scratch folder that does not outlive the run."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -387,3 +388,23 @@ def test_deduplicate_keeps_each_keys_latest_row_the_same_on_every_engine(
     assert (kept["ts"].sort_index() == latest.sort_index()).all()
     run(write_pipeline(workdir, LATEST.format(out="out/local"), "local.yaml"))
     assert got.equals(ds.dataset(workdir / "out" / "local").to_table())
+
+
+def test_the_scratch_folder_of_a_run_that_died_is_removed_by_the_next(
+        events: Path, workdir: Path) -> None:
+    """A run killed outright (no cleanup) leaves its folder; the next run that shuffles
+    removes it, as nobody holds its lock, and leaves alone a live run's and other files."""
+    from operators.io.fs import claim_dir
+
+    scratch = workdir / "scratch"
+    dead = scratch / "20261129T010203Z-abcdef"
+    (dead / "features").mkdir(parents=True)
+    (dead / "features" / "part-000000.arrow").write_bytes(b"left over")
+    live = scratch / "20261129T010204Z-123456"
+    lock = claim_dir(str(live))  # a run still going, in this process
+    (scratch / "notes.txt").write_text("not a run's")
+    try:
+        run(write_pipeline(workdir, AGGREGATE.format(partitions="")), scratch=str(scratch))
+        assert sorted(p.name for p in scratch.iterdir()) == [live.name, "notes.txt"]
+    finally:
+        os.close(lock)
