@@ -408,3 +408,32 @@ def test_the_scratch_folder_of_a_run_that_died_is_removed_by_the_next(
         assert sorted(p.name for p in scratch.iterdir()) == [live.name, "notes.txt"]
     finally:
         os.close(lock)
+
+
+def test_the_plan_says_what_each_shuffle_keys_by(events: Path, workdir: Path) -> None:
+    from pipelines.describe import describe, format_plan
+    from pipelines.runner import plan_file
+
+    path = write_pipeline(workdir, """
+        pipeline: shuffles
+        steps:
+          - op: read_parquet
+            path: data/events
+          - id: once
+            op: deduplicate
+          - id: latest
+            op: deduplicate
+            by: [customer_id]
+            order: ts
+            partitions: 4
+          - id: totals
+            op: aggregate
+            by: []
+            columns: {n: count()}
+        """)
+    plan = plan_file(path)
+    lines = "\n".join(format_plan(plan, describe(plan)))
+    assert "shuffles: one row per distinct row, from the rows of every partition" in lines
+    assert "shuffles: one row per customer_id, from the rows of every partition (partial " \
+           "rows through the scratch folder), into 4 partitions" in lines
+    assert "shuffles: one row per all the rows" in lines
