@@ -26,6 +26,15 @@ from bench.dask_cases import (  # noqa: F401 - bench.worker looks the sides up h
     dask_train_logistic_dask_ml,
     dask_train_logistic_sluice_dask,
 )
+from bench.dedupe_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    check_deduplicate,
+    check_spark_deduplicate,
+    deduplicate_pyarrow_floor,
+    deduplicate_sluice_local,
+    spark_deduplicate_sluice_spark,
+    spark_deduplicate_spark,
+    updates,
+)
 from bench.mllib_cases import (  # noqa: F401 - bench.worker looks the sides up here
     forest_split,
     train_boosted_spark_mllib,
@@ -180,6 +189,13 @@ CASES: dict[str, Case] = {
                            check=check_dask_aggregate),
     "spark_aggregate": Case("events", ("sluice_spark", "spark"), events,
                             check=check_spark_aggregate),
+    # read -> deduplicate by customer (the latest update of each) -> write vs the pyarrow
+    # floor (hash codes + NumPy) and Spark's row_number() over a Window; the kept rows are
+    # compared after the sides (bench/dedupe_cases.py)
+    "deduplicate": Case("updates", ("sluice_local", "pyarrow_floor"), updates,
+                        check=check_deduplicate),
+    "spark_deduplicate": Case("updates", ("sluice_spark", "spark"), updates,
+                              check=check_spark_deduplicate),
 }
 
 

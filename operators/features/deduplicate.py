@@ -21,6 +21,7 @@ from operators.features.grouping import (
     INTERNAL,
     Grouper,
     distinct_keys,
+    nan_as_null,
     nested,
     normalized,
     ordered,
@@ -70,7 +71,8 @@ class Deduplicate(Shuffle):
     ```
 
     Ties (and no `order`) keep the row with the smallest hash of its values: the same
-    row on every engine and partitioning. Rows whose order is null lose to any other.
+    row on every engine and partitioning. Rows whose order is null (or NaN) lose to any
+    other.
     Without `by`, rows equal in every column are one. The output has the input's
     columns (dictionaries as their values), in key order within each output partition.
     """
@@ -106,36 +108,48 @@ class Deduplicate(Shuffle):
                          schema=pa.schema([pa.field(f.name, f.type.value_type if
                                                     pa.types.is_dictionary(f.type) else f.type)
                                            for f in part.schema]))
-        hashed = hash_rows(table, seed=_SEED, fast_text=True)
-        return self._kept(table.append_column(_HASH, pa.array(hashed, pa.uint64())))
+        if not self.params.by:  # whole rows: equal rows meet by their hash (placement only)
+            table = table.append_column(_HASH, pa.array(
+                hash_rows(table, seed=_SEED, fast_text=True), pa.uint64()))
+        return self._kept(table)
 
     def finish(self, partials: pa.Table) -> pa.Table:
         kept = self._kept(partials)
         keys = self._keys(kept.schema)
         if kept.num_rows > 1:
             kept = kept.take(sorted_order(kept, [(k, "ascending") for k in keys], "at_end"))
-        return kept.drop_columns([_HASH])
+        return kept.drop_columns([c for c in (_HASH,) if c in kept.column_names])
 
     def _kept(self, table: pa.Table) -> pa.Table:
-        """The row each key keeps (``table`` has the rows' hashes in ``_HASH``)."""
+        """The row each key keeps: of its rows at the best order (all, without one; NaN
+        and null are none), the one of the smallest hash of its values (hashed only where
+        a key has several such rows)."""
         keys = self._keys(table.schema)
         inner = {f"{INTERNAL}k{j}": normalized(plain(table.column(k)))
                  for j, k in enumerate(keys)}
-        grouper = Grouper(pa.table(inner) if inner else pa.table({}), list(inner))
+        grouper = Grouper(pa.table(inner), list(inner))
         grouper.numbered = True
         groups, _, gid = grouper.run()
         assert gid is not None
         count = groups.num_rows
         eligible = np.ones(table.num_rows, dtype=bool)
         if self.params.order is not None:
-            order = plain(table.column(self.params.order))
+            order = nan_as_null(plain(table.column(self.params.order)))
             best = per_group(gid, count, order, "max" if self.params.keep == "last" else "min")
             at_best = pc.fill_null(pc.equal(order, best.take(pa.array(gid))), False)
             none = pc.is_null(best).to_numpy(zero_copy_only=False)  # keys of no order
             eligible = at_best.to_numpy(zero_copy_only=False) | none[gid]
-        hashes = table.column(_HASH).to_numpy()
-        smallest = np.full(count, np.iinfo(np.uint64).max, dtype=np.uint64)
-        np.minimum.at(smallest, gid[eligible], hashes[eligible])
-        chosen = np.flatnonzero(eligible & (hashes == smallest[gid]))
-        _, first = np.unique(gid[chosen], return_index=True)  # equal rows: one of them
-        return table.take(pa.array(np.sort(chosen[first])))
+        candidates = np.flatnonzero(eligible)
+        several = np.bincount(gid[candidates], minlength=count)[gid[candidates]] > 1
+        kept = [candidates[~several]]
+        tied = candidates[several]
+        if tied.size:
+            values = table.take(pa.array(tied)).drop_columns(
+                [c for c in (_HASH,) if c in table.column_names])
+            hashes = hash_rows(values, seed=_SEED)
+            smallest = np.full(count, np.iinfo(np.uint64).max, dtype=np.uint64)
+            np.minimum.at(smallest, gid[tied], hashes)
+            chosen = tied[hashes == smallest[gid[tied]]]
+            _, first = np.unique(gid[chosen], return_index=True)  # equal rows: one of them
+            kept.append(chosen[first])
+        return table.take(pa.array(np.sort(np.concatenate(kept))))

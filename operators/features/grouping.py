@@ -133,13 +133,20 @@ def per_group(gid: np.ndarray, groups: int, values: pa.Array, fn: str) -> pa.Arr
     return found.take(pa.array(at, mask=at < 0))
 
 
+def nan_as_null(column: pa.Array) -> pa.Array:
+    """A float column's NaN as nulls (an order that is no order); anything else as is."""
+    if not pa.types.is_floating(column.type):
+        return column
+    return pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+
+
 def extreme_in_group(gid: np.ndarray, groups: int, order: pa.Array, value: pa.Array,
-                      smallest: bool) -> tuple[pa.Array, pa.Array]:
+                     smallest: bool) -> tuple[pa.Array, pa.Array]:
     """Per group, the largest order (``smallest``: the smallest) and the largest
-    (smallest) value of the rows that have it; null where no row has an order. Two hash
-    aggregates and a comparison, no sort."""
+    (smallest) value of the rows that have it; null where no row has an order (NaN is
+    none). Two hash aggregates and a comparison, no sort."""
     fn = "min" if smallest else "max"
-    order, value = plain(order), plain(value)
+    order, value = nan_as_null(plain(order)), plain(value)
     best = per_group(gid, groups, order, fn)
     at_best = pc.fill_null(pc.equal(order, best.take(pa.array(gid))), False)
     chosen = per_group(gid[at_best.to_numpy(zero_copy_only=False)], groups,

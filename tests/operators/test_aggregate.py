@@ -267,3 +267,12 @@ def test_every_bad_column_is_named_at_once() -> None:
     with pytest.raises(ParamError) as caught:
         aggregate(["k"], {"a": "summ(x)", "b": "sum(x)", "c": "max_by(x)"})
     assert "column 'a'" in str(caught.value) and "column 'c'" in str(caught.value)
+
+
+def test_max_by_takes_nan_orders_for_none() -> None:
+    nan = float("nan")
+    table = pa.table({"k": [1, 1, 2], "o": [nan, 1.0, nan], "v": ["a", "b", "c"]})
+    got = run(aggregate(["k"], {"last": "max_by(v, o)", "first": "min_by(v, o)"}), table,
+              parts=3, places=2)
+    assert got.loc[1, "last"] == "b" and got.loc[1, "first"] == "b"
+    assert pd.isna(got.loc[2, "last"])
