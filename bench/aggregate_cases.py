@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,24 +69,37 @@ FLOATS = {"spend", "avg_amount", "sd_amount"}  # sums of floats: equal up to rou
 DASK_COLUMNS = [c for c in COLUMNS if c != "last_plan"]
 
 
-def events(out: Path, rows: int, files: int) -> None:
-    """``rows`` events in ``files`` Parquet files (written under a temporary name and
-    renamed whole, so an interrupted run leaves no half data set for the next)."""
+def write_generated(out: Path, rows: int, files: int, seed: int, rows_per_key: int,
+                    make: Callable[[Any, int, int], Any]) -> None:
+    """``rows`` rows in ``files`` Parquet files, file i made by ``make(rng, rows of the
+    file, customers)`` with its own generator (seed, i), ``rows / rows_per_key``
+    customers; written under a temporary name and renamed whole, so an interrupted run
+    leaves no half data set for the next."""
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    customers = max(1, rows // ROWS_PER_KEY)
-    start = np.datetime64(START, "us").astype(np.int64)
+    customers = max(1, rows // rows_per_key)
     bounds = np.linspace(0, rows, files + 1).astype(int)
     for i in range(files):
-        rng = np.random.default_rng([20261129, i])
-        n = int(bounds[i + 1] - bounds[i])
+        table = make(np.random.default_rng([seed, i]), int(bounds[i + 1] - bounds[i]),
+                     customers)
+        pq.write_table(table, staging / f"part-{i:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
+    staging.rename(out)
+
+
+def events(out: Path, rows: int, files: int) -> None:
+    """``rows`` events in ``files`` Parquet files."""
+    import numpy as np
+    import pyarrow as pa
+
+    start = np.datetime64(START, "us").astype(np.int64)
+
+    def make(rng: Any, n: int, customers: int) -> Any:
         amount = np.round(rng.gamma(2.0, 20.0, n), 2)
-        table = pa.table({
+        return pa.table({
             KEY: pa.array(rng.integers(0, customers, n, dtype=np.int64)),
             # microseconds over a year: no two events of a customer share a time (at
             # these sizes), so every side's max_by takes the same row
@@ -94,8 +108,8 @@ def events(out: Path, rows: int, files: int) -> None:
             "plan": pa.array(np.array(PLANS)[rng.integers(0, len(PLANS), n)]),
             "amount": pa.array(amount, mask=rng.random(n) < 0.01),
         })
-        pq.write_table(table, staging / f"part-{i:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
-    staging.rename(out)
+
+    write_generated(out, rows, files, 20261129, ROWS_PER_KEY, make)
 
 
 # ---------------------------------------------------------------------- sluice sides

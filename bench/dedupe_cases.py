@@ -38,16 +38,14 @@ every column of the kept row equal; a difference fails the run. Run:
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate_cases import _record
+from bench.aggregate_cases import _record, write_generated
 
 KEY = "customer_id"
 ORDER = "updated_at"
 ROWS_PER_KEY = 10
-ROW_GROUP_ROWS = 250_000
 PLANS = ("basic", "standard", "premium", "trial", "enterprise")
 START = "2026-01-01T00:00:00"
 HOURS = 90 * 24  # updated_at on the hour over 90 days: ~10 updates a key, some ties
@@ -56,22 +54,14 @@ COLUMNS = [KEY, ORDER, "plan", "logins", "balance", "credit_limit", "risk", "dis
 
 
 def updates(out: Path, rows: int, files: int) -> None:
-    """``rows`` updates in ``files`` Parquet files (written under a temporary name and
-    renamed whole, so an interrupted run leaves no half data set for the next)."""
+    """``rows`` updates in ``files`` Parquet files."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    customers = max(1, rows // ROWS_PER_KEY)
     start = np.datetime64(START, "us").astype(np.int64)
-    bounds = np.linspace(0, rows, files + 1).astype(int)
-    for i in range(files):
-        rng = np.random.default_rng([20261130, i])
-        n = int(bounds[i + 1] - bounds[i])
-        table = pa.table({
+
+    def make(rng: Any, n: int, customers: int) -> Any:
+        return pa.table({
             KEY: pa.array(rng.integers(0, customers, n, dtype=np.int64)),
             ORDER: pa.array(start + rng.integers(0, HOURS, n) * HOUR_US,
                             pa.timestamp("us", "UTC")),
@@ -82,8 +72,8 @@ def updates(out: Path, rows: int, files: int) -> None:
             "risk": pa.array(rng.random(n), mask=rng.random(n) < 0.01),
             "discount": pa.array(np.round(rng.random(n) * 0.3, 3)),
         })
-        pq.write_table(table, staging / f"part-{i:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
-    staging.rename(out)
+
+    write_generated(out, rows, files, 20261130, ROWS_PER_KEY, make)
 
 
 # ---------------------------------------------------------------------- sluice sides
