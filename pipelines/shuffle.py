@@ -4,7 +4,7 @@ Two stages, each an ordinary job of the engine:
 
 1. every partition of the step's input is reduced to partial rows (``op.partial``),
    which are split by a hash of their keys into the output partitions ("buckets") and
-   written as one Arrow IPC file, ``<scratch>/<step>/part-P.arrow``, whose record batch
+   written as one Arrow IPC file, ``<scratch>/<run id>/<step>/part-P.arrow``, whose batch
    B holds bucket B's rows (empty where it has none): a ``Sink`` (``ShuffleWrite``),
    written where the engine runs the partition, one file a partition (not one a
    partition and bucket: on an object store every file is a request);
@@ -13,7 +13,8 @@ Two stages, each an ordinary job of the engine:
 
 The scratch folder must be one every worker sees (on one machine, a temporary folder;
 on a cluster, a shared path or an object store: ``--scratch``). The run removes it at
-the end, whatever happened.
+the end, whatever happened; on a local disk it holds a lock on it meanwhile, and the
+next run removes the folders of runs that died (``claim_scratch``).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def _problem(exc: BaseException, url: str, doing: str) -> SluiceError:
 
 
 class ShuffleWrite(Sink):
-    """Stage 1: a partition's partial rows, split into bucket files."""
+    """Stage 1: a partition's partial rows in one file, a record batch a bucket."""
 
     name = "shuffle_write"
 
