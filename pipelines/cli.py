@@ -312,6 +312,8 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
         plan = plan_file(file, overrides, store)
         for problem in plan.problems:
             _err(str(problem))
+        for line in plan.notices:
+            click.echo(f"note: {line}", err=True)
         total += len(plan.problems)
         if plan.ok:
             click.echo(f"{file}: ok ({len(plan.steps)} steps)")
@@ -335,10 +337,12 @@ def plan_command(file: str, params: tuple[str, ...], models: str | None,
     plan = plan_file(file, _parse_params(params), ModelStore(models))
     if not plan.ok:
         raise ValidationFailed(plan.problems)
+    for line in plan.notices:
+        click.echo(f"note: {line}", err=True)
     entries = describe(plan)
     if as_json:
         click.echo(json.dumps({"pipeline": plan.spec.name, "file": str(plan.spec.file),
-                               "steps": entries}, indent=1))
+                               "steps": entries, "notes": plan.notices}, indent=1))
         return
     for line in format_plan(plan, entries):
         click.echo(line)

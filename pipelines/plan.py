@@ -59,6 +59,8 @@ class Plan:
     spec: PipelineSpec
     steps: list[Step] = field(default_factory=list)  # topological order
     problems: list[Problem] = field(default_factory=list)
+    # worth a line but not wrong (validate, plan and run print them as notes)
+    notices: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -317,6 +319,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                                   hint="put save_model after a model step")
             if isinstance(step.op, SaveModel):
                 _check_fits_before_shuffles(plan, step)
+                _note_kept_params(plan, step)
             try:
                 step.op.check_input(schema)
                 step.schema = step.op.output_schema(schema)
@@ -328,6 +331,25 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
         except SluiceError as exc:
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param), str(exc), step=s.id, op=s.op))
+
+
+def _note_kept_params(plan: Plan, save: Step) -> None:
+    """A notice for each transform ``save`` keeps in the model (a derive) whose
+    parameters were made with a pipeline param: the model applies it with this run's
+    value (a scoring run on another day does not change it). A fit's params only shape
+    what it learns, so fits are left out."""
+    params = plan.spec.params
+    for step in plan.model_chain(save.id):
+        if isinstance(step.op, Estimator):
+            continue
+        for key, names in step.spec.params_used.items():
+            shown = ", ".join(f"${{{n}}} = {params.get(n)!r}" for n in names)
+            plan.notices.append(
+                f"{plan.spec.file}:{step.spec.line_of(key)}: step '{step.id}' "
+                f"({step.op.name}) is saved in the model '{save.op.params.name}' with "
+                f"{key} made from {shown}: scoring applies it with these values, whatever "
+                "its own params (compute what should follow the run in a step before the "
+                "model: read, filter, aggregate)")
 
 
 def _check_fits_before_shuffles(plan: Plan, save: Step) -> None:

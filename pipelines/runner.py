@@ -506,6 +506,9 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     plan = plan_file(path, overrides, store, text)
     if not plan.ok:
         raise ValidationFailed(plan.problems)
+    for line in plan.notices:
+        if notify:
+            notify(line)
     run_id = new_run_id()
     eng = engine_instance or make_engine(engine, scheduler=scheduler, master=master,
                                          progress=progress)

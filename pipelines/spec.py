@@ -72,6 +72,8 @@ class StepSpec:
     tune_metric: Any = None
     tune_folds: Any = None
     tune_samples: Any = None
+    # parameter -> the pipeline params its value was made with (``${ds}``)
+    params_used: dict[str, list[str]] = field(default_factory=dict)
 
     def line_of(self, param: str | None) -> int:
         return self.param_lines.get(param, self.line) if param else self.line
@@ -172,11 +174,15 @@ def coerce_override(value: str, default: Any) -> Any:
     return value
 
 
-def substitute(value: Any, params: dict[str, Any], on_unknown: Any) -> Any:
-    """Replace ``${name}`` in strings; a string that is only ``${name}`` takes its type."""
+def substitute(value: Any, params: dict[str, Any], on_unknown: Any,
+               used: set[str] | None = None) -> Any:
+    """Replace ``${name}`` in strings; a string that is only ``${name}`` takes its type;
+    ``used`` collects the names replaced."""
     if isinstance(value, str):
         whole = _PARAM_REF.fullmatch(value.strip())
         if whole and whole.group(1).strip() in params:
+            if used is not None:
+                used.add(whole.group(1).strip())
             return params[whole.group(1).strip()]
 
         def one(m: re.Match[str]) -> str:
@@ -184,16 +190,18 @@ def substitute(value: Any, params: dict[str, Any], on_unknown: Any) -> Any:
             if name not in params:
                 on_unknown(name)
                 return m.group(0)
+            if used is not None:
+                used.add(name)
             return str(params[name])
 
         return _PARAM_REF.sub(one, value)
     if isinstance(value, list):
-        out = LocatedList(substitute(v, params, on_unknown) for v in value)
+        out = LocatedList(substitute(v, params, on_unknown, used) for v in value)
         out.line = getattr(value, "line", 0)
         out.item_lines = getattr(value, "item_lines", [])
         return out
     if isinstance(value, dict):
-        out = Located({k: substitute(v, params, on_unknown) for k, v in value.items()})
+        out = Located({k: substitute(v, params, on_unknown, used) for k, v in value.items()})
         out.line = getattr(value, "line", 0)
         out.key_lines = getattr(value, "key_lines", {})
         return out
@@ -295,9 +303,11 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
 
         body = {k: v for k, v in raw.items() if k not in STEP_KEYS}
         key_lines = dict(raw.key_lines)
+        used: dict[str, set[str]] = {}
         for key, value in body.items():
             body[key] = substitute(value, params,
-                                   lambda name, line=key_lines[key]: unknown(name, line=line))
+                                   lambda name, line=key_lines[key]: unknown(name, line=line),
+                                   used.setdefault(key, set()))
         input_id = raw.get("input")
         if input_id is not None and not isinstance(input_id, str):
             problems.append(Problem(file, key_lines["input"], "`input:` must be a step id",
@@ -311,6 +321,7 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
         out.append(StepSpec(id=step_id, op=op, input=input_id, params=body, line=line,
                             param_lines=key_lines, index=index, explicit_id=explicit,
                             device=device, dtype=dtype, tune=tune,
+                            params_used={k: sorted(v) for k, v in used.items() if v},
                             tune_metric=raw.get("tune_metric"),
                             tune_folds=raw.get("tune_folds"),
                             tune_samples=raw.get("tune_samples")))

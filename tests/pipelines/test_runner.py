@@ -202,3 +202,47 @@ def test_the_boosted_example_pipeline_weighs_classes_and_keeps_its_constraint(
         risks.append(np.asarray(out.column("probability")))
     assert (np.diff(np.array(risks), axis=1) >= 0).all()
     assert np.ptp(np.array(risks), axis=1).max() > 0.01  # the charges do move the risk
+
+
+BAKED = """
+    pipeline: baked
+    params: {ds: "2026-11-28", l2: 0.001}
+    steps:
+      - op: read_parquet
+        path: data/churn
+      - op: derive
+        columns:
+          age_days: "days_between(signup_date, date '${ds}')"
+      - op: logistic_regression
+        label: churned
+        features: [tenure, age_days]
+        l2: ${l2}
+      - op: save_model
+        name: baked
+"""
+
+
+def test_a_param_a_saved_model_keeps_is_a_note(churn: Path, workdir: Path) -> None:
+    """A derive the model keeps was made with the training run's ${ds}: scoring on another
+    day applies that value. Said as the file plans (a note, not a problem); a fit's own
+    params (l2) and the read's path are not kept that way and are not mentioned."""
+    import subprocess
+
+    from conftest import SLUICE
+
+    path = write_pipeline(workdir, BAKED)
+    notes: list[str] = []
+    run(path, notify=notes.append)
+    assert notes == [
+        f"{path}:7: step 'derive' (derive) is saved in the model 'baked' with columns made "
+        "from ${ds} = '2026-11-28': scoring applies it with these values, whatever its own "
+        "params (compute what should follow the run in a step before the model: read, "
+        "filter, aggregate)"]
+    done = subprocess.run([SLUICE, "validate", str(path)], cwd=workdir, capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and done.stderr == f"note: {notes[0]}\n"
+    plain = write_pipeline(workdir, BAKED.replace("date '${ds}'", "date '2026-11-28'"),
+                           "plain.yaml")
+    quiet: list[str] = []
+    run(plain, notify=quiet.append)
+    assert quiet == []
