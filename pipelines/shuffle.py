@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import uuid
 from typing import Any
 
 import numpy as np
@@ -103,15 +104,21 @@ class ShuffleWrite(Sink):
         path = f"{loc.path.rstrip('/')}/part-{index:06d}.arrow"
         empty = pa.record_batch([pa.array([], f.type) for f in partials.schema],
                                 schema=partials.schema)
+        # on a disk, written under another name and renamed whole: an attempt killed
+        # mid-write (or a lost one still writing) never leaves a torn file under the name
+        # a reader takes (an object store shows an object only once it is all there)
+        writing = f"{path}.{uuid.uuid4().hex}.tmp" if loc.local else path
         try:
             loc.filesystem.create_dir(loc.path, recursive=True)
-            with loc.filesystem.open_output_stream(path) as sink, ipc.new_file(
+            with loc.filesystem.open_output_stream(writing) as sink, ipc.new_file(
                     sink, partials.schema, options=_OPTIONS) as writer:
                 start = 0
                 for n in counts:  # batch B: bucket B's rows
                     piece = partials.slice(start, int(n)).to_batches()
                     writer.write_batch(piece[0] if piece else empty)
                     start += int(n)
+            if writing != path:
+                loc.filesystem.move(writing, path)
         except store_errors(OSError, pa.ArrowException) as exc:
             raise _problem(exc, self.url, "write") from None
         result.files.append(path)

@@ -287,6 +287,11 @@ def test_shuffle_files_a_worker_cannot_see_are_a_clear_error(tmp_path: Path) -> 
     source = ShuffledSource(op, url, table.schema, written)
     (info,) = source.partitions()
     assert source.read(info).num_rows == 100
+    # a torn file of an attempt that died mid-write is not one of them
+    assert sorted(p.name for p in Path(url).iterdir()) == ["part-000000.arrow",
+                                                           "part-000001.arrow"]
+    (Path(url) / "part-000001.arrow.3f2a.tmp").write_bytes(b"ARROW1 torn")
+    assert source.read(info).num_rows == 100
     Path(results[1].files[0]).unlink()  # written on a machine this one cannot see
     with pytest.raises(SluiceError) as caught:
         source.read(info)
