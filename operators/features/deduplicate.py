@@ -20,13 +20,12 @@ from operators.base import ParamError, Params, SchemaError, Shuffle, register, r
 from operators.features.grouping import (
     INTERNAL,
     Grouper,
+    at_extreme,
     distinct_keys,
-    nan_as_null,
     nested,
     normalized,
     ordered,
     partitions_field,
-    per_group,
     plain,
     sorted_order,
 )
@@ -134,11 +133,10 @@ class Deduplicate(Shuffle):
         count = groups.num_rows
         eligible = np.ones(table.num_rows, dtype=bool)
         if self.params.order is not None:
-            order = nan_as_null(plain(table.column(self.params.order)))
-            best = per_group(gid, count, order, "max" if self.params.keep == "last" else "min")
-            at_best = pc.fill_null(pc.equal(order, best.take(pa.array(gid))), False)
+            best, at_best = at_extreme(gid, count, table.column(self.params.order),
+                                       self.params.keep == "first")
             none = pc.is_null(best).to_numpy(zero_copy_only=False)  # keys of no order
-            eligible = at_best.to_numpy(zero_copy_only=False) | none[gid]
+            eligible = at_best | none[gid]
         candidates = np.flatnonzero(eligible)
         several = np.bincount(gid[candidates], minlength=count)[gid[candidates]] > 1
         kept = [candidates[~several]]

@@ -140,15 +140,22 @@ def nan_as_null(column: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
 
 
+def at_extreme(gid: np.ndarray, groups: int, order: pa.Array,
+               smallest: bool) -> tuple[pa.Array, np.ndarray]:
+    """Per group, the largest order (``smallest``: the smallest; null where no row has
+    one, NaN being none), and which rows have it."""
+    order = nan_as_null(plain(order))
+    best = per_group(gid, groups, order, "min" if smallest else "max")
+    at_best = pc.fill_null(pc.equal(order, best.take(pa.array(gid))), False)
+    return best, at_best.to_numpy(zero_copy_only=False)
+
+
 def extreme_in_group(gid: np.ndarray, groups: int, order: pa.Array, value: pa.Array,
                      smallest: bool) -> tuple[pa.Array, pa.Array]:
     """Per group, the largest order (``smallest``: the smallest) and the largest
     (smallest) value of the rows that have it; null where no row has an order (NaN is
     none). Two hash aggregates and a comparison, no sort."""
-    fn = "min" if smallest else "max"
-    order, value = nan_as_null(plain(order)), plain(value)
-    best = per_group(gid, groups, order, fn)
-    at_best = pc.fill_null(pc.equal(order, best.take(pa.array(gid))), False)
-    chosen = per_group(gid[at_best.to_numpy(zero_copy_only=False)], groups,
-                        value.filter(at_best), fn)
+    best, at_best = at_extreme(gid, groups, order, smallest)
+    chosen = per_group(gid[at_best], groups, plain(value).filter(pa.array(at_best)),
+                       "min" if smallest else "max")
     return best, chosen
