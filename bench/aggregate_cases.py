@@ -114,35 +114,40 @@ def events(out: Path, rows: int, files: int) -> None:
 
 # ---------------------------------------------------------------------- sluice sides
 
-def _sluice(data: Path, scratch: Path, case: str, engine: str,
-            columns: list[str] | None = None) -> None:
-    """read_parquet -> aggregate (``columns`` of ``COLUMNS``) -> write_parquet on
-    ``engine``; the shuffle's files go under ``scratch`` (the outputs' disk). The run's
-    seconds and its shuffle's sizes go to ``<scratch>/<case>_sluice_<engine>.json``."""
+def run_shuffle_case(data: Path, scratch: Path, case: str, engine: str, step: str) -> None:
+    """read_parquet -> ``step`` (a shuffle step's YAML, id ``shuffled``) -> write_parquet
+    on ``engine``; the shuffle's files go under ``scratch`` (the outputs' disk). The
+    run's seconds and its shuffle's sizes go to ``<scratch>/<case>_sluice_<engine>.json``."""
     from bench.cases import _pipeline, fresh
     from pipelines.runner import run
 
     out = fresh(scratch / f"{case}_sluice")
-    wanted = "\n".join(f"              {name}: \"{COLUMNS[name]}\""
-                       for name in (columns or list(COLUMNS)))
     pipeline = _pipeline(scratch, f"bench_{case}", f"""
         pipeline: bench_{case}
         steps:
           - op: read_parquet
             path: {data}
-          - id: features
-            op: aggregate
-            by: [{KEY}]
-            columns:
-{wanted}
+{step}
           - op: write_parquet
             path: {out}
         """)
     record = run(pipeline, runs_dir=str(scratch / "runs"), engine=engine,
                  scratch=str(scratch / "shuffle"))
-    step = record["steps"]["features"]
+    shuffled = record["steps"]["shuffled"]
     _record(scratch, f"{case}_sluice_{engine}", seconds=record["seconds"],
-            step_seconds=step.get("wall_seconds"), shuffle=step.get("shuffle"))
+            step_seconds=shuffled.get("wall_seconds"), shuffle=shuffled.get("shuffle"))
+
+
+def _sluice(data: Path, scratch: Path, case: str, engine: str,
+            columns: list[str] | None = None) -> None:
+    """The aggregate of ``columns`` of ``COLUMNS`` by customer (``run_shuffle_case``)."""
+    wanted = "\n".join(f"              {name}: \"{COLUMNS[name]}\""
+                       for name in (columns or list(COLUMNS)))
+    run_shuffle_case(data, scratch, case, engine, f"""          - id: shuffled
+            op: aggregate
+            by: [{KEY}]
+            columns:
+{wanted}""")
 
 
 def _record(scratch: Path, name: str, **values: Any) -> None:

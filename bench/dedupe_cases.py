@@ -41,7 +41,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate_cases import _record, write_generated
+from bench.aggregate_cases import run_shuffle_case, write_generated
 
 KEY = "customer_id"
 ORDER = "updated_at"
@@ -79,30 +79,11 @@ def updates(out: Path, rows: int, files: int) -> None:
 # ---------------------------------------------------------------------- sluice sides
 
 def _sluice(data: Path, scratch: Path, case: str, engine: str) -> None:
-    """read_parquet -> deduplicate -> write_parquet on ``engine``; the shuffle's files go
-    under ``scratch`` (the outputs' disk). The run's seconds and its shuffle's sizes go
-    to ``<scratch>/<case>_sluice_<engine>.json``."""
-    from bench.cases import _pipeline, fresh
-    from pipelines.runner import run
-
-    out = fresh(scratch / f"{case}_sluice")
-    pipeline = _pipeline(scratch, f"bench_{case}", f"""
-        pipeline: bench_{case}
-        steps:
-          - op: read_parquet
-            path: {data}
-          - id: latest
+    """Each customer's latest update (``run_shuffle_case``)."""
+    run_shuffle_case(data, scratch, case, engine, f"""          - id: shuffled
             op: deduplicate
             by: [{KEY}]
-            order: {ORDER}
-          - op: write_parquet
-            path: {out}
-        """)
-    record = run(pipeline, runs_dir=str(scratch / "runs"), engine=engine,
-                 scratch=str(scratch / "shuffle"))
-    step = record["steps"]["latest"]
-    _record(scratch, f"{case}_sluice_{engine}", seconds=record["seconds"],
-            step_seconds=step.get("wall_seconds"), shuffle=step.get("shuffle"))
+            order: {ORDER}""")
 
 
 def deduplicate_sluice_local(data: Path, scratch: Path) -> None:
