@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 from conftest import write_pipeline
 
 from operators.base import SluiceError
-from pipelines.datagen import churn_table
+from pipelines.datagen import generate
 from pipelines.engines.base import Engine
 from pipelines.runner import ValidationFailed, run
 from pipelines.store import ModelStore
@@ -68,10 +67,7 @@ EVALUATE = """
 @pytest.fixture
 def rows(workdir: Path) -> Path:
     folder = workdir / "rows"
-    folder.mkdir()
-    table = churn_table(4000, seed=3)
-    for i in range(4):
-        pq.write_table(table.slice(i * 1000, 1000), folder / f"part-{i}.parquet")
+    generate("churn", 4000, folder, files=4, seed=3)  # churn_table(4000, seed=3) in 4 files
     return folder
 
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SLUICE, write_pipeline
 
-from pipelines.datagen import churn_table
+from pipelines.datagen import generate
 from pipelines.runner import run, scoring_pipeline
 from pipelines.serving import load_model
 
@@ -39,10 +39,7 @@ TRAIN = """
 @pytest.fixture
 def trained(workdir: Path) -> Path:
     rows = workdir / "rows"
-    rows.mkdir()
-    table = churn_table(3000, seed=5)
-    for i in range(3):
-        pq.write_table(table.slice(i * 1000, 1000), rows / f"part-{i}.parquet")
+    generate("churn", 3000, rows, files=3, seed=5)  # churn_table(3000, seed=5) in 3 files
     run(write_pipeline(workdir, TRAIN.format(data=rows), "train.yaml"))
     return rows
 
