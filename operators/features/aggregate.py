@@ -54,6 +54,7 @@ from operators.features.grouping import (
     Grouper,
     distinct_keys,
     extreme_in_group,
+    key_problem,
     nested,
     normalized,
     ordered,
@@ -286,13 +287,9 @@ class Aggregate(Shuffle):
         require_columns(schema, self.params.by, "key column")
         problems: list[SchemaError] = []
         for key in self.params.by:
-            t = schema.field(key).type
-            plain = t.value_type if pa.types.is_dictionary(t) else t
-            if nested(t) or pa.types.is_null(plain) or pa.types.is_float16(plain):
-                problems.append(SchemaError(
-                    f"by: key column '{key}' is {t}; keys are plain values",
-                    hint=f"leave '{key}' out of by" if not pa.types.is_float16(plain)
-                    else f"cast '{key}' to float32 first"))
+            found = key_problem(schema, key, f"by: key column '{key}'")
+            if found is not None:
+                problems.append(found)
         for agg in self.aggregations:
             if agg.name in self.params.by:
                 problems.append(SchemaError(f"columns: '{agg.name}' is also a key column",

@@ -22,7 +22,7 @@ from operators.features.grouping import (
     Grouper,
     at_extreme,
     distinct_keys,
-    nested,
+    key_problem,
     normalized,
     ordered,
     partitions_field,
@@ -91,11 +91,11 @@ class Deduplicate(Shuffle):
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         require_columns(schema, self.input_columns(schema), "column")
         for name in self._keys(schema):
-            t = schema.field(name).type
-            if nested(t) or pa.types.is_null(t):
-                raise SchemaError(f"by: '{name}' is {t}; keys are plain values",
-                                  hint=f"leave '{name}' out of by" if self.params.by else
-                                  "name the key columns in by")
+            found = key_problem(schema, name, f"by: '{name}'")
+            if found is not None:
+                if not self.params.by:  # every column is a key: name the keys instead
+                    found.hint = "name the key columns in by"
+                raise found
         order = self.params.order
         if order is not None and not ordered(schema.field(order).type):
             raise SchemaError(f"order: '{order}' is {schema.field(order).type}, which has "

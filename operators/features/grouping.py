@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from operators.base import SchemaError
 from operators.features.columns import unique_names
 
 # internal column names start with a NUL character: no column of a user's is named so
@@ -34,6 +35,20 @@ def distinct_keys(cls: Any, value: list[str]) -> list[str]:
 
 def nested(t: pa.DataType) -> bool:
     return pa.types.is_nested(t) or pa.types.is_dictionary(t) and nested(t.value_type)
+
+
+def key_problem(schema: pa.Schema, name: str, what: str) -> SchemaError | None:
+    """Why column ``name`` cannot be a key of a group-by (nested, always null, float16),
+    or None; ``what`` names it in the message (\"by: key column 'k'\")."""
+    t = schema.field(name).type
+    value = t.value_type if pa.types.is_dictionary(t) else t
+    if pa.types.is_float16(value):
+        return SchemaError(f"{what} is {t}; keys are plain values",
+                           hint=f"cast '{name}' to float32 first")
+    if nested(t) or pa.types.is_null(value):
+        return SchemaError(f"{what} is {t}; keys are plain values",
+                           hint=f"leave '{name}' out of by")
+    return None
 
 
 def ordered(t: pa.DataType) -> bool:

@@ -71,6 +71,8 @@ def test_mistakes_are_named() -> None:
         Deduplicate(by=["k"], order="when").output_schema(schema)
     with pytest.raises(SchemaError, match="by: 'tags' is list"):
         Deduplicate().output_schema(schema)
+    with pytest.raises(SchemaError, match="by: 'half' is halffloat.*cast 'half' to float32"):
+        Deduplicate(by=["half"]).output_schema(schema.append(pa.field("half", pa.float16())))
     with pytest.raises(MissingColumnError, match="'versoin'.*'version'"):
         Deduplicate(by=["k"], order="versoin").output_schema(
             pa.schema({"k": pa.int64(), "version": pa.int64()}))
