@@ -23,6 +23,7 @@ from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
 from operators.score.score import Score
 from pipelines.plan import Plan, Step
+from pipelines.shuffle import MAX_DEFAULT_BUCKETS
 
 
 def shown_params(params: dict[str, Any] | None) -> str:
@@ -92,8 +93,8 @@ def _notes(plan: Plan, step: Step) -> list[str]:
         parts = getattr(op.params, "partitions", None)
         notes.append(f"shuffles: one row per {by}, from the rows of every partition "
                      "(partial rows through the scratch folder), into "
-                     + (f"{parts} partitions" if parts else
-                        "as many partitions as its input has (at most 200)"))
+                     + (f"{parts} partitions" if parts else "as many partitions as its "
+                        f"input has (at most {MAX_DEFAULT_BUCKETS})"))
     if isinstance(op, Measuring):
         notes.append("measures the rows in one pass (the figures go to the run record); "
                      "rows pass on")

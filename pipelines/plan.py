@@ -447,11 +447,3 @@ def _param_named(params: dict[str, Any], text: str) -> str | None:
         if any(isinstance(n, str) and f"'{n}'" in text for n in names):
             return key
     return None
-
-
-def kind_of(op: Operator) -> str:
-    for cls, kind in ((Source, "source"), (Sink, "sink"), (Action, "action"),
-                      (Estimator, "estimator"), (Shuffle, "shuffle")):
-        if isinstance(op, cls):
-            return kind
-    return "transform"

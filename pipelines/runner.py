@@ -37,7 +37,7 @@ from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
-from pipelines.plan import Plan, Step, build, kind_of
+from pipelines.plan import Plan, Step, build
 from pipelines.shuffle import (
     ShuffledSource,
     ShuffleWrite,
@@ -528,7 +528,7 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         "status": "running",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "device": ", ".join(sorted({p.device for p in placed.values()})),
-        "steps": {s.id: {"op": s.op.name, "kind": kind_of(s.op),
+        "steps": {s.id: {"op": s.op.name, "kind": s.op.kind,
                          **({"dtype": "float32"} if placed[s.id].dtype == "float32" else {}),
                          **({"filter_from": s.pushed_from} if s.pushed_from else {})}
                   for s in plan.steps},
