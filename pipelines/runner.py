@@ -249,8 +249,6 @@ class Run:
     # where shuffle steps (aggregate) leave their partial rows for the run: removed at
     # its end (``pipelines/shuffle.py``)
     scratch: str = ""
-    scratch_lock: int | None = None  # held while the run's scratch folder is in use
-    scratch_claimed: bool = False
 
     def placement(self, step: Step) -> Placement:
         return self.placements.get(step.id, CPU)
@@ -331,9 +329,6 @@ class Run:
         them (``pipelines/shuffle.py``)."""
         op = step.op
         assert isinstance(op, Shuffle)
-        if not self.scratch_claimed:
-            self.scratch_lock = claim_scratch(self.scratch)
-            self.scratch_claimed = True
         buckets = bucket_count(op, len(self.engine.partitions(data)))
         url = f"{self.scratch.rstrip('/')}/{step.id}"
         written = self.engine.write(data, step.id, ShuffleWrite(op, url, buckets), self.run_id)
@@ -541,7 +536,10 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     current = Run(plan, eng, store, run_id, record, placements=placed,
                   scratch=f"{(scratch or default_scratch(eng.profile.scratch)).rstrip('/')}"
                           f"/{run_id}")
+    scratch_lock = None  # held while the run's scratch folder is in use
     try:
+        if any(isinstance(s.op, Shuffle) for s in plan.steps):
+            scratch_lock = claim_scratch(current.scratch)
         if engine_instance is None:
             eng.start()
         eng.begin_run()
@@ -566,7 +564,7 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         if engine_instance is None:
             eng.close()
         remove_scratch(current.scratch)
-        release_dir(current.scratch_lock)
+        release_dir(scratch_lock)
         for step_id, stats in eng.stats.items():
             if step_id in record["steps"]:
                 record["steps"][step_id]["rows"] = stats.rows

@@ -205,9 +205,12 @@ def claim_scratch(folder: str) -> int | None:
     if is_url(folder):
         return None
     root, name = os.path.split(os.path.abspath(folder.removeprefix("file://")))
-    os.makedirs(root, exist_ok=True)
-    sweep_stale(root, "", _RUN_FOLDER)
-    return claim_dir(os.path.join(root, name))
+    try:
+        os.makedirs(root, exist_ok=True)
+        sweep_stale(root, "", _RUN_FOLDER)
+        return claim_dir(os.path.join(root, name))
+    except OSError as exc:
+        raise _problem(exc, root, "create") from None
 
 
 def remove_scratch(url: str, storage_options: dict[str, Any] | None = None) -> None:

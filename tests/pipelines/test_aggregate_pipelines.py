@@ -442,3 +442,14 @@ def test_the_plan_says_what_each_shuffle_keys_by(events: Path, workdir: Path) ->
     assert "shuffles: one row per customer_id, from the rows of every partition (partial " \
            "rows through the scratch folder), into 4 partitions" in lines
     assert "shuffles: one row per all the rows" in lines
+
+
+def test_a_scratch_folder_that_cannot_be_made_is_one_error(events: Path, workdir: Path) -> None:
+    (workdir / "a_file").write_text("not a folder")
+    with pytest.raises(SluiceError) as info:
+        run(write_pipeline(workdir, AGGREGATE.format(partitions="")),
+            scratch=str(workdir / "a_file" / "scratch"))
+    assert str(info.value).startswith(
+        f"cannot create the shuffle files at '{workdir / 'a_file' / 'scratch'}'")
+    assert "--scratch" in info.value.hint
+    assert not (workdir / "out").exists()
