@@ -426,10 +426,10 @@ class Aggregate(Shuffle):
         for agg in self.aggregations:
             out[agg.name] = self._finished(agg, layout.roles[agg.name], partials, combined,
                                            gid, count)
-        table = pa.table(out) if out else pa.table({})
+        table = pa.table(out)  # never empty: `columns` has at least one aggregation
         if self.params.by and table.num_rows > 1:
             table = table.take(sorted_order(table, [(k, "ascending") for k in self.params.by],
-                                       "at_end"))
+                                            "at_end"))
         return table
 
     def _no_rows(self, schema: pa.Schema) -> pa.Table:
