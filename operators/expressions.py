@@ -662,18 +662,23 @@ def _parse(text: str) -> _Node:
     """Parse ``text`` into a syntax tree (cached; trees are immutable)."""
     if not text.strip():
         raise ExpressionError("empty expression; write e.g. tenure > 0", text, 0)
+    # the error is raised outside the except blocks: lark's exception (its parser's
+    # state, which holds modules) must not be its __context__, or the error cannot be
+    # pickled where tblib pickles exception chains (a Dask worker's error to the client)
+    error: ExpressionError | None = None
     try:
         tree = _parser().parse(text)
     except UnexpectedCharacters as exc:
-        raise _unexpected_character(exc, text) from None
+        error = _unexpected_character(exc, text)
     except UnexpectedToken as exc:
-        raise _unexpected_token(exc, text) from None
+        error = _unexpected_token(exc, text)
     except UnexpectedEOF:  # pragma: no cover - LALR reports '$END' tokens instead
-        raise ExpressionError(
-            "unexpected end of expression; expected a value", text, len(text.rstrip())
-        ) from None
+        error = ExpressionError(
+            "unexpected end of expression; expected a value", text, len(text.rstrip()))
     except LarkError:  # pragma: no cover - defensive
-        raise ExpressionError("could not parse expression", text, -1) from None
+        error = ExpressionError("could not parse expression", text, -1)
+    if error is not None:
+        raise error
     try:
         return _build(tree, text)
     except RecursionError:
