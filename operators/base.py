@@ -136,6 +136,13 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
         return f"{type(self).__name__}({args})"
 
+    @classmethod
+    def create(cls, params: Params) -> Operator:
+        """The operator a step with ``params`` runs: an instance of this class, or of
+        another of its kind's choosing (``join`` becomes a shuffle join for a table too
+        large to send to every partition)."""
+        return cls(params)
+
     def input_columns(self, schema: pa.Schema) -> list[str]:
         """Columns of the input this operator reads (checked at plan time)."""
         return []
@@ -396,6 +403,27 @@ class Sink(Operator):
     def abort(self, token: Any) -> None: ...
 
 
+class ShuffleSide(ABC):
+    """Another table a shuffle brings to the same places as its input, by the same keys
+    (a shuffle join's table): read by ``source()``, each of its partitions turned into
+    partial rows by ``partial``, hashed by ``key_columns()`` (in the same types as the
+    input's partial keys, so that equal keys meet)."""
+
+    name: str = "side"
+
+    @abstractmethod
+    def source(self) -> Source: ...
+
+    @abstractmethod
+    def key_columns(self) -> list[str]: ...
+
+    @abstractmethod
+    def partial(self, part: pa.Table) -> pa.Table: ...
+
+    def partial_schema(self, schema: pa.Schema) -> pa.Schema:
+        return self.partial(schema.empty_table()).schema
+
+
 class Shuffle(Operator):
     """Rows made from the rows of every partition that share keys (a group-by).
 
@@ -405,10 +433,21 @@ class Shuffle(Operator):
     output rows of the keys it is given, in key order. Partials of the same key from
     different partitions combine in any order: the output does not depend on the
     partitioning, the engine or the order of the rows.
+
+    A shuffle with ``sides()`` (a shuffle join) has other tables' partial rows brought
+    to the same places by the same keys: ``finish(partials, *side_partials)``.
     """
 
     kind = "shuffle"
     numeric_kernels = False
+    # True: the output rows are new rows (a group-by's), so a saved model's steps start
+    # after the shuffle; False: each output row is an input row with columns added (a
+    # join), and a model's chain goes through the step as through a transform that is
+    # not in the model (``in_model``)
+    new_rows: ClassVar[bool] = True
+    # "keys": finish returns rows in key order; "input": in the order the partial rows
+    # came (the runtime brings them in the input's order: partition by partition)
+    row_order: ClassVar[str] = "keys"
 
     @abstractmethod
     def output_schema(self, schema: pa.Schema) -> pa.Schema: ...
@@ -422,12 +461,17 @@ class Shuffle(Operator):
         """One partition's partial rows (an empty partition: an empty table)."""
 
     @abstractmethod
-    def finish(self, partials: pa.Table) -> pa.Table:
+    def finish(self, partials: pa.Table, *sides: pa.Table) -> pa.Table:
         """The output rows of ``partials`` (the partial rows of some keys from any number
-        of partitions, in any order), ordered by key."""
+        of partitions, in any order), ordered by key; ``sides``: the partial rows of
+        each of ``sides()`` with the same keys."""
 
     def partial_schema(self, schema: pa.Schema) -> pa.Schema:
         return self.partial(schema.empty_table()).schema
+
+    def sides(self) -> list[ShuffleSide]:
+        """Other tables shuffled with the input by the same keys (none for a group-by)."""
+        return []
 
     def one_place(self) -> bool:
         """True when every partial row must be finished in one place (an aggregate of

@@ -19,6 +19,7 @@ from operators.base import Estimator, Shuffle, Sink, Source
 from operators.evaluate.drift import Drift
 from operators.evaluate.evaluate import Measuring
 from operators.evaluate.promote import Promote
+from operators.features.join import ShuffleJoin
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
 from operators.score.score import Score
@@ -88,13 +89,24 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                      + (f", aliases {', '.join(op.params.aliases)}" if op.params.aliases
                         else ""))
     elif isinstance(op, Shuffle):
-        keys = getattr(op.params, "by", None)
-        by = ", ".join(keys) if keys else "all the rows" if op.one_place() else "distinct row"
         parts = getattr(op.params, "partitions", None)
-        notes.append(f"shuffles: one row per {by}, from the rows of every partition "
-                     "(partial rows through the scratch folder), into "
-                     + (f"{parts} partitions" if parts else "as many partitions as its "
-                        f"input has (at most {MAX_DEFAULT_BUCKETS})"))
+        into = (f"{parts} partitions" if parts else "as many partitions as its input has "
+                f"(at most {MAX_DEFAULT_BUCKETS})")
+        if isinstance(op, ShuffleJoin):
+            why = (f": its footers say ~{op.estimated_mb:,.0f} MB, over max_mb "
+                   f"{op.params.max_mb:g}" if op.estimated_mb is not None else "")
+            notes.append(f"shuffles: the rows and the table's rows by "
+                         f"{', '.join(left for left, _ in op.keys)} to the same places "
+                         f"through the scratch folder{why}, into "
+                         + (into if parts else "as many partitions as the input or the "
+                            f"table has (at most {MAX_DEFAULT_BUCKETS})")
+                         + "; rows in their order within each")
+        else:
+            keys = getattr(op.params, "by", None)
+            by = (", ".join(keys) if keys else "all the rows" if op.one_place()
+                  else "distinct row")
+            notes.append(f"shuffles: one row per {by}, from the rows of every partition "
+                         f"(partial rows through the scratch folder), into {into}")
     if isinstance(op, Measuring):
         notes.append("measures the rows in one pass (the figures go to the run record); "
                      "rows pass on")

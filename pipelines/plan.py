@@ -74,16 +74,39 @@ class Plan:
 
     def chain_to(self, step_id: str, through_shuffles: bool = False) -> list[Step]:
         """The steps from the source (exclusive) to ``step_id`` (inclusive), in order; a
-        shuffle step (aggregate: its rows are new rows) ends the walk as a source does,
-        unless ``through_shuffles``."""
+        shuffle step making new rows (aggregate) ends the walk as a source does, unless
+        ``through_shuffles``; a shuffle join does not (its rows are its input's)."""
         path: list[Step] = []
         current: Step | None = self.step(step_id)
         while current is not None and not isinstance(current.op, Source):
-            if isinstance(current.op, Shuffle) and path and not through_shuffles:
+            if (isinstance(current.op, Shuffle) and current.op.new_rows and path
+                    and not through_shuffles):
                 break
             path.append(current)
             current = self.step(current.input) if current.input else None
         return list(reversed(path))
+
+    def model_input(self, save_id: str) -> pa.Schema | None:
+        """The schema the steps ``save_id`` saves read: their first step's input, with
+        the columns the data steps among them add (a join between two fitted steps: a
+        scoring pipeline repeats it before ``score``, so the model is given its
+        columns); None where a schema is not known."""
+        chain = self.model_chain(save_id)
+        if not chain or not chain[0].input:
+            return None
+        schema = self.step(chain[0].input).schema
+        kept = {s.id for s in chain}
+        lineage = self.chain_to(save_id)
+        for s in lineage[lineage.index(chain[0]) + 1:]:
+            if s.id in kept or isinstance(s.op, Sink | Action):
+                continue
+            before = self.step(s.input).schema if s.input else None
+            if schema is None or before is None or s.schema is None:
+                return None
+            for f in s.schema:
+                if f.name not in before.names and schema.get_field_index(f.name) < 0:
+                    schema = schema.append(f)
+        return schema
 
     def model_chain(self, save_id: str) -> list[Step]:
         """The steps a ``save_model`` step saves: those from the source to it, less
@@ -210,7 +233,7 @@ def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str) -> Operat
     """The operator with validated params; on errors, report them all and, when the bad
     keys can be left out, still build it so that later checks (columns) run too."""
     try:
-        return cls(cls.Params(**s.params))
+        return cls.create(cls.Params(**s.params))
     except ValidationError as exc:
         plan.problems.extend(_pydantic_problems(s, file, exc, cls))
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
@@ -219,7 +242,7 @@ def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str) -> Operat
                                      str(exc), step=s.id, op=s.op))
         return None
     try:
-        return cls(cls.Params(**{k: v for k, v in s.params.items() if k not in bad}))
+        return cls.create(cls.Params(**{k: v for k, v in s.params.items() if k not in bad}))
     except (ValidationError, SluiceError):
         return None
 
@@ -357,7 +380,8 @@ def _check_fits_before_shuffles(plan: Plan, save: Step) -> None:
     ``save``: the model starts after the shuffle, so a scoring pipeline would fit that
     step again on its own rows (a scaler's mean of the scoring data: skewed scores)."""
     lineage = plan.chain_to(save.id, through_shuffles=True)
-    shuffles = [i for i, s in enumerate(lineage) if isinstance(s.op, Shuffle)]
+    shuffles = [i for i, s in enumerate(lineage) if isinstance(s.op, Shuffle)
+                and s.op.new_rows]
     if not shuffles:
         return
     last = lineage[shuffles[-1]]
@@ -378,12 +402,10 @@ def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | N
     """The steps ``save_id`` will save and the columns they read from their input, as
     planned; None when one of them has no schema (its problem is reported)."""
     chain = plan.model_chain(save_id)
-    source = plan.step(chain[0].input) if chain and chain[0].input else None
-    if not chain or source is None or source.schema is None or any(
-            s.schema is None for s in chain):
+    source = plan.model_input(save_id)
+    if not chain or source is None or any(s.schema is None for s in chain):
         return None
-    return chain, required_columns([s.op for s in chain], source.schema,
-                                   [s.schema for s in chain])
+    return chain, required_columns([s.op for s in chain], source, [s.schema for s in chain])
 
 
 def _bind_promoted(plan: Plan, step: Step) -> bool:

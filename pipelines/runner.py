@@ -329,13 +329,27 @@ class Run:
         them (``pipelines/shuffle.py``)."""
         op = step.op
         assert isinstance(op, Shuffle)
-        buckets = bucket_count(op, len(self.engine.partitions(data)))
+        # a side (a shuffle join's table) is read as a source of its own, under its own
+        # name in the engine's figures
+        sides = [(side, self.engine.read(side.source(), f"{step.id} ({side.name})",
+                                          side.source().schema())) for side in op.sides()]
+        buckets = bucket_count(op, max(len(self.engine.partitions(d))
+                                       for d in [data, *(d for _, d in sides)]))
         url = f"{self.scratch.rstrip('/')}/{step.id}"
         written = self.engine.write(data, step.id, ShuffleWrite(op, url, buckets), self.run_id)
-        self.record["steps"][step.id]["shuffle"] = {
-            "partial_rows": written["partial_rows"],
-            "files": written["files"], "partitions": buckets}
-        source = ShuffledSource(op, url, data.schema, written)
+        figures = {"partial_rows": written["partial_rows"], "files": written["files"],
+                   "partitions": buckets}
+        side_urls = []
+        for side, side_data in sides:
+            side_url = f"{url}/{side.name}"
+            side_written = self.engine.write(side_data, f"{step.id} ({side.name})",
+                                             ShuffleWrite(side, side_url, buckets),
+                                             self.run_id)
+            figures[f"{side.name}_rows"] = side_written["partial_rows"]
+            figures["files"] += side_written["files"]
+            side_urls.append((side_url, side.partial_schema(side_data.schema), side_written))
+        self.record["steps"][step.id]["shuffle"] = figures
+        source = ShuffledSource(op, url, data.schema, written, sides=side_urls)
         return self.engine.read(source, step.id, source.schema())
 
     def _tune(self, step: Step, data: Dataset) -> tuple[Transform, dict[str, Any], Dataset]:
@@ -435,8 +449,10 @@ class Run:
         data = (self.cached.get(where) or self.datasets.get(where)) if where else None
         if data is None or data.schema is None:
             return {"rows": 0, "sample_rows": 0, "columns": {}}
-        needed = required_columns([self.fitted[s.id] for s in chain], data.schema)
-        columns = profiled_columns(data.schema, needed)
+        needed = required_columns([self.fitted[s.id] for s in chain],
+                                  self.plan.model_input(step.id) or data.schema)
+        # a column a data step among the model's adds (a join's) is not in these rows
+        columns = profiled_columns(data.schema, [c for c in needed if c in data.schema.names])
         stats = self.engine.aggregate(data, step.id,
                                       lambda part, xp: profile_partial(part, columns),
                                       profile_combine, label=f"{step.id}: profile")
@@ -444,7 +460,7 @@ class Run:
 
     def _save_model(self, step: Step) -> None:
         chain = self.plan.model_chain(step.id)
-        source_schema = self.plan.step(chain[0].input).schema if chain[0].input else None
+        source_schema = self.plan.model_input(step.id)
         steps = [self.fitted[s.id] for s in chain]
         info = {
             "pipeline": self.plan.spec.name,

@@ -11,6 +11,12 @@ Two stages, each an ordinary job of the engine:
 2. a ``Source`` (``ShuffledSource``) whose partition B reads batch B of every file and
    combines them (``op.finish``): the steps after read it as they read Parquet.
 
+A shuffle with sides (a shuffle join's table) writes each side's partitions the same
+way, by the same hash of keys of the same types, under ``<step>/<side name>/``; bucket B
+of the output finishes the input's bucket B with each side's bucket B. Files are read
+in partition order and a bucket's rows keep their order in the file, so the rows of a
+bucket come in the input's order.
+
 The scratch folder must be one every worker sees (on one machine, a temporary folder;
 on a cluster, a shared path or an object store: ``--scratch``). The run removes it at
 the end, whatever happened; on a local disk it holds a lock on it meanwhile, and the
@@ -29,7 +35,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from operators.base import PartitionInfo, Shuffle, Sink, SluiceError, Source, WriteResult
+from operators.base import (
+    PartitionInfo,
+    Shuffle,
+    ShuffleSide,
+    Sink,
+    SluiceError,
+    Source,
+    WriteResult,
+)
 from operators.hashing import hash_rows
 from operators.io.fs import (
     claim_dir,
@@ -79,11 +93,12 @@ def _problem(exc: BaseException, url: str, doing: str) -> SluiceError:
 
 
 class ShuffleWrite(Sink):
-    """Stage 1: a partition's partial rows in one file, a record batch a bucket."""
+    """Stage 1: a partition's partial rows in one file, a record batch a bucket (of a
+    shuffle's input, or of one of its sides)."""
 
     name = "shuffle_write"
 
-    def __init__(self, op: Shuffle, url: str, buckets: int,
+    def __init__(self, op: Shuffle | ShuffleSide, url: str, buckets: int,
                  storage_options: dict[str, Any] | None = None):
         super().__init__()
         self.op, self.url, self.buckets = op, url, buckets
@@ -146,18 +161,22 @@ class ShuffleResult(WriteResult):
 
 
 class ShuffledSource(Source):
-    """Stage 2: output partition B is bucket B's partial rows, combined."""
+    """Stage 2: output partition B is bucket B's partial rows, combined (with each
+    side's bucket B)."""
 
     name = "shuffled"
 
     def __init__(self, op: Shuffle, url: str, input_schema: pa.Schema, written: dict[str, Any],
-                 storage_options: dict[str, Any] | None = None):
+                 storage_options: dict[str, Any] | None = None,
+                 sides: list[tuple[str, pa.Schema, dict[str, Any]]] = ()):
         super().__init__()
         self.op, self.url, self.input_schema = op, url, input_schema
         self.rows, self.files = written["bucket_rows"], written["files"]
         self.storage_options = storage_options
         self._schema = op.output_schema(input_schema)
         self._partial_schema = op.partial_schema(input_schema)
+        # each side: (its folder, its partial rows' schema, what its write returned)
+        self.sides = list(sides)
 
     def schema(self) -> pa.Schema:
         return self._schema
@@ -168,30 +187,36 @@ class ShuffledSource(Source):
 
     def read(self, partition: PartitionInfo) -> pa.Table:
         b = partition.index
+        partials = self._bucket(self.url, self.files, self.rows[b], b, self._partial_schema)
+        return self.op.finish(partials, *(
+            self._bucket(url, written["files"], written["bucket_rows"][b], b, schema)
+            for url, schema, written in self.sides))
+
+    def _bucket(self, url: str, files: int, rows: int, b: int, schema: pa.Schema) -> pa.Table:
+        """Batch ``b`` of every file in ``url`` (``files`` of them, in partition order)."""
+        if not rows:
+            return schema.empty_table()
         tables = []
-        if self.rows[b]:
-            loc = resolve(self.url, self.storage_options)
-            try:
-                listed = sorted(f.path for f in loc.filesystem.get_file_info(
-                    pa.fs.FileSelector(loc.path, allow_not_found=True))
-                    if f.path.endswith(".arrow"))
-                if len(listed) != self.files:
-                    raise SluiceError(
-                        f"the shuffle files are not all here: {len(listed)} of "
-                        f"{self.files} in '{self.url}' (written by other tasks)",
-                        hint="--scratch (or SLUICE_SCRATCH) must be a folder every worker "
-                             "sees: a shared file system or an object store "
-                             "(s3://bucket/tmp), not a worker's own disk")
-                for path in listed:
-                    with loc.filesystem.open_input_file(path) as f:
-                        batch = ipc.open_file(f).get_batch(b)
-                    if batch.num_rows:
-                        tables.append(pa.Table.from_batches([batch]))
-            except store_errors(OSError, pa.ArrowException) as exc:
-                raise _problem(exc, self.url, "read") from None
-        partials = (pa.concat_tables(tables) if tables
-                    else self._partial_schema.empty_table())
-        return self.op.finish(partials)
+        loc = resolve(url, self.storage_options)
+        try:
+            listed = sorted(f.path for f in loc.filesystem.get_file_info(
+                pa.fs.FileSelector(loc.path, allow_not_found=True))
+                if f.path.endswith(".arrow"))
+            if len(listed) != files:
+                raise SluiceError(
+                    f"the shuffle files are not all here: {len(listed)} of {files} in "
+                    f"'{url}' (written by other tasks)",
+                    hint="--scratch (or SLUICE_SCRATCH) must be a folder every worker "
+                         "sees: a shared file system or an object store "
+                         "(s3://bucket/tmp), not a worker's own disk")
+            for path in listed:
+                with loc.filesystem.open_input_file(path) as f:
+                    batch = ipc.open_file(f).get_batch(b)
+                if batch.num_rows:
+                    tables.append(pa.Table.from_batches([batch]))
+        except store_errors(OSError, pa.ArrowException) as exc:
+            raise _problem(exc, url, "read") from None
+        return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 _RUN_FOLDER = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+")  # a run id (pipelines.runner)

@@ -1,15 +1,21 @@
-"""join: bring columns of a small Parquet table (a lookup, a dimension) to every row.
+"""join: bring columns of another Parquet table (a lookup, a dimension) to every row.
 
-The table is read once, on the driver, and travels with the step to every partition
-(a broadcast join, as Spark's for a small side): each partition looks its rows' keys
-up in it, in the rows' order, with no shuffle. Enrichment is data preparation, not a
-model: a join is never part of a saved model (``Transform.in_model``), so a scoring
-pipeline joins the same table (the dimension as it is then) before its ``score``.
+Two ways, the same rows: a **broadcast** join reads the table once, on the driver, and
+sends it with the step to every partition (as Spark's for a small side): each partition
+looks its rows' keys up in it, in the rows' order, with no shuffle. A **shuffle** join
+(a table too large for every worker: ``strategy: shuffle``, or ``auto`` when the
+table's footers say it is over ``max_mb``) sends the rows and the table's rows by a hash
+of their keys to the same output partitions through the scratch folder
+(``pipelines/shuffle.py``), where each looks its rows up in its share of the table: the
+output comes in the input's order within each partition. Enrichment is data
+preparation, not a model: a join is never part of a saved model (``in_model``), so a
+scoring pipeline joins the same table (the dimension as it is then) before ``score``.
 """
 
 from __future__ import annotations
 
 import threading
+from functools import cached_property
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -21,17 +27,20 @@ from operators.base import (
     ParamError,
     Params,
     SchemaError,
+    Shuffle,
+    ShuffleSide,
+    SluiceError,
     Transform,
     register,
     require_columns,
 )
 from operators.features.columns import unique_names
+from operators.features.grouping import INTERNAL, normalized, plain
 from operators.io.parquet import ReadParquet
 
 
 class JoinParams(Params):
-    path: str = Field(description="the table to join: a Parquet file, directory, glob or URL, "
-                                  "read once on the driver (at most max_mb in memory)")
+    path: str = Field(description="the table to join: a Parquet file, directory, glob or URL")
     on: list[str] | dict[str, str] = Field(
         description="key columns: [customer_id] (the same name on both sides), or "
                     "{input column: table column}; a null key matches nothing")
@@ -45,9 +54,19 @@ class JoinParams(Params):
                                         "customer_ (for names the input has already)")
     filter: str | None = Field(None, description="rows of the table to use, as "
                                                  "read_parquet's filter")
-    max_mb: float = Field(256, gt=0, description="the most memory the table may take: a "
-                                                 "join is for a table that fits on every "
-                                                 "worker")
+    strategy: Literal["auto", "broadcast", "shuffle"] = Field(
+        "auto", description="broadcast: the table read on the driver and sent to every "
+                            "partition (rows keep their order); shuffle: rows and table "
+                            "sent by key to the same places through the scratch folder "
+                            "(any size; rows in their order within each output "
+                            "partition); auto: shuffle when the table's footers say it "
+                            "takes more than max_mb")
+    max_mb: float = Field(256, gt=0, description="the most memory a broadcast table may "
+                                                 "take on every worker")
+    partitions: int | None = Field(
+        None, ge=1, le=10_000, description="a shuffle join's output partitions; default: "
+                                           "as many as the input or the table has, at "
+                                           "most 200")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for a URL")
 
@@ -69,10 +88,13 @@ class JoinParams(Params):
         return value
 
     @model_validator(mode="after")
-    def _anti_brings_nothing(self) -> JoinParams:
+    def _consistent(self) -> JoinParams:
         if self.how == "anti" and self.columns:
             raise ParamError("how: anti keeps the rows without a match, which bring no "
                              "column", hint="drop columns:, or use how: left")
+        if self.strategy == "broadcast" and self.partitions is not None:
+            raise ParamError("partitions: a broadcast join keeps its input's partitions",
+                             hint="drop partitions:, or use strategy: shuffle")
         return self
 
 
@@ -88,44 +110,18 @@ def _comparable(t: pa.DataType) -> pa.DataType:
     return t
 
 
-@register("join")
-class Join(Transform):
-    """Bring columns of a small Parquet table to each row, by key (a broadcast join).
+def _key_values(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A key column as keys compare: decoded, in its comparable type, floats as one
+    value each (-0.0 as 0.0: both sides of a join, and the hash that places them)."""
+    column = plain(column)
+    return normalized(column.cast(_comparable(column.type)))
 
-    The table is read once, on the driver, and sent with the step to every partition:
-    each looks its keys up there, keeping its rows' order; no shuffle. A key must be on
-    one row of the table at most (a lookup: duplicates are an error naming the key), a
-    null key matches nothing, and keys compare as values (any integer types, any string
-    types). Never part of a saved model: a scoring pipeline joins the table too.
 
-    ```yaml
-    - op: join
-      path: data/customers          # one row per customer_id
-      on: [customer_id]             # or {customer_id: id} where the names differ
-      columns: [segment, lifetime_value]
-      how: left                     # inner: only rows whose key is in it; anti: only others
-    ```
-    """
+class _Joining:
+    """What both ways of joining share: the keys, the table's read, the output's
+    schema, and looking rows up in (a share of) the table."""
 
-    numeric_kernels = False
-    in_model = False
-
-    Params = JoinParams
-
-    def __init__(self, params: Any = None, **kwargs: Any):
-        super().__init__(params, **kwargs)
-        self._table: pa.Table | None = None
-        self._folded: tuple[list[pa.Array], list[pa.Array], pa.Array] | None = None
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # read on the driver before the step goes to the workers: the same table for
-        # every partition, read once
-        return {"params": self.params, "table": self.table()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.params, self._table, self._lock = state["params"], state["table"], threading.Lock()
-        self._folded = None
+    params: JoinParams
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -154,6 +150,14 @@ class Join(Transform):
             raise SchemaError(f"columns: '{shared[0]}' is a key: the input has it already",
                               hint="list only the columns to bring")
         return list(self.params.columns)
+
+    def _reading(self) -> ReadParquet:
+        """The table's read: only the columns the join uses are decoded (the filter may
+        use others)."""
+        p = self.params
+        wanted = [right for _, right in self.keys] + self._brought(self._source().schema())
+        return ReadParquet(path=p.path, filter=p.filter, columns=wanted,
+                           storage_options=p.storage_options)
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return [left for left, _ in self.keys]
@@ -185,6 +189,114 @@ class Join(Transform):
             out = out.append(field.with_nullable(True))
         return out
 
+    def _check_one_row_per_key(self, table: pa.Table, keys: list[str]) -> None:
+        """A DataError naming a key on several rows of ``table`` (keys known)."""
+        counts = table.group_by(keys).aggregate([([], "count_all")])
+        repeated = counts.filter(pc.greater(counts.column("count_all"), 1))
+        if repeated.num_rows:
+            first = repeated.slice(0, 1).to_pylist()[0]
+            shown = ", ".join(f"{right}={first[key]!r}"
+                              for key, (_, right) in zip(keys, self.keys, strict=True))
+            raise DataError(
+                f"key {shown} is on {first['count_all']} rows of '{self.params.path}' (and "
+                f"{repeated.num_rows - 1:,} other keys are repeated{self._among}): a join "
+                f"brings the columns of one row per key", hint="keep one row per key in the "
+                "table, or choose them with filter:")
+
+    _among = ""
+
+    def _joined(self, part: pa.Table, part_keys: list[Any], table: pa.Table,
+                keys: list[str], lookup: _Lookup) -> pa.Table:
+        """``part`` with the columns of its keys' rows of ``table`` (``lookup`` made of
+        its ``keys``), or its rows that have one (inner) or none (anti)."""
+        at = lookup.positions(part_keys)
+        if self.params.how == "anti":
+            return part.filter(pc.is_null(at))
+        if self.params.how == "inner":
+            found = pc.is_valid(at)
+            part, at = part.filter(found), at.filter(found)
+        brought = table.select([n for n in table.column_names if n not in keys]).take(at)
+        for field, column in zip(brought.schema, brought.columns, strict=True):
+            part = part.append_column(
+                field.with_name(self.params.prefix + field.name).with_nullable(True), column)
+        return part
+
+
+class _Lookup:
+    """A table's side of the key lookup: each key's distinct values, the dense codes
+    after each fold, and each table row's code (made once, used for every part)."""
+
+    def __init__(self, columns: list[pa.Array]):
+        self.values = [pc.unique(c) for c in columns]
+        self.dense: list[pa.Array] = []
+        self.rows = _fold(columns, self.values, self.dense)
+
+    def positions(self, columns: list[Any]) -> pa.Array:
+        """Per row of the key ``columns``, the table's row with its key (null: none)."""
+        codes = _fold(columns, self.values, self.dense)
+        return pc.index_in(codes, value_set=self.rows, skip_nulls=True)
+
+
+@register("join")
+class Join(_Joining, Transform):
+    """Bring columns of another Parquet table to each row, by key (broadcast or shuffle).
+
+    A small table (up to `max_mb`) is read once, on the driver, and sent with the step
+    to every partition: each looks its keys up there, keeping its rows' order (a
+    broadcast join). A larger one (`strategy: shuffle`, or `auto` when its footers say
+    it is over `max_mb`) is joined through a shuffle: the rows and the table's rows go
+    by a hash of their keys to the same output partitions (`partitions`), through the
+    scratch folder, on any engine; rows keep their order within each output partition.
+    A key must be on one row of the table at most (a lookup: duplicates are an error
+    naming the key), a null key matches nothing, and keys compare as values (any integer
+    types, any string types). Never part of a saved model: a scoring pipeline joins the
+    table too.
+
+    ```yaml
+    - op: join
+      path: data/customers          # one row per customer_id
+      on: [customer_id]             # or {customer_id: id} where the names differ
+      columns: [segment, lifetime_value]
+      how: left                     # inner: only rows whose key is in it; anti: only others
+    ```
+    """
+
+    numeric_kernels = False
+    in_model = False
+
+    Params = JoinParams
+
+    @classmethod
+    def create(cls, params: JoinParams) -> Join | ShuffleJoin:
+        """A broadcast join, or a shuffle join for ``strategy: shuffle`` or a table
+        whose footers say it takes more than ``max_mb`` (``auto``)."""
+        if params.strategy == "broadcast":
+            return cls(params)
+        if params.strategy == "shuffle":
+            return ShuffleJoin(params)
+        try:
+            size = cls(params)._reading().estimated_bytes()
+        except SluiceError:
+            return cls(params)  # the table's problem is reported as the step plans
+        if size > params.max_mb * 2**20:
+            return ShuffleJoin(params, estimated_mb=size / 2**20)
+        return cls(params)
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        self._table: pa.Table | None = None
+        self._lookup: _Lookup | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # read on the driver before the step goes to the workers: the same table for
+        # every partition, read once
+        return {"params": self.params, "table": self.table()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.params, self._table, self._lock = state["params"], state["table"], threading.Lock()
+        self._lookup = None
+
     def table(self) -> pa.Table:
         """The table, keys in their compared types and the brought columns, read on
         first use (once per process) and checked: its size, one row per key."""
@@ -195,67 +307,111 @@ class Join(Transform):
 
     def _read(self) -> pa.Table:
         keys = [right for _, right in self.keys]
-        wanted = keys + self._brought(self._source().schema())
-        # only the columns the join uses are decoded (the filter may use others)
-        p = self.params
-        source = ReadParquet(path=p.path, filter=p.filter, columns=wanted,
-                             storage_options=p.storage_options)
+        source = self._reading()
         table = pa.concat_tables([source.read(part) for part in source.partitions()] or
                                  [source.schema().empty_table()])
         mb = table.nbytes / 2**20
         if mb > self.params.max_mb:
             raise DataError(
                 f"the table '{self.params.path}' takes {mb:,.0f} MB in memory, over max_mb "
-                f"{self.params.max_mb:g}", hint="a join is for a table every worker can "
-                "hold: bring fewer columns (columns:), keep fewer rows (filter:), or raise "
-                "max_mb")
+                f"{self.params.max_mb:g}", hint="join it through a shuffle (strategy: "
+                "shuffle: any size), bring fewer columns (columns:), keep fewer rows "
+                "(filter:), or raise max_mb")
         for i, name in enumerate(keys):
-            table = table.set_column(i, name, table.column(i).cast(
-                _comparable(table.schema.field(i).type)))
+            table = table.set_column(i, name, _key_values(table.column(i)))
         known = table.filter(pc.invert(pc.is_null(_combined(table, keys))))
-        counts = known.group_by(keys).aggregate([([], "count_all")])
-        repeated = counts.filter(pc.greater(counts.column("count_all"), 1))
-        if repeated.num_rows:
-            first = repeated.slice(0, 1).to_pylist()[0]
-            shown = ", ".join(f"{k}={first[k]!r}" for k in keys)
-            raise DataError(
-                f"key {shown} is on {first['count_all']} rows of '{self.params.path}' (and "
-                f"{repeated.num_rows - 1:,} other keys are repeated): a join brings the "
-                f"columns of one row per key", hint="keep one row per key in the table, "
-                "or choose them with filter:")
+        self._check_one_row_per_key(known, keys)
         return known.combine_chunks()
 
-    def _codes(self) -> tuple[list[pa.Array], list[pa.Array], pa.Array]:
-        """The table's side of the key lookup, once per process: each key's distinct
-        values, the dense codes after each fold, and each table row's code."""
-        if self._folded is None:  # two threads may both fold: to the same codes
+    def _codes(self) -> _Lookup:
+        if self._lookup is None:  # two threads may both fold: to the same codes
             table = self.table()
-            values = [pc.unique(table.column(right)) for _, right in self.keys]
-            dense: list[pa.Array] = []
-            rows = _fold([table.column(right) for _, right in self.keys], values, dense)
-            self._folded = (values, dense, rows)
-        return self._folded
-
-    def _positions(self, part: pa.Table) -> pa.Array:
-        """Per row of ``part``, the row of the table with its key (null: none)."""
-        values, dense, rows = self._codes()
-        codes = _fold([part.column(left) for left, _ in self.keys], values, dense)
-        return pc.index_in(codes, value_set=rows, skip_nulls=True)
+            self._lookup = _Lookup([table.column(right) for _, right in self.keys])
+        return self._lookup
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        table = self.table()
-        at = self._positions(part)
-        if self.params.how == "anti":
-            return part.filter(pc.is_null(at))
-        if self.params.how == "inner":
-            found = pc.is_valid(at)
-            part, at = part.filter(found), at.filter(found)
-        keys = {right for _, right in self.keys}
-        brought = table.select([n for n in table.column_names if n not in keys]).take(at)
-        for field, column in zip(brought.schema, brought.columns, strict=True):
-            part = part.append_column(
-                field.with_name(self.params.prefix + field.name).with_nullable(True), column)
+        keys = [right for _, right in self.keys]
+        return self._joined(part, [_key_values(part.column(left)) for left, _ in self.keys],
+                            self.table(), keys, self._codes())
+
+
+def _hidden(i: int) -> str:
+    """The name of key ``i`` in its compared form, in both sides' partial rows."""
+    return f"{INTERNAL}key{i}"
+
+
+class _TableSide(ShuffleSide):
+    """A shuffle join's table: its rows with known keys, keys in their compared form
+    (under the hidden names) and the columns it brings."""
+
+    name = "table"
+
+    def __init__(self, join: ShuffleJoin):
+        self.join = join
+
+    @cached_property
+    def _read(self) -> ReadParquet:
+        return self.join._reading()
+
+    def source(self) -> ReadParquet:
+        return self._read
+
+    def key_columns(self) -> list[str]:
+        return [_hidden(i) for i in range(len(self.join.keys))]
+
+    def partial(self, part: pa.Table) -> pa.Table:
+        keys = [right for _, right in self.join.keys]
+        out = pa.table([_key_values(part.column(k)) for k in keys], names=self.key_columns())
+        known = pc.is_valid(_combined(out, out.column_names))  # a null key matches nothing
+        for field, column in zip(part.schema, part.columns, strict=True):
+            if field.name not in keys:
+                out = out.append_column(field, column)
+        return out.filter(known)
+
+
+class ShuffleJoin(_Joining, Shuffle):
+    """``join`` of a table too large to send to every partition: the input's rows and
+    the table's rows go by a hash of their keys (in their compared form) to the same
+    output partitions, where each looks its rows up in its share of the table."""
+
+    name = "join"
+    in_model = False
+    new_rows = False
+    row_order = "input"
+    Params = JoinParams
+    _among = " in this share of the table"
+
+    def __init__(self, params: Any = None, estimated_mb: float | None = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        # the table's size from its footers, when that chose the shuffle (``auto``)
+        self.estimated_mb = estimated_mb
+
+    @cached_property
+    def _side(self) -> _TableSide:
+        return _TableSide(self)
+
+    def sides(self) -> list[ShuffleSide]:
+        return [self._side]
+
+    def key_columns(self) -> list[str]:
+        return self._side.key_columns()
+
+    def partial(self, part: pa.Table) -> pa.Table:
+        """The rows, with their keys in the compared form (under hidden names) to be
+        placed by."""
+        for i, (left, _) in enumerate(self.keys):
+            part = part.append_column(_hidden(i), _key_values(part.column(left)))
         return part
+
+    def finish(self, partials: pa.Table, *sides: pa.Table) -> pa.Table:
+        (table,) = sides
+        keys = self.key_columns()
+        table = table.combine_chunks()
+        self._check_one_row_per_key(table, keys)
+        lookup = _Lookup([table.column(k) for k in keys])
+        rows = partials.drop_columns(keys)
+        return self._joined(rows, [partials.column(k) for k in keys], table, keys,
+                            lookup).combine_chunks()
 
 
 def _combined(table: pa.Table, keys: list[str]) -> pa.Array:

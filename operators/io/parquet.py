@@ -35,7 +35,7 @@ import os
 import posixpath
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any, Literal
 
@@ -453,9 +453,9 @@ class ReadParquet(Source):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return []
 
-    def partitions(self) -> list[PartitionInfo]:
-        target = self.params.partition_mb * 1024 * 1024
-        out: list[PartitionInfo] = []
+    def _pieces(self) -> Iterator[tuple[Any, pa.Schema, list[Any]]]:
+        """Each file the filter keeps: its fragment, its physical schema and its row
+        groups that can hold rows passing the filter (footers read once)."""
         flt = self._filter
         try:
             # the filter prunes hive partitions here, row groups (by statistics) below
@@ -463,7 +463,6 @@ class ReadParquet(Source):
                              if flt is not None else self.dataset.get_fragments())
         except _io_errors() as exc:
             raise self._failure(exc, self.location.path) from None
-        files: list[tuple[str, pa.Schema]] = []
         for fragment in fragments:
             try:
                 physical = fragment.physical_schema  # the footer, read once for the pieces too
@@ -471,6 +470,30 @@ class ReadParquet(Source):
                           if flt is not None else fragment.split_by_row_group())
             except _io_errors() as exc:
                 raise self._failure(exc, fragment.path) from None
+            yield fragment, physical, pieces
+
+    def estimated_bytes(self) -> int:
+        """About how much memory the rows of this read take, from the footers of the
+        files and row groups the filter keeps: per column read, its uncompressed size
+        in the file, at least 8 bytes a value (a dictionary-encoded text column decodes
+        to more than it takes in the file)."""
+        wanted = set(self.schema().names)
+        total = 0
+        for fragment, _, pieces in self._pieces():
+            metadata = fragment.metadata
+            for piece in pieces:
+                group = metadata.row_group(piece.row_groups[0].id)
+                for j in range(group.num_columns):
+                    column = group.column(j)
+                    if column.path_in_schema.split(".")[0] in wanted:
+                        total += max(column.total_uncompressed_size, 8 * column.num_values)
+        return total
+
+    def partitions(self) -> list[PartitionInfo]:
+        target = self.params.partition_mb * 1024 * 1024
+        out: list[PartitionInfo] = []
+        files: list[tuple[str, pa.Schema]] = []
+        for fragment, physical, pieces in self._pieces():
             files.append((fragment.path, physical))
             group: list[int] = []
             rows = size = 0

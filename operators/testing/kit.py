@@ -61,7 +61,7 @@ class Case:
 
     def build(self) -> Operator:
         cls = lookup(self.op)
-        op = cls(cls.Params(**self.params))
+        op = cls.create(cls.Params(**self.params))
         if self.prepare is not None:
             self.prepare(op)
         return op
@@ -176,7 +176,8 @@ def _apply(op: Operator, parts: list[pa.Table], xp: Any = NUMPY) -> tuple[Transf
     """Fit if needed, then transform every partition and concatenate in order (a
     shuffle: every partition's partial rows, finished together)."""
     if isinstance(op, Shuffle):
-        return op, op.finish(pa.concat_tables([op.partial(p) for p in parts]))
+        return op, op.finish(pa.concat_tables([op.partial(p) for p in parts]),
+                             *side_partials(op))
     transform = fit(op, parts, xp) if isinstance(op, Estimator) else op
     out = [transform.transform(p, xp) for p in parts]
     return transform, pa.concat_tables(out)
@@ -387,24 +388,68 @@ def check_sink(c: Case) -> None:
     assert not left, f"an aborted write left {left}"
 
 
+def side_partials(op: Shuffle) -> list[pa.Table]:
+    """The partial rows of each of a shuffle's sides (a shuffle join's table): its
+    source's partitions', one after the other."""
+    out = []
+    for side in op.sides():
+        source = side.source()
+        parts = [side.partial(source.read(p)) for p in source.partitions()]
+        out.append(pa.concat_tables(parts) if parts
+                   else side.partial_schema(source.schema()).empty_table())
+    return out
+
+
 def shuffled(op: Shuffle, parts: list[pa.Table], buckets: int, seed: int = 0) -> pa.Table:
     """What a runtime makes of ``parts``: each partition's partial rows, sent to
-    ``buckets`` places by a hash of their keys in a scrambled order, finished at each
-    place; the places' rows one after the other."""
+    ``buckets`` places by a hash of their keys (in a scrambled order, or in the input's
+    order for a shuffle that keeps it), finished at each place with the sides' partial
+    rows of the same keys (scrambled); the places' rows one after the other."""
     from operators.hashing import hash_rows
 
-    partials = pa.concat_tables([op.partial(p) for p in parts])
-    where = hash_rows(partials, op.key_columns(), 17) % np.uint64(buckets)
-    order = np.random.default_rng(seed).permutation(partials.num_rows)
-    out = []
-    for b in range(buckets):
-        rows = order[where[order] == b]
-        out.append(op.finish(partials.take(pa.array(rows, pa.int64()))))
-    return pa.concat_tables(out)
+    rng = np.random.default_rng(seed)
+
+    def placed(table: pa.Table, keys: list[str], keep_order: bool) -> list[pa.Table]:
+        where = hash_rows(table, keys, 17) % np.uint64(buckets)
+        order = (np.arange(table.num_rows) if keep_order
+                 else rng.permutation(table.num_rows))
+        return [table.take(pa.array(order[where[order] == b], pa.int64()))
+                for b in range(buckets)]
+
+    partials = placed(pa.concat_tables([op.partial(p) for p in parts]), op.key_columns(),
+                      op.row_order == "input")
+    sides = [placed(t, side.key_columns(), False)
+             for side, t in zip(op.sides(), side_partials(op), strict=True)]
+    return pa.concat_tables([op.finish(partials[b], *(side[b] for side in sides))
+                             for b in range(buckets)])
 
 
 def _by_keys(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.sort_by([(k, "ascending") for k in keys]) if keys else table
+
+
+def _assert_in_input_order(data: pa.Table, out: pa.Table) -> None:
+    """``out``'s rows are rows of ``data`` (its columns, values alike), in ``data``'s
+    order: each found after the one before."""
+    from operators.hashing import hash_rows
+
+    names = data.column_names
+    assert out.column_names[:len(names)] == names, "the input's columns come first"
+    rows, found = hash_rows(data, names, 31), hash_rows(out.select(names), names, 31)
+    at = 0
+    for i, h in enumerate(found):
+        while at < len(rows) and rows[at] != h:
+            at += 1
+        assert at < len(rows), f"output row {i} is not an input row after the one before"
+        at += 1
+
+
+def _by_content(table: pa.Table) -> pa.Table:
+    """The rows in an order of their values only (a hash of every column: any types)."""
+    from operators.hashing import hash_rows
+
+    order = np.argsort(hash_rows(table, table.column_names, 29), kind="stable")
+    return table.take(pa.array(order, pa.int64()))
 
 
 def check_shuffle_schema(c: Case) -> None:
@@ -415,8 +460,14 @@ def check_shuffle_schema(c: Case) -> None:
     assert partials.schema == op.partial_schema(data.schema), (
         f"partial_schema {op.partial_schema(data.schema)}\nbut partial made "
         f"{partials.schema}")
-    for rows in (partials, partials.schema.empty_table()):
-        out = op.finish(rows)
+    sides = side_partials(op)
+    for side, rows in zip(op.sides(), sides, strict=True):
+        declared = side.partial_schema(side.source().schema())
+        assert rows.schema == declared, (
+            f"the side's partial_schema {declared}\nbut its partial made {rows.schema}")
+    for rows, with_sides in ((partials, sides), (partials.schema.empty_table(),
+                                                 [t.schema.empty_table() for t in sides])):
+        out = op.finish(rows, *with_sides)
         declared = op.output_schema(data.schema)
         assert out.schema == declared, f"declared {declared}\nbut finish made {out.schema}"
     assert op.partial(data.schema.empty_table()).num_rows == 0, (
@@ -426,18 +477,30 @@ def check_shuffle_schema(c: Case) -> None:
 def check_shuffle_invariance(c: Case) -> None:
     """The output is the same for 1, k and shuffled partitions (empty ones among them),
     partial rows split among any number of places in any order; finished rows come in
-    key order."""
+    key order (a shuffle that keeps the input's order: in that order at one place, the
+    same rows at many)."""
     op, data = c.build(), c.data()
     assert isinstance(op, Shuffle)
-    whole = op.finish(op.partial(data))
-    # the output's keys (a shuffle keyed by an internal column orders by every column)
-    keys = [k for k in op.key_columns() if k in whole.column_names] or whole.column_names
-    assert_tables_close(whole, _by_keys(whole, keys), 0, 0, "finished rows in key order")
+    whole = op.finish(op.partial(data), *side_partials(op))
+    if op.row_order == "input":
+        _assert_in_input_order(data, whole)
+        got = shuffled(op, [data.slice(0, 7), data.slice(7)], 1)
+        assert_tables_close(got, whole, 0, 0, "rows in the input's order at one place")
+        _by_rows = _by_content
+        whole = _by_rows(whole)
+    else:
+        # the output's keys (a shuffle keyed by an internal column orders by every column)
+        keys = [k for k in op.key_columns() if k in whole.column_names] or whole.column_names
+
+        def _by_rows(table: pa.Table) -> pa.Table:
+            return _by_keys(table, keys)
+
+        assert_tables_close(whole, _by_rows(whole), 0, 0, "finished rows in key order")
     empty = data.schema.empty_table()
     for k, seed, buckets in ((3, None, 1), (7, 1, 3), (5, 2, 8)):
         parts = [empty, *split(data, k, seed), empty]
         buckets = 1 if op.one_place() else buckets
-        got = _by_keys(shuffled(op, parts, buckets, seed or 0), keys)
+        got = _by_rows(shuffled(op, parts, buckets, seed or 0))
         assert_tables_close(got, whole, c.rtol, c.atol,
                             f"{k} partitions, {buckets} places")
 
@@ -460,8 +523,9 @@ CHECKS: dict[str, Callable[[Case], None]] = {
 
 
 def applicable(c: Case) -> list[str]:
-    """The checks that apply to the case's operator kind."""
-    cls = lookup(c.op)
+    """The checks that apply to the case's operator kind (the kind of operator its
+    params make: a join can be a shuffle)."""
+    cls = type(c.build())
     if issubclass(cls, Source):
         return ["source"]
     if issubclass(cls, Sink):

@@ -14,7 +14,9 @@ import pytest
 
 from operators.arrays import get_namespace
 from operators.base import DataError, ParamError, SchemaError, lookup
-from operators.features.join import Join
+from operators.features.join import Join, ShuffleJoin
+from operators.hashing import hash_rows
+from operators.testing.kit import assert_tables_close, shuffled, side_partials
 
 NP = get_namespace("numpy")
 
@@ -145,10 +147,12 @@ def test_a_key_the_table_lacks_names_the_closest(rows: pa.Table, table: Path) ->
                                "(it has: a, b, w, name)")
 
 
-def test_a_table_over_max_mb_is_an_error(rows: pa.Table, table: Path) -> None:
-    with pytest.raises(DataError, match=r"takes 0 MB in memory, over max_mb 1e-06 \(a join "
-                                        "is for a table every worker can hold"):
-        join(path=str(table), on=["a", "b"], max_mb=1e-6).transform(rows, NP)
+def test_a_broadcast_table_over_max_mb_is_an_error_that_names_the_shuffle(
+        rows: pa.Table, table: Path) -> None:
+    with pytest.raises(DataError, match=r"takes 0 MB in memory, over max_mb 1e-06 \(join "
+                                        r"it through a shuffle \(strategy: shuffle"):
+        join(path=str(table), on=["a", "b"], max_mb=1e-6,
+             strategy="broadcast").transform(rows, NP)
 
 
 def test_many_keys_of_many_values_fold_without_overflow(tmp_path: Path) -> None:
@@ -191,3 +195,102 @@ def test_an_anti_join_keeps_the_rows_without_a_match(rows: pa.Table, table: Path
             rows["a"].to_pylist(), rows["b"].cast(pa.string()).to_pylist(), strict=True)])))
     with pytest.raises(ParamError, match="how: anti keeps the rows without a match"):
         join(path=str(table), on=["a"], how="anti", columns=["w"])
+
+
+# ---------------------------------------------------------------- through a shuffle
+
+
+def shuffle_join(**params) -> ShuffleJoin:
+    op = lookup("join").create(lookup("join").Params(**params, strategy="shuffle"))
+    assert isinstance(op, ShuffleJoin)
+    return op
+
+
+def test_auto_joins_through_a_shuffle_a_table_its_footers_say_is_over_max_mb(
+        table: Path) -> None:
+    cls = lookup("join")
+    small = cls.create(cls.Params(path=str(table), on=["a", "b"]))
+    assert type(small) is Join
+    large = cls.create(cls.Params(path=str(table), on=["a", "b"], max_mb=1e-3))
+    assert isinstance(large, ShuffleJoin) and large.kind == "shuffle" and large.name == "join"
+    # keys and brought columns at 8 bytes a value at least: 50 rows x 4 columns
+    assert 1e-3 < 50 * 4 * 8 / 2**20 <= large.estimated_mb < 0.01
+    # the table's problems are the plan's: auto falls back to the broadcast, which says
+    assert type(cls.create(cls.Params(path=str(table / "nothing"), on=["a"]))) is Join
+    with pytest.raises(ParamError, match="partitions: a broadcast join keeps its input's"):
+        cls.Params(path=str(table), on=["a"], strategy="broadcast", partitions=4)
+
+
+@pytest.mark.parametrize("how", ["left", "inner", "anti"])
+@pytest.mark.parametrize("buckets", [1, 5])
+def test_a_shuffle_join_gives_the_broadcast_rows_in_their_order_within_a_partition(
+        rows: pa.Table, table: Path, how: str, buckets: int) -> None:
+    want = join(path=str(table), on=["a", "b"], how=how).transform(rows, NP)
+    op = shuffle_join(path=str(table), on=["a", "b"], how=how)
+    parts = [rows.slice(0, 100), rows.slice(100, 0), rows.slice(100, 250), rows.slice(350)]
+    got = shuffled(op, parts, buckets, seed=3)
+    assert got.schema == want.schema == op.output_schema(rows.schema)
+    if buckets == 1:
+        assert got.equals(want)
+    else:  # the same rows; each partition's in the input's order
+        order = [np.argsort(hash_rows(t, t.column_names, 1), kind="stable")
+                 for t in (got, want)]
+        assert got.take(order[0]).equals(want.take(order[1]))
+
+
+def test_a_shuffle_join_keeps_each_partitions_rows_in_the_input_order(
+        rows: pa.Table, table: Path) -> None:
+    """Place by place: the rows of each output partition are input rows in order."""
+    from operators.hashing import hash_rows as placed_by
+    from operators.testing.kit import _assert_in_input_order
+
+    op = shuffle_join(path=str(table), on=["a", "b"])
+    partials = op.partial(rows)
+    where = placed_by(partials, op.key_columns(), 7) % np.uint64(4)
+    (side,) = side_partials(op)
+    side_where = placed_by(side, op.sides()[0].key_columns(), 7) % np.uint64(4)
+    total = 0
+    for b in range(4):
+        out = op.finish(partials.filter(pa.array(where == b)),
+                        side.filter(pa.array(side_where == b)))
+        _assert_in_input_order(rows, out)
+        total += out.num_rows
+    assert total == rows.num_rows
+
+
+def test_the_shuffled_tables_keys_compare_as_values(tmp_path: Path) -> None:
+    """int32 against int64, a dictionary against text, -0.0 against 0.0 and NaN
+    against NaN place and match alike (as the broadcast join matches them)."""
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"i": pa.array([1, 2, 3], pa.int64()), "s": ["x", "y", "z"],
+                             "f": [0.0, float("nan"), 2.5], "w": [10.0, 20.0, 30.0]}), path)
+    rows = pa.table({"i": pa.array([3, 1, 2, 2, None], pa.int32()),
+                     "s": pa.array(["z", "x", "y", "q", "x"]).dictionary_encode(),
+                     "f": [2.5, -0.0, float("nan"), float("nan"), 0.0]})
+    for on in (["i"], ["s"], ["f"], ["i", "s", "f"]):
+        want = join(path=str(path), on=on, columns=["w"]).transform(rows, NP)
+        got = shuffled(shuffle_join(path=str(path), on=on, columns=["w"]), [rows], 1)
+        assert_tables_close(got, want, 0, 0, f"on {on}")
+    assert want["w"].to_pylist() == [30.0, 10.0, 20.0, None, None]
+    assert join(path=str(path), on=["f"]).transform(rows, NP)["w"].to_pylist() == [
+        30.0, 10.0, 20.0, 20.0, 10.0]
+
+
+def test_a_key_on_several_rows_of_a_shuffled_table_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.table({"k": [1, 2, 2, 3, None, None], "x": np.arange(6.0)}), path)
+    with pytest.raises(DataError) as info:
+        shuffled(shuffle_join(path=str(path), on=["k"]), [pa.table({"k": [1, 5]})], 1)
+    assert str(info.value) == (
+        f"key k=2 is on 2 rows of '{path}' (and 0 other keys are repeated in this share of "
+        "the table): a join brings the columns of one row per key (keep one row per key in "
+        "the table, or choose them with filter:)")
+
+
+def test_a_shuffle_join_travels_without_its_table(rows: pa.Table, table: Path) -> None:
+    op = shuffle_join(path=str(table), on=["a", "b"], columns=["w"])
+    shipped = pickle.dumps(op)
+    assert len(shipped) < 20_000
+    copy = pickle.loads(shipped)
+    assert copy.partial(rows).equals(op.partial(rows))
+    assert shuffled(copy, [rows], 2).equals(shuffled(op, [rows], 2))

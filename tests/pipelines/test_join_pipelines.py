@@ -160,3 +160,47 @@ def test_a_join_problem_is_reported_at_its_line(churn: Path, regions: Path,
     assert str(problem) == (
         f"{path}:{line}: step 'join' (join): on: key column 'area' not in "
         "'data/regions.parquet' (it has: region, tax_rate, manager)")
+
+
+BETWEEN = """
+    pipeline: train_between
+    steps:
+      - op: read_parquet
+        path: data/churn
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: join
+        path: data/regions.parquet
+        on: [region]
+        columns: [tax_rate]
+      - op: derive
+        columns: {taxed: "monthly_charges * (1 + coalesce(tax_rate, 0))"}
+      - op: logistic_regression
+        label: churned
+        features: [tenure, total_charges, taxed]
+      - op: save_model
+        name: between
+"""
+
+
+def test_a_join_between_fitted_steps_gives_the_model_its_columns(
+        churn: Path, regions: Path, workdir: Path) -> None:
+    """The model is impute, derive and the fit; the join between them is the scoring
+    pipeline's to repeat, and the column it adds is one the model reads."""
+    run(write_pipeline(workdir, BETWEEN))
+    model = ModelStore().load("between")
+    assert [s.name for s in model.chain.steps] == [
+        "impute.fitted", "derive", "logistic_regression.fitted"]
+    assert model.required == ["total_charges", "monthly_charges", "tax_rate", "tenure"]
+    assert model.input_schema.field("tax_rate").type == pa.float64()
+    bare = write_pipeline(workdir, SCORE.format(join="").replace("joined", "between"),
+                          "bare.yaml")
+    with pytest.raises(ValidationFailed) as info:
+        run(bare)
+    assert "'tax_rate' not in the input (the model's training pipeline added 'tax_rate' " \
+           "in step 'join' (join)" in str(info.value.problems[0])
+    joined = SCORE.format(join="      - op: join\n        path: data/regions.parquet\n"
+                               "        on: [region]\n").replace("joined", "between")
+    record = run(write_pipeline(workdir, joined, "joined.yaml"))
+    assert record["steps"]["write_parquet"]["rows"] == 5000

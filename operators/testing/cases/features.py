@@ -178,7 +178,14 @@ _cases("join", features_table,
                                  "columns": ["price"], "prefix": "plan_"}),
        ("two-keys-named", {"path": _PAIRS, "on": {"small": "small", "region": "zone"},
                            "filter": "rate > 0.2"}),
-       ("anti", {"path": _PAIRS, "on": {"small": "small", "region": "zone"}, "how": "anti"}))
+       ("anti", {"path": _PAIRS, "on": {"small": "small", "region": "zone"}, "how": "anti"}),
+       # the same joins through a shuffle (a table too large to send everywhere)
+       ("shuffle-left-string-key", {"path": _PLANS, "on": ["plan"], "strategy": "shuffle"}),
+       ("shuffle-inner-two-keys", {"path": _PAIRS, "on": {"small": "small", "region": "zone"},
+                                   "how": "inner", "filter": "rate > 0.2", "prefix": "p_",
+                                   "strategy": "shuffle"}),
+       ("shuffle-anti", {"path": _PAIRS, "on": {"small": "small", "region": "zone"},
+                         "how": "anti", "strategy": "shuffle", "partitions": 3}))
 _cases("expect", features_table,
        ("passing-fail", {"rules": {"ids": "id >= 0", "small": "small between -5 and 4"},
                          "not_null": ["region", "flag"]}),

@@ -1,0 +1,244 @@
+"""join through a shuffle in pipelines: the broadcast join's rows on every engine (and
+the same bytes on each), chosen by the table's size when asked to, a model trained on
+its rows that a scoring pipeline with either kind of join repeats, and errors that name
+the step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from conftest import SLUICE, write_pipeline
+
+from operators.base import DataError
+from pipelines.engines.base import Engine
+from pipelines.runner import plan_file, run
+from pipelines.store import ModelStore
+
+BY_ID = [("customer_id", "ascending")]
+
+
+@pytest.fixture
+def customers(churn: Path, workdir: Path) -> Path:
+    """A customer table in 3 files: 4,000 of the churn data's 5,000 customers (a segment
+    with nulls, a lifetime value) and 500 customers the data lacks."""
+    ids = pq.read_table(churn, columns=["customer_id"])["customer_id"].to_numpy()
+    rng = np.random.default_rng(11)
+    known = np.concatenate([rng.permutation(ids)[:4000], np.arange(10**9, 10**9 + 500)])
+    n = known.size
+    table = pa.table({
+        "customer_id": known,
+        "segment": pa.array(rng.choice(["smb", "mid", "ent"], n), mask=rng.random(n) < 0.05),
+        "lifetime_value": rng.gamma(2.0, 500.0, n),
+    }).take(rng.permutation(n))
+    out = workdir / "data" / "customers"
+    out.mkdir(parents=True)
+    for i in range(3):
+        pq.write_table(table.slice(i * 1500, 1500), out / f"part-{i}.parquet")
+    return out
+
+
+BRANCHES = """
+    pipeline: enrich
+    steps:
+      - id: rows
+        op: read_parquet
+        path: data/churn
+        partition_mb: 0.05
+      - id: shuffled
+        op: join
+        input: rows
+        path: data/customers
+        on: [customer_id]
+        strategy: shuffle
+        partitions: 4
+      - op: write_parquet
+        path: out/shuffled
+      - id: broadcast
+        op: join
+        input: rows
+        path: data/customers
+        on: [customer_id]
+        strategy: broadcast
+      - op: write_parquet
+        path: out/broadcast
+      - id: unmatched
+        op: join
+        input: rows
+        path: data/customers
+        on: [customer_id]
+        how: anti
+        strategy: shuffle
+      - op: write_parquet
+        path: out/unmatched
+"""
+
+
+def test_a_shuffle_join_gives_the_broadcast_rows_on_every_engine(
+        customers: Path, workdir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = workdir / "scratch"
+    monkeypatch.setenv("SLUICE_SCRATCH", str(scratch))
+    path = write_pipeline(workdir, BRANCHES)
+    record = run(path, engine_instance=engine)
+    got = ds.dataset(workdir / "out" / "shuffled").to_table()
+    want = ds.dataset(workdir / "out" / "broadcast").to_table()
+    assert got.schema == want.schema
+    assert got.num_rows == want.num_rows == 5000
+    assert got.sort_by(BY_ID).equals(want.sort_by(BY_ID))
+    assert got["segment"].null_count > 1000  # the 1,000 customers not in the table
+    step = record["steps"]["shuffled"]
+    assert step["kind"] == "shuffle" and record["steps"]["broadcast"]["kind"] == "transform"
+    assert step["rows"] == 5000
+    # 3 input partitions and 3 table files written, 4 places, table rows with keys
+    inputs = len(ds.dataset(workdir / "data" / "churn").files)
+    assert step["shuffle"]["partitions"] == 4 and step["shuffle"]["table_rows"] == 4500
+    assert step["shuffle"]["files"] >= inputs + 3
+    unmatched = ds.dataset(workdir / "out" / "unmatched").to_table()
+    assert unmatched.num_rows == 1000 == record["steps"]["unmatched"]["rows"]
+    assert unmatched.column_names == pq.read_schema(
+        next((workdir / "data" / "churn").glob("*.parquet"))).names
+    # the same output partitions hold the same rows in the same order on every engine
+    local = run(write_pipeline(workdir, BRANCHES.replace("out/", "local/"), "local.yaml"))
+    assert local["steps"]["shuffled"]["shuffle"] == step["shuffle"]
+    assert got.equals(ds.dataset(workdir / "local" / "shuffled").to_table())
+    assert not list(scratch.glob("*")), "a run left its shuffle files"
+
+
+def test_rows_keep_their_order_within_each_output_partition(customers: Path,
+                                                            workdir: Path) -> None:
+    record = run(write_pipeline(workdir, BRANCHES))
+    order = {v: i for i, v in enumerate(
+        ds.dataset(workdir / "data" / "churn").to_table()["customer_id"].to_pylist())}
+    files = sorted((workdir / "out" / "shuffled").glob("*.parquet"))
+    assert len(files) == record["steps"]["shuffled"]["shuffle"]["partitions"] == 4
+    for file in files:
+        ids = pq.read_table(file)["customer_id"].to_pylist()
+        assert [order[i] for i in ids] == sorted(order[i] for i in ids)
+
+
+AUTO = """
+    pipeline: auto
+    steps:
+      - op: read_parquet
+        path: data/churn
+      - op: join
+        path: data/customers
+        on: [customer_id]
+        columns: [segment]
+        max_mb: {max_mb}
+      - op: write_parquet
+        path: out/auto
+"""
+
+
+def test_auto_shuffles_a_table_over_max_mb_and_the_plan_says_so(customers: Path,
+                                                                workdir: Path) -> None:
+    small = plan_file(write_pipeline(workdir, AUTO.format(max_mb=256)))
+    assert small.step("join").op.kind == "transform"
+    path = write_pipeline(workdir, AUTO.format(max_mb=0.01), "big.yaml")
+    big = plan_file(path)
+    assert big.step("join").op.kind == "shuffle"
+    shown = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
+                           text=True, check=True).stdout
+    assert ("shuffles: the rows and the table's rows by customer_id to the same places "
+            "through the scratch folder: its footers say ~0 MB, over max_mb 0.01, into as "
+            "many partitions as the input or the table has (at most 200); rows in their "
+            "order within each") in shown
+    as_json = json.loads(subprocess.run([SLUICE, "plan", str(path), "--json"], cwd=workdir,
+                                        capture_output=True, text=True, check=True).stdout)
+    (joined,) = [s for s in as_json["steps"] if s["id"] == "join"]
+    assert joined["kind"] == "shuffle"
+    record = run(path)
+    assert record["steps"]["join"]["shuffle"]["partitions"] == 3  # 3 table files
+    out = ds.dataset(workdir / "out" / "auto").to_table().sort_by(BY_ID)
+    churn = ds.dataset(workdir / "data" / "churn").to_table().sort_by(BY_ID)
+    assert out["customer_id"].equals(churn["customer_id"])
+
+
+TRAIN = """
+    pipeline: train_enriched
+    steps:
+      - op: read_parquet
+        path: data/churn
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: join
+        path: data/customers
+        on: [customer_id]
+        strategy: {strategy}
+      - op: derive
+        columns: {{value: "coalesce(lifetime_value, 0.0)", ent: "segment == 'ent'"}}
+      - op: logistic_regression
+        label: churned
+        features: [tenure, total_charges, value]
+      - op: save_model
+        name: enriched
+"""
+
+SCORE = """
+    pipeline: score_enriched
+    steps:
+      - op: read_parquet
+        path: data/churn
+      - op: join
+        path: data/customers
+        on: [customer_id]
+        strategy: {strategy}
+      - op: derive
+        columns: {{value: "coalesce(lifetime_value, 0.0)"}}
+      - op: score
+        model: enriched
+      - op: write_parquet
+        path: out/{strategy}
+"""
+
+
+def test_a_model_trained_after_a_shuffle_join_keeps_the_fits_before_it(
+        customers: Path, workdir: Path) -> None:
+    """A join's rows are its input's: the impute fitted before it stays in the model (as
+    with a broadcast join), and scoring with either kind of join gives the same scores."""
+    record = run(write_pipeline(workdir, TRAIN.format(strategy="shuffle")))
+    model = ModelStore().load("enriched")
+    assert [s.name for s in model.chain.steps] == [
+        "impute.fitted", "derive", "logistic_regression.fitted"]
+    assert [s["step"] for s in model.meta["data_steps"]] == ["join"]
+    # the join's columns are the model's input too: a scoring pipeline brings them
+    assert model.required == ["total_charges", "lifetime_value", "segment", "tenure"]
+    assert model.input_schema.field("lifetime_value").type == pa.float64()
+    run(write_pipeline(workdir, TRAIN.format(strategy="broadcast"), "broadcast.yaml"))
+    twin = ModelStore().load("enriched")
+    a, b = (m.chain.steps[-1].state()[1] for m in (model, twin))
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-9, atol=1e-12)
+    assert record["metrics"]
+    for strategy in ("shuffle", "broadcast"):
+        run(write_pipeline(workdir, SCORE.format(strategy=strategy), f"{strategy}.yaml"))
+    shuffled, broadcast = (ds.dataset(workdir / "out" / s).to_table().sort_by(BY_ID)
+                           for s in ("shuffle", "broadcast"))
+    np.testing.assert_allclose(shuffled["probability"].to_numpy(),
+                               broadcast["probability"].to_numpy(), rtol=1e-12)
+
+
+def test_a_key_on_several_rows_of_the_table_names_the_step(
+        customers: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch = workdir / "scratch"
+    monkeypatch.setenv("SLUICE_SCRATCH", str(scratch))
+    doubled = pq.read_table(customers / "part-0.parquet").slice(0, 5)
+    pq.write_table(doubled, customers / "part-3.parquet")
+    path = write_pipeline(workdir, BRANCHES)
+    with pytest.raises(DataError) as info:
+        run(path)
+    text = str(info.value)
+    assert f"{path}:7: step 'shuffled', partition " in text and "(bucket " in text, text
+    assert "is on 2 rows of 'data/customers' (and " in text
+    assert "in this share of the table): a join brings the columns of one row per key " \
+           "(keep one row per key in the table" in text
+    assert not list(scratch.glob("*")), "the failed run left its shuffle files"
