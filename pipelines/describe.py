@@ -19,7 +19,7 @@ from operators.base import Estimator, Shuffle, Sink, Source
 from operators.evaluate.drift import Drift
 from operators.evaluate.evaluate import Measuring
 from operators.evaluate.promote import Promote
-from operators.features.join import ShuffleJoin
+from operators.features.join import Join, ShuffleJoin
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
 from operators.score.score import Score
@@ -88,6 +88,10 @@ def _notes(plan: Plan, step: Step) -> list[str]:
         notes.append(f"saves {', '.join(chain)} as '{op.params.name}' (the next version)"
                      + (f", aliases {', '.join(op.params.aliases)}" if op.params.aliases
                         else ""))
+    elif isinstance(op, Join) and op.params.partitions is not None:
+        notes.append("broadcasts the table (its footers say it is within max_mb "
+                     f"{op.params.max_mb:g}): partitions: {op.params.partitions} applies to "
+                     "a shuffle join only (strategy: shuffle)")
     elif isinstance(op, Shuffle):
         parts = getattr(op.params, "partitions", None)
         into = (f"{parts} partitions" if parts else "as many partitions as its input has "

@@ -342,6 +342,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                                   hint="put save_model after a model step")
             if isinstance(step.op, SaveModel):
                 _check_fits_before_shuffles(plan, step)
+                _check_data_steps_in_model(plan, step)
                 _note_kept_params(plan, step)
             try:
                 step.op.check_input(schema)
@@ -396,6 +397,50 @@ def _check_fits_before_shuffles(plan: Plan, save: Step) -> None:
             "pipeline would fit it again on the rows it scores",
             hint=f"move it after '{last.id}' (fitted on the aggregated rows), or compute "
                  "it with derive (e.g. coalesce(x, 0) instead of impute)")
+
+
+def _check_data_steps_in_model(plan: Plan, save: Step) -> None:
+    """A SchemaError when a data step among the saved model's steps (a join after an
+    impute) reads a column a model step before it wrote, and a model step after it reads
+    a column it adds: scoring repeats the data step on the rows as they come, before the
+    model, so it would join (or window) on other values than training did."""
+    chain = plan.model_chain(save.id)
+    if not chain:
+        return
+    kept = {s.id for s in chain}
+    lineage = plan.chain_to(save.id)
+    inside = lineage[lineage.index(chain[0]):]
+    written: dict[str, Step] = {}  # column -> the model step that last wrote it
+    for i, s in enumerate(inside):
+        before = plan.step(s.input).schema if s.input else None
+        if before is None or s.schema is None:
+            return  # its problem is reported
+        if s.id in kept:
+            reads = set(s.op.input_columns(before))
+            for name in s.schema.names:  # made, or read and passed on (replaced in place)
+                if name not in before.names or name in reads:
+                    written[name] = s
+            continue
+        if isinstance(s.op, Sink | Action):
+            continue
+        if not written:
+            continue
+        tainted = [c for c in s.op.input_columns(before) if c in written]
+        added = [n for n in s.schema.names if n not in before.names]
+        later = set()
+        for after in inside[i + 1:]:
+            if after.id in kept and after.input:
+                later |= set(after.op.input_columns(plan.step(after.input).schema))
+        if tainted and any(a in later for a in added):
+            column, by = tainted[0], written[tainted[0]]
+            raise SchemaError(
+                f"step '{s.id}' ({s.op.name}) reads '{column}', which '{by.id}' "
+                f"({by.op.name}) writes, and the model saved here reads what it adds: "
+                f"'{by.id}' is in the model and '{s.id}' is not, so scoring does "
+                f"'{s.id}' on the rows as they come and would use other values of "
+                f"'{column}' than training did",
+                hint=f"move '{s.id}' before '{by.id}', so that it reads '{column}' as the "
+                     "rows come (as scoring will)")
 
 
 def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | None:

@@ -117,7 +117,9 @@ class ShuffleWrite(Sink):
         partials = partials.take(pa.array(np.argsort(where, kind="stable"))).combine_chunks()
         loc = resolve(self.url, self.storage_options)
         path = f"{loc.path.rstrip('/')}/part-{index:06d}.arrow"
-        empty = pa.record_batch([pa.array([], f.type) for f in partials.schema],
+        # an empty bucket's batch is a slice of the rows' own columns: a new empty
+        # dictionary would be a dictionary replacement, which the IPC file format refuses
+        empty = pa.record_batch([c.chunk(0).slice(0, 0) for c in partials.columns],
                                 schema=partials.schema)
         # on a disk, written under another name and renamed whole: an attempt killed
         # mid-write (or a lost one still writing) never leaves a torn file under the name

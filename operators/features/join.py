@@ -99,15 +99,23 @@ class JoinParams(Params):
 
 
 def _comparable(t: pa.DataType) -> pa.DataType:
-    """The type keys are compared in: integers as int64, strings as string, a
-    dictionary as its values'; others as they are."""
+    """The type keys are compared in: integers as int64 (uint64 as itself: its values
+    past int64's range), strings as string, a dictionary as its values'; others as they
+    are."""
     if pa.types.is_dictionary(t):
         t = t.value_type
-    if pa.types.is_integer(t):
+    if pa.types.is_integer(t) and not pa.types.is_uint64(t):
         return pa.int64()
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return pa.string()
     return t
+
+
+def _kind(t: pa.DataType) -> str:
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return ("number" if pa.types.is_integer(t) or pa.types.is_floating(t)
+            or pa.types.is_decimal(t) else "text" if pa.types.is_string(t)
+            or pa.types.is_large_string(t) else str(t).split("[")[0])
 
 
 def _key_values(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -177,7 +185,8 @@ class _Joining:
                     f"on: key '{left}' is {have} in the input and {want} in "
                     f"'{self.params.path}'" + (f" (column '{right}')" if right != left else ""),
                     hint="cast one side first (op: cast), so that both are numbers or both "
-                         "text")
+                         "text" if _kind(have) != _kind(want) else
+                         f"cast one side first (op: cast), e.g. both to {_comparable(want)}")
         out = schema
         for name in self._brought(table_schema):
             field = table_schema.field(name).with_name(self.params.prefix + name)
@@ -276,7 +285,7 @@ class Join(_Joining, Transform):
             return ShuffleJoin(params)
         try:
             size = cls(params)._reading().estimated_bytes()
-        except SluiceError:
+        except (SluiceError, OSError, pa.ArrowException):
             return cls(params)  # the table's problem is reported as the step plans
         if size > params.max_mb * 2**20:
             return ShuffleJoin(params, estimated_mb=size / 2**20)

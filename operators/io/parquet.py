@@ -475,8 +475,9 @@ class ReadParquet(Source):
     def estimated_bytes(self) -> int:
         """About how much memory the rows of this read take, from the footers of the
         files and row groups the filter keeps: per column read, its uncompressed size
-        in the file, at least 8 bytes a value (a dictionary-encoded text column decodes
-        to more than it takes in the file)."""
+        in the file, at least its values' width (text: 4 bytes of offset and the mean
+        length of its smallest and largest value: a dictionary-encoded text column
+        decodes to far more than it takes in the file)."""
         wanted = set(self.schema().names)
         total = 0
         for fragment, _, pieces in self._pieces():
@@ -486,7 +487,7 @@ class ReadParquet(Source):
                 for j in range(group.num_columns):
                     column = group.column(j)
                     if column.path_in_schema.split(".")[0] in wanted:
-                        total += max(column.total_uncompressed_size, 8 * column.num_values)
+                        total += _column_bytes(column)
         return total
 
     def partitions(self) -> list[PartitionInfo]:
@@ -869,6 +870,25 @@ class WriteParquet(Sink):
             if (manifest is not None and manifest.get("pending")
                     and manifest.get("run_id") == token["run_id"]):
                 fs.delete_file(posixpath.join(token["target"], MANIFEST))
+
+
+_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 8}
+
+
+def _column_bytes(column: Any) -> int:
+    """A column chunk's size in memory, about: its uncompressed size in the file, at
+    least its values' width (text and bytes: an offset and the mean length of its
+    smallest and largest value, from the statistics)."""
+    width = _WIDTH.get(column.physical_type)
+    if width is None:
+        stats = column.statistics
+        width = 8.0
+        if stats is not None and stats.has_min_max:
+            try:
+                width = 4 + (len(stats.min) + len(stats.max)) / 2
+            except TypeError:  # a logical type whose statistics are not text
+                pass
+    return int(max(column.total_uncompressed_size, column.num_values * width))
 
 
 def _write_manifest(fs: pa.fs.FileSystem, directory: str, manifest: dict[str, Any]) -> None:

@@ -294,3 +294,21 @@ def test_a_shuffle_join_travels_without_its_table(rows: pa.Table, table: Path) -
     copy = pickle.loads(shipped)
     assert copy.partial(rows).equals(op.partial(rows))
     assert shuffled(copy, [rows], 2).equals(shuffled(op, [rows], 2))
+
+
+def test_uint64_keys_past_int64_join_each_other_and_other_widths_say_how(
+        tmp_path: Path) -> None:
+    big = 2**63 + 5
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"k": pa.array([big, 1], pa.uint64()), "x": [1.0, 2.0]}), path)
+    rows = pa.table({"k": pa.array([1, big, 7], pa.uint64())})
+    for strategy in ("broadcast", "shuffle"):
+        op = lookup("join").create(lookup("join").Params(path=str(path), on=["k"],
+                                                         strategy=strategy))
+        got = op.transform(rows, NP) if strategy == "broadcast" else shuffled(op, [rows], 3)
+        assert sorted(zip(got["k"].to_pylist(), got["x"].to_pylist()), key=str) == sorted(
+            [(1, 2.0), (big, 1.0), (7, None)], key=str)
+    with pytest.raises(SchemaError, match=r"key 'k' is int32 in the input and uint64 in .* "
+                                          r"\(cast one side first \(op: cast\), e.g. both "
+                                          r"to uint64\)"):
+        join(path=str(path), on=["k"]).output_schema(pa.schema({"k": pa.int32()}))

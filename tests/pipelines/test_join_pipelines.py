@@ -204,3 +204,26 @@ def test_a_join_between_fitted_steps_gives_the_model_its_columns(
                                "        on: [region]\n").replace("joined", "between")
     record = run(write_pipeline(workdir, joined, "joined.yaml"))
     assert record["steps"]["write_parquet"]["rows"] == 5000
+
+
+def test_a_join_on_a_column_a_model_step_wrote_is_refused_as_planned(
+        churn: Path, regions: Path, workdir: Path) -> None:
+    """Training would join on imputed regions, scoring (which joins before the model) on
+    the raw ones: different rows of the table for the same customers."""
+    text = BETWEEN.replace("columns: [total_charges]\n        strategy: median",
+                           "columns: [region]\n        strategy: constant\n        "
+                           "value: east")
+    path = write_pipeline(workdir, text)
+    with pytest.raises(ValidationFailed) as info:
+        run(path)
+    (problem,) = info.value.problems
+    assert str(problem) == (
+        f"{path}:18: step 'save_model' (save_model): step 'join' (join) reads 'region', "
+        "which 'impute' (impute) writes, and the model saved here reads what it adds: "
+        "'impute' is in the model and 'join' is not, so scoring does 'join' on the rows as "
+        "they come and would use other values of 'region' than training did (move 'join' "
+        "before 'impute', so that it reads 'region' as the rows come (as scoring will))")
+    # what it adds unread by the model: nothing to skew, the pipeline runs
+    unread = text.replace("coalesce(tax_rate, 0)", "0").replace(
+        "[tenure, total_charges, taxed]", "[tenure, taxed]")
+    run(write_pipeline(workdir, unread, "unread.yaml"))

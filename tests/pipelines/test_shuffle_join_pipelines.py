@@ -140,8 +140,14 @@ AUTO = """
 
 def test_auto_shuffles_a_table_over_max_mb_and_the_plan_says_so(customers: Path,
                                                                 workdir: Path) -> None:
-    small = plan_file(write_pipeline(workdir, AUTO.format(max_mb=256)))
+    small_path = write_pipeline(workdir, AUTO.format(max_mb=256).replace(
+        "max_mb: 256", "max_mb: 256\n        partitions: 4"), "small.yaml")
+    small = plan_file(small_path)
     assert small.step("join").op.kind == "transform"
+    assert ("broadcasts the table (its footers say it is within max_mb 256): partitions: 4 "
+            "applies to a shuffle join only (strategy: shuffle)") in subprocess.run(
+        [SLUICE, "plan", str(small_path)], cwd=workdir, capture_output=True, text=True,
+        check=True).stdout
     path = write_pipeline(workdir, AUTO.format(max_mb=0.01), "big.yaml")
     big = plan_file(path)
     assert big.step("join").op.kind == "shuffle"
@@ -242,3 +248,50 @@ def test_a_key_on_several_rows_of_the_table_names_the_step(
     assert "in this share of the table): a join brings the columns of one row per key " \
            "(keep one row per key in the table" in text
     assert not list(scratch.glob("*")), "the failed run left its shuffle files"
+
+
+DICTIONARIES = """
+    pipeline: dictionaries
+    steps:
+      - op: read_parquet
+        path: data/rows
+      - op: join
+        path: data/table
+        on: [k]
+        strategy: shuffle
+        partitions: 7
+      - op: write_parquet
+        path: out/joined
+      - op: deduplicate
+        input: read_parquet
+        by: [k]
+        partitions: 7
+      - op: write_parquet
+        path: out/deduplicated
+"""
+
+
+def test_dictionary_columns_with_other_dictionaries_in_each_file_shuffle(
+        workdir: Path) -> None:
+    """Each file's (and the table's) dictionary columns have dictionaries of their own;
+    a partition's empty buckets must not replace them (the IPC file format refuses a
+    replaced dictionary)."""
+    rows, table = workdir / "data" / "rows", workdir / "data" / "table"
+    rows.mkdir(parents=True)
+    table.mkdir(parents=True)
+    for i, words in enumerate((["a", "b", "c"], ["x", "y"], ["b", "z"])):
+        pq.write_table(pa.table({
+            "k": pa.array(np.arange(i * 10, i * 10 + 10), pa.int64()),
+            "word": pa.array([words[j % len(words)] for j in range(10)]).dictionary_encode(),
+            "tag": pa.array([f"t{i}"] * 10).dictionary_encode()}), rows / f"{i}.parquet")
+        pq.write_table(pa.table({
+            "k": pa.array(np.arange(i * 10, i * 10 + 8) * 1, pa.int32()),
+            "label": pa.array([words[0]] * 8).dictionary_encode()}), table / f"{i}.parquet")
+    record = run(write_pipeline(workdir, DICTIONARIES))
+    assert record["steps"]["join"]["shuffle"]["partitions"] == 7
+    joined = ds.dataset(workdir / "out" / "joined").to_table().sort_by("k")
+    assert joined.num_rows == 30 == joined["label"].null_count + 24
+    assert joined["word"].to_pylist()[10:13] == ["x", "y", "x"]
+    assert joined["label"].to_pylist()[:8] == ["a"] * 8
+    unique = ds.dataset(workdir / "out" / "deduplicated").to_table().sort_by("k")
+    assert unique["tag"].to_pylist() == [f"t{i // 10}" for i in range(30)]
