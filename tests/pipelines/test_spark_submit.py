@@ -418,11 +418,16 @@ SUMMARY = """
         path: {data}
         partition_mb: 0.05
       {extra}
+      - op: join
+        path: {regions}
+        on: [region]
+        strategy: shuffle
       - id: summary
         op: aggregate
         by: [region, plan]
         columns:
           customers: count()
+          tax: max(tax_rate)
           churn_rate: mean(churned)
           charges: sum(monthly_charges)
           sd_tenure: std(tenure)
@@ -434,14 +439,18 @@ SUMMARY = """
 
 def test_spark_submit_aggregates_on_bare_workers_through_retries(
         cluster: Cluster, project: Path, bare_python: Path) -> None:
-    """An aggregate's shuffle files are written by the executors of bare workers (the
-    archive carries the runtime) and read back by others; a write attempt that raised or
-    died is redone over its own files; the result is the local engine's."""
+    """A shuffle join's and an aggregate's shuffle files are written by the executors of
+    bare workers (the archive carries the runtime) and read back by others; a write
+    attempt that raised or died is redone over its own files; the result is the local
+    engine's."""
     folder = project / "summary-run"
     markers = folder / "markers"
     markers.mkdir(parents=True)
+    regions = folder / "regions.parquet"
+    pq.write_table(pa.table({"region": ["north", "south", "east"],
+                             "tax_rate": [0.2, 0.1, 0.15]}), regions)
     summary = pipeline(folder, "summary.yaml", SUMMARY.format(
-        data=project / DATA, out=folder / "out", extra=step(f"""
+        data=project / DATA, out=folder / "out", regions=regions, extra=step(f"""
         - op: cluster_probe.Flaky
           markers: {markers}
           raise_on: 10
@@ -454,9 +463,10 @@ def test_spark_submit_aggregates_on_bare_workers_through_retries(
     assert sorted(p.name for p in markers.iterdir()) == ["crashed", "raised"]
     (record,) = records(folder / "runs", "churn_summary")
     assert record["steps"]["summary"]["shuffle"]["partitions"] > 1
+    assert record["steps"]["join"]["shuffle"]["table_rows"] == 3
     assert scratch.is_dir() and not list(scratch.iterdir())
     local = pipeline(folder, "local.yaml", SUMMARY.format(
-        data=project / DATA, out=folder / "local", extra=""))
+        data=project / DATA, out=folder / "local", regions=regions, extra=""))
     run(local, runs_dir=str(folder / "runs-local"))
     got, want = (pq.read_table(folder / name) for name in ("out", "local"))
     assert got.num_rows == want.num_rows > 10
