@@ -884,10 +884,9 @@ def _column_bytes(column: Any) -> int:
         stats = column.statistics
         width = 8.0
         if stats is not None and stats.has_min_max:
-            try:
+            # a logical type whose statistics are not text (a decimal) keeps 8 bytes
+            with contextlib.suppress(TypeError):
                 width = 4 + (len(stats.min) + len(stats.max)) / 2
-            except TypeError:  # a logical type whose statistics are not text
-                pass
     return int(max(column.total_uncompressed_size, column.num_values * width))
 
 
