@@ -446,7 +446,8 @@ class Shuffle(Operator):
     # not in the model (``in_model``)
     new_rows: ClassVar[bool] = True
     # "keys": finish returns rows in key order; "input": in the order the partial rows
-    # came (the runtime brings them in the input's order: partition by partition)
+    # came (the runtime brings them in the input's order: partition by partition);
+    # "groups": each key's rows together, in an order of the operator's own
     row_order: ClassVar[str] = "keys"
 
     @abstractmethod

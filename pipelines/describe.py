@@ -20,6 +20,7 @@ from operators.evaluate.drift import Drift
 from operators.evaluate.evaluate import Measuring
 from operators.evaluate.promote import Promote
 from operators.features.join import Join, ShuffleJoin
+from operators.features.window import Window
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
 from operators.score.score import Score
@@ -105,6 +106,11 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                          + (into if parts else "as many partitions as the input or the "
                             f"table has (at most {MAX_DEFAULT_BUCKETS})")
                          + "; rows in their order within each")
+        elif isinstance(op, Window):
+            by = ", ".join(op.params.by) if op.params.by else "all the rows as one key"
+            notes.append(f"shuffles: the rows of each {by} to one place (through the "
+                         f"scratch folder), ordered by {', '.join(op.params.order)}, into "
+                         f"{into}; every row kept")
         else:
             keys = getattr(op.params, "by", None)
             by = (", ".join(keys) if keys else "all the rows" if op.one_place()

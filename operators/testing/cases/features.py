@@ -236,3 +236,18 @@ _cases("deduplicate", updates_table,
        ("earliest-two-keys", {"by": ["region", "plan"], "order": "ts", "keep": "first"}),
        ("no-order", {"by": ["customer"]}),
        ("whole-rows", {}))
+_cases("window", events_table,
+       ("one-key-every-function", {"by": ["customer"], "order": ["ts"], "columns": {
+           "rownum": "row_number()", "r": "rank()", "dr": "dense_rank()", "prev": "lag(plan)",
+           "next2": "lead(x * 2, 2)", "cs": "cum_sum(x)", "ci": "cum_sum(n)",
+           "cc": "cum_count()", "cx": "cum_count(x)", "cm": "cum_mean(big)",
+           "lo": "cum_min(x)", "hi": "cum_max(ts)", "r3": "rolling_sum(n, 3)",
+           "m3": "rolling_mean(x, 3)", "c3": "rolling_count(plan, 3)",
+           "s5": "rolling_sum(x, '5 seconds')", "k5": "rolling_count(x, '5 seconds')"}}),
+       ("two-keys-dictionary-two-orders", {"by": ["region", "plan"], "order": ["small", "id"],
+                                           "columns": {"rownum": "row_number()",
+                                                       "before": "lag(x)",
+                                                       "running": "cum_sum(flag)"},
+                                           "partitions": 3}),
+       ("no-keys", {"by": [], "order": ["id"], "columns": {"rownum": "row_number()",
+                                                          "total": "cum_sum(x)"}}))

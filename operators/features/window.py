@@ -1,0 +1,509 @@
+"""window: columns computed over each row's key's rows in order (SQL's window functions).
+
+Each row gets values from the rows of its key (``by``) in ``order``: its position and
+rank, the value of the row before or after it (``lag``, ``lead``), running totals up to
+it (``cum_*``) and rolling ones over the rows or the time just before it
+(``rolling_*``). The rows of a key must meet in one place, so ``window`` is a shuffle
+(``operators.base.Shuffle``): every row goes, by a hash of its key, to an output
+partition, where the rows of each key are sorted and the columns computed, vectorised
+over all the keys at once. The output rows are the input's rows (every one, with its
+columns) plus the new columns, in key order, then ``order``; rows whose order ties are
+in the order of a hash of their values, so the output is the same on every engine and
+partitioning.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from pydantic import Field, field_validator, model_validator
+
+from operators.base import (
+    DataError,
+    ParamError,
+    Params,
+    SchemaError,
+    Shuffle,
+    register,
+    require_columns,
+    suggest,
+)
+from operators.expressions import (
+    ExpressionError,
+    expression_type,
+    parse_expression,
+    referenced_columns,
+)
+from operators.features.aggregate import _ARROW_ERRORS, _CALL, _split_args
+from operators.features.columns import arrow_message
+from operators.features.grouping import (
+    INTERNAL,
+    distinct_keys,
+    key_problem,
+    nested,
+    normalized,
+    ordered,
+    partitions_field,
+    plain,
+    sorted_order,
+)
+from operators.hashing import hash_rows
+
+# name: (fewest arguments, most, what it computes)
+FUNCTIONS: dict[str, tuple[int, int, str]] = {
+    "row_number": (0, 0, "the row's position among its key's rows in order, from 1"),
+    "rank": (0, 0, "1 + the rows of its key before it in order (rows of the same order "
+                   "share a rank, with a gap after them)"),
+    "dense_rank": (0, 0, "as rank, without gaps"),
+    "lag": (1, 2, "lag(x): x on the row before (null on the first); lag(x, n): n rows "
+                  "before"),
+    "lead": (1, 2, "lead(x): x on the row after (null on the last); lead(x, n): n rows "
+                   "after"),
+    "cum_sum": (1, 1, "the sum of x over the rows up to this one (this one included)"),
+    "cum_count": (0, 1, "cum_count(): the rows up to this one; cum_count(x): those where x "
+                        "is not null"),
+    "cum_mean": (1, 1, "the mean of x over the rows up to this one"),
+    "cum_min": (1, 1, "the smallest x up to this one"),
+    "cum_max": (1, 1, "the largest x up to this one"),
+    "rolling_sum": (2, 2, "rolling_sum(x, 3): the sum of x over this row and the 2 before "
+                          "it; rolling_sum(x, '7 days'): over the rows whose order is less "
+                          "than 7 days before this row's (order: one time column)"),
+    "rolling_mean": (2, 2, "as rolling_sum, the mean"),
+    "rolling_count": (2, 2, "as rolling_sum, the rows where x is not null"),
+}
+_VALUE_ARG = {"lag", "lead", "cum_sum", "cum_count", "cum_mean", "cum_min", "cum_max",
+              "rolling_sum", "rolling_mean", "rolling_count"}
+_SUMS = {"cum_sum", "cum_mean", "rolling_sum", "rolling_mean"}
+_SPAN = re.compile(r"^(\d+)\s*(second|minute|hour|day|week)s?$")
+_UNIT_US = {"second": 10**6, "minute": 60 * 10**6, "hour": 3600 * 10**6,
+            "day": 86_400 * 10**6, "week": 7 * 86_400 * 10**6}
+_KEY = f"{INTERNAL}key"
+
+
+@dataclass(frozen=True)
+class WindowColumn:
+    """One output column: ``name = fn(arg, option)``; ``arg`` is an expression text."""
+
+    name: str
+    fn: str
+    arg: str | None = None
+    rows: int | None = None  # lag/lead's offset, a rolling window's rows
+    span_us: int | None = None  # a rolling window's time span
+
+
+def parse_window_column(name: str, text: Any) -> WindowColumn:
+    """``text`` (``lag(amount)``) as a WindowColumn; ParamError says what is wrong."""
+    where = f"window column '{name}'"
+    match = _CALL.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ParamError(f"{where}: {text!r} is not a window function",
+                         hint="write function(expression), e.g. lag(amount), row_number(), "
+                              f"rolling_sum(amount, '7 days'); functions: "
+                              f"{', '.join(FUNCTIONS)}")
+    given, inner = match.group(1), match.group(2)
+    fn = given.lower()
+    if fn not in FUNCTIONS:
+        raise ParamError(f"{where}: unknown window function '{given}'"
+                         f"{suggest(fn, list(FUNCTIONS))}",
+                         hint=f"functions: {', '.join(FUNCTIONS)}")
+    args = _split_args(inner) if inner.strip() else []
+    low, high, what = FUNCTIONS[fn]
+    if not low <= len(args) <= high:
+        wanted = str(low) if low == high else f"{low} or {high}"
+        raise ParamError(f"{where}: {fn} takes {wanted} argument{'s' if high != 1 else ''}, "
+                         f"got {len(args)}", hint=f"{fn}: {what}")
+    arg = args[0] if args and fn in _VALUE_ARG else None
+    if arg is not None:
+        try:
+            parse_expression(arg)
+        except ExpressionError as exc:
+            raise ParamError(f"{where}: {exc}") from None
+    rows = span = None
+    if fn in ("lag", "lead"):
+        rows = _whole(args[1], where, f"{fn}'s offset") if len(args) > 1 else 1
+    elif fn.startswith("rolling_"):
+        size = args[1].strip()
+        if size[:1] in "'\"" and size[-1:] == size[:1]:
+            found = _SPAN.match(size[1:-1].strip().lower())
+            if found is None or int(found.group(1)) == 0:
+                raise ParamError(f"{where}: the window '{size[1:-1]}' is not a time span",
+                                 hint="e.g. '7 days', '12 hours', '30 minutes', '2 weeks'")
+            span = int(found.group(1)) * _UNIT_US[found.group(2)]
+        else:
+            rows = _whole(size, where, "the window's rows")
+    return WindowColumn(name, fn, arg, rows, span)
+
+
+def _whole(text: str, where: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ParamError(f"{where}: {what} is a whole number of rows from 1, got '{text}'",
+                         hint="e.g. lag(amount, 2), rolling_mean(amount, 7), or a time span "
+                              "in quotes: rolling_mean(amount, '7 days')")
+    return value
+
+
+class WindowParams(Params):
+    by: list[str] = Field(description="the key columns: each row's values come from the "
+                                      "rows of its key; `[]`: all the rows are one key")
+    order: list[str] = Field(description="the columns that order a key's rows (ascending; "
+                                         "nulls last); rows of equal order follow a hash "
+                                         "of their values")
+    columns: dict[str, str] = Field(
+        description="new columns: {name: function(expression)}, e.g. {prev_amount: "
+                    "lag(amount), n: row_number(), spend_7d: rolling_sum(amount, '7 days')}")
+    partitions: int | None = partitions_field()
+
+    _distinct_keys = field_validator("by")(distinct_keys)
+
+    @field_validator("order")
+    @classmethod
+    def _some_order(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one column to order the rows by")
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _parses(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("name at least one column to compute")
+        problems = []
+        for name, text in value.items():
+            try:
+                parse_window_column(name, text)
+            except ParamError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ParamError("; ".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _time_spans_need_one_order(self) -> WindowParams:
+        spans = [n for n, t in self.columns.items()
+                 if parse_window_column(n, t).span_us is not None]
+        if spans and len(self.order) != 1:
+            raise ParamError(f"window column '{spans[0]}': a time span needs one order "
+                             f"column, a time (order has {len(self.order)})",
+                             hint="order: [event_time]")
+        return self
+
+
+@register("window")
+class Window(Shuffle):
+    """Columns from each row's key's rows in order: lag, lead, ranks, running and rolling sums.
+
+    Every row is kept, with the new columns added; the output is in key order, then
+    `order`, within each output partition (rows go by a hash of their key, through the
+    scratch folder, on any engine).
+
+    ```yaml
+    - op: window
+      by: [customer_id]
+      order: [ts]
+      columns:
+        n: row_number()                            # 1, 2, 3 ... per customer
+        previous_ts: lag(ts)                       # null on a customer's first event
+        spend_so_far: cum_sum(amount)
+        spend_7d: rolling_sum(amount, '7 days')    # this event and those of 7 days before
+        avg_last_3: rolling_mean(amount, 3)        # this event and the 2 before
+    ```
+    """
+
+    Params = WindowParams
+    new_rows = False  # the input's rows, with columns added
+    in_model = False  # what a pipeline prepares, not what a model does
+    row_order = "groups"
+
+    @cached_property
+    def windows(self) -> list[WindowColumn]:
+        return [parse_window_column(n, t) for n, t in self.params.columns.items()]
+
+    def key_columns(self) -> list[str]:
+        return [f"{_KEY}{i}" for i in range(len(self.params.by))] or [_KEY]
+
+    def one_place(self) -> bool:
+        return not self.params.by
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        used = [*self.params.by, *self.params.order]
+        for w in self.windows:
+            if w.arg is not None:
+                used += [c for c in referenced_columns(w.arg) if c not in used]
+        return used
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        require_columns(schema, self.input_columns(schema))
+        for key in self.params.by:
+            found = key_problem(schema, key, f"by: key column '{key}'")
+            if found is not None:
+                raise found
+        for name in self.params.order:
+            t = schema.field(name).type
+            if nested(t) or not ordered(t):
+                raise SchemaError(f"order: column '{name}' is {t}, which has no order",
+                                  hint="order by numbers, text, dates or times")
+        out = schema
+        problems = []
+        for w in self.windows:
+            try:
+                field = pa.field(w.name, self._type(w, schema))
+            except SchemaError as exc:
+                problems.append(exc)
+                continue
+            if out.get_field_index(w.name) >= 0:
+                problems.append(SchemaError(
+                    f"window column '{w.name}': the input has a column '{w.name}' already",
+                    hint="name the new column otherwise (or drop the input's first)"))
+                continue
+            out = out.append(field)
+        if problems:
+            raise SchemaError("; ".join(p.message for p in problems),
+                              hint=problems[0].hint)
+        return out
+
+    def _type(self, w: WindowColumn, schema: pa.Schema) -> pa.DataType:
+        where = f"window column '{w.name}' ({self.params.columns[w.name]})"
+        if w.fn in ("row_number", "rank", "dense_rank") or w.fn in ("cum_count",
+                                                                    "rolling_count"):
+            if w.arg is not None:
+                _arg_type(w, schema, where)  # checked: it must compute
+            return pa.int64()
+        t = _arg_type(w, schema, where)
+        if w.span_us is not None:
+            order = schema.field(self.params.order[0]).type
+            if not (pa.types.is_timestamp(order) or pa.types.is_date(order)):
+                raise SchemaError(f"{where}: a time span needs a time order, and "
+                                  f"'{self.params.order[0]}' is {order}",
+                                  hint="order by a timestamp or date column, or give the "
+                                       "window in rows: rolling_sum(x, 7)")
+        value = t.value_type if pa.types.is_dictionary(t) else t
+        if w.fn in ("lag", "lead"):
+            return value
+        if w.fn in ("cum_min", "cum_max"):
+            if not (pa.types.is_integer(value) or pa.types.is_floating(value)
+                    or pa.types.is_timestamp(value) or pa.types.is_date(value)):
+                raise SchemaError(f"{where}: {w.fn} takes numbers, dates or times, not "
+                                  f"{t}")
+            return value
+        if not (pa.types.is_integer(value) or pa.types.is_floating(value)
+                or pa.types.is_boolean(value)) or pa.types.is_float16(value):
+            raise SchemaError(f"{where}: {w.fn} takes numbers, not {t}",
+                              hint="cast it, or count it: cum_count(x)")
+        if w.fn.endswith("_mean"):
+            return pa.float64()
+        return pa.int64() if pa.types.is_integer(value) or pa.types.is_boolean(
+            value) else pa.float64()
+
+    # ------------------------------------------------------------------ shuffle
+
+    def partial(self, part: pa.Table) -> pa.Table:
+        """Every row, with its key's values (decoded, -0.0 as 0.0) to be placed by."""
+        if not self.params.by:
+            return part.append_column(_KEY, pa.array(np.zeros(part.num_rows, np.int8)))
+        for name, key in zip(self.key_columns(), self.params.by, strict=True):
+            part = part.append_column(name, normalized(plain(part.column(key))))
+        return part
+
+    def finish(self, partials: pa.Table, *sides: pa.Table) -> pa.Table:
+        keys = self.key_columns()
+        rows = partials.drop_columns(keys)
+        if rows.num_rows == 0:
+            return self.output_schema(rows.schema).empty_table()
+        # sorted by key, order (nulls last), then a hash of the row's values for ties
+        tie = hash_rows(rows, None, 0x7135)
+        table = partials.select(keys).append_column(f"{INTERNAL}tie", pa.array(tie))
+        for i, name in enumerate(self.params.order):
+            table = table.append_column(f"{INTERNAL}o{i}",
+                                        normalized(plain(rows.column(name))))
+        sort_keys = [(k, "ascending") for k in keys] + [
+            (f"{INTERNAL}o{i}", "ascending") for i in range(len(self.params.order))] + [
+            (f"{INTERNAL}tie", "ascending")]
+        at = sorted_order(table, sort_keys, "at_end")
+        rows, table = rows.take(pa.array(at)), table.take(pa.array(at))
+        n = rows.num_rows
+        starts = _starts(table, keys)  # first row of each key
+        gid = np.cumsum(starts) - 1
+        first = np.flatnonzero(starts)[gid]  # each row's key's first row
+        values = self._arguments(rows)
+        for w in self.windows:
+            column = _compute(w, values, rows, table, gid, first, n, self.params.order)
+            rows = rows.append_column(pa.field(w.name, column.type), column)
+        return rows.combine_chunks()
+
+    def _arguments(self, rows: pa.Table) -> dict[str, pa.Array]:
+        texts = {w.arg for w in self.windows if w.arg is not None}
+        if not texts:
+            return {}
+        names = {text: f"a{i}" for i, text in enumerate(sorted(texts))}
+        try:
+            out = ds.dataset(rows).to_table(
+                columns={names[t]: parse_expression(t) for t in names})
+        except _ARROW_ERRORS as exc:
+            raise DataError(f"window columns: {arrow_message(exc)}",
+                            hint="guard the expression, e.g. with if(...) or coalesce(...)"
+                            ) from None
+        return {t: plain(out.column(names[t])) for t in names}
+
+
+def _arg_type(w: WindowColumn, schema: pa.Schema, where: str) -> pa.DataType:
+    try:
+        return expression_type(w.arg, schema)
+    except ExpressionError as exc:
+        raise SchemaError(f"{where}: {exc}") from None
+
+
+def _starts(table: pa.Table, keys: list[str]) -> np.ndarray:
+    """True on the first row of each run of equal keys (nulls equal nulls, NaN NaN)."""
+    n = table.num_rows
+    starts = np.zeros(n, dtype=bool)
+    starts[0] = True
+    for name in keys:
+        column = plain(table.column(name))
+        if n < 2:
+            break
+        a, b = column.slice(1), column.slice(0, n - 1)
+        differ = pc.not_equal(a, b)
+        if pa.types.is_floating(column.type):  # NaN keys are one key
+            differ = pc.and_(differ, pc.invert(pc.and_(pc.is_nan(a), pc.is_nan(b))))
+        nulls = pc.is_null(a).to_numpy(zero_copy_only=False) != pc.is_null(b).to_numpy(
+            zero_copy_only=False)
+        starts[1:] |= pc.fill_null(differ, False).to_numpy(zero_copy_only=False) | nulls
+    return starts
+
+
+def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table, table: pa.Table,
+             gid: np.ndarray, first: np.ndarray, n: int, order: list[str]) -> pa.Array:
+    index = np.arange(n)
+    if w.fn == "row_number":
+        return pa.array(index - first + 1)
+    if w.fn in ("rank", "dense_rank"):
+        peers = _starts(table, [c for c in table.column_names if c.startswith(f"{INTERNAL}o")
+                                ] + [c for c in table.column_names
+                                     if c.startswith(_KEY)])
+        peers |= index == first  # a key's first row starts a run of peers
+        if w.fn == "rank":
+            run_start = np.maximum.accumulate(np.where(peers, index, 0))
+            return pa.array(run_start - first + 1)
+        dense = np.cumsum(peers)
+        return pa.array(dense - dense[first] + 1)
+    if w.fn == "cum_count" and w.arg is None:
+        return pa.array(index - first + 1)
+    x = values[w.arg]
+    if w.fn in ("lag", "lead"):
+        source = index - w.rows if w.fn == "lag" else index + w.rows
+        inside = (source >= 0) & (source < n)
+        inside[inside] &= gid[source[inside]] == gid[inside]
+        return x.take(pa.array(np.where(inside, source, 0), mask=~inside))
+    if w.fn in ("cum_min", "cum_max"):
+        return _running_extreme(x, gid, w.fn == "cum_max")
+    start = first
+    if w.rows is not None:
+        start = np.maximum(first, index - w.rows + 1)
+    elif w.span_us is not None:
+        start = _span_starts(rows.column(order[0]), gid, first, w.span_us)
+    return _window_sum(w, x, first, start, n)
+
+
+def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarray,
+                n: int) -> pa.Array:
+    """Sums, counts or means of ``x`` over rows ``start[i]``..``i`` (nulls skipped; a sum
+    of none is null; ``start`` -1: no window). The running totals are each key's own
+    (``_key_cumsum``): a key's values never depend on the other keys' rows."""
+    known = pc.is_valid(x).to_numpy(zero_copy_only=False)
+    counts = _key_cumsum(known.astype(np.int64), first)
+    count = _window_of(counts, first, start)
+    if w.fn.endswith("_count"):
+        return pa.array(count)
+    value = x.type.value_type if pa.types.is_dictionary(x.type) else x.type
+    integer = pa.types.is_integer(value) or pa.types.is_boolean(value)
+    filled = pc.fill_null(x.cast(pa.int64() if integer else pa.float64()), 0).to_numpy(
+        zero_copy_only=False)
+    if integer and not w.fn.endswith("_mean"):
+        if np.abs(_key_cumsum(np.abs(filled).astype(np.float64), first)).max() >= 2.0**63:
+            raise DataError(f"window column '{w.name}': a running sum of integers passes "
+                            "the range of int64", hint="cast the values to float64 first")
+        total = _window_of(_key_cumsum(filled, first), first, start)
+        return pa.array(total, mask=count == 0)
+    total = _window_of(_key_cumsum(filled.astype(np.float64), first), first, start)
+    if w.fn.endswith("_mean"):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = total / count
+    return pa.array(total, mask=count == 0)
+
+
+def _key_cumsum(x: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Running totals of ``x`` that start again at each key's first row: a scan in
+    log2(longest key) vectorised passes, each adding the total ``d`` rows before, so a
+    row's total is made of its key's values only, in the same order whatever else the
+    partition holds."""
+    out = x.copy()
+    offset = np.arange(len(x)) - first
+    d = 1
+    while len(x) and d <= offset.max():
+        at = np.flatnonzero(offset >= d)
+        out[at] = out[at] + out[at - d]  # the right side is read before the write
+        d *= 2
+    return out
+
+
+def _window_of(running: np.ndarray, first: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """A window's total from its key's running totals: up to the row, less those before
+    the window's first row (0 where ``start`` is -1)."""
+    before = np.where(start > first, running[np.maximum(start - 1, 0)], 0)
+    return np.where(start < 0, 0, running - before) if len(running) else running
+
+
+def _running_extreme(x: pa.Array, gid: np.ndarray, largest: bool) -> pa.Array:
+    """Per row, the largest (smallest) non-null, non-NaN ``x`` of its key up to it."""
+    values = x.cast(x.type.value_type) if pa.types.is_dictionary(x.type) else x
+    usable = pc.is_valid(values)
+    if pa.types.is_floating(values.type):
+        usable = pc.and_(usable, pc.invert(pc.is_nan(values)))
+    usable_np = pc.fill_null(usable, False).to_numpy(zero_copy_only=False)
+    distinct = pc.unique(values.filter(usable))
+    distinct = distinct.take(pc.sort_indices(distinct))
+    rank = np.zeros(len(values), dtype=np.int64)  # 0: no value yet
+    found = pc.index_in(values, value_set=distinct).to_numpy(zero_copy_only=False)
+    size = len(distinct) + 1
+    if usable_np.any():
+        at = found[usable_np].astype(np.int64)
+        rank[usable_np] = (at + 1) if largest else (size - 1 - at)
+    running = np.maximum.accumulate(rank + gid * size) - gid * size
+    have = running > 0
+    position = np.where(have, (running - 1) if largest else (size - 1 - running), 0)
+    return distinct.take(pa.array(position, mask=~have)) if len(distinct) else pa.nulls(
+        len(values), values.type)
+
+
+def _span_starts(order: pa.ChunkedArray, gid: np.ndarray, first: np.ndarray,
+                 span_us: int) -> np.ndarray:
+    """Per row, the first row of its key whose order is less than ``span_us`` before its
+    own (-1 where its order is null: no window)."""
+    t = plain(order)
+    if pa.types.is_date(t.type):
+        t = t.cast(pa.timestamp("s"))
+    micros = t.cast(pa.timestamp("us")).cast(pa.int64())
+    known = pc.is_valid(micros).to_numpy(zero_copy_only=False)
+    us = pc.fill_null(micros, 0).to_numpy(zero_copy_only=False)
+    # rows are sorted by key, then time (nulls last): a key-and-time position is the
+    # key's number times (distinct times + 1) plus the time's rank among them
+    distinct = np.unique(us[known])
+    size = len(distinct) + 1
+    rank = np.searchsorted(distinct, us)  # times in order within a key
+    rank = np.where(known, rank, size - 1)
+    position = gid * size + rank
+    lower = np.searchsorted(distinct, us - span_us, side="right")
+    start = np.searchsorted(position, gid * size + lower, side="left")
+    start = np.maximum(start, first)
+    return np.where(known, start, -1)

@@ -1,0 +1,185 @@
+"""window: every function against pandas (group-by shift, cumsum, rolling, rank), on any
+partitioning; ties, nulls, time spans; what is refused as planned and why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from operators.base import DataError, ParamError, SchemaError, lookup
+from operators.features.window import Window
+from operators.testing.kit import shuffled
+
+
+def window(**params) -> Window:
+    cls = lookup("window")
+    op = cls.create(cls.Params(**params))
+    assert isinstance(op, Window)
+    return op
+
+
+@pytest.fixture
+def events() -> pa.Table:
+    rng = np.random.default_rng(21)
+    n = 3000
+    return pa.table({
+        "k": pa.array(rng.integers(0, 60, n), mask=rng.random(n) < 0.02),
+        "ts": pa.array(rng.integers(0, 400_000, n) * 10**6, pa.timestamp("us")),
+        "x": pa.array(rng.normal(100.0, 30.0, n), mask=rng.random(n) < 0.1),
+        "i": rng.integers(-50, 50, n),
+        "plan": pa.array(rng.choice(["a", "b", "c"], n)).dictionary_encode(),
+    })
+
+
+COLUMNS = {"rn": "row_number()", "rk": "rank()", "dr": "dense_rank()", "prev": "lag(x)",
+           "after2": "lead(i, 2)", "prev_plan": "lag(plan)", "cs": "cum_sum(x)",
+           "ci": "cum_sum(i)", "cc": "cum_count(x)", "rows": "cum_count()",
+           "cm": "cum_mean(i)", "lo": "cum_min(x)", "hi": "cum_max(i)",
+           "r3": "rolling_sum(x, 3)", "m3": "rolling_mean(i, 3)", "c3": "rolling_count(x, 3)",
+           "s2d": "rolling_sum(x, '2 days')", "m2d": "rolling_mean(x, '2 days')",
+           "c1h": "rolling_count(x, '1 hour')"}
+
+
+def reference(table: pa.Table) -> pd.DataFrame:
+    """pandas, on the rows in the window's order (by k, ts; ties as the output has them)."""
+    df = table.to_pandas()
+    df["k"] = df["k"].fillna(-1)  # pandas drops null keys from groups; one key here
+    g = df.groupby("k", sort=False)
+    x_known = df["x"].notna()
+    ref = pd.DataFrame({
+        "rn": g.cumcount() + 1,
+        "rk": g["ts"].rank(method="min"), "dr": g["ts"].rank(method="dense"),
+        "prev": g["x"].shift(1), "after2": g["i"].shift(-2),
+        "cs": g["x"].transform(lambda s: s.fillna(0).cumsum()).where(
+            x_known.groupby(df["k"]).cumsum() > 0),
+        "ci": g["i"].cumsum(), "cc": x_known.groupby(df["k"]).cumsum(),
+        "rows": g.cumcount() + 1, "cm": g["i"].transform(lambda s: s.expanding().mean()),
+        "lo": g["x"].cummin().groupby(df["k"]).ffill(), "hi": g["i"].cummax(),
+        "r3": g["x"].transform(lambda s: s.rolling(3, min_periods=1).sum()),
+        "m3": g["i"].transform(lambda s: s.rolling(3, min_periods=1).mean()),
+        "c3": g["x"].transform(lambda s: s.rolling(3, min_periods=1).count()),
+    })
+    for name, span, fn in (("s2d", "2D", "sum"), ("m2d", "2D", "mean"), ("c1h", "1h", "count")):
+        ref[name] = df.groupby("k", group_keys=False, sort=False).apply(
+            lambda d, span=span, fn=fn: getattr(d.rolling(span, on="ts")["x"], fn)(),
+            include_groups=False)
+    ref["prev_plan"] = g["plan"].shift(1).astype(object)
+    return ref
+
+
+@pytest.mark.parametrize("buckets", [1, 4])
+def test_every_function_is_pandas_on_any_partitioning(events: pa.Table, buckets: int) -> None:
+    op = window(by=["k"], order=["ts"], columns=COLUMNS)
+    parts = [events.slice(0, 1000), events.slice(1000, 0), events.slice(1000)]
+    out = shuffled(op, parts, buckets, seed=buckets)
+    assert out.schema == op.output_schema(events.schema)
+    assert out.num_rows == events.num_rows
+    assert out.schema.field("prev_plan").type == pa.string()
+    # each place in key order, then time: compare key by key with pandas
+    out = out.sort_by([("k", "ascending"), ("rn", "ascending")])
+    want = reference(out.select(events.column_names))
+    got = out.to_pandas()
+    for name in COLUMNS:
+        if name == "prev_plan":
+            assert [None if pd.isna(v) else v for v in got[name]] == [
+                None if pd.isna(v) else v for v in want[name]]
+            continue
+        a, b = got[name].astype(float).to_numpy(), want[name].astype(float).to_numpy()
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=1e-12, err_msg=name)
+
+
+def test_the_output_is_in_key_then_order_and_the_same_on_any_partitioning(
+        events: pa.Table) -> None:
+    op = window(by=["k"], order=["ts"], columns={"rn": "row_number()", "prev": "lag(i)"})
+    one = shuffled(op, [events], 1)
+    keys = one["k"].to_numpy(zero_copy_only=False)
+    ts = one["ts"].cast(pa.int64()).to_numpy()
+    known = ~np.isnan(keys)
+    assert (np.diff(keys[known]) >= 0).all() and np.isnan(keys[known.sum():]).all()
+    same_key = np.diff(keys) == 0
+    assert (np.diff(ts)[same_key] >= 0).all()
+    # ties of time: the same row first whatever the partitioning (a hash of the values)
+    for seed, buckets in ((1, 1), (2, 5)):
+        rng = np.random.default_rng(seed)
+        scrambled = events.take(rng.permutation(events.num_rows))
+        other = shuffled(op, [scrambled.slice(0, 1234), scrambled.slice(1234)], buckets)
+        order = [("k", "ascending"), ("rn", "ascending")]
+        assert other.sort_by(order).equals(one.sort_by(order))
+
+
+def test_no_keys_is_one_key_of_every_row(events: pa.Table) -> None:
+    op = window(by=[], order=["ts"], columns={"rn": "row_number()", "cs": "cum_sum(i)"})
+    assert op.one_place()
+    out = shuffled(op, [events.slice(0, 10), events.slice(10)], 1)
+    assert out["rn"].to_pylist() == list(range(1, events.num_rows + 1))
+    np.testing.assert_array_equal(out["cs"].to_numpy(), np.cumsum(out["i"].to_numpy()))
+
+
+def test_a_null_order_comes_last_and_has_no_time_window() -> None:
+    rows = pa.table({"k": [1, 1, 1, 1], "t": pa.array([3, None, 1, 2], pa.timestamp("s")),
+                     "x": [1.0, 10.0, 100.0, 1000.0]})
+    out = shuffled(window(by=["k"], order=["t"], columns={
+        "rn": "row_number()", "rk": "rank()", "cs": "cum_sum(x)",
+        "day": "rolling_sum(x, '1 day')"}), [rows], 1)
+    assert out["x"].to_pylist() == [100.0, 1000.0, 1.0, 10.0]
+    assert out["rk"].to_pylist() == [1, 2, 3, 4]
+    assert out["cs"].to_pylist() == [100.0, 1100.0, 1101.0, 1111.0]
+    assert out["day"].to_pylist() == [100.0, 1100.0, 1101.0, None]
+
+
+def test_running_totals_are_each_keys_own(events: pa.Table) -> None:
+    """A key's sums are made of its own values in its own order: beside a key of huge
+    values, the same as alone (a running total over the partition would cancel)."""
+    small = pa.table({"k": [2] * 5, "t": [1, 2, 3, 4, 5], "x": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    huge = pa.table({"k": [1] * 3, "t": [1, 2, 3], "x": [1e17, 3e17, -2e17]})
+    op = window(by=["k"], order=["t"], columns={"cs": "cum_sum(x)", "r2": "rolling_sum(x, 2)"})
+    alone = shuffled(op, [small], 1)
+    beside = shuffled(op, [pa.concat_tables([huge, small])], 1).filter(
+        pa.compute.equal(pa.compute.field("k"), 2))
+    assert beside.equals(alone)
+    assert alone["r2"].to_pylist()[1:] == [0.1 + 0.2, 0.2 + 0.3, 0.3 + 0.4, 0.4 + 0.5]
+
+
+def test_an_integer_running_sum_past_int64_stops_the_run() -> None:
+    rows = pa.table({"k": [1, 1], "t": [1, 2], "x": pa.array([2**62, 2**62], pa.int64())})
+    with pytest.raises(DataError, match="window column 'cs': a running sum of integers "
+                                        "passes the range of int64"):
+        shuffled(window(by=["k"], order=["t"], columns={"cs": "cum_sum(x)"}), [rows], 1)
+
+
+@pytest.mark.parametrize(("columns", "order", "message"), [
+    ({"a": "lag()"}, ["t"], "window column 'a': lag takes 1 or 2 arguments, got 0"),
+    ({"a": "lagg(x)"}, ["t"], "window column 'a': unknown window function 'lagg'; did you "
+                              "mean 'lag'?"),
+    ({"a": "sum(x)"}, ["t"], "unknown window function 'sum'"),
+    ({"a": "lag(x, 0)"}, ["t"], "lag's offset is a whole number of rows from 1, got '0'"),
+    ({"a": "rolling_sum(x, '3 fortnights')"}, ["t"], "the window '3 fortnights' is not a "
+                                                    "time span"),
+    ({"a": "rolling_sum(x, '1 day')"}, ["t", "x"], "window column 'a': a time span needs "
+                                                   "one order column, a time (order has 2)"),
+    ({"a": "row_number()"}, [], "name at least one column to order the rows by"),
+])
+def test_bad_parameters_say_what_and_how(columns: dict, order: list, message: str) -> None:
+    cls = lookup("window")
+    with pytest.raises((ParamError, ValueError), match=message.replace("(", r"\(").replace(
+            ")", r"\)").replace("?", r"\?")):
+        cls.Params(by=["k"], order=order, columns=columns)
+
+
+@pytest.mark.parametrize(("columns", "order", "message"), [
+    ({"x": "lag(x)"}, ["t"], "window column 'x': the input has a column 'x' already"),
+    ({"a": "cum_sum(s)"}, ["t"], "window column 'a' (cum_sum(s)): cum_sum takes numbers, "
+                                 "not string"),
+    ({"a": "rolling_sum(x, '1 day')"}, ["n"], "a time span needs a time order, and 'n' is "
+                                              "int64"),
+    ({"a": "lag(nope)"}, ["t"], "column 'nope' not in the input"),
+])
+def test_schema_problems_are_found_as_planned(columns: dict, order: list, message: str) -> None:
+    schema = pa.schema({"k": pa.int64(), "t": pa.timestamp("s"), "n": pa.int64(),
+                        "x": pa.float64(), "s": pa.string()})
+    with pytest.raises(SchemaError) as info:
+        window(by=["k"], order=order, columns=columns).output_schema(schema)
+    assert message in str(info.value)
