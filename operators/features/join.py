@@ -198,8 +198,12 @@ class _Joining:
             out = out.append(field.with_nullable(True))
         return out
 
-    def _check_one_row_per_key(self, table: pa.Table, keys: list[str]) -> None:
-        """A DataError naming a key on several rows of ``table`` (keys known)."""
+    def _check_one_row_per_key(self, table: pa.Table, keys: list[str],
+                               lookup: _Lookup) -> None:
+        """A DataError naming a key on several rows of ``table`` (keys known, looked up
+        by ``lookup``)."""
+        if lookup.unique:
+            return
         counts = table.group_by(keys).aggregate([([], "count_all")])
         repeated = counts.filter(pc.greater(counts.column("count_all"), 1))
         if repeated.num_rows:
@@ -232,17 +236,27 @@ class _Joining:
 
 
 class _Lookup:
-    """A table's side of the key lookup: each key's distinct values, the dense codes
-    after each fold, and each table row's code (made once, used for every part)."""
+    """A table's side of the key lookup, made once and used for every part: one key's
+    column as it is (its values are the table's rows); several keys' distinct values,
+    the dense codes after each fold, and each table row's code."""
 
-    def __init__(self, columns: list[pa.Array]):
-        self.values = [pc.unique(c) for c in columns]
-        self.dense: list[pa.Array] = []
-        self.rows = _fold(columns, self.values, self.dense)
+    def __init__(self, columns: list[Any]):
+        columns = [plain(c) for c in columns]
+        if len(columns) == 1:
+            self.rows = columns[0]
+        else:
+            self.values = [pc.unique(c) for c in columns]
+            self.dense: list[pa.Array] = []
+            self.rows = _fold(columns, self.values, self.dense)
+        # one row per key: what the join needs (its key's row), checked once
+        self.unique = len(pc.unique(self.rows)) == len(self.rows)
 
     def positions(self, columns: list[Any]) -> pa.Array:
         """Per row of the key ``columns``, the table's row with its key (null: none)."""
-        codes = _fold(columns, self.values, self.dense)
+        if len(columns) == 1:
+            codes = columns[0].cast(self.rows.type)
+        else:
+            codes = _fold(columns, self.values, self.dense)
         return pc.index_in(codes, value_set=self.rows, skip_nulls=True)
 
 
@@ -328,9 +342,10 @@ class Join(_Joining, Transform):
                 "(filter:), or raise max_mb")
         for i, name in enumerate(keys):
             table = table.set_column(i, name, _key_values(table.column(i)))
-        known = table.filter(pc.invert(pc.is_null(_combined(table, keys))))
-        self._check_one_row_per_key(known, keys)
-        return known.combine_chunks()
+        known = table.filter(pc.invert(pc.is_null(_combined(table, keys)))).combine_chunks()
+        self._lookup = _Lookup([known.column(k) for k in keys])
+        self._check_one_row_per_key(known, keys, self._lookup)
+        return known
 
     def _codes(self) -> _Lookup:
         if self._lookup is None:  # two threads may both fold: to the same codes
@@ -416,11 +431,10 @@ class ShuffleJoin(_Joining, Shuffle):
         (table,) = sides
         keys = self.key_columns()
         table = table.combine_chunks()
-        self._check_one_row_per_key(table, keys)
         lookup = _Lookup([table.column(k) for k in keys])
+        self._check_one_row_per_key(table, keys, lookup)
         rows = partials.drop_columns(keys)
-        return self._joined(rows, [partials.column(k) for k in keys], table, keys,
-                            lookup).combine_chunks()
+        return self._joined(rows, [partials.column(k) for k in keys], table, keys, lookup)
 
 
 def _combined(table: pa.Table, keys: list[str]) -> pa.Array:
