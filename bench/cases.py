@@ -35,6 +35,18 @@ from bench.dedupe_cases import (  # noqa: F401 - bench.worker looks the sides up
     spark_deduplicate_spark,
     updates,
 )
+from bench.join_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    check_dask_join,
+    check_join_shuffle,
+    check_spark_join,
+    dask_join_dask,
+    dask_join_sluice_dask,
+    join_shuffle_pyarrow_floor,
+    join_shuffle_sluice_local,
+    orders,
+    spark_join_sluice_spark,
+    spark_join_spark,
+)
 from bench.mllib_cases import (  # noqa: F401 - bench.worker looks the sides up here
     forest_split,
     train_boosted_spark_mllib,
@@ -196,6 +208,13 @@ CASES: dict[str, Case] = {
                         check=check_deduplicate),
     "spark_deduplicate": Case("updates", ("sluice_spark", "spark"), updates,
                               check=check_spark_deduplicate),
+    # read orders -> join customers (a quarter as many rows) through a shuffle, a left
+    # join -> write vs Acero's hash join (pyarrow), Spark's sort-merge join and Dask's
+    # merge; every column of every row compared after the sides (bench/join_cases.py)
+    "join_shuffle": Case("orders", ("sluice_local", "pyarrow_floor"), orders,
+                         check=check_join_shuffle),
+    "spark_join": Case("orders", ("sluice_spark", "spark"), orders, check=check_spark_join),
+    "dask_join": Case("orders", ("sluice_dask", "dask"), orders, check=check_dask_join),
 }
 
 
