@@ -114,7 +114,9 @@ class ShuffleWrite(Sink):
             return result
         where = buckets_of(partials, self.op.key_columns(), self.buckets)
         counts = np.bincount(where, minlength=self.buckets)
-        partials = partials.take(pa.array(np.argsort(where, kind="stable"))).combine_chunks()
+        # a stable sort of small integers is a radix sort (8x faster than of int64s)
+        small = where.astype(np.uint16) if self.buckets <= 2**16 else where
+        partials = partials.take(pa.array(np.argsort(small, kind="stable"))).combine_chunks()
         loc = resolve(self.url, self.storage_options)
         path = f"{loc.path.rstrip('/')}/part-{index:06d}.arrow"
         # an empty bucket's batch is a slice of the rows' own columns: a new empty
