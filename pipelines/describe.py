@@ -107,10 +107,14 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                             f"table has (at most {MAX_DEFAULT_BUCKETS})")
                          + "; rows in their order within each")
         elif isinstance(op, Window):
-            by = ", ".join(op.params.by) if op.params.by else "all the rows as one key"
-            notes.append(f"shuffles: the rows of each {by} to one place (through the "
-                         f"scratch folder), ordered by {', '.join(op.params.order)}, into "
-                         f"{into}; every row kept")
+            order = ", ".join(op.params.order)
+            if op.one_place():
+                notes.append(f"shuffles: all the rows to one place (one key: no by), "
+                             f"ordered by {order}, into 1 partition; every row kept")
+            else:
+                notes.append(f"shuffles: the rows of each {', '.join(op.params.by)} to one "
+                             f"place (through the scratch folder), ordered by {order}, "
+                             f"into {into}; every row kept")
         else:
             keys = getattr(op.params, "by", None)
             by = (", ".join(keys) if keys else "all the rows" if op.one_place()

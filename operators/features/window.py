@@ -41,7 +41,7 @@ from operators.expressions import (
     parse_expression,
     referenced_columns,
 )
-from operators.features.aggregate import _ARROW_ERRORS, _CALL, _split_args
+from operators.features.aggregate import _ARROW_ERRORS, _CALL, _raise_all, _split_args
 from operators.features.columns import arrow_message
 from operators.features.grouping import (
     INTERNAL,
@@ -85,6 +85,7 @@ _SPAN = re.compile(r"^(\d+)\s*(second|minute|hour|day|week)s?$")
 _UNIT_US = {"second": 10**6, "minute": 60 * 10**6, "hour": 3600 * 10**6,
             "day": 86_400 * 10**6, "week": 7 * 86_400 * 10**6}
 _KEY = f"{INTERNAL}key"
+_MOST_ROWS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,9 @@ def _whole(text: str, where: str, what: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise ParamError(f"{where}: {what} is a whole number of rows from 1, got '{text}'",
+    if not 1 <= value <= _MOST_ROWS:
+        raise ParamError(f"{where}: {what} is a whole number of rows from 1 to "
+                         f"{_MOST_ROWS:,}, got '{text}'",
                          hint="e.g. lag(amount, 2), rolling_mean(amount, 7), or a time span "
                               "in quotes: rolling_mean(amount, '7 days')")
     return value
@@ -156,8 +158,9 @@ def _whole(text: str, where: str, what: str) -> int:
 class WindowParams(Params):
     by: list[str] = Field(description="the key columns: each row's values come from the "
                                       "rows of its key; `[]`: all the rows are one key")
-    order: list[str] = Field(description="the columns that order a key's rows (ascending; "
-                                         "nulls last); rows of equal order follow a hash "
+    order: list[str] = Field(description="the columns that order a key's rows: [ts], or "
+                                         "[\"ts desc\"] for the largest first (nulls last "
+                                         "either way); rows of equal order follow a hash "
                                          "of their values")
     columns: dict[str, str] = Field(
         description="new columns: {name: function(expression)}, e.g. {prev_amount: "
@@ -171,7 +174,14 @@ class WindowParams(Params):
     def _some_order(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("name at least one column to order the rows by")
+        for entry in value:
+            _direction(entry)
         return value
+
+    @property
+    def ordering(self) -> list[tuple[str, bool]]:
+        """(column, descending) per order entry."""
+        return [_direction(entry) for entry in self.order]
 
     @field_validator("columns")
     @classmethod
@@ -196,7 +206,19 @@ class WindowParams(Params):
             raise ParamError(f"window column '{spans[0]}': a time span needs one order "
                              f"column, a time (order has {len(self.order)})",
                              hint="order: [event_time]")
+        if spans and self.ordering[0][1]:
+            raise ParamError(f"window column '{spans[0]}': a time span is the time before "
+                             f"each row: order '{self.order[0]}' ascending",
+                             hint=f"order: [{self.ordering[0][0]}]")
         return self
+
+
+def _direction(entry: str) -> tuple[str, bool]:
+    """An order entry as (column, descending): 'ts', 'ts asc' or 'ts desc'."""
+    words = entry.rsplit(None, 1)
+    if len(words) == 2 and words[1].lower() in ("asc", "desc"):
+        return words[0].strip(), words[1].lower() == "desc"
+    return entry, False
 
 
 @register("window")
@@ -205,7 +227,10 @@ class Window(Shuffle):
 
     Every row is kept, with the new columns added; the output is in key order, then
     `order`, within each output partition (rows go by a hash of their key, through the
-    scratch folder, on any engine).
+    scratch folder, on any engine). Functions: row_number(), rank(), dense_rank(),
+    lag(x, n), lead(x, n), cum_sum, cum_count, cum_mean, cum_min, cum_max (up to the
+    row), rolling_sum, rolling_mean, rolling_count (x, N rows or 'N days'; seconds,
+    minutes, hours, weeks too). `order: ["ts desc"]` puts the largest first.
 
     ```yaml
     - op: window
@@ -236,7 +261,7 @@ class Window(Shuffle):
         return not self.params.by
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        used = [*self.params.by, *self.params.order]
+        used = [*self.params.by, *(c for c, _ in self.params.ordering)]
         for w in self.windows:
             if w.arg is not None:
                 used += [c for c in referenced_columns(w.arg) if c not in used]
@@ -248,7 +273,7 @@ class Window(Shuffle):
             found = key_problem(schema, key, f"by: key column '{key}'")
             if found is not None:
                 raise found
-        for name in self.params.order:
+        for name, _ in self.params.ordering:
             t = schema.field(name).type
             if nested(t) or not ordered(t):
                 raise SchemaError(f"order: column '{name}' is {t}, which has no order",
@@ -267,9 +292,7 @@ class Window(Shuffle):
                     hint="name the new column otherwise (or drop the input's first)"))
                 continue
             out = out.append(field)
-        if problems:
-            raise SchemaError("; ".join(p.message for p in problems),
-                              hint=problems[0].hint)
+        _raise_all(problems, SchemaError)
         return out
 
     def _type(self, w: WindowColumn, schema: pa.Schema) -> pa.DataType:
@@ -281,21 +304,23 @@ class Window(Shuffle):
             return pa.int64()
         t = _arg_type(w, schema, where)
         if w.span_us is not None:
-            order = schema.field(self.params.order[0]).type
+            first = self.params.ordering[0][0]
+            order = schema.field(first).type
             if not (pa.types.is_timestamp(order) or pa.types.is_date(order)):
                 raise SchemaError(f"{where}: a time span needs a time order, and "
-                                  f"'{self.params.order[0]}' is {order}",
+                                  f"'{first}' is {order}",
                                   hint="order by a timestamp or date column, or give the "
                                        "window in rows: rolling_sum(x, 7)")
         value = t.value_type if pa.types.is_dictionary(t) else t
         if w.fn in ("lag", "lead"):
             return value
         if w.fn in ("cum_min", "cum_max"):
-            if not (pa.types.is_integer(value) or pa.types.is_floating(value)
-                    or pa.types.is_timestamp(value) or pa.types.is_date(value)):
-                raise SchemaError(f"{where}: {w.fn} takes numbers, dates or times, not "
-                                  f"{t}")
+            if nested(value) or not ordered(value):
+                raise SchemaError(f"{where}: {w.fn} takes values with an order (numbers, "
+                                  f"text, dates, times), not {t}")
             return value
+        if pa.types.is_decimal(value):
+            return pa.float64()  # summed as float64, as its mean
         if not (pa.types.is_integer(value) or pa.types.is_floating(value)
                 or pa.types.is_boolean(value)) or pa.types.is_float16(value):
             raise SchemaError(f"{where}: {w.fn} takes numbers, not {t}",
@@ -323,12 +348,13 @@ class Window(Shuffle):
         # sorted by key, order (nulls last), then a hash of the row's values for ties
         tie = hash_rows(rows, None, 0x7135)
         table = partials.select(keys).append_column(f"{INTERNAL}tie", pa.array(tie))
-        for i, name in enumerate(self.params.order):
+        ordering = self.params.ordering
+        for i, (name, _) in enumerate(ordering):
             table = table.append_column(f"{INTERNAL}o{i}",
                                         normalized(plain(rows.column(name))))
         sort_keys = [(k, "ascending") for k in keys] + [
-            (f"{INTERNAL}o{i}", "ascending") for i in range(len(self.params.order))] + [
-            (f"{INTERNAL}tie", "ascending")]
+            (f"{INTERNAL}o{i}", "descending" if down else "ascending")
+            for i, (_, down) in enumerate(ordering)] + [(f"{INTERNAL}tie", "ascending")]
         at = sorted_order(table, sort_keys, "at_end")
         rows, table = rows.take(pa.array(at)), table.take(pa.array(at))
         n = rows.num_rows
@@ -337,7 +363,7 @@ class Window(Shuffle):
         first = np.flatnonzero(starts)[gid]  # each row's key's first row
         values = self._arguments(rows)
         for w in self.windows:
-            column = _compute(w, values, rows, table, gid, first, n, self.params.order)
+            column = _compute(w, values, rows, table, gid, first, n, ordering[0][0])
             rows = rows.append_column(pa.field(w.name, column.type), column)
         return rows.combine_chunks()
 
@@ -350,10 +376,21 @@ class Window(Shuffle):
             out = ds.dataset(rows).to_table(
                 columns={names[t]: parse_expression(t) for t in names})
         except _ARROW_ERRORS as exc:
-            raise DataError(f"window columns: {arrow_message(exc)}",
+            failing = next((w for w in self.windows if w.arg is not None
+                            and not _evaluates(rows, w.arg)), self.windows[0])
+            raise DataError(f"window column '{failing.name}' "
+                            f"({self.params.columns[failing.name]}): {arrow_message(exc)}",
                             hint="guard the expression, e.g. with if(...) or coalesce(...)"
                             ) from None
         return {t: plain(out.column(names[t])) for t in names}
+
+
+def _evaluates(rows: pa.Table, text: str) -> bool:
+    try:
+        ds.dataset(rows).to_table(columns={"a": parse_expression(text)})
+    except _ARROW_ERRORS:
+        return False
+    return True
 
 
 def _arg_type(w: WindowColumn, schema: pa.Schema, where: str) -> pa.DataType:
@@ -383,7 +420,7 @@ def _starts(table: pa.Table, keys: list[str]) -> np.ndarray:
 
 
 def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table, table: pa.Table,
-             gid: np.ndarray, first: np.ndarray, n: int, order: list[str]) -> pa.Array:
+             gid: np.ndarray, first: np.ndarray, n: int, order: str) -> pa.Array:
     index = np.arange(n)
     if w.fn == "row_number":
         return pa.array(index - first + 1)
@@ -411,32 +448,48 @@ def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table, table
     if w.rows is not None:
         start = np.maximum(first, index - w.rows + 1)
     elif w.span_us is not None:
-        start = _span_starts(rows.column(order[0]), gid, first, w.span_us)
+        start = _span_starts(rows.column(order), gid, first, w.span_us)
     return _window_sum(w, x, first, start, n)
 
 
 def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarray,
                 n: int) -> pa.Array:
     """Sums, counts or means of ``x`` over rows ``start[i]``..``i`` (nulls skipped; a sum
-    of none is null; ``start`` -1: no window). The running totals are each key's own
-    (``_key_cumsum``): a key's values never depend on the other keys' rows."""
+    of none is null; ``start`` -1: no window). Each window's sum adds its own values
+    only (``_range_sums``; a running total is the window from the key's first row,
+    ``_key_cumsum``): no difference of two running totals, so a NaN, an infinity or a
+    huge value counts only in the windows that hold it, and a key's values never depend
+    on what else its partition holds."""
+    empty = start < 0
+    start = np.where(empty, np.arange(n) + 1, start)  # an empty window: no rows
     known = pc.is_valid(x).to_numpy(zero_copy_only=False)
-    counts = _key_cumsum(known.astype(np.int64), first)
-    count = _window_of(counts, first, start)
+    running = np.array_equal(start, first)
+    count = (_key_cumsum(known.astype(np.int64), first) if running
+             else _range_sums(known.astype(np.int64), start))
     if w.fn.endswith("_count"):
         return pa.array(count)
     value = x.type.value_type if pa.types.is_dictionary(x.type) else x.type
     integer = pa.types.is_integer(value) or pa.types.is_boolean(value)
-    filled = pc.fill_null(x.cast(pa.int64() if integer else pa.float64()), 0).to_numpy(
-        zero_copy_only=False)
-    if integer and not w.fn.endswith("_mean"):
-        if np.abs(_key_cumsum(np.abs(filled).astype(np.float64), first)).max() >= 2.0**63:
-            raise DataError(f"window column '{w.name}': a running sum of integers passes "
-                            "the range of int64", hint="cast the values to float64 first")
-        total = _window_of(_key_cumsum(filled, first), first, start)
+    mean = w.fn.endswith("_mean")
+    if integer and not mean:
+        try:
+            whole = pc.fill_null(x.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:
+            raise DataError(f"window column '{w.name}': a value of '{w.arg}' is past the "
+                            "range of int64, in which integer sums add up",
+                            hint="cast the values to float64 first") from None
+        approx = _key_cumsum(whole.astype(np.float64), first) if running else _range_sums(
+            whole.astype(np.float64), start)
+        if approx.size and np.abs(approx).max() >= 2.0**63:
+            raise DataError(f"window column '{w.name}': a sum of integers passes the range "
+                            "of int64", hint="cast the values to float64 first")
+        # int64 additions wrap, and a total that fits is exact whatever the order
+        with np.errstate(over="ignore"):
+            total = _key_cumsum(whole, first) if running else _range_sums(whole, start)
         return pa.array(total, mask=count == 0)
-    total = _window_of(_key_cumsum(filled.astype(np.float64), first), first, start)
-    if w.fn.endswith("_mean"):
+    filled = pc.fill_null(x.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    total = _key_cumsum(filled, first) if running else _range_sums(filled, start)
+    if mean:
         with np.errstate(invalid="ignore", divide="ignore"):
             total = total / count
     return pa.array(total, mask=count == 0)
@@ -457,28 +510,39 @@ def _key_cumsum(x: np.ndarray, first: np.ndarray) -> np.ndarray:
     return out
 
 
-def _window_of(running: np.ndarray, first: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """A window's total from its key's running totals: up to the row, less those before
-    the window's first row (0 where ``start`` is -1)."""
-    before = np.where(start > first, running[np.maximum(start - 1, 0)], 0)
-    return np.where(start < 0, 0, running - before) if len(running) else running
+def _range_sums(x: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per row i, the sum of ``x[start[i]..i]`` (nothing where ``start[i]`` is i + 1):
+    sums of runs of 2**k rows (each level from the one below), a window the sum of the
+    runs its length's bits give, from its first row on: only its own values, in an
+    order that depends on its length alone."""
+    n = len(x)
+    length = np.arange(n) - start + 1
+    levels = [x]
+    while n and (1 << len(levels)) <= length.max():
+        below, half = levels[-1], 1 << (len(levels) - 1)
+        levels.append(below[:-half] + below[half:])
+    total = np.zeros_like(x)
+    at = start.copy()
+    for k in range(len(levels) - 1, -1, -1):
+        use = np.flatnonzero((length >> k) & 1)
+        total[use] += levels[k][at[use]]
+        at[use] += 1 << k
+    return total
 
 
 def _running_extreme(x: pa.Array, gid: np.ndarray, largest: bool) -> pa.Array:
-    """Per row, the largest (smallest) non-null, non-NaN ``x`` of its key up to it."""
+    """Per row, the largest (smallest) non-null ``x`` of its key up to it; NaN is a value
+    above every number (as Spark orders it)."""
     values = x.cast(x.type.value_type) if pa.types.is_dictionary(x.type) else x
-    usable = pc.is_valid(values)
-    if pa.types.is_floating(values.type):
-        usable = pc.and_(usable, pc.invert(pc.is_nan(values)))
-    usable_np = pc.fill_null(usable, False).to_numpy(zero_copy_only=False)
-    distinct = pc.unique(values.filter(usable))
-    distinct = distinct.take(pc.sort_indices(distinct))
+    usable = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    distinct = pc.unique(values.filter(pa.array(usable)))
+    distinct = distinct.take(pc.sort_indices(distinct))  # NaN after every number
     rank = np.zeros(len(values), dtype=np.int64)  # 0: no value yet
     found = pc.index_in(values, value_set=distinct).to_numpy(zero_copy_only=False)
     size = len(distinct) + 1
-    if usable_np.any():
-        at = found[usable_np].astype(np.int64)
-        rank[usable_np] = (at + 1) if largest else (size - 1 - at)
+    if usable.any():
+        at = found[usable].astype(np.int64)
+        rank[usable] = (at + 1) if largest else (size - 1 - at)
     running = np.maximum.accumulate(rank + gid * size) - gid * size
     have = running > 0
     position = np.where(have, (running - 1) if largest else (size - 1 - running), 0)
@@ -493,9 +557,12 @@ def _span_starts(order: pa.ChunkedArray, gid: np.ndarray, first: np.ndarray,
     t = plain(order)
     if pa.types.is_date(t.type):
         t = t.cast(pa.timestamp("s"))
-    micros = t.cast(pa.timestamp("us")).cast(pa.int64())
-    known = pc.is_valid(micros).to_numpy(zero_copy_only=False)
-    us = pc.fill_null(micros, 0).to_numpy(zero_copy_only=False)
+    # in the column's own unit (a span is whole seconds: exact in any of them)
+    per_us = {"s": 10**-6, "ms": 10**-3, "us": 1, "ns": 1000}[t.type.unit]
+    span_us = int(span_us * per_us)
+    ticks = t.cast(pa.int64())
+    known = pc.is_valid(ticks).to_numpy(zero_copy_only=False)
+    us = pc.fill_null(ticks, 0).to_numpy(zero_copy_only=False)
     # rows are sorted by key, then time (nulls last): a key-and-time position is the
     # key's number times (distinct times + 1) plus the time's rank among them
     distinct = np.unique(us[known])

@@ -145,8 +145,8 @@ def test_running_totals_are_each_keys_own(events: pa.Table) -> None:
 
 def test_an_integer_running_sum_past_int64_stops_the_run() -> None:
     rows = pa.table({"k": [1, 1], "t": [1, 2], "x": pa.array([2**62, 2**62], pa.int64())})
-    with pytest.raises(DataError, match="window column 'cs': a running sum of integers "
-                                        "passes the range of int64"):
+    with pytest.raises(DataError, match="window column 'cs': a sum of integers passes the "
+                                        "range of int64"):
         shuffled(window(by=["k"], order=["t"], columns={"cs": "cum_sum(x)"}), [rows], 1)
 
 
@@ -155,7 +155,12 @@ def test_an_integer_running_sum_past_int64_stops_the_run() -> None:
     ({"a": "lagg(x)"}, ["t"], "window column 'a': unknown window function 'lagg'; did you "
                               "mean 'lag'?"),
     ({"a": "sum(x)"}, ["t"], "unknown window function 'sum'"),
-    ({"a": "lag(x, 0)"}, ["t"], "lag's offset is a whole number of rows from 1, got '0'"),
+    ({"a": "lag(x, 0)"}, ["t"], "lag's offset is a whole number of rows from 1 to "
+                                "2,147,483,647, got '0'"),
+    ({"a": "rolling_sum(x, 100000000000000000000)"}, ["t"], "the window's rows is a whole "
+                                                            "number of rows from 1 to"),
+    ({"a": "rolling_sum(x, '1 day')"}, ["t desc"], "a time span is the time before each "
+                                                   "row: order 't desc' ascending"),
     ({"a": "rolling_sum(x, '3 fortnights')"}, ["t"], "the window '3 fortnights' is not a "
                                                     "time span"),
     ({"a": "rolling_sum(x, '1 day')"}, ["t", "x"], "window column 'a': a time span needs "
@@ -183,3 +188,70 @@ def test_schema_problems_are_found_as_planned(columns: dict, order: list, messag
     with pytest.raises(SchemaError) as info:
         window(by=["k"], order=order, columns=columns).output_schema(schema)
     assert message in str(info.value)
+
+
+def test_a_nan_an_infinity_or_a_huge_value_counts_only_in_the_windows_that_hold_it() -> None:
+    """As pandas and Spark: a window's sum is of its own rows (not a difference of running
+    totals, which a NaN, an inf or 1e20 would spoil for the rest of the key)."""
+    x = [1.0, float("nan"), 1.0, 1.0, float("inf"), 1.0, 1.0, 1e20, 0.1, 0.1, 0.1]
+    rows = pa.table({"k": [1] * len(x), "t": list(range(len(x))), "x": x})
+    out = shuffled(window(by=["k"], order=["t"], columns={
+        "r2": "rolling_sum(x, 2)", "m3": "rolling_mean(x, 3)", "cs": "cum_sum(x)",
+        "hi": "cum_max(x)", "lo": "cum_min(x)"}), [rows], 1)
+    # NaN is a value (as in aggregate and Spark): the windows that hold it are NaN
+    nan, inf = float("nan"), float("inf")
+    want = [1.0, nan, nan, 2.0, inf, inf, 2.0, 1e20 + 1.0, 1e20 + 0.1, 0.2, 0.2]
+    got = out["r2"].to_pylist()
+    assert [str(v) for v in got] == [str(v) for v in want]
+    assert got[-3:] == [1e20 + 0.1, 0.2, 0.2]
+    assert out["m3"].to_pylist()[-1] == pytest.approx(0.1)
+    assert np.isnan(out["cs"].to_pylist()[-1])  # a running total holds the NaN (SQL)
+    # NaN orders above every number (Spark): the largest from it on, never the smallest
+    assert np.isnan(out["hi"].to_pylist()[1]) and out["lo"].to_pylist()[1] == 1.0
+
+
+def test_sums_in_a_window_fit_when_the_keys_total_would_not() -> None:
+    big = 10**16
+    rows = pa.table({"k": [1] * 1000, "t": list(range(1000)), "x": [big] * 1000})
+    out = shuffled(window(by=["k"], order=["t"], columns={"r2": "rolling_sum(x, 2)"}),
+                   [rows], 1)
+    assert out["r2"].to_pylist()[1:4] == [2 * big] * 3
+    swings = pa.table({"k": [1] * 4, "t": [1, 2, 3, 4], "x": [2**62, -(2**62)] * 2})
+    out = shuffled(window(by=["k"], order=["t"], columns={"cs": "cum_sum(x)"}), [swings], 1)
+    assert out["cs"].to_pylist() == [2**62, 0, 2**62, 0]
+    huge = pa.table({"k": [1], "t": [1], "x": pa.array([2**63 + 1], pa.uint64())})
+    with pytest.raises(DataError, match="a value of 'x' is past the range of int64"):
+        shuffled(window(by=["k"], order=["t"], columns={"cs": "cum_sum(x)"}), [huge], 1)
+
+
+def test_a_time_span_in_nanoseconds_and_a_descending_order() -> None:
+    ns = pa.array([0, 1, 86_400 * 10**9 - 1, 86_400 * 10**9 + 5], pa.timestamp("ns"))
+    rows = pa.table({"k": [1, 1, 1, 1], "t": ns, "x": [1.0, 2.0, 4.0, 8.0]})
+    out = shuffled(window(by=["k"], order=["t"], columns={
+        "day": "rolling_sum(x, '1 day')"}), [rows], 1)
+    assert out["day"].to_pylist() == [1.0, 3.0, 7.0, 12.0]
+    top = shuffled(window(by=["k"], order=["x desc"], columns={
+        "rk": "rank()", "first": "lag(x)"}), [rows], 1)
+    assert top["x"].to_pylist() == [8.0, 4.0, 2.0, 1.0]
+    assert top["rk"].to_pylist() == [1, 2, 3, 4]
+
+
+def test_decimals_sum_as_float64_and_text_has_a_running_max() -> None:
+    import decimal
+
+    rows = pa.table({"k": [1, 1, 1], "t": [1, 2, 3],
+                     "d": pa.array([decimal.Decimal("1.25"), None, decimal.Decimal("2.50")],
+                                   pa.decimal128(10, 2)), "s": ["b", "c", "a"]})
+    op = window(by=["k"], order=["t"], columns={"ds": "cum_sum(d)", "top": "cum_max(s)"})
+    out = shuffled(op, [rows], 1)
+    assert out.schema == op.output_schema(rows.schema)
+    assert out["ds"].to_pylist() == [1.25, 1.25, 3.75]
+    assert out["top"].to_pylist() == ["b", "c", "c"]
+
+
+def test_an_argument_that_fails_on_the_rows_names_its_column() -> None:
+    rows = pa.table({"k": [1, 1], "t": [1, 2], "s": ["1", "x"]})
+    op = window(by=["k"], order=["t"], columns={"n": "row_number()",
+                                                 "bad": "lag(cast(s as int64))"})
+    with pytest.raises(DataError, match=r"window column 'bad' \(lag\(cast\(s as int64\)\)\)"):
+        shuffled(op, [rows], 1)
