@@ -106,6 +106,12 @@ def test_window_then_aggregate_and_the_plan_says_what_it_does(events: Path,
     assert ("shuffles: the rows of each customer_id to one place (through the scratch "
             "folder), ordered by ts, into as many partitions as its input has (at most "
             "200); every row kept") in shown
+    one_key = write_pipeline(workdir, FEATURES.replace("by: [customer_id]\n        order",
+                                                       "by: []\n        order"), "all.yaml")
+    assert ("shuffles: all the rows to one place (one key: no by), ordered by ts, into 1 "
+            "partition; every row kept") in subprocess.run(
+        [SLUICE, "plan", str(one_key)], cwd=workdir, capture_output=True, text=True,
+        check=True).stdout
     run(path)
     out = ds.dataset(workdir / "out" / "buyers").to_table().sort_by("customer_id")
     counts = ds.dataset(events).to_table().group_by("customer_id").aggregate(
