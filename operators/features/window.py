@@ -562,15 +562,46 @@ def _span_starts(order: pa.ChunkedArray, gid: np.ndarray, first: np.ndarray,
     span_us = int(span_us * per_us)
     ticks = t.cast(pa.int64())
     known = pc.is_valid(ticks).to_numpy(zero_copy_only=False)
-    us = pc.fill_null(ticks, 0).to_numpy(zero_copy_only=False)
-    # rows are sorted by key, then time (nulls last): a key-and-time position is the
-    # key's number times (distinct times + 1) plus the time's rank among them
-    distinct = np.unique(us[known])
+    at = pc.fill_null(ticks, 0).to_numpy(zero_copy_only=False)
+    n = len(at)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    # rows are sorted by key, then time (nulls last): laid end to end, each key's times
+    # from its first one, then a gap of more than the span, make one increasing line on
+    # which one search finds every window's first row (no sort of the times)
+    heads = np.flatnonzero(first == np.arange(n))
+    if (at[known].astype(np.float64) - at[first][known]).max(initial=0) > 2.0**62:
+        return _span_starts_by_rank(at, known, gid, first, span_us)  # centuries of ns
+    offset = at - at[first]
+    offset[~known] = 0
+    widest = np.maximum.reduceat(offset, heads)
+    offset[~known] = widest[gid[~known]]  # a null order: at its key's end, no window
+    width = widest + span_us + 1
+    # the line's positions must stay in int64: keys in groups of < 2**61 of line each
+    group = (np.cumsum(width.astype(np.float64)) - width) // 2.0**61
+    start = np.empty(n, dtype=np.int64)
+    for g in np.unique(group):
+        keys = np.flatnonzero(group == g)
+        lo = heads[keys[0]]
+        hi = heads[keys[-1] + 1] if keys[-1] + 1 < len(heads) else n
+        base = np.cumsum(width[keys]) - width[keys]
+        line = base[gid[lo:hi] - keys[0]] + offset[lo:hi]
+        start[lo:hi] = lo + np.searchsorted(line, line - span_us, side="right")
+    return np.where(known, np.maximum(start, first), -1)
+
+
+def _span_starts_by_rank(at: np.ndarray, known: np.ndarray, gid: np.ndarray,
+                         first: np.ndarray, span: int) -> np.ndarray:
+    """``_span_starts`` for keys whose times span more than 2**62 ticks: positions are
+    each key's number times (distinct times + 1) plus the time's rank among them (a sort
+    of the times, slower)."""
+    distinct = np.unique(at[known])
     size = len(distinct) + 1
-    rank = np.searchsorted(distinct, us)  # times in order within a key
-    rank = np.where(known, rank, size - 1)
+    rank = np.where(known, np.searchsorted(distinct, at), size - 1)
     position = gid * size + rank
-    lower = np.searchsorted(distinct, us - span_us, side="right")
+    least = np.iinfo(np.int64).min
+    with np.errstate(over="ignore"):
+        below = np.where(at < least + span, least, at - span)  # no wrap at int64's end
+    lower = np.searchsorted(distinct, below, side="right")
     start = np.searchsorted(position, gid * size + lower, side="left")
-    start = np.maximum(start, first)
-    return np.where(known, start, -1)
+    return np.where(known, np.maximum(start, first), -1)

@@ -255,3 +255,27 @@ def test_an_argument_that_fails_on_the_rows_names_its_column() -> None:
                                                  "bad": "lag(cast(s as int64))"})
     with pytest.raises(DataError, match=r"window column 'bad' \(lag\(cast\(s as int64\)\)\)"):
         shuffled(op, [rows], 1)
+
+
+@pytest.mark.parametrize("spread", [10**9, 10**18, 4 * 10**18])
+def test_time_windows_are_brute_forces_whatever_the_times_range(spread: int) -> None:
+    """Keys whose times span centuries (nanoseconds near int64's ends) are searched in
+    groups that keep the search's positions in range."""
+    rng = np.random.default_rng(spread % 97)
+    n = 400
+    t = rng.integers(-spread, spread, n)
+    rows = pa.table({"k": rng.integers(0, 6, n), "t": pa.array(t, pa.timestamp("ns"),
+                                                              mask=rng.random(n) < 0.05),
+                     "x": rng.random(n)})
+    out = shuffled(window(by=["k"], order=["t"], columns={
+        "w": "rolling_count(x, '1 weeks')", "s": "rolling_sum(x, '1 weeks')"}), [rows], 1)
+    week = 7 * 86_400 * 10**9
+    k, ts = out["k"].to_numpy(), out["t"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    x, known = out["x"].to_numpy(), out["t"].is_valid().to_numpy(zero_copy_only=False)
+    for i in range(n):
+        if not known[i]:
+            assert out["w"][i].as_py() == 0 and out["s"][i].as_py() is None
+            continue
+        inside = [j for j in range(i + 1) if k[j] == k[i] and known[j] and ts[j] > ts[i] - week]
+        assert out["w"][i].as_py() == len(inside)
+        assert out["s"][i].as_py() == pytest.approx(x[inside].sum())
