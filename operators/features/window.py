@@ -464,8 +464,7 @@ def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarr
     start = np.where(empty, np.arange(n) + 1, start)  # an empty window: no rows
     known = pc.is_valid(x).to_numpy(zero_copy_only=False)
     running = np.array_equal(start, first)
-    count = (_key_cumsum(known.astype(np.int64), first) if running
-             else _range_sums(known.astype(np.int64), start))
+    count = _int_window(known.astype(np.int64), start)
     if w.fn.endswith("_count"):
         return pa.array(count)
     value = x.type.value_type if pa.types.is_dictionary(x.type) else x.type
@@ -483,16 +482,22 @@ def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarr
         if approx.size and np.abs(approx).max() >= 2.0**63:
             raise DataError(f"window column '{w.name}': a sum of integers passes the range "
                             "of int64", hint="cast the values to float64 first")
-        # int64 additions wrap, and a total that fits is exact whatever the order
-        with np.errstate(over="ignore"):
-            total = _key_cumsum(whole, first) if running else _range_sums(whole, start)
-        return pa.array(total, mask=count == 0)
+        return pa.array(_int_window(whole, start), mask=count == 0)
     filled = pc.fill_null(x.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
     total = _key_cumsum(filled, first) if running else _range_sums(filled, start)
     if mean:
         with np.errstate(invalid="ignore", divide="ignore"):
             total = total / count
     return pa.array(total, mask=count == 0)
+
+
+def _int_window(x: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per row i, the sum of integers ``x[start[i]..i]`` as a difference of running
+    totals: int64 additions wrap, so a sum that fits in int64 is exact (``start`` i + 1:
+    none)."""
+    with np.errstate(over="ignore"):
+        running = np.concatenate([[0], np.cumsum(x, dtype=np.int64)])
+        return running[1:] - running[start]
 
 
 def _key_cumsum(x: np.ndarray, first: np.ndarray) -> np.ndarray:
