@@ -62,10 +62,10 @@ FUNCTIONS: dict[str, tuple[int, int, str]] = {
     "rank": (0, 0, "1 + the rows of its key before it in order (rows of the same order "
                    "share a rank, with a gap after them)"),
     "dense_rank": (0, 0, "as rank, without gaps"),
-    "lag": (1, 2, "lag(x): x on the row before (null on the first); lag(x, n): n rows "
-                  "before"),
-    "lead": (1, 2, "lead(x): x on the row after (null on the last); lead(x, n): n rows "
-                   "after"),
+    "lag": (1, 3, "lag(x): x on the row before (null on the first); lag(x, n): n rows "
+                  "before; lag(x, n, default): default where there is no such row"),
+    "lead": (1, 3, "lead(x): x on the row after (null on the last); lead(x, n): n rows "
+                   "after; lead(x, n, default): default where there is no such row"),
     "cum_sum": (1, 1, "the sum of x over the rows up to this one (this one included)"),
     "cum_count": (0, 1, "cum_count(): the rows up to this one; cum_count(x): those where x "
                         "is not null"),
@@ -97,6 +97,7 @@ class WindowColumn:
     arg: str | None = None
     rows: int | None = None  # lag/lead's offset, a rolling window's rows
     span_us: int | None = None  # a rolling window's time span
+    default: str | None = None  # lag/lead's value past the key's rows (an expression)
 
 
 def parse_window_column(name: str, text: Any) -> WindowColumn:
@@ -117,7 +118,8 @@ def parse_window_column(name: str, text: Any) -> WindowColumn:
     args = _split_args(inner) if inner.strip() else []
     low, high, what = FUNCTIONS[fn]
     if not low <= len(args) <= high:
-        wanted = str(low) if low == high else f"{low} or {high}"
+        wanted = (str(low) if low == high else f"{low} or {high}" if high == low + 1
+                  else f"{low} to {high}")
         raise ParamError(f"{where}: {fn} takes {wanted} argument{'s' if high != 1 else ''}, "
                          f"got {len(args)}", hint=f"{fn}: {what}")
     arg = args[0] if args and fn in _VALUE_ARG else None
@@ -126,9 +128,15 @@ def parse_window_column(name: str, text: Any) -> WindowColumn:
             parse_expression(arg)
         except ExpressionError as exc:
             raise ParamError(f"{where}: {exc}") from None
-    rows = span = None
+    rows = span = default = None
     if fn in ("lag", "lead"):
         rows = _whole(args[1], where, f"{fn}'s offset") if len(args) > 1 else 1
+        if len(args) > 2:
+            default = args[2]
+            try:
+                parse_expression(default)
+            except ExpressionError as exc:
+                raise ParamError(f"{where}: {fn}'s default: {exc}") from None
     elif fn.startswith("rolling_"):
         size = args[1].strip()
         if size[:1] in "'\"" and size[-1:] == size[:1]:
@@ -139,7 +147,7 @@ def parse_window_column(name: str, text: Any) -> WindowColumn:
             span = int(found.group(1)) * _UNIT_US[found.group(2)]
         else:
             rows = _whole(size, where, "the window's rows")
-    return WindowColumn(name, fn, arg, rows, span)
+    return WindowColumn(name, fn, arg, rows, span, default)
 
 
 def _whole(text: str, where: str, what: str) -> int:
@@ -263,8 +271,9 @@ class Window(Shuffle):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         used = [*self.params.by, *(c for c, _ in self.params.ordering)]
         for w in self.windows:
-            if w.arg is not None:
-                used += [c for c in referenced_columns(w.arg) if c not in used]
+            for text in (w.arg, w.default):
+                if text is not None:
+                    used += [c for c in referenced_columns(text) if c not in used]
         return used
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
@@ -313,6 +322,13 @@ class Window(Shuffle):
                                        "window in rows: rolling_sum(x, 7)")
         value = t.value_type if pa.types.is_dictionary(t) else t
         if w.fn in ("lag", "lead"):
+            if w.default is not None:
+                given = expression_type(w.default, schema)
+                given = given.value_type if pa.types.is_dictionary(given) else given
+                if not (given == value or pa.types.is_null(given) or (
+                        _number(given) and _number(value))):
+                    raise SchemaError(f"{where}: {w.fn}'s default is {given}, and the values "
+                                      f"are {value}", hint=f"give a default of {value}")
             return value
         if w.fn in ("cum_min", "cum_max"):
             if nested(value) or not ordered(value):
@@ -368,7 +384,7 @@ class Window(Shuffle):
         return rows.combine_chunks()
 
     def _arguments(self, rows: pa.Table) -> dict[str, pa.Array]:
-        texts = {w.arg for w in self.windows if w.arg is not None}
+        texts = {t for w in self.windows for t in (w.arg, w.default) if t is not None}
         if not texts:
             return {}
         names = {text: f"a{i}" for i, text in enumerate(sorted(texts))}
@@ -391,6 +407,10 @@ def _evaluates(rows: pa.Table, text: str) -> bool:
     except _ARROW_ERRORS:
         return False
     return True
+
+
+def _number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
 
 def _arg_type(w: WindowColumn, schema: pa.Schema, where: str) -> pa.DataType:
@@ -441,7 +461,18 @@ def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table, table
         source = index - w.rows if w.fn == "lag" else index + w.rows
         inside = (source >= 0) & (source < n)
         inside[inside] &= gid[source[inside]] == gid[inside]
-        return x.take(pa.array(np.where(inside, source, 0), mask=~inside))
+        taken = x.take(pa.array(np.where(inside, source, 0), mask=~inside))
+        if w.default is None:
+            return taken
+        default = values[w.default]
+        if default.type != taken.type:  # a number of another type, or null
+            try:
+                default = default.cast(taken.type)
+            except _ARROW_ERRORS as exc:
+                raise DataError(f"window column '{w.name}': {w.fn}'s default "
+                                f"({w.default}) as {taken.type}: {arrow_message(exc)}",
+                                hint=f"give a default of {taken.type}") from None
+        return pc.if_else(pa.array(inside), taken, default)
     if w.fn in ("cum_min", "cum_max"):
         return _running_extreme(x, gid, w.fn == "cum_max")
     start = first

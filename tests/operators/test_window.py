@@ -151,7 +151,7 @@ def test_an_integer_running_sum_past_int64_stops_the_run() -> None:
 
 
 @pytest.mark.parametrize(("columns", "order", "message"), [
-    ({"a": "lag()"}, ["t"], "window column 'a': lag takes 1 or 2 arguments, got 0"),
+    ({"a": "lag()"}, ["t"], "window column 'a': lag takes 1 to 3 arguments, got 0"),
     ({"a": "lagg(x)"}, ["t"], "window column 'a': unknown window function 'lagg'; did you "
                               "mean 'lag'?"),
     ({"a": "sum(x)"}, ["t"], "unknown window function 'sum'"),
@@ -279,3 +279,21 @@ def test_time_windows_are_brute_forces_whatever_the_times_range(spread: int) -> 
         inside = [j for j in range(i + 1) if k[j] == k[i] and known[j] and ts[j] > ts[i] - week]
         assert out["w"][i].as_py() == len(inside)
         assert out["s"][i].as_py() == pytest.approx(x[inside].sum())
+
+
+def test_lag_and_lead_with_a_default_past_the_keys_rows() -> None:
+    rows = pa.table({"k": [1, 1, 2], "t": [1, 2, 1], "x": pa.array([5, None, 7], pa.int32()),
+                     "fallback": [-1.0, -2.0, -3.0]})
+    op = window(by=["k"], order=["t"], columns={
+        "prev": "lag(x, 1, 0)", "nxt": "lead(x, 1, fallback)", "two": "lag(x, 2, null)"})
+    out = shuffled(op, [rows], 1)
+    assert out.schema == op.output_schema(rows.schema)
+    assert out["prev"].to_pylist() == [0, 5, 0]
+    assert out["nxt"].to_pylist() == [None, -2, -3]  # a null x on the row after stays null
+    assert out["two"].to_pylist() == [None, None, None]
+    with pytest.raises(DataError, match=r"window column 'p': lag's default \(2.5\) as int32: "):
+        shuffled(window(by=["k"], order=["t"], columns={"p": "lag(x, 1, 2.5)"}), [rows], 1)
+    with pytest.raises(SchemaError, match=r"lag's default is string, and the values are "
+                                          r"int32 \(give a default of int32\)"):
+        window(by=["k"], order=["t"], columns={"p": "lag(x, 1, 'none')"}).output_schema(
+            rows.schema)
