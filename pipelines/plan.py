@@ -126,7 +126,7 @@ def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         key = loc[0] if loc else None
-        line = spec.line_of(key)
+        line = spec.line_of(key, str(err.get("msg", "")))
         if err["type"] == "extra_forbidden":
             msg = f"unknown parameter '{key}'{suggest(key or '', public)}"
             msg += f" ({cls.name} takes: {', '.join(public)})" if public else ""
@@ -238,7 +238,7 @@ def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str) -> Operat
         plan.problems.extend(_pydantic_problems(s, file, exc, cls))
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
     except SluiceError as exc:
-        plan.problems.append(Problem(file, s.line_of(_param_named(s.params, str(exc))),
+        plan.problems.append(Problem(file, s.line_of(_param_named(s.params, str(exc)), str(exc)),
                                      str(exc), step=s.id, op=s.op))
         return None
     try:
@@ -354,7 +354,8 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 step.schema = schema
         except SluiceError as exc:
             param = _param_for(step, exc)
-            plan.problems.append(Problem(file, s.line_of(param), str(exc), step=s.id, op=s.op))
+            plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
+                                         op=s.op))
 
 
 def _note_kept_params(plan: Plan, save: Step) -> None:

@@ -75,8 +75,20 @@ class StepSpec:
     # parameter -> the pipeline params its value was made with (``${ds}``)
     params_used: dict[str, list[str]] = field(default_factory=dict)
 
-    def line_of(self, param: str | None) -> int:
-        return self.param_lines.get(param, self.line) if param else self.line
+    def line_of(self, param: str | None, text: str = "") -> int:
+        """The line of parameter ``param`` (the step's without one); where its value is
+        a mapping of named entries (an aggregate's or a window's columns) and ``text``
+        is about one of them ("window column 'spend': ..."), that entry's line."""
+        if not param:
+            return self.line
+        value = self.params.get(param)
+        lines = getattr(value, "key_lines", None)
+        if text and lines:
+            found = [(text.find(f"column '{k}'"), k) for k in lines]
+            found = [(at, k) for at, k in found if at >= 0]
+            if found:
+                return lines[min(found)[1]]
+        return self.param_lines.get(param, self.line)
 
 
 @dataclass

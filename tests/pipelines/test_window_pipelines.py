@@ -117,3 +117,36 @@ def test_window_then_aggregate_and_the_plan_says_what_it_does(events: Path,
     counts = ds.dataset(events).to_table().group_by("customer_id").aggregate(
         [([], "count_all")]).sort_by("customer_id")
     assert out["events"].cast(pa.int64()).equals(counts["count_all"])
+
+
+def test_a_bad_column_is_reported_at_its_own_line(events: Path, workdir: Path) -> None:
+    """Each column of a window or an aggregate: the problem names the line it is on."""
+    from pipelines.runner import plan_file
+
+    path = write_pipeline(workdir, """
+        pipeline: lines
+        steps:
+          - op: read_parquet
+            path: data/events
+          - op: window
+            by: [customer_id]
+            order: [ts]
+            columns:
+              fine: row_number()
+              bad: cum_sum(kind)
+              worse: lagg(ts)
+          - op: aggregate
+            by: [customer_id]
+            columns:
+              events: count()
+              spend: summ(amount)
+        """)
+    def lines_of(path: Path, step: str) -> list[str]:
+        text = path.read_text().splitlines()
+        return [text[p.line - 1].strip() for p in plan_file(path).problems if p.step == step]
+
+    assert lines_of(path, "window") == ["worse: lagg(ts)"]  # a parameter problem
+    assert lines_of(path, "aggregate") == ["spend: summ(amount)"]
+    schema_only = write_pipeline(workdir, path.read_text().replace("lagg(ts)", "lag(ts)"),
+                                 "schema.yaml")
+    assert lines_of(schema_only, "window") == ["bad: cum_sum(kind)"]  # found as planned
