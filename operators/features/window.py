@@ -361,25 +361,32 @@ class Window(Shuffle):
         rows = partials.drop_columns(keys)
         if rows.num_rows == 0:
             return self.output_schema(rows.schema).empty_table()
-        # sorted by key, order (nulls last), then a hash of the row's values for ties
-        tie = hash_rows(rows, None, 0x7135)
-        table = partials.select(keys).append_column(f"{INTERNAL}tie", pa.array(tie))
+        # sorted by key, order (nulls last), then a hash of the row's values for ties:
+        # hashed only where rows tie (a sort is stable), not every column of every row
+        table = partials.select(keys)
         ordering = self.params.ordering
         for i, (name, _) in enumerate(ordering):
             table = table.append_column(f"{INTERNAL}o{i}",
                                         normalized(plain(rows.column(name))))
         sort_keys = [(k, "ascending") for k in keys] + [
             (f"{INTERNAL}o{i}", "descending" if down else "ascending")
-            for i, (_, down) in enumerate(ordering)] + [(f"{INTERNAL}tie", "ascending")]
-        at = sorted_order(table, sort_keys, "at_end")
-        rows, table = rows.take(pa.array(at)), table.take(pa.array(at))
+            for i, (_, down) in enumerate(ordering)]
+        at = sorted_order(table, sort_keys, "at_end").copy()  # written below
+        table = table.take(pa.array(at))
+        peers = _starts(table, table.column_names)  # a run of rows of one key and order
+        run = np.cumsum(peers) - 1
+        tied = np.flatnonzero(np.bincount(run)[run] > 1)
+        if tied.size:
+            tie = hash_rows(rows.take(pa.array(at[tied])), None, 0x7135)
+            at[tied] = at[tied][np.lexsort((tie, run[tied]))]
+        rows = rows.take(pa.array(at))
         n = rows.num_rows
         starts = _starts(table, keys)  # first row of each key
         gid = np.cumsum(starts) - 1
         first = np.flatnonzero(starts)[gid]  # each row's key's first row
         values = self._arguments(rows)
         for w in self.windows:
-            column = _compute(w, values, rows, table, gid, first, n, ordering[0][0])
+            column = _compute(w, values, rows, peers, gid, first, n, ordering[0][0])
             rows = rows.append_column(pa.field(w.name, column.type), column)
         return rows.combine_chunks()
 
@@ -439,16 +446,13 @@ def _starts(table: pa.Table, keys: list[str]) -> np.ndarray:
     return starts
 
 
-def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table, table: pa.Table,
-             gid: np.ndarray, first: np.ndarray, n: int, order: str) -> pa.Array:
+def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table,
+             peers: np.ndarray, gid: np.ndarray, first: np.ndarray, n: int,
+             order: str) -> pa.Array:
     index = np.arange(n)
     if w.fn == "row_number":
         return pa.array(index - first + 1)
-    if w.fn in ("rank", "dense_rank"):
-        peers = _starts(table, [c for c in table.column_names if c.startswith(f"{INTERNAL}o")
-                                ] + [c for c in table.column_names
-                                     if c.startswith(_KEY)])
-        peers |= index == first  # a key's first row starts a run of peers
+    if w.fn in ("rank", "dense_rank"):  # peers: the first row of each run of ties
         if w.fn == "rank":
             run_start = np.maximum.accumulate(np.where(peers, index, 0))
             return pa.array(run_start - first + 1)
