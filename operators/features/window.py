@@ -490,11 +490,12 @@ def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table,
 def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarray,
                 n: int) -> pa.Array:
     """Sums, counts or means of ``x`` over rows ``start[i]``..``i`` (nulls skipped; a sum
-    of none is null; ``start`` -1: no window). Each window's sum adds its own values
+    of none is null; ``start`` -1: no window). A float window's sum adds its own values
     only (``_range_sums``; a running total is the window from the key's first row,
     ``_key_cumsum``): no difference of two running totals, so a NaN, an infinity or a
     huge value counts only in the windows that hold it, and a key's values never depend
-    on what else its partition holds."""
+    on what else its partition holds. Counts and integer sums are differences of
+    running totals (``_int_window``: exact, as int64 additions wrap)."""
     empty = start < 0
     start = np.where(empty, np.arange(n) + 1, start)  # an empty window: no rows
     known = pc.is_valid(x).to_numpy(zero_copy_only=False)
@@ -512,9 +513,13 @@ def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarr
             raise DataError(f"window column '{w.name}': a value of '{w.arg}' is past the "
                             "range of int64, in which integer sums add up",
                             hint="cast the values to float64 first") from None
-        approx = _key_cumsum(whole.astype(np.float64), first) if running else _range_sums(
-            whole.astype(np.float64), start)
-        if approx.size and np.abs(approx).max() >= 2.0**63:
+        longest = int((np.arange(n) - start + 1).max(initial=0))
+        if float(np.abs(whole.astype(np.float64)).max(initial=0)) * longest < 2.0**63:
+            approx = None  # no window can pass int64: nothing to check
+        else:
+            approx = _key_cumsum(whole.astype(np.float64), first) if running else (
+                _range_sums(whole.astype(np.float64), start))
+        if approx is not None and approx.size and np.abs(approx).max() >= 2.0**63:
             raise DataError(f"window column '{w.name}': a sum of integers passes the range "
                             "of int64", hint="cast the values to float64 first")
         return pa.array(_int_window(whole, start), mask=count == 0)

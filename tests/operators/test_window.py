@@ -219,6 +219,9 @@ def test_sums_in_a_window_fit_when_the_keys_total_would_not() -> None:
     swings = pa.table({"k": [1] * 4, "t": [1, 2, 3, 4], "x": [2**62, -(2**62)] * 2})
     out = shuffled(window(by=["k"], order=["t"], columns={"cs": "cum_sum(x)"}), [swings], 1)
     assert out["cs"].to_pylist() == [2**62, 0, 2**62, 0]
+    low = pa.table({"k": [1, 1], "t": [1, 2], "x": pa.array([-(2**63), -1], pa.int64())})
+    with pytest.raises(DataError, match="a sum of integers passes the range of int64"):
+        shuffled(window(by=["k"], order=["t"], columns={"cs": "cum_sum(x)"}), [low], 1)
     huge = pa.table({"k": [1], "t": [1], "x": pa.array([2**63 + 1], pa.uint64())})
     with pytest.raises(DataError, match="a value of 'x' is past the range of int64"):
         shuffled(window(by=["k"], order=["t"], columns={"cs": "cum_sum(x)"}), [huge], 1)
