@@ -78,6 +78,15 @@ from bench.tree_cases import (  # noqa: F401 - bench.worker looks the sides up h
     train_forest_sklearn,
     train_forest_sluice_local,
 )
+from bench.window_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    check_spark_window,
+    check_window,
+    spark_window_sluice_spark,
+    spark_window_spark,
+    window_events,
+    window_pandas,
+    window_sluice_local,
+)
 from bench.xgboost_cases import (  # noqa: F401 - bench.worker looks the sides up here
     boosted_models,
     dask_train_boosted_sluice_dask,
@@ -215,6 +224,15 @@ CASES: dict[str, Case] = {
                          check=check_join_shuffle),
     "spark_join": Case("orders", ("sluice_spark", "spark"), orders, check=check_spark_join),
     "dask_join": Case("orders", ("sluice_dask", "dask"), orders, check=check_dask_join),
+    # read events -> window by customer in time order (row_number, lag, a running sum, a
+    # mean of the last 3 rows, a sum of the last 7 days) through a shuffle -> write vs
+    # pandas' sort + groupby (cumcount, shift, cumsum, rolling) and Spark's
+    # Window.partitionBy().orderBy(); every column of every row compared after the
+    # sides (bench/window_cases.py)
+    "window": Case("window_events", ("sluice_local", "pandas"), window_events,
+                   check=check_window),
+    "spark_window": Case("window_events", ("sluice_spark", "spark"), window_events,
+                         check=check_spark_window),
 }
 
 
