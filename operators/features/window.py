@@ -62,6 +62,14 @@ FUNCTIONS: dict[str, tuple[int, int, str]] = {
     "rank": (0, 0, "1 + the rows of its key before it in order (rows of the same order "
                    "share a rank, with a gap after them)"),
     "dense_rank": (0, 0, "as rank, without gaps"),
+    "percent_rank": (0, 0, "(rank - 1) / (the key's rows - 1), from 0 to 1 (0 for a key of "
+                           "one row)"),
+    "cume_dist": (0, 0, "the share of the key's rows ordered before this one or with it "
+                        "(its ties included)"),
+    "ntile": (1, 1, "ntile(4): the quarter of its key's rows the row is in, 1 to 4 (the "
+                    "first groups one row larger where the rows do not divide evenly)"),
+    "first_value": (1, 1, "x on the key's first row in order"),
+    "last_value": (1, 1, "x on the key's last row in order (of all its rows)"),
     "lag": (1, 3, "lag(x): x on the row before (null on the first); lag(x, n): n rows "
                   "before; lag(x, n, default): default where there is no such row"),
     "lead": (1, 3, "lead(x): x on the row after (null on the last); lead(x, n): n rows "
@@ -79,7 +87,7 @@ FUNCTIONS: dict[str, tuple[int, int, str]] = {
     "rolling_count": (2, 2, "as rolling_sum, the rows where x is not null"),
 }
 _VALUE_ARG = {"lag", "lead", "cum_sum", "cum_count", "cum_mean", "cum_min", "cum_max",
-              "rolling_sum", "rolling_mean", "rolling_count"}
+              "rolling_sum", "rolling_mean", "rolling_count", "first_value", "last_value"}
 _SUMS = {"cum_sum", "cum_mean", "rolling_sum", "rolling_mean"}
 _SPAN = re.compile(r"^(\d+)\s*(second|minute|hour|day|week)s?$")
 _UNIT_US = {"second": 10**6, "minute": 60 * 10**6, "hour": 3600 * 10**6,
@@ -129,6 +137,8 @@ def parse_window_column(name: str, text: Any) -> WindowColumn:
         except ExpressionError as exc:
             raise ParamError(f"{where}: {exc}") from None
     rows = span = default = None
+    if fn == "ntile":
+        rows = _whole(args[0], where, "ntile's number of groups")
     if fn in ("lag", "lead"):
         rows = _whole(args[1], where, f"{fn}'s offset") if len(args) > 1 else 1
         if len(args) > 2:
@@ -236,7 +246,9 @@ class Window(Shuffle):
     Every row is kept, with the new columns added; the output is in key order, then
     `order`, within each output partition (rows go by a hash of their key, through the
     scratch folder, on any engine). Functions: row_number(), rank(), dense_rank(),
-    lag(x, n), lead(x, n), cum_sum, cum_count, cum_mean, cum_min, cum_max (up to the
+    percent_rank(), cume_dist(), ntile(n), first_value(x), last_value(x) (of all the
+    key's rows), lag(x, n, default), lead(x, n, default), cum_sum, cum_count, cum_mean,
+    cum_min, cum_max (up to the
     row), rolling_sum, rolling_mean, rolling_count (x, N rows or 'N days'; seconds,
     minutes, hours, weeks too). `order: ["ts desc"]` puts the largest first.
 
@@ -306,8 +318,10 @@ class Window(Shuffle):
 
     def _type(self, w: WindowColumn, schema: pa.Schema) -> pa.DataType:
         where = f"window column '{w.name}' ({self.params.columns[w.name]})"
-        if w.fn in ("row_number", "rank", "dense_rank") or w.fn in ("cum_count",
-                                                                    "rolling_count"):
+        if w.fn in ("percent_rank", "cume_dist"):
+            return pa.float64()
+        if w.fn in ("row_number", "rank", "dense_rank", "ntile", "cum_count",
+                    "rolling_count"):
             if w.arg is not None:
                 _arg_type(w, schema, where)  # checked: it must compute
             return pa.int64()
@@ -321,6 +335,8 @@ class Window(Shuffle):
                                   hint="order by a timestamp or date column, or give the "
                                        "window in rows: rolling_sum(x, 7)")
         value = t.value_type if pa.types.is_dictionary(t) else t
+        if w.fn in ("first_value", "last_value"):
+            return value
         if w.fn in ("lag", "lead"):
             if w.default is not None:
                 given = expression_type(w.default, schema)
@@ -416,6 +432,30 @@ def _evaluates(rows: pa.Table, text: str) -> bool:
     return True
 
 
+def _over_key(w: WindowColumn, values: dict[str, pa.Array], peers: np.ndarray,
+              first: np.ndarray, size: np.ndarray, index: np.ndarray) -> pa.Array:
+    """The functions of a row's place among all its key's rows (as Spark's)."""
+    if w.fn == "first_value":
+        return values[w.arg].take(pa.array(first))
+    if w.fn == "last_value":
+        return values[w.arg].take(pa.array(first + size - 1))
+    position = index - first  # from 0
+    if w.fn == "ntile":
+        groups = w.rows
+        small, larger = size // groups, size % groups  # the first `larger` get one more
+        head = larger * (small + 1)
+        return pa.array(np.where(position < head, position // (small + 1),
+                                 larger + (position - head) // np.maximum(small, 1)) + 1)
+    run_start = np.maximum.accumulate(np.where(peers, index, 0))
+    if w.fn == "percent_rank":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = (run_start - first) / (size - 1)
+        return pa.array(np.where(size > 1, out, 0.0))
+    starts = np.flatnonzero(peers)  # cume_dist: up to the end of the row's run of ties
+    ends = np.append(starts[1:], len(index)) - 1
+    return pa.array((ends[np.cumsum(peers) - 1] - first + 1) / size)
+
+
 def _number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
@@ -452,6 +492,9 @@ def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table,
     index = np.arange(n)
     if w.fn == "row_number":
         return pa.array(index - first + 1)
+    size = np.bincount(gid)[gid]  # the rows of each row's key
+    if w.fn in ("percent_rank", "cume_dist", "ntile", "first_value", "last_value"):
+        return _over_key(w, values, peers, first, size, index)
     if w.fn in ("rank", "dense_rank"):  # peers: the first row of each run of ties
         if w.fn == "rank":
             run_start = np.maximum.accumulate(np.where(peers, index, 0))

@@ -300,3 +300,35 @@ def test_lag_and_lead_with_a_default_past_the_keys_rows() -> None:
                                           r"int32 \(give a default of int32\)"):
         window(by=["k"], order=["t"], columns={"p": "lag(x, 1, 'none')"}).output_schema(
             rows.schema)
+
+
+def spark_ntile(rows: int, groups: int) -> list[int]:
+    """Spark's NTILE: as even as can be, the first groups one row larger."""
+    small, larger = divmod(rows, groups)
+    return [g + 1 for g in range(groups) for _ in range(small + (g < larger))]
+
+
+@pytest.mark.parametrize("buckets", [1, 3])
+def test_a_rows_place_among_all_its_keys_rows(buckets: int) -> None:
+    rng = np.random.default_rng(1)
+    n = 3000
+    rows = pa.table({"k": rng.integers(0, 50, n), "o": rng.integers(0, 30, n),
+                     "x": rng.normal(size=n)})
+    op = window(by=["k"], order=["o"], columns={
+        "pr": "percent_rank()", "cd": "cume_dist()", "quarter": "ntile(4)",
+        "many": "ntile(70)", "fv": "first_value(x)", "lv": "last_value(x)",
+        "rn": "row_number()"})
+    out = shuffled(op, [rows.slice(0, 1000), rows.slice(1000)], buckets)
+    assert out.schema == op.output_schema(rows.schema)
+    df = out.to_pandas().sort_values(["k", "rn"]).reset_index(drop=True)
+    g = df.groupby("k")
+    size = g["o"].transform("size")
+    np.testing.assert_allclose(df["pr"], (g["o"].rank(method="min") - 1) / (size - 1))
+    np.testing.assert_allclose(df["cd"], g["o"].rank(method="max") / size)
+    np.testing.assert_array_equal(df["fv"], g["x"].transform("first"))
+    np.testing.assert_array_equal(df["lv"], g["x"].transform("last"))
+    for name, groups in (("quarter", 4), ("many", 70)):
+        want = np.concatenate([spark_ntile(len(d), groups) for _, d in g])
+        np.testing.assert_array_equal(df[name], want)
+    one = shuffled(op, [pa.table({"k": [1], "o": [1], "x": [2.0]})], 1)
+    assert one["pr"].to_pylist() == [0.0] and one["cd"].to_pylist() == [1.0]
