@@ -45,6 +45,7 @@ from pipelines.shuffle import (
     claim_scratch,
     default_scratch,
     remove_scratch,
+    scratch_note,
 )
 from pipelines.spec import Problem
 from pipelines.store import Model, ModelStore, binding, required_columns
@@ -558,6 +559,12 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
             scratch_lock = claim_scratch(current.scratch)
         if engine_instance is None:
             eng.start()
+        if notify and any(isinstance(s.op, Shuffle) for s in plan.steps):
+            # a scratch folder on this machine's disk, workers on others: said before any
+            # data moves (the second stage would not find the first's files)
+            note = scratch_note(current.scratch, eng.worker_hosts())
+            if note:
+                notify(note)
         eng.begin_run()
         record["engine"] = eng.describe()
         current.execute()

@@ -223,6 +223,34 @@ class ShuffledSource(Source):
         return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
+def elsewhere(hosts: set[str]) -> list[str]:
+    """Of ``hosts`` (an engine's workers'), those that are not this machine."""
+    import socket
+
+    here = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+    try:
+        name = socket.gethostname()
+        here |= {name, socket.getfqdn(), *socket.gethostbyname_ex(name)[2]}
+    except OSError:
+        pass
+    return sorted(h for h in hosts if h not in here and not h.startswith("127."))
+
+
+def scratch_note(scratch: str, hosts: set[str]) -> str | None:
+    """A line for a run whose scratch folder is a path of this machine while workers
+    run on others (a shared mount at the same path is fine: said, not refused)."""
+    if is_url(scratch):
+        return None
+    others = elsewhere(hosts)
+    if not others:
+        return None
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3
+                                     else "")
+    return (f"the shuffle steps write to '{scratch}', a path on this machine, and workers "
+            f"run on {shown}: they must see it at the same path (a shared mount), or give "
+            "--scratch an object store (s3://bucket/tmp)")
+
+
 _RUN_FOLDER = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+")  # a run id (pipelines.runner)
 
 

@@ -397,6 +397,11 @@ class Engine(ABC):
     def close(self) -> None:  # noqa: B027
         """Stop what ``start`` started."""
 
+    def worker_hosts(self) -> set[str]:
+        """The hosts the engine's workers run on, as they name themselves (empty: this
+        process's machine, or not known)."""
+        return set()
+
     def describe(self) -> dict[str, Any]:
         """What the run record says about the engine (cluster address, cores...)."""
         return {"name": self.name}

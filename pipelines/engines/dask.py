@@ -614,6 +614,14 @@ class DaskEngine(Engine):
             return None
         return self._client.dashboard_link
 
+    def worker_hosts(self) -> set[str]:
+        if self._client is None:
+            return set()
+        from urllib.parse import urlsplit
+
+        return {urlsplit(address).hostname or "" for address in
+                self._client.scheduler_info(n_workers=-1).get("workers", {})} - {""}
+
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(),
                "cluster": "attached" if self.scheduler else "LocalCluster"}

@@ -649,6 +649,16 @@ class SparkEngine(Engine):
         out.update(self.conf)
         return out
 
+    def worker_hosts(self) -> set[str]:
+        """The executors' hosts (the driver's too), from Spark's status tracker."""
+        if self.spark is None:
+            return set()
+        try:
+            infos = self.spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()
+            return {str(info.host()) for info in infos}
+        except Exception:  # noqa: BLE001 - a Spark without that view: not known
+            return set()
+
     def start(self) -> None:
         if self.spark is not None:
             return
