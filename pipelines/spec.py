@@ -84,8 +84,10 @@ class StepSpec:
         value = self.params.get(param)
         lines = getattr(value, "key_lines", None)
         if text and lines:
-            found = [(text.find(f"column '{k}'"), k) for k in lines]
-            found = [(at, k) for at, k in found if at >= 0]
+            # "window column 'spend'", "aggregate column 'spend'", "columns: 'spend'":
+            # not a bare "column 'spend' not in the input" (an input column's name)
+            found = [(m.start(), k) for k in lines for m in [re.search(
+                r"(?:\b[a-z_]+ column|\bcolumns:) '" + re.escape(k) + "'", text)] if m]
             if found:
                 return lines[min(found)[1]]
         return self.param_lines.get(param, self.line)

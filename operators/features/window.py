@@ -27,6 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
     DataError,
+    MissingColumnError,
     ParamError,
     Params,
     SchemaError,
@@ -288,8 +289,13 @@ class Window(Shuffle):
                     used += [c for c in referenced_columns(text) if c not in used]
         return used
 
+    def check_input(self, schema: pa.Schema) -> None:
+        # the keys and orders here; each column's arguments in output_schema, whose
+        # error names the window column (and the plan its line)
+        require_columns(schema, [*self.params.by, *(c for c, _ in self.params.ordering)])
+
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        require_columns(schema, self.input_columns(schema))
+        self.check_input(schema)
         for key in self.params.by:
             found = key_problem(schema, key, f"by: key column '{key}'")
             if found is not None:
@@ -313,7 +319,8 @@ class Window(Shuffle):
                     hint="name the new column otherwise (or drop the input's first)"))
                 continue
             out = out.append(field)
-        _raise_all(problems, SchemaError)
+        _raise_all(problems, MissingColumnError if all(
+            isinstance(p, MissingColumnError) for p in problems) else SchemaError)
         return out
 
     def _type(self, w: WindowColumn, schema: pa.Schema) -> pa.DataType:
@@ -381,12 +388,16 @@ class Window(Shuffle):
         # hashed only where rows tie (a sort is stable), not every column of every row
         table = partials.select(keys)
         ordering = self.params.ordering
-        for i, (name, _) in enumerate(ordering):
-            table = table.append_column(f"{INTERNAL}o{i}",
-                                        normalized(plain(rows.column(name))))
-        sort_keys = [(k, "ascending") for k in keys] + [
-            (f"{INTERNAL}o{i}", "descending" if down else "ascending")
-            for i, (_, down) in enumerate(ordering)]
+        sort_keys = [(k, "ascending") for k in keys]
+        for i, (name, down) in enumerate(ordering):
+            column = normalized(plain(rows.column(name)))
+            if down and pa.types.is_floating(column.type):
+                # NaN is above every number (as Spark orders it): first when descending
+                # (Arrow's sort puts it last either way)
+                table = table.append_column(f"{INTERNAL}n{i}", pc.is_nan(column))
+                sort_keys.append((f"{INTERNAL}n{i}", "descending"))
+            table = table.append_column(f"{INTERNAL}o{i}", column)
+            sort_keys.append((f"{INTERNAL}o{i}", "descending" if down else "ascending"))
         at = sorted_order(table, sort_keys, "at_end").copy()  # written below
         table = table.take(pa.array(at))
         peers = _starts(table, table.column_names)  # a run of rows of one key and order
@@ -464,7 +475,10 @@ def _arg_type(w: WindowColumn, schema: pa.Schema, where: str) -> pa.DataType:
     try:
         return expression_type(w.arg, schema)
     except ExpressionError as exc:
-        raise SchemaError(f"{where}: {exc}") from None
+        missing = [c for c in referenced_columns(w.arg) if schema.get_field_index(c) < 0]
+        # a missing column may come from a fit upstream (one_hot's): the plan waits
+        kind = MissingColumnError if missing else SchemaError
+        raise kind(f"{where}: {exc}") from None
 
 
 def _starts(table: pa.Table, keys: list[str]) -> np.ndarray:
@@ -514,7 +528,9 @@ def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table,
         default = values[w.default]
         if default.type != taken.type:  # a number of another type, or null
             try:
-                default = default.cast(taken.type)
+                default = (default.cast(pa.float64()).cast(taken.type)
+                           if pa.types.is_decimal(taken.type) and _number(default.type)
+                           else default.cast(taken.type))
             except _ARROW_ERRORS as exc:
                 raise DataError(f"window column '{w.name}': {w.fn}'s default "
                                 f"({w.default}) as {taken.type}: {arrow_message(exc)}",
@@ -542,7 +558,9 @@ def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarr
     empty = start < 0
     start = np.where(empty, np.arange(n) + 1, start)  # an empty window: no rows
     known = pc.is_valid(x).to_numpy(zero_copy_only=False)
-    running = np.array_equal(start, first)
+    # by the function, never by the data: the same additions in the same order for a
+    # key's window wherever the key is
+    running = w.fn.startswith("cum_")
     count = _int_window(known.astype(np.int64), start)
     if w.fn.endswith("_count"):
         return pa.array(count)
@@ -556,13 +574,11 @@ def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarr
             raise DataError(f"window column '{w.name}': a value of '{w.arg}' is past the "
                             "range of int64, in which integer sums add up",
                             hint="cast the values to float64 first") from None
-        longest = int((np.arange(n) - start + 1).max(initial=0))
-        if float(np.abs(whole.astype(np.float64)).max(initial=0)) * longest < 2.0**63:
-            approx = None  # no window can pass int64: nothing to check
-        else:
-            approx = _key_cumsum(whole.astype(np.float64), first) if running else (
-                _range_sums(whole.astype(np.float64), start))
-        if approx is not None and approx.size and np.abs(approx).max() >= 2.0**63:
+        # exactly whether a window's sum fits: the sums of the values' high and low 32
+        # bits fit int64 (up to 2**31 rows), and the sum fits iff its high part does
+        high = _int_window(whole >> 32, start) + (_int_window(whole & 0xFFFFFFFF, start)
+                                                 >> 32)
+        if high.size and (high.min() < -(2**31) or high.max() >= 2**31):
             raise DataError(f"window column '{w.name}': a sum of integers passes the range "
                             "of int64", hint="cast the values to float64 first")
         return pa.array(_int_window(whole, start), mask=count == 0)
@@ -658,8 +674,11 @@ def _span_starts(order: pa.ChunkedArray, gid: np.ndarray, first: np.ndarray,
     # from its first one, then a gap of more than the span, make one increasing line on
     # which one search finds every window's first row (no sort of the times)
     heads = np.flatnonzero(first == np.arange(n))
-    if (at[known].astype(np.float64) - at[first][known]).max(initial=0) > 2.0**62:
-        return _span_starts_by_rank(at, known, gid, first, span_us)  # centuries of ns
+    if span_us >= 2**63 - 1:  # longer than any two times differ: every earlier row
+        return np.where(known, first, -1)
+    spread = (at[known].astype(np.float64) - at[first][known]).max(initial=0)
+    if spread + span_us > 2.0**61:  # centuries of nanoseconds: positions would not fit
+        return _span_starts_by_rank(at, known, gid, first, span_us)
     offset = at - at[first]
     offset[~known] = 0
     widest = np.maximum.reduceat(offset, heads)

@@ -180,7 +180,8 @@ def test_bad_parameters_say_what_and_how(columns: dict, order: list, message: st
                                  "not string"),
     ({"a": "rolling_sum(x, '1 day')"}, ["n"], "a time span needs a time order, and 'n' is "
                                               "int64"),
-    ({"a": "lag(nope)"}, ["t"], "column 'nope' not in the input"),
+    ({"a": "lag(nope)"}, ["t"], "window column 'a' (lag(nope)): unknown column 'nope'; the "
+                                "columns are: k, t, n, x, s"),
 ])
 def test_schema_problems_are_found_as_planned(columns: dict, order: list, message: str) -> None:
     schema = pa.schema({"k": pa.int64(), "t": pa.timestamp("s"), "n": pa.int64(),
@@ -332,3 +333,58 @@ def test_a_rows_place_among_all_its_keys_rows(buckets: int) -> None:
         np.testing.assert_array_equal(df[name], want)
     one = shuffled(op, [pa.table({"k": [1], "o": [1], "x": [2.0]})], 1)
     assert one["pr"].to_pylist() == [0.0] and one["cd"].to_pylist() == [1.0]
+
+
+@pytest.mark.parametrize(("values", "fits"), [
+    ([-1024, 2**62 + 512, 2**61 + 256, 2**61 + 256], False),  # exactly 2**63 at the end
+    ([2**63 - 1], True), ([-(2**63)], True), ([2**62, 2**62 - 1], True),
+    ([-(2**62), -(2**62)], True), ([-(2**62), -(2**62), -1], False),
+])
+def test_whether_an_integer_sum_fits_is_exact(values: list[int], fits: bool) -> None:
+    rows = pa.table({"k": [1] * len(values), "t": list(range(len(values))),
+                     "x": pa.array(values, pa.int64())})
+    op = window(by=["k"], order=["t"], columns={"cs": "cum_sum(x)"})
+    if fits:
+        assert shuffled(op, [rows], 1)["cs"].to_pylist() == list(np.cumsum(
+            np.array(values, dtype=object)))
+    else:
+        with pytest.raises(DataError, match="a sum of integers passes the range of int64"):
+            shuffled(op, [rows], 1)
+
+
+def test_a_keys_float_windows_are_the_same_beside_any_other_key() -> None:
+    alone = pa.table({"k": ["a"] * 3, "t": [1, 2, 3], "x": [0.1, 0.2, 0.3]})
+    other = pa.table({"k": ["b"] * 4, "t": [1, 2, 3, 4], "x": [0.7, 0.11, 0.13, 0.17]})
+    op = window(by=["k"], order=["t"], columns={"r3": "rolling_sum(x, 3)",
+                                                "c": "cum_sum(x)"})
+    by_itself = shuffled(op, [alone], 1)
+    beside = shuffled(op, [pa.concat_tables([other, alone])], 1).filter(
+        pa.compute.equal(pa.compute.field("k"), "a"))
+    assert beside.equals(by_itself)
+
+
+def test_spans_longer_than_the_times_differ_take_every_earlier_row() -> None:
+    rows = pa.table({"k": [0, 0, 1, 2], "t": pa.array([0, 10**18, 0, 0], pa.timestamp("ns")),
+                     "x": [1.0, 2.0, 3.0, 4.0]})
+    for span in ("15000 weeks", "20000 weeks", "3000000 weeks"):
+        out = shuffled(window(by=["k"], order=["t"], columns={
+            "n": f"rolling_count(x, '{span}')"}), [rows], 1)
+        assert out["n"].to_pylist() == [1, 2, 1, 1], span
+
+
+def test_nan_comes_first_in_a_descending_order_as_spark_orders_it() -> None:
+    rows = pa.table({"k": [1] * 5, "o": [1.0, float("nan"), 3.0, None, 2.0]})
+    out = shuffled(window(by=["k"], order=["o desc"], columns={"r": "rank()"}), [rows], 1)
+    assert [str(v) for v in out["o"].to_pylist()] == ["nan", "3.0", "2.0", "1.0", "None"]
+    up = shuffled(window(by=["k"], order=["o"], columns={"r": "rank()"}), [rows], 1)
+    assert [str(v) for v in up["o"].to_pylist()] == ["1.0", "2.0", "3.0", "nan", "None"]
+
+
+def test_a_numeric_default_of_a_decimal_lag() -> None:
+    import decimal
+
+    rows = pa.table({"k": [1, 1], "t": [1, 2],
+                     "d": pa.array([decimal.Decimal("1.25"), decimal.Decimal("2.50")],
+                                   pa.decimal128(5, 2))})
+    out = shuffled(window(by=["k"], order=["t"], columns={"p": "lag(d, 1, 1)"}), [rows], 1)
+    assert out["p"].to_pylist() == [decimal.Decimal("1.00"), decimal.Decimal("1.25")]

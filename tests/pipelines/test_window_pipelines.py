@@ -150,3 +150,12 @@ def test_a_bad_column_is_reported_at_its_own_line(events: Path, workdir: Path) -
     schema_only = write_pipeline(workdir, path.read_text().replace("lagg(ts)", "lag(ts)"),
                                  "schema.yaml")
     assert lines_of(schema_only, "window") == ["bad: cum_sum(kind)"]  # found as planned
+    planned = write_pipeline(workdir, schema_only.read_text().replace(
+        "bad: cum_sum(kind)", "bad: cum_sum(amount)").replace(
+        "spend: summ(amount)", "spend: sum(kind)"), "planned.yaml")
+    assert lines_of(planned, "aggregate") == ["spend: sum(kind)"]  # found as planned
+    # a window column named like a missing input column: the problem is the reader's
+    named = write_pipeline(workdir, planned.read_text().replace(
+        "worse: lag(ts)", "worse: lag(fine)").replace("spend: sum(kind)",
+                                                      "spend: sum(amount)"), "named.yaml")
+    assert lines_of(named, "window") == ["worse: lag(fine)"]
