@@ -86,9 +86,12 @@ FUNCTIONS: dict[str, tuple[int, int, str]] = {
                           "than 7 days before this row's (order: one time column)"),
     "rolling_mean": (2, 2, "as rolling_sum, the mean"),
     "rolling_count": (2, 2, "as rolling_sum, the rows where x is not null"),
+    "rolling_min": (2, 2, "as rolling_sum, the smallest x (numbers, dates, times)"),
+    "rolling_max": (2, 2, "as rolling_sum, the largest x (NaN above every number)"),
 }
 _VALUE_ARG = {"lag", "lead", "cum_sum", "cum_count", "cum_mean", "cum_min", "cum_max",
-              "rolling_sum", "rolling_mean", "rolling_count", "first_value", "last_value"}
+              "rolling_sum", "rolling_mean", "rolling_count", "rolling_min", "rolling_max",
+              "first_value", "last_value"}
 _SUMS = {"cum_sum", "cum_mean", "rolling_sum", "rolling_mean"}
 _SPAN = re.compile(r"^(\d+)\s*(second|minute|hour|day|week)s?$")
 _UNIT_US = {"second": 10**6, "minute": 60 * 10**6, "hour": 3600 * 10**6,
@@ -250,7 +253,8 @@ class Window(Shuffle):
     percent_rank(), cume_dist(), ntile(n), first_value(x), last_value(x) (of all the
     key's rows), lag(x, n, default), lead(x, n, default), cum_sum, cum_count, cum_mean,
     cum_min, cum_max (up to the
-    row), rolling_sum, rolling_mean, rolling_count (x, N rows or 'N days'; seconds,
+    row), rolling_sum, rolling_mean, rolling_count, rolling_min, rolling_max (x, N rows
+    or 'N days'; seconds,
     minutes, hours, weeks too). `order: ["ts desc"]` puts the largest first.
 
     ```yaml
@@ -357,6 +361,13 @@ class Window(Shuffle):
             if nested(value) or not ordered(value):
                 raise SchemaError(f"{where}: {w.fn} takes values with an order (numbers, "
                                   f"text, dates, times), not {t}")
+            return value
+        if w.fn in ("rolling_min", "rolling_max"):
+            if not (pa.types.is_integer(value) or pa.types.is_floating(value)
+                    or pa.types.is_timestamp(value) or pa.types.is_date(value)
+                    or pa.types.is_duration(value)) or pa.types.is_float16(value):
+                raise SchemaError(f"{where}: {w.fn} takes numbers, dates or times, not {t}",
+                                  hint="cum_min / cum_max take text too")
             return value
         if pa.types.is_decimal(value):
             return pa.float64()  # summed as float64, as its mean
@@ -543,6 +554,8 @@ def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table,
         start = np.maximum(first, index - w.rows + 1)
     elif w.span_us is not None:
         start = _span_starts(rows.column(order), gid, first, w.span_us)
+    if w.fn in ("rolling_min", "rolling_max"):
+        return _window_extreme(x, start, w.fn == "rolling_max")
     return _window_sum(w, x, first, start, n)
 
 
@@ -632,6 +645,46 @@ def _range_sums(x: np.ndarray, start: np.ndarray) -> np.ndarray:
         total[use] += levels[k][at[use]]
         at[use] += 1 << k
     return total
+
+
+def _window_extreme(x: pa.Array, start: np.ndarray, largest: bool) -> pa.Array:
+    """Per row i, the largest (smallest) non-null ``x[start[i]..i]`` (``start`` -1: no
+    window): extremes of runs of 2**k rows, a window the extreme of the two runs that
+    cover it (they may overlap: an extreme does not mind). NaN is above every number:
+    it wins a maximum and loses a minimum to any number."""
+    n = len(x)
+    value = x.type.value_type if pa.types.is_dictionary(x.type) else x.type
+    known = pc.is_valid(x).to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(value):
+        v = pc.fill_null(x.cast(pa.float64()), -np.inf if largest else np.inf).to_numpy(
+            zero_copy_only=False)
+        pick = np.maximum if largest else np.fmin  # NaN: kept by a max, dropped by a min
+    else:
+        limit = np.iinfo(np.int64).min if largest else np.iinfo(np.int64).max
+        plain_x = x.cast(value)
+        if pa.types.is_date32(value):
+            plain_x = plain_x.cast(pa.int32())  # Arrow casts a date32 to int32 only
+        v = pc.fill_null(plain_x.cast(pa.int64()), limit).to_numpy(zero_copy_only=False)
+        pick = np.maximum if largest else np.minimum
+    start = np.where(start < 0, np.arange(n) + 1, start)
+    length = np.arange(n) - start + 1
+    levels = [v]
+    while n and (1 << len(levels)) <= length.max():
+        below, half = levels[-1], 1 << (len(levels) - 1)
+        levels.append(pick(below[:-half], below[half:]))
+    out = np.zeros_like(v)
+    k = np.zeros(n, dtype=np.int64)
+    k[length > 0] = np.floor(np.log2(length[length > 0])).astype(np.int64)
+    for level in np.unique(k[length > 0]):
+        at = np.flatnonzero((k == level) & (length > 0))
+        last = at - (1 << int(level)) + 1
+        out[at] = pick(levels[level][start[at]], levels[level][last])
+    count = np.concatenate([[0], np.cumsum(known)])
+    empty = (count[1:] - count[start]) == 0
+    result = pa.array(out, mask=empty)
+    if pa.types.is_date32(value):
+        result = result.cast(pa.int32())  # Arrow makes a date32 of int32s
+    return result if result.type == value else result.cast(value)
 
 
 def _running_extreme(x: pa.Array, gid: np.ndarray, largest: bool) -> pa.Array:

@@ -388,3 +388,40 @@ def test_a_numeric_default_of_a_decimal_lag() -> None:
                                    pa.decimal128(5, 2))})
     out = shuffled(window(by=["k"], order=["t"], columns={"p": "lag(d, 1, 1)"}), [rows], 1)
     assert out["p"].to_pylist() == [decimal.Decimal("1.00"), decimal.Decimal("1.25")]
+
+
+@pytest.mark.parametrize("buckets", [1, 3])
+def test_rolling_extremes_are_pandas_over_rows_and_time(buckets: int) -> None:
+    rng = np.random.default_rng(3)
+    n = 4000
+    rows = pa.table({
+        "k": rng.integers(0, 40, n),
+        "ts": pa.array(rng.integers(0, 10**6, n) * 10**6, pa.timestamp("us")),
+        "x": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.1),
+        "i": rng.integers(-100, 100, n),
+        "d": pa.array(rng.integers(0, 20000, n), pa.int32()).cast(pa.date32())})
+    op = window(by=["k"], order=["ts"], columns={
+        "mx3": "rolling_max(x, 3)", "mn5": "rolling_min(i, 5)", "dmax": "rolling_max(d, 4)",
+        "xmin": "rolling_min(x, '2 days')", "rn": "row_number()"})
+    out = shuffled(op, [rows.slice(0, 1500), rows.slice(1500)], buckets)
+    assert out.schema == op.output_schema(rows.schema)
+    df = out.to_pandas().sort_values(["k", "rn"]).reset_index(drop=True)
+    g = df.groupby("k")
+
+    def same(got: pd.Series, want: pd.Series) -> None:
+        a, b = np.asarray(got, float), np.asarray(want, float)
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_array_equal(a[~np.isnan(a)], b[~np.isnan(b)])
+
+    same(df["mx3"], g["x"].transform(lambda s: s.rolling(3, min_periods=1).max()))
+    same(df["mn5"], g["i"].transform(lambda s: s.rolling(5, min_periods=1).min()))
+    days = pd.to_datetime(df["d"]).astype("int64")
+    same(pd.to_datetime(df["dmax"]).astype("int64"),
+         days.groupby(df["k"]).transform(lambda s: s.rolling(4, min_periods=1).max()))
+    same(df["xmin"], df.groupby("k", group_keys=False).apply(
+        lambda d: d.rolling("2D", on="ts")["x"].min(), include_groups=False).sort_index())
+    nan = pa.table({"k": [1] * 5, "t": [1, 2, 3, 4, 5], "x": [1.0, np.nan, 3.0, None, 2.0]})
+    both = shuffled(window(by=["k"], order=["t"], columns={
+        "mx": "rolling_max(x, 2)", "mn": "rolling_min(x, 2)"}), [nan], 1)
+    assert [str(v) for v in both["mx"].to_pylist()] == ["1.0", "nan", "nan", "3.0", "2.0"]
+    assert both["mn"].to_pylist() == [1.0, 1.0, 3.0, 3.0, 2.0]  # NaN loses a minimum
