@@ -452,11 +452,30 @@ class Run:
             return {"rows": 0, "sample_rows": 0, "columns": {}}
         needed = required_columns([self.fitted[s.id] for s in chain],
                                   self.plan.model_input(step.id) or data.schema)
-        # a column a data step among the model's adds (a join's) is not in these rows
-        columns = profiled_columns(data.schema, [c for c in needed if c in data.schema.names])
-        stats = self.engine.aggregate(data, step.id,
+        profile = self._profile_of(data, step.id, [c for c in needed
+                                                   if c in data.schema.names])
+        # a column a data step among the model's adds (a join between two fitted steps)
+        # is profiled on that step's rows, in a pass of its own
+        kept = {s.id for s in chain}
+        lineage = self.plan.chain_to(step.id)
+        for s in lineage[lineage.index(chain[0]) + 1:]:
+            if s.id in kept or isinstance(s.op, Sink | Action) or s.id not in self.datasets:
+                continue
+            later = self.datasets[s.id]
+            before = self.plan.step(s.input).schema if s.input else None
+            added = [c for c in needed if c in later.schema.names and c not in profile[
+                "columns"] and (before is None or c not in before.names)]
+            if added:
+                profile["columns"].update(self._profile_of(later, step.id, added)["columns"])
+        return profile
+
+    def _profile_of(self, data: Dataset, step_id: str, wanted: list[str]) -> dict[str, Any]:
+        columns = profiled_columns(data.schema, wanted)
+        if not columns:
+            return {"rows": 0, "sample_rows": 0, "columns": {}}
+        stats = self.engine.aggregate(data, step_id,
                                       lambda part, xp: profile_partial(part, columns),
-                                      profile_combine, label=f"{step.id}: profile")
+                                      profile_combine, label=f"{step_id}: profile")
         return profile_finish(stats)
 
     def _save_model(self, step: Step) -> None:

@@ -194,6 +194,10 @@ def test_a_join_between_fitted_steps_gives_the_model_its_columns(
         "impute.fitted", "derive", "logistic_regression.fitted"]
     assert model.required == ["total_charges", "monthly_charges", "tax_rate", "tenure"]
     assert model.input_schema.field("tax_rate").type == pa.float64()
+    # profiled for drift too: on the join's rows, in a pass of their own
+    profiled = model.meta["profile"]["columns"]
+    assert {"total_charges", "monthly_charges", "tax_rate", "tenure"} <= set(profiled)
+    assert profiled["tax_rate"]["kind"] == "numeric"
     bare = write_pipeline(workdir, SCORE.format(join="").replace("joined", "between"),
                           "bare.yaml")
     with pytest.raises(ValidationFailed) as info:
