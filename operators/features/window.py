@@ -621,8 +621,9 @@ def _key_cumsum(x: np.ndarray, first: np.ndarray) -> np.ndarray:
     offset = np.arange(len(x)) - first
     d = 1
     while len(x) and d <= offset.max():
-        at = np.flatnonzero(offset >= d)
-        out[at] = out[at] + out[at - d]  # the right side is read before the write
+        # contiguous, in place where the row is d or more into its key (a ufunc reads
+        # the overlapping input before it writes: numpy copies it)
+        np.add(out[d:], out[:-d], out=out[d:], where=offset[d:] >= d)
         d *= 2
     return out
 
