@@ -88,9 +88,17 @@ FUNCTIONS: dict[str, tuple[int, int, str]] = {
     "rolling_count": (2, 2, "as rolling_sum, the rows where x is not null"),
     "rolling_min": (2, 2, "as rolling_sum, the smallest x (numbers, dates, times)"),
     "rolling_max": (2, 2, "as rolling_sum, the largest x (NaN above every number)"),
+    "next_sum": (2, 2, "next_sum(x, 3): the sum of x over the 3 rows after this one; "
+                       "next_sum(x, '30 days'): over the rows after this row's time and "
+                       "less than 30 days after it (a label: what a customer does next)"),
+    "next_mean": (2, 2, "as next_sum, the mean"),
+    "next_count": (2, 2, "as next_sum, the rows where x is not null"),
+    "next_min": (2, 2, "as next_sum, the smallest x"),
+    "next_max": (2, 2, "as next_sum, the largest x"),
 }
 _VALUE_ARG = {"lag", "lead", "cum_sum", "cum_count", "cum_mean", "cum_min", "cum_max",
               "rolling_sum", "rolling_mean", "rolling_count", "rolling_min", "rolling_max",
+              "next_sum", "next_mean", "next_count", "next_min", "next_max",
               "first_value", "last_value"}
 _SUMS = {"cum_sum", "cum_mean", "rolling_sum", "rolling_mean"}
 _SPAN = re.compile(r"^(\d+)\s*(second|minute|hour|day|week)s?$")
@@ -151,7 +159,7 @@ def parse_window_column(name: str, text: Any) -> WindowColumn:
                 parse_expression(default)
             except ExpressionError as exc:
                 raise ParamError(f"{where}: {fn}'s default: {exc}") from None
-    elif fn.startswith("rolling_"):
+    elif fn.startswith(("rolling_", "next_")):
         size = args[1].strip()
         if size[:1] in "'\"" and size[-1:] == size[:1]:
             found = _SPAN.match(size[1:-1].strip().lower())
@@ -252,10 +260,11 @@ class Window(Shuffle):
     scratch folder, on any engine). Functions: row_number(), rank(), dense_rank(),
     percent_rank(), cume_dist(), ntile(n), first_value(x), last_value(x) (of all the
     key's rows), lag(x, n, default), lead(x, n, default), cum_sum, cum_count, cum_mean,
-    cum_min, cum_max (up to the
-    row), rolling_sum, rolling_mean, rolling_count, rolling_min, rolling_max (x, N rows
-    or 'N days'; seconds,
-    minutes, hours, weeks too). `order: ["ts desc"]` puts the largest first.
+    cum_min, cum_max (up to the row), rolling_sum, rolling_mean, rolling_count,
+    rolling_min, rolling_max (x, N rows or a span such as '7 days' up to the row; also
+    seconds, minutes, hours, weeks), next_sum, next_mean, next_count, next_min, next_max
+    (the N rows or the span after the row: labels). `order: ["ts desc"]` puts the
+    largest first.
 
     ```yaml
     - op: window
@@ -332,7 +341,7 @@ class Window(Shuffle):
         if w.fn in ("percent_rank", "cume_dist"):
             return pa.float64()
         if w.fn in ("row_number", "rank", "dense_rank", "ntile", "cum_count",
-                    "rolling_count"):
+                    "rolling_count", "next_count"):
             if w.arg is not None:
                 _arg_type(w, schema, where)  # checked: it must compute
             return pa.int64()
@@ -362,7 +371,7 @@ class Window(Shuffle):
                 raise SchemaError(f"{where}: {w.fn} takes values with an order (numbers, "
                                   f"text, dates, times), not {t}")
             return value
-        if w.fn in ("rolling_min", "rolling_max"):
+        if w.fn in ("rolling_min", "rolling_max", "next_min", "next_max"):
             if not (pa.types.is_integer(value) or pa.types.is_floating(value)
                     or pa.types.is_timestamp(value) or pa.types.is_date(value)
                     or pa.types.is_duration(value)) or pa.types.is_float16(value):
@@ -549,32 +558,34 @@ def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table,
         return pc.if_else(pa.array(inside), taken, default)
     if w.fn in ("cum_min", "cum_max"):
         return _running_extreme(x, gid, w.fn == "cum_max")
-    start = first
-    if w.rows is not None:
+    start, end = first, index
+    ahead = w.fn.startswith("next_")
+    if w.rows is not None and ahead:
+        last = first + np.bincount(gid)[gid] - 1
+        start, end = index + 1, np.minimum(last, index + w.rows)
+    elif w.rows is not None:
         start = np.maximum(first, index - w.rows + 1)
     elif w.span_us is not None:
-        start = _span_starts(rows.column(order), gid, first, w.span_us)
-    if w.fn in ("rolling_min", "rolling_max"):
-        return _window_extreme(x, start, w.fn == "rolling_max")
-    return _window_sum(w, x, first, start, n)
+        start, end = _span_bounds(rows.column(order), gid, first, w.span_us, ahead)
+    if w.fn.endswith(("_min", "_max")):
+        return _window_extreme(x, start, end, w.fn.endswith("_max"))
+    return _window_sum(w, x, first, start, end)
 
 
 def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarray,
-                n: int) -> pa.Array:
-    """Sums, counts or means of ``x`` over rows ``start[i]``..``i`` (nulls skipped; a sum
-    of none is null; ``start`` -1: no window). A float window's sum adds its own values
+                end: np.ndarray) -> pa.Array:
+    """Sums, counts or means of ``x`` over rows ``start[i]``..``end[i]`` (nulls skipped; a
+    sum of none is null; ``start`` past ``end``: no rows). A float window's sum adds its own values
     only (``_range_sums``; a running total is the window from the key's first row,
     ``_key_cumsum``): no difference of two running totals, so a NaN, an infinity or a
     huge value counts only in the windows that hold it, and a key's values never depend
     on what else its partition holds. Counts and integer sums are differences of
     running totals (``_int_window``: exact, as int64 additions wrap)."""
-    empty = start < 0
-    start = np.where(empty, np.arange(n) + 1, start)  # an empty window: no rows
     known = pc.is_valid(x).to_numpy(zero_copy_only=False)
     # by the function, never by the data: the same additions in the same order for a
     # key's window wherever the key is
     running = w.fn.startswith("cum_")
-    count = _int_window(known.astype(np.int64), start)
+    count = _int_window(known.astype(np.int64), start, end)
     if w.fn.endswith("_count"):
         return pa.array(count)
     value = x.type.value_type if pa.types.is_dictionary(x.type) else x.type
@@ -589,27 +600,28 @@ def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarr
                             hint="cast the values to float64 first") from None
         # exactly whether a window's sum fits: the sums of the values' high and low 32
         # bits fit int64 (up to 2**31 rows), and the sum fits iff its high part does
-        high = _int_window(whole >> 32, start) + (_int_window(whole & 0xFFFFFFFF, start)
-                                                 >> 32)
+        high = _int_window(whole >> 32, start, end) + (
+            _int_window(whole & 0xFFFFFFFF, start, end) >> 32)
         if high.size and (high.min() < -(2**31) or high.max() >= 2**31):
             raise DataError(f"window column '{w.name}': a sum of integers passes the range "
                             "of int64", hint="cast the values to float64 first")
-        return pa.array(_int_window(whole, start), mask=count == 0)
+        return pa.array(_int_window(whole, start, end), mask=count == 0)
     filled = pc.fill_null(x.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
-    total = _key_cumsum(filled, first) if running else _range_sums(filled, start)
+    total = _key_cumsum(filled, first) if running else _range_sums(filled, start, end)
     if mean:
         with np.errstate(invalid="ignore", divide="ignore"):
             total = total / count
     return pa.array(total, mask=count == 0)
 
 
-def _int_window(x: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """Per row i, the sum of integers ``x[start[i]..i]`` as a difference of running
-    totals: int64 additions wrap, so a sum that fits in int64 is exact (``start`` i + 1:
-    none)."""
+def _int_window(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per row i, the sum of integers ``x[start[i]..end[i]]`` as a difference of running
+    totals: int64 additions wrap, so a sum that fits in int64 is exact (``start`` past
+    ``end``: none)."""
     with np.errstate(over="ignore"):
         running = np.concatenate([[0], np.cumsum(x, dtype=np.int64)])
-        return running[1:] - running[start]
+        return np.where(start <= end, running[end + 1] - running[np.minimum(start, end + 1)],
+                        0)
 
 
 def _key_cumsum(x: np.ndarray, first: np.ndarray) -> np.ndarray:
@@ -628,19 +640,19 @@ def _key_cumsum(x: np.ndarray, first: np.ndarray) -> np.ndarray:
     return out
 
 
-def _range_sums(x: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """Per row i, the sum of ``x[start[i]..i]`` (nothing where ``start[i]`` is i + 1):
-    sums of runs of 2**k rows (each level from the one below), a window the sum of the
-    runs its length's bits give, from its first row on: only its own values, in an
-    order that depends on its length alone."""
+def _range_sums(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per row i, the sum of ``x[start[i]..end[i]]`` (nothing where ``start`` is past
+    ``end``): sums of runs of 2**k rows (each level from the one below), a window the sum
+    of the runs its length's bits give, from its first row on: only its own values, in
+    an order that depends on its length alone."""
     n = len(x)
-    length = np.arange(n) - start + 1
+    length = np.maximum(end - start + 1, 0)
     levels = [x]
     while n and (1 << len(levels)) <= length.max():
         below, half = levels[-1], 1 << (len(levels) - 1)
         levels.append(below[:-half] + below[half:])
     total = np.zeros_like(x)
-    at = start.copy()
+    at = np.where(length > 0, start, 0)
     for k in range(len(levels) - 1, -1, -1):
         use = np.flatnonzero((length >> k) & 1)
         total[use] += levels[k][at[use]]
@@ -648,9 +660,10 @@ def _range_sums(x: np.ndarray, start: np.ndarray) -> np.ndarray:
     return total
 
 
-def _window_extreme(x: pa.Array, start: np.ndarray, largest: bool) -> pa.Array:
-    """Per row i, the largest (smallest) non-null ``x[start[i]..i]`` (``start`` -1: no
-    window): extremes of runs of 2**k rows, a window the extreme of the two runs that
+def _window_extreme(x: pa.Array, start: np.ndarray, end: np.ndarray,
+                    largest: bool) -> pa.Array:
+    """Per row i, the largest (smallest) non-null ``x[start[i]..end[i]]`` (``start`` past
+    ``end``: none): extremes of runs of 2**k rows, a window the extreme of the two runs that
     cover it (they may overlap: an extreme does not mind). NaN is above every number:
     it wins a maximum and loses a minimum to any number."""
     n = len(x)
@@ -667,8 +680,7 @@ def _window_extreme(x: pa.Array, start: np.ndarray, largest: bool) -> pa.Array:
             plain_x = plain_x.cast(pa.int32())  # Arrow casts a date32 to int32 only
         v = pc.fill_null(plain_x.cast(pa.int64()), limit).to_numpy(zero_copy_only=False)
         pick = np.maximum if largest else np.minimum
-    start = np.where(start < 0, np.arange(n) + 1, start)
-    length = np.arange(n) - start + 1
+    length = np.maximum(end - start + 1, 0)
     levels = [v]
     while n and (1 << len(levels)) <= length.max():
         below, half = levels[-1], 1 << (len(levels) - 1)
@@ -678,10 +690,9 @@ def _window_extreme(x: pa.Array, start: np.ndarray, largest: bool) -> pa.Array:
     k[length > 0] = np.floor(np.log2(length[length > 0])).astype(np.int64)
     for level in np.unique(k[length > 0]):
         at = np.flatnonzero((k == level) & (length > 0))
-        last = at - (1 << int(level)) + 1
+        last = end[at] - (1 << int(level)) + 1
         out[at] = pick(levels[level][start[at]], levels[level][last])
-    count = np.concatenate([[0], np.cumsum(known)])
-    empty = (count[1:] - count[start]) == 0
+    empty = _int_window(known.astype(np.int64), start, end) == 0
     result = pa.array(out, mask=empty)
     if pa.types.is_date32(value):
         result = result.cast(pa.int32())  # Arrow makes a date32 of int32s
@@ -708,61 +719,78 @@ def _running_extreme(x: pa.Array, gid: np.ndarray, largest: bool) -> pa.Array:
         len(values), values.type)
 
 
-def _span_starts(order: pa.ChunkedArray, gid: np.ndarray, first: np.ndarray,
-                 span_us: int) -> np.ndarray:
-    """Per row, the first row of its key whose order is less than ``span_us`` before its
-    own (-1 where its order is null: no window)."""
+def _span_bounds(order: pa.ChunkedArray, gid: np.ndarray, first: np.ndarray,
+                 span_us: int, ahead: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the first and last rows of its key in its time window: those whose time
+    is less than ``span_us`` before its own, it included; ``ahead``: after its own and
+    less than ``span_us`` after it. A null time has no window (first past last)."""
     t = plain(order)
     if pa.types.is_date(t.type):
         t = t.cast(pa.timestamp("s"))
     # in the column's own unit (a span is whole seconds: exact in any of them)
     per_us = {"s": 10**-6, "ms": 10**-3, "us": 1, "ns": 1000}[t.type.unit]
-    span_us = int(span_us * per_us)
+    span = int(span_us * per_us)
     ticks = t.cast(pa.int64())
     known = pc.is_valid(ticks).to_numpy(zero_copy_only=False)
     at = pc.fill_null(ticks, 0).to_numpy(zero_copy_only=False)
     n = len(at)
+    index = np.arange(n)
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    # rows are sorted by key, then time (nulls last): laid end to end, each key's times
-    # from its first one, then a gap of more than the span, make one increasing line on
-    # which one search finds every window's first row (no sort of the times)
-    heads = np.flatnonzero(first == np.arange(n))
-    if span_us >= 2**63 - 1:  # longer than any two times differ: every earlier row
-        return np.where(known, first, -1)
-    spread = (at[known].astype(np.float64) - at[first][known]).max(initial=0)
-    if spread + span_us > 2.0**61:  # centuries of nanoseconds: positions would not fit
-        return _span_starts_by_rank(at, known, gid, first, span_us)
-    offset = at - at[first]
-    offset[~known] = 0
-    widest = np.maximum.reduceat(offset, heads)
-    offset[~known] = widest[gid[~known]]  # a null order: at its key's end, no window
-    width = widest + span_us + 1
-    # the line's positions must stay in int64: keys in groups of < 2**61 of line each
-    group = (np.cumsum(width.astype(np.float64)) - width) // 2.0**61
-    start = np.empty(n, dtype=np.int64)
-    for g in np.unique(group):
-        keys = np.flatnonzero(group == g)
-        lo = heads[keys[0]]
-        hi = heads[keys[-1] + 1] if keys[-1] + 1 < len(heads) else n
-        base = np.cumsum(width[keys]) - width[keys]
-        line = base[gid[lo:hi] - keys[0]] + offset[lo:hi]
-        start[lo:hi] = lo + np.searchsorted(line, line - span_us, side="right")
-    return np.where(known, np.maximum(start, first), -1)
+        return index, index
+    heads = np.flatnonzero(first == index)
+    last = np.append(heads[1:], n)[gid] - 1  # each row's key's last row
+    known_last = last - np.bincount(gid, weights=~known).astype(np.int64)[gid]
+    if span >= 2**63 - 1:  # longer than any two times differ: the whole side
+        start, end = (index + 1, known_last) if ahead else (first, index)
+    elif (at[known].astype(np.float64) - at[first][known]).max(initial=0) + span > 2.0**61:
+        start, end = _span_bounds_by_rank(at, known, gid, span, ahead)  # centuries of ns
+    else:
+        # rows are sorted by key, then time (nulls last): laid end to end, each key's
+        # times from its first one, then a gap of more than the span, make one
+        # increasing line on which one search finds every window's bounds (no sort)
+        offset = at - at[first]
+        offset[~known] = 0
+        widest = np.maximum.reduceat(offset, heads)
+        offset[~known] = widest[gid[~known]]  # a null time: at its key's end
+        width = widest + span + 1
+        # the line's positions must stay in int64: keys in groups of < 2**61 of line
+        group = (np.cumsum(width.astype(np.float64)) - width) // 2.0**61
+        start, end = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        for g in np.unique(group):
+            keys = np.flatnonzero(group == g)
+            lo = heads[keys[0]]
+            hi = heads[keys[-1] + 1] if keys[-1] + 1 < len(heads) else n
+            base = np.cumsum(width[keys]) - width[keys]
+            line = base[gid[lo:hi] - keys[0]] + offset[lo:hi]
+            if ahead:
+                start[lo:hi] = lo + np.searchsorted(line, line, side="right")
+                end[lo:hi] = lo + np.searchsorted(line, line + span, side="left") - 1
+            else:
+                start[lo:hi] = lo + np.searchsorted(line, line - span, side="right")
+                end[lo:hi] = index[lo:hi]
+    start = np.maximum(start, first)
+    end = np.minimum(end, known_last)  # a null time is no row of another's window
+    return np.where(known, start, index + 1), np.where(known, end, index)
 
 
-def _span_starts_by_rank(at: np.ndarray, known: np.ndarray, gid: np.ndarray,
-                         first: np.ndarray, span: int) -> np.ndarray:
-    """``_span_starts`` for keys whose times span more than 2**62 ticks: positions are
+def _span_bounds_by_rank(at: np.ndarray, known: np.ndarray, gid: np.ndarray, span: int,
+                         ahead: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``_span_bounds`` for keys whose times span more than 2**61 ticks: positions are
     each key's number times (distinct times + 1) plus the time's rank among them (a sort
     of the times, slower)."""
     distinct = np.unique(at[known])
     size = len(distinct) + 1
     rank = np.where(known, np.searchsorted(distinct, at), size - 1)
     position = gid * size + rank
-    least = np.iinfo(np.int64).min
-    with np.errstate(over="ignore"):
-        below = np.where(at < least + span, least, at - span)  # no wrap at int64's end
+    least, most = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    with np.errstate(over="ignore"):  # no wrap at int64's ends
+        below = np.where(at < least + span, least, at - span)
+        above = np.where(at > most - span, most, at + span)
+    index = np.arange(len(at))
+    if ahead:
+        start = np.searchsorted(position, position, side="right")
+        upper = np.searchsorted(distinct, above, side="left")  # times < t + span
+        end = np.searchsorted(position, gid * size + upper, side="left") - 1
+        return start, end
     lower = np.searchsorted(distinct, below, side="right")
-    start = np.searchsorted(position, gid * size + lower, side="left")
-    return np.where(known, np.maximum(start, first), -1)
+    return np.searchsorted(position, gid * size + lower, side="left"), index

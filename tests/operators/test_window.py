@@ -425,3 +425,38 @@ def test_rolling_extremes_are_pandas_over_rows_and_time(buckets: int) -> None:
         "mx": "rolling_max(x, 2)", "mn": "rolling_min(x, 2)"}), [nan], 1)
     assert [str(v) for v in both["mx"].to_pylist()] == ["1.0", "nan", "nan", "3.0", "2.0"]
     assert both["mn"].to_pylist() == [1.0, 1.0, 3.0, 3.0, 2.0]  # NaN loses a minimum
+
+
+@pytest.mark.parametrize("spread", [10**9, 10**18, 4 * 10**18])
+def test_windows_ahead_are_brute_forces(spread: int) -> None:
+    """next_*: the rows after a row's time and less than the span after it (or the N
+    rows after it): what a customer does next (a label), without looking back."""
+    rng = np.random.default_rng(spread % 89)
+    n = 300
+    t = rng.integers(-spread, spread, n)
+    t[:40] = t[40:80]  # ties of time
+    rows = pa.table({"k": rng.integers(0, 5, n),
+                     "t": pa.array(t, pa.timestamp("ns"), mask=rng.random(n) < 0.05),
+                     "x": pa.array(rng.integers(-9, 9, n), mask=rng.random(n) < 0.1)})
+    out = shuffled(window(by=["k"], order=["t"], columns={
+        "c": "next_count(x, '1 weeks')", "s": "next_sum(x, '1 weeks')",
+        "hi": "next_max(x, '1 weeks')", "r": "next_sum(x, 3)", "lo": "next_min(x, 2)",
+        "m": "next_mean(x, 4)"}), [rows], 1)
+    week = 7 * 86_400 * 10**9
+    k, ts = out["k"].to_numpy(), out["t"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    x, known = out["x"].to_pylist(), out["t"].is_valid().to_numpy(zero_copy_only=False)
+    for i in range(n):
+        same = [j for j in range(n) if k[j] == k[i]]
+        later = [j for j in same if j > i]
+        span = [x[j] for j in same if known[i] and known[j] and ts[i] < ts[j] < ts[i] + week
+                and x[j] is not None]
+        assert out["c"][i].as_py() == len(span), i
+        assert out["s"][i].as_py() == (sum(span) if span else None), i
+        assert out["hi"][i].as_py() == (max(span) if span else None), i
+        three = [x[j] for j in later[:3] if x[j] is not None]
+        assert out["r"][i].as_py() == (sum(three) if three else None), i
+        two = [x[j] for j in later[:2] if x[j] is not None]
+        assert out["lo"][i].as_py() == (min(two) if two else None), i
+        four = [x[j] for j in later[:4] if x[j] is not None]
+        got = out["m"][i].as_py()
+        assert (got is None) if not four else got == pytest.approx(sum(four) / len(four))
