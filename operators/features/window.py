@@ -693,6 +693,10 @@ def _window_extreme(x: pa.Array, start: np.ndarray, end: np.ndarray,
         last = end[at] - (1 << int(level)) + 1
         out[at] = pick(levels[level][start[at]], levels[level][last])
     empty = _int_window(known.astype(np.int64), start, end) == 0
+    if pa.types.is_floating(value) and not largest:
+        # a minimum drops NaN to any number: a window of NaN (and nulls) only is NaN
+        numbers = _int_window((known & ~np.isnan(v)).astype(np.int64), start, end)
+        out = np.where((numbers == 0) & ~empty, np.nan, out)
     result = pa.array(out, mask=empty)
     if pa.types.is_date32(value):
         result = result.cast(pa.int32())  # Arrow makes a date32 of int32s
@@ -740,9 +744,7 @@ def _span_bounds(order: pa.ChunkedArray, gid: np.ndarray, first: np.ndarray,
     heads = np.flatnonzero(first == index)
     last = np.append(heads[1:], n)[gid] - 1  # each row's key's last row
     known_last = last - np.bincount(gid, weights=~known).astype(np.int64)[gid]
-    if span >= 2**63 - 1:  # longer than any two times differ: the whole side
-        start, end = (index + 1, known_last) if ahead else (first, index)
-    elif (at[known].astype(np.float64) - at[first][known]).max(initial=0) + span > 2.0**61:
+    if (at[known].astype(np.float64) - at[first][known]).max(initial=0) + span > 2.0**61:
         start, end = _span_bounds_by_rank(at, known, gid, span, ahead)  # centuries of ns
     else:
         # rows are sorted by key, then time (nulls last): laid end to end, each key's
@@ -775,22 +777,28 @@ def _span_bounds(order: pa.ChunkedArray, gid: np.ndarray, first: np.ndarray,
 
 def _span_bounds_by_rank(at: np.ndarray, known: np.ndarray, gid: np.ndarray, span: int,
                          ahead: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``_span_bounds`` for keys whose times span more than 2**61 ticks: positions are
-    each key's number times (distinct times + 1) plus the time's rank among them (a sort
-    of the times, slower)."""
+    """``_span_bounds`` for keys whose times span more than 2**61 ticks (or a longer
+    span): positions are each key's number times (distinct times + 1) plus the time's
+    rank among them (a sort of the times, slower). A time's distance from int64's ends
+    is taken as an unsigned number, so a span past them means every row that way."""
     distinct = np.unique(at[known])
     size = len(distinct) + 1
     rank = np.where(known, np.searchsorted(distinct, at), size - 1)
     position = gid * size + rank
-    least, most = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-    with np.errstate(over="ignore"):  # no wrap at int64's ends
-        below = np.where(at < least + span, least, at - span)
-        above = np.where(at > most - span, most, at + span)
-    index = np.arange(len(at))
-    if ahead:
-        start = np.searchsorted(position, position, side="right")
-        upper = np.searchsorted(distinct, above, side="left")  # times < t + span
-        end = np.searchsorted(position, gid * size + upper, side="left") - 1
-        return start, end
-    lower = np.searchsorted(distinct, below, side="right")
-    return np.searchsorted(position, gid * size + lower, side="left"), index
+    span_u = np.uint64(min(span, 2**64 - 1))
+    flip = np.uint64(1 << 63)
+    from_least = at.view(np.uint64) ^ flip  # at - int64's least, exactly
+    with np.errstate(over="ignore"):
+        if ahead:  # the times after this one and less than the span after it
+            start = np.searchsorted(position, position, side="right")
+            past = (~from_least) < span_u  # the span reaches past int64's most
+            edge = ((from_least + span_u) ^ flip).view(np.int64)  # at + span
+            upper = np.where(past, len(distinct),
+                             np.searchsorted(distinct, edge, side="left"))
+            end = np.searchsorted(position, gid * size + upper, side="left") - 1
+            return start, end
+        past = from_least < span_u  # the span reaches past int64's least
+        edge = ((from_least - span_u) ^ flip).view(np.int64)  # at - span
+        lower = np.where(past, 0, np.searchsorted(distinct, edge, side="right"))
+    start = np.searchsorted(position, gid * size + lower, side="left")
+    return start, np.arange(len(at))

@@ -460,3 +460,27 @@ def test_windows_ahead_are_brute_forces(spread: int) -> None:
         four = [x[j] for j in later[:4] if x[j] is not None]
         got = out["m"][i].as_py()
         assert (got is None) if not four else got == pytest.approx(sum(four) / len(four))
+
+
+def test_edges_a_review_found() -> None:
+    """A minimum of NaN and nulls only is NaN (not the fill's infinity); a span longer
+    than any two times differ still leaves ties of time out of next_*; times at int64's
+    very ends are in their windows."""
+    nan, most = float("nan"), 2**63 - 1
+
+    def run(table: pa.Table, columns: dict) -> list[dict]:
+        return shuffled(window(by=["k"], order=["t"], columns=columns), [table], 1).to_pylist()
+
+    only_nan = pa.table({"k": [1, 1], "t": pa.array([1, 2], pa.timestamp("s")),
+                         "f": [nan, None]})
+    got = run(only_nan, {"mn": "rolling_min(f, 2)"})
+    assert [np.isnan(r["mn"]) for r in got] == [True, True]
+    ties = pa.table({"k": [1, 1], "t": pa.array([0, 0], pa.timestamp("ns")), "x": [1, 10]})
+    assert [r["huge"] for r in run(ties, {"huge": "next_sum(x, '20000 weeks')"})] == [
+        None, None]
+    low = pa.table({"k": [1, 1], "t": pa.array([-most - 1, 0], pa.timestamp("ns")),
+                    "x": [5, 7]})
+    assert [r["r"] for r in run(low, {"r": "rolling_sum(x, '1 days')"})] == [5, 7]
+    high = pa.table({"k": [1, 1, 1], "t": pa.array([0, most - 1, most], pa.timestamp("ns")),
+                     "x": [5, 7, 9]})
+    assert [r["n"] for r in run(high, {"n": "next_sum(x, '1 days')"})] == [None, 9, None]
