@@ -64,6 +64,11 @@ def _changes(before: pa.Schema | None, after: pa.Schema | None) -> dict[str, Any
                         for n, t in new.items() if n in old and old[n] != t]}
 
 
+def _megabytes(mb: float) -> str:
+    return f"{mb * 1024:,.0f} KB" if mb < 1 else f"{mb:,.1f} MB" if mb < 100 else (
+        f"{mb:,.0f} MB")
+
+
 def _notes(plan: Plan, step: Step) -> list[str]:
     op = step.op
     notes: list[str] = []
@@ -89,16 +94,21 @@ def _notes(plan: Plan, step: Step) -> list[str]:
         notes.append(f"saves {', '.join(chain)} as '{op.params.name}' (the next version)"
                      + (f", aliases {', '.join(op.params.aliases)}" if op.params.aliases
                         else ""))
-    elif isinstance(op, Join) and op.params.partitions is not None:
-        notes.append("broadcasts the table (its footers say it is within max_mb "
-                     f"{op.params.max_mb:g}): partitions: {op.params.partitions} applies to "
-                     "a shuffle join only (strategy: shuffle)")
+    elif isinstance(op, Join) and (op.estimated_mb is not None
+                                   or op.params.partitions is not None):
+        size = (f"its footers say ~{_megabytes(op.estimated_mb)}, within max_mb "
+                f"{op.params.max_mb:g}" if op.estimated_mb is not None
+                else f"strategy: {op.params.strategy}")
+        notes.append(f"broadcasts the table ({size}): read once on the driver, sent to "
+                     "every partition" + (f"; partitions: {op.params.partitions} applies "
+                                          "to a shuffle join only (strategy: shuffle)"
+                                          if op.params.partitions is not None else ""))
     elif isinstance(op, Shuffle):
         parts = getattr(op.params, "partitions", None)
         into = (f"{parts} partitions" if parts else "as many partitions as its input has "
                 f"(at most {MAX_DEFAULT_BUCKETS})")
         if isinstance(op, ShuffleJoin):
-            why = (f": its footers say ~{op.estimated_mb:,.0f} MB, over max_mb "
+            why = (f": its footers say ~{_megabytes(op.estimated_mb)}, over max_mb "
                    f"{op.params.max_mb:g}" if op.estimated_mb is not None else "")
             notes.append(f"shuffles: the rows and the table's rows by "
                          f"{', '.join(left for left, _ in op.keys)} to the same places "

@@ -303,10 +303,12 @@ class Join(_Joining, Transform):
             return cls(params)  # the table's problem is reported as the step plans
         if size > params.max_mb * 2**20:
             return ShuffleJoin(params, estimated_mb=size / 2**20)
-        return cls(params)
+        return cls(params, estimated_mb=size / 2**20)
 
-    def __init__(self, params: Any = None, **kwargs: Any):
+    def __init__(self, params: Any = None, estimated_mb: float | None = None, **kwargs: Any):
         super().__init__(params, **kwargs)
+        # the table's size from its footers, when that chose the broadcast (``auto``)
+        self.estimated_mb = estimated_mb
         self._table: pa.Table | None = None
         self._lookup: _Lookup | None = None
         self._lock = threading.Lock()
@@ -318,7 +320,7 @@ class Join(_Joining, Transform):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.params, self._table, self._lock = state["params"], state["table"], threading.Lock()
-        self._lookup = None
+        self._lookup, self.estimated_mb = None, None
 
     def table(self) -> pa.Table:
         """The table, keys in their compared types and the brought columns, read on

@@ -17,6 +17,8 @@ import pytest
 from conftest import SLUICE, write_pipeline
 
 from operators.base import DataError
+from operators.io.parquet import ReadParquet
+from pipelines.describe import _megabytes
 from pipelines.engines.base import Engine
 from pipelines.runner import plan_file, run
 from pipelines.store import ModelStore
@@ -144,8 +146,13 @@ def test_auto_shuffles_a_table_over_max_mb_and_the_plan_says_so(customers: Path,
         "max_mb: 256", "max_mb: 256\n        partitions: 4"), "small.yaml")
     small = plan_file(small_path)
     assert small.step("join").op.kind == "transform"
-    assert ("broadcasts the table (its footers say it is within max_mb 256): partitions: 4 "
-            "applies to a shuffle join only (strategy: shuffle)") in subprocess.run(
+    # the table's columns the join reads (its key and segment), from the footers
+    size = _megabytes(ReadParquet(path=str(customers), columns=[
+        "customer_id", "segment"]).estimated_bytes() / 2**20)
+    assert size.endswith(" KB") and float(size[:-3].replace(",", "")) > 10
+    assert (f"broadcasts the table (its footers say ~{size}, within max_mb 256): read once "
+            "on the driver, sent to every partition; partitions: 4 applies to a shuffle "
+            "join only (strategy: shuffle)") in subprocess.run(
         [SLUICE, "plan", str(small_path)], cwd=workdir, capture_output=True, text=True,
         check=True).stdout
     path = write_pipeline(workdir, AUTO.format(max_mb=0.01), "big.yaml")
@@ -154,7 +161,7 @@ def test_auto_shuffles_a_table_over_max_mb_and_the_plan_says_so(customers: Path,
     shown = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
                            text=True, check=True).stdout
     assert ("shuffles: the rows and the table's rows by customer_id to the same places "
-            "through the scratch folder: its footers say ~0 MB, over max_mb 0.01, into as "
+            f"through the scratch folder: its footers say ~{size}, over max_mb 0.01, into as "
             "many partitions as the input or the table has (at most 200); rows in their "
             "order within each") in shown
     as_json = json.loads(subprocess.run([SLUICE, "plan", str(path), "--json"], cwd=workdir,
