@@ -100,7 +100,6 @@ _VALUE_ARG = {"lag", "lead", "cum_sum", "cum_count", "cum_mean", "cum_min", "cum
               "rolling_sum", "rolling_mean", "rolling_count", "rolling_min", "rolling_max",
               "next_sum", "next_mean", "next_count", "next_min", "next_max",
               "first_value", "last_value"}
-_SUMS = {"cum_sum", "cum_mean", "rolling_sum", "rolling_mean"}
 _SPAN = re.compile(r"^(\d+)\s*(second|minute|hour|day|week)s?$")
 _UNIT_US = {"second": 10**6, "minute": 60 * 10**6, "hour": 3600 * 10**6,
             "day": 86_400 * 10**6, "week": 7 * 86_400 * 10**6}
@@ -465,11 +464,15 @@ def _evaluates(rows: pa.Table, text: str) -> bool:
 
 def _over_key(w: WindowColumn, values: dict[str, pa.Array], peers: np.ndarray,
               first: np.ndarray, size: np.ndarray, index: np.ndarray) -> pa.Array:
-    """The functions of a row's place among all its key's rows (as Spark's)."""
+    """The functions of a row's place among all its key's rows (as Spark's); ``peers``:
+    the first row of each run of ties (of key and order)."""
     if w.fn == "first_value":
         return values[w.arg].take(pa.array(first))
     if w.fn == "last_value":
         return values[w.arg].take(pa.array(first + size - 1))
+    if w.fn == "dense_rank":
+        dense = np.cumsum(peers)
+        return pa.array(dense - dense[first] + 1)
     position = index - first  # from 0
     if w.fn == "ntile":
         groups = w.rows
@@ -477,7 +480,9 @@ def _over_key(w: WindowColumn, values: dict[str, pa.Array], peers: np.ndarray,
         head = larger * (small + 1)
         return pa.array(np.where(position < head, position // (small + 1),
                                  larger + (position - head) // np.maximum(small, 1)) + 1)
-    run_start = np.maximum.accumulate(np.where(peers, index, 0))
+    run_start = np.maximum.accumulate(np.where(peers, index, 0))  # its run of ties
+    if w.fn == "rank":
+        return pa.array(run_start - first + 1)
     if w.fn == "percent_rank":
         with np.errstate(invalid="ignore", divide="ignore"):
             out = (run_start - first) / (size - 1)
@@ -527,14 +532,9 @@ def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table,
     if w.fn == "row_number":
         return pa.array(index - first + 1)
     size = np.bincount(gid)[gid]  # the rows of each row's key
-    if w.fn in ("percent_rank", "cume_dist", "ntile", "first_value", "last_value"):
+    if w.fn in ("rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "first_value",
+                "last_value"):
         return _over_key(w, values, peers, first, size, index)
-    if w.fn in ("rank", "dense_rank"):  # peers: the first row of each run of ties
-        if w.fn == "rank":
-            run_start = np.maximum.accumulate(np.where(peers, index, 0))
-            return pa.array(run_start - first + 1)
-        dense = np.cumsum(peers)
-        return pa.array(dense - dense[first] + 1)
     if w.fn == "cum_count" and w.arg is None:
         return pa.array(index - first + 1)
     x = values[w.arg]
@@ -561,8 +561,7 @@ def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table,
     start, end = first, index
     ahead = w.fn.startswith("next_")
     if w.rows is not None and ahead:
-        last = first + np.bincount(gid)[gid] - 1
-        start, end = index + 1, np.minimum(last, index + w.rows)
+        start, end = index + 1, np.minimum(first + size - 1, index + w.rows)
     elif w.rows is not None:
         start = np.maximum(first, index - w.rows + 1)
     elif w.span_us is not None:
@@ -645,12 +644,8 @@ def _range_sums(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray
     ``end``): sums of runs of 2**k rows (each level from the one below), a window the sum
     of the runs its length's bits give, from its first row on: only its own values, in
     an order that depends on its length alone."""
-    n = len(x)
     length = np.maximum(end - start + 1, 0)
-    levels = [x]
-    while n and (1 << len(levels)) <= length.max():
-        below, half = levels[-1], 1 << (len(levels) - 1)
-        levels.append(below[:-half] + below[half:])
+    levels = _runs(x, length, np.add)
     total = np.zeros_like(x)
     at = np.where(length > 0, start, 0)
     for k in range(len(levels) - 1, -1, -1):
@@ -658,6 +653,16 @@ def _range_sums(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray
         total[use] += levels[k][at[use]]
         at[use] += 1 << k
     return total
+
+
+def _runs(x: np.ndarray, length: np.ndarray, combine: Any) -> list[np.ndarray]:
+    """Level k: ``combine`` of each run of 2**k rows from each row on (level k + 1 from
+    two runs of level k), up to the longest window's ``length``."""
+    levels = [x]
+    while len(x) and (1 << len(levels)) <= length.max():
+        below, half = levels[-1], 1 << (len(levels) - 1)
+        levels.append(combine(below[:-half], below[half:]))
+    return levels
 
 
 def _window_extreme(x: pa.Array, start: np.ndarray, end: np.ndarray,
@@ -681,10 +686,7 @@ def _window_extreme(x: pa.Array, start: np.ndarray, end: np.ndarray,
         v = pc.fill_null(plain_x.cast(pa.int64()), limit).to_numpy(zero_copy_only=False)
         pick = np.maximum if largest else np.minimum
     length = np.maximum(end - start + 1, 0)
-    levels = [v]
-    while n and (1 << len(levels)) <= length.max():
-        below, half = levels[-1], 1 << (len(levels) - 1)
-        levels.append(pick(below[:-half], below[half:]))
+    levels = _runs(v, length, pick)
     out = np.zeros_like(v)
     k = np.zeros(n, dtype=np.int64)
     k[length > 0] = np.floor(np.log2(length[length > 0])).astype(np.int64)
