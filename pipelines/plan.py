@@ -95,18 +95,33 @@ class Plan:
         if not chain or not chain[0].input:
             return None
         schema = self.step(chain[0].input).schema
-        kept = {s.id for s in chain}
-        lineage = self.chain_to(save_id)
-        for s in lineage[lineage.index(chain[0]) + 1:]:
-            if s.id in kept or isinstance(s.op, Sink | Action):
-                continue
-            before = self.step(s.input).schema if s.input else None
-            if schema is None or before is None or s.schema is None:
+        for s in self.data_steps_in_model(save_id):
+            added = self.added_by(s)
+            if schema is None or added is None:
                 return None
-            for f in s.schema:
-                if f.name not in before.names and schema.get_field_index(f.name) < 0:
+            for f in added:
+                if schema.get_field_index(f.name) < 0:
                     schema = schema.append(f)
         return schema
+
+    def data_steps_in_model(self, save_id: str) -> list[Step]:
+        """The steps among those ``save_id`` saves that the model does not keep (a join
+        between two fitted steps: a scoring pipeline repeats it before ``score``)."""
+        chain = self.model_chain(save_id)
+        if not chain:
+            return []
+        kept = {s.id for s in chain}
+        lineage = self.chain_to(save_id)
+        return [s for s in lineage[lineage.index(chain[0]) + 1:]
+                if s.id not in kept and not isinstance(s.op, Sink | Action)]
+
+    def added_by(self, step: Step) -> list[pa.Field] | None:
+        """The columns ``step`` adds to its input's, as planned (None where a schema is
+        not known)."""
+        before = self.step(step.input).schema if step.input else None
+        if before is None or step.schema is None:
+            return None
+        return [f for f in step.schema if f.name not in before.names]
 
     def model_chain(self, save_id: str) -> list[Step]:
         """The steps a ``save_model`` step saves: those from the source to it, less
@@ -427,7 +442,7 @@ def _check_data_steps_in_model(plan: Plan, save: Step) -> None:
         if not written:
             continue
         tainted = [c for c in s.op.input_columns(before) if c in written]
-        added = [n for n in s.schema.names if n not in before.names]
+        added = [f.name for f in plan.added_by(s) or []]
         later = set()
         for after in inside[i + 1:]:
             if after.id in kept and after.input:

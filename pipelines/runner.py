@@ -435,11 +435,8 @@ class Run:
         for s in self.plan.chain_to(save_id, through_shuffles=True):
             if s.id in kept or isinstance(s.op, Sink | Action) or s.input is None:
                 continue
-            before, after = self.plan.step(s.input).schema, s.schema
-            added = [] if before is None or after is None else [
-                n for n in after.names if n not in before.names]
             out.append({"step": s.id, "op": s.op.name, "params": given_params(s.op),
-                        "added_columns": added})
+                        "added_columns": [f.name for f in self.plan.added_by(s) or []]})
         return out
 
     def _profile(self, step: Step, chain: list[Step]) -> dict[str, Any]:
@@ -456,17 +453,12 @@ class Run:
                                                    if c in data.schema.names])
         # a column a data step among the model's adds (a join between two fitted steps)
         # is profiled on that step's rows, in a pass of its own
-        kept = {s.id for s in chain}
-        lineage = self.plan.chain_to(step.id)
-        for s in lineage[lineage.index(chain[0]) + 1:]:
-            if s.id in kept or isinstance(s.op, Sink | Action) or s.id not in self.datasets:
-                continue
-            later = self.datasets[s.id]
-            before = self.plan.step(s.input).schema if s.input else None
-            added = [c for c in needed if c in later.schema.names and c not in profile[
-                "columns"] and (before is None or c not in before.names)]
-            if added:
-                profile["columns"].update(self._profile_of(later, step.id, added)["columns"])
+        for s in self.plan.data_steps_in_model(step.id):
+            made = {f.name for f in self.plan.added_by(s) or []}
+            added = [c for c in needed if c in made and c not in profile["columns"]]
+            if added and s.id in self.datasets:
+                profile["columns"].update(self._profile_of(self.datasets[s.id], step.id,
+                                                           added)["columns"])
         return profile
 
     def _profile_of(self, data: Dataset, step_id: str, wanted: list[str]) -> dict[str, Any]:
