@@ -137,7 +137,9 @@ class _Joining:
         on = self.params.on
         return list(on.items()) if isinstance(on, dict) else [(k, k) for k in on]
 
+    @cached_property
     def _source(self) -> ReadParquet:
+        """The whole table's read (its schema, its columns), listed once per operator."""
         p = self.params
         return ReadParquet(path=p.path, filter=p.filter, storage_options=p.storage_options)
 
@@ -159,19 +161,28 @@ class _Joining:
                               hint="list only the columns to bring")
         return list(self.params.columns)
 
+    @cached_property
     def _reading(self) -> ReadParquet:
         """The table's read: only the columns the join uses are decoded (the filter may
-        use others)."""
+        use others); made once per operator."""
         p = self.params
-        wanted = [right for _, right in self.keys] + self._brought(self._source().schema())
+        wanted = [right for _, right in self.keys] + self._brought(self._source.schema())
         return ReadParquet(path=p.path, filter=p.filter, columns=wanted,
                            storage_options=p.storage_options)
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return [left for left, _ in self.keys]
 
+    def _reads_of(self, other: _Joining) -> _Joining:
+        """This operator, with the table's reads ``other`` made already (the files
+        listed and their footers read once)."""
+        for name in ("_source", "_reading"):
+            if name in other.__dict__:
+                self.__dict__[name] = other.__dict__[name]
+        return self
+
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        table_schema = self._source().schema()
+        table_schema = self._source.schema()
         try:
             require_columns(table_schema, [right for _, right in self.keys], "key column",
                             f"'{self.params.path}'")
@@ -297,13 +308,15 @@ class Join(_Joining, Transform):
             return cls(params)
         if params.strategy == "shuffle":
             return ShuffleJoin(params)
+        probe = cls(params)
         try:
-            size = cls(params)._reading().estimated_bytes()
+            size = probe._reading.estimated_bytes()
         except (SluiceError, OSError, pa.ArrowException):
             return cls(params)  # the table's problem is reported as the step plans
         if size > params.max_mb * 2**20:
-            return ShuffleJoin(params, estimated_mb=size / 2**20)
-        return cls(params, estimated_mb=size / 2**20)
+            return ShuffleJoin(params, estimated_mb=size / 2**20)._reads_of(probe)
+        probe.estimated_mb = size / 2**20
+        return probe
 
     def __init__(self, params: Any = None, estimated_mb: float | None = None, **kwargs: Any):
         super().__init__(params, **kwargs)
@@ -332,7 +345,7 @@ class Join(_Joining, Transform):
 
     def _read(self) -> pa.Table:
         keys = [right for _, right in self.keys]
-        source = self._reading()
+        source = self._reading
         table = pa.concat_tables([source.read(part) for part in source.partitions()] or
                                  [source.schema().empty_table()])
         mb = table.nbytes / 2**20
@@ -375,12 +388,8 @@ class _TableSide(ShuffleSide):
     def __init__(self, join: ShuffleJoin):
         self.join = join
 
-    @cached_property
-    def _read(self) -> ReadParquet:
-        return self.join._reading()
-
     def source(self) -> ReadParquet:
-        return self._read
+        return self.join._reading
 
     def key_columns(self) -> list[str]:
         return [_hidden(i) for i in range(len(self.join.keys))]
