@@ -138,6 +138,42 @@ def run_shuffle_case(data: Path, scratch: Path, case: str, engine: str, step: st
             step_seconds=shuffled.get("wall_seconds"), shuffle=shuffled.get("shuffle"))
 
 
+def load_output(path: Path, names: list[str], order: list[str],
+                floats: Any = ()) -> Any:
+    """An output's columns ``names`` (no more) sorted by ``order``, in one type per
+    column whichever side wrote it: integers as int64, times as int64 microseconds
+    (pandas writes nanoseconds, Spark may write INT96, read back as naive nanoseconds),
+    dates as date32, ``floats`` and floating columns as float64 with NaN as null, text
+    as string, dictionaries decoded; SystemExit when the columns differ."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(path, format="parquet")
+    if sorted(dataset.schema.names) != sorted(names):
+        raise SystemExit(f"bench: {path.name} has the columns {dataset.schema.names}, not "
+                         f"{names}")
+    table = dataset.to_table(columns=names)
+    columns = []
+    for name, column in zip(table.column_names, table.columns):
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        if pa.types.is_timestamp(column.type):
+            column = pc.cast(pc.cast(column, pa.timestamp("us", "UTC")), pa.int64())
+        elif pa.types.is_date(column.type):
+            column = pc.cast(column, pa.date32())
+        elif name in floats or pa.types.is_floating(column.type):
+            column = pc.cast(column, pa.float64())
+            column = pc.if_else(pc.is_nan(column), None, column)
+        elif pa.types.is_integer(column.type):
+            column = pc.cast(column, pa.int64())
+        elif pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+            column = pc.cast(column, pa.string())
+        columns.append(column)
+    return pa.table(columns, names=table.column_names).sort_by(
+        [(name, "ascending") for name in order]).combine_chunks()
+
+
 def _sluice(data: Path, scratch: Path, case: str, engine: str,
             columns: list[str] | None = None) -> None:
     """The aggregate of ``columns`` of ``COLUMNS`` by customer (``run_shuffle_case``)."""

@@ -59,7 +59,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate_cases import _record, run_shuffle_case, write_generated
+from bench.aggregate_cases import _record, load_output, run_shuffle_case, write_generated
 
 KEY = "customer_id"
 ORDER_ID = "order_id"
@@ -212,36 +212,9 @@ def dask_join_dask(data: Path, scratch: Path) -> None:
 # ---------------------------------------------------------------------- checks
 
 def _load(path: Path) -> Any:
-    """An output's columns (``COLUMNS``, no more) sorted by (customer_id, order_id), in
-    one type per column whichever a side wrote: ids as int64, times as int64
-    microseconds (Spark may write INT96, read back as naive nanoseconds), dates as
-    date32, strings as string, NaN as null."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    dataset = ds.dataset(path, format="parquet")
-    if sorted(dataset.schema.names) != sorted(COLUMNS):
-        raise SystemExit(f"bench: {path.name} has the columns {dataset.schema.names}, not "
-                         f"{COLUMNS}")
-    table = dataset.to_table(columns=COLUMNS)
-    columns = []
-    for name, column in zip(table.column_names, table.columns):
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
-        if name == "ts":
-            column = pc.cast(pc.cast(column, pa.timestamp("us", "UTC")), pa.int64())
-        elif name == "signup":
-            column = pc.cast(column, pa.date32())
-        elif pa.types.is_integer(column.type):
-            column = pc.cast(column, pa.int64())
-        elif pa.types.is_floating(column.type):
-            column = pc.if_else(pc.is_nan(column), None, pc.cast(column, pa.float64()))
-        elif pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
-            column = pc.cast(column, pa.string())
-        columns.append(column)
-    return pa.table(columns, names=table.column_names).sort_by(
-        [(KEY, "ascending"), (ORDER_ID, "ascending")]).combine_chunks()
+    """An output's ``COLUMNS`` sorted by (customer_id, order_id), one type per column
+    (``load_output``)."""
+    return load_output(path, COLUMNS, [KEY, ORDER_ID])
 
 
 def _same(data: Path, ours: Path, reference: Path) -> None:

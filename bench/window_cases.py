@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate_cases import _record, run_shuffle_case, write_generated
+from bench.aggregate_cases import _record, load_output, run_shuffle_case, write_generated
 
 KEY = "customer_id"
 ORDER = "ts"
@@ -78,7 +78,6 @@ COLUMNS = {
     "week": "rolling_sum(amount, '7 days')",
 }
 FLOATS = {"amount", "spend", "last3", "week"}
-TIMES = {ORDER, "prev_ts"}
 
 
 def window_events(out: Path, rows: int, files: int) -> None:
@@ -217,36 +216,9 @@ def spark_window_spark(data: Path, scratch: Path) -> None:
 # ---------------------------------------------------------------------- checks
 
 def _load(path: Path) -> Any:
-    """An output's columns (the input's and ``COLUMNS``, no more) sorted by (customer_id,
-    ts, n), in one type per column whichever a side wrote: ids and counts as int64,
-    times as int64 microseconds (pandas writes nanoseconds, Spark may write INT96),
-    strings as string, NaN as null."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    names = [*INPUT_COLUMNS, *COLUMNS]
-    dataset = ds.dataset(path, format="parquet")
-    if sorted(dataset.schema.names) != sorted(names):
-        raise SystemExit(f"bench: {path.name} has the columns {dataset.schema.names}, not "
-                         f"{names}")
-    table = dataset.to_table(columns=names)
-    columns = []
-    for name, column in zip(table.column_names, table.columns):
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
-        if name in TIMES:
-            column = pc.cast(pc.cast(column, pa.timestamp("us", "UTC")), pa.int64())
-        elif name in FLOATS:
-            column = pc.cast(column, pa.float64())
-            column = pc.if_else(pc.is_nan(column), None, column)
-        elif pa.types.is_integer(column.type):
-            column = pc.cast(column, pa.int64())
-        elif pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
-            column = pc.cast(column, pa.string())
-        columns.append(column)
-    return pa.table(columns, names=table.column_names).sort_by(
-        [(KEY, "ascending"), (ORDER, "ascending"), ("n", "ascending")]).combine_chunks()
+    """An output's input columns and ``COLUMNS`` sorted by (customer_id, ts, n), one type
+    per column (``load_output``)."""
+    return load_output(path, [*INPUT_COLUMNS, *COLUMNS], [KEY, ORDER, "n"], FLOATS)
 
 
 def _same(data: Path, ours: Path, reference: Path) -> None:
