@@ -174,6 +174,15 @@ def load_output(path: Path, names: list[str], order: list[str],
         [(name, "ascending") for name in order]).combine_chunks()
 
 
+def alike(x: Any, y: Any) -> Any:
+    """Per row, whether two columns hold the same value (both null counts as the same),
+    as a NumPy bool array."""
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.or_kleene(pc.and_(pc.is_null(x), pc.is_null(y)), pc.equal(x, y)),
+                        False).to_numpy(zero_copy_only=False)
+
+
 def _sluice(data: Path, scratch: Path, case: str, engine: str,
             columns: list[str] | None = None) -> None:
     """The aggregate of ``columns`` of ``COLUMNS`` by customer (``run_shuffle_case``)."""

@@ -41,7 +41,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate_cases import run_shuffle_case, write_generated
+from bench.aggregate_cases import alike, run_shuffle_case, write_generated
 
 KEY = "customer_id"
 ORDER = "updated_at"
@@ -225,8 +225,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
     single = pa.array(~tied)
     for name in COLUMNS[2:]:
         x, y = a[name].filter(single), b[name].filter(single)
-        same = pc.fill_null(pc.or_kleene(pc.and_(pc.is_null(x), pc.is_null(y)),
-                                         pc.equal(x, y)), False).to_numpy(zero_copy_only=False)
+        same = alike(x, y)
         if not same.all():
             i = int(np.flatnonzero(~same)[0])
             problems.append(f"{name}: {int((~same).sum()):,} of {len(same):,} untied keys "

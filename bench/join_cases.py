@@ -59,7 +59,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate_cases import _record, load_output, run_shuffle_case, write_generated
+from bench.aggregate_cases import _record, alike, load_output, run_shuffle_case, write_generated
 
 KEY = "customer_id"
 ORDER_ID = "order_id"
@@ -237,8 +237,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
                          + "; ".join(problems))
     for name in COLUMNS:
         x, y = a[name], b[name]
-        same = pc.fill_null(pc.or_kleene(pc.and_(pc.is_null(x), pc.is_null(y)),
-                                         pc.equal(x, y)), False).to_numpy(zero_copy_only=False)
+        same = alike(x, y)
         if not same.all():
             i = int(np.flatnonzero(~same)[0])
             problems.append(f"{name}: {int((~same).sum()):,} of {len(same):,} rows differ "
