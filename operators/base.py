@@ -449,6 +449,10 @@ class Shuffle(Operator):
     # came (the runtime brings them in the input's order: partition by partition);
     # "groups": each key's rows together, in an order of the operator's own
     row_order: ClassVar[str] = "keys"
+    # True: a key's partial rows may be finished in several places, each given the
+    # sides' whole rows of the key (a join looks each row up on its own), so that the
+    # runtime may split a key with too many rows (skew); False: a key meets in one place
+    splittable: ClassVar[bool] = False
 
     @abstractmethod
     def output_schema(self, schema: pa.Schema) -> pa.Schema: ...

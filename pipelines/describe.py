@@ -25,7 +25,7 @@ from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
 from operators.score.score import Score
 from pipelines.plan import Plan, Step
-from pipelines.shuffle import MAX_DEFAULT_BUCKETS
+from pipelines.shuffle import DEFAULT_PARTITION_MB
 
 
 def shown_params(params: dict[str, Any] | None) -> str:
@@ -105,16 +105,16 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                                           if op.params.partitions is not None else ""))
     elif isinstance(op, Shuffle):
         parts = getattr(op.params, "partitions", None)
-        into = (f"{parts} partitions" if parts else "as many partitions as its input has "
-                f"(at most {MAX_DEFAULT_BUCKETS})")
+        mb = getattr(op.params, "partition_mb", None) or DEFAULT_PARTITION_MB
+        into = (f"{parts} partitions" if parts else
+                f"partitions of up to {mb:g} MB, as many as the rows need")
         if isinstance(op, ShuffleJoin):
             why = (f": its footers say ~{_megabytes(op.estimated_mb)}, over max_mb "
                    f"{op.params.max_mb:g}" if op.estimated_mb is not None else "")
             notes.append(f"shuffles: the rows and the table's rows by "
                          f"{', '.join(left for left, _ in op.keys)} to the same places "
-                         f"through the scratch folder{why}, into "
-                         + (into if parts else "as many partitions as the input or the "
-                            f"table has (at most {MAX_DEFAULT_BUCKETS})")
+                         f"through the scratch folder{why}, into {into}"
+                         + ("" if parts else " (a key of more rows split among several)")
                          + "; rows in their order within each")
         elif isinstance(op, Window):
             order = ", ".join(op.params.order)

@@ -44,6 +44,8 @@ from pipelines.shuffle import (
     bucket_count,
     claim_scratch,
     default_scratch,
+    exact,
+    pieces,
     remove_scratch,
     scratch_note,
 )
@@ -334,23 +336,33 @@ class Run:
         # name in the engine's figures
         sides = [(side, self.engine.read(side.source(), f"{step.id} ({side.name})",
                                           side.source().schema())) for side in op.sides()]
-        buckets = bucket_count(op, max(len(self.engine.partitions(d))
-                                       for d in [data, *(d for _, d in sides)]))
+        inputs = max(len(self.engine.partitions(d)) for d in [data, *(d for _, d in sides)])
+        buckets = bucket_count(op, inputs)
         url = f"{self.scratch.rstrip('/')}/{step.id}"
-        written = self.engine.write(data, step.id, ShuffleWrite(op, url, buckets), self.run_id)
-        figures = {"partial_rows": written["partial_rows"], "files": written["files"],
-                   "partitions": buckets}
-        side_urls = []
+        # rows of several buckets of one partition are put back in order by their places
+        positions = op.row_order == "input" and not exact(op)
+        written = self.engine.write(data, step.id, ShuffleWrite(op, url, buckets,
+                                                                positions=positions),
+                                    self.run_id)
+        figures = {"partial_rows": written["partial_rows"], "files": written["files"]}
+        side_urls, side_written = [], []
         for side, side_data in sides:
             side_url = f"{url}/{side.name}"
-            side_written = self.engine.write(side_data, f"{step.id} ({side.name})",
-                                             ShuffleWrite(side, side_url, buckets),
-                                             self.run_id)
-            figures[f"{side.name}_rows"] = side_written["partial_rows"]
-            figures["files"] += side_written["files"]
-            side_urls.append((side_url, side.partial_schema(side_data.schema), side_written))
+            made = self.engine.write(side_data, f"{step.id} ({side.name})",
+                                     ShuffleWrite(side, side_url, buckets), self.run_id)
+            figures[f"{side.name}_rows"] = made["partial_rows"]
+            figures["files"] += made["files"]
+            side_urls.append((side_url, side.partial_schema(side_data.schema), made))
+            side_written.append(made)
+        chosen = pieces(op, written, side_written, inputs)
+        split = sorted({p.lo for p in chosen if p.files is not None})
+        figures.update({
+            "partitions": len(chosen), "buckets": buckets,
+            "largest_mb": round(max(p.bytes for p in chosen) / 2**20, 3),
+            **({"split_buckets": len(split)} if split else {})})
         self.record["steps"][step.id]["shuffle"] = figures
-        source = ShuffledSource(op, url, data.schema, written, sides=side_urls)
+        source = ShuffledSource(op, url, data.schema, written, sides=side_urls,
+                                pieces=chosen, positions=positions)
         return self.engine.read(source, step.id, source.schema())
 
     def _tune(self, step: Step, data: Dataset) -> tuple[Transform, dict[str, Any], Dataset]:

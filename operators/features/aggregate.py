@@ -57,7 +57,9 @@ from operators.features.grouping import (
     key_problem,
     nested,
     normalized,
+    one_partitioning,
     ordered,
+    partition_mb_field,
     partitions_field,
     plain,
     sorted_order,
@@ -203,6 +205,8 @@ class AggregateParams(Params):
                                   "count_if(kind == 'refund')`, `n: count()`; "
                                   f"functions: {', '.join(FUNCTIONS)}")
     partitions: int | None = partitions_field()
+    partition_mb: float | None = partition_mb_field()
+    _one_partitioning = model_validator(mode="after")(one_partitioning)
 
     _distinct_keys = field_validator("by")(distinct_keys)
 

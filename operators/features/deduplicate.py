@@ -24,7 +24,9 @@ from operators.features.grouping import (
     distinct_keys,
     key_problem,
     normalized,
+    one_partitioning,
     ordered,
+    partition_mb_field,
     partitions_field,
     plain,
     sorted_order,
@@ -45,6 +47,8 @@ class DeduplicateParams(Params):
     keep: Literal["last", "first"] = Field(
         "last", description="last: the row of the largest order; first: the smallest")
     partitions: int | None = partitions_field()
+    partition_mb: float | None = partition_mb_field()
+    _one_partitioning = model_validator(mode="after")(one_partitioning)
 
     _distinct_keys = field_validator("by")(distinct_keys)
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from operators.base import SchemaError
+from operators.base import ParamError, SchemaError
 from operators.features.columns import unique_names
 
 # internal column names start with a NUL character: no column of a user's is named so
@@ -20,11 +20,29 @@ _GROUP_ROWS = f"{INTERNAL}row"
 _PER_KEY_NULLS = int(pa.__version__.split(".")[0]) >= 25
 
 
-def partitions_field() -> Any:
+def partitions_field(default: str = "as many as the input has (at most 1024), put "
+                                       "together up to partition_mb") -> Any:
     """A shuffle step's ``partitions`` parameter."""
     return Field(None, ge=1, le=10_000, description="output partitions (rows go by a hash "
-                                                    "of their keys); default: as many as "
-                                                    "the input has, at most 200")
+                                                    f"of their keys); default: {default}")
+
+
+def partition_mb_field() -> Any:
+    """A shuffle step's ``partition_mb`` parameter."""
+    return Field(None, gt=0, description="without partitions: the most memory an output "
+                                         "partition's rows take before the next are put in "
+                                         "another (default 64; keys of one hash bucket stay "
+                                         "together)")
+
+
+def one_partitioning(params: Any) -> Any:
+    """A model validator of a shuffle step's parameters: ``partitions`` or
+    ``partition_mb``, not both."""
+    if params.partitions is not None and params.partition_mb is not None:
+        raise ParamError("partitions and partition_mb: give one (partitions: exactly so "
+                         "many; partition_mb: as many as the rows need)",
+                         hint="drop one of them")
+    return params
 
 
 def distinct_keys(cls: Any, value: list[str]) -> list[str]:

@@ -35,7 +35,13 @@ from operators.base import (
     require_columns,
 )
 from operators.features.columns import unique_names
-from operators.features.grouping import INTERNAL, normalized, plain
+from operators.features.grouping import (
+    INTERNAL,
+    normalized,
+    one_partitioning,
+    partitions_field,
+    plain,
+)
 from operators.io.parquet import ReadParquet
 
 
@@ -63,10 +69,14 @@ class JoinParams(Params):
                             "takes more than max_mb")
     max_mb: float = Field(256, gt=0, description="the most memory a broadcast table may "
                                                  "take on every worker")
-    partitions: int | None = Field(
-        None, ge=1, le=10_000, description="a shuffle join's output partitions; default: "
-                                           "as many as the input or the table has, at "
-                                           "most 200")
+    partitions: int | None = partitions_field(
+        "as many as the input or the table has (at most 1024), put together up to "
+        "partition_mb")
+    partition_mb: float | None = Field(
+        None, gt=0, description="without partitions: the most memory an output "
+                                "partition's rows and its share of the table take before "
+                                "the next are put in another (default 64); a key of more "
+                                "rows is split among several, each with its table rows")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for a URL")
 
@@ -92,10 +102,11 @@ class JoinParams(Params):
         if self.how == "anti" and self.columns:
             raise ParamError("how: anti keeps the rows without a match, which bring no "
                              "column", hint="drop columns:, or use how: left")
-        if self.strategy == "broadcast" and self.partitions is not None:
-            raise ParamError("partitions: a broadcast join keeps its input's partitions",
-                             hint="drop partitions:, or use strategy: shuffle")
-        return self
+        for name in ("partitions", "partition_mb"):
+            if self.strategy == "broadcast" and getattr(self, name) is not None:
+                raise ParamError(f"{name}: a broadcast join keeps its input's partitions",
+                                 hint=f"drop {name}:, or use strategy: shuffle")
+        return one_partitioning(self)
 
 
 def _comparable(t: pa.DataType) -> pa.DataType:
@@ -413,6 +424,7 @@ class ShuffleJoin(_Joining, Shuffle):
     in_model = False
     new_rows = False
     row_order = "input"
+    splittable = True
     Params = JoinParams
     _among = " in this share of the table"
 

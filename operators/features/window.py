@@ -50,7 +50,9 @@ from operators.features.grouping import (
     key_problem,
     nested,
     normalized,
+    one_partitioning,
     ordered,
+    partition_mb_field,
     partitions_field,
     plain,
     sorted_order,
@@ -195,6 +197,8 @@ class WindowParams(Params):
         description="new columns: {name: function(expression)}, e.g. {prev_amount: "
                     "lag(amount), n: row_number(), spend_7d: rolling_sum(amount, '7 days')}")
     partitions: int | None = partitions_field()
+    partition_mb: float | None = partition_mb_field()
+    _one_partitioning = model_validator(mode="after")(one_partitioning)
 
     _distinct_keys = field_validator("by")(distinct_keys)
 

@@ -5,6 +5,7 @@ step and the partition, and a scratch folder that does not outlive the run."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -117,21 +118,24 @@ def check_features(got: pd.DataFrame, want: pd.DataFrame) -> None:
 def test_an_aggregate_is_pandas_group_by_on_every_engine(events: Path, workdir: Path,
                                                          engine: Engine) -> None:
     scratch = workdir / "scratch"
-    record = run(write_pipeline(workdir, AGGREGATE.format(partitions="")),
-                 engine_instance=engine, scratch=str(scratch))
+    record = run(write_pipeline(workdir, AGGREGATE.format(
+        partitions="\n        partition_mb: 0.5")), engine_instance=engine, scratch=str(scratch))
     out = workdir / "out" / "features"
     check_features(ds.dataset(out).to_table().to_pandas(), pandas_features(events))
     step = record["steps"]["features"]
     assert step["rows"] == CUSTOMERS + 1 and step["kind"] == "shuffle"
     assert record["steps"]["read_parquet"]["rows"] == 24_000
     # a partition of the input per row group (16), each sending its partial rows (one
-    # per customer it has) to the output partition of their key
-    assert step["shuffle"]["partitions"] == 16
-    assert step["shuffle"]["files"] == 16  # one a partition, a record batch a bucket
-    assert CUSTOMERS < step["shuffle"]["partial_rows"] <= 16 * (CUSTOMERS + 1)
+    # per customer it has) to the bucket of their key, of 16; neighbouring buckets put
+    # together into output partitions of at most 0.5 MB (1 MB of partial rows in all)
+    shuffle = step["shuffle"]
+    assert shuffle["buckets"] == 16 and 2 < shuffle["partitions"] < 16
+    assert shuffle["largest_mb"] <= 0.5
+    assert shuffle["files"] == 16  # one a partition, a record batch a bucket
+    assert CUSTOMERS < shuffle["partial_rows"] <= 16 * (CUSTOMERS + 1)
     # each output partition holds its keys in order, and a key is in one only
     files = sorted(out.glob("*.parquet"))
-    assert len(files) == 16
+    assert len(files) == shuffle["partitions"]
     seen: set[int] = set()
     for file in files:
         keys = pq.read_table(file)["customer_id"].to_pylist()
@@ -143,27 +147,37 @@ def test_an_aggregate_is_pandas_group_by_on_every_engine(events: Path, workdir: 
 
 def test_every_engine_and_partitioning_gives_the_same_rows(events: Path, workdir: Path,
                                                            engine: Engine) -> None:
-    """The same output partitions give the same table, value for value, on every engine;
-    other output partitions the same rows in another order."""
-    path = write_pipeline(workdir, AGGREGATE.format(partitions="\n        partitions: 5"))
-    run(path, engine_instance=engine)
-    got = ds.dataset(workdir / "out" / "features").to_table()
-    text = path.read_text().replace("partition_mb: 0.02", "partition_mb: 64").replace(
-        "out/features", "out/whole").replace("partitions: 5", "partitions: 5")
-    run(write_pipeline(workdir, text, "whole.yaml"))  # 4 input partitions, local engine
-    whole = ds.dataset(workdir / "out" / "whole").to_table()
-    local = run(write_pipeline(workdir, path.read_text().replace("out/features", "out/local"),
-                               "local.yaml"))
-    assert local["steps"]["features"]["shuffle"]["partitions"] == 5
-    assert got.equals(ds.dataset(workdir / "out" / "local").to_table())
-    order = [("customer_id", "ascending")]
-    a, b = got.sort_by(order), whole.sort_by(order)
-    for name in got.column_names:
-        if pa.types.is_floating(got.schema.field(name).type):
-            np.testing.assert_allclose(a[name].to_numpy(zero_copy_only=False),
-                                       b[name].to_numpy(zero_copy_only=False), rtol=1e-12)
-        else:
-            assert a[name].equals(b[name]), name
+    """The same output partitions give the same table, value for value, on every engine
+    (partitions given, or put together from the buckets by size); other output
+    partitions the same rows in another order."""
+    for given, count in (("partitions: 5", 5), ("partition_mb: 0.5", None)):
+        for made in ("features", "local", "whole"):
+            shutil.rmtree(workdir / "out" / made, ignore_errors=True)
+        path = write_pipeline(workdir, AGGREGATE.format(partitions=f"\n        {given}"))
+        record = run(path, engine_instance=engine)
+        got = ds.dataset(workdir / "out" / "features").to_table()
+        local = run(write_pipeline(workdir, path.read_text().replace(
+            "out/features", "out/local"), "local.yaml"))
+        assert local["steps"]["features"]["shuffle"] == record["steps"]["features"]["shuffle"]
+        assert record["steps"]["features"]["shuffle"]["partitions"] == (count or 11)
+        assert got.equals(ds.dataset(workdir / "out" / "local").to_table())
+        # 4 input partitions, local engine; the default partition_mb: all in one
+        text = path.read_text().replace("partition_mb: 0.02", "partition_mb: 64").replace(
+            "out/features", "out/whole")
+        text = "".join(line for line in text.splitlines(keepends=True) if given not in line)
+        whole = run(write_pipeline(workdir, text, "whole.yaml"))
+        assert whole["steps"]["features"]["shuffle"]["buckets"] == 4
+        assert whole["steps"]["features"]["shuffle"]["partitions"] == 1
+        whole = ds.dataset(workdir / "out" / "whole").to_table()
+        order = [("customer_id", "ascending")]
+        a, b = got.sort_by(order), whole.sort_by(order)
+        for name in got.column_names:
+            if pa.types.is_floating(got.schema.field(name).type):
+                np.testing.assert_allclose(a[name].to_numpy(zero_copy_only=False),
+                                           b[name].to_numpy(zero_copy_only=False),
+                                           rtol=1e-12)
+            else:
+                assert a[name].equals(b[name]), name
 
 
 OVERALL = """

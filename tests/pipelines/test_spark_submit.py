@@ -425,6 +425,7 @@ SUMMARY = """
       - id: summary
         op: aggregate
         by: [region, plan]
+        partitions: 3
         columns:
           customers: count()
           tax: max(tax_rate)
@@ -462,7 +463,7 @@ def test_spark_submit_aggregates_on_bare_workers_through_retries(
     assert done.returncode == 0, done.stdout + done.stderr[-5000:]
     assert sorted(p.name for p in markers.iterdir()) == ["crashed", "raised"]
     (record,) = records(folder / "runs", "churn_summary")
-    assert record["steps"]["summary"]["shuffle"]["partitions"] > 1
+    assert record["steps"]["summary"]["shuffle"]["partitions"] == 3
     assert record["steps"]["join"]["shuffle"]["table_rows"] == 3
     assert scratch.is_dir() and not list(scratch.iterdir())
     local = pipeline(folder, "local.yaml", SUMMARY.format(

@@ -104,8 +104,8 @@ def test_window_then_aggregate_and_the_plan_says_what_it_does(events: Path,
     shown = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
                            text=True, check=True).stdout
     assert ("shuffles: the rows of each customer_id to one place (through the scratch "
-            "folder), ordered by ts, into as many partitions as its input has (at most "
-            "200); every row kept") in shown
+            "folder), ordered by ts, into partitions of up to 64 MB, as many as the rows "
+            "need; every row kept") in shown
     one_key = write_pipeline(workdir, FEATURES.replace("by: [customer_id]\n        order",
                                                        "by: []\n        order"), "all.yaml")
     assert ("shuffles: all the rows to one place (one key: no by), ordered by ts, into 1 "
