@@ -18,10 +18,11 @@ Otherwise there are as many buckets as input partitions (at most ``MAX_BUCKETS``
 neighbouring buckets are put together while their rows take at most ``partition_mb`` in
 memory (at least a quarter of it, unless the input's partitions average more), so that an
 output partition is neither a sliver nor larger than that, whatever the data's size. A
-bucket larger than that of a shuffle whose keys may be split (``Shuffle.splittable``: a
-join, whose rows are each looked up on their own) is split by the files that wrote it,
-each piece with the sides' whole bucket (Spark's skew join). The pieces depend on the data
-and the input's partitioning only, never on the engine: the same files on every engine.
+bucket larger than ``partition_mb`` of a shuffle whose keys may be split
+(``Shuffle.splittable``: a join, whose rows are each looked up on their own) is split by
+the files that wrote it, each piece with the sides' whole bucket (Spark's skew join). The
+pieces depend on the data and the input's partitioning only, never on the engine: the
+same files on every engine.
 
 A shuffle with sides (a shuffle join's table) writes each side's partitions the same
 way, by the same hash of keys of the same types, under ``<step>/<side name>/``; bucket B
@@ -138,7 +139,9 @@ def pieces(op: Shuffle, written: dict[str, Any], sides: list[dict[str, Any]],
             out.append(Piece(lo, hi, rows=int(rows[lo:hi].sum()), bytes=int(size[lo:hi].sum())))
 
     for b in range(len(rows)):
-        if op.splittable and size[b] > target:
+        # split only past partition_mb itself: a bucket over the target by the hash's
+        # chance is not worth reading the sides' share twice for
+        if op.splittable and size[b] > cap:
             split = _split(b, written["file_buckets"], max(target - theirs[b], target / 4),
                            int(theirs[b]))
             if len(split) > 1:

@@ -93,6 +93,9 @@ def test_a_joins_skewed_bucket_is_split_by_files_each_with_the_whole_table_share
     assert [p.rows for p in split] == [6000, 6000]
     assert [p.bytes / MB for p in split] == [7, 7]
     assert [(p.lo, p.hi) for p in chosen if p.files is None] == [(0, 1), (2, 3)]
+    # over the target (here the input partitions' average, 4 MB) by the hash's chance,
+    # but within partition_mb: whole
+    assert all(p.files is None for p in pieces(op, written([4, 6, 2], files), [], 4))
     # a bucket of a window (a key meets in one place) is never split
     window = Window(by=["k"], order=["t"], columns={"n": "row_number()"}, partition_mb=8)
     assert [(p.lo, p.hi, p.files) for p in pieces(window, written(sizes, files), [], 5)] == [
