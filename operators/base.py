@@ -147,6 +147,16 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
         """Columns of the input this operator reads (checked at plan time)."""
         return []
 
+    def step_inputs(self) -> list[str]:
+        """Other steps of the pipeline whose rows this one reads besides its input (a
+        join's ``table:``): they run first, and their schemas are bound before this
+        step plans (``bind_step_schema``)."""
+        return []
+
+    def bind_step_schema(self, step_id: str, schema: pa.Schema) -> None:
+        """The planned schema of ``step_id``, one of ``step_inputs()``."""
+        raise NotImplementedError(f"{self.name} names steps_inputs but binds no schema")
+
     def check_input(self, schema: pa.Schema) -> None:
         """MissingColumnError naming the columns this step reads that ``schema`` lacks
         (checked as the pipeline plans)."""
@@ -410,6 +420,12 @@ class ShuffleSide(ABC):
     input's partial keys, so that equal keys meet)."""
 
     name: str = "side"
+
+    @property
+    def step(self) -> str | None:
+        """The step of the pipeline whose rows are this side (the runtime takes them as
+        that step made them), or None: ``source()`` reads it."""
+        return None
 
     @abstractmethod
     def source(self) -> Source: ...

@@ -94,6 +94,17 @@ def _notes(plan: Plan, step: Step) -> list[str]:
         notes.append(f"saves {', '.join(chain)} as '{op.params.name}' (the next version)"
                      + (f", aliases {', '.join(op.params.aliases)}" if op.params.aliases
                         else ""))
+    elif isinstance(op, Join | ShuffleJoin) and op.params.table is not None:
+        table = f"step '{op.params.table}'"
+        how = {"broadcast": f"broadcasts its rows: collected on the driver when {table} "
+                            "has run, sent to every partition",
+               "shuffle": f"shuffles: the rows and {table}'s rows by "
+                          f"{', '.join(left for left, _ in op.keys)} to the same places "
+                          "through the scratch folder; rows in their order within each",
+               "auto": f"decided when {table} has run: a broadcast of its rows if they take "
+                       f"at most max_mb {op.params.max_mb:g} (as its source estimates them), "
+                       "else a shuffle"}[op.params.strategy]
+        notes.append(f"joins the rows of {table} as its table; {how}")
     elif isinstance(op, Join) and (op.estimated_mb is not None
                                    or op.params.partitions is not None):
         size = (f"its footers say ~{_megabytes(op.estimated_mb)}, within max_mb "
@@ -159,6 +170,7 @@ def describe(plan: Plan) -> list[dict[str, Any]]:
         upstream = plan.step(step.input) if step.input else None
         entry: dict[str, Any] = {
             "id": step.id, "op": step.op.name, "kind": step.op.kind, "input": step.input,
+            **({"reads": step.op.step_inputs()} if step.op.step_inputs() else {}),
             "line": step.spec.line, "params": _plain(step.spec.params), "notes": _notes(plan, step),
             "columns": None if step.open and not isinstance(step.op, Source)
             else _columns(step.schema),
@@ -181,6 +193,7 @@ def format_plan(plan: Plan, entries: list[dict[str, Any]]) -> list[str]:
              "the order they run"]
     for entry in entries:
         source = f" <- {entry['input']}" if entry["input"] else ""
+        source += "".join(f", table {other}" for other in entry.get("reads", []))
         lines.append(f"  {entry['id']}: {entry['op']}{source}  (line {entry['line']})")
         if entry["params"]:
             lines.append(f"      given: {shown_params(entry['params'])}")

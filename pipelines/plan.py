@@ -70,7 +70,10 @@ class Plan:
         return next(s for s in self.steps if s.id == step_id)
 
     def consumers(self, step_id: str) -> list[Step]:
-        return [s for s in self.steps if s.input == step_id]
+        """The steps that read ``step_id``'s rows: as their input, or besides it (a
+        join's ``table:``)."""
+        return [s for s in self.steps if s.input == step_id
+                or step_id in s.op.step_inputs()]
 
     def chain_to(self, step_id: str, through_shuffles: bool = False) -> list[Step]:
         """The steps from the source (exclusive) to ``step_id`` (inclusive), in order; a
@@ -209,6 +212,12 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
             problem(s, f"`input: {s.input}` names no step{suggest(s.input, ids)}", "input")
             if s.id in built:
                 built[s.id].input = None
+        for other in built[s.id].op.step_inputs() if s.id in built else []:
+            param = next((k for k, v in s.params.items() if v == other), "op")
+            if other not in ids:
+                problem(s, f"{param}: '{other}' names no step{suggest(other, ids)}", param)
+            elif other == s.id:
+                problem(s, f"{param}: a step cannot read its own rows", param)
     _link_saved_models(built)
     plan.steps = _toposort(built, plan, file)
     _propagate(plan, resolve_model)
@@ -309,8 +318,8 @@ def _toposort(built: dict[str, Step], plan: Plan, file: str) -> list[Step]:
             return
         state[step_id] = 1
         step = built[step_id]
-        for before in (step.input, step.saved_by):
-            if before is not None:
+        for before in (step.input, step.saved_by, *step.op.step_inputs()):
+            if before is not None and before != step_id:
                 visit(before, [*trail, step_id])
         state[step_id] = 2
         order.append(step)
@@ -355,6 +364,11 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                     isinstance(c.op, Estimator) for c in plan.model_chain(step.id)):
                 raise SchemaError("nothing is fitted before save_model",
                                   hint="put save_model after a model step")
+            others = [by_id.get(o) for o in step.op.step_inputs()]
+            if any(o is None or o.schema is None for o in others):
+                continue  # a step it reads has a problem reported
+            for other in others:
+                step.op.bind_step_schema(other.id, other.schema)
             if isinstance(step.op, SaveModel):
                 _check_fits_before_shuffles(plan, step)
                 _check_data_steps_in_model(plan, step)

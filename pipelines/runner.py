@@ -30,6 +30,7 @@ from operators.evaluate.drift import (
     profiled_columns,
 )
 from operators.evaluate.promote import Promote
+from operators.features.join import Join
 from operators.io.fs import release_dir, written_whole
 from operators.io.model import SaveModel
 from pipelines import profiles
@@ -283,6 +284,8 @@ class Run:
         return exc.located(f"{here}: step '{step.id}' ({step.op.name})")
 
     def _step(self, step: Step) -> None:
+        if isinstance(step.op, Join) and step.op.params.table is not None:
+            self._join_step_table(step)
         op = step.op
         data = self.datasets.get(step.input) if step.input else None
         if isinstance(op, Source):
@@ -326,16 +329,35 @@ class Run:
             self.datasets[step.id] = self.engine.map(data, step.id, op, schema,
                                                      self.placement(step))
 
+    def _join_step_table(self, step: Step) -> None:
+        """A broadcast join of a table step's rows (``table:``): with ``auto``, a
+        shuffle join instead when the run estimates the rows over ``max_mb`` (or cannot
+        estimate them); a broadcast collects them on the driver."""
+        op = step.op
+        assert isinstance(op, Join)
+        table = self.datasets[op.params.table]
+        estimate = getattr(table.source, "estimated_bytes", None)
+        chosen = op.decided(estimate() if estimate is not None else None)
+        entry = self.record["steps"][step.id]
+        entry["strategy"] = "broadcast" if isinstance(chosen, Join) else "shuffle"
+        if chosen.estimated_mb is not None:
+            entry["estimated_mb"] = round(chosen.estimated_mb, 3)
+        entry["kind"] = chosen.kind
+        if isinstance(chosen, Join):
+            chosen.bind_table(self.engine.collect(table))
+        step.op = chosen
+
     def _shuffle(self, step: Step, data: Dataset) -> Dataset:
         """A shuffle step: every partition's partial rows written to the scratch folder
         by a hash of their keys, then read back as a source whose partitions combine
         them (``pipelines/shuffle.py``)."""
         op = step.op
         assert isinstance(op, Shuffle)
-        # a side (a shuffle join's table) is read as a source of its own, under its own
-        # name in the engine's figures
-        sides = [(side, self.engine.read(side.source(), f"{step.id} ({side.name})",
-                                          side.source().schema())) for side in op.sides()]
+        # a side (a shuffle join's table) is a step's rows, or read as a source of its own,
+        # under its own name in the engine's figures
+        sides = [(side, self.datasets[side.step] if side.step is not None else
+                  self.engine.read(side.source(), f"{step.id} ({side.name})",
+                                   side.source().schema())) for side in op.sides()]
         inputs = max(len(self.engine.partitions(d)) for d in [data, *(d for _, d in sides)])
         buckets = bucket_count(op, inputs)
         url = f"{self.scratch.rstrip('/')}/{step.id}"

@@ -340,6 +340,11 @@ class ShuffledSource(Source):
     def schema(self) -> pa.Schema:
         return self._schema
 
+    def estimated_bytes(self) -> int:
+        """About how much memory the output takes: its partial rows' (a group-by's
+        output rows are fewer)."""
+        return sum(p.bytes for p in self.pieces)
+
     def partitions(self) -> list[PartitionInfo]:
         return [PartitionInfo(index=i, path=f"{self.url} ({_buckets(p)})", rows=p.rows)
                 for i, p in enumerate(self.pieces)]

@@ -46,7 +46,11 @@ from operators.io.parquet import ReadParquet
 
 
 class JoinParams(Params):
-    path: str = Field(description="the table to join: a Parquet file, directory, glob or URL")
+    path: str | None = Field(None, description="the table to join: a Parquet file, "
+                                               "directory, glob or URL")
+    table: str | None = Field(
+        None, description="or: a step of this pipeline whose rows are the table (an "
+                          "aggregate's features by customer, a deduplicate's latest rows)")
     on: list[str] | dict[str, str] = Field(
         description="key columns: [customer_id] (the same name on both sides), or "
                     "{input column: table column}; a null key matches nothing")
@@ -99,6 +103,17 @@ class JoinParams(Params):
 
     @model_validator(mode="after")
     def _consistent(self) -> JoinParams:
+        if (self.path is None) == (self.table is None):
+            raise ParamError("give path (a Parquet table) or table (a step of this "
+                             "pipeline)" + (", not both" if self.path else ""),
+                             hint="path: data/customers, or table: customer_features")
+        if self.table is not None:
+            for name in ("filter", "storage_options"):
+                if getattr(self, name):
+                    raise ParamError(f"{name}: applies to a table read from path; the "
+                                     f"rows of step '{self.table}' are as it makes them",
+                                     hint=f"drop {name}:, or filter in a step before "
+                                          f"'{self.table}'")
         if self.how == "anti" and self.columns:
             raise ParamError("how: anti keeps the rows without a match, which bring no "
                              "column", hint="drop columns:, or use how: left")
@@ -154,6 +169,31 @@ class _Joining:
         p = self.params
         return ReadParquet(path=p.path, filter=p.filter, storage_options=p.storage_options)
 
+    @property
+    def _named(self) -> str:
+        """The table, as messages name it."""
+        return f"step '{self.params.table}'" if self.params.table else f"'{self.params.path}'"
+
+    def step_inputs(self) -> list[str]:
+        return [self.params.table] if self.params.table else []
+
+    def bind_step_schema(self, step_id: str, schema: pa.Schema) -> None:
+        self._given_schema = schema
+
+    def _table_schema(self) -> pa.Schema:
+        """The table's columns: its files', or the schema of the step that makes it."""
+        if self.params.table is None:
+            return self._source.schema()
+        schema = getattr(self, "_given_schema", None)
+        if schema is None:
+            raise SchemaError(f"table: the columns of step '{self.params.table}' are not "
+                              "known yet", hint="fix that step's problem first")
+        return schema
+
+    def _wanted(self, table_schema: pa.Schema) -> list[str]:
+        """The table's columns the join uses: its keys, then the columns it brings."""
+        return [right for _, right in self.keys] + self._brought(table_schema)
+
     def _brought(self, table_schema: pa.Schema) -> list[str]:
         """The table's columns this step adds (before the prefix)."""
         if self.params.how == "anti":
@@ -162,8 +202,7 @@ class _Joining:
         if self.params.columns is None:
             return [n for n in table_schema.names if n not in keys]
         try:
-            require_columns(table_schema, self.params.columns, "column",
-                            f"'{self.params.path}'")
+            require_columns(table_schema, self.params.columns, "column", self._named)
         except SchemaError as exc:
             raise SchemaError(f"columns: {exc.message}", hint=exc.hint) from None
         shared = [c for c in self.params.columns if c in keys]
@@ -177,8 +216,8 @@ class _Joining:
         """The table's read: only the columns the join uses are decoded (the filter may
         use others); made once per operator."""
         p = self.params
-        wanted = [right for _, right in self.keys] + self._brought(self._source.schema())
-        return ReadParquet(path=p.path, filter=p.filter, columns=wanted,
+        return ReadParquet(path=p.path, filter=p.filter,
+                           columns=self._wanted(self._source.schema()),
                            storage_options=p.storage_options)
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
@@ -187,16 +226,16 @@ class _Joining:
     def _reads_of(self, other: _Joining) -> _Joining:
         """This operator, with the table's reads ``other`` made already (the files
         listed and their footers read once)."""
-        for name in ("_source", "_reading"):
+        for name in ("_source", "_reading", "_given_schema"):
             if name in other.__dict__:
                 self.__dict__[name] = other.__dict__[name]
         return self
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        table_schema = self._source.schema()
+        table_schema = self._table_schema()
         try:
             require_columns(table_schema, [right for _, right in self.keys], "key column",
-                            f"'{self.params.path}'")
+                            self._named)
         except SchemaError as exc:
             raise SchemaError(f"on: {exc.message}", hint=exc.hint) from None
         for left, right in self.keys:
@@ -205,7 +244,7 @@ class _Joining:
             if _comparable(have) != _comparable(want):
                 raise SchemaError(
                     f"on: key '{left}' is {have} in the input and {want} in "
-                    f"'{self.params.path}'" + (f" (column '{right}')" if right != left else ""),
+                    f"{self._named}" + (f" (column '{right}')" if right != left else ""),
                     hint="cast one side first (op: cast), so that both are numbers or both "
                          "text" if _kind(have) != _kind(want) else
                          f"cast one side first (op: cast), e.g. both to {_comparable(want)}")
@@ -233,7 +272,7 @@ class _Joining:
             shown = ", ".join(f"{right}={first[key]!r}"
                               for key, (_, right) in zip(keys, self.keys, strict=True))
             raise DataError(
-                f"key {shown} is on {first['count_all']} rows of '{self.params.path}' (and "
+                f"key {shown} is on {first['count_all']} rows of {self._named} (and "
                 f"{repeated.num_rows - 1:,} other keys are repeated{self._among}): a join "
                 f"brings the columns of one row per key", hint="keep one row per key in the "
                 "table, or choose them with filter:")
@@ -294,8 +333,10 @@ class Join(_Joining, Transform):
     scratch folder, on any engine; rows keep their order within each output partition.
     A key must be on one row of the table at most (a lookup: duplicates are an error
     naming the key), a null key matches nothing, and keys compare as values (any integer
-    types, any string types). Never part of a saved model: a scoring pipeline joins the
-    table too.
+    types, any string types). The table is a Parquet `path`, or another step's rows
+    (`table: <step id>`: that step runs first; with `auto` the run chooses once it has,
+    from the size its source estimates). Never part of a saved model: a scoring
+    pipeline joins the table too.
 
     ```yaml
     - op: join
@@ -319,6 +360,8 @@ class Join(_Joining, Transform):
             return cls(params)
         if params.strategy == "shuffle":
             return ShuffleJoin(params)
+        if params.table is not None:
+            return cls(params)  # the run decides, when the step's rows are made (decided)
         probe = cls(params)
         try:
             size = probe._reading.estimated_bytes()
@@ -334,8 +377,25 @@ class Join(_Joining, Transform):
         # the table's size from its footers, when that chose the broadcast (``auto``)
         self.estimated_mb = estimated_mb
         self._table: pa.Table | None = None
+        self._given: pa.Table | None = None  # a table step's rows, collected by the run
         self._lookup: _Lookup | None = None
         self._lock = threading.Lock()
+
+    def decided(self, estimated_bytes: float | None) -> Join | ShuffleJoin:
+        """For a table step's rows (``table:``) and ``auto``: this broadcast join when
+        the rows take at most ``max_mb`` as the run estimates them (from what the
+        step's source says), else a shuffle join (also when there is no estimate)."""
+        if self.params.table is None or self.params.strategy != "auto":
+            return self
+        mb = None if estimated_bytes is None else estimated_bytes / 2**20
+        if mb is not None and mb <= self.params.max_mb:
+            self.estimated_mb = mb
+            return self
+        return ShuffleJoin(self.params, estimated_mb=mb)._reads_of(self)
+
+    def bind_table(self, table: pa.Table) -> None:
+        """A table step's rows (``table:``), collected on the driver by the run."""
+        self._given = table
 
     def __getstate__(self) -> dict[str, Any]:
         # read on the driver before the step goes to the workers: the same table for
@@ -344,7 +404,7 @@ class Join(_Joining, Transform):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.params, self._table, self._lock = state["params"], state["table"], threading.Lock()
-        self._lookup, self.estimated_mb = None, None
+        self._lookup, self.estimated_mb, self._given = None, None, None
 
     def table(self) -> pa.Table:
         """The table, keys in their compared types and the brought columns, read on
@@ -356,13 +416,20 @@ class Join(_Joining, Transform):
 
     def _read(self) -> pa.Table:
         keys = [right for _, right in self.keys]
-        source = self._reading
-        table = pa.concat_tables([source.read(part) for part in source.partitions()] or
-                                 [source.schema().empty_table()])
+        if self.params.table is not None:
+            if self._given is None:
+                raise RuntimeError(f"join: step '{self.params.table}''s rows were not bound")
+            # kept until the checks pass: each partition that asks after a failed check
+            # fails the same way
+            table = self._given.select(self._wanted(self._given.schema))
+        else:
+            source = self._reading
+            table = pa.concat_tables([source.read(part) for part in source.partitions()]
+                                     or [source.schema().empty_table()])
         mb = table.nbytes / 2**20
         if mb > self.params.max_mb:
             raise DataError(
-                f"the table '{self.params.path}' takes {mb:,.0f} MB in memory, over max_mb "
+                f"the table {self._named} takes {mb:,.0f} MB in memory, over max_mb "
                 f"{self.params.max_mb:g}", hint="join it through a shuffle (strategy: "
                 "shuffle: any size), bring fewer columns (columns:), keep fewer rows "
                 "(filter:), or raise max_mb")
@@ -371,6 +438,7 @@ class Join(_Joining, Transform):
         known = table.filter(pc.invert(pc.is_null(_combined(table, keys)))).combine_chunks()
         self._lookup = _Lookup([known.column(k) for k in keys])
         self._check_one_row_per_key(known, keys, self._lookup)
+        self._given = None
         return known
 
     def _codes(self) -> _Lookup:
@@ -399,6 +467,10 @@ class _TableSide(ShuffleSide):
     def __init__(self, join: ShuffleJoin):
         self.join = join
 
+    @property
+    def step(self) -> str | None:
+        return self.join.params.table
+
     def source(self) -> ReadParquet:
         return self.join._reading
 
@@ -409,9 +481,10 @@ class _TableSide(ShuffleSide):
         keys = [right for _, right in self.join.keys]
         out = pa.table([_key_values(part.column(k)) for k in keys], names=self.key_columns())
         known = pc.is_valid(_combined(out, out.column_names))  # a null key matches nothing
-        for field, column in zip(part.schema, part.columns, strict=True):
-            if field.name not in keys:
-                out = out.append_column(field, column)
+        # a Parquet table's read has the columns it brings; a step's rows have others too
+        join = self.join
+        for name in join._brought(join._table_schema() if join.params.table else part.schema):
+            out = out.append_column(part.schema.field(name), part.column(name))
         return out.filter(known)
 
 

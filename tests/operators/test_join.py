@@ -312,3 +312,42 @@ def test_uint64_keys_past_int64_join_each_other_and_other_widths_say_how(
                                           r"\(cast one side first \(op: cast\), e.g. both "
                                           r"to uint64\)"):
         join(path=str(path), on=["k"]).output_schema(pa.schema({"k": pa.int32()}))
+
+
+def test_a_steps_rows_as_the_table_broadcast_or_shuffled(rows: pa.Table, table: Path) -> None:
+    """``table: <step>``: the step's rows, bound by the run, give the rows a Parquet
+    table of the same rows gives; ``auto`` is decided from the run's estimate."""
+    given = pq.read_table(table)
+    from_file = join(path=str(table), on=["a", "b"])
+    want = from_file.transform(rows, NP)
+    op = join(table="features", on=["a", "b"])
+    assert op.step_inputs() == ["features"]
+    with pytest.raises(SchemaError, match="the columns of step 'features' are not known"):
+        op.output_schema(rows.schema)
+    op.bind_step_schema("features", given.schema)
+    assert op.output_schema(rows.schema) == from_file.output_schema(rows.schema)
+    # within max_mb: this broadcast join, which takes the rows the run collects
+    assert op.decided(given.nbytes) is op and op.estimated_mb == given.nbytes / 2**20
+    op.bind_table(given)
+    assert op.transform(rows, NP).equals(want)
+    assert pickle.loads(pickle.dumps(op)).transform(rows, NP).equals(want)
+    # over max_mb, or no estimate: a shuffle join whose table is the step's rows
+    for estimate in (2**30, None):
+        other = join(table="features", on=["a", "b"])
+        other.bind_step_schema("features", given.schema)
+        shuffle = other.decided(estimate)
+        assert isinstance(shuffle, ShuffleJoin) and shuffle.sides()[0].step == "features"
+        assert shuffle.output_schema(rows.schema) == from_file.output_schema(rows.schema)
+        side = shuffle.sides()[0]
+        # the side's rows: the keys and the columns brought (not the step's others)
+        partials = side.partial(given.append_column("other", pa.array([1] * len(given))))
+        assert "other" not in partials.column_names
+        # at one place (the runtime brings each key's rows of both to one of many)
+        got = shuffle.finish(shuffle.partial(rows), partials)
+        assert_tables_close(got, want, 0, 0, "the step's rows, shuffled")
+    # broadcast and shuffle given outright are not decided again
+    assert join(table="features", on=["a"], strategy="broadcast").decided(2**40).params.table
+    assert isinstance(lookup("join").create(lookup("join").Params(
+        table="features", on=["a"], strategy="shuffle")), ShuffleJoin)
+    with pytest.raises(ParamError, match="give path .* or table"):
+        join(on=["a"])
