@@ -46,6 +46,7 @@ from pipelines.shuffle import (
     claim_scratch,
     default_scratch,
     exact,
+    oversized_note,
     pieces,
     remove_scratch,
     scratch_note,
@@ -253,6 +254,8 @@ class Run:
     # where shuffle steps (aggregate) leave their partial rows for the run: removed at
     # its end (``pipelines/shuffle.py``)
     scratch: str = ""
+    # where lines worth a person's attention go as the run finds them (the CLI: stderr)
+    notify: Callable[[str], None] | None = None
 
     def placement(self, step: Step) -> Placement:
         return self.placements.get(step.id, CPU)
@@ -383,6 +386,9 @@ class Run:
             "largest_mb": round(max(p.bytes for p in chosen) / 2**20, 3),
             **({"split_buckets": len(split)} if split else {})})
         self.record["steps"][step.id]["shuffle"] = figures
+        line = oversized_note(op, chosen)
+        if line and self.notify:
+            self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': {line}")
         source = ShuffledSource(op, url, data.schema, written, sides=side_urls,
                                 pieces=chosen, positions=positions)
         return self.engine.read(source, step.id, source.schema())
@@ -597,7 +603,7 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     }
     current = Run(plan, eng, store, run_id, record, placements=placed,
                   scratch=f"{(scratch or default_scratch(eng.profile.scratch)).rstrip('/')}"
-                          f"/{run_id}")
+                          f"/{run_id}", notify=notify)
     scratch_lock = None  # held while the run's scratch folder is in use
     try:
         if any(isinstance(s.op, Shuffle) for s in plan.steps):

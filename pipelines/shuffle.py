@@ -157,6 +157,22 @@ def pieces(op: Shuffle, written: dict[str, Any], sides: list[dict[str, Any]],
     return out or [Piece(0, len(rows))]
 
 
+def oversized_note(op: Shuffle, chosen: list[Piece]) -> str | None:
+    """A line when an output partition is more than twice ``partition_mb`` (a bucket
+    that could not be split: its keys meet in one place), saying what would spread it."""
+    cap = partition_bytes(op)
+    large = max(chosen, key=lambda p: p.bytes)
+    if large.bytes <= 2 * cap:
+        return None
+    where = (f"bucket {large.lo}" if large.hi == large.lo + 1
+             else f"buckets {large.lo}-{large.hi - 1}")
+    return (f"one output partition ({where}) holds {large.bytes / 2**20:,.0f} MB of rows, "
+            f"over partition_mb {cap / 2**20:g}: a key's rows meet in one place, so either "
+            "one key has that many (a hot key: give `by` a finer key) or too few buckets "
+            f"share the keys (partitions: N, more than the {max(p.hi for p in chosen)} "
+            "buckets there were, spreads them)")
+
+
 def _split(b: int, files: list[tuple[str, dict[int, int], dict[int, int]]],
            budget: float, side_bytes: int) -> list[Piece]:
     """Bucket ``b`` as runs of the files that wrote rows to it, each run's rows taking

@@ -239,3 +239,41 @@ def test_a_skewed_key_is_split_among_output_partitions_on_every_engine(
         local = run(write_pipeline(workdir, SKEWED.format(out="out/local"), "local.yaml"))
         assert local["steps"]["joined"]["shuffle"] == shuffle
         assert got.equals(ds.dataset(workdir / "out" / "local").to_table())
+
+
+HOT_WINDOW = """
+    pipeline: hot
+    steps:
+      - op: read_parquet
+        path: data/orders
+        partition_mb: 0.02
+      - id: history
+        op: window
+        by: [customer_id]
+        order: [order_id]
+        columns: {n: row_number()}
+        partition_mb: 0.02
+      - op: write_parquet
+        path: out/history
+"""
+
+
+def test_a_hot_key_of_a_window_stays_whole_and_the_run_says_so(orders: Path,
+                                                               workdir: Path) -> None:
+    lines: list[str] = []
+    path = write_pipeline(workdir, HOT_WINDOW)
+    record = run(path, notify=lines.append)
+    shuffle = record["steps"]["history"]["shuffle"]
+    assert "split_buckets" not in shuffle and shuffle["largest_mb"] > 0.04
+    (line,) = [ln for ln in lines if "one output partition" in ln]
+    assert line.startswith(f"{path}:6: step 'history': one output partition (bucket ")
+    assert "over partition_mb 0.02: a key's rows meet in one place" in line
+    assert f"more than the {shuffle['buckets']} buckets there were" in line
+    # customer 7's rows: one output partition, numbered 1.. in order
+    sevens = [pq.read_table(f, filters=ds.field("customer_id") == 7)
+              for f in sorted((workdir / "out" / "history").glob("*.parquet"))]
+    held = [t for t in sevens if t.num_rows]
+    orders_of_7 = ds.dataset(orders).to_table(filter=ds.field("customer_id") == 7)
+    assert len(held) == 1 and held[0].num_rows == orders_of_7.num_rows > 3000
+    assert held[0]["n"].to_pylist() == list(range(1, held[0].num_rows + 1))
+    assert held[0]["order_id"].equals(orders_of_7["order_id"])
