@@ -362,7 +362,10 @@ class Run:
                   self.engine.read(side.source(), f"{step.id} ({side.name})",
                                    side.source().schema())) for side in op.sides()]
         inputs = max(len(self.engine.partitions(d)) for d in [data, *(d for _, d in sides)])
-        buckets = bucket_count(op, inputs)
+        estimates = [getattr(d.source, "estimated_bytes", None)
+                     for d in [data, *(d for _, d in sides)]]
+        buckets = bucket_count(op, inputs, None if None in estimates
+                               else sum(estimate() for estimate in estimates))
         url = f"{self.scratch.rstrip('/')}/{step.id}"
         # rows of several buckets of one partition are put back in order by their places
         positions = op.row_order == "input" and not exact(op)

@@ -14,7 +14,8 @@ Two stages, each an ordinary job of the engine:
 
 How many buckets, and which make a piece (Spark's adaptive coalescing, decided from what
 stage 1 wrote; ``pieces``): a step's ``partitions: N`` is N buckets and a piece each.
-Otherwise there are as many buckets as input partitions (at most ``MAX_BUCKETS``), and
+Otherwise there are as many buckets as input partitions (at most ``MAX_BUCKETS``, and at
+most one a quarter of ``partition_mb`` of input as its sources estimate it), and
 neighbouring buckets are put together while their rows take at most ``partition_mb`` in
 memory (at least a quarter of it, unless the input's partitions average more), so that an
 output partition is neither a sliver nor larger than that, whatever the data's size. A
@@ -40,6 +41,7 @@ next run removes the folders of runs that died (``claim_scratch``).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -90,13 +92,21 @@ def exact(op: Shuffle) -> bool:
     return op.one_place() or bool(getattr(op.params, "partitions", None))
 
 
-def bucket_count(op: Shuffle, input_partitions: int) -> int:
+def bucket_count(op: Shuffle, input_partitions: int, input_bytes: float | None = None) -> int:
+    """The step's ``partitions``, else one an input partition (at most ``MAX_BUCKETS``),
+    and no more than a bucket a quarter of ``partition_mb`` of the input's rows as its
+    sources estimate them (every bucket is a record batch of every stage-1 file, ~40 us
+    to write and to read: a thousand files of small partitions would otherwise make a
+    million, for a result that fits in one partition)."""
     if op.one_place():
         return 1  # e.g. one row for all the rows
     wanted = getattr(op.params, "partitions", None)
     if wanted:
         return int(wanted)
-    return max(1, min(MAX_BUCKETS, input_partitions))
+    count = min(MAX_BUCKETS, input_partitions)
+    if input_bytes is not None:
+        count = min(count, math.ceil(input_bytes / (partition_bytes(op) / 4)))
+    return max(1, count)
 
 
 def partition_bytes(op: Shuffle) -> float:

@@ -160,6 +160,41 @@ def test_a_piece_reads_its_buckets_and_only_its_files(tmp_path: Path) -> None:
         share.read(info)
 
 
+def test_a_joins_rows_of_several_buckets_come_back_in_input_order(tmp_path: Path) -> None:
+    """Each partition's rows are written sorted by bucket, with their places: a piece of
+    several buckets puts each partition's back in order (a join keeps the input's)."""
+    table = tmp_path / "table.parquet"
+    pq.write_table(pa.table({"k": np.arange(50), "w": np.arange(50) * 10}), table)
+    op = ShuffleJoin(path=str(table), on=["k"], strategy="shuffle")
+    rows = pa.table({"id": np.arange(600), "k": np.arange(600) * 7 % 60})
+    url = str(tmp_path / "joined")
+    for positions in (True, False):
+        sink = ShuffleWrite(op, url + str(positions), buckets=5, positions=positions)
+        token = sink.begin("run", rows.schema)
+        made = sink.commit(token, [sink.write(token, rows.slice(i * 200, 200), i)
+                                   for i in range(3)])
+        side = op.sides()[0]
+        side_sink = ShuffleWrite(side, url + str(positions) + "/table", buckets=5)
+        side_token = side_sink.begin("run", pa.schema([]))
+        side_made = side_sink.commit(side_token, [side_sink.write(
+            side_token, side.source().read(p), p.index) for p in side.source().partitions()])
+        source = ShuffledSource(
+            op, url + str(positions), rows.schema, made, positions=positions,
+            sides=[(url + str(positions) + "/table",
+                    side.partial_schema(side.source().schema()), side_made)],
+            pieces=[Piece(0, 3, rows=sum(made["bucket_rows"][:3])),
+                    Piece(3, 5, rows=sum(made["bucket_rows"][3:]))])
+        parts = [source.read(p) for p in source.partitions()]
+        ids = [p["id"].to_numpy() for p in parts]
+        assert sum(len(i) for i in ids) == 600
+        in_order = all((np.diff(i) > 0).all() for i in ids)
+        assert in_order == positions  # without the places: bucket by bucket
+        for part in parts:
+            k = part["k"].to_numpy()
+            w = part["w"].to_numpy(zero_copy_only=False)
+            np.testing.assert_array_equal(np.where(k < 50, k * 10.0, np.nan), w)
+
+
 def test_partitions_and_partition_mb_are_one_or_the_other() -> None:
     with pytest.raises(ParamError, match="partitions and partition_mb: give one"):
         Aggregate(by=["k"], columns={"n": "count()"}, partitions=3, partition_mb=4)
