@@ -591,12 +591,20 @@ class ReadParquet(Source):
         if not partition.path:
             return schema.empty_table()
         fmt = ds.ParquetFileFormat()
+        groups = list(partition.row_groups or ())
         try:
             fragment = fmt.make_fragment(partition.path, self.location.filesystem,
                                          partition_expression=partition.partition_expression,
-                                         row_groups=list(partition.row_groups or ()))
-            table = fragment.to_table(schema=self._file_schema(fragment.physical_schema),
-                                      columns=self.params.columns, filter=self._filter)
+                                         row_groups=groups)
+            pieces = [fragment]
+            if groups and [g.id for g in fragment.row_groups] != groups:
+                # pyarrow may keep a fragment's row groups in another order than given
+                # ([7, 8] as [8, 7]): one at a time, so that rows come in the file's order
+                pieces = [fragment.subset(row_group_ids=[g]) for g in groups]
+            file_schema = self._file_schema(fragment.physical_schema)
+            table = pa.concat_tables([
+                piece.to_table(schema=file_schema, columns=self.params.columns,
+                               filter=self._filter) for piece in pieces])
         except _io_errors() as exc:
             raise self._failure(exc, partition.path) from None
         for i, field in enumerate(table.schema):

@@ -233,6 +233,18 @@ def test_many_row_groups_split_into_bounded_partitions(workdir: Path) -> None:
         assert size <= 1024 * 1024 or len(p.row_groups) == 1
 
 
+def test_a_partitions_row_groups_come_in_the_files_order(workdir: Path) -> None:
+    """pyarrow's fragment of row groups [7, 8] (the last one smaller) scans 8 first: each
+    partition's rows come in the file's order all the same."""
+    path = workdir / "tail.parquet"
+    pq.write_table(pa.table({"i": np.arange(1912)}), path, row_group_size=231)
+    op = check_reads_like_pyarrow(path, partition_mb=0.0027)
+    parts = op.partitions()
+    assert any(len(p.row_groups) > 1 for p in parts)
+    read = [op.read(p)["i"].to_numpy() for p in parts]
+    np.testing.assert_array_equal(np.concatenate(read), np.arange(1912))
+
+
 def test_directory_of_files_with_different_row_group_sizes(workdir: Path) -> None:
     folder = workdir / "mixed"
     folder.mkdir()
