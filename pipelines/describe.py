@@ -102,8 +102,8 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                           f"{', '.join(left for left, _ in op.keys)} to the same places "
                           "through the scratch folder; rows in their order within each",
                "auto": f"decided when {table} has run: a broadcast of its rows if they take "
-                       f"at most max_mb {op.params.max_mb:g} (as its source estimates them), "
-                       "else a shuffle"}[op.params.strategy]
+                       f"at most max_mb {op.params.max_mb:g} (as its source estimates them, "
+                       "or measured), else a shuffle"}[op.params.strategy]
         notes.append(f"joins the rows of {table} as its table; {how}")
     elif isinstance(op, Join) and (op.estimated_mb is not None
                                    or op.params.partitions is not None):

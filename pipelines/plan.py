@@ -218,6 +218,13 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
                 problem(s, f"{param}: '{other}' names no step{suggest(other, ids)}", param)
             elif other == s.id:
                 problem(s, f"{param}: a step cannot read its own rows", param)
+            elif s.input is None and built[s.id].input == other:
+                # (a join of a step's rows to themselves, e.g. each employee's manager,
+                # names it as `input:` too)
+                problem(s, f"{param}: '{other}' is the step before this one, its input: its "
+                           f"rows would be joined to themselves (give `input:` the rows to "
+                           f"join '{other}' to; `input: {other}` too, for a join of its rows "
+                           "to themselves)", param)
     _link_saved_models(built)
     plan.steps = _toposort(built, plan, file)
     _propagate(plan, resolve_model)
@@ -347,8 +354,14 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             if upstream is None or upstream.schema is None:
                 continue
             schema = upstream.schema
-            step.open = upstream.open or (isinstance(step.op, Estimator)
-                                          and step.op.schema_from_fit)
+            others = [by_id.get(o) for o in step.op.step_inputs()]
+            if any(o is None or o.schema is None for o in others):
+                continue  # a step it reads has a problem reported
+            for other in others:
+                step.op.bind_step_schema(other.id, other.schema)
+            # a fit before it, or before a step it reads, decides columns at run time
+            opened = upstream.open or any(o.open for o in others)
+            step.open = opened or (isinstance(step.op, Estimator) and step.op.schema_from_fit)
             if isinstance(step.op, Promote):
                 if not _bind_promoted(plan, step):
                     continue  # a step of the model's chain has a problem reported
@@ -364,11 +377,6 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                     isinstance(c.op, Estimator) for c in plan.model_chain(step.id)):
                 raise SchemaError("nothing is fitted before save_model",
                                   hint="put save_model after a model step")
-            others = [by_id.get(o) for o in step.op.step_inputs()]
-            if any(o is None or o.schema is None for o in others):
-                continue  # a step it reads has a problem reported
-            for other in others:
-                step.op.bind_step_schema(other.id, other.schema)
             if isinstance(step.op, SaveModel):
                 _check_fits_before_shuffles(plan, step)
                 _check_data_steps_in_model(plan, step)
@@ -377,7 +385,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 step.op.check_input(schema)
                 step.schema = step.op.output_schema(schema)
             except MissingColumnError:
-                if not upstream.open:
+                if not opened:
                     raise
                 # the column may come from the fit upstream: checked when the run gets there
                 step.schema = schema

@@ -30,7 +30,7 @@ from operators.evaluate.drift import (
     profiled_columns,
 )
 from operators.evaluate.promote import Promote
-from operators.features.join import Join
+from operators.features.join import Join, ShuffleJoin
 from operators.io.fs import release_dir, written_whole
 from operators.io.model import SaveModel
 from pipelines import profiles
@@ -287,7 +287,7 @@ class Run:
         return exc.located(f"{here}: step '{step.id}' ({step.op.name})")
 
     def _step(self, step: Step) -> None:
-        if isinstance(step.op, Join) and step.op.params.table is not None:
+        if isinstance(step.op, Join | ShuffleJoin) and step.op.params.table is not None:
             self._join_step_table(step)
         op = step.op
         data = self.datasets.get(step.input) if step.input else None
@@ -333,14 +333,26 @@ class Run:
                                                      self.placement(step))
 
     def _join_step_table(self, step: Step) -> None:
-        """A broadcast join of a table step's rows (``table:``): with ``auto``, a
-        shuffle join instead when the run estimates the rows over ``max_mb`` (or cannot
-        estimate them); a broadcast collects them on the driver."""
+        """A join of a table step's rows (``table:``), given their columns as the step
+        made them; with ``auto``, a shuffle join instead of a broadcast when the rows are
+        over ``max_mb``; a broadcast collects them on the driver."""
         op = step.op
-        assert isinstance(op, Join)
         table = self.datasets[op.params.table]
-        estimate = getattr(table.source, "estimated_bytes", None)
-        chosen = op.decided(estimate() if estimate is not None else None)
+        # the columns as the step made them (a fit's, known only now)
+        op.bind_step_schema(op.params.table, table.schema)
+        if isinstance(op, ShuffleJoin):
+            self.record["steps"][step.id]["strategy"] = "shuffle"
+            return
+        estimate = table.estimated_bytes()
+        if estimate is None and op.params.strategy == "auto":
+            # not known from its source (a step after the read adds columns): measured,
+            # one pass over the table step's rows
+            wanted = op.table_columns(table.schema)
+            estimate = self.engine.aggregate(
+                table, step.id, lambda part, xp: part.select(wanted).nbytes,
+                lambda a, b: a + b, label=f"{step.id}: size of {op.params.table}",
+                placement=CPU)
+        chosen = op.decided(estimate)
         entry = self.record["steps"][step.id]
         entry["strategy"] = "broadcast" if isinstance(chosen, Join) else "shuffle"
         if chosen.estimated_mb is not None:
@@ -362,10 +374,8 @@ class Run:
                   self.engine.read(side.source(), f"{step.id} ({side.name})",
                                    side.source().schema())) for side in op.sides()]
         inputs = max(len(self.engine.partitions(d)) for d in [data, *(d for _, d in sides)])
-        estimates = [getattr(d.source, "estimated_bytes", None)
-                     for d in [data, *(d for _, d in sides)]]
-        buckets = bucket_count(op, inputs, None if None in estimates
-                               else sum(estimate() for estimate in estimates))
+        estimates = [d.estimated_bytes() for d in [data, *(d for _, d in sides)]]
+        buckets = bucket_count(op, inputs, None if None in estimates else sum(estimates))
         url = f"{self.scratch.rstrip('/')}/{step.id}"
         # rows of several buckets of one partition are put back in order by their places
         positions = op.row_order == "input" and not exact(op)

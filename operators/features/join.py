@@ -194,6 +194,10 @@ class _Joining:
         """The table's columns the join uses: its keys, then the columns it brings."""
         return [right for _, right in self.keys] + self._brought(table_schema)
 
+    def table_columns(self, table_schema: pa.Schema) -> list[str]:
+        """The columns of a table of ``table_schema`` the join uses (keys first)."""
+        return self._wanted(table_schema)
+
     def _brought(self, table_schema: pa.Schema) -> list[str]:
         """The table's columns this step adds (before the prefix)."""
         if self.params.how == "anti":
@@ -204,7 +208,7 @@ class _Joining:
         try:
             require_columns(table_schema, self.params.columns, "column", self._named)
         except SchemaError as exc:
-            raise SchemaError(f"columns: {exc.message}", hint=exc.hint) from None
+            raise type(exc)(f"columns: {exc.message}", hint=exc.hint) from None
         shared = [c for c in self.params.columns if c in keys]
         if shared:
             raise SchemaError(f"columns: '{shared[0]}' is a key: the input has it already",
@@ -237,7 +241,7 @@ class _Joining:
             require_columns(table_schema, [right for _, right in self.keys], "key column",
                             self._named)
         except SchemaError as exc:
-            raise SchemaError(f"on: {exc.message}", hint=exc.hint) from None
+            raise type(exc)(f"on: {exc.message}", hint=exc.hint) from None
         for left, right in self.keys:
             have = schema.field(left).type
             want = table_schema.field(right).type
@@ -274,8 +278,11 @@ class _Joining:
             raise DataError(
                 f"key {shown} is on {first['count_all']} rows of {self._named} (and "
                 f"{repeated.num_rows - 1:,} other keys are repeated{self._among}): a join "
-                f"brings the columns of one row per key", hint="keep one row per key in the "
-                "table, or choose them with filter:")
+                f"brings the columns of one row per key", hint=(
+                    f"keep one row per key in step '{self.params.table}''s rows (a "
+                    "deduplicate by the key before it, or by: the key in its aggregate)"
+                    if self.params.table else "keep one row per key in the table, or "
+                                              "choose them with filter:"))
 
     _among = ""
 
@@ -432,7 +439,8 @@ class Join(_Joining, Transform):
                 f"the table {self._named} takes {mb:,.0f} MB in memory, over max_mb "
                 f"{self.params.max_mb:g}", hint="join it through a shuffle (strategy: "
                 "shuffle: any size), bring fewer columns (columns:), keep fewer rows "
-                "(filter:), or raise max_mb")
+                + (f"(a filter step before '{self.params.table}')" if self.params.table
+                   else "(filter:)") + ", or raise max_mb")
         for i, name in enumerate(keys):
             table = table.set_column(i, name, _key_values(table.column(i)))
         known = table.filter(pc.invert(pc.is_null(_combined(table, keys)))).combine_chunks()

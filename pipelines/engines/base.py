@@ -71,6 +71,21 @@ class Dataset:
         return replace(self, ops=(*self.ops, (step_id, transform, placement)), schema=schema,
                        cache_key=None)
 
+    def estimated_bytes(self) -> float | None:
+        """About how much memory the rows take, as the source estimates them, where that
+        is an upper bound: they come from the source directly or through steps that keep
+        some of its rows and columns as they are (a filter, a select); None where a step
+        adds or changes a column (a join's text, a derive) or the source cannot say."""
+        estimate = getattr(self.source, "estimated_bytes", None)
+        if estimate is None or self.schema is None:
+            return None
+        source = self.source.schema()
+        for column in self.schema:
+            at = source.get_field_index(column.name)
+            if at < 0 or source.field(at).type != column.type:
+                return None
+        return float(estimate())
+
     def uses_gpu(self, skip: int = 0) -> bool:
         """Whether a transform after the first ``skip`` runs on a GPU."""
         return any(p.device == "gpu" for _, _, p in self.ops[skip:])

@@ -206,7 +206,7 @@ def test_the_plan_says_how_and_each_problem_is_at_its_line(shop: Path,
                            text=True, check=True).stdout
     assert ("joins the rows of step 'activity' as its table; decided when step 'activity' "
             "has run: a broadcast of its rows if they take at most max_mb 256 (as its "
-            "source estimates them), else a shuffle") in shown
+            "source estimates them, or measured), else a shuffle") in shown
     assert "joined: join <- customers, table activity  (line 15)" in shown
     planned = json.loads(subprocess.run([SLUICE, "plan", str(path), "--json"], cwd=workdir,
                                         capture_output=True, text=True,
@@ -253,3 +253,121 @@ def test_a_key_twice_in_the_steps_rows_names_the_step(shop: Path, workdir: Path)
             run(write_pipeline(workdir, text, f"{strategy}.yaml"))
         assert "rows of step 'activity'" in str(caught.value), strategy
         assert "step 'joined'" in str(caught.value)
+        assert caught.value.hint.startswith("keep one row per key in step 'activity''s "
+                                            "rows (a deduplicate by the key before it")
+
+
+WIDENED = """
+    pipeline: widened
+    steps:
+      - id: base
+        op: read_parquet
+        path: data/base
+      - id: wide                  # base and a 2 kB text column a row: ~4 MB
+        op: join
+        path: data/blobs
+        on: [customer_id]
+      - id: customers
+        op: read_parquet
+        path: data/customers
+      - id: joined
+        op: join
+        table: wide
+        on: [customer_id]
+        max_mb: 1
+      - op: write_parquet
+        path: out/joined
+"""
+
+
+def test_auto_measures_a_table_step_that_widens_its_read(workdir: Path) -> None:
+    """The read's footers say 0.03 MB, the step's rows take 4 MB: auto measures them (a
+    pass) and shuffles, where trusting the read chose a broadcast that then failed."""
+    n = 2000
+    for name, extra in (("base", {"x": np.ones(n)}),
+                        ("blobs", {"blob": pa.array(["z" * 2000] * n)}),
+                        ("customers", {"y": np.ones(n)})):
+        (workdir / "data" / name).mkdir(parents=True)
+        pq.write_table(pa.table({"customer_id": np.arange(n), **extra}),
+                       workdir / "data" / name / "part-0.parquet")
+    record = run(write_pipeline(workdir, WIDENED))
+    step = record["steps"]["joined"]
+    assert step["strategy"] == "shuffle" and 3.5 < step["estimated_mb"] < 5
+    joined = ds.dataset(workdir / "out" / "joined").to_table()
+    assert joined.num_rows == n and set(joined["blob"].to_pylist()) == {"z" * 2000}
+
+
+ENCODED = """
+    pipeline: encoded
+    steps:
+      - id: segments
+        op: read_parquet
+        path: data/segments
+      - id: encoded
+        op: one_hot
+        columns: [segment]
+      - id: customers
+        op: read_parquet
+        path: data/customers
+      - op: join
+        table: encoded
+        on: [customer_id]{extra}
+      - op: write_parquet
+        path: out/{strategy}
+"""
+
+
+def test_a_table_steps_columns_from_a_fit_come_either_way(shop: Path, workdir: Path) -> None:
+    """one_hot's columns are known once it has fitted: the join plans open (a later step
+    may name them) and brings them, broadcast or shuffled."""
+    rng = np.random.default_rng(2)
+    (workdir / "data" / "segments").mkdir()
+    pq.write_table(pa.table({"customer_id": np.arange(CUSTOMERS),
+                             "segment": rng.choice(["smb", "ent"], CUSTOMERS)}),
+                   workdir / "data" / "segments" / "part-0.parquet")
+    columns = {}
+    for strategy in ("broadcast", "shuffle"):
+        extra = (f"\n        strategy: {strategy}\n        columns: [segment=ent]"
+                 if strategy == "shuffle" else f"\n        strategy: {strategy}")
+        path = write_pipeline(workdir, ENCODED.format(strategy=strategy, extra=extra),
+                              f"{strategy}.yaml")
+        plan = plan_file(path)
+        assert plan.ok, plan.problems
+        assert plan.step("join").open
+        run(path)
+        columns[strategy] = ds.dataset(workdir / "out" / strategy).to_table().column_names
+    assert columns["broadcast"] == ["customer_id", "tenure", "churned", "segment=ent",
+                                    "segment=smb"]
+    assert columns["shuffle"] == ["customer_id", "tenure", "churned", "segment=ent"]
+
+
+def test_a_join_of_a_steps_rows_to_themselves_is_asked_for_by_name(workdir: Path) -> None:
+    """The step just before a join is its input: `table:` naming it too is refused,
+    unless `input:` names it as well (each employee's manager)."""
+    (workdir / "data" / "staff").mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1, 2, 3, 4], "manager": [None, 1, 1, 2],
+                             "name": ["ada", "bo", "cy", "di"]}),
+                   workdir / "data" / "staff" / "part-0.parquet")
+    text = """
+        pipeline: managers
+        steps:
+          - id: staff
+            op: read_parquet
+            path: data/staff
+          - op: join{input}
+            table: staff
+            on: {{manager: id}}
+            columns: [name]
+            prefix: manager_
+          - op: write_parquet
+            path: out/managers
+        """
+    plan = plan_file(write_pipeline(workdir, text.format(input=""), "implicit.yaml"))
+    (problem,) = plan.problems
+    assert problem.line == 7 and problem.message.startswith(
+        "table: 'staff' is the step before this one, its input: its rows would be joined "
+        "to themselves (give `input:` the rows to join 'staff' to; `input: staff` too")
+    run(write_pipeline(workdir, text.format(input="\n            input: staff"),
+                       "explicit.yaml"))
+    got = ds.dataset(workdir / "out" / "managers").to_table().to_pylist()
+    assert [r["manager_name"] for r in got] == [None, "ada", "ada", "bo"]

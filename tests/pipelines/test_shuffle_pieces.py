@@ -19,6 +19,7 @@ from operators.base import ParamError
 from operators.features.aggregate import Aggregate
 from operators.features.join import Join, ShuffleJoin
 from operators.features.window import Window
+from operators.io.parquet import ReadParquet
 from pipelines.engines.base import Engine
 from pipelines.runner import run
 from pipelines.shuffle import Piece, ShuffledSource, ShuffleWrite, bucket_bytes, pieces
@@ -312,3 +313,21 @@ def test_a_hot_key_of_a_window_stays_whole_and_the_run_says_so(orders: Path,
     assert len(held) == 1 and held[0].num_rows == orders_of_7.num_rows > 3000
     assert held[0]["n"].to_pylist() == list(range(1, held[0].num_rows + 1))
     assert held[0]["order_id"].equals(orders_of_7["order_id"])
+
+
+def test_a_datasets_size_is_its_sources_only_where_that_bounds_it(orders: Path) -> None:
+    """The bucket count trusts a source's estimate through steps that keep some of its
+    rows and columns as they are, not through one that adds or changes a column."""
+    from operators.features.columns import Select
+    from operators.features.derive import Derive
+    from pipelines.engines.base import Dataset
+
+    read = ReadParquet(path=str(orders))
+    data = Dataset(source=read, source_step="read", schema=read.schema())
+    assert data.estimated_bytes() == read.estimated_bytes() > 0
+    kept = Select(columns=["customer_id", "amount"])
+    narrower = data.then("select", kept, kept.output_schema(data.schema))
+    assert narrower.estimated_bytes() == read.estimated_bytes()
+    derive = Derive(columns={"big": "amount * 2"})
+    wider = narrower.then("derive", derive, derive.output_schema(narrower.schema))
+    assert wider.estimated_bytes() is None
