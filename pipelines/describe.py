@@ -20,6 +20,7 @@ from operators.evaluate.drift import Drift
 from operators.evaluate.evaluate import Measuring
 from operators.evaluate.promote import Promote
 from operators.features.join import Join, ShuffleJoin
+from operators.features.sort import Sort
 from operators.features.window import Window
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
@@ -127,6 +128,11 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                          f"through the scratch folder{why}, into {into}"
                          + ("" if parts else " (a key of more rows split among several)")
                          + "; rows in their order within each")
+        elif isinstance(op, Sort):
+            notes.append(f"sorts by {', '.join(op.params.by)}: a pass samples the rows for "
+                         "the ranges of the output partitions, then the rows go to their "
+                         f"range's through the scratch folder, into {into}, one after "
+                         "another in order; every row kept")
         elif isinstance(op, Window):
             order = ", ".join(op.params.order)
             if op.one_place():

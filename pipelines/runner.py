@@ -40,6 +40,7 @@ from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
 from pipelines.plan import Plan, Step, build
 from pipelines.shuffle import (
+    SAMPLE_PER_BUCKET,
     ShuffledSource,
     ShuffleWrite,
     bucket_count,
@@ -376,6 +377,15 @@ class Run:
         inputs = max(len(self.engine.partitions(d)) for d in [data, *(d for _, d in sides)])
         estimates = [d.estimated_bytes() for d in [data, *(d for _, d in sides)]]
         buckets = bucket_count(op, inputs, None if None in estimates else sum(estimates))
+        if op.ranged and buckets > 1:
+            # the ranges' bounds from a sample of the rows (a pass: those of the smallest
+            # hash of their values, however the rows are cut)
+            k = max(1000, SAMPLE_PER_BUCKET * buckets)
+            sample = self.engine.aggregate(
+                data, step.id, lambda part, xp: op.sample(part, k),
+                lambda a, b: op.combine_samples(a, b, k), label=f"{step.id}: sample",
+                placement=CPU)
+            op.set_bounds(sample, buckets)
         url = f"{self.scratch.rstrip('/')}/{step.id}"
         # rows of several buckets of one partition are put back in order by their places
         positions = op.row_order == "input" and not exact(op)

@@ -73,6 +73,7 @@ from operators.io.fs import (
 )
 
 MAX_BUCKETS = 1024  # buckets by default: one an input partition, at most this many
+SAMPLE_PER_BUCKET = 20  # a ranged shuffle's sample: rows a bucket (at least 1,000)
 DEFAULT_PARTITION_MB = 64.0  # a piece's rows in memory, by default (read_parquet's too)
 POSITION = "\x00position"  # a row's place in its partition (an internal column)
 _SEED = 0x5EED  # the buckets' hash: the same on every engine and machine
@@ -275,7 +276,10 @@ class ShuffleWrite(Sink):
         result = ShuffleResult(rows=partials.num_rows)
         if partials.num_rows == 0:
             return result
-        where = buckets_of(partials, self.op.key_columns(), self.buckets)
+        if getattr(self.op, "ranged", False):  # by ranges of an order (a sort)
+            where = self.op.place(partials, self.buckets)
+        else:
+            where = buckets_of(partials, self.op.key_columns(), self.buckets)
         counts = np.bincount(where, minlength=self.buckets)
         if self.positions:  # a partition holds far fewer than 2**32 rows
             partials = partials.append_column(

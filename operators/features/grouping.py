@@ -155,6 +155,36 @@ def sorted_order(table: pa.Table, keys: list[tuple[str, str]], nulls: str) -> np
     return index.to_numpy(zero_copy_only=False)
 
 
+def order_direction(entry: str) -> tuple[str, bool]:
+    """An order entry as (column, descending): 'ts', 'ts asc' or 'ts desc'."""
+    words = entry.rsplit(None, 1)
+    if len(words) == 2 and words[1].lower() in ("asc", "desc"):
+        return words[0].strip(), words[1].lower() == "desc"
+    return entry, False
+
+
+def order_keys(rows: pa.Table, ordering: list[tuple[str, bool]],
+               first: list[tuple[str, Any]] = ()) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """The columns that sort ``rows`` by ``ordering`` ((column, descending) each) and
+    their sort keys for ``sorted_order(..., "at_end")``: values as keys compare (decoded,
+    -0.0 as 0.0), NaN above every number, so first when descending (Arrow's sort puts
+    it last either way), nulls last; ``first``: (name, column)s to sort by before them,
+    ascending (a window's keys)."""
+    names = [name for name, _ in first]
+    arrays = [column for _, column in first]
+    keys = [(name, "ascending") for name in names]
+    for i, (name, down) in enumerate(ordering):
+        column = normalized(plain(rows.column(name)))
+        if down and pa.types.is_floating(column.type):
+            names.append(f"{INTERNAL}n{i}")
+            arrays.append(pc.is_nan(column))
+            keys.append((names[-1], "descending"))
+        names.append(f"{INTERNAL}o{i}")
+        arrays.append(column)
+        keys.append((names[-1], "descending" if down else "ascending"))
+    return pa.table(arrays, names=names), keys
+
+
 def per_group(gid: np.ndarray, groups: int, values: pa.Array, fn: str) -> pa.Array:
     """``fn`` (min, max) of ``values`` for each group 0..groups-1 (null where a group
     has no value), in one hash aggregate."""

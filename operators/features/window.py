@@ -51,6 +51,8 @@ from operators.features.grouping import (
     nested,
     normalized,
     one_partitioning,
+    order_direction,
+    order_keys,
     ordered,
     partition_mb_field,
     partitions_field,
@@ -208,13 +210,13 @@ class WindowParams(Params):
         if not value:
             raise ValueError("name at least one column to order the rows by")
         for entry in value:
-            _direction(entry)
+            order_direction(entry)
         return value
 
     @property
     def ordering(self) -> list[tuple[str, bool]]:
         """(column, descending) per order entry."""
-        return [_direction(entry) for entry in self.order]
+        return [order_direction(entry) for entry in self.order]
 
     @field_validator("columns")
     @classmethod
@@ -244,14 +246,6 @@ class WindowParams(Params):
                              f"each row: order '{self.order[0]}' ascending",
                              hint=f"order: [{self.ordering[0][0]}]")
         return self
-
-
-def _direction(entry: str) -> tuple[str, bool]:
-    """An order entry as (column, descending): 'ts', 'ts asc' or 'ts desc'."""
-    words = entry.rsplit(None, 1)
-    if len(words) == 2 and words[1].lower() in ("asc", "desc"):
-        return words[0].strip(), words[1].lower() == "desc"
-    return entry, False
 
 
 @register("window")
@@ -409,18 +403,8 @@ class Window(Shuffle):
             return self.output_schema(rows.schema).empty_table()
         # sorted by key, order (nulls last), then a hash of the row's values for ties:
         # hashed only where rows tie (a sort is stable), not every column of every row
-        table = partials.select(keys)
         ordering = self.params.ordering
-        sort_keys = [(k, "ascending") for k in keys]
-        for i, (name, down) in enumerate(ordering):
-            column = normalized(plain(rows.column(name)))
-            if down and pa.types.is_floating(column.type):
-                # NaN is above every number (as Spark orders it): first when descending
-                # (Arrow's sort puts it last either way)
-                table = table.append_column(f"{INTERNAL}n{i}", pc.is_nan(column))
-                sort_keys.append((f"{INTERNAL}n{i}", "descending"))
-            table = table.append_column(f"{INTERNAL}o{i}", column)
-            sort_keys.append((f"{INTERNAL}o{i}", "descending" if down else "ascending"))
+        table, sort_keys = order_keys(rows, ordering, [(k, partials.column(k)) for k in keys])
         at = sorted_order(table, sort_keys, "at_end").copy()  # written below
         table = table.take(pa.array(at))
         peers = _starts(table, table.column_names)  # a run of rows of one key and order

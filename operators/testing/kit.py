@@ -416,8 +416,21 @@ def shuffled(op: Shuffle, parts: list[pa.Table], buckets: int, seed: int = 0) ->
         return [table.take(pa.array(order[where[order] == b], pa.int64()))
                 for b in range(buckets)]
 
-    partials = placed(pa.concat_tables([op.partial(p) for p in parts]), op.key_columns(),
-                      op.row_order == "input")
+    if op.ranged and buckets > 1:  # ranges of an order, from every part's sample
+        k = 16
+        samples = [op.sample(p, k) for p in parts]
+        sample = samples[0]
+        for other in samples[1:]:
+            sample = op.combine_samples(sample, other, k)
+        op.set_bounds(sample, buckets)
+        rows = pa.concat_tables([op.partial(p) for p in parts])
+        where = op.place(rows, buckets)
+        order = rng.permutation(rows.num_rows)
+        partials = [rows.take(pa.array(order[where[order] == b], pa.int64()))
+                    for b in range(buckets)]
+    else:
+        partials = placed(pa.concat_tables([op.partial(p) for p in parts]),
+                          op.key_columns(), op.row_order == "input")
     sides = [placed(t, side.key_columns(), False)
              for side, t in zip(op.sides(), side_partials(op), strict=True)]
     return pa.concat_tables([op.finish(partials[b], *(side[b] for side in sides))
@@ -482,6 +495,14 @@ def check_shuffle_invariance(c: Case) -> None:
     op, data = c.build(), c.data()
     assert isinstance(op, Shuffle)
     whole = op.finish(op.partial(data), *side_partials(op))
+    if op.row_order == "sorted":
+        # the places' rows one after the other are the whole order, row for row
+        for k, seed, buckets in ((3, None, 1), (7, 1, 3), (5, 2, 8)):
+            parts = [data.schema.empty_table(), *split(data, k, seed)]
+            got = shuffled(op, parts, buckets, seed or 0)
+            assert_tables_close(got, whole, c.rtol, c.atol,
+                                f"{k} partitions, {buckets} ranges, in order")
+        return
     if op.row_order in ("input", "groups"):
         if op.row_order == "input":
             _assert_in_input_order(data, whole)

@@ -255,3 +255,7 @@ _cases("window", events_table,
                                            "partitions": 3}),
        ("no-keys", {"by": [], "order": ["id"], "columns": {"rownum": "row_number()",
                                                           "total": "cum_sum(x)"}}))
+_cases("sort", events_table,
+       ("one-column", {"by": ["x"]}),
+       ("desc-dictionary-and-ties", {"by": ["region", "x desc", "plan"], "partitions": 3}),
+       ("time-and-floats-desc", {"by": ["ts desc", "f32 desc"]}))

@@ -1,0 +1,193 @@
+"""``sort``: the rows in an order across every partition (Spark's ``orderBy``), through a
+range shuffle: a sample of the rows sets the bounds of each output partition, every
+partition's rows go to the partition of their range, and each sorts its own; partition
+B's rows all come before partition B+1's.
+
+Ties (rows equal in every ``by`` column) follow a hash of the row's values, so the order,
+the sample and the bounds depend on the rows only: the same output on every engine and
+partitioning, and a value shared by many rows is spread over several partitions instead
+of making one partition hold them all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from operators.base import (
+    Params,
+    SchemaError,
+    Shuffle,
+    register,
+    require_columns,
+)
+from operators.features.columns import unique_names
+from operators.features.grouping import (
+    INTERNAL,
+    nested,
+    one_partitioning,
+    order_direction,
+    order_keys,
+    ordered,
+    partition_mb_field,
+    partitions_field,
+    sorted_order,
+)
+from operators.hashing import hash_rows
+
+_TIE = f"{INTERNAL}tie"  # a hash of the row's values: the last key of the order
+_BOUND = f"{INTERNAL}bound"  # in place(): 0 for a row, 1 for a bound (after equal rows)
+_SEED = 0x5027
+
+
+class SortParams(Params):
+    by: list[str] = Field(min_length=1, description="the columns that order the rows, "
+                                                    "first to last: [region, \"amount "
+                                                    "desc\"]; nulls last either way, NaN "
+                                                    "above every number")
+    partitions: int | None = partitions_field(
+        "as the data needs: partitions of up to partition_mb, in order")
+    partition_mb: float | None = partition_mb_field()
+    _one_partitioning = model_validator(mode="after")(one_partitioning)
+
+    @field_validator("by")
+    @classmethod
+    def _columns(cls, value: list[str]) -> list[str]:
+        unique_names([order_direction(entry)[0] for entry in value], "by")
+        return value
+
+    @property
+    def ordering(self) -> list[tuple[str, bool]]:
+        """(column, descending) per ``by`` entry."""
+        return [order_direction(entry) for entry in self.by]
+
+
+@register("sort")
+class Sort(Shuffle):
+    """Order the rows across every partition (Spark's `orderBy`), one partition after another.
+
+    A range shuffle, on any engine: one pass samples the rows (those of the smallest hash
+    of their values: the same sample however the rows are cut) to set each output
+    partition's range, then every partition sends its rows to the partition of their
+    range through the scratch folder, where each is sorted. Nulls come last and NaN
+    above every number (first when descending), as in `window`; rows equal in every
+    `by` column follow a hash of their values, so the output is the same on every engine
+    and partitioning. Every row and column is kept; a sort is data preparation, not part
+    of a saved model.
+
+    ```yaml
+    - op: sort
+      by: [region, "spend desc"]
+    - op: write_parquet             # files in order: part 0's rows before part 1's
+      path: data/report
+    ```
+    """
+
+    numeric_kernels = False
+    in_model = False
+    new_rows = False
+    row_order = "sorted"
+    ranged = True
+    Params = SortParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        self.bounds: pa.Table | None = None  # the rows at the ranges' ends (set_bounds)
+
+    def key_columns(self) -> list[str]:
+        return [_TIE]
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return [name for name, _ in self.params.ordering]
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_columns(schema, self.input_columns(schema), "by: column")
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        self.check_input(schema)
+        for name, _ in self.params.ordering:
+            t = schema.field(name).type
+            if nested(t) or not ordered(t):
+                raise SchemaError(f"by: column '{name}' is {t}, which has no order",
+                                  hint="sort by numbers, text, dates, times or booleans")
+        return schema
+
+    # ------------------------------------------------------------------ shuffle
+
+    def partial(self, part: pa.Table) -> pa.Table:
+        """Every row, with the hash of its values that orders ties."""
+        tie = hash_rows(part, None, _SEED) if part.num_rows else np.zeros(0, np.uint64)
+        return part.append_column(_TIE, pa.array(tie, pa.uint64()))
+
+    def _order(self, rows: pa.Table, extra: list[tuple[str, Any]] = ()
+               ) -> tuple[pa.Table, list[tuple[str, str]]]:
+        """The sort columns of ``rows`` (with their tie hash) and their keys; ``extra``
+        (name, column)s sort last."""
+        table, keys = order_keys(rows, self.params.ordering)
+        for name, column in [(_TIE, rows.column(_TIE)), *extra]:
+            table = table.append_column(name, column)
+            keys.append((name, "ascending"))
+        return table, keys
+
+    def finish(self, partials: pa.Table, *sides: pa.Table) -> pa.Table:
+        if partials.num_rows == 0:
+            return partials.drop_columns([_TIE])
+        table, keys = self._order(partials)
+        at = sorted_order(table, keys, "at_end")
+        return partials.take(pa.array(at)).drop_columns([_TIE]).combine_chunks()
+
+    def sample(self, part: pa.Table, k: int) -> pa.Table:
+        """The ``by`` columns and tie hash of the ``k`` rows of smallest hash."""
+        rows = self.partial(part).select([*self.input_columns(part.schema), _TIE])
+        return _smallest(rows, k)
+
+    def combine_samples(self, a: pa.Table, b: pa.Table, k: int) -> pa.Table:
+        return _smallest(pa.concat_tables([a, b]), k)
+
+    def set_bounds(self, sample: pa.Table, buckets: int) -> None:
+        """The sample's rows at each range's end, of ``buckets`` ranges of as many rows."""
+        if sample.num_rows == 0 or buckets < 2:
+            self.bounds = sample.slice(0, 0)
+            return
+        table, keys = self._order(sample)
+        ordered_sample = sample.take(pa.array(sorted_order(table, keys, "at_end")))
+        ends = np.unique((np.arange(1, buckets) * sample.num_rows) // buckets)
+        self.bounds = ordered_sample.take(pa.array(ends))
+
+    def place(self, partials: pa.Table, buckets: int) -> np.ndarray:
+        """Each row's range: how many bounds come before it in the order (a row equal to
+        a bound, which is a row too, goes before it)."""
+        n = partials.num_rows
+        if self.bounds is None or self.bounds.num_rows == 0 or n == 0:
+            return np.zeros(n, dtype=np.int64)
+        names = [*self.input_columns(partials.schema), _TIE]
+        both = pa.concat_tables([partials.select(names), self.bounds.select(names)])
+        marks = np.zeros(both.num_rows, dtype=np.int8)
+        marks[n:] = 1
+        table, keys = self._order(both, [(_BOUND, pa.array(marks))])
+        at = sorted_order(table, keys, "at_end")
+        before = np.cumsum(marks[at]) - marks[at]  # bounds before each position
+        out = np.empty(both.num_rows, dtype=np.int64)
+        out[at] = before
+        return np.minimum(out[:n], buckets - 1)
+
+
+def _smallest(rows: pa.Table, k: int) -> pa.Table:
+    """The ``k`` rows of ``rows`` whose tie hash, scrambled, is smallest (all when
+    fewer), in that order. Scrambled: the smallest tie hashes themselves would be the
+    first of every run of ties, and bounds made of them would send all the ties after."""
+    pick = _scrambled(rows.column(_TIE).to_numpy())
+    if len(pick) > k:
+        keep = np.argpartition(pick, k - 1)[:k]
+        rows, pick = rows.take(pa.array(keep)), pick[keep]
+    return rows.take(pa.array(np.argsort(pick, kind="stable")))
+
+
+def _scrambled(h: np.ndarray) -> np.ndarray:
+    """A bijection of uint64 that mixes every bit (splitmix64's finaliser)."""
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
