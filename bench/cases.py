@@ -63,6 +63,15 @@ from bench.mlp_cases import (  # noqa: F401 - bench.worker looks the sides up he
     train_mlp_sklearn_adam,
     train_mlp_sluice_local,
 )
+from bench.sort_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    check_sort,
+    check_spark_sort,
+    sort_events,
+    sort_pyarrow_floor,
+    sort_sluice_local,
+    spark_sort_sluice_spark,
+    spark_sort_spark,
+)
 from bench.spark_cases import (  # noqa: F401 - bench.worker looks the sides up here
     score_spark_mllib_mllib,
     score_spark_mllib_sluice_spark,
@@ -233,6 +242,14 @@ CASES: dict[str, Case] = {
                    check=check_window),
     "spark_window": Case("window_events", ("sluice_spark", "spark"), window_events,
                          check=check_spark_window),
+    # read events -> sort by customer, amount descending, event (a range shuffle: the
+    # rows in order across every output partition) -> write vs pyarrow's Table.sort_by
+    # and Spark's orderBy; the order across the files and every column of every row
+    # compared after the sides (bench/sort_cases.py)
+    "sort": Case("sort_events", ("sluice_local", "pyarrow_floor"), sort_events,
+                 check=check_sort),
+    "spark_sort": Case("sort_events", ("sluice_spark", "spark"), sort_events,
+                       check=check_spark_sort),
 }
 
 
