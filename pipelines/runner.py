@@ -350,7 +350,7 @@ class Run:
             # one pass over the table step's rows
             wanted = op.table_columns(table.schema)
             estimate = self.engine.aggregate(
-                table, step.id, lambda part, xp: part.select(wanted).nbytes,
+                table, f"{step.id} (table size)", lambda part, xp: part.select(wanted).nbytes,
                 lambda a, b: a + b, label=f"{step.id}: size of {op.params.table}",
                 placement=CPU)
         chosen = op.decided(estimate)
@@ -381,8 +381,8 @@ class Run:
             # the ranges' bounds from a sample of the rows (a pass: those of the smallest
             # hash of their values, however the rows are cut)
             k = max(1000, SAMPLE_PER_BUCKET * buckets)
-            sample = self.engine.aggregate(
-                data, step.id, lambda part, xp: op.sample(part, k),
+            sample = self.engine.aggregate(  # its figures under a name of their own
+                data, f"{step.id} (sample)", lambda part, xp: op.sample(part, k),
                 lambda a, b: op.combine_samples(a, b, k), label=f"{step.id}: sample",
                 placement=CPU)
             op.set_bounds(sample, buckets)

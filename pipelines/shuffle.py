@@ -14,8 +14,8 @@ Two stages, each an ordinary job of the engine:
 
 How many buckets, and which make a piece (Spark's adaptive coalescing, decided from what
 stage 1 wrote; ``pieces``): a step's ``partitions: N`` is N buckets and a piece each.
-Otherwise there are as many buckets as input partitions (at most ``MAX_BUCKETS``, and at
-most one a quarter of ``partition_mb`` of input as its sources estimate it), and
+Otherwise there is a bucket a quarter of ``partition_mb`` of input as its sources
+estimate it, or without an estimate one an input partition (at most ``MAX_BUCKETS``), and
 neighbouring buckets are put together while their rows take at most ``partition_mb`` in
 memory (at least a quarter of it, unless the input's partitions average more), so that an
 output partition is neither a sliver nor larger than that, whatever the data's size. A
@@ -94,20 +94,20 @@ def exact(op: Shuffle) -> bool:
 
 
 def bucket_count(op: Shuffle, input_partitions: int, input_bytes: float | None = None) -> int:
-    """The step's ``partitions``, else one an input partition (at most ``MAX_BUCKETS``),
-    and no more than a bucket a quarter of ``partition_mb`` of the input's rows as its
-    sources estimate them (every bucket is a record batch of every stage-1 file, ~40 us
-    to write and to read: a thousand files of small partitions would otherwise make a
-    million, for a result that fits in one partition)."""
+    """The step's ``partitions``; else a bucket a quarter of ``partition_mb`` of the
+    input's rows as its sources estimate them, or, without an estimate, one an input
+    partition; at most ``MAX_BUCKETS``. By the size: an output partition of at most
+    ``partition_mb`` however large the input's partitions, and not a million record
+    batches (~40 us each to write and to read: each bucket is one of every stage-1 file)
+    for a thousand small partitions whose result fits in one."""
     if op.one_place():
         return 1  # e.g. one row for all the rows
     wanted = getattr(op.params, "partitions", None)
     if wanted:
         return int(wanted)
-    count = min(MAX_BUCKETS, input_partitions)
-    if input_bytes is not None:
-        count = min(count, math.ceil(input_bytes / (partition_bytes(op) / 4)))
-    return max(1, count)
+    count = (input_partitions if input_bytes is None
+             else math.ceil(input_bytes / (partition_bytes(op) / 4)))
+    return max(1, min(MAX_BUCKETS, count))
 
 
 def partition_bytes(op: Shuffle) -> float:
@@ -170,18 +170,25 @@ def pieces(op: Shuffle, written: dict[str, Any], sides: list[dict[str, Any]],
 
 def oversized_note(op: Shuffle, chosen: list[Piece]) -> str | None:
     """A line when an output partition is more than twice ``partition_mb`` (a bucket
-    that could not be split: its keys meet in one place), saying what would spread it."""
+    that could not be split: its keys meet in one place; a ranged shuffle's, four times:
+    its ranges come from a sample), saying what would spread it."""
     cap = partition_bytes(op)
     large = max(chosen, key=lambda p: p.bytes)
-    if large.bytes <= 2 * cap:
+    if large.bytes <= (4 if op.ranged else 2) * cap:
         return None
     where = (f"bucket {large.lo}" if large.hi == large.lo + 1
              else f"buckets {large.lo}-{large.hi - 1}")
-    return (f"one output partition ({where}) holds {large.bytes / 2**20:,.0f} MB of rows, "
-            f"over partition_mb {cap / 2**20:g}: a key's rows meet in one place, so either "
-            "one key has that many (a hot key: give `by` a finer key) or too few buckets "
-            f"share the keys (partitions: N, more than the {max(p.hi for p in chosen)} "
-            "buckets there were, spreads them)")
+    mb = large.bytes / 2**20
+    shown = f"{mb * 1024:,.0f} KB" if mb < 1 else f"{mb:,.0f} MB"
+    buckets = max(p.hi for p in chosen)
+    if op.ranged:
+        return (f"one output partition ({where}) holds {shown} of rows, over partition_mb "
+                f"{cap / 2**20:g}: the ranges a sample of the rows set are uneven there "
+                f"(partitions: N, more than the {buckets} ranges there were, narrows them)")
+    return (f"one output partition ({where}) holds {shown} of rows, over partition_mb "
+            f"{cap / 2**20:g}: a key's rows meet in one place, so either one key has that "
+            "many (a hot key: give `by` a finer key) or too few buckets share the keys "
+            f"(partitions: N, more than the {buckets} buckets there were, spreads them)")
 
 
 def _split(b: int, files: list[tuple[str, dict[int, int], dict[int, int]]],

@@ -20,8 +20,8 @@ _GROUP_ROWS = f"{INTERNAL}row"
 _PER_KEY_NULLS = int(pa.__version__.split(".")[0]) >= 25
 
 
-def partitions_field(default: str = "as many as the input has (at most 1024), put "
-                                       "together up to partition_mb") -> Any:
+def partitions_field(default: str = "as the rows need: partitions of up to "
+                                       "partition_mb") -> Any:
     """A shuffle step's ``partitions`` parameter."""
     return Field(None, ge=1, le=10_000, description="output partitions (rows go by a hash "
                                                     f"of their keys); default: {default}")

@@ -73,9 +73,7 @@ class JoinParams(Params):
                             "takes more than max_mb")
     max_mb: float = Field(256, gt=0, description="the most memory a broadcast table may "
                                                  "take on every worker")
-    partitions: int | None = partitions_field(
-        "as many as the input or the table has (at most 1024), put together up to "
-        "partition_mb")
+    partitions: int | None = partitions_field()
     partition_mb: float | None = Field(
         None, gt=0, description="without partitions: the most memory an output "
                                 "partition's rows and its share of the table take before "

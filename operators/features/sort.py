@@ -39,6 +39,7 @@ from operators.hashing import hash_rows
 
 _TIE = f"{INTERNAL}tie"  # a hash of the row's values: the last key of the order
 _BOUND = f"{INTERNAL}bound"  # in place(): 0 for a row, 1 for a bound (after equal rows)
+_DRAW = f"{INTERNAL}draw"  # a sampled row's draw (sample)
 _SEED = 0x5027
 
 
@@ -139,9 +140,14 @@ class Sort(Shuffle):
         return partials.take(pa.array(at)).drop_columns([_TIE]).combine_chunks()
 
     def sample(self, part: pa.Table, k: int) -> pa.Table:
-        """The ``by`` columns and tie hash of the ``k`` rows of smallest hash."""
+        """The ``by`` columns and tie hash of the ``k`` rows of smallest draw: a scramble
+        of the tie hash and the row's number among its copies in the partition (the same
+        values: the same tie hash), so that a row on many rows is as many in the sample
+        (drawn by the tie alone, copies would crowd it out: all or none of them)."""
         rows = self.partial(part).select([*self.input_columns(part.schema), _TIE])
-        return _smallest(rows, k)
+        tie = rows.column(_TIE).to_numpy()
+        draw = _scrambled(tie ^ _scrambled(_copy_number(tie) + np.uint64(1)))
+        return _smallest(rows.append_column(_DRAW, pa.array(draw, pa.uint64())), k)
 
     def combine_samples(self, a: pa.Table, b: pa.Table, k: int) -> pa.Table:
         return _smallest(pa.concat_tables([a, b]), k)
@@ -151,6 +157,7 @@ class Sort(Shuffle):
         if sample.num_rows == 0 or buckets < 2:
             self.bounds = sample.slice(0, 0)
             return
+        sample = sample.drop_columns([_DRAW])
         table, keys = self._order(sample)
         ordered_sample = sample.take(pa.array(sorted_order(table, keys, "at_end")))
         ends = np.unique((np.arange(1, buckets) * sample.num_rows) // buckets)
@@ -158,7 +165,10 @@ class Sort(Shuffle):
 
     def place(self, partials: pa.Table, buckets: int) -> np.ndarray:
         """Each row's range: how many bounds come before it in the order (a row equal to
-        a bound, which is a row too, goes before it)."""
+        a bound, which is a row too, goes before it); copies of a row that is several
+        bounds (a row on many rows) are spread over the ranges those bounds delimit, by
+        their number among the partition's copies: they are alike, so any split of them
+        gives the same order."""
         n = partials.num_rows
         if self.bounds is None or self.bounds.num_rows == 0 or n == 0:
             return np.zeros(n, dtype=np.int64)
@@ -171,14 +181,34 @@ class Sort(Shuffle):
         before = np.cumsum(marks[at]) - marks[at]  # bounds before each position
         out = np.empty(both.num_rows, dtype=np.int64)
         out[at] = before
-        return np.minimum(out[:n], buckets - 1)
+        out = out[:n]
+        tie = partials.column(_TIE).to_numpy()
+        values, first, copies = np.unique(self.bounds.column(_TIE).to_numpy(),
+                                          return_index=True, return_counts=True)
+        alike = np.flatnonzero(np.isin(tie, values))
+        if alike.size:
+            at = np.searchsorted(values, tie[alike])
+            out[alike] = first[at] + _copy_number(tie[alike]) % (copies[at] + 1)
+        return np.minimum(out, buckets - 1)
+
+
+def _copy_number(tie: np.ndarray) -> np.ndarray:
+    """Each row's number (0, 1, ...) among the rows of its tie hash, in their order."""
+    order = np.argsort(tie, kind="stable")
+    ordered = tie[order]
+    starts = np.ones(len(tie), dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    at = np.arange(len(tie))
+    out = np.empty(len(tie), dtype=np.uint64)
+    out[order] = (at - np.maximum.accumulate(np.where(starts, at, 0))).astype(np.uint64)
+    return out
 
 
 def _smallest(rows: pa.Table, k: int) -> pa.Table:
-    """The ``k`` rows of ``rows`` whose tie hash, scrambled, is smallest (all when
-    fewer), in that order. Scrambled: the smallest tie hashes themselves would be the
-    first of every run of ties, and bounds made of them would send all the ties after."""
-    pick = _scrambled(rows.column(_TIE).to_numpy())
+    """The ``k`` rows of ``rows`` of smallest draw (all when fewer), in that order. The
+    draw is scrambled: the smallest tie hashes themselves would be the first of every
+    run of ties, and bounds made of them would send all the ties after."""
+    pick = rows.column(_DRAW).to_numpy()
     if len(pick) > k:
         keep = np.argpartition(pick, k - 1)[:k]
         rows, pick = rows.take(pa.array(keep)), pick[keep]

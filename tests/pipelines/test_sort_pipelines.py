@@ -107,3 +107,47 @@ def test_the_plan_says_how_and_a_column_without_order_is_named(sales: Path,
         '"amount desc"', '"amont desc"'), "bad.yaml")
     (problem,) = plan_file(bad).problems
     assert problem.line == 8 and "by: column 'amont' not in the input" in problem.message
+
+
+REPEATS = """
+    pipeline: repeats
+    steps:
+      - op: read_parquet
+        path: data/repeats
+        partition_mb: 0.004
+      - id: sorted
+        op: sort
+        by: [a]
+        {given}
+      - op: write_parquet
+        path: out/{out}
+"""
+
+
+@pytest.mark.parametrize("hot", [False, True])
+def test_copies_of_rows_are_sampled_as_many_and_spread(workdir: Path, hot: bool) -> None:
+    """Rows alike in every column (copies: one tie hash) count as many rows in the
+    sample, and copies of a row that is several bounds are spread over their ranges: the
+    output partitions stay about even, where a sample of distinct hashes put 14,655 of
+    30,000 rows in one of 20 and 27,000 copies of a hot row in one."""
+    rng = np.random.default_rng(12)
+    n = 30_000
+    a = np.where(rng.random(n) < 0.9, 7, rng.integers(0, 100, n)) if hot else \
+        rng.integers(0, 100, n)
+    (workdir / "data" / "repeats").mkdir(parents=True)
+    for i in range(4):
+        pq.write_table(pa.table({"a": a[i * 7500:(i + 1) * 7500]}),
+                       workdir / "data" / "repeats" / f"part-{i}.parquet")
+    record = run(write_pipeline(workdir, REPEATS.format(out="p", given="partitions: 12")))
+    step = record["steps"]["sorted"]
+    assert step["rows"] == n  # the sample's pass is not counted as the step's rows
+    counts = [pq.read_metadata(f).num_rows
+              for f in sorted((workdir / "out" / "p").glob("*.parquet"))]
+    assert len(counts) == 12 and max(counts) < 2 * n / 12, counts
+    got = files_in_order(workdir / "out" / "p")["a"].to_numpy()
+    np.testing.assert_array_equal(got, np.sort(a))
+    # by size: no output partition far over partition_mb
+    record = run(write_pipeline(workdir, REPEATS.format(out="mb", given="partition_mb: 0.02")))
+    assert record["steps"]["sorted"]["shuffle"]["largest_mb"] < 0.06
+    np.testing.assert_array_equal(files_in_order(workdir / "out" / "mb")["a"].to_numpy(),
+                                  np.sort(a))
