@@ -118,8 +118,17 @@ class Sort(Shuffle):
     # ------------------------------------------------------------------ shuffle
 
     def partial(self, part: pa.Table) -> pa.Table:
-        """Every row, with the hash of its values that orders ties."""
+        """Every row, with the hash of its values that orders ties: rows alike in every
+        column (copies) have one, and only they (the hash takes -0.0 as 0.0, as keys
+        compare: a row with -0.0 has its own, or two rows that differ would be copies)."""
         tie = hash_rows(part, None, _SEED) if part.num_rows else np.zeros(0, np.uint64)
+        for i, column in enumerate(part.columns):
+            if pa.types.is_float32(column.type) or pa.types.is_float64(column.type):
+                x = column.to_numpy(zero_copy_only=False)
+                negative_zero = np.signbit(x) & (x == 0)
+                if negative_zero.any():
+                    mark = _scrambled(np.array([i + 1], dtype=np.uint64))[0]
+                    tie = tie ^ np.where(negative_zero, mark, np.uint64(0))
         return part.append_column(_TIE, pa.array(tie, pa.uint64()))
 
     def _order(self, rows: pa.Table, extra: list[tuple[str, Any]] = ()
