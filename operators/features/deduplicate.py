@@ -31,7 +31,7 @@ from operators.features.grouping import (
     plain,
     sorted_order,
 )
-from operators.hashing import hash_rows
+from operators.hashing import content_hash, hash_rows
 
 _HASH = f"{INTERNAL}hash"  # each row's hash of its values: the tie-break
 _SEED = 0x0DED
@@ -148,7 +148,7 @@ class Deduplicate(Shuffle):
         if tied.size:
             values = table.take(pa.array(tied)).drop_columns(
                 [c for c in (_HASH,) if c in table.column_names])
-            hashes = hash_rows(values, seed=_SEED)
+            hashes = content_hash(values, _SEED)
             smallest = np.full(count, np.iinfo(np.uint64).max, dtype=np.uint64)
             np.minimum.at(smallest, gid[tied], hashes)
             chosen = tied[hashes == smallest[gid[tied]]]

@@ -35,7 +35,7 @@ from operators.features.grouping import (
     partitions_field,
     sorted_order,
 )
-from operators.hashing import hash_rows
+from operators.hashing import content_hash
 
 _TIE = f"{INTERNAL}tie"  # a hash of the row's values: the last key of the order
 _BOUND = f"{INTERNAL}bound"  # in place(): 0 for a row, 1 for a bound (after equal rows)
@@ -121,14 +121,7 @@ class Sort(Shuffle):
         """Every row, with the hash of its values that orders ties: rows alike in every
         column (copies) have one, and only they (the hash takes -0.0 as 0.0, as keys
         compare: a row with -0.0 has its own, or two rows that differ would be copies)."""
-        tie = hash_rows(part, None, _SEED) if part.num_rows else np.zeros(0, np.uint64)
-        for i, column in enumerate(part.columns):
-            if pa.types.is_float32(column.type) or pa.types.is_float64(column.type):
-                x = column.to_numpy(zero_copy_only=False)
-                negative_zero = np.signbit(x) & (x == 0)
-                if negative_zero.any():
-                    mark = _scrambled(np.array([i + 1], dtype=np.uint64))[0]
-                    tie = tie ^ np.where(negative_zero, mark, np.uint64(0))
+        tie = content_hash(part, _SEED) if part.num_rows else np.zeros(0, np.uint64)
         return part.append_column(_TIE, pa.array(tie, pa.uint64()))
 
     def _order(self, rows: pa.Table, extra: list[tuple[str, Any]] = ()

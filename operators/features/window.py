@@ -59,7 +59,7 @@ from operators.features.grouping import (
     plain,
     sorted_order,
 )
-from operators.hashing import hash_rows
+from operators.hashing import content_hash
 
 # name: (fewest arguments, most, what it computes)
 FUNCTIONS: dict[str, tuple[int, int, str]] = {
@@ -411,7 +411,7 @@ class Window(Shuffle):
         run = np.cumsum(peers) - 1
         tied = np.flatnonzero(np.bincount(run)[run] > 1)
         if tied.size:
-            tie = hash_rows(rows.take(pa.array(at[tied])), None, 0x7135)
+            tie = content_hash(rows.take(pa.array(at[tied])), 0x7135)
             at[tied] = at[tied][np.lexsort((tie, run[tied]))]
         rows = rows.take(pa.array(at))
         n = rows.num_rows
