@@ -110,9 +110,10 @@ class Sort(Shuffle):
         self.check_input(schema)
         for name, _ in self.params.ordering:
             t = schema.field(name).type
-            if nested(t) or not ordered(t):
+            if nested(t) or not (ordered(t) or pa.types.is_duration(t)):
                 raise SchemaError(f"by: column '{name}' is {t}, which has no order",
-                                  hint="sort by numbers, text, dates, times or booleans")
+                                  hint="sort by numbers, text, dates, times, durations or "
+                                       "booleans")
         return schema
 
     # ------------------------------------------------------------------ shuffle

@@ -89,6 +89,16 @@ def test_the_sample_is_the_same_however_the_rows_are_cut(rows: pa.Table) -> None
     assert whole.num_rows == 50
 
 
+def test_durations_sort() -> None:
+    rng = np.random.default_rng(1)
+    table = pa.table({"d": pa.array(rng.integers(-50, 50, 300), pa.duration("ms")),
+                      "i": np.arange(300)})
+    op = sort(by=["d desc"])
+    assert op.output_schema(table.schema) == table.schema
+    got = shuffled(op, split(table, 4, 1), 3, 1)["d"].cast(pa.int64()).to_numpy()
+    np.testing.assert_array_equal(got, np.sort(got)[::-1])
+
+
 def test_problems_are_named() -> None:
     table = pa.table({"a": [1], "tags": pa.array([[1, 2]])})
     with pytest.raises(SchemaError, match="by: column 'b' not in the input"):
