@@ -21,6 +21,7 @@ from operators.evaluate.evaluate import Measuring
 from operators.evaluate.promote import Promote
 from operators.features.join import Join, ShuffleJoin
 from operators.features.sort import Sort
+from operators.features.top import Top
 from operators.features.window import Window
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
@@ -128,6 +129,13 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                          f"through the scratch folder{why}, into {into}"
                          + ("" if parts else " (a key of more rows split among several)")
                          + "; rows in their order within each")
+        elif isinstance(op, Top):
+            p = op.params
+            which = (f"of each {', '.join(p.by)}" if p.by else "of all the rows")
+            notes.append(f"keeps the first {p.n} rows by {', '.join(p.order)} {which}: each "
+                         "partition's own first ones go through the scratch folder" +
+                         (f" to one place per group, into {into}" if p.by
+                          else " to one place, into 1 partition"))
         elif isinstance(op, Sort):
             notes.append(f"sorts by {', '.join(op.params.by)}: a pass samples the rows for "
                          "the ranges of the output partitions, then the rows go to their "

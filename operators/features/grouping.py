@@ -163,6 +163,53 @@ def order_direction(entry: str) -> tuple[str, bool]:
     return entry, False
 
 
+class ByKeys:
+    """What a shuffle that brings each ``by`` key's rows to one place shares (window,
+    top): its keys under hidden names, as keys compare; one place without keys."""
+
+    params: Any
+    _KEYED = f"{INTERNAL}key"
+
+    def key_columns(self) -> list[str]:
+        return [f"{self._KEYED}{i}" for i in range(len(self.params.by))] or [self._KEYED]
+
+    def one_place(self) -> bool:
+        return not self.params.by
+
+    def keyed(self, part: pa.Table) -> pa.Table:
+        """``part`` with its key's values (decoded, -0.0 as 0.0) to be placed by."""
+        if not self.params.by:
+            return part.append_column(self._KEYED,
+                                      pa.array(np.zeros(part.num_rows, np.int8)))
+        for name, key in zip(self.key_columns(), self.params.by, strict=True):
+            part = part.append_column(name, normalized(plain(part.column(key))))
+        return part
+
+
+def check_order(schema: pa.Schema, by: list[str], ordering: list[tuple[str, bool]],
+                what: str = "order", durations: bool = True) -> None:
+    """A SchemaError for a ``by`` column that cannot be a key, or an order column of
+    ``what`` that has no order (Arrow sorts durations; the min/max kernels do not)."""
+    for key in by:
+        found = key_problem(schema, key, f"by: key column '{key}'")
+        if found is not None:
+            raise found
+    for name, _ in ordering:
+        t = schema.field(name).type
+        if nested(t) or not (ordered(t) or durations and pa.types.is_duration(t)):
+            raise SchemaError(f"{what}: column '{name}' is {t}, which has no order",
+                              hint="order by numbers, text, dates, times"
+                                   + (", durations" if durations else "") + " or booleans")
+
+
+def unique_order(entries: list[str], what: str) -> list[str]:
+    """A validator of order entries ('ts', 'ts desc'): each column named once."""
+    from operators.features.columns import unique_names
+
+    unique_names([order_direction(entry)[0] for entry in entries], what)
+    return entries
+
+
 def order_keys(rows: pa.Table, ordering: list[tuple[str, bool]],
                first: list[tuple[str, Any]] = ()) -> tuple[pa.Table, list[tuple[str, str]]]:
     """The columns that sort ``rows`` by ``ordering`` ((column, descending) each) and
@@ -183,6 +230,25 @@ def order_keys(rows: pa.Table, ordering: list[tuple[str, bool]],
         arrays.append(column)
         keys.append((names[-1], "descending" if down else "ascending"))
     return pa.table(arrays, names=names), keys
+
+
+def run_starts(table: pa.Table, keys: list[str]) -> np.ndarray:
+    """True on the first row of each run of equal keys (nulls equal nulls, NaN NaN)."""
+    n = table.num_rows
+    starts = np.zeros(n, dtype=bool)
+    starts[0] = True
+    for name in keys:
+        column = plain(table.column(name))
+        if n < 2:
+            break
+        a, b = column.slice(1), column.slice(0, n - 1)
+        differ = pc.not_equal(a, b)
+        if pa.types.is_floating(column.type):  # NaN keys are one key
+            differ = pc.and_(differ, pc.invert(pc.and_(pc.is_nan(a), pc.is_nan(b))))
+        nulls = pc.is_null(a).to_numpy(zero_copy_only=False) != pc.is_null(b).to_numpy(
+            zero_copy_only=False)
+        starts[1:] |= pc.fill_null(differ, False).to_numpy(zero_copy_only=False) | nulls
+    return starts
 
 
 def per_group(gid: np.ndarray, groups: int, values: pa.Array, fn: str) -> pa.Array:

@@ -18,22 +18,20 @@ from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
     Params,
-    SchemaError,
     Shuffle,
     register,
     require_columns,
 )
-from operators.features.columns import unique_names
 from operators.features.grouping import (
     INTERNAL,
-    nested,
+    check_order,
     one_partitioning,
     order_direction,
     order_keys,
-    ordered,
     partition_mb_field,
     partitions_field,
     sorted_order,
+    unique_order,
 )
 from operators.hashing import content_hash
 
@@ -53,11 +51,7 @@ class SortParams(Params):
     partition_mb: float | None = partition_mb_field()
     _one_partitioning = model_validator(mode="after")(one_partitioning)
 
-    @field_validator("by")
-    @classmethod
-    def _columns(cls, value: list[str]) -> list[str]:
-        unique_names([order_direction(entry)[0] for entry in value], "by")
-        return value
+    _unique = field_validator("by")(lambda cls, value: unique_order(value, "by"))
 
     @property
     def ordering(self) -> list[tuple[str, bool]]:
@@ -108,12 +102,7 @@ class Sort(Shuffle):
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         self.check_input(schema)
-        for name, _ in self.params.ordering:
-            t = schema.field(name).type
-            if nested(t) or not (ordered(t) or pa.types.is_duration(t)):
-                raise SchemaError(f"by: column '{name}' is {t}, which has no order",
-                                  hint="sort by numbers, text, dates, times, durations or "
-                                       "booleans")
+        check_order(schema, [], self.params.ordering, what="by")
         return schema
 
     # ------------------------------------------------------------------ shuffle

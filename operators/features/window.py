@@ -45,11 +45,10 @@ from operators.expressions import (
 from operators.features.aggregate import _ARROW_ERRORS, _CALL, _raise_all, _split_args
 from operators.features.columns import arrow_message
 from operators.features.grouping import (
-    INTERNAL,
+    ByKeys,
+    check_order,
     distinct_keys,
-    key_problem,
     nested,
-    normalized,
     one_partitioning,
     order_direction,
     order_keys,
@@ -57,6 +56,7 @@ from operators.features.grouping import (
     partition_mb_field,
     partitions_field,
     plain,
+    run_starts,
     sorted_order,
 )
 from operators.hashing import content_hash
@@ -107,7 +107,6 @@ _VALUE_ARG = {"lag", "lead", "cum_sum", "cum_count", "cum_mean", "cum_min", "cum
 _SPAN = re.compile(r"^(\d+)\s*(second|minute|hour|day|week)s?$")
 _UNIT_US = {"second": 10**6, "minute": 60 * 10**6, "hour": 3600 * 10**6,
             "day": 86_400 * 10**6, "week": 7 * 86_400 * 10**6}
-_KEY = f"{INTERNAL}key"
 _MOST_ROWS = 2**31 - 1
 
 
@@ -249,7 +248,7 @@ class WindowParams(Params):
 
 
 @register("window")
-class Window(Shuffle):
+class Window(ByKeys, Shuffle):
     """Columns from each row's key's rows in order: lag, lead, ranks, running and rolling sums.
 
     Every row is kept, with the new columns added; the output is in key order, then
@@ -285,12 +284,6 @@ class Window(Shuffle):
     def windows(self) -> list[WindowColumn]:
         return [parse_window_column(n, t) for n, t in self.params.columns.items()]
 
-    def key_columns(self) -> list[str]:
-        return [f"{_KEY}{i}" for i in range(len(self.params.by))] or [_KEY]
-
-    def one_place(self) -> bool:
-        return not self.params.by
-
     def input_columns(self, schema: pa.Schema) -> list[str]:
         used = [*self.params.by, *(c for c, _ in self.params.ordering)]
         for w in self.windows:
@@ -306,15 +299,7 @@ class Window(Shuffle):
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         self.check_input(schema)
-        for key in self.params.by:
-            found = key_problem(schema, key, f"by: key column '{key}'")
-            if found is not None:
-                raise found
-        for name, _ in self.params.ordering:
-            t = schema.field(name).type
-            if nested(t) or not ordered(t):
-                raise SchemaError(f"order: column '{name}' is {t}, which has no order",
-                                  hint="order by numbers, text, dates or times")
+        check_order(schema, self.params.by, self.params.ordering, durations=False)
         out = schema
         problems = []
         for w in self.windows:
@@ -390,11 +375,7 @@ class Window(Shuffle):
 
     def partial(self, part: pa.Table) -> pa.Table:
         """Every row, with its key's values (decoded, -0.0 as 0.0) to be placed by."""
-        if not self.params.by:
-            return part.append_column(_KEY, pa.array(np.zeros(part.num_rows, np.int8)))
-        for name, key in zip(self.key_columns(), self.params.by, strict=True):
-            part = part.append_column(name, normalized(plain(part.column(key))))
-        return part
+        return self.keyed(part)
 
     def finish(self, partials: pa.Table, *sides: pa.Table) -> pa.Table:
         keys = self.key_columns()
@@ -407,7 +388,7 @@ class Window(Shuffle):
         table, sort_keys = order_keys(rows, ordering, [(k, partials.column(k)) for k in keys])
         at = sorted_order(table, sort_keys, "at_end").copy()  # written below
         table = table.take(pa.array(at))
-        peers = _starts(table, table.column_names)  # a run of rows of one key and order
+        peers = run_starts(table, table.column_names)  # a run of rows of one key and order
         run = np.cumsum(peers) - 1
         tied = np.flatnonzero(np.bincount(run)[run] > 1)
         if tied.size:
@@ -415,7 +396,7 @@ class Window(Shuffle):
             at[tied] = at[tied][np.lexsort((tie, run[tied]))]
         rows = rows.take(pa.array(at))
         n = rows.num_rows
-        starts = _starts(table, keys)  # first row of each key
+        starts = run_starts(table, keys)  # first row of each key
         gid = np.cumsum(starts) - 1
         first = np.flatnonzero(starts)[gid]  # each row's key's first row
         values = self._arguments(rows)
@@ -492,25 +473,6 @@ def _arg_type(w: WindowColumn, schema: pa.Schema, where: str) -> pa.DataType:
         # a missing column may come from a fit upstream (one_hot's): the plan waits
         kind = MissingColumnError if missing else SchemaError
         raise kind(f"{where}: {exc}") from None
-
-
-def _starts(table: pa.Table, keys: list[str]) -> np.ndarray:
-    """True on the first row of each run of equal keys (nulls equal nulls, NaN NaN)."""
-    n = table.num_rows
-    starts = np.zeros(n, dtype=bool)
-    starts[0] = True
-    for name in keys:
-        column = plain(table.column(name))
-        if n < 2:
-            break
-        a, b = column.slice(1), column.slice(0, n - 1)
-        differ = pc.not_equal(a, b)
-        if pa.types.is_floating(column.type):  # NaN keys are one key
-            differ = pc.and_(differ, pc.invert(pc.and_(pc.is_nan(a), pc.is_nan(b))))
-        nulls = pc.is_null(a).to_numpy(zero_copy_only=False) != pc.is_null(b).to_numpy(
-            zero_copy_only=False)
-        starts[1:] |= pc.fill_null(differ, False).to_numpy(zero_copy_only=False) | nulls
-    return starts
 
 
 def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table,

@@ -259,3 +259,9 @@ _cases("sort", events_table,
        ("one-column", {"by": ["x"]}),
        ("desc-dictionary-and-ties", {"by": ["region", "x desc", "plan"], "partitions": 3}),
        ("time-and-floats-desc", {"by": ["ts desc", "f32 desc"]}))
+_cases("top", events_table,
+       ("per-key-latest", {"by": ["customer"], "order": ["ts desc"], "n": 3}),
+       ("two-keys-dictionary-two-orders", {"by": ["region", "plan"],
+                                          "order": ["x desc", "small"], "n": 2,
+                                          "partitions": 3}),
+       ("all-rows", {"order": ["big desc"], "n": 10}))
