@@ -21,10 +21,11 @@ _PER_KEY_NULLS = int(pa.__version__.split(".")[0]) >= 25
 
 
 def partitions_field(default: str = "as the rows need: partitions of up to "
-                                       "partition_mb") -> Any:
+                                       "partition_mb",
+                     how: str = "rows go by a hash of their keys") -> Any:
     """A shuffle step's ``partitions`` parameter."""
-    return Field(None, ge=1, le=10_000, description="output partitions (rows go by a hash "
-                                                    f"of their keys); default: {default}")
+    return Field(None, ge=1, le=10_000,
+                 description=f"output partitions ({how}); default: {default}")
 
 
 def partition_mb_field() -> Any:

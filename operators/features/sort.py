@@ -47,7 +47,8 @@ class SortParams(Params):
                                                     "desc\"]; nulls last either way, NaN "
                                                     "above every number")
     partitions: int | None = partitions_field(
-        "as the data needs: partitions of up to partition_mb, in order")
+        "as the rows need: partitions of up to partition_mb, in order",
+        how="rows go by ranges of the order, set from a sample")
     partition_mb: float | None = partition_mb_field()
     _one_partitioning = model_validator(mode="after")(one_partitioning)
 
