@@ -160,7 +160,7 @@ def pieces(op: Shuffle, written: dict[str, Any], sides: list[dict[str, Any]],
                 out.extend(split)
                 lo, held = b + 1, 0.0
                 continue
-        if held and held + size[b] > target:
+        if held and size[b] and held + size[b] > target:  # (an empty bucket joins)
             close(b)
             lo, held = b, 0.0
         held += size[b]

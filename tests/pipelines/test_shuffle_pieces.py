@@ -59,6 +59,9 @@ def test_neighbouring_buckets_are_put_together_up_to_partition_mb() -> None:
     assert [(p.lo, p.hi) for p in chosen] == [(0, 3), (3, 6), (6, 7), (7, 8), (8, 10)]
     assert [p.bytes / MB for p in chosen] == [6, 9, 4, 12, 4]
     assert [p.rows for p in chosen] == [6000, 9000, 4000, 12000, 4000]
+    # empty buckets after a large one join it: no piece of no rows
+    after = pieces(op, written([12, 0, 0, 0]), [], input_partitions=1)
+    assert [(p.lo, p.hi) for p in after] == [(0, 4)]
     # a bucket over partition_mb stays whole: a key's rows meet in one place
     assert all(p.files is None for p in chosen)
     # partitions: N is N buckets, a piece each, however small
