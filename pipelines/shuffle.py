@@ -15,7 +15,8 @@ Two stages, each an ordinary job of the engine:
 How many buckets, and which make a piece (Spark's adaptive coalescing, decided from what
 stage 1 wrote; ``pieces``): a step's ``partitions: N`` is N buckets and a piece each.
 Otherwise there is a bucket a quarter of ``partition_mb`` of input as its sources
-estimate it, or without an estimate one an input partition (at most ``MAX_BUCKETS``), and
+estimate it (``Dataset.estimated_bytes``), or without an estimate one an input partition
+(at most ``MAX_BUCKETS``), and
 neighbouring buckets are put together while their rows take at most ``partition_mb`` in
 memory (at least a quarter of it, unless the input's partitions average more), so that an
 output partition is neither a sliver nor larger than that, whatever the data's size. A

@@ -74,17 +74,33 @@ class Dataset:
     def estimated_bytes(self) -> float | None:
         """About how much memory the rows take, as the source estimates them, where that
         is an upper bound: they come from the source directly or through steps that keep
-        some of its rows and columns as they are (a filter, a select); None where a step
-        adds or changes a column (a join's text, a derive) or the source cannot say."""
+        some of its rows and columns as they are (a filter, a select), or add columns of
+        a fixed width (a derive's numbers: their width times the source's rows); None
+        where a step adds or changes a column of text or another variable width (a
+        join's), or the source cannot say."""
         estimate = getattr(self.source, "estimated_bytes", None)
         if estimate is None or self.schema is None:
             return None
         source = self.source.schema()
+        added = 0  # bytes a row of the columns steps added or changed
         for column in self.schema:
             at = source.get_field_index(column.name)
-            if at < 0 or source.field(at).type != column.type:
+            if at >= 0 and source.field(at).type == column.type:
+                continue
+            t = column.type
+            if pa.types.is_dictionary(t) or pa.types.is_boolean(t):
                 return None
-        return float(estimate())
+            try:
+                added += t.bit_width // 8
+            except ValueError:  # text, nested: no width
+                return None
+        total = float(estimate())
+        if added:
+            rows = [p.rows for p in self.source.partitions()]
+            if None in rows:
+                return None
+            total += added * float(sum(rows))
+        return total
 
     def uses_gpu(self, skip: int = 0) -> bool:
         """Whether a transform after the first ``skip`` runs on a GPU."""
