@@ -154,8 +154,9 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
         return []
 
     def bind_step_schema(self, step_id: str, schema: pa.Schema) -> None:
-        """The planned schema of ``step_id``, one of ``step_inputs()``."""
-        raise NotImplementedError(f"{self.name} names steps_inputs but binds no schema")
+        """The schema of ``step_id``, one of ``step_inputs()``: as planned, then as the
+        step made it when the run gets there (``step_schemas``)."""
+        self.step_schemas = {**getattr(self, "step_schemas", {}), step_id: schema}
 
     def check_input(self, schema: pa.Schema) -> None:
         """MissingColumnError naming the columns this step reads that ``schema`` lacks
@@ -464,18 +465,12 @@ class Shuffle(Operator):
     # "keys": finish returns rows in key order; "input": in the order the partial rows
     # came (the runtime brings them in the input's order: partition by partition);
     # "groups": each key's rows together, in an order of the operator's own; "sorted":
-    # in an order of the operator's own across the output partitions (``ranged``)
+    # in an order of the operator's own across the output partitions (RangedShuffle)
     row_order: ClassVar[str] = "keys"
     # True: a key's partial rows may be finished in several places, each given the
     # sides' whole rows of the key (a join looks each row up on its own), so that the
     # runtime may split a key with too many rows (skew); False: a key meets in one place
     splittable: ClassVar[bool] = False
-    # True: rows go to the output partitions by ranges of an order, not by a hash (a
-    # sort): the runtime first combines every partition's ``sample(part, k)`` with
-    # ``combine_samples``, gives it to ``set_bounds(sample, buckets)``, then places each
-    # partition's partial rows by ``place(partials, buckets)``; bucket B's rows all come
-    # before bucket B+1's
-    ranged: ClassVar[bool] = False
 
     @abstractmethod
     def output_schema(self, schema: pa.Schema) -> pa.Schema: ...
@@ -506,22 +501,31 @@ class Shuffle(Operator):
         all the rows: ``finish`` of no partial rows is still its one row)."""
         return False
 
-    # a ranged shuffle's (``ranged``)
+
+class RangedShuffle(Shuffle):
+    """A shuffle whose rows go to the output partitions by ranges of an order, not by a
+    hash (a sort): the runtime first combines every partition's ``sample(part, k)`` with
+    ``combine_samples``, gives it to ``set_bounds(sample, buckets)``, then places each
+    partition's partial rows by ``place(partials, buckets)``; bucket B's rows all come
+    before bucket B+1's."""
+
+    row_order = "sorted"
+
+    @abstractmethod
     def sample(self, part: pa.Table, k: int) -> pa.Table:
         """At most ``k`` of a partition's rows, chosen by their content only."""
-        raise NotImplementedError(f"{self.name} is not ranged")
 
+    @abstractmethod
     def combine_samples(self, a: pa.Table, b: pa.Table, k: int) -> pa.Table:
         """Two samples as one of at most ``k`` rows (associative, commutative)."""
-        raise NotImplementedError(f"{self.name} is not ranged")
 
+    @abstractmethod
     def set_bounds(self, sample: pa.Table, buckets: int) -> None:
         """Ranges for ``buckets`` output partitions, from the combined sample."""
-        raise NotImplementedError(f"{self.name} is not ranged")
 
+    @abstractmethod
     def place(self, partials: pa.Table, buckets: int) -> np.ndarray:
         """Each partial row's bucket (0..buckets-1) by the ranges set."""
-        raise NotImplementedError(f"{self.name} is not ranged")
 
 
 class Action(Operator):

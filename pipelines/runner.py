@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from operators.base import Action, Estimator, Shuffle, Sink, SluiceError, Source, Transform
+from operators.base import (
+    Action,
+    Estimator,
+    RangedShuffle,
+    Shuffle,
+    Sink,
+    SluiceError,
+    Source,
+    Transform,
+)
 from operators.evaluate.drift import (
     profile_combine,
     profile_finish,
@@ -377,7 +386,7 @@ class Run:
         inputs = max(len(self.engine.partitions(d)) for d in [data, *(d for _, d in sides)])
         estimates = [d.estimated_bytes() for d in [data, *(d for _, d in sides)]]
         buckets = bucket_count(op, inputs, None if None in estimates else sum(estimates))
-        if op.ranged and buckets > 1:
+        if isinstance(op, RangedShuffle) and buckets > 1:
             # the ranges' bounds from a sample of the rows (a pass: those of the smallest
             # hash of their values, however the rows are cut)
             k = max(1000, SAMPLE_PER_BUCKET * buckets)

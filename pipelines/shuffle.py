@@ -56,6 +56,7 @@ import pyarrow.ipc as ipc
 
 from operators.base import (
     PartitionInfo,
+    RangedShuffle,
     Shuffle,
     ShuffleSide,
     Sink,
@@ -175,14 +176,15 @@ def oversized_note(op: Shuffle, chosen: list[Piece]) -> str | None:
     its ranges come from a sample), saying what would spread it."""
     cap = partition_bytes(op)
     large = max(chosen, key=lambda p: p.bytes)
-    if large.bytes <= (4 if op.ranged else 2) * cap:
+    ranged = isinstance(op, RangedShuffle)
+    if large.bytes <= (4 if ranged else 2) * cap:
         return None
     where = (f"bucket {large.lo}" if large.hi == large.lo + 1
              else f"buckets {large.lo}-{large.hi - 1}")
     mb = large.bytes / 2**20
     shown = f"{mb * 1024:,.0f} KB" if mb < 1 else f"{mb:,.0f} MB"
     buckets = max(p.hi for p in chosen)
-    if op.ranged:
+    if ranged:
         return (f"one output partition ({where}) holds {shown} of rows, over partition_mb "
                 f"{cap / 2**20:g}: the ranges a sample of the rows set are uneven there "
                 f"(partitions: N, more than the {buckets} ranges there were, narrows them)")
@@ -284,7 +286,7 @@ class ShuffleWrite(Sink):
         result = ShuffleResult(rows=partials.num_rows)
         if partials.num_rows == 0:
             return result
-        if getattr(self.op, "ranged", False):  # by ranges of an order (a sort)
+        if isinstance(self.op, RangedShuffle):  # by ranges of an order (a sort)
             where = self.op.place(partials, self.buckets)
         else:
             where = buckets_of(partials, self.op.key_columns(), self.buckets)

@@ -175,14 +175,11 @@ class _Joining:
     def step_inputs(self) -> list[str]:
         return [self.params.table] if self.params.table else []
 
-    def bind_step_schema(self, step_id: str, schema: pa.Schema) -> None:
-        self._given_schema = schema
-
     def _table_schema(self) -> pa.Schema:
         """The table's columns: its files', or the schema of the step that makes it."""
         if self.params.table is None:
             return self._source.schema()
-        schema = getattr(self, "_given_schema", None)
+        schema = getattr(self, "step_schemas", {}).get(self.params.table)
         if schema is None:
             raise SchemaError(f"table: the columns of step '{self.params.table}' are not "
                               "known yet", hint="fix that step's problem first")
@@ -228,7 +225,7 @@ class _Joining:
     def _reads_of(self, other: _Joining) -> _Joining:
         """This operator, with the table's reads ``other`` made already (the files
         listed and their footers read once)."""
-        for name in ("_source", "_reading", "_given_schema"):
+        for name in ("_source", "_reading", "step_schemas"):
             if name in other.__dict__:
                 self.__dict__[name] = other.__dict__[name]
         return self

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
     Params,
-    Shuffle,
+    RangedShuffle,
     register,
     require_columns,
 )
@@ -61,7 +61,7 @@ class SortParams(Params):
 
 
 @register("sort")
-class Sort(Shuffle):
+class Sort(RangedShuffle):
     """Order the rows across every partition (Spark's `orderBy`), one partition after another.
 
     A range shuffle, on any engine: one pass samples the rows (those of the smallest hash
@@ -84,8 +84,6 @@ class Sort(Shuffle):
     numeric_kernels = False
     in_model = False
     new_rows = False
-    row_order = "sorted"
-    ranged = True
     Params = SortParams
 
     def __init__(self, params: Any = None, **kwargs: Any):

@@ -25,6 +25,7 @@ from operators.arrays import get_namespace, transfers
 from operators.base import (
     Estimator,
     Operator,
+    RangedShuffle,
     Shuffle,
     Sink,
     Source,
@@ -416,7 +417,7 @@ def shuffled(op: Shuffle, parts: list[pa.Table], buckets: int, seed: int = 0) ->
         return [table.take(pa.array(order[where[order] == b], pa.int64()))
                 for b in range(buckets)]
 
-    if op.ranged and buckets > 1:  # ranges of an order, from every part's sample
+    if isinstance(op, RangedShuffle) and buckets > 1:  # ranges, from every part's sample
         k = 16
         samples = [op.sample(p, k) for p in parts]
         sample = samples[0]
