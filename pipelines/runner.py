@@ -353,7 +353,7 @@ class Run:
         if isinstance(op, ShuffleJoin):
             self.record["steps"][step.id]["strategy"] = "shuffle"
             return
-        estimate = table.estimated_bytes()
+        estimate = table.estimated_bytes(self.engine.partitions(table))
         if estimate is None and op.params.strategy == "auto":
             # not known from its source (a step after the read adds columns): measured,
             # one pass over the table step's rows
@@ -383,8 +383,11 @@ class Run:
         sides = [(side, self.datasets[side.step] if side.step is not None else
                   self.engine.read(side.source(), f"{step.id} ({side.name})",
                                    side.source().schema())) for side in op.sides()]
-        inputs = max(len(self.engine.partitions(d)) for d in [data, *(d for _, d in sides)])
-        estimates = [d.estimated_bytes() for d in [data, *(d for _, d in sides)]]
+        datasets = [data, *(d for _, d in sides)]
+        listed = [self.engine.partitions(d) for d in datasets]
+        inputs = max(len(partitions) for partitions in listed)
+        estimates = [d.estimated_bytes(partitions)
+                     for d, partitions in zip(datasets, listed, strict=True)]
         buckets = bucket_count(op, inputs, None if None in estimates else sum(estimates))
         if isinstance(op, RangedShuffle) and buckets > 1:
             # the ranges' bounds from a sample of the rows (a pass: those of the smallest

@@ -179,8 +179,7 @@ def oversized_note(op: Shuffle, chosen: list[Piece]) -> str | None:
     ranged = isinstance(op, RangedShuffle)
     if large.bytes <= (4 if ranged else 2) * cap:
         return None
-    where = (f"bucket {large.lo}" if large.hi == large.lo + 1
-             else f"buckets {large.lo}-{large.hi - 1}")
+    where = _buckets(large)
     mb = large.bytes / 2**20
     shown = f"{mb * 1024:,.0f} KB" if mb < 1 else f"{mb:,.0f} MB"
     buckets = max(p.hi for p in chosen)

@@ -185,13 +185,9 @@ class _Joining:
                               "known yet", hint="fix that step's problem first")
         return schema
 
-    def _wanted(self, table_schema: pa.Schema) -> list[str]:
+    def table_columns(self, table_schema: pa.Schema) -> list[str]:
         """The table's columns the join uses: its keys, then the columns it brings."""
         return [right for _, right in self.keys] + self._brought(table_schema)
-
-    def table_columns(self, table_schema: pa.Schema) -> list[str]:
-        """The columns of a table of ``table_schema`` the join uses (keys first)."""
-        return self._wanted(table_schema)
 
     def _brought(self, table_schema: pa.Schema) -> list[str]:
         """The table's columns this step adds (before the prefix)."""
@@ -216,7 +212,7 @@ class _Joining:
         use others); made once per operator."""
         p = self.params
         return ReadParquet(path=p.path, filter=p.filter,
-                           columns=self._wanted(self._source.schema()),
+                           columns=self.table_columns(self._source.schema()),
                            storage_options=p.storage_options)
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
@@ -423,7 +419,7 @@ class Join(_Joining, Transform):
                 raise RuntimeError(f"join: step '{self.params.table}''s rows were not bound")
             # kept until the checks pass: each partition that asks after a failed check
             # fails the same way
-            table = self._given.select(self._wanted(self._given.schema))
+            table = self._given.select(self.table_columns(self._given.schema))
         else:
             source = self._reading
             table = pa.concat_tables([source.read(part) for part in source.partitions()]

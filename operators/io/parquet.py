@@ -477,7 +477,12 @@ class ReadParquet(Source):
         files and row groups the filter keeps: per column read, its uncompressed size
         in the file, at least its values' width (text: 4 bytes of offset and the mean
         length of its smallest and largest value: a dictionary-encoded text column
-        decodes to far more than it takes in the file)."""
+        decodes to far more than it takes in the file). Read once per operator (the
+        plan's join probe, then the run's shuffle ask for it)."""
+        return self._estimated_bytes
+
+    @cached_property
+    def _estimated_bytes(self) -> int:
         wanted = set(self.schema().names)
         total = 0
         for fragment, _, pieces in self._pieces():

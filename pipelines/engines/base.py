@@ -71,13 +71,13 @@ class Dataset:
         return replace(self, ops=(*self.ops, (step_id, transform, placement)), schema=schema,
                        cache_key=None)
 
-    def estimated_bytes(self) -> float | None:
+    def estimated_bytes(self, partitions: list[PartitionInfo]) -> float | None:
         """About how much memory the rows take, as the source estimates them, where that
         is an upper bound: they come from the source directly or through steps that keep
         some of its rows and columns as they are (a filter, a select), or add columns of
-        a fixed width (a derive's numbers: their width times the source's rows); None
-        where a step adds or changes a column of text or another variable width (a
-        join's), or the source cannot say."""
+        a fixed width (a derive's numbers: their width times the rows of the source's
+        ``partitions``, as the engine listed them); None where a step adds or changes a
+        column of text or another variable width (a join's), or the source cannot say."""
         estimate = getattr(self.source, "estimated_bytes", None)
         if estimate is None or self.schema is None:
             return None
@@ -96,7 +96,7 @@ class Dataset:
                 return None
         total = float(estimate())
         if added:
-            rows = [p.rows for p in self.source.partitions()]
+            rows = [p.rows for p in partitions]
             if None in rows:
                 return None
             total += added * float(sum(rows))
