@@ -205,8 +205,6 @@ def check_order(schema: pa.Schema, by: list[str], ordering: list[tuple[str, bool
 
 def unique_order(entries: list[str], what: str) -> list[str]:
     """A validator of order entries ('ts', 'ts desc'): each column named once."""
-    from operators.features.columns import unique_names
-
     unique_names([order_direction(entry)[0] for entry in entries], what)
     return entries
 
@@ -250,6 +248,12 @@ def run_starts(table: pa.Table, keys: list[str]) -> np.ndarray:
             zero_copy_only=False)
         starts[1:] |= pc.fill_null(differ, False).to_numpy(zero_copy_only=False) | nulls
     return starts
+
+
+def run_first(starts: np.ndarray) -> np.ndarray:
+    """Each row's index of the first row of its run (``starts``: True where one begins,
+    as ``run_starts`` gives)."""
+    return np.maximum.accumulate(np.where(starts, np.arange(len(starts)), 0))
 
 
 def per_group(gid: np.ndarray, groups: int, values: pa.Array, fn: str) -> pa.Array:

@@ -30,10 +30,11 @@ from operators.features.grouping import (
     order_keys,
     partition_mb_field,
     partitions_field,
+    run_first,
     sorted_order,
     unique_order,
 )
-from operators.hashing import content_hash
+from operators.hashing import content_hash, mix
 
 _TIE = f"{INTERNAL}tie"  # a hash of the row's values: the last key of the order
 _BOUND = f"{INTERNAL}bound"  # in place(): 0 for a row, 1 for a bound (after equal rows)
@@ -137,7 +138,7 @@ class Sort(RangedShuffle):
         (drawn by the tie alone, copies would crowd it out: all or none of them)."""
         rows = self.partial(part).select([*self.input_columns(part.schema), _TIE])
         tie = rows.column(_TIE).to_numpy()
-        draw = _scrambled(tie ^ _scrambled(_copy_number(tie) + np.uint64(1)))
+        draw = mix(tie ^ mix(_copy_number(tie) + np.uint64(1)))
         return _smallest(rows.append_column(_DRAW, pa.array(draw, pa.uint64())), k)
 
     def combine_samples(self, a: pa.Table, b: pa.Table, k: int) -> pa.Table:
@@ -189,9 +190,8 @@ def _copy_number(tie: np.ndarray) -> np.ndarray:
     ordered = tie[order]
     starts = np.ones(len(tie), dtype=bool)
     starts[1:] = ordered[1:] != ordered[:-1]
-    at = np.arange(len(tie))
     out = np.empty(len(tie), dtype=np.uint64)
-    out[order] = (at - np.maximum.accumulate(np.where(starts, at, 0))).astype(np.uint64)
+    out[order] = (np.arange(len(tie)) - run_first(starts)).astype(np.uint64)
     return out
 
 
@@ -206,9 +206,3 @@ def _smallest(rows: pa.Table, k: int) -> pa.Table:
     return rows.take(pa.array(np.argsort(pick, kind="stable")))
 
 
-def _scrambled(h: np.ndarray) -> np.ndarray:
-    """A bijection of uint64 that mixes every bit (splitmix64's finaliser)."""
-    with np.errstate(over="ignore"):
-        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return h ^ (h >> np.uint64(31))

@@ -26,6 +26,7 @@ from operators.features.grouping import (
     order_keys,
     partition_mb_field,
     partitions_field,
+    run_first,
     run_starts,
     sorted_order,
     unique_order,
@@ -124,7 +125,7 @@ class Top(ByKeys, Shuffle):
         sort_keys.append((_TIE, "ascending"))
         at = sorted_order(table, sort_keys, "at_end")
         starts = run_starts(table.take(pa.array(at)), keys)
-        first = np.maximum.accumulate(np.where(starts, np.arange(len(at)), 0))
+        first = run_first(starts)
         kept = at[np.arange(len(at)) - first < self.params.n]
         return rows.take(pa.array(kept))
 

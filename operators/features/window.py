@@ -56,6 +56,7 @@ from operators.features.grouping import (
     partition_mb_field,
     partitions_field,
     plain,
+    run_first,
     run_starts,
     sorted_order,
 )
@@ -449,7 +450,7 @@ def _over_key(w: WindowColumn, values: dict[str, pa.Array], peers: np.ndarray,
         head = larger * (small + 1)
         return pa.array(np.where(position < head, position // (small + 1),
                                  larger + (position - head) // np.maximum(small, 1)) + 1)
-    run_start = np.maximum.accumulate(np.where(peers, index, 0))  # its run of ties
+    run_start = run_first(peers)  # its run of ties
     if w.fn == "rank":
         return pa.array(run_start - first + 1)
     if w.fn == "percent_rank":
