@@ -174,6 +174,15 @@ def load_output(path: Path, names: list[str], order: list[str],
         [(name, "ascending") for name in order]).combine_chunks()
 
 
+def stop_if(problems: list[str], ours: Any, reference: Any) -> None:
+    """Stop the benchmark, naming what differs, when the sides' outputs (folders
+    ``ours`` and ``reference``) disagree: no results are kept for a run whose sides did
+    not do the same work."""
+    if problems:
+        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
+                         + "; ".join(problems))
+
+
 def alike(x: Any, y: Any) -> Any:
     """Per row, whether two columns hold the same value (both null counts as the same),
     as a NumPy bool array."""
@@ -344,9 +353,7 @@ def _same(ours: Path, reference: Path, columns: list[str]) -> None:
                 i = int(np.flatnonzero(~same)[0])
                 problems.append(f"{name}: {int((~same).sum()):,} of {len(x):,} keys differ "
                                 f"(key {a[KEY][i]}: {_show(x[i])} against {_show(y[i])})")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     print(f"  check: {len(a[KEY]):,} keys x {len(columns)} columns agree")
 
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate_cases import alike, run_shuffle_case, write_generated
+from bench.aggregate_cases import alike, run_shuffle_case, stop_if, write_generated
 
 KEY = "customer_id"
 ORDER = "updated_at"
@@ -194,9 +194,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
     ka, kb = a[KEY].to_numpy(), b[KEY].to_numpy()
     if a.num_rows != b.num_rows or not np.array_equal(ka, kb):
         problems.append(f"keys: {a.num_rows:,} against {b.num_rows:,} rows, or different keys")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     ta, tb = a[ORDER].to_numpy(), b[ORDER].to_numpy()
     if not np.array_equal(ta, tb):
         i = int(np.flatnonzero(ta != tb)[0])
@@ -218,9 +216,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
         at_kept, rows_at = np.unique(keys[ts == kept], return_counts=True)
         if len(at_kept) != len(ka):
             problems.append(f"{len(ka) - len(at_kept):,} kept times are no input row's")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     tied = np.isin(ka, at_kept[rows_at > 1])
     single = pa.array(~tied)
     for name in COLUMNS[2:]:
@@ -231,9 +227,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
             problems.append(f"{name}: {int((~same).sum()):,} of {len(same):,} untied keys "
                             f"differ (key {ka[~tied][i]}: {x[i].as_py()!r} against "
                             f"{y[i].as_py()!r})")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     print(f"  check: {len(ka):,} keys agree ({ORDER} of every key; all {len(COLUMNS)} "
           f"columns of the {int((~tied).sum()):,} keys whose latest time is one row's, "
           f"{int(tied.sum()):,} ties)")

@@ -59,7 +59,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate_cases import _record, alike, load_output, run_shuffle_case, write_generated
+from bench.aggregate_cases import (
+    _record,
+    alike,
+    load_output,
+    run_shuffle_case,
+    stop_if,
+    write_generated,
+)
 
 KEY = "customer_id"
 ORDER_ID = "order_id"
@@ -232,9 +239,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
         if t.num_rows != total or pc.count_distinct(t[ORDER_ID]).as_py() != total:
             problems.append(f"{side}: {t.num_rows:,} rows, "
                             f"{pc.count_distinct(t[ORDER_ID]).as_py():,} orders of {total:,}")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     for name in COLUMNS:
         x, y = a[name], b[name]
         same = alike(x, y)
@@ -243,9 +248,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
             problems.append(f"{name}: {int((~same).sum()):,} of {len(same):,} rows differ "
                             f"(order {a[ORDER_ID][i].as_py()}: {x[i].as_py()!r} against "
                             f"{y[i].as_py()!r})")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     unmatched = pc.sum(pc.is_null(a["segment"]).cast(pa.int64())).as_py()
     print(f"  check: {a.num_rows:,} rows x {len(COLUMNS)} columns agree ({unmatched:,} "
           "orders of customers the table lacks, their columns null)")

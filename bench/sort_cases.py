@@ -52,7 +52,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate_cases import _record, alike, load_output, run_shuffle_case, write_generated
+from bench.aggregate_cases import (
+    _record,
+    alike,
+    load_output,
+    run_shuffle_case,
+    stop_if,
+    write_generated,
+)
 
 KEY = "customer_id"
 AMOUNT = "amount"
@@ -197,9 +204,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
         if t.num_rows != total or ids != total:
             problems.append(f"{side}: {t.num_rows:,} rows, {ids:,} distinct events of "
                             f"{total:,} rows")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     # the order: the BY columns position by position, across the files
     for name, _ in BY:
         same = alike(a[name], b[name])
@@ -210,9 +215,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
                             + ", ".join(f"{n}={a[n][i].as_py()!r}" for n, _ in BY)
                             + " against "
                             + ", ".join(f"{n}={b[n][i].as_py()!r}" for n, _ in BY) + ")")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     # the rows: every column, both sorted by the event (load_output: one type a column)
     x_all = load_output(ours, COLUMNS, [EVENT_ID])
     y_all = load_output(reference, COLUMNS, [EVENT_ID])
@@ -224,9 +227,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
             problems.append(f"{name}: {int((~same).sum()):,} of {len(same):,} rows differ "
                             f"(event {x_all[EVENT_ID][i].as_py()}: {x[i].as_py()!r} against "
                             f"{y[i].as_py()!r})")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     keys = pc.count_distinct(a[KEY]).as_py()
     empty = int(pc.sum(pc.is_null(a[AMOUNT])).as_py() or 0)
     n, m = len(_files(ours)), len(_files(reference))

@@ -58,7 +58,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.aggregate_cases import _record, alike, load_output, run_shuffle_case, write_generated
+from bench.aggregate_cases import (
+    _record,
+    alike,
+    load_output,
+    run_shuffle_case,
+    stop_if,
+    write_generated,
+)
 
 KEY = "customer_id"
 ORDER = "ts"
@@ -236,9 +243,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
         if t.num_rows != source.num_rows or times != source.num_rows:
             problems.append(f"{side}: {t.num_rows:,} rows, {times:,} distinct times of "
                             f"{source.num_rows:,} rows")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     for name in [*INPUT_COLUMNS, *COLUMNS]:
         x, y = a[name], b[name]
         if name in FLOATS:
@@ -252,9 +257,7 @@ def _same(data: Path, ours: Path, reference: Path) -> None:
             problems.append(f"{name}: {int((~same).sum()):,} of {len(same):,} rows differ "
                             f"(customer {a[KEY][i].as_py()}, ts {a[ORDER][i].as_py()} us: "
                             f"{x[i].as_py()!r} against {y[i].as_py()!r})")
-    if problems:
-        raise SystemExit(f"bench: the sides disagree ({ours.name} vs {reference.name}): "
-                         + "; ".join(problems))
+    stop_if(problems, ours, reference)
     keys = pc.count_distinct(a[KEY]).as_py()
     empty = int(pc.sum(pc.is_null(a["spend"])).as_py() or 0)
     print(f"  check: {a.num_rows:,} rows of {keys:,} customers x "
