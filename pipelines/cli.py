@@ -167,8 +167,13 @@ def run_command(file: str, params: tuple[str, ...], progress: bool | None,
 @click.argument("model")
 @click.argument("source", metavar="INPUT")
 @click.argument("output")
-@click.option("--mode", type=click.Choice(["error", "overwrite"]), default="error",
-              show_default=True, help="what to do with an existing OUTPUT")
+@click.option("--mode", type=click.Choice(["error", "overwrite", "append",
+                                           "overwrite_partitions"]), default="error",
+              show_default=True, help="what to do with an existing OUTPUT (write_parquet's "
+                                      "mode)")
+@click.option("--partition-by", "partition_by", metavar="COLUMNS", default=None,
+              help="hive partition columns of OUTPUT, comma separated (overwrite_partitions "
+                   "replaces those the rows fall in)")
 @click.option("--filter", "where", metavar="CONDITION", default=None,
               help="score only the rows where it holds (pushed into the read)")
 @click.option("--keep", metavar="COLUMNS", default=None,
@@ -178,8 +183,9 @@ def run_command(file: str, params: tuple[str, ...], progress: bool | None,
 @click.option("--contributions-by", type=click.Choice(["features", "inputs"]),
               default="features", show_default=True)
 @_engine_options
-def score_command(model: str, source: str, output: str, mode: str, where: str | None,
-                  keep: str | None, contributions: bool, contributions_by: str,
+def score_command(model: str, source: str, output: str, mode: str,
+                  partition_by: str | None, where: str | None, keep: str | None,
+                  contributions: bool, contributions_by: str,
                   progress: bool | None, **options: Any) -> None:
     """Score the Parquet at INPUT with MODEL (churn, churn@3, churn@production) into
     OUTPUT, on any engine: the pipeline read -> score -> write, without a file (MLflow's
@@ -188,8 +194,7 @@ def score_command(model: str, source: str, output: str, mode: str, where: str | 
         sluice score churn@production data/churn/ds=2026-11-29 data/scores/ds=2026-11-29
     """
     text = scoring_pipeline(model, source, output, mode=mode, where=where,
-                            keep=None if keep is None else [
-                                c.strip() for c in keep.split(",") if c.strip()],
+                            keep=_listed(keep), partition_by=_listed(partition_by),
                             contributions=contributions, contributions_by=contributions_by,
                             models=options["models"])
     label = f"sluice score {model}"
@@ -201,8 +206,15 @@ def score_command(model: str, source: str, output: str, mode: str, where: str | 
     except SluiceError as exc:
         exc.where = re.sub(rf"^{re.escape(label)}:\d+", label, exc.where or "") or None
         if exc.hint:  # the pipeline's keys are this command's options
-            exc.hint = exc.hint.replace("`mode: overwrite`", "--mode overwrite")
+            exc.hint = re.sub(r"`partition_by: \[([^\]]*)\]`",
+                              lambda m: "--partition-by " + m[1].replace(" ", ""),
+                              exc.hint.replace("`mode: overwrite`", "--mode overwrite"))
         raise
+
+
+def _listed(text: str | None) -> list[str] | None:
+    """A comma-separated option's names; None when not given."""
+    return None if text is None else [c.strip() for c in text.split(",") if c.strip()]
 
 
 
@@ -230,7 +242,7 @@ def _print_record(record: dict[str, Any]) -> None:
             click.echo(f"  step '{step_id}', partition {fallback['partition']}: ran on the "
                        f"CPU ({fallback['reason']})")
     for output in record["outputs"]:
-        click.echo(f"  wrote {output['rows']:,} rows to {output['path']}")
+        click.echo(f"  {_written(output)}")
     for model in record.get("models_used", []):
         ref = model.get("ref", "")
         alias = f", as {ref}" if "@" in ref and not ref.endswith(f"@{model['version']}") else ""
@@ -251,6 +263,20 @@ def _print_record(record: dict[str, Any]) -> None:
             click.echo(f"  kept {target}: {promotion['reason']}")
     _print_metrics(record["metrics"])
     click.echo(f"  record: {record['record_path']}")
+
+
+def _written(output: dict[str, Any]) -> str:
+    """What a write did to its output, in a line."""
+    rows, path, mode = f"{output['rows']:,} rows", output["path"], output.get("mode")
+    total = output.get("output_rows")
+    after = f" ({total:,} rows in all)" if total is not None else ""
+    if mode == "append":
+        return f"appended {rows} to {path}{after}"
+    if mode == "overwrite_partitions":
+        n, replaced = output["partitions"], output["partitions_replaced"]
+        return (f"wrote {rows} to {path}: {n} partition{'s' * (n != 1)}, {replaced} of them "
+                f"replaced{after}")
+    return f"wrote {rows} to {path}"
 
 
 SHOWN_GROUPS = 20  # evaluate's groups (by) shown in a run's summary; all are in the record

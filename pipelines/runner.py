@@ -195,10 +195,11 @@ def placements(plan: Plan, engine: Engine, device: str | None = None,
 def scoring_pipeline(model: str, source: str, output: str, *, mode: str = "error",
                      where: str | None = None, keep: list[str] | None = None,
                      contributions: bool = False, contributions_by: str = "features",
-                     models: str | None = None) -> str:
+                     models: str | None = None, partition_by: list[str] | None = None) -> str:
     """The pipeline ``sluice score`` runs, as YAML: read ``source`` (``where`` pushed
     into the read), score with ``model``, keep the ``keep`` input columns and the
-    model's (all the input's when None), write ``output``."""
+    model's (all the input's when None), write ``output`` (``mode``, hive columns
+    ``partition_by``)."""
     read: dict[str, Any] = {"id": "input", "op": "read_parquet", "path": source}
     if where:
         read["filter"] = where
@@ -212,7 +213,11 @@ def scoring_pipeline(model: str, source: str, output: str, *, mode: str = "error
         added = load_model(model, models).output_fields(contributions, contributions_by)
         steps.append({"id": "keep", "op": "select",
                       "columns": [*keep, *(f.name for f in added)]})
-    steps.append({"id": "output", "op": "write_parquet", "path": output, "mode": mode})
+    write: dict[str, Any] = {"id": "output", "op": "write_parquet", "path": output,
+                             "mode": mode}
+    if partition_by:
+        write["partition_by"] = partition_by
+    steps.append(write)
     name = model.split("@", 1)[0].strip()
     return yaml.safe_dump({"pipeline": f"score_{name}", "steps": steps}, sort_keys=False)
 

@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 import fsspec
 import pyarrow.fs as pafs
 
-from operators.base import SluiceError, causes
+from operators.base import DataError, SluiceError, causes
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,10 @@ def claim_dir(path: str) -> int | None:
     """
     while True:
         os.mkdir(path)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # swept between mkdir and open (it was not locked yet): again
         if fcntl is None:
             os.close(fd)
             return None
@@ -318,3 +322,31 @@ def _same_inode(path: str, fd: int) -> bool:
         return False
     here = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+
+@contextlib.contextmanager
+def locked_beside(target: str, timeout: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive lock on local ``target`` (a hidden lock file beside it,
+    ``.<name>.sluice-lock``) for the block: the writers that publish into one output take
+    turns. The kernel drops the lock when its process dies, however it dies. A writer that
+    waits more than ``timeout`` seconds gives up with an error naming the target."""
+    if fcntl is None:
+        yield
+        return
+    folder, name = os.path.split(target.rstrip("/"))
+    fd = os.open(os.path.join(folder, f".{name}.sluice-lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DataError(
+                        f"output '{target}' is held by another run's commit for more than "
+                        f"{timeout:.0f}s", hint="wait for that run, or stop it") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # drops the lock

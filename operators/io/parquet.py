@@ -36,13 +36,14 @@ import posixpath
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
     DataError,
@@ -63,6 +64,7 @@ from operators.io.fs import (
     exchange,
     fsync_dir,
     fsync_tree,
+    locked_beside,
     release_dir,
     remove,
     rename_noreplace,
@@ -70,6 +72,7 @@ from operators.io.fs import (
     store_errors,
     store_problem,
     sweep_stale,
+    written_whole,
 )
 
 MANIFEST = "_SUCCESS"
@@ -633,10 +636,17 @@ class ReadParquet(Source):
         return table
 
 
+# modes that add to the output there is (its files are kept, listed again with the new)
+MERGE_MODES = ("append", "overwrite_partitions")
+
+
 class WriteParquetParams(Params):
     path: str = Field(description="output directory or URL")
-    mode: Literal["error", "overwrite"] = Field(
-        "error", description="error: refuse an existing output; overwrite: replace it atomically"
+    mode: Literal["error", "overwrite", "append", "overwrite_partitions"] = Field(
+        "error", description="error: refuse an existing output; overwrite: replace it "
+                             "atomically; append: add these rows to it; "
+                             "overwrite_partitions: replace the hive partitions these rows "
+                             "fall in, keep the others (Spark's dynamic partition overwrite)"
     )
     partition_by: list[str] | None = Field(None, description="hive partition columns")
     compression: Literal["snappy", "zstd", "gzip", "brotli", "lz4", "none"] = Field(
@@ -648,6 +658,37 @@ class WriteParquetParams(Params):
                            "is safe without it)")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for URLs")
+
+    @model_validator(mode="after")
+    def _partitions_named(self) -> WriteParquetParams:
+        if self.mode == "overwrite_partitions" and not self.partition_by:
+            raise ParamError(
+                "mode overwrite_partitions replaces the hive partitions the rows fall in, "
+                "and names none", hint="add `partition_by: [...]`, or use `mode: overwrite` "
+                                      "to replace the whole output")
+        return self
+
+
+@dataclass
+class _Output:
+    """What readers of an output directory see now: its data files (relative to it),
+    their schema and hive columns (None: not known), and the sluice manifest that lists
+    them (None: a foreign dataset, read by listing)."""
+
+    files: list[str]
+    schema: pa.Schema | None
+    partition_by: list[str] | None
+    manifest: dict[str, Any] | None
+
+
+def _hive_keys(relative: str) -> list[str]:
+    """The hive partition columns of a file's path (``region=eu/ds=1/part.parquet``)."""
+    return [seg.split("=", 1)[0] for seg in posixpath.dirname(relative).split("/")
+            if "=" in seg]
+
+
+def _names(columns: list[str]) -> str:
+    return ", ".join(columns) if columns else "no column"
 
 
 # Staging locks this process holds, by staging path: tokens travel to workers and
@@ -662,9 +703,16 @@ class WriteParquet(Sink):
     ```yaml
     - op: write_parquet
       path: data/scores/ds=${ds}
-      mode: overwrite        # error (default) | overwrite
+      mode: overwrite        # error (default) | overwrite | append | overwrite_partitions
       partition_by: [region]
     ```
+
+    ``append`` adds the rows to the output there is, and ``overwrite_partitions`` replaces
+    only the hive partitions the rows fall in (a daily job that rewrites yesterday's
+    ``ds=`` and no other): the new files are listed with the kept ones in one new
+    manifest, so a reader sees the output before or after, never between. The rows must
+    have the output's columns, each of its type or one that widens to it (int32 into
+    int64), and the same ``partition_by``; otherwise the run stops before any data moves.
     """
 
     Params = WriteParquetParams
@@ -691,15 +739,15 @@ class WriteParquet(Sink):
         loc = resolve(self.params.path, self.params.storage_options)
         token: dict[str, Any] = {"run_id": run_id, "schema": schema, "local": loc.local}
         try:
-            token.update(self._begin_local(loc, run_id) if loc.local
-                         else self._begin_remote(loc, run_id))
+            token.update(self._begin_local(loc, run_id, schema) if loc.local
+                         else self._begin_remote(loc, run_id, schema))
         except SluiceError:
             raise
         except _io_errors() as exc:
             raise self._io_error(exc) from None
         return token
 
-    def _begin_local(self, loc: Location, run_id: str) -> dict[str, Any]:
+    def _begin_local(self, loc: Location, run_id: str, schema: pa.Schema) -> dict[str, Any]:
         target = loc.path
         parent, name = os.path.split(target)
         os.makedirs(parent, exist_ok=True)
@@ -707,6 +755,7 @@ class WriteParquet(Sink):
         sweep_stale(parent, f".{name}{STAGING_MARK}")
         if self.params.mode == "error" and self._existing(loc):
             raise self._exists_error()
+        self._check_merge(loc, schema)
         staging = os.path.join(parent, f".{name}{STAGING_MARK}{run_id}")
         _STAGING_LOCKS[staging] = claim_dir(staging)
         return {"target": target, "staging": staging}
@@ -721,7 +770,8 @@ class WriteParquet(Sink):
             return True
         return bool(loc.filesystem.get_file_info(pa.fs.FileSelector(loc.path)))
 
-    def _begin_remote(self, loc: Location, run_id: str) -> dict[str, Any]:
+    def _begin_remote(self, loc: Location, run_id: str, schema: pa.Schema
+                      ) -> dict[str, Any]:
         fs = loc.filesystem
         # an object at the target's own key: readers see it until the commit deletes it
         replaces_file = fs.get_file_info(loc.path).type == pa.fs.FileType.File
@@ -730,6 +780,7 @@ class WriteParquet(Sink):
         committed = bool(manifest.get("files")) if manifest is not None else bool(foreign)
         if self.params.mode == "error" and (committed or replaces_file):
             raise self._exists_error()
+        self._check_merge(loc, schema)
         fs.create_dir(loc.path, recursive=True)
         if manifest is None:
             # a manifest listing what readers see now (nothing, or the files of a foreign
@@ -793,36 +844,226 @@ class WriteParquet(Sink):
                            row_group_size=self.params.row_group_rows)
         return [name]
 
+    def _check_merge(self, loc: Location, schema: pa.Schema) -> None:
+        """An append or partition overwrite of rows the output cannot take stops here,
+        before any data moves (the commit checks again, against the output then)."""
+        if self.params.mode in MERGE_MODES:
+            current = self._current(loc)
+            if current is not None:
+                self._merged_schema(current, schema)
+
     def commit(self, token: dict[str, Any], results: list[WriteResult]) -> dict[str, Any]:
         fs = self._filesystem(token)
         files = [f for r in results for f in r.files]
         rows = sum(r.rows for r in results)
+        replaced: list[str] = []
+        merged = False
         try:
-            if not files:
-                # an empty result is still a readable output with the right schema
-                empty = f"part-{token['run_id']}-00000.parquet"
-                with fs.open_output_stream(posixpath.join(token["staging"], empty)) as sink:
-                    pq.write_table(token["schema"].empty_table(), sink)
-                files = [empty]
-            manifest = {"format": MANIFEST_FORMAT, "run_id": token["run_id"], "files": files,
-                        "rows": rows, "partition_by": list(self.params.partition_by or []),
-                        "schema": _encode_schema(token["schema"]),
-                        "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            _write_manifest(fs, token["staging"], manifest)
-            if token["local"]:
-                self._publish_local(token)
+            # local writers publishing into one output take turns
+            with (locked_beside(token["target"]) if token["local"]
+                  else contextlib.nullcontext()):
+                current = (self._current(resolve(self.params.path, self.params.storage_options))
+                           if self.params.mode in MERGE_MODES else None)
+                # (an empty result into a store's new output still makes one: the
+                # schema's; a local target with nothing in it is current None)
+                merged = current is not None and bool(current.files or files
+                                                      or token["local"])
+                if merged:
+                    entry, replaced = self._merge(token, current, files, rows)
+                else:
+                    entry = self._commit_whole(token, files, rows)
         except BaseException as exc:
             # nothing was published: the previous output (or none) stays as it was
             self.abort(token)
             if isinstance(exc, SluiceError) or not isinstance(exc, _io_errors()):
                 raise
             raise self._io_error(exc) from None
-        if not token["local"]:
-            self._drop_unlisted(fs, token["target"], set(files))
+        # published: what is left to delete is no reader's any more
+        for name in replaced:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                fs.delete_file(posixpath.join(token["target"], name))
+        if not token["local"] and not merged:
+            self._drop_unlisted(fs, token["target"], set(entry.pop("listed")))
             if token.get("replaces_file"):
                 with contextlib.suppress(FileNotFoundError, OSError):
                     fs.delete_file(token["target"])
-        return {"path": self.params.path, "rows": rows, "files": len(files)}
+        entry.pop("listed", None)
+        return entry
+
+    def _manifest(self, token: dict[str, Any], files: list[str], rows: int | None,
+                  schema: pa.Schema) -> dict[str, Any]:
+        return {"format": MANIFEST_FORMAT, "run_id": token["run_id"], "files": files,
+                "rows": rows, "partition_by": list(self.params.partition_by or []),
+                "schema": _encode_schema(schema), "mode": self.params.mode,
+                "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def _commit_whole(self, token: dict[str, Any], files: list[str], rows: int
+                      ) -> dict[str, Any]:
+        """A whole new output: the manifest in the staging directory, then the directory
+        in the target's place (local), or the manifest last (object stores)."""
+        fs = self._filesystem(token)
+        if not files:
+            # an empty result is still a readable output with the right schema
+            empty = f"part-{token['run_id']}-00000.parquet"
+            with fs.open_output_stream(posixpath.join(token["staging"], empty)) as sink:
+                pq.write_table(token["schema"].empty_table(), sink)
+            files = [empty]
+        _write_manifest(fs, token["staging"], self._manifest(token, files, rows,
+                                                             token["schema"]))
+        if token["local"]:
+            self._publish_local(token)
+        return {"path": self.params.path, "rows": rows, "files": len(files), "listed": files}
+
+    def _current(self, loc: Location) -> _Output | None:
+        """The output readers see at the target now; None where there is none (nothing
+        there, or an empty local directory)."""
+        fs = loc.filesystem
+        info = fs.get_file_info(loc.path)
+        if info.type == pa.fs.FileType.NotFound or (loc.local and not self._existing(loc)):
+            return None
+        if info.type != pa.fs.FileType.Directory:
+            raise DataError(f"output '{self.params.path}' is a file, not a directory of "
+                            f"Parquet files: there is nothing to {self.params.mode} to",
+                            hint="write elsewhere, or set `mode: overwrite` to replace it")
+        manifest = read_manifest(loc, loc.path)
+        if manifest is None:
+            files = self._foreign_files(loc)
+        else:
+            files = manifest.get("files")
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                raise DataError(f"manifest '{posixpath.join(self.params.path, MANIFEST)}' "
+                                "is damaged: 'files' must list relative paths",
+                                hint="set `mode: overwrite` to write the output again")
+        schema = _decode_schema((manifest or {}).get("schema"))
+        partition_by = (manifest or {}).get("partition_by") if schema is not None else None
+        if schema is None and files:
+            # a foreign dataset (or a manifest that lists one): its types as a reader
+            # of the files finds them, hive columns from the paths
+            schema = ds.dataset([posixpath.join(loc.path, f) for f in files], filesystem=fs,
+                                format="parquet", partition_base_dir=loc.path,
+                                partitioning=ds.HivePartitioning.discover(
+                                    infer_dictionary=False)).schema
+            partition_by = _hive_keys(files[0])
+        return _Output(files, schema, partition_by, manifest)
+
+    def _merged_schema(self, current: _Output, schema: pa.Schema) -> pa.Schema:
+        """The output's schema with these rows added: its own, where the rows' types
+        widen to it; a foreign dataset's types (read from files and paths) promoted to
+        hold both. A DataError saying what differs and how to line the rows up."""
+        mode, where = self.params.mode, f"output '{self.params.path}'"
+        want_by = list(self.params.partition_by or [])
+        if current.partition_by is not None and current.files and current.partition_by != want_by:
+            raise DataError(
+                f"cannot {mode} to {where}: it is partitioned by "
+                f"{_names(current.partition_by)}, this step writes by {_names(want_by)}",
+                hint=f"set `partition_by: [{', '.join(current.partition_by)}]` as the "
+                     "output has it, or "
+                     "`mode: overwrite` to replace it")
+        if current.schema is None:
+            return schema
+        have = current.schema
+        lacking = [n for n in have.names if n not in schema.names]
+        extra = [n for n in schema.names if n not in have.names]
+        if lacking or extra:
+            said = ([f"the rows lack its column(s) {', '.join(lacking)}"] if lacking else []) + (
+                [f"it has no column(s) {', '.join(extra)}"] if extra else [])
+            raise DataError(f"cannot {mode} to {where}: {'; '.join(said)}",
+                            hint="give the rows the output's columns (`select`, `derive`, "
+                                 "`drop`), or set `mode: overwrite` to replace it")
+        fields = []
+        for field in have:
+            new = schema.field(field.name).type
+            kept = (field.type if _widens(new, field.type) else None) \
+                if current.manifest is not None and current.manifest.get("schema") \
+                else _promoted(field.type, new)
+            if kept is None:
+                raise DataError(
+                    f"cannot {mode} to {where}: column '{field.name}' is {new} in the rows "
+                    f"and {field.type} in the output",
+                    hint=f"cast it first (`op: cast`, `columns: {{{field.name}: "
+                         f"{field.type}}}`), or set `mode: overwrite` to replace the output")
+            fields.append(field.with_type(kept))
+        return pa.schema(fields, metadata=have.metadata)
+
+    def _merge(self, token: dict[str, Any], current: _Output, files: list[str], rows: int
+               ) -> tuple[dict[str, Any], list[str]]:
+        """Add this run's files to the output there is (``append``), or put them in the
+        place of the files of the hive partitions they fall in (``overwrite_partitions``):
+        one new manifest lists the kept files and the new. Returns the record's entry and
+        the files it replaced (the caller deletes them: no reader's any more)."""
+        target, mode = token["target"], self.params.mode
+        schema = self._merged_schema(current, token["schema"])
+        written = sorted({posixpath.dirname(f) for f in files})
+        replaced = [f for f in current.files if posixpath.dirname(f) in set(written)] \
+            if mode == "overwrite_partitions" else []
+        listing = [f for f in current.files if f not in set(replaced)] + files
+        total = self._rows_after(token, current, replaced, rows)
+        if files:
+            manifest = self._manifest(token, listing, total, schema)
+            if token["local"]:
+                self._move_in(token, current, files)
+                _replace_manifest(target, manifest, self.params.durable)
+            else:
+                _write_manifest(self._filesystem(token), target, manifest)
+        if token["local"]:
+            remove(token["staging"])
+            release_dir(_STAGING_LOCKS.pop(token["staging"], None))
+            self._sweep_unlisted(target, set(listing if files else current.files))
+        entry = {"path": self.params.path, "rows": rows, "files": len(files), "mode": mode,
+                 "output_rows": total, "output_files": len(listing)}
+        if mode == "overwrite_partitions":
+            before = {posixpath.dirname(f) for f in current.files}
+            entry.update(partitions=len(written),
+                         partitions_replaced=sum(d in before for d in written))
+        return entry, replaced
+
+    def _rows_after(self, token: dict[str, Any], current: _Output, replaced: list[str],
+                    rows: int) -> int | None:
+        """The output's rows after the merge: its manifest's count, less the replaced
+        files' (their footers), plus the new; None where the output never counted them."""
+        if not current.files:
+            return rows
+        before = (current.manifest or {}).get("rows")
+        if not isinstance(before, int):
+            return None
+        fs = self._filesystem(token)
+        for name in replaced:
+            with fs.open_input_file(posixpath.join(token["target"], name)) as f:
+                before -= pq.ParquetFile(f).metadata.num_rows
+        return before + rows
+
+    def _move_in(self, token: dict[str, Any], current: _Output, files: list[str]) -> None:
+        """This run's files from the staging directory into the local target, where no
+        reader lists them until the new manifest does (a foreign dataset first gets a
+        manifest listing what readers see now)."""
+        staging, target = token["staging"], token["target"]
+        if current.manifest is None:
+            _replace_manifest(target, self._manifest(token, current.files, None,
+                                                     current.schema or token["schema"]),
+                              self.params.durable)
+        if self.params.durable:
+            fsync_tree(staging)
+        folders = set()
+        for name in files:
+            folder = os.path.dirname(os.path.join(target, name))
+            os.makedirs(folder, exist_ok=True)
+            rename_noreplace(os.path.join(staging, name), os.path.join(target, name))
+            folders.add(folder)
+        if self.params.durable:
+            for folder in sorted(folders):
+                fsync_dir(folder)
+
+    @staticmethod
+    def _sweep_unlisted(target: str, listed: set[str]) -> None:
+        """Delete the files of runs that died while moving theirs in (named as a run's,
+        listed by no manifest): under the output's lock no live run has any there."""
+        for folder, _, names in os.walk(target):
+            for name in names:
+                path = os.path.join(folder, name)
+                rel = os.path.relpath(path, target).replace(os.sep, "/")
+                if _RUN_FILE.match(name) and rel not in listed and not _hidden(rel):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
 
     def _publish_local(self, token: dict[str, Any]) -> None:
         staging, target = token["staging"], token["target"]
@@ -839,7 +1080,7 @@ class WriteParquet(Sink):
             fsync_dir(os.path.dirname(target))
 
     def _replace_local(self, staging: str, target: str) -> None:
-        if self.params.mode == "error":
+        if self.params.mode != "overwrite":
             with contextlib.suppress(OSError):
                 os.rmdir(target)  # an empty directory is no output: take its place
             try:
@@ -906,3 +1147,14 @@ def _column_bytes(column: Any) -> int:
 def _write_manifest(fs: pa.fs.FileSystem, directory: str, manifest: dict[str, Any]) -> None:
     with fs.open_output_stream(posixpath.join(directory, MANIFEST)) as f:
         f.write(json.dumps(manifest, indent=1).encode())
+
+
+def _replace_manifest(directory: str, manifest: dict[str, Any], durable: bool) -> None:
+    """A local output's manifest replaced at once (a reader reads the old or the new)."""
+    with written_whole(os.path.join(directory, MANIFEST)) as staging, open(staging, "wb") as f:
+        f.write(json.dumps(manifest, indent=1).encode())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    if durable:
+        fsync_dir(directory)

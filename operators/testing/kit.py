@@ -375,10 +375,21 @@ def check_sink(c: Case) -> None:
     op.commit(token, results)
     from operators.io.parquet import ReadParquet
 
-    back = ReadParquet(path=op.params.path).read_all()
-    back = back.select(data.column_names).cast(data.schema)
     order = [(n, "ascending") for n in data.column_names]
-    assert_tables_close(back.sort_by(order), data.sort_by(order), 0, 0, "written output")
+
+    def written(want: pa.Table, what: str) -> None:
+        back = ReadParquet(path=op.params.path).read_all()
+        back = back.select(data.column_names).cast(data.schema)
+        assert_tables_close(back.sort_by(order), want.sort_by(order), 0, 0, what)
+
+    written(data, "written output")
+    mode = getattr(op.params, "mode", None)
+    if mode in ("append", "overwrite_partitions"):
+        # the same rows again: appended after them, or in the place of their partitions
+        token = op.begin("kitrun3", data.schema)
+        op.commit(token, [op.write(token, p, i) for i, p in enumerate(split(data, 2))])
+        written(pa.concat_tables([data, data]) if mode == "append" else data,
+                f"output after a second {mode}")
     fresh = os.path.join(scratch_dir(), "aborted")
     aborted = lookup(c.op)(op.params.model_copy(update={"path": fresh}))
     assert isinstance(aborted, Sink)

@@ -9,7 +9,8 @@ writer prints ``PAUSED <point>`` on stdout and sleeps, so the test can kill it t
 
 * ``staged``: every partition is written into the staging directory, no manifest yet;
 * ``publishing``: the manifest is written, the rename has not happened;
-* ``exchanged``: the new output is in place, the old one not yet deleted (overwrite).
+* ``exchanged``: the new output is in place, the old one not yet deleted (overwrite);
+* ``moved``: an append's files are moved into the output, its manifest not yet replaced.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def hook() -> None:
             return swapped
 
         parquet.exchange = paused_exchange
+    elif PAUSE == "moved":
+        replace = parquet._replace_manifest
+
+        def paused_replace(directory: str, manifest: Any, durable: bool) -> None:
+            pause("moved")
+            replace(directory, manifest, durable)
+
+        parquet._replace_manifest = paused_replace
     elif PAUSE:
         raise SystemExit(f"unknown KILL_WRITER_PAUSE '{PAUSE}'")
 

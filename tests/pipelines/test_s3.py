@@ -181,6 +181,43 @@ def test_write_modes(bucket: str) -> None:
     assert manifest["run_id"] == "run-3" and manifest["rows"] == 120
 
 
+def test_append_and_overwrite_partitions(bucket: str) -> None:
+    url = f"s3://{bucket}/hive"
+    first = sample(300, generation=1)
+    write(url, [first], "run-1", mode="append", partition_by=["region"])  # a new output
+    assert read(url).sort_by("id").equals(first)
+    second = sample(90, generation=2)
+    entry = write(url, [second.slice(0, 45), second.slice(45)], "run-2", mode="append",
+                  partition_by=["region"])
+    assert entry["output_rows"] == 390 and entry["output_files"] == 3 + 6
+    back = read(url)
+    assert back.num_rows == 390 and sorted(set(back["generation"].to_pylist())) == [1, 2]
+    # the north rows of a third run take the place of every north row before
+    north = sample(30, generation=3).filter(pc.equal(sample(30)["region"], "north"))
+    entry = write(url, [north], "run-3", mode="overwrite_partitions", partition_by=["region"])
+    assert entry["partitions"] == 1 and entry["partitions_replaced"] == 1
+    assert entry["output_rows"] == 390 - 130 + north.num_rows
+    back = read(url)
+    got = back.filter(pc.equal(back["region"], "north"))
+    assert got["generation"].to_pylist() == [3] * north.num_rows
+    assert back.num_rows == entry["output_rows"]
+    assert not [k for k in objects(bucket) if "region=north" in k and "run-3" not in k]
+    with pytest.raises(DataError, match="partitioned by region, this step writes by no col"):
+        write(url, [sample(5)], "run-4", mode="append")
+    assert not [k for k in objects(bucket) if "run-4" in k]
+
+
+def test_dead_appender_is_invisible_and_its_rerun_lands_once(bucket: str) -> None:
+    url = f"s3://{bucket}/out"
+    old = sample(100, generation=1)
+    write(url, [old], "old")
+    begin_and_write(url, sample(50, generation=2), "dead", mode="append")
+    assert read(url).equals(old)  # its files are there, in no manifest
+    new = sample(60, generation=3)
+    write(url, [new], "rerun", mode="append")
+    assert read(url).equals(pa.concat_tables([old, new]))
+
+
 def test_an_object_at_the_target_key(bucket: str) -> None:
     url = f"s3://{bucket}/out"
     put(bucket, "out", parquet_bytes(sample(20, generation=1)))

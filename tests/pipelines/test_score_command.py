@@ -3,6 +3,7 @@ on every engine, the same rows as load_model's; errors name the step, not a line
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,30 @@ def test_the_score_command(workdir: Path, trained: Path) -> None:
     done = sluice("churn@staging", str(trained), "other")
     assert done.returncode == 1 and "has no alias 'staging'" in done.stderr
     assert not (workdir / "other").exists()
+
+
+def test_scoring_into_a_partitioned_output_day_by_day(workdir: Path, trained: Path) -> None:
+    """`--mode overwrite_partitions --partition-by`: a re-scored region replaces that
+    region's scores only; options named as options in the errors."""
+    def sluice(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SLUICE, "score", "churn", *args], capture_output=True,
+                              text=True, timeout=300, cwd=workdir)
+
+    done = sluice(str(trained), "scores", "--partition-by", "region")
+    assert done.returncode == 0, done.stderr
+    before = pq.read_table(workdir / "scores")
+    done = sluice(str(trained), "scores", "--filter", "region == 'north'", "--mode",
+                  "overwrite_partitions", "--partition-by", "region")
+    assert done.returncode == 0, done.stderr
+    assert "1 partition, 1 of them replaced" in done.stdout
+    after = pq.read_table(workdir / "scores")
+    assert sorted(after.column("customer_id").to_pylist()) == sorted(
+        before.column("customer_id").to_pylist())
+    latest = json.loads((workdir / "scores" / "_SUCCESS").read_text())["run_id"]
+    assert {p.parent.name for p in (workdir / "scores").rglob(f"part-{latest}-*")} == {
+        "region=north"}
+    assert len({p.name for p in (workdir / "scores").rglob("part-*")}) > 1
+    done = sluice(str(trained), "scores", "--mode", "append")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "partitioned by region, this step writes by no column" in done.stderr
+    assert "(set --partition-by region as the output has it" in done.stderr

@@ -42,6 +42,11 @@ def _read_case() -> None:
     case("write_parquet", {"path": os.path.join(scratch_dir(), "out")}, mixed_table)
     case("write_parquet", {"path": os.path.join(scratch_dir(), "out"), "partition_by": ["g"],
                            "mode": "overwrite"}, mixed_table, id="partitioned")
+    case("write_parquet", {"path": os.path.join(scratch_dir(), "out"), "mode": "append"},
+         mixed_table, id="append")
+    case("write_parquet", {"path": os.path.join(scratch_dir(), "out"), "partition_by": ["g"],
+                           "mode": "overwrite_partitions"}, mixed_table,
+         id="overwrite-partitions")
 
 
 _read_case()

@@ -1,0 +1,363 @@
+"""write_parquet's `append` and `overwrite_partitions` (Spark's dynamic partition
+overwrite): the new files are listed with the kept ones in one new manifest, the rows
+must fit the output, writers take turns, and a killed run leaves the old output or the
+new, never between, on every engine."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import SLUICE, write_pipeline
+from test_parquet_write import (
+    kill_at,
+    kill_pipeline,
+    read_back,
+    run_writer,
+    sample,
+    snapshot,
+    split,
+    staging_dirs,
+    write,
+)
+
+from operators.base import DataError, ParamError
+from operators.io.parquet import MANIFEST, WriteParquet
+from pipelines.engines.base import Engine
+from pipelines.runner import run
+
+
+def manifest_of(target: Path) -> dict:
+    return json.loads((target / MANIFEST).read_text())
+
+
+def rows_of(table: pa.Table, **where: object) -> pa.Table:
+    mask = None
+    for column, value in where.items():
+        m = pc.equal(table[column], value)
+        mask = m if mask is None else pc.and_(mask, m)
+    return table.filter(mask)
+
+
+# --------------------------------------------------------------------------- append
+
+
+def test_append_adds_the_rows_after_the_outputs(workdir: Path) -> None:
+    target = workdir / "out"
+    first, second = sample(600, seed=1), sample(400, seed=2, generation=1)
+    write(target, split(first, 2), "run-1", mode="append")  # no output yet: a new one
+    entry = write(target, split(second, 3), "run-2", mode="append")
+    assert entry == {"path": str(target), "rows": 400, "files": 3, "mode": "append",
+                     "output_rows": 1000, "output_files": 5}
+    assert read_back(target).equals(pa.concat_tables([first, second]))
+    assert pq.read_table(target).num_rows == 1000  # a reader without the manifest too
+    manifest = manifest_of(target)
+    assert manifest["rows"] == 1000 and manifest["run_id"] == "run-2"
+    assert [f.split("-")[1] for f in manifest["files"]] == ["run"] * 5
+    assert sum(f.startswith("part-run-1-") for f in manifest["files"]) == 2
+    assert staging_dirs(target) == []
+
+
+def test_append_of_no_rows_leaves_the_output_as_it_was(workdir: Path) -> None:
+    target = workdir / "out"
+    write(target, [sample(100)], "run-1")
+    before = snapshot(target)
+    entry = write(target, [sample(0)], "run-2", mode="append")
+    assert entry["rows"] == 0 and entry["output_rows"] == 100
+    assert snapshot(target) == before and staging_dirs(target) == []
+
+
+def test_append_widens_narrower_types_and_reads_them_as_the_outputs(workdir: Path) -> None:
+    target = workdir / "out"
+    first = sample(100)
+    write(target, [first], "run-1")
+    narrower = sample(50, seed=3).cast(first.schema.set(
+        first.schema.get_field_index("year"), pa.field("year", pa.int32())))
+    write(target, [narrower], "run-2", mode="append")
+    back = read_back(target)
+    assert back.schema == first.schema and back.num_rows == 150
+    assert back.slice(100).equals(narrower.cast(first.schema))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.drop_columns(["x"]), r"the rows lack its column\(s\) x"),
+    (lambda t: t.append_column("extra", pa.array([1.0] * t.num_rows)),
+     r"it has no column\(s\) extra"),
+    (lambda t: t.set_column(t.schema.get_field_index("year"), "year",
+                            pc.cast(t["year"], pa.string())),
+     r"column 'year' is string in the rows and int64 in the output.*op: cast"),
+    (lambda t: t.set_column(t.schema.get_field_index("x"), "x",
+                            pc.cast(t["x"], pa.float32())).cast(
+        t.schema.set(t.schema.get_field_index("id"), pa.field("id", pa.float64()))),
+     r"column 'id' is double in the rows and int64 in the output"),
+])
+def test_rows_the_output_cannot_take_stop_before_any_data_moves(
+        workdir: Path, change: object, message: str) -> None:
+    target = workdir / "out"
+    write(target, [sample(100)], "run-1")
+    before = snapshot(target)
+    with pytest.raises(DataError, match=f"cannot append to output '{target}': {message}"):
+        op = WriteParquet(path=str(target), mode="append")
+        op.begin("run-2", change(sample(10)).schema)  # type: ignore[operator]
+    assert snapshot(target) == before and staging_dirs(target) == []
+
+
+def test_partition_columns_must_be_the_outputs(workdir: Path) -> None:
+    target = workdir / "out"
+    write(target, [sample(100)], "run-1", partition_by=["year"])
+    for by, said in ([None, "no column"], [["region"], "region"]):
+        with pytest.raises(DataError, match=(
+                rf"it is partitioned by year, this step writes by {said}.*"
+                r"partition_by: \[year\]")):
+            write(target, [sample(10)], "run-2", mode="append", partition_by=by)
+    assert staging_dirs(target) == []
+
+
+def test_a_schema_changed_between_begin_and_commit_is_refused_at_the_commit(
+        workdir: Path) -> None:
+    target = workdir / "out"
+    write(target, [sample(100)], "run-1")
+    op = WriteParquet(path=str(target), mode="append")
+    token = op.begin("run-2", sample(10).schema)
+    results = [op.write(token, sample(10), 0)]
+    # another run replaced the output with other columns meanwhile
+    write(target, [sample(100).drop_columns(["x"])], "run-3", mode="overwrite")
+    before = snapshot(target)
+    with pytest.raises(DataError, match=r"it has no column\(s\) x"):
+        op.commit(token, results)
+    assert snapshot(target) == before and staging_dirs(target) == []
+
+
+def test_a_file_at_the_target_is_no_output_to_append_to(workdir: Path) -> None:
+    target = workdir / "out"
+    target.write_text("not parquet")
+    with pytest.raises(DataError, match="is a file, not a directory.*nothing to append to"):
+        write(target, [sample(10)], "run-1", mode="append")
+
+
+def test_append_to_a_foreign_dataset_keeps_its_files(workdir: Path) -> None:
+    """A hive dataset another tool wrote (no manifest, year inferred as int32 from the
+    paths): the rows are added and the files listed, the foreign ones kept."""
+    target = workdir / "out"
+    old = sample(300)
+    pq.write_to_dataset(old, target, partition_cols=["year"])
+    foreign = sorted(str(p.relative_to(target)) for p in target.rglob("*.parquet"))
+    new = sample(200, seed=5, generation=1)
+    entry = write(target, split(new, 2), "run-1", mode="append", partition_by=["year"])
+    assert entry["output_rows"] is None and entry["output_files"] == len(foreign) + 6
+    manifest = manifest_of(target)
+    assert manifest["files"][:len(foreign)] == foreign
+    back = read_back(target)
+    assert back.num_rows == 500
+    want = pa.concat_tables([old.select(back.column_names), new.select(back.column_names)])
+    order = [("generation", "ascending"), ("id", "ascending")]
+    assert back.sort_by(order).cast(want.schema).equals(want.sort_by(order))
+
+
+def at_once(writers: list[Callable[[], object]]) -> None:
+    """Run the writers in threads started together; any error fails the test."""
+    errors: list[BaseException] = []
+
+    def guarded(writer: Callable[[], object]) -> None:
+        try:
+            writer()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_concurrent_appends_all_land(workdir: Path) -> None:
+    """Writers committing at once take turns on the output's lock: none loses another's
+    files (each re-reads the manifest under the lock)."""
+    target = workdir / "out"
+    write(target, [sample(100)], "run-0")
+    at_once([lambda i=i: write(target, split(sample(50, seed=i, generation=i), 2),
+                               f"run-{i}", mode="append") for i in range(1, 9)])
+    back = read_back(target)
+    assert back.num_rows == 100 + 8 * 50 and manifest_of(target)["rows"] == 500
+    assert sorted(set(back["generation"].to_pylist())) == list(range(9))
+    assert len(manifest_of(target)["files"]) == 1 + 8 * 2
+
+
+def test_an_overwrite_among_appends_leaves_a_whole_output(workdir: Path) -> None:
+    """An overwrite takes the same lock: the appends before it are gone, those after it
+    are there, and every file the manifest lists exists."""
+    target = workdir / "out"
+    write(target, [sample(100)], "run-0")
+    at_once([lambda i=i: write(target, [sample(50, seed=i, generation=i)], f"run-{i}",
+                               mode="append") for i in (1, 2, 4, 5, 6)]
+            + [lambda: write(target, [sample(70, generation=99)], "over", mode="overwrite")])
+    manifest = manifest_of(target)
+    assert all((target / f).exists() for f in manifest["files"])
+    back = read_back(target)
+    generations = by_generation(back)
+    assert generations.pop(99) == 70 and set(generations.values()) <= {50}
+    assert back.num_rows == manifest["rows"] == 70 + 50 * len(generations)
+    assert pq.read_table(target).num_rows == back.num_rows
+
+
+def test_files_of_a_run_that_died_while_moving_in_are_swept(workdir: Path) -> None:
+    target = workdir / "out"
+    write(target, [sample(100)], "run-1")
+    orphan = target / "part-dead-00000.parquet"
+    pq.write_table(sample(7), orphan)  # moved in, then the run died before its manifest
+    assert read_back(target).num_rows == 100  # listed by no manifest: no reader's
+    write(target, [sample(10)], "run-2", mode="append")
+    assert not orphan.exists() and read_back(target).num_rows == 110
+    assert pq.read_table(target).num_rows == 110
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def test_overwrite_partitions_replaces_those_the_rows_fall_in(workdir: Path) -> None:
+    target = workdir / "out"
+    old = sample(900)  # years 2020, 2021, 2022
+    write(target, split(old, 3), "run-1", partition_by=["year"])
+    old_2021 = sorted(str(p.relative_to(target)) for p in (target / "year=2021").iterdir())
+    new = rows_of(sample(90, seed=4, generation=1), year=2021)
+    entry = write(target, split(new, 2), "run-2", mode="overwrite_partitions",
+                  partition_by=["year"])
+    assert entry["partitions"] == 1 and entry["partitions_replaced"] == 1
+    assert entry["output_rows"] == 600 + new.num_rows
+    back = read_back(target)
+    for year in (2020, 2022):
+        assert by_generation(rows_of(back, year=year)) == {0: 300}
+    assert by_generation(rows_of(back, year=2021)) == {1: new.num_rows}
+    assert not any((target / f).exists() for f in old_2021)
+    assert pq.read_table(target).num_rows == back.num_rows
+    # a year the output lacks is added, the others kept
+    added = sample(30, seed=6, generation=2).drop_columns(["year"]).append_column(
+        "year", pa.array([2030] * 30, pa.int64()))
+    entry = write(target, [added.select(old.column_names)], "run-3",
+                  mode="overwrite_partitions", partition_by=["year"])
+    assert entry["partitions_replaced"] == 0
+    assert read_back(target).num_rows == back.num_rows + 30
+    assert manifest_of(target)["rows"] == back.num_rows + 30
+
+
+def by_generation(table: pa.Table) -> dict[int, int]:
+    values, counts = np.unique(table["generation"].to_numpy(), return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+
+def test_overwrite_partitions_of_two_columns_and_nulls(workdir: Path) -> None:
+    """Partitions are whole paths of values (region=north/day=..): a null region is
+    the hive default partition, replaced as any other."""
+    target = workdir / "out"
+    by = ["region", "day"]
+    old = sample(720)
+    write(target, split(old, 2), "run-1", partition_by=by)
+    new = sample(72, seed=8, generation=1)
+    new = new.filter(pc.or_kleene(pc.is_null(new["region"]), pc.equal(new["region"], "north")))
+    write(target, [new], "run-2", mode="overwrite_partitions", partition_by=by)
+    back = read_back(target)
+    kept = old.filter(pc.invert(pc.or_kleene(pc.is_null(old["region"]),
+                                       pc.equal(old["region"], "north"))))
+    assert by_generation(back) == {0: kept.num_rows, 1: new.num_rows}
+
+
+def test_overwrite_partitions_names_its_partitions() -> None:
+    with pytest.raises(ParamError, match="overwrite_partitions.*partition_by"):
+        WriteParquet(path="out", mode="overwrite_partitions")
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+APPEND = """
+    pipeline: daily
+    params:
+      ds: "2026-11-01"
+    steps:
+      - op: read_parquet
+        path: data/events/ds=${ds}
+      - id: days
+        op: derive
+        columns:
+          ds: "'${ds}'"
+      - op: write_parquet
+        path: out/events
+        mode: overwrite_partitions
+        partition_by: [ds]
+"""
+
+
+def test_a_daily_job_rerun_replaces_its_day_on_every_engine(workdir: Path,
+                                                           engine: Engine) -> None:
+    rng = np.random.default_rng(3)
+    days = {}
+    for d in ("2026-11-01", "2026-11-02"):
+        days[d] = pa.table({"id": np.arange(500), "v": rng.standard_normal(500)})
+        folder = workdir / "data" / "events" / f"ds={d}"
+        folder.mkdir(parents=True)
+        pq.write_table(days[d].slice(0, 250), folder / "a.parquet")
+        pq.write_table(days[d].slice(250), folder / "b.parquet")
+    pipeline = write_pipeline(workdir, APPEND)
+    for d in ("2026-11-01", "2026-11-02", "2026-11-01"):  # the first day again
+        record = run(pipeline, {"ds": d}, engine_instance=engine)
+    [output] = record["outputs"]
+    assert output["mode"] == "overwrite_partitions" and output["partitions_replaced"] == 1
+    assert output["output_rows"] == 1000
+    back = read_back(workdir / "out" / "events")
+    for d, table in days.items():
+        got = back.filter(pc.equal(back["ds"], d)).select(["id", "v"])
+        assert got.sort_by("id").equals(table)
+
+
+def test_cli_appends_and_says_how_many_rows_the_output_has(workdir: Path) -> None:
+    import subprocess
+
+    folder = workdir / "data" / "events" / "ds=2026-11-01"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"id": np.arange(40), "v": np.ones(40)}), folder / "a.parquet")
+    pipeline = write_pipeline(workdir, APPEND.replace("overwrite_partitions", "append"))
+    for _ in range(2):
+        done = subprocess.run([SLUICE, "run", str(pipeline)], cwd=workdir,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert "appended 40 rows to out/events (80 rows in all)" in done.stdout
+    bad = write_pipeline(workdir, APPEND.replace("ds: \"'${ds}'\"", "ds: 'id'"), "bad.yaml")
+    done = subprocess.run([SLUICE, "run", str(bad)], cwd=workdir, capture_output=True,
+                          text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "column 'ds' is int64 in the rows and string in the output" in done.stderr
+    assert "bad.yaml:" in done.stderr
+
+
+# --------------------------------------------------------------------------- kill
+
+
+def test_sigkill_of_an_append_leaves_old_or_new(workdir: Path) -> None:
+    source = workdir / "data" / "src"
+    source.mkdir(parents=True)
+    new = sample(20_000, seed=11, generation=1)
+    for i, part in enumerate(split(new, 4)):
+        pq.write_table(part, source / f"p{i}.parquet")
+    target = workdir / "outputs" / "out"
+    old = sample(500, seed=7)
+    pipeline = kill_pipeline(workdir, source, "append")
+    for pause in ("staged", "moved"):
+        write(target, [old], "old", mode="overwrite")
+        kill_at(pipeline, workdir, pause, 0.0)
+        assert read_back(target).equals(old)  # the manifest still lists the old files
+        if pause == "moved":  # moved in, listed by no manifest
+            assert len(list(target.glob("part-*.parquet"))) > 1
+        run_writer(pipeline, workdir)  # the re-run appends once and sweeps the debris
+        back = read_back(target)
+        assert back.num_rows == old.num_rows + new.num_rows
+        assert back.equals(pa.concat_tables([old, new]))
+        assert pq.read_table(target).num_rows == back.num_rows and staging_dirs(target) == []
