@@ -21,6 +21,10 @@ from pydantic import BaseModel, ConfigDict
 # --------------------------------------------------------------------------- errors
 
 
+# what Arrow's kernels and conversions raise for values or types they cannot take
+ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+
 class SluiceError(Exception):
     """A failure a user can act on: what was wrong, where, and what would fix it.
 

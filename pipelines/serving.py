@@ -47,7 +47,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from operators.arrays import get_namespace
-from operators.base import DataError, SluiceError, suggest
+from operators.base import ARROW_ERRORS, DataError, SluiceError, suggest
 from operators.evaluate.drift import Drift
 from operators.io.fs import resolve as fs_resolve
 from operators.io.fs import written_whole
@@ -82,7 +82,6 @@ class RequestError(SluiceError):
 # --------------------------------------------------------------------------- rows in
 
 
-UNCONVERTIBLE = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 
 def _is_float(value: Any) -> bool:
@@ -105,12 +104,12 @@ def _column(name: str, values: Sequence[Any], target: pa.DataType | None) -> pa.
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             out = pa.array(values, type=value_type)
         return out.cast(target, safe=True) if out.type != target else out
-    except (*UNCONVERTIBLE, OverflowError):
+    except (*ARROW_ERRORS, OverflowError):
         pass
     for row, value in enumerate(values):
         try:
             pa.array([value]).cast(value_type, safe=True)
-        except (*UNCONVERTIBLE, OverflowError):
+        except (*ARROW_ERRORS, OverflowError):
             shown = json.dumps(value) if not isinstance(value, float) else repr(value)
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
                 raise RequestError(f"column '{name}', row {row}: {shown[:60]} does not fit "

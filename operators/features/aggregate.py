@@ -32,6 +32,7 @@ import pyarrow.dataset as ds
 from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
+    ARROW_ERRORS,
     DataError,
     ParamError,
     Params,
@@ -91,7 +92,6 @@ ALIASES = {"avg": "mean", "stddev": "std", "variance": "var", "bool_or": "any",
            "bool_and": "all", "arg_max": "max_by", "arg_min": "min_by"}
 
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.S)
-_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 _ALL = f"{INTERNAL}all"  # the one key of an aggregate without `by`
 
 
@@ -358,7 +358,7 @@ class Aggregate(Shuffle):
             columns[name] = parse_expression(text)
         try:
             out = ds.dataset(part).to_table(columns=columns) if columns else None
-        except _ARROW_ERRORS as exc:
+        except ARROW_ERRORS as exc:
             raise DataError(f"aggregate column {self._failing(part)}: {arrow_message(exc)}",
                             hint="guard the expression, e.g. with if(...) or coalesce(...)"
                             ) from None
@@ -375,7 +375,7 @@ class Aggregate(Shuffle):
             try:
                 ds.dataset(part).to_table(columns={
                     f"a{j}": parse_expression(a) for j, a in enumerate(agg.args)})
-            except _ARROW_ERRORS:
+            except ARROW_ERRORS:
                 return f"'{agg.name}' ({self.params.columns[agg.name]})"
         return f"'{self.aggregations[0].name}'"
 

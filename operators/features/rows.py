@@ -16,6 +16,7 @@ import pyarrow.dataset as ds
 from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
+    ARROW_ERRORS,
     DataError,
     ParamError,
     Params,
@@ -37,8 +38,6 @@ from operators.hashing import chosen_rows
 # --------------------------------------------------------------------------- conditions
 # filter's `where` and expect's rules: parsed with the step's parameters, checked against
 # the input as the pipeline plans, evaluated on each partition
-
-ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 
 
 def _parsed(text: str, what: str) -> str:

@@ -26,6 +26,7 @@ import pyarrow.dataset as ds
 from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
+    ARROW_ERRORS,
     DataError,
     MissingColumnError,
     ParamError,
@@ -42,7 +43,7 @@ from operators.expressions import (
     parse_expression,
     referenced_columns,
 )
-from operators.features.aggregate import _ARROW_ERRORS, _CALL, _raise_all, _split_args
+from operators.features.aggregate import _CALL, _raise_all, _split_args
 from operators.features.columns import arrow_message
 from operators.features.grouping import (
     ByKeys,
@@ -414,7 +415,7 @@ class Window(ByKeys, Shuffle):
         try:
             out = ds.dataset(rows).to_table(
                 columns={names[t]: parse_expression(t) for t in names})
-        except _ARROW_ERRORS as exc:
+        except ARROW_ERRORS as exc:
             failing = next((w for w in self.windows if w.arg is not None
                             and not _evaluates(rows, w.arg)), self.windows[0])
             raise DataError(f"window column '{failing.name}' "
@@ -427,7 +428,7 @@ class Window(ByKeys, Shuffle):
 def _evaluates(rows: pa.Table, text: str) -> bool:
     try:
         ds.dataset(rows).to_table(columns={"a": parse_expression(text)})
-    except _ARROW_ERRORS:
+    except ARROW_ERRORS:
         return False
     return True
 
@@ -502,7 +503,7 @@ def _compute(w: WindowColumn, values: dict[str, pa.Array], rows: pa.Table,
                 default = (default.cast(pa.float64()).cast(taken.type)
                            if pa.types.is_decimal(taken.type) and _number(default.type)
                            else default.cast(taken.type))
-            except _ARROW_ERRORS as exc:
+            except ARROW_ERRORS as exc:
                 raise DataError(f"window column '{w.name}': {w.fn}'s default "
                                 f"({w.default}) as {taken.type}: {arrow_message(exc)}",
                                 hint=f"give a default of {taken.type}") from None
