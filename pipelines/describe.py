@@ -20,6 +20,7 @@ from operators.evaluate.drift import Drift
 from operators.evaluate.evaluate import Measuring
 from operators.evaluate.promote import Promote
 from operators.features.join import Join, ShuffleJoin
+from operators.features.repartition import Repartition
 from operators.features.sort import Sort
 from operators.features.top import Top
 from operators.features.window import Window
@@ -129,6 +130,11 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                          f"through the scratch folder{why}, into {into}"
                          + ("" if parts else " (a key of more rows split among several)")
                          + "; rows in their order within each")
+        elif isinstance(op, Repartition):
+            which = (f"the rows of each {', '.join(op.params.by)} to one place"
+                     if op.params.by else "the rows spread by a hash of their values")
+            notes.append(f"shuffles: {which} through the scratch folder, into {into}; "
+                         "rows unchanged, in their order within each")
         elif isinstance(op, Top):
             p = op.params
             which = (f"of each {', '.join(p.by)}" if p.by else "of all the rows")

@@ -833,6 +833,9 @@ class WriteParquet(Sink):
                 partitioning=self.params.partition_by, partitioning_flavor="hive",
                 basename_template=stem + "-{i}.parquet",
                 existing_data_behavior="overwrite_or_ignore", file_visitor=visit,
+                # rows in each file in the partition's order (a sort's, a window's): the
+                # writer's threads otherwise put its batches in any order
+                preserve_order=True,
                 file_options=ds.ParquetFileFormat().make_write_options(compression=compression),
                 max_rows_per_group=self.params.row_group_rows,
                 min_rows_per_group=min(self.params.row_group_rows, part.num_rows),

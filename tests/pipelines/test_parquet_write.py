@@ -196,6 +196,17 @@ def test_partition_by_reads_back_equal(workdir: Path) -> None:
     assert by_id(filtered.read_all()).equals(by_id(table.filter(mask)))
 
 
+def test_partition_by_keeps_each_files_rows_in_the_partitions_order(workdir: Path) -> None:
+    """A sorted (or windowed) partition written hive-partitioned: each file's rows in
+    the order they came (the writer's threads would otherwise mix its batches)."""
+    table = sample(200_000)
+    part = pa.Table.from_batches(table.to_batches(max_chunksize=1000))
+    write(workdir / "out", [part], "run-1", partition_by=["year"])
+    for path in (workdir / "out").rglob("*.parquet"):
+        ids = pq.read_table(path)["id"].to_numpy()
+        assert np.all(np.diff(ids) > 0), path
+
+
 def test_partition_by_overwrite_and_empty(workdir: Path) -> None:
     target = workdir / "hive"
     write(target, [sample(100)], "run-1", partition_by=["year"])

@@ -259,6 +259,10 @@ _cases("sort", events_table,
        ("one-column", {"by": ["x"]}),
        ("desc-dictionary-and-ties", {"by": ["region", "x desc", "plan"], "partitions": 3}),
        ("time-and-floats-desc", {"by": ["ts desc", "f32 desc"]}))
+_cases("repartition", events_table,
+       ("by-key", {"by": ["customer"]}),
+       ("two-keys-dictionary", {"by": ["region", "plan"], "partitions": 3}),
+       ("spread", {}))
 _cases("top", events_table,
        ("per-key-latest", {"by": ["customer"], "order": ["ts desc"], "n": 3}),
        ("two-keys-dictionary-two-orders", {"by": ["region", "plan"],
