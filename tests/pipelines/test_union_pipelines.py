@@ -64,6 +64,12 @@ def read(folder: Path) -> pa.Table:
     return ds.dataset(folder).to_table()
 
 
+def written(folder: Path) -> list[bytes]:
+    """The bytes of each Parquet file in ``folder``, in partition order."""
+    files = sorted(folder.glob("part-*.parquet"), key=lambda f: f.stem.rsplit("-", 1)[-1])
+    return [f.read_bytes() for f in files]
+
+
 APPENDED = """
     pipeline: appended
     steps:
@@ -144,6 +150,9 @@ def test_a_union_is_concat_tables_in_order_on_every_engine(
     if engine.name != "local":
         local = run(write_pipeline(workdir, APPENDED.format(out="local"), "local.yaml"))
         assert read(workdir / "out" / "local" / "events").equals(got)
+        # a file a partition (part-<run id>-<partition>), the same bytes on each engine
+        files = written(workdir / "out" / "local" / "events")
+        assert len(files) > 5 and files == written(workdir / "out" / engine.name / "events")
         assert {k: v.get("rows") for k, v in local["steps"].items()} == {
             k: v.get("rows") for k, v in steps.items()}
 
