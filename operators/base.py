@@ -126,6 +126,9 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
     # False: the operator works on Arrow on the host and never touches ``xp``, so a
     # step asking for a GPU runs it on the CPU (no device to wait for or run out of)
     numeric_kernels: ClassVar[bool] = True
+    # True: the step's rows are new rows, not its input's with columns changed (a
+    # group-by's, a union's of other steps too), so a saved model's steps start after it
+    new_rows: ClassVar[bool] = False
     # True: a step's ``dtype: float32`` makes the operator compute in float32, within
     # docs/float32.md's tolerances; False: it computes exactly whatever the dtype (the
     # conformance kit's float32 check holds both)
@@ -461,10 +464,9 @@ class Shuffle(Operator):
 
     kind = "shuffle"
     numeric_kernels = False
-    # True: the output rows are new rows (a group-by's), so a saved model's steps start
-    # after the shuffle; False: each output row is an input row with columns added (a
-    # join), and a model's chain goes through the step as through a transform that is
-    # not in the model (``in_model``)
+    # True (``Operator.new_rows``): the output rows are a group-by's; False: each output
+    # row is an input row with columns added (a join), and a model's chain goes through
+    # the step as through a transform that is not in the model (``in_model``)
     new_rows: ClassVar[bool] = True
     # "keys": finish returns rows in key order; "input": in the order the partial rows
     # came (the runtime brings them in the input's order: partition by partition);

@@ -23,6 +23,7 @@ from operators.features.join import Join, ShuffleJoin
 from operators.features.repartition import Repartition
 from operators.features.sort import Sort
 from operators.features.top import Top
+from operators.features.union import Union
 from operators.features.window import Window
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
@@ -97,6 +98,13 @@ def _notes(plan: Plan, step: Step) -> list[str]:
         notes.append(f"saves {', '.join(chain)} as '{op.params.name}' (the next version)"
                      + (f", aliases {', '.join(op.params.aliases)}" if op.params.aliases
                         else ""))
+    elif isinstance(op, Union):
+        steps = [step.input, *op.step_inputs()]
+        notes.append("appends the rows of " + ", then ".join(f"'{s}'" for s in steps[1:])
+                     + f" after '{step.input}''s, columns matched by name: its partitions "
+                     "are theirs in that order, each read through its own steps (no "
+                     "shuffle)" + ("; a column some of them lack is null in their rows"
+                                   if op.params.missing == "null" else ""))
     elif isinstance(op, Join | ShuffleJoin) and op.params.table is not None:
         table = f"step '{op.params.table}'"
         how = {"broadcast": f"broadcasts its rows: collected on the driver when {table} "
@@ -213,7 +221,9 @@ def format_plan(plan: Plan, entries: list[dict[str, Any]]) -> list[str]:
              "the order they run"]
     for entry in entries:
         source = f" <- {entry['input']}" if entry["input"] else ""
-        source += "".join(f", table {other}" for other in entry.get("reads", []))
+        # a join's table step, a union's other steps (whose rows are its own)
+        named = "" if entry["kind"] == Union.kind else "table "
+        source += "".join(f", {named}{other}" for other in entry.get("reads", []))
         lines.append(f"  {entry['id']}: {entry['op']}{source}  (line {entry['line']})")
         if entry["params"]:
             lines.append(f"      given: {shown_params(entry['params'])}")

@@ -15,7 +15,6 @@ from operators.base import (
     MissingColumnError,
     Operator,
     SchemaError,
-    Shuffle,
     Sink,
     SluiceError,
     Source,
@@ -27,6 +26,7 @@ from operators.evaluate.evaluate import Measuring
 from operators.evaluate.promote import Promote
 from operators.expressions import referenced_columns
 from operators.features.rows import Filter
+from operators.features.union import Union
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
 from operators.score.score import PREDICTION_COLUMNS, Score
@@ -77,13 +77,13 @@ class Plan:
 
     def chain_to(self, step_id: str, through_shuffles: bool = False) -> list[Step]:
         """The steps from the source (exclusive) to ``step_id`` (inclusive), in order; a
-        shuffle step making new rows (aggregate) ends the walk as a source does, unless
-        ``through_shuffles``; a shuffle join does not (its rows are its input's)."""
+        step making new rows (an aggregate, a union) ends the walk as a source does, unless
+        ``through_shuffles`` (then the walk goes on through its input); a shuffle join
+        does not (its rows are its input's)."""
         path: list[Step] = []
         current: Step | None = self.step(step_id)
         while current is not None and not isinstance(current.op, Source):
-            if (isinstance(current.op, Shuffle) and current.op.new_rows and path
-                    and not through_shuffles):
+            if current.op.new_rows and path and not through_shuffles:
                 break
             path.append(current)
             current = self.step(current.input) if current.input else None
@@ -172,8 +172,10 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
     plan = Plan(spec=spec, problems=list(spec.problems))
     file = spec.file
 
-    def problem(s: StepSpec, message: str, param: str | None = None) -> None:
-        plan.problems.append(Problem(file, s.line_of(param), message, step=s.id, op=s.op))
+    def problem(s: StepSpec, message: str, param: str | None = None,
+                line: int | None = None) -> None:
+        plan.problems.append(Problem(file, line or s.line_of(param), message, step=s.id,
+                                     op=s.op))
 
     built: dict[str, Step] = {}
     previous: str | None = None
@@ -213,11 +215,18 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
             if s.id in built:
                 built[s.id].input = None
         for other in built[s.id].op.step_inputs() if s.id in built else []:
-            param = next((k for k, v in s.params.items() if v == other), "op")
+            param, line = _naming(s, other)
             if other not in ids:
-                problem(s, f"{param}: '{other}' names no step{suggest(other, ids)}", param)
+                problem(s, f"{param}: '{other}' names no step{suggest(other, ids)}", param,
+                        line)
             elif other == s.id:
-                problem(s, f"{param}: a step cannot read its own rows", param)
+                problem(s, f"{param}: a step cannot read its own rows", param, line)
+            elif isinstance(built[s.id].op, Union) and built[s.id].input == other:
+                problem(s, f"{param}: '{other}' is the step before this one, its input, "
+                           "whose rows come first already (give `input:` the step whose "
+                           "rows come first, and list the others)" if s.input is None else
+                        f"{param}: '{other}' is this step's input, whose rows come first "
+                        "already: listed again, they would come twice", param, line)
             elif s.input is None and built[s.id].input == other:
                 # (a join of a step's rows to themselves, e.g. each employee's manager,
                 # names it as `input:` too)
@@ -232,6 +241,19 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
         _push_filters(plan)
     plan.problems.sort(key=lambda p: (p.file, p.line))
     return plan
+
+
+def _naming(s: StepSpec, other: str) -> tuple[str, int]:
+    """The parameter of ``s`` that names step ``other`` (a join's ``table:``, a union's
+    ``steps:``) and its line: a list's item's own where the list is one a line."""
+    for key, value in s.params.items():
+        if value == other:
+            return key, s.line_of(key)
+        if isinstance(value, list) and other in value:
+            lines = getattr(value, "item_lines", [])
+            at = value.index(other)
+            return key, lines[at] if at < len(lines) else s.line_of(key)
+    return "op", s.line_of("op")
 
 
 def _push_filters(plan: Plan) -> None:
@@ -359,6 +381,8 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 continue  # a step it reads has a problem reported
             for other in others:
                 step.op.bind_step_schema(other.id, other.schema)
+            if isinstance(step.op, Union):
+                step.op.bind_input(step.input)  # the step its messages name first
             # a fit before it, or before a step it reads, decides columns at run time
             opened = upstream.open or any(o.open for o in others)
             step.open = opened or (isinstance(step.op, Estimator) and step.op.schema_from_fit)
@@ -415,12 +439,12 @@ def _note_kept_params(plan: Plan, save: Step) -> None:
 
 
 def _check_fits_before_shuffles(plan: Plan, save: Step) -> None:
-    """A SchemaError when a fitted step comes before a shuffle (aggregate) on the way to
-    ``save``: the model starts after the shuffle, so a scoring pipeline would fit that
-    step again on its own rows (a scaler's mean of the scoring data: skewed scores)."""
+    """A SchemaError when a fitted step comes before a step making new rows (aggregate,
+    union) on the way to ``save``: the model starts after that step, so a scoring
+    pipeline would fit the fitted one again on its own rows (a scaler's mean of the
+    scoring data: skewed scores)."""
     lineage = plan.chain_to(save.id, through_shuffles=True)
-    shuffles = [i for i, s in enumerate(lineage) if isinstance(s.op, Shuffle)
-                and s.op.new_rows]
+    shuffles = [i for i, s in enumerate(lineage) if s.op.new_rows]
     if not shuffles:
         return
     last = lineage[shuffles[-1]]
@@ -433,7 +457,7 @@ def _check_fits_before_shuffles(plan: Plan, save: Step) -> None:
             f"{'are' if len(fitted) > 1 else 'is'} fitted before '{last.id}' "
             f"({last.op.name}), and the model saved here starts after it: a scoring "
             "pipeline would fit it again on the rows it scores",
-            hint=f"move it after '{last.id}' (fitted on the aggregated rows), or compute "
+            hint=f"move it after '{last.id}' (fitted on the rows it makes), or compute "
                  "it with derive (e.g. coalesce(x, 0) instead of impute)")
 
 

@@ -40,6 +40,7 @@ from operators.evaluate.drift import (
 )
 from operators.evaluate.promote import Promote
 from operators.features.join import Join, ShuffleJoin
+from operators.features.union import Union
 from operators.io.fs import release_dir, written_whole
 from operators.io.model import SaveModel
 from pipelines import profiles
@@ -64,6 +65,7 @@ from pipelines.shuffle import (
 from pipelines.spec import Problem
 from pipelines.store import Model, ModelStore, binding, required_columns
 from pipelines.tuning import label_of
+from pipelines.union import UnionSource
 
 ENGINES = ("local", "dask", "spark")
 
@@ -285,8 +287,8 @@ class Run:
             entry = self.record["steps"][step.id]
             entry["wall_seconds"] = round(time.perf_counter() - t0, 6)
         for step in self.plan.steps:
-            if not self.plan.consumers(step.id) and isinstance(step.op, Transform):
-                # a dangling transform still runs, so that its rows are counted
+            if not self.plan.consumers(step.id) and isinstance(step.op, Transform | Union):
+                # a dangling transform (or union) still runs, so that its rows are counted
                 self.engine.aggregate(self.datasets[step.id], step.id,
                                       lambda part, xp: part.num_rows, lambda a, b: a + b,
                                       placement=CPU)
@@ -329,6 +331,8 @@ class Run:
                                                      self.placement(step))
         elif isinstance(op, Shuffle):
             self.datasets[step.id] = self._shuffle(step, data)
+        elif isinstance(op, Union):
+            self.datasets[step.id] = self._union(step, data)
         elif isinstance(op, Sink):
             output = self.engine.write(data, step.id, op, self.run_id)
             self.record["outputs"].append({"step": step.id, **output})
@@ -376,6 +380,21 @@ class Run:
         if isinstance(chosen, Join):
             chosen.bind_table(self.engine.collect(table))
         step.op = chosen
+
+    def _union(self, step: Step, data: Dataset) -> Dataset:
+        """A union: a source whose partitions are its input's, then each step's, each
+        read through its own steps and made to the union's columns as the steps made
+        theirs (a fit's, known only now); no row moves (``pipelines/union.py``)."""
+        op = step.op
+        assert isinstance(op, Union)
+        for other in op.step_inputs():
+            op.bind_step_schema(other, self.datasets[other].schema)
+        schema = op.output_schema(data.schema)
+        names = [step.input, *op.step_inputs()]
+        branches = [self.datasets[name] for name in names]
+        source = UnionSource(op, step.id, names, branches,
+                             [self.engine.partitions(b) for b in branches], schema)
+        return self.engine.read(source, step.id, schema)
 
     def _shuffle(self, step: Step, data: Dataset) -> Dataset:
         """A shuffle step: every partition's partial rows written to the scratch folder

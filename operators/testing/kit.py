@@ -35,6 +35,7 @@ from operators.base import (
     lookup_fitted,
     tree_reduce,
 )
+from operators.features.union import Union
 
 
 @dataclass
@@ -55,6 +56,9 @@ class Case:
     # host-to-device copies of the rows one call may make: one, or one per model an
     # operator scores with (promote's challenger and champion, each its own chain)
     copies: int = 1
+    # the rows of the other steps the operator reads (``step_inputs``: a union's), by
+    # step id; their schemas are bound as the plan binds them
+    step_rows: dict[str, Callable[[], pa.Table]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -63,6 +67,8 @@ class Case:
     def build(self) -> Operator:
         cls = lookup(self.op)
         op = cls.create(cls.Params(**self.params))
+        for step, rows in self.step_rows.items():
+            op.bind_step_schema(step, rows().schema)
         if self.prepare is not None:
             self.prepare(op)
         return op
@@ -477,6 +483,64 @@ def _by_content(table: pa.Table) -> pa.Table:
     return table.take(pa.array(order, pa.int64()))
 
 
+def _union_branches(c: Case) -> list[tuple[str, pa.Table]]:
+    """A union case's rows of each step: its input's (``data``), then each other's."""
+    return [("input", c.data()), *((step, rows()) for step, rows in c.step_rows.items())]
+
+
+def check_union_schema(c: Case) -> None:
+    """A union's declared schema is what ``conform`` makes of every step's rows (and of
+    none): their rows, their values in its types, nulls in the columns a step lacks."""
+    op = c.build()
+    assert isinstance(op, Union)
+    branches = _union_branches(c)
+    declared = op.output_schema(branches[0][1].schema)
+    assert declared.names[:branches[0][1].num_columns] == branches[0][1].column_names, (
+        "the input's columns come first, in its order")
+    for step, rows in branches:
+        out = op.conform(rows, declared, step)
+        assert out.schema.equals(declared, check_metadata=True), (
+            f"declared {declared}\nbut made {out.schema} of step '{step}'")
+        assert out.num_rows == rows.num_rows, f"step '{step}': rows lost or added"
+        for name in declared.names:
+            if name in rows.column_names:
+                want = rows.select([name]).cast(pa.schema([declared.field(name)]))
+                assert_tables_close(out.select([name]), want, 0, 0,
+                                    f"step '{step}', column '{name}'")
+            else:
+                assert out.column(name).null_count == rows.num_rows, (
+                    f"step '{step}' has no '{name}': nulls expected")
+        empty = op.conform(rows.schema.empty_table(), declared, step)
+        assert empty.num_rows == 0 and empty.schema.equals(declared, check_metadata=True)
+
+
+def check_union_invariance(c: Case) -> None:
+    """``conform`` of a step's rows in k partitions, one after the other, is ``conform``
+    of them whole (a partition's rows depend on it alone)."""
+    op = c.build()
+    assert isinstance(op, Union)
+    branches = _union_branches(c)
+    declared = op.output_schema(branches[0][1].schema)
+    for step, rows in branches:
+        whole = op.conform(rows, declared, step)
+        for k in (3, 7):
+            pieces = pa.concat_tables([op.conform(p, declared, step) for p in split(rows, k)])
+            assert_tables_close(pieces, whole, 0, 0, f"step '{step}' in {k} partitions")
+
+
+def check_union_no_input_mutation(c: Case) -> None:
+    """Every step's rows are unchanged by ``conform``."""
+    op = c.build()
+    assert isinstance(op, Union)
+    branches = _union_branches(c)
+    declared = op.output_schema(branches[0][1].schema)
+    for step, rows in branches:
+        before = pa.table({n: pa.array(rows.column(n).to_pylist(), rows.column(n).type)
+                           for n in rows.column_names}, schema=rows.schema)
+        op.conform(rows, declared, step)
+        assert_tables_close(rows, before, 0, 0, f"conform changed step '{step}''s rows")
+
+
 def check_shuffle_schema(c: Case) -> None:
     """A shuffle's declared schemas are what partial and finish make (no rows too)."""
     op, data = c.build(), c.data()
@@ -561,6 +625,9 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "sink": check_sink,
     "shuffle_schema": check_shuffle_schema,
     "shuffle_invariance": check_shuffle_invariance,
+    "union_schema": check_union_schema,
+    "union_invariance": check_union_invariance,
+    "union_no_input_mutation": check_union_no_input_mutation,
 }
 
 
@@ -574,6 +641,8 @@ def applicable(c: Case) -> list[str]:
         return ["sink"]
     if issubclass(cls, Shuffle):
         return ["shuffle_schema", "shuffle_invariance", "no_input_mutation"]
+    if issubclass(cls, Union):
+        return ["union_schema", "union_invariance", "union_no_input_mutation"]
     if issubclass(cls, Estimator):
         return ["declared_schema", "no_input_mutation", "empty_partition",
                 "partition_invariance", "combine_laws", "state_roundtrip", "strict_namespace",

@@ -35,8 +35,8 @@ from operators.base import (
 )
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem, run_placed
 
-__all__ = ["Dataset", "Engine", "StepFailure", "compute_partition", "placed_action",
-           "tree_reduce", "write_through"]
+__all__ = ["Dataset", "Engine", "StepFailure", "StepsSource", "compute_partition",
+           "placed_action", "tree_reduce", "write_through"]
 
 # record(step, partition index, rows, seconds, device): what each step did on each
 # partition; ``device`` says where it ran ("cpu", "gpu:0") and any out-of-memory
@@ -81,6 +81,9 @@ class Dataset:
         estimate = getattr(self.source, "estimated_bytes", None)
         if estimate is None or self.schema is None:
             return None
+        total = estimate()
+        if total is None:  # the source cannot say (a union of a branch that cannot)
+            return None
         source = self.source.schema()
         added = 0  # bytes a row of the columns steps added or changed
         for column in self.schema:
@@ -94,7 +97,7 @@ class Dataset:
                 added += t.bit_width // 8
             except ValueError:  # text, nested: no width
                 return None
-        total = float(estimate())
+        total = float(total)
         if added:
             rows = [p.rows for p in partitions]
             if None in rows:
@@ -103,8 +106,35 @@ class Dataset:
         return total
 
     def uses_gpu(self, skip: int = 0) -> bool:
-        """Whether a transform after the first ``skip`` runs on a GPU."""
-        return any(p.device == "gpu" for _, _, p in self.ops[skip:])
+        """Whether a transform after the first ``skip`` runs on a GPU, or (none skipped)
+        one of the steps its source reads through (a union's branches')."""
+        if any(p.device == "gpu" for _, _, p in self.ops[skip:]):
+            return True
+        return (skip == 0 and isinstance(self.source, StepsSource)
+                and any(d.uses_gpu() for d in self.source.datasets()))
+
+
+class StepsSource(Source):
+    """A source whose rows other steps of the run make (a union's: its branches'
+    partitions, each read through its own steps): ``compute_partition`` reads it with the
+    run's ``record``, so that those steps' rows are counted on every engine as when they
+    are read for themselves."""
+
+    @abstractmethod
+    def datasets(self) -> list[Dataset]:
+        """The datasets whose partitions this source's are."""
+
+    @abstractmethod
+    def read_recorded(self, partition: PartitionInfo, record: Record | None) -> pa.Table:
+        """The rows of ``partition``, telling ``record`` (when given) each step's rows as
+        ``compute_partition`` does, this source's own step's too; a failure is located
+        at the step that failed (``located``)."""
+
+    def read(self, partition: PartitionInfo) -> pa.Table:
+        return self.read_recorded(partition, None)
+
+    def is_local(self) -> bool:
+        return all(d.source.is_local() for d in self.datasets())
 
 
 @dataclass
@@ -336,9 +366,13 @@ def compute_partition(data: Dataset, partition: PartitionInfo,
     says; failures are located.
 
     ``start``/``skip`` resume from a cached table that already has ``skip`` ops applied.
-    ``record(step, partition_index, rows, seconds, device)`` receives per-step counts.
+    ``record(step, partition_index, rows, seconds, device)`` receives per-step counts
+    (a ``StepsSource``'s: of the steps it reads through, with their own partitions).
     """
     step = data.source_step
+    if start is None and isinstance(data.source, StepsSource):
+        # its steps count their rows and locate their own failures
+        start = data.source.read_recorded(partition, record)
     try:
         t0 = time.perf_counter()
         if start is None:

@@ -1,5 +1,5 @@
 """Cases for the feature operators: impute, scalers, one_hot, hash_encode, bucketize,
-derive, select, drop, rename, cast, filter, sample."""
+derive, select, drop, rename, cast, filter, sample, join, union, expect, and the shuffles."""
 
 from __future__ import annotations
 
@@ -191,6 +191,35 @@ _cases("expect", features_table,
                          "not_null": ["region", "flag"]}),
        ("drop", {"rules": {"positive": "x > 0", "known": "plan != 'trial'"},
                  "not_null": ["n"], "on_failure": "drop"}))
+
+
+def _app_rows() -> pa.Table:
+    """features_table's columns in another order and other types: int64 where it has
+    int32, float64 where int64, plain strings where a dictionary, float64 where float32."""
+    base = features_table(rows=90, seed=4)
+    return pa.table({
+        "region": base.column("region").cast(pa.string()),
+        "small": base.column("small").cast(pa.int64()),
+        "id": base.column("id"), "x": base.column("x"),
+        "n": base.column("n").cast(pa.float64()),
+        "const": base.column("const"), "big": base.column("big"),
+        "plan": base.column("plan"), "flag": base.column("flag"),
+        "f32": base.column("f32").cast(pa.float64()),
+    })
+
+
+def _store_rows() -> pa.Table:
+    """Some of features_table's columns (no plan, flag, big), and two of its own."""
+    base = features_table(rows=40, seed=6).drop_columns(["plan", "flag", "big"])
+    rng = np.random.default_rng(6)
+    return base.append_column("till", pa.array(rng.integers(0, 9, 40), pa.int16())).append_column(
+        "paid", pa.array(rng.random(40) * 10, mask=rng.random(40) < 0.2))
+
+
+case("union", {"steps": ["app"]}, features_table, id="by-name-promoted",
+     step_rows={"app": _app_rows})
+case("union", {"steps": ["app", "store"], "missing": "null"}, features_table,
+     id="missing-null", step_rows={"app": _app_rows, "store": _store_rows})
 
 
 def events_table(rows: int = 600, seed: int = 8) -> pa.Table:
