@@ -35,6 +35,7 @@ import os
 import posixpath
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -86,7 +87,8 @@ def _io_errors() -> tuple[type[BaseException], ...]:
 
 
 # data files of a sluice run on an object store: part-<run id>-<partition>[-<i>].parquet
-_RUN_FILE = re.compile(r"^part-.+-\d{5}(-\d+)?\.parquet$")
+# a data file a sluice run names: part-<run id: 20261130T031540Z-1a2b3c>-<partition>
+_RUN_FILE = re.compile(r"^part-\d{8}T\d{6}Z-[0-9a-f]{6}-\d{5}(-\d+)?\.parquet$")
 _QUOTED_PATH = re.compile(r"(?:input source|schema from|local file|file) '([^']+)'")
 
 
@@ -255,12 +257,20 @@ class ReadParquet(Source):
         state: dict[str, Any] = {"params": self.params}
         if "full_schema" in self.__dict__:
             state["full_schema"] = self.__dict__["full_schema"]
+            state["partition_types"] = self._partition_types
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.params = state["params"]
         if "full_schema" in state:
             self.full_schema = state["full_schema"]
+            self.__dict__["partition_types"] = state["partition_types"]
+
+    @property
+    def _partition_types(self) -> dict[str, pa.DataType]:
+        """Hive columns read as another type than their folders parse into (a sluice
+        output's dictionary or decimal partition column): their output's types."""
+        return self.__dict__.setdefault("partition_types", {})
 
     @cached_property
     def location(self) -> Location:
@@ -387,6 +397,16 @@ class ReadParquet(Source):
         partition_by = (manifest or {}).get("partition_by") or []
         partitioning: Any = ds.HivePartitioning.discover(infer_dictionary=False)
         if schema is not None and all(schema.get_field_index(c) >= 0 for c in partition_by):
+            # a folder's value parsed as a type pyarrow parses paths into (a dictionary's
+            # values, a decimal's text), then read as the manifest's type (``_casts``)
+            for c in partition_by:
+                field = schema.field(c)
+                parsed = _plain(field.type)
+                if pa.types.is_decimal(parsed):
+                    parsed = pa.string()
+                if parsed != field.type:
+                    self._partition_types[c] = field.type
+                    schema = schema.set(schema.get_field_index(c), field.with_type(parsed))
             partitioning = ds.partitioning(pa.schema([schema.field(c) for c in partition_by]),
                                            flavor="hive")
         else:
@@ -414,9 +434,10 @@ class ReadParquet(Source):
 
     @cached_property
     def _casts(self) -> dict[str, pa.DataType]:
-        """The declared types that differ from the data's, each checked to be castable."""
+        """The declared types that differ from the data's, each checked to be castable;
+        and hive columns whose folders are parsed as another type than the output's."""
         full = self.full_schema
-        casts: dict[str, pa.DataType] = {}
+        casts: dict[str, pa.DataType] = dict(self._partition_types)
         for name, type_name in (self.params.schema_ or {}).items():
             i = full.get_field_index(name)
             if i < 0:
@@ -687,6 +708,26 @@ def _hive_keys(relative: str) -> list[str]:
             if "=" in seg]
 
 
+def _partition_of(relative: str, types: dict[str, pa.DataType]) -> tuple[Any, ...]:
+    """The hive partition a file lies in, as values: its folders' ``key=value`` parts,
+    unescaped (pyarrow writes ``New%20York``, Spark and Hive ``New York``), the default
+    partition as null, each value in its column's type where it converts (a widened
+    timestamp's folder spells more digits), so that one partition spelled two ways is
+    one."""
+    out: list[Any] = []
+    for segment in posixpath.dirname(relative).split("/"):
+        if "=" not in segment:
+            continue
+        key, text = segment.split("=", 1)
+        text = urllib.parse.unquote(text)
+        value: Any = None if text == "__HIVE_DEFAULT_PARTITION__" else text
+        if value is not None and key in types:
+            with contextlib.suppress(pa.ArrowException, TypeError, ValueError):
+                value = pa.scalar(text).cast(_plain(types[key])).as_py()
+        out.append((key, value))
+    return tuple(out)
+
+
 def _names(columns: list[str]) -> str:
     return ", ".join(columns) if columns else "no column"
 
@@ -755,10 +796,10 @@ class WriteParquet(Sink):
         sweep_stale(parent, f".{name}{STAGING_MARK}")
         if self.params.mode == "error" and self._existing(loc):
             raise self._exists_error()
-        self._check_merge(loc, schema)
+        into = self._check_merge(loc, schema)
         staging = os.path.join(parent, f".{name}{STAGING_MARK}{run_id}")
         _STAGING_LOCKS[staging] = claim_dir(staging)
-        return {"target": target, "staging": staging}
+        return {"target": target, "staging": staging, "schema": into}
 
     @staticmethod
     def _existing(loc: Location) -> bool:
@@ -780,26 +821,28 @@ class WriteParquet(Sink):
         committed = bool(manifest.get("files")) if manifest is not None else bool(foreign)
         if self.params.mode == "error" and (committed or replaces_file):
             raise self._exists_error()
-        self._check_merge(loc, schema)
+        into = self._check_merge(loc, schema)
         fs.create_dir(loc.path, recursive=True)
         if manifest is None:
             # a manifest listing what readers see now (nothing, or the files of a foreign
             # dataset being overwritten) keeps the files of this run out of their sight
             _write_manifest(fs, loc.path, {"format": MANIFEST_FORMAT, "run_id": run_id,
                                            "files": foreign, "pending": not foreign})
-        return {"target": loc.path, "staging": loc.path, "replaces_file": replaces_file}
+        return {"target": loc.path, "staging": loc.path, "replaces_file": replaces_file,
+                "schema": into}
 
     @staticmethod
     def _foreign_files(loc: Location) -> list[str]:
-        """The data files a reader finds in a remote target that has no sluice manifest,
-        leaving out those of sluice runs that never committed."""
+        """The data files a reader finds in a target that has no sluice manifest (as
+        read_parquet lists a directory: every file but hidden ones). No sluice run leaves
+        files where there is no manifest: a local run stages elsewhere, and on a store
+        it writes a manifest before its first file."""
         if loc.filesystem.get_file_info(loc.path).type != pa.fs.FileType.Directory:
             return []
         out = []
         for f in loc.filesystem.get_file_info(pa.fs.FileSelector(loc.path, recursive=True)):
             rel = posixpath.relpath(f.path, loc.path)
-            if (f.type == pa.fs.FileType.File and not _hidden(rel)
-                    and not _RUN_FILE.match(f.base_name)):
+            if f.type == pa.fs.FileType.File and not _hidden(rel):
                 out.append(rel)
         return sorted(out)
 
@@ -811,6 +854,8 @@ class WriteParquet(Sink):
     def write(self, token: dict[str, Any], part: pa.Table, index: int) -> WriteResult:
         if part.num_rows == 0:
             return WriteResult()
+        if self.params.mode in MERGE_MODES and part.schema != token["schema"]:
+            part = self._in_output_types(part, token["schema"])
         try:
             written = self._write_files(token, part, f"part-{token['run_id']}-{index:05d}")
         except SluiceError:
@@ -818,6 +863,25 @@ class WriteParquet(Sink):
         except _io_errors() as exc:
             raise self._io_error(exc) from None
         return WriteResult(files=sorted(written), rows=part.num_rows, bytes=part.nbytes)
+
+    def _in_output_types(self, part: pa.Table, schema: pa.Schema) -> pa.Table:
+        """The rows in the output's types (an append's): a value that does not fit (a
+        uint64 over int64's range) is an error before anything is published."""
+        columns = []
+        for field in schema:
+            column = part.column(field.name)
+            if column.type != field.type:
+                try:
+                    column = column.cast(field.type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise DataError(
+                        f"cannot {self.params.mode} to output '{self.params.path}': column "
+                        f"'{field.name}' holds a value its type there ({field.type}) cannot "
+                        f"hold: {_first_line(exc)}",
+                        hint="filter or cast those rows first, or set `mode: overwrite` "
+                             "to replace the output") from None
+            columns.append(column)
+        return pa.Table.from_arrays(columns, schema=schema)
 
     def _write_files(self, token: dict[str, Any], part: pa.Table, stem: str) -> list[str]:
         fs = self._filesystem(token)
@@ -847,13 +911,17 @@ class WriteParquet(Sink):
                            row_group_size=self.params.row_group_rows)
         return [name]
 
-    def _check_merge(self, loc: Location, schema: pa.Schema) -> None:
-        """An append or partition overwrite of rows the output cannot take stops here,
-        before any data moves (the commit checks again, against the output then)."""
+    def _check_merge(self, loc: Location, schema: pa.Schema) -> pa.Schema:
+        """The schema the rows are written in: an append or partition overwrite writes
+        them in the output's types (so that its hive folders are spelled as the
+        output's, and a value that does not fit fails before anything is published);
+        rows the output cannot take stop here, before any data moves (the commit checks
+        again, against the output then)."""
         if self.params.mode in MERGE_MODES:
             current = self._current(loc)
             if current is not None:
-                self._merged_schema(current, schema)
+                return self._merged_schema(current, schema)
+        return schema
 
     def commit(self, token: dict[str, Any], results: list[WriteResult]) -> dict[str, Any]:
         fs = self._filesystem(token)
@@ -871,6 +939,9 @@ class WriteParquet(Sink):
                 # schema's; a local target with nothing in it is current None)
                 merged = current is not None and bool(current.files or files
                                                       or token["local"])
+                if merged and not files and not current.files:
+                    # no rows into a folder of no data: an output of the schema still
+                    files = [self._empty_file(token)]
                 if merged:
                     entry, replaced = self._merge(token, current, files, rows)
                 else:
@@ -885,6 +956,13 @@ class WriteParquet(Sink):
         for name in replaced:
             with contextlib.suppress(FileNotFoundError, OSError):
                 fs.delete_file(posixpath.join(token["target"], name))
+            folder = posixpath.dirname(name)
+            while token["local"] and folder:  # a replaced partition's folder, now empty
+                try:
+                    os.rmdir(os.path.join(token["target"], folder))
+                except OSError:
+                    break  # not empty (its new files, another partition's): kept
+                folder = posixpath.dirname(folder)
         if not token["local"] and not merged:
             self._drop_unlisted(fs, token["target"], set(entry.pop("listed")))
             if token.get("replaces_file"):
@@ -905,17 +983,21 @@ class WriteParquet(Sink):
         """A whole new output: the manifest in the staging directory, then the directory
         in the target's place (local), or the manifest last (object stores)."""
         fs = self._filesystem(token)
-        if not files:
-            # an empty result is still a readable output with the right schema
-            empty = f"part-{token['run_id']}-00000.parquet"
-            with fs.open_output_stream(posixpath.join(token["staging"], empty)) as sink:
-                pq.write_table(token["schema"].empty_table(), sink)
-            files = [empty]
+        if not files:  # an empty result is still a readable output with the right schema
+            files = [self._empty_file(token)]
         _write_manifest(fs, token["staging"], self._manifest(token, files, rows,
                                                              token["schema"]))
         if token["local"]:
             self._publish_local(token)
         return {"path": self.params.path, "rows": rows, "files": len(files), "listed": files}
+
+    def _empty_file(self, token: dict[str, Any]) -> str:
+        """A file of no rows in the schema, staged; its name."""
+        empty = f"part-{token['run_id']}-00000.parquet"
+        with self._filesystem(token).open_output_stream(
+                posixpath.join(token["staging"], empty)) as sink:
+            pq.write_table(token["schema"].empty_table(), sink)
+        return empty
 
     def _current(self, loc: Location) -> _Output | None:
         """The output readers see at the target now; None where there is none (nothing
@@ -959,9 +1041,10 @@ class WriteParquet(Sink):
             raise DataError(
                 f"cannot {mode} to {where}: it is partitioned by "
                 f"{_names(current.partition_by)}, this step writes by {_names(want_by)}",
-                hint=f"set `partition_by: [{', '.join(current.partition_by)}]` as the "
-                     "output has it, or "
-                     "`mode: overwrite` to replace it")
+                hint=(f"set `partition_by: [{', '.join(current.partition_by)}]` as the "
+                      "output has it, or `mode: overwrite` to replace it")
+                if current.partition_by else "it has no partitions to replace: set `mode: "
+                "append` to add the rows, or `mode: overwrite` to replace it")
         if current.schema is None:
             return schema
         have = current.schema
@@ -976,9 +1059,12 @@ class WriteParquet(Sink):
         fields = []
         for field in have:
             new = schema.field(field.name).type
-            kept = (field.type if _widens(new, field.type) else None) \
-                if current.manifest is not None and current.manifest.get("schema") \
-                else _promoted(field.type, new)
+            if pa.types.is_null(field.type):  # a column of nulls only so far takes any
+                kept: pa.DataType | None = new
+            elif current.manifest is not None and current.manifest.get("schema"):
+                kept = field.type if _widens(new, field.type) else None
+            else:
+                kept = _promoted(field.type, new)
             if kept is None:
                 raise DataError(
                     f"cannot {mode} to {where}: column '{field.name}' is {new} in the rows "
@@ -996,8 +1082,9 @@ class WriteParquet(Sink):
         the files it replaced (the caller deletes them: no reader's any more)."""
         target, mode = token["target"], self.params.mode
         schema = self._merged_schema(current, token["schema"])
-        written = sorted({posixpath.dirname(f) for f in files})
-        replaced = [f for f in current.files if posixpath.dirname(f) in set(written)] \
+        types = {f.name: f.type for f in schema}
+        written = {_partition_of(f, types) for f in files}
+        replaced = [f for f in current.files if _partition_of(f, types) in written] \
             if mode == "overwrite_partitions" else []
         listing = [f for f in current.files if f not in set(replaced)] + files
         total = self._rows_after(token, current, replaced, rows)
@@ -1015,9 +1102,9 @@ class WriteParquet(Sink):
         entry = {"path": self.params.path, "rows": rows, "files": len(files), "mode": mode,
                  "output_rows": total, "output_files": len(listing)}
         if mode == "overwrite_partitions":
-            before = {posixpath.dirname(f) for f in current.files}
+            before = {_partition_of(f, types) for f in current.files}
             entry.update(partitions=len(written),
-                         partitions_replaced=sum(d in before for d in written))
+                         partitions_replaced=len(written & before))
         return entry, replaced
 
     def _rows_after(self, token: dict[str, Any], current: _Output, replaced: list[str],
@@ -1048,13 +1135,15 @@ class WriteParquet(Sink):
             fsync_tree(staging)
         folders = set()
         for name in files:
-            folder = os.path.dirname(os.path.join(target, name))
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
             rename_noreplace(os.path.join(staging, name), os.path.join(target, name))
-            folders.add(folder)
+            folder = posixpath.dirname(name)
+            while folder:  # each folder up to the target: a new one's entry too
+                folders.add(folder)
+                folder = posixpath.dirname(folder)
         if self.params.durable:
-            for folder in sorted(folders):
-                fsync_dir(folder)
+            for folder in sorted(folders, key=lambda f: -f.count("/")):  # deepest first
+                fsync_dir(os.path.join(target, folder))
 
     @staticmethod
     def _sweep_unlisted(target: str, listed: set[str]) -> None:

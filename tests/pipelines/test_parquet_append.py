@@ -5,6 +5,7 @@ new, never between, on every engine."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from test_parquet_write import (
 )
 
 from operators.base import DataError, ParamError
-from operators.io.parquet import MANIFEST, WriteParquet
+from operators.io.parquet import MANIFEST, ReadParquet, WriteParquet
 from pipelines.engines.base import Engine
 from pipelines.runner import run
 
@@ -107,6 +108,13 @@ def test_rows_the_output_cannot_take_stop_before_any_data_moves(
         op = WriteParquet(path=str(target), mode="append")
         op.begin("run-2", change(sample(10)).schema)  # type: ignore[operator]
     assert snapshot(target) == before and staging_dirs(target) == []
+
+
+def test_an_unpartitioned_output_has_no_partitions_to_replace(workdir: Path) -> None:
+    target = workdir / "out"
+    write(target, [sample(10)], "run-1")
+    with pytest.raises(DataError, match="no partitions to replace: set `mode: append`"):
+        write(target, [sample(10)], "run-2", mode="overwrite_partitions", partition_by=["year"])
 
 
 def test_partition_columns_must_be_the_outputs(workdir: Path) -> None:
@@ -212,7 +220,7 @@ def test_an_overwrite_among_appends_leaves_a_whole_output(workdir: Path) -> None
 def test_files_of_a_run_that_died_while_moving_in_are_swept(workdir: Path) -> None:
     target = workdir / "out"
     write(target, [sample(100)], "run-1")
-    orphan = target / "part-dead-00000.parquet"
+    orphan = target / "part-20261130T010203Z-dead00-00000.parquet"
     pq.write_table(sample(7), orphan)  # moved in, then the run died before its manifest
     assert read_back(target).num_rows == 100  # listed by no manifest: no reader's
     write(target, [sample(10)], "run-2", mode="append")
@@ -268,6 +276,98 @@ def test_overwrite_partitions_of_two_columns_and_nulls(workdir: Path) -> None:
     kept = old.filter(pc.invert(pc.or_kleene(pc.is_null(old["region"]),
                                        pc.equal(old["region"], "north"))))
     assert by_generation(back) == {0: kept.num_rows, 1: new.num_rows}
+
+
+def test_a_partition_spelled_otherwise_is_the_same_partition(workdir: Path) -> None:
+    """Spark and Hive leave a space in a folder's value (`city=New York`), pyarrow
+    escapes it (`city=New%20York`); a timestamp[ms] partition spells fewer digits than
+    the output's timestamp[us]: partitions are compared by value, and the replaced
+    folder goes."""
+    target = workdir / "out"
+    for city in ("New York", "Paris"):  # a foreign dataset, folders as Spark names them
+        (target / f"city={city}").mkdir(parents=True)
+        pq.write_table(pa.table({"id": [1, 2], "generation": [0, 0]}),
+                       target / f"city={city}" / "part-00000-9c1d-c000.snappy.parquet")
+    new = pa.table({"id": [5, 6], "generation": [1, 1], "city": ["New York"] * 2})
+    entry = write(target, [new], "run-1", mode="overwrite_partitions", partition_by=["city"])
+    assert entry["partitions_replaced"] == 1
+    back = read_back(target)
+    assert sorted(zip(back["city"].to_pylist(), back["generation"].to_pylist())) == [
+        ("New York", 1), ("New York", 1), ("Paris", 0), ("Paris", 0)]
+    assert not (target / "city=New York").exists()
+
+    stamped = workdir / "stamped"
+    day = datetime.datetime(2026, 11, 1)
+    write(stamped, [pa.table({"k": pa.array([day], pa.timestamp("us")), "g": [0]})], "run-1",
+          partition_by=["k"])
+    entry = write(stamped, [pa.table({"k": pa.array([day], pa.timestamp("ms")), "g": [1]})],
+                  "run-2", mode="overwrite_partitions", partition_by=["k"])
+    assert entry["partitions_replaced"] == 1
+    back = read_back(stamped)
+    assert back["g"].to_pylist() == [1] and back.schema.field("k").type == pa.timestamp("us")
+
+
+def test_foreign_files_named_as_a_runs_are_kept(workdir: Path) -> None:
+    """Hadoop's part-m-00000.parquet looks like a sluice file name: it is the foreign
+    dataset's data all the same, kept and listed."""
+    target = workdir / "out"
+    target.mkdir()
+    for name, rows in (("part-m-00000.parquet", 3), ("part-r-00001.parquet", 2)):
+        pq.write_table(sample(rows).select(["id", "x"]), target / name)
+    write(target, [sample(1, seed=2).select(["id", "x"])], "run-1", mode="append")
+    assert read_back(target).num_rows == 6
+    assert (target / "part-m-00000.parquet").exists()
+
+
+def test_a_value_that_does_not_fit_the_outputs_type_stops_before_publishing(
+        workdir: Path) -> None:
+    target = workdir / "out"
+    write(target, [pa.table({"id": pa.array([1, 2], pa.int64())})], "run-1")
+    before = snapshot(target)
+    big = pa.table({"id": pa.array([3, 2**63], pa.uint64())})  # uint64 widens to int64...
+    with pytest.raises(DataError, match=r"column 'id' holds a value its type there \(int64\)"):
+        write(target, [big], "run-2", mode="append")  # ... but 2**63 does not fit
+    assert snapshot(target) == before and staging_dirs(target) == []
+    write(target, [big.slice(0, 1)], "run-3", mode="append")
+    assert read_back(target)["id"].to_pylist() == [1, 2, 3]
+
+
+def test_a_column_of_nulls_takes_the_type_of_rows_appended(workdir: Path) -> None:
+    target = workdir / "out"
+    write(target, [pa.table({"id": [1], "note": pa.nulls(1)})], "run-1")
+    write(target, [pa.table({"id": [2], "note": ["hello"]})], "run-2", mode="append")
+    back = read_back(target)
+    assert back["note"].to_pylist() == [None, "hello"] and back["note"].type == pa.string()
+
+
+def test_no_rows_into_a_folder_of_no_data_make_an_output(workdir: Path) -> None:
+    target = workdir / "out"
+    target.mkdir()
+    (target / ".DS_Store").write_text("finder")
+    write(target, [sample(0)], "run-1", mode="append")
+    back = read_back(target)
+    assert back.num_rows == 0 and back.schema == sample(0).schema
+
+
+def test_partition_columns_of_dictionary_and_decimal_types_read_back(workdir: Path) -> None:
+    import decimal
+
+    table = pa.table({"k": pa.array(["a", "b", "a"]).dictionary_encode(),
+                      "d": pa.array([decimal.Decimal("1.50")] * 3, pa.decimal128(10, 2)),
+                      "g": [0, 1, 2]})
+    for by in (["k"], ["d"]):
+        target = workdir / f"out-{by[0]}"
+        write(target, [table], "run-1", partition_by=by)
+        back = ReadParquet(path=str(target)).read_all()
+        assert back.schema == table.schema
+        assert back.sort_by("g").equals(table)
+        # the same on a worker: the reader travels with the types it reads
+        import pickle
+
+        reader = ReadParquet(path=str(target))
+        reader.schema()
+        worker = pickle.loads(pickle.dumps(reader))
+        assert worker.read(reader.partitions()[0]).schema == table.schema
 
 
 def test_overwrite_partitions_names_its_partitions() -> None:

@@ -47,7 +47,11 @@ def write(path: Path, parts: list[pa.Table], run_id: str, **params: object) -> d
     op = WriteParquet(path=str(path), **params)
     token = op.begin(run_id, parts[0].schema)
     worker, worker_token = pickle.loads(pickle.dumps((op, token)))
-    results = [worker.write(worker_token, part, i) for i, part in enumerate(parts)]
+    try:
+        results = [worker.write(worker_token, part, i) for i, part in enumerate(parts)]
+    except BaseException:
+        op.abort(token)  # as every engine does (write_through)
+        raise
     return op.commit(token, results)
 
 
