@@ -630,28 +630,39 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
 SHOWN_TEXT = 100  # characters of a value in a runs table (an error's first line); --json,
 # `runs show` have it all
 STATUS_STYLES = {"succeeded": "green", "failed": "red", "interrupted": "yellow"}
+SHOWN_LAST = 20  # characters a terminal too narrow for a table still shows of its last column
+TRAILING_BLANKS = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$")  # before any closing colour codes
 
 
 def _table(headers: list[str], rows: list[list[Any]], right: tuple[int, ...] = ()) -> None:
-    """Aligned columns (rich): each row on one line however long, in colour on a
-    terminal."""
+    """Aligned columns (rich): each row on one line, in colour on a terminal, where the
+    last column is cut to fit (in a pipe it is whole)."""
     import io
+    import shutil
 
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    cells = [[c if isinstance(c, Text) else Text(str(c)) for c in row] for row in rows]
+    terminal = sys.stdout.isatty()
+    if terminal and cells:
+        before = sum(max(len(h), *(len(row[i]) for row in cells)) + 2
+                     for i, h in enumerate(headers[:-1]))
+        room = max(SHOWN_LAST, shutil.get_terminal_size().columns - before)
+        for row in cells:
+            row[-1].truncate(room, overflow="ellipsis")
     table = Table(box=None, pad_edge=False, header_style="bold")
     for i, header in enumerate(headers):
         table.add_column(header, justify="right" if i in right else "left", no_wrap=True)
-    for row in rows:
-        table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in row))
-    terminal = sys.stdout.isatty()
+    for row in cells:
+        table.add_row(*row)
     out = io.StringIO()
     Console(file=out, width=100_000, force_terminal=terminal, highlight=False,
             color_system="auto" if terminal else None).print(table)
     for line in out.getvalue().splitlines():
-        click.echo(line if terminal else line.rstrip())
+        # the last column's padding would wrap a narrow terminal's line into a blank one
+        click.echo(TRAILING_BLANKS.sub(r"\1", line))
 
 
 def _status(status: str) -> Any:
