@@ -1,4 +1,4 @@
-"""The ``sluice`` command: run, validate, models, ops, datagen."""
+"""The ``sluice`` command: run, validate, models, runs, ops, datagen."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import traceback
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import click
 
 from operators.arrays import DTYPES
 from operators.base import SluiceError
-from pipelines import profiles
+from pipelines import profiles, runs
 from pipelines.describe import shown_params as _shown_params
 from pipelines.device import DEVICES
 from pipelines.engines.base import StepFailure
@@ -73,6 +74,11 @@ models_option = click.option(
     help="model store root (default: $SLUICE_MODELS, else data/models)")
 
 
+runs_option = click.option(
+    "--runs", "runs_dir", metavar="DIR", default=None,
+    help="run records folder (default: $SLUICE_RUNS, else data/runs)")
+
+
 class _Commands(click.Group):
     """Every command's user errors are one line (and exit 1), wherever they are raised."""
 
@@ -108,8 +114,7 @@ def _engine_options(command: Any) -> Any:
                           "conf/engines/ (gpu: conf/engines/gpu.yaml) or a path to a .yaml "
                           "file"),
         models_option,
-        click.option("--runs", "runs_dir", metavar="DIR", default=None,
-                     help="run records folder (default: $SLUICE_RUNS, else data/runs)"),
+        runs_option,
         click.option("--scratch", metavar="DIR|URL", default=None,
                      help="where aggregate steps leave partial rows during the run (every "
                           "worker must see it; default: $SLUICE_SCRATCH, else the engine "
@@ -219,7 +224,9 @@ def _listed(text: str | None) -> list[str] | None:
 
 
 
-def _print_record(record: dict[str, Any]) -> None:
+def _print_record(record: dict[str, Any], details: bool = False) -> None:
+    """A run's summary, as `sluice run` ends; ``details`` adds its file, params and error
+    (`sluice runs show`)."""
     click.echo(f"run {record['run_id']} of '{record['pipeline']}' on {record['engine']['name']}: "
                f"{record['status']} in {record['seconds']:.2f}s")
     on_gpu = "gpu" in record.get("device", "")
@@ -262,6 +269,11 @@ def _print_record(record: dict[str, Any]) -> None:
         else:
             click.echo(f"  kept {target}: {promotion['reason']}")
     _print_metrics(record["metrics"])
+    if details:
+        click.echo(f"  file: {record.get('file', '?')}")
+        click.echo(f"  params: {_shown_params(record['params']) or 'none'}")
+        if record.get("error"):
+            click.echo(f"  error: {record['error']}")
     click.echo(f"  record: {record['record_path']}")
 
 
@@ -592,6 +604,226 @@ def models_prune(name: str, keep: int, dry_run: bool, models: str | None) -> Non
     verb = "would delete" if dry_run else "deleted"
     shown = ", ".join(f"{name}@{v}" for v in doomed) or "nothing"
     click.echo(f"{verb} {shown}")
+
+
+@main.group("runs")
+def runs_group() -> None:
+    """The run history: every run's record (data/runs, --runs DIR or $SLUICE_RUNS)."""
+
+
+def _history(runs_dir: str | None, pipeline: str | None = None,
+             prefix: str = "") -> runs.History:
+    """The run records, each damaged file said in one line on stderr."""
+    history = runs.load(runs_dir, pipeline, prefix)
+    for line in history.skipped:
+        click.echo(f"warning: {line}", err=True)
+    return history
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    try:
+        return None if value is None else runs.parse_since(value)
+    except SluiceError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+SHOWN_TEXT = 100  # characters of a value in a runs table (an error's first line); --json,
+# `runs show` have it all
+STATUS_STYLES = {"succeeded": "green", "failed": "red", "interrupted": "yellow"}
+SHOWN_LAST = 20  # characters a terminal too narrow for a table still shows of its last column
+TRAILING_BLANKS = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$")  # before any closing colour codes
+
+
+def _table(headers: list[str], rows: list[list[Any]], right: tuple[int, ...] = ()) -> None:
+    """Aligned columns (rich): each row on one line, in colour on a terminal, where the
+    last column is cut to fit (in a pipe it is whole)."""
+    import io
+    import shutil
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    cells = [[c if isinstance(c, Text) else Text(str(c)) for c in row] for row in rows]
+    terminal = sys.stdout.isatty()
+    if terminal and cells:
+        before = sum(max(len(h), *(len(row[i]) for row in cells)) + 2
+                     for i, h in enumerate(headers[:-1]))
+        room = max(SHOWN_LAST, shutil.get_terminal_size().columns - before)
+        for row in cells:
+            row[-1].truncate(room, overflow="ellipsis")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="right" if i in right else "left", no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
+    out = io.StringIO()
+    Console(file=out, width=100_000, force_terminal=terminal, highlight=False,
+            color_system="auto" if terminal else None).print(table)
+    for line in out.getvalue().splitlines():
+        # the last column's padding would wrap a narrow terminal's line into a blank one
+        click.echo(TRAILING_BLANKS.sub(r"\1", line))
+
+
+def _status(status: str) -> Any:
+    from rich.text import Text
+
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def _shown(value: Any) -> str:
+    """A value in a runs table: '-' for none, a long one cut (an error's first line)."""
+    if value is None:
+        return "-"
+    text = _fmt(value) if isinstance(value, float) else str(value)
+    return text if len(text) <= SHOWN_TEXT else text[:SHOWN_TEXT - 1] + "…"
+
+
+@runs_group.command("list")
+@click.argument("pipeline", required=False)
+@click.option("--status", type=click.Choice(runs.STATUSES),
+              default=None, help="only the runs that ended so")
+@click.option("--since", metavar="DATE", default=None, callback=_since,
+              help="only the runs started at or after it (2026-11-01, 2026-11-01T06:00; "
+                   "UTC)")
+@click.option("--last", type=click.IntRange(min=1), default=None, metavar="N",
+              help="only the newest N runs (of those selected)")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON line of each run's summary, for scripts")
+@runs_option
+def runs_list(pipeline: str | None, status: str | None, since: Any, last: int | None,
+              as_json: bool, runs_dir: str | None) -> None:
+    """The runs of PIPELINE (else of every pipeline), newest first: status, start,
+    duration, engine, rows written, models saved, and why a failed run failed."""
+    history = _history(runs_dir, pipeline)
+    chosen = runs.select(history.records, status=status, since=since, last=last)
+    if not chosen:
+        how = " and ".join(filter(None, [
+            status and f"that {status}",
+            since and f"started since {since.astimezone(UTC):%Y-%m-%d %H:%M}Z"]))
+        click.echo(runs.nothing_found(history, pipeline, how), err=as_json)
+        return
+    summaries = [runs.summary(r) for r in chosen]
+    if as_json:
+        for entry in summaries:
+            click.echo(json.dumps(entry))
+        return
+    rows = []
+    for entry in summaries:
+        rows.append([entry["run_id"], entry["pipeline"], _status(entry["status"]),
+                     entry["started_at"].replace("T", " "),
+                     runs.format_duration(entry["seconds"]), entry["engine"],
+                     _shown(entry["rows_written"] and f"{entry['rows_written']:,}"),
+                     ", ".join(entry["models"]) or "-", _shown(entry["error"] or "")])
+    _table(["RUN", "PIPELINE", "STATUS", "STARTED", "DURATION", "ENGINE", "ROWS WRITTEN",
+            "MODELS", "ERROR"], rows, right=(4, 6))
+
+
+@runs_group.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="print the run record as it is")
+@runs_option
+def runs_show(run_id: str, as_json: bool, runs_dir: str | None) -> None:
+    """One run (RUN_ID, or enough of its first characters to name one run): the summary
+    `sluice run` ends with, its params, its error, its record file."""
+    record = runs.resolve(_history(runs_dir, prefix=run_id.strip()), run_id)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in record.items() if k != "record_path"},
+                              indent=1))
+        return
+    _print_record(record, details=True)
+
+
+@runs_group.command("compare")
+@click.argument("run_ids", metavar="RUN_A RUN_B [RUN...]", nargs=-1, required=True)
+@runs_option
+def runs_compare(run_ids: tuple[str, ...], runs_dir: str | None) -> None:
+    """Runs side by side (ids or their first characters): status and time, the params
+    that differ, every scalar metric with its change from the first run to the last,
+    each step's rows and seconds, outputs and models. '*' marks what changed."""
+    if len(run_ids) < 2:
+        raise click.UsageError("compare takes two runs or more")
+    table = runs.compare([runs.resolve(_history(runs_dir, prefix=r.strip()), r)
+                          for r in run_ids])
+    ids = table["run_ids"]
+    if table["shared_only"]:
+        click.echo(f"{len(ids)} runs of different pipelines ({', '.join(table['pipelines'])}):"
+                   " only the params, metrics, steps, outputs and models they all have are "
+                   "compared; * marks what changed")
+    else:
+        click.echo(f"{len(ids)} runs of {table['pipelines'][0]}; * marks what changed")
+
+    def mark(row: dict[str, Any]) -> str:
+        return "*" if row["changed"] else " "  # a blank keeps every section's indent
+
+    def ratio(value: float | None) -> str:
+        return "" if value is None else f"{value:.3g}x"
+
+    def section(title: str, rows: list[list[Any]], right: tuple[int, ...] = ()) -> None:
+        click.echo("")
+        if rows:
+            _table(["", title, *ids, "CHANGE"], rows, right)
+        else:
+            click.echo(f"{title}: none" + (" in common" if table["shared_only"] else ""))
+
+    section("RUN", [[mark(r), r["name"],
+                     *(runs.format_duration(v) if r["name"] == "seconds" else _shown(v)
+                       for v in r["values"]),
+                     ratio(r.get("ratio"))] for r in table["runs"]])
+    changed = [r for r in table["params"] if r["changed"]]
+    same = len(table["params"]) - len(changed)
+    section(f"PARAMS ({same} the same)" if same else "PARAMS",
+            [["*", r["name"], *map(_shown, r["values"]), ""] for r in changed])
+    section("METRICS", [[mark(r), r["name"], *map(_shown, r["values"]),
+                         _difference(r["difference"], r["ratio"]) if r["changed"] else ""]
+                        for r in table["metrics"]],
+            right=tuple(range(2, 2 + len(ids))))
+    section("STEP ROWS, SECONDS",
+            [[mark(r), f"{r['name']} ({r['op']})",
+              *(f"{'-' if n is None else f'{n:,}'}  {'-' if s is None else f'{s:.3f}s'}"
+                for n, s in zip(r["rows"], r["seconds"])), ""]
+             for r in table["steps"]], right=tuple(range(2, 2 + len(ids))))
+    section("OUTPUTS", [[mark(r), r["name"], *map(_shown, r["values"]), ""]
+                        for r in table["outputs"]])
+    section("MODELS SAVED", [[mark(r), r["name"], *map(_shown, r["values"]), ""]
+                             for r in table["models"]])
+
+
+@runs_group.command("metric")
+@click.argument("pipeline")
+@click.argument("name", metavar="STEP.METRIC")
+@click.option("--last", type=click.IntRange(min=1), default=None, metavar="N",
+              help="only the newest N runs")
+@runs_option
+def runs_metric(pipeline: str, name: str, last: int | None, runs_dir: str | None) -> None:
+    """A metric of PIPELINE's runs over time, oldest first (model.validation.roc_auc:
+    did it drift down across retrains?), with a sparkline."""
+    history = _history(runs_dir, pipeline)
+    chosen = runs.select(history.records, last=last)
+    if not chosen:
+        click.echo(runs.nothing_found(history, pipeline))
+        return
+    points = runs.metric_history(chosen, name)
+    _table(["RUN", "STARTED", "STATUS", name],
+           [[p["run_id"], p["started_at"].replace("T", " "), _status(p["status"]),
+             _shown(p["value"])] for p in points], right=(3,))
+    values = [p["value"] for p in points]
+    missing = len(chosen) - len(points)
+    line = f"{len(points)} run{'s' * (len(points) != 1)}"
+    if missing:
+        line += f" ({missing} more without it)"
+    numbers = [v for v in values if runs.is_number(v)]
+    if numbers:
+        line += (f"  {runs.sparkline(values)}  min {_fmt(min(numbers))}, max "
+                 f"{_fmt(max(numbers))}, last - first {_difference(*runs.change(numbers))}")
+    click.echo(line)
+
+
+def _difference(difference: float | None, ratio: float | None) -> str:
+    """A change from one run's value to another's: +0.0121 (1.02x)."""
+    if difference is None:
+        return ""
+    return f"{difference:+.6g}" + ("" if ratio is None else f" ({ratio:.4g}x)")
 
 
 @main.command()

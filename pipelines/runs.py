@@ -1,0 +1,376 @@
+"""The run history: the run records under a runs folder, selected, summarised and
+compared, as plain data (``sluice runs list|show|compare|metric`` prints it).
+
+Every run writes ``<runs>/<pipeline>/<run id>.json`` (``pipelines.runner``); this module
+only reads them. A file that is not a whole run record is skipped and said, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from operators.base import SluiceError, suggest
+from pipelines.runner import default_runs_dir
+
+STATUSES = ("succeeded", "failed", "interrupted")
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "pipeline": str, "status": str, "started_at": str,
+    "seconds": (int, float), "engine": dict, "params": dict, "steps": dict,
+    "outputs": list, "models": list, "metrics": dict,
+}
+"""What a run record has, and of which JSON type (what the summaries read)."""
+
+_ITEM_KEYS = {"steps": ("op",), "outputs": ("path", "rows"), "models": ("name", "version", "path")}
+
+
+@dataclass
+class History:
+    """The run records under ``root`` (each with ``record_path``: its file), newest first,
+    and a line for each file skipped as not a whole run record."""
+
+    root: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    pipelines: list[str] = field(default_factory=list)
+    """Every pipeline folder under ``root`` (not only the one loaded)."""
+    ids: list[str] = field(default_factory=list)
+    """The run id of every record file looked at (read or not: ``prefix``)."""
+
+
+def load(runs_dir: str | None = None, pipeline: str | None = None,
+         prefix: str = "") -> History:
+    """The run records of ``pipeline`` (else of every pipeline) under ``runs_dir`` (else
+    ``$SLUICE_RUNS``, else data/runs), newest first; only those whose run id starts
+    with ``prefix`` are read (a record file is named by its run id)."""
+    root = Path(runs_dir or default_runs_dir())
+    history = History(str(root))
+    if not root.is_dir():
+        return history
+    history.pipelines = sorted(p.name for p in root.iterdir()
+                               if p.is_dir() and not p.name.startswith("."))
+    folders = [pipeline] if pipeline is not None else history.pipelines
+    found = []
+    for name in folders:
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for path in folder.glob("*.json"):
+            if path.name.startswith("."):  # a record being written (written_whole's staging)
+                continue
+            history.ids.append(path.stem)
+            if not path.name.startswith(prefix):
+                continue
+            record, problem = _read(path)
+            if problem is not None:
+                history.skipped.append(f"skipped {path}: {problem}")
+                continue
+            record["record_path"] = str(path)
+            found.append((_order(record, path), record))
+    # a run id starts with its second; runs started in the same second go by when their
+    # record was written
+    found.sort(key=lambda item: item[0], reverse=True)
+    history.records = [record for _, record in found]
+    return history
+
+
+def _order(record: dict[str, Any], path: Path) -> tuple[str, int, str]:
+    try:
+        written = path.stat().st_mtime_ns
+    except OSError:
+        written = 0
+    return record["run_id"][:16], written, record["run_id"]
+
+
+def _read(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The record in ``path``, or why it is not a whole run record."""
+    try:
+        record = json.loads(path.read_text())
+    except OSError as exc:
+        return {}, f"cannot read it ({exc.strerror or exc})"
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return {}, f"not JSON ({exc})"
+    if not isinstance(record, dict):
+        return {}, "not a run record (not a JSON object)"
+    for key, kind in _FIELDS.items():
+        if key not in record:
+            return {}, f"not a whole run record (no '{key}')"
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            return {}, f"not a whole run record ('{key}' is {type(record[key]).__name__})"
+    if "name" not in record["engine"]:
+        return {}, "not a whole run record (the engine has no name)"
+    for key, needed in _ITEM_KEYS.items():
+        items = record[key].values() if isinstance(record[key], dict) else record[key]
+        if not all(isinstance(item, dict) and all(k in item for k in needed) for item in items):
+            return {}, f"not a whole run record (an entry of '{key}' lacks {', '.join(needed)})"
+    return record, None
+
+
+def parse_since(text: str) -> datetime:
+    """``--since``'s date or time (2026-11-01, 2026-11-01T06:00, UTC unless it says)."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise SluiceError(f"'{text}' is not a date or time",
+                          hint="give a date, 2026-11-01, or a UTC time, 2026-11-01T06:00"
+                          ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def started(record: dict[str, Any]) -> datetime | None:
+    """When the run started (its record's ``started_at``), or None if it cannot say."""
+    try:
+        when = datetime.fromisoformat(record["started_at"])
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def select(records: list[dict[str, Any]], *, status: str | None = None,
+           since: datetime | None = None, last: int | None = None) -> list[dict[str, Any]]:
+    """The records (newest first) of that status, started at or after ``since``; of
+    those, the newest ``last``."""
+    chosen = [r for r in records if status is None or r["status"] == status]
+    if since is not None:
+        chosen = [r for r in chosen if (started(r) or since) >= since]
+    return chosen if last is None else chosen[:last]
+
+
+def first_line(error: Any) -> str | None:
+    """A failure's first line, stripped; None for no error."""
+    if not error:
+        return None
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A run in one flat dict: what ``sluice runs list`` shows a line of."""
+    outputs = record["outputs"]
+    return {
+        "run_id": record["run_id"],
+        "pipeline": record["pipeline"],
+        "status": record["status"],
+        "started_at": record["started_at"],
+        "seconds": record["seconds"],
+        "engine": record["engine"]["name"],
+        "rows_written": sum(o["rows"] for o in outputs) if outputs else None,
+        "models": [f"{m['name']}@{m['version']}" for m in record["models"]],
+        "error": first_line(record.get("error")),
+        "params": record["params"],
+        "record_path": record.get("record_path"),
+    }
+
+
+def nothing_found(history: History, pipeline: str | None = None,
+                  selected_by: str = "") -> str:
+    """The one line that says no run was found, and where it looked."""
+    if not Path(history.root).is_dir():
+        return f"no run records: {history.root} does not exist (each run writes its record " \
+               "there; --runs DIR or $SLUICE_RUNS name another folder)"
+    skipped = f"; {len(history.skipped)} damaged record file(s) skipped" if history.skipped \
+        else ""
+    if history.records:
+        of = f" of '{pipeline}'" if pipeline is not None else ""
+        return f"no runs {selected_by or 'selected'} among the {len(history.records)} " \
+               f"runs{of} in {history.root}{skipped}"
+    if pipeline is not None and history.pipelines:
+        return f"no runs of '{pipeline}' in {history.root}{skipped} (runs of " \
+               f"{', '.join(history.pipelines)}{suggest(pipeline, history.pipelines)})"
+    return f"no run records in {history.root}{skipped}"
+
+
+def resolve(history: History, prefix: str) -> dict[str, Any]:
+    """The one record whose run id starts with ``prefix`` (a whole id, or enough of it
+    to name one run, as git takes a commit's); ``history`` may be loaded with that
+    prefix, so that only the records it could name are read."""
+    wanted = prefix.strip()
+    if not wanted:
+        raise SluiceError("an empty run id names no run",
+                          hint="give a run id, or its first characters")
+    matches = [r for r in history.records if r["run_id"].startswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        if not history.ids:
+            raise SluiceError(f"no run '{wanted}': {nothing_found(history)}")
+        damaged = [i for i in history.ids if i.startswith(wanted)]
+        if damaged:
+            raise SluiceError(f"run '{wanted}' has no whole record: "
+                              f"{', '.join(damaged[:SHOWN_CANDIDATES])} skipped as damaged",
+                              hint="the warning above says what is wrong with the file")
+        raise SluiceError(
+            f"no run '{wanted}' among the {len(history.ids)} runs in {history.root}"
+            + suggest(wanted, history.ids),
+            hint="`sluice runs list` shows them; --runs DIR looks in another folder")
+    shown = ", ".join(f"{r['run_id']} ({r['pipeline']})" for r in matches[:SHOWN_CANDIDATES])
+    more = f" and {len(matches) - SHOWN_CANDIDATES} more" \
+        if len(matches) > SHOWN_CANDIDATES else ""
+    raise SluiceError(f"run id '{wanted}' is ambiguous: {len(matches)} runs start with it: "
+                      f"{shown}{more}", hint="give more of the run id")
+
+
+SHOWN_CANDIDATES = 8
+
+
+def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """Each scalar metric of a run by its dotted name, ``step.metric`` (and
+    ``step.group.metric`` for nested ones: ``model.validation.roc_auc``), as the run's
+    summary labels them; lists (a confusion matrix) are left out."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}.{key}", value)
+            elif value is None or isinstance(value, bool | int | float | str):
+                flat[f"{prefix}.{key}"] = value
+
+    for step_id, metrics in record["metrics"].items():
+        walk(step_id, metrics if isinstance(metrics, dict) else {})
+    return flat
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def change(values: list[Any]) -> tuple[float | None, float | None]:
+    """The difference last - first and the ratio last / first of numeric values (None
+    where either is not a number, or the first is 0 for the ratio)."""
+    first, last = values[0], values[-1]
+    if not (is_number(first) and is_number(last)):
+        return None, None
+    return last - first, (last / first if first else None)
+
+
+def _row(name: str, values: list[Any], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "values": values, "changed": any(v != values[0] for v in values),
+            **extra}
+
+
+def _names(dicts: list[dict[str, Any]], shared: bool) -> list[str]:
+    """The keys of every dict (in first-seen order), or only those all of them have."""
+    names = list(dict.fromkeys(k for d in dicts for k in d))
+    return [n for n in names if all(n in d for d in dicts)] if shared else names
+
+
+def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs side by side, in the order given: each row has a value per run (None: the run
+    has none) and ``changed`` (the values differ); metric rows add the difference and
+    ratio from the first run to the last. Runs of different pipelines compare only the
+    params, metrics, steps, outputs and models they all have (``shared_only``)."""
+    pipelines = list(dict.fromkeys(r["pipeline"] for r in records))
+    shared = len(pipelines) > 1
+    seconds = [r["seconds"] for r in records]
+    runs = [
+        _row("pipeline", [r["pipeline"] for r in records]),
+        _row("status", [r["status"] for r in records]),
+        # when and how long: measurements, never a change of the run
+        {"name": "started", "values": [r["started_at"] for r in records], "changed": False},
+        {"name": "seconds", "values": seconds, "changed": False, "ratio": change(seconds)[1]},
+        _row("engine", [r["engine"]["name"] for r in records]),
+        _row("file", [r.get("file") for r in records]),
+        _row("error", [first_line(r.get("error")) for r in records]),
+    ]
+
+    params = [r["params"] for r in records]
+    metrics = [flat_metrics(r) for r in records]
+    steps = [r["steps"] for r in records]
+    metric_rows = []
+    for name in _names(metrics, shared):
+        values = [m.get(name) for m in metrics]
+        difference, ratio = change(values)
+        metric_rows.append(_row(name, values, difference=difference, ratio=ratio))
+    step_rows = []
+    for step_id in _names(steps, shared):
+        entries = [s.get(step_id) or {} for s in steps]
+        rows = [e.get("rows") for e in entries]
+        step_rows.append({"name": step_id, "op": next(e["op"] for e in entries if e),
+                          "rows": rows, "seconds": [e.get("wall_seconds") for e in entries],
+                          "changed": any(n != rows[0] for n in rows)})
+
+    def by_step(key: str, shown: Any) -> list[dict[str, Any]]:
+        found = [{item["step"]: shown(item) for item in r[key] if "step" in item}
+                 for r in records]
+        return [_row(step_id, [f.get(step_id) for f in found])
+                for step_id in _names(found, shared)]
+
+    return {
+        "run_ids": [r["run_id"] for r in records],
+        "pipelines": pipelines,
+        "shared_only": shared,
+        "runs": runs,
+        "params": [_row(n, [p.get(n) for p in params]) for n in _names(params, shared)],
+        "metrics": metric_rows,
+        "steps": step_rows,
+        "outputs": by_step("outputs", lambda o: f"{o['rows']:,} rows to {o['path']}"),
+        "models": by_step("models", lambda m: f"{m['name']}@{m['version']}"),
+    }
+
+
+def metric_history(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The value of metric ``name`` (``step.metric``, as ``flat_metrics`` names it) in
+    each run that has it, oldest first: run_id, started_at, status, value."""
+    points, known = [], {}
+    for record in reversed(records):
+        metrics = flat_metrics(record)
+        known.update(dict.fromkeys(metrics))
+        if name in metrics:
+            points.append({"run_id": record["run_id"], "started_at": record["started_at"],
+                           "status": record["status"], "value": metrics[name]})
+    if points:
+        return points
+    pipelines = sorted({r["pipeline"] for r in records})
+    group = sorted(k for k in known if k.startswith(f"{name}."))
+    if group:
+        raise SluiceError(f"'{name}' is a group of metrics, not one",
+                          hint="name one of " + ", ".join(group[:SHOWN_CANDIDATES])
+                               + (", ..." if len(group) > SHOWN_CANDIDATES else ""))
+    step = name.split(".", 1)[0]
+    in_step = sorted(k for k in known if k.startswith(f"{step}."))
+    raise SluiceError(
+        f"no metric '{name}' in the {len(records)} runs of {', '.join(pipelines)}"
+        + suggest(name, known),
+        hint=(f"step '{step}' has " + ", ".join(in_step[:12])
+              + (", ..." if len(in_step) > 12 else "")) if in_step else
+             "metrics are named step.metric: `sluice runs show RUN_ID` prints a run's")
+
+
+def format_duration(seconds: float) -> str:
+    """A run's length for a person: 0.13s, 12.4s, 3m05s, 2h07m."""
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[Any]) -> str:
+    """The numeric values as a line of bars, lowest ▁ to highest █ (not a number: a
+    space); equal values sit mid-height."""
+    numbers = [v for v in values if is_number(v)]
+    if not numbers:
+        return ""
+    low, high = min(numbers), max(numbers)
+    top = len(SPARKS) - 1
+
+    def bar(value: Any) -> str:
+        if not is_number(value):
+            return " "
+        if high == low:
+            return SPARKS[top // 2]
+        return SPARKS[round((value - low) / (high - low) * top)]
+
+    return "".join(bar(v) for v in values)

@@ -1,0 +1,291 @@
+"""`sluice runs`: the run history read back from real runs' records (list, show, compare,
+metric), through the CLI and as functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from conftest import SLUICE, write_pipeline
+
+from operators.base import SluiceError
+from pipelines import runs
+from pipelines.cli import main
+from pipelines.runner import run
+
+CENTER = """
+    pipeline: center
+    params: {l2: 0.001}
+    steps:
+      - op: read_parquet
+        path: data/churn
+      - id: model
+        op: logistic_regression
+        label: churned
+        features: [tenure, monthly_charges]
+        l2: ${l2}
+        validation_fraction: 0.2
+      - op: save_model
+        name: centre
+      - op: write_parquet
+        path: out/l2=${l2}        # mode error: a second run of one l2 fails here
+    """
+
+COPY = """
+    pipeline: copy
+    steps:
+      - op: read_parquet
+        path: data/churn
+        filter: "tenure >= 12"
+      - op: write_parquet
+        path: out/copy
+        mode: overwrite
+    """
+
+
+def sluice(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`sluice ARGS` as a user runs it, in its own process."""
+    env = {**os.environ, "CI": "1"}
+    return subprocess.run([SLUICE, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def in_process(*args: str) -> Result:
+    """The same command in this process (a second faster than a new one): for the checks
+    beyond the first of each command."""
+    return CliRunner().invoke(main, list(args))
+
+
+def _run(path: Path, **params: str) -> dict[str, Any]:
+    """Run a pipeline; its record, read back from the runs folder when the run failed."""
+    folder = Path(os.environ["SLUICE_RUNS"])
+    before = set(folder.rglob("*.json"))
+    try:
+        return run(path.name, params)  # as a person in the folder runs it
+    except SluiceError:
+        (written,) = set(folder.rglob("*.json")) - before
+        return {**json.loads(written.read_text()), "record_path": str(written)}
+
+
+@pytest.fixture
+def history(churn: Path, workdir: Path) -> list[dict[str, Any]]:
+    """Four real runs, oldest first: center l2=0.001 (succeeds, centre@1), copy
+    (succeeds, no model), center l2=0.1 (succeeds, centre@2), center l2=0.001 again
+    (fails writing: the output exists; it saved centre@3 first)."""
+    center = write_pipeline(workdir, CENTER, "center.yaml")
+    copy = write_pipeline(workdir, COPY, "copy.yaml")
+    records = [_run(center), _run(copy), _run(center, l2="0.1"), _run(center)]
+    assert [r["status"] for r in records] == ["succeeded"] * 3 + ["failed"]
+    return records
+
+
+def _ids(records: list[dict[str, Any]]) -> list[str]:
+    return [r["run_id"] for r in records]
+
+
+def test_list_is_newest_first_and_filters(history: list[dict[str, Any]],
+                                          workdir: Path) -> None:
+    first, copy, second, failed = history
+    listed = sluice("runs", "list", cwd=workdir)
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+    header, *lines = listed.stdout.splitlines()
+    assert header.split() == ["RUN", "PIPELINE", "STATUS", "STARTED", "DURATION", "ENGINE",
+                              "ROWS", "WRITTEN", "MODELS", "ERROR"]
+    assert [line.split()[0] for line in lines] == _ids([failed, second, copy, first])
+    assert lines[0].split()[1:3] == ["center", "failed"]
+    assert "centre@3" in lines[0] and "output 'out/l2=0.001' already exists" in lines[0]
+    assert lines[2].split()[1:3] == ["copy", "succeeded"]
+    copied = copy["outputs"][0]["rows"]
+    assert f"{copied:,}" in lines[2].split() and lines[2].split()[-1] == "-"  # no model
+    assert lines[3].split()[-2:] == ["5,000", "centre@1"]
+    assert lines[3].split()[5] == runs.format_duration(first["seconds"])
+
+    only_failed = in_process("runs", "list", "center", "--status", "failed", "--json")
+    assert only_failed.exit_code == 0, only_failed.output
+    (summary,) = [json.loads(line) for line in only_failed.stdout.splitlines()]
+    assert summary == {
+        "run_id": failed["run_id"], "pipeline": "center", "status": "failed",
+        "started_at": failed["started_at"], "seconds": failed["seconds"], "engine": "local",
+        "rows_written": None, "models": ["centre@3"],
+        "error": failed["error"].splitlines()[0], "params": {"l2": 0.001},
+        "record_path": failed["record_path"]}
+
+    newest = in_process("runs", "list", "center", "--last", "2", "--json")
+    assert [json.loads(line)["run_id"] for line in newest.stdout.splitlines()] == _ids(
+        [failed, second])
+    none = in_process("runs", "list", "--since", "2999-01-01")
+    assert none.exit_code == 0
+    assert none.stdout.strip() == (f"no runs started since 2999-01-01 00:00Z among the 4 "
+                                   f"runs in {workdir / 'runs'}")
+    bad = in_process("runs", "list", "--since", "yesterday")
+    assert bad.exit_code == 2 and "'yesterday' is not a date or time" in bad.stderr
+
+
+def test_load_select_and_summary(history: list[dict[str, Any]], workdir: Path) -> None:
+    first, copy, second, failed = history
+    loaded = runs.load()
+    assert loaded.root == str(workdir / "runs") and loaded.skipped == []
+    assert loaded.pipelines == ["center", "copy"]
+    assert _ids(loaded.records) == _ids([failed, second, copy, first])
+    assert _ids(runs.load(pipeline="center").records) == _ids([failed, second, first])
+    assert _ids(runs.select(loaded.records, status="succeeded", last=2)) == _ids(
+        [second, copy])
+    assert runs.select(loaded.records, since=runs.parse_since("2999-01-01")) == []
+    assert _ids(runs.select(loaded.records, since=runs.parse_since(first["started_at"]))
+                ) == _ids([failed, second, copy, first])
+    summary = runs.summary(loaded.records[1])
+    assert (summary["rows_written"], summary["models"], summary["error"]) == (
+        5000, ["centre@2"], None)
+    assert summary["params"] == {"l2": 0.1}
+    assert runs.summary(loaded.records[2])["rows_written"] == copy["outputs"][0]["rows"]
+
+
+def test_show_takes_a_unique_prefix(history: list[dict[str, Any]], workdir: Path) -> None:
+    failed = history[-1]
+    shown = sluice("runs", "show", failed["run_id"][:-2], cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == (f"run {failed['run_id']} of 'center' on local: failed in "
+                        f"{failed['seconds']:.2f}s")
+    assert "  saved model centre@3" in shown.stdout
+    assert "  params: l2=0.001" in lines
+    assert f"  error: {failed['error']}" in lines
+    assert lines[-1] == f"  record: {failed['record_path']}"
+
+    as_json = in_process("runs", "show", failed["run_id"], "--json")
+    assert json.loads(as_json.stdout) == json.loads(Path(failed["record_path"]).read_text())
+
+    ambiguous = in_process("runs", "show", "20")
+    assert ambiguous.exit_code == 1
+    (line,) = ambiguous.stderr.splitlines()
+    assert line.startswith("error: run id '20' is ambiguous: 4 runs start with it: ")
+    assert all(f"{r['run_id']} ({r['pipeline']})" in line for r in history)
+
+    unknown = in_process("runs", "show", "19991231")
+    assert unknown.exit_code == 1
+    assert unknown.stderr.splitlines() == [
+        f"error: no run '19991231' among the 4 runs in {workdir / 'runs'} (`sluice runs "
+        "list` shows them; --runs DIR looks in another folder)"]
+
+    loaded = runs.load()
+    assert runs.resolve(loaded, history[0]["run_id"])["run_id"] == history[0]["run_id"]
+    with pytest.raises(SluiceError, match="ambiguous: 4 runs"):
+        runs.resolve(loaded, "2")
+
+
+def test_compare_marks_the_changed_param_and_metric(history: list[dict[str, Any]],
+                                                    workdir: Path) -> None:
+    first, copy, second, failed = history
+    loss = [r["metrics"]["model"]["loss"] for r in (first, second)]
+    assert loss[0] != loss[1]
+    out = sluice("runs", "compare", first["run_id"], second["run_id"], cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "2 runs of center; * marks what changed"
+    assert ["*", "l2", "0.001", "0.1"] in [line.split() for line in lines]
+    difference, ratio = loss[1] - loss[0], loss[1] / loss[0]
+    assert ["*", "model.loss", f"{loss[0]:.6g}", f"{loss[1]:.6g}", f"{difference:+.6g}",
+            f"({ratio:.4g}x)"] in [line.split() for line in lines]
+    assert ["model.training_rows", str(first["metrics"]["model"]["training_rows"]),
+            str(second["metrics"]["model"]["training_rows"])] in [
+        line.split() for line in lines]  # unchanged: no mark, no change
+    assert ["*", "save_model", "centre@1", "centre@2"] in [line.split() for line in lines]
+
+    table = runs.compare([first, second, failed])
+    (l2,) = table["params"]
+    assert (l2["name"], l2["values"], l2["changed"]) == ("l2", [0.001, 0.1, 0.001], True)
+    by_name = {row["name"]: row for row in table["metrics"]}
+    assert by_name["model.loss"]["difference"] == (failed["metrics"]["model"]["loss"]
+                                                   - loss[0])
+    assert by_name["model.validation.roc_auc"]["values"] == [
+        r["metrics"]["model"]["validation"]["roc_auc"] for r in (first, second, failed)]
+    write = next(row for row in table["steps"] if row["name"] == "write_parquet")
+    assert write["rows"] == [5000, 5000, None] and write["changed"]
+    assert table["outputs"][0]["values"] == ["5,000 rows to out/l2=0.001",
+                                             "5,000 rows to out/l2=0.1", None]
+
+    mixed = runs.compare([first, copy])
+    assert mixed["shared_only"] and mixed["pipelines"] == ["center", "copy"]
+    assert [row["name"] for row in mixed["steps"]] == ["read_parquet", "write_parquet"]
+    assert mixed["params"] == [] and mixed["metrics"] == [] and mixed["models"] == []
+    told = in_process("runs", "compare", first["run_id"], copy["run_id"])
+    assert told.stdout.startswith("2 runs of different pipelines (center, copy): only the "
+                                  "params, metrics, steps, outputs and models they all have")
+
+
+def test_metric_across_runs_is_the_records_values(history: list[dict[str, Any]],
+                                                  workdir: Path) -> None:
+    center = [history[0], history[2], history[3]]
+    values = [r["metrics"]["model"]["validation"]["roc_auc"] for r in center]
+    points = runs.metric_history(runs.load(pipeline="center").records,
+                                 "model.validation.roc_auc")
+    assert [(p["run_id"], p["value"]) for p in points] == list(zip(_ids(center), values))
+
+    out = sluice("runs", "metric", "center", "model.validation.roc_auc", "--last", "2",
+                 cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    _, *rows, last = out.stdout.splitlines()
+    assert [(row.split()[0], row.split()[-1]) for row in rows] == [
+        (center[1]["run_id"], f"{values[1]:.6g}"), (center[2]["run_id"], f"{values[2]:.6g}")]
+    assert last.startswith("2 runs  ")
+    assert last.endswith(f"last - first {values[2] - values[1]:+.6g}"
+                         + ("" if values[2] == values[1] or not values[1]
+                            else f" ({values[2] / values[1]:.4g}x)"))
+
+    typo = in_process("runs", "metric", "center", "model.validation.roc")
+    assert typo.exit_code == 1
+    assert typo.stderr.startswith("error: no metric 'model.validation.roc' in the 3 runs of "
+                                  "center; did you mean 'model.validation.roc_auc'?")
+    with pytest.raises(SluiceError, match="'model.validation' is a group of metrics"):
+        runs.metric_history(runs.load().records, "model.validation")
+
+
+def test_a_damaged_record_is_skipped_with_a_warning(history: list[dict[str, Any]],
+                                                    workdir: Path) -> None:
+    folder = workdir / "runs" / "center"
+    cut = folder / "20261201T000000Z-aaaaaa.json"
+    cut.write_text(Path(history[0]["record_path"]).read_text()[:200])  # a half-written file
+    partial = folder / "20261201T000001Z-bbbbbb.json"
+    partial.write_text(json.dumps({"run_id": "20261201T000001Z-bbbbbb", "pipeline": "center"}))
+    listed = sluice("runs", "list", cwd=workdir)
+    assert listed.returncode == 0
+    warned = listed.stderr.splitlines()
+    assert len(warned) == 2 and warned[0].startswith(f"warning: skipped {cut}: not JSON (")
+    assert warned[1] == f"warning: skipped {partial}: not a whole run record (no 'status')"
+    assert len(listed.stdout.splitlines()) == 1 + len(history)
+
+    loaded = runs.load()
+    assert len(loaded.records) == len(history) and len(loaded.skipped) == 2
+    # show reads only the records its prefix can name
+    good = in_process("runs", "show", history[0]["run_id"])
+    assert good.exit_code == 0 and good.stderr == ""
+    bad = in_process("runs", "show", "20261201T000001")
+    assert bad.exit_code == 1 and bad.stderr.splitlines() == [
+        f"warning: skipped {partial}: not a whole run record (no 'status')",
+        "error: run '20261201T000001' has no whole record: 20261201T000001Z-bbbbbb skipped "
+        "as damaged (the warning above says what is wrong with the file)"]
+
+
+def test_no_records_says_where_it_looked(workdir: Path) -> None:
+    missing = in_process("runs", "list")
+    assert missing.exit_code == 0
+    assert missing.stdout.strip() == (
+        f"no run records: {workdir / 'runs'} does not exist (each run writes its record "
+        "there; --runs DIR or $SLUICE_RUNS name another folder)")
+    (workdir / "empty").mkdir()
+    empty = in_process("runs", "show", "2026", "--runs", "empty")
+    assert empty.exit_code == 1
+    assert empty.stderr.splitlines() == ["error: no run '2026': no run records in empty"]
+    assert runs.nothing_found(runs.load("empty"), "center") == "no run records in empty"
+
+
+def test_duration_and_sparkline() -> None:
+    assert [runs.format_duration(s) for s in (0.126, 12.44, 185, 7630)] == [
+        "0.13s", "12.4s", "3m05s", "2h07m"]
+    assert runs.sparkline([0.7, None, 0.8, 0.75]) == "▁ █▅"
+    assert runs.sparkline([2, 2]) == "▄▄" and runs.sparkline(["newton"]) == ""
