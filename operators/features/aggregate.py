@@ -19,6 +19,7 @@ were partitioned or which engine ran them (sums of floats up to rounding):
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -195,6 +196,76 @@ def parse_aggregation(name: str, text: Any) -> Aggregation:
     return Aggregation(name, fn, tuple(args), fn_args)
 
 
+PivotValue = bool | int | float | str | datetime.date | datetime.datetime | None
+
+
+class PivotParams(Params):
+    column: str = Field(description="the column whose values become columns")
+    values: list[PivotValue] = Field(
+        min_length=1, max_length=1000,
+        description="the values that become columns, in order (null too): given, so that "
+                    "the output's columns are the same whatever the rows hold")
+    format: str = Field("{name}_{value}", description="each output column's name from the "
+                                                      "aggregation's {name} and the {value}")
+
+    @field_validator("values")
+    @classmethod
+    def _distinct(cls, value: list[Any]) -> list[Any]:
+        seen: list[Any] = []
+        for v in value:
+            if isinstance(v, float) and v != v:
+                raise ValueError("NaN is no value to pivot on (it equals nothing)")
+            if any(type(v) is type(w) and v == w for w in seen):
+                raise ValueError(f"the value {v!r} is listed twice")
+            seen.append(v)
+        return value
+
+    @field_validator("format")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if "{value}" not in value:
+            raise ValueError("format must hold {value} (and {name}, for more than one "
+                             "aggregation): e.g. '{name}_{value}'")
+        try:
+            value.format(name="n", value="v")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"format '{value}': only {{name}} and {{value}} may be filled "
+                             f"in ({exc})") from None
+        return value
+
+
+def plain_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _quoted_column(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _literal(value: Any) -> str:
+    """An expression literal of a pivot value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, datetime.datetime):
+        return f"timestamp '{value.isoformat(sep=' ')}'"
+    if isinstance(value, datetime.date):
+        return f"date '{value.isoformat()}'"
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _shown(value: Any) -> str:
+    """A pivot value as it goes into a column name."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return str(value)
+
+
 class AggregateParams(Params):
     by: list[str] = Field(description="the key columns: one output row per distinct "
                                       "combination of their values (null is a value); "
@@ -204,11 +275,36 @@ class AggregateParams(Params):
                                   "rows, e.g. `spend: sum(amount)`, `refunds: "
                                   "count_if(kind == 'refund')`, `n: count()`; "
                                   f"functions: {', '.join(FUNCTIONS)}")
+    pivot: PivotParams | None = Field(
+        None, description="columns of each value of a column: `{column: category, values: "
+                          "[books, games]}` makes each aggregation once per value, over "
+                          "that value's rows (`spend_books`, `spend_games`; Spark's pivot)")
     partitions: int | None = partitions_field()
     partition_mb: float | None = partition_mb_field()
     _one_partitioning = model_validator(mode="after")(one_partitioning)
 
     _distinct_keys = field_validator("by")(distinct_keys)
+
+    @model_validator(mode="after")
+    def _pivot_names(self) -> AggregateParams:
+        pivot = self.pivot
+        if pivot is None:
+            return self
+        if len(self.columns) > 1 and "{name}" not in pivot.format:
+            raise ParamError(f"pivot: format '{pivot.format}' gives each aggregation's "
+                             "columns the same names", hint="put {name} in it, e.g. "
+                                                            "'{name}_{value}'")
+        if pivot.column in self.by:
+            raise ParamError(f"pivot: '{pivot.column}' is also a key column",
+                             hint="pivot on another column, or leave it out of `by`")
+        names = [pivot.format.format(name=n, value=_shown(v))
+                 for n in self.columns for v in pivot.values]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ParamError(f"pivot: two columns would be named '{twice[0]}'",
+                             hint="values that show alike (1 and '1', true and 'true') "
+                                  "need a format or values that tell them apart")
+        return self
 
     @model_validator(mode="after")
     def _one_row(self) -> AggregateParams:
@@ -258,7 +354,11 @@ class Aggregate(Shuffle):
     ```
 
     An aggregation's argument is an expression (as in `derive`): `sum(if(kind ==
-    'refund', amount, 0))`. The output has the `by` columns (dictionaries as their
+    'refund', amount, 0))`. `pivot: {column: category, values: [books, games]}` makes
+    each aggregation once per value, over the rows of that value (`spend_books`,
+    `spend_games`: Spark's `pivot`); the values are given, so that the output's columns
+    stay the same whatever a day's rows hold (a value no row has: counts 0, the rest
+    null). The output has the `by` columns (dictionaries as their
     values), then the `columns` in order, one row per distinct key (null is a key), in
     key order within each output partition. Each partition is first reduced to a row per
     key; those rows go to the output partitions by a hash of the key (a shuffle: through
@@ -270,7 +370,43 @@ class Aggregate(Shuffle):
 
     @cached_property
     def aggregations(self) -> list[Aggregation]:
-        return [parse_aggregation(n, t) for n, t in self.params.columns.items()]
+        """Each output column's aggregation: one per `columns` entry, or one per entry
+        and pivot value (over the rows of that value)."""
+        out = []
+        for name, text in self.params.columns.items():
+            agg = parse_aggregation(name, text)
+            out += [agg] if self.params.pivot is None else self._pivoted(agg)
+        return out
+
+    @cached_property
+    def _texts(self) -> dict[str, str]:
+        """The aggregation each output column comes from, as the file says it."""
+        pivot = self.params.pivot
+        if pivot is None:
+            return dict(self.params.columns)
+        return {pivot.format.format(name=n, value=_shown(v)): f"{t} where {pivot.column} "
+                f"is {_shown(v)}" for n, t in self.params.columns.items() for v in pivot.values}
+
+    def _pivoted(self, agg: Aggregation) -> list[Aggregation]:
+        """``agg`` once per pivot value, over the rows of the value only: its arguments
+        null elsewhere (every aggregation skips nulls), a count of the rows a count of
+        those where the column is the value."""
+        pivot = self.params.pivot
+        assert pivot is not None
+        column = _quoted_column(pivot.column)
+        out = []
+        for value in pivot.values:
+            cond = (f"{column} is null" if value is None
+                    else f"{column} == {_literal(value)}")
+            name = pivot.format.format(name=agg.name, value=_shown(value))
+            if agg.fn == "count" and not agg.args:
+                out.append(Aggregation(name, "count_if", (cond,)))
+            elif agg.fn == "count_if":
+                out.append(Aggregation(name, "count_if", (f"({cond}) and ({agg.args[0]})",)))
+            else:
+                out.append(Aggregation(name, agg.fn, tuple(f"if({cond}, {a}, null)"
+                                                           for a in agg.args), agg.options))
+        return out
 
     def key_columns(self) -> list[str]:
         return list(self.params.by) or [_ALL]
@@ -294,17 +430,45 @@ class Aggregate(Shuffle):
             found = key_problem(schema, key, f"by: key column '{key}'")
             if found is not None:
                 problems.append(found)
-        for agg in self.aggregations:
-            if agg.name in self.params.by:
-                problems.append(SchemaError(f"columns: '{agg.name}' is also a key column",
-                                            hint="give the aggregation another name"))
+        pivot = self.params.pivot
+        # the aggregations as written first (a pivot's are them over each value's rows)
+        written = [parse_aggregation(n, t) for n, t in self.params.columns.items()]
+        for agg in written if pivot is not None else self.aggregations:
             try:
                 self._check_types(agg, schema)
             except SchemaError as exc:
                 problems.append(exc)
+        if pivot is not None:
+            problems += self._pivot_problems(schema)
+        for agg in self.aggregations:
+            if agg.name in self.params.by:
+                problems.append(SchemaError(f"columns: '{agg.name}' is also a key column",
+                                            hint="give the aggregation another name"))
         _raise_all(problems, SchemaError)
         empty = schema.empty_table()
         return self.finish(self.partial(empty)).schema
+
+    def _pivot_problems(self, schema: pa.Schema) -> list[SchemaError]:
+        """What is wrong with the pivot's column or values for ``schema``."""
+        pivot = self.params.pivot
+        assert pivot is not None
+        if schema.get_field_index(pivot.column) < 0:
+            return [SchemaError(f"pivot: column '{pivot.column}' not in the input"
+                                f"{suggest(pivot.column, schema.names)}",
+                                hint="input has: " + ", ".join(schema.names[:20]))]
+        t = plain_type(schema.field(pivot.column).type)
+        problems = []
+        for value in pivot.values:
+            if value is None:
+                continue
+            try:
+                expression_type(f"{_quoted_column(pivot.column)} == {_literal(value)}", schema)
+            except ExpressionError:
+                problems.append(SchemaError(
+                    f"pivot: the value {value!r} cannot be compared with column "
+                    f"'{pivot.column}' ({t})",
+                    hint=f"give values of the column's type ({t})"))
+        return problems
 
     def _check_types(self, agg: Aggregation, schema: pa.Schema) -> None:
         types = []
@@ -376,7 +540,7 @@ class Aggregate(Shuffle):
                 ds.dataset(part).to_table(columns={
                     f"a{j}": parse_expression(a) for j, a in enumerate(agg.args)})
             except ARROW_ERRORS:
-                return f"'{agg.name}' ({self.params.columns[agg.name]})"
+                return f"'{agg.name}' ({self._texts[agg.name]})"
         return f"'{self.aggregations[0].name}'"
 
     def partial(self, part: pa.Table) -> pa.Table:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from operators.base import DataError, MissingColumnError, ParamError, SchemaError
@@ -276,3 +277,95 @@ def test_max_by_takes_nan_orders_for_none() -> None:
               parts=3, places=2)
     assert got.loc[1, "last"] == "b" and got.loc[1, "first"] == "b"
     assert pd.isna(got.loc[2, "last"])
+
+
+# --------------------------------------------------------------------------- pivot
+
+
+def test_a_pivot_is_the_aggregate_of_each_values_rows_over_any_partitioning() -> None:
+    """Each aggregation once per value, over that value's rows (null a value; a value no
+    row has: counts 0, the rest null): the aggregate of the value's rows alone, and
+    pandas' group-by of them for the sums."""
+    table = events_table(rows=3000)
+    columns = {"rows": "count()", "x_sum": "sum(x)", "x_mean": "mean(x)",
+               "big": "count_if(x > 0)", "last": "max_by(n, ts)", "x_med": "median(x)"}
+    op = aggregate(["customer"], columns,
+                   pivot={"column": "plan", "values": ["basic", "premium", None, "gold"]})
+    got = run(op, table)
+    assert list(got.columns) == [f"{n}_{v}" for n in columns
+                                 for v in ("basic", "premium", "null", "gold")]
+    got.index = got.index.fillna(-1)
+    plan = table.column("plan")
+    for value, label in (("basic", "basic"), ("premium", "premium"), (None, "null")):
+        rows = table.filter(pc.is_null(plan) if value is None else pc.equal(plan, value))
+        alone = run(aggregate(["customer"], columns), rows, parts=3)
+        alone.index = alone.index.fillna(-1)
+        alone = alone.reindex(got.index)
+        for name in columns:
+            want, have = alone[name], got[f"{name}_{label}"]
+            if name in ("rows", "big"):
+                np.testing.assert_array_equal(have, want.fillna(0).astype(int), err_msg=name)
+            else:
+                np.testing.assert_allclose(have.astype(float), want.astype(float),
+                                           rtol=1e-9, err_msg=f"{name} {label}")
+        frame = rows.to_pandas()
+        sums = frame.groupby(frame["customer"].fillna(-1))["x"].sum(min_count=1)
+        np.testing.assert_allclose(got[f"x_sum_{label}"].astype(float),
+                                   sums.reindex(got.index).astype(float), rtol=1e-9)
+    assert (got["rows_gold"] == 0).all() and got["x_sum_gold"].isna().all()
+
+
+def arrow_run(op: Aggregate, table: pa.Table, places: int = 2) -> dict[str, list]:
+    """The op over 2 partitions finished in ``places`` places, by key, as lists."""
+    out = shuffled(op, split(table, 2, seed=4), 1 if op.one_place() else places)
+    if op.params.by:
+        out = out.sort_by([(k, "ascending") for k in op.params.by])
+    return out.drop_columns(op.params.by).to_pydict()
+
+
+def test_a_pivot_on_dates_numbers_and_booleans_names_its_columns_by_format() -> None:
+    import datetime
+
+    table = pa.table({"k": [1, 1, 2, 2], "day": pa.array(
+        np.array(["2026-11-01", "2026-11-02", "2026-11-01", "2026-11-01"], "datetime64[D]")),
+        "n": [1, 2, 3, 4], "ok": [True, False, True, True], "v": [10.0, 20.0, 30.0, 40.0]})
+    op = aggregate(["k"], {"s": "sum(v)"}, pivot={
+        "column": "day", "values": [datetime.date(2026, 11, 1), datetime.date(2026, 11, 2)],
+        "format": "{value}:{name}"})
+    assert arrow_run(op, table) == {"2026-11-01:s": [10.0, 70.0], "2026-11-02:s": [20.0, None]}
+    op = aggregate(["k"], {"s": "sum(v)"}, pivot={"column": "ok", "values": [True, False]})
+    assert arrow_run(op, table) == {"s_true": [10.0, 70.0], "s_false": [20.0, None]}
+    op = aggregate([], {"s": "sum(v)"}, pivot={"column": "n", "values": [1, 4],
+                                               "format": "v{value}"})
+    assert arrow_run(op, table) == {"v1": [10.0], "v4": [40.0]}
+
+
+@pytest.mark.parametrize("pivot, message", [
+    ({"column": "plan", "values": ["a", "a"]}, "the value 'a' is listed twice"),
+    ({"column": "plan", "values": [float("nan")]}, "NaN is no value to pivot on"),
+    ({"column": "plan", "values": ["a"], "format": "{name}"}, "format must hold {value}"),
+    ({"column": "plan", "values": ["a"], "format": "{value}_{kind}"},
+     "only {name} and {value} may be filled in"),
+    ({"column": "plan", "values": ["a", "b"], "format": "{value}"},
+     "gives each aggregation's columns the same names"),
+    ({"column": "plan", "values": [1, "1"]}, "two columns would be named 'x_1'"),
+    ({"column": "customer", "values": [1]}, "'customer' is also a key column"),
+])
+def test_pivot_mistakes_are_named(pivot: dict, message: str) -> None:
+    with pytest.raises((ParamError, ValueError), match=message):
+        aggregate(["customer"], {"x": "sum(x)", "y": "count()"}, pivot=pivot)
+
+
+def test_pivot_columns_and_values_are_checked_against_the_input() -> None:
+    schema = events_table(rows=10).schema
+    with pytest.raises(SchemaError, match="pivot: column 'plann' not in the input; did you "
+                                          "mean 'plan'"):
+        aggregate(["customer"], {"s": "sum(x)"},
+                  pivot={"column": "plann", "values": ["a"]}).output_schema(schema)
+    with pytest.raises(SchemaError, match=r"pivot: the value 'a' cannot be compared with "
+                                          r"column 'n' \(int"):
+        aggregate(["customer"], {"s": "sum(x)"},
+                  pivot={"column": "n", "values": [1, "a"]}).output_schema(schema)
+    with pytest.raises(SchemaError, match=r"columns: 's' \(sum\(plan\)\): needs numbers"):
+        aggregate(["customer"], {"s": "sum(plan)"},
+                  pivot={"column": "n", "values": [1]}).output_schema(schema)

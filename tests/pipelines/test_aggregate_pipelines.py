@@ -150,6 +150,57 @@ def test_an_aggregate_is_pandas_group_by_on_every_engine(events: Path, workdir: 
     assert not list(scratch.glob("*")), "the run left its shuffle files"
 
 
+PIVOT = """
+    pipeline: spend_by_kind
+    steps:
+      - op: read_parquet
+        path: data/events
+        partition_mb: 0.02
+      - id: by_kind
+        op: aggregate
+        by: [customer_id]
+        pivot:
+          column: kind
+          values: [buy, refund, view, gift]
+        columns:
+          spend: sum(amount)
+          n: count()
+      - op: write_parquet
+        path: out/by_kind
+"""
+
+
+def test_a_pivot_is_pandas_pivot_table_on_every_engine(events: Path, workdir: Path,
+                                                     engine: Engine) -> None:
+    """Spend and events of each kind, a column each (a kind no row has: 0 and null),
+    as pandas' pivot_table gives them, the same on every engine."""
+    record = run(write_pipeline(workdir, PIVOT), engine_instance=engine)
+    assert record["steps"]["by_kind"]["rows"] == CUSTOMERS + 1
+    got = ds.dataset(workdir / "out" / "by_kind").to_table().to_pandas()
+    assert list(got.columns) == ["customer_id", *(f"{m}_{k}" for m in ("spend", "n")
+                                                  for k in ("buy", "refund", "view", "gift"))]
+    got = got.set_index(got["customer_id"].fillna(-1)).sort_index()
+    frame = ds.dataset(events).to_table().to_pandas()
+    frame["kind"] = frame["kind"].astype(str)
+    frame["customer_id"] = frame["customer_id"].fillna(-1)
+    spend = frame.pivot_table(index="customer_id", columns="kind", values="amount",
+                              aggfunc=lambda s: s.sum(min_count=1), dropna=False)
+    count = frame.pivot_table(index="customer_id", columns="kind", values="ts",
+                              aggfunc="size", fill_value=0)
+    for kind in ("buy", "refund", "view"):
+        np.testing.assert_allclose(got[f"spend_{kind}"], spend[kind].reindex(got.index),
+                                   rtol=1e-10, err_msg=kind)
+        np.testing.assert_array_equal(got[f"n_{kind}"],
+                                      count[kind].reindex(got.index, fill_value=0))
+    assert (got["n_gift"] == 0).all() and got["spend_gift"].isna().all()
+    if engine.name != "local":
+        local = run(write_pipeline(workdir, PIVOT.replace("out/by_kind", "out/local"),
+                                   "local.yaml"))
+        assert local["steps"]["by_kind"]["shuffle"] == record["steps"]["by_kind"]["shuffle"]
+        assert ds.dataset(workdir / "out" / "local").to_table().equals(
+            ds.dataset(workdir / "out" / "by_kind").to_table())
+
+
 def test_every_engine_and_partitioning_gives_the_same_rows(events: Path, workdir: Path,
                                                            engine: Engine) -> None:
     """The same output partitions give the same table, value for value, on every engine

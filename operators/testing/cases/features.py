@@ -246,6 +246,9 @@ _cases("aggregate", events_table,
        ("two-keys-dictionary", {"by": ["region", "plan"], "columns": {
            "rows": "count(*)", "avg_big": "avg(big)", "sd": "stddev(f32)",
            "top": "max_by(id, x)", "ids": "count_distinct(id % 7)"}}),
+       ("pivot", {"by": ["customer"], "columns": {"rows": "count()", "x_sum": "sum(x)",
+                                                  "last": "max_by(n, ts)"},
+                  "pivot": {"column": "plan", "values": ["basic", "premium", None, "gold"]}}),
        ("no-keys", {"by": [], "columns": {"rows": "count()", "x_sum": "sum(x)",
                                           "x_var": "var(x)", "plans": "count_distinct(plan)",
                                           "last": "max_by(plan, ts)"}}))
