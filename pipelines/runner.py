@@ -603,6 +603,23 @@ class Run:
                                          if step.op.params.aliases else {})})
 
 
+def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
+             exc: SluiceError, stage: str, runs_dir: str) -> None:
+    """The record of a run that stopped before it started (its plan's problems, no
+    device for it): status failed, ``failed_in`` the stage, every problem."""
+    problems = [str(p) for p in getattr(exc, "problems", [])]
+    error = (f"{problems[0]}" + (f" (and {len(problems) - 1} more problem(s))"
+                                 if len(problems) > 1 else "")) if problems else str(exc)
+    _write_record({
+        "run_id": run_id, "pipeline": plan.spec.name, "file": str(path),
+        "params": plan.spec.params, "engine": {"name": engine}, "status": "failed",
+        "failed_in": stage, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                          time.gmtime(started)),
+        "steps": {}, "outputs": [], "models": [], "models_used": [], "metrics": {},
+        "error": error, **({"problems": problems} if problems else {}),
+        "seconds": round(time.time() - started, 6)}, runs_dir)
+
+
 def _write_record(record: dict[str, Any], runs_dir: str) -> str:
     folder = Path(runs_dir) / record["pipeline"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -625,22 +642,31 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     record, with status ``failed``, is written all the same).
     """
     store = ModelStore(models)
+    started = time.time()
+    run_id = new_run_id()
     plan = plan_file(path, overrides, store, text)
     if not plan.ok:
-        raise ValidationFailed(plan.problems)
+        # a scheduled run refused before any data moved (today's input not there yet)
+        # is a failed run in the history too (``sluice runs list --status failed``)
+        exc = ValidationFailed(plan.problems)
+        _refused(plan, path, run_id, started,
+                 engine_instance.name if engine_instance is not None else engine, exc,
+                 "validation", runs_dir or default_runs_dir())
+        raise exc
     for line in plan.notices:
         if notify:
             notify(line)
-    run_id = new_run_id()
     eng = engine_instance or make_engine(engine, scheduler=scheduler, master=master,
                                          progress=progress)
     try:
         placed = placements(plan, eng, device, dtype, notify)
-    except BaseException:
+    except BaseException as exc:
         if engine_instance is None:
             eng.close()
+        if isinstance(exc, SluiceError):  # no usable GPU for `device: gpu`...
+            _refused(plan, path, run_id, started, eng.name, exc, "placement",
+                     runs_dir or default_runs_dir())
         raise
-    started = time.time()
     record: dict[str, Any] = {
         "run_id": run_id,
         "pipeline": plan.spec.name,

@@ -27,6 +27,19 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 ENGINES = ("local", "dask", "spark")
 
 
+def refused(runs: Path, stage: str) -> dict[str, Any]:
+    """The one record of a run refused before it started (``stage``: validation, or
+    placement: no device for it): failed, no step ran, nothing written or saved."""
+    import json
+
+    records = list(runs.glob("*/*.json"))
+    assert len(records) == 1, records
+    record = json.loads(records[0].read_text())
+    assert (record["status"], record["failed_in"]) == ("failed", stage), record
+    assert record["steps"] == {} and record["outputs"] == [] and record["models"] == []
+    return record
+
+
 @pytest.fixture(scope="session")
 def shared_engines() -> Iterator[dict[str, Any]]:
     """One started engine per name for the whole test session (a Spark session takes

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import PLUGINS, ROOT, write_pipeline
+from conftest import PLUGINS, ROOT, refused, write_pipeline
 
 from operators.base import SluiceError
 from pipelines.device import gpu_problem
@@ -214,7 +214,7 @@ def test_no_gpu_worker_fails_after_the_timeout_and_auto_runs_on_the_cpu(
                            "resource GPU after 2 s (start one worker per GPU with "
                            f"`dask worker {address} --resources GPU=1`, "
                            "CUDA_VISIBLE_DEVICES=<i> for each")
-    assert not (workdir / "runs").exists() and not (workdir / "models").exists()
+    assert refused(workdir / "runs", "placement") and not (workdir / "models").exists()
     notes: list[str] = []
     # auto does not wait for GPU workers to join: it runs on what is there
     record = run(TRAIN, engine="dask", device="auto", notify=notes.append)
@@ -242,7 +242,7 @@ def test_local_cluster_without_a_gpu_here_fails_at_once(
     assert str(info.value).startswith(
         "device gpu was asked for, but the LocalCluster's workers run on this machine, "
         f"and {gpu_problem()} (")
-    assert not (workdir / "runs").exists()
+    assert refused(workdir / "runs", "placement")
 
 
 @pytest.mark.slow
@@ -259,7 +259,7 @@ def test_gpu_worker_without_a_usable_gpu_is_named(churn_days: Path, workdir: Pat
     assert reason.startswith(("CuPy", "no usable CUDA driver", "CUDA finds no GPU"))
     assert str(info.value).startswith(
         f"device gpu was asked for, but Dask worker {worker}: {reason} (")
-    assert not (workdir / "runs").exists() and not (workdir / "models").exists()
+    assert refused(workdir / "runs", "placement") and not (workdir / "models").exists()
 
 
 # --------------------------------------------------------------------------- leaving

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_pipeline
+from conftest import ROOT, refused, write_pipeline
 
 from pipelines.device import gpu_problem
 from pipelines.runner import plan_file, run
@@ -31,7 +31,7 @@ def test_gpu_without_one_fails_before_data_moves(workdir: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: device gpu was asked for, but ")
     assert gpu_problem() in lines[0]
-    assert not (workdir / "runs").exists() and not (workdir / "models").exists()
+    assert refused(workdir / "runs", "placement") and not (workdir / "models").exists()
 
 
 @needs_no_gpu

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, exploding_pipeline, write_pipeline
+from conftest import ROOT, exploding_pipeline, refused, write_pipeline
 
 from operators.base import SluiceError
 from pipelines.datagen import churn_table, generate
@@ -148,7 +148,9 @@ def test_invalid_pipeline_runs_nothing(churn: Path, workdir: Path, engine: Engin
     with pytest.raises(ValidationFailed) as info:
         run(path, engine_instance=engine)
     assert "column 'monthly' not in the input" in str(info.value.problems[0])
-    assert not (workdir / "runs").exists() and not (workdir / "out").exists()
+    record = refused(workdir / "runs", "validation")
+    assert record["engine"] == {"name": engine.name} and not (workdir / "out").exists()
+    assert "column 'monthly' not in the input" in record["error"]
 
 
 def test_empty_input_after_filter(churn: Path, workdir: Path, engine: Engine) -> None:

@@ -289,3 +289,31 @@ def test_duration_and_sparkline() -> None:
         "0.13s", "12.4s", "3m05s", "2h07m"]
     assert runs.sparkline([0.7, None, 0.8, 0.75]) == "▁ █▅"
     assert runs.sparkline([2, 2]) == "▄▄" and runs.sparkline(["newton"]) == ""
+
+
+def test_a_run_refused_before_it_started_is_a_failed_run_in_the_history(
+        churn: Path, workdir: Path) -> None:
+    """A scheduled run whose day's input is not there yet stops at validation, exit 1,
+    and the history says so: a failed run, its problem, no step run."""
+    daily = write_pipeline(workdir, """
+        pipeline: daily
+        params: {ds: "2026-11-30"}
+        steps:
+          - op: read_parquet
+            path: data/churn/ds=${ds}
+          - op: write_parquet
+            path: out/daily/ds=${ds}
+        """, "daily.yaml")
+    done = sluice("run", str(daily), cwd=workdir)
+    assert done.returncode == 1 and "no such file or directory" in done.stderr
+    listed = sluice("runs", "list", "--status", "failed", "--json", cwd=workdir)
+    (line,) = listed.stdout.strip().splitlines()
+    summary = json.loads(line)
+    assert summary["pipeline"] == "daily" and summary["status"] == "failed"
+    assert "data/churn/ds=2026-11-30" in summary["error"]
+    assert "no such file or directory" in summary["error"]
+    (path,) = (workdir / "runs" / "daily").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["failed_in"] == "validation" and record["params"] == {"ds": "2026-11-30"}
+    assert record["steps"] == {} and len(record["problems"]) == 1
+    assert not (workdir / "out").exists()
