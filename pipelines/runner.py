@@ -338,6 +338,10 @@ class Run:
             self.record["outputs"].append({"step": step.id, **output})
             self.record["steps"][step.id]["rows"] = output["rows"]
             self.datasets[step.id] = data
+            line = small_files_note(output, getattr(op.params, "partition_by", None))
+            if line and self.notify:
+                self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
+                            f"{line}")
         elif isinstance(op, SaveModel):
             self._save_model(step)
             self.datasets[step.id] = data
@@ -601,6 +605,20 @@ class Run:
                                       "path": self.store.path_of(model),
                                       **({"aliases": list(step.op.params.aliases)}
                                          if step.op.params.aliases else {})})
+
+
+def small_files_note(output: dict[str, Any], partition_by: list[str] | None) -> str | None:
+    """A line when a hive-partitioned write made many small files: every input partition
+    writes a file into each partition folder its rows fall in (Spark's small-files
+    problem); a ``repartition`` by the same columns makes one file a folder."""
+    files, folders = output.get("files", 0), output.get("folders", 0)
+    if not partition_by or not folders or files < 20 or files < 4 * folders:
+        return None
+    keys = ", ".join(partition_by)
+    return (f"wrote {files:,} files into {folders:,} partition folders ({files / folders:.0f} "
+            f"each, a file from every input partition): a `repartition` step with `by: "
+            f"[{keys}]` before the write makes one file a folder (or a few, by its "
+            f"partition_mb)")
 
 
 def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,

@@ -989,7 +989,14 @@ class WriteParquet(Sink):
                                                              token["schema"]))
         if token["local"]:
             self._publish_local(token)
-        return {"path": self.params.path, "rows": rows, "files": len(files), "listed": files}
+        return {"path": self.params.path, "rows": rows, "files": len(files), "listed": files,
+                **self._folders(files)}
+
+    def _folders(self, files: list[str]) -> dict[str, int]:
+        """How many hive partition folders a partitioned write's files went into."""
+        if not self.params.partition_by:
+            return {}
+        return {"folders": len({posixpath.dirname(f) for f in files})}
 
     def _empty_file(self, token: dict[str, Any]) -> str:
         """A file of no rows in the schema, staged; its name."""
@@ -1100,7 +1107,7 @@ class WriteParquet(Sink):
             release_dir(_STAGING_LOCKS.pop(token["staging"], None))
             self._sweep_unlisted(target, set(listing if files else current.files))
         entry = {"path": self.params.path, "rows": rows, "files": len(files), "mode": mode,
-                 "output_rows": total, "output_files": len(listing)}
+                 "output_rows": total, "output_files": len(listing), **self._folders(files)}
         if mode == "overwrite_partitions":
             before = {_partition_of(f, types) for f in current.files}
             entry.update(partitions=len(written),

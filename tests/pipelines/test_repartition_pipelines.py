@@ -110,8 +110,18 @@ def test_without_repartition_each_input_partition_writes_a_file_a_day(
         op: repartition
         by: [ds]
 """, "")
-    run(write_pipeline(workdir, text.format(out="out/days")))
+    notes: list[str] = []
+    record = run(write_pipeline(workdir, text.format(out="out/days")), notify=notes.append)
     assert len(list((workdir / "out" / "days").rglob("*.parquet"))) == FILES * 5
+    assert record["outputs"][0]["folders"] == 5
+    # the run says so, and what would make one file a day
+    assert notes == [f"{workdir / 'pipeline.yaml'}:5: step 'write_parquet': wrote 60 files "
+                     "into 5 partition folders (12 each, a file from every input "
+                     "partition): a `repartition` step with `by: [ds]` before the write "
+                     "makes one file a folder (or a few, by its partition_mb)"]
+    notes.clear()
+    run(write_pipeline(workdir, BY_DAY.format(out="out/again")), notify=notes.append)
+    assert notes == []
 
 
 @pytest.mark.parametrize("how, files", [("partition_mb: 0.25", None), ("partitions: 3", 3),
