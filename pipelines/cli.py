@@ -203,18 +203,19 @@ def score_command(model: str, source: str, output: str, mode: str,
                             contributions=contributions, contributions_by=contributions_by,
                             models=options["models"])
     label = f"sluice score {model}"
-    try:
-        _run_and_print(label, {}, progress, text=text, **options)
-    except ValidationFailed as exc:  # the lines of a file nobody wrote say nothing
-        exc.problems[:] = [dataclasses.replace(p, line=0) for p in exc.problems]
-        raise
-    except SluiceError as exc:
+
+    def explain(exc: SluiceError) -> None:
+        """The failure in this command's words (also in the run record)."""
+        if isinstance(exc, ValidationFailed):  # the lines of a file nobody wrote
+            exc.problems[:] = [dataclasses.replace(p, line=0) for p in exc.problems]
+            return
         exc.where = re.sub(rf"^{re.escape(label)}:\d+", label, exc.where or "") or None
         if exc.hint:  # the pipeline's keys are this command's options
             exc.hint = re.sub(r"`partition_by: \[([^\]]*)\]`",
                               lambda m: "--partition-by " + m[1].replace(" ", ""),
                               exc.hint.replace("`mode: overwrite`", "--mode overwrite"))
-        raise
+
+    _run_and_print(label, {}, progress, text=text, explain=explain, **options)
 
 
 def _listed(text: str | None) -> list[str] | None:

@@ -652,9 +652,11 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         master: str | None = None, progress: bool = False, device: str | None = None,
         dtype: str | None = None, engine_instance: Engine | None = None,
         notify: Callable[[str], None] | None = None, text: str | None = None,
-        scratch: str | None = None) -> dict[str, Any]:
+        scratch: str | None = None,
+        explain: Callable[[SluiceError], None] | None = None) -> dict[str, Any]:
     """Validate, plan and execute a pipeline file (or ``text``, a pipeline ``path``
-    names); returns the run record.
+    names); returns the run record. ``explain`` rewords a failure (a command that
+    writes the pipeline names its options, not the file's keys) before it is recorded.
 
     Raises ValidationFailed (nothing ran) or SluiceError (the run failed; the
     record, with status ``failed``, is written all the same).
@@ -667,6 +669,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         # a scheduled run refused before any data moved (today's input not there yet)
         # is a failed run in the history too (``sluice runs list --status failed``)
         exc = ValidationFailed(plan.problems)
+        if explain:
+            explain(exc)
         _refused(plan, path, run_id, started,
                  engine_instance.name if engine_instance is not None else engine, exc,
                  "validation", runs_dir or default_runs_dir())
@@ -682,6 +686,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         if engine_instance is None:
             eng.close()
         if isinstance(exc, SluiceError):  # no usable GPU for `device: gpu`...
+            if explain:
+                explain(exc)
             _refused(plan, path, run_id, started, eng.name, exc, "placement",
                      runs_dir or default_runs_dir())
         raise
@@ -733,6 +739,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
             if interrupt is not exc:  # what a library raised while it was interrupted
                 raise interrupt from None
         elif isinstance(exc, SluiceError):
+            if explain:
+                explain(exc)
             record["error"] = str(exc)
         else:
             record["error"] = f"{type(exc).__name__}: {exc}"

@@ -93,6 +93,11 @@ def test_the_score_command(workdir: Path, trained: Path) -> None:
     assert done.stderr.startswith("error: sluice score churn@production: step 'output' "
                                   "(write_parquet): output 'scores' already exists")
     assert "(set --mode overwrite to replace it" in done.stderr
+    # the history keeps the failure in the command's words too
+    records = [json.loads(p.read_text()) for p in (workdir / "runs" / "score_churn").glob(
+        "*.json")]
+    (failed,) = [r for r in records if r["status"] == "failed"]
+    assert failed["error"] == done.stderr.strip().removeprefix("error: ")
     done = sluice("churn@production", str(trained), "scores", "--mode", "overwrite",
                   "--contributions", "--keep", "customer_id")
     assert done.returncode == 0, done.stderr
