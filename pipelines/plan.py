@@ -89,6 +89,19 @@ class Plan:
             current = self.step(current.input) if current.input else None
         return list(reversed(path))
 
+    def upstream(self, step_id: str) -> list[Step]:
+        """Every step whose rows reach ``step_id`` (through inputs and the other steps a
+        step reads: a union's, a join's table), in plan order."""
+        seen: set[str] = set()
+        todo = [step_id]
+        while todo:
+            step = self.step(todo.pop())
+            for before in (step.input, *step.op.step_inputs()):
+                if before and before not in seen:
+                    seen.add(before)
+                    todo.append(before)
+        return [s for s in self.steps if s.id in seen]
+
     def model_input(self, save_id: str) -> pa.Schema | None:
         """The schema the steps ``save_id`` saves read: their first step's input, with
         the columns the data steps among them add (a join between two fitted steps: a
@@ -448,7 +461,8 @@ def _check_fits_before_shuffles(plan: Plan, save: Step) -> None:
     if not shuffles:
         return
     last = lineage[shuffles[-1]]
-    fitted = [s for s in lineage[:shuffles[-1]] if isinstance(s.op, Estimator)
+    # every step whose rows reach it: its input's and its other steps' (a union's)
+    fitted = [s for s in plan.upstream(last.id) if isinstance(s.op, Estimator)
               and getattr(s.op, "in_model", True) and not isinstance(s.op, Measuring)]
     if fitted:
         named = ", ".join(f"'{s.id}' ({s.op.name})" for s in fitted)

@@ -187,6 +187,10 @@ def oversized_note(op: Shuffle, chosen: list[Piece]) -> str | None:
         return (f"one output partition ({where}) holds {shown} of rows, over partition_mb "
                 f"{cap / 2**20:g}: the ranges a sample of the rows set are uneven there "
                 f"(partitions: N, more than the {buckets} ranges there were, narrows them)")
+    if not op.key_columns() or not getattr(op.params, "by", True):
+        return (f"one output partition ({where}) holds {shown} of rows, over partition_mb "
+                f"{cap / 2**20:g}: too few buckets share the rows (partitions: N, more than "
+                f"the {buckets} buckets there were, spreads them)")
     return (f"one output partition ({where}) holds {shown} of rows, over partition_mb "
             f"{cap / 2**20:g}: a key's rows meet in one place, so either one key has that "
             "many (a hot key: give `by` a finer key) or too few buckets share the keys "

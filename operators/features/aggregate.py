@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -223,14 +224,17 @@ class PivotParams(Params):
     @field_validator("format")
     @classmethod
     def _named(cls, value: str) -> str:
-        if "{value}" not in value:
+        try:
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value)
+                      if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"format '{value}': {exc}") from None
+        if any(f not in ("name", "value") or spec or conv for f, spec, conv in fields):
+            raise ValueError(f"format '{value}': only {{name}} and {{value}} may be filled "
+                             "in, as they are (no index, attribute or format spec)")
+        if "value" not in {f for f, _, _ in fields}:
             raise ValueError("format must hold {value} (and {name}, for more than one "
                              "aggregation): e.g. '{name}_{value}'")
-        try:
-            value.format(name="n", value="v")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"format '{value}': only {{name}} and {{value}} may be filled "
-                             f"in ({exc})") from None
         return value
 
 

@@ -1,13 +1,14 @@
 """``repartition``: the same rows in other partitions (Spark's ``repartition``). With
 ``by``, each key's rows go to one output partition: written with ``partition_by`` the
-same columns, each hive partition is then one file (or a few), not one from every input
-partition. Without ``by``, the rows are spread by a hash of their values: a few large
-partitions split, or many small ones put together, into as many as ``partitions`` says
-or ``partition_mb`` needs. Rows are not changed, and within an output partition they
-come in the input's order."""
+same columns, each hive partition is then one file, not one from every input partition.
+Without ``by``, each partition's rows are spread evenly by their place in it (Spark's
+round robin; copies of a row too): a few large partitions split, or many small ones put
+together, into as many as ``partitions`` says or ``partition_mb`` needs. Rows are not
+changed, and within an output partition they come in the input's order."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
@@ -20,15 +21,12 @@ from operators.features.grouping import (
     partition_mb_field,
     partitions_field,
 )
-from operators.hashing import hash_rows
-
-_SEED = 0x4E9A
 
 
 class RepartitionParams(Params):
     by: list[str] = Field(default_factory=list, description=(
         "keys whose rows go to one output partition (each key's rows together); "
-        "default: the rows spread by a hash of their values"))
+        "default: each partition's rows spread evenly, by their place in it"))
     partitions: int | None = partitions_field()
     partition_mb: float | None = partition_mb_field()
     _one_partitioning = model_validator(mode="after")(one_partitioning)
@@ -40,12 +38,13 @@ class Repartition(ByKeys, Shuffle):
     """The same rows in other partitions: each `by` key's rows together, or spread evenly.
 
     Spark's `repartition(cols)` / `repartition(n)`. Before a `write_parquet` with
-    `partition_by: [ds]`, `repartition` `by: [ds]` writes each day as one file (or a
-    few, by `partition_mb`) instead of one from every input partition; without `by`,
-    many small input files become fewer output partitions of about `partition_mb` (or
-    exactly `partitions`), and a few large ones more. The rows pass unchanged, in the
-    input's order within each output partition; data preparation, not part of a saved
-    model.
+    `partition_by: [ds]`, `repartition` `by: [ds]` writes each day as one file instead
+    of one from every input partition (a key's rows stay together, however many: a
+    day is one file whatever its size); without `by`, each partition's rows spread
+    evenly by their place in it (Spark's round robin), so many small input files become
+    fewer output partitions of about `partition_mb` (or exactly `partitions`), and a few
+    large ones more. The rows pass unchanged, in the input's order within each output
+    partition; data preparation, not part of a saved model.
 
     ```yaml
     - op: repartition
@@ -77,12 +76,13 @@ class Repartition(ByKeys, Shuffle):
         return False  # without keys the rows spread; they do not meet in one place
 
     def partial(self, part: pa.Table) -> pa.Table:
-        """The rows with what places them: their keys (as keys compare), or a hash of
-        their values."""
+        """The rows with what places them: their keys (as keys compare), or their place
+        in the partition (the runtime hashes it: each partition's rows spread evenly
+        over the output partitions, copies of one row too, whatever the rows hold)."""
         if self.params.by:
             return self.keyed(part)
-        spread = hash_rows(part, None, _SEED, fast_text=True) if part.num_rows else []
-        return part.append_column(self._KEYED, pa.array(spread, pa.uint64()))
+        return part.append_column(self._KEYED,
+                                  pa.array(np.arange(part.num_rows, dtype=np.uint64)))
 
     def finish(self, partials: pa.Table, *sides: pa.Table) -> pa.Table:
         return partials.drop_columns(self.key_columns())

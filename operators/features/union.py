@@ -15,6 +15,8 @@ it), so a scoring pipeline repeats it.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Literal
 
 import pyarrow as pa
@@ -186,4 +188,10 @@ def _common_type(name: str, fields: list[tuple[str, pa.Field]]) -> pa.DataType:
     raise SchemaError(
         f"steps: column '{name}' is {shown}: types with no common one to widen to",
         hint=f"cast it to one type first: a step `op: cast` with `columns: {{{name}: "
-             f"{target}}}` after {after}, which the union reads instead")
+             f"{_yaml_text(str(target))}}}` after {after}, which the union reads instead")
+
+
+def _yaml_text(text: str) -> str:
+    """``text`` as a YAML flow value: quoted where YAML would read it otherwise
+    (``timestamp[ms, tz=UTC]``, ``decimal128(20, 2)``)."""
+    return json.dumps(text) if re.search(r"[\[\]{},:#\s]", text) else text

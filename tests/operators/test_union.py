@@ -175,3 +175,14 @@ def test_conform_keeps_rows_in_order_and_travels(web, app) -> None:
     assert_tables_close(parts, whole, 0, 0)
     assert whole.column("id").to_pylist() == app.column("id").to_pylist()
     assert op.conform(app.schema.empty_table(), schema, "app").schema == schema
+
+
+def test_a_cast_hint_is_yaml_that_reads_as_the_type() -> None:
+    """The hint's `columns: {...}` parses as YAML to the type it names (a type with
+    brackets, commas or a zone is quoted)."""
+    import yaml
+
+    from operators.features.union import _yaml_text
+
+    for text in ("timestamp[ms, tz=UTC]", "decimal128(20, 2)", "timestamp[us]", "int64"):
+        assert yaml.safe_load(f"{{c: {_yaml_text(text)}}}") == {"c": text}

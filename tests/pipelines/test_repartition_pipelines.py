@@ -191,3 +191,19 @@ def test_a_key_column_that_is_not_there_is_named_at_its_line(workdir: Path,
     assert done.returncode == 1
     assert "pipeline.yaml:7: step 'days' (repartition): by: key column 'day'" in done.stderr
     assert "not in the input (input has: event, ds, amount, note)" in done.stderr
+
+
+def test_copies_of_a_row_spread_as_any_rows_do(workdir: Path) -> None:
+    """Without `by`, a row's place in its partition spreads it (Spark's round robin): two
+    distinct rows repeated 40,000 times fill 8 partitions evenly (a hash of their values
+    would put every copy in one)."""
+    folder = workdir / "data" / "copies"
+    folder.mkdir(parents=True)
+    rows = pa.table({"kind": ["a"] * 36_000 + ["b"] * 4_000, "v": [1.0] * 40_000})
+    for i in range(4):
+        pq.write_table(rows.slice(i * 10_000, 10_000), folder / f"p{i}.parquet")
+    run(write_pipeline(workdir, SPREAD.format(out="out/copies", how="partitions: 8").replace(
+        "data/events", "data/copies")))
+    sizes = [p.num_rows for p in output_files(workdir / "out" / "copies")]
+    assert len(sizes) == 8 and sum(sizes) == 40_000
+    assert max(sizes) < 1.2 * 40_000 / 8 and min(sizes) > 0.8 * 40_000 / 8, sizes

@@ -268,6 +268,16 @@ def test_a_model_after_a_union_starts_after_it_and_a_fit_before_is_refused(
     assert problem.message.startswith("step 'standard_scale' (standard_scale) is fitted "
                                       "before 'events' (union), and the model saved here "
                                       "starts after it")
+    # the same fit in one of the other steps' branch: refused as well
+    in_branch = TRAIN.format(before="").replace(
+        "      - id: events\n", "      - id: scaled\n        op: standard_scale\n"
+                                 "        input: app\n        columns: [amount]\n"
+                                 "      - id: events\n").replace("steps: [app]",
+                                                                  "steps: [scaled]")
+    plan = plan_file(write_pipeline(workdir, in_branch, "in_branch.yaml"))
+    (problem,) = plan.problems
+    assert problem.message.startswith("step 'scaled' (standard_scale) is fitted before "
+                                      "'events' (union)")
 
 
 ENCODED = """
