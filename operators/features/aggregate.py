@@ -65,6 +65,7 @@ from operators.features.grouping import (
     partition_mb_field,
     partitions_field,
     plain,
+    run_starts,
     sorted_order,
     sum_options,
 )
@@ -95,6 +96,7 @@ ALIASES = {"avg": "mean", "stddev": "std", "variance": "var", "bool_or": "any",
 
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.S)
 _ALL = f"{INTERNAL}all"  # the one key of an aggregate without `by`
+_PIVOT = f"{INTERNAL}pivot"  # a row's pivot value: its place among the listed values
 
 
 @dataclass(frozen=True)
@@ -242,21 +244,37 @@ def plain_type(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
-def _quoted_column(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def _literal(value: Any) -> str:
-    """An expression literal of a pivot value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, datetime.datetime):
-        return f"timestamp '{value.isoformat(sep=' ')}'"
-    if isinstance(value, datetime.date):
-        return f"date '{value.isoformat()}'"
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
+def _value_set(values: list[Any], t: pa.DataType) -> pa.Array:
+    """The listed pivot values in the pivot column's type ``t`` (plain), as its rows are
+    matched against them (-0.0 as 0.0, as keys); a SchemaError for a value ``t`` cannot
+    hold as it is (1.5 or 1000 where the column is int8), or two that are one there (1
+    and 1.0 of an integer column)."""
+    held: list[Any] = []
+    for value in values:
+        if value is None:
+            held.append(None)
+            continue
+        try:  # as the type takes a Python value (1 of a decimal), else as Arrow casts
+            as_held = pa.scalar(value, type=t).as_py()
+            if isinstance(value, float) and as_held != value and not (
+                    pa.types.is_floating(t)):  # 1.5 of an integer column: not 1
+                raise SchemaError(f"the value {value!r} is no {t}: it would be {as_held}",
+                                  hint=f"list values of the column's type ({t})")
+            held.append(as_held)
+        except (*ARROW_ERRORS, OverflowError, ValueError, TypeError):
+            try:  # a date of a timestamp column, a text of a number
+                held.append(pa.scalar(value).cast(t, safe=True).as_py())
+            except (*ARROW_ERRORS, OverflowError, ValueError) as exc:
+                raise SchemaError(f"the value {value!r} is no {t}: {arrow_message(exc)}",
+                                  hint=f"list values of the column's type ({t})") from None
+    out = normalized(pa.array(held, type=t))
+    seen: dict[Any, Any] = {}
+    for value, as_held in zip(values, out.to_pylist(), strict=True):
+        if as_held in seen:
+            raise SchemaError(f"the values {seen[as_held]!r} and {value!r} are one value "
+                              f"of the column ({as_held!r})", hint="list it once")
+        seen[as_held] = value
+    return out
 
 
 def _shown(value: Any) -> str:
@@ -374,43 +392,14 @@ class Aggregate(Shuffle):
 
     @cached_property
     def aggregations(self) -> list[Aggregation]:
-        """Each output column's aggregation: one per `columns` entry, or one per entry
-        and pivot value (over the rows of that value)."""
-        out = []
-        for name, text in self.params.columns.items():
-            agg = parse_aggregation(name, text)
-            out += [agg] if self.params.pivot is None else self._pivoted(agg)
-        return out
+        """Each `columns` entry's aggregation (with a pivot: of each value's rows, the
+        value being one more key of the groups, spread into columns at the end)."""
+        return [parse_aggregation(n, t) for n, t in self.params.columns.items()]
 
-    @cached_property
-    def _texts(self) -> dict[str, str]:
-        """The aggregation each output column comes from, as the file says it."""
-        pivot = self.params.pivot
-        if pivot is None:
-            return dict(self.params.columns)
-        return {pivot.format.format(name=n, value=_shown(v)): f"{t} where {pivot.column} "
-                f"is {_shown(v)}" for n, t in self.params.columns.items() for v in pivot.values}
-
-    def _pivoted(self, agg: Aggregation) -> list[Aggregation]:
-        """``agg`` once per pivot value, over the rows of the value only: its arguments
-        null elsewhere (every aggregation skips nulls), a count of the rows a count of
-        those where the column is the value."""
-        pivot = self.params.pivot
-        assert pivot is not None
-        column = _quoted_column(pivot.column)
-        out = []
-        for value in pivot.values:
-            cond = (f"{column} is null" if value is None
-                    else f"{column} == {_literal(value)}")
-            name = pivot.format.format(name=agg.name, value=_shown(value))
-            if agg.fn == "count" and not agg.args:
-                out.append(Aggregation(name, "count_if", (cond,)))
-            elif agg.fn == "count_if":
-                out.append(Aggregation(name, "count_if", (f"({cond}) and ({agg.args[0]})",)))
-            else:
-                out.append(Aggregation(name, agg.fn, tuple(f"if({cond}, {a}, null)"
-                                                           for a in agg.args), agg.options))
-        return out
+    def _group_keys(self) -> list[str]:
+        """What the rows are grouped by: the keys, and a pivot's value (its place among
+        the listed values) as one more."""
+        return self.key_columns() + ([_PIVOT] if self.params.pivot is not None else [])
 
     def key_columns(self) -> list[str]:
         return list(self.params.by) or [_ALL]
@@ -434,19 +423,16 @@ class Aggregate(Shuffle):
             found = key_problem(schema, key, f"by: key column '{key}'")
             if found is not None:
                 problems.append(found)
-        pivot = self.params.pivot
-        # the aggregations as written first (a pivot's are them over each value's rows)
-        written = [parse_aggregation(n, t) for n, t in self.params.columns.items()]
-        for agg in written if pivot is not None else self.aggregations:
+        for agg in self.aggregations:
             try:
                 self._check_types(agg, schema)
             except SchemaError as exc:
                 problems.append(exc)
-        if pivot is not None:
+        if self.params.pivot is not None:
             problems += self._pivot_problems(schema)
-        for agg in self.aggregations:
-            if agg.name in self.params.by:
-                problems.append(SchemaError(f"columns: '{agg.name}' is also a key column",
+        for name in self._output_names():
+            if name in self.params.by:
+                problems.append(SchemaError(f"columns: '{name}' is also a key column",
                                             hint="give the aggregation another name"))
         _raise_all(problems, SchemaError)
         empty = schema.empty_table()
@@ -461,18 +447,23 @@ class Aggregate(Shuffle):
                                 f"{suggest(pivot.column, schema.names)}",
                                 hint="input has: " + ", ".join(schema.names[:20]))]
         t = plain_type(schema.field(pivot.column).type)
-        problems = []
-        for value in pivot.values:
-            if value is None:
-                continue
-            try:
-                expression_type(f"{_quoted_column(pivot.column)} == {_literal(value)}", schema)
-            except ExpressionError:
-                problems.append(SchemaError(
-                    f"pivot: the value {value!r} cannot be compared with column "
-                    f"'{pivot.column}' ({t})",
-                    hint=f"give values of the column's type ({t})"))
-        return problems
+        if nested(t) or pa.types.is_null(t):
+            return [SchemaError(f"pivot: column '{pivot.column}' is {t}, whose values are "
+                                "not single values to pivot on")]
+        try:
+            _value_set(pivot.values, t)
+        except SchemaError as exc:
+            return [exc.located(f"pivot: column '{pivot.column}' ({t})")]
+        return []
+
+    def _output_names(self) -> list[str]:
+        """The output's aggregated columns: each aggregation's, or one per aggregation
+        and pivot value."""
+        pivot = self.params.pivot
+        if pivot is None:
+            return [agg.name for agg in self.aggregations]
+        return [pivot.format.format(name=agg.name, value=_shown(v))
+                for agg in self.aggregations for v in pivot.values]
 
     def _check_types(self, agg: Aggregation, schema: pa.Schema) -> None:
         types = []
@@ -535,7 +526,17 @@ class Aggregate(Shuffle):
             arrays[key] = normalized(arrays[key])
         if not self.params.by:
             arrays[_ALL] = pa.array(np.zeros(part.num_rows, dtype=np.int8))
-        return pa.table(arrays)
+        table = pa.table(arrays) if arrays else pa.table({_ALL: pa.array(
+            np.zeros(part.num_rows, dtype=np.int8))})
+        pivot = self.params.pivot
+        if pivot is not None:
+            # each row's value's place among the listed values, -1 for the others (a key
+            # of those only is an output row all the same, of counts 0 and nulls)
+            column = normalized(plain(part.column(pivot.column)))
+            at = pc.index_in(column, value_set=_value_set(pivot.values, column.type),
+                             skip_nulls=False).cast(pa.int32())
+            table = table.append_column(_PIVOT, pc.fill_null(at, -1))
+        return table
 
     def _failing(self, part: pa.Table) -> str:
         """The first aggregation whose arguments fail on ``part``, as the file says it."""
@@ -544,12 +545,12 @@ class Aggregate(Shuffle):
                 ds.dataset(part).to_table(columns={
                     f"a{j}": parse_expression(a) for j, a in enumerate(agg.args)})
             except ARROW_ERRORS:
-                return f"'{agg.name}' ({self._texts[agg.name]})"
+                return f"'{agg.name}' ({self.params.columns[agg.name]})"
         return f"'{self.aggregations[0].name}'"
 
     def partial(self, part: pa.Table) -> pa.Table:
         table = self._project(part)
-        keys = self.key_columns()
+        keys = self._group_keys()
         layout = self._layout
         for name, (source, variant) in layout.variants.items():  # casts some kinds need
             table = table.append_column(name, _variant(table.column(source), variant))
@@ -575,7 +576,7 @@ class Aggregate(Shuffle):
     # ------------------------------------------------------------------ finish
 
     def finish(self, partials: pa.Table) -> pa.Table:
-        keys = self.key_columns()
+        keys = self._group_keys()
         layout = self._layout
         if not self.params.by and partials.num_rows == 0:
             partials = self._no_rows(partials.schema)  # one row for all (no) rows
@@ -598,11 +599,46 @@ class Aggregate(Shuffle):
         for agg in self.aggregations:
             out[agg.name] = self._finished(agg, layout.roles[agg.name], partials, combined,
                                            gid, count)
+        if self.params.pivot is not None:
+            return self._spread(pa.table({**out, _PIVOT: groups.column(_PIVOT)}))
         table = pa.table(out)  # never empty: `columns` has at least one aggregation
         if self.params.by and table.num_rows > 1:
             table = table.take(sorted_order(table, [(k, "ascending") for k in self.params.by],
                                             "at_end"))
         return table
+
+    def _spread(self, table: pa.Table) -> pa.Table:
+        """The finished rows of each (key, pivot value) as a row per key, in key order,
+        each aggregation a column per listed value: a value the key has no row of gives
+        a count of 0, or null (Spark's pivot after its group-by)."""
+        pivot = self.params.pivot
+        assert pivot is not None
+        by = list(self.params.by)
+        table = table.filter(pc.is_valid(table.column(_PIVOT)))  # no rows' row: no key
+        if by and table.num_rows:
+            if table.num_rows > 1:
+                table = table.take(sorted_order(table, [(k, "ascending") for k in by],
+                                                "at_end"))
+            starts = run_starts(table, by)
+            key_of = np.cumsum(starts) - 1
+            out: dict[str, Any] = {k: table.column(k).filter(pa.array(starts)) for k in by}
+            keys = int(starts.sum())
+        else:  # no rows, or no keys: the one row of all the rows
+            key_of = np.zeros(table.num_rows, dtype=np.int64)
+            out = {k: table.column(k) for k in by}
+            keys = 0 if by else 1
+        place = table.column(_PIVOT).to_numpy(zero_copy_only=False)
+        for agg in self.aggregations:
+            values = table.column(agg.name)
+            for i, value in enumerate(pivot.values):
+                rows = np.full(keys, -1, dtype=np.int64)
+                here = np.flatnonzero(place == i)
+                rows[key_of[here]] = here
+                column = values.take(pa.array(rows, mask=rows < 0))
+                if agg.fn in ("count", "count_if", "count_distinct"):
+                    column = pc.fill_null(column, 0)
+                out[pivot.format.format(name=agg.name, value=_shown(value))] = column
+        return pa.table(out)
 
     def _no_rows(self, schema: pa.Schema) -> pa.Table:
         """The partial row of no rows: counts 0, everything else null."""

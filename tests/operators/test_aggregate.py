@@ -362,10 +362,48 @@ def test_pivot_columns_and_values_are_checked_against_the_input() -> None:
                                           "mean 'plan'"):
         aggregate(["customer"], {"s": "sum(x)"},
                   pivot={"column": "plann", "values": ["a"]}).output_schema(schema)
-    with pytest.raises(SchemaError, match=r"pivot: the value 'a' cannot be compared with "
-                                          r"column 'n' \(int"):
+    for values, message in (([1, "a"], r"the value 'a' is no int64"),
+                            ([1.5], r"the value 1.5 is no int64"),
+                            ([1, 1.0], r"the values 1 and 1.0 are one value of the column")):
+        with pytest.raises(SchemaError, match=r"pivot: column 'n' \(int64\): " + message):
+            aggregate(["customer"], {"s": "sum(x)"},
+                      pivot={"column": "n", "values": values}).output_schema(schema)
+    with pytest.raises(SchemaError, match=r"pivot: column 'tiny' \(int8\): the value 1000 "
+                                          r"is no int8"):
         aggregate(["customer"], {"s": "sum(x)"},
-                  pivot={"column": "n", "values": [1, "a"]}).output_schema(schema)
+                  pivot={"column": "tiny", "values": [1000]}).output_schema(
+            schema.append(pa.field("tiny", pa.int8())))
     with pytest.raises(SchemaError, match=r"columns: 's' \(sum\(plan\)\): needs numbers"):
         aggregate(["customer"], {"s": "sum(plan)"},
                   pivot={"column": "n", "values": [1]}).output_schema(schema)
+
+
+def test_pivot_values_are_matched_in_the_columns_type() -> None:
+    """0.1 of a float32 column is float32(0.1); infinities; an integer of a decimal
+    column; -0.0 rows are 0.0's."""
+    import decimal
+
+    table = pa.table({"f": pa.array([0.1, 0.1, float("inf"), -0.0], pa.float32()),
+                      "d": pa.array([decimal.Decimal("1.00")] * 4, pa.decimal128(10, 2)),
+                      "v": [1.0, 2.0, 4.0, 8.0]})
+    op = aggregate([], {"s": "sum(v)"}, pivot={"column": "f", "values": [0.1, float("inf"),
+                                                                         0.0]})
+    assert arrow_run(op, table) == {"s_0.1": [3.0], "s_inf": [4.0], "s_0.0": [8.0]}
+    op = aggregate([], {"n": "count()"}, pivot={"column": "d", "values": [1, 2]})
+    assert arrow_run(op, table) == {"n_1": [4], "n_2": [0]}
+
+
+def test_a_pivot_keeps_a_partial_row_per_key_and_value_present() -> None:
+    """Grouped by the keys and the value (Spark's pivot), not a column of every row per
+    value: 200 listed values cost what the values present do."""
+    rng = np.random.default_rng(3)
+    n = 50_000
+    table = pa.table({"k": rng.integers(0, 100, n), "kind": rng.integers(0, 5, n),
+                      "v": rng.random(n)})
+    op = aggregate(["k"], {"s": "sum(v)", "n": "count()"},
+                   pivot={"column": "kind", "values": list(range(200))})
+    partials = op.partial(table)
+    assert partials.num_rows == 100 * 5 and partials.nbytes < 50 * 1000
+    out = op.finish(partials)
+    assert out.num_rows == 100 and out.num_columns == 1 + 2 * 200
+    assert out["n_7"].to_pylist() == [0] * 100 and out["s_7"].null_count == 100
