@@ -535,7 +535,9 @@ class Run:
     def _data_steps(self, save_id: str, chain: list[Step]) -> list[dict[str, Any]]:
         kept = {s.id for s in chain}
         out = []
-        for s in self.plan.chain_to(save_id, through_shuffles=True):
+        # every step whose rows reach the save: a union's other steps and a join's table
+        # step too (a scoring pipeline repeats them)
+        for s in self.plan.upstream(save_id):
             if s.id in kept or isinstance(s.op, Sink | Action) or s.input is None:
                 continue
             out.append({"step": s.id, "op": s.op.name, "params": given_params(s.op),

@@ -268,6 +268,15 @@ def test_a_model_after_a_union_starts_after_it_and_a_fit_before_is_refused(
     assert problem.message.startswith("step 'standard_scale' (standard_scale) is fitted "
                                       "before 'events' (union), and the model saved here "
                                       "starts after it")
+    # a branch's own data steps are the model's data steps too (a scoring pipeline
+    # repeats them): a filter on the app rows
+    branch = TRAIN.format(before="").replace(
+        "      - id: events\n", "      - id: paid\n        op: filter\n        input: app\n"
+                                 "        where: \"amount > 1\"\n      - id: events\n").replace(
+        "steps: [app]", "steps: [paid]").replace("name: events", "name: branch")
+    run(write_pipeline(workdir, branch, "branch.yaml"))
+    steps = [d["step"] for d in ModelStore().load("branch").meta["data_steps"]]
+    assert steps == ["paid", "events"]
     # the same fit in one of the other steps' branch: refused as well
     in_branch = TRAIN.format(before="").replace(
         "      - id: events\n", "      - id: scaled\n        op: standard_scale\n"
