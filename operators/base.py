@@ -495,6 +495,12 @@ class Shuffle(Operator):
         of partitions, in any order), ordered by key; ``sides``: the partial rows of
         each of ``sides()`` with the same keys."""
 
+    def partial_at(self, part: pa.Table, index: int) -> pa.Table:
+        """``partial`` of the input's partition number ``index`` (what the runtime calls:
+        a shuffle that places rows by their partition, as a round robin does, overrides
+        it; the rows and their keys are the same for any index)."""
+        return self.partial(part)
+
     def partial_schema(self, schema: pa.Schema) -> pa.Schema:
         return self.partial(schema.empty_table()).schema
 

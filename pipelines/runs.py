@@ -8,6 +8,7 @@ only reads them. A file that is not a whole run record is skipped and said, neve
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,7 +237,10 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite number (a metric of NaN, as a metric of no positives records it, is not
+    one to draw, difference or divide)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def change(values: list[Any]) -> tuple[float | None, float | None]:

@@ -285,7 +285,7 @@ class ShuffleWrite(Sink):
         return {"url": self.url}
 
     def write(self, token: Any, part: pa.Table, index: int) -> WriteResult:
-        partials = self.op.partial(part)
+        partials = self.op.partial_at(part, index)
         result = ShuffleResult(rows=partials.num_rows)
         if partials.num_rows == 0:
             return result

@@ -76,13 +76,19 @@ class Repartition(ByKeys, Shuffle):
         return False  # without keys the rows spread; they do not meet in one place
 
     def partial(self, part: pa.Table) -> pa.Table:
-        """The rows with what places them: their keys (as keys compare), or their place
-        in the partition (the runtime hashes it: each partition's rows spread evenly
-        over the output partitions, copies of one row too, whatever the rows hold)."""
+        return self.partial_at(part, 0)
+
+    def partial_at(self, part: pa.Table, index: int) -> pa.Table:
+        """The rows with what places them: their keys (as keys compare), or a number of
+        their own, partition ``index``'s rows numbered from a start of their own (the
+        runtime hashes it: each partition's rows spread evenly over the output
+        partitions, copies of one row too, and partitions of a row or two spread as
+        well, as Spark's round robin from a start per partition)."""
         if self.params.by:
             return self.keyed(part)
-        return part.append_column(self._KEYED,
-                                  pa.array(np.arange(part.num_rows, dtype=np.uint64)))
+        start = np.uint64(index) << np.uint64(32)  # a partition holds < 2**32 rows
+        return part.append_column(
+            self._KEYED, pa.array(start + np.arange(part.num_rows, dtype=np.uint64)))
 
     def finish(self, partials: pa.Table, *sides: pa.Table) -> pa.Table:
         return partials.drop_columns(self.key_columns())

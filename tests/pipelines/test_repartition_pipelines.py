@@ -207,3 +207,17 @@ def test_copies_of_a_row_spread_as_any_rows_do(workdir: Path) -> None:
     sizes = [p.num_rows for p in output_files(workdir / "out" / "copies")]
     assert len(sizes) == 8 and sum(sizes) == 40_000
     assert max(sizes) < 1.2 * 40_000 / 8 and min(sizes) > 0.8 * 40_000 / 8, sizes
+
+
+def test_many_tiny_partitions_spread_evenly(workdir: Path) -> None:
+    """50 files of 3 rows into 8 partitions: each partition's rows numbered from a start
+    of its own, so the first rows of all 50 do not meet in one place."""
+    folder = workdir / "data" / "tiny"
+    folder.mkdir(parents=True)
+    for i in range(50):
+        pq.write_table(pa.table({"event": [3 * i, 3 * i + 1, 3 * i + 2]}),
+                       folder / f"p{i:02d}.parquet")
+    run(write_pipeline(workdir, SPREAD.format(out="out/tiny", how="partitions: 8").replace(
+        "data/events", "data/tiny")))
+    sizes = [p.num_rows for p in output_files(workdir / "out" / "tiny")]
+    assert len(sizes) == 8 and sum(sizes) == 150 and max(sizes) <= 30, sizes

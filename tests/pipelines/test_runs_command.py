@@ -289,6 +289,10 @@ def test_duration_and_sparkline() -> None:
         "0.13s", "12.4s", "3m05s", "2h07m"]
     assert runs.sparkline([0.7, None, 0.8, 0.75]) == "▁ █▅"
     assert runs.sparkline([2, 2]) == "▄▄" and runs.sparkline(["newton"]) == ""
+    # a metric of NaN (roc_auc of rows of one class) is a gap, not a crash
+    nan = float("nan")
+    assert runs.sparkline([0.7, nan, 0.8]) == "▁ █" and runs.sparkline([nan]) == ""
+    assert runs.change([nan, 0.8]) == (None, None)
 
 
 def test_a_run_refused_before_it_started_is_a_failed_run_in_the_history(
