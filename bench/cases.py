@@ -63,6 +63,14 @@ from bench.mlp_cases import (  # noqa: F401 - bench.worker looks the sides up he
     train_mlp_sklearn_adam,
     train_mlp_sluice_local,
 )
+from bench.pivot_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    check_pivot,
+    check_spark_pivot,
+    pivot_pandas,
+    pivot_sluice_local,
+    spark_pivot_sluice_spark,
+    spark_pivot_spark,
+)
 from bench.sort_cases import (  # noqa: F401 - bench.worker looks the sides up here
     check_sort,
     check_spark_sort,
@@ -219,6 +227,13 @@ CASES: dict[str, Case] = {
                            check=check_dask_aggregate),
     "spark_aggregate": Case("events", ("sluice_spark", "spark"), events,
                             check=check_spark_aggregate),
+    # read -> aggregate by customer with a column per plan (pivot: sum, count, count_if of
+    # each of the 5 plans' rows) -> write vs pandas' groupby([customer, plan]) + unstack and
+    # Spark's groupBy().pivot().agg(); the outputs are compared after the sides
+    # (bench/pivot_cases.py)
+    "pivot": Case("events", ("sluice_local", "pandas"), events, check=check_pivot),
+    "spark_pivot": Case("events", ("sluice_spark", "spark"), events,
+                        check=check_spark_pivot),
     # read -> deduplicate by customer (the latest update of each) -> write vs the pyarrow
     # floor (hash codes + NumPy) and Spark's row_number() over a Window; the kept rows are
     # compared after the sides (bench/dedupe_cases.py)
