@@ -151,18 +151,24 @@ class Plan:
 def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
                        cls: type[Operator]) -> list[Problem]:
     out = []
-    known = list(cls.Params.model_fields)
-    aliases = {f.alias: n for n, f in cls.Params.model_fields.items() if f.alias}
-    public = [next((a for a, n in aliases.items() if n == k), k) for k in known]
-    for err in exc.errors():
+    errors = _one_per_value(exc.errors())
+    for err in errors:
         loc = [str(p) for p in err["loc"]]
         key = loc[0] if loc else None
         line = spec.line_of(key, str(err.get("msg", "")))
+        # a parameter of a parameter (pivot's column) is named by its path
+        name, where = (loc[-1], ".".join(loc[:-1])) if len(loc) > 1 else (key, "")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown parameter '{key}'{suggest(key or '', public)}"
-            msg += f" ({cls.name} takes: {', '.join(public)})" if public else ""
+            public = _public_fields(cls.Params, loc[:-1])
+            took = f"{where} takes" if where else f"{cls.name} takes"
+            msg = (f"unknown parameter '{'.'.join(loc)}'{suggest(name or '', public)}"
+                   + (f" ({took}: {', '.join(public)})" if public else ""))
         elif err["type"] == "missing":
-            msg = f"missing required parameter '{key}'"
+            msg = f"missing required parameter '{'.'.join(loc)}'"
+        elif err.get("any_of"):
+            shown = repr(err.get("input"))
+            msg = (f"parameter '{'.'.join(loc)}': {shown[:80]} is none of the kinds of value "
+                   f"it may be ({', '.join(err['any_of'])})")
         else:
             path = ".".join(loc) if loc else "parameters"
             got = err.get("input")
@@ -174,6 +180,47 @@ def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
             text = err["msg"].removeprefix("Value error, ").rstrip(".")
             msg = f"parameter '{path}': {text} (got {shown})"
         out.append(Problem(file, line, msg, step=spec.id, op=spec.op))
+    return out
+
+
+def _public_fields(model: Any, path: list[str]) -> list[str]:
+    """The parameter names (aliases where a field has one) of the model at ``path`` below
+    ``model`` (a nested model's: ``pivot``'s), [] where there is none."""
+    import typing
+
+    for name in path:
+        field = model.model_fields.get(name) or next(
+            (f for f in model.model_fields.values() if f.alias == name), None)
+        if field is None:
+            return []
+        nested = [a for a in (typing.get_args(field.annotation) or (field.annotation,))
+                  if isinstance(a, type) and hasattr(a, "model_fields")]
+        if not nested:
+            return []
+        model = nested[0]
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _one_per_value(errors: list[Any]) -> list[Any]:
+    """pydantic's errors with those of one value of a union of types (one error a type it
+    tried: ``values.1.bool``, ``values.1.int``...) as one, ``any_of`` the types."""
+    out: list[Any] = []
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        if len(loc) > 1 and isinstance(loc[-1], str) and err["type"].endswith(
+                ("_type", "_parsing", "_from_datetime_inexact")):
+            group = groups.get(loc[:-1])
+            if group is None:
+                group = groups[loc[:-1]] = {**err, "loc": loc[:-1], "any_of": []}
+                out.append(group)
+            group["any_of"].append(loc[-1])
+            continue
+        out.append(err)
+    for group in groups.values():  # a single failed type is its own message
+        if len(group["any_of"]) == 1:
+            group.pop("any_of")
+            group["loc"] = (*group["loc"],)
     return out
 
 

@@ -199,7 +199,8 @@ def parse_aggregation(name: str, text: Any) -> Aggregation:
     return Aggregation(name, fn, tuple(args), fn_args)
 
 
-PivotValue = bool | int | float | str | datetime.date | datetime.datetime | None
+PivotValue = (bool | int | float | str | datetime.date | datetime.datetime | datetime.time
+              | None)
 
 
 class PivotParams(Params):
@@ -250,10 +251,23 @@ def _value_set(values: list[Any], t: pa.DataType) -> pa.Array:
     hold as it is (1.5 or 1000 where the column is int8), or two that are one there (1
     and 1.0 of an integer column)."""
     held: list[Any] = []
+    temporal = pa.types.is_temporal(t)
     for value in values:
         if value is None:
             held.append(None)
             continue
+        if temporal and isinstance(value, int | float):  # not days or seconds since 1970
+            raise SchemaError(
+                f"the value {value!r} is no {t}: a number is no date or time",
+                hint="write it as YAML reads a date or time ('2026-11-30', '2026-11-30 "
+                     "10:00:00', '12:00:00' in quotes: unquoted, YAML reads 12:00:00 as "
+                     "the number of seconds 43200)")
+        if pa.types.is_time(t) and isinstance(value, str):
+            try:  # Arrow casts no text to a time of day
+                value = datetime.time.fromisoformat(value)
+            except ValueError:
+                raise SchemaError(f"the value {value!r} is no {t}",
+                                  hint="write a time of day as '12:00:00'") from None
         try:  # as the type takes a Python value (1 of a decimal), else as Arrow casts
             as_held = pa.scalar(value, type=t).as_py()
             if isinstance(value, float) and as_held != value and not (

@@ -407,3 +407,16 @@ def test_a_pivot_keeps_a_partial_row_per_key_and_value_present() -> None:
     out = op.finish(partials)
     assert out.num_rows == 100 and out.num_columns == 1 + 2 * 200
     assert out["n_7"].to_pylist() == [0] * 100 and out["s_7"].null_count == 100
+
+
+def test_pivot_values_of_dates_and_times_are_dates_and_times() -> None:
+    """A number is no date (1 would be 1970-01-02) nor a time (YAML reads an unquoted
+    12:00:00 as 43200); a time of day is given as text."""
+    table = pa.table({"t": pa.array([43_200_000_000, 0], pa.time64("us")), "v": [1.0, 2.0]})
+    op = aggregate([], {"s": "sum(v)"}, pivot={"column": "t", "values": ["12:00:00"]})
+    assert arrow_run(op, table) == {"s_12:00:00": [1.0]}
+    for values, t in (([43200], "t"), ([1], "d")):
+        schema = pa.schema([("t", pa.time64("us")), ("d", pa.date32()), ("v", pa.float64())])
+        with pytest.raises(SchemaError, match="a number is no date or time.*in quotes"):
+            aggregate([], {"s": "sum(v)"}, pivot={"column": t, "values": values}
+                      ).output_schema(schema)

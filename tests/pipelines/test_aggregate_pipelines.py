@@ -527,3 +527,27 @@ def test_a_scratch_folder_that_cannot_be_made_is_one_error(events: Path, workdir
         f"cannot create the shuffle files at '{workdir / 'a_file' / 'scratch'}'")
     assert "--scratch" in info.value.hint
     assert not (workdir / "out").exists()
+
+
+def test_a_pivot_mistake_is_named_by_its_path(events: Path, workdir: Path) -> None:
+    """A parameter of `pivot:` is named as pivot.column, with the pivot's own parameters
+    to choose from; a value of no kind it may be is one problem, not one a kind."""
+    from pipelines.runner import plan_file
+
+    path = write_pipeline(workdir, """
+        pipeline: wrong_pivot
+        steps:
+          - op: read_parquet
+            path: data/events
+          - op: aggregate
+            by: [customer_id]
+            pivot: {colum: kind, values: [buy, [1]]}
+            columns: {n: count()}
+        """)
+    messages = sorted(p.message for p in plan_file(path).problems)
+    assert messages == sorted([
+        "missing required parameter 'pivot.column'",
+        "unknown parameter 'pivot.colum'; did you mean 'column'? (pivot takes: column, "
+        "values, format)",
+        "parameter 'pivot.values.1': [1] is none of the kinds of value it may be (bool, int, "
+        "float, str, date, datetime, time)"])
