@@ -421,7 +421,23 @@ class Sink(Operator):
     def abort(self, token: Any) -> None: ...
 
 
-class ShuffleSide(ABC):
+class PartialRows(ABC):
+    """What a shuffle's input and its sides share: ``partial`` rows of a partition."""
+
+    @abstractmethod
+    def partial(self, part: pa.Table) -> pa.Table: ...
+
+    def partial_at(self, part: pa.Table, index: int) -> pa.Table:
+        """``partial`` of the input's partition number ``index`` (what the runtime calls:
+        a shuffle that places rows by their partition, as a round robin does, overrides
+        it; the rows and their keys are the same for any index)."""
+        return self.partial(part)
+
+    def partial_schema(self, schema: pa.Schema) -> pa.Schema:
+        return self.partial(schema.empty_table()).schema
+
+
+class ShuffleSide(PartialRows):
     """Another table a shuffle brings to the same places as its input, by the same keys
     (a shuffle join's table): read by ``source()``, each of its partitions turned into
     partial rows by ``partial``, hashed by ``key_columns()`` (in the same types as the
@@ -444,11 +460,8 @@ class ShuffleSide(ABC):
     @abstractmethod
     def partial(self, part: pa.Table) -> pa.Table: ...
 
-    def partial_schema(self, schema: pa.Schema) -> pa.Schema:
-        return self.partial(schema.empty_table()).schema
 
-
-class Shuffle(Operator):
+class Shuffle(PartialRows, Operator):
     """Rows made from the rows of every partition that share keys (a group-by).
 
     ``partial(part)`` turns one partition into partial rows (one per key, with the
@@ -495,14 +508,6 @@ class Shuffle(Operator):
         of partitions, in any order), ordered by key; ``sides``: the partial rows of
         each of ``sides()`` with the same keys."""
 
-    def partial_at(self, part: pa.Table, index: int) -> pa.Table:
-        """``partial`` of the input's partition number ``index`` (what the runtime calls:
-        a shuffle that places rows by their partition, as a round robin does, overrides
-        it; the rows and their keys are the same for any index)."""
-        return self.partial(part)
-
-    def partial_schema(self, schema: pa.Schema) -> pa.Schema:
-        return self.partial(schema.empty_table()).schema
 
     def sides(self) -> list[ShuffleSide]:
         """Other tables shuffled with the input by the same keys (none for a group-by)."""
