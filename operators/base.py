@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -81,6 +83,12 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(error))
         yield error
         error = error.__cause__ or error.__context__
+
+
+def yaml_text(text: str) -> str:
+    """``text`` as a YAML flow value in a hint: quoted where YAML would read it otherwise
+    (``timestamp[ms, tz=UTC]``, ``decimal128(20, 2)``)."""
+    return json.dumps(text) if re.search(r"[\[\]{},:#\s]", text) else text
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

@@ -204,16 +204,22 @@ def score_command(model: str, source: str, output: str, mode: str,
                             models=options["models"])
     label = f"sluice score {model}"
 
+    def as_options(text: str) -> str:
+        """The pipeline's keys as this command's options."""
+        text = re.sub(r"`mode: (\w+)`", r"--mode \1", text)
+        return re.sub(r"`partition_by: \[([^\]]*)\]`", lambda m: "--partition-by " + (
+            "COLUMNS" if m[1] == "..." else m[1].replace(" ", "")), text).replace(
+            "`partition_by`", "--partition-by")
+
     def explain(exc: SluiceError) -> None:
         """The failure in this command's words (also in the run record)."""
         if isinstance(exc, ValidationFailed):  # the lines of a file nobody wrote
-            exc.problems[:] = [dataclasses.replace(p, line=0) for p in exc.problems]
+            exc.problems[:] = [dataclasses.replace(p, line=0, message=as_options(p.message))
+                               for p in exc.problems]
             return
         exc.where = re.sub(rf"^{re.escape(label)}:\d+", label, exc.where or "") or None
-        if exc.hint:  # the pipeline's keys are this command's options
-            exc.hint = re.sub(r"`partition_by: \[([^\]]*)\]`",
-                              lambda m: "--partition-by " + m[1].replace(" ", ""),
-                              exc.hint.replace("`mode: overwrite`", "--mode overwrite"))
+        if exc.hint:
+            exc.hint = as_options(exc.hint)
 
     _run_and_print(label, {}, progress, text=text, explain=explain, **options)
 
@@ -273,7 +279,13 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
     if details:
         click.echo(f"  file: {record.get('file', '?')}")
         click.echo(f"  params: {_shown_params(record['params']) or 'none'}")
-        if record.get("error"):
+        if record.get("failed_in"):
+            click.echo(f"  failed in: {record['failed_in']} (before any step ran)")
+        problems = record.get("problems") or []
+        if len(problems) > 1:
+            for problem in problems:
+                click.echo(f"  problem: {problem}")
+        elif record.get("error"):
             click.echo(f"  error: {record['error']}")
     click.echo(f"  record: {record['record_path']}")
 

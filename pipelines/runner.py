@@ -627,6 +627,8 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
              exc: SluiceError, stage: str, runs_dir: str) -> None:
     """The record of a run that stopped before it started (its plan's problems, no
     device for it): status failed, ``failed_in`` the stage, every problem."""
+    if not plan.spec.steps:  # no pipeline there (a path mistyped): no run to record
+        return
     problems = [str(p) for p in getattr(exc, "problems", [])]
     error = (f"{problems[0]}" + (f" (and {len(problems) - 1} more problem(s))"
                                  if len(problems) > 1 else "")) if problems else str(exc)
@@ -637,15 +639,25 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
                                                           time.gmtime(started)),
         "steps": {}, "outputs": [], "models": [], "models_used": [], "metrics": {},
         "error": error, **({"problems": problems} if problems else {}),
-        "seconds": round(time.time() - started, 6)}, runs_dir)
+        "seconds": round(time.time() - started, 6)}, runs_dir, quiet=True)
 
 
-def _write_record(record: dict[str, Any], runs_dir: str) -> str:
+def _write_record(record: dict[str, Any], runs_dir: str, quiet: bool = False) -> str:
+    """Write the run record under ``runs_dir``; a SluiceError naming the folder where it
+    cannot (``quiet``: nothing, for a run whose own error is the one to show)."""
     folder = Path(runs_dir) / record["pipeline"]
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{record['run_id']}.json"
-    with written_whole(path) as staging:
-        Path(staging).write_text(json.dumps(record, indent=1, default=str))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with written_whole(path) as staging:
+            Path(staging).write_text(json.dumps(record, indent=1, default=str))
+    except OSError as exc:
+        if quiet:
+            return ""
+        raise SluiceError(f"cannot write the run record to '{folder}': "
+                          f"{exc.strerror or exc}",
+                          hint="--runs DIR (or $SLUICE_RUNS) names a folder this user can "
+                               "write") from None
     return str(path)
 
 
@@ -764,5 +776,10 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
                 if rows is not None:
                     entry["rows"] = rows
         record["seconds"] = round(time.time() - started, 6)
-        record["record_path"] = _write_record(record, runs_dir or default_runs_dir())
+        try:
+            record["record_path"] = _write_record(record, runs_dir or default_runs_dir())
+        except SluiceError:
+            if record["status"] == "succeeded":
+                raise
+            # the run's own failure is what the person needs to see, not the record's
     return record

@@ -27,7 +27,8 @@ class RepartitionParams(Params):
     by: list[str] = Field(default_factory=list, description=(
         "keys whose rows go to one output partition (each key's rows together); "
         "default: each partition's rows spread evenly, by their place in it"))
-    partitions: int | None = partitions_field()
+    partitions: int | None = partitions_field(
+        how="each key's rows to one, or each partition's rows spread evenly")
     partition_mb: float | None = partition_mb_field()
     _one_partitioning = model_validator(mode="after")(one_partitioning)
     _distinct_keys = field_validator("by")(distinct_keys)

@@ -15,8 +15,6 @@ it), so a scoring pipeline repeats it.
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Literal
 
 import pyarrow as pa
@@ -29,6 +27,7 @@ from operators.base import (
     Params,
     SchemaError,
     register,
+    yaml_text,
 )
 from operators.io.parquet import _castable, _first_line, _promoted
 
@@ -188,10 +187,4 @@ def _common_type(name: str, fields: list[tuple[str, pa.Field]]) -> pa.DataType:
     raise SchemaError(
         f"steps: column '{name}' is {shown}: types with no common one to widen to",
         hint=f"cast it to one type first: a step `op: cast` with `columns: {{{name}: "
-             f"{_yaml_text(str(target))}}}` after {after}, which the union reads instead")
-
-
-def _yaml_text(text: str) -> str:
-    """``text`` as a YAML flow value: quoted where YAML would read it otherwise
-    (``timestamp[ms, tz=UTC]``, ``decimal128(20, 2)``)."""
-    return json.dumps(text) if re.search(r"[\[\]{},:#\s]", text) else text
+             f"{yaml_text(str(target))}}}` after {after}, which the union reads instead")

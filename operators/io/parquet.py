@@ -58,6 +58,7 @@ from operators.base import (
     WriteResult,
     register,
     require_columns,
+    yaml_text,
 )
 from operators.io.fs import (
     Location,
@@ -875,7 +876,7 @@ class WriteParquet(Sink):
                     column = column.cast(field.type, safe=True)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                     raise DataError(
-                        f"cannot {self.params.mode} to output '{self.params.path}': column "
+                        f"cannot {self._into()}: column "
                         f"'{field.name}' holds a value its type there ({field.type}) cannot "
                         f"hold: {_first_line(exc)}",
                         hint="filter or cast those rows first, or set `mode: overwrite` "
@@ -1038,20 +1039,31 @@ class WriteParquet(Sink):
             partition_by = _hive_keys(files[0])
         return _Output(files, schema, partition_by, manifest)
 
+    def _into(self) -> str:
+        """What a merge does, for messages: append to / overwrite the partitions of."""
+        doing = ("append to" if self.params.mode == "append"
+                 else "overwrite the partitions of")
+        return f"{doing} output '{self.params.path}'"
+
     def _merged_schema(self, current: _Output, schema: pa.Schema) -> pa.Schema:
         """The output's schema with these rows added: its own, where the rows' types
         widen to it; a foreign dataset's types (read from files and paths) promoted to
         hold both. A DataError saying what differs and how to line the rows up."""
-        mode, where = self.params.mode, f"output '{self.params.path}'"
+        where = self._into()
         want_by = list(self.params.partition_by or [])
         if current.partition_by is not None and current.files and current.partition_by != want_by:
+            if current.partition_by:
+                hint = (f"set `partition_by: [{', '.join(current.partition_by)}]` as the "
+                        "output has it, or `mode: overwrite` to replace it")
+            elif self.params.mode == "append":
+                hint = "leave `partition_by` out, as the output has none"
+            else:
+                hint = ("it has no partitions to replace: `mode: append` without "
+                        "`partition_by` adds the rows, `mode: overwrite` replaces it")
             raise DataError(
-                f"cannot {mode} to {where}: it is partitioned by "
+                f"cannot {where}: it is partitioned by "
                 f"{_names(current.partition_by)}, this step writes by {_names(want_by)}",
-                hint=(f"set `partition_by: [{', '.join(current.partition_by)}]` as the "
-                      "output has it, or `mode: overwrite` to replace it")
-                if current.partition_by else "it has no partitions to replace: set `mode: "
-                "append` to add the rows, or `mode: overwrite` to replace it")
+                hint=hint)
         if current.schema is None:
             return schema
         have = current.schema
@@ -1060,7 +1072,7 @@ class WriteParquet(Sink):
         if lacking or extra:
             said = ([f"the rows lack its column(s) {', '.join(lacking)}"] if lacking else []) + (
                 [f"it has no column(s) {', '.join(extra)}"] if extra else [])
-            raise DataError(f"cannot {mode} to {where}: {'; '.join(said)}",
+            raise DataError(f"cannot {where}: {'; '.join(said)}",
                             hint="give the rows the output's columns (`select`, `derive`, "
                                  "`drop`), or set `mode: overwrite` to replace it")
         fields = []
@@ -1074,10 +1086,11 @@ class WriteParquet(Sink):
                 kept = _promoted(field.type, new)
             if kept is None:
                 raise DataError(
-                    f"cannot {mode} to {where}: column '{field.name}' is {new} in the rows "
+                    f"cannot {where}: column '{field.name}' is {new} in the rows "
                     f"and {field.type} in the output",
                     hint=f"cast it first (`op: cast`, `columns: {{{field.name}: "
-                         f"{field.type}}}`), or set `mode: overwrite` to replace the output")
+                         f"{yaml_text(str(field.type))}}}`), or set `mode: overwrite` to "
+                         "replace the output")
             fields.append(field.with_type(kept))
         return pa.schema(fields, metadata=have.metadata)
 

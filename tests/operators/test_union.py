@@ -182,7 +182,7 @@ def test_a_cast_hint_is_yaml_that_reads_as_the_type() -> None:
     brackets, commas or a zone is quoted)."""
     import yaml
 
-    from operators.features.union import _yaml_text
+    from operators.base import yaml_text
 
     for text in ("timestamp[ms, tz=UTC]", "decimal128(20, 2)", "timestamp[us]", "int64"):
-        assert yaml.safe_load(f"{{c: {_yaml_text(text)}}}") == {"c": text}
+        assert yaml.safe_load(f"{{c: {yaml_text(text)}}}") == {"c": text}

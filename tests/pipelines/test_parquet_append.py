@@ -113,8 +113,18 @@ def test_rows_the_output_cannot_take_stop_before_any_data_moves(
 def test_an_unpartitioned_output_has_no_partitions_to_replace(workdir: Path) -> None:
     target = workdir / "out"
     write(target, [sample(10)], "run-1")
-    with pytest.raises(DataError, match="no partitions to replace: set `mode: append`"):
+    with pytest.raises(DataError, match=r"cannot overwrite the partitions of output .*: it "
+                                        r"is partitioned by no column.*no partitions to "
+                                        r"replace: `mode: append` without `partition_by`"):
         write(target, [sample(10)], "run-2", mode="overwrite_partitions", partition_by=["year"])
+    with pytest.raises(DataError, match=r"cannot append to .*\(leave `partition_by` out, as "
+                                        r"the output has none\)"):
+        write(target, [sample(10)], "run-2", mode="append", partition_by=["year"])
+    # a cast hint is YAML that reads as the type
+    stamped = workdir / "stamped"
+    write(stamped, [pa.table({"ts": pa.array([0], pa.timestamp("ms", "UTC"))})], "run-1")
+    with pytest.raises(DataError, match=r'`columns: \{ts: "timestamp\[ms, tz=UTC\]"\}`'):
+        write(stamped, [pa.table({"ts": ["x"]})], "run-2", mode="append")
 
 
 def test_partition_columns_must_be_the_outputs(workdir: Path) -> None:

@@ -321,3 +321,27 @@ def test_a_run_refused_before_it_started_is_a_failed_run_in_the_history(
     assert record["failed_in"] == "validation" and record["params"] == {"ds": "2026-11-30"}
     assert record["steps"] == {} and len(record["problems"]) == 1
     assert not (workdir / "out").exists()
+    shown = sluice("runs", "show", record["run_id"], cwd=workdir).stdout
+    assert "failed in: validation (before any step ran)" in shown
+    assert "error: " in shown and "data/churn/ds=2026-11-30" in shown
+
+
+def test_no_record_for_a_file_that_is_not_there_and_the_records_folder_named(
+        churn: Path, workdir: Path) -> None:
+    """A mistyped pipeline path is no run to record; a runs folder that cannot be
+    written is named (and does not hide a refused run's own problem)."""
+    done = sluice("run", "nope.yaml", cwd=workdir)
+    assert done.returncode == 1 and "cannot read the file" in done.stderr
+    assert not (workdir / "runs").exists()
+    bad = write_pipeline(workdir, COPY.replace("data/churn", "data/nothing"), "bad.yaml")
+    env_runs = {"SLUICE_RUNS": "/dev/null/runs"}
+    done = subprocess.run([SLUICE, "run", str(bad)], cwd=workdir, capture_output=True,
+                          text=True, env={**os.environ, "CI": "1", **env_runs})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "no such file or directory: 'data/nothing'" in done.stderr
+    good = write_pipeline(workdir, COPY, "good.yaml")
+    done = subprocess.run([SLUICE, "run", str(good)], cwd=workdir, capture_output=True,
+                          text=True, env={**os.environ, "CI": "1", **env_runs})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert ("cannot write the run record to '/dev/null/runs/copy': Not a directory "
+            "(--runs DIR (or $SLUICE_RUNS) names a folder this user can write)") in done.stderr

@@ -134,6 +134,9 @@ def test_scoring_into_a_partitioned_output_day_by_day(workdir: Path, trained: Pa
     assert {p.parent.name for p in (workdir / "scores").rglob(f"part-{latest}-*")} == {
         "region=north"}
     assert len({p.name for p in (workdir / "scores").rglob("part-*")}) > 1
+    done = sluice(str(trained), "other", "--mode", "overwrite_partitions")
+    assert done.returncode == 1 and "(add --partition-by COLUMNS, or use --mode overwrite " \
+        "to replace the whole output)" in done.stderr
     done = sluice(str(trained), "scores", "--mode", "append")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "partitioned by region, this step writes by no column" in done.stderr
