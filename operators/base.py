@@ -85,6 +85,12 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
         error = error.__cause__ or error.__context__
 
 
+def arrow_message(exc: BaseException) -> str:
+    """The first line of an Arrow error, without its 'Invalid: ' prefix."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__).removeprefix("Invalid: ")
+
+
 def yaml_text(text: str) -> str:
     """``text`` as a YAML flow value in a hint: quoted where YAML would read it otherwise
     (``timestamp[ms, tz=UTC]``, ``decimal128(20, 2)``)."""

@@ -132,7 +132,7 @@ def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
         target = schema.field(index).type
         try:
             cast = column.cast(target, safe=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        except ARROW_ERRORS:
             cast = pa.chunked_array([_column(name, column.to_pylist(), target)])
         table = table.set_column(i, schema.field(index).with_type(target), cast)
     return table
@@ -930,7 +930,7 @@ class Server:
                 table = pa.ipc.open_stream(body).read_all()
             else:
                 table = pa.ipc.open_file(body).read_all()
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        except ARROW_ERRORS as exc:
             what = "CSV" if kind == CSV else "an Arrow IPC " + kind.rsplit(".", 1)[-1]
             raise RequestError(f"the body is not {what} the server can read ({exc})") from None
         return table, request_params(query)

@@ -11,11 +11,13 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from operators.base import (
+    ARROW_ERRORS,
     DataError,
     ParamError,
     Params,
     SchemaError,
     Transform,
+    arrow_message,
     register,
     require_columns,
 )
@@ -111,12 +113,6 @@ def merge_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     values = sorted(merged)
     return {"values": values, "counts": np.array([merged[v] for v in values], dtype=np.int64),
             "nulls": a["nulls"] + b["nulls"]}
-
-
-def arrow_message(exc: BaseException) -> str:
-    """The first line of an Arrow error, without its 'Invalid: ' prefix."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__).removeprefix("Invalid: ")
 
 
 # --------------------------------------------------------------------------- select / drop
@@ -294,7 +290,7 @@ class Cast(Transform):
             source = schema.field(i).type
             try:
                 pa.array([], type=source).cast(target)
-            except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+            except ARROW_ERRORS:
                 raise SchemaError(f"cannot cast column '{name}' from {source} to {target}",
                                   hint="cast through an intermediate type, or derive it "
                                        "with an expression") from None
@@ -306,7 +302,7 @@ class Cast(Transform):
             i = part.schema.get_field_index(name)
             try:
                 column = pc.cast(part.column(i), target, safe=self.params.safe)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            except ARROW_ERRORS as exc:
                 hint = ("set `safe: false` to truncate or wrap, or fix the data"
                         if self.params.safe else "fix the data")
                 raise DataError(f"cannot cast column '{name}' to {target}: "

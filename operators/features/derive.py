@@ -8,7 +8,15 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from pydantic import Field, field_validator
 
-from operators.base import DataError, ParamError, Params, SchemaError, Transform, register
+from operators.base import (
+    ARROW_ERRORS,
+    DataError,
+    ParamError,
+    Params,
+    SchemaError,
+    Transform,
+    register,
+)
 from operators.expressions import (
     ExpressionError,
     expression_type,
@@ -98,7 +106,7 @@ class Derive(Transform):
             try:
                 made = ds.dataset(out).to_table(
                     columns={name: parse_expression(text) for name, text in batch.items()})
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            except ARROW_ERRORS as exc:
                 failed = self._failing(out, batch)
                 raise DataError(f"derive column '{failed}': {arrow_message(exc)}",
                                 hint="guard the expression, e.g. with if(...) or coalesce(...)"
@@ -117,7 +125,7 @@ class Derive(Transform):
         for name, text in batch.items():
             try:
                 ds.dataset(part).to_table(columns={name: parse_expression(text)})
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            except ARROW_ERRORS:
                 return name
         return next(iter(batch))
 

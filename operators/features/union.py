@@ -26,10 +26,11 @@ from operators.base import (
     Operator,
     Params,
     SchemaError,
+    arrow_message,
     register,
     yaml_text,
 )
-from operators.io.parquet import _castable, _first_line, _promoted
+from operators.io.parquet import castable, promoted
 
 
 class UnionParams(Params):
@@ -152,7 +153,7 @@ class Union(Operator):
                 except (pa.ArrowException, TypeError, ValueError) as exc:
                     raise DataError(
                         f"column '{field.name}' of step '{step}' does not fit the union's "
-                        f"type: {column.type} to {field.type}: {_first_line(exc)}",
+                        f"type: {column.type} to {field.type}: {arrow_message(exc)}",
                         hint=f"cast it in a step before the union (op: cast), or keep out "
                              f"the rows whose '{field.name}' does not fit") from None
             columns.append(column)
@@ -175,13 +176,13 @@ def _common_type(name: str, fields: list[tuple[str, pa.Field]]) -> pa.DataType:
         return types[0]
     common: pa.DataType | None = types[0]
     for t in types[1:]:
-        common = _promoted(common, t) if common is not None else None
+        common = promoted(common, t) if common is not None else None
     if common is not None:
         return common
     first = types[0]
     shown = ", ".join(f"{f.type} in {label}" for label, f in fields)
     others = [label for label, f in fields if f.type != first]
-    fits = all(_castable(f.type, first) for _, f in fields)
+    fits = all(castable(f.type, first) for _, f in fields)
     target = first if fits else pa.string()
     after = " and ".join(others) if fits else "each step"
     raise SchemaError(

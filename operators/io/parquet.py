@@ -56,6 +56,7 @@ from operators.base import (
     SluiceError,
     Source,
     WriteResult,
+    arrow_message,
     register,
     require_columns,
     yaml_text,
@@ -130,26 +131,21 @@ def read_manifest(location: Location, directory: str) -> dict[str, Any] | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].removeprefix("Invalid: ") if text else type(exc).__name__
-
-
 def _plain(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
-def _widens(have: pa.DataType, want: pa.DataType) -> bool:
+def widens(have: pa.DataType, want: pa.DataType) -> bool:
     """Whether a file's type of a column converts to the dataset's with nothing lost in
     kind: the same values dictionary-encoded or not, or a narrower type that pyarrow's
     permissive promotion widens to the dataset's (int32 -> int64, float32 or int64 ->
     float64, timestamp[ms] -> timestamp[us]...); a value that still does not fit is a
     read-time error naming it."""
     have, want = _plain(have), _plain(want)
-    return have == want or _promoted(want, have) == want
+    return have == want or promoted(want, have) == want
 
 
-def _promoted(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+def promoted(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
     """The type that holds both (pyarrow's permissive promotion), or None."""
     try:
         merged = pa.unify_schemas([pa.schema([pa.field("c", _plain(a))]),
@@ -160,7 +156,7 @@ def _promoted(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
     return merged.field(0).type
 
 
-def _castable(have: pa.DataType, want: pa.DataType) -> bool:
+def castable(have: pa.DataType, want: pa.DataType) -> bool:
     """Whether pyarrow has a cast between the two types (values are checked when read)."""
     try:
         pa.array([], type=have).cast(want)
@@ -290,7 +286,7 @@ class ReadParquet(Source):
         problem = store_problem(exc, self._shown(path))
         if problem is not None:
             return problem
-        first = _first_line(exc)
+        first = arrow_message(exc)
         named = _QUOTED_PATH.findall(str(exc))
         if isinstance(exc, FileNotFoundError) and not named and len(first.split()) == 1:
             named = [first]  # pyarrow's FileNotFoundError says just the path
@@ -447,7 +443,7 @@ class ReadParquet(Source):
             have, want = full.field(i).type, parse_type(type_name)
             if have == want:
                 continue
-            if not _castable(have, want):
+            if not castable(have, want):
                 raise DataError(
                     f"'{self._shown(self.location.path)}': column '{name}' is {have}, which "
                     f"cannot be cast to {want}", hint="declare a type the column converts to")
@@ -579,7 +575,7 @@ class ReadParquet(Source):
         suggested: dict[str, str] = {}
         for name, by_type in by_column.items():
             want = target.field(name).type
-            fits = _castable if name in declared else _widens
+            fits = castable if name in declared else widens
             bad = {t: paths for t, paths in by_type.items() if t != want and not fits(t, want)}
             if not bad:
                 continue
@@ -596,8 +592,8 @@ class ReadParquet(Source):
                             + (f" (as in {self._shown(like[0])})" if like else ""))
             common = want
             for t in by_type:
-                common = _promoted(common, t) if common is not None else None
-            if common is None and all(_castable(t, pa.string()) for t in by_type):
+                common = promoted(common, t) if common is not None else None
+            if common is None and all(castable(t, pa.string()) for t in by_type):
                 common = pa.string()
             if common is not None:
                 suggested[name] = str(common)
@@ -648,7 +644,7 @@ class ReadParquet(Source):
                 raise DataError(
                     f"'{self._shown(partition.path)}': column '{field.name}' cannot be cast "
                     f"from {field.type} to {'the declared ' if declared else ''}{want}: "
-                    f"{_first_line(exc)}",
+                    f"{arrow_message(exc)}",
                     hint="fix the data, or declare a type every value converts to"
                     if declared else "declare a type every value converts to on this "
                     f"read_parquet step (`schema: {{{field.name}: ...}}`)") from None
@@ -774,7 +770,7 @@ class WriteParquet(Sink):
         problem = store_problem(exc, self.params.path)
         if problem is not None:
             return problem
-        return DataError(f"cannot write Parquet to '{self.params.path}': {_first_line(exc)}",
+        return DataError(f"cannot write Parquet to '{self.params.path}': {arrow_message(exc)}",
                          hint="check the path, its permissions and the free space")
 
     def begin(self, run_id: str, schema: pa.Schema) -> dict[str, Any]:
@@ -878,7 +874,7 @@ class WriteParquet(Sink):
                     raise DataError(
                         f"cannot {self._into()}: column "
                         f"'{field.name}' holds a value its type there ({field.type}) cannot "
-                        f"hold: {_first_line(exc)}",
+                        f"hold: {arrow_message(exc)}",
                         hint="filter or cast those rows first, or set `mode: overwrite` "
                              "to replace the output") from None
             columns.append(column)
@@ -1081,9 +1077,9 @@ class WriteParquet(Sink):
             if pa.types.is_null(field.type):  # a column of nulls only so far takes any
                 kept: pa.DataType | None = new
             elif current.manifest is not None and current.manifest.get("schema"):
-                kept = field.type if _widens(new, field.type) else None
+                kept = field.type if widens(new, field.type) else None
             else:
-                kept = _promoted(field.type, new)
+                kept = promoted(field.type, new)
             if kept is None:
                 raise DataError(
                     f"cannot {where}: column '{field.name}' is {new} in the rows "
