@@ -17,6 +17,7 @@ import click
 
 from operators.arrays import DTYPES
 from operators.base import SluiceError
+from operators.io.parquet import WRITE_MODES
 from pipelines import profiles, runs
 from pipelines.describe import shown_params as _shown_params
 from pipelines.device import DEVICES
@@ -172,8 +173,7 @@ def run_command(file: str, params: tuple[str, ...], progress: bool | None,
 @click.argument("model")
 @click.argument("source", metavar="INPUT")
 @click.argument("output")
-@click.option("--mode", type=click.Choice(["error", "overwrite", "append",
-                                           "overwrite_partitions"]), default="error",
+@click.option("--mode", type=click.Choice(WRITE_MODES), default="error",
               show_default=True, help="what to do with an existing OUTPUT (write_parquet's "
                                       "mode)")
 @click.option("--partition-by", "partition_by", metavar="COLUMNS", default=None,

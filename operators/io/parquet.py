@@ -39,7 +39,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -655,12 +655,14 @@ class ReadParquet(Source):
 
 
 # modes that add to the output there is (its files are kept, listed again with the new)
+WriteMode = Literal["error", "overwrite", "append", "overwrite_partitions"]
+WRITE_MODES: tuple[str, ...] = get_args(WriteMode)
 MERGE_MODES = ("append", "overwrite_partitions")
 
 
 class WriteParquetParams(Params):
     path: str = Field(description="output directory or URL")
-    mode: Literal["error", "overwrite", "append", "overwrite_partitions"] = Field(
+    mode: WriteMode = Field(
         "error", description="error: refuse an existing output; overwrite: replace it "
                              "atomically; append: add these rows to it; "
                              "overwrite_partitions: replace the hive partitions these rows "
@@ -697,12 +699,6 @@ class _Output:
     schema: pa.Schema | None
     partition_by: list[str] | None
     manifest: dict[str, Any] | None
-
-
-def _hive_keys(relative: str) -> list[str]:
-    """The hive partition columns of a file's path (``region=eu/ds=1/part.parquet``)."""
-    return [seg.split("=", 1)[0] for seg in posixpath.dirname(relative).split("/")
-            if "=" in seg]
 
 
 def _partition_of(relative: str, types: dict[str, pa.DataType]) -> tuple[Any, ...]:
@@ -1032,7 +1028,7 @@ class WriteParquet(Sink):
                                 format="parquet", partition_base_dir=loc.path,
                                 partitioning=ds.HivePartitioning.discover(
                                     infer_dictionary=False)).schema
-            partition_by = _hive_keys(files[0])
+            partition_by = [key for key, _ in _partition_of(files[0], {})]
         return _Output(files, schema, partition_by, manifest)
 
     def _into(self) -> str:

@@ -390,7 +390,9 @@ def check_sink(c: Case) -> None:
 
     written(data, "written output")
     mode = getattr(op.params, "mode", None)
-    if mode in ("append", "overwrite_partitions"):
+    from operators.io.parquet import MERGE_MODES
+
+    if mode in MERGE_MODES:
         # the same rows again: appended after them, or in the place of their partitions
         token = op.begin("kitrun3", data.schema)
         op.commit(token, [op.write(token, p, i) for i, p in enumerate(split(data, 2))])
