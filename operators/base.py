@@ -91,6 +91,30 @@ def arrow_message(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__).removeprefix("Invalid: ")
 
 
+def conformed(part: pa.Table, schema: pa.Schema,
+              failure: Callable[[pa.Field, pa.DataType, BaseException], SluiceError]
+              ) -> pa.Table:
+    """``part`` with ``schema``'s columns, in its order and types (cast safely; a column
+    ``part`` lacks: nulls); ``failure(field, its type in part, error)`` is what a value
+    that does not fit raises. A new table; ``part`` is left as it is."""
+    if part.schema.equals(schema, check_metadata=True):
+        return part
+    columns = []
+    for wanted in schema:
+        at = part.schema.get_field_index(wanted.name)
+        if at < 0:
+            columns.append(pa.nulls(part.num_rows, wanted.type))
+            continue
+        column = part.column(at)
+        if column.type != wanted.type:
+            try:
+                column = column.cast(wanted.type, safe=True)
+            except (pa.ArrowException, TypeError, ValueError) as exc:
+                raise failure(wanted, column.type, exc) from None
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def yaml_text(text: str) -> str:
     """``text`` as a YAML flow value in a hint: quoted where YAML would read it otherwise
     (``timestamp[ms, tz=UTC]``, ``decimal128(20, 2)``)."""

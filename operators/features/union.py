@@ -26,7 +26,9 @@ from operators.base import (
     Operator,
     Params,
     SchemaError,
+    SluiceError,
     arrow_message,
+    conformed,
     register,
     yaml_text,
 )
@@ -138,26 +140,14 @@ class Union(Operator):
         """``part`` (rows of ``step``) with the union's columns ``schema``: in its order, in
         its types, null where the step has no such column. A new table; ``part`` is left
         as it is."""
-        if part.schema.equals(schema, check_metadata=True):
-            return part
-        columns = []
-        for field in schema:
-            at = part.schema.get_field_index(field.name)
-            if at < 0:
-                columns.append(pa.nulls(part.num_rows, field.type))
-                continue
-            column = part.column(at)
-            if column.type != field.type:
-                try:
-                    column = column.cast(field.type)
-                except (pa.ArrowException, TypeError, ValueError) as exc:
-                    raise DataError(
-                        f"column '{field.name}' of step '{step}' does not fit the union's "
-                        f"type: {column.type} to {field.type}: {arrow_message(exc)}",
-                        hint=f"cast it in a step before the union (op: cast), or keep out "
-                             f"the rows whose '{field.name}' does not fit") from None
-            columns.append(column)
-        return pa.Table.from_arrays(columns, schema=schema)
+        def failure(field: pa.Field, have: pa.DataType, exc: BaseException) -> SluiceError:
+            return DataError(
+                f"column '{field.name}' of step '{step}' does not fit the union's type: "
+                f"{have} to {field.type}: {arrow_message(exc)}",
+                hint=f"cast it in a step before the union (op: cast), or keep out the rows "
+                     f"whose '{field.name}' does not fit")
+
+        return conformed(part, schema, failure)
 
 
 def _listed(labels: list[str]) -> str:

@@ -57,6 +57,7 @@ from operators.base import (
     Source,
     WriteResult,
     arrow_message,
+    conformed,
     register,
     require_columns,
     yaml_text,
@@ -860,21 +861,14 @@ class WriteParquet(Sink):
     def _in_output_types(self, part: pa.Table, schema: pa.Schema) -> pa.Table:
         """The rows in the output's types (an append's): a value that does not fit (a
         uint64 over int64's range) is an error before anything is published."""
-        columns = []
-        for field in schema:
-            column = part.column(field.name)
-            if column.type != field.type:
-                try:
-                    column = column.cast(field.type, safe=True)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise DataError(
-                        f"cannot {self._into()}: column "
-                        f"'{field.name}' holds a value its type there ({field.type}) cannot "
-                        f"hold: {arrow_message(exc)}",
-                        hint="filter or cast those rows first, or set `mode: overwrite` "
-                             "to replace the output") from None
-            columns.append(column)
-        return pa.Table.from_arrays(columns, schema=schema)
+        def failure(field: pa.Field, have: pa.DataType, exc: BaseException) -> SluiceError:
+            return DataError(
+                f"cannot {self._into()}: column '{field.name}' holds a value its type "
+                f"there ({field.type}) cannot hold: {arrow_message(exc)}",
+                hint="filter or cast those rows first, or set `mode: overwrite` to replace "
+                     "the output")
+
+        return conformed(part, schema, failure)
 
     def _write_files(self, token: dict[str, Any], part: pa.Table, stem: str) -> list[str]:
         fs = self._filesystem(token)
