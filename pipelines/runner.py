@@ -623,6 +623,16 @@ def small_files_note(output: dict[str, Any], partition_by: list[str] | None) -> 
             f"partition_mb)")
 
 
+def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,
+                 engine: dict[str, Any]) -> dict[str, Any]:
+    """What every run record starts with: the run, its pipeline and params, its engine
+    and start, and what it made (none yet)."""
+    return {"run_id": run_id, "pipeline": plan.spec.name, "file": str(path),
+            "params": plan.spec.params, "engine": engine,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "outputs": [], "models": [], "metrics": {}}
+
+
 def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
              exc: SluiceError, stage: str, runs_dir: str) -> None:
     """The record of a run that stopped before it started (its plan's problems, no
@@ -633,12 +643,9 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
     error = (f"{problems[0]}" + (f" (and {len(problems) - 1} more problem(s))"
                                  if len(problems) > 1 else "")) if problems else str(exc)
     _write_record({
-        "run_id": run_id, "pipeline": plan.spec.name, "file": str(path),
-        "params": plan.spec.params, "engine": {"name": engine}, "status": "failed",
-        "failed_in": stage, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                          time.gmtime(started)),
-        "steps": {}, "outputs": [], "models": [], "models_used": [], "metrics": {},
-        "error": error, **({"problems": problems} if problems else {}),
+        **_record_head(plan, path, run_id, started, {"name": engine}), "status": "failed",
+        "failed_in": stage, "steps": {}, "models_used": [], "error": error,
+        **({"problems": problems} if problems else {}),
         "seconds": round(time.time() - started, 6)}, runs_dir, quiet=True)
 
 
@@ -706,23 +713,15 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
                      runs_dir or default_runs_dir())
         raise
     record: dict[str, Any] = {
-        "run_id": run_id,
-        "pipeline": plan.spec.name,
-        "file": str(path),
-        "params": plan.spec.params,
-        "engine": eng.describe(),
+        **_record_head(plan, path, run_id, started, eng.describe()),
         "status": "running",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "device": ", ".join(sorted({p.device for p in placed.values()})),
         "steps": {s.id: {"op": s.op.name, "kind": s.op.kind,
                          **({"dtype": "float32"} if placed[s.id].dtype == "float32" else {}),
                          **({"filter_from": s.pushed_from} if s.pushed_from else {})}
                   for s in plan.steps},
-        "outputs": [],
-        "models": [],
         "models_used": [{"step": s.id, **s.op.model_info} for s in plan.steps
                         if getattr(s.op, "model_info", None) and s.saved_by is None],
-        "metrics": {},
     }
     current = Run(plan, eng, store, run_id, record, placements=placed,
                   scratch=f"{(scratch or default_scratch(eng.profile.scratch)).rstrip('/')}"
