@@ -216,10 +216,12 @@ def test_a_task_lost_mid_fit_refits_one_job_a_pass(spark: SparkEngine, churn: Pa
     assert record["metrics"]["fit"]["passes"] == 2
     assert record["steps"]["fit"]["rows"] == 5000
     marker.unlink()
-    profile(spark, monkeypatch, resident_fits="always")
-    with pytest.raises(SluiceError, match="failed"):
-        run(path, engine_instance=spark)
-    monkeypatch.undo()
+    # (a context of its own: undoing the test's monkeypatch would also undo the workdir's
+    # folder and runs folder, and the next runs would write their records into the repo)
+    with monkeypatch.context() as patched:
+        profile(spark, patched, resident_fits="always")
+        with pytest.raises(SluiceError, match="failed"):
+            run(path, engine_instance=spark)
     with pytest.raises(SluiceError):
         run(failing_fit(workdir, 1, "exit"), engine_instance=spark)
     record = run(failing_fit(workdir, 2, "user", at=-1), engine_instance=spark)
@@ -229,15 +231,15 @@ def test_a_task_lost_mid_fit_refits_one_job_a_pass(spark: SparkEngine, churn: Pa
 def test_auto_falls_back_and_always_says_why(spark: SparkEngine, churn: Path, workdir: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     path = failing_fit(workdir, 2, "user", at=-1)  # never fails: three passes
-    monkeypatch.setattr(SparkEngine, "_slots", lambda self: 0)
-    record = run(path, engine_instance=spark)
-    assert record["steps"]["fit"]["fit_mode"] == (
-        "one job a pass (no executor offers a free task slot)")
-    profile(spark, monkeypatch, resident_fits="always")
-    with pytest.raises(SluiceError, match="no executor offers a free task slot") as info:
-        run(path, engine_instance=spark)
-    assert "resident_fits: auto or never" in info.value.hint
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:
+        patched.setattr(SparkEngine, "_slots", lambda self: 0)
+        record = run(path, engine_instance=spark)
+        assert record["steps"]["fit"]["fit_mode"] == (
+            "one job a pass (no executor offers a free task slot)")
+        profile(spark, patched, resident_fits="always")
+        with pytest.raises(SluiceError, match="no executor offers a free task slot") as info:
+            run(path, engine_instance=spark)
+        assert "resident_fits: auto or never" in info.value.hint
     # over the memory budget: auto fits one job a pass
     profile(spark, monkeypatch, resident_task_bytes=1000)
     record = run(path, engine_instance=spark)
@@ -340,8 +342,9 @@ def test_dask_fits_a_job_a_pass_when_an_actor_would_hold_too_much(
     from pipelines.engines import dask as dask_engine
 
     path = failing_fit(workdir, 2, "user", at=-1)
-    monkeypatch.setattr(dask_engine, "RESIDENT_MEMORY", 1e-9)
-    record = run(path, engine_instance=engine)
+    with monkeypatch.context() as patched:
+        patched.setattr(dask_engine, "RESIDENT_MEMORY", 1e-9)
+        record = run(path, engine_instance=engine)
     mode = record["steps"]["fit"]["fit_mode"]
     assert mode.startswith("one job a pass (worker tcp://127.0.0.1:") and \
         " of partitions, over 0% of its memory limit" in mode, mode
@@ -351,7 +354,6 @@ def test_dask_fits_a_job_a_pass_when_an_actor_would_hold_too_much(
 
     shown = CliRunner().invoke(_printing, obj=record)
     assert f"  step 'fit': fitted {mode}\n" in shown.output, shown.output
-    monkeypatch.undo()
     record = run(path, engine_instance=engine)
     assert record["steps"]["fit"]["fit_mode"] == RESIDENT["dask"]
     assert "fitted" not in CliRunner().invoke(_printing, obj=record).output
