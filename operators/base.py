@@ -121,6 +121,26 @@ def yaml_text(text: str) -> str:
     return json.dumps(text) if re.search(r"[\[\]{},:#\s]", text) else text
 
 
+def renames(have: Iterable[str], want: Iterable[str]) -> dict[str, str]:
+    """The names of ``have`` that look like one of ``want`` (``userid`` and ``user_id``),
+    each with the one it looks most like: what a ``rename`` step would line up."""
+    wanted = list(want)
+    out = {}
+    for name in have:
+        close = difflib.get_close_matches(name, wanted, n=1, cutoff=0.75)
+        if close:
+            out[name] = close[0]
+            wanted.remove(close[0])
+    return out
+
+
+def rename_hint(pairs: dict[str, str]) -> str:
+    """'rename userid to user_id (`op: rename`, `columns: {userid: user_id}`)'."""
+    shown = ", ".join(f"{a}: {b}" for a, b in pairs.items())
+    return (f"rename {', '.join(f'{a} to {b}' for a, b in pairs.items())} "
+            f"(`op: rename`, `columns: {{{shown}}}`)")
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """' did you mean 'x'?' for the closest of choices, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

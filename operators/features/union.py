@@ -30,6 +30,8 @@ from operators.base import (
     arrow_message,
     conformed,
     register,
+    rename_hint,
+    renames,
     yaml_text,
 )
 from operators.io.parquet import castable, promoted
@@ -123,12 +125,21 @@ class Union(Operator):
             shown = "; ".join(f"'{name}' is not in {_listed(labels)}"
                               for name, labels in list(lacking.items())[:5])
             more = f" (and {len(lacking) - 5} more columns)" if len(lacking) > 5 else ""
+            # a column a step names otherwise than the input (userid for user_id)
+            first = named[0][1]
+            fixes = []
+            for label, each in named[1:]:
+                pairs = renames([n for n in each.names if first.get_field_index(n) < 0],
+                                [n for n in first.names if each.get_field_index(n) < 0])
+                if pairs:
+                    fixes.append(f"in {label}, {rename_hint(pairs)}")
             raise MissingColumnError(
                 f"steps: columns are matched by name and every step must have the same "
                 f"ones: {shown}{more}",
-                hint="missing: null makes a column null in the rows of the steps that lack "
-                     "it (Spark's allowMissingColumns), or select the shared columns in a "
-                     "step before the union (op: select)")
+                hint="".join(f"{fix}; " for fix in fixes)
+                + "missing: null makes a column null in the rows of the steps that lack "
+                  "it (Spark's allowMissingColumns), or select the shared columns in a "
+                  "step before the union (op: select)")
         fields = []
         for name, fields_of in found.items():
             wanted = _common_type(name, fields_of)

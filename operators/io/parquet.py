@@ -59,6 +59,8 @@ from operators.base import (
     arrow_message,
     conformed,
     register,
+    rename_hint,
+    renames,
     require_columns,
     yaml_text,
 )
@@ -1058,9 +1060,11 @@ class WriteParquet(Sink):
         if lacking or extra:
             said = ([f"the rows lack its column(s) {', '.join(lacking)}"] if lacking else []) + (
                 [f"it has no column(s) {', '.join(extra)}"] if extra else [])
+            pairs = renames(extra, lacking)
             raise DataError(f"cannot {where}: {'; '.join(said)}",
-                            hint="give the rows the output's columns (`select`, `derive`, "
-                                 "`drop`), or set `mode: overwrite` to replace it")
+                            hint=(f"{rename_hint(pairs)}, " if pairs else "")
+                            + "give the rows the output's columns (`select`, `derive`, "
+                              "`drop`), or set `mode: overwrite` to replace it")
         fields = []
         for field in have:
             new = schema.field(field.name).type

@@ -186,3 +186,13 @@ def test_a_cast_hint_is_yaml_that_reads_as_the_type() -> None:
 
     for text in ("timestamp[ms, tz=UTC]", "decimal128(20, 2)", "timestamp[us]", "int64"):
         assert yaml.safe_load(f"{{c: {yaml_text(text)}}}") == {"c": text}
+
+
+def test_a_column_a_step_names_otherwise_gets_the_rename() -> None:
+    op = Union(steps=["app"])
+    op.bind_input("web")
+    op.bind_step_schema("app", pa.schema([("userid", pa.int64()), ("v", pa.float64())]))
+    with pytest.raises(MissingColumnError) as info:
+        op.output_schema(pa.schema([("user_id", pa.int64()), ("v", pa.float64())]))
+    assert info.value.hint.startswith("in step 'app', rename userid to user_id (`op: rename`, "
+                                      "`columns: {userid: user_id}`); missing: null")

@@ -127,6 +127,15 @@ def test_an_unpartitioned_output_has_no_partitions_to_replace(workdir: Path) -> 
         write(stamped, [pa.table({"ts": ["x"]})], "run-2", mode="append")
 
 
+def test_a_column_the_rows_name_otherwise_gets_the_rename(workdir: Path) -> None:
+    target = workdir / "out"
+    write(target, [sample(10)], "run-1")
+    renamed = sample(10).rename_columns(["id", "x", "regions", *sample(0).column_names[3:]])
+    with pytest.raises(DataError, match=r"\(rename regions to region \(`op: rename`, "
+                                        r"`columns: \{regions: region\}`\), give the rows"):
+        write(target, [renamed], "run-2", mode="append")
+
+
 def test_partition_columns_must_be_the_outputs(workdir: Path) -> None:
     target = workdir / "out"
     write(target, [sample(100)], "run-1", partition_by=["year"])
