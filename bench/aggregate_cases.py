@@ -98,18 +98,30 @@ def events(out: Path, rows: int, files: int) -> None:
     start = np.datetime64(START, "us").astype(np.int64)
 
     def make(rng: Any, n: int, customers: int) -> Any:
-        amount = np.round(rng.gamma(2.0, 20.0, n), 2)
-        return pa.table({
-            KEY: pa.array(rng.integers(0, customers, n, dtype=np.int64)),
-            # microseconds over a year: no two events of a customer share a time (at
-            # these sizes), so every side's max_by takes the same row
-            "ts": pa.array(start + rng.integers(0, YEAR_US, n), pa.timestamp("us", "UTC")),
-            "kind": pa.array(np.array(KINDS)[rng.choice(3, n, p=[0.6, 0.1, 0.3])]),
-            "plan": pa.array(np.array(PLANS)[rng.integers(0, len(PLANS), n)]),
-            "amount": pa.array(amount, mask=rng.random(n) < 0.01),
-        })
+        # microseconds over a year: no two events of a customer share a time (at these
+        # sizes), so every side's max_by takes the same row
+        return pa.table(event_columns(rng, n, customers,
+                                      lambda: start + rng.integers(0, YEAR_US, n)))
 
     write_generated(out, rows, files, 20261129, ROWS_PER_KEY, make)
+
+
+def event_columns(rng: Any, n: int, customers: int, times: Callable[[], Any]) -> dict[str, Any]:
+    """The columns of an events data set (the shuffle cases' ``events``, ``sort_events``,
+    ``window_events``): customer, time (``times()``, microseconds since 1970, drawn in
+    its place), kind, plan and amount, drawn from ``rng`` in one order, so that each
+    data set stays what its seed made."""
+    import numpy as np
+    import pyarrow as pa
+
+    amount = np.round(rng.gamma(2.0, 20.0, n), 2)
+    return {
+        KEY: pa.array(rng.integers(0, customers, n, dtype=np.int64)),
+        "ts": pa.array(times(), pa.timestamp("us", "UTC")),
+        "kind": pa.array(np.array(KINDS)[rng.choice(3, n, p=[0.6, 0.1, 0.3])]),
+        "plan": pa.array(np.array(PLANS)[rng.integers(0, len(PLANS), n)]),
+        "amount": pa.array(amount, mask=rng.random(n) < 0.01),
+    }
 
 
 # ---------------------------------------------------------------------- sluice sides

@@ -53,22 +53,21 @@ from pathlib import Path
 from typing import Any
 
 from bench.aggregate_cases import (
+    KEY,
+    ROWS_PER_KEY,
+    START,
+    YEAR_US,
     _record,
     alike,
+    event_columns,
     load_output,
     run_shuffle_case,
     stop_if,
     write_generated,
 )
 
-KEY = "customer_id"
 AMOUNT = "amount"
 EVENT_ID = "event_id"
-ROWS_PER_KEY = 20
-KINDS = ("purchase", "refund", "view")
-PLANS = ("basic", "standard", "premium", "trial", "enterprise")
-START = "2026-01-01T00:00:00"
-YEAR_US = 365 * 86_400 * 10**6
 COLUMNS = [EVENT_ID, KEY, "ts", "kind", "plan", AMOUNT]
 # the order: (column, descending); nulls last on every side
 BY = [(KEY, False), (AMOUNT, True), (EVENT_ID, False)]
@@ -85,15 +84,8 @@ def sort_events(out: Path, rows: int, files: int) -> None:
     def make(rng: Any, n: int, customers: int) -> Any:
         number = np.arange(first_row[0], first_row[0] + n, dtype=np.int64)
         first_row[0] += n
-        amount = np.round(rng.gamma(2.0, 20.0, n), 2)
-        return pa.table({
-            EVENT_ID: pa.array(number),
-            KEY: pa.array(rng.integers(0, customers, n, dtype=np.int64)),
-            "ts": pa.array(start + rng.integers(0, YEAR_US, n), pa.timestamp("us", "UTC")),
-            "kind": pa.array(np.array(KINDS)[rng.choice(3, n, p=[0.6, 0.1, 0.3])]),
-            "plan": pa.array(np.array(PLANS)[rng.integers(0, len(PLANS), n)]),
-            AMOUNT: pa.array(amount, mask=rng.random(n) < 0.01),
-        })
+        return pa.table({EVENT_ID: pa.array(number), **event_columns(
+            rng, n, customers, lambda: start + rng.integers(0, YEAR_US, n))})
 
     write_generated(out, rows, files, 20261207, ROWS_PER_KEY, make)
 

@@ -59,21 +59,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.aggregate_cases import (
+    KEY,
+    ROWS_PER_KEY,
+    START,
+    YEAR_US,
     _record,
     alike,
+    event_columns,
     load_output,
     run_shuffle_case,
     stop_if,
     write_generated,
 )
 
-KEY = "customer_id"
-ORDER = "ts"
-ROWS_PER_KEY = 20
-KINDS = ("purchase", "refund", "view")
-PLANS = ("basic", "standard", "premium", "trial", "enterprise")
-START = "2026-01-01T00:00:00"
-YEAR_US = 365 * 86_400 * 10**6
+ORDER = "ts"  # event_columns' time
 WEEK_US = 7 * 86_400 * 10**6
 INPUT_COLUMNS = [KEY, ORDER, "kind", "plan", "amount"]
 # output column: sluice's window function (the reference sides compute the same, by name)
@@ -99,15 +98,8 @@ def window_events(out: Path, rows: int, files: int) -> None:
     def make(rng: Any, n: int, customers: int) -> Any:
         number = np.arange(first_row[0], first_row[0] + n, dtype=np.int64)
         first_row[0] += n
-        ts = start + rng.integers(0, YEAR_US // step, n) * step + number
-        amount = np.round(rng.gamma(2.0, 20.0, n), 2)
-        return pa.table({
-            KEY: pa.array(rng.integers(0, customers, n, dtype=np.int64)),
-            ORDER: pa.array(ts, pa.timestamp("us", "UTC")),
-            "kind": pa.array(np.array(KINDS)[rng.choice(3, n, p=[0.6, 0.1, 0.3])]),
-            "plan": pa.array(np.array(PLANS)[rng.integers(0, len(PLANS), n)]),
-            "amount": pa.array(amount, mask=rng.random(n) < 0.01),
-        })
+        ts = start + rng.integers(0, YEAR_US // step, n) * step + number  # drawn first
+        return pa.table(event_columns(rng, n, customers, lambda: ts))
 
     write_generated(out, rows, files, 20261206, ROWS_PER_KEY, make)
 
