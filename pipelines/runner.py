@@ -414,8 +414,11 @@ class Run:
         datasets = [data, *(d for _, d in sides)]
         listed = [self.engine.partitions(d) for d in datasets]
         inputs = max(len(partitions) for partitions in listed)
-        estimates = [d.estimated_bytes(partitions)
-                     for d, partitions in zip(datasets, listed, strict=True)]
+        # the input's size sets the buckets, unless the step says how many (no footers
+        # read for nothing)
+        estimates = [None] if exact(op) else [
+            d.estimated_bytes(partitions) for d, partitions in zip(datasets, listed,
+                                                                   strict=True)]
         buckets = bucket_count(op, inputs, None if None in estimates else sum(estimates))
         if isinstance(op, RangedShuffle) and buckets > 1:
             # the ranges' bounds from a sample of the rows (a pass: those of the smallest
