@@ -622,8 +622,7 @@ def small_files_note(output: dict[str, Any], partition_by: list[str] | None) -> 
     keys = ", ".join(partition_by)
     return (f"wrote {files:,} files into {folders:,} partition folders ({files / folders:.0f} "
             f"each, a file from every input partition): a `repartition` step with `by: "
-            f"[{keys}]` before the write makes one file a folder (or a few, by its "
-            f"partition_mb)")
+            f"[{keys}]` before the write makes one file a folder")
 
 
 def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,

@@ -118,7 +118,7 @@ def test_without_repartition_each_input_partition_writes_a_file_a_day(
     assert notes == [f"{workdir / 'pipeline.yaml'}:5: step 'write_parquet': wrote 60 files "
                      "into 5 partition folders (12 each, a file from every input "
                      "partition): a `repartition` step with `by: [ds]` before the write "
-                     "makes one file a folder (or a few, by its partition_mb)"]
+                     "makes one file a folder"]
     notes.clear()
     run(write_pipeline(workdir, BY_DAY.format(out="out/again")), notify=notes.append)
     assert notes == []
