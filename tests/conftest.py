@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,3 +191,18 @@ def sluice_on_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
         chunks.append(data)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
+
+
+def split_gain(criterion: Any, left: Any, total: Any, min_leaf: float) -> float | None:
+    """A candidate split's gain by the definition (one node's channel sums: ``left``, the
+    node's ``total``), None where the split is not allowed (a child under ``min_leaf`` or
+    without weight, or one the criterion refuses): the split searches' brute force."""
+    right = total - left
+    lw, rw = (criterion.weight(s[:, None])[0] for s in (left, right))
+    if lw < min_leaf or rw < min_leaf or lw <= 0 or rw <= 0:
+        return None
+    if not (all(bool(v) for v in np.atleast_1d(criterion.allowed(left[:, None])))
+            and all(bool(v) for v in np.atleast_1d(criterion.allowed(right[:, None])))):
+        return None
+    return float((criterion.score(left[:, None]) + criterion.score(right[:, None])
+                  - criterion.score(total[:, None]))[0])

@@ -162,6 +162,7 @@ class GradientBoostedTrees(TreeEstimator):
       subsample: 0.8              # rows per round, by row hash
       tree_features: 0.8          # features per tree (XGBoost's colsample_bytree)
       monotonic: {monthly_charges: 1}   # the churn risk only rises with the price
+      categorical: [plan, region] # split by sets of values (no one_hot needed)
       validation_fraction: 0.1
       early_stopping: true        # stop when the held-out loss stops improving
     ```
@@ -298,7 +299,8 @@ class GradientBoostedTrees(TreeEstimator):
         return BoostedTreesFitted(
             state["features"], state["classes"] if classify else None,
             pa.type_for_alias(state["label_type"]) if classify else None,
-            combine="sum", link=link, depth=depth, arrays=arrays)
+            combine="sum", link=link, depth=depth, arrays=arrays,
+            categories=state["categories"])
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         out = super().metrics(state)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import weakref
 from abc import abstractmethod
+from collections.abc import Collection
 from typing import Any, Literal
 
 import numpy as np
@@ -163,18 +164,22 @@ def is_classification(label_type: pa.DataType, task: str | None = None) -> bool:
 # --------------------------------------------------------------------------- plan time
 
 
-def select_features(schema: pa.Schema, params: SupervisedParams) -> list[str]:
-    """The feature columns: as given, or every numeric column but the label and weight."""
+def select_features(schema: pa.Schema, params: SupervisedParams,
+                    categorical: Collection[str] = ()) -> list[str]:
+    """The feature columns: as given, or every numeric column (and every ``categorical``
+    one) but the label and weight, in the input's order."""
     if params.features is not None:
         return list(params.features)
     skip = {params.label, params.weight}
-    return [f.name for f in schema if f.name not in skip and is_numeric(f.type)]
+    return [f.name for f in schema
+            if f.name not in skip and (is_numeric(f.type) or f.name in categorical)]
 
 
-def model_input_columns(schema: pa.Schema, params: SupervisedParams) -> list[str]:
+def model_input_columns(schema: pa.Schema, params: SupervisedParams,
+                        categorical: Collection[str] = ()) -> list[str]:
     """Columns a model step reads while fitting: features, label, weight."""
     extra = [params.label] + ([params.weight] if params.weight else [])
-    return select_features(schema, params) + [c for c in extra if c]
+    return select_features(schema, params, categorical) + [c for c in extra if c]
 
 
 def check_features(schema: pa.Schema, features: list[str]) -> None:
@@ -189,10 +194,12 @@ def check_features(schema: pa.Schema, features: list[str]) -> None:
                      "features")
 
 
-def check_inputs(schema: pa.Schema, params: SupervisedParams) -> list[str]:
-    """Plan-time checks of features, label and weight; returns the feature columns."""
+def check_inputs(schema: pa.Schema, params: SupervisedParams,
+                 categorical: Collection[str] = ()) -> list[str]:
+    """Plan-time checks of features, label and weight; returns the feature columns
+    (``categorical`` ones need not be numeric: their caller checks them)."""
     require_columns(schema, [params.label], "label column")
-    features = select_features(schema, params)
+    features = select_features(schema, params, categorical)
     for role, name in (("label", params.label), ("weight", params.weight)):
         if name is not None and name in (params.features or []):
             raise ParamError(f"the {role} column '{name}' is also listed in features",
@@ -209,7 +216,7 @@ def check_inputs(schema: pa.Schema, params: SupervisedParams) -> list[str]:
     if not features:
         raise SchemaError("no numeric feature columns in the input",
                           hint="list features, or encode string columns (op: one_hot)")
-    check_features(schema, features)
+    check_features(schema, [f for f in features if f not in categorical])
     return features
 
 

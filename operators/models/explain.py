@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from operators.arrays import to_xp
+from operators.models.categories import in_set
 
 TABLE_ENTRIES = 1 << 23
 """A model's factors are tabulated per (leaf, bit pattern, path position) while there
@@ -59,7 +60,9 @@ class Paths:
     in to take the leaf's way, whether a missing value does, and the cover share ``z``
     (padding: feature 0, (-inf, inf], missing ok, share 1); ``value``: (leaves, outputs)
     each leaf's value, already scaled as the model combines its trees; ``base``: the
-    expected raw score, per output.
+    expected raw score, per output. A categorical feature's splits on the path
+    (``nodes``' ``category``) leave it a set of codes instead: ``set_id`` (leaves,
+    depth) its row of ``sets`` (-1 for none), the codes that take the leaf's way.
     """
 
     def __init__(self, nodes: dict[str, np.ndarray], n_features: int, outputs: np.ndarray,
@@ -72,6 +75,7 @@ class Paths:
         parent[left[split]] = split
         parent[right[split]] = split
         leaves = np.flatnonzero(feature < 0)
+        category = np.asarray(nodes.get("category", np.full(len(feature), -1)), np.int64)
         # walk every leaf up to its root at once, one edge per leaf per step
         at, edges = leaves.copy(), []
         while True:
@@ -84,19 +88,22 @@ class Paths:
                               where=cover[up] > 0)
             default_left = nodes["default_left"][up].astype(bool)
             edges.append((active, feature[up], nodes["threshold"][up], went_left,
-                          default_left == went_left, share))
+                          default_left == went_left, share, category[up]))
             at[active] = up
-        columns = list(zip(*edges, strict=True)) if edges else [[np.zeros(0)]] * 6
-        leaf_of, feat, threshold, went_left, missing_ok, share = (
+        columns = list(zip(*edges, strict=True)) if edges else [[np.zeros(0)]] * 7
+        leaf_of, feat, threshold, went_left, missing_ok, share, on_set = (
             np.concatenate(c) for c in columns)
         leaf_of, feat = leaf_of.astype(np.int64), feat.astype(np.int64)
         went_left, missing_ok = went_left.astype(bool), missing_ok.astype(bool)
+        on_set = on_set.astype(np.int64)
+        by_value = on_set < 0
         # one entry per (leaf, feature): a path may split on a feature more than once
         keys, group = np.unique(leaf_of * max(n_features, 1) + feat, return_inverse=True)
         g = len(keys)
         lower, upper = np.full(g, -np.inf), np.full(g, np.inf)
-        np.maximum.at(lower, group[~went_left], threshold[~went_left])
-        np.minimum.at(upper, group[went_left], threshold[went_left])
+        right, left = ~went_left & by_value, went_left & by_value
+        np.maximum.at(lower, group[right], threshold[right])
+        np.minimum.at(upper, group[left], threshold[left])
         ok, z = np.ones(g, dtype=bool), np.ones(g)
         np.logical_and.at(ok, group, missing_ok)
         np.multiply.at(z, group, share)
@@ -110,6 +117,19 @@ class Paths:
         for name, values in (("feature", feat_at), ("lower", lower), ("upper", upper),
                              ("missing_ok", ok), ("share", z)):
             getattr(self, name)[leaf_at, position] = values
+        self.sets: np.ndarray | None = None
+        self.set_id = np.full(shape, -1, dtype=np.int64)
+        if not by_value.all():  # the codes that meet every condition of the feature's
+            masks = np.asarray(nodes["category_left"], dtype=bool)
+            met = masks[on_set[~by_value]]
+            met[~went_left[~by_value]] ^= True
+            codes = np.ones((g, masks.shape[1]), dtype=bool)
+            np.logical_and.at(codes, group[~by_value], met)
+            with_set = np.unique(group[~by_value])
+            self.sets = codes[with_set]
+            set_of = np.full(g, -1, dtype=np.int64)
+            set_of[with_set] = np.arange(len(with_set))
+            self.set_id[leaf_at, position] = set_of
         self.real = np.zeros(shape, dtype=bool)
         self.real[leaf_at, position] = True
         self.depth, self.n_features = depth, n_features
@@ -210,6 +230,10 @@ def contributions(flat: Any, n: int, paths: Paths, xp: Any) -> Any:
     missing_ok = to_xp(paths.missing_ok.T.reshape(-1, 1), xp)
     sums = [(a, b, c0, c1, to_xp(matrix, xp)) for a, b, c0, c1, matrix in paths.sums]
     missing = bool(xp.any(xp.isnan(x)))  # else the missing values' side is not looked at
+    if paths.sets is not None:  # categorical conditions: a set of codes each
+        set_id = to_xp(paths.set_id.T.reshape(-1, 1), xp)
+        sets = {"masks": to_xp(paths.sets.reshape(-1), xp),
+                "mask_width": paths.sets.shape[1]}
     if paths.tables is not None:
         tables = to_xp(paths.tables.reshape(-1), xp)
         ids = np.int32 if paths.tables.size < 2**31 else np.int64
@@ -227,6 +251,10 @@ def contributions(flat: Any, n: int, paths: Paths, xp: Any) -> Any:
         stop = min(start + block, n)
         values = xp.take(x[:, start:stop], pick, axis=0)  # (d * leaves, rows)
         met = (values > lower) & (values <= upper)
+        if paths.sets is not None:
+            outside = xp.isnan(values) | (set_id < 0)  # only a set's values are codes
+            code = xp.astype(xp.where(outside, xp.zeros_like(values), values), xp.int64)
+            met = met & (in_set(set_id, code, sets, xp) | (set_id < 0))
         if missing:
             met = xp.where(xp.isnan(values), missing_ok, met)
         met = xp.reshape(met, (d, n_leaves, stop - start))

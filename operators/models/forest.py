@@ -118,7 +118,8 @@ class AveragedTrees(TreeEstimator):
         return self.fitted_class(
             state["features"], state["classes"] if classify else None,
             pa.type_for_alias(state["label_type"]) if classify else None,
-            combine="mean", link="identity", depth=depth, arrays=arrays)
+            combine="mean", link="identity", depth=depth, arrays=arrays,
+            categories=state["categories"])
 
 
 @register("decision_tree")

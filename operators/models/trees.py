@@ -67,16 +67,30 @@ from operators.arrays import column_to_numpy, get_namespace, host_buffer, to_num
 from operators.base import (
     DataError,
     Estimator,
+    ParamError,
     SchemaError,
     require_columns,
 )
 from operators.hashing import hash_rows, mix
+from operators.models.categories import (
+    categories_from_meta,
+    categories_meta,
+    category_codes,
+    category_type,
+    check_categorical,
+    choose_categories,
+    in_set,
+    is_text,
+    normalized,
+    scoring_type_error,
+)
 from operators.models.common import (
     ClassWeight,
     FittedModel,
     SupervisedParams,
     by_class,
     check_class_weight,
+    check_features,
     check_inputs,
     class_label_type,
     class_weight_field,
@@ -157,9 +171,40 @@ class TreeParams(SupervisedParams):
         None, description="features the prediction may only rise (1) or only fall (-1) "
                           "with, e.g. {tenure: -1} (regression and two classes; "
                           "scikit-learn's monotonic_cst, XGBoost's monotone_constraints)")
+    categorical: list[str] | None = Field(
+        None, description="features split by sets of their values, not thresholds "
+                          "(strings, integers, booleans; a string feature always is): "
+                          "the max_bins most frequent values are categories, others and "
+                          "nulls are missing; listed columns are features when features "
+                          "is left out (LightGBM's categorical_feature, XGBoost's "
+                          "enable_categorical)")
 
 
 # --------------------------------------------------------------------------- plan time
+
+
+def categorical_names(schema: pa.Schema, params: TreeParams) -> list[str]:
+    """The features split by category: those ``categorical`` lists, then the text
+    columns ``features`` lists (a text feature can only be categorical)."""
+    listed = list(params.categorical or [])
+    text = [name for name in params.features or []
+            if name in schema.names and is_text(schema.field(name).type)]
+    return listed + [name for name in text if name not in listed]
+
+
+def check_categorical_features(schema: pa.Schema, params: TreeParams, features: list[str],
+                               categorical: list[str]) -> None:
+    """Plan-time checks of the categorical features (``categorical_names``)."""
+    require_columns(schema, categorical, "categorical column")
+    for name in params.categorical or []:
+        if name not in features:
+            raise ParamError(f"categorical names '{name}', which is not a feature",
+                             hint=f"add '{name}' to features, or leave it out of categorical")
+    for name in categorical:
+        check_categorical(schema, name, "categorical column")
+        if name in (params.monotonic or {}):
+            raise ParamError(f"'{name}' is categorical: its values have no order to be "
+                             f"monotonic in", hint=f"leave '{name}' out of monotonic")
 
 
 def tree_label_type(schema: pa.Schema, params: TreeParams, op: str) -> tuple[bool, pa.DataType]:
@@ -233,8 +278,19 @@ def subsample_salt(round_: int) -> int:
     return _SUBSAMPLE_SALT + round_
 
 
-def feature_columns(table: pa.Table, features: list[str], xp: Any = None) -> np.ndarray:
-    """The features as a (features, rows) float64 host array; null is NaN, inf stays.
+def feature_values(table: pa.Table, name: str,
+                   categories: dict[str, pa.Array] | None) -> np.ndarray:
+    """A feature's values as float64: a number as it is (null NaN, inf stays), a
+    categorical feature's (one ``categories`` names) code (``category_codes``)."""
+    kept = None if categories is None else categories.get(name)
+    if kept is None:
+        return column_to_numpy(table.column(name))
+    return category_codes(table.column(name), kept)
+
+
+def feature_columns(table: pa.Table, features: list[str], xp: Any = None,
+                    categories: dict[str, pa.Array] | None = None) -> np.ndarray:
+    """The features as a (features, rows) float64 host array (``feature_values``).
 
     Float64 whatever ``xp``'s compute dtype: values are only compared with the bin
     edges, and the codes that travel on are one byte each.
@@ -243,7 +299,7 @@ def feature_columns(table: pa.Table, features: list[str], xp: Any = None) -> np.
     host = (np.empty(shape, np.float64) if xp is None
             else host_buffer(shape, xp, order="C", dtype=np.float64))
     for j, name in enumerate(features):
-        host[j] = column_to_numpy(table.column(name))
+        host[j] = feature_values(table, name, categories)
     return host
 
 
@@ -385,6 +441,12 @@ class Criterion(ABC):
         """The value monotonic constraints order: the mean, or the second class's share
         (boosting: the leaf value within [lower, upper])."""
 
+    def category_order(self, stats: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """What a node's categories are ordered by (``stats``: channel first, the
+        categories on the last axis; ``total``: the node's sums): their rows' value,
+        in which the best split is a prefix (Fisher's ordering)."""
+        return self.constrained_value(stats, -np.inf, np.inf)
+
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den, 0 where den <= 0."""
@@ -419,6 +481,14 @@ class Gini(Criterion):
 
     def constrained_value(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
         return _ratio(stats[1], _channel_sum(stats))
+
+    def category_order(self, stats: np.ndarray, total: np.ndarray) -> np.ndarray:
+        # two classes: the second's share (a best split is a prefix); more: the share of
+        # the node's most frequent class (a heuristic, as LightGBM's one-vs-rest trees
+        # and Spark MLlib's ordering by one centroid)
+        top = np.argmax(total, axis=0)[..., None]                       # (...,) -> (..., 1)
+        chosen = np.take_along_axis(np.moveaxis(stats, 0, -1), top[..., None], axis=-1)
+        return _ratio(chosen[..., 0], _channel_sum(stats))
 
     def value(self, stats: np.ndarray) -> np.ndarray:
         w = _channel_sum(stats)
@@ -753,7 +823,8 @@ def _product_histograms(product: Callable[..., None], codes: np.ndarray, n: int,
 def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
                 min_gain: np.ndarray, chunk: int = 256, slots: np.ndarray | None = None,
                 allowed: np.ndarray | None = None, monotonic: np.ndarray | None = None,
-                bounds: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                bounds: np.ndarray | None = None, categorical: np.ndarray | None = None
+                ) -> dict[str, np.ndarray]:
     """The best split of each slot of ``hist`` ``(m, S, bins, C)``, whose last bin holds
     the missing values; of the ``slots`` only (their order) when given, gathered a
     chunk at a time (no copy of the histograms); on the feature positions ``allowed``
@@ -770,6 +841,12 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
     (per slot) and the noise floor. Among gains within ``GAIN_RTOL`` of the best the
     first (feature position, missing right before left, bin) wins. Where a node had no
     missing values they go to the heavier child. Stats come back channel last.
+
+    ``categorical`` ``(S, m)``: the positions whose bins are categories. Their bins are
+    taken in the order of ``Criterion.category_order`` (float32, so that the noise of
+    sums added in another order cannot swap two categories; then by code; categories
+    without rows last) and a split sends the categories before its cut left:
+    ``categories`` ``(slots, bins)`` says which, for a split on one.
     """
     m, n_slots, n_bins1, width = hist.shape
     if slots is not None:
@@ -779,6 +856,8 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
            "bin": np.zeros(n_slots, dtype=np.int64),
            "missing_left": np.zeros(n_slots, dtype=bool), "gain": np.zeros(n_slots),
            "left": np.zeros((n_slots, width)), "right": np.zeros((n_slots, width))}
+    if categorical is not None:
+        out["categories"] = np.zeros((n_slots, n_bins), dtype=bool)
     if n_bins == 0:
         return out
     for start in range(0, n_slots, chunk):
@@ -790,6 +869,9 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         chosen = slice(start, stop) if slots is None else slots[start:stop]
         part = hist[:, chosen]
         h = np.ascontiguousarray(np.transpose(part, (3, 1, 0, 2)))
+        rank = None
+        if categorical is not None and categorical[chosen].any():
+            h, rank = _by_category_order(h, criterion, categorical[chosen])
         missing = h[..., n_bins]                                         # (C,s,m)
         # with no missing value in the chunk, "missing left" repeats "missing right"
         # (the same sums, later in the order), so it is left out: the same choice
@@ -863,7 +945,29 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         out["gain"][sl] = np.where(found, best, 0.0)
         out["left"][sl] = lft.T
         out["right"][sl] = rgt.T
+        if rank is not None:  # a category goes left when it comes before the cut
+            on = categorical[chosen][rows, position]
+            out["categories"][sl] = (rank[rows, position] <= bin_[:, None]) & on[:, None]
     return out
+
+
+def _by_category_order(h: np.ndarray, criterion: Criterion, categorical: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's histograms ``(C, s, m, bins + 1)`` with the bins of the categorical
+    positions ``(s, m)`` in the criterion's order (``best_splits``), and each bin's
+    rank in its position's order ``(s, m, bins)``."""
+    n_bins = h.shape[-1] - 1
+    values = h[..., :n_bins]
+    key = criterion.category_order(values, h.sum(axis=-1)).astype(np.float32)
+    key[criterion.weight(values) <= 0] = np.inf  # no rows here: last, so right
+    key[~categorical] = np.arange(n_bins, dtype=np.float32)  # numbers keep their bins
+    order = np.argsort(key, axis=-1, kind="stable")
+    ordered = np.empty_like(h)
+    ordered[..., :n_bins] = np.take_along_axis(values, order[None], axis=-1)
+    ordered[..., n_bins] = h[..., n_bins]
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(n_bins)[None, None, :], axis=-1)
+    return ordered, rank
 
 
 def _at_positions(per_feature: np.ndarray | None, featsel: np.ndarray | None
@@ -963,7 +1067,13 @@ def new_forest(width: int) -> dict[str, np.ndarray]:
             "missing_left": np.zeros(0, bool), "left": np.zeros(0, np.int32),
             "right": np.zeros(0, np.int32), "value": np.zeros((0, width)),
             "weight": np.zeros(0), "gain": np.zeros(0), "lower": np.zeros(0),
-            "upper": np.zeros(0), "roots": np.zeros(0, np.int32)}
+            "upper": np.zeros(0), "category": np.zeros(0, np.int32),
+            "roots": np.zeros(0, np.int32), "masks": np.zeros((0, 0), bool)}
+
+
+FOREST_WIDE = ("roots", "masks")
+"""Forest arrays not indexed by node: each tree's root, and the categories each
+categorical split sends left (a row per such split, ``category`` its node's)."""
 
 
 def add_nodes(forest: dict[str, np.ndarray], tree: np.ndarray, depth: np.ndarray,
@@ -978,9 +1088,10 @@ def add_nodes(forest: dict[str, np.ndarray], tree: np.ndarray, depth: np.ndarray
              "missing_left": np.zeros(k, bool), "left": np.full(k, -1, np.int32),
              "right": np.full(k, -1, np.int32), "value": value.reshape(k, forest["value"].shape[1]),
              "weight": weight.astype(np.float64), "gain": np.zeros(k),
-             "lower": np.full(k, -np.inf), "upper": np.full(k, np.inf)}
+             "lower": np.full(k, -np.inf), "upper": np.full(k, np.inf),
+             "category": np.full(k, -1, np.int32)}
     out = {name: np.concatenate([forest[name], fresh[name]]) for name in fresh}
-    out["roots"] = forest["roots"]
+    out.update({name: forest[name] for name in FOREST_WIDE})
     return out, np.arange(start, start + k)
 
 
@@ -999,8 +1110,9 @@ def truncate(forest: dict[str, np.ndarray], n_trees: int) -> dict[str, np.ndarra
     if n_trees >= len(forest["roots"]):
         return forest
     end = int(forest["roots"][n_trees])
-    out = {k: v[:end] for k, v in forest.items() if k != "roots"}
+    out = {k: v[:end] for k, v in forest.items() if k not in FOREST_WIDE}
     out["roots"] = forest["roots"][:n_trees]
+    out["masks"] = forest["masks"]  # rows of the dropped trees' splits stay, unused
     return out
 
 
@@ -1078,10 +1190,13 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
                hist: np.ndarray, criterion: Criterion, edges: list[np.ndarray], *,
                max_depth: int, min_leaf: float, min_gain_fraction: float,
                empty_value: np.ndarray, allowed: np.ndarray | None = None,
-               monotonic: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               monotonic: np.ndarray | None = None, categorical: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
     """Decide the group's pending ``nodes`` from their histograms: split (two new children,
     pending unless they cannot split) or leaf, on the feature positions ``allowed`` (per
-    node, all when None). Roots get their value and weight here.
+    node, all when None). Roots get their value and weight here. ``categorical`` (per
+    node and feature position): the positions whose bins are categories (a split on one
+    sends a set of them left: a row of ``forest["masks"]``).
 
     ``monotonic`` (per node and feature position: 1, -1 or 0; ``best_splits``) keeps each
     node's children's values within its bounds (``forest["lower"]``, ``["upper"]``), and
@@ -1110,7 +1225,8 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
             bounds = np.stack([forest["lower"][nodes], forest["upper"][nodes]], axis=1)
         chosen = best_splits(hist, criterion, min_leaf, min_gain[can],
                              slots=None if can.all() else np.flatnonzero(can),
-                             allowed=allowed, monotonic=monotonic, bounds=bounds)
+                             allowed=allowed, monotonic=monotonic, bounds=bounds,
+                             categorical=None if categorical is None else categorical[can])
         found[can] = chosen["found"]
         hit = chosen["found"]
         split_nodes = nodes[can][hit]
@@ -1124,6 +1240,16 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
         forest["bin"][split_nodes] = bins
         forest["threshold"][split_nodes] = [threshold_of(edges[f], b)
                                             for f, b in zip(feature, bins, strict=True)]
+        if categorical is not None:
+            on = categorical[can][hit][np.arange(len(position)), position]
+            sets = chosen["categories"][hit][on]
+            if forest["masks"].shape[1] != sets.shape[1]:  # the fit's first such split
+                forest["masks"] = np.zeros((0, sets.shape[1]), dtype=bool)
+            at = len(forest["masks"])
+            forest["masks"] = np.concatenate([forest["masks"], sets])
+            forest["category"][split_nodes[on]] = np.arange(at, at + len(sets))
+            forest["bin"][split_nodes[on]] = -1
+            forest["threshold"][split_nodes[on]] = np.nan
         forest["missing_left"][split_nodes] = chosen["missing_left"][hit]
         forest["gain"][split_nodes] = chosen["gain"][hit]
         forest["status"][split_nodes] = SPLIT
@@ -1224,13 +1350,14 @@ def importances(forest: dict[str, np.ndarray], n_features: int) -> np.ndarray:
 # --------------------------------------------------------------------------- traversal
 
 
-_WALKED = ("feature", "bin", "missing_left", "left", "right", "status")
+_WALKED = ("feature", "bin", "missing_left", "left", "right", "status", "category")
 
 
 def forest_on(forest: dict[str, np.ndarray], xp: Any, slot_of: np.ndarray | None = None
               ) -> dict[str, Any]:
     """The arrays a partition walks (and ``slot_of``, each node's slot in a pass's
-    histograms, -1 for none) on ``xp``: one int64 host array, one copy."""
+    histograms, -1 for none) on ``xp``: one int64 host array, one copy (and the
+    categorical splits' sets, ``masks``, in another)."""
     names = _WALKED + (() if slot_of is None else ("slot_of",))
     host = np.empty((len(names), len(forest["tree"])), dtype=np.int64)
     for i, name in enumerate(names):
@@ -1238,7 +1365,26 @@ def forest_on(forest: dict[str, np.ndarray], xp: Any, slot_of: np.ndarray | None
     packed = to_xp(host, xp)
     out = {name: packed[i, :] for i, name in enumerate(names)}
     out["missing_left"] = out["missing_left"] != 0
+    out.update(_masks_on(forest["masks"], xp))
     return out
+
+
+def _masks_on(masks: np.ndarray, xp: Any) -> dict[str, Any]:
+    """The categorical splits' sets as ``goes_left`` reads them (none: nothing)."""
+    if len(masks) == 0:
+        return {}
+    return {"masks": to_xp(masks.reshape(-1), xp), "mask_width": masks.shape[1]}
+
+
+def goes_left(code: Any, pos: Any, arrays: dict[str, Any], missing: int, xp: Any) -> Any:
+    """Whether rows with bin ``code`` at the nodes ``pos`` go left: the missing code to
+    the node's missing side; at a categorical split (``arrays`` has ``masks``) when the
+    node's set holds the code, else when the code is at most the node's bin."""
+    left = code <= xp.take(arrays["bin"], pos)
+    if "masks" in arrays:
+        category = xp.take(arrays["category"], pos)
+        left = xp.where(category >= 0, in_set(category, code, arrays, xp), left)
+    return xp.where(code == missing, xp.take(arrays["missing_left"], pos), left)
 
 
 def descend(pos: Any, rows: Any, codes: Any, n: int, arrays: dict[str, Any], missing: int,
@@ -1254,20 +1400,27 @@ def descend(pos: Any, rows: Any, codes: Any, n: int, arrays: dict[str, Any], mis
             return pos
         feature = xp.where(inner, feature, xp.zeros_like(feature))
         code = xp.astype(xp.take(codes, feature * n + rows), xp.int64)
-        go_left = xp.where(code == missing, xp.take(arrays["missing_left"], pos),
-                           code <= xp.take(arrays["bin"], pos))
+        go_left = goes_left(code, pos, arrays, missing, xp)
         child = xp.where(go_left, xp.take(arrays["left"], pos), xp.take(arrays["right"], pos))
         pos = xp.where(inner, child, pos)
     return pos
 
 
 def child_table(width: int, bin_: np.ndarray, missing_left: np.ndarray, left: np.ndarray,
-                right: np.ndarray) -> np.ndarray:
+                right: np.ndarray, category: np.ndarray | None = None,
+                masks: np.ndarray | None = None) -> np.ndarray:
     """Per (node, code) the node a row with that code goes to, ``(nodes, width)``: left
-    for codes up to the node's ``bin_``, the last code (missing values) to the node's
+    for codes up to the node's ``bin_`` (at a categorical split, ``category`` >= 0, the
+    codes of its row of ``masks``), the last code (missing values) to the node's
     missing side (training's ``node_tables`` and scoring's ``coded_walk``)."""
     code = np.arange(width)[None, :]
-    go_left = np.where(code == width - 1, missing_left[:, None], code <= bin_[:, None])
+    below = code <= bin_[:, None]
+    if masks is not None and len(masks):
+        on = np.flatnonzero(category >= 0)
+        sets = np.zeros((len(on), width), dtype=bool)
+        sets[:, :min(width, masks.shape[1])] = masks[category[on], :width]
+        below[on] = sets
+    go_left = np.where(code == width - 1, missing_left[:, None], below)
     return np.where(go_left, left[:, None], right[:, None])
 
 
@@ -1292,11 +1445,14 @@ def node_tables(forest: dict[str, np.ndarray], first: int, end: int, missing: in
         slot[np.asarray(nodes) - first] = np.arange(len(nodes))
     width = missing + 1
     columns = [np.where(split, forest["feature"][first:end], 0) * n, slot]
+    category = np.where(split, forest["category"][first:end], -1)
     if size * width <= TABLE_ENTRIES:
         columns.append(child_table(width, forest["bin"][first:end],
-                                   forest["missing_left"][first:end], left, right))
+                                   forest["missing_left"][first:end], left, right,
+                                   category, forest["masks"]))
     else:
-        columns += [forest["bin"][first:end], forest["missing_left"][first:end], left, right]
+        columns += [forest["bin"][first:end], forest["missing_left"][first:end], left, right,
+                    category]
     host = np.empty((size, sum(1 if c.ndim == 1 else c.shape[1] for c in columns)), np.int64)
     at = 0
     for c in columns:
@@ -1309,7 +1465,7 @@ def node_tables(forest: dict[str, np.ndarray], first: int, end: int, missing: in
         out["child"] = xp.reshape(packed[:, 2:], (-1,))
     else:
         out.update(bin=packed[:, 2], missing_left=packed[:, 3] != 0, left=packed[:, 4],
-                   right=packed[:, 5])
+                   right=packed[:, 5], category=packed[:, 6], **_masks_on(forest["masks"], xp))
     return out
 
 
@@ -1318,8 +1474,7 @@ def walk_step(pos: Any, rows: Any, codes: Any, tables: dict[str, Any], xp: Any) 
     code = xp.astype(xp.take(codes, xp.take(tables["offset"], pos) + rows), xp.int64)
     if "child" in tables:
         return xp.take(tables["child"], pos * tables["width"] + code)
-    go_left = xp.where(code == tables["missing"], xp.take(tables["missing_left"], pos),
-                       code <= xp.take(tables["bin"], pos))
+    go_left = goes_left(code, pos, tables, tables["missing"], xp)
     return xp.where(go_left, xp.take(tables["left"], pos), xp.take(tables["right"], pos))
 
 
@@ -1350,10 +1505,12 @@ class TreeEstimator(Estimator):
     explained = True
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return model_input_columns(schema, self.params)
+        return model_input_columns(schema, self.params, categorical_names(schema, self.params))
 
     def _check(self, schema: pa.Schema) -> tuple[list[str], bool, pa.DataType]:
-        features = check_inputs(schema, self.params)
+        categorical = categorical_names(schema, self.params)
+        features = check_inputs(schema, self.params, categorical)
+        check_categorical_features(schema, self.params, features, categorical)
         classify, label_type = tree_label_type(schema, self.params, self.name)
         self._check_params(classify)
         self._check_features(features)
@@ -1377,8 +1534,12 @@ class TreeEstimator(Estimator):
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
         features, classify, label_type = self._check(schema)
+        # the categorical features' kept types, until the summary finds their categories
+        kept = {name: category_type(schema.field(name).type)
+                for name in categorical_names(schema, self.params)}
         return {"phase": "summary", "token": new_token(), "features": features,
-                "classify": classify, "label_type": str(label_type)}
+                "classify": classify, "label_type": str(label_type),
+                "categories": {name: pa.array([], type=t) for name, t in kept.items()}}
 
     # ------------------------------------------------------------------ partitions
 
@@ -1418,8 +1579,13 @@ class TreeEstimator(Estimator):
         keys = mix(model_hashes(train, p, features) ^ _SAMPLE_KEY)
         order = np.argsort(keys, kind="stable")[:BIN_SAMPLE_ROWS]
         out["sample_keys"] = keys[order]
+        taken = train.take(pa.array(order))
+        # a categorical feature's codes are NaN until the summary finds its categories:
+        # its sample is its values
         out["sample"] = np.ascontiguousarray(
-            feature_columns(train.take(pa.array(order)), features).T)
+            feature_columns(taken, features, categories=state["categories"]).T)
+        out["sample_values"] = {name: normalized(taken.column(name), kept.type)
+                                for name, kept in state["categories"].items()}
         return out
 
     def _prepared(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
@@ -1579,8 +1745,13 @@ class TreeEstimator(Estimator):
         p = self.params
         require_training_rows(stats["rows"], stats["heldout"])
         edges = bin_edges(stats["sample"], p.max_bins)
+        categories = {name: choose_categories(values, p.max_bins)
+                      for name, values in stats["sample_values"].items()}
+        for j, name in enumerate(state["features"]):
+            if name in categories:  # a category's code is its bin
+                edges[j] = np.arange(len(categories[name]) - 1) + 0.5
         out = {**state, "rows": int(stats["rows"]), "heldout": int(stats["heldout"]),
-               "edges": edges, "missing": missing_bin(edges)}
+               "edges": edges, "missing": missing_bin(edges), "categories": categories}
         if state["classify"]:
             classes, totals = stats["classes"], stats["class_weights"]
             if p.monotonic and len(classes) > 2:
@@ -1659,7 +1830,9 @@ class TreeEstimator(Estimator):
                             min_gain_fraction=self._min_gain_fraction(state),
                             empty_value=self._empty_value(state),
                             allowed=_at_positions(self._allowed(state, nodes), featsel),
-                            monotonic=_at_positions(self._monotonic(state, nodes), featsel))
+                            monotonic=_at_positions(self._monotonic(state, nodes), featsel),
+                            categorical=_at_positions(_categorical(state, len(nodes)),
+                                                      featsel))
         kept = state.get("kept")
         if featsel is None or self.children_share_features:
             limit = min(PARENT_HISTOGRAM_MB, p.max_histogram_mb) * 2**20
@@ -1722,6 +1895,14 @@ class TreeEstimator(Estimator):
         return out
 
 
+def _categorical(state: dict[str, Any], n_nodes: int) -> np.ndarray | None:
+    """Per node and feature whether the feature is categorical (None: none is)."""
+    if not state["categories"]:
+        return None
+    flags = np.array([f in state["categories"] for f in state["features"]])
+    return np.broadcast_to(flags, (n_nodes, len(flags)))
+
+
 def _concat_batch(batch: list[tuple[Any, Any, Any]], xp: Any) -> tuple[Any, Any, Any]:
     """A pass's batch of trees' (rows, slots, extra) as three arrays (extra: None when
     the trees have none)."""
@@ -1745,16 +1926,20 @@ def _combine_summary(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     else:
         out["sums"] = a["sums"] + b["sums"]
         out["label_min"] = min(a["label_min"], b["label_min"])
-    out["sample_keys"], out["sample"] = _smallest_keys(
+    (out["sample_keys"], out["sample"]), places = _smallest_keys(
         a["sample_keys"], a["sample"], b["sample_keys"], b["sample"], BIN_SAMPLE_ROWS)
+    out["sample_values"] = {name: _merged(values, b["sample_values"][name], places)
+                            for name, values in a["sample_values"].items()}
     return out
 
 
 def _smallest_keys(keys_a: np.ndarray, rows_a: np.ndarray, keys_b: np.ndarray,
-                   rows_b: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+                   rows_b: np.ndarray, limit: int
+                   ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, ...]]:
     """The ``limit`` rows of smallest key of two samples, each sorted by key: a merge
     (a's rows before b's on equal keys, as a stable sort of a then b), written straight
-    into the result with no concatenation of the rows (megabytes per partition)."""
+    into the result with no concatenation of the rows (megabytes per partition); and
+    where each sample's rows went (kept a, their places, kept b, their places)."""
     at_a = np.arange(len(keys_a)) + np.searchsorted(keys_b, keys_a, side="left")
     at_b = np.arange(len(keys_b)) + np.searchsorted(keys_a, keys_b, side="right")
     keep_a, keep_b = at_a < limit, at_b < limit
@@ -1763,7 +1948,14 @@ def _smallest_keys(keys_a: np.ndarray, rows_a: np.ndarray, keys_b: np.ndarray,
     rows = np.empty((size, *rows_a.shape[1:]), dtype=np.result_type(rows_a, rows_b))
     keys[at_a[keep_a]], rows[at_a[keep_a]] = keys_a[keep_a], rows_a[keep_a]
     keys[at_b[keep_b]], rows[at_b[keep_b]] = keys_b[keep_b], rows_b[keep_b]
-    return keys, rows
+    return (keys, rows), (keep_a, at_a[keep_a], keep_b, at_b[keep_b])
+
+
+def _merged(a: pa.Array, b: pa.Array, places: tuple[np.ndarray, ...]) -> pa.Array:
+    """Two samples' values of a column merged as ``_smallest_keys`` merged their rows."""
+    keep_a, at_a, keep_b, at_b = places
+    both = pa.concat_arrays([a.filter(pa.array(keep_a)), b.filter(pa.array(keep_b))])
+    return both.take(pa.array(np.argsort(np.concatenate([at_a, at_b]))))
 
 
 def prepare_rows(tables: list[pa.Table], state: dict[str, Any], params: SupervisedParams,
@@ -1784,7 +1976,7 @@ def prepare_rows(tables: list[pa.Table], state: dict[str, Any], params: Supervis
     for table, a, b in zip(tables, starts[:-1], starts[1:], strict=True):
         block = host[:, a:b]
         for j, name in enumerate(features):
-            block[j] = column_to_numpy(table.column(name))
+            block[j] = feature_values(table, name, state["categories"])
         labels = label_column(table, params.label)
         if classify:
             index = encode_classes(labels, state["classes"],
@@ -1824,13 +2016,23 @@ class TreeModelFitted(FittedModel):
 
     ARRAYS = ("feature", "threshold", "left", "right", "default_left", "value", "cover",
               "gain", "tree_start", "importances", "base")
+    CATEGORY_ARRAYS = ("category", "category_left")
+    """A categorical split's row of ``category_left`` (-1: none), and which codes each
+    such split sends left (models saved before categorical features have neither)."""
 
     def __init__(self, features: list[str], classes: list[Any] | None,
                  label_type: pa.DataType | None, *, combine: str, link: str, depth: int,
-                 arrays: dict[str, np.ndarray]):
+                 arrays: dict[str, np.ndarray],
+                 categories: dict[str, pa.Array] | None = None):
         super().__init__(features, classes, label_type)
         self.combine, self.link, self.depth = combine, link, int(depth)
+        self.categories = dict(categories or {})
         self.nodes = {k: np.asarray(arrays[k]) for k in self.ARRAYS}
+        n_nodes = len(self.nodes["feature"])
+        self.nodes["category"] = np.asarray(arrays.get("category",
+                                                       np.full(n_nodes, -1, np.int32)))
+        self.nodes["category_left"] = np.asarray(arrays.get("category_left",
+                                                            np.zeros((0, 0), bool)))
         feature = self.nodes["feature"].astype(np.int64)
         own = np.arange(len(feature))
         leaf = feature < 0
@@ -1853,17 +2055,37 @@ class TreeModelFitted(FittedModel):
                                             strict=True)}
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
+        """Scores of a (rows, features) matrix: a categorical feature's column holds its
+        codes (``feature_values``)."""
         return self._scores(xp.reshape(xp.permute_dims(X, (1, 0)), (-1,)), X.shape[0], xp)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        check_features(schema, [f for f in self.features if f not in self.categories])
+        for name, kept in self.categories.items():
+            require_columns(schema, [name], "feature column")
+            error = scoring_type_error(schema, name, kept.type)
+            if error is not None:
+                raise error
+        return with_predictions(schema, self.classes, self.label_type)
+
+    @functools.cached_property
+    def _sets(self) -> dict[str, np.ndarray] | None:
+        """The categorical splits (``leaf_sums``' ``sets``; None: the model has none)."""
+        masks = self.nodes["category_left"]
+        if len(masks) == 0:
+            return None
+        return {"category": self.nodes["category"], "masks": masks,
+                "sizes": np.array([len(self.categories.get(f, ())) for f in self.features])}
 
     @functools.cached_property
     def _coded(self) -> dict[str, np.ndarray] | None:
         """The walk on codes (``coded_walk``), made when the model first scores."""
-        return coded_walk(self._walk, len(self.features))
+        return coded_walk(self._walk, len(self.features), self._sets)
 
     def _scores(self, flat: Any, n: int, xp: Any) -> Any:
         """``predict_matrix`` of the feature-major flattened matrix ``flat``."""
         sums = leaf_sums(flat, n, self._walk, self.nodes["tree_start"][:-1], self.depth, xp,
-                         self._coded)
+                         self._coded, self._sets)
         n_trees = len(self.nodes["tree_start"]) - 1
         if self.combine == "mean":
             scores = sums / max(n_trees, 1)
@@ -1884,7 +2106,7 @@ class TreeModelFitted(FittedModel):
     def outputs(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """As ``FittedModel.outputs``, with missing and infinite feature values allowed."""
         require_columns(part.schema, self.features, "feature column")
-        flat = to_xp(feature_columns(part, self.features, xp).reshape(-1), xp)
+        flat = to_xp(feature_columns(part, self.features, xp, self.categories).reshape(-1), xp)
         return self.outputs_of(self._scores(flat, part.num_rows, xp))
 
     @functools.cached_property
@@ -1906,7 +2128,7 @@ class TreeModelFitted(FittedModel):
                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """TreeSHAP (``operators/models/explain.py``) from the same copy of the features
         to the device as the scores."""
-        flat = to_xp(feature_columns(part, self.features, xp).reshape(-1), xp)
+        flat = to_xp(feature_columns(part, self.features, xp, self.categories).reshape(-1), xp)
         n = part.num_rows
         predicted, proba = self.outputs_of(self._scores(flat, n, xp))
         paths = self._paths
@@ -1916,13 +2138,17 @@ class TreeModelFitted(FittedModel):
         return dict(self.nodes)
 
     def meta(self) -> dict[str, Any]:
-        return {**super().meta(), "combine": self.combine, "link": self.link,
-                "depth": self.depth}
+        out = {**super().meta(), "combine": self.combine, "link": self.link,
+               "depth": self.depth}
+        if self.categories:
+            out["categories"] = categories_meta(self.categories)
+        return out
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> TreeModelFitted:
         return cls(**cls.meta_args(meta), combine=meta["combine"], link=meta["link"],
-                   depth=meta["depth"], arrays=arrays)
+                   depth=meta["depth"], arrays=arrays,
+                   categories=categories_from_meta(meta.get("categories")))
 
 
 def _sigmoid(z: Any, xp: Any) -> Any:
@@ -1935,36 +2161,49 @@ CODED_ENTRIES = 1 << 24
 this many entries (4 bytes each)."""
 
 
-def coded_walk(walk: np.ndarray, n_features: int) -> dict[str, np.ndarray] | None:
+def coded_walk(walk: np.ndarray, n_features: int, sets: dict[str, np.ndarray] | None = None
+               ) -> dict[str, np.ndarray] | None:
     """What scoring needs to walk a model on codes instead of values (None where the
     table would pass ``CODED_ENTRIES``): per feature, the sorted distinct thresholds its
     nodes split at (``edges``); a row's code of a value is how many of them are below it
     (``bin_codes``: ``x <= t`` exactly when its code is at most ``t``'s position), NaN
     the last code, ``width - 1``; and per (node, code) the node a row goes
     to (``child``; a leaf keeps its rows), so that a step is two lookups. The same
-    decisions as the thresholds', so the same scores, bit for bit."""
+    decisions as the thresholds', so the same scores, bit for bit. A categorical
+    feature's values are its codes already (``sets``: ``leaf_sums``'), and its code is
+    the value; a categorical split's row of the table its set's."""
     feature, threshold = walk[0].astype(np.int64), walk[1]
     left, right = walk[2].astype(np.int64), walk[3].astype(np.int64)
     split = (left != np.arange(walk.shape[1])) | (right != np.arange(walk.shape[1]))
     edges, position = [], np.zeros(walk.shape[1], np.int64)
+    category = masks = None
+    if sets is not None:
+        category, masks = np.where(split, sets["category"], -1), sets["masks"]
     for j in range(n_features):
         on = split & (feature == j)
+        if sets is not None and sets["sizes"][j]:
+            edges.append(np.arange(sets["sizes"][j] - 1) + 0.5)
+            continue
         edges.append(np.unique(threshold[on]))
         position[on] = np.searchsorted(edges[-1], threshold[on])
     width = max((len(e) for e in edges), default=0) + 2
     if walk.shape[1] * width > CODED_ENTRIES or width > 2**15:
         return None
-    child = child_table(width, position, walk[4] != 0, left, right).astype(np.int32)
+    child = child_table(width, position, walk[4] != 0, left, right, category,
+                        masks).astype(np.int32)
     return {"edges": edges, "child": child.reshape(-1), "feature": feature.astype(np.int32),
             "width": np.array(width)}
 
 
 def leaf_sums(flat: Any, n: int, walk: np.ndarray, roots: np.ndarray, depth: int,
-              xp: Any, coded: dict[str, np.ndarray] | None = None) -> Any:
+              xp: Any, coded: dict[str, np.ndarray] | None = None,
+              sets: dict[str, np.ndarray] | None = None) -> Any:
     """Per row, the sum over trees of the value of the leaf the row reaches: ``depth``
     steps of gathers for every (row, tree) pair, a block of rows at a time. ``walk``:
     ``TreeModelFitted``'s rows of node arrays; ``coded`` (``coded_walk``): walk on the
-    rows' codes, two lookups a step instead of comparing values."""
+    rows' codes, two lookups a step instead of comparing values; ``sets``: the
+    categorical splits (per node its row of ``masks``, -1 for none; per feature its
+    number of categories, 0 for a number), whose features' values are codes."""
     width = walk.shape[0] - 5
     n_trees = len(roots)
     if n == 0 or n_trees == 0:
@@ -1972,7 +2211,7 @@ def leaf_sums(flat: Any, n: int, walk: np.ndarray, roots: np.ndarray, depth: int
     if coded is not None:
         step, ids = _coded_step(flat, n, coded, xp)
     else:
-        step, ids = _compared_step(flat, n, walk, xp), np.int64
+        step, ids = _compared_step(flat, n, walk, xp, sets), np.int64
     value = xp.permute_dims(to_xp(walk[5:, :], xp), (1, 0))
     root = to_xp(roots.astype(ids), xp)
     block = max(1, SCORING_BLOCK // n_trees)
@@ -1990,18 +2229,29 @@ def leaf_sums(flat: Any, n: int, walk: np.ndarray, roots: np.ndarray, depth: int
     return out[0] if len(out) == 1 else xp.concat(out, axis=0)
 
 
-def _compared_step(flat: Any, n: int, walk: np.ndarray, xp: Any) -> Callable[[Any, Any], Any]:
+def _compared_step(flat: Any, n: int, walk: np.ndarray, xp: Any,
+                   sets: dict[str, np.ndarray] | None = None) -> Callable[[Any, Any], Any]:
     """One step down for ``leaf_sums``, comparing each row's value with its node's
-    threshold (NaN takes the node's default side)."""
+    threshold, or looking its code up in a categorical split's set (NaN takes the
+    node's default side)."""
     packed = to_xp(walk, xp)
     feature = xp.astype(packed[0, :], xp.int64)
     threshold, default_left = packed[1, :], packed[4, :] != 0
     left, right = xp.astype(packed[2, :], xp.int64), xp.astype(packed[3, :], xp.int64)
+    arrays = None if sets is None else {
+        "category": to_xp(sets["category"].astype(np.int64), xp),
+        **_masks_on(sets["masks"], xp)}
 
     def step(node: Any, row: Any) -> Any:
         x = xp.take(flat, xp.take(feature, node) * n + row)
-        go_left = xp.where(xp.isnan(x), xp.take(default_left, node),
-                           x <= xp.take(threshold, node))
+        missing = xp.isnan(x)
+        go_left = x <= xp.take(threshold, node)
+        if arrays is not None:
+            category = xp.take(arrays["category"], node)
+            # only a categorical split's values are codes (a number may not fit int64)
+            code = xp.astype(xp.where(missing | (category < 0), xp.zeros_like(x), x), xp.int64)
+            go_left = xp.where(category >= 0, in_set(category, code, arrays, xp), go_left)
+        go_left = xp.where(missing, xp.take(default_left, node), go_left)
         return xp.where(go_left, xp.take(left, node), xp.take(right, node))
 
     return step
@@ -2053,5 +2303,11 @@ def model_arrays(forest: dict[str, np.ndarray], n_features: int,
         "importances": importances(forest, n_features),
         "base": np.zeros(forest["value"].shape[1]) if base is None else np.asarray(base),
     }
+    # the categorical splits' sets, one row each in the nodes' order
+    category = np.where(split, forest["category"][order], -1)
+    on = category >= 0
+    arrays["category"] = np.full(len(order), -1, dtype=np.int32)
+    arrays["category"][on] = np.arange(int(on.sum()))
+    arrays["category_left"] = forest["masks"][category[on]]
     return arrays, int(forest["depth"].max(initial=0))
 

@@ -20,7 +20,12 @@ from operators.models.common import split_rows
 from operators.models.trees import TreeModelFitted, feature_columns, leaf_sums
 from operators.score.score import Score
 from operators.testing.cases.models import classification_table, regression_table
-from operators.testing.cases.trees import counts_table, string_classes_table, tree_table
+from operators.testing.cases.trees import (
+    category_table,
+    counts_table,
+    string_classes_table,
+    tree_table,
+)
 from operators.testing.kit import assert_tables_close, fit, roundtrip, split
 
 NUMPY = get_namespace("numpy")
@@ -42,9 +47,13 @@ def shapley_by_subsets(model: TreeModelFitted, table: pa.Table) -> tuple[np.ndar
             return nodes["value"][node]
         left, right = nodes["left"][node], nodes["right"][node]
         if j in known:
-            value = x[j]
-            go_left = nodes["default_left"][node] if np.isnan(value) else (
-                value <= nodes["threshold"][node])
+            value, category = x[j], nodes["category"][node]
+            if np.isnan(value):
+                go_left = nodes["default_left"][node]
+            elif category >= 0:  # a categorical split: the value is its code
+                go_left = nodes["category_left"][category][int(value)]
+            else:
+                go_left = value <= nodes["threshold"][node]
             return expected(left if go_left else right, x, known)
         return (nodes["cover"][left] * expected(left, x, known)
                 + nodes["cover"][right] * expected(right, x, known)) / nodes["cover"][node]
@@ -54,7 +63,7 @@ def shapley_by_subsets(model: TreeModelFitted, table: pa.Table) -> tuple[np.ndar
         return total / len(starts) if mean else total + nodes["base"]
 
     out = []
-    for x in feature_columns(table, features).T:
+    for x in feature_columns(table, features, categories=model.categories).T:
         values = {frozenset(s): game(x, frozenset(s)) for k in range(f + 1)
                   for s in itertools.combinations(range(f), k)}
         phi = np.zeros((f, nodes["value"].shape[1]))
@@ -89,9 +98,9 @@ def explained(model: TreeModelFitted, rows: pa.Table, xp: Any = NUMPY) -> pa.Tab
 
 
 def raw_scores(model: TreeModelFitted, rows: pa.Table) -> np.ndarray:
-    flat = feature_columns(rows, model.features).reshape(-1)
+    flat = feature_columns(rows, model.features, categories=model.categories).reshape(-1)
     sums = leaf_sums(flat, rows.num_rows, model._walk, model.nodes["tree_start"][:-1],
-                     model.depth, NUMPY)
+                     model.depth, NUMPY, sets=model._sets)
     if model.combine == "mean":
         return sums / (len(model.nodes["tree_start"]) - 1)
     return sums + model.nodes["base"]
@@ -123,6 +132,13 @@ MODELS = {
     "boosted-poisson": lambda: fit(lookup("gradient_boosted_trees")(
         label="y", features=FEATURES, n_trees=4, max_depth=3, loss="poisson",
         min_samples_leaf=3), [counts_table()]),
+    # categorical splits; a path may split the city twice (an intersection of sets)
+    "boosted-categories": lambda: fit(lookup("gradient_boosted_trees")(
+        label="y", features=["x1", "x2", "city", "store"], categorical=["store"], n_trees=4,
+        max_depth=4, min_samples_leaf=3), split(category_table(seed=6), 2)),
+    "forest-categories": lambda: fit(lookup("random_forest")(
+        label="y", features=["x1", "city", "store"], categorical=["store"], n_trees=3,
+        max_depth=5, seed=3), [category_table(classes=3, seed=7)]),
 }
 
 
@@ -135,8 +151,12 @@ def model(request: pytest.FixtureRequest) -> TreeModelFitted:
 
 @pytest.fixture(scope="module")
 def rows() -> pa.Table:
-    """Rows to explain, with nulls and NaN in x1 and x2 (tree_table's)."""
-    return tree_table(rows=24, seed=21).drop_columns(["y"])
+    """Rows to explain, with nulls and NaN in x1 and x2 (tree_table's), null cities and
+    one no training row had."""
+    table = category_table(rows=24, seed=21).drop_columns(["y"])
+    city = table.column("city").to_pylist()
+    city[3] = "city-new"
+    return table.set_column(table.schema.get_field_index("city"), "city", pa.array(city))
 
 
 @pytest.mark.parametrize("tabulated", [True, False], ids=["tables", "polynomials"])

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import split_gain
 from pydantic import ValidationError
 
 from operators.arrays import get_namespace, to_numpy
@@ -215,7 +216,8 @@ def test_the_sparse_product_sums_as_bincount_bit_for_bit(
 
 def test_the_bin_samples_merge_as_a_stable_sort_of_both() -> None:
     """Two partitions' bin samples (each sorted by key) combine into the rows of smallest
-    key, equal keys a's first: what a stable sort of a then b keeps."""
+    key, equal keys a's first: what a stable sort of a then b keeps; a categorical
+    feature's sampled values (an Arrow array each) follow their rows."""
     rng = np.random.default_rng(3)
     for trial in range(300):
         na, nb, limit = (int(v) for v in rng.integers(0, 30, 3))
@@ -224,9 +226,14 @@ def test_the_bin_samples_merge_as_a_stable_sort_of_both() -> None:
         rows_a, rows_b = rng.standard_normal((na, 3)), rng.standard_normal((nb, 3))
         keys, rows = np.concatenate([keys_a, keys_b]), np.concatenate([rows_a, rows_b])
         order = np.argsort(keys, kind="stable")[:limit]
-        got_keys, got_rows = trees._smallest_keys(keys_a, rows_a, keys_b, rows_b, limit)
+        (got_keys, got_rows), places = trees._smallest_keys(keys_a, rows_a, keys_b, rows_b,
+                                                            limit)
         np.testing.assert_array_equal(got_keys, keys[order], err_msg=str(trial))
         np.testing.assert_array_equal(got_rows, rows[order], err_msg=str(trial))
+        text_a, text_b = (pa.array([f"{v:.6f}" for v in r[:, 0]], type=pa.string())
+                          for r in (rows_a, rows_b))
+        merged = trees._merged(text_a, text_b, places)
+        assert merged.to_pylist() == [f"{v:.6f}" for v in rows[order][:, 0]], trial
 
 
 # --------------------------------------------------------------------------- splits
@@ -245,16 +252,9 @@ def brute_force_split(hist: np.ndarray, slot: int, criterion: Any, min_leaf: flo
         for missing_left in (False, True):
             for b in range(n_bins1 - 1):
                 left = h[:b + 1].sum(axis=0) + (h[-1] if missing_left else 0)
-                right = total - left
-                lw, rw = criterion.weight(left[:, None])[0], criterion.weight(right[:, None])[0]
-                if lw < min_leaf or rw < min_leaf or lw <= 0 or rw <= 0:
-                    continue
-                if not (np.all(criterion.allowed(left[:, None]))
-                        and np.all(criterion.allowed(right[:, None]))):
-                    continue
-                gain = (criterion.score(left[:, None]) + criterion.score(right[:, None])
-                        - criterion.score(total[:, None]))[0]
-                candidates.append((gain, (j, missing_left, b)))
+                gain = split_gain(criterion, left, total, min_leaf)
+                if gain is not None:
+                    candidates.append((gain, (j, missing_left, b)))
     if not candidates:
         return -np.inf, None
     best = max(g for g, _ in candidates)
@@ -483,8 +483,12 @@ def test_bad_parameters_and_schemas() -> None:
             tree_table(rows=10, regression=True).schema)
     with pytest.raises(ParamError, match="early_stopping needs held-out rows"):
         GradientBoostedTrees(label="y", early_stopping=True)
+    dated = table.append_column("d", pa.array(np.zeros(50, "datetime64[D]")))
     with pytest.raises(SchemaError, match="not numeric"):
-        DecisionTree(label="y", features=["g"]).output_schema(table.schema)
+        DecisionTree(label="y", features=["d"]).output_schema(dated.schema)
+    # a text feature can only be categorical, so it is
+    assert DecisionTree(label="y", features=["g"]).init(table.schema)["categories"].keys() == {
+        "g"}
     with pytest.raises(SchemaError, match="regression label is a number"):
         DecisionTree(label="g", task="regression").output_schema(table.schema)
     with pytest.raises(ValidationError):

@@ -80,9 +80,21 @@ ZOO = {
         strategy: most_frequent
       - op: decision_tree
         label: region
+        categorical: [plan]
         criterion: entropy
         max_depth: 5
         min_samples_leaf: 20
+    """,
+    "boosted_categories": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: gradient_boosted_trees
+        label: churned
+        categorical: [plan, region]
+        n_trees: 6
+        max_depth: 3
+        min_samples_leaf: 10
+        validation_fraction: 0.2
     """,
     "boosted_regression": """
       - op: drop

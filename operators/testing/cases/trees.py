@@ -49,6 +49,31 @@ def tree_table(rows: int = 160, classes: int = 2, seed: int = 0,
     return pa.table(columns)
 
 
+CITIES = [f"city-{i:02d}" for i in range(12)]
+
+
+def category_table(rows: int = 240, classes: int = 2, seed: int = 0,
+                   regression: bool = False) -> pa.Table:
+    """``tree_table`` with two categorical features the label depends on: ``city``
+    (12 names, some null; four of them raise the label, in no order a threshold could
+    split) and ``store`` (int16; store 3 lowers it)."""
+    rng = np.random.default_rng(seed + 100)
+    table = tree_table(rows, seed=seed, regression=True)
+    city = rng.integers(0, len(CITIES), rows)
+    store = rng.integers(0, 6, rows)
+    signal = (np.asarray(table.column("y")) + 2.0 * np.isin(city, [1, 4, 7, 10])
+              - 1.5 * (store == 3))
+    null = rng.random(rows) < 0.08
+    table = table.append_column("city", pa.array(np.array(CITIES)[city], mask=null))
+    table = table.append_column("store", pa.array(store.astype(np.int16)))
+    if regression:
+        labels = pa.array(signal)
+    else:
+        cuts = np.quantile(signal, np.linspace(0, 1, classes + 1)[1:-1])
+        labels = pa.array(np.searchsorted(cuts, signal).astype(np.int64))
+    return table.set_column(table.schema.get_field_index("y"), "y", labels)
+
+
 def string_classes_table() -> pa.Table:
     table = tree_table(classes=3, seed=2)
     names = np.array(["north", "east", "south"])[table.column("y").to_numpy()]
@@ -109,8 +134,24 @@ def _cases() -> None:
                                     "max_features": "sqrt", "seed": 2,
                                     "interactions": [["x1", "x2"], ["x3", "x4", "flat"]]},
          string_classes_table, id="multiclass-feature-sampling", rtol=1e-8, atol=1e-10)
+    categorical = {"categorical": ["store"],
+                   "features": ["x1", "x2", "x3", "city", "store"]}  # city: text, so one
+    case("decision_tree", {"label": "y", "max_depth": 4, **categorical}, category_table,
+         id="gini-categories")
+    case("random_forest", {"label": "y", "n_trees": 4, "max_depth": 4, "seed": 3,
+                           "max_features": 0.6, **categorical},
+         lambda: category_table(classes=3, seed=1), id="multiclass-categories")
+    case("gradient_boosted_trees", {"label": "y", "n_trees": 5, "max_depth": 3,
+                                    "min_samples_leaf": 5, "categorical": ["city", "store"]},
+         category_table, id="binary-categories", rtol=1e-8, atol=1e-10)
+    case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 4, "max_depth": 3,
+                                    "min_samples_leaf": 3, "l2": 0.5, "max_bins": 4,
+                                    **categorical},
+         lambda: category_table(regression=True, seed=2), id="regression-few-categories",
+         rtol=1e-8, atol=1e-10)
     for name, model in (("boosted-binary", _boosted_binary), ("forest-multiclass",
-                                                                _forest_multiclass)):
+                                                                _forest_multiclass),
+                        ("boosted-categories", _boosted_categories)):
         case("score", {"model": "t", "contributions": True}, _explained_table,
              id=f"contributions-{name}", rtol=1e-9, atol=1e-12,
              prepare=functools.partial(_bind, model),
@@ -149,15 +190,31 @@ def _boosted_binary() -> Transform:
 
 
 @functools.cache
+def _boosted_categories() -> Transform:
+    """Boosted trees on numbers and the categorical city and store."""
+    return fit(lookup("gradient_boosted_trees")(label="y", n_trees=5, max_depth=3,
+                                                min_samples_leaf=3,
+                                                categorical=["city", "store"]),
+               split(category_table(seed=14), 3))
+
+
+@functools.cache
 def _forest_multiclass() -> Transform:
     return fit(lookup("random_forest")(label="y", n_trees=4, max_depth=5, seed=2),
                split(string_classes_table(), 2))
 
 
 def _explained_table() -> pa.Table:
-    """Scoring rows for the contribution cases (their features, missing values too), no
-    label."""
-    return tree_table(rows=70, seed=12).drop_columns(["y"])
+    """Scoring rows for the contribution cases (their features, missing values too, a
+    city and a store no training row had), no label."""
+    table = category_table(rows=70, seed=12).drop_columns(["y"])
+    city = table.column("city").to_pylist()
+    city[5] = "city-new"
+    store = table.column("store").to_numpy().copy()
+    store[6] = 99
+    table = table.set_column(table.schema.get_field_index("city"), "city", pa.array(city))
+    return table.set_column(table.schema.get_field_index("store"), "store",
+                            pa.array(store.astype(np.int32)))  # another integer type
 
 
 _cases()
