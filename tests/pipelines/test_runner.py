@@ -172,8 +172,9 @@ def test_empty_input_after_filter(churn: Path, workdir: Path, engine: Engine) ->
 def test_the_boosted_example_pipeline_weighs_classes_and_keeps_its_constraint(
         workdir: Path) -> None:
     """conf/pipelines/churn_boosted_train.yaml (class weights, a monotonic constraint,
-    features per tree, early stopping) on the committed sample: it stops early, and its
-    churn risk never falls as the monthly charges rise."""
+    features per tree, early stopping, the plan and region as categories) on the
+    committed sample: it stops early, and its churn risk never falls as the monthly
+    charges rise."""
     import pyarrow as pa
 
     from operators.arrays import get_namespace
@@ -192,8 +193,10 @@ def test_the_boosted_example_pipeline_weighs_classes_and_keeps_its_constraint(
     assert trained["params"] == {  # what the pipeline file says, defaults given included
         "label": "churned", "n_trees": 300, "max_depth": 4, "learning_rate": 0.1,
         "class_weight": "balanced", "monotonic": {"monthly_charges": 1}, "tree_features": 0.8,
-        "validation_fraction": 0.2, "early_stopping": True}
+        "validation_fraction": 0.2, "early_stopping": True, "categorical": ["plan", "region"]}
     model = store.load("churn_boosted")
+    assert model.chain.steps[-1].categories["plan"].to_pylist() == ["basic", "standard",
+                                                                   "premium"]
     sample = pq.read_table(ROOT / "data" / "churn" / "ds=2026-11-28").slice(0, 40)
     charges = np.linspace(10.0, 150.0, 57)
     risks = []

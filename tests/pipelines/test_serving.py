@@ -78,7 +78,7 @@ def _train(folder: Path, models: Path, name: str, model: str = "logistic_regress
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Models trained on 3,000 churn rows: churn (logistic, 2 versions), boosted (3
-    classes of plan from the rest), charges (linear regression)."""
+    classes of plan from the rest, the region a category), charges (linear regression)."""
     folder = tmp_path_factory.mktemp("serving")
     train = churn_table(3000, seed=1)
     (folder / "train").mkdir()
@@ -89,11 +89,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _train(folder, models, "churn", extra="l2: 0.5")
     _train(folder, models, "charges", model="linear_regression", label="monthly_charges",
            extra="l2: 0.01")
-    boosted = TRAIN.replace("      - op: one_hot\n        columns: [plan, region]\n",
-                            "      - op: one_hot\n        columns: [region]\n")
+    # the region as a category of the trees (JSON rows bring it as text)
+    boosted = TRAIN.replace("      - op: one_hot\n        columns: [plan, region]\n", "")
     run(write_pipeline(folder, boosted.format(
         data=folder / "train", model="gradient_boosted_trees", label="plan", name="boosted",
-        extra="        n_trees: 5\n        max_depth: 3"), "boosted.yaml"),
+        extra="        n_trees: 5\n        max_depth: 3\n        categorical: [region]"),
+        "boosted.yaml"),
         models=str(models), runs_dir=str(folder / "runs"))
     ModelStore(str(models)).set_alias("churn", "production", 1)
     return folder
