@@ -20,6 +20,11 @@ from bench.aggregate_cases import (  # noqa: F401 - bench.worker looks the sides
     spark_aggregate_sluice_spark,
     spark_aggregate_spark,
 )
+from bench.category_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    categories,
+    train_boosted_categories_sluice_local,
+    train_boosted_categories_xgboost,
+)
 from bench.dask_cases import (  # noqa: F401 - bench.worker looks the sides up here
     dask_score_logistic_dask_numpy,
     dask_score_logistic_sluice_dask,
@@ -208,6 +213,9 @@ CASES: dict[str, Case] = {
     # gradient_boosted_trees (100 trees, depth 6) vs XGBoost hist, locally and on Dask
     "train_boosted_xgboost": Case("numeric", ("sluice_local", "xgboost"), _numeric),
     "dask_train_boosted": Case("numeric", ("sluice_dask", "xgboost"), _numeric),
+    # the same on three text columns split by sets of categories: categorical vs XGBoost's
+    # enable_categorical (bench/category_cases.py)
+    "train_boosted_categories": Case("categories", ("sluice_local", "xgboost"), categories),
     # the same with half the features per tree: tree_features vs colsample_bytree
     "train_boosted_colsample": Case("numeric", ("sluice_local", "xgboost"), _numeric),
     # read -> score (the 100-tree models of each) -> write vs XGBoost's inplace_predict
