@@ -976,6 +976,25 @@ def _balanced(fn: Callable[..., pc.Expression], exprs: Sequence[pc.Expression]) 
 
 
 _NULL_BOOL = pc.scalar(pa.scalar(None, pa.bool_()))
+_REGEX_SPECIAL = frozenset("\\.^$|?*+()[]{}")
+
+
+def _like_regex(pattern: str) -> str:
+    """A LIKE pattern as an anchored regex: ``%`` any run, ``_`` one character, a
+    backslash makes the next character literal (a trailing one is itself)."""
+    out = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "%":
+            out.append(".*")
+            continue
+        if ch == "_":
+            out.append(".")
+            continue
+        if ch == "\\":
+            ch = next(chars, "\\")
+        out.append("\\" + ch if ch in _REGEX_SPECIAL else ch)
+    return "(?s)^" + "".join(out) + "$"
 
 
 def _value_set(items: Sequence[_Literal], text: str, pos: int) -> tuple[pa.DataType, list]:
@@ -1047,7 +1066,14 @@ class _Compiler:
             result = pc.and_kleene(pc.greater_equal(operand, low), pc.less_equal(operand, high))
             return pc.invert(result) if node.negated else result
         if isinstance(node, _Like):
-            result = pc.match_like(self.to_expr(node.operand), pattern=node.pattern)
+            operand = self.to_expr(node.operand)
+            if "\\" in node.pattern:
+                # Arrow's match_like misreads an escaped backslash beside a leading or
+                # trailing %: its starts/ends-with shortcut keeps the escape character
+                # ('a\\' like '%\\\\' is false there); a regex does not
+                result = pc.match_substring_regex(operand, pattern=_like_regex(node.pattern))
+            else:
+                result = pc.match_like(operand, pattern=node.pattern)
             return pc.invert(result) if node.negated else result
         if isinstance(node, _Call):
             exprs = [self.to_expr(arg) for arg in node.args]

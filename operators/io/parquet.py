@@ -433,6 +433,22 @@ class ReadParquet(Source):
                              ) from None
 
     @cached_property
+    def _filter_columns(self) -> list[str]:
+        """The columns the filter reads, when Parquet statistics cannot judge it: it reads
+        a floating-point column, whose min and max leave NaN out (a row group of 1.0 and
+        NaN says min = max = 1.0, and 'x != 1' would skip its NaN row). Such a filter
+        still prunes hive partitions, and runs on each row group's rows as read."""
+        if self._filter is None:
+            return []
+        from operators.expressions import referenced_columns
+
+        used = referenced_columns(self.params.filter)
+        full = self.full_schema
+        if any(pa.types.is_floating(_plain(full.field(c).type)) for c in used):
+            return used
+        return []
+
+    @cached_property
     def _casts(self) -> dict[str, pa.DataType]:
         """The declared types that differ from the data's, each checked to be castable;
         and hive columns whose folders are parsed as another type than the output's."""
@@ -491,7 +507,8 @@ class ReadParquet(Source):
             try:
                 physical = fragment.physical_schema  # the footer, read once for the pieces too
                 pieces = (fragment.split_by_row_group(flt, schema=self._file_schema(physical))
-                          if flt is not None else fragment.split_by_row_group())
+                          if flt is not None and not self._filter_columns
+                          else fragment.split_by_row_group())
             except _io_errors() as exc:
                 raise self._failure(exc, fragment.path) from None
             yield fragment, physical, pieces
@@ -631,9 +648,18 @@ class ReadParquet(Source):
                 # ([7, 8] as [8, 7]): one at a time, so that rows come in the file's order
                 pieces = [fragment.subset(row_group_ids=[g]) for g in groups]
             file_schema = self._file_schema(fragment.physical_schema)
+            columns, scan_filter = self.params.columns, self._filter
+            if self._filter_columns:  # filtered below, not by the scan's statistics
+                scan_filter = None
+                if columns is not None:
+                    columns = list(dict.fromkeys([*columns, *self._filter_columns]))
             table = pa.concat_tables([
-                piece.to_table(schema=file_schema, columns=self.params.columns,
-                               filter=self._filter) for piece in pieces])
+                piece.to_table(schema=file_schema, columns=columns, filter=scan_filter)
+                for piece in pieces])
+            if self._filter_columns:
+                table = table.filter(self._filter)
+                if columns != self.params.columns:
+                    table = table.select(self.params.columns)
         except _io_errors() as exc:
             raise self._failure(exc, partition.path) from None
         for i, field in enumerate(table.schema):

@@ -450,6 +450,17 @@ def test_cast_types(type_name: str, arrow_type: pa.DataType) -> None:
     assert expression_type(f"cast({source} as {type_name})", SCHEMA) == arrow_type
 
 
+def test_like_matches_an_escaped_backslash_beside_a_percent() -> None:
+    # '\\' in a pattern is one literal backslash; Arrow's own shortcut for a pattern
+    # that starts or ends with % kept the escape too, and matched nothing
+    table = pa.table({"s": ["a\\", "\\b", "a\\b", "ab", None]})
+    assert evaluate(r"s like '%\\\\'", table) == [True, False, False, False, None]
+    assert evaluate(r"s like '\\\\%'", table) == [False, True, False, False, None]
+    assert evaluate(r"s not like 'a\\\\%'", table) == [False, True, False, True, None]
+    assert evaluate(r"s like '%\\\\%'", table) == [True, True, True, False, None]
+    assert evaluate(r"s like 'a\\\\_'", table) == [False, False, True, False, None]
+
+
 def test_long_chains_and_lists() -> None:
     table = pa.table({"k": list(range(1000))})
     ors = " or ".join(f"k = {i}" for i in range(0, 1000, 2))

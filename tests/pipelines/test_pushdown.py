@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_pipeline
 
+from operators.expressions import parse_filter
 from pipelines.engines.base import Engine
 from pipelines.runner import plan_file, run
 
@@ -80,3 +82,27 @@ def test_a_filter_on_a_derived_column_stays_where_it_is(churn: Path, workdir: Pa
         """)
     plan = plan_file(path)
     assert plan.step("read_parquet").pushed_from is None
+
+
+@pytest.mark.parametrize("where", ["x != 1", "not (x > 0)", "is_nan(x)", "x != 1 and n >= 0"])
+def test_a_pushed_filter_keeps_the_nan_rows_the_statistics_leave_out(workdir: Path,
+                                                                     where: str) -> None:
+    # a row group's min and max leave NaN out: [NaN, 1.0] says min = max = 1.0, and a
+    # filter judged by them alone skipped its NaN row, which the filter keeps
+    data = pa.table({"x": [float("nan"), 1.0, 2.0, 1.0], "n": [0, 1, 2, 3]})
+    (workdir / "data").mkdir()
+    pq.write_table(data, workdir / "data" / "part.parquet", row_group_size=2)
+    path = write_pipeline(workdir, f"""
+        pipeline: nan
+        steps:
+          - op: read_parquet
+            path: data
+            columns: [n]
+            filter: "{where}"
+          - op: write_parquet
+            path: out
+        """)
+    run(path)
+    want = data.filter(parse_filter(where)).select(["n"])
+    assert want.num_rows > 0
+    assert pq.read_table(workdir / "out").sort_by("n").equals(want)
