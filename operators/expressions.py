@@ -56,7 +56,11 @@ list holds a null. ``x = null`` is rejected (it is never true); write ``x is nul
 NaN is a value, not null: ``x is null`` is false for NaN, ``NaN = NaN`` is false.
 
 ``/`` is always true division in float64 (integers are converted first) and division by
-zero follows IEEE (``inf``/``-inf``/``nan``); ``**``/``pow`` also work in float64.
+zero follows IEEE (``inf``/``-inf``/``nan``); ``**``/``pow``, the math functions (log,
+exp, sqrt...) and ``+ - * %`` with a float literal also work in float64 (Arrow alone casts
+a literal it can hold to the other side's type: int32 times 1.5 ran in float32); a
+comparison with a whole-number float literal compares with it as an integer. Text
+functions and ``like`` decode dictionary columns.
 ``%`` is a floored modulo (the result has the sign of the divisor, as in Python) that keeps
 integer types; ``x % 0`` is null. ``+ - *`` on integers wrap on overflow (unchecked
 kernels), as do all math functions (``log(0)`` is ``-inf``, ``sqrt(-1)`` is ``nan``).
@@ -840,8 +844,9 @@ class _Function:
     max_args: int | None
     build: Callable[..., pc.Expression]
     result: str  # number | string | bool | any : for the schema-free filter check
-    numeric_args: bool = False  # the arguments are converted to float64 (pow)
+    numeric_args: bool = False  # the arguments are converted to float64 (pow, log)
     time_args: bool = False  # the arguments are dates or timestamps (days_between)
+    text_args: bool = False  # the arguments are text (a dictionary of it decoded: lower)
 
 
 def _float64(expr: pc.Expression, node: _Node) -> pc.Expression:
@@ -855,6 +860,22 @@ def _float64(expr: pc.Expression, node: _Node) -> pc.Expression:
 
 def _unary(fn: Callable[..., pc.Expression]) -> Callable[..., pc.Expression]:
     return lambda nodes, exprs: fn(exprs[0])
+
+
+def _float_unary(fn: Callable[..., pc.Expression]) -> Callable[..., pc.Expression]:
+    """``fn`` of its argument in float64: Arrow's own conversion of an integer is
+    checked (int64 past 2**53 raised) and keeps float32 (exp(88.8) overflowed)."""
+    return lambda nodes, exprs: fn(_float64(exprs[0], nodes[0]))
+
+
+def _text(expr: pc.Expression) -> pc.Expression:
+    """Text as plain strings: Arrow's string kernels take no dictionary (a hive
+    partition's or a dictionary-encoded column's text)."""
+    return expr.cast(pa.string())
+
+
+def _text_unary(fn: Callable[..., pc.Expression]) -> Callable[..., pc.Expression]:
+    return lambda nodes, exprs: fn(_text(exprs[0]))
 
 
 def _build_round(nodes: Sequence[_Node], exprs: Sequence[pc.Expression]) -> pc.Expression:
@@ -878,12 +899,10 @@ def _register(names: str, fn: _Function) -> None:
         _FUNCTIONS[name] = fn
 
 
-_register("log ln", _Function("log", 1, 1, _unary(pc.ln), "number"))
-_register("log1p", _Function("log1p", 1, 1, _unary(pc.log1p), "number"))
-_register("log2", _Function("log2", 1, 1, _unary(pc.log2), "number"))
-_register("log10", _Function("log10", 1, 1, _unary(pc.log10), "number"))
-_register("exp", _Function("exp", 1, 1, _unary(pc.exp), "number"))
-_register("sqrt", _Function("sqrt", 1, 1, _unary(pc.sqrt), "number"))
+for _names, _fn in (("log ln", pc.ln), ("log1p", pc.log1p), ("log2", pc.log2),
+                    ("log10", pc.log10), ("exp", pc.exp), ("sqrt", pc.sqrt)):
+    _register(_names, _Function(_names.split()[0], 1, 1, _float_unary(_fn), "number",
+                                numeric_args=True))
 _register("abs", _Function("abs", 1, 1, _unary(pc.abs), "number"))
 _register("floor", _Function("floor", 1, 1, _unary(pc.floor), "number"))
 _register("ceil", _Function("ceil", 1, 1, _unary(pc.ceil), "number"))
@@ -894,9 +913,12 @@ _register("greatest", _Function("greatest", 1, None, lambda n, e: pc.max_element
 _register("coalesce", _Function("coalesce", 1, None, lambda n, e: pc.coalesce(*e), "any"))
 _register("if if_else", _Function("if", 3, 3, lambda n, e: pc.if_else(*e), "any"))
 _register("is_nan", _Function("is_nan", 1, 1, _unary(pc.is_nan), "bool"))
-_register("lower", _Function("lower", 1, 1, _unary(pc.utf8_lower), "string"))
-_register("upper", _Function("upper", 1, 1, _unary(pc.utf8_upper), "string"))
-_register("length", _Function("length", 1, 1, _unary(pc.utf8_length), "number"))
+_register("lower", _Function("lower", 1, 1, _text_unary(pc.utf8_lower), "string",
+                            text_args=True))
+_register("upper", _Function("upper", 1, 1, _text_unary(pc.utf8_upper), "string",
+                            text_args=True))
+_register("length", _Function("length", 1, 1, _text_unary(pc.utf8_length), "number",
+                             text_args=True))
 _register("year", _Function("year", 1, 1, _unary(pc.year), "number"))
 _register("month", _Function("month", 1, 1, _unary(pc.month), "number"))
 _register("day", _Function("day", 1, 1, _unary(pc.day), "number"))
@@ -1066,7 +1088,7 @@ class _Compiler:
             result = pc.and_kleene(pc.greater_equal(operand, low), pc.less_equal(operand, high))
             return pc.invert(result) if node.negated else result
         if isinstance(node, _Like):
-            operand = self.to_expr(node.operand)
+            operand = _text(self.to_expr(node.operand))
             if "\\" in node.pattern:
                 # Arrow's match_like misreads an escaped backslash beside a leading or
                 # trailing %: its starts/ends-with shortcut keeps the escape character
@@ -1102,7 +1124,9 @@ class _Compiler:
                 )
         left, right = self.to_expr(node.left), self.to_expr(node.right)
         if node.op in _ARROW_COMPARISON:
+            left, right = _with_float_literal(node, left, right, comparison=True)
             return _ARROW_COMPARISON[node.op](left, right)
+        left, right = _with_float_literal(node, left, right, comparison=False)
         if node.op == "+":
             return pc.add(left, right)
         if node.op == "-":
@@ -1146,6 +1170,30 @@ class _Compiler:
         return _balanced(pc.or_kleene, [pc.equal(operand, self.to_expr(i)) for i in items])
 
 
+def _float_literal(node: _Node) -> bool:
+    return isinstance(node, _Literal) and node.kind == "float"
+
+
+def _with_float_literal(node: _BinOp, left: pc.Expression, right: pc.Expression, *,
+                        comparison: bool) -> tuple[pc.Expression, pc.Expression]:
+    """The operands of ``node`` when one is a float literal, so that Arrow does not narrow
+    it to the other side's type: Arrow casts a literal it can hold exactly to the other
+    operand's type and then works there (an int32 column times 1.5 ran in float32, and
+    its conversion raised for values past 2**24). Arithmetic then works in float64, both
+    sides converted as '/' converts them; a comparison with a whole number compares with
+    it as an integer (any column holds it exactly, and row-group statistics still
+    apply), with any other number in float64."""
+    if not (_float_literal(node.left) or _float_literal(node.right)):
+        return left, right
+    if comparison:
+        literal = node.left if _float_literal(node.left) else node.right
+        value = literal.value  # type: ignore[union-attr]
+        if float(value).is_integer() and abs(value) <= 2**53:  # type: ignore[arg-type]
+            whole = pc.scalar(pa.scalar(int(value), pa.int64()))  # type: ignore[arg-type]
+            return (whole, right) if literal is node.left else (left, whole)
+    return _float64(left, node.left), _float64(right, node.right)
+
+
 @functools.lru_cache(maxsize=1024)
 def _compiled(text: str) -> pc.Expression:
     node = _parse(text)
@@ -1178,6 +1226,13 @@ def _is_numeric(t: pa.DataType) -> bool:
         or pa.types.is_decimal(t)
         or pa.types.is_null(t)
     )
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_string(t) or pa.types.is_large_string(t)
+            or pa.types.is_string_view(t) or pa.types.is_null(t))
 
 
 def _describe_node(node: _Node) -> str:
@@ -1276,13 +1331,21 @@ def _typed(text: str, schema: pa.Schema) -> pa.DataType:
             zones = {t.tz is not None for t in arg_types if pa.types.is_timestamp(t)}
             if zones == {True, False}:
                 raise _type_error(sub, arg_types, "", text)
-        numeric = (isinstance(sub, _BinOp) and sub.op in ("/", "**")) or (
+        numeric = (isinstance(sub, _BinOp) and (
+            sub.op in ("/", "**") or (sub.op in ("+", "-", "*", "%") and (
+                _float_literal(sub.left) or _float_literal(sub.right))))) or (
             isinstance(sub, _Call) and _FUNCTIONS[sub.name].numeric_args
         )
         if numeric:
             arg_types = [types[index[id(c)]] for c in _children(sub)]
             if not all(_is_numeric(t) for t in arg_types):
                 raise _type_error(sub, arg_types, "it needs numbers", text)
+        texts = (isinstance(sub, _Call) and _FUNCTIONS[sub.name].text_args) or isinstance(
+            sub, _Like)
+        if texts:  # their arguments are cast to strings: what else would convert
+            arg_types = [types[index[id(c)]] for c in _children(sub)]
+            if not all(_is_text(t) for t in arg_types):
+                raise _type_error(sub, arg_types, "it needs text", text)
         if isinstance(sub, _Call) and _FUNCTIONS[sub.name].time_args:
             arg_types = [types[index[id(c)]] for c in _children(sub)]
             if not all(pa.types.is_date(t) or pa.types.is_timestamp(t) or pa.types.is_null(t)

@@ -1128,3 +1128,59 @@ def test_date_and_time_parts_and_differences() -> None:
         "hours_between(z, timestamp '2026-11-28 01:00:00')")})["x"].to_pylist() == [2]
     with pytest.raises(ExpressionError, match="cannot apply"):
         expression_type("days_between(d, 3)", table.schema)
+
+
+# ---------------------------------------------------------------------------------------------
+# Literals Arrow would narrow, text in dictionaries (found by fuzzing against DuckDB)
+# ---------------------------------------------------------------------------------------------
+
+NARROW = pa.table({
+    "i32": pa.array([1, 16_777_217, 20_000_000, None], pa.int32()),
+    "f32": pa.array([1.5, 89.0, -2.5, None], pa.float32()),
+    "i64": pa.array([2**60 + 1, 3, -7, None], pa.int64()),
+    "city": pa.array(["Ab", "cD", None, "Ab"]).dictionary_encode(),
+})
+
+
+def test_a_float_literal_is_not_narrowed_to_the_columns_type() -> None:
+    """Arrow casts a literal it can hold exactly to the other operand's type: an int32
+    column times 1.5 ran in float32 and raised past 2**24 (amounts in cents times 0.01).
+    Arithmetic with a float literal works in float64; a comparison with a whole number
+    compares as an integer, with any other in float64."""
+    assert evaluate("i32 * 1.5", NARROW) == [1.5, 25_165_825.5, 30_000_000.0, None]
+    assert evaluate("i32 + 0.5", NARROW) == [1.5, 16_777_217.5, 20_000_000.5, None]
+    assert evaluate("i32 % 2.5", NARROW) == [1.0, 16_777_217 % 2.5, 0.0, None]
+    assert expression_type("i32 * 1.5", NARROW.schema) == pa.float64()
+    assert expression_type("f32 * 2.0", NARROW.schema) == pa.float64()
+    assert expression_type("i32 * 2", NARROW.schema) == pa.int32()  # integers keep theirs
+    assert kept_rows("i32 = 16777217.0", NARROW) == [1]
+    assert kept_rows("i32 > 16777216.5", NARROW) == [1, 2]
+    assert kept_rows("20000000.0 <= i32", NARROW) == [2]
+    assert kept_rows("f32 > 1.5", NARROW) == [1]
+    with pytest.raises(ExpressionError, match=r"cannot apply '\*' to .*string.*needs numbers"):
+        expression_type("city * 1.5", NARROW.schema)
+
+
+def test_math_functions_work_in_float64() -> None:
+    """log of an int64 past 2**53 raised (Arrow's own conversion is checked), exp of a
+    float32 overflowed at 89 (it stayed in float32)."""
+    logs = evaluate("log(i64)", NARROW)
+    assert logs[0] == pytest.approx(math.log(2**60)) and logs[3] is None
+    assert evaluate("exp(f32)", NARROW)[1] == pytest.approx(math.exp(89.0))
+    assert expression_type("sqrt(i32)", NARROW.schema) == pa.float64()
+    with pytest.raises(ExpressionError, match="cannot apply log\\(\\) to .*needs numbers"):
+        expression_type("log(city)", NARROW.schema)
+
+
+def test_text_functions_take_dictionary_columns() -> None:
+    """A hive partition's column and a dictionary-encoded one are text: lower, upper,
+    length and like take them (they were refused as the file planned)."""
+    assert evaluate("lower(city)", NARROW) == ["ab", "cd", None, "ab"]
+    assert evaluate("upper(city)", NARROW) == ["AB", "CD", None, "AB"]
+    assert evaluate("length(city)", NARROW) == [2, 2, None, 2]
+    assert kept_rows("city like 'A%'", NARROW) == [0, 3]
+    assert kept_rows("city not like 'A%'", NARROW) == [1]
+    with pytest.raises(ExpressionError, match="cannot apply lower\\(\\) to int32 .*needs text"):
+        expression_type("lower(i32)", NARROW.schema)
+    with pytest.raises(ExpressionError, match="cannot apply 'like' to int64 .*needs text"):
+        expression_type("i64 like '1%'", NARROW.schema)
