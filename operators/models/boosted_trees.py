@@ -114,7 +114,18 @@ class BoostedTreesParams(TreeParams):
     min_samples_leaf: float = Field(20.0, gt=0,
                                     description="smallest training weight of a leaf (rows "
                                                 "when there is no weight column)")
-    l2: float = Field(0.0, ge=0.0, description="L2 penalty on leaf values (added to H)")
+    l2: float = Field(0.0, ge=0.0, description="L2 penalty on leaf values (added to H; "
+                                                "XGBoost's lambda, LightGBM's lambda_l2)")
+    l1: float = Field(0.0, ge=0.0, description="L1 penalty on leaf values: gradient sums "
+                                                "within it give a leaf of 0 (XGBoost's "
+                                                "alpha, LightGBM's lambda_l1)")
+    min_split_gain: float = Field(0.0, ge=0.0, description="loss decrease a split must "
+                                                           "bring (XGBoost's gamma, "
+                                                           "LightGBM's min_gain_to_split)")
+    min_child_weight: float = Field(0.001, ge=0.0, description="smallest hessian sum of a "
+                                                               "leaf (XGBoost's "
+                                                               "min_child_weight; "
+                                                               "min_samples_leaf counts rows)")
     subsample: float = Field(1.0, gt=0.0, le=1.0,
                              description="fraction of rows each round learns from (by row "
                                          "hash and round)")
@@ -182,7 +193,12 @@ class GradientBoostedTrees(TreeEstimator):
         return len(state["classes"]) if state["classify"] and len(state["classes"]) > 2 else 1
 
     def _criterion(self, state: dict[str, Any]) -> Criterion:
-        return Newton(self.params.l2, self.params.learning_rate, self._outputs(state))
+        p = self.params
+        return Newton(p.l2, p.learning_rate, self._outputs(state), l1=p.l1,
+                      min_hessian=p.min_child_weight)
+
+    def _min_gain(self) -> float:
+        return self.params.min_split_gain
 
     def _start(self, state: dict[str, Any]) -> dict[str, Any]:
         k = self._outputs(state)

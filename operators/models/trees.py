@@ -525,23 +525,34 @@ class Variance(Criterion):
 
 
 class Newton(Criterion):
-    """Boosting: channels (gradient, hessian, weight); ``score = G^2 / (H + l2)``,
-    leaf value ``-learning_rate G / (H + l2)`` (XGBoost's and scikit-learn's
-    HistGradientBoosting's; the gain is halved, which changes no choice)."""
+    """Boosting: channels (gradient, hessian, weight); ``score = T(G)^2 / (H + l2) / 2``,
+    leaf value ``-learning_rate T(G) / (H + l2)``, where ``T`` shrinks the gradient sum
+    towards 0 by ``l1`` (XGBoost's ``alpha``; ``T(G) = G`` without it): XGBoost's gain
+    and weights, scikit-learn's HistGradientBoosting's without ``l1``. A child needs a
+    hessian sum of ``min_hessian`` (XGBoost's ``min_child_weight``)."""
 
     channels = 3
     MIN_HESSIAN = 1e-3
 
-    def __init__(self, l2: float, learning_rate: float, n_outputs: int):
+    def __init__(self, l2: float, learning_rate: float, n_outputs: int, l1: float = 0.0,
+                 min_hessian: float = MIN_HESSIAN):
         self.l2, self.learning_rate, self.n_outputs = l2, learning_rate, n_outputs
+        self.l1, self.min_hessian = l1, max(min_hessian, self.MIN_HESSIAN)
 
     def weight(self, stats: np.ndarray) -> np.ndarray:
         return stats[2]
 
+    def _shrunk(self, gradient: np.ndarray) -> np.ndarray:
+        """``T(G)``: the gradient sum moved towards 0 by ``l1``, 0 within it."""
+        if not self.l1:
+            return gradient
+        return np.sign(gradient) * np.maximum(np.abs(gradient) - self.l1, 0.0)
+
     def score(self, stats: np.ndarray) -> np.ndarray:
-        # 0.5 * _ratio(G * G, H + l2), with fewer temporaries (it scores every candidate)
+        # 0.5 * _ratio(T(G)^2, H + l2), with fewer temporaries (it scores every candidate)
         den = stats[1] + self.l2
-        out = np.asarray(stats[0] * stats[0])  # an array even for one node's sums
+        g = self._shrunk(stats[0])
+        out = np.asarray(g * g)  # an array even for one node's sums
         positive = den > 0
         np.divide(out, den, out=out, where=positive)
         np.copyto(out, 0.0, where=~positive)
@@ -549,10 +560,10 @@ class Newton(Criterion):
         return out
 
     def allowed(self, stats: np.ndarray) -> np.ndarray | bool:
-        return stats[1] >= self.MIN_HESSIAN
+        return stats[1] >= self.min_hessian
 
     def value(self, stats: np.ndarray) -> np.ndarray:
-        return (-self.learning_rate * _ratio(stats[0], stats[1] + self.l2))[None]
+        return (-self.learning_rate * _ratio(self._shrunk(stats[0]), stats[1] + self.l2))[None]
 
     clips_to_bounds = True
 
@@ -560,16 +571,19 @@ class Newton(Criterion):
         return self.bounded_value(stats, lower, upper)
 
     def bounded_value(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
-        """The leaf value before shrinkage, ``-G / (H + l2)``, within [lower, upper]
+        """The leaf value before shrinkage, ``-T(G) / (H + l2)``, within [lower, upper]
         (monotonic constraints: scikit-learn's and XGBoost's bounds)."""
-        return np.clip(-_ratio(stats[0], stats[1] + self.l2), lower, upper)
+        return np.clip(-_ratio(self._shrunk(stats[0]), stats[1] + self.l2), lower, upper)
 
     def bounded_score(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
         """``score`` at the bounded value ``v``: the loss decrease ``-(G v + (H + l2) v^2
-        / 2)``, which is ``score`` where ``v`` is within the bounds (XGBoost's gain given
-        a weight)."""
+        / 2 + l1 |v|)``, which is ``score`` where ``v`` is within the bounds (XGBoost's
+        gain given a weight)."""
         v = self.bounded_value(stats, lower, upper)
-        return -(stats[0] * v + 0.5 * (stats[1] + self.l2) * v * v)
+        out = -(stats[0] * v + 0.5 * (stats[1] + self.l2) * v * v)
+        if self.l1:
+            out -= self.l1 * np.abs(v)
+        return out
 
     def clean(self, stats: np.ndarray) -> np.ndarray:
         np.maximum(stats[1:], 0.0, out=stats[1:])
@@ -1189,7 +1203,8 @@ def add_siblings(nodes: np.ndarray, hist: np.ndarray, siblings: dict[str, np.nda
 def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.ndarray | None,
                hist: np.ndarray, criterion: Criterion, edges: list[np.ndarray], *,
                max_depth: int, min_leaf: float, min_gain_fraction: float,
-               empty_value: np.ndarray, allowed: np.ndarray | None = None,
+               empty_value: np.ndarray, min_gain: float = 0.0,
+               allowed: np.ndarray | None = None,
                monotonic: np.ndarray | None = None, categorical: np.ndarray | None = None
                ) -> dict[str, np.ndarray]:
     """Decide the group's pending ``nodes`` from their histograms: split (two new children,
@@ -1217,7 +1232,7 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
     can = ((depth < max_depth) & (weight >= 2 * min_leaf) & (weight > 0)
            & criterion.splittable(totals))
     root_weight = forest["weight"][forest["roots"][forest["tree"][nodes]]]
-    min_gain = min_gain_fraction * root_weight
+    min_gain = min_gain_fraction * root_weight + min_gain
     found = np.zeros(len(nodes), dtype=bool)
     if can.any():
         bounds = None
@@ -1828,6 +1843,7 @@ class TreeEstimator(Estimator):
         forest = grow_level(state["forest"], nodes, featsel, hist, crit, state["edges"],
                             max_depth=p.max_depth, min_leaf=p.min_samples_leaf,
                             min_gain_fraction=self._min_gain_fraction(state),
+                            min_gain=self._min_gain(),
                             empty_value=self._empty_value(state),
                             allowed=_at_positions(self._allowed(state, nodes), featsel),
                             monotonic=_at_positions(self._monotonic(state, nodes), featsel),
@@ -1859,6 +1875,11 @@ class TreeEstimator(Estimator):
         return state
 
     def _min_gain_fraction(self, state: dict[str, Any]) -> float:
+        """The gain a split needs, as a fraction of its tree's root weight."""
+        return 0.0
+
+    def _min_gain(self) -> float:
+        """The gain a split needs, in the criterion's units (boosting's loss decrease)."""
         return 0.0
 
     def _empty_value(self, state: dict[str, Any]) -> np.ndarray:

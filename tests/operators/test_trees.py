@@ -262,8 +262,9 @@ def brute_force_split(hist: np.ndarray, slot: int, criterion: Any, min_leaf: flo
     return best, first
 
 
-@pytest.mark.parametrize("criterion", [Gini(3), Entropy(3), Variance(), Newton(0.5, 0.1, 1)],
-                         ids=["gini", "entropy", "variance", "newton"])
+@pytest.mark.parametrize("criterion", [Gini(3), Entropy(3), Variance(), Newton(0.5, 0.1, 1),
+                                       Newton(0.5, 0.1, 1, l1=0.7, min_hessian=0.6)],
+                         ids=["gini", "entropy", "variance", "newton", "newton-l1"])
 def test_best_split_is_the_brute_force_best(criterion: Any) -> None:
     rng = np.random.default_rng(5)
     for trial in range(5):
@@ -456,6 +457,64 @@ def test_a_null_label_is_a_data_error(op: Any) -> None:
     with pytest.raises(DataError, match="label column 'y' has 1 null") as error:
         fit_state(op(label="y"), [table])
     assert "filter" in error.value.hint
+
+
+def _one_round(table: pa.Table, **params: Any) -> Any:
+    """A depth-1 boosted tree of one round on x1 (no shrinkage), as a fitted model."""
+    return fit_state(GradientBoostedTrees(label="y", features=["x1"], n_trees=1, max_depth=1,
+                                          learning_rate=1.0, min_samples_leaf=1, **params),
+                     [table])[0]
+
+
+def test_l1_and_l2_shrink_the_leaf_values_as_xgboost() -> None:
+    """XGBoost's leaf weight: -T(G) / (H + lambda), T moving the gradient sum towards 0 by
+    alpha (0 within it); for squared error G sums the residuals at the base (the mean)
+    and H counts the rows."""
+    table = tree_table(rows=120, seed=3, regression=True)
+    y = np.asarray(table.column("y"))
+    # an l1 past every gradient sum leaves nothing to gain: no split
+    assert len(_one_round(table, l1=1e6).nodes["feature"]) == 1
+    for l1, l2 in ((0.0, 0.0), (5.0, 2.0), (40.0, 0.0)):
+        model = _one_round(table, l1=l1, l2=l2)
+        nodes = model.nodes
+        root = int(nodes["tree_start"][0])
+        x1 = np.asarray(table.column("x1").to_pylist(), dtype=float)
+        left = np.where(np.isnan(x1), nodes["default_left"][root],
+                        x1 <= nodes["threshold"][root])
+        gradient = nodes["base"][0] - y
+        for side, rows in ((nodes["left"][root], left), (nodes["right"][root], ~left)):
+            g, h = gradient[rows].sum(), rows.sum()
+            shrunk = np.sign(g) * max(abs(g) - l1, 0.0)
+            assert nodes["value"][side][0] == pytest.approx(-shrunk / (h + l2), abs=1e-12)
+
+
+def test_min_split_gain_is_the_loss_decrease_a_split_needs() -> None:
+    table = tree_table(rows=200, seed=4, regression=True)
+    free = _one_round(table)
+    gain = float(free.nodes["gain"][int(free.nodes["tree_start"][0])])
+    assert gain > 0
+    assert len(_one_round(table, min_split_gain=gain * 0.99).nodes["feature"]) == 3
+    assert len(_one_round(table, min_split_gain=gain * 1.01).nodes["feature"]) == 1
+
+
+def test_min_child_weight_bounds_each_leafs_hessian() -> None:
+    """Two classes, one round: a row's hessian is p (1 - p) at the prior, so a leaf's
+    hessian sum is its rows times that; min_child_weight keeps every leaf above it (and
+    without it some leaf is below)."""
+    table = tree_table(rows=300, seed=5)
+    y = np.asarray(table.column("y"))
+    p = y.mean()
+    per_row = p * (1 - p)
+
+    def leaf_hessians(**params: Any) -> np.ndarray:
+        model = fit_state(GradientBoostedTrees(label="y", features=["x1", "x2", "x3"],
+                                               n_trees=1, max_depth=4, min_samples_leaf=1,
+                                               **params), [table])[0]
+        leaves = model.nodes["feature"] < 0
+        return model.nodes["cover"][leaves] * per_row
+
+    assert leaf_hessians().min() < 3.0
+    assert leaf_hessians(min_child_weight=3.0).min() >= 3.0 - 1e-9
 
 
 def test_max_depth_zero_is_a_single_leaf() -> None:

@@ -119,8 +119,13 @@ def _cases() -> None:
          lambda: tree_table(regression=True, seed=7), id="regression-subsample-weighted",
          rtol=1e-8, atol=1e-10)
     case("gradient_boosted_trees", {"label": "y", "n_trees": 5, "max_depth": 3,
-                                    "min_samples_leaf": 5, "monotonic": {"x1": 1, "x3": -1}},
-         tree_table, id="binary-monotonic", rtol=1e-8, atol=1e-10)
+                                    "min_samples_leaf": 5, "monotonic": {"x1": 1, "x3": -1},
+                                    "l1": 0.5, "min_child_weight": 0.5},
+         tree_table, id="binary-monotonic-l1", rtol=1e-8, atol=1e-10)
+    case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 4, "max_depth": 4,
+                                    "min_samples_leaf": 2, "min_split_gain": 0.5, "l1": 1.0},
+         lambda: tree_table(regression=True, seed=11), id="regression-min-split-gain",
+         rtol=1e-8, atol=1e-10)
     case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 5, "max_depth": 3,
                                     "min_samples_leaf": 5, "loss": "poisson",
                                     "validation_fraction": 0.2, "early_stopping": True},
