@@ -59,8 +59,11 @@ NaN is a value, not null: ``x is null`` is false for NaN, ``NaN = NaN`` is false
 zero follows IEEE (``inf``/``-inf``/``nan``); ``**``/``pow``, the math functions (log,
 exp, sqrt...) and ``+ - * %`` with a float literal also work in float64 (Arrow alone casts
 a literal it can hold to the other side's type: int32 times 1.5 ran in float32); a
-comparison with a whole-number float literal compares with it as an integer. Text
-functions and ``like`` decode dictionary columns.
+comparison with a whole-number float literal compares with it as an integer. Compiled
+with the rows' schema (every step does), an integer literal meets a decimal or unsigned
+column in its kind (``amount > 100`` on a decimal, ``u > 1`` on a uint64 past 2**63), and
+an integer column meeting a float one converts to float64 unchecked. Text functions and
+``like`` decode dictionary columns.
 ``%`` is a floored modulo (the result has the sign of the divisor, as in Python) that keeps
 integer types; ``x % 0`` is null. ``+ - *`` on integers wrap on overflow (unchecked
 kernels), as do all math functions (``log(0)`` is ``-inf``, ``sqrt(-1)`` is ``nan``).
@@ -73,6 +76,7 @@ integer overflow and unparsable strings raise when the expression is evaluated.
 from __future__ import annotations
 
 import datetime as _dt
+import decimal
 import difflib
 import functools
 import re
@@ -1042,12 +1046,64 @@ def _value_set(items: Sequence[_Literal], text: str, pos: int) -> tuple[pa.DataT
     return arrow_type, [item.value for item in values]
 
 
-class _Compiler:
-    """Translate a syntax tree into a ``pc.Expression``; optionally record every node's result."""
+def _number_kind(t: pa.DataType | None) -> str | None:
+    if t is not None and pa.types.is_integer(t):
+        return "int"
+    if t is not None and pa.types.is_floating(t):
+        return "float"
+    return None
 
-    def __init__(self, text: str, trace: list[tuple[_Node, pc.Expression]] | None = None) -> None:
+
+class _Compiler:
+    """Translate a syntax tree into a ``pc.Expression``; optionally record every node's
+    result. ``types``: the types of the columns the text names, where known (an integer
+    literal meeting a decimal or unsigned column takes its kind, an integer column
+    meeting a float one converts: Arrow's own conversions raise there)."""
+
+    def __init__(self, text: str, trace: list[tuple[_Node, pc.Expression]] | None = None,
+                 types: dict[str, pa.DataType] | None = None) -> None:
         self.text = text
         self.trace = trace
+        self.types = types or {}
+
+    def _column_type(self, node: _Node) -> pa.DataType | None:
+        if not isinstance(node, _Column) or node.name not in self.types:
+            return None
+        t = self.types[node.name]
+        return t.value_type if pa.types.is_dictionary(t) else t
+
+    def _literal_for(self, literal: _Node, other: _Node) -> pc.Expression | None:
+        """An integer literal in the kind of the column it meets, where Arrow's own
+        conversion fails: a decimal (``amount > 100`` asked for a precision of 21), an
+        unsigned integer (uint64 past 2**63 met int64); None: as it is."""
+        t = self._column_type(other)
+        if t is None or not (isinstance(literal, _Literal) and literal.kind == "int"):
+            return None
+        value = literal.value
+        assert isinstance(value, int)
+        if pa.types.is_decimal(t):
+            digits = max(len(str(abs(value))), 1)
+            return pc.scalar(pa.scalar(decimal.Decimal(value), pa.decimal128(digits, 0)))
+        if pa.types.is_unsigned_integer(t) and 0 <= value < 2 ** t.bit_width:
+            return pc.scalar(pa.scalar(value, t))
+        return None
+
+    def _as_literal_for(self, literal: _Node, other: _Node, expr: pc.Expression
+                        ) -> pc.Expression:
+        """``_literal_for``, or ``expr`` (the node as compiled) where it keeps it."""
+        typed = self._literal_for(literal, other)
+        return expr if typed is None else typed
+
+    def _typed_pair(self, left_node: _Node, right_node: _Node, left: pc.Expression,
+                    right: pc.Expression) -> tuple[pc.Expression, pc.Expression]:
+        """Two operands as ``_literal_for`` and, an integer column beside a float one,
+        both in float64 (Arrow's conversion is checked: an int64 past 2**53 raised)."""
+        left = self._as_literal_for(left_node, right_node, left)
+        right = self._as_literal_for(right_node, left_node, right)
+        kinds = {_number_kind(self._column_type(n)) for n in (left_node, right_node)}
+        if kinds == {"int", "float"}:
+            return _float64(left, left_node), _float64(right, right_node)
+        return left, right
 
     def to_expr(self, node: _Node) -> pc.Expression:
         expr = self._compile(node)
@@ -1085,6 +1141,8 @@ class _Compiler:
         if isinstance(node, _Between):
             operand = self.to_expr(node.operand)
             low, high = self.to_expr(node.low), self.to_expr(node.high)
+            low = self._as_literal_for(node.low, node.operand, low)
+            high = self._as_literal_for(node.high, node.operand, high)
             result = pc.and_kleene(pc.greater_equal(operand, low), pc.less_equal(operand, high))
             return pc.invert(result) if node.negated else result
         if isinstance(node, _Like):
@@ -1123,6 +1181,8 @@ class _Compiler:
                     node.pos,
                 )
         left, right = self.to_expr(node.left), self.to_expr(node.right)
+        if node.op not in ("/", "**"):  # those two convert to float64 themselves
+            left, right = self._typed_pair(node.left, node.right, left, right)
         if node.op in _ARROW_COMPARISON:
             left, right = _with_float_literal(node, left, right, comparison=True)
             return _ARROW_COMPARISON[node.op](left, right)
@@ -1154,11 +1214,12 @@ class _Compiler:
             for item in literals:
                 self.to_expr(item)  # range checks and tracing
             arrow_type, values = _value_set(literals, self.text, node.pos)
+            arrow_type, values = self._in_column_kind(node.operand, arrow_type, values)
             terms = []
             if _is_numeric(arrow_type) and any(v == 0 for v in values):
                 # is_in hashes -0.0 and 0.0 apart; '=' treats them as equal, and so should 'in'.
                 values = [v for v in values if v != 0]
-                terms.append(pc.equal(operand, pc.scalar(0)))
+                terms.append(pc.equal(operand, pc.scalar(pa.scalar(0, arrow_type))))
             if values:
                 terms.insert(0, pc.is_in(operand, value_set=pa.array(values, type=arrow_type)))
             # is_in answers false for a null operand; SQL wants null, so or it with
@@ -1168,6 +1229,21 @@ class _Compiler:
                 terms.append(_NULL_BOOL)  # x not in the rest of the list: null, not false
             return _balanced(pc.or_kleene, terms)
         return _balanced(pc.or_kleene, [pc.equal(operand, self.to_expr(i)) for i in items])
+
+    def _in_column_kind(self, operand: _Node, arrow_type: pa.DataType, values: list
+                        ) -> tuple[pa.DataType, list]:
+        """An ``in`` list of integers in the type of the decimal or unsigned column it is
+        looked up for (Arrow converted the column to int64 and raised); a value the
+        column cannot hold matches nothing and goes."""
+        t = self._column_type(operand)
+        if t is None or arrow_type != pa.int64():
+            return arrow_type, values
+        if pa.types.is_decimal(t):
+            return t, [decimal.Decimal(v) for v in values
+                       if len(str(abs(v))) <= t.precision - t.scale]
+        if pa.types.is_unsigned_integer(t):
+            return t, [v for v in values if 0 <= v < 2 ** t.bit_width]
+        return arrow_type, values
 
 
 def _float_literal(node: _Node) -> bool:
@@ -1195,12 +1271,20 @@ def _with_float_literal(node: _BinOp, left: pc.Expression, right: pc.Expression,
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(text: str) -> pc.Expression:
+def _compiled(text: str, types: tuple[tuple[str, pa.DataType], ...] = ()) -> pc.Expression:
     node = _parse(text)
     try:
-        return _Compiler(text).to_expr(node)
+        return _Compiler(text, types=dict(types)).to_expr(node)
     except RecursionError:
         raise ExpressionError("expression is nested too deeply", text, -1) from None
+
+
+def _types_of(text: str, schema: pa.Schema | None) -> tuple[tuple[str, pa.DataType], ...]:
+    """The types of the columns ``text`` names, as ``schema`` has them (a cache key)."""
+    if schema is None:
+        return ()
+    names = set(referenced_columns(text))
+    return tuple((f.name, f.type) for f in schema if f.name in names)
 
 
 def _require_text(text: object) -> str:
@@ -1306,7 +1390,7 @@ def _typed(text: str, schema: pa.Schema) -> pa.DataType:
             raise ExpressionError(_unknown_column_message(sub.name, schema.names), text, sub.pos)
     trace: list[tuple[_Node, pc.Expression]] = []
     try:
-        _Compiler(text, trace).to_expr(node)
+        _Compiler(text, trace, dict(_types_of(text, schema))).to_expr(node)
     except RecursionError:
         raise ExpressionError("expression is nested too deeply", text, -1) from None
     dataset = ds.dataset(schema.empty_table())
@@ -1359,8 +1443,10 @@ def _typed(text: str, schema: pa.Schema) -> pa.DataType:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_expression(text: str) -> pc.Expression:
-    """Parse a value expression (a ``derive`` step) into a ``pc.Expression``.
+def parse_expression(text: str, schema: pa.Schema | None = None) -> pc.Expression:
+    """Parse a value expression (a ``derive`` step) into a ``pc.Expression``; with the
+    ``schema`` of the rows it will run on, literals meet decimal and unsigned columns in
+    their kind (``_Compiler``).
 
     Example::
 
@@ -1369,10 +1455,11 @@ def parse_expression(text: str) -> pc.Expression:
         >>> derived.column("x").to_pylist()
         [0.0, 3.0]
     """
-    return _compiled(_require_text(text))
+    text = _require_text(text)
+    return _compiled(text, _types_of(text, schema))
 
 
-def parse_filter(text: str) -> pc.Expression:
+def parse_filter(text: str, schema: pa.Schema | None = None) -> pc.Expression:
     """Parse a boolean predicate (a ``filter``) into a ``pc.Expression`` for dataset scans.
 
     Expressions that are certainly not true/false (arithmetic, a number or string literal)
@@ -1385,7 +1472,7 @@ def parse_filter(text: str) -> pc.Expression:
         1
     """
     text = _require_text(text)
-    expr = _compiled(text)
+    expr = _compiled(text, _types_of(text, schema))
     node = _parse(text)
     kind = _static_kind(node)
     if kind is not None and kind != "bool":
@@ -1462,4 +1549,4 @@ def check_filter(text: str, schema: pa.Schema) -> pc.Expression:
             text,
             start,
         )
-    return _compiled(text)
+    return _compiled(text, _types_of(text, schema))

@@ -528,7 +528,7 @@ class Aggregate(Shuffle):
         dictionaries decoded."""
         columns: dict[str, Any] = {k: pc.field(k) for k in self.params.by}
         for text, name in self._layout.inputs.items():
-            columns[name] = parse_expression(text)
+            columns[name] = parse_expression(text, part.schema)
         try:
             out = ds.dataset(part).to_table(columns=columns) if columns else None
         except ARROW_ERRORS as exc:
@@ -557,7 +557,7 @@ class Aggregate(Shuffle):
         for agg in self.aggregations:
             try:
                 ds.dataset(part).to_table(columns={
-                    f"a{j}": parse_expression(a) for j, a in enumerate(agg.args)})
+                    f"a{j}": parse_expression(a, part.schema) for j, a in enumerate(agg.args)})
             except ARROW_ERRORS:
                 return f"'{agg.name}' ({self.params.columns[agg.name]})"
         return f"'{self.aggregations[0].name}'"

@@ -105,7 +105,8 @@ class Derive(Transform):
         for batch in self._batches():
             try:
                 made = ds.dataset(out).to_table(
-                    columns={name: parse_expression(text) for name, text in batch.items()})
+                    columns={name: parse_expression(text, out.schema)
+                             for name, text in batch.items()})
             except ARROW_ERRORS as exc:
                 failed = self._failing(out, batch)
                 raise DataError(f"derive column '{failed}': {arrow_message(exc)}",
@@ -124,7 +125,7 @@ class Derive(Transform):
         """The first expression of ``batch`` that fails on ``part`` alone."""
         for name, text in batch.items():
             try:
-                ds.dataset(part).to_table(columns={name: parse_expression(text)})
+                ds.dataset(part).to_table(columns={name: parse_expression(text, part.schema)})
             except ARROW_ERRORS:
                 return name
         return next(iter(batch))

@@ -107,7 +107,7 @@ class Filter(Transform):
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         try:
-            return part.filter(parse_filter(self.params.where))
+            return part.filter(parse_filter(self.params.where, part.schema))
         except ARROW_ERRORS as exc:
             raise _failed(exc, "where") from None
 
@@ -282,7 +282,8 @@ class Expect(Transform):
         checks = self.checks
         try:
             met = ds.dataset(part).to_table(
-                columns={name: parse_filter(text) for name, text in checks.items()})
+                columns={name: parse_filter(text, part.schema)
+                         for name, text in checks.items()})
         except ARROW_ERRORS as exc:
             raise _failed(exc, "rules") from None
         passed = None

@@ -414,7 +414,7 @@ class Window(ByKeys, Shuffle):
         names = {text: f"a{i}" for i, text in enumerate(sorted(texts))}
         try:
             out = ds.dataset(rows).to_table(
-                columns={names[t]: parse_expression(t) for t in names})
+                columns={names[t]: parse_expression(t, rows.schema) for t in names})
         except ARROW_ERRORS as exc:
             failing = next((w for w in self.windows if w.arg is not None
                             and not _evaluates(rows, w.arg)), self.windows[0])
@@ -427,7 +427,7 @@ class Window(ByKeys, Shuffle):
 
 def _evaluates(rows: pa.Table, text: str) -> bool:
     try:
-        ds.dataset(rows).to_table(columns={"a": parse_expression(text)})
+        ds.dataset(rows).to_table(columns={"a": parse_expression(text, rows.schema)})
     except ARROW_ERRORS:
         return False
     return True
