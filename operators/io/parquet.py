@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import posixpath
@@ -47,6 +48,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
+    ARROW_ERRORS,
     DataError,
     ParamError,
     Params,
@@ -309,6 +311,23 @@ class ReadParquet(Source):
             reason = first.rsplit("': ", 1)[-1].rstrip(" :")
             hint = "the file is corrupt or truncated; write it again, or move it out of the input"
         return DataError(f"cannot read Parquet file '{where}': {reason}", hint=hint)
+
+    def _filter_failure(self, exc: BaseException, unfiltered: list[Callable[[], Any]],
+                        path: str) -> SluiceError | None:
+        """The error of a filter that fails on a file's rows (an overflow, a bad cast),
+        where the same columns read without it (``unfiltered``): the filter's, not the
+        file's (it was reported as a corrupt file). None where the file is what fails."""
+        if not self.params.filter or not unfiltered or not isinstance(exc, ARROW_ERRORS):
+            return None
+        try:
+            for read in unfiltered:
+                read()
+        except _io_errors():
+            return None
+        return DataError(f"read_parquet filter {self.params.filter!r} failed on the rows of "
+                         f"'{self._shown(path)}': {arrow_message(exc)}",
+                         hint="guard the expression, e.g. with if(...) or coalesce(...), or "
+                              "cast the column first")
 
     @cached_property
     def dataset(self) -> ds.Dataset:
@@ -638,6 +657,8 @@ class ReadParquet(Source):
             return schema.empty_table()
         fmt = ds.ParquetFileFormat()
         groups = list(partition.row_groups or ())
+        pieces: list[Any] = []
+        file_schema, columns = None, self.params.columns
         try:
             fragment = fmt.make_fragment(partition.path, self.location.filesystem,
                                          partition_expression=partition.partition_expression,
@@ -661,7 +682,10 @@ class ReadParquet(Source):
                 if columns != self.params.columns:
                     table = table.select(self.params.columns)
         except _io_errors() as exc:
-            raise self._failure(exc, partition.path) from None
+            unfiltered = [functools.partial(piece.to_table, schema=file_schema, columns=columns)
+                          for piece in pieces]
+            raise (self._filter_failure(exc, unfiltered, partition.path)
+                   or self._failure(exc, partition.path)) from None
         for i, field in enumerate(table.schema):
             want = schema.field(field.name).type
             if field.type == want:

@@ -318,6 +318,21 @@ def test_bad_filter_is_a_one_line_param_error(workdir: Path) -> None:
         assert "\n" not in str(info.value) and "filter" in str(info.value)
 
 
+def test_a_filter_that_fails_on_the_rows_is_the_filters_error_not_a_corrupt_file(
+        workdir: Path) -> None:
+    """A pushed filter that fails on a file's values (a cast past int32's range) was
+    reported as the file being corrupt; the file reads without it, so the error names
+    the filter and how to guard it."""
+    pq.write_table(pa.table({"n": pa.array([1, 2_000_000_000], pa.int64())}),
+                   workdir / "n.parquet")
+    op = read(workdir / "n.parquet", filter="cast(n * 2 as int32) > 0")
+    with pytest.raises(DataError) as info:
+        op.read_all()
+    text = str(info.value)
+    assert "filter 'cast(n * 2 as int32) > 0' failed on the rows of" in text
+    assert "corrupt" not in text and "guard the expression" in info.value.hint
+
+
 def test_columns_projection(workdir: Path) -> None:
     hive_dataset(workdir / "hive")
     op = read(workdir / "hive", columns=["year", "x"])
