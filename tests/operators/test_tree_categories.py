@@ -109,6 +109,35 @@ def test_numbers_beside_categories_keep_their_thresholds() -> None:
     assert numeric["bin"][0] == 1 and not numeric["categories"][0].any()
 
 
+def test_a_category_whose_rows_are_a_rounding_residue_goes_right() -> None:
+    """A larger sibling's histogram is its parent's minus its own: a category with no
+    rows there has sums of rounding noise (1e-14), whose mean orders it anywhere. It
+    has no rows, so it goes right, as one whose sums are exactly 0."""
+    hist = np.zeros((1, 1, 4, 2))
+    hist[0, 0, :3] = [[10.0, 10.0], [1.8e-14, -5e-14], [10.0, 50.0]]
+    found = best_splits(hist, Variance(), 1.0, np.zeros(1),
+                        categorical=np.ones((1, 1), dtype=bool))
+    assert found["found"][0] and found["gain"][0] == pytest.approx(80.0)
+    assert found["categories"][0].tolist() == [True, False, False]
+
+
+def test_classes_tied_up_to_rounding_order_the_categories_alike() -> None:
+    """More than two classes order the categories by the node's most frequent class:
+    with balanced class weights the classes weigh the same up to the noise of sums
+    added in another order, and that noise must not pick another class (so another
+    set): the first of the tied classes orders them."""
+    hist = np.zeros((1, 1, 5, 3))
+    hist[0, 0, :4] = [[6, 0, 2], [0, 6, 2], [4, 4, 0], [0, 0, 6]]
+    chosen = []
+    for noisy in (0, 1):
+        h = hist.copy()
+        h[0, 0, 3, noisy] += 1e-12
+        found = best_splits(h, Gini(3), 1.0, np.zeros(1),
+                            categorical=np.ones((1, 1), dtype=bool))
+        chosen.append(found["categories"][0].tolist())
+    assert chosen[0] == chosen[1]
+
+
 def test_categories_are_the_most_frequent_values_then_by_value() -> None:
     sample = pa.array(["b", "a", None, "c", "b", "a", "d", None, "b"])
     assert choose_categories(sample, 3).to_pylist() == ["b", "a", "c"]
@@ -253,6 +282,31 @@ def test_the_same_model_for_any_partitioning() -> None:
     np.testing.assert_array_equal(one.nodes["category_left"], three.nodes["category_left"])
     np.testing.assert_allclose(one.nodes["value"], three.nodes["value"], rtol=1e-9)
     assert one.categories["city"].equals(three.categories["city"])
+
+
+@pytest.mark.parametrize("op", ["random_forest", "gradient_boosted_trees"])
+def test_the_same_model_for_any_partitioning_with_weights_and_balanced_classes(
+        op: str) -> None:
+    """Weighted sums are rounded in the order of the rows: a category without rows at a
+    node, and classes that weigh the same, must not make another set for another
+    partitioning."""
+    features = ["city", "store", "x1"]
+    if op == "random_forest":
+        table = category_table(rows=400, classes=3, seed=0)
+        estimator: Any = RandomForest(label="y", features=features, categorical=["store"],
+                                      weight="w", class_weight="balanced", n_trees=3,
+                                      max_depth=4, bootstrap=False, max_features="all")
+    else:
+        table = category_table(rows=400, seed=5)
+        estimator = GradientBoostedTrees(label="y", categorical=["city", "store"], weight="w",
+                                         class_weight="balanced", n_trees=3, max_depth=4,
+                                         min_samples_leaf=3)
+    one = fit_model(estimator, [table])
+    for k in (2, 3, 5, 7):
+        other = fit_model(estimator, split(table, k))
+        for name in ("feature", "category", "left", "right", "default_left"):
+            np.testing.assert_array_equal(one.nodes[name], other.nodes[name], err_msg=name)
+        np.testing.assert_array_equal(one.nodes["category_left"], other.nodes["category_left"])
 
 
 def test_a_model_saved_before_categories_still_scores() -> None:
