@@ -1233,7 +1233,7 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
         chosen = best_splits(hist, criterion, min_leaf, min_gain[can],
                              slots=None if can.all() else np.flatnonzero(can),
                              allowed=allowed, monotonic=monotonic, bounds=bounds,
-                             categorical=None if categorical is None else categorical[can])
+                             categorical=categorical)
         found[can] = chosen["found"]
         hit = chosen["found"]
         split_nodes = nodes[can][hit]

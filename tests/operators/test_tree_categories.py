@@ -309,6 +309,21 @@ def test_the_same_model_for_any_partitioning_with_weights_and_balanced_classes(
         np.testing.assert_array_equal(one.nodes["category_left"], other.nodes["category_left"])
 
 
+def test_roots_that_cannot_split_beside_roots_that_can() -> None:
+    """Bootstrap roots under 2 * min_samples_leaf stay leaves while the others split on
+    the city: each node's categorical positions are its own (no IndexError, no
+    other node's flags)."""
+    table = category_table(rows=100, seed=1)
+    model = fit_model(RandomForest(label="y", features=["city", "x1"], n_trees=8, max_depth=2,
+                                   min_samples_leaf=50, seed=0), [table])
+    roots = model.nodes["tree_start"][:-1]
+    assert (model.nodes["feature"][roots] < 0).any() and (model.nodes["category"] >= 0).any()
+    city = model.features.index("city")
+    split_on = model.nodes["feature"] >= 0
+    assert ((model.nodes["category"][split_on] >= 0)
+            == (model.nodes["feature"][split_on] == city)).all()
+
+
 def test_a_model_saved_before_categories_still_scores() -> None:
     """Models saved without the category arrays (every split a threshold) load as they
     were."""
