@@ -1591,7 +1591,7 @@ class TreeEstimator(Estimator):
         # its sample is its values
         out["sample"] = np.ascontiguousarray(
             feature_columns(taken, features, categories=state["categories"]).T)
-        out["sample_values"] = {name: normalized(taken.column(name), kept.type)
+        out["sample_values"] = {name: normalized(taken.column(name), kept.type, name)
                                 for name, kept in state["categories"].items()}
         return out
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import split_gain
 
 from operators.arrays import get_namespace, to_numpy
-from operators.base import ParamError, SchemaError
+from operators.base import DataError, ParamError, SchemaError
 from operators.models import trees
 from operators.models.boosted_trees import GradientBoostedTrees
 from operators.models.categories import choose_categories
@@ -334,6 +334,24 @@ def test_a_model_saved_before_categories_still_scores() -> None:
     loaded = type(model).from_state(meta, old)
     rows = category_table(rows=30, seed=3)
     np.testing.assert_array_equal(probabilities(loaded, rows), probabilities(model, rows))
+
+
+def test_uint64_values_beyond_int64_are_missing_at_scoring_and_refused_at_training() -> None:
+    """Integer categories are kept as int64: a uint64 value beyond it is no category,
+    so at scoring it is missing (not an ArrowInvalid), and a training sample with one
+    is a DataError naming the column."""
+    store = np.arange(200) % 5
+    table = pa.table({"store": pa.array(store.astype(np.uint64)),
+                      "y": (store % 2 == 0).astype(np.int64)})
+    model = fit_model(GradientBoostedTrees(label="y", categorical=["store"], n_trees=2,
+                                           min_samples_leaf=5), [table])
+    rows = pa.table({"store": pa.array([2**63 + 5, None], pa.uint64())})
+    p = probabilities(model, rows)
+    assert p[0] == p[1]
+    big = table.set_column(0, "store", pa.array(store.astype(np.uint64) + np.uint64(2**63)))
+    with pytest.raises(DataError, match="categorical column 'store' has uint64 values beyond "
+                                        "int64"):
+        fit_model(GradientBoostedTrees(label="y", categorical=["store"], n_trees=2), [big])
 
 
 # --------------------------------------------------------------------------- plan errors
