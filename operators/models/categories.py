@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.base import SchemaError
+from operators.base import DataError, SchemaError
 
 
 def category_type(t: pa.DataType) -> pa.DataType | None:
@@ -58,12 +58,24 @@ def check_categorical(schema: pa.Schema, name: str, where: str) -> None:
             hint="leave it out of categorical (a number is split by thresholds), or cast it")
 
 
-def normalized(column: pa.ChunkedArray | pa.Array, kept: pa.DataType) -> pa.Array:
-    """A categorical column as one array of its kept type (``category_type``)."""
+def normalized(column: pa.ChunkedArray | pa.Array, kept: pa.DataType,
+               name: str | None = None) -> pa.Array:
+    """A categorical column as one array of its kept type (``category_type``). A uint64
+    value beyond int64 cannot be a category: a DataError naming column ``name`` (the
+    training rows' sample), else null (scoring's codes: missing, as any value that is
+    not a category)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
+    if pa.types.is_uint64(column.type) and kept == pa.int64():
+        beyond = pc.greater(column, pa.scalar(2**63 - 1, pa.uint64()))
+        if pc.any(beyond).as_py():
+            if name is not None:
+                raise DataError(f"categorical column '{name}' has uint64 values beyond "
+                                f"int64, which its categories are kept as",
+                                hint="map the values to a smaller range (or to text) first")
+            column = pc.if_else(beyond, pa.scalar(None, pa.uint64()), column)
     return column if column.type == kept else pc.cast(column, kept)
 
 

@@ -486,7 +486,10 @@ class Gini(Criterion):
         # two classes: the second's share (a best split is a prefix); more: the share of
         # the node's most frequent class (a heuristic, as LightGBM's one-vs-rest trees
         # and Spark MLlib's ordering by one centroid)
-        top = np.argmax(total, axis=0)[..., None]                       # (...,) -> (..., 1)
+        # (classes within GAIN_RTOL of the most frequent tie, the first wins: balanced
+        # class weights make them equal up to the noise of the sums' order)
+        near = total >= total.max(axis=0) - GAIN_RTOL * _channel_sum(total)
+        top = np.argmax(near, axis=0)[..., None]                        # (...,) -> (..., 1)
         chosen = np.take_along_axis(np.moveaxis(stats, 0, -1), top[..., None], axis=-1)
         return _ratio(chosen[..., 0], _channel_sum(stats))
 
@@ -972,8 +975,12 @@ def _by_category_order(h: np.ndarray, criterion: Criterion, categorical: np.ndar
     rank in its position's order ``(s, m, bins)``."""
     n_bins = h.shape[-1] - 1
     values = h[..., :n_bins]
-    key = criterion.category_order(values, h.sum(axis=-1)).astype(np.float32)
-    key[criterion.weight(values) <= 0] = np.inf  # no rows here: last, so right
+    total = h.sum(axis=-1)
+    key = criterion.category_order(values, total).astype(np.float32)
+    # no rows here, or a rounding residue of them (a sibling's histogram is its parent's
+    # minus its own, as the missing values' in best_splits): last, so right
+    empty = criterion.weight(values) <= GAIN_RTOL * criterion.weight(total)[..., None]
+    key[empty] = np.inf
     key[~categorical] = np.arange(n_bins, dtype=np.float32)  # numbers keep their bins
     order = np.argsort(key, axis=-1, kind="stable")
     ordered = np.empty_like(h)
@@ -1241,7 +1248,7 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
         chosen = best_splits(hist, criterion, min_leaf, min_gain[can],
                              slots=None if can.all() else np.flatnonzero(can),
                              allowed=allowed, monotonic=monotonic, bounds=bounds,
-                             categorical=None if categorical is None else categorical[can])
+                             categorical=categorical)
         found[can] = chosen["found"]
         hit = chosen["found"]
         split_nodes = nodes[can][hit]
@@ -1599,7 +1606,7 @@ class TreeEstimator(Estimator):
         # its sample is its values
         out["sample"] = np.ascontiguousarray(
             feature_columns(taken, features, categories=state["categories"]).T)
-        out["sample_values"] = {name: normalized(taken.column(name), kept.type)
+        out["sample_values"] = {name: normalized(taken.column(name), kept.type, name)
                                 for name, kept in state["categories"].items()}
         return out
 

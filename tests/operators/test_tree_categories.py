@@ -15,7 +15,7 @@ import pytest
 from conftest import split_gain
 
 from operators.arrays import get_namespace, to_numpy
-from operators.base import ParamError, SchemaError
+from operators.base import DataError, ParamError, SchemaError
 from operators.models import trees
 from operators.models.boosted_trees import GradientBoostedTrees
 from operators.models.categories import choose_categories
@@ -107,6 +107,35 @@ def test_numbers_beside_categories_keep_their_thresholds() -> None:
     numeric = best_splits(hist[1:], Gini(2), 1.0, np.zeros(1),
                           categorical=np.array([[False]]))
     assert numeric["bin"][0] == 1 and not numeric["categories"][0].any()
+
+
+def test_a_category_whose_rows_are_a_rounding_residue_goes_right() -> None:
+    """A larger sibling's histogram is its parent's minus its own: a category with no
+    rows there has sums of rounding noise (1e-14), whose mean orders it anywhere. It
+    has no rows, so it goes right, as one whose sums are exactly 0."""
+    hist = np.zeros((1, 1, 4, 2))
+    hist[0, 0, :3] = [[10.0, 10.0], [1.8e-14, -5e-14], [10.0, 50.0]]
+    found = best_splits(hist, Variance(), 1.0, np.zeros(1),
+                        categorical=np.ones((1, 1), dtype=bool))
+    assert found["found"][0] and found["gain"][0] == pytest.approx(80.0)
+    assert found["categories"][0].tolist() == [True, False, False]
+
+
+def test_classes_tied_up_to_rounding_order_the_categories_alike() -> None:
+    """More than two classes order the categories by the node's most frequent class:
+    with balanced class weights the classes weigh the same up to the noise of sums
+    added in another order, and that noise must not pick another class (so another
+    set): the first of the tied classes orders them."""
+    hist = np.zeros((1, 1, 5, 3))
+    hist[0, 0, :4] = [[6, 0, 2], [0, 6, 2], [4, 4, 0], [0, 0, 6]]
+    chosen = []
+    for noisy in (0, 1):
+        h = hist.copy()
+        h[0, 0, 3, noisy] += 1e-12
+        found = best_splits(h, Gini(3), 1.0, np.zeros(1),
+                            categorical=np.ones((1, 1), dtype=bool))
+        chosen.append(found["categories"][0].tolist())
+    assert chosen[0] == chosen[1]
 
 
 def test_categories_are_the_most_frequent_values_then_by_value() -> None:
@@ -255,6 +284,46 @@ def test_the_same_model_for_any_partitioning() -> None:
     assert one.categories["city"].equals(three.categories["city"])
 
 
+@pytest.mark.parametrize("op", ["random_forest", "gradient_boosted_trees"])
+def test_the_same_model_for_any_partitioning_with_weights_and_balanced_classes(
+        op: str) -> None:
+    """Weighted sums are rounded in the order of the rows: a category without rows at a
+    node, and classes that weigh the same, must not make another set for another
+    partitioning."""
+    features = ["city", "store", "x1"]
+    if op == "random_forest":
+        table = category_table(rows=400, classes=3, seed=0)
+        estimator: Any = RandomForest(label="y", features=features, categorical=["store"],
+                                      weight="w", class_weight="balanced", n_trees=3,
+                                      max_depth=4, bootstrap=False, max_features="all")
+    else:
+        table = category_table(rows=400, seed=5)
+        estimator = GradientBoostedTrees(label="y", categorical=["city", "store"], weight="w",
+                                         class_weight="balanced", n_trees=3, max_depth=4,
+                                         min_samples_leaf=3)
+    one = fit_model(estimator, [table])
+    for k in (2, 3, 5, 7):
+        other = fit_model(estimator, split(table, k))
+        for name in ("feature", "category", "left", "right", "default_left"):
+            np.testing.assert_array_equal(one.nodes[name], other.nodes[name], err_msg=name)
+        np.testing.assert_array_equal(one.nodes["category_left"], other.nodes["category_left"])
+
+
+def test_roots_that_cannot_split_beside_roots_that_can() -> None:
+    """Bootstrap roots under 2 * min_samples_leaf stay leaves while the others split on
+    the city: each node's categorical positions are its own (no IndexError, no
+    other node's flags)."""
+    table = category_table(rows=100, seed=1)
+    model = fit_model(RandomForest(label="y", features=["city", "x1"], n_trees=8, max_depth=2,
+                                   min_samples_leaf=50, seed=0), [table])
+    roots = model.nodes["tree_start"][:-1]
+    assert (model.nodes["feature"][roots] < 0).any() and (model.nodes["category"] >= 0).any()
+    city = model.features.index("city")
+    split_on = model.nodes["feature"] >= 0
+    assert ((model.nodes["category"][split_on] >= 0)
+            == (model.nodes["feature"][split_on] == city)).all()
+
+
 def test_a_model_saved_before_categories_still_scores() -> None:
     """Models saved without the category arrays (every split a threshold) load as they
     were."""
@@ -265,6 +334,24 @@ def test_a_model_saved_before_categories_still_scores() -> None:
     loaded = type(model).from_state(meta, old)
     rows = category_table(rows=30, seed=3)
     np.testing.assert_array_equal(probabilities(loaded, rows), probabilities(model, rows))
+
+
+def test_uint64_values_beyond_int64_are_missing_at_scoring_and_refused_at_training() -> None:
+    """Integer categories are kept as int64: a uint64 value beyond it is no category,
+    so at scoring it is missing (not an ArrowInvalid), and a training sample with one
+    is a DataError naming the column."""
+    store = np.arange(200) % 5
+    table = pa.table({"store": pa.array(store.astype(np.uint64)),
+                      "y": (store % 2 == 0).astype(np.int64)})
+    model = fit_model(GradientBoostedTrees(label="y", categorical=["store"], n_trees=2,
+                                           min_samples_leaf=5), [table])
+    rows = pa.table({"store": pa.array([2**63 + 5, None], pa.uint64())})
+    p = probabilities(model, rows)
+    assert p[0] == p[1]
+    big = table.set_column(0, "store", pa.array(store.astype(np.uint64) + np.uint64(2**63)))
+    with pytest.raises(DataError, match="categorical column 'store' has uint64 values beyond "
+                                        "int64"):
+        fit_model(GradientBoostedTrees(label="y", categorical=["store"], n_trees=2), [big])
 
 
 # --------------------------------------------------------------------------- plan errors
