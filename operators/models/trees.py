@@ -195,8 +195,17 @@ def categorical_names(schema: pa.Schema, params: TreeParams) -> list[str]:
 def check_categorical_features(schema: pa.Schema, params: TreeParams, features: list[str],
                                categorical: list[str]) -> None:
     """Plan-time checks of the categorical features (``categorical_names``)."""
+    listed = params.categorical or []
+    for name in listed:
+        role = "label" if name == params.label else "weight" if name == params.weight else None
+        if role is not None:
+            raise ParamError(f"categorical names '{name}', the {role} column",
+                             hint=f"leave '{name}' out of categorical: the {role} is no "
+                                  f"feature")
+        if listed.count(name) > 1:
+            raise ParamError(f"categorical names '{name}' twice", hint="list it once")
     require_columns(schema, categorical, "categorical column")
-    for name in params.categorical or []:
+    for name in listed:
         if name not in features:
             raise ParamError(f"categorical names '{name}', which is not a feature",
                              hint=f"add '{name}' to features, or leave it out of categorical")

@@ -369,6 +369,12 @@ def test_what_cannot_be_categorical_says_so() -> None:
     with pytest.raises(ParamError, match="'store' is categorical.*monotonic"):
         GradientBoostedTrees(label="y", categorical=["store"],
                              monotonic={"store": 1}).output_schema(schema)
+    with pytest.raises(ParamError, match="categorical names 'y', the label column"):
+        DecisionTree(label="y", categorical=["y"]).output_schema(schema)
+    with pytest.raises(ParamError, match="categorical names 'w', the weight column"):
+        DecisionTree(label="y", weight="w", categorical=["w"]).output_schema(schema)
+    with pytest.raises(ParamError, match="categorical names 'city' twice"):
+        DecisionTree(label="y", categorical=["city", "store", "city"]).output_schema(schema)
     # listed columns are features when features is left out; text is not otherwise
     state = DecisionTree(label="y", categorical=["city"]).init(schema)
     assert "city" in state["features"] and "g" not in state["features"]
