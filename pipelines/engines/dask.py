@@ -267,6 +267,15 @@ def _quiet_cancellations() -> None:
     logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
+def _quiet_shutdown() -> None:
+    """On a worker of our LocalCluster about to be closed: its heartbeats failing while
+    the scheduler goes first are no errors on the console (an interrupted run printed a
+    worker's traceback after its one line)."""
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
+
+
 @contextlib.contextmanager
 def _silenced(name: str) -> Iterator[None]:
     """The logger ``name`` (and its children) says nothing while the block runs."""
@@ -597,6 +606,9 @@ class DaskEngine(Engine):
 
     def close(self) -> None:
         self._release()
+        if self._client is not None and self._cluster is not None:
+            with contextlib.suppress(Exception):  # a worker already gone has nothing to say
+                self._client.run(_quiet_shutdown, wait=True)
         if self._client is not None:
             self._client.close()
             self._client = None
