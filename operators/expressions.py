@@ -1088,6 +1088,17 @@ class _Compiler:
             return pc.scalar(pa.scalar(value, t))
         return None
 
+    def _room_to_round(self, arg: _Node, expr: pc.Expression) -> pc.Expression:
+        """A decimal column with a digit more before the point: Arrow rounds within the
+        column's precision, and a value that rounds past it (floor of -99999999.99 in a
+        decimal(10, 2)) came back as 0.00."""
+        t = self._column_type(arg)
+        if t is None or not pa.types.is_decimal(t):
+            return expr
+        wider = (pa.decimal128(t.precision + 1, t.scale) if t.precision < 38
+                 else pa.decimal256(min(t.precision + 1, 76), t.scale))
+        return expr.cast(wider)
+
     def _as_literal_for(self, literal: _Node, other: _Node, expr: pc.Expression
                         ) -> pc.Expression:
         """``_literal_for``, or ``expr`` (the node as compiled) where it keeps it."""
@@ -1157,6 +1168,8 @@ class _Compiler:
             return pc.invert(result) if node.negated else result
         if isinstance(node, _Call):
             exprs = [self.to_expr(arg) for arg in node.args]
+            if node.name in ("floor", "ceil", "round"):
+                exprs[0] = self._room_to_round(node.args[0], exprs[0])
             if node.name == "cast":
                 assert node.cast_type is not None
                 target = _CAST_TYPES[node.cast_type]

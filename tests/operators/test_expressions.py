@@ -1232,3 +1232,21 @@ def test_a_pushed_filter_on_a_decimal_column_reads_the_rows_it_keeps(tmp_path: P
     rows = pa.concat_tables(read.read(p) for p in read.partitions())
     assert rows.column("amount").to_pylist() == [decimal.Decimal("1.25"),
                                                  decimal.Decimal("100.00")]
+
+
+def test_rounding_a_decimal_past_its_precision_keeps_the_value() -> None:
+    """Arrow rounds within the column's precision: floor(-99999999.99) of a
+    decimal(10, 2) came back as 0.00; the column gets a digit more first."""
+    edge = pa.table({"d": pa.array([decimal.Decimal("99999999.99"),
+                                    decimal.Decimal("-99999999.99"), None],
+                                   pa.decimal128(10, 2))})
+
+    def on(text: str) -> list[Any]:
+        return ds.dataset(edge).to_table(
+            columns={"r": parse_expression(text, edge.schema)}).column("r").to_pylist()
+
+    D = decimal.Decimal
+    assert on("floor(d)") == [D("99999999.00"), D("-100000000.00"), None]
+    assert on("ceil(d)") == [D("100000000.00"), D("-99999999.00"), None]
+    assert on("round(d, 1)") == [D("100000000.00"), D("-100000000.00"), None]
+    assert expression_type("floor(d)", edge.schema) == pa.decimal128(11, 2)
