@@ -1079,7 +1079,7 @@ def test_random_filters_match_python_reference(
     assert kept_rows(text, table) == [i for i, v in enumerate(expected) if v is True], text
     # and the predicate's three-valued value matches row by row
     assert evaluate(text, table) == expected, text
-    assert check_filter(text, table.schema).equals(parse_filter(text))
+    assert check_filter(text, table.schema).equals(parse_filter(text, table.schema))
     assert pa.types.is_boolean(expression_type(text, table.schema))
     assert set(referenced_columns(text)) <= set(P_SCHEMA.names)
 
