@@ -49,6 +49,7 @@ from operators.arrays import to_xp
 from operators.base import DataError, ParamError, SchemaError, register, register_fitted
 from operators.models.common import held_out
 from operators.models.trees import (
+    GAIN_RTOL,
     SPLIT,
     Criterion,
     Level,
@@ -197,8 +198,12 @@ class GradientBoostedTrees(TreeEstimator):
         return Newton(p.l2, p.learning_rate, self._outputs(state), l1=p.l1,
                       min_hessian=p.min_child_weight)
 
-    def _min_gain(self) -> float:
-        return self.params.min_split_gain
+    def _min_gain(self, state: dict[str, Any]) -> float:
+        # and more than the noise of the sums once the fit has made real splits: after
+        # rounds that fit the rows exactly the gradients are rounding residue, whose
+        # "gains" (1e-30) came out otherwise in another partitioning and split on noise
+        scale = float(state["forest"]["gain"].max(initial=0.0))
+        return max(self.params.min_split_gain, GAIN_RTOL * scale)
 
     def _start(self, state: dict[str, Any]) -> dict[str, Any]:
         k = self._outputs(state)

@@ -1859,7 +1859,7 @@ class TreeEstimator(Estimator):
         forest = grow_level(state["forest"], nodes, featsel, hist, crit, state["edges"],
                             max_depth=p.max_depth, min_leaf=p.min_samples_leaf,
                             min_gain_fraction=self._min_gain_fraction(state),
-                            min_gain=self._min_gain(),
+                            min_gain=self._min_gain(state),
                             empty_value=self._empty_value(state),
                             allowed=_at_positions(self._allowed(state, nodes), featsel),
                             monotonic=_at_positions(self._monotonic(state, nodes), featsel),
@@ -1894,7 +1894,7 @@ class TreeEstimator(Estimator):
         """The gain a split needs, as a fraction of its tree's root weight."""
         return 0.0
 
-    def _min_gain(self) -> float:
+    def _min_gain(self, state: dict[str, Any]) -> float:
         """The gain a split needs, in the criterion's units (boosting's loss decrease)."""
         return 0.0
 
