@@ -171,6 +171,10 @@ class TreeParams(SupervisedParams):
         None, description="features the prediction may only rise (1) or only fall (-1) "
                           "with, e.g. {tenure: -1} (regression and two classes; "
                           "scikit-learn's monotonic_cst, XGBoost's monotone_constraints)")
+    max_leaves: int | None = Field(
+        None, ge=2, description="leaves per tree at most: a level's nodes split best gain "
+                                "first while the tree has room (XGBoost's max_leaves, "
+                                "LightGBM's num_leaves, grown level by level)")
     categorical: list[str] | None = Field(
         None, description="features split by sets of their values, not thresholds "
                           "(strings, integers, booleans; a string feature always is): "
@@ -1221,8 +1225,8 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
                max_depth: int, min_leaf: float, min_gain_fraction: float,
                empty_value: np.ndarray, min_gain: float = 0.0,
                allowed: np.ndarray | None = None,
-               monotonic: np.ndarray | None = None, categorical: np.ndarray | None = None
-               ) -> dict[str, np.ndarray]:
+               monotonic: np.ndarray | None = None, categorical: np.ndarray | None = None,
+               max_leaves: int | None = None) -> dict[str, np.ndarray]:
     """Decide the group's pending ``nodes`` from their histograms: split (two new children,
     pending unless they cannot split) or leaf, on the feature positions ``allowed`` (per
     node, all when None). Roots get their value and weight here. ``categorical`` (per
@@ -1258,6 +1262,9 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
                              slots=None if can.all() else np.flatnonzero(can),
                              allowed=allowed, monotonic=monotonic, bounds=bounds,
                              categorical=categorical)
+        if max_leaves is not None:
+            chosen["found"] &= _within_leaves(forest, nodes[can], chosen["found"],
+                                              chosen["gain"], max_leaves)
         found[can] = chosen["found"]
         hit = chosen["found"]
         split_nodes = nodes[can][hit]
@@ -1294,6 +1301,25 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
     leaves = nodes[~found]
     forest["status"][leaves] = LEAF
     return forest
+
+
+def _within_leaves(forest: dict[str, np.ndarray], nodes: np.ndarray, found: np.ndarray,
+                   gain: np.ndarray, max_leaves: int) -> np.ndarray:
+    """Which of the ``found`` splits of ``nodes`` their trees have room for: a split adds
+    a leaf, a tree holds ``max_leaves``; the best gains first (in float32, so that the
+    noise of sums cannot reorder two equal ones; then the node), as many as fit."""
+    trees = forest["tree"][nodes]
+    leaves = np.bincount(forest["tree"][forest["status"] != SPLIT],
+                         minlength=len(forest["roots"]))
+    room = max_leaves - leaves[trees]
+    order = np.lexsort((nodes, -gain.astype(np.float32), trees))
+    order = order[found[order]]
+    ranked = np.empty(len(nodes), dtype=np.int64)
+    first = np.searchsorted(trees[order], trees[order], side="left")
+    ranked[order] = np.arange(len(order)) - first
+    keep = np.zeros(len(nodes), dtype=bool)
+    keep[order] = ranked[order] < room[order]
+    return keep
 
 
 def _placed(forest: dict[str, np.ndarray], tree: np.ndarray, values: np.ndarray
@@ -1858,6 +1884,7 @@ class TreeEstimator(Estimator):
                 featsel = self._featsel(state)(nodes)
         forest = grow_level(state["forest"], nodes, featsel, hist, crit, state["edges"],
                             max_depth=p.max_depth, min_leaf=p.min_samples_leaf,
+                            max_leaves=p.max_leaves,
                             min_gain_fraction=self._min_gain_fraction(state),
                             min_gain=self._min_gain(state),
                             empty_value=self._empty_value(state),

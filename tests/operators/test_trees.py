@@ -534,6 +534,46 @@ def test_rounds_after_an_exact_fit_do_not_split_on_rounding_residue() -> None:
         assert (one.nodes["feature"] >= 0).sum() == 3  # the first tree's splits only
 
 
+def _leaves_per_tree(model: Any) -> np.ndarray:
+    starts = model.nodes["tree_start"]
+    leaf = model.nodes["feature"] < 0
+    return np.array([leaf[a:b].sum() for a, b in zip(starts[:-1], starts[1:], strict=True)])
+
+
+@pytest.mark.parametrize("op", ["decision_tree", "random_forest", "gradient_boosted_trees"])
+def test_max_leaves_keeps_the_best_splits_of_a_level(op: str) -> None:
+    """No tree has more than max_leaves leaves; where a level has more splits than room,
+    the tree keeps those of the largest gains (the unconstrained tree's gains say
+    which); with room for everything it is the unconstrained model."""
+    table = tree_table(rows=400, seed=6, regression=True)
+    kinds = {"decision_tree": (DecisionTree, {}),
+             "random_forest": (RandomForest, {"n_trees": 3, "seed": 2}),
+             "gradient_boosted_trees": (GradientBoostedTrees, {"n_trees": 3})}
+    kind, extra = kinds[op]
+
+    def grown(**params: Any) -> Any:
+        return fit_state(kind(label="y", max_depth=4, min_samples_leaf=3, **extra, **params),
+                         split(table, 2))[0]
+
+    free, capped = grown(), grown(max_leaves=5)
+    assert (_leaves_per_tree(capped) <= 5).all() and (_leaves_per_tree(free) > 5).all()
+    roomy = grown(max_leaves=10_000)
+    for name in ("feature", "threshold", "left", "value"):
+        np.testing.assert_array_equal(roomy.nodes[name], free.nodes[name], err_msg=name)
+    # the first tree: root and level-1 splits as unconstrained (4 leaves); of the level-2
+    # candidates (the free tree's depth-2 splits) the one of largest gain splits (5)
+    nodes, start = free.nodes, int(free.nodes["tree_start"][0])
+    left, right = int(nodes["left"][start]), int(nodes["right"][start])
+    level2 = [int(c) for n in (left, right) for c in (nodes["left"][n], nodes["right"][n])
+              if nodes["feature"][c] >= 0]
+    best = sorted(level2, key=lambda c: -nodes["gain"][c])[:1]
+    kept = capped.nodes
+    c_left, c_right = int(kept["left"][start]), int(kept["right"][start])
+    c_level2 = [int(c) for n in (c_left, c_right) for c in (kept["left"][n], kept["right"][n])]
+    split_gains = sorted(kept["gain"][c] for c in c_level2 if kept["feature"][c] >= 0)
+    assert split_gains == sorted(nodes["gain"][c] for c in best)
+
+
 def test_max_depth_zero_is_a_single_leaf() -> None:
     """max_depth 0 is a single leaf: the class frequencies (the mean), as Spark MLlib."""
     table = tree_table(rows=120, seed=11)

@@ -106,14 +106,17 @@ def _cases() -> None:
          tree_table, id="bootstrap-sqrt-class-weight")
     case("random_forest", {"label": "y", "weight": "w", "n_trees": 4, "max_depth": 3,
                            "max_features": 0.5, "validation_fraction": 0.2,
-                           "max_histogram_mb": 0.01},
-         lambda: tree_table(regression=True, seed=6), id="regression-node-groups")
+                           "max_histogram_mb": 0.01, "max_leaves": 6},
+         lambda: tree_table(regression=True, seed=6), id="regression-node-groups-leaves")
     case("random_forest", {"label": "y", "n_trees": 3, "max_depth": 3, "bootstrap": False,
                            "max_features": "all", "criterion": "entropy"},
          string_classes_table, id="no-bootstrap-multiclass")
     case("gradient_boosted_trees", {"label": "y", "n_trees": 5, "max_depth": 3,
                                     "min_samples_leaf": 5},
          tree_table, id="binary", rtol=1e-8, atol=1e-10)
+    case("gradient_boosted_trees", {"label": "y", "n_trees": 4, "max_depth": 5,
+                                    "min_samples_leaf": 3, "max_leaves": 7},
+         string_classes_table, id="multiclass-max-leaves", rtol=1e-8, atol=1e-10)
     case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 5, "max_depth": 2,
                                     "subsample": 0.7, "l2": 1.0, "min_samples_leaf": 3},
          lambda: tree_table(regression=True, seed=7), id="regression-subsample-weighted",
