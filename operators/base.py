@@ -650,21 +650,23 @@ def register_fitted(name: str) -> Callable[[type[Transform]], type[Transform]]:
     return wrap
 
 
-def _load_builtins() -> None:
-    importlib.import_module("operators.library")
-
-
 def registered() -> dict[str, type[Operator]]:
-    """Every operator a pipeline can name, by name (built-ins loaded on first use)."""
-    _load_builtins()
+    """Every operator a pipeline can name, by name (every built-in module imported)."""
+    from operators import library
+
+    library.load_all()
     return dict(sorted(_REGISTRY.items()))
 
 
 def lookup(op: str) -> type[Operator]:
-    """The operator class for ``op``: a registered name or a dotted path ``pkg.mod.Class``."""
-    ops = registered()
-    if op in ops:
-        return ops[op]
+    """The operator class for ``op``: a registered name or a dotted path ``pkg.mod.Class``
+    (a built-in's module is imported here, the first time a pipeline names it)."""
+    from operators import library
+
+    if op not in _REGISTRY:
+        library.load(op)
+    if op in _REGISTRY:
+        return _REGISTRY[op]
     if "." in op:
         module_name, _, attr = op.rpartition(".")
         try:
@@ -687,13 +689,17 @@ def lookup(op: str) -> type[Operator]:
         if not cls.name:
             cls.name = op
         return cls
-    raise ParamError(f"unknown operator '{op}'{suggest(op, ops)}",
+    known = sorted(set(_REGISTRY) | set(library.MODULES))
+    raise ParamError(f"unknown operator '{op}'{suggest(op, known)}",
                      hint="`sluice ops` lists them")
 
 
 def lookup_fitted(name: str) -> type[Transform]:
     """The class a saved model's step names (built-in fitted, registered or dotted)."""
-    _load_builtins()
+    from operators import library
+
+    if name not in _FITTED:
+        library.load(name)
     if name in _FITTED:
         return _FITTED[name]
     cls = lookup(name)
