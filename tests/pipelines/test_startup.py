@@ -1,0 +1,61 @@
+"""What sluice imports before it does anything: the commands that run nothing answer
+without importing the engines, the operators or the array libraries, and a run imports
+what its pipeline uses. Checked by the modules a fresh interpreter holds, not by time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+HEAVY = ("numpy", "pyarrow", "pandas", "pydantic", "yaml", "fsspec", "lark", "dask",
+         "distributed", "pyspark", "operators.base", "pipelines.runner")
+
+
+def modules_after(code: str, cwd: Path = ROOT) -> set[str]:
+    """The modules a fresh interpreter has imported once ``code`` ran (its output is
+    dropped; a SystemExit, as a click command ends, is not a failure)."""
+    script = (f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\n"
+              "import json\nprint('\\n' + json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=cwd, check=True,
+                         capture_output=True, text=True).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def heavy(modules: set[str]) -> set[str]:
+    return {m for m in modules if any(m == h or m.startswith(f"{h}.") for h in HEAVY)}
+
+
+def cli(*args: str) -> str:
+    return f"from pipelines.cli import main; main({list(args)!r})"
+
+
+def test_the_cli_imports_nothing_heavy_before_a_command_needs_it() -> None:
+    assert not heavy(modules_after("import pipelines.cli"))
+    assert not heavy(modules_after(cli("--help")))
+    assert not heavy(modules_after(cli("run", "--help")))
+
+
+def test_runs_list_reads_the_history_without_the_engines(tmp_path: Path) -> None:
+    runs = tmp_path / "runs" / "p"
+    runs.mkdir(parents=True)
+    record = {"run_id": "20261130T000000Z-abcdef", "pipeline": "p", "status": "succeeded",
+              "started_at": "2026-11-30T00:00:00", "seconds": 1.0,
+              "engine": {"name": "local"}, "params": {}, "steps": {}, "outputs": [],
+              "models": [], "metrics": {}}
+    (runs / f"{record['run_id']}.json").write_text(json.dumps(record))
+    got = modules_after(cli("runs", "list", "--runs", str(tmp_path / "runs")))
+    assert "rich" in got  # the table was printed
+    assert not heavy(got)
+
+
+def test_the_cli_choices_are_their_sources() -> None:
+    from operators.arrays import DTYPES
+    from operators.io.parquet import WRITE_MODES
+    from pipelines import cli
+    from pipelines.device import DEVICES
+
+    assert (cli.DEVICES, cli.DTYPES, cli.WRITE_MODES) == (DEVICES, DTYPES, WRITE_MODES)
