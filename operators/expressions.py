@@ -77,7 +77,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from lark import Lark, Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 
@@ -975,9 +974,6 @@ def _balanced(fn: Callable[..., pc.Expression], exprs: Sequence[pc.Expression]) 
     return items[0]
 
 
-_NULL_BOOL = pc.scalar(pa.scalar(None, pa.bool_()))
-
-
 def _value_set(items: Sequence[_Literal], text: str, pos: int) -> tuple[pa.DataType, list]:
     """The arrow type and the non-null values of an all-literal ``in`` list."""
     values = [item for item in items if item.kind != "null"]
@@ -1115,7 +1111,8 @@ class _Compiler:
             # 'null where the operand is null, false elsewhere'.
             terms.append(pc.invert(pc.true_unless_null(operand)))
             if any(item.kind == "null" for item in literals):
-                terms.append(_NULL_BOOL)  # x not in the rest of the list: null, not false
+                # x not in the rest of the list: null, not false
+                terms.append(pc.scalar(pa.scalar(None, pa.bool_())))
             return _balanced(pc.or_kleene, terms)
         return _balanced(pc.or_kleene, [pc.equal(operand, self.to_expr(i)) for i in items])
 
@@ -1218,6 +1215,8 @@ def _arrow_detail(exc: Exception) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _typed(text: str, schema: pa.Schema) -> pa.DataType:
+    import pyarrow.dataset as ds
+
     node = _parse(text)
     names = set(schema.names)
     for sub in _walk(node):

@@ -59,3 +59,11 @@ def test_the_cli_choices_are_their_sources() -> None:
     from pipelines.device import DEVICES
 
     assert (cli.DEVICES, cli.DTYPES, cli.WRITE_MODES) == (DEVICES, DTYPES, WRITE_MODES)
+
+
+def test_ops_lists_every_operator_without_the_data_libraries() -> None:
+    got = modules_after(cli("ops"))
+    assert {"operators.models.trees", "operators.io.parquet"} <= got  # every operator
+    unused = {"pandas", "pyarrow.dataset", "array_api_compat.numpy", "fsspec", "dask",
+              "distributed", "pyspark"}
+    assert not got & unused
