@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from operators.base import DataError, SluiceError, causes
+from operators.errors import DataError, SluiceError, causes
 
 
 @dataclass(frozen=True)
