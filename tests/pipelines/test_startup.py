@@ -67,3 +67,24 @@ def test_ops_lists_every_operator_without_the_data_libraries() -> None:
     unused = {"pandas", "pyarrow.dataset", "array_api_compat.numpy", "fsspec", "dask",
               "distributed", "pyspark"}
     assert not got & unused
+
+
+def test_a_run_imports_what_its_pipeline_uses(tmp_path: Path) -> None:
+    """read -> deduplicate -> write: no expression to parse (lark), no model (the array
+    namespaces, the tree and linear models), no URL or glob (fsspec), no other step."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"k": [1, 1, 2], "t": [1, 2, 3]}), tmp_path / "in.parquet")
+    (tmp_path / "p.yaml").write_text(
+        "pipeline: p\nsteps:\n  - op: read_parquet\n    path: in.parquet\n"
+        "  - op: deduplicate\n    by: [k]\n    order: t\n"
+        "  - op: write_parquet\n    path: out\n")
+    got = modules_after("from pipelines.runner import run; run('p.yaml', runs_dir='runs')",
+                        cwd=tmp_path)
+    assert pq.read_table(tmp_path / "out").num_rows == 2
+    assert "operators.features.deduplicate" in got
+    unused = {"lark", "array_api_compat.numpy", "fsspec", "dask", "pyspark",
+              "operators.models.trees", "operators.models.logistic", "operators.models.mlp",
+              "operators.features.aggregate", "operators.features.window"}
+    assert not got & unused
