@@ -12,7 +12,7 @@ import importlib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,69 +20,22 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from operators.errors import (  # noqa: F401 - every operator imports its errors from here
+    ArtifactError,
+    DataError,
+    MissingColumnError,
+    ParamError,
+    SchemaError,
+    SluiceError,
+    causes,
+    suggest,
+)
+
 # --------------------------------------------------------------------------- errors
 
 
 # what Arrow's kernels and conversions raise for values or types they cannot take
 ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
-
-
-class SluiceError(Exception):
-    """A failure a user can act on: what was wrong, where, and what would fix it.
-
-    The CLI prints ``str(error)`` on one line and exits non-zero, no traceback.
-    """
-
-    def __init__(self, message: str, *, hint: str | None = None, where: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        self.where = where
-
-    def __str__(self) -> str:
-        text = f"{self.where}: {self.message}" if self.where else self.message
-        if self.hint:
-            text += f" ({self.hint})"
-        return text
-
-    def located(self, where: str) -> SluiceError:
-        """Prefix a location (file:line, step, partition) unless one is set already."""
-        if not self.where:
-            self.where = where
-        elif where not in self.where:
-            self.where = f"{where}: {self.where}"
-        return self
-
-
-class DataError(SluiceError):
-    """The data is not what the pipeline needs (a null label, a missing column...)."""
-
-
-class ParamError(SluiceError):
-    """An operator parameter is invalid in a way pydantic cannot express."""
-
-
-class SchemaError(SluiceError):
-    """A step's input schema lacks what the step needs (raised at plan time)."""
-
-
-class MissingColumnError(SchemaError):
-    """A column a step needs is not in its input."""
-
-
-class ArtifactError(SluiceError):
-    """A saved model cannot be loaded (missing, damaged or from a newer sluice)."""
-
-
-def causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc``, then what it was raised from or while handling (``__cause__``, else
-    ``__context__``), and so on: each once."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
 
 
 def arrow_message(exc: BaseException) -> str:
@@ -139,12 +92,6 @@ def rename_hint(pairs: dict[str, str]) -> str:
     shown = ", ".join(f"{a}: {b}" for a, b in pairs.items())
     return (f"rename {', '.join(f'{a} to {b}' for a, b in pairs.items())} "
             f"(`op: rename`, `columns: {{{shown}}}`)")
-
-
-def suggest(name: str, choices: Iterable[str]) -> str:
-    """' did you mean 'x'?' for the closest of choices, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "column",
@@ -650,21 +597,23 @@ def register_fitted(name: str) -> Callable[[type[Transform]], type[Transform]]:
     return wrap
 
 
-def _load_builtins() -> None:
-    importlib.import_module("operators.library")
-
-
 def registered() -> dict[str, type[Operator]]:
-    """Every operator a pipeline can name, by name (built-ins loaded on first use)."""
-    _load_builtins()
+    """Every operator a pipeline can name, by name (every built-in module imported)."""
+    from operators import library
+
+    library.load_all()
     return dict(sorted(_REGISTRY.items()))
 
 
 def lookup(op: str) -> type[Operator]:
-    """The operator class for ``op``: a registered name or a dotted path ``pkg.mod.Class``."""
-    ops = registered()
-    if op in ops:
-        return ops[op]
+    """The operator class for ``op``: a registered name or a dotted path ``pkg.mod.Class``
+    (a built-in's module is imported here, the first time a pipeline names it)."""
+    from operators import library
+
+    if op not in _REGISTRY:
+        library.load(op)
+    if op in _REGISTRY:
+        return _REGISTRY[op]
     if "." in op:
         module_name, _, attr = op.rpartition(".")
         try:
@@ -687,13 +636,17 @@ def lookup(op: str) -> type[Operator]:
         if not cls.name:
             cls.name = op
         return cls
-    raise ParamError(f"unknown operator '{op}'{suggest(op, ops)}",
+    known = sorted(set(_REGISTRY) | set(library.MODULES))
+    raise ParamError(f"unknown operator '{op}'{suggest(op, known)}",
                      hint="`sluice ops` lists them")
 
 
 def lookup_fitted(name: str) -> type[Transform]:
     """The class a saved model's step names (built-in fitted, registered or dotted)."""
-    _load_builtins()
+    from operators import library
+
+    if name not in _FITTED:
+        library.load(name)
     if name in _FITTED:
         return _FITTED[name]
     cls = lookup(name)

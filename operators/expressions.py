@@ -82,12 +82,16 @@ import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-from lark import Lark, Token, Tree
-from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
+
+# lark is imported where an expression is parsed: a run without one never imports it
+# (~15-20 ms of start-up)
+if TYPE_CHECKING:
+    from lark import Lark, Token, Tree
+    from lark.exceptions import UnexpectedCharacters, UnexpectedToken
 
 __all__ = [
     "ExpressionError",
@@ -244,6 +248,8 @@ _MAX_SHOWN_NAMES = 12
 @functools.cache
 def _parser() -> Lark:
     """The LALR parser, built on first use (keeps ``import`` cheap)."""
+    from lark import Lark
+
     return Lark(
         _GRAMMAR,
         parser="lalr",
@@ -468,6 +474,8 @@ def _timestamp_literal(token: Token, text: str) -> _Literal:
 
 
 def _tok(tree: Tree, index: int) -> Token:
+    from lark import Token
+
     child = tree.children[index]
     assert isinstance(child, Token)
     return child
@@ -475,6 +483,8 @@ def _tok(tree: Tree, index: int) -> Token:
 
 def _build(tree: Tree | Token, text: str) -> _Node:
     """Translate one lark tree into a syntax-tree node."""
+    from lark import Token, Tree
+
     if isinstance(tree, Token):  # pragma: no cover - the grammar always wraps tokens
         raise ExpressionError(f"unexpected {tree!s}", text, tree.start_pos)
     kind = tree.data
@@ -562,6 +572,8 @@ def _build(tree: Tree | Token, text: str) -> _Node:
 
 
 def _build_call(tree: Tree, text: str) -> _Call:
+    from lark import Tree
+
     name_tok = _tok(tree, 0)
     written = str(name_tok)
     name = written.lower()
@@ -670,6 +682,8 @@ def _parse(text: str) -> _Node:
     """Parse ``text`` into a syntax tree (cached; trees are immutable)."""
     if not text.strip():
         raise ExpressionError("empty expression; write e.g. tenure > 0", text, 0)
+    from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
+
     # the error is raised outside the except blocks: lark's exception (its parser's
     # state, which holds modules) must not be its __context__, or the error cannot be
     # pickled where tblib pickles exception chains (a Dask worker's error to the client)
@@ -766,6 +780,8 @@ def _describe_expected(accepts: set[str]) -> str:
 
 def _tokens_before(text: str, pos: int) -> list[Token]:
     """The tokens of ``text`` that start before ``pos`` (lexing stops at the first bad char)."""
+    from lark.exceptions import LarkError
+
     tokens: list[Token] = []
     try:
         for tok in _parser().lex(text):
@@ -1001,7 +1017,6 @@ def _balanced(fn: Callable[..., pc.Expression], exprs: Sequence[pc.Expression]) 
     return items[0]
 
 
-_NULL_BOOL = pc.scalar(pa.scalar(None, pa.bool_()))
 _REGEX_SPECIAL = frozenset("\\.^$|?*+()[]{}")
 
 
@@ -1239,7 +1254,8 @@ class _Compiler:
             # 'null where the operand is null, false elsewhere'.
             terms.append(pc.invert(pc.true_unless_null(operand)))
             if any(item.kind == "null" for item in literals):
-                terms.append(_NULL_BOOL)  # x not in the rest of the list: null, not false
+                # x not in the rest of the list: null, not false
+                terms.append(pc.scalar(pa.scalar(None, pa.bool_())))
             return _balanced(pc.or_kleene, terms)
         return _balanced(pc.or_kleene, [pc.equal(operand, self.to_expr(i)) for i in items])
 
@@ -1396,6 +1412,8 @@ def _arrow_detail(exc: Exception) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _typed(text: str, schema: pa.Schema) -> pa.DataType:
+    import pyarrow.dataset as ds
+
     node = _parse(text)
     names = set(schema.names)
     for sub in _walk(node):

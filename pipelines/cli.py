@@ -15,22 +15,16 @@ from typing import Any
 
 import click
 
-from operators.arrays import DTYPES
-from operators.base import SluiceError
-from operators.io.parquet import WRITE_MODES
-from pipelines import profiles, runs
-from pipelines.describe import shown_params as _shown_params
-from pipelines.device import DEVICES
-from pipelines.engines.base import StepFailure
-from pipelines.runner import (
-    Interrupted,
-    ValidationFailed,
-    plan_file,
-    run,
-    scoring_pipeline,
-    stopping_on_signals,
-)
-from pipelines.store import ModelStore, parse_ref
+from operators.errors import SluiceError
+from pipelines import runs
+
+# The choices of --device, --dtype and --mode, spelled here so that `sluice --help` and
+# the commands that run nothing (`runs`, `ops`) do not import the engines and operators
+# they come from; tests/pipelines/test_startup.py checks them against their sources
+# (pipelines.device.DEVICES, operators.arrays.DTYPES, operators.io.parquet.WRITE_MODES).
+DEVICES = ("cpu", "gpu", "auto")
+DTYPES = ("float64", "float32")
+WRITE_MODES = ("error", "overwrite", "append", "overwrite_partitions")
 
 
 def _err(message: str) -> None:
@@ -55,6 +49,9 @@ def _progress_wanted(flag: bool | None) -> bool:
 
 def _fail(exc: BaseException) -> None:
     """One line for user errors; a traceback, then one line, for bugs."""
+    from pipelines.engines.base import StepFailure
+    from pipelines.runner import ValidationFailed
+
     if isinstance(exc, ValidationFailed):
         for problem in exc.problems:
             _err(str(problem))
@@ -81,12 +78,13 @@ runs_option = click.option(
 
 
 class _Commands(click.Group):
-    """Every command's user errors are one line (and exit 1), wherever they are raised."""
+    """Every command's user errors are one line (and exit 1), wherever they are raised
+    (a step's failure, which only running a pipeline raises: ``_run_and_print``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (SluiceError, StepFailure) as exc:
+        except SluiceError as exc:
             _fail(exc)
 
 
@@ -98,6 +96,8 @@ def main() -> None:
 
 def _engine_choice(value: str) -> str:
     """``--engine`` names an engine or an existing profile: else a usage error."""
+    from pipelines import profiles
+
     try:
         profiles.locate(value)
     except SluiceError as exc:
@@ -142,11 +142,16 @@ def _run_and_print(path: str, params: dict[str, str], progress: bool | None,
                    text: str | None = None, **options: Any) -> None:
     """Run a pipeline as `sluice run` does: the summary, or one line and the exit
     status of a failure or a signal."""
+    from pipelines.engines.base import StepFailure
+    from pipelines.runner import Interrupted, run, stopping_on_signals
+
     try:
         with stopping_on_signals():
             record = run(path, params, progress=_progress_wanted(progress), text=text,
                          notify=lambda line: click.echo(f"note: {line}", err=True),
                          **options)
+    except StepFailure as exc:
+        _fail(exc)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         _err(f"interrupted by {signal.Signals(signum).name}: stopped; what the run had not "
@@ -198,6 +203,8 @@ def score_command(model: str, source: str, output: str, mode: str,
 
         sluice score churn@production data/churn/ds=2026-11-29 data/scores/ds=2026-11-29
     """
+    from pipelines.runner import ValidationFailed, scoring_pipeline
+
     text = scoring_pipeline(model, source, output, mode=mode, where=where,
                             keep=_listed(keep), partition_by=_listed(partition_by),
                             contributions=contributions, contributions_by=contributions_by,
@@ -277,8 +284,10 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
             click.echo(f"  kept {target}: {promotion['reason']}")
     _print_metrics(record["metrics"])
     if details:
+        from pipelines.describe import shown_params
+
         click.echo(f"  file: {record.get('file', '?')}")
-        click.echo(f"  params: {_shown_params(record['params']) or 'none'}")
+        click.echo(f"  params: {shown_params(record['params']) or 'none'}")
         if record.get("failed_in"):
             click.echo(f"  failed in: {record['failed_in']} (before any step ran)")
         problems = record.get("problems") or []
@@ -356,6 +365,9 @@ def _fmt(value: Any) -> str:
 @models_option
 def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None) -> None:
     """Check pipeline files without running them; report every problem (exit 1 if any)."""
+    from pipelines.runner import plan_file
+    from pipelines.store import ModelStore
+
     overrides = _parse_params(params)
     store = ModelStore(models)
     total = 0
@@ -383,7 +395,9 @@ def plan_command(file: str, params: tuple[str, ...], models: str | None,
     """What a pipeline will do, without reading a row: each step in the order it runs,
     what it reads, fits, scores (the model version) or writes, and how it changes the
     columns. Problems are reported as `validate` does (exit 1)."""
-    from pipelines.describe import describe, format_plan  # noqa: I001 (beside its use)
+    from pipelines.describe import describe, format_plan
+    from pipelines.runner import ValidationFailed, plan_file
+    from pipelines.store import ModelStore
 
     plan = plan_file(file, _parse_params(params), ModelStore(models))
     if not plan.ok:
@@ -408,6 +422,8 @@ def models() -> None:
 @models_option
 def models_list(models: str | None) -> None:
     """Every model with its versions."""
+    from pipelines.store import ModelStore
+
     store = ModelStore(models)
     names = store.names()
     if not names:
@@ -428,6 +444,9 @@ def models_list(models: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print model.json as it is")
 def models_show(ref: str, models: str | None, as_json: bool) -> None:
     """One model version: where it came from, what it needs, its steps and metrics."""
+    from pipelines.describe import shown_params
+    from pipelines.store import ModelStore
+
     store = ModelStore(models)
     name, version = store.resolve(ref)
     meta = store.read_meta(name, version)
@@ -446,12 +465,12 @@ def models_show(ref: str, models: str | None, as_json: bool) -> None:
     for entry in meta["steps"]:
         click.echo(f"    - {entry['op']}")
     for step_id, trained in (meta.get("trained_with") or {}).items():
-        given = _shown_params(trained["params"])
+        given = shown_params(trained["params"])
         click.echo(f"  trained {step_id} ({trained['op']}): {given or 'the defaults'}")
     for data_step in meta.get("data_steps") or []:  # not in the model: scoring repeats them
         added = data_step.get("added_columns") or []
         click.echo(f"  data {data_step['step']} ({data_step['op']}): "
-                   f"{_shown_params(data_step['params'])}"
+                   f"{shown_params(data_step['params'])}"
                    + (f"; added {', '.join(added)}" if added else ""))
     profile = meta.get("profile")
     if profile:  # what drift compares scored rows with
@@ -471,6 +490,8 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
     """Point ALIAS of a model at the version REF names (churn@3, churn@staging, churn:
     the latest), or remove it with --delete. A pipeline then scores with churn@ALIAS;
     promoting or rolling back is pointing the alias elsewhere."""
+    from pipelines.store import ModelStore
+
     store = ModelStore(models)
     if delete:
         name = ref.split("@", 1)[0]
@@ -595,6 +616,8 @@ def serve(ref: str, models: str | None, host: str, port: int, workers: int, thre
 def models_delete(ref: str, models: str | None) -> None:
     """Delete one version (REF: churn@3, a number: never an alias or latest). Its number
     is never given to another model; a version an alias names is refused."""
+    from pipelines.store import ModelStore, parse_ref
+
     name, version = parse_ref(ref)
     if version is None or not version.isdigit():
         raise SluiceError(f"'{ref}' names no version number",
@@ -613,6 +636,8 @@ def models_delete(ref: str, models: str | None) -> None:
 def models_prune(name: str, keep: int, dry_run: bool, models: str | None) -> None:
     """Delete the versions of NAME older than its newest --keep, except those an alias
     names (a scheduled retraining saves a version a run)."""
+    from pipelines.store import ModelStore
+
     doomed = ModelStore(models).prune(name, keep, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     shown = ", ".join(f"{name}@{v}" for v in doomed) or "nothing"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import signal
 import threading
@@ -49,6 +48,7 @@ from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
 from pipelines.plan import Plan, Step, build
+from pipelines.runs import default_runs_dir
 from pipelines.shuffle import (
     SAMPLE_PER_BUCKET,
     ShuffledSource,
@@ -125,10 +125,6 @@ def given_params(op: Any) -> dict[str, Any] | None:
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def default_runs_dir() -> str:
-    return os.environ.get("SLUICE_RUNS") or "data/runs"
 
 
 def make_engine(name: str, *, scheduler: str | None = None, master: str | None = None,

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from operators.base import SluiceError, suggest
-from pipelines.runner import default_runs_dir
+from operators.errors import SluiceError, suggest
 
 STATUSES = ("succeeded", "failed", "interrupted")
 
@@ -41,6 +41,11 @@ class History:
     """Every pipeline folder under ``root`` (not only the one loaded)."""
     ids: list[str] = field(default_factory=list)
     """The run id of every record file looked at (read or not: ``prefix``)."""
+
+
+def default_runs_dir() -> str:
+    """Where run records go and are read from: ``$SLUICE_RUNS``, else data/runs."""
+    return os.environ.get("SLUICE_RUNS") or "data/runs"
 
 
 def load(runs_dir: str | None = None, pipeline: str | None = None,

@@ -31,8 +31,6 @@ from operators.evaluate.metrics import COMPARABLE, LOWER_IS_BETTER, METRICS, def
 from operators.io.model import is_alias
 from operators.score.score import Score
 
-HOST = get_namespace("numpy")
-
 
 class PromoteParams(Params):
     model: str = Field(description="the challenger: the model this pipeline saves (its "
@@ -154,8 +152,8 @@ class Promote(Measuring):
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> list[Any]:
         # each model scores on the device (its own chain: a copy of the rows each); the
         # metrics of the small prediction columns are counted on the host
-        evaluate = self._evaluate()
-        return [evaluate.partial(scorer.transform(part, xp), evaluation, HOST)
+        evaluate, host = self._evaluate(), get_namespace("numpy")
+        return [evaluate.partial(scorer.transform(part, xp), evaluation, host)
                 for scorer, evaluation in zip(self.scorers, state["evaluations"], strict=True)]
 
     def combine(self, a: list[Any], b: list[Any]) -> list[Any]:

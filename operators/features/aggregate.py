@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
@@ -526,6 +525,8 @@ class Aggregate(Shuffle):
     def _project(self, part: pa.Table) -> pa.Table:
         """The key columns and every distinct argument expression (``\\x00x<i>``),
         dictionaries decoded."""
+        import pyarrow.dataset as ds
+
         columns: dict[str, Any] = {k: pc.field(k) for k in self.params.by}
         for text, name in self._layout.inputs.items():
             columns[name] = parse_expression(text, part.schema)
@@ -554,6 +555,8 @@ class Aggregate(Shuffle):
 
     def _failing(self, part: pa.Table) -> str:
         """The first aggregation whose arguments fail on ``part``, as the file says it."""
+        import pyarrow.dataset as ds
+
         for agg in self.aggregations:
             try:
                 ds.dataset(part).to_table(columns={

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 from pydantic import Field, field_validator
 
 from operators.base import (
@@ -101,6 +100,8 @@ class Derive(Transform):
         return batches
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        import pyarrow.dataset as ds
+
         out = part
         for batch in self._batches():
             try:
@@ -123,6 +124,8 @@ class Derive(Transform):
     @staticmethod
     def _failing(part: pa.Table, batch: dict[str, str]) -> str:
         """The first expression of ``batch`` that fails on ``part`` alone."""
+        import pyarrow.dataset as ds
+
         for name, text in batch.items():
             try:
                 ds.dataset(part).to_table(columns={name: parse_expression(text, part.schema)})

@@ -12,7 +12,6 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
@@ -279,6 +278,8 @@ class Expect(Transform):
         return schema
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        import pyarrow.dataset as ds
+
         checks = self.checks
         try:
             met = ds.dataset(part).to_table(

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from pydantic import Field, field_validator, model_validator
 
 from operators.base import (
@@ -408,6 +407,8 @@ class Window(ByKeys, Shuffle):
         return rows.combine_chunks()
 
     def _arguments(self, rows: pa.Table) -> dict[str, pa.Array]:
+        import pyarrow.dataset as ds
+
         texts = {t for w in self.windows for t in (w.arg, w.default) if t is not None}
         if not texts:
             return {}
@@ -426,6 +427,8 @@ class Window(ByKeys, Shuffle):
 
 
 def _evaluates(rows: pa.Table, text: str) -> bool:
+    import pyarrow.dataset as ds
+
     try:
         ds.dataset(rows).to_table(columns={"a": parse_expression(text, rows.schema)})
     except ARROW_ERRORS:

@@ -19,10 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import pyarrow.fs as pafs
 
-from operators.base import DataError, SluiceError, causes
+from operators.errors import DataError, SluiceError, causes
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,18 @@ class Location:
     url: str
     path: str
     filesystem: pafs.FileSystem
-    fsspec_fs: Any
+    remote_fs: Any  # a URL's fsspec filesystem; None for a local path
     local: bool
+
+    @property
+    def fsspec_fs(self) -> Any:
+        """The fsspec filesystem: a URL's, or fsspec's local one (imported when a local
+        path first needs it: most local runs never do)."""
+        if self.remote_fs is not None:
+            return self.remote_fs
+        import fsspec
+
+        return fsspec.filesystem("file")
 
     def join(self, *names: str) -> str:
         return "/".join([self.path.rstrip("/"), *names])
@@ -47,7 +56,9 @@ def resolve(path: str, storage_options: dict[str, Any] | None = None) -> Locatio
     """Resolve a path or URL to a Location; an unknown protocol gets a clear error."""
     if not is_url(path):
         local = os.path.abspath(path.removeprefix("file://"))
-        return Location(path, local, pafs.LocalFileSystem(), fsspec.filesystem("file"), True)
+        return Location(path, local, pafs.LocalFileSystem(), None, True)
+    import fsspec
+
     try:
         fs, inner = fsspec.core.url_to_fs(path, **(storage_options or {}))
     except (ImportError, ValueError) as exc:

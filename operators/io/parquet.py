@@ -40,10 +40,9 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
@@ -82,6 +81,9 @@ from operators.io.fs import (
     sweep_stale,
     written_whole,
 )
+
+if TYPE_CHECKING:  # imported where a dataset is made (it imports pandas: ~0.15 s)
+    import pyarrow.dataset as ds
 
 MANIFEST = "_SUCCESS"
 MANIFEST_FORMAT = "sluice-output/1"
@@ -340,6 +342,8 @@ class ReadParquet(Source):
             raise self._failure(exc, loc.path) from None
 
     def _discover(self, loc: Location, path: str) -> ds.Dataset:
+        import pyarrow.dataset as ds
+
         manifests = _Manifests(loc, self._listed)
         if _GLOB_CHARS.search(path):
             base = _GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0]
@@ -412,6 +416,8 @@ class ReadParquet(Source):
                        manifest: dict[str, Any] | None) -> ds.Dataset:
         """A dataset of listed files; a sluice manifest's schema gives column order and the
         types of hive partition columns (else they are inferred from the paths)."""
+        import pyarrow.dataset as ds
+
         schema = _decode_schema((manifest or {}).get("schema"))
         partition_by = (manifest or {}).get("partition_by") or []
         partitioning: Any = ds.HivePartitioning.discover(infer_dictionary=False)
@@ -652,6 +658,8 @@ class ReadParquet(Source):
                              fragment.partition_expression)
 
     def read(self, partition: PartitionInfo) -> pa.Table:
+        import pyarrow.dataset as ds
+
         schema = self.schema()
         if not partition.path:
             return schema.empty_table()
@@ -923,6 +931,8 @@ class WriteParquet(Sink):
         return conformed(part, schema, failure)
 
     def _write_files(self, token: dict[str, Any], part: pa.Table, stem: str) -> list[str]:
+        import pyarrow.dataset as ds
+
         fs = self._filesystem(token)
         compression = None if self.params.compression == "none" else self.params.compression
         staging = token["staging"]
@@ -1048,6 +1058,8 @@ class WriteParquet(Sink):
     def _current(self, loc: Location) -> _Output | None:
         """The output readers see at the target now; None where there is none (nothing
         there, or an empty local directory)."""
+        import pyarrow.dataset as ds
+
         fs = loc.filesystem
         info = fs.get_file_info(loc.path)
         if info.type == pa.fs.FileType.NotFound or (loc.local and not self._existing(loc)):

@@ -143,7 +143,6 @@ _TREE_FEATURE_SALT = 5 << 40
 _SAMPLE_KEY = mix(np.array([_SAMPLE_SALT], dtype=np.uint64))[0]
 # splitmix64's multipliers (operators/hashing.py's mix), for mixing row hashes on a device
 _MIX_M1, _MIX_M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-NUMPY = get_namespace("numpy")
 
 
 class TreeParams(SupervisedParams):
@@ -250,14 +249,16 @@ def model_hashes(table: pa.Table, params: SupervisedParams, features: list[str])
     return hash_rows(table, columns, params.seed)
 
 
-def derived_uniform(hashes: Any, salt: int, xp: Any = NUMPY) -> Any:
+def derived_uniform(hashes: Any, salt: int, xp: Any = None) -> Any:
     """An independent uniform [0, 1) per row for each ``salt`` (bootstrap of tree t,
     subsample of round r): one mix of the row hashes (uint64 on ``xp``, where the rows
     are), no re-hashing of the columns.
 
     ``operators.hashing``'s ``mix`` and ``unit_interval`` in array API operations (exact
-    integer arithmetic), so every namespace draws the same numbers.
+    integer arithmetic), so every namespace draws the same numbers (NumPy's unless
+    ``xp`` says).
     """
+    xp = get_namespace("numpy") if xp is None else xp
     x = hashes ^ _u64(int(mix(np.array([salt], dtype=np.uint64))[0]), xp)
     x = x ^ (x >> _u64(30, xp))
     x = x * _u64(_MIX_M1, xp)
@@ -276,9 +277,11 @@ def _u64(value: int, xp: Any) -> Any:
 _POISSON_CDF = np.cumsum([math.exp(-1.0) / math.factorial(k) for k in range(20)])
 
 
-def poisson_counts(uniform: Any, xp: Any = NUMPY) -> Any:
+def poisson_counts(uniform: Any, xp: Any = None) -> Any:
     """Poisson(1) draws by the inverse CDF of the uniforms (bootstrap copies of a row),
-    uint8 on ``xp``; a uniform past the table's last entry (mass ~1e-19) counts 20."""
+    uint8 on ``xp`` (NumPy's unless it says); a uniform past the table's last entry (mass
+    ~1e-19) counts 20."""
+    xp = get_namespace("numpy") if xp is None else xp
     counts = xp.searchsorted(to_xp(_POISSON_CDF, xp), uniform, side="right")
     return xp.astype(counts, xp.uint8)
 

@@ -763,7 +763,7 @@ def test_a_shipped_source_reads_without_listing_the_dataset_again(
     goes with it, so a worker reads its partitions without discovering the dataset."""
     import pickle
 
-    from operators.io import parquet
+    import pyarrow.dataset as ds
 
     hive_dataset(workdir / "hive")
     op = read(workdir / "hive", filter="x >= 1000 and region = 'south'",
@@ -775,7 +775,7 @@ def test_a_shipped_source_reads_without_listing_the_dataset_again(
     def no_listing(*args: object, **kwargs: object) -> None:
         raise AssertionError("the dataset was discovered again")
 
-    monkeypatch.setattr(parquet.ds, "dataset", no_listing)
+    monkeypatch.setattr(ds, "dataset", no_listing)
     for info, expected in zip(infos, want, strict=True):
         assert_same(shipped.read(info), expected)
     assert shipped.schema() == op.schema()

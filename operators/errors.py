@@ -1,0 +1,74 @@
+"""sluice's errors: what a user can act on, said in one line (``SluiceError``).
+
+Only the standard library here: the CLI says an error of any command, and reads the run
+history, without importing the operators (``operators.base`` imports these names too).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator
+
+
+class SluiceError(Exception):
+    """A failure a user can act on: what was wrong, where, and what would fix it.
+
+    The CLI prints ``str(error)`` on one line and exits non-zero, no traceback.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, where: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.where = where
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    def located(self, where: str) -> SluiceError:
+        """Prefix a location (file:line, step, partition) unless one is set already."""
+        if not self.where:
+            self.where = where
+        elif where not in self.where:
+            self.where = f"{where}: {self.where}"
+        return self
+
+
+class DataError(SluiceError):
+    """The data is not what the pipeline needs (a null label, a missing column...)."""
+
+
+class ParamError(SluiceError):
+    """An operator parameter is invalid in a way pydantic cannot express."""
+
+
+class SchemaError(SluiceError):
+    """A step's input schema lacks what the step needs (raised at plan time)."""
+
+
+class MissingColumnError(SchemaError):
+    """A column a step needs is not in its input."""
+
+
+class ArtifactError(SluiceError):
+    """A saved model cannot be loaded (missing, damaged or from a newer sluice)."""
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or while handling (``__cause__``, else
+    ``__context__``), and so on: each once."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """' did you mean 'x'?' for the closest of choices, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""

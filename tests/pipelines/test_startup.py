@@ -1,0 +1,90 @@
+"""What sluice imports before it does anything: the commands that run nothing answer
+without importing the engines, the operators or the array libraries, and a run imports
+what its pipeline uses. Checked by the modules a fresh interpreter holds, not by time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+HEAVY = ("numpy", "pyarrow", "pandas", "pydantic", "yaml", "fsspec", "lark", "dask",
+         "distributed", "pyspark", "operators.base", "pipelines.runner")
+
+
+def modules_after(code: str, cwd: Path = ROOT) -> set[str]:
+    """The modules a fresh interpreter has imported once ``code`` ran (its output is
+    dropped; a SystemExit, as a click command ends, is not a failure)."""
+    script = (f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\n"
+              "import json\nprint('\\n' + json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=cwd, check=True,
+                         capture_output=True, text=True).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def heavy(modules: set[str]) -> set[str]:
+    return {m for m in modules if any(m == h or m.startswith(f"{h}.") for h in HEAVY)}
+
+
+def cli(*args: str) -> str:
+    return f"from pipelines.cli import main; main({list(args)!r})"
+
+
+def test_the_cli_imports_nothing_heavy_before_a_command_needs_it() -> None:
+    assert not heavy(modules_after("import pipelines.cli"))
+    assert not heavy(modules_after(cli("--help")))
+    assert not heavy(modules_after(cli("run", "--help")))
+
+
+def test_runs_list_reads_the_history_without_the_engines(tmp_path: Path) -> None:
+    runs = tmp_path / "runs" / "p"
+    runs.mkdir(parents=True)
+    record = {"run_id": "20261130T000000Z-abcdef", "pipeline": "p", "status": "succeeded",
+              "started_at": "2026-11-30T00:00:00", "seconds": 1.0,
+              "engine": {"name": "local"}, "params": {}, "steps": {}, "outputs": [],
+              "models": [], "metrics": {}}
+    (runs / f"{record['run_id']}.json").write_text(json.dumps(record))
+    got = modules_after(cli("runs", "list", "--runs", str(tmp_path / "runs")))
+    assert "rich" in got  # the table was printed
+    assert not heavy(got)
+
+
+def test_the_cli_choices_are_their_sources() -> None:
+    from operators.arrays import DTYPES
+    from operators.io.parquet import WRITE_MODES
+    from pipelines import cli
+    from pipelines.device import DEVICES
+
+    assert (cli.DEVICES, cli.DTYPES, cli.WRITE_MODES) == (DEVICES, DTYPES, WRITE_MODES)
+
+
+def test_ops_lists_every_operator_without_the_data_libraries() -> None:
+    got = modules_after(cli("ops"))
+    assert {"operators.models.trees", "operators.io.parquet"} <= got  # every operator
+    unused = {"pandas", "pyarrow.dataset", "array_api_compat.numpy", "fsspec", "dask",
+              "distributed", "pyspark"}
+    assert not got & unused
+
+
+def test_a_run_imports_what_its_pipeline_uses(tmp_path: Path) -> None:
+    """read -> deduplicate -> write: no expression to parse (lark), no model (the array
+    namespaces, the tree and linear models), no URL or glob (fsspec), no other step."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"k": [1, 1, 2], "t": [1, 2, 3]}), tmp_path / "in.parquet")
+    (tmp_path / "p.yaml").write_text(
+        "pipeline: p\nsteps:\n  - op: read_parquet\n    path: in.parquet\n"
+        "  - op: deduplicate\n    by: [k]\n    order: t\n"
+        "  - op: write_parquet\n    path: out\n")
+    got = modules_after("from pipelines.runner import run; run('p.yaml', runs_dir='runs')",
+                        cwd=tmp_path)
+    assert pq.read_table(tmp_path / "out").num_rows == 2
+    assert "operators.features.deduplicate" in got
+    unused = {"lark", "array_api_compat.numpy", "fsspec", "dask", "pyspark",
+              "operators.models.trees", "operators.models.logistic", "operators.models.mlp",
+              "operators.features.aggregate", "operators.features.window"}
+    assert not got & unused
