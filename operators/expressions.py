@@ -58,8 +58,9 @@ NaN is a value, not null: ``x is null`` is false for NaN, ``NaN = NaN`` is false
 ``/`` is always true division in float64 (integers are converted first) and division by
 zero follows IEEE (``inf``/``-inf``/``nan``); ``**``/``pow``, the math functions (log,
 exp, sqrt...) and ``+ - * %`` with a float literal also work in float64 (Arrow alone casts
-a literal it can hold to the other side's type: int32 times 1.5 ran in float32); a
-comparison with a whole-number float literal compares with it as an integer. Compiled
+a literal it can hold to the other side's type: int32 times 1.5 ran in float32); an
+integer or decimal column compared with a whole-number float literal compares with it as
+an integer, any other comparison with a float literal works in float64. Compiled
 with the rows' schema (every step does), an integer literal meets a decimal or unsigned
 column in its kind (``amount > 100`` on a decimal, ``u > 1`` on a uint64 past 2**63), and
 an integer column meeting a float one converts to float64 unchecked. Text functions and
@@ -1131,6 +1132,29 @@ class _Compiler:
             return _float64(left, left_node), _float64(right, right_node)
         return left, right
 
+    def _compared_with_float_literal(self, node: _BinOp, left: pc.Expression,
+                                     right: pc.Expression) -> tuple[pc.Expression, pc.Expression]:
+        """A comparison's operands where one is a float literal: a whole number meeting an
+        integer or decimal column compares with it as an integer literal of the column's
+        kind (exact, and row-group statistics still apply); anything else compares in
+        float64 (``_with_float_literal``). Only where the column's type is known: an int64
+        literal met a float32 column in float32 (16777217.0 raised), a decimal one asked
+        Arrow for more precision than it has (d > 100.0 was refused), another float
+        literal narrowed it to float32."""
+        literal, other = ((node.left, node.right) if _float_literal(node.left)
+                          else (node.right, node.left))
+        t = self._column_type(other)
+        if (isinstance(literal, _Literal) and literal.kind == "float" and t is not None
+                and (pa.types.is_integer(t) or pa.types.is_decimal(t))):
+            value = float(literal.value)  # type: ignore[arg-type]
+            if value.is_integer() and abs(value) <= 2**53:
+                whole = _Literal(literal.pos, "int", int(value), pa.int64())
+                typed = self._literal_for(whole, other)
+                if typed is None:
+                    typed = pc.scalar(pa.scalar(int(value), pa.int64()))
+                return (typed, right) if literal is node.left else (left, typed)
+        return _with_float_literal(node, left, right, comparison=True)
+
     def to_expr(self, node: _Node) -> pc.Expression:
         expr = self._compile(node)
         if self.trace is not None:
@@ -1212,7 +1236,7 @@ class _Compiler:
         if node.op not in ("/", "**"):  # those two convert to float64 themselves
             left, right = self._typed_pair(node.left, node.right, left, right)
         if node.op in _ARROW_COMPARISON:
-            left, right = _with_float_literal(node, left, right, comparison=True)
+            left, right = self._compared_with_float_literal(node, left, right)
             return _ARROW_COMPARISON[node.op](left, right)
         left, right = _with_float_literal(node, left, right, comparison=False)
         if node.op == "+":
@@ -1247,7 +1271,12 @@ class _Compiler:
             if _is_numeric(arrow_type) and any(v == 0 for v in values):
                 # is_in hashes -0.0 and 0.0 apart; '=' treats them as equal, and so should 'in'.
                 values = [v for v in values if v != 0]
-                terms.append(pc.equal(operand, pc.scalar(pa.scalar(0, arrow_type))))
+                # 0 in the column's kind for a decimal or unsigned one; for a float list an
+                # int64 0 (a float64 one narrows to float32, raising for an int64 past 2**24)
+                kind_of_column = pa.types.is_decimal(arrow_type) or pa.types.is_unsigned_integer(
+                    arrow_type)
+                terms.append(pc.equal(operand, pc.scalar(
+                    pa.scalar(0, arrow_type) if kind_of_column else 0)))
             if values:
                 terms.insert(0, pc.is_in(operand, value_set=pa.array(values, type=arrow_type)))
             # is_in answers false for a null operand; SQL wants null, so or it with
@@ -1284,18 +1313,11 @@ def _with_float_literal(node: _BinOp, left: pc.Expression, right: pc.Expression,
     """The operands of ``node`` when one is a float literal, so that Arrow does not narrow
     it to the other side's type: Arrow casts a literal it can hold exactly to the other
     operand's type and then works there (an int32 column times 1.5 ran in float32, and
-    its conversion raised for values past 2**24). Arithmetic then works in float64, both
-    sides converted as '/' converts them; a comparison with a whole number compares with
-    it as an integer (any column holds it exactly, and row-group statistics still
-    apply), with any other number in float64."""
+    its conversion raised for values past 2**24). Arithmetic and comparisons work in
+    float64, both sides converted as '/' converts them (a comparison of an integer column
+    with a whole number: ``_Compiler._compared_with_float_literal``)."""
     if not (_float_literal(node.left) or _float_literal(node.right)):
         return left, right
-    if comparison:
-        literal = node.left if _float_literal(node.left) else node.right
-        value = literal.value  # type: ignore[union-attr]
-        if float(value).is_integer() and abs(value) <= 2**53:  # type: ignore[arg-type]
-            whole = pc.scalar(pa.scalar(int(value), pa.int64()))  # type: ignore[arg-type]
-            return (whole, right) if literal is node.left else (left, whole)
     return _float64(left, node.left), _float64(right, node.right)
 
 

@@ -101,6 +101,21 @@ _RUN_FILE = re.compile(r"^part-\d{8}T\d{6}Z-[0-9a-f]{6}-\d{5}(-\d+)?\.parquet$")
 _QUOTED_PATH = re.compile(r"(?:input source|schema from|local file|file) '([^']+)'")
 
 
+def _pruned(prune: Callable[[], Any], unpruned: Callable[[], Any], flt: Any) -> Any:
+    """``prune()``: the fragments or row groups the filter ``flt`` keeps by their
+    partitions or statistics; ``unpruned()`` where there is no filter, or where Arrow's
+    pruning itself fails and the file does not: it folds the filter's casts and
+    arithmetic over the statistics with checked kernels (``0.5 > u64`` raised for a row
+    group holding 2**64 - 1, a filter failing on any row raised as a corrupt file). The
+    rows are then filtered as read, where a filter failing on them is its own error."""
+    if flt is None:
+        return unpruned()
+    try:
+        return prune()
+    except ARROW_ERRORS:
+        return unpruned()
+
+
 def parse_type(name: str) -> pa.DataType:
     """An Arrow type from its name: int64, float64, string, date32, timestamp[us, tz=UTC],
     decimal128(10, 2), bool."""
@@ -524,16 +539,17 @@ class ReadParquet(Source):
         flt = self._filter
         try:
             # the filter prunes hive partitions here, row groups (by statistics) below
-            fragments = list(self.dataset.get_fragments(filter=flt)
-                             if flt is not None else self.dataset.get_fragments())
+            fragments = _pruned(lambda: list(self.dataset.get_fragments(filter=flt)),
+                                lambda: list(self.dataset.get_fragments()), flt)
         except _io_errors() as exc:
             raise self._failure(exc, self.location.path) from None
         for fragment in fragments:
             try:
                 physical = fragment.physical_schema  # the footer, read once for the pieces too
-                pieces = (fragment.split_by_row_group(flt, schema=self._file_schema(physical))
-                          if flt is not None and not self._filter_columns
-                          else fragment.split_by_row_group())
+                pieces = _pruned(
+                    functools.partial(fragment.split_by_row_group, flt,
+                                      schema=self._file_schema(physical)),
+                    fragment.split_by_row_group, None if self._filter_columns else flt)
             except _io_errors() as exc:
                 raise self._failure(exc, fragment.path) from None
             yield fragment, physical, pieces
@@ -677,16 +693,27 @@ class ReadParquet(Source):
                 # ([7, 8] as [8, 7]): one at a time, so that rows come in the file's order
                 pieces = [fragment.subset(row_group_ids=[g]) for g in groups]
             file_schema = self._file_schema(fragment.physical_schema)
-            columns, scan_filter = self.params.columns, self._filter
-            if self._filter_columns:  # filtered below, not by the scan's statistics
-                scan_filter = None
+
+            def scan(columns: list[str] | None, scan_filter: Any) -> pa.Table:
+                return pa.concat_tables([
+                    piece.to_table(schema=file_schema, columns=columns, filter=scan_filter)
+                    for piece in pieces])
+
+            table, in_memory = None, bool(self._filter_columns)
+            if not in_memory:
+                try:
+                    table = scan(columns, self._filter)
+                except ARROW_ERRORS:
+                    if self._filter is None:
+                        raise
+                    in_memory = True  # Arrow's pruning failed on the statistics: see _pruned
+            if in_memory:  # filtered below, not by the scan's statistics
                 if columns is not None:
-                    columns = list(dict.fromkeys([*columns, *self._filter_columns]))
-            table = pa.concat_tables([
-                piece.to_table(schema=file_schema, columns=columns, filter=scan_filter)
-                for piece in pieces])
-            if self._filter_columns:
-                table = table.filter(self._filter)
+                    from operators.expressions import referenced_columns
+
+                    columns = list(dict.fromkeys(
+                        [*columns, *referenced_columns(self.params.filter)]))
+                table = scan(columns, None).filter(self._filter)
                 if columns != self.params.columns:
                     table = table.select(self.params.columns)
         except _io_errors() as exc:

@@ -1196,14 +1196,16 @@ MONEY = pa.table({
 })
 
 
+def on(text: str) -> list[Any]:
+    """``text`` over MONEY, compiled with its schema as the steps compile it."""
+    return ds.dataset(MONEY).to_table(
+        columns={"r": parse_expression(text, MONEY.schema)}).column("r").to_pylist()
+
+
 def test_integer_literals_meet_decimal_and_unsigned_columns_in_their_kind() -> None:
     """amount > 100 on a decimal column asked Arrow for a precision of 21 and was refused
     as the file planned; a uint64 past 2**63 met an int64 literal and raised. With the
     rows' schema the literal takes the column's kind."""
-    def on(text: str) -> list[Any]:
-        return ds.dataset(MONEY).to_table(
-            columns={"r": parse_expression(text, MONEY.schema)}).column("r").to_pylist()
-
     assert on("amount > 100") == [False, False, False, None]
     assert on("amount >= 100") == [False, True, False, None]
     assert on("1 < amount") == [True, True, False, None]
@@ -1250,3 +1252,29 @@ def test_rounding_a_decimal_past_its_precision_keeps_the_value() -> None:
     assert on("ceil(d)") == [D("100000000.00"), D("-99999999.00"), None]
     assert on("round(d, 1)") == [D("100000000.00"), D("-100000000.00"), None]
     assert expression_type("floor(d)", edge.schema) == pa.decimal128(11, 2)
+
+
+def test_a_whole_float_literal_compares_with_float_and_decimal_columns() -> None:
+    """A whole float literal compared as an int64 one everywhere: a float32 column met it
+    in float32 (f32 = 16777217.0 raised, and was refused as the file planned), a decimal
+    column asked Arrow for a precision of 21 (amount > 100.0 was refused), and another
+    float literal narrowed it to float32. It is an integer of the column's kind only
+    beside an integer or decimal column; elsewhere both sides are float64."""
+    wide = pa.table({"f32": pa.array([16777216.0, 1.0, None], pa.float32())})
+    assert kept_rows("f32 = 16777217.0", wide) == []
+    assert kept_rows("f32 < 16777217.0", wide) == [0, 1]
+    assert expression_type("f32 = 16777217.0", wide.schema) == pa.bool_()
+    assert kept_rows("2147483648.0 != 255.0", wide) == [0, 1, 2]
+
+    assert on("amount > 100.0") == [False, False, False, None]
+    assert on("100.0 <= amount") == [False, True, False, None]
+    assert on("amount != 1.5") == [True, True, True, None]
+    assert on("u64 >= 0.0") == [True, True, True, None]
+    assert str(parse_filter("id > 3.0", MONEY.schema)) == "(id > 3)"  # statistics apply
+
+
+def test_a_float_list_holding_zero_looks_up_an_integer_past_float32() -> None:
+    """'in' with 0.0 compares the operand with a zero of the list's type: a float64 zero,
+    which Arrow narrows to float32, raised for an int64 past 2**24."""
+    assert on("id in (0.0)") == [False, False, False, None]
+    assert on("id * 1 not in (0.0, -0.0)") == [True, True, True, None]

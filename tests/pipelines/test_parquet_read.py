@@ -782,3 +782,23 @@ def test_a_shipped_source_reads_without_listing_the_dataset_again(
     fresh = pickle.loads(pickle.dumps(read(workdir / "hive")))  # nothing known yet
     with pytest.raises(AssertionError, match="discovered again"):
         fresh.schema()
+
+
+def test_a_filter_arrows_statistics_pass_fails_on_reads_the_rows(workdir: Path) -> None:
+    """Arrow prunes row groups by folding the filter over their statistics with checked
+    casts: 'id > 0.5' of an id past 2**53 (the filter converts it to float64 unchecked)
+    failed there, reported as a corrupt file, though the rows pass it as a filter step
+    does. Such a file's row groups are read and filtered as read."""
+    pq.write_table(pa.table({"id": pa.array([0, 2**60, -3], pa.int64()),
+                             "u": pa.array([0, 2**64 - 1, 3], pa.uint64())}),
+                   workdir / "ids.parquet")
+    assert read(workdir / "ids.parquet", filter="id > 0.5").read_all().column(
+        "id").to_pylist() == [2**60]
+    assert read(workdir / "ids.parquet", filter="u < 2.5", columns=["id"]).read_all(
+        ).to_pydict() == {"id": [0]}
+    # a filter that fails on the rows too is the filter's error, not a corrupt file
+    op = read(workdir / "ids.parquet", filter="id in (1.5)")
+    with pytest.raises(DataError) as info:
+        op.read_all()
+    assert "filter 'id in (1.5)' failed on the rows of" in str(info.value)
+    assert "corrupt" not in str(info.value)
