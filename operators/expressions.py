@@ -61,9 +61,11 @@ exp, sqrt...) and ``+ - * %`` with a float literal also work in float64 (Arrow a
 a literal it can hold to the other side's type: int32 times 1.5 ran in float32); an
 integer or decimal column compared with a whole-number float literal compares with it as
 an integer, any other comparison with a float literal works in float64. Compiled
-with the rows' schema (every step does), an integer literal meets a decimal or unsigned
-column in its kind (``amount > 100`` on a decimal, ``u > 1`` on a uint64 past 2**63), and
-an integer column meeting a float one converts to float64 unchecked. Text functions and
+with the rows' schema (every step does), an integer literal meets a decimal column in its
+kind (``amount > 100`` on a decimal), an unsigned one in comparisons (``u > 1`` on a uint64
+past 2**63; in arithmetic only a uint64's), and an integer column meeting a float one
+converts to float64 unchecked. ``floor``/``ceil``/``round`` of a decimal column keep its
+type, and a value that rounds past its precision is an error (Arrow alone gave 0). Text functions and
 ``like`` decode dictionary columns.
 ``%`` is a floored modulo (the result has the sign of the divisor, as in Python) that keeps
 integer types; ``x % 0`` is null. ``+ - *`` on integers wrap on overflow (unchecked
@@ -1088,10 +1090,13 @@ class _Compiler:
         t = self.types[node.name]
         return t.value_type if pa.types.is_dictionary(t) else t
 
-    def _literal_for(self, literal: _Node, other: _Node) -> pc.Expression | None:
+    def _literal_for(self, literal: _Node, other: _Node, arithmetic: bool = False
+                     ) -> pc.Expression | None:
         """An integer literal in the kind of the column it meets, where Arrow's own
         conversion fails: a decimal (``amount > 100`` asked for a precision of 21), an
-        unsigned integer (uint64 past 2**63 met int64); None: as it is."""
+        unsigned integer in a comparison (uint64 past 2**63 met int64; in arithmetic only
+        a uint64's: Arrow makes ``u8 + 100`` an int16, which it should stay); None: as it
+        is."""
         t = self._column_type(other)
         if t is None or not (isinstance(literal, _Literal) and literal.kind == "int"):
             return None
@@ -1100,33 +1105,38 @@ class _Compiler:
         if pa.types.is_decimal(t):
             digits = max(len(str(abs(value))), 1)
             return pc.scalar(pa.scalar(decimal.Decimal(value), pa.decimal128(digits, 0)))
-        if pa.types.is_unsigned_integer(t) and 0 <= value < 2 ** t.bit_width:
+        if (pa.types.is_unsigned_integer(t) and 0 <= value < 2 ** t.bit_width
+                and (not arithmetic or t == pa.uint64())):
             return pc.scalar(pa.scalar(value, t))
         return None
 
-    def _room_to_round(self, arg: _Node, expr: pc.Expression) -> pc.Expression:
-        """A decimal column with a digit more before the point: Arrow rounds within the
+    def _rounded(self, node: _Call, exprs: list[pc.Expression]) -> pc.Expression:
+        """floor, ceil or round; of a decimal column with a digit more before the point,
+        the result in the column's type again by a checked cast: Arrow rounds within the
         column's precision, and a value that rounds past it (floor of -99999999.99 in a
-        decimal(10, 2)) came back as 0.00."""
-        t = self._column_type(arg)
+        decimal(10, 2)) came back as 0.00, silently; now it is an error, and the result
+        keeps the column's type (if(c, round(d), d) stays one type)."""
+        build = _FUNCTIONS[node.name].build
+        t = self._column_type(node.args[0])
         if t is None or not pa.types.is_decimal(t):
-            return expr
+            return build(node.args, exprs)
         wider = (pa.decimal128(t.precision + 1, t.scale) if t.precision < 38
                  else pa.decimal256(min(t.precision + 1, 76), t.scale))
-        return expr.cast(wider)
+        return build(node.args, [exprs[0].cast(wider), *exprs[1:]]).cast(t)
 
-    def _as_literal_for(self, literal: _Node, other: _Node, expr: pc.Expression
-                        ) -> pc.Expression:
+    def _as_literal_for(self, literal: _Node, other: _Node, expr: pc.Expression,
+                        arithmetic: bool = False) -> pc.Expression:
         """``_literal_for``, or ``expr`` (the node as compiled) where it keeps it."""
-        typed = self._literal_for(literal, other)
+        typed = self._literal_for(literal, other, arithmetic)
         return expr if typed is None else typed
 
     def _typed_pair(self, left_node: _Node, right_node: _Node, left: pc.Expression,
-                    right: pc.Expression) -> tuple[pc.Expression, pc.Expression]:
+                    right: pc.Expression, arithmetic: bool
+                    ) -> tuple[pc.Expression, pc.Expression]:
         """Two operands as ``_literal_for`` and, an integer column beside a float one,
         both in float64 (Arrow's conversion is checked: an int64 past 2**53 raised)."""
-        left = self._as_literal_for(left_node, right_node, left)
-        right = self._as_literal_for(right_node, left_node, right)
+        left = self._as_literal_for(left_node, right_node, left, arithmetic)
+        right = self._as_literal_for(right_node, left_node, right, arithmetic)
         kinds = {_number_kind(self._column_type(n)) for n in (left_node, right_node)}
         if kinds == {"int", "float"}:
             return _float64(left, left_node), _float64(right, right_node)
@@ -1208,7 +1218,7 @@ class _Compiler:
         if isinstance(node, _Call):
             exprs = [self.to_expr(arg) for arg in node.args]
             if node.name in ("floor", "ceil", "round"):
-                exprs[0] = self._room_to_round(node.args[0], exprs[0])
+                return self._rounded(node, exprs)
             if node.name == "cast":
                 assert node.cast_type is not None
                 target = _CAST_TYPES[node.cast_type]
@@ -1234,7 +1244,8 @@ class _Compiler:
                 )
         left, right = self.to_expr(node.left), self.to_expr(node.right)
         if node.op not in ("/", "**"):  # those two convert to float64 themselves
-            left, right = self._typed_pair(node.left, node.right, left, right)
+            left, right = self._typed_pair(node.left, node.right, left, right,
+                                           arithmetic=node.op not in _ARROW_COMPARISON)
         if node.op in _ARROW_COMPARISON:
             left, right = self._compared_with_float_literal(node, left, right)
             return _ARROW_COMPARISON[node.op](left, right)

@@ -1236,22 +1236,30 @@ def test_a_pushed_filter_on_a_decimal_column_reads_the_rows_it_keeps(tmp_path: P
                                                  decimal.Decimal("100.00")]
 
 
-def test_rounding_a_decimal_past_its_precision_keeps_the_value() -> None:
+def test_rounding_a_decimal_past_its_precision_is_an_error_not_zero() -> None:
     """Arrow rounds within the column's precision: floor(-99999999.99) of a
-    decimal(10, 2) came back as 0.00; the column gets a digit more first."""
-    edge = pa.table({"d": pa.array([decimal.Decimal("99999999.99"),
-                                    decimal.Decimal("-99999999.99"), None],
-                                   pa.decimal128(10, 2))})
-
-    def on(text: str) -> list[Any]:
-        return ds.dataset(edge).to_table(
-            columns={"r": parse_expression(text, edge.schema)}).column("r").to_pylist()
-
+    decimal(10, 2) came back as 0.00, silently. The column gets a digit more to round in
+    and the result goes back to its type by a checked cast: the value that does not fit
+    is an error; the others keep the column's type (if(c, round(d), d) is one type)."""
     D = decimal.Decimal
-    assert on("floor(d)") == [D("99999999.00"), D("-100000000.00"), None]
-    assert on("ceil(d)") == [D("100000000.00"), D("-99999999.00"), None]
-    assert on("round(d, 1)") == [D("100000000.00"), D("-100000000.00"), None]
-    assert expression_type("floor(d)", edge.schema) == pa.decimal128(11, 2)
+    edge = pa.table({"d": pa.array([D("99999999.99"), D("-99999999.99"), D("1.25"), None],
+                                   pa.decimal128(10, 2)),
+                     "c": [True, False, True, None]})
+
+    def on(text: str, rows: pa.Table = edge) -> list[Any]:
+        return ds.dataset(rows).to_table(
+            columns={"r": parse_expression(text, rows.schema)}).column("r").to_pylist()
+
+    inside = edge.filter(pa.array([False, False, True, True]))
+    assert on("floor(d)", inside) == [D("1.00"), None]
+    assert on("ceil(d)", inside) == [D("2.00"), None]
+    assert on("round(d, 1)", inside) == [D("1.20"), None]
+    assert on("if(c, round(d), d)", inside) == [D("1.00"), None]
+    assert expression_type("floor(d)", edge.schema) == pa.decimal128(10, 2)
+    assert on("floor(d)", edge.slice(0, 1)) == [D("99999999.00")]
+    for text in ("floor(d)", "ceil(d)", "round(d)"):  # one of the edge values overflows
+        with pytest.raises(pa.ArrowInvalid, match="does not fit in precision"):
+            on(text, edge.slice(0, 2))
 
 
 def test_a_whole_float_literal_compares_with_float_and_decimal_columns() -> None:
@@ -1278,3 +1286,17 @@ def test_a_float_list_holding_zero_looks_up_an_integer_past_float32() -> None:
     which Arrow narrows to float32, raised for an int64 past 2**24."""
     assert on("id in (0.0)") == [False, False, False, None]
     assert on("id * 1 not in (0.0, -0.0)") == [True, True, True, None]
+
+
+def test_small_unsigned_arithmetic_widens_as_arrow_does() -> None:
+    """An integer literal takes an unsigned column's type in comparisons (exact there),
+    and in arithmetic only a uint64's: u8 + 100 is Arrow's int16 (355 at 255), not a
+    uint8 that wraps to 99."""
+    rows = pa.table({"u8": pa.array([255, 0, None], pa.uint8())})
+    got = ds.dataset(rows).to_table(columns={
+        "plus": parse_expression("u8 + 100", rows.schema),
+        "minus": parse_expression("u8 - 1", rows.schema),
+        "cmp": parse_expression("u8 > 1", rows.schema)})
+    assert got.column("plus").to_pylist() == [355, 100, None]
+    assert got.column("minus").to_pylist() == [254, -1, None]
+    assert got.column("cmp").to_pylist() == [True, False, None]
