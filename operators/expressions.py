@@ -65,8 +65,8 @@ with the rows' schema (every step does), an integer literal meets a decimal colu
 kind (``amount > 100`` on a decimal), an unsigned one in comparisons (``u > 1`` on a uint64
 past 2**63; in arithmetic only a uint64's), and an integer column meeting a float one
 converts to float64 unchecked. ``floor``/``ceil``/``round`` of a decimal column keep its
-type, and a value that rounds past its precision is an error (Arrow alone gave 0). Text functions and
-``like`` decode dictionary columns.
+type, and a value that rounds past its precision is an error (Arrow alone gave 0). Text
+functions and ``like`` decode dictionary columns.
 ``%`` is a floored modulo (the result has the sign of the divisor, as in Python) that keeps
 integer types; ``x % 0`` is null. ``+ - *`` on integers wrap on overflow (unchecked
 kernels), as do all math functions (``log(0)`` is ``-inf``, ``sqrt(-1)`` is ``nan``).
@@ -1278,6 +1278,11 @@ class _Compiler:
                 self.to_expr(item)  # range checks and tracing
             arrow_type, values = _value_set(literals, self.text, node.pos)
             arrow_type, values = self._in_column_kind(node.operand, arrow_type, values)
+            t = self._column_type(node.operand)
+            if t is not None and pa.types.is_decimal(t) and arrow_type == pa.float64():
+                # Arrow casts a float list onto a decimal column with truncation (0 was
+                # in (0.5)): the column is looked up in float64 instead, as '=' compares
+                operand = operand.cast(pa.float64())
             terms = []
             if _is_numeric(arrow_type) and any(v == 0 for v in values):
                 # is_in hashes -0.0 and 0.0 apart; '=' treats them as equal, and so should 'in'.

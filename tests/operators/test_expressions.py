@@ -1300,3 +1300,20 @@ def test_small_unsigned_arithmetic_widens_as_arrow_does() -> None:
     assert got.column("plus").to_pylist() == [355, 100, None]
     assert got.column("minus").to_pylist() == [254, -1, None]
     assert got.column("cmp").to_pylist() == [True, False, None]
+
+
+def test_a_float_list_looks_a_decimal_column_up_in_float64() -> None:
+    """Arrow cast a float 'in' list onto a decimal column with truncation: 0.0 was in
+    (0.5)."""
+    D = decimal.Decimal
+    rows = pa.table({"d": pa.array([D("0.0"), D("0.5"), D("-2.5"), None],
+                                   pa.decimal128(5, 1))})
+
+    def on(text: str) -> list[Any]:
+        return ds.dataset(rows).to_table(
+            columns={"r": parse_expression(text, rows.schema)}).column("r").to_pylist()
+
+    assert on("d in (0.5)") == [False, True, False, None]
+    assert on("d in (0.5, -2.5)") == [False, True, True, None]
+    assert on("d not in (0.5)") == [True, False, True, None]
+    assert on("d in (1, 0)") == [True, False, False, None]
