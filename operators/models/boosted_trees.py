@@ -201,9 +201,12 @@ class GradientBoostedTrees(TreeEstimator):
     def _min_gain(self, state: dict[str, Any]) -> float:
         # and more than the noise of the sums once the fit has made real splits: after
         # rounds that fit the rows exactly the gradients are rounding residue, whose
-        # "gains" (1e-30) came out otherwise in another partitioning and split on noise
+        # "gains" (1e-30) came out otherwise in another partitioning and split on noise.
+        # A gain is a gradient sum squared: a gradient sum GAIN_RTOL of the largest the
+        # fit has seen gains GAIN_RTOL**2 of its gain (GAIN_RTOL of the gain stopped real
+        # splits of labels of more than ~5 digits' range: 1e6 * a + b fit a only)
         scale = float(state["forest"]["gain"].max(initial=0.0))
-        return max(self.params.min_split_gain, GAIN_RTOL * scale)
+        return max(self.params.min_split_gain, GAIN_RTOL**2 * scale)
 
     def _start(self, state: dict[str, Any]) -> dict[str, Any]:
         k = self._outputs(state)

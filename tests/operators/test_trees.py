@@ -534,6 +534,22 @@ def test_rounds_after_an_exact_fit_do_not_split_on_rounding_residue() -> None:
         assert (one.nodes["feature"] >= 0).sum() == 3  # the first tree's splits only
 
 
+def test_the_noise_floor_keeps_real_splits_of_labels_of_a_wide_range() -> None:
+    """The noise floor is GAIN_RTOL of the largest gradient sum, GAIN_RTOL**2 of the
+    largest gain: a label of 1e6 * a + b (integers) fit a in the first round, and the
+    floor of GAIN_RTOL times that round's gain (1e-9 * 1e12) took every split on b after
+    it (one split in all, 13 without the floor)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 2, 200).astype(float), rng.integers(0, 21, 200).astype(float)
+    table = pa.table({"a": a, "b": b, "y": 1e6 * a + b})
+    model = fit_state(GradientBoostedTrees(label="y", n_trees=5, max_depth=2, learning_rate=1.0,
+                                           min_samples_leaf=1), split(table, 2))[0]
+    features = model.nodes["feature"]
+    assert (features == 1).sum() >= 10
+    error = predictions(model, table)["prediction"] - (1e6 * a + b)
+    assert np.sqrt(np.mean(error**2)) < 1.5  # 6.2 with the first tree's split only
+
+
 def _leaves_per_tree(model: Any) -> np.ndarray:
     starts = model.nodes["tree_start"]
     leaf = model.nodes["feature"] < 0
