@@ -120,9 +120,11 @@ class BoostedTreesParams(TreeParams):
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on leaf values: gradient sums "
                                                 "within it give a leaf of 0 (XGBoost's "
                                                 "alpha, LightGBM's lambda_l1)")
-    min_split_gain: float = Field(0.0, ge=0.0, description="loss decrease a split must "
-                                                           "bring (XGBoost's gamma, "
-                                                           "LightGBM's min_gain_to_split)")
+    min_split_gain: float = Field(
+        0.0, ge=0.0, description="gain a split must bring as XGBoost counts it, "
+                                 "G_L^2/(H_L+l2) + G_R^2/(H_R+l2) - G^2/(H+l2): twice the "
+                                 "loss decrease that the model's gains are (XGBoost's "
+                                 "gamma, LightGBM's min_gain_to_split)")
     min_child_weight: float = Field(0.001, ge=0.0, description="smallest hessian sum of a "
                                                                "leaf (XGBoost's "
                                                                "min_child_weight; "
@@ -206,7 +208,9 @@ class GradientBoostedTrees(TreeEstimator):
         # fit has seen gains GAIN_RTOL**2 of its gain (GAIN_RTOL of the gain stopped real
         # splits of labels of more than ~5 digits' range: 1e6 * a + b fit a only)
         scale = float(state["forest"]["gain"].max(initial=0.0))
-        return max(self.params.min_split_gain, GAIN_RTOL**2 * scale)
+        # XGBoost and LightGBM compare gamma with G^2/(H + l2) sums, without the half
+        # of the loss decrease that the gains here are
+        return max(self.params.min_split_gain / 2, GAIN_RTOL**2 * scale)
 
     def _start(self, state: dict[str, Any]) -> dict[str, Any]:
         k = self._outputs(state)

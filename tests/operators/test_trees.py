@@ -488,13 +488,27 @@ def test_l1_and_l2_shrink_the_leaf_values_as_xgboost() -> None:
             assert nodes["value"][side][0] == pytest.approx(-shrunk / (h + l2), abs=1e-12)
 
 
-def test_min_split_gain_is_the_loss_decrease_a_split_needs() -> None:
+def test_min_split_gain_is_xgboosts_gamma() -> None:
+    """XGBoost (and LightGBM) compare gamma with G_L^2/(H_L+l2) + G_R^2/(H_R+l2) -
+    G^2/(H+l2), twice the loss decrease the model's gain is: a root whose gain is g
+    splits under a gamma of 1.99 g (it did not: gamma was compared with g)."""
     table = tree_table(rows=200, seed=4, regression=True)
-    free = _one_round(table)
-    gain = float(free.nodes["gain"][int(free.nodes["tree_start"][0])])
-    assert gain > 0
-    assert len(_one_round(table, min_split_gain=gain * 0.99).nodes["feature"]) == 3
-    assert len(_one_round(table, min_split_gain=gain * 1.01).nodes["feature"]) == 1
+    free = _one_round(table, l2=1.0)
+    root = int(free.nodes["tree_start"][0])
+    gain = float(free.nodes["gain"][root])
+    x1 = np.asarray(table.column("x1").to_pylist(), dtype=float)
+    left = np.where(np.isnan(x1), free.nodes["default_left"][root],
+                    x1 <= free.nodes["threshold"][root])
+    gradient = free.nodes["base"][0] - np.asarray(table.column("y"))
+
+    def term(rows: np.ndarray) -> float:
+        return gradient[rows].sum() ** 2 / (rows.sum() + 1.0)
+
+    everything = np.ones(len(left), dtype=bool)
+    xgboost_gain = term(left) + term(~left) - term(everything)
+    assert xgboost_gain == pytest.approx(2 * gain, rel=1e-9)
+    for gamma, nodes in ((xgboost_gain * 0.99, 3), (xgboost_gain * 1.01, 1)):
+        assert len(_one_round(table, l2=1.0, min_split_gain=gamma).nodes["feature"]) == nodes
 
 
 def test_min_child_weight_bounds_each_leafs_hessian() -> None:
