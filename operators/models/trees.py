@@ -173,7 +173,9 @@ class TreeParams(SupervisedParams):
     max_leaves: int | None = Field(
         None, ge=2, description="leaves per tree at most: a level's nodes split best gain "
                                 "first while the tree has room (XGBoost's max_leaves, "
-                                "LightGBM's num_leaves, grown level by level)")
+                                "LightGBM's num_leaves, grown level by level; a level "
+                                "that max_histogram_mb splits into several passes spends "
+                                "the room pass by pass)")
     categorical: list[str] | None = Field(
         None, description="features split by sets of their values, not thresholds "
                           "(strings, integers, booleans; a string feature always is): "
