@@ -157,6 +157,12 @@ def _tree_files(root: Path, prefix: str) -> Iterator[tuple[str, Path]]:
 
 
 def _package_dir(name: str) -> Path:
+    """The folder of sluice's own package ``name``: beside the running ``pipelines``
+    (find_spec takes a folder of that name without ``__init__.py`` that comes first on
+    sys.path, a namespace package: a tests/operators folder, and the archive held it)."""
+    beside = Path(__file__).resolve().parent.parent / name
+    if (beside / "__init__.py").is_file():
+        return beside
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise ArchiveError(f"package '{name}' is not importable here")

@@ -703,3 +703,22 @@ def test_a_session_spark_cannot_start_is_one_sluice_error(churn: Path, workdir: 
     (line,) = _error_lines(done.stderr)
     assert line.startswith("error: Spark could not start a session on local[*]: ")
     assert "Insufficient driver memory" in line and "conf/engines/spark.yaml" in line
+
+
+def test_the_archive_takes_sluices_own_packages_whatever_comes_first_on_the_path(
+        tmp_path: Path) -> None:
+    """A folder named like one of sluice's packages without an __init__.py (a tests/
+    operators folder; the user's working directory) is a namespace package that
+    find_spec takes first on sys.path: the archive packed that folder as 'operators'
+    (the digest then differed between a build in the tests and one on the command
+    line)."""
+    import subprocess
+
+    (tmp_path / "operators").mkdir()
+    (tmp_path / "operators" / "stray.py").write_text("X = 1\n")
+    script = ("from pipelines.package import _package_dir; "
+              "print(_package_dir('operators'), _package_dir('pipelines'))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(ROOT / "operators"), str(ROOT / "pipelines")]
