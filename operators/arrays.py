@@ -198,6 +198,13 @@ def host_buffer(shape: tuple[int, ...], xp: Any, order: str = "F",
     return np.empty(shape, dtype=dtype, order=order)
 
 
+def plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array, dictionaries decoded (keys and values compare as values)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
 def column_to_numpy(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float64) -> np.ndarray:
     """A numeric Arrow column as a NumPy vector of ``dtype``; nulls become NaN.
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
+from operators.arrays import plain
 from operators.base import (
     ARROW_ERRORS,
     DataError,
@@ -76,13 +77,6 @@ def replace_columns(part: pa.Table, name: str, fields: list[pa.Field],
     columns = part.columns
     return pa.Table.from_arrays([*columns[:i], *arrays, *columns[i + 1:]],
                                 schema=replace_field(part.schema, name, fields))
-
-
-def plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """One array, dictionary-decoded."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
 
 
 def value_counts(column: pa.ChunkedArray | pa.Array) -> dict[str, Any]:

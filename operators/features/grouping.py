@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from operators.arrays import plain
 from operators.base import ParamError, SchemaError
 from operators.features.columns import unique_names
 
@@ -87,15 +88,6 @@ def normalized(column: pa.Array) -> pa.Array:
         return column
     zeroed = pc.add(column, pa.scalar(0.0, column.type))  # -0.0 + 0.0 is 0.0
     return pc.if_else(pc.is_nan(zeroed), pa.scalar(float("nan"), column.type), zeroed)
-
-
-def plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """One array, dictionaries decoded (keys and values compare as values)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    return column
 
 
 def sum_options(min_count: int) -> pc.ScalarAggregateOptions:

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from operators.arrays import plain
 from operators.base import DataError, SchemaError
 
 
@@ -64,10 +65,7 @@ def normalized(column: pa.ChunkedArray | pa.Array, kept: pa.DataType,
     value beyond int64 cannot be a category: a DataError naming column ``name`` (the
     training rows' sample), else null (scoring's codes: missing, as any value that is
     not a category)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
+    column = plain(column)
     if pa.types.is_uint64(column.type) and kept == pa.int64():
         beyond = pc.greater(column, pa.scalar(2**63 - 1, pa.uint64()))
         if pc.any(beyond).as_py():
