@@ -969,8 +969,8 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
         rgt = right[:, rows, position, direction, bin_]
         # a missing-value weight that is a rounding residue (a sibling's histogram is its
         # parent's minus its own) is none
-        no_missing = (criterion.weight(missing[:, rows, position])
-                      <= GAIN_RTOL * criterion.weight(total[:, rows, position]))
+        no_missing = _weightless(criterion, missing[:, rows, position],
+                                 total[:, rows, position])
         heavier_left = criterion.weight(lft) >= criterion.weight(rgt)
         sl = slice(start, stop)
         out["found"][sl] = found
@@ -986,6 +986,13 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
     return out
 
 
+def _weightless(criterion: Criterion, stats: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Where sums hold no rows: a weight that is at most a rounding residue of the
+    node's (a sibling's histogram is its parent's minus its own), which the sums of
+    another engine or partitioning may not have."""
+    return criterion.weight(stats) <= GAIN_RTOL * criterion.weight(total)
+
+
 def _by_category_order(h: np.ndarray, criterion: Criterion, categorical: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray]:
     """A chunk's histograms ``(C, s, m, bins + 1)`` with the bins of the categorical
@@ -995,10 +1002,8 @@ def _by_category_order(h: np.ndarray, criterion: Criterion, categorical: np.ndar
     values = h[..., :n_bins]
     total = h.sum(axis=-1)
     key = criterion.category_order(values, total).astype(np.float32)
-    # no rows here, or a rounding residue of them (a sibling's histogram is its parent's
-    # minus its own, as the missing values' in best_splits): last, so right
-    empty = criterion.weight(values) <= GAIN_RTOL * criterion.weight(total)[..., None]
-    key[empty] = np.inf
+    # no rows here (or a residue of them): last, so right
+    key[_weightless(criterion, values, total[..., None])] = np.inf
     key[~categorical] = np.arange(n_bins, dtype=np.float32)  # numbers keep their bins
     order = np.argsort(key, axis=-1, kind="stable")
     ordered = np.empty_like(h)
@@ -2085,9 +2090,6 @@ class TreeModelFitted(FittedModel):
 
     ARRAYS = ("feature", "threshold", "left", "right", "default_left", "value", "cover",
               "gain", "tree_start", "importances", "base")
-    CATEGORY_ARRAYS = ("category", "category_left")
-    """A categorical split's row of ``category_left`` (-1: none), and which codes each
-    such split sends left (models saved before categorical features have neither)."""
 
     def __init__(self, features: list[str], classes: list[Any] | None,
                  label_type: pa.DataType | None, *, combine: str, link: str, depth: int,
@@ -2097,6 +2099,8 @@ class TreeModelFitted(FittedModel):
         self.combine, self.link, self.depth = combine, link, int(depth)
         self.categories = dict(categories or {})
         self.nodes = {k: np.asarray(arrays[k]) for k in self.ARRAYS}
+        # a categorical split's row of category_left (-1: none) and the codes each such
+        # split sends left (models saved before categorical features have neither)
         n_nodes = len(self.nodes["feature"])
         self.nodes["category"] = np.asarray(arrays.get("category",
                                                        np.full(n_nodes, -1, np.int32)))
