@@ -198,6 +198,12 @@ def host_buffer(shape: tuple[int, ...], xp: Any, order: str = "F",
     return np.empty(shape, dtype=dtype, order=order)
 
 
+def is_text(t: pa.DataType) -> bool:
+    """Whether values of type ``t`` are text: string, large string or string view (a
+    dictionary's values: ask of its ``value_type``)."""
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
 def plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """One array, dictionaries decoded (keys and values compare as values)."""
     if isinstance(column, pa.ChunkedArray):

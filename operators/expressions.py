@@ -90,6 +90,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from operators.arrays import is_text
+
 # lark is imported where an expression is parsed: a run without one never imports it
 # (~15-20 ms of start-up)
 if TYPE_CHECKING:
@@ -1380,10 +1382,10 @@ def _is_numeric(t: pa.DataType) -> bool:
 
 
 def _is_text(t: pa.DataType) -> bool:
+    """Text for the text functions: strings of any kind, a dictionary of them, null."""
     if pa.types.is_dictionary(t):
         t = t.value_type
-    return (pa.types.is_string(t) or pa.types.is_large_string(t)
-            or pa.types.is_string_view(t) or pa.types.is_null(t))
+    return is_text(t) or pa.types.is_null(t)
 
 
 def _describe_node(node: _Node) -> str:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from operators.arrays import column_to_numpy
+from operators.arrays import column_to_numpy, is_text
 from operators.base import (
     DataError,
     Estimator,
@@ -292,13 +292,9 @@ def value_type(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
-def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
-
-
 def task_of(label: str, t: pa.DataType) -> str:
     """DESIGN.md's rule: integer, boolean or string label -> classification; float -> regression."""
-    if pa.types.is_integer(t) or pa.types.is_boolean(t) or _is_string(t):
+    if pa.types.is_integer(t) or pa.types.is_boolean(t) or is_text(t):
         return "classification"
     if pa.types.is_floating(t):
         return "regression"
@@ -315,7 +311,7 @@ def _require_numeric(schema: pa.Schema, column: str, what: str) -> None:
 
 def _require_comparable(schema: pa.Schema, label: str, prediction: str) -> None:
     a, b = (value_type(schema.field(c).type) for c in (label, prediction))
-    if _is_string(a) != _is_string(b) or not (_is_string(a) or is_numeric(a)):
+    if is_text(a) != is_text(b) or not (is_text(a) or is_numeric(a)):
         raise SchemaError(f"prediction '{prediction}' ({b}) cannot be compared with label "
                           f"'{label}' ({a})", hint="predictions must be class labels of the "
                           "label's kind; is `prediction:` the right column?")
@@ -386,7 +382,7 @@ def _values(part: pa.Table, column: str, numeric: bool, what: str) -> np.ndarray
         out = column_to_numpy(values)
     else:
         out = values.to_numpy(zero_copy_only=False)
-        if _is_string(values.type):
+        if is_text(values.type):
             out = out.astype(str)
     if out.dtype.kind == "f" and np.isnan(out).any():
         raise DataError(f"{what} column '{column}' has NaN values",

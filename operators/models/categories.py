@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.arrays import plain
+from operators.arrays import is_text, plain
 from operators.base import DataError, SchemaError
 
 
@@ -35,18 +35,13 @@ def category_type(t: pa.DataType) -> pa.DataType | None:
     None when a column of type ``t`` cannot be categorical."""
     if pa.types.is_dictionary(t):
         t = t.value_type
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+    if is_text(t):
         return pa.string()
     if pa.types.is_integer(t):
         return pa.int64()
     if pa.types.is_boolean(t):
         return pa.bool_()
     return None
-
-
-def is_text(t: pa.DataType) -> bool:
-    """A column of type ``t`` holds text (a feature of it can only be categorical)."""
-    return category_type(t) == pa.string()
 
 
 def check_categorical(schema: pa.Schema, name: str, where: str) -> None:

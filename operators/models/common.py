@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, PositiveFloat, model_validator
 
-from operators.arrays import column_to_numpy, compute_dtype, host_buffer, to_numpy, to_xp
+from operators.arrays import column_to_numpy, compute_dtype, host_buffer, is_text, to_numpy, to_xp
 from operators.base import (
     DataError,
     ParamError,
@@ -148,8 +148,7 @@ def class_label_type(t: pa.DataType) -> pa.DataType | None:
     """
     if pa.types.is_dictionary(t):
         t = t.value_type
-    if (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
-            or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+    if pa.types.is_integer(t) or pa.types.is_boolean(t) or is_text(t):
         return t
     return None
 

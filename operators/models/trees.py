@@ -63,7 +63,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from operators.arrays import column_to_numpy, get_namespace, host_buffer, to_numpy, to_xp
+from operators.arrays import (
+    column_to_numpy,
+    get_namespace,
+    host_buffer,
+    to_numpy,
+    to_xp,
+)
 from operators.base import (
     DataError,
     Estimator,
@@ -80,7 +86,6 @@ from operators.models.categories import (
     check_categorical,
     choose_categories,
     in_set,
-    is_text,
     normalized,
     scoring_type_error,
 )
@@ -193,7 +198,7 @@ def categorical_names(schema: pa.Schema, params: TreeParams) -> list[str]:
     columns ``features`` lists (a text feature can only be categorical)."""
     listed = list(params.categorical or [])
     text = [name for name in params.features or []
-            if name in schema.names and is_text(schema.field(name).type)]
+            if name in schema.names and category_type(schema.field(name).type) == pa.string()]
     return listed + [name for name in text if name not in listed]
 
 
