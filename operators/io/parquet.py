@@ -329,22 +329,17 @@ class ReadParquet(Source):
             hint = "the file is corrupt or truncated; write it again, or move it out of the input"
         return DataError(f"cannot read Parquet file '{where}': {reason}", hint=hint)
 
-    def _filter_failure(self, exc: BaseException, unfiltered: list[Callable[[], Any]],
-                        path: str) -> SluiceError | None:
-        """The error of a filter that fails on a file's rows (an overflow, a bad cast),
-        where the same columns read without it (``unfiltered``): the filter's, not the
-        file's (it was reported as a corrupt file). None where the file is what fails."""
-        if not self.params.filter or not unfiltered or not isinstance(exc, ARROW_ERRORS):
-            return None
+    def _filtered(self, rows: pa.Table, path: str) -> pa.Table:
+        """The rows of file ``path`` the filter keeps; a filter that fails on them (an
+        overflow, a bad cast) is its own error, not the file's (it was reported as a
+        corrupt file to write again)."""
         try:
-            for read in unfiltered:
-                read()
-        except _io_errors():
-            return None
-        return DataError(f"read_parquet filter {self.params.filter!r} failed on the rows of "
-                         f"'{self._shown(path)}': {arrow_message(exc)}",
-                         hint="guard the expression, e.g. with if(...) or coalesce(...), or "
-                              "cast the column first")
+            return rows.filter(self._filter)
+        except ARROW_ERRORS as exc:
+            raise DataError(f"read_parquet filter {self.params.filter!r} failed on the rows "
+                            f"of '{self._shown(path)}': {arrow_message(exc)}",
+                            hint="guard the expression, e.g. with if(...) or coalesce(...), "
+                                 "or cast the column first") from None
 
     @cached_property
     def dataset(self) -> ds.Dataset:
@@ -681,8 +676,7 @@ class ReadParquet(Source):
             return schema.empty_table()
         fmt = ds.ParquetFileFormat()
         groups = list(partition.row_groups or ())
-        pieces: list[Any] = []
-        file_schema, columns = None, self.params.columns
+        columns = self.params.columns
         try:
             fragment = fmt.make_fragment(partition.path, self.location.filesystem,
                                          partition_expression=partition.partition_expression,
@@ -699,28 +693,27 @@ class ReadParquet(Source):
                     piece.to_table(schema=file_schema, columns=columns, filter=scan_filter)
                     for piece in pieces])
 
-            table, in_memory = None, bool(self._filter_columns)
-            if not in_memory:
+            table = None
+            if not self._filter_columns:
                 try:
                     table = scan(columns, self._filter)
                 except ARROW_ERRORS:
                     if self._filter is None:
                         raise
-                    in_memory = True  # Arrow's pruning failed on the statistics: see _pruned
-            if in_memory:  # filtered below, not by the scan's statistics
+                    # Arrow's pruning failed on the statistics (see _pruned), or the filter
+                    # on the rows: the rows are read as they are and filtered below, so a
+                    # file that fails is the file's error, a filter that fails the filter's
+            if table is None:  # filtered here, not by the scan's statistics
                 if columns is not None:
                     from operators.expressions import referenced_columns
 
                     columns = list(dict.fromkeys(
                         [*columns, *referenced_columns(self.params.filter)]))
-                table = scan(columns, None).filter(self._filter)
+                table = self._filtered(scan(columns, None), partition.path)
                 if columns != self.params.columns:
                     table = table.select(self.params.columns)
         except _io_errors() as exc:
-            unfiltered = [functools.partial(piece.to_table, schema=file_schema, columns=columns)
-                          for piece in pieces]
-            raise (self._filter_failure(exc, unfiltered, partition.path)
-                   or self._failure(exc, partition.path)) from None
+            raise self._failure(exc, partition.path) from None
         for i, field in enumerate(table.schema):
             want = schema.field(field.name).type
             if field.type == want:
