@@ -12,6 +12,7 @@ TrainValidationSplit, scikit-learn's GridSearchCV with one held-out split).
     max_depth: [3, 4, 6]
     learning_rate: [0.05, 0.1]
   tune_metric: roc_auc       # default: log_loss for classes, rmse for numbers
+                             # (pinball_loss for a model of loss: quantile)
 ```
 
 With ``tune_samples: n`` only n of the combinations are tried, chosen at random by the
@@ -34,7 +35,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from operators.base import Operator, SluiceError, suggest
-from operators.evaluate.metrics import COMPARABLE, LOWER_IS_BETTER
+from operators.evaluate.metrics import COMPARABLE, LOWER_IS_BETTER, default_metric
 from operators.models.common import SupervisedParams
 
 MAX_CANDIDATES = 100
@@ -49,7 +50,7 @@ METRICS = COMPARABLE
 class Tuning:
     """A step's candidates: each combination of the tuned values and its operator."""
 
-    metric: str | None  # None: log_loss or rmse, by the fitted model's task
+    metric: str | None  # None: log_loss, pinball_loss or rmse, by the fitted model
     combos: list[dict[str, Any]] = field(default_factory=list)
     ops: list[Operator] = field(default_factory=list)  # each combination as the step says
     folds: list[list[Operator]] = field(default_factory=list)  # and per fold (tune_folds)
@@ -58,7 +59,7 @@ class Tuning:
     def metric_for(self, validation: dict[str, Any]) -> str:
         if self.metric is not None:
             return self.metric
-        return "log_loss" if "log_loss" in validation else "rmse"
+        return default_metric(validation) if validation else "rmse"
 
     def score(self, metrics: dict[str, Any]) -> tuple[str, float]:
         """The compared metric of a fit's metrics, and its value."""

@@ -43,8 +43,8 @@ class EvaluateParams(Params):
     label: str = Field(description="the column of true values")
     metrics: list[str] | None = Field(
         None, description="metrics to compute (default: all for the task that the data allows, "
-        "the deviances on request only); regression: " + ", ".join(REGRESSION_METRICS)
-        + "; classification: "
+        "the deviances, pinball_loss and coverage on request only); regression: "
+        + ", ".join(REGRESSION_METRICS) + "; classification: "
         + ", ".join(CLASSIFICATION_METRICS))
     prediction: str = Field("prediction", description="the column of predicted values")
     probability: str = Field(
@@ -61,6 +61,9 @@ class EvaluateParams(Params):
         None, min_length=1,
         description="also the metrics of each value of these columns, e.g. [region]: under "
         "`groups` in the run record (region=east: {...}), beside the overall ones")
+    quantile: float = Field(0.5, gt=0.0, lt=1.0,
+                            description="the level pinball_loss and coverage are for: a "
+                                        "quantile model's (loss: quantile)")
     max_groups: int = Field(1000, gt=0, description="most groups `by` may make (a run "
                                                     "with more fails, naming the columns)")
 
@@ -92,7 +95,9 @@ class Evaluate(Measuring):
     pr_auc (average precision: the area under the precision-recall curve, what tells a
     model's quality for a rare class), precision, recall, f1 (binary: positive class =
     the larger class; multiclass: macro average), confusion_matrix, count. Regression:
-    rmse, mse, mae, r2, count; on request poisson_deviance and gamma_deviance.
+    rmse, mse, mae, r2, count; on request poisson_deviance, gamma_deviance, and for a
+    quantile model pinball_loss (the loss it minimises) and coverage (the share of labels
+    at or below the prediction), both at `quantile` (the model's).
 
     With `by: [region]` the same metrics of each region too (in the same pass, over the
     classes of all the rows), under `groups` in the run record: how a model does for
@@ -110,6 +115,12 @@ class Evaluate(Measuring):
             if name not in known:
                 raise ParamError(f"unknown metric '{name}'{suggest(name, known)}",
                                  hint="known: " + ", ".join(known))
+        if "quantile" in self.params.model_fields_set and not {
+                "pinball_loss", "coverage"} & set(self.params.metrics or []):
+            raise ParamError(f"quantile: {self.params.quantile:g} is the level of "
+                             "pinball_loss and coverage, and metrics names neither",
+                             hint="add metrics: [pinball_loss, coverage], or leave quantile "
+                                  "out")
         if self.params.task == "regression" and self.params.classes is not None:
             raise ParamError("classes are for classification", hint="drop classes")
         unique_names(self.params.by or [], "by")
@@ -190,7 +201,7 @@ class Evaluate(Measuring):
     def _accumulator(self, state: dict[str, Any]) -> MetricAccumulator:
         p = self.params
         return MetricAccumulator(state["task"], state["metrics"], state["classes"],
-                                 columns=(p.label, p.prediction))
+                                 columns=(p.label, p.prediction), quantile=p.quantile)
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         accumulator = self._accumulator(state)

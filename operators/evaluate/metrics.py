@@ -38,7 +38,7 @@ from operators.arrays import get_namespace, host_buffer, to_numpy, to_xp
 from operators.base import DataError, ParamError, suggest
 
 REGRESSION_METRICS = ["rmse", "mse", "mae", "r2", "count", "poisson_deviance",
-                      "gamma_deviance"]
+                      "gamma_deviance", "pinball_loss", "coverage"]
 CLASSIFICATION_METRICS = ["accuracy", "log_loss", "roc_auc", "pr_auc", "precision", "recall",
                           "f1", "confusion_matrix", "count"]
 DEFAULT_METRICS = {
@@ -47,16 +47,18 @@ DEFAULT_METRICS = {
                        "pr_auc", "confusion_matrix", "count"],
 }
 PROBABILITY_METRICS = ["log_loss", "roc_auc", "pr_auc"]
-LOWER_IS_BETTER = {"log_loss", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance"}
+LOWER_IS_BETTER = {"log_loss", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance",
+                   "pinball_loss"}
 COMPARABLE = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS))
-                    - {"count", "confusion_matrix"})
+                    - {"count", "confusion_matrix", "coverage"})
 """The metrics two models (tuning's candidates, promote's) can be compared by."""
 
 
 def default_metric(values: dict[str, Any]) -> str:
     """What models are compared by when no metric is named: log_loss for classes (when
-    there are probabilities), else accuracy; rmse for numbers."""
-    for name in ("log_loss", "accuracy", "rmse"):
+    there are probabilities), else accuracy; pinball_loss for a quantile model's numbers
+    (where it is measured), else rmse."""
+    for name in ("log_loss", "accuracy", "pinball_loss", "rmse"):
         if name in values:
             return name
     raise ValueError(f"no comparable metric in {sorted(values)}")
@@ -75,7 +77,10 @@ class MetricAccumulator:
     the label is constant, as scikit-learn), ``count`` (rows, unweighted); on request,
     ``poisson_deviance`` (labels >= 0) and ``gamma_deviance`` (labels > 0), the mean
     deviances of scikit-learn's ``mean_poisson_deviance`` / ``mean_gamma_deviance``
-    (predictions > 0: the means of a Poisson or gamma model).
+    (predictions > 0: the means of a Poisson or gamma model); ``pinball_loss``, the mean
+    pinball loss at ``quantile`` (scikit-learn's ``mean_pinball_loss`` with alpha =
+    quantile: the loss a quantile model minimises) and ``coverage``, the share (weight)
+    of labels at most their prediction (a 0.9 quantile model's should be near 0.9).
 
     Classification: ``accuracy``; ``log_loss`` (probabilities clipped to
     ``[eps, 1 - eps]``, eps of float64, no renormalisation - as scikit-learn);
@@ -108,7 +113,7 @@ class MetricAccumulator:
 
     def __init__(self, task: str, metrics: list[str] | None = None,
                  classes: list[Any] | None = None,
-                 columns: tuple[str, str] = ("y_true", "y_pred")):
+                 columns: tuple[str, str] = ("y_true", "y_pred"), quantile: float = 0.5):
         if task not in METRICS:
             raise ParamError(f"unknown task '{task}'{suggest(task, METRICS)}",
                              hint="use classification or regression")
@@ -123,6 +128,7 @@ class MetricAccumulator:
             raise ParamError("classes are for classification", hint="drop classes")
         self.classes = None if classes is None else _sorted_classes(classes)
         self.columns = columns
+        self.quantile = quantile
         self.needs_proba = [m for m in self.metrics if m in PROBABILITY_METRICS]
 
     # ----------------------------------------------------------------- partial
@@ -170,7 +176,8 @@ class MetricAccumulator:
         """The stats of zero rows: the identity of ``combine``."""
         if self.task == "regression":
             return {"task": "regression", "rows": 0.0, "weight": 0.0, "mean": 0.0, "m2": 0.0,
-                    "sse": 0.0, "sae": 0.0, "poisson": 0.0, "gamma": 0.0,
+                    "sse": 0.0, "sae": 0.0, "poisson": 0.0, "gamma": 0.0, "pinball": 0.0,
+                    "covered": 0.0,
                     "y_min": math.inf, "p_min": math.inf}
         classes = self.classes if self.classes is not None else np.asarray([])
         k = len(classes)
@@ -181,8 +188,11 @@ class MetricAccumulator:
         total = xp.sum(w)
         mean = xp.sum(w * y) / total if float(total) > 0 else xp.asarray(0.0)
         err = y - p
+        q = self.quantile
         sums = [total, mean, xp.sum(w * (y - mean) ** 2), xp.sum(w * err * err),
-                xp.sum(w * xp.abs(err)), xp.min(y), xp.min(p)]
+                xp.sum(w * xp.abs(err)), xp.min(y), xp.min(p),
+                xp.sum(w * xp.where(err >= 0, q * err, (q - 1.0) * err)),
+                xp.sum(xp.where(err <= 0, w, xp.zeros_like(w)))]
         deviances = [m for m in ("poisson_deviance", "gamma_deviance") if m in self.metrics]
         if deviances:  # where they are defined (finalize refuses the rest)
             ok_p = p > 0
@@ -193,10 +203,11 @@ class MetricAccumulator:
             sums.append(xp.sum(w * 2.0 * (y * log_ratio - (y - mu))))
             sums.append(xp.sum(w * 2.0 * (ratio - log_ratio - 1.0)))
         values = [float(v) for v in to_numpy(xp.stack(sums))]
-        poisson, gamma = values[7:] if deviances else (0.0, 0.0)
+        poisson, gamma = values[9:] if deviances else (0.0, 0.0)
         return {"task": "regression", "rows": float(y.shape[0]), "weight": values[0],
                 "mean": values[1], "m2": values[2], "sse": values[3], "sae": values[4],
-                "poisson": poisson, "gamma": gamma, "y_min": values[5], "p_min": values[6]}
+                "poisson": poisson, "gamma": gamma, "pinball": values[7],
+                "covered": values[8], "y_min": values[5], "p_min": values[6]}
 
     def _partial_classification(self, t: Any, p: Any, classes: np.ndarray, proba: Any,
                                 w: Any, xp: Any) -> dict[str, Any]:
@@ -455,6 +466,7 @@ def _combine_regression(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"task": "regression", "rows": a["rows"] + b["rows"], "weight": total, "mean": mean,
             "m2": m2, "sse": a["sse"] + b["sse"], "sae": a["sae"] + b["sae"],
             "poisson": a["poisson"] + b["poisson"], "gamma": a["gamma"] + b["gamma"],
+            "pinball": a["pinball"] + b["pinball"], "covered": a["covered"] + b["covered"],
             "y_min": min(a["y_min"], b["y_min"]), "p_min": min(a["p_min"], b["p_min"])}
 
 
@@ -464,7 +476,8 @@ def _finalize_regression(stats: dict[str, Any]) -> dict[str, Any]:
     r2 = 1.0 - sse / m2 if m2 > 0 else float(sse == 0)
     return {"mse": sse / total, "rmse": math.sqrt(sse / total), "mae": stats["sae"] / total,
             "r2": r2, "count": int(stats["rows"]), "poisson_deviance": stats["poisson"] / total,
-            "gamma_deviance": stats["gamma"] / total}
+            "gamma_deviance": stats["gamma"] / total, "pinball_loss": stats["pinball"] / total,
+            "coverage": stats["covered"] / total}
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

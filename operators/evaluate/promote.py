@@ -39,9 +39,11 @@ class PromoteParams(Params):
                                    "than the version the alias names now (the champion)")
     label: str = Field(description="the true values of the rows both models score")
     metric: str | None = Field(None, description="what they are compared by (default "
-                                                 "log_loss for classes, rmse for numbers); "
-                                                 "lower is better for log_loss, rmse, mse, "
-                                                 "mae and the deviances, higher for the rest")
+                                                 "log_loss for classes, rmse for numbers, "
+                                                 "pinball_loss at its quantile for a model "
+                                                 "of loss: quantile); lower is better for "
+                                                 "log_loss, rmse, mse, mae, pinball_loss "
+                                                 "and the deviances, higher for the rest")
     min_delta: float = Field(0.0, ge=0, description="how much better the challenger must be "
                                                     "(0: better at all; ties keep the "
                                                     "champion)")
@@ -61,6 +63,7 @@ class Promote(Measuring):
       alias: production       # the champion: churn@production, moved if beaten
       label: churned
       metric: roc_auc         # default: log_loss for classes, rmse for numbers
+                              # (pinball_loss for a model of loss: quantile)
       min_delta: 0.002
     ```
     Both models score the rows in one pass (each through its own saved chain); the run
@@ -88,8 +91,16 @@ class Promote(Measuring):
 
     def _evaluate(self) -> Evaluate:
         p = self.params
-        return Evaluate(label=p.label, weight=p.weight,
-                        metrics=None if p.metric is None else [p.metric])
+        # pinball_loss and coverage at the challenger's quantile (a quantile model's)
+        levels = [getattr(step, "quantile", None) for s in self.scorers[:1]
+                  for step in (s.chain.steps if s.chain is not None else [])]
+        level = next((q for q in levels if q is not None), None)
+        if level is None:
+            return Evaluate(label=p.label, weight=p.weight,
+                            metrics=None if p.metric is None else [p.metric])
+        # a quantile model is compared by the loss it minimises unless told otherwise
+        return Evaluate(label=p.label, weight=p.weight, metrics=[p.metric or "pinball_loss"],
+                        quantile=level)
 
     # ----------------------------------------------------------------- binding
 

@@ -6,7 +6,11 @@ split maximises ``G_l^2/(H_l + l2) + G_r^2/(H_r + l2) - G^2/(H + l2)``, a leaf a
 ``-learning_rate * G / (H + l2)``. Losses: squared error (regression), the Poisson or
 gamma half deviance with a log link (counts, positive amounts: the prediction is the exp
 of the scores), log-loss (binary: sigmoid; more classes: softmax). Scores start at the
-best constant (the mean, its log, the log-odds or log class priors).
+best constant (the mean, its log, the log-odds or log class priors). The absolute error
+and the pinball loss of a ``quantile`` have no curvature: their trees split on the
+gradients with hessians of 1, then each leaf takes the quantile of its rows' residuals
+(and the scores start at the label's), found exactly over the partitions in a few passes
+(``operators/models/selection.py``), as scikit-learn's ``_update_leaves_values``.
 
 The trees of the finished rounds live in the driver's state. A partition's memo
 (``trees.partition_memo``) keeps, per round, every training row's node in each tree of
@@ -47,9 +51,11 @@ from pydantic import AfterValidator, Field
 
 from operators.arrays import to_xp
 from operators.base import DataError, ParamError, SchemaError, register, register_fitted
+from operators.models import selection
 from operators.models.common import held_out
 from operators.models.trees import (
     GAIN_RTOL,
+    LEAF,
     SPLIT,
     Criterion,
     Level,
@@ -150,11 +156,18 @@ class BoostedTreesParams(TreeParams):
                           "[[tenure, plan], [region]]; the features no group names form one "
                           "more (scikit-learn's interaction_cst, XGBoost's "
                           "interaction_constraints)")
-    loss: Literal["squared_error", "poisson", "gamma"] | None = Field(
-        None, description="regression loss: squared_error (default), poisson (counts) or "
-                          "gamma (positive amounts), these two with a log link: the "
-                          "prediction is the exp of the trees' sum (scikit-learn's and "
-                          "XGBoost's); classes always use the log-loss")
+    loss: Literal["squared_error", "absolute_error", "quantile", "poisson", "gamma"] | None = (
+        Field(None, description="regression loss: squared_error (default); absolute_error "
+                                "(the median) or quantile (the `quantile` given, e.g. 0.9 "
+                                "for a prediction interval's top), whose leaves are "
+                                "quantiles of their rows' residuals; poisson (counts) or "
+                                "gamma (positive amounts), these two with a log link: the "
+                                "prediction is the exp of the trees' sum (scikit-learn's "
+                                "and XGBoost's); classes always use the log-loss"))
+    quantile: float | None = Field(None, gt=0.0, lt=1.0,
+                                   description="the quantile that loss: quantile predicts "
+                                               "(scikit-learn's quantile, XGBoost's "
+                                               "quantile_alpha, LightGBM's alpha)")
 
 
 @register_fitted("gradient_boosted_trees.fitted")
@@ -165,7 +178,7 @@ class BoostedTreesFitted(TreeModelFitted):
 
 @register("gradient_boosted_trees")
 class GradientBoostedTrees(TreeEstimator):
-    """Gradient-boosted trees (squared error, or log-loss for classes), one level per pass.
+    """Gradient-boosted trees (squared error, quantiles, log-loss for classes), a level a pass.
 
     ```yaml
     - op: gradient_boosted_trees
@@ -189,6 +202,14 @@ class GradientBoostedTrees(TreeEstimator):
         if self.params.early_stopping and self.params.validation_fraction <= 0:
             raise ParamError("early_stopping needs held-out rows",
                              hint="set validation_fraction (0.1 is usual)")
+        if self.params.loss == "quantile" and self.params.quantile is None:
+            raise ParamError("loss: quantile needs the quantile to predict",
+                             hint="add quantile: 0.9 (or the level wanted, between 0 and 1)")
+        if self.params.quantile is not None and self.params.loss != "quantile":
+            raise ParamError(f"quantile: {self.params.quantile:g} is the level of "
+                             f"loss: quantile, and the loss is "
+                             f"{self.params.loss or 'squared_error (the default)'}",
+                             hint="add loss: quantile, or leave quantile out")
 
     # ------------------------------------------------------------------ driver
 
@@ -215,6 +236,8 @@ class GradientBoostedTrees(TreeEstimator):
     def _start(self, state: dict[str, Any]) -> dict[str, Any]:
         k = self._outputs(state)
         loss = self._loss_name(state)
+        if loss in LEAF_QUANTILE:  # the label's quantile: a selection first
+            return self._select(state, "base", np.zeros(1, np.int64))
         if loss in LOG_LINK:
             low, mean = state["label_min"], state["mean"]
             if low < 0 or (loss == "gamma" and low <= 0) or not mean > 0:
@@ -229,6 +252,10 @@ class GradientBoostedTrees(TreeEstimator):
         else:
             prior = np.clip(state["prior"], 1e-15, 1.0)
             base = np.array([math.log(prior[1] / prior[0])]) if k == 1 else np.log(prior)
+        return self._first_round(state, base)
+
+    def _first_round(self, state: dict[str, Any], base: np.ndarray) -> dict[str, Any]:
+        k = self._outputs(state)
         forest = add_roots(new_forest(k), np.arange(k), k)
         state = {**state, "phase": "grow", "forest": forest, "base": base, "round": 0,
                  "losses": [], "stopped": False, "loss_due": self.params.early_stopping}
@@ -309,6 +336,13 @@ class GradientBoostedTrees(TreeEstimator):
     def _finish_growth(self, state: dict[str, Any]) -> dict[str, Any]:
         if state["stopped"]:
             return state
+        if (self._loss_name(state) in LEAF_QUANTILE
+                and state.get("leaves_set") != state["round"]):
+            # the round's leaves become quantiles of their rows' residuals first
+            forest, k = state["forest"], self._outputs(state)
+            first = int(forest["roots"][state["round"] * k])
+            leaves = first + np.flatnonzero(forest["status"][first:] == LEAF)
+            return self._select(state, "leaves", leaves)
         rounds = state["round"] + 1
         state = {**state, "round": rounds}
         if rounds >= self.params.n_trees:
@@ -328,13 +362,120 @@ class GradientBoostedTrees(TreeEstimator):
             state["features"], state["classes"] if classify else None,
             pa.type_for_alias(state["label_type"]) if classify else None,
             combine="sum", link=link, depth=depth, arrays=arrays,
-            categories=state["categories"])
+            categories=state["categories"],
+            quantile=self._leaf_level() if self._loss_name(state) in LEAF_QUANTILE else None)
+
+    # ------------------------------------------------------------------ leaf quantiles
+
+    def _select(self, state: dict[str, Any], kind: str, nodes: np.ndarray
+                ) -> dict[str, Any]:
+        """Passes that find a quantile of each group's residuals (``selection``): the
+        label's (``base``: one group, before the first round) or those of the rows at
+        each of the round's leaves (``leaves``, the leaves' node ids)."""
+        return {**state, "phase": "select",
+                "select": {"kind": kind, "nodes": nodes, "queries": None, "sent": None}}
+
+    def _leaf_level(self) -> float:
+        """The quantile the leaves take (0.5 but for loss: quantile)."""
+        return 0.5 if self.params.quantile is None else float(self.params.quantile)
+
+    def _select_partial(self, part: pa.Table, state: dict[str, Any], xp: Any
+                        ) -> dict[str, Any]:
+        memo = partition_memo(part, state["token"])
+        prep = self._prepared(part, state, memo, xp)
+        groups, values, mass = self._selection_rows(prep, state, memo, xp)
+        sel = state["select"]
+        if sel["sent"] is None:
+            out = selection.summarise(xp, groups, values, mass, len(sel["nodes"]))
+            return {**out, "kind": "select"}
+        # intervals only narrow: the rows outside this pass's are out of the later ones
+        groups, values, mass = selection.narrow(xp, groups, values, mass, sel["sent"])
+        memo["selection"] = (memo["selection"][0], (groups, values, mass))
+        out = selection.search_partial(xp, groups, values, mass, sel["sent"])
+        return {**out, "kind": "select"}
+
+    def _selection_rows(self, prep: dict[str, Any], state: dict[str, Any],
+                        memo: dict[str, Any], xp: Any) -> tuple[Any, Any, Any | None]:
+        """The rows a selection counts: their group, value and mass (None: 1 a row).
+        ``base``: every training row of positive weight and its label; ``leaves``: the
+        rows the round learns from, at their leaf, and their residual (label minus the
+        finished rounds' score). Kept in the memo for the selection's passes."""
+        sel = state["select"]
+        key = (state.get("round"), sel["kind"])
+        held = memo.get("selection")
+        if held is not None and held[0] == key:
+            return held[1]
+        y = xp.astype(prep["y"], xp.float64)
+        if sel["kind"] == "base":
+            rows = xp.nonzero(prep["w"] > 0)[0]
+            groups = xp.zeros(rows.shape, dtype=xp.int64)
+            values = xp.take(y, rows)
+        else:
+            forest = state["forest"]
+            first = int(forest["roots"][state["round"]])
+            tables = node_tables(forest, first, len(forest["tree"]), state["missing"],
+                                 prep["n"], xp, sel["nodes"])
+            bottom = int(forest["depth"][first:].max())
+            pos = self._positions(prep, state, memo, tables, xp, bottom)[0]
+            group = xp.take(tables["slot"], pos)
+            learners = self._learners(prep, state, memo, xp)
+            rows = xp.nonzero(group >= 0 if learners is None else (group >= 0) & learners)[0]
+            groups = xp.take(group, rows)
+            raw = self._raw(prep, state, memo, "raw", xp)
+            values = xp.take(y - raw[:, 0], rows)
+        mass = None if self.params.weight is None else xp.take(prep["w"], rows)
+        memo["selection"] = (key, (groups, values, mass))
+        return groups, values, mass
+
+    def _select_update(self, stats: dict[str, Any], state: dict[str, Any]
+                       ) -> tuple[dict[str, Any], bool]:
+        sel = state["select"]
+        if sel["queries"] is None:
+            queries = selection.start(stats, self._leaf_level(), self.params.weight is not None)
+        else:
+            queries = selection.search_update(sel["queries"], sel["sent"], stats)
+        passes = state.get("selection_passes", 0) + 1
+        if not selection.done(queries):
+            sel = {**sel, "queries": queries, "sent": selection.broadcast(queries)}
+            return {**state, "select": sel, "selection_passes": passes}, False
+        found = selection.values(queries)
+        state = {**state, "select": None, "selection_passes": passes}
+        if sel["kind"] == "base":
+            return self._first_round(state, found[:1]), False
+        # a leaf's value: the learning rate times its rows' residual quantile, within the
+        # bounds monotonic constraints set on it (its siblings' order then holds); the
+        # penalties l1 and l2 shaped the splits only (scikit-learn's rule)
+        forest = {**state["forest"], "value": state["forest"]["value"].copy()}
+        nodes = sel["nodes"]
+        quantile = np.clip(found, forest["lower"][nodes], forest["upper"][nodes])
+        has_rows = ~np.isnan(found)
+        forest["value"][nodes[has_rows], 0] = self.params.learning_rate * quantile[has_rows]
+        return self._after_growth({**state, "forest": forest, "leaves_set": state["round"],
+                                   "phase": "grown"})
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        if state["phase"] == "select":
+            return self._select_partial(part, state, xp)
+        return super().partial(part, state, xp)
+
+    def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        if a.get("kind") == "select":
+            return {**selection.combine(a, b), "kind": "select"}
+        return super().combine(a, b)
+
+    def update(self, stats: dict[str, Any], state: dict[str, Any]
+               ) -> tuple[dict[str, Any], bool]:
+        if state["phase"] == "select":
+            return self._select_update(stats, state)
+        return super().update(stats, state)
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         out = super().metrics(state)
         if "forest" not in state:
             return out
         out["rounds"] = len(state["forest"]["roots"]) // self._outputs(state)
+        if self._loss_name(state) in LEAF_QUANTILE:  # the quantiles' passes
+            out["selection_passes"] = state.get("selection_passes", 0)
         if self.params.early_stopping:
             out["stopped_early"] = bool(state["stopped"])
             out["validation_losses"] = [float(v) for v in state["losses"]]
@@ -408,11 +549,12 @@ class GradientBoostedTrees(TreeEstimator):
         return held[1][column], len(features)
 
     def _positions(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
-                   tables: dict[str, Any], xp: Any) -> list[Any]:
-        """Each row's node (local id) in each tree of the round at this level's depth: the
-        memo's moved down the levels split since, or from the roots."""
+                   tables: dict[str, Any], xp: Any, depth: int | None = None) -> list[Any]:
+        """Each row's node (local id) in each tree of the round at this level's depth (or
+        ``depth``): the memo's moved down the levels split since, or from the roots."""
         forest, k, n = state["forest"], self._outputs(state), prep["n"]
-        rounds, depth = state["round"], state["level"]["depth"]
+        rounds = state["round"]
+        depth = state["level"]["depth"] if depth is None else depth
         held = memo.get("walk")
         if held is not None and held[0] == rounds and held[1] <= depth:
             positions, steps = held[2], depth - held[1]
@@ -449,14 +591,15 @@ class GradientBoostedTrees(TreeEstimator):
             return {}
         held = memo["held"]  # prepared with the training rows (``_prepared``)
         raw = self._raw(held, state, memo, "held_raw", xp)
-        loss = _loss(raw, held["y"], self._outputs(state), self._loss_name(state), xp)
+        loss = _loss(raw, held["y"], self._outputs(state), self._loss_name(state), xp,
+                     self._leaf_level())
         return {"loss": float(xp.sum(held["w"] * loss)), "loss_weight": float(xp.sum(held["w"]))}
 
     def _prepared(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
                   xp: Any) -> dict[str, Any]:
         """The training rows (as every tree estimator), and the held-out rows too when
         this pass scores them: both in one copy to the device."""
-        if not state["loss_due"] or "held" in memo:
+        if not state.get("loss_due") or "held" in memo:
             return super()._prepared(part, state, memo, xp)
         train, held = held_out(part, self.params)
         tables = [held] if "prep" in memo else [train, held]
@@ -517,7 +660,8 @@ class GradientBoostedTrees(TreeEstimator):
         if held is not None and held[0] == state["round"]:
             return held[1]
         raw = self._raw(prep, state, memo, "raw", xp)
-        g, h = _gradients(raw, prep["y"], self._outputs(state), self._loss_name(state), xp)
+        g, h = _gradients(raw, prep["y"], self._outputs(state), self._loss_name(state), xp,
+                          self._leaf_level())
         w = prep["w"]
         columns = []
         for column in range(self._outputs(state)):
@@ -552,10 +696,16 @@ def _probabilities(raw: Any, k: int, xp: Any) -> Any:
 
 LOG_LINK = ("poisson", "gamma")
 """The losses whose prediction is the exp of the raw score."""
+LEAF_QUANTILE = ("absolute_error", "quantile")
+"""The losses whose leaves (and starting score) are quantiles of residuals: their
+gradient has no curvature to take a Newton step with (scikit-learn's
+``_update_leaves_values``)."""
 
 
-def _gradients(raw: Any, y: Any, k: int, loss: str, xp: Any) -> tuple[Any, Any]:
-    """Gradient and hessian of the loss per row and output, (n, k) each."""
+def _gradients(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5
+               ) -> tuple[Any, Any]:
+    """Gradient and hessian of the loss per row and output, (n, k) each (``level``: the
+    quantile loss's)."""
     target = _targets(y, k, loss == "log_loss", xp)
     if loss == "squared_error":
         return raw - target, xp.ones_like(raw)
@@ -565,16 +715,28 @@ def _gradients(raw: Any, y: Any, k: int, loss: str, xp: Any) -> tuple[Any, Any]:
     if loss == "gamma":  # raw + y exp(-raw)
         ratio = target * xp.exp(-raw)
         return 1.0 - ratio, ratio
+    if loss == "absolute_error":  # scikit-learn's gradients (a tie: -1); hessians 1
+        ones = xp.ones_like(raw)
+        return xp.where(raw > target, ones, -ones), ones
+    if loss == "quantile":  # the pinball loss's (a tie: 1 - level)
+        ones = xp.ones_like(raw)
+        return xp.where(target > raw, -level * ones, (1.0 - level) * ones), ones
     p = _probabilities(raw, k, xp)
     return p - target, p * (1.0 - p)
 
 
-def _loss(raw: Any, y: Any, k: int, loss: str, xp: Any) -> Any:
-    """Per-row loss: half squared error, the Poisson or gamma half deviance (up to terms
-    of the label alone), log-loss (binary) or cross-entropy."""
+def _loss(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5) -> Any:
+    """Per-row loss: half squared error, absolute error, the pinball loss of ``level``,
+    the Poisson or gamma half deviance (up to terms of the label alone), log-loss
+    (binary) or cross-entropy."""
     target = _targets(y, k, loss == "log_loss", xp)
     if loss == "squared_error":
         return 0.5 * (raw[:, 0] - target[:, 0]) ** 2
+    if loss == "absolute_error":
+        return xp.abs(target[:, 0] - raw[:, 0])
+    if loss == "quantile":
+        diff = target[:, 0] - raw[:, 0]
+        return xp.where(diff >= 0, level * diff, (level - 1.0) * diff)
     if loss == "poisson":
         return xp.exp(raw[:, 0]) - target[:, 0] * raw[:, 0]
     if loss == "gamma":

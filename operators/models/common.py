@@ -29,7 +29,7 @@ from operators.base import (
     Transform,
     require_columns,
 )
-from operators.evaluate.metrics import MetricAccumulator
+from operators.evaluate.metrics import DEFAULT_METRICS, MetricAccumulator
 from operators.hashing import chosen_rows
 
 PREDICTION = "prediction"
@@ -648,6 +648,11 @@ class LinearContributions:
 def metric_accumulator(model: FittedModel) -> MetricAccumulator:
     if model.is_classifier:
         return MetricAccumulator("classification", classes=model.classes)
+    quantile = getattr(model, "quantile", None)
+    if quantile is not None:  # a quantile model: the loss it minimises, how much it covers
+        return MetricAccumulator("regression", [*DEFAULT_METRICS["regression"],
+                                                "pinball_loss", "coverage"],
+                                 quantile=quantile)
     return MetricAccumulator("regression")
 
 

@@ -1923,7 +1923,7 @@ class TreeEstimator(Estimator):
 
     def _after_growth(self, state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         state = self._finish_growth(state)
-        if state["phase"] == "grow":
+        if state["phase"] != "grown":  # more passes: the next round, boosting's leaves
             return state, False
         done = self.params.validation_fraction == 0
         return {**state, "phase": "done" if done else "validate"}, done
@@ -2099,9 +2099,11 @@ class TreeModelFitted(FittedModel):
     def __init__(self, features: list[str], classes: list[Any] | None,
                  label_type: pa.DataType | None, *, combine: str, link: str, depth: int,
                  arrays: dict[str, np.ndarray],
-                 categories: dict[str, pa.Array] | None = None):
+                 categories: dict[str, pa.Array] | None = None,
+                 quantile: float | None = None):
         super().__init__(features, classes, label_type)
         self.combine, self.link, self.depth = combine, link, int(depth)
+        self.quantile = quantile  # the quantile a model of loss quantile predicts
         self.categories = dict(categories or {})
         self.nodes = {k: np.asarray(arrays[k]) for k in self.ARRAYS}
         # a categorical split's row of category_left (-1: none) and the codes each such
@@ -2220,13 +2222,16 @@ class TreeModelFitted(FittedModel):
                "depth": self.depth}
         if self.categories:
             out["categories"] = categories_meta(self.categories)
+        if self.quantile is not None:
+            out["quantile"] = self.quantile
         return out
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> TreeModelFitted:
         return cls(**cls.meta_args(meta), combine=meta["combine"], link=meta["link"],
                    depth=meta["depth"], arrays=arrays,
-                   categories=categories_from_meta(meta.get("categories")))
+                   categories=categories_from_meta(meta.get("categories")),
+                   quantile=meta.get("quantile"))
 
 
 def _sigmoid(z: Any, xp: Any) -> Any:

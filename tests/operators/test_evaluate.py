@@ -19,6 +19,7 @@ from sklearn.metrics import (
     f1_score,
     log_loss,
     mean_absolute_error,
+    mean_pinball_loss,
     mean_squared_error,
     precision_score,
     r2_score,
@@ -134,6 +135,18 @@ def test_regression_matches_sklearn_on_every_partitioning(weighted: bool) -> Non
     assert got["mae"] == pytest.approx(mean_absolute_error(y, pred, sample_weight=w), rel=1e-12)
     assert got["r2"] == pytest.approx(r2_score(y, pred, sample_weight=w), rel=1e-12)
     assert got["count"] == 1500
+
+
+def test_pinball_loss_and_coverage_at_the_models_quantile() -> None:
+    table = regression_table(1500)
+    y, pred = column(table, "charges"), column(table, "prediction")
+    got = evaluate({"label": "charges", "metrics": ["pinball_loss", "coverage", "mae"],
+                    "quantile": 0.9}, split(table, 3))
+    assert got["pinball_loss"] == pytest.approx(
+        mean_pinball_loss(y, pred, alpha=0.9), rel=1e-12)
+    assert got["coverage"] == pytest.approx(np.mean(y <= pred), rel=1e-12)
+    with pytest.raises(ParamError, match="quantile: 0.9 is the level of pinball_loss"):
+        Evaluate(label="charges", quantile=0.9)
 
 
 def test_string_and_dictionary_labels_with_explicit_classes() -> None:

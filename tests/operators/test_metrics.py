@@ -17,6 +17,7 @@ from sklearn.metrics import (
     log_loss,
     mean_absolute_error,
     mean_gamma_deviance,
+    mean_pinball_loss,
     mean_poisson_deviance,
     mean_squared_error,
     precision_score,
@@ -118,6 +119,23 @@ def test_regression_matches_sklearn(how: str, weighted: bool) -> None:
     assert got["count"] == len(y)
     close(got["poisson_deviance"], mean_poisson_deviance(y, pred, sample_weight=w), 1e-9)
     close(got["gamma_deviance"], mean_gamma_deviance(y, pred, sample_weight=w), 1e-9)
+
+
+@pytest.mark.parametrize("how", PARTITIONINGS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("quantile", [0.5, 0.9, 0.05])
+def test_pinball_loss_and_coverage_of_a_quantile(how: str, weighted: bool,
+                                                 quantile: float) -> None:
+    y, pred, w = regression_data()
+    pred[::7] = y[::7]  # ties: covered
+    w = w if weighted else None
+    got = accumulate(MetricAccumulator("regression", ["pinball_loss", "coverage"],
+                                       quantile=quantile),
+                     partitions(len(y), how, y), y, pred, None, w)
+    close(got["pinball_loss"], mean_pinball_loss(y, pred, sample_weight=w, alpha=quantile))
+    weights = np.ones(len(y)) if w is None else w
+    close(got["coverage"], weights[y <= pred].sum() / weights.sum())
+    assert "pinball_loss" not in DEFAULT_METRICS["regression"]  # on request only
 
 
 def test_deviances_of_counts_and_where_they_are_not_defined() -> None:

@@ -96,6 +96,21 @@ ZOO = {
         min_samples_leaf: 10
         validation_fraction: 0.2
     """,
+    "boosted_quantile": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: gradient_boosted_trees
+        label: monthly_charges
+        loss: quantile
+        quantile: 0.9
+        categorical: [plan, region]
+        n_trees: 6
+        max_depth: 3
+        subsample: 0.8
+        validation_fraction: 0.2
+        early_stopping: true
+        n_iter_no_change: 2
+    """,
     "boosted_regression": """
       - op: drop
         columns: [customer_id, signup_date, plan, region]

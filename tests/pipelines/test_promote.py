@@ -206,3 +206,48 @@ def test_a_metric_the_rows_cannot_give_promotes_nothing(workdir: Path, rows: Pat
     assert decision["promoted"] is False
     assert "roc_auc is not defined on these rows" in decision["reason"]
     assert ModelStore().aliases("churn") == {"production": 1}
+
+
+QUANTILE = """
+    pipeline: quantile
+    params: {{trees: 10}}
+    steps:
+      - id: rows
+        op: read_parquet
+        path: {data}
+      - op: sample
+        fraction: 0.75
+      - op: gradient_boosted_trees
+        label: monthly_charges
+        features: [tenure, total_charges, churned]
+        loss: quantile
+        quantile: 0.9
+        n_trees: ${{trees}}
+        max_depth: 3
+      - op: save_model
+        name: upper
+      - op: sample
+        input: rows
+        fraction: 0.75
+        complement: true
+      - op: promote
+        model: upper
+        alias: production
+        label: monthly_charges
+"""
+
+
+def test_quantile_models_are_compared_by_their_pinball_loss(workdir: Path, rows: Path) -> None:
+    """By default a model of loss: quantile is compared by the pinball loss at its own
+    quantile (rmse would favour the median), the same figure evaluate gives."""
+    path = write_pipeline(workdir, QUANTILE.format(data=rows), "quantile.yaml")
+    run(path)
+    second = run(path, {"trees": "1"})  # one round: far from the quantile, worse
+    decision = second["metrics"]["promote"]
+    assert decision["metric"] == "pinball_loss" and decision["promoted"] is False
+    check = write_pipeline(workdir, EVALUATE.format(data=rows, model="upper@1").replace(
+        "label: churned", "label: monthly_charges\n        metrics: [pinball_loss, coverage]"
+                          "\n        quantile: 0.9"), "check.yaml")
+    evaluated = run(check)["metrics"]["evaluate"]
+    assert decision["champion_value"] == pytest.approx(evaluated["pinball_loss"], rel=1e-12)
+    assert 0.85 < evaluated["coverage"] < 0.95

@@ -1,0 +1,302 @@
+"""Quantiles of values per group over partitions, exact, in a few passes.
+
+Boosting with the absolute error or the pinball (quantile) loss sets each leaf to a
+quantile of its rows' residuals (scikit-learn's HistGradientBoosting, XGBoost's
+adaptive trees, LightGBM's leaf renewal), and starts from a quantile of the label. A
+partition holds a share of a group's rows, so the driver finds each quantile by
+narrowing, as a selection over a cluster does:
+
+1. ``summarise``: per group the rows, their mass (weight, or 1 a row), the smallest
+   and largest value.
+2. ``start``: a query per group for the order statistics wanted (weighted: the
+   smallest value whose cumulative weight reaches ``level`` of the group's, as
+   scikit-learn's weighted percentile, "inverted CDF"; unweighted: the two rows around
+   the linear position ``level * (n - 1)``, NumPy's default percentile, the median for
+   0.5), with the value interval ``[lo, hi]`` of the rows that may hold them and the
+   mass below it.
+3. ``search_partial`` / ``search_update``: each partition counts its rows inside each
+   query's interval in bins (``(v - lo) / (hi - lo)`` scaled: monotone in the
+   value, so a bin is a value range) with each bin's mass and smallest and largest value;
+   the driver keeps the bins that reach the query's ranks, whose smallest and largest
+   values are the new interval (one value: found). Once an interval holds at most
+   ``LIST_ROWS`` rows the partitions send those rows, and the driver sorts them. A
+   partition may keep just the rows inside the intervals between passes (``narrow``):
+   intervals only narrow.
+
+Every pass leaves out at least one of the interval's extreme values (the first bin
+holds ``lo``, the last ``hi``; two ranks in two bins are the first's last row and the
+second's first), so the search ends; typical residuals take a summary pass, one
+or two binned passes and a listing pass. Counts are integers and a row's value is the
+same in every partitioning, so unweighted quantiles are the same bit for bit however the
+rows are partitioned; weighted ones add weights in float64, whose last bits depend on
+the order (a rank falling within rounding of a boundary between two values is the only
+case that can differ).
+
+The partition side works on any array namespace ``xp`` (the values, groups and masses
+stay on the device; small per-bin sums come back); the driver side is NumPy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from operators.arrays import is_numpy, to_numpy, to_xp
+
+BIN_ROWS = 32
+"""A binned pass cuts a query's interval into about its rows over this many bins (a
+power of two from ``MIN_BINS`` to ``MAX_BINS``): most bins then hold few enough rows to
+be listed in the next pass."""
+MIN_BINS, MAX_BINS = 16, 4096
+LIST_ROWS = 2048
+"""An interval holding at most this many rows is sent as its rows."""
+MAX_BINNED = 24
+"""Binned passes of a query before its rows are sent whatever their number (a spread
+of values no real data has: each pass narrows the value range at least ``MIN_BINS``-fold)."""
+
+HIST, LIST, FOUND = 0, 1, 2
+
+
+# --------------------------------------------------------------------------- segments
+
+
+def _segment_sums(xp: Any, keys: Any, values: Any, length: int) -> np.ndarray:
+    """``out[k] = sum of values[keys == k]`` on the host, float64."""
+    if is_numpy(xp):
+        return np.bincount(np.asarray(keys), weights=np.asarray(values, np.float64),
+                           minlength=length)
+    bincount = getattr(xp, "bincount", None)
+    if bincount is not None:  # CuPy
+        return to_numpy(bincount(keys, weights=xp.astype(values, xp.float64),
+                                 minlength=length))
+    order = xp.argsort(keys)
+    edges = _edges(xp, xp.take(keys, order), length)
+    running = xp.cumulative_sum(xp.take(xp.astype(values, xp.float64), order),
+                                include_initial=True)
+    at = xp.take(running, edges)
+    return to_numpy(at[1:] - at[:-1])
+
+
+def _edges(xp: Any, sorted_keys: Any, length: int) -> Any:
+    return xp.searchsorted(sorted_keys, xp.arange(length + 1, dtype=sorted_keys.dtype))
+
+
+def _segment_extremes(xp: Any, keys: Any, values: Any, length: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per key the smallest and largest value (inf and -inf where a key has none)."""
+    if is_numpy(xp):
+        keys, values = np.asarray(keys), np.asarray(values)
+        low, high = np.full(length, np.inf), np.full(length, -np.inf)
+        np.minimum.at(low, keys, values)
+        np.maximum.at(high, keys, values)
+        return low, high
+    # sorted by value, then (stably) by key: each key's rows in value order
+    by_value = xp.argsort(values, stable=True)
+    order = xp.take(by_value, xp.argsort(xp.take(keys, by_value), stable=True))
+    edges = to_numpy(_edges(xp, xp.take(keys, order), length))
+    ordered = to_numpy(xp.take(values, order))
+    low, high = np.full(length, np.inf), np.full(length, -np.inf)
+    full = edges[1:] > edges[:-1]
+    low[full] = ordered[edges[:-1][full]]
+    high[full] = ordered[edges[1:][full] - 1]
+    return low, high
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarise(xp: Any, groups: Any, values: Any, mass: Any | None, n_groups: int
+              ) -> dict[str, np.ndarray]:
+    """A partition's rows per group (``groups`` in ``[0, n_groups)``, one per row of
+    ``values``; ``mass`` None: a row weighs 1): rows, mass, smallest, largest value."""
+    keys = xp.astype(groups, xp.int64)
+    values = xp.astype(values, xp.float64)
+    count = _segment_sums(xp, keys, xp.ones(keys.shape, dtype=xp.float64), n_groups)
+    weight = count if mass is None else _segment_sums(xp, keys, mass, n_groups)
+    low, high = _segment_extremes(xp, keys, values, n_groups)
+    return {"count": count.astype(np.int64), "mass": weight, "min": low, "max": high}
+
+
+def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two partitions' summaries or search statistics as one (associative and
+    commutative: sums, extremes, and the listed rows)."""
+    out = {"count": a["count"] + b["count"], "mass": a["mass"] + b["mass"],
+           "min": np.minimum(a["min"], b["min"]), "max": np.maximum(a["max"], b["max"])}
+    if "listed" in a:
+        out["listed"] = {k: np.concatenate([a["listed"][k], b["listed"][k]])
+                         for k in a["listed"]}
+    return out
+
+
+def start(summary: dict[str, np.ndarray], level: float, weighted: bool) -> dict[str, Any]:
+    """The queries for the ``level`` quantile of every group with rows (one a group)."""
+    count, mass = summary["count"], summary["mass"]
+    group = np.flatnonzero(count > 0)
+    if weighted:
+        rank = rank2 = level * mass[group]
+        frac = np.zeros(len(group))
+    else:
+        # as np.percentile(values, 100 * level) computes it, to its last bit
+        q, n = (100 * level) / 100, count[group].astype(np.float64)
+        h = (n - 1) * q
+        k = np.floor(h)
+        frac = h - k
+        rank, rank2 = k + 1, np.minimum(k + 1, n - 1) + 1  # 1-based ranks of both rows
+    size = len(group)
+    queries = {"group": group.astype(np.int64), "rank": np.asarray(rank, np.float64),
+               "rank2": np.asarray(rank2, np.float64), "lo": summary["min"][group].copy(),
+               "hi": summary["max"][group].copy(), "below": np.zeros(size),
+               "count": count[group].astype(np.int64), "value": np.full(size, np.nan),
+               "value2": np.full(size, np.nan), "stage": np.full(size, HIST, np.int8),
+               "passes": np.zeros(size, np.int64),
+               "frac": frac, "groups": len(count), "weighted": bool(weighted)}
+    _advance(queries)
+    return queries
+
+
+def _advance(q: dict[str, Any]) -> None:
+    """Queries whose interval holds one value are found; small ones are listed."""
+    open_ = q["stage"] != FOUND
+    same = open_ & (q["lo"] == q["hi"])
+    q["value"][same] = q["value2"][same] = q["lo"][same]
+    q["stage"][same] = FOUND
+    small = (q["stage"] == HIST) & ((q["count"] <= LIST_ROWS) | (q["passes"] >= MAX_BINNED))
+    q["stage"][small] = LIST
+
+
+def done(queries: dict[str, Any]) -> bool:
+    return bool((queries["stage"] == FOUND).all())
+
+
+def values(queries: dict[str, Any]) -> np.ndarray:
+    """Per group its quantile (NaN for a group without rows), once ``done``."""
+    out = np.full(queries["groups"], np.nan)
+    a, b, t = queries["value"], queries["value2"], queries["frac"]
+    # NumPy's lerp: from the nearer end, so that t = 0 and t = 1 give a and b exactly
+    out[queries["group"]] = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
+    return out
+
+
+# --------------------------------------------------------------------------- search
+
+
+def broadcast(queries: dict[str, Any]) -> dict[str, Any]:
+    """What a partition needs of the queries (the rest stays on the driver)."""
+    open_ = queries["stage"] != FOUND
+    query_of = np.full(queries["groups"], -1, dtype=np.int64)
+    query_of[queries["group"][open_]] = np.flatnonzero(open_)
+    lo, hi = queries["lo"], queries["hi"]
+    with np.errstate(over="ignore"):
+        wide = ~np.isfinite(hi - lo)  # a range past float64's: cut by halves
+        span = np.where(wide, hi / 2 - lo / 2, hi - lo)
+    wanted = np.ceil(np.maximum(queries["count"], 1) / BIN_ROWS)
+    bins = np.clip(2 ** np.ceil(np.log2(wanted)), MIN_BINS, MAX_BINS).astype(np.int64)
+    bins[queries["stage"] != HIST] = 0
+    start = np.concatenate([[0], np.cumsum(bins)])
+    return {"query_of": query_of, "lo": lo, "hi": hi, "span": np.where(span > 0, span, 1.0),
+            "wide": wide, "stage": queries["stage"], "bins": bins, "start": start}
+
+
+def narrow(xp: Any, groups: Any, values: Any, mass: Any | None, sent: dict[str, Any]
+           ) -> tuple[Any, Any, Any | None]:
+    """The rows inside their group's open query's interval (their groups, float64
+    values and masses): the only rows this pass and the later ones count."""
+    groups, values = xp.astype(groups, xp.int64), xp.astype(values, xp.float64)
+    qid = xp.take(to_xp(sent["query_of"], xp), groups)
+    safe = xp.where(qid >= 0, qid, xp.zeros_like(qid))
+    lo, hi = xp.take(to_xp(sent["lo"], xp), safe), xp.take(to_xp(sent["hi"], xp), safe)
+    rows = xp.nonzero((qid >= 0) & (values >= lo) & (values <= hi))[0]
+    return (xp.take(groups, rows), xp.take(values, rows),
+            None if mass is None else xp.take(mass, rows))
+
+
+def search_partial(xp: Any, groups: Any, values: Any, mass: Any | None,
+                   sent: dict[str, Any]) -> dict[str, Any]:
+    """A partition's rows (``narrow``ed: inside their query's interval) counted: per
+    (query, bin) rows, mass, smallest and largest value for binned queries, the rows
+    themselves (query, value, mass) for listed ones."""
+    cells = int(sent["start"][-1])
+    out = {"count": np.zeros(cells, np.int64), "mass": np.zeros(cells),
+           "min": np.full(cells, np.inf), "max": np.full(cells, -np.inf)}
+    listed = {"query": np.zeros(0, np.int64), "value": np.zeros(0), "mass": np.zeros(0)}
+    q = xp.take(to_xp(sent["query_of"], xp), groups)
+    v, w = values, mass
+    kind = xp.take(to_xp(sent["stage"].astype(np.int64), xp), q)
+    binned = xp.nonzero(kind == HIST)[0]
+    if binned.shape[0]:
+        qb, vb = xp.take(q, binned), xp.take(v, binned)
+        low = xp.take(to_xp(sent["lo"], xp), qb)
+        with np.errstate(over="ignore"):  # NumPy's warning of the branch not taken
+            offset = xp.where(xp.take(to_xp(sent["wide"], xp), qb), vb / 2 - low / 2,
+                              vb - low)
+        bins = xp.astype(xp.take(to_xp(sent["bins"], xp), qb), xp.float64)
+        cell = xp.clip(xp.floor(offset / xp.take(to_xp(sent["span"], xp), qb) * bins),
+                       0, bins - 1)
+        cell = xp.astype(cell, xp.int64) + xp.take(to_xp(sent["start"][:-1], xp), qb)
+        out = summarise(xp, cell, vb, None if w is None else xp.take(w, binned), cells)
+    chosen = xp.nonzero(kind == LIST)[0]
+    if chosen.shape[0]:
+        listed = {"query": to_numpy(xp.take(q, chosen)).astype(np.int64),
+                  "value": to_numpy(xp.take(v, chosen)).astype(np.float64),
+                  "mass": (np.ones(chosen.shape[0]) if w is None else
+                           to_numpy(xp.astype(xp.take(w, chosen), xp.float64)))}
+    return {**out, "listed": listed}
+
+
+def _first_reaching(running: np.ndarray, rank: float, full: np.ndarray) -> int:
+    """The first position whose running mass reaches ``rank`` among ``full`` ones (the
+    last full one when rounding leaves the total just short)."""
+    reached = np.flatnonzero((running >= rank) & full)
+    return int(reached[0]) if len(reached) else int(np.flatnonzero(full)[-1])
+
+
+def search_update(queries: dict[str, Any], sent: dict[str, Any], stats: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The queries narrowed by the partitions' combined ``search_partial``s of the
+    pass that was ``sent``."""
+    q = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in queries.items()}
+    mass_all = stats["mass"] if q["weighted"] else stats["count"].astype(np.float64)
+    for i in np.flatnonzero(q["stage"] == HIST):
+        cut = slice(int(sent["start"][i]), int(sent["start"][i + 1]))
+        count, mass = stats["count"][cut], mass_all[cut]
+        running = q["below"][i] + np.cumsum(mass)
+        full = count > 0
+        a = _first_reaching(running, q["rank"][i], full)
+        b = _first_reaching(running, q["rank2"][i], full)
+        if a != b:  # unweighted ranks k and k + 1 apart: bin a's last row, b's first
+            q["value"][i], q["value2"][i] = stats["max"][cut][a], stats["min"][cut][b]
+            q["stage"][i] = FOUND
+            continue
+        q["below"][i] = running[a] - mass[a]
+        q["lo"][i], q["hi"][i] = stats["min"][cut][a], stats["max"][cut][a]
+        q["count"][i] = count[a]
+        q["passes"][i] += 1
+    listed = stats["listed"]
+    for i in np.flatnonzero(q["stage"] == LIST):
+        mine = listed["query"] == i
+        v, w = listed["value"][mine], listed["mass"][mine]
+        order = np.lexsort((w, v))  # by value, then mass: the same sums in any partitioning
+        v, w = v[order], w[order]
+        running = q["below"][i] + np.cumsum(w)
+        full = np.ones(len(v), bool)
+        q["value"][i] = v[_first_reaching(running, q["rank"][i], full)]
+        q["value2"][i] = v[_first_reaching(running, q["rank2"][i], full)]
+        q["stage"][i] = FOUND
+    _advance(q)
+    return q
+
+
+def quantile_of(values: np.ndarray, level: float, weights: np.ndarray | None = None
+                ) -> float:
+    """The quantile the search finds, on one host array (tests' and callers' reference):
+    NumPy's linear percentile unweighted, the weighted inverted CDF otherwise."""
+    if len(values) == 0:
+        return math.nan
+    if weights is None:
+        return float(np.percentile(values, 100 * level))
+    order = np.argsort(values, kind="stable")
+    running = np.cumsum(weights[order])
+    at = int(np.searchsorted(running, level * running[-1], side="left"))
+    return float(values[order][min(at, len(values) - 1)])

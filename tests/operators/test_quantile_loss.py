@@ -1,0 +1,299 @@
+"""Boosting with the absolute error and the pinball (quantile) loss: the exact quantile
+search over partitions (operators/models/selection.py) against NumPy's and
+scikit-learn's percentiles, the models against scikit-learn's HistGradientBoosting, and
+what the losses promise (coverage, partition invariance, monotonic bounds, early
+stopping, plan errors)."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.utils.stats import _weighted_percentile
+from test_trees import fit_state, predictions, table_of
+
+from operators.arrays import get_namespace
+from operators.base import ParamError
+from operators.models import selection
+from operators.models.boosted_trees import GradientBoostedTrees
+from operators.testing.kit import roundtrip, split
+
+NUMPY = get_namespace("numpy")
+STRICT = get_namespace("array_api_strict")
+
+
+def search(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], groups: int,
+           level: float, weighted: bool, xp: Any = NUMPY) -> tuple[np.ndarray, int]:
+    """Each group's quantile found over the partitions ``(group, value, mass)`` as a fit
+    finds it, and the number of passes."""
+    def on(a: np.ndarray | None) -> Any:
+        return None if a is None or not weighted else xp.asarray(a)
+
+    summary = None
+    for g, v, m in parts:
+        s = selection.summarise(xp, xp.asarray(g), xp.asarray(v), on(m), groups)
+        summary = s if summary is None else selection.combine(summary, s)
+    queries, passes = selection.start(summary, level, weighted), 1
+    while not selection.done(queries):
+        sent = selection.broadcast(queries)
+        stats = None
+        for g, v, m in parts:
+            rows = selection.narrow(xp, xp.asarray(g), xp.asarray(v), on(m), sent)
+            s = selection.search_partial(xp, *rows, sent)
+            stats = s if stats is None else selection.combine(stats, s)
+        queries = selection.search_update(queries, sent, stats)
+        passes += 1
+        assert passes < 40, "the search does not end"
+    return selection.values(queries), passes
+
+
+def cut(n: int, k: int, rng: np.random.Generator) -> list[slice]:
+    edges = np.sort(rng.integers(0, n + 1, k - 1))
+    return [slice(a, b) for a, b in zip([0, *edges], [*edges, n], strict=True)]
+
+
+VALUES = {
+    "normal": lambda rng, n: rng.standard_normal(n),
+    "ties": lambda rng, n: rng.integers(-2, 3, n).astype(float),
+    "two values": lambda rng, n: rng.integers(0, 2, n) * 7.5,
+    "heavy tails": lambda rng, n: rng.standard_cauchy(n) * 1e6,
+    "float64's range": lambda rng, n: rng.choice([-1.7e308, 1.7e308, 0.0, 5e-324], n) *
+    rng.random(n),
+    "subnormal": lambda rng, n: rng.integers(0, 5, n) * 5e-324,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(VALUES))
+@pytest.mark.parametrize("level", [0.5, 0.1, 0.9, 0.001, 0.999])
+def test_unweighted_quantiles_are_numpys_bit_for_bit(kind: str, level: float) -> None:
+    rng = np.random.default_rng(zlib.crc32(f"{kind} {level}".encode()))
+    n, groups = 30_000, 5
+    values = VALUES[kind](rng, n)
+    group = rng.integers(0, groups, n)
+    group[group == 4] = 3  # group 4 has no rows
+    parts = [(group[s], values[s], None) for s in cut(n, 4, rng)]
+    got, passes = search(parts, groups, level, weighted=False)
+    for g in range(groups):
+        mine = values[group == g]
+        if len(mine) == 0:
+            assert np.isnan(got[g])
+        else:
+            assert got[g] == np.percentile(mine, 100 * level), (g, got[g])
+    assert passes <= 8
+
+
+@pytest.mark.parametrize("kind", sorted(VALUES))
+@pytest.mark.parametrize("level", [0.5, 0.25, 0.95])
+def test_weighted_quantiles_are_scikit_learns(kind: str, level: float) -> None:
+    rng = np.random.default_rng(zlib.crc32(f"{kind} {level} weighted".encode()))
+    n, groups = 20_000, 3
+    values = VALUES[kind](rng, n)
+    group = rng.integers(0, groups, n)
+    weight = rng.integers(1, 5, n).astype(float)  # whole weights: sums exact in any order
+    parts = [(group[s], values[s], weight[s]) for s in cut(n, 5, rng)]
+    got, _ = search(parts, groups, level, weighted=True)
+    for g in range(groups):
+        mine = group == g
+        assert got[g] == _weighted_percentile(values[mine], weight[mine], 100 * level)
+
+
+def test_the_search_is_the_same_on_the_strict_namespace_and_any_partitioning() -> None:
+    rng = np.random.default_rng(3)
+    n = 9000
+    values = rng.standard_t(2, n) * 10
+    group = rng.integers(0, 7, n)
+    weight = rng.uniform(0.1, 2.0, n)
+    whole, _ = search([(group, values, weight)], 7, 0.8, weighted=True)
+    for k in (2, 6):
+        parts = [(group[s], values[s], weight[s]) for s in cut(n, k, rng)]
+        got, _ = search(parts, 7, 0.8, weighted=True, xp=STRICT)
+        np.testing.assert_array_equal(got, whole)
+    for g in range(7):
+        mine = group == g
+        assert whole[g] == _weighted_percentile(values[mine], weight[mine], 80.0)
+
+
+def test_most_groups_take_a_summary_a_binned_and_a_listing_pass() -> None:
+    rng = np.random.default_rng(4)
+    n = 200_000
+    values = rng.standard_normal(n)
+    group = rng.integers(0, 64, n)
+    _, passes = search([(group, values, None)], 64, 0.5, weighted=False)
+    assert passes == 3
+
+
+# --------------------------------------------------------------------------- models
+
+FEATURES = ["x0", "x1", "x2"]
+
+
+def regression_table(n: int = 6000, seed: int = 0, weighted: bool = False) -> pa.Table:
+    """Integer features (few distinct values: the same bins as scikit-learn's) and a
+    label with heavy-tailed noise."""
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 12, (n, 3)).astype(float)
+    y = 2.0 * X[:, 0] + 4.0 * np.sin(X[:, 1]) + rng.standard_t(2, n) * (1 + X[:, 2] / 4)
+    extra = {"w": rng.integers(1, 4, n).astype(float)} if weighted else {}
+    return table_of(X, y, **extra)
+
+
+def _sklearn(table: pa.Table, loss: str, quantile: float | None, weighted: bool,
+             **params: Any) -> np.ndarray:
+    X = np.column_stack([table.column(f"x{j}").to_numpy() for j in range(3)])
+    model = HistGradientBoostingRegressor(
+        loss=loss, quantile=quantile, max_leaf_nodes=None, early_stopping=False, **params)
+    model.fit(X, table.column("y").to_numpy(),
+              sample_weight=table.column("w").to_numpy() if weighted else None)
+    return model.predict(X)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize(("loss", "quantile"), [("absolute_error", None), ("quantile", 0.9),
+                                                ("quantile", 0.2)])
+def test_models_are_histgradientboostings(loss: str, quantile: float | None,
+                                          weighted: bool) -> None:
+    """The same rounds as scikit-learn's: gradients, splits on hessians of 1, leaves the
+    residual quantiles (NumPy's median and percentile without weights, the weighted
+    percentile with), the label's quantile to start from."""
+    table = regression_table(weighted=weighted)
+    # min_samples_leaf is a leaf's weight here, its rows in scikit-learn's: alike at 1
+    leaf = 1 if weighted else 20
+    params = {"loss": loss, "n_trees": 15, "max_depth": 3, "min_samples_leaf": leaf,
+              "learning_rate": 0.2, "features": ["x0", "x1", "x2"]}
+    if quantile is not None:
+        params["quantile"] = quantile
+    if weighted:
+        params["weight"] = "w"
+    model, metrics, _ = fit_state(GradientBoostedTrees(label="y", **params),
+                                  split(table, 3))
+    expected = _sklearn(table, loss, quantile, weighted, max_iter=15, max_depth=3,
+                        min_samples_leaf=leaf, learning_rate=0.2)
+    np.testing.assert_allclose(predictions(model, table)["prediction"], expected,
+                               rtol=1e-12, atol=1e-12)
+    assert metrics["selection_passes"] >= 2 * 15
+
+
+@pytest.mark.parametrize("level", [0.1, 0.5, 0.9])
+def test_a_quantile_model_covers_its_level(level: float) -> None:
+    table = regression_table(n=20_000, seed=1)
+    model, _, _ = fit_state(GradientBoostedTrees(
+        label="y", loss="quantile", quantile=level, n_trees=40, max_depth=3), split(table, 2))
+    held = regression_table(n=20_000, seed=2)
+    below = held.column("y").to_numpy() <= predictions(model, held)["prediction"]
+    assert abs(below.mean() - level) < 0.02
+
+
+def test_the_model_is_the_same_for_any_partitioning() -> None:
+    table = regression_table(n=3000, seed=5)
+    params = {"loss": "absolute_error", "n_trees": 8, "max_depth": 4, "subsample": 0.7,
+              "validation_fraction": 0.2, "early_stopping": True, "n_iter_no_change": 3}
+    whole, _, _ = fit_state(GradientBoostedTrees(label="y", **params), split(table, 1))
+    for k in (4, 9):
+        parts = split(table, k, seed=k)
+        parts.insert(1, table.slice(0, 0))  # an empty partition too
+        got, _, _ = fit_state(GradientBoostedTrees(label="y", **params), parts)
+        for name, values in whole.arrays().items():
+            np.testing.assert_array_equal(values, got.arrays()[name], err_msg=name)
+
+
+def test_the_memo_only_saves_time() -> None:
+    table = regression_table(n=3000, seed=6, weighted=True)
+    params = {"loss": "quantile", "quantile": 0.7, "weight": "w", "n_trees": 5,
+              "max_depth": 3, "subsample": 0.8}
+    parts = split(table, 3)
+    cached, _, _ = fit_state(GradientBoostedTrees(label="y", **params), parts)
+    fresh, _, _ = fit_state(GradientBoostedTrees(label="y", **params), parts, fresh=True)
+    for name, values in cached.arrays().items():
+        np.testing.assert_array_equal(values, fresh.arrays()[name], err_msg=name)
+
+
+def test_leaves_stay_within_monotonic_bounds() -> None:
+    """A leaf's quantile is kept within the bounds its constrained ancestors set, so the
+    prediction still only rises with x0 (a quantile unbounded would break it)."""
+    rng = np.random.default_rng(7)
+    n = 4000
+    X = rng.integers(0, 20, (n, 2)).astype(float)
+    # the label falls with x0 where x1 is small, so an unconstrained fit would fall too
+    y = np.where(X[:, 1] < 5, -X[:, 0], X[:, 0]) + rng.standard_t(2, n)
+    table = table_of(X, y)
+    model, _, _ = fit_state(GradientBoostedTrees(
+        label="y", loss="quantile", quantile=0.75, n_trees=20, max_depth=3,
+        monotonic={"x0": 1}), split(table, 2))
+    grid = table_of(np.column_stack([np.repeat(np.arange(20.0), 20),
+                                     np.tile(np.arange(20.0), 20)]), np.zeros(400))
+    surface = predictions(model, grid)["prediction"].reshape(20, 20)
+    assert (np.diff(surface, axis=0) >= 0).all()
+    free, _, _ = fit_state(GradientBoostedTrees(
+        label="y", loss="quantile", quantile=0.75, n_trees=20, max_depth=3), split(table, 2))
+    assert (np.diff(predictions(free, grid)["prediction"].reshape(20, 20), axis=0) < 0).any()
+
+
+def test_early_stopping_watches_the_pinball_loss() -> None:
+    table = regression_table(n=4000, seed=8)
+    level = 0.8
+    model, metrics, _ = fit_state(GradientBoostedTrees(
+        label="y", loss="quantile", quantile=level, n_trees=300, max_depth=3,
+        learning_rate=0.3, validation_fraction=0.25, early_stopping=True,
+        n_iter_no_change=5, features=FEATURES), split(table, 2))
+    assert metrics["stopped_early"] and metrics["rounds"] < 300
+    losses = metrics["validation_losses"]
+    assert losses[-1] < losses[0]
+    # the first round's loss is the pinball loss of the starting quantile on the held
+    # out rows (those the fit did not learn from)
+    held = table.filter(pa.array(~_training_rows(table, 0.25)))
+    y = held.column("y").to_numpy()
+    train_y = table.filter(pa.array(_training_rows(table, 0.25))).column("y").to_numpy()
+    start = np.percentile(train_y, 100 * level)
+    diff = y - start
+    pinball = np.mean(np.where(diff >= 0, level * diff, (level - 1) * diff))
+    assert losses[0] == pytest.approx(pinball, rel=1e-12)
+    assert model is not None
+
+
+def _training_rows(table: pa.Table, fraction: float) -> np.ndarray:
+    from operators.models.common import holdout_mask
+
+    return ~holdout_mask(table, fraction, 0)
+
+
+def test_plan_errors() -> None:
+    with pytest.raises(ParamError, match="loss: quantile needs the quantile") as err:
+        GradientBoostedTrees(label="y", loss="quantile")
+    assert "quantile: 0.9" in err.value.hint
+    with pytest.raises(ParamError, match="is the level of loss: quantile") as err:
+        GradientBoostedTrees(label="y", quantile=0.9)
+    assert "squared_error" in str(err.value)
+    with pytest.raises(ParamError, match="is the level of loss: quantile"):
+        GradientBoostedTrees(label="y", loss="absolute_error", quantile=0.9)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(Exception, match="quantile"):
+            GradientBoostedTrees(label="y", loss="quantile", quantile=bad)
+    table = table_of(np.zeros((4, 1)), pa.array([0, 1, 0, 1]))
+    with pytest.raises(ParamError, match="regression loss"):
+        GradientBoostedTrees(label="y", loss="absolute_error").init(table.schema)
+
+
+def test_a_quantile_models_validation_metrics_measure_its_quantile() -> None:
+    table = regression_table(n=4000, seed=9)
+    model, metrics, _ = fit_state(GradientBoostedTrees(
+        label="y", loss="quantile", quantile=0.9, n_trees=20, max_depth=3,
+        validation_fraction=0.25, features=FEATURES), split(table, 2))
+    held = table.filter(pa.array(~_training_rows(table, 0.25)))
+    y, p = held.column("y").to_numpy(), predictions(model, held)["prediction"]
+    diff = y - p
+    validation = metrics["validation"]
+    assert validation["pinball_loss"] == pytest.approx(
+        np.mean(np.where(diff >= 0, 0.9 * diff, -0.1 * diff)), rel=1e-12)
+    assert validation["coverage"] == pytest.approx(np.mean(y <= p), rel=1e-12)
+    assert roundtrip(model).quantile == 0.9
+    median, metrics, _ = fit_state(GradientBoostedTrees(
+        label="y", loss="absolute_error", n_trees=5, validation_fraction=0.25),
+        split(table, 2))
+    assert median.quantile == 0.5 and "pinball_loss" in metrics["validation"]
+    plain, metrics, _ = fit_state(GradientBoostedTrees(
+        label="y", n_trees=5, validation_fraction=0.25), split(table, 2))
+    assert plain.quantile is None and "pinball_loss" not in metrics["validation"]
