@@ -26,7 +26,10 @@ A fit is rounds of passes over the partitions:
    then skipped). All trees of a level grow in the same pass; the level's nodes are split
    into several passes when their histograms would pass ``max_histogram_mb``. Where
    nodes use every feature, a pass sums only the smaller child of each split and the
-   driver derives its sibling as parent minus child. Boosting keeps every row's node in
+   driver derives its sibling as parent minus child. With ``max_leaves`` a level's
+   candidate splits wait on the driver until its last pass, where the best gains of
+   all its nodes take the trees' room: passes are memory, never a choice of splits.
+   Boosting keeps every row's node in
    the round's trees (``node_tables``, ``walk_step``: one lookup per row and level).
 3. a validation pass when ``validation_fraction`` > 0.
 
@@ -177,10 +180,10 @@ class TreeParams(SupervisedParams):
                           "scikit-learn's monotonic_cst, XGBoost's monotone_constraints)")
     max_leaves: int | None = Field(
         None, ge=2, description="leaves per tree at most: a level's nodes split best gain "
-                                "first while the tree has room (XGBoost's max_leaves, "
-                                "LightGBM's num_leaves, grown level by level; a level "
-                                "that max_histogram_mb splits into several passes spends "
-                                "the room pass by pass)")
+                                "first while the tree has room, the same splits however "
+                                "many passes max_histogram_mb divides the level into "
+                                "(XGBoost's max_leaves, LightGBM's num_leaves, grown "
+                                "level by level)")
     categorical: list[str] | None = Field(
         None, description="features split by sets of their values, not thresholds "
                           "(strings, integers, booleans; a string feature always is): "
@@ -1195,6 +1198,31 @@ class Level:
         nxt = level["start"] + level["size"]
         return {**level, "start": nxt} if nxt < len(level["nodes"]) else None
 
+    @staticmethod
+    def rank(level: dict[str, Any], forest: dict[str, np.ndarray],
+             siblings: dict[str, np.ndarray] | None, pairs: bool) -> np.ndarray:
+        """Per node of ``forest``, its place among the level's nodes in the order one pass
+        takes them when every parent's histogram was kept (``pairs``: the estimator keeps
+        them): by tree and node, then the larger of each two pending siblings, in the
+        order of the smaller (``add_siblings``). Splits made in this order get the same
+        node ids however many passes the level took and parents were kept."""
+        nodes = level["nodes"]
+        if pairs:
+            pending = nodes if siblings is None else np.union1d(nodes, siblings["large"])
+            parents = np.flatnonzero((forest["status"] == SPLIT)
+                                     & (forest["depth"] == level["depth"] - 1))
+            left, right = forest["left"][parents], forest["right"][parents]
+            both = np.isin(left, pending) & np.isin(right, pending)
+            small, large = _smaller_first(forest, left[both], right[both])
+            first = np.setdiff1d(pending, large)
+            first = first[np.lexsort((first, forest["tree"][first]))]
+            at = np.full(len(forest["tree"]), -1, dtype=np.int64)
+            at[first] = np.arange(len(first))
+            nodes = np.concatenate([first, large[np.argsort(at[small], kind="stable")]])
+        rank = np.full(len(forest["tree"]), -1, dtype=np.int64)
+        rank[nodes] = np.arange(len(nodes))
+        return rank
+
 
 def keep_parents(forest: dict[str, np.ndarray], nodes: np.ndarray, hist: np.ndarray,
                  kept: dict[str, np.ndarray] | None, limit: float) -> dict[str, np.ndarray] | None:
@@ -1260,7 +1288,7 @@ def split_candidates(forest: dict[str, np.ndarray], nodes: np.ndarray,
     with ``categorical``, ``on`` (a split on a category) and ``categories`` (the set it
     sends left); with ``monotonic``, the node's ``bounds`` and the feature's
     ``direction``. A node's split depends on no other node of its level: ``grow_level``
-    makes them."""
+    makes a level's splits pass by pass, or (``max_leaves``) all at its last pass."""
     forest = {k: v.copy() for k, v in forest.items()}
     totals = criterion.clean(np.ascontiguousarray(hist[0].sum(axis=1).T))   # (C, S)
     roots = forest["depth"][nodes] == 0
@@ -1427,6 +1455,40 @@ def _can_split(criterion: Criterion, stats: np.ndarray, depth: np.ndarray, max_d
     """Whether new nodes of ``stats`` ``(C, k)`` at ``depth`` may split (are pending)."""
     return ((depth < max_depth) & (criterion.weight(stats) >= 2 * min_leaf)
             & criterion.splittable(stats))
+
+
+def gather_splits(gathered: dict[str, Any] | None, forest: dict[str, np.ndarray],
+                  splits: dict[str, np.ndarray], nodes: np.ndarray, hist: np.ndarray | None,
+                  limit: float, criterion: Criterion, max_depth: int, min_leaf: float
+                  ) -> dict[str, Any]:
+    """A level's candidate splits (``split_candidates``) so far, ``gathered``, with a
+    pass's ``splits`` added; and the histograms of the pass's ``nodes`` (``hist``; None:
+    none is kept) whose splits would leave both children pending, while they fit in
+    ``limit`` bytes (``keep_parents`` keeps those of the nodes split, once the level's
+    splits are made)."""
+    if gathered is None:
+        gathered = {"splits": splits, "parents": np.zeros(0, np.int64), "hist": None}
+    elif len(gathered["splits"]["node"]) == 0:  # (it may lack the categories' keys)
+        gathered = {**gathered, "splits": splits}
+    elif len(splits["node"]):
+        ahead = gathered["splits"]
+        gathered = {**gathered, "splits": {k: np.concatenate([ahead[k], v])
+                                           for k, v in splits.items()}}
+    if hist is None or not len(splits["node"]):
+        return gathered
+    depth = forest["depth"][splits["node"]] + 1
+    both = (_can_split(criterion, splits["left"].T, depth, max_depth, min_leaf)
+            & _can_split(criterion, splits["right"].T, depth, max_depth, min_leaf))
+    at = np.flatnonzero(np.isin(nodes, splits["node"][both]))
+    held = gathered["hist"]
+    room = max(0.0, limit - (0 if held is None else held.nbytes)) // max(hist[:, 0].nbytes, 1)
+    at = at[:int(room)]
+    if len(at) == 0:
+        return gathered
+    if held is None:
+        return {**gathered, "parents": nodes[at], "hist": hist[:, at]}
+    return {**gathered, "parents": np.concatenate([gathered["parents"], nodes[at]]),
+            "hist": np.concatenate([held, hist[:, at]], axis=1)}
 
 
 def forest_stats(forest: dict[str, np.ndarray]) -> dict[str, int]:
@@ -1653,7 +1715,7 @@ class TreeEstimator(Estimator):
     def partial_state(self, state: dict[str, Any]) -> dict[str, Any]:
         # the parents' histograms kept for sibling subtraction (up to PARENT_HISTOGRAM_MB)
         # serve the driver's update only: partitions need not receive them every pass
-        return {k: v for k, v in state.items() if k not in ("siblings", "kept")}
+        return {k: v for k, v in state.items() if k not in ("siblings", "kept", "gathered")}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         if state["phase"] == "validate":
@@ -1939,15 +2001,33 @@ class TreeEstimator(Estimator):
             allowed=_at_positions(self._allowed(state, nodes), featsel),
             monotonic=_at_positions(self._monotonic(state, nodes), featsel),
             categorical=_at_positions(_categorical(state, len(nodes)), featsel))
-        kept = state.get("kept")
-        forest = grow_level(forest, splits, crit, state["edges"], max_depth=p.max_depth,
-                            min_leaf=p.min_samples_leaf, max_leaves=p.max_leaves)
-        if featsel is None or self.children_share_features:
-            limit = min(PARENT_HISTOGRAM_MB, p.max_histogram_mb) * 2**20
-            kept = keep_parents(forest, nodes, hist, kept, limit)
-        state = {**state, "forest": forest, "kept": kept,
-                 "histogram_passes": state.get("histogram_passes", 0) + 1}
+        keeps = featsel is None or self.children_share_features
+        limit = min(PARENT_HISTOGRAM_MB, p.max_histogram_mb) * 2**20
+        kept, gathered = state.get("kept"), state.get("gathered")
         level = Level.advance(state["level"])
+        if p.max_leaves is None:
+            forest = grow_level(forest, splits, crit, state["edges"], max_depth=p.max_depth,
+                                min_leaf=p.min_samples_leaf)
+            if keeps:
+                kept = keep_parents(forest, nodes, hist, kept, limit)
+        else:
+            # a capped level's splits wait for its last pass, so that the trees' room goes
+            # to the level's best gains however max_histogram_mb divides it into passes
+            gathered = gather_splits(gathered, forest, splits, nodes, hist if keeps else None,
+                                     limit, crit, p.max_depth, p.min_samples_leaf)
+            if level is None:
+                splits = gathered["splits"]
+                rank = Level.rank(state["level"], forest, state.get("siblings"), keeps)
+                order = np.argsort(rank[splits["node"]])
+                forest = grow_level(forest, {k: v[order] for k, v in splits.items()}, crit,
+                                    state["edges"], max_depth=p.max_depth,
+                                    min_leaf=p.min_samples_leaf, max_leaves=p.max_leaves)
+                if gathered["hist"] is not None:
+                    kept = keep_parents(forest, gathered["parents"], gathered["hist"], kept,
+                                        limit)
+                gathered = None
+        state = {**state, "forest": forest, "kept": kept, "gathered": gathered,
+                 "histogram_passes": state.get("histogram_passes", 0) + 1}
         if level is not None:
             return {**state, "level": level}, False
         state = self._next_level({**state, "siblings": kept, "kept": None})
