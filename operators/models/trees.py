@@ -26,7 +26,10 @@ A fit is rounds of passes over the partitions:
    then skipped). All trees of a level grow in the same pass; the level's nodes are split
    into several passes when their histograms would pass ``max_histogram_mb``. Where
    nodes use every feature, a pass sums only the smaller child of each split and the
-   driver derives its sibling as parent minus child. Boosting keeps every row's node in
+   driver derives its sibling as parent minus child. With ``max_leaves`` a level's
+   candidate splits wait on the driver until its last pass, where the best gains of
+   all its nodes take the trees' room: passes are memory, never a choice of splits.
+   Boosting keeps every row's node in
    the round's trees (``node_tables``, ``walk_step``: one lookup per row and level).
 3. a validation pass when ``validation_fraction`` > 0.
 
@@ -177,10 +180,10 @@ class TreeParams(SupervisedParams):
                           "scikit-learn's monotonic_cst, XGBoost's monotone_constraints)")
     max_leaves: int | None = Field(
         None, ge=2, description="leaves per tree at most: a level's nodes split best gain "
-                                "first while the tree has room (XGBoost's max_leaves, "
-                                "LightGBM's num_leaves, grown level by level; a level "
-                                "that max_histogram_mb splits into several passes spends "
-                                "the room pass by pass)")
+                                "first while the tree has room, the same splits however "
+                                "many passes max_histogram_mb divides the level into "
+                                "(XGBoost's max_leaves, LightGBM's num_leaves, grown "
+                                "level by level)")
     categorical: list[str] | None = Field(
         None, description="features split by sets of their values, not thresholds "
                           "(strings, integers, booleans; a string feature always is): "
@@ -1195,6 +1198,31 @@ class Level:
         nxt = level["start"] + level["size"]
         return {**level, "start": nxt} if nxt < len(level["nodes"]) else None
 
+    @staticmethod
+    def rank(level: dict[str, Any], forest: dict[str, np.ndarray],
+             siblings: dict[str, np.ndarray] | None, pairs: bool) -> np.ndarray:
+        """Per node of ``forest``, its place among the level's nodes in the order one pass
+        takes them when every parent's histogram was kept (``pairs``: the estimator keeps
+        them): by tree and node, then the larger of each two pending siblings, in the
+        order of the smaller (``add_siblings``). Splits made in this order get the same
+        node ids however many passes the level took and parents were kept."""
+        nodes = level["nodes"]
+        if pairs:
+            pending = nodes if siblings is None else np.union1d(nodes, siblings["large"])
+            parents = np.flatnonzero((forest["status"] == SPLIT)
+                                     & (forest["depth"] == level["depth"] - 1))
+            left, right = forest["left"][parents], forest["right"][parents]
+            both = np.isin(left, pending) & np.isin(right, pending)
+            small, large = _smaller_first(forest, left[both], right[both])
+            first = np.setdiff1d(pending, large)
+            first = first[np.lexsort((first, forest["tree"][first]))]
+            at = np.full(len(forest["tree"]), -1, dtype=np.int64)
+            at[first] = np.arange(len(first))
+            nodes = np.concatenate([first, large[np.argsort(at[small], kind="stable")]])
+        rank = np.full(len(forest["tree"]), -1, dtype=np.int64)
+        rank[nodes] = np.arange(len(nodes))
+        return rank
+
 
 def keep_parents(forest: dict[str, np.ndarray], nodes: np.ndarray, hist: np.ndarray,
                  kept: dict[str, np.ndarray] | None, limit: float) -> dict[str, np.ndarray] | None:
@@ -1210,15 +1238,20 @@ def keep_parents(forest: dict[str, np.ndarray], nodes: np.ndarray, hist: np.ndar
     both = both[:room]
     if len(both) == 0:
         return kept
-    lighter = forest["weight"][left[both]] <= forest["weight"][right[both]]
-    small = np.where(lighter, left[both], right[both])
-    large = np.where(lighter, right[both], left[both])
+    small, large = _smaller_first(forest, left[both], right[both])
     parents = np.moveaxis(hist[:, both], 1, 0)
     if kept is None:
         return {"small": small, "large": large, "hist": np.ascontiguousarray(parents)}
     return {"small": np.concatenate([kept["small"], small]),
             "large": np.concatenate([kept["large"], large]),
             "hist": np.concatenate([kept["hist"], parents])}
+
+
+def _smaller_first(forest: dict[str, np.ndarray], left: np.ndarray, right: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Two siblings' ids as (the smaller by weight, the larger; left where equal)."""
+    lighter = forest["weight"][left] <= forest["weight"][right]
+    return np.where(lighter, left, right), np.where(lighter, right, left)
 
 
 def add_siblings(nodes: np.ndarray, hist: np.ndarray, siblings: dict[str, np.ndarray]
@@ -1235,24 +1268,27 @@ def add_siblings(nodes: np.ndarray, hist: np.ndarray, siblings: dict[str, np.nda
             np.concatenate([hist, np.moveaxis(derived, 0, 1)], axis=1))
 
 
-def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.ndarray | None,
-               hist: np.ndarray, criterion: Criterion, edges: list[np.ndarray], *,
-               max_depth: int, min_leaf: float, min_gain_fraction: float,
-               empty_value: np.ndarray, min_gain: float = 0.0,
-               allowed: np.ndarray | None = None,
-               monotonic: np.ndarray | None = None, categorical: np.ndarray | None = None,
-               max_leaves: int | None = None) -> dict[str, np.ndarray]:
-    """Decide the group's pending ``nodes`` from their histograms: split (two new children,
-    pending unless they cannot split) or leaf, on the feature positions ``allowed`` (per
-    node, all when None). Roots get their value and weight here. ``categorical`` (per
-    node and feature position): the positions whose bins are categories (a split on one
-    sends a set of them left: a row of ``forest["masks"]``).
+def split_candidates(forest: dict[str, np.ndarray], nodes: np.ndarray,
+                     featsel: np.ndarray | None, hist: np.ndarray, criterion: Criterion, *,
+                     max_depth: int, min_leaf: float, min_gain_fraction: float,
+                     empty_value: np.ndarray, min_gain: float = 0.0,
+                     allowed: np.ndarray | None = None, monotonic: np.ndarray | None = None,
+                     categorical: np.ndarray | None = None
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The best split of each of the group's pending ``nodes`` from their histograms, on
+    the feature positions ``allowed`` (per node, all when None); the forest with its
+    roots' values and weights, and the nodes that cannot split or found no split leaves.
+    ``categorical`` (per node and feature position): the positions whose bins are
+    categories. ``monotonic`` (per node and feature position: 1, -1 or 0;
+    ``best_splits``) keeps each node's children's values within its bounds
+    (``forest["lower"]``, ``["upper"]``).
 
-    ``monotonic`` (per node and feature position: 1, -1 or 0; ``best_splits``) keeps each
-    node's children's values within its bounds (``forest["lower"]``, ``["upper"]``), and
-    a split on a constrained feature bounds its children's subtrees at the middle of
-    their two values, the left below and the right above it for 1 (scikit-learn's rule),
-    so that the model's output only rises (1) or falls (-1) with that feature."""
+    A split per found node, in the nodes' order: ``node``, ``feature``, ``bin``,
+    ``missing_left``, ``gain``, the children's stats ``left`` and ``right`` ``(k, C)``;
+    with ``categorical``, ``on`` (a split on a category) and ``categories`` (the set it
+    sends left); with ``monotonic``, the node's ``bounds`` and the feature's
+    ``direction``. A node's split depends on no other node of its level: ``grow_level``
+    makes a level's splits pass by pass, or (``max_leaves``) all at its last pass."""
     forest = {k: v.copy() for k, v in forest.items()}
     totals = criterion.clean(np.ascontiguousarray(hist[0].sum(axis=1).T))   # (C, S)
     roots = forest["depth"][nodes] == 0
@@ -1268,7 +1304,10 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
            & criterion.splittable(totals))
     root_weight = forest["weight"][forest["roots"][forest["tree"][nodes]]]
     min_gain = min_gain_fraction * root_weight + min_gain
-    found = np.zeros(len(nodes), dtype=bool)
+    width = hist.shape[3]
+    splits = {"node": np.zeros(0, np.int64), "feature": np.zeros(0, np.int64),
+              "bin": np.zeros(0, np.int64), "missing_left": np.zeros(0, bool),
+              "gain": np.zeros(0), "left": np.zeros((0, width)), "right": np.zeros((0, width))}
     if can.any():
         bounds = None
         if monotonic is not None:
@@ -1277,64 +1316,81 @@ def grow_level(forest: dict[str, np.ndarray], nodes: np.ndarray, featsel: np.nda
                              slots=None if can.all() else np.flatnonzero(can),
                              allowed=allowed, monotonic=monotonic, bounds=bounds,
                              categorical=categorical)
-        if max_leaves is not None:
-            chosen["found"] &= _within_leaves(forest, nodes[can], chosen["found"],
-                                              chosen["gain"], max_leaves)
-        found[can] = chosen["found"]
         hit = chosen["found"]
-        split_nodes = nodes[can][hit]
         position = chosen["position"][hit]
-        if featsel is None:
-            feature = position
-        else:
-            feature = featsel[can][hit][np.arange(len(position)), position]
-        bins = chosen["bin"][hit]
-        forest["feature"][split_nodes] = feature
-        forest["bin"][split_nodes] = bins
-        forest["threshold"][split_nodes] = [threshold_of(edges[f], b)
-                                            for f, b in zip(feature, bins, strict=True)]
+        feature = position if featsel is None else (
+            featsel[can][hit][np.arange(len(position)), position])
+        splits = {"node": nodes[can][hit], "feature": feature, "bin": chosen["bin"][hit],
+                  "missing_left": chosen["missing_left"][hit], "gain": chosen["gain"][hit],
+                  "left": chosen["left"][hit], "right": chosen["right"][hit]}
         if categorical is not None:
-            on = categorical[can][hit][np.arange(len(position)), position]
-            sets = chosen["categories"][hit][on]
-            if forest["masks"].shape[1] != sets.shape[1]:  # the fit's first such split
-                forest["masks"] = np.zeros((0, sets.shape[1]), dtype=bool)
-            at = len(forest["masks"])
-            forest["masks"] = np.concatenate([forest["masks"], sets])
-            forest["category"][split_nodes[on]] = np.arange(at, at + len(sets))
-            forest["bin"][split_nodes[on]] = -1
-            forest["threshold"][split_nodes[on]] = np.nan
-        forest["missing_left"][split_nodes] = chosen["missing_left"][hit]
-        forest["gain"][split_nodes] = chosen["gain"][hit]
-        forest["status"][split_nodes] = SPLIT
-        limits = None
+            splits["on"] = categorical[can][hit][np.arange(len(position)), position]
+            splits["categories"] = chosen["categories"][hit]
         if monotonic is not None:
             rows = np.flatnonzero(can)[hit]
-            limits = _child_bounds(criterion, chosen["left"][hit], chosen["right"][hit],
-                                   bounds[rows], monotonic[rows, position])
-        forest = _add_children(forest, split_nodes, chosen["left"][hit], chosen["right"][hit],
-                               criterion, max_depth, min_leaf, limits)
-    leaves = nodes[~found]
-    forest["status"][leaves] = LEAF
-    return forest
+            splits["bounds"] = bounds[rows]
+            splits["direction"] = monotonic[rows, position]
+    forest["status"][np.setdiff1d(nodes, splits["node"])] = LEAF
+    return forest, splits
 
 
-def _within_leaves(forest: dict[str, np.ndarray], nodes: np.ndarray, found: np.ndarray,
-                   gain: np.ndarray, max_leaves: int) -> np.ndarray:
-    """Which of the ``found`` splits of ``nodes`` their trees have room for: a split adds
-    a leaf, a tree holds ``max_leaves``; the best gains first (in float32, so that the
+def grow_level(forest: dict[str, np.ndarray], splits: dict[str, np.ndarray],
+               criterion: Criterion, edges: list[np.ndarray], *, max_depth: int,
+               min_leaf: float, max_leaves: int | None = None) -> dict[str, np.ndarray]:
+    """The forest with the candidate ``splits`` of a level (``split_candidates``) made:
+    two new children each, pending unless they cannot split; with ``max_leaves``, the
+    best gains first while their trees have room (``_within_leaves``), the others' nodes
+    leaves. A split on a category sends a set of them left (a row of ``forest["masks"]``).
+
+    A split on a monotonic constrained feature bounds its children's subtrees at the
+    middle of their two values, the left below and the right above it for 1
+    (scikit-learn's rule), so that the model's output only rises (1) or falls (-1) with
+    that feature."""
+    forest = {k: v.copy() for k, v in forest.items()}
+    if max_leaves is not None:
+        keep = _within_leaves(forest, splits["node"], splits["gain"], max_leaves)
+        forest["status"][splits["node"][~keep]] = LEAF
+        splits = {k: v[keep] for k, v in splits.items()}
+    split_nodes, feature, bins = splits["node"], splits["feature"], splits["bin"]
+    forest["feature"][split_nodes] = feature
+    forest["bin"][split_nodes] = bins
+    forest["threshold"][split_nodes] = [threshold_of(edges[f], b)
+                                        for f, b in zip(feature, bins, strict=True)]
+    if "on" in splits:
+        on = splits["on"]
+        sets = splits["categories"][on]
+        if forest["masks"].shape[1] != sets.shape[1]:  # the fit's first such split
+            forest["masks"] = np.zeros((0, sets.shape[1]), dtype=bool)
+        at = len(forest["masks"])
+        forest["masks"] = np.concatenate([forest["masks"], sets])
+        forest["category"][split_nodes[on]] = np.arange(at, at + len(sets))
+        forest["bin"][split_nodes[on]] = -1
+        forest["threshold"][split_nodes[on]] = np.nan
+    forest["missing_left"][split_nodes] = splits["missing_left"]
+    forest["gain"][split_nodes] = splits["gain"]
+    forest["status"][split_nodes] = SPLIT
+    limits = None
+    if "bounds" in splits:
+        limits = _child_bounds(criterion, splits["left"], splits["right"], splits["bounds"],
+                               splits["direction"])
+    return _add_children(forest, split_nodes, splits["left"], splits["right"], criterion,
+                         max_depth, min_leaf, limits)
+
+
+def _within_leaves(forest: dict[str, np.ndarray], nodes: np.ndarray, gain: np.ndarray,
+                   max_leaves: int) -> np.ndarray:
+    """Which splits of ``nodes`` (one each) their trees have room for: a split adds a
+    leaf, a tree holds ``max_leaves``; the best gains first (in float32, so that the
     noise of sums cannot reorder two equal ones; then the node), as many as fit."""
     trees = forest["tree"][nodes]
     leaves = np.bincount(forest["tree"][forest["status"] != SPLIT],
                          minlength=len(forest["roots"]))
     room = max_leaves - leaves[trees]
     order = np.lexsort((nodes, -gain.astype(np.float32), trees))
-    order = order[found[order]]
     ranked = np.empty(len(nodes), dtype=np.int64)
     first = np.searchsorted(trees[order], trees[order], side="left")
     ranked[order] = np.arange(len(order)) - first
-    keep = np.zeros(len(nodes), dtype=bool)
-    keep[order] = ranked[order] < room[order]
-    return keep
+    return ranked < room
 
 
 def _placed(forest: dict[str, np.ndarray], tree: np.ndarray, values: np.ndarray
@@ -1381,7 +1437,7 @@ def _add_children(forest: dict[str, np.ndarray], parents: np.ndarray, left: np.n
     tree = np.repeat(forest["tree"][parents], 2)
     depth = np.repeat(forest["depth"][parents] + 1, 2)
     weight = criterion.weight(stats)
-    pending = (depth < max_depth) & (weight >= 2 * min_leaf) & criterion.splittable(stats)
+    pending = _can_split(criterion, stats, depth, max_depth, min_leaf)
     raw = criterion.value(stats).T if limits is None or "value" not in limits else (
         limits["value"][:, None])
     value = _placed(forest, tree, raw)
@@ -1392,6 +1448,47 @@ def _add_children(forest: dict[str, np.ndarray], parents: np.ndarray, left: np.n
     forest["left"][parents] = ids[0::2]
     forest["right"][parents] = ids[1::2]
     return forest
+
+
+def _can_split(criterion: Criterion, stats: np.ndarray, depth: np.ndarray, max_depth: int,
+               min_leaf: float) -> np.ndarray:
+    """Whether new nodes of ``stats`` ``(C, k)`` at ``depth`` may split (are pending)."""
+    return ((depth < max_depth) & (criterion.weight(stats) >= 2 * min_leaf)
+            & criterion.splittable(stats))
+
+
+def gather_splits(gathered: dict[str, Any] | None, forest: dict[str, np.ndarray],
+                  splits: dict[str, np.ndarray], nodes: np.ndarray, hist: np.ndarray | None,
+                  limit: float, criterion: Criterion, max_depth: int, min_leaf: float
+                  ) -> dict[str, Any]:
+    """A level's candidate splits (``split_candidates``) so far, ``gathered``, with a
+    pass's ``splits`` added; and the histograms of the pass's ``nodes`` (``hist``; None:
+    none is kept) whose splits would leave both children pending, while they fit in
+    ``limit`` bytes (``keep_parents`` keeps those of the nodes split, once the level's
+    splits are made)."""
+    if gathered is None:
+        gathered = {"splits": splits, "parents": np.zeros(0, np.int64), "hist": None}
+    elif len(gathered["splits"]["node"]) == 0:  # (it may lack the categories' keys)
+        gathered = {**gathered, "splits": splits}
+    elif len(splits["node"]):
+        ahead = gathered["splits"]
+        gathered = {**gathered, "splits": {k: np.concatenate([ahead[k], v])
+                                           for k, v in splits.items()}}
+    if hist is None or not len(splits["node"]):
+        return gathered
+    depth = forest["depth"][splits["node"]] + 1
+    both = (_can_split(criterion, splits["left"].T, depth, max_depth, min_leaf)
+            & _can_split(criterion, splits["right"].T, depth, max_depth, min_leaf))
+    at = np.flatnonzero(np.isin(nodes, splits["node"][both]))
+    held = gathered["hist"]
+    room = max(0.0, limit - (0 if held is None else held.nbytes)) // max(hist[:, 0].nbytes, 1)
+    at = at[:int(room)]
+    if len(at) == 0:
+        return gathered
+    if held is None:
+        return {**gathered, "parents": nodes[at], "hist": hist[:, at]}
+    return {**gathered, "parents": np.concatenate([gathered["parents"], nodes[at]]),
+            "hist": np.concatenate([held, hist[:, at]], axis=1)}
 
 
 def forest_stats(forest: dict[str, np.ndarray]) -> dict[str, int]:
@@ -1618,7 +1715,7 @@ class TreeEstimator(Estimator):
     def partial_state(self, state: dict[str, Any]) -> dict[str, Any]:
         # the parents' histograms kept for sibling subtraction (up to PARENT_HISTOGRAM_MB)
         # serve the driver's update only: partitions need not receive them every pass
-        return {k: v for k, v in state.items() if k not in ("siblings", "kept")}
+        return {k: v for k, v in state.items() if k not in ("siblings", "kept", "gathered")}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         if state["phase"] == "validate":
@@ -1897,23 +1994,40 @@ class TreeEstimator(Estimator):
             nodes, hist = add_siblings(nodes, hist, state["siblings"])
             if featsel is not None:  # the derived siblings' features: their parents'
                 featsel = self._featsel(state)(nodes)
-        forest = grow_level(state["forest"], nodes, featsel, hist, crit, state["edges"],
-                            max_depth=p.max_depth, min_leaf=p.min_samples_leaf,
-                            max_leaves=p.max_leaves,
-                            min_gain_fraction=self._min_gain_fraction(state),
-                            min_gain=self._min_gain(state),
-                            empty_value=self._empty_value(state),
-                            allowed=_at_positions(self._allowed(state, nodes), featsel),
-                            monotonic=_at_positions(self._monotonic(state, nodes), featsel),
-                            categorical=_at_positions(_categorical(state, len(nodes)),
-                                                      featsel))
-        kept = state.get("kept")
-        if featsel is None or self.children_share_features:
-            limit = min(PARENT_HISTOGRAM_MB, p.max_histogram_mb) * 2**20
-            kept = keep_parents(forest, nodes, hist, kept, limit)
-        state = {**state, "forest": forest, "kept": kept,
-                 "histogram_passes": state.get("histogram_passes", 0) + 1}
+        forest, splits = split_candidates(
+            state["forest"], nodes, featsel, hist, crit, max_depth=p.max_depth,
+            min_leaf=p.min_samples_leaf, min_gain_fraction=self._min_gain_fraction(state),
+            min_gain=self._min_gain(state), empty_value=self._empty_value(state),
+            allowed=_at_positions(self._allowed(state, nodes), featsel),
+            monotonic=_at_positions(self._monotonic(state, nodes), featsel),
+            categorical=_at_positions(_categorical(state, len(nodes)), featsel))
+        keeps = featsel is None or self.children_share_features
+        limit = min(PARENT_HISTOGRAM_MB, p.max_histogram_mb) * 2**20
+        kept, gathered = state.get("kept"), state.get("gathered")
         level = Level.advance(state["level"])
+        if p.max_leaves is None:
+            forest = grow_level(forest, splits, crit, state["edges"], max_depth=p.max_depth,
+                                min_leaf=p.min_samples_leaf)
+            if keeps:
+                kept = keep_parents(forest, nodes, hist, kept, limit)
+        else:
+            # a capped level's splits wait for its last pass, so that the trees' room goes
+            # to the level's best gains however max_histogram_mb divides it into passes
+            gathered = gather_splits(gathered, forest, splits, nodes, hist if keeps else None,
+                                     limit, crit, p.max_depth, p.min_samples_leaf)
+            if level is None:
+                splits = gathered["splits"]
+                rank = Level.rank(state["level"], forest, state.get("siblings"), keeps)
+                order = np.argsort(rank[splits["node"]])
+                forest = grow_level(forest, {k: v[order] for k, v in splits.items()}, crit,
+                                    state["edges"], max_depth=p.max_depth,
+                                    min_leaf=p.min_samples_leaf, max_leaves=p.max_leaves)
+                if gathered["hist"] is not None:
+                    kept = keep_parents(forest, gathered["parents"], gathered["hist"], kept,
+                                        limit)
+                gathered = None
+        state = {**state, "forest": forest, "kept": kept, "gathered": gathered,
+                 "histogram_passes": state.get("histogram_passes", 0) + 1}
         if level is not None:
             return {**state, "level": level}, False
         state = self._next_level({**state, "siblings": kept, "kept": None})
