@@ -50,6 +50,8 @@ BIN_ROWS = 32
 power of two from ``MIN_BINS`` to ``MAX_BINS``): most bins then hold few enough rows to
 be listed in the next pass."""
 MIN_BINS, MAX_BINS = 16, 4096
+WINDOW = 4.0
+"""The first binned pass of a group cuts its mean +- this many standard deviations."""
 LIST_ROWS = 2048
 """An interval holding at most this many rows is sent as its rows."""
 MAX_BINNED = 24
@@ -107,16 +109,23 @@ def _segment_extremes(xp: Any, keys: Any, values: Any, length: int
 # --------------------------------------------------------------------------- summary
 
 
-def summarise(xp: Any, groups: Any, values: Any, mass: Any | None, n_groups: int
-              ) -> dict[str, np.ndarray]:
+def summarise(xp: Any, groups: Any, values: Any, mass: Any | None, n_groups: int,
+              moments: bool = True) -> dict[str, np.ndarray]:
     """A partition's rows per group (``groups`` in ``[0, n_groups)``, one per row of
-    ``values``; ``mass`` None: a row weighs 1): rows, mass, smallest, largest value."""
+    ``values``; ``mass`` None: a row weighs 1): rows, mass, smallest, largest value, and
+    (``moments``) the sum and sum of squares of the values (where the first binned pass
+    puts its bins)."""
     keys = xp.astype(groups, xp.int64)
     values = xp.astype(values, xp.float64)
     count = _segment_sums(xp, keys, xp.ones(keys.shape, dtype=xp.float64), n_groups)
     weight = count if mass is None else _segment_sums(xp, keys, mass, n_groups)
     low, high = _segment_extremes(xp, keys, values, n_groups)
-    return {"count": count.astype(np.int64), "mass": weight, "min": low, "max": high}
+    out = {"count": count.astype(np.int64), "mass": weight, "min": low, "max": high}
+    if moments:
+        with np.errstate(over="ignore", invalid="ignore"):  # past float64: no window
+            out["sum"] = _segment_sums(xp, keys, values, n_groups)
+            out["sumsq"] = _segment_sums(xp, keys, values * values, n_groups)
+    return out
 
 
 def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +133,9 @@ def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     commutative: sums, extremes, and the listed rows)."""
     out = {"count": a["count"] + b["count"], "mass": a["mass"] + b["mass"],
            "min": np.minimum(a["min"], b["min"]), "max": np.maximum(a["max"], b["max"])}
+    if "sum" in a:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out.update(sum=a["sum"] + b["sum"], sumsq=a["sumsq"] + b["sumsq"])
     if "listed" in a:
         out["listed"] = {k: np.concatenate([a["listed"][k], b["listed"][k]])
                          for k in a["listed"]}
@@ -145,9 +157,19 @@ def start(summary: dict[str, np.ndarray], level: float, weighted: bool) -> dict[
         frac = h - k
         rank, rank2 = k + 1, np.minimum(k + 1, n - 1) + 1  # 1-based ranks of both rows
     size = len(group)
+    lo, hi = summary["min"][group], summary["max"][group]
+    # the first binned pass cuts the mean +- WINDOW standard deviations finely and puts
+    # the rest in a bin on either side: residuals' long tails do not widen its bins
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        n = count[group].astype(np.float64)
+        mean = summary["sum"][group] / n
+        sd = np.sqrt(np.maximum(summary["sumsq"][group] / n - mean * mean, 0.0))
+        a, b = np.maximum(lo, mean - WINDOW * sd), np.minimum(hi, mean + WINDOW * sd)
+    usable = np.isfinite(a) & np.isfinite(b) & (a < b)
     queries = {"group": group.astype(np.int64), "rank": np.asarray(rank, np.float64),
-               "rank2": np.asarray(rank2, np.float64), "lo": summary["min"][group].copy(),
-               "hi": summary["max"][group].copy(), "below": np.zeros(size),
+               "a": np.where(usable, a, lo), "b": np.where(usable, b, hi),
+               "rank2": np.asarray(rank2, np.float64), "lo": lo.copy(), "hi": hi.copy(),
+               "below": np.zeros(size),
                "count": count[group].astype(np.int64), "value": np.full(size, np.nan),
                "value2": np.full(size, np.nan), "stage": np.full(size, HIST, np.int8),
                "passes": np.zeros(size, np.int64),
@@ -187,15 +209,16 @@ def broadcast(queries: dict[str, Any]) -> dict[str, Any]:
     open_ = queries["stage"] != FOUND
     query_of = np.full(queries["groups"], -1, dtype=np.int64)
     query_of[queries["group"][open_]] = np.flatnonzero(open_)
-    lo, hi = queries["lo"], queries["hi"]
+    lo, hi, a, b = queries["lo"], queries["hi"], queries["a"], queries["b"]
     with np.errstate(over="ignore"):
-        wide = ~np.isfinite(hi - lo)  # a range past float64's: cut by halves
-        span = np.where(wide, hi / 2 - lo / 2, hi - lo)
+        wide = ~np.isfinite(b - a)  # a range past float64's: cut by halves
+        span = np.where(wide, b / 2 - a / 2, b - a)
     wanted = np.ceil(np.maximum(queries["count"], 1) / BIN_ROWS)
     bins = np.clip(2 ** np.ceil(np.log2(wanted)), MIN_BINS, MAX_BINS).astype(np.int64)
     bins[queries["stage"] != HIST] = 0
     start = np.concatenate([[0], np.cumsum(bins)])
-    return {"query_of": query_of, "lo": lo, "hi": hi, "span": np.where(span > 0, span, 1.0),
+    return {"query_of": query_of, "lo": lo, "hi": hi, "a": a,
+            "span": np.where(span > 0, span, 1.0),
             "wide": wide, "stage": queries["stage"], "bins": bins, "start": start}
 
 
@@ -227,15 +250,17 @@ def search_partial(xp: Any, groups: Any, values: Any, mass: Any | None,
     binned = xp.nonzero(kind == HIST)[0]
     if binned.shape[0]:
         qb, vb = xp.take(q, binned), xp.take(v, binned)
-        low = xp.take(to_xp(sent["lo"], xp), qb)
+        low = xp.take(to_xp(sent["a"], xp), qb)
         with np.errstate(over="ignore"):  # NumPy's warning of the branch not taken
             offset = xp.where(xp.take(to_xp(sent["wide"], xp), qb), vb / 2 - low / 2,
                               vb - low)
         bins = xp.astype(xp.take(to_xp(sent["bins"], xp), qb), xp.float64)
-        cell = xp.clip(xp.floor(offset / xp.take(to_xp(sent["span"], xp), qb) * bins),
-                       0, bins - 1)
+        # [a, b) in the inner bins, below a in the first, b and above in the last
+        inner = xp.floor(offset / xp.take(to_xp(sent["span"], xp), qb) * (bins - 2))
+        cell = xp.clip(inner + 1, 0, bins - 1)
         cell = xp.astype(cell, xp.int64) + xp.take(to_xp(sent["start"][:-1], xp), qb)
-        out = summarise(xp, cell, vb, None if w is None else xp.take(w, binned), cells)
+        out = summarise(xp, cell, vb, None if w is None else xp.take(w, binned), cells,
+                        moments=False)
     chosen = xp.nonzero(kind == LIST)[0]
     if chosen.shape[0]:
         listed = {"query": to_numpy(xp.take(q, chosen)).astype(np.int64),
@@ -271,6 +296,7 @@ def search_update(queries: dict[str, Any], sent: dict[str, Any], stats: dict[str
             continue
         q["below"][i] = running[a] - mass[a]
         q["lo"][i], q["hi"][i] = stats["min"][cut][a], stats["max"][cut][a]
+        q["a"][i], q["b"][i] = q["lo"][i], q["hi"][i]
         q["count"][i] = count[a]
         q["passes"][i] += 1
     listed = stats["listed"]
