@@ -61,6 +61,9 @@ class EvaluateParams(Params):
         None, min_length=1,
         description="also the metrics of each value of these columns, e.g. [region]: under "
         "`groups` in the run record (region=east: {...}), beside the overall ones")
+    tweedie_power: float = Field(1.5, gt=1.0, lt=2.0,
+                                 description="the power tweedie_deviance is measured at (a "
+                                             "tweedie model's tweedie_power)")
     quantile: float = Field(0.5, gt=0.0, lt=1.0,
                             description="the level pinball_loss and coverage are for: a "
                                         "quantile model's (loss: quantile)")
@@ -95,7 +98,8 @@ class Evaluate(Measuring):
     pr_auc (average precision: the area under the precision-recall curve, what tells a
     model's quality for a rare class), precision, recall, f1 (binary: positive class =
     the larger class; multiclass: macro average), confusion_matrix, count. Regression:
-    rmse, mse, mae, r2, count; on request poisson_deviance, gamma_deviance, and for a
+    rmse, mse, mae, r2, count; on request poisson_deviance, gamma_deviance,
+    tweedie_deviance (at `tweedie_power`, a tweedie model's), and for a
     quantile model pinball_loss (the loss it minimises) and coverage (the share of labels
     at or below the prediction), both at `quantile` (the model's).
 
@@ -121,6 +125,11 @@ class Evaluate(Measuring):
                              "pinball_loss and coverage, and metrics names neither",
                              hint="add metrics: [pinball_loss, coverage], or leave quantile "
                                   "out")
+        if ("tweedie_power" in self.params.model_fields_set
+                and "tweedie_deviance" not in (self.params.metrics or [])):
+            raise ParamError(f"tweedie_power: {self.params.tweedie_power:g} is the power of "
+                             "tweedie_deviance, and metrics does not name it",
+                             hint="add tweedie_deviance to metrics, or leave tweedie_power out")
         if self.params.task == "regression" and self.params.classes is not None:
             raise ParamError("classes are for classification", hint="drop classes")
         unique_names(self.params.by or [], "by")
@@ -201,7 +210,8 @@ class Evaluate(Measuring):
     def _accumulator(self, state: dict[str, Any]) -> MetricAccumulator:
         p = self.params
         return MetricAccumulator(state["task"], state["metrics"], state["classes"],
-                                 columns=(p.label, p.prediction), quantile=p.quantile)
+                                 columns=(p.label, p.prediction), quantile=p.quantile,
+                                 tweedie_power=p.tweedie_power)
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         accumulator = self._accumulator(state)

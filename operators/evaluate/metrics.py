@@ -38,7 +38,7 @@ from operators.arrays import get_namespace, host_buffer, to_numpy, to_xp
 from operators.base import DataError, ParamError, suggest
 
 REGRESSION_METRICS = ["rmse", "mse", "mae", "r2", "count", "poisson_deviance",
-                      "gamma_deviance", "pinball_loss", "coverage"]
+                      "gamma_deviance", "tweedie_deviance", "pinball_loss", "coverage"]
 CLASSIFICATION_METRICS = ["accuracy", "log_loss", "roc_auc", "pr_auc", "precision", "recall",
                           "f1", "confusion_matrix", "count"]
 DEFAULT_METRICS = {
@@ -48,7 +48,7 @@ DEFAULT_METRICS = {
 }
 PROBABILITY_METRICS = ["log_loss", "roc_auc", "pr_auc"]
 LOWER_IS_BETTER = {"log_loss", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance",
-                   "pinball_loss"}
+                   "tweedie_deviance", "pinball_loss"}
 COMPARABLE = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS))
                     - {"count", "confusion_matrix", "coverage"})
 """The metrics two models (tuning's candidates, promote's) can be compared by."""
@@ -77,7 +77,8 @@ class MetricAccumulator:
     the label is constant, as scikit-learn), ``count`` (rows, unweighted); on request,
     ``poisson_deviance`` (labels >= 0) and ``gamma_deviance`` (labels > 0), the mean
     deviances of scikit-learn's ``mean_poisson_deviance`` / ``mean_gamma_deviance``
-    (predictions > 0: the means of a Poisson or gamma model); ``pinball_loss``, the mean
+    (predictions > 0: the means of a Poisson or gamma model), ``tweedie_deviance`` at
+    ``tweedie_power`` (labels >= 0; ``mean_tweedie_deviance``); ``pinball_loss``, the mean
     pinball loss at ``quantile`` (scikit-learn's ``mean_pinball_loss`` with alpha =
     quantile: the loss a quantile model minimises) and ``coverage``, the share (weight)
     of labels at most their prediction (a 0.9 quantile model's should be near 0.9).
@@ -113,7 +114,8 @@ class MetricAccumulator:
 
     def __init__(self, task: str, metrics: list[str] | None = None,
                  classes: list[Any] | None = None,
-                 columns: tuple[str, str] = ("y_true", "y_pred"), quantile: float = 0.5):
+                 columns: tuple[str, str] = ("y_true", "y_pred"), quantile: float = 0.5,
+                 tweedie_power: float = 1.5):
         if task not in METRICS:
             raise ParamError(f"unknown task '{task}'{suggest(task, METRICS)}",
                              hint="use classification or regression")
@@ -128,7 +130,7 @@ class MetricAccumulator:
             raise ParamError("classes are for classification", hint="drop classes")
         self.classes = None if classes is None else _sorted_classes(classes)
         self.columns = columns
-        self.quantile = quantile
+        self.quantile, self.tweedie_power = quantile, tweedie_power
         self.needs_proba = [m for m in self.metrics if m in PROBABILITY_METRICS]
 
     # ----------------------------------------------------------------- partial
@@ -176,7 +178,8 @@ class MetricAccumulator:
         """The stats of zero rows: the identity of ``combine``."""
         if self.task == "regression":
             return {"task": "regression", "rows": 0.0, "weight": 0.0, "mean": 0.0, "m2": 0.0,
-                    "sse": 0.0, "sae": 0.0, "poisson": 0.0, "gamma": 0.0, "pinball": 0.0,
+                    "sse": 0.0, "sae": 0.0, "poisson": 0.0, "gamma": 0.0, "tweedie": 0.0,
+                    "pinball": 0.0,
                     "covered": 0.0,
                     "y_min": math.inf, "p_min": math.inf}
         classes = self.classes if self.classes is not None else np.asarray([])
@@ -193,7 +196,8 @@ class MetricAccumulator:
                 xp.sum(w * xp.abs(err)), xp.min(y), xp.min(p),
                 xp.sum(w * xp.where(err >= 0, q * err, (q - 1.0) * err)),
                 xp.sum(xp.where(err <= 0, w, xp.zeros_like(w)))]
-        deviances = [m for m in ("poisson_deviance", "gamma_deviance") if m in self.metrics]
+        deviances = [m for m in ("poisson_deviance", "gamma_deviance", "tweedie_deviance")
+                     if m in self.metrics]
         if deviances:  # where they are defined (finalize refuses the rest)
             ok_p = p > 0
             mu = xp.where(ok_p, p, xp.ones_like(p))
@@ -202,11 +206,15 @@ class MetricAccumulator:
             log_ratio = xp.where(pos & ok_p, xp.log(ratio), xp.zeros_like(y))
             sums.append(xp.sum(w * 2.0 * (y * log_ratio - (y - mu))))
             sums.append(xp.sum(w * 2.0 * (ratio - log_ratio - 1.0)))
+            power, y0 = self.tweedie_power, xp.where(pos, y, xp.zeros_like(y))
+            sums.append(xp.sum(w * 2.0 * (y0 ** (2.0 - power) / ((1.0 - power) * (2.0 - power))
+                                          - y0 * mu ** (1.0 - power) / (1.0 - power)
+                                          + mu ** (2.0 - power) / (2.0 - power))))
         values = [float(v) for v in to_numpy(xp.stack(sums))]
-        poisson, gamma = values[9:] if deviances else (0.0, 0.0)
+        poisson, gamma, tweedie = values[9:] if deviances else (0.0, 0.0, 0.0)
         return {"task": "regression", "rows": float(y.shape[0]), "weight": values[0],
                 "mean": values[1], "m2": values[2], "sse": values[3], "sae": values[4],
-                "poisson": poisson, "gamma": gamma, "pinball": values[7],
+                "poisson": poisson, "gamma": gamma, "tweedie": tweedie, "pinball": values[7],
                 "covered": values[8], "y_min": values[5], "p_min": values[6]}
 
     def _partial_classification(self, t: Any, p: Any, classes: np.ndarray, proba: Any,
@@ -318,7 +326,8 @@ class MetricAccumulator:
             {"classes": values["classes"]} if "confusion_matrix" in self.metrics else {})
 
     def _check_deviances(self, stats: dict[str, Any]) -> None:
-        for name, strict in (("poisson_deviance", False), ("gamma_deviance", True)):
+        for name, strict in (("poisson_deviance", False), ("gamma_deviance", True),
+                             ("tweedie_deviance", False)):
             if name not in self.metrics:
                 continue
             low = stats["y_min"]
@@ -463,10 +472,9 @@ def _combine_regression(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         m2 = a["m2"] + b["m2"] + delta * delta * wa * wb / total
     else:
         mean, m2 = 0.0, 0.0
-    return {"task": "regression", "rows": a["rows"] + b["rows"], "weight": total, "mean": mean,
-            "m2": m2, "sse": a["sse"] + b["sse"], "sae": a["sae"] + b["sae"],
-            "poisson": a["poisson"] + b["poisson"], "gamma": a["gamma"] + b["gamma"],
-            "pinball": a["pinball"] + b["pinball"], "covered": a["covered"] + b["covered"],
+    sums = {k: a[k] + b[k] for k in ("rows", "sse", "sae", "poisson", "gamma", "tweedie",
+                                     "pinball", "covered")}
+    return {"task": "regression", **sums, "weight": total, "mean": mean, "m2": m2,
             "y_min": min(a["y_min"], b["y_min"]), "p_min": min(a["p_min"], b["p_min"])}
 
 
@@ -476,7 +484,8 @@ def _finalize_regression(stats: dict[str, Any]) -> dict[str, Any]:
     r2 = 1.0 - sse / m2 if m2 > 0 else float(sse == 0)
     return {"mse": sse / total, "rmse": math.sqrt(sse / total), "mae": stats["sae"] / total,
             "r2": r2, "count": int(stats["rows"]), "poisson_deviance": stats["poisson"] / total,
-            "gamma_deviance": stats["gamma"] / total, "pinball_loss": stats["pinball"] / total,
+            "gamma_deviance": stats["gamma"] / total, "tweedie_deviance": stats["tweedie"] / total,
+            "pinball_loss": stats["pinball"] / total,
             "coverage": stats["covered"] / total}
 
 

@@ -156,14 +156,21 @@ class BoostedTreesParams(TreeParams):
                           "[[tenure, plan], [region]]; the features no group names form one "
                           "more (scikit-learn's interaction_cst, XGBoost's "
                           "interaction_constraints)")
-    loss: Literal["squared_error", "absolute_error", "quantile", "poisson", "gamma"] | None = (
+    loss: Literal["squared_error", "absolute_error", "quantile", "poisson", "gamma",
+                  "tweedie"] | None = (
         Field(None, description="regression loss: squared_error (default); absolute_error "
                                 "(the median) or quantile (the `quantile` given, e.g. 0.9 "
                                 "for a prediction interval's top), whose leaves are "
-                                "quantiles of their rows' residuals; poisson (counts) or "
-                                "gamma (positive amounts), these two with a log link: the "
-                                "prediction is the exp of the trees' sum (scikit-learn's "
-                                "and XGBoost's); classes always use the log-loss"))
+                                "quantiles of their rows' residuals; poisson (counts), "
+                                "gamma (positive amounts) or tweedie (amounts with many "
+                                "zeros, such as claims: `tweedie_power`), these three with "
+                                "a log link: the prediction is the exp of the trees' sum "
+                                "(scikit-learn's and XGBoost's); classes always use the "
+                                "log-loss"))
+    tweedie_power: float = Field(1.5, gt=1.0, lt=2.0,
+                                 description="the variance power of loss: tweedie, between "
+                                             "Poisson (1) and gamma (2) (XGBoost's and "
+                                             "LightGBM's tweedie_variance_power)")
     quantile: float | None = Field(None, gt=0.0, lt=1.0,
                                    description="the quantile that loss: quantile predicts "
                                                "(scikit-learn's quantile, XGBoost's "
@@ -205,6 +212,11 @@ class GradientBoostedTrees(TreeEstimator):
         if self.params.loss == "quantile" and self.params.quantile is None:
             raise ParamError("loss: quantile needs the quantile to predict",
                              hint="add quantile: 0.9 (or the level wanted, between 0 and 1)")
+        if "tweedie_power" in self.params.model_fields_set and self.params.loss != "tweedie":
+            raise ParamError(f"tweedie_power: {self.params.tweedie_power:g} is the power of "
+                             f"loss: tweedie, and the loss is "
+                             f"{self.params.loss or 'squared_error (the default)'}",
+                             hint="add loss: tweedie, or leave tweedie_power out")
         if self.params.quantile is not None and self.params.loss != "quantile":
             raise ParamError(f"quantile: {self.params.quantile:g} is the level of "
                              f"loss: quantile, and the loss is "
@@ -592,7 +604,7 @@ class GradientBoostedTrees(TreeEstimator):
         held = memo["held"]  # prepared with the training rows (``_prepared``)
         raw = self._raw(held, state, memo, "held_raw", xp)
         loss = _loss(raw, held["y"], self._outputs(state), self._loss_name(state), xp,
-                     self._leaf_level())
+                     self._leaf_level(), self.params.tweedie_power)
         return {"loss": float(xp.sum(held["w"] * loss)), "loss_weight": float(xp.sum(held["w"]))}
 
     def _prepared(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
@@ -661,7 +673,7 @@ class GradientBoostedTrees(TreeEstimator):
             return held[1]
         raw = self._raw(prep, state, memo, "raw", xp)
         g, h = _gradients(raw, prep["y"], self._outputs(state), self._loss_name(state), xp,
-                          self._leaf_level())
+                          self._leaf_level(), self.params.tweedie_power)
         w = prep["w"]
         columns = []
         for column in range(self._outputs(state)):
@@ -694,7 +706,7 @@ def _probabilities(raw: Any, k: int, xp: Any) -> Any:
     return e / xp.sum(e, axis=1, keepdims=True)
 
 
-LOG_LINK = ("poisson", "gamma")
+LOG_LINK = ("poisson", "gamma", "tweedie")
 """The losses whose prediction is the exp of the raw score."""
 LEAF_QUANTILE = ("absolute_error", "quantile")
 """The losses whose leaves (and starting score) are quantiles of residuals: their
@@ -702,10 +714,10 @@ gradient has no curvature to take a Newton step with (scikit-learn's
 ``_update_leaves_values``)."""
 
 
-def _gradients(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5
-               ) -> tuple[Any, Any]:
+def _gradients(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5,
+               power: float = 1.5) -> tuple[Any, Any]:
     """Gradient and hessian of the loss per row and output, (n, k) each (``level``: the
-    quantile loss's)."""
+    quantile loss's, ``power``: the Tweedie loss's)."""
     target = _targets(y, k, loss == "log_loss", xp)
     if loss == "squared_error":
         return raw - target, xp.ones_like(raw)
@@ -715,6 +727,9 @@ def _gradients(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5
     if loss == "gamma":  # raw + y exp(-raw)
         ratio = target * xp.exp(-raw)
         return 1.0 - ratio, ratio
+    if loss == "tweedie":  # exp((2 - p) raw) / (2 - p) - y exp((1 - p) raw) / (1 - p)
+        low, high = target * xp.exp((1.0 - power) * raw), xp.exp((2.0 - power) * raw)
+        return high - low, (2.0 - power) * high - (1.0 - power) * low
     if loss == "absolute_error":  # scikit-learn's gradients (a tie: -1); hessians 1
         ones = xp.ones_like(raw)
         return xp.where(raw > target, ones, -ones), ones
@@ -725,10 +740,11 @@ def _gradients(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5
     return p - target, p * (1.0 - p)
 
 
-def _loss(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5) -> Any:
+def _loss(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5,
+          power: float = 1.5) -> Any:
     """Per-row loss: half squared error, absolute error, the pinball loss of ``level``,
-    the Poisson or gamma half deviance (up to terms of the label alone), log-loss
-    (binary) or cross-entropy."""
+    the Poisson, gamma or Tweedie (``power``) half deviance (up to terms of the label
+    alone), log-loss (binary) or cross-entropy."""
     target = _targets(y, k, loss == "log_loss", xp)
     if loss == "squared_error":
         return 0.5 * (raw[:, 0] - target[:, 0]) ** 2
@@ -741,6 +757,10 @@ def _loss(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5) -> A
         return xp.exp(raw[:, 0]) - target[:, 0] * raw[:, 0]
     if loss == "gamma":
         return raw[:, 0] + target[:, 0] * xp.exp(-raw[:, 0])
+    if loss == "tweedie":
+        z, y0 = raw[:, 0], target[:, 0]
+        return (xp.exp((2.0 - power) * z) / (2.0 - power)
+                - y0 * xp.exp((1.0 - power) * z) / (1.0 - power))
     if k == 1:
         z = raw[:, 0]
         return xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))) - target[:, 0] * z

@@ -145,6 +145,11 @@ def _cases() -> None:
                                     "categorical": ["city", "store"]},
          lambda: category_table(regression=True, seed=3), id="absolute-error-categories",
          rtol=1e-8, atol=1e-10)
+    case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 5, "max_depth": 3,
+                                    "min_samples_leaf": 5, "loss": "tweedie",
+                                    "tweedie_power": 1.3, "validation_fraction": 0.2,
+                                    "early_stopping": True},
+         counts_table, id="tweedie-weighted", rtol=1e-8, atol=1e-10)
     case("gradient_boosted_trees", {"label": "y", "n_trees": 4, "max_depth": 2,
                                     "min_samples_leaf": 5, "validation_fraction": 0.25,
                                     "early_stopping": True, "n_iter_no_change": 2},
