@@ -76,6 +76,13 @@ from bench.pivot_cases import (  # noqa: F401 - bench.worker looks the sides up 
     spark_pivot_sluice_spark,
     spark_pivot_spark,
 )
+from bench.quantile_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    quantiles,
+    train_boosted_quantile_sklearn_hist,
+    train_boosted_quantile_sluice_local,
+    train_boosted_quantile_xgboost_sluice_local,
+    train_boosted_quantile_xgboost_xgboost,
+)
 from bench.sort_cases import (  # noqa: F401 - bench.worker looks the sides up here
     check_sort,
     check_spark_sort,
@@ -224,6 +231,11 @@ CASES: dict[str, Case] = {
     # the same with each row's per-feature contributions: TreeSHAP vs pred_contribs
     "explain_boosted_xgboost": Case("numeric", ("sluice_local", "xgboost"), _numeric,
                                     boosted_models),
+    # gradient_boosted_trees' loss: quantile (0.9) on a label of heavy-tailed noise that
+    # widens with a feature vs HistGradientBoostingRegressor(loss="quantile") and XGBoost's
+    # reg:quantileerror, held-out pinball loss and coverage printed (bench/quantile_cases.py)
+    "train_boosted_quantile": Case("quantiles", ("sluice_local", "sklearn_hist"), quantiles),
+    "train_boosted_quantile_xgboost": Case("quantiles", ("sluice_local", "xgboost"), quantiles),
     # gradient_boosted_trees (20 trees, depth 4) on the Spark engine vs MLlib GBTClassifier
     "train_boosted_spark": Case("numeric", ("sluice_spark", "mllib"), _numeric, forest_split),
     # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->

@@ -15,6 +15,7 @@ same held-out rows (the 10% ``validation_fraction: 0.1`` holds out by row hash).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +50,21 @@ def _block(seed: int, block: int) -> pa.Table:
     return pa.table(columns)
 
 
-def categories(out: Path, rows: int, files: int) -> None:
+def write_blocks(out: Path, rows: int, files: int, block: Callable[[int], pa.Table]) -> None:
+    """``rows`` rows in ``files`` Parquet files, made ``BLOCK`` rows at a time by
+    ``block(b)`` (rows [b * BLOCK, (b + 1) * BLOCK), from a seed of their own), so both
+    sides of a case, and any number of files, read the same rows."""
     out.mkdir(parents=True, exist_ok=True)
     bounds = np.linspace(0, rows, files + 1).astype(int)
     for i in range(files):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
-        blocks = [_block(SEED, b) for b in range(lo // BLOCK, (hi - 1) // BLOCK + 1)]
+        blocks = [block(b) for b in range(lo // BLOCK, (hi - 1) // BLOCK + 1)]
         table = pa.concat_tables(blocks).slice(lo - (lo // BLOCK) * BLOCK, hi - lo)
         pq.write_table(table, out / f"part-{i:05d}.parquet", row_group_size=250_000)
+
+
+def categories(out: Path, rows: int, files: int) -> None:
+    write_blocks(out, rows, files, lambda block: _block(SEED, block))
 
 
 def train_boosted_categories_sluice_local(data: Path, scratch: Path) -> None:

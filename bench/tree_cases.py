@@ -21,6 +21,11 @@ HOLDOUT = 0.1
 SEED = 0
 FOREST = {"n_trees": 50, "max_depth": 10}
 BOOSTED = {"n_trees": 100, "max_depth": 6, "learning_rate": 0.1, "min_samples_leaf": 20}
+# BOOSTED in scikit-learn's words, for its HistGradientBoosting classifier and regressor
+HIST: dict[str, Any] = {
+    "max_iter": BOOSTED["n_trees"], "max_depth": BOOSTED["max_depth"], "max_leaf_nodes": None,
+    "learning_rate": BOOSTED["learning_rate"], "min_samples_leaf": BOOSTED["min_samples_leaf"],
+    "early_stopping": False, "random_state": SEED}
 
 
 def _run_sluice(data: Path, scratch: Path, name: str, op: str, params: dict[str, Any],
@@ -43,8 +48,22 @@ def _run_sluice(data: Path, scratch: Path, name: str, op: str, params: dict[str,
     record = run(pipeline, models=str(scratch / f"{name}_models"), runs_dir=str(scratch / "runs"),
                  engine=engine)
     metrics = record["metrics"]["model"]
-    print(f"  {name} sluice: held-out accuracy {metrics['validation']['accuracy']:.4f}, "
-          f"{metrics['passes']} passes, {metrics['nodes']} nodes")
+    selection = (f" ({metrics['selection_passes']} for the leaves' quantiles)"
+                 if "selection_passes" in metrics else "")
+    print(f"  {name} sluice: {held_out(metrics['validation'])}, "
+          f"{metrics['passes']} passes{selection}, {metrics['nodes']} nodes")
+
+
+def held_out(validation: dict[str, Any]) -> str:
+    """A side's held-out quality as printed: a quantile model's pinball loss and
+    coverage (the share of labels at or below their prediction), a classifier's
+    accuracy, another regression's rmse."""
+    if "pinball_loss" in validation:
+        return (f"held-out pinball loss {validation['pinball_loss']:.4f}, "
+                f"coverage {validation['coverage']:.4f}")
+    if "accuracy" in validation:
+        return f"held-out accuracy {validation['accuracy']:.4f}"
+    return f"held-out rmse {validation['rmse']:.4f}"
 
 
 def _split(data: Path) -> tuple[Any, Any, Any, Any]:
@@ -83,8 +102,5 @@ def train_boosted_sklearn_hist(data: Path, scratch: Path) -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     x, y, x_held, y_held = _split(data)
-    model = HistGradientBoostingClassifier(
-        max_iter=BOOSTED["n_trees"], max_depth=BOOSTED["max_depth"], max_leaf_nodes=None,
-        learning_rate=BOOSTED["learning_rate"], min_samples_leaf=BOOSTED["min_samples_leaf"],
-        early_stopping=False, random_state=SEED).fit(x, y)
+    model = HistGradientBoostingClassifier(**HIST).fit(x, y)
     print(f"  train_boosted sklearn: held-out accuracy {model.score(x_held, y_held):.4f}")
