@@ -16,8 +16,8 @@ their prediction; near 0.9 for a good model):
   early stop, ``min_samples_leaf`` 20 on both, every core);
 * ``train_boosted_quantile_xgboost``: the same sluice side against XGBoost's ``hist``
   with ``objective="reg:quantileerror", quantile_alpha=0.9`` (every core), whose leaf
-  cap is a hessian sum (``min_child_weight``, left at 1: one row, the pinball loss's
-  hessians being 1) where sluice counts rows (``min_samples_leaf: 20``).
+  cap is a hessian sum: ``min_child_weight`` 20, twenty rows (the pinball loss's
+  hessians are 1), as sluice's ``min_samples_leaf: 20``.
 """
 
 from __future__ import annotations
@@ -87,4 +87,5 @@ def train_boosted_quantile_xgboost_xgboost(data: Path, scratch: Path) -> None:
 
     _fit_reference(data, "train_boosted_quantile_xgboost xgboost",
                    xgboost.XGBRegressor(**XGB, objective="reg:quantileerror",
-                                        quantile_alpha=LEVEL, n_jobs=os.cpu_count()))
+                                        quantile_alpha=LEVEL, n_jobs=os.cpu_count(),
+                                        min_child_weight=BOOSTED["min_samples_leaf"]))
