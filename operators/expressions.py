@@ -1,7 +1,9 @@
 """Safe SQL-like expressions for pipeline YAML, compiled to ``pyarrow.compute.Expression``.
 
 Used for ``filter:`` predicates on ``read_parquet`` (pushed down into ``pyarrow.dataset`` scans,
-where row groups are pruned with Parquet statistics) and for ``derive:`` value expressions.
+where row groups are pruned with Parquet statistics: on floating-point columns only by the
+parts of a filter that a NaN cannot make true, ``nan_safe_filter``) and for ``derive:`` value
+expressions.
 The text is parsed by a ``lark`` LALR grammar into a small syntax tree and then translated
 node by node into ``pc.field`` / ``pc.scalar`` / compute-function calls; user text is never
 handed to ``eval``, ``exec`` or Python's ``ast``, and nothing in it is executed.
@@ -83,7 +85,7 @@ import decimal
 import difflib
 import functools
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -102,6 +104,7 @@ __all__ = [
     "ExpressionError",
     "check_filter",
     "expression_type",
+    "nan_safe_filter",
     "parse_expression",
     "parse_filter",
     "referenced_columns",
@@ -1510,6 +1513,103 @@ def _typed(text: str, schema: pa.Schema) -> pa.DataType:
 
 
 # --------------------------------------------------------------------------------------------
+# What row-group statistics may judge where columns hold NaN
+# --------------------------------------------------------------------------------------------
+
+# Parquet's min and max of a floating-point column leave NaN out (a row group of 1.0 and
+# NaN says min = max = 1.0; one of NaN alone has none), so a reader that skips row groups
+# by them reasons as if no row held NaN. A filter may be judged that way where its truth
+# on a row never rests on a NaN: where it is true, it stays true whatever non-NaN,
+# non-null values the NaN take (such values are what the statistics describe: a row group
+# holding a NaN in a column is never all null in it). ``nan_safe_filter`` keeps the parts
+# of a filter that are so. The statistics blur zero's sign as well (a row group of 0.0 is
+# min -0.0, max 0.0, which Arrow takes for 'x = -0.0'): a filter must not tell the two
+# zeros apart either (1 / x does).
+
+# NaN in, NaN (or null) out
+_NAN_CARRYING_OPERATORS = frozenset(["+", "-", "*", "/", "%"])
+_NAN_CARRYING_FUNCTIONS = frozenset(["abs", "floor", "ceil", "round", "log", "log1p", "log2",
+                                     "log10", "exp", "sqrt"])
+_FLOAT_CASTS = frozenset(name for name, t in _CAST_TYPES.items() if pa.types.is_floating(t))
+
+
+def _reads(node: _Node, columns: frozenset[str]) -> bool:
+    return any(isinstance(n, _Column) and n.name in columns for n in _walk(node))
+
+
+def _nan_blind(node: _Node, nan_columns: frozenset[str]) -> bool:
+    """Whether ``node``'s value on a row, where it is not NaN, and whether it is null,
+    stay as they are when the NaN of ``nan_columns`` become numbers, and when their zeros
+    change sign (-0.0 = 0.0 to a comparison). So do arithmetic, the math functions, casts
+    to float and ``coalesce`` of such values, and ``if`` between them on a condition that
+    reads none of those columns; not a division by such a column (1 / x is -inf for -0.0,
+    inf for 0.0; 1 % x null for 0, NaN for NaN), ``least``/``greatest`` (they skip NaN:
+    least(NaN, 5) is 5), ``**`` (1 ** NaN is 1), casts to other types (NaN as int64 is
+    its minimum), or anything else."""
+    if not _reads(node, nan_columns) or isinstance(node, _Column):
+        return True
+    args = _children(node)
+    if isinstance(node, _BinOp):
+        ok = node.op in _NAN_CARRYING_OPERATORS and not (
+            node.op in ("/", "%") and _reads(node.right, nan_columns))
+    elif isinstance(node, _Call) and node.name == "if":
+        ok, args = not _reads(node.args[0], nan_columns), node.args[1:]
+    elif isinstance(node, _Call):
+        ok = node.name in _NAN_CARRYING_FUNCTIONS or node.name == "coalesce" or (
+            node.name == "cast" and node.cast_type in _FLOAT_CASTS)
+    else:
+        ok = isinstance(node, _Neg)
+    return ok and all(_nan_blind(arg, nan_columns) for arg in args)
+
+
+def _nan_safe_test(node: _Node, negated: bool, nan_columns: frozenset[str]) -> bool:
+    """Whether the test ``node`` (``not node`` where ``negated``) is never true on a row by a
+    NaN, nor false by replacing it: of values blind to NaN (``_nan_blind``), a comparison
+    but '!=' (NaN < 1 and NaN = 1 are false, NaN != 1 is true), ``between``, ``in``, ``is
+    [not] null`` (NaN is not null) and ``not is_nan``."""
+    if not all(_nan_blind(child, nan_columns) for child in _children(node)):
+        return False
+    if isinstance(node, _BinOp) and node.op in _ARROW_COMPARISON:
+        return (node.op == "!=") == negated
+    if isinstance(node, _Between | _InList):
+        return node.negated == negated
+    if isinstance(node, _IsNull):
+        return True
+    return isinstance(node, _Call) and node.name == "is_nan" and negated
+
+
+def _nan_safe_part(node: _Node, negated: bool, nan_columns: frozenset[str],
+                   compiler: _Compiler) -> pc.Expression | None:
+    """A filter every row passing ``node`` (``not node`` where ``negated``) passes, made of
+    its parts that are safe from NaN (``_nan_safe_test``), or None: a conjunction keeps the
+    parts that are (each is implied by the whole), a disjunction needs every one to be;
+    under ``not`` the two trade places (De Morgan holds in three-valued logic too)."""
+    if isinstance(node, _Not):
+        return _nan_safe_part(node.operand, not negated, nan_columns, compiler)
+    if isinstance(node, _Logic) and _reads(node, nan_columns):
+        parts = [_nan_safe_part(op, negated, nan_columns, compiler) for op in node.operands]
+        if (node.op == "and") != negated:
+            kept = [p for p in parts if p is not None]
+            return _balanced(pc.and_kleene, kept) if kept else None
+        if any(p is None for p in parts):
+            return None
+        return _balanced(pc.or_kleene, parts)  # type: ignore[arg-type]
+    if _reads(node, nan_columns) and not _nan_safe_test(node, negated, nan_columns):
+        return None
+    expr = compiler.to_expr(node)
+    return pc.invert(expr) if negated else expr
+
+
+@functools.lru_cache(maxsize=1024)
+def _nan_safe(text: str, types: tuple[tuple[str, pa.DataType], ...],
+              nan_columns: frozenset[str]) -> pc.Expression | None:
+    if not _reads(_parse(text), nan_columns):
+        return _compiled(text, types)
+    compiler = _Compiler(text, types=dict(types))
+    return _nan_safe_part(_parse(text), False, nan_columns, compiler)
+
+
+# --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
 
@@ -1621,3 +1721,23 @@ def check_filter(text: str, schema: pa.Schema) -> pc.Expression:
             start,
         )
     return _compiled(text, _types_of(text, schema))
+
+
+def nan_safe_filter(text: str, nan_columns: Collection[str],
+                    schema: pa.Schema | None = None) -> pc.Expression | None:
+    """What of filter ``text`` Parquet row-group statistics may judge where the columns
+    ``nan_columns`` can hold NaN (their min and max leave it out): a weaker filter that
+    every row passing ``text`` passes and whose truth never rests on a NaN; the filter
+    itself where it reads none of them, None where no part of it is so. Skip row groups
+    by it, then filter the rows read by the whole filter.
+
+    Example::
+
+        >>> schema = pa.schema({"x": pa.float64(), "n": pa.int64()})
+        >>> nan_safe_filter("x > 10 and x != 12", {"x"}, schema)  # x > 10: skip by it
+        <pyarrow.compute.Expression (x > 10)>
+        >>> print(nan_safe_filter("x != 1", {"x"}, schema))  # NaN != 1 is true
+        None
+    """
+    text = _require_text(text)
+    return _nan_safe(text, _types_of(text, schema), frozenset(nan_columns))

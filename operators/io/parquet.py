@@ -469,19 +469,34 @@ class ReadParquet(Source):
 
     @cached_property
     def _filter_columns(self) -> list[str]:
-        """The columns the filter reads, when Parquet statistics cannot judge it: it reads
-        a floating-point column, whose min and max leave NaN out (a row group of 1.0 and
-        NaN says min = max = 1.0, and 'x != 1' would skip its NaN row). Such a filter
-        still prunes hive partitions, and runs on each row group's rows as read."""
+        """The columns the filter reads."""
         if self._filter is None:
             return []
         from operators.expressions import referenced_columns
 
-        used = referenced_columns(self.params.filter)
-        full = self.full_schema
-        if any(pa.types.is_floating(_plain(full.field(c).type)) for c in used):
-            return used
-        return []
+        return referenced_columns(self.params.filter)
+
+    def _nan_columns(self, physical: pa.Schema) -> frozenset[str]:
+        """The columns the filter reads that can hold NaN in a file of this physical
+        schema: floating-point in the dataset's schema or in the file (a file's double
+        column where the first file's is int64, read with a declared `schema`)."""
+        return frozenset(
+            c for c in self._filter_columns for schema in (self.full_schema, physical)
+            if schema.get_field_index(c) >= 0
+            and pa.types.is_floating(_plain(schema.field(c).type)))
+
+    def _row_group_filter(self, physical: pa.Schema) -> Any:
+        """What of the filter a file's row-group statistics may judge: the filter itself,
+        or where it reads a column that can hold NaN (whose min and max leave NaN out: a
+        row group of 1.0 and NaN says min = max = 1.0, and 'x != 1' would skip its NaN
+        row), its parts that a NaN cannot make true ('x > 10' of 'x > 10 and x != 12';
+        ``nan_safe_filter``), or None."""
+        nan_columns = self._nan_columns(physical)
+        if not nan_columns:
+            return self._filter
+        from operators.expressions import nan_safe_filter
+
+        return nan_safe_filter(self.params.filter, nan_columns, self.full_schema)
 
     @cached_property
     def _casts(self) -> dict[str, pa.DataType]:
@@ -533,7 +548,8 @@ class ReadParquet(Source):
         groups that can hold rows passing the filter (footers read once)."""
         flt = self._filter
         try:
-            # the filter prunes hive partitions here, row groups (by statistics) below
+            # the whole filter prunes hive partitions here (a folder's value is exact, NaN
+            # too), what statistics may judge of it prunes row groups below
             fragments = _pruned(lambda: list(self.dataset.get_fragments(filter=flt)),
                                 lambda: list(self.dataset.get_fragments()), flt)
         except _io_errors() as exc:
@@ -541,10 +557,11 @@ class ReadParquet(Source):
         for fragment in fragments:
             try:
                 physical = fragment.physical_schema  # the footer, read once for the pieces too
+                judged = self._row_group_filter(physical)
                 pieces = _pruned(
-                    functools.partial(fragment.split_by_row_group, flt,
+                    functools.partial(fragment.split_by_row_group, judged,
                                       schema=self._file_schema(physical)),
-                    fragment.split_by_row_group, None if self._filter_columns else flt)
+                    fragment.split_by_row_group, judged)
             except _io_errors() as exc:
                 raise self._failure(exc, fragment.path) from None
             yield fragment, physical, pieces
@@ -694,7 +711,9 @@ class ReadParquet(Source):
                     for piece in pieces])
 
             table = None
-            if not self._filter_columns:
+            # a filter reading a column that can hold NaN is not the scan's: the scan
+            # would skip row groups by the whole filter (_row_group_filter)
+            if not self._nan_columns(fragment.physical_schema):
                 try:
                     table = scan(columns, self._filter)
                 except ARROW_ERRORS:
@@ -705,10 +724,7 @@ class ReadParquet(Source):
                     # file that fails is the file's error, a filter that fails the filter's
             if table is None:  # filtered here, not by the scan's statistics
                 if columns is not None:
-                    from operators.expressions import referenced_columns
-
-                    columns = list(dict.fromkeys(
-                        [*columns, *referenced_columns(self.params.filter)]))
+                    columns = list(dict.fromkeys([*columns, *self._filter_columns]))
                 table = self._filtered(scan(columns, None), partition.path)
                 if columns != self.params.columns:
                     table = table.select(self.params.columns)

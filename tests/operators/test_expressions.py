@@ -31,6 +31,7 @@ from operators.expressions import (
     ExpressionError,
     check_filter,
     expression_type,
+    nan_safe_filter,
     parse_expression,
     parse_filter,
     referenced_columns,
@@ -494,6 +495,44 @@ def test_referenced_columns_in_order_of_first_appearance() -> None:
     assert referenced_columns("1 + 2") == []
     assert referenced_columns("`a``b` = 1") == ["a`b"]
     assert referenced_columns("x in (y, z, x)") == ["x", "y", "z"]
+
+
+NAN_SCHEMA = pa.schema({"x": pa.float64(), "y": pa.float32(), "n": pa.int64()})
+WHOLE = "the filter itself"
+
+
+@pytest.mark.parametrize(("text", "judged"), [
+    ("x > 10 and n != 0", WHOLE),  # NaN > 10 is false
+    ("x between 1 and 2 or x in (5, 6) or x is null", WHOLE),
+    ("x > 10 and x != 12", "x > 10"),  # a conjunction keeps its safe parts
+    ("x != 1", None),  # NaN != 1 is true
+    ("x > 1 or x != 2", None),  # a disjunction needs them all
+    ("not (x <= 1)", None),
+    ("not (x != 1)", WHOLE),
+    ("not (x != 1 or n < 0)", "not (x != 1) and not (n < 0)"),  # De Morgan
+    ("not (x > 1 and y != 2)", None),
+    ("not (x not in (1, 2)) and not (x not between 0 and 3)", WHOLE),
+    ("is_nan(x)", None),
+    ("not is_nan(x + y)", WHOLE),
+    ("x is not null and n > 0", WHOLE),
+    ("coalesce(x, y) * 2 - 1 > 0 and if(n > 0, x, y) < 5 and x % 3 = 1", WHOLE),
+    ("least(x, 5) = 5 and n = 1", "n = 1"),  # least(NaN, 5) is 5
+    ("cast(x as int) < 0", None),  # NaN as int64 is its minimum
+    ("pow(x, 0) = 1", None),
+    ("if(x > 0, 1, 0) = 0", None),
+    ("1 / x > 0 and 3 % y = 1 and x / 2 > 0", "x / 2 > 0"),  # 1 / -0.0 is -inf
+    ("n != 1 and cast(n as float64) != 2", WHOLE),  # no column that holds NaN
+])
+def test_nan_safe_filter_keeps_what_a_nan_cannot_make_true(text: str, judged: str | None
+                                                           ) -> None:
+    """What row-group statistics may judge of a filter where x and y can hold NaN (their
+    min and max leave it out): the filter, a weaker one, or nothing."""
+    got = nan_safe_filter(text, {"x", "y"}, NAN_SCHEMA)
+    if judged is None:
+        assert got is None
+    else:
+        want = parse_filter(text if judged == WHOLE else judged, NAN_SCHEMA)
+        assert got is not None and got.equals(want), got
 
 
 def test_expression_type_plans_without_data() -> None:
