@@ -256,7 +256,15 @@ class ScoringModel:
         self.path = path
         self.placement = placement
         trained = model.input_schema
-        self.input_schema = pa.schema([trained.field(c) for c in model.required])
+        # a tree model's integer category comes as int64, as a score step takes it: a
+        # value the trained type cannot hold is a category training never saw (missing),
+        # not a request to refuse
+        coded = {name for step in model.chain.steps
+                 for name in (getattr(step, "categories", None) or {})}
+        self.input_schema = pa.schema([
+            trained.field(c).with_type(pa.int64())
+            if c in coded and pa.types.is_integer(trained.field(c).type) else trained.field(c)
+            for c in model.required])
         self._scorers: dict[tuple[bool, str], Score] = {}
         self._lock = threading.Lock()
         self.score_table(self.input_schema.empty_table())

@@ -1184,3 +1184,37 @@ def test_a_full_row_log_file_is_written_beside_the_requests(registry: Path) -> N
         assert _stop(served) == 143
     files = sorted(log.glob("date=*/*.parquet"))
     assert sum(pq.read_metadata(f).num_rows for f in files) == 25  # the rest at shutdown
+
+
+def test_an_integer_category_past_the_trained_type_is_unseen_as_in_the_score_step(
+        tmp_path: Path) -> None:
+    """A store number the int8 of training cannot hold (300) is a category the model never
+    saw, answered as the score step answers it (the missing side), not refused."""
+    rng = np.random.default_rng(3)
+    store = rng.integers(0, 6, 600).astype(np.int8)
+    x = rng.random(600)
+    (tmp_path / "train").mkdir()
+    pq.write_table(pa.table({"store": store, "x": x, "y": x + (store == 3) * 2.0}),
+                   tmp_path / "train" / "part-0.parquet")
+    text = f"""
+        pipeline: stores
+        steps:
+          - op: read_parquet
+            path: {tmp_path / "train"}
+          - op: gradient_boosted_trees
+            label: y
+            categorical: [store]
+            n_trees: 3
+            max_depth: 2
+          - op: save_model
+            name: stores
+    """
+    run(write_pipeline(tmp_path, text, "stores.yaml"), models=str(tmp_path / "models"),
+        runs_dir=str(tmp_path / "runs"))
+    rows = pa.table({"store": pa.array([300, 3, -200, 1], pa.int64()),
+                     "x": [0.5, 0.5, 0.2, 0.9]})
+    bulk = _bulk(tmp_path, "stores", rows).column("prediction").to_pylist()
+    model = load_model("stores", str(tmp_path / "models"))
+    answered = model.score(rows.to_pylist())
+    assert [r["prediction"] for r in answered] == pytest.approx(bulk, rel=1e-12)
+    assert bulk[0] != bulk[1]  # 300 is not store 3
