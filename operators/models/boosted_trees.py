@@ -348,11 +348,13 @@ class GradientBoostedTrees(TreeEstimator):
     def _finish_growth(self, state: dict[str, Any]) -> dict[str, Any]:
         if state["stopped"]:
             return state
+        first = int(state["forest"]["roots"][state["round"] * self._outputs(state)])
+        if state.get("cut_round") != state["round"]:  # lossguide: the round's trees cut
+            state = {**self._cut(state, first), "cut_round": state["round"]}
         if (self._loss_name(state) in LEAF_QUANTILE
                 and state.get("leaves_set") != state["round"]):
             # the round's leaves become quantiles of their rows' residuals first
-            forest, k = state["forest"], self._outputs(state)
-            first = int(forest["roots"][state["round"] * k])
+            forest = state["forest"]
             leaves = first + np.flatnonzero(forest["status"][first:] == LEAF)
             return self._select(state, "leaves", leaves)
         rounds = state["round"] + 1
@@ -568,7 +570,9 @@ class GradientBoostedTrees(TreeEstimator):
         rounds = state["round"]
         depth = state["level"]["depth"] if depth is None else depth
         held = memo.get("walk")
-        if held is not None and held[0] == rounds and held[1] <= depth:
+        # a walk of trees cut since (grow_policy: lossguide) names nodes no longer there
+        cuts = state.get("cuts", 0)
+        if held is not None and held[0] == rounds and held[1] <= depth and held[3] == cuts:
             positions, steps = held[2], depth - held[1]
         else:
             first = int(forest["roots"][rounds * k])
@@ -579,7 +583,7 @@ class GradientBoostedTrees(TreeEstimator):
             positions = [walk_step(pos, _row_ids(prep, xp), prep["codes"], tables, xp)
                          for pos in positions]
         if k * n * 8 <= memo["limit"]:
-            memo["walk"] = (rounds, depth, positions)
+            memo["walk"] = (rounds, depth, positions, cuts)
         return positions
 
     def _learners(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
@@ -652,7 +656,7 @@ class GradientBoostedTrees(TreeEstimator):
             values = to_xp(forest["value"][first:end], xp)
             bottom = int(forest["depth"][first:end].max())
             for column in range(k):
-                if held is not None and held[0] == round_:
+                if held is not None and held[0] == round_ and held[3] == state.get("cuts", 0):
                     pos, at = held[2][column], held[1]
                 else:
                     pos = xp.full((prep["n"],), int(roots[round_ * k + column]) - first,

@@ -55,6 +55,7 @@ level-by-level gathers over all trees at once on any array namespace.
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import secrets
 import threading
@@ -183,7 +184,14 @@ class TreeParams(SupervisedParams):
                                 "first while the tree has room, the same splits however "
                                 "many passes max_histogram_mb divides the level into "
                                 "(XGBoost's max_leaves, LightGBM's num_leaves, grown "
-                                "level by level)")
+                                "level by level; see grow_policy)")
+    grow_policy: Literal["depthwise", "lossguide"] = Field(
+        "depthwise", description="depthwise: level by level (max_leaves: a level's best "
+                                 "gains first); lossguide: the splits leaf-wise growth "
+                                 "makes (LightGBM's default, XGBoost's lossguide): the "
+                                 "best split of any leaf next, until max_leaves (needed); "
+                                 "grown level by level to max_depth, then cut to those, "
+                                 "so max_depth bounds how deep a branch goes")
     categorical: list[str] | None = Field(
         None, description="features split by sets of their values, not thresholds "
                           "(strings, integers, booleans; a string feature always is): "
@@ -1395,6 +1403,60 @@ def _within_leaves(forest: dict[str, np.ndarray], nodes: np.ndarray, gain: np.nd
     return ranked < room
 
 
+def best_first(forest: dict[str, np.ndarray], first: int, max_leaves: int
+               ) -> dict[str, np.ndarray]:
+    """The trees of the nodes from ``first`` on (grown to the end) cut to the splits
+    best-first growth makes with ``max_leaves`` leaves a tree: from the root, the split
+    of greatest gain among the leaves so far, then the next, until the tree has
+    ``max_leaves`` leaves or no leaf can split (LightGBM's leaf-wise growth, XGBoost's
+    ``lossguide``). A node's best split depends on its rows only, so the fully grown
+    tree holds every split that growth can make. Gains are compared in float32 (the
+    noise of sums cannot reorder two equal ones), ties by the node's place in the tree
+    (shallower, then further left: the same in any partitioning). The nodes the cut
+    leaves out are dropped; a split node that stays unsplit becomes a leaf with its
+    value."""
+    size = len(forest["tree"])
+    split = forest["status"] == SPLIT
+    left, right = forest["left"], forest["right"]
+    place = np.zeros(size, dtype=np.int64)  # heap numbering: root 0, children 2i+1, 2i+2
+    depth = forest["depth"]
+    for d in range(int(depth[first:].min(initial=0)), int(depth[first:].max(initial=0))):
+        at = np.flatnonzero(split & (depth == d))
+        at = at[at >= first]
+        place[left[at]] = 2 * place[at] + 1
+        place[right[at]] = 2 * place[at] + 2
+    gain = forest["gain"].astype(np.float32)
+    keep = np.zeros(size, dtype=bool)
+    keep[:first] = True
+    made = np.zeros(size, dtype=bool)
+    made[:first] = split[:first]
+    for root in forest["roots"][forest["roots"] >= first].tolist():
+        keep[root] = True
+        frontier = [(-float(gain[root]), int(place[root]), root)] if split[root] else []
+        leaves = 1
+        while frontier and leaves < max_leaves:
+            _, _, node = heapq.heappop(frontier)
+            made[node] = True
+            leaves += 1
+            for child in (int(left[node]), int(right[node])):
+                keep[child] = True
+                if split[child]:
+                    heapq.heappush(frontier, (-float(gain[child]), int(place[child]), child))
+    new_id = np.cumsum(keep) - 1
+    out = {k: v[keep] for k, v in forest.items() if k not in FOREST_WIDE}
+    cut = made[keep]
+    out["status"] = np.where(cut, SPLIT, np.where(out["status"] == SPLIT, LEAF,
+                                                  out["status"])).astype(np.int8)
+    for name, empty in (("feature", -1), ("bin", -1), ("threshold", np.nan),
+                        ("missing_left", False), ("gain", 0.0), ("category", -1)):
+        out[name] = np.where(cut, out[name], empty).astype(out[name].dtype)
+    out["left"] = np.where(cut, new_id[np.maximum(out["left"], 0)], -1).astype(np.int32)
+    out["right"] = np.where(cut, new_id[np.maximum(out["right"], 0)], -1).astype(np.int32)
+    out["roots"] = new_id[forest["roots"]].astype(np.int32)
+    out["masks"] = forest["masks"]  # rows of the dropped splits stay, unused
+    return out
+
+
 def _placed(forest: dict[str, np.ndarray], tree: np.ndarray, values: np.ndarray
             ) -> np.ndarray:
     """Node values as wide as the forest's: a boosted tree's single value goes to the
@@ -1690,6 +1752,11 @@ class TreeEstimator(Estimator):
     def _check_params(self, classify: bool) -> None:
         """Parameter combinations that depend on the task."""
         check_class_weight(self.params.class_weight, classify, self.params.label)
+        if self.params.grow_policy == "lossguide" and self.params.max_leaves is None:
+            raise ParamError("grow_policy: lossguide grows leaf by leaf up to max_leaves, "
+                             "and max_leaves is not set",
+                             hint="add max_leaves: 31 (LightGBM's num_leaves default), or "
+                                  "leave grow_policy out")
 
     def _check_features(self, features: list[str]) -> None:
         """Parameters that name features (checked when the plan is made)."""
@@ -2007,7 +2074,7 @@ class TreeEstimator(Estimator):
         limit = min(PARENT_HISTOGRAM_MB, p.max_histogram_mb) * 2**20
         kept, gathered = state.get("kept"), state.get("gathered")
         level = Level.advance(state["level"])
-        if p.max_leaves is None:
+        if p.max_leaves is None or p.grow_policy == "lossguide":  # lossguide: cut when grown
             forest = grow_level(forest, splits, crit, state["edges"], max_depth=p.max_depth,
                                 min_leaf=p.min_samples_leaf)
             if keeps:
@@ -2046,7 +2113,15 @@ class TreeEstimator(Estimator):
 
     def _finish_growth(self, state: dict[str, Any]) -> dict[str, Any]:
         """No node is pending: the fit is grown (boosting: start the next round)."""
-        return state
+        return self._cut(state, 0)
+
+    def _cut(self, state: dict[str, Any], first: int) -> dict[str, Any]:
+        """``grow_policy: lossguide``: the trees of the nodes from ``first`` on cut to the
+        splits best-first growth makes (``best_first``); ``cuts`` counts the cuts."""
+        if self.params.grow_policy != "lossguide":
+            return state
+        forest = best_first(state["forest"], first, int(self.params.max_leaves))
+        return {**state, "forest": forest, "cuts": state.get("cuts", 0) + 1}
 
     def _min_gain_fraction(self, state: dict[str, Any]) -> float:
         """The gain a split needs, as a fraction of its tree's root weight."""

@@ -105,7 +105,9 @@ ZOO = {
         quantile: 0.9
         categorical: [plan, region]
         n_trees: 6
-        max_depth: 3
+        max_depth: 4
+        grow_policy: lossguide
+        max_leaves: 7
         subsample: 0.8
         validation_fraction: 0.2
         early_stopping: true

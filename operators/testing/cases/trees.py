@@ -108,9 +108,10 @@ def _cases() -> None:
                            "max_features": 0.5, "validation_fraction": 0.2,
                            "max_histogram_mb": 0.01, "max_leaves": 6},
          lambda: tree_table(regression=True, seed=6), id="regression-node-groups-leaves")
-    case("random_forest", {"label": "y", "n_trees": 3, "max_depth": 3, "bootstrap": False,
-                           "max_features": "all", "criterion": "entropy"},
-         string_classes_table, id="no-bootstrap-multiclass")
+    case("random_forest", {"label": "y", "n_trees": 3, "max_depth": 5, "bootstrap": False,
+                           "max_features": "all", "criterion": "entropy",
+                           "grow_policy": "lossguide", "max_leaves": 6},
+         string_classes_table, id="no-bootstrap-multiclass-lossguide")
     case("gradient_boosted_trees", {"label": "y", "n_trees": 5, "max_depth": 3,
                                     "min_samples_leaf": 5},
          tree_table, id="binary", rtol=1e-8, atol=1e-10)
@@ -140,10 +141,11 @@ def _cases() -> None:
                                     "early_stopping": True},
          lambda: tree_table(regression=True, seed=12), id="quantile-weighted-monotonic",
          rtol=1e-8, atol=1e-10)
-    case("gradient_boosted_trees", {"label": "y", "n_trees": 4, "max_depth": 3,
+    case("gradient_boosted_trees", {"label": "y", "n_trees": 4, "max_depth": 4,
                                     "min_samples_leaf": 5, "loss": "absolute_error",
-                                    "categorical": ["city", "store"]},
-         lambda: category_table(regression=True, seed=3), id="absolute-error-categories",
+                                    "categorical": ["city", "store"],
+                                    "grow_policy": "lossguide", "max_leaves": 5},
+         lambda: category_table(regression=True, seed=3), id="absolute-error-categories-lossguide",
          rtol=1e-8, atol=1e-10)
     case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 5, "max_depth": 3,
                                     "min_samples_leaf": 5, "loss": "tweedie",
