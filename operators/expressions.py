@@ -60,15 +60,40 @@ NaN is a value, not null: ``x is null`` is false for NaN, ``NaN = NaN`` is false
 ``/`` is always true division in float64 (integers are converted first) and division by
 zero follows IEEE (``inf``/``-inf``/``nan``); ``**``/``pow``, the math functions (log,
 exp, sqrt...) and ``+ - * %`` with a float literal also work in float64 (Arrow alone casts
-a literal it can hold to the other side's type: int32 times 1.5 ran in float32); an
-integer or decimal column compared with a whole-number float literal compares with it as
-an integer, any other comparison with a float literal works in float64. Compiled
-with the rows' schema (every step does), an integer literal meets a decimal column in its
-kind (``amount > 100`` on a decimal), an unsigned one in comparisons (``u > 1`` on a uint64
-past 2**63; in arithmetic only a uint64's), and an integer column meeting a float one
-converts to float64 unchecked. ``floor``/``ceil``/``round`` of a decimal column keep its
-type, and a value that rounds past its precision is an error (Arrow alone gave 0). Text
-functions and ``like`` decode dictionary columns.
+a literal it can hold to the other side's type: int32 times 1.5 ran in float32).
+
+Compiled with the rows' schema (every step does), every sub-expression is typed as it
+compiles, and values meet where Arrow's own conversions would raise as the rows are read,
+or lose digits:
+
+* A number literal compared with an integer or decimal value (a column or any expression
+  of one) is compared exactly, as the number written (``0.1`` is one tenth, not the float
+  nearest it), in the value's type: a fraction moves to the neighbour the comparison keeps
+  (``i < 1.5`` is ``i <= 1``, ``i = 1.5`` and ``i in (1.5)`` are false), a number past the
+  type's range decides every row (``u64 > -1`` is true, ``u8 = 1000`` false; null where
+  the value is). Compared with a float, a number literal works in float64; so does a
+  float literal without the schema.
+* An integer literal in arithmetic meets a decimal in its kind (``amount + 1``) and a
+  uint64 as a uint64 (``u8 + 100`` stays Arrow's int16); an integer meeting a float
+  converts to float64 unchecked; a uint64 compared with a signed integer is compared
+  exactly (in decimal(20, 0)), as are two decimals whose common type is past 38 digits.
+* The values of ``if`` (its branches), ``coalesce``, ``least`` and ``greatest`` take one
+  type: decimals (and integers beside them) the decimal that holds each, the most digits
+  before and after the point, at most 38 in all (a value too large for the rest is an
+  error); integers beside a float float64; a uint64 beside a signed integer decimal(20, 0);
+  an integer literal the type of the values it meets where it holds it (``coalesce(u64,
+  0)`` is a uint64). Timestamps with and without a time zone are refused there, as in
+  comparisons.
+* Decimal ``+ - * %`` keep at most 38 digits and the digits after the point Arrow's rules
+  give them (``d38 + 1`` of a decimal(38, 1) is a decimal(38, 1)), as DuckDB and Spark
+  do: a value that does not fit is an error, never another value; a product with more
+  than 38 digits after the point is refused as it plans.
+* ``floor``/``ceil``/``round`` of a decimal value keep its type, and a value that rounds
+  past its precision is an error (Arrow alone gave 0; of a decimal256(76, s), which has no
+  wider type to round in, they are refused as it plans); of an integer, ``floor``/``ceil``
+  are float64 (converted unchecked) and ``round`` keeps the integer type.
+
+Text functions and ``like`` decode dictionary columns.
 ``%`` is a floored modulo (the result has the sign of the divisor, as in Python) that keeps
 integer types; ``x % 0`` is null. ``+ - *`` on integers wrap on overflow (unchecked
 kernels), as do all math functions (``log(0)`` is ``-inf``, ``sqrt(-1)`` is ``nan``).
@@ -278,6 +303,9 @@ class _Literal:
     kind: str  # int | float | string | bool | null | date | timestamp
     value: object
     arrow_type: pa.DataType
+    # a number as written (1.1 is 11/10, not the float nearest it): what a comparison with
+    # an integer or decimal value compares exactly
+    exact: decimal.Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -500,10 +528,13 @@ def _build(tree: Tree | Token, text: str) -> _Node:
 
     if kind == "int_lit":
         tok = _tok(tree, 0)
-        return _Literal(tok.start_pos, "int", int(str(tok).replace("_", "")), pa.int64())
+        value = int(str(tok).replace("_", ""))
+        return _Literal(tok.start_pos, "int", value, pa.int64(), decimal.Decimal(value))
     if kind == "float_lit":
         tok = _tok(tree, 0)
-        return _Literal(tok.start_pos, "float", float(str(tok).replace("_", "")), pa.float64())
+        written = str(tok).replace("_", "")
+        return _Literal(tok.start_pos, "float", float(written), pa.float64(),
+                        decimal.Decimal(written))
     if kind == "string_lit":
         tok = _tok(tree, 0)
         return _Literal(tok.start_pos, "string", _unquote_string(tok, text), pa.string())
@@ -528,7 +559,8 @@ def _build(tree: Tree | Token, text: str) -> _Node:
         operand = _build(kids[1], text)
         pos = _tok(tree, 0).start_pos
         if isinstance(operand, _Literal) and operand.kind in ("int", "float"):
-            return _Literal(pos, operand.kind, -operand.value, operand.arrow_type)  # type: ignore[operator]
+            return _Literal(pos, operand.kind, -operand.value, operand.arrow_type,  # type: ignore[operator]
+                            -operand.exact)  # type: ignore[operator]
         return _Neg(pos, operand)
     if kind == "not_op":
         return _Not(_tok(tree, 0).start_pos, _build(kids[1], text))
@@ -875,6 +907,7 @@ class _Function:
     numeric_args: bool = False  # the arguments are converted to float64 (pow, log)
     time_args: bool = False  # the arguments are dates or timestamps (days_between)
     text_args: bool = False  # the arguments are text (a dictionary of it decoded: lower)
+    values_from: int | None = None  # the arguments from here on are values of one type (if)
 
 
 def _float64(expr: pc.Expression, node: _Node) -> pc.Expression:
@@ -936,10 +969,14 @@ _register("floor", _Function("floor", 1, 1, _unary(pc.floor), "number"))
 _register("ceil", _Function("ceil", 1, 1, _unary(pc.ceil), "number"))
 _register("round", _Function("round", 1, 2, _build_round, "number"))
 _register("pow power", _Function("pow", 2, 2, _build_pow, "number", numeric_args=True))
-_register("least", _Function("least", 1, None, lambda n, e: pc.min_element_wise(*e), "any"))
-_register("greatest", _Function("greatest", 1, None, lambda n, e: pc.max_element_wise(*e), "any"))
-_register("coalesce", _Function("coalesce", 1, None, lambda n, e: pc.coalesce(*e), "any"))
-_register("if if_else", _Function("if", 3, 3, lambda n, e: pc.if_else(*e), "any"))
+_register("least", _Function("least", 1, None, lambda n, e: pc.min_element_wise(*e), "any",
+                             values_from=0))
+_register("greatest", _Function("greatest", 1, None, lambda n, e: pc.max_element_wise(*e), "any",
+                                values_from=0))
+_register("coalesce", _Function("coalesce", 1, None, lambda n, e: pc.coalesce(*e), "any",
+                                values_from=0))
+_register("if if_else", _Function("if", 3, 3, lambda n, e: pc.if_else(*e), "any",
+                                  values_from=1))
 _register("is_nan", _Function("is_nan", 1, 1, _unary(pc.is_nan), "bool"))
 _register("lower", _Function("lower", 1, 1, _text_unary(pc.utf8_lower), "string",
                             text_args=True))
@@ -1074,104 +1111,143 @@ def _number_kind(t: pa.DataType | None) -> str | None:
         return "int"
     if t is not None and pa.types.is_floating(t):
         return "float"
+    if t is not None and pa.types.is_decimal(t):
+        return "decimal"
     return None
+
+
+def _number_literal(node: _Node) -> bool:
+    return isinstance(node, _Literal) and node.kind in ("int", "float")
+
+
+def _float_literal(node: _Node) -> bool:
+    return isinstance(node, _Literal) and node.kind == "float"
+
+
+# A literal's exact value scaled to a type's step, whatever its exponent (1e-400 is not 0).
+_EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+_MIRRORED = {"=": "=", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_DECIMAL128_DIGITS, _DECIMAL256_DIGITS = 38, 76
+_SIGNED = {8: pa.int8(), 16: pa.int16(), 32: pa.int32(), 64: pa.int64()}
+_UNSIGNED = {8: pa.uint8(), 16: pa.uint16(), 32: pa.uint32(), 64: pa.uint64()}
+
+
+def _steps(t: pa.DataType) -> tuple[int, int, int]:
+    """An integer's or a decimal's values as whole steps of its last digit: the scale, the
+    least and the greatest number of steps (a decimal(5, 2) is -99999..99999 hundredths)."""
+    if pa.types.is_decimal(t):
+        most = 10**t.precision - 1
+        return t.scale, -most, most
+    if pa.types.is_unsigned_integer(t):
+        return 0, 0, 2**t.bit_width - 1
+    return 0, -(2 ** (t.bit_width - 1)), 2 ** (t.bit_width - 1) - 1
+
+
+def _step_value(steps: int, t: pa.DataType) -> int | decimal.Decimal:
+    """``steps`` steps of ``t`` as the Python value of ``t`` (a Decimal of a decimal)."""
+    return decimal.Decimal(steps).scaleb(-t.scale, _EXACT) if pa.types.is_decimal(t) else steps
+
+
+def _step_scalar(steps: int, t: pa.DataType) -> pc.Expression:
+    """``steps`` steps of ``t`` as a literal of type ``t``."""
+    return pc.scalar(pa.scalar(_step_value(steps, t), t))
+
+
+def _steps_of(exact: decimal.Decimal, t: pa.DataType) -> int | None:
+    """``exact`` in whole steps of ``t``; None where ``t`` has no such value (1.5 of an
+    integer, 1000 of a decimal(5, 2), -1 of a uint64)."""
+    scale, least, most = _steps(t)
+    scaled = exact.scaleb(scale, _EXACT)
+    if not least <= scaled <= most or scaled != scaled.to_integral_value():
+        return None
+    return int(scaled)
+
+
+def _integer_digits(t: pa.DataType) -> pa.DataType:
+    """The decimal(p, 0) that holds every value of integer type ``t`` (int32: 10 digits)."""
+    _, least, most = _steps(t)
+    return pa.decimal128(len(str(max(-least, most))), 0)
+
+
+def _common_decimal(types: Sequence[pa.DataType]) -> pa.DataType:
+    """The decimal type each of ``types`` (decimals; integers as decimal(p, 0)) converts to
+    without loss, as SQL engines widen them: the most digits after the point and the most
+    before it. Past the 38 digits of a decimal128 (Spark's most too) it keeps 38 and the
+    digits after the point: a value too large for the rest is an error as it converts."""
+    decimals = [t if pa.types.is_decimal(t) else _integer_digits(t) for t in types]
+    scale = max(t.scale for t in decimals)
+    whole = max(t.precision - t.scale for t in decimals)
+    if any(pa.types.is_decimal256(t) for t in decimals):
+        return pa.decimal256(min(whole + scale, _DECIMAL256_DIGITS), scale)
+    return pa.decimal128(min(whole + scale, _DECIMAL128_DIGITS), scale)
+
+
+def _common_integer(types: Sequence[pa.DataType], literals: Sequence[int]) -> pa.DataType:
+    """The integer type holding each of ``types`` and ``literals``, as Arrow widens (int8 and
+    uint8 in int16); a uint64 beside a signed value in decimal(20, 0), which holds both
+    (Arrow's int64 raised past 2**63)."""
+    signed = any(pa.types.is_signed_integer(t) for t in types) or any(v < 0 for v in literals)
+    bits = max((t.bit_width * (2 if signed and pa.types.is_unsigned_integer(t) else 1)
+                for t in types), default=8)
+    while bits <= 64:
+        common = (_SIGNED if signed else _UNSIGNED)[bits]
+        _, least, most = _steps(common)
+        if all(least <= v <= most for v in literals):
+            return common
+        bits *= 2
+    return pa.decimal128(20, 0)
+
+
+def _bound_type(expr: pc.Expression, empty: pa.Table) -> pa.DataType:
+    """The type ``expr`` evaluates to over ``empty``'s columns (Arrow binds it on no rows)."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(empty).to_table(columns={"_": expr}).schema.types[0]
 
 
 class _Compiler:
     """Translate a syntax tree into a ``pc.Expression``; optionally record every node's
-    result. ``types``: the types of the columns the text names, where known (an integer
-    literal meeting a decimal or unsigned column takes its kind, an integer column
-    meeting a float one converts: Arrow's own conversions raise there)."""
+    result. ``types``: the types of the columns the text names, where known. With them
+    every sub-expression is typed as it compiles (``_type``), and operands meet where
+    Arrow's own conversions would raise as the rows are read or lose digits: an integer
+    literal takes the kind of the value it meets, a comparison with a number literal is
+    decided exactly, values of one function (if, coalesce) get one type, decimal
+    arithmetic stays within 38 digits, and rounding a decimal has room for its carry."""
 
     def __init__(self, text: str, trace: list[tuple[_Node, pc.Expression]] | None = None,
                  types: dict[str, pa.DataType] | None = None) -> None:
         self.text = text
         self.trace = trace
         self.types = types or {}
+        self._exprs: dict[int, pc.Expression] = {}
+        self._node_types: dict[int, pa.DataType | None] = {}
+        self._empty: pa.Table | None = None
 
-    def _column_type(self, node: _Node) -> pa.DataType | None:
-        if not isinstance(node, _Column) or node.name not in self.types:
+    def _result_type(self, expr: pc.Expression) -> pa.DataType | None:
+        """The type ``expr`` has over the known columns; None where it names another column
+        or Arrow refuses it (the type check says why)."""
+        if self._empty is None:
+            self._empty = pa.schema(list(self.types.items())).empty_table()
+        try:
+            return _bound_type(expr, self._empty)
+        except (pa.ArrowException, TypeError, ValueError):
             return None
-        t = self.types[node.name]
-        return t.value_type if pa.types.is_dictionary(t) else t
 
-    def _literal_for(self, literal: _Node, other: _Node, arithmetic: bool = False
-                     ) -> pc.Expression | None:
-        """An integer literal in the kind of the column it meets, where Arrow's own
-        conversion fails: a decimal (``amount > 100`` asked for a precision of 21), an
-        unsigned integer in a comparison (uint64 past 2**63 met int64; in arithmetic only
-        a uint64's: Arrow makes ``u8 + 100`` an int16, which it should stay); None: as it
-        is."""
-        t = self._column_type(other)
-        if t is None or not (isinstance(literal, _Literal) and literal.kind == "int"):
+    def _type(self, node: _Node) -> pa.DataType | None:
+        """The type ``node`` compiled to, a dictionary's values for a dictionary; None
+        without the schema, and for a literal (it takes the kind of what it meets)."""
+        if not self.types or isinstance(node, _Literal):
             return None
-        value = literal.value
-        assert isinstance(value, int)
-        if pa.types.is_decimal(t):
-            digits = max(len(str(abs(value))), 1)
-            return pc.scalar(pa.scalar(decimal.Decimal(value), pa.decimal128(digits, 0)))
-        if (pa.types.is_unsigned_integer(t) and 0 <= value < 2 ** t.bit_width
-                and (not arithmetic or t == pa.uint64())):
-            return pc.scalar(pa.scalar(value, t))
-        return None
-
-    def _rounded(self, node: _Call, exprs: list[pc.Expression]) -> pc.Expression:
-        """floor, ceil or round; of a decimal column with a digit more before the point,
-        the result in the column's type again by a checked cast: Arrow rounds within the
-        column's precision, and a value that rounds past it (floor of -99999999.99 in a
-        decimal(10, 2)) came back as 0.00, silently; now it is an error, and the result
-        keeps the column's type (if(c, round(d), d) stays one type)."""
-        build = _FUNCTIONS[node.name].build
-        t = self._column_type(node.args[0])
-        if t is None or not pa.types.is_decimal(t):
-            return build(node.args, exprs)
-        wider = (pa.decimal128(t.precision + 1, t.scale) if t.precision < 38
-                 else pa.decimal256(min(t.precision + 1, 76), t.scale))
-        return build(node.args, [exprs[0].cast(wider), *exprs[1:]]).cast(t)
-
-    def _as_literal_for(self, literal: _Node, other: _Node, expr: pc.Expression,
-                        arithmetic: bool = False) -> pc.Expression:
-        """``_literal_for``, or ``expr`` (the node as compiled) where it keeps it."""
-        typed = self._literal_for(literal, other, arithmetic)
-        return expr if typed is None else typed
-
-    def _typed_pair(self, left_node: _Node, right_node: _Node, left: pc.Expression,
-                    right: pc.Expression, arithmetic: bool
-                    ) -> tuple[pc.Expression, pc.Expression]:
-        """Two operands as ``_literal_for`` and, an integer column beside a float one,
-        both in float64 (Arrow's conversion is checked: an int64 past 2**53 raised)."""
-        left = self._as_literal_for(left_node, right_node, left, arithmetic)
-        right = self._as_literal_for(right_node, left_node, right, arithmetic)
-        kinds = {_number_kind(self._column_type(n)) for n in (left_node, right_node)}
-        if kinds == {"int", "float"}:
-            return _float64(left, left_node), _float64(right, right_node)
-        return left, right
-
-    def _compared_with_float_literal(self, node: _BinOp, left: pc.Expression,
-                                     right: pc.Expression) -> tuple[pc.Expression, pc.Expression]:
-        """A comparison's operands where one is a float literal: a whole number meeting an
-        integer or decimal column compares with it as an integer literal of the column's
-        kind (exact, and row-group statistics still apply); anything else compares in
-        float64 (``_with_float_literal``). Only where the column's type is known: an int64
-        literal met a float32 column in float32 (16777217.0 raised), a decimal one asked
-        Arrow for more precision than it has (d > 100.0 was refused), another float
-        literal narrowed it to float32."""
-        literal, other = ((node.left, node.right) if _float_literal(node.left)
-                          else (node.right, node.left))
-        t = self._column_type(other)
-        if (isinstance(literal, _Literal) and literal.kind == "float" and t is not None
-                and (pa.types.is_integer(t) or pa.types.is_decimal(t))):
-            value = float(literal.value)  # type: ignore[arg-type]
-            if value.is_integer() and abs(value) <= 2**53:
-                whole = _Literal(literal.pos, "int", int(value), pa.int64())
-                typed = self._literal_for(whole, other)
-                if typed is None:
-                    typed = pc.scalar(pa.scalar(int(value), pa.int64()))
-                return (typed, right) if literal is node.left else (left, typed)
-        return _with_float_literal(node, left, right, comparison=True)
+        if id(node) not in self._node_types:
+            t = (self.types.get(node.name) if isinstance(node, _Column)
+                 else self._result_type(self._exprs[id(node)]))
+            self._node_types[id(node)] = (t.value_type if t is not None
+                                          and pa.types.is_dictionary(t) else t)
+        return self._node_types[id(node)]
 
     def to_expr(self, node: _Node) -> pc.Expression:
         expr = self._compile(node)
+        self._exprs[id(node)] = expr
         if self.trace is not None:
             self.trace.append((node, expr))
         return expr
@@ -1206,9 +1282,8 @@ class _Compiler:
         if isinstance(node, _Between):
             operand = self.to_expr(node.operand)
             low, high = self.to_expr(node.low), self.to_expr(node.high)
-            low = self._as_literal_for(node.low, node.operand, low)
-            high = self._as_literal_for(node.high, node.operand, high)
-            result = pc.and_kleene(pc.greater_equal(operand, low), pc.less_equal(operand, high))
+            result = pc.and_kleene(self._compare(">=", node.operand, node.low, operand, low),
+                                   self._compare("<=", node.operand, node.high, operand, high))
             return pc.invert(result) if node.negated else result
         if isinstance(node, _Like):
             operand = _text(self.to_expr(node.operand))
@@ -1221,21 +1296,204 @@ class _Compiler:
                 result = pc.match_like(operand, pattern=node.pattern)
             return pc.invert(result) if node.negated else result
         if isinstance(node, _Call):
-            exprs = [self.to_expr(arg) for arg in node.args]
-            if node.name in ("floor", "ceil", "round"):
-                return self._rounded(node, exprs)
-            if node.name == "cast":
-                assert node.cast_type is not None
-                target = _CAST_TYPES[node.cast_type]
-                options = pc.CastOptions(
-                    target,
-                    allow_float_truncate=True,
-                    allow_time_truncate=True,
-                    allow_decimal_truncate=True,
-                )
-                return exprs[0].cast(options=options)
-            return _FUNCTIONS[node.name].build(node.args, exprs)
+            return self._call(node)
         raise AssertionError(f"unhandled node {node!r}")  # pragma: no cover
+
+    def _call(self, node: _Call) -> pc.Expression:
+        exprs = [self.to_expr(arg) for arg in node.args]
+        spec = _FUNCTIONS[node.name]
+        if spec.values_from is not None:
+            at = spec.values_from
+            exprs[at:] = self._of_one_type(node.args[at:], exprs[at:])
+        if node.name in ("floor", "ceil", "round"):
+            return self._rounded(node, exprs)
+        if node.name == "cast":
+            assert node.cast_type is not None
+            target = _CAST_TYPES[node.cast_type]
+            options = pc.CastOptions(
+                target,
+                allow_float_truncate=True,
+                allow_time_truncate=True,
+                allow_decimal_truncate=True,
+            )
+            return exprs[0].cast(options=options)
+        return spec.build(node.args, exprs)
+
+    # ---------------------------------------------------------------- values of one type
+
+    def _of_one_type(self, nodes: Sequence[_Node], exprs: Sequence[pc.Expression]
+                     ) -> list[pc.Expression]:
+        """Values that must share a type (if's branches, coalesce's and least's arguments)
+        in one where Arrow's own choice fails as the rows are read or loses: decimals of
+        two types in one that holds both (if_else refused them), an integer beside a float
+        in float64 unchecked (Arrow's conversion is checked: past 2**53 it raised), a
+        uint64 beside a signed integer in decimal(20, 0), an integer literal in the type
+        of the values it meets where it fits (``coalesce(u64, 0)`` stays uint64). Other
+        types, or unknown ones: as Arrow decides."""
+        target = self._common_number_type(nodes)
+        if target is None:
+            return list(exprs)
+        return [self._converted(node, expr, target) for node, expr in zip(nodes, exprs)]
+
+    def _common_number_type(self, nodes: Sequence[_Node]) -> pa.DataType | None:
+        types: list[pa.DataType] = []
+        literals: list[int] = []
+        floats = False
+        for node in nodes:
+            if isinstance(node, _Literal):
+                if node.kind == "int":
+                    literals.append(node.value)  # type: ignore[arg-type]
+                elif node.kind == "float":
+                    floats = True
+                elif node.kind != "null":
+                    return None
+                continue
+            t = self._type(node)
+            if _number_kind(t) is None:
+                return None
+            types.append(t)
+        if not types:
+            return None
+        kinds = {_number_kind(t) for t in types}
+        if floats or "float" in kinds:
+            if kinds == {"float"} and not floats and all(abs(v) <= 2**24 for v in literals):
+                target = max(types, key=lambda t: t.bit_width)  # float32 beside float32
+            else:
+                target = pa.float64()
+        elif "decimal" in kinds:
+            target = _common_decimal(types + [pa.decimal128(len(str(abs(v))), 0)
+                                              for v in literals])
+        else:
+            target = _common_integer(types, literals)
+        if all(t == target for t in types) and len(types) == len(nodes):
+            return None
+        return target
+
+    def _converted(self, node: _Node, expr: pc.Expression, target: pa.DataType
+                   ) -> pc.Expression:
+        if isinstance(node, _Literal):
+            value = node.value
+            if value is not None and pa.types.is_decimal(target):
+                value = decimal.Decimal(value)  # type: ignore[arg-type]
+            elif value is not None and pa.types.is_floating(target):
+                value = float(value)  # type: ignore[arg-type]
+            return pc.scalar(pa.scalar(value, target))
+        if self._type(node) == target:
+            return expr
+        # an integer in float64 unchecked, as everywhere in the language; a decimal
+        # checked: a value too large for the 38 digits it has is an error, never another
+        return expr.cast(target, safe=not pa.types.is_floating(target))
+
+    # ---------------------------------------------------------------------- comparisons
+
+    def _compare(self, op: str, left_node: _Node, right_node: _Node, left: pc.Expression,
+                 right: pc.Expression) -> pc.Expression:
+        """``left op right`` (the operands compiled) where Arrow alone converts lossily or
+        raises: a number literal beside an integer or decimal value is decided exactly
+        (``_compared_exactly``); beside a float, and an integer beside a float, both in
+        float64 (Arrow narrowed a literal to float32 and converted an int64 checked); a
+        uint64 beside a signed integer in decimal(20, 0), which holds both (Arrow
+        converted the uint64 to int64 and raised past 2**63)."""
+        kernel = _ARROW_COMPARISON[op]
+        left_type, right_type = self._type(left_node), self._type(right_node)
+        for literal, other_type, other, other_op in ((right_node, left_type, left, op),
+                                                     (left_node, right_type, right,
+                                                      _MIRRORED[op])):
+            if not _number_literal(literal):
+                continue
+            assert isinstance(literal, _Literal) and literal.exact is not None
+            if other_type is not None and _number_kind(other_type) in ("int", "decimal"):
+                return self._compared_exactly(other_op, other, other_type, literal.exact)
+            if _number_kind(other_type) == "float" or (other_type is None
+                                                       and _float_literal(literal)):
+                return kernel(_float64(left, left_node), _float64(right, right_node))
+        if {_number_kind(left_type), _number_kind(right_type)} == {"int", "float"}:
+            return kernel(_float64(left, left_node), _float64(right, right_node))
+        if pa.uint64() in (left_type, right_type) and any(
+                t is not None and pa.types.is_signed_integer(t) for t in (left_type,
+                                                                          right_type)):
+            both = pa.decimal128(20, 0)
+            return kernel(left.cast(both), right.cast(both))
+        result = kernel(left, right)
+        if "decimal" in {_number_kind(left_type), _number_kind(right_type)} and (
+                self._result_type(result) is None):
+            # two decimals whose common type is past 38 digits (decimal(38, 1) and
+            # decimal(7, 3)): Arrow refused them as the rows were read; decimal256 holds it
+            wide = [self._decimal256(e) for e in (left, right)]
+            if wide[0] is not None and wide[1] is not None:
+                return kernel(*wide)
+        return result
+
+    @staticmethod
+    def _compared_exactly(op: str, expr: pc.Expression, t: pa.DataType,
+                          exact: decimal.Decimal) -> pc.Expression:
+        """``expr op exact`` for an integer or decimal ``expr`` of type ``t``, in ``t``: a
+        fraction between two of its values moves to the neighbour the comparison keeps
+        (``i < 1.5`` is ``i <= 1``, ``i = 1.5`` is false), and a number past its range
+        decides every row (``u64 > -1``); a decided comparison is ``expr >= least`` (true)
+        or ``expr < least`` (false): null where ``expr`` is, as a comparison is, and
+        row-group statistics still apply."""
+        kernel = _ARROW_COMPARISON[op]
+        scale, least, most = _steps(t)
+        scaled = exact.scaleb(scale, _EXACT)
+        if op in ("=", "!="):
+            steps = _steps_of(exact, t)
+            if steps is not None:
+                return kernel(expr, _step_scalar(steps, t))
+            holds = op == "!="
+        elif scaled > most:
+            holds = op in ("<", "<=")
+        elif scaled < least:
+            holds = op in (">", ">=")
+        else:
+            rounding = decimal.ROUND_CEILING if op in ("<", ">=") else decimal.ROUND_FLOOR
+            return kernel(expr, _step_scalar(int(scaled.to_integral_value(rounding)), t))
+        return (pc.greater_equal if holds else pc.less)(expr, _step_scalar(least, t))
+
+    def _in_list(self, node: _InList) -> pc.Expression:
+        operand = self.to_expr(node.operand)
+        items = node.items
+        if not all(isinstance(item, _Literal) for item in items):
+            return _balanced(pc.or_kleene, [
+                self._compare("=", node.operand, item, operand, self.to_expr(item))
+                for item in items])
+        literals = [item for item in items if isinstance(item, _Literal)]
+        for item in literals:
+            self.to_expr(item)  # range checks and tracing
+        t = self._type(node.operand)
+        numbers = [item for item in literals if item.kind != "null"]
+        terms = []
+        if _number_kind(t) in ("int", "decimal") and all(map(_number_literal, numbers)):
+            # exactly the listed numbers the operand's type holds (1.5 is no integer's,
+            # -1 no uint64's: Arrow converted the column and raised)
+            assert t is not None
+            held = (_steps_of(item.exact, t) for item in numbers)  # type: ignore[arg-type]
+            steps = sorted({s for s in held if s is not None})
+            if steps:
+                value_set = pa.array([_step_value(s, t) for s in steps], type=t)
+                terms.append(pc.is_in(operand, value_set=value_set))
+        else:
+            arrow_type, values = _value_set(literals, self.text, node.pos)
+            if _number_kind(t) == "float" and arrow_type in (pa.int64(), pa.float64()):
+                operand, arrow_type = _float64(operand, node.operand), pa.float64()
+                values = [float(v) for v in values]
+            if _is_numeric(arrow_type) and any(v == 0 for v in values):
+                # is_in hashes -0.0 and 0.0 apart; '=' treats them as equal, and so should
+                # 'in'; an int64 0 (a float64 one narrows to float32, raising for an int64
+                # past 2**24)
+                values = [v for v in values if v != 0]
+                terms.append(pc.equal(operand, pc.scalar(0)))
+            if values:
+                terms.insert(0, pc.is_in(operand, value_set=pa.array(values, type=arrow_type)))
+        # is_in answers false for a null operand; SQL wants null, so or it with
+        # 'null where the operand is null, false elsewhere'.
+        terms.append(pc.invert(pc.true_unless_null(operand)))
+        if any(item.kind == "null" for item in literals):
+            # x not in the rest of the list: null, not false
+            terms.append(pc.scalar(pa.scalar(None, pa.bool_())))
+        return _balanced(pc.or_kleene, terms)
+
+    # ----------------------------------------------------------------------- arithmetic
 
     def _binop(self, node: _BinOp) -> pc.Expression:
         for side in (node.left, node.right):
@@ -1248,98 +1506,148 @@ class _Compiler:
                     node.pos,
                 )
         left, right = self.to_expr(node.left), self.to_expr(node.right)
-        if node.op not in ("/", "**"):  # those two convert to float64 themselves
-            left, right = self._typed_pair(node.left, node.right, left, right,
-                                           arithmetic=node.op not in _ARROW_COMPARISON)
         if node.op in _ARROW_COMPARISON:
-            left, right = self._compared_with_float_literal(node, left, right)
-            return _ARROW_COMPARISON[node.op](left, right)
-        left, right = _with_float_literal(node, left, right, comparison=False)
-        if node.op == "+":
-            return pc.add(left, right)
-        if node.op == "-":
-            return pc.subtract(left, right)
-        if node.op == "*":
-            return pc.multiply(left, right)
+            return self._compare(node.op, node.left, node.right, left, right)
         if node.op == "/":
             return pc.divide(_float64(left, node.left), _float64(right, node.right))
         if node.op == "**":
             return pc.power(_float64(left, node.left), _float64(right, node.right))
+        left, right = self._arithmetic_operands(node, left, right)
         if node.op == "%":
             divisor = node.right
-            if isinstance(divisor, _Literal) and divisor.kind in ("int", "float") and divisor.value:
-                return pc.modulo(left, right)
-            # x % 0 is null rather than an error (integer kernels raise on zero divisors).
-            safe_right = pc.if_else(pc.equal(right, pc.scalar(0)), pc.scalar(None), right)
-            return pc.modulo(left, safe_right)
-        raise AssertionError(f"unhandled operator {node.op}")  # pragma: no cover
+            if not (isinstance(divisor, _Literal) and divisor.kind in ("int", "float")
+                    and divisor.value):
+                # x % 0 is null rather than an error (integer kernels raise on zero
+                # divisors); the zero in the divisor's type (an int64 one converted a uint64
+                # and raised past 2**63, and asked a decimal for 19 more digits)
+                t = self._result_type(right)
+                zero = pa.scalar(0, t) if _number_kind(t) in ("int", "float") else (
+                    pa.scalar(decimal.Decimal(0), t) if _number_kind(t) == "decimal" else 0)
+                right = pc.if_else(pc.equal(right, pc.scalar(zero)), pc.scalar(None), right)
+        kernel = {"+": pc.add, "-": pc.subtract, "*": pc.multiply, "%": pc.modulo}[node.op]
+        return self._within_38_digits(node, kernel, left, right)
 
-    def _in_list(self, node: _InList) -> pc.Expression:
-        operand = self.to_expr(node.operand)
-        items = node.items
-        if all(isinstance(item, _Literal) for item in items):
-            literals = [item for item in items if isinstance(item, _Literal)]
-            for item in literals:
-                self.to_expr(item)  # range checks and tracing
-            arrow_type, values = _value_set(literals, self.text, node.pos)
-            arrow_type, values = self._in_column_kind(node.operand, arrow_type, values)
-            t = self._column_type(node.operand)
-            if t is not None and pa.types.is_decimal(t) and arrow_type == pa.float64():
-                # Arrow casts a float list onto a decimal column with truncation (0 was
-                # in (0.5)): the column is looked up in float64 instead, as '=' compares
-                operand = operand.cast(pa.float64())
-            terms = []
-            if _is_numeric(arrow_type) and any(v == 0 for v in values):
-                # is_in hashes -0.0 and 0.0 apart; '=' treats them as equal, and so should 'in'.
-                values = [v for v in values if v != 0]
-                # 0 in the column's kind for a decimal or unsigned one; for a float list an
-                # int64 0 (a float64 one narrows to float32, raising for an int64 past 2**24)
-                kind_of_column = pa.types.is_decimal(arrow_type) or pa.types.is_unsigned_integer(
-                    arrow_type)
-                terms.append(pc.equal(operand, pc.scalar(
-                    pa.scalar(0, arrow_type) if kind_of_column else 0)))
-            if values:
-                terms.insert(0, pc.is_in(operand, value_set=pa.array(values, type=arrow_type)))
-            # is_in answers false for a null operand; SQL wants null, so or it with
-            # 'null where the operand is null, false elsewhere'.
-            terms.append(pc.invert(pc.true_unless_null(operand)))
-            if any(item.kind == "null" for item in literals):
-                # x not in the rest of the list: null, not false
-                terms.append(pc.scalar(pa.scalar(None, pa.bool_())))
-            return _balanced(pc.or_kleene, terms)
-        return _balanced(pc.or_kleene, [pc.equal(operand, self.to_expr(i)) for i in items])
-
-    def _in_column_kind(self, operand: _Node, arrow_type: pa.DataType, values: list
-                        ) -> tuple[pa.DataType, list]:
-        """An ``in`` list of integers in the type of the decimal or unsigned column it is
-        looked up for (Arrow converted the column to int64 and raised); a value the
-        column cannot hold matches nothing and goes."""
-        t = self._column_type(operand)
-        if t is None or arrow_type != pa.int64():
-            return arrow_type, values
-        if pa.types.is_decimal(t):
-            return t, [decimal.Decimal(v) for v in values
-                       if len(str(abs(v))) <= t.precision - t.scale]
-        if pa.types.is_unsigned_integer(t):
-            return t, [v for v in values if 0 <= v < 2 ** t.bit_width]
-        return arrow_type, values
-
-
-def _float_literal(node: _Node) -> bool:
-    return isinstance(node, _Literal) and node.kind == "float"
-
-
-def _with_float_literal(node: _BinOp, left: pc.Expression, right: pc.Expression, *,
-                        comparison: bool) -> tuple[pc.Expression, pc.Expression]:
-    """The operands of ``node`` when one is a float literal, so that Arrow does not narrow
-    it to the other side's type: Arrow casts a literal it can hold exactly to the other
-    operand's type and then works there (an int32 column times 1.5 ran in float32, and
-    its conversion raised for values past 2**24). Arithmetic and comparisons work in
-    float64, both sides converted as '/' converts them (a comparison of an integer column
-    with a whole number: ``_Compiler._compared_with_float_literal``)."""
-    if not (_float_literal(node.left) or _float_literal(node.right)):
+    def _arithmetic_operands(self, node: _BinOp, left: pc.Expression, right: pc.Expression
+                             ) -> tuple[pc.Expression, pc.Expression]:
+        """``+ - * %``'s operands: an integer literal beside a decimal as a decimal of its
+        digits (``amount + 1`` asked Arrow for a precision of 21), beside a uint64 as a
+        uint64 (past 2**63 it met int64 and raised; ``u8 + 100`` stays Arrow's int16); an
+        integer beside a float, and anything beside a float literal, in float64 (Arrow's
+        conversion of an int64 is checked, and it narrowed a literal to float32)."""
+        left = self._literal_beside(node.left, node.right, left)
+        right = self._literal_beside(node.right, node.left, right)
+        kinds = {_number_kind(self._type(n)) for n in (node.left, node.right)}
+        if kinds == {"int", "float"} or _float_literal(node.left) or _float_literal(node.right):
+            return _float64(left, node.left), _float64(right, node.right)
         return left, right
-    return _float64(left, node.left), _float64(right, node.right)
+
+    def _literal_beside(self, literal: _Node, other: _Node, expr: pc.Expression
+                        ) -> pc.Expression:
+        t = self._type(other)
+        if t is None or not (isinstance(literal, _Literal) and literal.kind == "int"):
+            return expr
+        value = literal.value
+        assert isinstance(value, int)
+        if pa.types.is_decimal(t):
+            digits = max(len(str(abs(value))), 1)
+            return pc.scalar(pa.scalar(decimal.Decimal(value), pa.decimal128(digits, 0)))
+        if t == pa.uint64() and value >= 0:
+            return pc.scalar(pa.scalar(value, t))
+        return expr
+
+    def _within_38_digits(self, node: _BinOp, kernel: Callable[..., pc.Expression],
+                          left: pc.Expression, right: pc.Expression) -> pc.Expression:
+        """``kernel(left, right)``; where Arrow refuses a decimal result past 38 digits
+        (``d38 + 1``), worked out in decimal256 and brought back to 38 digits with the
+        same digits after the point, as DuckDB and Spark keep them: a value that does not
+        fit is an error as it converts, never another value."""
+        result = kernel(left, right)
+        if not any(_number_kind(self._type(n)) == "decimal" for n in (node.left, node.right)):
+            return result
+        if self._result_type(result) is not None:
+            return result
+        operands = [self._decimal256(expr) for expr in (left, right)]
+        if operands[0] is None or operands[1] is None:
+            return result
+        wide = kernel(*operands)
+        wide_type = self._result_type(wide)
+        if wide_type is None and node.op == "*":
+            wide = self._wide_product(*operands)
+            wide_type = self._result_type(wide)
+        if wide_type is None or not pa.types.is_decimal(wide_type):
+            return result  # the type check tells Arrow's refusal (past 76 digits)
+        if wide_type.scale > _DECIMAL128_DIGITS:
+            sides = " and ".join(str(self._result_type(e)) for e in (left, right))
+            raise ExpressionError(
+                f"'{node.symbol}' of {sides} has {wide_type.scale} digits after the point, "
+                f"more than a decimal's {_DECIMAL128_DIGITS}; convert one side, e.g. "
+                "cast(x as float64)",
+                self.text,
+                node.pos,
+            )
+        return wide.cast(pa.decimal128(_DECIMAL128_DIGITS, wide_type.scale))
+
+    def _decimal256(self, expr: pc.Expression) -> pc.Expression | None:
+        t = self._result_type(expr)
+        if t is not None and pa.types.is_integer(t):
+            t = _integer_digits(t)
+        if t is None or not pa.types.is_decimal(t):
+            return None
+        return expr.cast(pa.decimal256(t.precision, t.scale))
+
+    def _wide_product(self, left: pc.Expression, right: pc.Expression) -> pc.Expression:
+        """``left * right`` of two 38-digit decimals: Arrow wants 77 digits for it, past
+        decimal256's 76. Where ``right`` fits in 37 digits it is narrowed to them, else
+        ``left`` is: where neither does, the product is past any 38-digit result, and
+        narrowing ``left`` is the overflow's error."""
+        types = [self._result_type(e) for e in (left, right)]
+        assert types[0] is not None and types[1] is not None
+        narrow = [pa.decimal256(t.precision - 1, t.scale) for t in types]
+        bound = _step_scalar(_steps(narrow[1])[2], types[1])
+        small = pc.less_equal(pc.abs(right), bound)
+        zero = [pc.scalar(pa.scalar(decimal.Decimal(0), t)) for t in types]
+        right_narrow = pc.if_else(small, right, zero[1]).cast(narrow[1])
+        left_narrow = pc.if_else(small, zero[0], left).cast(narrow[0])
+        return pc.if_else(small, pc.multiply(left, right_narrow),
+                          pc.multiply(left_narrow, right))
+
+    # ------------------------------------------------------------------------- rounding
+
+    def _rounded(self, node: _Call, exprs: list[pc.Expression]) -> pc.Expression:
+        """floor, ceil or round. Of a decimal: with a digit more before the point (and as
+        many as it rounds to: round(d, -3) of a decimal(5, 2) needs thousands), the result
+        in the decimal's type again by a checked cast: Arrow rounds within the precision,
+        and a value that rounds past it (floor of -99999999.99 in a decimal(10, 2), of
+        a sum) came back as 0.00, silently; now it is an error, and the result keeps
+        the type (if(c, round(d), d) stays one type). Of an integer: float64 unchecked,
+        as the math functions convert (Arrow's checked conversion raised past 2**53)."""
+        build = _FUNCTIONS[node.name].build
+        t = self._type(node.args[0])
+        if _number_kind(t) == "int" and node.name != "round":
+            return build(node.args, [_float64(exprs[0], node.args[0])])
+        if t is None or not pa.types.is_decimal(t):
+            return build(node.args, exprs)
+        places: int | None = 0
+        if len(node.args) > 1:
+            digits = node.args[1]
+            literal = isinstance(digits, _Literal) and digits.kind == "int"
+            places = int(digits.value) if literal else None  # type: ignore[union-attr, arg-type]
+        if t.precision >= _DECIMAL256_DIGITS and (places is None or places < t.scale):
+            raise ExpressionError(
+                f"cannot {node.written}() a {t} value: one that rounds up past its "
+                f"{_DECIMAL256_DIGITS} digits, Arrow's most, would come back as another; "
+                "convert it, e.g. cast(x as float64)",
+                self.text,
+                node.pos,
+            )
+        precision = t.precision + 1
+        if places is not None and places < 0:
+            precision = max(precision, t.scale - places + 1)
+        precision = min(precision, _DECIMAL256_DIGITS)
+        wider = (pa.decimal128(precision, t.scale)
+                 if precision <= _DECIMAL128_DIGITS and pa.types.is_decimal128(t)
+                 else pa.decimal256(precision, t.scale))
+        return build(node.args, [exprs[0].cast(wider), *exprs[1:]]).cast(t)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1467,23 +1775,24 @@ def _typed(text: str, schema: pa.Schema) -> pa.DataType:
         _Compiler(text, trace, dict(_types_of(text, schema))).to_expr(node)
     except RecursionError:
         raise ExpressionError("expression is nested too deeply", text, -1) from None
-    dataset = ds.dataset(schema.empty_table())
+    empty = schema.empty_table()
     index = {id(n): i for i, (n, _) in enumerate(trace)}
     try:
-        projected = dataset.to_table(columns={f"_{i}": e for i, (_, e) in enumerate(trace)})
+        projected = ds.dataset(empty).to_table(
+            columns={f"_{i}": e for i, (_, e) in enumerate(trace)})
         types = list(projected.schema.types)
     except (pa.ArrowException, TypeError, ValueError):
         types = []
         for sub, expr in trace:  # post-order: children are typed before their parents
             try:
-                types.append(dataset.to_table(columns={"_": expr}).schema.types[0])
+                types.append(_bound_type(expr, empty))
             except (pa.ArrowException, TypeError, ValueError) as exc:
                 arg_types = [types[index[id(c)]] for c in _children(sub)]
                 raise _type_error(sub, arg_types, _arrow_detail(exc), text) from None
     for sub, _ in trace:
         compares = (isinstance(sub, _BinOp) and sub.op in _ARROW_COMPARISON) or isinstance(
-            sub, _Between | _InList
-        )
+            sub, _Between | _InList) or (isinstance(sub, _Call)
+                                         and _FUNCTIONS[sub.name].values_from is not None)
         if compares:  # arrow only notices this while running, not when planning
             arg_types = [types[index[id(c)]] for c in _children(sub)]
             zones = {t.tz is not None for t in arg_types if pa.types.is_timestamp(t)}
@@ -1504,6 +1813,13 @@ def _typed(text: str, schema: pa.Schema) -> pa.DataType:
             arg_types = [types[index[id(c)]] for c in _children(sub)]
             if not all(_is_text(t) for t in arg_types):
                 raise _type_error(sub, arg_types, "it needs text", text)
+        if isinstance(sub, _Call) and sub.name == "round" and len(sub.args) > 1:
+            digits = types[index[id(sub.args[1])]]
+            if not (pa.types.is_integer(digits) or pa.types.is_null(digits)):
+                # Arrow converts them to int32 as the rows are read, and raised there
+                arg_types = [types[index[id(c)]] for c in _children(sub)]
+                raise _type_error(sub, arg_types, "the digits to round to are a whole "
+                                  "number, e.g. round(x, 2)", text)
         if isinstance(sub, _Call) and _FUNCTIONS[sub.name].time_args:
             arg_types = [types[index[id(c)]] for c in _children(sub)]
             if not all(pa.types.is_date(t) or pa.types.is_timestamp(t) or pa.types.is_null(t)

@@ -110,7 +110,8 @@ class Derive(Transform):
                              for name, text in batch.items()})
             except ARROW_ERRORS as exc:
                 failed = self._failing(out, batch)
-                raise DataError(f"derive column '{failed}': {arrow_message(exc)}",
+                raise DataError(f"derive column '{failed}' ({batch[failed]}): "
+                                f"{arrow_message(exc)}",
                                 hint="guard the expression, e.g. with if(...) or coalesce(...)"
                                 ) from None
             for name in batch:

@@ -108,7 +108,7 @@ class Filter(Transform):
         try:
             return part.filter(parse_filter(self.params.where, part.schema))
         except ARROW_ERRORS as exc:
-            raise _failed(exc, "where") from None
+            raise _failed(exc, f"where ({self.params.where})") from None
 
 
 # --------------------------------------------------------------------------- sample

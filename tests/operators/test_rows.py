@@ -69,8 +69,9 @@ def test_filter_conditions_that_are_not_true_or_false_fail_when_planned() -> Non
 def test_filter_a_value_that_fails_at_run_time_is_a_data_error() -> None:
     op = build("filter", where="cast(plan as int64) > 0")
     op.output_schema(table().schema)
-    with pytest.raises(DataError, match="where: Failed to parse string: '[a-z]+' as a "
-                                        "scalar of type int64") as info:
+    with pytest.raises(DataError, match=r"where \(cast\(plan as int64\) > 0\): Failed to "
+                                        "parse string: '[a-z]+' as a scalar of type "
+                                        "int64") as info:
         op.transform(table(), NP)
     assert "guard the condition" in str(info.value)
 
