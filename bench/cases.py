@@ -52,6 +52,10 @@ from bench.join_cases import (  # noqa: F401 - bench.worker looks the sides up h
     spark_join_sluice_spark,
     spark_join_spark,
 )
+from bench.lightgbm_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    train_boosted_lightgbm_lightgbm,
+    train_boosted_lightgbm_sluice_local,
+)
 from bench.mllib_cases import (  # noqa: F401 - bench.worker looks the sides up here
     forest_split,
     train_boosted_spark_mllib,
@@ -231,6 +235,10 @@ CASES: dict[str, Case] = {
     # the same with each row's per-feature contributions: TreeSHAP vs pred_contribs
     "explain_boosted_xgboost": Case("numeric", ("sluice_local", "xgboost"), _numeric,
                                     boosted_models),
+    # gradient_boosted_trees (100 trees) grown leaf-wise, grow_policy: lossguide with 31
+    # leaves and depth 10, vs LightGBM's LGBMClassifier (num_leaves 31), held-out accuracy
+    # and log-loss printed (bench/lightgbm_cases.py)
+    "train_boosted_lightgbm": Case("numeric", ("sluice_local", "lightgbm"), _numeric),
     # gradient_boosted_trees' loss: quantile (0.9) on a label of heavy-tailed noise that
     # widens with a feature vs HistGradientBoostingRegressor(loss="quantile") and XGBoost's
     # reg:quantileerror, held-out pinball loss and coverage printed (bench/quantile_cases.py)

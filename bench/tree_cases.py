@@ -57,12 +57,14 @@ def _run_sluice(data: Path, scratch: Path, name: str, op: str, params: dict[str,
 def held_out(validation: dict[str, Any]) -> str:
     """A side's held-out quality as printed: a quantile model's pinball loss and
     coverage (the share of labels at or below their prediction), a classifier's
-    accuracy, another regression's rmse."""
+    accuracy (and log-loss, where there is one), another regression's rmse."""
     if "pinball_loss" in validation:
         return (f"held-out pinball loss {validation['pinball_loss']:.4f}, "
                 f"coverage {validation['coverage']:.4f}")
     if "accuracy" in validation:
-        return f"held-out accuracy {validation['accuracy']:.4f}"
+        loss = (f", log-loss {validation['log_loss']:.4f}" if "log_loss" in validation
+                else "")
+        return f"held-out accuracy {validation['accuracy']:.4f}{loss}"
     return f"held-out rmse {validation['rmse']:.4f}"
 
 
