@@ -445,7 +445,8 @@ class GradientBoostedTrees(TreeEstimator):
                        ) -> tuple[dict[str, Any], bool]:
         sel = state["select"]
         if sel["queries"] is None:
-            queries = selection.start(stats, self._leaf_level(), self.params.weight is not None)
+            queries = selection.start(stats, self._leaf_level(), self.params.weight is not None,
+                                      median=self.params.loss == "absolute_error")
         else:
             queries = selection.search_update(sel["queries"], sel["sent"], stats)
         passes = state.get("selection_passes", 0) + 1
@@ -737,9 +738,9 @@ def _gradients(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5,
     if loss == "absolute_error":  # scikit-learn's gradients (a tie: -1); hessians 1
         ones = xp.ones_like(raw)
         return xp.where(raw > target, ones, -ones), ones
-    if loss == "quantile":  # the pinball loss's (a tie: 1 - level)
+    if loss == "quantile":  # the pinball loss's (a tie: -level, as scikit-learn's)
         ones = xp.ones_like(raw)
-        return xp.where(target > raw, -level * ones, (1.0 - level) * ones), ones
+        return xp.where(target >= raw, -level * ones, (1.0 - level) * ones), ones
     p = _probabilities(raw, k, xp)
     return p - target, p * (1.0 - p)
 

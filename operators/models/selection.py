@@ -50,6 +50,9 @@ BIN_ROWS = 32
 power of two from ``MIN_BINS`` to ``MAX_BINS``): most bins then hold few enough rows to
 be listed in the next pass."""
 MIN_BINS, MAX_BINS = 16, 4096
+RANK_RTOL = 1e-12
+"""A weighted running sum within this fraction of the group's weight of a rank reaches
+it (fractional weights summed in another order differ in their last bits)."""
 WINDOW = 4.0
 """The first binned pass of a group cuts its mean +- this many standard deviations."""
 LIST_ROWS = 2048
@@ -142,12 +145,16 @@ def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def start(summary: dict[str, np.ndarray], level: float, weighted: bool) -> dict[str, Any]:
-    """The queries for the ``level`` quantile of every group with rows (one a group)."""
+def start(summary: dict[str, np.ndarray], level: float, weighted: bool,
+          median: bool = False) -> dict[str, Any]:
+    """The queries for the ``level`` quantile of every group with rows (one a group);
+    ``median``: unweighted, the median as NumPy's ``median`` takes it (the mean of the
+    two middle rows, where ``percentile`` interpolates: the last bit may differ)."""
     count, mass = summary["count"], summary["mass"]
     group = np.flatnonzero(count > 0)
     if weighted:
-        rank = rank2 = level * mass[group]
+        # scikit-learn's weighted percentile: the level as a percent, divided by 100
+        rank = rank2 = (100 * level) / 100 * mass[group]
         frac = np.zeros(len(group))
     else:
         # as np.percentile(values, 100 * level) computes it, to its last bit
@@ -173,7 +180,11 @@ def start(summary: dict[str, np.ndarray], level: float, weighted: bool) -> dict[
                "count": count[group].astype(np.int64), "value": np.full(size, np.nan),
                "value2": np.full(size, np.nan), "stage": np.full(size, HIST, np.int8),
                "passes": np.zeros(size, np.int64),
-               "frac": frac, "groups": len(count), "weighted": bool(weighted)}
+               "frac": frac, "groups": len(count), "weighted": bool(weighted),
+               "median": bool(median and not weighted),
+               # a running weight this close to a rank reaches it: sums of fractional
+               # weights added in another order (another partitioning) cannot part a tie
+               "slack": RANK_RTOL * mass[group] if weighted else np.zeros(size)}
     _advance(queries)
     return queries
 
@@ -196,6 +207,9 @@ def values(queries: dict[str, Any]) -> np.ndarray:
     """Per group its quantile (NaN for a group without rows), once ``done``."""
     out = np.full(queries["groups"], np.nan)
     a, b, t = queries["value"], queries["value2"], queries["frac"]
+    if queries["median"]:  # NumPy's median: the middle row, or the mean of the two
+        out[queries["group"]] = np.where(t == 0, a, (a + b) / 2)
+        return out
     # NumPy's lerp: from the nearer end, so that t = 0 and t = 1 give a and b exactly
     out[queries["group"]] = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
     return out
@@ -270,10 +284,11 @@ def search_partial(xp: Any, groups: Any, values: Any, mass: Any | None,
     return {**out, "listed": listed}
 
 
-def _first_reaching(running: np.ndarray, rank: float, full: np.ndarray) -> int:
-    """The first position whose running mass reaches ``rank`` among ``full`` ones (the
-    last full one when rounding leaves the total just short)."""
-    reached = np.flatnonzero((running >= rank) & full)
+def _first_reaching(running: np.ndarray, rank: float, full: np.ndarray, slack: float
+                    ) -> int:
+    """The first position whose running mass reaches ``rank`` (within ``slack``) among
+    ``full`` ones (the last full one when rounding leaves the total just short)."""
+    reached = np.flatnonzero((running >= rank - slack) & full)
     return int(reached[0]) if len(reached) else int(np.flatnonzero(full)[-1])
 
 
@@ -288,8 +303,8 @@ def search_update(queries: dict[str, Any], sent: dict[str, Any], stats: dict[str
         count, mass = stats["count"][cut], mass_all[cut]
         running = q["below"][i] + np.cumsum(mass)
         full = count > 0
-        a = _first_reaching(running, q["rank"][i], full)
-        b = _first_reaching(running, q["rank2"][i], full)
+        a = _first_reaching(running, q["rank"][i], full, q["slack"][i])
+        b = _first_reaching(running, q["rank2"][i], full, q["slack"][i])
         if a != b:  # unweighted ranks k and k + 1 apart: bin a's last row, b's first
             q["value"][i], q["value2"][i] = stats["max"][cut][a], stats["min"][cut][b]
             q["stage"][i] = FOUND
@@ -307,8 +322,8 @@ def search_update(queries: dict[str, Any], sent: dict[str, Any], stats: dict[str
         v, w = v[order], w[order]
         running = q["below"][i] + np.cumsum(w)
         full = np.ones(len(v), bool)
-        q["value"][i] = v[_first_reaching(running, q["rank"][i], full)]
-        q["value2"][i] = v[_first_reaching(running, q["rank2"][i], full)]
+        q["value"][i] = v[_first_reaching(running, q["rank"][i], full, q["slack"][i])]
+        q["value2"][i] = v[_first_reaching(running, q["rank2"][i], full, q["slack"][i])]
         q["stage"][i] = FOUND
     _advance(q)
     return q
@@ -324,5 +339,5 @@ def quantile_of(values: np.ndarray, level: float, weights: np.ndarray | None = N
         return float(np.percentile(values, 100 * level))
     order = np.argsort(values, kind="stable")
     running = np.cumsum(weights[order])
-    at = int(np.searchsorted(running, level * running[-1], side="left"))
+    at = int(np.searchsorted(running, (100 * level) / 100 * running[-1], side="left"))
     return float(values[order][min(at, len(values) - 1)])

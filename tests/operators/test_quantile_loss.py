@@ -301,3 +301,62 @@ def test_a_quantile_models_validation_metrics_measure_its_quantile() -> None:
     plain, metrics, _ = fit_state(GradientBoostedTrees(
         label="y", n_trees=5, validation_fraction=0.25), split(table, 2))
     assert plain.quantile is None and "pinball_loss" not in metrics["validation"]
+
+
+def test_a_tie_of_label_and_prediction_has_the_pinball_gradient_of_scikit_learn() -> None:
+    """At a tie the gradient is -level (scikit-learn's), so quantile 0.5 grows the
+    absolute error's trees; integer labels tie often."""
+    X = np.array([0, 0, 0, 0, 0, 1, 2.0])[:, None]
+    y = np.array([1, 1, 1, 1, 1, 0, 2.0])
+    for loss in ({"loss": "quantile", "quantile": 0.5}, {"loss": "absolute_error"}):
+        model, _, _ = fit_state(GradientBoostedTrees(
+            label="y", n_trees=1, max_depth=1, min_samples_leaf=1, learning_rate=1.0,
+            **loss), [table_of(X, y)])
+        assert model.nodes["threshold"][0] == 0.5
+    rng = np.random.default_rng(11)
+    X = rng.integers(0, 8, (3000, 3)).astype(float)
+    y = np.round(X[:, 0] + rng.standard_t(2, 3000))  # whole numbers: ties everywhere
+    table = table_of(X, y)
+    for level in (0.5, 0.8):
+        model, _, _ = fit_state(GradientBoostedTrees(
+            label="y", loss="quantile", quantile=level, n_trees=10, max_depth=3,
+            min_samples_leaf=20, learning_rate=0.3), split(table, 2))
+        expected = HistGradientBoostingRegressor(
+            loss="quantile", quantile=level, max_iter=10, max_depth=3, min_samples_leaf=20,
+            learning_rate=0.3, max_leaf_nodes=None, early_stopping=False).fit(X, y).predict(X)
+        np.testing.assert_allclose(predictions(model, table)["prediction"], expected,
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_the_weighted_rank_is_scikit_learns_percent_and_the_median_numpys() -> None:
+    # 0.056 * 125 is 7.000000000000001; scikit-learn's 5.6 / 100 * 125 is 7.0
+    values, weights = np.arange(125.0), np.ones(125)
+    got, _ = search([(np.zeros(125, np.int64), values, weights)], 1, 0.056, weighted=True)
+    assert got[0] == _weighted_percentile(values, weights, 5.6) == 6.0
+    # np.median's mean of the two middle rows, where the interpolation is 1 ulp off
+    values = np.array([0.2, 0.3, 2.4, 2.1])
+    summary = selection.summarise(NUMPY, np.zeros(4, np.int64), values, None, 1)
+    queries = selection.start(summary, 0.5, weighted=False, median=True)
+    while not selection.done(queries):
+        sent = selection.broadcast(queries)
+        queries = selection.search_update(queries, sent, selection.search_partial(
+            NUMPY, *selection.narrow(NUMPY, np.zeros(4, np.int64), values, None, sent), sent))
+    assert selection.values(queries)[0] == np.median(values) == 1.2
+
+
+def test_fractional_weights_reach_a_rank_alike_in_any_partitioning() -> None:
+    """Round weights (0.1, 0.2, 0.3, 0.7) land running sums on the rank in one order and
+    a rounding step short of it in another: a tie within the slack reaches it."""
+    rng = np.random.default_rng(12)
+    differ = 0
+    for _ in range(300):
+        n = int(rng.integers(2, 60))
+        values = rng.integers(0, 6, n).astype(float)
+        weights = rng.choice([0.1, 0.2, 0.3, 0.7], n)
+        group = np.zeros(n, np.int64)
+        whole, _ = search([(group, values, weights)], 1, 0.5, weighted=True)
+        order = rng.permutation(n)
+        parts = [(group[s], values[order][s], weights[order][s]) for s in cut(n, 4, rng)]
+        got, _ = search(parts, 1, 0.5, weighted=True)
+        differ += int(got[0] != whole[0])
+    assert differ == 0
