@@ -457,12 +457,16 @@ class GradientBoostedTrees(TreeEstimator):
         state = {**state, "select": None, "selection_passes": passes}
         if sel["kind"] == "base":
             return self._first_round(state, found[:1]), False
-        # a leaf's value: the learning rate times its rows' residual quantile, within the
-        # bounds monotonic constraints set on it (its siblings' order then holds); the
-        # penalties l1 and l2 shaped the splits only (scikit-learn's rule)
+        # a leaf's value: the learning rate times its rows' residual quantile (within the
+        # bounds of monotonic constraints); the penalties l1 and l2 shaped the splits
+        # only (scikit-learn's rule)
         forest = {**state["forest"], "value": state["forest"]["value"].copy()}
         nodes = sel["nodes"]
-        quantile = np.clip(found, forest["lower"][nodes], forest["upper"][nodes])
+        quantile = found
+        if self.params.monotonic:
+            first = int(forest["roots"][state["round"]])
+            quantile = monotone_leaves(forest, first, nodes, found, self._monotonic(
+                state, np.arange(1))[0])
         has_rows = ~np.isnan(found)
         forest["value"][nodes[has_rows], 0] = self.params.learning_rate * quantile[has_rows]
         return self._after_growth({**state, "forest": forest, "leaves_set": state["round"],
@@ -685,6 +689,44 @@ class GradientBoostedTrees(TreeEstimator):
             columns.append([w * g[:, column], w * h[:, column], w])
         memo["channels"] = (state["round"], columns)
         return columns
+
+
+def monotone_leaves(forest: dict[str, np.ndarray], first: int, leaves: np.ndarray,
+                    found: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """The leaves' quantiles ``found`` (of the tree whose nodes start at ``first``; NaN:
+    a leaf without rows) within bounds that keep the tree monotonic in the constrained
+    features (``direction`` per feature: 1 rising, -1 falling, 0 free): from the root
+    down, a split on a constrained feature bounds its two sides at the middle of their
+    cover-weighted mean quantiles (within its own bounds), as the Newton values bound
+    them while the tree grows. Those growing bounds are in the gradients' scale, not the
+    quantiles'; these are the quantiles' own."""
+    end = len(forest["tree"])
+    status, feature = forest["status"], forest["feature"]
+    left, right, cover = forest["left"], forest["right"], forest["weight"]
+    weight, total = np.zeros(end), np.zeros(end)
+    has = ~np.isnan(found)
+    weight[leaves[has]] = cover[leaves[has]]
+    total[leaves[has]] = cover[leaves[has]] * found[has]
+    for node in range(end - 1, first - 1, -1):  # children come after their parents
+        if status[node] == SPLIT:
+            weight[node] = weight[left[node]] + weight[right[node]]
+            total[node] = total[left[node]] + total[right[node]]
+    lo, hi = np.full(end, -np.inf), np.full(end, np.inf)
+    for node in range(first, end):
+        if status[node] != SPLIT:
+            continue
+        a, b = int(left[node]), int(right[node])
+        lo[a] = lo[b] = lo[node]
+        hi[a] = hi[b] = hi[node]
+        sense = direction[feature[node]]
+        if sense == 0 or weight[a] == 0 or weight[b] == 0:
+            continue
+        mid = np.clip((total[a] / weight[a] + total[b] / weight[b]) / 2, lo[node], hi[node])
+        if sense > 0:
+            hi[a], lo[b] = mid, mid
+        else:
+            lo[a], hi[b] = mid, mid
+    return np.clip(found, lo[leaves], hi[leaves])
 
 
 def _row_ids(prep: dict[str, Any], xp: Any) -> Any:
