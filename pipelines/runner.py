@@ -471,6 +471,7 @@ class Run:
                     name, value = tuning.score(metrics)
                 except SluiceError as exc:
                     raise exc.located(f"step '{step.id}'") from None
+                tuning.metric = name  # every candidate by the first one's metric
                 result["metric"] = name
                 result.setdefault("folds", []).append(value)
                 result["passes"] += metrics["passes"]

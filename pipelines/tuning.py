@@ -115,9 +115,19 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
         elif not isinstance(values, list) or not values:
             problems.append(("tune", f"tune: '{name}' must list the values to try, e.g. "
                                      f"{name}: [a, b]"))
+        elif name == "quantile":
+            problems.append(("tune", "tune cannot vary 'quantile': it is what a model of "
+                                     "loss: quantile predicts, not a setting to tune (each "
+                                     "level's pinball loss measures another thing); fit "
+                                     "a model per level"))
         elif name in params:
             problems.append(("tune", f"tune: '{name}' is set on the step too; give its "
                                      "values in tune only"))
+    if "loss" in tune and metric is None:
+        problems.append(("tune_metric", "tune varies loss, so its candidates minimise "
+                                        "different losses and no one default metric suits "
+                                        "them all: name the metric to compare them by "
+                                        "(tune_metric: rmse, mae, ...)"))
     if metric is not None and metric not in METRICS:
         problems.append(("tune_metric", f"unknown metric '{metric}'{suggest(str(metric), METRICS)}"
                                         f" (one of: {', '.join(METRICS)})"))

@@ -89,12 +89,20 @@ class Promote(Measuring):
         self.scorers: list[Score] = []  # the challenger's, then the champion's (if any)
         self.refs: list[str] = []
 
+    def _levels(self) -> list[float | None]:
+        """Each bound model's quantile (a model of loss: quantile or absolute_error), or
+        None."""
+        out = []
+        for scorer in self.scorers:
+            steps = scorer.chain.steps if scorer.chain is not None else []
+            out.append(next((q for q in (getattr(s, "quantile", None) for s in steps)
+                             if q is not None), None))
+        return out
+
     def _evaluate(self) -> Evaluate:
         p = self.params
-        # pinball_loss and coverage at the challenger's quantile (a quantile model's)
-        levels = [getattr(step, "quantile", None) for s in self.scorers[:1]
-                  for step in (s.chain.steps if s.chain is not None else [])]
-        level = next((q for q in levels if q is not None), None)
+        # pinball_loss and coverage at the models' quantile (bind checks they share it)
+        level = self._levels()[0] if self.scorers else None
         if level is None:
             return Evaluate(label=p.label, weight=p.weight,
                             metrics=None if p.metric is None else [p.metric])
@@ -119,6 +127,19 @@ class Promote(Measuring):
             self.scorers.append(scorer)
             self.refs.append(f"{info['name']}@{info['version']}")
         self.required = list(dict.fromkeys(c for s in self.scorers for c in s.required))
+        levels = self._levels()
+        if len(set(levels)) > 1 and (self.params.metric is None
+                                      or self.params.metric in ("pinball_loss", "coverage")):
+            def what(level: float | None) -> str:
+                return "the mean" if level is None else f"the {level:g} quantile"
+            raise ParamError(
+                f"promote: {self.refs[0]} predicts {what(levels[0])} and {self.refs[1]} "
+                f"{what(levels[1])}, so "
+                + ("no default metric" if self.params.metric is None
+                   else f"{self.params.metric} (measured at one quantile)")
+                + " compares them fairly",
+                hint="name a metric both are judged by (metric: mae, rmse, ...), or "
+                     "promote between models of one loss and quantile")
 
     # ----------------------------------------------------------------- plan time
 

@@ -251,3 +251,18 @@ def test_quantile_models_are_compared_by_their_pinball_loss(workdir: Path, rows:
     evaluated = run(check)["metrics"]["evaluate"]
     assert decision["champion_value"] == pytest.approx(evaluated["pinball_loss"], rel=1e-12)
     assert 0.85 < evaluated["coverage"] < 0.95
+
+
+def test_a_mean_model_against_a_quantile_model_needs_a_named_metric(workdir: Path,
+                                                                    rows: Path) -> None:
+    """A mean model (squared error) against the 0.9 quantile model that has the alias:
+    rmse would favour the one and pinball_loss the other, so promote wants a metric."""
+    run(write_pipeline(workdir, QUANTILE.format(data=rows), "quantile.yaml"))
+    mean = QUANTILE.format(data=rows).replace("        loss: quantile\n        quantile: 0.9\n",
+                                              "")
+    with pytest.raises(SluiceError, match="upper@2 predicts the mean and upper@1 the 0.9 "
+                                          "quantile, so no default metric compares them"):
+        run(write_pipeline(workdir, mean, "mean.yaml"))
+    named = write_pipeline(workdir, mean.rstrip() + "\n        metric: mae\n", "named.yaml")
+    decision = run(named)["metrics"]["promote"]
+    assert decision["metric"] == "mae" and decision["champion"] == "upper@1"

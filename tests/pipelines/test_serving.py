@@ -1218,3 +1218,10 @@ def test_an_integer_category_past_the_trained_type_is_unseen_as_in_the_score_ste
     answered = model.score(rows.to_pylist())
     assert [r["prediction"] for r in answered] == pytest.approx(bulk, rel=1e-12)
     assert bulk[0] != bulk[1]  # 300 is not store 3
+    assert model.describe()["quantile"] is None
+    upper = text.replace("name: stores", "name: upper").replace(
+        "            label: y\n", "            label: y\n            loss: quantile\n"
+                                  "            quantile: 0.9\n")
+    run(write_pipeline(tmp_path, upper, "upper.yaml"), models=str(tmp_path / "models"),
+        runs_dir=str(tmp_path / "runs"))
+    assert load_model("upper", str(tmp_path / "models")).describe()["quantile"] == 0.9

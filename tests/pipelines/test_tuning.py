@@ -205,3 +205,50 @@ def test_tune_samples_tries_a_random_share_of_a_large_grid(churn: Path, workdir:
     (problem,) = plan_file(write_pipeline(workdir, without, "all.yaml")).problems
     assert "tune makes 300 combinations, over 100: try fewer values, or tune_samples" in (
         problem.message)
+
+
+BOOSTED = """
+    pipeline: boosted
+    steps:
+      - op: read_parquet
+        path: data/churn
+      - id: model
+        op: gradient_boosted_trees
+        label: monthly_charges
+        features: [tenure, churned]
+        n_trees: 5
+        max_depth: 2
+        validation_fraction: 0.25
+{tune}
+"""
+
+
+def test_candidates_of_other_losses_or_quantiles_need_a_named_metric(churn: Path,
+                                                                    workdir: Path) -> None:
+    """Candidates minimising different losses have no one default metric (each would
+    report its own: rmse for the mean, pinball_loss for a quantile), and a quantile is
+    not a setting to tune: both said as the file plans."""
+    losses = "        tune:\n          loss: [squared_error, absolute_error]"
+    plan = plan_file(write_pipeline(workdir, BOOSTED.format(tune=losses), "losses.yaml"))
+    (problem,) = plan.problems
+    assert "tune varies loss, so its candidates minimise different losses" in problem.message
+    levels = ("        loss: quantile\n        quantile: 0.5\n"
+              "        tune:\n          learning_rate: [0.1]\n          quantile: [0.1, 0.9]")
+    plan = plan_file(write_pipeline(workdir, BOOSTED.format(tune=levels), "levels.yaml"))
+    assert any("tune cannot vary 'quantile': it is what a model of loss: quantile predicts"
+               in p.message for p in plan.problems)
+    named = losses + "\n        tune_metric: mae"
+    record = run(write_pipeline(workdir, BOOSTED.format(tune=named), "named.yaml"))
+    candidates = record["metrics"]["model"]["tuning"]["candidates"]
+    assert all(list(c) == ["mae", "passes"] for c in candidates.values())
+
+
+def test_quantile_candidates_are_compared_by_their_pinball_loss(churn: Path,
+                                                                workdir: Path) -> None:
+    tuned = ("        loss: quantile\n        quantile: 0.9\n"
+             "        tune:\n          learning_rate: [0.01, 0.3]")
+    record = run(write_pipeline(workdir, BOOSTED.format(tune=tuned), "quantile.yaml"))
+    tuning = record["metrics"]["model"]["tuning"]
+    assert tuning["metric"] == "pinball_loss"
+    values = {k: v["pinball_loss"] for k, v in tuning["candidates"].items()}
+    assert tuning["best"] == min(values, key=values.get)
