@@ -345,10 +345,13 @@ class GradientBoostedTrees(TreeEstimator):
         reference = losses[-wait - 1] - self.params.tol
         return not any(loss < reference for loss in losses[-wait:])
 
+    def _growing_from(self, state: dict[str, Any]) -> int:
+        return int(state["forest"]["roots"][state["round"] * self._outputs(state)])
+
     def _finish_growth(self, state: dict[str, Any]) -> dict[str, Any]:
         if state["stopped"]:
             return state
-        first = int(state["forest"]["roots"][state["round"] * self._outputs(state)])
+        first = self._growing_from(state)
         if state.get("cut_round") != state["round"]:  # lossguide: the round's trees cut
             state = {**self._cut(state, first), "cut_round": state["round"]}
         if (self._loss_name(state) in LEAF_QUANTILE

@@ -1415,33 +1415,13 @@ def best_first(forest: dict[str, np.ndarray], first: int, max_leaves: int
     (shallower, then further left: the same in any partitioning). The nodes the cut
     leaves out are dropped; a split node that stays unsplit becomes a leaf with its
     value."""
-    size = len(forest["tree"])
     split = forest["status"] == SPLIT
-    left, right = forest["left"], forest["right"]
-    place = np.zeros(size, dtype=np.int64)  # heap numbering: root 0, children 2i+1, 2i+2
-    depth = forest["depth"]
-    for d in range(int(depth[first:].min(initial=0)), int(depth[first:].max(initial=0))):
-        at = np.flatnonzero(split & (depth == d))
-        at = at[at >= first]
-        place[left[at]] = 2 * place[at] + 1
-        place[right[at]] = 2 * place[at] + 2
-    gain = forest["gain"].astype(np.float32)
-    keep = np.zeros(size, dtype=bool)
-    keep[:first] = True
-    made = np.zeros(size, dtype=bool)
+    made = _best_first_splits(forest, first, max_leaves)
     made[:first] = split[:first]
-    for root in forest["roots"][forest["roots"] >= first].tolist():
-        keep[root] = True
-        frontier = [(-float(gain[root]), int(place[root]), root)] if split[root] else []
-        leaves = 1
-        while frontier and leaves < max_leaves:
-            _, _, node = heapq.heappop(frontier)
-            made[node] = True
-            leaves += 1
-            for child in (int(left[node]), int(right[node])):
-                keep[child] = True
-                if split[child]:
-                    heapq.heappush(frontier, (-float(gain[child]), int(place[child]), child))
+    keep = np.zeros(len(split), dtype=bool)
+    keep[:first] = True
+    keep[forest["roots"][forest["roots"] >= first]] = True
+    keep[forest["left"][made]] = keep[forest["right"][made]] = True
     new_id = np.cumsum(keep) - 1
     out = {k: v[keep] for k, v in forest.items() if k not in FOREST_WIDE}
     cut = made[keep]
@@ -1455,6 +1435,55 @@ def best_first(forest: dict[str, np.ndarray], first: int, max_leaves: int
     out["roots"] = new_id[forest["roots"]].astype(np.int32)
     out["masks"] = forest["masks"]  # rows of the dropped splits stay, unused
     return out
+
+
+def _best_first_splits(forest: dict[str, np.ndarray], first: int, max_leaves: int
+                       ) -> np.ndarray:
+    """Which split nodes (of the trees from ``first`` on) best-first growth makes with
+    ``max_leaves`` leaves a tree, among the splits the forest has (``best_first``'s
+    order: gains in float32, ties to the shallower, then further left node)."""
+    size = len(forest["tree"])
+    split = forest["status"] == SPLIT
+    left, right = forest["left"], forest["right"]
+    place = np.zeros(size, dtype=np.int64)  # heap numbering: root 0, children 2i+1, 2i+2
+    depth = forest["depth"]
+    for d in range(int(depth[first:].min(initial=0)), int(depth[first:].max(initial=0))):
+        at = np.flatnonzero(split & (depth == d))
+        at = at[at >= first]
+        place[left[at]] = 2 * place[at] + 1
+        place[right[at]] = 2 * place[at] + 2
+    gain = forest["gain"].astype(np.float32)
+    made = np.zeros(size, dtype=bool)
+    for root in forest["roots"][forest["roots"] >= first].tolist():
+        frontier = [(-float(gain[root]), int(place[root]), root)] if split[root] else []
+        leaves = 1
+        while frontier and leaves < max_leaves:
+            _, _, node = heapq.heappop(frontier)
+            made[node] = True
+            leaves += 1
+            for child in (int(left[node]), int(right[node])):
+                if split[child]:
+                    heapq.heappush(frontier, (-float(gain[child]), int(place[child]), child))
+    return made
+
+
+def best_first_pending(forest: dict[str, np.ndarray], first: int, max_leaves: int
+                       ) -> dict[str, np.ndarray]:
+    """The forest with the pending nodes best-first growth can never split made leaves:
+    those whose parent it does not split even if no pending node were ever split (split
+    pending nodes could only take the room first), so that lossguide grows only what
+    its cut can keep."""
+    made = _best_first_splits(forest, first, max_leaves)
+    split = np.flatnonzero(forest["status"] == SPLIT)
+    split = split[split >= first]
+    dropped = np.concatenate([forest["left"][split[~made[split]]],
+                              forest["right"][split[~made[split]]]])
+    dropped = dropped[forest["status"][dropped] == PENDING]
+    if len(dropped) == 0:
+        return forest
+    status = forest["status"].copy()
+    status[dropped] = LEAF
+    return {**forest, "status": status}
 
 
 def _placed(forest: dict[str, np.ndarray], tree: np.ndarray, values: np.ndarray
@@ -2095,6 +2124,12 @@ class TreeEstimator(Estimator):
                     kept = keep_parents(forest, gathered["parents"], gathered["hist"], kept,
                                         limit)
                 gathered = None
+        if level is None and p.grow_policy == "lossguide":
+            # what best-first growth cannot split stops growing (and its kept parents go)
+            forest = best_first_pending(forest, self._growing_from(state), p.max_leaves)
+            if kept is not None:
+                live = forest["status"][kept["small"]] == PENDING
+                kept = {k: v[live] for k, v in kept.items()} if live.any() else None
         state = {**state, "forest": forest, "kept": kept, "gathered": gathered,
                  "histogram_passes": state.get("histogram_passes", 0) + 1}
         if level is not None:
@@ -2114,6 +2149,10 @@ class TreeEstimator(Estimator):
     def _finish_growth(self, state: dict[str, Any]) -> dict[str, Any]:
         """No node is pending: the fit is grown (boosting: start the next round)."""
         return self._cut(state, 0)
+
+    def _growing_from(self, state: dict[str, Any]) -> int:
+        """The first node of the trees being grown (boosting: the round's)."""
+        return 0
 
     def _cut(self, state: dict[str, Any], first: int) -> dict[str, Any]:
         """``grow_policy: lossguide``: the trees of the nodes from ``first`` on cut to the

@@ -167,3 +167,23 @@ def test_lossguide_needs_max_leaves() -> None:
     table = tree_table(rows=50, seed=9)
     with pytest.raises(ParamError, match="grow_policy: lossguide grows leaf by leaf"):
         DecisionTree(label="y", grow_policy="lossguide").output_schema(table.schema)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_growing_only_what_the_cut_can_keep_changes_nothing(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pending nodes under a split best-first growth cannot make stop growing (a
+    level's pass sums fewer rows and nodes); the cut trees are those of growing
+    everything to max_depth, bit for bit."""
+    cls, params, regression = MODELS[name]
+    table = tree_table(rows=1500, seed=10, regression=regression)
+    params = {**params, "n_trees": 3} if cls is not DecisionTree else params
+    pruned, _, _ = fit_state(cls(label="y", max_depth=8, grow_policy="lossguide",
+                                 max_leaves=6, **params), split(table, 2))
+    from operators.models import trees
+
+    monkeypatch.setattr(trees, "best_first_pending", lambda forest, first, leaves: forest)
+    full, _, _ = fit_state(cls(label="y", max_depth=8, grow_policy="lossguide",
+                               max_leaves=6, **params), split(table, 2))
+    for key, values in full.arrays().items():
+        np.testing.assert_array_equal(values, pruned.arrays()[key], err_msg=key)
