@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import AfterValidator, Field
 
-from operators.arrays import to_xp
+from operators.arrays import to_numpy, to_xp
 from operators.base import DataError, ParamError, SchemaError, register, register_fitted
 from operators.models import selection
 from operators.models.common import held_out
@@ -324,6 +324,8 @@ class GradientBoostedTrees(TreeEstimator):
         return interacting if allowed is None else allowed & interacting
 
     def _before_level(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        if "residuals" in stats:  # the round's residuals' spread, for its leaves' quantiles
+            state = {**state, "residuals": stats["residuals"]}
         if "loss" not in stats:
             return state
         loss = stats["loss"] / stats["loss_weight"] if stats["loss_weight"] > 0 else 0.0
@@ -388,9 +390,21 @@ class GradientBoostedTrees(TreeEstimator):
                 ) -> dict[str, Any]:
         """Passes that find a quantile of each group's residuals (``selection``): the
         label's (``base``: one group, before the first round) or those of the rows at
-        each of the round's leaves (``leaves``, the leaves' node ids)."""
-        return {**state, "phase": "select",
-                "select": {"kind": kind, "nodes": nodes, "queries": None, "sent": None}}
+        each of the round's leaves (``leaves``, the leaves' node ids). The leaves' rows
+        and weights are the tree's (its histograms summed them), so with the round's
+        residual spread (``residuals``, from its first pass) their search starts
+        without a summary pass."""
+        queries = sent = None
+        moments = state.get("residuals")
+        if kind == "leaves" and moments is not None and moments[0] > 0:
+            weight = state["forest"]["weight"][nodes]
+            weighted = self.params.weight is not None
+            queries = selection.start_from(
+                np.rint(weight).astype(np.int64) if not weighted else None, weight,
+                moments, self._leaf_level(), weighted, self.params.loss == "absolute_error")
+            sent = None if queries is None else selection.broadcast(queries)
+        return {**state, "phase": "select", "residuals": None,
+                "select": {"kind": kind, "nodes": nodes, "queries": queries, "sent": sent}}
 
     def _leaf_level(self) -> float:
         """The quantile the leaves take (0.5 but for loss: quantile)."""
@@ -513,6 +527,8 @@ class GradientBoostedTrees(TreeEstimator):
         prep = self._prepared(part, state, memo, xp)
         out = self._pass_extras(part, prep, state, memo, xp)
         columns = self._round_channels(prep, state, memo, xp)  # before positions move
+        if self._loss_name(state) in LEAF_QUANTILE and state["level"]["depth"] == 0:
+            out["residuals"] = self._residual_moments(prep, state, memo, xp)
         nodes, featsel = Level.group(state["level"])
         forest, k, n = state["forest"], self._outputs(state), prep["n"]
         first = int(forest["roots"][state["round"] * k])
@@ -640,7 +656,23 @@ class GradientBoostedTrees(TreeEstimator):
         out = super()._combine_level(a, b)
         if "loss" in a:
             out.update(loss=a["loss"] + b["loss"], loss_weight=a["loss_weight"] + b["loss_weight"])
+        if "residuals" in a:
+            out["residuals"] = a["residuals"] + b["residuals"]
         return out
+
+    def _residual_moments(self, prep: dict[str, Any], state: dict[str, Any],
+                          memo: dict[str, Any], xp: Any) -> np.ndarray:
+        """The rows the round learns from: how many, their residuals' sum and sum of
+        squares (where the round's leaf quantiles are first looked for)."""
+        raw = self._raw(prep, state, memo, "raw", xp)
+        residual = xp.astype(prep["y"], xp.float64) - raw[:, 0]
+        learners = self._learners(prep, state, memo, xp)
+        if learners is None:
+            learners = xp.ones(residual.shape, dtype=xp.bool)
+        taken = xp.astype(learners, xp.float64)
+        residual = xp.where(learners, residual, xp.zeros_like(residual))
+        return to_numpy(xp.stack([xp.sum(taken), xp.sum(residual),
+                                  xp.sum(residual * residual)]))
 
     def _raw(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
              key: str, xp: Any) -> Any:

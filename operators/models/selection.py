@@ -7,7 +7,8 @@ partition holds a share of a group's rows, so the driver finds each quantile by
 narrowing, as a selection over a cluster does:
 
 1. ``summarise``: per group the rows, their mass (weight, or 1 a row), the smallest
-   and largest value.
+   and largest value (``start_from`` skips this pass where the rows and masses are
+   known, a tree's leaves', from the values' overall spread).
 2. ``start``: a query per group for the order statistics wanted (weighted: the
    smallest value whose cumulative weight reaches ``level`` of the group's, as
    scikit-learn's weighted percentile, "inverted CDF"; unweighted: the two rows around
@@ -146,10 +147,12 @@ def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def start(summary: dict[str, np.ndarray], level: float, weighted: bool,
-          median: bool = False) -> dict[str, Any]:
+          median: bool = False, window: tuple[float, float] | None = None) -> dict[str, Any]:
     """The queries for the ``level`` quantile of every group with rows (one a group);
     ``median``: unweighted, the median as NumPy's ``median`` takes it (the mean of the
-    two middle rows, where ``percentile`` interpolates: the last bit may differ)."""
+    two middle rows, where ``percentile`` interpolates: the last bit may differ);
+    ``window``: where every group's first binned pass cuts finely (else its mean +-
+    ``WINDOW`` standard deviations, from the summary's moments)."""
     count, mass = summary["count"], summary["mass"]
     group = np.flatnonzero(count > 0)
     if weighted:
@@ -167,11 +170,14 @@ def start(summary: dict[str, np.ndarray], level: float, weighted: bool,
     lo, hi = summary["min"][group], summary["max"][group]
     # the first binned pass cuts the mean +- WINDOW standard deviations finely and puts
     # the rest in a bin on either side: residuals' long tails do not widen its bins
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        n = count[group].astype(np.float64)
-        mean = summary["sum"][group] / n
-        sd = np.sqrt(np.maximum(summary["sumsq"][group] / n - mean * mean, 0.0))
-        a, b = np.maximum(lo, mean - WINDOW * sd), np.minimum(hi, mean + WINDOW * sd)
+    if window is not None:
+        a, b = np.full(size, window[0]), np.full(size, window[1])
+    else:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            n = count[group].astype(np.float64)
+            mean = summary["sum"][group] / n
+            sd = np.sqrt(np.maximum(summary["sumsq"][group] / n - mean * mean, 0.0))
+            a, b = np.maximum(lo, mean - WINDOW * sd), np.minimum(hi, mean + WINDOW * sd)
     usable = np.isfinite(a) & np.isfinite(b) & (a < b)
     queries = {"group": group.astype(np.int64), "rank": np.asarray(rank, np.float64),
                "a": np.where(usable, a, lo), "b": np.where(usable, b, hi),
@@ -187,6 +193,31 @@ def start(summary: dict[str, np.ndarray], level: float, weighted: bool,
                "slack": RANK_RTOL * mass[group] if weighted else np.zeros(size)}
     _advance(queries)
     return queries
+
+
+UNKNOWN_ROWS = 1 << 40
+"""The rows of a group known by its weight only (``start_from`` with weights)."""
+
+
+def start_from(count: np.ndarray | None, mass: np.ndarray, moments: np.ndarray,
+               level: float, weighted: bool, median: bool = False) -> dict[str, Any] | None:
+    """``start`` without a summary pass: each group's rows (``count``; None: unknown)
+    and mass known already (a tree's leaves: its histograms summed them), and
+    ``moments`` (rows, sum and sum of squares of all groups' values together) placing
+    the first binned pass's window; None when they place none (one value). Groups of
+    at most ``LIST_ROWS`` known rows are listed at once; every interval starts
+    unbounded (the first pass's outer bins hold the tails)."""
+    n, total, squares = (float(v) for v in moments)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        mean = total / n
+        sd = math.sqrt(max(squares / n - mean * mean, 0.0))
+        a, b = mean - WINDOW * sd, mean + WINDOW * sd
+    if not (math.isfinite(a) and math.isfinite(b) and a < b):
+        return None
+    rows = count if count is not None else np.where(mass > 0, UNKNOWN_ROWS, 0)
+    summary = {"count": np.asarray(rows, np.int64), "mass": np.asarray(mass, np.float64),
+               "min": np.full(len(mass), -np.inf), "max": np.full(len(mass), np.inf)}
+    return start(summary, level, weighted, median, window=(a, b))
 
 
 def _advance(q: dict[str, Any]) -> None:

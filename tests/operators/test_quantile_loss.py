@@ -178,7 +178,10 @@ def test_models_are_histgradientboostings(loss: str, quantile: float | None,
                         min_samples_leaf=leaf, learning_rate=0.2)
     np.testing.assert_allclose(predictions(model, table)["prediction"], expected,
                                rtol=1e-12, atol=1e-12)
-    assert metrics["selection_passes"] >= 2 * 15
+    # the leaves' rows and weights are the trees' and the round's residual spread comes
+    # with its first pass: no summary pass; leaves of known few rows are listed at once
+    # (a weighted leaf's rows are unknown: a binned pass first)
+    assert 15 <= metrics["selection_passes"] <= 2 * 15 + 4
 
 
 @pytest.mark.parametrize("level", [0.1, 0.5, 0.9])
