@@ -123,11 +123,13 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
         elif name in params:
             problems.append(("tune", f"tune: '{name}' is set on the step too; give its "
                                      "values in tune only"))
-    if "loss" in tune and metric is None:
-        problems.append(("tune_metric", "tune varies loss, so its candidates minimise "
-                                        "different losses and no one default metric suits "
-                                        "them all: name the metric to compare them by "
-                                        "(tune_metric: rmse, mae, ...)"))
+    for varied in ("loss", "tweedie_power"):
+        if varied in tune and metric is None:
+            problems.append(("tune_metric", f"tune varies {varied}, so its candidates "
+                                            "minimise different losses and no one default "
+                                            "metric suits them all: name the metric to "
+                                            "compare them by (tune_metric: rmse, mae, ...)"))
+            break
     if metric is not None and metric not in METRICS:
         problems.append(("tune_metric", f"unknown metric '{metric}'{suggest(str(metric), METRICS)}"
                                         f" (one of: {', '.join(METRICS)})"))

@@ -56,9 +56,11 @@ COMPARABLE = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS))
 
 def default_metric(values: dict[str, Any]) -> str:
     """What models are compared by when no metric is named: log_loss for classes (when
-    there are probabilities), else accuracy; pinball_loss for a quantile model's numbers
-    (where it is measured), else rmse."""
-    for name in ("log_loss", "accuracy", "pinball_loss", "rmse"):
+    there are probabilities), else accuracy; for numbers the loss a model minimises
+    where it is measured (a quantile model's pinball_loss, a log link's deviance), else
+    rmse."""
+    for name in ("log_loss", "accuracy", "pinball_loss", "poisson_deviance",
+                 "gamma_deviance", "tweedie_deviance", "rmse"):
         if name in values:
             return name
     raise ValueError(f"no comparable metric in {sorted(values)}")

@@ -40,8 +40,10 @@ class PromoteParams(Params):
     label: str = Field(description="the true values of the rows both models score")
     metric: str | None = Field(None, description="what they are compared by (default "
                                                  "log_loss for classes, rmse for numbers, "
-                                                 "pinball_loss at its quantile for a model "
-                                                 "of loss: quantile); lower is better for "
+                                                 "or the loss both models minimise: "
+                                                 "pinball_loss at their quantile, the "
+                                                 "deviance of poisson, gamma, tweedie); "
+                                                 "lower is better for "
                                                  "log_loss, rmse, mse, mae, pinball_loss "
                                                  "and the deviances, higher for the rest")
     min_delta: float = Field(0.0, ge=0, description="how much better the challenger must be "
@@ -63,7 +65,8 @@ class Promote(Measuring):
       alias: production       # the champion: churn@production, moved if beaten
       label: churned
       metric: roc_auc         # default: log_loss for classes, rmse for numbers
-                              # (pinball_loss for a model of loss: quantile)
+                              # (the loss the models minimise: pinball_loss for loss:
+                              # quantile, the deviance of poisson, gamma, tweedie)
       min_delta: 0.002
     ```
     Both models score the rows in one pass (each through its own saved chain); the run
@@ -89,21 +92,37 @@ class Promote(Measuring):
         self.scorers: list[Score] = []  # the challenger's, then the champion's (if any)
         self.refs: list[str] = []
 
-    def _levels(self) -> list[float | None]:
-        """Each bound model's quantile (a model of loss: quantile or absolute_error), or
-        None."""
+    def _model_attr(self, name: str) -> list[Any]:
+        """Each bound model's ``name`` (``quantile``: a model of loss quantile or
+        absolute_error; ``deviance``: a log link's), or None."""
         out = []
         for scorer in self.scorers:
             steps = scorer.chain.steps if scorer.chain is not None else []
-            out.append(next((q for q in (getattr(s, "quantile", None) for s in steps)
+            out.append(next((q for q in (getattr(s, name, None) for s in steps)
                              if q is not None), None))
         return out
+
+    def _levels(self) -> list[float | None]:
+        return self._model_attr("quantile")
 
     def _evaluate(self) -> Evaluate:
         p = self.params
         # pinball_loss and coverage at the models' quantile (bind checks they share it)
         level = self._levels()[0] if self.scorers else None
         if level is None:
+            deviances = self._model_attr("deviance")
+            shared = deviances[0] if deviances and all(
+                d == deviances[0] for d in deviances) else None
+            if p.metric is None and shared is not None:
+                # models of one log link's loss: compared by the deviance they minimise
+                return Evaluate(label=p.label, weight=p.weight, metrics=[shared["metric"]],
+                                **({"tweedie_power": shared["tweedie_power"]}
+                                   if "tweedie_power" in shared else {}))
+            power = next((d["tweedie_power"] for d in deviances
+                          if d is not None and "tweedie_power" in d), None)
+            if p.metric == "tweedie_deviance" and power is not None:
+                return Evaluate(label=p.label, weight=p.weight, metrics=[p.metric],
+                                tweedie_power=power)
             return Evaluate(label=p.label, weight=p.weight,
                             metrics=None if p.metric is None else [p.metric])
         # a quantile model is compared by the loss it minimises unless told otherwise

@@ -382,7 +382,19 @@ class GradientBoostedTrees(TreeEstimator):
             pa.type_for_alias(state["label_type"]) if classify else None,
             combine="sum", link=link, depth=depth, arrays=arrays,
             categories=state["categories"],
-            quantile=self._leaf_level() if self._loss_name(state) in LEAF_QUANTILE else None)
+            quantile=self._leaf_level() if self._loss_name(state) in LEAF_QUANTILE else None,
+            deviance=self._deviance(state))
+
+    def _deviance(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """The deviance metric a log-link loss minimises (its validation metric and what
+        promote and tune compare such models by)."""
+        loss = self._loss_name(state)
+        if loss not in LOG_LINK:
+            return None
+        out: dict[str, Any] = {"metric": f"{loss}_deviance"}
+        if loss == "tweedie":
+            out["tweedie_power"] = self.params.tweedie_power
+        return out
 
     # ------------------------------------------------------------------ leaf quantiles
 

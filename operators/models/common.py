@@ -653,6 +653,11 @@ def metric_accumulator(model: FittedModel) -> MetricAccumulator:
         return MetricAccumulator("regression", [*DEFAULT_METRICS["regression"],
                                                 "pinball_loss", "coverage"],
                                  quantile=quantile)
+    deviance = getattr(model, "deviance", None)
+    if deviance is not None:  # a log link's: the deviance it minimises
+        return MetricAccumulator("regression", [*DEFAULT_METRICS["regression"],
+                                                deviance["metric"]],
+                                 tweedie_power=deviance.get("tweedie_power", 1.5))
     return MetricAccumulator("regression")
 
 

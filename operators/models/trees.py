@@ -2330,10 +2330,13 @@ class TreeModelFitted(FittedModel):
                  label_type: pa.DataType | None, *, combine: str, link: str, depth: int,
                  arrays: dict[str, np.ndarray],
                  categories: dict[str, pa.Array] | None = None,
-                 quantile: float | None = None):
+                 quantile: float | None = None, deviance: dict[str, Any] | None = None):
         super().__init__(features, classes, label_type)
         self.combine, self.link, self.depth = combine, link, int(depth)
         self.quantile = quantile  # the quantile a model of loss quantile predicts
+        # the deviance a model of a log link (poisson, gamma, tweedie) minimises:
+        # {"metric": "tweedie_deviance", "tweedie_power": 1.5}
+        self.deviance = None if deviance is None else dict(deviance)
         self.categories = dict(categories or {})
         self.nodes = {k: np.asarray(arrays[k]) for k in self.ARRAYS}
         # a categorical split's row of category_left (-1: none) and the codes each such
@@ -2454,6 +2457,8 @@ class TreeModelFitted(FittedModel):
             out["categories"] = categories_meta(self.categories)
         if self.quantile is not None:
             out["quantile"] = self.quantile
+        if self.deviance is not None:
+            out["deviance"] = self.deviance
         return out
 
     @classmethod
@@ -2461,7 +2466,7 @@ class TreeModelFitted(FittedModel):
         return cls(**cls.meta_args(meta), combine=meta["combine"], link=meta["link"],
                    depth=meta["depth"], arrays=arrays,
                    categories=categories_from_meta(meta.get("categories")),
-                   quantile=meta.get("quantile"))
+                   quantile=meta.get("quantile"), deviance=meta.get("deviance"))
 
 
 def _sigmoid(z: Any, xp: Any) -> Any:

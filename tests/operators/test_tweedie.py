@@ -101,3 +101,26 @@ def test_plan_errors() -> None:
     table = table_of(np.zeros((3, 1)), np.array([-1.0, 2.0, 3.0]))
     with pytest.raises(DataError, match="loss: tweedie needs non-negative"):
         fit_state(GradientBoostedTrees(label="y", loss="tweedie", n_trees=1), [table])
+
+
+def test_a_log_link_models_validation_metrics_measure_its_deviance() -> None:
+    """The deviance a model minimises is among its validation metrics (tune and promote
+    compare such models by it), at its tweedie_power, and the saved model keeps it."""
+    from operators.models.common import holdout_mask
+    from operators.testing.kit import roundtrip
+
+    table = claims(n=8000, seed=7)
+    for loss, metric, extra in (("tweedie", "tweedie_deviance", {"tweedie_power": 1.3}),
+                                ("poisson", "poisson_deviance", {})):
+        model, metrics, _ = fit_state(GradientBoostedTrees(
+            label="y", loss=loss, n_trees=10, max_depth=3, validation_fraction=0.25,
+            features=["x0", "x1", "x2"], **extra), split(table, 2))
+        held = table.filter(pa.array(holdout_mask(table, 0.25, 0)))
+        y, p = held.column("y").to_numpy(), predictions(model, held)["prediction"]
+        power = extra.get("tweedie_power", 1.0)
+        assert metrics["validation"][metric] == pytest.approx(
+            mean_tweedie_deviance(y, p, power=power), rel=1e-10)
+        assert roundtrip(model).deviance == model.deviance
+    plain, metrics, _ = fit_state(GradientBoostedTrees(
+        label="y", n_trees=3, validation_fraction=0.25), split(table, 2))
+    assert plain.deviance is None and "tweedie_deviance" not in metrics["validation"]

@@ -266,3 +266,23 @@ def test_a_mean_model_against_a_quantile_model_needs_a_named_metric(workdir: Pat
     named = write_pipeline(workdir, mean.rstrip() + "\n        metric: mae\n", "named.yaml")
     decision = run(named)["metrics"]["promote"]
     assert decision["metric"] == "mae" and decision["champion"] == "upper@1"
+
+
+def test_models_of_one_log_link_are_compared_by_their_deviance(workdir: Path,
+                                                                rows: Path) -> None:
+    """Two Tweedie models of monthly charges: by default promote compares the deviance
+    they minimise, at their tweedie_power, as evaluate measures it."""
+    text = QUANTILE.format(data=rows).replace(
+        "        loss: quantile\n        quantile: 0.9\n",
+        "        loss: tweedie\n        tweedie_power: 1.2\n").replace("name: upper",
+                                                                      "name: claims")
+    text = text.replace("model: upper", "model: claims")
+    path = write_pipeline(workdir, text, "tweedie.yaml")
+    run(path)
+    decision = run(path, {"trees": "1"})["metrics"]["promote"]
+    assert decision["metric"] == "tweedie_deviance" and decision["promoted"] is False
+    check = write_pipeline(workdir, EVALUATE.format(data=rows, model="claims@1").replace(
+        "label: churned", "label: monthly_charges\n        metrics: [tweedie_deviance]"
+                          "\n        tweedie_power: 1.2"), "check.yaml")
+    assert decision["champion_value"] == pytest.approx(
+        run(check)["metrics"]["evaluate"]["tweedie_deviance"], rel=1e-12)

@@ -237,6 +237,10 @@ def test_candidates_of_other_losses_or_quantiles_need_a_named_metric(churn: Path
     plan = plan_file(write_pipeline(workdir, BOOSTED.format(tune=levels), "levels.yaml"))
     assert any("tune cannot vary 'quantile': it is what a model of loss: quantile predicts"
                in p.message for p in plan.problems)
+    powers = "        loss: tweedie\n        tune:\n          tweedie_power: [1.2, 1.8]"
+    plan = plan_file(write_pipeline(workdir, BOOSTED.format(tune=powers), "powers.yaml"))
+    (problem,) = plan.problems
+    assert "tune varies tweedie_power, so its candidates minimise different" in problem.message
     named = losses + "\n        tune_metric: mae"
     record = run(write_pipeline(workdir, BOOSTED.format(tune=named), "named.yaml"))
     candidates = record["metrics"]["model"]["tuning"]["candidates"]
