@@ -71,6 +71,7 @@ from operators.models.trees import (
     histograms,
     model_arrays,
     new_forest,
+    node_keys,
     node_tables,
     partition_memo,
     prepare_rows,
@@ -313,7 +314,7 @@ class GradientBoostedTrees(TreeEstimator):
         n = len(state["features"])
         per_tree = self._n_sampled(state)
         allowed = allowed_features(
-            nodes, state["forest"]["tree"][nodes], n, per_tree,
+            node_keys(state["forest"], nodes), state["forest"]["tree"][nodes], n, per_tree,
             lambda m: features_fraction(self.params.max_features, m, state["classify"]),
             self.params.seed)
         if self.params.interactions is None:

@@ -39,6 +39,7 @@ from operators.models.trees import (
     fraction_of_features,
     model_arrays,
     new_forest,
+    node_keys,
     poisson_counts,
     sample_features,
 )
@@ -171,8 +172,8 @@ class RandomForest(AveragedTrees):
         n, m = len(state["features"]), self._n_sampled(state)
         if m >= n:
             return lambda nodes: None
-        seed = self.params.seed
-        return lambda nodes: sample_features(nodes, n, m, seed)
+        seed, forest = self.params.seed, state["forest"]
+        return lambda nodes: sample_features(node_keys(forest, nodes), n, m, seed)
 
     def _initial_rows(self, prep: dict[str, Any], state: dict[str, Any], tree: int, xp: Any
                       ) -> tuple[Any, Any | None]:

@@ -1058,10 +1058,17 @@ def _drawn(ids: np.ndarray, n_features: int, m: int, seed: int, salt: int) -> np
     return np.sort(chosen, axis=1).astype(np.int32)
 
 
-def sample_features(nodes: np.ndarray, n_features: int, m: int, seed: int) -> np.ndarray:
+def node_keys(forest: dict[str, np.ndarray], nodes: np.ndarray) -> np.ndarray:
+    """What keys a node's random draws: its tree and its place in the tree (the same
+    however many passes a level takes, which number nodes in their own order)."""
+    return (forest["tree"][nodes].astype(np.uint64) << np.uint64(31)) | forest["place"][
+        nodes].astype(np.uint64)
+
+
+def sample_features(keys: np.ndarray, n_features: int, m: int, seed: int) -> np.ndarray:
     """``m`` of ``n_features`` features per node (sorted), drawn from a hash of the seed
-    and the node id: the same on every engine."""
-    return _drawn(nodes, n_features, m, seed, _FEATURE_SALT)
+    and the node's key (``node_keys``): the same on every engine and partitioning."""
+    return _drawn(keys, n_features, m, seed, _FEATURE_SALT)
 
 
 def fraction_of_features(value: str | float) -> str | float:
@@ -1093,24 +1100,24 @@ def tree_features(trees: np.ndarray, n_features: int, m: int, seed: int) -> np.n
     return _drawn(ids, n_features, m, seed, _TREE_FEATURE_SALT)[which]
 
 
-def allowed_features(nodes: np.ndarray, trees: np.ndarray, n_features: int,
+def allowed_features(keys: np.ndarray, trees: np.ndarray, n_features: int,
                      per_tree: int, per_node: Callable[[int], int], seed: int
                      ) -> np.ndarray | None:
     """Which features each node may split on, ``(nodes, n_features)``, or None for all:
     ``per_tree`` of them drawn for each tree (XGBoost's ``colsample_bytree``), and
     ``per_node(per_tree)`` of those for each node (``colsample_bynode``, scikit-learn's
-    ``max_features``): by hashes of the seed and the tree's or the node's id, so the same
-    on every engine and partitioning."""
+    ``max_features``): by hashes of the seed and the tree's id or the node's key
+    (``node_keys``), so the same on every engine, partitioning and number of passes."""
     n_node = per_node(per_tree)
     if per_tree >= n_features and n_node >= n_features:
         return None
-    allowed = np.ones((len(nodes), n_features), dtype=bool)
+    allowed = np.ones((len(keys), n_features), dtype=bool)
     if per_tree < n_features:
         allowed = np.zeros_like(allowed)
         np.put_along_axis(allowed, tree_features(trees, n_features, per_tree, seed), True,
                           axis=1)
     if n_node < per_tree:
-        draws = _feature_draws(nodes, n_features, seed, _FEATURE_SALT)
+        draws = _feature_draws(keys, n_features, seed, _FEATURE_SALT)
         draws[~allowed] = np.iinfo(np.uint64).max  # the tree's features come first
         order = np.argsort(draws, axis=1, kind="stable")
         allowed = np.zeros_like(allowed)
@@ -1130,6 +1137,7 @@ def new_forest(width: int) -> dict[str, np.ndarray]:
             "right": np.zeros(0, np.int32), "value": np.zeros((0, width)),
             "weight": np.zeros(0), "gain": np.zeros(0), "lower": np.zeros(0),
             "upper": np.zeros(0), "category": np.zeros(0, np.int32),
+            "place": np.zeros(0, np.int64),
             "roots": np.zeros(0, np.int32), "masks": np.zeros((0, 0), bool)}
 
 
@@ -1139,9 +1147,11 @@ categorical split sends left (a row per such split, ``category`` its node's)."""
 
 
 def add_nodes(forest: dict[str, np.ndarray], tree: np.ndarray, depth: np.ndarray,
-              status: np.ndarray, value: np.ndarray, weight: np.ndarray
-              ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The forest with new nodes appended (not split yet) and their ids."""
+              status: np.ndarray, value: np.ndarray, weight: np.ndarray,
+              place: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The forest with new nodes appended (not split yet) and their ids; ``place``: each
+    node's place in its tree (root 0, children ``2i + 1`` and ``2i + 2``: what keys a
+    node's random draws, whatever ids the passes give it; roots when None)."""
     k = len(tree)
     start = len(forest["tree"])
     fresh = {"tree": tree.astype(np.int32), "depth": depth.astype(np.int32),
@@ -1151,7 +1161,8 @@ def add_nodes(forest: dict[str, np.ndarray], tree: np.ndarray, depth: np.ndarray
              "right": np.full(k, -1, np.int32), "value": value.reshape(k, forest["value"].shape[1]),
              "weight": weight.astype(np.float64), "gain": np.zeros(k),
              "lower": np.full(k, -np.inf), "upper": np.full(k, np.inf),
-             "category": np.full(k, -1, np.int32)}
+             "category": np.full(k, -1, np.int32),
+             "place": np.zeros(k, np.int64) if place is None else place.astype(np.int64)}
     out = {name: np.concatenate([forest[name], fresh[name]]) for name in fresh}
     out.update({name: forest[name] for name in FOREST_WIDE})
     return out, np.arange(start, start + k)
@@ -1444,14 +1455,7 @@ def _best_first_splits(forest: dict[str, np.ndarray], first: int, max_leaves: in
     order: gains in float32, ties to the shallower, then further left node)."""
     size = len(forest["tree"])
     split = forest["status"] == SPLIT
-    left, right = forest["left"], forest["right"]
-    place = np.zeros(size, dtype=np.int64)  # heap numbering: root 0, children 2i+1, 2i+2
-    depth = forest["depth"]
-    for d in range(int(depth[first:].min(initial=0)), int(depth[first:].max(initial=0))):
-        at = np.flatnonzero(split & (depth == d))
-        at = at[at >= first]
-        place[left[at]] = 2 * place[at] + 1
-        place[right[at]] = 2 * place[at] + 2
+    left, right, place = forest["left"], forest["right"], forest["place"]
     gain = forest["gain"].astype(np.float32)
     made = np.zeros(size, dtype=bool)
     for root in forest["roots"][forest["roots"] >= first].tolist():
@@ -1534,8 +1538,9 @@ def _add_children(forest: dict[str, np.ndarray], parents: np.ndarray, left: np.n
     raw = criterion.value(stats).T if limits is None or "value" not in limits else (
         limits["value"][:, None])
     value = _placed(forest, tree, raw)
+    place = np.repeat(2 * forest["place"][parents], 2) + np.tile([1, 2], k)
     forest, ids = add_nodes(forest, tree, depth, np.where(pending, PENDING, LEAF), value,
-                            weight)
+                            weight, place)
     if limits is not None:
         forest["lower"][ids], forest["upper"][ids] = limits["lower"], limits["upper"]
     forest["left"][parents] = ids[0::2]

@@ -779,8 +779,9 @@ def test_boosting_splits_on_the_features_drawn_for_its_tree_and_node() -> None:
     assert n == 6
     split_nodes = np.flatnonzero(forest["status"] == trees.SPLIT)
     tree_of = forest["tree"][split_nodes]
-    per_tree = trees.allowed_features(split_nodes, tree_of, n, 3, lambda m: m, 4)
-    per_node = trees.allowed_features(split_nodes, tree_of, n, 3, lambda m: int(0.7 * m), 4)
+    keys = trees.node_keys(forest, split_nodes)
+    per_tree = trees.allowed_features(keys, tree_of, n, 3, lambda m: m, 4)
+    per_node = trees.allowed_features(keys, tree_of, n, 3, lambda m: int(0.7 * m), 4)
     assert (per_tree.sum(axis=1) == 3).all() and (per_node.sum(axis=1) == 2).all()
     assert not (per_node & ~per_tree).any()  # a node draws among its tree's features
     used = forest["feature"][split_nodes]
@@ -792,11 +793,11 @@ def test_boosting_splits_on_the_features_drawn_for_its_tree_and_node() -> None:
     # unsampled, some splits use features those draws would not allow
     full = grown_state(boosting(), parts)["forest"]
     full_nodes = np.flatnonzero(full["status"] == trees.SPLIT)
-    allowed = trees.allowed_features(full_nodes, full["tree"][full_nodes], n, 3,
-                                     lambda m: int(0.7 * m), 4)
+    allowed = trees.allowed_features(trees.node_keys(full, full_nodes),
+                                     full["tree"][full_nodes], n, 3, lambda m: int(0.7 * m), 4)
     assert not allowed[np.arange(len(full_nodes)), full["feature"][full_nodes]].all()
-    assert trees.allowed_features(full_nodes, full["tree"][full_nodes], n, n, lambda m: m,
-                                  4) is None
+    assert trees.allowed_features(trees.node_keys(full, full_nodes), full["tree"][full_nodes],
+                                  n, n, lambda m: m, 4) is None
     every = grown_state(boosting(tree_features=1.0, max_features="all"), parts)["forest"]
     for name, values in full.items():
         np.testing.assert_array_equal(values, every[name], err_msg=name)
@@ -1172,3 +1173,24 @@ def test_partitions_get_no_histograms_kept_for_the_driver(capped: dict[str, Any]
     drive(estimator, parts[0].schema, aggregate)
     assert max(saved) > 10_000  # a level's parent histograms stayed on the driver
     assert any(gathered) == bool(capped)
+
+
+def test_node_draws_are_the_same_however_many_passes_a_level_takes() -> None:
+    """A node's features (max_features) are drawn by its tree and its place in the tree,
+    not by its id, which the passes of a level give in their own order (a larger sibling
+    derived from its parent comes after the pass's own nodes): max_histogram_mb (a memory
+    setting) does not change the model (the same splits; sums by another subtraction
+    round in their last bits)."""
+    table = tree_table(rows=600, seed=31, regression=True)
+    for cls, params in ((GradientBoostedTrees, {"n_trees": 4, "max_features": 0.6}),
+                        (RandomForest, {"n_trees": 3, "max_features": "sqrt"})):
+        whole, _, _ = fit_state(cls(label="y", max_depth=6, **params), split(table, 2))
+        passes, metrics, _ = fit_state(cls(label="y", max_depth=6, max_histogram_mb=0.002,
+                                           **params), split(table, 2))
+        assert metrics["histogram_passes"] > 6 * params["n_trees"] // 3
+        a, b = whole.arrays(), passes.arrays()
+        for key in ("feature", "threshold", "tree_start"):
+            np.testing.assert_array_equal(np.sort(a[key]), np.sort(b[key]), err_msg=key)
+        table_scores = predictions(whole, table)["prediction"]
+        np.testing.assert_allclose(predictions(passes, table)["prediction"], table_scores,
+                                   rtol=1e-9)
