@@ -615,17 +615,31 @@ def test_sigterm_finishes_the_request_in_flight(registry: Path) -> None:
     rows = pa.concat_tables([_rows(registry, 500).select(INPUTS)] * 200)  # 100k rows
     result: dict[str, Any] = {}
 
-    body = json.dumps(_split(rows))
+    body = json.dumps(_split(rows)).encode()
+    sent_half, go_on = threading.Event(), threading.Event()
+
+    def halves() -> Iterator[bytes]:
+        """The body in two chunks, the second once the server has been signalled: the
+        request is in flight when SIGTERM comes, however fast the server answers."""
+        yield body[: len(body) // 2]
+        sent_half.set()
+        go_on.wait(30)
+        yield body[len(body) // 2:]
 
     def client() -> None:
-        result["answer"] = served.post(body)
+        status, _, data = served.request("POST", "/invocations", halves(),
+                                         {"Content-Type": "application/json"})
+        result["answer"] = (status, json.loads(data))
         result["answered"] = time.monotonic()
 
     thread = threading.Thread(target=client)
     thread.start()
-    time.sleep(0.3)
+    assert sent_half.wait(30)
+    time.sleep(0.2)  # the first half is with the server
     signalled = time.monotonic()
     served.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    go_on.set()
     thread.join(60)
     assert served.wait() == 143
     assert result["answered"] > signalled  # the request was in flight
