@@ -256,6 +256,20 @@ def to_xp(array: np.ndarray, xp: Any) -> Any:
     return out
 
 
+def segment_sums(xp: Any, keys: Any, values: Any, length: int) -> np.ndarray:
+    """``out[key] += values[row]`` for keys in ``[0, length)`` (per column of a 2-D
+    ``values``), on the host as float64. The array API has no bincount, so: sort by key,
+    cumulative sums, read at each key's boundaries (searchsorted); integer values stay
+    exact."""
+    order = xp.argsort(keys)
+    sorted_keys = xp.take(keys, order)
+    values = xp.take(values, order, axis=0)
+    edges = xp.searchsorted(sorted_keys, xp.arange(length + 1, dtype=sorted_keys.dtype))
+    running = xp.cumulative_sum(values, axis=0, include_initial=True)
+    at = xp.take(running, edges, axis=0)
+    return to_numpy(at[1:, ...] - at[:-1, ...]).astype(np.float64)
+
+
 def to_numpy(array: Any) -> np.ndarray:
     """Any namespace's array back on the host as NumPy."""
     if isinstance(array, np.ndarray):

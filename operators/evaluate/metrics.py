@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from operators.arrays import get_namespace, host_buffer, to_numpy, to_xp
+from operators.arrays import get_namespace, host_buffer, segment_sums, to_numpy, to_xp
 from operators.base import DataError, ParamError, suggest
 
 REGRESSION_METRICS = ["rmse", "mse", "mae", "r2", "count", "poisson_deviance",
@@ -223,7 +223,7 @@ class MetricAccumulator:
                                 w: Any, xp: Any) -> dict[str, Any]:
         """Stats from the class positions ``t`` (true) and ``p`` (predicted) on ``xp``."""
         k = len(classes)
-        confusion = _segment_sums(xp, t * k + p, w[:, None], k * k).reshape(k, k)
+        confusion = segment_sums(xp, t * k + p, w[:, None], k * k).reshape(k, k)
         stats: dict[str, Any] = {"task": "classification", "classes": classes,
                                  "rows": float(t.shape[0]), "weight": float(xp.sum(w)),
                                  "confusion": confusion, "proba": None}
@@ -244,8 +244,8 @@ class MetricAccumulator:
             clipped = xp.clip(proba, _EPS, 1 - _EPS)
             losses = xp.stack([-xp.log(xp.clip(1 - proba, _EPS, 1 - _EPS)), -xp.log(clipped)],
                               axis=1)
-            loss = _segment_sums(xp, t, w[:, None] * losses, k)
-            hist = _segment_sums(xp, t * nb + _bins(xp, proba), w[:, None], k * nb)
+            loss = segment_sums(xp, t, w[:, None] * losses, k)
+            hist = segment_sums(xp, t * nb + _bins(xp, proba), w[:, None], k * nb)
             return {"width": 1, "loss": loss, "hist": hist.reshape(k, 1, nb), "hist_all": None}
         width = int(proba.shape[1])
         if k > width:
@@ -253,11 +253,11 @@ class MetricAccumulator:
                             "found", hint="the probability list has one entry per class")
         nb = AUC_BINS + 1
         losses = -xp.log(xp.clip(proba, _EPS, 1 - _EPS))
-        loss = _segment_sums(xp, t, w[:, None] * losses, k)
+        loss = segment_sums(xp, t, w[:, None] * losses, k)
         bins = _bins(xp, proba)
         n = proba.shape[0]
         columns = xp.reshape(xp.arange(width, dtype=xp.int64), (1, width))
-        hist_all = _segment_sums(xp, xp.reshape(columns * nb + bins, (-1,)),
+        hist_all = segment_sums(xp, xp.reshape(columns * nb + bins, (-1,)),
                                  xp.reshape(xp.broadcast_to(w[:, None], (n, width)), (-1, 1)),
                                  width * nb).reshape(width, nb)
         # a label at position i of the classes seen so far owns probability column
@@ -266,7 +266,7 @@ class MetricAccumulator:
         offsets = xp.reshape(xp.arange(cands, dtype=xp.int64), (1, cands))
         own = xp.take_along_axis(bins, t[:, None] + offsets, axis=1)
         keys = (t[:, None] * cands + offsets) * nb + own
-        hist = _segment_sums(xp, xp.reshape(keys, (-1,)),
+        hist = segment_sums(xp, xp.reshape(keys, (-1,)),
                              xp.reshape(xp.broadcast_to(w[:, None], (n, cands)), (-1, 1)),
                              k * cands * nb).reshape(k, cands, nb)
         return {"width": width, "loss": loss, "hist": hist, "hist_all": hist_all}
@@ -390,21 +390,6 @@ def _bins(xp: Any, scores: Any) -> Any:
     """Nearest grid point ``k / AUC_BINS`` of each score (clipped to [0, 1]) as int64."""
     scaled = xp.floor(xp.clip(scores, 0.0, 1.0) * AUC_BINS + 0.5)
     return xp.astype(scaled, xp.int64)
-
-
-def _segment_sums(xp: Any, keys: Any, values: Any, length: int) -> np.ndarray:
-    """``out[key] += values[row]`` for keys in [0, length): a weighted bincount per column.
-
-    The array API has no bincount, so: sort by key, cumulative sums, and read
-    them at each key's boundaries (found by searchsorted). Integer weights stay exact.
-    """
-    order = xp.argsort(keys)
-    sorted_keys = xp.take(keys, order)
-    values = xp.take(values, order, axis=0)
-    edges = xp.searchsorted(sorted_keys, xp.arange(length + 1, dtype=xp.int64))
-    running = xp.cumulative_sum(values, axis=0, include_initial=True)
-    at = xp.take(running, edges, axis=0)
-    return to_numpy(at[1:, ...] - at[:-1, ...]).astype(np.float64)
 
 
 # --------------------------------------------------------------------------- driver side

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from operators.arrays import is_numpy, to_numpy, to_xp
+from operators.arrays import is_numpy, segment_sums, to_numpy, to_xp
 
 BIN_ROWS = 32
 """A binned pass cuts a query's interval into about its rows over this many bins (a
@@ -69,20 +69,16 @@ HIST, LIST, FOUND = 0, 1, 2
 
 
 def _segment_sums(xp: Any, keys: Any, values: Any, length: int) -> np.ndarray:
-    """``out[k] = sum of values[keys == k]`` on the host, float64."""
+    """``out[k] = sum of values[keys == k]`` on the host, float64: bincount where the
+    namespace has one (NumPy, CuPy), else ``arrays.segment_sums``."""
     if is_numpy(xp):
         return np.bincount(np.asarray(keys), weights=np.asarray(values, np.float64),
                            minlength=length)
+    values = xp.astype(values, xp.float64)
     bincount = getattr(xp, "bincount", None)
     if bincount is not None:  # CuPy
-        return to_numpy(bincount(keys, weights=xp.astype(values, xp.float64),
-                                 minlength=length))
-    order = xp.argsort(keys)
-    edges = _edges(xp, xp.take(keys, order), length)
-    running = xp.cumulative_sum(xp.take(xp.astype(values, xp.float64), order),
-                                include_initial=True)
-    at = xp.take(running, edges)
-    return to_numpy(at[1:] - at[:-1])
+        return to_numpy(bincount(keys, weights=values, minlength=length))
+    return segment_sums(xp, keys, values, length)
 
 
 def _edges(xp: Any, sorted_keys: Any, length: int) -> Any:
@@ -173,11 +169,8 @@ def start(summary: dict[str, np.ndarray], level: float, weighted: bool,
     if window is not None:
         a, b = np.full(size, window[0]), np.full(size, window[1])
     else:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            n = count[group].astype(np.float64)
-            mean = summary["sum"][group] / n
-            sd = np.sqrt(np.maximum(summary["sumsq"][group] / n - mean * mean, 0.0))
-            a, b = np.maximum(lo, mean - WINDOW * sd), np.minimum(hi, mean + WINDOW * sd)
+        a, b = _window(count[group], summary["sum"][group], summary["sumsq"][group])
+        a, b = np.maximum(lo, a), np.minimum(hi, b)
     usable = np.isfinite(a) & np.isfinite(b) & (a < b)
     queries = {"group": group.astype(np.int64), "rank": np.asarray(rank, np.float64),
                "a": np.where(usable, a, lo), "b": np.where(usable, b, hi),
@@ -207,17 +200,23 @@ def start_from(count: np.ndarray | None, mass: np.ndarray, moments: np.ndarray,
     the first binned pass's window; None when they place none (one value). Groups of
     at most ``LIST_ROWS`` known rows are listed at once; every interval starts
     unbounded (the first pass's outer bins hold the tails)."""
-    n, total, squares = (float(v) for v in moments)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        mean = total / n
-        sd = math.sqrt(max(squares / n - mean * mean, 0.0))
-        a, b = mean - WINDOW * sd, mean + WINDOW * sd
+    a, b = (float(v) for v in _window(*np.asarray(moments, np.float64)))
     if not (math.isfinite(a) and math.isfinite(b) and a < b):
         return None
     rows = count if count is not None else np.where(mass > 0, UNKNOWN_ROWS, 0)
     summary = {"count": np.asarray(rows, np.int64), "mass": np.asarray(mass, np.float64),
                "min": np.full(len(mass), -np.inf), "max": np.full(len(mass), np.inf)}
     return start(summary, level, weighted, median, window=(a, b))
+
+
+def _window(n: Any, total: Any, squares: Any) -> tuple[Any, Any]:
+    """The mean +- ``WINDOW`` standard deviations of values of these counts, sums and
+    sums of squares (NaN or inf where they place none)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        n = np.asarray(n, np.float64)
+        mean = total / n
+        sd = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+        return mean - WINDOW * sd, mean + WINDOW * sd
 
 
 def _advance(q: dict[str, Any]) -> None:
@@ -290,11 +289,10 @@ def search_partial(xp: Any, groups: Any, values: Any, mass: Any | None,
            "min": np.full(cells, np.inf), "max": np.full(cells, -np.inf)}
     listed = {"query": np.zeros(0, np.int64), "value": np.zeros(0), "mass": np.zeros(0)}
     q = xp.take(to_xp(sent["query_of"], xp), groups)
-    v, w = values, mass
     kind = xp.take(to_xp(sent["stage"].astype(np.int64), xp), q)
     binned = xp.nonzero(kind == HIST)[0]
     if binned.shape[0]:
-        qb, vb = xp.take(q, binned), xp.take(v, binned)
+        qb, vb = xp.take(q, binned), xp.take(values, binned)
         low = xp.take(to_xp(sent["a"], xp), qb)
         with np.errstate(over="ignore"):  # NumPy's warning of the branch not taken
             offset = xp.where(xp.take(to_xp(sent["wide"], xp), qb), vb / 2 - low / 2,
@@ -304,14 +302,14 @@ def search_partial(xp: Any, groups: Any, values: Any, mass: Any | None,
         inner = xp.floor(offset / xp.take(to_xp(sent["span"], xp), qb) * (bins - 2))
         cell = xp.clip(inner + 1, 0, bins - 1)
         cell = xp.astype(cell, xp.int64) + xp.take(to_xp(sent["start"][:-1], xp), qb)
-        out = summarise(xp, cell, vb, None if w is None else xp.take(w, binned), cells,
-                        moments=False)
+        out = summarise(xp, cell, vb, None if mass is None else xp.take(mass, binned),
+                        cells, moments=False)
     chosen = xp.nonzero(kind == LIST)[0]
     if chosen.shape[0]:
         listed = {"query": to_numpy(xp.take(q, chosen)).astype(np.int64),
-                  "value": to_numpy(xp.take(v, chosen)).astype(np.float64),
-                  "mass": (np.ones(chosen.shape[0]) if w is None else
-                           to_numpy(xp.astype(xp.take(w, chosen), xp.float64)))}
+                  "value": to_numpy(xp.take(values, chosen)).astype(np.float64),
+                  "mass": (np.ones(chosen.shape[0]) if mass is None else
+                           to_numpy(xp.astype(xp.take(mass, chosen), xp.float64)))}
     return {**out, "listed": listed}
 
 
@@ -359,16 +357,3 @@ def search_update(queries: dict[str, Any], sent: dict[str, Any], stats: dict[str
     _advance(q)
     return q
 
-
-def quantile_of(values: np.ndarray, level: float, weights: np.ndarray | None = None
-                ) -> float:
-    """The quantile the search finds, on one host array (tests' and callers' reference):
-    NumPy's linear percentile unweighted, the weighted inverted CDF otherwise."""
-    if len(values) == 0:
-        return math.nan
-    if weights is None:
-        return float(np.percentile(values, 100 * level))
-    order = np.argsort(values, kind="stable")
-    running = np.cumsum(weights[order])
-    at = int(np.searchsorted(running, (100 * level) / 100 * running[-1], side="left"))
-    return float(values[order][min(at, len(values) - 1)])

@@ -71,6 +71,7 @@ from operators.arrays import (
     column_to_numpy,
     get_namespace,
     host_buffer,
+    segment_sums,
     to_numpy,
     to_xp,
 )
@@ -630,18 +631,6 @@ class Newton(Criterion):
 
 
 # --------------------------------------------------------------------------- histograms
-
-
-def segment_sums(xp: Any, keys: Any, values: Any, length: int) -> np.ndarray:
-    """``out[key, c] += values[i, c]`` for keys in [0, length), by sorting (the array API
-    has no bincount): cumulative sums read at each key's boundaries."""
-    order = xp.argsort(keys)
-    sorted_keys = xp.take(keys, order)
-    values = xp.take(values, order, axis=0)
-    edges = xp.searchsorted(sorted_keys, xp.arange(length + 1, dtype=sorted_keys.dtype))
-    running = xp.cumulative_sum(values, axis=0, include_initial=True)
-    at = xp.take(running, edges, axis=0)
-    return to_numpy(at[1:, ...] - at[:-1, ...]).astype(np.float64)
 
 
 def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: list[Any],
@@ -2055,12 +2044,18 @@ class TreeEstimator(Estimator):
     """Whether a node's children sum the histograms of the features the node did (then a
     child's sibling may come from its parent's), as every node does when none samples."""
 
-    def _monotonic(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
-        """Per node and feature: 1, -1 (constrained) or 0; None when no feature is."""
+    def _directions(self, state: dict[str, Any]) -> np.ndarray | None:
+        """Per feature: 1, -1 (constrained) or 0; None when no feature is."""
         constraints = self.params.monotonic
         if not constraints:
             return None
-        direction = np.array([constraints.get(f, 0) for f in state["features"]], np.int8)
+        return np.array([constraints.get(f, 0) for f in state["features"]], np.int8)
+
+    def _monotonic(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
+        """Per node and feature: 1, -1 (constrained) or 0; None when no feature is."""
+        direction = self._directions(state)
+        if direction is None:
+            return None
         return np.broadcast_to(direction, (len(nodes), len(direction)))
 
     def _allowed(self, state: dict[str, Any], nodes: np.ndarray) -> np.ndarray | None:
