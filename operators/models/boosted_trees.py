@@ -411,10 +411,10 @@ class GradientBoostedTrees(TreeEstimator):
         moments = state.get("residuals")
         if kind == "leaves" and moments is not None and moments[0] > 0:
             weight = state["forest"]["weight"][nodes]
-            weighted = self.params.weight is not None
+            level, weighted, median = self._query_settings()
             queries = selection.start_from(
                 np.rint(weight).astype(np.int64) if not weighted else None, weight,
-                moments, self._leaf_level(), weighted, self.params.loss == "absolute_error")
+                moments, level, weighted, median)
             sent = None if queries is None else selection.broadcast(queries)
         return {**state, "phase": "select", "residuals": None,
                 "select": {"kind": kind, "nodes": nodes, "queries": queries, "sent": sent}}
@@ -422,6 +422,11 @@ class GradientBoostedTrees(TreeEstimator):
     def _leaf_level(self) -> float:
         """The quantile the leaves take (0.5 but for loss: quantile)."""
         return 0.5 if self.params.quantile is None else float(self.params.quantile)
+
+    def _query_settings(self) -> tuple[float, bool, bool]:
+        """``selection.start``'s level, weighted and median (absolute_error's)."""
+        return (self._leaf_level(), self.params.weight is not None,
+                self.params.loss == "absolute_error")
 
     def _select_partial(self, part: pa.Table, state: dict[str, Any], xp: Any
                         ) -> dict[str, Any]:
@@ -449,24 +454,22 @@ class GradientBoostedTrees(TreeEstimator):
         held = memo.get("selection")
         if held is not None and held[0] == key:
             return held[1]
-        y = xp.astype(prep["y"], xp.float64)
         if sel["kind"] == "base":
             rows = xp.nonzero(prep["w"] > 0)[0]
             groups = xp.zeros(rows.shape, dtype=xp.int64)
-            values = xp.take(y, rows)
+            values = xp.take(xp.astype(prep["y"], xp.float64), rows)
         else:
             forest = state["forest"]
-            first = int(forest["roots"][state["round"]])
+            first = self._growing_from(state)
             tables = node_tables(forest, first, len(forest["tree"]), state["missing"],
                                  prep["n"], xp, sel["nodes"])
             bottom = int(forest["depth"][first:].max())
             pos = self._positions(prep, state, memo, tables, xp, bottom)[0]
             group = xp.take(tables["slot"], pos)
-            learners = self._learners(prep, state, memo, xp)
+            residual, learners = self._residuals(prep, state, memo, xp)
             rows = xp.nonzero(group >= 0 if learners is None else (group >= 0) & learners)[0]
             groups = xp.take(group, rows)
-            raw = self._raw(prep, state, memo, "raw", xp)
-            values = xp.take(y - raw[:, 0], rows)
+            values = xp.take(residual, rows)
         mass = None if self.params.weight is None else xp.take(prep["w"], rows)
         memo["selection"] = (key, (groups, values, mass))
         return groups, values, mass
@@ -475,8 +478,7 @@ class GradientBoostedTrees(TreeEstimator):
                        ) -> tuple[dict[str, Any], bool]:
         sel = state["select"]
         if sel["queries"] is None:
-            queries = selection.start(stats, self._leaf_level(), self.params.weight is not None,
-                                      median=self.params.loss == "absolute_error")
+            queries = selection.start(stats, *self._query_settings())
         else:
             queries = selection.search_update(sel["queries"], sel["sent"], stats)
         passes = state.get("selection_passes", 0) + 1
@@ -493,10 +495,10 @@ class GradientBoostedTrees(TreeEstimator):
         forest = {**state["forest"], "value": state["forest"]["value"].copy()}
         nodes = sel["nodes"]
         quantile = found
-        if self.params.monotonic:
-            first = int(forest["roots"][state["round"]])
-            quantile = monotone_leaves(forest, first, nodes, found, self._monotonic(
-                state, np.arange(1))[0])
+        direction = self._directions(state)
+        if direction is not None:
+            quantile = monotone_leaves(forest, self._growing_from(state), nodes, found,
+                                       direction)
         has_rows = ~np.isnan(found)
         forest["value"][nodes[has_rows], 0] = self.params.learning_rate * quantile[has_rows]
         return self._after_growth({**state, "forest": forest, "leaves_set": state["round"],
@@ -677,15 +679,21 @@ class GradientBoostedTrees(TreeEstimator):
                           memo: dict[str, Any], xp: Any) -> np.ndarray:
         """The rows the round learns from: how many, their residuals' sum and sum of
         squares (where the round's leaf quantiles are first looked for)."""
-        raw = self._raw(prep, state, memo, "raw", xp)
-        residual = xp.astype(prep["y"], xp.float64) - raw[:, 0]
-        learners = self._learners(prep, state, memo, xp)
+        residual, learners = self._residuals(prep, state, memo, xp)
         if learners is None:
             learners = xp.ones(residual.shape, dtype=xp.bool)
         taken = xp.astype(learners, xp.float64)
         residual = xp.where(learners, residual, xp.zeros_like(residual))
         return to_numpy(xp.stack([xp.sum(taken), xp.sum(residual),
                                   xp.sum(residual * residual)]))
+
+    def _residuals(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
+                   xp: Any) -> tuple[Any, Any | None]:
+        """Every training row's label minus its score after the finished rounds, and which
+        rows the round learns from (None: all)."""
+        raw = self._raw(prep, state, memo, "raw", xp)
+        residual = xp.astype(prep["y"], xp.float64) - raw[:, 0]
+        return residual, self._learners(prep, state, memo, xp)
 
     def _raw(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
              key: str, xp: Any) -> Any:
