@@ -36,6 +36,12 @@ class Chain(Transform):
             part = step.transform(part, xp)
         return part
 
+    def found(self, name: str) -> Any:
+        """The first step's ``name`` that is not None (a model's ``quantile``, its
+        ``deviance``), or None."""
+        return next((v for v in (getattr(s, name, None) for s in self.steps)
+                     if v is not None), None)
+
 
 def dump_chain(steps: list[Transform]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Entries for model.json and arrays for arrays.npz (keys ``<step>.<name>``)."""

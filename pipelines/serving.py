@@ -387,9 +387,7 @@ class ScoringModel:
             "device": self.placement.device,
             # what a regressor's prediction is: None for the mean (or the class), else
             # the quantile a model of loss quantile (absolute_error: 0.5) predicts
-            "quantile": next((q for q in (getattr(s, "quantile", None)
-                                          for s in self.model.chain.steps)
-                              if q is not None), None),
+            "quantile": self.model.chain.found("quantile"),
         }
 
 

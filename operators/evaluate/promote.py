@@ -95,12 +95,7 @@ class Promote(Measuring):
     def _model_attr(self, name: str) -> list[Any]:
         """Each bound model's ``name`` (``quantile``: a model of loss quantile or
         absolute_error; ``deviance``: a log link's), or None."""
-        out = []
-        for scorer in self.scorers:
-            steps = scorer.chain.steps if scorer.chain is not None else []
-            out.append(next((q for q in (getattr(s, name, None) for s in steps)
-                             if q is not None), None))
-        return out
+        return [None if s.chain is None else s.chain.found(name) for s in self.scorers]
 
     def _levels(self) -> list[float | None]:
         return self._model_attr("quantile")
