@@ -102,27 +102,23 @@ class Promote(Measuring):
 
     def _evaluate(self) -> Evaluate:
         p = self.params
-        # pinball_loss and coverage at the models' quantile (bind checks they share it)
+        metrics = None if p.metric is None else [p.metric]
+        options: dict[str, Any] = {}
         level = self._levels()[0] if self.scorers else None
-        if level is None:
+        if level is not None:
+            # pinball_loss and coverage at the models' quantile (bind checks they share
+            # it); a quantile model is compared by the loss it minimises unless told
+            metrics, options = [p.metric or "pinball_loss"], {"quantile": level}
+        else:
             deviances = self._model_attr("deviance")
-            shared = deviances[0] if deviances and all(
-                d == deviances[0] for d in deviances) else None
-            if p.metric is None and shared is not None:
-                # models of one log link's loss: compared by the deviance they minimise
-                return Evaluate(label=p.label, weight=p.weight, metrics=[shared["metric"]],
-                                **({"tweedie_power": shared["tweedie_power"]}
-                                   if "tweedie_power" in shared else {}))
+            if metrics is None and deviances and all(d == deviances[0] for d in deviances):
+                # models of one log link's loss: by the deviance they minimise
+                metrics = None if deviances[0] is None else [deviances[0]["metric"]]
             power = next((d["tweedie_power"] for d in deviances
                           if d is not None and "tweedie_power" in d), None)
-            if p.metric == "tweedie_deviance" and power is not None:
-                return Evaluate(label=p.label, weight=p.weight, metrics=[p.metric],
-                                tweedie_power=power)
-            return Evaluate(label=p.label, weight=p.weight,
-                            metrics=None if p.metric is None else [p.metric])
-        # a quantile model is compared by the loss it minimises unless told otherwise
-        return Evaluate(label=p.label, weight=p.weight, metrics=[p.metric or "pinball_loss"],
-                        quantile=level)
+            if metrics == ["tweedie_deviance"] and power is not None:
+                options = {"tweedie_power": power}
+        return Evaluate(label=p.label, weight=p.weight, metrics=metrics, **options)
 
     # ----------------------------------------------------------------- binding
 
