@@ -355,8 +355,8 @@ class GradientBoostedTrees(TreeEstimator):
         if state["stopped"]:
             return state
         first = self._growing_from(state)
-        if state.get("cut_round") != state["round"]:  # lossguide: the round's trees cut
-            state = {**self._cut(state, first), "cut_round": state["round"]}
+        if state.get("cuts", 0) <= state["round"]:  # lossguide: the round's trees cut once
+            state = self._cut(state, first)
         if (self._loss_name(state) in LEAF_QUANTILE
                 and state.get("leaves_set") != state["round"]):
             # the round's leaves become quantiles of their rows' residuals first
