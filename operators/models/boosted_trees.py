@@ -65,6 +65,7 @@ from operators.models.trees import (
     TreeParams,
     add_roots,
     allowed_features,
+    cut_places,
     derived_uniform,
     features_fraction,
     fraction_of_features,
@@ -372,6 +373,17 @@ class GradientBoostedTrees(TreeEstimator):
         return self._next_level({**state, "forest": forest, "siblings": None,
                                  "loss_due": self.params.early_stopping})
 
+    def _cut(self, state: dict[str, Any], first: int) -> dict[str, Any]:
+        """The round's trees cut (lossguide), and where the cut puts each node's rows
+        (``cut_places``), for the partitions' walks of the round (``_walk``)."""
+        if self.params.grow_policy != "lossguide":
+            return state
+        places = cut_places(state["forest"], first, int(self.params.max_leaves))
+        state = super()._cut(state, first)
+        bottom = int(state["forest"]["depth"][first:].max())
+        return {**state, "cut_places": {"cuts": state["cuts"], "round": state["round"],
+                                        "places": places, "bottom": bottom}}
+
     def _model(self, state: dict[str, Any]) -> BoostedTreesFitted:
         arrays, depth = model_arrays(state["forest"], len(state["features"]), state["base"])
         classify = state["classify"]
@@ -608,8 +620,7 @@ class GradientBoostedTrees(TreeEstimator):
         forest, k, n = state["forest"], self._outputs(state), prep["n"]
         rounds = state["round"]
         depth = state["level"]["depth"] if depth is None else depth
-        held = memo.get("walk")
-        # a walk of trees cut since (grow_policy: lossguide) names nodes no longer there
+        held = self._walk(state, memo, xp)
         cuts = state.get("cuts", 0)
         if held is not None and held[0] == rounds and held[1] <= depth and held[3] == cuts:
             positions, steps = held[2], depth - held[1]
@@ -624,6 +635,21 @@ class GradientBoostedTrees(TreeEstimator):
         if k * n * 8 <= memo["limit"]:
             memo["walk"] = (rounds, depth, positions, cuts)
         return positions
+
+    @staticmethod
+    def _walk(state: dict[str, Any], memo: dict[str, Any], xp: Any) -> tuple | None:
+        """The memo's walk ``(round, depth, positions, cuts)``: the rows' nodes in each
+        tree of the round after ``depth`` levels. A walk of the trees before the round's
+        cut (grow_policy: lossguide) names nodes no longer there; the cut's places move
+        it onto the cut trees (at most their depth: every row is at a leaf by then)."""
+        held, cut = memo.get("walk"), state.get("cut_places")
+        if (held is not None and cut is not None and held[0] == cut["round"]
+                and held[3] == cut["cuts"] - 1):
+            places = to_xp(cut["places"], xp)
+            held = (held[0], min(held[1], cut["bottom"]),
+                    [xp.take(places, pos) for pos in held[2]], cut["cuts"])
+            memo["walk"] = held
+        return held
 
     def _learners(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
                   xp: Any) -> Any | None:
@@ -708,7 +734,7 @@ class GradientBoostedTrees(TreeEstimator):
             raw = xp.broadcast_to(to_xp(state["base"], xp)[None, :], (prep["n"], k))
         forest = state["forest"]
         roots = forest["roots"]
-        held = memo.get("walk") if key == "raw" else None
+        held = self._walk(state, memo, xp) if key == "raw" else None
         for round_ in range(done, rounds):
             first = int(roots[round_ * k])
             end = int(roots[(round_ + 1) * k]) if (round_ + 1) * k < len(roots) else len(

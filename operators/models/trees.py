@@ -1415,13 +1415,7 @@ def best_first(forest: dict[str, np.ndarray], first: int, max_leaves: int
     (shallower, then further left: the same in any partitioning). The nodes the cut
     leaves out are dropped; a split node that stays unsplit becomes a leaf with its
     value."""
-    split = forest["status"] == SPLIT
-    made = _best_first_splits(forest, first, max_leaves)
-    made[:first] = split[:first]
-    keep = np.zeros(len(split), dtype=bool)
-    keep[:first] = True
-    keep[forest["roots"][forest["roots"] >= first]] = True
-    keep[forest["left"][made]] = keep[forest["right"][made]] = True
+    made, keep = _best_first_kept(forest, first, max_leaves)
     new_id = np.cumsum(keep) - 1
     out = {k: v[keep] for k, v in forest.items() if k not in FOREST_WIDE}
     cut = made[keep]
@@ -1435,6 +1429,36 @@ def best_first(forest: dict[str, np.ndarray], first: int, max_leaves: int
     out["roots"] = new_id[forest["roots"]].astype(np.int32)
     out["masks"] = forest["masks"]  # rows of the dropped splits stay, unused
     return out
+
+
+def _best_first_kept(forest: dict[str, np.ndarray], first: int, max_leaves: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per node: whether ``best_first`` keeps its split (the nodes before ``first``
+    keep theirs), and whether it keeps the node."""
+    made = _best_first_splits(forest, first, max_leaves)
+    made[:first] = forest["status"][:first] == SPLIT
+    keep = np.zeros(len(made), dtype=bool)
+    keep[:first] = True
+    keep[forest["roots"][forest["roots"] >= first]] = True
+    keep[forest["left"][made]] = keep[forest["right"][made]] = True
+    return made, keep
+
+
+def cut_places(forest: dict[str, np.ndarray], first: int, max_leaves: int) -> np.ndarray:
+    """Where ``best_first``'s cut puts the rows of each node from ``first`` on (local ids,
+    ``node - first``, before and after): a kept node's rows stay at it, a dropped node's
+    go to its nearest kept ancestor (a leaf of the cut tree, whose split was dropped).
+    The rows' nodes after a walk of ``d`` levels of the grown trees, looked up here, are
+    their nodes after ``d`` levels of the cut trees: no walk from the roots again."""
+    _, keep = _best_first_kept(forest, first, max_leaves)
+    local = keep[first:]
+    at = np.cumsum(keep)[first:] - 1 - first
+    split = first + np.flatnonzero(forest["status"][first:] == SPLIT)
+    parent = np.full(len(local), -1, dtype=np.int64)
+    parent[forest["left"][split] - first] = parent[forest["right"][split] - first] = split - first
+    for node in np.flatnonzero(~local).tolist():  # children come after their parents
+        at[node] = at[parent[node]]
+    return at
 
 
 def _best_first_splits(forest: dict[str, np.ndarray], first: int, max_leaves: int
