@@ -48,6 +48,7 @@ MODULES: dict[str, str] = {
     "select": "operators.features.columns",
     "sort": "operators.features.sort",
     "standard_scale": "operators.features.scale",
+    "target_encode": "operators.features.target_encode",
     "top": "operators.features.top",
     "union": "operators.features.union",
     "window": "operators.features.window",

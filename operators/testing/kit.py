@@ -232,14 +232,20 @@ def check_empty_partition(c: Case) -> None:
 
 
 def check_partition_invariance(c: Case) -> None:
-    """1 partition, k partitions and shuffled partitions give the same result."""
+    """1 partition, k partitions and shuffled partitions give the same result, and the
+    same rows to the run that fitted it (``training_view``, partition by partition)."""
     op, data = c.build(), c.data()
     transform, whole = _apply(op, [data])
+    training = transform.training_view().transform(data, NUMPY)
     for k, seed in ((3, None), (7, 1)):
         parts = split(data, k, seed)
         fitted = fit(c.build(), parts) if isinstance(op, Estimator) else transform
         got = fitted.transform(data, NUMPY)
         assert_tables_close(got, whole, c.rtol, c.atol, f"fit on {k} partitions")
+        view = fitted.training_view()
+        got = pa.concat_tables([view.transform(p, NUMPY) for p in split(data, k)])
+        assert_tables_close(got, training, c.rtol, c.atol,
+                            f"fit on {k} partitions, its training rows")
         if not isinstance(op, Estimator):
             pieces = pa.concat_tables([transform.transform(p, NUMPY) for p in split(data, k)])
             assert_tables_close(pieces, whole, c.rtol, c.atol, f"{k} partitions")

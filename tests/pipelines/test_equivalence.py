@@ -144,6 +144,20 @@ ZOO = {
         label: churned
         l2: 0.01
     """,
+    "target_encoded": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: target_encode
+        columns: [plan, region]
+        label: churned
+        folds: 4
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: logistic_regression
+        label: churned
+        l2: 0.01
+    """,
     "linear_weighted": """
       - op: drop
         columns: [signup_date, customer_id]

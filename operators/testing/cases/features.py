@@ -1,5 +1,6 @@
-"""Cases for the feature operators: impute, scalers, one_hot, hash_encode, bucketize,
-derive, select, drop, rename, cast, filter, sample, join, union, expect, and the shuffles."""
+"""Cases for the feature operators: impute, scalers, one_hot, target_encode, hash_encode,
+bucketize, derive, select, drop, rename, cast, filter, sample, join, union, expect, and the
+shuffles."""
 
 from __future__ import annotations
 
@@ -98,6 +99,13 @@ _cases("one_hot", features_table,
        ("min-frequency", {"columns": ["plan", "n"], "min_frequency": 0.1}),
        ("min-count-no-nulls", {"columns": ["region", "flag"], "min_frequency": 90,
                                "nulls": "error"}))
+
+_cases("target_encode", features_table,
+       ("regression", {"columns": ["plan", "region", "n"], "label": "big"}),
+       ("two-classes", {"columns": ["plan", "small"], "label": "flag", "smooth": 2.0}),
+       ("classes-no-folds", {"columns": ["plan", "region"], "label": "small", "folds": 0}),
+       ("classes-folds", {"columns": ["region", "flag"], "label": "small", "folds": 3,
+                          "seed": 4}))
 
 _cases("hash_encode", features_table,
        ("default", {"columns": ["plan", "n"], "buckets": 8}),
