@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from operators.arrays import to_numpy
 from operators.base import (
@@ -74,15 +74,16 @@ class PCAParams(Params):
             raise ValueError("k must be a number of components or a fraction, not a boolean")
         return value
 
-    @model_validator(mode="after")
-    def _k_in_range(self) -> PCAParams:
-        k, n = self.k, len(self.columns)
+    @field_validator("k")
+    @classmethod
+    def _in_range(cls, k: int | float, info: ValidationInfo) -> int | float:
         if isinstance(k, float) and not 0 < k < 1:
             raise ValueError(f"a fractional k must be in (0, 1), got {k}; a number of "
                              "components is an integer")
-        if isinstance(k, int) and not 1 <= k <= n:
+        n = len(info.data.get("columns", []))
+        if isinstance(k, int) and not 1 <= k <= max(n, 1):
             raise ValueError(f"k must be from 1 to the number of columns ({n}), got {k}")
-        return self
+        return k
 
 
 def _flip_signs(vectors: np.ndarray) -> np.ndarray:
