@@ -44,11 +44,6 @@ SIGN_TIE = 1e-9
 its sign, and the first of them decides: a tie that rounding breaks one way or the other
 (two standardised columns give loadings of +-1/sqrt(2)) then gives the same sign on
 every partitioning. scikit-learn takes whichever rounding made larger."""
-NULL_WEIGHTS = 2.0 + np.sqrt(np.arange(4096.0))
-"""Distinct weights per column: the components of zero variance are the eigenvectors of
-``diag(NULL_WEIGHTS)`` within the null space, a basis fixed by the null space alone (any
-basis of it is an eigenbasis of the covariance, and an eigen-solver returns whichever
-rounding leads it to)."""
 
 
 class PCAParams(Params):
@@ -107,8 +102,11 @@ def principal_components(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray
     values = np.where(values > len(values) * np.finfo(np.float64).eps * top, values, 0.0)
     null = values == 0
     if null.sum() > 1:
+        # any basis of the null space is an eigenbasis of the covariance, and the solver
+        # returns whichever rounding leads it to: the eigenvectors of a fixed diagonal of
+        # distinct weights within the null space are a basis fixed by the space alone
         basis = vectors[:, null]
-        weights = NULL_WEIGHTS[:len(values)]
+        weights = 2.0 + np.sqrt(np.arange(len(values)))
         _, rotation = np.linalg.eigh(basis.T @ (weights[:, None] * basis))
         vectors = vectors.copy()
         vectors[:, null] = basis @ rotation
