@@ -72,6 +72,15 @@ from bench.mlp_cases import (  # noqa: F401 - bench.worker looks the sides up he
     train_mlp_sklearn_adam,
     train_mlp_sluice_local,
 )
+from bench.pca_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    check_dask_pca,
+    check_train_pca,
+    components,
+    dask_pca_dask_ml,
+    dask_pca_sluice_dask,
+    train_pca_sklearn,
+    train_pca_sluice_local,
+)
 from bench.pivot_cases import (  # noqa: F401 - bench.worker looks the sides up here
     check_pivot,
     check_spark_pivot,
@@ -244,6 +253,12 @@ CASES: dict[str, Case] = {
     # reg:quantileerror, held-out pinball loss and coverage printed (bench/quantile_cases.py)
     "train_boosted_quantile": Case("quantiles", ("sluice_local", "sklearn_hist"), quantiles),
     "train_boosted_quantile_xgboost": Case("quantiles", ("sluice_local", "xgboost"), quantiles),
+    # pca (k 5 of 20 correlated columns) vs scikit-learn's PCA on the files read with
+    # pyarrow / dask-ml's PCA on a LocalCluster; components compared (bench/pca_cases.py)
+    "train_pca": Case("components", ("sluice_local", "sklearn"), components,
+                      check=check_train_pca),
+    "dask_pca": Case("components", ("sluice_dask", "dask_ml"), components,
+                     check=check_dask_pca),
     # gradient_boosted_trees (20 trees, depth 4) on the Spark engine vs MLlib GBTClassifier
     "train_boosted_spark": Case("numeric", ("sluice_spark", "mllib"), _numeric, forest_split),
     # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->

@@ -37,6 +37,7 @@ MODULES: dict[str, str] = {
     "min_max_scale": "operators.features.scale",
     "mlp": "operators.models.mlp",
     "one_hot": "operators.features.one_hot",
+    "pca": "operators.features.pca",
     "promote": "operators.evaluate.promote",
     "random_forest": "operators.models.forest",
     "read_parquet": "operators.io.parquet",

@@ -158,6 +158,24 @@ ZOO = {
         label: churned
         l2: 0.01
     """,
+    "pca_logistic": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan, region]
+      - op: standard_scale
+        columns: [tenure, monthly_charges, total_charges]
+      - op: pca
+        columns: [tenure, monthly_charges, total_charges, "plan=basic", "plan=premium"]
+        k: 0.9
+        whiten: true
+      - op: logistic_regression
+        label: churned
+        l2: 0.01
+    """,
     "linear_weighted": """
       - op: drop
         columns: [signup_date, customer_id]
