@@ -114,6 +114,12 @@ from bench.spark_cases import (  # noqa: F401 - bench.worker looks the sides up 
     train_spark_mllib_mllib,
     train_spark_mllib_sluice_spark,
 )
+from bench.target_encode_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    check_target_encode,
+    merchants,
+    target_encode_sklearn,
+    target_encode_sluice_local,
+)
 from bench.tree_cases import (  # noqa: F401 - bench.worker looks the sides up here
     train_boosted_sklearn_hist,
     train_boosted_sluice_local,
@@ -261,6 +267,12 @@ CASES: dict[str, Case] = {
                      check=check_dask_pca),
     # gradient_boosted_trees (20 trees, depth 4) on the Spark engine vs MLlib GBTClassifier
     "train_boosted_spark": Case("numeric", ("sluice_spark", "mllib"), _numeric, forest_split),
+    # read -> target_encode three text columns (50,000, 5,000 and 12 categories), cross-
+    # fitted in 5 folds -> write vs scikit-learn's TargetEncoder(cv=5).fit_transform on the
+    # files read with pyarrow + write; the fits on every row compared after the sides
+    # (bench/target_encode_cases.py)
+    "target_encode": Case("merchants", ("sluice_local", "sklearn"), merchants,
+                          check=check_target_encode),
     # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->
     # write vs pyarrow's group_by, Dask's groupby().agg() and Spark's groupBy().agg();
     # the outputs are compared after the sides (bench/aggregate_cases.py)
