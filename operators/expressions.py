@@ -84,6 +84,11 @@ or lose digits:
   an integer literal the type of the values it meets where it holds it (``coalesce(u64,
   0)`` is a uint64). Timestamps with and without a time zone are refused there, as in
   comparisons.
+* A value that can raise (a cast, rounding, decimal arithmetic) is computed for the
+  rows that need it: the branch of ``if`` a row takes, ``coalesce``'s values up to its
+  first present one, the operands of ``and``/``or`` up to the one that decides the row;
+  ``if(s != '', cast(s as int64), 0)`` does not stop at ''. (Arrow computes every
+  argument of a function: those columns read as null for the other rows.)
 * Decimal ``+ - * %`` keep at most 38 digits and the digits after the point Arrow's rules
   give them (``d38 + 1`` of a decimal(38, 1) is a decimal(38, 1)), as DuckDB and Spark
   do: a value that does not fit is an error, never another value; a product with more
@@ -997,6 +1002,11 @@ _register("day_of_year dayofyear", _Function("day_of_year", 1, 1, _unary(pc.day_
 _register("week", _Function("week", 1, 1, _unary(pc.iso_week), "number"))
 
 
+_RAISING_CALLS = frozenset(["cast", "round", "floor", "ceil"])
+"""Functions that raise on some values (a text that is no number, a decimal past its
+digits): guarded where a row may not need them (``_Compiler._under``)."""
+
+
 def _between(kernel: Callable[..., pc.Expression]) -> Callable[..., pc.Expression]:
     """``kernel`` of two times as timestamp[us]: any units, dates as their midnight, zoned
     times by their UTC clock (Arrow's kernels want one type on both sides)."""
@@ -1222,6 +1232,9 @@ class _Compiler:
         self._exprs: dict[int, pc.Expression] = {}
         self._node_types: dict[int, pa.DataType | None] = {}
         self._empty: pa.Table | None = None
+        # the rows whose values matter where a branch not taken everywhere compiles
+        # (``_under``): its columns read as null elsewhere, so its errors are theirs only
+        self._guard: pc.Expression | None = None
 
     def _result_type(self, expr: pc.Expression) -> pa.DataType | None:
         """The type ``expr`` has over the known columns; None where it names another column
@@ -1263,14 +1276,28 @@ class _Compiler:
                 )
             return pc.scalar(pa.scalar(node.value, node.arrow_type))
         if isinstance(node, _Column):
-            return pc.field(node.name)
+            field = pc.field(node.name)
+            if self._guard is None:
+                return field
+            t = self.types.get(node.name)
+            if t is not None and pa.types.is_dictionary(t):
+                field, t = field.cast(t.value_type), t.value_type
+            return pc.if_else(self._guard, field, pc.scalar(pa.scalar(None, t or pa.null())))
         if isinstance(node, _Neg):
             return pc.negate(self.to_expr(node.operand))
         if isinstance(node, _Not):
             return pc.invert(self.to_expr(node.operand))
         if isinstance(node, _Logic):
             fn = pc.and_kleene if node.op == "and" else pc.or_kleene
-            return _balanced(fn, [self.to_expr(op) for op in node.operands])
+            # an operand after one that decides the row (false for and, true for or) is
+            # not needed there
+            operands, guard = [], None
+            for operand in node.operands:
+                operands.append(self._under(guard, operand))
+                undecided = (pc.coalesce(operands[-1], True) if node.op == "and"
+                             else pc.invert(pc.coalesce(operands[-1], False)))
+                guard = undecided if guard is None else pc.and_kleene(guard, undecided)
+            return _balanced(fn, operands)
         if isinstance(node, _BinOp):
             return self._binop(node)
         if isinstance(node, _IsNull):
@@ -1299,12 +1326,55 @@ class _Compiler:
             return self._call(node)
         raise AssertionError(f"unhandled node {node!r}")  # pragma: no cover
 
+    def _under(self, guard: pc.Expression | None, node: _Node) -> pc.Expression:
+        """``node`` compiled for the rows where ``guard`` is true (a branch of ``if``, a
+        later value of ``coalesce``, an operand after the one that decides an ``and``):
+        where it can raise on a value (a cast, decimal arithmetic, rounding), its columns
+        are null elsewhere, so that a row it is not taken for cannot stop the run
+        (``if(s != '', cast(s as int64), 0)``). Elsewhere as compiled alone, so that
+        filters keep their form for the files' statistics."""
+        if guard is None or not self._may_raise(node):
+            return self.to_expr(node)
+        outer = self._guard
+        self._guard = guard if outer is None else pc.and_kleene(outer, guard)
+        try:
+            return self.to_expr(node)
+        finally:
+            self._guard = outer
+
+    def _may_raise(self, node: _Node) -> bool:
+        """Whether ``node`` holds an operation that raises on some values: a cast,
+        rounding, or arithmetic on a decimal column (overflow)."""
+        decimals = any(isinstance(n, _Column) and self.types.get(n.name) is not None
+                       and pa.types.is_decimal(self.types[n.name]) for n in _walk(node))
+        return any((isinstance(n, _Call) and n.name in _RAISING_CALLS)
+                   or (decimals and isinstance(n, _BinOp) and n.op in "+-*%")
+                   for n in _walk(node))
+
+    def _arguments(self, node: _Call) -> tuple[list[pc.Expression], list[pc.Expression | None]]:
+        """The compiled arguments, and the rows each is needed for (None: every row):
+        ``if``'s branches each for the rows that take it, ``coalesce``'s later values for
+        the rows whose earlier ones are null."""
+        if node.name == "if":
+            cond = self.to_expr(node.args[0])
+            guards = [None, pc.coalesce(cond, False), pc.invert(pc.coalesce(cond, True))]
+            return [cond, *(self._under(g, a) for g, a in zip(guards[1:], node.args[1:]))], guards
+        if node.name == "coalesce":
+            exprs, guards, guard = [], [], None
+            for arg in node.args:
+                exprs.append(self._under(guard, arg))
+                guards.append(guard)
+                missing = pc.is_null(exprs[-1])
+                guard = missing if guard is None else pc.and_kleene(guard, missing)
+            return exprs, guards
+        return [self.to_expr(arg) for arg in node.args], [None] * len(node.args)
+
     def _call(self, node: _Call) -> pc.Expression:
-        exprs = [self.to_expr(arg) for arg in node.args]
+        exprs, guards = self._arguments(node)
         spec = _FUNCTIONS[node.name]
         if spec.values_from is not None:
             at = spec.values_from
-            exprs[at:] = self._of_one_type(node.args[at:], exprs[at:])
+            exprs[at:] = self._of_one_type(node.args[at:], exprs[at:], guards[at:])
         if node.name in ("floor", "ceil", "round"):
             return self._rounded(node, exprs)
         if node.name == "cast":
@@ -1321,7 +1391,8 @@ class _Compiler:
 
     # ---------------------------------------------------------------- values of one type
 
-    def _of_one_type(self, nodes: Sequence[_Node], exprs: Sequence[pc.Expression]
+    def _of_one_type(self, nodes: Sequence[_Node], exprs: Sequence[pc.Expression],
+                     guards: Sequence[pc.Expression | None] | None = None
                      ) -> list[pc.Expression]:
         """Values that must share a type (if's branches, coalesce's and least's arguments)
         in one where Arrow's own choice fails as the rows are read or loses: decimals of
@@ -1333,7 +1404,9 @@ class _Compiler:
         target = self._common_number_type(nodes)
         if target is None:
             return list(exprs)
-        return [self._converted(node, expr, target) for node, expr in zip(nodes, exprs)]
+        guards = guards or [None] * len(exprs)
+        return [self._converted(node, expr, target, guard)
+                for node, expr, guard in zip(nodes, exprs, guards)]
 
     def _common_number_type(self, nodes: Sequence[_Node]) -> pa.DataType | None:
         types: list[pa.DataType] = []
@@ -1369,8 +1442,8 @@ class _Compiler:
             return None
         return target
 
-    def _converted(self, node: _Node, expr: pc.Expression, target: pa.DataType
-                   ) -> pc.Expression:
+    def _converted(self, node: _Node, expr: pc.Expression, target: pa.DataType,
+                   guard: pc.Expression | None = None) -> pc.Expression:
         if isinstance(node, _Literal):
             value = node.value
             if value is not None and pa.types.is_decimal(target):
@@ -1382,6 +1455,9 @@ class _Compiler:
             return expr
         # an integer in float64 unchecked, as everywhere in the language; a decimal
         # checked: a value too large for the 38 digits it has is an error, never another
+        # (of the rows that need it: ``guard``)
+        if guard is not None and not pa.types.is_floating(target):
+            expr = pc.if_else(guard, expr, pc.scalar(pa.scalar(None, self._type(node))))
         return expr.cast(target, safe=not pa.types.is_floating(target))
 
     # ---------------------------------------------------------------------- comparisons

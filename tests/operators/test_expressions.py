@@ -1688,6 +1688,9 @@ def _common_kind(kinds: list[tuple]) -> tuple:
     return ("int", max(k[1] for k in kinds))
 
 
+OVERFLOWS = object()  # a value exact() found past its type, not needed yet
+
+
 def exact(node: tuple, row: dict[str, Any]) -> tuple[Any, tuple]:
     """The exact value of an exact or value expression on one row, and its type as
     ("dec", p, s) or ("int", digits) (a literal: ("int", its digits), "lit" marks it)."""
@@ -1738,19 +1741,35 @@ def exact(node: tuple, row: dict[str, Any]) -> tuple[Any, tuple]:
             return int(rounded), t[:2]
         return _fitted(rounded, t[:3]), t[:3]
     if kind == "call":  # if, coalesce, least, greatest: values of one type
-        args = [exact(arg, row) for arg in node[2:]]
+        # a value that overflows stops the row only where it is needed: if's branch
+        # taken, coalesce's values up to the first present one (least, greatest: all)
+        args = []
+        for arg in node[2:]:
+            try:
+                args.append(exact(arg, row))
+            except Overflow:  # its type is that of its nulls
+                args.append((OVERFLOWS, exact(arg, dict.fromkeys(row))[1]))
         if node[1] == "if":
             cond, args = args[0][0], args[1:]
+            if cond is OVERFLOWS:
+                raise Overflow
         kinds = [t for _, t in args if t[0] != "null"]
         typed = [t for t in kinds if len(t) < 3 or t[2] != "lit"]
         common = _common_kind(typed + [t[:2] for t in kinds if len(t) == 3 and t[2] == "lit"
                                        and any(k[0] == "dec" for k in typed)])
-        values = [_fitted(v, common) if common[0] == "dec" else v for v, _ in args]
-        present = [v for v in values if v is not None]
+
+        def value(at: int) -> Any:
+            v = args[at][0]
+            if v is OVERFLOWS:
+                raise Overflow
+            return _fitted(v, common) if common[0] == "dec" else v
+
         if node[1] == "if":
-            return (None if cond is None else values[0] if cond else values[1]), common
+            return (None if cond is None else value(0) if cond else value(1)), common
         if node[1] == "coalesce":
-            return (present[0] if present else None), common
+            return next((v for v in map(value, range(len(args))) if v is not None),
+                        None), common
+        present = [v for v in map(value, range(len(args))) if v is not None]
         return ((min if node[1] == "least" else max)(present) if present else None), common
     raise AssertionError(kind)
 
@@ -1809,3 +1828,59 @@ def check_mixed(tree: tuple, style: dict[str, Any]) -> None:
 def test_random_decimal_and_unsigned_expressions_are_exact(tree: tuple, style: dict[str, Any]
                                                            ) -> None:
     check_mixed(tree, style)
+
+
+# ------------------------------------------------------------------ branches not taken
+
+GUARDED = pa.table({
+    "s": pa.array(["12", "", "7", None]),
+    "d": pa.array([decimal.Decimal("9" * 36), decimal.Decimal(1), None, decimal.Decimal(5)],
+                  pa.decimal128(38, 0)),
+})
+
+
+def evaluated(text: str, predicate: bool = False) -> list[Any]:
+    expr = (parse_filter if predicate else parse_expression)(text, GUARDED.schema)
+    return ds.dataset(GUARDED).to_table(columns={"r": expr}).column("r").to_pylist()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("if(s != '', cast(s as int64), 0)", [12, 0, 7, None]),
+    ("if(s = '', -1, cast(s as int64))", [12, -1, 7, None]),
+    ("coalesce(if(s = '', 0, null), cast(s as int64))", [12, 0, 7, None]),
+    ("if(d < 100, d * 1000, d)", [decimal.Decimal("9" * 36), 1000, None, 5000]),
+    ("coalesce(if(d > 100, d, null), round(d * 10))", [decimal.Decimal("9" * 36), 10, None, 50]),
+])
+def test_a_branch_not_taken_cannot_raise(text: str, expected: list[Any]) -> None:
+    """The guard an error message advises works: a cast, decimal arithmetic or rounding
+    in a branch of if (coalesce's later values) is done for the rows that take it only,
+    as DuckDB's and Spark's CASE."""
+    assert evaluated(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("s != '' and cast(s as int64) > 10", [True, False, False, None]),
+    ("s = '' or cast(s as int64) > 10", [True, True, False, None]),
+    ("not (s = '' or cast(s as int64) <= 10)", [True, False, False, None]),
+])
+def test_an_operand_after_the_deciding_one_cannot_raise(text: str, expected: list[Any]
+                                                        ) -> None:
+    assert evaluated(text, predicate=True) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "if(s = '', cast(s as int64), 0)",        # the branch taken holds the bad value
+    "coalesce(cast(s as int64), 0)",          # the first value: every row needs it
+    "if(d > 100, d * 1000, d)",               # 36 nines times 1000: past 38 digits
+])
+def test_a_branch_taken_still_raises(text: str) -> None:
+    with pytest.raises(pa.ArrowInvalid):
+        evaluated(text)
+
+
+def test_filters_keep_their_form_for_the_statistics() -> None:
+    """Only an operand that can raise is guarded: plain comparisons reach Arrow as
+    written, so row-group statistics still judge them."""
+    schema = pa.schema([("a", pa.int64()), ("b", pa.string())])
+    assert "if_else" not in str(parse_filter("a > 1 and b = 'x' or a < -5", schema))
+    assert "if_else" in str(parse_filter("b != '' and cast(b as int64) > 1", schema))
