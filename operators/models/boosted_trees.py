@@ -63,6 +63,7 @@ from operators.models.trees import (
     TreeEstimator,
     TreeModelFitted,
     TreeParams,
+    _ratio,
     add_roots,
     allowed_features,
     cut_places,
@@ -232,6 +233,12 @@ class GradientBoostedTrees(TreeEstimator):
 
     def _criterion(self, state: dict[str, Any]) -> Criterion:
         p = self.params
+        if self._loss_name(state) in LEAF_QUANTILE:
+            gradients = (-1.0, 1.0) if p.loss == "absolute_error" else (
+                -self._leaf_level(), 1.0 - self._leaf_level())
+            return LeafQuantile(p.l2, p.learning_rate, 1, l1=p.l1,
+                                min_hessian=p.min_child_weight, gradients=gradients,
+                                blind_splits=p.min_split_gain == 0)
         return Newton(p.l2, p.learning_rate, self._outputs(state), l1=p.l1,
                       min_hessian=p.min_child_weight)
 
@@ -758,7 +765,8 @@ class GradientBoostedTrees(TreeEstimator):
     def _round_channels(self, prep: dict[str, Any], state: dict[str, Any],
                         memo: dict[str, Any], xp: Any) -> list[list[Any]]:
         """Per tree of the round (output column), every row's histogram channels
-        ``w g``, ``w h``, ``w``."""
+        ``w g``, ``w h``, ``w`` (the quantile losses, whose hessians are 1: ``w g``,
+        ``w r`` of the residuals ``r``, ``w``: ``LeafQuantile``)."""
         held = memo.get("channels")
         if held is not None and held[0] == state["round"]:
             return held[1]
@@ -766,11 +774,56 @@ class GradientBoostedTrees(TreeEstimator):
         g, h = _gradients(raw, prep["y"], self._outputs(state), self._loss_name(state), xp,
                           self._leaf_level(), self.params.tweedie_power)
         w = prep["w"]
+        if self._loss_name(state) in LEAF_QUANTILE:
+            h = xp.astype(prep["y"], xp.float64)[:, None] - raw
         columns = []
         for column in range(self._outputs(state)):
             columns.append([w * g[:, column], w * h[:, column], w])
         memo["channels"] = (state["round"], columns)
         return columns
+
+
+class LeafQuantile(Newton):
+    """The quantile losses' criterion (absolute error, pinball): Newton's gains and
+    values with hessians of 1, so the weight channel is their sum and channel 1 holds the
+    residuals' (``w r``, label minus score) instead.
+
+    In a node whose rows' gradients are all one value (every residual on one side, as a
+    label without noise leaves many nodes) every split gains exactly 0: the gradient
+    says nothing of where the residuals differ, and the node would stay a leaf while its
+    quantile moves by the learning rate a round. There ``best_splits`` splits by the
+    residuals' squared-error gain (``tie_score``) instead, with a gain of 0 (so
+    ``min_split_gain`` still refuses it and leaf-wise growth takes it last);
+    scikit-learn splits such a node on the float32 noise of its gradients' sums."""
+
+    def __init__(self, *args: Any, gradients: tuple[float, float], blind_splits: bool,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.gradients, self.blind_splits = gradients, blind_splits
+
+    def hessian(self, stats: np.ndarray) -> np.ndarray:
+        return stats[2]
+
+    def clean(self, stats: np.ndarray) -> np.ndarray:
+        np.maximum(stats[2:], 0.0, out=stats[2:])  # the residual sums have either sign
+        return stats
+
+    def blind(self, total: np.ndarray) -> np.ndarray:
+        """Per node (``total``: channel first): whether every row's gradient is the same
+        (the gradient sum is one of the two gradients times the weight)."""
+        if not self.blind_splits:
+            return np.zeros(total.shape[1:], dtype=bool)
+        g, w = total[0], total[2]
+        return np.logical_or.reduce([np.abs(g - v * w) <= GAIN_RTOL * np.abs(v) * w
+                                     for v in self.gradients]) & (w > 0)
+
+    def tie_score(self, stats: np.ndarray) -> np.ndarray:
+        """The residuals' squared-error score ``R^2 / W`` (half of it, as Newton's)."""
+        return 0.5 * _ratio(stats[1] * stats[1], stats[2])
+
+    def tie_value(self, stats: np.ndarray) -> np.ndarray:
+        """The residuals' mean ``R / W``: what a monotonic constraint orders there."""
+        return _ratio(stats[1], stats[2])
 
 
 def monotone_leaves(forest: dict[str, np.ndarray], first: int, leaves: np.ndarray,
