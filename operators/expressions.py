@@ -39,6 +39,7 @@ Language
 * Functions (case-insensitive): ``log``/``ln``, ``log1p``, ``log2``, ``log10``, ``exp``,
   ``sqrt``, ``abs``, ``floor``, ``ceil``, ``round(x[, ndigits])``, ``pow``/``power(x, y)``,
   ``least(...)``, ``greatest(...)``, ``coalesce(...)``, ``if(cond, a, b)``/``if_else``,
+  ``nullif(a, b)`` (null where a equals b, else a: ``x / nullif(n, 0)``),
   ``is_nan(x)``, ``lower``, ``upper``, ``length``, ``year``, ``month``, ``day``, ``hour``,
   ``minute``, ``quarter``, ``day_of_week`` (Monday 0 .. Sunday 6), ``day_of_year``,
   ``week`` (ISO), ``days_between(a, b)`` / ``hours_between`` / ``minutes_between`` /
@@ -982,6 +983,7 @@ _register("coalesce", _Function("coalesce", 1, None, lambda n, e: pc.coalesce(*e
                                 values_from=0))
 _register("if if_else", _Function("if", 3, 3, lambda n, e: pc.if_else(*e), "any",
                                   values_from=1))
+_register("nullif", _Function("nullif", 2, 2, lambda n, e: e[0], "any"))  # ``_Compiler._call``
 _register("is_nan", _Function("is_nan", 1, 1, _unary(pc.is_nan), "bool"))
 _register("lower", _Function("lower", 1, 1, _text_unary(pc.utf8_lower), "string",
                             text_args=True))
@@ -1387,6 +1389,11 @@ class _Compiler:
                 allow_decimal_truncate=True,
             )
             return exprs[0].cast(options=options)
+        if node.name == "nullif":  # null where a equals b (SQL's); a where b is null
+            equal = self._compare("=", node.args[0], node.args[1], exprs[0], exprs[1])
+            t = self._type(node.args[0])
+            return pc.if_else(pc.coalesce(equal, False),
+                              pc.scalar(pa.scalar(None, t or pa.null())), exprs[0])
         return spec.build(node.args, exprs)
 
     # ---------------------------------------------------------------- values of one type

@@ -1884,3 +1884,18 @@ def test_filters_keep_their_form_for_the_statistics() -> None:
     schema = pa.schema([("a", pa.int64()), ("b", pa.string())])
     assert "if_else" not in str(parse_filter("a > 1 and b = 'x' or a < -5", schema))
     assert "if_else" in str(parse_filter("b != '' and cast(b as int64) > 1", schema))
+
+
+@pytest.mark.parametrize(("text", "expected", "arrow_type"), [
+    ("p / nullif(v, 0)", [None, 1.0, None, None], pa.float64()),
+    ("nullif(s, '')", ["a", None, "b", None], pa.string()),
+    ("nullif(u, -1)", [1, 2, 3, 4], pa.uint64()),          # -1 is no uint64: never equal
+    ("nullif(p, null)", [1, 2, 3, None], pa.int64()),      # b null: a
+    ("coalesce(nullif(v, 0), 1)", [1, 2, 1, 5], pa.int64()),
+])
+def test_nullif_is_sqls(text: str, expected: list[Any], arrow_type: pa.DataType) -> None:
+    t = pa.table({"p": pa.array([1, 2, 3, None]), "v": pa.array([0, 2, 0, 5]),
+                  "s": pa.array(["a", "", "b", None]), "u": pa.array([1, 2, 3, 4], pa.uint64())})
+    got = ds.dataset(t).to_table(columns={"r": parse_expression(text, t.schema)})
+    assert got.column("r").to_pylist() == expected
+    assert got.schema.field("r").type == arrow_type == expression_type(text, t.schema)
