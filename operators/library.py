@@ -42,6 +42,7 @@ MODULES: dict[str, str] = {
     "random_forest": "operators.models.forest",
     "read_parquet": "operators.io.parquet",
     "rename": "operators.features.columns",
+    "robust_scale": "operators.features.scale",
     "repartition": "operators.features.repartition",
     "sample": "operators.features.rows",
     "save_model": "operators.io.model",

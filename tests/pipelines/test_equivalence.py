@@ -154,6 +154,8 @@ ZOO = {
       - op: impute
         columns: [total_charges]
         strategy: median
+      - op: robust_scale
+        columns: [tenure, monthly_charges, total_charges]
       - op: logistic_regression
         label: churned
         l2: 0.01

@@ -113,6 +113,14 @@ _cases("pca", correlated_table,
                                  "keep": True, "prefix": "pc"}),
        ("weighted", {"columns": ["a", "b", "c"], "k": 3, "weight": "w"}))
 
+_cases("robust_scale", features_table,
+       ("default", {"columns": ["x", "n", "const", "big"]}),
+       ("range-unit-variance", {"columns": ["big", "f32", "small"], "quantile_range": [10, 90],
+                                "unit_variance": True, "with_centering": False}))
+_cases("robust_scale", nan_table, ("nan", {"columns": ["x", "n"]}))
+_cases("robust_scale", large_table, ("multi-pass", {"columns": ["y", "k"]}))
+_cases("robust_scale", small_table, ("approx", {"columns": ["x", "big"], "approx": True}))
+
 _cases("one_hot", features_table,
        ("default", {"columns": ["plan", "region", "flag", "small"]}),
        ("max-categories", {"columns": ["plan", "small"], "max_categories": 3}),
