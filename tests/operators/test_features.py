@@ -178,6 +178,26 @@ def test_scalers_reject_infinite_and_empty_columns() -> None:
 # --------------------------------------------------------------------------- impute
 
 
+def test_impute_adds_indicators_of_what_was_missing() -> None:
+    """add_indicator: a `<col>_missing` boolean after each column, true where it was null
+    or NaN (scikit-learn's add_indicator, for every column: features='all')."""
+    table = numbers(600).append_column("plan", pa.array(["a", None, "b"] * 200))
+    got = run("impute", table, 3, 2, columns=["x", "n"], strategy="median", add_indicator=True)
+    x = floats(table, ["x", "n"])
+    want = SimpleImputer(strategy="median", add_indicator=True).fit_transform(x)
+    assert got.column_names[:4] == ["x", "x_missing", "n", "n_missing"]
+    np.testing.assert_allclose(floats(got, ["x", "n"]), want[:, :2], rtol=1e-12)
+    assert got.column("x_missing").to_pylist() == np.isnan(x[:, 0]).tolist()
+    assert got.column("n_missing").to_pylist() == np.isnan(x[:, 1]).tolist()
+    assert got.schema.field("x_missing").type == pa.bool_()
+    text = run("impute", table, 2, None, columns=["plan"], strategy="constant", value="none",
+               add_indicator=True)
+    assert text.column("plan_missing").to_pylist() == [False, True, False] * 200
+    with pytest.raises(SchemaError, match="indicator 'x_missing' is already a column"):
+        build("impute", columns=["x"], add_indicator=True).output_schema(
+            got.select(["x", "x_missing"]).schema)
+
+
 @pytest.mark.parametrize("strategy", ["mean", "median", "most_frequent"])
 def test_impute_matches_simple_imputer(strategy: str) -> None:
     table = numbers(5000)  # > the exact search's one-pass limit: median takes passes

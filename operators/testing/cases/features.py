@@ -73,7 +73,9 @@ _cases("impute", features_table,
        ("constant-string", {"columns": ["plan", "region"], "strategy": "constant",
                             "value": "unknown"}),
        ("constant-numbers", {"columns": ["n", "x"], "strategy": "constant", "value": -1}),
-       ("constant-float-on-int", {"columns": ["n"], "strategy": "constant", "value": 0.5}))
+       ("constant-float-on-int", {"columns": ["n"], "strategy": "constant", "value": 0.5}),
+       ("indicators", {"columns": ["x", "plan", "region"], "strategy": "most_frequent",
+                       "add_indicator": True}))
 _cases("impute", nan_table,
        ("mean-nan", {"columns": ["x"]}),
        ("median-nan", {"columns": ["x"], "strategy": "median"}))
