@@ -182,3 +182,24 @@ def test_nothing_to_learn_from_is_an_error() -> None:
     one_class = t.set_column(3, "two", pa.array([True] * t.num_rows))
     with pytest.raises(DataError, match="label 'two' has one class"):
         fit(TargetEncode(columns=["city"], label="two"), split(one_class, 3))
+
+
+def test_the_folds_do_not_depend_on_the_label() -> None:
+    """Rows alike but for the label share a fold: were the label in the fold's hash, a
+    table of few distinct rows (a category and a label) would put each category's rows
+    of one class in one fold, and encode them from the other class's rows only: the
+    training encodings against the label (a model after it learns the sign reversed)."""
+    rng = np.random.default_rng(0)
+    rows = 6000
+    city = rng.choice([f"c{i}" for i in range(20)], rows)
+    plan = rng.choice(["basic", "plus", "premium"], rows)
+    effect = dict(zip([f"c{i}" for i in range(20)], rng.uniform(0.1, 0.9, 20), strict=True))
+    two = rng.random(rows) < np.array([effect[c] for c in city])
+    t = pa.table({"city": city, "plan": plan, "two": two})
+    op = TargetEncode(columns=["city"], label="two")
+    flipped = t.set_column(2, "two", pa.array(~two))
+    np.testing.assert_array_equal(row_folds(t, op.params), row_folds(flipped, op.params))
+    model = fit(op, split(t, 3))
+    training = model.training_view().transform(t, None).column("city").to_numpy()
+    whole = model.transform(t, None).column("city").to_numpy()
+    assert np.corrcoef(training, two)[0, 1] > 0.5 * np.corrcoef(whole, two)[0, 1] > 0
