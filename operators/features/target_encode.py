@@ -80,9 +80,11 @@ class TargetEncodeParams(Params):
 
 @register("target_encode")
 class TargetEncode(Estimator):
-    """Each category replaced by the label's mean over its rows (for classes: the share
-    of the positive class; a column `<col>_<class>` per class for more), shrunk toward the
-    label's mean; unseen categories (and nulls, when the fit saw none) get that mean.
+    """Each category replaced by the label's mean over its rows, shrunk toward its mean.
+
+    For classes: the share of the positive class (a column `<col>_<class>` per class for
+    more than two); unseen categories (and nulls, when the fit saw none) get the label's
+    mean.
 
     The rows the step is fitted on are encoded cross-fitted (each from the encodings of
     the other folds' rows, as scikit-learn's `fit_transform`), so that a model trained
@@ -131,14 +133,15 @@ class TargetEncode(Estimator):
         require_columns(schema, self.input_columns(schema))
         self._classify(schema)
         for name in self.params.columns:
-            check_column(schema, name)
+            check_column(schema, name, "target_encode")
             # two classes or a regression: the column in place (more classes: a column
             # per class, known after the fit)
             schema = replace_field(schema, name, [pa.field(name, pa.float64())])
         return schema
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        return {"kinds": {c: check_column(schema, c) for c in self.params.columns},
+        return {"kinds": {c: check_column(schema, c, "target_encode")
+                          for c in self.params.columns},
                 "classify": self._classify(schema)}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
