@@ -1002,6 +1002,8 @@ _register("day_of_year dayofyear", _Function("day_of_year", 1, 1, _unary(pc.day_
 _register("week", _Function("week", 1, 1, _unary(pc.iso_week), "number"))
 
 
+_VIEW_VALUES = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
+
 _RAISING_CALLS = frozenset(["cast", "round", "floor", "ceil"])
 """Functions that raise on some values (a text that is no number, a decimal past its
 digits): guarded where a row may not need them (``_Compiler._under``)."""
@@ -1280,8 +1282,11 @@ class _Compiler:
             if self._guard is None:
                 return field
             t = self.types.get(node.name)
-            if t is not None and pa.types.is_dictionary(t):
-                field, t = field.cast(t.value_type), t.value_type
+            # if_else has no kernel for a dictionary or a view: their values, plainly
+            plain = (t.value_type if pa.types.is_dictionary(t) else _VIEW_VALUES.get(t)
+                     ) if t is not None else None
+            if plain is not None:
+                field, t = field.cast(plain), plain
             return pc.if_else(self._guard, field, pc.scalar(pa.scalar(None, t or pa.null())))
         if isinstance(node, _Neg):
             return pc.negate(self.to_expr(node.operand))

@@ -1884,3 +1884,17 @@ def test_filters_keep_their_form_for_the_statistics() -> None:
     schema = pa.schema([("a", pa.int64()), ("b", pa.string())])
     assert "if_else" not in str(parse_filter("a > 1 and b = 'x' or a < -5", schema))
     assert "if_else" in str(parse_filter("b != '' and cast(b as int64) > 1", schema))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("if(k > 1, cast(sv as int64), 0)", [0, 5, 7]),
+    ("k > 1 and cast(sv as int64) > 5", [False, False, True]),
+    ("if(k > 1, cast(bv as string), 'x')", ["x", "2", "3"]),
+])
+def test_a_guarded_view_column(text: str, expected: list[Any]) -> None:
+    """A string_view or binary_view column in a guarded part is read as it was before
+    the guard (Arrow's if_else has no kernel for the views)."""
+    t = pa.table({"k": [1, 2, 3], "sv": pa.array(["12", "5", "7"], pa.string_view()),
+                  "bv": pa.array([b"1", b"2", b"3"], pa.binary_view())})
+    expr = parse_expression(text, t.schema)
+    assert ds.dataset(t).to_table(columns={"r": expr}).column("r").to_pylist() == expected
