@@ -1331,17 +1331,19 @@ class _Compiler:
             return self._call(node)
         raise AssertionError(f"unhandled node {node!r}")  # pragma: no cover
 
-    def _under(self, guard: pc.Expression | None, node: _Node) -> pc.Expression:
+    def _under(self, guard: pc.Expression | None, node: _Node, within: bool = False
+               ) -> pc.Expression:
         """``node`` compiled for the rows where ``guard`` is true (a branch of ``if``, a
         later value of ``coalesce``, an operand after the one that decides an ``and``):
         where it can raise on a value (a cast, decimal arithmetic, rounding), its columns
         are null elsewhere, so that a row it is not taken for cannot stop the run
         (``if(s != '', cast(s as int64), 0)``). Elsewhere as compiled alone, so that
-        filters keep their form for the files' statistics."""
+        filters keep their form for the files' statistics. ``within``: ``guard`` is false
+        wherever the one it is under is (it need not be joined to it)."""
         if guard is None or not self._may_raise(node):
             return self.to_expr(node)
         outer = self._guard
-        self._guard = guard if outer is None else pc.and_kleene(outer, guard)
+        self._guard = guard if outer is None or within else pc.and_kleene(outer, guard)
         try:
             return self.to_expr(node)
         finally:
@@ -1361,9 +1363,25 @@ class _Compiler:
         ``if``'s branches each for the rows that take it, ``coalesce``'s later values for
         the rows whose earlier ones are null."""
         if node.name == "if":
-            cond = self.to_expr(node.args[0])
+            outer = self._guard
+            if outer is None or self._may_raise(node.args[0]):
+                cond = self.to_expr(node.args[0])
+                within = False
+            else:
+                # under a guard, a condition that cannot raise is compiled as alone and
+                # made null outside the guard, so the branches' guards hold the outer one
+                # once: compiled under it, and joined to it, they held it twice, and a
+                # chain of ifs doubled with each level
+                self._guard = None
+                try:
+                    alone = self.to_expr(node.args[0])
+                finally:
+                    self._guard = outer
+                cond = pc.if_else(outer, alone, pc.scalar(pa.scalar(None, pa.bool_())))
+                within = True
             guards = [None, pc.coalesce(cond, False), pc.invert(pc.coalesce(cond, True))]
-            return [cond, *(self._under(g, a) for g, a in zip(guards[1:], node.args[1:]))], guards
+            return [cond, *(self._under(g, a, within)
+                            for g, a in zip(guards[1:], node.args[1:]))], guards
         if node.name == "coalesce":
             exprs, guards, guard = [], [], None
             for arg in node.args:
