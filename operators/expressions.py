@@ -1296,11 +1296,17 @@ class _Compiler:
             fn = pc.and_kleene if node.op == "and" else pc.or_kleene
             # an operand after one that decides the row (false for and, true for or) is
             # not needed there
-            operands, guard = [], None
+            operands, guard, guarding = [], None, True
             for operand in node.operands:
                 operands.append(self._under(guard, operand))
-                undecided = (pc.coalesce(operands[-1], True) if node.op == "and"
-                             else pc.invert(pc.coalesce(operands[-1], False)))
+                # an operand that is no true/false decides nothing (the type check says so)
+                guarding = guarding and self._boolean(operand)
+                if not guarding:
+                    guard = None
+                    continue
+                truth = self._truth(operand, operands[-1])
+                undecided = (pc.coalesce(truth, True) if node.op == "and"
+                             else pc.invert(pc.coalesce(truth, False)))
                 guard = undecided if guard is None else pc.and_kleene(guard, undecided)
             return _balanced(fn, operands)
         if isinstance(node, _BinOp):
@@ -1349,6 +1355,21 @@ class _Compiler:
         finally:
             self._guard = outer
 
+    def _boolean(self, node: _Node) -> bool:
+        """Whether compiled ``node`` may be true/false (its type bool, null or unknown)."""
+        if isinstance(node, _Literal):
+            return node.kind in ("bool", "null")
+        t = self._type(node)
+        return t is None or pa.types.is_boolean(t) or pa.types.is_null(t)
+
+    @staticmethod
+    def _truth(node: _Node, expr: pc.Expression) -> pc.Expression:
+        """``expr`` of a true/false ``node`` as a guard takes it (a null literal: a
+        boolean null, which coalesce can join to true or false)."""
+        if isinstance(node, _Literal) and node.kind == "null":
+            return pc.scalar(pa.scalar(None, pa.bool_()))
+        return expr
+
     def _may_raise(self, node: _Node) -> bool:
         """Whether ``node`` holds an operation that raises on some values: a cast,
         rounding, or arithmetic on a decimal column (overflow)."""
@@ -1379,7 +1400,10 @@ class _Compiler:
                     self._guard = outer
                 cond = pc.if_else(outer, alone, pc.scalar(pa.scalar(None, pa.bool_())))
                 within = True
-            guards = [None, pc.coalesce(cond, False), pc.invert(pc.coalesce(cond, True))]
+            if not self._boolean(node.args[0]):  # no true/false: the type check says so
+                return [cond, *map(self.to_expr, node.args[1:])], [None] * len(node.args)
+            truth = self._truth(node.args[0], cond)
+            guards = [None, pc.coalesce(truth, False), pc.invert(pc.coalesce(truth, True))]
             return [cond, *(self._under(g, a, within)
                             for g, a in zip(guards[1:], node.args[1:]))], guards
         if node.name == "coalesce":
