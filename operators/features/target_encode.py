@@ -207,7 +207,10 @@ class TargetEncode(Estimator):
         fit = TargetEncodeFitted(self.params, state["kinds"], state["classes"], mean, encoded)
         if folds:
             # each fold's rows encoded as if the encoder were fitted on the others only
-            moments = [_moments(*_merge(*_merge(*_others(first, f)))) for f in range(folds)]
+            # (none: the label's mean, all there is to encode them with)
+            moments = [_moments(*_merge(*_merge(*_others(first, f))))
+                       if np.delete(first["n"], f, axis=-1).any() else (mean, variance)
+                       for f in range(folds)]
             training = {name: np.stack([encodings(*_merge(*_others(c, f)), *moments[f], smooth)
                                         for f in range(folds)])
                         for name, c in columns.items()}

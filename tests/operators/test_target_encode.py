@@ -203,3 +203,15 @@ def test_the_folds_do_not_depend_on_the_label() -> None:
     training = model.training_view().transform(t, None).column("city").to_numpy()
     whole = model.transform(t, None).column("city").to_numpy()
     assert np.corrcoef(training, two)[0, 1] > 0.5 * np.corrcoef(whole, two)[0, 1] > 0
+
+
+def test_a_fold_without_other_rows_gets_the_labels_mean() -> None:
+    """Rows alike in every column but the label share a fold; where that leaves no rows
+    in the other folds, the fold's rows get the label's mean (there is nothing else to
+    encode them with), not 0 (the mean of no rows)."""
+    t = pa.table({"city": ["a", "a", "a", "a"], "y": [100.0, 101.0, 102.0, 103.0]})
+    op = TargetEncode(columns=["city"], label="y")
+    assert len(set(row_folds(t, op.params))) == 1
+    model = fit(op, [t])
+    training = model.training_view().transform(t, None).column("city").to_pylist()
+    assert training == [101.5] * 4
