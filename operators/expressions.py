@@ -89,7 +89,11 @@ or lose digits:
   rows that need it: the branch of ``if`` a row takes, ``coalesce``'s values up to its
   first present one, the operands of ``and``/``or`` up to the one that decides the row;
   ``if(s != '', cast(s as int64), 0)`` does not stop at ''. (Arrow computes every
-  argument of a function: those columns read as null for the other rows.)
+  argument of a function: those columns read as null for the other rows.) An expression
+  holds each such guard in full, so a value that can raise in an ``if``'s condition, in
+  ``coalesce``, or in an ``and``/``or`` operand followed by others doubles the guards of
+  those after it (a ``coalesce`` of ten casts runs about 30 times slower than unguarded);
+  nested ``if``s whose conditions cannot raise grow with the depth only.
 * Decimal ``+ - * %`` keep at most 38 digits and the digits after the point Arrow's rules
   give them (``d38 + 1`` of a decimal(38, 1) is a decimal(38, 1)), as DuckDB and Spark
   do: a value that does not fit is an error, never another value; a product with more
@@ -1004,6 +1008,8 @@ _register("day_of_year dayofyear", _Function("day_of_year", 1, 1, _unary(pc.day_
 _register("week", _Function("week", 1, 1, _unary(pc.iso_week), "number"))
 
 
+_VIEW_VALUES = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
+
 _RAISING_CALLS = frozenset(["cast", "round", "floor", "ceil"])
 """Functions that raise on some values (a text that is no number, a decimal past its
 digits): guarded where a row may not need them (``_Compiler._under``)."""
@@ -1282,8 +1288,11 @@ class _Compiler:
             if self._guard is None:
                 return field
             t = self.types.get(node.name)
-            if t is not None and pa.types.is_dictionary(t):
-                field, t = field.cast(t.value_type), t.value_type
+            # if_else has no kernel for a dictionary or a view: their values, plainly
+            plain = (t.value_type if pa.types.is_dictionary(t) else _VIEW_VALUES.get(t)
+                     ) if t is not None else None
+            if plain is not None:
+                field, t = field.cast(plain), plain
             return pc.if_else(self._guard, field, pc.scalar(pa.scalar(None, t or pa.null())))
         if isinstance(node, _Neg):
             return pc.negate(self.to_expr(node.operand))
@@ -1293,11 +1302,17 @@ class _Compiler:
             fn = pc.and_kleene if node.op == "and" else pc.or_kleene
             # an operand after one that decides the row (false for and, true for or) is
             # not needed there
-            operands, guard = [], None
+            operands, guard, guarding = [], None, True
             for operand in node.operands:
                 operands.append(self._under(guard, operand))
-                undecided = (pc.coalesce(operands[-1], True) if node.op == "and"
-                             else pc.invert(pc.coalesce(operands[-1], False)))
+                # an operand that is no true/false decides nothing (the type check says so)
+                guarding = guarding and self._boolean(operand)
+                if not guarding:
+                    guard = None
+                    continue
+                truth = self._truth(operand, operands[-1])
+                undecided = (pc.coalesce(truth, True) if node.op == "and"
+                             else pc.invert(pc.coalesce(truth, False)))
                 guard = undecided if guard is None else pc.and_kleene(guard, undecided)
             return _balanced(fn, operands)
         if isinstance(node, _BinOp):
@@ -1328,21 +1343,38 @@ class _Compiler:
             return self._call(node)
         raise AssertionError(f"unhandled node {node!r}")  # pragma: no cover
 
-    def _under(self, guard: pc.Expression | None, node: _Node) -> pc.Expression:
+    def _under(self, guard: pc.Expression | None, node: _Node, within: bool = False
+               ) -> pc.Expression:
         """``node`` compiled for the rows where ``guard`` is true (a branch of ``if``, a
         later value of ``coalesce``, an operand after the one that decides an ``and``):
         where it can raise on a value (a cast, decimal arithmetic, rounding), its columns
         are null elsewhere, so that a row it is not taken for cannot stop the run
         (``if(s != '', cast(s as int64), 0)``). Elsewhere as compiled alone, so that
-        filters keep their form for the files' statistics."""
+        filters keep their form for the files' statistics. ``within``: ``guard`` is false
+        wherever the one it is under is (it need not be joined to it)."""
         if guard is None or not self._may_raise(node):
             return self.to_expr(node)
         outer = self._guard
-        self._guard = guard if outer is None else pc.and_kleene(outer, guard)
+        self._guard = guard if outer is None or within else pc.and_kleene(outer, guard)
         try:
             return self.to_expr(node)
         finally:
             self._guard = outer
+
+    def _boolean(self, node: _Node) -> bool:
+        """Whether compiled ``node`` may be true/false (its type bool, null or unknown)."""
+        if isinstance(node, _Literal):
+            return node.kind in ("bool", "null")
+        t = self._type(node)
+        return t is None or pa.types.is_boolean(t) or pa.types.is_null(t)
+
+    @staticmethod
+    def _truth(node: _Node, expr: pc.Expression) -> pc.Expression:
+        """``expr`` of a true/false ``node`` as a guard takes it (a null literal: a
+        boolean null, which coalesce can join to true or false)."""
+        if isinstance(node, _Literal) and node.kind == "null":
+            return pc.scalar(pa.scalar(None, pa.bool_()))
+        return expr
 
     def _may_raise(self, node: _Node) -> bool:
         """Whether ``node`` holds an operation that raises on some values: a cast,
@@ -1358,9 +1390,28 @@ class _Compiler:
         ``if``'s branches each for the rows that take it, ``coalesce``'s later values for
         the rows whose earlier ones are null."""
         if node.name == "if":
-            cond = self.to_expr(node.args[0])
-            guards = [None, pc.coalesce(cond, False), pc.invert(pc.coalesce(cond, True))]
-            return [cond, *(self._under(g, a) for g, a in zip(guards[1:], node.args[1:]))], guards
+            outer = self._guard
+            if outer is None or self._may_raise(node.args[0]):
+                cond = self.to_expr(node.args[0])
+                within = False
+            else:
+                # under a guard, a condition that cannot raise is compiled as alone and
+                # made null outside the guard, so the branches' guards hold the outer one
+                # once: compiled under it, and joined to it, they held it twice, and a
+                # chain of ifs doubled with each level
+                self._guard = None
+                try:
+                    alone = self.to_expr(node.args[0])
+                finally:
+                    self._guard = outer
+                cond = pc.if_else(outer, alone, pc.scalar(pa.scalar(None, pa.bool_())))
+                within = True
+            if not self._boolean(node.args[0]):  # no true/false: the type check says so
+                return [cond, *map(self.to_expr, node.args[1:])], [None] * len(node.args)
+            truth = self._truth(node.args[0], cond)
+            guards = [None, pc.coalesce(truth, False), pc.invert(pc.coalesce(truth, True))]
+            return [cond, *(self._under(g, a, within)
+                            for g, a in zip(guards[1:], node.args[1:]))], guards
         if node.name == "coalesce":
             exprs, guards, guard = [], [], None
             for arg in node.args:

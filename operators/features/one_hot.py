@@ -70,14 +70,14 @@ def _kind(t: pa.DataType) -> str | None:
 ARROW_KIND = {"int": pa.int64(), "bool": pa.bool_(), "string": pa.string()}
 
 
-def check_column(schema: pa.Schema, name: str) -> str:
-    """The kind of column ``name``; SchemaError when one_hot cannot encode it."""
+def check_column(schema: pa.Schema, name: str, op: str = "one_hot") -> str:
+    """The kind of column ``name``; SchemaError when ``op`` cannot encode it."""
     t = schema.field(name).type
     kind = _kind(t)
     if kind is None:
         hint = ("bucketize it first" if pa.types.is_floating(t)
                 else "cast it to string first")
-        raise SchemaError(f"column '{name}' is {t}; one_hot encodes strings, integers and "
+        raise SchemaError(f"column '{name}' is {t}; {op} encodes strings, integers and "
                           "booleans", hint=hint)
     return kind
 
@@ -97,7 +97,7 @@ def encoded_schema(schema: pa.Schema, kinds: dict[str, str],
     kind or a new column the input already has."""
     require_columns(schema, list(kinds))
     for name, fitted in kinds.items():
-        if check_column(schema, name) != fitted:
+        if check_column(schema, name, op) != fitted:
             raise SchemaError(f"column '{name}' is {schema.field(name).type} but {op} was "
                               f"fitted on {fitted} values",
                               hint=f"cast '{name}' back to the type it was fitted on")

@@ -1,10 +1,10 @@
 """target_encode: each category becomes the label's mean over its rows, shrunk toward the
 label's overall mean; the training rows get it cross-fitted (from the other folds' rows).
 
-One pass collects, per column, category and fold (a hash of the row's content and the
-seed), the rows, the label's sum and its sum of squared deviations (for classes: the
-rows of each class), combined exactly across partitions (Chan's parallel formula for
-the deviations). The driver turns them into encodings as scikit-learn's
+One pass collects, per column, category and fold (a hash of the row's values but the
+label's, and the seed), the rows, the label's sum and its sum of squared deviations (for
+classes: the rows of each class), combined exactly across partitions (Chan's parallel
+formula for the deviations). The driver turns them into encodings as scikit-learn's
 ``TargetEncoder`` does: ``smooth: auto`` is its empirical Bayes shrinkage (Micci-Barreca's
 equations 5 and 6), a number ``m`` gives ``(sum + m * mean) / (rows + m)``.
 
@@ -66,7 +66,8 @@ class TargetEncodeParams(Params):
     folds: int = Field(5, ge=0, description="cross fitting: the training rows' encodings come "
                                             "from the other folds' rows (scikit-learn's cv); "
                                             "0: from all rows (MLlib's TargetEncoder)")
-    seed: int = Field(0, description="seed of the folds (with each row's content)")
+    seed: int = Field(0, description="seed of the folds (with each row's values but the "
+                                     "label's)")
 
     @field_validator("folds")
     @classmethod
@@ -79,14 +80,19 @@ class TargetEncodeParams(Params):
 
 @register("target_encode")
 class TargetEncode(Estimator):
-    """Each category replaced by the label's mean over its rows (for classes: the share
-    of the positive class; a column `<col>_<class>` per class for more), shrunk toward the
-    label's mean; unseen categories (and nulls, when the fit saw none) get that mean.
+    """Each category replaced by the label's mean over its rows, shrunk toward its mean.
+
+    For classes: the share of the positive class (a column `<col>_<class>` per class for
+    more than two); unseen categories (and nulls, when the fit saw none) get the label's
+    mean.
 
     The rows the step is fitted on are encoded cross-fitted (each from the encodings of
     the other folds' rows, as scikit-learn's `fit_transform`), so that a model trained
     after it does not learn the label from its own rows; a saved model encodes with
-    every row's. Nulls are a category of their own.
+    every row's. Nulls are a category of their own. A row's fold is a hash of its other
+    columns (not the label), so rows alike in all of them share one: keep a column that
+    tells rows apart (an id) in the input, or a table of the encoded columns and the
+    label alone puts each category's rows in one fold, encoded with the other folds' mean.
 
     ```yaml
     - op: target_encode
@@ -127,14 +133,15 @@ class TargetEncode(Estimator):
         require_columns(schema, self.input_columns(schema))
         self._classify(schema)
         for name in self.params.columns:
-            check_column(schema, name)
+            check_column(schema, name, "target_encode")
             # two classes or a regression: the column in place (more classes: a column
             # per class, known after the fit)
             schema = replace_field(schema, name, [pa.field(name, pa.float64())])
         return schema
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        return {"kinds": {c: check_column(schema, c) for c in self.params.columns},
+        return {"kinds": {c: check_column(schema, c, "target_encode")
+                          for c in self.params.columns},
                 "classify": self._classify(schema)}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
@@ -200,7 +207,10 @@ class TargetEncode(Estimator):
         fit = TargetEncodeFitted(self.params, state["kinds"], state["classes"], mean, encoded)
         if folds:
             # each fold's rows encoded as if the encoder were fitted on the others only
-            moments = [_moments(*_merge(*_merge(*_others(first, f)))) for f in range(folds)]
+            # (none: the label's mean, all there is to encode them with)
+            moments = [_moments(*_merge(*_merge(*_others(first, f))))
+                       if np.delete(first["n"], f, axis=-1).any() else (mean, variance)
+                       for f in range(folds)]
             training = {name: np.stack([encodings(*_merge(*_others(c, f)), *moments[f], smooth)
                                         for f in range(folds)])
                         for name, c in columns.items()}
@@ -218,12 +228,16 @@ class TargetEncode(Estimator):
 
 
 def row_folds(part: pa.Table, params: TargetEncodeParams) -> np.ndarray:
-    """Each row's fold (0 .. folds - 1; all 0 without cross fitting): a hash of all its
-    values and the seed, so that every engine and partitioning folds the same rows."""
+    """Each row's fold (0 .. folds - 1; all 0 without cross fitting): a hash of its
+    values but the label's and the seed, so that every engine and partitioning folds the
+    same rows. Not the label's: rows alike in every other column would then be folded by
+    their class, and each encoded from the other classes' rows only (the encodings
+    against the label)."""
     folds = max(params.folds, 1)
     if folds == 1 or part.num_rows == 0:
         return np.zeros(part.num_rows, dtype=np.int64)
-    position = unit_interval(content_hash(part, params.seed ^ FOLD_SALT))
+    others = [name for name in part.column_names if name != params.label]
+    position = unit_interval(content_hash(part.select(others), params.seed ^ FOLD_SALT))
     return np.minimum((position * folds).astype(np.int64), folds - 1)
 
 

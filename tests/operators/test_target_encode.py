@@ -158,7 +158,7 @@ def test_plan_time_errors() -> None:
         TargetEncode(columns=["city", "y"], label="y")
     with pytest.raises(ValueError, match="one fold leaves no other rows"):
         TargetEncode(columns=["city"], label="y", folds=1)
-    with pytest.raises(SchemaError, match="bucketize it first"):
+    with pytest.raises(SchemaError, match="target_encode encodes strings.*bucketize it first"):
         TargetEncode(columns=["y"], label="two").output_schema(t.schema)
     with pytest.raises(SchemaError, match="a regression's label is a number"):
         TargetEncode(columns=["store"], label="city",
@@ -182,3 +182,36 @@ def test_nothing_to_learn_from_is_an_error() -> None:
     one_class = t.set_column(3, "two", pa.array([True] * t.num_rows))
     with pytest.raises(DataError, match="label 'two' has one class"):
         fit(TargetEncode(columns=["city"], label="two"), split(one_class, 3))
+
+
+def test_the_folds_do_not_depend_on_the_label() -> None:
+    """Rows alike but for the label share a fold: were the label in the fold's hash, a
+    table of few distinct rows (a category and a label) would put each category's rows
+    of one class in one fold, and encode them from the other class's rows only: the
+    training encodings against the label (a model after it learns the sign reversed)."""
+    rng = np.random.default_rng(0)
+    rows = 6000
+    city = rng.choice([f"c{i}" for i in range(20)], rows)
+    plan = rng.choice(["basic", "plus", "premium"], rows)
+    effect = dict(zip([f"c{i}" for i in range(20)], rng.uniform(0.1, 0.9, 20), strict=True))
+    two = rng.random(rows) < np.array([effect[c] for c in city])
+    t = pa.table({"city": city, "plan": plan, "two": two})
+    op = TargetEncode(columns=["city"], label="two")
+    flipped = t.set_column(2, "two", pa.array(~two))
+    np.testing.assert_array_equal(row_folds(t, op.params), row_folds(flipped, op.params))
+    model = fit(op, split(t, 3))
+    training = model.training_view().transform(t, None).column("city").to_numpy()
+    whole = model.transform(t, None).column("city").to_numpy()
+    assert np.corrcoef(training, two)[0, 1] > 0.5 * np.corrcoef(whole, two)[0, 1] > 0
+
+
+def test_a_fold_without_other_rows_gets_the_labels_mean() -> None:
+    """Rows alike in every column but the label share a fold; where that leaves no rows
+    in the other folds, the fold's rows get the label's mean (there is nothing else to
+    encode them with), not 0 (the mean of no rows)."""
+    t = pa.table({"city": ["a", "a", "a", "a"], "y": [100.0, 101.0, 102.0, 103.0]})
+    op = TargetEncode(columns=["city"], label="y")
+    assert len(set(row_folds(t, op.params))) == 1
+    model = fit(op, [t])
+    training = model.training_view().transform(t, None).column("city").to_pylist()
+    assert training == [101.5] * 4
