@@ -200,6 +200,12 @@ def check_declared_schema(c: Case) -> None:
     fitted_declared = transform.output_schema(data.schema)
     assert out.schema == fitted_declared, (
         f"the fitted transform declared {fitted_declared}\nbut produced {out.schema}")
+    if isinstance(transform, Transform):
+        view = transform.training_view()
+        for rows in (data, data.schema.empty_table()):  # the fitting run's: same schema
+            got = view.transform(rows, NUMPY)
+            assert got.schema == fitted_declared == view.output_schema(data.schema), (
+                f"the training view produced {got.schema}")
     declared = op.output_schema(data.schema)
     if isinstance(op, Estimator) and op.schema_from_fit:
         # the plan-time schema is a lower bound: its columns, fitted ones added or retyped
@@ -214,7 +220,9 @@ def check_no_input_mutation(c: Case) -> None:
     op, data = c.build(), c.data()
     before = pa.table({n: pa.array(data.column(n).to_pylist(), data.column(n).type)
                        for n in data.column_names}, schema=data.schema)
-    _apply(op, [data])
+    transform, _ = _apply(op, [data])
+    if isinstance(transform, Transform):
+        transform.training_view().transform(data, NUMPY)
     assert_tables_close(data, before, 0, 0, "the operator changed its input")
 
 
