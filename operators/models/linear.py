@@ -177,8 +177,7 @@ class LinearRegressionFitted(LinearContributions, FittedModel):
 
 @register("linear_regression")
 class LinearRegression(Estimator):
-    """Linear regression: least squares (optionally ridge) in one pass, or a Poisson, gamma
-    or Tweedie model with a log link (counts, amounts) fitted in passes.
+    """Linear regression: least squares (ridge) in one pass, or Poisson, gamma, Tweedie (log link).
 
     ```yaml
     - op: linear_regression
@@ -186,9 +185,9 @@ class LinearRegression(Estimator):
       features: [tenure, monthly_charges]   # default: every numeric column but the label
       l2: 0.01                              # ridge; scikit-learn Ridge(alpha = l2 * n)
       validation_fraction: 0.2              # held-out rows scored into the run record
-    - op: linear_regression                 # claims per policy: exp(X w + b)
-      label: claims
-      weight: exposure
+    - op: linear_regression                 # claim frequency: exp(X w + b)
+      label: frequency                      # claims / exposure (derive it)
+      weight: exposure                      # years insured
       loss: poisson                         # gamma | tweedie (tweedie_power: 1.5)
       l2: 0.001                             # scikit-learn PoissonRegressor(alpha = l2)
     ```
