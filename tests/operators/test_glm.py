@@ -367,3 +367,17 @@ def test_promote_compares_linear_log_link_models_by_their_deviance(tmp_path: Pat
         decision = run(path, {"l2": "100"}, models=models,
                        runs_dir=str(tmp_path / "runs"))["metrics"]["promote"]
     assert decision["metric"] == "tweedie_deviance" and decision["promoted"] is False
+
+
+def test_tune_compares_linear_log_link_models_by_their_deviance(tmp_path: Path) -> None:
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    pq.write_table(TABLE, folder / "part-0.parquet")
+    text = TRAIN.format(data=folder).replace("        l2: ${l2}\n",
+                                             "        tune: {l2: [0.001, 30.0]}\n")
+    record = run(write_pipeline(tmp_path, text), models=str(tmp_path / "models"),
+                 runs_dir=str(tmp_path / "runs"))
+    tuning = record["metrics"]["linear_regression"]["tuning"]
+    assert tuning["metric"] == "tweedie_deviance" and tuning["best"] == "l2=0.001"
+    values = {k: v["tweedie_deviance"] for k, v in tuning["candidates"].items()}
+    assert values["l2=0.001"] < values["l2=30.0"]
