@@ -205,9 +205,11 @@ class LinearRegression(Estimator):
         self.glm = p.loss != "squared_error"
         set_solver = sorted(set(SOLVER_PARAMS) & p.model_fields_set)
         if set_solver and not self.glm:
-            raise ParamError(f"{', '.join(set_solver)}: the optimiser's settings, and "
-                             "loss: squared_error is solved exactly in one pass",
-                             hint="leave them out, or set loss: poisson, gamma or tweedie")
+            raise ParamError(f"{', '.join(set_solver)} {'sets' if len(set_solver) == 1 else 'set'}"
+                             " the optimiser of loss: poisson, gamma or tweedie, and loss: "
+                             "squared_error (the default) is solved exactly in one pass",
+                             hint=f"leave {'it' if len(set_solver) == 1 else 'them'} out, "
+                                  "or set loss: poisson, gamma or tweedie")
         # the held-out rows are scored in a pass after the fit; a log link's fit is passes
         self.multi_pass = self.glm or p.validation_fraction > 0
 

@@ -196,7 +196,10 @@ def test_labels_outside_the_loss_are_data_errors(loss: str, labels: list[float],
      "tweedie_power: 1.3 is the power of loss: tweedie, and the loss is poisson",
      "add loss: tweedie"),
     ({"tweedie_power": 1.3}, "the loss is squared_error", "add loss: tweedie"),
-    ({"max_iter": 50, "tol": 1e-6}, "max_iter, tol: the optimiser's settings",
+    ({"max_iter": 50, "tol": 1e-6}, "max_iter, tol set the optimiser of loss: poisson, "
+                                    "gamma or tweedie, and loss: squared_error",
+     "set loss: poisson, gamma or tweedie"),
+    ({"solver": "lbfgs"}, "solver sets the optimiser",
      "set loss: poisson, gamma or tweedie"),
 ])
 def test_parameters_of_another_loss_are_param_errors(params: dict[str, Any], match: str,
