@@ -89,6 +89,11 @@ from bench.pivot_cases import (  # noqa: F401 - bench.worker looks the sides up 
     spark_pivot_sluice_spark,
     spark_pivot_spark,
 )
+from bench.poisson_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    counts,
+    train_poisson_sklearn_lbfgs,
+    train_poisson_sluice_local,
+)
 from bench.quantile_cases import (  # noqa: F401 - bench.worker looks the sides up here
     quantiles,
     train_boosted_quantile_sklearn_hist,
@@ -215,6 +220,9 @@ CASES: dict[str, Case] = {
     # map_partitions(NumPy) + to_parquet on the same LocalCluster shape (the floor on Dask)
     "dask_score_logistic": Case("numeric", ("sluice_dask", "dask_numpy"), _numeric,
                                 _train_model),
+    # read + linear_regression with loss: poisson (lbfgs) vs scikit-learn PoissonRegressor
+    # (lbfgs, alpha = l2), held-out Poisson deviance printed (bench/poisson_cases.py)
+    "train_poisson": Case("counts", ("sluice_local", "sklearn_lbfgs"), counts),
     # read + fit logistic regression on Dask: the Dask engine vs dask-ml (lbfgs, same L2)
     "dask_train_logistic": Case("numeric", ("sluice_dask", "dask_ml"), _numeric),
     # read + fit mlp [64, 32], adam 10 epochs, vs scikit-learn MLPClassifier (accuracy in scratch)

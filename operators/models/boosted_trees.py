@@ -50,9 +50,19 @@ import pyarrow as pa
 from pydantic import AfterValidator, Field
 
 from operators.arrays import to_numpy, to_xp
-from operators.base import DataError, ParamError, SchemaError, register, register_fitted
+from operators.base import ParamError, SchemaError, register, register_fitted
 from operators.models import selection
 from operators.models.common import held_out
+from operators.models.log_link import (
+    LOG_LINK,
+    LOSS_DESCRIPTION,
+    check_tweedie_power,
+    deviance_metric,
+    half_deviance,
+    half_deviance_derivatives,
+    start_score,
+    tweedie_power_field,
+)
 from operators.models.trees import (
     GAIN_RTOL,
     LEAF,
@@ -164,16 +174,11 @@ class BoostedTreesParams(TreeParams):
         Field(None, description="regression loss: squared_error (default); absolute_error "
                                 "(the median) or quantile (the `quantile` given, e.g. 0.9 "
                                 "for a prediction interval's top), whose leaves are "
-                                "quantiles of their rows' residuals; poisson (counts), "
-                                "gamma (positive amounts) or tweedie (amounts with many "
-                                "zeros, such as claims: `tweedie_power`), these three with "
-                                "a log link: the prediction is the exp of the trees' sum "
+                                "quantiles of their rows' residuals; " + LOSS_DESCRIPTION
+                                + " the trees' sum "
                                 "(scikit-learn's and XGBoost's); classes always use the "
                                 "log-loss"))
-    tweedie_power: float = Field(1.5, gt=1.0, lt=2.0,
-                                 description="the variance power of loss: tweedie, between "
-                                             "Poisson (1) and gamma (2) (XGBoost's and "
-                                             "LightGBM's tweedie_variance_power)")
+    tweedie_power: float = tweedie_power_field()
     quantile: float | None = Field(None, gt=0.0, lt=1.0,
                                    description="the quantile that loss: quantile predicts "
                                                "(scikit-learn's quantile, XGBoost's "
@@ -215,11 +220,7 @@ class GradientBoostedTrees(TreeEstimator):
         if self.params.loss == "quantile" and self.params.quantile is None:
             raise ParamError("loss: quantile needs the quantile to predict",
                              hint="add quantile: 0.9 (or the level wanted, between 0 and 1)")
-        if "tweedie_power" in self.params.model_fields_set and self.params.loss != "tweedie":
-            raise ParamError(f"tweedie_power: {self.params.tweedie_power:g} is the power of "
-                             f"loss: tweedie, and the loss is "
-                             f"{self.params.loss or 'squared_error (the default)'}",
-                             hint="add loss: tweedie, or leave tweedie_power out")
+        check_tweedie_power(self.params)
         if self.params.quantile is not None and self.params.loss != "quantile":
             raise ParamError(f"quantile: {self.params.quantile:g} is the level of "
                              f"loss: quantile, and the loss is "
@@ -260,14 +261,8 @@ class GradientBoostedTrees(TreeEstimator):
         if loss in LEAF_QUANTILE:  # the label's quantile: a selection first
             return self._select(state, "base", np.zeros(1, np.int64))
         if loss in LOG_LINK:
-            low, mean = state["label_min"], state["mean"]
-            if low < 0 or (loss == "gamma" and low <= 0) or not mean > 0:
-                need = "positive" if loss == "gamma" else "non-negative, not all zero"
-                raise DataError(
-                    f"loss: {loss} needs {need} labels; '{self.params.label}' has "
-                    f"{low:g} (its mean is {mean:g})",
-                    hint="filter those rows out, or choose another loss")
-            base = np.array([math.log(mean)])
+            base = np.array([start_score(loss, state["label_min"], state["mean"],
+                                         self.params.label)])
         elif not state["classify"]:
             base = np.array([state["mean"]])
         else:
@@ -408,13 +403,7 @@ class GradientBoostedTrees(TreeEstimator):
     def _deviance(self, state: dict[str, Any]) -> dict[str, Any] | None:
         """The deviance metric a log-link loss minimises (its validation metric and what
         promote and tune compare such models by)."""
-        loss = self._loss_name(state)
-        if loss not in LOG_LINK:
-            return None
-        out: dict[str, Any] = {"metric": f"{loss}_deviance"}
-        if loss == "tweedie":
-            out["tweedie_power"] = self.params.tweedie_power
-        return out
+        return deviance_metric(self._loss_name(state), self.params.tweedie_power)
 
     # ------------------------------------------------------------------ leaf quantiles
 
@@ -888,8 +877,6 @@ def _probabilities(raw: Any, k: int, xp: Any) -> Any:
     return e / xp.sum(e, axis=1, keepdims=True)
 
 
-LOG_LINK = ("poisson", "gamma", "tweedie")
-"""The losses whose prediction is the exp of the raw score."""
 LEAF_QUANTILE = ("absolute_error", "quantile")
 """The losses whose leaves (and starting score) are quantiles of residuals: their
 gradient has no curvature to take a Newton step with (scikit-learn's
@@ -903,15 +890,8 @@ def _gradients(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5,
     target = _targets(y, k, loss == "log_loss", xp)
     if loss == "squared_error":
         return raw - target, xp.ones_like(raw)
-    if loss == "poisson":  # exp(raw) - y raw
-        mean = xp.exp(raw)
-        return mean - target, mean
-    if loss == "gamma":  # raw + y exp(-raw)
-        ratio = target * xp.exp(-raw)
-        return 1.0 - ratio, ratio
-    if loss == "tweedie":  # exp((2 - p) raw) / (2 - p) - y exp((1 - p) raw) / (1 - p)
-        low, high = target * xp.exp((1.0 - power) * raw), xp.exp((2.0 - power) * raw)
-        return high - low, (2.0 - power) * high - (1.0 - power) * low
+    if loss in LOG_LINK:
+        return half_deviance_derivatives(raw, target, loss, power, xp)
     if loss == "absolute_error":  # scikit-learn's gradients (a tie: -1); hessians 1
         ones = xp.ones_like(raw)
         return xp.where(raw > target, ones, -ones), ones
@@ -935,14 +915,8 @@ def _loss(raw: Any, y: Any, k: int, loss: str, xp: Any, level: float = 0.5,
     if loss == "quantile":
         diff = target[:, 0] - raw[:, 0]
         return xp.where(diff >= 0, level * diff, (level - 1.0) * diff)
-    if loss == "poisson":
-        return xp.exp(raw[:, 0]) - target[:, 0] * raw[:, 0]
-    if loss == "gamma":
-        return raw[:, 0] + target[:, 0] * xp.exp(-raw[:, 0])
-    if loss == "tweedie":
-        z, y0 = raw[:, 0], target[:, 0]
-        return (xp.exp((2.0 - power) * z) / (2.0 - power)
-                - y0 * xp.exp((1.0 - power) * z) / (1.0 - power))
+    if loss in LOG_LINK:
+        return half_deviance(raw[:, 0], target[:, 0], loss, power, xp)
     if k == 1:
         z = raw[:, 0]
         return xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))) - target[:, 0] * z

@@ -10,6 +10,7 @@ partitioning holds out the same rows.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from abc import abstractmethod
 from collections.abc import Collection
@@ -358,6 +359,67 @@ def row_products(a: Any, b: Any, xp: Any) -> Any:
         block = block_a @ block_b if a.ndim == 1 else block_a.T @ block_b
         total = total + xp.astype(block, xp.float64)
     return total
+
+
+def loss_sums(X: Any, loss: Any, grad: Any, hess: Any | None, xp: Any) -> dict[str, Any]:
+    """A partition's sums for a driver-side optimiser of a model linear in the design
+    ``X`` before a link: the rows' weighted losses ``loss``, the gradient ``X' grad`` and
+    (``hess`` not None) the Hessian ``X' diag(hess) X``, from per-row values already
+    multiplied by the rows' weights; on the host, in float64."""
+    return {"kind": "evaluate", "loss": float(xp.sum(loss, dtype=xp.float64)),
+            "grad": to_numpy(row_products(grad, X, xp)),
+            "hess": np.zeros((0, 0)) if hess is None
+            else to_numpy(row_products(X, X * hess[:, None], xp))}
+
+
+def no_loss_sums(size: int, hessian: bool) -> dict[str, Any]:
+    """``loss_sums`` of a partition without training rows (``size`` parameters)."""
+    return {"kind": "evaluate", "loss": 0.0, "grad": np.zeros(size),
+            "hess": np.zeros((size, size) if hessian else (0, 0))}
+
+
+def penalised(stats: dict[str, Any], total: float, l2: float, mask: np.ndarray,
+              x: np.ndarray, hessian: bool) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """The objective ``sum of losses / total + l2/2 |mask x|^2`` at ``x``, its gradient and
+    (``hessian``) its Hessian from the combined ``loss_sums`` (``mask``: 1 for a
+    penalised parameter, 0 for an intercept)."""
+    loss = stats["loss"] / total + 0.5 * l2 * float(np.sum(mask * x * x))
+    grad = stats["grad"] / total + l2 * mask * x
+    hess = stats["hess"] / total + l2 * np.diag(mask) if hessian else None
+    return loss, grad, hess
+
+
+def combine_loss_sums(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two partitions' ``loss_sums`` as one."""
+    return {"kind": "evaluate", "loss": a["loss"] + b["loss"], "grad": a["grad"] + b["grad"],
+            "hess": a["hess"] + b["hess"]}
+
+
+def warn_unconverged(name: str, opt: dict[str, Any], advice: str) -> None:
+    """A ConvergenceWarning when the optimiser state ``opt`` stopped unconverged."""
+    if not opt["converged"]:
+        warnings.warn(
+            f"{name} did not converge: {opt['reason']} after "
+            f"{opt['iterations']} iterations (gradient norm {opt['gradient_norm']:.3g}, "
+            f"tol {opt['tol']:g} x initial {opt['g0']:.3g}); {advice}", ConvergenceWarning,
+            stacklevel=4)
+
+
+def optimizer_metrics(state: dict[str, Any]) -> dict[str, Any]:
+    """The run record of an optimised fit: solver, convergence, loss, row counts."""
+    opt = state["opt"]
+    out: dict[str, Any] = {
+        "solver": state["solver"], "converged": bool(opt["converged"]),
+        "iterations": int(opt["iterations"]), "loss": float(opt["f"]),
+        "gradient_norm": float(opt["gradient_norm"]),
+        "initial_gradient_norm": float(opt["g0"]),
+        "training_rows": int(state["rows"]), "validation_rows": int(state["heldout"]),
+    }
+    if not opt["converged"]:
+        out["stop_reason"] = opt["reason"]
+    if "validation" in state:
+        out["validation"] = state["validation"]
+    return out
 
 
 def comoments(values: Any, weights: Any, xp: Any) -> dict[str, Any]:

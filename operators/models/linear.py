@@ -12,18 +12,32 @@ record. scikit-learn: ``Ridge(alpha=l2 * n)``, ``LinearRegression()`` when l2 = 
 
 In a float32 step the co-moment matmuls run in float32 (summed in float64 by blocks):
 the coefficients move by about 4e-8 x condition_number^2 relative (docs/float32.md).
+
+``loss: poisson | gamma | tweedie`` fits a generalised linear model with a log link, the
+prediction ``exp(X w + b)``, minimising
+
+    sum_i w_i d(y_i, exp(x_i.w + b)) / (2 n) + l2/2 * |w|^2      (n = sum of weights)
+
+with ``d`` the Poisson, gamma or Tweedie (``tweedie_power``) unit deviance (``log_link``):
+scikit-learn's ``PoissonRegressor``, ``GammaRegressor`` and ``TweedieRegressor(power,
+link="log")`` with ``alpha = l2``, exactly (their objective is this one). That fit is
+iterative, as logistic regression's: a summary pass (row counts, the labels' minimum and
+weighted mean: ``w = 0``, ``b = log(mean)``, the best intercept-only model), then passes
+evaluating the loss, gradient and (Newton) Hessian at the point the driver-side optimiser
+asks for (``optimize.py``), then a pass scoring the held-out rows when
+``validation_fraction`` > 0.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from operators.base import Estimator, SchemaError, register, register_fitted
+from operators.base import Estimator, ParamError, SchemaError, register, register_fitted
 from operators.models.common import (
     ConditioningWarning,
     FittedModel,
@@ -31,29 +45,60 @@ from operators.models.common import (
     SupervisedParams,
     check_inputs,
     combine_comoments,
+    combine_loss_sums,
     comoments,
     feature_matrix,
     held_out,
     is_numeric,
     label_column,
+    loss_sums,
     model_input_columns,
+    no_loss_sums,
+    optimizer_metrics,
     parameters,
+    penalised,
+    precision,
     require_positive_weight,
     require_training_rows,
     row_weights,
     validation_combine,
     validation_finalize,
     validation_partial,
+    warn_unconverged,
     weighted_sums,
     with_predictions,
 )
-from operators.models.optimize import EPS
+from operators.models.log_link import (
+    LOSS_DESCRIPTION,
+    check_tweedie_power,
+    deviance_metric,
+    half_deviance,
+    half_deviance_derivatives,
+    start_score,
+    tweedie_power_field,
+)
+from operators.models.optimize import (
+    EPS,
+    lbfgs_start,
+    lbfgs_tell,
+    newton_start,
+    newton_tell,
+)
 
 RCOND = 1e-12
 """Eigenvalues of the equilibrated normal matrix below RCOND x the largest count as zero
 (a design whose scaled condition number exceeds 1e6 is solved as rank-deficient)."""
 ILL_CONDITIONED = 1e4
 """Scaled condition numbers above this are flagged in the metrics."""
+
+
+NEWTON_MAX_PARAMETERS = 500
+"""``solver: auto`` uses Newton up to this many coefficients (K x (features + 1)): its
+per-pass Hessian costs rows x parameters^2, L-BFGS's gradient rows x parameters."""
+UNCONVERGED_ADVICE = ("raise max_iter, standardise the features (op: standard_scale) or set "
+                      "l2 > 0")
+SOLVER_PARAMS = ("max_iter", "tol", "solver")
+"""The optimiser's parameters: a least-squares fit (one pass) has no use for them."""
 
 
 class LinearParams(SupervisedParams):
@@ -63,35 +108,76 @@ class LinearParams(SupervisedParams):
     fit_intercept: bool = Field(True, description="fit an unpenalised intercept")
 
 
+class SolverParams(LinearParams):
+    max_iter: int = Field(100, ge=1, description="most optimiser iterations (accepted steps)")
+    tol: float = Field(1e-8, gt=0.0,
+                       description="stop when |gradient| <= tol x |gradient at the start|")
+    solver: Literal["auto", "newton", "lbfgs"] = Field(
+        "auto", description="newton (gradient + Hessian per pass), lbfgs (gradient per "
+                            "pass), auto: newton up to 500 coefficients")
+
+
+class LinearRegressionParams(SolverParams):
+    loss: Literal["squared_error", "poisson", "gamma", "tweedie"] = Field(
+        "squared_error", description="squared_error (least squares, one pass); "
+                                     + LOSS_DESCRIPTION + " X w + b (scikit-learn's "
+                                     "PoissonRegressor, GammaRegressor, TweedieRegressor "
+                                     "with alpha = l2), fitted by the solver in passes")
+    tweedie_power: float = tweedie_power_field()
+
+
+def start_optimizer(params: SolverParams, x0: np.ndarray, precision: float
+                    ) -> tuple[str, dict[str, Any]]:
+    """The solver ``params`` choose for ``x0``'s parameters, and its fresh state."""
+    solver = params.solver
+    if solver == "auto":
+        solver = "newton" if x0.size <= NEWTON_MAX_PARAMETERS else "lbfgs"
+    start = newton_start if solver == "newton" else lbfgs_start
+    return solver, start(x0, tol=params.tol, max_iter=params.max_iter, precision=precision)
+
+
 @register_fitted("linear_regression.fitted")
 class LinearRegressionFitted(LinearContributions, FittedModel):
-    """``prediction = X @ coef + intercept``; ``means``: the training rows' feature means
-    (contributions' reference)."""
+    """``prediction = X @ coef + intercept``, or its exp (``link: exp``, the log-link
+    losses); ``means``: the training rows' feature means (contributions' reference:
+    contributions add up to the raw score, the log of an exp link's prediction);
+    ``deviance``: the deviance a log-link model minimises, as the boosted trees'."""
 
     def __init__(self, features: list[str], coef: np.ndarray, intercept: float,
-                 means: np.ndarray | None = None):
+                 means: np.ndarray | None = None, link: str = "identity",
+                 deviance: dict[str, Any] | None = None):
         super().__init__(features)
         self.coef = np.asarray(coef, dtype=np.float64).reshape(-1)
         self.intercept = float(intercept)
         self._keep_means(means)
+        self.link = link
+        self.deviance = None if deviance is None else dict(deviance)
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
-        return X @ parameters(self.coef, xp) + self.intercept
+        raw = X @ parameters(self.coef, xp) + self.intercept
+        return xp.exp(raw) if self.link == "exp" else raw
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"coef": self.coef, "intercept": np.asarray(self.intercept),
                 **self._means_array()}
 
+    def meta(self) -> dict[str, Any]:
+        out = {**super().meta(), "link": self.link}
+        if self.deviance is not None:
+            out["deviance"] = self.deviance
+        return out
+
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
                    ) -> LinearRegressionFitted:
+        # models saved before the log links have no link: least squares
         return cls(list(meta["features"]), arrays["coef"], float(arrays["intercept"]),
-                   arrays.get("means"))
+                   arrays.get("means"), meta.get("link", "identity"), meta.get("deviance"))
 
 
 @register("linear_regression")
 class LinearRegression(Estimator):
-    """Linear regression (least squares, optionally ridge) fitted in one pass.
+    """Linear regression: least squares (ridge) in one pass, or Poisson, gamma, Tweedie (log link).
 
     ```yaml
     - op: linear_regression
@@ -99,18 +185,33 @@ class LinearRegression(Estimator):
       features: [tenure, monthly_charges]   # default: every numeric column but the label
       l2: 0.01                              # ridge; scikit-learn Ridge(alpha = l2 * n)
       validation_fraction: 0.2              # held-out rows scored into the run record
+    - op: linear_regression                 # claim frequency: exp(X w + b)
+      label: frequency                      # claims / exposure (derive it)
+      weight: exposure                      # years insured
+      loss: poisson                         # gamma | tweedie (tweedie_power: 1.5)
+      l2: 0.001                             # scikit-learn PoissonRegressor(alpha = l2)
     ```
     """
 
     float32 = True  # docs/float32.md
     explained = True
 
-    Params = LinearParams
+    Params = LinearRegressionParams
 
     def __init__(self, params: Any = None, **kwargs: Any):
         super().__init__(params, **kwargs)
-        # the held-out rows are scored in a second pass
-        self.multi_pass = self.params.validation_fraction > 0
+        p = self.params
+        check_tweedie_power(p)
+        self.glm = p.loss != "squared_error"
+        set_solver = sorted(set(SOLVER_PARAMS) & p.model_fields_set)
+        if set_solver and not self.glm:
+            raise ParamError(f"{', '.join(set_solver)} {'sets' if len(set_solver) == 1 else 'set'}"
+                             " the optimiser of loss: poisson, gamma or tweedie, and loss: "
+                             "squared_error (the default) is solved exactly in one pass",
+                             hint=f"leave {'it' if len(set_solver) == 1 else 'them'} out, "
+                                  "or set loss: poisson, gamma or tweedie")
+        # the held-out rows are scored in a pass after the fit; a log link's fit is passes
+        self.multi_pass = self.glm or p.validation_fraction > 0
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return model_input_columns(schema, self.params)
@@ -125,11 +226,14 @@ class LinearRegression(Estimator):
         return with_predictions(schema, None, None)
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        return {"phase": "moments", "features": check_inputs(schema, self.params)}
+        return {"phase": "summary" if self.glm else "moments",
+                "features": check_inputs(schema, self.params)}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         if state["phase"] == "validate":
             return validation_partial(self._model(state), part, self.params, xp)
+        if self.glm:
+            return self._glm_partial(part, state, xp)
         p = self.params
         train, held = held_out(part, p)
         weights = row_weights(train, p.weight)
@@ -145,6 +249,15 @@ class LinearRegression(Estimator):
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "metrics" in a:
             return validation_combine(a, b)
+        if a.get("kind") == "evaluate":
+            return combine_loss_sums(a, b)
+        if a.get("kind") == "summary":
+            return {"kind": "summary", "rows": a["rows"] + b["rows"],
+                    "heldout": a["heldout"] + b["heldout"], "weight": a["weight"] + b["weight"],
+                    "label_sum": a["label_sum"] + b["label_sum"],
+                    "label_min": min(a["label_min"], b["label_min"]),
+                    "precision": max(a["precision"], b["precision"]),
+                    "sums": a["sums"] + b["sums"]}
         return {**_combine_moments(a, b), "sums": a["sums"] + b["sums"]}
 
     def update(self, stats: dict[str, Any], state: dict[str, Any]
@@ -152,6 +265,10 @@ class LinearRegression(Estimator):
         if state["phase"] == "validate":
             validation = validation_finalize(self._model(state), stats)
             return {**state, "phase": "done", "validation": validation}, True
+        if state["phase"] == "summary":
+            return self._glm_start(stats, state), False
+        if state["phase"] == "optimize":
+            return self._glm_step(stats, state)
         solution = self._solve(stats, state["features"])
         if solution.get("warning"):
             warnings.warn(f"linear_regression: {solution['warning']}", ConditioningWarning,
@@ -195,16 +312,90 @@ class LinearRegression(Estimator):
                               "near-collinear features or set l2 > 0")
         return out
 
+    # ------------------------------------------------------------------ log links
+
+    def _glm_partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        p = self.params
+        train, held = held_out(part, p)
+        weights = row_weights(train, p.weight)
+        label = _float_values(label_column(train, p.label))
+        if state["phase"] == "summary":
+            # the weighted feature sums: the training means, contributions' reference
+            return {"kind": "summary", "rows": train.num_rows, "heldout": held.num_rows,
+                    "weight": float(weights.sum()), "label_sum": float(weights @ label),
+                    "label_min": float(label.min(initial=np.inf)),
+                    "precision": precision(xp),
+                    "sums": weighted_sums(train, state["features"], weights)}
+        newton = state["solver"] == "newton"
+        theta = state["opt"]["point"]
+        if train.num_rows == 0:
+            return no_loss_sums(theta.size, newton)
+        extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [label, weights]
+        data = feature_matrix(train, state["features"], xp, extra)
+        width = theta.size
+        X, y, w = data[:, :width], data[:, width], data[:, width + 1]
+        raw = X @ parameters(theta, xp)
+        g, h = half_deviance_derivatives(raw, y, p.loss, p.tweedie_power, xp)
+        return loss_sums(X, w * half_deviance(raw, y, p.loss, p.tweedie_power, xp), w * g,
+                         w * h if newton else None, xp)
+
+    def _glm_start(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        require_training_rows(stats["rows"], stats["heldout"])
+        total = stats["weight"]
+        require_positive_weight(total, p.weight)
+        base = start_score(p.loss, stats["label_min"], stats["label_sum"] / total, p.label)
+        k = len(state["features"])
+        theta = np.zeros(k + int(p.fit_intercept))
+        mask = np.ones_like(theta)
+        if p.fit_intercept:
+            # log of the labels' mean: the best intercept-only model (scikit-learn's start)
+            theta[-1], mask[-1] = base, 0.0
+        solver, opt = start_optimizer(p, theta, stats["precision"])
+        return {**state, "phase": "optimize", "weight": total, "means": stats["sums"] / total,
+                "rows": stats["rows"], "heldout": stats["heldout"], "solver": solver,
+                "penalised": mask, "opt": opt}
+
+    def _glm_step(self, stats: dict[str, Any], state: dict[str, Any]
+                  ) -> tuple[dict[str, Any], bool]:
+        opt, newton = state["opt"], state["solver"] == "newton"
+        loss, grad, hess = penalised(stats, state["weight"], self.params.l2,
+                                     state["penalised"], opt["point"], newton)
+        opt = newton_tell(opt, loss, grad, hess) if newton else lbfgs_tell(opt, loss, grad)
+        state = {**state, "opt": opt}
+        if not opt["done"]:
+            return state, False
+        warn_unconverged("linear_regression", opt, UNCONVERGED_ADVICE)
+        state = {**state, **self._glm_coefficients(opt["x"])}
+        done = self.params.validation_fraction == 0
+        return {**state, "phase": "done" if done else "validate"}, done
+
+    def _glm_coefficients(self, point: np.ndarray) -> dict[str, Any]:
+        if self.params.fit_intercept:
+            return {"coef": point[:-1].copy(), "intercept": float(point[-1])}
+        return {"coef": point.copy(), "intercept": 0.0}
+
+    # ------------------------------------------------------------------ model
+
     def _model(self, state: dict[str, Any]) -> LinearRegressionFitted:
+        p = self.params
         return LinearRegressionFitted(state["features"], state["coef"], state["intercept"],
-                                      state.get("means"))
+                                      state.get("means"), "exp" if self.glm else "identity",
+                                      deviance_metric(p.loss, p.tweedie_power))
 
     def fitted(self, state: dict[str, Any]) -> LinearRegressionFitted:
+        """The fitted model; for a log link before the fit is done, the model at the
+        current iterate."""
         if "coef" not in state:
-            raise RuntimeError("linear_regression: fitted() before the fit finished")
+            if "opt" not in state:
+                raise RuntimeError("linear_regression: fitted() before the fit finished")
+            opt = state["opt"]
+            state = {**state, **self._glm_coefficients(opt.get("x", opt["point"]))}
         return self._model(state)
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        if self.glm:
+            return optimizer_metrics(state) if "opt" in state else {}
         keys = ("training_rows", "validation_rows", "rank", "condition_number",
                 "training_rmse", "training_r2", "warning", "validation")
         out = {k: state[k] for k in keys if k in state}

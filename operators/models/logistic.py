@@ -22,18 +22,15 @@ the optimiser stops where float32 can no longer tell points apart (docs/float32.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
 
 from operators.arrays import to_numpy
 from operators.base import Estimator, SchemaError, register, register_fitted
 from operators.models.common import (
     ClassWeight,
-    ConvergenceWarning,
     FittedModel,
     LinearContributions,
     by_class,
@@ -41,13 +38,18 @@ from operators.models.common import (
     class_label_type,
     class_weight_field,
     class_weights,
+    combine_loss_sums,
     encode_classes,
     feature_matrix,
     held_out,
     label_column,
+    loss_sums,
     merge_class_weights,
     model_input_columns,
+    no_loss_sums,
+    optimizer_metrics,
     parameters,
+    penalised,
     precision,
     require_positive_weight,
     require_training_rows,
@@ -56,32 +58,19 @@ from operators.models.common import (
     validation_combine,
     validation_finalize,
     validation_partial,
+    warn_unconverged,
     weigh_classes,
     weighted_sums,
     with_predictions,
 )
-from operators.models.linear import LinearParams
-from operators.models.optimize import (
-    lbfgs_start,
-    lbfgs_tell,
-    newton_start,
-    newton_tell,
-)
+from operators.models.linear import UNCONVERGED_ADVICE, SolverParams, start_optimizer
+from operators.models.optimize import lbfgs_tell, newton_tell
 
-NEWTON_MAX_PARAMETERS = 500
-"""``solver: auto`` uses Newton up to this many coefficients (K x (features + 1)): its
-per-pass Hessian costs rows x parameters^2, L-BFGS's gradient rows x parameters."""
 HESSIAN_CHUNK = 1 << 22
 """Elements of the per-row Kronecker block built at once for a multinomial Hessian."""
 
 
-class LogisticParams(LinearParams):
-    max_iter: int = Field(100, ge=1, description="most optimiser iterations (accepted steps)")
-    tol: float = Field(1e-8, gt=0.0,
-                       description="stop when |gradient| <= tol x |gradient at the start|")
-    solver: Literal["auto", "newton", "lbfgs"] = Field(
-        "auto", description="newton (gradient + Hessian per pass), lbfgs (gradient per "
-                            "pass), auto: newton up to 500 coefficients")
+class LogisticParams(SolverParams):
     class_weight: ClassWeight = class_weight_field()
 
 
@@ -207,8 +196,7 @@ class LogisticRegression(Estimator):
                     "heldout": a["heldout"] + b["heldout"], "classes": classes,
                     "weights": totals, "precision": max(a["precision"], b["precision"]),
                     "sums": a["sums"] + b["sums"]}
-        return {"kind": "evaluate", "loss": a["loss"] + b["loss"], "grad": a["grad"] + b["grad"],
-                "hess": a["hess"] + b["hess"]}
+        return combine_loss_sums(a, b)
 
     # ------------------------------------------------------------------ driver
 
@@ -236,9 +224,6 @@ class LogisticRegression(Estimator):
         k = 1 if len(classes) == 2 else len(classes)
         n_features = len(state["features"])
         width = n_features + int(p.fit_intercept)
-        solver = p.solver
-        if solver == "auto":
-            solver = "newton" if k * width <= NEWTON_MAX_PARAMETERS else "lbfgs"
         theta = np.zeros((k, width))
         if p.fit_intercept:
             # log class priors: a zero intercept gradient from the first pass
@@ -247,9 +232,7 @@ class LogisticRegression(Estimator):
         mask = np.ones((k, width))
         if p.fit_intercept:
             mask[:, -1] = 0.0
-        start = newton_start if solver == "newton" else lbfgs_start
-        opt = start(theta.reshape(-1), tol=p.tol, max_iter=p.max_iter,
-                    precision=stats["precision"])
+        solver, opt = start_optimizer(p, theta.reshape(-1), stats["precision"])
         raw = float(stats["weights"].sum())  # the rows' own weights, before class_weight
         means = stats["sums"] / raw if raw > 0 else np.zeros(len(stats["sums"]))
         return {**state, "phase": "optimize", "classes": classes, "weight": total,
@@ -259,13 +242,11 @@ class LogisticRegression(Estimator):
                 "shape": (k, width), "penalised": mask.reshape(-1), "opt": opt}
 
     def _tell(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-        l2, total, mask, opt = self.params.l2, state["weight"], state["penalised"], state["opt"]
-        x = opt["point"]
-        loss = stats["loss"] / total + 0.5 * l2 * float(np.sum(mask * x * x))
-        grad = stats["grad"] / total + l2 * mask * x
-        if state["solver"] == "lbfgs":
+        opt, newton = state["opt"], state["solver"] == "newton"
+        loss, grad, hess = penalised(stats, state["weight"], self.params.l2,
+                                     state["penalised"], opt["point"], newton)
+        if not newton:
             return lbfgs_tell(opt, loss, grad)
-        hess = stats["hess"] / total + l2 * np.diag(mask)
         k, width = state["shape"]
         if k > 1:
             # the softmax loss is flat along "add the same vector to every class"; the
@@ -278,13 +259,7 @@ class LogisticRegression(Estimator):
 
     def _finish(self, state: dict[str, Any]) -> dict[str, Any]:
         opt = state["opt"]
-        if not opt["converged"]:
-            warnings.warn(
-                f"logistic_regression did not converge: {opt['reason']} after "
-                f"{opt['iterations']} iterations (gradient norm {opt['gradient_norm']:.3g}, "
-                f"tol {opt['tol']:g} x initial {opt['g0']:.3g}); raise max_iter, standardise "
-                "the features (op: standard_scale) or set l2 > 0", ConvergenceWarning,
-                stacklevel=3)
+        warn_unconverged("logistic_regression", opt, UNCONVERGED_ADVICE)
         return {**state, **self._coefficients(state, opt["x"])}
 
     def _coefficients(self, state: dict[str, Any], point: np.ndarray) -> dict[str, np.ndarray]:
@@ -317,19 +292,7 @@ class LogisticRegression(Estimator):
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if "opt" not in state:
             return {}
-        opt = state["opt"]
-        out: dict[str, Any] = {
-            "solver": state["solver"], "converged": bool(opt["converged"]),
-            "iterations": int(opt["iterations"]), "loss": float(opt["f"]),
-            "gradient_norm": float(opt["gradient_norm"]),
-            "initial_gradient_norm": float(opt["g0"]), "classes": len(state["classes"]),
-            "training_rows": int(state["rows"]), "validation_rows": int(state["heldout"]),
-        }
-        if not opt["converged"]:
-            out["stop_reason"] = opt["reason"]
-        if "validation" in state:
-            out["validation"] = state["validation"]
-        return out
+        return {**optimizer_metrics(state), "classes": len(state["classes"])}
 
 
 def _evaluate(data: Any, theta: np.ndarray, hessian: bool, xp: Any) -> dict[str, Any]:
@@ -341,29 +304,24 @@ def _evaluate(data: Any, theta: np.ndarray, hessian: bool, xp: Any) -> dict[str,
     """
     k, width = theta.shape
     size = k * width
-    empty_hess = np.zeros((size, size) if hessian else (0, 0))
     if data.shape[0] == 0:
-        return {"kind": "evaluate", "loss": 0.0, "grad": np.zeros(size), "hess": empty_hess}
+        return no_loss_sums(size, hessian)
     X, y, w = data[:, :width], data[:, width], data[:, width + 1]
     z = X @ parameters(theta, xp).T
     if k == 1:
         z = z[:, 0]
-        # log(1 + exp(z)) - y z, stable for large |z|
-        loss = xp.sum(w * (xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))) - y * z),
-                      dtype=xp.float64)
         p = sigmoid(z, xp)
-        grad = row_products(w * (p - y), X, xp)
-        hess = row_products(X, X * (w * p * (1.0 - p))[:, None], xp) if hessian else None
-        return {"kind": "evaluate", "loss": float(loss), "grad": to_numpy(grad),
-                "hess": to_numpy(hess) if hessian else empty_hess}
+        # log(1 + exp(z)) - y z, stable for large |z|
+        return loss_sums(X, w * (xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))) - y * z),
+                         w * (p - y), w * p * (1.0 - p) if hessian else None, xp)
     onehot = xp.astype(y[:, None] == xp.arange(k, dtype=data.dtype)[None, :], data.dtype)
     top = xp.max(z, axis=1, keepdims=True)
     log_norm = top + xp.log(xp.sum(xp.exp(z - top), axis=1, keepdims=True))
     loss = xp.sum(w * xp.sum(onehot * (log_norm - z), axis=1), dtype=xp.float64)
     proba = xp.exp(z - log_norm)
     grad = row_products((proba - onehot) * w[:, None], X, xp)
-    out = {"kind": "evaluate", "loss": float(loss), "grad": to_numpy(grad).reshape(-1),
-           "hess": empty_hess}
+    out = {**no_loss_sums(size, False), "loss": float(loss),
+           "grad": to_numpy(grad).reshape(-1)}
     if hessian:
         out["hess"] = _multinomial_hessian(X, proba, w, xp)
     return out

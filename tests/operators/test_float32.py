@@ -258,6 +258,9 @@ CASES = {
     "min_max_scale": ("min_max_scale", {"columns": FEATURES}),
     "linear_regression": ("linear_regression",
                           {"label": "value", "features": FEATURES, "validation_fraction": 0.2}),
+    "linear_poisson": ("linear_regression",  # the classes 0, 1, 2 as counts
+                       {"label": "classes", "features": FEATURES, "loss": "poisson",
+                        "validation_fraction": 0.2}),
     "logistic_binary": ("logistic_regression", {"label": "binary", "features": FEATURES}),
     "logistic_multinomial": ("logistic_regression",
                              {"label": "classes", "features": FEATURES,
@@ -316,6 +319,8 @@ FIT_PASSES = {
     "standard_scale": ("standard_scale", {"columns": FEATURES}, "m2"),
     "linear_regression": ("linear_regression", {"label": "value", "features": FEATURES},
                           "comoment"),
+    "linear_poisson": ("linear_regression", {"label": "classes", "features": FEATURES,
+                                             "loss": "poisson"}, "hess"),
     "logistic_binary": ("logistic_regression", {"label": "binary", "features": FEATURES},
                         "grad"),
     "logistic_multinomial": ("logistic_regression",

@@ -201,6 +201,23 @@ ZOO = {
         l2: 0.1
         validation_fraction: 0.25
     """,
+    "linear_poisson_weighted": """
+      - op: drop
+        columns: [signup_date, customer_id]
+      - op: one_hot
+        columns: [plan, region]
+      - op: standard_scale
+        columns: [monthly_charges]
+      - op: derive
+        columns: {w: "1 + churned"}
+      - op: linear_regression
+        label: tenure
+        weight: w
+        features: [monthly_charges, churned, "plan=basic", "plan=premium", "region=east"]
+        loss: poisson
+        l2: 0.001
+        validation_fraction: 0.25
+    """,
 }
 
 

@@ -1,4 +1,5 @@
-"""Cases for linear_regression, logistic_regression and score (a bound logistic model)."""
+"""Cases for linear_regression (least squares and the log links), logistic_regression and
+score (a bound logistic model)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,22 @@ def regression_table(rows: int = 160, seed: int = 0) -> pa.Table:
         "g": pa.array(np.array(["a", "b"])[rng.integers(0, 2, rows)]),
         "y": y, "w": rng.uniform(0.2, 3.0, rows),
     })
+
+
+def count_table(rows: int = 160, seed: int = 4) -> pa.Table:
+    """``regression_table``'s features with log-linear labels: a Poisson count ``n``, a
+    gamma amount ``amount`` (positive) and a compound Poisson-gamma ``claims`` (zeros,
+    then amounts)."""
+    table = regression_table(rows, seed)
+    rng = np.random.default_rng(seed + 100)
+    x1, x2 = table.column("x1").to_numpy(), table.column("x2").to_numpy()
+    mean = np.exp(0.4 * x1 - 0.15 * x2 + 0.2)
+    counts = rng.poisson(mean)
+    labels = {"n": counts, "amount": rng.gamma(2.0, mean / 2.0),
+              "claims": counts * rng.gamma(2.0, 1.5, rows)}
+    for name, values in labels.items():
+        table = table.append_column(name, pa.array(values))
+    return table
 
 
 def classification_table(rows: int = 160, classes: int = 2, seed: int = 1) -> pa.Table:
@@ -56,6 +73,16 @@ def _cases() -> None:
     case("linear_regression", {"label": "y", "weight": "w", "validation_fraction": 0.25,
                                "seed": 3},
          regression_table, id="validation", rtol=1e-9, atol=1e-10)
+    case("linear_regression", {"label": "n", "features": ["x1", "x2", "x3"], "weight": "w",
+                               "loss": "poisson", "l2": 0.01, "validation_fraction": 0.2},
+         count_table, id="poisson-weighted", rtol=1e-7, atol=1e-9)
+    case("linear_regression", {"label": "amount", "features": ["x1", "x2", "x3"],
+                               "loss": "gamma", "solver": "lbfgs"},
+         count_table, id="gamma-lbfgs", rtol=1e-6, atol=1e-8)
+    case("linear_regression", {"label": "claims", "features": ["x1", "x2", "x3"],
+                               "weight": "w", "loss": "tweedie", "tweedie_power": 1.3,
+                               "fit_intercept": False},
+         count_table, id="tweedie-no-intercept", rtol=1e-7, atol=1e-9)
     case("logistic_regression", {"label": "y"}, classification_table, id="binary-newton",
          rtol=1e-7, atol=1e-9)
     case("logistic_regression", {"label": "y", "weight": "w", "l2": 0.01, "solver": "lbfgs",
