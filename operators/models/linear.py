@@ -219,35 +219,44 @@ def _float_values(labels: pa.Array) -> np.ndarray:
 
 
 def _moments(data: Any, k: int, xp: Any, rows: int, heldout: int) -> dict[str, Any]:
-    """Weighted count, mean and centred co-moments of ``[features, label]`` (last column
-    of ``data`` is the weight), accumulated in float64 whatever ``data``'s dtype."""
-    values, weights = data[:, :k + 1], data[:, k + 1]
+    """``weighted_moments`` of ``[features, label]`` (the last column of ``data`` is the
+    weight), with the partition's row counts."""
+    return {"rows": rows, "heldout": heldout,
+            **weighted_moments(data[:, :k + 1], data[:, k + 1], xp)}
+
+
+def weighted_moments(values: Any, weights: Any, xp: Any) -> dict[str, Any]:
+    """Weighted count, mean and centred co-moments of the columns of ``values``,
+    accumulated in float64 whatever their dtype."""
+    k = values.shape[1]
     total = float(xp.sum(weights, dtype=xp.float64))
     if not total > 0:
-        return {"rows": rows, "heldout": heldout, "weight": 0.0, "mean": np.zeros(k + 1),
-                "comoment": np.zeros((k + 1, k + 1))}
+        return {"weight": 0.0, "mean": np.zeros(k), "comoment": np.zeros((k, k))}
     mean = row_products(weights, values, xp) / total
     # centred on the mean rounded to the data's dtype: in float32 the co-moments move by
     # (mean - rounded)^2 relative terms, below float32's own resolution of the values
     centred = values - xp.astype(mean, values.dtype)
     comoment = row_products(centred, centred * weights[:, None], xp)
-    return {"rows": rows, "heldout": heldout, "weight": total, "mean": to_numpy(mean),
-            "comoment": to_numpy(comoment)}
+    return {"weight": total, "mean": to_numpy(mean), "comoment": to_numpy(comoment)}
 
 
 def _combine_moments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    rows, heldout = a["rows"] + b["rows"], a["heldout"] + b["heldout"]
+    return {"rows": a["rows"] + b["rows"], "heldout": a["heldout"] + b["heldout"],
+            **combine_weighted_moments(a, b)}
+
+
+def combine_weighted_moments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two ``weighted_moments`` as one (Chan et al.'s pairwise update)."""
     if not a["weight"] > 0 or not b["weight"] > 0:
         kept = b if not a["weight"] > 0 else a
-        return {**kept, "rows": rows, "heldout": heldout}
+        return {key: kept[key] for key in ("weight", "mean", "comoment")}
     wa, wb = a["weight"], b["weight"]
     total = wa + wb
     delta = b["mean"] - a["mean"]
     # symmetric in a and b, so combine is commutative bit for bit
     mean = (wa * a["mean"] + wb * b["mean"]) / total
     comoment = a["comoment"] + b["comoment"] + np.outer(delta, delta) * (wa * wb / total)
-    return {"rows": rows, "heldout": heldout, "weight": total, "mean": mean,
-            "comoment": comoment}
+    return {"weight": total, "mean": mean, "comoment": comoment}
 
 
 def min_norm_solve(system: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, int, float]:
