@@ -473,9 +473,10 @@ class KMeans(Estimator):
         wd2 = w * d2
         phi = float(xp.sum(wd2, dtype=xp.float64))
         at = xp.nonzero(u * phi < (2.0 * self.params.k) * wd2)[0]
-        return {"phi": phi, "rows": _rows(part, state["features"], to_numpy(at)),
-                "u": to_numpy(xp.take(u, at)).astype(np.float64),
-                "wd2": to_numpy(xp.take(wd2, at)).astype(np.float64)}
+        drawn_rows = {"phi": phi, "rows": _rows(part, state["features"], to_numpy(at)),
+                      "u": to_numpy(xp.take(u, at)).astype(np.float64),
+                      "wd2": to_numpy(xp.take(wd2, at)).astype(np.float64)}
+        return _combine_sampled(drawn_rows, self._nothing(state), 2.0 * self.params.k)
 
     def _pick(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         """k-means++: the partition's row of largest ``log(u) / (w d^2)``."""
@@ -501,10 +502,11 @@ class KMeans(Estimator):
             ranked = xp.sort(dist)
             bound = ranked[max(ranked.shape[0] - m, 0)]
         at = xp.nonzero((dist >= bound) & (dist > 0))[0]
-        return {"d2": to_numpy(xp.take(dist, at)).astype(np.float64),
-                "rows": _rows(part, state["features"], to_numpy(at)),
-                "labels": to_numpy(xp.take(labels, at)).astype(np.int64),
-                "weights": to_numpy(xp.take(w, at)).astype(np.float64)}
+        return top_far({"d2": to_numpy(xp.take(dist, at)).astype(np.float64),
+                        "rows": _rows(part, state["features"], to_numpy(at)),
+                        "labels": to_numpy(xp.take(labels, at)).astype(np.int64),
+                        "weights": to_numpy(xp.take(w, at)).astype(np.float64)},
+                       self.params.k if m == 1 else m, m == 1)
 
     # ------------------------------------------------------------------ combine
 
@@ -698,7 +700,11 @@ def _combine_far(a: dict[str, np.ndarray], b: dict[str, np.ndarray], m: int, tie
     """The rows farthest from their centres of two partitions: the ``m`` first by
     distance (ties by value, then weight); with ``ties`` only those at the farthest
     distance (a Lloyd pass's: each partition gave its farthest only)."""
-    joined = {key: np.concatenate([a[key], b[key]]) for key in a}
+    return top_far({key: np.concatenate([a[key], b[key]]) for key in a}, m, ties)
+
+
+def top_far(joined: dict[str, np.ndarray], m: int, ties: bool) -> dict[str, np.ndarray]:
+    """``_combine_far`` of one partition's rows: the same order whatever the partitions."""
     rows = np.column_stack([joined["rows"], joined["weights"]])
     order = _ordered([-joined["d2"]], rows)
     if ties and len(order):
