@@ -54,6 +54,7 @@ from bench.join_cases import (  # noqa: F401 - bench.worker looks the sides up h
 )
 from bench.kmeans_cases import (  # noqa: F401 - bench.worker looks the sides up here
     blobs,
+    check_dask_kmeans,
     dask_train_kmeans_dask_ml,
     dask_train_kmeans_sluice_dask,
     train_kmeans_sklearn,
@@ -257,7 +258,8 @@ CASES: dict[str, Case] = {
     # KMeans (lloyd, k-means++ start, n_init 1) and, on 2 Dask workers, dask-ml's KMeans
     # (k-means||); inertia printed (bench/kmeans_cases.py)
     "train_kmeans": Case("blobs", ("sluice_local", "sklearn"), blobs),
-    "dask_train_kmeans": Case("blobs", ("sluice_dask", "dask_ml"), blobs),
+    "dask_train_kmeans": Case("blobs", ("sluice_dask", "dask_ml"), blobs,
+                              check=check_dask_kmeans),
     # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->
     # write vs pyarrow's group_by, Dask's groupby().agg() and Spark's groupBy().agg();
     # the outputs are compared after the sides (bench/aggregate_cases.py)

@@ -118,5 +118,22 @@ def dask_train_kmeans_dask_ml(data: Path, scratch: Path) -> None:
         model = KMeans(n_clusters=CLUSTERS, init="k-means||", init_max_iter=2,
                        oversampling_factor=2, max_iter=ITERATIONS, tol=0.0,
                        random_state=SEED).fit(X)
-        print(f"  kmeans dask-ml: inertia {float(model.inertia_):.6g}, "
-              f"{model.n_iter_} iterations")
+        np.save(scratch / "dask_ml_centres.npy", model.cluster_centers_)
+        print(f"  kmeans dask-ml: {model.n_iter_} iterations")
+
+
+def check_dask_kmeans(data: Path, scratch: Path) -> None:
+    """Both sides' inertia on the same rows, from their centres (dask-ml's own
+    ``inertia_`` is not the sum over all the rows)."""
+    import pyarrow.dataset as ds
+
+    from pipelines.store import ModelStore
+
+    table = ds.dataset(data, format="parquet").to_table()
+    X = np.column_stack([table.column(f"x{j}").to_numpy() for j in range(FEATURES)])
+    ours = ModelStore(str(scratch / "kmeans_models_dask")).load("clusters").chain.steps[-1]
+    for name, centres in (("sluice", ours.centres),
+                          ("dask-ml", np.load(scratch / "dask_ml_centres.npy"))):
+        d2 = np.min(np.sum(X * X, axis=1)[:, None] - 2 * X @ centres.T
+                    + np.sum(centres * centres, axis=1)[None, :], axis=1)
+        print(f"  {name} inertia: {float(np.sum(np.maximum(d2, 0))):.6g}")
