@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from operators.arrays import compute_dtype, to_numpy, to_xp
+from operators.arrays import compute_dtype, get_namespace, to_numpy
 from operators.base import DataError, Estimator, ParamError, Params, register, register_fitted
 from operators.hashing import hash_rows
 from operators.models.common import (
@@ -146,7 +146,7 @@ def lloyd(points: np.ndarray, weights: np.ndarray, centres: np.ndarray, iteratio
           ) -> np.ndarray:
     """Weighted Lloyd iterations over a few points on the driver (an empty cluster keeps
     its centre), until the centres stand still."""
-    xp = _host_namespace()
+    xp = get_namespace("numpy")
     for _ in range(iterations):
         labels, _ = nearest(points, centres, xp)
         sums = cluster_sums(points, weights, labels, len(centres), xp)
@@ -177,12 +177,6 @@ def plus_plus(points: np.ndarray, weights: np.ndarray, k: int,
         chosen.append(int(draws[best]))
         closest = tried[best]
     return points[chosen]
-
-
-def _host_namespace() -> Any:
-    from operators.arrays import get_namespace
-
-    return get_namespace("numpy")
 
 
 # --------------------------------------------------------------------------- rows drawn
@@ -396,7 +390,7 @@ class KMeans(Estimator):
         extra = [weights]
         if salt is not None:
             extra.append(_uniforms(part, self._hashed(features), self.params.seed, salt))
-        data = to_xp(host_matrix(part, features, extra, xp), xp)
+        data = feature_matrix(part, features, xp, extra)
         d = len(features)
         X = data[:, :d] - parameters(state["mean"], xp)
         return X, data[:, d], data[:, d + 1] if salt is not None else None
@@ -451,7 +445,7 @@ class KMeans(Estimator):
     def _summary(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         features, p = state["features"], self.params
         weights = row_weights(part, p.weight)
-        data = to_xp(host_matrix(part, features, [weights], xp), xp)
+        data = feature_matrix(part, features, xp, [weights])
         d = len(features)
         moments = weighted_moments(data[:, :d], data[:, d], xp)
         out = {"rows": part.num_rows, "moments": moments}
