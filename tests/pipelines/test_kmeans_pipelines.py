@@ -14,7 +14,7 @@ from conftest import SLUICE, write_pipeline
 
 from operators.arrays import get_namespace
 from operators.base import SluiceError
-from pipelines.runner import run
+from pipelines.runner import ValidationFailed, run
 from pipelines.serving import load_model
 from pipelines.store import ModelStore
 
@@ -112,3 +112,12 @@ def test_promote_refuses_a_model_of_no_label(workdir: Path, churn: Path) -> None
     with pytest.raises(SluiceError, match="a model of no label") as err:
         run(path)
     assert "save_model's aliases" in err.value.hint
+
+
+def test_tuning_refuses_it_as_the_file_plans(workdir: Path, churn: Path) -> None:
+    text = TRAIN.format(data=churn, distance="false", extra="").replace(
+        "        k: 4\n", "        k: 4\n        tune:\n          k: [3, 4]\n")
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, text))
+    (problem,) = info.value.problems
+    assert "kmeans is not a model of a label" in str(problem)
