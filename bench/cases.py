@@ -80,6 +80,15 @@ from bench.mlp_cases import (  # noqa: F401 - bench.worker looks the sides up he
     train_mlp_sklearn_adam,
     train_mlp_sluice_local,
 )
+from bench.pca_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    check_dask_pca,
+    check_train_pca,
+    components,
+    dask_pca_dask_ml,
+    dask_pca_sluice_dask,
+    train_pca_sklearn,
+    train_pca_sluice_local,
+)
 from bench.pivot_cases import (  # noqa: F401 - bench.worker looks the sides up here
     check_pivot,
     check_spark_pivot,
@@ -112,6 +121,12 @@ from bench.spark_cases import (  # noqa: F401 - bench.worker looks the sides up 
     spark_models,
     train_spark_mllib_mllib,
     train_spark_mllib_sluice_spark,
+)
+from bench.target_encode_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    check_target_encode,
+    merchants,
+    target_encode_sklearn,
+    target_encode_sluice_local,
 )
 from bench.tree_cases import (  # noqa: F401 - bench.worker looks the sides up here
     train_boosted_sklearn_hist,
@@ -252,8 +267,20 @@ CASES: dict[str, Case] = {
     # reg:quantileerror, held-out pinball loss and coverage printed (bench/quantile_cases.py)
     "train_boosted_quantile": Case("quantiles", ("sluice_local", "sklearn_hist"), quantiles),
     "train_boosted_quantile_xgboost": Case("quantiles", ("sluice_local", "xgboost"), quantiles),
+    # pca (k 5 of 20 correlated columns) vs scikit-learn's PCA on the files read with
+    # pyarrow / dask-ml's PCA on a LocalCluster; components compared (bench/pca_cases.py)
+    "train_pca": Case("components", ("sluice_local", "sklearn"), components,
+                      check=check_train_pca),
+    "dask_pca": Case("components", ("sluice_dask", "dask_ml"), components,
+                     check=check_dask_pca),
     # gradient_boosted_trees (20 trees, depth 4) on the Spark engine vs MLlib GBTClassifier
     "train_boosted_spark": Case("numeric", ("sluice_spark", "mllib"), _numeric, forest_split),
+    # read -> target_encode three text columns (50,000, 5,000 and 12 categories), cross-
+    # fitted in 5 folds -> write vs scikit-learn's TargetEncoder(cv=5).fit_transform on the
+    # files read with pyarrow + write; the fits on every row compared after the sides
+    # (bench/target_encode_cases.py)
+    "target_encode": Case("merchants", ("sluice_local", "sklearn"), merchants,
+                          check=check_target_encode),
     # read + kmeans (k = 8, 20 Lloyd passes, tol 0, k-means|| start) vs scikit-learn's
     # KMeans (lloyd, k-means++ start, n_init 1) and, on 2 Dask workers, dask-ml's KMeans
     # (k-means||); inertia printed (bench/kmeans_cases.py)

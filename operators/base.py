@@ -203,6 +203,12 @@ class Transform(Operator):
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         """Return a new table; never mutate ``part``."""
 
+    def training_view(self) -> Transform:
+        """The transform a fitted estimator applies to the rows of the run that fitted
+        it (target_encode's cross-fitted encodings of its own training rows); itself
+        for every other. What is saved, and scores new rows, is the transform itself."""
+        return self
+
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON-able metadata and named arrays that rebuild this transform."""
         return {"params": self.params.model_dump(mode="json")}, {}

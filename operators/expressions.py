@@ -39,6 +39,7 @@ Language
 * Functions (case-insensitive): ``log``/``ln``, ``log1p``, ``log2``, ``log10``, ``exp``,
   ``sqrt``, ``abs``, ``floor``, ``ceil``, ``round(x[, ndigits])``, ``pow``/``power(x, y)``,
   ``least(...)``, ``greatest(...)``, ``coalesce(...)``, ``if(cond, a, b)``/``if_else``,
+  ``nullif(a, b)`` (null where a equals b, else a: ``x / nullif(n, 0)``),
   ``is_nan(x)``, ``lower``, ``upper``, ``length``, ``year``, ``month``, ``day``, ``hour``,
   ``minute``, ``quarter``, ``day_of_week`` (Monday 0 .. Sunday 6), ``day_of_year``,
   ``week`` (ISO), ``days_between(a, b)`` / ``hours_between`` / ``minutes_between`` /
@@ -84,6 +85,15 @@ or lose digits:
   an integer literal the type of the values it meets where it holds it (``coalesce(u64,
   0)`` is a uint64). Timestamps with and without a time zone are refused there, as in
   comparisons.
+* A value that can raise (a cast, rounding, decimal arithmetic) is computed for the
+  rows that need it: the branch of ``if`` a row takes, ``coalesce``'s values up to its
+  first present one, the operands of ``and``/``or`` up to the one that decides the row;
+  ``if(s != '', cast(s as int64), 0)`` does not stop at ''. (Arrow computes every
+  argument of a function: those columns read as null for the other rows.) An expression
+  holds each such guard in full, so a value that can raise in an ``if``'s condition, in
+  ``coalesce``, or in an ``and``/``or`` operand followed by others doubles the guards of
+  those after it (a ``coalesce`` of ten casts runs about 30 times slower than unguarded);
+  nested ``if``s whose conditions cannot raise grow with the depth only.
 * Decimal ``+ - * %`` keep at most 38 digits and the digits after the point Arrow's rules
   give them (``d38 + 1`` of a decimal(38, 1) is a decimal(38, 1)), as DuckDB and Spark
   do: a value that does not fit is an error, never another value; a product with more
@@ -977,6 +987,7 @@ _register("coalesce", _Function("coalesce", 1, None, lambda n, e: pc.coalesce(*e
                                 values_from=0))
 _register("if if_else", _Function("if", 3, 3, lambda n, e: pc.if_else(*e), "any",
                                   values_from=1))
+_register("nullif", _Function("nullif", 2, 2, lambda n, e: e[0], "any"))  # ``_Compiler._call``
 _register("is_nan", _Function("is_nan", 1, 1, _unary(pc.is_nan), "bool"))
 _register("lower", _Function("lower", 1, 1, _text_unary(pc.utf8_lower), "string",
                             text_args=True))
@@ -995,6 +1006,13 @@ _register("day_of_week dayofweek", _Function("day_of_week", 1, 1, _unary(pc.day_
 _register("day_of_year dayofyear", _Function("day_of_year", 1, 1, _unary(pc.day_of_year),
                                              "number"))
 _register("week", _Function("week", 1, 1, _unary(pc.iso_week), "number"))
+
+
+_VIEW_VALUES = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
+
+_RAISING_CALLS = frozenset(["cast", "round", "floor", "ceil"])
+"""Functions that raise on some values (a text that is no number, a decimal past its
+digits): guarded where a row may not need them (``_Compiler._under``)."""
 
 
 def _between(kernel: Callable[..., pc.Expression]) -> Callable[..., pc.Expression]:
@@ -1222,6 +1240,9 @@ class _Compiler:
         self._exprs: dict[int, pc.Expression] = {}
         self._node_types: dict[int, pa.DataType | None] = {}
         self._empty: pa.Table | None = None
+        # the rows whose values matter where a branch not taken everywhere compiles
+        # (``_under``): its columns read as null elsewhere, so its errors are theirs only
+        self._guard: pc.Expression | None = None
 
     def _result_type(self, expr: pc.Expression) -> pa.DataType | None:
         """The type ``expr`` has over the known columns; None where it names another column
@@ -1263,14 +1284,37 @@ class _Compiler:
                 )
             return pc.scalar(pa.scalar(node.value, node.arrow_type))
         if isinstance(node, _Column):
-            return pc.field(node.name)
+            field = pc.field(node.name)
+            if self._guard is None:
+                return field
+            t = self.types.get(node.name)
+            # if_else has no kernel for a dictionary or a view: their values, plainly
+            plain = (t.value_type if pa.types.is_dictionary(t) else _VIEW_VALUES.get(t)
+                     ) if t is not None else None
+            if plain is not None:
+                field, t = field.cast(plain), plain
+            return pc.if_else(self._guard, field, pc.scalar(pa.scalar(None, t or pa.null())))
         if isinstance(node, _Neg):
             return pc.negate(self.to_expr(node.operand))
         if isinstance(node, _Not):
             return pc.invert(self.to_expr(node.operand))
         if isinstance(node, _Logic):
             fn = pc.and_kleene if node.op == "and" else pc.or_kleene
-            return _balanced(fn, [self.to_expr(op) for op in node.operands])
+            # an operand after one that decides the row (false for and, true for or) is
+            # not needed there
+            operands, guard, guarding = [], None, True
+            for operand in node.operands:
+                operands.append(self._under(guard, operand))
+                # an operand that is no true/false decides nothing (the type check says so)
+                guarding = guarding and self._boolean(operand)
+                if not guarding:
+                    guard = None
+                    continue
+                truth = self._truth(operand, operands[-1])
+                undecided = (pc.coalesce(truth, True) if node.op == "and"
+                             else pc.invert(pc.coalesce(truth, False)))
+                guard = undecided if guard is None else pc.and_kleene(guard, undecided)
+            return _balanced(fn, operands)
         if isinstance(node, _BinOp):
             return self._binop(node)
         if isinstance(node, _IsNull):
@@ -1299,12 +1343,91 @@ class _Compiler:
             return self._call(node)
         raise AssertionError(f"unhandled node {node!r}")  # pragma: no cover
 
+    def _under(self, guard: pc.Expression | None, node: _Node, within: bool = False
+               ) -> pc.Expression:
+        """``node`` compiled for the rows where ``guard`` is true (a branch of ``if``, a
+        later value of ``coalesce``, an operand after the one that decides an ``and``):
+        where it can raise on a value (a cast, decimal arithmetic, rounding), its columns
+        are null elsewhere, so that a row it is not taken for cannot stop the run
+        (``if(s != '', cast(s as int64), 0)``). Elsewhere as compiled alone, so that
+        filters keep their form for the files' statistics. ``within``: ``guard`` is false
+        wherever the one it is under is (it need not be joined to it)."""
+        if guard is None or not self._may_raise(node):
+            return self.to_expr(node)
+        outer = self._guard
+        self._guard = guard if outer is None or within else pc.and_kleene(outer, guard)
+        try:
+            return self.to_expr(node)
+        finally:
+            self._guard = outer
+
+    def _boolean(self, node: _Node) -> bool:
+        """Whether compiled ``node`` may be true/false (its type bool, null or unknown)."""
+        if isinstance(node, _Literal):
+            return node.kind in ("bool", "null")
+        t = self._type(node)
+        return t is None or pa.types.is_boolean(t) or pa.types.is_null(t)
+
+    @staticmethod
+    def _truth(node: _Node, expr: pc.Expression) -> pc.Expression:
+        """``expr`` of a true/false ``node`` as a guard takes it (a null literal: a
+        boolean null, which coalesce can join to true or false)."""
+        if isinstance(node, _Literal) and node.kind == "null":
+            return pc.scalar(pa.scalar(None, pa.bool_()))
+        return expr
+
+    def _may_raise(self, node: _Node) -> bool:
+        """Whether ``node`` holds an operation that raises on some values: a cast,
+        rounding, or arithmetic on a decimal column (overflow)."""
+        decimals = any(isinstance(n, _Column) and self.types.get(n.name) is not None
+                       and pa.types.is_decimal(self.types[n.name]) for n in _walk(node))
+        return any((isinstance(n, _Call) and n.name in _RAISING_CALLS)
+                   or (decimals and isinstance(n, _BinOp) and n.op in "+-*%")
+                   for n in _walk(node))
+
+    def _arguments(self, node: _Call) -> tuple[list[pc.Expression], list[pc.Expression | None]]:
+        """The compiled arguments, and the rows each is needed for (None: every row):
+        ``if``'s branches each for the rows that take it, ``coalesce``'s later values for
+        the rows whose earlier ones are null."""
+        if node.name == "if":
+            outer = self._guard
+            if outer is None or self._may_raise(node.args[0]):
+                cond = self.to_expr(node.args[0])
+                within = False
+            else:
+                # under a guard, a condition that cannot raise is compiled as alone and
+                # made null outside the guard, so the branches' guards hold the outer one
+                # once: compiled under it, and joined to it, they held it twice, and a
+                # chain of ifs doubled with each level
+                self._guard = None
+                try:
+                    alone = self.to_expr(node.args[0])
+                finally:
+                    self._guard = outer
+                cond = pc.if_else(outer, alone, pc.scalar(pa.scalar(None, pa.bool_())))
+                within = True
+            if not self._boolean(node.args[0]):  # no true/false: the type check says so
+                return [cond, *map(self.to_expr, node.args[1:])], [None] * len(node.args)
+            truth = self._truth(node.args[0], cond)
+            guards = [None, pc.coalesce(truth, False), pc.invert(pc.coalesce(truth, True))]
+            return [cond, *(self._under(g, a, within)
+                            for g, a in zip(guards[1:], node.args[1:]))], guards
+        if node.name == "coalesce":
+            exprs, guards, guard = [], [], None
+            for arg in node.args:
+                exprs.append(self._under(guard, arg))
+                guards.append(guard)
+                missing = pc.is_null(exprs[-1])
+                guard = missing if guard is None else pc.and_kleene(guard, missing)
+            return exprs, guards
+        return [self.to_expr(arg) for arg in node.args], [None] * len(node.args)
+
     def _call(self, node: _Call) -> pc.Expression:
-        exprs = [self.to_expr(arg) for arg in node.args]
+        exprs, guards = self._arguments(node)
         spec = _FUNCTIONS[node.name]
         if spec.values_from is not None:
             at = spec.values_from
-            exprs[at:] = self._of_one_type(node.args[at:], exprs[at:])
+            exprs[at:] = self._of_one_type(node.args[at:], exprs[at:], guards[at:])
         if node.name in ("floor", "ceil", "round"):
             return self._rounded(node, exprs)
         if node.name == "cast":
@@ -1317,11 +1440,17 @@ class _Compiler:
                 allow_decimal_truncate=True,
             )
             return exprs[0].cast(options=options)
+        if node.name == "nullif":  # null where a equals b (SQL's); a where b is null
+            equal = self._compare("=", node.args[0], node.args[1], exprs[0], exprs[1])
+            t = self._type(node.args[0])
+            return pc.if_else(pc.coalesce(equal, False),
+                              pc.scalar(pa.scalar(None, t or pa.null())), exprs[0])
         return spec.build(node.args, exprs)
 
     # ---------------------------------------------------------------- values of one type
 
-    def _of_one_type(self, nodes: Sequence[_Node], exprs: Sequence[pc.Expression]
+    def _of_one_type(self, nodes: Sequence[_Node], exprs: Sequence[pc.Expression],
+                     guards: Sequence[pc.Expression | None] | None = None
                      ) -> list[pc.Expression]:
         """Values that must share a type (if's branches, coalesce's and least's arguments)
         in one where Arrow's own choice fails as the rows are read or loses: decimals of
@@ -1333,7 +1462,9 @@ class _Compiler:
         target = self._common_number_type(nodes)
         if target is None:
             return list(exprs)
-        return [self._converted(node, expr, target) for node, expr in zip(nodes, exprs)]
+        guards = guards or [None] * len(exprs)
+        return [self._converted(node, expr, target, guard)
+                for node, expr, guard in zip(nodes, exprs, guards)]
 
     def _common_number_type(self, nodes: Sequence[_Node]) -> pa.DataType | None:
         types: list[pa.DataType] = []
@@ -1369,8 +1500,8 @@ class _Compiler:
             return None
         return target
 
-    def _converted(self, node: _Node, expr: pc.Expression, target: pa.DataType
-                   ) -> pc.Expression:
+    def _converted(self, node: _Node, expr: pc.Expression, target: pa.DataType,
+                   guard: pc.Expression | None = None) -> pc.Expression:
         if isinstance(node, _Literal):
             value = node.value
             if value is not None and pa.types.is_decimal(target):
@@ -1382,6 +1513,9 @@ class _Compiler:
             return expr
         # an integer in float64 unchecked, as everywhere in the language; a decimal
         # checked: a value too large for the 38 digits it has is an error, never another
+        # (of the rows that need it: ``guard``)
+        if guard is not None and not pa.types.is_floating(target):
+            expr = pc.if_else(guard, expr, pc.scalar(pa.scalar(None, self._type(node))))
         return expr.cast(target, safe=not pa.types.is_floating(target))
 
     # ---------------------------------------------------------------------- comparisons

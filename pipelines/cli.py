@@ -205,6 +205,10 @@ def score_command(model: str, source: str, output: str, mode: str,
     """
     from pipelines.runner import ValidationFailed, scoring_pipeline
 
+    if _local_path(model) and _local_path(source) is False:
+        raise click.UsageError(f"MODEL comes first, then INPUT: '{model}' is a path and "
+                               f"'{source}' is none (did you mean `sluice score {source} "
+                               f"{model} {output}`?)")
     text = scoring_pipeline(model, source, output, mode=mode, where=where,
                             keep=_listed(keep), partition_by=_listed(partition_by),
                             contributions=contributions, contributions_by=contributions_by,
@@ -229,6 +233,12 @@ def score_command(model: str, source: str, output: str, mode: str,
             exc.hint = as_options(exc.hint)
 
     _run_and_print(label, {}, progress, text=text, explain=explain, **options)
+
+
+def _local_path(text: str) -> bool | None:
+    """Whether ``text`` names a path on this machine that exists (None: a URL, which is
+    not looked at)."""
+    return None if "://" in text else Path(text).exists()
 
 
 def _listed(text: str | None) -> list[str] | None:

@@ -323,8 +323,9 @@ class Run:
             # the fitted schema can differ from the plan's (one_hot's columns come from
             # the vocabulary), so the steps after see the real one
             schema = transform.output_schema(data.schema)
-            self.datasets[step.id] = self.engine.map(data, step.id, transform, schema,
-                                                     self.placement(step))
+            # what scores new rows is ``transform``; the rows it was fitted on may differ
+            self.datasets[step.id] = self.engine.map(data, step.id, transform.training_view(),
+                                                     schema, self.placement(step))
         elif isinstance(op, Shuffle):
             self.datasets[step.id] = self._shuffle(step, data)
         elif isinstance(op, Union):

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from operators.arrays import is_text
 from operators.base import (
     DataError,
     Estimator,
@@ -24,6 +25,8 @@ from operators.features.columns import (
     is_numeric,
     merge_counts,
     plain,
+    replace_columns,
+    replace_field,
     unique_names,
     value_counts,
 )
@@ -40,6 +43,10 @@ class ImputeParams(Params):
     value: Scalar | None = Field(None, description="the fill value of strategy constant")
     approx: bool = Field(False, description="median from a one-pass KLL sketch: approximate "
                                             "and not partition-invariant (huge data)")
+    add_indicator: bool = Field(False, description="also a boolean column `<col>_missing` "
+                                                   "after each, true where the value was "
+                                                   "missing (scikit-learn's add_indicator): "
+                                                   "a model can learn from the missingness")
 
     @model_validator(mode="after")
     def _consistent(self) -> ImputeParams:
@@ -52,10 +59,6 @@ class ImputeParams(Params):
         if self.approx and self.strategy != "median":
             raise ParamError(f"`approx` applies to strategy median, not {self.strategy}")
         return self
-
-
-def _is_text(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 def _value_type(t: pa.DataType) -> pa.DataType:
@@ -76,14 +79,14 @@ def output_type(params: ImputeParams, name: str, t: pa.DataType) -> pa.DataType:
                               hint="use strategy most_frequent or constant")
         return t if pa.types.is_floating(t) else pa.float64()
     if params.strategy == "most_frequent":
-        if not (is_numeric(value_t) or pa.types.is_boolean(value_t) or _is_text(value_t)):
+        if not (is_numeric(value_t) or pa.types.is_boolean(value_t) or is_text(value_t)):
             raise SchemaError(f"column '{name}' is {t}; strategy most_frequent takes numbers, "
                               "booleans and strings", hint="use strategy constant")
         return t
     value = params.value
     if pa.types.is_integer(value_t) and isinstance(value, float):
         return pa.float64()
-    if isinstance(value, str) != _is_text(value_t) or (
+    if isinstance(value, str) != is_text(value_t) or (
             isinstance(value, bool) != pa.types.is_boolean(value_t)):
         raise ParamError(f"value {value!r} does not suit column '{name}' of type {t}",
                          hint="give a value of the column's type")
@@ -95,12 +98,23 @@ def output_type(params: ImputeParams, name: str, t: pa.DataType) -> pa.DataType:
     return t
 
 
+def indicator(name: str) -> str:
+    """The name of column ``name``'s missingness indicator (``add_indicator``)."""
+    return f"{name}_missing"
+
+
 def imputed_schema(params: ImputeParams, schema: pa.Schema) -> pa.Schema:
     require_columns(schema, params.columns)
     for name in params.columns:
         i = schema.get_field_index(name)
         field = schema.field(i)
-        schema = schema.set(i, field.with_type(output_type(params, name, field.type)))
+        fields = [field.with_type(output_type(params, name, field.type))]
+        if params.add_indicator:
+            if indicator(name) in schema.names:
+                raise SchemaError(f"impute's indicator '{indicator(name)}' is already a "
+                                  "column of the input", hint="rename or drop that column")
+            fields.append(pa.field(indicator(name), pa.bool_(), nullable=False))
+        schema = replace_field(schema, name, fields)
     return schema
 
 
@@ -234,8 +248,17 @@ class ImputeFitted(Transform):
             filled = pc.fill_null(column, pa.scalar(self.fill[name]).cast(value_t))
             if filled.type != target:
                 filled = pc.cast(filled, target)
-            out = out.set_column(i, field.with_type(target), filled)
+            fields, arrays = [field.with_type(target)], [filled]
+            if self.params.add_indicator:
+                fields.append(pa.field(indicator(name), pa.bool_(), nullable=False))
+                arrays.append(pc.is_null(column))
+            out = replace_columns(out, name, fields, arrays)
         return out
+
+    def derived_from(self) -> dict[str, list[str]]:
+        if not self.params.add_indicator:
+            return {}
+        return {indicator(name): [name] for name in self.params.columns}
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {"params": self.params.model_dump(mode="json"), "fill": self.fill}, {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -66,19 +67,47 @@ def _kind(t: pa.DataType) -> str | None:
     return None
 
 
-_ARROW_KIND = {"int": pa.int64(), "bool": pa.bool_(), "string": pa.string()}
+ARROW_KIND = {"int": pa.int64(), "bool": pa.bool_(), "string": pa.string()}
 
 
-def check_column(schema: pa.Schema, name: str) -> str:
-    """The kind of column ``name``; SchemaError when one_hot cannot encode it."""
+def check_column(schema: pa.Schema, name: str, op: str = "one_hot") -> str:
+    """The kind of column ``name``; SchemaError when ``op`` cannot encode it."""
     t = schema.field(name).type
     kind = _kind(t)
     if kind is None:
         hint = ("bucketize it first" if pa.types.is_floating(t)
                 else "cast it to string first")
-        raise SchemaError(f"column '{name}' is {t}; one_hot encodes strings, integers and "
+        raise SchemaError(f"column '{name}' is {t}; {op} encodes strings, integers and "
                           "booleans", hint=hint)
     return kind
+
+
+def category_values(column: pa.ChunkedArray | pa.Array, kind: str) -> pa.Array:
+    """A column's values in its kind's Arrow type (a dictionary's decoded)."""
+    values = plain(column)
+    if values.type != ARROW_KIND[kind]:
+        values = pc.cast(values, ARROW_KIND[kind])
+    return values
+
+
+def encoded_schema(schema: pa.Schema, kinds: dict[str, str],
+                   names: Callable[[str], list[str]], op: str) -> pa.Schema:
+    """``schema`` with each fitted column (``kinds``: the kind it was fitted on) replaced
+    by the float64 columns ``names(column)``; a SchemaError for a column of another
+    kind or a new column the input already has."""
+    require_columns(schema, list(kinds))
+    for name, fitted in kinds.items():
+        if check_column(schema, name, op) != fitted:
+            raise SchemaError(f"column '{name}' is {schema.field(name).type} but {op} was "
+                              f"fitted on {fitted} values",
+                              hint=f"cast '{name}' back to the type it was fitted on")
+        new = names(name)
+        clash = [n for n in new if n != name and n in schema.names]
+        if clash:
+            raise SchemaError(f"{op} of '{name}' adds column '{clash[0]}' that the input "
+                              "already has", hint="rename or drop it first")
+        schema = replace_field(schema, name, [pa.field(n, pa.float64()) for n in new])
+    return schema
 
 
 def label(value: Any) -> str:
@@ -218,7 +247,7 @@ class OneHotFitted(Transform):
         found = self._sets.get(name)
         if found is None:
             v = self.vocabulary[name]
-            found = self._sets[name] = pa.array(v["categories"], _ARROW_KIND[v["kind"]])
+            found = self._sets[name] = pa.array(v["categories"], ARROW_KIND[v["kind"]])
         return found
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
@@ -234,28 +263,13 @@ class OneHotFitted(Transform):
         return out
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        require_columns(schema, self.params.columns)
-        for name in self.params.columns:
-            kind = check_column(schema, name)
-            if kind != self.vocabulary[name]["kind"]:
-                raise SchemaError(f"column '{name}' is {schema.field(name).type} but one_hot "
-                                  f"was fitted on {self.vocabulary[name]['kind']} values",
-                                  hint=f"cast '{name}' back to the type it was fitted on")
-            new = self.names(name)
-            clash = [n for n in new if n in schema.names]
-            if clash:
-                raise SchemaError(f"one_hot of '{name}' adds column '{clash[0]}' that the "
-                                  "input already has", hint="rename or drop it first")
-            schema = replace_field(schema, name, [pa.field(n, pa.float64()) for n in new])
-        return schema
+        kinds = {name: self.vocabulary[name]["kind"] for name in self.params.columns}
+        return encoded_schema(schema, kinds, self.names, "one_hot")
 
     def encode(self, column: pa.ChunkedArray, name: str) -> np.ndarray:
         """The (rows, columns) 0/1 matrix of one input column, Fortran order."""
         v = self.vocabulary[name]
-        arrow_type = _ARROW_KIND[v["kind"]]
-        values = plain(column)
-        if values.type != arrow_type:
-            values = pc.cast(values, arrow_type)
+        values = category_values(column, v["kind"])
         k = len(v["categories"])
         rows = len(values)
         index = pc.index_in(values, value_set=self._categories(name))

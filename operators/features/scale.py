@@ -1,14 +1,17 @@
-"""standard_scale and min_max_scale: per-column moments in one pass, applied on ``xp``.
+"""standard_scale, min_max_scale and robust_scale, applied on ``xp``.
 
-Both fit the same statistics per column (count, mean, sum of squared deviations,
-minimum, maximum), computed on a partition with the array namespace ``xp`` and combined
-with Chan et al.'s parallel formula, so the variance is as accurate on a thousand
-partitions as on one (no naive sum of squares). In a float32 step (docs/float32.md) the
-per-row arithmetic is float32 and every sum accumulates in float64.
+standard_scale and min_max_scale fit the same statistics per column (count, mean, sum
+of squared deviations, minimum, maximum) in one pass, computed on a partition with the
+array namespace ``xp`` and combined with Chan et al.'s parallel formula, so the variance
+is as accurate on a thousand partitions as on one (no naive sum of squares). In a
+float32 step (docs/float32.md) the per-row arithmetic is float32 and every sum
+accumulates in float64. robust_scale fits each column's median and two percentiles,
+exactly over all partitions (``operators.quantiles``).
 """
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,7 @@ from operators.base import (
     register_fitted,
 )
 from operators.features.columns import null_mask, replace_field, require_numeric, unique_names
+from operators.quantiles import ColumnQuantiles
 
 MOMENTS = ("count", "mean", "m2", "min", "max")
 
@@ -305,3 +309,134 @@ class MinMaxScaleFitted(Transform):
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
                    ) -> MinMaxScaleFitted:
         return cls(MinMaxScaleParams(**meta["params"]), _moments_state(arrays))
+
+
+# --------------------------------------------------------------------------- robust_scale
+
+
+class RobustScaleParams(Params):
+    columns: list[str] = Field(min_length=1, description="numeric columns to scale")
+    quantile_range: tuple[float, float] = Field(
+        (25.0, 75.0), description="[low, high] percentiles whose distance is the scale "
+                                  "(scikit-learn's quantile_range; MLlib's lower, upper x 100)")
+    with_centering: bool = Field(True, description="subtract the median")
+    with_scaling: bool = Field(True, description="divide by the distance between the "
+                                                 "quantile_range's percentiles")
+    unit_variance: bool = Field(False, description="scale so that normally distributed "
+                                                   "values get a variance of 1")
+    approx: bool = Field(False, description="quantiles from a one-pass KLL sketch: "
+                                            "approximate and not partition-invariant "
+                                            "(huge data)")
+
+    @field_validator("quantile_range")
+    @classmethod
+    def _percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 100:
+            raise ValueError(f"need 0 <= low < high <= 100 (percentiles), got "
+                             f"[{value[0]}, {value[1]}]")
+        return value
+
+
+@register("robust_scale")
+class RobustScale(Estimator):
+    """Scale numeric columns by statistics outliers cannot move: (x - median) / (q75 - q25).
+
+    scikit-learn's RobustScaler (MLlib's with centering): the median and the percentiles
+    of `quantile_range` are exact over all partitions (NumPy's linear percentiles, a few
+    passes), or one-pass sketches with `approx`. Nulls and NaN are left out of the fit
+    and stay; the output is float64; a column whose percentiles coincide keeps a scale
+    of 1.
+
+    ```yaml
+    - op: robust_scale
+      columns: [monthly_charges, total_charges]
+      quantile_range: [25, 75]
+    ```
+    """
+
+    float32 = True  # docs/float32.md: exact quantiles, the scaling in float32
+
+    Params = RobustScaleParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        p = self.params
+        unique_names(p.columns, "columns")
+        low, high = p.quantile_range
+        self.search = ColumnQuantiles(p.columns, [0.5, low / 100, high / 100], p.approx)
+        self.multi_pass = self.search.multi_pass
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return scaled_schema(schema, self.params.columns, self.name)
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        return self.search.init()
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> Any:
+        return self.search.partial(part, state)
+
+    def combine(self, a: Any, b: Any) -> Any:
+        return self.search.combine(a, b)
+
+    def update(self, stats: Any, state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        columns = self.params.columns
+
+        def require(counts: dict[str, int]) -> None:
+            require_values(columns, np.array([counts[c] for c in columns]), self.name)
+
+        found, state = self.search.update(stats, state, require)
+        if found is None:
+            return state, False
+        quantiles = np.array([np.asarray(found[c], dtype=np.float64) for c in columns])
+        return {"quantiles": quantiles}, True
+
+    def fitted(self, state: dict[str, Any]) -> RobustScaleFitted:
+        return RobustScaleFitted(self.params, state["quantiles"])
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        q = state["quantiles"]
+        return {"median": dict(zip(self.params.columns, q[:, 0].tolist(), strict=True)),
+                "scale": dict(zip(self.params.columns, (q[:, 2] - q[:, 1]).tolist(),
+                                  strict=True))}
+
+
+@register_fitted("robust_scale.fitted")
+class RobustScaleFitted(Transform):
+    """(x - median) / scale with the fitted median and percentiles' distance (1 where
+    they coincide), divided by the standard normal's distance between the same
+    percentiles with ``unit_variance``."""
+
+    Params = RobustScaleParams
+
+    def __init__(self, params: RobustScaleParams, quantiles: np.ndarray):
+        super().__init__(params)
+        self.quantiles = np.asarray(quantiles, dtype=np.float64)
+        width = self.quantiles[:, 2] - self.quantiles[:, 1]
+        scale = np.where(width > 0, width, 1.0)  # scikit-learn's _handle_zeros_in_scale
+        if params.unit_variance:
+            low, high = (NormalDist().inv_cdf(q / 100) for q in params.quantile_range)
+            scale = scale / (high - low)
+        self.scale = scale
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return scaled_schema(schema, self.params.columns, "robust_scale")
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        p, k = self.params, len(self.params.columns)
+        offset = self.quantiles[:, 0] if p.with_centering else np.zeros(k)
+        factor = 1.0 / self.scale if p.with_scaling else np.ones(k)
+        return scale_columns(part, p.columns, offset, factor, np.zeros(k), xp)
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"params": self.params.model_dump(mode="json")}, {"quantiles": self.quantiles}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+                   ) -> RobustScaleFitted:
+        return cls(RobustScaleParams(**meta["params"]), arrays["quantiles"])

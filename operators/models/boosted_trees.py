@@ -63,8 +63,10 @@ from operators.models.trees import (
     TreeEstimator,
     TreeModelFitted,
     TreeParams,
+    _ratio,
     add_roots,
     allowed_features,
+    cut_places,
     derived_uniform,
     features_fraction,
     fraction_of_features,
@@ -231,6 +233,12 @@ class GradientBoostedTrees(TreeEstimator):
 
     def _criterion(self, state: dict[str, Any]) -> Criterion:
         p = self.params
+        if self._loss_name(state) in LEAF_QUANTILE:
+            gradients = (-1.0, 1.0) if p.loss == "absolute_error" else (
+                -self._leaf_level(), 1.0 - self._leaf_level())
+            return LeafQuantile(p.l2, p.learning_rate, 1, l1=p.l1,
+                                min_hessian=p.min_child_weight, gradients=gradients,
+                                blind_splits=p.min_split_gain == 0)
         return Newton(p.l2, p.learning_rate, self._outputs(state), l1=p.l1,
                       min_hessian=p.min_child_weight)
 
@@ -371,6 +379,17 @@ class GradientBoostedTrees(TreeEstimator):
         forest = add_roots(state["forest"], np.arange(rounds * k, (rounds + 1) * k), k)
         return self._next_level({**state, "forest": forest, "siblings": None,
                                  "loss_due": self.params.early_stopping})
+
+    def _cut(self, state: dict[str, Any], first: int) -> dict[str, Any]:
+        """The round's trees cut (lossguide), and where the cut puts each node's rows
+        (``cut_places``), for the partitions' walks of the round (``_walk``)."""
+        if self.params.grow_policy != "lossguide":
+            return state
+        places = cut_places(state["forest"], first, int(self.params.max_leaves))
+        state = super()._cut(state, first)
+        bottom = int(state["forest"]["depth"][first:].max())
+        return {**state, "cut_places": {"cuts": state["cuts"], "round": state["round"],
+                                        "places": places, "bottom": bottom}}
 
     def _model(self, state: dict[str, Any]) -> BoostedTreesFitted:
         arrays, depth = model_arrays(state["forest"], len(state["features"]), state["base"])
@@ -608,8 +627,7 @@ class GradientBoostedTrees(TreeEstimator):
         forest, k, n = state["forest"], self._outputs(state), prep["n"]
         rounds = state["round"]
         depth = state["level"]["depth"] if depth is None else depth
-        held = memo.get("walk")
-        # a walk of trees cut since (grow_policy: lossguide) names nodes no longer there
+        held = self._walk(state, memo, xp)
         cuts = state.get("cuts", 0)
         if held is not None and held[0] == rounds and held[1] <= depth and held[3] == cuts:
             positions, steps = held[2], depth - held[1]
@@ -624,6 +642,21 @@ class GradientBoostedTrees(TreeEstimator):
         if k * n * 8 <= memo["limit"]:
             memo["walk"] = (rounds, depth, positions, cuts)
         return positions
+
+    @staticmethod
+    def _walk(state: dict[str, Any], memo: dict[str, Any], xp: Any) -> tuple | None:
+        """The memo's walk ``(round, depth, positions, cuts)``: the rows' nodes in each
+        tree of the round after ``depth`` levels. A walk of the trees before the round's
+        cut (grow_policy: lossguide) names nodes no longer there; the cut's places move
+        it onto the cut trees (at most their depth: every row is at a leaf by then)."""
+        held, cut = memo.get("walk"), state.get("cut_places")
+        if (held is not None and cut is not None and held[0] == cut["round"]
+                and held[3] == cut["cuts"] - 1):
+            places = to_xp(cut["places"], xp)
+            held = (held[0], min(held[1], cut["bottom"]),
+                    [xp.take(places, pos) for pos in held[2]], cut["cuts"])
+            memo["walk"] = held
+        return held
 
     def _learners(self, prep: dict[str, Any], state: dict[str, Any], memo: dict[str, Any],
                   xp: Any) -> Any | None:
@@ -708,7 +741,7 @@ class GradientBoostedTrees(TreeEstimator):
             raw = xp.broadcast_to(to_xp(state["base"], xp)[None, :], (prep["n"], k))
         forest = state["forest"]
         roots = forest["roots"]
-        held = memo.get("walk") if key == "raw" else None
+        held = self._walk(state, memo, xp) if key == "raw" else None
         for round_ in range(done, rounds):
             first = int(roots[round_ * k])
             end = int(roots[(round_ + 1) * k]) if (round_ + 1) * k < len(roots) else len(
@@ -732,7 +765,8 @@ class GradientBoostedTrees(TreeEstimator):
     def _round_channels(self, prep: dict[str, Any], state: dict[str, Any],
                         memo: dict[str, Any], xp: Any) -> list[list[Any]]:
         """Per tree of the round (output column), every row's histogram channels
-        ``w g``, ``w h``, ``w``."""
+        ``w g``, ``w h``, ``w`` (the quantile losses, whose hessians are 1: ``w g``,
+        ``w r`` of the residuals ``r``, ``w``: ``LeafQuantile``)."""
         held = memo.get("channels")
         if held is not None and held[0] == state["round"]:
             return held[1]
@@ -740,11 +774,56 @@ class GradientBoostedTrees(TreeEstimator):
         g, h = _gradients(raw, prep["y"], self._outputs(state), self._loss_name(state), xp,
                           self._leaf_level(), self.params.tweedie_power)
         w = prep["w"]
+        if self._loss_name(state) in LEAF_QUANTILE:
+            h = xp.astype(prep["y"], xp.float64)[:, None] - raw
         columns = []
         for column in range(self._outputs(state)):
             columns.append([w * g[:, column], w * h[:, column], w])
         memo["channels"] = (state["round"], columns)
         return columns
+
+
+class LeafQuantile(Newton):
+    """The quantile losses' criterion (absolute error, pinball): Newton's gains and
+    values with hessians of 1, so the weight channel is their sum and channel 1 holds the
+    residuals' (``w r``, label minus score) instead.
+
+    In a node whose rows' gradients are all one value (every residual on one side, as a
+    label without noise leaves many nodes) every split gains exactly 0: the gradient
+    says nothing of where the residuals differ, and the node would stay a leaf while its
+    quantile moves by the learning rate a round. There ``best_splits`` splits by the
+    residuals' squared-error gain (``tie_score``) instead, with a gain of 0 (so
+    ``min_split_gain`` still refuses it and leaf-wise growth takes it last);
+    scikit-learn splits such a node on the float32 noise of its gradients' sums."""
+
+    def __init__(self, *args: Any, gradients: tuple[float, float], blind_splits: bool,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.gradients, self.blind_splits = gradients, blind_splits
+
+    def hessian(self, stats: np.ndarray) -> np.ndarray:
+        return stats[2]
+
+    def clean(self, stats: np.ndarray) -> np.ndarray:
+        np.maximum(stats[2:], 0.0, out=stats[2:])  # the residual sums have either sign
+        return stats
+
+    def blind(self, total: np.ndarray) -> np.ndarray:
+        """Per node (``total``: channel first): whether every row's gradient is the same
+        (the gradient sum is one of the two gradients times the weight)."""
+        if not self.blind_splits:
+            return np.zeros(total.shape[1:], dtype=bool)
+        g, w = total[0], total[2]
+        return np.logical_or.reduce([np.abs(g - v * w) <= GAIN_RTOL * np.abs(v) * w
+                                     for v in self.gradients]) & (w > 0)
+
+    def tie_score(self, stats: np.ndarray) -> np.ndarray:
+        """The residuals' squared-error score ``R^2 / W`` (half of it, as Newton's)."""
+        return 0.5 * _ratio(stats[1] * stats[1], stats[2])
+
+    def tie_value(self, stats: np.ndarray) -> np.ndarray:
+        """The residuals' mean ``R / W``: what a monotonic constraint orders there."""
+        return _ratio(stats[1], stats[2])
 
 
 def monotone_leaves(forest: dict[str, np.ndarray], first: int, leaves: np.ndarray,

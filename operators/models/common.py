@@ -326,23 +326,25 @@ def require_positive_weight(total: float, weight: str | None) -> None:
 
 
 def host_matrix(part: pa.Table, features: list[str],
-                extra: list[np.ndarray] | None = None, xp: Any = None) -> np.ndarray:
-    """Features (checked: no nulls, NaN or inf) then ``extra`` columns, as one host
-    matrix in ``xp``'s compute dtype (float64 without ``xp``), ready to send to it."""
+                extra: list[np.ndarray] | None = None, xp: Any = None,
+                role: str = "feature column") -> np.ndarray:
+    """Features (checked: no nulls, NaN or inf; an error names the ``role`` and the
+    column) then ``extra`` columns, as one host matrix in ``xp``'s compute dtype (float64
+    without ``xp``), ready to send to it."""
     extra = extra or []
     shape = (part.num_rows, len(features) + len(extra))
     host = np.empty(shape, np.float64, order="F") if xp is None else host_buffer(shape, xp)
     for j, name in enumerate(features):
-        host[:, j] = _finite_values(part.column(name), f"feature column '{name}'")
+        host[:, j] = _finite_values(part.column(name), f"{role} '{name}'")
     for j, values in enumerate(extra, start=len(features)):
         host[:, j] = values
     return host
 
 
 def feature_matrix(part: pa.Table, features: list[str], xp: Any,
-                   extra: list[np.ndarray] | None = None) -> Any:
+                   extra: list[np.ndarray] | None = None, role: str = "feature column") -> Any:
     """``host_matrix`` moved to ``xp`` in one host-to-device copy."""
-    return to_xp(host_matrix(part, features, extra, xp), xp)
+    return to_xp(host_matrix(part, features, extra, xp, role), xp)
 
 
 def parameters(values: np.ndarray, xp: Any) -> Any:
@@ -375,6 +377,43 @@ def row_products(a: Any, b: Any, xp: Any) -> Any:
         block = block_a @ block_b if a.ndim == 1 else block_a.T @ block_b
         total = total + xp.astype(block, xp.float64)
     return total
+
+
+def comoments(values: Any, weights: Any, xp: Any) -> dict[str, Any]:
+    """Total weight, weighted mean and centred co-moment matrix (the weighted sum of
+    ``outer(x - mean, x - mean)``) of the rows of ``values``, accumulated in float64
+    whatever its dtype; ``weights`` None: every row weighs 1. ``combine_comoments``
+    adds two up."""
+    k = values.shape[1]
+    if weights is None:
+        total = float(values.shape[0])
+        mean = xp.sum(values, axis=0, dtype=xp.float64) / max(total, 1.0)
+    else:
+        total = float(xp.sum(weights, dtype=xp.float64))
+        mean = row_products(weights, values, xp) / total if total > 0 else None
+    if not total > 0:
+        return {"weight": 0.0, "mean": np.zeros(k), "comoment": np.zeros((k, k))}
+    # centred on the mean rounded to the data's dtype: in float32 the co-moments move by
+    # (mean - rounded)^2 relative terms, below float32's own resolution of the values
+    centred = values - xp.astype(mean, values.dtype)
+    weighted = centred if weights is None else centred * weights[:, None]
+    return {"weight": total, "mean": to_numpy(mean),
+            "comoment": to_numpy(row_products(centred, weighted, xp))}
+
+
+def combine_comoments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two ``comoments`` as one by Chan's pairwise update (stable where raw sums of
+    squares would cancel): ``C = Ca + Cb + d d' wa wb / w``, ``d`` the mean's change."""
+    if not a["weight"] > 0 or not b["weight"] > 0:
+        kept = b if not a["weight"] > 0 else a
+        return {"weight": kept["weight"], "mean": kept["mean"], "comoment": kept["comoment"]}
+    wa, wb = a["weight"], b["weight"]
+    total = wa + wb
+    delta = b["mean"] - a["mean"]
+    # symmetric in a and b, so combine is commutative bit for bit
+    mean = (wa * a["mean"] + wb * b["mean"]) / total
+    comoment = a["comoment"] + b["comoment"] + np.outer(delta, delta) * (wa * wb / total)
+    return {"weight": total, "mean": mean, "comoment": comoment}
 
 
 def row_weights(part: pa.Table, weight: str | None) -> np.ndarray:

@@ -59,6 +59,8 @@ from operators.models.common import (
     check_features,
     check_weight,
     chosen_features,
+    combine_comoments,
+    comoments,
     feature_matrix,
     host_matrix,
     parameters,
@@ -69,7 +71,6 @@ from operators.models.common import (
     row_weights,
     table_memo,
 )
-from operators.models.linear import combine_weighted_moments, weighted_moments
 from operators.models.trees import derived_uniform
 
 DISTANCE = "distance"
@@ -472,7 +473,7 @@ class KMeans(Estimator):
         weights = row_weights(part, p.weight)
         data = feature_matrix(part, features, xp, [weights])
         d = len(features)
-        moments = weighted_moments(data[:, :d], data[:, d], xp)
+        moments = comoments(data[:, :d], data[:, d], xp)
         out = {"rows": part.num_rows, "moments": moments}
         if isinstance(p.init, str):
             # a row with probability proportional to its weight: the largest log(u) / w
@@ -532,7 +533,7 @@ class KMeans(Estimator):
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "moments" in a:
             out = {"rows": a["rows"] + b["rows"],
-                   "moments": combine_weighted_moments(a["moments"], b["moments"])}
+                   "moments": combine_comoments(a["moments"], b["moments"])}
             if "drawn" in a:
                 m = self.params.k if self.params.init == "random" else 1
                 out["drawn"] = combine_drawn(a["drawn"], b["drawn"], m)

@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from operators.arrays import to_numpy
 from operators.base import Estimator, SchemaError, register, register_fitted
 from operators.models.common import (
     ConditioningWarning,
@@ -31,6 +30,8 @@ from operators.models.common import (
     LinearContributions,
     SupervisedParams,
     check_inputs,
+    combine_comoments,
+    comoments,
     feature_matrix,
     held_out,
     is_numeric,
@@ -39,7 +40,6 @@ from operators.models.common import (
     parameters,
     require_positive_weight,
     require_training_rows,
-    row_products,
     row_weights,
     validation_combine,
     validation_finalize,
@@ -219,44 +219,15 @@ def _float_values(labels: pa.Array) -> np.ndarray:
 
 
 def _moments(data: Any, k: int, xp: Any, rows: int, heldout: int) -> dict[str, Any]:
-    """``weighted_moments`` of ``[features, label]`` (the last column of ``data`` is the
-    weight), with the partition's row counts."""
+    """Weighted count, mean and centred co-moments of ``[features, label]`` (last column
+    of ``data`` is the weight), accumulated in float64 whatever ``data``'s dtype."""
     return {"rows": rows, "heldout": heldout,
-            **weighted_moments(data[:, :k + 1], data[:, k + 1], xp)}
-
-
-def weighted_moments(values: Any, weights: Any, xp: Any) -> dict[str, Any]:
-    """Weighted count, mean and centred co-moments of the columns of ``values``,
-    accumulated in float64 whatever their dtype."""
-    k = values.shape[1]
-    total = float(xp.sum(weights, dtype=xp.float64))
-    if not total > 0:
-        return {"weight": 0.0, "mean": np.zeros(k), "comoment": np.zeros((k, k))}
-    mean = row_products(weights, values, xp) / total
-    # centred on the mean rounded to the data's dtype: in float32 the co-moments move by
-    # (mean - rounded)^2 relative terms, below float32's own resolution of the values
-    centred = values - xp.astype(mean, values.dtype)
-    comoment = row_products(centred, centred * weights[:, None], xp)
-    return {"weight": total, "mean": to_numpy(mean), "comoment": to_numpy(comoment)}
+            **comoments(data[:, :k + 1], data[:, k + 1], xp)}
 
 
 def _combine_moments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"rows": a["rows"] + b["rows"], "heldout": a["heldout"] + b["heldout"],
-            **combine_weighted_moments(a, b)}
-
-
-def combine_weighted_moments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Two ``weighted_moments`` as one (Chan et al.'s pairwise update)."""
-    if not a["weight"] > 0 or not b["weight"] > 0:
-        kept = b if not a["weight"] > 0 else a
-        return {key: kept[key] for key in ("weight", "mean", "comoment")}
-    wa, wb = a["weight"], b["weight"]
-    total = wa + wb
-    delta = b["mean"] - a["mean"]
-    # symmetric in a and b, so combine is commutative bit for bit
-    mean = (wa * a["mean"] + wb * b["mean"]) / total
-    comoment = a["comoment"] + b["comoment"] + np.outer(delta, delta) * (wa * wb / total)
-    return {"weight": total, "mean": mean, "comoment": comoment}
+            **combine_comoments(a, b)}
 
 
 def min_norm_solve(system: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, int, float]:

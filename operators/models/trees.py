@@ -588,9 +588,13 @@ class Newton(Criterion):
             return gradient
         return np.sign(gradient) * np.maximum(np.abs(gradient) - self.l1, 0.0)
 
+    def hessian(self, stats: np.ndarray) -> np.ndarray:
+        """The hessian sums ``H`` (channel 1)."""
+        return stats[1]
+
     def score(self, stats: np.ndarray) -> np.ndarray:
         # 0.5 * _ratio(T(G)^2, H + l2), with fewer temporaries (it scores every candidate)
-        den = stats[1] + self.l2
+        den = self.hessian(stats) + self.l2
         g = self._shrunk(stats[0])
         out = np.asarray(g * g)  # an array even for one node's sums
         positive = den > 0
@@ -600,10 +604,11 @@ class Newton(Criterion):
         return out
 
     def allowed(self, stats: np.ndarray) -> np.ndarray | bool:
-        return stats[1] >= self.min_hessian
+        return self.hessian(stats) >= self.min_hessian
 
     def value(self, stats: np.ndarray) -> np.ndarray:
-        return (-self.learning_rate * _ratio(self._shrunk(stats[0]), stats[1] + self.l2))[None]
+        return (-self.learning_rate * _ratio(self._shrunk(stats[0]),
+                                             self.hessian(stats) + self.l2))[None]
 
     clips_to_bounds = True
 
@@ -613,14 +618,15 @@ class Newton(Criterion):
     def bounded_value(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
         """The leaf value before shrinkage, ``-T(G) / (H + l2)``, within [lower, upper]
         (monotonic constraints: scikit-learn's and XGBoost's bounds)."""
-        return np.clip(-_ratio(self._shrunk(stats[0]), stats[1] + self.l2), lower, upper)
+        return np.clip(-_ratio(self._shrunk(stats[0]), self.hessian(stats) + self.l2),
+                       lower, upper)
 
     def bounded_score(self, stats: np.ndarray, lower: Any, upper: Any) -> np.ndarray:
         """``score`` at the bounded value ``v``: the loss decrease ``-(G v + (H + l2) v^2
         / 2 + l1 |v|)``, which is ``score`` where ``v`` is within the bounds (XGBoost's
         gain given a weight)."""
         v = self.bounded_value(stats, lower, upper)
-        out = -(stats[0] * v + 0.5 * (stats[1] + self.l2) * v * v)
+        out = -(stats[0] * v + 0.5 * (self.hessian(stats) + self.l2) * v * v)
         if self.l1:
             out -= self.l1 * np.abs(v)
         return out
@@ -950,25 +956,37 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
                 valid &= consent
         if allowed is not None:
             valid &= allowed[chosen][:, :, None, None]
+        tied = getattr(criterion, "tie_score", None)
+        unordered = valid.copy() if tied is not None else valid
         if monotonic is not None:  # the children's values in the constraint's order
+            direction = monotonic[chosen][:, :, None, None]
             v_left = criterion.constrained_value(left, lo4, hi4)
             v_right = criterion.constrained_value(right, lo4, hi4)
-            valid &= monotonic[chosen][:, :, None, None] * (v_right - v_left) >= 0
+            valid &= direction * (v_right - v_left) >= 0
             if not criterion.clips_to_bounds:  # and within the node's bounds
                 valid &= (v_left >= lo4) & (v_left <= hi4) & (v_right >= lo4) & (v_right <= hi4)
-        # the noise floor: GAIN_RTOL times the largest |s_left| + |s_right| + |s_total|
-        scale = np.abs(s_left, out=s_left)
-        scale += np.abs(s_right, out=s_right)
-        scale += np.abs(s_total)
         invalid = ~valid
-        np.copyto(gain, -np.inf, where=invalid)
-        np.copyto(scale, 0.0, where=invalid)
-        best = gain.reshape(s, -1).max(axis=1)
-        tol = GAIN_RTOL * scale.reshape(s, -1).max(axis=1)
-        found = (best > tol) & (best >= min_gain[start:stop])
-        near = gain.reshape(s, -1) >= (best - tol)[:, None]
-        # the first near-best candidate in (feature position, side, bin) order
-        pick = np.argmax(near, axis=1)
+        best, pick, found = _best_candidates(gain, s_left, s_right, s_total, invalid)
+        found &= best >= min_gain[start:stop]
+        if tied is not None:
+            # nodes whose every candidate gains the same (all their rows' gradients equal)
+            # split by the criterion's second measure; their gain stays 0. Their
+            # children's values are equal but for rounding, so a constraint orders the
+            # second measure's values (``tie_value``) instead
+            blind = ~found & criterion.blind(total[:, :, 0])
+            if blind.any():
+                if monotonic is not None:
+                    unordered &= direction * (criterion.tie_value(right)
+                                              - criterion.tie_value(left)) >= 0
+                t_left, t_right = tied(left), tied(right)
+                t_total = tied(total)[..., None, None]
+                second = t_left + t_right - t_total
+                _, second_pick, second_found = _best_candidates(second, t_left, t_right,
+                                                                t_total, ~unordered)
+                use = blind & second_found
+                found |= use
+                pick = np.where(use, second_pick, pick)
+                best = np.where(use, 0.0, best)
         position, rest = np.divmod(pick, sides * n_bins)
         direction, bin_ = np.divmod(rest, n_bins)
         rows = np.arange(s)
@@ -991,6 +1009,25 @@ def best_splits(hist: np.ndarray, criterion: Criterion, min_leaf: float,
             on = categorical[chosen][rows, position]
             out["categories"][sl] = (rank[rows, position] <= bin_[:, None]) & on[:, None]
     return out
+
+
+def _best_candidates(gain: np.ndarray, s_left: np.ndarray, s_right: np.ndarray,
+                     s_total: np.ndarray, invalid: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slot of ``gain`` ``(s, m, sides, B)``: the best gain, the first candidate in
+    (feature position, side, bin) order within the noise floor of it (GAIN_RTOL times
+    the largest ``|s_left| + |s_right| + |s_total|``), and whether it passes that floor.
+    ``gain`` and the scores are overwritten."""
+    s = gain.shape[0]
+    scale = np.abs(s_left, out=s_left)
+    scale += np.abs(s_right, out=s_right)
+    scale += np.abs(s_total)
+    np.copyto(gain, -np.inf, where=invalid)
+    np.copyto(scale, 0.0, where=invalid)
+    best = gain.reshape(s, -1).max(axis=1)
+    tol = GAIN_RTOL * scale.reshape(s, -1).max(axis=1)
+    near = gain.reshape(s, -1) >= (best - tol)[:, None]
+    return best, np.argmax(near, axis=1), best > tol
 
 
 def _weightless(criterion: Criterion, stats: np.ndarray, total: np.ndarray) -> np.ndarray:
@@ -1415,13 +1452,7 @@ def best_first(forest: dict[str, np.ndarray], first: int, max_leaves: int
     (shallower, then further left: the same in any partitioning). The nodes the cut
     leaves out are dropped; a split node that stays unsplit becomes a leaf with its
     value."""
-    split = forest["status"] == SPLIT
-    made = _best_first_splits(forest, first, max_leaves)
-    made[:first] = split[:first]
-    keep = np.zeros(len(split), dtype=bool)
-    keep[:first] = True
-    keep[forest["roots"][forest["roots"] >= first]] = True
-    keep[forest["left"][made]] = keep[forest["right"][made]] = True
+    made, keep = _best_first_kept(forest, first, max_leaves)
     new_id = np.cumsum(keep) - 1
     out = {k: v[keep] for k, v in forest.items() if k not in FOREST_WIDE}
     cut = made[keep]
@@ -1435,6 +1466,36 @@ def best_first(forest: dict[str, np.ndarray], first: int, max_leaves: int
     out["roots"] = new_id[forest["roots"]].astype(np.int32)
     out["masks"] = forest["masks"]  # rows of the dropped splits stay, unused
     return out
+
+
+def _best_first_kept(forest: dict[str, np.ndarray], first: int, max_leaves: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per node: whether ``best_first`` keeps its split (the nodes before ``first``
+    keep theirs), and whether it keeps the node."""
+    made = _best_first_splits(forest, first, max_leaves)
+    made[:first] = forest["status"][:first] == SPLIT
+    keep = np.zeros(len(made), dtype=bool)
+    keep[:first] = True
+    keep[forest["roots"][forest["roots"] >= first]] = True
+    keep[forest["left"][made]] = keep[forest["right"][made]] = True
+    return made, keep
+
+
+def cut_places(forest: dict[str, np.ndarray], first: int, max_leaves: int) -> np.ndarray:
+    """Where ``best_first``'s cut puts the rows of each node from ``first`` on (local ids,
+    ``node - first``, before and after): a kept node's rows stay at it, a dropped node's
+    go to its nearest kept ancestor (a leaf of the cut tree, whose split was dropped).
+    The rows' nodes after a walk of ``d`` levels of the grown trees, looked up here, are
+    their nodes after ``d`` levels of the cut trees: no walk from the roots again."""
+    _, keep = _best_first_kept(forest, first, max_leaves)
+    local = keep[first:]
+    at = np.cumsum(keep)[first:] - 1 - first
+    split = first + np.flatnonzero(forest["status"][first:] == SPLIT)
+    parent = np.full(len(local), -1, dtype=np.int64)
+    parent[forest["left"][split] - first] = parent[forest["right"][split] - first] = split - first
+    for node in np.flatnonzero(~local).tolist():  # children come after their parents
+        at[node] = at[parent[node]]
+    return at
 
 
 def _best_first_splits(forest: dict[str, np.ndarray], first: int, max_leaves: int

@@ -200,6 +200,12 @@ def check_declared_schema(c: Case) -> None:
     fitted_declared = transform.output_schema(data.schema)
     assert out.schema == fitted_declared, (
         f"the fitted transform declared {fitted_declared}\nbut produced {out.schema}")
+    if isinstance(transform, Transform):
+        view = transform.training_view()
+        for rows in (data, data.schema.empty_table()):  # the fitting run's: same schema
+            got = view.transform(rows, NUMPY)
+            assert got.schema == fitted_declared == view.output_schema(data.schema), (
+                f"the training view produced {got.schema}")
     declared = op.output_schema(data.schema)
     if isinstance(op, Estimator) and op.schema_from_fit:
         # the plan-time schema is a lower bound: its columns, fitted ones added or retyped
@@ -214,7 +220,9 @@ def check_no_input_mutation(c: Case) -> None:
     op, data = c.build(), c.data()
     before = pa.table({n: pa.array(data.column(n).to_pylist(), data.column(n).type)
                        for n in data.column_names}, schema=data.schema)
-    _apply(op, [data])
+    transform, _ = _apply(op, [data])
+    if isinstance(transform, Transform):
+        transform.training_view().transform(data, NUMPY)
     assert_tables_close(data, before, 0, 0, "the operator changed its input")
 
 
@@ -232,14 +240,20 @@ def check_empty_partition(c: Case) -> None:
 
 
 def check_partition_invariance(c: Case) -> None:
-    """1 partition, k partitions and shuffled partitions give the same result."""
+    """1 partition, k partitions and shuffled partitions give the same result, and the
+    same rows to the run that fitted it (``training_view``, partition by partition)."""
     op, data = c.build(), c.data()
     transform, whole = _apply(op, [data])
+    training = transform.training_view().transform(data, NUMPY)
     for k, seed in ((3, None), (7, 1)):
         parts = split(data, k, seed)
         fitted = fit(c.build(), parts) if isinstance(op, Estimator) else transform
         got = fitted.transform(data, NUMPY)
         assert_tables_close(got, whole, c.rtol, c.atol, f"fit on {k} partitions")
+        view = fitted.training_view()
+        got = pa.concat_tables([view.transform(p, NUMPY) for p in split(data, k)])
+        assert_tables_close(got, training, c.rtol, c.atol,
+                            f"fit on {k} partitions, its training rows")
         if not isinstance(op, Estimator):
             pieces = pa.concat_tables([transform.transform(p, NUMPY) for p in split(data, k)])
             assert_tables_close(pieces, whole, c.rtol, c.atol, f"{k} partitions")

@@ -14,6 +14,7 @@ from sklearn.preprocessing import (
     KBinsDiscretizer,
     MinMaxScaler,
     OneHotEncoder,
+    RobustScaler,
     StandardScaler,
 )
 
@@ -141,6 +142,31 @@ def test_min_max_scale_clips_scored_values_when_asked() -> None:
     assert clipped.column("v").to_pylist() == [0.0, 0.5, 1.0]
 
 
+@pytest.mark.parametrize("options", [
+    {}, {"quantile_range": [10, 90], "unit_variance": True}, {"with_centering": False},
+    {"with_scaling": False, "quantile_range": [5, 50]}])
+def test_robust_scale_matches_scikit_learn(options: dict[str, Any]) -> None:
+    """The median and percentiles exact over partitions (NumPy's linear ones, several
+    passes for 5,000 values), nulls and NaN left out and kept, a constant column's
+    scale 1, heavy tails (Cauchy) no problem."""
+    rng = np.random.default_rng(4)
+    table = numbers(5000).append_column("cauchy", pa.array(rng.standard_cauchy(5000)))
+    columns = ["x", "n", "skew", "const", "cauchy"]
+    got = run("robust_scale", table, 7, 4, columns=columns, **options)
+    reference = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    want = RobustScaler(**reference).fit_transform(floats(table, columns))
+    np.testing.assert_allclose(floats(got, columns), want, rtol=1e-12, atol=1e-12)
+    assert got.column("x").null_count == table.column("x").null_count
+
+
+def test_robust_scale_refuses_a_range_that_is_no_range() -> None:
+    with pytest.raises(ValidationError, match="need 0 <= low < high <= 100"):
+        build("robust_scale", columns=["x"], quantile_range=[75, 25])
+    with pytest.raises(DataError, match="'v' has no values"):
+        run("robust_scale", pa.table({"v": pa.array([None, None], pa.float64())}), 1,
+            columns=["v"])
+
+
 def test_scalers_reject_infinite_and_empty_columns() -> None:
     with pytest.raises(DataError, match="'v' has 1 infinite"):
         run("standard_scale", pa.table({"v": [1.0, np.inf]}), 1, columns=["v"])
@@ -150,6 +176,26 @@ def test_scalers_reject_infinite_and_empty_columns() -> None:
 
 
 # --------------------------------------------------------------------------- impute
+
+
+def test_impute_adds_indicators_of_what_was_missing() -> None:
+    """add_indicator: a `<col>_missing` boolean after each column, true where it was null
+    or NaN (scikit-learn's add_indicator, for every column: features='all')."""
+    table = numbers(600).append_column("plan", pa.array(["a", None, "b"] * 200))
+    got = run("impute", table, 3, 2, columns=["x", "n"], strategy="median", add_indicator=True)
+    x = floats(table, ["x", "n"])
+    want = SimpleImputer(strategy="median", add_indicator=True).fit_transform(x)
+    assert got.column_names[:4] == ["x", "x_missing", "n", "n_missing"]
+    np.testing.assert_allclose(floats(got, ["x", "n"]), want[:, :2], rtol=1e-12)
+    assert got.column("x_missing").to_pylist() == np.isnan(x[:, 0]).tolist()
+    assert got.column("n_missing").to_pylist() == np.isnan(x[:, 1]).tolist()
+    assert got.schema.field("x_missing").type == pa.bool_()
+    text = run("impute", table, 2, None, columns=["plan"], strategy="constant", value="none",
+               add_indicator=True)
+    assert text.column("plan_missing").to_pylist() == [False, True, False] * 200
+    with pytest.raises(SchemaError, match="indicator 'x_missing' is already a column"):
+        build("impute", columns=["x"], add_indicator=True).output_schema(
+            got.select(["x", "x_missing"]).schema)
 
 
 @pytest.mark.parametrize("strategy", ["mean", "median", "most_frequent"])

@@ -187,3 +187,56 @@ def test_growing_only_what_the_cut_can_keep_changes_nothing(
                                max_leaves=6, **params), split(table, 2))
     for key, values in full.arrays().items():
         np.testing.assert_array_equal(values, pruned.arrays()[key], err_msg=key)
+
+
+def test_rows_follow_the_cut_without_a_walk_from_the_roots(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cut puts each grown node's rows at its nearest kept node (``cut_places``): a
+    walk of the grown trees looked up there is the walk of the cut trees, so a boosting
+    round's rows are not walked down from the roots again after the cut."""
+    from operators.models import boosted_trees, trees
+
+    table = tree_table(rows=1500, seed=12)
+    params = {"n_trees": 4, "max_depth": 7, "grow_policy": "lossguide", "max_leaves": 6}
+    grown, _, _ = fit_state(GradientBoostedTrees(label="y", **{**params, "max_leaves": 200}),
+                            split(table, 1))
+    a = grown.arrays()
+    start, end = int(a["tree_start"][1]), int(a["tree_start"][2])  # the second tree
+    split_ = a["feature"][start:end] >= 0
+    forest = {"tree": np.zeros(end - start, np.int32),
+              "status": np.where(split_, trees.SPLIT, trees.LEAF).astype(np.int8),
+              "left": np.where(split_, a["left"][start:end] - start, -1),
+              "right": np.where(split_, a["right"][start:end] - start, -1),
+              "gain": a["gain"][start:end], "roots": np.zeros(1, np.int32)}
+    depth, place = np.zeros(end - start, np.int64), np.zeros(end - start, np.int64)
+    for node in np.flatnonzero(split_):
+        for child, offset in ((forest["left"][node], 1), (forest["right"][node], 2)):
+            depth[child], place[child] = depth[node] + 1, 2 * place[node] + offset
+    forest.update(depth=depth, place=place)
+    kept_split, kept = trees._best_first_kept(forest, 0, 6)
+    at = trees.cut_places(forest, 0, 6)
+    new_id = np.cumsum(kept) - 1
+    assert at.shape == (end - start,) and np.array_equal(at[kept], new_id[kept])
+    for node in np.flatnonzero(~kept):  # a dropped node's rows: its nearest kept ancestor
+        up = node
+        while not kept[up]:
+            up = int(np.flatnonzero((forest["left"] == up) | (forest["right"] == up))[0])
+        assert at[node] == new_id[up] and not kept_split[up]
+
+    counted: list[int] = []
+    step = boosted_trees.walk_step
+
+    def counting(*args: Any) -> Any:
+        counted.append(1)
+        return step(*args)
+
+    monkeypatch.setattr(boosted_trees, "walk_step", counting)
+    model, _, _ = fit_state(GradientBoostedTrees(label="y", **params), split(table, 2))
+    with_places = len(counted)
+    counted.clear()
+    monkeypatch.setattr(GradientBoostedTrees, "_walk",
+                        staticmethod(lambda state, memo, xp: memo.get("walk")))
+    walked, _, _ = fit_state(GradientBoostedTrees(label="y", **params), split(table, 2))
+    assert with_places < len(counted)
+    for key, values in walked.arrays().items():
+        np.testing.assert_array_equal(values, model.arrays()[key], err_msg=key)

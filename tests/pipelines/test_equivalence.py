@@ -144,6 +144,40 @@ ZOO = {
         label: churned
         l2: 0.01
     """,
+    "target_encoded": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: target_encode
+        columns: [plan, region]
+        label: churned
+        folds: 4
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: robust_scale
+        columns: [tenure, monthly_charges, total_charges]
+      - op: logistic_regression
+        label: churned
+        l2: 0.01
+    """,
+    "pca_logistic": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan, region]
+      - op: standard_scale
+        columns: [tenure, monthly_charges, total_charges]
+      - op: pca
+        columns: [tenure, monthly_charges, total_charges, "plan=basic", "plan=premium"]
+        k: 0.9
+        whiten: true
+      - op: logistic_regression
+        label: churned
+        l2: 0.01
+    """,
     "kmeans": """
       - op: drop
         columns: [customer_id, signup_date]

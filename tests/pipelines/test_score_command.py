@@ -111,6 +111,11 @@ def test_the_score_command(workdir: Path, trained: Path) -> None:
     done = sluice("churn@staging", str(trained), "other")
     assert done.returncode == 1 and "has no alias 'staging'" in done.stderr
     assert not (workdir / "other").exists()
+    done = sluice(str(trained), "churn", "other")  # the input before the model
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (f"MODEL comes first, then INPUT: '{trained}' is a path and 'churn' is none "
+            f"(did you mean `sluice score churn {trained} other`?)") in done.stderr
+    assert not (workdir / "other").exists()
 
 
 def test_scoring_into_a_partitioned_output_day_by_day(workdir: Path, trained: Path) -> None:

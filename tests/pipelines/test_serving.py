@@ -545,6 +545,67 @@ def test_a_regressor_and_a_multiclass_model(registry: Path) -> None:
             assert _stop(served) == 143
 
 
+def test_a_chain_through_pca_is_served_as_the_score_step_scores(registry: Path) -> None:
+    """standard_scale -> pca -> logistic_regression: the components replace the scaled
+    columns, the model trains on them, and scoring repeats the projection."""
+    text = TRAIN.replace("      - op: {model}\n", "      - op: pca\n        columns: [tenure, "
+                         "monthly_charges, total_charges]\n        k: 2\n"
+                         "      - op: {model}\n")
+    run(write_pipeline(registry, text.format(data=registry / "train", model="logistic_regression",
+                                             label="churned", name="components", extra=""),
+                       "components.yaml"),
+        models=str(registry / "models"), runs_dir=str(registry / "runs"))
+    chain = ModelStore(str(registry / "models")).load("components").chain
+    assert [step.name for step in chain.steps][-3:] == [
+        "standard_scale.fitted", "pca.fitted", "logistic_regression.fitted"]
+    assert chain.steps[-1].features[-2:] == ["pca_0", "pca_1"]
+    rows = _rows(registry, 30)
+    bulk = _bulk(registry, "components", rows)
+    in_process = load_model("components", str(registry / "models")).score(rows)
+    np.testing.assert_array_equal(in_process.column("probability").to_numpy(),
+                                  bulk.column("probability").to_numpy())
+    served = _start(registry, "components")
+    assert isinstance(served, Served)
+    try:
+        status, answer = served.post(_split(rows.select(INPUTS)))
+        assert status == 200, answer
+        assert [p["probability"] for p in answer["predictions"]] == pytest.approx(
+            bulk.column("probability").to_pylist(), rel=1e-12)
+        # an input a component is made from is required
+        status, answer = served.post(_split(rows.select(INPUTS).drop_columns(["tenure"])))
+        assert status == 400 and "tenure" in json.dumps(answer)
+    finally:
+        assert _stop(served) == 143
+
+
+def test_a_target_encoded_chain_scores_with_every_rows_encodings(registry: Path) -> None:
+    """target_encode of plan and region by churn -> boosted trees: the saved chain
+    encodes with the fit on every row, scored in process (serve's path) as the score
+    step scores; a region the fit never saw gets the label's mean."""
+    text = TRAIN.replace("      - op: one_hot\n        columns: [plan, region]\n",
+                         "      - op: target_encode\n        columns: [plan, region]\n"
+                         "        label: churned\n")
+    run(write_pipeline(registry, text.format(data=registry / "train",
+                                             model="gradient_boosted_trees", label="churned",
+                                             name="encoded", extra="        n_trees: 5"),
+                       "encoded.yaml"),
+        models=str(registry / "models"), runs_dir=str(registry / "runs"))
+    chain = ModelStore(str(registry / "models")).load("encoded").chain
+    encoder = chain.steps[1]
+    assert encoder.name == "target_encode.fitted"
+    rows = _rows(registry, 30)
+    unseen = rows.slice(0, 20)
+    unseen = unseen.set_column(unseen.schema.get_field_index("region"), "region",
+                               pa.array(["atlantis"] * unseen.num_rows))
+    for table in (rows, unseen):
+        bulk = _bulk(registry, "encoded", table)
+        in_process = load_model("encoded", str(registry / "models")).score(table)
+        np.testing.assert_array_equal(in_process.column("probability").to_numpy(),
+                                      bulk.column("probability").to_numpy())
+    encoded = encoder.transform(unseen.select(["plan", "region"]), None)
+    assert encoded.column("region").to_pylist() == [encoder.mean[0]] * unseen.num_rows
+
+
 def test_refresh_serves_the_version_an_alias_moves_to(registry: Path) -> None:
     store = ModelStore(str(registry / "models"))
     store.set_alias("churn", "canary", 1)

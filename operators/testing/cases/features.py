@@ -1,5 +1,6 @@
-"""Cases for the feature operators: impute, scalers, one_hot, hash_encode, bucketize,
-derive, select, drop, rename, cast, filter, sample, join, union, expect, and the shuffles."""
+"""Cases for the feature operators: impute, scalers, pca, one_hot, target_encode,
+hash_encode, bucketize, derive, select, drop, rename, cast, filter, sample, join, union,
+expect, and the shuffles."""
 
 from __future__ import annotations
 
@@ -72,7 +73,9 @@ _cases("impute", features_table,
        ("constant-string", {"columns": ["plan", "region"], "strategy": "constant",
                             "value": "unknown"}),
        ("constant-numbers", {"columns": ["n", "x"], "strategy": "constant", "value": -1}),
-       ("constant-float-on-int", {"columns": ["n"], "strategy": "constant", "value": 0.5}))
+       ("constant-float-on-int", {"columns": ["n"], "strategy": "constant", "value": 0.5}),
+       ("indicators", {"columns": ["x", "plan", "region"], "strategy": "most_frequent",
+                       "add_indicator": True}))
 _cases("impute", nan_table,
        ("mean-nan", {"columns": ["x"]}),
        ("median-nan", {"columns": ["x"], "strategy": "median"}))
@@ -92,12 +95,47 @@ _cases("min_max_scale", features_table,
        ("default", {"columns": ["x", "n", "const", "small"]}),
        ("range-clip", {"columns": ["big", "f32"], "feature_range": [-1, 1], "clip": True}))
 
+def correlated_table(rows: int = 300, seed: int = 12) -> pa.Table:
+    """Correlated numbers of different scales and an integer column (no nulls), a
+    positive weight, and a text column that passes through."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((4, 4)) * np.array([1.0, 3.0, 0.5, 10.0])
+    x = rng.standard_normal((rows, 4)) @ mixing + np.array([5.0, -2.0, 0.0, 100.0])
+    return pa.table({
+        "a": x[:, 0], "b": x[:, 1], "c": x[:, 2],
+        "i": pa.array(np.round(x[:, 3]).astype(np.int64)),
+        "w": pa.array(rng.integers(1, 4, rows).astype(np.float64)),
+        "plan": pa.array(np.array(["basic", "plus"])[rng.integers(0, 2, rows)]),
+    })
+
+
+_cases("pca", correlated_table,
+       ("k2", {"columns": ["a", "b", "c", "i"], "k": 2}),
+       ("fraction-whiten-keep", {"columns": ["a", "b", "c", "i"], "k": 0.9, "whiten": True,
+                                 "keep": True, "prefix": "pc"}),
+       ("weighted", {"columns": ["a", "b", "c"], "k": 3, "weight": "w"}))
+
+_cases("robust_scale", features_table,
+       ("default", {"columns": ["x", "n", "const", "big"]}),
+       ("range-unit-variance", {"columns": ["big", "f32", "small"], "quantile_range": [10, 90],
+                                "unit_variance": True, "with_centering": False}))
+_cases("robust_scale", nan_table, ("nan", {"columns": ["x", "n"]}))
+_cases("robust_scale", large_table, ("multi-pass", {"columns": ["y", "k"]}))
+_cases("robust_scale", small_table, ("approx", {"columns": ["x", "big"], "approx": True}))
+
 _cases("one_hot", features_table,
        ("default", {"columns": ["plan", "region", "flag", "small"]}),
        ("max-categories", {"columns": ["plan", "small"], "max_categories": 3}),
        ("min-frequency", {"columns": ["plan", "n"], "min_frequency": 0.1}),
        ("min-count-no-nulls", {"columns": ["region", "flag"], "min_frequency": 90,
                                "nulls": "error"}))
+
+_cases("target_encode", features_table,
+       ("regression", {"columns": ["plan", "region", "n"], "label": "big"}),
+       ("two-classes", {"columns": ["plan", "small"], "label": "flag", "smooth": 2.0}),
+       ("classes-no-folds", {"columns": ["plan", "region"], "label": "small", "folds": 0}),
+       ("classes-folds", {"columns": ["region", "flag"], "label": "small", "folds": 3,
+                          "seed": 4}))
 
 _cases("hash_encode", features_table,
        ("default", {"columns": ["plan", "n"], "buckets": 8}),
