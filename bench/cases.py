@@ -52,6 +52,14 @@ from bench.join_cases import (  # noqa: F401 - bench.worker looks the sides up h
     spark_join_sluice_spark,
     spark_join_spark,
 )
+from bench.kmeans_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    blobs,
+    check_dask_kmeans,
+    dask_train_kmeans_dask_ml,
+    dask_train_kmeans_sluice_dask,
+    train_kmeans_sklearn,
+    train_kmeans_sluice_local,
+)
 from bench.lightgbm_cases import (  # noqa: F401 - bench.worker looks the sides up here
     train_boosted_lightgbm_lightgbm,
     train_boosted_lightgbm_sluice_local,
@@ -281,6 +289,12 @@ CASES: dict[str, Case] = {
     # (bench/target_encode_cases.py)
     "target_encode": Case("merchants", ("sluice_local", "sklearn"), merchants,
                           check=check_target_encode),
+    # read + kmeans (k = 8, 20 Lloyd passes, tol 0, k-means|| start) vs scikit-learn's
+    # KMeans (lloyd, k-means++ start, n_init 1) and, on 2 Dask workers, dask-ml's KMeans
+    # (k-means||); inertia printed (bench/kmeans_cases.py)
+    "train_kmeans": Case("blobs", ("sluice_local", "sklearn"), blobs),
+    "dask_train_kmeans": Case("blobs", ("sluice_dask", "dask_ml"), blobs,
+                              check=check_dask_kmeans),
     # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->
     # write vs pyarrow's group_by, Dask's groupby().agg() and Spark's groupBy().agg();
     # the outputs are compared after the sides (bench/aggregate_cases.py)

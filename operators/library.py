@@ -32,6 +32,7 @@ MODULES: dict[str, str] = {
     "hash_encode": "operators.features.encode",
     "impute": "operators.features.impute",
     "join": "operators.features.join",
+    "kmeans": "operators.models.kmeans",
     "linear_regression": "operators.models.linear",
     "logistic_regression": "operators.models.logistic",
     "min_max_scale": "operators.features.scale",

@@ -84,8 +84,10 @@ def markdown() -> str:
         rows = ["| parameter | type | default | what |", "|---|---|---|---|"]
         for p in parameters(cls):
             default = "required" if p["default"] is None else f"`{p['default']}`"
-            ptype = p["type"].replace("|", "\\|")
-            rows.append(f"| `{p['name']}` | {ptype} | {default} | {p['description']} |")
+            # a table cell ends at a pipe, in a code span too (k-means||): escaped
+            ptype, default, what = (text.replace("|", "\\|")
+                                    for text in (p["type"], default, p["description"]))
+            rows.append(f"| `{p['name']}` | {ptype} | {default} | {what} |")
         parts.append("\n".join(rows) + "\n")
         ex = example(cls)
         if ex:

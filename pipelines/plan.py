@@ -29,7 +29,7 @@ from operators.features.rows import Filter
 from operators.features.union import Union
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
-from operators.score.score import PREDICTION_COLUMNS, Score
+from operators.score.score import Score, model_columns
 from pipelines.spec import PipelineSpec, Problem, StepSpec
 from pipelines.store import parse_ref, required_columns
 from pipelines.tuning import Tuning, plan_tuning
@@ -608,9 +608,10 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
         return False
     chain, required = planned
     last = chain[-1].schema
-    added = [last.field(c) for c in PREDICTION_COLUMNS if c in last.names]
-    name, _ = parse_ref(step.op.params.model)
     fits = [s.op for s in chain if isinstance(s.op, Estimator)]
+    added = [last.field(c) for c in model_columns(fits[-1] if fits else None)
+             if c in last.names]
+    name, _ = parse_ref(step.op.params.model)
     step.op.bind_planned(required, added, {"name": name, "ref": step.op.params.model.strip(),
                                            "saved_by": step.saved_by},
                          fits[-1] if fits else None)

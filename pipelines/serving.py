@@ -51,7 +51,7 @@ from operators.base import ARROW_ERRORS, DataError, SluiceError, suggest
 from operators.evaluate.drift import Drift
 from operators.io.fs import resolve as fs_resolve
 from operators.io.fs import written_whole
-from operators.score.score import OUTPUT_COLUMNS, PREDICTION_COLUMNS, Score
+from operators.score.score import Score
 from pipelines.device import CPU, Placement, resolve, run_placed
 from pipelines.store import Model, ModelStore, binding
 
@@ -311,10 +311,17 @@ class ScoringModel:
                 self._scorers[key] = scorer
             return self._scorers[key]
 
+    def outputs(self, contributions: bool = False,
+                contributions_by: str = "features") -> tuple[str, ...]:
+        """The names of the columns the model adds (``prediction``, ``probability`` for
+        classes, ``distance`` of a kmeans model that gives it, the contributions)."""
+        return self._scorer(contributions, contributions_by).outputs
+
     def output_fields(self, contributions: bool = False,
                       contributions_by: str = "features") -> list[pa.Field]:
-        out = self._scorer(contributions, contributions_by).output_schema(self.input_schema)
-        return [out.field(c) for c in OUTPUT_COLUMNS if c in out.names]
+        scorer = self._scorer(contributions, contributions_by)
+        out = scorer.output_schema(self.input_schema)
+        return [out.field(c) for c in scorer.outputs if c in out.names]
 
     def score_table(self, table: pa.Table, *, contributions: bool = False,
                     contributions_by: str = "features") -> pa.Table:
@@ -343,7 +350,7 @@ class ScoringModel:
         if cast is table:
             return out
         # the model read its columns in the trained types; the caller's pass as given
-        added = [c for c in OUTPUT_COLUMNS if c in out.column_names]
+        added = [c for c in scorer.outputs if c in out.column_names]
         kept = table.drop_columns([c for c in added if c in table.column_names])
         for name in added:
             kept = kept.append_column(out.schema.field(name), out.column(name))
@@ -742,7 +749,7 @@ class RowLog:
 
     def add(self, scored: pa.Table, model: ScoringModel, request_id: str) -> bool:
         """Keep a request's rows; True when enough are kept for a file."""
-        names = [*model.required, *(c for c in PREDICTION_COLUMNS if c in scored.column_names)]
+        names = [*model.required, *(c for c in model.outputs() if c in scored.column_names)]
         rows = scored.num_rows
         now = pa.scalar(datetime.datetime.now(datetime.UTC), pa.timestamp("us", tz="UTC"))
         table = scored.select(names).append_column(
@@ -983,7 +990,8 @@ class Server:
                 scored, model, request_id):
             self.rowlog.flush_soon()  # a file's worth, written beside the requests
         have = set(scored.column_names)
-        names = list(dict.fromkeys([*keep, *(c for c in OUTPUT_COLUMNS if c in have)]))
+        added = model.outputs(options["contributions"], options["contributions_by"])
+        names = list(dict.fromkeys([*keep, *(c for c in added if c in have)]))
         out = scored.select(names)
         job = None
         if self.shadow is not None and "prediction" in have:

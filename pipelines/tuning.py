@@ -99,8 +99,8 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
     """The candidates of a step's ``tune:``, or the problems (``(key, message)``)."""
     problems: list[tuple[str, str]] = []
     if not issubclass(cls.Params, SupervisedParams):
-        return None, [("tune", f"{cls.name} is not a model: only a model step (with "
-                               "validation_fraction) can be tuned")]
+        return None, [("tune", f"{cls.name} is not a model of a label: only a model step "
+                               "with a label (and validation_fraction) can be tuned")]
     if not isinstance(tune, dict) or not tune:
         return None, [("tune", "tune must map parameters to the values to try, e.g. "
                                "{max_depth: [3, 4, 6]}")]

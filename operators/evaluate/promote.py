@@ -29,6 +29,7 @@ from operators.base import (
 from operators.evaluate.evaluate import Evaluate, Measured, Measuring, task_of, value_type
 from operators.evaluate.metrics import COMPARABLE, LOWER_IS_BETTER, METRICS, default_metric
 from operators.io.model import is_alias
+from operators.models.common import FittedModel
 from operators.score.score import Score
 
 
@@ -132,6 +133,15 @@ class Promote(Measuring):
         each ``(chain, required columns, info)``, as ``score`` binds a model."""
         self.scorers, self.refs = [], []
         for chain, required, info in [challenger, *([champion] if champion else [])]:
+            unsupervised = [s for s in chain.steps
+                            if isinstance(s, FittedModel) and not s.supervised]
+            if unsupervised:
+                raise ParamError(
+                    f"promote: model '{info['ref']}' ends in "
+                    f"{unsupervised[-1].name.removesuffix('.fitted')}, a model of no label: "
+                    f"its predictions (clusters) have no true values in '{self.params.label}' "
+                    "to be compared by", hint="move the alias with save_model's aliases, or "
+                                              "compare the runs' metrics (inertia)")
             scorer = Score(model=info["ref"])
             scorer.bind(chain, required, info)
             self.scorers.append(scorer)

@@ -14,7 +14,7 @@ import warnings
 import weakref
 from abc import abstractmethod
 from collections.abc import Collection
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -168,9 +168,17 @@ def select_features(schema: pa.Schema, params: SupervisedParams,
                     categorical: Collection[str] = ()) -> list[str]:
     """The feature columns: as given, or every numeric column (and every ``categorical``
     one) but the label and weight, in the input's order."""
-    if params.features is not None:
-        return list(params.features)
-    skip = {params.label, params.weight}
+    return chosen_features(schema, params.features, {params.label, params.weight},
+                           categorical)
+
+
+def chosen_features(schema: pa.Schema, features: list[str] | None,
+                    skip: Collection[str | None], categorical: Collection[str] = ()
+                    ) -> list[str]:
+    """``features`` as given, or every numeric column (and every ``categorical`` one)
+    but those of ``skip`` (a label, a weight), in the input's order."""
+    if features is not None:
+        return list(features)
     return [f.name for f in schema
             if f.name not in skip and (is_numeric(f.type) or f.name in categorical)]
 
@@ -194,25 +202,36 @@ def check_features(schema: pa.Schema, features: list[str]) -> None:
                      "features")
 
 
+def check_role(role: str, name: str | None, features: list[str] | None) -> None:
+    """A ParamError when the ``role`` column (label, weight) is also a listed feature."""
+    if name is not None and name in (features or []):
+        raise ParamError(f"the {role} column '{name}' is also listed in features",
+                         hint=f"remove '{name}' from features")
+
+
+def check_weight(schema: pa.Schema, weight: str | None, features: list[str] | None) -> None:
+    """Plan-time check of a weight column: present, numeric, not a listed feature."""
+    check_role("weight", weight, features)
+    if weight is None:
+        return
+    require_columns(schema, [weight], "weight column")
+    t = schema.field(weight).type
+    if not is_numeric(t):
+        raise SchemaError(f"weight column '{weight}' is {t}, not numeric",
+                          hint="cast it to float64")
+
+
 def check_inputs(schema: pa.Schema, params: SupervisedParams,
                  categorical: Collection[str] = ()) -> list[str]:
     """Plan-time checks of features, label and weight; returns the feature columns
     (``categorical`` ones need not be numeric: their caller checks them)."""
     require_columns(schema, [params.label], "label column")
     features = select_features(schema, params, categorical)
-    for role, name in (("label", params.label), ("weight", params.weight)):
-        if name is not None and name in (params.features or []):
-            raise ParamError(f"the {role} column '{name}' is also listed in features",
-                             hint=f"remove '{name}' from features")
-    if params.weight is not None:
-        require_columns(schema, [params.weight], "weight column")
-        t = schema.field(params.weight).type
-        if not is_numeric(t):
-            raise SchemaError(f"weight column '{params.weight}' is {t}, not numeric",
-                              hint="cast it to float64")
-        if params.weight == params.label:
-            raise ParamError(f"'{params.label}' is both the label and the weight",
-                             hint="use another weight column")
+    check_role("label", params.label, params.features)
+    check_weight(schema, params.weight, params.features)
+    if params.weight == params.label:
+        raise ParamError(f"'{params.label}' is both the label and the weight",
+                         hint="use another weight column")
     if not features:
         raise SchemaError("no numeric feature columns in the input",
                           hint="list features, or encode string columns (op: one_hot)")
@@ -565,6 +584,10 @@ class FittedModel(Transform):
     arrays (``arrays`` / ``from_state``); this class does the columns, the schema and the
     class labels. Input columns pass through; scoring data needs only the features.
     """
+
+    # False: a model of no label (kmeans' clusters), whose predictions there is nothing
+    # to compare with (promote refuses it)
+    supervised: ClassVar[bool] = True
 
     def __init__(self, features: list[str], classes: list[Any] | None = None,
                  label_type: pa.DataType | None = None):

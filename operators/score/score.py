@@ -22,6 +22,15 @@ from operators.models.common import CONTRIBUTION_BASE, CONTRIBUTIONS, FittedMode
 
 PREDICTION_COLUMNS = ("prediction", "probability")
 OUTPUT_COLUMNS = (*PREDICTION_COLUMNS, CONTRIBUTIONS, CONTRIBUTION_BASE)
+
+
+def model_columns(model: Any) -> tuple[str, ...]:
+    """The columns score takes from a chain whose model is ``model`` (fitted, or the step
+    a pipeline saves it from; None: not known): prediction and probability, and those the
+    model adds besides (``extra_columns``: kmeans' distance)."""
+    return (*PREDICTION_COLUMNS, *getattr(model, "extra_columns", ()))
+
+
 EXPLAINED = ("decision_tree, random_forest, gradient_boosted_trees, linear_regression and "
              "logistic_regression")
 
@@ -81,10 +90,20 @@ class Score(Transform):
         self.data_steps: list[dict[str, Any]] = []
         self.required: list[str] = []
         self.planned: list[pa.Field] | None = None
+        self.predictions: tuple[str, ...] = PREDICTION_COLUMNS
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The columns this step adds (taken from the model's chain, replacing the input's
+        of the same names)."""
+        extra = (CONTRIBUTIONS, CONTRIBUTION_BASE) if self.params.contributions else ()
+        return (*self.predictions, *extra)
 
     def bind(self, chain: Chain, required: list[str], info: dict[str, Any]) -> None:
         """Attach the loaded model: its chain, the columns it needs, its registry info."""
         self.chain, self.required, self.model_info = chain, list(required), dict(info)
+        models = [step for step in chain.steps if isinstance(step, FittedModel)]
+        self.predictions = model_columns(models[-1] if models else None)
         # the training pipeline's steps that are not in the model (join, filter, sample)
         self.data_steps = (self.model_info.pop("meta", None) or {}).get("data_steps", [])
         self.planned = None
@@ -99,6 +118,7 @@ class Score(Transform):
                                 if model is not None else "no model step")
         self.chain, self.required, self.model_info = None, list(required), dict(info)
         self.planned = list(added)
+        self.predictions = model_columns(model)
 
     def _not_explained(self, why: str) -> None:
         raise SchemaError(f"contributions: model '{self.params.model}' ends in {why}",
@@ -157,7 +177,7 @@ class Score(Transform):
             added = list(self.planned or [])
         else:
             produced = chain.output_schema(schema)
-            added = [produced.field(c) for c in PREDICTION_COLUMNS if c in produced.names]
+            added = [produced.field(c) for c in self.predictions if c in produced.names]
             if not added:
                 raise SchemaError(f"model '{self.params.model}' has no predicting step",
                                   hint="the saved chain must end in a model step")
@@ -166,8 +186,7 @@ class Score(Transform):
                 model = chain.steps[at]
                 assert isinstance(model, FittedModel)
                 added += model.contribution_fields(self._groups(chain, at))
-        dropped = OUTPUT_COLUMNS if self.params.contributions else PREDICTION_COLUMNS
-        kept = pa.schema([f for f in schema if f.name not in dropped],
+        kept = pa.schema([f for f in schema if f.name not in self.outputs],
                          metadata=schema.metadata)
         for field in added:
             kept = kept.append(field)
@@ -182,11 +201,10 @@ class Score(Transform):
             explained = model.explain(Chain(chain.steps[:at]).transform(part, xp), xp,
                                       self._groups(chain, at))
             scored = Chain(chain.steps[at + 1:]).transform(explained, xp)
-            columns = OUTPUT_COLUMNS
         else:
-            scored, columns = chain.transform(part, xp), PREDICTION_COLUMNS
-        out = part.drop_columns([c for c in columns if c in part.column_names])
-        for name in columns:
+            scored = chain.transform(part, xp)
+        out = part.drop_columns([c for c in self.outputs if c in part.column_names])
+        for name in self.outputs:
             if name in scored.column_names:
                 out = out.append_column(scored.schema.field(name), scored.column(name))
         return out

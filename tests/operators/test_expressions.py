@@ -1711,7 +1711,9 @@ def exact(node: tuple, row: dict[str, Any]) -> tuple[Any, tuple]:
         value, t = exact(node[-1], row)
         return (None if value is None else -value if kind == "neg" else abs(value)), t[:3]
     if kind == "bin":
-        (a, ta), (b, tb) = exact(node[2], row), exact(node[3], row)
+        # an operand Arrow folds to null (always_null) leaves the other one uncomputed
+        at = dict.fromkeys(row) if always_null(node) else row
+        (a, ta), (b, tb) = exact(node[2], at), exact(node[3], at)
         if "dec" not in (ta[0], tb[0]):
             t = ("int", 10)  # int32 arithmetic (the generator keeps it far from wrapping)
         else:
@@ -1774,8 +1776,35 @@ def exact(node: tuple, row: dict[str, Any]) -> tuple[Any, tuple]:
     raise AssertionError(kind)
 
 
+def always_null(node: tuple) -> bool:
+    """Whether a value is null on every row by its form: a null, ``x % 0`` (null for a
+    zero divisor), or arithmetic on such a value. Arrow folds a comparison or arithmetic
+    with one to null as it binds the expression, without computing the other operand
+    (which then cannot overflow)."""
+    kind = node[0]
+    if kind == "null":
+        return True
+    if kind == "bin":
+        divisor = node[3]
+        if node[1] == "%" and divisor[0] in ("int", "float") and exact(divisor, {})[0] == 0:
+            return True
+        return always_null(node[2]) or always_null(node[3])
+    if kind == "neg" or (kind == "call" and node[1] in ("abs", "floor", "ceil", "round")):
+        return always_null(node[-1] if kind == "neg" else node[2])
+    return False
+
+
 def exact_predicate(node: tuple, row: dict[str, Any]) -> bool | None:
     kind = node[0]
+    if kind == "cmp" and (always_null(node[2]) or always_null(node[3])):
+        return None
+    # a list of literals only is one is_in of the computed operand; otherwise each item
+    # is a comparison, folded as above where the item is always null
+    if (kind == "in" and not all(item[0] in ("int", "float", "null") for item in node[2])
+            and all(always_null(item) for item in node[2])):
+        return None
+    if kind == "between" and all(always_null(bound) for bound in node[2:4]):
+        return None
     if kind == "cmp":
         a, b = exact(node[2], row)[0], exact(node[3], row)[0]
         if a is None or b is None:

@@ -269,6 +269,8 @@ CASES = {
                           "max_iter": 5, "validation_fraction": 0.2}),
     "mlp_adam": ("mlp", {"label": "value", "features": FEATURES, "hidden": [4],
                          "solver": "adam", "max_iter": 2, "batch_size": 256}),
+    "kmeans": ("kmeans", {"k": 3, "features": FEATURES, "weight": "weight", "max_iter": 3,
+                          "distance": True}),
 }
 
 

@@ -178,6 +178,22 @@ ZOO = {
         label: churned
         l2: 0.01
     """,
+    "kmeans": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan]
+      - op: standard_scale
+        columns: [tenure, monthly_charges, total_charges]
+      - op: kmeans
+        features: [tenure, monthly_charges, total_charges, "plan=basic", "plan=premium"]
+        k: 5
+        seed: 3
+        distance: true
+    """,
     "linear_weighted": """
       - op: drop
         columns: [signup_date, customer_id]
@@ -240,8 +256,9 @@ def train_and_score(workdir: Path, engine, steps: str, files: int, tag: str,
     train.write_text(f"pipeline: zoo\nsteps:\n  - op: read_parquet\n    path: {data}\n"
                      f"    partition_mb: 0.05\n{body}\n  - op: save_model\n    name: m{tag}\n")
     run(train, engine_instance=engine, device=device)
-    # scores come with their contributions (TreeSHAP, linear), the MLP's without
-    trees = "op: mlp" not in steps
+    # scores come with their contributions (TreeSHAP, linear), the MLP's and kmeans'
+    # without
+    trees = not any(f"op: {name}" in steps for name in ("mlp", "kmeans"))
     score = write_pipeline(workdir, f"""
         pipeline: zoo_score
         steps:

@@ -118,8 +118,8 @@ def test_only_a_model_with_held_out_rows_is_tuned(churn: Path, workdir: Path) ->
     with pytest.raises(ValidationFailed) as info:
         run(write_pipeline(workdir, scaler, "scaler.yaml"))
     (problem,) = info.value.problems
-    assert "standard_scale is not a model: only a model step (with validation_fraction) " \
-           "can be tuned" in str(problem)
+    assert "standard_scale is not a model of a label: only a model step with a label (and " \
+           "validation_fraction) can be tuned" in str(problem)
     twice = TUNED.format(tune=GRID).replace("seed: 3\n", "seed: 3\n        l2: 0.5\n")
     with pytest.raises(ValidationFailed) as info:
         run(write_pipeline(workdir, twice, "twice.yaml"))

@@ -1,5 +1,5 @@
-"""Cases for linear_regression (least squares and the log links), logistic_regression and
-score (a bound logistic model)."""
+"""Cases for linear_regression (least squares and the log links), logistic_regression,
+kmeans and score (a bound logistic or kmeans model)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from operators.chain import Chain
+from operators.models.kmeans import KMeans, KMeansFitted
 from operators.models.logistic import LogisticRegression, LogisticRegressionFitted
 from operators.testing.kit import case, fit, split
 
@@ -95,6 +96,17 @@ def _cases() -> None:
                                  "fit_intercept": False},
          lambda: classification_table(classes=4, seed=3), id="multiclass-lbfgs-weighted",
          rtol=1e-6, atol=1e-8)
+    case("kmeans", {"k": 3}, blobs_table, id="kmeans-parallel", rtol=1e-9, atol=1e-9)
+    case("kmeans", {"k": 3, "weight": "w", "init": "k-means++", "distance": True,
+                    "seed": 4}, blobs_table, id="kmeans-plusplus-weighted", rtol=1e-9,
+         atol=1e-9)
+    case("kmeans", {"k": 4, "features": ["x1", "x2"], "init": "random", "seed": 2,
+                    "tol": 0.0}, blobs_table, id="kmeans-random", rtol=1e-9, atol=1e-9)
+    case("score", {"model": "c"}, blobs_table, id="kmeans",
+         prepare=lambda op: op.bind(Chain([_clusters()]), _clusters().features,
+                                    {"name": "c", "version": 1}),
+         skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
+                                  "model's own round-trip is checked by its cases"})
     case("score", {"model": "t"}, _scoring_table, id="logistic",
          prepare=lambda op: op.bind(Chain([_scoring_model()]), _scoring_model().features,
                                     {"name": "t", "version": 1}),
@@ -106,6 +118,28 @@ def _cases() -> None:
                                     {"name": "t", "version": 1}),
          skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
                                   "model's own round-trip is checked by its cases"})
+
+
+def blobs_table(rows: int = 150, seed: int = 7) -> pa.Table:
+    """Three well-separated blobs in two float features and an integer one, a weight and
+    a string column (not a feature)."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0, 0.0], [8.0, 1.0, 10.0], [-3.0, 9.0, 20.0]])
+    which = rng.integers(0, 3, rows)
+    x = centres[which] + rng.standard_normal((rows, 3))
+    return pa.table({
+        "x1": x[:, 0], "x2": x[:, 1], "x3": pa.array(np.round(x[:, 2]).astype(np.int64)),
+        "w": rng.uniform(0.5, 2.0, rows),
+        "g": pa.array(np.array(["a", "b"])[rng.integers(0, 2, rows)]),
+    })
+
+
+@cache
+def _clusters() -> KMeansFitted:
+    model = fit(KMeans(k=3, features=["x1", "x2", "x3"], distance=True),
+                split(blobs_table(seed=8), 3))
+    assert isinstance(model, KMeansFitted)
+    return model
 
 
 @cache

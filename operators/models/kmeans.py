@@ -1,0 +1,733 @@
+"""kmeans: k-means clustering, Lloyd's algorithm from a k-means|| start, in passes.
+
+The fit is rounds of passes over the partitions, the way Spark MLlib trains:
+
+1. a summary pass: the rows' weighted means and variances (``tol`` is relative to their
+   mean variance, as scikit-learn's), and the first centre: the row whose key
+   ``log(u) / w`` is largest, ``u`` a uniform from a hash of the row's features, weight
+   and ``seed`` (a row drawn with probability proportional to its weight, the same row
+   on every engine and partitioning); ``init: random`` takes the k largest keys;
+2. the start (``init``):
+   - ``k-means||`` (Bahmani et al., MLlib's and dask-ml's default): ``init_steps``
+     passes, each drawing every row with probability ``min(1, l w d^2 / phi)`` (``d``:
+     its distance to the nearest candidate so far, ``phi``: the sum of ``w d^2``,
+     ``l = 2k`` as MLlib), a row drawn when its hash's uniform is below that; a pass
+     weighs the candidates by the weight of the rows nearest to each; on the driver,
+     weighted k-means++ (scikit-learn's greedy variant) picks k of them and a weighted
+     Lloyd over the candidates polishes them (MLlib's LocalKMeans, 30 iterations);
+   - ``k-means++`` (Arthur and Vassilvitskii): one pass a centre, each drawing the row
+     of largest ``log(u) / (w d^2)``: a draw with probability proportional to
+     ``w d^2``, exactly as on one machine;
+   - ``random``: the k rows of the summary's keys; or the centres given as a list;
+3. Lloyd passes: each row goes to its nearest centre; the pass sums the weighted rows,
+   weights and counts of each cluster and the inertia; the driver moves each centre to
+   its cluster's mean. A cluster left empty moves to the row farthest from its centre
+   (scikit-learn's rule; more than one empty cluster: a pass finds as many farthest
+   rows). The fit stops when the centres stand still (scikit-learn's strict
+   convergence: the same assignment twice) or move less than ``tol`` x the mean
+   variance in all (sum of squared moves), or after ``max_iter`` passes; then, unless
+   they stood still, one more pass assigns the rows to the final centres for the
+   inertia and the cluster sizes (scikit-learn's last E-step).
+
+Given the same starting centres the fit is scikit-learn's
+``KMeans(init=centres, n_init=1, algorithm="lloyd")``: centres, labels, inertia and
+iterations (with weights, ``tol`` is relative to the weighted variance, so that a weight
+is a repeated row; scikit-learn's is unweighted). Distances are computed from the rows'
+weighted mean (as scikit-learn subtracts the mean), which keeps float32 (docs/float32.md)
+from cancelling ``|x|^2 - 2 x.c + |c|^2`` on data far from zero; the sums accumulate in
+float64.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from operators.arrays import compute_dtype, get_namespace, is_cupy, to_numpy
+from operators.base import DataError, Estimator, ParamError, Params, register, register_fitted
+from operators.hashing import hash_rows
+from operators.models.common import (
+    ACCUMULATE_ROWS,
+    PREDICTION,
+    ConvergenceWarning,
+    FittedModel,
+    check_features,
+    check_weight,
+    chosen_features,
+    combine_comoments,
+    comoments,
+    feature_matrix,
+    host_matrix,
+    parameters,
+    put_column,
+    require_positive_weight,
+    require_training_rows,
+    row_products,
+    row_weights,
+    table_memo,
+)
+from operators.models.trees import derived_uniform
+
+DISTANCE = "distance"
+LOCAL_ITERATIONS = 30
+"""Lloyd iterations over the k-means|| candidates on the driver (MLlib's LocalKMeans)."""
+EXTRA_ROUNDS = 10
+"""k-means|| rounds past ``init_steps`` while fewer than k candidates are found."""
+_SUMMARY_SALT = 0  # the salts of the rows' uniforms: one per pass that draws rows
+
+
+class KMeansParams(Params):
+    k: int = Field(ge=2, description="the number of clusters")
+    features: list[str] | None = Field(
+        None, description="feature columns (default: every numeric column but the weight)")
+    weight: str | None = Field(None, description="column of non-negative row weights "
+                                                 "(scikit-learn's sample_weight)")
+    init: Literal["k-means||", "k-means++", "random"] | list[list[float]] = Field(
+        "k-means||", description="the starting centres: k-means|| (MLlib, dask-ml), "
+                                 "k-means++ (a pass a centre), random (k rows), or k "
+                                 "centres given, one list of feature values each")
+    init_steps: int = Field(2, ge=1, description="k-means|| sampling passes (MLlib's "
+                                                 "initSteps)")
+    max_iter: int = Field(300, ge=1, description="most Lloyd passes (scikit-learn's)")
+    tol: float = Field(1e-4, ge=0.0,
+                       description="stop when the centres move less than tol x the mean "
+                                   "variance of the features (sum of squared moves, "
+                                   "scikit-learn's tol); 0: only when they stand still")
+    seed: int = Field(0, description="seed of the starting centres (with the rows' content)")
+    distance: bool = Field(False, description="also add `distance`: each row's Euclidean "
+                                              "distance to its cluster's centre")
+
+    @model_validator(mode="after")
+    def _given_centres(self) -> KMeansParams:
+        if isinstance(self.init, list):
+            if len(self.init) != self.k:
+                raise ParamError(f"init gives {len(self.init)} centres and k is {self.k}",
+                                 hint="give k centres, or init: k-means||")
+            if len({len(c) for c in self.init}) != 1 or not self.init[0]:
+                raise ParamError("init: the centres have different numbers of values",
+                                 hint="one value per feature, in features' order")
+            if not np.isfinite(np.asarray(self.init, dtype=np.float64)).all():
+                raise ParamError("init: a centre has a NaN or infinite value")
+        return self
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def nearest(X: Any, centres: Any, xp: Any) -> tuple[Any, Any]:
+    """Each row's nearest centre (the first of equals) and its squared distance to it.
+
+    The nearest by ``|c|^2 - 2 x.c`` (one matmul, as scikit-learn), the distance from the
+    difference itself (no cancellation)."""
+    scores = xp.sum(centres * centres, axis=1)[None, :] - 2.0 * (X @ centres.T)
+    labels = xp.argmin(scores, axis=1)
+    diff = X - xp.take(centres, labels, axis=0)
+    # a matmul sums each row's few squares faster than a reduction along the short axis
+    return labels, (diff * diff) @ xp.ones(X.shape[1], dtype=X.dtype)
+
+
+def one_hot(labels: Any, k: int, dtype: Any, xp: Any) -> Any:
+    """(rows, k): 1 in each row's cluster's column."""
+    return xp.astype(labels[:, None] == xp.arange(k, dtype=labels.dtype)[None, :], dtype)
+
+
+def block_rows(xp: Any) -> int:
+    """Rows a Lloyd pass takes at once: a few thousand on the host, where the block's
+    temporaries then stay in the CPU's cache (a pass runs about 1.5x faster than over the
+    whole partition at once); a device's kernels want them many."""
+    return ACCUMULATE_ROWS if is_cupy(xp) else 1 << 12
+
+
+def assigned(X: Any, w: Any, centres: Any, xp: Any) -> tuple[Any, Any, dict[str, np.ndarray]]:
+    """``nearest`` of every row, and per cluster the weighted sums of the rows, the
+    weights and the row counts (float64 on the host, accumulated in float64 block by
+    block)."""
+    k, d = centres.shape
+    labels, d2 = [], []
+    sums = xp.zeros((k, d), dtype=xp.float64)
+    weights = xp.zeros(k, dtype=xp.float64)
+    counts = xp.zeros(k, dtype=xp.float64)
+    step = block_rows(xp)
+    n = X.shape[0]
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        rows, block_weights = X[start:stop, ...], w[start:stop]
+        near, dist = nearest(rows, centres, xp)
+        onehot = one_hot(near, k, X.dtype, xp)
+        sums = sums + xp.astype(onehot.T @ (rows * block_weights[:, None]), xp.float64)
+        weights = weights + xp.astype(block_weights @ onehot, xp.float64)
+        counts = counts + xp.sum(onehot, axis=0, dtype=xp.float64)
+        labels.append(near)
+        d2.append(dist)
+    return xp.concat(labels), xp.concat(d2), {
+        "sums": to_numpy(sums), "weights": to_numpy(weights), "counts": to_numpy(counts)}
+
+
+def lloyd(points: np.ndarray, weights: np.ndarray, centres: np.ndarray, iterations: int
+          ) -> np.ndarray:
+    """Weighted Lloyd iterations over a few points on the driver (an empty cluster keeps
+    its centre), until the centres stand still."""
+    xp = get_namespace("numpy")
+    for _ in range(iterations):
+        _, _, sums = assigned(points, weights, centres, xp)
+        held = sums["weights"] > 0
+        moved = centres.copy()
+        moved[held] = sums["sums"][held] / sums["weights"][held, None]
+        if np.array_equal(moved, centres):
+            break
+        centres = moved
+    return centres
+
+
+def plus_plus(points: np.ndarray, weights: np.ndarray, k: int,
+              rng: np.random.Generator) -> np.ndarray:
+    """k of ``points`` by weighted k-means++, greedy as scikit-learn's: each step draws
+    ``2 + log k`` points with probability proportional to ``weight x d^2`` and keeps the
+    one that lowers the weighted cost most."""
+    trials = 2 + int(math.log(k))
+    chosen = [int(rng.choice(len(points), p=weights / weights.sum()))]
+    closest = np.sum((points - points[chosen[0]]) ** 2, axis=1)
+    for _ in range(1, k):
+        mass = np.cumsum(weights * closest)
+        draws = np.searchsorted(mass, rng.uniform(size=trials) * mass[-1], side="right")
+        draws = np.minimum(draws, len(points) - 1)
+        tried = np.minimum(closest[None, :], np.sum(
+            (points[draws][:, None, :] - points[None, :, :]) ** 2, axis=2))
+        best = int(np.argmin(tried @ weights))
+        chosen.append(int(draws[best]))
+        closest = tried[best]
+    return points[chosen]
+
+
+# --------------------------------------------------------------------------- rows drawn
+
+
+def _uniforms(part: pa.Table, columns: list[str], seed: int, salt: int) -> np.ndarray:
+    """A uniform [0, 1) per row from a hash of ``columns`` and ``seed``, one stream per
+    ``salt`` (the row hashes kept with the table for the next pass)."""
+    memo = table_memo(part).setdefault("kmeans_hashes", {})
+    hashes = memo.get((tuple(columns), seed))
+    if hashes is None:
+        hashes = memo[(tuple(columns), seed)] = hash_rows(part, columns, seed)
+    return derived_uniform(hashes, salt)
+
+
+def _rows(part: pa.Table, features: list[str], at: np.ndarray) -> np.ndarray:
+    """The features of rows ``at`` as float64 from the columns (exact, whatever the
+    compute dtype)."""
+    return host_matrix(part.take(pa.array(np.asarray(at, dtype=np.int64))), features)
+
+
+def _ordered(keys: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The order of rows by ``keys`` (the first first), then by their values: the same
+    order whatever order they came in."""
+    columns = [rows[:, j] for j in range(rows.shape[1] - 1, -1, -1)]
+    return np.lexsort([*columns, *reversed(keys)]) if len(rows) else np.zeros(0, np.int64)
+
+
+def _distinct(order: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``order`` without a row whose values an earlier one has."""
+    seen: set[bytes] = set()
+    kept = []
+    for i in order:
+        key = rows[i].tobytes()
+        if key not in seen:
+            seen.add(key)
+            kept.append(i)
+    return np.asarray(kept, dtype=np.int64)
+
+
+def drawn(keys: np.ndarray, rows: np.ndarray, m: int) -> dict[str, np.ndarray]:
+    """The ``m`` distinct rows of largest keys (ties by value)."""
+    order = _distinct(_ordered([-keys], rows), rows)[:m]
+    return {"keys": keys[order], "rows": rows[order]}
+
+
+def combine_drawn(a: dict[str, np.ndarray], b: dict[str, np.ndarray], m: int
+                  ) -> dict[str, np.ndarray]:
+    return drawn(np.concatenate([a["keys"], b["keys"]]),
+                 np.concatenate([a["rows"], b["rows"]]), m)
+
+
+def _top_keys(part: pa.Table, features: list[str], keys: np.ndarray, m: int
+              ) -> dict[str, np.ndarray]:
+    """``drawn`` of a partition by host keys (-inf: never): rows read as needed."""
+    order = np.argsort(-keys, kind="stable")
+    order = order[np.isfinite(keys[order])]
+    found = {"keys": np.zeros(0), "rows": np.zeros((0, len(features)))}
+    start = 0
+    while len(found["keys"]) < m and start < len(order):
+        at = order[start:start + 2 * m]
+        found = combine_drawn(found, drawn(keys[at], _rows(part, features, at), m), m)
+        start += 2 * m
+    return found
+
+
+# --------------------------------------------------------------------------- fitted
+
+
+@register_fitted("kmeans.fitted")
+class KMeansFitted(FittedModel):
+    """``prediction``: the nearest centre's position (int64); ``distance`` (when asked):
+    the Euclidean distance to it. ``mean``: the training rows' mean, which distances are
+    computed from (precision)."""
+
+    supervised = False
+
+    def __init__(self, features: list[str], centres: np.ndarray, mean: np.ndarray,
+                 distance: bool = False):
+        super().__init__(features)
+        self.centres = np.asarray(centres, dtype=np.float64).reshape(-1, len(self.features))
+        self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+        self.distance = bool(distance)
+
+    def __repr__(self) -> str:
+        return f"KMeansFitted(features={self.features!r}, k={len(self.centres)})"
+
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        """The columns besides ``prediction`` this model adds (score keeps them)."""
+        return (DISTANCE,) if self.distance else ()
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        check_features(schema, self.features)
+        return clustered_schema(schema, self.distance)
+
+    def assign(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's cluster (int64) and squared distance to its centre, on the host."""
+        X = feature_matrix(part, self.features, xp) - parameters(self.mean, xp)
+        labels, d2 = nearest(X, parameters(self.centres - self.mean, xp), xp)
+        # one transfer back: the labels are exact in either float dtype (k < 2^24)
+        both = to_numpy(xp.stack([xp.astype(labels, d2.dtype), d2]))
+        return both[0].astype(np.int64), both[1].astype(np.float64)
+
+    def predict_matrix(self, X: Any, xp: Any) -> Any:
+        """The nearest centre of each row of ``X`` (the features as given)."""
+        return nearest(X, parameters(self.centres, xp), xp)[0]
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        check_features(part.schema, self.features)
+        labels, d2 = self.assign(part, xp)
+        out = put_column(part, pa.field(PREDICTION, pa.int64()), pa.array(labels))
+        if self.distance:
+            out = put_column(out, pa.field(DISTANCE, pa.float64()), pa.array(np.sqrt(d2)))
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"centres": self.centres, "mean": self.mean}
+
+    def meta(self) -> dict[str, Any]:
+        return {**super().meta(), "distance": self.distance}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> KMeansFitted:
+        return cls(list(meta["features"]), arrays["centres"], arrays["mean"],
+                   bool(meta.get("distance", False)))
+
+
+def clustered_schema(schema: pa.Schema, distance: bool) -> pa.Schema:
+    """``schema`` with ``prediction`` (int64) and, when asked, ``distance`` (float64): in
+    place where it has them, else at the end."""
+    fields = [pa.field(PREDICTION, pa.int64())] + (
+        [pa.field(DISTANCE, pa.float64())] if distance else [])
+    for field in fields:
+        at = schema.get_field_index(field.name)
+        schema = schema.set(at, field) if at >= 0 else schema.append(field)
+    return schema
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+@register("kmeans")
+class KMeans(Estimator):
+    """k-means clustering: adds `prediction`, the cluster of each row (MLlib's KMeans).
+
+    ```yaml
+    - op: standard_scale          # k-means measures plain Euclidean distances
+      columns: [tenure, monthly_charges, total_charges]
+    - op: kmeans
+      features: [tenure, monthly_charges, total_charges]   # default: every numeric column
+      k: 8
+      init: k-means||             # k-means++ | random | [[...], ...] (k centres)
+      max_iter: 300               # Lloyd passes at most; tol: 1.0e-4 (scikit-learn's)
+      seed: 1                     # the start, drawn by row content: the same everywhere
+      distance: true              # also each row's distance to its centre
+    ```
+    The run record has the inertia (scikit-learn's name; MLlib's trainingCost: the
+    weighted sum of squared distances to the centres), the iterations, the cluster
+    sizes and whether it converged. Clusters are numbered in the order the start chose
+    them. A model of no label: `score` and `sluice serve` give its clusters; `promote`
+    has nothing to compare them with.
+    """
+
+    float32 = True  # docs/float32.md
+
+    Params = KMeansParams
+    multi_pass = True
+
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        """The columns besides ``prediction`` the fitted model adds."""
+        return (DISTANCE,) if self.params.distance else ()
+
+    def _features(self, schema: pa.Schema) -> list[str]:
+        p = self.params
+        return chosen_features(schema, p.features, {p.weight})
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return self._features(schema) + ([self.params.weight] if self.params.weight else [])
+
+    def _check(self, schema: pa.Schema) -> list[str]:
+        p = self.params
+        features = self._features(schema)
+        check_weight(schema, p.weight, p.features)
+        if not features:
+            raise ParamError("no numeric feature columns in the input",
+                             hint="list features, or encode string columns (op: one_hot)")
+        check_features(schema, features)
+        if isinstance(p.init, list) and len(p.init[0]) != len(features):
+            raise ParamError(f"init: the centres have {len(p.init[0])} values and there are "
+                             f"{len(features)} features ({', '.join(features)})",
+                             hint="one value per feature, in features' order")
+        return features
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        self._check(schema)
+        return clustered_schema(schema, self.params.distance)
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        return {"phase": "summary", "features": self._check(schema)}
+
+    # ------------------------------------------------------------------ partitions
+
+    def _matrix(self, part: pa.Table, state: dict[str, Any], xp: Any,
+                salt: int | None = None) -> tuple[Any, Any, Any]:
+        """The features (less the training mean), the weights and (with ``salt``) the
+        rows' uniforms on ``xp``: one copy to the device."""
+        features = state["features"]
+        weights = row_weights(part, self.params.weight)
+        extra = [weights]
+        if salt is not None:
+            extra.append(_uniforms(part, self._hashed(features), self.params.seed, salt))
+        data = feature_matrix(part, features, xp, extra)
+        d = len(features)
+        X = data[:, :d] - parameters(state["mean"], xp)
+        return X, data[:, d], data[:, d + 1] if salt is not None else None
+
+    def _hashed(self, features: list[str]) -> list[str]:
+        return features + ([self.params.weight] if self.params.weight else [])
+
+    def _centres(self, state: dict[str, Any], key: str, xp: Any) -> Any:
+        return parameters(np.asarray(state[key]) - state["mean"], xp)
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        phase = state["phase"]
+        if phase == "summary":
+            return self._summary(part, state, xp)
+        if part.num_rows == 0:
+            return self._nothing(state)
+        if phase == "sample":
+            return self._sample(part, state, xp)
+        if phase == "pick":
+            return self._pick(part, state, xp)
+        X, w, _ = self._matrix(part, state, xp)
+        if phase == "weigh":
+            labels, _ = nearest(X, self._centres(state, "candidates", xp), xp)
+            k = len(state["candidates"])
+            return {"weights": to_numpy(row_products(w, one_hot(labels, k, X.dtype, xp), xp))}
+        centres = self._centres(state, "centres", xp)
+        if phase == "relocate":
+            labels, d2 = nearest(X, centres, xp)
+            return {"far": self._farthest(part, state, labels, d2, w, state["empty"], xp),
+                    "empty": state["empty"]}
+        labels, d2, out = assigned(X, w, centres, xp)
+        out["inertia"] = float(xp.sum(w * d2, dtype=xp.float64))
+        out["far"] = self._farthest(part, state, labels, d2, w, 1, xp)
+        return out
+
+    def _nothing(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The stats of an empty partition: the identity of ``combine``."""
+        phase, k, d = state["phase"], self.params.k, len(state["features"])
+        no_rows = np.zeros((0, d))
+        if phase == "sample":
+            return {"phi": 0.0, "rows": no_rows, "u": np.zeros(0), "wd2": np.zeros(0)}
+        if phase == "pick":
+            return {"keys": np.zeros(0), "rows": no_rows}
+        if phase == "weigh":
+            return {"weights": np.zeros(len(state["candidates"]))}
+        far = {"d2": np.zeros(0), "rows": no_rows, "labels": np.zeros(0, np.int64),
+               "weights": np.zeros(0)}
+        if phase == "relocate":
+            return {"far": far, "empty": state["empty"]}
+        return {"sums": np.zeros((k, d)), "weights": np.zeros(k), "counts": np.zeros(k),
+                "inertia": 0.0, "far": far}
+
+    def _summary(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        features, p = state["features"], self.params
+        weights = row_weights(part, p.weight)
+        data = feature_matrix(part, features, xp, [weights])
+        d = len(features)
+        moments = comoments(data[:, :d], data[:, d], xp)
+        out = {"rows": part.num_rows, "moments": moments}
+        if isinstance(p.init, str):
+            # a row with probability proportional to its weight: the largest log(u) / w
+            u = _uniforms(part, self._hashed(features), p.seed, _SUMMARY_SALT)
+            with np.errstate(divide="ignore"):
+                keys = np.where(weights > 0, np.log(u) / np.where(weights > 0, weights, 1),
+                                -np.inf)
+            out["drawn"] = _top_keys(part, features, keys, p.k if p.init == "random" else 1)
+        return out
+
+    def _sample(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        """k-means||: the partition's cost and the rows drawn, each with probability
+        ``l w d^2 / phi``; the partition's own cost stands for ``phi`` (the total is
+        larger), so the rows kept include every row the total will draw."""
+        X, w, u = self._matrix(part, state, xp, salt=state["round"])
+        _, d2 = nearest(X, self._centres(state, "candidates", xp), xp)
+        wd2 = w * d2
+        phi = float(xp.sum(wd2, dtype=xp.float64))
+        at = xp.nonzero(u * phi < (2.0 * self.params.k) * wd2)[0]
+        drawn_rows = {"phi": phi, "rows": _rows(part, state["features"], to_numpy(at)),
+                      "u": to_numpy(xp.take(u, at)).astype(np.float64),
+                      "wd2": to_numpy(xp.take(wd2, at)).astype(np.float64)}
+        return _combine_sampled(drawn_rows, self._nothing(state), 2.0 * self.params.k)
+
+    def _pick(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        """k-means++: the partition's row of largest ``log(u) / (w d^2)``."""
+        X, w, u = self._matrix(part, state, xp, salt=state["round"])
+        _, d2 = nearest(X, self._centres(state, "centres", xp), xp)
+        wd2 = w * d2
+        drawable = wd2 > 0
+        tiny = float(np.finfo(compute_dtype(xp)).tiny)
+        keys = xp.where(drawable, xp.log(xp.maximum(u, tiny)) / xp.where(drawable, wd2, 1.0),
+                        -xp.inf)
+        top = xp.max(keys)
+        at = to_numpy(xp.nonzero(drawable & (keys == top))[0])
+        return {"keys": np.full(len(at), float(top)), "rows": _rows(part, state["features"], at)}
+
+    def _farthest(self, part: pa.Table, state: dict[str, Any], labels: Any, d2: Any,
+                  w: Any, m: int, xp: Any) -> dict[str, np.ndarray]:
+        """The ``m`` rows of positive weight farthest from their centres (all that tie
+        with the m-th), where any is away from it."""
+        dist = xp.where(w > 0, d2, -1.0)
+        if m == 1:
+            bound = xp.max(dist)
+        else:
+            ranked = xp.sort(dist)
+            bound = ranked[max(ranked.shape[0] - m, 0)]
+        at = xp.nonzero((dist >= bound) & (dist > 0))[0]
+        return top_far({"d2": to_numpy(xp.take(dist, at)).astype(np.float64),
+                        "rows": _rows(part, state["features"], to_numpy(at)),
+                        "labels": to_numpy(xp.take(labels, at)).astype(np.int64),
+                        "weights": to_numpy(xp.take(w, at)).astype(np.float64)},
+                       self.params.k if m == 1 else m, m == 1)
+
+    # ------------------------------------------------------------------ combine
+
+    def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        if "moments" in a:
+            out = {"rows": a["rows"] + b["rows"],
+                   "moments": combine_comoments(a["moments"], b["moments"])}
+            if "drawn" in a:
+                m = self.params.k if self.params.init == "random" else 1
+                out["drawn"] = combine_drawn(a["drawn"], b["drawn"], m)
+            return out
+        if "phi" in a:
+            return _combine_sampled(a, b, 2.0 * self.params.k)
+        if "keys" in a:
+            return combine_drawn(a, b, 1)
+        if "sums" not in a and "far" not in a:
+            return {"weights": a["weights"] + b["weights"]}
+        if "sums" not in a:  # a relocate pass: the rows farthest from their centres
+            return {"far": _combine_far(a["far"], b["far"], a["empty"], False),
+                    "empty": a["empty"]}
+        far = _combine_far(a["far"], b["far"], self.params.k, True)
+        return {"sums": a["sums"] + b["sums"], "weights": a["weights"] + b["weights"],
+                "counts": a["counts"] + b["counts"], "inertia": a["inertia"] + b["inertia"],
+                "far": far}
+
+    # ------------------------------------------------------------------ driver
+
+    def update(self, stats: dict[str, Any], state: dict[str, Any]
+               ) -> tuple[dict[str, Any], bool]:
+        phase = state["phase"]
+        if phase == "summary":
+            return self._started(stats, state), False
+        if phase == "sample":
+            return self._sampled(stats, state), False
+        if phase == "weigh":
+            return self._weighed(stats, state), False
+        if phase == "pick":
+            return self._picked(stats, state), False
+        if phase == "relocate":
+            state = self._moved({**state["pass"], "far": stats["far"]}, state)
+        elif state.get("final"):
+            state = self._finish(stats, state)
+        else:
+            state = self._moved(stats, state)
+        return state, state["phase"] == "done"
+
+    def _started(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        moments = stats["moments"]
+        require_training_rows(stats["rows"], 0)
+        require_positive_weight(moments["weight"], p.weight)
+        variance = np.diag(moments["comoment"]) / moments["weight"]
+        state = {**state, "rows": stats["rows"], "mean": moments["mean"],
+                 "tol": float(np.mean(variance)) * p.tol, "init_passes": 1}
+        if isinstance(p.init, list):
+            return self._lloyd(state, np.asarray(p.init, dtype=np.float64))
+        first = stats["drawn"]["rows"]
+        if p.init == "random":
+            if len(first) < p.k:
+                _too_few(len(first), p.k)
+            return self._lloyd(state, first)
+        if p.init == "k-means++":
+            return {**state, "phase": "pick", "round": 1, "centres": first}
+        return {**state, "phase": "sample", "round": 1, "candidates": first}
+
+    def _sampled(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        keep = stats["u"] * stats["phi"] < 2.0 * p.k * stats["wd2"]
+        found = np.concatenate([state["candidates"], stats["rows"][keep]])
+        candidates = found[np.sort(_distinct(np.arange(len(found)), found))]
+        state = {**state, "candidates": candidates, "round": state["round"] + 1,
+                 "init_passes": state["init_passes"] + 1}
+        if state["round"] <= p.init_steps:
+            return state
+        if len(candidates) >= p.k:
+            return {**state, "phase": "weigh"}
+        if stats["phi"] == 0 or state["round"] > p.init_steps + EXTRA_ROUNDS:
+            _too_few(len(candidates), p.k)
+        return state  # another round: too few candidates for k centres
+
+    def _weighed(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        points, weights = state["candidates"], stats["weights"]
+        held = weights > 0
+        points, weights = points[held], weights[held]
+        if len(points) < p.k:
+            _too_few(len(points), p.k)
+        centres = plus_plus(points, weights, p.k, np.random.default_rng(p.seed))
+        centres = lloyd(points, weights, centres, LOCAL_ITERATIONS)
+        state = {k: v for k, v in state.items() if k != "candidates"}
+        return self._lloyd({**state, "init_passes": state["init_passes"] + 1}, centres)
+
+    def _picked(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        if len(stats["rows"]) == 0:
+            _too_few(len(state["centres"]), p.k)
+        centres = np.concatenate([state["centres"], stats["rows"][:1]])
+        state = {**state, "init_passes": state["init_passes"] + 1}
+        if len(centres) < p.k:
+            return {**state, "centres": centres, "round": state["round"] + 1}
+        return self._lloyd(state, centres)
+
+    def _lloyd(self, state: dict[str, Any], centres: np.ndarray) -> dict[str, Any]:
+        state = {k: v for k, v in state.items() if k != "round"}
+        return {**state, "phase": "lloyd", "centres": np.asarray(centres, dtype=np.float64),
+                "initial": np.asarray(centres, dtype=np.float64), "iterations": 0}
+
+    def _moved(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """The centres after a Lloyd pass: each cluster's mean, an empty one moved to a
+        row far from its centre (scikit-learn's rule; one pass more when the pass's
+        farthest row is not enough)."""
+        p = self.params
+        sums, weights = stats["sums"].copy(), stats["weights"].copy()
+        empty = np.flatnonzero(weights == 0)
+        far = stats["far"]
+        if len(empty) > len(far["d2"]) and state["phase"] != "relocate":
+            return {**state, "phase": "relocate", "empty": len(empty), "pass": stats}
+        shift = state["mean"]  # sums are of the rows less the mean
+        for cluster, row, label, weight in zip(empty, far["rows"], far["labels"],
+                                               far["weights"]):
+            sums[label] -= (row - shift) * weight
+            weights[label] -= weight
+            sums[cluster] = (row - shift) * weight
+            weights[cluster] = weight
+        old = state["centres"]
+        held = weights > 0
+        centres = old.copy()
+        centres[held] = shift + sums[held] / weights[held, None]
+        moved = float(np.sum((centres - old) ** 2))
+        iterations = state["iterations"] + 1
+        state = {k: v for k, v in state.items() if k not in ("pass", "empty")}
+        state = {**state, "phase": "lloyd", "centres": centres, "iterations": iterations,
+                 "shift": moved}
+        if moved == 0:  # the same assignment twice: this pass's figures are the final ones
+            return self._finish(stats, {**state, "converged": True})
+        converged = moved <= state["tol"]
+        if converged or iterations >= p.max_iter:
+            return {**state, "converged": converged, "final": True}
+        return state
+
+    def _finish(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        if not state["converged"]:
+            warnings.warn(
+                f"kmeans did not converge: the centres moved {state['shift']:.3g} in the "
+                f"last of {state['iterations']} iterations (sum of squared moves; tolerance "
+                f"{state['tol']:.3g}); raise max_iter or tol", ConvergenceWarning,
+                stacklevel=3)
+        return {**state, "phase": "done", "final": False, "inertia": float(stats["inertia"]),
+                "sizes": stats["counts"], "cluster_weights": stats["weights"]}
+
+    def fitted(self, state: dict[str, Any]) -> KMeansFitted:
+        """The fitted model; before the fit is done, the model of the current centres."""
+        if "centres" not in state or state["phase"] == "pick":
+            raise RuntimeError("kmeans: fitted() before the start was chosen")
+        return KMeansFitted(state["features"], state["centres"], state["mean"],
+                            self.params.distance)
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        if state.get("phase") != "done":
+            return {}
+        out: dict[str, Any] = {
+            "inertia": state["inertia"], "iterations": int(state["iterations"]),
+            "converged": bool(state["converged"]),
+            "cluster_sizes": [int(round(n)) for n in state["sizes"]],
+            "training_rows": int(state["rows"]), "init_passes": int(state["init_passes"]),
+        }
+        if self.params.weight is not None:
+            out["cluster_weights"] = [float(w) for w in state["cluster_weights"]]
+        return out
+
+
+def _too_few(found: int, k: int) -> None:
+    raise DataError(f"the rows have {found} distinct points to start {k} clusters from",
+                    hint="lower k, or check the features (constant or duplicated rows)")
+
+
+def _combine_sampled(a: dict[str, Any], b: dict[str, Any], oversampling: float
+                     ) -> dict[str, Any]:
+    """Two partitions' k-means|| draws: the costs added, and of their rows those the
+    larger cost still draws (the total's draws are among them)."""
+    phi = a["phi"] + b["phi"]
+    u, wd2 = np.concatenate([a["u"], b["u"]]), np.concatenate([a["wd2"], b["wd2"]])
+    rows = np.concatenate([a["rows"], b["rows"]])
+    keep = np.flatnonzero(u * phi < oversampling * wd2)
+    order = keep[_ordered([u[keep]], rows[keep])]
+    return {"phi": phi, "rows": rows[order], "u": u[order], "wd2": wd2[order]}
+
+
+def _combine_far(a: dict[str, np.ndarray], b: dict[str, np.ndarray], m: int, ties: bool
+                 ) -> dict[str, np.ndarray]:
+    """The rows farthest from their centres of two partitions: the ``m`` first by
+    distance (ties by value, then weight); with ``ties`` only those at the farthest
+    distance (a Lloyd pass's: each partition gave its farthest only)."""
+    return top_far({key: np.concatenate([a[key], b[key]]) for key in a}, m, ties)
+
+
+def top_far(joined: dict[str, np.ndarray], m: int, ties: bool) -> dict[str, np.ndarray]:
+    """``_combine_far`` of one partition's rows: the same order whatever the partitions."""
+    rows = np.column_stack([joined["rows"], joined["weights"]])
+    order = _ordered([-joined["d2"]], rows)
+    if ties and len(order):
+        order = order[joined["d2"][order] == joined["d2"][order[0]]]
+    order = order[:m]
+    return {key: value[order] for key, value in joined.items()}

@@ -1,0 +1,287 @@
+"""kmeans against scikit-learn's KMeans, over in-memory partitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from operators.arrays import get_namespace
+from operators.base import DataError, ParamError, SchemaError, drive, tree_reduce
+from operators.models.common import ConvergenceWarning
+from operators.models.kmeans import KMeans, KMeansFitted
+from operators.testing.kit import roundtrip, split
+
+NUMPY = get_namespace("numpy")
+STRICT = get_namespace("array_api_strict")
+pytestmark = pytest.mark.filterwarnings("error::operators.models.common.ConvergenceWarning")
+
+
+def fit_state(estimator: KMeans, parts: list[pa.Table], xp: Any = NUMPY
+              ) -> tuple[KMeansFitted, dict[str, Any]]:
+    """The fitted model and the run-record metrics."""
+
+    def aggregate(partial: Any) -> Any:
+        return tree_reduce([partial(p, xp) for p in parts], estimator.combine)
+
+    state, _ = drive(estimator, parts[0].schema, aggregate)
+    return estimator.fitted(state), estimator.metrics(state)
+
+
+def table_of(X: np.ndarray, **extra: Any) -> pa.Table:
+    return pa.table({**{f"x{j}": X[:, j] for j in range(X.shape[1])}, **extra})
+
+
+def labels_of(model: KMeansFitted, table: pa.Table, xp: Any = NUMPY) -> np.ndarray:
+    return model.transform(table, xp).column("prediction").to_numpy()
+
+
+def overlapping(rows: int = 3000, seed: int = 0) -> np.ndarray:
+    """Blobs that overlap: Lloyd takes a dozen iterations or more."""
+    X, _ = make_blobs(rows, n_features=4, centers=5, cluster_std=2.5, random_state=seed)
+    return X
+
+
+# --------------------------------------------------------------------------- Lloyd
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("parts", [1, 4])
+def test_lloyd_from_given_centres_is_scikit_learns(tol: float, weighted: bool,
+                                                   parts: int) -> None:
+    X = overlapping()
+    rng = np.random.default_rng(1)
+    weight = rng.uniform(0.2, 3.0, len(X)) if weighted else None
+    start = X[[3, 50, 400, 900, 2000]]
+    table = table_of(X, **({"w": weight} if weighted else {}))
+    model, metrics = fit_state(KMeans(k=5, init=start.tolist(), tol=tol,
+                                      weight="w" if weighted else None),
+                               split(table, parts, seed=parts))
+    sk = SkKMeans(5, init=start, n_init=1, algorithm="lloyd", tol=tol).fit(
+        X, sample_weight=weight)
+    want = sk.labels_, sk.inertia_, sk.cluster_centers_, sk.n_iter_
+    if weighted and tol > 0:
+        # scikit-learn's tol is relative to the unweighted variance, ours to the weighted
+        # one (a weight is a repeated row): its single run given that tolerance
+        from sklearn.cluster._kmeans import _kmeans_single_lloyd
+
+        mean = np.average(X, axis=0, weights=weight)
+        variance = np.average((X - mean) ** 2, axis=0, weights=weight).mean()
+        want = _kmeans_single_lloyd(X, weight, start.copy(), tol=tol * variance)
+    labels, inertia, centres, iterations = want
+    assert metrics["iterations"] == iterations
+    np.testing.assert_allclose(model.centres, centres, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(labels_of(model, table), labels)
+    assert metrics["inertia"] == pytest.approx(inertia, rel=1e-9)
+    assert metrics["iterations"] > 5
+    assert metrics["converged"]
+    assert sum(metrics["cluster_sizes"]) == len(X)
+
+
+def test_distance_is_the_distance_to_the_centre() -> None:
+    X = overlapping(800)
+    table = table_of(X)
+    model, _ = fit_state(KMeans(k=5, seed=2, distance=True), split(table, 3))
+    out = model.transform(table, NUMPY)
+    sk = SkKMeans(5, init=model.centres, n_init=1, max_iter=1).fit(X)
+    np.testing.assert_allclose(out.column("distance").to_numpy(), sk.transform(X).min(axis=1),
+                               rtol=1e-12, atol=1e-12)
+    assert out.schema.field("prediction").type == pa.int64()
+    assert out.column_names == ["x0", "x1", "x2", "x3", "prediction", "distance"]
+
+
+@pytest.mark.parametrize("centres", [[[40.0, 40.0]], [[40.0, 40.0], [-40.0, 40.0]]])
+def test_empty_clusters_move_to_the_farthest_rows_as_scikit_learns(centres: list) -> None:
+    """Starting centres far from every row leave their clusters empty: each moves to the
+    row farthest from its centre (farthest first), as scikit-learn relocates."""
+    X, _ = make_blobs(600, n_features=2, centers=4, cluster_std=1.0, random_state=3)
+    start = np.vstack([X[[0, 100]], centres])
+    k = len(start)
+    table = table_of(X)
+    model, metrics = fit_state(KMeans(k=k, init=start.tolist()), split(table, 3))
+    sk = SkKMeans(k, init=start, n_init=1, algorithm="lloyd").fit(X)
+    np.testing.assert_allclose(model.centres, sk.cluster_centers_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(labels_of(model, table), sk.labels_)
+    assert metrics["iterations"] == sk.n_iter_
+    assert min(metrics["cluster_sizes"]) > 0
+
+
+def test_weights_are_repeated_rows() -> None:
+    X = overlapping(1200, seed=4)
+    counts = np.random.default_rng(5).integers(0, 4, len(X))
+    start = X[counts > 0][:5]
+    weighted, wm = fit_state(KMeans(k=5, init=start.tolist(), weight="w"),
+                             split(table_of(X, w=counts.astype(np.float64)), 3))
+    repeated, rm = fit_state(KMeans(k=5, init=start.tolist()),
+                             split(table_of(np.repeat(X, counts, axis=0)), 3))
+    np.testing.assert_allclose(weighted.centres, repeated.centres, rtol=1e-9, atol=1e-9)
+    assert wm["inertia"] == pytest.approx(rm["inertia"], rel=1e-9)
+    assert wm["iterations"] == rm["iterations"]
+    assert wm["cluster_weights"] == pytest.approx(rm["cluster_sizes"], rel=1e-12)
+
+
+def test_convergence_warning_and_metrics() -> None:
+    X = overlapping(1000)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        _, metrics = fit_state(KMeans(k=5, max_iter=2, seed=1), split(table_of(X), 2))
+    assert metrics["iterations"] == 2 and not metrics["converged"]
+    assert set(metrics) >= {"inertia", "iterations", "converged", "cluster_sizes",
+                            "training_rows", "init_passes"}
+
+
+# --------------------------------------------------------------------------- the start
+
+
+def separated(rows: int = 4000, k: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    return make_blobs(rows, n_features=5, centers=k, cluster_std=0.5, center_box=(-60, 60),
+                      random_state=seed)
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recovers_well_separated_blobs(init: str, seed: int) -> None:
+    X, truth = separated(seed=seed)
+    table = table_of(X)
+    model, _ = fit_state(KMeans(k=6, init=init, seed=seed), split(table, 4))
+    assert adjusted_rand_score(truth, labels_of(model, table)) == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_parallel_start_is_as_good_as_scikit_learns_best_of_ten(seed: int) -> None:
+    X, _ = make_blobs(6000, n_features=10, centers=8, cluster_std=3.0, random_state=seed)
+    _, metrics = fit_state(KMeans(k=8, seed=seed), split(table_of(X), 5))
+    best = SkKMeans(8, n_init=10, random_state=seed).fit(X).inertia_
+    assert metrics["inertia"] <= 1.03 * best
+    assert metrics["init_passes"] == 1 + 2 + 1  # summary, init_steps draws, weighing
+
+
+def start_of(estimator: KMeans, parts: list[pa.Table]) -> np.ndarray:
+    """The starting centres of a fit."""
+
+    def aggregate(partial: Any) -> Any:
+        return tree_reduce([partial(p, NUMPY) for p in parts], estimator.combine)
+
+    state, _ = drive(estimator, parts[0].schema, aggregate)
+    return state["initial"]
+
+
+def test_random_start_takes_k_distinct_rows() -> None:
+    X, _ = separated(500, k=3)
+    X = np.vstack([X, np.repeat(X[:1], 400, axis=0)])  # one point many times over
+    start = start_of(KMeans(k=3, init="random", seed=4), split(table_of(X), 3))
+    assert len({tuple(c) for c in start}) == 3
+    assert all((c == X).all(axis=1).any() for c in start)
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_the_same_fit_on_any_partitioning(init: str) -> None:
+    X = overlapping(2500, seed=6)
+    w = np.random.default_rng(6).uniform(0.5, 2.0, len(X))
+    table = table_of(X, w=w)
+    reference, ref_metrics = fit_state(KMeans(k=5, init=init, weight="w", seed=9), [table])
+    for k, order in ((3, None), (7, 1), (12, 2)):
+        model, metrics = fit_state(KMeans(k=5, init=init, weight="w", seed=9),
+                                   [table.schema.empty_table(), *split(table, k, order)])
+        np.testing.assert_allclose(model.centres, reference.centres, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(labels_of(model, table), labels_of(reference, table))
+        assert metrics["iterations"] == ref_metrics["iterations"]
+
+
+def test_seed_changes_the_start() -> None:
+    X = overlapping(1500)
+    starts = {tuple(start_of(KMeans(k=5, seed=s), [table_of(X)])[0]) for s in range(3)}
+    assert len(starts) > 1
+
+
+# --------------------------------------------------------------------------- namespaces
+
+
+def test_strict_namespace_is_numpy() -> None:
+    X = overlapping(1500)
+    table = table_of(X, w=np.random.default_rng(2).uniform(0.5, 2.0, len(X)))
+    parts = split(table, 3)
+    ours, m = fit_state(KMeans(k=5, weight="w", seed=3, distance=True), parts)
+    strict, s = fit_state(KMeans(k=5, weight="w", seed=3, distance=True), parts, STRICT)
+    np.testing.assert_allclose(strict.centres, ours.centres, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(labels_of(strict, table, STRICT), labels_of(ours, table))
+    assert s["iterations"] == m["iterations"]
+
+
+def test_float32_within_tolerance() -> None:
+    """A float32 fit (the features far from zero: distances from the mean keep them
+    exact enough) gives float64's clusters, centres within 1e-5 of their spread."""
+    X, _ = separated(3000, k=5, seed=8)
+    X = X * 3.0 + 500.0
+    table = table_of(X)
+    f64, m64 = fit_state(KMeans(k=5, seed=1), split(table, 3))
+    placed = get_namespace("array_api_strict", STRICT.Device("device1"), "float32")
+    f32, m32 = fit_state(KMeans(k=5, seed=1), split(table, 3), placed)
+    spread = X.std(axis=0)
+    assert np.max(np.abs(f32.centres - f64.centres) / spread) < 1e-5
+    np.testing.assert_array_equal(labels_of(f32, table, placed), labels_of(f64, table))
+    assert m32["inertia"] == pytest.approx(m64["inertia"], rel=1e-5)
+
+
+def test_model_round_trips() -> None:
+    X = overlapping(600)
+    table = table_of(X)
+    model, _ = fit_state(KMeans(k=4, seed=1, distance=True), [table])
+    again = roundtrip(model)
+    assert again.transform(table, NUMPY).equals(model.transform(table, NUMPY))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_nan_feature_is_a_data_error_naming_the_column() -> None:
+    X = overlapping(100)
+    X[7, 2] = np.nan
+    with pytest.raises(DataError, match="feature column 'x2'") as err:
+        fit_state(KMeans(k=3), [table_of(X)])
+    assert "impute" in err.value.hint
+
+
+def test_null_feature_is_a_data_error() -> None:
+    table = table_of(overlapping(50)).set_column(
+        1, "x1", pa.array([None] + [1.0] * 49, pa.float64()))
+    with pytest.raises(DataError, match="feature column 'x1' has 1 null"):
+        fit_state(KMeans(k=3), [table])
+
+
+def test_plan_time_errors() -> None:
+    table = table_of(overlapping(50), g=pa.array(["a"] * 50))
+    with pytest.raises(SchemaError, match="feature column 'g'"):
+        KMeans(k=3, features=["x0", "g"]).output_schema(table.schema)
+    with pytest.raises(SchemaError, match="'x9'"):
+        KMeans(k=3, features=["x0", "x9"]).output_schema(table.schema)
+    with pytest.raises(ParamError, match="init: the centres have 2 values and there are 4"):
+        KMeans(k=2, init=[[0.0, 1.0], [1.0, 2.0]]).output_schema(table.schema)
+    with pytest.raises(ParamError, match="weight column 'x0' is also listed in features"):
+        KMeans(k=2, weight="x0", features=["x0", "x1"]).output_schema(table.schema)
+    assert KMeans(k=2, weight="x0").input_columns(table.schema) == ["x1", "x2", "x3", "x0"]
+    with pytest.raises((ValidationError, ParamError)):
+        KMeans(k=1)
+    with pytest.raises((ValidationError, ParamError), match="init gives 1 centres"):
+        KMeans(k=2, init=[[0.0, 1.0]])
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_fewer_distinct_points_than_k(init: str) -> None:
+    X = np.repeat(np.array([[0.0, 1.0], [2.0, 3.0]]), 50, axis=0)
+    with pytest.raises(DataError, match="2 distinct points to start 3 clusters"):
+        fit_state(KMeans(k=3, init=init), split(table_of(X), 2))
+
+
+def test_bad_weights() -> None:
+    X = overlapping(40)
+    with pytest.raises(DataError, match="weight column 'w'"):
+        fit_state(KMeans(k=2, weight="w"), [table_of(X, w=np.full(40, -1.0))])
+    with pytest.raises(DataError, match="sum to zero"):
+        fit_state(KMeans(k=2, weight="w"), [table_of(X, w=np.zeros(40))])
