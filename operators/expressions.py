@@ -1378,11 +1378,14 @@ class _Compiler:
 
     def _may_raise(self, node: _Node) -> bool:
         """Whether ``node`` holds an operation that raises on some values: a cast,
-        rounding, or arithmetic on a decimal column (overflow)."""
+        rounding, or, on decimal columns, arithmetic (overflow) or values of one type
+        (if's, coalesce's: a decimal converted to the common one may not fit it)."""
         decimals = any(isinstance(n, _Column) and self.types.get(n.name) is not None
                        and pa.types.is_decimal(self.types[n.name]) for n in _walk(node))
         return any((isinstance(n, _Call) and n.name in _RAISING_CALLS)
                    or (decimals and isinstance(n, _BinOp) and n.op in "+-*%")
+                   or (decimals and isinstance(n, _Call)
+                       and _FUNCTIONS[n.name].values_from is not None)
                    for n in _walk(node))
 
     def _arguments(self, node: _Call) -> tuple[list[pc.Expression], list[pc.Expression | None]]:
