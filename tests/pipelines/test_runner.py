@@ -251,3 +251,27 @@ def test_a_param_a_saved_model_keeps_is_a_note(churn: Path, workdir: Path) -> No
     quiet: list[str] = []
     run(plain, notify=quiet.append)
     assert quiet == []
+
+
+def test_the_segments_example_pipeline_clusters_without_a_label(workdir: Path) -> None:
+    """conf/pipelines/churn_segments.yaml (impute with an indicator, robust_scale, pca,
+    kmeans) on the committed sample: a label-free model whose segments, scored again,
+    are the fit's own assignments, and whose saved chain repeats every step."""
+    from operators.arrays import get_namespace
+    from pipelines.runner import run
+    from pipelines.store import ModelStore
+
+    (workdir / "data").symlink_to(ROOT / "data")
+    record = run(ROOT / "conf" / "pipelines" / "churn_segments.yaml",
+                 models=str(workdir / "models"), runs_dir=str(workdir / "runs"))
+    assert record["status"] == "succeeded"
+    metrics = record["metrics"]["segments"]
+    assert metrics["converged"] and len(metrics["cluster_sizes"]) == 4
+    assert sum(metrics["cluster_sizes"]) == record["steps"]["customers"]["rows"]
+    model = ModelStore(str(workdir / "models")).load("churn_segments")
+    assert [s.name for s in model.chain.steps] == [
+        "impute.fitted", "robust_scale.fitted", "pca.fitted", "kmeans.fitted"]
+    rows = pq.read_table(ROOT / "data" / "churn" / "ds=2026-11-28")
+    scored = model.chain.transform(rows, get_namespace("numpy"))
+    sizes = np.bincount(scored.column("prediction").to_numpy(), minlength=4)
+    assert sizes.tolist() == metrics["cluster_sizes"]
