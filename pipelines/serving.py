@@ -395,6 +395,9 @@ class ScoringModel:
             # what a regressor's prediction is: None for the mean (or the class), else
             # the quantile a model of loss quantile (absolute_error: 0.5) predicts
             "quantile": self.model.chain.found("quantile"),
+            # a log-link model's (poisson, gamma, tweedie: the exp of its sum) deviance,
+            # what it minimises and is compared by: {metric, tweedie_power}
+            "deviance": self.model.chain.found("deviance"),
         }
 
 

@@ -1300,3 +1300,17 @@ def test_an_integer_category_past_the_trained_type_is_unseen_as_in_the_score_ste
     run(write_pipeline(tmp_path, upper, "upper.yaml"), models=str(tmp_path / "models"),
         runs_dir=str(tmp_path / "runs"))
     assert load_model("upper", str(tmp_path / "models")).describe()["quantile"] == 0.9
+    assert model.describe()["deviance"] is None
+    # a log-link model (boosted or linear) says which deviance it minimises
+    for op, name in (("gradient_boosted_trees", "claims"), ("linear_regression", "rates")):
+        log_link = text.replace("name: stores", f"name: {name}").replace(
+            "op: gradient_boosted_trees", f"op: {op}").replace(
+            "            label: y\n", "            label: y\n            loss: tweedie\n"
+                                      "            tweedie_power: 1.2\n")
+        if op == "linear_regression":
+            log_link = (log_link.replace("            categorical: [store]\n", "")
+                        .replace("            n_trees: 3\n            max_depth: 2\n", ""))
+        run(write_pipeline(tmp_path, log_link, f"{name}.yaml"),
+            models=str(tmp_path / "models"), runs_dir=str(tmp_path / "runs"))
+        assert load_model(name, str(tmp_path / "models")).describe()["deviance"] == {
+            "metric": "tweedie_deviance", "tweedie_power": 1.2}
