@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from operators.arrays import compute_dtype, table_to_matrix, to_numpy, to_xp
@@ -376,6 +377,14 @@ class RobustScale(Estimator):
         return self.search.init()
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> Any:
+        if not state.get("search", {}).get("passes"):  # the first pass: as the scalers do
+            for name in self.params.columns:
+                column = part.column(name)
+                if pa.types.is_floating(column.type):
+                    infinite = pc.sum(pc.is_inf(column)).as_py() or 0
+                    if infinite:
+                        raise DataError(f"column '{name}' has {infinite} infinite values",
+                                        hint="clip or filter them out first")
         return self.search.partial(part, state)
 
     def combine(self, a: Any, b: Any) -> Any:

@@ -165,6 +165,8 @@ def test_robust_scale_refuses_a_range_that_is_no_range() -> None:
     with pytest.raises(DataError, match="'v' has no values"):
         run("robust_scale", pa.table({"v": pa.array([None, None], pa.float64())}), 1,
             columns=["v"])
+    with pytest.raises(DataError, match="'v' has 1 infinite values"):  # as the scalers
+        run("robust_scale", pa.table({"v": [1.0, 2.0, np.inf]}), 1, columns=["v"])
 
 
 def test_scalers_reject_infinite_and_empty_columns() -> None:
