@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from operators.arrays import compute_dtype, table_to_matrix, to_numpy, to_xp
 from operators.base import (
     DataError,
     Estimator,
+    ParamError,
     Params,
     Transform,
     register,
@@ -336,6 +337,16 @@ class RobustScaleParams(Params):
             raise ValueError(f"need 0 <= low < high <= 100 (percentiles), got "
                              f"[{value[0]}, {value[1]}]")
         return value
+
+    @model_validator(mode="after")
+    def _normal_range(self) -> RobustScaleParams:
+        low, high = self.quantile_range
+        if self.unit_variance and not 0 < low < high < 100:
+            raise ParamError(f"unit_variance divides by the normal distribution's distance "
+                             f"between the percentiles {low:g} and {high:g}, and the 0th "
+                             "and 100th are infinite",
+                             hint="a quantile_range inside (0, 100), e.g. [25, 75]")
+        return self
 
 
 @register("robust_scale")

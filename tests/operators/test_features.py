@@ -165,6 +165,8 @@ def test_robust_scale_refuses_a_range_that_is_no_range() -> None:
     with pytest.raises(DataError, match="'v' has no values"):
         run("robust_scale", pa.table({"v": pa.array([None, None], pa.float64())}), 1,
             columns=["v"])
+    with pytest.raises(ParamError, match="the 0th and 100th are infinite"):
+        build("robust_scale", columns=["x"], quantile_range=[0, 100], unit_variance=True)
     with pytest.raises(DataError, match="'v' has 1 infinite values"):  # as the scalers
         run("robust_scale", pa.table({"v": [1.0, 2.0, np.inf]}), 1, columns=["v"])
 
