@@ -231,11 +231,11 @@ def _ordered(keys: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
 
 
 def _distinct(order: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``order`` without a row whose values an earlier one has."""
+    """``order`` without a row whose values an earlier one has (-0.0 is 0.0)."""
     seen: set[bytes] = set()
     kept = []
     for i in order:
-        key = rows[i].tobytes()
+        key = (rows[i] + 0.0).tobytes()  # + 0.0: -0.0's bytes become 0.0's
         if key not in seen:
             seen.add(key)
             kept.append(i)

@@ -279,6 +279,17 @@ def test_fewer_distinct_points_than_k(init: str) -> None:
         fit_state(KMeans(k=3, init=init), split(table_of(X), 2))
 
 
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_negative_zero_is_the_point_zero(init: str) -> None:
+    # -0.0 and 0.0 are one point: init: random took both as "distinct" rows, two equal
+    # centres and a cluster of no rows, where every other start refused
+    X = np.zeros((40, 2))
+    X[::2, 0] = -0.0
+    X = np.vstack([X, [[1.0, 1.0]] * 5])
+    with pytest.raises(DataError, match="2 distinct points to start 3 clusters"):
+        fit_state(KMeans(k=3, init=init), split(table_of(X), 2))
+
 def test_bad_weights() -> None:
     X = overlapping(40)
     with pytest.raises(DataError, match="weight column 'w'"):
