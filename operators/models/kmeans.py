@@ -14,7 +14,8 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
      ``l = 2k`` as MLlib), a row drawn when its hash's uniform is below that; a pass
      weighs the candidates by the weight of the rows nearest to each; on the driver,
      weighted k-means++ (scikit-learn's greedy variant) picks k of them and a weighted
-     Lloyd over the candidates polishes them (MLlib's LocalKMeans, 30 iterations);
+     Lloyd over the candidates polishes them (MLlib's LocalKMeans, 30 iterations); fewer
+     than k candidates after ``EXTRA_ROUNDS`` more passes: k-means++ passes add the rest;
    - ``k-means++`` (Arthur and Vassilvitskii): one pass a centre, each drawing the row
      of largest ``log(u) / (w d^2)``: a draw with probability proportional to
      ``w d^2``, exactly as on one machine;
@@ -603,8 +604,13 @@ class KMeans(Estimator):
             return state
         if len(candidates) >= p.k:
             return {**state, "phase": "weigh"}
-        if stats["phi"] == 0 or state["round"] > p.init_steps + EXTRA_ROUNDS:
+        if stats["phi"] == 0:  # every row is a candidate's point
             _too_few(len(candidates), p.k)
+        if state["round"] > p.init_steps + EXTRA_ROUNDS:
+            # rows away from the candidates remain (copies of a row share their uniform,
+            # so many copies are missed together): k-means++ draws, one distinct row a
+            # pass, complete the k
+            return {**state, "phase": "pick", "centres": candidates}
         return state  # another round: too few candidates for k centres
 
     def _weighed(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:

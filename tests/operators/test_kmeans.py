@@ -290,6 +290,17 @@ def test_negative_zero_is_the_point_zero(init: str) -> None:
     with pytest.raises(DataError, match="2 distinct points to start 3 clusters"):
         fit_state(KMeans(k=3, init=init), split(table_of(X), 2))
 
+
+def test_parallel_start_finds_k_points_among_many_copies() -> None:
+    # 99 copies of one point and one other: a start at the other point weighs the copies
+    # each 4/99, and copies share their uniform (a hash of the row), so every round
+    # missed them all with probability 95/99; after the extra rounds the fit refused two
+    # distinct points as "1 distinct points" (for about a quarter of the seeds)
+    X = np.r_[np.zeros((99, 2)), [[10.0, 10.0]]]
+    for seed in range(40):
+        model, _ = fit_state(KMeans(k=2, seed=seed), split(table_of(X), 2))
+        np.testing.assert_allclose(np.sort(model.centres[:, 0]), [0.0, 10.0], atol=1e-12)
+
 def test_bad_weights() -> None:
     X = overlapping(40)
     with pytest.raises(DataError, match="weight column 'w'"):
