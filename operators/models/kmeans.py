@@ -6,7 +6,11 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    mean variance, as scikit-learn's), and the first centre: the row whose key
    ``log(u) / w`` is largest, ``u`` a uniform from a hash of the row's features, weight
    and ``seed`` (a row drawn with probability proportional to its weight, the same row
-   on every engine and partitioning); ``init: random`` takes the k largest keys;
+   on every engine and partitioning); ``init: random`` takes the k largest keys. Copies
+   of a row have one hash, so the start draws them as one row of their weight, not of
+   their summed weight (a weight is a repeated row for the Lloyd passes, not for the
+   start's draws): give duplicated points as one row and a weight (``op: aggregate``,
+   their count) for the draws of scikit-learn's start;
 2. the start (``init``):
    - ``k-means||`` (Bahmani et al., MLlib's and dask-ml's default): ``init_steps``
      passes, each drawing every row with probability ``min(1, l w d^2 / phi)`` (``d``:
@@ -18,7 +22,7 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
      than k candidates after ``EXTRA_ROUNDS`` more passes: k-means++ passes add the rest;
    - ``k-means++`` (Arthur and Vassilvitskii): one pass a centre, each drawing the row
      of largest ``log(u) / (w d^2)``: a draw with probability proportional to
-     ``w d^2``, exactly as on one machine;
+     ``w d^2`` (of distinct rows, as above), exactly as on one machine;
    - ``random``: the k rows of the summary's keys; or the centres given as a list;
 3. Lloyd passes: each row goes to its nearest centre; the pass sums the weighted rows,
    weights and counts of each cluster and the inertia; the driver moves each centre to
