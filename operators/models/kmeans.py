@@ -28,9 +28,10 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    weights and counts of each cluster and the inertia; the driver moves each centre to
    its cluster's mean. A cluster left empty moves to the row farthest from its centre
    (scikit-learn's rule; more than one empty cluster: a pass finds as many farthest
-   rows). The fit stops when the centres stand still (scikit-learn's strict
-   convergence: the same assignment twice) or move less than ``tol`` x the mean
-   variance in all (sum of squared moves), or after ``max_iter`` passes; then, unless
+   rows; a cluster that a move leaves of no weight goes where scikit-learn's puts it,
+   on the heaviest cluster's centre). The fit stops when the centres stand still
+   (scikit-learn's strict convergence: the same assignment twice) or move less than
+   ``tol`` x the mean variance in all (sum of squared moves), or after ``max_iter`` passes; then, unless
    they stood still, one more pass assigns the rows to the final centres for the
    inertia and the cluster sizes (scikit-learn's last E-step).
 
@@ -665,6 +666,14 @@ class KMeans(Estimator):
         held = weights > 0
         centres = old.copy()
         centres[held] = shift + sums[held] / weights[held, None]
+        # a cluster still of no weight (its only row moved to an empty one, or no row
+        # was away from its centre) goes where scikit-learn's _average_centers puts it:
+        # on the heaviest cluster's centre, or that cluster's unaveraged sums when it
+        # comes later in the order (averaged in place, it is not averaged yet)
+        heaviest = int(np.argmax(weights))
+        for cluster in np.flatnonzero(~held):
+            centres[cluster] = (centres[heaviest] if heaviest < cluster
+                                else shift + sums[heaviest])
         moved = float(np.sum((centres - old) ** 2))
         iterations = state["iterations"] + 1
         state = {k: v for k, v in state.items() if k not in ("pass", "empty")}
