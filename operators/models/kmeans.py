@@ -31,9 +31,9 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    rows; a cluster that a move leaves of no weight goes where scikit-learn's puts it,
    on the heaviest cluster's centre). The fit stops when the centres stand still
    (scikit-learn's strict convergence: the same assignment twice) or move less than
-   ``tol`` x the mean variance in all (sum of squared moves), or after ``max_iter`` passes; then, unless
-   they stood still, one more pass assigns the rows to the final centres for the
-   inertia and the cluster sizes (scikit-learn's last E-step).
+   ``tol`` x the mean variance in all (sum of squared moves), or after ``max_iter``
+   passes; then, unless they stood still, one more pass assigns the rows to the final
+   centres for the inertia and the cluster sizes (scikit-learn's last E-step).
 
 Given the same starting centres the fit is scikit-learn's
 ``KMeans(init=centres, n_init=1, algorithm="lloyd")``: centres, labels, inertia and
