@@ -6,7 +6,11 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    mean variance, as scikit-learn's), and the first centre: the row whose key
    ``log(u) / w`` is largest, ``u`` a uniform from a hash of the row's features, weight
    and ``seed`` (a row drawn with probability proportional to its weight, the same row
-   on every engine and partitioning); ``init: random`` takes the k largest keys;
+   on every engine and partitioning); ``init: random`` takes the k largest keys. Copies
+   of a row have one hash, so the start draws them as one row of their weight, not of
+   their summed weight (a weight is a repeated row for the Lloyd passes, not for the
+   start's draws): give duplicated points as one row and a weight (``op: aggregate``,
+   their count) for the draws of scikit-learn's start;
 2. the start (``init``):
    - ``k-means||`` (Bahmani et al., MLlib's and dask-ml's default): ``init_steps``
      passes, each drawing every row with probability ``min(1, l w d^2 / phi)`` (``d``:
@@ -14,20 +18,22 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
      ``l = 2k`` as MLlib), a row drawn when its hash's uniform is below that; a pass
      weighs the candidates by the weight of the rows nearest to each; on the driver,
      weighted k-means++ (scikit-learn's greedy variant) picks k of them and a weighted
-     Lloyd over the candidates polishes them (MLlib's LocalKMeans, 30 iterations);
+     Lloyd over the candidates polishes them (MLlib's LocalKMeans, 30 iterations); fewer
+     than k candidates after ``EXTRA_ROUNDS`` more passes: k-means++ passes add the rest;
    - ``k-means++`` (Arthur and Vassilvitskii): one pass a centre, each drawing the row
      of largest ``log(u) / (w d^2)``: a draw with probability proportional to
-     ``w d^2``, exactly as on one machine;
+     ``w d^2`` (of distinct rows, as above), exactly as on one machine;
    - ``random``: the k rows of the summary's keys; or the centres given as a list;
 3. Lloyd passes: each row goes to its nearest centre; the pass sums the weighted rows,
    weights and counts of each cluster and the inertia; the driver moves each centre to
    its cluster's mean. A cluster left empty moves to the row farthest from its centre
    (scikit-learn's rule; more than one empty cluster: a pass finds as many farthest
-   rows). The fit stops when the centres stand still (scikit-learn's strict
-   convergence: the same assignment twice) or move less than ``tol`` x the mean
-   variance in all (sum of squared moves), or after ``max_iter`` passes; then, unless
-   they stood still, one more pass assigns the rows to the final centres for the
-   inertia and the cluster sizes (scikit-learn's last E-step).
+   rows; a cluster that a move leaves of no weight goes where scikit-learn's puts it,
+   on the heaviest cluster's centre). The fit stops when the centres stand still
+   (scikit-learn's strict convergence: the same assignment twice) or move less than
+   ``tol`` x the mean variance in all (sum of squared moves), or after ``max_iter``
+   passes; then, unless they stood still, one more pass assigns the rows to the final
+   centres for the inertia and the cluster sizes (scikit-learn's last E-step).
 
 Given the same starting centres the fit is scikit-learn's
 ``KMeans(init=centres, n_init=1, algorithm="lloyd")``: centres, labels, inertia and
@@ -231,11 +237,11 @@ def _ordered(keys: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
 
 
 def _distinct(order: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``order`` without a row whose values an earlier one has."""
+    """``order`` without a row whose values an earlier one has (-0.0 is 0.0)."""
     seen: set[bytes] = set()
     kept = []
     for i in order:
-        key = rows[i].tobytes()
+        key = (rows[i] + 0.0).tobytes()  # + 0.0: -0.0's bytes become 0.0's
         if key not in seen:
             seen.add(key)
             kept.append(i)
@@ -603,8 +609,13 @@ class KMeans(Estimator):
             return state
         if len(candidates) >= p.k:
             return {**state, "phase": "weigh"}
-        if stats["phi"] == 0 or state["round"] > p.init_steps + EXTRA_ROUNDS:
+        if stats["phi"] == 0:  # every row is a candidate's point
             _too_few(len(candidates), p.k)
+        if state["round"] > p.init_steps + EXTRA_ROUNDS:
+            # rows away from the candidates remain (copies of a row share their uniform,
+            # so many copies are missed together): k-means++ draws, one distinct row a
+            # pass, complete the k
+            return {**state, "phase": "pick", "centres": candidates}
         return state  # another round: too few candidates for k centres
 
     def _weighed(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -655,6 +666,14 @@ class KMeans(Estimator):
         held = weights > 0
         centres = old.copy()
         centres[held] = shift + sums[held] / weights[held, None]
+        # a cluster still of no weight (its only row moved to an empty one, or no row
+        # was away from its centre) goes where scikit-learn's _average_centers puts it:
+        # on the heaviest cluster's centre, or that cluster's unaveraged sums when it
+        # comes later in the order (averaged in place, it is not averaged yet)
+        heaviest = int(np.argmax(weights))
+        for cluster in np.flatnonzero(~held):
+            centres[cluster] = (centres[heaviest] if heaviest < cluster
+                                else shift + sums[heaviest])
         moved = float(np.sum((centres - old) ** 2))
         iterations = state["iterations"] + 1
         state = {k: v for k, v in state.items() if k not in ("pass", "empty")}

@@ -320,10 +320,12 @@ class LinearRegression(Estimator):
         weights = row_weights(train, p.weight)
         label = _float_values(label_column(train, p.label))
         if state["phase"] == "summary":
-            # the weighted feature sums: the training means, contributions' reference
+            # the weighted feature sums: the training means, contributions' reference;
+            # the held-out rows' labels are checked too (their deviance needs them valid)
+            held_min = _float_values(label_column(held, p.label)).min(initial=np.inf)
             return {"kind": "summary", "rows": train.num_rows, "heldout": held.num_rows,
                     "weight": float(weights.sum()), "label_sum": float(weights @ label),
-                    "label_min": float(label.min(initial=np.inf)),
+                    "label_min": float(min(label.min(initial=np.inf), held_min)),
                     "precision": precision(xp),
                     "sums": weighted_sums(train, state["features"], weights)}
         newton = state["solver"] == "newton"

@@ -1896,7 +1896,9 @@ class TreeEstimator(Estimator):
         else:
             y = _float_labels(labels)
             out["sums"] = np.array([weights.sum(), weights @ y])
-            out["label_min"] = float(y.min(initial=np.inf))
+            # the held-out rows' labels too: a log link's validation deviance needs them
+            held_min = _float_labels(label_column(held, p.label)).min(initial=np.inf)
+            out["label_min"] = float(min(y.min(initial=np.inf), held_min))
         features = state["features"]
         keys = mix(model_hashes(train, p, features) ^ _SAMPLE_KEY)
         order = np.argsort(keys, kind="stable")[:BIN_SAMPLE_ROWS]

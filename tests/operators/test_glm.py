@@ -191,6 +191,26 @@ def test_labels_outside_the_loss_are_data_errors(loss: str, labels: list[float],
     assert error.value.hint == "filter those rows out, or choose another loss"
 
 
+
+@pytest.mark.parametrize(("loss", "bad", "match"), [
+    ("gamma", 0.0, "loss: gamma needs positive labels; 'y' has 0"),
+    ("poisson", -1.0, "loss: poisson needs non-negative, not all zero labels; 'y' has -1"),
+])
+def test_a_held_out_label_outside_the_loss_is_the_same_data_error(
+        loss: str, bad: float, match: str) -> None:
+    # the check read the training rows only: a held-out row's label was refused after the
+    # whole fit, by the validation metric, with a hint to drop it from `metrics`
+    rng = np.random.default_rng(3)
+    estimator = LinearRegression(label="y", loss=loss, validation_fraction=0.3)
+    x, labels = rng.standard_normal(400), rng.uniform(0.5, 2.0, 400)
+    for row in range(400):  # a row held out with its bad label (the hash reads it)
+        table = pa.table({"x": x, "y": np.where(np.arange(400) == row, bad, labels)})
+        if holdout_mask(table, 0.3, estimator.params.seed)[row]:
+            break
+    with pytest.raises(DataError, match=match) as error:
+        fit(estimator, [table])
+    assert error.value.hint == "filter those rows out, or choose another loss"
+
 @pytest.mark.parametrize(("params", "match", "hint"), [
     ({"loss": "poisson", "tweedie_power": 1.3},
      "tweedie_power: 1.3 is the power of loss: tweedie, and the loss is poisson",

@@ -113,6 +113,23 @@ def test_empty_clusters_move_to_the_farthest_rows_as_scikit_learns(centres: list
     assert min(metrics["cluster_sizes"]) > 0
 
 
+
+@pytest.mark.parametrize("start", [[[0.1], [90.0], [500.0]], [[90.0], [0.1], [500.0]]])
+def test_a_cluster_emptied_by_a_relocation_is_scikit_learns(start: list) -> None:
+    """The farthest row is a cluster's only row: moved to the empty cluster, it leaves
+    its own cluster of no weight, which scikit-learn puts on the heaviest cluster's
+    centre (or, that cluster later in the order, on its unaveraged sums); it had kept
+    its old centre: one iteration more than scikit-learn's, or other centres."""
+    X = np.array([[0.0], [0.1], [0.2], [100.0]])
+    start = np.array(start)
+    table = table_of(X)
+    model, metrics = fit_state(KMeans(k=3, init=start.tolist()), split(table, 2))
+    sk = SkKMeans(3, init=start, n_init=1, algorithm="lloyd").fit(X)
+    np.testing.assert_allclose(model.centres, sk.cluster_centers_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(labels_of(model, table), sk.labels_)
+    assert metrics["iterations"] == sk.n_iter_
+    assert metrics["inertia"] == pytest.approx(sk.inertia_, rel=1e-12)
+
 def test_weights_are_repeated_rows() -> None:
     X = overlapping(1200, seed=4)
     counts = np.random.default_rng(5).integers(0, 4, len(X))
@@ -278,6 +295,28 @@ def test_fewer_distinct_points_than_k(init: str) -> None:
     with pytest.raises(DataError, match="2 distinct points to start 3 clusters"):
         fit_state(KMeans(k=3, init=init), split(table_of(X), 2))
 
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_negative_zero_is_the_point_zero(init: str) -> None:
+    # -0.0 and 0.0 are one point: init: random took both as "distinct" rows, two equal
+    # centres and a cluster of no rows, where every other start refused
+    X = np.zeros((40, 2))
+    X[::2, 0] = -0.0
+    X = np.vstack([X, [[1.0, 1.0]] * 5])
+    with pytest.raises(DataError, match="2 distinct points to start 3 clusters"):
+        fit_state(KMeans(k=3, init=init), split(table_of(X), 2))
+
+
+def test_parallel_start_finds_k_points_among_many_copies() -> None:
+    # 99 copies of one point and one other: a start at the other point weighs the copies
+    # each 4/99, and copies share their uniform (a hash of the row), so every round
+    # missed them all with probability 95/99; after the extra rounds the fit refused two
+    # distinct points as "1 distinct points" (for about a quarter of the seeds)
+    X = np.r_[np.zeros((99, 2)), [[10.0, 10.0]]]
+    for seed in range(40):
+        model, _ = fit_state(KMeans(k=2, seed=seed), split(table_of(X), 2))
+        np.testing.assert_allclose(np.sort(model.centres[:, 0]), [0.0, 10.0], atol=1e-12)
 
 def test_bad_weights() -> None:
     X = overlapping(40)

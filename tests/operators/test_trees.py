@@ -17,6 +17,7 @@ from operators.arrays import get_namespace, to_numpy
 from operators.base import DataError, ParamError, SchemaError, drive, tree_reduce
 from operators.models import trees
 from operators.models.boosted_trees import GradientBoostedTrees
+from operators.models.common import holdout_mask
 from operators.models.forest import DecisionTree, RandomForest
 from operators.models.trees import (
     Entropy,
@@ -891,6 +892,16 @@ def test_losses_that_cannot_apply() -> None:
     negative = table.set_column(1, "y", pa.array(np.r_[-1.0, table["y"].to_numpy()[1:]]))
     with pytest.raises(DataError, match="loss: poisson needs non-negative"):
         fit_state(GradientBoostedTrees(label="y", loss="poisson"), [negative])
+    # a held-out row's label is checked as a training row's (it was refused after the
+    # fit, by the validation deviance, with a hint to drop it from `metrics`)
+    estimator = GradientBoostedTrees(label="y", loss="gamma", validation_fraction=0.3)
+    labels = table["y"].to_numpy() + 1.0
+    for row in range(200):  # a row held out with its label 0 (the hash reads it)
+        held = table.set_column(1, "y", pa.array(np.where(np.arange(200) == row, 0.0, labels)))
+        if holdout_mask(held, 0.3, estimator.params.seed)[row]:
+            break
+    with pytest.raises(DataError, match="loss: gamma needs positive labels; 'y' has 0"):
+        fit_state(estimator, [held])
     classes = table.set_column(1, "y", pa.array(np.arange(200) % 2))
     with pytest.raises(ParamError, match="regression loss"):
         GradientBoostedTrees(label="y", loss="poisson").output_schema(classes.schema)
