@@ -498,7 +498,11 @@ class KMeans(Estimator):
         _, d2 = nearest(X, self._centres(state, "candidates", xp), xp)
         wd2 = w * d2
         phi = float(xp.sum(wd2, dtype=xp.float64))
-        at = xp.nonzero(u * phi < (2.0 * self.params.k) * wd2)[0]
+        # in float64, as the driver's test of the same u and w d^2 against the total phi:
+        # rounding is monotone there, so no row the total draws is left out (in float32
+        # a row within a rounding of the bound could be, on one partitioning only)
+        u64, wd2_64 = xp.astype(u, xp.float64), xp.astype(wd2, xp.float64)
+        at = xp.nonzero(u64 * phi < (2.0 * self.params.k) * wd2_64)[0]
         drawn_rows = {"phi": phi, "rows": _rows(part, state["features"], to_numpy(at)),
                       "u": to_numpy(xp.take(u, at)).astype(np.float64),
                       "wd2": to_numpy(xp.take(wd2, at)).astype(np.float64)}
