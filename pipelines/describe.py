@@ -28,7 +28,7 @@ from operators.features.window import Window
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
 from operators.score.score import Score
-from pipelines.plan import Plan, Step
+from pipelines.plan import Plan, Step, default_features
 from pipelines.shuffle import DEFAULT_PARTITION_MB
 
 
@@ -176,6 +176,13 @@ def _notes(plan: Plan, step: Step) -> list[str]:
     elif isinstance(op, Estimator):
         passes = "passes over its cached input" if op.multi_pass else "one pass"
         notes.append(f"fits ({passes})")
+        upstream = plan.step(step.input) if step.input else None
+        if upstream is not None and upstream.schema is not None and not upstream.open:
+            chosen = default_features(step, upstream.schema)
+            if chosen:
+                notes.append(f"features (every numeric column but the label and weight): "
+                             f"{', '.join(chosen[:12])}"
+                             + (f" ... ({len(chosen)} in all)" if len(chosen) > 12 else ""))
         if step.tuning is not None:
             folds = len(step.tuning.folds[0]) if step.tuning.folds else 0
             count = len(step.tuning.combos)

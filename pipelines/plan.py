@@ -468,6 +468,8 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             try:
                 step.op.check_input(schema)
                 step.schema = step.op.output_schema(schema)
+                if not opened:
+                    _note_default_features(plan, step, schema)
             except MissingColumnError:
                 if not opened:
                     raise
@@ -477,6 +479,43 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
                                          op=s.op))
+
+
+MODEL_OUTPUTS = ("prediction", "probability", "distance", "contribution_base")
+"""Columns a model step adds: an earlier model's, where a later model's default features
+would pick them up."""
+
+
+def default_features(step: Step, schema: pa.Schema) -> list[str] | None:
+    """The features a model step takes from ``schema`` when its ``features`` is not
+    given (every numeric column but its label and weight); None where it names them or
+    takes no such parameter."""
+    params = step.op.params
+    if (not isinstance(step.op, Estimator) or "features" not in type(params).model_fields
+            or params.features is not None):
+        return None
+    others = {getattr(params, "label", None), getattr(params, "weight", None)}
+    return [c for c in step.op.input_columns(schema) if c not in others]
+
+
+def _note_default_features(plan: Plan, step: Step, schema: pa.Schema) -> None:
+    """A notice where a model step's default features include a column that looks like
+    an identifier (an integer ``id`` or ``*_id``) or an earlier model's output: a
+    clustering by customer number, a model of another model's prediction."""
+    chosen = default_features(step, schema)
+    if not chosen:
+        return
+    ids = [c for c in chosen if (c.lower() == "id" or c.lower().endswith("_id"))
+           and pa.types.is_integer(schema.field(c).type)]
+    outputs = [c for c in chosen if c in MODEL_OUTPUTS]
+    what = [f"{c} (an identifier?)" for c in ids] + [
+        f"{c} (an earlier model's output)" for c in outputs]
+    if what:
+        plan.notices.append(
+            f"{plan.spec.file}:{step.spec.line}: step '{step.id}' ({step.op.name}) takes every "
+            f"numeric column but its label and weight as features (`features` is not "
+            f"given), among them {', '.join(what)}: list `features`, or drop those "
+            "columns first")
 
 
 def _note_kept_params(plan: Plan, save: Step) -> None:

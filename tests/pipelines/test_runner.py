@@ -275,3 +275,50 @@ def test_the_segments_example_pipeline_clusters_without_a_label(workdir: Path) -
     scored = model.chain.transform(rows, get_namespace("numpy"))
     sizes = np.bincount(scored.column("prediction").to_numpy(), minlength=4)
     assert sizes.tolist() == metrics["cluster_sizes"]
+
+
+def test_default_features_that_look_wrong_are_a_note(churn: Path, workdir: Path) -> None:
+    """A model step whose `features` is not given takes every numeric column but its label
+    and weight: an id column or an earlier model's prediction among them is said as the
+    file plans (a note), and `sluice plan` lists the features it takes."""
+    import subprocess
+
+    from conftest import SLUICE
+
+    text = """
+        pipeline: defaults
+        steps:
+          - op: read_parquet
+            path: data/churn
+            columns: [customer_id, tenure, monthly_charges, total_charges, churned]
+          - op: impute
+            columns: [total_charges]
+          - op: linear_regression
+            label: monthly_charges
+          - op: kmeans
+            k: 3
+          - op: save_model
+            name: defaults
+    """
+    path = write_pipeline(workdir, text)
+    notes: list[str] = []
+    run(path, notify=notes.append)
+    assert notes == [
+        f"{path}:8: step 'linear_regression' (linear_regression) takes every numeric "
+        "column but its label and weight as features (`features` is not given), among them "
+        "customer_id (an identifier?): list `features`, or drop those columns first",
+        f"{path}:10: step 'kmeans' (kmeans) takes every numeric column but its label and "
+        "weight as features (`features` is not given), among them customer_id (an "
+        "identifier?), prediction (an earlier model's output): list `features`, or drop "
+        "those columns first"]
+    done = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert ("features (every numeric column but the label and weight): customer_id, tenure, "
+            "total_charges, churned\n") in done.stdout
+    named = write_pipeline(workdir, text.replace(
+        "label: monthly_charges", "label: monthly_charges\n            features: [tenure]")
+        .replace("k: 3", "k: 3\n            features: [tenure, total_charges]"), "named.yaml")
+    quiet: list[str] = []
+    run(named, notify=quiet.append)
+    assert quiet == []
