@@ -763,8 +763,8 @@ class GradientBoostedTrees(TreeEstimator):
         g, h = _gradients(raw, prep["y"], self._outputs(state), self._loss_name(state), xp,
                           self._leaf_level(), self.params.tweedie_power)
         w = prep["w"]
-        if self._loss_name(state) in LEAF_QUANTILE:
-            h = xp.astype(prep["y"], xp.float64)[:, None] - raw
+        if self._loss_name(state) in LEAF_QUANTILE:  # one output: the residuals' column
+            h = self._residuals(prep, state, memo, xp)[0][:, None]
         columns = []
         for column in range(self._outputs(state)):
             columns.append([w * g[:, column], w * h[:, column], w])
