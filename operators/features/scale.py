@@ -53,11 +53,8 @@ def moments(part: pa.Table, columns: list[str], xp: Any,
     x = table_to_matrix(part, columns, xp, dtype)
     valid = ~xp.isnan(x)
     # the per-row arrays stay in the compute dtype; every sum accumulates in float64
-    infinite = to_numpy(xp.sum(xp.astype(xp.isinf(x), x.dtype), axis=0, dtype=xp.float64))
-    for name, n in zip(columns, infinite, strict=True):
-        if n:
-            raise DataError(f"column '{name}' has {int(n)} infinite values",
-                            hint="clip or filter them out first")
+    require_finite(columns, to_numpy(xp.sum(xp.astype(xp.isinf(x), x.dtype), axis=0,
+                                            dtype=xp.float64)))
     count = xp.sum(xp.astype(valid, x.dtype), axis=0, dtype=xp.float64)
     mean = xp.sum(xp.where(valid, x, 0.0), axis=0, dtype=xp.float64) / xp.maximum(count, 1.0)
     # deviations from the mean rounded to the compute dtype: in float32 that adds
@@ -71,6 +68,15 @@ def moments(part: pa.Table, columns: list[str], xp: Any,
         "min": to_numpy(xp.astype(xp.min(xp.where(valid, x, xp.inf), axis=0), xp.float64)),
         "max": to_numpy(xp.astype(xp.max(xp.where(valid, x, -xp.inf), axis=0), xp.float64)),
     }
+
+
+def require_finite(columns: list[str], infinite: Any) -> None:
+    """DataError naming the first column with infinite values (``infinite``: their
+    count per column), which no scaler can scale."""
+    for name, n in zip(columns, infinite, strict=True):
+        if n:
+            raise DataError(f"column '{name}' has {int(n)} infinite values",
+                            hint="clip or filter them out first")
 
 
 def combine_moments(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -388,14 +394,10 @@ class RobustScale(Estimator):
         return self.search.init()
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> Any:
-        if not state.get("search", {}).get("passes"):  # the first pass: as the scalers do
-            for name in self.params.columns:
-                column = part.column(name)
-                if pa.types.is_floating(column.type):
-                    infinite = pc.sum(pc.is_inf(column)).as_py() or 0
-                    if infinite:
-                        raise DataError(f"column '{name}' has {infinite} infinite values",
-                                        hint="clip or filter them out first")
+        columns = [part.column(name) for name in self.params.columns]
+        require_finite(self.params.columns, [
+            pc.sum(pc.is_inf(c)).as_py() or 0 if pa.types.is_floating(c.type) else 0
+            for c in columns])
         return self.search.partial(part, state)
 
     def combine(self, a: Any, b: Any) -> Any:
