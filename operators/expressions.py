@@ -1015,6 +1015,18 @@ _RAISING_CALLS = frozenset(["cast", "round", "floor", "ceil"])
 digits): guarded where a row may not need them (``_Compiler._under``)."""
 
 
+def _null_outside(guard: pc.Expression, expr: pc.Expression, t: pa.DataType | None
+                  ) -> pc.Expression:
+    """``expr`` where ``guard`` is true, a null of type ``t`` (unknown: Arrow's null type)
+    elsewhere: the rows a guarded part is not computed for."""
+    return pc.if_else(guard, expr, pc.scalar(pa.scalar(None, t or pa.null())))
+
+
+def _joined(guard: pc.Expression | None, more: pc.Expression) -> pc.Expression:
+    """The rows of both guards (``guard`` None: every row)."""
+    return more if guard is None else pc.and_kleene(guard, more)
+
+
 def _between(kernel: Callable[..., pc.Expression]) -> Callable[..., pc.Expression]:
     """``kernel`` of two times as timestamp[us]: any units, dates as their midnight, zoned
     times by their UTC clock (Arrow's kernels want one type on both sides)."""
@@ -1293,7 +1305,7 @@ class _Compiler:
                      ) if t is not None else None
             if plain is not None:
                 field, t = field.cast(plain), plain
-            return pc.if_else(self._guard, field, pc.scalar(pa.scalar(None, t or pa.null())))
+            return _null_outside(self._guard, field, t)
         if isinstance(node, _Neg):
             return pc.negate(self.to_expr(node.operand))
         if isinstance(node, _Not):
@@ -1313,7 +1325,7 @@ class _Compiler:
                 truth = self._truth(operand, operands[-1])
                 undecided = (pc.coalesce(truth, True) if node.op == "and"
                              else pc.invert(pc.coalesce(truth, False)))
-                guard = undecided if guard is None else pc.and_kleene(guard, undecided)
+                guard = _joined(guard, undecided)
             return _balanced(fn, operands)
         if isinstance(node, _BinOp):
             return self._binop(node)
@@ -1355,7 +1367,7 @@ class _Compiler:
         if guard is None or not self._may_raise(node):
             return self.to_expr(node)
         outer = self._guard
-        self._guard = guard if outer is None or within else pc.and_kleene(outer, guard)
+        self._guard = guard if within else _joined(outer, guard)
         try:
             return self.to_expr(node)
         finally:
@@ -1407,7 +1419,7 @@ class _Compiler:
                     alone = self.to_expr(node.args[0])
                 finally:
                     self._guard = outer
-                cond = pc.if_else(outer, alone, pc.scalar(pa.scalar(None, pa.bool_())))
+                cond = _null_outside(outer, alone, pa.bool_())
                 within = True
             if not self._boolean(node.args[0]):  # no true/false: the type check says so
                 return [cond, *map(self.to_expr, node.args[1:])], [None] * len(node.args)
@@ -1421,7 +1433,7 @@ class _Compiler:
                 exprs.append(self._under(guard, arg))
                 guards.append(guard)
                 missing = pc.is_null(exprs[-1])
-                guard = missing if guard is None else pc.and_kleene(guard, missing)
+                guard = _joined(guard, missing)
             return exprs, guards
         return [self.to_expr(arg) for arg in node.args], [None] * len(node.args)
 
@@ -1518,7 +1530,7 @@ class _Compiler:
         # checked: a value too large for the 38 digits it has is an error, never another
         # (of the rows that need it: ``guard``)
         if guard is not None and not pa.types.is_floating(target):
-            expr = pc.if_else(guard, expr, pc.scalar(pa.scalar(None, self._type(node))))
+            expr = _null_outside(guard, expr, self._type(node))
         return expr.cast(target, safe=not pa.types.is_floating(target))
 
     # ---------------------------------------------------------------------- comparisons
