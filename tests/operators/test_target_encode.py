@@ -12,8 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_pipeline
+from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import TargetEncoder
 
+from operators.arrays import get_namespace
 from operators.base import ParamError, SchemaError
 from operators.errors import DataError
 from operators.features.target_encode import TargetEncode, row_folds
@@ -215,3 +217,48 @@ def test_a_fold_without_other_rows_gets_the_labels_mean() -> None:
     model = fit(op, [t])
     training = model.training_view().transform(t, None).column("city").to_pylist()
     assert training == [101.5] * 4
+
+
+@pytest.mark.parametrize("folds", [5, 0])
+def test_a_later_models_held_out_score_is_not_optimistic(workdir: Path, folds: int) -> None:
+    """A model after the encoder scores its held-out rows (``validation_fraction``) as it
+    scores new rows: the held-out rows' encodings never saw their own labels, though the
+    encoder was fitted on them. Without cross fitting (``folds: 0``, MLlib's encoder) the
+    held-out score is far above that on new rows."""
+    rng = np.random.default_rng(7)
+    effect = rng.normal(0, 0.5, 4000)  # 4,000 categories of 5 rows each, a weak signal
+
+    def rows(n: int) -> pa.Table:
+        category = rng.integers(0, len(effect), n)
+        x = rng.normal(size=n)
+        chance = 1 / (1 + np.exp(-(effect[category] + 0.5 * x)))
+        return pa.table({"merchant": pa.array([f"m{c}" for c in category]), "x": x,
+                         "churned": pa.array(rng.random(n) < chance)})
+
+    (workdir / "data").mkdir()
+    pq.write_table(rows(20_000), workdir / "data" / "train.parquet")
+    new = rows(20_000)
+    pipeline = write_pipeline(workdir, f"""
+        pipeline: leak
+        steps:
+          - op: read_parquet
+            path: data
+          - op: target_encode
+            columns: [merchant]
+            label: churned
+            folds: {folds}
+          - id: model
+            op: logistic_regression
+            label: churned
+            validation_fraction: 0.25
+          - op: save_model
+            name: leak
+    """)
+    held_out = run(pipeline)["metrics"]["model"]["validation"]["roc_auc"]
+    scored = ModelStore().load("leak").chain.transform(new, get_namespace("numpy"))
+    fresh = roc_auc_score(new.column("churned").to_numpy(),
+                          scored.column("probability").to_numpy())
+    if folds:
+        assert held_out < fresh + 0.01, (held_out, fresh)
+    else:
+        assert held_out > fresh + 0.1, (held_out, fresh)
