@@ -428,7 +428,7 @@ def load_model(ref: str, models: str | None = None, *, device: str = "cpu",
 # --------------------------------------------------------------------------- Spark
 
 
-def spark_udf(ref: str, models: str | None = None, *, result: str = "probability",
+def spark_udf(ref: str, models: str | None = None, *, result: str | None = None,
               contributions: bool = False, contributions_by: str = "features",
               storage_options: dict[str, Any] | None = None) -> Any:
     """A Spark column function scoring with the model ``ref`` (as MLflow's
@@ -441,7 +441,9 @@ def spark_udf(ref: str, models: str | None = None, *, result: str = "probability
     One struct argument gives the model's columns by name (others are ignored); plain
     columns must be the model's inputs in ``score.columns``' order. ``result``:
     ``probability`` (a double, or an array of doubles in class order), ``prediction``,
-    or ``all`` (a struct of the model's columns, with ``contributions`` too). The model
+    or ``all`` (a struct of the model's columns, with ``contributions`` too); by default
+    a classifier's ``probability``, else the ``prediction`` (a regression's value, a
+    cluster), as MLflow's default answers with the prediction. The model
     is loaded here, once, and travels with the function to the executors (which need
     this package: ``sluice package``'s archive, or an install)."""
     try:
@@ -453,6 +455,8 @@ def spark_udf(ref: str, models: str | None = None, *, result: str = "probability
 
     model = load_model(ref, models, storage_options=storage_options)
     fields = {f.name: f for f in model.output_fields(contributions, contributions_by)}
+    if result is None:
+        result = "probability" if "probability" in fields else "prediction"
     if result == "all":
         out_type: pa.DataType = pa.struct(list(fields.values()))
     elif result in fields:

@@ -909,6 +909,13 @@ def test_spark_udf_and_score_spark_answer_as_load_model(registry: Path, spark: A
     np.testing.assert_allclose([list(r.p) for r in sorted(got, key=lambda r: r.customer_id)],
                                [want[k] for k in sorted(want)], rtol=1e-12)
 
+    charges = spark_udf("charges", models)  # a regression: its prediction by default
+    got = df.select("customer_id", charges(F.struct(*charges.columns)).alias("p")).collect()
+    want = load_model("charges", models).score(rows)
+    assert {r.customer_id: r.p for r in got} == pytest.approx(dict(zip(
+        rows.column("customer_id").to_pylist(), want.column("prediction").to_pylist())),
+        rel=1e-12)
+
     scored = score_spark(df, "churn@1", models)
     assert scored.columns == [*rows.column_names, "prediction", "probability"]
     assert dict(scored.dtypes)["tenure"] == "bigint"
