@@ -25,7 +25,9 @@ iterative, as logistic regression's: a summary pass (row counts, the labels' min
 weighted mean: ``w = 0``, ``b = log(mean)``, the best intercept-only model), then passes
 evaluating the loss, gradient and (Newton) Hessian at the point the driver-side optimiser
 asks for (``optimize.py``), then a pass scoring the held-out rows when
-``validation_fraction`` > 0.
+``validation_fraction`` > 0. A trial step whose ``exp`` overflows has an infinite loss and
+the line search steps back, silently. A row whose ``X w + b`` is past 709 (88 in float32)
+is predicted ``inf``, as scikit-learn's (serve answers it as null).
 """
 
 from __future__ import annotations
@@ -337,9 +339,12 @@ class LinearRegression(Estimator):
         width = theta.size
         X, y, w = data[:, :width], data[:, width], data[:, width + 1]
         raw = X @ parameters(theta, xp)
-        g, h = half_deviance_derivatives(raw, y, p.loss, p.tweedie_power, xp)
-        return loss_sums(X, w * half_deviance(raw, y, p.loss, p.tweedie_power, xp), w * g,
-                         w * h if newton else None, xp)
+        # a trial step too long for exp gives an infinite loss, which the line search
+        # steps back from: expected, not a warning for the user
+        with np.errstate(over="ignore", invalid="ignore"):
+            g, h = half_deviance_derivatives(raw, y, p.loss, p.tweedie_power, xp)
+            return loss_sums(X, w * half_deviance(raw, y, p.loss, p.tweedie_power, xp),
+                             w * g, w * h if newton else None, xp)
 
     def _glm_start(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         p = self.params

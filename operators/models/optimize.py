@@ -148,15 +148,16 @@ def _cubic_min(a: float, fa: float, da: float, b: float, fb: float, db: float) -
     mid = lo + 0.5 * width
     if not all(np.isfinite(v) for v in (fa, da, fb, db)) or a == b:
         return mid
-    d1 = da + db - 3.0 * (fa - fb) / (a - b)
-    disc = d1 * d1 - da * db
-    if disc < 0:
-        return mid
-    d2 = np.copysign(np.sqrt(disc), b - a)
-    denom = db - da + 2.0 * d2
-    if denom == 0:
-        return mid
-    t = b - (b - a) * (db + d2 - d1) / denom
+    with np.errstate(over="ignore", invalid="ignore"):  # overflows are caught below
+        d1 = da + db - 3.0 * (fa - fb) / (a - b)
+        disc = d1 * d1 - da * db
+        if not disc >= 0:
+            return mid
+        d2 = np.copysign(np.sqrt(disc), b - a)
+        denom = db - da + 2.0 * d2
+        if denom == 0:
+            return mid
+        t = b - (b - a) * (db + d2 - d1) / denom
     if not np.isfinite(t) or t < lo + 0.1 * width or t > hi - 0.1 * width:
         return mid
     return float(t)

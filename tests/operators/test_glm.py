@@ -404,3 +404,27 @@ def test_tune_compares_linear_log_link_models_by_their_deviance(tmp_path: Path) 
     assert tuning["metric"] == "tweedie_deviance" and tuning["best"] == "l2=0.001"
     values = {k: v["tweedie_deviance"] for k, v in tuning["candidates"].items()}
     assert values["l2=0.001"] < values["l2=30.0"]
+
+
+@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
+@pytest.mark.parametrize("loss", ["poisson", "gamma", "tweedie"])
+def test_trial_steps_past_exp_are_not_warnings(loss: str, solver: str) -> None:
+    """A feature in the thousands makes the first trial steps overflow exp: the line
+    search steps back from the infinite loss, as it should, and says nothing about it
+    (NumPy's overflow warnings reached the user before). The fit is scikit-learn's."""
+    rng = np.random.default_rng(0)
+    big, x = 1000 * rng.standard_normal(5000), rng.standard_normal(5000)
+    mean = np.exp(0.5 * x + 3.0 * (big > 0))
+    label = rng.poisson(mean) + (1.0 if loss == "gamma" else 0.0)
+    table = pa.table({"a": big, "b": x, "c": pa.array(big > 0), "d": x * x,
+                      loss: label.astype(float)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model, metrics = fit_state(ours(loss, solver=solver, tol=1e-10, max_iter=500),
+                                   split(table, 2))
+    assert metrics["converged"]
+    with warnings.catch_warnings():  # its Newton line search gives up here, for lbfgs
+        warnings.simplefilter("ignore")
+        reference = scikit_learn(loss, 0.0).fit(design(table), label)
+    np.testing.assert_allclose(predictions(model, table), reference.predict(design(table)),
+                               rtol=1e-6)
