@@ -26,6 +26,7 @@ MODULES: dict[str, str] = {
     "drift": "operators.evaluate.drift",
     "drop": "operators.features.columns",
     "evaluate": "operators.evaluate.evaluate",
+    "evaluate_clusters": "operators.evaluate.clusters",
     "expect": "operators.features.rows",
     "filter": "operators.features.rows",
     "gradient_boosted_trees": "operators.models.boosted_trees",

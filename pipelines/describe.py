@@ -171,7 +171,8 @@ def _notes(plan: Plan, step: Step) -> list[str]:
             notes.append(f"shuffles: one row per {by}, from the rows of every partition "
                          f"(partial rows through the scratch folder), into {into}")
     if isinstance(op, Measuring):
-        notes.append("measures the rows in one pass (the figures go to the run record); "
+        passes = "two passes over its cached input" if op.multi_pass else "one pass"
+        notes.append(f"measures the rows in {passes} (the figures go to the run record); "
                      "rows pass on")
     elif isinstance(op, Estimator):
         passes = "passes over its cached input" if op.multi_pass else "one pass"

@@ -494,7 +494,7 @@ def default_features(step: Step, schema: pa.Schema) -> list[str] | None:
     if (not isinstance(step.op, Estimator) or "features" not in type(params).model_fields
             or params.features is not None):
         return None
-    others = {getattr(params, "label", None), getattr(params, "weight", None)}
+    others = {getattr(params, name, None) for name in ("label", "weight", "prediction")}
     return [c for c in step.op.input_columns(schema) if c not in others]
 
 
@@ -513,9 +513,17 @@ def _note_default_features(plan: Plan, step: Step, schema: pa.Schema) -> None:
     if what:
         plan.notices.append(
             f"{plan.spec.file}:{step.spec.line}: step '{step.id}' ({step.op.name}) takes every "
-            f"numeric column but its label and weight as features (`features` is not "
+            f"numeric column but its {_roles(step)} as features (`features` is not "
             f"given), among them {', '.join(what)}: list `features`, or drop those "
             "columns first")
+
+
+def _roles(step: Step) -> str:
+    """What a step's default features leave out: a model's label and weight, a cluster
+    measure's prediction."""
+    fields = type(step.op.params).model_fields
+    return "prediction" if "label" not in fields and "prediction" in fields else \
+        "label and weight"
 
 
 def _note_kept_params(plan: Plan, save: Step) -> None:

@@ -268,6 +268,9 @@ def test_the_segments_example_pipeline_clusters_without_a_label(workdir: Path) -
     metrics = record["metrics"]["segments"]
     assert metrics["converged"] and len(metrics["cluster_sizes"]) == 4
     assert sum(metrics["cluster_sizes"]) == record["steps"]["customers"]["rows"]
+    quality = record["metrics"]["quality"]  # evaluate_clusters of the same clusters
+    assert list(quality["cluster_sizes"].values()) == metrics["cluster_sizes"]
+    assert 0 < quality["silhouette"] <= 1 and quality["davies_bouldin"] > 0
     model = ModelStore(str(workdir / "models")).load("churn_segments")
     assert [s.name for s in model.chain.steps] == [
         "impute.fitted", "robust_scale.fitted", "pca.fitted", "kmeans.fitted"]

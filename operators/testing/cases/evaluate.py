@@ -97,3 +97,21 @@ def _drift_cases() -> None:
 
 
 _drift_cases()
+
+
+def clustered_table(rows: int = 300, seed: int = 5) -> pa.Table:
+    """Three blobs of numbers (an integer column among them), cluster ids as kmeans
+    writes them, and its distance column (not a feature)."""
+    rng = np.random.default_rng(seed)
+    cluster = rng.integers(0, 3, rows)
+    centres = np.array([[0.0, 0.0], [4.0, 1.0], [1.0, 5.0]])
+    x = centres[cluster] + rng.standard_normal((rows, 2))
+    return pa.table({"x": x[:, 0], "y": x[:, 1],
+                     "n": pa.array(rng.integers(0, 5, rows).astype(np.int32)),
+                     "prediction": pa.array(cluster.astype(np.int64)),
+                     "distance": pa.array(rng.random(rows))})
+
+
+case("evaluate_clusters", {}, clustered_table, id="kmeans-output")
+case("evaluate_clusters", {"features": ["x", "y"], "metrics": ["calinski_harabasz", "count"]},
+     clustered_table, id="one-pass")

@@ -1,0 +1,276 @@
+"""evaluate_clusters: how well rows are clustered, without a label (MLlib's
+``ClusteringEvaluator``; scikit-learn's ``silhouette_score``, ``calinski_harabasz_score``
+and ``davies_bouldin_score``), exactly over any partitioning.
+
+The first pass collects each cluster's rows, mean and sum of squared distances to its
+mean (``within``), combined by Chan's parallel formula. That is all Calinski-Harabasz
+needs. The silhouette and Davies-Bouldin take a second pass over the rows, with every
+cluster's mean on hand:
+
+- the sum of a row's squared distances to the rows of a cluster ``C`` is
+  ``n_C |x - mean_C|^2 + within_C``, so each row's silhouette (squared Euclidean
+  distances, MLlib's default measure) is exact in O(clusters) work a row, not O(rows);
+- Davies-Bouldin's cluster spread is the mean Euclidean distance of its rows to its mean.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from operators.arrays import to_numpy
+from operators.base import (
+    DataError,
+    ParamError,
+    Params,
+    SchemaError,
+    register,
+    register_fitted,
+    require_columns,
+)
+from operators.evaluate.evaluate import Measured, Measuring, value_type
+from operators.models.common import chosen_features, feature_matrix, is_numeric
+
+Metric = Literal["silhouette", "calinski_harabasz", "davies_bouldin", "within_ss", "count",
+                 "clusters", "cluster_sizes"]
+METRICS: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin", "within_ss",
+                            "count", "clusters", "cluster_sizes")
+SECOND_PASS = frozenset(["silhouette", "davies_bouldin"])
+SKIPPED = ("distance",)  # kmeans' distance to the centre: an output, not a feature
+
+
+class EvaluateClustersParams(Params):
+    features: list[str] | None = Field(
+        None, min_length=1,
+        description="the columns the rows were clustered on (default: every numeric column "
+                    "but the prediction and a kmeans step's distance): give the clustering "
+                    "step's own when it named them")
+    prediction: str = Field("prediction", description="the column of cluster ids")
+    metrics: list[Metric] | None = Field(
+        None, min_length=1,
+        description="metrics to compute (default: all): silhouette (squared Euclidean, "
+                    "MLlib's), calinski_harabasz, davies_bouldin, within_ss, count, clusters, "
+                    "cluster_sizes")
+
+
+@register("evaluate_clusters")
+class EvaluateClusters(Measuring):
+    """How well rows are clustered, without a label: silhouette and more, in the run record.
+
+    The rows pass through.
+
+    ```yaml
+    - op: kmeans
+      k: 6
+    - op: evaluate_clusters       # silhouette, calinski_harabasz, davies_bouldin, ...
+      # features: [tenure, monthly_charges]   prediction: prediction
+    ```
+    `silhouette` is MLlib's `ClusteringEvaluator` (squared Euclidean distances) and
+    scikit-learn's `silhouette_score(metric="sqeuclidean")`: from -1 to 1, higher is
+    better; a row alone in its cluster counts 0. `calinski_harabasz` (higher is better)
+    and `davies_bouldin` (lower is better, 0 at best) are scikit-learn's. `within_ss` is
+    the sum of squared distances of the rows to their cluster's mean (kmeans' inertia once
+    it has converged). Exact over any partitioning: two passes, each row's silhouette from
+    every cluster's size, mean and spread, not from every other row. Compare clusterings
+    by them on the same features, scaled the same way (a `standard_scale` before kmeans).
+    """
+
+    Params = EvaluateClustersParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        metrics = self.params.metrics or []
+        if len(set(metrics)) != len(metrics):
+            raise ParamError("metrics lists a metric twice", hint="list each once")
+        # the silhouette and Davies-Bouldin read the rows again: the runtime caches them
+        self.multi_pass = bool(SECOND_PASS & set(self.params.metrics or METRICS))
+
+    # ----------------------------------------------------------------- plan time
+
+    def _features(self, schema: pa.Schema) -> list[str]:
+        p = self.params
+        return chosen_features(schema, p.features, {p.prediction, *SKIPPED})
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return [*self._features(schema), self.params.prediction]
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        self._plan(schema)
+        return schema
+
+    def _plan(self, schema: pa.Schema) -> list[str]:
+        p = self.params
+        require_columns(schema, [p.prediction], "prediction column")
+        kind = value_type(schema.field(p.prediction).type)
+        if not (pa.types.is_integer(kind) or pa.types.is_string(kind)
+                or pa.types.is_large_string(kind) or pa.types.is_boolean(kind)):
+            raise SchemaError(f"prediction '{p.prediction}' has type {kind}: cluster ids are "
+                              "integers or text", hint="is `prediction:` the clustering "
+                                                       "step's column?")
+        features = self._features(schema)
+        if not features:
+            raise SchemaError("no numeric feature columns to measure the clusters on",
+                              hint="set features: the columns the rows were clustered on")
+        require_columns(schema, features, "feature column")
+        for name in features:
+            if not is_numeric(value_type(schema.field(name).type)):
+                raise SchemaError(f"feature column '{name}' has type "
+                                  f"{schema.field(name).type}: distances need numbers",
+                                  hint="cast it, or leave it out of features")
+        return features
+
+    # ----------------------------------------------------------------- fit
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        metrics = list(self.params.metrics or METRICS)
+        return {"features": self._plan(schema), "metrics": metrics, "phase": "clusters"}
+
+    def _rows(self, part: pa.Table, state: dict[str, Any], xp: Any) -> tuple[pa.Array, Any]:
+        """The partition's cluster ids and feature matrix (a null either way: an error)."""
+        ids = part.column(self.params.prediction).combine_chunks()
+        if pa.types.is_dictionary(ids.type):
+            ids = ids.cast(ids.type.value_type)
+        if ids.null_count:
+            raise DataError(f"prediction '{self.params.prediction}' has {ids.null_count} "
+                            "null values", hint="cluster every row, or filter those out")
+        X = feature_matrix(part, state["features"], xp)  # the metrics in float64, always
+        return ids, X if X.dtype == xp.float64 else xp.astype(X, xp.float64)
+
+    def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        if state["phase"] == "clusters":
+            return self._clusters(part, state, xp)
+        return self._spread(part, state, xp)
+
+    def _clusters(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        """Each cluster's rows, mean and within sum of squares in this partition."""
+        d = len(state["features"])
+        if part.num_rows == 0:
+            return {"ids": [], "rows": np.zeros(0), "means": np.zeros((0, d)),
+                    "within": np.zeros(0)}
+        ids, X = self._rows(part, state, xp)
+        found = pc.unique(ids).sort()
+        index = pc.index_in(ids, value_set=found).to_numpy(zero_copy_only=False)
+        rows, means, within = [], [], []
+        for c in range(len(found)):
+            members = xp.take(X, xp.asarray(np.flatnonzero(index == c)), axis=0)
+            mean = xp.mean(members, axis=0)
+            rows.append(members.shape[0])
+            means.append(to_numpy(mean))
+            within.append(float(xp.sum((members - mean) ** 2)))
+        return {"ids": found.to_pylist(), "rows": np.asarray(rows, dtype=np.float64),
+                "means": np.asarray(means, dtype=np.float64).reshape(-1, d),
+                "within": np.asarray(within)}
+
+    def _spread(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        """The sums of the rows' silhouettes and of their distances to their cluster's
+        mean (per cluster)."""
+        k = len(state["ids"])
+        if part.num_rows == 0:
+            return {"silhouette": 0.0, "distance": np.zeros(k)}
+        ids, X = self._rows(part, state, xp)
+        value_set = pa.array(state["ids"], ids.type)
+        own = pc.index_in(ids, value_set=value_set).to_numpy(zero_copy_only=False)
+        means = xp.asarray(np.asarray(state["means"], dtype=np.float64), dtype=X.dtype)
+        # each row's squared distance to every cluster's mean (one cluster at a time: the
+        # difference, not |x|^2 - 2 x.m + |m|^2, whose cancellation loses tight clusters)
+        d2 = np.column_stack([to_numpy(xp.sum((X - means[c, :]) ** 2, axis=1))
+                              for c in range(k)]).astype(np.float64)
+        rows, within = state["rows"], state["within"]
+        at = np.arange(part.num_rows)
+        near = d2[at, own]
+        alone = rows[own] == 1
+        # mean squared distance to the other rows of its own cluster, and to each other's
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = (rows[own] * near + within[own]) / (rows[own] - 1)
+        others = d2 + within / rows
+        others[at, own] = np.inf
+        b = others.min(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = (b - a) / np.maximum(a, b)
+        s = np.where(alone | ~np.isfinite(s), 0.0, s)  # scikit-learn's: 0 alone, 0/0 -> 0
+        distance = np.bincount(own, weights=np.sqrt(near), minlength=k)
+        return {"silhouette": float(np.sum(s)), "distance": distance}
+
+    def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        if "silhouette" in a:
+            return {"silhouette": a["silhouette"] + b["silhouette"],
+                    "distance": a["distance"] + b["distance"]}
+        return _combine_clusters(a, b)
+
+    def update(self, stats: dict[str, Any], state: dict[str, Any]
+               ) -> tuple[dict[str, Any], bool]:
+        if state["phase"] == "clusters":
+            k, n = len(stats["ids"]), float(np.sum(stats["rows"]))
+            if k < 2 or k >= n:
+                raise DataError(f"{int(n)} rows in {k} clusters: the metrics need 2 to "
+                                f"{max(int(n) - 1, 2)} clusters (scikit-learn's rule)",
+                                hint="check the prediction column and the rows given")
+            state = {**state, "ids": stats["ids"], "rows": stats["rows"],
+                     "means": stats["means"], "within": stats["within"]}
+            if SECOND_PASS & set(state["metrics"]):
+                return {**state, "phase": "spread"}, False
+            return {**state, "metrics_values": self._values(state, None)}, True
+        return {**state, "metrics_values": self._values(state, stats)}, True
+
+    def _values(self, state: dict[str, Any], spread: dict[str, Any] | None
+                ) -> dict[str, Any]:
+        rows, means, within = state["rows"], state["means"], state["within"]
+        n, k = float(np.sum(rows)), len(rows)
+        everything = {"count": int(n), "clusters": k,
+                      "cluster_sizes": {str(i): int(r) for i, r in zip(state["ids"], rows,
+                                                                       strict=True)},
+                      "within_ss": float(np.sum(within))}
+        mean = rows @ means / n
+        between = float(rows @ np.sum((means - mean) ** 2, axis=1))
+        total_within = float(np.sum(within))
+        everything["calinski_harabasz"] = (1.0 if total_within == 0 else
+                                           between * (n - k) / (total_within * (k - 1)))
+        if spread is not None:
+            everything["silhouette"] = spread["silhouette"] / n
+            everything["davies_bouldin"] = davies_bouldin(spread["distance"] / rows, means)
+        return {m: everything[m] for m in METRICS if m in state["metrics"]}
+
+
+def davies_bouldin(spread: np.ndarray, means: np.ndarray) -> float:
+    """scikit-learn's ``davies_bouldin_score`` from each cluster's mean distance to its
+    mean and the means (0 where every spread or every pair of means is 0)."""
+    apart = np.sqrt(np.sum((means[:, None, :] - means[None, :, :]) ** 2, axis=2))
+    if np.allclose(spread, 0) or np.allclose(apart, 0):
+        return 0.0
+    apart[apart == 0] = np.inf
+    ratio = (spread[:, None] + spread[None, :]) / apart
+    return float(np.mean(np.max(ratio, axis=1)))
+
+
+def _combine_clusters(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two partitions' clusters as one's: Chan's parallel formula for each cluster both
+    saw, in the sorted order of the ids."""
+    ids = sorted(set(a["ids"]) | set(b["ids"]), key=_order)
+    d = a["means"].shape[1]
+    rows, means, within = np.zeros(len(ids)), np.zeros((len(ids), d)), np.zeros(len(ids))
+    where = {value: i for i, value in enumerate(ids)}
+    for side in (a, b):
+        for j, value in enumerate(side["ids"]):
+            i = where[value]
+            n_a, n_b = rows[i], side["rows"][j]
+            total = n_a + n_b
+            delta = side["means"][j] - means[i]
+            means[i] = means[i] + delta * (n_b / total)
+            within[i] += side["within"][j] + float(delta @ delta) * n_a * n_b / total
+            rows[i] = total
+    return {"ids": ids, "rows": rows, "means": means, "within": within}
+
+
+def _order(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, bool | int) else (1, str(value))
+
+
+@register_fitted("evaluate_clusters.fitted")
+class EvaluateClustersFitted(Measured):
+    """The evaluated rows, unchanged; carries the metrics it measured."""
+
+    Params = EvaluateClustersParams

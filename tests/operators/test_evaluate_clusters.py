@@ -1,0 +1,193 @@
+"""evaluate_clusters: scikit-learn's silhouette (squared Euclidean), Calinski-Harabasz and
+Davies-Bouldin on the same rows, exact over any partitioning; its errors; after kmeans in
+a pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import write_pipeline
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+from operators.base import DataError, ParamError, SchemaError
+from operators.evaluate.clusters import EvaluateClusters
+from operators.testing.kit import NUMPY, fit, split
+from pipelines.runner import run
+
+
+def measured(table: pa.Table, parts: int = 1, seed: int | None = None, **params: Any
+             ) -> dict[str, Any]:
+    return fit(EvaluateClusters(**params), split(table, parts, seed)).metrics
+
+
+def reference(X: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {"silhouette": silhouette_score(X, labels, metric="sqeuclidean"),
+            "calinski_harabasz": calinski_harabasz_score(X, labels),
+            "davies_bouldin": davies_bouldin_score(X, labels)}
+
+
+def blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Blobs of different spreads, one tight and far from the origin (where expanding
+    |x - m|^2 would cancel), a row alone in its cluster, and a row far from its own."""
+    rng = np.random.default_rng(seed)
+    shapes = [(0.0, 1.0, 300), (5.0, 0.5, 200), (1e3, 0.01, 100), (-3.0, 2.0, 50)]
+    X = np.concatenate([rng.normal(c, s, size=(n, 3)) for c, s, n in shapes])
+    labels = np.repeat(np.arange(len(shapes)), [n for _, _, n in shapes])
+    labels[5] = 7  # alone: its silhouette counts 0
+    X[-1] += 9.0
+    order = rng.permutation(len(X))  # clusters spread over the partitions
+    return X[order], labels[order]
+
+
+def table_of(X: np.ndarray, labels: Any) -> pa.Table:
+    return pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "prediction": labels})
+
+
+@pytest.mark.parametrize("parts", [1, 3, 7])
+def test_equal_to_scikit_learn_on_any_partitioning(parts: int) -> None:
+    """The silhouette equal to scikit-learn's to 1e-12 (measured: equal to the last bit),
+    Davies-Bouldin to 1e-12 (scikit-learn measures the means' distances by expanding
+    |a - b|^2: 1e-13 apart), Calinski-Harabasz to 1e-12."""
+    X, labels = blobs()
+    got = measured(table_of(X, labels), parts, seed=parts)
+    want = reference(X, labels)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=1e-12), name
+    assert got["count"] == len(X) and got["clusters"] == 5
+    assert got["cluster_sizes"] == {"0": 299, "1": 200, "2": 100, "3": 50, "7": 1}
+    means = {c: X[labels == c].mean(axis=0) for c in np.unique(labels)}
+    within = sum(float(np.sum((X[labels == c] - m) ** 2)) for c, m in means.items())
+    assert got["within_ss"] == pytest.approx(within, rel=1e-12)
+
+
+def test_text_ids_and_a_subset_of_metrics() -> None:
+    """Cluster ids may be text (a dictionary column too); asking for Calinski-Harabasz
+    alone takes one pass."""
+    X, labels = blobs(1)
+    names = np.array(["north", "south", "east", "west", "x", "y", "z", "lone"])[labels]
+    t = table_of(X, pa.array(names).dictionary_encode())
+    got = measured(t, 4)
+    for name, value in reference(X, names).items():
+        assert got[name] == pytest.approx(value, rel=1e-12), name
+    op = EvaluateClusters(metrics=["calinski_harabasz"])
+    assert EvaluateClusters().multi_pass and not op.multi_pass  # cache the rows or not
+    state = op.init(t.schema)
+    state, done = op.update(op.partial(t, state, NUMPY), state)
+    assert done and state["metrics_values"] == {
+        "calinski_harabasz": pytest.approx(calinski_harabasz_score(X, names), rel=1e-12)}
+
+
+def test_features_default_to_numbers_but_the_prediction_and_distance() -> None:
+    X, labels = blobs(2)
+    t = table_of(X, labels).append_column("distance", pa.array(np.full(len(X), 1e6)))
+    t = t.append_column("region", pa.array(["east"] * len(X)))
+    assert EvaluateClusters().input_columns(t.schema) == ["a", "b", "c", "prediction"]
+    assert measured(t)["silhouette"] == pytest.approx(
+        silhouette_score(X, labels, metric="sqeuclidean"), rel=1e-12)
+    only = measured(t, features=["a", "b"])
+    assert only["silhouette"] == pytest.approx(
+        silhouette_score(X[:, :2], labels, metric="sqeuclidean"), rel=1e-12)
+
+
+def test_every_row_alike_in_its_cluster() -> None:
+    """Clusters of copies: scikit-learn's figures where it divides 0 by 0 (silhouette 1
+    where the clusters are apart, Calinski-Harabasz 1, Davies-Bouldin 0)."""
+    X = np.repeat(np.array([[0.0, 0, 0], [1, 1, 1], [5, 0, 2]]), 4, axis=0)
+    labels = np.repeat([0, 1, 2], 4)
+    got = measured(table_of(X, labels), 2)
+    want = reference(X, labels)
+    assert got["silhouette"] == pytest.approx(want["silhouette"])
+    assert got["calinski_harabasz"] == want["calinski_harabasz"] == 1.0
+    assert got["davies_bouldin"] == want["davies_bouldin"] == 0.0
+
+
+@pytest.mark.parametrize(("labels", "match"), [
+    (np.zeros(20, dtype=int), r"20 rows in 1 clusters: the metrics need 2 to 19"),
+    (np.arange(20), r"20 rows in 20 clusters"),
+])
+def test_too_few_or_too_many_clusters(labels: np.ndarray, match: str) -> None:
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    with pytest.raises(DataError, match=match):
+        measured(table_of(X, labels), 2)
+
+
+def test_errors_name_the_column() -> None:
+    X, labels = blobs()
+    t = table_of(X, labels)
+    with pytest.raises(SchemaError, match="prediction column 'cluster'"):
+        EvaluateClusters(prediction="cluster").output_schema(t.schema)
+    with pytest.raises(SchemaError, match="prediction 'a' has type double: cluster ids"):
+        EvaluateClusters(prediction="a").output_schema(t.schema)
+    text = t.append_column("region", pa.array(["e"] * len(X)))
+    with pytest.raises(SchemaError, match="feature column 'region' has type string"):
+        EvaluateClusters(features=["a", "region"]).output_schema(text.schema)
+    nulls = t.set_column(3, "prediction", pa.array(labels, mask=np.arange(len(X)) == 3))
+    with pytest.raises(DataError, match="prediction 'prediction' has 1 null values"):
+        measured(nulls)
+    with pytest.raises(ParamError, match="lists a metric twice"):
+        EvaluateClusters(metrics=["silhouette", "silhouette"])
+    with pytest.raises(Exception, match="silhuette"):
+        EvaluateClusters(metrics=["silhuette"])
+
+
+def test_after_kmeans_in_a_pipeline(workdir: Path) -> None:
+    """The figures of a kmeans step's clusters, in the run record: better for k = 3 on
+    three blobs than for k = 2 or 6, as the silhouette is meant to tell."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
+    x = centres[rng.integers(0, 3, 3000)] + rng.standard_normal((3000, 2))
+    (workdir / "data").mkdir()
+    pq.write_table(pa.table({"u": x[:, 0], "v": x[:, 1]}), workdir / "data" / "p.parquet")
+    silhouettes = {}
+    for k in (2, 3, 6):
+        pipeline = write_pipeline(workdir, f"""
+            pipeline: segments
+            steps:
+              - op: read_parquet
+                path: data
+              - op: kmeans
+                k: {k}
+                seed: 1
+              - id: quality
+                op: evaluate_clusters
+        """)
+        figures = run(pipeline)["metrics"]["quality"]
+        assert figures["clusters"] == k and figures["count"] == 3000
+        silhouettes[k] = figures["silhouette"]
+    assert silhouettes[3] > max(silhouettes[2], silhouettes[6])
+
+
+def test_every_engine_and_layout_gives_the_same_figures(workdir: Path, engine: Any) -> None:
+    """Local, Dask and Spark, over 6 files of small row groups: the local engine's
+    figures from one file, and scikit-learn's."""
+    import pyarrow.parquet as pq
+
+    X, labels = blobs(4)
+    table = table_of(X, labels)
+    for name, parts in (("one", [table]), ("many", split(table, 6))):
+        folder = workdir / name
+        folder.mkdir()
+        for i, part in enumerate(parts):
+            pq.write_table(part, folder / f"part-{i}.parquet", row_group_size=60)
+    figures = {}
+    for name, eng in (("one", None), ("many", engine)):
+        pipeline = write_pipeline(workdir, f"""
+            pipeline: quality
+            steps:
+              - op: read_parquet
+                path: {name}
+                partition_mb: 0.002
+              - id: quality
+                op: evaluate_clusters
+        """, f"{name}.yaml")
+        figures[name] = run(pipeline, engine_instance=eng)["metrics"]["quality"]
+    for key, value in reference(X, labels).items():
+        assert figures["one"][key] == pytest.approx(value, rel=1e-12), key
+        assert figures["many"][key] == pytest.approx(value, rel=1e-12), key
+    assert figures["many"]["cluster_sizes"] == figures["one"]["cluster_sizes"]
