@@ -10,8 +10,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The property tests draw the same examples every run (a seed from each test's name):
+# a run, CI's included, cannot pass or fail by the luck of its seed. To look further,
+# `SLUICE_HYPOTHESIS=explore pytest ...` draws new ones (`--hypothesis-seed=N` repeats a
+# failure found so).
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("SLUICE_HYPOTHESIS", "repeatable"))
 
 
 @pytest.fixture
