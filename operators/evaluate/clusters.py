@@ -154,9 +154,12 @@ class EvaluateClusters(Measuring):
         ids, X = self._rows(part, state, xp)
         found = pc.unique(ids).sort()
         index = pc.index_in(ids, value_set=found).to_numpy(zero_copy_only=False)
+        order = np.argsort(index, kind="stable")  # each cluster's rows together, one take
+        ends = np.cumsum(np.bincount(index, minlength=len(found)))
+        grouped = xp.take(X, xp.asarray(order), axis=0)
         rows, means, within = [], [], []
         for c in range(len(found)):
-            members = xp.take(X, xp.asarray(np.flatnonzero(index == c)), axis=0)
+            members = grouped[int(ends[c - 1]) if c else 0:int(ends[c]), :]
             mean = xp.mean(members, axis=0)
             rows.append(members.shape[0])
             means.append(to_numpy(mean))
