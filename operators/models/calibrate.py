@@ -509,14 +509,13 @@ class CalibrateFitted(Transform):
         return out
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        arrays: dict[str, np.ndarray] = {}
-        for k, (first, second) in enumerate(self.maps):
-            if self.params.method == "isotonic":
-                arrays[f"x_{k}"], arrays[f"y_{k}"] = first, second
+        if self.params.method == "isotonic":
+            arrays = {f"{axis}_{k}": values for k, fit in enumerate(self.maps)
+                      for axis, values in zip("xy", fit, strict=True)}
+        else:
+            arrays = {"sigmoid": np.array(self.maps, dtype=np.float64).reshape(-1, 2)}
         meta = {"params": self.params.model_dump(mode="json"), "classes": self.classes,
                 "label_type": str(self.label_type), "outputs": len(self.maps)}
-        if self.params.method == "sigmoid":
-            meta["sigmoid"] = [[a, b] for a, b in self.maps]
         return meta, arrays
 
     @classmethod
@@ -528,5 +527,5 @@ class CalibrateFitted(Transform):
                      np.asarray(arrays[f"y_{k}"], dtype=np.float64))
                     for k in range(meta["outputs"])]
         else:
-            maps = [(float(a), float(b)) for a, b in meta["sigmoid"]]
+            maps = [(float(a), float(b)) for a, b in np.asarray(arrays["sigmoid"])]
         return cls(params, meta["classes"], pa.type_for_alias(meta["label_type"]), maps)
