@@ -23,7 +23,7 @@ from sklearn.metrics import brier_score_loss, log_loss
 from operators.base import DataError, MissingColumnError, ParamError, SchemaError
 from operators.models.calibrate import Calibrate, coarsened
 from operators.testing.kit import fit, roundtrip, split
-from pipelines.runner import run
+from pipelines.runner import run, scoring_pipeline
 from pipelines.serving import load_model
 
 # the frozen model takes no weights; the calibration does, which is what is compared
@@ -283,7 +283,10 @@ def rows(n: int, seed: int) -> pa.Table:
                      "label": (rng.random(n) < truth).astype(np.int64)})
 
 
-def test_pipeline_calibrates_a_saved_model(workdir: Path) -> None:
+@pytest.fixture
+def saved(workdir: Path) -> Path:
+    """A run that trains boosted trees on half the rows and saves them (``raw``), scores
+    the other half with them, calibrates those and saves that (``calibrated``)."""
     (workdir / "data").mkdir()
     pq.write_table(rows(6000, 0), workdir / "data" / "rows.parquet", row_group_size=1000)
     pipeline = write_pipeline(workdir, """
@@ -316,8 +319,12 @@ def test_pipeline_calibrates_a_saved_model(workdir: Path) -> None:
           - op: save_model
             name: calibrated
         """)
-    record = run(pipeline)
-    assert record["status"] == "succeeded"
+    assert run(pipeline)["status"] == "succeeded"
+    return workdir
+
+
+def test_pipeline_calibrates_a_saved_model(saved: Path) -> None:
+    workdir = saved
     fresh = rows(20000, 1)
     y = column(fresh, "label")
     raw = load_model("raw").score(fresh.drop_columns(["label"]))
@@ -334,3 +341,27 @@ def test_pipeline_calibrates_a_saved_model(workdir: Path) -> None:
     again = steps[1].transform(raw, None)
     np.testing.assert_array_equal(column(again), p_cal)
     assert again.column("prediction").equals(scored.column("prediction"))
+    # `sluice score` scores as load_model does
+    pq.write_table(fresh, workdir / "data" / "fresh.parquet", row_group_size=3000)
+    text = scoring_pipeline("calibrated", str(workdir / "data" / "fresh.parquet"),
+                            str(workdir / "scores"), keep=["id"])
+    assert run("sluice score calibrated", text=text)["status"] == "succeeded"
+    out = pq.read_table(workdir / "scores").sort_by("id")
+    assert out.column_names == ["id", "prediction", "probability"]
+    np.testing.assert_allclose(column(out), p_cal, rtol=0, atol=1e-15)
+
+
+def test_spark_udf_answers_the_calibrated_probability(saved: Path, spark) -> None:
+    from pyspark.sql import functions as F
+
+    from pipelines.serving import spark_udf
+
+    fresh = rows(500, 2)
+    pq.write_table(fresh, saved / "data" / "spark.parquet")
+    df = spark.spark.read.parquet(str(saved / "data" / "spark.parquet"))
+    score = spark_udf("calibrated")
+    assert score.columns == ["x1", "x2"]
+    got = df.select("id", score(F.struct(*score.columns)).alias("p")).collect()
+    expected = load_model("calibrated").score(fresh)
+    want = dict(zip(fresh.column("id").to_pylist(), expected.column("probability").to_pylist()))
+    assert {r.id: r.p for r in got} == pytest.approx(want, rel=1e-12)
