@@ -655,7 +655,7 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
         return False
     chain, required = planned
     last = chain[-1].schema
-    fits = [s.op for s in chain if isinstance(s.op, Estimator)]
+    fits = [s.op for s in chain if isinstance(s.op, Estimator) and not s.op.after_model]
     added = [last.field(c) for c in model_columns(fits[-1] if fits else None)
              if c in last.names]
     name, _ = parse_ref(step.op.params.model)

@@ -166,6 +166,7 @@ class Calibrate(Estimator):
     """
 
     numeric_kernels = False  # sorting and merging points; the map reads one column
+    after_model = True
     Params = CalibrateParams
 
     def __init__(self, params: Any = None, **kwargs: Any):

@@ -365,3 +365,37 @@ def test_spark_udf_answers_the_calibrated_probability(saved: Path, spark) -> Non
     expected = load_model("calibrated").score(fresh)
     want = dict(zip(fresh.column("id").to_pylist(), expected.column("probability").to_pylist()))
     assert {r.id: r.p for r in got} == pytest.approx(want, rel=1e-12)
+
+
+def test_contributions_of_a_model_calibrated_in_its_chain(workdir: Path) -> None:
+    """calibrate right after the model (on its training rows: not what to do, but it
+    may be done): a score of the model the run saves explains the model's raw score."""
+    (workdir / "data").mkdir()
+    pq.write_table(rows(2000, 3), workdir / "data" / "rows.parquet")
+    pipeline = write_pipeline(workdir, """
+        pipeline: in_chain
+        steps:
+          - id: rows
+            op: read_parquet
+            path: data/rows.parquet
+          - op: gradient_boosted_trees
+            label: label
+            features: [x1, x2]
+            n_trees: 5
+          - op: calibrate
+            label: label
+            method: sigmoid
+          - op: save_model
+            name: m
+          - op: score
+            input: rows
+            model: m
+            contributions: true
+          - op: write_parquet
+            path: scores
+        """)
+    assert run(pipeline)["status"] == "succeeded"
+    out = pq.read_table(workdir / "scores").sort_by("id")
+    assert {"contributions", "contribution_base", "probability"} <= set(out.column_names)
+    model = load_model("m")
+    np.testing.assert_allclose(column(out), column(model.score(rows(2000, 3))), rtol=1e-12)
