@@ -340,7 +340,7 @@ class Calibrate(Estimator):
         if self.params.method == "isotonic":
             out["steps"] = [len(x) for x, _ in state["maps"]]
         else:
-            out["sigmoid"] = [{"a": a, "b": b} for a, b in state["maps"]]
+            out["a"], out["b"] = ([fit[i] for fit in state["maps"]] for i in (0, 1))
         return out
 
 
