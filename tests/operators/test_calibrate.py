@@ -6,6 +6,7 @@ calibrates them and saves the calibrated model, which then scores new rows bette
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -342,6 +343,16 @@ def test_pipeline_calibrates_a_saved_model(saved: Path) -> None:
     again = steps[1].transform(raw, None)
     np.testing.assert_array_equal(column(again), p_cal)
     assert again.column("prediction").equals(scored.column("prediction"))
+    # `sluice serve` answers a request with the calibrated probability
+    from pipelines.serving import JSON, Server, Settings
+
+    server = Server(Settings(ref="calibrated"))
+    body = json.dumps({"dataframe_records": fresh.slice(0, 3).select(["x1", "x2"])
+                       .to_pylist()}).encode()
+    answer = json.loads(server.score(body, JSON, JSON, {})[0])
+    assert answer["model"] == "calibrated@1"
+    assert [r["probability"] for r in answer["predictions"]] == pytest.approx(
+        p_cal[:3].tolist(), rel=1e-12)
     # `sluice score` scores as load_model does
     pq.write_table(fresh, workdir / "data" / "fresh.parquet", row_group_size=3000)
     text = scoring_pipeline("calibrated", str(workdir / "data" / "fresh.parquet"),
