@@ -129,6 +129,13 @@ class Score(Transform):
     def _explained(self, chain: Chain) -> int:
         """The position in ``chain`` of the model whose contributions are asked for."""
         models = [i for i, step in enumerate(chain.steps) if isinstance(step, FittedModel)]
+        scored = [step for step in chain.steps if isinstance(step, Score) and step.chain]
+        if not models and scored:
+            inner = scored[-1].model_info.get("ref") or scored[-1].params.model
+            raise SchemaError(f"contributions: model '{self.params.model}' scores with the "
+                              f"saved model '{inner}' (a score step, then calibrate...), whose "
+                              "contributions it does not carry",
+                              hint=f"ask model '{inner}' for the contributions")
         if not models:
             self._not_explained("no model step")
         why = chain.steps[models[-1]].explains()

@@ -353,6 +353,9 @@ def test_pipeline_calibrates_a_saved_model(saved: Path) -> None:
     assert answer["model"] == "calibrated@1"
     assert [r["probability"] for r in answer["predictions"]] == pytest.approx(
         p_cal[:3].tolist(), rel=1e-12)
+    with pytest.raises(SchemaError, match="scores with the saved model 'raw'") as e:
+        better.score(fresh.slice(0, 3), contributions=True)
+    assert e.value.hint == "ask model 'raw' for the contributions"
     # `sluice score` scores as load_model does
     pq.write_table(fresh, workdir / "data" / "fresh.parquet", row_group_size=3000)
     text = scoring_pipeline("calibrated", str(workdir / "data" / "fresh.parquet"),
