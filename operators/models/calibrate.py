@@ -246,7 +246,7 @@ class Calibrate(Estimator):
             if column.null_count:
                 raise DataError(f"'{PREDICTION}' has {column.null_count} null values",
                                 hint=AFTER_A_MODEL)
-            predicted = pc.unique(column.combine_chunks()).cast(state["label_type"])
+            predicted = pc.unique(column.cast(state["label_type"]))
         if part.num_rows == 0 or not kept.any():
             return {"points": None, "predicted": predicted, "coarse": False}
         points = [_points(proba[:, k], labels, weights) for k in range(proba.shape[1])]
@@ -254,13 +254,11 @@ class Calibrate(Estimator):
 
     def _bounded(self, stats: dict[str, Any]) -> dict[str, Any]:
         """``stats`` coarsened to the grid when any class has more than ``max_points``
-        distinct values (or either side of a combine was): each value maps to its bin
-        alone, so coarsening then merging is merging then coarsening."""
+        distinct values (``combine`` puts both sides on it when either is): each value
+        maps to its bin alone, so coarsening then merging is merging then coarsening."""
         m = self.params.max_points
         points = stats["points"]
-        if points is None:
-            return stats
-        if not stats["coarse"] and all(_distinct(t) <= m for t in points):
+        if points is None or stats["coarse"] or all(_distinct(t) <= m for t in points):
             return stats
         grid = [_points(coarsened(np.asarray(t.column("x")), m), t.column("label"),
                         np.asarray(t.column("w"))) for t in points]

@@ -431,3 +431,19 @@ def test_the_calibrated_example_pipeline(workdir: Path) -> None:
     assert calibrated["log_loss"] < raw["log_loss"] - 0.01
     assert calibrated["roc_auc"] == pytest.approx(raw["roc_auc"], rel=1e-12)
     assert metrics["calibrate"]["a"][0] < 0  # increasing in the model's probability
+
+
+def test_dictionary_labels_and_predictions() -> None:
+    """Dictionary columns (each chunk its own dictionary) calibrate as their values."""
+    t, _ = multiclass_rows(rows=600)
+    plain = calibrated(t, label="label")
+    halves = [t.slice(0, 300), t.slice(300)]
+    coded = pa.concat_tables([h.set_column(0, "label", h.column("label").dictionary_encode())
+                              .set_column(2, "prediction",
+                                          h.column("prediction").dictionary_encode())
+                              for h in halves])
+    out = fit(Calibrate(label="label"), split(coded, 3)).transform(coded, None)
+    np.testing.assert_array_equal(column(out), column(plain))
+    assert out.column("prediction").type == coded.schema.field("prediction").type
+    assert out.column("prediction").cast(pa.string()).to_pylist() == plain.column(
+        "prediction").to_pylist()
