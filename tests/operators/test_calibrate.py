@@ -17,7 +17,7 @@ import pytest
 from conftest import write_pipeline
 from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.calibration import CalibratedClassifierCV
+from sklearn.calibration import CalibratedClassifierCV, _SigmoidCalibration
 from sklearn.frozen import FrozenEstimator
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import brier_score_loss, log_loss
@@ -447,3 +447,19 @@ def test_dictionary_labels_and_predictions() -> None:
     assert out.column("prediction").type == coded.schema.field("prediction").type
     assert out.column("prediction").cast(pa.string()).to_pylist() == plain.column(
         "prediction").to_pylist()
+
+
+@pytest.mark.parametrize("kind", ["constant", "hard"])
+@pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
+def test_a_model_of_one_or_two_probabilities(kind: str, method: str) -> None:
+    """One probability for every row (a and b not identified: the loss's minimum is
+    still the classes' share there), or a hard classifier's 0 and 1."""
+    y = np.r_[np.zeros(60), np.ones(40)].astype(np.int64)
+    p = np.full(100, 0.3) if kind == "constant" else np.r_[np.zeros(50), np.ones(50)]
+    scored = pa.table({"y": y, "probability": p})
+    fitted = fit(Calibrate(label="y", method=method), split(scored, 3))
+    new = np.array([0.0, 0.3, 0.5, 1.0])
+    reference = (IsotonicRegression(out_of_bounds="clip") if method == "isotonic"
+                 else _SigmoidCalibration()).fit(p, y).predict(new)
+    np.testing.assert_allclose(fitted.calibrated(new[:, None])[:, 1], reference, rtol=0,
+                               atol=1e-9)
