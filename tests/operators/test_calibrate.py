@@ -463,3 +463,49 @@ def test_a_model_of_one_or_two_probabilities(kind: str, method: str) -> None:
                  else _SigmoidCalibration()).fit(p, y).predict(new)
     np.testing.assert_allclose(fitted.calibrated(new[:, None])[:, 1], reference, rtol=0,
                                atol=1e-9)
+
+
+def test_a_calibrated_model_of_integer_categories_takes_any_integer(workdir: Path) -> None:
+    """The trees' integer category is read as int64 through the saved score step too:
+    a value the trained int32 cannot hold is a category never seen, not a refusal."""
+    (workdir / "data").mkdir()
+    table = rows(3000, 4)
+    store = pa.array((np.arange(3000) % 7).astype(np.int32))
+    pq.write_table(table.append_column("store", store), workdir / "data" / "rows.parquet")
+    pipeline = write_pipeline(workdir, """
+        pipeline: stores
+        steps:
+          - id: rows
+            op: read_parquet
+            path: data/rows.parquet
+          - op: sample
+            fraction: 0.5
+            by: [id]
+          - op: gradient_boosted_trees
+            label: label
+            features: [x1, store]
+            categorical: [store]
+            n_trees: 5
+          - op: save_model
+            name: raw
+          - op: sample
+            input: rows
+            fraction: 0.5
+            by: [id]
+            complement: true
+          - op: score
+            model: raw
+          - op: calibrate
+            label: label
+          - op: save_model
+            name: calibrated
+        """)
+    assert run(pipeline)["status"] == "succeeded"
+    model = load_model("calibrated")
+    assert model.input_schema.field("store").type == pa.int64()
+    scored = model.score([{"x1": 0.5, "store": 3}, {"x1": 0.5, "store": 2**40}])
+    raw = load_model("raw").score([{"x1": 0.5, "store": 3}, {"x1": 0.5, "store": 2**40}])
+    calibration = model.model.chain.steps[1]
+    for got, given in zip(scored, raw, strict=True):
+        assert got["probability"] == calibration.calibrated(
+            np.array([[given["probability"]]]))[0, 1]
