@@ -321,7 +321,9 @@ def saved(workdir: Path) -> Path:
           - op: save_model
             name: calibrated
         """)
-    assert run(pipeline)["status"] == "succeeded"
+    notes: list[str] = []
+    assert run(pipeline, notify=notes.append)["status"] == "succeeded"
+    assert notes == []  # calibrated on rows the trees did not train on
     return workdir
 
 
@@ -409,7 +411,13 @@ def test_contributions_of_a_model_calibrated_in_its_chain(workdir: Path) -> None
           - op: write_parquet
             path: scores
         """)
-    assert run(pipeline)["status"] == "succeeded"
+    notes: list[str] = []
+    assert run(pipeline, notify=notes.append)["status"] == "succeeded"
+    assert notes == [
+        f"{pipeline}:10: step 'calibrate' (calibrate) fits on the rows step "
+        "'gradient_boosted_trees' (gradient_boosted_trees) was trained on, where its "
+        "probabilities look truer than on new rows: save the model, `score` rows it did "
+        "not train on (a `sample`'s `complement: true`) and calibrate those"]
     out = pq.read_table(workdir / "scores").sort_by("id")
     assert {"contributions", "contribution_base", "probability"} <= set(out.column_names)
     model = load_model("m")
