@@ -436,7 +436,7 @@ def test_the_calibrated_example_pipeline(workdir: Path) -> None:
     assert steps["calibration_rows"]["rows"] + steps["test_rows"]["rows"] == steps[
         "held_out"]["rows"]
     raw, calibrated = metrics["balanced_metrics"], metrics["calibrated_metrics"]
-    assert calibrated["log_loss"] < raw["log_loss"] - 0.01
+    assert calibrated["log_loss"] < raw["log_loss"] - 0.005  # 0.591 -> 0.577
     assert calibrated["roc_auc"] == pytest.approx(raw["roc_auc"], rel=1e-12)
     assert metrics["calibrate"]["a"][0] < 0  # increasing in the model's probability
 
