@@ -143,14 +143,12 @@ def test_sigmoid_is_platts(weighted: bool) -> None:
     w = column(t, "w") if weighted else np.ones(len(p))
     fitted = fit(Calibrate(label="y", method="sigmoid", weight="w" if weighted else None),
                  split(t, 3))
-    a, b = fitted.maps[0]
     # scikit-learn's objective solved to convergence: the same minimum
-    np.testing.assert_allclose([a, b], platt_reference(p, y, w), rtol=1e-9)
+    a, b = platt_reference(p, y, w)
+    np.testing.assert_allclose(fitted.maps[0], [a, b], rtol=1e-9)
     new = np.linspace(0, 1, 1001)
-    exact = 1 / (1 + np.exp(np.outer(new, [1.0]) * platt_reference(p, y, w)[0]
-                            + platt_reference(p, y, w)[1]))[:, 0]
-    np.testing.assert_allclose(fitted.calibrated(new[:, None])[:, 1], exact, rtol=0,
-                               atol=1e-12)
+    np.testing.assert_allclose(fitted.calibrated(new[:, None])[:, 1],
+                               1 / (1 + np.exp(a * new + b)), rtol=0, atol=1e-12)
     # scikit-learn's own stops its L-BFGS at a gradient of 1e-6: within that
     X = np.arange(len(p))[:, None]
     reference = CalibratedClassifierCV(FrozenEstimator(Given(np.c_[1 - p, p], [0, 1]).fit(X, y)),
