@@ -236,6 +236,10 @@ class Estimator(Operator):
     # probability type of a classifier with 2 or more classes): the plan-time schema
     # after it is a lower bound, and later steps' column checks wait for the run
     schema_from_fit: ClassVar[bool] = False
+    # True: the fit adjusts the predictions of the model before it (calibrate) and is no
+    # model of its own: what a score step asks of a chain's model (its contributions, its
+    # columns) it asks of that one
+    after_model: ClassVar[bool] = False
 
     @abstractmethod
     def output_schema(self, schema: pa.Schema) -> pa.Schema:

@@ -36,6 +36,17 @@ class Chain(Transform):
             part = step.transform(part, xp)
         return part
 
+    def every_step(self) -> list[Transform]:
+        """The steps, each followed by those of the chain it scores with (a saved
+        ``score`` step's model: a model of a model, calibrated), depth first."""
+        out: list[Transform] = []
+        for step in self.steps:
+            out.append(step)
+            inner = getattr(step, "chain", None)
+            if isinstance(inner, Chain):
+                out.extend(inner.every_step())
+        return out
+
     def found(self, name: str) -> Any:
         """The first step's ``name`` that is not None (a model's ``quantile``, its
         ``deviance``), or None."""

@@ -19,6 +19,7 @@ PACKAGES = ("operators.io", "operators.features", "operators.models", "operators
 MODULES: dict[str, str] = {
     "aggregate": "operators.features.aggregate",
     "bucketize": "operators.features.encode",
+    "calibrate": "operators.models.calibrate",
     "cast": "operators.features.columns",
     "decision_tree": "operators.models.forest",
     "deduplicate": "operators.features.deduplicate",

@@ -470,6 +470,8 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 step.schema = step.op.output_schema(schema)
                 if not opened:
                     _note_default_features(plan, step, schema)
+                if isinstance(step.op, Estimator) and step.op.after_model:
+                    _note_training_rows(plan, step)
             except MissingColumnError:
                 if not opened:
                     raise
@@ -524,6 +526,26 @@ def _roles(step: Step) -> str:
     fields = type(step.op.params).model_fields
     return "prediction" if "label" not in fields and "prediction" in fields else \
         "label and weight"
+
+
+def _note_training_rows(plan: Plan, step: Step) -> None:
+    """A notice where a step that adjusts a model's predictions (calibrate) sees the rows
+    that model was fitted on: its probabilities look truer there than on new rows."""
+    column = getattr(step.op.params, "probability", "probability")
+    for before in reversed(plan.chain_to(step.id)[:-1]):
+        if isinstance(before.op, Score):
+            return  # a saved model's scores: rows it may not have seen, the user's call
+        made = column in [f.name for f in plan.added_by(before) or []]
+        if made and isinstance(before.op, Estimator):
+            plan.notices.append(
+                f"{plan.spec.file}:{step.spec.line}: step '{step.id}' ({step.op.name}) "
+                f"fits on the rows step '{before.id}' ({before.op.name}) was trained on, "
+                "where its probabilities look truer than on new rows: save the model, "
+                "`score` rows it did not train on (a `sample`'s `complement: true`) and "
+                f"{step.op.name} those")
+            return
+        if made:
+            return
 
 
 def _note_kept_params(plan: Plan, save: Step) -> None:
@@ -655,7 +677,7 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
         return False
     chain, required = planned
     last = chain[-1].schema
-    fits = [s.op for s in chain if isinstance(s.op, Estimator)]
+    fits = [s.op for s in chain if isinstance(s.op, Estimator) and not s.op.after_model]
     added = [last.field(c) for c in model_columns(fits[-1] if fits else None)
              if c in last.names]
     name, _ = parse_ref(step.op.params.model)

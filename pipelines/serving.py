@@ -259,7 +259,7 @@ class ScoringModel:
         # a tree model's integer category comes as int64, as a score step takes it: a
         # value the trained type cannot hold is a category training never saw (missing),
         # not a request to refuse
-        coded = {name for step in model.chain.steps
+        coded = {name for step in model.chain.every_step()
                  for name in (getattr(step, "categories", None) or {})}
         self.input_schema = pa.schema([
             trained.field(c).with_type(pa.int64())

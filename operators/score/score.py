@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
@@ -17,7 +18,7 @@ from operators.base import (
     register,
     require_columns,
 )
-from operators.chain import Chain
+from operators.chain import Chain, dump_chain, load_chain
 from operators.models.common import CONTRIBUTION_BASE, CONTRIBUTIONS, FittedModel
 
 PREDICTION_COLUMNS = ("prediction", "probability")
@@ -128,6 +129,13 @@ class Score(Transform):
     def _explained(self, chain: Chain) -> int:
         """The position in ``chain`` of the model whose contributions are asked for."""
         models = [i for i, step in enumerate(chain.steps) if isinstance(step, FittedModel)]
+        scored = [step for step in chain.steps if isinstance(step, Score) and step.chain]
+        if not models and scored:
+            inner = scored[-1].model_info.get("ref") or scored[-1].params.model
+            raise SchemaError(f"contributions: model '{self.params.model}' scores with the "
+                              f"saved model '{inner}' (a score step, then calibrate...), whose "
+                              "contributions it does not carry",
+                              hint=f"ask model '{inner}' for the contributions")
         if not models:
             self._not_explained("no model step")
         why = chain.steps[models[-1]].explains()
@@ -143,6 +151,29 @@ class Score(Transform):
         model = chain.steps[at]
         assert isinstance(model, FittedModel)
         return input_groups(chain.steps[:at], model.features)
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The params and the bound model's chain (its steps' states, as ``save_model``
+        keeps a chain), so that a model saved after this step (``calibrate``) scores with
+        the model it was fitted on: a model of a model, frozen as it was scored."""
+        meta, arrays = super().state()
+        if self.chain is None:
+            return meta, arrays
+        entries, inner = dump_chain(self.chain.steps)
+        info = {k: self.model_info[k] for k in ("name", "version", "ref")
+                if k in self.model_info}
+        meta["model"] = {"steps": entries, "required": self.required, "info": info}
+        return meta, {f"model.{key}": value for key, value in inner.items()}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Transform:
+        score = cls(cls.Params(**meta["params"]))
+        model = meta.get("model")
+        if model is not None:
+            inner = {key.removeprefix("model."): value for key, value in arrays.items()}
+            score.bind(Chain(load_chain(model["steps"], inner)), model["required"],
+                       model["info"])
+        return score
 
     def _bound(self) -> Chain:
         if self.chain is None:

@@ -144,6 +144,33 @@ ZOO = {
         label: churned
         l2: 0.01
     """,
+    "calibrated_boosted": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: one_hot
+        columns: [plan, region]
+      - op: gradient_boosted_trees
+        label: churned
+        n_trees: 5
+        max_depth: 3
+      - op: calibrate
+        label: churned
+    """,
+    "calibrated_multiclass": """
+      - op: drop
+        columns: [customer_id, signup_date, region]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: standard_scale
+        columns: [tenure, monthly_charges, total_charges]
+      - op: logistic_regression
+        label: plan
+        l2: 0.01
+      - op: calibrate
+        label: plan
+        method: sigmoid
+    """,
     "target_encoded": """
       - op: drop
         columns: [customer_id, signup_date]

@@ -104,20 +104,14 @@ def _cases() -> None:
                     "tol": 0.0}, blobs_table, id="kmeans-random", rtol=1e-9, atol=1e-9)
     case("score", {"model": "c"}, blobs_table, id="kmeans",
          prepare=lambda op: op.bind(Chain([_clusters()]), _clusters().features,
-                                    {"name": "c", "version": 1}),
-         skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
-                                  "model's own round-trip is checked by its cases"})
+                                    {"name": "c", "version": 1}))
     case("score", {"model": "t"}, _scoring_table, id="logistic",
          prepare=lambda op: op.bind(Chain([_scoring_model()]), _scoring_model().features,
-                                    {"name": "t", "version": 1}),
-         skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
-                                  "model's own round-trip is checked by its cases"})
+                                    {"name": "t", "version": 1}))
     case("score", {"model": "t", "contributions": True}, _scoring_table,
          id="logistic-contributions",
          prepare=lambda op: op.bind(Chain([_scoring_model()]), _scoring_model().features,
-                                    {"name": "t", "version": 1}),
-         skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
-                                  "model's own round-trip is checked by its cases"})
+                                    {"name": "t", "version": 1}))
 
 
 def blobs_table(rows: int = 150, seed: int = 7) -> pa.Table:

@@ -181,14 +181,10 @@ def _cases() -> None:
                         ("boosted-categories", _boosted_categories)):
         case("score", {"model": "t", "contributions": True}, _explained_table,
              id=f"contributions-{name}", rtol=1e-9, atol=1e-12,
-             prepare=functools.partial(_bind, model),
-             skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
-                                      "model's own round-trip is checked by its cases"})
+             prepare=functools.partial(_bind, model))
     case("score", {"model": "t", "contributions": True, "contributions_by": "inputs"},
          lambda: tree_table(rows=70, seed=15).drop_columns(["y"]), id="contributions-by-input",
-         prepare=_bind_prepared,
-         skip={"state_roundtrip": "score is bound to a registry model at plan time; the "
-                                  "model's own round-trip is checked by its cases"})
+         prepare=_bind_prepared)
 
 
 def _bind_prepared(op: Operator) -> None:
