@@ -28,8 +28,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
-from scipy.optimize import isotonic_regression
-from scipy.special import expit
 
 from operators.arrays import column_to_numpy
 from operators.base import (
@@ -39,6 +37,7 @@ from operators.base import (
     ParamError,
     Params,
     SchemaError,
+    SluiceError,
     Transform,
     register,
     register_fitted,
@@ -52,6 +51,7 @@ from operators.models.common import (
     put_column,
     row_weights,
 )
+from operators.models.logistic import sigmoid
 
 TIE = np.finfo(np.float64).resolution
 """Values closer than this to the first of a run of values are one point (scikit-learn's
@@ -385,6 +385,12 @@ def isotonic_points(x: np.ndarray, y: np.ndarray, w: np.ndarray
     """The breakpoints of the increasing fit of ``y`` at ``x`` (weights ``w``), in
     [0, 1], with the points inside a flat stretch left out (they change no
     interpolation): scikit-learn's ``IsotonicRegression`` fitted."""
+    try:  # here, on the driver: a spark-submit archive's workers may have no SciPy
+        from scipy.optimize import isotonic_regression
+    except ImportError:
+        raise SluiceError("calibrate's isotonic fit needs SciPy 1.12 or later where the "
+                          "pipeline is planned (the driver)",
+                          hint="install scipy there, or use method: sigmoid") from None
     fitted = np.clip(isotonic_regression(y, weights=w, increasing=True).x, 0.0, 1.0)
     keep = np.ones(len(fitted), dtype=bool)
     keep[1:-1] = (fitted[1:-1] != fitted[:-2]) | (fitted[1:-1] != fitted[2:])
@@ -409,7 +415,7 @@ def sigmoid_fit(x: np.ndarray, total: np.ndarray, hits: np.ndarray) -> tuple[flo
     current = loss(ab)
     for _ in range(200):
         z = -(ab[0] * x + ab[1])
-        q = expit(z)
+        q = sigmoid(z, np)
         residual = total * (q - target)
         # derivatives in (a, b): dz/da = -x, dz/db = -1
         gradient = -np.array([residual @ x, residual.sum()])
@@ -476,7 +482,7 @@ class CalibrateFitted(Transform):
                 columns.append(np.interp(np.clip(values, x[0], x[-1]), x, y))
             else:
                 a, b = fit
-                columns.append(expit(-(a * values + b)))
+                columns.append(sigmoid(-(a * values + b), np))
         if len(self.maps) == 1:
             out = np.column_stack([1.0 - columns[0], columns[0]])
         else:
