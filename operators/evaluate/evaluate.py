@@ -43,7 +43,7 @@ class EvaluateParams(Params):
     label: str = Field(description="the column of true values")
     metrics: list[str] | None = Field(
         None, description="metrics to compute (default: all for the task that the data allows, "
-        "the deviances, pinball_loss and coverage on request only); regression: "
+        "the deviances, pinball_loss, coverage and brier on request only); regression: "
         + ", ".join(REGRESSION_METRICS) + "; classification: "
         + ", ".join(CLASSIFICATION_METRICS))
     prediction: str = Field("prediction", description="the column of predicted values")
@@ -97,7 +97,9 @@ class Evaluate(Measuring):
     Classification metrics: accuracy, log_loss, roc_auc (binary, or macro one-vs-rest),
     pr_auc (average precision: the area under the precision-recall curve, what tells a
     model's quality for a rare class), precision, recall, f1 (binary: positive class =
-    the larger class; multiclass: macro average), confusion_matrix, count. Regression:
+    the larger class; multiclass: macro average), confusion_matrix, count; on request
+    brier (scikit-learn's brier_score_loss: how true the probabilities are, what
+    `calibrate` improves; a model's validation reports it too). Regression:
     rmse, mse, mae, r2, count; on request poisson_deviance, gamma_deviance,
     tweedie_deviance (at `tweedie_power`, a tweedie model's), and for a
     quantile model pinball_loss (the loss it minimises) and coverage (the share of labels

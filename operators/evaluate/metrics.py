@@ -40,14 +40,14 @@ from operators.base import DataError, ParamError, suggest
 REGRESSION_METRICS = ["rmse", "mse", "mae", "r2", "count", "poisson_deviance",
                       "gamma_deviance", "tweedie_deviance", "pinball_loss", "coverage"]
 CLASSIFICATION_METRICS = ["accuracy", "log_loss", "roc_auc", "pr_auc", "precision", "recall",
-                          "f1", "confusion_matrix", "count"]
+                          "f1", "confusion_matrix", "count", "brier"]
 DEFAULT_METRICS = {
     "regression": ["rmse", "mae", "r2", "count"],
     "classification": ["accuracy", "precision", "recall", "f1", "log_loss", "roc_auc",
                        "pr_auc", "confusion_matrix", "count"],
 }
-PROBABILITY_METRICS = ["log_loss", "roc_auc", "pr_auc"]
-LOWER_IS_BETTER = {"log_loss", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance",
+PROBABILITY_METRICS = ["log_loss", "roc_auc", "pr_auc", "brier"]
+LOWER_IS_BETTER = {"log_loss", "brier", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance",
                    "tweedie_deviance", "pinball_loss"}
 COMPARABLE = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS))
                     - {"count", "confusion_matrix", "coverage"})
@@ -96,7 +96,10 @@ class MetricAccumulator:
     average over all classes, a class never predicted counts 0 precision, as
     scikit-learn's ``zero_division=0``; with a single class, that class's values);
     ``confusion_matrix`` (rows true, columns predicted, sorted class order; also
-    adds ``classes``); ``count``. With a weight, every metric but ``count`` is
+    adds ``classes``); ``count``; ``brier`` (scikit-learn's ``brier_score_loss``: two
+    classes' mean ``(p - y)^2``, more classes' mean of its sum over the classes, from
+    each class's sums of the probability columns and the rows' sums of squares). With a
+    weight, every metric but ``count`` is
     weighted (scikit-learn's ``sample_weight``).
 
     How exact ``roc_auc`` is: each class's scores are histogrammed on the fixed
@@ -246,7 +249,8 @@ class MetricAccumulator:
                               axis=1)
             loss = segment_sums(xp, t, w[:, None] * losses, k)
             hist = segment_sums(xp, t * nb + _bins(xp, proba), w[:, None], k * nb)
-            return {"width": 1, "loss": loss, "hist": hist.reshape(k, 1, nb), "hist_all": None}
+            return {"width": 1, "loss": loss, "hist": hist.reshape(k, 1, nb), "hist_all": None,
+                    **_brier_sums(proba[:, None], t, k, w, xp)}
         width = int(proba.shape[1])
         if k > width:
             raise DataError(f"probability has {width} entries per row but {k} classes were "
@@ -269,7 +273,8 @@ class MetricAccumulator:
         hist = segment_sums(xp, xp.reshape(keys, (-1,)),
                              xp.reshape(xp.broadcast_to(w[:, None], (n, cands)), (-1, 1)),
                              k * cands * nb).reshape(k, cands, nb)
-        return {"width": width, "loss": loss, "hist": hist, "hist_all": hist_all}
+        return {"width": width, "loss": loss, "hist": hist, "hist_all": hist_all,
+                **_brier_sums(proba, t, k, w, xp)}
 
     def _index(self, values: np.ndarray, classes: np.ndarray, column: str) -> np.ndarray:
         pos = np.searchsorted(classes, values)
@@ -304,6 +309,8 @@ class MetricAccumulator:
                 raise DataError(f"probability has {pa_['width']} entries in one partition and "
                                 f"{pb['width']} in another", hint="one entry per class")
             proba = {"width": pa_["width"], "loss": pa_["loss"] + pb["loss"],
+                     "linear": pa_["linear"] + pb["linear"],
+                     "squares": pa_["squares"] + pb["squares"],
                      "hist": pa_["hist"] + pb["hist"],
                      "hist_all": None if pa_["hist_all"] is None
                      else pa_["hist_all"] + pb["hist_all"]}
@@ -360,7 +367,7 @@ class MetricAccumulator:
             "count": int(stats["rows"]),
         }
         if stats["proba"] is not None:
-            out.update(_finalize_proba(stats["proba"], k, total))
+            out.update(_finalize_proba(stats["proba"], k, total, true_sum))
         return out
 
 
@@ -429,6 +436,8 @@ def align(stats: dict[str, Any], classes: np.ndarray) -> dict[str, Any]:
         width = proba["width"]
         loss = np.zeros((k, proba["loss"].shape[1]))
         loss[pos] = proba["loss"]
+        linear = np.zeros((k, proba["linear"].shape[1]))
+        linear[pos] = proba["linear"]
         if width == 1:
             if k > 2:
                 raise DataError(f"probability is one number per row (binary) but {k} classes "
@@ -445,7 +454,8 @@ def align(stats: dict[str, Any], classes: np.ndarray) -> dict[str, Any]:
             # that column is candidate (g - i) + c of the class at old position i
             for i, g in enumerate(pos):
                 hist[g] = proba["hist"][i, g - i:g - i + cands]
-        proba = {"width": width, "loss": loss, "hist": hist, "hist_all": proba["hist_all"]}
+        proba = {"width": width, "loss": loss, "hist": hist, "hist_all": proba["hist_all"],
+                 "linear": linear, "squares": proba["squares"]}
     return {**stats, "classes": classes, "confusion": confusion, "proba": proba}
 
 
@@ -482,12 +492,17 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / safe, 0.0)
 
 
-def _finalize_proba(proba: dict[str, Any], k: int, total: float) -> dict[str, float]:
+def _finalize_proba(proba: dict[str, Any], k: int, total: float, true_sum: np.ndarray
+                    ) -> dict[str, float]:
     width, loss, hist = proba["width"], proba["loss"], proba["hist"]
     if width == 1:
         if k < 2:
-            return {"log_loss": math.nan, "roc_auc": math.nan, "pr_auc": math.nan}
+            return {"log_loss": math.nan, "roc_auc": math.nan, "pr_auc": math.nan,
+                    "brier": math.nan}
+        # sum of w (p - y)^2 = sum w p^2 - 2 sum_{y = 1} w p + sum_{y = 1} w
+        brier = proba["squares"] - 2.0 * proba["linear"][1, 0] + true_sum[1]
         return {"log_loss": float((loss[0, 0] + loss[1, 1]) / total),
+                "brier": float(max(brier, 0.0) / total),
                 "roc_auc": auc(hist[1, 0], hist[0, 0]),
                 "pr_auc": average_precision(hist[1, 0], hist[0, 0])}
     if k != width:
@@ -500,9 +515,19 @@ def _finalize_proba(proba: dict[str, Any], k: int, total: float) -> dict[str, fl
     defined = [a for a in aucs if not math.isnan(a)]
     precisions = [average_precision(own[c], negatives[c]) for c in range(k)]
     kept = [a for a in precisions if not math.isnan(a)]
+    # sum of w sum_j (p_j - [y = j])^2 = sum w |p|^2 - 2 sum w p_y + sum w
+    brier = proba["squares"] - 2.0 * float(np.trace(proba["linear"])) + total
     return {"log_loss": float(np.trace(loss) / total),
+            "brier": float(max(brier, 0.0) / total),
             "roc_auc": float(np.mean(defined)) if defined else math.nan,
             "pr_auc": float(np.mean(kept)) if kept else math.nan}
+
+
+def _brier_sums(proba: Any, t: Any, k: int, w: Any, xp: Any) -> dict[str, Any]:
+    """The Brier score's sums: each class's weighted sums of every probability column
+    (``linear``: k x columns) and the weighted sum of the rows' squared probabilities."""
+    return {"linear": to_numpy(segment_sums(xp, t, w[:, None] * proba, k)),
+            "squares": float(xp.sum(w * xp.sum(proba * proba, axis=1)))}
 
 
 def auc(positives: np.ndarray, negatives: np.ndarray) -> float:

@@ -770,8 +770,10 @@ class LinearContributions:
 
 
 def metric_accumulator(model: FittedModel) -> MetricAccumulator:
-    if model.is_classifier:
-        return MetricAccumulator("classification", classes=model.classes)
+    if model.is_classifier:  # and the Brier score: how true the probabilities are
+        return MetricAccumulator("classification",
+                                 [*DEFAULT_METRICS["classification"], "brier"],
+                                 classes=model.classes)
     quantile = getattr(model, "quantile", None)
     if quantile is not None:  # a quantile model: the loss it minimises, how much it covers
         return MetricAccumulator("regression", [*DEFAULT_METRICS["regression"],

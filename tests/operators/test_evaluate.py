@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import (
     accuracy_score,
+    brier_score_loss,
     confusion_matrix,
     f1_score,
     log_loss,
@@ -115,6 +116,26 @@ def test_multiclass_matches_sklearn_on_every_partitioning() -> None:
     assert abs(got["roc_auc"] - roc_auc_score(y, proba, multi_class="ovr")) <= AUC_TOL
     assert got["classes"] == sorted(set(y))
     np.testing.assert_array_equal(got["confusion_matrix"], confusion_matrix(y, pred))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_brier_on_request_is_scikit_learns_on_every_partitioning(weighted: bool) -> None:
+    """scikit-learn's brier_score_loss: two classes' mean (p - y)^2, more classes' mean
+    sum over the classes (its [0, 2] range); partitions that see some classes only (the
+    labels sorted) too. Asked for, as the deviances are."""
+    for table, label, weight in ((binary_table(1500), "churned", "w"),
+                                 (multiclass_table(1200), "plan", None)):
+        params = {"label": label, "metrics": ["brier", "log_loss"],
+                  **({"weight": weight} if weighted and weight else {})}
+        w = column(table, weight) if weighted and weight else None
+        y, proba = column(table, label), column(table, "probability")
+        labels = sorted(set(y)) if proba.ndim == 2 else None
+        want = brier_score_loss(y, proba, sample_weight=w, labels=labels)
+        for how, parts in partitionings(table, label).items():
+            got = evaluate(params, parts)
+            assert got.keys() == {"brier", "log_loss"}
+            assert got["brier"] == pytest.approx(want, rel=1e-12), (label, how)
+    assert "brier" not in evaluate({"label": "churned"}, [binary_table(100)])
 
 
 @pytest.mark.parametrize("weighted", [False, True])

@@ -77,6 +77,19 @@ def test_the_default_metric_is_the_log_loss_lower_is_better(churn: Path,
     assert tuning["best"] == min(candidates, key=lambda k: candidates[k]["log_loss"])
 
 
+def test_candidates_compared_by_their_brier_score(churn: Path, workdir: Path) -> None:
+    """tune_metric: brier (how true the probabilities are), lower is better; every
+    classifier's validation reports it."""
+    record = run(write_pipeline(workdir, TUNED.format(tune=GRID + "\n        tune_metric: "
+                                                      "brier")))
+    tuning = record["metrics"]["model"]["tuning"]
+    candidates = tuning["candidates"]
+    assert tuning["metric"] == "brier"
+    assert tuning["best"] == min(candidates, key=lambda k: candidates[k]["brier"])
+    assert len({round(c["brier"], 12) for c in candidates.values()}) > 1
+    assert 0 < record["metrics"]["model"]["validation"]["brier"] < 0.25
+
+
 @pytest.mark.parametrize(("tune", "key", "message"), [
     ("tune:\n          max_iters: [10]", "tune",
      "tune: unknown parameter 'max_iters'; did you mean 'max_iter'? (logistic_regression "
@@ -87,7 +100,7 @@ def test_the_default_metric_is_the_log_loss_lower_is_better(churn: Path,
     ("tune:\n          l2: [0.1, -1.0]", "tune",
      "tune: l2=-1.0: parameter 'l2': Input should be greater than or equal to 0"),
     ("tune:\n          l2: [0.1]\n        tune_metric: roc_aoc", "tune_metric",
-     "unknown metric 'roc_aoc'; did you mean 'roc_auc'? (one of: accuracy, f1,"),
+     "unknown metric 'roc_aoc'; did you mean 'roc_auc'? (one of: accuracy, brier, f1,"),
     ("tune:\n          l2: [0.1]\n        tune_samples: 0", "tune_samples",
      "tune_samples must be a whole number from 1 to 100 (got 0)"),
     ("tune:\n          max_iter: [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]\n"
