@@ -20,6 +20,15 @@ from bench.aggregate_cases import (  # noqa: F401 - bench.worker looks the sides
     spark_aggregate_sluice_spark,
     spark_aggregate_spark,
 )
+from bench.calibrate_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    calibrate_sigmoid_sklearn,
+    calibrate_sigmoid_sluice_local,
+    calibrate_sklearn,
+    calibrate_sluice_local,
+    check_calibrate,
+    check_calibrate_sigmoid,
+    scored,
+)
 from bench.category_cases import (  # noqa: F401 - bench.worker looks the sides up here
     categories,
     train_boosted_categories_sluice_local,
@@ -289,6 +298,12 @@ CASES: dict[str, Case] = {
     # (bench/target_encode_cases.py)
     "target_encode": Case("merchants", ("sluice_local", "sklearn"), merchants,
                           check=check_target_encode),
+    # read -> calibrate an overconfident probability (every value distinct) -> write vs
+    # scikit-learn's IsotonicRegression / Platt scaling (_SigmoidCalibration) on the files
+    # read with pyarrow + write; the calibrated probabilities compared (calibrate_cases.py)
+    "calibrate": Case("scored", ("sluice_local", "sklearn"), scored, check=check_calibrate),
+    "calibrate_sigmoid": Case("scored", ("sluice_local", "sklearn"), scored,
+                              check=check_calibrate_sigmoid),
     # read + kmeans (k = 8, 20 Lloyd passes, tol 0, k-means|| start) vs scikit-learn's
     # KMeans (lloyd, k-means++ start, n_init 1) and, on 2 Dask workers, dask-ml's KMeans
     # (k-means||); inertia printed (bench/kmeans_cases.py)

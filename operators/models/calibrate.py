@@ -133,8 +133,10 @@ def _points(x: np.ndarray, labels: pa.Array, weights: np.ndarray) -> pa.Table:
     return summed.select(["x", "label", "w_sum"]).rename_columns(["x", "label", "w"])
 
 
-def _distinct(points: pa.Table) -> int:
-    return pc.count_distinct(points.column("x")).as_py() if points.num_rows else 0
+def _more_than(points: pa.Table, m: int) -> bool:
+    """Whether ``points`` has more than ``m`` distinct values (counted only where its
+    rows, a value's and a label's, could be more)."""
+    return points.num_rows > m and pc.count_distinct(points.column("x")).as_py() > m
 
 
 @register("calibrate")
@@ -258,7 +260,7 @@ class Calibrate(Estimator):
         maps to its bin alone, so coarsening then merging is merging then coarsening."""
         m = self.params.max_points
         points = stats["points"]
-        if points is None or stats["coarse"] or all(_distinct(t) <= m for t in points):
+        if points is None or stats["coarse"] or not any(_more_than(t, m) for t in points):
             return stats
         grid = [_points(coarsened(np.asarray(t.column("x")), m), t.column("label"),
                         np.asarray(t.column("w"))) for t in points]
