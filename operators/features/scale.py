@@ -1,4 +1,4 @@
-"""standard_scale, min_max_scale and robust_scale, applied on ``xp``.
+"""standard_scale, min_max_scale, max_abs_scale, robust_scale and normalize, on ``xp``.
 
 standard_scale and min_max_scale fit the same statistics per column (count, mean, sum
 of squared deviations, minimum, maximum) in one pass, computed on a partition with the
@@ -12,7 +12,7 @@ exactly over all partitions (``operators.quantiles``).
 from __future__ import annotations
 
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -171,6 +171,28 @@ class _MomentsEstimator(Estimator):
         return {"rows": int(state["count"].max(initial=0))}
 
 
+class _ScaledFitted(Transform):
+    """A fitted scaler of the column moments: its columns in place as float64; its
+    state is the moments (subclasses turn them into an offset and a factor)."""
+
+    def __init__(self, params: Any, stats: dict[str, np.ndarray]):
+        super().__init__(params)
+        self.stats = stats
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return scaled_schema(schema, self.params.columns, self.name.removesuffix(".fitted"))
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"params": self.params.model_dump(mode="json")}, dict(self.stats)
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Transform:
+        return cls(cls.Params(**meta["params"]), _moments_state(arrays))
+
+
 # --------------------------------------------------------------------------- standard_scale
 
 
@@ -210,14 +232,13 @@ class StandardScale(_MomentsEstimator):
 
 
 @register_fitted("standard_scale.fitted")
-class StandardScaleFitted(Transform):
+class StandardScaleFitted(_ScaledFitted):
     """(x - mean) / scale with the fitted mean and scale (1 for a constant column)."""
 
     Params = StandardScaleParams
 
     def __init__(self, params: StandardScaleParams, stats: dict[str, np.ndarray]):
-        super().__init__(params)
-        self.stats = stats
+        super().__init__(params, stats)
         count, mean, var = stats["count"], stats["mean"], stats["m2"] / np.maximum(
             stats["count"], 1.0)
         constant = (stats["min"] == stats["max"]) | is_constant(count, mean, var)
@@ -225,25 +246,11 @@ class StandardScaleFitted(Transform):
         self.mean = np.where(stats["min"] == stats["max"], stats["min"], mean)
         self.scale = np.where(constant, 1.0, np.sqrt(var))
 
-    def input_columns(self, schema: pa.Schema) -> list[str]:
-        return list(self.params.columns)
-
-    def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        return scaled_schema(schema, self.params.columns, "standard_scale")
-
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         k = len(self.params.columns)
         offset = self.mean if self.params.with_mean else np.zeros(k)
         factor = 1.0 / self.scale if self.params.with_std else np.ones(k)
         return scale_columns(part, self.params.columns, offset, factor, np.zeros(k), xp)
-
-    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {"params": self.params.model_dump(mode="json")}, dict(self.stats)
-
-    @classmethod
-    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
-                   ) -> StandardScaleFitted:
-        return cls(StandardScaleParams(**meta["params"]), _moments_state(arrays))
 
 
 # --------------------------------------------------------------------------- min_max_scale
@@ -286,23 +293,16 @@ class MinMaxScale(_MomentsEstimator):
 
 
 @register_fitted("min_max_scale.fitted")
-class MinMaxScaleFitted(Transform):
+class MinMaxScaleFitted(_ScaledFitted):
     """low + (x - min) * (high - low) / (max - min); 0 slope for a constant column."""
 
     Params = MinMaxScaleParams
 
     def __init__(self, params: MinMaxScaleParams, stats: dict[str, np.ndarray]):
-        super().__init__(params)
-        self.stats = stats
+        super().__init__(params, stats)
         low, high = params.feature_range
         width = stats["max"] - stats["min"]
         self.factor = np.where(width > 0, (high - low) / np.where(width > 0, width, 1.0), 0.0)
-
-    def input_columns(self, schema: pa.Schema) -> list[str]:
-        return list(self.params.columns)
-
-    def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        return scaled_schema(schema, self.params.columns, "min_max_scale")
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         low, high = self.params.feature_range
@@ -310,13 +310,122 @@ class MinMaxScaleFitted(Transform):
         return scale_columns(part, self.params.columns, self.stats["min"], self.factor,
                              np.full(k, low), xp, (low, high) if self.params.clip else None)
 
-    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {"params": self.params.model_dump(mode="json")}, dict(self.stats)
 
-    @classmethod
-    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
-                   ) -> MinMaxScaleFitted:
-        return cls(MinMaxScaleParams(**meta["params"]), _moments_state(arrays))
+# --------------------------------------------------------------------------- max_abs_scale
+
+
+class MaxAbsScaleParams(Params):
+    columns: list[str] = Field(min_length=1, description="numeric columns to scale")
+
+
+@register("max_abs_scale")
+class MaxAbsScale(_MomentsEstimator):
+    """Scale numeric columns by their largest absolute value, to [-1, 1], without shifting.
+
+    scikit-learn's MaxAbsScaler and MLlib's: zeros stay zeros (sparse-like columns keep
+    their zeros), a column of zeros stays 0. Nulls and NaN are left out of the fit and
+    stay; the output is float64.
+
+    ```yaml
+    - op: max_abs_scale
+      columns: [clicks, spend]
+    ```
+    """
+
+    float32 = True  # docs/float32.md
+
+    Params = MaxAbsScaleParams
+
+    def fitted(self, state: dict[str, np.ndarray]) -> MaxAbsScaleFitted:
+        return MaxAbsScaleFitted(self.params, _moments_state(state))
+
+
+@register_fitted("max_abs_scale.fitted")
+class MaxAbsScaleFitted(_ScaledFitted):
+    """x / max|x| with the fitted largest absolute value (1 for a column of zeros)."""
+
+    Params = MaxAbsScaleParams
+
+    def __init__(self, params: MaxAbsScaleParams, stats: dict[str, np.ndarray]):
+        super().__init__(params, stats)
+        largest = np.maximum(np.abs(stats["min"]), np.abs(stats["max"]))
+        self.scale = np.where(largest > 0, largest, 1.0)
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        k = len(self.params.columns)
+        return scale_columns(part, self.params.columns, np.zeros(k), 1.0 / self.scale,
+                             np.zeros(k), xp)
+
+
+# --------------------------------------------------------------------------- normalize
+
+
+class NormalizeParams(Params):
+    columns: list[str] = Field(min_length=2, description="numeric columns: each row's "
+                                                         "values as one vector")
+    norm: Literal["l1", "l2", "max"] = Field(
+        "l2", description="l1 (sum of absolute values), l2 (Euclidean length) or max (the "
+                          "largest absolute value)")
+
+
+@register("normalize")
+class Normalize(Transform):
+    """Each row's values of `columns` divided by their norm: rows as unit vectors.
+
+    scikit-learn's Normalizer and MLlib's (p = 1, 2, inf): a row of zeros stays zeros;
+    a row with a null or NaN among the columns is a DataError naming the column (impute
+    first). The output is float64. Nothing is fitted: each row on its own.
+
+    ```yaml
+    - op: normalize
+      columns: [views, clicks, buys]   # counts as shares of a customer's activity
+      norm: l1
+    ```
+    """
+
+    float32 = True  # docs/float32.md
+
+    Params = NormalizeParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        unique_names(self.params.columns, "columns")
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return scaled_schema(schema, self.params.columns, "normalize")
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        columns = self.params.columns
+        if part.num_rows == 0:
+            return scale_columns(part, columns, np.zeros(0), np.zeros(0), np.zeros(0), xp)
+        for name in columns:
+            column = part.column(name)
+            missing = column.null_count + (int(pc.sum(pc.is_nan(column)).as_py() or 0)
+                                           if pa.types.is_floating(column.type) else 0)
+            if missing:
+                raise DataError(f"column '{name}' has {missing} null or NaN values: a row's "
+                                "norm needs every value", hint="impute it first")
+        x = table_to_matrix(part, columns, xp)
+        require_finite(columns, to_numpy(xp.sum(xp.astype(xp.isinf(x), x.dtype), axis=0,
+                                                dtype=xp.float64)))
+        size = xp.abs(x)
+        if self.params.norm == "l1":
+            norm = xp.sum(size, axis=1)
+        elif self.params.norm == "l2":
+            norm = xp.sqrt(xp.sum(x * x, axis=1))
+        else:
+            norm = xp.max(size, axis=1)
+        y = x / xp.where(norm > 0, norm, xp.ones_like(norm))[:, None]
+        host = to_numpy(y)
+        out = part
+        for j, name in enumerate(columns):
+            i = out.schema.get_field_index(name)
+            out = out.set_column(i, pa.field(name, pa.float64()),
+                                 pa.array(np.asarray(host[:, j], dtype=np.float64)))
+        return out
 
 
 # --------------------------------------------------------------------------- robust_scale

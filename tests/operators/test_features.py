@@ -12,7 +12,9 @@ from pydantic import ValidationError
 from sklearn.impute import SimpleImputer
 from sklearn.preprocessing import (
     KBinsDiscretizer,
+    MaxAbsScaler,
     MinMaxScaler,
+    Normalizer,
     OneHotEncoder,
     RobustScaler,
     StandardScaler,
@@ -131,6 +133,48 @@ def test_min_max_scale_matches_scikit_learn() -> None:
     np.testing.assert_allclose(floats(got, columns), want, rtol=1e-12, atol=1e-12)
     const = run("min_max_scale", table, columns=["const"], feature_range=[3, 4])
     assert np.all(const.column("const").to_numpy() == 3.0)
+
+
+def test_max_abs_scale_matches_scikit_learn() -> None:
+    """x / max|x| over every partitioning; nulls and NaN left out of the fit and kept;
+    a column of zeros stays 0."""
+    table = numbers().append_column("zeros", pa.array(np.zeros(600)))
+    table = table.append_column("negative", pa.array(-np.arange(600.0) - 5))
+    columns = ["x", "n", "skew", "const", "zeros", "negative"]
+    want = MaxAbsScaler().fit_transform(floats(table, columns))
+    for parts, shuffle in ((1, None), (6, 2)):
+        got = run("max_abs_scale", table, parts, shuffle, columns=columns)
+        np.testing.assert_allclose(floats(got, columns), want, rtol=1e-15, atol=0)
+        assert got.column("x").null_count == table.column("x").null_count
+    assert floats(got, ["negative"]).min() == -1.0
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "max"])
+def test_normalize_matches_scikit_learn(norm: str) -> None:
+    """Each row over its norm; a row of zeros stays zeros; integers become float64."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 3)) * [1, 10, 100]
+    x[7] = 0.0
+    table = pa.table({"a": x[:, 0], "b": pa.array(np.round(x[:, 1]).astype(np.int64)),
+                      "c": x[:, 2], "keep": pa.array(np.arange(300))})
+    x[:, 1] = np.round(x[:, 1])
+    got = run("normalize", table, columns=["a", "b", "c"], norm=norm)
+    np.testing.assert_allclose(floats(got, ["a", "b", "c"]),
+                               Normalizer(norm=norm).transform(x), rtol=1e-15, atol=1e-17)
+    assert got.column("keep").to_pylist() == list(range(300))
+    assert got.schema.field("b").type == pa.float64()
+
+
+def test_normalize_needs_every_value() -> None:
+    table = pa.table({"a": [1.0, None], "b": [2.0, 3.0], "c": [1.0, float("nan")]})
+    with pytest.raises(DataError, match="column 'a' has 1 null or NaN values"):
+        run("normalize", table, columns=["a", "b"])
+    with pytest.raises(DataError, match="column 'c' has 1 null or NaN values"):
+        run("normalize", table, columns=["b", "c"])
+    with pytest.raises(DataError, match="column 'b' has 1 infinite values"):
+        run("normalize", pa.table({"a": [1.0], "b": [float("inf")]}), columns=["a", "b"])
+    with pytest.raises(Exception, match="at least 2"):
+        build("normalize", columns=["a"])
 
 
 def test_min_max_scale_clips_scored_values_when_asked() -> None:

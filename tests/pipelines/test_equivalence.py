@@ -215,6 +215,8 @@ ZOO = {
         columns: [plan]
       - op: standard_scale
         columns: [tenure, monthly_charges, total_charges]
+      - op: normalize
+        columns: [tenure, monthly_charges, total_charges]
       - op: kmeans
         features: [tenure, monthly_charges, total_charges, "plan=basic", "plan=premium"]
         k: 5
@@ -253,6 +255,8 @@ ZOO = {
         columns: [monthly_charges]
       - op: derive
         columns: {w: "1 + churned"}
+      - op: max_abs_scale
+        columns: [churned]
       - op: linear_regression
         label: tenure
         weight: w

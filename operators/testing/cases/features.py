@@ -95,6 +95,14 @@ _cases("min_max_scale", features_table,
        ("default", {"columns": ["x", "n", "const", "small"]}),
        ("range-clip", {"columns": ["big", "f32"], "feature_range": [-1, 1], "clip": True}))
 
+_cases("max_abs_scale", features_table,
+       ("default", {"columns": ["x", "n", "const", "small", "big", "f32"]}))
+_cases("max_abs_scale", nan_table, ("nan", {"columns": ["x", "n"]}))
+_cases("normalize", features_table,
+       ("l2", {"columns": ["small", "const", "big"]}),
+       ("l1", {"columns": ["small", "big"], "norm": "l1"}),
+       ("max", {"columns": ["small", "const"], "norm": "max"}))
+
 def correlated_table(rows: int = 300, seed: int = 12) -> pa.Table:
     """Correlated numbers of different scales and an integer column (no nulls), a
     positive weight, and a text column that passes through."""
