@@ -46,7 +46,8 @@ Language
   ``seconds_between`` (the day, hour... boundaries from a to b, as SQL's datediff: b later
   is positive; a date counts as its midnight, a zoned time by its UTC clock),
   ``cast(x as type)`` with type one of int8..int64, uint8..uint64, int/integer (int64),
-  float32, float64/double/float, string/str/utf8, bool/boolean, date, timestamp.
+  float32, float64/double/float, string/str/utf8, bool/boolean, date, timestamp;
+  ``try_cast(x as type)``, the same types: null where cast would stop the run.
 
 Semantics
 ---------
@@ -111,6 +112,19 @@ kernels), as do all math functions (``log(0)`` is ``-inf``, ``sqrt(-1)`` is ``na
 value is NaN). ``if(cond, a, b)`` is null where ``cond`` is null. ``cast`` truncates floats
 toward zero and timestamps to dates (NaN/inf/out-of-range floats give unspecified integers);
 integer overflow and unparsable strings raise when the expression is evaluated.
+
+``try_cast(x as type)`` (Spark SQL's and DuckDB's) gives cast's value wherever cast gives
+one, and null where cast would raise (a text that does not parse, an integer or a decimal
+past the type's range, a date or a coarse timestamp past ``timestamp[us]``'s, bytes that
+are no UTF-8) or gives an unspecified value (NaN, an infinity or a float past the range
+to an integer): ``try_cast('12a' as int64)``, ``try_cast(1e20 as int32)`` and
+``try_cast(300 as uint8)`` are null, ``try_cast(1.5 as int64)`` is 1 and
+``try_cast(-1.5 as int64)`` -1 (toward zero, as cast and Spark's ANSI cast). Text is
+read as cast reads it (``operators/try_cast.py``): no spaces around it, no '+' before an
+integer, hexadecimal integers (``0x1F``) taken; Spark trims spaces, takes '+', and
+refuses hexadecimal. It nulls its own conversion only: an error of its argument
+(``try_cast(d * 10 as int64)`` of a decimal past 38 digits) is an error still, and a type
+cast cannot convert (a struct) is refused as the expression plans.
 """
 
 from __future__ import annotations
@@ -128,6 +142,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.arrays import is_text
+from operators.try_cast import try_cast
 
 # lark is imported where an expression is parsed: a run without one never imports it
 # (~15-20 ms of start-up)
@@ -636,7 +651,7 @@ def _build_call(tree: Tree, text: str) -> _Call:
     ):
         raise ExpressionError(
             f"{written}() {_arity_text(spec.min_args, spec.max_args)} (got {len(arg_trees)})"
-            + (": cast(x as float64)" if name == "cast" else ""),
+            + (f": {name}(x as float64)" if name in _CASTS else ""),
             text,
             name_tok.start_pos,
         )
@@ -645,9 +660,10 @@ def _build_call(tree: Tree, text: str) -> _Call:
     for arg_tree in arg_trees:
         args.append(_build(arg_tree.children[0], text))
         if arg_tree.data == "cast_arg":
-            if name != "cast":
+            if name not in _CASTS:
                 raise ExpressionError(
-                    "'as' is only allowed in cast(x as type)", text, _tok(arg_tree, 1).start_pos
+                    "'as' is only allowed in cast(x as type) and try_cast(x as type)", text,
+                    _tok(arg_tree, 1).start_pos,
                 )
             type_tok = arg_tree.children[2].children[0]
             cast_type = str(type_tok).lower()
@@ -657,11 +673,11 @@ def _build_call(tree: Tree, text: str) -> _Call:
                     text,
                     type_tok.start_pos,
                 )
-    if name == "cast" and cast_type is None:
+    if name in _CASTS and cast_type is None:
         raise ExpressionError(
-            "cast needs a target type: cast(x as float64)", text, name_tok.start_pos
+            f"{written} needs a target type: {name}(x as float64)", text, name_tok.start_pos
         )
-    if name == "cast":
+    if name in _CASTS:
         return _Call(name_tok.start_pos, name, written, tuple(args), cast_type)
     return _Call(name_tok.start_pos, spec.canonical, written, tuple(args))
 
@@ -1040,6 +1056,8 @@ for _unit, _kernel in (("days", pc.days_between), ("hours", pc.hours_between),
     _register(f"{_unit}_between", _Function(f"{_unit}_between", 2, 2, _between(_kernel),
                                             "number", time_args=True))
 _register("cast", _Function("cast", 1, 1, lambda n, e: e[0], "any"))
+_register("try_cast", _Function("try_cast", 1, 1, lambda n, e: e[0], "any"))
+_CASTS = frozenset(["cast", "try_cast"])
 
 _CAST_TYPES: dict[str, pa.DataType] = {
     "int8": pa.int8(),
@@ -1445,7 +1463,7 @@ class _Compiler:
             exprs[at:] = self._of_one_type(node.args[at:], exprs[at:], guards[at:])
         if node.name in ("floor", "ceil", "round"):
             return self._rounded(node, exprs)
-        if node.name == "cast":
+        if node.name in _CASTS:
             assert node.cast_type is not None
             target = _CAST_TYPES[node.cast_type]
             options = pc.CastOptions(
@@ -1454,6 +1472,10 @@ class _Compiler:
                 allow_time_truncate=True,
                 allow_decimal_truncate=True,
             )
+            source = (node.args[0].arrow_type if isinstance(node.args[0], _Literal)
+                      else self._result_type(exprs[0]))
+            if node.name == "try_cast" and source is not None:
+                return try_cast(exprs[0], source, target, options)
             return exprs[0].cast(options=options)
         if node.name == "nullif":  # null where a equals b (SQL's); a where b is null
             equal = self._compare("=", node.args[0], node.args[1], exprs[0], exprs[1])
@@ -1877,8 +1899,8 @@ def _type_error(
     what = _describe_node(node)
     if isinstance(node, _Column):
         return ExpressionError(f"cannot use column {node.name!r} ({detail})", text, node.pos)
-    if isinstance(node, _Call) and node.name == "cast":
-        message = f"cannot cast {arg_types[0]} to {node.cast_type}"
+    if isinstance(node, _Call) and node.name in _CASTS:
+        message = f"cannot {node.name} {arg_types[0]} to {node.cast_type}"
     elif isinstance(node, _BinOp) and node.op in _ARROW_COMPARISON:
         message = f"cannot compare {types} with {what}"
     elif isinstance(node, _Logic | _Not):
@@ -2021,7 +2043,7 @@ def _nan_blind(node: _Node, nan_columns: frozenset[str]) -> bool:
         ok, args = not _reads(node.args[0], nan_columns), node.args[1:]
     elif isinstance(node, _Call):
         ok = node.name in _NAN_CARRYING_FUNCTIONS or node.name == "coalesce" or (
-            node.name == "cast" and node.cast_type in _FLOAT_CASTS)
+            node.name in _CASTS and node.cast_type in _FLOAT_CASTS)
     else:
         ok = isinstance(node, _Neg)
     return ok and all(_nan_blind(arg, nan_columns) for arg in args)
@@ -2130,7 +2152,7 @@ def _static_kind(node: _Node) -> str | None:
     if isinstance(node, _Not | _Logic | _IsNull | _InList | _Between | _Like):
         return "bool"
     if isinstance(node, _Call):
-        if node.name == "cast":
+        if node.name in _CASTS:
             return "bool" if node.cast_type in ("bool", "boolean") else "value of another type"
         result = _FUNCTIONS[node.name].result
         return None if result == "any" else result

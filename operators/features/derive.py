@@ -55,6 +55,7 @@ class Derive(Transform):
         charge_per_month: "total_charges / greatest(tenure, 1)"
         log_charge: "log1p(charge_per_month)"
         is_long: "tenure >= 24"
+        zip_code: "try_cast(zip_text as int32)"   # null where it is no int32, as Spark SQL
     ```
     """
 

@@ -1007,6 +1007,8 @@ def _render(node: tuple, style: dict[str, Any]) -> tuple[str, int]:
         return f"{sub(node[1], ATOM)} {node[3]} {node[2]}", POW
     if kind == "call":
         return f"{node[1]}({', '.join(render(arg, style) for arg in node[2:])})", ATOM
+    if kind == "try_cast":
+        return f"try_cast({render(node[1], style)} {kw('as')} {node[2]})", ATOM
     if kind == "cmp":
         return f"{sub(node[2], SUM)} {node[1]} {sub(node[3], SUM)}", PRED
     if kind == "isnull":
@@ -1607,6 +1609,8 @@ def _kind(node: tuple) -> str:
         return "dec" if pa.types.is_decimal(t) else "int" if pa.types.is_integer(t) else "bool"
     if node[0] == "int":
         return "lit"
+    if node[0] == "try_cast":
+        return "int"
     kinds = {_kind(child) for child in node[2:] if isinstance(child, tuple)} - {"lit", "bool"}
     if node[0] == "neg":
         kinds = {_kind(node[1])}
@@ -1636,12 +1640,17 @@ def _exact_branches(children: st.SearchStrategy) -> st.SearchStrategy:
 
 exact_expr = st.recursive(exact_leaf, _exact_branches, max_leaves=4)
 wide_leaf = st.sampled_from([("col", c) for c in WIDE_COLUMNS])
+TRY_CAST_BITS = {"int8": (8, True), "int32": (32, True), "int64": (64, True),
+                 "uint8": (8, False), "uint64": (64, False)}
+try_casts = st.tuples(st.just("try_cast"), exact_expr | wide_leaf,
+                      st.sampled_from(sorted(TRY_CAST_BITS)))
 # what if / coalesce / least / greatest choose from (a float makes it all float64: not here)
-chosen = exact_expr | wide_leaf | null | st.sampled_from(
+chosen = exact_expr | wide_leaf | null | try_casts | st.sampled_from(
     [t for t in NUMBER_TEXTS if re.fullmatch(r"-?\d+", t)]).map(number_node)
 value_expr = (
     exact_expr
     | wide_leaf
+    | try_casts
     | st.tuples(st.just("call"), st.sampled_from(["coalesce", "least", "greatest"]),
                 exact_expr | wide_leaf, chosen)
     | st.tuples(st.just("call"), st.just("if"), st.just(("col", "c")), exact_expr | wide_leaf,
@@ -1707,6 +1716,13 @@ def exact(node: tuple, row: dict[str, Any]) -> tuple[Any, tuple]:
         return D(node[2]), ("float",)
     if kind == "null":
         return None, ("null",)
+    if kind == "try_cast":  # toward zero; null past the type's range, never an error
+        bits, signed = TRY_CAST_BITS[node[2]]
+        least, most = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        value = exact(node[1], row)[0]
+        whole = None if value is None else int(value)  # int() of a Decimal truncates
+        return (whole if whole is not None and least <= whole <= most else None,
+                ("int", len(str(max(-least, most)))))
     if kind == "neg" or (kind == "call" and node[1] == "abs"):
         value, t = exact(node[-1], row)
         return (None if value is None else -value if kind == "neg" else abs(value)), t[:3]
@@ -1791,6 +1807,8 @@ def always_null(node: tuple) -> bool:
         return always_null(node[2]) or always_null(node[3])
     if kind == "neg" or (kind == "call" and node[1] in ("abs", "floor", "ceil", "round")):
         return always_null(node[-1] if kind == "neg" else node[2])
+    if kind == "try_cast":
+        return always_null(node[1])
     return False
 
 
