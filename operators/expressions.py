@@ -134,7 +134,7 @@ import decimal
 import difflib
 import functools
 import re
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -154,6 +154,7 @@ __all__ = [
     "ExpressionError",
     "check_filter",
     "expression_type",
+    "failure_hint",
     "nan_safe_filter",
     "parse_expression",
     "parse_filter",
@@ -2157,6 +2158,23 @@ def _static_kind(node: _Node) -> str | None:
         result = _FUNCTIONS[node.name].result
         return None if result == "any" else result
     return None
+
+
+def failure_hint(texts: Iterable[str], what: str = "expression") -> str:
+    """What to advise where the expressions ``texts`` failed on a partition's values (a
+    text that does not parse as a number, a value past its type): ``try_cast`` where one
+    of them casts, and a guard.
+
+    Example::
+
+        >>> failure_hint(["cast(code as int64) + 1"]).split(";")[0]
+        'try_cast(x as type) gives null where a value does not convert'
+    """
+    guard = f"guard the {what}, e.g. with if(...) or coalesce(...)"
+    if any(isinstance(n, _Call) and n.name == "cast"
+           for text in texts for n in _walk(_parse(_require_text(text)))):
+        return f"try_cast(x as type) gives null where a value does not convert; or {guard}"
+    return guard
 
 
 def referenced_columns(text: str) -> list[str]:

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_pipeline
 
+from operators.base import SluiceError
 from pipelines.runner import run
 
 CODES = pa.table({
@@ -55,3 +56,13 @@ def test_derive_and_filter_with_try_cast_on_the_local_engine(codes: Path, workdi
     assert out.schema.field("code_number").type == pa.int64()
     assert out.schema.field("small").type == pa.uint8()
     assert out.schema.field("cents").type == pa.int32()
+
+
+def test_a_failed_cast_advises_try_cast(codes: Path, workdir: Path) -> None:
+    text = PIPELINE.replace("try_cast(code as int64)\"\n", "cast(code as int64)\"\n", 1)
+    with pytest.raises(SluiceError) as info:
+        run(write_pipeline(workdir, text))
+    message = str(info.value)
+    assert "derive column 'code_number' (cast(code as int64)): Failed to parse string" in message
+    assert "try_cast(x as type) gives null where a value does not convert" in message
+    assert not (workdir / "out" / "codes").exists()
