@@ -90,11 +90,14 @@ or lose digits:
   rows that need it: the branch of ``if`` a row takes, ``coalesce``'s values up to its
   first present one, the operands of ``and``/``or`` up to the one that decides the row;
   ``if(s != '', cast(s as int64), 0)`` does not stop at ''. (Arrow computes every
-  argument of a function: those columns read as null for the other rows.) An expression
-  holds each such guard in full, so a value that can raise in an ``if``'s condition, in
-  ``coalesce``, or in an ``and``/``or`` operand followed by others doubles the guards of
-  those after it (a ``coalesce`` of ten casts runs about 30 times slower than unguarded);
-  nested ``if``s whose conditions cannot raise grow with the depth only.
+  argument of a function: those columns read as null for the other rows.) A guard reads
+  the values before it as they are where they do not raise, and as null where they would
+  (a cast as try_cast; of a cast or arithmetic, coalesce's guard reads the nulls of its
+  columns), not as guarded themselves: each guard holds those before it once, and an
+  Arrow expression, which computes each part it holds, grows with the square of the
+  values that can raise, not twice a value (a ``coalesce`` of ten casts runs as fast as
+  unguarded, an ``and`` of ten casts 10-20 times slower: they ran 30 and 80-100 times
+  slower).
 * Decimal ``+ - * %`` keep at most 38 digits and the digits after the point Arrow's rules
   give them (``d38 + 1`` of a decimal(38, 1) is a decimal(38, 1)), as DuckDB and Spark
   do: a value that does not fit is an error, never another value; a product with more
@@ -142,7 +145,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.arrays import is_text
-from operators.try_cast import try_cast
+from operators.try_cast import try_cast, within
 
 # lark is imported where an expression is parsed: a run without one never imports it
 # (~15-20 ms of start-up)
@@ -1247,6 +1250,38 @@ def _common_integer(types: Sequence[pa.DataType], literals: Sequence[int]) -> pa
     return pa.decimal128(20, 0)
 
 
+# functions whose value is null exactly where an argument is (where they do not raise)
+_STRICT_CALLS = frozenset(["cast", "round", "floor", "ceil", "abs", "log", "log1p", "log2",
+                           "log10", "exp", "sqrt", "pow", "is_nan", "lower", "upper", "length",
+                           "year", "month", "day", "hour", "minute", "quarter", "day_of_week",
+                           "day_of_year", "week", "days_between", "hours_between",
+                           "minutes_between", "seconds_between"])
+
+
+def _strict_leaves(node: _Node) -> list[_Node] | None:
+    """The columns and null literals whose nulls are ``node``'s, where it does not raise:
+    it is null exactly where one of them is (a cast, arithmetic, a comparison of such
+    values); None where it is not so (coalesce, if, 'is null', 'and', ``x % y`` - null
+    where y is 0 -, try_cast)."""
+    leaves: list[_Node] = []
+    for n in _walk(node):
+        if isinstance(n, _Column) or (isinstance(n, _Literal) and n.kind == "null"):
+            leaves.append(n)
+        elif isinstance(n, _BinOp) and n.op == "%":
+            divisor = n.right
+            if not (isinstance(divisor, _Literal) and divisor.kind in ("int", "float")
+                    and divisor.value):
+                return None
+        elif not (isinstance(n, _Literal | _Neg | _Not | _BinOp | _Like)
+                  or (isinstance(n, _Call) and n.name in _STRICT_CALLS)):
+            return None
+    return leaves
+
+
+class _Unsafe(Exception):
+    """A value that can raise with no form that gives null instead (``_decider``)."""
+
+
 def _bound_type(expr: pc.Expression, empty: pa.Table) -> pa.DataType:
     """The type ``expr`` evaluates to over ``empty``'s columns (Arrow binds it on no rows)."""
     import pyarrow.dataset as ds
@@ -1274,6 +1309,9 @@ class _Compiler:
         # the rows whose values matter where a branch not taken everywhere compiles
         # (``_under``): its columns read as null elsewhere, so its errors are theirs only
         self._guard: pc.Expression | None = None
+        # compiling a value as the guards after it read it (``_decider``): null where it
+        # would raise, no guard of its own
+        self._safe = False
 
     def _result_type(self, expr: pc.Expression) -> pa.DataType | None:
         """The type ``expr`` has over the known columns; None where it names another column
@@ -1298,6 +1336,8 @@ class _Compiler:
         return self._node_types[id(node)]
 
     def to_expr(self, node: _Node) -> pc.Expression:
+        if self._safe:  # not the node's own expression: not recorded, nor traced
+            return self._compile(node)
         expr = self._compile(node)
         self._exprs[id(node)] = expr
         if self.trace is not None:
@@ -1333,15 +1373,16 @@ class _Compiler:
             fn = pc.and_kleene if node.op == "and" else pc.or_kleene
             # an operand after one that decides the row (false for and, true for or) is
             # not needed there
-            operands, guard, guarding = [], None, True
+            operands, guard, guarding = [], None, not self._safe
             for operand in node.operands:
+                alone = guard is None and self._guard is None
                 operands.append(self._under(guard, operand))
                 # an operand that is no true/false decides nothing (the type check says so)
-                guarding = guarding and self._boolean(operand)
+                guarding = guarding and self._boolean(operand) and operand is not node.operands[-1]
                 if not guarding:
                     guard = None
                     continue
-                truth = self._truth(operand, operands[-1])
+                truth = self._truth(operand, self._decider(operand, operands[-1], alone))
                 undecided = (pc.coalesce(truth, True) if node.op == "and"
                              else pc.invert(pc.coalesce(truth, False)))
                 guard = _joined(guard, undecided)
@@ -1383,7 +1424,7 @@ class _Compiler:
         (``if(s != '', cast(s as int64), 0)``). Elsewhere as compiled alone, so that
         filters keep their form for the files' statistics. ``within``: ``guard`` is false
         wherever the one it is under is (it need not be joined to it)."""
-        if guard is None or not self._may_raise(node):
+        if guard is None or self._safe or not self._may_raise(node):
             return self.to_expr(node)
         outer = self._guard
         self._guard = guard if within else _joined(outer, guard)
@@ -1391,6 +1432,57 @@ class _Compiler:
             return self.to_expr(node)
         finally:
             self._guard = outer
+
+    def _decider(self, node: _Node, expr: pc.Expression, alone: bool) -> pc.Expression:
+        """Compiled ``node`` (``expr``) as the guards of the values after it read it (is it
+        false, is it null?): ``expr`` where it holds no guard (it cannot raise, or was
+        compiled for every row: ``alone``); else ``node`` compiled again, without guards,
+        and null where it would raise (a cast as try_cast, a decimal past its digits) -
+        the same value wherever ``expr`` does not raise, and where it does, it raises
+        itself. ``expr`` held the guard it was computed under, and a guard made of it
+        held that guard twice (and once more joined to it): each value that can raise
+        doubled the guards after it. A value that cannot be so compiled (no schema; an
+        integer rounded to tens) is ``expr``."""
+        if self._safe or alone or not self._may_raise(node):
+            return expr
+        outer, self._guard, self._safe = self._guard, None, True
+        try:
+            return self.to_expr(node)
+        except _Unsafe:
+            return expr
+        finally:
+            self._guard, self._safe = outer, False
+
+    def _missing(self, node: _Node, expr: pc.Expression, alone: bool) -> pc.Expression:
+        """Where compiled ``node`` (``expr``) is null, as the guards of coalesce's later
+        values read it: where one of its columns is, for a value null exactly there (a
+        cast, arithmetic, a comparison: ``_strict_leaves``), which reads no more than
+        them; else where its ``_decider`` is."""
+        leaves = _strict_leaves(node) if self._may_raise(node) else None
+        if leaves is None:
+            return pc.is_null(self._decider(node, expr, alone))
+        if any(isinstance(leaf, _Literal) for leaf in leaves):  # a null literal
+            return pc.scalar(True)
+        if not leaves:
+            return pc.scalar(False)
+        return _balanced(pc.or_kleene, [pc.is_null(pc.field(leaf.name)) for leaf in leaves
+                                         if isinstance(leaf, _Column)])
+
+    def _narrowed(self, expr: pc.Expression, source: pa.DataType, target: pa.DataType
+                  ) -> pc.Expression:
+        """``expr`` (an integer or a decimal of type ``source``) cast to decimal ``target``,
+        which has at least its digits after the point, checked: a value past ``target``
+        is an error (``_decider``: null)."""
+        if not self._safe:
+            return expr.cast(target)
+        most = decimal.Decimal(10**target.precision - 1).scaleb(-target.scale, _EXACT)
+        scale = source.scale if pa.types.is_decimal(source) else 0
+        most = most.quantize(decimal.Decimal(1).scaleb(-scale), decimal.ROUND_FLOOR, _EXACT)
+        bound: int | decimal.Decimal = most if pa.types.is_decimal(source) else int(most)
+        fits = within(expr, source, -bound, bound)
+        if fits is None:
+            return expr.cast(target)
+        return _null_outside(fits, expr, source).cast(target)
 
     def _boolean(self, node: _Node) -> bool:
         """Whether compiled ``node`` may be true/false (its type bool, null or unknown)."""
@@ -1423,6 +1515,8 @@ class _Compiler:
         """The compiled arguments, and the rows each is needed for (None: every row):
         ``if``'s branches each for the rows that take it, ``coalesce``'s later values for
         the rows whose earlier ones are null."""
+        if self._safe:  # nothing raises: no guards
+            return [self.to_expr(arg) for arg in node.args], [None] * len(node.args)
         if node.name == "if":
             outer = self._guard
             if outer is None or self._may_raise(node.args[0]):
@@ -1442,17 +1536,18 @@ class _Compiler:
                 within = True
             if not self._boolean(node.args[0]):  # no true/false: the type check says so
                 return [cond, *map(self.to_expr, node.args[1:])], [None] * len(node.args)
-            truth = self._truth(node.args[0], cond)
+            truth = self._truth(node.args[0], self._decider(node.args[0], cond, outer is None))
             guards = [None, pc.coalesce(truth, False), pc.invert(pc.coalesce(truth, True))]
             return [cond, *(self._under(g, a, within)
                             for g, a in zip(guards[1:], node.args[1:]))], guards
         if node.name == "coalesce":
             exprs, guards, guard = [], [], None
             for arg in node.args:
+                alone = guard is None and self._guard is None
                 exprs.append(self._under(guard, arg))
                 guards.append(guard)
-                missing = pc.is_null(exprs[-1])
-                guard = _joined(guard, missing)
+                if arg is not node.args[-1]:
+                    guard = _joined(guard, self._missing(arg, exprs[-1], alone))
             return exprs, guards
         return [self.to_expr(arg) for arg in node.args], [None] * len(node.args)
 
@@ -1477,6 +1572,10 @@ class _Compiler:
                       else self._result_type(exprs[0]))
             if node.name == "try_cast" and source is not None:
                 return try_cast(exprs[0], source, target, options)
+            if self._safe:
+                if source is None:
+                    raise _Unsafe
+                return try_cast(exprs[0], source, target, options, refused_only=True)
             return exprs[0].cast(options=options)
         if node.name == "nullif":  # null where a equals b (SQL's); a where b is null
             equal = self._compare("=", node.args[0], node.args[1], exprs[0], exprs[1])
@@ -1554,6 +1653,9 @@ class _Compiler:
         # (of the rows that need it: ``guard``)
         if guard is not None and not pa.types.is_floating(target):
             expr = _null_outside(guard, expr, self._type(node))
+        source = self._type(node)
+        if pa.types.is_decimal(target) and source is not None:
+            return self._narrowed(expr, source, target)
         return expr.cast(target, safe=not pa.types.is_floating(target))
 
     # ---------------------------------------------------------------------- comparisons
@@ -1757,7 +1859,8 @@ class _Compiler:
                 self.text,
                 node.pos,
             )
-        return wide.cast(pa.decimal128(_DECIMAL128_DIGITS, wide_type.scale))
+        return self._narrowed(wide, wide_type, pa.decimal128(_DECIMAL128_DIGITS,
+                                                             wide_type.scale))
 
     def _decimal256(self, expr: pc.Expression) -> pc.Expression | None:
         t = self._result_type(expr)
@@ -1779,7 +1882,7 @@ class _Compiler:
         small = pc.less_equal(pc.abs(right), bound)
         zero = [pc.scalar(pa.scalar(decimal.Decimal(0), t)) for t in types]
         right_narrow = pc.if_else(small, right, zero[1]).cast(narrow[1])
-        left_narrow = pc.if_else(small, zero[0], left).cast(narrow[0])
+        left_narrow = self._narrowed(pc.if_else(small, zero[0], left), types[0], narrow[0])
         return pc.if_else(small, pc.multiply(left, right_narrow),
                           pc.multiply(left_narrow, right))
 
@@ -1798,6 +1901,12 @@ class _Compiler:
         if _number_kind(t) == "int" and node.name != "round":
             return build(node.args, [_float64(exprs[0], node.args[0])])
         if t is None or not pa.types.is_decimal(t):
+            if self._safe and (t is None or _number_kind(t) == "int") and len(node.args) > 1:
+                # an integer rounded to tens may overflow (127 of an int8 to 130)
+                digits = node.args[1]
+                if not (isinstance(digits, _Literal) and digits.kind == "int"
+                        and int(digits.value) >= 0):  # type: ignore[arg-type]
+                    raise _Unsafe
             return build(node.args, exprs)
         places: int | None = 0
         if len(node.args) > 1:
@@ -1819,7 +1928,7 @@ class _Compiler:
         wider = (pa.decimal128(precision, t.scale)
                  if precision <= _DECIMAL128_DIGITS and pa.types.is_decimal128(t)
                  else pa.decimal256(precision, t.scale))
-        return build(node.args, [exprs[0].cast(wider), *exprs[1:]]).cast(t)
+        return self._narrowed(build(node.args, [exprs[0].cast(wider), *exprs[1:]]), wider, t)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -27,7 +27,7 @@ import decimal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["try_cast"]
+__all__ = ["try_cast", "within"]
 
 # Text Arrow's parsers accept (arrow/util/value_parsing.h), as RE2 patterns: ASCII
 # digits only, no surrounding spaces, no '+' before an integer; an integer may also be
@@ -55,16 +55,20 @@ _UTF8 = (r"^(?:[\x00-\x7F]|[\xC2-\xDF][\x80-\xBF]|\xE0[\xA0-\xBF][\x80-\xBF]"
          r"|\xF4[\x80-\x8F][\x80-\xBF]{2})*$")
 _US_PER = {"s": 1_000_000, "ms": 1_000}  # a timestamp[us] has fewer of these units
 _INT64_MAX = 2**63 - 1
+_EXACT = decimal.Context(prec=100)  # a decimal256's 76 digits and a bound's, unrounded
 
 
 def try_cast(expr: pc.Expression, source: pa.DataType, target: pa.DataType,
-             options: pc.CastOptions) -> pc.Expression:
+             options: pc.CastOptions, refused_only: bool = False) -> pc.Expression:
     """``expr`` (of type ``source``) cast to ``target`` as ``options`` say, null where the
-    cast would raise or give an unspecified value."""
+    cast would raise or give an unspecified value (``refused_only``: where it would
+    raise; a float's unspecified integer kept)."""
     plain = _plain(source)
     if plain != source:
         expr, source = expr.cast(plain), plain
     valid = _convertible(expr, source, target)
+    if refused_only and pa.types.is_floating(source) and pa.types.is_integer(target):
+        valid = None
     if valid is None:
         return expr.cast(options=options)
     kept = pc.if_else(valid, expr, pc.scalar(pa.scalar(None, source)))
@@ -98,7 +102,7 @@ def _convertible(expr: pc.Expression, source: pa.DataType, target: pa.DataType
         return _parses(expr, source, target)
     if pa.types.is_integer(target):
         if pa.types.is_integer(source):
-            return _within(expr, source, *_range(target))
+            return within(expr, source, *_range(target))
         if pa.types.is_floating(source):
             # truncated toward zero; NaN fails both tests
             whole = pc.trunc(expr.cast(pa.float64()))
@@ -109,8 +113,9 @@ def _convertible(expr: pc.Expression, source: pa.DataType, target: pa.DataType
             # truncated toward zero: within a step of the point short of least - 1 and
             # most + 1
             least, most = _range(target)
-            step = decimal.Decimal(1).scaleb(-source.scale)
-            return _within(expr, source, least - 1 + step, most + 1 - step)
+            step = decimal.Decimal(1).scaleb(-source.scale, _EXACT)
+            return within(expr, source, _EXACT.add(least - 1, step),
+                          _EXACT.subtract(most + 1, step))
     if target == pa.timestamp("us"):
         # a timestamp[us] holds ±292,000 years; coarser units and dates hold more
         if pa.types.is_date32(source):
@@ -121,7 +126,7 @@ def _convertible(expr: pc.Expression, source: pa.DataType, target: pa.DataType
             per, unit = _US_PER[source.unit], pa.int64()
         else:
             return None
-        return _within(expr.cast(unit), unit, -(_INT64_MAX // per), _INT64_MAX // per)
+        return within(expr.cast(unit), unit, -(_INT64_MAX // per), _INT64_MAX // per)
     return None
 
 
@@ -131,13 +136,13 @@ def _range(t: pa.DataType) -> tuple[int, int]:
     return -(2 ** (t.bit_width - 1)), 2 ** (t.bit_width - 1) - 1
 
 
-def _within(expr: pc.Expression, t: pa.DataType, least: int | decimal.Decimal,
+def within(expr: pc.Expression, t: pa.DataType, least: int | decimal.Decimal,
             most: int | decimal.Decimal) -> pc.Expression | None:
     """``least <= expr <= most`` for an integer or decimal ``expr`` of type ``t``,
     compared in ``t`` (a bound between its least and greatest values is one of them);
     None where every value of ``t`` is within."""
     if pa.types.is_decimal(t):
-        high = decimal.Decimal(10**t.precision - 1).scaleb(-t.scale)
+        high = decimal.Decimal(10**t.precision - 1).scaleb(-t.scale, _EXACT)
         low = -high
     else:
         low, high = _range(t)
