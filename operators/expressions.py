@@ -1473,16 +1473,23 @@ class _Compiler:
         """``expr`` (an integer or a decimal of type ``source``) cast to decimal ``target``,
         which has at least its digits after the point, checked: a value past ``target``
         is an error (``_decider``: null)."""
-        if not self._safe:
-            return expr.cast(target)
-        most = decimal.Decimal(10**target.precision - 1).scaleb(-target.scale, _EXACT)
-        scale = source.scale if pa.types.is_decimal(source) else 0
-        most = most.quantize(decimal.Decimal(1).scaleb(-scale), decimal.ROUND_FLOOR, _EXACT)
-        bound: int | decimal.Decimal = most if pa.types.is_decimal(source) else int(most)
-        fits = within(expr, source, -bound, bound)
-        if fits is None:
-            return expr.cast(target)
-        return _null_outside(fits, expr, source).cast(target)
+        digits = source if pa.types.is_decimal(source) else _integer_digits(source)
+        if self._safe:
+            most = decimal.Decimal(10**target.precision - 1).scaleb(-target.scale, _EXACT)
+            most = most.quantize(decimal.Decimal(1).scaleb(-digits.scale),
+                                 decimal.ROUND_FLOOR, _EXACT)
+            bound: int | decimal.Decimal = most if pa.types.is_decimal(source) else int(most)
+            fits = within(expr, source, -bound, bound)
+            if fits is not None:
+                expr = _null_outside(fits, expr, source)
+        more = digits.precision + target.scale - digits.scale
+        if more > _DECIMAL128_DIGITS and pa.types.is_decimal128(target):
+            # past 38 digits with the new ones after the point: Arrow's decimal128 rescale
+            # wraps around silently (-1e36 of a decimal(38, 1) in a decimal(38, 12) came
+            # back as -1.9e25) and refuses an integer; in decimal256 it is exact, and the
+            # last cast checks the digits
+            expr = expr.cast(pa.decimal256(min(more, _DECIMAL256_DIGITS), target.scale))
+        return expr.cast(target)
 
     def _boolean(self, node: _Node) -> bool:
         """Whether compiled ``node`` may be true/false (its type bool, null or unknown)."""
@@ -1643,6 +1650,14 @@ class _Compiler:
             value = node.value
             if value is not None and pa.types.is_decimal(target):
                 value = decimal.Decimal(value)  # type: ignore[arg-type]
+                if _steps_of(value, target) is None:
+                    # past the digits the values' type keeps before the point: an error
+                    # where the literal is chosen (not as the expression compiles)
+                    exact = pa.decimal256(len(str(abs(node.value))), 0)  # type: ignore[arg-type]
+                    literal = pc.scalar(pa.scalar(value, exact))
+                    if guard is not None:
+                        literal = _null_outside(guard, literal, exact)
+                    return self._narrowed(literal, exact, target)
             elif value is not None and pa.types.is_floating(target):
                 value = float(value)  # type: ignore[arg-type]
             return pc.scalar(pa.scalar(value, target))

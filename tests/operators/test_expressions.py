@@ -1890,6 +1890,23 @@ def test_random_decimal_and_unsigned_expressions_are_exact(tree: tuple, style: d
     check_mixed(tree, style)
 
 
+def test_a_decimal_widened_past_38_digits_is_an_error_not_another_value() -> None:
+    """if's values of one type. In decimal(38, 12), -1e36 of a decimal(38, 1) does not
+    fit: Arrow's decimal128 rescale wrapped it around (it gave -1.9e25). In decimal(38,
+    20), an int64 literal does not: it stopped the expression as it compiled, whatever
+    the rows; now where it is chosen."""
+    t = pa.table({"c": [True, False], "w": pa.array([D("-1" + "0" * 36), D("2.5")],
+                                                     pa.decimal128(38, 1)),
+                  "f": pa.array([D("1.5"), D("0.25")], pa.decimal128(38, 12)),
+                  "g": pa.array([D("0.5"), D("-0.5")], pa.decimal128(38, 20))})
+    with pytest.raises(pa.ArrowInvalid, match="precision"):
+        over(t, "if(c, w, f)")
+    assert over(t.slice(1), "if(c, w, f)") == [D("0.25")]
+    assert over(t.slice(0, 1), "if(c, g, 9223372036854775807)") == [D("0.5")]
+    with pytest.raises(pa.ArrowInvalid, match="precision"):
+        over(t.slice(1), "if(c, g, 9223372036854775807)")
+
+
 # ------------------------------------------------------------------ branches not taken
 
 GUARDED = pa.table({
