@@ -127,7 +127,9 @@ read as cast reads it (``operators/try_cast.py``): no spaces around it, no '+' b
 integer, hexadecimal integers (``0x1F``) taken; Spark trims spaces, takes '+', and
 refuses hexadecimal. It nulls its own conversion only: an error of its argument
 (``try_cast(d * 10 as int64)`` of a decimal past 38 digits) is an error still, and a type
-cast cannot convert (a struct) is refused as the expression plans.
+cast cannot convert (a struct) is refused as the expression plans. Its checks need the
+value's type: compiled without the rows' schema (as a step's parameters are checked,
+never run), it is cast.
 """
 
 from __future__ import annotations
