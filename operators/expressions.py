@@ -125,11 +125,12 @@ to an integer): ``try_cast('12a' as int64)``, ``try_cast(1e20 as int32)`` and
 ``try_cast(-1.5 as int64)`` -1 (toward zero, as cast and Spark's ANSI cast). Text is
 read as cast reads it (``operators/try_cast.py``): no spaces around it, no '+' before an
 integer, hexadecimal integers (``0x1F``) taken; Spark trims spaces, takes '+', and
-refuses hexadecimal. It nulls its own conversion only: an error of its argument
-(``try_cast(d * 10 as int64)`` of a decimal past 38 digits) is an error still, and a type
-cast cannot convert (a struct) is refused as the expression plans. Its checks need the
-value's type: compiled without the rows' schema (as a step's parameters are checked,
-never run), it is cast.
+refuses hexadecimal, and saturates a double of 2**63 to int64's greatest (null here).
+It nulls its own conversion only: an error of its argument (``try_cast(d * 10 as
+int64)`` of a decimal past 38 digits) is an error still, and a type cast cannot convert
+(a struct) is refused as the expression plans. Its checks need the value's type:
+compiled without the rows' schema (as a step's parameters are checked, never run), it
+is cast.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ _UTF8 = (r"^(?:[\x00-\x7F]|[\xC2-\xDF][\x80-\xBF]|\xE0[\xA0-\xBF][\x80-\xBF]"
          r"|[\xE1-\xEC\xEE\xEF][\x80-\xBF]{2}|\xED[\x80-\x9F][\x80-\xBF]"
          r"|\xF0[\x90-\xBF][\x80-\xBF]{2}|[\xF1-\xF3][\x80-\xBF]{3}"
          r"|\xF4[\x80-\x8F][\x80-\xBF]{2})*$")
-_US_PER = {"s": 1_000_000, "ms": 1_000}  # a timestamp[us] has fewer of these units
+_US_PER = {"s": 1_000_000, "ms": 1_000}  # microseconds in a second, in a millisecond
 _INT64_MAX = 2**63 - 1
 _EXACT = decimal.Context(prec=100)  # a decimal256's 76 digits and a bound's, unrounded
 
