@@ -46,7 +46,8 @@ Language
   ``seconds_between`` (the day, hour... boundaries from a to b, as SQL's datediff: b later
   is positive; a date counts as its midnight, a zoned time by its UTC clock),
   ``cast(x as type)`` with type one of int8..int64, uint8..uint64, int/integer (int64),
-  float32, float64/double/float, string/str/utf8, bool/boolean, date, timestamp.
+  float32, float64/double/float, string/str/utf8, bool/boolean, date, timestamp;
+  ``try_cast(x as type)``, the same types: null where cast would stop the run.
 
 Semantics
 ---------
@@ -89,11 +90,14 @@ or lose digits:
   rows that need it: the branch of ``if`` a row takes, ``coalesce``'s values up to its
   first present one, the operands of ``and``/``or`` up to the one that decides the row;
   ``if(s != '', cast(s as int64), 0)`` does not stop at ''. (Arrow computes every
-  argument of a function: those columns read as null for the other rows.) An expression
-  holds each such guard in full, so a value that can raise in an ``if``'s condition, in
-  ``coalesce``, or in an ``and``/``or`` operand followed by others doubles the guards of
-  those after it (a ``coalesce`` of ten casts runs about 30 times slower than unguarded);
-  nested ``if``s whose conditions cannot raise grow with the depth only.
+  argument of a function: those columns read as null for the other rows.) A guard reads
+  the values before it as they are where they do not raise, and as null where they would
+  (a cast as try_cast; of a cast or arithmetic, coalesce's guard reads the nulls of its
+  columns), not as guarded themselves: each guard holds those before it once, and an
+  Arrow expression, which computes each part it holds, grows with the square of the
+  values that can raise, not twice a value (a ``coalesce`` of ten casts runs as fast as
+  unguarded, an ``and`` of ten casts 10-20 times slower: they ran 30 and 80-100 times
+  slower).
 * Decimal ``+ - * %`` keep at most 38 digits and the digits after the point Arrow's rules
   give them (``d38 + 1`` of a decimal(38, 1) is a decimal(38, 1)), as DuckDB and Spark
   do: a value that does not fit is an error, never another value; a product with more
@@ -111,6 +115,22 @@ kernels), as do all math functions (``log(0)`` is ``-inf``, ``sqrt(-1)`` is ``na
 value is NaN). ``if(cond, a, b)`` is null where ``cond`` is null. ``cast`` truncates floats
 toward zero and timestamps to dates (NaN/inf/out-of-range floats give unspecified integers);
 integer overflow and unparsable strings raise when the expression is evaluated.
+
+``try_cast(x as type)`` (Spark SQL's and DuckDB's) gives cast's value wherever cast gives
+one, and null where cast would raise (a text that does not parse, an integer or a decimal
+past the type's range, a date or a coarse timestamp past ``timestamp[us]``'s, bytes that
+are no UTF-8) or gives an unspecified value (NaN, an infinity or a float past the range
+to an integer): ``try_cast('12a' as int64)``, ``try_cast(1e20 as int32)`` and
+``try_cast(300 as uint8)`` are null, ``try_cast(1.5 as int64)`` is 1 and
+``try_cast(-1.5 as int64)`` -1 (toward zero, as cast and Spark's ANSI cast). Text is
+read as cast reads it (``operators/try_cast.py``): no spaces around it, no '+' before an
+integer, hexadecimal integers (``0x1F``) taken; Spark trims spaces, takes '+', and
+refuses hexadecimal, and saturates a double of 2**63 to int64's greatest (null here).
+It nulls its own conversion only: an error of its argument (``try_cast(d * 10 as
+int64)`` of a decimal past 38 digits) is an error still, and a type cast cannot convert
+(a struct) is refused as the expression plans. Its checks need the value's type:
+compiled without the rows' schema (as a step's parameters are checked, never run), it
+is cast.
 """
 
 from __future__ import annotations
@@ -120,7 +140,7 @@ import decimal
 import difflib
 import functools
 import re
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -128,6 +148,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.arrays import is_text
+from operators.try_cast import try_cast, within
 
 # lark is imported where an expression is parsed: a run without one never imports it
 # (~15-20 ms of start-up)
@@ -139,6 +160,7 @@ __all__ = [
     "ExpressionError",
     "check_filter",
     "expression_type",
+    "failure_hint",
     "nan_safe_filter",
     "parse_expression",
     "parse_filter",
@@ -636,7 +658,7 @@ def _build_call(tree: Tree, text: str) -> _Call:
     ):
         raise ExpressionError(
             f"{written}() {_arity_text(spec.min_args, spec.max_args)} (got {len(arg_trees)})"
-            + (": cast(x as float64)" if name == "cast" else ""),
+            + (f": {name}(x as float64)" if name in _CASTS else ""),
             text,
             name_tok.start_pos,
         )
@@ -645,9 +667,10 @@ def _build_call(tree: Tree, text: str) -> _Call:
     for arg_tree in arg_trees:
         args.append(_build(arg_tree.children[0], text))
         if arg_tree.data == "cast_arg":
-            if name != "cast":
+            if name not in _CASTS:
                 raise ExpressionError(
-                    "'as' is only allowed in cast(x as type)", text, _tok(arg_tree, 1).start_pos
+                    "'as' is only allowed in cast(x as type) and try_cast(x as type)", text,
+                    _tok(arg_tree, 1).start_pos,
                 )
             type_tok = arg_tree.children[2].children[0]
             cast_type = str(type_tok).lower()
@@ -657,11 +680,11 @@ def _build_call(tree: Tree, text: str) -> _Call:
                     text,
                     type_tok.start_pos,
                 )
-    if name == "cast" and cast_type is None:
+    if name in _CASTS and cast_type is None:
         raise ExpressionError(
-            "cast needs a target type: cast(x as float64)", text, name_tok.start_pos
+            f"{written} needs a target type: {name}(x as float64)", text, name_tok.start_pos
         )
-    if name == "cast":
+    if name in _CASTS:
         return _Call(name_tok.start_pos, name, written, tuple(args), cast_type)
     return _Call(name_tok.start_pos, spec.canonical, written, tuple(args))
 
@@ -1040,6 +1063,8 @@ for _unit, _kernel in (("days", pc.days_between), ("hours", pc.hours_between),
     _register(f"{_unit}_between", _Function(f"{_unit}_between", 2, 2, _between(_kernel),
                                             "number", time_args=True))
 _register("cast", _Function("cast", 1, 1, lambda n, e: e[0], "any"))
+_register("try_cast", _Function("try_cast", 1, 1, lambda n, e: e[0], "any"))
+_CASTS = frozenset(["cast", "try_cast"])
 
 _CAST_TYPES: dict[str, pa.DataType] = {
     "int8": pa.int8(),
@@ -1228,6 +1253,38 @@ def _common_integer(types: Sequence[pa.DataType], literals: Sequence[int]) -> pa
     return pa.decimal128(20, 0)
 
 
+# functions whose value is null exactly where an argument is (where they do not raise)
+_STRICT_CALLS = frozenset(["cast", "round", "floor", "ceil", "abs", "log", "log1p", "log2",
+                           "log10", "exp", "sqrt", "pow", "is_nan", "lower", "upper", "length",
+                           "year", "month", "day", "hour", "minute", "quarter", "day_of_week",
+                           "day_of_year", "week", "days_between", "hours_between",
+                           "minutes_between", "seconds_between"])
+
+
+def _strict_leaves(node: _Node) -> list[_Node] | None:
+    """The columns and null literals whose nulls are ``node``'s, where it does not raise:
+    it is null exactly where one of them is (a cast, arithmetic, a comparison of such
+    values); None where it is not so (coalesce, if, 'is null', 'and', ``x % y`` - null
+    where y is 0 -, try_cast)."""
+    leaves: list[_Node] = []
+    for n in _walk(node):
+        if isinstance(n, _Column) or (isinstance(n, _Literal) and n.kind == "null"):
+            leaves.append(n)
+        elif isinstance(n, _BinOp) and n.op == "%":
+            divisor = n.right
+            if not (isinstance(divisor, _Literal) and divisor.kind in ("int", "float")
+                    and divisor.value):
+                return None
+        elif not (isinstance(n, _Literal | _Neg | _Not | _BinOp | _Like)
+                  or (isinstance(n, _Call) and n.name in _STRICT_CALLS)):
+            return None
+    return leaves
+
+
+class _Unsafe(Exception):
+    """A value that can raise with no form that gives null instead (``_decider``)."""
+
+
 def _bound_type(expr: pc.Expression, empty: pa.Table) -> pa.DataType:
     """The type ``expr`` evaluates to over ``empty``'s columns (Arrow binds it on no rows)."""
     import pyarrow.dataset as ds
@@ -1255,6 +1312,9 @@ class _Compiler:
         # the rows whose values matter where a branch not taken everywhere compiles
         # (``_under``): its columns read as null elsewhere, so its errors are theirs only
         self._guard: pc.Expression | None = None
+        # compiling a value as the guards after it read it (``_decider``): null where it
+        # would raise, no guard of its own
+        self._safe = False
 
     def _result_type(self, expr: pc.Expression) -> pa.DataType | None:
         """The type ``expr`` has over the known columns; None where it names another column
@@ -1279,6 +1339,8 @@ class _Compiler:
         return self._node_types[id(node)]
 
     def to_expr(self, node: _Node) -> pc.Expression:
+        if self._safe:  # not the node's own expression: not recorded, nor traced
+            return self._compile(node)
         expr = self._compile(node)
         self._exprs[id(node)] = expr
         if self.trace is not None:
@@ -1314,15 +1376,16 @@ class _Compiler:
             fn = pc.and_kleene if node.op == "and" else pc.or_kleene
             # an operand after one that decides the row (false for and, true for or) is
             # not needed there
-            operands, guard, guarding = [], None, True
+            operands, guard, guarding = [], None, not self._safe
             for operand in node.operands:
+                alone = guard is None and self._guard is None
                 operands.append(self._under(guard, operand))
                 # an operand that is no true/false decides nothing (the type check says so)
-                guarding = guarding and self._boolean(operand)
+                guarding = guarding and self._boolean(operand) and operand is not node.operands[-1]
                 if not guarding:
                     guard = None
                     continue
-                truth = self._truth(operand, operands[-1])
+                truth = self._truth(operand, self._decider(operand, operands[-1], alone))
                 undecided = (pc.coalesce(truth, True) if node.op == "and"
                              else pc.invert(pc.coalesce(truth, False)))
                 guard = _joined(guard, undecided)
@@ -1364,7 +1427,7 @@ class _Compiler:
         (``if(s != '', cast(s as int64), 0)``). Elsewhere as compiled alone, so that
         filters keep their form for the files' statistics. ``within``: ``guard`` is false
         wherever the one it is under is (it need not be joined to it)."""
-        if guard is None or not self._may_raise(node):
+        if guard is None or self._safe or not self._may_raise(node):
             return self.to_expr(node)
         outer = self._guard
         self._guard = guard if within else _joined(outer, guard)
@@ -1372,6 +1435,64 @@ class _Compiler:
             return self.to_expr(node)
         finally:
             self._guard = outer
+
+    def _decider(self, node: _Node, expr: pc.Expression, alone: bool) -> pc.Expression:
+        """Compiled ``node`` (``expr``) as the guards of the values after it read it (is it
+        false, is it null?): ``expr`` where it holds no guard (it cannot raise, or was
+        compiled for every row: ``alone``); else ``node`` compiled again, without guards,
+        and null where it would raise (a cast as try_cast, a decimal past its digits) -
+        the same value wherever ``expr`` does not raise, and where it does, it raises
+        itself. ``expr`` held the guard it was computed under, and a guard made of it
+        held that guard twice (and once more joined to it): each value that can raise
+        doubled the guards after it. A value that cannot be so compiled (no schema; an
+        integer rounded to tens) is ``expr``."""
+        if self._safe or alone or not self._may_raise(node):
+            return expr
+        outer, self._guard, self._safe = self._guard, None, True
+        try:
+            return self.to_expr(node)
+        except _Unsafe:
+            return expr
+        finally:
+            self._guard, self._safe = outer, False
+
+    def _missing(self, node: _Node, expr: pc.Expression, alone: bool) -> pc.Expression:
+        """Where compiled ``node`` (``expr``) is null, as the guards of coalesce's later
+        values read it: where one of its columns is, for a value null exactly there (a
+        cast, arithmetic, a comparison: ``_strict_leaves``), which reads no more than
+        them; else where its ``_decider`` is."""
+        leaves = _strict_leaves(node) if self._may_raise(node) else None
+        if leaves is None:
+            return pc.is_null(self._decider(node, expr, alone))
+        if any(isinstance(leaf, _Literal) for leaf in leaves):  # a null literal
+            return pc.scalar(True)
+        if not leaves:
+            return pc.scalar(False)
+        return _balanced(pc.or_kleene, [pc.is_null(pc.field(leaf.name)) for leaf in leaves
+                                         if isinstance(leaf, _Column)])
+
+    def _narrowed(self, expr: pc.Expression, source: pa.DataType, target: pa.DataType
+                  ) -> pc.Expression:
+        """``expr`` (an integer or a decimal of type ``source``) cast to decimal ``target``,
+        which has at least its digits after the point, checked: a value past ``target``
+        is an error (``_decider``: null)."""
+        digits = source if pa.types.is_decimal(source) else _integer_digits(source)
+        if self._safe:
+            most = decimal.Decimal(10**target.precision - 1).scaleb(-target.scale, _EXACT)
+            most = most.quantize(decimal.Decimal(1).scaleb(-digits.scale),
+                                 decimal.ROUND_FLOOR, _EXACT)
+            bound: int | decimal.Decimal = most if pa.types.is_decimal(source) else int(most)
+            fits = within(expr, source, -bound, bound)
+            if fits is not None:
+                expr = _null_outside(fits, expr, source)
+        more = digits.precision + target.scale - digits.scale
+        if more > _DECIMAL128_DIGITS and pa.types.is_decimal128(target):
+            # past 38 digits with the new ones after the point: Arrow's decimal128 rescale
+            # wraps around silently (-1e36 of a decimal(38, 1) in a decimal(38, 12) came
+            # back as -1.9e25) and refuses an integer; in decimal256 it is exact, and the
+            # last cast checks the digits
+            expr = expr.cast(pa.decimal256(min(more, _DECIMAL256_DIGITS), target.scale))
+        return expr.cast(target)
 
     def _boolean(self, node: _Node) -> bool:
         """Whether compiled ``node`` may be true/false (its type bool, null or unknown)."""
@@ -1404,6 +1525,8 @@ class _Compiler:
         """The compiled arguments, and the rows each is needed for (None: every row):
         ``if``'s branches each for the rows that take it, ``coalesce``'s later values for
         the rows whose earlier ones are null."""
+        if self._safe:  # nothing raises: no guards
+            return [self.to_expr(arg) for arg in node.args], [None] * len(node.args)
         if node.name == "if":
             outer = self._guard
             if outer is None or self._may_raise(node.args[0]):
@@ -1423,17 +1546,18 @@ class _Compiler:
                 within = True
             if not self._boolean(node.args[0]):  # no true/false: the type check says so
                 return [cond, *map(self.to_expr, node.args[1:])], [None] * len(node.args)
-            truth = self._truth(node.args[0], cond)
+            truth = self._truth(node.args[0], self._decider(node.args[0], cond, outer is None))
             guards = [None, pc.coalesce(truth, False), pc.invert(pc.coalesce(truth, True))]
             return [cond, *(self._under(g, a, within)
                             for g, a in zip(guards[1:], node.args[1:]))], guards
         if node.name == "coalesce":
             exprs, guards, guard = [], [], None
             for arg in node.args:
+                alone = guard is None and self._guard is None
                 exprs.append(self._under(guard, arg))
                 guards.append(guard)
-                missing = pc.is_null(exprs[-1])
-                guard = _joined(guard, missing)
+                if arg is not node.args[-1]:
+                    guard = _joined(guard, self._missing(arg, exprs[-1], alone))
             return exprs, guards
         return [self.to_expr(arg) for arg in node.args], [None] * len(node.args)
 
@@ -1445,7 +1569,7 @@ class _Compiler:
             exprs[at:] = self._of_one_type(node.args[at:], exprs[at:], guards[at:])
         if node.name in ("floor", "ceil", "round"):
             return self._rounded(node, exprs)
-        if node.name == "cast":
+        if node.name in _CASTS:
             assert node.cast_type is not None
             target = _CAST_TYPES[node.cast_type]
             options = pc.CastOptions(
@@ -1454,6 +1578,14 @@ class _Compiler:
                 allow_time_truncate=True,
                 allow_decimal_truncate=True,
             )
+            source = (node.args[0].arrow_type if isinstance(node.args[0], _Literal)
+                      else self._result_type(exprs[0]))
+            if node.name == "try_cast" and source is not None:
+                return try_cast(exprs[0], source, target, options)
+            if self._safe:
+                if source is None:
+                    raise _Unsafe
+                return try_cast(exprs[0], source, target, options, refused_only=True)
             return exprs[0].cast(options=options)
         if node.name == "nullif":  # null where a equals b (SQL's); a where b is null
             equal = self._compare("=", node.args[0], node.args[1], exprs[0], exprs[1])
@@ -1521,6 +1653,14 @@ class _Compiler:
             value = node.value
             if value is not None and pa.types.is_decimal(target):
                 value = decimal.Decimal(value)  # type: ignore[arg-type]
+                if _steps_of(value, target) is None:
+                    # past the digits the values' type keeps before the point: an error
+                    # where the literal is chosen (not as the expression compiles)
+                    exact = pa.decimal256(len(str(abs(node.value))), 0)  # type: ignore[arg-type]
+                    literal = pc.scalar(pa.scalar(value, exact))
+                    if guard is not None:
+                        literal = _null_outside(guard, literal, exact)
+                    return self._narrowed(literal, exact, target)
             elif value is not None and pa.types.is_floating(target):
                 value = float(value)  # type: ignore[arg-type]
             return pc.scalar(pa.scalar(value, target))
@@ -1531,6 +1671,9 @@ class _Compiler:
         # (of the rows that need it: ``guard``)
         if guard is not None and not pa.types.is_floating(target):
             expr = _null_outside(guard, expr, self._type(node))
+        source = self._type(node)
+        if pa.types.is_decimal(target) and source is not None:
+            return self._narrowed(expr, source, target)
         return expr.cast(target, safe=not pa.types.is_floating(target))
 
     # ---------------------------------------------------------------------- comparisons
@@ -1734,7 +1877,8 @@ class _Compiler:
                 self.text,
                 node.pos,
             )
-        return wide.cast(pa.decimal128(_DECIMAL128_DIGITS, wide_type.scale))
+        return self._narrowed(wide, wide_type, pa.decimal128(_DECIMAL128_DIGITS,
+                                                             wide_type.scale))
 
     def _decimal256(self, expr: pc.Expression) -> pc.Expression | None:
         t = self._result_type(expr)
@@ -1756,7 +1900,7 @@ class _Compiler:
         small = pc.less_equal(pc.abs(right), bound)
         zero = [pc.scalar(pa.scalar(decimal.Decimal(0), t)) for t in types]
         right_narrow = pc.if_else(small, right, zero[1]).cast(narrow[1])
-        left_narrow = pc.if_else(small, zero[0], left).cast(narrow[0])
+        left_narrow = self._narrowed(pc.if_else(small, zero[0], left), types[0], narrow[0])
         return pc.if_else(small, pc.multiply(left, right_narrow),
                           pc.multiply(left_narrow, right))
 
@@ -1775,6 +1919,12 @@ class _Compiler:
         if _number_kind(t) == "int" and node.name != "round":
             return build(node.args, [_float64(exprs[0], node.args[0])])
         if t is None or not pa.types.is_decimal(t):
+            if self._safe and (t is None or _number_kind(t) == "int") and len(node.args) > 1:
+                # an integer rounded to tens may overflow (127 of an int8 to 130)
+                digits = node.args[1]
+                if not (isinstance(digits, _Literal) and digits.kind == "int"
+                        and int(digits.value) >= 0):  # type: ignore[arg-type]
+                    raise _Unsafe
             return build(node.args, exprs)
         places: int | None = 0
         if len(node.args) > 1:
@@ -1796,7 +1946,7 @@ class _Compiler:
         wider = (pa.decimal128(precision, t.scale)
                  if precision <= _DECIMAL128_DIGITS and pa.types.is_decimal128(t)
                  else pa.decimal256(precision, t.scale))
-        return build(node.args, [exprs[0].cast(wider), *exprs[1:]]).cast(t)
+        return self._narrowed(build(node.args, [exprs[0].cast(wider), *exprs[1:]]), wider, t)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1877,8 +2027,8 @@ def _type_error(
     what = _describe_node(node)
     if isinstance(node, _Column):
         return ExpressionError(f"cannot use column {node.name!r} ({detail})", text, node.pos)
-    if isinstance(node, _Call) and node.name == "cast":
-        message = f"cannot cast {arg_types[0]} to {node.cast_type}"
+    if isinstance(node, _Call) and node.name in _CASTS:
+        message = f"cannot {node.name} {arg_types[0]} to {node.cast_type}"
     elif isinstance(node, _BinOp) and node.op in _ARROW_COMPARISON:
         message = f"cannot compare {types} with {what}"
     elif isinstance(node, _Logic | _Not):
@@ -2021,7 +2171,7 @@ def _nan_blind(node: _Node, nan_columns: frozenset[str]) -> bool:
         ok, args = not _reads(node.args[0], nan_columns), node.args[1:]
     elif isinstance(node, _Call):
         ok = node.name in _NAN_CARRYING_FUNCTIONS or node.name == "coalesce" or (
-            node.name == "cast" and node.cast_type in _FLOAT_CASTS)
+            node.name in _CASTS and node.cast_type in _FLOAT_CASTS)
     else:
         ok = isinstance(node, _Neg)
     return ok and all(_nan_blind(arg, nan_columns) for arg in args)
@@ -2130,11 +2280,28 @@ def _static_kind(node: _Node) -> str | None:
     if isinstance(node, _Not | _Logic | _IsNull | _InList | _Between | _Like):
         return "bool"
     if isinstance(node, _Call):
-        if node.name == "cast":
+        if node.name in _CASTS:
             return "bool" if node.cast_type in ("bool", "boolean") else "value of another type"
         result = _FUNCTIONS[node.name].result
         return None if result == "any" else result
     return None
+
+
+def failure_hint(texts: Iterable[str], what: str = "expression") -> str:
+    """What to advise where the expressions ``texts`` failed on a partition's values (a
+    text that does not parse as a number, a value past its type): ``try_cast`` where one
+    of them casts, and a guard.
+
+    Example::
+
+        >>> failure_hint(["cast(code as int64) + 1"]).split(";")[0]
+        'try_cast(x as type) gives null where a value does not convert'
+    """
+    guard = f"guard the {what}, e.g. with if(...) or coalesce(...)"
+    if any(isinstance(n, _Call) and n.name == "cast"
+           for text in texts for n in _walk(_parse(_require_text(text)))):
+        return f"try_cast(x as type) gives null where a value does not convert; or {guard}"
+    return guard
 
 
 def referenced_columns(text: str) -> list[str]:

@@ -47,6 +47,7 @@ from operators.base import (
 from operators.expressions import (
     ExpressionError,
     expression_type,
+    failure_hint,
     parse_expression,
     referenced_columns,
 )
@@ -534,8 +535,7 @@ class Aggregate(Shuffle):
             out = ds.dataset(part).to_table(columns=columns) if columns else None
         except ARROW_ERRORS as exc:
             raise DataError(f"aggregate column {self._failing(part)}: {arrow_message(exc)}",
-                            hint="guard the expression, e.g. with if(...) or coalesce(...)"
-                            ) from None
+                            hint=failure_hint(self._layout.inputs)) from None
         arrays = {} if out is None else {n: plain(out.column(n)) for n in out.column_names}
         for key in self.params.by:  # one group of 0.0 and -0.0, one of every NaN
             arrays[key] = normalized(arrays[key])

@@ -19,6 +19,7 @@ from operators.base import (
 from operators.expressions import (
     ExpressionError,
     expression_type,
+    failure_hint,
     parse_expression,
     referenced_columns,
 )
@@ -55,6 +56,7 @@ class Derive(Transform):
         charge_per_month: "total_charges / greatest(tenure, 1)"
         log_charge: "log1p(charge_per_month)"
         is_long: "tenure >= 24"
+        zip_code: "try_cast(zip_text as int32)"   # null where it is no int32, as Spark SQL
     ```
     """
 
@@ -112,8 +114,7 @@ class Derive(Transform):
                 failed = self._failing(out, batch)
                 raise DataError(f"derive column '{failed}' ({batch[failed]}): "
                                 f"{arrow_message(exc)}",
-                                hint="guard the expression, e.g. with if(...) or coalesce(...)"
-                                ) from None
+                                hint=failure_hint([batch[failed]])) from None
             for name in batch:
                 field = pa.field(name, made.schema.field(name).type)
                 i = out.schema.get_field_index(name)

@@ -7,6 +7,7 @@ is given, and a filter belongs in the scoring pipeline when one is wanted there.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -27,6 +28,7 @@ from operators.base import (
 from operators.expressions import (
     ExpressionError,
     check_filter,
+    failure_hint,
     parse_filter,
     quote_name,
     referenced_columns,
@@ -56,10 +58,9 @@ def _checked(text: str, schema: pa.Schema, what: str) -> None:
         raise SchemaError(f"{what}: {exc}") from None
 
 
-def _failed(exc: BaseException, what: str) -> DataError:
-    """A condition that Arrow could not evaluate on a partition's values."""
-    return DataError(f"{what}: {arrow_message(exc)}",
-                     hint="guard the condition, e.g. with if(...) or coalesce(...)")
+def _failed(exc: BaseException, what: str, texts: Iterable[str]) -> DataError:
+    """Conditions ``texts`` that Arrow could not evaluate on a partition's values."""
+    return DataError(f"{what}: {arrow_message(exc)}", hint=failure_hint(texts, "condition"))
 
 
 # --------------------------------------------------------------------------- filter
@@ -108,7 +109,7 @@ class Filter(Transform):
         try:
             return part.filter(parse_filter(self.params.where, part.schema))
         except ARROW_ERRORS as exc:
-            raise _failed(exc, f"where ({self.params.where})") from None
+            raise _failed(exc, f"where ({self.params.where})", [self.params.where]) from None
 
 
 # --------------------------------------------------------------------------- sample
@@ -286,7 +287,7 @@ class Expect(Transform):
                 columns={name: parse_filter(text, part.schema)
                          for name, text in checks.items()})
         except ARROW_ERRORS as exc:
-            raise _failed(exc, "rules") from None
+            raise _failed(exc, "rules", checks.values()) from None
         passed = None
         for name in checks:
             ok = pc.fill_null(met.column(name), False)

@@ -39,6 +39,7 @@ from operators.base import (
 from operators.expressions import (
     ExpressionError,
     expression_type,
+    failure_hint,
     parse_expression,
     referenced_columns,
 )
@@ -421,8 +422,8 @@ class Window(ByKeys, Shuffle):
                             and not _evaluates(rows, w.arg)), self.windows[0])
             raise DataError(f"window column '{failing.name}' "
                             f"({self.params.columns[failing.name]}): {arrow_message(exc)}",
-                            hint="guard the expression, e.g. with if(...) or coalesce(...)"
-                            ) from None
+                            hint=failure_hint(t for t in (failing.arg, failing.default)
+                                              if t is not None)) from None
         return {t: plain(out.column(names[t])) for t in names}
 
 

@@ -336,10 +336,12 @@ class ReadParquet(Source):
         try:
             return rows.filter(self._filter)
         except ARROW_ERRORS as exc:
+            from operators.expressions import failure_hint
+
             raise DataError(f"read_parquet filter {self.params.filter!r} failed on the rows "
                             f"of '{self._shown(path)}': {arrow_message(exc)}",
-                            hint="guard the expression, e.g. with if(...) or coalesce(...), "
-                                 "or cast the column first") from None
+                            hint=failure_hint([self.params.filter]) + ", or cast the column "
+                                 "first") from None
 
     @cached_property
     def dataset(self) -> ds.Dataset:

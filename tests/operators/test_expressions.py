@@ -1007,6 +1007,8 @@ def _render(node: tuple, style: dict[str, Any]) -> tuple[str, int]:
         return f"{sub(node[1], ATOM)} {node[3]} {node[2]}", POW
     if kind == "call":
         return f"{node[1]}({', '.join(render(arg, style) for arg in node[2:])})", ATOM
+    if kind == "try_cast":
+        return f"try_cast({render(node[1], style)} {kw('as')} {node[2]})", ATOM
     if kind == "cmp":
         return f"{sub(node[2], SUM)} {node[1]} {sub(node[3], SUM)}", PRED
     if kind == "isnull":
@@ -1607,6 +1609,8 @@ def _kind(node: tuple) -> str:
         return "dec" if pa.types.is_decimal(t) else "int" if pa.types.is_integer(t) else "bool"
     if node[0] == "int":
         return "lit"
+    if node[0] == "try_cast":
+        return "int"
     kinds = {_kind(child) for child in node[2:] if isinstance(child, tuple)} - {"lit", "bool"}
     if node[0] == "neg":
         kinds = {_kind(node[1])}
@@ -1631,17 +1635,25 @@ def _exact_branches(children: st.SearchStrategy) -> st.SearchStrategy:
                     children | small_literal)
         | st.tuples(st.just("call"), st.sampled_from(["coalesce", "least", "greatest"]),
                     children, children | small_literal)
+        # a value after two that can raise: its guard reads both
+        | st.tuples(st.just("call"), st.just("coalesce"), children, children, children,
+                    children | small_literal)
     )
 
 
 exact_expr = st.recursive(exact_leaf, _exact_branches, max_leaves=4)
 wide_leaf = st.sampled_from([("col", c) for c in WIDE_COLUMNS])
+TRY_CAST_BITS = {"int8": (8, True), "int32": (32, True), "int64": (64, True),
+                 "uint8": (8, False), "uint64": (64, False)}
+try_casts = st.tuples(st.just("try_cast"), exact_expr | wide_leaf,
+                      st.sampled_from(sorted(TRY_CAST_BITS)))
 # what if / coalesce / least / greatest choose from (a float makes it all float64: not here)
-chosen = exact_expr | wide_leaf | null | st.sampled_from(
+chosen = exact_expr | wide_leaf | null | try_casts | st.sampled_from(
     [t for t in NUMBER_TEXTS if re.fullmatch(r"-?\d+", t)]).map(number_node)
 value_expr = (
     exact_expr
     | wide_leaf
+    | try_casts
     | st.tuples(st.just("call"), st.sampled_from(["coalesce", "least", "greatest"]),
                 exact_expr | wide_leaf, chosen)
     | st.tuples(st.just("call"), st.just("if"), st.just(("col", "c")), exact_expr | wide_leaf,
@@ -1659,6 +1671,10 @@ mixed_predicate = (
     | st.tuples(st.just("between"), value_expr, number | value_expr, number | value_expr,
                 st.booleans())
 )
+# an operand after others that can raise, computed where they leave the row undecided
+mixed_predicate = mixed_predicate | st.recursive(
+    mixed_predicate, lambda ch: st.tuples(st.sampled_from(["and", "or"]), ch, ch),
+    max_leaves=4)
 
 
 def _decimal_type(kind: tuple) -> tuple[int, int]:
@@ -1707,6 +1723,13 @@ def exact(node: tuple, row: dict[str, Any]) -> tuple[Any, tuple]:
         return D(node[2]), ("float",)
     if kind == "null":
         return None, ("null",)
+    if kind == "try_cast":  # toward zero; null past the type's range, never an error
+        bits, signed = TRY_CAST_BITS[node[2]]
+        least, most = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        value = exact(node[1], row)[0]
+        whole = None if value is None else int(value)  # int() of a Decimal truncates
+        return (whole if whole is not None and least <= whole <= most else None,
+                ("int", len(str(max(-least, most)))))
     if kind == "neg" or (kind == "call" and node[1] == "abs"):
         value, t = exact(node[-1], row)
         return (None if value is None else -value if kind == "neg" else abs(value)), t[:3]
@@ -1791,11 +1814,19 @@ def always_null(node: tuple) -> bool:
         return always_null(node[2]) or always_null(node[3])
     if kind == "neg" or (kind == "call" and node[1] in ("abs", "floor", "ceil", "round")):
         return always_null(node[-1] if kind == "neg" else node[2])
+    if kind == "try_cast":
+        return always_null(node[1])
     return False
 
 
 def exact_predicate(node: tuple, row: dict[str, Any]) -> bool | None:
     kind = node[0]
+    if kind in ("and", "or"):  # the second operand where the first leaves it undecided
+        first = exact_predicate(node[1], row)
+        if first is (kind == "or"):
+            return first
+        second = exact_predicate(node[2], row)
+        return and3(first, second) if kind == "and" else or3(first, second)
     if kind == "cmp" and (always_null(node[2]) or always_null(node[3])):
         return None
     # a list of literals only is one is_in of the computed operand; otherwise each item
@@ -1827,7 +1858,7 @@ def check_mixed(tree: tuple, style: dict[str, Any]) -> None:
     """``tree`` through parse_expression / parse_filter with MIXED's schema against the
     exact reference: the same values row by row, or an error where a value overflows."""
     text = render(tree, style)
-    predicate = tree[0] in ("cmp", "in", "between")
+    predicate = tree[0] in ("cmp", "in", "between", "and", "or")
     rows = MIXED.to_pylist()
     try:
         with decimal.localcontext(prec=200):
@@ -1857,6 +1888,23 @@ def check_mixed(tree: tuple, style: dict[str, Any]) -> None:
 def test_random_decimal_and_unsigned_expressions_are_exact(tree: tuple, style: dict[str, Any]
                                                            ) -> None:
     check_mixed(tree, style)
+
+
+def test_a_decimal_widened_past_38_digits_is_an_error_not_another_value() -> None:
+    """if's values of one type. In decimal(38, 12), -1e36 of a decimal(38, 1) does not
+    fit: Arrow's decimal128 rescale wrapped it around (it gave -1.9e25). In decimal(38,
+    20), an int64 literal does not: it stopped the expression as it compiled, whatever
+    the rows; now where it is chosen."""
+    t = pa.table({"c": [True, False], "w": pa.array([D("-1" + "0" * 36), D("2.5")],
+                                                     pa.decimal128(38, 1)),
+                  "f": pa.array([D("1.5"), D("0.25")], pa.decimal128(38, 12)),
+                  "g": pa.array([D("0.5"), D("-0.5")], pa.decimal128(38, 20))})
+    with pytest.raises(pa.ArrowInvalid, match="precision"):
+        over(t, "if(c, w, f)")
+    assert over(t.slice(1), "if(c, w, f)") == [D("0.25")]
+    assert over(t.slice(0, 1), "if(c, g, 9223372036854775807)") == [D("0.5")]
+    with pytest.raises(pa.ArrowInvalid, match="precision"):
+        over(t.slice(1), "if(c, g, 9223372036854775807)")
 
 
 # ------------------------------------------------------------------ branches not taken
@@ -1960,6 +2008,84 @@ def test_nested_guards_grow_with_the_depth_not_twice_a_level() -> None:
     t = pa.table({"k": [0, 5, 15, 20], "s": ["1", "2", "3", "x"]})
     got = ds.dataset(t).to_table(columns={"r": parse_expression(chain(16), schema)})
     assert got.column("r").to_pylist() == [1, 7, 18, 0]
+
+
+def chain(shape: str, n: int) -> str:
+    """n values that can raise, each after the ones before: coalesce's values, and's
+    operands, if's conditions."""
+    casts = [f"cast(a{i} as int64)" for i in range(n)]
+    if shape == "coalesce":
+        return f"coalesce({', '.join(casts)})"
+    if shape == "and":
+        return " and ".join(f"{c} >= 0" for c in casts)
+    return "".join(f"if({c} > 5, {i}, " for i, c in enumerate(casts)) + "-1" + ")" * n
+
+
+CHAINS = pa.schema([(f"a{i}", pa.string()) for i in range(16)])
+
+
+@pytest.mark.parametrize("shape", ["coalesce", "and", "if"])
+def test_guards_after_values_that_can_raise_grow_with_the_square_not_twice_a_value(
+        shape: str) -> None:
+    """Each guard reads the values before it as they are where they do not raise (null
+    where they would), not as guarded themselves: it holds the guards before it once, not
+    twice (twice made 16 values 4000 times the size of 4)."""
+    size = {n: len(str(parse_expression(chain(shape, n), CHAINS))) for n in (4, 8, 16)}
+    assert size[8] < 6 * size[4] and size[16] < 5 * size[8]
+
+
+# rows whose 'x' (no integer) is after the value that decides them: never read
+DECIDED_ROWS = {
+    "coalesce": [["1", "x", "x"], [None, "2", "x"], [None, None, "3"], [None, None, None]],
+    "and": [["-1", "x", "x"], ["9", "-3", "x"], [None, "-2", "x"], ["5", "7", "-4"],
+            [None, None, None], ["1", None, "2"]],
+    "if": [["9", "x", "x"], [None, "x", "x"], ["1", "2", "8"], ["1", "7", "x"],
+           ["3", "1", None]],
+}
+
+
+@pytest.mark.parametrize("shape", ["coalesce", "and", "if"])
+def test_a_value_after_values_that_can_raise_is_computed_where_needed_only(shape: str
+                                                                           ) -> None:
+    """Row by row against Python: each value is computed (and can stop the run) only
+    where the ones before it leave the row undecided."""
+    rows = DECIDED_ROWS[shape]
+    table = pa.table({f"a{i}": [r[i] for r in rows] for i in range(3)})
+    expr = parse_expression(chain(shape, 3), table.schema)
+    got = ds.dataset(table).to_table(columns={"r": expr}).column("r").to_pylist()
+
+    def expected(row: list[str | None]) -> Any:
+        values = (None if v is None else int(v) for v in row)  # int('x') would stop it
+        if shape == "coalesce":
+            return next((v for v in values if v is not None), None)
+        if shape == "and":
+            result: bool | None = True
+            for v in values:
+                result = and3(result, None if v is None else v >= 0)
+                if result is False:
+                    return False
+            return result
+        for i, v in enumerate(values):  # a null condition: null, and nothing after it
+            if v is None or v > 5:
+                return None if v is None else i
+        return -1
+
+    assert got == [expected(r) for r in rows]
+    # where the rows before leave it undecided, 'x' stops the run
+    bad = pa.table({"a0": [None if shape == "coalesce" else "1"], "a1": ["x"], "a2": [None]},
+                   schema=table.schema)
+    with pytest.raises(pa.ArrowInvalid, match="'x'"):
+        ds.dataset(bad).to_table(columns={"r": expr})
+
+
+def test_a_guard_reads_a_float_cast_to_an_integer_as_cast_gives_it() -> None:
+    """A guard reads a value that can raise as cast gives it where cast does not raise:
+    NaN as int64 is an integer (unspecified: int64's least here), not try_cast's null,
+    so the row is decided and the text after it is not read."""
+    table = pa.table({"k": [0, 0], "f": [NAN, 1.0], "s": ["x", "5"]})
+    text = "k > 0 or cast(f as int64) < 0 or cast(s as int64) > 0"
+    got = ds.dataset(table).to_table(columns={"r": parse_expression(text, table.schema)})
+    assert got.column("r").to_pylist() == [True, True]
 
 
 @pytest.mark.parametrize(("text", "message"), [

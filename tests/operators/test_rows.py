@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from operators.arrays import get_namespace
 from operators.base import DataError, ParamError, SchemaError, drive, lookup, tree_reduce
+from operators.expressions import failure_hint
 from operators.models.common import holdout_mask
 from operators.testing.kit import split
 
@@ -73,7 +74,11 @@ def test_filter_a_value_that_fails_at_run_time_is_a_data_error() -> None:
                                         "parse string: '[a-z]+' as a scalar of type "
                                         "int64") as info:
         op.transform(table(), NP)
+    assert "try_cast(x as type) gives null" in str(info.value)
     assert "guard the condition" in str(info.value)
+    # where it casts nothing, the guard alone
+    assert failure_hint(["amount > 0 and churned"], "condition") == (
+        "guard the condition, e.g. with if(...) or coalesce(...)")
 
 
 # --------------------------------------------------------------------------- sample

@@ -344,7 +344,7 @@ def test_a_failing_partition_names_the_step_and_leaves_nothing(events: Path, wor
     assert message.startswith(f"{workdir / 'pipeline.yaml'}:7: step 'features', partition ")
     assert ("aggregate column 'spend' (sum(cast(plan as int64))): Failed to parse string: "
             in message)
-    assert "guard the expression" in message
+    assert "guard the expression" in message and "try_cast(x as type)" in message
     assert not (workdir / "out" / "features").exists()
     assert not list(scratch.glob("*")), "the failed run left its shuffle files"
 

@@ -28,7 +28,8 @@ ZOO = {
         columns: [total_charges]
         strategy: median
       - op: derive
-        columns: {charge_ratio: "total_charges / (tenure + 1)", log_tenure: "log1p(tenure)"}
+        columns: {charge_ratio: "total_charges / (tenure + 1)", log_tenure: "log1p(tenure)",
+                  tenure_years: "coalesce(try_cast(tenure / 12 as uint8), 0)"}
       - op: one_hot
         columns: [region]
       - op: bucketize
