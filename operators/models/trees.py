@@ -1828,10 +1828,14 @@ class TreeEstimator(Estimator):
         categorical = categorical_names(schema, self.params)
         features = check_inputs(schema, self.params, categorical)
         check_categorical_features(schema, self.params, features, categorical)
-        classify, label_type = tree_label_type(schema, self.params, self.name)
+        classify, label_type = self._label_type(schema)
         self._check_params(classify)
         self._check_features(features)
         return features, classify, label_type
+
+    def _label_type(self, schema: pa.Schema) -> tuple[bool, pa.DataType]:
+        """(is classifier, label value type) of the input (``tree_label_type``)."""
+        return tree_label_type(schema, self.params, self.name)
 
     def _check_params(self, classify: bool) -> None:
         """Parameter combinations that depend on the task."""
