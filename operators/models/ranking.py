@@ -4,7 +4,8 @@ A query (the rows of one value of the ``group`` column) is ranked by its rows' s
 Its gradients need all of its rows, so a query must lie in one partition: the summary
 pass collects each partition's query keys and the combine refuses a key two partitions
 hold (``combine_keys``). The rows of a query may come in any order: ties of score are
-broken by a hash of the row's content, never by its place in the partition.
+broken by a hash of the row's content, never by its place in the partition; scores
+are compared at float32 precision (``rank_key``).
 
 The gradients are LightGBM's ``lambdarank`` (``LambdarankNDCG::GetGradientsForOneQuery``):
 for every pair of a query's rows with different labels of which one ranks in the top
@@ -19,7 +20,7 @@ gradients and hessians are scaled by ``log2(1 + S) / S``, S the sum of its pairs
 array-API kernel.
 
 NDCG@k (validation, ``evaluate``) uses the same gain and discount; a query without a
-relevant row (ideal DCG 0) counts 1, as LightGBM's metric; rows of tied scores share
+relevant row (ideal DCG 0) counts 1, as LightGBM's metric; rows of tied scores (``rank_key``) share
 the discounts of the places they tie over (scikit-learn's ``ndcg_score``, whose gain is
 the label itself: it equals ours on labels ``2^label - 1`` for queries with a relevant
 row, and counts 0 for the others).
@@ -111,6 +112,14 @@ def _discount(positions: np.ndarray) -> np.ndarray:
     return 1.0 / np.log2(2.0 + positions)
 
 
+def rank_key(score: np.ndarray) -> np.ndarray:
+    """What orders rows: the score at float32 precision. Scores a float64 sum's last
+    bits apart (that noise differs by engine, partitioning and array namespace) are ties;
+    they are common, not rare: the first round's leaves of rows that win every pair all
+    get ``-G/H = 2`` times the learning rate, each summed in its own order."""
+    return score.astype(np.float32)
+
+
 def _gain(labels: np.ndarray) -> np.ndarray:
     return np.exp2(labels) - 1.0
 
@@ -150,11 +159,14 @@ def lambdarank_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndar
     n_queries = int(queries.max()) + 1
     inverse_max = ideal_dcg(labels, queries, truncation, n_queries)
     inverse_max = np.divide(1.0, inverse_max, out=np.zeros(n_queries), where=inverse_max > 0)
-    order, sorted_queries, place, starts, sizes = _order(queries, [tiebreak, -score])
+    key = rank_key(score)
+    order, sorted_queries, place, starts, sizes = _order(queries, [tiebreak, -key])
     s, y = score[order], labels[order]
+    gain, discount = _gain(y), _discount(place)
     spread = np.zeros(n_queries, dtype=bool)  # whether a query's scores differ
-    spread[sorted_queries[starts]] = (np.maximum.reduceat(s, starts)
-                                      != np.minimum.reduceat(s, starts))
+    ordered = key[order]
+    spread[sorted_queries[starts]] = (np.maximum.reduceat(ordered, starts)
+                                      != np.minimum.reduceat(ordered, starts))
     # a row among a query's first ``truncation`` pairs with every row after it
     partners = np.where(place < truncation, np.repeat(sizes, sizes) - 1 - place, 0)
     pairs_to = np.cumsum(partners)
@@ -173,8 +185,8 @@ def lambdarank_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndar
             i = np.repeat(np.arange(lo, hi), counts)
             offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
             j = i + 1 + offset
-            _pair_sums(i, j, s, y, place, sorted_queries, inverse_max, spread, normalize,
-                       g_sorted, h_sorted, lam_sum)
+            _pair_sums(i, j, s, y, gain, discount, sorted_queries, inverse_max, spread,
+                       normalize, g_sorted, h_sorted, lam_sum)
         first = last
     if normalize:
         factor = np.divide(np.log2(1.0 + lam_sum), lam_sum, out=np.ones(n_queries),
@@ -186,19 +198,19 @@ def lambdarank_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndar
 
 
 def _pair_sums(i: np.ndarray, j: np.ndarray, s: np.ndarray, y: np.ndarray,
-               place: np.ndarray, queries: np.ndarray, inverse_max: np.ndarray,
-               spread: np.ndarray, normalize: bool, grad: np.ndarray, hess: np.ndarray,
-               lam_sum: np.ndarray) -> None:
+               gain: np.ndarray, discount: np.ndarray, queries: np.ndarray,
+               inverse_max: np.ndarray, spread: np.ndarray, normalize: bool,
+               grad: np.ndarray, hess: np.ndarray, lam_sum: np.ndarray) -> None:
     """Adds the pairs ``(i, j)`` (sorted rows, ``i`` ranked above ``j``) to the sorted
     rows' gradient and hessian and to their queries' sums of ``2 |lambda|``."""
-    differ = y[i] != y[j]
-    i, j = i[differ], j[differ]
-    i_high = y[i] > y[j]
+    y_i, y_j = y[i], y[j]
+    differ = y_i != y_j
+    i, j, i_high = i[differ], j[differ], y_i[differ] > y_j[differ]
     high, low = np.where(i_high, i, j), np.where(i_high, j, i)
     q = queries[i]
     delta = s[high] - s[low]
-    ndcg = ((_gain(y[high]) - _gain(y[low]))
-            * np.abs(_discount(place[high]) - _discount(place[low])) * inverse_max[q])
+    # i ranks above j: the discount gap is i's minus j's
+    ndcg = (gain[high] - gain[low]) * (discount[i] - discount[j]) * inverse_max[q]
     if normalize:
         ndcg = np.where(spread[q], ndcg / (0.01 + np.abs(delta)), ndcg)
     rho = 1.0 / (1.0 + np.exp(delta))
@@ -221,8 +233,9 @@ def ndcg_sums(score: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int
     n_queries = int(queries.max()) + 1
     present = np.bincount(queries, minlength=n_queries) > 0
     ideal = ideal_dcg(labels, queries, k, n_queries)
-    order, sorted_queries, place, starts, sizes = _order(queries, [-score])
-    s = score[order]
+    key = rank_key(score)
+    order, sorted_queries, place, starts, sizes = _order(queries, [-key])
+    s = key[order]
     # tie blocks: runs of one query and one score
     new = np.ones(len(s), dtype=bool)
     new[1:] = (sorted_queries[1:] != sorted_queries[:-1]) | (s[1:] != s[:-1])
