@@ -11,6 +11,10 @@ and the pinball loss of a ``quantile`` have no curvature: their trees split on t
 gradients with hessians of 1, then each leaf takes the quantile of its rows' residuals
 (and the scores start at the label's), found exactly over the partitions in a few passes
 (``operators/models/selection.py``), as scikit-learn's ``_update_leaves_values``.
+``lambdarank`` learns to rank the rows of each query (``group``) by LightGBM's lambdarank
+gradients (``operators/models/ranking.py``), from scores of 0; a query's rows must be in one
+partition (the summary pass checks), its held-out rows are whole queries and the held-out
+loss is 1 - NDCG@``ndcg_at``.
 
 The trees of the finished rounds live in the driver's state. A partition's memo
 (``trees.partition_memo``) keeps, per round, every training row's node in each tree of
@@ -214,7 +218,7 @@ class BoostedTreesFitted(TreeModelFitted):
 
 @register("gradient_boosted_trees")
 class GradientBoostedTrees(TreeEstimator):
-    """Gradient-boosted trees (squared error, quantiles, log-loss for classes), a level a pass.
+    """Gradient-boosted trees (squared error, quantiles, log-loss, lambdarank), a level a pass.
 
     ```yaml
     - op: gradient_boosted_trees
