@@ -383,3 +383,23 @@ def test_lightgbm_lambdarank() -> None:
                                                   for f in features])))
     assert abs(ours - theirs) < 0.01, (ours, theirs)
     assert ours > ndcg(test.column("x0").to_numpy()) + 0.08
+
+
+def test_evaluate_measures_ndcg_per_query() -> None:
+    table = ranking_table(queries=50, seed=9)
+    score = np.random.default_rng(1).standard_normal(table.num_rows)
+    rows = table.append_column("prediction", pa.array(score))
+    codes = ranking.query_codes(table, "query")
+    total, queries = ranking.ndcg_sums(score, table.column("y").to_numpy().astype(float),
+                                       codes, 5)
+    evaluate = lookup("evaluate")
+    parts = whole_query_parts(rows, 3, 2)
+    got = fit(evaluate(label="y", group="query", k=5), parts).metrics
+    assert got == {"ndcg": pytest.approx(total / queries, rel=1e-12), "count": rows.num_rows,
+                   "queries": 50, "k": 5}
+    with pytest.raises(DataError, match="has rows in more than one partition"):
+        fit(evaluate(label="y", group="query"), [rows.slice(0, 7), rows.slice(7)])
+    with pytest.raises(ParamError, match="group"):
+        evaluate(label="y", metrics=["ndcg"])
+    with pytest.raises(ParamError, match="takes no weight"):
+        evaluate(label="y", group="query", weight="w")
