@@ -295,7 +295,8 @@ SCORE = """
 """
 
 
-def test_repartition_train_save_and_score(workdir: Path) -> None:
+def test_repartition_train_save_and_score(workdir: Path, engine: object) -> None:
+    """On every engine: the model of one partition of the same rows (to 1e-9)."""
     table = ranking_table(queries=120, seed=8)
     folder = workdir / "data" / "clicks"
     folder.mkdir(parents=True)
@@ -303,18 +304,23 @@ def test_repartition_train_save_and_score(workdir: Path) -> None:
     order = np.random.default_rng(0).permutation(table.num_rows)
     for i, rows in enumerate(np.array_split(order, 4)):
         pq.write_table(table.take(pa.array(np.sort(rows))), folder / f"part-{i}.parquet")
-    record = run(write_pipeline(workdir, TRAIN))
+    record = run(write_pipeline(workdir, TRAIN), engine_instance=engine)
     metrics = record["metrics"]["ranker"]
     assert metrics["queries"] == 120 and metrics["validation"]["ndcg"] > 0.6
-    run(write_pipeline(workdir, SCORE, "score.yaml"))
+    run(write_pipeline(workdir, SCORE, "score.yaml"), engine_instance=engine)
     scores = pq.read_table(workdir / "scores")
     model = ModelStore().load("ranker")
     expected = model.chain.transform(scores.drop_columns(["prediction"]), NUMPY)
     np.testing.assert_allclose(scores.column("prediction").to_numpy(),
                                expected.column("prediction").to_numpy(), rtol=1e-12)
+    direct = ranked(table, features=["x1", "x2", "x3"], n_trees=10, max_depth=3,
+                    min_samples_leaf=5, validation_fraction=0.2)
+    np.testing.assert_allclose(model.chain.transform(table, NUMPY).column("prediction"),
+                               direct.transform(table, NUMPY).column("prediction"),
+                               rtol=1e-9, atol=1e-12)
     without = TRAIN.replace("      - op: repartition\n        by: [query]\n", "")
     with pytest.raises(Exception, match="has rows in more than one partition"):
-        run(write_pipeline(workdir, without, "unsplit.yaml"))
+        run(write_pipeline(workdir, without, "unsplit.yaml"), engine_instance=engine)
 
 
 def lightgbm_data(queries: int, seed: int) -> pa.Table:
