@@ -205,22 +205,22 @@ def _pair_sums(i: np.ndarray, j: np.ndarray, s: np.ndarray, y: np.ndarray,
     rows' gradient and hessian and to their queries' sums of ``2 |lambda|``."""
     y_i, y_j = y[i], y[j]
     differ = y_i != y_j
-    i, j, i_high = i[differ], j[differ], y_i[differ] > y_j[differ]
-    high, low = np.where(i_high, i, j), np.where(i_high, j, i)
+    i, j = i[differ], j[differ]
+    # +1 where i, ranked above j, is the more relevant (the pair's "high" row), else -1
+    sign = np.where(y_i[differ] > y_j[differ], 1.0, -1.0)
     q = queries[i]
-    delta = s[high] - s[low]
-    # i ranks above j: the discount gap is i's minus j's
-    ndcg = (gain[high] - gain[low]) * (discount[i] - discount[j]) * inverse_max[q]
+    delta = sign * (s[i] - s[j])  # high's score minus low's
+    ndcg = np.abs(gain[i] - gain[j]) * (discount[i] - discount[j]) * inverse_max[q]
     if normalize:
         ndcg = np.where(spread[q], ndcg / (0.01 + np.abs(delta)), ndcg)
     rho = 1.0 / (1.0 + np.exp(delta))
-    lam = -rho * ndcg
+    lam = -rho * ndcg  # high's gradient; low's is its opposite
     curvature = rho * (1.0 - rho) * ndcg
     n = len(grad)
     # np.bincount adds in the pairs' order: a row's sum is the same in any block
-    grad += np.bincount(high, lam, minlength=n) - np.bincount(low, lam, minlength=n)
-    hess += np.bincount(high, curvature, minlength=n) + np.bincount(low, curvature,
-                                                                     minlength=n)
+    signed = sign * lam
+    grad += np.bincount(i, signed, minlength=n) - np.bincount(j, signed, minlength=n)
+    hess += np.bincount(i, curvature, minlength=n) + np.bincount(j, curvature, minlength=n)
     lam_sum += np.bincount(q, -2.0 * lam, minlength=len(lam_sum))
 
 
