@@ -409,3 +409,23 @@ def test_evaluate_measures_ndcg_per_query() -> None:
         evaluate(label="y", metrics=["ndcg"])
     with pytest.raises(ParamError, match="takes no weight"):
         evaluate(label="y", group="query", weight="w")
+
+
+def test_tuning_compares_candidates_by_held_out_ndcg(workdir: Path) -> None:
+    """tune: (and tune_folds:, whose folds are whole queries) picks by ndcg, the higher
+    the better."""
+    table = ranking_table(queries=120, seed=10)
+    folder = workdir / "data" / "clicks"
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "part-0.parquet")
+    for extra in ("", "\n        tune_folds: 3"):
+        tuned = TRAIN.replace("        max_depth: 3\n", "").replace(
+            "validation_fraction: 0.2", "validation_fraction: 0.25\n"
+                              "        tune:\n          max_depth: [1, 3]\n"
+                              "          learning_rate: [0.01, 0.3]" + extra)
+        record = run(write_pipeline(workdir, tuned, "tuned.yaml"))
+        tuning = record["metrics"]["ranker"]["tuning"]
+        assert tuning["metric"] == "ndcg"
+        candidates = tuning["candidates"]
+        best = max(candidates, key=lambda k: candidates[k]["ndcg"])
+        assert tuning["best"] == best
