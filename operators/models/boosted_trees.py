@@ -451,7 +451,9 @@ class GradientBoostedTrees(TreeEstimator):
             combine="sum", link=link, depth=depth, arrays=arrays,
             categories=state["categories"],
             quantile=self._leaf_level() if self._loss_name(state) in LEAF_QUANTILE else None,
-            deviance=self._deviance(state))
+            deviance=self._deviance(state),
+            ranking={"group": self.params.group, "ndcg_at": self.params.ndcg_at}
+            if self._ranks(state) else None)
 
     def _deviance(self, state: dict[str, Any]) -> dict[str, Any] | None:
         """The deviance metric a log-link loss minimises (its validation metric and what

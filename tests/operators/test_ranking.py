@@ -429,3 +429,46 @@ def test_tuning_compares_candidates_by_held_out_ndcg(workdir: Path) -> None:
         candidates = tuning["candidates"]
         best = max(candidates, key=lambda k: candidates[k]["ndcg"])
         assert tuning["best"] == best
+
+
+RANKERS = """
+    pipeline: rerank
+    steps:
+      - id: rows
+        op: read_parquet
+        path: data/clicks
+      - op: repartition
+        by: [query]
+      - op: gradient_boosted_trees
+        loss: lambdarank
+        label: y
+        group: query
+        features: [x1, x2, x3]
+        n_trees: {trees}
+        max_depth: 3
+        min_samples_leaf: 5
+      - op: save_model
+        name: ranker
+      - op: read_parquet
+        id: holdout
+        path: data/fresh
+      - op: promote
+        model: ranker
+        alias: production
+        label: y
+"""
+
+
+def test_promote_compares_rankers_by_the_ndcg_of_fresh_queries(workdir: Path) -> None:
+    for name, seed in (("clicks", 11), ("fresh", 12)):
+        (workdir / "data" / name).mkdir(parents=True)
+        pq.write_table(ranking_table(queries=80, seed=seed), workdir / "data" / name / "a.parquet")
+    first = run(write_pipeline(workdir, RANKERS.format(trees=1), "first.yaml"))
+    second = run(write_pipeline(workdir, RANKERS.format(trees=30), "second.yaml"))
+    decision = second["metrics"]["promote"]
+    assert decision["metric"] == "ndcg" and decision["promoted"], decision
+    assert decision["challenger_value"] > decision["champion_value"]
+    assert first["metrics"]["promote"]["promoted"]
+    model = ModelStore().load("ranker@production")
+    assert model.version == 2 and model.chain.found("ranking") == {"group": "query",
+                                                                     "ndcg_at": 10}
