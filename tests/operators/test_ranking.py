@@ -20,6 +20,7 @@ from operators.models.common import held_out
 from operators.testing.cases.trees import ranking_table
 from operators.testing.kit import NUMPY, fit, roundtrip, tree_reduce
 from pipelines.runner import run
+from pipelines.serving import load_model
 from pipelines.store import ModelStore
 
 GBT = lookup("gradient_boosted_trees")
@@ -472,3 +473,5 @@ def test_promote_compares_rankers_by_the_ndcg_of_fresh_queries(workdir: Path) ->
     model = ModelStore().load("ranker@production")
     assert model.version == 2 and model.chain.found("ranking") == {"group": "query",
                                                                      "ndcg_at": 10}
+    served = load_model("ranker@production", str(workdir / "models"))
+    assert served.describe()["ranking"] == {"group": "query", "ndcg_at": 10}
