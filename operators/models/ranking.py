@@ -182,9 +182,10 @@ def lambdarank_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndar
         counts = partners[lo:hi]
         total = int(counts.sum())
         if total:
-            i = np.repeat(np.arange(lo, hi), counts)
-            offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-            j = i + 1 + offset
+            rows = np.arange(lo, hi)
+            i = np.repeat(rows, counts)
+            # a row's k-th pair (from 0) is with the row k + 1 after it
+            j = np.arange(total) + np.repeat(rows + 1 - (np.cumsum(counts) - counts), counts)
             _pair_sums(i, j, s, y, gain, discount, sorted_queries, inverse_max, spread,
                        normalize, g_sorted, h_sorted, lam_sum)
         first = last
