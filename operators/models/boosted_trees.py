@@ -774,19 +774,22 @@ class GradientBoostedTrees(TreeEstimator):
         held = memo.get("held")
         if "query" not in prep or (held is not None and "query" not in held):
             train, held_rows = held_out(part, self.params)
-            for rows, table in ((prep, train), (held, held_rows)):
+            for rows, table, gradients in ((prep, train, True), (held, held_rows, False)):
                 if rows is not None and "query" not in rows:
-                    rows.update(self._query_rows(table, state))
+                    rows.update(self._query_rows(table, state, gradients))
         return prep
 
-    def _query_rows(self, table: pa.Table, state: dict[str, Any]) -> dict[str, np.ndarray]:
-        """A ranking's rows on the host: their query (a code), relevance and the hash
-        that orders rows of equal score."""
+    def _query_rows(self, table: pa.Table, state: dict[str, Any], tiebreak: bool = True
+                    ) -> dict[str, np.ndarray]:
+        """A ranking's rows on the host: their query (a code), relevance and (for the
+        gradients) the hash that orders rows of equal score."""
         p = self.params
         labels = np.asarray(label_column(table, p.label).to_numpy(zero_copy_only=False),
                             dtype=np.float64)
-        return {"query": ranking.query_codes(table, p.group), "relevance": labels,
-                "tiebreak": model_hashes(table, p, state["features"])}
+        out = {"query": ranking.query_codes(table, p.group), "relevance": labels}
+        if tiebreak:
+            out["tiebreak"] = model_hashes(table, p, state["features"])
+        return out
 
     def _prepared_rows(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
                        xp: Any) -> dict[str, Any]:
@@ -890,7 +893,6 @@ class GradientBoostedTrees(TreeEstimator):
         memo["channels"] = (state["round"], columns)
         return columns
 
-
     def _rank_gradients(self, prep: dict[str, Any], raw: Any, xp: Any) -> tuple[Any, Any]:
         """lambdarank's gradients and hessians, (n, 1) each: computed on the host from
         the scores (a sort within each query), sent back in one copy."""
@@ -905,7 +907,7 @@ class GradientBoostedTrees(TreeEstimator):
         held = held_out(part, self.params)[1]
         if held.num_rows == 0:
             return np.zeros(3)
-        rows = self._query_rows(held, state)
+        rows = self._query_rows(held, state, tiebreak=False)
         score = self._model(state).outputs(held, xp)[0]
         total, queries = ranking.ndcg_sums(score, rows["relevance"], rows["query"],
                                            self.params.ndcg_at)
