@@ -38,8 +38,9 @@ from operators.base import DataError, SchemaError
 
 RELEVANCE_MAX = 30
 """The highest relevance label: LightGBM's default ``label_gain`` holds gains of 0..30."""
-PAIRS_PER_BLOCK = 1 << 22
-"""Gradients are summed a block of whole queries at a time, of about this many pairs."""
+PAIRS_PER_BLOCK = 1 << 20
+"""Gradients are summed a block of whole queries at a time, of about this many pairs (a
+few tens of float64 arrays of them at once: about 100 MB)."""
 
 
 def check_group_column(schema: pa.Schema, group: str, role: str = "group") -> None:
@@ -181,13 +182,16 @@ def lambdarank_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndar
         lo, hi = int(starts[first]), int(starts[last - 1] + sizes[last - 1])
         counts = partners[lo:hi]
         total = int(counts.sum())
-        if total:
-            rows = np.arange(lo, hi)
+        if total:  # the block's rows [lo, hi) and queries [q_lo, q_hi), from 0
+            rows = np.arange(hi - lo)
             i = np.repeat(rows, counts)
             # a row's k-th pair (from 0) is with the row k + 1 after it
             j = np.arange(total) + np.repeat(rows + 1 - (np.cumsum(counts) - counts), counts)
-            _pair_sums(i, j, s, y, gain, discount, sorted_queries, inverse_max, spread,
-                       normalize, g_sorted, h_sorted, lam_sum)
+            q_lo, q_hi = int(sorted_queries[lo]), int(sorted_queries[hi - 1]) + 1
+            _pair_sums(i, j, s[lo:hi], y[lo:hi], gain[lo:hi], discount[lo:hi],
+                       sorted_queries[lo:hi] - q_lo, inverse_max[q_lo:q_hi],
+                       spread[q_lo:q_hi], normalize, g_sorted[lo:hi], h_sorted[lo:hi],
+                       lam_sum[q_lo:q_hi])
         first = last
     if normalize:
         factor = np.divide(np.log2(1.0 + lam_sum), lam_sum, out=np.ones(n_queries),
@@ -203,7 +207,8 @@ def _pair_sums(i: np.ndarray, j: np.ndarray, s: np.ndarray, y: np.ndarray,
                inverse_max: np.ndarray, spread: np.ndarray, normalize: bool,
                grad: np.ndarray, hess: np.ndarray, lam_sum: np.ndarray) -> None:
     """Adds the pairs ``(i, j)`` (sorted rows, ``i`` ranked above ``j``) to the sorted
-    rows' gradient and hessian and to their queries' sums of ``2 |lambda|``."""
+    rows' gradient and hessian and to their queries' sums of ``2 |lambda|`` (in place:
+    the arrays are a block's views)."""
     y_i, y_j = y[i], y[j]
     differ = y_i != y_j
     i, j = i[differ], j[differ]
