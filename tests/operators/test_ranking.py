@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_pipeline
+from conftest import ROOT, write_pipeline
 
 from operators.base import DataError, ParamError, SchemaError, drive, lookup
 from operators.models import ranking
@@ -475,3 +475,25 @@ def test_promote_compares_rankers_by_the_ndcg_of_fresh_queries(workdir: Path) ->
                                                                      "ndcg_at": 10}
     served = load_model("ranker@production", str(workdir / "models"))
     assert served.describe()["ranking"] == {"group": "query", "ndcg_at": 10}
+
+
+def test_the_search_ranking_example(workdir: Path) -> None:
+    """conf/pipelines/search_rank_train.yaml on the committed sample (20,000 results of
+    786 searches in two files that cut a search): it stops early (46 rounds), its NDCG@10
+    of the 167 held-out searches is 0.859 where the text match alone gives 0.690, and
+    promoted, which does nothing, is the least important feature (0.001 of the gain)."""
+    (workdir / "data").symlink_to(ROOT / "data")
+    record = run(ROOT / "conf" / "pipelines" / "search_rank_train.yaml")
+    metrics = record["metrics"]["model"]
+    assert metrics["stopped_early"] and metrics["queries"] == 786
+    validation = metrics["validation"]
+    rows = pq.read_table(ROOT / "data" / "searches" / "ds=2026-11-28")
+    est = GBT(label="grade", group="search_id", loss="lambdarank", validation_fraction=0.2)
+    held = held_out(rows, est.params)[1]
+    total, queries = ranking.ndcg_sums(held.column("text_match").to_numpy(),
+                                       held.column("grade").to_numpy().astype(np.float64),
+                                       ranking.query_codes(held, "search_id"), 10)
+    assert queries == validation["queries"]
+    assert validation["ndcg"] > total / queries + 0.1, (validation, total / queries)
+    importances = metrics["feature_importances"]
+    assert min(importances, key=importances.get) == "promoted"
