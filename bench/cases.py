@@ -118,6 +118,11 @@ from bench.quantile_cases import (  # noqa: F401 - bench.worker looks the sides 
     train_boosted_quantile_xgboost_sluice_local,
     train_boosted_quantile_xgboost_xgboost,
 )
+from bench.ranking_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    rankings,
+    train_boosted_lambdarank_lightgbm,
+    train_boosted_lambdarank_sluice_local,
+)
 from bench.sort_cases import (  # noqa: F401 - bench.worker looks the sides up here
     check_sort,
     check_spark_sort,
@@ -284,6 +289,9 @@ CASES: dict[str, Case] = {
     # reg:quantileerror, held-out pinball loss and coverage printed (bench/quantile_cases.py)
     "train_boosted_quantile": Case("quantiles", ("sluice_local", "sklearn_hist"), quantiles),
     "train_boosted_quantile_xgboost": Case("quantiles", ("sluice_local", "xgboost"), quantiles),
+    # gradient_boosted_trees' loss: lambdarank (after a repartition by query) vs LightGBM's
+    # LGBMRanker(objective="lambdarank"), held-out NDCG@10 printed (bench/ranking_cases.py)
+    "train_boosted_lambdarank": Case("rankings", ("sluice_local", "lightgbm"), rankings),
     # pca (k 5 of 20 correlated columns) vs scikit-learn's PCA on the files read with
     # pyarrow / dask-ml's PCA on a LocalCluster; components compared (bench/pca_cases.py)
     "train_pca": Case("components", ("sluice_local", "sklearn"), components,

@@ -1,5 +1,6 @@
 """Synthetic data with a known signal, deterministic by seed: ``sluice datagen churn``;
-``events``: what the churn data's customers did (their churn shows in it)."""
+``events``: what the churn data's customers did (their churn shows in it); ``searches``:
+shop searches' products and what shoppers did with them (for ranking)."""
 
 from __future__ import annotations
 
@@ -120,7 +121,46 @@ def events_table(rows: int, seed: int = 0, start: int = 0) -> pa.Table:
     return _blockwise(block, rows, seed, start)
 
 
-GENERATORS = {"churn": churn_table, "numeric": numeric_table, "events": events_table}
+SEARCH_GRADES = ("skipped", "clicked", "added to cart", "bought")
+
+
+def searches_table(rows: int, seed: int = 0, start: int = 0) -> pa.Table:
+    """Shop searches and the products each showed (10 to 40, a search's rows one after
+    another, ids from its first row's number): text match, price, rating (some null),
+    reviews, whether promoted, and the grade of what the shopper did (0 skipped, 1
+    clicked, 2 added to cart, 3 bought). Within a search, better matched, better rated,
+    more reviewed and cheaper products do better; being promoted does nothing."""
+
+    def block(rng: np.random.Generator, rows: int, start: int) -> pa.Table:
+        sizes = rng.integers(10, 41, rows // 10 + 1)
+        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        search = np.repeat(start + first, sizes)[:rows]
+        text = rng.beta(2.0, 5.0, rows)
+        price = np.round(np.exp(rng.normal(3.5, 0.8, rows)), 2)
+        rating = np.round(np.clip(rng.normal(4.0, 0.6, rows), 1.0, 5.0), 1)
+        reviews = rng.negative_binomial(1, 0.02, rows)
+        promoted = rng.random(rows) < 0.1
+        utility = (4.0 * text + 0.8 * (rating - 4.0) + 0.3 * np.log1p(reviews)
+                   - 0.5 * np.log(price) + 0.6 * rng.standard_normal(rows))
+        # the grade by the product's utility against the others of its search
+        _, at = np.unique(search, return_inverse=True)
+        mean = np.bincount(at, utility) / np.bincount(at)
+        grade = np.digitize(utility - mean[at], [0.4, 1.0, 1.6]).astype(np.int64)
+        return pa.table({
+            "search_id": pa.array(search.astype(np.int64)),
+            "text_match": pa.array(np.round(text, 4)),
+            "price": pa.array(price),
+            "rating": pa.array(rating, mask=rng.random(rows) < 0.05),
+            "reviews": pa.array(reviews.astype(np.int64)),
+            "promoted": pa.array(promoted),
+            "grade": pa.array(grade),
+        })
+
+    return _blockwise(block, rows, seed, start)
+
+
+GENERATORS = {"churn": churn_table, "numeric": numeric_table, "events": events_table,
+              "searches": searches_table}
 
 
 def generate(kind: str, rows: int, out: str | Path, *, files: int = 1, seed: int = 0,

@@ -398,6 +398,9 @@ class ScoringModel:
             # a log-link model's (poisson, gamma, tweedie: the exp of its sum) deviance,
             # what it minimises and is compared by: {metric, tweedie_power}
             "deviance": self.model.chain.found("deviance"),
+            # a ranking model's (loss: lambdarank): its prediction orders the rows of one
+            # query, higher first: {group, ndcg_at}
+            "ranking": self.model.chain.found("ranking"),
         }
 
 

@@ -34,6 +34,7 @@ from operators.evaluate.metrics import (
     align,
 )
 from operators.features.columns import unique_names
+from operators.models import ranking
 from operators.models.common import is_numeric
 
 Task = Literal["classification", "regression", "auto"]
@@ -45,7 +46,7 @@ class EvaluateParams(Params):
         None, description="metrics to compute (default: all for the task that the data allows, "
         "the deviances, pinball_loss, coverage and brier on request only); regression: "
         + ", ".join(REGRESSION_METRICS) + "; classification: "
-        + ", ".join(CLASSIFICATION_METRICS))
+        + ", ".join(CLASSIFICATION_METRICS) + "; ranking (with group): ndcg, count")
     prediction: str = Field("prediction", description="the column of predicted values")
     probability: str = Field(
         "probability", description="predicted probabilities: binary P(classes[1]) as float64, "
@@ -69,6 +70,14 @@ class EvaluateParams(Params):
                                         "quantile model's (loss: quantile)")
     max_groups: int = Field(1000, gt=0, description="most groups `by` may make (a run "
                                                     "with more fails, naming the columns)")
+    group: str | None = Field(
+        None, description="the query id column of a ranking (integer or string): the "
+                          "metrics are ndcg (NDCG@k, the mean over queries, LightGBM's: gain "
+                          "2^label - 1, a query of no relevant row counts 1; tied "
+                          "predictions share their places' discounts), queries and count; "
+                          "a query's rows must be in one partition (`- op: repartition` "
+                          "with `by: [<group>]` first)")
+    k: int = Field(10, ge=1, description="ndcg's cut-off: NDCG@k (with group)")
 
 
 class Measuring(Estimator):
@@ -94,6 +103,10 @@ class Evaluate(Measuring):
       metrics: [accuracy, roc_auc, f1, confusion_matrix]   # default: all the data allows
       # prediction: prediction   probability: probability   weight: w   task: auto
     ```
+    With `group: <query id column>` it measures a ranking instead: `ndcg` (NDCG@`k`, the
+    mean over the queries, as LightGBM's) of the prediction (a ranking model's score)
+    against the relevance label; a query's rows must be in one partition.
+
     Classification metrics: accuracy, log_loss, roc_auc (binary, or macro one-vs-rest),
     pr_auc (average precision: the area under the precision-recall curve, what tells a
     model's quality for a rare class), precision, recall, f1 (binary: positive class =
@@ -114,7 +127,7 @@ class Evaluate(Measuring):
 
     def __init__(self, params: Any = None, **kwargs: Any):
         super().__init__(params, **kwargs)
-        known = sorted(set(REGRESSION_METRICS) | set(CLASSIFICATION_METRICS))
+        known = sorted(set(REGRESSION_METRICS) | set(CLASSIFICATION_METRICS) | {"ndcg"})
         if self.params.metrics == []:
             raise ParamError("metrics is empty", hint="list metrics, or leave it out for all")
         for name in self.params.metrics or []:
@@ -135,11 +148,26 @@ class Evaluate(Measuring):
         if self.params.task == "regression" and self.params.classes is not None:
             raise ParamError("classes are for classification", hint="drop classes")
         unique_names(self.params.by or [], "by")
+        if self.params.group is None:
+            if "ndcg" in (self.params.metrics or []):
+                raise ParamError("ndcg ranks the rows of each query, and group (the query "
+                                 "id column) is not set", hint="add group: <query id column>")
+            return
+        extra = {"metrics": set(self.params.metrics or []) - {"ndcg", "count"},
+                 "weight": self.params.weight, "by": self.params.by,
+                 "classes": self.params.classes}
+        for name, value in extra.items():
+            if value:
+                raise ParamError(f"group: {self.params.group} measures a ranking (ndcg), "
+                                 f"which takes no {name}",
+                                 hint=f"leave {name} out, or evaluate in another step")
 
     # ----------------------------------------------------------------- plan time
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         p = self.params
+        if p.group is not None:
+            return [p.label, p.prediction, p.group]
         optional = [c for c in (p.probability, p.weight) if c and c in schema.names]
         return [p.label, p.prediction, *optional, *(p.by or [])]
 
@@ -151,6 +179,11 @@ class Evaluate(Measuring):
         """Everything decided from the schema: task, metrics, classes, columns used."""
         p = self.params
         require_columns(schema, [p.label, p.prediction])
+        if p.group is not None:
+            ranking.check_group_column(schema, p.group)
+            for column in (p.label, p.prediction):
+                _require_numeric(schema, column, "a ranking")
+            return {"task": "ranking", "metrics": p.metrics or ["ndcg", "count"]}
         label_type = value_type(schema.field(p.label).type)
         task = p.task if p.task != "auto" else task_of(p.label, label_type)
         if p.classes is not None and task != "classification":
@@ -216,6 +249,8 @@ class Evaluate(Measuring):
                                  tweedie_power=p.tweedie_power)
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        if state["task"] == "ranking":
+            return self._ranking_partial(part)
         accumulator = self._accumulator(state)
         if part.num_rows == 0:
             return self._grouped(accumulator.empty(), {})
@@ -247,7 +282,24 @@ class Evaluate(Measuring):
                             "groups", hint="group by fewer or coarser columns, or raise "
                                            "max_groups")
 
+    def _ranking_partial(self, part: pa.Table) -> dict[str, Any]:
+        """The partition's queries' NDCG@k sum, their number, rows and keys (no query
+        may be in two partitions: ``ranking.combine_keys``)."""
+        p = self.params
+        labels = _values(part, p.label, True, "label").astype(np.float64)
+        ranking.check_relevance(labels, p.label)
+        score = _values(part, p.prediction, True, "prediction").astype(np.float64)
+        keys = ranking.query_keys(part, p.group)
+        total, queries = ranking.ndcg_sums(score, labels, ranking.query_codes(part, p.group),
+                                           p.k)
+        return {"task": "ranking", "ndcg": total, "rows": part.num_rows,
+                "ranking": {"keys": keys, "queries": queries, "span": None}}
+
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        if a["task"] == "ranking":
+            return {"task": "ranking", "ndcg": a["ndcg"] + b["ndcg"],
+                    "rows": a["rows"] + b["rows"],
+                    "ranking": ranking.combine_keys(a["ranking"], b["ranking"])}
         accumulator = MetricAccumulator(a["task"])
         if "groups" not in a:
             return accumulator.combine(a, b)
@@ -260,6 +312,8 @@ class Evaluate(Measuring):
         return {**accumulator.combine(overall, other), "groups": groups}
 
     def update(self, stats: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        if state["task"] == "ranking":
+            return {**state, "metrics_values": self._ranking_values(stats, state)}, True
         accumulator = self._accumulator(state)
         groups = stats.get("groups")
         overall = {k: v for k, v in stats.items() if k != "groups"}
@@ -277,6 +331,18 @@ class Evaluate(Measuring):
                 except DataError as exc:
                     raise exc.located(f"group {label}") from None
         return {**state, "metrics_values": values}, True
+
+
+    def _ranking_values(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        queries = stats["ranking"]
+        if queries["span"] is not None:
+            raise ranking.span_error(p.group, queries["span"])
+        if stats["rows"] == 0:
+            raise DataError("no rows to evaluate", hint="check the input and any filter")
+        values = {"ndcg": stats["ndcg"] / queries["queries"], "count": int(stats["rows"])}
+        return {**{m: values[m] for m in state["metrics"]}, "queries": queries["queries"],
+                "k": p.k}
 
 
 class Measured(Transform):

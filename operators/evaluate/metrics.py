@@ -49,7 +49,7 @@ DEFAULT_METRICS = {
 PROBABILITY_METRICS = ["log_loss", "roc_auc", "pr_auc", "brier"]
 LOWER_IS_BETTER = {"log_loss", "brier", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance",
                    "tweedie_deviance", "pinball_loss"}
-COMPARABLE = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS))
+COMPARABLE = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS) | {"ndcg"})
                     - {"count", "confusion_matrix", "coverage"})
 """The metrics two models (tuning's candidates, promote's) can be compared by."""
 
@@ -57,10 +57,10 @@ COMPARABLE = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS))
 def default_metric(values: dict[str, Any]) -> str:
     """What models are compared by when no metric is named: log_loss for classes (when
     there are probabilities), else accuracy; for numbers the loss a model minimises
-    where it is measured (a quantile model's pinball_loss, a log link's deviance), else
-    rmse."""
+    where it is measured (a quantile model's pinball_loss, a log link's deviance, a
+    ranking's ndcg), else rmse."""
     for name in ("log_loss", "accuracy", "pinball_loss", "poisson_deviance",
-                 "gamma_deviance", "tweedie_deviance", "rmse"):
+                 "gamma_deviance", "tweedie_deviance", "ndcg", "rmse"):
         if name in values:
             return name
     raise ValueError(f"no comparable metric in {sorted(values)}")

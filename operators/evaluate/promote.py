@@ -43,7 +43,9 @@ class PromoteParams(Params):
                                                  "log_loss for classes, rmse for numbers, "
                                                  "or the loss both models minimise: "
                                                  "pinball_loss at their quantile, the "
-                                                 "deviance of poisson, gamma, tweedie); "
+                                                 "deviance of poisson, gamma, tweedie, "
+                                                 "a ranking's ndcg of its group's "
+                                                 "queries at its ndcg_at); "
                                                  "lower is better for "
                                                  "log_loss, rmse, mse, mae, pinball_loss "
                                                  "and the deviances, higher for the rest")
@@ -101,11 +103,19 @@ class Promote(Measuring):
     def _levels(self) -> list[float | None]:
         return self._model_attr("quantile")
 
+    def _ranking(self) -> dict[str, Any] | None:
+        """The challenger's queries and NDCG cut-off, when it is a ranking model."""
+        return self._model_attr("ranking")[0] if self.scorers else None
+
     def _evaluate(self) -> Evaluate:
         p = self.params
         metrics = None if p.metric is None else [p.metric]
         options: dict[str, Any] = {}
         level = self._levels()[0] if self.scorers else None
+        ranking = self._ranking()
+        if ranking is not None:  # by the NDCG of each query, as the model was validated
+            return Evaluate(label=p.label, weight=p.weight, metrics=metrics,
+                            group=ranking["group"], k=ranking["ndcg_at"])
         if level is not None:
             # pinball_loss and coverage at the models' quantile (bind checks they share
             # it); a quantile model is compared by the loss it minimises unless told
@@ -147,6 +157,17 @@ class Promote(Measuring):
             self.scorers.append(scorer)
             self.refs.append(f"{info['name']}@{info['version']}")
         self.required = list(dict.fromkeys(c for s in self.scorers for c in s.required))
+        rankings = self._model_attr("ranking")
+        if any(r != rankings[0] for r in rankings):
+            def ranks(r: dict[str, Any] | None) -> str:
+                return "ranks no queries" if r is None else (
+                    f"ranks the queries of '{r['group']}' by NDCG@{r['ndcg_at']}")
+            raise ParamError(f"promote: {self.refs[0]} {ranks(rankings[0])} and "
+                             f"{self.refs[1]} {ranks(rankings[1])}: no one metric compares "
+                             "them fairly", hint="promote between ranking models of one "
+                                                 "group and ndcg_at")
+        if rankings and rankings[0] is not None:
+            self.required = list(dict.fromkeys([*self.required, rankings[0]["group"]]))
         levels = self._levels()
         if len(set(levels)) > 1 and (self.params.metric is None
                                       or self.params.metric in ("pinball_loss", "coverage")):
@@ -179,7 +200,8 @@ class Promote(Measuring):
                                   "read") from None
         if not self.scorers:
             require_columns(schema, self.required, f"column the model '{p.model}' needs:")
-        if p.metric is not None:  # a metric of the other task: said before the run saves
+        if p.metric is not None and p.metric != "ndcg":  # (ndcg: checked when bound)
+            # a metric of the other task: said before the run saves
             task = task_of(p.label, value_type(schema.field(p.label).type))
             if p.metric not in METRICS[task]:
                 raise ParamError(f"metric '{p.metric}' is not a {task} metric (label "

@@ -11,6 +11,10 @@ and the pinball loss of a ``quantile`` have no curvature: their trees split on t
 gradients with hessians of 1, then each leaf takes the quantile of its rows' residuals
 (and the scores start at the label's), found exactly over the partitions in a few passes
 (``operators/models/selection.py``), as scikit-learn's ``_update_leaves_values``.
+``lambdarank`` learns to rank the rows of each query (``group``) by LightGBM's lambdarank
+gradients (``operators/models/ranking.py``), from scores of 0; a query's rows must be in one
+partition (the summary pass checks), its held-out rows are whole queries and the held-out
+loss is 1 - NDCG@``ndcg_at``.
 
 The trees of the finished rounds live in the driver's state. A partition's memo
 (``trees.partition_memo``) keeps, per round, every training row's node in each tree of
@@ -51,8 +55,8 @@ from pydantic import AfterValidator, Field
 
 from operators.arrays import to_numpy, to_xp
 from operators.base import ParamError, SchemaError, register, register_fitted
-from operators.models import selection
-from operators.models.common import held_out
+from operators.models import ranking, selection
+from operators.models.common import check_role, held_out, label_column
 from operators.models.log_link import (
     LOG_LINK,
     LOSS_DESCRIPTION,
@@ -82,6 +86,7 @@ from operators.models.trees import (
     fraction_of_features,
     histograms,
     model_arrays,
+    model_hashes,
     new_forest,
     node_keys,
     node_tables,
@@ -89,6 +94,7 @@ from operators.models.trees import (
     prepare_rows,
     subsample_salt,
     tree_features,
+    tree_label_type,
     truncate,
     walk_step,
 )
@@ -170,19 +176,38 @@ class BoostedTreesParams(TreeParams):
                           "more (scikit-learn's interaction_cst, XGBoost's "
                           "interaction_constraints)")
     loss: Literal["squared_error", "absolute_error", "quantile", "poisson", "gamma",
-                  "tweedie"] | None = (
+                  "tweedie", "lambdarank"] | None = (
         Field(None, description="regression loss: squared_error (default); absolute_error "
                                 "(the median) or quantile (the `quantile` given, e.g. 0.9 "
                                 "for a prediction interval's top), whose leaves are "
                                 "quantiles of their rows' residuals; " + LOSS_DESCRIPTION
                                 + " the trees' sum "
-                                "(scikit-learn's and XGBoost's); classes always use the "
-                                "log-loss"))
+                                "(scikit-learn's and XGBoost's); lambdarank: learning to "
+                                "rank the rows of each `group` (LightGBM's lambdarank, "
+                                "XGBoost's rank:ndcg), the label a relevance grade 0-30, "
+                                "the prediction a score to sort a query's rows by; "
+                                "classes always use the log-loss"))
     tweedie_power: float = tweedie_power_field()
     quantile: float | None = Field(None, gt=0.0, lt=1.0,
                                    description="the quantile that loss: quantile predicts "
                                                "(scikit-learn's quantile, XGBoost's "
                                                "quantile_alpha, LightGBM's alpha)")
+    group: str | None = Field(
+        None, description="loss: lambdarank's query id column (integer or string; LightGBM's "
+                          "group, XGBoost's qid): a query's rows must be in one partition "
+                          "(`- op: repartition` with `by: [<group>]` first), in any order; "
+                          "validation_fraction holds out whole queries")
+    truncation: int = Field(30, ge=1, description="lambdarank: pairs with a row in the top "
+                                                  "truncation places of their query's "
+                                                  "ranking learn (LightGBM's "
+                                                  "lambdarank_truncation_level)")
+    rank_norm: bool = Field(True, description="lambdarank: scale each query's gradients by "
+                                              "log2(1 + S)/S of their sum S, and weigh pairs "
+                                              "by 1/(0.01 + score gap) (LightGBM's "
+                                              "lambdarank_norm)")
+    ndcg_at: int = Field(10, ge=1, description="lambdarank: the k of the held-out NDCG@k "
+                                               "(validation metrics and early stopping; "
+                                               "LightGBM's eval_at)")
 
 
 @register_fitted("gradient_boosted_trees.fitted")
@@ -193,7 +218,7 @@ class BoostedTreesFitted(TreeModelFitted):
 
 @register("gradient_boosted_trees")
 class GradientBoostedTrees(TreeEstimator):
-    """Gradient-boosted trees (squared error, quantiles, log-loss for classes), a level a pass.
+    """Gradient-boosted trees (squared error, quantiles, log-loss, lambdarank), a level a pass.
 
     ```yaml
     - op: gradient_boosted_trees
@@ -221,6 +246,18 @@ class GradientBoostedTrees(TreeEstimator):
             raise ParamError("loss: quantile needs the quantile to predict",
                              hint="add quantile: 0.9 (or the level wanted, between 0 and 1)")
         check_tweedie_power(self.params)
+        if self.params.loss == "lambdarank" and self.params.group is None:
+            raise ParamError("loss: lambdarank ranks the rows of each query, and group "
+                             "(the query id column) is not set",
+                             hint="add group: <the query id column>")
+        if self.params.group is not None and self.params.loss != "lambdarank":
+            raise ParamError(f"group: {self.params.group} names the queries of loss: "
+                             f"lambdarank, and the loss is "
+                             f"{self.params.loss or 'squared_error (the default)'}",
+                             hint="add loss: lambdarank, or leave group out")
+        if self.params.loss == "lambdarank" and self.params.task == "classification":
+            raise ParamError("loss: lambdarank scores rows to rank them, not classes",
+                             hint="leave task out")
         if self.params.quantile is not None and self.params.loss != "quantile":
             raise ParamError(f"quantile: {self.params.quantile:g} is the level of "
                              f"loss: quantile, and the loss is "
@@ -260,7 +297,9 @@ class GradientBoostedTrees(TreeEstimator):
         loss = self._loss_name(state)
         if loss in LEAF_QUANTILE:  # the label's quantile: a selection first
             return self._select(state, "base", np.zeros(1, np.int64))
-        if loss in LOG_LINK:
+        if loss == "lambdarank":  # scores start at 0, as LightGBM's
+            base = np.zeros(1)
+        elif loss in LOG_LINK:
             base = np.array([start_score(loss, state["label_min"], state["mean"],
                                          self.params.label)])
         elif not state["classify"]:
@@ -286,6 +325,20 @@ class GradientBoostedTrees(TreeEstimator):
             raise ParamError(f"loss: {self.params.loss} is a regression loss, and the label "
                              "makes this a classifier (which uses the log-loss)",
                              hint="leave loss out, or set task: regression for a numeric label")
+
+    def _label_type(self, schema: pa.Schema) -> tuple[bool, pa.DataType]:
+        if self.params.loss != "lambdarank":
+            return super()._label_type(schema)
+        p = self.params
+        ranking.check_group_column(schema, p.group)
+        check_role("group", p.group, p.features)
+        if p.group in (p.label, p.weight):
+            raise ParamError(f"'{p.group}' is the group and the label or weight",
+                             hint="group names the query id column")
+        return tree_label_type(schema, p.model_copy(update={"task": "regression"}), self.name)
+
+    def _ranks(self, state: dict[str, Any]) -> bool:
+        return self._loss_name(state) == "lambdarank"
 
     def _loss_name(self, state: dict[str, Any]) -> str:
         return "log_loss" if state["classify"] else self.params.loss or "squared_error"
@@ -398,7 +451,9 @@ class GradientBoostedTrees(TreeEstimator):
             combine="sum", link=link, depth=depth, arrays=arrays,
             categories=state["categories"],
             quantile=self._leaf_level() if self._loss_name(state) in LEAF_QUANTILE else None,
-            deviance=self._deviance(state))
+            deviance=self._deviance(state),
+            ranking={"group": self.params.group, "ndcg_at": self.params.ndcg_at}
+            if self._ranks(state) else None)
 
     def _deviance(self, state: dict[str, Any]) -> dict[str, Any] | None:
         """The deviance metric a log-link loss minimises (its validation metric and what
@@ -515,17 +570,49 @@ class GradientBoostedTrees(TreeEstimator):
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         if state["phase"] == "select":
             return self._select_partial(part, state, xp)
+        if state["phase"] == "validate" and self._ranks(state):
+            return {"ndcg": self._held_ndcg(part, state, xp)}
         return super().partial(part, state, xp)
+
+    def _summary_partial(self, part: pa.Table, state: dict[str, Any]) -> dict[str, Any]:
+        out = super()._summary_partial(part, state)
+        if self._ranks(state):  # relevance grades, and the queries the partition holds
+            p = self.params
+            labels = label_column(part, p.label).to_numpy(zero_copy_only=False)
+            ranking.check_relevance(np.asarray(labels, dtype=np.float64), p.label)
+            keys = ranking.query_keys(part, p.group)
+            out["ranking"] = {"keys": keys, "queries": len(keys), "span": None}
+        return out
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if a.get("kind") == "select":
             return {**selection.combine(a, b), "kind": "select"}
-        return super().combine(a, b)
+        if "ndcg" in a:
+            return {"ndcg": a["ndcg"] + b["ndcg"]}
+        out = super().combine(a, b)
+        if "ranking" in a:
+            out["ranking"] = ranking.combine_keys(a["ranking"], b["ranking"])
+        return out
+
+    def _summarise(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        if "ranking" in stats and stats["ranking"]["span"] is not None:
+            raise ranking.span_error(self.params.group, stats["ranking"]["span"])
+        out = super()._summarise(stats, state)
+        if "ranking" in stats:
+            out["queries"] = int(stats["ranking"]["queries"])
+        return out
 
     def update(self, stats: dict[str, Any], state: dict[str, Any]
                ) -> tuple[dict[str, Any], bool]:
         if state["phase"] == "select":
             return self._select_update(stats, state)
+        if state["phase"] == "validate" and self._ranks(state):
+            total, queries, rows = stats["ndcg"].tolist()
+            validation: dict[str, Any] = {"count": int(rows)}
+            if queries > 0:
+                validation.update(ndcg=total / queries, queries=int(queries),
+                                  ndcg_at=self.params.ndcg_at)
+            return {**state, "phase": "done", "validation": validation}, True
         return super().update(stats, state)
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -535,6 +622,8 @@ class GradientBoostedTrees(TreeEstimator):
         out["rounds"] = len(state["forest"]["roots"]) // self._outputs(state)
         if self._loss_name(state) in LEAF_QUANTILE:  # the quantiles' passes
             out["selection_passes"] = state.get("selection_passes", 0)
+        if self._ranks(state):
+            out["queries"] = state["queries"]
         if self.params.early_stopping:
             out["stopped_early"] = bool(state["stopped"])
             out["validation_losses"] = [float(v) for v in state["losses"]]
@@ -668,12 +757,42 @@ class GradientBoostedTrees(TreeEstimator):
             return {}
         held = memo["held"]  # prepared with the training rows (``_prepared``)
         raw = self._raw(held, state, memo, "held_raw", xp)
+        if self._ranks(state):  # 1 - NDCG@k, a sum over the held-out queries
+            total, queries = ranking.ndcg_sums(_host_scores(raw), held["relevance"],
+                                               held["query"], self.params.ndcg_at)
+            return {"loss": queries - total, "loss_weight": float(queries)}
         loss = _loss(raw, held["y"], self._outputs(state), self._loss_name(state), xp,
                      self._leaf_level(), self.params.tweedie_power)
         return {"loss": float(xp.sum(held["w"] * loss)), "loss_weight": float(xp.sum(held["w"]))}
 
     def _prepared(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
                   xp: Any) -> dict[str, Any]:
+        """``_prepared_rows``, with a ranking's queries (on the host)."""
+        prep = self._prepared_rows(part, state, memo, xp)
+        if not self._ranks(state):
+            return prep
+        held = memo.get("held")
+        if "query" not in prep or (held is not None and "query" not in held):
+            train, held_rows = held_out(part, self.params)
+            for rows, table, gradients in ((prep, train, True), (held, held_rows, False)):
+                if rows is not None and "query" not in rows:
+                    rows.update(self._query_rows(table, state, gradients))
+        return prep
+
+    def _query_rows(self, table: pa.Table, state: dict[str, Any], tiebreak: bool = True
+                    ) -> dict[str, np.ndarray]:
+        """A ranking's rows on the host: their query (a code), relevance and (for the
+        gradients) the hash that orders rows of equal score."""
+        p = self.params
+        labels = np.asarray(label_column(table, p.label).to_numpy(zero_copy_only=False),
+                            dtype=np.float64)
+        out = {"query": ranking.query_codes(table, p.group), "relevance": labels}
+        if tiebreak:
+            out["tiebreak"] = model_hashes(table, p, state["features"])
+        return out
+
+    def _prepared_rows(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
+                       xp: Any) -> dict[str, Any]:
         """The training rows (as every tree estimator), and the held-out rows too when
         this pass scores them: both in one copy to the device."""
         if not state.get("loss_due") or "held" in memo:
@@ -760,8 +879,11 @@ class GradientBoostedTrees(TreeEstimator):
         if held is not None and held[0] == state["round"]:
             return held[1]
         raw = self._raw(prep, state, memo, "raw", xp)
-        g, h = _gradients(raw, prep["y"], self._outputs(state), self._loss_name(state), xp,
-                          self._leaf_level(), self.params.tweedie_power)
+        if self._ranks(state):
+            g, h = self._rank_gradients(prep, raw, xp)
+        else:
+            g, h = _gradients(raw, prep["y"], self._outputs(state), self._loss_name(state),
+                              xp, self._leaf_level(), self.params.tweedie_power)
         w = prep["w"]
         if self._loss_name(state) in LEAF_QUANTILE:  # one output: the residuals' column
             h = self._residuals(prep, state, memo, xp)[0][:, None]
@@ -770,6 +892,31 @@ class GradientBoostedTrees(TreeEstimator):
             columns.append([w * g[:, column], w * h[:, column], w])
         memo["channels"] = (state["round"], columns)
         return columns
+
+    def _rank_gradients(self, prep: dict[str, Any], raw: Any, xp: Any) -> tuple[Any, Any]:
+        """lambdarank's gradients and hessians, (n, 1) each: computed on the host from
+        the scores (a sort within each query), sent back in one copy."""
+        g, h = ranking.lambdarank_gradients(_host_scores(raw), prep["relevance"],
+                                            prep["query"], prep["tiebreak"],
+                                            self.params.truncation, self.params.rank_norm)
+        both = to_xp(np.stack([g, h], axis=1), xp)
+        return both[:, 0:1], both[:, 1:2]
+
+    def _held_ndcg(self, part: pa.Table, state: dict[str, Any], xp: Any) -> np.ndarray:
+        """The held-out queries' NDCG@k sum, their number and rows, by the model."""
+        held = held_out(part, self.params)[1]
+        if held.num_rows == 0:
+            return np.zeros(3)
+        rows = self._query_rows(held, state, tiebreak=False)
+        score = self._model(state).outputs(held, xp)[0]
+        total, queries = ranking.ndcg_sums(score, rows["relevance"], rows["query"],
+                                           self.params.ndcg_at)
+        return np.array([total, queries, held.num_rows], dtype=np.float64)
+
+
+def _host_scores(raw: Any) -> np.ndarray:
+    """The first output's scores as float64 NumPy."""
+    return to_numpy(raw[:, 0]).astype(np.float64, copy=False)
 
 
 class LeafQuantile(Newton):

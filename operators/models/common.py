@@ -168,8 +168,8 @@ def select_features(schema: pa.Schema, params: SupervisedParams,
                     categorical: Collection[str] = ()) -> list[str]:
     """The feature columns: as given, or every numeric column (and every ``categorical``
     one) but the label and weight, in the input's order."""
-    return chosen_features(schema, params.features, {params.label, params.weight},
-                           categorical)
+    return chosen_features(schema, params.features,
+                           {params.label, params.weight, query_column(params)}, categorical)
 
 
 def chosen_features(schema: pa.Schema, features: list[str] | None,
@@ -186,7 +186,7 @@ def chosen_features(schema: pa.Schema, features: list[str] | None,
 def model_input_columns(schema: pa.Schema, params: SupervisedParams,
                         categorical: Collection[str] = ()) -> list[str]:
     """Columns a model step reads while fitting: features, label, weight."""
-    extra = [params.label] + ([params.weight] if params.weight else [])
+    extra = [params.label, params.weight, query_column(params)]
     return select_features(schema, params, categorical) + [c for c in extra if c]
 
 
@@ -270,33 +270,40 @@ def table_memo(part: pa.Table) -> dict[str, Any]:
     return memo
 
 
-def holdout_mask(part: pa.Table, fraction: float, seed: int, start: float = 0.0
-                 ) -> np.ndarray:
-    """True for the rows held out for validation: a hash of all of the row's columns
-    (kept with the table: every pass of a multi-pass fit splits the same rows)."""
+def holdout_mask(part: pa.Table, fraction: float, seed: int, start: float = 0.0,
+                 by: str | None = None) -> np.ndarray:
+    """True for the rows held out for validation: a hash of all of the row's columns, or
+    of column ``by`` alone (a ranking's query: whole queries are held out); kept with the
+    table: every pass of a multi-pass fit splits the same rows."""
     if fraction <= 0:
         return np.zeros(part.num_rows, dtype=bool)
     masks = table_memo(part).setdefault("holdout", {})
-    mask = masks.get((fraction, seed, start))
+    mask = masks.get((fraction, seed, start, by))
     if mask is None:
-        mask = chosen_rows(part, fraction, seed, start=start)
+        mask = chosen_rows(part, fraction, seed, None if by is None else [by], start=start)
         mask.flags.writeable = False
-        masks[(fraction, seed, start)] = mask
+        masks[(fraction, seed, start, by)] = mask
     return mask
 
 
-def split_rows(part: pa.Table, fraction: float, seed: int, start: float = 0.0
-               ) -> tuple[pa.Table, pa.Table]:
+def split_rows(part: pa.Table, fraction: float, seed: int, start: float = 0.0,
+               by: str | None = None) -> tuple[pa.Table, pa.Table]:
     """(training rows, held-out rows) of a partition."""
     if fraction <= 0:
         return part, part.slice(0, 0)
-    mask = holdout_mask(part, fraction, seed, start)
+    mask = holdout_mask(part, fraction, seed, start, by)
     return part.filter(pa.array(~mask)), part.filter(pa.array(mask))
 
 
+def query_column(params: SupervisedParams) -> str | None:
+    """The query id column of a ranking model (``group``), None for other models."""
+    return getattr(params, "group", None)
+
+
 def held_out(part: pa.Table, params: SupervisedParams) -> tuple[pa.Table, pa.Table]:
-    """``split_rows`` as a model step's parameters say."""
-    return split_rows(part, params.validation_fraction, params.seed, params.validation_start)
+    """``split_rows`` as a model step's parameters say (a ranking holds out queries)."""
+    return split_rows(part, params.validation_fraction, params.seed, params.validation_start,
+                      query_column(params))
 
 
 def _finite_values(column: pa.ChunkedArray, what: str) -> np.ndarray:

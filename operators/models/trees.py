@@ -1828,10 +1828,14 @@ class TreeEstimator(Estimator):
         categorical = categorical_names(schema, self.params)
         features = check_inputs(schema, self.params, categorical)
         check_categorical_features(schema, self.params, features, categorical)
-        classify, label_type = tree_label_type(schema, self.params, self.name)
+        classify, label_type = self._label_type(schema)
         self._check_params(classify)
         self._check_features(features)
         return features, classify, label_type
+
+    def _label_type(self, schema: pa.Schema) -> tuple[bool, pa.DataType]:
+        """(is classifier, label value type) of the input (``tree_label_type``)."""
+        return tree_label_type(schema, self.params, self.name)
 
     def _check_params(self, classify: bool) -> None:
         """Parameter combinations that depend on the task."""
@@ -2393,13 +2397,16 @@ class TreeModelFitted(FittedModel):
                  label_type: pa.DataType | None, *, combine: str, link: str, depth: int,
                  arrays: dict[str, np.ndarray],
                  categories: dict[str, pa.Array] | None = None,
-                 quantile: float | None = None, deviance: dict[str, Any] | None = None):
+                 quantile: float | None = None, deviance: dict[str, Any] | None = None,
+                 ranking: dict[str, Any] | None = None):
         super().__init__(features, classes, label_type)
         self.combine, self.link, self.depth = combine, link, int(depth)
         self.quantile = quantile  # the quantile a model of loss quantile predicts
         # the deviance a model of a log link (poisson, gamma, tweedie) minimises:
         # {"metric": "tweedie_deviance", "tweedie_power": 1.5}
         self.deviance = None if deviance is None else dict(deviance)
+        # a ranking model's queries and NDCG cut-off: {"group": "query", "ndcg_at": 10}
+        self.ranking = None if ranking is None else dict(ranking)
         self.categories = dict(categories or {})
         self.nodes = {k: np.asarray(arrays[k]) for k in self.ARRAYS}
         # a categorical split's row of category_left (-1: none) and the codes each such
@@ -2522,6 +2529,8 @@ class TreeModelFitted(FittedModel):
             out["quantile"] = self.quantile
         if self.deviance is not None:
             out["deviance"] = self.deviance
+        if self.ranking is not None:
+            out["ranking"] = self.ranking
         return out
 
     @classmethod
@@ -2529,7 +2538,8 @@ class TreeModelFitted(FittedModel):
         return cls(**cls.meta_args(meta), combine=meta["combine"], link=meta["link"],
                    depth=meta["depth"], arrays=arrays,
                    categories=categories_from_meta(meta.get("categories")),
-                   quantile=meta.get("quantile"), deviance=meta.get("deviance"))
+                   quantile=meta.get("quantile"), deviance=meta.get("deviance"),
+                   ranking=meta.get("ranking"))
 
 
 def _sigmoid(z: Any, xp: Any) -> Any:

@@ -114,6 +114,21 @@ ZOO = {
         early_stopping: true
         n_iter_no_change: 2
     """,
+    "boosted_lambdarank": """
+      - op: drop
+        columns: [signup_date, plan]
+      - op: repartition
+        by: [region]
+      - op: gradient_boosted_trees
+        label: churned
+        loss: lambdarank
+        group: region
+        features: [tenure, monthly_charges, total_charges]
+        n_trees: 5
+        max_depth: 3
+        min_samples_leaf: 10
+        truncation: 20
+    """,
     "boosted_regression": """
       - op: drop
         columns: [customer_id, signup_date, plan, region]

@@ -72,6 +72,22 @@ case("evaluate", {"label": "churned", "by": ["segment"], "weight": "w"}, segment
      id="by-segment")
 
 
+def ranked_table() -> pa.Table:
+    """Queries of graded rows (``ranking_table``) with a noisy score of the grade."""
+    from operators.testing.cases.trees import ranking_table
+
+    table = ranking_table(queries=30, seed=3)
+    grade = table.column("y").to_numpy().astype(np.float64)
+    noise = np.random.default_rng(6).standard_normal(table.num_rows)
+    return table.append_column("prediction", pa.array(np.round(grade + noise, 1)))
+
+
+case("evaluate", {"label": "y", "group": "query", "k": 5}, ranked_table, id="ndcg",
+     skip={check: "split() cuts queries, which ndcg refuses (the span check); "
+                  "tests/operators/test_ranking.py measures whole queries on 3 partitions"
+           for check in ("partition_invariance", "combine_laws")})
+
+
 def _drift_cases() -> None:
     """drift against a profile of one features table, on another: numbers with nulls,
     text with nulls and a value the profile lacks, a dictionary column."""

@@ -89,6 +89,33 @@ def counts_table() -> pa.Table:
                             pa.array(counts.astype(np.float64)))
 
 
+def ranking_table(queries: int = 24, seed: int = 0, min_rows: int = 2,
+                  max_rows: int = 14) -> pa.Table:
+    """Queries of ``min_rows`` to ``max_rows`` rows (query ids ``q<seed>-<i>``, their rows
+    together), float features (some missing), an integer one, weights and a relevance
+    grade 0-4 that rises with x1 and x3 and falls with x2's distance from 0; some queries
+    have one grade only (nothing to learn from them)."""
+    rng = np.random.default_rng(seed + 300)
+    sizes = rng.integers(min_rows, max_rows + 1, queries)
+    query = np.repeat(np.arange(queries), sizes)
+    rows = len(query)
+    x1 = rng.standard_normal(rows)
+    x2 = rng.uniform(-2, 2, rows)
+    x3 = rng.integers(-3, 4, rows)
+    signal = 1.2 * x1 - 0.7 * np.abs(x2) + 0.3 * x3 + 0.4 * rng.standard_normal(rows)
+    grade = np.clip(np.floor(signal + 1.5), 0, 4).astype(np.int64)
+    flat = rng.random(queries) < 0.15  # a query of equal grades
+    grade = np.where(flat[query], 1, grade)
+    return pa.table({
+        "x1": pa.array(x1, mask=rng.random(rows) < 0.05),
+        "x2": x2,
+        "x3": pa.array(x3.astype(np.int32)),
+        "w": rng.uniform(0.5, 2.0, rows),
+        "query": pa.array(np.array([f"q{seed}-{i}" for i in range(queries)])[query]),
+        "y": pa.array(grade),
+    })
+
+
 def _cases() -> None:
     case("decision_tree", {"label": "y", "max_depth": 4}, tree_table, id="gini-missing")
     case("decision_tree", {"label": "y", "weight": "w", "max_depth": 4,
@@ -161,6 +188,23 @@ def _cases() -> None:
                                     "max_features": "sqrt", "seed": 2,
                                     "interactions": [["x1", "x2"], ["x3", "x4", "flat"]]},
          string_classes_table, id="multiclass-feature-sampling", rtol=1e-8, atol=1e-10)
+    whole_queries = {check: "split() cuts queries, which a ranking refuses (the span "
+                            "check); tests/operators/test_ranking.py fits whole queries on "
+                            "1, 3 and 7 partitions" for check in ("partition_invariance",
+                                                                  "combine_laws")}
+    case("gradient_boosted_trees", {"label": "y", "loss": "lambdarank", "group": "query",
+                                    "n_trees": 5, "max_depth": 3, "min_samples_leaf": 3,
+                                    "truncation": 5},
+         ranking_table, id="lambdarank", rtol=1e-8, atol=1e-10, skip=whole_queries,
+         copies=2)  # the rows, and the round's gradients (sorted within queries on the host)
+    case("gradient_boosted_trees", {"label": "y", "loss": "lambdarank", "group": "query",
+                                    "weight": "w", "n_trees": 5, "max_depth": 3,
+                                    "min_samples_leaf": 3, "rank_norm": False,
+                                    "subsample": 0.8, "validation_fraction": 0.3,
+                                    "early_stopping": True, "n_iter_no_change": 2,
+                                    "ndcg_at": 3},
+         lambda: ranking_table(seed=1), id="lambdarank-weighted-early-stopping",
+         rtol=1e-8, atol=1e-10, skip=whole_queries, copies=2)
     categorical = {"categorical": ["store"],
                    "features": ["x1", "x2", "x3", "city", "store"]}  # city: text, so one
     case("decision_tree", {"label": "y", "max_depth": 4, **categorical}, category_table,

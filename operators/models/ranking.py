@@ -1,0 +1,258 @@
+"""Learning to rank: LightGBM's lambdarank gradients and NDCG, per query.
+
+A query (the rows of one value of the ``group`` column) is ranked by its rows' scores.
+Its gradients need all of its rows, so a query must lie in one partition: the summary
+pass collects each partition's query keys and the combine refuses a key two partitions
+hold (``combine_keys``). The rows of a query may come in any order: ties of score are
+broken by a hash of the row's content, never by its place in the partition; scores
+are compared at float32 precision (``rank_key``).
+
+The gradients are LightGBM's ``lambdarank`` (``LambdarankNDCG::GetGradientsForOneQuery``):
+for every pair of a query's rows with different labels of which one ranks in the top
+``truncation`` places by the current scores, the pairwise logistic loss's gradient
+(sigma 1) weighted by ``|delta NDCG|``, the change of the query's NDCG@truncation that
+swapping the two would make (gain ``2^label - 1``, discount ``1 / log2(1 + rank)``, over
+the query's ideal DCG at ``truncation``); hessians ``rho (1 - rho) |delta NDCG|``. With
+``normalize`` (LightGBM's ``lambdarank_norm``), ``|delta NDCG|`` is divided by ``0.01 +``
+the pair's score difference (when the query's scores are not all equal) and the query's
+gradients and hessians are scaled by ``log2(1 + S) / S``, S the sum of its pairs'
+``2 |lambda|``. They are computed in NumPy on the host: sorting within queries is no
+array-API kernel.
+
+NDCG@k (validation, ``evaluate``) uses the same gain and discount; a query without a
+relevant row (ideal DCG 0) counts 1, as LightGBM's metric; rows of tied scores (``rank_key``) share
+the discounts of the places they tie over (scikit-learn's ``ndcg_score``, whose gain is
+the label itself: it equals ours on labels ``2^label - 1`` for queries with a relevant
+row, and counts 0 for the others).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators.base import DataError, SchemaError
+
+RELEVANCE_MAX = 30
+"""The highest relevance label: LightGBM's default ``label_gain`` holds gains of 0..30."""
+PAIRS_PER_BLOCK = 1 << 20
+"""Gradients are summed a block of whole queries at a time, of about this many pairs (a
+few tens of float64 arrays of them at once: about 100 MB)."""
+
+
+def check_group_column(schema: pa.Schema, group: str, role: str = "group") -> None:
+    """Plan time: the query column is there and holds integers or text."""
+    if group not in schema.names:
+        raise SchemaError(f"{role} column '{group}' is not in the input",
+                          hint="columns: " + ", ".join(schema.names[:20]))
+    t = schema.field(group).type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+        raise SchemaError(f"{role} column '{group}' is {t}: a query id is an integer or a "
+                          "string", hint="cast it to int64 or string")
+
+
+def _keys(table: pa.Table, group: str) -> pa.Array:
+    column = table.column(group)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if column.null_count:
+        raise DataError(f"group column '{group}' has {column.null_count} null values",
+                        hint="give every row a query id, or filter those rows out")
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def query_keys(table: pa.Table, group: str) -> pa.Array:
+    """The distinct query ids of a partition (for ``combine_keys``)."""
+    return pc.unique(_keys(table, group))
+
+
+def combine_keys(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two partials' ``keys`` (their partitions' query ids) and ``span`` (a query id seen
+    in two partitions, or None) merged: a key in both is a query that spans them."""
+    span = a["span"] if a["span"] is not None else b["span"]
+    if span is None and len(a["keys"]) and len(b["keys"]):
+        both = pc.is_in(b["keys"], value_set=a["keys"])
+        if pc.any(both).as_py():
+            span = b["keys"].filter(both)[0].as_py()
+    if span is not None:  # the fit fails: no need to carry every key further
+        return {"keys": a["keys"].slice(0, 0), "queries": 0, "span": span}
+    return {"keys": pa.concat_arrays([a["keys"], b["keys"]]),
+            "queries": a["queries"] + b["queries"], "span": None}
+
+
+def span_error(group: str, key: Any) -> DataError:
+    return DataError(f"query {key!r} of group column '{group}' has rows in more than one "
+                     "partition: a query's gradients need all its rows in one",
+                     hint=f"add `- op: repartition` with `by: [{group}]` before the step")
+
+
+def query_codes(table: pa.Table, group: str) -> np.ndarray:
+    """Each row's query as an int64 code local to the table."""
+    return np.asarray(pc.dictionary_encode(_keys(table, group)).indices,
+                      dtype=np.int64)
+
+
+def check_relevance(labels: np.ndarray, label: str) -> None:
+    """Relevance labels are whole numbers in [0, RELEVANCE_MAX] (a DataError naming the
+    label column otherwise)."""
+    bad = ~np.isfinite(labels) | (labels < 0) | (labels > RELEVANCE_MAX) | (
+        labels != np.floor(labels))
+    if bad.any():
+        raise DataError(f"label column '{label}' holds {labels[bad][0]!r}: lambdarank's "
+                        f"labels are relevance grades, whole numbers 0 to {RELEVANCE_MAX}",
+                        hint="map the label to grades (0 irrelevant, higher more relevant)")
+
+
+def _discount(positions: np.ndarray) -> np.ndarray:
+    """``1 / log2(2 + position)``, positions from 0."""
+    return 1.0 / np.log2(2.0 + positions)
+
+
+def rank_key(score: np.ndarray) -> np.ndarray:
+    """What orders rows: the score at float32 precision. Scores a float64 sum's last
+    bits apart (that noise differs by engine, partitioning and array namespace) are ties;
+    they are common, not rare: the first round's leaves of rows that win every pair all
+    get ``-G/H = 2`` times the learning rate, each summed in its own order."""
+    return score.astype(np.float32)
+
+
+def _gain(labels: np.ndarray) -> np.ndarray:
+    return np.exp2(labels) - 1.0
+
+
+def _order(queries: np.ndarray, keys: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Rows sorted by query, then ``keys`` (last one first, as lexsort), each row's
+    place within its query, each query's first sorted row and size."""
+    order = np.lexsort((*keys, queries))
+    sorted_queries = queries[order]
+    n = len(order)
+    new = np.ones(n, dtype=bool)
+    new[1:] = sorted_queries[1:] != sorted_queries[:-1]
+    starts = np.flatnonzero(new)
+    sizes = np.diff(np.append(starts, n))
+    place = np.arange(n) - np.repeat(starts, sizes)
+    return order, sorted_queries, place, starts, sizes
+
+
+def ideal_dcg(labels: np.ndarray, queries: np.ndarray, k: int, n_queries: int) -> np.ndarray:
+    """Per query code, the DCG@k of its rows in the order of their labels."""
+    order, sorted_queries, place, _, _ = _order(queries, [-labels])
+    kept = place < k
+    terms = _gain(labels[order][kept]) * _discount(place[kept])
+    return np.bincount(sorted_queries[kept], terms, minlength=n_queries)
+
+
+def lambdarank_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndarray,
+                         tiebreak: np.ndarray, truncation: int = 30, normalize: bool = True
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """LightGBM's lambdarank gradient and hessian of every row (float64, the rows'
+    order); ``queries``: int64 query codes, ``tiebreak``: what orders rows of equal
+    score (the row hashes)."""
+    n = len(score)
+    grad, hess = np.zeros(n), np.zeros(n)
+    if n == 0:
+        return grad, hess
+    n_queries = int(queries.max()) + 1
+    inverse_max = ideal_dcg(labels, queries, truncation, n_queries)
+    inverse_max = np.divide(1.0, inverse_max, out=np.zeros(n_queries), where=inverse_max > 0)
+    key = rank_key(score)
+    order, sorted_queries, place, starts, sizes = _order(queries, [tiebreak, -key])
+    s, y = score[order], labels[order]
+    gain, discount = _gain(y), _discount(place)
+    spread = np.zeros(n_queries, dtype=bool)  # whether a query's scores differ
+    ordered = key[order]
+    spread[sorted_queries[starts]] = (np.maximum.reduceat(ordered, starts)
+                                      != np.minimum.reduceat(ordered, starts))
+    # a row among a query's first ``truncation`` pairs with every row after it
+    partners = np.where(place < truncation, np.repeat(sizes, sizes) - 1 - place, 0)
+    pairs_to = np.cumsum(partners)
+    query_pairs = pairs_to[starts + sizes - 1]
+    lam_sum = np.zeros(n_queries)
+    g_sorted, h_sorted = np.zeros(n), np.zeros(n)
+    first = 0
+    while first < len(starts):  # blocks of whole queries
+        before = query_pairs[first - 1] if first else 0
+        last = max(first + 1, int(np.searchsorted(query_pairs, before + PAIRS_PER_BLOCK,
+                                                  side="right")))
+        lo, hi = int(starts[first]), int(starts[last - 1] + sizes[last - 1])
+        counts = partners[lo:hi]
+        total = int(counts.sum())
+        if total:  # the block's rows [lo, hi) and queries [q_lo, q_hi), from 0
+            rows = np.arange(hi - lo)
+            i = np.repeat(rows, counts)
+            # a row's k-th pair (from 0) is with the row k + 1 after it
+            j = np.arange(total) + np.repeat(rows + 1 - (np.cumsum(counts) - counts), counts)
+            q_lo, q_hi = int(sorted_queries[lo]), int(sorted_queries[hi - 1]) + 1
+            _pair_sums(i, j, s[lo:hi], y[lo:hi], gain[lo:hi], discount[lo:hi],
+                       sorted_queries[lo:hi] - q_lo, inverse_max[q_lo:q_hi],
+                       spread[q_lo:q_hi], normalize, g_sorted[lo:hi], h_sorted[lo:hi],
+                       lam_sum[q_lo:q_hi])
+        first = last
+    if normalize:
+        factor = np.divide(np.log2(1.0 + lam_sum), lam_sum, out=np.ones(n_queries),
+                           where=lam_sum > 0)
+        g_sorted *= factor[sorted_queries]
+        h_sorted *= factor[sorted_queries]
+    grad[order], hess[order] = g_sorted, h_sorted
+    return grad, hess
+
+
+def _pair_sums(i: np.ndarray, j: np.ndarray, s: np.ndarray, y: np.ndarray,
+               gain: np.ndarray, discount: np.ndarray, queries: np.ndarray,
+               inverse_max: np.ndarray, spread: np.ndarray, normalize: bool,
+               grad: np.ndarray, hess: np.ndarray, lam_sum: np.ndarray) -> None:
+    """Adds the pairs ``(i, j)`` (sorted rows, ``i`` ranked above ``j``) to the sorted
+    rows' gradient and hessian and to their queries' sums of ``2 |lambda|`` (in place:
+    the arrays are a block's views)."""
+    y_i, y_j = y[i], y[j]
+    differ = y_i != y_j
+    i, j = i[differ], j[differ]
+    # +1 where i, ranked above j, is the more relevant (the pair's "high" row), else -1
+    sign = np.where(y_i[differ] > y_j[differ], 1.0, -1.0)
+    q = queries[i]
+    delta = sign * (s[i] - s[j])  # high's score minus low's
+    ndcg = np.abs(gain[i] - gain[j]) * (discount[i] - discount[j]) * inverse_max[q]
+    if normalize:
+        ndcg = np.where(spread[q], ndcg / (0.01 + np.abs(delta)), ndcg)
+    rho = 1.0 / (1.0 + np.exp(delta))
+    lam = -rho * ndcg  # high's gradient; low's is its opposite
+    curvature = rho * (1.0 - rho) * ndcg
+    n = len(grad)
+    # np.bincount adds in the pairs' order: a row's sum is the same in any block
+    signed = sign * lam
+    grad += np.bincount(i, signed, minlength=n) - np.bincount(j, signed, minlength=n)
+    hess += np.bincount(i, curvature, minlength=n) + np.bincount(j, curvature, minlength=n)
+    lam_sum += np.bincount(q, -2.0 * lam, minlength=len(lam_sum))
+
+
+def ndcg_sums(score: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int
+              ) -> tuple[float, int]:
+    """The sum of the queries' NDCG@k and their number (ties of score share their
+    places' discounts; a query of no relevant row counts 1)."""
+    if len(score) == 0:
+        return 0.0, 0
+    n_queries = int(queries.max()) + 1
+    present = np.bincount(queries, minlength=n_queries) > 0
+    ideal = ideal_dcg(labels, queries, k, n_queries)
+    key = rank_key(score)
+    order, sorted_queries, place, starts, sizes = _order(queries, [-key])
+    s = key[order]
+    # tie blocks: runs of one query and one score
+    new = np.ones(len(s), dtype=bool)
+    new[1:] = (sorted_queries[1:] != sorted_queries[:-1]) | (s[1:] != s[:-1])
+    block = np.cumsum(new) - 1
+    block_start = place[new]
+    block_size = np.bincount(block)
+    top = int(sizes.max())
+    reach = np.concatenate([[0.0], np.cumsum(np.where(np.arange(top) < k,
+                                                      _discount(np.arange(top)), 0.0))])
+    shared = (reach[block_start + block_size] - reach[block_start]) / block_size
+    dcg = np.bincount(sorted_queries, _gain(labels[order]) * shared[block],
+                      minlength=n_queries)
+    ndcg = np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 1.0)
+    return float(ndcg[present].sum()), int(present.sum())
