@@ -120,6 +120,16 @@ def probability_matrix(part: pa.Table, column: str, outputs: int | None = None) 
     return matrix + 0.0  # -0.0 as 0.0: one value
 
 
+def class_kind(t: pa.DataType | None) -> str | None:
+    """What classes of type ``t`` are: integers, booleans or text, whatever their width
+    (an int32 label and a model's int64 prediction hold the same classes)."""
+    if t is None:
+        return None
+    if pa.types.is_integer(t):
+        return "integer"
+    return "boolean" if pa.types.is_boolean(t) else "text"
+
+
 def coarsened(x: np.ndarray, bins: int) -> np.ndarray:
     """Each value as the centre of its bin of ``bins`` equal bins over [0, 1]."""
     return (np.minimum(np.floor(x * bins), bins - 1) + 0.5) / bins
@@ -217,7 +227,7 @@ class Calibrate(Estimator):
         at = schema.get_field_index(PREDICTION)
         if at >= 0:
             predicted = schema.field(at).type
-            if class_label_type(predicted) != label_type:
+            if class_kind(class_label_type(predicted)) != class_kind(label_type):
                 raise SchemaError(f"label column '{p.label}' is {label_type} and the model's "
                                   f"'{PREDICTION}' is {predicted}: the labels are not the "
                                   "model's classes", hint="calibrate with the label the "
@@ -248,7 +258,10 @@ class Calibrate(Estimator):
             if column.null_count:
                 raise DataError(f"'{PREDICTION}' has {column.null_count} null values",
                                 hint=AFTER_A_MODEL)
-            predicted = pc.unique(column.cast(state["label_type"]))
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(column.type.value_type)
+            # its own type: an int64 prediction of an int32 label (the same classes)
+            predicted = pc.unique(column.combine_chunks()).to_pylist()
         if part.num_rows == 0 or not kept.any():
             return {"points": None, "predicted": predicted, "coarse": False}
         points = [_points(proba[:, k], labels, weights) for k in range(proba.shape[1])]
@@ -268,8 +281,8 @@ class Calibrate(Estimator):
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         predicted = [s["predicted"] for s in (a, b) if s["predicted"] is not None]
-        merged = (pc.unique(pa.concat_arrays(predicted)) if len(predicted) == 2
-                  else predicted[0] if predicted else None)
+        merged = list(dict.fromkeys(predicted[0] + predicted[1])) if len(predicted) == 2 \
+            else predicted[0] if predicted else None
         if a["points"] is None or b["points"] is None:
             kept = a if b["points"] is None else b
             return {**kept, "predicted": merged}
@@ -313,7 +326,7 @@ class Calibrate(Estimator):
                             hint="calibrate with the label the model was trained on, on "
                                  "rows of each of its classes")
         if stats["predicted"] is not None:
-            strange = [c for c in stats["predicted"].to_pylist() if c not in classes]
+            strange = [c for c in stats["predicted"] if c not in classes]
             if strange:
                 raise DataError(f"the model predicts {strange[0]!r}, which label column "
                                 f"'{p.label}' never is: the labels are not the model's "
@@ -510,9 +523,15 @@ class CalibrateFitted(Transform):
         at = part.schema.get_field_index(PREDICTION)
         if at >= 0:
             predicted = part.schema.field(at)
-            labels = pa.array(self.classes, type=self.label_type).take(
-                pa.array(np.argmax(proba, axis=1)))
-            out = put_column(out, predicted, labels.cast(predicted.type))
+            most = np.argmax(proba, axis=1)
+            classes = pa.array(self.classes, type=self.label_type)
+            if pa.types.is_dictionary(predicted.type):  # the classes are its dictionary
+                t = predicted.type
+                labels = pa.DictionaryArray.from_arrays(
+                    pa.array(most, t.index_type), classes.cast(t.value_type), ordered=t.ordered)
+            else:
+                labels = classes.take(pa.array(most)).cast(predicted.type)
+            out = put_column(out, predicted, labels)
         return out
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

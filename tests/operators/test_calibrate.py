@@ -548,3 +548,34 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_labels_of_another_width_than_the_predictions() -> None:
+    """A label read as int32 (or large_string) where the model predicts int64 (string):
+    the same classes, calibrated as with one type; each column keeps its type."""
+    t = binary_rows(rows=600)
+    want = calibrated(t, label="y")
+    narrow = t.set_column(0, "y", t.column("y").cast(pa.int32()))
+    out = calibrated(narrow, label="y")
+    assert out.schema == narrow.schema
+    np.testing.assert_array_equal(column(out), column(want))
+    assert out.column("prediction").equals(want.column("prediction"))
+    words = pa.array(np.where(column(t, "y") == 1, "yes", "no"))
+    predicted = pa.array(np.where(column(t, "prediction") == 1, "yes", "no"))
+    texts = t.set_column(0, "y", words.cast(pa.large_string())).set_column(
+        3, "prediction", predicted)
+    out = calibrated(texts, label="y")
+    assert out.schema == texts.schema
+    np.testing.assert_array_equal(column(out), column(want))
+
+
+def test_dictionary_integer_predictions() -> None:
+    """An integer prediction dictionary-encoded: calibrated as its values, its type
+    kept."""
+    t = binary_rows(rows=600)
+    coded = t.set_column(3, "prediction", t.column("prediction").dictionary_encode())
+    out = calibrated(coded, label="y")
+    assert out.schema == coded.schema
+    want = calibrated(t, label="y")
+    np.testing.assert_array_equal(column(out), column(want))
+    assert out.column("prediction").cast(pa.int64()).equals(want.column("prediction"))
