@@ -579,3 +579,16 @@ def test_dictionary_integer_predictions() -> None:
     want = calibrated(t, label="y")
     np.testing.assert_array_equal(column(out), column(want))
     assert out.column("prediction").cast(pa.int64()).equals(want.column("prediction"))
+
+
+def test_models_show_names_the_model_a_calibration_scores_with(saved: Path) -> None:
+    """`sluice models show` of a model saved after score + calibrate says which version
+    of which model it scores with (frozen in it), not a bare `score`."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    shown = CliRunner().invoke(main, ["models", "show", "calibrated"])
+    assert shown.exit_code == 0, shown.output
+    assert "    - score: raw@1 (gradient_boosted_trees.fitted)\n" in shown.output
+    assert "    - calibrate.fitted\n" in shown.output
