@@ -120,13 +120,23 @@ def probability_matrix(part: pa.Table, column: str, outputs: int | None = None) 
     return matrix + 0.0  # -0.0 as 0.0: one value
 
 
+def classes_type(t: pa.DataType) -> pa.DataType | None:
+    """The type of the classes a label column of type ``t`` holds: a class label's, or a
+    floating label's (a model of ``task: classification`` has those classes)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return t if pa.types.is_floating(t) else class_label_type(t)
+
+
 def class_kind(t: pa.DataType | None) -> str | None:
-    """What classes of type ``t`` are: integers, booleans or text, whatever their width
-    (an int32 label and a model's int64 prediction hold the same classes)."""
+    """What classes of type ``t`` are: integers, numbers, booleans or text, whatever
+    their width (an int32 label and a model's int64 prediction hold the same classes)."""
     if t is None:
         return None
     if pa.types.is_integer(t):
         return "integer"
+    if pa.types.is_floating(t):
+        return "floating"
     return "boolean" if pa.types.is_boolean(t) else "text"
 
 
@@ -218,16 +228,17 @@ class Calibrate(Estimator):
                               f"{schema.field(p.probability).type}: a model's probability "
                               "is a double (two classes) or a list of doubles",
                               hint=AFTER_A_MODEL)
-        label_type = class_label_type(schema.field(p.label).type)
+        label_type = classes_type(schema.field(p.label).type)
         if label_type is None:
             raise SchemaError(f"label column '{p.label}' is {schema.field(p.label).type}: "
                               "calibrate calibrates a classifier's classes (integer, "
-                              "boolean or string)", hint="calibrate the label the model was "
-                                                         "trained to predict")
+                              "boolean, string, or numbers of a model of task: "
+                              "classification)", hint="calibrate the label the model was "
+                                                      "trained to predict")
         at = schema.get_field_index(PREDICTION)
         if at >= 0:
             predicted = schema.field(at).type
-            if class_kind(class_label_type(predicted)) != class_kind(label_type):
+            if class_kind(classes_type(predicted)) != class_kind(label_type):
                 raise SchemaError(f"label column '{p.label}' is {label_type} and the model's "
                                   f"'{PREDICTION}' is {predicted}: the labels are not the "
                                   "model's classes", hint="calibrate with the label the "
@@ -241,7 +252,7 @@ class Calibrate(Estimator):
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
         self.output_schema(schema)
-        return {"label_type": class_label_type(schema.field(self.params.label).type),
+        return {"label_type": classes_type(schema.field(self.params.label).type),
                 "predicted": schema.get_field_index(PREDICTION) >= 0}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:

@@ -592,3 +592,19 @@ def test_models_show_names_the_model_a_calibration_scores_with(saved: Path) -> N
     assert shown.exit_code == 0, shown.output
     assert "    - score: raw@1 (gradient_boosted_trees.fitted)\n" in shown.output
     assert "    - calibrate.fitted\n" in shown.output
+
+
+def test_a_classifier_of_float_labels() -> None:
+    """A model of `task: classification` on a double label (0.0 and 1.0) has double
+    classes: calibrated as the integers would be (was refused as "not the label the
+    model was trained to predict", which it was)."""
+    t = binary_rows(rows=600)
+    want = calibrated(t, label="y")
+    floats = t.set_column(0, "y", t.column("y").cast(pa.float64())).set_column(
+        3, "prediction", t.column("prediction").cast(pa.float64()))
+    out = calibrated(floats, label="y")
+    assert out.schema == floats.schema
+    np.testing.assert_array_equal(column(out), column(want))
+    assert out.column("prediction").cast(pa.int64()).equals(want.column("prediction"))
+    fitted = fit(Calibrate(label="y"), split(floats, 2))
+    assert roundtrip(fitted).transform(floats, None).equals(out)
