@@ -131,7 +131,10 @@ class Score(Transform):
         models = [i for i, step in enumerate(chain.steps) if isinstance(step, FittedModel)]
         scored = [step for step in chain.steps if isinstance(step, Score) and step.chain]
         if not models and scored:
-            inner = scored[-1].model_info.get("ref") or scored[-1].params.model
+            info = scored[-1].model_info
+            # the version frozen in it (its name alone may name a retrained model now)
+            inner = (f"{info['name']}@{info['version']}" if "version" in info
+                     else info.get("ref") or scored[-1].params.model)
             raise SchemaError(f"contributions: model '{self.params.model}' scores with the "
                               f"saved model '{inner}' (a score step, then calibrate...), whose "
                               "contributions it does not carry",

@@ -353,9 +353,10 @@ def test_pipeline_calibrates_a_saved_model(saved: Path) -> None:
     assert answer["model"] == "calibrated@1"
     assert [r["probability"] for r in answer["predictions"]] == pytest.approx(
         p_cal[:3].tolist(), rel=1e-12)
-    with pytest.raises(SchemaError, match="scores with the saved model 'raw'") as e:
+    with pytest.raises(SchemaError, match="scores with the saved model 'raw@1'") as e:
         better.score(fresh.slice(0, 3), contributions=True)
-    assert e.value.hint == "ask model 'raw' for the contributions"
+    # the version frozen in it: raw, retrained since, is another model
+    assert e.value.hint == "ask model 'raw@1' for the contributions"
     # `sluice score` scores as load_model does
     pq.write_table(fresh, workdir / "data" / "fresh.parquet", row_group_size=3000)
     text = scoring_pipeline("calibrated", str(workdir / "data" / "fresh.parquet"),
