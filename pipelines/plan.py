@@ -678,12 +678,13 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
     chain, required = planned
     last = chain[-1].schema
     fits = [s.op for s in chain if isinstance(s.op, Estimator) and not s.op.after_model]
-    added = [last.field(c) for c in model_columns(fits[-1] if fits else None)
-             if c in last.names]
+    # no model step: the chain may score with a saved model (score, then calibrate)
+    scores = [s.op for s in chain if isinstance(s.op, Score)]
+    model = fits[-1] if fits else scores[-1] if scores else None
+    added = [last.field(c) for c in model_columns(model) if c in last.names]
     name, _ = parse_ref(step.op.params.model)
     step.op.bind_planned(required, added, {"name": name, "ref": step.op.params.model.strip(),
-                                           "saved_by": step.saved_by},
-                         fits[-1] if fits else None)
+                                           "saved_by": step.saved_by}, model)
     return True
 
 

@@ -609,3 +609,33 @@ def test_a_classifier_of_float_labels() -> None:
     assert out.column("prediction").cast(pa.int64()).equals(want.column("prediction"))
     fitted = fit(Calibrate(label="y"), split(floats, 2))
     assert roundtrip(fitted).transform(floats, None).equals(out)
+
+
+def test_contributions_of_a_calibration_this_run_saves_name_the_scored_model(
+        saved: Path) -> None:
+    """Asked at plan time of the model a run saves after score + calibrate, the
+    contributions error names the model it scores with, as it does once saved (was:
+    'ends in no model step')."""
+    from pipelines.runner import plan_file
+
+    pipeline = write_pipeline(saved, """
+        pipeline: explain
+        steps:
+          - id: rows
+            op: read_parquet
+            path: data/rows.parquet
+          - op: score
+            model: raw
+          - op: calibrate
+            label: label
+          - op: save_model
+            name: again
+          - op: score
+            input: rows
+            model: again
+            contributions: true
+        """, "explain.yaml")
+    problems = [str(p) for p in plan_file(pipeline).problems]
+    assert len(problems) == 1, problems
+    assert "contributions: model 'again' scores with the saved model 'raw@1'" in problems[0]
+    assert "ask model 'raw@1' for the contributions" in problems[0]
