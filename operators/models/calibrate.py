@@ -325,15 +325,17 @@ class Calibrate(Estimator):
         classes = sorted(pc.unique(pa.concat_arrays(
             [t.column("label").combine_chunks() for t in points])).to_pylist())
         outputs = len(points)
+        # the rows of weight 0 are left out: a class may be among those only
+        among = " among the rows of weight > 0" if p.weight else ""
         if len(classes) < 2:
             raise DataError(f"label column '{p.label}' has a single class ({classes[0]!r}) "
-                            "in the rows to calibrate on",
+                            f"in the rows to calibrate on{among}",
                             hint="calibrate on rows of every class the model predicts")
         wanted = 2 if outputs == 1 else outputs
         if len(classes) != wanted:
             shown = ", ".join(repr(c) for c in classes[:20])
-            raise DataError(f"label column '{p.label}' has {len(classes)} classes ({shown}) "
-                            f"and the model's probability is for {wanted}",
+            raise DataError(f"label column '{p.label}' has {len(classes)} classes ({shown})"
+                            f"{among} and the model's probability is for {wanted}",
                             hint="calibrate with the label the model was trained on, on "
                                  "rows of each of its classes")
         if stats["predicted"] is not None:

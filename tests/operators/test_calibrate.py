@@ -639,3 +639,14 @@ def test_contributions_of_a_calibration_this_run_saves_name_the_scored_model(
     assert len(problems) == 1, problems
     assert "contributions: model 'again' scores with the saved model 'raw@1'" in problems[0]
     assert "ask model 'raw@1' for the contributions" in problems[0]
+
+
+def test_a_class_of_weight_zero_is_said_so() -> None:
+    """Every row of one class weighs 0: the error says the weights left it out, not that
+    the label column lacks it."""
+    t, _ = multiclass_rows(rows=300)
+    w = np.where(column(t, "label") == "c", 0.0, 1.0)
+    weighed = t.set_column(3, "w", pa.array(w))
+    with pytest.raises(DataError, match=r"has 2 classes \('a', 'b'\) among the rows of "
+                                        r"weight > 0 and the model's probability is for 3"):
+        fit(Calibrate(label="label", weight="w"), split(weighed, 2))
