@@ -650,3 +650,19 @@ def test_a_class_of_weight_zero_is_said_so() -> None:
     with pytest.raises(DataError, match=r"has 2 classes \('a', 'b'\) among the rows of "
                                         r"weight > 0 and the model's probability is for 3"):
         fit(Calibrate(label="label", weight="w"), split(weighed, 2))
+
+
+def test_the_scored_model_is_frozen_in_the_calibrated_one(saved: Path) -> None:
+    """raw retrained, then its first version deleted: the calibrated model still scores
+    with the raw@1 it was fitted on, as before."""
+    from pipelines.store import ModelStore
+
+    fresh = rows(300, 5).drop_columns(["label"])
+    before = load_model("calibrated").score(fresh)
+    store = ModelStore()
+    raw = store.load("raw@1")
+    store.save("raw", raw.chain.steps, raw.input_schema)
+    store.delete("raw", 1)
+    assert store.versions("raw") == [2]
+    after = load_model("calibrated").score(fresh)
+    assert after.equals(before)
