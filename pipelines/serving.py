@@ -398,6 +398,11 @@ class ScoringModel:
             # a log-link model's (poisson, gamma, tweedie: the exp of its sum) deviance,
             # what it minimises and is compared by: {metric, tweedie_power}
             "deviance": self.model.chain.found("deviance"),
+            # the saved models it scores with, frozen in it (score, then calibrate)
+            "scores_with": [f"{step.model_info['name']}@{step.model_info['version']}"
+                            for step in self.model.chain.every_step()
+                            if isinstance(step, Score) and step.chain is not None
+                            and "version" in step.model_info],
         }
 
 

@@ -334,6 +334,9 @@ def test_pipeline_calibrates_a_saved_model(saved: Path) -> None:
     scored = better.score(fresh.drop_columns(["label"]))
     assert [f.name for f in better.output_fields()] == ["prediction", "probability"]
     assert better.required == ["x1", "x2"]
+    # GET /metadata says which model it scores with, frozen in it
+    assert better.describe()["scores_with"] == ["raw@1"]
+    assert load_model("raw").describe()["scores_with"] == []
     p_raw, p_cal = column(raw), column(scored)
     assert brier_score_loss(y, p_cal) < brier_score_loss(y, p_raw) - 0.01
     assert log_loss(y, p_cal) < log_loss(y, p_raw) - 0.05
