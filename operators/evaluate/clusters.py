@@ -202,8 +202,10 @@ class EvaluateClusters(Measuring):
         if state["phase"] == "clusters":
             k, n = len(stats["ids"]), float(np.sum(stats["rows"]))
             if k < 2 or k >= n:
-                raise DataError(f"{int(n)} rows in {k} clusters: the metrics need 2 to "
-                                f"{max(int(n) - 1, 2)} clusters (scikit-learn's rule)",
+                need = (f"2 to {int(n) - 1} clusters" if n >= 3 else
+                        "3 rows at least (2 clusters, fewer than the rows)")
+                raise DataError(f"{int(n)} rows in {k} clusters: the metrics need {need} "
+                                "(scikit-learn's rule)",
                                 hint="check the prediction column and the rows given")
             state = {**state, "ids": stats["ids"], "rows": stats["rows"],
                      "means": stats["means"], "within": stats["within"]}

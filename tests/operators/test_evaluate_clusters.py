@@ -230,3 +230,14 @@ def test_any_array_namespace() -> None:
     got = fit(EvaluateClusters(), split(table, 3), get_namespace("array_api_strict")).metrics
     for name, value in want.items():
         assert got[name] == pytest.approx(value, rel=1e-12), name
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_too_few_rows_for_any_clustering(rows: int) -> None:
+    """Two clusters need three rows at least: said so (was "need 2 to 2 clusters" of
+    two rows in two clusters)."""
+    X = np.arange(rows, dtype=float)[:, None].repeat(3, axis=1)
+    with pytest.raises(DataError, match=rf"{rows} rows in {rows} clusters: the metrics "
+                                        r"need 3 rows at least \(2 clusters, fewer than "
+                                        r"the rows\)"):
+        measured(table_of(X, np.arange(rows)))
