@@ -241,3 +241,37 @@ def test_too_few_rows_for_any_clustering(rows: int) -> None:
                                         r"need 3 rows at least \(2 clusters, fewer than "
                                         r"the rows\)"):
         measured(table_of(X, np.arange(rows)))
+
+
+def test_a_note_where_the_default_features_are_not_the_clusterings(workdir: Path) -> None:
+    """kmeans named its features and evaluate_clusters did not: it would measure the
+    clusters on every number (here a column kmeans never saw too), which the plan says;
+    given the same features, nothing is said."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    (workdir / "data").mkdir()
+    pq.write_table(pa.table({"u": rng.standard_normal(200), "v": rng.standard_normal(200),
+                             "spend": 1000 * rng.random(200)}), workdir / "data" / "p.parquet")
+    notes: dict[str, list[str]] = {}
+    for name, given in (("default", ""), ("named", "features: [u, v]")):
+        pipeline = write_pipeline(workdir, f"""
+            pipeline: segments
+            steps:
+              - op: read_parquet
+                path: data
+              - id: segments
+                op: kmeans
+                k: 3
+                features: [u, v]
+              - id: quality
+                op: evaluate_clusters
+                {given}
+        """, f"{name}.yaml")
+        notes[name] = []
+        assert run(pipeline, notify=notes[name].append)["status"] == "succeeded"
+    assert notes["named"] == []
+    assert notes["default"] == [
+        f"{workdir / 'default.yaml'}:9: step 'quality' (evaluate_clusters) measures the "
+        "clusters on every numeric column but its prediction (u, v, spend), not on the "
+        "features step 'segments' (kmeans) clustered on (u, v): list `features: [u, v]`"]
