@@ -473,7 +473,7 @@ def models_show(ref: str, models: str | None, as_json: bool) -> None:
     click.echo("  needs columns: " + ", ".join(meta.get("required_columns", [])))
     click.echo("  steps:")
     for entry in meta["steps"]:
-        click.echo(f"    - {entry['op']}")
+        click.echo(f"    - {entry['op']}{_scores_with(entry)}")
     for step_id, trained in (meta.get("trained_with") or {}).items():
         given = shown_params(trained["params"])
         click.echo(f"  trained {step_id} ({trained['op']}): {given or 'the defaults'}")
@@ -489,6 +489,17 @@ def models_show(ref: str, models: str | None, as_json: bool) -> None:
     out = [f["name"] + ": " + f["type"] for f in meta["output_schema"]["fields"]]
     click.echo("  output: " + ", ".join(out[-3:]))
     _print_metrics(meta.get("metrics") or {})
+
+
+def _scores_with(entry: dict[str, Any]) -> str:
+    """What a saved score step scores with (score, then calibrate: the model it was
+    fitted on, frozen in this one): ``: churn@3 (its steps)``, else nothing."""
+    inner = (entry.get("state") or {}).get("model")
+    if not isinstance(inner, dict):
+        return ""
+    info = inner.get("info") or {}
+    ref = f"{info.get('name', '?')}@{info.get('version', '?')}"
+    return f": {ref} (" + ", ".join(step["op"] for step in inner.get("steps", [])) + ")"
 
 
 @models.command("alias")

@@ -470,6 +470,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 step.schema = step.op.output_schema(schema)
                 if not opened:
                     _note_default_features(plan, step, schema)
+                    _note_measured_features(plan, step, schema)
                 if isinstance(step.op, Estimator) and step.op.after_model:
                     _note_training_rows(plan, step)
             except MissingColumnError:
@@ -518,6 +519,28 @@ def _note_default_features(plan: Plan, step: Step, schema: pa.Schema) -> None:
             f"numeric column but its {_roles(step)} as features (`features` is not "
             f"given), among them {', '.join(what)}: list `features`, or drop those "
             "columns first")
+
+
+def _note_measured_features(plan: Plan, step: Step, schema: pa.Schema) -> None:
+    """A notice where a step that measures a model's output by default features
+    (evaluate_clusters) would read others than the model step that made that output was
+    given: the clusters measured on columns they were not made of."""
+    chosen = default_features(step, schema)
+    column = getattr(step.op.params, "prediction", None)
+    if not chosen or column is None or "label" in type(step.op.params).model_fields:
+        return
+    for before in reversed(plan.chain_to(step.id)[:-1]):
+        if column not in [f.name for f in plan.added_by(before) or []]:
+            continue
+        made_of = getattr(before.op.params, "features", None)
+        if made_of is not None and list(made_of) != chosen:
+            plan.notices.append(
+                f"{plan.spec.file}:{step.spec.line}: step '{step.id}' ({step.op.name}) "
+                f"measures the clusters on every numeric column but its {_roles(step)} "
+                f"({', '.join(chosen)}), not on the features step '{before.id}' "
+                f"({before.op.name}) clustered on ({', '.join(made_of)}): list "
+                f"`features: [{', '.join(made_of)}]`")
+        return
 
 
 def _roles(step: Step) -> str:
@@ -678,12 +701,13 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
     chain, required = planned
     last = chain[-1].schema
     fits = [s.op for s in chain if isinstance(s.op, Estimator) and not s.op.after_model]
-    added = [last.field(c) for c in model_columns(fits[-1] if fits else None)
-             if c in last.names]
+    # no model step: the chain may score with a saved model (score, then calibrate)
+    scores = [s.op for s in chain if isinstance(s.op, Score)]
+    model = fits[-1] if fits else scores[-1] if scores else None
+    added = [last.field(c) for c in model_columns(model) if c in last.names]
     name, _ = parse_ref(step.op.params.model)
     step.op.bind_planned(required, added, {"name": name, "ref": step.op.params.model.strip(),
-                                           "saved_by": step.saved_by},
-                         fits[-1] if fits else None)
+                                           "saved_by": step.saved_by}, model)
     return True
 
 

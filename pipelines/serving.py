@@ -401,6 +401,11 @@ class ScoringModel:
             # a ranking model's (loss: lambdarank): its prediction orders the rows of one
             # query, higher first: {group, ndcg_at}
             "ranking": self.model.chain.found("ranking"),
+            # the saved models it scores with, frozen in it (score, then calibrate)
+            "scores_with": [f"{step.model_info['name']}@{step.model_info['version']}"
+                            for step in self.model.chain.every_step()
+                            if isinstance(step, Score) and step.chain is not None
+                            and "version" in step.model_info],
         }
 
 

@@ -41,6 +41,8 @@ METRICS: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin",
                             "count", "clusters", "cluster_sizes")
 SECOND_PASS = frozenset(["silhouette", "davies_bouldin"])
 SKIPPED = ("distance",)  # kmeans' distance to the centre: an output, not a feature
+BLOCK_VALUES = 2**20
+"""The most row-to-mean distances the second pass holds at once (8 MB)."""
 
 
 class EvaluateClustersParams(Params):
@@ -170,7 +172,8 @@ class EvaluateClusters(Measuring):
 
     def _spread(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         """The sums of the rows' silhouettes and of their distances to their cluster's
-        mean (per cluster)."""
+        mean (per cluster), a block of rows at a time: a block's distances to every
+        mean are ``BLOCK_VALUES`` numbers at most, however many clusters there are."""
         k = len(state["ids"])
         if part.num_rows == 0:
             return {"silhouette": 0.0, "distance": np.zeros(k)}
@@ -178,25 +181,15 @@ class EvaluateClusters(Measuring):
         value_set = pa.array(state["ids"], ids.type)
         own = pc.index_in(ids, value_set=value_set).to_numpy(zero_copy_only=False)
         means = xp.asarray(np.asarray(state["means"], dtype=np.float64), dtype=X.dtype)
-        # each row's squared distance to every cluster's mean (one cluster at a time: the
-        # difference, not |x|^2 - 2 x.m + |m|^2, whose cancellation loses tight clusters)
-        d2 = np.column_stack([to_numpy(xp.sum((X - means[c, :]) ** 2, axis=1))
-                              for c in range(k)]).astype(np.float64)
-        rows, within = state["rows"], state["within"]
-        at = np.arange(part.num_rows)
-        near = d2[at, own]
-        alone = rows[own] == 1
-        # mean squared distance to the other rows of its own cluster, and to each other's
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a = (rows[own] * near + within[own]) / (rows[own] - 1)
-        others = d2 + within / rows
-        others[at, own] = np.inf
-        b = others.min(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = (b - a) / np.maximum(a, b)
-        s = np.where(alone | ~np.isfinite(s), 0.0, s)  # scikit-learn's: 0 alone, 0/0 -> 0
-        distance = np.bincount(own, weights=np.sqrt(near), minlength=k)
-        return {"silhouette": float(np.sum(s)), "distance": distance}
+        step = max(1, BLOCK_VALUES // k)
+        silhouette, distance = 0.0, np.zeros(k)
+        for start in range(0, part.num_rows, step):
+            stop = min(start + step, part.num_rows)  # the array API has no stop past the end
+            s, near = _silhouettes(X[start:stop, :], own[start:stop], means,
+                                   state["rows"], state["within"], xp)
+            silhouette += float(np.sum(s))
+            distance += np.bincount(own[start:stop], weights=np.sqrt(near), minlength=k)
+        return {"silhouette": silhouette, "distance": distance}
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "silhouette" in a:
@@ -209,8 +202,10 @@ class EvaluateClusters(Measuring):
         if state["phase"] == "clusters":
             k, n = len(stats["ids"]), float(np.sum(stats["rows"]))
             if k < 2 or k >= n:
-                raise DataError(f"{int(n)} rows in {k} clusters: the metrics need 2 to "
-                                f"{max(int(n) - 1, 2)} clusters (scikit-learn's rule)",
+                need = (f"2 to {int(n) - 1} clusters" if n >= 3 else
+                        "3 rows at least (2 clusters, fewer than the rows)")
+                raise DataError(f"{int(n)} rows in {k} clusters: the metrics need {need} "
+                                "(scikit-learn's rule)",
                                 hint="check the prediction column and the rows given")
             state = {**state, "ids": stats["ids"], "rows": stats["rows"],
                      "means": stats["means"], "within": stats["within"]}
@@ -238,10 +233,34 @@ class EvaluateClusters(Measuring):
         return {m: everything[m] for m in METRICS if m in state["metrics"]}
 
 
+def _silhouettes(X: Any, own: np.ndarray, means: Any, rows: np.ndarray,
+                 within: np.ndarray, xp: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' silhouettes and their squared distances to their own cluster's mean."""
+    k, n = len(rows), X.shape[0]
+    # each row's squared distance to every cluster's mean (one cluster at a time: the
+    # difference, not |x|^2 - 2 x.m + |m|^2, whose cancellation loses tight clusters)
+    d2 = np.column_stack([to_numpy(xp.sum((X - means[c, :]) ** 2, axis=1))
+                          for c in range(k)]).astype(np.float64)
+    at = np.arange(n)
+    near = d2[at, own]
+    alone = rows[own] == 1
+    # mean squared distance to the other rows of its own cluster, and to each other's
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = (rows[own] * near + within[own]) / (rows[own] - 1)
+    d2 += within / rows  # now each other cluster's mean squared distance
+    d2[at, own] = np.inf
+    b = d2.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = (b - a) / np.maximum(a, b)
+    # scikit-learn's: 0 alone, 0 / 0 -> 0
+    return np.where(alone | ~np.isfinite(s), 0.0, s), near
+
+
 def davies_bouldin(spread: np.ndarray, means: np.ndarray) -> float:
     """scikit-learn's ``davies_bouldin_score`` from each cluster's mean distance to its
-    mean and the means (0 where every spread or every pair of means is 0)."""
-    apart = np.sqrt(np.sum((means[:, None, :] - means[None, :, :]) ** 2, axis=2))
+    mean and the means (0 where every spread or every pair of means is 0); the means'
+    distances one cluster at a time (k x k numbers, not k x k x features)."""
+    apart = np.stack([np.sqrt(np.sum((means - m) ** 2, axis=1)) for m in means])
     if np.allclose(spread, 0) or np.allclose(apart, 0):
         return 0.0
     apart[apart == 0] = np.inf

@@ -120,6 +120,26 @@ def probability_matrix(part: pa.Table, column: str, outputs: int | None = None) 
     return matrix + 0.0  # -0.0 as 0.0: one value
 
 
+def classes_type(t: pa.DataType) -> pa.DataType | None:
+    """The type of the classes a label column of type ``t`` holds: a class label's, or a
+    floating label's (a model of ``task: classification`` has those classes)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return t if pa.types.is_floating(t) else class_label_type(t)
+
+
+def class_kind(t: pa.DataType | None) -> str | None:
+    """What classes of type ``t`` are: integers, numbers, booleans or text, whatever
+    their width (an int32 label and a model's int64 prediction hold the same classes)."""
+    if t is None:
+        return None
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t):
+        return "floating"
+    return "boolean" if pa.types.is_boolean(t) else "text"
+
+
 def coarsened(x: np.ndarray, bins: int) -> np.ndarray:
     """Each value as the centre of its bin of ``bins`` equal bins over [0, 1]."""
     return (np.minimum(np.floor(x * bins), bins - 1) + 0.5) / bins
@@ -208,16 +228,17 @@ class Calibrate(Estimator):
                               f"{schema.field(p.probability).type}: a model's probability "
                               "is a double (two classes) or a list of doubles",
                               hint=AFTER_A_MODEL)
-        label_type = class_label_type(schema.field(p.label).type)
+        label_type = classes_type(schema.field(p.label).type)
         if label_type is None:
             raise SchemaError(f"label column '{p.label}' is {schema.field(p.label).type}: "
                               "calibrate calibrates a classifier's classes (integer, "
-                              "boolean or string)", hint="calibrate the label the model was "
-                                                         "trained to predict")
+                              "boolean, string, or numbers of a model of task: "
+                              "classification)", hint="calibrate the label the model was "
+                                                      "trained to predict")
         at = schema.get_field_index(PREDICTION)
         if at >= 0:
             predicted = schema.field(at).type
-            if class_label_type(predicted) != label_type:
+            if class_kind(classes_type(predicted)) != class_kind(label_type):
                 raise SchemaError(f"label column '{p.label}' is {label_type} and the model's "
                                   f"'{PREDICTION}' is {predicted}: the labels are not the "
                                   "model's classes", hint="calibrate with the label the "
@@ -231,7 +252,7 @@ class Calibrate(Estimator):
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
         self.output_schema(schema)
-        return {"label_type": class_label_type(schema.field(self.params.label).type),
+        return {"label_type": classes_type(schema.field(self.params.label).type),
                 "predicted": schema.get_field_index(PREDICTION) >= 0}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
@@ -248,7 +269,10 @@ class Calibrate(Estimator):
             if column.null_count:
                 raise DataError(f"'{PREDICTION}' has {column.null_count} null values",
                                 hint=AFTER_A_MODEL)
-            predicted = pc.unique(column.cast(state["label_type"]))
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(column.type.value_type)
+            # its own type: an int64 prediction of an int32 label (the same classes)
+            predicted = pc.unique(column.combine_chunks()).to_pylist()
         if part.num_rows == 0 or not kept.any():
             return {"points": None, "predicted": predicted, "coarse": False}
         points = [_points(proba[:, k], labels, weights) for k in range(proba.shape[1])]
@@ -268,8 +292,8 @@ class Calibrate(Estimator):
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         predicted = [s["predicted"] for s in (a, b) if s["predicted"] is not None]
-        merged = (pc.unique(pa.concat_arrays(predicted)) if len(predicted) == 2
-                  else predicted[0] if predicted else None)
+        merged = list(dict.fromkeys(predicted[0] + predicted[1])) if len(predicted) == 2 \
+            else predicted[0] if predicted else None
         if a["points"] is None or b["points"] is None:
             kept = a if b["points"] is None else b
             return {**kept, "predicted": merged}
@@ -301,19 +325,21 @@ class Calibrate(Estimator):
         classes = sorted(pc.unique(pa.concat_arrays(
             [t.column("label").combine_chunks() for t in points])).to_pylist())
         outputs = len(points)
+        # the rows of weight 0 are left out: a class may be among those only
+        among = " among the rows of weight > 0" if p.weight else ""
         if len(classes) < 2:
             raise DataError(f"label column '{p.label}' has a single class ({classes[0]!r}) "
-                            "in the rows to calibrate on",
+                            f"in the rows to calibrate on{among}",
                             hint="calibrate on rows of every class the model predicts")
         wanted = 2 if outputs == 1 else outputs
         if len(classes) != wanted:
             shown = ", ".join(repr(c) for c in classes[:20])
-            raise DataError(f"label column '{p.label}' has {len(classes)} classes ({shown}) "
-                            f"and the model's probability is for {wanted}",
+            raise DataError(f"label column '{p.label}' has {len(classes)} classes ({shown})"
+                            f"{among} and the model's probability is for {wanted}",
                             hint="calibrate with the label the model was trained on, on "
                                  "rows of each of its classes")
         if stats["predicted"] is not None:
-            strange = [c for c in stats["predicted"].to_pylist() if c not in classes]
+            strange = [c for c in stats["predicted"] if c not in classes]
             if strange:
                 raise DataError(f"the model predicts {strange[0]!r}, which label column "
                                 f"'{p.label}' never is: the labels are not the model's "
@@ -510,9 +536,15 @@ class CalibrateFitted(Transform):
         at = part.schema.get_field_index(PREDICTION)
         if at >= 0:
             predicted = part.schema.field(at)
-            labels = pa.array(self.classes, type=self.label_type).take(
-                pa.array(np.argmax(proba, axis=1)))
-            out = put_column(out, predicted, labels.cast(predicted.type))
+            most = np.argmax(proba, axis=1)
+            classes = pa.array(self.classes, type=self.label_type)
+            if pa.types.is_dictionary(predicted.type):  # the classes are its dictionary
+                t = predicted.type
+                labels = pa.DictionaryArray.from_arrays(
+                    pa.array(most, t.index_type), classes.cast(t.value_type), ordered=t.ordered)
+            else:
+                labels = classes.take(pa.array(most)).cast(predicted.type)
+            out = put_column(out, predicted, labels)
         return out
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

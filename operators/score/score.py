@@ -114,6 +114,8 @@ class Score(Transform):
         """Attach a model the pipeline saves before this step, as planned: the columns it
         will need, the prediction columns the plan knows of and the model step (the
         fitted chain is bound when the run gets there)."""
+        if self.params.contributions and isinstance(model, Score):
+            self._scores_with(model)
         if self.params.contributions and not getattr(model, "explained", False):
             self._not_explained(f"{model.name}, which has no per-feature contributions"
                                 if model is not None else "no model step")
@@ -131,17 +133,25 @@ class Score(Transform):
         models = [i for i, step in enumerate(chain.steps) if isinstance(step, FittedModel)]
         scored = [step for step in chain.steps if isinstance(step, Score) and step.chain]
         if not models and scored:
-            inner = scored[-1].model_info.get("ref") or scored[-1].params.model
-            raise SchemaError(f"contributions: model '{self.params.model}' scores with the "
-                              f"saved model '{inner}' (a score step, then calibrate...), whose "
-                              "contributions it does not carry",
-                              hint=f"ask model '{inner}' for the contributions")
+            self._scores_with(scored[-1])
         if not models:
             self._not_explained("no model step")
         why = chain.steps[models[-1]].explains()
         if why is not None:
             self._not_explained(why)
         return models[-1]
+
+    def _scores_with(self, inner: Score) -> None:
+        """The contributions error of a model that scores with the saved model ``inner``
+        binds (score, then calibrate), named by the version frozen in it (its name alone
+        may name a retrained model now)."""
+        info = inner.model_info
+        ref = (f"{info['name']}@{info['version']}" if "version" in info
+               else info.get("ref") or inner.params.model)
+        raise SchemaError(f"contributions: model '{self.params.model}' scores with the "
+                          f"saved model '{ref}' (a score step, then calibrate...), whose "
+                          "contributions it does not carry",
+                          hint=f"ask model '{ref}' for the contributions")
 
     def _groups(self, chain: Chain, at: int) -> dict[str, str] | None:
         """With ``contributions_by: inputs``, the input column of each of the model's

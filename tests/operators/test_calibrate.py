@@ -334,6 +334,9 @@ def test_pipeline_calibrates_a_saved_model(saved: Path) -> None:
     scored = better.score(fresh.drop_columns(["label"]))
     assert [f.name for f in better.output_fields()] == ["prediction", "probability"]
     assert better.required == ["x1", "x2"]
+    # GET /metadata says which model it scores with, frozen in it
+    assert better.describe()["scores_with"] == ["raw@1"]
+    assert load_model("raw").describe()["scores_with"] == []
     p_raw, p_cal = column(raw), column(scored)
     assert brier_score_loss(y, p_cal) < brier_score_loss(y, p_raw) - 0.01
     assert log_loss(y, p_cal) < log_loss(y, p_raw) - 0.05
@@ -353,9 +356,10 @@ def test_pipeline_calibrates_a_saved_model(saved: Path) -> None:
     assert answer["model"] == "calibrated@1"
     assert [r["probability"] for r in answer["predictions"]] == pytest.approx(
         p_cal[:3].tolist(), rel=1e-12)
-    with pytest.raises(SchemaError, match="scores with the saved model 'raw'") as e:
+    with pytest.raises(SchemaError, match="scores with the saved model 'raw@1'") as e:
         better.score(fresh.slice(0, 3), contributions=True)
-    assert e.value.hint == "ask model 'raw' for the contributions"
+    # the version frozen in it: raw, retrained since, is another model
+    assert e.value.hint == "ask model 'raw@1' for the contributions"
     # `sluice score` scores as load_model does
     pq.write_table(fresh, workdir / "data" / "fresh.parquet", row_group_size=3000)
     text = scoring_pipeline("calibrated", str(workdir / "data" / "fresh.parquet"),
@@ -548,3 +552,120 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_labels_of_another_width_than_the_predictions() -> None:
+    """A label read as int32 (or large_string) where the model predicts int64 (string):
+    the same classes, calibrated as with one type; each column keeps its type."""
+    t = binary_rows(rows=600)
+    want = calibrated(t, label="y")
+    narrow = t.set_column(0, "y", t.column("y").cast(pa.int32()))
+    out = calibrated(narrow, label="y")
+    assert out.schema == narrow.schema
+    np.testing.assert_array_equal(column(out), column(want))
+    assert out.column("prediction").equals(want.column("prediction"))
+    words = pa.array(np.where(column(t, "y") == 1, "yes", "no"))
+    predicted = pa.array(np.where(column(t, "prediction") == 1, "yes", "no"))
+    texts = t.set_column(0, "y", words.cast(pa.large_string())).set_column(
+        3, "prediction", predicted)
+    out = calibrated(texts, label="y")
+    assert out.schema == texts.schema
+    np.testing.assert_array_equal(column(out), column(want))
+
+
+def test_dictionary_integer_predictions() -> None:
+    """An integer prediction dictionary-encoded: calibrated as its values, its type
+    kept."""
+    t = binary_rows(rows=600)
+    coded = t.set_column(3, "prediction", t.column("prediction").dictionary_encode())
+    out = calibrated(coded, label="y")
+    assert out.schema == coded.schema
+    want = calibrated(t, label="y")
+    np.testing.assert_array_equal(column(out), column(want))
+    assert out.column("prediction").cast(pa.int64()).equals(want.column("prediction"))
+
+
+def test_models_show_names_the_model_a_calibration_scores_with(saved: Path) -> None:
+    """`sluice models show` of a model saved after score + calibrate says which version
+    of which model it scores with (frozen in it), not a bare `score`."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    shown = CliRunner().invoke(main, ["models", "show", "calibrated"])
+    assert shown.exit_code == 0, shown.output
+    assert "    - score: raw@1 (gradient_boosted_trees.fitted)\n" in shown.output
+    assert "    - calibrate.fitted\n" in shown.output
+
+
+def test_a_classifier_of_float_labels() -> None:
+    """A model of `task: classification` on a double label (0.0 and 1.0) has double
+    classes: calibrated as the integers would be (was refused as "not the label the
+    model was trained to predict", which it was)."""
+    t = binary_rows(rows=600)
+    want = calibrated(t, label="y")
+    floats = t.set_column(0, "y", t.column("y").cast(pa.float64())).set_column(
+        3, "prediction", t.column("prediction").cast(pa.float64()))
+    out = calibrated(floats, label="y")
+    assert out.schema == floats.schema
+    np.testing.assert_array_equal(column(out), column(want))
+    assert out.column("prediction").cast(pa.int64()).equals(want.column("prediction"))
+    fitted = fit(Calibrate(label="y"), split(floats, 2))
+    assert roundtrip(fitted).transform(floats, None).equals(out)
+
+
+def test_contributions_of_a_calibration_this_run_saves_name_the_scored_model(
+        saved: Path) -> None:
+    """Asked at plan time of the model a run saves after score + calibrate, the
+    contributions error names the model it scores with, as it does once saved (was:
+    'ends in no model step')."""
+    from pipelines.runner import plan_file
+
+    pipeline = write_pipeline(saved, """
+        pipeline: explain
+        steps:
+          - id: rows
+            op: read_parquet
+            path: data/rows.parquet
+          - op: score
+            model: raw
+          - op: calibrate
+            label: label
+          - op: save_model
+            name: again
+          - op: score
+            input: rows
+            model: again
+            contributions: true
+        """, "explain.yaml")
+    problems = [str(p) for p in plan_file(pipeline).problems]
+    assert len(problems) == 1, problems
+    assert "contributions: model 'again' scores with the saved model 'raw@1'" in problems[0]
+    assert "ask model 'raw@1' for the contributions" in problems[0]
+
+
+def test_a_class_of_weight_zero_is_said_so() -> None:
+    """Every row of one class weighs 0: the error says the weights left it out, not that
+    the label column lacks it."""
+    t, _ = multiclass_rows(rows=300)
+    w = np.where(column(t, "label") == "c", 0.0, 1.0)
+    weighed = t.set_column(3, "w", pa.array(w))
+    with pytest.raises(DataError, match=r"has 2 classes \('a', 'b'\) among the rows of "
+                                        r"weight > 0 and the model's probability is for 3"):
+        fit(Calibrate(label="label", weight="w"), split(weighed, 2))
+
+
+def test_the_scored_model_is_frozen_in_the_calibrated_one(saved: Path) -> None:
+    """raw retrained, then its first version deleted: the calibrated model still scores
+    with the raw@1 it was fitted on, as before."""
+    from pipelines.store import ModelStore
+
+    fresh = rows(300, 5).drop_columns(["label"])
+    before = load_model("calibrated").score(fresh)
+    store = ModelStore()
+    raw = store.load("raw@1")
+    store.save("raw", raw.chain.steps, raw.input_schema)
+    store.delete("raw", 1)
+    assert store.versions("raw") == [2]
+    after = load_model("calibrated").score(fresh)
+    assert after.equals(before)

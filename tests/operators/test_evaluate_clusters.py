@@ -191,3 +191,87 @@ def test_every_engine_and_layout_gives_the_same_figures(workdir: Path, engine: A
         assert figures["one"][key] == pytest.approx(value, rel=1e-12), key
         assert figures["many"][key] == pytest.approx(value, rel=1e-12), key
     assert figures["many"]["cluster_sizes"] == figures["one"]["cluster_sizes"]
+
+
+def test_many_clusters_take_memory_of_the_clusters_not_rows_times_clusters() -> None:
+    """600 clusters of 40 features: the second pass holds a block of rows' distances to
+    the means at a time (not every row's at once), and Davies-Bouldin the means' k x k
+    distances (not a k x k x features array of their differences: 115 MB here)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(7)
+    k, d, n = 600, 40, 12000
+    labels = np.arange(n) % k
+    X = rng.standard_normal((k, d))[labels] + 0.1 * rng.standard_normal((n, d))
+    t = pa.table({**{f"f{j}": X[:, j] for j in range(d)}, "prediction": labels})
+    op = EvaluateClusters(metrics=["silhouette", "davies_bouldin"])
+    state = op.init(t.schema)
+    state, _ = op.update(op.partial(t, state, NUMPY), state)
+    tracemalloc.start()
+    try:
+        state, done = op.update(op.partial(t, state, NUMPY), state)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert done and peak < 40 * 2**20, f"{peak / 2**20:.0f} MiB"
+    want = reference(X, labels)
+    for name in ("silhouette", "davies_bouldin"):
+        assert state["metrics_values"][name] == pytest.approx(want[name], rel=1e-12), name
+
+
+def test_any_array_namespace() -> None:
+    """The array API's strict namespace (no slice past an array's end: the second pass's
+    last block of rows is cut to the rows there are) gives NumPy's figures."""
+    from operators.arrays import get_namespace
+
+    X, labels = blobs(5)
+    table = table_of(X, labels)
+    want = measured(table, 3)
+    got = fit(EvaluateClusters(), split(table, 3), get_namespace("array_api_strict")).metrics
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=1e-12), name
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_too_few_rows_for_any_clustering(rows: int) -> None:
+    """Two clusters need three rows at least: said so (was "need 2 to 2 clusters" of
+    two rows in two clusters)."""
+    X = np.arange(rows, dtype=float)[:, None].repeat(3, axis=1)
+    with pytest.raises(DataError, match=rf"{rows} rows in {rows} clusters: the metrics "
+                                        r"need 3 rows at least \(2 clusters, fewer than "
+                                        r"the rows\)"):
+        measured(table_of(X, np.arange(rows)))
+
+
+def test_a_note_where_the_default_features_are_not_the_clusterings(workdir: Path) -> None:
+    """kmeans named its features and evaluate_clusters did not: it would measure the
+    clusters on every number (here a column kmeans never saw too), which the plan says;
+    given the same features, nothing is said."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    (workdir / "data").mkdir()
+    pq.write_table(pa.table({"u": rng.standard_normal(200), "v": rng.standard_normal(200),
+                             "spend": 1000 * rng.random(200)}), workdir / "data" / "p.parquet")
+    notes: dict[str, list[str]] = {}
+    for name, given in (("default", ""), ("named", "features: [u, v]")):
+        pipeline = write_pipeline(workdir, f"""
+            pipeline: segments
+            steps:
+              - op: read_parquet
+                path: data
+              - id: segments
+                op: kmeans
+                k: 3
+                features: [u, v]
+              - id: quality
+                op: evaluate_clusters
+                {given}
+        """, f"{name}.yaml")
+        notes[name] = []
+        assert run(pipeline, notify=notes[name].append)["status"] == "succeeded"
+    assert notes["named"] == []
+    assert notes["default"] == [
+        f"{workdir / 'default.yaml'}:9: step 'quality' (evaluate_clusters) measures the "
+        "clusters on every numeric column but its prediction (u, v, spend), not on the "
+        "features step 'segments' (kmeans) clustered on (u, v): list `features: [u, v]`"]
