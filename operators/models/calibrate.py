@@ -167,11 +167,12 @@ class Calibrate(Estimator):
     `score` step's on rows the model was not trained on (a model's own training rows
     make its probabilities look truer than they are). Fits, per class, an increasing map
     from the model's probability to the class's frequency: `isotonic` (scikit-learn's
-    `IsotonicRegression`, MLlib's) or `sigmoid` (Platt scaling), as scikit-learn's
-    `CalibratedClassifierCV` of a frozen model. More than two classes: a map per class,
-    then divided by their sum. `prediction` is the most probable class again (for two:
-    the positive one above 0.5); no other column changes. Saved after a `score` step,
-    the model is the scored model with the calibration after it.
+    `IsotonicRegression`, MLlib's) or `sigmoid` (Platt scaling of the probability), as
+    scikit-learn's `CalibratedClassifierCV` of a frozen model without a
+    `decision_function` (of one with, it scales the log-odds). More than two classes: a
+    map per class, then divided by their sum. `prediction` is the most probable class
+    again (for two: the positive one above 0.5); no other column changes. Saved after a
+    `score` step, the model is the scored model with the calibration after it.
 
     ```yaml
     - op: score
