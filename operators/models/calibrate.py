@@ -68,6 +68,11 @@ class CalibrateParams(Params):
         "isotonic", description="isotonic: any increasing map (step-wise, interpolated "
                                 "between its steps); sigmoid: Platt's 1 / (1 + exp(a p + b)), "
                                 "for few rows (a thousand or less)")
+    sigmoid_of: Literal["probability", "log_odds"] = Field(
+        "probability", description="what the sigmoid is a function of: the probability "
+                                   "(scikit-learn's for a model without a decision_function: "
+                                   "a forest) or its log-odds log(p / (1 - p)) (scikit-learn's "
+                                   "for one with: logistic regression, boosting)")
     probability: str = Field(PROBABILITY, description="the model's probability column: "
                                                       "a double (two classes), or a list of "
                                                       "doubles in class order")
@@ -195,6 +200,10 @@ class Calibrate(Estimator):
     def __init__(self, params: Any = None, **kwargs: Any):
         super().__init__(params, **kwargs)
         p = self.params
+        if p.method == "isotonic" and "sigmoid_of" in p.model_fields_set:
+            raise ParamError("sigmoid_of is for method: sigmoid (an isotonic map is the "
+                             "same of the probability or of its log-odds)",
+                             hint="leave sigmoid_of out, or set method: sigmoid")
         named = [("label", p.label), ("probability", p.probability), ("weight", p.weight)]
         seen: dict[str, str] = {}
         for role, column in named:
@@ -353,9 +362,12 @@ class Calibrate(Estimator):
             if p.method == "isotonic":
                 maps.append(isotonic_points(x, hits / total, total))
             else:
-                maps.append(sigmoid_fit(x, total, hits))
+                maps.append(sigmoid_fit(self._sigmoid_input(x), total, hits))
         return {**state, "classes": classes, "maps": maps, "coarse": stats["coarse"],
                 "points": [len(pc.unique(t.column("x"))) for t in points]}, True
+
+    def _sigmoid_input(self, values: np.ndarray) -> np.ndarray:
+        return log_odds(values) if self.params.sigmoid_of == "log_odds" else values
 
     def fitted(self, state: dict[str, Any]) -> CalibrateFitted:
         return CalibrateFitted(self.params, state["classes"], state["label_type"],
@@ -424,6 +436,13 @@ def isotonic_points(x: np.ndarray, y: np.ndarray, w: np.ndarray
     keep = np.ones(len(fitted), dtype=bool)
     keep[1:-1] = (fitted[1:-1] != fitted[:-2]) | (fitted[1:-1] != fitted[2:])
     return x[keep], fitted[keep]
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), p kept within float64's eps of 0 and 1 (finite: +-36)."""
+    eps = np.finfo(np.float64).eps
+    q = np.clip(p, eps, 1.0 - eps)
+    return np.log(q) - np.log1p(-q)
 
 
 def sigmoid_fit(x: np.ndarray, total: np.ndarray, hits: np.ndarray) -> tuple[float, float]:
@@ -511,6 +530,8 @@ class CalibrateFitted(Transform):
                 columns.append(np.interp(np.clip(values, x[0], x[-1]), x, y))
             else:
                 a, b = fit
+                if self.params.sigmoid_of == "log_odds":
+                    values = log_odds(values)
                 columns.append(sigmoid(-(a * values + b), np))
         if len(self.maps) == 1:
             out = np.column_stack([1.0 - columns[0], columns[0]])

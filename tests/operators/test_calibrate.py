@@ -158,6 +158,39 @@ def test_sigmoid_is_platts(weighted: bool) -> None:
     np.testing.assert_allclose(got, reference.predict_proba(X)[:, 1], rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sigmoid_of_log_odds_is_scikit_learns_for_a_logistic_regression(weighted: bool
+                                                                        ) -> None:
+    """``sigmoid_of: log_odds``: scikit-learn's CalibratedClassifierCV of a frozen
+    LogisticRegression fits the sigmoid to its decision_function, the log-odds of its
+    probability: from the probability alone, the same calibration (to 1e-8: scikit-learn
+    stops its L-BFGS at a gradient of 1e-6), and a sigmoid of the probability is
+    another."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((3000, 3))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(0.4 * X[:, 0] - 0.3 * X[:, 1])))).astype(int)
+    w = rng.uniform(0.5, 2.0, 3000) if weighted else None
+    model = LogisticRegression(C=1e4).fit(X[:1000] * 3, y[:1000])  # overconfident
+    reference = CalibratedClassifierCV(FrozenEstimator(model), method="sigmoid")
+    reference.fit(X[1000:2000], y[1000:2000],
+                  sample_weight=None if w is None else w[1000:2000])
+    scored = pa.table({"y": y[1000:2000], "w": np.ones(1000) if w is None else w[1000:2000],
+                       "probability": model.predict_proba(X[1000:2000])[:, 1]})
+    ours = fit(Calibrate(label="y", method="sigmoid", sigmoid_of="log_odds", weight="w"),
+               split(scored, 3))
+    new = model.predict_proba(X[2000:])[:, 1]
+    want = reference.predict_proba(X[2000:])[:, 1]
+    np.testing.assert_allclose(ours.calibrated(new[:, None])[:, 1], want, rtol=0, atol=1e-8)
+    other = fit(Calibrate(label="y", method="sigmoid", weight="w"), split(scored, 3))
+    assert np.max(np.abs(other.calibrated(new[:, None])[:, 1] - want)) > 1e-3
+    with pytest.raises(ParamError, match="sigmoid_of is for method: sigmoid"):
+        Calibrate(label="y", sigmoid_of="log_odds")
+    assert roundtrip(ours).calibrated(new[:, None]).tolist() == ours.calibrated(
+        new[:, None]).tolist()
+
+
 @pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
 def test_multiclass_is_calibrated_classifier_cv(method: str) -> None:
     t, proba = multiclass_rows()

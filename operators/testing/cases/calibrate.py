@@ -49,3 +49,5 @@ for method in ("isotonic", "sigmoid"):
 case("calibrate", {"label": "flag", "weight": "w"}, lambda: scored_two().drop_columns(
     ["prediction"]), id="boolean-weighted-no-prediction")
 case("calibrate", {"label": "y", "max_points": 40}, scored_fine, id="grid")
+case("calibrate", {"label": "label", "method": "sigmoid", "sigmoid_of": "log_odds"},
+     scored_three, id="three-sigmoid-of-log-odds")
