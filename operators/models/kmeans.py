@@ -54,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from operators.arrays import compute_dtype, get_namespace, is_cupy, to_numpy
+from operators.arrays import compute_dtype, get_namespace, is_cupy, is_numpy, to_numpy
 from operators.base import DataError, Estimator, ParamError, Params, register, register_fitted
 from operators.hashing import hash_rows
 from operators.models.common import (
@@ -77,13 +77,16 @@ from operators.models.common import (
     row_weights,
     table_memo,
 )
-from operators.models.trees import derived_uniform
+from operators.models.trees import _sparse_product, derived_uniform
 
 DISTANCE = "distance"
 LOCAL_ITERATIONS = 30
 """Lloyd iterations over the k-means|| candidates on the driver (MLlib's LocalKMeans)."""
 EXTRA_ROUNDS = 10
 """k-means|| rounds past ``init_steps`` while fewer than k candidates are found."""
+SCAN_CENTRES = 16
+"""Up to this many centres a host pass finds each row's nearest by a comparison a
+centre over a block's rows; more, by argmin along each row's scores (``_host_pass``)."""
 _SUMMARY_SALT = 0  # the salts of the rows' uniforms: one per pass that draws rows
 
 
@@ -130,6 +133,9 @@ def nearest(X: Any, centres: Any, xp: Any) -> tuple[Any, Any]:
 
     The nearest by ``|c|^2 - 2 x.c`` (one matmul, as scikit-learn), the distance from the
     difference itself (no cancellation)."""
+    if is_numpy(xp):
+        labels, d2, _ = _host_pass(X, None, centres)
+        return labels, d2
     scores = xp.sum(centres * centres, axis=1)[None, :] - 2.0 * (X @ centres.T)
     labels = xp.argmin(scores, axis=1)
     diff = X - xp.take(centres, labels, axis=0)
@@ -142,23 +148,26 @@ def one_hot(labels: Any, k: int, dtype: Any, xp: Any) -> Any:
     return xp.astype(labels[:, None] == xp.arange(k, dtype=labels.dtype)[None, :], dtype)
 
 
-def block_rows(xp: Any) -> int:
-    """Rows a Lloyd pass takes at once: a few thousand on the host, where the block's
-    temporaries then stay in the CPU's cache (a pass runs about 1.5x faster than over the
-    whole partition at once); a device's kernels want them many."""
-    return ACCUMULATE_ROWS if is_cupy(xp) else 1 << 12
+def block_rows(xp: Any, k: int) -> int:
+    """Rows a pass takes at once against ``k`` centres: a few thousand on the host, where
+    the block's scores and temporaries then stay in the CPU's cache (a pass runs about
+    1.5x faster than over the whole partition at once; fewer rows for many centres, the
+    scores under 1 MiB); a device's kernels want them many."""
+    return ACCUMULATE_ROWS if is_cupy(xp) else max(256, min(1 << 12, (1 << 17) // k))
 
 
 def assigned(X: Any, w: Any, centres: Any, xp: Any) -> tuple[Any, Any, dict[str, np.ndarray]]:
     """``nearest`` of every row, and per cluster the weighted sums of the rows, the
     weights and the row counts (float64 on the host, accumulated in float64 block by
     block)."""
+    if is_numpy(xp) and _sparse_product() is not None:
+        return _host_pass(X, w, centres)
     k, d = centres.shape
     labels, d2 = [], []
     sums = xp.zeros((k, d), dtype=xp.float64)
     weights = xp.zeros(k, dtype=xp.float64)
     counts = xp.zeros(k, dtype=xp.float64)
-    step = block_rows(xp)
+    step = block_rows(xp, k)
     n = X.shape[0]
     for start in range(0, n, step):
         stop = min(start + step, n)
@@ -172,6 +181,93 @@ def assigned(X: Any, w: Any, centres: Any, xp: Any) -> tuple[Any, Any, dict[str,
         d2.append(dist)
     return xp.concat(labels), xp.concat(d2), {
         "sums": to_numpy(sums), "weights": to_numpy(weights), "counts": to_numpy(counts)}
+
+
+def cluster_weights(labels: Any, w: Any, k: int, xp: Any) -> np.ndarray:
+    """The weights of each cluster's rows, on the host in float64."""
+    if is_numpy(xp):
+        return np.bincount(labels, weights=w, minlength=k)
+    return to_numpy(row_products(w, one_hot(labels, k, w.dtype, xp), xp))
+
+
+def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``nearest`` on NumPy and, with weights ``w``, ``assigned``'s sums, a block of
+    ``block_rows`` rows at a time in buffers that stay in the CPU's cache (no temporary
+    of the partition's size). The same scores (``-2 c`` scales exactly), nearest centres
+    and distances as ``nearest``'s; few centres: the scores are laid out a centre a row,
+    and each row's nearest is the count of the centres before its first least score (a
+    comparison a centre, over the block, where argmin along each short row is slower).
+    The sums come from SciPy's sparse product (``trees._sparse_product``): each
+    cluster's rows added in row order, in the compute dtype within a block (as the
+    one-hot matmul's), the blocks in float64; the weights and counts over the partition
+    by ``bincount``, in float64."""
+    n, d = X.shape
+    k = centres.shape[0]
+    dtype = np.result_type(X, centres)
+    centres = np.asarray(centres, dtype)
+    step = block_rows(np, k)
+    scan = k <= SCAN_CENTRES
+    scaled = -2.0 * centres
+    norms = np.sum(centres * centres, axis=1)
+    norms_by_centre = norms[:, None]
+    ones = np.ones(d, dtype)
+    labels = np.empty(n, np.int64)
+    d2 = np.empty(n, dtype)
+    scores_buffer = np.empty(k * step, dtype)
+    rows_buffer = np.empty(step * d, dtype)
+    diff_buffer = np.empty(step * d, dtype)
+    least, above, leading = np.empty(step, dtype), np.empty(step, bool), np.empty(step, bool)
+    if w is not None:
+        product = _sparse_product()
+        w = np.asarray(w, dtype)
+        sums = np.zeros((k, d))
+        block_sums = np.empty((k, d), dtype)
+        starts = np.arange(step + 1, dtype=np.int64)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        m = stop - start
+        rows = X[start:stop]
+        if not rows.flags.c_contiguous or rows.dtype != dtype:  # a training matrix is F-order
+            copied = rows_buffer[:m * d].reshape(m, d)
+            copied[...] = rows
+            rows = copied
+        near = labels[start:stop]
+        if scan:
+            scores = np.matmul(scaled, rows.T, out=scores_buffer[:k * m].reshape(k, m))
+            scores += norms_by_centre
+            _first_least(scores, near, least[:m], above[:m], leading[:m])
+        else:
+            scores = np.matmul(rows, scaled.T, out=scores_buffer[:k * m].reshape(m, k))
+            scores += norms
+            np.argmin(scores, axis=1, out=near)
+        diff = np.take(centres, near, axis=0, out=diff_buffer[:m * d].reshape(m, d))
+        np.subtract(rows, diff, out=diff)
+        np.multiply(diff, diff, out=diff)
+        np.matmul(diff, ones, out=d2[start:stop])
+        if w is not None:
+            block_sums[...] = 0
+            product(k, m, d, starts[:m + 1], near, w[start:stop], rows.reshape(-1),
+                    block_sums.reshape(-1))
+            sums += block_sums
+    if w is None:
+        return labels, d2, {}
+    return labels, d2, {"sums": sums, "weights": np.bincount(labels, weights=w, minlength=k),
+                        "counts": np.bincount(labels, minlength=k).astype(np.float64)}
+
+
+def _first_least(scores: np.ndarray, near: np.ndarray, least: np.ndarray,
+                 above: np.ndarray, leading: np.ndarray) -> None:
+    """Into ``near``: the first centre of least score of each column of ``scores``
+    (centres by rows; argmin's first of equals), as the count of the centres before it,
+    all of greater score."""
+    np.minimum.reduce(scores, axis=0, out=least)
+    np.greater(scores[0], least, out=leading)
+    near[...] = leading
+    for j in range(1, scores.shape[0] - 1):
+        np.greater(scores[j], least, out=above)
+        np.logical_and(leading, above, out=leading)
+        near += leading
 
 
 def lloyd(points: np.ndarray, weights: np.ndarray, centres: np.ndarray, iterations: int
@@ -446,7 +542,7 @@ class KMeans(Estimator):
         if phase == "weigh":
             labels, _ = nearest(X, self._centres(state, "candidates", xp), xp)
             k = len(state["candidates"])
-            return {"weights": to_numpy(row_products(w, one_hot(labels, k, X.dtype, xp), xp))}
+            return {"weights": cluster_weights(labels, w, k, xp)}
         centres = self._centres(state, "centres", xp)
         if phase == "relocate":
             labels, d2 = nearest(X, centres, xp)

@@ -15,7 +15,7 @@ from sklearn.metrics import adjusted_rand_score
 from operators.arrays import get_namespace
 from operators.base import DataError, ParamError, SchemaError, drive, tree_reduce
 from operators.models.common import ConvergenceWarning
-from operators.models.kmeans import KMeans, KMeansFitted
+from operators.models.kmeans import KMeans, KMeansFitted, assigned, nearest
 from operators.testing.kit import roundtrip, split
 
 NUMPY = get_namespace("numpy")
@@ -229,6 +229,41 @@ def test_strict_namespace_is_numpy() -> None:
     np.testing.assert_allclose(strict.centres, ours.centres, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(labels_of(strict, table, STRICT), labels_of(ours, table))
     assert s["iterations"] == m["iterations"]
+
+
+@pytest.mark.parametrize("k", [1, 2, 8, 16, 17, 40])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_host_kernels_are_the_namespace_kernels(k: int, dtype: str) -> None:
+    """NumPy's pass (blocks in cache, the sums by a sparse product) finds the nearest
+    centres of the array-API kernels (the first of equal ones too), their distances, and
+    the clusters' sums to the last bits of a different order."""
+    rng = np.random.default_rng(k)
+    rows = 10_000  # not a whole number of blocks
+    X = np.asfortranarray(rng.standard_normal((rows, 5)))  # as the training matrix
+    w = rng.uniform(0.0, 2.0, rows)
+    centres = rng.standard_normal((k, 5))
+    if k > 2:
+        centres[k - 1] = centres[1]  # equal centres: the first is nearest
+        X[:100] = centres[1]
+    host = get_namespace("numpy", dtype=dtype)
+    strict = get_namespace("array_api_strict", dtype=dtype)
+    X, w, centres = X.astype(dtype), w.astype(dtype), centres.astype(dtype)
+    on_strict = [strict.asarray(a) for a in (X, w, centres)]
+    labels, d2 = nearest(X, centres, host)
+    want_labels, want_d2 = nearest(on_strict[0], on_strict[2], strict)
+    np.testing.assert_array_equal(labels, np.asarray(want_labels))
+    np.testing.assert_array_equal(d2, np.asarray(want_d2))
+    if k > 2:
+        assert not np.any(labels == k - 1)
+    got, got_d2, sums = assigned(np.ascontiguousarray(X), w, centres, host)
+    want = assigned(*on_strict, strict)[2]
+    np.testing.assert_array_equal(got, labels)
+    np.testing.assert_array_equal(got_d2, d2)
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(sums["sums"], want["sums"], rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(sums["weights"], want["weights"], rtol=rtol)
+    np.testing.assert_array_equal(sums["counts"], want["counts"])
+    assert all(v.dtype == np.float64 for v in sums.values())
 
 
 def test_float32_within_tolerance() -> None:
