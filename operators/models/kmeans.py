@@ -87,6 +87,8 @@ EXTRA_ROUNDS = 10
 SCAN_CENTRES = 16
 """Up to this many centres a host pass finds each row's nearest by a comparison a
 centre over a block's rows; more, by argmin along each row's scores (``_host_pass``)."""
+FEW_ROWS = 64
+"""Rows read from a partition by slices rather than a take (``_rows``)."""
 _SUMMARY_SALT = 0  # the salts of the rows' uniforms: one per pass that draws rows
 
 
@@ -321,8 +323,14 @@ def _uniforms(part: pa.Table, columns: list[str], seed: int, salt: int) -> np.nd
 
 def _rows(part: pa.Table, features: list[str], at: np.ndarray) -> np.ndarray:
     """The features of rows ``at`` as float64 from the columns (exact, whatever the
-    compute dtype)."""
-    return host_matrix(part.take(pa.array(np.asarray(at, dtype=np.int64))), features)
+    compute dtype). A few rows are slices: a take from a table of several chunks costs
+    about a millisecond whatever the rows (a Lloyd pass reads one, its farthest)."""
+    at = np.asarray(at, dtype=np.int64)
+    if len(at) > FEW_ROWS:
+        return host_matrix(part.take(pa.array(at)), features)
+    rows = part.select(features)
+    return host_matrix(pa.concat_tables([rows.slice(0, 0)] + [rows.slice(int(i), 1) for i in at]),
+                       features)
 
 
 def _ordered(keys: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
@@ -519,7 +527,11 @@ class KMeans(Estimator):
             extra.append(_uniforms(part, self._hashed(features), self.params.seed, salt))
         data = feature_matrix(part, features, xp, extra)
         d = len(features)
-        X = data[:, :d] - parameters(state["mean"], xp)
+        if is_numpy(xp):  # the matrix is this pass's own: no second one of its size
+            X = data[:, :d]
+            X -= parameters(state["mean"], xp)
+        else:
+            X = data[:, :d] - parameters(state["mean"], xp)
         return X, data[:, d], data[:, d + 1] if salt is not None else None
 
     def _hashed(self, features: list[str]) -> list[str]:
