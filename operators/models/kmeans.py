@@ -77,7 +77,7 @@ from operators.models.common import (
     row_weights,
     table_memo,
 )
-from operators.models.trees import _sparse_product, derived_uniform
+from operators.models.trees import MEMO_FACTOR, _sparse_product, derived_uniform
 
 DISTANCE = "distance"
 LOCAL_ITERATIONS = 30
@@ -521,18 +521,40 @@ class KMeans(Estimator):
         """The features (less the training mean), the weights and (with ``salt``) the
         rows' uniforms on ``xp``: one copy to the device."""
         features = state["features"]
-        weights = row_weights(part, self.params.weight)
-        extra = [weights]
-        if salt is not None:
-            extra.append(_uniforms(part, self._hashed(features), self.params.seed, salt))
+        uniforms = None if salt is None else _uniforms(part, self._hashed(features),
+                                                       self.params.seed, salt)
+        if is_numpy(xp):
+            X, w = self._host_matrix(part, state, xp)
+            return X, w, None if uniforms is None else uniforms.astype(compute_dtype(xp))
+        extra = [row_weights(part, self.params.weight)]
+        if uniforms is not None:
+            extra.append(uniforms)
         data = feature_matrix(part, features, xp, extra)
         d = len(features)
-        if is_numpy(xp):  # the matrix is this pass's own: no second one of its size
-            X = data[:, :d]
-            X -= parameters(state["mean"], xp)
-        else:
-            X = data[:, :d] - parameters(state["mean"], xp)
+        X = data[:, :d] - parameters(state["mean"], xp)
         return X, data[:, d], data[:, d + 1] if salt is not None else None
+
+    def _host_matrix(self, part: pa.Table, state: dict[str, Any], xp: Any
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """``_matrix``'s features and weights on NumPy, kept with the table for the next
+        pass (the local engine's and resident fits' passes get the same table object):
+        a pass then reads the matrix instead of copying and checking the columns again.
+        At most ``MEMO_FACTOR`` times the table's bytes, one matrix a table (another
+        fit's replaces it); exactly what a pass would make again."""
+        features, weight = state["features"], self.params.weight
+        key = (tuple(features), weight, str(compute_dtype(xp)),
+               np.asarray(state["mean"], dtype=np.float64).tobytes())
+        memo = table_memo(part)
+        held = memo.get("kmeans_matrix")
+        if held is not None and held[0] == key:
+            return held[1], held[2]
+        data = feature_matrix(part, features, xp, [row_weights(part, weight)])
+        d = len(features)
+        X, w = data[:, :d], data[:, d]
+        X -= parameters(state["mean"], xp)  # the matrix is ours: no second of its size
+        if data.nbytes <= MEMO_FACTOR * part.nbytes:
+            memo["kmeans_matrix"] = (key, X, w)
+        return X, w
 
     def _hashed(self, features: list[str]) -> list[str]:
         return features + ([self.params.weight] if self.params.weight else [])

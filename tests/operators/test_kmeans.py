@@ -266,6 +266,24 @@ def test_host_kernels_are_the_namespace_kernels(k: int, dtype: str) -> None:
     assert all(v.dtype == np.float64 for v in sums.values())
 
 
+def test_passes_over_new_table_objects_fit_the_same_model() -> None:
+    """A pass reads the matrix kept with its table by the pass before (the local
+    engine's passes get the same table objects); an engine that makes the tables anew
+    each pass gets the same model, bit for bit."""
+    X = overlapping(3000)
+    table = table_of(X, w=np.random.default_rng(4).uniform(0.5, 2.0, len(X)))
+    parts = split(table, 3)
+    estimator = KMeans(k=5, weight="w", seed=2)
+    kept, kept_metrics = fit_state(estimator, parts)
+
+    def aggregate(partial: Any) -> Any:
+        return tree_reduce([partial(p.slice(0), NUMPY) for p in parts], estimator.combine)
+
+    state, _ = drive(estimator, parts[0].schema, aggregate)
+    np.testing.assert_array_equal(estimator.fitted(state).centres, kept.centres)
+    assert estimator.metrics(state) == kept_metrics
+
+
 def test_float32_within_tolerance() -> None:
     """A float32 fit (the features far from zero: distances from the mean keep them
     exact enough) gives float64's clusters, centres within 1e-5 of their spread."""
