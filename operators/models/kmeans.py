@@ -220,6 +220,7 @@ def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
     rows_buffer = np.empty(step * d, dtype)
     diff_buffer = np.empty(step * d, dtype)
     least, above, leading = np.empty(step, dtype), np.empty(step, bool), np.empty(step, bool)
+    counted = np.empty(step, np.uint8)
     if w is not None:
         product = _sparse_product()
         w = np.asarray(w, dtype)
@@ -238,12 +239,14 @@ def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
         if scan:
             scores = np.matmul(scaled, rows.T, out=scores_buffer[:k * m].reshape(k, m))
             scores += norms_by_centre
-            _first_least(scores, near, least[:m], above[:m], leading[:m])
+            _first_least(scores, near, least[:m], above[:m], leading[:m], counted[:m])
         else:
             scores = np.matmul(rows, scaled.T, out=scores_buffer[:k * m].reshape(m, k))
             scores += norms
             np.argmin(scores, axis=1, out=near)
-        diff = np.take(centres, near, axis=0, out=diff_buffer[:m * d].reshape(m, d))
+        # mode clip: a take with "raise" buffers its output (the labels are in range)
+        diff = np.take(centres, near, axis=0, out=diff_buffer[:m * d].reshape(m, d),
+                       mode="clip")
         np.subtract(rows, diff, out=diff)
         np.multiply(diff, diff, out=diff)
         np.matmul(diff, ones, out=d2[start:stop])
@@ -259,17 +262,18 @@ def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
 
 
 def _first_least(scores: np.ndarray, near: np.ndarray, least: np.ndarray,
-                 above: np.ndarray, leading: np.ndarray) -> None:
+                 above: np.ndarray, leading: np.ndarray, counted: np.ndarray) -> None:
     """Into ``near``: the first centre of least score of each column of ``scores``
     (centres by rows; argmin's first of equals), as the count of the centres before it,
-    all of greater score."""
+    all of greater score (counted in bytes: at most ``SCAN_CENTRES``)."""
     np.minimum.reduce(scores, axis=0, out=least)
     np.greater(scores[0], least, out=leading)
-    near[...] = leading
+    np.copyto(counted, leading.view(np.uint8))
     for j in range(1, scores.shape[0] - 1):
         np.greater(scores[j], least, out=above)
         np.logical_and(leading, above, out=leading)
-        near += leading
+        np.add(counted, leading.view(np.uint8), out=counted)
+    near[...] = counted
 
 
 def lloyd(points: np.ndarray, weights: np.ndarray, centres: np.ndarray, iterations: int
