@@ -370,16 +370,32 @@ def combine_drawn(a: dict[str, np.ndarray], b: dict[str, np.ndarray], m: int
 
 def _top_keys(part: pa.Table, features: list[str], keys: np.ndarray, m: int
               ) -> dict[str, np.ndarray]:
-    """``drawn`` of a partition by host keys (-inf: never): rows read as needed."""
-    order = np.argsort(-keys, kind="stable")
-    order = order[np.isfinite(keys[order])]
+    """``drawn`` of a partition by host keys (-inf: never): rows read as needed, in the
+    order of the keys (largest first, ties by position), sorted as far as read."""
+    order = _largest_first(keys, 2 * m)
     found = {"keys": np.zeros(0), "rows": np.zeros((0, len(features)))}
     start = 0
-    while len(found["keys"]) < m and start < len(order):
+    while len(found["keys"]) < m:
+        if start + 2 * m > len(order) and len(order) < len(keys):
+            order = np.argsort(-keys, kind="stable")  # copies of rows: read on
         at = order[start:start + 2 * m]
+        at = at[np.isfinite(keys[at])]  # -inf last: none after the first
+        if not len(at):
+            break
         found = combine_drawn(found, drawn(keys[at], _rows(part, features, at), m), m)
         start += 2 * m
     return found
+
+
+def _largest_first(keys: np.ndarray, first: int) -> np.ndarray:
+    """The start of ``argsort(-keys, kind="stable")`` that holds its ``first`` positions
+    and all whose keys equal the last of them, without sorting the others (a pass's
+    start draws one row of a partition's many)."""
+    n = len(keys)
+    if 4 * first >= n:
+        return np.argsort(-keys, kind="stable")
+    at = np.flatnonzero(keys >= np.partition(keys, n - first)[n - first])
+    return at[np.argsort(-keys[at], kind="stable")]
 
 
 # --------------------------------------------------------------------------- fitted
