@@ -559,22 +559,40 @@ class KMeans(Estimator):
         """``_matrix``'s features and weights on NumPy, kept with the table for the next
         pass (the local engine's and resident fits' passes get the same table object):
         a pass then reads the matrix instead of copying and checking the columns again.
+        The summary pass keeps its matrix, which the next takes the mean from in place.
         At most ``MEMO_FACTOR`` times the table's bytes, one matrix a table (another
         fit's replaces it); exactly what a pass would make again."""
-        features, weight = state["features"], self.params.weight
-        key = (tuple(features), weight, str(compute_dtype(xp)),
-               np.asarray(state["mean"], dtype=np.float64).tobytes())
         memo = table_memo(part)
         held = memo.get("kmeans_matrix")
+        key = self._matrix_key(state, xp, state["mean"])
         if held is not None and held[0] == key:
             return held[1], held[2]
-        data = feature_matrix(part, features, xp, [row_weights(part, weight)])
-        d = len(features)
-        X, w = data[:, :d], data[:, d]
+        if held is not None and held[0] == self._matrix_key(state, xp, None):
+            X, w = held[1], held[2]
+        else:
+            X, w = self._features_weights(part, state, xp)
         X -= parameters(state["mean"], xp)  # the matrix is ours: no second of its size
-        if data.nbytes <= MEMO_FACTOR * part.nbytes:
-            memo["kmeans_matrix"] = (key, X, w)
+        self._keep(part, key, X, w)
         return X, w
+
+    def _features_weights(self, part: pa.Table, state: dict[str, Any], xp: Any,
+                          weights: np.ndarray | None = None) -> tuple[Any, Any]:
+        """The features and the weights (``row_weights``) on ``xp``, in one copy to it."""
+        if weights is None:
+            weights = row_weights(part, self.params.weight)
+        data = feature_matrix(part, state["features"], xp, [weights])
+        d = len(state["features"])
+        return data[:, :d], data[:, d]
+
+    def _matrix_key(self, state: dict[str, Any], xp: Any, mean: Any) -> tuple[Any, ...]:
+        """What a kept matrix is of: the features, weight and dtype, less ``mean``."""
+        return (tuple(state["features"]), self.params.weight, str(compute_dtype(xp)),
+                None if mean is None else np.asarray(mean, dtype=np.float64).tobytes())
+
+    def _keep(self, part: pa.Table, key: tuple[Any, ...], X: np.ndarray, w: np.ndarray
+              ) -> None:
+        if X.nbytes + w.nbytes <= MEMO_FACTOR * part.nbytes:
+            table_memo(part)["kmeans_matrix"] = (key, X, w)
 
     def _hashed(self, features: list[str]) -> list[str]:
         return features + ([self.params.weight] if self.params.weight else [])
@@ -627,9 +645,12 @@ class KMeans(Estimator):
     def _summary(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         features, p = state["features"], self.params
         weights = row_weights(part, p.weight)
-        data = feature_matrix(part, features, xp, [weights])
-        d = len(features)
-        moments = comoments(data[:, :d], data[:, d], xp)
+        X, w = self._features_weights(part, state, xp, weights)
+        host = is_numpy(xp)
+        if host:
+            self._keep(part, self._matrix_key(state, xp, None), X, w)
+        # on the host a block of rows at a time: no temporaries of the partition's size
+        moments = comoments(X, w, xp, block_rows=1 << 12 if host else None)
         out = {"rows": part.num_rows, "moments": moments}
         if isinstance(p.init, str):
             # a row with probability proportional to its weight: the largest log(u) / w
