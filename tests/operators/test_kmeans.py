@@ -14,8 +14,14 @@ from sklearn.metrics import adjusted_rand_score
 
 from operators.arrays import get_namespace
 from operators.base import DataError, ParamError, SchemaError, drive, tree_reduce
-from operators.models.common import ConvergenceWarning
-from operators.models.kmeans import KMeans, KMeansFitted, assigned, nearest
+from operators.models.common import ConvergenceWarning, comoments
+from operators.models.kmeans import (
+    KMeans,
+    KMeansFitted,
+    _largest_first,
+    assigned,
+    nearest,
+)
 from operators.testing.kit import roundtrip, split
 
 NUMPY = get_namespace("numpy")
@@ -282,6 +288,29 @@ def test_passes_over_new_table_objects_fit_the_same_model() -> None:
     state, _ = drive(estimator, parts[0].schema, aggregate)
     np.testing.assert_array_equal(estimator.fitted(state).centres, kept.centres)
     assert estimator.metrics(state) == kept_metrics
+
+
+def test_comoments_by_blocks() -> None:
+    """The summary pass's co-moments a block of rows at a time: the same weight and mean,
+    the co-moment to the last bits."""
+    rng = np.random.default_rng(5)
+    X, w = rng.standard_normal((10_000, 4)) + 50.0, rng.uniform(0.0, 2.0, 10_000)
+    whole, blocks = comoments(X, w, NUMPY), comoments(X, w, NUMPY, block_rows=4096)
+    assert blocks["weight"] == whole["weight"]
+    np.testing.assert_array_equal(blocks["mean"], whole["mean"])
+    np.testing.assert_allclose(blocks["comoment"], whole["comoment"], rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_start_draw_sorts_only_the_keys_it_reads(ties: bool) -> None:
+    rng = np.random.default_rng(6)
+    for first in (1, 2, 16, 100):
+        keys = (rng.integers(-4, 0, 300).astype(float) if ties
+                else np.log(rng.uniform(size=300)))
+        keys[rng.uniform(size=300) < 0.2] = -np.inf
+        start = _largest_first(keys, first)
+        assert len(start) >= first
+        np.testing.assert_array_equal(start, np.argsort(-keys, kind="stable")[:len(start)])
 
 
 def test_float32_within_tolerance() -> None:
