@@ -244,7 +244,7 @@ def test_host_kernels_are_the_namespace_kernels(k: int, dtype: str) -> None:
     centres of the array-API kernels (the first of equal ones too), their distances, and
     the clusters' sums to the last bits of a different order."""
     rng = np.random.default_rng(k)
-    rows = 10_000  # not a whole number of blocks
+    rows = 40_000  # blocks of 16,384 rows for 8 centres, and a part of one
     X = np.asfortranarray(rng.standard_normal((rows, 5)))  # as the training matrix
     w = rng.uniform(0.0, 2.0, rows)
     centres = rng.standard_normal((k, 5))
