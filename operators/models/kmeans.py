@@ -549,7 +549,7 @@ class KMeans(Estimator):
                                                        self.params.seed, salt)
         if is_numpy(xp):
             X, w = self._host_matrix(part, state, xp)
-            return X, w, None if uniforms is None else uniforms.astype(compute_dtype(xp))
+            return X, w, None if uniforms is None else np.asarray(uniforms, compute_dtype(xp))
         extra = [row_weights(part, self.params.weight)]
         if uniforms is not None:
             extra.append(uniforms)
