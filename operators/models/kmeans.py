@@ -212,7 +212,7 @@ def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
     k = centres.shape[0]
     dtype = np.result_type(X, centres)
     centres = np.asarray(centres, dtype)
-    step = block_rows(np, k)
+    step = min(block_rows(np, k), max(n, 1))  # buffers no larger than the rows
     scan = k <= SCAN_CENTRES
     scaled = -2.0 * centres
     norms = np.sum(centres * centres, axis=1)
