@@ -448,11 +448,14 @@ def optimizer_metrics(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def comoments(values: Any, weights: Any, xp: Any) -> dict[str, Any]:
+def comoments(values: Any, weights: Any, xp: Any, block_rows: int | None = None
+              ) -> dict[str, Any]:
     """Total weight, weighted mean and centred co-moment matrix (the weighted sum of
     ``outer(x - mean, x - mean)``) of the rows of ``values``, accumulated in float64
     whatever its dtype; ``weights`` None: every row weighs 1. ``combine_comoments``
-    adds two up."""
+    adds two up. ``block_rows``: the co-moment summed that many rows at a time, with no
+    temporary the size of ``values`` (the same mean; the co-moment to the last bits of
+    another order of its sums)."""
     k = values.shape[1]
     if weights is None:
         total = float(values.shape[0])
@@ -464,10 +467,17 @@ def comoments(values: Any, weights: Any, xp: Any) -> dict[str, Any]:
         return {"weight": 0.0, "mean": np.zeros(k), "comoment": np.zeros((k, k))}
     # centred on the mean rounded to the data's dtype: in float32 the co-moments move by
     # (mean - rounded)^2 relative terms, below float32's own resolution of the values
-    centred = values - xp.astype(mean, values.dtype)
-    weighted = centred if weights is None else centred * weights[:, None]
-    return {"weight": total, "mean": to_numpy(mean),
-            "comoment": to_numpy(row_products(centred, weighted, xp))}
+    rounded = xp.astype(mean, values.dtype)
+    rows = values.shape[0]
+    step = rows if block_rows is None else block_rows
+    comoment = None
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        centred = values[start:stop, ...] - rounded
+        weighted = centred if weights is None else centred * weights[start:stop, None]
+        block = row_products(centred, weighted, xp)
+        comoment = block if comoment is None else comoment + block
+    return {"weight": total, "mean": to_numpy(mean), "comoment": to_numpy(comoment)}
 
 
 def combine_comoments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from operators.arrays import compute_dtype, get_namespace, is_cupy, to_numpy
+from operators.arrays import compute_dtype, get_namespace, is_cupy, is_numpy, to_numpy
 from operators.base import DataError, Estimator, ParamError, Params, register, register_fitted
 from operators.hashing import hash_rows
 from operators.models.common import (
@@ -77,13 +77,20 @@ from operators.models.common import (
     row_weights,
     table_memo,
 )
-from operators.models.trees import derived_uniform
+from operators.models.trees import MEMO_FACTOR, _sparse_product, derived_uniform
 
 DISTANCE = "distance"
 LOCAL_ITERATIONS = 30
 """Lloyd iterations over the k-means|| candidates on the driver (MLlib's LocalKMeans)."""
 EXTRA_ROUNDS = 10
 """k-means|| rounds past ``init_steps`` while fewer than k candidates are found."""
+SCAN_CENTRES = 64
+"""Up to this many centres a host pass finds each row's nearest by a comparison a
+centre over a block's rows; more, by argmin along each row's scores (``_host_pass``;
+250,000 rows against 8 centres: 6.4 against 11.2 ms, 64: 21 against 27, 128: 42
+against 44)."""
+FEW_ROWS = 64
+"""Rows read from a partition by slices rather than a take (``_rows``)."""
 _SUMMARY_SALT = 0  # the salts of the rows' uniforms: one per pass that draws rows
 
 
@@ -130,6 +137,9 @@ def nearest(X: Any, centres: Any, xp: Any) -> tuple[Any, Any]:
 
     The nearest by ``|c|^2 - 2 x.c`` (one matmul, as scikit-learn), the distance from the
     difference itself (no cancellation)."""
+    if is_numpy(xp):
+        labels, d2, _ = _host_pass(X, None, centres)
+        return labels, d2
     scores = xp.sum(centres * centres, axis=1)[None, :] - 2.0 * (X @ centres.T)
     labels = xp.argmin(scores, axis=1)
     diff = X - xp.take(centres, labels, axis=0)
@@ -142,23 +152,28 @@ def one_hot(labels: Any, k: int, dtype: Any, xp: Any) -> Any:
     return xp.astype(labels[:, None] == xp.arange(k, dtype=labels.dtype)[None, :], dtype)
 
 
-def block_rows(xp: Any) -> int:
-    """Rows a Lloyd pass takes at once: a few thousand on the host, where the block's
-    temporaries then stay in the CPU's cache (a pass runs about 1.5x faster than over the
-    whole partition at once); a device's kernels want them many."""
-    return ACCUMULATE_ROWS if is_cupy(xp) else 1 << 12
+def block_rows(xp: Any, k: int) -> int:
+    """Rows a pass takes at once against ``k`` centres: on the host 16,384, fewer past 64
+    centres (the block's scores within 8 MiB), where its temporaries stay in the CPU's
+    caches (a pass of 250,000 rows runs twice as fast as over the whole partition at
+    once) and its few NumPy calls a block leave the GIL to the partitions on other
+    threads (blocks of 4,096 rows: 1.6x the time of 16,384 for 4 partitions on 2
+    threads, the same on one); a device's kernels want them many."""
+    return ACCUMULATE_ROWS if is_cupy(xp) else max(256, min(1 << 14, (1 << 20) // k))
 
 
 def assigned(X: Any, w: Any, centres: Any, xp: Any) -> tuple[Any, Any, dict[str, np.ndarray]]:
     """``nearest`` of every row, and per cluster the weighted sums of the rows, the
     weights and the row counts (float64 on the host, accumulated in float64 block by
     block)."""
+    if is_numpy(xp) and _sparse_product() is not None:
+        return _host_pass(X, w, centres)
     k, d = centres.shape
     labels, d2 = [], []
     sums = xp.zeros((k, d), dtype=xp.float64)
     weights = xp.zeros(k, dtype=xp.float64)
     counts = xp.zeros(k, dtype=xp.float64)
-    step = block_rows(xp)
+    step = block_rows(xp, k)
     n = X.shape[0]
     for start in range(0, n, step):
         stop = min(start + step, n)
@@ -172,6 +187,97 @@ def assigned(X: Any, w: Any, centres: Any, xp: Any) -> tuple[Any, Any, dict[str,
         d2.append(dist)
     return xp.concat(labels), xp.concat(d2), {
         "sums": to_numpy(sums), "weights": to_numpy(weights), "counts": to_numpy(counts)}
+
+
+def cluster_weights(labels: Any, w: Any, k: int, xp: Any) -> np.ndarray:
+    """The weights of each cluster's rows, on the host in float64."""
+    if is_numpy(xp):
+        return np.bincount(labels, weights=w, minlength=k)
+    return to_numpy(row_products(w, one_hot(labels, k, w.dtype, xp), xp))
+
+
+def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``nearest`` on NumPy and, with weights ``w``, ``assigned``'s sums, a block of
+    ``block_rows`` rows at a time in buffers that stay in the CPU's cache (no temporary
+    of the partition's size). The same scores (``-2 c`` scales exactly), nearest centres
+    and distances as ``nearest``'s; few centres: the scores are laid out a centre a row,
+    and each row's nearest is the count of the centres before its first least score (a
+    comparison a centre, over the block, where argmin along each short row is slower).
+    The sums come from SciPy's sparse product (``trees._sparse_product``): each
+    cluster's rows added in row order, in the compute dtype within a block (as the
+    one-hot matmul's), the blocks in float64; the weights and counts over the partition
+    by ``bincount``, in float64."""
+    n, d = X.shape
+    k = centres.shape[0]
+    dtype = np.result_type(X, centres)
+    centres = np.asarray(centres, dtype)
+    step = min(block_rows(np, k), max(n, 1))  # buffers no larger than the rows
+    scan = k <= SCAN_CENTRES
+    scaled = -2.0 * centres
+    norms = np.sum(centres * centres, axis=1)
+    norms_by_centre = norms[:, None]
+    ones = np.ones(d, dtype)
+    labels = np.empty(n, np.int64)
+    d2 = np.empty(n, dtype)
+    scores_buffer = np.empty(k * step, dtype)
+    rows_buffer = np.empty(step * d, dtype)
+    diff_buffer = np.empty(step * d, dtype)
+    least, above, leading = np.empty(step, dtype), np.empty(step, bool), np.empty(step, bool)
+    counted = np.empty(step, np.uint8)
+    if w is not None:
+        product = _sparse_product()
+        w = np.asarray(w, dtype)
+        sums = np.zeros((k, d))
+        block_sums = np.empty((k, d), dtype)
+        starts = np.arange(step + 1, dtype=np.int64)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        m = stop - start
+        rows = X[start:stop]
+        if not rows.flags.c_contiguous or rows.dtype != dtype:  # a training matrix is F-order
+            copied = rows_buffer[:m * d].reshape(m, d)
+            copied[...] = rows
+            rows = copied
+        near = labels[start:stop]
+        if scan:
+            scores = np.matmul(scaled, rows.T, out=scores_buffer[:k * m].reshape(k, m))
+            scores += norms_by_centre
+            _first_least(scores, near, least[:m], above[:m], leading[:m], counted[:m])
+        else:
+            scores = np.matmul(rows, scaled.T, out=scores_buffer[:k * m].reshape(m, k))
+            scores += norms
+            np.argmin(scores, axis=1, out=near)
+        # mode clip: a take with "raise" buffers its output (the labels are in range)
+        diff = np.take(centres, near, axis=0, out=diff_buffer[:m * d].reshape(m, d),
+                       mode="clip")
+        np.subtract(rows, diff, out=diff)
+        np.multiply(diff, diff, out=diff)
+        np.matmul(diff, ones, out=d2[start:stop])
+        if w is not None:
+            block_sums[...] = 0
+            product(k, m, d, starts[:m + 1], near, w[start:stop], rows.reshape(-1),
+                    block_sums.reshape(-1))
+            sums += block_sums
+    if w is None:
+        return labels, d2, {}
+    return labels, d2, {"sums": sums, "weights": np.bincount(labels, weights=w, minlength=k),
+                        "counts": np.bincount(labels, minlength=k).astype(np.float64)}
+
+
+def _first_least(scores: np.ndarray, near: np.ndarray, least: np.ndarray,
+                 above: np.ndarray, leading: np.ndarray, counted: np.ndarray) -> None:
+    """Into ``near``: the first centre of least score of each column of ``scores``
+    (centres by rows; argmin's first of equals), as the count of the centres before it,
+    all of greater score (counted in bytes: ``SCAN_CENTRES`` is below 256)."""
+    np.minimum.reduce(scores, axis=0, out=least)
+    np.greater(scores[0], least, out=leading)
+    np.copyto(counted, leading.view(np.uint8))
+    for j in range(1, scores.shape[0] - 1):
+        np.greater(scores[j], least, out=above)
+        np.logical_and(leading, above, out=leading)
+        np.add(counted, leading.view(np.uint8), out=counted)
+    near[...] = counted
 
 
 def lloyd(points: np.ndarray, weights: np.ndarray, centres: np.ndarray, iterations: int
@@ -225,8 +331,14 @@ def _uniforms(part: pa.Table, columns: list[str], seed: int, salt: int) -> np.nd
 
 def _rows(part: pa.Table, features: list[str], at: np.ndarray) -> np.ndarray:
     """The features of rows ``at`` as float64 from the columns (exact, whatever the
-    compute dtype)."""
-    return host_matrix(part.take(pa.array(np.asarray(at, dtype=np.int64))), features)
+    compute dtype). A few rows are slices: a take from a table of several chunks costs
+    about a millisecond whatever the rows (a Lloyd pass reads one, its farthest)."""
+    at = np.asarray(at, dtype=np.int64)
+    if len(at) > FEW_ROWS:
+        return host_matrix(part.take(pa.array(at)), features)
+    rows = part.select(features)
+    return host_matrix(pa.concat_tables([rows.slice(0, 0)] + [rows.slice(int(i), 1) for i in at]),
+                       features)
 
 
 def _ordered(keys: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
@@ -262,16 +374,32 @@ def combine_drawn(a: dict[str, np.ndarray], b: dict[str, np.ndarray], m: int
 
 def _top_keys(part: pa.Table, features: list[str], keys: np.ndarray, m: int
               ) -> dict[str, np.ndarray]:
-    """``drawn`` of a partition by host keys (-inf: never): rows read as needed."""
-    order = np.argsort(-keys, kind="stable")
-    order = order[np.isfinite(keys[order])]
+    """``drawn`` of a partition by host keys (-inf: never): rows read as needed, in the
+    order of the keys (largest first, ties by position), sorted as far as read."""
+    order = _largest_first(keys, 2 * m)
     found = {"keys": np.zeros(0), "rows": np.zeros((0, len(features)))}
     start = 0
-    while len(found["keys"]) < m and start < len(order):
+    while len(found["keys"]) < m:
+        if start + 2 * m > len(order) and len(order) < len(keys):
+            order = np.argsort(-keys, kind="stable")  # copies of rows: read on
         at = order[start:start + 2 * m]
+        at = at[np.isfinite(keys[at])]  # -inf last: none after the first
+        if not len(at):
+            break
         found = combine_drawn(found, drawn(keys[at], _rows(part, features, at), m), m)
         start += 2 * m
     return found
+
+
+def _largest_first(keys: np.ndarray, first: int) -> np.ndarray:
+    """The start of ``argsort(-keys, kind="stable")`` that holds its ``first`` positions
+    and all whose keys equal the last of them, without sorting the others (a pass's
+    start draws one row of a partition's many)."""
+    n = len(keys)
+    if 4 * first >= n:
+        return np.argsort(-keys, kind="stable")
+    at = np.flatnonzero(keys >= np.partition(keys, n - first)[n - first])
+    return at[np.argsort(-keys[at], kind="stable")]
 
 
 # --------------------------------------------------------------------------- fitted
@@ -417,14 +545,58 @@ class KMeans(Estimator):
         """The features (less the training mean), the weights and (with ``salt``) the
         rows' uniforms on ``xp``: one copy to the device."""
         features = state["features"]
-        weights = row_weights(part, self.params.weight)
-        extra = [weights]
-        if salt is not None:
-            extra.append(_uniforms(part, self._hashed(features), self.params.seed, salt))
+        uniforms = None if salt is None else _uniforms(part, self._hashed(features),
+                                                       self.params.seed, salt)
+        if is_numpy(xp):
+            X, w = self._host_matrix(part, state, xp)
+            return X, w, None if uniforms is None else np.asarray(uniforms, compute_dtype(xp))
+        extra = [row_weights(part, self.params.weight)]
+        if uniforms is not None:
+            extra.append(uniforms)
         data = feature_matrix(part, features, xp, extra)
         d = len(features)
         X = data[:, :d] - parameters(state["mean"], xp)
         return X, data[:, d], data[:, d + 1] if salt is not None else None
+
+    def _host_matrix(self, part: pa.Table, state: dict[str, Any], xp: Any
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """``_matrix``'s features and weights on NumPy, kept with the table for the next
+        pass (the local engine's and resident fits' passes get the same table object):
+        a pass then reads the matrix instead of copying and checking the columns again.
+        The summary pass keeps its matrix, which the next takes the mean from in place.
+        At most ``MEMO_FACTOR`` times the table's bytes, one matrix a table (another
+        fit's replaces it); exactly what a pass would make again."""
+        memo = table_memo(part)
+        held = memo.get("kmeans_matrix")
+        key = self._matrix_key(state, xp, state["mean"])
+        if held is not None and held[0] == key:
+            return held[1], held[2]
+        if held is not None and held[0] == self._matrix_key(state, xp, None):
+            X, w = held[1], held[2]
+        else:
+            X, w = self._features_weights(part, state, xp)
+        X -= parameters(state["mean"], xp)  # the matrix is ours: no second of its size
+        self._keep(part, key, X, w)
+        return X, w
+
+    def _features_weights(self, part: pa.Table, state: dict[str, Any], xp: Any,
+                          weights: np.ndarray | None = None) -> tuple[Any, Any]:
+        """The features and the weights (``row_weights``) on ``xp``, in one copy to it."""
+        if weights is None:
+            weights = row_weights(part, self.params.weight)
+        data = feature_matrix(part, state["features"], xp, [weights])
+        d = len(state["features"])
+        return data[:, :d], data[:, d]
+
+    def _matrix_key(self, state: dict[str, Any], xp: Any, mean: Any) -> tuple[Any, ...]:
+        """What a kept matrix is of: the features, weight and dtype, less ``mean``."""
+        return (tuple(state["features"]), self.params.weight, str(compute_dtype(xp)),
+                None if mean is None else np.asarray(mean, dtype=np.float64).tobytes())
+
+    def _keep(self, part: pa.Table, key: tuple[Any, ...], X: np.ndarray, w: np.ndarray
+              ) -> None:
+        if X.nbytes + w.nbytes <= MEMO_FACTOR * part.nbytes:
+            table_memo(part)["kmeans_matrix"] = (key, X, w)
 
     def _hashed(self, features: list[str]) -> list[str]:
         return features + ([self.params.weight] if self.params.weight else [])
@@ -446,7 +618,7 @@ class KMeans(Estimator):
         if phase == "weigh":
             labels, _ = nearest(X, self._centres(state, "candidates", xp), xp)
             k = len(state["candidates"])
-            return {"weights": to_numpy(row_products(w, one_hot(labels, k, X.dtype, xp), xp))}
+            return {"weights": cluster_weights(labels, w, k, xp)}
         centres = self._centres(state, "centres", xp)
         if phase == "relocate":
             labels, d2 = nearest(X, centres, xp)
@@ -477,9 +649,12 @@ class KMeans(Estimator):
     def _summary(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         features, p = state["features"], self.params
         weights = row_weights(part, p.weight)
-        data = feature_matrix(part, features, xp, [weights])
-        d = len(features)
-        moments = comoments(data[:, :d], data[:, d], xp)
+        X, w = self._features_weights(part, state, xp, weights)
+        host = is_numpy(xp)
+        if host:
+            self._keep(part, self._matrix_key(state, xp, None), X, w)
+        # on the host a block of rows at a time: no temporaries of the partition's size
+        moments = comoments(X, w, xp, block_rows=1 << 12 if host else None)
         out = {"rows": part.num_rows, "moments": moments}
         if isinstance(p.init, str):
             # a row with probability proportional to its weight: the largest log(u) / w

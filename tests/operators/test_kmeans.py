@@ -14,8 +14,14 @@ from sklearn.metrics import adjusted_rand_score
 
 from operators.arrays import get_namespace
 from operators.base import DataError, ParamError, SchemaError, drive, tree_reduce
-from operators.models.common import ConvergenceWarning
-from operators.models.kmeans import KMeans, KMeansFitted
+from operators.models.common import ConvergenceWarning, comoments
+from operators.models.kmeans import (
+    KMeans,
+    KMeansFitted,
+    _largest_first,
+    assigned,
+    nearest,
+)
 from operators.testing.kit import roundtrip, split
 
 NUMPY = get_namespace("numpy")
@@ -229,6 +235,82 @@ def test_strict_namespace_is_numpy() -> None:
     np.testing.assert_allclose(strict.centres, ours.centres, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(labels_of(strict, table, STRICT), labels_of(ours, table))
     assert s["iterations"] == m["iterations"]
+
+
+@pytest.mark.parametrize("k", [1, 2, 8, 40, 64, 70])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_host_kernels_are_the_namespace_kernels(k: int, dtype: str) -> None:
+    """NumPy's pass (blocks in cache, the sums by a sparse product) finds the nearest
+    centres of the array-API kernels (the first of equal ones too), their distances, and
+    the clusters' sums to the last bits of a different order."""
+    rng = np.random.default_rng(k)
+    rows = 40_000  # blocks of 16,384 rows (of 14,979 for 70 centres), and a part of one
+    X = np.asfortranarray(rng.standard_normal((rows, 5)))  # as the training matrix
+    w = rng.uniform(0.0, 2.0, rows)
+    centres = rng.standard_normal((k, 5))
+    if k > 2:
+        centres[k - 1] = centres[1]  # equal centres: the first is nearest
+        X[:100] = centres[1]
+    host = get_namespace("numpy", dtype=dtype)
+    strict = get_namespace("array_api_strict", dtype=dtype)
+    X, w, centres = X.astype(dtype), w.astype(dtype), centres.astype(dtype)
+    on_strict = [strict.asarray(a) for a in (X, w, centres)]
+    labels, d2 = nearest(X, centres, host)
+    want_labels, want_d2 = nearest(on_strict[0], on_strict[2], strict)
+    np.testing.assert_array_equal(labels, np.asarray(want_labels))
+    np.testing.assert_array_equal(d2, np.asarray(want_d2))
+    if k > 2:
+        assert not np.any(labels == k - 1)
+    got, got_d2, sums = assigned(np.ascontiguousarray(X), w, centres, host)
+    want = assigned(*on_strict, strict)[2]
+    np.testing.assert_array_equal(got, labels)
+    np.testing.assert_array_equal(got_d2, d2)
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(sums["sums"], want["sums"], rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(sums["weights"], want["weights"], rtol=rtol)
+    np.testing.assert_array_equal(sums["counts"], want["counts"])
+    assert all(v.dtype == np.float64 for v in sums.values())
+
+
+def test_passes_over_new_table_objects_fit_the_same_model() -> None:
+    """A pass reads the matrix kept with its table by the pass before (the local
+    engine's passes get the same table objects); an engine that makes the tables anew
+    each pass gets the same model, bit for bit."""
+    X = overlapping(3000)
+    table = table_of(X, w=np.random.default_rng(4).uniform(0.5, 2.0, len(X)))
+    parts = split(table, 3)
+    estimator = KMeans(k=5, weight="w", seed=2)
+    kept, kept_metrics = fit_state(estimator, parts)
+
+    def aggregate(partial: Any) -> Any:
+        return tree_reduce([partial(p.slice(0), NUMPY) for p in parts], estimator.combine)
+
+    state, _ = drive(estimator, parts[0].schema, aggregate)
+    np.testing.assert_array_equal(estimator.fitted(state).centres, kept.centres)
+    assert estimator.metrics(state) == kept_metrics
+
+
+def test_comoments_by_blocks() -> None:
+    """The summary pass's co-moments a block of rows at a time: the same weight and mean,
+    the co-moment to the last bits."""
+    rng = np.random.default_rng(5)
+    X, w = rng.standard_normal((10_000, 4)) + 50.0, rng.uniform(0.0, 2.0, 10_000)
+    whole, blocks = comoments(X, w, NUMPY), comoments(X, w, NUMPY, block_rows=4096)
+    assert blocks["weight"] == whole["weight"]
+    np.testing.assert_array_equal(blocks["mean"], whole["mean"])
+    np.testing.assert_allclose(blocks["comoment"], whole["comoment"], rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_start_draw_sorts_only_the_keys_it_reads(ties: bool) -> None:
+    rng = np.random.default_rng(6)
+    for first in (1, 2, 16, 100):
+        keys = (rng.integers(-4, 0, 300).astype(float) if ties
+                else np.log(rng.uniform(size=300)))
+        keys[rng.uniform(size=300) < 0.2] = -np.inf
+        start = _largest_first(keys, first)
+        assert len(start) >= first
+        np.testing.assert_array_equal(start, np.argsort(-keys, kind="stable")[:len(start)])
 
 
 def test_float32_within_tolerance() -> None:
