@@ -4,7 +4,9 @@ Scored rows as a model writes them: an id, an amount, a binary label and an over
 ``probability`` (the true chance pushed toward 0 and 1, as balanced class weights or
 boosting leave it), every value distinct: the worst case for the isotonic fit's points.
 Both sides read the same Parquet files, fit the calibration on them, write the rows with
-the calibrated probability, and the check compares the two after the runs:
+the calibrated probability, and the check compares the two after the runs. sluice keeps
+every distinct value (``max_points`` above the rows), as scikit-learn does; its default
+(a million) would put 2M distinct values on its grid:
 
 * ``calibrate``: ``method: isotonic`` on the local engine against
   ``IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p, y).predict(p)``;
@@ -54,6 +56,7 @@ def _sluice(data: Path, scratch: Path, method: str) -> None:
           - op: calibrate
             label: label
             method: {method}
+            max_points: 100000000   # every distinct value, as scikit-learn (no grid)
           - op: write_parquet
             path: {scratch / f"{name}_sluice"}
             mode: overwrite

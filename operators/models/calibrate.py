@@ -319,6 +319,9 @@ class Calibrate(Estimator):
             if coarse:  # the other side's values on the grid too
                 both = both.set_column(0, "x", pa.array(coarsened(
                     np.asarray(both.column("x")), m)))
+            elif both.num_rows <= m:  # as is: the fit adds a value's rows up (a pair
+                points.append(both)   # twice, once from each side, is the same weight)
+                continue
             points.append(_points(np.asarray(both.column("x")), both.column("label"),
                                   np.asarray(both.column("w"))))
         return self._bounded({"points": points, "predicted": merged, "coarse": coarse})
@@ -356,15 +359,16 @@ class Calibrate(Estimator):
                                 "classes", hint="calibrate with the label the model was "
                                                 "trained on")
         positives = classes[1:] if outputs == 1 else classes
-        maps = []
+        maps, counted = [], []
         for table, positive in zip(points, positives, strict=True):
             x, total, hits = merged_points(table, positive, label_type)
+            counted.append(len(x))
             if p.method == "isotonic":
                 maps.append(isotonic_points(x, hits / total, total))
             else:
                 maps.append(sigmoid_fit(self._sigmoid_input(x), total, hits))
         return {**state, "classes": classes, "maps": maps, "coarse": stats["coarse"],
-                "points": [len(pc.unique(t.column("x"))) for t in points]}, True
+                "points": counted}, True
 
     def _sigmoid_input(self, values: np.ndarray) -> np.ndarray:
         return log_odds(values) if self.params.sigmoid_of == "log_odds" else values
