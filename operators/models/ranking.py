@@ -40,7 +40,8 @@ RELEVANCE_MAX = 30
 """The highest relevance label: LightGBM's default ``label_gain`` holds gains of 0..30."""
 PAIRS_PER_BLOCK = 1 << 20
 """Gradients are summed a block of whole queries at a time, of about this many pairs (a
-few tens of float64 arrays of them at once: about 100 MB)."""
+few tens of float64 arrays of them at once: about 100 MB); a query of more pairs, this
+many of its pairs at a time."""
 
 
 def check_group_column(schema: pa.Schema, group: str, role: str = "group") -> None:
