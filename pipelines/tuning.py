@@ -42,7 +42,8 @@ MAX_CANDIDATES = 100
 """The most combinations one step may try."""
 MAX_FOLDS = 20
 FIXED = ("label", "weight", "validation_fraction", "validation_start", "seed", "group")
-"""What every candidate shares (a ranking's group: its queries, whole ones held out)."""
+"""What every candidate shares (a ranking's group: its queries, whole ones held out);
+of a model that takes it."""
 """What a tuned step cannot vary: the rows and what they are compared on."""
 METRICS = COMPARABLE
 
@@ -107,7 +108,7 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                                "{max_depth: [3, 4, 6]}")]
     known = list(cls.Params.model_fields)
     for name, values in tune.items():
-        if name in FIXED:
+        if name in FIXED and name in known:
             problems.append(("tune", f"tune cannot vary '{name}': every candidate is "
                                      "fitted and compared on the same rows"))
         elif name not in known:
