@@ -110,12 +110,13 @@ def _convertible(expr: pc.Expression, source: pa.DataType, target: pa.DataType
             return pc.and_kleene(pc.greater_equal(whole, pc.scalar(float(least))),
                                  pc.less(whole, pc.scalar(float(most + 1))))
         if pa.types.is_decimal(source):
-            # truncated toward zero: within a step of the point short of least - 1 and
-            # most + 1
+            # truncated toward zero: from the first value of the type past least - 1 to
+            # the last short of most + 1 (a step of the point after it, or, of a negative
+            # scale, the multiple of the step there: both values the type holds)
             least, most = _range(target)
             step = decimal.Decimal(1).scaleb(-source.scale, _EXACT)
-            return within(expr, source, _EXACT.add(least - 1, step),
-                          _EXACT.subtract(most + 1, step))
+            return within(expr, source, _multiple(least - 1, step, decimal.ROUND_FLOOR, 1),
+                          _multiple(most + 1, step, decimal.ROUND_CEILING, -1))
     if target == pa.timestamp("us"):
         # a timestamp[us] holds ±292,000 years; coarser units and dates hold more
         if pa.types.is_date32(source):
@@ -128,6 +129,14 @@ def _convertible(expr: pc.Expression, source: pa.DataType, target: pa.DataType
             return None
         return within(expr.cast(unit), unit, -(_INT64_MAX // per), _INT64_MAX // per)
     return None
+
+
+def _multiple(bound: int, step: decimal.Decimal, rounding: str, beyond: int
+              ) -> decimal.Decimal:
+    """The multiple of ``step`` next to ``bound``, ``beyond`` steps past the one it
+    rounds to (floor then +1: the first above it; ceiling then -1: the last below)."""
+    steps = _EXACT.divide(decimal.Decimal(bound), step).to_integral_value(rounding, _EXACT)
+    return _EXACT.multiply(_EXACT.add(steps, beyond), step)
 
 
 def _range(t: pa.DataType) -> tuple[int, int]:

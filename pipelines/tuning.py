@@ -41,7 +41,9 @@ from operators.models.common import SupervisedParams
 MAX_CANDIDATES = 100
 """The most combinations one step may try."""
 MAX_FOLDS = 20
-FIXED = ("label", "weight", "validation_fraction", "validation_start", "seed")
+FIXED = ("label", "weight", "validation_fraction", "validation_start", "seed", "group")
+"""What every candidate shares (a ranking's group: its queries, whole ones held out);
+of a model that takes it."""
 """What a tuned step cannot vary: the rows and what they are compared on."""
 METRICS = COMPARABLE
 
@@ -106,7 +108,7 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                                "{max_depth: [3, 4, 6]}")]
     known = list(cls.Params.model_fields)
     for name, values in tune.items():
-        if name in FIXED:
+        if name in FIXED and name in known:
             problems.append(("tune", f"tune cannot vary '{name}': every candidate is "
                                      "fitted and compared on the same rows"))
         elif name not in known:
@@ -120,6 +122,11 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                                      "loss: quantile predicts, not a setting to tune (each "
                                      "level's pinball loss measures another thing); fit "
                                      "a model per level"))
+        elif name == "ndcg_at":
+            problems.append(("tune", "tune cannot vary 'ndcg_at': it is the cut-off the "
+                                     "candidates' held-out NDCG is measured at, not a "
+                                     "setting to tune (NDCG@1 of one candidate and NDCG@10 "
+                                     "of another measure other things); set it on the step"))
         elif name in params:
             problems.append(("tune", f"tune: '{name}' is set on the step too; give its "
                                      "values in tune only"))

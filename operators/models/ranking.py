@@ -40,7 +40,8 @@ RELEVANCE_MAX = 30
 """The highest relevance label: LightGBM's default ``label_gain`` holds gains of 0..30."""
 PAIRS_PER_BLOCK = 1 << 20
 """Gradients are summed a block of whole queries at a time, of about this many pairs (a
-few tens of float64 arrays of them at once: about 100 MB)."""
+few tens of float64 arrays of them at once: about 100 MB); a query of more pairs, this
+many of its pairs at a time."""
 
 
 def check_group_column(schema: pa.Schema, group: str, role: str = "group") -> None:
@@ -183,15 +184,21 @@ def lambdarank_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndar
         counts = partners[lo:hi]
         total = int(counts.sum())
         if total:  # the block's rows [lo, hi) and queries [q_lo, q_hi), from 0
-            rows = np.arange(hi - lo)
-            i = np.repeat(rows, counts)
-            # a row's k-th pair (from 0) is with the row k + 1 after it
-            j = np.arange(total) + np.repeat(rows + 1 - (np.cumsum(counts) - counts), counts)
             q_lo, q_hi = int(sorted_queries[lo]), int(sorted_queries[hi - 1]) + 1
-            _pair_sums(i, j, s[lo:hi], y[lo:hi], gain[lo:hi], discount[lo:hi],
-                       sorted_queries[lo:hi] - q_lo, inverse_max[q_lo:q_hi],
-                       spread[q_lo:q_hi], normalize, g_sorted[lo:hi], h_sorted[lo:hi],
-                       lam_sum[q_lo:q_hi])
+            ends = np.cumsum(counts)
+            # the rows' sums as pairs ranked above and below, and the queries' 2 |lambda|
+            sums = [np.zeros(hi - lo) for _ in range(4)] + [np.zeros(q_hi - q_lo)]
+            # a block of pairs at a time: one query may hold many (10,000 rows at
+            # truncation 10,000: 50 million)
+            for p0 in range(0, total, PAIRS_PER_BLOCK):
+                i, j = _block_pairs(counts, ends, p0, min(p0 + PAIRS_PER_BLOCK, total))
+                _pair_sums(i, j, s[lo:hi], y[lo:hi], gain[lo:hi], discount[lo:hi],
+                           sorted_queries[lo:hi] - q_lo, inverse_max[q_lo:q_hi],
+                           spread[q_lo:q_hi], normalize, sums, total <= PAIRS_PER_BLOCK)
+            above, below, h_above, h_below, lam = sums
+            g_sorted[lo:hi] += above - below
+            h_sorted[lo:hi] += h_above + h_below
+            lam_sum[q_lo:q_hi] += lam
         first = last
     if normalize:
         factor = np.divide(np.log2(1.0 + lam_sum), lam_sum, out=np.ones(n_queries),
@@ -202,13 +209,27 @@ def lambdarank_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndar
     return grad, hess
 
 
+def _block_pairs(counts: np.ndarray, ends: np.ndarray, p0: int, p1: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A block's pairs ``p0`` to ``p1`` (numbered row by row: a row's ``counts`` pairs
+    end at ``ends``), as their rows ``i`` and ``j``: a row's k-th pair (from 0) is with
+    the row k + 1 after it."""
+    if p0 == 0 and p1 == int(ends[-1]):
+        rows = np.arange(len(counts))
+        i = np.repeat(rows, counts)
+        return i, np.arange(p1) + np.repeat(rows + 1 - (ends - counts), counts)
+    pair = np.arange(p0, p1)
+    i = np.searchsorted(ends, pair, side="right")
+    return i, pair - (ends[i] - counts[i]) + i + 1
+
+
 def _pair_sums(i: np.ndarray, j: np.ndarray, s: np.ndarray, y: np.ndarray,
                gain: np.ndarray, discount: np.ndarray, queries: np.ndarray,
                inverse_max: np.ndarray, spread: np.ndarray, normalize: bool,
-               grad: np.ndarray, hess: np.ndarray, lam_sum: np.ndarray) -> None:
-    """Adds the pairs ``(i, j)`` (sorted rows, ``i`` ranked above ``j``) to the sorted
-    rows' gradient and hessian and to their queries' sums of ``2 |lambda|`` (in place:
-    the arrays are a block's views)."""
+               sums: list[np.ndarray], alone: bool) -> None:
+    """Adds the pairs ``(i, j)`` (sorted rows, ``i`` ranked above ``j``) to ``sums``: the
+    rows' gradients as the pair's upper and its lower row, their hessians likewise, and
+    their queries' sums of ``2 |lambda|`` (``alone``: the block's only pairs)."""
     y_i, y_j = y[i], y[j]
     differ = y_i != y_j
     i, j = i[differ], j[differ]
@@ -222,12 +243,15 @@ def _pair_sums(i: np.ndarray, j: np.ndarray, s: np.ndarray, y: np.ndarray,
     rho = 1.0 / (1.0 + np.exp(delta))
     lam = -rho * ndcg  # high's gradient; low's is its opposite
     curvature = rho * (1.0 - rho) * ndcg
-    n = len(grad)
-    # np.bincount adds in the pairs' order: a row's sum is the same in any block
     signed = sign * lam
-    grad += np.bincount(i, signed, minlength=n) - np.bincount(j, signed, minlength=n)
-    hess += np.bincount(i, curvature, minlength=n) + np.bincount(j, curvature, minlength=n)
-    lam_sum += np.bincount(q, -2.0 * lam, minlength=len(lam_sum))
+    # added in the pairs' order, from 0: a row's sum is the same in any block, and
+    # np.add.at goes on where the last block of pairs stopped, as one bincount would
+    for total, at, values in zip(sums, (i, j, i, j, q),
+                                 (signed, signed, curvature, curvature, -2.0 * lam)):
+        if alone:
+            total += np.bincount(at, values, minlength=len(total))
+        else:
+            np.add.at(total, at, values)
 
 
 def ndcg_sums(score: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int

@@ -114,6 +114,32 @@ def test_gradients_do_not_depend_on_row_order_or_blocks(monkeypatch: pytest.Monk
     np.testing.assert_array_equal(h3, h)
 
 
+def test_a_large_query_is_summed_a_block_of_pairs_at_a_time(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """A query of more pairs than a block (2,000 rows, truncation 2,000: 2 million pairs)
+    is summed a block of its pairs at a time, to the same bits: its pairs' temporaries
+    took about 100 bytes a pair at once (a query of 10,000 rows at truncation 10,000: 5
+    GB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(7)
+    n = 2000
+    score, labels = rng.standard_normal(n), rng.integers(0, 5, n).astype(np.float64)
+    query, tiebreak = np.zeros(n, np.int64), rng.integers(0, 2**63, n).astype(np.uint64)
+    monkeypatch.setattr(ranking, "PAIRS_PER_BLOCK", 1 << 22)  # its pairs in one block
+    whole = ranking.lambdarank_gradients(score, labels, query, tiebreak, n)
+    monkeypatch.setattr(ranking, "PAIRS_PER_BLOCK", 10_000)
+    tracemalloc.start()
+    try:
+        blocks = ranking.lambdarank_gradients(score, labels, query, tiebreak, n)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(blocks[0], whole[0])
+    np.testing.assert_array_equal(blocks[1], whole[1])
+    assert peak < 20e6, peak
+
+
 def test_ndcg_is_scikit_learns_with_lightgbms_gain() -> None:
     from sklearn.metrics import ndcg_score
 

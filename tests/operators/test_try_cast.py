@@ -226,6 +226,16 @@ def test_out_of_range_decimals_are_null() -> None:
     assert run("try_cast(x as int8)", column).to_pylist() == [127, None, -128, None, None]
 
 
+def test_decimals_of_a_negative_scale_to_integers() -> None:
+    """A decimal of scale -2 holds multiples of 100: -100 and 100 are int8s, -200 and
+    300 are not (the bounds were -129 + 100 and 128 - 100, which the type cannot hold:
+    the cast raised)."""
+    column = pa.array([D("-1E+2"), D("0E+2"), D("1E+2"), D("-2E+2"), D("3E+2"), None],
+                      pa.decimal128(5, -2))
+    assert run("try_cast(x as int8)", column).to_pylist() == [-100, 0, 100, None, None, None]
+    assert run("try_cast(x as uint8)", column).to_pylist() == [None, 0, 100, None, None, None]
+
+
 def test_its_argument_still_raises() -> None:
     """try_cast nulls its own conversion, not an error of the value it converts (Spark
     too): a decimal sum past 38 digits is an error still."""

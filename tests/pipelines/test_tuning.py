@@ -260,6 +260,24 @@ def test_candidates_of_other_losses_or_quantiles_need_a_named_metric(churn: Path
     assert all(list(c) == ["mae", "passes"] for c in candidates.values())
 
 
+@pytest.mark.parametrize(("tune", "message"), [
+    ("group: region\n        tune:\n          ndcg_at: [1, 10]",
+     "tune cannot vary 'ndcg_at'"),
+    ("group: region\n        tune:\n          group: [region, plan]",
+     "tune cannot vary 'group': every candidate is fitted and compared on the same rows"),
+])
+def test_a_ranking_cannot_tune_its_queries_or_its_ndcg_cut_off(churn: Path, workdir: Path,
+                                                               tune: str, message: str
+                                                               ) -> None:
+    """ndcg_at is what the candidates are compared by (NDCG@1 of one against NDCG@10 of
+    another: the shorter list wins whatever the model, as a quantile's levels), and
+    group which rows are queries and which are held out: said as the file plans."""
+    text = BOOSTED.format(tune="        loss: lambdarank\n        " + tune)
+    plan = plan_file(write_pipeline(workdir, text, "ranking.yaml"))
+    assert any(message in p.message for p in plan.problems), plan.problems
+
+
+
 def test_quantile_candidates_are_compared_by_their_pinball_loss(churn: Path,
                                                                 workdir: Path) -> None:
     tuned = ("        loss: quantile\n        quantile: 0.9\n"
