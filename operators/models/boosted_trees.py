@@ -898,7 +898,8 @@ class GradientBoostedTrees(TreeEstimator):
         the scores (a sort within each query), sent back in one copy."""
         g, h = ranking.lambdarank_gradients(_host_scores(raw), prep["relevance"],
                                             prep["query"], prep["tiebreak"],
-                                            self.params.truncation, self.params.rank_norm)
+                                            self.params.truncation, self.params.rank_norm,
+                                            prep.setdefault("ranking", {}))
         both = to_xp(np.stack([g, h], axis=1), xp)
         return both[:, 0:1], both[:, 1:2]
 

@@ -149,18 +149,24 @@ def ideal_dcg(labels: np.ndarray, queries: np.ndarray, k: int, n_queries: int) -
 
 
 def lambdarank_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndarray,
-                         tiebreak: np.ndarray, truncation: int = 30, normalize: bool = True
+                         tiebreak: np.ndarray, truncation: int = 30, normalize: bool = True,
+                         cache: dict[str, Any] | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """LightGBM's lambdarank gradient and hessian of every row (float64, the rows'
     order); ``queries``: int64 query codes, ``tiebreak``: what orders rows of equal
-    score (the row hashes)."""
+    score (the row hashes). ``cache``: a dict kept with these rows across rounds, for
+    what does not change with the scores (each query's ideal DCG)."""
     n = len(score)
     grad, hess = np.zeros(n), np.zeros(n)
     if n == 0:
         return grad, hess
     n_queries = int(queries.max()) + 1
-    inverse_max = ideal_dcg(labels, queries, truncation, n_queries)
-    inverse_max = np.divide(1.0, inverse_max, out=np.zeros(n_queries), where=inverse_max > 0)
+    inverse_max = None if cache is None else cache.get(("inverse_max", truncation))
+    if inverse_max is None:
+        ideal = ideal_dcg(labels, queries, truncation, n_queries)
+        inverse_max = np.divide(1.0, ideal, out=np.zeros(n_queries), where=ideal > 0)
+        if cache is not None:
+            cache[("inverse_max", truncation)] = inverse_max
     key = rank_key(score)
     order, sorted_queries, place, starts, sizes = _order(queries, [tiebreak, -key])
     s, y = score[order], labels[order]
