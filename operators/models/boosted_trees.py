@@ -54,7 +54,7 @@ import pyarrow as pa
 from pydantic import AfterValidator, Field
 
 from operators.arrays import to_numpy, to_xp
-from operators.base import ParamError, SchemaError, register, register_fitted
+from operators.base import DataError, ParamError, SchemaError, register, register_fitted
 from operators.models import ranking, selection
 from operators.models.common import check_role, held_out, label_column
 from operators.models.log_link import (
@@ -385,7 +385,13 @@ class GradientBoostedTrees(TreeEstimator):
             state = {**state, "residuals": stats["residuals"]}
         if "loss" not in stats:
             return state
-        loss = stats["loss"] / stats["loss_weight"] if stats["loss_weight"] > 0 else 0.0
+        if not stats["loss_weight"] > 0:  # each round's loss 0: it would stop, silently
+            what = "queries" if self._ranks(state) else "rows (of weight > 0)"
+            raise DataError(f"early_stopping: validation_fraction "
+                            f"{self.params.validation_fraction:g} held out no {what} to "
+                            "measure the rounds on",
+                            hint="raise validation_fraction, or turn early_stopping off")
+        loss = stats["loss"] / stats["loss_weight"]
         losses = [*state["losses"], float(loss)]
         state = {**state, "losses": losses, "loss_due": False}
         if not self._should_stop(losses):

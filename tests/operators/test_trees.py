@@ -1147,6 +1147,20 @@ def test_early_stopping_keeps_the_rounds_grown() -> None:
     assert min(losses[-3:]) >= losses[-4] - 1e-7
 
 
+def test_early_stopping_without_held_out_rows_is_an_error() -> None:
+    """validation_fraction that holds no row out (few rows, a small fraction): every
+    round's held-out loss would be 0 and the fit would stop after n_iter_no_change
+    rounds, silently; it is a DataError saying what to change."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 2))
+    table = table_of(X, X[:, 0])
+    assert not holdout_mask(table, 0.001, 0).any()
+    with pytest.raises(DataError, match="validation_fraction 0.001 held out no rows") as err:
+        fit_state(GradientBoostedTrees(label="y", n_trees=50, validation_fraction=0.001,
+                                       early_stopping=True), [table])
+    assert "raise validation_fraction" in err.value.hint
+
+
 @pytest.mark.parametrize("capped", [{}, {"max_leaves": 12, "max_histogram_mb": 0.1}],
                          ids=["free", "max_leaves"])
 def test_partitions_get_no_histograms_kept_for_the_driver(capped: dict[str, Any]) -> None:
