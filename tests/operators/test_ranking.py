@@ -501,6 +501,11 @@ def test_promote_compares_rankers_by_the_ndcg_of_fresh_queries(workdir: Path) ->
                                                                      "ndcg_at": 10}
     served = load_model("ranker@production", str(workdir / "models"))
     assert served.describe()["ranking"] == {"group": "query", "ndcg_at": 10}
+    weighted = RANKERS.format(trees=2) + "        weight: x1\n"
+    with pytest.raises(ParamError, match="promote compares ranking models by the NDCG of "
+                                         "the queries of 'query', which weighs every query "
+                                         "alike: weight 'x1' has no part in it"):
+        run(write_pipeline(workdir, weighted, "weighted.yaml"))
 
 
 def test_the_search_ranking_example(workdir: Path) -> None:
