@@ -28,7 +28,7 @@ from operators.features.window import Window
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
 from operators.score.score import Score
-from pipelines.plan import Plan, Step, default_features
+from pipelines.plan import Plan, Step, default_features, left_out
 from pipelines.shuffle import DEFAULT_PARTITION_MB
 
 
@@ -181,7 +181,7 @@ def _notes(plan: Plan, step: Step) -> list[str]:
         if upstream is not None and upstream.schema is not None and not upstream.open:
             chosen = default_features(step, upstream.schema)
             if chosen:
-                notes.append(f"features (every numeric column but the label and weight): "
+                notes.append(f"features (every numeric column but the {left_out(step)}): "
                              f"{', '.join(chosen[:12])}"
                              + (f" ... ({len(chosen)} in all)" if len(chosen) > 12 else ""))
         if step.tuning is not None:

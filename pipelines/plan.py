@@ -516,7 +516,7 @@ def _note_default_features(plan: Plan, step: Step, schema: pa.Schema) -> None:
     if what:
         plan.notices.append(
             f"{plan.spec.file}:{step.spec.line}: step '{step.id}' ({step.op.name}) takes every "
-            f"numeric column but its {_roles(step)} as features (`features` is not "
+            f"numeric column but its {left_out(step)} as features (`features` is not "
             f"given), among them {', '.join(what)}: list `features`, or drop those "
             "columns first")
 
@@ -536,19 +536,22 @@ def _note_measured_features(plan: Plan, step: Step, schema: pa.Schema) -> None:
         if made_of is not None and list(made_of) != chosen:
             plan.notices.append(
                 f"{plan.spec.file}:{step.spec.line}: step '{step.id}' ({step.op.name}) "
-                f"measures the clusters on every numeric column but its {_roles(step)} "
+                f"measures the clusters on every numeric column but its {left_out(step)} "
                 f"({', '.join(chosen)}), not on the features step '{before.id}' "
                 f"({before.op.name}) clustered on ({', '.join(made_of)}): list "
                 f"`features: [{', '.join(made_of)}]`")
         return
 
 
-def _roles(step: Step) -> str:
-    """What a step's default features leave out: a model's label and weight, a cluster
-    measure's prediction."""
-    fields = type(step.op.params).model_fields
-    return "prediction" if "label" not in fields and "prediction" in fields else \
-        "label and weight"
+def left_out(step: Step) -> str:
+    """What a step's default features leave out: a model's label and weight (a
+    ranking's query too), kmeans' weight, a cluster measure's prediction and distance."""
+    params = step.op.params
+    if "label" not in type(params).model_fields:
+        if "prediction" in type(params).model_fields:
+            return "prediction and distance"
+        return "weight" if "weight" in type(params).model_fields else "own columns"
+    return "label, weight and query" if getattr(params, "group", None) else "label and weight"
 
 
 def _note_training_rows(plan: Plan, step: Step) -> None:

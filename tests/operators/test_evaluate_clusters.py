@@ -273,5 +273,6 @@ def test_a_note_where_the_default_features_are_not_the_clusterings(workdir: Path
     assert notes["named"] == []
     assert notes["default"] == [
         f"{workdir / 'default.yaml'}:9: step 'quality' (evaluate_clusters) measures the "
-        "clusters on every numeric column but its prediction (u, v, spend), not on the "
+        "clusters on every numeric column but its prediction and distance (u, v, spend), "
+        "not on the "
         "features step 'segments' (kmeans) clustered on (u, v): list `features: [u, v]`"]

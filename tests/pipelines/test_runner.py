@@ -310,8 +310,8 @@ def test_default_features_that_look_wrong_are_a_note(churn: Path, workdir: Path)
         f"{path}:8: step 'linear_regression' (linear_regression) takes every numeric "
         "column but its label and weight as features (`features` is not given), among them "
         "customer_id (an identifier?): list `features`, or drop those columns first",
-        f"{path}:10: step 'kmeans' (kmeans) takes every numeric column but its label and "
-        "weight as features (`features` is not given), among them customer_id (an "
+        f"{path}:10: step 'kmeans' (kmeans) takes every numeric column but its weight as "
+        "features (`features` is not given), among them customer_id (an "
         "identifier?), prediction (an earlier model's output): list `features`, or drop "
         "those columns first"]
     done = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
