@@ -48,10 +48,11 @@ from operators.models.common import (
     PROBABILITY,
     class_label_type,
     label_column,
+    probability_array,
     put_column,
     row_weights,
+    sigmoid,
 )
-from operators.models.logistic import sigmoid
 
 TIE = np.finfo(np.float64).resolution
 """Values closer than this to the first of a run of values are one point (scikit-learn's
@@ -552,12 +553,7 @@ class CalibrateFitted(Transform):
         name = self.params.probability
         proba = self.calibrated(probability_matrix(part, name, len(self.maps)))
         field = part.schema.field(name)
-        if len(self.maps) == 1:
-            column = pa.array(np.ascontiguousarray(proba[:, 1]), pa.float64())
-        else:
-            k = len(self.classes)
-            offsets = pa.array(np.arange(0, proba.size + 1, k, dtype=np.int32))
-            column = pa.ListArray.from_arrays(offsets, pa.array(proba.reshape(-1)))
+        column = probability_array(proba, len(self.maps) != 1)
         out = put_column(part, field, column.cast(field.type))
         at = part.schema.get_field_index(PREDICTION)
         if at >= 0:

@@ -421,6 +421,27 @@ def combine_loss_sums(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "hess": a["hess"] + b["hess"]}
 
 
+def probability_array(proba: np.ndarray, listed: bool) -> pa.Array:
+    """A model's probability column from its (rows, classes) probabilities: P(classes[1])
+    as a double, or (``listed``) a list of every class's, in class order."""
+    if not listed:
+        return pa.array(np.ascontiguousarray(proba[:, 1]), pa.float64())
+    offsets = pa.array(np.arange(0, proba.size + 1, proba.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(proba.reshape(-1)))
+
+
+def sigmoid(z: Any, xp: Any) -> Any:
+    """1 / (1 + exp(-z)) without overflow for large |z|."""
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def softmax(z: Any, xp: Any) -> Any:
+    """Row-wise softmax, the row maximum subtracted first so exp cannot overflow."""
+    e = xp.exp(z - xp.max(z, axis=1, keepdims=True))
+    return e / xp.sum(e, axis=1, keepdims=True)
+
+
 def warn_unconverged(name: str, opt: dict[str, Any], advice: str) -> None:
     """A ConvergenceWarning when the optimiser state ``opt`` stopped unconverged."""
     if not opt["converged"]:
@@ -662,14 +683,8 @@ class FittedModel(Transform):
         if proba is None:
             return put_column(part, fields[0], pa.array(predicted, pa.float64()))
         labels = pa.array(self.classes, type=self.label_type).take(pa.array(predicted))
-        if len(self.classes) == 2:
-            probability = pa.array(np.ascontiguousarray(proba[:, 1]), pa.float64())
-        else:
-            k = len(self.classes)
-            offsets = pa.array(np.arange(0, proba.size + 1, k, dtype=np.int32))
-            probability = pa.ListArray.from_arrays(offsets, pa.array(proba.reshape(-1)))
         out = put_column(part, fields[0], labels)
-        return put_column(out, fields[1], probability)
+        return put_column(out, fields[1], probability_array(proba, len(self.classes) != 2))
 
     # --------------------------------------------------------------- contributions
 

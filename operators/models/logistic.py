@@ -55,6 +55,8 @@ from operators.models.common import (
     require_training_rows,
     row_products,
     row_weights,
+    sigmoid,
+    softmax,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -72,18 +74,6 @@ HESSIAN_CHUNK = 1 << 22
 
 class LogisticParams(SolverParams):
     class_weight: ClassWeight = class_weight_field()
-
-
-def sigmoid(z: Any, xp: Any) -> Any:
-    """1 / (1 + exp(-z)) without overflow for large |z|."""
-    e = xp.exp(-xp.abs(z))
-    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-def softmax(z: Any, xp: Any) -> Any:
-    """Row-wise softmax, the row maximum subtracted first so exp cannot overflow."""
-    e = xp.exp(z - xp.max(z, axis=1, keepdims=True))
-    return e / xp.sum(e, axis=1, keepdims=True)
 
 
 @register_fitted("logistic_regression.fitted")

@@ -120,13 +120,14 @@ from operators.models.common import (
     require_positive_weight,
     require_training_rows,
     row_weights,
+    sigmoid,
+    softmax,
     validation_combine,
     validation_finalize,
     validation_partial,
     weigh_classes,
     with_predictions,
 )
-from operators.models.logistic import sigmoid, softmax
 from operators.models.optimize import lbfgs_start, lbfgs_tell
 
 CHUNK_ROWS = 1 << 13

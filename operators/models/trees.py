@@ -114,6 +114,8 @@ from operators.models.common import (
     require_positive_weight,
     require_training_rows,
     row_weights,
+    sigmoid,
+    softmax,
     table_memo,
     validation_combine,
     validation_finalize,
@@ -2475,11 +2477,10 @@ class TreeModelFitted(FittedModel):
         else:
             scores = sums + to_xp(self.nodes["base"], xp)
         if self.link == "sigmoid":
-            p = _sigmoid(scores[:, 0], xp)
+            p = sigmoid(scores[:, 0], xp)
             return xp.stack([1.0 - p, p], axis=1)
         if self.link == "softmax":
-            e = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
-            return e / xp.sum(e, axis=1, keepdims=True)
+            return softmax(scores, xp)
         if self.link == "exp":  # Poisson and gamma losses
             return xp.exp(scores[:, 0])
         if self.is_classifier:
@@ -2540,11 +2541,6 @@ class TreeModelFitted(FittedModel):
                    categories=categories_from_meta(meta.get("categories")),
                    quantile=meta.get("quantile"), deviance=meta.get("deviance"),
                    ranking=meta.get("ranking"))
-
-
-def _sigmoid(z: Any, xp: Any) -> Any:
-    e = xp.exp(-xp.abs(z))
-    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 CODED_ENTRIES = 1 << 24
