@@ -118,7 +118,12 @@ def scale_columns(part: pa.Table, columns: list[str], offset: np.ndarray, factor
     y = (x - offset) * factor + shift
     if clip is not None:
         y = xp.clip(y, clip[0], clip[1])
-    host = to_numpy(y)
+    return put_floats(part, columns, to_numpy(y))
+
+
+def put_floats(part: pa.Table, columns: list[str], host: np.ndarray) -> pa.Table:
+    """``part`` with each of ``columns`` replaced by its column of ``host`` as float64,
+    in place; the column's nulls stay."""
     out = part
     for j, name in enumerate(columns):
         i = out.schema.get_field_index(name)
@@ -419,13 +424,7 @@ class Normalize(Transform):
         else:
             norm = xp.max(size, axis=1)
         y = x / xp.where(norm > 0, norm, xp.ones_like(norm))[:, None]
-        host = to_numpy(y)
-        out = part
-        for j, name in enumerate(columns):
-            i = out.schema.get_field_index(name)
-            out = out.set_column(i, pa.field(name, pa.float64()),
-                                 pa.array(np.asarray(host[:, j], dtype=np.float64)))
-        return out
+        return put_floats(part, columns, to_numpy(y))
 
 
 # --------------------------------------------------------------------------- robust_scale
