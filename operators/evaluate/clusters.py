@@ -218,13 +218,13 @@ class EvaluateClusters(Measuring):
                 ) -> dict[str, Any]:
         rows, means, within = state["rows"], state["means"], state["within"]
         n, k = float(np.sum(rows)), len(rows)
+        total_within = float(np.sum(within))
         everything = {"count": int(n), "clusters": k,
                       "cluster_sizes": {str(i): int(r) for i, r in zip(state["ids"], rows,
                                                                        strict=True)},
-                      "within_ss": float(np.sum(within))}
+                      "within_ss": total_within}
         mean = rows @ means / n
         between = float(rows @ np.sum((means - mean) ** 2, axis=1))
-        total_within = float(np.sum(within))
         everything["calinski_harabasz"] = (1.0 if total_within == 0 else
                                            between * (n - k) / (total_within * (k - 1)))
         if spread is not None:
