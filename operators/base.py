@@ -241,6 +241,11 @@ class Estimator(Operator):
     # columns) it asks of that one
     after_model: ClassVar[bool] = False
 
+    def bind_model(self, model: str | None) -> None:
+        """Plan time, for a step ``after_model``: the operator name of the model whose
+        predictions it reads (``logistic_regression``...; None where the plan cannot
+        tell: a column read from files)."""
+
     @abstractmethod
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         """Schema of the fitted transform's output for an input of ``schema``."""

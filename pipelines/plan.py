@@ -472,7 +472,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                     _note_default_features(plan, step, schema)
                     _note_measured_features(plan, step, schema)
                 if isinstance(step.op, Estimator) and step.op.after_model:
-                    _note_training_rows(plan, step)
+                    _bind_adjusted_model(plan, step)
             except MissingColumnError:
                 if not opened:
                     raise
@@ -554,24 +554,28 @@ def left_out(step: Step) -> str:
     return "label, weight and query" if getattr(params, "group", None) else "label and weight"
 
 
-def _note_training_rows(plan: Plan, step: Step) -> None:
-    """A notice where a step that adjusts a model's predictions (calibrate) sees the rows
-    that model was fitted on: its probabilities look truer there than on new rows."""
+def _bind_adjusted_model(plan: Plan, step: Step) -> None:
+    """For a step that adjusts a model's predictions (calibrate): binds the operator of
+    the model that made its probability column (a `score` step's saved model, or a model
+    step), and notices where it sees the rows that model step was fitted on: its
+    probabilities look truer there than on new rows."""
     column = getattr(step.op.params, "probability", "probability")
     for before in reversed(plan.chain_to(step.id)[:-1]):
         if isinstance(before.op, Score):
-            return  # a saved model's scores: rows it may not have seen, the user's call
-        made = column in [f.name for f in plan.added_by(before) or []]
-        if made and isinstance(before.op, Estimator):
+            # a saved model's scores: rows it may not have seen, the user's call
+            step.op.bind_model(before.op.model_kind)
+            return
+        if column not in [f.name for f in plan.added_by(before) or []]:
+            continue
+        if isinstance(before.op, Estimator):
+            step.op.bind_model(before.op.name)
             plan.notices.append(
                 f"{plan.spec.file}:{step.spec.line}: step '{step.id}' ({step.op.name}) "
                 f"fits on the rows step '{before.id}' ({before.op.name}) was trained on, "
                 "where its probabilities look truer than on new rows: save the model, "
                 "`score` rows it did not train on (a `sample`'s `complement: true`) and "
                 f"{step.op.name} those")
-            return
-        if made:
-            return
+        return
 
 
 def _note_kept_params(plan: Plan, save: Step) -> None:

@@ -7,7 +7,8 @@ an increasing map from the model's probability to the class's frequency, as
 scikit-learn's ``CalibratedClassifierCV`` with a frozen (prefit) model does:
 ``isotonic`` (its ``IsotonicRegression(out_of_bounds="clip")``, MLlib's
 ``IsotonicRegression``) or ``sigmoid`` (Platt's ``1 / (1 + exp(a p + b))``, its
-``_sigmoid_calibration``). More than two classes: one map per class (one-vs-rest), the
+``_sigmoid_calibration``, of the probability or, after a model with a raw score, of
+the log-odds: ``sigmoid_of``). More than two classes: one map per class (one-vs-rest), the
 calibrated probabilities then divided by their sum (uniform where all are 0).
 
 One pass, exact over partitions: per partition and class column, the weight of each
@@ -58,6 +59,10 @@ TIE = np.finfo(np.float64).resolution
 """Values closer than this to the first of a run of values are one point (scikit-learn's
 ``_make_unique``)."""
 
+RAW_SCORE_MODELS = ("logistic_regression", "gradient_boosted_trees")
+"""Models whose probability is a sigmoid (softmax) of a raw score, scikit-learn's
+``decision_function``: its calibration fits a sigmoid of that score, the log-odds."""
+
 AFTER_A_MODEL = ("put calibrate after a model step (logistic_regression, "
                  "gradient_boosted_trees...) or a score step, on rows the model was not "
                  "trained on")
@@ -69,11 +74,13 @@ class CalibrateParams(Params):
         "isotonic", description="isotonic: any increasing map (step-wise, interpolated "
                                 "between its steps); sigmoid: Platt's 1 / (1 + exp(a p + b)), "
                                 "for few rows (a thousand or less)")
-    sigmoid_of: Literal["probability", "log_odds"] = Field(
-        "probability", description="what the sigmoid is a function of: the probability "
-                                   "(scikit-learn's for a model without a decision_function: "
-                                   "a forest) or its log-odds log(p / (1 - p)) (scikit-learn's "
-                                   "for one with: logistic regression, boosting)")
+    sigmoid_of: Literal["auto", "probability", "log_odds"] = Field(
+        "auto", description="what the sigmoid is a function of: the probability "
+                            "(scikit-learn's for a model without a decision_function: a "
+                            "forest, an MLP) or its log-odds log(p / (1 - p)) (scikit-learn's "
+                            "for one with: logistic regression, boosting); auto: the "
+                            "log-odds after logistic_regression and gradient_boosted_trees, "
+                            "else the probability")
     probability: str = Field(PROBABILITY, description="the model's probability column: "
                                                       "a double (two classes), or a list of "
                                                       "doubles in class order")
@@ -173,12 +180,16 @@ class Calibrate(Estimator):
     `score` step's on rows the model was not trained on (a model's own training rows
     make its probabilities look truer than they are). Fits, per class, an increasing map
     from the model's probability to the class's frequency: `isotonic` (scikit-learn's
-    `IsotonicRegression`, MLlib's) or `sigmoid` (Platt scaling of the probability), as
-    scikit-learn's `CalibratedClassifierCV` of a frozen model without a
-    `decision_function` (of one with, it scales the log-odds). More than two classes: a
-    map per class, then divided by their sum. `prediction` is the most probable class
-    again (for two: the positive one above 0.5); no other column changes. Saved after a
-    `score` step, the model is the scored model with the calibration after it.
+    `IsotonicRegression`, MLlib's) or `sigmoid` (Platt scaling), as scikit-learn's
+    `CalibratedClassifierCV` of a frozen model. Its sigmoid is of the model's raw score
+    where the model has one (a `decision_function`): `sigmoid_of: auto` fits it to the
+    log-odds after `logistic_regression` and `gradient_boosted_trees` (their raw score,
+    for two classes) and to the probability after any other model (a forest, an MLP) or
+    a probability column the plan did not see a model make; `sigmoid_of` names either.
+    More than two classes: a map per class, then divided by their sum. `prediction` is
+    the most probable class again (for two: the positive one above 0.5); no other column
+    changes. Saved after a `score` step, the model is the scored model with the
+    calibration after it.
 
     ```yaml
     - op: score
@@ -214,6 +225,21 @@ class Calibrate(Estimator):
                 raise ParamError(f"'{column}' is both the {seen[column]} and the {role}",
                                  hint=f"use another {role} column")
             seen[column] = role
+        self.sigmoid_model: str | None = None  # bind_model's, for sigmoid_of: auto
+
+    def bind_model(self, model: str | None) -> None:
+        """``sigmoid_of: auto`` made the log-odds after a model of a raw score
+        (``RAW_SCORE_MODELS``), the probability after any other or none known."""
+        if self.params.sigmoid_of == "auto":
+            self.sigmoid_model = model
+
+    @property
+    def sigmoid_of(self) -> str:
+        """What the sigmoid is fitted to, ``auto`` resolved."""
+        chosen = self.params.sigmoid_of
+        if chosen != "auto":
+            return chosen
+        return "log_odds" if self.sigmoid_model in RAW_SCORE_MODELS else "probability"
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         p = self.params
@@ -372,10 +398,16 @@ class Calibrate(Estimator):
                 "points": counted}, True
 
     def _sigmoid_input(self, values: np.ndarray) -> np.ndarray:
-        return log_odds(values) if self.params.sigmoid_of == "log_odds" else values
+        return log_odds(values) if self.sigmoid_of == "log_odds" else values
+
+    def _resolved(self) -> CalibrateParams:
+        """The params, ``sigmoid_of: auto`` resolved (a saved calibration says which)."""
+        if self.params.method == "isotonic" or self.params.sigmoid_of != "auto":
+            return self.params
+        return self.params.model_copy(update={"sigmoid_of": self.sigmoid_of})
 
     def fitted(self, state: dict[str, Any]) -> CalibrateFitted:
-        return CalibrateFitted(self.params, state["classes"], state["label_type"],
+        return CalibrateFitted(self._resolved(), state["classes"], state["label_type"],
                                state["maps"])
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -385,6 +417,7 @@ class Calibrate(Estimator):
             out["steps"] = [len(x) for x, _ in state["maps"]]
         else:
             out["a"], out["b"] = ([fit[i] for fit in state["maps"]] for i in (0, 1))
+            out["sigmoid_of"] = self.sigmoid_of
         return out
 
 
@@ -500,6 +533,7 @@ class CalibrateFitted(Transform):
     """The calibration maps: per class, isotonic breakpoints or Platt's (a, b)."""
 
     numeric_kernels = False
+    after_model = True  # adjusts the predictions of the model before it
     Params = CalibrateParams
 
     def __init__(self, params: CalibrateParams, classes: list[Any], label_type: pa.DataType,

@@ -63,6 +63,17 @@ class ScoreParams(Params):
         return self
 
 
+def predicting_model(steps: list[Operator]) -> str | None:
+    """The operator name of the model whose predictions a fitted chain ends with (None
+    where a step adjusts them after it: calibrate, or a saved model scored inside)."""
+    for step in reversed(steps):
+        if isinstance(step, Score) or getattr(step, "after_model", False):
+            return None
+        if isinstance(step, FittedModel):
+            return step.name.removesuffix(".fitted")
+    return None
+
+
 @register("score")
 class Score(Transform):
     """Score rows with a saved model: adds `prediction` and, for classifiers, `probability`.
@@ -92,6 +103,7 @@ class Score(Transform):
         self.required: list[str] = []
         self.planned: list[pa.Field] | None = None
         self.predictions: tuple[str, ...] = PREDICTION_COLUMNS
+        self.model_kind: str | None = None  # the operator of the model that predicts
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -105,6 +117,7 @@ class Score(Transform):
         self.chain, self.required, self.model_info = chain, list(required), dict(info)
         models = [step for step in chain.steps if isinstance(step, FittedModel)]
         self.predictions = model_columns(models[-1] if models else None)
+        self.model_kind = predicting_model(chain.steps)
         # the training pipeline's steps that are not in the model (join, filter, sample)
         self.data_steps = (self.model_info.pop("meta", None) or {}).get("data_steps", [])
         self.planned = None
@@ -122,6 +135,7 @@ class Score(Transform):
         self.chain, self.required, self.model_info = None, list(required), dict(info)
         self.planned = list(added)
         self.predictions = model_columns(model)
+        self.model_kind = None if model is None or isinstance(model, Score) else model.name
 
     def _not_explained(self, why: str) -> None:
         raise SchemaError(f"contributions: model '{self.params.model}' ends in {why}",

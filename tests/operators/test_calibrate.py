@@ -472,8 +472,20 @@ def test_the_calibrated_example_pipeline(workdir: Path) -> None:
         "held_out"]["rows"]
     raw, calibrated = metrics["balanced_metrics"], metrics["calibrated_metrics"]
     assert calibrated["log_loss"] < raw["log_loss"] - 0.005  # 0.591 -> 0.577
-    assert calibrated["roc_auc"] == pytest.approx(raw["roc_auc"], rel=1e-12)
+    # evaluate's ROC AUC counts pairs within a bin of 2^-16 as ties, and the sigmoid of
+    # the log-odds moves some pairs into or out of one bin: the same to 1e-5
+    assert calibrated["roc_auc"] == pytest.approx(raw["roc_auc"], abs=1e-5)
     assert metrics["calibrate"]["a"][0] < 0  # increasing in the model's probability
+    assert metrics["calibrate"]["sigmoid_of"] == "log_odds"  # of boosted trees
+    # the order of the customers is the same: the exact ROC AUC is
+    from sklearn.metrics import roc_auc_score
+
+    customers = pq.read_table(workdir / "data" / "churn")
+    proba = [np.asarray(load_model(name).score(customers).column("probability"))
+             for name in ("churn_balanced", "churn_calibrated")]
+    truth = np.asarray(customers.column("churned"))
+    assert roc_auc_score(truth, proba[1]) == roc_auc_score(truth, proba[0])
+    assert np.all(np.diff(proba[1][np.argsort(proba[0], kind="stable")]) >= 0)
 
 
 def test_dictionary_labels_and_predictions() -> None:
@@ -702,3 +714,76 @@ def test_the_scored_model_is_frozen_in_the_calibrated_one(saved: Path) -> None:
     assert store.versions("raw") == [2]
     after = load_model("calibrated").score(fresh)
     assert after.equals(before)
+
+
+@pytest.mark.filterwarnings("ignore:mlp did not converge")  # what it fits is beside it
+@pytest.mark.parametrize(("model", "chosen"), [
+    ("op: logistic_regression", "log_odds"),
+    ("op: gradient_boosted_trees\n            n_trees: 5", "log_odds"),
+    ("op: random_forest\n            n_trees: 5", "probability"),
+    ("op: mlp\n            hidden: [4]\n            max_iter: 200", "probability"),
+])
+def test_sigmoid_of_auto_follows_the_model(workdir: Path, model: str, chosen: str) -> None:
+    """``sigmoid_of: auto`` (the default) fits the sigmoid to the log-odds of a model of
+    a raw score (scikit-learn's decision_function) and to the probability of any other,
+    whether the model is a step before or a saved model a score step loads; the saved
+    calibration names what it chose, and a probability read from files is taken as
+    is."""
+    (workdir / "data").mkdir()
+    pq.write_table(rows(2000, 3), workdir / "data" / "rows.parquet")
+    train = write_pipeline(workdir, f"""
+        pipeline: train
+        steps:
+          - id: rows
+            op: read_parquet
+            path: data/rows.parquet
+          - op: sample
+            fraction: 0.5
+            seed: 1
+          - {model}
+            label: label
+            features: [x1, x2]
+          - op: save_model
+            name: raw
+          - op: sample
+            input: rows
+            fraction: 0.5
+            seed: 1
+            complement: true
+          - op: score
+            model: raw
+          - id: in_run
+            op: calibrate
+            label: label
+            method: sigmoid
+          - op: write_parquet
+            path: scored
+        """)
+    record = run(train)
+    assert record["metrics"]["in_run"]["sigmoid_of"] == chosen
+    again = write_pipeline(workdir, """
+        pipeline: again
+        steps:
+          - op: read_parquet
+            path: data/rows.parquet
+          - op: score
+            model: raw
+          - op: calibrate
+            label: label
+            method: sigmoid
+          - op: save_model
+            name: calibrated
+        """)
+    assert run(again)["metrics"]["calibrate"]["sigmoid_of"] == chosen
+    meta = json.loads(json.dumps(load_model("calibrated").model.chain.steps[-1].state()[0]))
+    assert meta["params"]["sigmoid_of"] == chosen
+    from_files = write_pipeline(workdir, """
+        pipeline: from_files
+        steps:
+          - op: read_parquet
+            path: scored
+          - op: calibrate
+            label: label
+            method: sigmoid
+        """)
+    assert run(from_files)["metrics"]["calibrate"]["sigmoid_of"] == "probability"
