@@ -363,13 +363,16 @@ def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str) -> Operat
 def _link_saved_models(built: dict[str, Step]) -> None:
     """A score step whose model this pipeline saves (``name`` or ``name@latest``, or an
     alias the save sets) scores with the version this run saves, after it is saved: an
-    evaluation on held-out rows in the same run, as MLlib's fit then transform."""
+    evaluation on held-out rows in the same run, as MLlib's fit then transform. A drift
+    step likewise compares with that version's training rows, unless its rows go on to
+    the save (the training rows' drift from the model saved before them: the registry's
+    version, as the step runs before this run saves another)."""
     saves: dict[str, list[Step]] = {}
     for step in built.values():
         if isinstance(step.op, SaveModel):
             saves.setdefault(step.op.params.name, []).append(step)
     for step in built.values():
-        if not isinstance(step.op, Score | Promote):
+        if not isinstance(step.op, Score | Promote | Drift):
             continue
         try:
             name, selector = parse_ref(step.op.params.model)
@@ -377,8 +380,26 @@ def _link_saved_models(built: dict[str, Step]) -> None:
             continue  # reported when the model is resolved
         for save in reversed(saves.get(name, [])):  # the last save of the name
             if selector in (None, "latest") or selector in save.op.params.aliases:
-                step.saved_by = save.id
+                if not (isinstance(step.op, Drift) and _feeds(built, step.id, save.id)):
+                    step.saved_by = save.id
                 break
+
+
+def _feeds(built: dict[str, Step], first: str, last: str) -> bool:
+    """Whether the rows of step ``first`` reach step ``last`` (through inputs and the
+    other steps a step reads)."""
+    seen, todo = set(), [last]
+    while todo:
+        step = built.get(todo.pop())
+        if step is None:
+            continue
+        for before in (step.input, *step.op.step_inputs()):
+            if before == first:
+                return True
+            if before and before not in seen:
+                seen.add(before)
+                todo.append(before)
+    return False
 
 
 def _toposort(built: dict[str, Step], plan: Plan, file: str) -> list[Step]:
@@ -453,6 +474,9 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 if not _bind_planned(plan, step):
                     continue  # a step of the model's chain has a problem reported
                 step.open = True  # the fitted chain's columns and types come at run time
+            elif isinstance(step.op, Drift) and step.saved_by is not None:
+                if not _bind_drift_planned(plan, step):
+                    continue  # a step of the model's chain has a problem reported
             elif isinstance(step.op, Score | Drift):
                 if resolve_model is None:
                     raise SchemaError("no model store to load the model from")
@@ -693,6 +717,32 @@ def _bind_promoted(plan: Plan, step: Step) -> bool:
     if planned is None:
         return False
     step.op.bind_planned(planned[1])
+    return True
+
+
+def _bind_drift_planned(plan: Plan, step: Step) -> bool:
+    """Bind a drift step to the profile its ``save_model`` step will keep, as planned:
+    the numeric and text columns the saved chain reads (the edges and shares come when
+    the run saves it); a SchemaError where the save keeps none (``profile: false``)."""
+    assert isinstance(step.op, Drift) and step.saved_by is not None
+    save = plan.step(step.saved_by)
+    if not save.op.params.profile:
+        raise SchemaError(f"model: step '{save.id}' saves '{save.op.params.name}' with "
+                          "profile: false, so there are no training rows to compare with",
+                          hint=f"drop profile: false from step '{save.id}', or compare "
+                               "with a saved version (name@3, name@ALIAS)")
+    planned = _planned_chain(plan, step.saved_by)
+    source = plan.model_input(step.saved_by)
+    if planned is None or source is None:
+        return False
+    # a fitted model reads its features, not the label, weight or queries its fit read
+    fit_only = {getattr(s.op.params, key, None) for s in planned[0]
+                if isinstance(s.op, Estimator) for key in ("label", "weight", "group")}
+    name, _ = parse_ref(step.op.params.model)
+    step.op.bind_planned(source, [c for c in planned[1]
+                                  if c in source.names and c not in fit_only],
+                         {"name": name, "ref": step.op.params.model.strip(),
+                          "saved_by": step.saved_by})
     return True
 
 

@@ -309,6 +309,8 @@ class Run:
         elif isinstance(op, Estimator):
             if isinstance(op, Promote):
                 self._bind_promote(step)
+            elif step.saved_by is not None:  # drift
+                self._bind_saved(step)
             if step.tuning is not None:
                 transform, metrics, data = self._tune(step, data)
             else:
@@ -528,10 +530,10 @@ class Run:
         """Bind a score step to the model this run saved at ``step.saved_by``."""
         model = self.saved[step.saved_by]
         ref = step.op.params.model.strip()
-        info = {"name": model.name, "version": model.version, "ref": ref,
-                "path": self.store.path_of(model)}
-        step.op.bind(model.chain, model.required, info)
-        self.record["models_used"].append({"step": step.id, **info})
+        chain, required, info = binding(model, ref, self.store.path_of(model))
+        step.op.bind(chain, required, info)
+        self.record["models_used"].append({"step": step.id, **{
+            k: v for k, v in info.items() if k != "meta"}})
 
     def _data_steps(self, save_id: str, chain: list[Step]) -> list[dict[str, Any]]:
         kept = {s.id for s in chain}

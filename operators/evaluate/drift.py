@@ -186,6 +186,16 @@ class Drift(Measuring):
         self.model_info = info
         self.profile = meta.get("profile")
 
+    def bind_planned(self, schema: pa.Schema, required: list[str], info: dict[str, Any]
+                     ) -> None:
+        """Attach a model this run saves before the step, as planned: the columns its
+        profile will have (of ``required``, read from ``schema``) and their kinds; the
+        profile itself is bound when the run has saved it."""
+        self.model_info = dict(info)
+        self.profile = {"rows": 0, "planned": True, "columns": {
+            c: {"kind": _kind(schema.field(c).type)}
+            for c in profiled_columns(schema, required)}}
+
     @property
     def _columns(self) -> dict[str, Any]:
         if self.profile is None:

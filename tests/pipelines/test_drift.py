@@ -198,3 +198,60 @@ def test_psi_floors_empty_bins() -> None:
     moved = psi([0.5, 0.5, 0.0], [0.5, 0.4, 0.1])
     assert moved == pytest.approx((0.4 - 0.5) * np.log(0.4 / 0.5)
                                   + (0.1 - FLOOR) * np.log(0.1 / FLOOR))
+
+
+TRAIN_AND_CHECK = TRAIN + """
+      - op: read_parquet
+        path: scoring
+      - op: drift
+        model: churn
+"""
+
+
+def test_drift_in_the_saving_run_compares_with_the_version_it_saves(
+        tables, workdir: Path, engine: Engine) -> None:
+    """A run that saves a model and then measures rows' drift from it compares with the
+    training rows of the version it saves, as score scores with it: not the registry's
+    latest before the run (the first run has none), and on every engine the same PSI
+    as a run that measures the saved version afterwards."""
+    path = write_pipeline(workdir, TRAIN_AND_CHECK)
+    first = run(path, engine_instance=engine)
+    assert first["metrics"]["drift"]["model"] == "churn@1"
+    second = run(path, engine_instance=engine)
+    assert second["metrics"]["drift"]["model"] == "churn@2"
+    assert [m["version"] for m in second["models_used"] if m["step"] == "drift"] == [2]
+    after = run(write_pipeline(workdir, CHECK.format(extra=""), "check.yaml"),
+                engine_instance=engine)
+    assert after["metrics"]["drift"]["model"] == "churn@2"
+    assert after["metrics"]["drift"]["psi"] == second["metrics"]["drift"]["psi"]
+
+
+def test_drift_of_the_rows_a_run_trains_on_is_with_the_version_before(
+        tables, workdir: Path) -> None:
+    """Drift on the rows the run goes on to train with compares with the version saved
+    before (the registry's, at the step's turn): no cycle."""
+    run(write_pipeline(workdir, TRAIN))
+    before = TRAIN.replace("        partition_mb: 0.05\n",
+                           "        partition_mb: 0.05\n      - op: drift\n"
+                           "        model: churn\n", 1)
+    record = run(write_pipeline(workdir, before, "before.yaml"))
+    assert record["metrics"]["drift"]["model"] == "churn@1"
+    assert record["metrics"]["drift"]["max_psi"] == 0.0  # the same rows as churn@1's
+    assert ModelStore().load("churn").version == 2
+
+
+def test_drift_in_the_saving_run_needs_its_profile(tables, workdir: Path) -> None:
+    no_profile = TRAIN_AND_CHECK.replace("name: churn\n", "name: churn\n        profile: false\n",
+                                         1)
+    path = write_pipeline(workdir, no_profile)
+    with pytest.raises(ValidationFailed) as info:
+        run(path)
+    assert ("model: step 'save_model' saves 'churn' with profile: false, so there are no "
+            "training rows to compare with (drop profile: false from step 'save_model', "
+            "or compare with a saved version (name@3, name@ALIAS))") in str(
+        info.value.problems[0])
+    dropped = TRAIN_AND_CHECK + "        columns: [churned]\n"
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, dropped, "columns.yaml"))
+    assert "columns: 'churned' is not in the profile of model 'churn' (profiled: " in str(
+        info.value.problems[0])
