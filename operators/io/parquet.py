@@ -157,6 +157,36 @@ def _plain(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
+def without_views(t: pa.DataType) -> pa.DataType:
+    """``t`` with its view types as their plain ones (string_view as string, binary_view
+    as binary, inside dictionaries, lists and structs too): what sluice reads a column
+    as. A file pyarrow wrote from views (Polars' tables, DuckDB's) stores their Arrow
+    schema, and most Arrow kernels (take, filter, index_in, comparisons with a string)
+    have none for views."""
+    if pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_binary_view(t):
+        return pa.binary()
+    if pa.types.is_dictionary(t):
+        return pa.dictionary(t.index_type, without_views(t.value_type), t.ordered)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        inner = t.value_field.with_type(without_views(t.value_type))
+        if pa.types.is_fixed_size_list(t):
+            return pa.list_(inner, t.list_size)
+        return pa.large_list(inner) if pa.types.is_large_list(t) else pa.list_(inner)
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(without_views(t.field(i).type))
+                          for i in range(t.num_fields)])
+    return t
+
+
+def _schema_without_views(schema: pa.Schema) -> pa.Schema:
+    if not any(without_views(f.type) != f.type for f in schema):
+        return schema
+    return pa.schema([f.with_type(without_views(f.type)) for f in schema],
+                     metadata=schema.metadata)
+
+
 def widens(have: pa.DataType, want: pa.DataType) -> bool:
     """Whether a file's type of a column converts to the dataset's with nothing lost in
     kind: the same values dictionary-encoded or not, or a narrower type that pyarrow's
@@ -266,6 +296,8 @@ class ReadParquet(Source):
       columns: [tenure, plan, churned]
       filter: "tenure >= 0 and region != 'test'"
     ```
+    Columns a file stores as Arrow views (`string_view`, `binary_view`: files written
+    from Polars' or DuckDB's Arrow tables) read as `string` and `binary`.
     """
 
     Params = ReadParquetParams
@@ -453,8 +485,9 @@ class ReadParquet(Source):
 
     @cached_property
     def full_schema(self) -> pa.Schema:
-        """The dataset's schema (every column, hive partition keys included)."""
-        return self.dataset.schema
+        """The dataset's schema (every column, hive partition keys included; view types
+        as their plain ones: ``without_views``)."""
+        return _schema_without_views(self.dataset.schema)
 
     @cached_property
     def _filter(self) -> Any:
@@ -558,7 +591,8 @@ class ReadParquet(Source):
             raise self._failure(exc, self.location.path) from None
         for fragment in fragments:
             try:
-                physical = fragment.physical_schema  # the footer, read once for the pieces too
+                # the footer, read once for the pieces too; views read as plain types
+                physical = _schema_without_views(fragment.physical_schema)
                 judged = self._row_group_filter(physical)
                 pieces = _pruned(
                     functools.partial(fragment.split_by_row_group, judged,
@@ -705,7 +739,7 @@ class ReadParquet(Source):
                 # pyarrow may keep a fragment's row groups in another order than given
                 # ([7, 8] as [8, 7]): one at a time, so that rows come in the file's order
                 pieces = [fragment.subset(row_group_ids=[g]) for g in groups]
-            file_schema = self._file_schema(fragment.physical_schema)
+            file_schema = self._file_schema(_schema_without_views(fragment.physical_schema))
 
             def scan(columns: list[str] | None, scan_filter: Any) -> pa.Table:
                 return pa.concat_tables([
