@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field
 
 from operators.arrays import column_to_numpy, is_text
@@ -35,7 +34,7 @@ from operators.evaluate.metrics import (
 )
 from operators.features.columns import unique_names
 from operators.models import ranking
-from operators.models.common import is_numeric
+from operators.models.common import is_numeric, probability_matrix
 
 Task = Literal["classification", "regression", "auto"]
 
@@ -480,24 +479,9 @@ def _values(part: pa.Table, column: str, numeric: bool, what: str) -> np.ndarray
 
 
 def _probability(part: pa.Table, column: str) -> np.ndarray:
-    values = _no_nulls(part, column, "probability")
-    if pa.types.is_floating(values.type):
-        out = column_to_numpy(values)
-    else:
-        lengths = pc.list_value_length(values)
-        low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()
-        if low != high:
-            raise DataError(f"probability column '{column}' has lists of {low} to {high} "
-                            "entries", hint="one entry per class on every row")
-        flat = pc.list_flatten(values)
-        if flat.null_count:
-            raise DataError(f"probability column '{column}' has null entries",
-                            hint="one probability per class on every row")
-        out = column_to_numpy(flat).reshape(len(values), low)
-    if np.isnan(out).any() or (out < 0).any() or (out > 1).any():
-        raise DataError(f"probability column '{column}' has values outside [0, 1]",
-                        hint="is it a probability (not a logit or score)?")
-    return out
+    """A double column's values, a list column's as (rows, classes)."""
+    matrix = probability_matrix(part, column)
+    return matrix[:, 0] if pa.types.is_floating(part.schema.field(column).type) else matrix
 
 
 def _weights(part: pa.Table, column: str) -> np.ndarray:

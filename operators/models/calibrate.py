@@ -30,7 +30,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from operators.arrays import column_to_numpy
 from operators.base import (
     DataError,
     Estimator,
@@ -50,6 +49,7 @@ from operators.models.common import (
     class_label_type,
     label_column,
     probability_array,
+    probability_matrix,
     put_column,
     row_weights,
     sigmoid,
@@ -62,6 +62,9 @@ TIE = np.finfo(np.float64).resolution
 RAW_SCORE_MODELS = ("logistic_regression", "gradient_boosted_trees")
 """Models whose probability is a sigmoid (softmax) of a raw score, scikit-learn's
 ``decision_function``: its calibration fits a sigmoid of that score, the log-odds."""
+
+READ_HINT = ("calibrate reads the probabilities a model wrote: check the steps between "
+             "the model and this one")
 
 AFTER_A_MODEL = ("put calibrate after a model step (logistic_regression, "
                  "gradient_boosted_trees...) or a score step, on rows the model was not "
@@ -100,37 +103,6 @@ def probability_classes(t: pa.DataType) -> str | None:
             and pa.types.is_floating(t.value_type)):
         return "list"
     return None
-
-
-def probability_matrix(part: pa.Table, column: str, outputs: int | None = None) -> np.ndarray:
-    """The probability column as (rows, outputs) float64: one column for a double, one
-    per class for a list (every list as long; ``outputs`` of them when given). A null,
-    NaN or a value outside [0, 1] is a DataError."""
-    values = part.column(column).combine_chunks()
-    hint = ("calibrate reads the probabilities a model wrote: check the steps between "
-            "the model and this one")
-    if values.null_count:
-        raise DataError(f"probability column '{column}' has {values.null_count} null values",
-                        hint=hint)
-    if probability_classes(values.type) == "binary":
-        matrix = column_to_numpy(values)[:, None]
-    else:
-        lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
-        k = outputs if outputs is not None else (int(lengths[0]) if len(lengths) else 0)
-        if len(lengths) and (lengths != k).any():
-            bad = int(lengths[lengths != k][0])
-            raise DataError(f"probability column '{column}' has lists of {bad} and of {k} "
-                            "values", hint="a model writes one value per class, in every row")
-        flat = pc.list_flatten(values)
-        if flat.null_count:
-            raise DataError(f"probability column '{column}' has {flat.null_count} null "
-                            "values in its lists", hint=hint)
-        matrix = column_to_numpy(flat).reshape(len(values), k)
-    bad = ~((matrix >= 0) & (matrix <= 1))  # NaN too
-    if bad.any():
-        raise DataError(f"probability column '{column}' has {int(bad.sum())} values that are "
-                        f"NaN or outside [0, 1] (first: {matrix[bad][0]})", hint=hint)
-    return matrix + 0.0  # -0.0 as 0.0: one value
 
 
 def classes_type(t: pa.DataType) -> pa.DataType | None:
@@ -297,7 +269,7 @@ class Calibrate(Estimator):
         labels = label_column(part, p.label).cast(state["label_type"])
         weights = row_weights(part, p.weight)
         kept = weights > 0  # scikit-learn leaves zero-weight rows out of an isotonic fit
-        proba = probability_matrix(part, p.probability)
+        proba = probability_matrix(part, p.probability, hint=READ_HINT)
         labels = labels.filter(pa.array(kept)) if not kept.all() else labels
         proba, weights = proba[kept], weights[kept]
         predicted = None
@@ -585,7 +557,7 @@ class CalibrateFitted(Transform):
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         self.output_schema(part.schema)
         name = self.params.probability
-        proba = self.calibrated(probability_matrix(part, name, len(self.maps)))
+        proba = self.calibrated(probability_matrix(part, name, len(self.maps), READ_HINT))
         field = part.schema.field(name)
         column = probability_array(proba, len(self.maps) != 1)
         out = put_column(part, field, column.cast(field.type))

@@ -862,3 +862,34 @@ def validation_finalize(model: FittedModel, stats: dict[str, Any]) -> dict[str, 
     if stats["unseen"]:
         out["unseen_class_rows"] = stats["unseen"]
     return out
+
+
+def probability_matrix(part: pa.Table, column: str, outputs: int | None = None,
+                       hint: str = "is it a probability (not a logit or score)?"
+                       ) -> np.ndarray:
+    """A model's probability column as (rows, outputs) float64: one column for a double,
+    one per class for a list (every list as long; ``outputs`` of them when given). A
+    null, NaN or a value outside [0, 1] is a DataError (``hint``: what to check)."""
+    values = part.column(column).combine_chunks()
+    if values.null_count:
+        raise DataError(f"probability column '{column}' has {values.null_count} null values",
+                        hint=hint)
+    if pa.types.is_floating(values.type):
+        matrix = column_to_numpy(values)[:, None]
+    else:
+        lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+        k = outputs if outputs is not None else (int(lengths[0]) if len(lengths) else 0)
+        if len(lengths) and (lengths != k).any():
+            bad = int(lengths[lengths != k][0])
+            raise DataError(f"probability column '{column}' has lists of {bad} and of {k} "
+                            "values", hint="a model writes one value per class, in every row")
+        flat = pc.list_flatten(values)
+        if flat.null_count:
+            raise DataError(f"probability column '{column}' has {flat.null_count} null "
+                            "values in its lists", hint=hint)
+        matrix = column_to_numpy(flat).reshape(len(values), k)
+    bad = ~((matrix >= 0) & (matrix <= 1))  # NaN too
+    if bad.any():
+        raise DataError(f"probability column '{column}' has {int(bad.sum())} values that are "
+                        f"NaN or outside [0, 1] (first: {matrix[bad][0]})", hint=hint)
+    return matrix + 0.0  # -0.0 as 0.0: one value

@@ -249,6 +249,31 @@ def test_probability_column_named_by_param() -> None:
 # --------------------------------------------------------------------------- errors
 
 
+def test_a_probability_that_is_not_one_says_how_and_where() -> None:
+    """The checks calibrate makes of a probability column (one reading of it, one set of
+    messages): nulls, NaN or values outside [0, 1] counted with the first, lists of
+    unequal lengths, nulls inside lists."""
+    table = binary_table(100)
+    values = column(table, "probability").copy()
+    values[[3, 7]] = [1.5, np.nan]
+    bad = table.set_column(table.schema.get_field_index("probability"), "probability",
+                           pa.array(values))
+    with pytest.raises(DataError, match=r"'probability' has 2 values that are NaN or outside "
+                                        r"\[0, 1\] \(first: 1.5\)") as info:
+        evaluate({"label": "churned"}, [bad])
+    assert info.value.hint == "is it a probability (not a logit or score)?"
+    lists = multiclass_table(30)
+    at = lists.schema.get_field_index("probability")
+    rows = lists.column("probability").to_pylist()
+    for change, message in ((lambda r: r[:2], "has lists of 2 and of 4 values"),
+                            (lambda r: [None, *r[1:]], "has 1 null values in its lists")):
+        changed = [change(r) if i == 5 else r for i, r in enumerate(rows)]
+        broken = lists.set_column(at, "probability", pa.array(
+            changed, lists.schema.field(at).type))
+        with pytest.raises(DataError, match=message):
+            evaluate({"label": lists.column_names[1]}, [broken])
+
+
 def test_unknown_metric_is_a_param_error_with_a_suggestion() -> None:
     with pytest.raises(ParamError, match="did you mean 'accuracy'"):
         Evaluate(label="churned", metrics=["acuracy"])
