@@ -30,6 +30,7 @@ from operators.base import (
     register_fitted,
 )
 from operators.features.columns import null_mask, replace_field, require_numeric, unique_names
+from operators.models.common import feature_matrix
 from operators.quantiles import ColumnQuantiles
 
 MOMENTS = ("count", "mean", "m2", "min", "max")
@@ -406,16 +407,8 @@ class Normalize(Transform):
         columns = self.params.columns
         if part.num_rows == 0:
             return scale_columns(part, columns, np.zeros(0), np.zeros(0), np.zeros(0), xp)
-        for name in columns:
-            column = part.column(name)
-            missing = column.null_count + (int(pc.sum(pc.is_nan(column)).as_py() or 0)
-                                           if pa.types.is_floating(column.type) else 0)
-            if missing:
-                raise DataError(f"column '{name}' has {missing} null or NaN values: a row's "
-                                "norm needs every value", hint="impute it first")
-        x = table_to_matrix(part, columns, xp)
-        require_finite(columns, to_numpy(xp.sum(xp.astype(xp.isinf(x), x.dtype), axis=0,
-                                                dtype=xp.float64)))
+        # a row's norm needs every value: a null, NaN or inf is the models' DataError
+        x = feature_matrix(part, columns, xp, role="column")
         size = xp.abs(x)
         if self.params.norm == "l1":
             norm = xp.sum(size, axis=1)
