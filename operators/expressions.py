@@ -148,7 +148,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.arrays import is_text
-from operators.try_cast import try_cast, within
+from operators.try_cast import cast_options, try_cast, within
 
 # lark is imported where an expression is parsed: a run without one never imports it
 # (~15-20 ms of start-up)
@@ -1572,12 +1572,7 @@ class _Compiler:
         if node.name in _CASTS:
             assert node.cast_type is not None
             target = _CAST_TYPES[node.cast_type]
-            options = pc.CastOptions(
-                target,
-                allow_float_truncate=True,
-                allow_time_truncate=True,
-                allow_decimal_truncate=True,
-            )
+            options = cast_options(target)
             source = (node.args[0].arrow_type if isinstance(node.args[0], _Literal)
                       else self._result_type(exprs[0]))
             if node.name == "try_cast" and source is not None:

@@ -58,6 +58,13 @@ _INT64_MAX = 2**63 - 1
 _EXACT = decimal.Context(prec=100)  # a decimal256's 76 digits and a bound's, unrounded
 
 
+def cast_options(target: pa.DataType) -> pc.CastOptions:
+    """The expressions' cast to ``target`` (Spark's): a float, time or decimal that does
+    not fit the target's precision is truncated toward zero, not refused."""
+    return pc.CastOptions(target, allow_float_truncate=True, allow_time_truncate=True,
+                          allow_decimal_truncate=True)
+
+
 def try_cast(expr: pc.Expression, source: pa.DataType, target: pa.DataType,
              options: pc.CastOptions, refused_only: bool = False) -> pc.Expression:
     """``expr`` (of type ``source``) cast to ``target`` as ``options`` say, null where the

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from operators.arrays import plain
 from operators.base import (
@@ -244,6 +244,17 @@ class CastParams(Params):
         min_length=1, description="column: type, e.g. {tenure: float64, day: date32}")
     safe: bool = Field(True, description="true: a value that does not fit is an error; "
                                          "false: truncate / wrap as Arrow's unsafe cast does")
+    invalid: Literal["error", "null"] = Field(
+        "error", description="what a value that does not convert becomes: error (the run "
+                             "stops, naming the column) or null (Spark SQL's try_cast: "
+                             "'12a' as int64, 1e20 as int32, 300 as uint8)")
+
+    @model_validator(mode="after")
+    def _null_is_safe(self) -> CastParams:
+        if self.invalid == "null" and not self.safe:
+            raise ParamError("invalid: null makes a value that does not fit null; safe: "
+                             "false truncates or wraps it instead: choose one")
+        return self
 
     @field_validator("columns")
     @classmethod
@@ -263,8 +274,12 @@ class Cast(Transform):
     ```yaml
     - op: cast
       columns: {tenure: float64, signup: date32, plan: string}
-      safe: true
+      invalid: null               # a value that does not convert: null (default: error)
     ```
+    `invalid: null` is Spark SQL's `try_cast` of each column (the expressions'
+    `try_cast(x as T)`): the cast's value where it gives one, null where it would stop
+    the run or give an undefined integer; a float to an integer is truncated toward
+    zero (1.5 as 1, as Spark's), where the default refuses it.
     """
 
     numeric_kernels = False
@@ -288,18 +303,41 @@ class Cast(Transform):
                 raise SchemaError(f"cannot cast column '{name}' from {source} to {target}",
                                   hint="cast through an intermediate type, or derive it "
                                        "with an expression") from None
-            schema = schema.set(i, schema.field(i).with_type(target))
+            field = schema.field(i).with_type(target)
+            if self.params.invalid == "null":  # a value that does not convert: null
+                field = field.with_nullable(True)
+            schema = schema.set(i, field)
         return schema
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        if self.params.invalid == "null":
+            return self._try_cast(part)
         for name, target in self._targets().items():
             i = part.schema.get_field_index(name)
             try:
                 column = pc.cast(part.column(i), target, safe=self.params.safe)
             except ARROW_ERRORS as exc:
-                hint = ("set `safe: false` to truncate or wrap, or fix the data"
-                        if self.params.safe else "fix the data")
+                hint = ("set `invalid: null` to make such values null, `safe: false` to "
+                        "truncate or wrap, or fix the data" if self.params.safe
+                        else "fix the data")
                 raise DataError(f"cannot cast column '{name}' to {target}: "
                                 f"{arrow_message(exc)}", hint=hint) from None
             part = part.set_column(i, part.schema.field(i).with_type(target), column)
+        return part
+
+    def _try_cast(self, part: pa.Table) -> pa.Table:
+        """Each column through the expressions' ``try_cast``, in one projection."""
+        import pyarrow.dataset as ds
+
+        from operators.try_cast import cast_options, try_cast
+
+        targets = self._targets()
+        made = ds.dataset(part).to_table(columns={
+            name: try_cast(pc.field(name), part.schema.field(name).type, target,
+                           cast_options(target))
+            for name, target in targets.items()})
+        for name, target in targets.items():
+            i = part.schema.get_field_index(name)
+            part = part.set_column(i, part.schema.field(i).with_type(target)
+                                   .with_nullable(True), made.column(name))
         return part

@@ -581,6 +581,32 @@ def test_cast() -> None:
         build("cast", columns={"f": "float65"})
 
 
+def test_cast_with_invalid_null_is_try_cast() -> None:
+    """``invalid: null``: each column as the expressions' try_cast gives it (Spark SQL's
+    try_cast): the cast's value where it converts, null where cast would stop the run
+    or give an undefined integer; nothing else changes."""
+    table = pa.table({"s": ["1", "12a", None, "300", "-5", "7"],
+                      "f": [1.5, 1e20, float("nan"), -1.5, 255.0, 256.0],
+                      "d": pa.array(["3", "x", "3", None, "4", "4"]).dictionary_encode(),
+                      "keep": list(range(6))})
+    got = run("cast", table, columns={"s": "uint8", "f": "uint8", "d": "int32"},
+              invalid="null")
+    assert got.column("s").to_pylist() == [1, None, None, None, None, 7]
+    assert got.column("f").to_pylist() == [1, None, None, None, 255, None]  # -1.5 is -1: no uint8
+    assert got.column("d").to_pylist() == [3, None, 3, None, 4, 4]
+    assert got.column("keep").to_pylist() == list(range(6))
+    assert got.schema.field("d").type == pa.int32()
+    same = run("derive", table, columns={"s": "try_cast(s as uint8)",
+                                         "f": "try_cast(f as uint8)",
+                                         "d": "try_cast(d as int32)"})
+    assert got.select(["s", "f", "d"]).equals(same.select(["s", "f", "d"]))
+    with pytest.raises(DataError, match="cannot cast column 's' to uint8") as info:
+        run("cast", table, columns={"s": "uint8"})
+    assert "`invalid: null`" in str(info.value)
+    with pytest.raises(ParamError, match="invalid: null makes a value that does not fit null"):
+        build("cast", columns={"s": "int8"}, invalid="null", safe=False)
+
+
 def test_errors_are_sluice_errors_with_hints() -> None:
     schema = numbers().schema
     with pytest.raises(SchemaError) as info:

@@ -178,7 +178,9 @@ _cases("rename", features_table,
        ("swap", {"columns": {"x": "n", "n": "x"}}))
 _cases("cast", features_table,
        ("widen", {"columns": {"small": "int64", "n": "float64", "flag": "int8"}}),
-       ("to-string-unsafe", {"columns": {"id": "string", "x": "int32"}, "safe": False}))
+       ("to-string-unsafe", {"columns": {"id": "string", "x": "int32"}, "safe": False}),
+       ("invalid-null", {"columns": {"big": "int8", "x": "uint8", "plan": "int64",
+                                     "region": "float64"}, "invalid": "null"}))
 
 _cases("filter", features_table,
        ("nulls-dropped", {"where": "x > 0.5 and plan != 'trial'"}),
