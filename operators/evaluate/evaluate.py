@@ -75,7 +75,9 @@ class EvaluateParams(Params):
                           "2^label - 1, a query of no relevant row counts 1; tied "
                           "predictions share their places' discounts), queries and count; "
                           "a query's rows must be in one partition (`- op: repartition` "
-                          "with `by: [<group>]` first)")
+                          "with `by: [<group>]` first); with a weight each query's NDCG "
+                          "weighs the mean of its rows' (LightGBM's query weight), with by "
+                          "each group's queries' (a query's rows share their by values)")
     k: int = Field(10, ge=1, description="ndcg's cut-off: NDCG@k (with group)")
 
 
@@ -104,7 +106,9 @@ class Evaluate(Measuring):
     ```
     With `group: <query id column>` it measures a ranking instead: `ndcg` (NDCG@`k`, the
     mean over the queries, as LightGBM's) of the prediction (a ranking model's score)
-    against the relevance label; a query's rows must be in one partition.
+    against the relevance label; a query's rows must be in one partition. With `weight`
+    each query's NDCG weighs the mean of its rows' weights; with `by`, each group's
+    queries' NDCG too.
 
     Classification metrics: accuracy, log_loss, roc_auc (binary, or macro one-vs-rest),
     pr_auc (average precision: the area under the precision-recall curve, what tells a
@@ -153,7 +157,6 @@ class Evaluate(Measuring):
                                  "id column) is not set", hint="add group: <query id column>")
             return
         extra = {"metrics": set(self.params.metrics or []) - {"ndcg", "count"},
-                 "weight": self.params.weight, "by": self.params.by,
                  "classes": self.params.classes}
         for name, value in extra.items():
             if value:
@@ -166,7 +169,8 @@ class Evaluate(Measuring):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         p = self.params
         if p.group is not None:
-            return [p.label, p.prediction, p.group]
+            return [p.label, p.prediction, p.group, *([p.weight] if p.weight else []),
+                    *(p.by or [])]
         optional = [c for c in (p.probability, p.weight) if c and c in schema.names]
         return [p.label, p.prediction, *optional, *(p.by or [])]
 
@@ -182,6 +186,10 @@ class Evaluate(Measuring):
             ranking.check_group_column(schema, p.group)
             for column in (p.label, p.prediction):
                 _require_numeric(schema, column, "a ranking")
+            if p.weight:
+                _require_numeric(schema, p.weight, "a weight")
+            if p.by:
+                _require_groupable(schema, p.by)
             return {"task": "ranking", "metrics": p.metrics or ["ndcg", "count"]}
         label_type = value_type(schema.field(p.label).type)
         task = p.task if p.task != "auto" else task_of(p.label, label_type)
@@ -282,23 +290,60 @@ class Evaluate(Measuring):
                                            "max_groups")
 
     def _ranking_partial(self, part: pa.Table) -> dict[str, Any]:
-        """The partition's queries' NDCG@k sum, their number, rows and keys (no query
-        may be in two partitions: ``ranking.combine_keys``)."""
+        """The partition's queries' NDCG@k sum, their weight (their number, unweighted),
+        rows and keys (no query may be in two partitions: ``ranking.combine_keys``), and
+        with ``by`` each group's sums (a query in one group only)."""
         p = self.params
         labels = _values(part, p.label, True, "label").astype(np.float64)
         ranking.check_relevance(labels, p.label)
         score = _values(part, p.prediction, True, "prediction").astype(np.float64)
+        weight = _weights(part, p.weight) if p.weight else None
         keys = ranking.query_keys(part, p.group)
-        total, queries = ranking.ndcg_sums(score, labels, ranking.query_codes(part, p.group),
-                                           p.k)
-        return {"task": "ranking", "ndcg": total, "rows": part.num_rows,
-                "ranking": {"keys": keys, "queries": queries, "span": None}}
+        codes = ranking.query_codes(part, p.group)
+
+        def sums(rows: np.ndarray | slice) -> dict[str, Any]:
+            total, weighed = ranking.ndcg_sums(score[rows], labels[rows], codes[rows], p.k,
+                                               None if weight is None else weight[rows])
+            return {"ndcg": total, "weight": weighed,
+                    "rows": len(score[rows]), "queries": len(np.unique(codes[rows]))}
+
+        out = {"task": "ranking", **sums(slice(None)),
+               "ranking": {"keys": keys, "queries": len(keys), "span": None}}
+        if p.by:
+            groups = {key: sums(rows) for key, rows in _group_rows(part, p.by)}
+            if sum(g["queries"] for g in groups.values()) != len(keys):
+                self._split_query(part, codes, keys)
+            self._check_groups(groups)
+            out["groups"] = groups
+        return out
+
+    def _split_query(self, part: pa.Table, codes: np.ndarray, keys: pa.Array) -> None:
+        """The DataError for a query whose rows have two values of ``by``."""
+        p = self.params
+        seen: dict[int, tuple] = {}
+        for key, rows in _group_rows(part, p.by):
+            for code in np.unique(codes[rows]).tolist():
+                if code in seen:
+                    shown = [",".join(f"{c}={_shown(v)}" for c, v in zip(p.by, k, strict=True))
+                             for k in (seen[code], key)]
+                    raise DataError(f"query {keys[code].as_py()!r} of group column "
+                                    f"'{p.group}' has rows in two groups of by ({shown[0]} "
+                                    f"and {shown[1]}): NDCG ranks a query's rows together",
+                                    hint="evaluate by columns whose value is the same on "
+                                         "every row of a query")
+                seen[code] = key
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if a["task"] == "ranking":
-            return {"task": "ranking", "ndcg": a["ndcg"] + b["ndcg"],
-                    "rows": a["rows"] + b["rows"],
-                    "ranking": ranking.combine_keys(a["ranking"], b["ranking"])}
+            out = {"task": "ranking", **_added(a, b),
+                   "ranking": ranking.combine_keys(a["ranking"], b["ranking"])}
+            if "groups" in a:
+                groups = dict(a["groups"])
+                for key, stats in b["groups"].items():
+                    groups[key] = _added(groups[key], stats) if key in groups else stats
+                self._check_groups(groups)
+                out["groups"] = groups
+            return out
         accumulator = MetricAccumulator(a["task"])
         if "groups" not in a:
             return accumulator.combine(a, b)
@@ -339,9 +384,24 @@ class Evaluate(Measuring):
             raise ranking.span_error(p.group, queries["span"])
         if stats["rows"] == 0:
             raise DataError("no rows to evaluate", hint="check the input and any filter")
-        values = {"ndcg": stats["ndcg"] / queries["queries"], "count": int(stats["rows"])}
-        return {**{m: values[m] for m in state["metrics"]}, "queries": queries["queries"],
-                "k": p.k}
+
+        def values(sums: dict[str, Any], where: str = "") -> dict[str, Any]:
+            if sums["weight"] <= 0:
+                raise DataError(f"every query{where} weighs 0 (weight column "
+                                f"'{p.weight}'): no NDCG to average",
+                                hint="give the queries a positive weight")
+            shown = {"ndcg": sums["ndcg"] / sums["weight"], "count": int(sums["rows"])}
+            return {**{m: shown[m] for m in state["metrics"]},
+                    "queries": int(sums["queries"]), "k": p.k}
+
+        out = values(stats)
+        if "groups" in stats:
+            out["groups"] = {}
+            for key in sorted(stats["groups"], key=_key_order):
+                label = ",".join(f"{c}={_shown(v)}"
+                                 for c, v in zip(p.by or [], key, strict=True))
+                out["groups"][label] = values(stats["groups"][key], f" of group {label}")
+        return out
 
 
 class Measured(Transform):
@@ -438,6 +498,11 @@ def _group_rows(part: pa.Table, by: list[str]) -> list[tuple[tuple, np.ndarray]]
     values = list(zip(*(grouped.column(c).to_pylist() for c in by), strict=True))
     rows = grouped.column("__row_list")
     return [(key, rows[i].values.to_numpy()) for i, key in enumerate(values)]
+
+
+def _added(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two partials' NDCG sums, weights, rows and queries added."""
+    return {k: a[k] + b[k] for k in ("ndcg", "weight", "rows", "queries")}
 
 
 def _shown(value: Any) -> str:

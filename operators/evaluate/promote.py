@@ -114,11 +114,7 @@ class Promote(Measuring):
         level = self._levels()[0] if self.scorers else None
         ranking = self._ranking()
         if ranking is not None:  # by the NDCG of each query, as the model was validated
-            if p.weight is not None:
-                raise ParamError(f"promote compares ranking models by the NDCG of the "
-                                 f"queries of '{ranking['group']}', which weighs every "
-                                 f"query alike: weight '{p.weight}' has no part in it",
-                                 hint="leave weight out")
+            # (with a weight, each query's weighs the mean of its rows')
             return Evaluate(label=p.label, weight=p.weight, metrics=metrics,
                             group=ranking["group"], k=ranking["ndcg_at"])
         if level is not None:

@@ -260,14 +260,17 @@ def _pair_sums(i: np.ndarray, j: np.ndarray, s: np.ndarray, y: np.ndarray,
             np.add.at(total, at, values)
 
 
-def ndcg_sums(score: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int
-              ) -> tuple[float, int]:
+def ndcg_sums(score: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int,
+              weights: np.ndarray | None = None) -> tuple[float, float]:
     """The sum of the queries' NDCG@k and their number (ties of score share their
-    places' discounts; a query of no relevant row counts 1)."""
+    places' discounts; a query of no relevant row counts 1); with row ``weights``, the
+    sum of each query's NDCG times its weight, the mean of its rows' (LightGBM's query
+    weight), and the sum of those weights."""
     if len(score) == 0:
         return 0.0, 0
     n_queries = int(queries.max()) + 1
-    present = np.bincount(queries, minlength=n_queries) > 0
+    rows = np.bincount(queries, minlength=n_queries)
+    present = rows > 0
     ideal = ideal_dcg(labels, queries, k, n_queries)
     key = rank_key(score)
     order, sorted_queries, place, starts, sizes = _order(queries, [-key])
@@ -285,4 +288,7 @@ def ndcg_sums(score: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int
     dcg = np.bincount(sorted_queries, _gain(labels[order]) * shared[block],
                       minlength=n_queries)
     ndcg = np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 1.0)
-    return float(ndcg[present].sum()), int(present.sum())
+    if weights is None:
+        return float(ndcg[present].sum()), int(present.sum())
+    weight = np.bincount(queries, weights, minlength=n_queries)[present] / rows[present]
+    return float((ndcg[present] * weight).sum()), float(weight.sum())

@@ -434,8 +434,74 @@ def test_evaluate_measures_ndcg_per_query() -> None:
         fit(evaluate(label="y", group="query"), [rows.slice(0, 7), rows.slice(7)])
     with pytest.raises(ParamError, match="group"):
         evaluate(label="y", metrics=["ndcg"])
-    with pytest.raises(ParamError, match="takes no weight"):
-        evaluate(label="y", group="query", weight="w")
+    with pytest.raises(ParamError, match="takes no classes"):
+        evaluate(label="y", group="query", classes=[0, 1])
+
+
+def _per_query_ndcg(table: pa.Table, score: np.ndarray, k: int) -> dict[str, float]:
+    """Each query's NDCG@k by scikit-learn's ndcg_score on gains 2^y - 1 (1 for a query
+    without a relevant row, LightGBM's rule)."""
+    from sklearn.metrics import ndcg_score
+
+    keys = np.asarray(table.column("query").to_pylist())
+    grades = table.column("y").to_numpy().astype(np.float64)
+    out = {}
+    for key in np.unique(keys):
+        rows = keys == key
+        y = grades[rows]
+        out[key] = (1.0 if not (y > 0).any()
+                    else ndcg_score([2.0 ** y - 1], [score[rows]], k=k))
+    return out
+
+
+def test_evaluate_weighs_queries_and_measures_each_group() -> None:
+    """``weight``: each query's NDCG weighs the mean of its rows' weights (LightGBM's
+    query weight); ``by``: each group's queries' NDCG, in the same pass; the same on any
+    partitioning of whole queries; a query whose rows are in two groups is refused."""
+    table = ranking_table(queries=60, seed=11, min_rows=3)
+    keys = np.asarray(table.column("query").to_pylist())
+    names = np.unique(keys)
+    rng = np.random.default_rng(4)
+    region = dict(zip(names, rng.choice(["eu", "us", "apac"], len(names)), strict=True))
+    query_weight = dict(zip(names, rng.uniform(0.1, 3.0, len(names)), strict=True))
+    score = np.round(rng.standard_normal(table.num_rows), 1)
+    rows = table.append_column("prediction", pa.array(score)).append_column(
+        "region", pa.array([region[q] for q in keys])).append_column(
+        "qw", pa.array([query_weight[q] for q in keys]))
+    per_query = _per_query_ndcg(table, score, 5)
+    evaluate = lookup("evaluate")
+    for parts in (whole_query_parts(rows, 1, 0), whole_query_parts(rows, 4, 1)):
+        got = fit(evaluate(label="y", group="query", k=5, weight="qw", by=["region"]),
+                  parts).metrics
+        weights = np.array([query_weight[q] for q in names])
+        values = np.array([per_query[q] for q in names])
+        assert got["ndcg"] == pytest.approx((weights * values).sum() / weights.sum(),
+                                            rel=1e-12)
+        assert got["queries"] == 60 and got["count"] == rows.num_rows
+        assert sorted(got["groups"]) == ["region=apac", "region=eu", "region=us"]
+        for label, group in got["groups"].items():
+            mine = [q for q in names if f"region={region[q]}" == label]
+            w = np.array([query_weight[q] for q in mine])
+            assert group["ndcg"] == pytest.approx(
+                (w * np.array([per_query[q] for q in mine])).sum() / w.sum(), rel=1e-12)
+            assert group["queries"] == len(mine)
+    # rows' weights within a query: their mean is the query's
+    varied = rows.set_column(rows.schema.get_field_index("qw"), "qw", pa.array(
+        [query_weight[q] * (0.5 if i % 2 else 1.5) for i, q in enumerate(keys)]))
+    means = {q: float(np.mean(varied.column("qw").to_numpy()[keys == q])) for q in names}
+    got = fit(evaluate(label="y", group="query", k=5, weight="qw"), [varied]).metrics
+    weights = np.array([means[q] for q in names])
+    assert got["ndcg"] == pytest.approx(
+        (weights * np.array([per_query[q] for q in names])).sum() / weights.sum(), rel=1e-12)
+    split = rows.set_column(rows.schema.get_field_index("region"), "region", pa.array(
+        ["mars" if i == 1 else r for i, r in enumerate(rows.column("region").to_pylist())]))
+    with pytest.raises(DataError, match=f"query '{keys[1]}' of group column 'query' has "
+                                        "rows in two groups of by"):
+        fit(evaluate(label="y", group="query", by=["region"]), [split])
+    zero = rows.set_column(rows.schema.get_field_index("qw"), "qw",
+                           pa.array(np.zeros(rows.num_rows)))
+    with pytest.raises(DataError, match="every query weighs 0"):
+        fit(evaluate(label="y", group="query", weight="qw"), [zero])
 
 
 def test_tuning_compares_candidates_by_held_out_ndcg(workdir: Path) -> None:
@@ -501,11 +567,18 @@ def test_promote_compares_rankers_by_the_ndcg_of_fresh_queries(workdir: Path) ->
                                                                      "ndcg_at": 10}
     served = load_model("ranker@production", str(workdir / "models"))
     assert served.describe()["ranking"] == {"group": "query", "ndcg_at": 10}
-    weighted = RANKERS.format(trees=2) + "        weight: x1\n"
-    with pytest.raises(ParamError, match="promote compares ranking models by the NDCG of "
-                                         "the queries of 'query', which weighs every query "
-                                         "alike: weight 'x1' has no part in it"):
-        run(write_pipeline(workdir, weighted, "weighted.yaml"))
+    # weighted: each query's NDCG weighs the mean of its rows' weights, as evaluate's
+    weighted = run(write_pipeline(workdir, RANKERS.format(trees=30) + "        weight: w\n",
+                                  "weighted.yaml"))["metrics"]["promote"]
+    assert weighted["metric"] == "ndcg"
+    rows = pq.read_table(workdir / "data" / "fresh")
+    challenger = ModelStore().load("ranker")  # the version the weighted run saved
+    fresh = rows.append_column("prediction", challenger.chain.transform(rows, NUMPY).column(
+        "prediction"))
+    want = fit(lookup("evaluate")(label="y", group="query", weight="w"), [fresh]).metrics
+    assert weighted["challenger_value"] == pytest.approx(want["ndcg"], rel=1e-12)
+    assert weighted["challenger_value"] != pytest.approx(decision["challenger_value"],
+                                                         rel=1e-6)
 
 
 def test_the_search_ranking_example(workdir: Path) -> None:
