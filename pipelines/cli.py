@@ -778,6 +778,39 @@ def runs_list(pipeline: str | None, status: str | None, since: Any, last: int | 
             "MODELS", "ERROR"], rows, right=(4, 6))
 
 
+@runs_group.command("prune")
+@click.argument("pipeline", required=False)
+@click.option("--keep", type=click.IntRange(min=0), default=None, metavar="N",
+              help="keep the newest N runs of each pipeline (of --status, if given)")
+@click.option("--before", metavar="DATE", default=None, callback=_since,
+              help="delete only runs started before it (2026-09-01, 2026-09-01T06:00; UTC)")
+@click.option("--status", type=click.Choice(runs.STATUSES), default=None,
+              help="only runs that ended so (failed: clear out failed attempts)")
+@click.option("--dry-run", is_flag=True, help="say what would be deleted, delete nothing")
+@runs_option
+def runs_prune(pipeline: str | None, keep: int | None, before: Any, status: str | None,
+               dry_run: bool, runs_dir: str | None) -> None:
+    """Delete the run records of PIPELINE (else of every pipeline) past the newest --keep
+    and started before --before (a scheduled job writes one a run); a run that saved a
+    model version still in the registry is kept (the model's provenance)."""
+    if keep is None and before is None:
+        raise click.UsageError("say which runs to delete: --keep N (the newest N of each "
+                               "pipeline stay), --before DATE, or both")
+    history = _history(runs_dir, pipeline)
+    doomed, spared = runs.prunable(history.records, keep=keep, before=before, status=status)
+    if not dry_run:
+        for record in doomed:
+            Path(record["record_path"]).unlink(missing_ok=True)
+    verb = "would delete" if dry_run else "deleted"
+    shown = ", ".join(f"{r['run_id']} ({r['pipeline']})" for r in doomed)
+    click.echo(f"{verb} {len(doomed)} run record(s)" + (f": {shown}" if shown else ""))
+    if spared:
+        kept = ", ".join(f"{r['run_id']} ({', '.join(runs.summary(r)['models'])})"
+                         for r in spared)
+        click.echo(f"kept {len(spared)} run(s) that saved a model version still in the "
+                   f"registry: {kept} (`sluice models prune` first)")
+
+
 @runs_group.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="print the run record as it is")

@@ -146,6 +146,38 @@ def select(records: list[dict[str, Any]], *, status: str | None = None,
     return chosen if last is None else chosen[:last]
 
 
+def prunable(records: list[dict[str, Any]], *, keep: int | None = None,
+             before: datetime | None = None, status: str | None = None
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The records (newest first) ``sluice runs prune`` deletes: of each pipeline's runs
+    of ``status`` (any), those past its newest ``keep`` and started before ``before``
+    (a run whose start cannot be read is kept); and those it keeps only because they
+    saved a model version that is still in the registry (its provenance: `sluice models
+    show` names the run)."""
+    by_pipeline: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if status is None or record["status"] == status:
+            by_pipeline.setdefault(record["pipeline"], []).append(record)
+    doomed: list[dict[str, Any]] = []
+    spared: list[dict[str, Any]] = []
+    for chosen in by_pipeline.values():
+        for record in chosen[keep or 0:]:
+            if before is not None and (started(record) or before) >= before:
+                continue
+            (spared if _saved_model_kept(record) else doomed).append(record)
+    order = {id(r): i for i, r in enumerate(records)}
+    return (sorted(doomed, key=lambda r: order[id(r)]),
+            sorted(spared, key=lambda r: order[id(r)]))
+
+
+def _saved_model_kept(record: dict[str, Any]) -> bool:
+    """Whether a model version the run saved is still there: its folder holds its
+    model.json (a deleted version's keeps a note alone); one on an object store, which
+    this does not look up, counts as there."""
+    return any("://" in str(m["path"]) or (Path(m["path"]) / "model.json").exists()
+               for m in record["models"])
+
+
 def first_line(error: Any) -> str | None:
     """A failure's first line, stripped; None for no error."""
     if not error:

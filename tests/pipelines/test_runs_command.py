@@ -345,3 +345,39 @@ def test_no_record_for_a_file_that_is_not_there_and_the_records_folder_named(
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert ("cannot write the run record to '/dev/null/runs/copy': Not a directory "
             "(--runs DIR (or $SLUICE_RUNS) names a folder this user can write)") in done.stderr
+
+
+def test_prune_deletes_old_records_but_a_saved_models_provenance(
+        history: list[dict[str, Any]], workdir: Path) -> None:
+    """`runs prune`: past each pipeline's newest --keep and before --before; a run that
+    saved a model version still in the registry stays until that version goes."""
+    first, copy, second, failed = history
+    paths = {r["run_id"]: Path(r["record_path"]) for r in history}
+    dry = sluice("runs", "prune", "--keep", "1", "--dry-run", cwd=workdir)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [
+        "would delete 0 run record(s)",
+        f"kept 2 run(s) that saved a model version still in the registry: "
+        f"{second['run_id']} (centre@2), {first['run_id']} (centre@1) (`sluice models "
+        "prune` first)"]
+    assert all(p.exists() for p in paths.values())
+
+    assert in_process("models", "delete", "centre@1").exit_code == 0
+    pruned = in_process("runs", "prune", "center", "--keep", "1")
+    assert pruned.exit_code == 0, pruned.output
+    assert pruned.stdout.splitlines()[0] == (f"deleted 1 run record(s): {first['run_id']} "
+                                             "(center)")
+    assert not paths[first["run_id"]].exists()
+    assert [r["run_id"] for r in runs.load().records] == _ids([failed, second, copy])
+
+    # --before alone: every pipeline's runs started before it (copy saved no model)
+    later = in_process("runs", "prune", "--before", "2999-01-01", "--status", "succeeded")
+    assert later.exit_code == 0, later.output
+    assert later.stdout.splitlines()[0] == (f"deleted 1 run record(s): {copy['run_id']} "
+                                            "(copy)")
+    assert [r["run_id"] for r in runs.load().records] == _ids([failed, second])
+    none = in_process("runs", "prune", "--before", "2000-01-01")
+    assert none.stdout.strip() == "deleted 0 run record(s)"
+
+    usage = in_process("runs", "prune")
+    assert usage.exit_code == 2 and "say which runs to delete: --keep N" in usage.stderr
