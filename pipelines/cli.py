@@ -74,7 +74,7 @@ models_option = click.option(
 
 runs_option = click.option(
     "--runs", "runs_dir", metavar="DIR", default=None,
-    help="run records folder (default: $SLUICE_RUNS, else data/runs)")
+    help="run records folder or URL (default: $SLUICE_RUNS, else data/runs)")
 
 
 class _Commands(click.Group):
@@ -800,7 +800,7 @@ def runs_prune(pipeline: str | None, keep: int | None, before: Any, status: str 
     doomed, spared = runs.prunable(history.records, keep=keep, before=before, status=status)
     if not dry_run:
         for record in doomed:
-            Path(record["record_path"]).unlink(missing_ok=True)
+            runs.delete(record)
     verb = "would delete" if dry_run else "deleted"
     shown = ", ".join(f"{r['run_id']} ({r['pipeline']})" for r in doomed)
     click.echo(f"{verb} {len(doomed)} run record(s)" + (f": {shown}" if shown else ""))

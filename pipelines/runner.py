@@ -8,7 +8,6 @@ until done -> ``fitted``. Engines only schedule partitions.
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
 import signal
 import threading
@@ -40,9 +39,9 @@ from operators.evaluate.drift import (
 from operators.evaluate.promote import Promote
 from operators.features.join import Join, ShuffleJoin
 from operators.features.union import Union
-from operators.io.fs import release_dir, written_whole
+from operators.io.fs import release_dir, store_errors, store_problem
 from operators.io.model import SaveModel
-from pipelines import profiles
+from pipelines import profiles, runs
 from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
@@ -632,6 +631,9 @@ def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,
     return {"run_id": run_id, "pipeline": plan.spec.name, "file": str(path),
             "params": plan.spec.params, "engine": engine,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            # to the microsecond: the order of runs started in one second (an object
+            # store's files say when they were written to the second only)
+            "started_unix": round(started, 6),
             "outputs": [], "models": [], "metrics": {}}
 
 
@@ -654,20 +656,19 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
 def _write_record(record: dict[str, Any], runs_dir: str, quiet: bool = False) -> str:
     """Write the run record under ``runs_dir``; a SluiceError naming the folder where it
     cannot (``quiet``: nothing, for a run whose own error is the one to show)."""
-    folder = Path(runs_dir) / record["pipeline"]
-    path = folder / f"{record['run_id']}.json"
+    folder = f"{runs_dir.rstrip('/')}/{record['pipeline']}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with written_whole(path) as staging:
-            Path(staging).write_text(json.dumps(record, indent=1, default=str))
-    except OSError as exc:
+        return runs.write(record, runs_dir)
+    except store_errors(OSError) as exc:
         if quiet:
             return ""
+        problem = store_problem(exc, folder)
+        if problem is not None:
+            raise problem from None
         raise SluiceError(f"cannot write the run record to '{folder}': "
-                          f"{exc.strerror or exc}",
-                          hint="--runs DIR (or $SLUICE_RUNS) names a folder this user can "
-                               "write") from None
-    return str(path)
+                          f"{getattr(exc, 'strerror', None) or exc}",
+                          hint="--runs DIR (or $SLUICE_RUNS) names a folder (or URL) this "
+                               "user can write") from None
 
 
 def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: str = "local",

@@ -1,21 +1,27 @@
 """The run history: the run records under a runs folder, selected, summarised and
 compared, as plain data (``sluice runs list|show|compare|metric`` prints it).
 
-Every run writes ``<runs>/<pipeline>/<run id>.json`` (``pipelines.runner``); this module
-only reads them. A file that is not a whole run record is skipped and said, never fatal.
+Every run writes ``<runs>/<pipeline>/<run id>.json`` (``pipelines.runner``; the runs
+folder may be a URL, ``s3://bucket/runs``: a Kubernetes CronJob's pod keeps nothing);
+this module reads them (and ``prune`` deletes them). A file that is not a whole run
+record is skipped and said, never fatal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import posixpath
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from operators.errors import SluiceError, suggest
+from operators.io.fs import resolve as locate
+from operators.io.fs import store_errors, store_problem, written_whole
 
 STATUSES = ("succeeded", "failed", "interrupted")
 
@@ -41,6 +47,8 @@ class History:
     """Every pipeline folder under ``root`` (not only the one loaded)."""
     ids: list[str] = field(default_factory=list)
     """The run id of every record file looked at (read or not: ``prefix``)."""
+    exists: bool = False
+    """Whether the runs folder is there."""
 
 
 def default_runs_dir() -> str:
@@ -51,51 +59,66 @@ def default_runs_dir() -> str:
 def load(runs_dir: str | None = None, pipeline: str | None = None,
          prefix: str = "") -> History:
     """The run records of ``pipeline`` (else of every pipeline) under ``runs_dir`` (else
-    ``$SLUICE_RUNS``, else data/runs), newest first; only those whose run id starts
-    with ``prefix`` are read (a record file is named by its run id)."""
-    root = Path(runs_dir or default_runs_dir())
-    history = History(str(root))
-    if not root.is_dir():
-        return history
-    history.pipelines = sorted(p.name for p in root.iterdir()
-                               if p.is_dir() and not p.name.startswith("."))
-    folders = [pipeline] if pipeline is not None else history.pipelines
-    found = []
-    for name in folders:
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        for path in folder.glob("*.json"):
-            if path.name.startswith("."):  # a record being written (written_whole's staging)
+    ``$SLUICE_RUNS``, else data/runs; a folder or a URL), newest first; only those whose
+    run id starts with ``prefix`` are read (a record file is named by its run id)."""
+    root = runs_dir or default_runs_dir()
+    history = History(root)
+    loc = locate(root)
+    fs = loc.fsspec_fs
+    try:
+        history.exists = fs.isdir(loc.path)
+        if not history.exists:
+            return history
+        folders = {posixpath.basename(f["name"].rstrip("/")): f["name"]
+                   for f in fs.ls(loc.path, detail=True) if f["type"] == "directory"}
+        history.pipelines = sorted(n for n in folders if not n.startswith("."))
+        found = []
+        for name in [pipeline] if pipeline is not None else history.pipelines:
+            if name not in folders:
                 continue
-            history.ids.append(path.stem)
-            if not path.name.startswith(prefix):
-                continue
-            record, problem = _read(path)
-            if problem is not None:
-                history.skipped.append(f"skipped {path}: {problem}")
-                continue
-            record["record_path"] = str(path)
-            found.append((_order(record, path), record))
-    # a run id starts with its second; runs started in the same second go by when their
-    # record was written
+            for info in fs.ls(folders[name], detail=True):
+                file = posixpath.basename(info["name"])
+                # a record being written (written_whole's staging) starts with a dot
+                if info["type"] != "file" or not file.endswith(".json") or file.startswith("."):
+                    continue
+                run_id = file.removesuffix(".json")
+                history.ids.append(run_id)
+                if not file.startswith(prefix):
+                    continue
+                shown = (str(Path(root) / name / file) if loc.local
+                         else f"{root.rstrip('/')}/{name}/{file}")
+                record, problem = _read(fs, info["name"])
+                if problem is not None:
+                    history.skipped.append(f"skipped {shown}: {problem}")
+                    continue
+                record["record_path"] = shown
+                when = record.get("started_unix")  # older records: when written
+                found.append(((record["run_id"][:16],
+                               when if isinstance(when, int | float) else _written(info),
+                               record["run_id"]), record))
+    except store_errors(OSError) as exc:
+        problem = store_problem(exc, root)
+        if problem is not None:
+            raise problem from None
+        raise SluiceError(f"cannot read the run records in '{root}': "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    # a run id starts with its second; runs started in the same second go by their
+    # start to the microsecond (an older record's: when it was written)
     found.sort(key=lambda item: item[0], reverse=True)
     history.records = [record for _, record in found]
     return history
 
 
-def _order(record: dict[str, Any], path: Path) -> tuple[str, int, str]:
-    try:
-        written = path.stat().st_mtime_ns
-    except OSError:
-        written = 0
-    return record["run_id"][:16], written, record["run_id"]
+def _written(info: dict[str, Any]) -> float:
+    """When a listed file was last written (seconds), as its filesystem says."""
+    when = info.get("mtime", info.get("LastModified", info.get("created", 0)))
+    return when.timestamp() if isinstance(when, datetime) else float(when or 0)
 
 
-def _read(path: Path) -> tuple[dict[str, Any], str | None]:
+def _read(fs: Any, path: str) -> tuple[dict[str, Any], str | None]:
     """The record in ``path``, or why it is not a whole run record."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(fs.cat_file(path))
     except OSError as exc:
         return {}, f"cannot read it ({exc.strerror or exc})"
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -114,6 +137,30 @@ def _read(path: Path) -> tuple[dict[str, Any], str | None]:
         if not all(isinstance(item, dict) and all(k in item for k in needed) for item in items):
             return {}, f"not a whole run record (an entry of '{key}' lacks {', '.join(needed)})"
     return record, None
+
+
+def write(record: dict[str, Any], runs_dir: str) -> str:
+    """Write a run record as ``<runs_dir>/<pipeline>/<run id>.json`` (whole or not at
+    all: a local file through a staging file, an object in one put); its path or URL.
+    OSError (and the object stores' errors) as the filesystem raises them."""
+    loc = locate(runs_dir)
+    text = json.dumps(record, indent=1, default=str)
+    name = f"{record['run_id']}.json"
+    if loc.local:
+        folder = Path(loc.path) / record["pipeline"]
+        folder.mkdir(parents=True, exist_ok=True)
+        with written_whole(folder / name) as staging:
+            Path(staging).write_text(text)
+        return str(Path(runs_dir) / record["pipeline"] / name)
+    loc.fsspec_fs.pipe_file(loc.join(record["pipeline"], name), text.encode())
+    return f"{runs_dir.rstrip('/')}/{record['pipeline']}/{name}"
+
+
+def delete(record: dict[str, Any]) -> None:
+    """Delete a loaded record's file (``record_path``); gone already is fine."""
+    loc = locate(record["record_path"])
+    with contextlib.suppress(FileNotFoundError):
+        loc.fsspec_fs.rm(loc.path)
 
 
 def parse_since(text: str) -> datetime:
@@ -207,7 +254,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
 def nothing_found(history: History, pipeline: str | None = None,
                   selected_by: str = "") -> str:
     """The one line that says no run was found, and where it looked."""
-    if not Path(history.root).is_dir():
+    if not history.exists:
         return f"no run records: {history.root} does not exist (each run writes its record " \
                "there; --runs DIR or $SLUICE_RUNS name another folder)"
     skipped = f"; {len(history.skipped)} damaged record file(s) skipped" if history.skipped \

@@ -344,7 +344,8 @@ def test_no_record_for_a_file_that_is_not_there_and_the_records_folder_named(
                           text=True, env={**os.environ, "CI": "1", **env_runs})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert ("cannot write the run record to '/dev/null/runs/copy': Not a directory "
-            "(--runs DIR (or $SLUICE_RUNS) names a folder this user can write)") in done.stderr
+            "(--runs DIR (or $SLUICE_RUNS) names a folder (or URL) this user can write)"
+            ) in done.stderr
 
 
 def test_prune_deletes_old_records_but_a_saved_models_provenance(

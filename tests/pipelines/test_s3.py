@@ -645,3 +645,53 @@ def test_refusals_of_every_store_are_recognised_by_their_causes() -> None:
     assert local is not None and local.message.startswith("access denied to '/srv/data'")
     assert store_problem(ValueError("bad footer"), "s3://b/x") is None
     assert store_problem(FileNotFoundError("s3://b/x"), "s3://b/x") is None
+
+
+def test_run_records_on_s3(bucket: str, workdir: Any) -> None:
+    """--runs on an object store (a Kubernetes CronJob's pod keeps no files): each run's
+    record is one object, and `sluice runs list | show | prune` read them back."""
+    import json as json_module
+    import textwrap
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from pipelines import runs
+    from pipelines.cli import main
+    from pipelines.datagen import generate
+    from pipelines.runner import run
+
+    generate("churn", 500, workdir / "data" / "churn", files=1)
+    pipeline = Path(workdir) / "copy.yaml"
+    pipeline.write_text(textwrap.dedent("""
+        pipeline: copy
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: write_parquet
+            path: out
+            mode: overwrite
+        """))
+    url = f"s3://{bucket}/sluice/runs"
+    records = [run(str(pipeline), runs_dir=url) for _ in range(3)]
+    keys = objects(bucket, "sluice/runs/")
+    assert keys == sorted(f"sluice/runs/copy/{r['run_id']}.json" for r in records)
+    stored = json_module.loads(s3().cat_file(f"{bucket}/{keys[0]}"))
+    assert stored["pipeline"] == "copy" and stored["status"] == "succeeded"
+
+    history = runs.load(url)
+    assert [r["run_id"] for r in history.records] == [r["run_id"] for r in records[::-1]]
+    assert history.records[0]["record_path"] == f"{url}/copy/{records[-1]['run_id']}.json"
+    cli = CliRunner()
+    listed = cli.invoke(main, ["runs", "list", "--runs", url, "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert len(listed.stdout.splitlines()) == 3
+    shown = cli.invoke(main, ["runs", "show", records[0]["run_id"], "--runs", url])
+    assert shown.exit_code == 0 and records[0]["run_id"] in shown.stdout, shown.output
+    pruned = cli.invoke(main, ["runs", "prune", "--keep", "1", "--runs", url])
+    assert pruned.exit_code == 0, pruned.output
+    assert objects(bucket, "sluice/runs/") == [f"sluice/runs/copy/{records[-1]['run_id']}.json"]
+    empty = cli.invoke(main, ["runs", "list", "--runs", f"s3://{bucket}/elsewhere"])
+    assert empty.exit_code == 0
+    assert empty.stdout.strip().startswith(f"no run records: s3://{bucket}/elsewhere does not "
+                                           "exist")
