@@ -72,7 +72,7 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
         folders = {posixpath.basename(f["name"].rstrip("/")): f["name"]
                    for f in fs.ls(loc.path, detail=True) if f["type"] == "directory"}
         history.pipelines = sorted(n for n in folders if not n.startswith("."))
-        found = []
+        wanted: list[tuple[str, dict[str, Any]]] = []  # (as shown, its listing)
         for name in [pipeline] if pipeline is not None else history.pipelines:
             if name not in folders:
                 continue
@@ -81,27 +81,30 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
                 # a record being written (written_whole's staging) starts with a dot
                 if info["type"] != "file" or not file.endswith(".json") or file.startswith("."):
                     continue
-                run_id = file.removesuffix(".json")
-                history.ids.append(run_id)
-                if not file.startswith(prefix):
-                    continue
-                shown = (str(Path(root) / name / file) if loc.local
-                         else f"{root.rstrip('/')}/{name}/{file}")
-                record, problem = _read(fs, info["name"])
-                if problem is not None:
-                    history.skipped.append(f"skipped {shown}: {problem}")
-                    continue
-                record["record_path"] = shown
-                when = record.get("started_unix")  # older records: when written
-                found.append(((record["run_id"][:16],
-                               when if isinstance(when, int | float) else _written(info),
-                               record["run_id"]), record))
+                history.ids.append(file.removesuffix(".json"))
+                if file.startswith(prefix):
+                    wanted.append((str(Path(root) / name / file) if loc.local
+                                   else f"{root.rstrip('/')}/{name}/{file}", info))
+        # every record in one call: an object store's are fetched side by side
+        contents = fs.cat([info["name"] for _, info in wanted], on_error="return") \
+            if wanted else {}
     except store_errors(OSError) as exc:
         problem = store_problem(exc, root)
         if problem is not None:
             raise problem from None
         raise SluiceError(f"cannot read the run records in '{root}': "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
+    found = []
+    for shown, info in wanted:
+        record, problem = _parsed(contents.get(info["name"]))
+        if problem is not None:
+            history.skipped.append(f"skipped {shown}: {problem}")
+            continue
+        record["record_path"] = shown
+        when = record.get("started_unix")  # older records: when written
+        found.append(((record["run_id"][:16],
+                       when if isinstance(when, int | float) else _written(info),
+                       record["run_id"]), record))
     # a run id starts with its second; runs started in the same second go by their
     # start to the microsecond (an older record's: when it was written)
     found.sort(key=lambda item: item[0], reverse=True)
@@ -115,12 +118,15 @@ def _written(info: dict[str, Any]) -> float:
     return when.timestamp() if isinstance(when, datetime) else float(when or 0)
 
 
-def _read(fs: Any, path: str) -> tuple[dict[str, Any], str | None]:
-    """The record in ``path``, or why it is not a whole run record."""
+def _parsed(content: bytes | BaseException | None) -> tuple[dict[str, Any], str | None]:
+    """The record a file held (its bytes, or the error reading it), or why it is not a
+    whole run record."""
+    if content is None:
+        content = FileNotFoundError("gone while read")
+    if isinstance(content, BaseException):
+        return {}, f"cannot read it ({getattr(content, 'strerror', None) or content})"
     try:
-        record = json.loads(fs.cat_file(path))
-    except OSError as exc:
-        return {}, f"cannot read it ({exc.strerror or exc})"
+        record = json.loads(content)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return {}, f"not JSON ({exc})"
     if not isinstance(record, dict):
