@@ -335,6 +335,60 @@ def _same_inode(path: str, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 
+STORE_LOCK_STALE = 600.0
+"""Seconds after which a lock object on a store counts as its dead writer's: a commit
+holds it for a manifest's read and write (and the footers of replaced files)."""
+
+
+@contextlib.contextmanager
+def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterator[None]:
+    """Hold a lock on ``target`` of an object store for the block: a lock object beside
+    it (``.<name>.sluice-lock``) created exclusively (fsspec's ``"xb"``: S3's
+    ``If-None-Match: *``, the registry's version claims use the same), deleted after. A
+    writer finding it waits; one older than ``stale`` seconds is a dead writer's and is
+    taken over (two takers: the exclusive create lets one through). A store with no
+    exclusive create is written without the lock, as before there was one."""
+    import json
+    import socket
+
+    stale = STORE_LOCK_STALE if stale is None else stale
+    folder, _, name = target.rstrip("/").rpartition("/")
+    # beside it, as locally; a bucket itself: inside it (readers skip hidden names)
+    lock = f"{folder}/.{name}.sluice-lock" if folder else f"{name}/.sluice-lock"
+    owner = uuid.uuid4().hex
+    delay = 0.02
+    while True:
+        note = json.dumps({"owner": owner, "at": time.time(), "host": socket.gethostname(),
+                           "pid": os.getpid()}).encode()
+        try:
+            with fs.open(lock, "xb") as f:
+                f.write(note)
+            break
+        except FileExistsError:
+            try:
+                held = json.loads(fs.cat_file(lock))
+                age = time.time() - float(held["at"])
+            except FileNotFoundError:
+                continue  # released between the two calls
+            except (ValueError, KeyError, TypeError):
+                age = stale + 1  # no note a live writer leaves: half written, or foreign
+            if age > stale:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm(lock)
+                continue
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        except (NotImplementedError, ValueError):
+            yield  # no exclusive create on this store
+            return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # ours still (not taken over as stale)
+            if json.loads(fs.cat_file(lock)).get("owner") == owner:
+                fs.rm(lock)
+
+
 @contextlib.contextmanager
 def locked_beside(target: str, timeout: float = 600.0) -> Iterator[None]:
     """Hold an exclusive lock on local ``target`` (a hidden lock file beside it,

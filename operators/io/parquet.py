@@ -72,6 +72,7 @@ from operators.io.fs import (
     fsync_dir,
     fsync_tree,
     locked_beside,
+    locked_on_store,
     release_dir,
     remove,
     rename_noreplace,
@@ -977,6 +978,10 @@ class WriteParquet(Sink):
             return pa.fs.LocalFileSystem()
         return resolve(self.params.path, self.params.storage_options).filesystem
 
+    def _store_fs(self, token: dict[str, Any]) -> Any:
+        """An object store's fsspec filesystem (``token["target"]`` is a path in it)."""
+        return resolve(self.params.path, self.params.storage_options).fsspec_fs
+
     def write(self, token: dict[str, Any], part: pa.Table, index: int) -> WriteResult:
         if part.num_rows == 0:
             return WriteResult()
@@ -1051,9 +1056,10 @@ class WriteParquet(Sink):
         replaced: list[str] = []
         merged = False
         try:
-            # local writers publishing into one output take turns
+            # writers publishing into one output take turns (a lock file locally, a
+            # lock object created exclusively on a store)
             with (locked_beside(token["target"]) if token["local"]
-                  else contextlib.nullcontext()):
+                  else locked_on_store(self._store_fs(token), token["target"])):
                 current = (self._current(resolve(self.params.path, self.params.storage_options))
                            if self.params.mode in MERGE_MODES else None)
                 # (an empty result into a store's new output still makes one: the
