@@ -445,6 +445,24 @@ def test_a_kmeans_candidate_larger_than_the_training_rows_fails_named(workdir: P
         run(write_pipeline(workdir, folds, "folds.yaml"))
 
 
+def test_too_few_held_out_rows_for_a_silhouette_fail_saying_so(workdir: Path) -> None:
+    """Two rows held out (of 40): in 2 clusters each is alone, in one no silhouette
+    either: no candidate has one, and the step says why and what to do."""
+    table = pa.table({"id": np.arange(40), "x0": np.arange(40.0), "x1": np.arange(40.0) ** 2,
+                      "x2": np.ones(40)})
+    assert int(holdout_mask(table, 0.08, 2).sum()) == 2
+    pq.write_table(table, workdir / "rows.parquet")
+    text = KMEANS.format(data=workdir / "rows.parquet", settings=(
+        "        validation_fraction: 0.08\n        tune:\n          k: [2, 3]"))
+    with pytest.raises(SluiceError) as info:
+        run(write_pipeline(workdir, text))
+    message = str(info.value)
+    assert "step 'clusters': tune: no candidate has a held-out silhouette (k=2: 2 rows in " in (
+        message)
+    assert "the metrics need 3 rows at least (2 clusters, fewer than the rows)" in message
+    assert message.endswith("(hold out more rows (validation_fraction), or try other values)")
+
+
 @pytest.mark.parametrize(("settings", "key", "message"), [
     ("validation_fraction: 0.2\n        tune:\n          k: [2, 3]\n"
      "        tune_metric: inertia", "tune_metric",
