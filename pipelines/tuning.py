@@ -68,8 +68,6 @@ MAX_FOLDS = 20
 FIXED = ("label", "weight", "validation_fraction", "validation_start", "seed", "group")
 """What a tuned step cannot vary, of a model that takes it: the rows and what they are
 compared on (a ranking's group: its queries, whole ones held out)."""
-FIXED_CLUSTERING = ("features",)
-"""And of a model of no label: the space its clusters are measured in."""
 TUNABLE = ("a model of a label (logistic_regression, linear_regression, the trees, mlp) or "
            "kmeans")
 
@@ -155,19 +153,18 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                                "their metrics on rows the step holds out "
                                f"(validation_fraction), which only {TUNABLE} does")]
     clustering = "label" not in known
-    fixed = FIXED + FIXED_CLUSTERING if clustering else FIXED
     comparable = CLUSTERING_COMPARABLE if clustering else COMPARABLE
     if not isinstance(tune, dict) or not tune:
         example = "{k: [2, 3, 4, 5, 6]}" if clustering else "{max_depth: [3, 4, 6]}"
         return None, [("tune", f"tune must map parameters to the values to try, e.g. "
                                f"{example}")]
     for name, values in tune.items():
-        if name == "features" and clustering:
+        if name == "features" and clustering:  # of a model of no label: fixed too
             problems.append(("tune", "tune cannot vary 'features': the candidates' clusters "
                                      "are compared in the space of their features, and "
                                      "another space's silhouette measures another thing; "
                                      "set features on the step"))
-        elif name in fixed and name in known:
+        elif name in FIXED and name in known:
             problems.append(("tune", f"tune cannot vary '{name}': every candidate is "
                                      "fitted and compared on the same rows"))
         elif name not in known:
