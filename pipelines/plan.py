@@ -3,7 +3,7 @@ schemas propagated from the sources' footers, before any data is read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -32,7 +32,7 @@ from operators.io.parquet import ReadParquet
 from operators.score.score import Score, model_columns
 from pipelines.spec import PipelineSpec, Problem, StepSpec
 from pipelines.store import parse_ref, required_columns
-from pipelines.tuning import Tuning, plan_tuning
+from pipelines.tuning import Tuning, plan_tuning, untuned_defaults
 
 
 @dataclass
@@ -246,7 +246,7 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
             problem(s, str(exc), "op")
             previous = s.id
             continue
-        op = _build_op(cls, s, plan, file)
+        op = _build_op(cls, s, plan, file, untuned_defaults(cls, s.params, s.tune))
         tuning = None
         if op is not None and any(v is not None for v in (s.tune, s.tune_metric, s.tune_folds,
                                                           s.tune_samples)):
@@ -342,20 +342,28 @@ def _push_filters(plan: Plan) -> None:
         source.op, source.pushed_from = pushed, step.id
 
 
-def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str) -> Operator | None:
-    """The operator with validated params; on errors, report them all and, when the bad
-    keys can be left out, still build it so that later checks (columns) run too."""
+def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str,
+              tuned: dict[str, Any]) -> Operator | None:
+    """The operator with validated params (and ``tuned``: the first value of a required
+    one that only ``tune`` gives); on errors, report them all and, when the bad keys can
+    be left out, still build it so that later checks (columns) run too."""
     try:
-        return cls.create(cls.Params(**s.params))
+        return cls.create(cls.Params(**tuned, **s.params))
     except ValidationError as exc:
-        plan.problems.extend(_pydantic_problems(s, file, exc, cls))
+        for found in _pydantic_problems(s, file, exc, cls):
+            named = [n for n in tuned if found.message.startswith(f"parameter '{n}'")]
+            if named:  # a value tune lists: said as plan_tuning says a candidate's
+                found = replace(found, line=s.line_of("tune"),
+                                message=f"tune: {named[0]}={tuned[named[0]]}: {found.message}")
+            plan.problems.append(found)
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
     except SluiceError as exc:
         plan.problems.append(Problem(file, s.line_of(_param_named(s.params, str(exc)), str(exc)),
                                      str(exc), step=s.id, op=s.op))
         return None
     try:
-        return cls.create(cls.Params(**{k: v for k, v in s.params.items() if k not in bad}))
+        return cls.create(cls.Params(**{k: v for k, v in {**tuned, **s.params}.items()
+                                        if k not in bad}))
     except (ValidationError, SluiceError):
         return None
 

@@ -466,21 +466,31 @@ class Run:
         fits = []
         for i, combo in enumerate(tuning.combos):
             result: dict[str, Any] = {"params": combo, "passes": 0}
-            for candidate in tuning.folds[i] if tuning.folds else [tuning.ops[i]]:
-                transform, metrics, data = fit(self.engine, data, step.id, candidate,
-                                               self.placement(step))
+            candidates = tuning.folds[i] if tuning.folds else [tuning.ops[i]]
+            for f, candidate in enumerate(candidates):
+                which = label_of(combo) + (f" (fold {f + 1} of {len(candidates)})"
+                                           if tuning.folds else "")
                 try:
+                    transform, metrics, data = fit(self.engine, data, step.id, candidate,
+                                                   self.placement(step))
                     name, value = tuning.score(metrics)
                 except SluiceError as exc:
+                    exc.message = f"tune candidate {which}: {exc.message}"
                     raise exc.located(f"step '{step.id}'") from None
                 tuning.metric = name  # every candidate by the first one's metric
                 result["metric"] = name
                 result.setdefault("folds", []).append(value)
                 result["passes"] += metrics["passes"]
+                undefined = metrics["validation"].get("undefined")
+                if value != value and undefined:  # no value: the candidate loses, and why
+                    result.setdefault("note", f"{which}: {undefined}")
             result["value"] = float(np.mean(result["folds"]))
             tuning.results.append(result)
             fits.append((transform, metrics))
-        best = tuning.best()
+        try:
+            best = tuning.best()
+        except SluiceError as exc:
+            raise exc.located(f"step '{step.id}'") from None
         step.op = tuning.ops[best]
         if tuning.folds:  # the best values, fitted as the step says
             transform, metrics, data = fit(self.engine, data, step.id, step.op,
@@ -493,6 +503,8 @@ class Run:
             entry = {name: r["value"], "passes": r["passes"]}
             if tuning.folds:
                 entry["folds"] = r["folds"]
+            if "note" in r:
+                entry["note"] = r["note"]
             candidates[label_of(r["params"])] = entry
         metrics = {**metrics, "tuning": {"metric": name, "best": label_of(tuning.combos[best]),
                                          "folds": len(tuning.folds[0]) if tuning.folds else 0,

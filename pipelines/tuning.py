@@ -22,6 +22,26 @@ instead (MLlib's CrossValidator): fold i holds out the rows whose hash falls in
 [i/k, (i+1)/k), every combination is fitted k times and scored by the mean of its
 folds' metric, and the best values are then fitted as the step says (on all its rows,
 or holding out its own ``validation_fraction``): k x combinations + 1 fits.
+
+A ``kmeans`` step is tuned the same way, by how its fitted centres cluster the held-out
+rows (MLlib's ClusteringEvaluator in a TrainValidationSplit; scikit-learn's loop over k
+with ``silhouette_score``):
+
+```yaml
+- id: segments
+  op: kmeans
+  features: [tenure, monthly_charges]
+  validation_fraction: 0.2   # or tune_folds: 5
+  tune:
+    k: [2, 3, 4, 5, 6]       # k needs no value on the step when tune lists it
+  tune_metric: silhouette    # the default; calinski_harabasz (higher is better),
+                             # davies_bouldin or inertia (lower is better)
+```
+
+Its ``features`` are fixed too (the candidates are compared in their space), and
+``tune_metric: inertia`` cannot pick ``k``: the held-out rows' inertia falls as k
+grows, so the largest k would always win. A candidate whose held-out rows fall in one
+cluster (or each in its own) has no silhouette: it loses, with a note in its entry.
 """
 
 from __future__ import annotations
@@ -35,17 +55,21 @@ import numpy as np
 from pydantic import ValidationError
 
 from operators.base import Operator, SluiceError, suggest
-from operators.evaluate.metrics import COMPARABLE, LOWER_IS_BETTER, default_metric
-from operators.models.common import SupervisedParams
+from operators.evaluate.metrics import (
+    CLUSTERING_COMPARABLE,
+    COMPARABLE,
+    LOWER_IS_BETTER,
+    default_metric,
+)
 
 MAX_CANDIDATES = 100
 """The most combinations one step may try."""
 MAX_FOLDS = 20
 FIXED = ("label", "weight", "validation_fraction", "validation_start", "seed", "group")
-"""What every candidate shares (a ranking's group: its queries, whole ones held out);
-of a model that takes it."""
-"""What a tuned step cannot vary: the rows and what they are compared on."""
-METRICS = COMPARABLE
+"""What a tuned step cannot vary, of a model that takes it: the rows and what they are
+compared on (a ranking's group: its queries, whole ones held out)."""
+TUNABLE = ("a model of a label (logistic_regression, linear_regression, the trees, mlp) or "
+           "kmeans")
 
 
 @dataclass
@@ -66,20 +90,31 @@ class Tuning:
     def score(self, metrics: dict[str, Any]) -> tuple[str, float]:
         """The compared metric of a fit's metrics, and its value."""
         validation = metrics.get("validation") or {}
+        if validation.get("count", 1) == 0:
+            raise SluiceError("tune: the step held out no rows to compare the candidates on",
+                              hint="raise validation_fraction, or give the step more rows")
         name = self.metric_for(validation)
         if name not in validation:
-            shown = ", ".join(k for k in validation if k in METRICS) or "none"
+            shown = ", ".join(k for k in validation
+                              if k in COMPARABLE or k in CLUSTERING_COMPARABLE) or "none"
             raise SluiceError(f"tune_metric: the model reports no validation {name}",
                               hint=f"it reports: {shown}")
         return name, float(validation[name])
 
     def best(self) -> int:
-        """The position of the best candidate (the first of equals)."""
+        """The position of the best candidate (the first of equals); one of no value (a
+        NaN: a silhouette of one cluster) loses, and when every one is NaN, an error."""
         name = self.results[0]["metric"]
+        values = [r["value"] for r in self.results]
+        if all(v != v for v in values):
+            notes = sorted({r["note"] for r in self.results if "note" in r})
+            raise SluiceError(f"tune: no candidate has a held-out {name}"
+                              + (f" ({'; '.join(notes)})" if notes else ""),
+                              hint="hold out more rows (validation_fraction), or try other "
+                                   "values")
         sign = 1.0 if name in LOWER_IS_BETTER else -1.0
-        values = [sign * r["value"] if r["value"] == r["value"] else float("inf")
-                  for r in self.results]
-        return values.index(min(values))
+        ranked = [sign * v if v == v else float("inf") for v in values]
+        return ranked.index(min(ranked))
 
 
 def _combination(index: int, lists: list[list[Any]]) -> list[Any]:
@@ -95,20 +130,41 @@ def label_of(combo: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in combo.items())
 
 
+def untuned_defaults(cls: type[Operator], params: dict[str, Any], tune: Any
+                     ) -> dict[str, Any]:
+    """The first value ``tune`` lists of each required parameter the step leaves out
+    (kmeans' k): the step is planned with it, and each candidate with its own."""
+    if not isinstance(tune, dict):
+        return {}
+    fields = cls.Params.model_fields
+    return {name: values[0] for name, values in tune.items()
+            if name in fields and fields[name].is_required() and name not in params
+            and isinstance(values, list) and values}
+
+
 def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: Any,
                 folds: Any = None, samples: Any = None
                 ) -> tuple[Tuning | None, list[tuple[str, str]]]:
     """The candidates of a step's ``tune:``, or the problems (``(key, message)``)."""
     problems: list[tuple[str, str]] = []
-    if not issubclass(cls.Params, SupervisedParams):
-        return None, [("tune", f"{cls.name} is not a model of a label: only a model step "
-                               "with a label (and validation_fraction) can be tuned")]
-    if not isinstance(tune, dict) or not tune:
-        return None, [("tune", "tune must map parameters to the values to try, e.g. "
-                               "{max_depth: [3, 4, 6]}")]
     known = list(cls.Params.model_fields)
+    if "validation_fraction" not in known:
+        return None, [("tune", f"{cls.name} cannot be tuned: tune compares candidates by "
+                               "their metrics on rows the step holds out "
+                               f"(validation_fraction), which only {TUNABLE} does")]
+    clustering = "label" not in known
+    comparable = CLUSTERING_COMPARABLE if clustering else COMPARABLE
+    if not isinstance(tune, dict) or not tune:
+        example = "{k: [2, 3, 4, 5, 6]}" if clustering else "{max_depth: [3, 4, 6]}"
+        return None, [("tune", f"tune must map parameters to the values to try, e.g. "
+                               f"{example}")]
     for name, values in tune.items():
-        if name in FIXED and name in known:
+        if name == "features" and clustering:  # of a model of no label: fixed too
+            problems.append(("tune", "tune cannot vary 'features': the candidates' clusters "
+                                     "are compared in the space of their features, and "
+                                     "another space's silhouette measures another thing; "
+                                     "set features on the step"))
+        elif name in FIXED and name in known:
             problems.append(("tune", f"tune cannot vary '{name}': every candidate is "
                                      "fitted and compared on the same rows"))
         elif name not in known:
@@ -137,9 +193,20 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                                             "metric suits them all: name the metric to "
                                             "compare them by (tune_metric: rmse, mae, ...)"))
             break
-    if metric is not None and metric not in METRICS:
-        problems.append(("tune_metric", f"unknown metric '{metric}'{suggest(str(metric), METRICS)}"
-                                        f" (one of: {', '.join(METRICS)})"))
+    if metric is not None and metric not in comparable:
+        other = COMPARABLE if clustering else CLUSTERING_COMPARABLE
+        kind = ("a model of a label's" if clustering else "a clustering's")
+        problems.append(("tune_metric", f"{cls.name} cannot be compared by {kind} metric "
+                                        f"'{metric}' (one of: {', '.join(comparable)})"
+                         if metric in other else
+                         f"unknown metric '{metric}'{suggest(str(metric), comparable)}"
+                         f" (one of: {', '.join(comparable)})"))
+    if clustering and metric == "inertia" and "k" in tune:
+        problems.append(("tune_metric", "tune_metric: inertia cannot choose k: the held-out "
+                                        "rows' inertia falls as k grows (more centres, each "
+                                        "row nearer one), so the largest k would always win; "
+                                        "compare by silhouette (the default), "
+                                        "calinski_harabasz or davies_bouldin"))
     for key, value, low, high in (("tune_folds", folds, 2, MAX_FOLDS),
                                   ("tune_samples", samples, 1, MAX_CANDIDATES)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)

@@ -143,53 +143,19 @@ class EvaluateClusters(Measuring):
         return ids, X if X.dtype == xp.float64 else xp.astype(X, xp.float64)
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        if part.num_rows == 0:
+            return self.measure(pa.array([], pa.int64()), None, state, xp)
+        ids, X = self._rows(part, state, xp)
+        return self.measure(ids, X, state, xp)
+
+    def measure(self, ids: pa.Array, X: Any, state: dict[str, Any], xp: Any
+                ) -> dict[str, Any]:
+        """``partial``'s statistics of rows given as their cluster ids (no nulls) and
+        their features, a float64 matrix on ``xp`` (None for no rows): a clustering
+        step measuring its own held-out rows (kmeans' validation) calls this."""
         if state["phase"] == "clusters":
-            return self._clusters(part, state, xp)
-        return self._spread(part, state, xp)
-
-    def _clusters(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
-        """Each cluster's rows, mean and within sum of squares in this partition."""
-        d = len(state["features"])
-        if part.num_rows == 0:
-            return {"ids": [], "rows": np.zeros(0), "means": np.zeros((0, d)),
-                    "within": np.zeros(0)}
-        ids, X = self._rows(part, state, xp)
-        found = pc.unique(ids).sort()
-        index = pc.index_in(ids, value_set=found).to_numpy(zero_copy_only=False)
-        order = np.argsort(index, kind="stable")  # each cluster's rows together, one take
-        ends = np.cumsum(np.bincount(index, minlength=len(found)))
-        grouped = xp.take(X, xp.asarray(order), axis=0)
-        rows, means, within = [], [], []
-        for c in range(len(found)):
-            members = grouped[int(ends[c - 1]) if c else 0:int(ends[c]), :]
-            mean = xp.mean(members, axis=0)
-            rows.append(members.shape[0])
-            means.append(to_numpy(mean))
-            within.append(float(xp.sum((members - mean) ** 2)))
-        return {"ids": found.to_pylist(), "rows": np.asarray(rows, dtype=np.float64),
-                "means": np.asarray(means, dtype=np.float64).reshape(-1, d),
-                "within": np.asarray(within)}
-
-    def _spread(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
-        """The sums of the rows' silhouettes and of their distances to their cluster's
-        mean (per cluster), a block of rows at a time: a block's distances to every
-        mean are ``BLOCK_VALUES`` numbers at most, however many clusters there are."""
-        k = len(state["ids"])
-        if part.num_rows == 0:
-            return {"silhouette": 0.0, "distance": np.zeros(k)}
-        ids, X = self._rows(part, state, xp)
-        value_set = pa.array(state["ids"], ids.type)
-        own = pc.index_in(ids, value_set=value_set).to_numpy(zero_copy_only=False)
-        means = xp.asarray(np.asarray(state["means"], dtype=np.float64), dtype=X.dtype)
-        step = max(1, BLOCK_VALUES // k)
-        silhouette, distance = 0.0, np.zeros(k)
-        for start in range(0, part.num_rows, step):
-            stop = min(start + step, part.num_rows)  # the array API has no stop past the end
-            s, near = _silhouettes(X[start:stop, :], own[start:stop], means,
-                                   state["rows"], state["within"], xp)
-            silhouette += float(np.sum(s))
-            distance += np.bincount(own[start:stop], weights=np.sqrt(near), minlength=k)
-        return {"silhouette": silhouette, "distance": distance}
+            return _clusters(ids, X, len(state["features"]), xp)
+        return _spread(ids, X, state, xp)
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "silhouette" in a:
@@ -200,12 +166,9 @@ class EvaluateClusters(Measuring):
     def update(self, stats: dict[str, Any], state: dict[str, Any]
                ) -> tuple[dict[str, Any], bool]:
         if state["phase"] == "clusters":
-            k, n = len(stats["ids"]), float(np.sum(stats["rows"]))
-            if k < 2 or k >= n:
-                need = (f"2 to {int(n) - 1} clusters" if n >= 3 else
-                        "3 rows at least (2 clusters, fewer than the rows)")
-                raise DataError(f"{int(n)} rows in {k} clusters: the metrics need {need} "
-                                "(scikit-learn's rule)",
+            problem = unmeasurable(len(stats["ids"]), int(np.sum(stats["rows"])))
+            if problem is not None:
+                raise DataError(f"{problem} (scikit-learn's rule)",
                                 hint="check the prediction column and the rows given")
             state = {**state, "ids": stats["ids"], "rows": stats["rows"],
                      "means": stats["means"], "within": stats["within"]}
@@ -231,6 +194,60 @@ class EvaluateClusters(Measuring):
             everything["silhouette"] = spread["silhouette"] / n
             everything["davies_bouldin"] = davies_bouldin(spread["distance"] / rows, means)
         return {m: everything[m] for m in METRICS if m in state["metrics"]}
+
+
+def _clusters(ids: pa.Array, X: Any, d: int, xp: Any) -> dict[str, Any]:
+    """Each cluster's rows, mean and within sum of squares among the rows."""
+    if len(ids) == 0:
+        return {"ids": [], "rows": np.zeros(0), "means": np.zeros((0, d)),
+                "within": np.zeros(0)}
+    found = pc.unique(ids).sort()
+    index = pc.index_in(ids, value_set=found).to_numpy(zero_copy_only=False)
+    order = np.argsort(index, kind="stable")  # each cluster's rows together, one take
+    ends = np.cumsum(np.bincount(index, minlength=len(found)))
+    grouped = xp.take(X, xp.asarray(order), axis=0)
+    rows, means, within = [], [], []
+    for c in range(len(found)):
+        members = grouped[int(ends[c - 1]) if c else 0:int(ends[c]), :]
+        mean = xp.mean(members, axis=0)
+        rows.append(members.shape[0])
+        means.append(to_numpy(mean))
+        within.append(float(xp.sum((members - mean) ** 2)))
+    return {"ids": found.to_pylist(), "rows": np.asarray(rows, dtype=np.float64),
+            "means": np.asarray(means, dtype=np.float64).reshape(-1, d),
+            "within": np.asarray(within)}
+
+
+def _spread(ids: pa.Array, X: Any, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+    """The sums of the rows' silhouettes and of their distances to their cluster's mean
+    (per cluster), a block of rows at a time: a block's distances to every mean are
+    ``BLOCK_VALUES`` numbers at most, however many clusters there are."""
+    k, n = len(state["ids"]), len(ids)
+    if n == 0:
+        return {"silhouette": 0.0, "distance": np.zeros(k)}
+    value_set = pa.array(state["ids"], ids.type)
+    own = pc.index_in(ids, value_set=value_set).to_numpy(zero_copy_only=False)
+    means = xp.asarray(np.asarray(state["means"], dtype=np.float64), dtype=X.dtype)
+    step = max(1, BLOCK_VALUES // k)
+    silhouette, distance = 0.0, np.zeros(k)
+    for start in range(0, n, step):
+        stop = min(start + step, n)  # the array API has no stop past the end
+        s, near = _silhouettes(X[start:stop, :], own[start:stop], means,
+                               state["rows"], state["within"], xp)
+        silhouette += float(np.sum(s))
+        distance += np.bincount(own[start:stop], weights=np.sqrt(near), minlength=k)
+    return {"silhouette": silhouette, "distance": distance}
+
+
+def unmeasurable(clusters: int, rows: int) -> str | None:
+    """Why the silhouette, Calinski-Harabasz and Davies-Bouldin of ``rows`` rows in
+    ``clusters`` clusters are undefined (scikit-learn's rule: 2 to rows - 1 clusters),
+    None when they are defined."""
+    if 2 <= clusters < rows:
+        return None
+    need = (f"2 to {rows - 1} clusters" if rows >= 3 else
+            "3 rows at least (2 clusters, fewer than the rows)")
+    return f"{rows} rows in {clusters} clusters: the metrics need {need}"
 
 
 def _silhouettes(X: Any, own: np.ndarray, means: Any, rows: np.ndarray,

@@ -48,19 +48,25 @@ DEFAULT_METRICS = {
 }
 PROBABILITY_METRICS = ["log_loss", "roc_auc", "pr_auc", "brier"]
 LOWER_IS_BETTER = {"log_loss", "brier", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance",
-                   "tweedie_deviance", "pinball_loss"}
+                   "tweedie_deviance", "pinball_loss", "davies_bouldin", "inertia"}
+"""The metrics of which less is better; of any other, more (the silhouette,
+Calinski-Harabasz, accuracy, ...)."""
 COMPARABLE = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS) | {"ndcg"})
                     - {"count", "confusion_matrix", "coverage"})
-"""The metrics two models (tuning's candidates, promote's) can be compared by."""
+"""The metrics two models of a label (tuning's candidates, promote's) can be compared by."""
+CLUSTERING_COMPARABLE = ["calinski_harabasz", "davies_bouldin", "inertia", "silhouette"]
+"""The metrics two clusterings of the same held-out rows (kmeans' tuning candidates) can
+be compared by: ``inertia`` is the held-out rows' mean squared distance to their
+centres."""
 
 
 def default_metric(values: dict[str, Any]) -> str:
     """What models are compared by when no metric is named: log_loss for classes (when
     there are probabilities), else accuracy; for numbers the loss a model minimises
     where it is measured (a quantile model's pinball_loss, a log link's deviance, a
-    ranking's ndcg), else rmse."""
+    ranking's ndcg), else rmse; for clusters the silhouette."""
     for name in ("log_loss", "accuracy", "pinball_loss", "poisson_deviance",
-                 "gamma_deviance", "tweedie_deviance", "ndcg", "rmse"):
+                 "gamma_deviance", "tweedie_deviance", "ndcg", "rmse", "silhouette"):
         if name in values:
             return name
     raise ValueError(f"no comparable metric in {sorted(values)}")

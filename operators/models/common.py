@@ -14,7 +14,7 @@ import warnings
 import weakref
 from abc import abstractmethod
 from collections.abc import Collection
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +54,38 @@ class ConditioningWarning(UserWarning):
     minimum-norm one (also in the run record)."""
 
 
+def validation_fraction_field() -> Any:
+    """The ``validation_fraction`` of a step that holds rows out (a model of a label's,
+    kmeans')."""
+    return Field(0.0, ge=0.0, lt=1.0, description="fraction of rows held out (by row-content "
+                                                   "hash) for validation metrics")
+
+
+def validation_start_field() -> Any:
+    """Its ``validation_start``: where the share starts (tune_folds' folds)."""
+    return Field(0.0, ge=0.0, lt=1.0,
+                 description="where the held-out rows start in the order of the rows' hash: "
+                             "those in [start, start + validation_fraction) (tune_folds' "
+                             "folds; 0: the first share)")
+
+
+def check_validation_window(params: HoldsOut) -> None:
+    """A ParamError when the held-out share runs past the end of the hash order."""
+    if params.validation_start + params.validation_fraction > 1 + 1e-12:
+        raise ParamError(f"validation_start {params.validation_start:g} + "
+                         f"validation_fraction {params.validation_fraction:g} is over 1",
+                         hint="the held-out share must end by 1")
+
+
+class HoldsOut(Protocol):
+    """The parameters of a step that holds rows out for validation (a supervised model's,
+    kmeans')."""
+
+    validation_fraction: float
+    validation_start: float
+    seed: int
+
+
 class SupervisedParams(Params):
     """Parameters every supervised model step has."""
 
@@ -62,22 +94,13 @@ class SupervisedParams(Params):
         None, description="feature columns (default: every numeric column but the label "
                           "and the weight)")
     weight: str | None = Field(None, description="column of non-negative row weights")
-    validation_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="fraction of rows held out (by row-content hash) for validation metrics")
-    validation_start: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="where the held-out rows start in the order of the rows' hash: those "
-                    "in [start, start + validation_fraction) (tune_folds' folds; 0: the "
-                    "first share)")
+    validation_fraction: float = validation_fraction_field()
+    validation_start: float = validation_start_field()
     seed: int = Field(0, description="seed of the validation split")
 
     @model_validator(mode="after")
     def _window(self) -> SupervisedParams:
-        if self.validation_start + self.validation_fraction > 1 + 1e-12:
-            raise ParamError(f"validation_start {self.validation_start:g} + "
-                             f"validation_fraction {self.validation_fraction:g} is over 1",
-                             hint="the held-out share must end by 1")
+        check_validation_window(self)
         return self
 
 
@@ -295,12 +318,12 @@ def split_rows(part: pa.Table, fraction: float, seed: int, start: float = 0.0,
     return part.filter(pa.array(~mask)), part.filter(pa.array(mask))
 
 
-def query_column(params: SupervisedParams) -> str | None:
+def query_column(params: HoldsOut) -> str | None:
     """The query id column of a ranking model (``group``), None for other models."""
     return getattr(params, "group", None)
 
 
-def held_out(part: pa.Table, params: SupervisedParams) -> tuple[pa.Table, pa.Table]:
+def held_out(part: pa.Table, params: HoldsOut) -> tuple[pa.Table, pa.Table]:
     """``split_rows`` as a model step's parameters say (a ranking holds out queries)."""
     return split_rows(part, params.validation_fraction, params.seed, params.validation_start,
                       query_column(params))

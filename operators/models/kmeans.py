@@ -35,6 +35,16 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    passes; then, unless they stood still, one more pass assigns the rows to the final
    centres for the inertia and the cluster sizes (scikit-learn's last E-step).
 
+4. with ``validation_fraction``, every pass above leaves out the rows a supervised model
+   holds out (by a hash of the row's content and ``seed``; ``validation_start``: where
+   the share starts), and two passes after the fit measure how the fitted centres
+   cluster them: ``evaluate_clusters``' passes over the held-out rows and the cluster of
+   each (the silhouette, Calinski-Harabasz and Davies-Bouldin, exactly scikit-learn's
+   on those rows and clusters: unweighted, as scikit-learn's take no weights), and their
+   inertia per row (weighted: per unit of weight), in the fit's ``validation`` metrics:
+   what ``tune`` compares values of ``k`` by. Held-out rows in fewer than 2 clusters (or
+   each in its own) have no silhouette: its metrics are NaN, and ``undefined`` says why.
+
 Given the same starting centres the fit is scikit-learn's
 ``KMeans(init=centres, n_init=1, algorithm="lloyd")``: centres, labels, inertia and
 iterations (with weights, ``tol`` is relative to the weighted variance, so that a weight
@@ -56,6 +66,7 @@ from pydantic import Field, model_validator
 
 from operators.arrays import compute_dtype, get_namespace, is_cupy, is_numpy, to_numpy
 from operators.base import DataError, Estimator, ParamError, Params, register, register_fitted
+from operators.evaluate.clusters import EvaluateClusters, unmeasurable
 from operators.hashing import hash_rows
 from operators.models.common import (
     ACCUMULATE_ROWS,
@@ -63,11 +74,14 @@ from operators.models.common import (
     ConvergenceWarning,
     FittedModel,
     check_features,
+    check_validation_window,
     check_weight,
     chosen_features,
     combine_comoments,
     comoments,
     feature_matrix,
+    held_out,
+    holdout_mask,
     host_matrix,
     parameters,
     put_column,
@@ -76,6 +90,8 @@ from operators.models.common import (
     row_products,
     row_weights,
     table_memo,
+    validation_fraction_field,
+    validation_start_field,
 )
 from operators.models.trees import MEMO_FACTOR, _sparse_product, derived_uniform
 
@@ -92,6 +108,9 @@ against 44)."""
 FEW_ROWS = 64
 """Rows read from a partition by slices rather than a take (``_rows``)."""
 _SUMMARY_SALT = 0  # the salts of the rows' uniforms: one per pass that draws rows
+HELD_OUT_METRICS = ("silhouette", "calinski_harabasz", "davies_bouldin")
+"""What evaluate_clusters measures of the held-out rows (the validation metrics)."""
+VALIDATION_PHASES = ("validate", "validate_spread")
 
 
 class KMeansParams(Params):
@@ -111,12 +130,16 @@ class KMeansParams(Params):
                        description="stop when the centres move less than tol x the mean "
                                    "variance of the features (sum of squared moves, "
                                    "scikit-learn's tol); 0: only when they stand still")
-    seed: int = Field(0, description="seed of the starting centres (with the rows' content)")
+    seed: int = Field(0, description="seed of the starting centres (with the rows' content) "
+                                     "and of the validation split")
     distance: bool = Field(False, description="also add `distance`: each row's Euclidean "
                                               "distance to its cluster's centre")
+    validation_fraction: float = validation_fraction_field()
+    validation_start: float = validation_start_field()
 
     @model_validator(mode="after")
     def _given_centres(self) -> KMeansParams:
+        check_validation_window(self)
         if isinstance(self.init, list):
             if len(self.init) != self.k:
                 raise ParamError(f"init gives {len(self.init)} centres and k is {self.k}",
@@ -434,11 +457,16 @@ class KMeansFitted(FittedModel):
 
     def assign(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray]:
         """Each row's cluster (int64) and squared distance to its centre, on the host."""
-        X = feature_matrix(part, self.features, xp) - parameters(self.mean, xp)
-        labels, d2 = nearest(X, parameters(self.centres - self.mean, xp), xp)
+        labels, d2 = self.nearest_of(feature_matrix(part, self.features, xp), xp)
         # one transfer back: the labels are exact in either float dtype (k < 2^24)
         both = to_numpy(xp.stack([xp.astype(labels, d2.dtype), d2]))
         return both[0].astype(np.int64), both[1].astype(np.float64)
+
+    def nearest_of(self, X: Any, xp: Any) -> tuple[Any, Any]:
+        """``nearest`` of the rows of ``X`` (the features as given, on ``xp``), their
+        distances computed from the training mean."""
+        return nearest(X - parameters(self.mean, xp), parameters(self.centres - self.mean, xp),
+                       xp)
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         """The nearest centre of each row of ``X`` (the features as given)."""
@@ -492,7 +520,15 @@ class KMeans(Estimator):
       max_iter: 300               # Lloyd passes at most; tol: 1.0e-4 (scikit-learn's)
       seed: 1                     # the start, drawn by row content: the same everywhere
       distance: true              # also each row's distance to its centre
+      validation_fraction: 0.2    # rows held out (by row hash and seed), measured after
     ```
+    With `validation_fraction` the fit leaves out the rows a supervised model would
+    hold out, and its record's `validation` has how the fitted centres cluster them:
+    the silhouette (squared Euclidean, as `evaluate_clusters`), calinski_harabasz,
+    davies_bouldin, the inertia per row (weighted), count, clusters and cluster_sizes;
+    `tune: {k: [2, 3, 4, 5, 6]}` compares values of k by them (the silhouette unless
+    `tune_metric` says otherwise). Held-out rows all in one cluster (or each in its
+    own) have no silhouette: NaN, and `undefined` says why (such a candidate loses).
     The run record has the inertia (scikit-learn's name; MLlib's trainingCost: the
     weighted sum of squared distances to the centres), the iterations, the cluster
     sizes and whether it converged. Clusters are numbered in the order the start chose
@@ -536,7 +572,12 @@ class KMeans(Estimator):
         return clustered_schema(schema, self.params.distance)
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        return {"phase": "summary", "features": self._check(schema)}
+        features = self._check(schema)
+        state: dict[str, Any] = {"phase": "summary", "features": features}
+        if self.params.validation_fraction > 0:
+            state["held_out"] = _measuring(features).init(clustered_schema(
+                pa.schema([schema.field(f) for f in features]), False))
+        return state
 
     # ------------------------------------------------------------------ partitions
 
@@ -604,10 +645,31 @@ class KMeans(Estimator):
     def _centres(self, state: dict[str, Any], key: str, xp: Any) -> Any:
         return parameters(np.asarray(state[key]) - state["mean"], xp)
 
+    def _training_rows(self, part: pa.Table, state: dict[str, Any]) -> pa.Table:
+        """The rows the fit trains on: those ``validation_fraction`` does not hold out
+        (a supervised model's split), of the columns the fit reads; kept with the table,
+        so every pass gets the same table object (the matrix ``_host_matrix`` keeps is
+        kept with it) and filters once. One split a table: a fold's replaces another's."""
+        p = self.params
+        if p.validation_fraction <= 0:
+            return part
+        columns = self._hashed(state["features"])
+        key = (p.validation_fraction, p.seed, p.validation_start, tuple(columns))
+        memo = table_memo(part)
+        kept = memo.get("kmeans_training")
+        if kept is None or kept[0] != key:
+            mask = holdout_mask(part, p.validation_fraction, p.seed, p.validation_start)
+            kept = memo["kmeans_training"] = (key, part.select(columns).filter(
+                pa.array(~mask)))
+        return kept[1]
+
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         phase = state["phase"]
+        if phase in VALIDATION_PHASES:
+            return self._validation(part, state, xp)
+        whole, part = part, self._training_rows(part, state)
         if phase == "summary":
-            return self._summary(part, state, xp)
+            return {**self._summary(part, state, xp), "heldout": whole.num_rows - part.num_rows}
         if part.num_rows == 0:
             return self._nothing(state)
         if phase == "sample":
@@ -713,11 +775,40 @@ class KMeans(Estimator):
                         "weights": to_numpy(xp.take(w, at)).astype(np.float64)},
                        self.params.k if m == 1 else m, m == 1)
 
+    def _validation(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        """A validation pass over the partition's held-out rows: each row's cluster by
+        the fitted centres (as ``score`` gives it), then evaluate_clusters' statistics of
+        the rows in those clusters, in float64; the first pass also the clusters' sizes
+        and the rows' weighted squared distances to their centres."""
+        measuring, first = _measuring(), state["phase"] == "validate"
+        held = held_out(part, self.params)[1]
+        k, d = self.params.k, len(state["features"])
+        if held.num_rows == 0:
+            out = {"measured": measuring.measure(pa.array([], pa.int64()), None,
+                                                 state["held_out"], xp)}
+            return {**out, "sizes": np.zeros(k), "inertia": 0.0, "weight": 0.0} if first else out
+        data = feature_matrix(held, state["features"], xp, [row_weights(held, self.params.weight)])
+        X, w = data[:, :d], data[:, d]
+        labels, d2 = self.fitted(state).nearest_of(X, xp)
+        ids = to_numpy(labels).astype(np.int64)
+        X = X if X.dtype == xp.float64 else xp.astype(X, xp.float64)
+        out = {"measured": measuring.measure(pa.array(ids), X, state["held_out"], xp)}
+        if first:
+            out.update(sizes=np.bincount(ids, minlength=k).astype(np.float64),
+                       inertia=float(xp.sum(w * d2, dtype=xp.float64)),
+                       weight=float(xp.sum(w, dtype=xp.float64)))
+        return out
+
     # ------------------------------------------------------------------ combine
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        if "measured" in a:
+            out = {"measured": _measuring().combine(a["measured"], b["measured"])}
+            if "sizes" in a:
+                out.update({key: a[key] + b[key] for key in ("sizes", "inertia", "weight")})
+            return out
         if "moments" in a:
-            out = {"rows": a["rows"] + b["rows"],
+            out = {"rows": a["rows"] + b["rows"], "heldout": a["heldout"] + b["heldout"],
                    "moments": combine_comoments(a["moments"], b["moments"])}
             if "drawn" in a:
                 m = self.params.k if self.params.init == "random" else 1
@@ -742,6 +833,9 @@ class KMeans(Estimator):
     def update(self, stats: dict[str, Any], state: dict[str, Any]
                ) -> tuple[dict[str, Any], bool]:
         phase = state["phase"]
+        if phase in VALIDATION_PHASES:
+            state = self._measured(stats, state)
+            return state, state["phase"] == "done"
         if phase == "summary":
             return self._started(stats, state), False
         if phase == "sample":
@@ -761,10 +855,17 @@ class KMeans(Estimator):
     def _started(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         p = self.params
         moments = stats["moments"]
-        require_training_rows(stats["rows"], 0)
+        require_training_rows(stats["rows"], stats["heldout"])
+        if stats["rows"] < p.k:
+            raise DataError(f"{stats['rows']} training rows for k = {p.k} clusters"
+                            + (f" ({stats['heldout']} held out for validation)"
+                               if stats["heldout"] else ""),
+                            hint="lower k" + (", or validation_fraction"
+                                              if stats["heldout"] else ""))
         require_positive_weight(moments["weight"], p.weight)
         variance = np.diag(moments["comoment"]) / moments["weight"]
-        state = {**state, "rows": stats["rows"], "mean": moments["mean"],
+        state = {**state, "rows": stats["rows"], "heldout": stats["heldout"],
+                 "mean": moments["mean"],
                  "tol": float(np.mean(variance)) * p.tol, "init_passes": 1}
         if isinstance(p.init, list):
             return self._lloyd(state, np.asarray(p.init, dtype=np.float64))
@@ -872,8 +973,36 @@ class KMeans(Estimator):
                 f"last of {state['iterations']} iterations (sum of squared moves; tolerance "
                 f"{state['tol']:.3g}); raise max_iter or tol", ConvergenceWarning,
                 stacklevel=3)
-        return {**state, "phase": "done", "final": False, "inertia": float(stats["inertia"]),
-                "sizes": stats["counts"], "cluster_weights": stats["weights"]}
+        measure = self.params.validation_fraction > 0
+        return {**state, "phase": "validate" if measure else "done", "final": False,
+                "inertia": float(stats["inertia"]), "sizes": stats["counts"],
+                "cluster_weights": stats["weights"]}
+
+    def _measured(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """After a validation pass: the held-out rows' figures, then (the second pass
+        done, or none needed) the validation metrics."""
+        measuring = _measuring()
+        if state["phase"] == "validate_spread":
+            held, _ = measuring.update(stats["measured"], state["held_out"])
+            return self._validated(state, {**measuring.metrics(held), **state["figures"]})
+        sizes = stats["sizes"]
+        rows, present = int(np.sum(sizes)), int(np.count_nonzero(sizes))
+        if rows == 0:
+            return self._validated(state, {"count": 0})
+        figures = {"inertia": stats["inertia"] / stats["weight"] if stats["weight"] > 0
+                   else float("nan"),
+                   "count": rows, "clusters": present,
+                   "cluster_sizes": [int(n) for n in sizes]}
+        problem = unmeasurable(present, rows)
+        if problem is not None:
+            return self._validated(state, {**dict.fromkeys(HELD_OUT_METRICS, float("nan")),
+                                           **figures, "undefined": problem})
+        held, _ = measuring.update(stats["measured"], state["held_out"])
+        return {**state, "phase": "validate_spread", "held_out": held, "figures": figures}
+
+    def _validated(self, state: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
+        state = {k: v for k, v in state.items() if k not in ("held_out", "figures")}
+        return {**state, "phase": "done", "validation": validation}
 
     def fitted(self, state: dict[str, Any]) -> KMeansFitted:
         """The fitted model; before the fit is done, the model of the current centres."""
@@ -889,11 +1018,20 @@ class KMeans(Estimator):
             "inertia": state["inertia"], "iterations": int(state["iterations"]),
             "converged": bool(state["converged"]),
             "cluster_sizes": [int(round(n)) for n in state["sizes"]],
-            "training_rows": int(state["rows"]), "init_passes": int(state["init_passes"]),
+            "training_rows": int(state["rows"]), "validation_rows": int(state["heldout"]),
+            "init_passes": int(state["init_passes"]),
         }
         if self.params.weight is not None:
             out["cluster_weights"] = [float(w) for w in state["cluster_weights"]]
+        if "validation" in state:
+            out["validation"] = state["validation"]
         return out
+
+
+def _measuring(features: list[str] | None = None) -> EvaluateClusters:
+    """evaluate_clusters as the validation passes drive it over the held-out rows (its
+    features: the fit's, named at ``init``; the other calls read them from its state)."""
+    return EvaluateClusters(features=features, metrics=list(HELD_OUT_METRICS))
 
 
 def _too_few(found: int, k: int) -> None:

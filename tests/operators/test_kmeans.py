@@ -10,11 +10,16 @@ import pytest
 from pydantic import ValidationError
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import make_blobs
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import (
+    adjusted_rand_score,
+    calinski_harabasz_score,
+    davies_bouldin_score,
+    silhouette_score,
+)
 
 from operators.arrays import get_namespace
 from operators.base import DataError, ParamError, SchemaError, drive, tree_reduce
-from operators.models.common import ConvergenceWarning, comoments
+from operators.models.common import ConvergenceWarning, comoments, holdout_mask
 from operators.models.kmeans import (
     KMeans,
     KMeansFitted,
@@ -406,3 +411,87 @@ def test_bad_weights() -> None:
         fit_state(KMeans(k=2, weight="w"), [table_of(X, w=np.full(40, -1.0))])
     with pytest.raises(DataError, match="sum to zero"):
         fit_state(KMeans(k=2, weight="w"), [table_of(X, w=np.zeros(40))])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def held_out_rows(table: pa.Table, fraction: float, seed: int, start: float = 0.0
+                  ) -> pa.Table:
+    """The rows a model step with this validation_fraction, seed and start holds out."""
+    return table.filter(pa.array(holdout_mask(table, fraction, seed, start)))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_held_out_metrics_are_scikit_learns_on_the_held_out_rows(weighted: bool) -> None:
+    """The fit trains on the rows a supervised model would train on (the same split) and
+    measures the held-out rows by the fitted centres: scikit-learn's silhouette
+    (sqeuclidean), Calinski-Harabasz and Davies-Bouldin of them and their clusters, and
+    their (weighted) inertia per row; the same over any partitioning and on
+    array_api_strict."""
+    X, _ = make_blobs(900, n_features=3, centers=4, cluster_std=1.5, random_state=3)
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(X))
+    table = table_of(X, w=w) if weighted else table_of(X)
+    params = {"k": 4, "validation_fraction": 0.25, "seed": 6,
+              **({"weight": "w"} if weighted else {})}
+    model, metrics = fit_state(KMeans(**params), split(table, 4))
+    held = held_out_rows(table, 0.25, 6)
+    train = table.filter(pa.array(~holdout_mask(table, 0.25, 6)))
+    assert (metrics["training_rows"], metrics["validation_rows"]) == (train.num_rows,
+                                                                      held.num_rows)
+    # the model is a plain fit of the training rows
+    plain, _ = fit_state(KMeans(**{k: v for k, v in params.items()
+                                   if k != "validation_fraction"}), split(train, 3))
+    np.testing.assert_allclose(model.centres, plain.centres, rtol=1e-12, atol=1e-12)
+    labels = labels_of(model, held)
+    Xh = np.column_stack([held.column(f"x{j}").to_numpy() for j in range(3)])
+    v = metrics["validation"]
+    assert v["silhouette"] == pytest.approx(silhouette_score(Xh, labels, metric="sqeuclidean"),
+                                            rel=1e-12, abs=1e-12)
+    assert v["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(Xh, labels),
+                                                   rel=1e-12)
+    assert v["davies_bouldin"] == pytest.approx(davies_bouldin_score(Xh, labels), rel=1e-12)
+    d2 = np.sum((Xh - model.centres[labels]) ** 2, axis=1)
+    hw = held.column("w").to_numpy() if weighted else np.ones(len(Xh))
+    assert v["inertia"] == pytest.approx(hw @ d2 / hw.sum(), rel=1e-12)
+    assert v["count"] == held.num_rows and v["clusters"] == 4
+    assert v["cluster_sizes"] == np.bincount(labels, minlength=4).tolist()
+    for parts, xp in ((split(table, 7, seed=2), NUMPY), ([table], STRICT)):
+        _, again = fit_state(KMeans(**params), parts, xp)
+        for key, value in v.items():
+            assert again["validation"][key] == pytest.approx(value, rel=1e-12), key
+
+
+def test_no_validation_fraction_holds_nothing_out() -> None:
+    table = table_of(overlapping(300))
+    _, metrics = fit_state(KMeans(k=3), split(table, 2))
+    assert metrics["training_rows"] == 300 and metrics["validation_rows"] == 0
+    assert "validation" not in metrics
+
+
+def test_held_out_rows_in_one_cluster_have_no_silhouette() -> None:
+    """Held-out rows all in one cluster (or each alone): the silhouette and the other
+    two are undefined (NaN) and ``undefined`` says why; the inertia still is."""
+    rng = np.random.default_rng(0)
+    blob = table_of(rng.standard_normal((200, 2)))
+    far = table_of(rng.standard_normal((40, 2)) * 0.1 + 50.0)
+    far = far.filter(pa.array(~holdout_mask(far, 0.2, 1)))  # none of them held out
+    table = pa.concat_tables([blob, far])
+    _, metrics = fit_state(KMeans(k=2, validation_fraction=0.2, seed=1), split(table, 3))
+    v = metrics["validation"]
+    assert v["clusters"] == 1 and v["count"] == held_out_rows(table, 0.2, 1).num_rows
+    assert all(np.isnan(v[m]) for m in ("silhouette", "calinski_harabasz", "davies_bouldin"))
+    assert v["undefined"] == (f"{v['count']} rows in 1 clusters: the metrics need 2 to "
+                              f"{v['count'] - 1} clusters")
+    assert v["inertia"] > 0
+
+
+def test_too_few_training_rows_for_k() -> None:
+    table = table_of(overlapping(12))
+    with pytest.raises(DataError, match=r"training rows for k = 12 clusters \(\d+ held out "
+                                        r"for validation\)") as info:
+        fit_state(KMeans(k=12, validation_fraction=0.3), [table])
+    assert info.value.hint == "lower k, or validation_fraction"
+    with pytest.raises(ParamError, match="validation_start 0.9 \\+ validation_fraction "
+                                         "0.2 is over 1"):
+        KMeans(k=2, validation_fraction=0.2, validation_start=0.9)

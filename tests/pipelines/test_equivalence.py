@@ -239,6 +239,21 @@ ZOO = {
         seed: 3
         distance: true
     """,
+    "kmeans_tuned": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: standard_scale
+        columns: [tenure, monthly_charges, total_charges]
+      - op: kmeans
+        features: [tenure, monthly_charges, total_charges]
+        seed: 3
+        validation_fraction: 0.2
+        tune:
+          k: [4, 3]
+    """,
     "linear_weighted": """
       - op: drop
         columns: [signup_date, customer_id]

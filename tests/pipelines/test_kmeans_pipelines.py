@@ -10,11 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from conftest import SLUICE, write_pipeline
 
 from operators.arrays import get_namespace
 from operators.base import SluiceError
-from pipelines.runner import ValidationFailed, run
+from pipelines.cli import main
+from pipelines.runner import run
 from pipelines.serving import load_model
 from pipelines.store import ModelStore
 
@@ -114,10 +116,21 @@ def test_promote_refuses_a_model_of_no_label(workdir: Path, churn: Path) -> None
     assert "save_model's aliases" in err.value.hint
 
 
-def test_tuning_refuses_it_as_the_file_plans(workdir: Path, churn: Path) -> None:
+def test_k_tuned_by_the_held_out_silhouette_in_the_record_and_runs_show(
+        workdir: Path, churn: Path) -> None:
+    """tune: k by the held-out rows' silhouette: the record and `sluice runs show` have
+    every candidate's and the chosen model's validation."""
     text = TRAIN.format(data=churn, distance="false", extra="").replace(
-        "        k: 4\n", "        k: 4\n        tune:\n          k: [3, 4]\n")
-    with pytest.raises(ValidationFailed) as info:
-        run(write_pipeline(workdir, text))
-    (problem,) = info.value.problems
-    assert "kmeans is not a model of a label" in str(problem)
+        "        k: 4\n", "        validation_fraction: 0.2\n        tune:\n"
+                         "          k: [3, 4]\n")
+    record = run(write_pipeline(workdir, text))
+    metrics = record["metrics"]["clusters"]
+    assert list(metrics["tuning"]["candidates"]) == ["k=3", "k=4"]
+    assert metrics["training_rows"] + metrics["validation_rows"] == 5000
+    assert set(metrics["validation"]) == {"silhouette", "calinski_harabasz", "davies_bouldin",
+                                          "inertia", "count", "clusters", "cluster_sizes"}
+    shown = CliRunner().invoke(main, ["runs", "show", record["run_id"]])
+    assert shown.exit_code == 0, shown.output
+    assert "metrics clusters.validation: silhouette=" in shown.output
+    assert "metrics clusters.tuning: metric=silhouette, best=k=" in shown.output
+    assert "metrics clusters.tuning.candidates.k=3: silhouette=" in shown.output

@@ -255,8 +255,9 @@ def test_a_param_a_saved_model_keeps_is_a_note(churn: Path, workdir: Path) -> No
 
 def test_the_segments_example_pipeline_clusters_without_a_label(workdir: Path) -> None:
     """conf/pipelines/churn_segments.yaml (impute with an indicator, robust_scale, pca,
-    kmeans) on the committed sample: a label-free model whose segments, scored again,
-    are the fit's own assignments, and whose saved chain repeats every step."""
+    kmeans of k tuned by cross-validated silhouette) on the committed sample: a
+    label-free model whose segments, scored again, are the fit's own assignments, and
+    whose saved chain repeats every step."""
     from operators.arrays import get_namespace
     from pipelines.runner import run
     from pipelines.store import ModelStore
@@ -266,7 +267,12 @@ def test_the_segments_example_pipeline_clusters_without_a_label(workdir: Path) -
                  models=str(workdir / "models"), runs_dir=str(workdir / "runs"))
     assert record["status"] == "succeeded"
     metrics = record["metrics"]["segments"]
-    assert metrics["converged"] and len(metrics["cluster_sizes"]) == 4
+    tuning = metrics["tuning"]
+    assert list(tuning["candidates"]) == ["k=3", "k=4", "k=5", "k=6"]
+    k = int(tuning["best"].removeprefix("k="))
+    assert tuning["candidates"][tuning["best"]]["silhouette"] == max(
+        c["silhouette"] for c in tuning["candidates"].values())
+    assert metrics["converged"] and len(metrics["cluster_sizes"]) == k
     assert sum(metrics["cluster_sizes"]) == record["steps"]["customers"]["rows"]
     quality = record["metrics"]["quality"]  # evaluate_clusters of the same clusters
     assert list(quality["cluster_sizes"].values()) == metrics["cluster_sizes"]
@@ -276,7 +282,7 @@ def test_the_segments_example_pipeline_clusters_without_a_label(workdir: Path) -
         "impute.fitted", "robust_scale.fitted", "pca.fitted", "kmeans.fitted"]
     rows = pq.read_table(ROOT / "data" / "churn" / "ds=2026-11-28")
     scored = model.chain.transform(rows, get_namespace("numpy"))
-    sizes = np.bincount(scored.column("prediction").to_numpy(), minlength=4)
+    sizes = np.bincount(scored.column("prediction").to_numpy(), minlength=k)
     assert sizes.tolist() == metrics["cluster_sizes"]
 
 

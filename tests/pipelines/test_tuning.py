@@ -6,9 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import write_pipeline
 
+from operators.arrays import get_namespace
+from operators.base import SluiceError
+from operators.models.common import holdout_mask
 from pipelines.engines.base import Engine
 from pipelines.runner import ValidationFailed, plan_file, run
 from pipelines.store import ModelStore
@@ -131,8 +136,10 @@ def test_only_a_model_with_held_out_rows_is_tuned(churn: Path, workdir: Path) ->
     with pytest.raises(ValidationFailed) as info:
         run(write_pipeline(workdir, scaler, "scaler.yaml"))
     (problem,) = info.value.problems
-    assert "standard_scale is not a model of a label: only a model step with a label (and " \
-           "validation_fraction) can be tuned" in str(problem)
+    assert "standard_scale cannot be tuned: tune compares candidates by their metrics on " \
+           "rows the step holds out (validation_fraction), which only a model of a label " \
+           "(logistic_regression, linear_regression, the trees, mlp) or kmeans does" in str(
+               problem)
     twice = TUNED.format(tune=GRID).replace("seed: 3\n", "seed: 3\n        l2: 0.5\n")
     with pytest.raises(ValidationFailed) as info:
         run(write_pipeline(workdir, twice, "twice.yaml"))
@@ -287,3 +294,226 @@ def test_quantile_candidates_are_compared_by_their_pinball_loss(churn: Path,
     assert tuning["metric"] == "pinball_loss"
     values = {k: v["pinball_loss"] for k, v in tuning["candidates"].items()}
     assert tuning["best"] == min(values, key=values.get)
+
+
+# --------------------------------------------------------------------------- kmeans
+
+KMEANS = """
+    pipeline: segments
+    steps:
+      - op: read_parquet
+        path: {data}
+        partition_mb: 0.01
+      - id: clusters
+        op: kmeans
+        features: [x0, x1, x2]
+        seed: 2
+{settings}
+      - op: save_model
+        name: segments
+"""
+
+
+def blobs(folder: Path, centres: int, files: int, rows: int = 1200) -> Path:
+    """Well-separated blobs in three features, an id column, in ``files`` files."""
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(rows, n_features=3, centers=centres, cluster_std=0.8,
+                      center_box=(-20, 20), random_state=centres)
+    table = pa.table({"id": np.arange(rows), **{f"x{j}": X[:, j] for j in range(3)}})
+    folder.mkdir(parents=True)
+    bounds = np.linspace(0, rows, files + 1).astype(int)
+    for i in range(files):
+        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]),
+                       folder / f"part-{i}.parquet", row_group_size=100)
+    return folder
+
+
+@pytest.mark.parametrize("centres", [3, 4])
+def test_kmeans_tune_picks_the_blobs_k_by_the_held_out_silhouette(
+        workdir: Path, engine: Engine, centres: int) -> None:
+    """k picked by the held-out silhouette (higher is better) on well-separated blobs:
+    the same candidates' values on every engine and partitioning, the model the best's,
+    its held-out metrics scikit-learn's on the held-out rows."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    settings = ("        validation_fraction: 0.2\n"
+                "        tune:\n          k: [2, 3, 4, 5, 6]")
+    one = blobs(workdir / "one", centres, 1)
+    reference = run(write_pipeline(workdir, KMEANS.format(data=one, settings=settings),
+                                   "one.yaml"))
+    record = run(write_pipeline(workdir, KMEANS.format(
+        data=blobs(workdir / "many", centres, 4), settings=settings).replace(
+        "name: segments", "name: many")), engine_instance=engine)
+    tuning = record["metrics"]["clusters"]["tuning"]
+    assert tuning["metric"] == "silhouette" and tuning["best"] == f"k={centres}"
+    candidates = tuning["candidates"]
+    assert list(candidates) == [f"k={k}" for k in (2, 3, 4, 5, 6)]
+    assert max(candidates, key=lambda c: candidates[c]["silhouette"]) == f"k={centres}"
+    for name, entry in reference["metrics"]["clusters"]["tuning"]["candidates"].items():
+        assert candidates[name]["silhouette"] == pytest.approx(entry["silhouette"], rel=1e-9)
+    validation = record["metrics"]["clusters"]["validation"]
+    assert validation["silhouette"] == candidates[f"k={centres}"]["silhouette"]
+    model = ModelStore().load("many")
+    assert model.meta["trained_with"]["clusters"]["params"]["k"] == centres
+    fitted = model.chain.steps[-1]
+    np.testing.assert_allclose(fitted.centres,
+                               ModelStore().load("segments").chain.steps[-1].centres,
+                               rtol=1e-9, atol=1e-9)
+    rows = pq.read_table(one)
+    held = rows.filter(pa.array(holdout_mask(rows, 0.2, 2)))
+    assert validation["count"] == held.num_rows
+    labels = model.chain.transform(held, get_namespace("numpy")).column("prediction")
+    X = np.column_stack([held.column(f"x{j}").to_numpy() for j in range(3)])
+    assert validation["silhouette"] == pytest.approx(
+        silhouette_score(X, labels, metric="sqeuclidean"), rel=1e-12, abs=1e-12)
+    assert validation["calinski_harabasz"] == pytest.approx(
+        calinski_harabasz_score(X, labels), rel=1e-12)
+    assert validation["davies_bouldin"] == pytest.approx(
+        davies_bouldin_score(X, labels), rel=1e-12)
+
+
+def test_kmeans_tune_folds_cross_validates_k(workdir: Path) -> None:
+    """tune_folds: each k fitted on 3 folds and scored by the mean silhouette, the
+    best k then fitted on all the rows; a fold is a plain fit holding out its share."""
+    data = blobs(workdir / "data", 3, 2)
+    cv = KMEANS.format(data=data, settings="        tune:\n          k: [2, 3, 5]\n"
+                                           "        tune_folds: 3")
+    record = run(write_pipeline(workdir, cv))
+    metrics = record["metrics"]["clusters"]
+    tuning = metrics["tuning"]
+    assert (tuning["folds"], tuning["metric"], tuning["best"]) == (3, "silhouette", "k=3")
+    for entry in tuning["candidates"].values():
+        assert len(entry["folds"]) == 3
+        assert entry["silhouette"] == pytest.approx(np.mean(entry["folds"]), rel=1e-12)
+    assert metrics["training_rows"] == 1200 and "validation" not in metrics
+    third = 0.3333333333333333
+    fold = KMEANS.format(data=data, settings=f"        k: 5\n        validation_fraction: "
+                                             f"{third}\n        validation_start: {third}")
+    one = run(write_pipeline(workdir, fold.replace("name: segments", "name: fold"),
+                             "fold.yaml"))
+    assert one["metrics"]["clusters"]["validation"]["silhouette"] == pytest.approx(
+        tuning["candidates"]["k=5"]["folds"][1], rel=1e-12)
+
+
+def test_a_kmeans_candidate_of_one_held_out_cluster_loses_with_a_note(workdir: Path) -> None:
+    """A big blob and a few rows far away, none held out: k=2 puts the far rows in a
+    cluster of their own, so its held-out rows are all in one cluster and have no
+    silhouette (NaN): it loses, and its entry says why. With only such candidates the
+    step fails and says why."""
+    rng = np.random.default_rng(0)
+    blob = rng.standard_normal((400, 3))
+    far = pa.table({"id": np.arange(400, 440), **{
+        f"x{j}": rng.standard_normal(40) * 0.1 + 60.0 for j in range(3)}})
+    far = far.filter(pa.array(~holdout_mask(far, 0.2, 2)))
+    table = pa.concat_tables([pa.table({"id": np.arange(400), **{
+        f"x{j}": blob[:, j] for j in range(3)}}), far])
+    pq.write_table(table, workdir / "rows.parquet")
+    text = KMEANS.format(data=workdir / "rows.parquet", settings=(
+        "        validation_fraction: 0.2\n        tune:\n          k: [2, 3]"))
+    record = run(write_pipeline(workdir, text))
+    tuning = record["metrics"]["clusters"]["tuning"]
+    assert tuning["best"] == "k=3"
+    two = tuning["candidates"]["k=2"]
+    assert np.isnan(two["silhouette"])
+    assert two["note"].startswith("k=2: ") and "rows in 1 clusters: the metrics need 2 to" in (
+        two["note"])
+    only = write_pipeline(workdir, text.replace("k: [2, 3]", "k: [2]"), "only.yaml")
+    with pytest.raises(SluiceError) as info:
+        run(only)
+    assert str(info.value).startswith(f"{only}:") and "step 'clusters'" in str(info.value)
+    assert "tune: no candidate has a held-out silhouette (k=2: " in str(info.value)
+    assert "hold out more rows (validation_fraction)" in str(info.value)
+
+
+def test_a_kmeans_candidate_larger_than_the_training_rows_fails_named(workdir: Path) -> None:
+    pq.write_table(pa.table({"id": np.arange(10), "x0": np.arange(10.0),
+                             "x1": np.arange(10.0) ** 2, "x2": np.ones(10)}),
+                   workdir / "few.parquet")
+    text = KMEANS.format(data=workdir / "few.parquet", settings=(
+        "        validation_fraction: 0.3\n        tune:\n          k: [2, 12]"))
+    with pytest.raises(SluiceError) as info:
+        run(write_pipeline(workdir, text))
+    message = str(info.value)
+    assert "step 'clusters': tune candidate k=12: " in message
+    assert "training rows for k = 12 clusters" in message and "(lower k, or " in message
+    folds = text.replace("        validation_fraction: 0.3\n", "").replace(
+        "k: [2, 12]", "k: [2]\n        tune_folds: 20")
+    with pytest.raises(SluiceError, match=r"tune candidate k=2 \(fold 1 of 20\): tune: the "
+                                          "step held out no rows to compare the candidates "
+                                          "on"):
+        run(write_pipeline(workdir, folds, "folds.yaml"))
+
+
+def test_too_few_held_out_rows_for_a_silhouette_fail_saying_so(workdir: Path) -> None:
+    """Two rows held out (of 40): in 2 clusters each is alone, in one no silhouette
+    either: no candidate has one, and the step says why and what to do."""
+    table = pa.table({"id": np.arange(40), "x0": np.arange(40.0), "x1": np.arange(40.0) ** 2,
+                      "x2": np.ones(40)})
+    assert int(holdout_mask(table, 0.08, 2).sum()) == 2
+    pq.write_table(table, workdir / "rows.parquet")
+    text = KMEANS.format(data=workdir / "rows.parquet", settings=(
+        "        validation_fraction: 0.08\n        tune:\n          k: [2, 3]"))
+    with pytest.raises(SluiceError) as info:
+        run(write_pipeline(workdir, text))
+    message = str(info.value)
+    assert "step 'clusters': tune: no candidate has a held-out silhouette (k=2: 2 rows in " in (
+        message)
+    assert "the metrics need 3 rows at least (2 clusters, fewer than the rows)" in message
+    assert message.endswith("(hold out more rows (validation_fraction), or try other values)")
+
+
+@pytest.mark.parametrize(("settings", "key", "message"), [
+    ("validation_fraction: 0.2\n        tune:\n          k: [2, 3]\n"
+     "        tune_metric: inertia", "tune_metric",
+     "tune_metric: inertia cannot choose k: the held-out rows' inertia falls as k grows"),
+    ("validation_fraction: 0.2\n        tune:\n          k: [2, 3]\n"
+     "        tune_metric: roc_auc", "tune_metric",
+     "kmeans cannot be compared by a model of a label's metric 'roc_auc' (one of: "
+     "calinski_harabasz, davies_bouldin, inertia, silhouette)"),
+    ("validation_fraction: 0.2\n        tune:\n          k: [2, 3]\n"
+     "        tune_metric: silhuette", "tune_metric",
+     "unknown metric 'silhuette'; did you mean 'silhouette'?"),
+    ("k: 3\n        validation_fraction: 0.2\n        tune:\n          features: [[x0, x1]]",
+     "tune", "tune cannot vary 'features': the candidates' clusters are compared in the "
+             "space of their features"),
+    ("k: 3\n        validation_fraction: 0.2\n        tune:\n          seed: [1, 2]",
+     "tune", "tune cannot vary 'seed': every candidate is fitted and compared on the same"),
+    ("k: 3\n        validation_fraction: 0.2\n        tune:\n          weight: [id]",
+     "tune", "tune cannot vary 'weight'"),
+    ("tune:\n          k: [2, 3]", "tune",
+     "tune needs held-out rows to compare the candidates on: set validation_fraction"),
+    ("validation_fraction: 0.2\n        tune:\n          k: [3, 1]", "tune",
+     "tune: k=1: parameter 'k': Input should be greater than or equal to 2"),
+    ("validation_fraction: 0.2\n        tune:\n          k: [1, 3]", "tune",
+     "tune: k=1: parameter 'k': Input should be greater than or equal to 2 (got 1)"),
+], ids=["inertia-for-k", "a-label-metric", "unknown-metric", "features", "seed", "weight",
+        "nothing-held-out", "a-bad-k", "a-bad-first-k"])
+def test_kmeans_tune_problems_are_reported_as_the_file_plans(
+        workdir: Path, settings: str, key: str, message: str) -> None:
+    pq.write_table(pa.table({"id": np.arange(4), "x0": np.zeros(4), "x1": np.zeros(4),
+                             "x2": np.zeros(4)}), workdir / "rows.parquet")
+    path = write_pipeline(workdir, KMEANS.format(data=workdir / "rows.parquet",
+                                                 settings="        " + settings))
+    (problem,) = plan_file(path).problems
+    lines = path.read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text.strip().startswith(f"{key}:"))
+    assert (problem.line, problem.step) == (line, "clusters")
+    assert message in problem.message, problem.message
+
+
+def test_a_model_of_a_label_is_not_compared_by_a_clustering_metric(churn: Path,
+                                                                    workdir: Path) -> None:
+    path = write_pipeline(workdir, TUNED.format(tune=GRID + "\n        tune_metric: "
+                                                "silhouette"))
+    (problem,) = plan_file(path).problems
+    assert problem.message.startswith("logistic_regression cannot be compared by a "
+                                      "clustering's metric 'silhouette' (one of: accuracy,")
+
+
+def test_the_metric_directions() -> None:
+    """What tune and promote rank by: more is better but for these."""
+    from operators.evaluate.metrics import LOWER_IS_BETTER
+
+    assert {"davies_bouldin", "inertia", "log_loss", "rmse"} <= LOWER_IS_BETTER
+    assert not {"silhouette", "calinski_harabasz", "roc_auc", "r2"} & LOWER_IS_BETTER
