@@ -56,7 +56,7 @@ from pydantic import AfterValidator, Field
 from operators.arrays import to_numpy, to_xp
 from operators.base import DataError, ParamError, SchemaError, register, register_fitted
 from operators.models import ranking, selection
-from operators.models.common import check_role, held_out, label_column
+from operators.models.common import check_role, held_out, label_column, row_weights
 from operators.models.log_link import (
     LOG_LINK,
     LOSS_DESCRIPTION,
@@ -613,10 +613,10 @@ class GradientBoostedTrees(TreeEstimator):
         if state["phase"] == "select":
             return self._select_update(stats, state)
         if state["phase"] == "validate" and self._ranks(state):
-            total, queries, rows = stats["ndcg"].tolist()
+            total, weight, queries, rows = stats["ndcg"].tolist()
             validation: dict[str, Any] = {"count": int(rows)}
-            if queries > 0:
-                validation.update(ndcg=total / queries, queries=int(queries),
+            if weight > 0:
+                validation.update(ndcg=total / weight, queries=int(queries),
                                   ndcg_at=self.params.ndcg_at)
             return {**state, "phase": "done", "validation": validation}, True
         return super().update(stats, state)
@@ -763,10 +763,13 @@ class GradientBoostedTrees(TreeEstimator):
             return {}
         held = memo["held"]  # prepared with the training rows (``_prepared``)
         raw = self._raw(held, state, memo, "held_raw", xp)
-        if self._ranks(state):  # 1 - NDCG@k, a sum over the held-out queries
-            total, queries = ranking.ndcg_sums(_host_scores(raw), held["relevance"],
-                                               held["query"], self.params.ndcg_at)
-            return {"loss": queries - total, "loss_weight": float(queries)}
+        if self._ranks(state):  # 1 - NDCG@k, a sum over the held-out queries (weighted:
+            # each by the mean of its rows' weights, as evaluate's and LightGBM's)
+            weights = (to_numpy(held["w"]).astype(np.float64).reshape(-1)
+                       if self.params.weight else None)
+            total, weight = ranking.ndcg_sums(_host_scores(raw), held["relevance"],
+                                              held["query"], self.params.ndcg_at, weights)
+            return {"loss": weight - total, "loss_weight": float(weight)}
         loss = _loss(raw, held["y"], self._outputs(state), self._loss_name(state), xp,
                      self._leaf_level(), self.params.tweedie_power)
         return {"loss": float(xp.sum(held["w"] * loss)), "loss_weight": float(xp.sum(held["w"]))}
@@ -913,12 +916,14 @@ class GradientBoostedTrees(TreeEstimator):
         """The held-out queries' NDCG@k sum, their number and rows, by the model."""
         held = held_out(part, self.params)[1]
         if held.num_rows == 0:
-            return np.zeros(3)
+            return np.zeros(4)
         rows = self._query_rows(held, state, tiebreak=False)
         score = self._model(state).outputs(held, xp)[0]
-        total, queries = ranking.ndcg_sums(score, rows["relevance"], rows["query"],
-                                           self.params.ndcg_at)
-        return np.array([total, queries, held.num_rows], dtype=np.float64)
+        weights = row_weights(held, self.params.weight) if self.params.weight else None
+        total, weight = ranking.ndcg_sums(score, rows["relevance"], rows["query"],
+                                          self.params.ndcg_at, weights)
+        return np.array([total, weight, len(np.unique(rows["query"])), held.num_rows],
+                        dtype=np.float64)
 
 
 def _host_scores(raw: Any) -> np.ndarray:

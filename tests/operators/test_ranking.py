@@ -239,6 +239,37 @@ def test_validation_holds_out_whole_queries_and_measures_ndcg() -> None:
         1 - fewer.metrics(state)["validation"]["ndcg"], abs=1e-12)
 
 
+def test_weighted_validation_is_evaluates_weighted_ndcg() -> None:
+    """With a weight, the held-out NDCG (the validation metric and early stopping's loss)
+    weighs each query by the mean of its rows' weights, as evaluate's (LightGBM's query
+    weights)."""
+    table = ranking_table(queries=80, seed=6)
+    est = GBT(label="y", group="query", loss="lambdarank", n_trees=6, max_depth=2,
+              min_samples_leaf=3, validation_fraction=0.3, ndcg_at=5, weight="w",
+              early_stopping=True, n_iter_no_change=50)
+    parts = whole_query_parts(table, 3, 0)
+    state, _ = drive(est, table.schema, lambda partial: tree_reduce(
+        [partial(p, NUMPY) for p in parts], est.combine))
+    metrics = est.metrics(state)
+    validation = metrics["validation"]
+    held = held_out(table, est.params)[1]
+    scored = est.fitted(state).transform(held, NUMPY)
+    want = fit(lookup("evaluate")(label="y", group="query", k=5, weight="w"),
+               [scored]).metrics
+    plain = fit(lookup("evaluate")(label="y", group="query", k=5), [scored]).metrics
+    assert validation["ndcg"] == pytest.approx(want["ndcg"], rel=1e-12)
+    assert want["ndcg"] != pytest.approx(plain["ndcg"], rel=1e-9)
+    assert validation["queries"] == want["queries"]
+    # early stopping's loss of the last round: 1 - the weighted NDCG by the rounds
+    # before it
+    fewer = GBT(label="y", group="query", loss="lambdarank", n_trees=5, max_depth=2,
+                min_samples_leaf=3, validation_fraction=0.3, ndcg_at=5, weight="w")
+    state, _ = drive(fewer, table.schema, lambda partial: tree_reduce(
+        [partial(p, NUMPY) for p in parts], fewer.combine))
+    assert metrics["validation_losses"][-1] == pytest.approx(
+        1 - fewer.metrics(state)["validation"]["ndcg"], abs=1e-12)
+
+
 def test_a_query_in_two_partitions_is_refused() -> None:
     table = ranking_table(queries=10, seed=5)
     first = table.column("query")[0].as_py()
