@@ -213,6 +213,16 @@ class Calibrate(Estimator):
             return chosen
         return "log_odds" if self.sigmoid_model in RAW_SCORE_MODELS else "probability"
 
+    def plan_note(self) -> str | None:
+        """What `sluice plan` says the sigmoid is fitted to, ``auto`` resolved."""
+        if self.params.method != "sigmoid":
+            return None
+        why = ("" if self.params.sigmoid_of != "auto" else
+               f" (sigmoid_of: auto, after {self.sigmoid_model})" if self.sigmoid_model
+               else " (sigmoid_of: auto, no model step or score seen before it)")
+        what = "log-odds" if self.sigmoid_of == "log_odds" else "probability"
+        return f"fits the sigmoid to the model's {what}{why}"
+
     def input_columns(self, schema: pa.Schema) -> list[str]:
         p = self.params
         return [p.label, p.probability] + ([p.weight] if p.weight else [])

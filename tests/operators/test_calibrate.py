@@ -761,6 +761,14 @@ def test_sigmoid_of_auto_follows_the_model(workdir: Path, model: str, chosen: st
         """)
     record = run(train)
     assert record["metrics"]["in_run"]["sigmoid_of"] == chosen
+    from pipelines.describe import describe
+    from pipelines.runner import plan_file
+
+    (entry,) = [e for e in describe(plan_file(train)) if e["id"] == "in_run"]
+    model_name = model.split()[1]
+    what = "log-odds" if chosen == "log_odds" else "probability"
+    assert (f"fits the sigmoid to the model's {what} (sigmoid_of: auto, after "
+            f"{model_name})") in entry["notes"]
     again = write_pipeline(workdir, """
         pipeline: again
         steps:
