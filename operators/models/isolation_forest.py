@@ -353,8 +353,7 @@ def partition_sample(X: np.ndarray, hashes: np.ndarray, n_trees: int, k: int
 
 @register("isolation_forest")
 class IsolationForest(Estimator):
-    """Anomaly detection by isolation forest (scikit-learn's IsolationForest): adds
-    `anomaly_score` and `prediction` (1: an outlier, 0: not).
+    """Anomalies by isolation forest (scikit-learn's): adds `anomaly_score` and `prediction`.
 
     ```yaml
     - op: isolation_forest
@@ -364,20 +363,19 @@ class IsolationForest(Estimator):
       contamination: 0.01         # flag the 1% most anomalous training rows; auto: score > 0.5
       seed: 7                     # subsamples by row content, splits by tree: the same everywhere
     ```
-    `anomaly_score` is the paper's score in (0, 1], higher for rows isolated in fewer
-    splits (scikit-learn's `score_samples` is its negative, `decision_function` its
-    negative less the offset); `prediction` is 1 where scikit-learn's `predict` gives
-    -1. The score is a probability-like number for `evaluate` (`probability:
-    anomaly_score` for roc_auc against a known label). Each tree grows on `max_samples`
-    rows drawn by a hash of their content and the seed (exactly that many; copies of a
-    row are drawn together), the splits from the seed and the tree: the same trees on
-    every engine and partitioning. With `contamination` a fraction the threshold is that
-    exact quantile of the training rows' scores (a few more passes). Rows have no
-    weights (scikit-learn's sample_weight only weighs its draws). Features may not be
-    null, NaN or infinite: impute them first. More `max_samples` than rows: every row,
-    with a warning (scikit-learn's). The run record has the trees, the rows each grew
-    on, the height limit, the offset and threshold, and the share of training rows
-    flagged.
+    `anomaly_score` is the paper's score in (0, 1], higher for rows isolated in fewer splits
+    (scikit-learn's `score_samples` is its negative, `decision_function` its negative less
+    the offset); `prediction` is 1 for an outlier (where scikit-learn's `predict` gives -1),
+    else 0. The score is a probability-like number for `evaluate` (`probability:
+    anomaly_score` for roc_auc against a known label). Each tree grows on `max_samples` rows
+    drawn by a hash of their content and the seed (exactly that many; copies of a row are
+    drawn together), the splits from the seed and the tree: the same trees on every engine
+    and partitioning. With `contamination` a fraction the threshold is that exact quantile
+    of the training rows' scores (a few more passes). Rows have no weights (scikit-learn's
+    sample_weight only weighs its draws). Features may not be null, NaN or infinite: impute
+    them first. More `max_samples` than rows: every row, with a warning (scikit-learn's).
+    The run record has the trees, the rows each grew on, the height limit, the offset and
+    threshold, and the share of training rows flagged.
     """
 
     Params = IsolationForestParams
