@@ -237,6 +237,12 @@ class IsolationForestFitted(FittedModel):
         return len(self.nodes["tree_start"]) - 1
 
     @functools.cached_property
+    def forest_id(self) -> str:
+        """A digest of the trees: what scores kept with a table are of."""
+        return hashlib.blake2b(b"".join(self.nodes[key].tobytes() for key in self.NODES),
+                               digest_size=16).hexdigest()
+
+    @functools.cached_property
     def _coded(self) -> dict[str, np.ndarray] | None:
         return coded_walk(self._walk, len(self.features))
 
@@ -261,9 +267,21 @@ class IsolationForestFitted(FittedModel):
         return 2.0 ** (-sums / scale)
 
     def anomaly_scores(self, part: pa.Table, xp: Any) -> np.ndarray:
-        """The rows' anomaly scores on the host (float64). The features go to ``xp`` in
-        float64 whatever its compute dtype: they are only compared with the thresholds,
-        and a value rounded to float32 could cross one (another leaf, another score)."""
+        """The rows' anomaly scores on the host (float64), kept with the table: the fit's
+        passes over the training rows and the run's scoring of them after the fit (the
+        local engine hands them the same table) score each row once. The features go
+        to ``xp`` in float64 whatever its compute dtype: they are only compared with the
+        thresholds, and a value rounded to float32 could cross one (another leaf,
+        another score)."""
+        memo = table_memo(part)
+        key = ("isolation_forest", self.forest_id, tuple(self.features))
+        held = memo.get(key)
+        if held is None:
+            held = memo[key] = self._anomaly_scores(part, xp)
+            held.flags.writeable = False
+        return held
+
+    def _anomaly_scores(self, part: pa.Table, xp: Any) -> np.ndarray:
         require_columns(part.schema, self.features, "feature column")
         host = host_matrix(part, self.features)  # (rows, features) in F order: checked
         flat = to_xp(np.ascontiguousarray(host.T).reshape(-1), xp)
@@ -414,7 +432,7 @@ class IsolationForest(Estimator):
             return {"rows": part.num_rows}
         if phase == "sample":
             return self._sample(part, state)
-        scores = self._scores(part, state, xp)
+        scores = self.fitted(state).anomaly_scores(part, xp)
         if phase == "threshold":
             return self._search(state).partial({"score": -scores}, state["search"])
         flagged = int(self.fitted(state).flagged(scores).sum())
@@ -429,15 +447,6 @@ class IsolationForest(Estimator):
         hashes = hash_rows(part, features, self.params.seed)
         keys, rows = partition_sample(X, hashes, n_trees, k)
         return {"rows": part.num_rows, "k": k, "keys": keys, "values": rows}
-
-    def _scores(self, part: pa.Table, state: dict[str, Any], xp: Any) -> np.ndarray:
-        """The rows' anomaly scores, kept with the table for the next pass."""
-        memo = table_memo(part)
-        key = ("isolation_forest", state["forest_id"])
-        held = memo.get(key)
-        if held is None:
-            held = memo[key] = self.fitted(state).anomaly_scores(part, xp)
-        return held
 
     def _search(self, state: dict[str, Any]) -> QuantileSearch:
         """The exact quantile of the scores (scikit-learn's ``score_samples``) at
@@ -502,12 +511,8 @@ class IsolationForest(Estimator):
         for t in range(p.n_trees):
             rng = tree_rng(p.seed, t)
             trees.append(grow_tree(stats["values"][t], rng, tree_features(rng, d, used), limit))
-        nodes = forest_arrays(trees)
-        # what the scores kept with a table between passes are of
-        forest_id = hashlib.blake2b(b"".join(nodes[key].tobytes() for key in sorted(nodes)),
-                                    digest_size=16).hexdigest()
-        state = {**state, "k": k, "rows": n, "height_limit": limit, "nodes": nodes,
-                 "forest_id": forest_id, "note": note}
+        state = {**state, "k": k, "rows": n, "height_limit": limit,
+                 "nodes": forest_arrays(trees), "note": note}
         if p.contamination == "auto":
             return {**state, "phase": "flagged", "offset": AUTO_OFFSET}
         return {**state, "phase": "threshold", "offset": AUTO_OFFSET,
