@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -133,3 +134,27 @@ def test_the_transactions_example_finds_the_planted_fraud(workdir: Path) -> None
                                                    "isolation_forest.fitted"]
     scored = model.chain.transform(committed, get_namespace("numpy"))
     assert int(np.sum(scored.column("prediction").to_numpy())) == 100
+
+
+def test_spark_udf_answers_the_anomaly_score(workdir: Path, churn: Path, trained: dict,
+                                             spark: Any) -> None:
+    """spark_udf: the prediction (1: an outlier) by default, ``result: anomaly_score``
+    the score, ``all`` both; as load_model scores them."""
+    from pyspark.sql import functions as F
+
+    from pipelines.serving import spark_udf
+
+    rows = pq.read_table(churn).slice(0, 200)
+    path = workdir / "spark-rows.parquet"
+    pq.write_table(rows, path)
+    df = spark.spark.read.parquet(str(path))
+    expected = load_model("anomalies").score(rows)
+    ids = rows.column("customer_id").to_pylist()
+    for result in (None, "anomaly_score"):
+        score = spark_udf("anomalies", result=result)
+        got = df.select("customer_id", score(F.struct(*score.columns)).alias("s")).collect()
+        column = expected.column(result or "prediction").to_pylist()
+        assert {r.customer_id: r.s for r in got} == dict(zip(ids, column, strict=True))
+    everything = spark_udf("anomalies", result="all")
+    first = df.select(everything(F.struct(*everything.columns)).alias("s")).first().s
+    assert set(first.asDict()) == {"prediction", "anomaly_score"}
