@@ -432,10 +432,11 @@ class IsolationForest(Estimator):
             return {"rows": part.num_rows}
         if phase == "sample":
             return self._sample(part, state)
-        scores = self.fitted(state).anomaly_scores(part, xp)
-        if phase == "threshold":
-            return self._search(state).partial({"score": -scores}, state["search"])
-        flagged = int(self.fitted(state).flagged(scores).sum())
+        model = self.fitted(state)
+        scores = model.anomaly_scores(part, xp)
+        if phase == "threshold":  # scikit-learn's score_samples: the negated scores
+            return self._search().partial({"score": -scores}, state["search"])
+        flagged = int(model.flagged(scores).sum())
         return {"flagged": flagged, "rows": part.num_rows}
 
     def _sample(self, part: pa.Table, state: dict[str, Any]) -> dict[str, Any]:
@@ -448,7 +449,7 @@ class IsolationForest(Estimator):
         keys, rows = partition_sample(X, hashes, n_trees, k)
         return {"rows": part.num_rows, "k": k, "keys": keys, "values": rows}
 
-    def _search(self, state: dict[str, Any]) -> QuantileSearch:
+    def _search(self) -> QuantileSearch:
         """The exact quantile of the scores (scikit-learn's ``score_samples``) at
         ``contamination``: the offset."""
         return QuantileSearch(["score"], [float(self.params.contamination)])
@@ -466,7 +467,7 @@ class IsolationForest(Estimator):
             return {"flagged": a["flagged"] + b["flagged"], "rows": a["rows"] + b["rows"]}
         if "rows" in a:
             return {"rows": a["rows"] + b["rows"]}
-        return self._search({}).combine(a, b)
+        return self._search().combine(a, b)
 
     # ------------------------------------------------------------------ driver
 
@@ -480,11 +481,11 @@ class IsolationForest(Estimator):
         if phase == "sample":
             return self._grown(stats, state), False
         if phase == "threshold":
-            found, done = self._search(state).update(stats, state["search"])
+            found, done = self._search().update(stats, state["search"])
             state = {**state, "search": found, "threshold_passes": found["passes"]}
             if not done:
                 return state, False
-            offset = float(self._search(state).result(found)["score"][0])
+            offset = float(self._search().result(found)["score"][0])
             return {**state, "phase": "flagged", "offset": offset}, False
         return {**state, "phase": "done", "flagged": stats["flagged"]}, True
 
@@ -516,7 +517,7 @@ class IsolationForest(Estimator):
         if p.contamination == "auto":
             return {**state, "phase": "flagged", "offset": AUTO_OFFSET}
         return {**state, "phase": "threshold", "offset": AUTO_OFFSET,
-                "search": self._search(state).init(), "threshold_passes": 0}
+                "search": self._search().init(), "threshold_passes": 0}
 
     def fitted(self, state: dict[str, Any]) -> IsolationForestFitted:
         if "nodes" not in state:
