@@ -15,10 +15,13 @@ The fit is a pass or a few over the partitions:
 3. on the driver, each tree grows on its subsample as scikit-learn's (an
    ``ExtraTreeRegressor`` of ``max_features=1``): at each node a feature drawn among
    those not constant in the node, a threshold uniform between the node's least and
-   greatest value (the greatest drawn: the least), ``x <= threshold`` to the left,
+   greatest value (the greatest drawn: the least), ``x <= threshold`` to the left (a
+   feature spanning at most ``CONSTANT_RANGE`` in the node is constant there),
    down to the height limit ``ceil(log2(max_samples))``; its randomness is NumPy's
    PCG64 seeded by ``(seed, t)``: the same trees on every engine. ``max_features``
-   below 1 gives each tree a subset of the features, drawn from the same stream;
+   below 1 gives each tree a subset of the features, drawn from the same stream.
+   scikit-learn rounds the features to float32 for its trees; here they stay float64
+   (a value within a float32 rounding of a threshold can go the other way);
 4. ``contamination`` a fraction: the score's quantile over the training rows, exact
    (``operators.quantiles.QuantileSearch``: numpy's linear quantile, as scikit-learn's
    ``np.percentile``; no sketch error), in a few passes that score the rows; then one
@@ -64,6 +67,9 @@ AUTO_OFFSET = -0.5
 """scikit-learn's offset with ``contamination='auto'``: a row is an outlier when its
 anomaly score is above 0.5 (the original paper's rule)."""
 _SUBSAMPLE_SALT = 6 << 40  # clear of trees.py's salts
+CONSTANT_RANGE = 1e-7
+"""A feature whose values in a node span no more than this is constant there: not split
+on (scikit-learn's tree splitters' ``FEATURE_THRESHOLD``)."""
 
 
 class IsolationForestParams(Params):
@@ -160,7 +166,7 @@ def grow_tree(X: np.ndarray, rng: np.random.Generator, features: np.ndarray,
             return at
         values = X[np.ix_(rows, features)]
         low, high = values.min(axis=0), values.max(axis=0)
-        varying = np.flatnonzero(high > low)
+        varying = np.flatnonzero(high > low + CONSTANT_RANGE)
         if not len(varying):  # copies of one row: nothing isolates them
             return at
         j = int(varying[rng.integers(len(varying))])

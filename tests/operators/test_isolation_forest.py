@@ -244,3 +244,15 @@ def test_scores_are_the_same_on_every_namespace_and_after_save() -> None:
     expected = model.transform(table, NUMPY)
     strict = get_namespace("array_api_strict", dtype="float32")
     assert roundtrip(model).transform(table, strict).equals(expected)
+
+
+def test_a_feature_of_a_tiny_range_is_constant_as_in_scikit_learn() -> None:
+    """Values spanning at most 1e-7 are not split on (scikit-learn's FEATURE_THRESHOLD):
+    copies of one row and such rows alike end in one leaf of the root."""
+    rng = np.random.default_rng(0)
+    tiny = pa.table({"x": 1.0 + rng.random(300) * 1e-8, "y": np.full(300, 2.0)})
+    model = fit(IsolationForest(n_trees=3, max_samples=64), [tiny])
+    assert (model.nodes["feature"] == -1).all() and (model.nodes["samples"] == 64).all()
+    wider = tiny.set_column(0, "x", pa.array(1.0 + rng.random(300) * 1e-6))
+    assert (fit(IsolationForest(n_trees=3, max_samples=64), [wider]).nodes["feature"] == 0
+            ).any()
