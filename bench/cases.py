@@ -49,6 +49,11 @@ from bench.dedupe_cases import (  # noqa: F401 - bench.worker looks the sides up
     spark_deduplicate_spark,
     updates,
 )
+from bench.isolation_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    planted_rows,
+    train_isolation_forest_sklearn,
+    train_isolation_forest_sluice_local,
+)
 from bench.join_cases import (  # noqa: F401 - bench.worker looks the sides up here
     check_dask_join,
     check_join_shuffle,
@@ -318,6 +323,10 @@ CASES: dict[str, Case] = {
     "train_kmeans": Case("blobs", ("sluice_local", "sklearn"), blobs),
     "dask_train_kmeans": Case("blobs", ("sluice_dask", "dask_ml"), blobs,
                               check=check_dask_kmeans),
+    # read -> isolation_forest (100 trees of 256 rows, contamination 0.01) -> evaluate (every
+    # row scored) vs scikit-learn's IsolationForest fit + score_samples on the files read
+    # with pyarrow; both sides' ROC AUC printed (bench/isolation_cases.py)
+    "train_isolation_forest": Case("planted", ("sluice_local", "sklearn"), planted_rows),
     # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->
     # write vs pyarrow's group_by, Dask's groupby().agg() and Spark's groupBy().agg();
     # the outputs are compared after the sides (bench/aggregate_cases.py)

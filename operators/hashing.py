@@ -176,6 +176,18 @@ def content_hash(table: pa.Table, seed: int) -> np.ndarray:
     return h
 
 
+def salted_keys(hashes: np.ndarray, salt: int, out: np.ndarray | None = None,
+                spare: np.ndarray | None = None) -> np.ndarray:
+    """One uint64 per row hash for each ``salt`` (a tree's draw): ``mix(hashes ^
+    mix(salt))``, the stream whose top 53 bits ``trees.derived_uniform`` makes its
+    uniforms of; ordered as those (ties finer), written into ``out`` (and ``spare``:
+    scratch of the same shape) where the caller has buffers, no temporaries."""
+    salted = mix(np.array([salt], dtype=np.uint64))[0]
+    out = np.empty_like(hashes) if out is None else out
+    np.bitwise_xor(hashes, salted, out=out)
+    return _mix_in_place(out, spare)
+
+
 def unit_interval(hashes: np.ndarray) -> np.ndarray:
     """Hashes as float64 uniformly spread over [0, 1)."""
     return (hashes >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

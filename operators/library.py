@@ -33,6 +33,7 @@ MODULES: dict[str, str] = {
     "gradient_boosted_trees": "operators.models.boosted_trees",
     "hash_encode": "operators.features.encode",
     "impute": "operators.features.impute",
+    "isolation_forest": "operators.models.isolation_forest",
     "join": "operators.features.join",
     "kmeans": "operators.models.kmeans",
     "linear_regression": "operators.models.linear",

@@ -932,7 +932,8 @@ def ops(name: str | None) -> None:
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(["churn", "numeric", "events", "searches"]))
+@click.argument("kind", type=click.Choice(["churn", "numeric", "events", "searches",
+                                           "transactions"]))
 @click.option("--rows", type=click.IntRange(min=0), default=10_000, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--files", type=click.IntRange(min=1), default=1, show_default=True)
@@ -941,7 +942,8 @@ def ops(name: str | None) -> None:
 def datagen(kind: str, rows: int, out: str, files: int, seed: int, row_group_rows: int) -> None:
     """Write synthetic data with a known signal (deterministic by seed): churn
     (customers), events (what the churn sample's 5,000 customers did), numeric,
-    searches (shop searches' products and grades, for ranking)."""
+    searches (shop searches' products and grades, for ranking), transactions (card
+    transactions with planted fraud, for anomaly detection)."""
     from pipelines.datagen import generate
 
     written = generate(kind, rows, out, files=files, seed=seed, row_group_rows=row_group_rows)

@@ -1,6 +1,7 @@
 """Synthetic data with a known signal, deterministic by seed: ``sluice datagen churn``;
 ``events``: what the churn data's customers did (their churn shows in it); ``searches``:
-shop searches' products and what shoppers did with them (for ranking)."""
+shop searches' products and what shoppers did with them (for ranking); ``transactions``:
+card transactions with planted fraud (for anomaly detection)."""
 
 from __future__ import annotations
 
@@ -159,8 +160,42 @@ def searches_table(rows: int, seed: int = 0, start: int = 0) -> pa.Table:
     return _blockwise(block, rows, seed, start)
 
 
+FRAUD_SHARE = 0.005  # the share of transactions planted as fraud
+
+
+def transactions_table(rows: int, seed: int = 0, start: int = 0) -> pa.Table:
+    """Card transactions: amount, hour of day, distance from home, the merchant's risk
+    score and items; about half a percent are fraud (``is_fraud``), planted away from
+    the others: large amounts far from home, at night, at risky merchants (each fraud
+    shows two or three of those, so no one column gives it away)."""
+
+    def block(rng: np.random.Generator, rows: int, start: int) -> pa.Table:
+        amount = np.exp(rng.normal(3.2, 0.9, rows))
+        hour = np.clip(rng.normal(14.0, 4.0, rows), 0.0, 23.99)
+        distance = rng.gamma(1.5, 6.0, rows)
+        risk = rng.beta(2.0, 8.0, rows)
+        items = rng.poisson(2.0, rows) + 1
+        fraud = rng.random(rows) < FRAUD_SHARE
+        shown = fraud[:, None] & (rng.random((rows, 4)) < 0.7)
+        amount = np.where(shown[:, 0], amount * rng.uniform(8, 30, rows), amount)
+        hour = np.where(shown[:, 1], rng.uniform(1.0, 5.0, rows), hour)
+        distance = np.where(shown[:, 2], distance + rng.uniform(150, 900, rows), distance)
+        risk = np.where(shown[:, 3], rng.uniform(0.6, 1.0, rows), risk)
+        return pa.table({
+            "transaction_id": pa.array(np.arange(start, start + rows, dtype=np.int64)),
+            "amount": pa.array(np.round(amount, 2)),
+            "hour": pa.array(np.round(hour, 2)),
+            "distance_km": pa.array(np.round(distance, 1)),
+            "merchant_risk": pa.array(np.round(risk, 3)),
+            "items": pa.array(items.astype(np.int64)),
+            "is_fraud": pa.array(fraud.astype(np.int64)),
+        })
+
+    return _blockwise(block, rows, seed, start)
+
+
 GENERATORS = {"churn": churn_table, "numeric": numeric_table, "events": events_table,
-              "searches": searches_table}
+              "searches": searches_table, "transactions": transactions_table}
 
 
 def generate(kind: str, rows: int, out: str | Path, *, files: int = 1, seed: int = 0,

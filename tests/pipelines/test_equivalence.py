@@ -254,6 +254,21 @@ ZOO = {
         tune:
           k: [4, 3]
     """,
+    "isolation_forest": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan, region]
+      - op: isolation_forest
+        n_trees: 30
+        max_samples: 128
+        max_features: 0.8
+        contamination: 0.02
+        seed: 5
+    """,
     "linear_weighted": """
       - op: drop
         columns: [signup_date, customer_id]
@@ -318,9 +333,9 @@ def train_and_score(workdir: Path, engine, steps: str, files: int, tag: str,
     train.write_text(f"pipeline: zoo\nsteps:\n  - op: read_parquet\n    path: {data}\n"
                      f"    partition_mb: 0.05\n{body}\n  - op: save_model\n    name: m{tag}\n")
     run(train, engine_instance=engine, device=device)
-    # scores come with their contributions (TreeSHAP, linear), the MLP's and kmeans'
-    # without
-    trees = not any(f"op: {name}" in steps for name in ("mlp", "kmeans"))
+    # scores come with their contributions (TreeSHAP, linear), the MLP's, kmeans' and
+    # the isolation forest's without
+    trees = not any(f"op: {name}" in steps for name in ("mlp", "kmeans", "isolation_forest"))
     score = write_pipeline(workdir, f"""
         pipeline: zoo_score
         steps:
