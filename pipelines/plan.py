@@ -772,7 +772,8 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
     added = [last.field(c) for c in model_columns(model) if c in last.names]
     name, _ = parse_ref(step.op.params.model)
     step.op.bind_planned(required, added, {"name": name, "ref": step.op.params.model.strip(),
-                                           "saved_by": step.saved_by}, model)
+                                           "saved_by": step.saved_by}, model,
+                         [s.op for s in chain])
     return True
 
 
