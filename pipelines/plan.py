@@ -373,8 +373,8 @@ def _link_saved_models(built: dict[str, Step]) -> None:
     alias the save sets) scores with the version this run saves, after it is saved: an
     evaluation on held-out rows in the same run, as MLlib's fit then transform. A drift
     step likewise compares with that version's training rows, unless its rows go on to
-    the save (the training rows' drift from the model saved before them: the registry's
-    version, as the step runs before this run saves another)."""
+    the save (the training rows' drift from the model saved before them: an earlier
+    save's of the name in this run that they do not go on to, else the registry's)."""
     saves: dict[str, list[Step]] = {}
     for step in built.values():
         if isinstance(step.op, SaveModel):
@@ -388,8 +388,9 @@ def _link_saved_models(built: dict[str, Step]) -> None:
             continue  # reported when the model is resolved
         for save in reversed(saves.get(name, [])):  # the last save of the name
             if selector in (None, "latest") or selector in save.op.params.aliases:
-                if not (isinstance(step.op, Drift) and _feeds(built, step.id, save.id)):
-                    step.saved_by = save.id
+                if isinstance(step.op, Drift) and _feeds(built, step.id, save.id):
+                    continue  # the version saved before: an earlier save's, if any
+                step.saved_by = save.id
                 break
 
 
