@@ -83,8 +83,7 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
                     continue
                 history.ids.append(file.removesuffix(".json"))
                 if file.startswith(prefix):
-                    wanted.append((str(Path(root) / name / file) if loc.local
-                                   else f"{root.rstrip('/')}/{name}/{file}", info))
+                    wanted.append((_record_path(root, loc.local, name, file), info))
         # every record in one call: an object store's are fetched side by side
         contents = fs.cat([info["name"] for _, info in wanted], on_error="return") \
             if wanted else {}
@@ -157,9 +156,17 @@ def write(record: dict[str, Any], runs_dir: str) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         with written_whole(folder / name) as staging:
             Path(staging).write_text(text)
-        return str(Path(runs_dir) / record["pipeline"] / name)
-    loc.fsspec_fs.pipe_file(loc.join(record["pipeline"], name), text.encode())
-    return f"{runs_dir.rstrip('/')}/{record['pipeline']}/{name}"
+    else:
+        loc.fsspec_fs.pipe_file(loc.join(record["pipeline"], name), text.encode())
+    return _record_path(runs_dir, loc.local, record["pipeline"], name)
+
+
+def _record_path(root: str, local: bool, pipeline: str, file: str) -> str:
+    """A record file's path as said and deleted: under a folder (a file:// URL's as its
+    path: a Path of the URL would be a folder named 'file:'), or a URL."""
+    if local:
+        return str(Path(root.removeprefix("file://")) / pipeline / file)
+    return f"{root.rstrip('/')}/{pipeline}/{file}"
 
 
 def delete(record: dict[str, Any]) -> None:
