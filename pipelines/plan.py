@@ -594,7 +594,7 @@ def _bind_adjusted_model(plan: Plan, step: Step) -> None:
     probabilities look truer there than on new rows."""
     column = getattr(step.op.params, "probability", "probability")
     for before in reversed(plan.chain_to(step.id)[:-1]):
-        if isinstance(before.op, Score):
+        if isinstance(before.op, Score) and column in before.op.outputs:
             # a saved model's scores: rows it may not have seen, the user's call
             step.op.bind_model(before.op.model_kind)
             return

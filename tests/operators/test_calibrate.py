@@ -836,3 +836,38 @@ def test_sigmoid_of_auto_after_a_calibrated_model_the_run_saves(workdir: Path) -
             method: sigmoid
         """)
     assert run(later)["metrics"]["calibrate"]["sigmoid_of"] == "probability"
+
+
+def test_sigmoid_of_auto_of_a_column_a_score_step_did_not_make(workdir: Path) -> None:
+    """A probability column read from files is calibrated as a probability though a
+    score step of a logistic regression comes between (it was the log-odds: the plan
+    took the score step for the column's maker)."""
+    table = rows(2000, 3)
+    vendor = 1 / (1 + np.exp(-(0.5 * table["x1"].to_numpy())))
+    (workdir / "data").mkdir()
+    pq.write_table(table.append_column("vendor_p", pa.array(vendor)),
+                   workdir / "data" / "rows.parquet")
+    run(write_pipeline(workdir, """
+        pipeline: train
+        steps:
+          - op: read_parquet
+            path: data/rows.parquet
+          - op: logistic_regression
+            label: label
+            features: [x1, x2]
+          - op: save_model
+            name: ours
+        """))
+    both = write_pipeline(workdir, """
+        pipeline: both
+        steps:
+          - op: read_parquet
+            path: data/rows.parquet
+          - op: score
+            model: ours
+          - op: calibrate
+            label: label
+            probability: vendor_p
+            method: sigmoid
+        """, "both.yaml")
+    assert run(both)["metrics"]["calibrate"]["sigmoid_of"] == "probability"
