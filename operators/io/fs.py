@@ -340,6 +340,14 @@ STORE_LOCK_STALE = 600.0
 holds it for a manifest's read and write (and the footers of replaced files)."""
 
 
+def is_store_lock(name: str) -> bool:
+    """Whether the object ``name`` (a path) is a lock of ``locked_on_store`` or a claim on
+    one: what an overwrite that deletes the objects its manifest does not list keeps (a
+    bucket root's lock is inside the output, and its holder may be another writer)."""
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(".") and ".sluice-lock" in base
+
+
 @contextlib.contextmanager
 def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterator[None]:
     """Hold a lock on ``target`` of an object store for the block: a lock object beside

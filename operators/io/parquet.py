@@ -71,6 +71,7 @@ from operators.io.fs import (
     exchange,
     fsync_dir,
     fsync_tree,
+    is_store_lock,
     locked_beside,
     locked_on_store,
     release_dir,
@@ -1351,7 +1352,7 @@ class WriteParquet(Sink):
         keep = keep | {MANIFEST}
         for info in fs.get_file_info(pa.fs.FileSelector(target, recursive=True)):
             rel = posixpath.relpath(info.path, target)
-            if info.type == pa.fs.FileType.File and rel not in keep:
+            if info.type == pa.fs.FileType.File and rel not in keep and not is_store_lock(rel):
                 with contextlib.suppress(FileNotFoundError, OSError):
                     fs.delete_file(info.path)
 

@@ -807,3 +807,25 @@ def test_a_dead_writers_lock_taken_over_by_two_writers_at_once_lets_one_in(
     assert inside.wait(10)
     thread.join()
     assert not [k for k in objects(bucket) if "sluice-lock" in k]
+
+
+def test_an_overwrite_of_a_bucket_root_keeps_the_lock_another_writer_took(
+        bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock of an output at a bucket's root is inside it: an overwrite there, which
+    deletes what its manifest does not list after its commit (the lock released), kept
+    deleting the lock the next writer had taken meanwhile (and a third would write with
+    it at once)."""
+    url = f"s3://{bucket}"
+    write(url, [sample(20, generation=1)], "first", mode="overwrite")
+    held = json.dumps({"owner": "next", "at": time.time(), "host": "h", "pid": 1}).encode()
+    drop = WriteParquet._drop_unlisted
+
+    def the_next_writer_locks_first(fs: Any, target: str, keep: set[str]) -> None:
+        put(bucket, ".sluice-lock", held)  # the next writer's commit begins
+        drop(fs, target, keep)
+
+    monkeypatch.setattr(WriteParquet, "_drop_unlisted",
+                        staticmethod(the_next_writer_locks_first))
+    write(url, [sample(30, generation=2)], "second", mode="overwrite")
+    assert ".sluice-lock" in objects(bucket)
+    assert read(url).num_rows == 30
