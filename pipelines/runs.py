@@ -170,10 +170,20 @@ def _record_path(root: str, local: bool, pipeline: str, file: str) -> str:
 
 
 def delete(record: dict[str, Any]) -> None:
-    """Delete a loaded record's file (``record_path``); gone already is fine."""
-    loc = locate(record["record_path"])
-    with contextlib.suppress(FileNotFoundError):
-        loc.fsspec_fs.rm(loc.path)
+    """Delete a loaded record's file (``record_path``); gone already is fine. A
+    SluiceError naming the file where the store refuses (a bucket that keeps its
+    objects)."""
+    path = record["record_path"]
+    loc = locate(path)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            loc.fsspec_fs.rm(loc.path)
+    except store_errors(OSError) as exc:
+        problem = store_problem(exc, path)
+        if problem is not None:
+            raise problem from None
+        raise SluiceError(f"cannot delete the run record '{path}': "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 def parse_since(text: str) -> datetime:

@@ -403,3 +403,21 @@ def test_records_under_a_file_url_are_said_and_pruned_at_their_paths(
     assert pruned.exit_code == 0, pruned.output
     assert pruned.stdout.startswith(f"deleted 1 run record(s): {record['run_id']} (copy)")
     assert not written.exists()
+
+
+def test_prune_where_the_store_refuses_a_delete_says_so(
+        history: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runs folder (a bucket) that keeps its files: prune names the record it could not
+    delete and what to check, where it ended in a traceback."""
+    import fsspec.implementations.local as local
+
+    def refuse(self: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(local.LocalFileSystem, "rm", refuse)
+    copy = next(r for r in history if r["pipeline"] == "copy")
+    pruned = in_process("runs", "prune", "copy", "--keep", "0")
+    assert pruned.exit_code == 1
+    assert f"access denied to '{copy['record_path']}'" in pruned.output
+    assert "permissions on the path" in pruned.output
+    assert Path(copy["record_path"]).exists()
