@@ -88,11 +88,7 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
         contents = fs.cat([info["name"] for _, info in wanted], on_error="return") \
             if wanted else {}
     except store_errors(OSError) as exc:
-        problem = store_problem(exc, root)
-        if problem is not None:
-            raise problem from None
-        raise SluiceError(f"cannot read the run records in '{root}': "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise _failure(exc, root, f"cannot read the run records in '{root}'") from None
     found = []
     for shown, info in wanted:
         record, problem = _parsed(contents.get(info["name"]))
@@ -179,11 +175,14 @@ def delete(record: dict[str, Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             loc.fsspec_fs.rm(loc.path)
     except store_errors(OSError) as exc:
-        problem = store_problem(exc, path)
-        if problem is not None:
-            raise problem from None
-        raise SluiceError(f"cannot delete the run record '{path}': "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise _failure(exc, path, f"cannot delete the run record '{path}'") from None
+
+
+def _failure(exc: BaseException, path: str, what: str) -> SluiceError:
+    """A store's error at ``path`` as a user's: access, credentials or reach said as
+    such (``store_problem``), else ``what`` failed and why."""
+    return store_problem(exc, path) or SluiceError(
+        f"{what}: {getattr(exc, 'strerror', None) or exc}")
 
 
 def parse_since(text: str) -> datetime:
