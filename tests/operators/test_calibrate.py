@@ -831,11 +831,12 @@ def test_sigmoid_of_auto_after_a_calibrated_model_the_run_saves(workdir: Path) -
             path: data/rows.parquet
           - op: score
             model: calibrated
-          - op: calibrate
+          - id: loaded
+            op: calibrate
             label: label
             method: sigmoid
         """)
-    assert run(later)["metrics"]["calibrate"]["sigmoid_of"] == "probability"
+    assert run(later)["metrics"]["loaded"]["sigmoid_of"] == "probability"
 
 
 def test_sigmoid_of_auto_of_a_column_a_score_step_did_not_make(workdir: Path) -> None:
