@@ -744,15 +744,28 @@ def _bind_drift_planned(plan: Plan, step: Step) -> bool:
     source = plan.model_input(step.saved_by)
     if planned is None or source is None:
         return False
-    # a fitted model reads its features, not the label, weight or queries its fit read
-    fit_only = {getattr(s.op.params, key, None) for s in planned[0]
-                if isinstance(s.op, Estimator) for key in ("label", "weight", "group")}
+    fit_only = _fit_only(plan, planned[0], source)
     name, _ = parse_ref(step.op.params.model)
     step.op.bind_planned(source, [c for c in planned[1]
                                   if c in source.names and c not in fit_only],
                          {"name": name, "ref": step.op.params.model.strip(),
                           "saved_by": step.saved_by})
     return True
+
+
+def _fit_only(plan: Plan, chain: list[Step], source: pa.Schema) -> set[str]:
+    """The columns of ``chain`` that only fits read: a fitted model reads its features,
+    not the label, weight or queries its fit read, unless another step reads them too
+    (an impute of the weight column: its fitted step does)."""
+    only: set[str] = set()
+    read: set[str] = set()
+    for s in chain:
+        own = ({getattr(s.op.params, key, None) for key in ("label", "weight", "group")}
+               if isinstance(s.op, Estimator) else set())
+        only |= own - {None}
+        schema = plan.step(s.input).schema if s.input else None
+        read |= set(s.op.input_columns(schema or source)) - own
+    return only - read
 
 
 def _bind_planned(plan: Plan, step: Step) -> bool:
