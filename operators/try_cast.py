@@ -27,7 +27,7 @@ import decimal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["try_cast", "within"]
+__all__ = ["covers", "try_cast", "within"]
 
 # Text Arrow's parsers accept (arrow/util/value_parsing.h), as RE2 patterns: ASCII
 # digits only, no surrounding spaces, no '+' before an integer; an integer may also be
@@ -63,6 +63,15 @@ def cast_options(target: pa.DataType) -> pc.CastOptions:
     not fit the target's precision is truncated toward zero, not refused."""
     return pc.CastOptions(target, allow_float_truncate=True, allow_time_truncate=True,
                           allow_decimal_truncate=True)
+
+
+def covers(target: pa.DataType) -> bool:
+    """Whether ``try_cast`` to ``target`` finds every value the cast would refuse or make
+    up: the expressions' cast types (integers, float32, float64, string, bool, date32,
+    timestamp[us]); not a decimal (a value past its precision), another timestamp's
+    unit or zone, a date64 or a time."""
+    return pa.types.is_integer(target) or target in (
+        pa.float32(), pa.float64(), pa.string(), pa.bool_(), pa.date32(), pa.timestamp("us"))
 
 
 def try_cast(expr: pc.Expression, source: pa.DataType, target: pa.DataType,

@@ -373,8 +373,8 @@ def _link_saved_models(built: dict[str, Step]) -> None:
     alias the save sets) scores with the version this run saves, after it is saved: an
     evaluation on held-out rows in the same run, as MLlib's fit then transform. A drift
     step likewise compares with that version's training rows, unless its rows go on to
-    the save (the training rows' drift from the model saved before them: the registry's
-    version, as the step runs before this run saves another)."""
+    the save (the training rows' drift from the model saved before them: an earlier
+    save's of the name in this run that they do not go on to, else the registry's)."""
     saves: dict[str, list[Step]] = {}
     for step in built.values():
         if isinstance(step.op, SaveModel):
@@ -388,8 +388,9 @@ def _link_saved_models(built: dict[str, Step]) -> None:
             continue  # reported when the model is resolved
         for save in reversed(saves.get(name, [])):  # the last save of the name
             if selector in (None, "latest") or selector in save.op.params.aliases:
-                if not (isinstance(step.op, Drift) and _feeds(built, step.id, save.id)):
-                    step.saved_by = save.id
+                if isinstance(step.op, Drift) and _feeds(built, step.id, save.id):
+                    continue  # the version saved before: an earlier save's, if any
+                step.saved_by = save.id
                 break
 
 
@@ -593,7 +594,7 @@ def _bind_adjusted_model(plan: Plan, step: Step) -> None:
     probabilities look truer there than on new rows."""
     column = getattr(step.op.params, "probability", "probability")
     for before in reversed(plan.chain_to(step.id)[:-1]):
-        if isinstance(before.op, Score):
+        if isinstance(before.op, Score) and column in before.op.outputs:
             # a saved model's scores: rows it may not have seen, the user's call
             step.op.bind_model(before.op.model_kind)
             return
@@ -743,15 +744,28 @@ def _bind_drift_planned(plan: Plan, step: Step) -> bool:
     source = plan.model_input(step.saved_by)
     if planned is None or source is None:
         return False
-    # a fitted model reads its features, not the label, weight or queries its fit read
-    fit_only = {getattr(s.op.params, key, None) for s in planned[0]
-                if isinstance(s.op, Estimator) for key in ("label", "weight", "group")}
+    fit_only = _fit_only(plan, planned[0], source)
     name, _ = parse_ref(step.op.params.model)
     step.op.bind_planned(source, [c for c in planned[1]
                                   if c in source.names and c not in fit_only],
                          {"name": name, "ref": step.op.params.model.strip(),
                           "saved_by": step.saved_by})
     return True
+
+
+def _fit_only(plan: Plan, chain: list[Step], source: pa.Schema) -> set[str]:
+    """The columns of ``chain`` that only fits read: a fitted model reads its features,
+    not the label, weight or queries its fit read, unless another step reads them too
+    (an impute of the weight column: its fitted step does)."""
+    only: set[str] = set()
+    read: set[str] = set()
+    for s in chain:
+        own = ({getattr(s.op.params, key, None) for key in ("label", "weight", "group")}
+               if isinstance(s.op, Estimator) else set())
+        only |= own - {None}
+        schema = plan.step(s.input).schema if s.input else None
+        read |= set(s.op.input_columns(schema or source)) - own
+    return only - read
 
 
 def _bind_planned(plan: Plan, step: Step) -> bool:
@@ -772,7 +786,8 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
     added = [last.field(c) for c in model_columns(model) if c in last.names]
     name, _ = parse_ref(step.op.params.model)
     step.op.bind_planned(required, added, {"name": name, "ref": step.op.params.model.strip(),
-                                           "saved_by": step.saved_by}, model)
+                                           "saved_by": step.saved_by}, model,
+                         [s.op for s in chain])
     return True
 
 

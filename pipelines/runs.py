@@ -83,17 +83,12 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
                     continue
                 history.ids.append(file.removesuffix(".json"))
                 if file.startswith(prefix):
-                    wanted.append((str(Path(root) / name / file) if loc.local
-                                   else f"{root.rstrip('/')}/{name}/{file}", info))
+                    wanted.append((_record_path(root, loc.local, name, file), info))
         # every record in one call: an object store's are fetched side by side
         contents = fs.cat([info["name"] for _, info in wanted], on_error="return") \
             if wanted else {}
     except store_errors(OSError) as exc:
-        problem = store_problem(exc, root)
-        if problem is not None:
-            raise problem from None
-        raise SluiceError(f"cannot read the run records in '{root}': "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise _failure(exc, root, f"cannot read the run records in '{root}'") from None
     found = []
     for shown, info in wanted:
         record, problem = _parsed(contents.get(info["name"]))
@@ -157,16 +152,37 @@ def write(record: dict[str, Any], runs_dir: str) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         with written_whole(folder / name) as staging:
             Path(staging).write_text(text)
-        return str(Path(runs_dir) / record["pipeline"] / name)
-    loc.fsspec_fs.pipe_file(loc.join(record["pipeline"], name), text.encode())
-    return f"{runs_dir.rstrip('/')}/{record['pipeline']}/{name}"
+    else:
+        loc.fsspec_fs.pipe_file(loc.join(record["pipeline"], name), text.encode())
+    return _record_path(runs_dir, loc.local, record["pipeline"], name)
+
+
+def _record_path(root: str, local: bool, pipeline: str, file: str) -> str:
+    """A record file's path as said and deleted: under a folder (a file:// URL's as its
+    path: a Path of the URL would be a folder named 'file:'), or a URL."""
+    if local:
+        return str(Path(root.removeprefix("file://")) / pipeline / file)
+    return f"{root.rstrip('/')}/{pipeline}/{file}"
 
 
 def delete(record: dict[str, Any]) -> None:
-    """Delete a loaded record's file (``record_path``); gone already is fine."""
-    loc = locate(record["record_path"])
-    with contextlib.suppress(FileNotFoundError):
-        loc.fsspec_fs.rm(loc.path)
+    """Delete a loaded record's file (``record_path``); gone already is fine. A
+    SluiceError naming the file where the store refuses (a bucket that keeps its
+    objects)."""
+    path = record["record_path"]
+    loc = locate(path)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            loc.fsspec_fs.rm(loc.path)
+    except store_errors(OSError) as exc:
+        raise _failure(exc, path, f"cannot delete the run record '{path}'") from None
+
+
+def _failure(exc: BaseException, path: str, what: str) -> SluiceError:
+    """A store's error at ``path`` as a user's: access, credentials or reach said as
+    such (``store_problem``), else ``what`` failed and why."""
+    return store_problem(exc, path) or SluiceError(
+        f"{what}: {getattr(exc, 'strerror', None) or exc}")
 
 
 def parse_since(text: str) -> datetime:

@@ -545,6 +545,7 @@ def _values(part: pa.Table, column: str, numeric: bool, what: str) -> np.ndarray
 
 def _probability(part: pa.Table, column: str) -> np.ndarray:
     """A double column's values, a list column's as (rows, classes)."""
+    _no_nulls(part, column, "probability")  # a null is no logit: its own hint
     matrix = probability_matrix(part, column)
     return matrix[:, 0] if pa.types.is_floating(part.schema.field(column).type) else matrix
 

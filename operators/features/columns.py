@@ -23,6 +23,7 @@ from operators.base import (
     require_columns,
 )
 from operators.io.parquet import parse_type
+from operators.try_cast import covers
 
 # --------------------------------------------------------------------------- helpers
 
@@ -254,6 +255,16 @@ class CastParams(Params):
         if self.invalid == "null" and not self.safe:
             raise ParamError("invalid: null makes a value that does not fit null; safe: "
                              "false truncates or wraps it instead: choose one")
+        if self.invalid == "null":
+            for name, type_name in self.columns.items():
+                if not covers(parse_type(type_name)):
+                    raise ParamError(
+                        f"cast of column '{name}': invalid: null casts to an integer, "
+                        "float32, float64, string, bool, date32 or timestamp[us] (the "
+                        f"expressions' try_cast), not {type_name}",
+                        hint=f"cast '{name}' to one of those, or to {type_name} without "
+                             "invalid: null (a value that does not convert then stops the "
+                             "run, named)")
         return self
 
     @field_validator("columns")

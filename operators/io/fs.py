@@ -340,13 +340,21 @@ STORE_LOCK_STALE = 600.0
 holds it for a manifest's read and write (and the footers of replaced files)."""
 
 
+def is_store_lock(name: str) -> bool:
+    """Whether the object ``name`` (a path) is a lock of ``locked_on_store`` or a claim on
+    one: what an overwrite that deletes the objects its manifest does not list keeps (a
+    bucket root's lock is inside the output, and its holder may be another writer)."""
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(".") and ".sluice-lock" in base
+
+
 @contextlib.contextmanager
 def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterator[None]:
     """Hold a lock on ``target`` of an object store for the block: a lock object beside
     it (``.<name>.sluice-lock``) created exclusively (fsspec's ``"xb"``: S3's
     ``If-None-Match: *``, the registry's version claims use the same), deleted after. A
     writer finding it waits; one older than ``stale`` seconds is a dead writer's and is
-    taken over (two takers: the exclusive create lets one through). A store with no
+    taken over (two takers at once: ``_take_over`` lets one delete it). A store with no
     exclusive create is written without the lock, as before there was one."""
     import json
     import socket
@@ -366,15 +374,10 @@ def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterato
             break
         except FileExistsError:
             try:
-                held = json.loads(fs.cat_file(lock))
-                age = time.time() - float(held["at"])
+                held = fs.cat_file(lock)
             except FileNotFoundError:
                 continue  # released between the two calls
-            except (ValueError, KeyError, TypeError):
-                age = stale + 1  # no note a live writer leaves: half written, or foreign
-            if age > stale:
-                with contextlib.suppress(FileNotFoundError):
-                    fs.rm(lock)
+            if _age(held) > stale and _take_over(fs, lock, held, stale):
                 continue
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -387,6 +390,46 @@ def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterato
         with contextlib.suppress(Exception):  # ours still (not taken over as stale)
             if json.loads(fs.cat_file(lock)).get("owner") == owner:
                 fs.rm(lock)
+
+
+def _age(note: bytes) -> float:
+    """Seconds since a lock's (or a claim's) note was written; infinite for no note a
+    live writer leaves (half written, or foreign)."""
+    import json
+
+    try:
+        return time.time() - float(json.loads(note)["at"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def _take_over(fs: Any, lock: str, note: bytes, stale: float) -> bool:
+    """Delete the dead writer's ``lock`` that held ``note``, unless another writer is
+    taking it over: whether this one did. Its takers race to create a claim named by the
+    note, exclusively; the one that makes it deletes the lock only if it holds that note
+    still (a taker that read it before another took it over and locked would delete the
+    new holder's lock: both would write). A claim left by a taker that died is cleared
+    once stale."""
+    import hashlib
+    import json
+
+    claim = f"{lock}.{hashlib.sha256(note).hexdigest()[:16]}"
+    try:
+        with fs.open(claim, "xb") as f:
+            f.write(json.dumps({"at": time.time()}).encode())
+    except FileExistsError:
+        with contextlib.suppress(FileNotFoundError):
+            if _age(fs.cat_file(claim)) > stale:
+                fs.rm(claim)
+        return False
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            if fs.cat_file(lock) == note:
+                fs.rm(lock)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(claim)
+    return True
 
 
 @contextlib.contextmanager

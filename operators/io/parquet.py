@@ -71,6 +71,7 @@ from operators.io.fs import (
     exchange,
     fsync_dir,
     fsync_tree,
+    is_store_lock,
     locked_beside,
     locked_on_store,
     release_dir,
@@ -160,16 +161,22 @@ def _plain(t: pa.DataType) -> pa.DataType:
 
 def without_views(t: pa.DataType) -> pa.DataType:
     """``t`` with its view types as their plain ones (string_view as string, binary_view
-    as binary, inside dictionaries, lists and structs too): what sluice reads a column
-    as. A file pyarrow wrote from views (Polars' tables, DuckDB's) stores their Arrow
-    schema, and most Arrow kernels (take, filter, index_in, comparisons with a string)
-    have none for views."""
+    as binary, list_view as list, inside dictionaries, lists, maps and structs too): what
+    sluice reads a column as. A file pyarrow wrote from views (Polars' tables, DuckDB's)
+    stores their Arrow schema, and most Arrow kernels (take, filter, index_in,
+    comparisons with a string) have none for views."""
     if pa.types.is_string_view(t):
         return pa.string()
     if pa.types.is_binary_view(t):
         return pa.binary()
     if pa.types.is_dictionary(t):
         return pa.dictionary(t.index_type, without_views(t.value_type), t.ordered)
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(without_views(t.key_type)),
+                       t.item_field.with_type(without_views(t.item_type)), t.keys_sorted)
+    if pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
+        inner = t.value_field.with_type(without_views(t.value_type))
+        return pa.large_list(inner) if pa.types.is_large_list_view(t) else pa.list_(inner)
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         inner = t.value_field.with_type(without_views(t.value_type))
         if pa.types.is_fixed_size_list(t):
@@ -1345,7 +1352,7 @@ class WriteParquet(Sink):
         keep = keep | {MANIFEST}
         for info in fs.get_file_info(pa.fs.FileSelector(target, recursive=True)):
             rel = posixpath.relpath(info.path, target)
-            if info.type == pa.fs.FileType.File and rel not in keep:
+            if info.type == pa.fs.FileType.File and rel not in keep and not is_store_lock(rel):
                 with contextlib.suppress(FileNotFoundError, OSError):
                     fs.delete_file(info.path)
 

@@ -63,13 +63,14 @@ class ScoreParams(Params):
         return self
 
 
-def predicting_model(steps: list[Operator]) -> str | None:
-    """The operator name of the model whose predictions a fitted chain ends with (None
-    where a step adjusts them after it: calibrate, or a saved model scored inside)."""
+def predicting_model(steps: list[Operator], model: Operator | None = None) -> str | None:
+    """The operator name of the model whose predictions a fitted chain ends with, or a
+    chain as planned whose model step is ``model`` (None where a step adjusts them after
+    it: calibrate, or a saved model scored inside)."""
     for step in reversed(steps):
         if isinstance(step, Score) or getattr(step, "after_model", False):
             return None
-        if isinstance(step, FittedModel):
+        if isinstance(step, FittedModel) or (model is not None and step is model):
             return step.name.removesuffix(".fitted")
     return None
 
@@ -123,10 +124,11 @@ class Score(Transform):
         self.planned = None
 
     def bind_planned(self, required: list[str], added: list[pa.Field],
-                     info: dict[str, Any], model: Operator | None = None) -> None:
+                     info: dict[str, Any], model: Operator | None = None,
+                     steps: list[Operator] | None = None) -> None:
         """Attach a model the pipeline saves before this step, as planned: the columns it
-        will need, the prediction columns the plan knows of and the model step (the
-        fitted chain is bound when the run gets there)."""
+        will need, the prediction columns the plan knows of, the model step and the
+        chain's ``steps`` (the fitted chain is bound when the run gets there)."""
         if self.params.contributions and isinstance(model, Score):
             self._scores_with(model)
         if self.params.contributions and not getattr(model, "explained", False):
@@ -135,7 +137,7 @@ class Score(Transform):
         self.chain, self.required, self.model_info = None, list(required), dict(info)
         self.planned = list(added)
         self.predictions = model_columns(model)
-        self.model_kind = None if model is None or isinstance(model, Score) else model.name
+        self.model_kind = predicting_model(steps or [], model)
 
     def _not_explained(self, why: str) -> None:
         raise SchemaError(f"contributions: model '{self.params.model}' ends in {why}",

@@ -795,3 +795,88 @@ def test_sigmoid_of_auto_follows_the_model(workdir: Path, model: str, chosen: st
             method: sigmoid
         """)
     assert run(from_files)["metrics"]["calibrate"]["sigmoid_of"] == "probability"
+
+
+def test_sigmoid_of_auto_after_a_calibrated_model_the_run_saves(workdir: Path) -> None:
+    """A calibrated model's probability is no sigmoid of the model's raw score: a score
+    of it then calibrate fits the sigmoid to the probability, in the run that saves it
+    (as planned) as in a run that loads it (it was the log-odds in the saving run, after
+    the logistic_regression the calibration adjusts)."""
+    train = write_pipeline(workdir, """
+        pipeline: train
+        steps:
+          - op: read_parquet
+            id: every_row
+            path: data/rows.parquet
+          - op: logistic_regression
+            label: label
+            features: [x1, x2]
+          - op: calibrate
+            label: label
+            method: sigmoid
+          - op: save_model
+            name: calibrated
+          - op: sample
+            input: every_row
+            fraction: 0.5
+            seed: 1
+          - op: score
+            model: calibrated
+          - id: in_run
+            op: calibrate
+            label: label
+            method: sigmoid
+        """)
+    (workdir / "data").mkdir()
+    pq.write_table(rows(2000, 3), workdir / "data" / "rows.parquet")
+    record = run(train)
+    assert record["metrics"]["calibrate"]["sigmoid_of"] == "log_odds"
+    assert record["metrics"]["in_run"]["sigmoid_of"] == "probability"
+    later = write_pipeline(workdir, """
+        pipeline: later
+        steps:
+          - op: read_parquet
+            path: data/rows.parquet
+          - op: score
+            model: calibrated
+          - id: loaded
+            op: calibrate
+            label: label
+            method: sigmoid
+        """)
+    assert run(later)["metrics"]["loaded"]["sigmoid_of"] == "probability"
+
+
+def test_sigmoid_of_auto_of_a_column_a_score_step_did_not_make(workdir: Path) -> None:
+    """A probability column read from files is calibrated as a probability though a
+    score step of a logistic regression comes between (it was the log-odds: the plan
+    took the score step for the column's maker)."""
+    table = rows(2000, 3)
+    vendor = 1 / (1 + np.exp(-(0.5 * table["x1"].to_numpy())))
+    (workdir / "data").mkdir()
+    pq.write_table(table.append_column("vendor_p", pa.array(vendor)),
+                   workdir / "data" / "rows.parquet")
+    run(write_pipeline(workdir, """
+        pipeline: train
+        steps:
+          - op: read_parquet
+            path: data/rows.parquet
+          - op: logistic_regression
+            label: label
+            features: [x1, x2]
+          - op: save_model
+            name: ours
+        """))
+    both = write_pipeline(workdir, """
+        pipeline: both
+        steps:
+          - op: read_parquet
+            path: data/rows.parquet
+          - op: score
+            model: ours
+          - op: calibrate
+            label: label
+            probability: vendor_p
+            method: sigmoid
+        """, "both.yaml")
+    assert run(both)["metrics"]["calibrate"]["sigmoid_of"] == "probability"

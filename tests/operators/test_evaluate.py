@@ -274,6 +274,20 @@ def test_a_probability_that_is_not_one_says_how_and_where() -> None:
             evaluate({"label": lists.column_names[1]}, [broken])
 
 
+def test_nulls_in_a_probability_say_to_drop_or_fill_them() -> None:
+    """A null probability is no logit or score: the hint says what to do with it (it
+    was "is it a probability (not a logit or score)?")."""
+    table = binary_table(100)
+    values = column(table, "probability").tolist()
+    values[4] = None
+    bad = table.set_column(table.schema.get_field_index("probability"), "probability",
+                           pa.array(values))
+    with pytest.raises(DataError, match="probability column 'probability' has 1 null "
+                                        "values") as info:
+        evaluate({"label": "churned"}, [bad])
+    assert info.value.hint == "drop or fill rows with a null 'probability' before evaluate"
+
+
 def test_unknown_metric_is_a_param_error_with_a_suggestion() -> None:
     with pytest.raises(ParamError, match="did you mean 'accuracy'"):
         Evaluate(label="churned", metrics=["acuracy"])

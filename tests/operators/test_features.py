@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import re
 from typing import Any
 
 import numpy as np
@@ -605,6 +607,20 @@ def test_cast_with_invalid_null_is_try_cast() -> None:
     assert "`invalid: null`" in str(info.value)
     with pytest.raises(ParamError, match="invalid: null makes a value that does not fit null"):
         build("cast", columns={"s": "int8"}, invalid="null", safe=False)
+
+
+def test_cast_with_invalid_null_refuses_targets_try_cast_does_not_cover() -> None:
+    """try_cast finds the values a cast refuses for the expressions' cast types only:
+    to a decimal, 1e9 as decimal128(5, 2) was 0.00 and 'abc' stopped the run with
+    Arrow's bare error; such a target is refused when the step is made, naming it."""
+    for target in ("decimal128(5, 2)", "timestamp[ns]", "timestamp[us, tz=UTC]"):
+        with pytest.raises(ParamError, match=f"cast of column 'x': invalid: null casts to "
+                                             f"an integer.* not {re.escape(target)}") as info:
+            build("cast", columns={"x": target}, invalid="null")
+        assert f"or to {target} without invalid: null" in str(info.value)
+    table = pa.table({"s": ["1", "2024-01-01"], "f": [1.5, 1e9]})
+    got = run("cast", table, columns={"s": "timestamp[us]", "f": "float32"}, invalid="null")
+    assert got.column("s").to_pylist() == [None, datetime.datetime(2024, 1, 1)]
 
 
 def test_errors_are_sluice_errors_with_hints() -> None:

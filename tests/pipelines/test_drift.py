@@ -255,3 +255,64 @@ def test_drift_in_the_saving_run_needs_its_profile(tables, workdir: Path) -> Non
         run(write_pipeline(workdir, dropped, "columns.yaml"))
     assert "columns: 'churned' is not in the profile of model 'churn' (profiled: " in str(
         info.value.problems[0])
+
+
+def test_drift_of_rows_a_second_save_trains_on_is_with_the_first_save(
+        tables, workdir: Path) -> None:
+    """A run that saves a model twice: drift of the rows the second save trains on
+    compares with the version the first save made in this run (the one saved before
+    them), not the registry's before the run."""
+    run(write_pipeline(workdir, TRAIN))
+    twice = TRAIN + """
+      - op: read_parquet
+        path: scoring
+      - id: before_second
+        op: drift
+        model: churn
+      - op: logistic_regression
+        label: churned
+        features: [tenure, monthly_charges]
+      - id: second
+        op: save_model
+        name: churn
+"""
+    record = run(write_pipeline(workdir, twice, "twice.yaml"))
+    assert [(m["step"], m["version"]) for m in record["models"]] == [
+        ("save_model", 2), ("second", 3)]
+    assert record["metrics"]["before_second"]["model"] == "churn@2"
+    assert [m["version"] for m in record["models_used"]
+            if m["step"] == "before_second"] == [2]
+
+
+def test_drift_in_the_saving_run_of_a_weight_another_step_reads(
+        tables, workdir: Path) -> None:
+    """A model's weight column that a step before it reads too (impute) is in the
+    saved profile: drift of it in the saving run is planned so (the plan refused
+    `columns: [total_charges]`, "not in the profile", though the run profiles it)."""
+    weighted = """
+    pipeline: weighted
+    steps:
+      - op: read_parquet
+        path: train
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: logistic_regression
+        label: churned
+        weight: total_charges
+        features: [monthly_charges]
+      - op: save_model
+        name: churn
+      - op: read_parquet
+        path: scoring
+      - op: drift
+        model: churn
+        columns: [total_charges]
+"""
+    record = run(write_pipeline(workdir, weighted))
+    assert list(record["metrics"]["drift"]["psi"]) == ["total_charges"]
+    label = weighted.rsplit("columns:", 1)[0] + "columns: [churned]\n"  # the fit's only
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, label, "label.yaml"))
+    assert "columns: 'churned' is not in the profile of model 'churn'" in str(
+        info.value.problems[0])

@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 from conftest import SLUICE, write_pipeline
@@ -382,3 +384,40 @@ def test_prune_deletes_old_records_but_a_saved_models_provenance(
 
     usage = in_process("runs", "prune")
     assert usage.exit_code == 2 and "say which runs to delete: --keep N" in usage.stderr
+
+
+def test_records_under_a_file_url_are_said_and_pruned_at_their_paths(
+        workdir: Path) -> None:
+    """--runs file:///...: a record's path is the file's (it was 'file:/...', a path
+    under a folder named 'file:'), and prune deletes it (it said so, deleting nothing)."""
+    folder = workdir / "kept_runs"
+    url = f"file://{folder}"
+    (workdir / "data" / "rows").mkdir(parents=True)
+    pq.write_table(pa.table({"tenure": [12, 24]}), workdir / "data" / "rows" / "p.parquet")
+    write_pipeline(workdir, COPY.replace("data/churn", "data/rows"), "copy.yaml")
+    record = run("copy.yaml", runs_dir=url)
+    written = folder / "copy" / f"{record['run_id']}.json"
+    assert record["record_path"] == str(written) and written.exists()
+    assert [r["record_path"] for r in runs.load(url).records] == [str(written)]
+    pruned = in_process("runs", "prune", "--keep", "0", "--runs", url)
+    assert pruned.exit_code == 0, pruned.output
+    assert pruned.stdout.startswith(f"deleted 1 run record(s): {record['run_id']} (copy)")
+    assert not written.exists()
+
+
+def test_prune_where_the_store_refuses_a_delete_says_so(
+        history: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runs folder (a bucket) that keeps its files: prune names the record it could not
+    delete and what to check, where it ended in a traceback."""
+    import fsspec.implementations.local as local
+
+    def refuse(self: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(local.LocalFileSystem, "rm", refuse)
+    copy = next(r for r in history if r["pipeline"] == "copy")
+    pruned = in_process("runs", "prune", "copy", "--keep", "0")
+    assert pruned.exit_code == 1
+    assert f"access denied to '{copy['record_path']}'" in pruned.output
+    assert "permissions on the path" in pruned.output
+    assert Path(copy["record_path"]).exists()

@@ -757,3 +757,75 @@ def test_a_dead_writers_lock_on_s3_is_taken_over(bucket: str,
     assert time.monotonic() - started < 2.0  # 5 s old: stale already, no wait
     assert read(url).num_rows == 50
     assert not [k for k in objects(bucket) if k.endswith("sluice-lock")]
+
+
+def test_a_dead_writers_lock_taken_over_by_two_writers_at_once_lets_one_in(
+        bucket: str) -> None:
+    """Two writers that find one dead writer's lock: the one that reads it first and
+    the other takes it over and locks meanwhile waits for that other's commit, not
+    deleting its lock (both would commit at once, as without a lock)."""
+    import threading
+
+    from operators.io.fs import locked_on_store
+
+    target = f"{bucket}/events"
+    put(bucket, ".events.sluice-lock", json.dumps(
+        {"owner": "dead", "at": time.time() - 3600, "host": "gone", "pid": 1}).encode())
+
+    class ReadsThenTheOtherLocks:
+        """The slower writer's store: right after it reads the dead writer's note, the
+        other writer takes the lock over."""
+
+        def __init__(self) -> None:
+            self.other: Any = None
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(s3(), name)
+
+        def cat_file(self, path: str) -> bytes:
+            note = s3().cat_file(path)
+            if self.other is None:
+                self.other = locked_on_store(s3(), target)
+                self.other.__enter__()
+            return note
+
+    slower = ReadsThenTheOtherLocks()
+    inside = threading.Event()
+
+    def commit() -> None:
+        with locked_on_store(slower, target):
+            inside.set()
+
+    thread = threading.Thread(target=commit)
+    thread.start()
+    try:
+        assert not inside.wait(1.5)  # the other holds the lock
+    finally:
+        while slower.other is None:
+            time.sleep(0.01)
+        slower.other.__exit__(None, None, None)
+    assert inside.wait(10)
+    thread.join()
+    assert not [k for k in objects(bucket) if "sluice-lock" in k]
+
+
+def test_an_overwrite_of_a_bucket_root_keeps_the_lock_another_writer_took(
+        bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock of an output at a bucket's root is inside it: an overwrite there, which
+    deletes what its manifest does not list after its commit (the lock released), kept
+    deleting the lock the next writer had taken meanwhile (and a third would write with
+    it at once)."""
+    url = f"s3://{bucket}"
+    write(url, [sample(20, generation=1)], "first", mode="overwrite")
+    held = json.dumps({"owner": "next", "at": time.time(), "host": "h", "pid": 1}).encode()
+    drop = WriteParquet._drop_unlisted
+
+    def the_next_writer_locks_first(fs: Any, target: str, keep: set[str]) -> None:
+        put(bucket, ".sluice-lock", held)  # the next writer's commit begins
+        drop(fs, target, keep)
+
+    monkeypatch.setattr(WriteParquet, "_drop_unlisted",
+                        staticmethod(the_next_writer_locks_first))
+    write(url, [sample(30, generation=2)], "second", mode="overwrite")
+    assert ".sluice-lock" in objects(bucket)
+    assert read(url).num_rows == 30
