@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from operators.errors import SluiceError, suggest
-from operators.io.fs import resolve as locate
-from operators.io.fs import store_errors, store_problem, written_whole
 
 STATUSES = ("succeeded", "failed", "interrupted")
 
@@ -63,14 +61,13 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
     run id starts with ``prefix`` are read (a record file is named by its run id)."""
     root = runs_dir or default_runs_dir()
     history = History(root)
-    loc = locate(root)
-    fs = loc.fsspec_fs
+    fs, path, local = _files(root)
     try:
-        history.exists = fs.isdir(loc.path)
+        history.exists = fs.isdir(path)
         if not history.exists:
             return history
         folders = {posixpath.basename(f["name"].rstrip("/")): f["name"]
-                   for f in fs.ls(loc.path, detail=True) if f["type"] == "directory"}
+                   for f in fs.ls(path, detail=True) if f["type"] == "directory"}
         history.pipelines = sorted(n for n in folders if not n.startswith("."))
         wanted: list[tuple[str, dict[str, Any]]] = []  # (as shown, its listing)
         for name in [pipeline] if pipeline is not None else history.pipelines:
@@ -83,11 +80,11 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
                     continue
                 history.ids.append(file.removesuffix(".json"))
                 if file.startswith(prefix):
-                    wanted.append((_record_path(root, loc.local, name, file), info))
+                    wanted.append((_record_path(root, local, name, file), info))
         # every record in one call: an object store's are fetched side by side
         contents = fs.cat([info["name"] for _, info in wanted], on_error="return") \
             if wanted else {}
-    except store_errors(OSError) as exc:
+    except _errors(local) as exc:
         raise _failure(exc, root, f"cannot read the run records in '{root}'") from None
     found = []
     for shown, info in wanted:
@@ -108,9 +105,68 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
 
 
 def _written(info: dict[str, Any]) -> float:
-    """When a listed file was last written (seconds), as its filesystem says."""
-    when = info.get("mtime", info.get("LastModified", info.get("created", 0)))
-    return when.timestamp() if isinstance(when, datetime) else float(when or 0)
+    """When a listed file was last written (seconds), as its filesystem says (0: it
+    does not say)."""
+    when = info.get("mtime")
+    if isinstance(when, int | float):  # a local file's
+        return float(when)
+    from operators.io.fs import modified_at
+
+    return modified_at(info) or 0.0
+
+
+def _files(root: str) -> tuple[Any, str, bool]:
+    """The file system of a runs folder, the folder's path in it and whether it is
+    local: a folder through ``os`` (``sluice runs`` imports neither fsspec nor pyarrow
+    for one), a URL through fsspec."""
+    if "://" not in root or root.startswith("file://"):
+        return _LocalFiles(), os.path.abspath(root.removeprefix("file://")), True
+    from operators.io.fs import resolve
+
+    loc = resolve(root)
+    return loc.fsspec_fs, loc.path, False
+
+
+def _errors(local: bool) -> tuple[type[BaseException], ...]:
+    """What reading or deleting run records raises: OSError, and a store's client's."""
+    if local:
+        return (OSError,)
+    from operators.io.fs import store_errors
+
+    return store_errors(OSError)
+
+
+class _LocalFiles:
+    """The part of fsspec's file system interface the run history uses, over ``os``."""
+
+    @staticmethod
+    def isdir(path: str) -> bool:
+        return os.path.isdir(path)
+
+    @staticmethod
+    def ls(path: str, detail: bool = True) -> list[dict[str, Any]]:
+        out = []
+        with os.scandir(path) as entries:
+            for entry in entries:
+                kind = ("directory" if entry.is_dir() else "file" if entry.is_file()
+                        else "other")
+                out.append({"name": entry.path, "type": kind,
+                            "mtime": entry.stat().st_mtime if kind == "file" else None})
+        return out
+
+    @staticmethod
+    def cat(paths: list[str], on_error: str = "return") -> dict[str, bytes | OSError]:
+        out: dict[str, bytes | OSError] = {}
+        for path in paths:
+            try:
+                out[path] = Path(path).read_bytes()
+            except OSError as exc:
+                out[path] = exc
+        return out
+
+    @staticmethod
+    def rm(path: str) -> None:
+        os.remove(path)
 
 
 def _parsed(content: bytes | BaseException | None) -> tuple[dict[str, Any], str | None]:
@@ -144,17 +200,19 @@ def write(record: dict[str, Any], runs_dir: str) -> str:
     """Write a run record as ``<runs_dir>/<pipeline>/<run id>.json`` (whole or not at
     all: a local file through a staging file, an object in one put); its path or URL.
     OSError (and the object stores' errors) as the filesystem raises them."""
-    loc = locate(runs_dir)
+    from operators.io.fs import written_whole
+
+    fs, path, local = _files(runs_dir)
     text = json.dumps(record, indent=1, default=str)
     name = f"{record['run_id']}.json"
-    if loc.local:
-        folder = Path(loc.path) / record["pipeline"]
+    if local:
+        folder = Path(path) / record["pipeline"]
         folder.mkdir(parents=True, exist_ok=True)
         with written_whole(folder / name) as staging:
             Path(staging).write_text(text)
     else:
-        loc.fsspec_fs.pipe_file(loc.join(record["pipeline"], name), text.encode())
-    return _record_path(runs_dir, loc.local, record["pipeline"], name)
+        fs.pipe_file(f"{path.rstrip('/')}/{record['pipeline']}/{name}", text.encode())
+    return _record_path(runs_dir, local, record["pipeline"], name)
 
 
 def _record_path(root: str, local: bool, pipeline: str, file: str) -> str:
@@ -169,18 +227,20 @@ def delete(record: dict[str, Any]) -> None:
     """Delete a loaded record's file (``record_path``); gone already is fine. A
     SluiceError naming the file where the store refuses (a bucket that keeps its
     objects)."""
-    path = record["record_path"]
-    loc = locate(path)
+    shown = record["record_path"]
+    fs, path, local = _files(shown)
     try:
         with contextlib.suppress(FileNotFoundError):
-            loc.fsspec_fs.rm(loc.path)
-    except store_errors(OSError) as exc:
-        raise _failure(exc, path, f"cannot delete the run record '{path}'") from None
+            fs.rm(path)
+    except _errors(local) as exc:
+        raise _failure(exc, shown, f"cannot delete the run record '{shown}'") from None
 
 
 def _failure(exc: BaseException, path: str, what: str) -> SluiceError:
     """A store's error at ``path`` as a user's: access, credentials or reach said as
     such (``store_problem``), else ``what`` failed and why."""
+    from operators.io.fs import store_problem
+
     return store_problem(exc, path) or SluiceError(
         f"{what}: {getattr(exc, 'strerror', None) or exc}")
 

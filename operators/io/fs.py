@@ -335,6 +335,17 @@ def _same_inode(path: str, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 
+def modified_at(info: dict[str, Any]) -> float | None:
+    """When an fsspec listing's file was last written (seconds since the epoch), as its
+    file system says it (``mtime``, S3's ``LastModified``...); None where it does not."""
+    from datetime import datetime
+
+    when = info.get("mtime", info.get("LastModified", info.get("created")))
+    if isinstance(when, datetime):
+        return when.timestamp()
+    return float(when) if isinstance(when, int | float) else None
+
+
 STORE_LOCK_STALE = 600.0
 """Seconds after which a lock object on a store counts as its dead writer's: a commit
 holds it for a manifest's read and write (and the footers of replaced files)."""

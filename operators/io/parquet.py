@@ -1098,7 +1098,11 @@ class WriteParquet(Sink):
                     break  # not empty (its new files, another partition's): kept
                 folder = posixpath.dirname(folder)
         if not token["local"] and not merged:
-            self._drop_unlisted(fs, token["target"], set(entry.pop("listed")))
+            # the previous output's files, under the lock again: what a run committed
+            # since (its manifest's) and another run's files in flight are kept
+            with locked_on_store(self._store_fs(token), token["target"]):
+                self._drop_unlisted(fs, token, set(entry.pop("listed")),
+                                    resolve(self.params.path, self.params.storage_options))
             if token.get("replaces_file"):
                 with contextlib.suppress(FileNotFoundError, OSError):
                     fs.delete_file(token["target"])
@@ -1119,6 +1123,8 @@ class WriteParquet(Sink):
         fs = self._filesystem(token)
         if not files:  # an empty result is still a readable output with the right schema
             files = [self._empty_file(token)]
+        if not token["local"]:
+            self._check_own_files(token, files)
         _write_manifest(fs, token["staging"], self._manifest(token, files, rows,
                                                              token["schema"]))
         if token["local"]:
@@ -1251,6 +1257,7 @@ class WriteParquet(Sink):
                 self._move_in(token, current, files)
                 _replace_manifest(target, manifest, self.params.durable)
             else:
+                self._check_own_files(token, files)
                 _write_manifest(self._filesystem(token), target, manifest)
         if token["local"]:
             remove(token["staging"])
@@ -1347,9 +1354,36 @@ class WriteParquet(Sink):
         os.rename(staging, target)
         remove(old)
 
+    def _check_own_files(self, token: dict[str, Any], files: list[str]) -> None:
+        """Before a store's manifest lists this run's files: each is there (another
+        run's overwrite of the output, committed while this one wrote, deletes what its
+        manifest does not list), else a DataError and nothing committed."""
+        fs = self._filesystem(token)
+        there = {posixpath.relpath(i.path, token["target"])
+                 for i in fs.get_file_info(pa.fs.FileSelector(token["target"], recursive=True))
+                 if i.type == pa.fs.FileType.File}
+        gone = [f for f in files if f not in there]
+        if gone:
+            raise DataError(f"{len(gone)} of the {len(files)} files this run wrote to "
+                            f"'{self.params.path}' were deleted before it committed "
+                            f"('{gone[0]}'): another run overwrote the output meanwhile; "
+                            "nothing of this run was committed",
+                            hint="run it again; runs that write one output at once should "
+                                 "append, not overwrite")
+
     @staticmethod
-    def _drop_unlisted(fs: pa.fs.FileSystem, target: str, keep: set[str]) -> None:
+    def _drop_unlisted(fs: pa.fs.FileSystem, token: dict[str, Any], keep: set[str],
+                       loc: Location) -> None:
+        """After an overwrite on a store: delete the files its manifest does not list
+        (the previous output's, a foreign dataset's, dead runs'), but those the manifest
+        there now lists: a run that committed after this one (an append) keeps its
+        files. (A run still writing loses its files, and its commit says so: ``_check_
+        own_files``.)"""
+        target = token["target"]
         keep = keep | {MANIFEST}
+        now = read_manifest(loc, target) or {}
+        if now.get("run_id") != token["run_id"]:
+            keep |= {f for f in now.get("files") or [] if isinstance(f, str)}
         for info in fs.get_file_info(pa.fs.FileSelector(target, recursive=True)):
             rel = posixpath.relpath(info.path, target)
             if info.type == pa.fs.FileType.File and rel not in keep and not is_store_lock(rel):

@@ -409,12 +409,10 @@ def test_prune_where_the_store_refuses_a_delete_says_so(
         history: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     """A runs folder (a bucket) that keeps its files: prune names the record it could not
     delete and what to check, where it ended in a traceback."""
-    import fsspec.implementations.local as local
-
-    def refuse(self: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+    def refuse(path: Any) -> None:
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(local.LocalFileSystem, "rm", refuse)
+    monkeypatch.setattr(runs._LocalFiles, "rm", staticmethod(refuse))
     copy = next(r for r in history if r["pipeline"] == "copy")
     pruned = in_process("runs", "prune", "copy", "--keep", "0")
     assert pruned.exit_code == 1

@@ -3,6 +3,7 @@ object-store commit protocol: run-id file names, manifest last, old files delete
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -820,12 +821,46 @@ def test_an_overwrite_of_a_bucket_root_keeps_the_lock_another_writer_took(
     held = json.dumps({"owner": "next", "at": time.time(), "host": "h", "pid": 1}).encode()
     drop = WriteParquet._drop_unlisted
 
-    def the_next_writer_locks_first(fs: Any, target: str, keep: set[str]) -> None:
+    def the_next_writer_locks_first(fs: Any, token: dict, keep: set[str], loc: Any) -> None:
         put(bucket, ".sluice-lock", held)  # the next writer's commit begins
-        drop(fs, target, keep)
+        drop(fs, token, keep, loc)
 
     monkeypatch.setattr(WriteParquet, "_drop_unlisted",
                         staticmethod(the_next_writer_locks_first))
     write(url, [sample(30, generation=2)], "second", mode="overwrite")
     assert ".sluice-lock" in objects(bucket)
     assert read(url).num_rows == 30
+
+
+def test_an_overwrite_on_s3_keeps_what_a_run_committed_meanwhile(
+        bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An overwrite deletes what its manifest does not list after its commit; not the
+    files of an append that committed in between (the manifest there lists them: they
+    were deleted, and the output listed files that were gone). A run still writing
+    whose files an overwrite deleted fails its commit, saying so, and commits nothing."""
+    url = f"s3://{bucket}/out"
+    write(url, [sample(20, generation=1)], "first", mode="overwrite")
+    drop = WriteParquet._drop_unlisted
+
+    def an_append_commits_first(fs: Any, token: dict, keep: set[str], loc: Any) -> None:
+        write(url, [sample(7, generation=3)], "appender", mode="append")
+        drop(fs, token, keep, loc)
+
+    monkeypatch.setattr(WriteParquet, "_drop_unlisted", staticmethod(an_append_commits_first))
+    monkeypatch.setattr(parquet, "locked_on_store",  # the append takes its turn between
+                        lambda fs, target, stale=None: contextlib.nullcontext())
+    write(url, [sample(30, generation=2)], "second", mode="overwrite")
+    back = read(url)
+    assert sorted(set(back["generation"].to_pylist())) == [2, 3] and back.num_rows == 37
+    assert not [k for k in objects(bucket, "out/") if "-first-" in k]  # the first's: gone
+    monkeypatch.setattr(WriteParquet, "_drop_unlisted", staticmethod(drop))
+
+    # a run writing while an overwrite commits: its files go, its commit says so
+    op = WriteParquet(path=url, mode="append")
+    token = op.begin("late", sample(5).schema)
+    results = [op.write(token, sample(5, generation=4), 0)]
+    write(url, [sample(3, generation=5)], "third", mode="overwrite")
+    with pytest.raises(DataError, match="1 of the 1 files this run wrote to .* were "
+                                        "deleted before it committed"):
+        op.commit(token, results)
+    assert read(url)["generation"].to_pylist() == [5, 5, 5]
