@@ -394,6 +394,25 @@ def _link_saved_models(built: dict[str, Step]) -> None:
                 break
 
 
+def _before_its_save(plan: Plan, step: Step, exc: SluiceError) -> SluiceError:
+    """A drift step's model not found, where its rows go on to a save of that name (the
+    training rows compared with the version saved before: a first run has none): said
+    so; any other problem as it is."""
+    if not isinstance(step.op, Drift):
+        return exc
+    name = parse_ref(step.op.params.model)[0]
+    built = {s.id: s for s in plan.steps}
+    fed = [s for s in plan.steps if isinstance(s.op, SaveModel) and s.op.params.name == name
+           and _feeds(built, step.id, s.id)]
+    if not fed:
+        return exc
+    return SchemaError(f"{exc.message}: drift compares the rows step '{fed[0].id}' saves "
+                       f"'{name}' from with the version saved before this run, and there "
+                       "is none yet", hint="run the pipeline without this drift step once, "
+                                           "or measure drift after the save (of rows that "
+                                           "do not go on to it)")
+
+
 def _feeds(built: dict[str, Step], first: str, last: str) -> bool:
     """Whether the rows of step ``first`` reach step ``last`` (through inputs and the
     other steps a step reads)."""
@@ -428,10 +447,12 @@ def _toposort(built: dict[str, Step], plan: Plan, file: str) -> list[Step]:
             if scorer is not None:  # a score of the model this run saves, fed to it
                 s, param = scorer.spec, "model"
                 ref = scorer.op.params.model
-                message = (f"score uses the model '{ref}' that step '{scorer.saved_by}' "
-                           f"saves in this run, which is trained on the score's output (a cycle: "
-                           + " -> ".join(loop) + f"); to score with an earlier version, "
-                           f"name it: {parse_ref(ref)[0]}@3 or an alias")
+                what = scorer.op.name
+                verb = "score with" if what == "score" else "use"
+                message = (f"{what} uses the model '{ref}' that step '{scorer.saved_by}' "
+                           f"saves in this run, which is trained on the {what}'s output "
+                           "(a cycle: " + " -> ".join(loop) + f"); to {verb} an earlier "
+                           f"version, name it: {parse_ref(ref)[0]}@3 or an alias")
             plan.problems.append(Problem(file, s.line_of(param), message, step=s.id,
                                          op=s.op))
             return
@@ -489,7 +510,10 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             elif isinstance(step.op, Score | Drift):
                 if resolve_model is None:
                     raise SchemaError("no model store to load the model from")
-                step.op.bind(*resolve_model(step.op.params.model))
+                try:
+                    step.op.bind(*resolve_model(step.op.params.model))
+                except SluiceError as exc:
+                    raise _before_its_save(plan, step, exc) from None
             if isinstance(step.op, SaveModel) and not any(
                     isinstance(c.op, Estimator) for c in plan.model_chain(step.id)):
                 raise SchemaError("nothing is fitted before save_model",

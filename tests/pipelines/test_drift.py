@@ -316,3 +316,17 @@ def test_drift_in_the_saving_run_of_a_weight_another_step_reads(
         run(write_pipeline(workdir, label, "label.yaml"))
     assert "columns: 'churned' is not in the profile of model 'churn'" in str(
         info.value.problems[0])
+
+
+def test_drift_of_the_training_rows_on_a_first_run_says_why(tables, workdir: Path) -> None:
+    """Drift of the rows a run trains on compares with the version saved before; on the
+    first run there is none, and the error says that, not only 'no model'."""
+    before = TRAIN.replace("        partition_mb: 0.05\n",
+                           "        partition_mb: 0.05\n      - op: drift\n"
+                           "        model: churn\n", 1)
+    with pytest.raises(ValidationFailed) as info:
+        run(write_pipeline(workdir, before, "before.yaml"))
+    text = str(info.value.problems[0])
+    assert "drift compares the rows step 'save_model' saves 'churn' from with the version " \
+           "saved before this run, and there is none yet" in text, text
+    assert "run the pipeline without this drift step once" in text
