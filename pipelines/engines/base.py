@@ -65,11 +65,16 @@ class Dataset:
     ops: tuple[tuple[str, Transform, Placement], ...] = ()
     schema: pa.Schema | None = None
     cache_key: str | None = None
+    # the cache of an ancestor (its key, and how many of ``ops`` its tables have had):
+    # where a partition may start instead of the source (the steps after a multi-pass
+    # fit, on the local engine)
+    resume: tuple[str, int] | None = None
 
     def then(self, step_id: str, transform: Transform, schema: pa.Schema,
              placement: Placement = CPU) -> Dataset:
+        resume = (self.cache_key, len(self.ops)) if self.cache_key is not None else self.resume
         return replace(self, ops=(*self.ops, (step_id, transform, placement)), schema=schema,
-                       cache_key=None)
+                       cache_key=None, resume=resume)
 
     def estimated_bytes(self, partitions: list[PartitionInfo]) -> float | None:
         """About how much memory the rows take, as the source estimates them, where that

@@ -22,6 +22,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -157,12 +158,12 @@ class LocalEngine(Engine):
 
     def _compute(self, data: Dataset, info: PartitionInfo) -> pa.Table:
         if data.cache_key is None:
-            return compute_partition(data, info, self.record)
+            return compute_partition(data, info, self.record, *self._resumed(data, info))
         cache = self._caches.setdefault(data.cache_key, {})
         table = cache.get(info.index)
         if table is not None:
             return table
-        table = compute_partition(data, info, self.record)
+        table = compute_partition(data, info, self.record, *self._resumed(data, info))
         with self._lock:
             if data.cache_key not in self._cache_full:
                 if self._cached_bytes + table.nbytes <= self.cache_bytes:
@@ -173,6 +174,17 @@ class LocalEngine(Engine):
                     self._cached_bytes -= sum(t.nbytes for t in cache.values())
                     cache.clear()
         return table
+
+    def _resumed(self, data: Dataset, info: PartitionInfo) -> tuple[pa.Table | None, int]:
+        """The partition as an ancestor's cache holds it (a multi-pass fit's input, for
+        the steps after the fit: no second read of the source, the steps before the fit
+        not run again, and the very table the fit saw, whose memos hold), and how many
+        of the dataset's steps it has had; (None, 0) where none holds it."""
+        if data.resume is None:
+            return None, 0
+        key, done = data.resume
+        table = self._caches.get(key, {}).get(info.index)
+        return (table, done) if table is not None else (None, 0)
 
     def _each(self, data: Dataset, step: str, fn: Callable[[pa.Table, PartitionInfo], Any],
               label: str) -> Iterator[tuple[PartitionInfo, Any]]:
@@ -316,7 +328,7 @@ class LocalEngine(Engine):
             return data
         key = uuid.uuid4().hex
         self._caches[key] = {}
-        return Dataset(data.source, data.source_step, data.ops, data.schema, key)
+        return replace(data, cache_key=key)
 
     def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
         def write_all(token: Any) -> list[WriteResult]:

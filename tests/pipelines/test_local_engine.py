@@ -56,6 +56,32 @@ def test_multi_pass_fit_reads_once_when_cached(churn: Path, workdir: Path,
     assert partitions >= 3 and len(calls) == partitions  # one read per partition in all
 
 
+def test_the_steps_after_a_multi_pass_fit_start_from_its_cache(
+        churn: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps after a fit (its scores, an evaluate, a write) take each partition as
+    the fit's cache holds it: the source read once in all, the steps before the fit run
+    once, and the same results as a run that reads again (no cache)."""
+    calls = count_reads(monkeypatch)
+    text = THREE_PASS + """
+      - op: derive
+        columns: {twice: "monthly_charges * 2"}
+      - op: write_parquet
+        path: out
+    """
+    record = run(write_pipeline(workdir, text))
+    partitions = len(set(calls))
+    assert partitions >= 3 and len(calls) == partitions  # the write read no partition
+    assert record["steps"]["read_parquet"]["rows"] == record["steps"]["write_parquet"][
+        "rows"] == 5000
+    calls.clear()
+    engine = LocalEngine(cache_bytes=0)  # no cache: every pass and the write read again
+    with engine:
+        run(write_pipeline(workdir, text.replace("path: out", "path: again"), "again.yaml"),
+            engine_instance=engine)
+    assert len(calls) == 4 * partitions
+    assert pq.read_table(workdir / "out").equals(pq.read_table(workdir / "again"))
+
+
 def test_multi_pass_fit_recomputes_when_cache_is_too_small(churn: Path, workdir: Path,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
