@@ -108,7 +108,14 @@ def test_gradients_do_not_depend_on_row_order_or_blocks(monkeypatch: pytest.Monk
                                           tiebreak[order])
     np.testing.assert_array_equal(g2, g[order])
     np.testing.assert_array_equal(h2, h[order])
-    monkeypatch.setattr(ranking, "PAIRS_PER_BLOCK", 50)  # many blocks of whole queries
+    for q in range(0, 60, 7):  # a query alone, and beside the others of its width
+        alone = query == q
+        g4, h4 = ranking.lambdarank_gradients(score[alone], labels[alone],
+                                              np.zeros(alone.sum(), np.int64),
+                                              tiebreak[alone])
+        np.testing.assert_array_equal(g4, g[alone])
+        np.testing.assert_array_equal(h4, h[alone])
+    monkeypatch.setattr(ranking, "PAIRS_PER_BLOCK", 50)  # blocks of a query's rows
     g3, h3 = ranking.lambdarank_gradients(score, labels, query, tiebreak)
     np.testing.assert_array_equal(g3, g)
     np.testing.assert_array_equal(h3, h)
@@ -116,10 +123,10 @@ def test_gradients_do_not_depend_on_row_order_or_blocks(monkeypatch: pytest.Monk
 
 def test_a_large_query_is_summed_a_block_of_pairs_at_a_time(monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
-    """A query of more pairs than a block (2,000 rows, truncation 2,000: 2 million pairs)
-    is summed a block of its pairs at a time, to the same bits: its pairs' temporaries
-    took about 100 bytes a pair at once (a query of 10,000 rows at truncation 10,000: 5
-    GB)."""
+    """A query of more pairs than a block (2,000 rows, truncation 2,000: 4 million
+    places) is summed a block of its upper rows at a time, to the same bits as in one
+    block: its pairs' temporaries took about 100 bytes a place at once (a query of 10,000
+    rows at truncation 10,000: 10 GB)."""
     import tracemalloc
 
     rng = np.random.default_rng(7)
