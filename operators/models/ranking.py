@@ -48,11 +48,11 @@ from operators.base import DataError, SchemaError
 RELEVANCE_MAX = 30
 """The highest relevance label: LightGBM's default ``label_gain`` holds gains of 0..30."""
 PAIRS_PER_BLOCK = 1 << 14
-"""A query's pairs are worked out a block of about this many places (a row above, a row
-below) at a time: the whole queries of one width that fit, or some upper rows of one
-query that does not (10,000 rows at truncation 10,000: 100 million places). About ten
-float64 arrays of a block live at once: small enough to stay in the processor's cache,
-and what bounds the memory of any one query."""
+"""Pairs are worked out a block of about this many places (a row above, a row below) at
+a time: the whole queries of one width that fit, or some upper rows of one query that
+does not (10,000 rows at truncation 10,000: 100 million places). Four float64 arrays of
+a block live at once: 512 KB, which stays in the processor's cache (a block 4 times as
+large took twice the time), and what bounds the memory of any one query."""
 WIDTH_STEPS = 3
 """A query of ``m`` rows is laid out ``m`` wide up to ``2 ** WIDTH_STEPS`` rows, and
 above that in ``2 ** WIDTH_STEPS`` widths an octave (at most 1/8 of its places pad)."""

@@ -67,25 +67,26 @@ def reference_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndarr
     return grad, hess
 
 
-def random_queries(seed: int, queries: int = 30) -> tuple[np.ndarray, ...]:
-    """Scores with ties (a few values), grades 0-4 with ties, queries of 1 to 45 rows
-    (past the truncation), in shuffled order; one query of equal grades."""
+def random_queries(seed: int, queries: int = 30, top: int = 4) -> tuple[np.ndarray, ...]:
+    """Scores with ties (a few values), grades 0 to ``top`` with ties, queries of 1 to
+    45 rows (past the truncation), in shuffled order; one query of equal grades."""
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 46, queries)
     query = rng.permutation(np.repeat(np.arange(queries), sizes))
     n = len(query)
-    labels = rng.integers(0, 5, n).astype(np.float64)
+    labels = rng.integers(0, top + 1, n).astype(np.float64)
     labels[query == 0] = 2.0
     score = np.round(rng.standard_normal(n), 1)
     tiebreak = rng.integers(0, 2**63, n).astype(np.uint64)
     return score, labels, query, tiebreak
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize(("truncation", "normalize"), [(30, True), (30, False), (4, True)])
-def test_gradients_are_the_pairwise_reference(seed: int, truncation: int,
+@pytest.mark.parametrize(("seed", "top"), [(0, 4), (1, 4), (2, ranking.RELEVANCE_MAX)])
+@pytest.mark.parametrize(("truncation", "normalize"),
+                         [(30, True), (30, False), (4, True), (1, True)])
+def test_gradients_are_the_pairwise_reference(seed: int, top: int, truncation: int,
                                               normalize: bool) -> None:
-    score, labels, query, tiebreak = random_queries(seed)
+    score, labels, query, tiebreak = random_queries(seed, top=top)
     got = ranking.lambdarank_gradients(score, labels, query, tiebreak, truncation, normalize)
     want = reference_gradients(score, labels, query, tiebreak, truncation, normalize)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-15)
