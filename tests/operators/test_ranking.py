@@ -67,25 +67,26 @@ def reference_gradients(score: np.ndarray, labels: np.ndarray, queries: np.ndarr
     return grad, hess
 
 
-def random_queries(seed: int, queries: int = 30) -> tuple[np.ndarray, ...]:
-    """Scores with ties (a few values), grades 0-4 with ties, queries of 1 to 45 rows
-    (past the truncation), in shuffled order; one query of equal grades."""
+def random_queries(seed: int, queries: int = 30, top: int = 4) -> tuple[np.ndarray, ...]:
+    """Scores with ties (a few values), grades 0 to ``top`` with ties, queries of 1 to
+    45 rows (past the truncation), in shuffled order; one query of equal grades."""
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 46, queries)
     query = rng.permutation(np.repeat(np.arange(queries), sizes))
     n = len(query)
-    labels = rng.integers(0, 5, n).astype(np.float64)
+    labels = rng.integers(0, top + 1, n).astype(np.float64)
     labels[query == 0] = 2.0
     score = np.round(rng.standard_normal(n), 1)
     tiebreak = rng.integers(0, 2**63, n).astype(np.uint64)
     return score, labels, query, tiebreak
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize(("truncation", "normalize"), [(30, True), (30, False), (4, True)])
-def test_gradients_are_the_pairwise_reference(seed: int, truncation: int,
+@pytest.mark.parametrize(("seed", "top"), [(0, 4), (1, 4), (2, ranking.RELEVANCE_MAX)])
+@pytest.mark.parametrize(("truncation", "normalize"),
+                         [(30, True), (30, False), (4, True), (1, True)])
+def test_gradients_are_the_pairwise_reference(seed: int, top: int, truncation: int,
                                               normalize: bool) -> None:
-    score, labels, query, tiebreak = random_queries(seed)
+    score, labels, query, tiebreak = random_queries(seed, top=top)
     got = ranking.lambdarank_gradients(score, labels, query, tiebreak, truncation, normalize)
     want = reference_gradients(score, labels, query, tiebreak, truncation, normalize)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-15)
@@ -108,7 +109,14 @@ def test_gradients_do_not_depend_on_row_order_or_blocks(monkeypatch: pytest.Monk
                                           tiebreak[order])
     np.testing.assert_array_equal(g2, g[order])
     np.testing.assert_array_equal(h2, h[order])
-    monkeypatch.setattr(ranking, "PAIRS_PER_BLOCK", 50)  # many blocks of whole queries
+    for q in range(0, 60, 7):  # a query alone, and beside the others of its width
+        alone = query == q
+        g4, h4 = ranking.lambdarank_gradients(score[alone], labels[alone],
+                                              np.zeros(alone.sum(), np.int64),
+                                              tiebreak[alone])
+        np.testing.assert_array_equal(g4, g[alone])
+        np.testing.assert_array_equal(h4, h[alone])
+    monkeypatch.setattr(ranking, "PAIRS_PER_BLOCK", 50)  # blocks of a query's rows
     g3, h3 = ranking.lambdarank_gradients(score, labels, query, tiebreak)
     np.testing.assert_array_equal(g3, g)
     np.testing.assert_array_equal(h3, h)
@@ -116,10 +124,10 @@ def test_gradients_do_not_depend_on_row_order_or_blocks(monkeypatch: pytest.Monk
 
 def test_a_large_query_is_summed_a_block_of_pairs_at_a_time(monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
-    """A query of more pairs than a block (2,000 rows, truncation 2,000: 2 million pairs)
-    is summed a block of its pairs at a time, to the same bits: its pairs' temporaries
-    took about 100 bytes a pair at once (a query of 10,000 rows at truncation 10,000: 5
-    GB)."""
+    """A query of more pairs than a block (2,000 rows, truncation 2,000: 4 million
+    places) is summed a block of its upper rows at a time, to the same bits as in one
+    block: its pairs' temporaries took about 100 bytes a place at once (a query of 10,000
+    rows at truncation 10,000: 10 GB)."""
     import tracemalloc
 
     rng = np.random.default_rng(7)
