@@ -39,7 +39,7 @@ def _cases() -> None:
     case("isolation_forest", {"n_trees": 15, "max_samples": 0.5, "max_features": 0.7,
                               "contamination": 0.05, "seed": 5, "features": ["x1", "x3"]},
          outliers_table, id="contamination-fraction", rtol=1e-12, atol=1e-12)
-    case("isolation_forest", {"n_trees": 10, "max_samples": 500, "contamination": 0.1},
+    case("isolation_forest", {"n_trees": 10, "max_samples": 1.0, "contamination": 0.1},
          outliers_table, id="every-row", rtol=1e-12, atol=1e-12)
     case("score", {"model": "a"}, outliers_table, id="isolation-forest",
          prepare=lambda op: op.bind(Chain([_forest()]), _forest().features,
