@@ -350,3 +350,17 @@ def test_fit_statistics_are_float32_work_summed_in_float64(case: str) -> None:
         got, expected = statistics(stats[key]), statistics(reference[key])
         gap = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
         assert 1e-12 < gap < 1e-5, (xp, gap)
+
+
+def test_a_feature_past_float32s_range_is_said_not_made_inf(xp32: Any) -> None:
+    """A value finite in float64 but past float32's range (1e39) would be inf in a
+    float32 fit: a DataError naming the column and the way out, not a model of inf."""
+    from operators.base import DataError
+    from operators.testing.kit import fit
+
+    table = pa.table({"a": [1.0, 2.0, 1e39, 3.0], "b": [0.5, 1.5, 2.5, 3.5],
+                      "y": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(DataError, match=r"feature column 'a' has values past float32's "
+                                        r"range \(3.4e\+38\)") as info:
+        fit(lookup("linear_regression")(label="y"), [table], xp=xp32)
+    assert "dtype: float64" in info.value.hint
