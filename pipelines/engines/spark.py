@@ -365,6 +365,9 @@ class _Task:
     # driver as each task ends, so that the driver cancels the job at the first failure
     # instead of computing every other partition
     failures: Any = None
+    # of ``cached`` rows: how many of the dataset's steps they have had (fewer: an
+    # ancestor's cache, the rest applied here)
+    done: int = 0
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -373,6 +376,8 @@ class _Task:
         last = context is None or context.attemptNumber() + 1 >= self.attempts
         inputs = (self._cached_inputs(batches) if self.cached
                   else self._computed_inputs(batches, last))
+        if self.cached and self.done < len(self.data.ops):
+            inputs = self._resumed_inputs(inputs, last)
         emit = getattr(self, f"_emit_{self.kind}")
         # a GPU step computes on the GPU Spark gave this task (a local master gives
         # none: the current device); the run record names it
@@ -387,7 +392,8 @@ class _Task:
         """Whether this task runs a transform (not already cached) or a fit's partial
         placed on a GPU."""
         work = self.work
-        return ((not self.cached and self.data.uses_gpu())
+        return (((not self.cached or self.done < len(self.data.ops))
+                 and self.data.uses_gpu())
                 or (isinstance(work, placed_action) and work.placement.device == "gpu"))
 
     def _retry(self, failure: BaseException, last: bool) -> None:
@@ -413,6 +419,24 @@ class _Task:
                     yield info, None, records, exc
                     continue
                 yield info, table, records, None
+
+    def _resumed_inputs(self, inputs: Iterator[Any], last: bool) -> Iterator[Any]:
+        """An ancestor's cached partitions through the dataset's steps after it; the
+        counts of those steps only (the cache's were recorded when it was built)."""
+        for info, table, _, failure in inputs:
+            records: list[tuple[str, int, int, float]] = []
+            if failure is not None:
+                yield info, None, records, failure
+                continue
+            try:
+                table = compute_partition(self.data, info,
+                                          lambda *r, out=records: out.append(r),
+                                          start=table, skip=self.done)
+            except (SluiceError, StepFailure) as exc:
+                self._retry(exc, last)
+                yield info, None, records, exc
+                continue
+            yield info, table, records, None
 
     def _cached_inputs(self, batches: Iterator[pa.RecordBatch]) -> Iterator[Any]:
         current: int | None = None
@@ -760,18 +784,24 @@ class SparkEngine(Engine):
                                                             -(-sum(rows) // budget))))
 
     def _source_frame(self, data: Dataset, infos: list[PartitionInfo]
-                      ) -> tuple[Any, list[list[int]], _Cache | None]:
+                      ) -> tuple[Any, list[list[int]], _Cache | None, int]:
         """The DataFrame a job maps over: partition descriptors, or the dataset's cache
-        (built here, lazily, on its first use)."""
+        (built here, lazily, on its first use), or an ancestor's built cache (the steps
+        after a multi-pass fit: no second read of the source); and how many of the
+        dataset's steps its rows have had."""
         groups = self.task_groups(infos)
         descriptors = self.spark.range(0, len(groups), 1, len(groups))
         cache = self._caches.get(data.cache_key) if data.cache_key else None
+        if cache is None and data.resume is not None:
+            ancestor = self._caches.get(data.resume[0])
+            if ancestor is not None and ancestor.frame is not None:
+                return ancestor.frame, groups, ancestor, data.resume[1]
         if cache is None:
-            return descriptors, groups, None
+            return descriptors, groups, None, 0
         if cache.frame is None:
             task = self._task("cache", data, infos, groups, cached=False, step="cache")
             cache.frame = self._map(descriptors, task, _ROWS_DDL).cache()
-        return cache.frame, groups, cache
+        return cache.frame, groups, cache, len(data.ops)
 
     def _task(self, kind: str, data: Dataset, infos: list[PartitionInfo],
               groups: list[list[int]], cached: bool, step: str, **extra: Any) -> _Task:
@@ -800,15 +830,16 @@ class SparkEngine(Engine):
         infos = self.partitions(data)
         if not infos:
             return []
-        frame, groups, cache = self._source_frame(data, infos)
+        frame, groups, cache, done = self._source_frame(data, infos)
         failures = self.spark.sparkContext.accumulator(None, _Outcomes())
         task = self._task("results", data, infos, groups, cached=cache is not None, step=step,
-                          work=work, failures=failures)
+                          work=work, failures=failures, done=done)
         rows = self._collect(self._map(frame, task, _ROWS_DDL), label,
                              (failures, [info.index for info in infos]))
         results: dict[int, Any] = {}
         errors: dict[int, BaseException] = {}
-        count = cache is None or not cache.counted
+        # (an ancestor's cache: its tasks send the counts of the steps after it only)
+        count = cache is None or not cache.counted or done < len(data.ops)
         for part, kind, data_ in zip(rows.column(0).to_pylist(), rows.column(1).to_pylist(),
                                      rows.column(2).to_pylist()):
             value, records = pickle.loads(data_)
@@ -818,7 +849,7 @@ class SparkEngine(Engine):
                 results[part] = value
             if count:
                 self.record_all(records)
-        if cache is not None:
+        if cache is not None and done == len(data.ops):
             cache.counted = True
         if errors:
             raise errors[min(errors)]
@@ -1123,9 +1154,10 @@ class SparkEngine(Engine):
         schema = spark_schema(data.schema)
         target = to_arrow_schema(schema, timezone="UTC")
         infos = self.partitions(data)
-        frame, groups, cache = self._source_frame(data, infos)
+        frame, groups, cache, done = self._source_frame(data, infos)
         task = self._task("frame", data, infos, groups, cached=cache is not None,
-                          step="to_dataframe", frame_schema=target, batch_rows=batch_rows)
+                          step="to_dataframe", frame_schema=target, batch_rows=batch_rows,
+                          done=done)
         return self._map(frame, task, schema)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -181,3 +182,40 @@ def test_the_engine_limits_malloc_arenas_to_its_workers_unless_the_user_did() ->
                               env={**os.environ, **env}, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == str(expected).replace("None", "null")
+
+
+@pytest.mark.parametrize("name", ["local", "dask"])
+def test_the_steps_before_a_fit_run_once(churn: Path, workdir: Path, name: str,
+                                         shared_engines: dict[str, Any]) -> None:
+    """The steps after a multi-pass fit take its cached partitions (the local engine's
+    tables, Dask's persisted ones): the steps before the fit run once a partition, and
+    the output is the rows as computed. (Spark caches a fit's partitions only where its
+    profile says: tests/pipelines/test_spark_engine.py.)"""
+    from conftest import started
+
+    engine = started(shared_engines, name)
+    counted = workdir / "count.txt"
+    text = f"""
+    pipeline: once
+    steps:
+      - op: read_parquet
+        path: data/churn
+        partition_mb: 0.02
+      - op: sluice_testops.Count
+        path: {counted}
+      - id: three
+        op: sluice_testops.ThreePass
+        column: monthly_charges
+      - op: derive
+        columns: {{twice: "monthly_charges * 2"}}
+      - op: write_parquet
+        path: out
+    """
+    record = run(write_pipeline(workdir, text), engine_instance=engine)
+    lines = counted.read_text().split()
+    partitions = len(record["steps"]["read_parquet"].get("partitions", [])) or None
+    assert sum(int(n) for n in lines) == 5000, lines  # each partition once
+    assert partitions is None or len(lines) == partitions
+    out = pq.read_table(workdir / "out")
+    assert out.num_rows == 5000 and out.column("twice").to_pylist() == [
+        2 * v for v in out.column("monthly_charges").to_pylist()]

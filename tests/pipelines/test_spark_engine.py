@@ -271,9 +271,11 @@ def test_multi_pass_fit_computes_each_partition_once(spark: SparkEngine, workdir
                                                      probe: str, cache_fits: str,
                                                      resident_fits: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """One job a pass, cached: each partition is prepared once for all passes; `auto`
-    does not cache a source on local disks (re-reading it beats Spark's cache): once a
-    pass. Resident (one barrier job whose tasks keep their partitions): once."""
+    """One job a pass, cached: each partition is prepared once for all passes, and the
+    steps after the fit (a derive, the write) start from the cache too; `auto` does not
+    cache a source on local disks (re-reading it beats Spark's cache): once a pass, and
+    once more for the write. Resident (one barrier job whose tasks keep their
+    partitions): once, and once more for the write."""
     monkeypatch.setattr(spark, "profile", spark.profile.model_copy(
         update={"cache_fits": cache_fits, "resident_fits": resident_fits}))
     generate("churn", 4000, workdir / "data", files=2, row_group_rows=500)
@@ -293,13 +295,22 @@ def test_multi_pass_fit_computes_each_partition_once(spark: SparkEngine, workdir
           - id: fit
             op: sluice_testops.ThreePass
             column: monthly_charges
+          - op: derive
+            columns: {{twice: "monthly_charges * 2"}}
+          - op: write_parquet
+            path: out
         """)
     record = run(path, engine_instance=spark)
     metrics = record["metrics"]["fit"]
     assert metrics["passes"] == 3
     cached = cache_fits == "always" and resident_fits == "never"
     once = cached or resident_fits == "auto"
-    assert len(log.read_text().split()) == (partitions if once else 3 * partitions)
+    fit_reads = partitions if once else 3 * partitions
+    assert len(log.read_text().split()) == fit_reads + (0 if cached else partitions)
+    out = pq.read_table(workdir / "out")
+    assert out.num_rows == 4000 and out.column("twice").to_pylist() == [
+        2 * v for v in out.column("monthly_charges").to_pylist()]
+    assert record["steps"]["write_parquet"]["rows"] == 4000
     assert record["steps"]["fit"]["fit_mode"] == (
         "one job a pass" if resident_fits == "never" else "resident, 2 tasks")
     x = churn_table(4000)["monthly_charges"].to_numpy()

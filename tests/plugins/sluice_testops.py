@@ -220,6 +220,25 @@ class Touch(Transform):
         return part
 
 
+class CountParams(Params):
+    path: str = Field(description="the file a line is added to per partition computed")
+
+
+class Count(Transform):
+    """Adds a line to a file each time it computes a partition (O_APPEND: whole lines
+    from any process): how often the steps before a fit run."""
+
+    Params = CountParams
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        with open(self.params.path, "a") as f:
+            f.write(f"{part.num_rows}\n")
+        return part
+
+
 class FailingPassParams(Params):
     at_pass: int = Field(description="the pass (0, 1, ...) that fails")
     at_partition_with: int = Field(description="on the partition holding this customer_id")
