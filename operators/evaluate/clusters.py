@@ -11,6 +11,10 @@ cluster's mean on hand:
   ``n_C |x - mean_C|^2 + within_C``, so each row's silhouette (squared Euclidean
   distances, MLlib's default measure) is exact in O(clusters) work a row, not O(rows);
 - Davies-Bouldin's cluster spread is the mean Euclidean distance of its rows to its mean.
+
+With row weights the sizes are the clusters' weights, the means and spreads weighted;
+a row's own cluster's mean distance is over the weight of its others, ``W_C - w``
+(MLlib's ``ClusteringEvaluator`` with ``weightCol``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from operators.base import (
     require_columns,
 )
 from operators.evaluate.evaluate import Measured, Measuring, value_type
-from operators.models.common import chosen_features, feature_matrix, is_numeric
+from operators.models.common import chosen_features, feature_matrix, is_numeric, row_weights
 
 Metric = Literal["silhouette", "calinski_harabasz", "davies_bouldin", "within_ss", "count",
                  "clusters", "cluster_sizes"]
@@ -57,6 +61,10 @@ class EvaluateClustersParams(Params):
         description="metrics to compute (default: all): silhouette (squared Euclidean, "
                     "MLlib's), calinski_harabasz, davies_bouldin, within_ss, count, clusters, "
                     "cluster_sizes")
+    weight: str | None = Field(
+        None, description="column of positive row weights (MLlib's weightCol): a row's "
+                          "silhouette weighs its weight, distances to a cluster's rows are "
+                          "weighted means, and the other metrics count a row as that many")
 
 
 @register("evaluate_clusters")
@@ -79,6 +87,10 @@ class EvaluateClusters(Measuring):
     it has converged). Exact over any partitioning: two passes, each row's silhouette from
     every cluster's size, mean and spread, not from every other row. Compare clusterings
     by them on the same features, scaled the same way (a `standard_scale` before kmeans).
+    With `weight` (positive), the silhouette is MLlib's with `weightCol` (a row's mean
+    distance to its own cluster's others over their weight, the rows' silhouettes
+    averaged by weight) and the other metrics count a row as its weight; `count` and
+    `cluster_sizes` stay rows.
     """
 
     Params = EvaluateClustersParams
@@ -95,10 +107,11 @@ class EvaluateClusters(Measuring):
 
     def _features(self, schema: pa.Schema) -> list[str]:
         p = self.params
-        return chosen_features(schema, p.features, {p.prediction, *SKIPPED})
+        return chosen_features(schema, p.features, {p.prediction, p.weight, *SKIPPED} - {None})
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return [*self._features(schema), self.params.prediction]
+        p = self.params
+        return [*self._features(schema), p.prediction, *([p.weight] if p.weight else [])]
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         self._plan(schema)
@@ -113,7 +126,13 @@ class EvaluateClusters(Measuring):
             raise SchemaError(f"prediction '{p.prediction}' has type {kind}: cluster ids are "
                               "integers or text", hint="is `prediction:` the clustering "
                                                        "step's column?")
-        features = self._features(schema)
+        if p.weight:
+            require_columns(schema, [p.weight], "weight column")
+            if not is_numeric(value_type(schema.field(p.weight).type)):
+                raise SchemaError(f"weight column '{p.weight}' has type "
+                                  f"{schema.field(p.weight).type}, not a number",
+                                  hint="cast it to float64")
+        features = [f for f in self._features(schema) if f != p.weight]
         if not features:
             raise SchemaError("no numeric feature columns to measure the clusters on",
                               hint="set features: the columns the rows were clustered on")
@@ -146,16 +165,24 @@ class EvaluateClusters(Measuring):
         if part.num_rows == 0:
             return self.measure(pa.array([], pa.int64()), None, state, xp)
         ids, X = self._rows(part, state, xp)
-        return self.measure(ids, X, state, xp)
+        w = None
+        if self.params.weight:
+            w = row_weights(part, self.params.weight)
+            if (w <= 0).any():
+                raise DataError(f"weight column '{self.params.weight}' has "
+                                f"{int((w <= 0).sum())} values of 0: a row of no weight "
+                                "has no silhouette", hint="filter those rows out")
+        return self.measure(ids, X, state, xp, w)
 
-    def measure(self, ids: pa.Array, X: Any, state: dict[str, Any], xp: Any
-                ) -> dict[str, Any]:
+    def measure(self, ids: pa.Array, X: Any, state: dict[str, Any], xp: Any,
+                w: np.ndarray | None = None) -> dict[str, Any]:
         """``partial``'s statistics of rows given as their cluster ids (no nulls) and
-        their features, a float64 matrix on ``xp`` (None for no rows): a clustering
-        step measuring its own held-out rows (kmeans' validation) calls this."""
+        their features, a float64 matrix on ``xp`` (None for no rows), and their positive
+        weights (None: each 1): a clustering step measuring its own held-out rows
+        (kmeans' validation) calls this."""
         if state["phase"] == "clusters":
-            return _clusters(ids, X, len(state["features"]), xp)
-        return _spread(ids, X, state, xp)
+            return _clusters(ids, X, len(state["features"]), xp, w)
+        return _spread(ids, X, state, xp, w)
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "silhouette" in a:
@@ -171,7 +198,8 @@ class EvaluateClusters(Measuring):
                 raise DataError(f"{problem} (scikit-learn's rule)",
                                 hint="check the prediction column and the rows given")
             state = {**state, "ids": stats["ids"], "rows": stats["rows"],
-                     "means": stats["means"], "within": stats["within"]}
+                     "weight": stats["weight"], "means": stats["means"],
+                     "within": stats["within"]}
             if SECOND_PASS & set(state["metrics"]):
                 return {**state, "phase": "spread"}, False
             return {**state, "metrics_values": self._values(state, None)}, True
@@ -180,48 +208,63 @@ class EvaluateClusters(Measuring):
     def _values(self, state: dict[str, Any], spread: dict[str, Any] | None
                 ) -> dict[str, Any]:
         rows, means, within = state["rows"], state["means"], state["within"]
-        n, k = float(np.sum(rows)), len(rows)
+        weight = state["weight"]  # the rows' counts without weights
+        n, k = float(np.sum(weight)), len(rows)
         total_within = float(np.sum(within))
-        everything = {"count": int(n), "clusters": k,
+        everything = {"count": int(np.sum(rows)), "clusters": k,
                       "cluster_sizes": {str(i): int(r) for i, r in zip(state["ids"], rows,
                                                                        strict=True)},
                       "within_ss": total_within}
-        mean = rows @ means / n
-        between = float(rows @ np.sum((means - mean) ** 2, axis=1))
+        mean = weight @ means / n
+        between = float(weight @ np.sum((means - mean) ** 2, axis=1))
         everything["calinski_harabasz"] = (1.0 if total_within == 0 else
                                            between * (n - k) / (total_within * (k - 1)))
         if spread is not None:
             everything["silhouette"] = spread["silhouette"] / n
-            everything["davies_bouldin"] = davies_bouldin(spread["distance"] / rows, means)
+            everything["davies_bouldin"] = davies_bouldin(spread["distance"] / weight, means)
         return {m: everything[m] for m in METRICS if m in state["metrics"]}
 
 
-def _clusters(ids: pa.Array, X: Any, d: int, xp: Any) -> dict[str, Any]:
-    """Each cluster's rows, mean and within sum of squares among the rows."""
+def _clusters(ids: pa.Array, X: Any, d: int, xp: Any, w: np.ndarray | None = None
+              ) -> dict[str, Any]:
+    """Each cluster's rows, weight (its rows without weights), mean and within sum of
+    squares among the rows (weighted)."""
     if len(ids) == 0:
-        return {"ids": [], "rows": np.zeros(0), "means": np.zeros((0, d)),
-                "within": np.zeros(0)}
+        return {"ids": [], "rows": np.zeros(0), "weight": np.zeros(0),
+                "means": np.zeros((0, d)), "within": np.zeros(0)}
     found = pc.unique(ids).sort()
     index = pc.index_in(ids, value_set=found).to_numpy(zero_copy_only=False)
     order = np.argsort(index, kind="stable")  # each cluster's rows together, one take
     ends = np.cumsum(np.bincount(index, minlength=len(found)))
     grouped = xp.take(X, xp.asarray(order), axis=0)
-    rows, means, within = [], [], []
+    weights = None if w is None else xp.asarray(w[order], dtype=X.dtype)
+    rows, weight, means, within = [], [], [], []
     for c in range(len(found)):
-        members = grouped[int(ends[c - 1]) if c else 0:int(ends[c]), :]
-        mean = xp.mean(members, axis=0)
+        start, stop = int(ends[c - 1]) if c else 0, int(ends[c])
+        members = grouped[start:stop, :]
+        if weights is None:
+            mean = xp.mean(members, axis=0)
+            within.append(float(xp.sum((members - mean) ** 2)))
+            weight.append(float(members.shape[0]))
+        else:
+            mine = weights[start:stop]
+            total = float(xp.sum(mine))
+            mean = xp.sum(mine[:, None] * members, axis=0) / total
+            within.append(float(xp.sum(mine[:, None] * (members - mean) ** 2)))
+            weight.append(total)
         rows.append(members.shape[0])
         means.append(to_numpy(mean))
-        within.append(float(xp.sum((members - mean) ** 2)))
     return {"ids": found.to_pylist(), "rows": np.asarray(rows, dtype=np.float64),
+            "weight": np.asarray(weight, dtype=np.float64),
             "means": np.asarray(means, dtype=np.float64).reshape(-1, d),
             "within": np.asarray(within)}
 
 
-def _spread(ids: pa.Array, X: Any, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+def _spread(ids: pa.Array, X: Any, state: dict[str, Any], xp: Any,
+            w: np.ndarray | None = None) -> dict[str, Any]:
     """The sums of the rows' silhouettes and of their distances to their cluster's mean
-    (per cluster), a block of rows at a time: a block's distances to every mean are
-    ``BLOCK_VALUES`` numbers at most, however many clusters there are."""
+    (per cluster; weighted), a block of rows at a time: a block's distances to every
+    mean are ``BLOCK_VALUES`` numbers at most, however many clusters there are."""
     k, n = len(state["ids"]), len(ids)
     if n == 0:
         return {"silhouette": 0.0, "distance": np.zeros(k)}
@@ -232,10 +275,16 @@ def _spread(ids: pa.Array, X: Any, state: dict[str, Any], xp: Any) -> dict[str, 
     silhouette, distance = 0.0, np.zeros(k)
     for start in range(0, n, step):
         stop = min(start + step, n)  # the array API has no stop past the end
+        mine = None if w is None else w[start:stop]
         s, near = _silhouettes(X[start:stop, :], own[start:stop], means,
-                               state["rows"], state["within"], xp)
-        silhouette += float(np.sum(s))
-        distance += np.bincount(own[start:stop], weights=np.sqrt(near), minlength=k)
+                               state.get("weight", state["rows"]), state["within"], xp, mine)
+        if mine is None:
+            silhouette += float(np.sum(s))
+            distance += np.bincount(own[start:stop], weights=np.sqrt(near), minlength=k)
+        else:
+            silhouette += float(np.sum(mine * s))
+            distance += np.bincount(own[start:stop], weights=mine * np.sqrt(near),
+                                    minlength=k)
     return {"silhouette": silhouette, "distance": distance}
 
 
@@ -251,8 +300,11 @@ def unmeasurable(clusters: int, rows: int) -> str | None:
 
 
 def _silhouettes(X: Any, own: np.ndarray, means: Any, rows: np.ndarray,
-                 within: np.ndarray, xp: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The rows' silhouettes and their squared distances to their own cluster's mean."""
+                 within: np.ndarray, xp: Any, w: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' silhouettes and their squared distances to their own cluster's mean;
+    ``rows``: each cluster's weight (its rows without weights), ``w`` the rows' (MLlib's:
+    a row's own cluster's mean over the others' weight, ``W_C - w``)."""
     k, n = len(rows), X.shape[0]
     # each row's squared distance to every cluster's mean (one cluster at a time: the
     # difference, not |x|^2 - 2 x.m + |m|^2, whose cancellation loses tight clusters)
@@ -260,10 +312,11 @@ def _silhouettes(X: Any, own: np.ndarray, means: Any, rows: np.ndarray,
                           for c in range(k)]).astype(np.float64)
     at = np.arange(n)
     near = d2[at, own]
-    alone = rows[own] == 1
+    others = rows[own] - (1.0 if w is None else w)  # the weight of its cluster's others
+    alone = others <= 0 if w is not None else rows[own] == 1
     # mean squared distance to the other rows of its own cluster, and to each other's
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = (rows[own] * near + within[own]) / (rows[own] - 1)
+        a = (rows[own] * near + within[own]) / others
     d2 += within / rows  # now each other cluster's mean squared distance
     d2[at, own] = np.inf
     b = d2.min(axis=1)
@@ -291,17 +344,19 @@ def _combine_clusters(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     ids = sorted(set(a["ids"]) | set(b["ids"]), key=_order)
     d = a["means"].shape[1]
     rows, means, within = np.zeros(len(ids)), np.zeros((len(ids), d)), np.zeros(len(ids))
+    weight = np.zeros(len(ids))
     where = {value: i for i, value in enumerate(ids)}
     for side in (a, b):
         for j, value in enumerate(side["ids"]):
             i = where[value]
-            n_a, n_b = rows[i], side["rows"][j]
+            n_a, n_b = weight[i], side["weight"][j]
             total = n_a + n_b
             delta = side["means"][j] - means[i]
             means[i] = means[i] + delta * (n_b / total)
             within[i] += side["within"][j] + float(delta @ delta) * n_a * n_b / total
-            rows[i] = total
-    return {"ids": ids, "rows": rows, "means": means, "within": within}
+            weight[i] = total
+            rows[i] += side["rows"][j]
+    return {"ids": ids, "rows": rows, "weight": weight, "means": means, "within": within}
 
 
 def _order(value: Any) -> tuple[int, Any]:

@@ -276,3 +276,40 @@ def test_a_note_where_the_default_features_are_not_the_clusterings(workdir: Path
         "clusters on every numeric column but its prediction and distance (u, v, spend), "
         "not on the "
         "features step 'segments' (kmeans) clustered on (u, v): list `features: [u, v]`"]
+
+
+def test_weighted_as_mllibs_clustering_evaluator(spark: Any) -> None:
+    """``weight``: the silhouette is MLlib's ClusteringEvaluator with weightCol (a row's
+    own cluster's mean distance over the others' weight, W_C - w; the mean of the rows'
+    silhouettes weighted), on any partitioning; Calinski-Harabasz and Davies-Bouldin
+    count a row as its weight (scikit-learn's on the rows repeated); a weight of 0 is
+    refused."""
+    from pyspark.ml.evaluation import ClusteringEvaluator
+    from pyspark.ml.linalg import Vectors
+
+    X, labels = blobs(3)
+    w = np.random.default_rng(4).integers(1, 4, len(X)).astype(np.float64)
+    table = table_of(X, labels).append_column("w", pa.array(w))
+    frame = spark.spark.createDataFrame(
+        [(Vectors.dense(x.tolist()), float(label), float(weight))
+         for x, label, weight in zip(X, labels, w, strict=True)],
+        ["features", "prediction", "w"])
+    mllib = ClusteringEvaluator(distanceMeasure="squaredEuclidean",
+                                weightCol="w").evaluate(frame)
+    repeated = np.repeat(X, w.astype(int), axis=0), np.repeat(labels, w.astype(int))
+    for parts in (1, 4):
+        got = measured(table, parts, seed=parts, weight="w")
+        assert got["silhouette"] == pytest.approx(mllib, rel=1e-9)
+        assert got["calinski_harabasz"] == pytest.approx(
+            calinski_harabasz_score(*repeated), rel=1e-9)
+        assert got["davies_bouldin"] == pytest.approx(davies_bouldin_score(*repeated),
+                                                      rel=1e-9)
+        assert got["count"] == len(X)  # rows, not weight (and w is no default feature)
+    plain = measured(table, 1, features=["a", "b", "c"])
+    assert plain["silhouette"] == pytest.approx(reference(X, labels)["silhouette"],
+                                                rel=1e-12)
+    assert plain["silhouette"] != pytest.approx(mllib, rel=1e-6)
+    zero = table.set_column(table.schema.get_field_index("w"), "w",
+                            pa.array(np.where(np.arange(len(X)) == 3, 0.0, w)))
+    with pytest.raises(DataError, match="weight column 'w' has 1 values of 0"):
+        measured(zero, 1, weight="w")

@@ -131,3 +131,6 @@ def clustered_table(rows: int = 300, seed: int = 5) -> pa.Table:
 case("evaluate_clusters", {}, clustered_table, id="kmeans-output")
 case("evaluate_clusters", {"features": ["x", "y"], "metrics": ["calinski_harabasz", "count"]},
      clustered_table, id="one-pass")
+case("evaluate_clusters", {"features": ["x", "y"], "weight": "n1"},
+     lambda: clustered_table().append_column(
+         "n1", pa.array(clustered_table().column("n").to_numpy() + 1.0)), id="weighted")
