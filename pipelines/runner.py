@@ -39,7 +39,7 @@ from operators.evaluate.drift import (
 from operators.evaluate.promote import Promote
 from operators.features.join import Join, ShuffleJoin
 from operators.features.union import Union
-from operators.io.fs import release_dir, store_errors, store_problem
+from operators.io.fs import release_dir
 from operators.io.model import SaveModel
 from pipelines import profiles, runs
 from pipelines import spec as spec_module
@@ -668,19 +668,12 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
 def _write_record(record: dict[str, Any], runs_dir: str, quiet: bool = False) -> str:
     """Write the run record under ``runs_dir``; a SluiceError naming the folder where it
     cannot (``quiet``: nothing, for a run whose own error is the one to show)."""
-    folder = f"{runs_dir.rstrip('/')}/{record['pipeline']}"
     try:
         return runs.write(record, runs_dir)
-    except store_errors(OSError) as exc:
+    except SluiceError:
         if quiet:
             return ""
-        problem = store_problem(exc, folder)
-        if problem is not None:
-            raise problem from None
-        raise SluiceError(f"cannot write the run record to '{folder}': "
-                          f"{getattr(exc, 'strerror', None) or exc}",
-                          hint="--runs DIR (or $SLUICE_RUNS) names a folder (or URL) this "
-                               "user can write") from None
+        raise
 
 
 def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: str = "local",

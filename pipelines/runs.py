@@ -199,19 +199,25 @@ def _parsed(content: bytes | BaseException | None) -> tuple[dict[str, Any], str 
 def write(record: dict[str, Any], runs_dir: str) -> str:
     """Write a run record as ``<runs_dir>/<pipeline>/<run id>.json`` (whole or not at
     all: a local file through a staging file, an object in one put); its path or URL.
-    OSError (and the object stores' errors) as the filesystem raises them."""
+    A SluiceError naming the folder where the file system refuses."""
     from operators.io.fs import written_whole
 
     fs, path, local = _files(runs_dir)
     text = json.dumps(record, indent=1, default=str)
     name = f"{record['run_id']}.json"
-    if local:
-        folder = Path(path) / record["pipeline"]
-        folder.mkdir(parents=True, exist_ok=True)
-        with written_whole(folder / name) as staging:
-            Path(staging).write_text(text)
-    else:
-        fs.pipe_file(f"{path.rstrip('/')}/{record['pipeline']}/{name}", text.encode())
+    try:
+        if local:
+            folder = Path(path) / record["pipeline"]
+            folder.mkdir(parents=True, exist_ok=True)
+            with written_whole(folder / name) as staging:
+                Path(staging).write_text(text)
+        else:
+            fs.pipe_file(f"{path.rstrip('/')}/{record['pipeline']}/{name}", text.encode())
+    except _errors(local) as exc:
+        shown = f"{runs_dir.rstrip('/')}/{record['pipeline']}"
+        raise _failure(exc, shown, f"cannot write the run record to '{shown}'",
+                       hint="--runs DIR (or $SLUICE_RUNS) names a folder (or URL) this "
+                            "user can write") from None
     return _record_path(runs_dir, local, record["pipeline"], name)
 
 
@@ -236,13 +242,14 @@ def delete(record: dict[str, Any]) -> None:
         raise _failure(exc, shown, f"cannot delete the run record '{shown}'") from None
 
 
-def _failure(exc: BaseException, path: str, what: str) -> SluiceError:
+def _failure(exc: BaseException, path: str, what: str, hint: str | None = None
+             ) -> SluiceError:
     """A store's error at ``path`` as a user's: access, credentials or reach said as
     such (``store_problem``), else ``what`` failed and why."""
     from operators.io.fs import store_problem
 
     return store_problem(exc, path) or SluiceError(
-        f"{what}: {getattr(exc, 'strerror', None) or exc}")
+        f"{what}: {getattr(exc, 'strerror', None) or exc}", hint=hint)
 
 
 def parse_since(text: str) -> datetime:
