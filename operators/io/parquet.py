@@ -174,14 +174,13 @@ def without_views(t: pa.DataType) -> pa.DataType:
     if pa.types.is_map(t):
         return pa.map_(t.key_field.with_type(without_views(t.key_type)),
                        t.item_field.with_type(without_views(t.item_type)), t.keys_sorted)
-    if pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
-        inner = t.value_field.with_type(without_views(t.value_type))
-        return pa.large_list(inner) if pa.types.is_large_list_view(t) else pa.list_(inner)
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+    large = pa.types.is_large_list(t) or pa.types.is_large_list_view(t)
+    if large or pa.types.is_list(t) or pa.types.is_list_view(t) \
+            or pa.types.is_fixed_size_list(t):
         inner = t.value_field.with_type(without_views(t.value_type))
         if pa.types.is_fixed_size_list(t):
             return pa.list_(inner, t.list_size)
-        return pa.large_list(inner) if pa.types.is_large_list(t) else pa.list_(inner)
+        return pa.large_list(inner) if large else pa.list_(inner)
     if pa.types.is_struct(t):
         return pa.struct([t.field(i).with_type(without_views(t.field(i).type))
                           for i in range(t.num_fields)])
