@@ -92,14 +92,7 @@ class Plan:
     def upstream(self, step_id: str) -> list[Step]:
         """Every step whose rows reach ``step_id`` (through inputs and the other steps a
         step reads: a union's, a join's table), in plan order."""
-        seen: set[str] = set()
-        todo = [step_id]
-        while todo:
-            step = self.step(todo.pop())
-            for before in (step.input, *step.op.step_inputs()):
-                if before and before not in seen:
-                    seen.add(before)
-                    todo.append(before)
+        seen = _reaching({s.id: s for s in self.steps}, step_id)
         return [s for s in self.steps if s.id in seen]
 
     def model_input(self, save_id: str) -> pa.Schema | None:
@@ -413,21 +406,25 @@ def _before_its_save(plan: Plan, step: Step, exc: SluiceError) -> SluiceError:
                                            "do not go on to it)")
 
 
-def _feeds(built: dict[str, Step], first: str, last: str) -> bool:
-    """Whether the rows of step ``first`` reach step ``last`` (through inputs and the
-    other steps a step reads)."""
-    seen, todo = set(), [last]
+def _reaching(steps: dict[str, Step], step_id: str) -> set[str]:
+    """The ids of every step whose rows reach ``step_id`` (through inputs and the other
+    steps a step reads: a union's, a join's table)."""
+    seen: set[str] = set()
+    todo = [step_id]
     while todo:
-        step = built.get(todo.pop())
+        step = steps.get(todo.pop())
         if step is None:
             continue
         for before in (step.input, *step.op.step_inputs()):
-            if before == first:
-                return True
             if before and before not in seen:
                 seen.add(before)
                 todo.append(before)
-    return False
+    return seen
+
+
+def _feeds(built: dict[str, Step], first: str, last: str) -> bool:
+    """Whether the rows of step ``first`` reach step ``last``."""
+    return first in _reaching(built, last)
 
 
 def _toposort(built: dict[str, Step], plan: Plan, file: str) -> list[Step]:
