@@ -766,12 +766,16 @@ def _bind_drift_planned(plan: Plan, step: Step) -> bool:
     if planned is None or source is None:
         return False
     fit_only = _fit_only(plan, planned[0], source)
-    name, _ = parse_ref(step.op.params.model)
     step.op.bind_planned(source, [c for c in planned[1]
                                   if c in source.names and c not in fit_only],
-                         {"name": name, "ref": step.op.params.model.strip(),
-                          "saved_by": step.saved_by})
+                         _planned_info(step))
     return True
+
+
+def _planned_info(step: Step) -> dict[str, Any]:
+    """The registry info of the model a step (score, drift) uses that this run saves."""
+    return {"name": parse_ref(step.op.params.model)[0], "ref": step.op.params.model.strip(),
+            "saved_by": step.saved_by}
 
 
 def _fit_only(plan: Plan, chain: list[Step], source: pa.Schema) -> set[str]:
@@ -805,10 +809,7 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
     scores = [s.op for s in chain if isinstance(s.op, Score)]
     model = fits[-1] if fits else scores[-1] if scores else None
     added = [last.field(c) for c in model_columns(model) if c in last.names]
-    name, _ = parse_ref(step.op.params.model)
-    step.op.bind_planned(required, added, {"name": name, "ref": step.op.params.model.strip(),
-                                           "saved_by": step.saved_by}, model,
-                         [s.op for s in chain])
+    step.op.bind_planned(required, added, _planned_info(step), model, [s.op for s in chain])
     return True
 
 
