@@ -159,6 +159,11 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
         """Columns of the input this operator reads (checked at plan time)."""
         return []
 
+    def plan_note(self) -> str | None:
+        """A line ``sluice plan`` shows about what the operator decided from the plan
+        (calibrate: what its sigmoid is fitted to); None for nothing to say."""
+        return None
+
     def step_inputs(self) -> list[str]:
         """Other steps of the pipeline whose rows this one reads besides its input (a
         join's ``table:``): they run first, and their schemas are bound before this

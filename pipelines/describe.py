@@ -192,8 +192,7 @@ def _notes(plan: Plan, step: Step) -> list[str]:
         if op.schema_from_fit:
             notes.append("the fit decides columns it adds or their types (known once it "
                          "has run)")
-    own = getattr(op, "plan_note", None)  # what an operator decided from the plan
-    if callable(own) and (text := own()):
+    if text := op.plan_note():  # what an operator decided from the plan
         notes.append(text)
     if step.spec.device or step.spec.dtype:
         notes.append(", ".join(f"{k}: {v}" for k, v in (("device", step.spec.device),
