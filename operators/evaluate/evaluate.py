@@ -310,22 +310,24 @@ class Evaluate(Measuring):
         out = {"task": "ranking", **sums(slice(None)),
                "ranking": {"keys": keys, "queries": len(keys), "span": None}}
         if p.by:
-            groups = {key: sums(rows) for key, rows in _group_rows(part, p.by)}
+            grouped = _group_rows(part, p.by)
+            groups = {key: sums(rows) for key, rows in grouped}
             if sum(g["queries"] for g in groups.values()) != len(keys):
-                self._split_query(part, codes, keys)
+                self._split_query(grouped, codes, keys)
             self._check_groups(groups)
             out["groups"] = groups
         return out
 
-    def _split_query(self, part: pa.Table, codes: np.ndarray, keys: pa.Array) -> None:
-        """The DataError for a query whose rows have two values of ``by``."""
+    def _split_query(self, grouped: list[tuple[tuple, np.ndarray]], codes: np.ndarray,
+                     keys: pa.Array) -> None:
+        """The DataError for a query whose rows have two values of ``by`` (``grouped``:
+        the partition's groups' rows)."""
         p = self.params
         seen: dict[int, tuple] = {}
-        for key, rows in _group_rows(part, p.by):
+        for key, rows in grouped:
             for code in np.unique(codes[rows]).tolist():
                 if code in seen:
-                    shown = [",".join(f"{c}={_shown(v)}" for c, v in zip(p.by, k, strict=True))
-                             for k in (seen[code], key)]
+                    shown = [self._label(k) for k in (seen[code], key)]
                     raise DataError(f"query {keys[code].as_py()!r} of group column "
                                     f"'{p.group}' has rows in two groups of by ({shown[0]} "
                                     f"and {shown[1]}): NDCG ranks a query's rows together",
@@ -338,22 +340,29 @@ class Evaluate(Measuring):
             out = {"task": "ranking", **_added(a, b),
                    "ranking": ranking.combine_keys(a["ranking"], b["ranking"])}
             if "groups" in a:
-                groups = dict(a["groups"])
-                for key, stats in b["groups"].items():
-                    groups[key] = _added(groups[key], stats) if key in groups else stats
-                self._check_groups(groups)
-                out["groups"] = groups
+                out["groups"] = self._merged_groups(a, b, _added)
             return out
         accumulator = MetricAccumulator(a["task"])
         if "groups" not in a:
             return accumulator.combine(a, b)
-        groups = dict(a["groups"])
-        for key, stats in b["groups"].items():
-            groups[key] = accumulator.combine(groups[key], stats) if key in groups else stats
-        self._check_groups(groups)
+        groups = self._merged_groups(a, b, accumulator.combine)
         overall = {k: v for k, v in a.items() if k != "groups"}
         other = {k: v for k, v in b.items() if k != "groups"}
         return {**accumulator.combine(overall, other), "groups": groups}
+
+    def _merged_groups(self, a: dict[str, Any], b: dict[str, Any], add: Any
+                       ) -> dict[tuple, Any]:
+        """Two partials' ``by`` groups as one's, a group both hold ``add``-ed."""
+        groups = dict(a["groups"])
+        for key, stats in b["groups"].items():
+            groups[key] = add(groups[key], stats) if key in groups else stats
+        self._check_groups(groups)
+        return groups
+
+    def _label(self, key: tuple) -> str:
+        """A ``by`` group's name in the run record (region=east)."""
+        return ",".join(f"{c}={_shown(v)}" for c, v in zip(self.params.by or [], key,
+                                                           strict=True))
 
     def update(self, stats: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         if state["task"] == "ranking":
@@ -365,8 +374,7 @@ class Evaluate(Measuring):
         if groups is not None:
             values["groups"] = {}
             for key in sorted(groups, key=_key_order):
-                label = ",".join(f"{c}={_shown(v)}"
-                                 for c, v in zip(self.params.by or [], key, strict=True))
+                label = self._label(key)
                 group = groups[key]
                 if state["task"] == "classification":  # every group on all rows' classes
                     group = align(group, overall["classes"])
@@ -398,8 +406,7 @@ class Evaluate(Measuring):
         if "groups" in stats:
             out["groups"] = {}
             for key in sorted(stats["groups"], key=_key_order):
-                label = ",".join(f"{c}={_shown(v)}"
-                                 for c, v in zip(p.by or [], key, strict=True))
+                label = self._label(key)
                 out["groups"][label] = values(stats["groups"][key], f" of group {label}")
         return out
 
