@@ -366,15 +366,18 @@ def host_matrix(part: pa.Table, features: list[str],
     shape = (part.num_rows, len(features) + len(extra))
     host = np.empty(shape, np.float64, order="F") if xp is None else host_buffer(shape, xp)
     for j, name in enumerate(features):
-        with np.errstate(over="ignore"):  # past a float32's range: said just below
-            host[:, j] = _finite_values(part.column(name), f"{role} '{name}'")
-        if host.dtype != np.float64 and not np.isfinite(host[:, j]).all():
-            # finite in float64, past the compute dtype's range (float32: 3.4e38)
+        values = _finite_values(part.column(name), f"{role} '{name}'")
+        try:
+            # finite in float64, past the compute dtype's range (float32: 3.4e38): the
+            # cast's own overflow flag says so, no second look at the values
+            with np.errstate(over="raise"):
+                host[:, j] = values
+        except FloatingPointError:
             limit = float(np.finfo(host.dtype).max)
             raise DataError(f"{role} '{name}' has values past {host.dtype}'s range "
                             f"({limit:.3g}), which the step computes in",
                             hint="compute in float64 (dtype: float64), or scale the "
-                                 "column first")
+                                 "column first") from None
     for j, values in enumerate(extra, start=len(features)):
         host[:, j] = values
     return host
