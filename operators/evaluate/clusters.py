@@ -277,7 +277,7 @@ def _spread(ids: pa.Array, X: Any, state: dict[str, Any], xp: Any,
         stop = min(start + step, n)  # the array API has no stop past the end
         mine = None if w is None else w[start:stop]
         s, near = _silhouettes(X[start:stop, :], own[start:stop], means,
-                               state.get("weight", state["rows"]), state["within"], xp, mine)
+                               state["weight"], state["within"], xp, mine)
         if mine is None:
             silhouette += float(np.sum(s))
             distance += np.bincount(own[start:stop], weights=np.sqrt(near), minlength=k)
