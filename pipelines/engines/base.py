@@ -67,7 +67,7 @@ class Dataset:
     cache_key: str | None = None
     # the cache of an ancestor (its key, and how many of ``ops`` its tables have had):
     # where a partition may start instead of the source (the steps after a multi-pass
-    # fit, on the local engine)
+    # fit, on the local engine and where Spark cached the fit's partitions)
     resume: tuple[str, int] | None = None
 
     def then(self, step_id: str, transform: Transform, schema: pa.Schema,

@@ -409,34 +409,28 @@ class _Task:
         numbers = [int(v) for batch in batches for v in batch.column(0).to_pylist()]
         for number in numbers:  # this task's number: its group of partitions
             for index in self.groups[number]:
-                info = self.infos[index]
-                records: list[tuple[str, int, int, float]] = []
-                try:
-                    table = compute_partition(self.data, info,
-                                              lambda *r, out=records: out.append(r))
-                except (SluiceError, StepFailure) as exc:
-                    self._retry(exc, last)
-                    yield info, None, records, exc
-                    continue
-                yield info, table, records, None
+                yield self._computed(self.infos[index], last)
+
+    def _computed(self, info: PartitionInfo, last: bool, start: pa.Table | None = None,
+                  skip: int = 0) -> tuple[Any, ...]:
+        """One partition through the dataset's steps (from ``start``, a table that had
+        ``skip`` of them: ``compute_partition``), as an input: with its steps' counts,
+        or its failure."""
+        records: list[tuple[str, int, int, float]] = []
+        try:
+            table = compute_partition(self.data, info, lambda *r, out=records: out.append(r),
+                                      start=start, skip=skip)
+        except (SluiceError, StepFailure) as exc:
+            self._retry(exc, last)
+            return info, None, records, exc
+        return info, table, records, None
 
     def _resumed_inputs(self, inputs: Iterator[Any], last: bool) -> Iterator[Any]:
         """An ancestor's cached partitions through the dataset's steps after it; the
         counts of those steps only (the cache's were recorded when it was built)."""
         for info, table, _, failure in inputs:
-            records: list[tuple[str, int, int, float]] = []
-            if failure is not None:
-                yield info, None, records, failure
-                continue
-            try:
-                table = compute_partition(self.data, info,
-                                          lambda *r, out=records: out.append(r),
-                                          start=table, skip=self.done)
-            except (SluiceError, StepFailure) as exc:
-                self._retry(exc, last)
-                yield info, None, records, exc
-                continue
-            yield info, table, records, None
+            yield ((info, None, [], failure) if failure is not None
+                   else self._computed(info, last, table, self.done))
 
     def _cached_inputs(self, batches: Iterator[pa.RecordBatch]) -> Iterator[Any]:
         current: int | None = None
