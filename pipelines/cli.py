@@ -77,6 +77,16 @@ runs_option = click.option(
     help="run records folder or URL (default: $SLUICE_RUNS, else data/runs)")
 
 
+mlflow_option = click.option(
+    "--mlflow", metavar="URI", envvar="SLUICE_MLFLOW", default=None,
+    help="log the run to this MLflow tracking server (http://host:5000, databricks, "
+         "sqlite:///mlflow.db; default: $SLUICE_MLFLOW; needs sluice[mlflow])")
+mlflow_experiment_option = click.option(
+    "--mlflow-experiment", metavar="NAME", envvar="SLUICE_MLFLOW_EXPERIMENT", default=None,
+    help="the MLflow experiment (default: $SLUICE_MLFLOW_EXPERIMENT, else the pipeline's "
+         "name)")
+
+
 class _Commands(click.Group):
     """Every command's user errors are one line (and exit 1), wherever they are raised
     (a step's failure, which only running a pipeline raises: ``_run_and_print``)."""
@@ -132,6 +142,8 @@ def _engine_options(command: Any) -> Any:
                           "float64)"),
         click.option("--progress/--no-progress", default=None,
                      help="progress bar (default: on a terminal, off in CI and pipes)"),
+        mlflow_option,
+        mlflow_experiment_option,
     ]
     for option in reversed(options):
         command = option(command)
@@ -293,6 +305,7 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
         else:
             click.echo(f"  kept {target}: {promotion['reason']}")
     _print_metrics(record["metrics"])
+    _print_tracking(record.get("mlflow"))
     if details:
         from pipelines.describe import shown_params
 
@@ -307,6 +320,14 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
         elif record.get("error"):
             click.echo(f"  error: {record['error']}")
     click.echo(f"  record: {record['record_path']}")
+
+
+def _print_tracking(entry: dict[str, Any] | None) -> None:
+    """Where the run went in MLflow (a run that could not be logged was said as it
+    ended, in a note)."""
+    if entry and "run_id" in entry:
+        click.echo(f"  mlflow: run {entry['run_id']} in experiment {entry['experiment_id']} "
+                   f"at {entry['uri']}")
 
 
 def _written(output: dict[str, Any]) -> str:
@@ -738,15 +759,32 @@ def _shown(value: Any) -> str:
     return text if len(text) <= SHOWN_TEXT else text[:SHOWN_TEXT - 1] + "…"
 
 
+def _selected_by(status: str | None, since: Any) -> str:
+    """How the runs were chosen, in words (for the line that says none were)."""
+    return " and ".join(filter(None, [
+        status and f"that {status}",
+        since and f"started since {since.astimezone(UTC):%Y-%m-%d %H:%M}Z"]))
+
+
+def _selection_options(command: Any) -> Any:
+    """--status, --since and --last: which runs a command takes (``runs.select``)."""
+    options = [
+        click.option("--status", type=click.Choice(runs.STATUSES),
+                     default=None, help="only the runs that ended so"),
+        click.option("--since", metavar="DATE", default=None, callback=_since,
+                     help="only the runs started at or after it (2026-11-01, "
+                          "2026-11-01T06:00; UTC)"),
+        click.option("--last", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="only the newest N runs (of those selected)"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @runs_group.command("list")
 @click.argument("pipeline", required=False)
-@click.option("--status", type=click.Choice(runs.STATUSES),
-              default=None, help="only the runs that ended so")
-@click.option("--since", metavar="DATE", default=None, callback=_since,
-              help="only the runs started at or after it (2026-11-01, 2026-11-01T06:00; "
-                   "UTC)")
-@click.option("--last", type=click.IntRange(min=1), default=None, metavar="N",
-              help="only the newest N runs (of those selected)")
+@_selection_options
 @click.option("--json", "as_json", is_flag=True,
               help="a JSON line of each run's summary, for scripts")
 @runs_option
@@ -757,10 +795,8 @@ def runs_list(pipeline: str | None, status: str | None, since: Any, last: int | 
     history = _history(runs_dir, pipeline)
     chosen = runs.select(history.records, status=status, since=since, last=last)
     if not chosen:
-        how = " and ".join(filter(None, [
-            status and f"that {status}",
-            since and f"started since {since.astimezone(UTC):%Y-%m-%d %H:%M}Z"]))
-        click.echo(runs.nothing_found(history, pipeline, how), err=as_json)
+        click.echo(runs.nothing_found(history, pipeline, _selected_by(status, since)),
+                   err=as_json)
         return
     summaries = [runs.summary(r) for r in chosen]
     if as_json:
@@ -809,6 +845,47 @@ def runs_prune(pipeline: str | None, keep: int | None, before: Any, status: str 
                          for r in spared)
         click.echo(f"kept {len(spared)} run(s) that saved a model version still in the "
                    f"registry: {kept} (`sluice models prune` first)")
+
+
+@runs_group.command("export")
+@click.argument("pipeline", required=False)
+@click.option("--mlflow", metavar="URI", envvar="SLUICE_MLFLOW", required=True,
+              help="the MLflow tracking server to log them to (default: $SLUICE_MLFLOW)")
+@mlflow_experiment_option
+@_selection_options
+@runs_option
+def runs_export(pipeline: str | None, mlflow: str, mlflow_experiment: str | None,
+                status: str | None, since: Any, last: int | None,
+                runs_dir: str | None) -> None:
+    """Log the runs of PIPELINE (else of every pipeline) to MLflow, oldest first, as
+    `sluice run --mlflow` logs a run: params, metrics, tags and the run record. A run
+    already there (its `sluice.run_id` tag) is left as it is, so exporting again adds
+    only the new runs."""
+    from pipelines.tracking import Tracker
+
+    history = _history(runs_dir, pipeline)
+    chosen = runs.select(history.records, status=status, since=since, last=last)
+    if not chosen:
+        click.echo(runs.nothing_found(history, pipeline, _selected_by(status, since)))
+        return
+    tracker = Tracker(mlflow, mlflow_experiment)
+    logged, there = [], []
+    for record in reversed(chosen):  # oldest first: MLflow lists the newest on top
+        tracker.connect(record["pipeline"])
+        try:
+            if tracker.find(record) is not None:
+                there.append(record["run_id"])
+                continue
+            tracker.log(record)
+        except Exception as exc:  # the server lost on the way: what is logged stays
+            raise SluiceError(
+                f"logging run {record['run_id']} to MLflow at {mlflow} failed: "
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}",
+                hint=f"{len(logged)} run(s) were logged before it; export again to log the "
+                     "rest (those logged are left as they are)") from None
+        logged.append(record["run_id"])
+    click.echo(f"logged {len(logged)} run(s) to MLflow at {mlflow}"
+               + (f"; {len(there)} already there" if there else ""))
 
 
 @runs_group.command("show")

@@ -63,6 +63,7 @@ from pipelines.shuffle import (
 )
 from pipelines.spec import Problem
 from pipelines.store import Model, ModelStore, binding, required_columns
+from pipelines.tracking import Tracker, log_quietly
 from pipelines.tuning import label_of
 from pipelines.union import UnionSource
 
@@ -650,19 +651,25 @@ def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,
 
 
 def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
-             exc: SluiceError, stage: str, runs_dir: str) -> None:
+             exc: SluiceError, stage: str, runs_dir: str, tracker: Any = None,
+             source: str | None = None, notify: Callable[[str], None] | None = None
+             ) -> None:
     """The record of a run that stopped before it started (its plan's problems, no
-    device for it): status failed, ``failed_in`` the stage, every problem."""
+    device for it): status failed, ``failed_in`` the stage, every problem; logged to
+    MLflow too where the run would have been (``tracker``)."""
     if not plan.spec.steps:  # no pipeline there (a path mistyped): no run to record
         return
     problems = [str(p) for p in getattr(exc, "problems", [])]
     error = (f"{problems[0]}" + (f" (and {len(problems) - 1} more problem(s))"
                                  if len(problems) > 1 else "")) if problems else str(exc)
-    _write_record({
+    record = {
         **_record_head(plan, path, run_id, started, {"name": engine}), "status": "failed",
         "failed_in": stage, "steps": {}, "models_used": [], "error": error,
         **({"problems": problems} if problems else {}),
-        "seconds": round(time.time() - started, 6)}, runs_dir, quiet=True)
+        "seconds": round(time.time() - started, 6)}
+    if tracker is not None and plan.spec.name:
+        record["mlflow"] = log_quietly(tracker, record, source, notify)
+    _write_record(record, runs_dir, quiet=True)
 
 
 def _write_record(record: dict[str, Any], runs_dir: str, quiet: bool = False) -> str:
@@ -682,10 +689,14 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         dtype: str | None = None, engine_instance: Engine | None = None,
         notify: Callable[[str], None] | None = None, text: str | None = None,
         scratch: str | None = None,
-        explain: Callable[[SluiceError], None] | None = None) -> dict[str, Any]:
+        explain: Callable[[SluiceError], None] | None = None,
+        mlflow: str | None = None, mlflow_experiment: str | None = None) -> dict[str, Any]:
     """Validate, plan and execute a pipeline file (or ``text``, a pipeline ``path``
     names); returns the run record. ``explain`` rewords a failure (a command that
     writes the pipeline names its options, not the file's keys) before it is recorded.
+    ``mlflow``: an MLflow tracking URI the run is logged to (``pipelines.tracking``),
+    in ``mlflow_experiment`` (default: the pipeline's name); one that cannot be used
+    fails the run before any data moves.
 
     Raises ValidationFailed (nothing ran) or SluiceError (the run failed; the
     record, with status ``failed``, is written all the same).
@@ -694,6 +705,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     started = time.time()
     run_id = new_run_id()
     plan = plan_file(path, overrides, store, text)
+    tracker = Tracker(mlflow, mlflow_experiment) if mlflow else None
+    source = None if text is not None else str(path)  # the pipeline file, an artifact
     if not plan.ok:
         # a scheduled run refused before any data moved (today's input not there yet)
         # is a failed run in the history too (``sluice runs list --status failed``)
@@ -702,8 +715,16 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
             explain(exc)
         _refused(plan, path, run_id, started,
                  engine_instance.name if engine_instance is not None else engine, exc,
-                 "validation", runs_dir or default_runs_dir())
+                 "validation", runs_dir or default_runs_dir(), tracker, source, notify)
         raise exc
+    if tracker is not None:
+        try:
+            tracker.connect(plan.spec.name)
+        except SluiceError as exc:
+            _refused(plan, path, run_id, started,
+                     engine_instance.name if engine_instance is not None else engine, exc,
+                     "tracking", runs_dir or default_runs_dir())
+            raise
     for line in plan.notices:
         if notify:
             notify(line)
@@ -718,13 +739,14 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
             if explain:
                 explain(exc)
             _refused(plan, path, run_id, started, eng.name, exc, "placement",
-                     runs_dir or default_runs_dir())
+                     runs_dir or default_runs_dir(), tracker, source, notify)
         raise
     record: dict[str, Any] = {
         **_record_head(plan, path, run_id, started, eng.describe()),
         "status": "running",
         "device": ", ".join(sorted({p.device for p in placed.values()})),
         "steps": {s.id: {"op": s.op.name, "kind": s.op.kind,
+                         **({"params": given} if (given := given_params(s.op)) else {}),
                          **({"dtype": "float32"} if placed[s.id].dtype == "float32" else {}),
                          **({"filter_from": s.pushed_from} if s.pushed_from else {})}
                   for s in plan.steps},
@@ -783,6 +805,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
                 if rows is not None:
                     entry["rows"] = rows
         record["seconds"] = round(time.time() - started, 6)
+        if tracker is not None:
+            record["mlflow"] = log_quietly(tracker, record, source, notify)
         try:
             record["record_path"] = _write_record(record, runs_dir or default_runs_dir())
         except SluiceError:

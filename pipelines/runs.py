@@ -409,6 +409,18 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def run_params(record: dict[str, Any]) -> dict[str, Any]:
+    """What a run was asked to do: the pipeline's params by name and each step's
+    parameters as the step set them, ``<step>.<parameter>`` (``model.l2``); a list or a
+    mapping is one value."""
+    params = dict(record["params"])
+    for step_id, entry in record["steps"].items():
+        given = entry.get("params") if isinstance(entry, dict) else None
+        for name, value in (given if isinstance(given, dict) else {}).items():
+            params[f"{step_id}.{name}"] = value
+    return params
+
+
 def is_number(value: Any) -> bool:
     """A finite number (a metric of NaN, as a metric of no positives records it, is not
     one to draw, difference or divide)."""
@@ -455,7 +467,7 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
         _row("error", [first_line(r.get("error")) for r in records]),
     ]
 
-    params = [r["params"] for r in records]
+    params = [run_params(r) for r in records]
     metrics = [flat_metrics(r) for r in records]
     steps = [r["steps"] for r in records]
     metric_rows = []

@@ -198,9 +198,17 @@ def test_compare_marks_the_changed_param_and_metric(history: list[dict[str, Any]
         line.split() for line in lines]  # unchanged: no mark, no change
     assert ["*", "save_model", "centre@1", "centre@2"] in [line.split() for line in lines]
 
+    # the pipeline's param, and the step parameters it set: model.l2 (and the output
+    # path named by it) changed, the others not
+    assert ["*", "model.l2", "0.001", "0.1"] in [line.split() for line in lines]
     table = runs.compare([first, second, failed])
-    (l2,) = table["params"]
-    assert (l2["name"], l2["values"], l2["changed"]) == ("l2", [0.001, 0.1, 0.001], True)
+    changed = {p["name"]: p["values"] for p in table["params"] if p["changed"]}
+    assert changed == {"l2": [0.001, 0.1, 0.001], "model.l2": [0.001, 0.1, 0.001],
+                       "write_parquet.path": ["out/l2=0.001", "out/l2=0.1", "out/l2=0.001"]}
+    same = {p["name"]: p["values"][0] for p in table["params"] if not p["changed"]}
+    assert same == {"read_parquet.path": "data/churn", "model.label": "churned",
+                    "model.features": ["tenure", "monthly_charges"],
+                    "model.validation_fraction": 0.2, "save_model.name": "centre"}
     by_name = {row["name"]: row for row in table["metrics"]}
     assert by_name["model.loss"]["difference"] == (failed["metrics"]["model"]["loss"]
                                                    - loss[0])
@@ -214,7 +222,9 @@ def test_compare_marks_the_changed_param_and_metric(history: list[dict[str, Any]
     mixed = runs.compare([first, copy])
     assert mixed["shared_only"] and mixed["pipelines"] == ["center", "copy"]
     assert [row["name"] for row in mixed["steps"]] == ["read_parquet", "write_parquet"]
-    assert mixed["params"] == [] and mixed["metrics"] == [] and mixed["models"] == []
+    assert mixed["metrics"] == [] and mixed["models"] == []
+    assert [(p["name"], p["changed"]) for p in mixed["params"]] == [  # the steps both have
+        ("read_parquet.path", False), ("write_parquet.path", True)]
     told = in_process("runs", "compare", first["run_id"], copy["run_id"])
     assert told.stdout.startswith("2 runs of different pipelines (center, copy): only the "
                                   "params, metrics, steps, outputs and models they all have")

@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import ROOT
 
 HEAVY = ("numpy", "pyarrow", "pandas", "pydantic", "yaml", "fsspec", "lark", "dask",
-         "distributed", "pyspark", "operators.base", "pipelines.runner")
+         "distributed", "pyspark", "mlflow", "operators.base", "pipelines.runner")
 
 
 def modules_after(code: str, cwd: Path = ROOT) -> set[str]:
@@ -84,7 +84,7 @@ def test_a_run_imports_what_its_pipeline_uses(tmp_path: Path) -> None:
                         cwd=tmp_path)
     assert pq.read_table(tmp_path / "out").num_rows == 2
     assert "operators.features.deduplicate" in got
-    unused = {"lark", "array_api_compat.numpy", "fsspec", "dask", "pyspark",
+    unused = {"lark", "array_api_compat.numpy", "fsspec", "dask", "pyspark", "mlflow",
               "operators.models.trees", "operators.models.logistic", "operators.models.mlp",
               "operators.features.aggregate", "operators.features.window"}
     assert not got & unused

@@ -1,0 +1,257 @@
+"""Runs logged to MLflow tracking (``sluice run --mlflow URI``, ``sluice runs export``).
+
+A team whose runs are tracked in MLflow sees a sluice run there as any other: one MLflow
+run per sluice run, in the experiment named after the pipeline (or ``--mlflow-experiment``),
+named by the run id and tagged ``sluice.run_id``. It holds
+
+- params: the pipeline's params and each step's parameters as the step set them,
+  ``<step>.<parameter>`` (``runs.run_params``, what ``sluice runs compare`` compares);
+- metrics: every number the run record has, by the dotted names ``sluice runs``
+  prints (``model.validation.roc_auc``; a list of numbers, such as boosting's
+  ``validation_losses``, as the metric's history, a step per round), each step's rows and
+  compute seconds (``steps.<step>.rows``) and the run's ``seconds``;
+- tags: status, engine, device, pipeline file, the models saved (``churn@3``) and used,
+  the error of a failed run, and the text metrics (a solver's name);
+- artifacts: the run record (``sluice_run.json``) and the pipeline file.
+
+The MLflow run starts and ends when the sluice run did, and ends FINISHED, FAILED or
+KILLED (interrupted). The record is logged once the run has ended, from the record alone,
+so ``sluice runs export`` logs the history of runs made before the same way (a run
+already there, by its ``sluice.run_id`` tag, is left as it is).
+
+MLflow is an optional dependency (``pip install 'sluice[mlflow]'``: mlflow-skinny); it
+is imported only when asked for. ``--mlflow`` that cannot be used (no MLflow, a server
+that does not answer) fails before any data moves; a server lost while the run ran costs
+the logging only (a warning, the run's own status kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from operators.errors import SluiceError
+from pipelines import runs
+
+STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+"""A sluice run's status as MLflow's run status."""
+BATCH = {"metrics": 1000, "params": 100, "tags": 100}
+"""What one ``log_batch`` call may carry of each (MLflow's limits)."""
+CONNECT_SECONDS = 10.0
+"""How long the first connection to a tracking server may take."""
+PARAM_VALUE = 6000
+TAG_VALUE = 5000
+KEY = re.compile(r"[^/\w.\- :]")
+"""Characters MLflow refuses in a metric, param or tag name (each becomes ``_``)."""
+
+
+def _key(name: str) -> str:
+    return KEY.sub("_", name)[:250]
+
+
+def _text(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _numbers(record: dict[str, Any]) -> dict[str, list[float]]:
+    """Each numeric metric of the record as a history: one value, or a list's values
+    (``validation_losses``: a round each; a list of class labels is no measurement and
+    is left out); booleans as 0 and 1."""
+    out: dict[str, list[float]] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, bool | int | float):
+            out[prefix] = [float(value)]
+        elif (isinstance(value, list) and value and not prefix.endswith("classes")
+              and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
+            out[prefix] = [float(v) for v in value]
+
+    walk("", record.get("metrics") or {})
+    for step_id, entry in (record.get("steps") or {}).items():
+        for name in ("rows", "compute_seconds"):
+            if isinstance(entry.get(name), int | float):
+                out[f"steps.{step_id}.{name}"] = [float(entry[name])]
+    if isinstance(record.get("seconds"), int | float):
+        out["seconds"] = [float(record["seconds"])]
+    return out
+
+
+def _tags(record: dict[str, Any]) -> dict[str, str]:
+    tags = {
+        "sluice.run_id": record["run_id"], "sluice.pipeline": record["pipeline"],
+        "sluice.status": record["status"],
+        "sluice.engine": (record.get("engine") or {}).get("name", ""),
+        "mlflow.source.name": str(record.get("file") or ""),
+    }
+    if record.get("device"):
+        tags["sluice.device"] = record["device"]
+    saved = [f"{m['name']}@{m['version']}" for m in record.get("models") or []]
+    if saved:
+        tags["sluice.models_saved"] = ", ".join(saved)
+    used = [f"{m['name']}@{m['version']}" for m in record.get("models_used") or []
+            if "name" in m and "version" in m]
+    if used:
+        tags["sluice.models_used"] = ", ".join(used)
+    if record.get("error"):
+        tags["sluice.error"] = record["error"]
+    if record.get("failed_in"):
+        tags["sluice.failed_in"] = record["failed_in"]
+    for name, value in runs.flat_metrics(record).items():
+        if isinstance(value, str):  # a solver's name, a chosen setting
+            tags[name] = value
+    return {_key(k): _text(v, TAG_VALUE) for k, v in tags.items()}
+
+
+def _mlflow_client(uri: str) -> Any:
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError as exc:
+        raise SluiceError(f"--mlflow {uri}: MLflow is not installed ({exc})",
+                          hint="pip install 'sluice[mlflow]' (mlflow-skinny), or leave "
+                               "--mlflow off") from None
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except Exception as exc:  # a store MLflow will not open (its file store, by default)
+        raise SluiceError(f"cannot use MLflow tracking at {uri}: {_first_line(exc)}",
+                          hint="give a tracking server (http://host:5000) or a database "
+                               "(sqlite:///mlflow.db), or leave --mlflow off") from None
+
+
+@dataclass
+class Tracker:
+    """An MLflow tracking server (or store) the runs are logged to; ``experiment``: the
+    experiment of every run (None: each run's pipeline's)."""
+
+    uri: str
+    experiment: str | None = None
+    client: Any = None
+    _experiments: dict[str, str] = field(default_factory=dict)
+
+    def connect(self, pipeline: str) -> None:
+        """Reach the server and make the experiment the runs of ``pipeline`` go to: a
+        SluiceError naming the URI where it cannot (before any data moves)."""
+        if self.client is None:
+            self.client = _mlflow_client(self.uri)
+            _answers(self.uri)
+        self._experiment_id(self.experiment or pipeline)
+
+    def _experiment_id(self, name: str) -> str:
+        if name in self._experiments:
+            return self._experiments[name]
+        try:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                found_id = self.client.create_experiment(name)
+            else:
+                if found.lifecycle_stage == "deleted":
+                    raise SluiceError(
+                        f"MLflow experiment '{name}' at {self.uri} is deleted",
+                        hint="restore it in MLflow, or give another with --mlflow-experiment")
+                found_id = found.experiment_id
+        except SluiceError:
+            raise
+        except Exception as exc:  # MLflow's errors, a refused connection, an auth failure
+            raise SluiceError(f"cannot use MLflow tracking at {self.uri}: "
+                              f"{type(exc).__name__}: {_first_line(exc)}",
+                              hint="check the URI and that the server answers, or leave "
+                                   "--mlflow off") from None
+        self._experiments[name] = found_id
+        return found_id
+
+    def find(self, record: dict[str, Any]) -> str | None:
+        """The MLflow run id of this sluice run where it was logged already."""
+        experiment = self._experiment_id(self.experiment or record["pipeline"])
+        found = self.client.search_runs(
+            [experiment], filter_string=f"tags.`sluice.run_id` = '{record['run_id']}'",
+            max_results=1)
+        return found[0].info.run_id if found else None
+
+    def log(self, record: dict[str, Any], pipeline_file: str | None = None) -> dict[str, str]:
+        """Log a finished run's record as an MLflow run; its experiment id and run id."""
+        if self.client is None:
+            self.client = _mlflow_client(self.uri)
+        experiment = self._experiment_id(self.experiment or record["pipeline"])
+        start = int(round(record.get("started_unix", 0) * 1000)) or None
+        end = start + int(round(record.get("seconds", 0) * 1000)) if start else None
+        run = self.client.create_run(experiment, start_time=start, run_name=record["run_id"])
+        run_id = run.info.run_id
+        try:
+            self._fill(run_id, record, pipeline_file, end)
+        except BaseException:
+            with contextlib.suppress(Exception):  # not left RUNNING for ever
+                self.client.set_terminated(run_id, "FAILED", end_time=end)
+            raise
+        self.client.set_terminated(run_id, STATUS.get(record["status"], "FAILED"),
+                                   end_time=end)
+        return {"uri": self.uri, "experiment_id": experiment, "run_id": run_id}
+
+    def _fill(self, run_id: str, record: dict[str, Any], pipeline_file: str | None,
+              end: int | None) -> None:
+        """The run's metrics, params, tags and artifacts."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        metrics = [Metric(_key(name), value, end or 0, step)
+                   for name, values in _numbers(record).items()
+                   for step, value in enumerate(values)]
+        params = [Param(_key(name), _text(value, PARAM_VALUE))
+                  for name, value in runs.run_params(record).items()]
+        tags = [RunTag(k, v) for k, v in _tags(record).items()]
+        for kind, items in (("metrics", metrics), ("params", params), ("tags", tags)):
+            size = BATCH[kind]
+            for at in range(0, len(items), size):
+                self.client.log_batch(run_id, **{kind: items[at:at + size]})
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "sluice_run.json"
+            path.write_text(json.dumps({k: v for k, v in record.items() if k != "mlflow"},
+                                       indent=1, default=str))
+            self.client.log_artifact(run_id, str(path))
+        if pipeline_file and Path(pipeline_file).is_file():
+            self.client.log_artifact(run_id, pipeline_file)
+
+
+def _answers(uri: str, timeout: float = CONNECT_SECONDS) -> None:
+    """A tracking server named by an http(s) URI takes connections: a SluiceError at
+    once where it does not (MLflow's client retries a refused connection for minutes)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SluiceError(f"cannot reach MLflow tracking at {uri}: {reason.lower()}",
+                          hint="check the URI and that the server is up, or leave --mlflow "
+                               "off") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
+def log_quietly(tracker: Tracker, record: dict[str, Any], pipeline_file: str | None,
+                notify: Any = None) -> dict[str, str]:
+    """``Tracker.log`` for a run that has ended: where MLflow fails now (a server lost
+    while the run ran), the run's outcome stands; the failure is said (``notify``) and
+    kept in the record's ``mlflow`` entry instead of a run id."""
+    try:
+        return tracker.log(record, pipeline_file)
+    except Exception as exc:  # the server's, the network's: the run itself is done
+        error = f"{type(exc).__name__}: {_first_line(exc)}"
+        if notify:
+            notify(f"the run was not logged to MLflow at {tracker.uri}: {error} (`sluice "
+                   f"runs export --mlflow {tracker.uri}` logs it later)")
+        return {"uri": tracker.uri, "error": error}
+

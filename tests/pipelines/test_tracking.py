@@ -1,0 +1,247 @@
+"""Runs logged to MLflow tracking (`sluice run --mlflow`, `sluice runs export`): real
+runs logged to a real MLflow store (its file store, in the test's folder) and read back
+through MLflow's own client."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from conftest import write_pipeline
+
+from operators.base import SluiceError
+from pipelines import runs
+from pipelines.cli import main
+from pipelines.runner import ValidationFailed, run
+from pipelines.tracking import Tracker, log_quietly
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+TRAIN = """
+    pipeline: churn_train
+    params: {l2: 0.001}
+    steps:
+      - id: events
+        op: read_parquet
+        path: data/churn
+      - op: one_hot
+        columns: [plan]
+      - id: model
+        op: logistic_regression
+        label: churned
+        features: [tenure, monthly_charges, plan=basic, plan=premium]
+        l2: ${l2}
+        validation_fraction: 0.2
+      - op: save_model
+        name: churn
+    """
+
+BOOSTED = """
+    pipeline: churn_boosted
+    steps:
+      - op: read_parquet
+        path: data/churn
+      - id: trees
+        op: gradient_boosted_trees
+        label: churned
+        features: [tenure, monthly_charges]
+        n_trees: 12
+        max_depth: 2
+        validation_fraction: 0.2
+        early_stopping: true
+    """
+
+
+@pytest.fixture
+def store(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An MLflow file store in the test's folder (MLflow 3 opens one only when asked)."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    return (workdir / "mlruns").as_uri()
+
+
+def _logged(uri: str, record: dict[str, Any]) -> Any:
+    return MlflowClient(uri).get_run(record["mlflow"]["run_id"])
+
+
+def test_a_run_is_logged_with_its_params_metrics_tags_and_record(
+        churn: Path, workdir: Path, store: str) -> None:
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    record = run(path.name, mlflow=store)
+    client = MlflowClient(store)
+    got = _logged(store, record)
+    experiment = client.get_experiment(got.info.experiment_id)
+    assert experiment.name == "churn_train"
+    assert got.info.status == "FINISHED" and got.info.run_name == record["run_id"]
+    assert got.info.start_time == round(record["started_unix"] * 1000)
+    assert got.info.end_time == got.info.start_time + round(record["seconds"] * 1000)
+
+    params = got.data.params
+    assert params["l2"] == "0.001" and params["model.l2"] == "0.001"
+    assert params["model.label"] == "churned" and params["events.path"] == "data/churn"
+    assert json.loads(params["model.features"]) == ["tenure", "monthly_charges",
+                                                    "plan=basic", "plan=premium"]
+    assert set(params) == set(runs.run_params(record))
+
+    metrics, model = got.data.metrics, record["metrics"]["model"]
+    assert metrics["model.validation.roc_auc"] == model["validation"]["roc_auc"]
+    assert metrics["model.loss"] == model["loss"]
+    assert metrics["model.converged"] == 1.0  # a bool as 0 or 1
+    assert metrics["steps.model.rows"] == record["steps"]["model"]["rows"] == 5000
+    assert metrics["seconds"] == record["seconds"]
+    numbers = {k: v for k, v in runs.flat_metrics(record).items()
+               if isinstance(v, int | float)}
+    assert {k: metrics[k] for k in numbers} == {k: float(v) for k, v in numbers.items()}
+    # the class labels and the confusion matrix are no curve: in the record only
+    assert "model.validation.classes" not in metrics
+    assert not any("confusion_matrix" in k for k in metrics)
+
+    tags = got.data.tags
+    assert tags["sluice.run_id"] == record["run_id"]
+    assert tags["sluice.status"] == "succeeded" and tags["sluice.engine"] == "local"
+    assert tags["sluice.models_saved"] == "churn@1"
+    assert tags["model.solver"] == model["solver"]  # a text metric is a tag
+    assert tags["mlflow.source.name"] == "train.yaml"
+
+    artifacts = {a.path for a in client.list_artifacts(got.info.run_id)}
+    assert artifacts == {"sluice_run.json", "train.yaml"}
+    folder = client.download_artifacts(got.info.run_id, "sluice_run.json", str(workdir))
+    logged = json.loads(Path(folder).read_text())
+    assert logged["run_id"] == record["run_id"] and logged["metrics"] == record["metrics"]
+    # the run record says where the run went
+    saved = json.loads(Path(record["record_path"]).read_text())
+    assert saved["mlflow"] == {"uri": store, "experiment_id": experiment.experiment_id,
+                               "run_id": got.info.run_id}
+
+
+def test_a_list_of_numbers_is_the_metrics_history(churn: Path, workdir: Path,
+                                                  store: str) -> None:
+    path = write_pipeline(workdir, BOOSTED, "boosted.yaml")
+    record = run(path.name, mlflow=store, mlflow_experiment="trees")
+    losses = record["metrics"]["trees"]["validation_losses"]
+    assert len(losses) > 1
+    client = MlflowClient(store)
+    history = client.get_metric_history(record["mlflow"]["run_id"], "trees.validation_losses")
+    assert [(m.step, m.value) for m in history] == list(enumerate(losses))
+    assert client.get_experiment(record["mlflow"]["experiment_id"]).name == "trees"
+
+
+def test_failed_and_refused_runs_are_logged_as_failed(churn: Path, workdir: Path,
+                                                      store: str) -> None:
+    folder = workdir / "runs" / "churn_train"
+    refusing = write_pipeline(workdir, TRAIN.replace("l2: ${l2}", "l3: 0.1"), "typo.yaml")
+    with pytest.raises(ValidationFailed):  # an unknown parameter: refused as it plans
+        run(refusing.name, mlflow=store)
+    (path,) = folder.glob("*.json")
+    refused = json.loads(path.read_text())
+    got = _logged(store, refused)
+    assert got.info.status == "FAILED" and got.data.tags["sluice.failed_in"] == "validation"
+    assert got.data.tags["sluice.error"] == refused["error"]
+    assert "unknown parameter 'l3'" in refused["error"]
+    path.unlink()
+
+    failing = write_pipeline(workdir, TRAIN.replace("label: churned", "label: tenure_x"),
+                             "bad.yaml")
+    with pytest.raises(SluiceError, match="label column 'tenure_x' not in the input"):
+        run(failing.name, mlflow=store)  # found as the model's step runs
+    (path,) = folder.glob("*.json")
+    failed = json.loads(path.read_text())
+    got = _logged(store, failed)
+    assert got.info.status == "FAILED" and "sluice.failed_in" not in got.data.tags
+    assert got.data.tags["sluice.error"] == failed["error"]
+    assert got.data.metrics["steps.events.rows"] == 5000  # what ran before it
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_that_does_not_answer_stops_the_run_before_any_data_moves(
+        churn: Path, workdir: Path) -> None:
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    out = CliRunner().invoke(main, ["run", path.name, "--mlflow", uri])
+    assert out.exit_code == 1
+    assert out.stderr.strip() == (f"error: cannot reach MLflow tracking at {uri}: connection "
+                                  "refused (check the URI and that the server is up, or "
+                                  "leave --mlflow off)")
+    assert "Traceback" not in out.output
+    assert not (workdir / "models").exists()  # nothing trained, nothing saved
+    (path,) = (workdir / "runs" / "churn_train").glob("*.json")
+    assert json.loads(path.read_text())["failed_in"] == "tracking"
+
+
+def test_without_mlflow_installed_the_run_says_how_to_get_it(
+        churn: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    with pytest.raises(SluiceError, match=r"MLflow is not installed") as caught:
+        run(path.name, mlflow="http://127.0.0.1:5000")
+    assert caught.value.hint.startswith("pip install 'sluice[mlflow]'")
+    assert not (workdir / "models").exists()
+
+
+def test_a_store_lost_after_the_run_started_costs_the_logging_only(
+        churn: Path, workdir: Path, store: str) -> None:
+    """The store answered when the run began and fails when the run is logged: the
+    run's outcome stands, the failure is said and kept in the record."""
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    record = run(path.name)
+    tracker = Tracker(store)
+    tracker.connect("churn_train")
+    shutil.rmtree(workdir / "mlruns")  # the store's folder is now a file
+    (workdir / "mlruns").write_text("not a folder")
+    said: list[str] = []
+    entry = log_quietly(tracker, record, None, said.append)
+    assert entry["uri"] == store and "run_id" not in entry and entry["error"]
+    assert said == [f"the run was not logged to MLflow at {store}: {entry['error']} "
+                    f"(`sluice runs export --mlflow {store}` logs it later)"]
+    out = CliRunner().invoke(main, ["runs", "export", "--mlflow", store])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert out.stderr.startswith(f"error: cannot use MLflow tracking at {store}: ")
+
+
+def test_export_logs_the_history_once(churn: Path, workdir: Path, store: str) -> None:
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    first = run(path.name)
+    second = run(path.name, {"l2": "0.1"})
+    out = CliRunner().invoke(main, ["runs", "export", "--mlflow", store])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.strip() == f"logged 2 run(s) to MLflow at {store}"
+    again = CliRunner().invoke(main, ["runs", "export", "--mlflow", store])
+    assert again.stdout.strip() == f"logged 0 run(s) to MLflow at {store}; 2 already there"
+    third = run(path.name, mlflow=store)  # logged as it ran: not exported again
+    fourth = run(path.name)
+    out = CliRunner().invoke(main, ["runs", "export", "churn_train", "--mlflow", store])
+    assert out.stdout.strip() == f"logged 1 run(s) to MLflow at {store}; 3 already there"
+
+    client = MlflowClient(store)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "churn_train"]
+    logged = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+    assert [r.data.tags["sluice.run_id"] for r in logged] == [
+        r["run_id"] for r in (first, second, third, fourth)]
+    exported, live = logged[1], logged[2]
+    assert exported.data.params["model.l2"] == "0.1" and live.data.params["model.l2"] == "0.001"
+    assert set(exported.data.metrics) == set(live.data.metrics)  # logged the same way
+    assert exported.data.metrics["model.loss"] == second["metrics"]["model"]["loss"]
+
+
+def test_the_summary_says_where_the_run_went(churn: Path, workdir: Path, store: str) -> None:
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    out = CliRunner().invoke(main, ["run", path.name, "--mlflow", store])
+    assert out.exit_code == 0, out.output
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("  mlflow: ")]
+    (path,) = (workdir / "runs" / "churn_train").glob("*.json")
+    entry = json.loads(path.read_text())["mlflow"]
+    assert line == (f"  mlflow: run {entry['run_id']} in experiment {entry['experiment_id']} "
+                    f"at {store}")
