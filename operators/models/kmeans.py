@@ -40,9 +40,10 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    the share starts), and two passes after the fit measure how the fitted centres
    cluster them: ``evaluate_clusters``' passes over the held-out rows and the cluster of
    each (the silhouette, Calinski-Harabasz and Davies-Bouldin, exactly scikit-learn's
-   on those rows and clusters: unweighted, as scikit-learn's take no weights), and their
-   inertia per row (weighted: per unit of weight), in the fit's ``validation`` metrics:
-   what ``tune`` compares values of ``k`` by. Held-out rows in fewer than 2 clusters (or
+   on those rows and clusters; with ``weight``, evaluate_clusters' with that weight:
+   MLlib's weighted silhouette, and a row counted as its weight in the others, a row of
+   weight 0 left out), and their inertia per row (weighted: per unit of weight), in the
+   fit's ``validation`` metrics: what ``tune`` compares values of ``k`` by. Held-out rows in fewer than 2 clusters (or
    each in its own) have no silhouette: its metrics are NaN, and ``undefined`` says why.
 
 Given the same starting centres the fit is scikit-learn's
@@ -64,7 +65,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from operators.arrays import compute_dtype, get_namespace, is_cupy, is_numpy, to_numpy
+from operators.arrays import compute_dtype, get_namespace, is_cupy, is_numpy, to_numpy, to_xp
 from operators.base import DataError, Estimator, ParamError, Params, register, register_fitted
 from operators.evaluate.clusters import EvaluateClusters, unmeasurable
 from operators.hashing import hash_rows
@@ -792,9 +793,17 @@ class KMeans(Estimator):
         labels, d2 = self.fitted(state).nearest_of(X, xp)
         ids = to_numpy(labels).astype(np.int64)
         X = X if X.dtype == xp.float64 else xp.astype(X, xp.float64)
-        out = {"measured": measuring.measure(pa.array(ids), X, state["held_out"], xp)}
+        weights = None
+        if self.params.weight is not None:  # measured as evaluate_clusters' weight does
+            weights = to_numpy(w).astype(np.float64)
+            if not (weights > 0).all():  # a row of no weight is not there to measure
+                kept = np.flatnonzero(weights > 0)
+                weights, X = weights[kept], xp.take(X, to_xp(kept, xp), axis=0)
+                ids = ids[kept]
+        out = {"measured": measuring.measure(pa.array(ids), X, state["held_out"], xp, weights)}
         if first:
-            out.update(sizes=np.bincount(ids, minlength=k).astype(np.float64),
+            out.update(sizes=np.bincount(to_numpy(labels).astype(np.int64),
+                                         minlength=k).astype(np.float64),
                        inertia=float(xp.sum(w * d2, dtype=xp.float64)),
                        weight=float(xp.sum(w, dtype=xp.float64)))
         return out

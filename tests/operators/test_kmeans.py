@@ -19,6 +19,7 @@ from sklearn.metrics import (
 
 from operators.arrays import get_namespace
 from operators.base import DataError, ParamError, SchemaError, drive, tree_reduce
+from operators.evaluate.clusters import EvaluateClusters
 from operators.models.common import ConvergenceWarning, comoments, holdout_mask
 from operators.models.kmeans import (
     KMeans,
@@ -27,6 +28,7 @@ from operators.models.kmeans import (
     assigned,
     nearest,
 )
+from operators.testing.kit import fit as fit_one
 from operators.testing.kit import roundtrip, split
 
 NUMPY = get_namespace("numpy")
@@ -426,11 +428,13 @@ def held_out_rows(table: pa.Table, fraction: float, seed: int, start: float = 0.
 def test_held_out_metrics_are_scikit_learns_on_the_held_out_rows(weighted: bool) -> None:
     """The fit trains on the rows a supervised model would train on (the same split) and
     measures the held-out rows by the fitted centres: scikit-learn's silhouette
-    (sqeuclidean), Calinski-Harabasz and Davies-Bouldin of them and their clusters, and
-    their (weighted) inertia per row; the same over any partitioning and on
-    array_api_strict."""
+    (sqeuclidean), Calinski-Harabasz and Davies-Bouldin of them and their clusters (with
+    a weight, evaluate_clusters' with that weight: MLlib's weighted silhouette; a row of
+    weight 0 left out), and their (weighted) inertia per row; the same over any
+    partitioning and on array_api_strict."""
     X, _ = make_blobs(900, n_features=3, centers=4, cluster_std=1.5, random_state=3)
     w = np.random.default_rng(1).uniform(0.5, 2.0, len(X))
+    w[np.flatnonzero(holdout_mask(table_of(X, w=w), 0.25, 6))[:5]] = 0.0  # held out
     table = table_of(X, w=w) if weighted else table_of(X)
     params = {"k": 4, "validation_fraction": 0.25, "seed": 6,
               **({"weight": "w"} if weighted else {})}
@@ -446,13 +450,26 @@ def test_held_out_metrics_are_scikit_learns_on_the_held_out_rows(weighted: bool)
     labels = labels_of(model, held)
     Xh = np.column_stack([held.column(f"x{j}").to_numpy() for j in range(3)])
     v = metrics["validation"]
-    assert v["silhouette"] == pytest.approx(silhouette_score(Xh, labels, metric="sqeuclidean"),
-                                            rel=1e-12, abs=1e-12)
-    assert v["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(Xh, labels),
-                                                   rel=1e-12)
-    assert v["davies_bouldin"] == pytest.approx(davies_bouldin_score(Xh, labels), rel=1e-12)
-    d2 = np.sum((Xh - model.centres[labels]) ** 2, axis=1)
     hw = held.column("w").to_numpy() if weighted else np.ones(len(Xh))
+    if weighted:
+        assert (hw == 0).any()  # (the hash of a row takes its weight: not all 5 stay held out)
+        some = hw > 0
+        by_weight = fit_one(EvaluateClusters(features=["x0", "x1", "x2"], weight="w"),
+                            [pa.table({"x0": Xh[some, 0], "x1": Xh[some, 1],
+                                       "x2": Xh[some, 2], "prediction": labels[some],
+                                       "w": hw[some]})]).metrics
+        unweighted = silhouette_score(Xh, labels, metric="sqeuclidean")
+        assert abs(by_weight["silhouette"] - unweighted) > 1e-4  # the weights count
+        for name in ("silhouette", "calinski_harabasz", "davies_bouldin"):
+            assert v[name] == pytest.approx(by_weight[name], rel=1e-12), name
+    else:
+        assert v["silhouette"] == pytest.approx(
+            silhouette_score(Xh, labels, metric="sqeuclidean"), rel=1e-12, abs=1e-12)
+        assert v["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(Xh, labels),
+                                                       rel=1e-12)
+        assert v["davies_bouldin"] == pytest.approx(davies_bouldin_score(Xh, labels),
+                                                    rel=1e-12)
+    d2 = np.sum((Xh - model.centres[labels]) ** 2, axis=1)
     assert v["inertia"] == pytest.approx(hw @ d2 / hw.sum(), rel=1e-12)
     assert v["count"] == held.num_rows and v["clusters"] == 4
     assert v["cluster_sizes"] == np.bincount(labels, minlength=4).tolist()
