@@ -421,20 +421,29 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
 @click.option("--param", "params", multiple=True, metavar="K=V", help="override a param")
 @models_option
 @click.option("--json", "as_json", is_flag=True, help="the plan as JSON, for tools")
+@click.option("--dot", "as_dot", is_flag=True,
+              help="the steps as a Graphviz graph (| dot -Tsvg > plan.svg)")
+@click.option("--mermaid", "as_mermaid", is_flag=True,
+              help="the steps as a Mermaid flowchart (drawn in GitHub Markdown)")
 def plan_command(file: str, params: tuple[str, ...], models: str | None,
-                 as_json: bool) -> None:
+                 as_json: bool, as_dot: bool, as_mermaid: bool) -> None:
     """What a pipeline will do, without reading a row: each step in the order it runs,
     what it reads, fits, scores (the model version) or writes, and how it changes the
     columns. Problems are reported as `validate` does (exit 1)."""
-    from pipelines.describe import describe, format_plan
+    from pipelines.describe import describe, format_plan, graph, to_dot, to_mermaid
     from pipelines.runner import ValidationFailed, plan_file
     from pipelines.store import ModelStore
 
+    if as_json + as_dot + as_mermaid > 1:
+        raise click.UsageError("give one of --json, --dot and --mermaid")
     plan = plan_file(file, _parse_params(params), ModelStore(models))
     if not plan.ok:
         raise ValidationFailed(plan.problems)
     for line in plan.notices:
         click.echo(f"note: {line}", err=True)
+    if as_dot or as_mermaid:
+        click.echo((to_dot if as_dot else to_mermaid)(graph(plan)))
+        return
     entries = describe(plan)
     if as_json:
         click.echo(json.dumps({"pipeline": plan.spec.name, "file": str(plan.spec.file),

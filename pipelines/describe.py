@@ -249,3 +249,64 @@ def format_plan(plan: Plan, entries: list[dict[str, Any]]) -> list[str]:
         for column in entry.get("retyped", []):
             lines.append(f"      ~ {column['name']} {column['from']} -> {column['to']}")
     return lines
+
+
+# --------------------------------------------------------------------------- the graph
+
+SHAPES = {"source": ("cylinder", "[("), "sink": ("cylinder", "[("),
+          "estimator": ("box3d", "[["), "shuffle": ("hexagon", "{{"),
+          "action": ("note", ">"), "union": ("invtrapezium", "[/")}
+"""A step's shape by its kind (Graphviz, Mermaid's opening bracket); others a box."""
+_CLOSING = {"[(": ")]", "[[": "]]", "{{": "}}", ">": "]", "[/": "\\]", "[": "]"}
+
+
+def graph(plan: Plan) -> dict[str, Any]:
+    """The steps as a graph: a node a step (id, op, kind) and an edge from each step
+    whose rows or model a step takes, ``kind`` rows (its input, a union's others), table
+    (a join's table step) or model (the save_model whose version a score or drift of
+    this run uses)."""
+    nodes = [{"id": s.id, "op": s.op.name, "kind": s.op.kind} for s in plan.steps]
+    edges = []
+    for step in plan.steps:
+        if step.input:
+            edges.append({"from": step.input, "to": step.id, "kind": "rows"})
+        kind = "rows" if isinstance(step.op, Union) else "table"
+        edges += [{"from": other, "to": step.id, "kind": kind}
+                  for other in step.op.step_inputs()]
+        if step.saved_by:
+            edges.append({"from": step.saved_by, "to": step.id, "kind": "model"})
+    return {"pipeline": plan.spec.name, "nodes": nodes, "edges": edges}
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(shape: dict[str, Any]) -> str:
+    """The graph in Graphviz's DOT (``sluice plan --dot | dot -Tsvg > plan.svg``)."""
+    lines = [f"digraph {_quoted(shape['pipeline'])} {{", "  rankdir=TB;",
+             '  node [shape=box, fontname="Helvetica"];']
+    for node in shape["nodes"]:
+        label = node["id"] if node["id"] == node["op"] else f"{node['id']}\\n{node['op']}"
+        form = SHAPES.get(node["kind"], ("box", "["))[0]
+        lines.append(f"  {_quoted(node['id'])} [label=\"{label}\", shape={form}];")
+    for edge in shape["edges"]:
+        style = {"rows": "", "table": ' [label="table"]',
+                 "model": ' [label="model", style=dashed]'}[edge["kind"]]
+        lines.append(f"  {_quoted(edge['from'])} -> {_quoted(edge['to'])}{style};")
+    return "\n".join([*lines, "}"])
+
+
+def to_mermaid(shape: dict[str, Any]) -> str:
+    """The graph as a Mermaid flowchart (GitHub and GitLab draw it in Markdown)."""
+    names = {node["id"]: f"s{i}" for i, node in enumerate(shape["nodes"])}
+    lines = ["flowchart TD"]
+    for node in shape["nodes"]:
+        label = node["id"] if node["id"] == node["op"] else f"{node['id']}<br/>{node['op']}"
+        opening = SHAPES.get(node["kind"], ("box", "["))[1]
+        text = label.replace('"', "#quot;")
+        lines.append(f'  {names[node["id"]]}{opening}"{text}"{_CLOSING[opening]}')
+    for edge in shape["edges"]:
+        arrow = {"rows": "-->", "table": "-->|table|", "model": "-.->|model|"}[edge["kind"]]
+        lines.append(f"  {names[edge['from']]} {arrow} {names[edge['to']]}")
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from conftest import SLUICE, write_pipeline
 
 from pipelines.datagen import churn_table
-from pipelines.describe import describe
+from pipelines.describe import describe, graph
 from pipelines.runner import plan_file, run
 
 TRAIN = """
@@ -135,3 +135,88 @@ def test_plan_of_a_pipeline_with_problems_reports_them(workdir: Path) -> None:
     assert done.returncode == 1 and done.stdout == ""
     assert "unknown parameter 'colums'; did you mean 'columns'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+GRAPH = """
+    pipeline: graph
+    steps:
+      - id: old
+        op: read_parquet
+        path: rows
+        filter: "tenure < 12"
+      - id: new
+        op: read_parquet
+        path: rows
+        filter: "tenure >= 12"
+      - id: both
+        op: union
+        input: old
+        steps: [new]
+      - id: profile
+        op: read_parquet
+        path: rows
+        columns: [customer_id, region]
+      - id: joined
+        op: join
+        input: both
+        table: profile
+        on: [customer_id]
+        columns: [region]
+        prefix: profile_
+      - id: model
+        op: logistic_regression
+        label: churned
+        features: [tenure, monthly_charges]
+      - id: saved
+        op: save_model
+        name: churn
+      - id: scores
+        op: score
+        input: both
+        model: churn
+      - id: out
+        op: write_parquet
+        input: scores
+        path: out
+"""
+
+
+def test_plan_as_a_graph_in_dot_and_mermaid(workdir: Path) -> None:
+    """--dot and --mermaid draw the steps and where each takes its rows from: an input,
+    a union's other steps, a join's table step (table) and the save whose version a
+    score of the run uses (model, dashed)."""
+    _rows(workdir)
+    path = write_pipeline(workdir, GRAPH, "graph.yaml")
+    plan = plan_file(path)
+    assert plan.ok, plan.problems
+    shape = graph(plan)
+    assert [(n["id"], n["op"], n["kind"]) for n in shape["nodes"]][:3] == [
+        ("old", "read_parquet", "source"), ("new", "read_parquet", "source"),
+        ("both", "union", "union")]
+    assert sorted((e["from"], e["to"], e["kind"]) for e in shape["edges"]) == sorted([
+        ("old", "both", "rows"), ("new", "both", "rows"), ("both", "joined", "rows"),
+        ("profile", "joined", "table"), ("joined", "model", "rows"),
+        ("model", "saved", "rows"), ("both", "scores", "rows"),
+        ("saved", "scores", "model"), ("scores", "out", "rows")])
+
+    dot = _plan(workdir, "graph.yaml", "--dot")
+    assert dot.returncode == 0, dot.stderr
+    lines = dot.stdout.splitlines()
+    assert lines[0] == 'digraph "graph" {' and lines[-1] == "}"
+    assert '  "model" [label="model\\nlogistic_regression", shape=box3d];' in lines
+    assert '  "profile" -> "joined" [label="table"];' in lines
+    assert '  "saved" -> "scores" [label="model", style=dashed];' in lines
+    assert sum("->" in line for line in lines) == len(shape["edges"])
+
+    mermaid = _plan(workdir, "graph.yaml", "--mermaid")
+    assert mermaid.returncode == 0, mermaid.stderr
+    lines = mermaid.stdout.splitlines()
+    names = {n["id"]: f"s{i}" for i, n in enumerate(shape["nodes"])}
+    assert lines[0] == "flowchart TD"
+    assert f'  {names["both"]}[/"both<br/>union"\\]' in lines
+    assert f"  {names['profile']} -->|table| {names['joined']}" in lines
+    assert f"  {names['saved']} -.->|model| {names['scores']}" in lines
+    assert sum("-->" in line or "-.->" in line for line in lines) == len(shape["edges"])
+
+    both = _plan(workdir, "graph.yaml", "--dot", "--json")
+    assert both.returncode == 2 and "give one of --json, --dot and --mermaid" in both.stderr
