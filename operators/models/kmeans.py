@@ -43,8 +43,9 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    on those rows and clusters; with ``weight``, evaluate_clusters' with that weight:
    MLlib's weighted silhouette, and a row counted as its weight in the others, a row of
    weight 0 left out), and their inertia per row (weighted: per unit of weight), in the
-   fit's ``validation`` metrics: what ``tune`` compares values of ``k`` by. Held-out rows in fewer than 2 clusters (or
-   each in its own) have no silhouette: its metrics are NaN, and ``undefined`` says why.
+   fit's ``validation`` metrics: what ``tune`` compares values of ``k`` by. Held-out
+   rows in fewer than 2 clusters (or each in its own) have no silhouette: its metrics
+   are NaN, and ``undefined`` says why.
 
 Given the same starting centres the fit is scikit-learn's
 ``KMeans(init=centres, n_init=1, algorithm="lloyd")``: centres, labels, inertia and
