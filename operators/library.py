@@ -59,6 +59,7 @@ MODULES: dict[str, str] = {
     "target_encode": "operators.features.target_encode",
     "top": "operators.features.top",
     "union": "operators.features.union",
+    "vector_columns": "operators.features.vectors",
     "window": "operators.features.window",
     "write_parquet": "operators.io.parquet",
 }

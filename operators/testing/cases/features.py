@@ -182,6 +182,30 @@ _cases("cast", features_table,
        ("invalid-null", {"columns": {"big": "int8", "x": "uint8", "plan": "int64",
                                      "region": "float64"}, "invalid": "null"}))
 
+def vectors_table(rows: int = 200, seed: int = 21) -> pa.Table:
+    """Embeddings: a fixed_size_list<float32>[4] with null vectors, a list<double> of 3
+    with a null number, a list<int32> of 2, and a plain column."""
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((rows, 4)).astype(np.float32)
+    vec = rng.standard_normal((rows, 3))
+    pairs = rng.integers(-9, 9, (rows, 2)).astype(np.int32)
+    nulls = rng.random(rows) < 0.05
+    vec_rows: list = vec.tolist()
+    vec_rows[3][1] = None
+    return pa.table({
+        "x": rng.standard_normal(rows),
+        "emb": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), 4,
+                                                 mask=pa.array(nulls)),
+        "vec": pa.array(vec_rows, pa.list_(pa.float64())),
+        "pairs": pa.array(pairs.tolist(), pa.list_(pa.int32())),
+    })
+
+
+_cases("vector_columns", vectors_table,
+       ("fixed-size", {"columns": ["emb"]}),
+       ("list-kept", {"columns": ["pairs"], "size": 2, "keep": True}),
+       ("null-number", {"columns": ["vec"], "size": 3}))
+
 _cases("filter", features_table,
        ("nulls-dropped", {"where": "x > 0.5 and plan != 'trial'"}),
        ("derived", {"where": "coalesce(n, 0) % 3 = 0 or flag"}))
