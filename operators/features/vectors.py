@@ -44,9 +44,11 @@ class VectorColumnsParams(Params):
 
 @register("vector_columns")
 class VectorColumns(Transform):
-    """A vector column (an embedding: a list of numbers per row) as one column per
-    position, ``<column>_0``, ``<column>_1``, ..., in its place and of its number type;
-    a null vector gives nulls (a model's features then say so: `impute` or `filter`).
+    """Embeddings as columns: a vector column as one numeric column per position.
+
+    A vector column (a list of numbers per row) becomes ``<column>_0``, ``<column>_1``,
+    ..., in its place and of its number type; a null vector gives nulls (a model's
+    features then say so: `impute` or `filter`).
 
     ```yaml
     - op: vector_columns
