@@ -661,6 +661,49 @@ def serve(ref: str, models: str | None, host: str, port: int, workers: int, thre
           log_level=log_level, ready=ready, certfile=ssl_certfile, keyfile=ssl_keyfile)
 
 
+@models.command("export")
+@click.argument("ref")
+@click.option("--mlflow", metavar="URI", envvar="SLUICE_MLFLOW", required=True,
+              help="the MLflow tracking server (default: $SLUICE_MLFLOW)")
+@click.option("--registered-name", metavar="NAME", default=None,
+              help="the MLflow registered model (default: the model's name)")
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="make it a version of the registered model, or only log it")
+@mlflow_experiment_option
+@models_option
+@runs_option
+def models_export(ref: str, mlflow: str, registered_name: str | None, register: bool,
+                  mlflow_experiment: str | None, models: str | None,
+                  runs_dir: str | None) -> None:
+    """Put a model version (churn@3, churn@production) in MLflow: an MLflow model of the
+    run that trained it (`mlflow.pyfunc.load_model`, its `spark_udf`, `mlflow models
+    serve`), registered as a version of the registered model of its name. The training
+    run is logged first where it is not in MLflow yet; exporting again registers
+    nothing new."""
+    from pipelines.store import ModelStore
+    from pipelines.tracking import Tracker
+
+    tracker = Tracker(mlflow, mlflow_experiment)
+    store = ModelStore(models)
+    history = runs.load(runs_dir)
+    try:
+        done = tracker.export_model(store, ref, history, register, registered_name)
+    except SluiceError:
+        raise
+    except Exception as exc:  # the server's, the network's
+        text = str(exc).strip().splitlines()
+        raise SluiceError(f"exporting {ref} to MLflow at {mlflow} failed: "
+                          f"{type(exc).__name__}: {text[0] if text else ''}",
+                          hint="check the URI and that the server answers, then export "
+                               "again") from None
+    line = (f"exported {done['model']} to MLflow at {mlflow}: run {done['run_id']}, "
+            f"{done['artifact']}")
+    if register:
+        how = "already registered as" if done["existed"] else "registered as"
+        line += f"; {how} '{done['registered']}' version {done['version']}"
+    click.echo(line)
+
+
 @models.command("delete")
 @click.argument("ref")
 @models_option

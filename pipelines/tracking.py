@@ -218,6 +218,58 @@ class Tracker:
             self.client.log_artifact(run_id, str(path))
         if pipeline_file and Path(pipeline_file).is_file():
             self.client.log_artifact(run_id, pipeline_file)
+        for saved in record.get("models") or []:  # each an MLflow model of the run
+            self.log_model(run_id, saved["path"], saved["name"], saved["version"])
+
+    def log_model(self, run_id: str, source: str, name: str, version: int) -> str:
+        """The sluice model version in ``source`` as an MLflow model of the run, under
+        ``models/<name>``; its artifact URI."""
+        from pipelines import mlflow_model
+
+        return mlflow_model.log(self.client, run_id, source, name, version, f"models/{name}")
+
+    def export_model(self, store: Any, ref: str, history: Any, register: bool = True,
+                     registered_name: str | None = None) -> dict[str, Any]:
+        """A registry's model version in MLflow: in the MLflow run of the run that
+        trained it (that run logged first, from its record in ``history``, where it is
+        not there yet; a run of its own where the record is gone), under
+        ``models/<name>``, and (``register``) a version of the registered model
+        ``registered_name`` (default: the model's name), once: a version tagged with
+        this ``sluice.model`` already there is kept. What was done, as a dict."""
+        from pipelines import mlflow_model
+
+        model = store.load(ref)
+        source, meta = store.path_of(model), model.meta
+        pipeline = meta.get("pipeline") or model.name
+        self.connect(pipeline)
+        trained = {"pipeline": pipeline, "run_id": meta.get("run_id", "")}
+        run_id = self.find(trained) if trained["run_id"] else None
+        if run_id is None:
+            record = next((r for r in history.records if r["run_id"] == trained["run_id"]),
+                          None)
+            if record is not None:  # the training run, with the model
+                run_id = self.log(record)["run_id"]
+            else:
+                run = self.client.create_run(
+                    self._experiment_id(self.experiment or pipeline), run_name=model.ref,
+                    tags={"sluice.model": model.ref, "sluice.pipeline": pipeline,
+                          "sluice.training_run": trained["run_id"]})
+                run_id = run.info.run_id
+        path = f"models/{model.name}"
+        if path in {a.path for a in self.client.list_artifacts(run_id, "models")}:
+            uri = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
+        else:  # a run logged before runs logged their models, or a run of its own
+            uri = self.log_model(run_id, source, model.name, model.version)
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, "FINISHED")
+        out: dict[str, Any] = {"model": model.ref, "run_id": run_id, "artifact": path,
+                               "source": uri}
+        if register:
+            name = registered_name or model.name
+            out["registered"] = name
+            out["version"], out["existed"] = mlflow_model.register(
+                self.client, name, uri, run_id, model.ref)
+        return out
 
 
 def _answers(uri: str, timeout: float = CONNECT_SECONDS) -> None:

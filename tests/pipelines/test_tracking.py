@@ -110,7 +110,7 @@ def test_a_run_is_logged_with_its_params_metrics_tags_and_record(
     assert tags["mlflow.source.name"] == "train.yaml"
 
     artifacts = {a.path for a in client.list_artifacts(got.info.run_id)}
-    assert artifacts == {"sluice_run.json", "train.yaml"}
+    assert artifacts == {"sluice_run.json", "train.yaml", "models"}
     folder = client.download_artifacts(got.info.run_id, "sluice_run.json", str(workdir))
     logged = json.loads(Path(folder).read_text())
     assert logged["run_id"] == record["run_id"] and logged["metrics"] == record["metrics"]
@@ -245,3 +245,75 @@ def test_the_summary_says_where_the_run_went(churn: Path, workdir: Path, store: 
     entry = json.loads(path.read_text())["mlflow"]
     assert line == (f"  mlflow: run {entry['run_id']} in experiment {entry['experiment_id']} "
                     f"at {store}")
+
+
+def _scores(workdir: Path, ref: str) -> tuple[Any, Any]:
+    """The churn rows as pandas, and sluice's own scores of them by ``ref``."""
+    import pyarrow.parquet as pq
+
+    from pipelines.serving import load_model
+
+    rows = pq.read_table(workdir / "data" / "churn").to_pandas()
+    return rows, load_model(ref, str(workdir / "models")).score(rows)
+
+
+def test_a_saved_model_is_an_mlflow_model_of_its_run(churn: Path, workdir: Path,
+                                                     store: str) -> None:
+    """A run that saves a model logs it as an MLflow model of the run (models/<name>):
+    MLflow's pyfunc loads it and answers sluice's prediction and probability."""
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    record = run(path.name, mlflow=store)
+    mlflow.set_tracking_uri(store)
+    loaded = mlflow.pyfunc.load_model(f"runs:/{record['mlflow']['run_id']}/models/churn")
+    assert loaded.metadata.metadata == {"sluice_model": "churn@1"}
+    rows, own = _scores(workdir, "churn@1")
+    answer = loaded.predict(rows)
+    assert list(answer.columns) == ["prediction", "probability"]
+    assert answer["prediction"].tolist() == own["prediction"].tolist()
+    assert answer["probability"].tolist() == own["probability"].tolist()
+
+
+def test_models_export_registers_a_version_once(churn: Path, workdir: Path,
+                                                store: str) -> None:
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    tracked = run(path.name, mlflow=store)  # churn@1, its run in MLflow with the model
+    first = CliRunner().invoke(main, ["models", "export", "churn@1", "--mlflow", store])
+    assert first.exit_code == 0, first.output
+    run_id = tracked["mlflow"]["run_id"]
+    assert first.stdout.strip() == (f"exported churn@1 to MLflow at {store}: run {run_id}, "
+                                    "models/churn; registered as 'churn' version 1")
+    again = CliRunner().invoke(main, ["models", "export", "churn", "--mlflow", store])
+    assert again.stdout.strip().endswith("already registered as 'churn' version 1")
+
+    mlflow.set_tracking_uri(store)
+    rows, own = _scores(workdir, "churn@1")
+    answer = mlflow.pyfunc.load_model("models:/churn/1").predict(rows)
+    assert answer["probability"].tolist() == own["probability"].tolist()
+
+    # a version trained without --mlflow: its run is logged first, with the model
+    untracked = run(path.name, {"l2": "0.1"})
+    out = CliRunner().invoke(main, ["models", "export", "churn@2", "--mlflow", store,
+                                    "--registered-name", "churn-prod"])
+    assert out.exit_code == 0, out.output
+    client = MlflowClient(store)
+    (logged,) = client.search_runs(
+        [client.get_experiment_by_name("churn_train").experiment_id],
+        filter_string=f"tags.`sluice.run_id` = '{untracked['run_id']}'")
+    assert logged.data.params["model.l2"] == "0.1"
+    assert f"run {logged.info.run_id}, models/churn; registered as 'churn-prod' version 1" \
+        in out.stdout
+    (version,) = client.search_model_versions("name='churn-prod'")
+    assert version.tags["sluice.model"] == "churn@2" and version.run_id == logged.info.run_id
+
+    # a version whose run record is gone: a run of its own
+    shutil.rmtree(workdir / "runs")
+    run(path.name, {"l2": "1.0"}, runs_dir=str(workdir / "elsewhere"))
+    out = CliRunner().invoke(main, ["models", "export", "churn@3", "--mlflow", store,
+                                    "--no-register"])
+    assert out.exit_code == 0, out.output
+    own_run = out.stdout.split("run ")[1].split(",")[0]
+    tags = client.get_run(own_run).data.tags
+    assert tags["sluice.model"] == "churn@3" and tags["mlflow.runName"] == "churn@3"
+    assert client.get_run(own_run).info.status == "FINISHED"
+    assert "registered" not in out.stdout
+    assert [a.path for a in client.list_artifacts(own_run, "models")] == ["models/churn"]
