@@ -144,6 +144,9 @@ def _engine_options(command: Any) -> Any:
                      help="progress bar (default: on a terminal, off in CI and pipes)"),
         mlflow_option,
         mlflow_experiment_option,
+        click.option("--openlineage", metavar="URL", default=None,
+                     help="send the run's OpenLineage events (what it read and wrote) to "
+                          "this lineage server (default: $OPENLINEAGE_URL)"),
     ]
     for option in reversed(options):
         command = option(command)

@@ -46,6 +46,8 @@ from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
+from pipelines.lineage import ENDS, Lineage, run_uuid
+from pipelines.lineage import datasets as lineage_datasets
 from pipelines.plan import Plan, Step, build
 from pipelines.runs import default_runs_dir
 from pipelines.shuffle import (
@@ -672,6 +674,16 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
     _write_record(record, runs_dir, quiet=True)
 
 
+def _lineage_event(lineage: Lineage, kind: str, plan: Plan, record: dict[str, Any],
+                   notify: Callable[[str], None] | None) -> None:
+    """Send the run's OpenLineage event of ``kind``; where it is not taken, a note (the
+    run goes on as it would)."""
+    inputs, outputs = lineage_datasets(plan, record, ended=kind != "START")
+    problem = lineage.send(lineage.event(kind, record, inputs, outputs))
+    if problem and notify:
+        notify(f"the run's OpenLineage {kind} event was not sent: {problem}")
+
+
 def _write_record(record: dict[str, Any], runs_dir: str, quiet: bool = False) -> str:
     """Write the run record under ``runs_dir``; a SluiceError naming the folder where it
     cannot (``quiet``: nothing, for a run whose own error is the one to show)."""
@@ -690,13 +702,15 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         notify: Callable[[str], None] | None = None, text: str | None = None,
         scratch: str | None = None,
         explain: Callable[[SluiceError], None] | None = None,
-        mlflow: str | None = None, mlflow_experiment: str | None = None) -> dict[str, Any]:
+        mlflow: str | None = None, mlflow_experiment: str | None = None,
+        openlineage: str | None = None) -> dict[str, Any]:
     """Validate, plan and execute a pipeline file (or ``text``, a pipeline ``path``
     names); returns the run record. ``explain`` rewords a failure (a command that
     writes the pipeline names its options, not the file's keys) before it is recorded.
     ``mlflow``: an MLflow tracking URI the run is logged to (``pipelines.tracking``),
     in ``mlflow_experiment`` (default: the pipeline's name); one that cannot be used
-    fails the run before any data moves.
+    fails the run before any data moves. ``openlineage``: a lineage server the run's
+    START and end events go to (``pipelines.lineage``; default ``$OPENLINEAGE_URL``).
 
     Raises ValidationFailed (nothing ran) or SluiceError (the run failed; the
     record, with status ``failed``, is written all the same).
@@ -757,6 +771,11 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
                   scratch=f"{(scratch or default_scratch(eng.profile.scratch)).rstrip('/')}"
                           f"/{run_id}", notify=notify)
     scratch_lock = None  # held while the run's scratch folder is in use
+    lineage = Lineage.configured(openlineage)
+    if lineage is not None:
+        record["openlineage"] = {"url": lineage.url, "namespace": lineage.namespace,
+                                 "run_id": run_uuid(run_id)}
+        _lineage_event(lineage, "START", plan, record, notify)
     try:
         if any(isinstance(s.op, Shuffle) for s in plan.steps):
             scratch_lock = claim_scratch(current.scratch)
@@ -805,6 +824,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
                 if rows is not None:
                     entry["rows"] = rows
         record["seconds"] = round(time.time() - started, 6)
+        if lineage is not None:
+            _lineage_event(lineage, ENDS[record["status"]], plan, record, notify)
         if tracker is not None:
             record["mlflow"] = log_quietly(tracker, record, source, notify)
         try:
