@@ -159,6 +159,12 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
         """Columns of the input this operator reads (checked at plan time)."""
         return []
 
+    def saved_view(self) -> Operator:
+        """What ``save_model`` saves for this step: itself, but where scoring needs less
+        than a run (drop: a column not there is nothing to drop, so a model never asks
+        for a column only to drop it)."""
+        return self
+
     def plan_note(self) -> str | None:
         """A line ``sluice plan`` shows about what the operator decided from the plan
         (calibrate: what its sigmoid is fitted to); None for nothing to say."""

@@ -726,7 +726,8 @@ def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | N
     source = plan.model_input(save_id)
     if not chain or source is None or any(s.schema is None for s in chain):
         return None
-    return chain, required_columns([s.op for s in chain], source, [s.schema for s in chain])
+    return chain, required_columns([s.op.saved_view() for s in chain], source,
+                                   [s.schema for s in chain])
 
 
 def _bind_promoted(plan: Plan, step: Step) -> bool:

@@ -595,7 +595,7 @@ class Run:
     def _save_model(self, step: Step) -> None:
         chain = self.plan.model_chain(step.id)
         source_schema = self.plan.model_input(step.id)
-        steps = [self.fitted[s.id] for s in chain]
+        steps = [self.fitted[s.id].saved_view() for s in chain]
         info = {
             "pipeline": self.plan.spec.name,
             "run_id": self.run_id,

@@ -149,6 +149,11 @@ class Select(Transform):
 
 class DropParams(Params):
     columns: list[str] = Field(min_length=1, description="columns to remove")
+    missing: Literal["error", "ignore"] = Field(
+        "error", description="a column not in the input: an error (a typo found as the "
+                             "pipeline plans), or nothing to drop (pandas' errors='ignore'; "
+                             "what a saved model's drop does, so that scoring never needs a "
+                             "column only to drop it)")
 
 
 @register("drop")
@@ -170,16 +175,23 @@ class Drop(Transform):
         unique_names(self.params.columns, "columns")
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return list(self.params.columns)
+        return list(self.params.columns) if self.params.missing == "error" else []
+
+    def saved_view(self) -> Drop:
+        return Drop(columns=self.params.columns, missing="ignore")
+
+    def _there(self, names: list[str]) -> list[str]:
+        return [c for c in self.params.columns if c in names]
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        require_columns(schema, self.params.columns)
-        for name in self.params.columns:
+        if self.params.missing == "error":
+            require_columns(schema, self.params.columns)
+        for name in self._there(schema.names):
             schema = schema.remove(schema.get_field_index(name))
         return schema
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        return part.drop_columns(self.params.columns)
+        return part.drop_columns(self._there(part.column_names))
 
 
 # --------------------------------------------------------------------------- rename

@@ -146,3 +146,62 @@ def test_scoring_into_a_partitioned_output_day_by_day(workdir: Path, trained: Pa
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "partitioned by region, this step writes by no column" in done.stderr
     assert "(set --partition-by region as the output has it" in done.stderr
+
+
+def test_a_model_never_needs_a_column_it_only_drops(churn: Path, workdir: Path) -> None:
+    """A `drop` before the model (an id, a date the model does not use) is saved as a
+    drop of what is there: scoring rows without those columns, or with them of another
+    type, gives the same scores; in a pipeline `drop` of a missing column is still an
+    error (a typo), unless `missing: ignore`."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import pytest
+
+    from pipelines.runner import ValidationFailed
+
+    run(write_pipeline(workdir, """
+        pipeline: dropped
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: drop
+            columns: [customer_id, signup_date, region]
+          - op: impute
+            columns: [total_charges]
+          - op: one_hot
+            columns: [plan]
+          - op: logistic_regression
+            label: churned
+          - op: save_model
+            name: dropped
+        """, "dropped.yaml"))
+    model = load_model("dropped", str(workdir / "models"))
+    assert not {"customer_id", "signup_date", "region"} & set(model.model.required)
+    rows = pq.read_table(workdir / "data" / "churn")
+    full = model.score(rows)
+    bare = model.score(rows.drop_columns(["customer_id", "signup_date", "region"]))
+    assert bare.column("probability").equals(full.column("probability"))
+    retyped = rows.set_column(rows.schema.get_field_index("signup_date"), "signup_date",
+                              pc.cast(rows.column("signup_date"), "string"))
+    assert model.score(retyped).column("probability").equals(full.column("probability"))
+    one = model.score([{"tenure": 5, "plan": "basic", "monthly_charges": 70.0,
+                        "total_charges": 350.0}])  # as `sluice serve` takes a row
+    assert one[0]["prediction"] in (0, 1)
+
+    typo = write_pipeline(workdir, """
+        pipeline: typo
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: drop
+            columns: [customer_ud]
+          - op: write_parquet
+            path: out/typo
+        """, "typo.yaml")
+    with pytest.raises(ValidationFailed) as refused:
+        run(typo)
+    assert "column 'customer_ud' not in the input" in str(refused.value.problems[0])
+    run(write_pipeline(workdir, typo.read_text().replace(
+        "columns: [customer_ud]", "columns: [customer_ud]\n    missing: ignore"), "ok.yaml"))
+    assert pq.read_schema(next((workdir / "out" / "typo").glob("*.parquet"))).names == \
+        rows.schema.names

@@ -172,7 +172,8 @@ _cases("derive", features_table,
 _cases("select", features_table,
        ("reorder", {"columns": ["plan", "x", "id"]}))
 _cases("drop", features_table,
-       ("some", {"columns": ["big", "region"]}))
+       ("some", {"columns": ["big", "region"]}),
+       ("missing-ignored", {"columns": ["big", "not_there"], "missing": "ignore"}))
 _cases("rename", features_table,
        ("some", {"columns": {"x": "x_renamed", "plan": "tier"}}),
        ("swap", {"columns": {"x": "n", "n": "x"}}))
