@@ -2241,6 +2241,31 @@ def parse_expression(text: str, schema: pa.Schema | None = None) -> pc.Expressio
     return _compiled(text, _types_of(text, schema))
 
 
+def with_projected(table: pa.Table, expressions: dict[str, pc.Expression],
+                   fields: dict[str, pa.Field] | None = None) -> pa.Table:
+    """``table`` with the columns ``expressions`` make from it, in one projection: each
+    in the place of the column of its name, or after the others; its field is the one of
+    its name in ``fields``, else a plain one of the value's type. Arrow's errors pass
+    through, for the caller to name the expression.
+
+    Example::
+
+        >>> table = pa.table({"amount": [0.0, 1.5]})
+        >>> with_projected(table, {"x": parse_expression("amount * 2")}).column_names
+        ['amount', 'x']
+    """
+    import pyarrow.dataset as ds
+
+    made = ds.dataset(table).to_table(columns=expressions)
+    for name in expressions:
+        field = (fields or {}).get(name) or pa.field(name, made.schema.field(name).type)
+        i = table.schema.get_field_index(name)
+        column = made.column(name)
+        table = (table.set_column(i, field, column) if i >= 0
+                 else table.append_column(field, column))
+    return table
+
+
 def parse_filter(text: str, schema: pa.Schema | None = None) -> pc.Expression:
     """Parse a boolean predicate (a ``filter``) into a ``pc.Expression`` for dataset scans.
 

@@ -2105,3 +2105,19 @@ def test_a_guard_on_no_true_false_leaves_the_type_check_its_message(text: str,
 def test_a_null_condition_guards_as_a_boolean_null() -> None:
     schema = pa.schema([("s", pa.string())])
     assert expression_type("if(null, cast(s as int64), 1)", schema) == pa.int64()
+
+
+def test_with_projected_puts_columns_in_place_or_after() -> None:
+    """The columns expressions make from a table, in one projection: one of a column's
+    name takes its place, a new one goes after the others; a field given keeps its
+    metadata and nullability, the others are plain nullable fields of the value's type."""
+    table = pa.table({"a": pa.array([1, 2], pa.int32()), "b": [0.5, 1.5]})
+    kept = pa.field("a", pa.int64(), metadata={"unit": "days"})
+    out = expressions.with_projected(
+        table, {"a": pc.field("a").cast(pa.int64()),
+                "twice": parse_expression("b * 2", table.schema)}, {"a": kept})
+    assert out.column_names == ["a", "b", "twice"]
+    assert out.schema.field("a") == kept and out.schema.field("a").metadata == kept.metadata
+    assert out.schema.field("twice") == pa.field("twice", pa.float64())
+    assert out.to_pydict() == {"a": [1, 2], "b": [0.5, 1.5], "twice": [1.0, 3.0]}
+    assert table.column_names == ["a", "b"]  # the input is not changed
