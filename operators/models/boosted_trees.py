@@ -300,8 +300,9 @@ class GradientBoostedTrees(TreeEstimator):
         if loss == "lambdarank":  # scores start at 0, as LightGBM's
             base = np.zeros(1)
         elif loss in LOG_LINK:
-            base = np.array([start_score(loss, state["label_min"], state["mean"],
-                                         self.params.label)])
+            base = np.array([start_score(loss, state["label_min"], state["label_max"],
+                                         state["mean"], self.params.label,
+                                         self.params.tweedie_power)])
         elif not state["classify"]:
             base = np.array([state["mean"]])
         else:
