@@ -16,15 +16,13 @@ split over files needs; LightGBM's the read.
 from __future__ import annotations
 
 import os
-import shutil
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from bench.category_cases import BLOCK, write_blocks
-from bench.tree_cases import BOOSTED, HOLDOUT, SEED
+from bench.tree_cases import BOOSTED, HOLDOUT, SEED, _run_sluice
 
 NUMBERS = 10
 STREAM = 11
@@ -51,32 +49,8 @@ def rankings(out: Path, rows: int, files: int) -> None:
 
 
 def train_boosted_lambdarank_sluice_local(data: Path, scratch: Path) -> None:
-    from pipelines.runner import run
-
-    name = "train_boosted_lambdarank"
-    shutil.rmtree(scratch / f"{name}_models", ignore_errors=True)
-    settings = "".join(f"\n            {k}: {v}" for k, v in RANKING.items())
-    pipeline = scratch / f"{name}.yaml"
-    pipeline.write_text(textwrap.dedent(f"""\
-        pipeline: {name}
-        steps:
-          - op: read_parquet
-            path: {data}
-          - op: repartition
-            by: [query]
-          - id: model
-            op: gradient_boosted_trees
-            label: label
-            validation_fraction: {HOLDOUT}
-            seed: {SEED}{settings}
-          - op: save_model
-            name: fit
-        """))
-    record = run(pipeline, models=str(scratch / f"{name}_models"),
-                 runs_dir=str(scratch / "runs"))
-    validation = record["metrics"]["model"]["validation"]
-    print(f"  {name} sluice: held-out NDCG@10 {validation['ndcg']:.4f} "
-          f"({validation['queries']} queries)")
+    _run_sluice(data, scratch, "train_boosted_lambdarank", "gradient_boosted_trees", RANKING,
+                before=[{"op": "repartition", "by": "[query]"}])
 
 
 def train_boosted_lambdarank_lightgbm(data: Path, scratch: Path) -> None:

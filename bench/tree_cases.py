@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +29,21 @@ HIST: dict[str, Any] = {
 
 
 def _run_sluice(data: Path, scratch: Path, name: str, op: str, params: dict[str, Any],
-                engine: str = "local") -> None:
+                engine: str = "local", before: Sequence[dict[str, Any]] = ()) -> None:
+    """Read ``data``, run the steps ``before`` (each a step's settings), train ``op``
+    with ``params`` holding out ``HOLDOUT`` of the rows, save it; print its held-out
+    quality, passes and nodes."""
     from pipelines.runner import run
 
     shutil.rmtree(scratch / f"{name}_models", ignore_errors=True)
-    settings = "".join(f"\n    {k}: {v}" for k, v in params.items())
+    steps = [{"op": "read_parquet", "path": data}, *before,
+             {"id": "model", "op": op, "label": "label", "validation_fraction": HOLDOUT,
+              "seed": SEED, **params},
+             {"op": "save_model", "name": "fit"}]
     pipeline = scratch / f"{name}.yaml"
-    pipeline.write_text(textwrap.dedent(f"""\
-        pipeline: {name}
-        steps:
-          - op: read_parquet
-            path: {data}
-          - id: model
-            op: {op}
-            label: label
-            validation_fraction: {HOLDOUT}
-            seed: {SEED}""") + settings + "\n  - op: save_model\n    name: fit\n")
+    pipeline.write_text(f"pipeline: {name}\nsteps:\n" + "".join(
+        "  - " + "\n    ".join(f"{k}: {v}" for k, v in step.items()) + "\n"
+        for step in steps))
     record = run(pipeline, models=str(scratch / f"{name}_models"), runs_dir=str(scratch / "runs"),
                  engine=engine)
     metrics = record["metrics"]["model"]
@@ -55,9 +54,12 @@ def _run_sluice(data: Path, scratch: Path, name: str, op: str, params: dict[str,
 
 
 def held_out(validation: dict[str, Any]) -> str:
-    """A side's held-out quality as printed: a quantile model's pinball loss and
-    coverage (the share of labels at or below their prediction), a classifier's
-    accuracy (and log-loss, where there is one), another regression's rmse."""
+    """A side's held-out quality as printed: a ranking's NDCG, a quantile model's
+    pinball loss and coverage (the share of labels at or below their prediction), a
+    classifier's accuracy (and log-loss, where there is one), another regression's rmse."""
+    if "ndcg" in validation:
+        return (f"held-out NDCG@{validation['ndcg_at']} {validation['ndcg']:.4f} "
+                f"({validation['queries']} queries)")
     if "pinball_loss" in validation:
         return (f"held-out pinball loss {validation['pinball_loss']:.4f}, "
                 f"coverage {validation['coverage']:.4f}")

@@ -44,7 +44,9 @@ Language
   ``minute``, ``quarter``, ``day_of_week`` (Monday 0 .. Sunday 6), ``day_of_year``,
   ``week`` (ISO), ``days_between(a, b)`` / ``hours_between`` / ``minutes_between`` /
   ``seconds_between`` (the day, hour... boundaries from a to b, as SQL's datediff: b later
-  is positive; a date counts as its midnight, a zoned time by its UTC clock),
+  is positive; a date counts as its midnight, a zoned time by its UTC clock; exact for
+  every date and time of every unit, and a count past int64, of seconds between times
+  some 10**11 years apart, an error),
   ``cast(x as type)`` with type one of int8..int64, uint8..uint64, int/integer (int64),
   float32, float64/double/float, string/str/utf8, bool/boolean, date, timestamp;
   ``try_cast(x as type)``, the same types: null where cast would stop the run.
@@ -1052,10 +1054,39 @@ def _joined(guard: pc.Expression | None, more: pc.Expression) -> pc.Expression:
 
 def _between(kernel: Callable[..., pc.Expression]) -> Callable[..., pc.Expression]:
     """``kernel`` of two times as timestamp[us]: any units, dates as their midnight, zoned
-    times by their UTC clock (Arrow's kernels want one type on both sides)."""
+    times by their UTC clock (Arrow's kernels want one type on both sides). Compiled
+    without the rows' schema only: with it, ``_boundaries`` count exactly."""
     def build(nodes: Sequence[_Node], exprs: Sequence[pc.Expression]) -> pc.Expression:
         return kernel(*(e.cast(pa.timestamp("us")) for e in exprs))
     return build
+
+
+_NANOSECONDS = {"days": 86_400 * 10**9, "hours": 3_600 * 10**9, "minutes": 60 * 10**9,
+                "seconds": 10**9, "s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+"""The length of a day, hour... and of each timestamp unit, in nanoseconds."""
+
+
+def _boundaries(expr: pc.Expression, t: pa.DataType, unit: str) -> pc.Expression:
+    """The ``unit`` (days, hours...) boundaries from 1970-01-01 to each value of ``expr``,
+    a date or a timestamp of type ``t`` (a zoned one by its UTC clock): its count of its
+    own units, floored to whole ``unit``s, as int64. Exact for every value of every type,
+    where Arrow's kernels need one unit on both sides and a cast to it raised (a date past
+    timestamp[us]'s range, nanoseconds that are no whole microsecond)."""
+    if pa.types.is_date32(t):
+        count, own = expr.cast(pa.int32()).cast(pa.int64()), _NANOSECONDS["days"]
+    elif pa.types.is_date64(t):
+        count, own = expr.cast(pa.int64()), _NANOSECONDS["ms"]
+    elif pa.types.is_timestamp(t):
+        count, own = expr.cast(pa.int64()), _NANOSECONDS[t.unit]
+    else:  # a null: nothing to count
+        return expr.cast(pa.int64())
+    length = _NANOSECONDS[unit]
+    if own >= length:  # a day is 24 hours: the product of a date fits (2**31 * 86,400)
+        return count if own == length else pc.multiply(count, pc.scalar(own // length))
+    per = pc.scalar(length // own)
+    truncated = pc.divide(count, per)  # toward zero: one less below it, where it cut
+    cut_below = pc.less(pc.subtract(count, pc.multiply(truncated, per)), pc.scalar(0))
+    return pc.subtract(truncated, cut_below.cast(pa.int64()))
 
 
 for _unit, _kernel in (("days", pc.days_between), ("hours", pc.hours_between),
@@ -1582,6 +1613,14 @@ class _Compiler:
                     raise _Unsafe
                 return try_cast(exprs[0], source, target, options, refused_only=True)
             return exprs[0].cast(options=options)
+        if spec.time_args:
+            types = [arg.arrow_type if isinstance(arg, _Literal) else self._result_type(e)
+                     for arg, e in zip(node.args, exprs, strict=True)]
+            if None not in types:  # b's boundaries less a's: past int64 an error
+                unit = spec.canonical.removesuffix("_between")
+                return pc.subtract_checked(*(_boundaries(e, t, unit)
+                                             for e, t in zip(exprs[::-1], types[::-1],
+                                                             strict=True)))
         if node.name == "nullif":  # null where a equals b (SQL's); a where b is null
             equal = self._compare("=", node.args[0], node.args[1], exprs[0], exprs[1])
             t = self._type(node.args[0])
@@ -2239,6 +2278,31 @@ def parse_expression(text: str, schema: pa.Schema | None = None) -> pc.Expressio
     """
     text = _require_text(text)
     return _compiled(text, _types_of(text, schema))
+
+
+def with_projected(table: pa.Table, expressions: dict[str, pc.Expression],
+                   fields: dict[str, pa.Field] | None = None) -> pa.Table:
+    """``table`` with the columns ``expressions`` make from it, in one projection: each
+    in the place of the column of its name, or after the others; its field is the one of
+    its name in ``fields``, else a plain one of the value's type. Arrow's errors pass
+    through, for the caller to name the expression.
+
+    Example::
+
+        >>> table = pa.table({"amount": [0.0, 1.5]})
+        >>> with_projected(table, {"x": parse_expression("amount * 2")}).column_names
+        ['amount', 'x']
+    """
+    import pyarrow.dataset as ds
+
+    made = ds.dataset(table).to_table(columns=expressions)
+    for name in expressions:
+        field = (fields or {}).get(name) or pa.field(name, made.schema.field(name).type)
+        i = table.schema.get_field_index(name)
+        column = made.column(name)
+        table = (table.set_column(i, field, column) if i >= 0
+                 else table.append_column(field, column))
+    return table
 
 
 def parse_filter(text: str, schema: pa.Schema | None = None) -> pc.Expression:

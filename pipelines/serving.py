@@ -36,9 +36,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -69,6 +70,7 @@ MODEL_HEADER = "X-Sluice-Model"
 HOST = get_namespace("numpy")
 REQUEST_HEADER = "X-Request-Id"  # the client's, else one made up; in the row log
 ENVIRONMENT = "SLUICE_SERVE"  # a worker process's settings (``--workers``)
+STARTED = "SLUICE_SERVE_STARTED"  # the folder where a worker says it has started
 
 
 class RequestError(SluiceError):
@@ -1111,8 +1113,10 @@ class Metrics:
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
-    """The ASGI application of ``sluice serve`` (Starlette)."""
+def create_app(settings: Settings, model: ScoringModel | None = None,
+               started: Callable[[], None] | None = None) -> Any:
+    """The ASGI application of ``sluice serve`` (Starlette); ``started()`` is called
+    once it has started (its model loaded), as the server begins to accept requests."""
     import anyio
     from starlette.applications import Starlette
     from starlette.background import BackgroundTask
@@ -1302,6 +1306,8 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
         state["limiter"] = anyio.CapacityLimiter(settings.threads)
         tasks = ([asyncio.create_task(refresher())] if settings.refresh > 0 else []) + (
             [asyncio.create_task(flusher())] if server.rowlog is not None else [])
+        if started is not None:
+            started()
         try:
             yield
         finally:
@@ -1324,8 +1330,11 @@ def create_app(settings: Settings, model: ScoringModel | None = None) -> Any:
 
 
 def app_from_environment() -> Any:
-    """A worker process's application (``--workers``: uvicorn imports this)."""
-    return create_app(Settings.loads(os.environ[ENVIRONMENT]))
+    """A worker process's application (``--workers``: uvicorn imports this); once it has
+    started, a file named by the process id in the folder ``STARTED`` names says so."""
+    folder = Path(os.environ[STARTED])
+    return create_app(Settings.loads(os.environ[ENVIRONMENT]),
+                      started=lambda: (folder / str(os.getpid())).touch())
 
 
 def _uvicorn() -> Any:
@@ -1345,7 +1354,9 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
           ) -> None:
     """Load the model (a problem with it stops here, before the port opens), listen on
     ``host:port`` (0: a free port; HTTPS with ``certfile`` and ``keyfile``) and answer
-    until SIGINT or SIGTERM; ``ready(url, model)`` is called once the socket listens."""
+    until SIGINT or SIGTERM; ``ready(url, model)`` is called once every process has loaded
+    the model and started (a request sent then is answered at once, not after the
+    workers' start, seconds on a loaded machine)."""
     uvicorn = _uvicorn()
     if (certfile is None) != (keyfile is None):
         raise SluiceError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
@@ -1377,12 +1388,14 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
                               "lifespan": "on", "timeout_graceful_shutdown": 30}
     if certfile is not None:
         common.update(ssl_certfile=certfile, ssl_keyfile=keyfile)
-    if ready is not None:
-        ready(f"{'https' if certfile else 'http'}://{shown}:{bound}", server.model)
+    url = f"{'https' if certfile else 'http'}://{shown}:{bound}"
+    announce = None if ready is None else (lambda: ready(url, server.model))
     # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again:
     # it lands here, and the exit status is 130 / 143 as `sluice run`'s
     stopped: list[int] = []
     scratch: tempfile.TemporaryDirectory[str] | None = None
+    stopping = threading.Event()
+    waiting: threading.Thread | None = None  # for the workers to start, to announce it
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, lambda sig, frame: stopped.append(sig))
                 for sig in handled}
@@ -1392,9 +1405,18 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
 
             os.environ[ENVIRONMENT] = settings.dumps()
             # the workers' metrics, in a folder of this server's alone (another's, or an
-            # earlier run's, would add its counts to these)
-            scratch = tempfile.TemporaryDirectory(prefix="sluice-metrics-")
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = scratch.name
+            # earlier run's, would add its counts to these), and their word that they
+            # have started
+            scratch = tempfile.TemporaryDirectory(prefix="sluice-serve-")
+            metrics, started = Path(scratch.name, "metrics"), Path(scratch.name, "started")
+            metrics.mkdir()
+            started.mkdir()
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+            os.environ[STARTED] = str(started)
+            if announce is not None:
+                waiting = threading.Thread(target=_ready_when_started, daemon=True,
+                                           args=(started, workers, stopping, announce))
+                waiting.start()
             config = uvicorn.Config("pipelines.serving:app_from_environment", factory=True,
                                     workers=workers, **common)
             supervisor = Multiprocess(config, sockets=[sock])
@@ -1404,18 +1426,32 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
             supervisor.run()
         else:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # one process: its own counts
-            config = uvicorn.Config(create_app(settings, server.model), **common)
+            config = uvicorn.Config(create_app(settings, server.model, announce), **common)
             uvicorn.Server(config).run(sockets=[sock])
     finally:
+        stopping.set()
+        if waiting is not None:
+            waiting.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
         if scratch is not None:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            os.environ.pop(STARTED, None)
             scratch.cleanup()
         sys.stderr.flush()
     if stopped:
         raise SystemExit(128 + stopped[0])
+
+
+def _ready_when_started(started: Path, workers: int, stopping: threading.Event,
+                        ready: Callable[[], None]) -> None:
+    """``ready()`` once ``workers`` worker processes have said in ``started`` that they
+    have started; nothing if the server stops first."""
+    while not stopping.wait(0.05):
+        if sum(1 for _ in started.iterdir()) >= workers:
+            ready()
+            return
 
 
 __all__ = ["ScoringModel", "load_model", "spark_udf", "score_spark", "score_dask", "serve",

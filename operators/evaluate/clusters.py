@@ -37,7 +37,13 @@ from operators.base import (
     require_columns,
 )
 from operators.evaluate.evaluate import Measured, Measuring, value_type
-from operators.models.common import chosen_features, feature_matrix, is_numeric, row_weights
+from operators.models.common import (
+    check_role,
+    chosen_features,
+    feature_matrix,
+    is_numeric,
+    row_weights,
+)
 
 Metric = Literal["silhouette", "calinski_harabasz", "davies_bouldin", "within_ss", "count",
                  "clusters", "cluster_sizes"]
@@ -126,13 +132,14 @@ class EvaluateClusters(Measuring):
             raise SchemaError(f"prediction '{p.prediction}' has type {kind}: cluster ids are "
                               "integers or text", hint="is `prediction:` the clustering "
                                                        "step's column?")
+        check_role("weight", p.weight, p.features)
         if p.weight:
             require_columns(schema, [p.weight], "weight column")
             if not is_numeric(value_type(schema.field(p.weight).type)):
                 raise SchemaError(f"weight column '{p.weight}' has type "
                                   f"{schema.field(p.weight).type}, not a number",
                                   hint="cast it to float64")
-        features = [f for f in self._features(schema) if f != p.weight]
+        features = self._features(schema)
         if not features:
             raise SchemaError("no numeric feature columns to measure the clusters on",
                               hint="set features: the columns the rows were clustered on")

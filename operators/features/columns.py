@@ -22,8 +22,9 @@ from operators.base import (
     register,
     require_columns,
 )
+from operators.expressions import with_projected
 from operators.io.parquet import parse_type
-from operators.try_cast import covers
+from operators.try_cast import cast_options, covers, try_cast
 
 # --------------------------------------------------------------------------- helpers
 
@@ -350,17 +351,9 @@ class Cast(Transform):
 
     def _try_cast(self, part: pa.Table) -> pa.Table:
         """Each column through the expressions' ``try_cast``, in one projection."""
-        import pyarrow.dataset as ds
-
-        from operators.try_cast import cast_options, try_cast
-
         targets = self._targets()
-        made = ds.dataset(part).to_table(columns={
-            name: try_cast(pc.field(name), part.schema.field(name).type, target,
-                           cast_options(target))
-            for name, target in targets.items()})
-        for name, target in targets.items():
-            i = part.schema.get_field_index(name)
-            part = part.set_column(i, part.schema.field(i).with_type(target)
-                                   .with_nullable(True), made.column(name))
-        return part
+        return with_projected(
+            part, {name: try_cast(pc.field(name), part.schema.field(name).type, target,
+                                  cast_options(target)) for name, target in targets.items()},
+            {name: part.schema.field(name).with_type(target).with_nullable(True)
+             for name, target in targets.items()})

@@ -22,6 +22,7 @@ from operators.expressions import (
     failure_hint,
     parse_expression,
     referenced_columns,
+    with_projected,
 )
 from operators.features.columns import arrow_message
 
@@ -102,25 +103,16 @@ class Derive(Transform):
         return batches
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        import pyarrow.dataset as ds
-
         out = part
         for batch in self._batches():
             try:
-                made = ds.dataset(out).to_table(
-                    columns={name: parse_expression(text, out.schema)
-                             for name, text in batch.items()})
+                out = with_projected(out, {name: parse_expression(text, out.schema)
+                                           for name, text in batch.items()})
             except ARROW_ERRORS as exc:
                 failed = self._failing(out, batch)
                 raise DataError(f"derive column '{failed}' ({batch[failed]}): "
                                 f"{arrow_message(exc)}",
                                 hint=failure_hint([batch[failed]])) from None
-            for name in batch:
-                field = pa.field(name, made.schema.field(name).type)
-                i = out.schema.get_field_index(name)
-                column = made.column(name)
-                out = out.set_column(i, field, column) if i >= 0 else out.append_column(
-                    field, column)
         return out
 
     @staticmethod

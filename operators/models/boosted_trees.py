@@ -300,8 +300,9 @@ class GradientBoostedTrees(TreeEstimator):
         if loss == "lambdarank":  # scores start at 0, as LightGBM's
             base = np.zeros(1)
         elif loss in LOG_LINK:
-            base = np.array([start_score(loss, state["label_min"], state["mean"],
-                                         self.params.label)])
+            base = np.array([start_score(loss, state["label_min"], state["label_max"],
+                                         state["mean"], self.params.label,
+                                         self.params.tweedie_power)])
         elif not state["classify"]:
             base = np.array([state["mean"]])
         else:
@@ -763,12 +764,8 @@ class GradientBoostedTrees(TreeEstimator):
             return {}
         held = memo["held"]  # prepared with the training rows (``_prepared``)
         raw = self._raw(held, state, memo, "held_raw", xp)
-        if self._ranks(state):  # 1 - NDCG@k, a sum over the held-out queries (weighted:
-            # each by the mean of its rows' weights, as evaluate's and LightGBM's)
-            weights = (to_numpy(held["w"]).astype(np.float64).reshape(-1)
-                       if self.params.weight else None)
-            total, weight = ranking.ndcg_sums(_host_scores(raw), held["relevance"],
-                                              held["query"], self.params.ndcg_at, weights)
+        if self._ranks(state):  # 1 - NDCG@k, a sum over the held-out queries
+            total, weight = self._ndcg_sums(_host_scores(raw), held)
             return {"loss": weight - total, "loss_weight": float(weight)}
         loss = _loss(raw, held["y"], self._outputs(state), self._loss_name(state), xp,
                      self._leaf_level(), self.params.tweedie_power)
@@ -783,22 +780,31 @@ class GradientBoostedTrees(TreeEstimator):
         held = memo.get("held")
         if "query" not in prep or (held is not None and "query" not in held):
             train, held_rows = held_out(part, self.params)
-            for rows, table, gradients in ((prep, train, True), (held, held_rows, False)):
+            for rows, table, measured in ((prep, train, False), (held, held_rows, True)):
                 if rows is not None and "query" not in rows:
-                    rows.update(self._query_rows(table, state, gradients))
+                    rows.update(self._query_rows(table, state, measured))
         return prep
 
-    def _query_rows(self, table: pa.Table, state: dict[str, Any], tiebreak: bool = True
-                    ) -> dict[str, np.ndarray]:
-        """A ranking's rows on the host: their query (a code), relevance and (for the
-        gradients) the hash that orders rows of equal score."""
+    def _query_rows(self, table: pa.Table, state: dict[str, Any], measured: bool = False
+                    ) -> dict[str, Any]:
+        """A ranking's rows on the host: their query (a code), relevance and, for the
+        gradients, the hash that orders rows of equal score, or, for the held-out NDCG
+        (``measured``), their weights (None without a weight column)."""
         p = self.params
         labels = np.asarray(label_column(table, p.label).to_numpy(zero_copy_only=False),
                             dtype=np.float64)
         out = {"query": ranking.query_codes(table, p.group), "relevance": labels}
-        if tiebreak:
+        if measured:
+            out["weight"] = row_weights(table, p.weight) if p.weight else None
+        else:
             out["tiebreak"] = model_hashes(table, p, state["features"])
         return out
+
+    def _ndcg_sums(self, score: np.ndarray, rows: dict[str, Any]) -> tuple[float, float]:
+        """The held-out queries' NDCG@k sum and weight, each query weighted by the mean of
+        its rows' weights (as evaluate's and LightGBM's), from ``_query_rows``' rows."""
+        return ranking.ndcg_sums(score, rows["relevance"], rows["query"], self.params.ndcg_at,
+                                 rows["weight"])
 
     def _prepared_rows(self, part: pa.Table, state: dict[str, Any], memo: dict[str, Any],
                        xp: Any) -> dict[str, Any]:
@@ -917,11 +923,8 @@ class GradientBoostedTrees(TreeEstimator):
         held = held_out(part, self.params)[1]
         if held.num_rows == 0:
             return np.zeros(4)
-        rows = self._query_rows(held, state, tiebreak=False)
-        score = self._model(state).outputs(held, xp)[0]
-        weights = row_weights(held, self.params.weight) if self.params.weight else None
-        total, weight = ranking.ndcg_sums(score, rows["relevance"], rows["query"],
-                                          self.params.ndcg_at, weights)
+        rows = self._query_rows(held, state, measured=True)
+        total, weight = self._ndcg_sums(self._model(state).outputs(held, xp)[0], rows)
         return np.array([total, weight, len(np.unique(rows["query"])), held.num_rows],
                         dtype=np.float64)
 

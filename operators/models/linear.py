@@ -258,6 +258,7 @@ class LinearRegression(Estimator):
                     "heldout": a["heldout"] + b["heldout"], "weight": a["weight"] + b["weight"],
                     "label_sum": a["label_sum"] + b["label_sum"],
                     "label_min": min(a["label_min"], b["label_min"]),
+                    "label_max": max(a["label_max"], b["label_max"]),
                     "precision": max(a["precision"], b["precision"]),
                     "sums": a["sums"] + b["sums"]}
         return {**_combine_moments(a, b), "sums": a["sums"] + b["sums"]}
@@ -324,10 +325,13 @@ class LinearRegression(Estimator):
         if state["phase"] == "summary":
             # the weighted feature sums: the training means, contributions' reference;
             # the held-out rows' labels are checked too (their deviance needs them valid)
-            held_min = _float_values(label_column(held, p.label)).min(initial=np.inf)
+            held_labels = _float_values(label_column(held, p.label))
             return {"kind": "summary", "rows": train.num_rows, "heldout": held.num_rows,
                     "weight": float(weights.sum()), "label_sum": float(weights @ label),
-                    "label_min": float(min(label.min(initial=np.inf), held_min)),
+                    "label_min": float(min(label.min(initial=np.inf),
+                                           held_labels.min(initial=np.inf))),
+                    "label_max": float(max(label.max(initial=-np.inf),
+                                           held_labels.max(initial=-np.inf))),
                     "precision": precision(xp),
                     "sums": weighted_sums(train, state["features"], weights)}
         newton = state["solver"] == "newton"
@@ -351,7 +355,8 @@ class LinearRegression(Estimator):
         require_training_rows(stats["rows"], stats["heldout"])
         total = stats["weight"]
         require_positive_weight(total, p.weight)
-        base = start_score(p.loss, stats["label_min"], stats["label_sum"] / total, p.label)
+        base = start_score(p.loss, stats["label_min"], stats["label_max"],
+                           stats["label_sum"] / total, p.label, p.tweedie_power)
         k = len(state["features"])
         theta = np.zeros(k + int(p.fit_intercept))
         mask = np.ones_like(theta)

@@ -53,15 +53,32 @@ def deviance_metric(loss: str, power: float) -> dict[str, Any] | None:
     return out
 
 
-def start_score(loss: str, low: float, mean: float, label: str) -> float:
+LARGEST_GRADIENT = 1e100
+"""The largest label ** (2 - power) a fit takes (power 1 for poisson, 2 for gamma): a
+row's gradient grows as it, and sums of them, squared, stay far inside float64 (past
+some 1e150 they overflowed, and the fit stopped at zero coefficients, no split)."""
+
+
+def start_score(loss: str, low: float, high: float, mean: float, label: str,
+                power: float) -> float:
     """The best constant raw score, the log of the labels' (weighted) mean; a DataError
-    when ``low`` (their minimum) or ``mean`` is outside what ``loss`` accepts."""
+    when ``low`` (their minimum) or ``mean`` is outside what ``loss`` accepts, or
+    ``high`` (their maximum) past what its gradients can sum."""
     if low < 0 or (loss == "gamma" and low <= 0) or not mean > 0:
         need = "positive" if loss == "gamma" else "non-negative, not all zero"
         raise DataError(
             f"loss: {loss} needs {need} labels; '{label}' has "
             f"{low:g} (its mean is {mean:g})",
             hint="filter those rows out, or choose another loss")
+    growth = {"poisson": 1.0, "gamma": 0.0}.get(loss, 2.0 - power)
+    if growth > 0 and not high ** growth <= LARGEST_GRADIENT:
+        raise DataError(
+            f"label column '{label}' has values up to {high:g}, too large for loss: "
+            f"{loss} (its gradients' sums would overflow float64; labels up to "
+            f"{LARGEST_GRADIENT ** (1 / growth):g} fit)",
+            hint=f"derive the label in larger units, e.g. \"{label} / "
+                 f"1e{math.ceil(math.log10(high))}\", and scale the predictions back; or "
+                 "choose loss: gamma, which fits labels of any size")
     return math.log(mean)
 
 

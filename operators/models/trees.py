@@ -1903,8 +1903,10 @@ class TreeEstimator(Estimator):
             y = _float_labels(labels)
             out["sums"] = np.array([weights.sum(), weights @ y])
             # the held-out rows' labels too: a log link's validation deviance needs them
-            held_min = _float_labels(label_column(held, p.label)).min(initial=np.inf)
-            out["label_min"] = float(min(y.min(initial=np.inf), held_min))
+            held_y = _float_labels(label_column(held, p.label))
+            out["label_min"] = float(min(y.min(initial=np.inf), held_y.min(initial=np.inf)))
+            out["label_max"] = float(max(y.max(initial=-np.inf),
+                                         held_y.max(initial=-np.inf)))
         features = state["features"]
         keys = mix(model_hashes(train, p, features) ^ _SAMPLE_KEY)
         order = np.argsort(keys, kind="stable")[:BIN_SAMPLE_ROWS]
@@ -2097,6 +2099,7 @@ class TreeEstimator(Estimator):
             total = float(stats["sums"][0])
             out["mean"] = float(stats["sums"][1] / total) if total > 0 else 0.0
             out["label_min"] = float(stats["label_min"])
+            out["label_max"] = float(stats["label_max"])
         require_positive_weight(total, p.weight)
         out["total_weight"] = total
         return out
@@ -2304,6 +2307,7 @@ def _combine_summary(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     else:
         out["sums"] = a["sums"] + b["sums"]
         out["label_min"] = min(a["label_min"], b["label_min"])
+        out["label_max"] = max(a["label_max"], b["label_max"])
     (out["sample_keys"], out["sample"]), places = _smallest_keys(
         a["sample_keys"], a["sample"], b["sample_keys"], b["sample"], BIN_SAMPLE_ROWS)
     out["sample_values"] = {name: _merged(values, b["sample_values"][name], places)

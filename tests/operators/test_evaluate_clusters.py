@@ -16,7 +16,7 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 from operators.base import DataError, ParamError, SchemaError
 from operators.evaluate.clusters import EvaluateClusters
 from operators.testing.kit import NUMPY, fit, split
-from pipelines.runner import run
+from pipelines.runner import ValidationFailed, run
 
 
 def measured(table: pa.Table, parts: int = 1, seed: int | None = None, **params: Any
@@ -132,6 +132,35 @@ def test_errors_name_the_column() -> None:
         EvaluateClusters(metrics=["silhouette", "silhouette"])
     with pytest.raises(Exception, match="silhuette"):
         EvaluateClusters(metrics=["silhuette"])
+
+
+def test_a_weight_listed_in_features_is_a_plan_time_error(workdir: Path) -> None:
+    """``features`` that lists the ``weight`` column would measure the clusters on fewer
+    columns than were asked: the plan refuses it, naming the step and the column."""
+    import pyarrow.parquet as pq
+
+    X, labels = blobs()
+    table = table_of(X, labels).append_column("w", pa.array(np.ones(len(X))))
+    with pytest.raises(ParamError, match="weight column 'w' is also listed in features"):
+        EvaluateClusters(features=["a", "w"], weight="w").output_schema(table.schema)
+    (workdir / "data").mkdir()
+    pq.write_table(table, workdir / "data" / "p.parquet")
+    pipeline = write_pipeline(workdir, """
+        pipeline: segments
+        steps:
+          - op: read_parquet
+            path: data
+          - id: quality
+            op: evaluate_clusters
+            features: [a, b, w]
+            weight: w
+    """)
+    with pytest.raises(ValidationFailed) as info:
+        run(pipeline)
+    problem = str(info.value.problems[0])
+    assert f"{pipeline}:7: step 'quality' (evaluate_clusters)" in problem, problem
+    assert "weight column 'w' is also listed in features" in problem
+    assert "remove 'w' from features" in problem
 
 
 def test_after_kmeans_in_a_pipeline(workdir: Path) -> None:

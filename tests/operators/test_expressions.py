@@ -2105,3 +2105,71 @@ def test_a_guard_on_no_true_false_leaves_the_type_check_its_message(text: str,
 def test_a_null_condition_guards_as_a_boolean_null() -> None:
     schema = pa.schema([("s", pa.string())])
     assert expression_type("if(null, cast(s as int64), 1)", schema) == pa.int64()
+
+
+def test_with_projected_puts_columns_in_place_or_after() -> None:
+    """The columns expressions make from a table, in one projection: one of a column's
+    name takes its place, a new one goes after the others; a field given keeps its
+    metadata and nullability, the others are plain nullable fields of the value's type."""
+    table = pa.table({"a": pa.array([1, 2], pa.int32()), "b": [0.5, 1.5]})
+    kept = pa.field("a", pa.int64(), metadata={"unit": "days"})
+    out = expressions.with_projected(
+        table, {"a": pc.field("a").cast(pa.int64()),
+                "twice": parse_expression("b * 2", table.schema)}, {"a": kept})
+    assert out.column_names == ["a", "b", "twice"]
+    assert out.schema.field("a") == kept and out.schema.field("a").metadata == kept.metadata
+    assert out.schema.field("twice") == pa.field("twice", pa.float64())
+    assert out.to_pydict() == {"a": [1, 2], "b": [0.5, 1.5], "twice": [1.0, 3.0]}
+    assert table.column_names == ["a", "b"]  # the input is not changed
+
+
+def test_differences_of_times_at_every_extreme_and_precision() -> None:
+    """days_between and its kin count the boundaries exactly for every value a date or a
+    timestamp of any unit holds: nanoseconds that are no whole microsecond (Arrow's
+    cast to microseconds refused them), dates and coarse times past timestamp[us]'s
+    range, times before 1970; Arrow's own kernels agree where they can take the values."""
+    rng = np.random.default_rng(3)
+    big = 2**62
+    table = pa.table({
+        "ns": pa.array(np.r_[-1, 1, 999, rng.integers(-big, big, 200)], pa.timestamp("ns")),
+        "s": pa.array(np.r_[-1, 0, big, rng.integers(-10**11, 10**11, 200)],
+                      pa.timestamp("s", tz="Asia/Kolkata")),
+        "d": pa.array(np.r_[2**31 - 1, -2**31, -1, rng.integers(-10**6, 10**6, 200)]
+                      .astype(np.int32), pa.date32()),
+        "ms": pa.array(np.r_[-1, 86_399_999, 0, rng.integers(-big, big, 200)], pa.date64()),
+    })
+    lengths = {"days": 86_400 * 10**9, "hours": 3_600 * 10**9, "minutes": 60 * 10**9,
+               "seconds": 10**9}
+    nanoseconds = {"ns": 1, "s": 10**9, "d": 86_400 * 10**9, "ms": 10**6}
+
+    def boundaries(name: str, unit: str) -> list[int]:
+        raw = table.column(name).cast(pa.int32() if name == "d" else pa.int64())
+        return [v * nanoseconds[name] // lengths[unit] for v in raw.to_pylist()]
+
+    for unit in lengths:
+        for a in nanoseconds:
+            for b in nanoseconds:
+                text = f"{unit}_between({a}, {b})"
+                got = ds.dataset(table).to_table(
+                    columns={"x": parse_expression(text, table.schema)})["x"].to_pylist()
+                want = [y - x for x, y in zip(boundaries(a, unit), boundaries(b, unit),
+                                              strict=True)]
+                assert got == want, text
+    # Arrow's own kernels, on two columns of one type: the same counts
+    pair = pa.table({"a": table.column("ns"), "b": table.column("ns").take(
+        pa.array(rng.permutation(table.num_rows)))})
+    for unit in lengths:
+        ours = ds.dataset(pair).to_table(columns={"x": parse_expression(
+            f"{unit}_between(a, b)", pair.schema)})["x"]
+        theirs = getattr(pc, f"{unit}_between")(pair.column("a"), pair.column("b"))
+        assert ours.to_pylist() == theirs.to_pylist()
+
+
+def test_a_difference_past_int64_is_an_error_naming_the_column() -> None:
+    """seconds_between of times some 10**11 years apart does not fit in an int64: an
+    error naming the derive column and its expression, never a wrapped number."""
+    table = pa.table({"a": pa.array([-2**62 - 2**61, 0], pa.timestamp("s")),
+                      "b": pa.array([2**62 + 2**61, 0], pa.timestamp("s"))})
+    with pytest.raises(DataError, match=r"derive column 'gap' \(seconds_between\(a, b\)\): "
+                                        r".*overflow"):
+        lookup("derive")(columns={"gap": "seconds_between(a, b)"}).transform(table, np)

@@ -6,6 +6,7 @@ by a pipeline and in process (serve's path)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,27 @@ def test_a_held_out_label_outside_the_loss_is_the_same_data_error(
     with pytest.raises(DataError, match=match) as error:
         fit(estimator, [table])
     assert error.value.hint == "filter those rows out, or choose another loss"
+
+@pytest.mark.parametrize(("loss", "power", "largest"), [
+    ("poisson", 1.5, "1e+300"), ("tweedie", 1.5, "1e+300"), ("tweedie", 1.2, "1e+130")])
+def test_labels_too_large_for_the_loss_are_a_data_error(loss: str, power: float,
+                                                        largest: str) -> None:
+    """Labels whose gradients' sums overflow float64 (the fit stopped at zero coefficients,
+    without a word) are refused, naming the label column and its largest value; gamma's
+    gradients do not grow with the labels, and it fits them."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(300)
+    labels = np.exp(0.5 * x) * float(largest) / np.exp(0.5 * x).max()
+    table = pa.table({"x": x, "y": labels})
+    extra = {"tweedie_power": power} if loss == "tweedie" else {}
+    with pytest.raises(DataError, match=re.escape(f"label column 'y' has values up to "
+                                                  f"{largest}, too large for loss: {loss}")
+                       ) as error:
+        fit(LinearRegression(label="y", loss=loss, **extra), [table])
+    assert "derive the label in larger units" in error.value.hint
+    model = fit(LinearRegression(label="y", loss="gamma"), [table])
+    assert model.state()[1]["coef"] == pytest.approx([0.5], rel=1e-6)
+
 
 @pytest.mark.parametrize(("params", "match", "hint"), [
     ({"loss": "poisson", "tweedie_power": 1.3},

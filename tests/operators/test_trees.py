@@ -902,6 +902,11 @@ def test_losses_that_cannot_apply() -> None:
             break
     with pytest.raises(DataError, match="loss: gamma needs positive labels; 'y' has 0"):
         fit_state(estimator, [held])
+    # labels whose gradients' sums overflow float64: no split gained, silently
+    huge = table.set_column(1, "y", pa.array(labels * 1e299))
+    with pytest.raises(DataError, match=r"label column 'y' has values up to 7e\+299, "
+                                        "too large for loss: poisson"):
+        fit_state(GradientBoostedTrees(label="y", loss="poisson"), [huge])
     classes = table.set_column(1, "y", pa.array(np.arange(200) % 2))
     with pytest.raises(ParamError, match="regression loss"):
         GradientBoostedTrees(label="y", loss="poisson").output_schema(classes.schema)

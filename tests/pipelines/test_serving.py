@@ -226,9 +226,10 @@ def test_json_has_no_nan() -> None:
 class Served:
     """A running ``sluice serve``: its process, URL and a client."""
 
-    def __init__(self, process: subprocess.Popen[str], port: int, line: str):
+    def __init__(self, process: subprocess.Popen[str], port: int, line: str,
+                 before: str = ""):
         self.process, self.port, self.line = process, port, line
-        self.log: list[str] = []
+        self.log: list[str] = [before]  # the lines before ``line``, then the rest
         self.drain = threading.Thread(target=self._drain, daemon=True)  # keep stderr flowing
         self.drain.start()
 
@@ -278,13 +279,21 @@ def _start(registry: Path, *args: str, env: dict[str, str] | None = None,
                               timeout=120, cwd=registry)
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment,
                                cwd=registry)
-    assert process.stderr is not None
-    line = process.stderr.readline()
-    if "serving" not in line:
-        process.kill()
-        raise AssertionError(line + process.stderr.read())
+    line, before = _serving_line(process)
     port = int(line.split("http://127.0.0.1:")[1].split(":")[0])
-    return Served(process, port, line)
+    return Served(process, port, line, before)
+
+
+def _serving_line(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """The server's "serving ..." line, and uvicorn's lines before it (as it starts)."""
+    assert process.stderr is not None
+    before = []
+    for line in process.stderr:
+        if line.startswith("serving "):
+            return line, "".join(before)
+        before.append(line)
+    process.kill()
+    raise AssertionError("".join(before))
 
 
 def _stop(served: Served) -> int:
@@ -651,10 +660,9 @@ def test_workers_share_the_port(registry: Path) -> None:
             assert status == 200, answer
             assert [p["probability"] for p in answer["predictions"]] == \
                 expected.column("probability").to_pylist()
-        # both processes answer (each connection is accepted by one or the other, once
-        # it listens: "serving" is said when the socket opens, before the workers have
-        # imported sluice, so on a loaded machine the first may take every request for a
-        # while; asked until both have answered, for up to a minute)
+        # both processes answer (each connection is accepted by one or the other: on a
+        # loaded machine one may take every request for a while; asked until both have
+        # answered, for up to a minute)
         processes = set()
         deadline = time.monotonic() + 60
         while len(processes) < 2 and time.monotonic() < deadline:
@@ -666,6 +674,32 @@ def test_workers_share_the_port(registry: Path) -> None:
         assert got["sluice_requests_total", (("format", "json"), ("model", "churn@2"),
                                              ("status", "200"))] == 20
         assert got["sluice_rows_total", (("model", "churn@2"),)] == 100
+    finally:
+        assert _stop(served) == 143
+
+
+@pytest.mark.slow
+def test_workers_have_started_when_the_server_says_serving(registry: Path,
+                                                           tmp_path: Path) -> None:
+    """With --workers, "serving" is said once every worker has loaded the model and
+    started its application, so that a request is answered at once (it was said as the
+    socket opened, seconds before a worker could answer): here each worker starts two
+    seconds late, and each has started when the line comes."""
+    hooks, started = tmp_path / "hooks", tmp_path / "started"
+    hooks.mkdir()
+    started.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, pathlib, time\n"
+        "if 'SLUICE_SERVE' in os.environ:  # a worker process (the server's settings)\n"
+        "    time.sleep(2)\n"
+        f"    pathlib.Path({str(started)!r}, str(os.getpid())).touch()\n")
+    path = os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH")) if p)
+    served = _start(registry, "churn@2", "--workers", "2", env={"PYTHONPATH": path})
+    assert isinstance(served, Served)
+    try:
+        assert len(list(started.iterdir())) >= 2
+        status, answer = served.post(_split(_rows(registry, 2).select(INPUTS)))
+        assert status == 200, answer
     finally:
         assert _stop(served) == 143
 
@@ -1055,10 +1089,10 @@ def test_https_and_a_token(registry: Path, tmp_path: Path) -> None:
         [SLUICE, "serve", "churn@1", "--models", str(registry / "models"), "--port", "0",
          "--no-access-log", "--token-file", str(token), "--ssl-certfile", str(cert),
          "--ssl-keyfile", str(key)], stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
-    line = process.stderr.readline()
-    assert "on https://127.0.0.1:" in line, line + process.stderr.read()
-    served = Served(process, int(line.split("https://127.0.0.1:")[1].split(":")[0]), line)
+    line, before = _serving_line(process)
+    assert "on https://127.0.0.1:" in line, line
+    served = Served(process, int(line.split("https://127.0.0.1:")[1].split(":")[0]), line,
+                    before)
     context = ssl.create_default_context(cafile=str(cert))
     rows = _rows(registry, 3).select(INPUTS)
 
