@@ -161,8 +161,8 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
 
     def saved_view(self) -> Operator:
         """What ``save_model`` saves for this step: itself, but where scoring needs less
-        than a run (drop: a column not there is nothing to drop, so a model never asks
-        for a column only to drop it)."""
+        than a run (drop and select: a column not there is nothing to drop or keep, so a
+        model never asks for a column only to drop it, nor for the label a select kept)."""
         return self
 
     def plan_note(self) -> str | None:

@@ -114,8 +114,15 @@ def merge_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- select / drop
 
 
+MISSING = ("a column not in the input: an error (a typo found as the pipeline plans), or "
+           "nothing to {verb} (pandas' errors='ignore'; what a saved model's {op} does, so "
+           "that scoring never needs a column the model does not use: an id, the label)")
+
+
 class SelectParams(Params):
     columns: list[str] = Field(min_length=1, description="columns to keep, in this order")
+    missing: Literal["error", "ignore"] = Field(
+        "error", description=MISSING.format(verb="keep", op="select"))
 
 
 @register("select")
@@ -137,24 +144,31 @@ class Select(Transform):
         unique_names(self.params.columns, "columns")
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return list(self.params.columns)
+        return list(self.params.columns) if self.params.missing == "error" else []
+
+    def saved_view(self) -> Select:
+        return Select(columns=self.params.columns, missing="ignore")
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        require_columns(schema, self.params.columns)
-        return pa.schema([schema.field(c) for c in self.params.columns],
+        if self.params.missing == "error":
+            require_columns(schema, self.params.columns)
+        return pa.schema([schema.field(c) for c in _there(self.params.columns, schema.names)],
                          metadata=schema.metadata)
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        return part.select(self.params.columns)
+        return part.select(_there(self.params.columns, part.column_names))
+
+
+def _there(columns: list[str], names: list[str]) -> list[str]:
+    """Those of ``columns`` that are among ``names``, in their order."""
+    present = set(names)
+    return [c for c in columns if c in present]
 
 
 class DropParams(Params):
     columns: list[str] = Field(min_length=1, description="columns to remove")
     missing: Literal["error", "ignore"] = Field(
-        "error", description="a column not in the input: an error (a typo found as the "
-                             "pipeline plans), or nothing to drop (pandas' errors='ignore'; "
-                             "what a saved model's drop does, so that scoring never needs a "
-                             "column only to drop it)")
+        "error", description=MISSING.format(verb="drop", op="drop"))
 
 
 @register("drop")
@@ -181,18 +195,15 @@ class Drop(Transform):
     def saved_view(self) -> Drop:
         return Drop(columns=self.params.columns, missing="ignore")
 
-    def _there(self, names: list[str]) -> list[str]:
-        return [c for c in self.params.columns if c in names]
-
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         if self.params.missing == "error":
             require_columns(schema, self.params.columns)
-        for name in self._there(schema.names):
+        for name in _there(self.params.columns, schema.names):
             schema = schema.remove(schema.get_field_index(name))
         return schema
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        return part.drop_columns(self._there(part.column_names))
+        return part.drop_columns(_there(self.params.columns, part.column_names))
 
 
 # --------------------------------------------------------------------------- rename

@@ -148,7 +148,7 @@ def test_scoring_into_a_partitioned_output_day_by_day(workdir: Path, trained: Pa
     assert "(set --partition-by region as the output has it" in done.stderr
 
 
-def test_a_model_never_needs_a_column_it_only_drops(churn: Path, workdir: Path) -> None:
+def test_a_model_never_needs_a_column_it_only_drops_or_selects(churn: Path, workdir: Path) -> None:
     """A `drop` before the model (an id, a date the model does not use) is saved as a
     drop of what is there: scoring rows without those columns, or with them of another
     type, gives the same scores; in a pipeline `drop` of a missing column is still an
@@ -187,6 +187,25 @@ def test_a_model_never_needs_a_column_it_only_drops(churn: Path, workdir: Path) 
     one = model.score([{"tenure": 5, "plan": "basic", "monthly_charges": 70.0,
                         "total_charges": 350.0}])  # as `sluice serve` takes a row
     assert one[0]["prediction"] in (0, 1)
+
+    # a select of the features and the label before the model: scoring needs no label
+    run(write_pipeline(workdir, """
+        pipeline: selected
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: select
+            columns: [tenure, monthly_charges, churned]
+          - op: logistic_regression
+            label: churned
+          - op: save_model
+            name: selected
+        """, "selected.yaml"))
+    selected = load_model("selected", str(workdir / "models"))
+    assert selected.model.required == ["tenure", "monthly_charges"]
+    unlabelled = rows.select(["tenure", "monthly_charges"])
+    assert selected.score(unlabelled).column("probability").equals(
+        selected.score(rows).column("probability"))
 
     typo = write_pipeline(workdir, """
         pipeline: typo

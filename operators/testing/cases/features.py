@@ -170,7 +170,8 @@ _cases("derive", features_table,
                                 "label": "upper(plan)"}}))
 
 _cases("select", features_table,
-       ("reorder", {"columns": ["plan", "x", "id"]}))
+       ("reorder", {"columns": ["plan", "x", "id"]}),
+       ("missing-ignored", {"columns": ["plan", "not_there", "x"], "missing": "ignore"}))
 _cases("drop", features_table,
        ("some", {"columns": ["big", "region"]}),
        ("missing-ignored", {"columns": ["big", "not_there"], "missing": "ignore"}))
