@@ -159,10 +159,13 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
         """Columns of the input this operator reads (checked at plan time)."""
         return []
 
-    def saved_view(self) -> Operator:
-        """What ``save_model`` saves for this step: itself, but where scoring needs less
-        than a run (drop and select: a column not there is nothing to drop or keep, so a
-        model never asks for a column only to drop it, nor for the label a select kept)."""
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Operator | None:
+        """What ``save_model`` saves for this step (None: nothing): itself, but where
+        scoring needs less than a run. ``training_only``: the columns only the chain's
+        fits read (their labels, weights, query groups), which scoring has no use for.
+        drop and select save a drop or select of what is there (a model never asks for a
+        column only to drop it, nor for the label a select kept); derive saves the columns
+        scoring needs (not the label it derived)."""
         return self
 
     def plan_note(self) -> str | None:

@@ -719,6 +719,14 @@ def _check_data_steps_in_model(plan: Plan, save: Step) -> None:
                      "rows come (as scoring will)")
 
 
+def training_only(chain: list[Step]) -> frozenset[str]:
+    """The columns only the fits of a saved chain read: their labels, weights and query
+    groups (what ``saved_view`` leaves out of what scoring needs)."""
+    return frozenset(value for s in chain if isinstance(s.op, Estimator)
+                     for key in ("label", "weight", "group")
+                     if isinstance(value := getattr(s.op.params, key, None), str))
+
+
 def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | None:
     """The steps ``save_id`` will save and the columns they read from their input, as
     planned; None when one of them has no schema (its problem is reported)."""
@@ -726,8 +734,10 @@ def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | N
     source = plan.model_input(save_id)
     if not chain or source is None or any(s.schema is None for s in chain):
         return None
-    return chain, required_columns([s.op.saved_view() for s in chain], source,
-                                   [s.schema for s in chain])
+    only = training_only(chain)
+    saved = [(view, s.schema) for s in chain if (view := s.op.saved_view(only)) is not None]
+    return chain, required_columns([view for view, _ in saved], source,
+                                   [schema for _, schema in saved])
 
 
 def _bind_promoted(plan: Plan, step: Step) -> bool:

@@ -48,7 +48,7 @@ from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
-from pipelines.plan import Plan, Step, build
+from pipelines.plan import Plan, Step, build, training_only
 from pipelines.runs import default_runs_dir
 from pipelines.shuffle import (
     SAMPLE_PER_BUCKET,
@@ -595,7 +595,8 @@ class Run:
     def _save_model(self, step: Step) -> None:
         chain = self.plan.model_chain(step.id)
         source_schema = self.plan.model_input(step.id)
-        steps = [self.fitted[s.id].saved_view() for s in chain]
+        only = training_only(chain)
+        steps = [view for s in chain if (view := self.fitted[s.id].saved_view(only)) is not None]
         info = {
             "pipeline": self.plan.spec.name,
             "run_id": self.run_id,

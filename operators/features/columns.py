@@ -146,7 +146,7 @@ class Select(Transform):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns) if self.params.missing == "error" else []
 
-    def saved_view(self) -> Select:
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Select:
         return Select(columns=self.params.columns, missing="ignore")
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
@@ -192,7 +192,7 @@ class Drop(Transform):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns) if self.params.missing == "error" else []
 
-    def saved_view(self) -> Drop:
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Drop:
         return Drop(columns=self.params.columns, missing="ignore")
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:

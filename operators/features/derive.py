@@ -75,6 +75,21 @@ class Derive(Transform):
             made.add(name)
         return used
 
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Derive | None:
+        """Without the columns only training reads (a label derived here: scoring rows
+        have no status to derive it from), unless a later expression of the step uses
+        them; None where none is left."""
+        kept: list[str] = []
+        used: set[str] = set()
+        for name, text in reversed(self.params.columns.items()):
+            if name not in training_only or name in used:
+                kept.append(name)
+                used |= set(referenced_columns(text))
+        if len(kept) == len(self.params.columns):
+            return self
+        columns = {name: text for name, text in self.params.columns.items() if name in kept}
+        return Derive(columns=columns) if columns else None
+
     def derived_from(self) -> dict[str, list[str]]:
         return {name: referenced_columns(text) for name, text in self.params.columns.items()}
 

@@ -634,3 +634,18 @@ def test_errors_are_sluice_errors_with_hints() -> None:
         build("min_max_scale", columns=["label"]).output_schema(schema)
     with pytest.raises(ValidationError, match="low must be below high"):
         build("min_max_scale", columns=["x"], feature_range=[1, 0])
+
+
+def test_derive_saves_the_columns_scoring_needs() -> None:
+    """A derive in a saved model leaves out the columns only training reads (the label it
+    derives), unless a later expression of the step uses them; none left: not saved."""
+    from operators.features.derive import Derive
+
+    op = Derive(columns={"y": "status == 'closed'", "ratio": "a / b", "y2": "y and a > 0"})
+    assert op.saved_view(frozenset({"y2"})).params.columns == {
+        "y": "status == 'closed'", "ratio": "a / b"}  # y2 left out; y is no label here
+    assert op.saved_view(frozenset({"y"})) is op  # y2 reads y: nothing to leave out
+    assert op.saved_view(frozenset({"y", "y2"})).params.columns == {"ratio": "a / b"}
+    assert op.saved_view(frozenset()) is op
+    alone = Derive(columns={"y": "status == 'closed'"})
+    assert alone.saved_view(frozenset({"y"})) is None

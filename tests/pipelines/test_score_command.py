@@ -207,6 +207,29 @@ def test_a_model_never_needs_a_column_it_only_drops_or_selects(churn: Path, work
     assert selected.score(unlabelled).column("probability").equals(
         selected.score(rows).column("probability"))
 
+    # a label derived in the model's chain: scoring rows have nothing to derive it from
+    run(write_pipeline(workdir, """
+        pipeline: derived
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: derive
+            columns:
+              left: "churned == 1"
+              long: "tenure >= 24"
+          - op: logistic_regression
+            label: left
+            features: [tenure, monthly_charges, long]
+          - op: save_model
+            name: derived
+        """, "derived.yaml"))
+    derived = load_model("derived", str(workdir / "models"))
+    assert derived.model.required == ["tenure", "monthly_charges"]
+    (derive,) = [s for s in derived.model.chain.every_step() if s.name == "derive"]
+    assert list(derive.params.columns) == ["long"]
+    assert derived.score(rows.drop_columns(["churned"])).column("probability").equals(
+        derived.score(rows).column("probability"))
+
     typo = write_pipeline(workdir, """
         pipeline: typo
         steps:
