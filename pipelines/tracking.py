@@ -50,10 +50,14 @@ PARAM_VALUE = 6000
 TAG_VALUE = 5000
 KEY = re.compile(r"[^/\w.\- :]")
 """Characters MLflow refuses in a metric, param or tag name (each becomes ``_``)."""
+NO_SEGMENT = re.compile(r"^/|/(?=/|$)|(?<![^/])\.+(?![^/])|^\.(?=\.)")
+"""What MLflow refuses in a name as it is a path too (a name that normalising as a path
+would change): a leading or trailing ``/``, an empty, ``.`` or ``..`` part (a ``by`` group
+of URLs, ``source=s3://bucket``), a leading ``..``; each character becomes ``_``."""
 
 
 def _key(name: str) -> str:
-    return KEY.sub("_", name)[:250]
+    return NO_SEGMENT.sub(lambda m: "_" * len(m.group()), KEY.sub("_", name)[:250])
 
 
 def _text(value: Any, limit: int) -> str:

@@ -317,3 +317,45 @@ def test_models_export_registers_a_version_once(churn: Path, workdir: Path,
     assert client.get_run(own_run).info.status == "FINISHED"
     assert "registered" not in out.stdout
     assert [a.path for a in client.list_artifacts(own_run, "models")] == ["models/churn"]
+
+
+def test_a_group_named_like_a_path_is_logged_under_a_name_mlflow_takes(
+        workdir: Path, store: str) -> None:
+    """MLflow takes a name as a path too and refuses one that a path's normalising would
+    change: an ``evaluate`` group of URLs (``source=s3://...``) made the whole run's
+    logging fail (the run FAILED in MLflow, no metric there)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (workdir / "data").mkdir()
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                             "y": [1.1, 2.0, 2.9, 4.2, 5.0, 6.1],
+                             "source": ["s3://a/x", "s3://a/x", "s3://b//y", "s3://b//y",
+                                        "/", "/"]}), workdir / "data" / "rows.parquet")
+    path = write_pipeline(workdir, """
+        pipeline: by_source
+        steps:
+          - op: read_parquet
+            path: data/rows.parquet
+          - op: linear_regression
+            label: y
+            features: [x]
+          - id: eval
+            op: evaluate
+            label: y
+            metrics: [rmse]
+            by: [source]
+        """, "by_source.yaml")
+    said: list[str] = []
+    record = run(path.name, mlflow=store, notify=said.append)
+    assert "run_id" in record["mlflow"], said
+    got = _logged(store, record)
+    assert got.info.status == "FINISHED"
+    groups = record["metrics"]["eval"]["groups"]
+    assert set(groups) == {"source=s3://a/x", "source=s3://b//y", "source=/"}
+    assert got.data.metrics["eval.groups.source_s3:_/a/x.rmse"] == \
+        groups["source=s3://a/x"]["rmse"]
+    assert got.data.metrics["eval.groups.source_s3:_/b_/y.rmse"] == \
+        groups["source=s3://b//y"]["rmse"]
+    assert got.data.metrics["eval.groups.source_/.rmse"] == groups["source=/"]["rmse"]
+
