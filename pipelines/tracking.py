@@ -145,10 +145,18 @@ class Tracker:
     def connect(self, pipeline: str) -> None:
         """Reach the server and make the experiment the runs of ``pipeline`` go to: a
         SluiceError naming the URI where it cannot (before any data moves)."""
-        if self.client is None:
-            self.client = _mlflow_client(self.uri)
-            _answers(self.uri)
+        self._open()
         self._experiment_id(self.experiment or pipeline)
+
+    def _open(self) -> None:
+        """Make the client, once the server takes connections: a SluiceError naming the
+        URI at once where it does not (a run refused as it plans is logged with no
+        ``connect`` before, and MLflow's client retries a refused connection for
+        minutes)."""
+        if self.client is None:
+            client = _mlflow_client(self.uri)
+            _answers(self.uri)
+            self.client = client
 
     def _experiment_id(self, name: str) -> str:
         if name in self._experiments:
@@ -183,8 +191,7 @@ class Tracker:
 
     def log(self, record: dict[str, Any], pipeline_file: str | None = None) -> dict[str, str]:
         """Log a finished run's record as an MLflow run; its experiment id and run id."""
-        if self.client is None:
-            self.client = _mlflow_client(self.uri)
+        self._open()
         experiment = self._experiment_id(self.experiment or record["pipeline"])
         start = int(round(record.get("started_unix", 0) * 1000)) or None
         end = start + int(round(record.get("seconds", 0) * 1000)) if start else None

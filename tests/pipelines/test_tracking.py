@@ -359,3 +359,22 @@ def test_a_group_named_like_a_path_is_logged_under_a_name_mlflow_takes(
         groups["source=s3://b//y"]["rmse"]
     assert got.data.metrics["eval.groups.source_/.rmse"] == groups["source=/"]["rmse"]
 
+
+def test_a_run_refused_as_it_plans_does_not_wait_on_a_server_that_does_not_answer(
+        churn: Path, workdir: Path) -> None:
+    """A run refused before it connected (a parameter mistyped) is logged too: with no
+    server answering, the refusal is said at once, with the note that it was not logged,
+    where MLflow's client retried the connection for minutes first."""
+    import time
+
+    refusing = write_pipeline(workdir, TRAIN.replace("l2: ${l2}", "l3: 0.1"), "typo.yaml")
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    said: list[str] = []
+    began = time.monotonic()
+    with pytest.raises(ValidationFailed):
+        run(refusing.name, mlflow=uri, notify=said.append)
+    assert time.monotonic() - began < 30
+    (note,) = said
+    assert note.startswith(f"the run was not logged to MLflow at {uri}: SluiceError: cannot "
+                           f"reach MLflow tracking at {uri}: connection refused")
+
