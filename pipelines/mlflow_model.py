@@ -69,6 +69,15 @@ def _copy_version(source: str, name: str, version: int, into: Path) -> None:
             (folder / file).write_bytes(f.read())
 
 
+def present(source: str) -> bool:
+    """Whether the version in ``source`` (its folder or URL) is still there (a version
+    pruned since the run that saved it is not)."""
+    from operators.io.fs import resolve
+
+    location = resolve(source)
+    return bool(location.fsspec_fs.exists(location.join("model.json")))
+
+
 def save(source: str, name: str, version: int, path: Path) -> None:
     """The MLflow model of the sluice model version in ``source`` (its folder or URL),
     written to ``path``."""

@@ -229,8 +229,11 @@ class Tracker:
             self.client.log_artifact(run_id, str(path))
         if pipeline_file and Path(pipeline_file).is_file():
             self.client.log_artifact(run_id, pipeline_file)
+        from pipelines import mlflow_model
+
         for saved in record.get("models") or []:  # each an MLflow model of the run
-            self.log_model(run_id, saved["path"], saved["name"], saved["version"])
+            if mlflow_model.present(saved["path"]):  # not a version pruned since
+                self.log_model(run_id, saved["path"], saved["name"], saved["version"])
 
     def log_model(self, run_id: str, source: str, name: str, version: int) -> str:
         """The sluice model version in ``source`` as an MLflow model of the run, under

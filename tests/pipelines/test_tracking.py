@@ -378,3 +378,25 @@ def test_a_run_refused_as_it_plans_does_not_wait_on_a_server_that_does_not_answe
     assert note.startswith(f"the run was not logged to MLflow at {uri}: SluiceError: cannot "
                            f"reach MLflow tracking at {uri}: connection refused")
 
+
+def test_export_logs_a_run_whose_model_was_pruned_since(churn: Path, workdir: Path,
+                                                        store: str) -> None:
+    """A run whose saved version was pruned before it was exported is logged as it ended
+    (without the model), where the missing model.json failed the export and left the
+    run FAILED in MLflow, "already there" to every export after."""
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    first = run(path.name)
+    second = run(path.name, {"l2": "0.1"})
+    pruned = CliRunner().invoke(main, ["models", "prune", "churn", "--keep", "1"])
+    assert pruned.exit_code == 0, pruned.output
+    out = CliRunner().invoke(main, ["runs", "export", "--mlflow", store])
+    assert out.exit_code == 0, out.output
+    client = MlflowClient(store)
+    logged = {r.data.tags["sluice.run_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("churn_train").experiment_id])}
+    assert {k: r.info.status for k, r in logged.items()} == {
+        first["run_id"]: "FINISHED", second["run_id"]: "FINISHED"}
+    assert logged[first["run_id"]].data.tags["sluice.models_saved"] == "churn@1"
+    assert not client.list_artifacts(logged[first["run_id"]].info.run_id, "models")
+    assert [a.path for a in client.list_artifacts(logged[second["run_id"]].info.run_id,
+                                                  "models")] == ["models/churn"]
