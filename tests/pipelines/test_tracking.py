@@ -400,3 +400,28 @@ def test_export_logs_a_run_whose_model_was_pruned_since(churn: Path, workdir: Pa
     assert not client.list_artifacts(logged[first["run_id"]].info.run_id, "models")
     assert [a.path for a in client.list_artifacts(logged[second["run_id"]].info.run_id,
                                                   "models")] == ["models/churn"]
+
+
+def test_the_mlflow_model_takes_contributions_as_params(churn: Path, workdir: Path,
+                                                        store: str) -> None:
+    """``predict(df, params={"contributions": True})`` answers the contributions as
+    ``sluice serve`` does: MLflow passes params on only to a model whose signature
+    declares them (without one it dropped them with a warning), and the rows' columns
+    may come in any order, with others besides."""
+    from pipelines.serving import load_model
+
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    record = run(path.name, mlflow=store)
+    mlflow.set_tracking_uri(store)
+    loaded = mlflow.pyfunc.load_model(f"runs:/{record['mlflow']['run_id']}/models/churn")
+    rows, own = _scores(workdir, "churn@1")
+    shuffled = rows[list(reversed(rows.columns))].assign(extra=1)
+    plain = loaded.predict(shuffled)
+    assert list(plain.columns) == ["prediction", "probability"]
+    assert plain["probability"].tolist() == own["probability"].tolist()
+    model = load_model("churn@1", str(workdir / "models"))
+    expected = model.score(rows, contributions=True)
+    answer = loaded.predict(shuffled, params={"contributions": True})
+    assert list(answer.columns) == list(model.outputs(contributions=True))
+    assert "contributions" in answer.columns
+    assert answer["contributions"].tolist() == expected["contributions"].tolist()
