@@ -182,7 +182,17 @@ class Tracker:
         return found_id
 
     def find(self, record: dict[str, Any]) -> str | None:
-        """The MLflow run id of this sluice run where it was logged already."""
+        """The MLflow run id of this sluice run where it was logged already: where its
+        record says it went (to this server, in whichever experiment), else by its
+        ``sluice.run_id`` tag in the experiment it would go to now."""
+        from mlflow.exceptions import MlflowException
+
+        logged = record.get("mlflow") or {}
+        if logged.get("run_id") and str(logged.get("uri", "")).rstrip("/") == \
+                self.uri.rstrip("/"):
+            with contextlib.suppress(MlflowException):  # deleted there since
+                if self.client.get_run(logged["run_id"]).info.lifecycle_stage == "active":
+                    return str(logged["run_id"])
         experiment = self._experiment_id(self.experiment or record["pipeline"])
         found = self.client.search_runs(
             [experiment], filter_string=f"tags.`sluice.run_id` = '{record['run_id']}'",
@@ -257,10 +267,10 @@ class Tracker:
         pipeline = meta.get("pipeline") or model.name
         self.connect(pipeline)
         trained = {"pipeline": pipeline, "run_id": meta.get("run_id", "")}
-        run_id = self.find(trained) if trained["run_id"] else None
+        record = next((r for r in history.records if r["run_id"] == trained["run_id"]),
+                      None) if trained["run_id"] else None
+        run_id = self.find(record or trained) if trained["run_id"] else None
         if run_id is None:
-            record = next((r for r in history.records if r["run_id"] == trained["run_id"]),
-                          None)
             if record is not None:  # the training run, with the model
                 run_id = self.log(record)["run_id"]
             else:

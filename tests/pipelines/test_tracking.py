@@ -425,3 +425,22 @@ def test_the_mlflow_model_takes_contributions_as_params(churn: Path, workdir: Pa
     assert list(answer.columns) == list(model.outputs(contributions=True))
     assert "contributions" in answer.columns
     assert answer["contributions"].tolist() == expected["contributions"].tolist()
+
+
+def test_a_run_logged_to_another_experiment_is_there_already(churn: Path, workdir: Path,
+                                                            store: str) -> None:
+    """A run logged as it ran with ``--mlflow-experiment`` is found by its record's own
+    ``mlflow`` entry: export (without that option) logs it no second time, and models
+    export registers its model from it, where both logged a copy of the run into the
+    pipeline's experiment."""
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    tracked = run(path.name, mlflow=store, mlflow_experiment="team")
+    out = CliRunner().invoke(main, ["runs", "export", "--mlflow", store])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.strip() == f"logged 0 run(s) to MLflow at {store}; 1 already there"
+    exported = CliRunner().invoke(main, ["models", "export", "churn@1", "--mlflow", store])
+    assert exported.exit_code == 0, exported.output
+    assert f"run {tracked['mlflow']['run_id']}, models/churn" in exported.stdout
+    client = MlflowClient(store)
+    assert client.get_experiment_by_name("churn_train") is None or not client.search_runs(
+        [client.get_experiment_by_name("churn_train").experiment_id])
