@@ -14,6 +14,7 @@ installed (the model's requirements name this version of it).
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,20 +70,38 @@ def _copy_version(source: str, name: str, version: int, into: Path) -> None:
             (folder / file).write_bytes(f.read())
 
 
+def present(source: str) -> bool:
+    """Whether the version in ``source`` (its folder or URL) is still there (a version
+    pruned since the run that saved it is not)."""
+    from operators.io.fs import resolve
+
+    location = resolve(source)
+    return bool(location.fsspec_fs.exists(location.join("model.json")))
+
+
 def save(source: str, name: str, version: int, path: Path) -> None:
     """The MLflow model of the sluice model version in ``source`` (its folder or URL),
     written to ``path``."""
     import mlflow.pyfunc
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
 
     from pipelines.package import _sluice_version
+
+    # MLflow passes ``predict`` the params its signature declares, and drops any other
+    params = ParamSchema([ParamSpec("contributions", "boolean", False),
+                          ParamSpec("contributions_by", "string", "features")])
 
     with tempfile.TemporaryDirectory() as scratch:
         registry = Path(scratch) / DATA
         _copy_version(source, name, version, registry)
-        mlflow.pyfunc.save_model(
-            str(path), loader_module=__name__, data_path=str(registry),
-            pip_requirements=[f"sluice=={_sluice_version()}"],
-            metadata={"sluice_model": f"{name}@{version}"})
+        with warnings.catch_warnings():  # the rows' columns are the model's own business
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            mlflow.pyfunc.save_model(
+                str(path), loader_module=__name__, data_path=str(registry),
+                pip_requirements=[f"sluice=={_sluice_version()}"],
+                signature=ModelSignature(params=params),
+                metadata={"sluice_model": f"{name}@{version}"})
 
 
 def log(client: Any, run_id: str, source: str, name: str, version: int,

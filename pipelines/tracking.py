@@ -50,10 +50,14 @@ PARAM_VALUE = 6000
 TAG_VALUE = 5000
 KEY = re.compile(r"[^/\w.\- :]")
 """Characters MLflow refuses in a metric, param or tag name (each becomes ``_``)."""
+NO_SEGMENT = re.compile(r"^/|/(?=/|$)|(?<![^/])\.+(?![^/])|^\.(?=\.)")
+"""What MLflow refuses in a name as it is a path too (a name that normalising as a path
+would change): a leading or trailing ``/``, an empty, ``.`` or ``..`` part (a ``by`` group
+of URLs, ``source=s3://bucket``), a leading ``..``; each character becomes ``_``."""
 
 
 def _key(name: str) -> str:
-    return KEY.sub("_", name)[:250]
+    return NO_SEGMENT.sub(lambda m: "_" * len(m.group()), KEY.sub("_", name)[:250])
 
 
 def _text(value: Any, limit: int) -> str:
@@ -141,10 +145,18 @@ class Tracker:
     def connect(self, pipeline: str) -> None:
         """Reach the server and make the experiment the runs of ``pipeline`` go to: a
         SluiceError naming the URI where it cannot (before any data moves)."""
-        if self.client is None:
-            self.client = _mlflow_client(self.uri)
-            _answers(self.uri)
+        self._open()
         self._experiment_id(self.experiment or pipeline)
+
+    def _open(self) -> None:
+        """Make the client, once the server takes connections: a SluiceError naming the
+        URI at once where it does not (a run refused as it plans is logged with no
+        ``connect`` before, and MLflow's client retries a refused connection for
+        minutes)."""
+        if self.client is None:
+            client = _mlflow_client(self.uri)
+            _answers(self.uri)
+            self.client = client
 
     def _experiment_id(self, name: str) -> str:
         if name in self._experiments:
@@ -170,7 +182,17 @@ class Tracker:
         return found_id
 
     def find(self, record: dict[str, Any]) -> str | None:
-        """The MLflow run id of this sluice run where it was logged already."""
+        """The MLflow run id of this sluice run where it was logged already: where its
+        record says it went (to this server, in whichever experiment), else by its
+        ``sluice.run_id`` tag in the experiment it would go to now."""
+        from mlflow.exceptions import MlflowException
+
+        logged = record.get("mlflow") or {}
+        if logged.get("run_id") and str(logged.get("uri", "")).rstrip("/") == \
+                self.uri.rstrip("/"):
+            with contextlib.suppress(MlflowException):  # deleted there since
+                if self.client.get_run(logged["run_id"]).info.lifecycle_stage == "active":
+                    return str(logged["run_id"])
         experiment = self._experiment_id(self.experiment or record["pipeline"])
         found = self.client.search_runs(
             [experiment], filter_string=f"tags.`sluice.run_id` = '{record['run_id']}'",
@@ -179,8 +201,7 @@ class Tracker:
 
     def log(self, record: dict[str, Any], pipeline_file: str | None = None) -> dict[str, str]:
         """Log a finished run's record as an MLflow run; its experiment id and run id."""
-        if self.client is None:
-            self.client = _mlflow_client(self.uri)
+        self._open()
         experiment = self._experiment_id(self.experiment or record["pipeline"])
         start = int(round(record.get("started_unix", 0) * 1000)) or None
         end = start + int(round(record.get("seconds", 0) * 1000)) if start else None
@@ -218,8 +239,11 @@ class Tracker:
             self.client.log_artifact(run_id, str(path))
         if pipeline_file and Path(pipeline_file).is_file():
             self.client.log_artifact(run_id, pipeline_file)
+        from pipelines import mlflow_model
+
         for saved in record.get("models") or []:  # each an MLflow model of the run
-            self.log_model(run_id, saved["path"], saved["name"], saved["version"])
+            if mlflow_model.present(saved["path"]):  # not a version pruned since
+                self.log_model(run_id, saved["path"], saved["name"], saved["version"])
 
     def log_model(self, run_id: str, source: str, name: str, version: int) -> str:
         """The sluice model version in ``source`` as an MLflow model of the run, under
@@ -243,10 +267,10 @@ class Tracker:
         pipeline = meta.get("pipeline") or model.name
         self.connect(pipeline)
         trained = {"pipeline": pipeline, "run_id": meta.get("run_id", "")}
-        run_id = self.find(trained) if trained["run_id"] else None
+        record = next((r for r in history.records if r["run_id"] == trained["run_id"]),
+                      None) if trained["run_id"] else None
+        run_id = self.find(record or trained) if trained["run_id"] else None
         if run_id is None:
-            record = next((r for r in history.records if r["run_id"] == trained["run_id"]),
-                          None)
             if record is not None:  # the training run, with the model
                 run_id = self.log(record)["run_id"]
             else:

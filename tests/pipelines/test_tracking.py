@@ -317,3 +317,130 @@ def test_models_export_registers_a_version_once(churn: Path, workdir: Path,
     assert client.get_run(own_run).info.status == "FINISHED"
     assert "registered" not in out.stdout
     assert [a.path for a in client.list_artifacts(own_run, "models")] == ["models/churn"]
+
+
+def test_a_group_named_like_a_path_is_logged_under_a_name_mlflow_takes(
+        workdir: Path, store: str) -> None:
+    """MLflow takes a name as a path too and refuses one that a path's normalising would
+    change: an ``evaluate`` group of URLs (``source=s3://...``) made the whole run's
+    logging fail (the run FAILED in MLflow, no metric there)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (workdir / "data").mkdir()
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                             "y": [1.1, 2.0, 2.9, 4.2, 5.0, 6.1],
+                             "source": ["s3://a/x", "s3://a/x", "s3://b//y", "s3://b//y",
+                                        "/", "/"]}), workdir / "data" / "rows.parquet")
+    path = write_pipeline(workdir, """
+        pipeline: by_source
+        steps:
+          - op: read_parquet
+            path: data/rows.parquet
+          - op: linear_regression
+            label: y
+            features: [x]
+          - id: eval
+            op: evaluate
+            label: y
+            metrics: [rmse]
+            by: [source]
+        """, "by_source.yaml")
+    said: list[str] = []
+    record = run(path.name, mlflow=store, notify=said.append)
+    assert "run_id" in record["mlflow"], said
+    got = _logged(store, record)
+    assert got.info.status == "FINISHED"
+    groups = record["metrics"]["eval"]["groups"]
+    assert set(groups) == {"source=s3://a/x", "source=s3://b//y", "source=/"}
+    assert got.data.metrics["eval.groups.source_s3:_/a/x.rmse"] == \
+        groups["source=s3://a/x"]["rmse"]
+    assert got.data.metrics["eval.groups.source_s3:_/b_/y.rmse"] == \
+        groups["source=s3://b//y"]["rmse"]
+    assert got.data.metrics["eval.groups.source_/.rmse"] == groups["source=/"]["rmse"]
+
+
+def test_a_run_refused_as_it_plans_does_not_wait_on_a_server_that_does_not_answer(
+        churn: Path, workdir: Path) -> None:
+    """A run refused before it connected (a parameter mistyped) is logged too: with no
+    server answering, the refusal is said at once, with the note that it was not logged,
+    where MLflow's client retried the connection for minutes first."""
+    import time
+
+    refusing = write_pipeline(workdir, TRAIN.replace("l2: ${l2}", "l3: 0.1"), "typo.yaml")
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    said: list[str] = []
+    began = time.monotonic()
+    with pytest.raises(ValidationFailed):
+        run(refusing.name, mlflow=uri, notify=said.append)
+    assert time.monotonic() - began < 30
+    (note,) = said
+    assert note.startswith(f"the run was not logged to MLflow at {uri}: SluiceError: cannot "
+                           f"reach MLflow tracking at {uri}: connection refused")
+
+
+def test_export_logs_a_run_whose_model_was_pruned_since(churn: Path, workdir: Path,
+                                                        store: str) -> None:
+    """A run whose saved version was pruned before it was exported is logged as it ended
+    (without the model), where the missing model.json failed the export and left the
+    run FAILED in MLflow, "already there" to every export after."""
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    first = run(path.name)
+    second = run(path.name, {"l2": "0.1"})
+    pruned = CliRunner().invoke(main, ["models", "prune", "churn", "--keep", "1"])
+    assert pruned.exit_code == 0, pruned.output
+    out = CliRunner().invoke(main, ["runs", "export", "--mlflow", store])
+    assert out.exit_code == 0, out.output
+    client = MlflowClient(store)
+    logged = {r.data.tags["sluice.run_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("churn_train").experiment_id])}
+    assert {k: r.info.status for k, r in logged.items()} == {
+        first["run_id"]: "FINISHED", second["run_id"]: "FINISHED"}
+    assert logged[first["run_id"]].data.tags["sluice.models_saved"] == "churn@1"
+    assert not client.list_artifacts(logged[first["run_id"]].info.run_id, "models")
+    assert [a.path for a in client.list_artifacts(logged[second["run_id"]].info.run_id,
+                                                  "models")] == ["models/churn"]
+
+
+def test_the_mlflow_model_takes_contributions_as_params(churn: Path, workdir: Path,
+                                                        store: str) -> None:
+    """``predict(df, params={"contributions": True})`` answers the contributions as
+    ``sluice serve`` does: MLflow passes params on only to a model whose signature
+    declares them (without one it dropped them with a warning), and the rows' columns
+    may come in any order, with others besides."""
+    from pipelines.serving import load_model
+
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    record = run(path.name, mlflow=store)
+    mlflow.set_tracking_uri(store)
+    loaded = mlflow.pyfunc.load_model(f"runs:/{record['mlflow']['run_id']}/models/churn")
+    rows, own = _scores(workdir, "churn@1")
+    shuffled = rows[list(reversed(rows.columns))].assign(extra=1)
+    plain = loaded.predict(shuffled)
+    assert list(plain.columns) == ["prediction", "probability"]
+    assert plain["probability"].tolist() == own["probability"].tolist()
+    model = load_model("churn@1", str(workdir / "models"))
+    expected = model.score(rows, contributions=True)
+    answer = loaded.predict(shuffled, params={"contributions": True})
+    assert list(answer.columns) == list(model.outputs(contributions=True))
+    assert "contributions" in answer.columns
+    assert answer["contributions"].tolist() == expected["contributions"].tolist()
+
+
+def test_a_run_logged_to_another_experiment_is_there_already(churn: Path, workdir: Path,
+                                                            store: str) -> None:
+    """A run logged as it ran with ``--mlflow-experiment`` is found by its record's own
+    ``mlflow`` entry: export (without that option) logs it no second time, and models
+    export registers its model from it, where both logged a copy of the run into the
+    pipeline's experiment."""
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    tracked = run(path.name, mlflow=store, mlflow_experiment="team")
+    out = CliRunner().invoke(main, ["runs", "export", "--mlflow", store])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.strip() == f"logged 0 run(s) to MLflow at {store}; 1 already there"
+    exported = CliRunner().invoke(main, ["models", "export", "churn@1", "--mlflow", store])
+    assert exported.exit_code == 0, exported.output
+    assert f"run {tracked['mlflow']['run_id']}, models/churn" in exported.stdout
+    client = MlflowClient(store)
+    assert client.get_experiment_by_name("churn_train") is None or not client.search_runs(
+        [client.get_experiment_by_name("churn_train").experiment_id])
