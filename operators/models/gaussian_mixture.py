@@ -441,9 +441,8 @@ class GaussianMixture(Estimator):
         return self._start.input_columns(schema)
 
     def _check(self, schema: pa.Schema) -> list[str]:
-        features = self._start._check(schema)
-        check_given_width(self.params.init, features, "means")
-        return features
+        check_given_width(self.params.init, self._start._features(schema), "means")
+        return self._start._check(schema)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         self._check(schema)
