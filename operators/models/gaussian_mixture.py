@@ -59,6 +59,7 @@ from pydantic import Field, model_validator
 
 from operators.arrays import in_float64, to_numpy, to_xp
 from operators.base import DataError, Estimator, Params, register, register_fitted
+from operators.evaluate.metrics import MIXTURE_COMPARABLE
 from operators.models.common import (
     PREDICTION,
     PROBABILITY,
@@ -415,11 +416,14 @@ class GaussianMixture(Estimator):
     (scikit-learn's `lower_bound_`: the mean log-likelihood before the last M-step),
     the weights, the training rows' mean log-likelihood under the fitted mixture, BIC
     and AIC; with `validation_fraction`, the held-out rows' mean log-likelihood
-    (`validation`). A model of no label, like kmeans.
+    (`validation`): `tune: {k: [2, 3, 4, 5]}` picks k by it (higher is better). A model
+    of no label, like kmeans.
     """
 
     Params = GaussianMixtureParams
     multi_pass = True
+    compared_by = tuple(MIXTURE_COMPARABLE)
+    """What ``tune`` compares candidates by: the held-out rows' mean log-likelihood."""
 
     @property
     def extra_columns(self) -> tuple[str, ...]:
