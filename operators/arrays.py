@@ -135,6 +135,14 @@ def gpu_namespace(dtype: str = "float64") -> Any:
     return get_namespace("cupy", None, dtype)
 
 
+def in_float64(xp: Any) -> Any:
+    """``xp`` computing in float64 (on the same device): what an operator that computes
+    exactly whatever the step's dtype (``float32 = False``) runs its kernels on."""
+    if compute_dtype(xp) == np.float64:
+        return xp
+    return Placed(xp._xp, xp.device, "float64", xp._memory_limit)
+
+
 def compute_dtype(xp: Any) -> np.dtype:
     """The dtype partitions are computed in on ``xp`` (float64 unless placed otherwise)."""
     return np.dtype(getattr(xp, "compute_dtype", "float64"))

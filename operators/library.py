@@ -30,6 +30,7 @@ MODULES: dict[str, str] = {
     "evaluate_clusters": "operators.evaluate.clusters",
     "expect": "operators.features.rows",
     "filter": "operators.features.rows",
+    "gaussian_mixture": "operators.models.gaussian_mixture",
     "gradient_boosted_trees": "operators.models.boosted_trees",
     "hash_encode": "operators.features.encode",
     "impute": "operators.features.impute",

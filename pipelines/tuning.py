@@ -59,6 +59,7 @@ from operators.evaluate.metrics import (
     CLUSTERING_COMPARABLE,
     COMPARABLE,
     LOWER_IS_BETTER,
+    MIXTURE_COMPARABLE,
     default_metric,
 )
 
@@ -68,8 +69,8 @@ MAX_FOLDS = 20
 FIXED = ("label", "weight", "validation_fraction", "validation_start", "seed", "group")
 """What a tuned step cannot vary, of a model that takes it: the rows and what they are
 compared on (a ranking's group: its queries, whole ones held out)."""
-TUNABLE = ("a model of a label (logistic_regression, linear_regression, the trees, mlp) or "
-           "kmeans")
+TUNABLE = ("a model of a label (logistic_regression, linear_regression, the trees, mlp), "
+           "kmeans or gaussian_mixture")
 
 
 @dataclass
@@ -153,7 +154,10 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                                "their metrics on rows the step holds out "
                                f"(validation_fraction), which only {TUNABLE} does")]
     clustering = "label" not in known
-    comparable = CLUSTERING_COMPARABLE if clustering else COMPARABLE
+    # a model that names its own held-out metrics (a mixture's log-likelihood) is compared
+    # by those; any other model of no label by the clusterings'
+    comparable = list(getattr(cls, "compared_by", ())) or (
+        CLUSTERING_COMPARABLE if clustering else COMPARABLE)
     if not isinstance(tune, dict) or not tune:
         example = "{k: [2, 3, 4, 5, 6]}" if clustering else "{max_depth: [3, 4, 6]}"
         return None, [("tune", f"tune must map parameters to the values to try, e.g. "
@@ -194,11 +198,12 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                                             "compare them by (tune_metric: rmse, mae, ...)"))
             break
     if metric is not None and metric not in comparable:
-        other = COMPARABLE if clustering else CLUSTERING_COMPARABLE
-        kind = ("a model of a label's" if clustering else "a clustering's")
+        kinds = {"a model of a label's": COMPARABLE, "a clustering's": CLUSTERING_COMPARABLE,
+                 "a mixture's": MIXTURE_COMPARABLE}
+        kind = next((name for name, metrics in kinds.items() if metric in metrics), None)
         problems.append(("tune_metric", f"{cls.name} cannot be compared by {kind} metric "
                                         f"'{metric}' (one of: {', '.join(comparable)})"
-                         if metric in other else
+                         if kind is not None else
                          f"unknown metric '{metric}'{suggest(str(metric), comparable)}"
                          f" (one of: {', '.join(comparable)})"))
     if clustering and metric == "inertia" and "k" in tune:

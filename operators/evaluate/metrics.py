@@ -58,15 +58,20 @@ CLUSTERING_COMPARABLE = ["calinski_harabasz", "davies_bouldin", "inertia", "silh
 """The metrics two clusterings of the same held-out rows (kmeans' tuning candidates) can
 be compared by: ``inertia`` is the held-out rows' mean squared distance to their
 centres."""
+MIXTURE_COMPARABLE = ["log_likelihood"]
+"""What two Gaussian mixtures' held-out rows are compared by: their mean log-likelihood
+(gaussian_mixture's ``compared_by``)."""
 
 
 def default_metric(values: dict[str, Any]) -> str:
     """What models are compared by when no metric is named: log_loss for classes (when
     there are probabilities), else accuracy; for numbers the loss a model minimises
     where it is measured (a quantile model's pinball_loss, a log link's deviance, a
-    ranking's ndcg), else rmse; for clusters the silhouette."""
+    ranking's ndcg), else rmse; for clusters the silhouette; for a mixture its held-out
+    rows' mean log-likelihood."""
     for name in ("log_loss", "accuracy", "pinball_loss", "poisson_deviance",
-                 "gamma_deviance", "tweedie_deviance", "ndcg", "rmse", "silhouette"):
+                 "gamma_deviance", "tweedie_deviance", "ndcg", "rmse", "silhouette",
+                 "log_likelihood"):
         if name in values:
             return name
     raise ValueError(f"no comparable metric in {sorted(values)}")

@@ -142,16 +142,40 @@ class KMeansParams(Params):
     @model_validator(mode="after")
     def _given_centres(self) -> KMeansParams:
         check_validation_window(self)
-        if isinstance(self.init, list):
-            if len(self.init) != self.k:
-                raise ParamError(f"init gives {len(self.init)} centres and k is {self.k}",
-                                 hint="give k centres, or init: k-means||")
-            if len({len(c) for c in self.init}) != 1 or not self.init[0]:
-                raise ParamError("init: the centres have different numbers of values",
-                                 hint="one value per feature, in features' order")
-            if not np.isfinite(np.asarray(self.init, dtype=np.float64)).all():
-                raise ParamError("init: a centre has a NaN or infinite value")
+        check_given_points(self.init, self.k, "centres")
         return self
+
+
+def check_given_points(init: str | list[list[float]], k: int, what: str) -> None:
+    """An ``init`` given as a list (``what``: centres, means): k points with one finite
+    value per feature each."""
+    if not isinstance(init, list):
+        return
+    if len(init) != k:
+        raise ParamError(f"init gives {len(init)} {what} and k is {k}",
+                         hint=f"give k {what}, or init: k-means||")
+    if len({len(c) for c in init}) != 1 or not init[0]:
+        raise ParamError(f"init: the {what} have different numbers of values",
+                         hint="one value per feature, in features' order")
+    if not np.isfinite(np.asarray(init, dtype=np.float64)).all():
+        raise ParamError(f"init: one of the {what} has a NaN or infinite value")
+
+
+def check_given_width(init: str | list[list[float]], features: list[str], what: str) -> None:
+    """Plan time: an ``init`` given as a list has a value per feature."""
+    if isinstance(init, list) and len(init[0]) != len(features):
+        raise ParamError(f"init: the {what} have {len(init[0])} values and there are "
+                         f"{len(features)} features ({', '.join(features)})",
+                         hint="one value per feature, in features' order")
+
+
+def require_rows_for(rows: int, heldout: int, k: int, what: str) -> None:
+    """A DataError when fewer training rows than ``k`` are left (``what``: clusters,
+    components)."""
+    if rows < k:
+        raise DataError(f"{rows} training rows for k = {k} {what}"
+                        + (f" ({heldout} held out for validation)" if heldout else ""),
+                        hint="lower k" + (", or validation_fraction" if heldout else ""))
 
 
 # --------------------------------------------------------------------------- kernels
@@ -563,10 +587,7 @@ class KMeans(Estimator):
             raise ParamError("no numeric feature columns in the input",
                              hint="list features, or encode string columns (op: one_hot)")
         check_features(schema, features)
-        if isinstance(p.init, list) and len(p.init[0]) != len(features):
-            raise ParamError(f"init: the centres have {len(p.init[0])} values and there are "
-                             f"{len(features)} features ({', '.join(features)})",
-                             hint="one value per feature, in features' order")
+        check_given_width(p.init, features, "centres")
         return features
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
@@ -866,12 +887,7 @@ class KMeans(Estimator):
         p = self.params
         moments = stats["moments"]
         require_training_rows(stats["rows"], stats["heldout"])
-        if stats["rows"] < p.k:
-            raise DataError(f"{stats['rows']} training rows for k = {p.k} clusters"
-                            + (f" ({stats['heldout']} held out for validation)"
-                               if stats["heldout"] else ""),
-                            hint="lower k" + (", or validation_fraction"
-                                              if stats["heldout"] else ""))
+        require_rows_for(stats["rows"], stats["heldout"], p.k, "clusters")
         require_positive_weight(moments["weight"], p.weight)
         variance = np.diag(moments["comoment"]) / moments["weight"]
         state = {**state, "rows": stats["rows"], "heldout": stats["heldout"],

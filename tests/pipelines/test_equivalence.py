@@ -254,6 +254,26 @@ ZOO = {
         tune:
           k: [4, 3]
     """,
+    "gaussian_mixture": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan]
+      - op: standard_scale
+        columns: [tenure, monthly_charges, total_charges]
+      - op: derive
+        columns: {w: "1 + churned"}
+      - op: gaussian_mixture
+        features: [tenure, monthly_charges, total_charges, "plan=basic"]
+        weight: w
+        k: 3
+        seed: 4
+        tol: 1.0e-6
+        validation_fraction: 0.2
+    """,
     "isolation_forest": """
       - op: drop
         columns: [customer_id, signup_date]
@@ -333,9 +353,10 @@ def train_and_score(workdir: Path, engine, steps: str, files: int, tag: str,
     train.write_text(f"pipeline: zoo\nsteps:\n  - op: read_parquet\n    path: {data}\n"
                      f"    partition_mb: 0.05\n{body}\n  - op: save_model\n    name: m{tag}\n")
     run(train, engine_instance=engine, device=device)
-    # scores come with their contributions (TreeSHAP, linear), the MLP's, kmeans' and
-    # the isolation forest's without
-    trees = not any(f"op: {name}" in steps for name in ("mlp", "kmeans", "isolation_forest"))
+    # scores come with their contributions (TreeSHAP, linear), the MLP's, kmeans', the
+    # Gaussian mixture's and the isolation forest's without
+    trees = not any(f"op: {name}" in steps
+                    for name in ("mlp", "kmeans", "gaussian_mixture", "isolation_forest"))
     score = write_pipeline(workdir, f"""
         pipeline: zoo_score
         steps:

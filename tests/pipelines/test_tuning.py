@@ -138,7 +138,8 @@ def test_only_a_model_with_held_out_rows_is_tuned(churn: Path, workdir: Path) ->
     (problem,) = info.value.problems
     assert "standard_scale cannot be tuned: tune compares candidates by their metrics on " \
            "rows the step holds out (validation_fraction), which only a model of a label " \
-           "(logistic_regression, linear_regression, the trees, mlp) or kmeans does" in str(
+           "(logistic_regression, linear_regression, the trees, mlp), kmeans or " \
+           "gaussian_mixture does" in str(
                problem)
     twice = TUNED.format(tune=GRID).replace("seed: 3\n", "seed: 3\n        l2: 0.5\n")
     with pytest.raises(ValidationFailed) as info:
@@ -517,3 +518,31 @@ def test_the_metric_directions() -> None:
 
     assert {"davies_bouldin", "inertia", "log_loss", "rmse"} <= LOWER_IS_BETTER
     assert not {"silhouette", "calinski_harabasz", "roc_auc", "r2"} & LOWER_IS_BETTER
+
+
+# --------------------------------------------------------------------------- mixtures
+
+
+def test_gaussian_mixture_tune_picks_k_by_the_held_out_log_likelihood(workdir: Path) -> None:
+    """k picked by the held-out rows' mean log-likelihood (higher is better), the same on
+    one file and four; a clustering's metric is refused as the file plans."""
+    settings = ("        validation_fraction: 0.25\n        tune:\n          k: [1, 2, 4]")
+    mixture = KMEANS.replace("op: kmeans", "op: gaussian_mixture")
+    one = run(write_pipeline(workdir, mixture.format(data=blobs(workdir / "one", 4, 1),
+                                                     settings=settings), "one.yaml"))
+    many = run(write_pipeline(workdir, mixture.format(data=blobs(workdir / "many", 4, 4),
+                                                      settings=settings)))
+    tuning = many["metrics"]["clusters"]["tuning"]
+    assert tuning["metric"] == "log_likelihood" and tuning["best"] == "k=4"
+    candidates = tuning["candidates"]
+    values = [candidates[f"k={k}"]["log_likelihood"] for k in (1, 2, 4)]
+    assert values == sorted(values) and values[2] > values[1] + 0.5
+    for name, entry in one["metrics"]["clusters"]["tuning"]["candidates"].items():
+        assert candidates[name]["log_likelihood"] == pytest.approx(entry["log_likelihood"],
+                                                                   rel=1e-9)
+    assert many["metrics"]["clusters"]["validation"]["log_likelihood"] == values[2]
+    silhouette = mixture.format(data=workdir / "one", settings=settings
+                                + "\n        tune_metric: silhouette")
+    (problem,) = plan_file(write_pipeline(workdir, silhouette, "bad.yaml")).problems
+    assert ("gaussian_mixture cannot be compared by a clustering's metric "
+            "'silhouette' (one of: log_likelihood)") in str(problem)
