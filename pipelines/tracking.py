@@ -28,6 +28,7 @@ the logging only (a warning, the run's own status kept).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import socket
@@ -57,7 +58,22 @@ of URLs, ``source=s3://bucket``), a leading ``..``; each character becomes ``_``
 
 
 def _key(name: str) -> str:
-    return NO_SEGMENT.sub(lambda m: "_" * len(m.group()), KEY.sub("_", name)[:250])
+    """``name`` as MLflow takes it: each character it refuses (``=`` of an evaluate
+    group's label among them) and each part of a path it refuses, as ``_``."""
+    return NO_SEGMENT.sub(lambda m: "_" * len(m.group()), KEY.sub("_", name))[:250]
+
+
+def _keys(names: list[str]) -> dict[str, str]:
+    """Each name's MLflow key (``_key``); where two names would get one key (they
+    differ only in what was replaced: ``currency=€`` and ``currency=$``), each of them a
+    short hash of the name as it was, so that neither hides the other."""
+    keys = {name: _key(name) for name in names}
+    taken: dict[str, int] = {}
+    for key in keys.values():
+        taken[key] = taken.get(key, 0) + 1
+    return {name: key if taken[key] == 1
+            else f"{key[:240]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+            for name, key in keys.items()}
 
 
 def _text(value: Any, limit: int) -> str:
@@ -114,7 +130,8 @@ def _tags(record: dict[str, Any]) -> dict[str, str]:
     for name, value in runs.flat_metrics(record).items():
         if isinstance(value, str):  # a solver's name, a chosen setting
             tags[name] = value
-    return {_key(k): _text(v, TAG_VALUE) for k, v in tags.items()}
+    keys = _keys(list(tags))
+    return {keys[k]: _text(v, TAG_VALUE) for k, v in tags.items()}
 
 
 def _mlflow_client(uri: str) -> Any:
@@ -222,11 +239,15 @@ class Tracker:
         """The run's metrics, params, tags and artifacts."""
         from mlflow.entities import Metric, Param, RunTag
 
-        metrics = [Metric(_key(name), value, end or 0, step)
-                   for name, values in _numbers(record).items()
+        numbers = _numbers(record)
+        keys = _keys(list(numbers))
+        metrics = [Metric(keys[name], value, end or 0, step)
+                   for name, values in numbers.items()
                    for step, value in enumerate(values)]
-        params = [Param(_key(name), _text(value, PARAM_VALUE))
-                  for name, value in runs.run_params(record).items()]
+        given = runs.run_params(record)
+        names = _keys(list(given))
+        params = [Param(names[name], _text(value, PARAM_VALUE))
+                  for name, value in given.items()]
         tags = [RunTag(k, v) for k, v in _tags(record).items()]
         for kind, items in (("metrics", metrics), ("params", params), ("tags", tags)):
             size = BATCH[kind]

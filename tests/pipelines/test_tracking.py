@@ -444,3 +444,44 @@ def test_a_run_logged_to_another_experiment_is_there_already(churn: Path, workdi
     client = MlflowClient(store)
     assert client.get_experiment_by_name("churn_train") is None or not client.search_runs(
         [client.get_experiment_by_name("churn_train").experiment_id])
+
+
+def test_names_that_meet_once_mlflow_takes_them_stay_apart(churn: Path, workdir: Path,
+                                                            store: str) -> None:
+    """evaluate's groups by a currency column: `currency=€`, `currency=$` and
+    `currency=£` are all `currency__` in the characters MLflow takes; each keeps a
+    metric of its own (a hash of its name added), where a name alone is kept as is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.tracking import _keys
+
+    (workdir / "money").mkdir()
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0, 4.0, 5.0, 7.0],
+                             "y": [1.0, 2.5, 2.9, 4.4, 5.0, 6.0],
+                             "currency": ["€", "€", "$", "$", "£", "£"]}),
+                   workdir / "money" / "rows.parquet")
+    path = write_pipeline(workdir, """
+        pipeline: by_currency
+        steps:
+          - op: read_parquet
+            path: money
+          - op: linear_regression
+            label: y
+            features: [x]
+          - id: eval
+            op: evaluate
+            label: y
+            metrics: [rmse]
+            by: [currency]
+        """, "by_currency.yaml")
+    record = run(path.name, mlflow=store)
+    metrics = _logged(store, record).data.metrics
+    groups = record["metrics"]["eval"]["groups"]
+    names = [f"eval.groups.{g}.rmse" for g in groups]
+    keys = _keys(names)
+    assert len(set(keys.values())) == 3
+    assert {metrics[keys[n]] for n in names} == {g["rmse"] for g in groups.values()}
+    assert all(keys[n].startswith("eval.groups.currency__.rmse_") for n in names)
+    assert _keys(["eval.groups.region=north.rmse"]) == {
+        "eval.groups.region=north.rmse": "eval.groups.region_north.rmse"}
