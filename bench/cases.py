@@ -78,6 +78,10 @@ from bench.lightgbm_cases import (  # noqa: F401 - bench.worker looks the sides 
     train_boosted_lightgbm_lightgbm,
     train_boosted_lightgbm_sluice_local,
 )
+from bench.mixture_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    train_gaussian_mixture_sklearn,
+    train_gaussian_mixture_sluice_local,
+)
 from bench.mllib_cases import (  # noqa: F401 - bench.worker looks the sides up here
     forest_split,
     train_boosted_spark_mllib,
@@ -321,6 +325,9 @@ CASES: dict[str, Case] = {
     # KMeans (lloyd, k-means++ start, n_init 1) and, on 2 Dask workers, dask-ml's KMeans
     # (k-means||); inertia printed (bench/kmeans_cases.py)
     "train_kmeans": Case("blobs", ("sluice_local", "sklearn"), blobs),
+    # read + gaussian_mixture (k = 8, full covariances, 20 EM passes, tol 0) vs
+    # scikit-learn's GaussianMixture (bench/mixture_cases.py)
+    "train_gaussian_mixture": Case("blobs", ("sluice_local", "sklearn"), blobs),
     "dask_train_kmeans": Case("blobs", ("sluice_dask", "dask_ml"), blobs,
                               check=check_dask_kmeans),
     # read -> isolation_forest (100 trees of 256 rows, contamination 0.01) -> evaluate (every
