@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import SLUICE, write_pipeline
 
 from pipelines.datagen import generate
-from pipelines.runner import run, scoring_pipeline
+from pipelines.runner import ValidationFailed, run, scoring_pipeline
 from pipelines.serving import load_model
 
 TRAIN = """
@@ -146,3 +147,25 @@ def test_scoring_into_a_partitioned_output_day_by_day(workdir: Path, trained: Pa
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "partitioned by region, this step writes by no column" in done.stderr
     assert "(set --partition-by region as the output has it" in done.stderr
+
+
+@pytest.mark.parametrize(("column", "to", "trained_as"), [
+    ("tenure", pa.string(), "int64"),   # refused by the model's scaler: needs numbers
+    ("plan", pa.int64(), "string"),     # refused by its one_hot: fitted on strings
+])
+def test_a_column_of_another_type_than_in_training_says_to_cast_it_back(
+        workdir: Path, trained: Path, column: str, to: pa.DataType, trained_as: str) -> None:
+    """Not "leave 'tenure' out" (a pipeline's hint: a model's feature cannot be left out),
+    but the type the model was trained on and the cast that restores it."""
+    table = pq.read_table(trained)
+    at = table.schema.get_field_index(column)
+    values = pa.array(range(table.num_rows)) if to == pa.int64() else table.column(at)
+    pq.write_table(table.set_column(at, column, values.cast(to)), workdir / "retyped.parquet")
+    text = scoring_pipeline("churn", str(workdir / "retyped.parquet"), str(workdir / "out"))
+    with pytest.raises(ValidationFailed) as info:
+        run("sluice score churn", text=text)
+    (problem,) = info.value.problems
+    assert (f"(model 'churn' was trained with '{column}' as {trained_as}, not {to}: cast "
+            f"it back before scoring (`op: cast`, `columns: {{{column}: {trained_as}}}`))"
+            ) in str(problem)
+    assert not (workdir / "out").exists()
