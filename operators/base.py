@@ -74,13 +74,13 @@ def yaml_text(text: str) -> str:
     return json.dumps(text) if re.search(r"[\[\]{},:#\s]", text) else text
 
 
-def renames(have: Iterable[str], want: Iterable[str]) -> dict[str, str]:
+def renames(have: Iterable[str], want: Iterable[str], cutoff: float = 0.75) -> dict[str, str]:
     """The names of ``have`` that look like one of ``want`` (``userid`` and ``user_id``),
     each with the one it looks most like: what a ``rename`` step would line up."""
     wanted = list(want)
     out = {}
     for name in have:
-        close = difflib.get_close_matches(name, wanted, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(name, wanted, n=1, cutoff=cutoff)
         if close:
             out[name] = close[0]
             wanted.remove(close[0])
@@ -94,20 +94,31 @@ def rename_hint(pairs: dict[str, str]) -> str:
             f"(`op: rename`, `columns: {{{shown}}}`)")
 
 
+def _suggest_each(missing: list[str], have: list[str], asked: list[str]) -> str:
+    """'; did you mean 'x'?' for one missing column, or "; did you mean 'x' for 'y', 'z'
+    for 'w'?" for several: each one's closest column of ``have`` that the step does not
+    ask for already (a column it needs too is no misspelling of another), or ''."""
+    pairs = renames(missing, [c for c in have if c not in set(asked)], cutoff=0.6)
+    if len(missing) == 1:
+        return f"; did you mean '{pairs[missing[0]]}'?" if pairs else ""
+    shown = ", ".join(f"'{close}' for '{name}'" for name, close in pairs.items())
+    return f"; did you mean {shown}?" if pairs else ""
+
+
 def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "column",
                     where: str = "the input") -> None:
     """Raise SchemaError naming every column of ``columns`` that ``schema`` (of
     ``where``) lacks."""
+    columns = list(columns)
     missing = [c for c in columns if schema.get_field_index(c) < 0]
     if not missing:
         return
     have = schema.names
-    first = missing[0]
     names = ", ".join(f"'{c}'" for c in missing)
     if len(missing) > 1:  # "feature column" -> "feature columns", "label" -> "labels"
         what = what.replace("column", "columns", 1) if "column" in what else what + "s"
     raise MissingColumnError(
-        f"{what} {names} not in {where}{suggest(first, have)}",
+        f"{what} {names} not in {where}{_suggest_each(missing, have, columns)}",
         hint=("input has: " if where == "the input" else "it has: ") + ", ".join(have[:20])
         + (" ..." if len(have) > 20 else ""),
     )

@@ -566,6 +566,21 @@ def test_select_drop_rename() -> None:
         build("select", columns=["x", "x"])
 
 
+def test_each_missing_column_gets_its_own_suggestion() -> None:
+    """Every misspelt column its closest name, not the first alone; never a column the
+    step asks for as well (it is no misspelling of another)."""
+    schema = pa.schema([("monthly_charges", pa.float64()), ("total_charges", pa.float64()),
+                        ("tenure", pa.int64())])
+    with pytest.raises(SchemaError, match="^columns 'tenur', 'monthly_charge' not in the "
+                                          "input; did you mean 'tenure' for 'tenur', "
+                                          "'monthly_charges' for 'monthly_charge'[?] "):
+        build("select", columns=["tenur", "monthly_charge"]).output_schema(schema)
+    with pytest.raises(SchemaError, match="^column 'total_charges' not in the input "
+                                          "[(]input has"):
+        build("select", columns=["monthly_charges", "total_charges"]).output_schema(
+            pa.schema([("monthly_charges", pa.float64())]))
+
+
 def test_cast() -> None:
     table = pa.table({"s": ["1", "22", None], "f": [1.5, 2.0, 300.0], "i": [1, 2, 3]})
     got = run("cast", table, columns={"s": "int16", "i": "float32"})
