@@ -70,6 +70,14 @@ def _store_access(method: F) -> F:
             raise
         except store_errors(OSError) as exc:
             problem = store_problem(exc, self.root)
+            if problem is None and isinstance(exc, OSError) and self.location.local:
+                # no such parent folder, a file where a folder goes, a full disk...
+                at = f" ('{exc.filename}')" if exc.filename else ""
+                problem = SluiceError(
+                    f"the model registry '{self.root}' cannot be used: "
+                    f"{exc.strerror or exc}{at}",
+                    hint="--models DIR (or $SLUICE_MODELS) names a folder this user can "
+                         "create, read and write")
             if problem is None:
                 raise
             raise problem from None
