@@ -943,10 +943,23 @@ def datagen(kind: str, rows: int, out: str, files: int, seed: int, row_group_row
     """Write synthetic data with a known signal (deterministic by seed): churn
     (customers), events (what the churn sample's 5,000 customers did), numeric,
     searches (shop searches' products and grades, for ranking), transactions (card
-    transactions with planted fraud, for anomaly detection)."""
-    from pipelines.datagen import generate
+    transactions with planted fraud, for anomaly detection). Written again into the same
+    --out, the new files replace all those an earlier datagen wrote there."""
+    from pipelines.datagen import foreign_files, generate
 
-    written = generate(kind, rows, out, files=files, seed=seed, row_group_rows=row_group_rows)
+    others = foreign_files(out)
+    if others:
+        raise SluiceError(f"--out '{out}' holds Parquet files datagen did not write "
+                          f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}): "
+                          "a read of the folder would mix their rows with the new ones",
+                          hint="pass an empty or new folder as --out")
+    try:
+        written = generate(kind, rows, out, files=files, seed=seed,
+                           row_group_rows=row_group_rows)
+    except OSError as exc:
+        at = f" ('{exc.filename}')" if exc.filename else ""
+        raise SluiceError(f"cannot write to --out '{out}': {exc.strerror or exc}{at}",
+                          hint="pass a folder this user can create and write") from None
     click.echo(f"wrote {rows:,} {kind} rows to {len(written)} file(s) in {out}")
 
 

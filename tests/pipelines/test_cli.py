@@ -180,6 +180,32 @@ def test_datagen_is_deterministic(workdir: Path) -> None:
     assert a.column("total_charges").null_count > 0
 
 
+
+def test_datagen_again_replaces_its_files_and_refuses_other_ones(workdir: Path) -> None:
+    """Fewer --files than before leave no earlier file behind (a read of the folder would
+    mix the two data sets); a folder of other Parquet, or one that cannot be made, is a
+    one-line error."""
+    def datagen(out: str, rows: str, files: str) -> subprocess.CompletedProcess[str]:
+        return sluice("datagen", "churn", "--rows", rows, "--files", files, "--out", out,
+                      cwd=workdir)
+
+    assert datagen("d", "300", "3").returncode == 0
+    again = datagen("d", "100", "1")
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in (workdir / "d").iterdir()] == ["part-00000.parquet"]
+    assert pq.read_table(workdir / "d").num_rows == 100
+    pq.write_table(pq.read_table(workdir / "d"), workdir / "d" / "mine.parquet")
+    mixed = datagen("d", "100", "1")
+    assert mixed.returncode == 1 and "Traceback" not in mixed.stderr
+    assert mixed.stderr == ("error: --out 'd' holds Parquet files datagen did not write "
+                            "(mine.parquet): a read of the folder would mix their rows with "
+                            "the new ones (pass an empty or new folder as --out)\n")
+    (workdir / "afile").write_text("")
+    unwritable = datagen("afile/d", "100", "1")
+    assert unwritable.returncode == 1 and "Traceback" not in unwritable.stderr
+    assert unwritable.stderr.startswith("error: cannot write to --out 'afile/d': Not a "
+                                        "directory"), unwritable.stderr
+
 def test_the_summary_shows_short_lists_and_leaves_long_ones_to_the_record(
         churn: Path, workdir: Path) -> None:
     train = write_pipeline(workdir, """
