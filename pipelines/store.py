@@ -44,7 +44,7 @@ from operators.io.fs import (
     store_problem,
     written_whole,
 )
-from operators.io.model import ALIAS, ALIAS_RULE, MODEL_NAME, is_alias
+from operators.io.model import ALIAS, ALIAS_RULE, MODEL_NAME, MODEL_NAME_RULE, is_alias
 
 FORMAT = "sluice-model"
 FORMAT_VERSION = 1
@@ -107,7 +107,8 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     m = _REF.match(ref.strip())
     if not m:
         raise SluiceError(f"'{ref}' is not a model reference",
-                          hint="use name, name@latest, name@3 or name@ALIAS")
+                          hint=f"use name, name@latest, name@3 or name@ALIAS; a name is "
+                               f"{MODEL_NAME_RULE}")
     return m.group("name"), m.group("version")
 
 

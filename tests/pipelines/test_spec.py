@@ -174,6 +174,24 @@ def test_structure_problems(workdir: Path) -> None:
     assert any("step id 'w' is used twice" in p for p in found), found
 
 
+def test_a_model_name_that_cannot_be_one_says_what_can(churn: Path, workdir: Path) -> None:
+    """The rule in words, not the pattern a name must match."""
+    found = problems(write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: logistic_regression
+            label: churned
+            features: [tenure]
+          - op: save_model
+            name: modèle
+        """))
+    assert found == [f"{workdir / 'pipeline.yaml'}:9: step 'save_model' (save_model): "
+                     "parameter 'name': a model name is a letter or digit, then letters, "
+                     "digits, '_', '.' or '-' (ASCII only) (got 'modèle')"], found
+
+
 def test_duplicate_keys_are_problems() -> None:
     spec = parse("pipeline: x\nsteps:\n  - op: read_parquet\n    path: a\n    path: b\n", "f.yaml")
     assert any("key 'path' appears twice" in str(p) for p in spec.problems)

@@ -43,6 +43,7 @@ def test_save_load_and_references(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("ref", "message"), [
     ("n", "no model 'n'"), ("mm@1", "did you mean 'm'?"), ("m@7", "has no version 7"),
     ("m@-x", "is not a model reference"), ("m@x", "has no alias 'x'"),
+    ("modèle", "a name is a letter or digit, then letters, digits, '_', '.' or '-'"),
 ])
 def test_bad_references(tmp_path: Path, ref: str, message: str) -> None:
     store = ModelStore(str(tmp_path))
