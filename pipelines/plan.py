@@ -476,6 +476,8 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
     by_id = {s.id: s for s in plan.steps}
     for step in plan.steps:
         s = step.spec
+        if s.unresolved:
+            continue  # its unknown ${param} is reported: a path or column with it in is not
         try:
             if isinstance(step.op, Source):
                 step.schema = step.op.schema()

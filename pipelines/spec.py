@@ -74,6 +74,8 @@ class StepSpec:
     tune_samples: Any = None
     # parameter -> the pipeline params its value was made with (``${ds}``)
     params_used: dict[str, list[str]] = field(default_factory=dict)
+    # a value names a ${param} the pipeline lacks: left as written, not to be checked
+    unresolved: bool = False
 
     def line_of(self, param: str | None, text: str = "") -> int:
         """The line of parameter ``param`` (the step's without one); where its value is
@@ -222,6 +224,16 @@ def substitute(value: Any, params: dict[str, Any], on_unknown: Any,
     return value
 
 
+def _declare(name: str, known: str, text: str | None = None) -> str:
+    """The hint for a param the pipeline does not declare: a ${name} in it, or a --param
+    (``text``: the pipeline's, which may use no ${name} at all)."""
+    said = f"{known}; " if known else ""
+    if text is not None and f"${{{name}}}" not in text:
+        return f"{said}nothing in the pipeline uses ${{{name}}}"
+    return (f"{said}declare it with a default: `params: {{{name}: ...}}`, which "
+            f"`--param {name}=VALUE` overrides")
+
+
 def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> PipelineSpec:
     """Parse a pipeline file's text into a spec; problems are in ``spec.problems``."""
     doc, problems = load_yaml(text, file)
@@ -254,10 +266,11 @@ def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> Pipe
     params = {str(k): v for k, v in params.items()}
     for key, value in (overrides or {}).items():
         if key not in params:
+            close = suggest(key, params)
+            known = f"params: {', '.join(params)}" if params else ""
             problems.append(Problem(file, doc.key_lines.get("params", 0),
-                                    f"--param {key}: the pipeline has no param '{key}'"
-                                    f"{suggest(key, params)}"
-                                    + (f" (params: {', '.join(params)})" if params else "")))
+                                    f"--param {key}: the pipeline has no param '{key}'{close}"
+                                    f" ({known if close else _declare(key, known, text)})"))
             continue
         try:
             params[key] = coerce_override(value, params[key])
@@ -310,18 +323,21 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
         seen[step_id] = line
 
         def unknown(name: str, step_id: str = step_id, op: str = op, line: int = line) -> None:
-            known = ", ".join(params) or "none"
-            problems.append(Problem(file, line, f"unknown param '${{{name}}}'"
-                                    f"{suggest(name, params)} (params: {known})",
+            known = f"params: {', '.join(params) or 'none'}"
+            close = suggest(name, params)
+            problems.append(Problem(file, line, f"unknown param '${{{name}}}'{close} "
+                                    f"({known if close else _declare(name, known)})",
                                     step=step_id, op=op))
 
         body = {k: v for k, v in raw.items() if k not in STEP_KEYS}
         key_lines = dict(raw.key_lines)
         used: dict[str, set[str]] = {}
+        reported = len(problems)
         for key, value in body.items():
             body[key] = substitute(value, params,
                                    lambda name, line=key_lines[key]: unknown(name, line=line),
                                    used.setdefault(key, set()))
+        unresolved = len(problems) > reported
         input_id = raw.get("input")
         if input_id is not None and not isinstance(input_id, str):
             problems.append(Problem(file, key_lines["input"], "`input:` must be a step id",
@@ -336,6 +352,7 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
                             param_lines=key_lines, index=index, explicit_id=explicit,
                             device=device, dtype=dtype, tune=tune,
                             params_used={k: sorted(v) for k, v in used.items() if v},
+                            unresolved=unresolved,
                             tune_metric=raw.get("tune_metric"),
                             tune_folds=raw.get("tune_folds"),
                             tune_samples=raw.get("tune_samples")))

@@ -106,6 +106,29 @@ def test_params_substitute_and_override(churn: Path, workdir: Path) -> None:
     assert any("--param color: the pipeline has no param 'color'" in p for p in bad), bad
 
 
+def test_an_undeclared_param_says_how_to_declare_it(churn: Path, workdir: Path) -> None:
+    """${ds} without `params:` (and --param ds=... for it) says how to declare it; the
+    path with ${ds} left in is not also reported missing; a --param nothing uses says so."""
+    path = write_pipeline(workdir, """
+        pipeline: p
+        steps:
+          - op: read_parquet
+            path: data/churn/ds=${ds}
+          - op: select
+            columns: [tenure]
+        """)
+    declare = "declare it with a default: `params: {ds: ...}`, which `--param ds=VALUE` " \
+              "overrides"
+    assert problems(path) == [f"{path}:4: step 'read_parquet' (read_parquet): unknown param "
+                              f"'${{ds}}' (params: none; {declare})"]
+    assert problems(path, ds="2026-11-28", color="red") == [
+        f"{path}: --param ds: the pipeline has no param 'ds' ({declare})",
+        f"{path}: --param color: the pipeline has no param 'color' (nothing in the "
+        "pipeline uses ${color})",
+        f"{path}:4: step 'read_parquet' (read_parquet): unknown param '${{ds}}' (params: "
+        f"none; {declare})"]
+
+
 def test_list_and_mapping_params_override_in_yaml_flow_style(churn: Path,
                                                              workdir: Path) -> None:
     path = write_pipeline(workdir, """
