@@ -3,6 +3,7 @@ schemas propagated from the sources' footers, before any data is read."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -171,9 +172,21 @@ def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
             if len(shown) > 80:
                 shown = shown[:77] + "..."
             text = err["msg"].removeprefix("Value error, ").rstrip(".")
-            msg = f"parameter '{path}': {text} (got {shown})"
+            msg = f"parameter '{path}': {text} (got {shown}){_value_hint(err, loc)}"
         out.append(Problem(file, line, msg, step=spec.id, op=spec.op))
     return out
+
+
+def _value_hint(err: Any, loc: list[str]) -> str:
+    """What the value was likely meant to be: the closest of the values a choice takes
+    (``strategy: meadian``), or a one-item list (``columns: total_charges``)."""
+    got = err.get("input")
+    if err["type"] == "literal_error" and isinstance(got, str):
+        return suggest(got, re.findall(r"'([^']*)'", (err.get("ctx") or {}).get("expected",
+                                                                                  "")))
+    if err["type"] == "list_type" and isinstance(got, str) and loc and not loc[-1].isdigit():
+        return f"; write a list: `{loc[-1]}: [{got}]`"
+    return ""
 
 
 def _public_fields(model: Any, path: list[str]) -> list[str]:

@@ -215,6 +215,24 @@ def test_a_model_name_that_cannot_be_one_says_what_can(churn: Path, workdir: Pat
                      "digits, '_', '.' or '-' (ASCII only) (got 'modèle')"], found
 
 
+def test_a_misspelt_choice_and_a_name_for_a_list_say_what_was_meant(churn: Path,
+                                                                   workdir: Path) -> None:
+    found = problems(write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: impute
+            columns: total_charges
+            strategy: meadian
+        """))
+    assert [p.split("(impute): ", 1)[1] for p in found] == [
+        "parameter 'columns': Input should be a valid list (got 'total_charges'); write a "
+        "list: `columns: [total_charges]`",
+        "parameter 'strategy': Input should be 'mean', 'median', 'most_frequent' or "
+        "'constant' (got 'meadian'); did you mean 'median'?"], found
+
+
 def test_duplicate_keys_are_problems() -> None:
     spec = parse("pipeline: x\nsteps:\n  - op: read_parquet\n    path: a\n    path: b\n", "f.yaml")
     assert any("key 'path' appears twice" in str(p) for p in spec.problems)
