@@ -106,9 +106,10 @@ def _suggest_each(missing: list[str], have: list[str], asked: list[str]) -> str:
 
 
 def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "column",
-                    where: str = "the input") -> None:
+                    where: str = "the input", close: bool = True) -> None:
     """Raise SchemaError naming every column of ``columns`` that ``schema`` (of
-    ``where``) lacks."""
+    ``where``) lacks, each with its closest name there unless not ``close`` (the caller
+    knows why they are missing)."""
     columns = list(columns)
     missing = [c for c in columns if schema.get_field_index(c) < 0]
     if not missing:
@@ -118,7 +119,8 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
     if len(missing) > 1:  # "feature column" -> "feature columns", "label" -> "labels"
         what = what.replace("column", "columns", 1) if "column" in what else what + "s"
     raise MissingColumnError(
-        f"{what} {names} not in {where}{_suggest_each(missing, have, columns)}",
+        f"{what} {names} not in {where}"
+        + (_suggest_each(missing, have, columns) if close else ""),
         hint=("input has: " if where == "the input" else "it has: ") + ", ".join(have[:20])
         + (" ..." if len(have) > 20 else ""),
     )

@@ -215,11 +215,14 @@ class Score(Transform):
         return list(self.required)
 
     def check_input(self, schema: pa.Schema) -> None:
+        missing = {c for c in self.required if schema.get_field_index(c) < 0}
+        made = {c for step in self.data_steps for c in step.get("added_columns") or []}
         try:
+            # columns a training step made and this input lacks: no misspelt names
             require_columns(schema, self.required,
-                            f"column the model '{self.params.model}' needs:")
+                            f"column the model '{self.params.model}' needs:",
+                            close=not missing <= made)
         except MissingColumnError as exc:
-            missing = {c for c in self.required if schema.get_field_index(c) < 0}
             for step in self.data_steps:
                 added = [c for c in step.get("added_columns") or [] if c in missing]
                 if added:
