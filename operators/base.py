@@ -96,9 +96,14 @@ def rename_hint(pairs: dict[str, str]) -> str:
 
 def _suggest_each(missing: list[str], have: list[str], asked: list[str]) -> str:
     """'; did you mean 'x'?' for one missing column, or "; did you mean 'x' for 'y', 'z'
-    for 'w'?" for several: each one's closest column of ``have`` that the step does not
-    ask for already (a column it needs too is no misspelling of another), or ''."""
+    for 'w'?" for several: each one's closest column of ``have``, or ''. A column the
+    step asks for as well is offered only when nearly the same name (a label `churnd`
+    among the features: `churned`): otherwise it is needed too, no misspelling of
+    another (a model's 'total_charges' is not its 'monthly_charges')."""
     pairs = renames(missing, [c for c in have if c not in set(asked)], cutoff=0.6)
+    rest = [c for c in missing if c not in pairs]
+    pairs.update(renames(rest, [c for c in have if c in set(asked)], cutoff=0.85))
+    pairs = {name: pairs[name] for name in missing if name in pairs}
     if len(missing) == 1:
         return f"; did you mean '{pairs[missing[0]]}'?" if pairs else ""
     shown = ", ".join(f"'{close}' for '{name}'" for name, close in pairs.items())

@@ -579,6 +579,10 @@ def test_each_missing_column_gets_its_own_suggestion() -> None:
                                           "[(]input has"):
         build("select", columns=["monthly_charges", "total_charges"]).output_schema(
             pa.schema([("monthly_charges", pa.float64())]))
+    with pytest.raises(SchemaError, match="^column 'churnd' not in the input; did you mean "
+                                          "'churned'[?]"):  # nearly the same name
+        build("select", columns=["churnd", "churned"]).output_schema(
+            pa.schema([("churned", pa.int64())]))
 
 
 def test_cast() -> None:
