@@ -183,10 +183,13 @@ def coerce_override(value: str, default: Any) -> Any:
         if lowered in ("false", "0", "no", "off"):
             return False
         raise ValueError(f"expected true or false, got '{value}'")
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
+    if isinstance(default, int | float):
+        try:
+            return type(default)(value)
+        except ValueError:
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise ValueError(f"expected {kind}, as the default {default} is, got '{value}'"
+                             ) from None
     return value
 
 

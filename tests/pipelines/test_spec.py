@@ -102,7 +102,10 @@ def test_params_substitute_and_override(churn: Path, workdir: Path) -> None:
     assert plan.ok and plan.steps[0].op.params.partition_mb == 5
     assert plan.spec.params == {"folder": "churn", "rows": 5, "flag": True}
     bad = problems(path, rows="many", color="red")
-    assert any("--param rows" in p and "invalid literal" in p for p in bad), bad
+    assert any("--param rows: expected a whole number, as the default 3 is, got 'many'" in p
+               for p in bad), bad
+    assert any("--param rows: expected a whole number, as the default 3 is, got '2.5'" in p
+               for p in problems(path, rows="2.5")), bad
     assert any("--param color: the pipeline has no param 'color'" in p for p in bad), bad
 
 
