@@ -243,6 +243,26 @@ def _decode_schema(text: Any) -> pa.Schema | None:
         return None
 
 
+def _text_kind(filesystem: pa.fs.FileSystem, path: str) -> str | None:
+    """What a file that is not Parquet is, where its first bytes are text: 'a CSV file'
+    (by its name's extension), else 'text'; None for binary (a corrupt Parquet file)."""
+    import codecs
+
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            head = stream.read(4096)
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except (OSError, UnicodeDecodeError, pa.ArrowException):
+        return None
+    if not head.strip() or b"\0" in head:
+        return None
+    extension = posixpath.splitext(path)[1].lstrip(".").lower()
+    return f"a {extension.upper()} file" if extension in _TEXT_FORMATS else "text"
+
+
+_TEXT_FORMATS = ("csv", "tsv", "json", "jsonl", "ndjson")
+
+
 class _Manifests:
     """The sluice manifests met while listing one input, each read once."""
 
@@ -357,6 +377,10 @@ class ReadParquet(Source):
             reason, hint = "the file is encrypted", "sluice reads unencrypted Parquet only"
         elif "size is 0 bytes" in text:
             reason, hint = "the file is empty (0 bytes)", "delete it or write it again"
+        elif ("magic bytes not found" in text or "minimum file footer" in text) and (
+                kind := _text_kind(self.location.filesystem, named[-1] if named else path)):
+            reason = f"not a Parquet file: it is {kind}"
+            hint = "sluice reads Parquet only: convert it first, or move it out of the input"
         elif "magic bytes not found" in text:
             reason = "not a Parquet file (no Parquet footer: corrupt or truncated)"
             hint = "write it again, or move it out of the input"

@@ -674,6 +674,27 @@ def test_broken_file_in_a_directory_is_named(workdir: Path, kind: str) -> None:
     assert_one_line_naming(info, "b-broken.parquet")
 
 
+@pytest.mark.parametrize(("name", "kind"), [("a.csv", "a CSV file"), ("notes", "text"),
+                                             ("README.txt", "text")])
+def test_a_text_file_is_said_to_be_one_not_a_corrupt_parquet_file(
+        workdir: Path, name: str, kind: str) -> None:
+    """A CSV read as Parquet (or a README in the folder): convert it, not write it again."""
+    (workdir / "data").mkdir()
+    pq.write_table(good_table(), workdir / "data" / "0-good.parquet")
+    (workdir / "data" / name).write_text("a,s\n1,x\n")
+    with pytest.raises(DataError) as alone:
+        read(workdir / "data" / name).schema()
+    op = read(workdir / "data")
+    with pytest.raises(DataError) as among:
+        for part in op.partitions():
+            op.read(part)
+    for info in (alone, among):
+        assert str(info.value) == (
+            f"cannot read Parquet file '{workdir / 'data' / name}': not a Parquet file: it is "
+            f"{kind} (sluice reads Parquet only: convert it first, or move it out of the "
+            "input)")
+
+
 def test_file_broken_after_planning_fails_at_read(workdir: Path) -> None:
     path = workdir / "t.parquet"
     pq.write_table(good_table(), path, row_group_size=1000)
