@@ -142,6 +142,43 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem]
     return loader.construct_object(node, deep=True)
 
 
+_YAML_TOKENS = {"<block end>": "the end of the block", "'<scalar>'": "a value",
+                "'<block sequence start>'": "a list item", "'<block mapping start>'": "a key",
+                "'<block mapping end>'": "the end of the block"}
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, str]:
+    """The line and the words of a YAML syntax error: PyYAML's, with its parser's tokens
+    said in words and where the construct it was in starts (the unclosed quote or [, the
+    block whose indentation is off)."""
+    what = exc.problem or str(exc)
+    for token, words in _YAML_TOKENS.items():
+        what = what.replace(token, words)
+    mark, start = exc.problem_mark, exc.context_mark
+    line = mark.line + 1 if mark else start.line + 1 if start else 0
+    context = exc.context or ""
+    if r"'\t'" in what:
+        return line, f"{what} (indent with spaces, not tabs)"
+    if start is None or mark is None:
+        return line, what
+    at = f"line {start.line + 1}, column {start.column + 1}"
+    if "quoted scalar" in context:
+        return start.line + 1, f"the quoted value that starts on {at} is not closed"
+    if "flow sequence" in context or "flow mapping" in context:
+        return line, f"{what} (in the {'[' if 'sequence' in context else '{'} on {at})"
+    if "block" not in context:
+        return line, what
+    lines = text.splitlines()
+    source = lines[mark.line] if mark.line < len(lines) else ""
+    value = source.split(": ", 1)[1].strip() if ": " in source else ""
+    if value[:1] in ("'", '"') and what.endswith("a value"):
+        other = '"' if value[0] == "'" else "'"
+        return line, (f"text after the quoted part of a value: quote all of it, in "
+                      f"{other}: {other}{value}{other}")
+    return line, f"{what} (check the indentation of the block that starts on line " \
+                 f"{start.line + 1})"
+
+
 def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
     """Parse YAML safely (no tags that build objects) keeping line numbers."""
     problems: list[Problem] = []
@@ -152,9 +189,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
             return None, [Problem(file, 1, "the file is empty")]
         return _to_python(loader, node, problems, file), problems
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        what = exc.problem or str(exc)
+        line, what = _yaml_problem(exc, text)
         return None, [Problem(file, line, f"not valid YAML: {what}")]
     except yaml.YAMLError as exc:
         return None, [Problem(file, 0, f"not valid YAML: {exc}")]

@@ -166,6 +166,31 @@ def test_yaml_errors_are_located(workdir: Path) -> None:
     assert p.line in (4, 5) and "not valid YAML" in p.message
 
 
+HEAD = "pipeline: x\nsteps:\n  - op: read_parquet\n"
+
+
+@pytest.mark.parametrize(("body", "line", "said"), [
+    ("\tpath: data\n", 4, "found character '\\t' that cannot start any token (indent with "
+                           "spaces, not tabs)"),
+    ('    path: "data\n  - op: select\n', 4,
+     "the quoted value that starts on line 4, column 11 is not closed"),
+    ("    path: data\n   - op: select\n", 5, "expected the end of the block, but found a "
+                                              "list item (check the indentation of the block "
+                                              "that starts on line 3)"),
+    ("    columns: [a, b\n  - op: select\n", 5,
+     "expected ',' or ']', but got ':' (in the [ on line 4, column 14)"),
+    ('    filter: "a > 3" and b == "x"\n', 4, "text after the quoted part of a value: "
+                                             "quote all of it, in ': '\"a > 3\" and b == "
+                                             "\"x\"'"),
+])
+def test_yaml_errors_say_where_the_construct_starts_in_words(
+        body: str, line: int, said: str) -> None:
+    """Not PyYAML's tokens ('<block end>', '<scalar>') or the end of the file for an
+    unclosed quote: the line it starts on, and the usual fix."""
+    (problem,) = parse(HEAD + body, "f.yaml").problems
+    assert (problem.line, problem.message) == (line, f"not valid YAML: {said}")
+
+
 def test_unsafe_yaml_tags_are_refused(workdir: Path) -> None:
     path = write_pipeline(workdir, """
         pipeline: x
