@@ -3,6 +3,7 @@ schemas propagated from the sources' footers, before any data is read."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,8 +29,9 @@ from operators.evaluate.promote import Promote
 from operators.expressions import referenced_columns
 from operators.features.rows import Filter
 from operators.features.union import Union
+from operators.io.fs import is_url
 from operators.io.model import SaveModel
-from operators.io.parquet import ReadParquet
+from operators.io.parquet import MANIFEST, ReadParquet, WriteParquet
 from operators.score.score import Score, model_columns
 from pipelines.spec import PipelineSpec, Problem, StepSpec
 from pipelines.store import parse_ref, required_columns
@@ -303,10 +305,33 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
     _link_saved_models(built)
     plan.steps = _toposort(built, plan, file)
     _propagate(plan, resolve_model)
+    _check_outputs_outside_inputs(plan)
     if not plan.problems:
         _push_filters(plan)
     plan.problems.sort(key=lambda p: (p.file, p.line))
     return plan
+
+
+def _check_outputs_outside_inputs(plan: Plan) -> None:
+    """A write into a folder below one the pipeline reads (all of it, no manifest) is a
+    problem: the next run would read the rows written as input too (5,000 rows, then
+    10,000...). The same folder is not: overwrite replaces what it read, atomically."""
+    reads = [(step, os.path.abspath(step.op.params.path)) for step in plan.steps
+             if isinstance(step.op, ReadParquet) and not is_url(step.op.params.path)
+             and not re.search(r"[*?\[]", step.op.params.path)
+             and os.path.isdir(step.op.params.path)
+             and not os.path.exists(os.path.join(step.op.params.path, MANIFEST))]
+    for step in plan.steps:
+        if not isinstance(step.op, WriteParquet) or is_url(step.op.params.path):
+            continue
+        out = os.path.abspath(step.op.params.path)
+        for read, folder in reads:
+            if out.startswith(folder.rstrip(os.sep) + os.sep):
+                plan.problems.append(Problem(
+                    plan.spec.file, step.spec.line_of("path"),
+                    f"output '{step.op.params.path}' is inside '{read.op.params.path}', "
+                    f"which step '{read.id}' reads: the next run would read these rows as "
+                    "input too (write it outside that folder)", step=step.id, op=step.spec.op))
 
 
 def _naming(s: StepSpec, other: str) -> tuple[str, int]:
