@@ -858,6 +858,8 @@ def _param_for(step: Step, exc: SluiceError) -> str | None:
     found = _param_named(step.spec.params, str(exc))
     if found is None and isinstance(step.op, Source) and "path" in step.spec.params:
         return "path"
+    if found is None and "model" in step.spec.params and "model '" in str(exc):
+        return "model"  # a version or an alias the model lacks ('churn@7': "model 'churn'")
     return found
 
 

@@ -169,3 +169,25 @@ def test_a_column_of_another_type_than_in_training_says_to_cast_it_back(
             f"it back before scoring (`op: cast`, `columns: {{{column}: {trained_as}}}`))"
             ) in str(problem)
     assert not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ("churn@7", "model 'churn' has no version 7 (versions: 1)"),
+    ("churn@staging", "model 'churn' has no alias 'staging'"),
+    ("churnn", "no model 'churnn'"),
+])
+def test_a_model_reference_that_names_nothing_is_at_the_model_line(
+        workdir: Path, trained: Path, ref: str, message: str) -> None:
+    """The line of `model:`, as for an unknown name: not the step's first line."""
+    from pipelines.runner import plan_file
+
+    path = write_pipeline(workdir, f"""
+        pipeline: scored
+        steps:
+          - op: read_parquet
+            path: {trained}
+          - op: score
+            model: {ref}
+        """)
+    (problem,) = plan_file(path).problems
+    assert problem.line == 6 and problem.message.startswith(message), problem
