@@ -123,12 +123,14 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
     names = ", ".join(f"'{c}'" for c in missing)
     if len(missing) > 1:  # "feature column" -> "feature columns", "label" -> "labels"
         what = what.replace("column", "columns", 1) if "column" in what else what + "s"
-    raise MissingColumnError(
+    error = MissingColumnError(
         f"{what} {names} not in {where}"
         + (_suggest_each(missing, have, columns) if close else ""),
         hint=("input has: " if where == "the input" else "it has: ") + ", ".join(have[:20])
         + (" ..." if len(have) > 20 else ""),
     )
+    error.columns = tuple(missing)
+    raise error
 
 
 # --------------------------------------------------------------------------- contracts

@@ -573,9 +573,32 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 # the column may come from the fit upstream: checked when the run gets there
                 step.schema = schema
         except SluiceError as exc:
+            if isinstance(exc, MissingColumnError):
+                _in_some_files(by_id, step, exc)
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
                                          op=s.op))
+
+
+def _in_some_files(by_id: dict[str, Step], step: Step, exc: MissingColumnError) -> None:
+    """The hint of a missing column that some of the files the step's rows are read from
+    have, but not the first, whose columns the read takes: said so (it looks like a
+    column sluice lost, with the files showing it)."""
+    source = step
+    while source.input is not None and source.input in by_id:
+        source = by_id[source.input]
+    if not isinstance(source.op, ReadParquet):
+        return
+    for column in exc.columns:
+        if source.op.full_schema.get_field_index(column) >= 0:
+            continue
+        found = source.op.file_with(column)
+        if found is not None:
+            first, having = found
+            exc.hint = (f"'{column}' is in {having} but not in {first}, the first file "
+                        f"step '{source.id}' reads, whose columns it takes: write the files "
+                        "with the same columns, or read those with the column apart")
+            return
 
 
 MODEL_OUTPUTS = ("prediction", "probability", "distance", "contribution_base")

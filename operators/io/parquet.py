@@ -514,6 +514,23 @@ class ReadParquet(Source):
         return ds.dataset(files, filesystem=self.location.filesystem, format="parquet",
                           partitioning=partitioning, partition_base_dir=base, schema=schema)
 
+    def file_with(self, column: str, most: int = 100) -> tuple[str, str] | None:
+        """Where the dataset's files disagree on having ``column``: the first file, whose
+        columns the dataset takes, and one of the first ``most`` files that has it (their
+        footers read); None where it is not so."""
+        try:
+            fragments = self.dataset.get_fragments()
+            first = None
+            for i, fragment in enumerate(fragments):
+                if i >= most:
+                    return None
+                first = first or fragment.path
+                if fragment.physical_schema.get_field_index(column) >= 0:
+                    return (first, fragment.path) if fragment.path != first else None
+        except (*_io_errors(), SluiceError):
+            return None
+        return None
+
     @cached_property
     def full_schema(self) -> pa.Schema:
         """The dataset's schema (every column, hive partition keys included; view types

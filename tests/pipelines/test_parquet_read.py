@@ -1132,3 +1132,24 @@ def test_views_inside_maps_and_list_views_read_as_plain_types(workdir: Path) -> 
     assert got.column("m").to_pylist() == [[("b", 2)], [("c", 3)]]
     assert got.column("l").to_pylist() == [["y", "z"], []]
     assert without_views(pa.large_list_view(pa.binary_view())) == pa.large_list(pa.binary())
+
+
+def test_a_column_only_later_files_have_is_said_to_be_in_them(workdir: Path) -> None:
+    """The read takes the first file's columns: a column the step needs that a later file
+    has names both files, not just "not in the input" (which the files seem to belie)."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import plan_file
+
+    (workdir / "data").mkdir()
+    pq.write_table(good_table().drop_columns(["s"]), workdir / "data" / "a.parquet")
+    pq.write_table(good_table(), workdir / "data" / "b.parquet")
+    for step in ("  - op: one_hot\n    columns: [s]\n", "    columns: [a, s]\n"):
+        path = write_pipeline(workdir, "pipeline: p\nsteps:\n  - id: rows\n    op: "
+                                       "read_parquet\n    path: data\n" + step)
+        (problem,) = plan_file(path).problems
+        assert problem.message == (
+            f"column 's' not in the input ('s' is in {workdir / 'data' / 'b.parquet'} but "
+            f"not in {workdir / 'data' / 'a.parquet'}, the first file step 'rows' reads, "
+            "whose columns it takes: write the files with the same columns, or read those "
+            "with the column apart)"), problem
