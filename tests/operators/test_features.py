@@ -225,6 +225,20 @@ def test_scalers_reject_infinite_and_empty_columns() -> None:
             columns=["v"])
 
 
+def test_a_scaler_with_no_value_in_any_column_says_no_rows_may_come() -> None:
+    """A filter that leaves no row is the likeliest cause; one empty column of several
+    is its own."""
+    empty = pa.table({"v": pa.array([], pa.float64()), "w": pa.array([], pa.float64())})
+    with pytest.raises(DataError) as info:
+        run("standard_scale", empty, 1, columns=["v", "w"])
+    assert info.value.hint == ("no rows may reach this step: check the filters before it; "
+                               "else impute it first, or leave 'v' out")
+    one = pa.table({"v": [1.0, 2.0], "w": pa.array([None, None], pa.float64())})
+    with pytest.raises(DataError) as info:
+        run("standard_scale", one, 1, columns=["v", "w"])
+    assert info.value.hint == "impute it first, or leave 'w' out"
+
+
 # --------------------------------------------------------------------------- impute
 
 
