@@ -327,6 +327,10 @@ def test_impute_errors() -> None:
     assert "strategy constant" in str(info.value)
     with pytest.raises(DataError, match="'v'"):
         run("impute", empty, 2, columns=["v"], strategy="most_frequent")
+    with pytest.raises(DataError, match="'v' has no values") as info:  # nothing came at all
+        run("impute", empty.slice(0, 0), 1, columns=["v"])
+    assert info.value.hint == ("no rows may reach this step: check the filters before it; "
+                               "else use strategy constant with a `value`")
     schema = numbers().schema
     with pytest.raises(SchemaError, match="'label' is string; strategy mean needs numbers"):
         build("impute", columns=["label"]).output_schema(schema)
