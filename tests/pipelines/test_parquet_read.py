@@ -785,6 +785,32 @@ def test_a_broken_file_a_fit_reads_is_the_reads_error_at_its_line(workdir: Path)
                                   "cannot read Parquet file "), done.stderr
 
 
+
+def test_a_broken_file_a_fit_reads_is_the_reads_error_on_every_engine(
+        workdir: Path, engine: Any) -> None:
+    """The same on Dask and Spark, whose fits list the partitions themselves."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import run
+
+    (workdir / "data").mkdir()
+    pq.write_table(good_table(), workdir / "data" / "a.parquet")
+    make_broken(workdir / "data" / "b-truncated.parquet", "truncated")
+    path = write_pipeline(workdir, """
+        pipeline: fit
+        steps:
+          - id: rows
+            op: read_parquet
+            path: data
+          - op: standard_scale
+            columns: [a]
+        """)
+    with pytest.raises(SluiceError) as info:
+        run(path, engine_instance=engine)
+    assert str(info.value).startswith(f"{path}:3: step 'rows': cannot read Parquet file "), \
+        str(info.value)
+
+
 # --------------------------------------------------------------------------- manifests
 
 
