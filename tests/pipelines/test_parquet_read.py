@@ -763,32 +763,11 @@ def test_cli_broken_file_at_run_time(workdir: Path, kind: str) -> None:
     assert f"b-{kind}.parquet" in copy_fails_in_one_line(workdir, "data")
 
 
-
-def test_a_broken_file_a_fit_reads_is_the_reads_error_at_its_line(workdir: Path) -> None:
+def test_a_broken_file_a_fit_reads_is_the_reads_error_at_its_line(
+        workdir: Path, engine: Any) -> None:
     """A file found broken when a fitting step pulls the rows (its footer is read as the
     partitions are listed) is the read step's error, at the read step's line: not the
     fitting step's, with the read's named inside it."""
-    (workdir / "data").mkdir()
-    pq.write_table(good_table(), workdir / "data" / "a.parquet")
-    make_broken(workdir / "data" / "b-truncated.parquet", "truncated")
-    done = run_cli(workdir, """
-        pipeline: fit
-        steps:
-          - id: rows
-            op: read_parquet
-            path: data
-          - op: standard_scale
-            columns: [a]
-        """)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith(f"error: {workdir / 'pipeline.yaml'}:3: step 'rows': "
-                                  "cannot read Parquet file "), done.stderr
-
-
-
-def test_a_broken_file_a_fit_reads_is_the_reads_error_on_every_engine(
-        workdir: Path, engine: Any) -> None:
-    """The same on Dask and Spark, whose fits list the partitions themselves."""
     from conftest import write_pipeline
 
     from pipelines.runner import run
