@@ -419,6 +419,20 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> PipelineS
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         spec = PipelineSpec(file=file, name=Path(file).stem, params={}, steps=[])
-        spec.problems.append(Problem(file, 0, f"cannot read the file: {exc.strerror or exc}"))
+        close = ""
+        if isinstance(exc, FileNotFoundError) and Path(path).parent.is_dir():
+            names = [p.name for p in Path(path).parent.iterdir()
+                     if p.suffix in (".yaml", ".yml")]
+            close = suggest(Path(path).name, names)
+        spec.problems.append(Problem(file, 0, f"cannot read the file: "
+                                              f"{exc.strerror or exc}{close}"))
+        return spec
+    except UnicodeDecodeError as exc:
+        spec = PipelineSpec(file=file, name=Path(file).stem, params={}, steps=[])
+        parquet = exc.object[:4] == b"PAR1"
+        spec.problems.append(Problem(file, 0, (
+            "a Parquet file, not a pipeline file (YAML): pass the pipeline that reads it"
+            if parquet else f"cannot read the file: not UTF-8 text ({exc.reason} at byte "
+                            f"{exc.start}): a pipeline file is YAML, saved as UTF-8")))
         return spec
     return parse(text, file, overrides)

@@ -191,6 +191,23 @@ def test_yaml_errors_say_where_the_construct_starts_in_words(
     assert (problem.line, problem.message) == (line, f"not valid YAML: {said}")
 
 
+def test_a_file_that_is_no_pipeline_text_is_a_problem_not_a_traceback(
+        churn: Path, workdir: Path) -> None:
+    """A Parquet file passed for the pipeline, a file in another encoding, a misspelt
+    name: one line each (a UnicodeDecodeError's traceback before)."""
+    (workdir / "latin1.yaml").write_bytes("pipeline: caf\xe9\n".encode("latin-1"))
+    (workdir / "train.yaml").write_text("pipeline: x\n")
+    parquet = next((workdir / "data" / "churn").rglob("*.parquet"))
+    assert problems(parquet) == [f"{parquet}: a Parquet file, not a pipeline file (YAML): "
+                                 "pass the pipeline that reads it"]
+    assert problems(workdir / "latin1.yaml") == [
+        f"{workdir / 'latin1.yaml'}: cannot read the file: not UTF-8 text (invalid "
+        "continuation byte at byte 13): a pipeline file is YAML, saved as UTF-8"]
+    assert problems(workdir / "trian.yaml") == [
+        f"{workdir / 'trian.yaml'}: cannot read the file: No such file or directory; did you "
+        "mean 'train.yaml'?"]
+
+
 def test_unsafe_yaml_tags_are_refused(workdir: Path) -> None:
     path = write_pipeline(workdir, """
         pipeline: x
