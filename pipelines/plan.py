@@ -519,6 +519,8 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
         try:
             if isinstance(step.op, Source):
                 step.schema = step.op.schema()
+                if isinstance(step.op, ReadParquet):
+                    _note_shadowed_columns(plan, step)
                 continue
             upstream = by_id.get(step.input) if step.input else None
             if upstream is None or upstream.schema is None:
@@ -578,6 +580,18 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
                                          op=s.op))
+
+
+def _note_shadowed_columns(plan: Plan, step: Step) -> None:
+    """A notice where the files hold a column their folders name too (region=north/
+    with a region column): every row gets the folder's value, silently."""
+    assert isinstance(step.op, ReadParquet)
+    for key in step.op.shadowed_columns():
+        plan.notices.append(
+            f"{plan.spec.file}:{step.spec.line_of('path')}: step '{step.id}' (read_parquet): "
+            f"column '{key}' is in the files and in the names of their folders ({key}=...): "
+            f"each row gets its folder's value, not its own: rename the column in the "
+            f"files, or the folders' key")
 
 
 def _in_some_files(by_id: dict[str, Step], step: Step, exc: MissingColumnError) -> None:

@@ -514,6 +514,26 @@ class ReadParquet(Source):
         return ds.dataset(files, filesystem=self.location.filesystem, format="parquet",
                           partitioning=partitioning, partition_base_dir=base, schema=schema)
 
+    def shadowed_columns(self) -> list[str]:
+        """The hive keys of the folders (``region=north``) that the files hold as columns
+        too: the folder's value is read, the files' own values of them are not."""
+        try:
+            first = next(iter(self.dataset.get_fragments()), None)
+            if first is None:
+                return []
+            physical = first.physical_schema
+        except (*_io_errors(), SluiceError):
+            return []
+        base = self.location.path.rstrip("/")
+        if _GLOB_CHARS.search(base):  # as _discover takes a glob's folders
+            base = _GLOB_CHARS.split(base, 1)[0].rsplit("/", 1)[0]
+        if not first.path.startswith(base + "/"):
+            return []  # one file: no folders of its own
+        folders = posixpath.dirname(first.path[len(base) + 1:]).split("/")
+        keys = [segment.split("=", 1)[0] for segment in folders if "=" in segment]
+        return [key for key in dict.fromkeys(keys) if key in physical.names
+                and self.full_schema.get_field_index(key) >= 0]
+
     def file_with(self, column: str, most: int = 100) -> tuple[str, str] | None:
         """Where the dataset's files disagree on having ``column``: the first file, whose
         columns the dataset takes, and one of the first ``most`` files that has it (their

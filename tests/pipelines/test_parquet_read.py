@@ -1158,3 +1158,44 @@ def test_a_column_only_later_files_have_is_said_to_be_in_them(workdir: Path) -> 
             f"not in {workdir / 'data' / 'a.parquet'}, the first file step 'rows' reads, "
             "whose columns it takes: write the files with the same columns, or read those "
             "with the column apart)"), problem
+
+
+def test_a_column_the_folders_name_too_is_a_notice(workdir: Path) -> None:
+    """region=north/ of files with a region column: every row reads north, silently
+    before; said as the file is planned. Not where the folder is the one read (its name
+    is no column then), nor for sluice's own partitioned output (no such column in it)."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import plan_file
+
+    table = good_table()
+    (workdir / "data" / "s=x").mkdir(parents=True)
+    pq.write_table(table, workdir / "data" / "s=x" / "a.parquet")
+
+    def notices(path: str) -> list[str]:
+        return plan_file(write_pipeline(workdir, f"""
+            pipeline: p
+            steps:
+              - id: rows
+                op: read_parquet
+                path: "{path}"
+            """)).notices
+
+    said = (f"{workdir / 'pipeline.yaml'}:5: step 'rows' (read_parquet): column 's' is in "
+            "the files and in the names of their folders (s=...): each row gets its "
+            "folder's value, not its own: rename the column in the files, or the folders' "
+            "key")
+    assert notices("data") == [said] == notices("data/s*/*.parquet")
+    assert read(workdir / "data").read_all().column("s").unique().to_pylist() == ["x"]
+    assert notices("data/s=x") == [] == notices("data/s=x/a.parquet")
+    done = run_cli(workdir, """
+        pipeline: copy
+        steps:
+          - op: read_parquet
+            path: data/s=x
+          - op: write_parquet
+            path: out
+            partition_by: [s]
+        """)
+    assert done.returncode == 0, done.stderr
+    assert notices("out") == []
