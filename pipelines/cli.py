@@ -138,12 +138,29 @@ def _engine_options(command: Any) -> Any:
     return command
 
 
+def _cluster_options_fit(engine: str, scheduler: str | None, master: str | None) -> None:
+    """--scheduler and --master only with the engine they address: with another they
+    were ignored, and a job meant for the cluster ran on this machine."""
+    from pipelines import profiles
+
+    kind = profiles.locate(engine)[0]
+    on = f"the {kind} engine" if engine == kind else f"--engine {engine}, a {kind} profile"
+    for option, value, wanted in (("--scheduler", scheduler, "dask"),
+                                  ("--master", master, "spark")):
+        if value is not None and kind != wanted:
+            raise click.UsageError(f"{option} {value} is for the {wanted} engine, and this "
+                                   f"run is on {on}: add --engine {wanted} (or a {wanted} "
+                                   "profile)")
+
+
 def _run_and_print(path: str, params: dict[str, str], progress: bool | None,
                    text: str | None = None, **options: Any) -> None:
     """Run a pipeline as `sluice run` does: the summary, or one line and the exit
     status of a failure or a signal."""
     from pipelines.engines.base import StepFailure
     from pipelines.runner import Interrupted, run, stopping_on_signals
+
+    _cluster_options_fit(options["engine"], options.get("scheduler"), options.get("master"))
 
     try:
         with stopping_on_signals():

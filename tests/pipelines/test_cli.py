@@ -240,3 +240,21 @@ def test_the_summary_shows_short_lists_and_leaves_long_ones_to_the_record(
     assert "drifted=[]" in drift and "model=churn@1" in drift
     evaluate = next(line for line in lines if line.startswith("  metrics evaluate:"))
     assert "classes=[0, 1]" in evaluate and "confusion_matrix" not in evaluate
+
+
+def test_a_cluster_option_for_another_engine_is_a_usage_error(churn: Path,
+                                                              workdir: Path) -> None:
+    """--scheduler without --engine dask was ignored: the job meant for the cluster ran
+    on this machine. Refused before anything runs, saying the option that is missing."""
+    path = write_pipeline(workdir, TRAIN)
+    done = sluice("run", str(path), "--scheduler", "tcp://h:8786", cwd=workdir)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert ("Error: --scheduler tcp://h:8786 is for the dask engine, and this run is on the "
+            "local engine: add --engine dask (or a dask profile)") in done.stderr
+    done = sluice("score", "centre", "data/churn", "scores", "--engine", "dask",
+                  "--master", "spark://h:7077", cwd=workdir)
+    assert done.returncode == 2 and ("Error: --master spark://h:7077 is for the spark "
+                                     "engine, and this run is on the dask engine: add "
+                                     "--engine spark") in done.stderr
+    assert not (workdir / "out").exists() and not (workdir / "scores").exists()
+    assert not (workdir / "runs").exists()
