@@ -32,12 +32,17 @@ def _err(message: str) -> None:
 
 
 def _parse_params(values: tuple[str, ...]) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for item in values:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"'{item}' is not k=v", param_hint="--param")
-        out[key.strip()] = value
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"'{item}' is not k=v (--param {key or 'NAME'}=VALUE)",
+                                     param_hint="--param")
+        if out.get(key, value) != value:  # a cron line edited twice: which day is meant?
+            raise click.BadParameter(f"'{key}' is given twice ({out[key]} and {value})",
+                                     param_hint="--param")
+        out[key] = value
     return out
 
 

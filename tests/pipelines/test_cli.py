@@ -153,6 +153,10 @@ def test_params_and_usage_errors(churn: Path, workdir: Path) -> None:
     assert result.returncode == 1 and "has no param 'nope'" in result.stderr
     result = sluice("run", str(path), "--param", "novalue", cwd=workdir)
     assert result.returncode == 2 and "is not k=v" in result.stderr
+    result = sluice("run", str(path), "--param", "ds=2026-11-28", "--param", "ds=2026-11-29",
+                    cwd=workdir)  # the last one was taken, silently
+    assert result.returncode == 2 and ("Invalid value for --param: 'ds' is given twice "
+                                       "(2026-11-28 and 2026-11-29)") in result.stderr
     result = sluice("run", str(path), "--engine", "flink", cwd=workdir)
     assert result.returncode == 2
     result = sluice("run", str(workdir / "missing.yaml"), cwd=workdir)
