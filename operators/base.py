@@ -74,13 +74,13 @@ def yaml_text(text: str) -> str:
     return json.dumps(text) if re.search(r"[\[\]{},:#\s]", text) else text
 
 
-def renames(have: Iterable[str], want: Iterable[str]) -> dict[str, str]:
+def renames(have: Iterable[str], want: Iterable[str], cutoff: float = 0.75) -> dict[str, str]:
     """The names of ``have`` that look like one of ``want`` (``userid`` and ``user_id``),
     each with the one it looks most like: what a ``rename`` step would line up."""
     wanted = list(want)
     out = {}
     for name in have:
-        close = difflib.get_close_matches(name, wanted, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(name, wanted, n=1, cutoff=cutoff)
         if close:
             out[name] = close[0]
             wanted.remove(close[0])
@@ -94,23 +94,43 @@ def rename_hint(pairs: dict[str, str]) -> str:
             f"(`op: rename`, `columns: {{{shown}}}`)")
 
 
+def _suggest_each(missing: list[str], have: list[str], asked: list[str]) -> str:
+    """'; did you mean 'x'?' for one missing column, or "; did you mean 'x' for 'y', 'z'
+    for 'w'?" for several: each one's closest column of ``have``, or ''. A column the
+    step asks for as well is offered only when nearly the same name (a label `churnd`
+    among the features: `churned`): otherwise it is needed too, no misspelling of
+    another (a model's 'total_charges' is not its 'monthly_charges')."""
+    pairs = renames(missing, [c for c in have if c not in set(asked)], cutoff=0.6)
+    rest = [c for c in missing if c not in pairs]
+    pairs.update(renames(rest, [c for c in have if c in set(asked)], cutoff=0.85))
+    pairs = {name: pairs[name] for name in missing if name in pairs}
+    if len(missing) == 1:
+        return f"; did you mean '{pairs[missing[0]]}'?" if pairs else ""
+    shown = ", ".join(f"'{close}' for '{name}'" for name, close in pairs.items())
+    return f"; did you mean {shown}?" if pairs else ""
+
+
 def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "column",
-                    where: str = "the input") -> None:
+                    where: str = "the input", close: bool = True) -> None:
     """Raise SchemaError naming every column of ``columns`` that ``schema`` (of
-    ``where``) lacks."""
+    ``where``) lacks, each with its closest name there unless not ``close`` (the caller
+    knows why they are missing)."""
+    columns = list(columns)
     missing = [c for c in columns if schema.get_field_index(c) < 0]
     if not missing:
         return
     have = schema.names
-    first = missing[0]
     names = ", ".join(f"'{c}'" for c in missing)
     if len(missing) > 1:  # "feature column" -> "feature columns", "label" -> "labels"
         what = what.replace("column", "columns", 1) if "column" in what else what + "s"
-    raise MissingColumnError(
-        f"{what} {names} not in {where}{suggest(first, have)}",
+    error = MissingColumnError(
+        f"{what} {names} not in {where}"
+        + (_suggest_each(missing, have, columns) if close else ""),
         hint=("input has: " if where == "the input" else "it has: ") + ", ".join(have[:20])
         + (" ..." if len(have) > 20 else ""),
     )
+    error.columns = tuple(missing)
+    raise error
 
 
 # --------------------------------------------------------------------------- contracts

@@ -50,7 +50,9 @@ class SchemaError(SluiceError):
 
 
 class MissingColumnError(SchemaError):
-    """A column a step needs is not in its input."""
+    """A column a step needs is not in its input (``columns``: those, where known)."""
+
+    columns: tuple[str, ...] = ()
 
 
 class ArtifactError(SluiceError):

@@ -808,6 +808,10 @@ def _unexpected_character(exc: UnexpectedCharacters, text: str) -> ExpressionErr
         return ExpressionError(f"unterminated string; add the closing {char}", text, pos)
     if char == "`":
         return ExpressionError("unterminated `quoted name`; add the closing `", text, pos)
+    before = _tokens_before(text, pos) if char == "[" else []
+    if before and before[-1].type == "IN":  # Python's list: x in ['a', 'b']
+        return ExpressionError("unexpected character '['; write the list of 'in' in "
+                               "parentheses: in ('a', 'b')", text, pos)
     return ExpressionError(f"unexpected character {char!r}{_CHAR_HINTS.get(char, '')}", text, pos)
 
 

@@ -32,12 +32,17 @@ def _err(message: str) -> None:
 
 
 def _parse_params(values: tuple[str, ...]) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for item in values:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"'{item}' is not k=v", param_hint="--param")
-        out[key.strip()] = value
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"'{item}' is not k=v (--param {key or 'NAME'}=VALUE)",
+                                     param_hint="--param")
+        if out.get(key, value) != value:  # a cron line edited twice: which day is meant?
+            raise click.BadParameter(f"'{key}' is given twice ({out[key]} and {value})",
+                                     param_hint="--param")
+        out[key] = value
     return out
 
 
@@ -153,12 +158,29 @@ def _engine_options(command: Any) -> Any:
     return command
 
 
+def _cluster_options_fit(engine: str, scheduler: str | None, master: str | None) -> None:
+    """--scheduler and --master only with the engine they address: with another they
+    were ignored, and a job meant for the cluster ran on this machine."""
+    from pipelines import profiles
+
+    kind = profiles.locate(engine)[0]
+    on = f"the {kind} engine" if engine == kind else f"--engine {engine}, a {kind} profile"
+    for option, value, wanted in (("--scheduler", scheduler, "dask"),
+                                  ("--master", master, "spark")):
+        if value is not None and kind != wanted:
+            raise click.UsageError(f"{option} {value} is for the {wanted} engine, and this "
+                                   f"run is on {on}: add --engine {wanted} (or a {wanted} "
+                                   "profile)")
+
+
 def _run_and_print(path: str, params: dict[str, str], progress: bool | None,
                    text: str | None = None, **options: Any) -> None:
     """Run a pipeline as `sluice run` does: the summary, or one line and the exit
     status of a failure or a signal."""
     from pipelines.engines.base import StepFailure
     from pipelines.runner import Interrupted, run, stopping_on_signals
+
+    _cluster_options_fit(options["engine"], options.get("scheduler"), options.get("master"))
 
     try:
         with stopping_on_signals():
@@ -1075,10 +1097,23 @@ def datagen(kind: str, rows: int, out: str, files: int, seed: int, row_group_row
     """Write synthetic data with a known signal (deterministic by seed): churn
     (customers), events (what the churn sample's 5,000 customers did), numeric,
     searches (shop searches' products and grades, for ranking), transactions (card
-    transactions with planted fraud, for anomaly detection)."""
-    from pipelines.datagen import generate
+    transactions with planted fraud, for anomaly detection). Written again into the same
+    --out, the new files replace all those an earlier datagen wrote there."""
+    from pipelines.datagen import foreign_files, generate
 
-    written = generate(kind, rows, out, files=files, seed=seed, row_group_rows=row_group_rows)
+    others = foreign_files(out)
+    if others:
+        raise SluiceError(f"--out '{out}' holds Parquet files datagen did not write "
+                          f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}): "
+                          "a read of the folder would mix their rows with the new ones",
+                          hint="pass an empty or new folder as --out")
+    try:
+        written = generate(kind, rows, out, files=files, seed=seed,
+                           row_group_rows=row_group_rows)
+    except OSError as exc:
+        at = f" ('{exc.filename}')" if exc.filename else ""
+        raise SluiceError(f"cannot write to --out '{out}': {exc.strerror or exc}{at}",
+                          hint="pass a folder this user can create and write") from None
     click.echo(f"wrote {rows:,} {kind} rows to {len(written)} file(s) in {out}")
 
 

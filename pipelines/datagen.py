@@ -6,6 +6,7 @@ card transactions with planted fraud (for anomaly detection)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,11 +199,25 @@ GENERATORS = {"churn": churn_table, "numeric": numeric_table, "events": events_t
               "searches": searches_table, "transactions": transactions_table}
 
 
+PART = re.compile(r"^part-\d{5}\.parquet$")  # the files generate writes
+
+
+def foreign_files(out: str | Path) -> list[str]:
+    """The Parquet files in ``out`` that generate did not write (it replaces its own):
+    rows that a read of ``out`` would mix with the generated ones."""
+    if not os.path.isdir(out):
+        return []
+    return sorted(name for name in os.listdir(out)
+                  if name.endswith(".parquet") and not PART.match(name))
+
+
 def generate(kind: str, rows: int, out: str | Path, *, files: int = 1, seed: int = 0,
              row_group_rows: int = 100_000) -> list[str]:
-    """Write ``rows`` rows of ``kind`` as ``files`` Parquet files under ``out``."""
+    """Write ``rows`` rows of ``kind`` as ``files`` Parquet files under ``out``, in place
+    of those an earlier generate wrote there (more files then are not left behind)."""
     make = GENERATORS[kind]
     os.makedirs(out, exist_ok=True)
+    earlier = [os.path.join(out, name) for name in os.listdir(out) if PART.match(name)]
     written = []
     bounds = np.linspace(0, rows, files + 1).astype(int)
     for i in range(files):
@@ -212,4 +227,6 @@ def generate(kind: str, rows: int, out: str | Path, *, files: int = 1, seed: int
             pq.write_table(make(hi - lo, seed=seed, start=lo), staging,
                            row_group_size=row_group_rows)
         written.append(path)
+    for path in set(earlier) - set(written):
+        os.remove(path)
     return written

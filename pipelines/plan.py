@@ -3,6 +3,8 @@ schemas propagated from the sources' footers, before any data is read."""
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,8 +29,9 @@ from operators.evaluate.promote import Promote
 from operators.expressions import referenced_columns
 from operators.features.rows import Filter
 from operators.features.union import Union
+from operators.io.fs import is_url
 from operators.io.model import SaveModel
-from operators.io.parquet import ReadParquet
+from operators.io.parquet import MANIFEST, ReadParquet, WriteParquet
 from operators.score.score import Score, model_columns
 from pipelines.spec import PipelineSpec, Problem, StepSpec
 from pipelines.store import parse_ref, required_columns
@@ -171,9 +174,21 @@ def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
             if len(shown) > 80:
                 shown = shown[:77] + "..."
             text = err["msg"].removeprefix("Value error, ").rstrip(".")
-            msg = f"parameter '{path}': {text} (got {shown})"
+            msg = f"parameter '{path}': {text} (got {shown}){_value_hint(err, loc)}"
         out.append(Problem(file, line, msg, step=spec.id, op=spec.op))
     return out
+
+
+def _value_hint(err: Any, loc: list[str]) -> str:
+    """What the value was likely meant to be: the closest of the values a choice takes
+    (``strategy: meadian``), or a one-item list (``columns: total_charges``)."""
+    got = err.get("input")
+    if err["type"] == "literal_error" and isinstance(got, str):
+        return suggest(got, re.findall(r"'([^']*)'", (err.get("ctx") or {}).get("expected",
+                                                                                  "")))
+    if err["type"] == "list_type" and isinstance(got, str) and loc and not loc[-1].isdigit():
+        return f"; write a list: `{loc[-1]}: [{got}]`"
+    return ""
 
 
 def _public_fields(model: Any, path: list[str]) -> list[str]:
@@ -290,10 +305,33 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
     _link_saved_models(built)
     plan.steps = _toposort(built, plan, file)
     _propagate(plan, resolve_model)
+    _check_outputs_outside_inputs(plan)
     if not plan.problems:
         _push_filters(plan)
     plan.problems.sort(key=lambda p: (p.file, p.line))
     return plan
+
+
+def _check_outputs_outside_inputs(plan: Plan) -> None:
+    """A write into a folder below one the pipeline reads (all of it, no manifest) is a
+    problem: the next run would read the rows written as input too (5,000 rows, then
+    10,000...). The same folder is not: overwrite replaces what it read, atomically."""
+    reads = [(step, os.path.abspath(step.op.params.path)) for step in plan.steps
+             if isinstance(step.op, ReadParquet) and not is_url(step.op.params.path)
+             and not re.search(r"[*?\[]", step.op.params.path)
+             and os.path.isdir(step.op.params.path)
+             and not os.path.exists(os.path.join(step.op.params.path, MANIFEST))]
+    for step in plan.steps:
+        if not isinstance(step.op, WriteParquet) or is_url(step.op.params.path):
+            continue
+        out = os.path.abspath(step.op.params.path)
+        for read, folder in reads:
+            if out.startswith(folder.rstrip(os.sep) + os.sep):
+                plan.problems.append(Problem(
+                    plan.spec.file, step.spec.line_of("path"),
+                    f"output '{step.op.params.path}' is inside '{read.op.params.path}', "
+                    f"which step '{read.id}' reads: the next run would read these rows as "
+                    "input too (write it outside that folder)", step=step.id, op=step.spec.op))
 
 
 def _naming(s: StepSpec, other: str) -> tuple[str, int]:
@@ -476,9 +514,13 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
     by_id = {s.id: s for s in plan.steps}
     for step in plan.steps:
         s = step.spec
+        if s.unresolved:
+            continue  # its unknown ${param} is reported: a path or column with it in is not
         try:
             if isinstance(step.op, Source):
                 step.schema = step.op.schema()
+                if isinstance(step.op, ReadParquet):
+                    _note_shadowed_columns(plan, step)
                 continue
             upstream = by_id.get(step.input) if step.input else None
             if upstream is None or upstream.schema is None:
@@ -533,9 +575,44 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 # the column may come from the fit upstream: checked when the run gets there
                 step.schema = schema
         except SluiceError as exc:
+            if isinstance(exc, MissingColumnError):
+                _in_some_files(by_id, step, exc)
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
                                          op=s.op))
+
+
+def _note_shadowed_columns(plan: Plan, step: Step) -> None:
+    """A notice where the files hold a column their folders name too (region=north/
+    with a region column): every row gets the folder's value, silently."""
+    assert isinstance(step.op, ReadParquet)
+    for key in step.op.shadowed_columns():
+        plan.notices.append(
+            f"{plan.spec.file}:{step.spec.line_of('path')}: step '{step.id}' (read_parquet): "
+            f"column '{key}' is in the files and in the names of their folders ({key}=...): "
+            f"each row gets its folder's value, not its own: rename the column in the "
+            f"files, or the folders' key")
+
+
+def _in_some_files(by_id: dict[str, Step], step: Step, exc: MissingColumnError) -> None:
+    """The hint of a missing column that some of the files the step's rows are read from
+    have, but not the first, whose columns the read takes: said so (it looks like a
+    column sluice lost, with the files showing it)."""
+    source = step
+    while source.input is not None and source.input in by_id:
+        source = by_id[source.input]
+    if not isinstance(source.op, ReadParquet):
+        return
+    for column in exc.columns:
+        if source.op.full_schema.get_field_index(column) >= 0:
+            continue
+        found = source.op.file_with(column)
+        if found is not None:
+            first, having = found
+            exc.hint = (f"'{column}' is in {having} but not in {first}, the first file "
+                        f"step '{source.id}' reads, whose columns it takes: write the files "
+                        "with the same columns, or read those with the column apart")
+            return
 
 
 MODEL_OUTPUTS = ("prediction", "probability", "distance", "contribution_base")
@@ -829,6 +906,8 @@ def _param_for(step: Step, exc: SluiceError) -> str | None:
     found = _param_named(step.spec.params, str(exc))
     if found is None and isinstance(step.op, Source) and "path" in step.spec.params:
         return "path"
+    if found is None and "model" in step.spec.params and "model '" in str(exc):
+        return "model"  # a version or an alias the model lacks ('churn@7': "model 'churn'")
     return found
 
 

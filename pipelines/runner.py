@@ -247,6 +247,8 @@ def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator,
     try:
         state, rounds, data = engine.fit(data, step_id, estimator, placement)
     except SluiceError as exc:
+        if (exc.where or "").startswith("step '"):
+            raise  # an upstream step failed while the fit pulled its rows: that step's
         raise exc.located(f"step '{step_id}'") from None
     metrics = {"passes": rounds, **estimator.metrics(state)}
     return estimator.fitted(state), metrics, data

@@ -74,6 +74,8 @@ class StepSpec:
     tune_samples: Any = None
     # parameter -> the pipeline params its value was made with (``${ds}``)
     params_used: dict[str, list[str]] = field(default_factory=dict)
+    # a value names a ${param} the pipeline lacks: left as written, not to be checked
+    unresolved: bool = False
 
     def line_of(self, param: str | None, text: str = "") -> int:
         """The line of parameter ``param`` (the step's without one); where its value is
@@ -140,6 +142,43 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem]
     return loader.construct_object(node, deep=True)
 
 
+_YAML_TOKENS = {"<block end>": "the end of the block", "'<scalar>'": "a value",
+                "'<block sequence start>'": "a list item", "'<block mapping start>'": "a key",
+                "'<block mapping end>'": "the end of the block"}
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, str]:
+    """The line and the words of a YAML syntax error: PyYAML's, with its parser's tokens
+    said in words and where the construct it was in starts (the unclosed quote or [, the
+    block whose indentation is off)."""
+    what = exc.problem or str(exc)
+    for token, words in _YAML_TOKENS.items():
+        what = what.replace(token, words)
+    mark, start = exc.problem_mark, exc.context_mark
+    line = mark.line + 1 if mark else start.line + 1 if start else 0
+    context = exc.context or ""
+    if r"'\t'" in what:
+        return line, f"{what} (indent with spaces, not tabs)"
+    if start is None or mark is None:
+        return line, what
+    at = f"line {start.line + 1}, column {start.column + 1}"
+    if "quoted scalar" in context:
+        return start.line + 1, f"the quoted value that starts on {at} is not closed"
+    if "flow sequence" in context or "flow mapping" in context:
+        return line, f"{what} (in the {'[' if 'sequence' in context else '{'} on {at})"
+    if "block" not in context:
+        return line, what
+    lines = text.splitlines()
+    source = lines[mark.line] if mark.line < len(lines) else ""
+    value = source.split(": ", 1)[1].strip() if ": " in source else ""
+    if value[:1] in ("'", '"') and what.endswith("a value"):
+        other = '"' if value[0] == "'" else "'"
+        return line, (f"text after the quoted part of a value: quote all of it, in "
+                      f"{other}: {other}{value}{other}")
+    return line, f"{what} (check the indentation of the block that starts on line " \
+                 f"{start.line + 1})"
+
+
 def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
     """Parse YAML safely (no tags that build objects) keeping line numbers."""
     problems: list[Problem] = []
@@ -150,9 +189,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
             return None, [Problem(file, 1, "the file is empty")]
         return _to_python(loader, node, problems, file), problems
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        what = exc.problem or str(exc)
+        line, what = _yaml_problem(exc, text)
         return None, [Problem(file, line, f"not valid YAML: {what}")]
     except yaml.YAMLError as exc:
         return None, [Problem(file, 0, f"not valid YAML: {exc}")]
@@ -181,10 +218,13 @@ def coerce_override(value: str, default: Any) -> Any:
         if lowered in ("false", "0", "no", "off"):
             return False
         raise ValueError(f"expected true or false, got '{value}'")
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
+    if isinstance(default, int | float):
+        try:
+            return type(default)(value)
+        except ValueError:
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise ValueError(f"expected {kind}, as the default {default} is, got '{value}'"
+                             ) from None
     return value
 
 
@@ -222,6 +262,16 @@ def substitute(value: Any, params: dict[str, Any], on_unknown: Any,
     return value
 
 
+def _declare(name: str, known: str, text: str | None = None) -> str:
+    """The hint for a param the pipeline does not declare: a ${name} in it, or a --param
+    (``text``: the pipeline's, which may use no ${name} at all)."""
+    said = f"{known}; " if known else ""
+    if text is not None and f"${{{name}}}" not in text:
+        return f"{said}nothing in the pipeline uses ${{{name}}}"
+    return (f"{said}declare it with a default: `params: {{{name}: ...}}`, which "
+            f"`--param {name}=VALUE` overrides")
+
+
 def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> PipelineSpec:
     """Parse a pipeline file's text into a spec; problems are in ``spec.problems``."""
     doc, problems = load_yaml(text, file)
@@ -254,10 +304,11 @@ def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> Pipe
     params = {str(k): v for k, v in params.items()}
     for key, value in (overrides or {}).items():
         if key not in params:
+            close = suggest(key, params)
+            known = f"params: {', '.join(params)}" if params else ""
             problems.append(Problem(file, doc.key_lines.get("params", 0),
-                                    f"--param {key}: the pipeline has no param '{key}'"
-                                    f"{suggest(key, params)}"
-                                    + (f" (params: {', '.join(params)})" if params else "")))
+                                    f"--param {key}: the pipeline has no param '{key}'{close}"
+                                    f" ({known if close else _declare(key, known, text)})"))
             continue
         try:
             params[key] = coerce_override(value, params[key])
@@ -310,18 +361,21 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
         seen[step_id] = line
 
         def unknown(name: str, step_id: str = step_id, op: str = op, line: int = line) -> None:
-            known = ", ".join(params) or "none"
-            problems.append(Problem(file, line, f"unknown param '${{{name}}}'"
-                                    f"{suggest(name, params)} (params: {known})",
+            known = f"params: {', '.join(params) or 'none'}"
+            close = suggest(name, params)
+            problems.append(Problem(file, line, f"unknown param '${{{name}}}'{close} "
+                                    f"({known if close else _declare(name, known)})",
                                     step=step_id, op=op))
 
         body = {k: v for k, v in raw.items() if k not in STEP_KEYS}
         key_lines = dict(raw.key_lines)
         used: dict[str, set[str]] = {}
+        reported = len(problems)
         for key, value in body.items():
             body[key] = substitute(value, params,
                                    lambda name, line=key_lines[key]: unknown(name, line=line),
                                    used.setdefault(key, set()))
+        unresolved = len(problems) > reported
         input_id = raw.get("input")
         if input_id is not None and not isinstance(input_id, str):
             problems.append(Problem(file, key_lines["input"], "`input:` must be a step id",
@@ -336,6 +390,7 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
                             param_lines=key_lines, index=index, explicit_id=explicit,
                             device=device, dtype=dtype, tune=tune,
                             params_used={k: sorted(v) for k, v in used.items() if v},
+                            unresolved=unresolved,
                             tune_metric=raw.get("tune_metric"),
                             tune_folds=raw.get("tune_folds"),
                             tune_samples=raw.get("tune_samples")))
@@ -364,6 +419,20 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> PipelineS
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         spec = PipelineSpec(file=file, name=Path(file).stem, params={}, steps=[])
-        spec.problems.append(Problem(file, 0, f"cannot read the file: {exc.strerror or exc}"))
+        close = ""
+        if isinstance(exc, FileNotFoundError) and Path(path).parent.is_dir():
+            names = [p.name for p in Path(path).parent.iterdir()
+                     if p.suffix in (".yaml", ".yml")]
+            close = suggest(Path(path).name, names)
+        spec.problems.append(Problem(file, 0, f"cannot read the file: "
+                                              f"{exc.strerror or exc}{close}"))
+        return spec
+    except UnicodeDecodeError as exc:
+        spec = PipelineSpec(file=file, name=Path(file).stem, params={}, steps=[])
+        parquet = exc.object[:4] == b"PAR1"
+        spec.problems.append(Problem(file, 0, (
+            "a Parquet file, not a pipeline file (YAML): pass the pipeline that reads it"
+            if parquet else f"cannot read the file: not UTF-8 text ({exc.reason} at byte "
+                            f"{exc.start}): a pipeline file is YAML, saved as UTF-8")))
         return spec
     return parse(text, file, overrides)

@@ -44,7 +44,7 @@ from operators.io.fs import (
     store_problem,
     written_whole,
 )
-from operators.io.model import ALIAS, ALIAS_RULE, MODEL_NAME, is_alias
+from operators.io.model import ALIAS, ALIAS_RULE, MODEL_NAME, MODEL_NAME_RULE, is_alias
 
 FORMAT = "sluice-model"
 FORMAT_VERSION = 1
@@ -70,6 +70,14 @@ def _store_access(method: F) -> F:
             raise
         except store_errors(OSError) as exc:
             problem = store_problem(exc, self.root)
+            if problem is None and isinstance(exc, OSError) and self.location.local:
+                # no such parent folder, a file where a folder goes, a full disk...
+                at = f" ('{exc.filename}')" if exc.filename else ""
+                problem = SluiceError(
+                    f"the model registry '{self.root}' cannot be used: "
+                    f"{exc.strerror or exc}{at}",
+                    hint="--models DIR (or $SLUICE_MODELS) names a folder this user can "
+                         "create, read and write")
             if problem is None:
                 raise
             raise problem from None
@@ -99,7 +107,8 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     m = _REF.match(ref.strip())
     if not m:
         raise SluiceError(f"'{ref}' is not a model reference",
-                          hint="use name, name@latest, name@3 or name@ALIAS")
+                          hint=f"use name, name@latest, name@3 or name@ALIAS; a name is "
+                               f"{MODEL_NAME_RULE}")
     return m.group("name"), m.group("version")
 
 

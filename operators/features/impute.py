@@ -199,9 +199,12 @@ class Impute(Estimator):
     def _require(self, counts: dict[str, int]) -> None:
         for name, n in counts.items():
             if not n:
+                fix = "use strategy constant with a `value`"
+                if not any(counts.values()):  # as the scalers say it (require_values)
+                    fix = f"no rows may reach this step: check the filters before it; else {fix}"
                 raise DataError(f"column '{name}' has no values to compute its "
                                 f"{self.params.strategy.replace('_', ' ')} (all null or NaN)",
-                                hint="use strategy constant with a `value`")
+                                hint=fix)
 
     def fitted(self, state: dict[str, Any]) -> ImputeFitted:
         if "fill" not in state:

@@ -95,11 +95,15 @@ def combine_moments(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[
 
 
 def require_values(columns: list[str], count: np.ndarray, op: str) -> None:
-    """DataError naming the first column that had no value to fit on."""
+    """DataError naming the first column that had no value to fit on (where none had
+    one, most likely no rows came: said first)."""
     for name, n in zip(columns, count, strict=True):
         if n == 0:
+            fix = f"impute it first, or leave '{name}' out"
+            if not np.any(count):
+                fix = f"no rows may reach this step: check the filters before it; else {fix}"
             raise DataError(f"column '{name}' has no values (all null or NaN) to fit {op} on",
-                            hint=f"impute it first, or leave '{name}' out")
+                            hint=fix)
 
 
 def scale_columns(part: pa.Table, columns: list[str], offset: np.ndarray, factor: np.ndarray,

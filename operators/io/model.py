@@ -12,6 +12,7 @@ from operators.base import Action, Params, register
 MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 ALIAS = r"[A-Za-z][A-Za-z0-9_-]*"
 ALIAS_RULE = "a letter, then letters, digits, '_' or '-' (not 'latest')"
+MODEL_NAME_RULE = "a letter or digit, then letters, digits, '_', '.' or '-' (ASCII only)"
 
 
 def is_alias(name: str) -> bool:
@@ -20,8 +21,7 @@ def is_alias(name: str) -> bool:
 
 
 class SaveModelParams(Params):
-    name: str = Field(pattern=rf"^{MODEL_NAME}$",
-                      description="registry name; each save adds version 1, 2, ...")
+    name: str = Field(description="registry name; each save adds version 1, 2, ...")
     description: str | None = Field(None, description="free text kept in model.json")
     aliases: list[str] = Field(
         default_factory=list,
@@ -30,6 +30,13 @@ class SaveModelParams(Params):
     profile: bool = Field(True, description="keep a profile of the training rows' input "
                                             "columns (one pass over a sample of them), "
                                             "what `drift` compares scored rows with")
+
+    @field_validator("name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if re.fullmatch(MODEL_NAME, value) is None:
+            raise ValueError(f"a model name is {MODEL_NAME_RULE}")
+        return value
 
     @field_validator("aliases")
     @classmethod

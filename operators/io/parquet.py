@@ -243,6 +243,26 @@ def _decode_schema(text: Any) -> pa.Schema | None:
         return None
 
 
+def _text_kind(filesystem: pa.fs.FileSystem, path: str) -> str | None:
+    """What a file that is not Parquet is, where its first bytes are text: 'a CSV file'
+    (by its name's extension), else 'text'; None for binary (a corrupt Parquet file)."""
+    import codecs
+
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            head = stream.read(4096)
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except (OSError, UnicodeDecodeError, pa.ArrowException):
+        return None
+    if not head.strip() or b"\0" in head:
+        return None
+    extension = posixpath.splitext(path)[1].lstrip(".").lower()
+    return f"a {extension.upper()} file" if extension in _TEXT_FORMATS else "text"
+
+
+_TEXT_FORMATS = ("csv", "tsv", "json", "jsonl", "ndjson")
+
+
 class _Manifests:
     """The sluice manifests met while listing one input, each read once."""
 
@@ -357,6 +377,10 @@ class ReadParquet(Source):
             reason, hint = "the file is encrypted", "sluice reads unencrypted Parquet only"
         elif "size is 0 bytes" in text:
             reason, hint = "the file is empty (0 bytes)", "delete it or write it again"
+        elif ("magic bytes not found" in text or "minimum file footer" in text) and (
+                kind := _text_kind(self.location.filesystem, named[-1] if named else path)):
+            reason = f"not a Parquet file: it is {kind}"
+            hint = "sluice reads Parquet only: convert it first, or move it out of the input"
         elif "magic bytes not found" in text:
             reason = "not a Parquet file (no Parquet footer: corrupt or truncated)"
             hint = "write it again, or move it out of the input"
@@ -489,6 +513,43 @@ class ReadParquet(Source):
             schema = None
         return ds.dataset(files, filesystem=self.location.filesystem, format="parquet",
                           partitioning=partitioning, partition_base_dir=base, schema=schema)
+
+    def shadowed_columns(self) -> list[str]:
+        """The hive keys of the folders (``region=north``) that the files hold as columns
+        too: the folder's value is read, the files' own values of them are not."""
+        try:
+            first = next(iter(self.dataset.get_fragments()), None)
+            if first is None:
+                return []
+            physical = first.physical_schema
+        except (*_io_errors(), SluiceError):
+            return []
+        base = self.location.path.rstrip("/")
+        if _GLOB_CHARS.search(base):  # as _discover takes a glob's folders
+            base = _GLOB_CHARS.split(base, 1)[0].rsplit("/", 1)[0]
+        if not first.path.startswith(base + "/"):
+            return []  # one file: no folders of its own
+        folders = posixpath.dirname(first.path[len(base) + 1:]).split("/")
+        keys = [segment.split("=", 1)[0] for segment in folders if "=" in segment]
+        return [key for key in dict.fromkeys(keys) if key in physical.names
+                and self.full_schema.get_field_index(key) >= 0]
+
+    def file_with(self, column: str, most: int = 100) -> tuple[str, str] | None:
+        """Where the dataset's files disagree on having ``column``: the first file, whose
+        columns the dataset takes, and one of the first ``most`` files that has it (their
+        footers read); None where it is not so."""
+        try:
+            fragments = self.dataset.get_fragments()
+            first = None
+            for i, fragment in enumerate(fragments):
+                if i >= most:
+                    return None
+                first = first or fragment.path
+                if fragment.physical_schema.get_field_index(column) >= 0:
+                    return (first, fragment.path) if fragment.path != first else None
+        except (*_io_errors(), SluiceError):
+            return None
+        return None
 
     @cached_property
     def full_schema(self) -> pa.Schema:

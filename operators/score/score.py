@@ -17,6 +17,7 @@ from operators.base import (
     Transform,
     register,
     require_columns,
+    yaml_text,
 )
 from operators.chain import Chain, dump_chain, load_chain
 from operators.models.common import CONTRIBUTION_BASE, CONTRIBUTIONS, FittedModel
@@ -101,6 +102,7 @@ class Score(Transform):
         self.chain: Chain | None = None
         self.model_info: dict[str, Any] = {}
         self.data_steps: list[dict[str, Any]] = []
+        self.trained_types: dict[str, str] = {}  # input column: its type in training
         self.required: list[str] = []
         self.planned: list[pa.Field] | None = None
         self.predictions: tuple[str, ...] = PREDICTION_COLUMNS
@@ -120,7 +122,10 @@ class Score(Transform):
         self.predictions = model_columns(models[-1] if models else None)
         self.model_kind = predicting_model(chain.steps)
         # the training pipeline's steps that are not in the model (join, filter, sample)
-        self.data_steps = (self.model_info.pop("meta", None) or {}).get("data_steps", [])
+        meta = self.model_info.pop("meta", None) or {}
+        self.data_steps = meta.get("data_steps", [])
+        self.trained_types = {f["name"]: f["type"]
+                              for f in (meta.get("input_schema") or {}).get("fields", [])}
         self.planned = None
 
     def bind_planned(self, required: list[str], added: list[pa.Field],
@@ -210,11 +215,14 @@ class Score(Transform):
         return list(self.required)
 
     def check_input(self, schema: pa.Schema) -> None:
+        missing = {c for c in self.required if schema.get_field_index(c) < 0}
+        made = {c for step in self.data_steps for c in step.get("added_columns") or []}
         try:
+            # columns a training step made and this input lacks: no misspelt names
             require_columns(schema, self.required,
-                            f"column the model '{self.params.model}' needs:")
+                            f"column the model '{self.params.model}' needs:",
+                            close=not missing <= made)
         except MissingColumnError as exc:
-            missing = {c for c in self.required if schema.get_field_index(c) < 0}
             for step in self.data_steps:
                 added = [c for c in step.get("added_columns") or [] if c in missing]
                 if added:
@@ -233,7 +241,10 @@ class Score(Transform):
             # a planned model's contributions come with its features, at run time
             added = list(self.planned or [])
         else:
-            produced = chain.output_schema(schema)
+            try:
+                produced = chain.output_schema(schema)
+            except SchemaError as exc:
+                raise self._retyped(schema, exc) from None
             added = [produced.field(c) for c in self.predictions if c in produced.names]
             if not added:
                 raise SchemaError(f"model '{self.params.model}' has no predicting step",
@@ -248,6 +259,23 @@ class Score(Transform):
         for field in added:
             kept = kept.append(field)
         return kept
+
+    def _retyped(self, schema: pa.Schema, exc: SchemaError) -> SchemaError:
+        """``exc`` (a step of the model's chain refused this input), with a hint that names
+        the columns whose type is not the one the model was trained on, where some are: the
+        fix is a cast back, not a change to the model's steps."""
+        changed = {name: trained for name, trained in self.trained_types.items()
+                   if name in self.required and schema.get_field_index(name) >= 0
+                   and str(schema.field(name).type) != trained}
+        if not changed:
+            return exc
+        said = ", ".join(f"'{name}' as {trained}, not {schema.field(name).type}"
+                         for name, trained in changed.items())
+        casts = ", ".join(f"{name}: {yaml_text(trained)}" for name, trained in changed.items())
+        exc.hint = (f"model '{self.params.model}' was trained with {said}: cast "
+                    f"{'it' if len(changed) == 1 else 'them'} back before scoring "
+                    f"(`op: cast`, `columns: {{{casts}}}`)")
+        return exc
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         chain = self._bound()

@@ -489,8 +489,13 @@ class Engine(ABC):
 
     # data
     def partitions(self, data: Dataset) -> list[PartitionInfo]:
-        """The partitions of the dataset's source (engines remember them per run)."""
-        return data.source.partitions()
+        """The partitions of the dataset's source (engines remember them per run); a
+        source that cannot list them (a broken footer) fails as its step, whichever step
+        pulls its rows."""
+        try:
+            return data.source.partitions()
+        except SluiceError as exc:
+            raise exc.located(f"step '{data.source_step}'") from None
 
     def read(self, source: Source, step_id: str, schema: pa.Schema) -> Dataset:
         return Dataset(source=source, source_step=step_id, schema=schema)

@@ -750,7 +750,7 @@ class DaskEngine(Engine):
     def partitions(self, data: Dataset) -> list[PartitionInfo]:
         key = id(data.source)
         if key not in self._partitions:
-            self._partitions[key] = data.source.partitions()
+            self._partitions[key] = super().partitions(data)
         return self._partitions[key]
 
     # ------------------------------------------------------------------ running

@@ -148,10 +148,7 @@ class LocalEngine(Engine):
     def partitions(self, data: Dataset) -> list[PartitionInfo]:
         key = id(data.source)
         if key not in self._partitions:
-            try:
-                self._partitions[key] = data.source.partitions()
-            except SluiceError as exc:
-                raise exc.located(f"step '{data.source_step}'") from None
+            self._partitions[key] = super().partitions(data)
         return self._partitions[key]
 
     # ------------------------------------------------------------------ running

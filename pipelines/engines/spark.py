@@ -763,7 +763,7 @@ class SparkEngine(Engine):
     def partitions(self, data: Dataset) -> list[PartitionInfo]:
         key = id(data.source)
         if key not in self._partitions:
-            self._partitions[key] = data.source.partitions()
+            self._partitions[key] = super().partitions(data)
         return self._partitions[key]
 
     def task_groups(self, infos: list[PartitionInfo]) -> list[list[int]]:

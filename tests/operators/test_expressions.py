@@ -653,6 +653,8 @@ SYNTAX_ERRORS: list[tuple[str, str, int]] = [
     ("   ", "empty expression", 0),
     ("tenure.total", "attribute access is not supported", 6),
     ("tenure[0]", "indexing is not supported", 6),
+    ("x in ['a', 'b']", "write the list of 'in' in parentheses: in ('a', 'b')", 5),
+    ("x not in [1]", "write the list of 'in' in parentheses", 9),
     ("x = 1; y = 2", "write one expression", 5),
     ("`x`(1)", "function names are not quoted", 3),
     ("1 +\n  * 2", "unexpected '*'; expected a value", 6),

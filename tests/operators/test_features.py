@@ -225,6 +225,20 @@ def test_scalers_reject_infinite_and_empty_columns() -> None:
             columns=["v"])
 
 
+def test_a_scaler_with_no_value_in_any_column_says_no_rows_may_come() -> None:
+    """A filter that leaves no row is the likeliest cause; one empty column of several
+    is its own."""
+    empty = pa.table({"v": pa.array([], pa.float64()), "w": pa.array([], pa.float64())})
+    with pytest.raises(DataError) as info:
+        run("standard_scale", empty, 1, columns=["v", "w"])
+    assert info.value.hint == ("no rows may reach this step: check the filters before it; "
+                               "else impute it first, or leave 'v' out")
+    one = pa.table({"v": [1.0, 2.0], "w": pa.array([None, None], pa.float64())})
+    with pytest.raises(DataError) as info:
+        run("standard_scale", one, 1, columns=["v", "w"])
+    assert info.value.hint == "impute it first, or leave 'w' out"
+
+
 # --------------------------------------------------------------------------- impute
 
 
@@ -313,6 +327,10 @@ def test_impute_errors() -> None:
     assert "strategy constant" in str(info.value)
     with pytest.raises(DataError, match="'v'"):
         run("impute", empty, 2, columns=["v"], strategy="most_frequent")
+    with pytest.raises(DataError, match="'v' has no values") as info:  # nothing came at all
+        run("impute", empty.slice(0, 0), 1, columns=["v"])
+    assert info.value.hint == ("no rows may reach this step: check the filters before it; "
+                               "else use strategy constant with a `value`")
     schema = numbers().schema
     with pytest.raises(SchemaError, match="'label' is string; strategy mean needs numbers"):
         build("impute", columns=["label"]).output_schema(schema)
@@ -564,6 +582,25 @@ def test_select_drop_rename() -> None:
         build("rename", columns={"x": "z", "n": "z"}).output_schema(table.schema)
     with pytest.raises(ParamError, match="listed twice"):
         build("select", columns=["x", "x"])
+
+
+def test_each_missing_column_gets_its_own_suggestion() -> None:
+    """Every misspelt column its closest name, not the first alone; never a column the
+    step asks for as well (it is no misspelling of another)."""
+    schema = pa.schema([("monthly_charges", pa.float64()), ("total_charges", pa.float64()),
+                        ("tenure", pa.int64())])
+    with pytest.raises(SchemaError, match="^columns 'tenur', 'monthly_charge' not in the "
+                                          "input; did you mean 'tenure' for 'tenur', "
+                                          "'monthly_charges' for 'monthly_charge'[?] "):
+        build("select", columns=["tenur", "monthly_charge"]).output_schema(schema)
+    with pytest.raises(SchemaError, match="^column 'total_charges' not in the input "
+                                          "[(]input has"):
+        build("select", columns=["monthly_charges", "total_charges"]).output_schema(
+            pa.schema([("monthly_charges", pa.float64())]))
+    with pytest.raises(SchemaError, match="^column 'churnd' not in the input; did you mean "
+                                          "'churned'[?]"):  # nearly the same name
+        build("select", columns=["churnd", "churned"]).output_schema(
+            pa.schema([("churned", pa.int64())]))
 
 
 def test_cast() -> None:

@@ -153,6 +153,10 @@ def test_params_and_usage_errors(churn: Path, workdir: Path) -> None:
     assert result.returncode == 1 and "has no param 'nope'" in result.stderr
     result = sluice("run", str(path), "--param", "novalue", cwd=workdir)
     assert result.returncode == 2 and "is not k=v" in result.stderr
+    result = sluice("run", str(path), "--param", "ds=2026-11-28", "--param", "ds=2026-11-29",
+                    cwd=workdir)  # the last one was taken, silently
+    assert result.returncode == 2 and ("Invalid value for --param: 'ds' is given twice "
+                                       "(2026-11-28 and 2026-11-29)") in result.stderr
     result = sluice("run", str(path), "--engine", "flink", cwd=workdir)
     assert result.returncode == 2
     result = sluice("run", str(workdir / "missing.yaml"), cwd=workdir)
@@ -179,6 +183,32 @@ def test_datagen_is_deterministic(workdir: Path) -> None:
     assert a.num_rows == 3000 and a.equals(b)
     assert a.column("total_charges").null_count > 0
 
+
+
+def test_datagen_again_replaces_its_files_and_refuses_other_ones(workdir: Path) -> None:
+    """Fewer --files than before leave no earlier file behind (a read of the folder would
+    mix the two data sets); a folder of other Parquet, or one that cannot be made, is a
+    one-line error."""
+    def datagen(out: str, rows: str, files: str) -> subprocess.CompletedProcess[str]:
+        return sluice("datagen", "churn", "--rows", rows, "--files", files, "--out", out,
+                      cwd=workdir)
+
+    assert datagen("d", "300", "3").returncode == 0
+    again = datagen("d", "100", "1")
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in (workdir / "d").iterdir()] == ["part-00000.parquet"]
+    assert pq.read_table(workdir / "d").num_rows == 100
+    pq.write_table(pq.read_table(workdir / "d"), workdir / "d" / "mine.parquet")
+    mixed = datagen("d", "100", "1")
+    assert mixed.returncode == 1 and "Traceback" not in mixed.stderr
+    assert mixed.stderr == ("error: --out 'd' holds Parquet files datagen did not write "
+                            "(mine.parquet): a read of the folder would mix their rows with "
+                            "the new ones (pass an empty or new folder as --out)\n")
+    (workdir / "afile").write_text("")
+    unwritable = datagen("afile/d", "100", "1")
+    assert unwritable.returncode == 1 and "Traceback" not in unwritable.stderr
+    assert unwritable.stderr.startswith("error: cannot write to --out 'afile/d': Not a "
+                                        "directory"), unwritable.stderr
 
 def test_the_summary_shows_short_lists_and_leaves_long_ones_to_the_record(
         churn: Path, workdir: Path) -> None:
@@ -214,3 +244,21 @@ def test_the_summary_shows_short_lists_and_leaves_long_ones_to_the_record(
     assert "drifted=[]" in drift and "model=churn@1" in drift
     evaluate = next(line for line in lines if line.startswith("  metrics evaluate:"))
     assert "classes=[0, 1]" in evaluate and "confusion_matrix" not in evaluate
+
+
+def test_a_cluster_option_for_another_engine_is_a_usage_error(churn: Path,
+                                                              workdir: Path) -> None:
+    """--scheduler without --engine dask was ignored: the job meant for the cluster ran
+    on this machine. Refused before anything runs, saying the option that is missing."""
+    path = write_pipeline(workdir, TRAIN)
+    done = sluice("run", str(path), "--scheduler", "tcp://h:8786", cwd=workdir)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert ("Error: --scheduler tcp://h:8786 is for the dask engine, and this run is on the "
+            "local engine: add --engine dask (or a dask profile)") in done.stderr
+    done = sluice("score", "centre", "data/churn", "scores", "--engine", "dask",
+                  "--master", "spark://h:7077", cwd=workdir)
+    assert done.returncode == 2 and ("Error: --master spark://h:7077 is for the spark "
+                                     "engine, and this run is on the dask engine: add "
+                                     "--engine spark") in done.stderr
+    assert not (workdir / "out").exists() and not (workdir / "scores").exists()
+    assert not (workdir / "runs").exists()

@@ -674,6 +674,27 @@ def test_broken_file_in_a_directory_is_named(workdir: Path, kind: str) -> None:
     assert_one_line_naming(info, "b-broken.parquet")
 
 
+@pytest.mark.parametrize(("name", "kind"), [("a.csv", "a CSV file"), ("notes", "text"),
+                                             ("README.txt", "text")])
+def test_a_text_file_is_said_to_be_one_not_a_corrupt_parquet_file(
+        workdir: Path, name: str, kind: str) -> None:
+    """A CSV read as Parquet (or a README in the folder): convert it, not write it again."""
+    (workdir / "data").mkdir()
+    pq.write_table(good_table(), workdir / "data" / "0-good.parquet")
+    (workdir / "data" / name).write_text("a,s\n1,x\n")
+    with pytest.raises(DataError) as alone:
+        read(workdir / "data" / name).schema()
+    op = read(workdir / "data")
+    with pytest.raises(DataError) as among:
+        for part in op.partitions():
+            op.read(part)
+    for info in (alone, among):
+        assert str(info.value) == (
+            f"cannot read Parquet file '{workdir / 'data' / name}': not a Parquet file: it is "
+            f"{kind} (sluice reads Parquet only: convert it first, or move it out of the "
+            "input)")
+
+
 def test_file_broken_after_planning_fails_at_read(workdir: Path) -> None:
     path = workdir / "t.parquet"
     pq.write_table(good_table(), path, row_group_size=1000)
@@ -740,6 +761,33 @@ def test_cli_broken_file_at_run_time(workdir: Path, kind: str) -> None:
     pq.write_table(good_table(), workdir / "data" / "a.parquet")
     make_broken(workdir / "data" / f"b-{kind}.parquet", kind)
     assert f"b-{kind}.parquet" in copy_fails_in_one_line(workdir, "data")
+
+
+def test_a_broken_file_a_fit_reads_is_the_reads_error_at_its_line(
+        workdir: Path, engine: Any) -> None:
+    """A file found broken when a fitting step pulls the rows (its footer is read as the
+    partitions are listed) is the read step's error, at the read step's line: not the
+    fitting step's, with the read's named inside it."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import run
+
+    (workdir / "data").mkdir()
+    pq.write_table(good_table(), workdir / "data" / "a.parquet")
+    make_broken(workdir / "data" / "b-truncated.parquet", "truncated")
+    path = write_pipeline(workdir, """
+        pipeline: fit
+        steps:
+          - id: rows
+            op: read_parquet
+            path: data
+          - op: standard_scale
+            columns: [a]
+        """)
+    with pytest.raises(SluiceError) as info:
+        run(path, engine_instance=engine)
+    assert str(info.value).startswith(f"{path}:3: step 'rows': cannot read Parquet file "), \
+        str(info.value)
 
 
 # --------------------------------------------------------------------------- manifests
@@ -1089,3 +1137,65 @@ def test_views_inside_maps_and_list_views_read_as_plain_types(workdir: Path) -> 
     assert got.column("m").to_pylist() == [[("b", 2)], [("c", 3)]]
     assert got.column("l").to_pylist() == [["y", "z"], []]
     assert without_views(pa.large_list_view(pa.binary_view())) == pa.large_list(pa.binary())
+
+
+def test_a_column_only_later_files_have_is_said_to_be_in_them(workdir: Path) -> None:
+    """The read takes the first file's columns: a column the step needs that a later file
+    has names both files, not just "not in the input" (which the files seem to belie)."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import plan_file
+
+    (workdir / "data").mkdir()
+    pq.write_table(good_table().drop_columns(["s"]), workdir / "data" / "a.parquet")
+    pq.write_table(good_table(), workdir / "data" / "b.parquet")
+    for step in ("  - op: one_hot\n    columns: [s]\n", "    columns: [a, s]\n"):
+        path = write_pipeline(workdir, "pipeline: p\nsteps:\n  - id: rows\n    op: "
+                                       "read_parquet\n    path: data\n" + step)
+        (problem,) = plan_file(path).problems
+        assert problem.message == (
+            f"column 's' not in the input ('s' is in {workdir / 'data' / 'b.parquet'} but "
+            f"not in {workdir / 'data' / 'a.parquet'}, the first file step 'rows' reads, "
+            "whose columns it takes: write the files with the same columns, or read those "
+            "with the column apart)"), problem
+
+
+def test_a_column_the_folders_name_too_is_a_notice(workdir: Path) -> None:
+    """region=north/ of files with a region column: every row reads north, silently
+    before; said as the file is planned. Not where the folder is the one read (its name
+    is no column then), nor for sluice's own partitioned output (no such column in it)."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import plan_file
+
+    table = good_table()
+    (workdir / "data" / "s=x").mkdir(parents=True)
+    pq.write_table(table, workdir / "data" / "s=x" / "a.parquet")
+
+    def notices(path: str) -> list[str]:
+        return plan_file(write_pipeline(workdir, f"""
+            pipeline: p
+            steps:
+              - id: rows
+                op: read_parquet
+                path: "{path}"
+            """)).notices
+
+    said = (f"{workdir / 'pipeline.yaml'}:5: step 'rows' (read_parquet): column 's' is in "
+            "the files and in the names of their folders (s=...): each row gets its "
+            "folder's value, not its own: rename the column in the files, or the folders' "
+            "key")
+    assert notices("data") == [said] == notices("data/s*/*.parquet")
+    assert read(workdir / "data").read_all().column("s").unique().to_pylist() == ["x"]
+    assert notices("data/s=x") == [] == notices("data/s=x/a.parquet")
+    done = run_cli(workdir, """
+        pipeline: copy
+        steps:
+          - op: read_parquet
+            path: data/s=x
+          - op: write_parquet
+            path: out
+            partition_by: [s]
+        """)
+    assert done.returncode == 0, done.stderr
+    assert notices("out") == []

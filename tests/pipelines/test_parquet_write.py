@@ -465,3 +465,40 @@ def test_a_file_written_whole_replaces_the_old_one_or_leaves_it(tmp_path: Path) 
             raise error
         assert target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_an_output_inside_the_folder_the_pipeline_reads_is_refused(workdir: Path) -> None:
+    """Its rows would be read again by the next run (5,000 rows, then 10,000): refused
+    as the file is planned; the folder itself (overwrite in place), a folder beside it,
+    a glob that does not reach it and a folder with a manifest (its files only) are not."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import plan_file
+
+    (workdir / "data" / "ds=1").mkdir(parents=True)
+    pq.write_table(sample(), workdir / "data" / "ds=1" / "part-0.parquet")
+
+    def problems(read: str, write: str) -> list[str]:
+        return [str(p) for p in plan_file(write_pipeline(workdir, f"""
+            pipeline: copy
+            steps:
+              - id: rows
+                op: read_parquet
+                path: {read}
+              - op: write_parquet
+                path: {write}
+                mode: overwrite
+            """)).problems]
+
+    assert problems("data", "data/scored") == [
+        f"{workdir / 'pipeline.yaml'}:7: step 'write_parquet' (write_parquet): output "
+        "'data/scored' is inside 'data', which step 'rows' reads: the next run would read "
+        "these rows as input too (write it outside that folder)"]
+    assert problems("./data/", "data/ds=2/x")  # however the paths are written
+    for read, write in [("data", "data"), ("data", "scored"), ("data/ds=*", "data/out"),
+                        ("data/ds=1", "data/ds=10")]:
+        assert problems(read, write) == [], (read, write)
+    (workdir / "data" / MANIFEST).write_text(json.dumps({
+        "format": "sluice-output/1", "run_id": "r", "rows": 1000,
+        "files": ["ds=1/part-0.parquet"]}))
+    assert problems("data", "data/scored") == []

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import SLUICE, write_pipeline
 
 from pipelines.datagen import generate
-from pipelines.runner import run, scoring_pipeline
+from pipelines.runner import ValidationFailed, run, scoring_pipeline
 from pipelines.serving import load_model
 
 TRAIN = """
@@ -247,3 +248,47 @@ def test_a_model_never_needs_a_column_it_only_drops_or_selects(churn: Path, work
         "columns: [customer_ud]", "columns: [customer_ud]\n    missing: ignore"), "ok.yaml"))
     assert pq.read_schema(next((workdir / "out" / "typo").glob("*.parquet"))).names == \
         rows.schema.names
+
+
+@pytest.mark.parametrize(("column", "to", "trained_as"), [
+    ("tenure", pa.string(), "int64"),   # refused by the model's scaler: needs numbers
+    ("plan", pa.int64(), "string"),     # refused by its one_hot: fitted on strings
+])
+def test_a_column_of_another_type_than_in_training_says_to_cast_it_back(
+        workdir: Path, trained: Path, column: str, to: pa.DataType, trained_as: str) -> None:
+    """Not "leave 'tenure' out" (a pipeline's hint: a model's feature cannot be left out),
+    but the type the model was trained on and the cast that restores it."""
+    table = pq.read_table(trained)
+    at = table.schema.get_field_index(column)
+    values = pa.array(range(table.num_rows)) if to == pa.int64() else table.column(at)
+    pq.write_table(table.set_column(at, column, values.cast(to)), workdir / "retyped.parquet")
+    text = scoring_pipeline("churn", str(workdir / "retyped.parquet"), str(workdir / "out"))
+    with pytest.raises(ValidationFailed) as info:
+        run("sluice score churn", text=text)
+    (problem,) = info.value.problems
+    assert (f"(model 'churn' was trained with '{column}' as {trained_as}, not {to}: cast "
+            f"it back before scoring (`op: cast`, `columns: {{{column}: {trained_as}}}`))"
+            ) in str(problem)
+    assert not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ("churn@7", "model 'churn' has no version 7 (versions: 1)"),
+    ("churn@staging", "model 'churn' has no alias 'staging'"),
+    ("churnn", "no model 'churnn'"),
+])
+def test_a_model_reference_that_names_nothing_is_at_the_model_line(
+        workdir: Path, trained: Path, ref: str, message: str) -> None:
+    """The line of `model:`, as for an unknown name: not the step's first line."""
+    from pipelines.runner import plan_file
+
+    path = write_pipeline(workdir, f"""
+        pipeline: scored
+        steps:
+          - op: read_parquet
+            path: {trained}
+          - op: score
+            model: {ref}
+        """)
+    (problem,) = plan_file(path).problems
+    assert problem.line == 6 and problem.message.startswith(message), problem

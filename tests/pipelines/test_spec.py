@@ -102,8 +102,34 @@ def test_params_substitute_and_override(churn: Path, workdir: Path) -> None:
     assert plan.ok and plan.steps[0].op.params.partition_mb == 5
     assert plan.spec.params == {"folder": "churn", "rows": 5, "flag": True}
     bad = problems(path, rows="many", color="red")
-    assert any("--param rows" in p and "invalid literal" in p for p in bad), bad
+    assert any("--param rows: expected a whole number, as the default 3 is, got 'many'" in p
+               for p in bad), bad
+    assert any("--param rows: expected a whole number, as the default 3 is, got '2.5'" in p
+               for p in problems(path, rows="2.5")), bad
     assert any("--param color: the pipeline has no param 'color'" in p for p in bad), bad
+
+
+def test_an_undeclared_param_says_how_to_declare_it(churn: Path, workdir: Path) -> None:
+    """${ds} without `params:` (and --param ds=... for it) says how to declare it; the
+    path with ${ds} left in is not also reported missing; a --param nothing uses says so."""
+    path = write_pipeline(workdir, """
+        pipeline: p
+        steps:
+          - op: read_parquet
+            path: data/churn/ds=${ds}
+          - op: select
+            columns: [tenure]
+        """)
+    declare = "declare it with a default: `params: {ds: ...}`, which `--param ds=VALUE` " \
+              "overrides"
+    assert problems(path) == [f"{path}:4: step 'read_parquet' (read_parquet): unknown param "
+                              f"'${{ds}}' (params: none; {declare})"]
+    assert problems(path, ds="2026-11-28", color="red") == [
+        f"{path}: --param ds: the pipeline has no param 'ds' ({declare})",
+        f"{path}: --param color: the pipeline has no param 'color' (nothing in the "
+        "pipeline uses ${color})",
+        f"{path}:4: step 'read_parquet' (read_parquet): unknown param '${{ds}}' (params: "
+        f"none; {declare})"]
 
 
 def test_list_and_mapping_params_override_in_yaml_flow_style(churn: Path,
@@ -140,6 +166,48 @@ def test_yaml_errors_are_located(workdir: Path) -> None:
     assert p.line in (4, 5) and "not valid YAML" in p.message
 
 
+HEAD = "pipeline: x\nsteps:\n  - op: read_parquet\n"
+
+
+@pytest.mark.parametrize(("body", "line", "said"), [
+    ("\tpath: data\n", 4, "found character '\\t' that cannot start any token (indent with "
+                           "spaces, not tabs)"),
+    ('    path: "data\n  - op: select\n', 4,
+     "the quoted value that starts on line 4, column 11 is not closed"),
+    ("    path: data\n   - op: select\n", 5, "expected the end of the block, but found a "
+                                              "list item (check the indentation of the block "
+                                              "that starts on line 3)"),
+    ("    columns: [a, b\n  - op: select\n", 5,
+     "expected ',' or ']', but got ':' (in the [ on line 4, column 14)"),
+    ('    filter: "a > 3" and b == "x"\n', 4, "text after the quoted part of a value: "
+                                             "quote all of it, in ': '\"a > 3\" and b == "
+                                             "\"x\"'"),
+])
+def test_yaml_errors_say_where_the_construct_starts_in_words(
+        body: str, line: int, said: str) -> None:
+    """Not PyYAML's tokens ('<block end>', '<scalar>') or the end of the file for an
+    unclosed quote: the line it starts on, and the usual fix."""
+    (problem,) = parse(HEAD + body, "f.yaml").problems
+    assert (problem.line, problem.message) == (line, f"not valid YAML: {said}")
+
+
+def test_a_file_that_is_no_pipeline_text_is_a_problem_not_a_traceback(
+        churn: Path, workdir: Path) -> None:
+    """A Parquet file passed for the pipeline, a file in another encoding, a misspelt
+    name: one line each (a UnicodeDecodeError's traceback before)."""
+    (workdir / "latin1.yaml").write_bytes("pipeline: caf\xe9\n".encode("latin-1"))
+    (workdir / "train.yaml").write_text("pipeline: x\n")
+    parquet = next((workdir / "data" / "churn").rglob("*.parquet"))
+    assert problems(parquet) == [f"{parquet}: a Parquet file, not a pipeline file (YAML): "
+                                 "pass the pipeline that reads it"]
+    assert problems(workdir / "latin1.yaml") == [
+        f"{workdir / 'latin1.yaml'}: cannot read the file: not UTF-8 text (invalid "
+        "continuation byte at byte 13): a pipeline file is YAML, saved as UTF-8"]
+    assert problems(workdir / "trian.yaml") == [
+        f"{workdir / 'trian.yaml'}: cannot read the file: No such file or directory; did you "
+        "mean 'train.yaml'?"]
+
+
 def test_unsafe_yaml_tags_are_refused(workdir: Path) -> None:
     path = write_pipeline(workdir, """
         pipeline: x
@@ -172,6 +240,42 @@ def test_structure_problems(workdir: Path) -> None:
         """))
     assert any("the first step must read data" in p for p in found), found
     assert any("step id 'w' is used twice" in p for p in found), found
+
+
+def test_a_model_name_that_cannot_be_one_says_what_can(churn: Path, workdir: Path) -> None:
+    """The rule in words, not the pattern a name must match."""
+    found = problems(write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: logistic_regression
+            label: churned
+            features: [tenure]
+          - op: save_model
+            name: modèle
+        """))
+    assert found == [f"{workdir / 'pipeline.yaml'}:9: step 'save_model' (save_model): "
+                     "parameter 'name': a model name is a letter or digit, then letters, "
+                     "digits, '_', '.' or '-' (ASCII only) (got 'modèle')"], found
+
+
+def test_a_misspelt_choice_and_a_name_for_a_list_say_what_was_meant(churn: Path,
+                                                                   workdir: Path) -> None:
+    found = problems(write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: impute
+            columns: total_charges
+            strategy: meadian
+        """))
+    assert [p.split("(impute): ", 1)[1] for p in found] == [
+        "parameter 'columns': Input should be a valid list (got 'total_charges'); write a "
+        "list: `columns: [total_charges]`",
+        "parameter 'strategy': Input should be 'mean', 'median', 'most_frequent' or "
+        "'constant' (got 'meadian'); did you mean 'median'?"], found
 
 
 def test_duplicate_keys_are_problems() -> None:

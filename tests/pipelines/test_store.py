@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from operators.base import ArtifactError
+from operators.base import ArtifactError, SluiceError
 from pipelines.store import FORMAT_VERSION, ModelStore
 
 SCHEMA = pa.schema([("a", pa.float64()), ("b", pa.int64()), ("label", pa.int64())])
@@ -43,12 +43,25 @@ def test_save_load_and_references(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("ref", "message"), [
     ("n", "no model 'n'"), ("mm@1", "did you mean 'm'?"), ("m@7", "has no version 7"),
     ("m@-x", "is not a model reference"), ("m@x", "has no alias 'x'"),
+    ("modèle", "a name is a letter or digit, then letters, digits, '_', '.' or '-'"),
 ])
 def test_bad_references(tmp_path: Path, ref: str, message: str) -> None:
     store = ModelStore(str(tmp_path))
     store.save("m", [centered([0, 0])], SCHEMA)
     with pytest.raises(Exception, match=message):
         store.load(ref)
+
+
+def test_a_registry_root_that_cannot_be_a_folder_is_a_user_error(tmp_path: Path) -> None:
+    """A file where the root folder goes, or a parent that cannot be made: the registry
+    and the option that moves it named, not a FileNotFoundError's traceback."""
+    (tmp_path / "afile").write_text("")
+    for root, why in [(tmp_path / "afile", "Not a directory"),
+                      (tmp_path / "afile" / "models", "Not a directory")]:
+        with pytest.raises(SluiceError, match=(
+                f"^the model registry '{root}' cannot be used: {why} .*[(]--models DIR "
+                r"[(]or \$SLUICE_MODELS[)] names a folder this user can create")):
+            ModelStore(str(root)).save("m", [centered([0, 0])], SCHEMA)
 
 
 def test_aliases_name_versions_and_move(tmp_path: Path) -> None:
