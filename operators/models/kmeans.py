@@ -719,8 +719,10 @@ class KMeans(Estimator):
         return self._directions(data[:, :d], state, xp), data[:, d]
 
     def _matrix_key(self, state: dict[str, Any], xp: Any, mean: Any) -> tuple[Any, ...]:
-        """What a kept matrix is of: the features, weight and dtype, less ``mean``."""
-        return (tuple(state["features"]), self.params.weight, str(compute_dtype(xp)),
+        """What a kept matrix is of: the features, weight, measure (unit rows or not) and
+        dtype, less ``mean``."""
+        return (tuple(state["features"]), self.params.weight, self._cosine,
+                str(compute_dtype(xp)),
                 None if mean is None else np.asarray(mean, dtype=np.float64).tobytes())
 
     def _keep(self, part: pa.Table, key: tuple[Any, ...], X: np.ndarray, w: np.ndarray

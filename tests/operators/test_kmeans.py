@@ -670,3 +670,25 @@ def test_cosine_zero_rows_are_data_errors_naming_the_columns() -> None:
         model.transform(table_of(X), NUMPY)
     with pytest.raises(ParamError, match="a centre of all zeros has no direction"):
         KMeans(k=2, init=[[0.0, 0.0], [1.0, 0.0]], distance_measure="cosine")
+
+
+def test_a_cosine_fit_never_reads_a_euclidean_fits_kept_matrix() -> None:
+    """Passes keep their matrix with the table (``_host_matrix``): a Euclidean fit's
+    summary pass over the same tables between a cosine fit's passes (two kmeans steps
+    over one cached input) leaves the cosine fit its unit rows."""
+    X, _ = directional(600, seed=7)
+    parts = split(table_of(X), 2)
+    cosine, euclidean = KMeans(k=3, seed=1, distance_measure="cosine"), KMeans(k=3, seed=1)
+    alone, _ = fit_state(cosine, split(table_of(X), 2))
+
+    def aggregate(partial: Any) -> Any:
+        stats = tree_reduce([partial(p, NUMPY) for p in parts], cosine.combine)
+        summary = {**euclidean.init(parts[0].schema), "phase": "summary"}
+        for part in parts:
+            euclidean.partial(part, summary, NUMPY)
+        return stats
+
+    state, _ = drive(cosine, parts[0].schema, aggregate)
+    np.testing.assert_array_equal(cosine.fitted(state).centres, alone.centres)
+
+
