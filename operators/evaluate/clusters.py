@@ -124,7 +124,8 @@ class EvaluateClusters(Measuring):
             raise ParamError("metrics lists a metric twice", hint="list each once")
         euclidean_only = [m for m in metrics if m in EUCLIDEAN_ONLY]
         if self._cosine and euclidean_only:
-            raise ParamError(f"metrics: {', '.join(euclidean_only)} measure Euclidean "
+            verb = "measures" if len(euclidean_only) == 1 else "measure"
+            raise ParamError(f"metrics: {', '.join(euclidean_only)} {verb} Euclidean "
                              "distances, and distance_measure is cosine",
                              hint="leave them out of metrics (the silhouette is the cosine "
                                   "one), or measure with distance_measure: squared_euclidean")

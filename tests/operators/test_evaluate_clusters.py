@@ -440,3 +440,50 @@ def test_cosine_refuses_euclidean_indices_and_zero_rows() -> None:
                                         r"feature 0 \(a, b, c\)"):
         measured(table_of(X, labels), 3, seed=3, distance_measure="cosine")
     assert measured(table_of(X, labels), 1)["count"] == len(X)  # squared Euclidean: a point
+
+
+def test_cosine_after_a_cosine_kmeans_in_a_pipeline(workdir: Path) -> None:
+    """A cosine kmeans' clusters measured by evaluate_clusters' cosine silhouette (the
+    run record: scikit-learn's silhouette_score(metric="cosine") of the scored rows);
+    asking it for a Euclidean index is a plan-time problem naming the file, line and
+    step; a row of zeros stops the run, naming the step and the columns."""
+    import pyarrow.parquet as pq
+
+    X, _ = directions(3)
+    (workdir / "data").mkdir()
+    rows = pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2]})
+    pq.write_table(rows, workdir / "data" / "p.parquet")
+    text = """
+        pipeline: segments
+        steps:
+          - op: read_parquet
+            path: data
+          - op: kmeans
+            k: 3
+            distance_measure: cosine
+          - id: quality
+            op: evaluate_clusters
+            distance_measure: cosine{extra}
+    """
+    from operators.models.kmeans import KMeans
+
+    figures = run(write_pipeline(workdir, text.format(extra="")))["metrics"]["quality"]
+    assert figures["clusters"] == 3 and "davies_bouldin" not in figures
+    model = fit(KMeans(k=3, distance_measure="cosine"), [rows])  # the step's own fit
+    labels = model.transform(rows, NUMPY).column("prediction").to_numpy()
+    assert figures["silhouette"] == pytest.approx(silhouette_score(X, labels, metric="cosine"),
+                                                  rel=1e-9)
+    pipeline = write_pipeline(workdir, text.format(
+        extra="\n            metrics: [silhouette, davies_bouldin]"))
+    with pytest.raises(ValidationFailed) as info:
+        run(pipeline)
+    problem = str(info.value.problems[0])
+    assert f"{pipeline}:11: step 'quality' (evaluate_clusters)" in problem, problem
+    assert "metrics: davies_bouldin measures Euclidean distances" in problem
+    X[11] = 0.0
+    pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2]}),
+                   workdir / "data" / "p.parquet")
+    with pytest.raises(Exception, match=r"kmeans \(cosine\): 1 rows have every feature 0 "
+                                        r"\(a, b, c\)") as err:
+        run(write_pipeline(workdir, text.format(extra="")))
+    assert "step" in str(err.value) and "filter those rows out" in str(err.value)
