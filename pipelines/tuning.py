@@ -38,8 +38,10 @@ with ``silhouette_score``):
                              # davies_bouldin or inertia (lower is better)
 ```
 
-Its ``features`` are fixed too (the candidates are compared in their space), and
-``tune_metric: inertia`` cannot pick ``k``: the held-out rows' inertia falls as k
+Its ``features`` and ``distance_measure`` are fixed too (the candidates are compared
+in their space; with ``distance_measure: cosine`` by the cosine silhouette or the inertia,
+Calinski-Harabasz and Davies-Bouldin being Euclidean), and ``tune_metric: inertia``
+cannot pick ``k``: the held-out rows' inertia falls as k
 grows, so the largest k would always win. A candidate whose held-out rows fall in one
 cluster (or each in its own) has no silhouette: it loses, with a note in its entry.
 """
@@ -55,6 +57,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from operators.base import Operator, SluiceError, suggest
+from operators.evaluate.clusters import EUCLIDEAN_ONLY
 from operators.evaluate.metrics import (
     CLUSTERING_COMPARABLE,
     COMPARABLE,
@@ -168,6 +171,10 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                                      "are compared in the space of their features, and "
                                      "another space's silhouette measures another thing; "
                                      "set features on the step"))
+        elif name == "distance_measure" and clustering:
+            problems.append(("tune", "tune cannot vary 'distance_measure': a cosine "
+                                     "silhouette and a Euclidean one measure other things "
+                                     "and cannot choose between them; set it on the step"))
         elif name in FIXED and name in known:
             problems.append(("tune", f"tune cannot vary '{name}': every candidate is "
                                      "fitted and compared on the same rows"))
@@ -206,6 +213,11 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                          if kind is not None else
                          f"unknown metric '{metric}'{suggest(str(metric), comparable)}"
                          f" (one of: {', '.join(comparable)})"))
+    if params.get("distance_measure") == "cosine" and metric in EUCLIDEAN_ONLY:
+        problems.append(("tune_metric", f"tune_metric: {metric} measures Euclidean "
+                                        "distances, and the step's distance_measure is "
+                                        "cosine: compare by silhouette (the default; the "
+                                        "cosine one)"))
     if clustering and metric == "inertia" and "k" in tune:
         problems.append(("tune_metric", "tune_metric: inertia cannot choose k: the held-out "
                                         "rows' inertia falls as k grows (more centres, each "

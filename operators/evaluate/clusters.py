@@ -15,6 +15,14 @@ cluster's mean on hand:
 With row weights the sizes are the clusters' weights, the means and spreads weighted;
 a row's own cluster's mean distance is over the weight of its others, ``W_C - w``
 (MLlib's ``ClusteringEvaluator`` with ``weightCol``).
+
+With ``distance_measure: cosine`` both passes take the rows made unit: a row's mean cosine
+distance to a cluster's rows is ``1 - x.S_C / W_C`` (``S_C`` the sum of their unit
+vectors, MLlib's CosineSilhouette), half its mean squared distance to them as unit
+vectors, so the silhouette, a ratio of such means, is the same sums' squared-Euclidean
+one. Calinski-Harabasz and Davies-Bouldin are Euclidean indices (scikit-learn has them
+only so): refused with cosine; ``within_ss`` is then the rows' sum of cosine distances to
+their cluster's direction, ``W_C (1 - |mean_C|)``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from operators.models.common import (
     feature_matrix,
     is_numeric,
     row_weights,
+    unit_rows,
 )
 
 Metric = Literal["silhouette", "calinski_harabasz", "davies_bouldin", "within_ss", "count",
@@ -50,6 +59,7 @@ Metric = Literal["silhouette", "calinski_harabasz", "davies_bouldin", "within_ss
 METRICS: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin", "within_ss",
                             "count", "clusters", "cluster_sizes")
 SECOND_PASS = frozenset(["silhouette", "davies_bouldin"])
+EUCLIDEAN_ONLY = ("calinski_harabasz", "davies_bouldin")
 SKIPPED = ("distance",)  # kmeans' distance to the centre: an output, not a feature
 BLOCK_VALUES = 2**20
 """The most row-to-mean distances the second pass holds at once (8 MB)."""
@@ -71,6 +81,12 @@ class EvaluateClustersParams(Params):
         None, description="column of positive row weights (MLlib's weightCol): a row's "
                           "silhouette weighs its weight, distances to a cluster's rows are "
                           "weighted means, and the other metrics count a row as that many")
+    distance_measure: Literal["squared_euclidean", "cosine"] = Field(
+        "squared_euclidean",
+        description="the silhouette's distance (MLlib's distanceMeasure): squared_euclidean, "
+                    "or cosine (1 - cos, for a kmeans of distance_measure: cosine; a row of "
+                    "zeros is an error): then no calinski_harabasz or davies_bouldin, and "
+                    "within_ss sums the rows' cosine distances to their cluster's direction")
 
 
 @register("evaluate_clusters")
@@ -106,8 +122,25 @@ class EvaluateClusters(Measuring):
         metrics = self.params.metrics or []
         if len(set(metrics)) != len(metrics):
             raise ParamError("metrics lists a metric twice", hint="list each once")
+        euclidean_only = [m for m in metrics if m in EUCLIDEAN_ONLY]
+        if self._cosine and euclidean_only:
+            verb = "measures" if len(euclidean_only) == 1 else "measure"
+            raise ParamError(f"metrics: {', '.join(euclidean_only)} {verb} Euclidean "
+                             "distances, and distance_measure is cosine",
+                             hint="leave them out of metrics (the silhouette is the cosine "
+                                  "one), or measure with distance_measure: squared_euclidean")
         # the silhouette and Davies-Bouldin read the rows again: the runtime caches them
-        self.multi_pass = bool(SECOND_PASS & set(self.params.metrics or METRICS))
+        self.multi_pass = bool(SECOND_PASS & set(self.metric_names()))
+
+    @property
+    def _cosine(self) -> bool:
+        return self.params.distance_measure == "cosine"
+
+    def metric_names(self) -> list[str]:
+        """The metrics measured: those listed, else all the measure has."""
+        if self.params.metrics:
+            return list(self.params.metrics)
+        return [m for m in METRICS if not (self._cosine and m in EUCLIDEAN_ONLY)]
 
     # ----------------------------------------------------------------- plan time
 
@@ -154,8 +187,8 @@ class EvaluateClusters(Measuring):
     # ----------------------------------------------------------------- fit
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        metrics = list(self.params.metrics or METRICS)
-        return {"features": self._plan(schema), "metrics": metrics, "phase": "clusters"}
+        return {"features": self._plan(schema), "metrics": self.metric_names(),
+                "phase": "clusters"}
 
     def _rows(self, part: pa.Table, state: dict[str, Any], xp: Any) -> tuple[pa.Array, Any]:
         """The partition's cluster ids and feature matrix (a null either way: an error)."""
@@ -187,6 +220,8 @@ class EvaluateClusters(Measuring):
         their features, a float64 matrix on ``xp`` (None for no rows), and their positive
         weights (None: each 1): a clustering step measuring its own held-out rows
         (kmeans' validation) calls this."""
+        if self._cosine and X is not None:
+            X = unit_rows(X, state["features"], xp, "evaluate_clusters (cosine)")
         if state["phase"] == "clusters":
             return _clusters(ids, X, len(state["features"]), xp, w)
         return _spread(ids, X, state, xp, w)
@@ -222,6 +257,9 @@ class EvaluateClusters(Measuring):
                       "cluster_sizes": {str(i): int(r) for i, r in zip(state["ids"], rows,
                                                                        strict=True)},
                       "within_ss": total_within}
+        if self._cosine:  # the unit rows' cosine distances to their cluster's direction
+            everything["within_ss"] = float(weight @ (1.0 - np.sqrt(np.sum(means ** 2,
+                                                                           axis=1))))
         mean = weight @ means / n
         between = float(weight @ np.sum((means - mean) ** 2, axis=1))
         everything["calinski_harabasz"] = (1.0 if total_within == 0 else

@@ -389,6 +389,20 @@ def feature_matrix(part: pa.Table, features: list[str], xp: Any,
     return to_xp(host_matrix(part, features, extra, xp, role), xp)
 
 
+def unit_rows(X: Any, features: list[str], xp: Any, step: str) -> Any:
+    """The rows of ``X`` divided by their Euclidean norms: their directions, what cosine
+    distances compare (``1 - cos = |a - b|^2 / 2`` of unit rows). A row of all zeros has
+    no direction: a DataError naming the columns (MLlib refuses zero vectors too)."""
+    norms = xp.sqrt(xp.sum(X * X, axis=1))
+    if bool(xp.any(norms == 0)):
+        zeros = int(np.count_nonzero(to_numpy(norms) == 0))
+        raise DataError(f"{step}: {zeros} rows have every feature 0 ({', '.join(features)}): "
+                        "a zero vector has no direction, so no cosine distance",
+                        hint="filter those rows out before the step (filter: or op: filter), "
+                             "or use the Euclidean distance")
+    return X / norms[:, None]
+
+
 def parameters(values: np.ndarray, xp: Any) -> Any:
     """Host parameters (coefficients, layer weights) as an array of ``xp`` in its compute
     dtype: a float64 parameter would promote every product with the data to float64."""

@@ -54,6 +54,17 @@ is a repeated row; scikit-learn's is unweighted). Distances are computed from th
 weighted mean (as scikit-learn subtracts the mean), which keeps float32 (docs/float32.md)
 from cancelling ``|x|^2 - 2 x.c + |c|^2`` on data far from zero; the sums accumulate in
 float64.
+
+``distance_measure: cosine`` is MLlib's ``KMeans(distanceMeasure="cosine")`` (spherical
+k-means): a row's distance to a centre is ``1 - cos``, a cluster's centre the unit
+direction of its rows' (weighted) mean direction. For unit vectors ``|x - c|^2 = 2 - 2
+cos``, so it is all of the above on the rows made unit where a pass reads them (the
+matrix, the rows drawn), with the centres made unit after the start and after each move
+(the driver's LocalKMeans too); ``tol`` is then relative to the unit rows' variance; the
+inertia is half the squared distances, MLlib's cosine trainingCost; the validation
+measures the silhouette only, evaluate_clusters' cosine one. A row of zeros has no
+direction: a DataError (MLlib refuses zero vectors), in the fit and when scoring. From the
+same centres (MLlib's ``initialModel``) it gives MLlib's centres to 1e-15.
 """
 
 from __future__ import annotations
@@ -92,6 +103,7 @@ from operators.models.common import (
     row_products,
     row_weights,
     table_memo,
+    unit_rows,
     validation_fraction_field,
     validation_start_field,
 )
@@ -111,7 +123,8 @@ FEW_ROWS = 64
 """Rows read from a partition by slices rather than a take (``_rows``)."""
 _SUMMARY_SALT = 0  # the salts of the rows' uniforms: one per pass that draws rows
 HELD_OUT_METRICS = ("silhouette", "calinski_harabasz", "davies_bouldin")
-"""What evaluate_clusters measures of the held-out rows (the validation metrics)."""
+"""What evaluate_clusters measures of the held-out rows (the validation metrics); with
+the cosine measure the silhouette only (the others are Euclidean indices)."""
 VALIDATION_PHASES = ("validate", "validate_spread")
 
 
@@ -134,8 +147,13 @@ class KMeansParams(Params):
                                    "scikit-learn's tol); 0: only when they stand still")
     seed: int = Field(0, description="seed of the starting centres (with the rows' content) "
                                      "and of the validation split")
-    distance: bool = Field(False, description="also add `distance`: each row's Euclidean "
-                                              "distance to its cluster's centre")
+    distance: bool = Field(False, description="also add `distance`: each row's distance to "
+                                              "its cluster's centre (Euclidean, or 1 - cos)")
+    distance_measure: Literal["euclidean", "cosine"] = Field(
+        "euclidean", description="euclidean, or cosine: 1 - cos between a row and a centre, "
+                                 "the centres unit vectors (MLlib's distanceMeasure; "
+                                 "spherical k-means, for embeddings); a row of zeros is an "
+                                 "error")
     validation_fraction: float = validation_fraction_field()
     validation_start: float = validation_start_field()
 
@@ -143,6 +161,10 @@ class KMeansParams(Params):
     def _given_centres(self) -> KMeansParams:
         check_validation_window(self)
         check_given_points(self.init, self.k, "centres")
+        if (self.distance_measure == "cosine" and isinstance(self.init, list)
+                and not np.all(np.any(np.asarray(self.init) != 0, axis=1))):
+            raise ParamError("init: a centre of all zeros has no direction for "
+                             "distance_measure: cosine", hint="give centres of some length")
         return self
 
 
@@ -329,20 +351,31 @@ def _first_least(scores: np.ndarray, near: np.ndarray, least: np.ndarray,
     near[...] = counted
 
 
-def lloyd(points: np.ndarray, weights: np.ndarray, centres: np.ndarray, iterations: int
-          ) -> np.ndarray:
+def lloyd(points: np.ndarray, weights: np.ndarray, centres: np.ndarray, iterations: int,
+          cosine: bool = False) -> np.ndarray:
     """Weighted Lloyd iterations over a few points on the driver (an empty cluster keeps
-    its centre), until the centres stand still."""
+    its centre), until the centres stand still; ``cosine``: the points unit rows and the
+    centres made unit after each move (MLlib's LocalKMeans with the cosine measure)."""
     xp = get_namespace("numpy")
     for _ in range(iterations):
         _, _, sums = assigned(points, weights, centres, xp)
         held = sums["weights"] > 0
         moved = centres.copy()
         moved[held] = sums["sums"][held] / sums["weights"][held, None]
+        if cosine:
+            moved = unit_centres(moved)
         if np.array_equal(moved, centres):
             break
         centres = moved
     return centres
+
+
+def unit_centres(centres: np.ndarray) -> np.ndarray:
+    """Centres (k, d) as unit vectors: the cosine measure's centre of a cluster is the
+    direction of its rows' mean direction (MLlib's CosineDistanceMeasure.centroid); a
+    mean of length 0 (rows that cancel out) is left as it is."""
+    norms = np.sqrt(np.sum(centres * centres, axis=1))
+    return centres / np.where(norms > 0, norms, 1.0)[:, None]
 
 
 def plus_plus(points: np.ndarray, weights: np.ndarray, k: int,
@@ -421,12 +454,12 @@ def combine_drawn(a: dict[str, np.ndarray], b: dict[str, np.ndarray], m: int
                  np.concatenate([a["rows"], b["rows"]]), m)
 
 
-def _top_keys(part: pa.Table, features: list[str], keys: np.ndarray, m: int
-              ) -> dict[str, np.ndarray]:
-    """``drawn`` of a partition by host keys (-inf: never): rows read as needed, in the
-    order of the keys (largest first, ties by position), sorted as far as read."""
+def _top_keys(part: pa.Table, read: Any, keys: np.ndarray, m: int) -> dict[str, np.ndarray]:
+    """``drawn`` of a partition by host keys (-inf: never): rows read as needed (``read``
+    of their positions), in the order of the keys (largest first, ties by position),
+    sorted as far as read."""
     order = _largest_first(keys, 2 * m)
-    found = {"keys": np.zeros(0), "rows": np.zeros((0, len(features)))}
+    found = {"keys": np.zeros(0), "rows": read(np.zeros(0, np.int64))}
     start = 0
     while len(found["keys"]) < m:
         if start + 2 * m > len(order) and len(order) < len(keys):
@@ -435,7 +468,7 @@ def _top_keys(part: pa.Table, features: list[str], keys: np.ndarray, m: int
         at = at[np.isfinite(keys[at])]  # -inf last: none after the first
         if not len(at):
             break
-        found = combine_drawn(found, drawn(keys[at], _rows(part, features, at), m), m)
+        found = combine_drawn(found, drawn(keys[at], read(at), m), m)
         start += 2 * m
     return found
 
@@ -457,17 +490,19 @@ def _largest_first(keys: np.ndarray, first: int) -> np.ndarray:
 @register_fitted("kmeans.fitted")
 class KMeansFitted(FittedModel):
     """``prediction``: the nearest centre's position (int64); ``distance`` (when asked):
-    the Euclidean distance to it. ``mean``: the training rows' mean, which distances are
-    computed from (precision)."""
+    the Euclidean distance to it, or with ``cosine`` 1 - cos (the rows made unit first,
+    the centres unit: half their squared distance). ``mean``: the training rows' mean,
+    which distances are computed from (precision)."""
 
     supervised = False
 
     def __init__(self, features: list[str], centres: np.ndarray, mean: np.ndarray,
-                 distance: bool = False):
+                 distance: bool = False, cosine: bool = False):
         super().__init__(features)
         self.centres = np.asarray(centres, dtype=np.float64).reshape(-1, len(self.features))
         self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
         self.distance = bool(distance)
+        self.cosine = bool(cosine)
 
     def __repr__(self) -> str:
         return f"KMeansFitted(features={self.features!r}, k={len(self.centres)})"
@@ -489,33 +524,41 @@ class KMeansFitted(FittedModel):
         return both[0].astype(np.int64), both[1].astype(np.float64)
 
     def nearest_of(self, X: Any, xp: Any) -> tuple[Any, Any]:
-        """``nearest`` of the rows of ``X`` (the features as given, on ``xp``), their
-        distances computed from the training mean."""
+        """``nearest`` of the rows of ``X`` (the features as given, on ``xp``; with
+        ``cosine``, made unit), their distances computed from the training mean."""
+        X = self._directions(X, xp)
         return nearest(X - parameters(self.mean, xp), parameters(self.centres - self.mean, xp),
                        xp)
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         """The nearest centre of each row of ``X`` (the features as given)."""
-        return nearest(X, parameters(self.centres, xp), xp)[0]
+        return nearest(self._directions(X, xp), parameters(self.centres, xp), xp)[0]
+
+    def _directions(self, X: Any, xp: Any) -> Any:
+        return unit_rows(X, self.features, xp, "kmeans (cosine)") if self.cosine else X
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         check_features(part.schema, self.features)
         labels, d2 = self.assign(part, xp)
         out = put_column(part, pa.field(PREDICTION, pa.int64()), pa.array(labels))
         if self.distance:
-            out = put_column(out, pa.field(DISTANCE, pa.float64()), pa.array(np.sqrt(d2)))
+            out = put_column(out, pa.field(DISTANCE, pa.float64()),
+                             pa.array(d2 / 2.0 if self.cosine else np.sqrt(d2)))
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"centres": self.centres, "mean": self.mean}
 
     def meta(self) -> dict[str, Any]:
-        return {**super().meta(), "distance": self.distance}
+        # a Euclidean model's meta as before the measure was a choice
+        return {**super().meta(), "distance": self.distance,
+                **({"distance_measure": "cosine"} if self.cosine else {})}
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> KMeansFitted:
         return cls(list(meta["features"]), arrays["centres"], arrays["mean"],
-                   bool(meta.get("distance", False)))
+                   bool(meta.get("distance", False)),
+                   meta.get("distance_measure", "euclidean") == "cosine")
 
 
 def clustered_schema(schema: pa.Schema, distance: bool) -> pa.Schema:
@@ -559,7 +602,10 @@ class KMeans(Estimator):
     weighted sum of squared distances to the centres), the iterations, the cluster
     sizes and whether it converged. Clusters are numbered in the order the start chose
     them. A model of no label: `score` and `sluice serve` give its clusters; `promote`
-    has nothing to compare them with.
+    has nothing to compare them with. `distance_measure: cosine` clusters the rows'
+    directions (embeddings; MLlib's distanceMeasure): unit centres, `distance` 1 - cos,
+    the inertia the sum of 1 - cos, the held-out silhouette the cosine one; no row may be
+    all zeros.
     """
 
     float32 = True  # docs/float32.md
@@ -571,6 +617,26 @@ class KMeans(Estimator):
     def extra_columns(self) -> tuple[str, ...]:
         """The columns besides ``prediction`` the fitted model adds."""
         return (DISTANCE,) if self.params.distance else ()
+
+    @property
+    def _cosine(self) -> bool:
+        """Cosine: Euclidean k-means of the rows made unit, the centres made unit after
+        the start and each move (``|a - c|^2 = 2 - 2 cos`` of unit vectors)."""
+        return self.params.distance_measure == "cosine"
+
+    @property
+    def _cost(self) -> float:
+        """A row's cost per squared distance: with cosine, 1 - cos is half the squared
+        distance of unit vectors (the inertia is then MLlib's cosine trainingCost)."""
+        return 0.5 if self._cosine else 1.0
+
+    def _directions(self, X: Any, state: dict[str, Any], xp: Any) -> Any:
+        """The rows of a pass's features: as read, or with cosine made unit."""
+        return unit_rows(X, state["features"], xp, "kmeans (cosine)") if self._cosine else X
+
+    def _read(self, part: pa.Table, state: dict[str, Any], at: Any) -> np.ndarray:
+        """``_rows`` of the features, as a pass sees them (``_directions``)."""
+        return self._directions(_rows(part, state["features"], at), state, np)
 
     def _features(self, schema: pa.Schema) -> list[str]:
         p = self.params
@@ -598,7 +664,7 @@ class KMeans(Estimator):
         features = self._check(schema)
         state: dict[str, Any] = {"phase": "summary", "features": features}
         if self.params.validation_fraction > 0:
-            state["held_out"] = _measuring(features).init(clustered_schema(
+            state["held_out"] = _measuring(features, self._cosine).init(clustered_schema(
                 pa.schema([schema.field(f) for f in features]), False))
         return state
 
@@ -619,7 +685,7 @@ class KMeans(Estimator):
             extra.append(uniforms)
         data = feature_matrix(part, features, xp, extra)
         d = len(features)
-        X = data[:, :d] - parameters(state["mean"], xp)
+        X = self._directions(data[:, :d], state, xp) - parameters(state["mean"], xp)
         return X, data[:, d], data[:, d + 1] if salt is not None else None
 
     def _host_matrix(self, part: pa.Table, state: dict[str, Any], xp: Any
@@ -650,11 +716,13 @@ class KMeans(Estimator):
             weights = row_weights(part, self.params.weight)
         data = feature_matrix(part, state["features"], xp, [weights])
         d = len(state["features"])
-        return data[:, :d], data[:, d]
+        return self._directions(data[:, :d], state, xp), data[:, d]
 
     def _matrix_key(self, state: dict[str, Any], xp: Any, mean: Any) -> tuple[Any, ...]:
-        """What a kept matrix is of: the features, weight and dtype, less ``mean``."""
-        return (tuple(state["features"]), self.params.weight, str(compute_dtype(xp)),
+        """What a kept matrix is of: the features, weight, measure (unit rows or not) and
+        dtype, less ``mean``."""
+        return (tuple(state["features"]), self.params.weight, self._cosine,
+                str(compute_dtype(xp)),
                 None if mean is None else np.asarray(mean, dtype=np.float64).tobytes())
 
     def _keep(self, part: pa.Table, key: tuple[Any, ...], X: np.ndarray, w: np.ndarray
@@ -747,7 +815,8 @@ class KMeans(Estimator):
             with np.errstate(divide="ignore"):
                 keys = np.where(weights > 0, np.log(u) / np.where(weights > 0, weights, 1),
                                 -np.inf)
-            out["drawn"] = _top_keys(part, features, keys, p.k if p.init == "random" else 1)
+            out["drawn"] = _top_keys(part, lambda at: self._read(part, state, at), keys,
+                                     p.k if p.init == "random" else 1)
         return out
 
     def _sample(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
@@ -763,7 +832,7 @@ class KMeans(Estimator):
         # a row within a rounding of the bound could be, on one partitioning only)
         u64, wd2_64 = xp.astype(u, xp.float64), xp.astype(wd2, xp.float64)
         at = xp.nonzero(u64 * phi < (2.0 * self.params.k) * wd2_64)[0]
-        drawn_rows = {"phi": phi, "rows": _rows(part, state["features"], to_numpy(at)),
+        drawn_rows = {"phi": phi, "rows": self._read(part, state, to_numpy(at)),
                       "u": to_numpy(xp.take(u, at)).astype(np.float64),
                       "wd2": to_numpy(xp.take(wd2, at)).astype(np.float64)}
         return _combine_sampled(drawn_rows, self._nothing(state), 2.0 * self.params.k)
@@ -779,7 +848,7 @@ class KMeans(Estimator):
                         -xp.inf)
         top = xp.max(keys)
         at = to_numpy(xp.nonzero(drawable & (keys == top))[0])
-        return {"keys": np.full(len(at), float(top)), "rows": _rows(part, state["features"], at)}
+        return {"keys": np.full(len(at), float(top)), "rows": self._read(part, state, at)}
 
     def _farthest(self, part: pa.Table, state: dict[str, Any], labels: Any, d2: Any,
                   w: Any, m: int, xp: Any) -> dict[str, np.ndarray]:
@@ -793,7 +862,7 @@ class KMeans(Estimator):
             bound = ranked[max(ranked.shape[0] - m, 0)]
         at = xp.nonzero((dist >= bound) & (dist > 0))[0]
         return top_far({"d2": to_numpy(xp.take(dist, at)).astype(np.float64),
-                        "rows": _rows(part, state["features"], to_numpy(at)),
+                        "rows": self._read(part, state, to_numpy(at)),
                         "labels": to_numpy(xp.take(labels, at)).astype(np.int64),
                         "weights": to_numpy(xp.take(w, at)).astype(np.float64)},
                        self.params.k if m == 1 else m, m == 1)
@@ -803,7 +872,7 @@ class KMeans(Estimator):
         the fitted centres (as ``score`` gives it), then evaluate_clusters' statistics of
         the rows in those clusters, in float64; the first pass also the clusters' sizes
         and the rows' weighted squared distances to their centres."""
-        measuring, first = _measuring(), state["phase"] == "validate"
+        measuring, first = _measuring(cosine=self._cosine), state["phase"] == "validate"
         held = held_out(part, self.params)[1]
         k, d = self.params.k, len(state["features"])
         if held.num_rows == 0:
@@ -932,7 +1001,7 @@ class KMeans(Estimator):
         if len(points) < p.k:
             _too_few(len(points), p.k)
         centres = plus_plus(points, weights, p.k, np.random.default_rng(p.seed))
-        centres = lloyd(points, weights, centres, LOCAL_ITERATIONS)
+        centres = lloyd(points, weights, centres, LOCAL_ITERATIONS, self._cosine)
         state = {k: v for k, v in state.items() if k != "candidates"}
         return self._lloyd({**state, "init_passes": state["init_passes"] + 1}, centres)
 
@@ -948,8 +1017,11 @@ class KMeans(Estimator):
 
     def _lloyd(self, state: dict[str, Any], centres: np.ndarray) -> dict[str, Any]:
         state = {k: v for k, v in state.items() if k != "round"}
-        return {**state, "phase": "lloyd", "centres": np.asarray(centres, dtype=np.float64),
-                "initial": np.asarray(centres, dtype=np.float64), "iterations": 0}
+        centres = np.asarray(centres, dtype=np.float64)
+        if self._cosine:
+            centres = unit_centres(centres)
+        return {**state, "phase": "lloyd", "centres": centres, "initial": centres,
+                "iterations": 0}
 
     def _moved(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         """The centres after a Lloyd pass: each cluster's mean, an empty one moved to a
@@ -980,6 +1052,8 @@ class KMeans(Estimator):
         for cluster in np.flatnonzero(~held):
             centres[cluster] = (centres[heaviest] if heaviest < cluster
                                 else shift + sums[heaviest])
+        if self._cosine:
+            centres = unit_centres(centres)
         moved = float(np.sum((centres - old) ** 2))
         iterations = state["iterations"] + 1
         state = {k: v for k, v in state.items() if k not in ("pass", "empty")}
@@ -1001,13 +1075,13 @@ class KMeans(Estimator):
                 stacklevel=3)
         measure = self.params.validation_fraction > 0
         return {**state, "phase": "validate" if measure else "done", "final": False,
-                "inertia": float(stats["inertia"]), "sizes": stats["counts"],
+                "inertia": float(stats["inertia"]) * self._cost, "sizes": stats["counts"],
                 "cluster_weights": stats["weights"]}
 
     def _measured(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         """After a validation pass: the held-out rows' figures, then (the second pass
         done, or none needed) the validation metrics."""
-        measuring = _measuring()
+        measuring = _measuring(cosine=self._cosine)
         if state["phase"] == "validate_spread":
             held, _ = measuring.update(stats["measured"], state["held_out"])
             return self._validated(state, {**measuring.metrics(held), **state["figures"]})
@@ -1015,13 +1089,14 @@ class KMeans(Estimator):
         rows, present = int(np.sum(sizes)), int(np.count_nonzero(sizes))
         if rows == 0:
             return self._validated(state, {"count": 0})
-        figures = {"inertia": stats["inertia"] / stats["weight"] if stats["weight"] > 0
+        figures = {"inertia": stats["inertia"] * self._cost / stats["weight"]
+                   if stats["weight"] > 0
                    else float("nan"),
                    "count": rows, "clusters": present,
                    "cluster_sizes": [int(n) for n in sizes]}
         problem = unmeasurable(present, rows)
         if problem is not None:
-            return self._validated(state, {**dict.fromkeys(HELD_OUT_METRICS, float("nan")),
+            return self._validated(state, {**dict.fromkeys(measuring.metric_names(), float("nan")),
                                            **figures, "undefined": problem})
         held, _ = measuring.update(stats["measured"], state["held_out"])
         return {**state, "phase": "validate_spread", "held_out": held, "figures": figures}
@@ -1035,7 +1110,7 @@ class KMeans(Estimator):
         if "centres" not in state or state["phase"] == "pick":
             raise RuntimeError("kmeans: fitted() before the start was chosen")
         return KMeansFitted(state["features"], state["centres"], state["mean"],
-                            self.params.distance)
+                            self.params.distance, self._cosine)
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if state.get("phase") != "done":
@@ -1054,10 +1129,13 @@ class KMeans(Estimator):
         return out
 
 
-def _measuring(features: list[str] | None = None) -> EvaluateClusters:
+def _measuring(features: list[str] | None = None, cosine: bool = False) -> EvaluateClusters:
     """evaluate_clusters as the validation passes drive it over the held-out rows (its
-    features: the fit's, named at ``init``; the other calls read them from its state)."""
-    return EvaluateClusters(features=features, metrics=list(HELD_OUT_METRICS))
+    features: the fit's, named at ``init``; the other calls read them from its state),
+    in the fit's measure."""
+    return EvaluateClusters(features=features,
+                            metrics=list(HELD_OUT_METRICS[:1] if cosine else HELD_OUT_METRICS),
+                            distance_measure="cosine" if cosine else "squared_euclidean")
 
 
 def _too_few(found: int, k: int) -> None:

@@ -342,3 +342,148 @@ def test_weighted_as_mllibs_clustering_evaluator(spark: Any) -> None:
                             pa.array(np.where(np.arange(len(X)) == 3, 0.0, w)))
     with pytest.raises(DataError, match="weight column 'w' has 1 values of 0"):
         measured(zero, 1, weight="w")
+
+
+# --------------------------------------------------------------------------- cosine
+
+
+def directions(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``blobs`` with rows of lengths from 0.1 to 50: lengths change every squared
+    Euclidean distance and no cosine one."""
+    X, labels = blobs(seed)
+    lengths = np.random.default_rng(seed + 1).uniform(0.1, 50.0, len(X))
+    return X * lengths[:, None], labels
+
+
+def cosine_reference(X: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None
+                     ) -> float:
+    """MLlib's cosine silhouette of every pair of rows (O(rows^2)): a row's mean distance
+    to its own cluster's others over their weight, to another's over its weight."""
+    w = np.ones(len(X)) if w is None else w
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    D = 1.0 - U @ U.T
+    s = np.zeros(len(X))
+    for i in range(len(X)):
+        own = labels == labels[i]
+        if w[own].sum() == w[i]:
+            continue
+        a = (D[i, own] @ w[own]) / (w[own].sum() - w[i])
+        b = min((D[i, labels == c] @ w[labels == c]) / w[labels == c].sum()
+                for c in set(labels.tolist()) - {labels[i]})
+        s[i] = (b - a) / max(a, b)
+    return float(s @ w / w.sum())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cosine_silhouette_is_mllibs(spark: Any, weighted: bool) -> None:
+    """``distance_measure: cosine``: MLlib's ClusteringEvaluator(distanceMeasure="cosine")
+    to 1e-9, with and without weightCol, on 1, 3 and 7 partitions; without weights also
+    scikit-learn's silhouette_score(metric="cosine"); the figures of every pair of rows
+    to 1e-12 either way. within_ss: the rows' cosine distances to their cluster's
+    direction."""
+    from pyspark.ml.evaluation import ClusteringEvaluator
+    from pyspark.ml.linalg import Vectors
+
+    X, labels = directions()
+    w = np.random.default_rng(4).uniform(0.5, 3.0, len(X)) if weighted else None
+    table = table_of(X, labels)
+    rows = [(Vectors.dense(x.tolist()), float(label)) for x, label in zip(X, labels, strict=True)]
+    columns = ["features", "prediction"]
+    if weighted:
+        table = table.append_column("w", pa.array(w))
+        rows = [(*row, float(weight)) for row, weight in zip(rows, w, strict=True)]
+        columns.append("w")
+    frame = spark.spark.createDataFrame(rows, columns)
+    mllib = ClusteringEvaluator(distanceMeasure="cosine",
+                                **({"weightCol": "w"} if weighted else {})).evaluate(frame)
+    euclidean = measured(table, 1, weight="w" if weighted else None)["silhouette"]
+    assert euclidean != pytest.approx(mllib, abs=1e-3)  # the measure matters here
+    want = cosine_reference(X, labels, w)
+    if not weighted:
+        assert want == pytest.approx(silhouette_score(X, labels, metric="cosine"), abs=1e-12)
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    ones = np.ones(len(X)) if w is None else w
+    within = 0.0
+    for c in set(labels.tolist()):
+        mean = np.average(U[labels == c], axis=0, weights=ones[labels == c])
+        within += ones[labels == c] @ (1.0 - U[labels == c] @ (mean / np.linalg.norm(mean)))
+    for parts in (1, 3, 7):
+        got = measured(table, parts, seed=parts, distance_measure="cosine",
+                       weight="w" if weighted else None)
+        assert got["silhouette"] == pytest.approx(mllib, abs=1e-9)
+        assert got["silhouette"] == pytest.approx(want, abs=1e-12)
+        assert got["within_ss"] == pytest.approx(within, rel=1e-12)
+        assert set(got) == {"silhouette", "within_ss", "count", "clusters", "cluster_sizes"}
+
+
+def test_cosine_any_array_namespace() -> None:
+    from operators.arrays import get_namespace
+
+    X, labels = directions(2)
+    table = table_of(X, labels)
+    strict = fit(EvaluateClusters(distance_measure="cosine"), split(table, 3, seed=1),
+                 get_namespace("array_api_strict")).metrics
+    want = measured(table, 3, seed=1, distance_measure="cosine")
+    assert strict["cluster_sizes"] == want["cluster_sizes"]
+    for name in ("silhouette", "within_ss"):
+        assert strict[name] == pytest.approx(want[name], rel=1e-12), name
+
+
+def test_cosine_refuses_euclidean_indices_and_zero_rows() -> None:
+    with pytest.raises(ParamError, match="calinski_harabasz, davies_bouldin measure "
+                                         "Euclidean distances, and distance_measure is cosine"):
+        EvaluateClusters(distance_measure="cosine",
+                         metrics=["silhouette", "calinski_harabasz", "davies_bouldin"])
+    X, labels = directions()
+    X[7] = 0.0
+    with pytest.raises(DataError, match=r"evaluate_clusters \(cosine\): 1 rows have every "
+                                        r"feature 0 \(a, b, c\)"):
+        measured(table_of(X, labels), 3, seed=3, distance_measure="cosine")
+    assert measured(table_of(X, labels), 1)["count"] == len(X)  # squared Euclidean: a point
+
+
+def test_cosine_after_a_cosine_kmeans_in_a_pipeline(workdir: Path) -> None:
+    """A cosine kmeans' clusters measured by evaluate_clusters' cosine silhouette (the
+    run record: scikit-learn's silhouette_score(metric="cosine") of the scored rows);
+    asking it for a Euclidean index is a plan-time problem naming the file, line and
+    step; a row of zeros stops the run, naming the step and the columns."""
+    import pyarrow.parquet as pq
+
+    X, _ = directions(3)
+    (workdir / "data").mkdir()
+    rows = pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2]})
+    pq.write_table(rows, workdir / "data" / "p.parquet")
+    text = """
+        pipeline: segments
+        steps:
+          - op: read_parquet
+            path: data
+          - op: kmeans
+            k: 3
+            distance_measure: cosine
+          - id: quality
+            op: evaluate_clusters
+            distance_measure: cosine{extra}
+    """
+    from operators.models.kmeans import KMeans
+
+    figures = run(write_pipeline(workdir, text.format(extra="")))["metrics"]["quality"]
+    assert figures["clusters"] == 3 and "davies_bouldin" not in figures
+    model = fit(KMeans(k=3, distance_measure="cosine"), [rows])  # the step's own fit
+    labels = model.transform(rows, NUMPY).column("prediction").to_numpy()
+    assert figures["silhouette"] == pytest.approx(silhouette_score(X, labels, metric="cosine"),
+                                                  rel=1e-9)
+    pipeline = write_pipeline(workdir, text.format(
+        extra="\n            metrics: [silhouette, davies_bouldin]"))
+    with pytest.raises(ValidationFailed) as info:
+        run(pipeline)
+    problem = str(info.value.problems[0])
+    assert f"{pipeline}:11: step 'quality' (evaluate_clusters)" in problem, problem
+    assert "metrics: davies_bouldin measures Euclidean distances" in problem
+    X[11] = 0.0
+    pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2]}),
+                   workdir / "data" / "p.parquet")
+    with pytest.raises(Exception, match=r"kmeans \(cosine\): 1 rows have every feature 0 "
+                                        r"\(a, b, c\)") as err:
+        run(write_pipeline(workdir, text.format(extra="")))
+    assert "step" in str(err.value) and "filter those rows out" in str(err.value)

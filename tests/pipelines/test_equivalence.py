@@ -254,6 +254,22 @@ ZOO = {
         tune:
           k: [4, 3]
     """,
+    "kmeans_cosine": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: standard_scale
+        columns: [tenure, monthly_charges, total_charges]
+      - op: kmeans
+        features: [tenure, monthly_charges, total_charges]
+        k: 4
+        seed: 2
+        distance: true
+        distance_measure: cosine
+        validation_fraction: 0.2
+    """,
     "gaussian_mixture": """
       - op: drop
         columns: [customer_id, signup_date]

@@ -478,6 +478,13 @@ def test_too_few_held_out_rows_for_a_silhouette_fail_saying_so(workdir: Path) ->
     ("k: 3\n        validation_fraction: 0.2\n        tune:\n          features: [[x0, x1]]",
      "tune", "tune cannot vary 'features': the candidates' clusters are compared in the "
              "space of their features"),
+    ("k: 3\n        validation_fraction: 0.2\n        tune:\n"
+     "          distance_measure: [euclidean, cosine]", "tune",
+     "tune cannot vary 'distance_measure': a cosine silhouette and a Euclidean one"),
+    ("distance_measure: cosine\n        validation_fraction: 0.2\n        tune:\n"
+     "          k: [2, 3]\n        tune_metric: davies_bouldin", "tune_metric",
+     "tune_metric: davies_bouldin measures Euclidean distances, and the step's "
+     "distance_measure is cosine: compare by silhouette"),
     ("k: 3\n        validation_fraction: 0.2\n        tune:\n          seed: [1, 2]",
      "tune", "tune cannot vary 'seed': every candidate is fitted and compared on the same"),
     ("k: 3\n        validation_fraction: 0.2\n        tune:\n          weight: [id]",
@@ -488,7 +495,8 @@ def test_too_few_held_out_rows_for_a_silhouette_fail_saying_so(workdir: Path) ->
      "tune: k=1: parameter 'k': Input should be greater than or equal to 2"),
     ("validation_fraction: 0.2\n        tune:\n          k: [1, 3]", "tune",
      "tune: k=1: parameter 'k': Input should be greater than or equal to 2 (got 1)"),
-], ids=["inertia-for-k", "a-label-metric", "unknown-metric", "features", "seed", "weight",
+], ids=["inertia-for-k", "a-label-metric", "unknown-metric", "features", "measure",
+        "cosine-davies-bouldin", "seed", "weight",
         "nothing-held-out", "a-bad-k", "a-bad-first-k"])
 def test_kmeans_tune_problems_are_reported_as_the_file_plans(
         workdir: Path, settings: str, key: str, message: str) -> None:

@@ -104,6 +104,9 @@ def _cases() -> None:
                     "tol": 0.0}, blobs_table, id="kmeans-random", rtol=1e-9, atol=1e-9)
     case("kmeans", {"k": 3, "weight": "w", "validation_fraction": 0.25, "seed": 5},
          blobs_table, id="kmeans-validation", rtol=1e-9, atol=1e-9)
+    case("kmeans", {"k": 3, "weight": "w", "distance_measure": "cosine", "distance": True,
+                    "validation_fraction": 0.25, "seed": 5},
+         blobs_table, id="kmeans-cosine", rtol=1e-9, atol=1e-9)
     case("score", {"model": "c"}, blobs_table, id="kmeans",
          prepare=lambda op: op.bind(Chain([_clusters()]), _clusters().features,
                                     {"name": "c", "version": 1}))
