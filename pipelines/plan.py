@@ -719,12 +719,24 @@ def _check_data_steps_in_model(plan: Plan, save: Step) -> None:
                      "rows come (as scoring will)")
 
 
-def training_only(chain: list[Step]) -> frozenset[str]:
-    """The columns only the fits of a saved chain read: their labels, weights and query
-    groups (what ``saved_view`` leaves out of what scoring needs)."""
-    return frozenset(value for s in chain if isinstance(s.op, Estimator)
-                     for key in ("label", "weight", "group")
-                     if isinstance(value := getattr(s.op.params, key, None), str))
+def training_only(plan: Plan, chain: list[Step]) -> list[frozenset[str]]:
+    """Per step of a saved chain, the columns only the chain's fits read: their labels,
+    weights and query groups that no later step reads otherwise (a scaler of the label,
+    an impute of the weight, another model's feature): what the step's ``saved_view``
+    leaves out of what scoring needs."""
+    fits = {value for s in chain if isinstance(s.op, Estimator)
+            for key in ("label", "weight", "group")
+            if isinstance(value := getattr(s.op.params, key, None), str)}
+    out: list[frozenset[str]] = []
+    later: set[str] = set()
+    for s in reversed(chain):
+        out.append(frozenset(fits - later))
+        own = ({getattr(s.op.params, key, None) for key in ("label", "weight", "group")}
+               if isinstance(s.op, Estimator) else set())
+        schema = plan.step(s.input).schema if s.input else None
+        if schema is not None:
+            later |= set(s.op.input_columns(schema)) - own
+    return out[::-1]
 
 
 def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | None:
@@ -734,8 +746,8 @@ def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | N
     source = plan.model_input(save_id)
     if not chain or source is None or any(s.schema is None for s in chain):
         return None
-    only = training_only(chain)
-    saved = [(view, s.schema) for s in chain if (view := s.op.saved_view(only)) is not None]
+    saved = [(view, s.schema) for s, only in zip(chain, training_only(plan, chain), strict=True)
+             if (view := s.op.saved_view(only)) is not None]
     return chain, required_columns([view for view, _ in saved], source,
                                    [schema for _, schema in saved])
 

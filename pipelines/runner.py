@@ -595,8 +595,8 @@ class Run:
     def _save_model(self, step: Step) -> None:
         chain = self.plan.model_chain(step.id)
         source_schema = self.plan.model_input(step.id)
-        only = training_only(chain)
-        steps = [view for s in chain if (view := self.fitted[s.id].saved_view(only)) is not None]
+        steps = [view for s, only in zip(chain, training_only(self.plan, chain), strict=True)
+                 if (view := self.fitted[s.id].saved_view(only)) is not None]
         info = {
             "pipeline": self.plan.spec.name,
             "run_id": self.run_id,
