@@ -23,6 +23,7 @@ import yaml
 from operators.base import (
     Action,
     Estimator,
+    Operator,
     RangedShuffle,
     Shuffle,
     Sink,
@@ -561,16 +562,16 @@ class Run:
                         "added_columns": [f.name for f in self.plan.added_by(s) or []]})
         return out
 
-    def _profile(self, step: Step, chain: list[Step]) -> dict[str, Any]:
+    def _profile(self, step: Step, chain: list[Step], saved: list[Operator]
+                 ) -> dict[str, Any]:
         """The training rows' profile (``operators/evaluate/drift.py``): one pass over
         the model's input (cached by the fits, mostly) for the numeric and text columns
-        the model reads."""
+        the saved model (``saved``: its steps) reads."""
         where = chain[0].input
         data = (self.cached.get(where) or self.datasets.get(where)) if where else None
         if data is None or data.schema is None:
             return {"rows": 0, "sample_rows": 0, "columns": {}}
-        needed = required_columns([self.fitted[s.id] for s in chain],
-                                  self.plan.model_input(step.id) or data.schema)
+        needed = required_columns(saved, self.plan.model_input(step.id) or data.schema)
         profile = self._profile_of(data, step.id, [c for c in needed
                                                    if c in data.schema.names])
         # a column a data step among the model's adds (a join between two fitted steps)
@@ -615,7 +616,7 @@ class Run:
         if step.op.params.description:
             info["description"] = step.op.params.description
         if step.op.params.profile:
-            info["profile"] = self._profile(step, chain)
+            info["profile"] = self._profile(step, chain, steps)
         model = self.store.save(step.op.params.name, steps, source_schema, info)
         self.saved[step.id] = model
         for alias in step.op.params.aliases:
