@@ -74,6 +74,8 @@ from operators.models.common import (
     parameters,
     probability_array,
     put_column,
+    require_positive_weight,
+    require_training_rows,
     row_weights,
     validation_fraction_field,
     validation_start_field,
@@ -536,9 +538,14 @@ class GaussianMixture(Estimator):
         if kmeans["phase"] == "summary" and stats["rows"] > 0:
             require_rows_for(stats["rows"], stats["heldout"], p.k, "components")
         if kmeans["phase"] == "summary" and p.k == 1:
-            # one component: every row is its own, from its mean
-            kmeans = self._start._started(stats, kmeans)
-            return self._assigning(state, kmeans, kmeans["mean"][None, :])
+            # one component: every row is its own, from its mean (not kmeans' start, of
+            # two clusters: it asks for two rows)
+            require_training_rows(stats["rows"], stats["heldout"])
+            moments = stats["moments"]
+            require_positive_weight(moments["weight"], p.weight)
+            start = {"mean": moments["mean"], "rows": stats["rows"],
+                     "heldout": stats["heldout"], "init_passes": 1}
+            return self._assigning(state, start, moments["mean"][None, :])
         kmeans, _ = self._start.update(stats, kmeans)
         lloyd = kmeans["phase"] == "lloyd" and kmeans["iterations"] == 0
         if (p.init != "kmeans" and lloyd) or kmeans["phase"] in ("validate", "done"):

@@ -230,6 +230,18 @@ def test_more_components_than_rows() -> None:
     assert "lower k" in info.value.hint
 
 
+
+def test_one_component_of_one_row() -> None:
+    """k = 1 needs one training row (a component a row), as k components need k: the
+    start of one component is no kmeans start of two clusters, nor its error."""
+    table = table_of(np.array([[1.0, 2.0]]))
+    model, state = fit_state(GaussianMixture(k=1, reg_covar=0.5), split(table, 2))
+    np.testing.assert_allclose(model.means, [[1.0, 2.0]])
+    np.testing.assert_allclose(model.covariances, [0.5 * np.eye(2)])
+    assert state["rows"] == 1
+    with pytest.raises(DataError, match="no training rows"):
+        fit_state(GaussianMixture(k=1), [table.slice(0, 0)])
+
 def test_a_singular_covariance_says_what_to_do() -> None:
     X = overlapping(seed=11)
     table = table_of(np.column_stack([X, X[:, 0]]))  # a feature twice
