@@ -742,6 +742,8 @@ def training_only(plan: Plan, chain: list[Step]) -> list[frozenset[str]]:
 def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | None:
     """The steps ``save_id`` will save and the columns they read from their input, as
     planned; None when one of them has no schema (its problem is reported)."""
+    if plan.step(save_id).schema is None:
+        return None  # nor a chain to walk where a step of it was not built
     chain = plan.model_chain(save_id)
     source = plan.model_input(save_id)
     if not chain or source is None or any(s.schema is None for s in chain):
@@ -785,8 +787,7 @@ def _bind_drift_planned(plan: Plan, step: Step) -> bool:
                           hint=f"drop profile: false from step '{save.id}', or compare "
                                "with a saved version (name@3, name@ALIAS)")
     planned = _planned_chain(plan, step.saved_by)
-    source = plan.model_input(step.saved_by)
-    if planned is None or source is None:
+    if planned is None or (source := plan.model_input(step.saved_by)) is None:
         return False
     fit_only = _fit_only(plan, planned[0], source)
     step.op.bind_planned(source, [c for c in planned[1]
