@@ -265,12 +265,17 @@ def precision_cholesky(covariances: np.ndarray, covariance: str, reg_covar: floa
 
 def _singular(component: int, covariance: str, reg_covar: float) -> NoReturn:
     which = "the tied covariance" if covariance == "tied" else f"component {component}'s covariance"
-    raise DataError(
-        f"{which} is singular even after reg_covar = {reg_covar:g} (its rows lie on a "
-        "lower-dimensional subspace: a constant or duplicated feature, copies of one row, "
-        "or too few rows for the features)",
-        hint="raise reg_covar (1e-3 of the features' variance, say), use covariance: diag, "
-             "lower k, or drop the constant or duplicated features")
+    if covariance in ("diag", "spherical"):  # a variance of zero: no other covariance helps
+        why = ("its rows are copies of one row" if covariance == "spherical" else
+               "a feature constant over its rows: a constant feature, copies of one row")
+        fix, features = "", "the constant features"
+    else:
+        why = ("its rows lie on a lower-dimensional subspace: a constant or duplicated "
+               "feature, copies of one row, or too few rows for the features")
+        fix, features = " use covariance: diag,", "the constant or duplicated features"
+    raise DataError(f"{which} is singular even after reg_covar = {reg_covar:g} ({why})",
+                    hint=f"raise reg_covar (1e-3 of the features' variance, say),{fix} "
+                         f"lower k, or drop {features}")
 
 
 def kernel_parameters(weights: np.ndarray, precisions_cholesky: np.ndarray, covariance: str,

@@ -252,6 +252,20 @@ def test_a_singular_covariance_says_what_to_do() -> None:
     assert np.all(model.covariances > 0)
 
 
+
+@pytest.mark.parametrize("covariance", ["diag", "spherical"])
+def test_a_singular_variance_says_what_to_do_for_its_covariance(covariance: str) -> None:
+    """A diagonal or spherical fit whose variance is zero (a component of copies of one
+    row) is not told to use covariance: diag, which it is already."""
+    rng = np.random.default_rng(0)
+    X = np.r_[np.zeros((50, 2)), rng.normal(size=(50, 2)) + 10]
+    with pytest.raises(DataError, match="singular even after reg_covar = 0") as info:
+        fit_state(GaussianMixture(k=2, covariance=covariance, reg_covar=0.0),
+                  [table_of(X)])
+    assert "raise reg_covar" in info.value.hint
+    assert "covariance: diag" not in info.value.hint
+    assert "duplicated feature" not in str(info.value)
+
 def test_null_feature_is_a_data_error_naming_the_column() -> None:
     table = pa.table({"x0": [1.0, 2.0, None, 4.0], "x1": [1.0, 0.0, 1.0, 3.0]})
     with pytest.raises(DataError, match="'x0' has 1 null"):
