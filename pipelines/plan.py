@@ -721,22 +721,31 @@ def _check_data_steps_in_model(plan: Plan, save: Step) -> None:
 
 def training_only(plan: Plan, chain: list[Step]) -> list[frozenset[str]]:
     """Per step of a saved chain, the columns only the chain's fits read: their labels,
-    weights and query groups that no later step reads otherwise (a scaler of the label,
-    an impute of the weight, another model's feature): what the step's ``saved_view``
-    leaves out of what scoring needs."""
+    weights and query groups that no later step of the saved model reads otherwise (a
+    scaler of the label, an impute of the weight, another model's feature): what the
+    step's ``saved_view`` leaves out of what scoring needs."""
+    return _saved_reads(plan, chain)[0]
+
+
+def _saved_reads(plan: Plan, chain: list[Step]) -> tuple[list[frozenset[str]], set[str]]:
+    """``training_only``'s sets, and the fits' columns that no step of the saved model
+    reads (what a fitted model does not read: its label, weight, queries), each step as
+    ``saved_view`` saves it (a select of what is there reads nothing)."""
     fits = {value for s in chain if isinstance(s.op, Estimator)
             for key in ("label", "weight", "group")
             if isinstance(value := getattr(s.op.params, key, None), str)}
     out: list[frozenset[str]] = []
     later: set[str] = set()
     for s in reversed(chain):
-        out.append(frozenset(fits - later))
+        only = frozenset(fits - later)
+        out.append(only)
         own = ({getattr(s.op.params, key, None) for key in ("label", "weight", "group")}
                if isinstance(s.op, Estimator) else set())
         schema = plan.step(s.input).schema if s.input else None
-        if schema is not None:
-            later |= set(s.op.input_columns(schema)) - own
-    return out[::-1]
+        view = s.op.saved_view(only)
+        if schema is not None and view is not None:
+            later |= set(view.input_columns(schema)) - own
+    return out[::-1], fits - later
 
 
 def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | None:
@@ -789,7 +798,9 @@ def _bind_drift_planned(plan: Plan, step: Step) -> bool:
     planned = _planned_chain(plan, step.saved_by)
     if planned is None or (source := plan.model_input(step.saved_by)) is None:
         return False
-    fit_only = _fit_only(plan, planned[0], source)
+    # a fitted model reads its features, not the label, weight or queries its fit read,
+    # unless another step of the saved model reads them too (an impute of the weight)
+    fit_only = _saved_reads(plan, planned[0])[1]
     step.op.bind_planned(source, [c for c in planned[1]
                                   if c in source.names and c not in fit_only],
                          _planned_info(step))
@@ -800,21 +811,6 @@ def _planned_info(step: Step) -> dict[str, Any]:
     """The registry info of the model a step (score, drift) uses that this run saves."""
     return {"name": parse_ref(step.op.params.model)[0], "ref": step.op.params.model.strip(),
             "saved_by": step.saved_by}
-
-
-def _fit_only(plan: Plan, chain: list[Step], source: pa.Schema) -> set[str]:
-    """The columns of ``chain`` that only fits read: a fitted model reads its features,
-    not the label, weight or queries its fit read, unless another step reads them too
-    (an impute of the weight column: its fitted step does)."""
-    only: set[str] = set()
-    read: set[str] = set()
-    for s in chain:
-        own = ({getattr(s.op.params, key, None) for key in ("label", "weight", "group")}
-               if isinstance(s.op, Estimator) else set())
-        only |= own - {None}
-        schema = plan.step(s.input).schema if s.input else None
-        read |= set(s.op.input_columns(schema or source)) - own
-    return only - read
 
 
 def _bind_planned(plan: Plan, step: Step) -> bool:

@@ -361,3 +361,29 @@ def test_the_profile_is_of_the_columns_the_saved_model_needs(tables, workdir: Pa
     pq.write_table(scoring, workdir / "scoring" / "s.parquet")
     record = run(write_pipeline(workdir, CHECK.format(extra=""), "check.yaml"))
     assert sorted(record["metrics"]["drift"]["psi"]) == ["monthly_charges", "tenure"]
+
+
+def test_drift_in_the_saving_run_is_planned_with_the_saved_models_columns(
+        tables, workdir: Path) -> None:
+    """A select that keeps the label before the model reads nothing in the saved model:
+    a drift of unlabelled rows in the saving run is planned without the label, as the
+    run profiles it (the plan asked for 'churned')."""
+    scoring = pq.read_table(workdir / "scoring").drop_columns(["churned"])
+    pq.write_table(scoring, workdir / "scoring" / "s.parquet")
+    record = run(write_pipeline(workdir, """
+    pipeline: selected
+    steps:
+      - op: read_parquet
+        path: train
+      - op: select
+        columns: [tenure, monthly_charges, churned]
+      - op: logistic_regression
+        label: churned
+      - op: save_model
+        name: churn
+      - op: read_parquet
+        path: scoring
+      - op: drift
+        model: churn
+    """))
+    assert sorted(record["metrics"]["drift"]["psi"]) == ["monthly_charges", "tenure"]

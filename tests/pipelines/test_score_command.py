@@ -292,3 +292,25 @@ def test_a_derived_label_another_step_reads_is_saved(churn: Path, workdir: Path)
         assert len(derive.params.columns) == 1, name
         assert next(iter(derive.params.columns)) not in model.model.required, name
         assert model.score(rows).num_rows == rows.num_rows
+
+
+def test_a_derived_label_a_select_keeps_is_not_saved(churn: Path, workdir: Path) -> None:
+    """A select after the derive that keeps the label reads nothing in the saved model
+    (it is saved lenient): the derive of the label is left out all the same."""
+    run(write_pipeline(workdir, f"""
+        pipeline: kept
+        steps:
+          - op: read_parquet
+            path: {churn}
+          - op: derive
+            columns: {{left: "churned == 1"}}
+          - op: select
+            columns: [tenure, monthly_charges, left]
+          - op: logistic_regression
+            label: left
+          - op: save_model
+            name: kept
+        """, "kept.yaml"))
+    model = load_model("kept", str(workdir / "models"))
+    assert model.model.required == ["tenure", "monthly_charges"]
+    assert "derive" not in [s.name for s in model.model.chain.every_step()]
