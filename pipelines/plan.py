@@ -749,18 +749,22 @@ def _saved_reads(plan: Plan, chain: list[Step]) -> tuple[list[frozenset[str]], s
 
 
 def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | None:
-    """The steps ``save_id`` will save and the columns they read from their input, as
-    planned; None when one of them has no schema (its problem is reported)."""
+    """The steps ``save_id`` will save and the columns the saved model will read from
+    their input, as planned; None when one of them has no schema (its problem is reported)."""
     if plan.step(save_id).schema is None:
         return None  # nor a chain to walk where a step of it was not built
     chain = plan.model_chain(save_id)
     source = plan.model_input(save_id)
     if not chain or source is None or any(s.schema is None for s in chain):
         return None
-    saved = [(view, s.schema) for s, only in zip(chain, training_only(plan, chain), strict=True)
+    training, fit_only = _saved_reads(plan, chain)
+    saved = [(view, s.schema) for s, only in zip(chain, training, strict=True)
              if (view := s.op.saved_view(only)) is not None]
-    return chain, required_columns([view for view, _ in saved], source,
-                                   [schema for _, schema in saved])
+    # a fitted model reads its features, not the label, weight or queries its fit read,
+    # unless another step of the saved model reads them too (an impute of the weight)
+    return chain, [c for c in required_columns([view for view, _ in saved], source,
+                                               [schema for _, schema in saved])
+                   if c not in fit_only]
 
 
 def _bind_promoted(plan: Plan, step: Step) -> bool:
@@ -798,11 +802,7 @@ def _bind_drift_planned(plan: Plan, step: Step) -> bool:
     planned = _planned_chain(plan, step.saved_by)
     if planned is None or (source := plan.model_input(step.saved_by)) is None:
         return False
-    # a fitted model reads its features, not the label, weight or queries its fit read,
-    # unless another step of the saved model reads them too (an impute of the weight)
-    fit_only = _saved_reads(plan, planned[0])[1]
-    step.op.bind_planned(source, [c for c in planned[1]
-                                  if c in source.names and c not in fit_only],
+    step.op.bind_planned(source, [c for c in planned[1] if c in source.names],
                          _planned_info(step))
     return True
 
