@@ -796,25 +796,52 @@ def _check_data_steps_in_model(plan: Plan, save: Step) -> None:
                      "rows come (as scoring will)")
 
 
-def training_only(chain: list[Step]) -> frozenset[str]:
-    """The columns only the fits of a saved chain read: their labels, weights and query
-    groups (what ``saved_view`` leaves out of what scoring needs)."""
-    return frozenset(value for s in chain if isinstance(s.op, Estimator)
-                     for key in ("label", "weight", "group")
-                     if isinstance(value := getattr(s.op.params, key, None), str))
+def training_only(plan: Plan, chain: list[Step]) -> list[frozenset[str]]:
+    """Per step of a saved chain, the columns only the chain's fits read: their labels,
+    weights and query groups that no later step of the saved model reads otherwise (a
+    scaler of the label, an impute of the weight, another model's feature): what the
+    step's ``saved_view`` leaves out of what scoring needs."""
+    return _saved_reads(plan, chain)[0]
+
+
+def _saved_reads(plan: Plan, chain: list[Step]) -> tuple[list[frozenset[str]], set[str]]:
+    """``training_only``'s sets, and the fits' columns that no step of the saved model
+    reads (what a fitted model does not read: its label, weight, queries), each step as
+    ``saved_view`` saves it (a select of what is there reads nothing)."""
+    fits = {value for s in chain if isinstance(s.op, Estimator)
+            for key in ("label", "weight", "group")
+            if isinstance(value := getattr(s.op.params, key, None), str)}
+    out: list[frozenset[str]] = []
+    later: set[str] = set()
+    for s in reversed(chain):
+        only = frozenset(fits - later)
+        out.append(only)
+        own = ({getattr(s.op.params, key, None) for key in ("label", "weight", "group")}
+               if isinstance(s.op, Estimator) else set())
+        schema = plan.step(s.input).schema if s.input else None
+        view = s.op.saved_view(only)
+        if schema is not None and view is not None:
+            later |= set(view.input_columns(schema)) - own
+    return out[::-1], fits - later
 
 
 def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | None:
-    """The steps ``save_id`` will save and the columns they read from their input, as
-    planned; None when one of them has no schema (its problem is reported)."""
+    """The steps ``save_id`` will save and the columns the saved model will read from
+    their input, as planned; None when one of them has no schema (its problem is reported)."""
+    if plan.step(save_id).schema is None:
+        return None  # nor a chain to walk where a step of it was not built
     chain = plan.model_chain(save_id)
     source = plan.model_input(save_id)
     if not chain or source is None or any(s.schema is None for s in chain):
         return None
-    only = training_only(chain)
-    saved = [(view, s.schema) for s in chain if (view := s.op.saved_view(only)) is not None]
-    return chain, required_columns([view for view, _ in saved], source,
-                                   [schema for _, schema in saved])
+    training, fit_only = _saved_reads(plan, chain)
+    saved = [(view, s.schema) for s, only in zip(chain, training, strict=True)
+             if (view := s.op.saved_view(only)) is not None]
+    # a fitted model reads its features, not the label, weight or queries its fit read,
+    # unless another step of the saved model reads them too (an impute of the weight)
+    return chain, [c for c in required_columns([view for view, _ in saved], source,
+                                               [schema for _, schema in saved])
+                   if c not in fit_only]
 
 
 def _bind_promoted(plan: Plan, step: Step) -> bool:
@@ -850,12 +877,9 @@ def _bind_drift_planned(plan: Plan, step: Step) -> bool:
                           hint=f"drop profile: false from step '{save.id}', or compare "
                                "with a saved version (name@3, name@ALIAS)")
     planned = _planned_chain(plan, step.saved_by)
-    source = plan.model_input(step.saved_by)
-    if planned is None or source is None:
+    if planned is None or (source := plan.model_input(step.saved_by)) is None:
         return False
-    fit_only = _fit_only(plan, planned[0], source)
-    step.op.bind_planned(source, [c for c in planned[1]
-                                  if c in source.names and c not in fit_only],
+    step.op.bind_planned(source, [c for c in planned[1] if c in source.names],
                          _planned_info(step))
     return True
 
@@ -864,21 +888,6 @@ def _planned_info(step: Step) -> dict[str, Any]:
     """The registry info of the model a step (score, drift) uses that this run saves."""
     return {"name": parse_ref(step.op.params.model)[0], "ref": step.op.params.model.strip(),
             "saved_by": step.saved_by}
-
-
-def _fit_only(plan: Plan, chain: list[Step], source: pa.Schema) -> set[str]:
-    """The columns of ``chain`` that only fits read: a fitted model reads its features,
-    not the label, weight or queries its fit read, unless another step reads them too
-    (an impute of the weight column: its fitted step does)."""
-    only: set[str] = set()
-    read: set[str] = set()
-    for s in chain:
-        own = ({getattr(s.op.params, key, None) for key in ("label", "weight", "group")}
-               if isinstance(s.op, Estimator) else set())
-        only |= own - {None}
-        schema = plan.step(s.input).schema if s.input else None
-        read |= set(s.op.input_columns(schema or source)) - own
-    return only - read
 
 
 def _bind_planned(plan: Plan, step: Step) -> bool:

@@ -23,6 +23,7 @@ import yaml
 from operators.base import (
     Action,
     Estimator,
+    Operator,
     RangedShuffle,
     Shuffle,
     Sink,
@@ -563,16 +564,16 @@ class Run:
                         "added_columns": [f.name for f in self.plan.added_by(s) or []]})
         return out
 
-    def _profile(self, step: Step, chain: list[Step]) -> dict[str, Any]:
+    def _profile(self, step: Step, chain: list[Step], saved: list[Operator]
+                 ) -> dict[str, Any]:
         """The training rows' profile (``operators/evaluate/drift.py``): one pass over
         the model's input (cached by the fits, mostly) for the numeric and text columns
-        the model reads."""
+        the saved model (``saved``: its steps) reads."""
         where = chain[0].input
         data = (self.cached.get(where) or self.datasets.get(where)) if where else None
         if data is None or data.schema is None:
             return {"rows": 0, "sample_rows": 0, "columns": {}}
-        needed = required_columns([self.fitted[s.id] for s in chain],
-                                  self.plan.model_input(step.id) or data.schema)
+        needed = required_columns(saved, self.plan.model_input(step.id) or data.schema)
         profile = self._profile_of(data, step.id, [c for c in needed
                                                    if c in data.schema.names])
         # a column a data step among the model's adds (a join between two fitted steps)
@@ -597,8 +598,8 @@ class Run:
     def _save_model(self, step: Step) -> None:
         chain = self.plan.model_chain(step.id)
         source_schema = self.plan.model_input(step.id)
-        only = training_only(chain)
-        steps = [view for s in chain if (view := self.fitted[s.id].saved_view(only)) is not None]
+        steps = [view for s, only in zip(chain, training_only(self.plan, chain), strict=True)
+                 if (view := self.fitted[s.id].saved_view(only)) is not None]
         info = {
             "pipeline": self.plan.spec.name,
             "run_id": self.run_id,
@@ -617,7 +618,7 @@ class Run:
         if step.op.params.description:
             info["description"] = step.op.params.description
         if step.op.params.profile:
-            info["profile"] = self._profile(step, chain)
+            info["profile"] = self._profile(step, chain, steps)
         model = self.store.save(step.op.params.name, steps, source_schema, info)
         self.saved[step.id] = model
         for alias in step.op.params.aliases:

@@ -74,6 +74,8 @@ from operators.models.common import (
     parameters,
     probability_array,
     put_column,
+    require_positive_weight,
+    require_training_rows,
     row_weights,
     validation_fraction_field,
     validation_start_field,
@@ -263,12 +265,17 @@ def precision_cholesky(covariances: np.ndarray, covariance: str, reg_covar: floa
 
 def _singular(component: int, covariance: str, reg_covar: float) -> NoReturn:
     which = "the tied covariance" if covariance == "tied" else f"component {component}'s covariance"
-    raise DataError(
-        f"{which} is singular even after reg_covar = {reg_covar:g} (its rows lie on a "
-        "lower-dimensional subspace: a constant or duplicated feature, copies of one row, "
-        "or too few rows for the features)",
-        hint="raise reg_covar (1e-3 of the features' variance, say), use covariance: diag, "
-             "lower k, or drop the constant or duplicated features")
+    if covariance in ("diag", "spherical"):  # a variance of zero: no other covariance helps
+        why = ("its rows are copies of one row" if covariance == "spherical" else
+               "a feature constant over its rows: a constant feature, copies of one row")
+        fix, features = "", "the constant features"
+    else:
+        why = ("its rows lie on a lower-dimensional subspace: a constant or duplicated "
+               "feature, copies of one row, or too few rows for the features")
+        fix, features = " use covariance: diag,", "the constant or duplicated features"
+    raise DataError(f"{which} is singular even after reg_covar = {reg_covar:g} ({why})",
+                    hint=f"raise reg_covar (1e-3 of the features' variance, say),{fix} "
+                         f"lower k, or drop {features}")
 
 
 def kernel_parameters(weights: np.ndarray, precisions_cholesky: np.ndarray, covariance: str,
@@ -536,9 +543,14 @@ class GaussianMixture(Estimator):
         if kmeans["phase"] == "summary" and stats["rows"] > 0:
             require_rows_for(stats["rows"], stats["heldout"], p.k, "components")
         if kmeans["phase"] == "summary" and p.k == 1:
-            # one component: every row is its own, from its mean
-            kmeans = self._start._started(stats, kmeans)
-            return self._assigning(state, kmeans, kmeans["mean"][None, :])
+            # one component: every row is its own, from its mean (not kmeans' start, of
+            # two clusters: it asks for two rows)
+            require_training_rows(stats["rows"], stats["heldout"])
+            moments = stats["moments"]
+            require_positive_weight(moments["weight"], p.weight)
+            start = {"mean": moments["mean"], "rows": stats["rows"],
+                     "heldout": stats["heldout"], "init_passes": 1}
+            return self._assigning(state, start, moments["mean"][None, :])
         kmeans, _ = self._start.update(stats, kmeans)
         lloyd = kmeans["phase"] == "lloyd" and kmeans["iterations"] == 0
         if (p.init != "kmeans" and lloyd) or kmeans["phase"] in ("validate", "done"):

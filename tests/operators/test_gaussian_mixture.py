@@ -230,6 +230,18 @@ def test_more_components_than_rows() -> None:
     assert "lower k" in info.value.hint
 
 
+
+def test_one_component_of_one_row() -> None:
+    """k = 1 needs one training row (a component a row), as k components need k: the
+    start of one component is no kmeans start of two clusters, nor its error."""
+    table = table_of(np.array([[1.0, 2.0]]))
+    model, state = fit_state(GaussianMixture(k=1, reg_covar=0.5), split(table, 2))
+    np.testing.assert_allclose(model.means, [[1.0, 2.0]])
+    np.testing.assert_allclose(model.covariances, [0.5 * np.eye(2)])
+    assert state["rows"] == 1
+    with pytest.raises(DataError, match="no training rows"):
+        fit_state(GaussianMixture(k=1), [table.slice(0, 0)])
+
 def test_a_singular_covariance_says_what_to_do() -> None:
     X = overlapping(seed=11)
     table = table_of(np.column_stack([X, X[:, 0]]))  # a feature twice
@@ -239,6 +251,20 @@ def test_a_singular_covariance_says_what_to_do() -> None:
     model, _ = fit_state(GaussianMixture(k=2, covariance="diag", reg_covar=0.0), [table])
     assert np.all(model.covariances > 0)
 
+
+
+@pytest.mark.parametrize("covariance", ["diag", "spherical"])
+def test_a_singular_variance_says_what_to_do_for_its_covariance(covariance: str) -> None:
+    """A diagonal or spherical fit whose variance is zero (a component of copies of one
+    row) is not told to use covariance: diag, which it is already."""
+    rng = np.random.default_rng(0)
+    X = np.r_[np.zeros((50, 2)), rng.normal(size=(50, 2)) + 10]
+    with pytest.raises(DataError, match="singular even after reg_covar = 0") as info:
+        fit_state(GaussianMixture(k=2, covariance=covariance, reg_covar=0.0),
+                  [table_of(X)])
+    assert "raise reg_covar" in info.value.hint
+    assert "covariance: diag" not in info.value.hint
+    assert "duplicated feature" not in str(info.value)
 
 def test_null_feature_is_a_data_error_naming_the_column() -> None:
     table = pa.table({"x0": [1.0, 2.0, None, 4.0], "x1": [1.0, 0.0, 1.0, 3.0]})

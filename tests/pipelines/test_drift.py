@@ -330,3 +330,60 @@ def test_drift_of_the_training_rows_on_a_first_run_says_why(tables, workdir: Pat
     assert "drift compares the rows step 'save_model' saves 'churn' from with the version " \
            "saved before this run, and there is none yet" in text, text
     assert "run the pipeline without this drift step once" in text
+
+
+@pytest.mark.parametrize("prepare", [
+    "      - op: select\n        columns: [tenure, monthly_charges, churned]\n",
+    "      - op: derive\n        columns: {left: \"churned == 1\"}\n",
+    "      - op: drop\n        columns: [customer_id, plan, region, total_charges]\n"])
+def test_the_profile_is_of_the_columns_the_saved_model_needs(tables, workdir: Path,
+                                                             prepare: str) -> None:
+    """The profile is of what the saved model reads, not of a label a select keeps or a
+    derive derives from, nor of a column a drop drops (saved as lenient: scoring rows
+    need none of them): drift of unlabelled rows without the dropped ones runs, and a
+    drift in the saving run is planned with the columns the run profiles."""
+    label = "left" if "derive" in prepare else "churned"
+    run(write_pipeline(workdir, f"""
+    pipeline: prepared
+    steps:
+      - op: read_parquet
+        path: train
+{prepare}      - op: logistic_regression
+        label: {label}
+        features: [tenure, monthly_charges]
+      - op: save_model
+        name: churn
+    """))
+    model = ModelStore().load("churn")
+    assert sorted(model.meta["profile"]["columns"]) == sorted(model.required) == [
+        "monthly_charges", "tenure"]
+    scoring = pq.read_table(workdir / "scoring").select(["tenure", "monthly_charges"])
+    pq.write_table(scoring, workdir / "scoring" / "s.parquet")
+    record = run(write_pipeline(workdir, CHECK.format(extra=""), "check.yaml"))
+    assert sorted(record["metrics"]["drift"]["psi"]) == ["monthly_charges", "tenure"]
+
+
+def test_drift_in_the_saving_run_is_planned_with_the_saved_models_columns(
+        tables, workdir: Path) -> None:
+    """A select that keeps the label before the model reads nothing in the saved model:
+    a drift of unlabelled rows in the saving run is planned without the label, as the
+    run profiles it (the plan asked for 'churned')."""
+    scoring = pq.read_table(workdir / "scoring").drop_columns(["churned"])
+    pq.write_table(scoring, workdir / "scoring" / "s.parquet")
+    record = run(write_pipeline(workdir, """
+    pipeline: selected
+    steps:
+      - op: read_parquet
+        path: train
+      - op: select
+        columns: [tenure, monthly_charges, churned]
+      - op: logistic_regression
+        label: churned
+      - op: save_model
+        name: churn
+      - op: read_parquet
+        path: scoring
+      - op: drift
+        model: churn
+    """))
+    assert sorted(record["metrics"]["drift"]["psi"]) == ["monthly_charges", "tenure"]

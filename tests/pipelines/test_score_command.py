@@ -292,3 +292,70 @@ def test_a_model_reference_that_names_nothing_is_at_the_model_line(
         """)
     (problem,) = plan_file(path).problems
     assert problem.line == 6 and problem.message.startswith(message), problem
+
+
+def test_a_derived_label_another_step_reads_is_saved(churn: Path, workdir: Path) -> None:
+    """A label (or weight) derived in the chain that a later step of it reads too (a
+    scaler of it, an impute of the weight, another model's feature) stays in the saved
+    derive: the run saves its model, and scoring derives the column as training did."""
+    rows = pq.read_table(churn)
+    chains = {
+        "scaled": """
+          - op: derive
+            columns: {y: "monthly_charges * 2.0"}
+          - op: standard_scale
+            columns: [tenure, y]
+          - op: linear_regression
+            label: y
+            features: [tenure]""",
+        "imputed": """
+          - op: derive
+            columns: {w: "1.0 + tenure / 100"}
+          - op: impute
+            columns: [w]
+          - op: logistic_regression
+            label: churned
+            weight: w
+            features: [tenure, monthly_charges]""",
+        "featured": """
+          - op: derive
+            columns: {y: "churned == 1"}
+          - op: logistic_regression
+            label: y
+            features: [tenure, monthly_charges]
+          - op: kmeans
+            k: 2
+            features: [tenure, y]""",
+    }
+    for name, chain in chains.items():
+        text = f"pipeline: {name}\nsteps:\n  - op: read_parquet\n    path: {churn}"
+        text += chain.replace("\n          ", "\n  ")
+        run(write_pipeline(workdir, text + f"\n  - op: save_model\n    name: {name}\n",
+                           f"{name}.yaml"))
+        model = load_model(name, str(workdir / "models"))
+        (derive,) = [s for s in model.model.chain.every_step() if s.name == "derive"]
+        assert len(derive.params.columns) == 1, name
+        assert next(iter(derive.params.columns)) not in model.model.required, name
+        assert model.score(rows).num_rows == rows.num_rows
+
+
+def test_a_derived_label_a_select_keeps_is_not_saved(churn: Path, workdir: Path) -> None:
+    """A select after the derive that keeps the label reads nothing in the saved model
+    (it is saved lenient): the derive of the label is left out all the same."""
+    run(write_pipeline(workdir, f"""
+        pipeline: kept
+        steps:
+          - op: read_parquet
+            path: {churn}
+          - op: derive
+            columns: {{left: "churned == 1"}}
+          - op: select
+            columns: [tenure, monthly_charges, left]
+          - op: logistic_regression
+            label: left
+          - op: save_model
+            name: kept
+        """, "kept.yaml"))
+    model = load_model("kept", str(workdir / "models"))
+    assert model.model.required == ["tenure", "monthly_charges"]
+    assert "derive" not in [s.name for s in model.model.chain.every_step()]

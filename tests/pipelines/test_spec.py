@@ -357,3 +357,31 @@ def test_missing_data_is_a_plan_time_problem(workdir: Path) -> None:
         """)
     (p,) = problems(path)
     assert "no such file or directory: 'data/none/ds=2026-11-28'" in p and ":5:" in p
+
+
+@pytest.mark.parametrize("uses", ["score", "drift", "promote"])
+def test_a_step_using_a_model_whose_chain_has_a_bad_step(churn: Path, workdir: Path,
+                                                          uses: str) -> None:
+    """A score, drift or promote of the model the run saves, where a step of its chain
+    has a problem of its own (that step is not built): that problem is reported, not a
+    crash of the plan (StopIteration walking the chain)."""
+    label = "\n            label: churned\n            alias: prod" if uses == "promote" else ""
+    path = write_pipeline(workdir, f"""
+        pipeline: broken
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: derive
+            columns: {{w: "tenure *"}}
+          - op: kmeans
+            k: 3
+            features: [tenure, monthly_charges]
+          - op: save_model
+            name: m
+          - op: read_parquet
+            path: data/churn
+          - op: {uses}
+            model: m{label}
+        """)
+    found = problems(path)
+    assert len(found) == 1 and "step 'derive' (derive): derive column 'w'" in found[0], found

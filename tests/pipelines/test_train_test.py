@@ -282,3 +282,31 @@ def test_contributions_of_the_model_the_run_saves(churn: Path, workdir: Path) ->
         "decision_tree, random_forest, gradient_boosted_trees, linear_regression and "
         "logistic_regression; score another model, or drop contributions)")
     assert ModelStore().versions("churn") == [1]
+
+
+def test_the_model_the_run_saves_scores_rows_without_its_label_or_weight(
+        churn: Path, workdir: Path) -> None:
+    """A score in the saving run asks its rows for what the saved model reads: not the
+    label nor the weight only the fit read (the plan asked for both, though the model
+    saved scores without them)."""
+    rows = pq.read_table(churn).drop_columns(["churned", "tenure"])
+    pq.write_table(rows, workdir / "new.parquet")
+    run(write_pipeline(workdir, f"""
+        pipeline: unlabelled
+        steps:
+          - op: read_parquet
+            path: {churn}
+          - op: logistic_regression
+            label: churned
+            weight: tenure
+            features: [monthly_charges]
+          - op: save_model
+            name: churn
+          - op: read_parquet
+            path: {workdir / "new.parquet"}
+          - op: score
+            model: churn
+          - op: write_parquet
+            path: {workdir / "scores"}
+        """))
+    assert pq.read_table(workdir / "scores").num_rows == rows.num_rows
