@@ -76,9 +76,12 @@ def locate(name: str) -> tuple[str, str | None]:
     named = name.endswith((".yaml", ".yml")) or "/" in name
     path = Path(name) if named else FOLDER / f"{name}.yaml"
     if not path.is_file():
+        profiles = sorted(p.stem for p in FOLDER.glob("*.yaml")) if FOLDER.is_dir() else []
+        close = "" if named else suggest(name, [*ENGINES, *profiles])
         raise SluiceError(
             f"unknown engine '{name}'" + (f": {path} does not exist" if named else
-                                           f": not {', '.join(ENGINES)}, and no {path}"),
+                                           f": not {', '.join(ENGINES)}, and no {path}")
+            + close,
             hint="use --engine local, dask or spark, or a profile in conf/engines/")
     kind = read(path, "engine").get("engine")
     if kind not in ENGINES:

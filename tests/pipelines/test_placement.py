@@ -268,6 +268,10 @@ def test_engine_names_and_profiles_are_checked(numbers: Path, workdir: Path) -> 
     assert result.returncode == 2
     assert "unknown engine 'flink': not local, dask, spark, and no conf/engines/flink.yaml" \
         in result.stderr
+    assert "did you mean" not in result.stderr  # nothing near
+    typo = sluice("run", str(path), "--engine", "sparkk", cwd=workdir)
+    assert typo.returncode == 2 and "no conf/engines/sparkk.yaml; did you mean 'spark'?" \
+        in typo.stderr
     bad = workdir / "odd.yaml"
     bad.write_text("engine: ray\n")
     result = sluice("run", str(path), "--engine", str(bad), cwd=workdir)
