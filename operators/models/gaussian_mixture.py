@@ -443,10 +443,12 @@ class GaussianMixture(Estimator):
         and the matrix it keeps with a partition."""
         p = self.params
         init = p.init if isinstance(p.init, list) and p.k >= 2 else "k-means||"
-        return KMeans(k=max(p.k, 2), features=p.features, weight=p.weight, init=init,
-                      init_steps=p.init_steps, seed=p.seed,
-                      validation_fraction=p.validation_fraction,
-                      validation_start=p.validation_start)
+        start = KMeans(k=max(p.k, 2), features=p.features, weight=p.weight, init=init,
+                       init_steps=p.init_steps, seed=p.seed,
+                       validation_fraction=p.validation_fraction,
+                       validation_start=p.validation_start)
+        start.noun = "components"
+        return start
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return self._start.input_columns(schema)

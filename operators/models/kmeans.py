@@ -611,6 +611,8 @@ class KMeans(Estimator):
     float32 = True  # docs/float32.md
 
     Params = KMeansParams
+    noun = "clusters"
+    """What its errors call the k things it starts (gaussian_mixture's start: components)."""
     multi_pass = True
 
     @property
@@ -956,7 +958,7 @@ class KMeans(Estimator):
         p = self.params
         moments = stats["moments"]
         require_training_rows(stats["rows"], stats["heldout"])
-        require_rows_for(stats["rows"], stats["heldout"], p.k, "clusters")
+        require_rows_for(stats["rows"], stats["heldout"], p.k, self.noun)
         require_positive_weight(moments["weight"], p.weight)
         variance = np.diag(moments["comoment"]) / moments["weight"]
         state = {**state, "rows": stats["rows"], "heldout": stats["heldout"],
@@ -967,7 +969,7 @@ class KMeans(Estimator):
         first = stats["drawn"]["rows"]
         if p.init == "random":
             if len(first) < p.k:
-                _too_few(len(first), p.k)
+                _too_few(len(first), p.k, self.noun)
             return self._lloyd(state, first)
         if p.init == "k-means++":
             return {**state, "phase": "pick", "round": 1, "centres": first}
@@ -985,7 +987,7 @@ class KMeans(Estimator):
         if len(candidates) >= p.k:
             return {**state, "phase": "weigh"}
         if stats["phi"] == 0:  # every row is a candidate's point
-            _too_few(len(candidates), p.k)
+            _too_few(len(candidates), p.k, self.noun)
         if state["round"] > p.init_steps + EXTRA_ROUNDS:
             # rows away from the candidates remain (copies of a row share their uniform,
             # so many copies are missed together): k-means++ draws, one distinct row a
@@ -999,7 +1001,7 @@ class KMeans(Estimator):
         held = weights > 0
         points, weights = points[held], weights[held]
         if len(points) < p.k:
-            _too_few(len(points), p.k)
+            _too_few(len(points), p.k, self.noun)
         centres = plus_plus(points, weights, p.k, np.random.default_rng(p.seed))
         centres = lloyd(points, weights, centres, LOCAL_ITERATIONS, self._cosine)
         state = {k: v for k, v in state.items() if k != "candidates"}
@@ -1008,7 +1010,7 @@ class KMeans(Estimator):
     def _picked(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         p = self.params
         if len(stats["rows"]) == 0:
-            _too_few(len(state["centres"]), p.k)
+            _too_few(len(state["centres"]), p.k, self.noun)
         centres = np.concatenate([state["centres"], stats["rows"][:1]])
         state = {**state, "init_passes": state["init_passes"] + 1}
         if len(centres) < p.k:
@@ -1138,8 +1140,8 @@ def _measuring(features: list[str] | None = None, cosine: bool = False) -> Evalu
                             distance_measure="cosine" if cosine else "squared_euclidean")
 
 
-def _too_few(found: int, k: int) -> None:
-    raise DataError(f"the rows have {found} distinct points to start {k} clusters from",
+def _too_few(found: int, k: int, noun: str = "clusters") -> None:
+    raise DataError(f"the rows have {found} distinct points to start {k} {noun} from",
                     hint="lower k, or check the features (constant or duplicated rows)")
 
 

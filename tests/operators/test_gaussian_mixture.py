@@ -284,3 +284,14 @@ def test_plan_time_errors() -> None:
         GaussianMixture(k=2, covariance="banded")
     with pytest.raises(ValidationError):
         GaussianMixture(k=2, reg_covar=-1.0)
+
+
+def test_too_few_distinct_points_are_called_components() -> None:
+    """The start is kmeans' own, but its errors speak of the step's components."""
+    from operators.testing.kit import fit
+
+    table = pa.table({"a": [1.0, 1.0, 1.0, 2.0, 2.0, 2.0], "b": [0.0] * 3 + [1.0] * 3})
+    with pytest.raises(DataError, match="2 distinct points to start 3 components from"):
+        fit(GaussianMixture(k=3), [table])
+    with pytest.raises(DataError, match="2 distinct points to start 3 clusters from"):
+        fit(KMeans(k=3), [table])
