@@ -702,9 +702,10 @@ def models_export(ref: str, mlflow: str, registered_name: str | None, register: 
                   runs_dir: str | None) -> None:
     """Put a model version (churn@3, churn@production) in MLflow: an MLflow model of the
     run that trained it (`mlflow.pyfunc.load_model`, its `spark_udf`, `mlflow models
-    serve`), registered as a version of the registered model of its name. The training
-    run is logged first where it is not in MLflow yet; exporting again registers
-    nothing new."""
+    serve`), registered as a version of the registered model of its name, with the
+    aliases the version has here (models:/churn@production). The training run is
+    logged first where it is not in MLflow yet; exporting again registers nothing new
+    (and moves the aliases as they are here now)."""
     from pipelines.store import ModelStore
     from pipelines.tracking import Tracker
 
@@ -726,6 +727,8 @@ def models_export(ref: str, mlflow: str, registered_name: str | None, register: 
     if register:
         how = "already registered as" if done["existed"] else "registered as"
         line += f"; {how} '{done['registered']}' version {done['version']}"
+        if done["aliases"]:
+            line += " (aliases " + ", ".join(f"@{a}" for a in done["aliases"]) + ")"
     click.echo(line)
 
 

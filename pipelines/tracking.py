@@ -280,7 +280,8 @@ class Tracker:
         not there yet; a run of its own where the record is gone), under
         ``models/<name>``, and (``register``) a version of the registered model
         ``registered_name`` (default: the model's name), once: a version tagged with
-        this ``sluice.model`` already there is kept. What was done, as a dict."""
+        this ``sluice.model`` already there is kept; the registry's aliases of the
+        version set on it in MLflow. What was done, as a dict."""
         from pipelines import mlflow_model
 
         model = store.load(ref)
@@ -314,6 +315,12 @@ class Tracker:
             out["registered"] = name
             out["version"], out["existed"] = mlflow_model.register(
                 self.client, name, uri, run_id, model.ref)
+            # the registry's aliases of this version, as MLflow's aliases of its version
+            # (models:/churn@production), moved there as sluice moved them
+            out["aliases"] = sorted(a for a, v in store.aliases(model.name).items()
+                                    if v == model.version)
+            for alias in out["aliases"]:
+                self.client.set_registered_model_alias(name, alias, out["version"])
         return out
 
 

@@ -290,6 +290,18 @@ def test_models_export_registers_a_version_once(churn: Path, workdir: Path,
     answer = mlflow.pyfunc.load_model("models:/churn/1").predict(rows)
     assert answer["probability"].tolist() == own["probability"].tolist()
 
+    # the registry's aliases of the version are MLflow's aliases of its version
+    aliased = CliRunner().invoke(main, ["models", "alias", "churn@1", "production"])
+    assert aliased.exit_code == 0, aliased.output
+    moved = CliRunner().invoke(main, ["models", "export", "churn@production", "--mlflow",
+                                      store])
+    assert moved.stdout.strip().endswith(
+        "already registered as 'churn' version 1 (aliases @production)")
+    assert str(MlflowClient(store).get_model_version_by_alias("churn", "production")
+               .version) == "1"
+    by_alias = mlflow.pyfunc.load_model("models:/churn@production").predict(rows)
+    assert by_alias["probability"].tolist() == own["probability"].tolist()
+
     # a version trained without --mlflow: its run is logged first, with the model
     untracked = run(path.name, {"l2": "0.1"})
     out = CliRunner().invoke(main, ["models", "export", "churn@2", "--mlflow", store,
