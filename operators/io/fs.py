@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import difflib
 import errno
 import os
 import re
@@ -63,10 +64,11 @@ def resolve(path: str, storage_options: dict[str, Any] | None = None) -> Locatio
         fs, inner = fsspec.core.url_to_fs(path, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
         protocol = path.split("://", 1)[0]
-        raise SluiceError(
-            f"cannot open '{path}': {exc}",
-            hint=f"install the fsspec package for '{protocol}://' (s3fs for s3, gcsfs for gs)",
-        ) from None
+        known = fsspec.available_protocols()
+        close = difflib.get_close_matches(protocol, known, n=1, cutoff=0.5)
+        hint = (f"did you mean '{close[0]}://'?" if protocol not in known and close else
+                f"install the fsspec package for '{protocol}://' (s3fs for s3, gcsfs for gs)")
+        raise SluiceError(f"cannot open '{path}': {exc}", hint=hint) from None
     _forget_listings(fs, inner)
     handler = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     return Location(path, inner, handler, fs, False)
