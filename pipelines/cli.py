@@ -707,7 +707,7 @@ def models_export(ref: str, mlflow: str, registered_name: str | None, register: 
     logged first where it is not in MLflow yet; exporting again registers nothing new
     (and moves the aliases as they are here now)."""
     from pipelines.store import ModelStore
-    from pipelines.tracking import Tracker
+    from pipelines.tracking import Tracker, described
 
     tracker = Tracker(mlflow, mlflow_experiment)
     store = ModelStore(models)
@@ -717,9 +717,7 @@ def models_export(ref: str, mlflow: str, registered_name: str | None, register: 
     except SluiceError:
         raise
     except Exception as exc:  # the server's, the network's
-        text = str(exc).strip().splitlines()
-        raise SluiceError(f"exporting {ref} to MLflow at {mlflow} failed: "
-                          f"{type(exc).__name__}: {text[0] if text else ''}",
+        raise SluiceError(f"exporting {ref} to MLflow at {mlflow} failed: {described(exc)}",
                           hint="check the URI and that the server answers, then export "
                                "again") from None
     line = (f"exported {done['model']} to MLflow at {mlflow}: run {done['run_id']}, "
@@ -941,7 +939,7 @@ def runs_export(pipeline: str | None, mlflow: str, mlflow_experiment: str | None
     `sluice run --mlflow` logs a run: params, metrics, tags and the run record. A run
     already there (its `sluice.run_id` tag) is left as it is, so exporting again adds
     only the new runs."""
-    from pipelines.tracking import Tracker
+    from pipelines.tracking import Tracker, described
 
     history = _history(runs_dir, pipeline)
     chosen = runs.select(history.records, status=status, since=since, last=last)
@@ -960,7 +958,7 @@ def runs_export(pipeline: str | None, mlflow: str, mlflow_experiment: str | None
         except Exception as exc:  # the server lost on the way: what is logged stays
             raise SluiceError(
                 f"logging run {record['run_id']} to MLflow at {mlflow} failed: "
-                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}",
+                f"{described(exc)}",
                 hint=f"{len(logged)} run(s) were logged before it; export again to log the "
                      "rest (those logged are left as they are)") from None
         logged.append(record["run_id"])

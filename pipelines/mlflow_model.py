@@ -112,6 +112,11 @@ def log(client: Any, run_id: str, source: str, name: str, version: int,
         path = Path(scratch) / "model"
         save(source, name, version, path)
         client.log_artifacts(run_id, str(path), artifact_path)
+    return artifact_uri(client, run_id, artifact_path)
+
+
+def artifact_uri(client: Any, run_id: str, artifact_path: str) -> str:
+    """Where a run's artifact at ``artifact_path`` lives (a model version's source)."""
     return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
 
 

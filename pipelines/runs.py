@@ -391,17 +391,18 @@ def resolve(history: History, prefix: str) -> dict[str, Any]:
 SHOWN_CANDIDATES = 8
 
 
-def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
+def flat_metrics(record: dict[str, Any], lists: bool = False) -> dict[str, Any]:
     """Each scalar metric of a run by its dotted name, ``step.metric`` (and
     ``step.group.metric`` for nested ones: ``model.validation.roc_auc``), as the run's
-    summary labels them; lists (a confusion matrix) are left out."""
+    summary labels them; lists (a confusion matrix, a loss curve) only with ``lists``."""
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, values: dict[str, Any]) -> None:
         for key, value in values.items():
             if isinstance(value, dict):
                 walk(f"{prefix}.{key}", value)
-            elif value is None or isinstance(value, bool | int | float | str):
+            elif value is None or isinstance(value, bool | int | float | str) or (
+                    lists and isinstance(value, list)):
                 flat[f"{prefix}.{key}"] = value
 
     for step_id, metrics in record["metrics"].items():

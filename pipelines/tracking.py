@@ -81,23 +81,18 @@ def _text(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _numbers(record: dict[str, Any]) -> dict[str, list[float]]:
-    """Each numeric metric of the record as a history: one value, or a list's values
-    (``validation_losses``: a round each; a list of class labels is no measurement and
-    is left out); booleans as 0 and 1."""
+def _numbers(record: dict[str, Any], flat: dict[str, Any]) -> dict[str, list[float]]:
+    """Each numeric metric of the record (``flat``: its metrics, lists kept) as a
+    history: one value, or a list's values (``validation_losses``: a round each; a list
+    of class labels is no measurement and is left out); booleans as 0 and 1; then each
+    step's rows and compute seconds and the run's seconds."""
     out: dict[str, list[float]] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        elif isinstance(value, bool | int | float):
-            out[prefix] = [float(value)]
-        elif (isinstance(value, list) and value and not prefix.endswith("classes")
+    for name, value in flat.items():
+        if isinstance(value, bool | int | float):
+            out[name] = [float(value)]
+        elif (isinstance(value, list) and value and not name.endswith("classes")
               and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
-            out[prefix] = [float(v) for v in value]
-
-    walk("", record.get("metrics") or {})
+            out[name] = [float(v) for v in value]
     for step_id, entry in (record.get("steps") or {}).items():
         for name in ("rows", "compute_seconds"):
             if isinstance(entry.get(name), int | float):
@@ -107,7 +102,7 @@ def _numbers(record: dict[str, Any]) -> dict[str, list[float]]:
     return out
 
 
-def _tags(record: dict[str, Any]) -> dict[str, str]:
+def _tags(record: dict[str, Any], flat: dict[str, Any]) -> dict[str, str]:
     tags = {
         "sluice.run_id": record["run_id"], "sluice.pipeline": record["pipeline"],
         "sluice.status": record["status"],
@@ -127,7 +122,7 @@ def _tags(record: dict[str, Any]) -> dict[str, str]:
         tags["sluice.error"] = record["error"]
     if record.get("failed_in"):
         tags["sluice.failed_in"] = record["failed_in"]
-    for name, value in runs.flat_metrics(record).items():
+    for name, value in flat.items():
         if isinstance(value, str):  # a solver's name, a chosen setting
             tags[name] = value
     keys = _keys(list(tags))
@@ -144,7 +139,7 @@ def _mlflow_client(uri: str) -> Any:
     try:
         return MlflowClient(tracking_uri=uri)
     except Exception as exc:  # a store MLflow will not open (its file store, by default)
-        raise SluiceError(f"cannot use MLflow tracking at {uri}: {_first_line(exc)}",
+        raise SluiceError(f"cannot use MLflow tracking at {uri}: {runs.first_line(exc) or ''}",
                           hint="give a tracking server (http://host:5000) or a database "
                                "(sqlite:///mlflow.db), or leave --mlflow off") from None
 
@@ -191,8 +186,7 @@ class Tracker:
         except SluiceError:
             raise
         except Exception as exc:  # MLflow's errors, a refused connection, an auth failure
-            raise SluiceError(f"cannot use MLflow tracking at {self.uri}: "
-                              f"{type(exc).__name__}: {_first_line(exc)}",
+            raise SluiceError(f"cannot use MLflow tracking at {self.uri}: {described(exc)}",
                               hint="check the URI and that the server answers, or leave "
                                    "--mlflow off") from None
         self._experiments[name] = found_id
@@ -239,7 +233,8 @@ class Tracker:
         """The run's metrics, params, tags and artifacts."""
         from mlflow.entities import Metric, Param, RunTag
 
-        numbers = _numbers(record)
+        flat = runs.flat_metrics(record, lists=True)
+        numbers = _numbers(record, flat)
         keys = _keys(list(numbers))
         metrics = [Metric(keys[name], value, end or 0, step)
                    for name, values in numbers.items()
@@ -248,7 +243,7 @@ class Tracker:
         names = _keys(list(given))
         params = [Param(names[name], _text(value, PARAM_VALUE))
                   for name, value in given.items()]
-        tags = [RunTag(k, v) for k, v in _tags(record).items()]
+        tags = [RunTag(k, v) for k, v in _tags(record, flat).items()]
         for kind, items in (("metrics", metrics), ("params", params), ("tags", tags)):
             size = BATCH[kind]
             for at in range(0, len(items), size):
@@ -303,7 +298,7 @@ class Tracker:
                 run_id = run.info.run_id
         path = f"models/{model.name}"
         if path in {a.path for a in self.client.list_artifacts(run_id, "models")}:
-            uri = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
+            uri = mlflow_model.artifact_uri(self.client, run_id, path)
         else:  # a run logged before runs logged their models, or a run of its own
             uri = self.log_model(run_id, source, model.name, model.version)
         if self.client.get_run(run_id).info.status == "RUNNING":
@@ -340,9 +335,9 @@ def _answers(uri: str, timeout: float = CONNECT_SECONDS) -> None:
                                "off") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else ""
+def described(exc: BaseException) -> str:
+    """A failure of MLflow's or the network's in a line: its type and first line."""
+    return f"{type(exc).__name__}: {runs.first_line(exc) or ''}"
 
 
 def log_quietly(tracker: Tracker, record: dict[str, Any], pipeline_file: str | None,
@@ -353,7 +348,7 @@ def log_quietly(tracker: Tracker, record: dict[str, Any], pipeline_file: str | N
     try:
         return tracker.log(record, pipeline_file)
     except Exception as exc:  # the server's, the network's: the run itself is done
-        error = f"{type(exc).__name__}: {_first_line(exc)}"
+        error = described(exc)
         if notify:
             notify(f"the run was not logged to MLflow at {tracker.uri}: {error} (`sluice "
                    f"runs export --mlflow {tracker.uri}` logs it later)")
