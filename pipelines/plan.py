@@ -808,21 +808,27 @@ def _saved_reads(plan: Plan, chain: list[Step]) -> tuple[list[frozenset[str]], s
     """``training_only``'s sets, and the fits' columns that no step of the saved model
     reads (what a fitted model does not read: its label, weight, queries), each step as
     ``saved_view`` saves it (a select of what is there reads nothing)."""
-    fits = {value for s in chain if isinstance(s.op, Estimator)
-            for key in ("label", "weight", "group")
-            if isinstance(value := getattr(s.op.params, key, None), str)}
+    fits = {column for s in chain for column in _fit_columns(s.op)}
     out: list[frozenset[str]] = []
     later: set[str] = set()
     for s in reversed(chain):
         only = frozenset(fits - later)
         out.append(only)
-        own = ({getattr(s.op.params, key, None) for key in ("label", "weight", "group")}
-               if isinstance(s.op, Estimator) else set())
+        own = _fit_columns(s.op)
         schema = plan.step(s.input).schema if s.input else None
         view = s.op.saved_view(only)
         if schema is not None and view is not None:
             later |= set(view.input_columns(schema)) - own
     return out[::-1], fits - later
+
+
+def _fit_columns(op: Operator) -> set[str]:
+    """The columns a fit reads that its fitted model does not: its label, weight and
+    query groups (none for a step that is no estimator)."""
+    if not isinstance(op, Estimator):
+        return set()
+    return {value for key in ("label", "weight", "group")
+            if isinstance(value := getattr(op.params, key, None), str)}
 
 
 def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | None:

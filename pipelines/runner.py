@@ -725,23 +725,22 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     plan = plan_file(path, overrides, store, text)
     tracker = Tracker(mlflow, mlflow_experiment) if mlflow else None
     source = None if text is not None else str(path)  # the pipeline file, an artifact
+    asked = engine_instance.name if engine_instance is not None else engine
     if not plan.ok:
         # a scheduled run refused before any data moved (today's input not there yet)
         # is a failed run in the history too (``sluice runs list --status failed``)
         exc = ValidationFailed(plan.problems)
         if explain:
             explain(exc)
-        _refused(plan, path, run_id, started,
-                 engine_instance.name if engine_instance is not None else engine, exc,
-                 "validation", runs_dir or default_runs_dir(), tracker, source, notify)
+        _refused(plan, path, run_id, started, asked, exc, "validation",
+                 runs_dir or default_runs_dir(), tracker, source, notify)
         raise exc
     if tracker is not None:
         try:
             tracker.connect(plan.spec.name)
         except SluiceError as exc:
-            _refused(plan, path, run_id, started,
-                     engine_instance.name if engine_instance is not None else engine, exc,
-                     "tracking", runs_dir or default_runs_dir())
+            _refused(plan, path, run_id, started, asked, exc, "tracking",
+                     runs_dir or default_runs_dir())
             raise
     for line in plan.notices:
         if notify:
