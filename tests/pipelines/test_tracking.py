@@ -331,21 +331,19 @@ def test_models_export_registers_a_version_once(churn: Path, workdir: Path,
     assert [a.path for a in client.list_artifacts(own_run, "models")] == ["models/churn"]
 
 
-def test_a_group_named_like_a_path_is_logged_under_a_name_mlflow_takes(
-        workdir: Path, store: str) -> None:
-    """MLflow takes a name as a path too and refuses one that a path's normalising would
-    change: an ``evaluate`` group of URLs (``source=s3://...``) made the whole run's
-    logging fail (the run FAILED in MLflow, no metric there)."""
+def _evaluated_by(workdir: Path, store: str, column: str, groups: list[str],
+                  labels: list[float], notify: Any = None) -> dict[str, Any]:
+    """A run logged to ``store``: a linear regression of six rows, then evaluate's rmse
+    by ``column`` (the ``groups``, two rows each)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    (workdir / "data").mkdir()
-    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-                             "y": [1.1, 2.0, 2.9, 4.2, 5.0, 6.1],
-                             "source": ["s3://a/x", "s3://a/x", "s3://b//y", "s3://b//y",
-                                        "/", "/"]}), workdir / "data" / "rows.parquet")
-    path = write_pipeline(workdir, """
-        pipeline: by_source
+    (workdir / "data").mkdir(exist_ok=True)
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "y": labels,
+                             column: [g for g in groups for _ in range(2)]}),
+                   workdir / "data" / "rows.parquet")
+    path = write_pipeline(workdir, f"""
+        pipeline: by_{column}
         steps:
           - op: read_parquet
             path: data/rows.parquet
@@ -356,10 +354,19 @@ def test_a_group_named_like_a_path_is_logged_under_a_name_mlflow_takes(
             op: evaluate
             label: y
             metrics: [rmse]
-            by: [source]
-        """, "by_source.yaml")
+            by: [{column}]
+        """, f"by_{column}.yaml")
+    return run(path.name, mlflow=store, notify=notify)
+
+
+def test_a_group_named_like_a_path_is_logged_under_a_name_mlflow_takes(
+        workdir: Path, store: str) -> None:
+    """MLflow takes a name as a path too and refuses one that a path's normalising would
+    change: an ``evaluate`` group of URLs (``source=s3://...``) made the whole run's
+    logging fail (the run FAILED in MLflow, no metric there)."""
     said: list[str] = []
-    record = run(path.name, mlflow=store, notify=said.append)
+    record = _evaluated_by(workdir, store, "source", ["s3://a/x", "s3://b//y", "/"],
+                           [1.1, 2.0, 2.9, 4.2, 5.0, 6.1], said.append)
     assert "run_id" in record["mlflow"], said
     got = _logged(store, record)
     assert got.info.status == "FINISHED"
@@ -463,31 +470,10 @@ def test_names_that_meet_once_mlflow_takes_them_stay_apart(churn: Path, workdir:
     """evaluate's groups by a currency column: `currency=€`, `currency=$` and
     `currency=£` are all `currency__` in the characters MLflow takes; each keeps a
     metric of its own (a hash of its name added), where a name alone is kept as is."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from pipelines.tracking import _keys
 
-    (workdir / "money").mkdir()
-    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0, 4.0, 5.0, 7.0],
-                             "y": [1.0, 2.5, 2.9, 4.4, 5.0, 6.0],
-                             "currency": ["€", "€", "$", "$", "£", "£"]}),
-                   workdir / "money" / "rows.parquet")
-    path = write_pipeline(workdir, """
-        pipeline: by_currency
-        steps:
-          - op: read_parquet
-            path: money
-          - op: linear_regression
-            label: y
-            features: [x]
-          - id: eval
-            op: evaluate
-            label: y
-            metrics: [rmse]
-            by: [currency]
-        """, "by_currency.yaml")
-    record = run(path.name, mlflow=store)
+    record = _evaluated_by(workdir, store, "currency", ["€", "$", "£"],
+                           [1.0, 2.5, 2.9, 4.4, 5.0, 6.0])
     metrics = _logged(store, record).data.metrics
     groups = record["metrics"]["eval"]["groups"]
     names = [f"eval.groups.{g}.rmse" for g in groups]
