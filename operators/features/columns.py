@@ -35,13 +35,21 @@ def is_numeric(t: pa.DataType) -> bool:
 
 
 def require_numeric(schema: pa.Schema, columns: Iterable[str], what: str) -> None:
-    """SchemaError naming the first column of ``columns`` that is not integer or floating."""
+    """SchemaError naming every column of ``columns`` that is not integer or floating
+    (one run of the plan shows them all, not one a run)."""
+    columns = list(columns)
     require_columns(schema, columns)
-    for name in columns:
-        t = schema.field(name).type
-        if not is_numeric(t):
-            raise SchemaError(f"column '{name}' is {t}, but {what} needs numbers",
-                              hint=f"leave '{name}' out, or `cast` it to float64 first")
+    bad = [(name, schema.field(name).type) for name in columns
+           if not is_numeric(schema.field(name).type)]
+    if not bad:
+        return
+    if len(bad) == 1:
+        name, t = bad[0]
+        raise SchemaError(f"column '{name}' is {t}, but {what} needs numbers",
+                          hint=f"leave '{name}' out, or `cast` it to float64 first")
+    listed = ", ".join(f"'{name}' ({t})" for name, t in bad)
+    raise SchemaError(f"{len(bad)} columns are not numbers, but {what} needs numbers: {listed}",
+                      hint="leave them out, or `cast` them to float64 first")
 
 
 def unique_names(names: list[str], param: str) -> None:

@@ -504,6 +504,22 @@ def test_bucketize_boundaries_and_suffix() -> None:
     assert ints.schema.field("k").type == pa.int32() and ints.column("k").to_pylist() == [0, 1, 1]
 
 
+@pytest.mark.parametrize("op", ["standard_scale", "min_max_scale", "max_abs_scale",
+                                "robust_scale"])
+def test_scalers_name_every_column_that_is_not_a_number(op: str) -> None:
+    """Three text columns among the scaled: one plan run names all three with their types
+    (it named the first only, so each fix met the next error)."""
+    schema = numbers().schema.append(pa.field("city", pa.string())) \
+        .append(pa.field("when", pa.timestamp("us")))
+    with pytest.raises(SchemaError) as err:
+        build(op, columns=["x", "label", "n", "city", "when"]).output_schema(schema)
+    text = str(err.value)
+    assert "3 columns are not numbers" in text
+    for shown in ("'label' (string)", "'city' (string)", "'when' (timestamp[us])"):
+        assert shown in text
+    assert "'x'" not in text and "'n'" not in text
+
+
 def test_bucketize_errors() -> None:
     schema = numbers().schema
     with pytest.raises(SchemaError, match="'label' is string, but bucketize needs numbers"):
