@@ -42,6 +42,7 @@ MODULES: dict[str, str] = {
     "max_abs_scale": "operators.features.scale",
     "min_max_scale": "operators.features.scale",
     "mlp": "operators.models.mlp",
+    "naive_bayes": "operators.models.naive_bayes",
     "normalize": "operators.features.scale",
     "one_hot": "operators.features.one_hot",
     "pca": "operators.features.pca",

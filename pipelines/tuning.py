@@ -72,7 +72,8 @@ MAX_FOLDS = 20
 FIXED = ("label", "weight", "validation_fraction", "validation_start", "seed", "group")
 """What a tuned step cannot vary, of a model that takes it: the rows and what they are
 compared on (a ranking's group: its queries, whole ones held out)."""
-TUNABLE = ("a model of a label (logistic_regression, linear_regression, the trees, mlp), "
+TUNABLE = ("a model of a label (logistic_regression, linear_regression, the trees, mlp, "
+           "naive_bayes), "
            "kmeans or gaussian_mixture")
 
 

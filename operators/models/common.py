@@ -133,15 +133,21 @@ def weigh_classes(choice: ClassWeight, classes: list[Any], totals: np.ndarray, l
         return totals * factor, factor
     factor = np.ones(len(classes))
     for key, value in choice.items():
-        hits = [i for i, c in enumerate(classes)
-                if (key == c and isinstance(key, bool) == isinstance(c, bool))
-                or (isinstance(key, str) and key == str(c))]
+        hits = classes_named(key, classes)
         if not hits:
             shown = ", ".join(repr(c) for c in classes[:20])
             raise DataError(f"class_weight names class {key!r}, which label '{label}' does not "
                             "have in the training rows", hint=f"classes: {shown}")
         factor[hits] = value
     return totals * factor, factor
+
+
+def classes_named(key: bool | int | str, classes: list[Any]) -> list[int]:
+    """The positions in ``classes`` of the class a parameter's key names: as the label
+    holds it (True is not 1), or as text (YAML keys of a text label, "1" of an integer)."""
+    return [i for i, c in enumerate(classes)
+            if (key == c and isinstance(key, bool) == isinstance(c, bool))
+            or (isinstance(key, str) and key == str(c))]
 
 
 def check_class_weight(choice: ClassWeight, classify: bool, label: str) -> None:
@@ -175,6 +181,19 @@ def class_label_type(t: pa.DataType) -> pa.DataType | None:
     if pa.types.is_integer(t) or pa.types.is_boolean(t) or is_text(t):
         return t
     return None
+
+
+def classifier_label_type(schema: pa.Schema, label: str, op: str) -> pa.DataType:
+    """The class type of a classifier's ``label`` column (``class_label_type``), or a
+    SchemaError saying ``op`` needs classes and how to get them or predict numbers."""
+    t = schema.field(label).type
+    value_type = class_label_type(t)
+    if value_type is None:
+        raise SchemaError(
+            f"label column '{label}' is {t}: {op} needs classes (integer, boolean or string)",
+            hint=f"cast it (read_parquet schema: {{{label}: int64}}), or use "
+                 "linear_regression to predict numbers")
+    return value_type
 
 
 def is_classification(label_type: pa.DataType, task: str | None = None) -> bool:

@@ -28,16 +28,16 @@ import numpy as np
 import pyarrow as pa
 
 from operators.arrays import to_numpy
-from operators.base import Estimator, SchemaError, register, register_fitted
+from operators.base import Estimator, register, register_fitted
 from operators.models.common import (
     ClassWeight,
     FittedModel,
     LinearContributions,
     by_class,
     check_inputs,
-    class_label_type,
     class_weight_field,
     class_weights,
+    classifier_label_type,
     combine_loss_sums,
     encode_classes,
     feature_matrix,
@@ -132,16 +132,7 @@ class LogisticRegression(Estimator):
         return model_input_columns(schema, self.params)
 
     def _label_type(self, schema: pa.Schema) -> pa.DataType:
-        label = self.params.label
-        t = schema.field(label).type
-        value_type = class_label_type(t)
-        if value_type is None:
-            raise SchemaError(
-                f"label column '{label}' is {t}: logistic_regression needs classes "
-                "(integer, boolean or string)",
-                hint=f"cast it (read_parquet schema: {{{label}: int64}}), or use "
-                     "linear_regression to predict numbers")
-        return value_type
+        return classifier_label_type(schema, self.params.label, "logistic_regression")
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         check_inputs(schema, self.params)

@@ -290,6 +290,33 @@ ZOO = {
         tol: 1.0e-6
         validation_fraction: 0.2
     """,
+    "naive_bayes": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [region]
+      - op: derive
+        columns: {w: "1 + 0.5 * tenure / 72"}
+      - op: naive_bayes
+        label: plan
+        features: [tenure, monthly_charges, total_charges, "region=north"]
+        weight: w
+        validation_fraction: 0.2
+    """,
+    "naive_bayes_multinomial": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: one_hot
+        columns: [plan, region]
+      - op: naive_bayes
+        label: churned
+        model_type: multinomial
+        features: [tenure, "plan=basic", "plan=premium", "region=north", "region=south"]
+        smoothing: 0.5
+    """,
     "isolation_forest": """
       - op: drop
         columns: [customer_id, signup_date]
@@ -370,9 +397,10 @@ def train_and_score(workdir: Path, engine, steps: str, files: int, tag: str,
                      f"    partition_mb: 0.05\n{body}\n  - op: save_model\n    name: m{tag}\n")
     run(train, engine_instance=engine, device=device)
     # scores come with their contributions (TreeSHAP, linear), the MLP's, kmeans', the
-    # Gaussian mixture's and the isolation forest's without
+    # Gaussian mixture's, the isolation forest's and naive Bayes' without
     trees = not any(f"op: {name}" in steps
-                    for name in ("mlp", "kmeans", "gaussian_mixture", "isolation_forest"))
+                    for name in ("mlp", "kmeans", "gaussian_mixture", "isolation_forest",
+                                 "naive_bayes"))
     score = write_pipeline(workdir, f"""
         pipeline: zoo_score
         steps:

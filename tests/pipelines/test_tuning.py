@@ -138,7 +138,7 @@ def test_only_a_model_with_held_out_rows_is_tuned(churn: Path, workdir: Path) ->
     (problem,) = info.value.problems
     assert "standard_scale cannot be tuned: tune compares candidates by their metrics on " \
            "rows the step holds out (validation_fraction), which only a model of a label " \
-           "(logistic_regression, linear_regression, the trees, mlp), kmeans or " \
+           "(logistic_regression, linear_regression, the trees, mlp, naive_bayes), kmeans or " \
            "gaussian_mixture does" in str(
                problem)
     twice = TUNED.format(tune=GRID).replace("seed: 3\n", "seed: 3\n        l2: 0.5\n")
