@@ -98,6 +98,10 @@ from bench.mlp_cases import (  # noqa: F401 - bench.worker looks the sides up he
     train_mlp_sklearn_adam,
     train_mlp_sluice_local,
 )
+from bench.naive_bayes_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    train_naive_bayes_sklearn,
+    train_naive_bayes_sluice_local,
+)
 from bench.pca_cases import (  # noqa: F401 - bench.worker looks the sides up here
     check_dask_pca,
     check_train_pca,
@@ -328,6 +332,9 @@ CASES: dict[str, Case] = {
     # read + gaussian_mixture (k = 8, full covariances, 20 EM passes, tol 0) vs
     # scikit-learn's GaussianMixture (bench/mixture_cases.py)
     "train_gaussian_mixture": Case("blobs", ("sluice_local", "sklearn"), blobs),
+    # read + naive_bayes (Gaussian) + save vs scikit-learn's GaussianNB on the files read
+    # with pyarrow (bench/naive_bayes_cases.py)
+    "train_naive_bayes": Case("numeric", ("sluice_local", "sklearn"), _numeric),
     "dask_train_kmeans": Case("blobs", ("sluice_dask", "dask_ml"), blobs,
                               check=check_dask_kmeans),
     # read -> isolation_forest (100 trees of 256 rows, contamination 0.01) -> evaluate (every
