@@ -30,10 +30,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, model_validator
 
 from operators.arrays import in_float64, to_numpy
-from operators.base import DataError, Estimator, register, register_fitted
+from operators.base import DataError, Estimator, ParamError, register, register_fitted
 from operators.models.common import (
     FittedModel,
     SupervisedParams,
@@ -59,7 +59,7 @@ from operators.models.common import (
     with_predictions,
 )
 
-ModelType = Literal["gaussian", "multinomial", "bernoulli"]
+ModelType = Literal["gaussian", "multinomial", "bernoulli", "complement"]
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -68,10 +68,12 @@ class NaiveBayesParams(SupervisedParams):
         "gaussian", description="gaussian: continuous features, a normal distribution a class "
                                 "and feature (scikit-learn's GaussianNB); multinomial: counts "
                                 "or frequencies (MultinomialNB, MLlib's default); bernoulli: "
-                                "on/off features (BernoulliNB)")
+                                "on/off features (BernoulliNB); complement: counts, each class "
+                                "by the other classes' totals (ComplementNB, for unbalanced "
+                                "classes of text)")
     smoothing: PositiveFloat = Field(
-        1.0, description="multinomial and bernoulli: added to every count (Laplace smoothing: "
-                         "scikit-learn's alpha, MLlib's smoothing)")
+        1.0, description="multinomial, bernoulli and complement: added to every count "
+                         "(Laplace smoothing: scikit-learn's alpha, MLlib's smoothing)")
     var_smoothing: float = Field(
         1e-9, ge=0.0, description="gaussian: added to every variance, as a fraction of the "
                                   "largest feature variance (scikit-learn's var_smoothing)")
@@ -82,6 +84,25 @@ class NaiveBayesParams(SupervisedParams):
     priors: dict[bool | int | str, PositiveFloat] | None = Field(
         None, description="the classes' prior probabilities, {class: p} for every class, "
                           "summing to 1 (default: their weight shares in the training rows)")
+
+    @model_validator(mode="after")
+    def _applies(self) -> NaiveBayesParams:
+        """A parameter set that this model type does not use is a mistake, not a no-op."""
+        uses = {"gaussian": {"var_smoothing", "priors"},
+                "multinomial": {"smoothing", "priors"},
+                "bernoulli": {"smoothing", "binarize", "priors"},
+                "complement": {"smoothing"}}[self.model_type]
+        unused = sorted({"smoothing", "var_smoothing", "binarize", "priors"}
+                        & self.model_fields_set - uses)
+        if unused:
+            raise ParamError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} "
+                             f"nothing for model_type {self.model_type}",
+                             hint=f"{self.model_type} takes "
+                                  + (", ".join(sorted(uses)) or "none of them")
+                                  + ("; complement naive Bayes has no class priors "
+                                     "(scikit-learn's ComplementNB and MLlib's ignore them)"
+                                     if "priors" in unused else ""))
+        return self
 
 
 @register_fitted("naive_bayes.fitted")
@@ -118,6 +139,8 @@ class NaiveBayesFitted(FittedModel):
         flp = parameters(self.feature_log_prob, xp)
         if self.model_type == "multinomial":
             return X @ flp.T + prior
+        if self.model_type == "complement":  # no prior: scikit-learn's, MLlib's
+            return X @ flp.T
         on = _switches(X, self.binarize, self.features, xp)
         off = xp.log1p(-xp.exp(flp))  # log(1 - p), exact for p near 0
         return on @ (flp - off).T + (prior + xp.sum(off, axis=1))
@@ -224,8 +247,8 @@ class NaiveBayes(Estimator):
         onehot = xp.astype(xp.astype(data[:, d], xp.int64)[:, None]
                            == xp.arange(len(classes), dtype=xp.int64)[None, :], data.dtype)
         by_class = onehot * w[:, None]
-        if p.model_type == "multinomial":
-            _check_counts(X, state["features"], xp)
+        if p.model_type in ("multinomial", "complement"):
+            _check_counts(X, state["features"], xp, p.model_type)
         elif p.model_type == "bernoulli":
             X = _switches(X, p.binarize, state["features"], xp)
         sums = to_numpy(row_products(by_class, X, xp))
@@ -290,6 +313,11 @@ class NaiveBayes(Estimator):
             smoothed = stats["sums"] + p.smoothing
             out["feature_log_prob"] = (np.log(smoothed)
                                        - np.log(smoothed.sum(axis=1, keepdims=True)))
+        elif p.model_type == "complement":
+            # each class by the totals of the rows of every other class
+            others = stats["sums"].sum(axis=0) - stats["sums"] + p.smoothing
+            out["feature_log_prob"] = -(np.log(others)
+                                        - np.log(others.sum(axis=1, keepdims=True)))
         else:
             out["feature_log_prob"] = (np.log(stats["sums"] + p.smoothing)
                                        - np.log(totals + 2.0 * p.smoothing)[:, None])
@@ -336,8 +364,9 @@ class NaiveBayes(Estimator):
             return {}
         out: dict[str, Any] = {
             "model_type": self.params.model_type, "classes": len(state["classes"]),
-            "priors": np.exp(state["log_prior"]).tolist(),
             "training_rows": int(state["rows"]), "validation_rows": int(state["heldout"])}
+        if self.params.model_type != "complement":  # which scores without them
+            out["priors"] = np.exp(state["log_prior"]).tolist()
         if "validation" in state:
             out["validation"] = state["validation"]
         return out
@@ -358,15 +387,15 @@ def _aligned(stats: dict[str, Any], classes: list[Any]
     return weights, sums, squares
 
 
-def _check_counts(X: Any, features: list[str], xp: Any) -> None:
-    """Multinomial features are counts or frequencies: a DataError naming the first column
-    with a negative value."""
+def _check_counts(X: Any, features: list[str], xp: Any, model_type: str) -> None:
+    """Multinomial and complement features are counts or frequencies: a DataError naming
+    the first column with a negative value."""
     negative = X < 0
     if bool(xp.any(negative)):
         column = int(np.argmax(to_numpy(xp.any(negative, axis=0))))
         value = float(to_numpy(xp.min(X[:, column])))
         raise DataError(f"feature column '{features[column]}' has negative values (as low as "
-                        f"{value:g}), but multinomial naive_bayes takes counts or frequencies",
+                        f"{value:g}), but {model_type} naive_bayes takes counts or frequencies",
                         hint="use model_type: gaussian for continuous features, or leave the "
                              "column out (features:); a scaler before it makes values "
                              "negative")

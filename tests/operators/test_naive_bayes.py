@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
-from sklearn.naive_bayes import BernoulliNB, GaussianNB, MultinomialNB
+from sklearn.naive_bayes import BernoulliNB, ComplementNB, GaussianNB, MultinomialNB
 
 from operators.arrays import get_namespace
 from operators.base import DataError, SchemaError, drive, tree_reduce
@@ -62,11 +62,11 @@ def sklearn_of(kind: str, X: np.ndarray, labels: np.ndarray, weights: np.ndarray
         repeat = weights.astype(int)
         X, labels = np.repeat(X, repeat, axis=0), np.repeat(labels, repeat)
     model = {"gaussian": GaussianNB, "multinomial": MultinomialNB,
-             "bernoulli": BernoulliNB}[kind](**params)
+             "bernoulli": BernoulliNB, "complement": ComplementNB}[kind](**params)
     return model.fit(X, labels)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "multinomial", "bernoulli"])
+@pytest.mark.parametrize("kind", ["gaussian", "multinomial", "bernoulli", "complement"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("parts", [1, 3, 7])
 def test_equal_to_scikit_learn(kind: str, weighted: bool, parts: int) -> None:
@@ -106,7 +106,7 @@ def test_binary_probability_is_the_second_class_and_bool_labels_keep_their_type(
                                rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "multinomial", "bernoulli"])
+@pytest.mark.parametrize("kind", ["gaussian", "multinomial", "bernoulli", "complement"])
 def test_the_strict_namespace_fits_and_scores_as_numpy(kind: str) -> None:
     """The GPU stand-in: every array op of the fit and the scoring through the array API
     only (a slip into NumPy fails on array_api_strict's arrays)."""
@@ -124,7 +124,7 @@ def test_the_strict_namespace_fits_and_scores_as_numpy(kind: str) -> None:
                                np.array(a.column("probability").to_pylist()), rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "multinomial", "bernoulli"])
+@pytest.mark.parametrize("kind", ["gaussian", "multinomial", "bernoulli", "complement"])
 def test_saved_and_loaded_scores_the_same(kind: str) -> None:
     X, labels, _ = data(kind)
     table = table_of(X, labels)
@@ -196,7 +196,10 @@ def test_errors_say_what_and_how() -> None:
     with pytest.raises(SchemaError, match="naive_bayes needs classes"):
         NaiveBayes(label="y", features=FEATURES).output_schema(floats.schema)
     with pytest.raises(ValidationError):
-        NaiveBayes(label="y", model_type="complement")
+        NaiveBayes(label="y", model_type="poisson")
+    with pytest.raises(DataError, match="complement naive_bayes takes counts"):
+        fit_state(NaiveBayes(label="y", features=FEATURES, model_type="complement"),
+                  split(table, 2))
     with pytest.raises(ValidationError):
         NaiveBayes(label="y", smoothing=0)
 
@@ -219,7 +222,7 @@ def test_binarize_null_takes_zero_one_features_as_mllib() -> None:
 # --------------------------------------------------------------------------- MLlib
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "multinomial", "bernoulli"])
+@pytest.mark.parametrize("kind", ["gaussian", "multinomial", "bernoulli", "complement"])
 def test_equal_to_mllibs_naive_bayes(spark: Any, kind: str) -> None:
     """MLlib's NaiveBayes(modelType=kind, smoothing=1) on the same weighted rows gives the
     same class probabilities (bernoulli on 0/1 features, as MLlib asks; its smoothed
@@ -247,7 +250,7 @@ def test_equal_to_mllibs_naive_bayes(spark: Any, kind: str) -> None:
                               "weight": "w"}
     if kind == "bernoulli":
         params["binarize"] = None
-    if kind != "gaussian":
+    if kind in ("multinomial", "bernoulli"):
         # MLlib smooths the class priors of these two as well, (W_c + s) / (W + k s);
         # scikit-learn and sluice do not: given as priors, the models are the same
         classes, counts = np.unique(labels, return_inverse=True)
@@ -257,3 +260,18 @@ def test_equal_to_mllibs_naive_bayes(spark: Any, kind: str) -> None:
     model, _ = fit_state(NaiveBayes(**params), split(table, 3))
     ours = np.array(model.transform(table, NUMPY).column("probability").to_pylist())
     np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"binarize": 0.5}, "binarize does nothing for model_type gaussian"),
+    ({"smoothing": 2.0}, "smoothing does nothing for model_type gaussian"),
+    ({"model_type": "multinomial", "var_smoothing": 1e-3, "binarize": 1.0},
+     "binarize, var_smoothing do nothing for model_type multinomial"),
+    ({"model_type": "complement", "priors": {"a": 0.5, "b": 0.5}},
+     "priors does nothing for model_type complement.*has no class priors"),
+])
+def test_a_parameter_its_model_type_does_not_use_is_refused(params: dict[str, Any],
+                                                             message: str) -> None:
+    """A parameter of another model type was silently ignored (binarize on a Gaussian)."""
+    with pytest.raises(Exception, match=message):
+        NaiveBayes(label="y", **params)

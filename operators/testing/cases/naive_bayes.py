@@ -44,6 +44,9 @@ def _cases() -> None:
     case("naive_bayes", {"label": "y", "model_type": "bernoulli", "binarize": 1.0,
                          "priors": {"a": 0.2, "b": 0.3, "c": 0.5}},
          count_features_table, id="bernoulli-priors", rtol=1e-9, atol=1e-12)
+    case("naive_bayes", {"label": "y", "model_type": "complement", "weight": "w",
+                         "validation_fraction": 0.3},
+         count_features_table, id="complement-validation", rtol=1e-9, atol=1e-12)
     case("score", {"model": "nb"}, count_features_table, id="naive-bayes",
          prepare=lambda op: op.bind(Chain([_model()]), _model().features,
                                     {"name": "nb", "version": 1}))
