@@ -115,8 +115,13 @@ class NaiveBayesFitted(FittedModel):
     def __init__(self, features: list[str], classes: list[Any], label_type: pa.DataType,
                  model_type: ModelType, log_prior: np.ndarray,
                  theta: np.ndarray | None = None, var: np.ndarray | None = None,
-                 feature_log_prob: np.ndarray | None = None, binarize: float | None = None):
+                 feature_log_prob: np.ndarray | None = None, binarize: float | None = None,
+                 expected_terms: np.ndarray | None = None):
         super().__init__(features, classes, label_type)
+        # (classes, features): each feature's term of each class's joint log-likelihood,
+        # averaged over the training rows: the reference of the contributions
+        self.expected_terms = (None if expected_terms is None
+                               else np.asarray(expected_terms, dtype=np.float64))
         self.model_type = model_type
         self.log_prior = np.asarray(log_prior, dtype=np.float64)
         self.theta = None if theta is None else np.asarray(theta, dtype=np.float64)
@@ -125,9 +130,15 @@ class NaiveBayesFitted(FittedModel):
                                  else np.asarray(feature_log_prob, dtype=np.float64))
         self.binarize = binarize
 
+    @property
+    def _prior(self) -> np.ndarray:
+        """The class log priors the scores add (none for complement: scikit-learn's,
+        MLlib's)."""
+        return self.log_prior if self.model_type != "complement" else 0.0 * self.log_prior
+
     def joint_log_likelihood(self, X: Any, xp: Any) -> Any:
         """(rows, classes): each row's log P(class) + log P(features | class)."""
-        prior = parameters(self.log_prior, xp)
+        prior = parameters(self._prior, xp)
         if self.model_type == "gaussian":
             theta, var = parameters(self.theta, xp), parameters(self.var, xp)
             norm = -0.5 * xp.sum(xp.log(var) + LOG_2PI, axis=1)
@@ -137,13 +148,46 @@ class NaiveBayesFitted(FittedModel):
                        for c in range(len(self.classes))]
             return prior + norm - 0.5 * xp.stack(columns, axis=1)
         flp = parameters(self.feature_log_prob, xp)
-        if self.model_type == "multinomial":
+        if self.model_type != "bernoulli":
             return X @ flp.T + prior
-        if self.model_type == "complement":  # no prior: scikit-learn's, MLlib's
-            return X @ flp.T
         on = _switches(X, self.binarize, self.features, xp)
         off = xp.log1p(-xp.exp(flp))  # log(1 - p), exact for p near 0
         return on @ (flp - off).T + (prior + xp.sum(off, axis=1))
+
+    def terms(self, X: Any, xp: Any) -> Any:
+        """(rows, features, classes): each feature's term of each class's joint
+        log-likelihood (they add up to it, with the prior): the model is additive."""
+        if self.model_type == "gaussian":
+            theta, var = parameters(self.theta, xp), parameters(self.var, xp)
+            return (-0.5 * (xp.log(var) + LOG_2PI).T[None, :, :]
+                    - 0.5 * (X[:, :, None] - theta.T[None, :, :]) ** 2 / var.T[None, :, :])
+        flp = parameters(self.feature_log_prob, xp)
+        if self.model_type != "bernoulli":
+            return X[:, :, None] * flp.T[None, :, :]
+        on = _switches(X, self.binarize, self.features, xp)
+        off = xp.log1p(-xp.exp(flp))
+        return on[:, :, None] * (flp - off).T[None, :, :] + off.T[None, :, :]
+
+    def explains(self) -> str | None:
+        if self.expected_terms is None:  # pragma: no cover - every fit keeps them
+            return "naive_bayes saved without its training rows' expected terms"
+        return None
+
+    def contributions(self, part: pa.Table, xp: Any
+                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """Each feature's term less its mean over the training rows, per class (two
+        classes: the second's less the first's, the log-odds' share); the base is the
+        prior plus the mean terms. The exact Shapley values of an additive score with
+        the training rows as the background (features independent), as linear models'."""
+        xp = in_float64(xp)
+        X = feature_matrix(part, self.features, xp)
+        # the scores as transform computes them (the terms' sum rounds otherwise)
+        predicted, proba = self.outputs_of(self.predict_matrix(X, xp))
+        phi = to_numpy(self.terms(X, xp)) - self.expected_terms.T[None, :, :]
+        base = self._prior + self.expected_terms.sum(axis=1)
+        if len(self.classes) == 2:
+            phi, base = phi[:, :, 1:] - phi[:, :, :1], base[1:] - base[:1]
+        return predicted, proba, phi, base
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         return softmax(self.joint_log_likelihood(X, xp), xp)
@@ -153,6 +197,8 @@ class NaiveBayesFitted(FittedModel):
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"log_prior": self.log_prior}
+        if self.expected_terms is not None:
+            out["expected_terms"] = self.expected_terms
         if self.model_type == "gaussian":
             out.update(theta=self.theta, var=self.var)
         else:
@@ -168,7 +214,8 @@ class NaiveBayesFitted(FittedModel):
         return cls(**cls.meta_args(meta), model_type=meta["model_type"],
                    binarize=meta.get("binarize"), log_prior=arrays["log_prior"],
                    theta=arrays.get("theta"), var=arrays.get("var"),
-                   feature_log_prob=arrays.get("feature_log_prob"))
+                   feature_log_prob=arrays.get("feature_log_prob"),
+                   expected_terms=arrays.get("expected_terms"))
 
 
 def _switches(X: Any, binarize: float | None, features: list[str], xp: Any) -> Any:
@@ -203,6 +250,7 @@ class NaiveBayes(Estimator):
     """
 
     Params = NaiveBayesParams
+    explained = True
     schema_from_fit = True  # probability is float64 for 2 classes, list<double> for more
 
     def __init__(self, params: Any = None, **kwargs: Any):
@@ -321,6 +369,7 @@ class NaiveBayes(Estimator):
         else:
             out["feature_log_prob"] = (np.log(stats["sums"] + p.smoothing)
                                        - np.log(totals + 2.0 * p.smoothing)[:, None])
+        out["expected_terms"] = _expected_terms(p.model_type, out, stats, totals)
         return out
 
     def _priors(self, classes: list[Any], totals: np.ndarray) -> np.ndarray:
@@ -357,7 +406,8 @@ class NaiveBayes(Estimator):
                                 state["log_prior"], theta=state.get("theta"),
                                 var=state.get("var"),
                                 feature_log_prob=state.get("feature_log_prob"),
-                                binarize=p.binarize if p.model_type == "bernoulli" else None)
+                                binarize=p.binarize if p.model_type == "bernoulli" else None,
+                                expected_terms=state.get("expected_terms"))
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if "log_prior" not in state:
@@ -401,17 +451,40 @@ def _check_counts(X: Any, features: list[str], xp: Any, model_type: str) -> None
                              "negative")
 
 
+def _overall(stats: dict[str, Any], totals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (weighted) mean and population variance of each feature over all the training
+    rows, from the classes' means and squared deviations: within plus between (the
+    variance of a model type that keeps totals only is not known: zeros)."""
+    total = float(totals.sum())
+    if "squares" not in stats:
+        return stats["sums"].sum(axis=0) / total, np.zeros(stats["sums"].shape[1])
+    means, squares = stats["sums"], stats["squares"]
+    overall = totals @ means / total
+    return overall, (squares.sum(axis=0) + totals @ ((means - overall) ** 2)) / total
+
+
+def _expected_terms(model_type: str, model: dict[str, Any], stats: dict[str, Any],
+                    totals: np.ndarray) -> np.ndarray:
+    """(classes, features): each feature's term of each class's joint log-likelihood
+    averaged over the training rows (``NaiveBayesFitted.terms``' mean), from the means
+    (and variances) of the features alone: the terms are of one feature each."""
+    mean, variance = _overall(stats, totals)
+    if model_type == "gaussian":
+        theta, var = model["theta"], model["var"]
+        return -0.5 * (np.log(var) + LOG_2PI) - 0.5 * (variance + (mean - theta) ** 2) / var
+    flp = model["feature_log_prob"]
+    if model_type != "bernoulli":
+        return mean * flp
+    off = np.log1p(-np.exp(flp))
+    return mean * (flp - off) + off  # mean: the share of rows where the feature is on
+
+
 def _variances(stats: dict[str, Any], totals: np.ndarray, var_smoothing: float,
                features: list[str], classes: list[Any]) -> np.ndarray:
     """Each class's feature variances (population) plus ``var_smoothing`` times the
-    largest variance of a feature over all the training rows (from the classes' means
-    and squares: within plus between)."""
-    means, squares = stats["sums"], stats["squares"]
-    total = float(totals.sum())
-    overall = totals @ means / total
-    spread = squares.sum(axis=0) + totals @ ((means - overall) ** 2)
-    epsilon = var_smoothing * float(np.max(spread / total))
-    var = squares / totals[:, None] + epsilon
+    largest variance of a feature over all the training rows."""
+    epsilon = var_smoothing * float(np.max(_overall(stats, totals)[1]))
+    var = stats["squares"] / totals[:, None] + epsilon
     if not (var > 0).all():
         c, j = np.argwhere(~(var > 0))[0]
         raise DataError(f"feature column '{features[j]}' is constant within class "

@@ -33,8 +33,8 @@ def model_columns(model: Any) -> tuple[str, ...]:
     return (*PREDICTION_COLUMNS, *getattr(model, "extra_columns", ()))
 
 
-EXPLAINED = ("decision_tree, random_forest, gradient_boosted_trees, linear_regression and "
-             "logistic_regression")
+EXPLAINED = ("decision_tree, random_forest, gradient_boosted_trees, linear_regression, "
+             "logistic_regression and naive_bayes")
 
 
 class ScoreParams(Params):
@@ -88,9 +88,10 @@ class Score(Transform):
     columns pass through unchanged. A model the same pipeline trains and saves is
     scored as the version this run saves, once saved (MLlib's fit, then transform):
     train on one `sample` of the rows and `evaluate` on the rest in one run.
-    `contributions: true` explains the scores of a tree or linear model: each row's
-    per-feature contributions (exact TreeSHAP; coefficient x distance from the training
-    mean), which add up to its raw score.
+    `contributions: true` explains the scores of a tree, linear or naive Bayes model: each
+    row's per-feature contributions (exact TreeSHAP; coefficient x distance from the
+    training mean; a naive Bayes term less its training mean), which add up to its raw
+    score.
     """
 
     float32 = True  # docs/float32.md

@@ -275,3 +275,35 @@ def test_a_parameter_its_model_type_does_not_use_is_refused(params: dict[str, An
     """A parameter of another model type was silently ignored (binarize on a Gaussian)."""
     with pytest.raises(Exception, match=message):
         NaiveBayes(label="y", **params)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "multinomial", "bernoulli", "complement"])
+@pytest.mark.parametrize("classes", [2, 3])
+def test_contributions_add_up_to_the_raw_score_about_the_training_mean(kind: str,
+                                                                       classes: int) -> None:
+    """Each row's contributions plus the base are its raw score (the joint
+    log-likelihoods; two classes: their log-odds), and the base is the raw score's mean
+    over the (weighted) training rows: each feature's term less its training mean, the
+    exact Shapley values of an additive score (as linear models' LinearExplainer)."""
+    X, labels, weights = data(kind, classes=classes)
+    table = table_of(X, labels, weights)
+    params: dict[str, Any] = {"label": "y", "features": FEATURES, "model_type": kind,
+                              "weight": "w"}
+    model, _ = fit_state(NaiveBayes(**params), split(table, 3))
+    model = roundtrip(model)  # the saved form explains too
+    predicted, proba, phi, base = model.contributions(table, NUMPY)
+    jll = np.asarray(model.joint_log_likelihood(X, NUMPY))
+    raw = jll[:, 1:] - jll[:, :1] if classes == 2 else jll
+    np.testing.assert_allclose(phi.sum(axis=1) + base, raw, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(weights @ raw / weights.sum(), base, rtol=1e-9, atol=1e-9)
+    # a feature's contribution depends on its own value only
+    same = X[:, 0] == X[0, 0]
+    np.testing.assert_allclose(phi[same, 0, :], np.broadcast_to(phi[0, 0, :], phi[same, 0].shape),
+                               rtol=1e-12)
+    scored = model.transform(table, NUMPY)
+    assert np.array_equal(predicted, np.searchsorted(model.classes,
+                                                     scored.column("prediction").to_pylist()))
+    explained = model.explain(table, NUMPY)
+    assert explained.column("probability").equals(scored.column("probability"))
+    strict = model.contributions(table, STRICT)
+    np.testing.assert_allclose(strict[2], phi, rtol=1e-12, atol=1e-12)

@@ -397,10 +397,9 @@ def train_and_score(workdir: Path, engine, steps: str, files: int, tag: str,
                      f"    partition_mb: 0.05\n{body}\n  - op: save_model\n    name: m{tag}\n")
     run(train, engine_instance=engine, device=device)
     # scores come with their contributions (TreeSHAP, linear), the MLP's, kmeans', the
-    # Gaussian mixture's, the isolation forest's and naive Bayes' without
+    # Gaussian mixture's and the isolation forest's without
     trees = not any(f"op: {name}" in steps
-                    for name in ("mlp", "kmeans", "gaussian_mixture", "isolation_forest",
-                                 "naive_bayes"))
+                    for name in ("mlp", "kmeans", "gaussian_mixture", "isolation_forest"))
     score = write_pipeline(workdir, f"""
         pipeline: zoo_score
         steps:

@@ -1,5 +1,6 @@
 """naive_bayes as a pipeline step: its run record, saved and scored by `score` and
-`sluice score` on rows without the label, served, tuned; errors that name the step."""
+`sluice score` on rows without the label, served with contributions, tuned; errors that
+name the step."""
 
 from __future__ import annotations
 
@@ -87,8 +88,11 @@ def test_record_saved_model_scores_and_serves(workdir: Path, churn: Path) -> Non
     np.testing.assert_allclose([r["probability"] for r in answered],
                                [by_id[i] for i in rows.column("customer_id")[:4].to_pylist()],
                                rtol=1e-12)
-    with pytest.raises(SluiceError, match="no per-feature contributions"):
-        served.score(first, contributions=True)
+    explained = served.score(first, contributions=True)
+    for row, want in zip(explained, answered, strict=True):
+        assert row["probability"] == want["probability"]
+        assert set(row["contributions"]) == set(FEATURES)
+        assert len(row["contribution_base"]) == 3  # a list per class: three classes
 
 
 def test_tune_picks_by_held_out_log_loss(workdir: Path, churn: Path) -> None:

@@ -279,8 +279,8 @@ def test_contributions_of_the_model_the_run_saves(churn: Path, workdir: Path) ->
     assert str(problem) == (
         f"{path}:{line}: step 'test_scores' (score): contributions: model 'churn' ends in "
         "mlp, which has no per-feature contributions (contributions are computed for "
-        "decision_tree, random_forest, gradient_boosted_trees, linear_regression and "
-        "logistic_regression; score another model, or drop contributions)")
+        "decision_tree, random_forest, gradient_boosted_trees, linear_regression, "
+        "logistic_regression and naive_bayes; score another model, or drop contributions)")
     assert ModelStore().versions("churn") == [1]
 
 

@@ -50,6 +50,10 @@ def _cases() -> None:
     case("score", {"model": "nb"}, count_features_table, id="naive-bayes",
          prepare=lambda op: op.bind(Chain([_model()]), _model().features,
                                     {"name": "nb", "version": 1}))
+    case("score", {"model": "nb", "contributions": True}, count_features_table,
+         id="naive-bayes-contributions",
+         prepare=lambda op: op.bind(Chain([_model()]), _model().features,
+                                    {"name": "nb", "version": 1}))
 
 
 _cases()
