@@ -641,6 +641,81 @@ def merge_class_weights(a: tuple[list[Any], np.ndarray],
     return classes, np.array([totals[c] for c in classes], dtype=np.float64)
 
 
+def class_sums(part: pa.Table, features: list[str], labels: pa.Array,
+               label_type: pa.DataType, weights: np.ndarray, xp: Any, moments: bool,
+               prepare: Any = None) -> dict[str, Any]:
+    """A partition's statistics of ``features`` per class of ``labels``: the classes
+    present (sorted), their total ``weights``, and each class's weighted feature
+    ``sums``, or with ``moments`` its weighted ``means`` and the weighted ``squares`` of
+    the deviations from them (no cancellation far from the origin). One copy of the rows
+    to ``xp``; ``prepare`` (the feature matrix -> the matrix summed) checks or maps it
+    first. ``combine_class_sums`` adds two up."""
+    classes, totals = class_weights(labels, weights)
+    d = len(features)
+    out: dict[str, Any] = {"classes": classes, "weights": totals}
+    if not classes:
+        empty = np.zeros((0, d))
+        return {**out, **({"means": empty, "squares": empty} if moments else {"sums": empty})}
+    index = encode_classes(labels, classes, label_type)
+    data = feature_matrix(part, features, xp, [index, weights])
+    X, w = data[:, :d], data[:, d + 1]
+    if prepare is not None:
+        X = prepare(X)
+    onehot = xp.astype(xp.astype(data[:, d], xp.int64)[:, None]
+                       == xp.arange(len(classes), dtype=xp.int64)[None, :], data.dtype)
+    by_class = onehot * w[:, None]
+    sums = to_numpy(row_products(by_class, X, xp))
+    if not moments:
+        return {**out, "sums": sums}
+    means = sums / np.where(totals > 0, totals, 1.0)[:, None]
+    deviations = X - onehot @ parameters(means, xp)
+    return {**out, "means": means,
+            "squares": to_numpy(row_products(by_class, deviations * deviations, xp))}
+
+
+def _on_classes(stats: dict[str, Any], classes: list[Any]) -> dict[str, np.ndarray]:
+    """``class_sums``' arrays laid out on ``classes`` (zeros for a class it has no rows
+    of)."""
+    at = [classes.index(c) for c in stats["classes"]]
+    out = {}
+    for key in ("weights", "sums", "means", "squares"):
+        if key in stats:
+            value = stats[key]
+            laid = np.zeros((len(classes), *value.shape[1:]))
+            laid[at] = value
+            out[key] = laid
+    return out
+
+
+def combine_class_sums(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two ``class_sums`` as one: the classes' union, weights and sums added, means and
+    squares by Chan's update (symmetric in a and b: commutative bit for bit)."""
+    classes = sorted(set(a["classes"]) | set(b["classes"]))
+    x, y = _on_classes(a, classes), _on_classes(b, classes)
+    wa, wb = x["weights"], y["weights"]
+    total = wa + wb
+    out: dict[str, Any] = {"classes": classes, "weights": total}
+    if "sums" in x:
+        return {**out, "sums": x["sums"] + y["sums"]}
+    safe = np.where(total > 0, total, 1.0)[:, None]
+    delta = y["means"] - x["means"]
+    return {**out, "means": (wa[:, None] * x["means"] + wb[:, None] * y["means"]) / safe,
+            "squares": x["squares"] + y["squares"] + delta * delta * (wa * wb)[:, None] / safe}
+
+
+def class_overall(stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The weighted mean and population variance of each feature over all the rows of
+    ``class_sums``' statistics (the variance from means and squares: within plus between;
+    None from sums alone)."""
+    totals = stats["weights"]
+    total = float(totals.sum())
+    if "sums" in stats:
+        return stats["sums"].sum(axis=0) / total, None
+    means, squares = stats["means"], stats["squares"]
+    overall = totals @ means / total
+    return overall, (squares.sum(axis=0) + totals @ ((means - overall) ** 2)) / total
+
+
 def encode_classes(labels: pa.Array, classes: list[Any], label_type: pa.DataType) -> np.ndarray:
     """Each label's position in ``classes`` (int64), -1 for a label not among them."""
     if len(labels) == 0:

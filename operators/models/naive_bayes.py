@@ -38,10 +38,11 @@ from operators.models.common import (
     FittedModel,
     SupervisedParams,
     check_inputs,
-    class_weights,
+    class_overall,
+    class_sums,
     classes_named,
     classifier_label_type,
-    encode_classes,
+    combine_class_sums,
     feature_matrix,
     held_out,
     label_column,
@@ -49,7 +50,6 @@ from operators.models.common import (
     parameters,
     require_positive_weight,
     require_training_rows,
-    row_products,
     row_weights,
     softmax,
     validation_combine,
@@ -281,51 +281,26 @@ class NaiveBayes(Estimator):
         if state["phase"] == "validate":
             return validation_partial(self.fitted(state), part, p, xp)
         train, held = held_out(part, p)
-        weights = row_weights(train, p.weight)
-        labels = label_column(train, p.label)
-        classes, totals = class_weights(labels, weights)
-        d = len(state["features"])
-        out: dict[str, Any] = {"rows": train.num_rows, "heldout": held.num_rows,
-                               "classes": classes, "weights": totals}
-        if not classes:
-            return {**out, "sums": np.zeros((0, d)), "squares": np.zeros((0, d))}
-        index = encode_classes(labels, classes, pa.type_for_alias(state["label_type"]))
-        data = feature_matrix(train, state["features"], xp, [index, weights])
-        X, w = data[:, :d], data[:, d + 1]
-        onehot = xp.astype(xp.astype(data[:, d], xp.int64)[:, None]
-                           == xp.arange(len(classes), dtype=xp.int64)[None, :], data.dtype)
-        by_class = onehot * w[:, None]
-        if p.model_type in ("multinomial", "complement"):
-            _check_counts(X, state["features"], xp, p.model_type)
-        elif p.model_type == "bernoulli":
-            X = _switches(X, p.binarize, state["features"], xp)
-        sums = to_numpy(row_products(by_class, X, xp))
-        if p.model_type != "gaussian":
-            return {**out, "sums": sums}
-        # each class's mean in this partition, and the squared deviations from it
-        present = totals > 0
-        means = sums / np.where(present, totals, 1.0)[:, None]
-        deviations = X - onehot @ parameters(means, xp)
-        squares = to_numpy(row_products(by_class, deviations * deviations, xp))
-        return {**out, "sums": means, "squares": squares}
+        features = state["features"]
+
+        def prepare(X: Any) -> Any:
+            if p.model_type in ("multinomial", "complement"):
+                _check_counts(X, features, xp, p.model_type)
+            elif p.model_type == "bernoulli":
+                X = _switches(X, p.binarize, features, xp)
+            return X
+
+        stats = class_sums(train, features, label_column(train, p.label),
+                           pa.type_for_alias(state["label_type"]),
+                           row_weights(train, p.weight), xp, p.model_type == "gaussian",
+                           prepare)
+        return {**stats, "rows": train.num_rows, "heldout": held.num_rows}
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "metrics" in a:
             return validation_combine(a, b)
-        classes = sorted(set(a["classes"]) | set(b["classes"]))
-        wa, sa, qa = _aligned(a, classes)
-        wb, sb, qb = _aligned(b, classes)
-        total = wa + wb
-        out = {"rows": a["rows"] + b["rows"], "heldout": a["heldout"] + b["heldout"],
-               "classes": classes, "weights": total}
-        if self.params.model_type != "gaussian":
-            return {**out, "sums": sa + sb}
-        # Chan's update of each class's mean and squared deviations; symmetric in a and b
-        safe = np.where(total > 0, total, 1.0)[:, None]
-        delta = sb - sa
-        means = (wa[:, None] * sa + wb[:, None] * sb) / safe
-        squares = qa + qb + delta * delta * (wa * wb)[:, None] / safe
-        return {**out, "sums": means, "squares": squares}
+        return {**combine_class_sums(a, b), "rows": a["rows"] + b["rows"],
+                "heldout": a["heldout"] + b["heldout"]}
 
     # ------------------------------------------------------------------ driver
 
@@ -355,7 +330,7 @@ class NaiveBayes(Estimator):
                                "log_prior": np.log(self._priors(classes, totals))}
         features = state["features"]
         if p.model_type == "gaussian":
-            out.update(theta=stats["sums"], var=_variances(stats, totals, p.var_smoothing,
+            out.update(theta=stats["means"], var=_variances(stats, totals, p.var_smoothing,
                                                            features, classes))
         elif p.model_type == "multinomial":
             smoothed = stats["sums"] + p.smoothing
@@ -422,21 +397,6 @@ class NaiveBayes(Estimator):
         return out
 
 
-def _aligned(stats: dict[str, Any], classes: list[Any]
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A partial's class weights, sums (means) and squares laid out on ``classes``
-    (zeros for a class it has no rows of)."""
-    k, d = len(classes), stats["sums"].shape[1]
-    weights, sums = np.zeros(k), np.zeros((k, d))
-    squares = np.zeros((k, d)) if "squares" in stats else None
-    at = [classes.index(c) for c in stats["classes"]]
-    weights[at] = stats["weights"]
-    sums[at] = stats["sums"]
-    if squares is not None:
-        squares[at] = stats["squares"]
-    return weights, sums, squares
-
-
 def _check_counts(X: Any, features: list[str], xp: Any, model_type: str) -> None:
     """Multinomial and complement features are counts or frequencies: a DataError naming
     the first column with a negative value."""
@@ -451,24 +411,12 @@ def _check_counts(X: Any, features: list[str], xp: Any, model_type: str) -> None
                              "negative")
 
 
-def _overall(stats: dict[str, Any], totals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The (weighted) mean and population variance of each feature over all the training
-    rows, from the classes' means and squared deviations: within plus between (the
-    variance of a model type that keeps totals only is not known: zeros)."""
-    total = float(totals.sum())
-    if "squares" not in stats:
-        return stats["sums"].sum(axis=0) / total, np.zeros(stats["sums"].shape[1])
-    means, squares = stats["sums"], stats["squares"]
-    overall = totals @ means / total
-    return overall, (squares.sum(axis=0) + totals @ ((means - overall) ** 2)) / total
-
-
 def _expected_terms(model_type: str, model: dict[str, Any], stats: dict[str, Any],
                     totals: np.ndarray) -> np.ndarray:
     """(classes, features): each feature's term of each class's joint log-likelihood
     averaged over the training rows (``NaiveBayesFitted.terms``' mean), from the means
     (and variances) of the features alone: the terms are of one feature each."""
-    mean, variance = _overall(stats, totals)
+    mean, variance = class_overall(stats)
     if model_type == "gaussian":
         theta, var = model["theta"], model["var"]
         return -0.5 * (np.log(var) + LOG_2PI) - 0.5 * (variance + (mean - theta) ** 2) / var
@@ -483,7 +431,7 @@ def _variances(stats: dict[str, Any], totals: np.ndarray, var_smoothing: float,
                features: list[str], classes: list[Any]) -> np.ndarray:
     """Each class's feature variances (population) plus ``var_smoothing`` times the
     largest variance of a feature over all the training rows."""
-    epsilon = var_smoothing * float(np.max(_overall(stats, totals)[1]))
+    epsilon = var_smoothing * float(np.max(class_overall(stats)[1]))
     var = stats["squares"] / totals[:, None] + epsilon
     if not (var > 0).all():
         c, j = np.argwhere(~(var > 0))[0]
