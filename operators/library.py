@@ -56,6 +56,7 @@ MODULES: dict[str, str] = {
     "save_model": "operators.io.model",
     "score": "operators.score.score",
     "select": "operators.features.columns",
+    "select_features": "operators.features.select_features",
     "sort": "operators.features.sort",
     "standard_scale": "operators.features.scale",
     "target_encode": "operators.features.target_encode",

@@ -24,6 +24,7 @@ from pydantic import Field, PositiveFloat, model_validator
 from operators.arrays import column_to_numpy, compute_dtype, host_buffer, is_text, to_numpy, to_xp
 from operators.base import (
     DataError,
+    MissingColumnError,
     ParamError,
     Params,
     SchemaError,
@@ -274,11 +275,18 @@ def check_inputs(schema: pa.Schema, params: SupervisedParams,
     if params.weight == params.label:
         raise ParamError(f"'{params.label}' is both the label and the weight",
                          hint="use another weight column")
-    if not features:
-        raise SchemaError("no numeric feature columns in the input",
-                          hint="list features, or encode string columns (op: one_hot)")
+    require_some_features(features)
     check_features(schema, [f for f in features if f not in categorical])
     return features
+
+
+def require_some_features(features: list[str]) -> None:
+    """A step of features to read finds none: a missing-column error (after a fit that
+    makes its columns as it fits, such as one_hot or select_features, checked when the
+    run gets there)."""
+    if not features:
+        raise MissingColumnError("no numeric feature columns in the input",
+                                 hint="list features, or encode string columns (op: one_hot)")
 
 
 # --------------------------------------------------------------------------- partitions

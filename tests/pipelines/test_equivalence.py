@@ -306,6 +306,25 @@ ZOO = {
         weight: w
         validation_fraction: 0.2
     """,
+    "select_features": """
+      - op: drop
+        columns: [customer_id, signup_date]
+      - op: impute
+        columns: [total_charges]
+        strategy: median
+      - op: one_hot
+        columns: [plan, region]
+      - op: derive
+        columns: {w: "1 + 0.5 * tenure / 72"}
+      - op: select_features
+        label: churned
+        weight: w
+        k: 4
+      - op: logistic_regression
+        label: churned
+        weight: w
+        l2: 0.01
+    """,
     "naive_bayes_multinomial": """
       - op: drop
         columns: [customer_id, signup_date]
