@@ -786,8 +786,11 @@ def test_a_dead_writers_lock_taken_over_by_two_writers_at_once_lets_one_in(
         def cat_file(self, path: str) -> bytes:
             note = s3().cat_file(path)
             if self.other is None:
-                self.other = locked_on_store(s3(), target)
-                self.other.__enter__()
+                lock = locked_on_store(s3(), target)
+                lock.__enter__()
+                # seen by the test only once it holds the lock: on a loaded machine its
+                # __exit__ came while __enter__ still ran ("generator already executing")
+                self.other = lock
             return note
 
     slower = ReadsThenTheOtherLocks()
