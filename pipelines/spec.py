@@ -170,11 +170,14 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, str]:
         return line, what
     lines = text.splitlines()
     source = lines[mark.line] if mark.line < len(lines) else ""
-    value = source.split(": ", 1)[1].strip() if ": " in source else ""
+    key, _, value = source.partition(": ")
+    value = value.strip()
     if value[:1] in ("'", '"') and what.endswith("a value"):
-        other = '"' if value[0] == "'" else "'"
+        # the whole value in the other quotes, escaped as YAML reads them back
+        quoted = ("'" + value.replace("'", "''") + "'" if value[0] == '"' else
+                  '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
         return line, (f"text after the quoted part of a value: quote all of it, in "
-                      f"{other}: {other}{value}{other}")
+                      f"{key.strip().removeprefix('- ')}: {quoted}")
     return line, f"{what} (check the indentation of the block that starts on line " \
                  f"{start.line + 1})"
 

@@ -180,8 +180,12 @@ HEAD = "pipeline: x\nsteps:\n  - op: read_parquet\n"
     ("    columns: [a, b\n  - op: select\n", 5,
      "expected ',' or ']', but got ':' (in the [ on line 4, column 14)"),
     ('    filter: "a > 3" and b == "x"\n', 4, "text after the quoted part of a value: "
-                                             "quote all of it, in ': '\"a > 3\" and b == "
-                                             "\"x\"'"),
+                                             "quote all of it, in filter: '\"a > 3\" and "
+                                             "b == \"x\"'"),
+    # both quotes in the value: the suggestion's quotes doubled, as YAML reads them
+    ("  - path: 'data' + \"x\" + 'y'\n", 4, "text after the quoted part of a value: quote "
+                                            "all of it, in path: \"'data' + \\\"x\\\" + "
+                                            "'y'\""),
 ])
 def test_yaml_errors_say_where_the_construct_starts_in_words(
         body: str, line: int, said: str) -> None:
