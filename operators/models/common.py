@@ -31,6 +31,7 @@ from operators.base import (
     require_columns,
 )
 from operators.evaluate.metrics import DEFAULT_METRICS, MetricAccumulator
+from operators.expressions import quote_name
 from operators.hashing import chosen_rows
 
 PREDICTION = "prediction"
@@ -595,8 +596,9 @@ def label_column(part: pa.Table, label: str) -> pa.Array:
         bad = len(array) - (pc.sum(pc.is_finite(array)).as_py() or 0)
         if bad:
             raise DataError(f"label column '{label}' has {bad} NaN or infinite values",
-                            hint=f"filter them out (read_parquet filter: \"{label} is not "
-                                 "null\") or impute them")
+                            hint=f"filter them out (read_parquet filter: "
+                                 f"\"abs({quote_name(label)}) < 1e308\", which keeps the "
+                                 "finite labels: NaN is not null) or impute them")
     return array
 
 
