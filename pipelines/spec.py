@@ -23,7 +23,7 @@ STEP_KEYS = ("id", "op", "input", "device", "dtype", "tune", "tune_metric", "tun
 # where a pipeline's or a step's numeric kernels run, and in which dtype
 PLACEMENT_KEYS = {"device": DEVICES, "dtype": DTYPES}
 _PARAM_REF = re.compile(r"\$\{([^}]*)\}")
-_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -346,7 +346,7 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
             problems.append(Problem(file, line, "`op:` is required", step=label))
             continue
         if explicit:
-            if not isinstance(step_id, str) or not _ID.match(step_id):
+            if not isinstance(step_id, str) or not _ID.fullmatch(step_id):
                 problems.append(Problem(file, raw.key_lines["id"],
                                         f"step id {step_id!r} must be a name (letters, digits, "
                                         "_ . -)", op=op))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,22 @@ def test_structure_problems(workdir: Path) -> None:
         """))
     assert any("the first step must read data" in p for p in found), found
     assert any("step id 'w' is used twice" in p for p in found), found
+
+
+@pytest.mark.parametrize("step_id", ["rows\n", "a b", "1st", ""])
+def test_a_step_id_that_is_no_name_is_a_problem(churn: Path, workdir: Path,
+                                                step_id: str) -> None:
+    """Not a name: refused at its line. A trailing newline ("rows\\n", a block scalar) was
+    taken, and broke the summary's table and `plan --mermaid`'s node."""
+    found = problems(write_pipeline(workdir, f"""
+        pipeline: x
+        steps:
+          - id: {json.dumps(step_id)}
+            op: read_parquet
+            path: data/churn
+        """))
+    assert found == [f"{workdir / 'pipeline.yaml'}:3: step id {step_id!r} must be a name "
+                     "(letters, digits, _ . -)"], found
 
 
 def test_a_model_name_that_cannot_be_one_says_what_can(churn: Path, workdir: Path) -> None:
