@@ -32,11 +32,19 @@ import pyarrow as pa
 
 SPEC = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
 PRODUCER = "https://github.com/sluice-pipelines/sluice"
-SCHEMA_FACET = "https://openlineage.io/spec/facets/1-1-1/SchemaDatasetFacet.json"
-STATS_FACET = ("https://openlineage.io/spec/facets/1-0-2/"
-               "OutputStatisticsOutputDatasetFacet.json")
-PARENT_FACET = "https://openlineage.io/spec/facets/1-1-0/ParentRunFacet.json"
-JOB_TYPE_FACET = "https://openlineage.io/spec/facets/2-0-3/JobTypeJobFacet.json"
+
+
+def _facet_url(version: str, name: str) -> str:
+    """A facet's ``_schemaURL``: the JSON Pointer to its definition in its schema file
+    (as the event's ``schemaURL`` points at ``RunEvent``)."""
+    return f"https://openlineage.io/spec/facets/{version}/{name}.json#/$defs/{name}"
+
+
+SCHEMA_FACET = _facet_url("1-1-1", "SchemaDatasetFacet")
+STATS_FACET = _facet_url("1-0-2", "OutputStatisticsOutputDatasetFacet")
+PARENT_FACET = _facet_url("1-1-0", "ParentRunFacet")
+JOB_TYPE_FACET = _facet_url("2-0-3", "JobTypeJobFacet")
+ERROR_FACET = _facet_url("1-0-1", "ErrorMessageRunFacet")
 ENDPOINT = "api/v1/lineage"
 TIMEOUT = 5.0
 ENDS = {"succeeded": "COMPLETE", "failed": "FAIL", "interrupted": "ABORT"}
@@ -102,9 +110,7 @@ class Lineage:
         if kind == "FAIL" and record.get("error"):
             facets["errorMessage"] = {
                 "_producer": PRODUCER, "message": record["error"],
-                "programmingLanguage": "python",
-                "_schemaURL": "https://openlineage.io/spec/facets/1-0-1/"
-                              "ErrorMessageRunFacet.json"}
+                "programmingLanguage": "python", "_schemaURL": ERROR_FACET}
         return {
             "eventType": kind,
             "eventTime": datetime.now(UTC).isoformat(timespec="milliseconds")
