@@ -424,9 +424,10 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> PipelineS
         spec = PipelineSpec(file=file, name=Path(file).stem, params={}, steps=[])
         close = ""
         if isinstance(exc, FileNotFoundError) and Path(path).parent.is_dir():
-            names = [p.name for p in Path(path).parent.iterdir()
-                     if p.suffix in (".yaml", ".yml")]
-            close = suggest(Path(path).name, names)
+            # the closest name, said as the path to give (in the folder given)
+            beside = {p.name: str(Path(path).parent / p.name)
+                      for p in Path(path).parent.iterdir() if p.suffix in (".yaml", ".yml")}
+            close = suggest(Path(path).name, beside, beside)
         spec.problems.append(Problem(file, 0, f"cannot read the file: "
                                               f"{exc.strerror or exc}{close}"))
         return spec

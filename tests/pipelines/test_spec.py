@@ -210,7 +210,13 @@ def test_a_file_that_is_no_pipeline_text_is_a_problem_not_a_traceback(
         "continuation byte at byte 13): a pipeline file is YAML, saved as UTF-8"]
     assert problems(workdir / "trian.yaml") == [
         f"{workdir / 'trian.yaml'}: cannot read the file: No such file or directory; did you "
-        "mean 'train.yaml'?"]
+        f"mean '{workdir / 'train.yaml'}'?"]
+    # the path to give, in the folder given (not the name alone, which is not there)
+    (workdir / "conf").mkdir()
+    (workdir / "conf" / "churn_train.yaml").write_text("pipeline: x\n")
+    assert problems(Path("conf/churn_tran.yaml")) == [
+        "conf/churn_tran.yaml: cannot read the file: No such file or directory; did you mean "
+        "'conf/churn_train.yaml'?"]
 
 
 def test_unsafe_yaml_tags_are_refused(workdir: Path) -> None:
