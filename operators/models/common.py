@@ -588,7 +588,8 @@ def label_column(part: pa.Table, label: str) -> pa.Array:
     if column.null_count:
         raise DataError(
             f"label column '{label}' has {column.null_count} null values",
-            hint=f"filter them out (read_parquet filter: \"{label} is not null\") or impute them")
+            hint=f"filter them out (read_parquet filter: \"{quote_name(label)} is not null\") "
+                 "or impute them")
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()

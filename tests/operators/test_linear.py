@@ -234,9 +234,10 @@ def test_bad_data_is_a_data_error(table: pa.Table, params: dict[str, Any], match
 
 
 @pytest.mark.parametrize("label", ["y", "y 2"])
-def test_the_filter_a_non_finite_label_is_told_keeps_the_finite_rows(label: str) -> None:
+def test_the_filter_a_bad_label_is_told_keeps_the_good_rows(label: str) -> None:
     """NaN is not null: the filter the hint gives leaves out the NaN and infinite labels
-    (\"y is not null\", told before, kept them all) and the rows left fit."""
+    (\"y is not null\", told before, kept them all) and the rows left fit; a null label's
+    filter leaves out the nulls (the name quoted where it needs it)."""
     from operators.expressions import parse_filter
 
     table = _small().rename_columns(["x", "n", label, "w"])
@@ -248,6 +249,13 @@ def test_the_filter_a_non_finite_label_is_told_keeps_the_finite_rows(label: str)
     kept = bad.filter(parse_filter(told.group(1), bad.schema))
     assert kept.column(label).to_pylist() == [1.0]
     fit(LinearRegression(label=label), [kept])
+    nulls = table.set_column(2, label, pa.array([1.0, None, 2.0, None]))
+    with pytest.raises(DataError, match="2 null values") as info:
+        fit(LinearRegression(label=label), [nulls])
+    told = re.search(r'filter: "(.+?)"', info.value.hint or "")
+    assert told is not None, info.value.hint
+    kept = nulls.filter(parse_filter(told.group(1), nulls.schema))
+    assert kept.column(label).to_pylist() == [1.0, 2.0]
 
 
 def test_empty_training_set() -> None:
