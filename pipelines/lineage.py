@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from operators.io.fs import is_url
+
 SPEC = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
 PRODUCER = "https://github.com/sluice-pipelines/sluice"
 
@@ -59,11 +61,10 @@ def dataset(path: str, schema: pa.Schema | None = None) -> dict[str, Any]:
     """A dataset as OpenLineage names it (``file`` and the absolute path, or the
     URL's scheme and bucket and the key), with its columns where known."""
     parts = urlsplit(path)
-    if parts.scheme and parts.scheme != "file" and parts.netloc:
+    if is_url(path) and parts.netloc:
         namespace, name = f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/") or "/"
-    else:
-        namespace = "file"
-        name = os.path.abspath(parts.path if parts.scheme == "file" else path)
+    else:  # the file the run reads or writes (``operators.io.fs.resolve``'s)
+        namespace, name = "file", os.path.abspath(path.removeprefix("file://"))
     out: dict[str, Any] = {"namespace": namespace, "name": name, "facets": {}}
     if schema is not None:
         out["facets"]["schema"] = {

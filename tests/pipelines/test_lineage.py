@@ -209,3 +209,5 @@ def test_datasets_are_named_as_openlineage_names_them() -> None:
     local = dataset("data/churn")
     assert local["namespace"] == "file" and local["name"] == os.path.abspath("data/churn")
     assert dataset("file:///tmp/x")["name"] == "/tmp/x"
+    # file:// and a relative path: the folder the run reads, as fs.resolve takes it
+    assert dataset("file://data/churn")["name"] == os.path.abspath("data/churn")
