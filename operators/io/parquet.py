@@ -469,7 +469,8 @@ class ReadParquet(Source):
                 files.extend(self._listed(manifest, path))
             else:
                 files.extend(self._directory_files(loc, path, manifests))
-        return files
+        # ``**`` matches a folder and the files in it: each file is read once
+        return list(dict.fromkeys(files))
 
     def _listed(self, manifest: dict[str, Any], directory: str) -> list[str]:
         """The data files a sluice manifest lists, checked to lie inside its directory."""
