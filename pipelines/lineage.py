@@ -98,13 +98,35 @@ class Lineage:
                    env.get("OPENLINEAGE_API_KEY") or None,
                    env.get("OPENLINEAGE_PARENT_ID") or None)
 
+    def _parent(self) -> tuple[str, str, str] | None:
+        """The parent run's namespace, job and run id, where ``parent`` gives them."""
+        if not self.parent or self.parent.count("/") < 2:
+            return None
+        namespace, rest = self.parent.split("/", 1)
+        job, run_id = rest.rsplit("/", 1)
+        try:
+            uuid.UUID(run_id)
+        except ValueError:
+            return None
+        return (namespace, job, run_id) if namespace and job else None
+
+    def parent_problem(self) -> str | None:
+        """Why ``OPENLINEAGE_PARENT_ID`` names no parent run, where it is set and does
+        not: its events then leave the parent out (a run id that is no UUID made servers
+        refuse every event of the run)."""
+        if self.parent is None or self._parent() is not None:
+            return None
+        return (f"OPENLINEAGE_PARENT_ID '{self.parent}' is not namespace/job/run id with "
+                "the run id a UUID (Airflow's lineage_parent_id macro gives one): the "
+                "run's OpenLineage events name no parent run")
+
     def event(self, kind: str, record: dict[str, Any], inputs: list[dict[str, Any]],
               outputs: list[dict[str, Any]]) -> dict[str, Any]:
         """An OpenLineage RunEvent of the run ``record`` describes."""
         facets: dict[str, Any] = {}
-        if self.parent and self.parent.count("/") >= 2:
-            namespace, rest = self.parent.split("/", 1)
-            job, parent_run = rest.rsplit("/", 1)
+        parent = self._parent()
+        if parent is not None:
+            namespace, job, parent_run = parent
             facets["parent"] = {"_producer": PRODUCER, "_schemaURL": PARENT_FACET,
                                 "run": {"runId": parent_run},
                                 "job": {"namespace": namespace, "name": job}}

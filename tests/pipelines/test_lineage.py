@@ -188,6 +188,26 @@ def test_a_failed_run_sends_fail_with_its_error_and_the_parent_run(
     assert len(server.events) == before  # disabled: nothing sent
 
 
+@pytest.mark.parametrize("parent", ["airflow/nightly_dag.train/scheduled__2026-11-30",
+                                    "nightly_dag.train"])
+def test_a_parent_id_that_names_no_run_costs_a_note_not_the_events(
+        churn: Path, workdir: Path, server: Server, monkeypatch: pytest.MonkeyPatch,
+        parent: str) -> None:
+    """A parent run id that is no UUID made every event of the run one a server refuses
+    (the facet's runId is a uuid), and one without namespace/job/ was dropped silently:
+    the events go without the parent, and a note says why."""
+    monkeypatch.setenv("OPENLINEAGE_PARENT_ID", parent)
+    said: list[str] = []
+    run(write_pipeline(workdir, TRAIN_AND_SCORE).name, openlineage=server.url,
+        notify=said.append)
+    assert [e["eventType"] for e in server.events] == ["START", "COMPLETE"]
+    assert all("parent" not in e["run"]["facets"] for e in server.events)
+    assert [n for n in said if "OPENLINEAGE_PARENT_ID" in n] == [
+        f"OPENLINEAGE_PARENT_ID '{parent}' is not namespace/job/run id with the run id a "
+        "UUID (Airflow's lineage_parent_id macro gives one): the run's OpenLineage events "
+        "name no parent run"]
+
+
 def test_a_server_that_does_not_answer_costs_a_note(churn: Path, workdir: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
