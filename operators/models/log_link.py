@@ -78,8 +78,10 @@ def start_score(loss: str, low: float, high: float, mean: float, label: str,
             f"{loss} (its gradients' sums would overflow float64; labels up to "
             f"{LARGEST_GRADIENT ** (1 / growth):g} fit)",
             hint=f"derive the label in larger units, e.g. \"{quote_name(label)} / "
-                 f"1e{math.ceil(math.log10(high))}\", and scale the predictions back; or "
-                 "choose loss: gamma, which fits labels of any size")
+                 f"1e{math.ceil(math.log10(high))}\", and scale the predictions back"
+                 # gamma takes positive labels only: no choice for labels with zeros
+                 + ("; or choose loss: gamma, which fits labels of any size" if low > 0
+                    else ""))
     return math.log(mean)
 
 

@@ -246,12 +246,19 @@ def test_the_larger_units_a_label_too_large_is_told_fit(label: str) -> None:
     table = pa.table({"x": x, label: np.exp(0.5 * x) * 1e250})
     with pytest.raises(DataError, match="too large for loss: poisson") as error:
         fit(LinearRegression(label=label, loss="poisson"), [table])
+    assert "choose loss: gamma" in (error.value.hint or "")  # the labels are positive
     told = re.search(r'e\.g\. "(.+?)"', error.value.hint or "")
     assert told is not None, error.value.hint
     derived = ds.dataset(table).to_table(
         columns={"x": pc.field("x"), "scaled": parse_expression(told.group(1), table.schema)})
     model = fit(LinearRegression(label="scaled", loss="poisson"), [derived])
     assert model.state()[1]["coef"] == pytest.approx([0.5], rel=1e-6)
+    # with zeros among the labels (tweedie's usual case) gamma, which refuses them, is
+    # not offered
+    zeros = table.set_column(1, label, pa.array(np.where(x > 0, table[label], 0.0)))
+    with pytest.raises(DataError, match="too large for loss: tweedie") as error:
+        fit(LinearRegression(label=label, loss="tweedie", tweedie_power=1.2), [zeros])
+    assert "gamma" not in (error.value.hint or "")
 
 
 @pytest.mark.parametrize(("params", "match", "hint"), [
