@@ -294,6 +294,14 @@ def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> Pipe
     if not isinstance(name, str) or not name:
         problems.append(Problem(file, doc.key_lines.get("pipeline", 1),
                                 "`pipeline:` (the pipeline's name) is required"))
+    elif name in (".", "..") or re.search(r"[/\\\x00-\x1f\x7f]", name):
+        # the name is the folder of its run records (runs/<pipeline>/): '../x' wrote them
+        # outside the runs folder, a newline into a folder no listing showed
+        problems.append(Problem(file, doc.key_lines["pipeline"],
+                                f"`pipeline:` {name!r} cannot be a folder's name (its run "
+                                "records' folder: runs/<pipeline>/): no '/', '\\', line "
+                                "breaks or other control characters, not '.' or '..' "
+                                "(e.g. churn_train)"))
     else:
         spec.name = name
     spec.description = doc.get("description")

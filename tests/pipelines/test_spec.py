@@ -253,6 +253,26 @@ def test_structure_problems(workdir: Path) -> None:
     assert any("step id 'w' is used twice" in p for p in found), found
 
 
+@pytest.mark.parametrize("name", ["../../escape", "churn/daily", "a\nb", "..", "a\\b"])
+def test_a_pipeline_name_that_cannot_be_a_folder_is_a_problem(churn: Path, workdir: Path,
+                                                              name: str) -> None:
+    """The name is its run records' folder: '../../escape' wrote them outside the runs
+    folder, 'a\\nb' into a folder with a line break. Spaces and accents are names."""
+    def found(name: str) -> list[str]:
+        return problems(write_pipeline(workdir, f"""
+            pipeline: {json.dumps(name)}
+            steps:
+              - op: read_parquet
+                path: data/churn
+            """))
+
+    assert found(name) == [
+        f"{workdir / 'pipeline.yaml'}:1: `pipeline:` {name!r} cannot be a folder's name (its "
+        "run records' folder: runs/<pipeline>/): no '/', '\\', line breaks or other control "
+        "characters, not '.' or '..' (e.g. churn_train)"]
+    assert found("churn train é") == []
+
+
 @pytest.mark.parametrize("step_id", ["rows\n", "a b", "1st", ""])
 def test_a_step_id_that_is_no_name_is_a_problem(churn: Path, workdir: Path,
                                                 step_id: str) -> None:
