@@ -119,6 +119,7 @@ class VectorColumns(Transform):
         return pa.schema(fields, metadata=schema.metadata)
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        require_columns(part.schema, self.params.columns)
         vectors = set(self.params.columns)
         names: list[str] = []
         columns: list[pa.ChunkedArray] = []
