@@ -347,7 +347,10 @@ def _reads_output(path: str, out: str, partitions: int) -> str | None:
 
     if out == os.path.abspath(re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0] or "."):
         return None  # the glob's own folder, overwritten in place
-    matches = re.compile(glob_translate(os.path.abspath(path))).match
+    try:
+        matches = re.compile(glob_translate(os.path.abspath(path))).match
+    except (ValueError, re.error):  # no glob fsspec takes: the read says so itself
+        return None
     file = os.path.join(out, *["key=value"] * partitions,
                         "part-20260101T000000Z-000000-00000.parquet")  # a name it writes
     folders = [out]

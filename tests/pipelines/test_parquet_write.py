@@ -506,6 +506,9 @@ def test_an_output_inside_the_folder_the_pipeline_reads_is_refused(workdir: Path
             f"{workdir / 'pipeline.yaml'}:7: step 'write_parquet' (write_parquet): output "
             f"'{write}' is matched by '{read}', which step 'rows' reads: the next run would "
             "read these rows as input too (write it outside that folder)"], (read, write)
+    # a pattern that is no glob is the read's problem alone (a ValueError's traceback)
+    (bad,) = problems('"data/***"', "data/out")
+    assert "step 'rows' (read_parquet): 'data/***' is not a glob" in bad
     for read, write in [("data/ds=1/*.parquet", "data/ds=1"), ("data/**", "data"),
                         ("data/ds=1/*.parquet", "data/ds=1/out")]:
         assert problems(f'"{read}"', write) == [], (read, write)
