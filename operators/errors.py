@@ -7,7 +7,7 @@ history, without importing the operators (``operators.base`` imports these names
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 
 class SluiceError(Exception):
@@ -70,7 +70,8 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
         error = error.__cause__ or error.__context__
 
 
-def suggest(name: str, choices: Iterable[str]) -> str:
-    """' did you mean 'x'?' for the closest of choices, or ''."""
+def suggest(name: str, choices: Iterable[str], shown: Mapping[str, str] | None = None) -> str:
+    """' did you mean 'x'?' for the closest of choices (said as ``shown`` has it, where
+    given: a file's name as the path to it), or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return f"; did you mean '{(shown or {}).get(close[0], close[0])}'?" if close else ""

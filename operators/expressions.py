@@ -2079,7 +2079,16 @@ def _type_error(
     hints = []
     temporal = [t for t in arg_types if pa.types.is_timestamp(t) or pa.types.is_date(t)]
     if temporal and any(pa.types.is_string(t) for t in arg_types):
-        hints.append("write dates as date '2026-11-28' or timestamp '2026-11-28 10:00:00'")
+        texts = [child for child, t in zip(_children(node), arg_types, strict=False)
+                 if pa.types.is_string(t)]
+        # a column of dates as text is cast; a literal is written as a date
+        columns = [child.name for child in texts if isinstance(child, _Column)]
+        if columns:
+            hints.append(f"a column of dates as text is cast to one first: "
+                         f"cast({quote_name(columns[0])} as date), or as timestamp")
+        if len(columns) < len(texts):
+            hints.append("write dates as date '2026-11-28' or timestamp "
+                         "'2026-11-28 10:00:00'")
     zones = {t.tz is not None for t in arg_types if pa.types.is_timestamp(t)}
     if zones == {True, False}:
         hints.append(

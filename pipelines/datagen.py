@@ -207,8 +207,14 @@ def foreign_files(out: str | Path) -> list[str]:
     rows that a read of ``out`` would mix with the generated ones."""
     if not os.path.isdir(out):
         return []
-    return sorted(name for name in os.listdir(out)
-                  if name.endswith(".parquet") and not PART.match(name))
+    found = []
+    for folder, dirs, names in os.walk(out):  # a read of out takes its folders' files too
+        dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]  # as a read skips them
+        below = os.path.relpath(folder, out)
+        found += [name if below == "." else os.path.join(below, name) for name in names
+                  if name.endswith(".parquet") and not name.startswith(("_", "."))
+                  and not (below == "." and PART.match(name))]
+    return sorted(found)
 
 
 def generate(kind: str, rows: int, out: str | Path, *, files: int = 1, seed: int = 0,

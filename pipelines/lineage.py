@@ -30,13 +30,23 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from operators.io.fs import is_url
+
 SPEC = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
 PRODUCER = "https://github.com/sluice-pipelines/sluice"
-SCHEMA_FACET = "https://openlineage.io/spec/facets/1-1-1/SchemaDatasetFacet.json"
-STATS_FACET = ("https://openlineage.io/spec/facets/1-0-2/"
-               "OutputStatisticsOutputDatasetFacet.json")
-PARENT_FACET = "https://openlineage.io/spec/facets/1-1-0/ParentRunFacet.json"
-JOB_TYPE_FACET = "https://openlineage.io/spec/facets/2-0-3/JobTypeJobFacet.json"
+
+
+def _facet_url(version: str, name: str) -> str:
+    """A facet's ``_schemaURL``: the JSON Pointer to its definition in its schema file
+    (as the event's ``schemaURL`` points at ``RunEvent``)."""
+    return f"https://openlineage.io/spec/facets/{version}/{name}.json#/$defs/{name}"
+
+
+SCHEMA_FACET = _facet_url("1-1-1", "SchemaDatasetFacet")
+STATS_FACET = _facet_url("1-0-2", "OutputStatisticsOutputDatasetFacet")
+PARENT_FACET = _facet_url("1-1-0", "ParentRunFacet")
+JOB_TYPE_FACET = _facet_url("2-0-3", "JobTypeJobFacet")
+ERROR_FACET = _facet_url("1-0-1", "ErrorMessageRunFacet")
 ENDPOINT = "api/v1/lineage"
 TIMEOUT = 5.0
 ENDS = {"succeeded": "COMPLETE", "failed": "FAIL", "interrupted": "ABORT"}
@@ -51,11 +61,10 @@ def dataset(path: str, schema: pa.Schema | None = None) -> dict[str, Any]:
     """A dataset as OpenLineage names it (``file`` and the absolute path, or the
     URL's scheme and bucket and the key), with its columns where known."""
     parts = urlsplit(path)
-    if parts.scheme and parts.scheme != "file" and parts.netloc:
+    if is_url(path) and parts.netloc:
         namespace, name = f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/") or "/"
-    else:
-        namespace = "file"
-        name = os.path.abspath(parts.path if parts.scheme == "file" else path)
+    else:  # the file the run reads or writes (``operators.io.fs.resolve``'s)
+        namespace, name = "file", os.path.abspath(path.removeprefix("file://"))
     out: dict[str, Any] = {"namespace": namespace, "name": name, "facets": {}}
     if schema is not None:
         out["facets"]["schema"] = {
@@ -89,22 +98,42 @@ class Lineage:
                    env.get("OPENLINEAGE_API_KEY") or None,
                    env.get("OPENLINEAGE_PARENT_ID") or None)
 
+    def _parent(self) -> tuple[str, str, str] | None:
+        """The parent run's namespace, job and run id, where ``parent`` gives them."""
+        if not self.parent or self.parent.count("/") < 2:
+            return None
+        namespace, rest = self.parent.split("/", 1)
+        job, run_id = rest.rsplit("/", 1)
+        try:
+            uuid.UUID(run_id)
+        except ValueError:
+            return None
+        return (namespace, job, run_id) if namespace and job else None
+
+    def parent_problem(self) -> str | None:
+        """Why ``OPENLINEAGE_PARENT_ID`` names no parent run, where it is set and does
+        not: its events then leave the parent out (a run id that is no UUID made servers
+        refuse every event of the run)."""
+        if self.parent is None or self._parent() is not None:
+            return None
+        return (f"OPENLINEAGE_PARENT_ID '{self.parent}' is not namespace/job/run id with "
+                "the run id a UUID (Airflow's lineage_parent_id macro gives one): the "
+                "run's OpenLineage events name no parent run")
+
     def event(self, kind: str, record: dict[str, Any], inputs: list[dict[str, Any]],
               outputs: list[dict[str, Any]]) -> dict[str, Any]:
         """An OpenLineage RunEvent of the run ``record`` describes."""
         facets: dict[str, Any] = {}
-        if self.parent and self.parent.count("/") >= 2:
-            namespace, rest = self.parent.split("/", 1)
-            job, parent_run = rest.rsplit("/", 1)
+        parent = self._parent()
+        if parent is not None:
+            namespace, job, parent_run = parent
             facets["parent"] = {"_producer": PRODUCER, "_schemaURL": PARENT_FACET,
                                 "run": {"runId": parent_run},
                                 "job": {"namespace": namespace, "name": job}}
         if kind == "FAIL" and record.get("error"):
             facets["errorMessage"] = {
                 "_producer": PRODUCER, "message": record["error"],
-                "programmingLanguage": "python",
-                "_schemaURL": "https://openlineage.io/spec/facets/1-0-1/"
-                              "ErrorMessageRunFacet.json"}
+                "programmingLanguage": "python", "_schemaURL": ERROR_FACET}
         return {
             "eventType": kind,
             "eventTime": datetime.now(UTC).isoformat(timespec="milliseconds")

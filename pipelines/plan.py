@@ -313,25 +313,52 @@ def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
 
 
 def _check_outputs_outside_inputs(plan: Plan) -> None:
-    """A write into a folder below one the pipeline reads (all of it, no manifest) is a
-    problem: the next run would read the rows written as input too (5,000 rows, then
-    10,000...). The same folder is not: overwrite replaces what it read, atomically."""
-    reads = [(step, os.path.abspath(step.op.params.path)) for step in plan.steps
-             if isinstance(step.op, ReadParquet) and not is_url(step.op.params.path)
-             and not re.search(r"[*?\[]", step.op.params.path)
-             and os.path.isdir(step.op.params.path)
-             and not os.path.exists(os.path.join(step.op.params.path, MANIFEST))]
+    """A write into a folder below one the pipeline reads (all of it, no manifest), or
+    that a glob it reads matches, is a problem: the next run would read the rows written
+    as input too (5,000 rows, then 10,000...). The same folder is not: overwrite replaces
+    what it read, atomically."""
+    reads = [step for step in plan.steps
+             if isinstance(step.op, ReadParquet) and not is_url(step.op.params.path)]
     for step in plan.steps:
         if not isinstance(step.op, WriteParquet) or is_url(step.op.params.path):
             continue
         out = os.path.abspath(step.op.params.path)
-        for read, folder in reads:
-            if out.startswith(folder.rstrip(os.sep) + os.sep):
+        for read in reads:
+            where = _reads_output(read.op.params.path, out,
+                                  len(step.op.params.partition_by or []))
+            if where:
                 plan.problems.append(Problem(
                     plan.spec.file, step.spec.line_of("path"),
-                    f"output '{step.op.params.path}' is inside '{read.op.params.path}', "
+                    f"output '{step.op.params.path}' is {where} '{read.op.params.path}', "
                     f"which step '{read.id}' reads: the next run would read these rows as "
                     "input too (write it outside that folder)", step=step.id, op=step.spec.op))
+
+
+def _reads_output(path: str, out: str, partitions: int) -> str | None:
+    """How a read of local ``path`` would take the files a write makes in folder ``out``
+    (``partitions`` folders deep): "inside" a folder it reads whole, "matched by" a glob
+    that names the folder, a folder above it or its files (as ``read_parquet`` globs:
+    a folder matched stands for its files); None where it would not."""
+    if not re.search(r"[*?\[]", path):
+        inside = (os.path.isdir(path) and not os.path.exists(os.path.join(path, MANIFEST))
+                  and out.startswith(os.path.abspath(path).rstrip(os.sep) + os.sep))
+        return "inside" if inside else None
+    from fsspec.utils import glob_translate
+
+    if out == os.path.abspath(re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0] or "."):
+        return None  # the glob's own folder, overwritten in place
+    try:
+        matches = re.compile(glob_translate(os.path.abspath(path))).match
+    except (ValueError, re.error):  # no glob fsspec takes: the read says so itself
+        return None
+    file = os.path.join(out, *["key=value"] * partitions,
+                        "part-20260101T000000Z-000000-00000.parquet")  # a name it writes
+    folders = [out]
+    while os.path.dirname(folders[-1]) != folders[-1]:
+        folders.append(os.path.dirname(folders[-1]))
+    # a folder matched stands for its files, but one with a manifest for the files it lists
+    folders = [f for f in folders if not os.path.exists(os.path.join(f, MANIFEST))]
+    return "matched by" if any(matches(p) for p in [file, *folders]) else None
 
 
 def _naming(s: StepSpec, other: str) -> tuple[str, int]:

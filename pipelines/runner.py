@@ -778,6 +778,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     if lineage is not None:
         record["openlineage"] = {"url": lineage.url, "namespace": lineage.namespace,
                                  "run_id": run_uuid(run_id)}
+        if notify and (problem := lineage.parent_problem()):
+            notify(problem)
         _lineage_event(lineage, "START", plan, record, notify)
     try:
         if any(isinstance(s.op, Shuffle) for s in plan.steps):

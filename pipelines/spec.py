@@ -23,7 +23,7 @@ STEP_KEYS = ("id", "op", "input", "device", "dtype", "tune", "tune_metric", "tun
 # where a pipeline's or a step's numeric kernels run, and in which dtype
 PLACEMENT_KEYS = {"device": DEVICES, "dtype": DTYPES}
 _PARAM_REF = re.compile(r"\$\{([^}]*)\}")
-_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -170,11 +170,14 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, str]:
         return line, what
     lines = text.splitlines()
     source = lines[mark.line] if mark.line < len(lines) else ""
-    value = source.split(": ", 1)[1].strip() if ": " in source else ""
+    key, _, value = source.partition(": ")
+    value = value.strip()
     if value[:1] in ("'", '"') and what.endswith("a value"):
-        other = '"' if value[0] == "'" else "'"
+        # the whole value in the other quotes, escaped as YAML reads them back
+        quoted = ("'" + value.replace("'", "''") + "'" if value[0] == '"' else
+                  '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
         return line, (f"text after the quoted part of a value: quote all of it, in "
-                      f"{other}: {other}{value}{other}")
+                      f"{key.strip().removeprefix('- ')}: {quoted}")
     return line, f"{what} (check the indentation of the block that starts on line " \
                  f"{start.line + 1})"
 
@@ -291,6 +294,14 @@ def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> Pipe
     if not isinstance(name, str) or not name:
         problems.append(Problem(file, doc.key_lines.get("pipeline", 1),
                                 "`pipeline:` (the pipeline's name) is required"))
+    elif name in (".", "..") or re.search(r"[/\\\x00-\x1f\x7f]", name):
+        # the name is the folder of its run records (runs/<pipeline>/): '../x' wrote them
+        # outside the runs folder, a newline into a folder no listing showed
+        problems.append(Problem(file, doc.key_lines["pipeline"],
+                                f"`pipeline:` {name!r} cannot be a folder's name (its run "
+                                "records' folder: runs/<pipeline>/): no '/', '\\', line "
+                                "breaks or other control characters, not '.' or '..' "
+                                "(e.g. churn_train)"))
     else:
         spec.name = name
     spec.description = doc.get("description")
@@ -343,7 +354,7 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
             problems.append(Problem(file, line, "`op:` is required", step=label))
             continue
         if explicit:
-            if not isinstance(step_id, str) or not _ID.match(step_id):
+            if not isinstance(step_id, str) or not _ID.fullmatch(step_id):
                 problems.append(Problem(file, raw.key_lines["id"],
                                         f"step id {step_id!r} must be a name (letters, digits, "
                                         "_ . -)", op=op))
@@ -421,9 +432,10 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> PipelineS
         spec = PipelineSpec(file=file, name=Path(file).stem, params={}, steps=[])
         close = ""
         if isinstance(exc, FileNotFoundError) and Path(path).parent.is_dir():
-            names = [p.name for p in Path(path).parent.iterdir()
-                     if p.suffix in (".yaml", ".yml")]
-            close = suggest(Path(path).name, names)
+            # the closest name, said as the path to give (in the folder given)
+            beside = {p.name: str(Path(path).parent / p.name)
+                      for p in Path(path).parent.iterdir() if p.suffix in (".yaml", ".yml")}
+            close = suggest(Path(path).name, beside, beside)
         spec.problems.append(Problem(file, 0, f"cannot read the file: "
                                               f"{exc.strerror or exc}{close}"))
         return spec

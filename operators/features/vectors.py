@@ -119,17 +119,21 @@ class VectorColumns(Transform):
         return pa.schema(fields, metadata=schema.metadata)
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        out = part
-        for name in self.params.columns:
-            at = out.schema.get_field_index(name)
-            size = self._size(out.schema.field(name))
-            columns = _positions(out.column(name), name, size)
-            if not self.params.keep:
-                out = out.remove_column(at)
-                at -= 1
-            for j, values in enumerate(columns):
-                out = out.add_column(at + 1 + j, f"{name}_{j}", values)
-        return out
+        require_columns(part.schema, self.params.columns)
+        vectors = set(self.params.columns)
+        names: list[str] = []
+        columns: list[pa.ChunkedArray] = []
+        for field, column in zip(part.schema, part.columns, strict=True):
+            if field.name not in vectors or self.params.keep:
+                names.append(field.name)
+                columns.append(column)
+            if field.name in vectors:
+                size = self._size(field)
+                names += _names(field.name, size)
+                columns += _positions(column, field.name, size)
+        # one table of all the columns: a column added at a time cost more than the
+        # numbers' copy (0.15 s a partition of 1,536 positions)
+        return pa.Table.from_arrays(columns, names=names, metadata=part.schema.metadata)
 
 
 def _names(column: str, size: int) -> list[str]:

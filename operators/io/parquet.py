@@ -456,7 +456,13 @@ class ReadParquet(Source):
               manifests: _Manifests) -> list[str]:
         """The data files a glob names; a directory it matches stands for its data files."""
         files: list[str] = []
-        for path, info in sorted(loc.fsspec_fs.glob(pattern, detail=True).items()):
+        try:
+            found = loc.fsspec_fs.glob(pattern, detail=True)
+        except ValueError as exc:  # not a pattern: no file to call corrupt
+            raise DataError(f"'{self.params.path}' is not a glob read_parquet takes: {exc}",
+                            hint="** stands alone between slashes (data/**/*.parquet); *, ? "
+                                 "and [...] match within a name") from None
+        for path, info in sorted(found.items()):
             path = path.rstrip("/")
             if _hidden(posixpath.relpath(path, base)):
                 continue
@@ -469,7 +475,8 @@ class ReadParquet(Source):
                 files.extend(self._listed(manifest, path))
             else:
                 files.extend(self._directory_files(loc, path, manifests))
-        return files
+        # ``**`` matches a folder and the files in it: each file is read once
+        return list(dict.fromkeys(files))
 
     def _listed(self, manifest: dict[str, Any], directory: str) -> list[str]:
         """The data files a sluice manifest lists, checked to lie inside its directory."""

@@ -32,6 +32,7 @@ from operators.base import (
     require_columns,
 )
 from operators.evaluate.metrics import DEFAULT_METRICS, MetricAccumulator
+from operators.expressions import quote_name
 from operators.hashing import chosen_rows
 
 PREDICTION = "prediction"
@@ -420,7 +421,17 @@ def unit_rows(X: Any, features: list[str], xp: Any, step: str) -> Any:
     """The rows of ``X`` divided by their Euclidean norms: their directions, what cosine
     distances compare (``1 - cos = |a - b|^2 / 2`` of unit rows). A row of all zeros has
     no direction: a DataError naming the columns (MLlib refuses zero vectors too)."""
-    norms = xp.sqrt(xp.sum(X * X, axis=1))
+    with np.errstate(over="ignore", under="ignore"):  # such rows are measured again
+        norms = xp.sqrt(xp.sum(X * X, axis=1))
+    lost = ~xp.isfinite(norms) | (norms == 0)
+    if bool(xp.any(lost)):
+        # squares past the float range (1e155 in float64) or below it (1e-162): each
+        # such row's norm of the row divided by its largest value, as BLAS's nrm2 does
+        # (its direction is the same; a row of zeros stays one)
+        largest = xp.max(xp.abs(X), axis=1)
+        scale = xp.where(largest > 0, largest, xp.ones_like(largest))
+        scaled = X / scale[:, None]
+        norms = xp.where(lost, largest * xp.sqrt(xp.sum(scaled * scaled, axis=1)), norms)
     if bool(xp.any(norms == 0)):
         zeros = int(np.count_nonzero(to_numpy(norms) == 0))
         raise DataError(f"{step}: {zeros} rows have every feature 0 ({', '.join(features)}): "
@@ -614,7 +625,8 @@ def label_column(part: pa.Table, label: str) -> pa.Array:
     if column.null_count:
         raise DataError(
             f"label column '{label}' has {column.null_count} null values",
-            hint=f"filter them out (read_parquet filter: \"{label} is not null\") or impute them")
+            hint=f"filter them out (read_parquet filter: \"{quote_name(label)} is not null\") "
+                 "or impute them")
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
@@ -622,8 +634,9 @@ def label_column(part: pa.Table, label: str) -> pa.Array:
         bad = len(array) - (pc.sum(pc.is_finite(array)).as_py() or 0)
         if bad:
             raise DataError(f"label column '{label}' has {bad} NaN or infinite values",
-                            hint=f"filter them out (read_parquet filter: \"{label} is not "
-                                 "null\") or impute them")
+                            hint=f"filter them out (read_parquet filter: "
+                                 f"\"abs({quote_name(label)}) < 1e308\", which keeps the "
+                                 "finite labels: NaN is not null) or impute them")
     return array
 
 

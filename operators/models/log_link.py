@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from operators.base import DataError, ParamError
+from operators.expressions import quote_name
 
 LOG_LINK = ("poisson", "gamma", "tweedie")
 """The losses whose prediction is the exp of the raw score."""
@@ -76,9 +77,11 @@ def start_score(loss: str, low: float, high: float, mean: float, label: str,
             f"label column '{label}' has values up to {high:g}, too large for loss: "
             f"{loss} (its gradients' sums would overflow float64; labels up to "
             f"{LARGEST_GRADIENT ** (1 / growth):g} fit)",
-            hint=f"derive the label in larger units, e.g. \"{label} / "
-                 f"1e{math.ceil(math.log10(high))}\", and scale the predictions back; or "
-                 "choose loss: gamma, which fits labels of any size")
+            hint=f"derive the label in larger units, e.g. \"{quote_name(label)} / "
+                 f"1e{math.ceil(math.log10(high))}\", and scale the predictions back"
+                 # gamma takes positive labels only: no choice for labels with zeros
+                 + ("; or choose loss: gamma, which fits labels of any size" if low > 0
+                    else ""))
     return math.log(mean)
 
 

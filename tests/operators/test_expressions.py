@@ -731,6 +731,10 @@ def test_wrong_arity(text: str, fragment: str) -> None:
      ("tenure and flag", ["'and' needs true/false values", "int64"], "and"),
      ("not region", ["'not' needs true/false values", "string"], "not"),
      ("d > '2026-01-01'", ["cannot compare date32[day] and string", "date '2026-11-28'"], ">"),
+     # a text column of dates: cast it (not "write dates as date '...'", a literal's fix)
+     ("days_between(region, d)", ["days_between() to string and date32[day]",
+                                  "cast(region as date), or as timestamp"], "days_between"),
+     ("d > region", ["cannot compare", "cast(region as date)"], ">"),
      ("tsz > timestamp '2026-01-01 00:00:00'", ["timestamp[us, tz=UTC]", "time zone"], ">"),
      ("ts between date '2026-01-01' and timestamp '2027-01-01 00:00:00Z'",
       ["timestamp[us, tz=UTC]", "time zone"], "between"),

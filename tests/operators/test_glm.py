@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_pipeline
@@ -231,6 +233,32 @@ def test_labels_too_large_for_the_loss_are_a_data_error(loss: str, power: float,
     assert "derive the label in larger units" in error.value.hint
     model = fit(LinearRegression(label="y", loss="gamma"), [table])
     assert model.state()[1]["coef"] == pytest.approx([0.5], rel=1e-6)
+
+
+@pytest.mark.parametrize("label", ["y", "claim amount"])
+def test_the_larger_units_a_label_too_large_is_told_fit(label: str) -> None:
+    """The derive the hint gives is an expression of the label (quoted where its name
+    needs it) whose values the loss takes."""
+    from operators.expressions import parse_expression
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(300)
+    table = pa.table({"x": x, label: np.exp(0.5 * x) * 1e250})
+    with pytest.raises(DataError, match="too large for loss: poisson") as error:
+        fit(LinearRegression(label=label, loss="poisson"), [table])
+    assert "choose loss: gamma" in (error.value.hint or "")  # the labels are positive
+    told = re.search(r'e\.g\. "(.+?)"', error.value.hint or "")
+    assert told is not None, error.value.hint
+    derived = ds.dataset(table).to_table(
+        columns={"x": pc.field("x"), "scaled": parse_expression(told.group(1), table.schema)})
+    model = fit(LinearRegression(label="scaled", loss="poisson"), [derived])
+    assert model.state()[1]["coef"] == pytest.approx([0.5], rel=1e-6)
+    # with zeros among the labels (tweedie's usual case) gamma, which refuses them, is
+    # not offered
+    zeros = table.set_column(1, label, pa.array(np.where(x > 0, table[label], 0.0)))
+    with pytest.raises(DataError, match="too large for loss: tweedie") as error:
+        fit(LinearRegression(label=label, loss="tweedie", tweedie_power=1.2), [zeros])
+    assert "gamma" not in (error.value.hint or "")
 
 
 @pytest.mark.parametrize(("params", "match", "hint"), [

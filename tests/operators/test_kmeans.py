@@ -658,6 +658,27 @@ def test_cosine_held_out_silhouette_is_evaluate_clusters_cosine() -> None:
                                          rel=1e-12)
 
 
+@pytest.mark.parametrize("xp", [NUMPY, STRICT], ids=["numpy", "array_api_strict"])
+def test_cosine_takes_rows_of_any_length(xp: Any) -> None:
+    """A row's direction whatever its length: rows of 1e200 (their squares past float64,
+    made zero rows) and of 1e-200 (their squares 0, refused as zero rows) cluster as the
+    same rows of ordinary lengths, and their distances are the same."""
+    X, _ = directional(300)
+    scaled = X.copy()
+    scaled[::3] *= 1e200
+    scaled[1::3] *= 1e-200
+    params = {"k": 4, "init": X[[0, 1, 2, 3]].tolist(), "tol": 0.0, "distance": True,
+              "distance_measure": "cosine"}
+    model, metrics = fit_state(KMeans(**params), split(table_of(X), 2), xp)
+    again, metrics_again = fit_state(KMeans(**params), split(table_of(scaled), 2), xp)
+    np.testing.assert_allclose(again.centres, model.centres, rtol=1e-12, atol=1e-14)
+    assert metrics_again["inertia"] == pytest.approx(metrics["inertia"], rel=1e-12)
+    out, out_again = model.transform(table_of(X), xp), again.transform(table_of(scaled), xp)
+    assert out_again.column("prediction").equals(out.column("prediction"))
+    np.testing.assert_allclose(out_again.column("distance").to_numpy(),
+                               out.column("distance").to_numpy(), atol=1e-12)
+
+
 def test_cosine_zero_rows_are_data_errors_naming_the_columns() -> None:
     X, _ = directional(300)
     X[[5, 9]] = 0.0

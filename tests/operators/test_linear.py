@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -221,7 +222,8 @@ def _small(**overrides: Any) -> pa.Table:
     (_small(n=pa.array([1, None, 2, 3])), {}, "feature column 'n' has 1 null", "impute"),
     (_small(w=[1.0, -1.0, 1.0, 1.0]), {"weight": "w"}, "weight column 'w'", ">= 0"),
     (_small(w=[0.0, 0.0, 0.0, 0.0]), {"weight": "w"}, "sum to zero", "positive weight"),
-    (_small(y=[1.0, float("nan"), 2.0, 3.0]), {}, "label column 'y' has 1 NaN", "is not null"),
+    (_small(y=[1.0, float("nan"), 2.0, 3.0]), {}, "label column 'y' has 1 NaN",
+     "abs(y) < 1e308"),
 ])
 def test_bad_data_is_a_data_error(table: pa.Table, params: dict[str, Any], match: str,
                                   hint: str) -> None:
@@ -229,6 +231,31 @@ def test_bad_data_is_a_data_error(table: pa.Table, params: dict[str, Any], match
     with pytest.raises(DataError, match=match) as info:
         fit(estimator, split(table, 2))
     assert hint in (info.value.hint or "")
+
+
+@pytest.mark.parametrize("label", ["y", "y 2"])
+def test_the_filter_a_bad_label_is_told_keeps_the_good_rows(label: str) -> None:
+    """NaN is not null: the filter the hint gives leaves out the NaN and infinite labels
+    (\"y is not null\", told before, kept them all) and the rows left fit; a null label's
+    filter leaves out the nulls (the name quoted where it needs it)."""
+    from operators.expressions import parse_filter
+
+    table = _small().rename_columns(["x", "n", label, "w"])
+    bad = table.set_column(2, label, pa.array([1.0, float("nan"), float("inf"), -float("inf")]))
+    with pytest.raises(DataError, match="3 NaN or infinite") as info:
+        fit(LinearRegression(label=label), [bad])
+    told = re.search(r'filter: "(.+?)"', info.value.hint or "")
+    assert told is not None, info.value.hint
+    kept = bad.filter(parse_filter(told.group(1), bad.schema))
+    assert kept.column(label).to_pylist() == [1.0]
+    fit(LinearRegression(label=label), [kept])
+    nulls = table.set_column(2, label, pa.array([1.0, None, 2.0, None]))
+    with pytest.raises(DataError, match="2 null values") as info:
+        fit(LinearRegression(label=label), [nulls])
+    told = re.search(r'filter: "(.+?)"', info.value.hint or "")
+    assert told is not None, info.value.hint
+    kept = nulls.filter(parse_filter(told.group(1), nulls.schema))
+    assert kept.column(label).to_pylist() == [1.0, 2.0]
 
 
 def test_empty_training_set() -> None:

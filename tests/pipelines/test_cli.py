@@ -204,6 +204,12 @@ def test_datagen_again_replaces_its_files_and_refuses_other_ones(workdir: Path) 
     assert mixed.stderr == ("error: --out 'd' holds Parquet files datagen did not write "
                             "(mine.parquet): a read of the folder would mix their rows with "
                             "the new ones (pass an empty or new folder as --out)\n")
+    (workdir / "d" / "mine.parquet").unlink()
+    (workdir / "d" / "ds=1").mkdir()  # a folder below: a read of d takes its files too
+    pq.write_table(pq.read_table(workdir / "d"), workdir / "d" / "ds=1" / "part-00000.parquet")
+    below = datagen("d", "100", "1")
+    assert below.returncode == 1 and f"({os.path.join('ds=1', 'part-00000.parquet')})" in \
+        below.stderr, below.stderr
     (workdir / "afile").write_text("")
     unwritable = datagen("afile/d", "100", "1")
     assert unwritable.returncode == 1 and "Traceback" not in unwritable.stderr

@@ -86,6 +86,30 @@ def _fields(item: dict[str, Any]) -> list[str]:
     return [f["name"] for f in item["facets"]["schema"]["fields"]]
 
 
+def _facet_schema_urls(value: Any) -> dict[str, str]:
+    """Each facet's ``_schemaURL`` in an event, by its name."""
+    if isinstance(value, list):
+        return {k: v for item in value for k, v in _facet_schema_urls(item).items()}
+    if not isinstance(value, dict):
+        return {}
+    found = {k: v["_schemaURL"] for k, v in value.items()
+             if isinstance(v, dict) and "_schemaURL" in v}
+    for item in value.values():
+        found.update(_facet_schema_urls(item))
+    return found
+
+
+def _assert_facets_point_at_their_definitions(events: list[dict[str, Any]]) -> set[str]:
+    """OpenLineage's ``_schemaURL`` is a JSON Pointer to the facet's definition, as every
+    producer writes it (``SchemaDatasetFacet.json#/$defs/SchemaDatasetFacet``)."""
+    urls = {k: v for event in events for k, v in _facet_schema_urls(event).items()}
+    for url in urls.values():
+        file, _, pointer = url.partition("#")
+        assert file.startswith("https://openlineage.io/spec/facets/"), url
+        assert pointer == "/$defs/" + file.rsplit("/", 1)[1].removesuffix(".json"), url
+    return set(urls)
+
+
 def test_a_run_sends_start_and_complete_with_what_it_read_and_wrote(
         churn: Path, workdir: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENLINEAGE_NAMESPACE", "nightly")
@@ -99,6 +123,8 @@ def test_a_run_sends_start_and_complete_with_what_it_read_and_wrote(
                                      "run_id": run_id}
     assert complete["job"]["namespace"] == "nightly"
     assert complete["job"]["name"] == "churn_lineage"
+    assert _assert_facets_point_at_their_definitions([start, complete]) == {
+        "jobType", "schema", "outputStatistics"}
     for event in (start, complete):
         assert event["schemaURL"].startswith("https://openlineage.io/spec/2-0-2/")
         assert event["eventTime"].endswith("Z")
@@ -153,12 +179,33 @@ def test_a_failed_run_sends_fail_with_its_error_and_the_parent_run(
         for p in sorted((workdir / "runs" / "churn_lineage").glob("*.json"))
         if json.loads(p.read_text())["status"] == "failed"]  # its model; not the write
     assert server.requests[0]["headers"]["Authorization"] == "Bearer s3cret"
+    assert {"parent", "errorMessage"} <= _assert_facets_point_at_their_definitions([end])
 
     monkeypatch.setenv("OPENLINEAGE_DISABLED", "true")
     before = len(server.events)
     with pytest.raises(SluiceError):
         run(path.name)
     assert len(server.events) == before  # disabled: nothing sent
+
+
+@pytest.mark.parametrize("parent", ["airflow/nightly_dag.train/scheduled__2026-11-30",
+                                    "nightly_dag.train"])
+def test_a_parent_id_that_names_no_run_costs_a_note_not_the_events(
+        churn: Path, workdir: Path, server: Server, monkeypatch: pytest.MonkeyPatch,
+        parent: str) -> None:
+    """A parent run id that is no UUID made every event of the run one a server refuses
+    (the facet's runId is a uuid), and one without namespace/job/ was dropped silently:
+    the events go without the parent, and a note says why."""
+    monkeypatch.setenv("OPENLINEAGE_PARENT_ID", parent)
+    said: list[str] = []
+    run(write_pipeline(workdir, TRAIN_AND_SCORE).name, openlineage=server.url,
+        notify=said.append)
+    assert [e["eventType"] for e in server.events] == ["START", "COMPLETE"]
+    assert all("parent" not in e["run"]["facets"] for e in server.events)
+    assert [n for n in said if "OPENLINEAGE_PARENT_ID" in n] == [
+        f"OPENLINEAGE_PARENT_ID '{parent}' is not namespace/job/run id with the run id a "
+        "UUID (Airflow's lineage_parent_id macro gives one): the run's OpenLineage events "
+        "name no parent run"]
 
 
 def test_a_server_that_does_not_answer_costs_a_note(churn: Path, workdir: Path) -> None:
@@ -182,3 +229,5 @@ def test_datasets_are_named_as_openlineage_names_them() -> None:
     local = dataset("data/churn")
     assert local["namespace"] == "file" and local["name"] == os.path.abspath("data/churn")
     assert dataset("file:///tmp/x")["name"] == "/tmp/x"
+    # file:// and a relative path: the folder the run reads, as fs.resolve takes it
+    assert dataset("file://data/churn")["name"] == os.path.abspath("data/churn")

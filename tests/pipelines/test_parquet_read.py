@@ -393,10 +393,17 @@ def test_glob_of_files_and_of_directories(workdir: Path) -> None:
     for pattern, expected in (("hive/region=north/*/*.parquet", north.drop(["region"])),
                               ("hive/region=north/*", north.drop(["region"])),
                               ("hive/region=n*", north),
-                              ("hive/*/year=202?/part.parquet", want)):
+                              ("hive/*/year=202?/part.parquet", want),
+                              # ** matches the folders and the files in them: each file once
+                              ("hive/**", want), ("hive/region=north/**", north.drop(["region"]))):
         assert_same(read(pattern).read_all(), expected)
     with pytest.raises(DataError, match="no files match"):
         read("hive/*/nothing-*.parquet").schema()
+    # a pattern fsspec refuses is said to be one, not a corrupt file to write again
+    with pytest.raises(DataError, match=r"'hive/\*\*\*' is not a glob read_parquet takes: "
+                                        "Invalid pattern") as error:
+        read("hive/***").schema()
+    assert "** stands alone between slashes" in (error.value.hint or "")
 
 
 def test_fsspec_url(workdir: Path) -> None:

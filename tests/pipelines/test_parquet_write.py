@@ -469,7 +469,8 @@ def test_a_file_written_whole_replaces_the_old_one_or_leaves_it(tmp_path: Path) 
 
 def test_an_output_inside_the_folder_the_pipeline_reads_is_refused(workdir: Path) -> None:
     """Its rows would be read again by the next run (5,000 rows, then 10,000): refused
-    as the file is planned; the folder itself (overwrite in place), a folder beside it,
+    as the file is planned, and where a glob the pipeline reads reaches it (data/**: the
+    glob was never checked); the folder itself (overwrite in place), a folder beside it,
     a glob that does not reach it and a folder with a manifest (its files only) are not."""
     from conftest import write_pipeline
 
@@ -498,6 +499,22 @@ def test_an_output_inside_the_folder_the_pipeline_reads_is_refused(workdir: Path
     for read, write in [("data", "data"), ("data", "scored"), ("data/ds=*", "data/out"),
                         ("data/ds=1", "data/ds=10")]:
         assert problems(read, write) == [], (read, write)
+    # a glob that reaches it: ** below it, * naming it or a folder above it, its files
+    for read, write in [("data/**", "data/out"), ("data/*", "data/out"),
+                        ("data/*", "data/ds=1/out"), ("data/*/*.parquet", "data/out")]:
+        assert problems(f'"{read}"', write) == [
+            f"{workdir / 'pipeline.yaml'}:7: step 'write_parquet' (write_parquet): output "
+            f"'{write}' is matched by '{read}', which step 'rows' reads: the next run would "
+            "read these rows as input too (write it outside that folder)"], (read, write)
+    # a pattern that is no glob is the read's problem alone (a ValueError's traceback)
+    (bad,) = problems('"data/***"', "data/out")
+    assert "step 'rows' (read_parquet): 'data/***' is not a glob" in bad
+    for read, write in [("data/ds=1/*.parquet", "data/ds=1"), ("data/**", "data"),
+                        ("data/ds=1/*.parquet", "data/ds=1/out")]:
+        assert problems(f'"{read}"', write) == [], (read, write)
+    (workdir / "data" / "ds=1" / MANIFEST).write_text(json.dumps({
+        "format": "sluice-output/1", "run_id": "r", "rows": 1000, "files": ["part-0.parquet"]}))
+    assert problems('"data/*"', "data/ds=1/out") == []  # the manifest's files only
     (workdir / "data" / MANIFEST).write_text(json.dumps({
         "format": "sluice-output/1", "run_id": "r", "rows": 1000,
         "files": ["ds=1/part-0.parquet"]}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -180,8 +181,12 @@ HEAD = "pipeline: x\nsteps:\n  - op: read_parquet\n"
     ("    columns: [a, b\n  - op: select\n", 5,
      "expected ',' or ']', but got ':' (in the [ on line 4, column 14)"),
     ('    filter: "a > 3" and b == "x"\n', 4, "text after the quoted part of a value: "
-                                             "quote all of it, in ': '\"a > 3\" and b == "
-                                             "\"x\"'"),
+                                             "quote all of it, in filter: '\"a > 3\" and "
+                                             "b == \"x\"'"),
+    # both quotes in the value: the suggestion's quotes doubled, as YAML reads them
+    ("  - path: 'data' + \"x\" + 'y'\n", 4, "text after the quoted part of a value: quote "
+                                            "all of it, in path: \"'data' + \\\"x\\\" + "
+                                            "'y'\""),
 ])
 def test_yaml_errors_say_where_the_construct_starts_in_words(
         body: str, line: int, said: str) -> None:
@@ -205,7 +210,13 @@ def test_a_file_that_is_no_pipeline_text_is_a_problem_not_a_traceback(
         "continuation byte at byte 13): a pipeline file is YAML, saved as UTF-8"]
     assert problems(workdir / "trian.yaml") == [
         f"{workdir / 'trian.yaml'}: cannot read the file: No such file or directory; did you "
-        "mean 'train.yaml'?"]
+        f"mean '{workdir / 'train.yaml'}'?"]
+    # the path to give, in the folder given (not the name alone, which is not there)
+    (workdir / "conf").mkdir()
+    (workdir / "conf" / "churn_train.yaml").write_text("pipeline: x\n")
+    assert problems(Path("conf/churn_tran.yaml")) == [
+        "conf/churn_tran.yaml: cannot read the file: No such file or directory; did you mean "
+        "'conf/churn_train.yaml'?"]
 
 
 def test_unsafe_yaml_tags_are_refused(workdir: Path) -> None:
@@ -240,6 +251,42 @@ def test_structure_problems(workdir: Path) -> None:
         """))
     assert any("the first step must read data" in p for p in found), found
     assert any("step id 'w' is used twice" in p for p in found), found
+
+
+@pytest.mark.parametrize("name", ["../../escape", "churn/daily", "a\nb", "..", "a\\b"])
+def test_a_pipeline_name_that_cannot_be_a_folder_is_a_problem(churn: Path, workdir: Path,
+                                                              name: str) -> None:
+    """The name is its run records' folder: '../../escape' wrote them outside the runs
+    folder, 'a\\nb' into a folder with a line break. Spaces and accents are names."""
+    def found(name: str) -> list[str]:
+        return problems(write_pipeline(workdir, f"""
+            pipeline: {json.dumps(name)}
+            steps:
+              - op: read_parquet
+                path: data/churn
+            """))
+
+    assert found(name) == [
+        f"{workdir / 'pipeline.yaml'}:1: `pipeline:` {name!r} cannot be a folder's name (its "
+        "run records' folder: runs/<pipeline>/): no '/', '\\', line breaks or other control "
+        "characters, not '.' or '..' (e.g. churn_train)"]
+    assert found("churn train é") == []
+
+
+@pytest.mark.parametrize("step_id", ["rows\n", "a b", "1st", ""])
+def test_a_step_id_that_is_no_name_is_a_problem(churn: Path, workdir: Path,
+                                                step_id: str) -> None:
+    """Not a name: refused at its line. A trailing newline ("rows\\n", a block scalar) was
+    taken, and broke the summary's table and `plan --mermaid`'s node."""
+    found = problems(write_pipeline(workdir, f"""
+        pipeline: x
+        steps:
+          - id: {json.dumps(step_id)}
+            op: read_parquet
+            path: data/churn
+        """))
+    assert found == [f"{workdir / 'pipeline.yaml'}:3: step id {step_id!r} must be a name "
+                     "(letters, digits, _ . -)"], found
 
 
 def test_a_model_name_that_cannot_be_one_says_what_can(churn: Path, workdir: Path) -> None:
