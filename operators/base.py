@@ -14,11 +14,11 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from operators.errors import (  # noqa: F401 - every operator imports its errors from here
     ArtifactError,
@@ -134,6 +134,12 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
 
 
 # --------------------------------------------------------------------------- contracts
+
+
+Missing = Annotated[Literal["error", "null"],
+                   BeforeValidator(lambda value: "null" if value is None else value)]
+"""What to do with a column some of the inputs lack (a union's steps, a read's files):
+``error``, or ``null`` in their rows. YAML reads ``missing: null`` as None."""
 
 
 class Params(BaseModel):

@@ -426,7 +426,7 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
 
     overrides = _parse_params(params)
     store = ModelStore(models)
-    total = 0
+    total = wrong = 0
     for file in files:
         plan = plan_file(file, overrides, store)
         for problem in plan.problems:
@@ -434,10 +434,12 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
         for line in plan.notices:
             click.echo(f"note: {line}", err=True)
         total += len(plan.problems)
+        wrong += not plan.ok
         if plan.ok:
             click.echo(f"{file}: ok ({len(plan.steps)} steps)")
     if total:
-        _err(f"{total} problem(s) in {len(files)} file(s)")
+        of = f"{wrong} of {len(files)}" if wrong < len(files) else f"{wrong}"
+        _err(f"{total} problem(s) in {of} file(s)")
         sys.exit(1)
 
 

@@ -521,6 +521,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 step.schema = step.op.schema()
                 if isinstance(step.op, ReadParquet):
                     _note_shadowed_columns(plan, step)
+                    step.op.check_files()
                 continue
             upstream = by_id.get(step.input) if step.input else None
             if upstream is None or upstream.schema is None:
@@ -575,8 +576,6 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 # the column may come from the fit upstream: checked when the run gets there
                 step.schema = schema
         except SluiceError as exc:
-            if isinstance(exc, MissingColumnError):
-                _in_some_files(by_id, step, exc)
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
                                          op=s.op))
@@ -592,27 +591,6 @@ def _note_shadowed_columns(plan: Plan, step: Step) -> None:
             f"column '{key}' is in the files and in the names of their folders ({key}=...): "
             f"each row gets its folder's value, not its own: rename the column in the "
             f"files, or the folders' key")
-
-
-def _in_some_files(by_id: dict[str, Step], step: Step, exc: MissingColumnError) -> None:
-    """The hint of a missing column that some of the files the step's rows are read from
-    have, but not the first, whose columns the read takes: said so (it looks like a
-    column sluice lost, with the files showing it)."""
-    source = step
-    while source.input is not None and source.input in by_id:
-        source = by_id[source.input]
-    if not isinstance(source.op, ReadParquet):
-        return
-    for column in exc.columns:
-        if source.op.full_schema.get_field_index(column) >= 0:
-            continue
-        found = source.op.file_with(column)
-        if found is not None:
-            first, having = found
-            exc.hint = (f"'{column}' is in {having} but not in {first}, the first file "
-                        f"step '{source.id}' reads, whose columns it takes: write the files "
-                        "with the same columns, or read those with the column apart")
-            return
 
 
 MODEL_OUTPUTS = ("prediction", "probability", "distance", "contribution_base")

@@ -49,6 +49,7 @@ from pydantic import Field, field_validator, model_validator
 from operators.base import (
     ARROW_ERRORS,
     DataError,
+    Missing,
     ParamError,
     Params,
     PartitionInfo,
@@ -300,6 +301,12 @@ class ReadParquetParams(Params):
         description="types to read columns as, e.g. {tenure: int64}; cast on read (also "
                     "where the files disagree on a column's type)"
     )
+    missing: Missing = Field(
+        "error", description="a column some files have and others lack (added, dropped or "
+                             "renamed as the data grew): error (default: the read stops as "
+                             "it plans, naming a file of each) | null (every file's columns, "
+                             "null in the rows of the files without one: Spark's "
+                             "mergeSchema); only the columns read matter")
     partition_mb: float = Field(64, gt=0, description="target uncompressed size of a partition")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for URLs")
@@ -410,11 +417,54 @@ class ReadParquet(Source):
     def dataset(self) -> ds.Dataset:
         loc = self.location
         try:
-            return self._discover(loc, loc.path.rstrip("/") or loc.path)
+            return self._every_files_columns(self._discover(loc, loc.path.rstrip("/")
+                                                            or loc.path))
         except SluiceError:
             raise
         except _io_errors() as exc:
             raise self._failure(exc, loc.path) from None
+
+    def _every_files_columns(self, dataset: ds.Dataset) -> ds.Dataset:
+        """The dataset with the columns of every file, not only of the first (or of its
+        manifest): a column only later files have comes after the others (before the
+        hive columns), in the type of the first file that has it; a column the schema
+        holds as null only (an empty column) takes a file's real type. The footers are
+        read side by side, once (the partitions reuse them)."""
+        fragments = list(dataset.get_fragments())
+        if len(fragments) < 2:
+            return dataset
+        footers = self._footers(fragments)
+        schema = base = _schema_without_views(dataset.schema)
+        held = {name for physical in footers for name in physical.names}
+        at = max((i + 1 for i, f in enumerate(schema) if f.name in held), default=0)
+        added: dict[str, pa.Field] = {}
+        for physical in footers:
+            for field in physical:
+                i = schema.get_field_index(field.name)
+                if i >= 0 and pa.types.is_null(schema.field(i).type):
+                    schema = schema.set(i, schema.field(i).with_type(field.type))
+                elif i < 0 and (field.name not in added
+                                or pa.types.is_null(added[field.name].type)):
+                    added[field.name] = field.remove_metadata()
+        if not added and schema == base:
+            return dataset
+        for field in reversed(added.values()):
+            schema = schema.insert(at, field)
+        return dataset.replace_schema(schema)
+
+    def _footers(self, fragments: list[Any]) -> list[pa.Schema]:
+        """Each file's own schema (its footer; views as plain types), read side by side:
+        an object store answers each in a round trip."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def footer(fragment: Any) -> pa.Schema:
+            try:
+                return _schema_without_views(fragment.physical_schema)
+            except _io_errors() as exc:
+                raise self._failure(exc, fragment.path) from None
+
+        with ThreadPoolExecutor(min(16, len(fragments))) as pool:
+            return list(pool.map(footer, fragments))
 
     def _discover(self, loc: Location, path: str) -> ds.Dataset:
         import pyarrow.dataset as ds
@@ -534,23 +584,6 @@ class ReadParquet(Source):
         return [key for key in dict.fromkeys(keys) if key in physical.names
                 and self.full_schema.get_field_index(key) >= 0]
 
-    def file_with(self, column: str, most: int = 100) -> tuple[str, str] | None:
-        """Where the dataset's files disagree on having ``column``: the first file, whose
-        columns the dataset takes, and one of the first ``most`` files that has it (their
-        footers read); None where it is not so."""
-        try:
-            fragments = self.dataset.get_fragments()
-            first = None
-            for i, fragment in enumerate(fragments):
-                if i >= most:
-                    return None
-                first = first or fragment.path
-                if fragment.physical_schema.get_field_index(column) >= 0:
-                    return (first, fragment.path) if fragment.path != first else None
-        except (*_io_errors(), SluiceError):
-            return None
-        return None
-
     @cached_property
     def full_schema(self) -> pa.Schema:
         """The dataset's schema (every column, hive partition keys included; view types
@@ -646,21 +679,99 @@ class ReadParquet(Source):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return []
 
-    def _pieces(self) -> Iterator[tuple[Any, pa.Schema, list[Any]]]:
-        """Each file the filter keeps: its fragment, its physical schema and its row
-        groups that can hold rows passing the filter (footers read once)."""
+    @cached_property
+    def _kept(self) -> list[tuple[Any, pa.Schema]]:
+        """Each file the filter keeps by its hive partition, with its own schema (the
+        footers, read once: ``_footers``)."""
         flt = self._filter
         try:
             # the whole filter prunes hive partitions here (a folder's value is exact, NaN
-            # too), what statistics may judge of it prunes row groups below
+            # too), what statistics may judge of it prunes row groups in ``_pieces``
             fragments = _pruned(lambda: list(self.dataset.get_fragments(filter=flt)),
                                 lambda: list(self.dataset.get_fragments()), flt)
         except _io_errors() as exc:
             raise self._failure(exc, self.location.path) from None
-        for fragment in fragments:
+        return list(zip(fragments, self._footers(fragments) if fragments else [],
+                        strict=True))
+
+    def check_files(self) -> None:
+        """Fail before any data moves where the files this read keeps disagree on the
+        columns it reads (``missing``) or on their types (``_check_types``); the
+        planner asks, and the partitions."""
+        self._files_checked  # noqa: B018 - once per operator
+
+    @cached_property
+    def _files_checked(self) -> bool:
+        kept = self._kept
+        if self.params.missing == "error":
+            self._check_columns(kept)
+        self._check_types([(fragment.path, physical) for fragment, physical in kept])
+        return True
+
+    def _check_columns(self, kept: list[tuple[Any, pa.Schema]]) -> None:
+        """Where some of the files read hold a column the read reads and others do not
+        (a column added on day 30, dropped, renamed): a DataError naming, for each such
+        column, a file that has it and one that lacks it, and how many; reading it as
+        nulls is asked for with ``missing: null``, or the column is left out of
+        ``columns``. A column a hive folder gives every file is not a file's."""
+        import pyarrow.dataset as ds
+
+        if not kept:
+            return
+        folders = [ds.get_partition_keys(f.partition_expression) for f, _ in kept]
+        held = {name for _, physical in kept for name in physical.names}
+        # a hive column no file holds is the folders': a file outside them reads null
+        read = [name for name in dict.fromkeys([*self.schema().names, *self._filter_columns])
+                if name in held or not any(name in keys for keys in folders)]
+        lacking: dict[str, list[str]] = {}
+        having: dict[str, list[str]] = {}
+        for (fragment, physical), keys in zip(kept, folders, strict=True):
+            for name in read:
+                has = physical.get_field_index(name) >= 0 or name in keys
+                (having if has else lacking).setdefault(name, []).append(fragment.path)
+        disagree = [name for name in read if name in lacking]
+        if not disagree:
+            return
+        total = f"{len(kept):,} file{'s' if len(kept) != 1 else ''} read"
+        said = []
+        for name in disagree:
+            gone = lacking[name]
+            if name in having:
+                found = (f"'{name}' is in {len(having[name]):,} of the {total} "
+                         f"(e.g. {self._shown(having[name][0])}), not in {len(gone):,} "
+                         f"(e.g. {self._shown(gone[0])})")
+            else:
+                elsewhere = next((f.path for f in self.dataset.get_fragments()
+                                  if f.physical_schema.get_field_index(name) >= 0), None)
+                found = (f"'{name}' is in none of the {total} (e.g. "
+                         f"{self._shown(gone[0])})"
+                         + (f"; only in files the filter leaves out, such as "
+                            f"{self._shown(elsewhere)}" if elsewhere else ""))
+            said.append(found)
+        shared = [n for n in self.schema().names if n not in lacking]
+        fixes = ["set `missing: null` to read every file's columns, null in the rows of "
+                 "the files without one (Spark's mergeSchema)"]
+        if self.params.columns is None and shared and len(shared) <= 12:
+            fixes.append(f"read only the columns every file has: `columns: "
+                         f"[{', '.join(shared)}]`")
+        else:
+            fixes.append(f"leave {', '.join(repr(n) for n in disagree)} out of `columns`")
+        # a column the older files have and the newer ones have instead: renamed?
+        renamed = [(a, b) for a in disagree for b in disagree
+                   if a in having and b in having and set(having[a]) == set(lacking[b])
+                   and set(having[b]) == set(lacking[a]) and having[a][0] < having[b][0]]
+        if renamed:
+            a, b = renamed[0]
+            fixes.append(f"if '{a}' became '{b}' in later files: `missing: null`, then a "
+                         f"derive of `{b}: coalesce({b}, {a})`")
+        raise DataError("the files disagree on the columns read: " + "; ".join(said),
+                        hint="; or ".join(fixes))
+
+    def _pieces(self) -> Iterator[tuple[Any, pa.Schema, list[Any]]]:
+        """Each file the filter keeps: its fragment, its physical schema and its row
+        groups that can hold rows passing the filter (footers read once)."""
+        for fragment, physical in self._kept:
             try:
-                # the footer, read once for the pieces too; views read as plain types
-                physical = _schema_without_views(fragment.physical_schema)
                 judged = self._row_group_filter(physical)
                 pieces = _pruned(
                     functools.partial(fragment.split_by_row_group, judged,
@@ -694,11 +805,10 @@ class ReadParquet(Source):
         return total
 
     def partitions(self) -> list[PartitionInfo]:
+        self.check_files()
         target = self.params.partition_mb * 1024 * 1024
         out: list[PartitionInfo] = []
-        files: list[tuple[str, pa.Schema]] = []
-        for fragment, physical, pieces in self._pieces():
-            files.append((fragment.path, physical))
+        for fragment, _, pieces in self._pieces():
             group: list[int] = []
             rows = size = 0
             for piece in pieces:
@@ -711,7 +821,6 @@ class ReadParquet(Source):
                 size += rg.total_byte_size
             if group:
                 out.append(self._info(len(out), fragment, group, rows))
-        self._check_types(files)
         if not out:
             # nothing to read (empty files or everything pruned): one empty partition
             # keeps the schema flowing to the steps after
@@ -733,9 +842,8 @@ class ReadParquet(Source):
         """Fail before any data moves where files disagree on a read column's type in a
         way no read could mend: a file's type that does not widen to the dataset's
         (int64 where the dataset has double is fine; double where it has int64 is not),
-        or, for a column whose type ``schema`` declares, a type with no cast to it. A file
-        that lacks a column reads it as nulls (a column added later), as pyarrow and
-        Spark do."""
+        or, for a column whose type ``schema`` declares, a type with no cast to it (a file
+        without the column: ``_check_columns``)."""
         target = self.schema()
         declared = set(self.params.schema_ or {})
         shared: dict[pa.Schema, list[str]] = {}  # files mostly share one schema
