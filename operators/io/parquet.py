@@ -453,9 +453,9 @@ class ReadParquet(Source):
         return dataset.replace_schema(schema)
 
     def _footers(self, fragments: list[Any]) -> list[pa.Schema]:
-        """Each file's own schema (its footer; views as plain types), read side by side:
-        an object store answers each in a round trip."""
-        from concurrent.futures import ThreadPoolExecutor
+        """Each file's own schema (its footer; views as plain types), each read once: on
+        an object store side by side, where each is a round trip."""
+        known: dict[str, pa.Schema] = self.__dict__.setdefault("footer_of", {})
 
         def footer(fragment: Any) -> pa.Schema:
             try:
@@ -463,8 +463,16 @@ class ReadParquet(Source):
             except _io_errors() as exc:
                 raise self._failure(exc, fragment.path) from None
 
-        with ThreadPoolExecutor(min(16, len(fragments))) as pool:
-            return list(pool.map(footer, fragments))
+        unread = [f for f in fragments if f.path not in known]
+        if len(unread) > 1 and not self.location.local:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(16, len(unread))) as pool:
+                known.update(zip([f.path for f in unread], pool.map(footer, unread),
+                                 strict=True))
+        else:
+            known.update((f.path, footer(f)) for f in unread)
+        return [known[f.path] for f in fragments]
 
     def _discover(self, loc: Location, path: str) -> ds.Dataset:
         import pyarrow.dataset as ds
