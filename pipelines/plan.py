@@ -64,6 +64,9 @@ class Plan:
     problems: list[Problem] = field(default_factory=list)
     # worth a line but not wrong (validate, plan and run print them as notes)
     notices: list[str] = field(default_factory=list)
+    # what incremental reads read before (``pipelines.incremental.Reads``; None: every
+    # file is new)
+    reads: Any = None
 
     @property
     def ok(self) -> bool:
@@ -232,12 +235,13 @@ def _one_per_value(errors: list[Any]) -> list[Any]:
     return out
 
 
-def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
+def build(spec: PipelineSpec, resolve_model: Any = None, reads: Any = None) -> Plan:
     """Plan a parsed pipeline; every problem found is in ``plan.problems``.
 
-    ``resolve_model(ref) -> (chain, required_columns, info)`` loads models for ``score``.
+    ``resolve_model(ref) -> (chain, required_columns, info)`` loads models for ``score``;
+    ``reads`` (``pipelines.incremental.Reads``) says what incremental reads read before.
     """
-    plan = Plan(spec=spec, problems=list(spec.problems))
+    plan = Plan(spec=spec, problems=list(spec.problems), reads=reads)
     file = spec.file
 
     def problem(s: StepSpec, message: str, param: str | None = None,
@@ -521,7 +525,8 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 step.schema = step.op.schema()
                 if isinstance(step.op, ReadParquet):
                     _note_shadowed_columns(plan, step)
-                    step.op.check_files()
+                    if not step.op.params.incremental or _bind_read_before(plan, step):
+                        step.op.check_files()
                 continue
             upstream = by_id.get(step.input) if step.input else None
             if upstream is None or upstream.schema is None:
@@ -579,6 +584,21 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
                                          op=s.op))
+
+
+def _bind_read_before(plan: Plan, step: Step) -> bool:
+    """An incremental read given the files earlier runs read (claimed for a run: a run
+    of the pipeline going on already is a problem at the step's `incremental` line)."""
+    assert isinstance(step.op, ReadParquet)
+    if plan.reads is None:
+        return True
+    try:
+        step.op.bind_read_before(plan.reads.before(plan.spec.name, step.id))
+    except SluiceError as exc:
+        plan.problems.append(Problem(plan.spec.file, step.spec.line_of("incremental"),
+                                     str(exc), step=step.id, op=step.spec.op))
+        return False
+    return True
 
 
 def _note_shadowed_columns(plan: Plan, step: Step) -> None:

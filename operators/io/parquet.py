@@ -307,9 +307,26 @@ class ReadParquetParams(Params):
                              "it plans, naming a file of each) | null (every file's columns, "
                              "null in the rows of the files without one: Spark's "
                              "mergeSchema); only the columns read matter")
+    incremental: bool = Field(
+        False, description="read only the files no succeeded run of this pipeline read "
+                           "in this step (a file is known by its path, size and "
+                           "modification time: one rewritten in place is new); `sluice run "
+                           "--full-refresh` reads every file again")
+    max_files: int | None = Field(
+        None, gt=0, description="with incremental: read at most this many new files a "
+                                "run, the oldest (by modification time) first; the others "
+                                "wait for the next runs (a backfill in steps)")
     partition_mb: float = Field(64, gt=0, description="target uncompressed size of a partition")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for URLs")
+
+    @model_validator(mode="after")
+    def _max_files_incremental(self) -> ReadParquetParams:
+        if self.max_files is not None and not self.incremental:
+            raise ParamError("max_files bounds the new files of an incremental read, and "
+                             "this read is not one",
+                             hint="add `incremental: true`, or leave max_files out")
+        return self
 
     @field_validator("schema_")
     @classmethod
@@ -699,8 +716,54 @@ class ReadParquet(Source):
                                 lambda: list(self.dataset.get_fragments()), flt)
         except _io_errors() as exc:
             raise self._failure(exc, self.location.path) from None
+        if self.params.incremental and "read_before" in self.__dict__:
+            fragments = self._new(fragments)
         return list(zip(fragments, self._footers(fragments) if fragments else [],
                         strict=True))
+
+    def bind_read_before(self, files: dict[str, list[int]]) -> None:
+        """For an incremental read: the files earlier runs read (``[size, mtime_ns]`` by
+        path); the read keeps the others (``max_files`` of them, oldest first)."""
+        self.__dict__["read_before"] = files
+        for stale in ("_kept", "_files_checked"):
+            self.__dict__.pop(stale, None)
+
+    def _new(self, fragments: list[Any]) -> list[Any]:
+        before: dict[str, list[int]] = self.__dict__["read_before"]
+        # as listed, before any row is read: a file rewritten while the run reads it
+        # is recorded as it was, and read again by the next run
+        stamps = self.__dict__["stamps_listed"] = self.stamps(fragments)
+        new = [f for f in fragments if before.get(f.path) != stamps[f.path]]
+        self.__dict__["already_read"] = len(fragments) - len(new)
+        self.__dict__["waiting"] = 0
+        if self.params.max_files is not None and len(new) > self.params.max_files:
+            oldest = sorted(new, key=lambda f: (stamps[f.path][1], f.path))
+            taken = {f.path for f in oldest[:self.params.max_files]}
+            self.__dict__["waiting"] = len(new) - len(taken)
+            new = [f for f in new if f.path in taken]
+        return new
+
+    def stamps(self, fragments: list[Any]) -> dict[str, list[int]]:
+        """Each file's ``[size, mtime_ns]``, as its file system says (one listing call)."""
+        try:
+            infos = self.location.filesystem.get_file_info([f.path for f in fragments])
+        except _io_errors() as exc:
+            raise self._failure(exc, self.location.path) from None
+        return {i.path: [int(i.size or 0), int(i.mtime_ns or 0)] for i in infos}
+
+    def files_read(self) -> dict[str, list[int]]:
+        """The files this read reads (``[size, mtime_ns]`` by path): what an incremental
+        read records when its run succeeds."""
+        kept = [fragment for fragment, _ in self._kept]
+        listed = self.__dict__.get("stamps_listed") or self.stamps(kept)
+        return {f.path: listed[f.path] for f in kept}
+
+    def incremental_counts(self) -> dict[str, int]:
+        """How many files the read takes, how many earlier runs read, how many wait
+        (``max_files``)."""
+        kept = len(self._kept)
+        return {"new_files": kept, "read_before": self.__dict__.get("already_read", 0),
+                "waiting": self.__dict__.get("waiting", 0)}
 
     def check_files(self) -> None:
         """Fail before any data moves where the files this read keeps disagree on the
