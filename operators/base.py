@@ -146,6 +146,9 @@ class Params(BaseModel):
     """Base of every operator's parameter model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # the names peers give a parameter (Spark's mergeSchema), as written here: what an
+    # unknown parameter of that name is told to write instead of the closest spelling
+    known_as: ClassVar[dict[str, str]] = {}
 
 
 class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated

@@ -160,7 +160,9 @@ def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
         if err["type"] == "extra_forbidden":
             public = _public_fields(cls.Params, loc[:-1])
             took = f"{where} takes" if where else f"{cls.name} takes"
-            msg = (f"unknown parameter '{'.'.join(loc)}'{suggest(name or '', public)}"
+            peer = cls.Params.known_as.get(name or "") if not where else None
+            hint = f"; write `{peer}` here" if peer else suggest(name or "", public)
+            msg = (f"unknown parameter '{'.'.join(loc)}'{hint}"
                    + (f" ({took}: {', '.join(public)})" if public else ""))
         elif err["type"] == "missing":
             msg = f"missing required parameter '{'.'.join(loc)}'"

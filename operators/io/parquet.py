@@ -40,7 +40,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -319,6 +319,10 @@ class ReadParquetParams(Params):
     partition_mb: float = Field(64, gt=0, description="target uncompressed size of a partition")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for URLs")
+
+    known_as: ClassVar[dict[str, str]] = {
+        "merge_schema": "missing: null", "mergeSchema": "missing: null",
+        "max_files_per_trigger": "max_files", "maxFilesPerTrigger": "max_files"}
 
     @model_validator(mode="after")
     def _max_files_incremental(self) -> ReadParquetParams:

@@ -172,3 +172,24 @@ def test_a_step_after_the_read_sees_the_later_files_columns(workdir: Path) -> No
     with pytest.raises(ValidationFailed):
         run(path)
     assert len(paths) == 6
+
+
+def test_a_column_of_nulls_only_takes_a_later_files_type(workdir: Path) -> None:
+    """A first day whose column held no value (written as Arrow's null type, as pandas
+    writes an all-None column) does not fix the column's type: the next day's does."""
+    (workdir / "data").mkdir()
+    first = pa.table({"id": [1], "note": pa.nulls(1)})
+    later = pa.table({"id": [2], "note": ["late"]})
+    pq.write_table(first, workdir / "data" / "d1.parquet")
+    pq.write_table(later, workdir / "data" / "d2.parquet")
+    got = ReadParquet(path=str(workdir / "data")).read_all()
+    assert got.equals(pa.concat_tables([first, later], promote_options="permissive"))
+    assert got.schema.field("note").type == pa.string()
+
+
+def test_sparks_name_is_told_the_one_here(workdir: Path) -> None:
+    days(workdir / "data")
+    path = write_pipeline(workdir, COPY.format(extra="\n        merge_schema: true"))
+    problems = [p.message for p in plan_file(path).problems]
+    assert any(m.startswith("unknown parameter 'merge_schema'; write `missing: null` here")
+               for m in problems), problems
