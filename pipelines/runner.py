@@ -733,9 +733,12 @@ def _read_entry(reads: Reads, plan: Plan, step: Step) -> dict[str, Any]:
 
 
 def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
-                 reads: Reads, runs_dir: str) -> dict[str, Any]:
+                 reads: Reads, runs_dir: str, tracker: Tracker | None = None,
+                 source: str | None = None, notify: Callable[[str], None] | None = None
+                 ) -> dict[str, Any]:
     """The record of a run whose incremental reads have no new file: succeeded, no step
-    run, nothing written, trained or saved."""
+    run, nothing written, trained or saved (logged to MLflow where the run would be: a
+    scheduled job's night there too)."""
     steps = _incremental(plan)
     said = ", ".join(f"'{s.id}'" for s in steps)
     record = {**_record_head(plan, path, run_id, started, {"name": engine}),
@@ -745,6 +748,8 @@ def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engi
               "steps": {s.id: {"op": s.op.name, "kind": s.op.kind,
                                "incremental": _read_entry(reads, plan, s)} for s in steps},
               "seconds": round(time.time() - started, 6)}
+    if tracker is not None:
+        record["mlflow"] = log_quietly(tracker, record, source, notify)
     record["record_path"] = _write_record(record, runs_dir)
     return record
 
@@ -799,7 +804,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
     reading = {s.id for s in incremental}
     if incremental and not any(s.op.incremental_counts()["new_files"] for s in incremental):
         return _nothing_new(plan, path, run_id, started, asked, reads,
-                            runs_dir or default_runs_dir())
+                            runs_dir or default_runs_dir(), tracker, source, notify)
     eng = engine_instance or make_engine(engine, scheduler=scheduler, master=master,
                                          progress=progress)
     try:
