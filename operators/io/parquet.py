@@ -826,11 +826,14 @@ class ReadParquet(Source):
         shared = [n for n in self.schema().names if n not in lacking]
         fixes = ["set `missing: null` to read every file's columns, null in the rows of "
                  "the files without one (Spark's mergeSchema)"]
-        if self.params.columns is None and shared and len(shared) <= 12:
+        named = ", ".join(repr(n) for n in disagree)
+        if self.params.columns is not None:
+            fixes.append(f"leave {named} out of `columns`")
+        elif shared and len(shared) <= 12:
             fixes.append(f"read only the columns every file has: `columns: "
                          f"[{', '.join(shared)}]`")
         else:
-            fixes.append(f"leave {', '.join(repr(n) for n in disagree)} out of `columns`")
+            fixes.append(f"list the columns to read in `columns:`, without {named}")
         # a column the older files have and the newer ones have instead: renamed?
         renamed = [(a, b) for a in disagree for b in disagree
                    if a in having and b in having and set(having[a]) == set(lacking[b])

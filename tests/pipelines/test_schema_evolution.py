@@ -193,3 +193,14 @@ def test_sparks_name_is_told_the_one_here(workdir: Path) -> None:
     problems = [p.message for p in plan_file(path).problems]
     assert any(m.startswith("unknown parameter 'merge_schema'; write `missing: null` here")
                for m in problems), problems
+
+
+def test_many_columns_are_not_listed_in_the_hint(workdir: Path) -> None:
+    (workdir / "data").mkdir()
+    wide = {f"c{i:02d}": [i] for i in range(20)}
+    pq.write_table(pa.table(wide), workdir / "data" / "d1.parquet")
+    pq.write_table(pa.table({**wide, "added": [1]}), workdir / "data" / "d2.parquet")
+    with pytest.raises(DataError) as info:
+        ReadParquet(path=str(workdir / "data")).check_files()
+    assert info.value.hint.endswith("or list the columns to read in `columns:`, without "
+                                    "'added'")
