@@ -53,17 +53,18 @@ class Reads:
         """The state file, as the runs folder is spelt."""
         return f"{self.runs_dir.rstrip('/')}/{pipeline}/{FOLDER}/{step_id}.json"
 
-    def before(self, pipeline: str, step_id: str) -> dict[str, list[int]]:
-        """The files earlier succeeded runs of the pipeline read in the step, each
-        ``[size, mtime_ns]`` by path; the step is claimed first for a run (a SluiceError
-        naming the run that holds it)."""
+    def before(self, pipeline: str, step_id: str) -> dict[str, Any]:
+        """What earlier succeeded runs of the pipeline read in the step: ``files``, each
+        ``[size, mtime_ns]`` by path, and ``schema``, their columns (an Arrow schema,
+        base64); the step is claimed first for a run (a SluiceError naming the run that
+        holds it)."""
         if self.run_id is not None:
             self._claim(pipeline, step_id)
         if self.full_refresh:
             return {}
         return self.state(pipeline, step_id)
 
-    def state(self, pipeline: str, step_id: str) -> dict[str, list[int]]:
+    def state(self, pipeline: str, step_id: str) -> dict[str, Any]:
         fs, path, local = self._where(pipeline, step_id, ".json")
         try:
             raw = Path(path).read_bytes() if local else fs.cat_file(path)
@@ -73,22 +74,25 @@ class Reads:
             raise runs._failure(exc, self.shown(pipeline, step_id),
                                 "cannot read what earlier runs read") from None
         try:
-            files = json.loads(raw)["files"]
-            return {str(k): [int(v[0]), int(v[1])] for k, v in files.items()}
+            state = json.loads(raw)
+            files = {str(k): [int(v[0]), int(v[1])] for k, v in state["files"].items()}
+            schema = state.get("schema")
+            return {"files": files, "schema": schema if isinstance(schema, str) else None}
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             raise DataError(f"'{self.shown(pipeline, step_id)}' is damaged: it is not the "
                             "list of files earlier runs read",
                             hint="run with --full-refresh to read every file again and "
                                  "write it anew") from None
 
-    def commit(self, pipeline: str, step_id: str, files: dict[str, list[int]]) -> None:
+    def commit(self, pipeline: str, step_id: str, files: dict[str, list[int]],
+               schema: str) -> None:
         """Add a succeeded run's files to what the step has read (replace it, with
-        ``full_refresh``), written whole."""
-        kept = {} if self.full_refresh else self.state(pipeline, step_id)
+        ``full_refresh``), with the columns of all of them (``schema``), written whole."""
+        kept = {} if self.full_refresh else self.state(pipeline, step_id).get("files", {})
         kept.update(files)
         text = json.dumps({"pipeline": pipeline, "step": step_id, "run_id": self.run_id,
                            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "files": dict(sorted(kept.items()))}, indent=1)
+                           "schema": schema, "files": dict(sorted(kept.items()))}, indent=1)
         fs, path, local = self._where(pipeline, step_id, ".json")
         try:
             if local:

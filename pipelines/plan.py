@@ -524,10 +524,14 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             continue  # its unknown ${param} is reported: a path or column with it in is not
         try:
             if isinstance(step.op, Source):
+                # an incremental read knows the files read before as it plans: only the
+                # new files' footers are read, and checked
+                claimed = not (isinstance(step.op, ReadParquet) and step.op.params.incremental
+                               ) or _bind_read_before(plan, step)
                 step.schema = step.op.schema()
                 if isinstance(step.op, ReadParquet):
                     _note_shadowed_columns(plan, step)
-                    if not step.op.params.incremental or _bind_read_before(plan, step):
+                    if claimed:
                         step.op.check_files()
                 continue
             upstream = by_id.get(step.input) if step.input else None
@@ -595,7 +599,8 @@ def _bind_read_before(plan: Plan, step: Step) -> bool:
     if plan.reads is None:
         return True
     try:
-        step.op.bind_read_before(plan.reads.before(plan.spec.name, step.id))
+        before = plan.reads.before(plan.spec.name, step.id)
+        step.op.bind_read_before(before.get("files", {}), before.get("schema"))
     except SluiceError as exc:
         plan.problems.append(Problem(plan.spec.file, step.spec.line_of("incremental"),
                                      str(exc), step=step.id, op=step.spec.op))

@@ -856,7 +856,8 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
         record["engine"] = eng.describe()
         current.execute()
         for step in incremental:  # only now: a failed run's files are read again
-            reads.commit(plan.spec.name, step.id, step.op.files_read())
+            reads.commit(plan.spec.name, step.id, step.op.files_read(),
+                         step.op.read_schema())
         record["status"] = "succeeded"
     except BaseException as exc:
         record["status"] = "failed"

@@ -231,6 +231,11 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
 
 
+def _stamp(info: pa.fs.FileInfo) -> list[int]:
+    """A file's ``[size, mtime_ns]``: what an incremental read knows it by."""
+    return [int(info.size or 0), int(info.mtime_ns or 0)]
+
+
 def _encode_schema(schema: pa.Schema) -> str:
     return base64.b64encode(schema.serialize().to_pybytes()).decode()
 
@@ -452,14 +457,21 @@ class ReadParquet(Source):
         holds as null only (an empty column) takes a file's real type. The footers are
         read side by side, once (the partitions reuse them)."""
         fragments = list(dataset.get_fragments())
-        if len(fragments) < 2:
+        before = self.__dict__.get("schema_before")
+        if len(fragments) < 2 and before is None:
             return dataset
+        if before is not None and self.params.incremental:
+            # the columns of the files earlier runs read are known: only new files' footers
+            read = self.__dict__["read_before"]
+            stamps = self.stamps(fragments)
+            fragments = [f for f in fragments if read.get(f.path) != stamps[f.path]]
         footers = self._footers(fragments)
         schema = base = _schema_without_views(dataset.schema)
         held = {name for physical in footers for name in physical.names}
+        held.update(before.names if before is not None else [])
         at = max((i + 1 for i, f in enumerate(schema) if f.name in held), default=0)
         added: dict[str, pa.Field] = {}
-        for physical in footers:
+        for physical in [before, *footers] if before is not None else footers:
             for field in physical:
                 i = schema.get_field_index(field.name)
                 if i >= 0 and pa.types.is_null(schema.field(i).type):
@@ -519,17 +531,23 @@ class ReadParquet(Source):
             raise DataError(f"no Parquet files in directory '{self.params.path}'")
         return self._files_dataset(files, path, None)
 
-    @staticmethod
-    def _directory_files(loc: Location, directory: str, manifests: _Manifests) -> list[str]:
+    def _directory_files(self, loc: Location, directory: str,
+                         manifests: _Manifests) -> list[str]:
         """The data files below a directory that has no manifest of its own: hidden names
-        ('_', '.') left out, as pyarrow's discovery does."""
+        ('_', '.') left out, as pyarrow's discovery does. Their sizes and times, which the
+        listing says, are kept (``stamps``: an object store's listing says a thousand in
+        one request)."""
         selector = pa.fs.FileSelector(directory, recursive=True)
-        return sorted(
-            f.path for f in loc.filesystem.get_file_info(selector)
-            if f.type == pa.fs.FileType.File
-            and not _hidden(posixpath.relpath(f.path, directory))
-            and manifests.committed(f.path)
-        )
+        found = [f for f in loc.filesystem.get_file_info(selector)
+                 if f.type == pa.fs.FileType.File
+                 and not _hidden(posixpath.relpath(f.path, directory))
+                 and manifests.committed(f.path)]
+        self._listed_stamps.update((f.path, _stamp(f)) for f in found)
+        return sorted(f.path for f in found)
+
+    @property
+    def _listed_stamps(self) -> dict[str, list[int]]:
+        return self.__dict__.setdefault("listed_stamps", {})
 
     def _glob(self, loc: Location, pattern: str, base: str,
               manifests: _Manifests) -> list[str]:
@@ -589,7 +607,9 @@ class ReadParquet(Source):
             partitioning = ds.partitioning(pa.schema([schema.field(c) for c in partition_by]),
                                            flavor="hive")
         else:
-            schema = None
+            # an incremental read's columns so far: no footer read to find them (the
+            # first file's would be, and it was read before)
+            schema = self.__dict__.get("schema_before") if self.params.incremental else None
         return ds.dataset(files, filesystem=self.location.filesystem, format="parquet",
                           partitioning=partitioning, partition_base_dir=base, schema=schema)
 
@@ -725,12 +745,20 @@ class ReadParquet(Source):
         return list(zip(fragments, self._footers(fragments) if fragments else [],
                         strict=True))
 
-    def bind_read_before(self, files: dict[str, list[int]]) -> None:
-        """For an incremental read: the files earlier runs read (``[size, mtime_ns]`` by
-        path); the read keeps the others (``max_files`` of them, oldest first)."""
+    def bind_read_before(self, files: dict[str, list[int]], schema: str | None = None
+                         ) -> None:
+        """For an incremental read, before it plans: the files earlier runs read
+        (``[size, mtime_ns]`` by path), which it leaves (it keeps ``max_files`` of the
+        others, oldest first), and the columns they had (``read_schema``), so that only
+        the new files' footers are read."""
         self.__dict__["read_before"] = files
-        for stale in ("_kept", "_files_checked"):
+        self.__dict__["schema_before"] = _decode_schema(schema)
+        for stale in ("_kept", "_files_checked", "dataset", "full_schema"):
             self.__dict__.pop(stale, None)
+
+    def read_schema(self) -> str:
+        """The columns of the files read so far, as an incremental read keeps them."""
+        return _encode_schema(self.full_schema)
 
     def _new(self, fragments: list[Any]) -> list[Any]:
         before: dict[str, list[int]] = self.__dict__["read_before"]
@@ -748,12 +776,17 @@ class ReadParquet(Source):
         return new
 
     def stamps(self, fragments: list[Any]) -> dict[str, list[int]]:
-        """Each file's ``[size, mtime_ns]``, as its file system says (one listing call)."""
-        try:
-            infos = self.location.filesystem.get_file_info([f.path for f in fragments])
-        except _io_errors() as exc:
-            raise self._failure(exc, self.location.path) from None
-        return {i.path: [int(i.size or 0), int(i.mtime_ns or 0)] for i in infos}
+        """Each file's ``[size, mtime_ns]``, as its file system says: as the directory's
+        listing said, else asked (a manifest's or a glob's files)."""
+        listed = self._listed_stamps
+        unlisted = [f.path for f in fragments if f.path not in listed]
+        if unlisted:
+            try:
+                infos = self.location.filesystem.get_file_info(unlisted)
+            except _io_errors() as exc:
+                raise self._failure(exc, self.location.path) from None
+            listed.update((i.path, _stamp(i)) for i in infos)
+        return {f.path: listed[f.path] for f in fragments}
 
     def files_read(self) -> dict[str, list[int]]:
         """The files this read reads (``[size, mtime_ns]`` by path): what an incremental
