@@ -231,6 +231,14 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
 
 
+def _base(path: str) -> str:
+    """The folder a read's files lie under: its path, or a glob's folder before its
+    first wildcard."""
+    path = path.rstrip("/") or path
+    return _GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0] if _GLOB_CHARS.search(path) \
+        else path
+
+
 def _stamp(info: pa.fs.FileInfo) -> list[int]:
     """A file's ``[size, mtime_ns]``: what an incremental read knows it by."""
     return [int(info.size or 0), int(info.mtime_ns or 0)]
@@ -512,7 +520,7 @@ class ReadParquet(Source):
 
         manifests = _Manifests(loc, self._listed)
         if _GLOB_CHARS.search(path):
-            base = _GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0]
+            base = _base(path)
             files = self._glob(loc, path, base, manifests)
             if not files:
                 raise DataError(f"no files match '{self.params.path}'")
@@ -623,9 +631,7 @@ class ReadParquet(Source):
             physical = first.physical_schema
         except (*_io_errors(), SluiceError):
             return []
-        base = self.location.path.rstrip("/")
-        if _GLOB_CHARS.search(base):  # as _discover takes a glob's folders
-            base = _GLOB_CHARS.split(base, 1)[0].rsplit("/", 1)[0]
+        base = _base(self.location.path)
         if not first.path.startswith(base + "/"):
             return []  # one file: no folders of its own
         folders = posixpath.dirname(first.path[len(base) + 1:]).split("/")
@@ -780,12 +786,20 @@ class ReadParquet(Source):
         listing said, else asked (a manifest's or a glob's files)."""
         listed = self._listed_stamps
         unlisted = [f.path for f in fragments if f.path not in listed]
-        if unlisted:
-            try:
-                infos = self.location.filesystem.get_file_info(unlisted)
-            except _io_errors() as exc:
-                raise self._failure(exc, self.location.path) from None
-            listed.update((i.path, _stamp(i)) for i in infos)
+        fs = self.location.filesystem
+        try:
+            if len(unlisted) > 1 and not self.location.local:
+                # one listing of the folder (a thousand objects a request), not a
+                # request a file
+                wanted = set(unlisted)
+                listed.update((i.path, _stamp(i)) for i in fs.get_file_info(
+                    pa.fs.FileSelector(_base(self.location.path), recursive=True))
+                    if i.path in wanted)
+                unlisted = [p for p in unlisted if p not in listed]
+            if unlisted:
+                listed.update((i.path, _stamp(i)) for i in fs.get_file_info(unlisted))
+        except _io_errors() as exc:
+            raise self._failure(exc, self.location.path) from None
         return {f.path: listed[f.path] for f in fragments}
 
     def files_read(self) -> dict[str, list[int]]:
