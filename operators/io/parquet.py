@@ -865,10 +865,12 @@ class ReadParquet(Source):
             else:
                 elsewhere = next((f.path for f in self.dataset.get_fragments()
                                   if f.physical_schema.get_field_index(name) >= 0), None)
+                which = ("earlier runs read" if elsewhere in self.__dict__.get(
+                    "read_before", {}) else "the filter leaves out")
                 found = (f"'{name}' is in none of the {total} (e.g. "
                          f"{self._shown(gone[0])})"
-                         + (f"; only in files the filter leaves out, such as "
-                            f"{self._shown(elsewhere)}" if elsewhere else ""))
+                         + (f"; only in files {which}, such as {self._shown(elsewhere)}"
+                            if elsewhere else ""))
             said.append(found)
         shared = [n for n in self.schema().names if n not in lacking]
         fixes = ["set `missing: null` to read every file's columns, null in the rows of "

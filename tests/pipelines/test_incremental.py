@@ -242,3 +242,19 @@ def test_the_files_read_before_are_not_opened_again(workdir: Path, engine: Any) 
     with pytest.raises(ValidationFailed) as info:  # reading it fails, as it plans
         run(path, engine_instance=engine, full_refresh=True)
     assert f"cannot read Parquet file '{old}'" in str(info.value.problems[0])
+
+
+def test_a_column_dropped_upstream_stops_the_next_run(workdir: Path) -> None:
+    """The columns are those of every file read so far: a new day without one of them is
+    said (where it still is), unless `missing: null`."""
+    path = pipeline(workdir)
+    day(workdir, 1)
+    run(path)
+    folder = workdir / "data" / "events" / "ds=2"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [200]}), folder / "part.parquet")
+    with pytest.raises(ValidationFailed) as info:
+        run(path)
+    assert (f"'bad' is in none of the 1 file read (e.g. {folder / 'part.parquet'}); only in "
+            f"files earlier runs read, such as {workdir}/data/events/ds=1/part.parquet"
+            ) in str(info.value.problems[0])
