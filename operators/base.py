@@ -14,11 +14,11 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from operators.errors import (  # noqa: F401 - every operator imports its errors from here
     ArtifactError,
@@ -136,10 +136,19 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
 # --------------------------------------------------------------------------- contracts
 
 
+Missing = Annotated[Literal["error", "null"],
+                   BeforeValidator(lambda value: "null" if value is None else value)]
+"""What to do with a column some of the inputs lack (a union's steps, a read's files):
+``error``, or ``null`` in their rows. YAML reads ``missing: null`` as None."""
+
+
 class Params(BaseModel):
     """Base of every operator's parameter model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # the names peers give a parameter (Spark's mergeSchema), as written here: what an
+    # unknown parameter of that name is told to write instead of the closest spelling
+    known_as: ClassVar[dict[str, str]] = {}
 
 
 class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated

@@ -200,14 +200,18 @@ def _run_and_print(path: str, params: dict[str, str], progress: bool | None,
 @main.command("run")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--param", "params", multiple=True, metavar="K=V", help="override a param")
+@click.option("--full-refresh", is_flag=True,
+              help="incremental reads read every file, as if no run had read any (what "
+                   "they read is then this run's files only)")
 @_engine_options
 def run_command(file: str, params: tuple[str, ...], progress: bool | None,
                 **options: Any) -> None:
     """Validate and run a pipeline file.
 
-    Exit status: 0 succeeded, 1 failed (one error line; a bug also prints its
-    traceback), 130 / 143 stopped by SIGINT / SIGTERM (the engine's jobs cancelled,
-    what was not committed discarded, the run record's status ``interrupted``)."""
+    Exit status: 0 succeeded (also when its incremental reads had no new file: nothing
+    run, one line says so), 1 failed (one error line; a bug also prints its traceback),
+    130 / 143 stopped by SIGINT / SIGTERM (the engine's jobs cancelled, what was not
+    committed discarded, the run record's status ``interrupted``)."""
     _run_and_print(file, _parse_params(params), progress, **options)
 
 
@@ -285,6 +289,21 @@ def _listed(text: str | None) -> list[str] | None:
 
 
 
+def _read_incrementally(step_id: str, read: dict[str, Any]) -> str:
+    """'step 'events' read 2 new files (first ..., last ...); 4 read by earlier runs;
+    1 waits (max_files)'."""
+    new = read.get("new_files", 0)
+    text = f"step '{step_id}' read {new:,} new file{'s' * (new != 1)}"
+    if read.get("first"):
+        text += (f" ({read['first']})" if read["first"] == read["last"]
+                 else f" (first {read['first']}, last {read['last']})")
+    text += "; every file (--full-refresh)" if read.get("full_refresh") else (
+        f"; {read.get('read_before', 0):,} read by earlier runs")
+    if read.get("waiting"):
+        text += f"; {read['waiting']:,} wait for the next runs (max_files)"
+    return text
+
+
 def _print_record(record: dict[str, Any], details: bool = False) -> None:
     """A run's summary, as `sluice run` ends; ``details`` adds its file, params and error
     (`sluice runs show`)."""
@@ -309,6 +328,12 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
         for fallback in entry.get("device_fallbacks", []):
             click.echo(f"  step '{step_id}', partition {fallback['partition']}: ran on the "
                        f"CPU ({fallback['reason']})")
+    if record.get("skipped"):
+        click.echo(f"  nothing to do: {record['skipped']}")
+    for step_id, entry in record["steps"].items():
+        read = entry.get("incremental")
+        if read is not None:
+            click.echo(f"  {_read_incrementally(step_id, read)}")
     for output in record["outputs"]:
         click.echo(f"  {_written(output)}")
     for model in record.get("models_used", []):
@@ -426,7 +451,7 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
 
     overrides = _parse_params(params)
     store = ModelStore(models)
-    total = 0
+    total = wrong = 0
     for file in files:
         plan = plan_file(file, overrides, store)
         for problem in plan.problems:
@@ -434,10 +459,12 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
         for line in plan.notices:
             click.echo(f"note: {line}", err=True)
         total += len(plan.problems)
+        wrong += not plan.ok
         if plan.ok:
             click.echo(f"{file}: ok ({len(plan.steps)} steps)")
     if total:
-        _err(f"{total} problem(s) in {len(files)} file(s)")
+        of = f"{wrong} of {len(files)}" if wrong < len(files) else f"{wrong}"
+        _err(f"{total} problem(s) in {of} file(s)")
         sys.exit(1)
 
 

@@ -81,6 +81,12 @@ def _notes(plan: Plan, step: Step) -> list[str]:
             notes.append(f"reads with filter: {op.params.filter} (step "
                          f"'{step.pushed_from}''s condition pushed into the read: files "
                          "and row groups it rules out are skipped)")
+        if op.params.incremental:
+            counts = op.incremental_counts()
+            notes.append(f"incremental: {counts['new_files']:,} new file(s) to read now, "
+                         f"{counts['read_before']:,} read by earlier runs"
+                         + (f", {counts['waiting']:,} left for later runs (max_files)"
+                            if counts["waiting"] else ""))
     elif isinstance(op, Score | Promote | Drift):
         if step.saved_by is not None:
             notes.append(f"model: the version step '{step.saved_by}' saves in this run")

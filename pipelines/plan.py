@@ -64,6 +64,9 @@ class Plan:
     problems: list[Problem] = field(default_factory=list)
     # worth a line but not wrong (validate, plan and run print them as notes)
     notices: list[str] = field(default_factory=list)
+    # what incremental reads read before (``pipelines.incremental.Reads``; None: every
+    # file is new)
+    reads: Any = None
 
     @property
     def ok(self) -> bool:
@@ -157,7 +160,9 @@ def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
         if err["type"] == "extra_forbidden":
             public = _public_fields(cls.Params, loc[:-1])
             took = f"{where} takes" if where else f"{cls.name} takes"
-            msg = (f"unknown parameter '{'.'.join(loc)}'{suggest(name or '', public)}"
+            peer = cls.Params.known_as.get(name or "") if not where else None
+            hint = f"; write `{peer}` here" if peer else suggest(name or "", public)
+            msg = (f"unknown parameter '{'.'.join(loc)}'{hint}"
                    + (f" ({took}: {', '.join(public)})" if public else ""))
         elif err["type"] == "missing":
             msg = f"missing required parameter '{'.'.join(loc)}'"
@@ -232,12 +237,13 @@ def _one_per_value(errors: list[Any]) -> list[Any]:
     return out
 
 
-def build(spec: PipelineSpec, resolve_model: Any = None) -> Plan:
+def build(spec: PipelineSpec, resolve_model: Any = None, reads: Any = None) -> Plan:
     """Plan a parsed pipeline; every problem found is in ``plan.problems``.
 
-    ``resolve_model(ref) -> (chain, required_columns, info)`` loads models for ``score``.
+    ``resolve_model(ref) -> (chain, required_columns, info)`` loads models for ``score``;
+    ``reads`` (``pipelines.incremental.Reads``) says what incremental reads read before.
     """
-    plan = Plan(spec=spec, problems=list(spec.problems))
+    plan = Plan(spec=spec, problems=list(spec.problems), reads=reads)
     file = spec.file
 
     def problem(s: StepSpec, message: str, param: str | None = None,
@@ -545,9 +551,15 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             continue  # its unknown ${param} is reported: a path or column with it in is not
         try:
             if isinstance(step.op, Source):
+                # an incremental read knows the files read before as it plans: only the
+                # new files' footers are read, and checked
+                claimed = not (isinstance(step.op, ReadParquet) and step.op.params.incremental
+                               ) or _bind_read_before(plan, step)
                 step.schema = step.op.schema()
                 if isinstance(step.op, ReadParquet):
                     _note_shadowed_columns(plan, step)
+                    if claimed:
+                        step.op.check_files()
                 continue
             upstream = by_id.get(step.input) if step.input else None
             if upstream is None or upstream.schema is None:
@@ -602,11 +614,25 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 # the column may come from the fit upstream: checked when the run gets there
                 step.schema = schema
         except SluiceError as exc:
-            if isinstance(exc, MissingColumnError):
-                _in_some_files(by_id, step, exc)
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
                                          op=s.op))
+
+
+def _bind_read_before(plan: Plan, step: Step) -> bool:
+    """An incremental read given the files earlier runs read (claimed for a run: a run
+    of the pipeline going on already is a problem at the step's `incremental` line)."""
+    assert isinstance(step.op, ReadParquet)
+    if plan.reads is None:
+        return True
+    try:
+        before = plan.reads.before(plan.spec.name, step.id)
+        step.op.bind_read_before(before.get("files", {}), before.get("schema"))
+    except SluiceError as exc:
+        plan.problems.append(Problem(plan.spec.file, step.spec.line_of("incremental"),
+                                     str(exc), step=step.id, op=step.spec.op))
+        return False
+    return True
 
 
 def _note_shadowed_columns(plan: Plan, step: Step) -> None:
@@ -619,27 +645,6 @@ def _note_shadowed_columns(plan: Plan, step: Step) -> None:
             f"column '{key}' is in the files and in the names of their folders ({key}=...): "
             f"each row gets its folder's value, not its own: rename the column in the "
             f"files, or the folders' key")
-
-
-def _in_some_files(by_id: dict[str, Step], step: Step, exc: MissingColumnError) -> None:
-    """The hint of a missing column that some of the files the step's rows are read from
-    have, but not the first, whose columns the read takes: said so (it looks like a
-    column sluice lost, with the files showing it)."""
-    source = step
-    while source.input is not None and source.input in by_id:
-        source = by_id[source.input]
-    if not isinstance(source.op, ReadParquet):
-        return
-    for column in exc.columns:
-        if source.op.full_schema.get_field_index(column) >= 0:
-            continue
-        found = source.op.file_with(column)
-        if found is not None:
-            first, having = found
-            exc.hint = (f"'{column}' is in {having} but not in {first}, the first file "
-                        f"step '{source.id}' reads, whose columns it takes: write the files "
-                        "with the same columns, or read those with the column apart")
-            return
 
 
 MODEL_OUTPUTS = ("prediction", "probability", "distance", "contribution_base")

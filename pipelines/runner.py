@@ -42,11 +42,13 @@ from operators.features.join import Join, ShuffleJoin
 from operators.features.union import Union
 from operators.io.fs import release_dir
 from operators.io.model import SaveModel
+from operators.io.parquet import ReadParquet
 from pipelines import profiles, runs
 from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
+from pipelines.incremental import Reads
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
 from pipelines.plan import Plan, Step, build, training_only
@@ -224,9 +226,11 @@ def scoring_pipeline(model: str, source: str, output: str, *, mode: str = "error
 
 
 def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
-              store: ModelStore | None = None, text: str | None = None) -> Plan:
+              store: ModelStore | None = None, text: str | None = None,
+              reads: Reads | None = None) -> Plan:
     """Parse and plan a pipeline file (``text``: its contents, ``path`` only naming it
-    in messages); problems are in ``plan.problems``."""
+    in messages); problems are in ``plan.problems``. ``reads``: what its incremental
+    reads read before (default: as the runs folder says, unclaimed)."""
     spec = spec_module.load(path, overrides) if text is None else spec_module.parse(
         text, str(path), overrides)
     store = store or ModelStore()
@@ -235,7 +239,8 @@ def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
         model = store.load(ref)
         return binding(model, ref, store.path_of(model))
 
-    return build(spec, resolve_model=resolve_model)
+    return build(spec, resolve_model=resolve_model,
+                 reads=reads if reads is not None else Reads(default_runs_dir()))
 
 
 def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator,
@@ -699,7 +704,57 @@ def _write_record(record: dict[str, Any], runs_dir: str, quiet: bool = False) ->
         raise
 
 
-def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: str = "local",
+def run(path: str | Path, overrides: dict[str, str] | None = None, *,
+        full_refresh: bool = False, **options: Any) -> dict[str, Any]:
+    """Validate, plan and execute a pipeline file (``_run``'s options): its incremental
+    reads claimed for the run, and released at its end whatever it was
+    (``full_refresh``: they read every file, as if no run had read any)."""
+    reads = Reads(options.get("runs_dir") or default_runs_dir(), full_refresh=full_refresh)
+    try:
+        return _run(path, overrides, reads=reads, **options)
+    finally:
+        reads.release()
+
+
+def _incremental(plan: Plan) -> list[Step]:
+    return [s for s in plan.steps
+            if isinstance(s.op, ReadParquet) and s.op.params.incremental]
+
+
+def _read_entry(reads: Reads, plan: Plan, step: Step) -> dict[str, Any]:
+    """What an incremental read takes, for the run record: how many new files (the
+    first and last by name), read before, waiting for later runs; the state's file."""
+    assert isinstance(step.op, ReadParquet)
+    files = sorted(step.op.files_read())
+    return {**step.op.incremental_counts(),
+            **({"first": files[0], "last": files[-1]} if files else {}),
+            **({"full_refresh": True} if reads.full_refresh else {}),
+            "state": reads.shown(plan.spec.name, step.id)}
+
+
+def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
+                 reads: Reads, runs_dir: str, tracker: Tracker | None = None,
+                 source: str | None = None, notify: Callable[[str], None] | None = None
+                 ) -> dict[str, Any]:
+    """The record of a run whose incremental reads have no new file: succeeded, no step
+    run, nothing written, trained or saved (logged to MLflow where the run would be: a
+    scheduled job's night there too)."""
+    steps = _incremental(plan)
+    said = ", ".join(f"'{s.id}'" for s in steps)
+    record = {**_record_head(plan, path, run_id, started, {"name": engine}),
+              "status": "succeeded", "models_used": [],
+              "skipped": f"no new files: every file of step{'s' * (len(steps) > 1)} {said} "
+                         "was read by an earlier run",
+              "steps": {s.id: {"op": s.op.name, "kind": s.op.kind,
+                               "incremental": _read_entry(reads, plan, s)} for s in steps},
+              "seconds": round(time.time() - started, 6)}
+    if tracker is not None:
+        record["mlflow"] = log_quietly(tracker, record, source, notify)
+    record["record_path"] = _write_record(record, runs_dir)
+    return record
+
+
+def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: str = "local",
         models: str | None = None, runs_dir: str | None = None, scheduler: str | None = None,
         master: str | None = None, progress: bool = False, device: str | None = None,
         dtype: str | None = None, engine_instance: Engine | None = None,
@@ -707,7 +762,7 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         scratch: str | None = None,
         explain: Callable[[SluiceError], None] | None = None,
         mlflow: str | None = None, mlflow_experiment: str | None = None,
-        openlineage: str | None = None) -> dict[str, Any]:
+        openlineage: str | None = None, reads: Reads) -> dict[str, Any]:
     """Validate, plan and execute a pipeline file (or ``text``, a pipeline ``path``
     names); returns the run record. ``explain`` rewords a failure (a command that
     writes the pipeline names its options, not the file's keys) before it is recorded.
@@ -721,8 +776,8 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     """
     store = ModelStore(models)
     started = time.time()
-    run_id = new_run_id()
-    plan = plan_file(path, overrides, store, text)
+    run_id = reads.run_id = new_run_id()
+    plan = plan_file(path, overrides, store, text, reads)
     tracker = Tracker(mlflow, mlflow_experiment) if mlflow else None
     source = None if text is not None else str(path)  # the pipeline file, an artifact
     asked = engine_instance.name if engine_instance is not None else engine
@@ -745,6 +800,11 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
     for line in plan.notices:
         if notify:
             notify(line)
+    incremental = _incremental(plan)
+    reading = {s.id for s in incremental}
+    if incremental and not any(s.op.incremental_counts()["new_files"] for s in incremental):
+        return _nothing_new(plan, path, run_id, started, asked, reads,
+                            runs_dir or default_runs_dir(), tracker, source, notify)
     eng = engine_instance or make_engine(engine, scheduler=scheduler, master=master,
                                          progress=progress)
     try:
@@ -765,7 +825,9 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         "steps": {s.id: {"op": s.op.name, "kind": s.op.kind,
                          **({"params": given} if (given := given_params(s.op)) else {}),
                          **({"dtype": "float32"} if placed[s.id].dtype == "float32" else {}),
-                         **({"filter_from": s.pushed_from} if s.pushed_from else {})}
+                         **({"filter_from": s.pushed_from} if s.pushed_from else {}),
+                         **({"incremental": _read_entry(reads, plan, s)}
+                            if s.id in reading else {})}
                   for s in plan.steps},
         "models_used": [{"step": s.id, **s.op.model_info} for s in plan.steps
                         if getattr(s.op, "model_info", None) and s.saved_by is None],
@@ -795,6 +857,9 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: st
         eng.begin_run()
         record["engine"] = eng.describe()
         current.execute()
+        for step in incremental:  # only now: a failed run's files are read again
+            reads.commit(plan.spec.name, step.id, step.op.files_read(),
+                         step.op.read_schema())
         record["status"] = "succeeded"
     except BaseException as exc:
         record["status"] = "failed"

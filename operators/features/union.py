@@ -15,13 +15,12 @@ it), so a scoring pipeline repeats it.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import pyarrow as pa
 from pydantic import Field, field_validator
 
 from operators.base import (
     DataError,
+    Missing,
     MissingColumnError,
     Operator,
     Params,
@@ -41,15 +40,10 @@ class UnionParams(Params):
     steps: list[str] = Field(
         min_length=1, description="the other steps whose rows come after the input's, in "
                                   "this order")
-    missing: Literal["error", "null"] = Field(
+    missing: Missing = Field(
         "error", description="error: every step has the same columns; null: a column "
                              "some steps lack is null in their rows (Spark's "
                              "allowMissingColumns)")
-
-    @field_validator("missing", mode="before")
-    @classmethod
-    def _null(cls, value: object) -> object:
-        return "null" if value is None else value  # YAML reads `missing: null` as None
 
     @field_validator("steps")
     @classmethod

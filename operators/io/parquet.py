@@ -40,7 +40,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,6 +49,7 @@ from pydantic import Field, field_validator, model_validator
 from operators.base import (
     ARROW_ERRORS,
     DataError,
+    Missing,
     ParamError,
     Params,
     PartitionInfo,
@@ -230,6 +231,19 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
 
 
+def _base(path: str) -> str:
+    """The folder a read's files lie under: its path, or a glob's folder before its
+    first wildcard."""
+    path = path.rstrip("/") or path
+    return _GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0] if _GLOB_CHARS.search(path) \
+        else path
+
+
+def _stamp(info: pa.fs.FileInfo) -> list[int]:
+    """A file's ``[size, mtime_ns]``: what an incremental read knows it by."""
+    return [int(info.size or 0), int(info.mtime_ns or 0)]
+
+
 def _encode_schema(schema: pa.Schema) -> str:
     return base64.b64encode(schema.serialize().to_pybytes()).decode()
 
@@ -300,9 +314,36 @@ class ReadParquetParams(Params):
         description="types to read columns as, e.g. {tenure: int64}; cast on read (also "
                     "where the files disagree on a column's type)"
     )
+    missing: Missing = Field(
+        "error", description="a column some files have and others lack (added, dropped or "
+                             "renamed as the data grew): error (default: the read stops as "
+                             "it plans, naming a file of each) | null (every file's columns, "
+                             "null in the rows of the files without one: Spark's "
+                             "mergeSchema); only the columns read matter")
+    incremental: bool = Field(
+        False, description="read only the files no succeeded run of this pipeline read "
+                           "in this step (a file is known by its path, size and "
+                           "modification time: one rewritten in place is new); `sluice run "
+                           "--full-refresh` reads every file again")
+    max_files: int | None = Field(
+        None, gt=0, description="with incremental: read at most this many new files a "
+                                "run, the oldest (by modification time) first; the others "
+                                "wait for the next runs (a backfill in steps)")
     partition_mb: float = Field(64, gt=0, description="target uncompressed size of a partition")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for URLs")
+
+    known_as: ClassVar[dict[str, str]] = {
+        "merge_schema": "missing: null", "mergeSchema": "missing: null",
+        "max_files_per_trigger": "max_files", "maxFilesPerTrigger": "max_files"}
+
+    @model_validator(mode="after")
+    def _max_files_incremental(self) -> ReadParquetParams:
+        if self.max_files is not None and not self.incremental:
+            raise ParamError("max_files bounds the new files of an incremental read, and "
+                             "this read is not one",
+                             hint="add `incremental: true`, or leave max_files out")
+        return self
 
     @field_validator("schema_")
     @classmethod
@@ -410,18 +451,76 @@ class ReadParquet(Source):
     def dataset(self) -> ds.Dataset:
         loc = self.location
         try:
-            return self._discover(loc, loc.path.rstrip("/") or loc.path)
+            return self._every_files_columns(self._discover(loc, loc.path.rstrip("/")
+                                                            or loc.path))
         except SluiceError:
             raise
         except _io_errors() as exc:
             raise self._failure(exc, loc.path) from None
+
+    def _every_files_columns(self, dataset: ds.Dataset) -> ds.Dataset:
+        """The dataset with the columns of every file, not only of the first (or of its
+        manifest): a column only later files have comes after the others (before the
+        hive columns), in the type of the first file that has it; a column the schema
+        holds as null only (an empty column) takes a file's real type. The footers are
+        read side by side, once (the partitions reuse them)."""
+        fragments = list(dataset.get_fragments())
+        before = self.__dict__.get("schema_before")
+        if len(fragments) < 2 and before is None:
+            return dataset
+        if before is not None and self.params.incremental:
+            # the columns of the files earlier runs read are known: only new files' footers
+            read = self.__dict__["read_before"]
+            stamps = self.stamps(fragments)
+            fragments = [f for f in fragments if read.get(f.path) != stamps[f.path]]
+        footers = self._footers(fragments)
+        schema = base = _schema_without_views(dataset.schema)
+        held = {name for physical in footers for name in physical.names}
+        held.update(before.names if before is not None else [])
+        at = max((i + 1 for i, f in enumerate(schema) if f.name in held), default=0)
+        added: dict[str, pa.Field] = {}
+        for physical in [before, *footers] if before is not None else footers:
+            for field in physical:
+                i = schema.get_field_index(field.name)
+                if i >= 0 and pa.types.is_null(schema.field(i).type):
+                    schema = schema.set(i, schema.field(i).with_type(field.type))
+                elif i < 0 and (field.name not in added
+                                or pa.types.is_null(added[field.name].type)):
+                    added[field.name] = field.remove_metadata()
+        if not added and schema == base:
+            return dataset
+        for field in reversed(added.values()):
+            schema = schema.insert(at, field)
+        return dataset.replace_schema(schema)
+
+    def _footers(self, fragments: list[Any]) -> list[pa.Schema]:
+        """Each file's own schema (its footer; views as plain types), each read once: on
+        an object store side by side, where each is a round trip."""
+        known: dict[str, pa.Schema] = self.__dict__.setdefault("footer_of", {})
+
+        def footer(fragment: Any) -> pa.Schema:
+            try:
+                return _schema_without_views(fragment.physical_schema)
+            except _io_errors() as exc:
+                raise self._failure(exc, fragment.path) from None
+
+        unread = [f for f in fragments if f.path not in known]
+        if len(unread) > 1 and not self.location.local:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(16, len(unread))) as pool:
+                known.update(zip([f.path for f in unread], pool.map(footer, unread),
+                                 strict=True))
+        else:
+            known.update((f.path, footer(f)) for f in unread)
+        return [known[f.path] for f in fragments]
 
     def _discover(self, loc: Location, path: str) -> ds.Dataset:
         import pyarrow.dataset as ds
 
         manifests = _Manifests(loc, self._listed)
         if _GLOB_CHARS.search(path):
-            base = _GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0]
+            base = _base(path)
             files = self._glob(loc, path, base, manifests)
             if not files:
                 raise DataError(f"no files match '{self.params.path}'")
@@ -440,17 +539,23 @@ class ReadParquet(Source):
             raise DataError(f"no Parquet files in directory '{self.params.path}'")
         return self._files_dataset(files, path, None)
 
-    @staticmethod
-    def _directory_files(loc: Location, directory: str, manifests: _Manifests) -> list[str]:
+    def _directory_files(self, loc: Location, directory: str,
+                         manifests: _Manifests) -> list[str]:
         """The data files below a directory that has no manifest of its own: hidden names
-        ('_', '.') left out, as pyarrow's discovery does."""
+        ('_', '.') left out, as pyarrow's discovery does. Their sizes and times, which the
+        listing says, are kept (``stamps``: an object store's listing says a thousand in
+        one request)."""
         selector = pa.fs.FileSelector(directory, recursive=True)
-        return sorted(
-            f.path for f in loc.filesystem.get_file_info(selector)
-            if f.type == pa.fs.FileType.File
-            and not _hidden(posixpath.relpath(f.path, directory))
-            and manifests.committed(f.path)
-        )
+        found = [f for f in loc.filesystem.get_file_info(selector)
+                 if f.type == pa.fs.FileType.File
+                 and not _hidden(posixpath.relpath(f.path, directory))
+                 and manifests.committed(f.path)]
+        self._listed_stamps.update((f.path, _stamp(f)) for f in found)
+        return sorted(f.path for f in found)
+
+    @property
+    def _listed_stamps(self) -> dict[str, list[int]]:
+        return self.__dict__.setdefault("listed_stamps", {})
 
     def _glob(self, loc: Location, pattern: str, base: str,
               manifests: _Manifests) -> list[str]:
@@ -517,7 +622,9 @@ class ReadParquet(Source):
             partitioning = ds.partitioning(pa.schema([schema.field(c) for c in partition_by]),
                                            flavor="hive")
         else:
-            schema = None
+            # an incremental read's columns so far: no footer read to find them (the
+            # first file's would be, and it was read before)
+            schema = self.__dict__.get("schema_before") if self.params.incremental else None
         return ds.dataset(files, filesystem=self.location.filesystem, format="parquet",
                           partitioning=partitioning, partition_base_dir=base, schema=schema)
 
@@ -531,32 +638,13 @@ class ReadParquet(Source):
             physical = first.physical_schema
         except (*_io_errors(), SluiceError):
             return []
-        base = self.location.path.rstrip("/")
-        if _GLOB_CHARS.search(base):  # as _discover takes a glob's folders
-            base = _GLOB_CHARS.split(base, 1)[0].rsplit("/", 1)[0]
+        base = _base(self.location.path)
         if not first.path.startswith(base + "/"):
             return []  # one file: no folders of its own
         folders = posixpath.dirname(first.path[len(base) + 1:]).split("/")
         keys = [segment.split("=", 1)[0] for segment in folders if "=" in segment]
         return [key for key in dict.fromkeys(keys) if key in physical.names
                 and self.full_schema.get_field_index(key) >= 0]
-
-    def file_with(self, column: str, most: int = 100) -> tuple[str, str] | None:
-        """Where the dataset's files disagree on having ``column``: the first file, whose
-        columns the dataset takes, and one of the first ``most`` files that has it (their
-        footers read); None where it is not so."""
-        try:
-            fragments = self.dataset.get_fragments()
-            first = None
-            for i, fragment in enumerate(fragments):
-                if i >= most:
-                    return None
-                first = first or fragment.path
-                if fragment.physical_schema.get_field_index(column) >= 0:
-                    return (first, fragment.path) if fragment.path != first else None
-        except (*_io_errors(), SluiceError):
-            return None
-        return None
 
     @cached_property
     def full_schema(self) -> pa.Schema:
@@ -653,21 +741,171 @@ class ReadParquet(Source):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return []
 
-    def _pieces(self) -> Iterator[tuple[Any, pa.Schema, list[Any]]]:
-        """Each file the filter keeps: its fragment, its physical schema and its row
-        groups that can hold rows passing the filter (footers read once)."""
+    @cached_property
+    def _kept(self) -> list[tuple[Any, pa.Schema]]:
+        """Each file the filter keeps by its hive partition, with its own schema (the
+        footers, read once: ``_footers``)."""
         flt = self._filter
         try:
             # the whole filter prunes hive partitions here (a folder's value is exact, NaN
-            # too), what statistics may judge of it prunes row groups below
+            # too), what statistics may judge of it prunes row groups in ``_pieces``
             fragments = _pruned(lambda: list(self.dataset.get_fragments(filter=flt)),
                                 lambda: list(self.dataset.get_fragments()), flt)
         except _io_errors() as exc:
             raise self._failure(exc, self.location.path) from None
-        for fragment in fragments:
+        if self.params.incremental and "read_before" in self.__dict__:
+            fragments = self._new(fragments)
+        return list(zip(fragments, self._footers(fragments) if fragments else [],
+                        strict=True))
+
+    def bind_read_before(self, files: dict[str, list[int]], schema: str | None = None
+                         ) -> None:
+        """For an incremental read, before it plans: the files earlier runs read
+        (``[size, mtime_ns]`` by path), which it leaves (it keeps ``max_files`` of the
+        others, oldest first), and the columns they had (``read_schema``), so that only
+        the new files' footers are read."""
+        self.__dict__["read_before"] = files
+        self.__dict__["schema_before"] = _decode_schema(schema)
+        for stale in ("_kept", "_files_checked", "dataset", "full_schema"):
+            self.__dict__.pop(stale, None)
+
+    def read_schema(self) -> str:
+        """The columns of the files read so far, as an incremental read keeps them."""
+        return _encode_schema(self.full_schema)
+
+    def _new(self, fragments: list[Any]) -> list[Any]:
+        before: dict[str, list[int]] = self.__dict__["read_before"]
+        # as listed, before any row is read: a file rewritten while the run reads it
+        # is recorded as it was, and read again by the next run
+        stamps = self.__dict__["stamps_listed"] = self.stamps(fragments)
+        new = [f for f in fragments if before.get(f.path) != stamps[f.path]]
+        self.__dict__["already_read"] = len(fragments) - len(new)
+        self.__dict__["waiting"] = 0
+        if self.params.max_files is not None and len(new) > self.params.max_files:
+            oldest = sorted(new, key=lambda f: (stamps[f.path][1], f.path))
+            taken = {f.path for f in oldest[:self.params.max_files]}
+            self.__dict__["waiting"] = len(new) - len(taken)
+            new = [f for f in new if f.path in taken]
+        return new
+
+    def stamps(self, fragments: list[Any]) -> dict[str, list[int]]:
+        """Each file's ``[size, mtime_ns]``, as its file system says: as the directory's
+        listing said, else asked (a manifest's or a glob's files)."""
+        listed = self._listed_stamps
+        unlisted = [f.path for f in fragments if f.path not in listed]
+        fs = self.location.filesystem
+        try:
+            if len(unlisted) > 1 and not self.location.local:
+                # one listing of the folder (a thousand objects a request), not a
+                # request a file
+                wanted = set(unlisted)
+                listed.update((i.path, _stamp(i)) for i in fs.get_file_info(
+                    pa.fs.FileSelector(_base(self.location.path), recursive=True))
+                    if i.path in wanted)
+                unlisted = [p for p in unlisted if p not in listed]
+            if unlisted:
+                listed.update((i.path, _stamp(i)) for i in fs.get_file_info(unlisted))
+        except _io_errors() as exc:
+            raise self._failure(exc, self.location.path) from None
+        return {f.path: listed[f.path] for f in fragments}
+
+    def files_read(self) -> dict[str, list[int]]:
+        """The files this read reads (``[size, mtime_ns]`` by path): what an incremental
+        read records when its run succeeds."""
+        kept = [fragment for fragment, _ in self._kept]
+        listed = self.__dict__.get("stamps_listed") or self.stamps(kept)
+        return {f.path: listed[f.path] for f in kept}
+
+    def incremental_counts(self) -> dict[str, int]:
+        """How many files the read takes, how many earlier runs read, how many wait
+        (``max_files``)."""
+        kept = len(self._kept)
+        return {"new_files": kept, "read_before": self.__dict__.get("already_read", 0),
+                "waiting": self.__dict__.get("waiting", 0)}
+
+    def check_files(self) -> None:
+        """Fail before any data moves where the files this read keeps disagree on the
+        columns it reads (``missing``) or on their types (``_check_types``); the
+        planner asks, and the partitions."""
+        self._files_checked  # noqa: B018 - once per operator
+
+    @cached_property
+    def _files_checked(self) -> bool:
+        kept = self._kept
+        if self.params.missing == "error":
+            self._check_columns(kept)
+        self._check_types([(fragment.path, physical) for fragment, physical in kept])
+        return True
+
+    def _check_columns(self, kept: list[tuple[Any, pa.Schema]]) -> None:
+        """Where some of the files read hold a column the read reads and others do not
+        (a column added on day 30, dropped, renamed): a DataError naming, for each such
+        column, a file that has it and one that lacks it, and how many; reading it as
+        nulls is asked for with ``missing: null``, or the column is left out of
+        ``columns``. A column a hive folder gives every file is not a file's."""
+        import pyarrow.dataset as ds
+
+        if not kept:
+            return
+        folders = [ds.get_partition_keys(f.partition_expression) for f, _ in kept]
+        held = {name for _, physical in kept for name in physical.names}
+        # a hive column no file holds is the folders': a file outside them reads null
+        read = [name for name in dict.fromkeys([*self.schema().names, *self._filter_columns])
+                if name in held or not any(name in keys for keys in folders)]
+        lacking: dict[str, list[str]] = {}
+        having: dict[str, list[str]] = {}
+        for (fragment, physical), keys in zip(kept, folders, strict=True):
+            for name in read:
+                has = physical.get_field_index(name) >= 0 or name in keys
+                (having if has else lacking).setdefault(name, []).append(fragment.path)
+        disagree = [name for name in read if name in lacking]
+        if not disagree:
+            return
+        total = f"{len(kept):,} file{'s' if len(kept) != 1 else ''} read"
+        said = []
+        for name in disagree:
+            gone = lacking[name]
+            if name in having:
+                found = (f"'{name}' is in {len(having[name]):,} of the {total} "
+                         f"(e.g. {self._shown(having[name][0])}), not in {len(gone):,} "
+                         f"(e.g. {self._shown(gone[0])})")
+            else:
+                elsewhere = next((f.path for f in self.dataset.get_fragments()
+                                  if f.physical_schema.get_field_index(name) >= 0), None)
+                which = ("earlier runs read" if elsewhere in self.__dict__.get(
+                    "read_before", {}) else "the filter leaves out")
+                found = (f"'{name}' is in none of the {total} (e.g. "
+                         f"{self._shown(gone[0])})"
+                         + (f"; only in files {which}, such as {self._shown(elsewhere)}"
+                            if elsewhere else ""))
+            said.append(found)
+        shared = [n for n in self.schema().names if n not in lacking]
+        fixes = ["set `missing: null` to read every file's columns, null in the rows of "
+                 "the files without one (Spark's mergeSchema)"]
+        named = ", ".join(repr(n) for n in disagree)
+        if self.params.columns is not None:
+            fixes.append(f"leave {named} out of `columns`")
+        elif shared and len(shared) <= 12:
+            fixes.append(f"read only the columns every file has: `columns: "
+                         f"[{', '.join(shared)}]`")
+        else:
+            fixes.append(f"list the columns to read in `columns:`, without {named}")
+        # a column the older files have and the newer ones have instead: renamed?
+        renamed = [(a, b) for a in disagree for b in disagree
+                   if a in having and b in having and set(having[a]) == set(lacking[b])
+                   and set(having[b]) == set(lacking[a]) and having[a][0] < having[b][0]]
+        if renamed:
+            a, b = renamed[0]
+            fixes.append(f"if '{a}' became '{b}' in later files: `missing: null`, then a "
+                         f"derive of `{b}: coalesce({b}, {a})`")
+        raise DataError("the files disagree on the columns read: " + "; ".join(said),
+                        hint="; or ".join(fixes))
+
+    def _pieces(self) -> Iterator[tuple[Any, pa.Schema, list[Any]]]:
+        """Each file the filter keeps: its fragment, its physical schema and its row
+        groups that can hold rows passing the filter (footers read once)."""
+        for fragment, physical in self._kept:
             try:
-                # the footer, read once for the pieces too; views read as plain types
-                physical = _schema_without_views(fragment.physical_schema)
                 judged = self._row_group_filter(physical)
                 pieces = _pruned(
                     functools.partial(fragment.split_by_row_group, judged,
@@ -701,11 +939,10 @@ class ReadParquet(Source):
         return total
 
     def partitions(self) -> list[PartitionInfo]:
+        self.check_files()
         target = self.params.partition_mb * 1024 * 1024
         out: list[PartitionInfo] = []
-        files: list[tuple[str, pa.Schema]] = []
-        for fragment, physical, pieces in self._pieces():
-            files.append((fragment.path, physical))
+        for fragment, _, pieces in self._pieces():
             group: list[int] = []
             rows = size = 0
             for piece in pieces:
@@ -718,7 +955,6 @@ class ReadParquet(Source):
                 size += rg.total_byte_size
             if group:
                 out.append(self._info(len(out), fragment, group, rows))
-        self._check_types(files)
         if not out:
             # nothing to read (empty files or everything pruned): one empty partition
             # keeps the schema flowing to the steps after
@@ -740,9 +976,8 @@ class ReadParquet(Source):
         """Fail before any data moves where files disagree on a read column's type in a
         way no read could mend: a file's type that does not widen to the dataset's
         (int64 where the dataset has double is fine; double where it has int64 is not),
-        or, for a column whose type ``schema`` declares, a type with no cast to it. A file
-        that lacks a column reads it as nulls (a column added later), as pyarrow and
-        Spark do."""
+        or, for a column whose type ``schema`` declares, a type with no cast to it (a file
+        without the column: ``_check_columns``)."""
         target = self.schema()
         declared = set(self.params.schema_ or {})
         shared: dict[pa.Schema, list[str]] = {}  # files mostly share one schema

@@ -132,7 +132,7 @@ def test_invalid_pipeline_exit_code_and_all_problems(churn: Path, workdir: Path)
     assert "did you mean 'tenure'" in errors[0]
     assert "missing required parameter 'name'" in errors[1]
     assert "unknown parameter 'nam'" in errors[2]
-    assert errors[3] == "error: 3 problem(s) in 2 file(s)"
+    assert errors[3] == "error: 3 problem(s) in 1 of 2 file(s)"  # the files with problems
     ran = sluice("run", str(bad), cwd=workdir)
     assert ran.returncode == 1 and "nothing ran" in ran.stderr
     assert not (workdir / "out").exists() and refused(workdir / "runs", "validation")

@@ -483,3 +483,28 @@ def test_names_that_meet_once_mlflow_takes_them_stay_apart(churn: Path, workdir:
     assert all(keys[n].startswith("eval.groups.currency__.rmse_") for n in names)
     assert _keys(["eval.groups.region=north.rmse"]) == {
         "eval.groups.region=north.rmse": "eval.groups.region_north.rmse"}
+
+
+def test_a_run_with_no_new_files_is_logged_too(workdir: Path, store: str) -> None:
+    """A scheduled incremental run that found nothing new is a night in MLflow's history
+    as in sluice's: finished, with its record."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (workdir / "data").mkdir()
+    pq.write_table(pa.table({"id": [1, 2]}), workdir / "data" / "d1.parquet")
+    path = write_pipeline(workdir, """
+        pipeline: inc
+        steps:
+          - op: read_parquet
+            path: data
+            incremental: true
+          - op: write_parquet
+            path: out
+            mode: append
+        """)
+    run(path.name, mlflow=store)
+    idle = run(path.name, mlflow=store)
+    assert idle["skipped"] and idle["mlflow"]["run_id"]
+    got = _logged(store, idle)
+    assert got.info.status == "FINISHED" and got.data.tags["sluice.run_id"] == idle["run_id"]

@@ -1,0 +1,260 @@
+"""Incremental reads (`read_parquet: incremental: true`): a scheduled re-run reads only
+the files no succeeded run of the pipeline read, on every engine; what was read is
+committed only when a run succeeds; two runs at once do not both take the same files.
+
+The oracle is the files themselves: the output, after several runs appending to it,
+holds each input row exactly once (pyarrow's read of every input file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_pipeline
+
+from operators.base import SluiceError
+from pipelines.runner import ValidationFailed, run
+
+SLUICE = str(Path(sys.executable).parent / "sluice")
+
+PIPELINE = """
+    pipeline: events_daily
+    params: {{wait: 0.0}}
+    steps:
+      - id: events
+        op: read_parquet
+        path: data/events
+        incremental: true{extra}
+      - id: touch
+        op: sluice_testops.Touch
+        folder: {marks}
+        seconds: ${{wait}}
+      - op: write_parquet
+        path: out
+        mode: append
+    """
+
+
+def day(root: Path, ds: int, rows: int = 3, bad: bool = False, name: str = "part.parquet"
+        ) -> Path:
+    """A `ds=` folder's file of ``rows`` ids (``ds * 100 + i``)."""
+    folder = root / "data" / "events" / f"ds={ds}"
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [ds * 100 + i for i in range(rows)]
+    pq.write_table(pa.table({"id": ids, "bad": [bad] * rows}), folder / name)
+    return folder / name
+
+
+def pipeline(workdir: Path, extra: str = "") -> Path:
+    (workdir / "marks").mkdir(exist_ok=True)
+    return write_pipeline(workdir, PIPELINE.format(extra=extra, marks=workdir / "marks"))
+
+
+def ids_in(folder: Path) -> list[int]:
+    return sorted(pq.read_table(folder, columns=["id"]).column("id").to_pylist())
+
+
+def every_input_id(workdir: Path) -> list[int]:
+    return sorted(i for f in (workdir / "data" / "events").rglob("*.parquet")
+                  for i in pq.read_table(f).column("id").to_pylist())
+
+
+def state(workdir: Path) -> dict[str, Any]:
+    return json.loads((workdir / "runs" / "events_daily" / ".reads" / "events.json")
+                      .read_text())["files"]
+
+
+def test_scheduled_runs_append_each_row_exactly_once(workdir: Path, engine: Any) -> None:
+    """Three scheduled runs, a new `ds=` folder arriving before the second: each row is
+    in the output once; the third, with nothing new, runs nothing and says so."""
+    path = pipeline(workdir)
+    day(workdir, 1)
+    first = run(path, engine_instance=engine)
+    assert first["steps"]["events"]["incremental"]["new_files"] == 1
+    day(workdir, 2)
+    second = run(path, engine_instance=engine)
+    read = second["steps"]["events"]["incremental"]
+    assert (read["new_files"], read["read_before"]) == (1, 1)
+    assert read["first"] == read["last"] == str(workdir / "data/events/ds=2/part.parquet")
+    assert second["steps"]["touch"]["rows"] == 3
+    assert ids_in(workdir / "out") == every_input_id(workdir)
+    third = run(path, engine_instance=engine)
+    assert third["status"] == "succeeded" and third["outputs"] == []
+    assert third["skipped"] == ("no new files: every file of step 'events' was read by an "
+                                "earlier run")
+    assert third["steps"]["events"]["incremental"]["read_before"] == 2
+    assert ids_in(workdir / "out") == every_input_id(workdir)
+    assert sorted(state(workdir)) == sorted(str(p) for p in
+                                            (workdir / "data" / "events").rglob("*.parquet"))
+
+
+def test_a_failed_run_commits_nothing_and_a_rewritten_file_is_new(workdir: Path) -> None:
+    path = pipeline(workdir)
+    day(workdir, 1)
+    run(path)
+    day(workdir, 2)
+    day(workdir, 3, bad=True)
+    with pytest.raises(SluiceError, match="a bad row"):
+        run(path)
+    assert list(state(workdir)) == [str(workdir / "data/events/ds=1/part.parquet")]
+    day(workdir, 3)  # rewritten in place, good now: a new file
+    done = run(path)
+    assert done["steps"]["events"]["incremental"]["new_files"] == 2
+    assert ids_in(workdir / "out") == every_input_id(workdir)
+
+
+def test_max_files_reads_the_oldest_first(workdir: Path) -> None:
+    path = pipeline(workdir, "\n        max_files: 2")
+    for ds in (3, 1, 2):  # written in this order: day 3 is the oldest file
+        day(workdir, ds)
+        time.sleep(0.01)
+    first = run(path)["steps"]["events"]["incremental"]
+    assert (first["new_files"], first["waiting"]) == (2, 1)
+    assert ids_in(workdir / "out") == [100, 101, 102, 300, 301, 302]
+    second = run(path)["steps"]["events"]["incremental"]
+    assert (second["new_files"], second["read_before"], second["waiting"]) == (1, 2, 0)
+    assert ids_in(workdir / "out") == every_input_id(workdir)
+
+
+def test_full_refresh_reads_every_file_and_runs_show_says_what_was_read(
+        workdir: Path) -> None:
+    path = pipeline(workdir)
+    day(workdir, 1)
+    day(workdir, 2)
+    env = {**os.environ, "CI": "1"}
+    for args in ([], [], ["--full-refresh"]):
+        done = subprocess.run([SLUICE, "run", str(path), *args], cwd=workdir, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    assert (f"step 'events' read 2 new files (first {workdir}/data/events/ds=1/part.parquet, "
+            f"last {workdir}/data/events/ds=2/part.parquet); every file (--full-refresh)"
+            ) in lines
+    listed = subprocess.run([SLUICE, "runs", "list", "--json"], cwd=workdir, env=env,
+                            capture_output=True, text=True, timeout=120)
+    skipped = json.loads(listed.stdout.splitlines()[1])  # the second run, newest first
+    shown = subprocess.run([SLUICE, "runs", "show", skipped["run_id"]], cwd=workdir,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert ("nothing to do: no new files: every file of step 'events' was read by an "
+            "earlier run") in shown.stdout
+    assert "step 'events' read 0 new files; 2 read by earlier runs" in shown.stdout
+    assert ids_in(workdir / "out") == sorted(every_input_id(workdir) * 2)  # appended again
+
+
+def test_a_second_run_at_once_is_refused_naming_the_first(workdir: Path) -> None:
+    """The first run holds the step while it runs; the second fails as it plans, naming
+    it; an interrupted first run commits nothing, so the next reads its files."""
+    path = pipeline(workdir)
+    day(workdir, 1)
+    child = subprocess.Popen([SLUICE, "run", str(path), "--param", "wait=5"], cwd=workdir,
+                             env={**os.environ, "CI": "1"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((workdir / "marks").iterdir()):
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        lock = workdir / "runs" / "events_daily" / ".reads" / "events.lock"
+        first = json.loads(lock.read_text())["run_id"]
+        with pytest.raises(ValidationFailed) as info:
+            run(path)
+        (problem,) = info.value.problems
+        assert problem.line == 7 and (
+            f"step 'events' reads incrementally, and run {first} of pipeline 'events_daily' "
+            "is reading it now") in problem.message
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.communicate()
+    assert not (workdir / "runs" / "events_daily" / ".reads" / "events.json").exists()
+    done = run(path)
+    assert done["steps"]["events"]["incremental"]["new_files"] == 1
+    assert ids_in(workdir / "out") == every_input_id(workdir)
+
+
+def test_with_a_full_read_beside_it_the_incremental_read_decides(workdir: Path) -> None:
+    """A run with an incremental read and a whole one runs when the incremental one has
+    new files (the other reading all of its own), and is skipped when it has none."""
+    day(workdir, 1)
+    (workdir / "data" / "extra").mkdir()
+    pq.write_table(pa.table({"id": [-1], "bad": [False]}), workdir / "data/extra/x.parquet")
+    path = write_pipeline(workdir, """
+        pipeline: events_daily
+        steps:
+          - id: events
+            op: read_parquet
+            path: data/events
+            columns: [id, bad]
+            incremental: true
+          - id: extra
+            op: read_parquet
+            path: data/extra
+          - op: union
+            input: events
+            steps: [extra]
+          - op: write_parquet
+            path: out
+            mode: append
+        """)
+    assert run(path)["steps"]["extra"]["rows"] == 1
+    assert run(path)["skipped"]
+    day(workdir, 2)
+    again = run(path)
+    assert (again["steps"]["events"]["rows"], again["steps"]["extra"]["rows"]) == (3, 1)
+    assert ids_in(workdir / "out") == sorted([-1, -1, *every_input_id(workdir)])
+    assert "incremental" not in again["steps"]["extra"]
+
+
+def test_a_write_into_the_folder_read_incrementally_is_refused(workdir: Path) -> None:
+    day(workdir, 1)
+    path = pipeline(workdir)
+    path.write_text(path.read_text().replace("path: out", "path: data/events/ds=9"))
+    with pytest.raises(ValidationFailed) as info:
+        run(path)
+    assert "is inside 'data/events', which step 'events' reads" in str(info.value.problems[0])
+
+
+def test_the_files_read_before_are_not_opened_again(workdir: Path, engine: Any) -> None:
+    """A scheduled run opens only the new files (their footers for the columns, as
+    the plan's), whatever the history holds: a file read before, its bytes garbled in
+    place (same size, same time), is never opened, where reading it would fail."""
+    path = pipeline(workdir)
+    old = day(workdir, 1)
+    run(path, engine_instance=engine)
+    stat = old.stat()
+    old.write_bytes(b"\0" * stat.st_size)
+    os.utime(old, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    day(workdir, 2)
+    done = run(path, engine_instance=engine)
+    assert done["steps"]["events"]["incremental"]["new_files"] == 1
+    assert ids_in(workdir / "out") == [100, 101, 102, 200, 201, 202]
+    with pytest.raises(ValidationFailed) as info:  # reading it fails, as it plans
+        run(path, engine_instance=engine, full_refresh=True)
+    assert f"cannot read Parquet file '{old}'" in str(info.value.problems[0])
+
+
+def test_a_column_dropped_upstream_stops_the_next_run(workdir: Path) -> None:
+    """The columns are those of every file read so far: a new day without one of them is
+    said (where it still is), unless `missing: null`."""
+    path = pipeline(workdir)
+    day(workdir, 1)
+    run(path)
+    folder = workdir / "data" / "events" / "ds=2"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [200]}), folder / "part.parquet")
+    with pytest.raises(ValidationFailed) as info:
+        run(path)
+    assert (f"'bad' is in none of the 1 file read (e.g. {folder / 'part.parquet'}); only in "
+            f"files earlier runs read, such as {workdir}/data/events/ds=1/part.parquet"
+            ) in str(info.value.problems[0])
