@@ -239,6 +239,15 @@ class Rename(Transform):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
 
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Rename | None:
+        """Without the renames only training reads the result of (a label renamed here:
+        scoring rows have no label to rename); None where none is left."""
+        columns = {old: new for old, new in self.params.columns.items()
+                   if new not in training_only}
+        if len(columns) == len(self.params.columns):
+            return self
+        return Rename(columns=columns) if columns else None
+
     def derived_from(self) -> dict[str, list[str]]:
         return {new: [old] for old, new in self.params.columns.items()}
 

@@ -359,3 +359,46 @@ def test_a_derived_label_a_select_keeps_is_not_saved(churn: Path, workdir: Path)
     model = load_model("kept", str(workdir / "models"))
     assert model.model.required == ["tenure", "monthly_charges"]
     assert "derive" not in [s.name for s in model.model.chain.every_step()]
+
+
+def test_a_renamed_label_is_not_asked_of_the_scoring_rows(churn: Path, workdir: Path) -> None:
+    """rename {churned: y} then a model of label y: the saved model asked for 'churned'
+    (the rename's source) to score, so new rows without the label were refused. The
+    saved rename keeps the renames scoring needs (a feature's)."""
+    rows = pq.read_table(churn)
+    run(write_pipeline(workdir, f"""
+        pipeline: renamed
+        steps:
+          - op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges, churned]
+          - op: rename
+            columns: {{churned: y, tenure: months}}
+          - op: logistic_regression
+            label: y
+          - op: save_model
+            name: renamed
+        """, "renamed.yaml"))
+    model = load_model("renamed", str(workdir / "models"))
+    assert model.model.required == ["tenure", "monthly_charges"]
+    (rename,) = [s for s in model.model.chain.every_step() if s.name == "rename"]
+    assert rename.params.columns == {"tenure": "months"}
+    scored = model.score(rows.select(["tenure", "monthly_charges"]))
+    assert scored.num_rows == rows.num_rows
+    only_label = write_pipeline(workdir, f"""
+        pipeline: renamed_label
+        steps:
+          - op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges, churned]
+          - op: rename
+            columns: {{churned: y}}
+          - op: logistic_regression
+            label: y
+          - op: save_model
+            name: label_only
+        """, "label_only.yaml")
+    run(only_label)
+    model = load_model("label_only", str(workdir / "models"))
+    assert "rename" not in [s.name for s in model.model.chain.every_step()]
+    assert model.model.required == ["tenure", "monthly_charges"]
