@@ -185,8 +185,8 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
         fits read (their labels, weights, query groups), which scoring has no use for.
         drop and select save a drop or select of what is there (a model never asks for a
         column only to drop it, nor for the label a select kept); derive saves the columns
-        scoring needs (not the label it derived), rename the renames it needs (not the
-        label's)."""
+        scoring needs (not the label it derived), rename and cast the renames and casts
+        it needs (not the label's)."""
         return self
 
     def plan_note(self) -> str | None:

@@ -341,6 +341,14 @@ class Cast(Transform):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
 
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Cast | None:
+        """Without the casts of columns only training reads (the label cast to bool:
+        scoring rows have no label); None where none is left."""
+        columns = {c: t for c, t in self.params.columns.items() if c not in training_only}
+        if len(columns) == len(self.params.columns):
+            return self
+        return Cast(self.params.model_copy(update={"columns": columns})) if columns else None
+
     def _targets(self) -> dict[str, pa.DataType]:
         return {c: parse_type(t) for c, t in self.params.columns.items()}
 

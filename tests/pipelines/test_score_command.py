@@ -402,3 +402,29 @@ def test_a_renamed_label_is_not_asked_of_the_scoring_rows(churn: Path, workdir: 
     model = load_model("label_only", str(workdir / "models"))
     assert "rename" not in [s.name for s in model.model.chain.every_step()]
     assert model.model.required == ["tenure", "monthly_charges"]
+
+
+def test_a_cast_label_is_not_asked_of_the_scoring_rows(churn: Path, workdir: Path) -> None:
+    """cast {churned: bool, tenure: float64} then a model of label churned: the saved cast
+    asked the scoring rows for the label; it keeps the feature's cast only."""
+    rows = pq.read_table(churn)
+    run(write_pipeline(workdir, f"""
+        pipeline: cast_label
+        steps:
+          - op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges, churned]
+          - op: cast
+            columns: {{churned: bool, tenure: float64}}
+            invalid: "null"
+          - op: logistic_regression
+            label: churned
+          - op: save_model
+            name: cast_label
+        """, "cast_label.yaml"))
+    model = load_model("cast_label", str(workdir / "models"))
+    assert model.model.required == ["tenure", "monthly_charges"]
+    (cast,) = [s for s in model.model.chain.every_step() if s.name == "cast"]
+    assert cast.params.columns == {"tenure": "float64"} and cast.params.invalid == "null"
+    scored = model.score(rows.select(["tenure", "monthly_charges"]))
+    assert scored.column("prediction").type == pa.bool_()
