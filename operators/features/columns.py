@@ -19,6 +19,8 @@ from operators.base import (
     SchemaError,
     Transform,
     arrow_message,
+    columns_view,
+    columns_without,
     register,
     require_columns,
 )
@@ -242,11 +244,13 @@ class Rename(Transform):
     def saved_view(self, training_only: frozenset[str] = frozenset()) -> Rename | None:
         """Without the renames only training reads the result of (a label renamed here:
         scoring rows have no label to rename); None where none is left."""
-        columns = {old: new for old, new in self.params.columns.items()
-                   if new not in training_only}
-        if len(columns) == len(self.params.columns):
+        # by the new names: what the later steps (and the fits) read
+        renamed = frozenset(old for old, new in self.params.columns.items()
+                            if new in training_only)
+        cut = columns_without(self.params, renamed)
+        if cut is None:
             return self
-        return Rename(columns=columns) if columns else None
+        return Rename(cut[0]) if cut[0] is not None else None
 
     def derived_from(self) -> dict[str, list[str]]:
         return {new: [old] for old, new in self.params.columns.items()}
@@ -344,10 +348,7 @@ class Cast(Transform):
     def saved_view(self, training_only: frozenset[str] = frozenset()) -> Cast | None:
         """Without the casts of columns only training reads (the label cast to bool:
         scoring rows have no label); None where none is left."""
-        columns = {c: t for c, t in self.params.columns.items() if c not in training_only}
-        if len(columns) == len(self.params.columns):
-            return self
-        return Cast(self.params.model_copy(update={"columns": columns})) if columns else None
+        return columns_view(self, training_only)
 
     def _targets(self) -> dict[str, pa.DataType]:
         return {c: parse_type(t) for c, t in self.params.columns.items()}

@@ -295,9 +295,10 @@ def test_a_model_reference_that_names_nothing_is_at_the_model_line(
 
 
 def test_a_derived_label_another_step_reads_is_saved(churn: Path, workdir: Path) -> None:
-    """A label (or weight) derived in the chain that a later step of it reads too (a
-    scaler of it, an impute of the weight, another model's feature) stays in the saved
-    derive: the run saves its model, and scoring derives the column as training did."""
+    """A label (or weight) derived in the chain that a later step of the saved model
+    reads (another model's feature) stays in the saved derive: the run saves its model,
+    and scoring derives the column as training did. A scaler of the label or an impute
+    of the weight is saved without it (below), so the derive is not saved either."""
     rows = pq.read_table(churn)
     chains = {
         "scaled": """
@@ -333,9 +334,15 @@ def test_a_derived_label_another_step_reads_is_saved(churn: Path, workdir: Path)
         run(write_pipeline(workdir, text + f"\n  - op: save_model\n    name: {name}\n",
                            f"{name}.yaml"))
         model = load_model(name, str(workdir / "models"))
-        (derive,) = [s for s in model.model.chain.every_step() if s.name == "derive"]
-        assert len(derive.params.columns) == 1, name
-        assert next(iter(derive.params.columns)) not in model.model.required, name
+        derives = [s for s in model.model.chain.every_step() if s.name == "derive"]
+        if name == "featured":
+            (derive,) = derives
+            assert len(derive.params.columns) == 1, name
+            assert next(iter(derive.params.columns)) not in model.model.required, name
+        else:
+            assert not derives, name
+            assert model.model.required == ["tenure"] if name == "scaled" else \
+                ["tenure", "monthly_charges"], (name, model.model.required)
         assert model.score(rows).num_rows == rows.num_rows
 
 
@@ -428,3 +435,42 @@ def test_a_cast_label_is_not_asked_of_the_scoring_rows(churn: Path, workdir: Pat
     assert cast.params.columns == {"tenure": "float64"} and cast.params.invalid == "null"
     scored = model.score(rows.select(["tenure", "monthly_charges"]))
     assert scored.column("prediction").type == pa.bool_()
+
+
+@pytest.mark.parametrize("chain", [
+    """
+          - op: standard_scale
+            columns: [tenure, monthly_charges]
+          - op: linear_regression
+            label: monthly_charges
+            features: [tenure]""",
+    """
+          - op: robust_scale
+            columns: [monthly_charges, tenure]
+          - op: linear_regression
+            label: monthly_charges
+            features: [tenure]""",
+    """
+          - op: impute
+            columns: [total_charges, churned]
+            strategy: most_frequent
+          - op: logistic_regression
+            label: churned
+            features: [tenure, total_charges]""",
+])
+def test_a_label_scaled_or_imputed_is_not_asked_of_the_scoring_rows(
+        churn: Path, workdir: Path, chain: str) -> None:
+    """A scaler or impute of the label (with features beside it) saved the label's
+    column too, so the saved model asked the scoring rows for the label; its view keeps
+    the features' columns and statistics only, and scores as the whole step did."""
+    rows = pq.read_table(churn)
+    text = f"pipeline: scaled\nsteps:\n  - op: read_parquet\n    path: {churn}"
+    text += chain.replace("\n          ", "\n  ") + "\n  - op: save_model\n    name: s\n"
+    run(write_pipeline(workdir, text, "scaled.yaml"))
+    model = load_model("s", str(workdir / "models"))
+    label = "churned" if "churned" in chain else "monthly_charges"
+    assert label not in model.model.required
+    features = [c for c in model.model.required]
+    full = model.score(rows)
+    scored = model.score(rows.select(features))
+    assert scored.column("prediction").equals(full.column("prediction"))
