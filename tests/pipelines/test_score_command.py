@@ -474,3 +474,53 @@ def test_a_label_scaled_or_imputed_is_not_asked_of_the_scoring_rows(
     full = model.score(rows)
     scored = model.score(rows.select(features))
     assert scored.column("prediction").equals(full.column("prediction"))
+
+
+def test_a_threshold_cuts_a_binary_classifiers_probability(churn: Path, workdir: Path) -> None:
+    """score's threshold (and sluice score --threshold): the second class where the
+    probability is at least it; a model of numbers or of three classes is refused as the
+    pipeline plans."""
+    run(write_pipeline(workdir, f"""
+        pipeline: cut
+        steps:
+          - op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges, churned, plan]
+          - op: logistic_regression
+            label: churned
+            features: [tenure, monthly_charges]
+          - op: save_model
+            name: binary
+        """, "binary.yaml"))
+    done = subprocess.run([SLUICE, "score", "binary", str(churn), "cut", "--threshold", "0.3",
+                           "--keep", "customer_id"], capture_output=True, text=True,
+                          timeout=300, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    out = pq.read_table(workdir / "cut")
+    proba = out.column("probability").to_numpy()
+    assert out.column("prediction").to_pylist() == (proba >= 0.3).astype(int).tolist()
+    assert 0 < (proba >= 0.3).sum() and (proba[proba >= 0.3] < 0.5).any()
+    run(write_pipeline(workdir, f"""
+        pipeline: plans
+        steps:
+          - op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges, plan]
+          - op: logistic_regression
+            label: plan
+          - op: save_model
+            name: plans
+        """, "plans.yaml"))
+    refused = write_pipeline(workdir, f"""
+        pipeline: scored
+        steps:
+          - op: read_parquet
+            path: {churn}
+          - op: score
+            model: plans
+            threshold: 0.3
+        """, "refused.yaml")
+    with pytest.raises(ValidationFailed) as info:
+        run(refused)
+    assert ("threshold cuts a binary classifier's probability, and model 'plans' has 3 "
+            "classes") in str(info.value.problems[0])
