@@ -99,6 +99,8 @@ from bench.mlp_cases import (  # noqa: F401 - bench.worker looks the sides up he
     train_mlp_sluice_local,
 )
 from bench.naive_bayes_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    select_features_sklearn,
+    select_features_sluice_local,
     train_naive_bayes_sklearn,
     train_naive_bayes_sluice_local,
 )
@@ -335,6 +337,9 @@ CASES: dict[str, Case] = {
     # read + naive_bayes (Gaussian) + save vs scikit-learn's GaussianNB on the files read
     # with pyarrow (bench/naive_bayes_cases.py)
     "train_naive_bayes": Case("numeric", ("sluice_local", "sklearn"), _numeric),
+    # read -> select_features (anova, the best 10 of 20) -> write vs scikit-learn's
+    # SelectKBest(f_classif, k=10) on the files read with pyarrow + write
+    "select_features": Case("numeric", ("sluice_local", "sklearn"), _numeric),
     "dask_train_kmeans": Case("blobs", ("sluice_dask", "dask_ml"), blobs,
                               check=check_dask_kmeans),
     # read -> isolation_forest (100 trees of 256 rows, contamination 0.01) -> evaluate (every

@@ -194,7 +194,8 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
         fits read (their labels, weights, query groups), which scoring has no use for.
         drop and select save a drop or select of what is there (a model never asks for a
         column only to drop it, nor for the label a select kept); derive saves the columns
-        scoring needs (not the label it derived)."""
+        scoring needs (not the label it derived), rename and cast the renames and casts
+        it needs (not the label's)."""
         return self
 
     def plan_note(self) -> str | None:
@@ -217,6 +218,34 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
         """MissingColumnError naming the columns this step reads that ``schema`` lacks
         (checked as the pipeline plans)."""
         require_columns(schema, self.input_columns(schema))
+
+
+def columns_without(params: Params, training_only: frozenset[str]
+                    ) -> tuple[Params | None, list[int]] | None:
+    """For the ``saved_view`` of a step of ``columns`` (a list, or a mapping by column):
+    None where none of them is ``training_only``'s; else its params without those (None
+    where none is left) and the positions of the columns kept (a fitted step's arrays
+    by column keep those rows)."""
+    columns = params.columns
+    names = list(columns)
+    keep = [i for i, name in enumerate(names) if name not in training_only]
+    if len(keep) == len(names):
+        return None
+    if not keep:
+        return None, []
+    kept = ({names[i]: columns[names[i]] for i in keep} if isinstance(columns, dict)
+            else [names[i] for i in keep])
+    return params.model_copy(update={"columns": kept}), keep
+
+
+def columns_view(op: Operator, training_only: frozenset[str]) -> Operator | None:
+    """The ``saved_view`` of a step of ``columns`` built from its params alone (a cast,
+    a scaler or impute before its fit): the same step without the columns only training
+    reads; None where none is left."""
+    cut = columns_without(op.params, training_only)
+    if cut is None:
+        return op
+    return type(op)(cut[0]) if cut[0] is not None else None
 
 
 class Transform(Operator):

@@ -233,10 +233,13 @@ def run_command(file: str, params: tuple[str, ...], progress: bool | None,
 @click.option("--contributions", is_flag=True, help="add per-feature contributions")
 @click.option("--contributions-by", type=click.Choice(["features", "inputs"]),
               default="features", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="a binary classifier's cut: the second class where its probability is "
+                   "at least this (evaluate's thresholds.best_f1 suggests one)")
 @_engine_options
 def score_command(model: str, source: str, output: str, mode: str,
                   partition_by: str | None, where: str | None, keep: str | None,
-                  contributions: bool, contributions_by: str,
+                  contributions: bool, contributions_by: str, threshold: float | None,
                   progress: bool | None, **options: Any) -> None:
     """Score the Parquet at INPUT with MODEL (churn, churn@3, churn@production) into
     OUTPUT, on any engine: the pipeline read -> score -> write, without a file (MLflow's
@@ -253,7 +256,7 @@ def score_command(model: str, source: str, output: str, mode: str,
     text = scoring_pipeline(model, source, output, mode=mode, where=where,
                             keep=_listed(keep), partition_by=_listed(partition_by),
                             contributions=contributions, contributions_by=contributions_by,
-                            models=options["models"])
+                            models=options["models"], threshold=threshold)
     label = f"sluice score {model}"
 
     def as_options(text: str) -> str:

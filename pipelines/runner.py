@@ -198,7 +198,8 @@ def placements(plan: Plan, engine: Engine, device: str | None = None,
 def scoring_pipeline(model: str, source: str, output: str, *, mode: str = "error",
                      where: str | None = None, keep: list[str] | None = None,
                      contributions: bool = False, contributions_by: str = "features",
-                     models: str | None = None, partition_by: list[str] | None = None) -> str:
+                     models: str | None = None, partition_by: list[str] | None = None,
+                     threshold: float | None = None) -> str:
     """The pipeline ``sluice score`` runs, as YAML: read ``source`` (``where`` pushed
     into the read), score with ``model``, keep the ``keep`` input columns and the
     model's (all the input's when None), write ``output`` (``mode``, hive columns
@@ -209,6 +210,8 @@ def scoring_pipeline(model: str, source: str, output: str, *, mode: str = "error
     score: dict[str, Any] = {"id": "score", "op": "score", "model": model}
     if contributions:
         score.update(contributions=True, contributions_by=contributions_by)
+    if threshold is not None:
+        score["threshold"] = threshold
     steps = [read, score]
     if keep is not None:
         from pipelines.serving import load_model

@@ -115,7 +115,11 @@ class Evaluate(Measuring):
     model's quality for a rare class), precision, recall, f1 (binary: positive class =
     the larger class; multiclass: macro average), confusion_matrix, count; on request
     brier (scikit-learn's brier_score_loss: how true the probabilities are, what
-    `calibrate` improves; a model's validation reports it too). Regression:
+    `calibrate` improves; a model's validation reports it too) and, of two classes,
+    thresholds: the ROC and precision-recall curves (threshold, tpr, fpr, precision, f1
+    at up to 100 of the scores' thresholds, scikit-learn's roc_curve and
+    precision_recall_curve, MLlib's BinaryClassificationMetrics) and best_f1, the
+    threshold of the highest F1 with its precision and recall: where to cut. Regression:
     rmse, mse, mae, r2, count; on request poisson_deviance, gamma_deviance,
     tweedie_deviance (at `tweedie_power`, a tweedie model's), and for a
     quantile model pinball_loss (the loss it minimises) and coverage (the share of labels

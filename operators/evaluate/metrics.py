@@ -40,19 +40,22 @@ from operators.base import DataError, ParamError, suggest
 REGRESSION_METRICS = ["rmse", "mse", "mae", "r2", "count", "poisson_deviance",
                       "gamma_deviance", "tweedie_deviance", "pinball_loss", "coverage"]
 CLASSIFICATION_METRICS = ["accuracy", "log_loss", "roc_auc", "pr_auc", "precision", "recall",
-                          "f1", "confusion_matrix", "count", "brier"]
+                          "f1", "confusion_matrix", "count", "brier", "thresholds"]
 DEFAULT_METRICS = {
     "regression": ["rmse", "mae", "r2", "count"],
     "classification": ["accuracy", "precision", "recall", "f1", "log_loss", "roc_auc",
                        "pr_auc", "confusion_matrix", "count"],
 }
-PROBABILITY_METRICS = ["log_loss", "roc_auc", "pr_auc", "brier"]
+PROBABILITY_METRICS = ["log_loss", "roc_auc", "pr_auc", "brier", "thresholds"]
+CURVE_POINTS = 100
+"""The most thresholds ``thresholds`` lists (evenly spaced among those the scores have;
+its best-F1 threshold is chosen among all of them)."""
 LOWER_IS_BETTER = {"log_loss", "brier", "rmse", "mse", "mae", "poisson_deviance", "gamma_deviance",
                    "tweedie_deviance", "pinball_loss", "davies_bouldin", "inertia"}
 """The metrics of which less is better; of any other, more (the silhouette,
 Calinski-Harabasz, accuracy, ...)."""
 COMPARABLE = sorted((set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS) | {"ndcg"})
-                    - {"count", "confusion_matrix", "coverage"})
+                    - {"count", "confusion_matrix", "coverage", "thresholds"})
 """The metrics two models of a label (tuning's candidates, promote's) can be compared by."""
 CLUSTERING_COMPARABLE = ["calinski_harabasz", "davies_bouldin", "inertia", "silhouette"]
 """The metrics two clusterings of the same held-out rows (kmeans' tuning candidates) can
@@ -379,6 +382,10 @@ class MetricAccumulator:
         }
         if stats["proba"] is not None:
             out.update(_finalize_proba(stats["proba"], k, total, true_sum))
+        if "thresholds" in self.metrics and k > 2:
+            raise DataError(f"thresholds are of two classes' scores, and the label has {k}",
+                            hint="leave thresholds out of metrics, or evaluate one class "
+                                 "against the rest (derive a boolean label)")
         return out
 
 
@@ -509,13 +516,14 @@ def _finalize_proba(proba: dict[str, Any], k: int, total: float, true_sum: np.nd
     if width == 1:
         if k < 2:
             return {"log_loss": math.nan, "roc_auc": math.nan, "pr_auc": math.nan,
-                    "brier": math.nan}
+                    "brier": math.nan, "thresholds": math.nan}
         # sum of w (p - y)^2 = sum w p^2 - 2 sum_{y = 1} w p + sum_{y = 1} w
         brier = proba["squares"] - 2.0 * proba["linear"][1, 0] + true_sum[1]
         return {"log_loss": float((loss[0, 0] + loss[1, 1]) / total),
                 "brier": float(max(brier, 0.0) / total),
                 "roc_auc": auc(hist[1, 0], hist[0, 0]),
-                "pr_auc": average_precision(hist[1, 0], hist[0, 0])}
+                "pr_auc": average_precision(hist[1, 0], hist[0, 0]),
+                "thresholds": threshold_table(hist[1, 0], hist[0, 0])}
     if k != width:
         raise DataError(f"probability has {width} entries per row but {k} classes are known "
                         "(given, or found in the labels and predictions)",
@@ -566,6 +574,37 @@ def average_precision(positives: np.ndarray, negatives: np.ndarray) -> float:
     gained = positives[::-1] > 0
     precision = true[gained] / predicted[gained]
     return float(np.sum(positives[::-1][gained] * precision) / p)
+
+
+def threshold_table(positives: np.ndarray, negatives: np.ndarray,
+                    points: int = CURVE_POINTS) -> dict[str, Any] | float:
+    """The ROC and precision-recall curves of two classes' score histograms, from the
+    highest threshold down (a row is predicted positive where its score, on the bins'
+    grid, is at least the threshold: scikit-learn's ``roc_curve`` and
+    ``precision_recall_curve`` of the binned scores, MLlib's
+    ``BinaryClassificationMetrics``), at up to ``points`` of the thresholds the scores
+    have, evenly spaced, the last recalling every positive; ``best_f1`` is the
+    threshold of the highest F1 among all of them (the highest of equals). NaN where a
+    class has no weight."""
+    p, n = float(positives.sum()), float(negatives.sum())
+    if p <= 0 or n <= 0:
+        return math.nan
+    occupied = np.flatnonzero((positives > 0) | (negatives > 0))[::-1]
+    tp, fp = np.cumsum(positives[occupied]), np.cumsum(negatives[occupied])
+    precision = tp / (tp + fp)
+    f1 = 2.0 * tp / (tp + fp + p)
+    best = int(np.argmax(f1))
+    pick = np.unique(np.round(np.linspace(0, len(occupied) - 1,
+                                          min(points, len(occupied)))).astype(int))
+
+    def listed(values: np.ndarray) -> list[float]:
+        return [float(v) for v in values[pick]]
+
+    threshold = occupied / AUC_BINS
+    return {"threshold": listed(threshold), "tpr": listed(tp / p), "fpr": listed(fp / n),
+            "precision": listed(precision), "f1": listed(f1),
+            "best_f1": {"threshold": float(threshold[best]), "f1": float(f1[best]),
+                        "precision": float(precision[best]), "recall": float(tp[best] / p)}}
 
 
 def auc_bin_error_bound(positives: np.ndarray, negatives: np.ndarray) -> float:

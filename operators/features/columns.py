@@ -19,6 +19,8 @@ from operators.base import (
     SchemaError,
     Transform,
     arrow_message,
+    columns_view,
+    columns_without,
     register,
     require_columns,
 )
@@ -239,6 +241,17 @@ class Rename(Transform):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
 
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Rename | None:
+        """Without the renames only training reads the result of (a label renamed here:
+        scoring rows have no label to rename); None where none is left."""
+        # by the new names: what the later steps (and the fits) read
+        renamed = frozenset(old for old, new in self.params.columns.items()
+                            if new in training_only)
+        cut = columns_without(self.params, renamed)
+        if cut is None:
+            return self
+        return Rename(cut[0]) if cut[0] is not None else None
+
     def derived_from(self) -> dict[str, list[str]]:
         return {new: [old] for old, new in self.params.columns.items()}
 
@@ -331,6 +344,11 @@ class Cast(Transform):
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
+
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Cast | None:
+        """Without the casts of columns only training reads (the label cast to bool:
+        scoring rows have no label); None where none is left."""
+        return columns_view(self, training_only)
 
     def _targets(self) -> dict[str, pa.DataType]:
         return {c: parse_type(t) for c, t in self.params.columns.items()}

@@ -17,6 +17,8 @@ from operators.base import (
     Params,
     SchemaError,
     Transform,
+    columns_view,
+    columns_without,
     register,
     register_fitted,
     require_columns,
@@ -149,6 +151,11 @@ class Impute(Estimator):
                        if p.strategy == "median" else None)
         self.multi_pass = self.search is not None and self.search.multi_pass
 
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Impute | None:
+        """Without the columns only training reads (a label or weight imputed here:
+        scoring rows have none); None where none is left."""
+        return columns_view(self, training_only)
+
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
 
@@ -229,6 +236,15 @@ class ImputeFitted(Transform):
     def __init__(self, params: ImputeParams, fill: dict[str, Any]):
         super().__init__(params)
         self.fill = dict(fill)
+
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> ImputeFitted | None:
+        """Without the columns only training reads, and their fill values."""
+        cut = columns_without(self.params, training_only)
+        if cut is None:
+            return self
+        params = cut[0]
+        return None if params is None else ImputeFitted(
+            params, {name: self.fill[name] for name in params.columns})
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)

@@ -26,6 +26,8 @@ from operators.base import (
     ParamError,
     Params,
     Transform,
+    columns_view,
+    columns_without,
     register,
     register_fitted,
 )
@@ -156,6 +158,11 @@ class _MomentsEstimator(Estimator):
         super().__init__(params, **kwargs)
         unique_names(self.params.columns, "columns")
 
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Estimator | None:
+        """Without the columns only training reads (a label scaled here: scoring rows
+        have none); None where none is left."""
+        return columns_view(self, training_only)
+
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
 
@@ -188,6 +195,17 @@ class _ScaledFitted(Transform):
     def __init__(self, params: Any, stats: dict[str, np.ndarray]):
         super().__init__(params)
         self.stats = stats
+
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> _ScaledFitted | None:
+        """Without the columns only training reads (a label scaled here: scoring rows have
+        none), and their moments; None where none is left."""
+        cut = columns_without(self.params, training_only)
+        if cut is None:
+            return self
+        params, keep = cut
+        if params is None:
+            return None
+        return type(self)(params, {k: np.asarray(v)[keep] for k, v in self.stats.items()})
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
@@ -489,6 +507,11 @@ class RobustScale(Estimator):
         self.search = ColumnQuantiles(p.columns, [0.5, low / 100, high / 100], p.approx)
         self.multi_pass = self.search.multi_pass
 
+    def saved_view(self, training_only: frozenset[str] = frozenset()) -> Estimator | None:
+        """Without the columns only training reads (a label scaled here: scoring rows
+        have none); None where none is left."""
+        return columns_view(self, training_only)
+
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
 
@@ -537,6 +560,15 @@ class RobustScaleFitted(Transform):
     percentiles with ``unit_variance``."""
 
     Params = RobustScaleParams
+
+    def saved_view(self, training_only: frozenset[str] = frozenset()
+                   ) -> RobustScaleFitted | None:
+        """Without the columns only training reads, and their quantiles."""
+        cut = columns_without(self.params, training_only)
+        if cut is None:
+            return self
+        params, keep = cut
+        return None if params is None else RobustScaleFitted(params, self.quantiles[keep])
 
     def __init__(self, params: RobustScaleParams, quantiles: np.ndarray):
         super().__init__(params)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from operators.base import (
@@ -20,7 +21,13 @@ from operators.base import (
     yaml_text,
 )
 from operators.chain import Chain, dump_chain, load_chain
-from operators.models.common import CONTRIBUTION_BASE, CONTRIBUTIONS, FittedModel
+from operators.models.common import (
+    CONTRIBUTION_BASE,
+    CONTRIBUTIONS,
+    PREDICTION,
+    PROBABILITY,
+    FittedModel,
+)
 
 PREDICTION_COLUMNS = ("prediction", "probability")
 OUTPUT_COLUMNS = (*PREDICTION_COLUMNS, CONTRIBUTIONS, CONTRIBUTION_BASE)
@@ -51,6 +58,12 @@ class ScoreParams(Params):
                            "forests and trees); tree models (TreeSHAP), linear and logistic "
                            "regression (coefficient x the value's difference from the "
                            "training mean)")
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="a binary classifier's cut: the prediction is the second class where "
+                    "its probability is at least this, else the first (default: the most "
+                    "probable class, 0.5; evaluate's thresholds.best_f1 suggests one; "
+                    "MLlib's threshold)")
     contributions_by: Literal["features", "inputs"] = Field(
         "features", description="features: a field per model feature (plan=basic, "
                                 "plan=premium...); inputs: per column of this step's input "
@@ -250,6 +263,8 @@ class Score(Transform):
             if not added:
                 raise SchemaError(f"model '{self.params.model}' has no predicting step",
                                   hint="the saved chain must end in a model step")
+            if self.params.threshold is not None:
+                self._binary_classes(produced)
             if self.params.contributions:
                 at = self._explained(chain)
                 model = chain.steps[at]
@@ -260,6 +275,21 @@ class Score(Transform):
         for field in added:
             kept = kept.append(field)
         return kept
+
+    def _binary_classes(self, produced: pa.Schema) -> list[Any]:
+        """The two classes of the model a ``threshold`` cuts; a SchemaError for a model
+        of more classes, or of numbers."""
+        classes = next((step.classes for step in reversed(self._bound().steps)
+                        if getattr(step, "classes", None) is not None), None)
+        if (classes is None or len(classes) != 2 or PROBABILITY not in produced.names
+                or produced.field(PROBABILITY).type != pa.float64()):
+            what = ("predicts numbers" if classes is None
+                    else f"has {len(classes)} classes")
+            raise SchemaError(f"threshold cuts a binary classifier's probability, and model "
+                              f"'{self.params.model}' {what}",
+                              hint="leave threshold out (the most probable class is the "
+                                   "prediction)")
+        return list(classes)
 
     def _retyped(self, schema: pa.Schema, exc: SchemaError) -> SchemaError:
         """``exc`` (a step of the model's chain refused this input), with a hint that names
@@ -289,6 +319,14 @@ class Score(Transform):
             scored = Chain(chain.steps[at + 1:]).transform(explained, xp)
         else:
             scored = chain.transform(part, xp)
+        if self.params.threshold is not None:
+            classes = self._binary_classes(scored.schema)
+            field = scored.schema.field(PREDICTION)
+            cut = pc.greater_equal(scored.column(PROBABILITY), self.params.threshold)
+            labels = pa.array(classes, field.type)
+            predicted = pc.if_else(cut, labels[1], labels[0])
+            scored = scored.set_column(scored.schema.get_field_index(PREDICTION), field,
+                                       predicted)
         out = part.drop_columns([c for c in self.outputs if c in part.column_names])
         for name in self.outputs:
             if name in scored.column_names:

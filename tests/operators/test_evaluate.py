@@ -475,3 +475,61 @@ def test_by_errors() -> None:
         Evaluate(label="churned", by=["segmnt"]).output_schema(table.schema)
     with pytest.raises(ParamError, match="'segment' is listed twice in `by`"):
         Evaluate(label="churned", by=["segment", "segment"])
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_thresholds_are_scikit_learns_roc_and_precision_recall_curves(weighted: bool) -> None:
+    """Scores on the bins' grid (k / 2**16, 60 distinct values): every threshold listed,
+    and its tpr, fpr and precision are roc_curve's and precision_recall_curve's at it;
+    the best F1 is the highest over them; the same on every partitioning."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    rng = np.random.default_rng(5)
+    rows = 3000
+    y = rng.random(rows) < 0.3
+    grid = rng.integers(0, 60, rows) * 1000 + np.where(y, 3000, 0)
+    proba = np.clip(grid, 0, 65536) / 2 ** 16
+    w = rng.integers(1, 4, rows).astype(float)
+    table = pa.table({"churned": pa.array(y.astype(np.int64)),
+                      "prediction": pa.array((proba > 0.5).astype(np.int64)),
+                      "probability": proba, "w": w})
+    params = {"label": "churned", "metrics": ["thresholds", "roc_auc"],
+              **({"weight": "w"} if weighted else {})}
+    sample = w if weighted else None
+    results = {how: evaluate(params, parts)
+               for how, parts in partitionings(table, "churned").items()}
+    got = results["one"]["thresholds"]
+    for other in results.values():
+        assert other["thresholds"] == got
+    fpr, tpr, at = roc_curve(y, proba, sample_weight=sample, drop_intermediate=False)
+    curve = {t: (f, r) for f, r, t in zip(fpr, tpr, at, strict=True)}
+    assert len(got["threshold"]) == len(np.unique(proba)) <= 100
+    assert got["threshold"] == sorted(got["threshold"], reverse=True)
+    for t, f, r in zip(got["threshold"], got["fpr"], got["tpr"], strict=True):
+        assert (f, r) == pytest.approx(curve[t], rel=1e-12)
+    precision, recall, at = precision_recall_curve(y, proba, sample_weight=sample)
+    by_threshold = dict(zip(at, precision[:-1], strict=True))
+    for t, p in zip(got["threshold"], got["precision"], strict=True):
+        assert p == pytest.approx(by_threshold[t], rel=1e-12)
+    f1 = 2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1])
+    best = got["best_f1"]
+    assert best["f1"] == pytest.approx(f1.max(), rel=1e-12)
+    assert best["threshold"] == max(t for t, v in zip(at, f1, strict=True)
+                                    if v == pytest.approx(f1.max(), rel=1e-12))
+    assert got["tpr"][-1] == got["fpr"][-1] == 1.0
+
+
+def test_thresholds_of_many_scores_are_a_hundred_points_and_not_of_three_classes() -> None:
+    table = binary_table(5000)
+    got = evaluate({"label": "churned", "metrics": ["thresholds"]}, split(table, 3))
+    curve = got["thresholds"]
+    assert len(curve["threshold"]) == 100 and curve["tpr"][-1] == 1.0
+    assert all(np.diff(curve["tpr"]) >= 0) and all(np.diff(curve["fpr"]) >= 0)
+    assert 0 < curve["best_f1"]["f1"] <= 1
+    three = multiclass_table(600)
+    with pytest.raises(DataError, match="thresholds are of two classes' scores, and the "
+                                        "label has 4"):
+        evaluate({"label": "plan", "metrics": ["thresholds"]}, [three])

@@ -286,16 +286,17 @@ def test_drift_of_rows_a_second_save_trains_on_is_with_the_first_save(
 
 def test_drift_in_the_saving_run_of_a_weight_another_step_reads(
         tables, workdir: Path) -> None:
-    """A model's weight column that a step before it reads too (impute) is in the
-    saved profile: drift of it in the saving run is planned so (the plan refused
-    `columns: [total_charges]`, "not in the profile", though the run profiles it)."""
+    """A model's weight column that a step before it reads too (impute) is the fit's
+    only, as the label is: the saved impute leaves it out (scoring rows have no
+    weight), so the profile has it not, and the plan and the run agree on that (the
+    plan once refused what the run profiled). The features' drift is planned as ever."""
     weighted = """
     pipeline: weighted
     steps:
       - op: read_parquet
         path: train
       - op: impute
-        columns: [total_charges]
+        columns: [total_charges, monthly_charges]
         strategy: median
       - op: logistic_regression
         label: churned
@@ -307,15 +308,16 @@ def test_drift_in_the_saving_run_of_a_weight_another_step_reads(
         path: scoring
       - op: drift
         model: churn
-        columns: [total_charges]
+        columns: [monthly_charges]
 """
     record = run(write_pipeline(workdir, weighted))
-    assert list(record["metrics"]["drift"]["psi"]) == ["total_charges"]
-    label = weighted.rsplit("columns:", 1)[0] + "columns: [churned]\n"  # the fit's only
-    with pytest.raises(ValidationFailed) as info:
-        run(write_pipeline(workdir, label, "label.yaml"))
-    assert "columns: 'churned' is not in the profile of model 'churn'" in str(
-        info.value.problems[0])
+    assert list(record["metrics"]["drift"]["psi"]) == ["monthly_charges"]
+    for column in ("total_charges", "churned"):  # the fit's only
+        only = weighted.rsplit("columns:", 1)[0] + f"columns: [{column}]\n"
+        with pytest.raises(ValidationFailed) as info:
+            run(write_pipeline(workdir, only, f"{column}.yaml"))
+        assert f"columns: '{column}' is not in the profile of model 'churn'" in str(
+            info.value.problems[0])
 
 
 def test_drift_of_the_training_rows_on_a_first_run_says_why(tables, workdir: Path) -> None:

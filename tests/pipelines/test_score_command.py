@@ -295,9 +295,10 @@ def test_a_model_reference_that_names_nothing_is_at_the_model_line(
 
 
 def test_a_derived_label_another_step_reads_is_saved(churn: Path, workdir: Path) -> None:
-    """A label (or weight) derived in the chain that a later step of it reads too (a
-    scaler of it, an impute of the weight, another model's feature) stays in the saved
-    derive: the run saves its model, and scoring derives the column as training did."""
+    """A label (or weight) derived in the chain that a later step of the saved model
+    reads (another model's feature) stays in the saved derive: the run saves its model,
+    and scoring derives the column as training did. A scaler of the label or an impute
+    of the weight is saved without it (below), so the derive is not saved either."""
     rows = pq.read_table(churn)
     chains = {
         "scaled": """
@@ -333,9 +334,15 @@ def test_a_derived_label_another_step_reads_is_saved(churn: Path, workdir: Path)
         run(write_pipeline(workdir, text + f"\n  - op: save_model\n    name: {name}\n",
                            f"{name}.yaml"))
         model = load_model(name, str(workdir / "models"))
-        (derive,) = [s for s in model.model.chain.every_step() if s.name == "derive"]
-        assert len(derive.params.columns) == 1, name
-        assert next(iter(derive.params.columns)) not in model.model.required, name
+        derives = [s for s in model.model.chain.every_step() if s.name == "derive"]
+        if name == "featured":
+            (derive,) = derives
+            assert len(derive.params.columns) == 1, name
+            assert next(iter(derive.params.columns)) not in model.model.required, name
+        else:
+            assert not derives, name
+            assert model.model.required == ["tenure"] if name == "scaled" else \
+                ["tenure", "monthly_charges"], (name, model.model.required)
         assert model.score(rows).num_rows == rows.num_rows
 
 
@@ -359,3 +366,161 @@ def test_a_derived_label_a_select_keeps_is_not_saved(churn: Path, workdir: Path)
     model = load_model("kept", str(workdir / "models"))
     assert model.model.required == ["tenure", "monthly_charges"]
     assert "derive" not in [s.name for s in model.model.chain.every_step()]
+
+
+def test_a_renamed_label_is_not_asked_of_the_scoring_rows(churn: Path, workdir: Path) -> None:
+    """rename {churned: y} then a model of label y: the saved model asked for 'churned'
+    (the rename's source) to score, so new rows without the label were refused. The
+    saved rename keeps the renames scoring needs (a feature's)."""
+    rows = pq.read_table(churn)
+    run(write_pipeline(workdir, f"""
+        pipeline: renamed
+        steps:
+          - op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges, churned]
+          - op: rename
+            columns: {{churned: y, tenure: months}}
+          - op: logistic_regression
+            label: y
+          - op: save_model
+            name: renamed
+        """, "renamed.yaml"))
+    model = load_model("renamed", str(workdir / "models"))
+    assert model.model.required == ["tenure", "monthly_charges"]
+    (rename,) = [s for s in model.model.chain.every_step() if s.name == "rename"]
+    assert rename.params.columns == {"tenure": "months"}
+    scored = model.score(rows.select(["tenure", "monthly_charges"]))
+    assert scored.num_rows == rows.num_rows
+    only_label = write_pipeline(workdir, f"""
+        pipeline: renamed_label
+        steps:
+          - op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges, churned]
+          - op: rename
+            columns: {{churned: y}}
+          - op: logistic_regression
+            label: y
+          - op: save_model
+            name: label_only
+        """, "label_only.yaml")
+    run(only_label)
+    model = load_model("label_only", str(workdir / "models"))
+    assert "rename" not in [s.name for s in model.model.chain.every_step()]
+    assert model.model.required == ["tenure", "monthly_charges"]
+
+
+def test_a_cast_label_is_not_asked_of_the_scoring_rows(churn: Path, workdir: Path) -> None:
+    """cast {churned: bool, tenure: float64} then a model of label churned: the saved cast
+    asked the scoring rows for the label; it keeps the feature's cast only."""
+    rows = pq.read_table(churn)
+    run(write_pipeline(workdir, f"""
+        pipeline: cast_label
+        steps:
+          - op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges, churned]
+          - op: cast
+            columns: {{churned: bool, tenure: float64}}
+            invalid: "null"
+          - op: logistic_regression
+            label: churned
+          - op: save_model
+            name: cast_label
+        """, "cast_label.yaml"))
+    model = load_model("cast_label", str(workdir / "models"))
+    assert model.model.required == ["tenure", "monthly_charges"]
+    (cast,) = [s for s in model.model.chain.every_step() if s.name == "cast"]
+    assert cast.params.columns == {"tenure": "float64"} and cast.params.invalid == "null"
+    scored = model.score(rows.select(["tenure", "monthly_charges"]))
+    assert scored.column("prediction").type == pa.bool_()
+
+
+@pytest.mark.parametrize("chain", [
+    """
+          - op: standard_scale
+            columns: [tenure, monthly_charges]
+          - op: linear_regression
+            label: monthly_charges
+            features: [tenure]""",
+    """
+          - op: robust_scale
+            columns: [monthly_charges, tenure]
+          - op: linear_regression
+            label: monthly_charges
+            features: [tenure]""",
+    """
+          - op: impute
+            columns: [total_charges, churned]
+            strategy: most_frequent
+          - op: logistic_regression
+            label: churned
+            features: [tenure, total_charges]""",
+])
+def test_a_label_scaled_or_imputed_is_not_asked_of_the_scoring_rows(
+        churn: Path, workdir: Path, chain: str) -> None:
+    """A scaler or impute of the label (with features beside it) saved the label's
+    column too, so the saved model asked the scoring rows for the label; its view keeps
+    the features' columns and statistics only, and scores as the whole step did."""
+    rows = pq.read_table(churn)
+    text = f"pipeline: scaled\nsteps:\n  - op: read_parquet\n    path: {churn}"
+    text += chain.replace("\n          ", "\n  ") + "\n  - op: save_model\n    name: s\n"
+    run(write_pipeline(workdir, text, "scaled.yaml"))
+    model = load_model("s", str(workdir / "models"))
+    label = "churned" if "churned" in chain else "monthly_charges"
+    assert label not in model.model.required
+    features = [c for c in model.model.required]
+    full = model.score(rows)
+    scored = model.score(rows.select(features))
+    assert scored.column("prediction").equals(full.column("prediction"))
+
+
+def test_a_threshold_cuts_a_binary_classifiers_probability(churn: Path, workdir: Path) -> None:
+    """score's threshold (and sluice score --threshold): the second class where the
+    probability is at least it; a model of numbers or of three classes is refused as the
+    pipeline plans."""
+    run(write_pipeline(workdir, f"""
+        pipeline: cut
+        steps:
+          - op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges, churned, plan]
+          - op: logistic_regression
+            label: churned
+            features: [tenure, monthly_charges]
+          - op: save_model
+            name: binary
+        """, "binary.yaml"))
+    done = subprocess.run([SLUICE, "score", "binary", str(churn), "cut", "--threshold", "0.3",
+                           "--keep", "customer_id"], capture_output=True, text=True,
+                          timeout=300, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    out = pq.read_table(workdir / "cut")
+    proba = out.column("probability").to_numpy()
+    assert out.column("prediction").to_pylist() == (proba >= 0.3).astype(int).tolist()
+    assert 0 < (proba >= 0.3).sum() and (proba[proba >= 0.3] < 0.5).any()
+    run(write_pipeline(workdir, f"""
+        pipeline: plans
+        steps:
+          - op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges, plan]
+          - op: logistic_regression
+            label: plan
+          - op: save_model
+            name: plans
+        """, "plans.yaml"))
+    refused = write_pipeline(workdir, f"""
+        pipeline: scored
+        steps:
+          - op: read_parquet
+            path: {churn}
+          - op: score
+            model: plans
+            threshold: 0.3
+        """, "refused.yaml")
+    with pytest.raises(ValidationFailed) as info:
+        run(refused)
+    assert ("threshold cuts a binary classifier's probability, and model 'plans' has 3 "
+            "classes") in str(info.value.problems[0])
