@@ -499,7 +499,7 @@ def test_a_threshold_cuts_a_binary_classifiers_probability(churn: Path, workdir:
     out = pq.read_table(workdir / "cut")
     proba = out.column("probability").to_numpy()
     assert out.column("prediction").to_pylist() == (proba >= 0.3).astype(int).tolist()
-    assert 0 < (proba >= 0.3).sum() and (proba[proba >= 0.3] < 0.5).any()
+    assert (proba >= 0.3).sum() > 0 and (proba[proba >= 0.3] < 0.5).any()
     run(write_pipeline(workdir, f"""
         pipeline: plans
         steps:
