@@ -375,6 +375,11 @@ class Evaluate(Measuring):
         groups = stats.get("groups")
         overall = {k: v for k, v in stats.items() if k != "groups"}
         values = accumulator.finalize(overall)
+        k = len(overall.get("classes", ()))
+        if "thresholds" in state["metrics"] and k > 2:
+            raise DataError(f"thresholds are of two classes' scores, and the label has {k}",
+                            hint="leave thresholds out of metrics, or evaluate one class "
+                                 "against the rest (derive a boolean label)")
         if groups is not None:
             values["groups"] = {}
             for key in sorted(groups, key=_key_order):

@@ -382,10 +382,6 @@ class MetricAccumulator:
         }
         if stats["proba"] is not None:
             out.update(_finalize_proba(stats["proba"], k, total, true_sum))
-        if "thresholds" in self.metrics and k > 2:
-            raise DataError(f"thresholds are of two classes' scores, and the label has {k}",
-                            hint="leave thresholds out of metrics, or evaluate one class "
-                                 "against the rest (derive a boolean label)")
         return out
 
 
