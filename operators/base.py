@@ -142,6 +142,12 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def yaml_null(value: object) -> object:
+    """A choice named ``null`` (``missing: null``, ``invalid: null``) as YAML reads it:
+    None, which is the choice ``"null"`` (a ``mode="before"`` field validator)."""
+    return "null" if value is None else value
+
+
 class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
     """What every registered operator has: a name, a kind, validated params."""
 

@@ -21,6 +21,7 @@ from operators.base import (
     arrow_message,
     register,
     require_columns,
+    yaml_null,
 )
 from operators.expressions import with_projected
 from operators.io.parquet import parse_type
@@ -273,6 +274,7 @@ class CastParams(Params):
         "error", description="what a value that does not convert becomes: error (the run "
                              "stops, naming the column) or null (Spark SQL's try_cast: "
                              "'12a' as int64, 1e20 as int32, 300 as uint8)")
+    _null = field_validator("invalid", mode="before")(lambda cls, value: yaml_null(value))
 
     @model_validator(mode="after")
     def _null_is_safe(self) -> CastParams:

@@ -32,6 +32,7 @@ from operators.base import (
     register,
     rename_hint,
     renames,
+    yaml_null,
     yaml_text,
 )
 from operators.io.parquet import castable, promoted
@@ -46,10 +47,7 @@ class UnionParams(Params):
                              "some steps lack is null in their rows (Spark's "
                              "allowMissingColumns)")
 
-    @field_validator("missing", mode="before")
-    @classmethod
-    def _null(cls, value: object) -> object:
-        return "null" if value is None else value  # YAML reads `missing: null` as None
+    _null = field_validator("missing", mode="before")(lambda cls, value: yaml_null(value))
 
     @field_validator("steps")
     @classmethod
