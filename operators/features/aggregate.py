@@ -827,7 +827,9 @@ def _check_range(agg: Aggregation, total: pa.Array, approx: pa.Array) -> None:
 def _quantile(values: pa.ChunkedArray, gid: np.ndarray, count: int, q: float) -> pa.Array:
     """The ``q``-quantile of each group's values (the partials' lists together, nulls and
     NaN left out), interpolated linearly between the two nearest as pandas and NumPy do;
-    null for a group without values."""
+    null for a group without values. A quantile that falls on a value, or between two
+    equal ones, is that value, as Spark's ``percentile`` gives it: the median of [1, inf,
+    inf] is inf, where ``lo + (hi - lo) * 0`` of infinities is NaN."""
     lists = plain(values)
     flat = pc.fill_null(plain(pc.list_flatten(lists)), np.nan).to_numpy(zero_copy_only=False)
     owner = gid[pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)]
@@ -845,7 +847,9 @@ def _quantile(values: pa.ChunkedArray, gid: np.ndarray, count: int, q: float) ->
     if flat.size:
         lo = flat[np.minimum(start + low, flat.size - 1)]
         hi = flat[np.minimum(start + high, flat.size - 1)]
-        out = lo + (hi - lo) * (at - low)
+        with np.errstate(invalid="ignore"):  # inf - inf: taken from ``lo`` below
+            out = lo + (hi - lo) * (at - low)
+        out = np.where((at == low) | (lo == hi), lo, out)
     return pa.array(out, pa.float64(), mask=~has)
 
 

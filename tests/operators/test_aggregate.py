@@ -224,6 +224,25 @@ def test_float_keys_and_distinct_values_as_spark_normalises_them() -> None:
     assert whole.finish(whole.partial(table))["d"].to_pylist() == [3]  # 0.0, inf, NaN
 
 
+def test_a_quantile_on_or_between_equal_infinities_is_that_infinity() -> None:
+    """A median or quantile that falls on a value, or between two equal ones, is that
+    value (Spark's percentile): the median of [1, inf, inf] and of [inf, inf] was NaN
+    (inf + (inf - inf) * 0). Between other values it is Spark's arithmetic: inf above a
+    number, NaN between -inf and inf."""
+    inf = float("inf")
+    groups = {1: [1.0, inf, inf], 2: [inf, inf], 3: [-inf, -inf, 3.0], 4: [0.0, inf],
+              5: [-inf, inf], 6: [-inf, 2.0, 5.0]}
+    table = pa.table({"k": [k for k, vs in groups.items() for _ in vs],
+                      "x": [v for vs in groups.values() for v in vs]})
+    got = run(aggregate(["k"], {"m": "median(x)", "q": "quantile(x, 0.5)"}), table,
+              parts=3)
+    assert got["m"].tolist()[:4] == [inf, inf, -inf, inf]
+    assert np.isnan(got.loc[5, "m"]) and got.loc[6, "m"] == 2.0
+    got = run(aggregate(["k"], {"q": "quantile(x, 0.25)"}), table, parts=3)
+    assert got["q"].tolist()[:4] == [inf, inf, -inf, inf]
+    assert np.isnan(got.loc[5, "q"]) and np.isnan(got.loc[6, "q"])  # -inf + inf / 2
+
+
 @pytest.mark.parametrize("key", ["count_all", "__x0", "__p0", "__row", "__all", "k_sum"])
 def test_any_column_name_is_a_key(key: str) -> None:
     """Keys named like Arrow's outputs or sluice's own columns group as any other."""
