@@ -802,8 +802,10 @@ def _combined_variance(partials: pa.Table, roles: dict[str, str], gid: np.ndarra
     total = np.bincount(gid, weights=n, minlength=count)
     with np.errstate(invalid="ignore", divide="ignore"):
         centre = np.bincount(gid, weights=n * mean, minlength=count) / total
+        # a partial of no values adds nothing (not 0 * inf, where the centre is huge)
+        between = np.where(n > 0, n * (mean - centre[gid]) ** 2, 0.0)
         spread = np.bincount(gid, weights=m2, minlength=count) + np.bincount(
-            gid, weights=n * (mean - centre[gid]) ** 2, minlength=count)
+            gid, weights=between, minlength=count)
         var = spread / (total - 1)
     var = np.maximum(var, 0.0)
     out = np.sqrt(var) if sqrt else var

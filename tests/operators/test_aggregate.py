@@ -224,6 +224,17 @@ def test_float_keys_and_distinct_values_as_spark_normalises_them() -> None:
     assert whole.finish(whole.partial(table))["d"].to_pylist() == [3]  # 0.0, inf, NaN
 
 
+def test_a_partition_of_nulls_leaves_a_huge_variance_as_it_is() -> None:
+    """A key's partial of nulls only (no values, mean 0) added 0 * inf to the spread of a
+    variance whose centre is huge: var of [null | 3.0, 1e300] was NaN over 2 partitions
+    and inf (Spark's) over 1."""
+    table = pa.table({"k": [1, 1, 1], "x": [None, 3.0, 1e300]})
+    op = aggregate(["k"], {"v": "var(x)", "s": "std(x)"})
+    for parts in ([table], [table.slice(0, 1), table.slice(1)]):
+        got = shuffled(op, parts, 1).to_pydict()
+        assert got["v"] == [float("inf")] and got["s"] == [float("inf")]
+
+
 def test_a_quantile_on_or_between_equal_infinities_is_that_infinity() -> None:
     """A median or quantile that falls on a value, or between two equal ones, is that
     value (Spark's percentile): the median of [1, inf, inf] and of [inf, inf] was NaN
