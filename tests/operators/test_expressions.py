@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from differential import and3, or3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -135,18 +136,6 @@ def assert_same(actual: list[Any], expected: list[Any]) -> None:
     pairs = enumerate(zip(actual, expected, strict=True))
     bad = [(i, a, e) for i, (a, e) in pairs if not same(a, e)]
     assert not bad, f"rows differ (index, got, expected): {bad}"
-
-
-def and3(*values: bool | None) -> bool | None:
-    if any(v is False for v in values):
-        return False
-    return None if any(v is None for v in values) else True
-
-
-def or3(*values: bool | None) -> bool | None:
-    if any(v is True for v in values):
-        return True
-    return None if any(v is None for v in values) else False
 
 
 def not3(value: bool | None) -> bool | None:
