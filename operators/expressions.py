@@ -87,7 +87,8 @@ or lose digits:
   error); integers beside a float float64; a uint64 beside a signed integer decimal(20, 0);
   an integer literal the type of the values it meets where it holds it (``coalesce(u64,
   0)`` is a uint64). Timestamps with and without a time zone are refused there, as in
-  comparisons.
+  comparisons; a comparison of times of two zones (a Paris column and a literal with
+  ``Z``) compares the instants.
 * A value that can raise (a cast, rounding, decimal arithmetic) is computed for the
   rows that need it: the branch of ``if`` a row takes, ``coalesce``'s values up to its
   first present one, the operands of ``and``/``or`` up to the one that decides the row;
@@ -1723,7 +1724,8 @@ class _Compiler:
         (``_compared_exactly``); beside a float, and an integer beside a float, both in
         float64 (Arrow narrowed a literal to float32 and converted an int64 checked); a
         uint64 beside a signed integer in decimal(20, 0), which holds both (Arrow
-        converted the uint64 to int64 and raised past 2**63)."""
+        converted the uint64 to int64 and raised past 2**63); times of two zones as the
+        instants they are (Arrow refused them: a UTC literal beside a Paris column)."""
         kernel = _ARROW_COMPARISON[op]
         left_type, right_type = self._type(left_node), self._type(right_node)
         for literal, other_type, other, other_op in ((right_node, left_type, left, op),
@@ -1744,6 +1746,12 @@ class _Compiler:
                                                                           right_type)):
             both = pa.decimal128(20, 0)
             return kernel(left.cast(both), right.cast(both))
+        times = [t if t is not None or not isinstance(n, _Literal) else n.arrow_type
+                 for t, n in ((left_type, left_node), (right_type, right_node))]
+        zones = [t.tz for t in times if t is not None and pa.types.is_timestamp(t) and t.tz]
+        if len(zones) == 2 and zones[0] != zones[1]:
+            # two zones: each value is an instant, compared as one (Arrow refused it)
+            right = right.cast(pa.timestamp(times[1].unit, tz=zones[0]))
         result = kernel(left, right)
         if "decimal" in {_number_kind(left_type), _number_kind(right_type)} and (
                 self._result_type(result) is None):

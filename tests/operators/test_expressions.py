@@ -1167,6 +1167,29 @@ def test_date_and_time_parts_and_differences() -> None:
         expression_type("days_between(d, 3)", table.schema)
 
 
+def test_times_of_two_zones_compare_as_the_instants_they_are() -> None:
+    """A column of one zone beside a literal (UTC) or a column of another: each value is
+    an instant, and they compare as such. Arrow refused any two zones, so a Paris column
+    had no literal to compare with (the differential fuzz's `tz < timestamp '...Z'`)."""
+    instants = [dt.datetime(2026, 3, 28, 23, 30, tzinfo=UTC), None,
+                dt.datetime(2026, 3, 29, 1, 0, tzinfo=UTC)]
+    table = pa.table({"paris": pa.array(instants, pa.timestamp("ns", tz="Europe/Paris")),
+                      "tokyo": pa.array(instants, pa.timestamp("ms", tz="Asia/Tokyo"))})
+    cases = {
+        "paris < timestamp '2026-03-29 00:00:00Z'": [True, None, False],
+        "paris = timestamp '2026-03-29 00:30:00+01:00'": [True, None, False],
+        "timestamp '2026-03-28 23:30:00Z' >= paris": [True, None, False],
+        "paris between timestamp '2026-03-29 00:00:00Z' and timestamp "
+        "'2026-03-29 02:00:00+01:00'": [False, None, True],
+        "paris in (timestamp '2026-03-29 03:00:00+02:00')": [False, None, True],
+        "paris = tokyo": [True, None, True],
+    }
+    for text, want in cases.items():
+        assert derived(table, text).to_pylist() == want, text
+        kept = ds.dataset(table).to_table(filter=parse_filter(text, table.schema))
+        assert kept.num_rows == sum(bool(w) for w in want), text
+
+
 # ---------------------------------------------------------------------------------------------
 # Literals Arrow would narrow, text in dictionaries (found by fuzzing against DuckDB)
 # ---------------------------------------------------------------------------------------------
