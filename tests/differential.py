@@ -9,6 +9,7 @@ from a numpy seed, so a failure names the seed that repeats it."""
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import math
 import textwrap
 from pathlib import Path
@@ -62,6 +63,13 @@ def awkward_table(seed: int, rows: int = 60, nulls: float = 0.15) -> pa.Table:
         "num": pa.array(pick([str(v) for v in (1, -2, 300, 2**40)] + ["1.5", "12a", " 7",
                                                                        "", "NaN"]),
                         pa.string()),
+        "dec": pa.array(pick([decimal.Decimal(v) for v in ("0.00", "-0.01", "1.50", "1.5",
+                                                           "9999999999.99", "-12.34")]),
+                        pa.decimal128(12, 2)),
+        "u64": pa.array(pick([0, 1, 2**63, 2**64 - 1, 7]), pa.uint64()),
+        "nanos": pa.array(pick([int(s) * 10**9 + n for s, n in zip(seconds, (1, 999, 0, 7) * 3,
+                                                                 strict=True)]),
+                       pa.timestamp("ns")),
     })
 
 
@@ -210,7 +218,7 @@ def order_key(value: Any, descending: bool = False) -> tuple[Any, ...]:
         value = value.timestamp()
     if not descending:
         return (1, key_of(value))
-    if isinstance(value, bool | int | float):
+    if isinstance(value, bool | int | float | decimal.Decimal):
         return (1, -value)
     if isinstance(value, dt.datetime):
         return (1, -value.timestamp())

@@ -403,6 +403,7 @@ def test_sort_dedup_and_top_are_the_oracles(local_runs: dict, seed: int) -> None
     assert places == sorted(places) and len(places) == len(data)
     # deduplicate: the row of the largest f (null and NaN lose), one of the key's rows
     latest = groups_of(rows(out["latest"]), ["k", "kd"])
+    schema = whole(out["latest"]).schema
     groups = groups_of(data, ["k", "kd"])
     assert set(latest) == set(groups)
     for key, rs in groups.items():
@@ -410,7 +411,8 @@ def test_sort_dedup_and_top_are_the_oracles(local_runs: dict, seed: int) -> None
         numbers = [r["f"] for r in rs if r["f"] is not None and not is_nan(r["f"])]
         if numbers:
             assert kept["f"] == max(numbers), (seed, key)
-        assert rows_of(pa.Table.from_pylist([kept]))[0] in rows_of(pa.Table.from_pylist(rs))
+        assert rows_of(pa.Table.from_pylist([kept], schema))[0] in rows_of(
+            pa.Table.from_pylist(rs, schema))
     distinct = {tuple(key_of(v) for v in r.values()) for r in data}
     assert sorted(map(repr, distinct)) == sorted(
         repr(tuple(key_of(v) for v in r.values())) for r in rows(out["distinct"]))
