@@ -21,7 +21,8 @@ Example::
 
 Language
 --------
-* Literals: ``12``, ``1_000``, ``1.5``, ``.5``, ``1e-3``; strings in ``'...'`` or ``"..."``
+* Literals: ``12``, ``1_000``, ``1.5``, ``.5``, ``1e-3`` (an integer is an int64, or a
+  uint64 from 2**63 to 2**64 - 1: ``u64 = 18446744073709551615``); strings in ``'...'`` or ``"..."``
   (backslash escapes ``\\n \\t \\r \\0 \\\\ \\' \\"``, ``\\u`` + 4 hex digits,
   ``\\U`` + 8; any other backslash is kept as is, and a doubled quote ``'it''s'`` stands
   for one); ``true`` / ``false``; ``null``;
@@ -1135,6 +1136,7 @@ _ARROW_COMPARISON = {
     ">=": pc.greater_equal,
 }
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_UINT64_MAX = 2**64 - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -1181,7 +1183,11 @@ def _value_set(items: Sequence[_Literal], text: str, pos: int) -> tuple[pa.DataT
     kinds = {item.kind for item in values}
     if not values:
         return pa.null(), []
-    if kinds <= {"int", "float"}:
+    if kinds == {"int"} and any(item.value > _INT64_MAX for item in values):  # type: ignore[operator]
+        # past int64 (a uint64's upper half): uint64 where every value is one
+        arrow_type = (pa.uint64() if all(item.value >= 0 for item in values)  # type: ignore[operator]
+                      else pa.float64())
+    elif kinds <= {"int", "float"}:
         arrow_type = pa.int64() if kinds == {"int"} else pa.float64()
     elif len(types) == 1:
         arrow_type = next(iter(types))
@@ -1194,6 +1200,8 @@ def _value_set(items: Sequence[_Literal], text: str, pos: int) -> tuple[pa.DataT
             text,
             pos,
         )
+    if arrow_type == pa.float64():
+        return arrow_type, [float(item.value) for item in values]  # type: ignore[arg-type]
     return arrow_type, [item.value for item in values]
 
 
@@ -1386,9 +1394,13 @@ class _Compiler:
     def _compile(self, node: _Node) -> pc.Expression:
         if isinstance(node, _Literal):
             if node.kind == "int" and not _INT64_MIN <= node.value <= _INT64_MAX:  # type: ignore[operator]
+                if 0 <= node.value <= _UINT64_MAX:  # type: ignore[operator]
+                    # a uint64's upper half (`u64 = 18446744073709551615`): compared with
+                    # a column exactly, as any integer literal
+                    return pc.scalar(pa.scalar(node.value, pa.uint64()))
                 raise ExpressionError(
-                    f"integer {node.value} does not fit in int64; write it as a float, "
-                    "e.g. 1e20",
+                    f"integer {node.value} does not fit in int64 or uint64; write it as a "
+                    "float, e.g. 1e20",
                     self.text,
                     node.pos,
                 )
@@ -1812,7 +1824,8 @@ class _Compiler:
                 terms.append(pc.is_in(operand, value_set=value_set))
         else:
             arrow_type, values = _value_set(literals, self.text, node.pos)
-            if _number_kind(t) == "float" and arrow_type in (pa.int64(), pa.float64()):
+            if _number_kind(t) == "float" and arrow_type in (pa.int64(), pa.uint64(),
+                                                               pa.float64()):
                 operand, arrow_type = _float64(operand, node.operand), pa.float64()
                 values = [float(v) for v in values]
             if _is_numeric(arrow_type) and any(v == 0 for v in values):

@@ -471,8 +471,9 @@ def test_absurd_nesting_is_a_clean_error() -> None:
 
 def test_integer_edge_literals() -> None:
     assert evaluate("-9223372036854775808", pa.table({"x": [1]})) == [-(2**63)]
-    with pytest.raises(ExpressionError, match="does not fit in int64"):
-        parse_expression("9223372036854775808")
+    assert evaluate("9223372036854775808", pa.table({"x": [1]})) == [2**63]  # a uint64
+    with pytest.raises(ExpressionError, match="does not fit in int64 or uint64"):
+        parse_expression("18446744073709551616")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1165,6 +1166,33 @@ def test_date_and_time_parts_and_differences() -> None:
         "hours_between(z, timestamp '2026-11-28 01:00:00')")})["x"].to_pylist() == [2]
     with pytest.raises(ExpressionError, match="cannot apply"):
         expression_type("days_between(d, 3)", table.schema)
+
+
+def test_a_uint64_is_compared_with_literals_past_int64() -> None:
+    """An integer literal of a uint64's upper half (2**63 .. 2**64 - 1) is compared
+    exactly, as any integer literal: `u64 = 18446744073709551615` was refused ("does not
+    fit in int64; write it as a float"), and a float is not that number; in an `in` list
+    without the rows' schema it stopped the plan with pyarrow's OverflowError."""
+    table = pa.table({"u": pa.array([0, 2**63, 2**64 - 1, None], pa.uint64()),
+                      "i": pa.array([1, -1, 5, None], pa.int64()),
+                      "f": [1.0, 2.0**64, 0.0, None]})
+    cases = {
+        "u = 18446744073709551615": [False, False, True, None],
+        "u > 9223372036854775807": [False, True, True, None],
+        "u in (18446744073709551615, -1)": [False, False, True, None],
+        "u between 9223372036854775808 and 18446744073709551615": [False, True, True, None],
+        "i in (1, 18446744073709551615)": [True, False, False, None],
+        "i < 18446744073709551615": [True, True, True, None],
+        "f in (18446744073709551615)": [False, True, False, None],  # in float64
+    }
+    for text, want in cases.items():
+        parse_expression(text)  # as a step's parameters are checked, without the schema
+        assert derived(table, text).to_pylist() == want, text
+        kept = ds.dataset(table).to_table(filter=parse_filter(text, table.schema))
+        assert kept.num_rows == sum(bool(w) for w in want), text
+    assert derived(table, "18446744073709551615").type == pa.uint64()
+    with pytest.raises(ExpressionError, match="does not fit in int64 or uint64"):
+        parse_expression("u = 18446744073709551616")
 
 
 def test_times_of_two_zones_compare_as_the_instants_they_are() -> None:
