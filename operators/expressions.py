@@ -88,8 +88,9 @@ or lose digits:
   error); integers beside a float float64; a uint64 beside a signed integer decimal(20, 0);
   an integer literal the type of the values it meets where it holds it (``coalesce(u64,
   0)`` is a uint64). Timestamps with and without a time zone are refused there, as in
-  comparisons; a comparison of times of two zones (a Paris column and a literal with
-  ``Z``) compares the instants.
+  comparisons; times of several units or zones (a nanosecond column, a literal's
+  microseconds; a Paris column, a literal with ``Z``) are the finest unit in the first's
+  zone, each the instant it was, and so compare.
 * A value that can raise (a cast, rounding, decimal arithmetic) is computed for the
   rows that need it: the branch of ``if`` a row takes, ``coalesce``'s values up to its
   first present one, the operands of ``and``/``or`` up to the one that decides the row;
@@ -1137,6 +1138,7 @@ _ARROW_COMPARISON = {
 }
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _UINT64_MAX = 2**64 - 1
+_UNITS = ["s", "ms", "us", "ns"]  # timestamp units, coarsest first
 
 
 # --------------------------------------------------------------------------------------------
@@ -1615,6 +1617,10 @@ class _Compiler:
         if spec.values_from is not None:
             at = spec.values_from
             exprs[at:] = self._of_one_type(node.args[at:], exprs[at:], guards[at:])
+        if node.name in ("least", "greatest"):
+            zoned = self._zoned_extreme(node, exprs)
+            if zoned is not None:
+                return zoned
         if node.name in ("floor", "ceil", "round"):
             return self._rounded(node, exprs)
         if node.name in _CASTS:
@@ -1659,10 +1665,45 @@ class _Compiler:
         types, or unknown ones: as Arrow decides."""
         target = self._common_number_type(nodes)
         if target is None:
-            return list(exprs)
+            return self._one_time_type(nodes, exprs)
         guards = guards or [None] * len(exprs)
         return [self._converted(node, expr, target, guard)
                 for node, expr, guard in zip(nodes, exprs, guards)]
+
+    def _one_time_type(self, nodes: Sequence[_Node], exprs: Sequence[pc.Expression]
+                       ) -> list[pc.Expression]:
+        """Times of several units or zones (a nanosecond column, a literal's
+        microseconds; a Paris column, a literal with ``Z``) in one type: the finest unit,
+        in the first's zone, each value the instant it was. Arrow's coalesce took a
+        microsecond literal's count as nanoseconds (1970-01-21 for 2026-03-29), its
+        if_else of us and ms truncated to ms, and it refused two zones side by side.
+        Other values, and zoned times beside others (refused as it plans), as they are."""
+        types = self._time_types(nodes)
+        times = {t for t in types if t is not None and pa.types.is_timestamp(t)}
+        zones = [t.tz for t in types if t is not None and pa.types.is_timestamp(t) and t.tz]
+        if len(times) < 2 or (zones and any(not t.tz for t in times)):
+            return list(exprs)
+        target = pa.timestamp(max((t.unit for t in times), key=_UNITS.index),
+                              tz=zones[0] if zones else None)
+        return [e.cast(target) if t is not None and pa.types.is_timestamp(t) and t != target
+                else e for e, t in zip(exprs, types, strict=True)]
+
+    def _time_types(self, nodes: Sequence[_Node]) -> list[pa.DataType | None]:
+        """The nodes' types, a literal's its own (a time literal's unit and zone)."""
+        return [n.arrow_type if isinstance(n, _Literal) else self._type(n) for n in nodes]
+
+    def _zoned_extreme(self, node: _Call, exprs: Sequence[pc.Expression]
+                       ) -> pc.Expression | None:
+        """least / greatest of zoned times, in one type already (Arrow's element-wise
+        min and max have no kernel for them): of their UTC clocks, in that zone; None
+        for other values."""
+        zoned = [t for t in self._time_types(node.args)
+                 if t is not None and pa.types.is_timestamp(t) and t.tz]
+        if not zoned:
+            return None
+        kernel = pc.min_element_wise if node.name == "least" else pc.max_element_wise
+        target = max(zoned, key=lambda t: _UNITS.index(t.unit))
+        return kernel(*(e.cast(pa.timestamp(target.unit)) for e in exprs)).cast(target)
 
     def _common_number_type(self, nodes: Sequence[_Node]) -> pa.DataType | None:
         types: list[pa.DataType] = []
@@ -1758,12 +1799,7 @@ class _Compiler:
                                                                           right_type)):
             both = pa.decimal128(20, 0)
             return kernel(left.cast(both), right.cast(both))
-        times = [t if t is not None or not isinstance(n, _Literal) else n.arrow_type
-                 for t, n in ((left_type, left_node), (right_type, right_node))]
-        zones = [t.tz for t in times if t is not None and pa.types.is_timestamp(t) and t.tz]
-        if len(zones) == 2 and zones[0] != zones[1]:
-            # two zones: each value is an instant, compared as one (Arrow refused it)
-            right = right.cast(pa.timestamp(times[1].unit, tz=zones[0]))
+        left, right = self._one_time_type((left_node, right_node), (left, right))
         result = kernel(left, right)
         if "decimal" in {_number_kind(left_type), _number_kind(right_type)} and (
                 self._result_type(result) is None):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -1195,6 +1196,29 @@ def test_a_uint64_is_compared_with_literals_past_int64() -> None:
         parse_expression("u = 18446744073709551616")
 
 
+def test_values_of_times_of_several_units_are_the_times_they_were() -> None:
+    """coalesce / if / least of a nanosecond or millisecond column and a literal (its
+    microseconds): Arrow's coalesce took the literal's count of microseconds as
+    nanoseconds (2026-03-29 became 1970-01-21), or as milliseconds ('date value out of
+    range'), and if_else of us and ms truncated to ms. They are in the finest unit."""
+    day = dt.datetime(2026, 1, 1)
+    table = pa.table({"n": pa.array([None, day], pa.timestamp("ns")),
+                      "m": pa.array([None, day], pa.timestamp("ms"))})
+    cases = {
+        "coalesce(n, timestamp '2026-03-29 00:00:00')": (
+            "ns", [pd.Timestamp(2026, 3, 29), pd.Timestamp(day)]),
+        "coalesce(m, timestamp '2026-03-29 00:00:00.123456')": (
+            "us", [dt.datetime(2026, 3, 29, 0, 0, 0, 123456), day]),
+        "if(m is null, timestamp '2026-03-29 00:00:00.000001', m)": (
+            "us", [dt.datetime(2026, 3, 29, 0, 0, 0, 1), day]),
+        "least(m, timestamp '2026-03-29 00:00:00.5')": (
+            "us", [dt.datetime(2026, 3, 29, 0, 0, 0, 500000), day]),
+    }
+    for text, (unit, want) in cases.items():
+        got = derived(table, text)
+        assert got.type == pa.timestamp(unit) and got.to_pylist() == want, text
+
+
 def test_times_of_two_zones_compare_as_the_instants_they_are() -> None:
     """A column of one zone beside a literal (UTC) or a column of another: each value is
     an instant, and they compare as such. Arrow refused any two zones, so a Paris column
@@ -1216,6 +1240,20 @@ def test_times_of_two_zones_compare_as_the_instants_they_are() -> None:
         assert derived(table, text).to_pylist() == want, text
         kept = ds.dataset(table).to_table(filter=parse_filter(text, table.schema))
         assert kept.num_rows == sum(bool(w) for w in want), text
+    # values of one type: the first's zone, each the instant it was; least and greatest
+    # of zoned times at all (Arrow's element-wise min and max have no kernel for them)
+    noon = dt.datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
+    values = {
+        "if(paris is null, timestamp '2026-03-29 00:00:00Z', tokyo)": [instants[0], noon,
+                                                                       instants[2]],
+        "coalesce(paris, timestamp '2026-03-29 00:00:00Z')": [instants[0], noon,
+                                                              instants[2]],
+        "least(paris, timestamp '2026-03-29 00:00:00Z')": [instants[0], noon, noon],
+        "greatest(paris, tokyo, null)": [instants[0], None, instants[2]],
+    }
+    for text, want in values.items():
+        got = derived(table, text).to_pylist()
+        assert got == [w and pd.Timestamp(w) for w in want], text  # instants, any zone
 
 
 # ---------------------------------------------------------------------------------------------
