@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 from differential import (
@@ -55,6 +56,9 @@ STEPS = """
     month: "year(d) * 100 + month(d)"
     rest: "i8 % 3"
     low: "lower(k2)"
+    later: "coalesce(nanos, timestamp '2026-04-01 00:00:00')"
+    before: "tz < timestamp '2026-04-10 00:00:00Z'"
+    upper_half: "u64 > 9223372036854775807"
 - id: kept
   op: filter
   input: data
@@ -230,6 +234,7 @@ def _wrap32(value: int) -> int:
     return (value + 2**31) % 2**32 - 2**31
 
 
+APRIL_10 = dt.datetime(2026, 4, 10, tzinfo=dt.UTC)
 PARSED = {"1": 1, "-2": -2, "300": 300, str(2**40): 2**40}  # the rest do not parse
 
 
@@ -251,6 +256,9 @@ def test_derive_filter_and_cast_are_the_oracles(local_runs: dict, seed: int) -> 
             "month": None if row["d"] is None else row["d"].year * 100 + row["d"].month,
             "rest": None if row["i8"] is None else row["i8"] % 3,
             "low": None if row["k2"] is None else row["k2"].lower(),
+            "later": row["nanos"] if row["nanos"] is not None else pd.Timestamp(2026, 4, 1),
+            "before": compare(row["tz"], APRIL_10, "<"),
+            "upper_half": compare(row["u64"], 2**63 - 1, ">"),
         }
         for name, value in want.items():
             assert close(got[name], value), (seed, name, row, got[name], value)
