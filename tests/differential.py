@@ -26,6 +26,7 @@ INT64 = [0, 1, -1, 7, 2**63 - 1, -(2**63), 2**62, 42]
 KEYS = [0, 1, 2, 3]
 DAY0 = dt.date(2026, 1, 1)
 INSTANT0 = dt.datetime(2026, 3, 28, 23, 30)  # a day before Paris moves its clocks
+EPOCH0 = int(INSTANT0.replace(tzinfo=dt.UTC).timestamp())  # its seconds since 1970
 
 
 def _pick(rng: np.random.Generator, values: list[Any], rows: int, nulls: float
@@ -67,9 +68,8 @@ def awkward_table(seed: int, rows: int = 60, nulls: float = 0.15) -> pa.Table:
                                                            "9999999999.99", "-12.34")]),
                         pa.decimal128(12, 2)),
         "u64": pa.array(pick([0, 1, 2**63, 2**64 - 1, 7]), pa.uint64()),
-        "nanos": pa.array(pick([int(s) * 10**9 + n for s, n in zip(seconds, (1, 999, 0, 7) * 3,
-                                                                 strict=True)]),
-                       pa.timestamp("ns")),
+        "nanos": pa.array(pick([(EPOCH0 + s) * 10**9 + n for s, n in zip(
+            seconds, (1, 999, 0, 7) * 3, strict=True)]), pa.timestamp("ns")),
     })
 
 

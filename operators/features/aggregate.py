@@ -501,9 +501,12 @@ class Aggregate(Shuffle):
             t = types[0].value_type if pa.types.is_dictionary(types[0]) else types[0]
             if not (pa.types.is_integer(t) or pa.types.is_floating(t)
                     or pa.types.is_decimal(t)):
+                # a duration converts to its count of units (int64) only
+                number = "int64" if pa.types.is_duration(t) else "float64"
                 hint = (f"count_if({agg.args[0]}) counts the true rows"
                         if pa.types.is_boolean(t) else f"cast it, e.g. {agg.fn}(cast("
-                        f"{agg.args[0]} as float64))")
+                        f"{agg.args[0]} as {number}))" + (
+                            f": its count of {t.unit}" if number == "int64" else ""))
                 raise SchemaError(f"{what}: needs numbers, got {t}", hint=hint)
         elif agg.fn in ("min", "max", "max_by", "min_by"):
             for arg, t in zip(agg.args, types):

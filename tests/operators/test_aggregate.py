@@ -450,3 +450,16 @@ def test_pivot_values_of_dates_and_times_are_dates_and_times() -> None:
         with pytest.raises(SchemaError, match="a number is no date or time.*in quotes"):
             aggregate([], {"s": "sum(v)"}, pivot={"column": t, "values": values}
                       ).output_schema(schema)
+
+
+def test_the_hint_for_a_sum_of_durations_is_a_cast_that_converts() -> None:
+    """sum(gap) of a duration (ts - previous_ts) said "cast it, e.g. sum(cast(gap as
+    float64))", which Arrow refuses (no cast from a duration to a float): the hint is the
+    int64 cast, which counts its units, and that aggregation runs."""
+    table = pa.table({"k": [1, 1, 2],
+                      "gap": pa.array([1_000, 2_000, None], pa.duration("ns"))})
+    with pytest.raises(SchemaError, match="needs numbers, got duration") as info:
+        aggregate(["k"], {"s": "sum(gap)"}).output_schema(table.schema)
+    assert info.value.hint == "cast it, e.g. sum(cast(gap as int64)): its count of ns"
+    got = run(aggregate(["k"], {"s": "sum(cast(gap as int64))"}), table)
+    assert got["s"].tolist()[:1] == [3_000] and pd.isna(got.loc[2, "s"])
