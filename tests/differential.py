@@ -250,10 +250,13 @@ def compare(a: Any, b: Any, op: str) -> bool | None:
 
 
 def sql_sum(values: list[Any]) -> Any:
-    """Null skipped (none: null); integers exact; NaN, or inf with -inf, make NaN."""
+    """Null skipped (none: null); integers and decimals exact; NaN, or inf with -inf,
+    make NaN."""
     present = [v for v in values if v is not None]
     if not present:
         return None
+    if isinstance(present[0], decimal.Decimal):
+        return sum(present)
     if not isinstance(present[0], float):
         return sum(int(v) for v in present)
     infinities = {v for v in present if math.isinf(v)}

@@ -94,6 +94,10 @@ STEPS = """
     first_text: min(s)
     last_day: max(d)
     texts: count_distinct(s)
+    last_zoned: max(tz)
+    first_nanos: min(nanos)
+    text_at_last: "max_by(s, tz)"
+    decimals: sum(dec)
 - id: pivoted
   op: aggregate
   input: data
@@ -304,13 +308,17 @@ AGGREGATES = {  # output column: (oracle of a key's rows)
     "first_text": lambda rs: extreme([r["s"] for r in rs], largest=False),
     "last_day": lambda rs: extreme([r["d"] for r in rs], largest=True),
     "texts": lambda rs: len({r["s"] for r in rs if r["s"] is not None}),
+    "last_zoned": lambda rs: extreme([r["tz"] for r in rs], largest=True),
+    "first_nanos": lambda rs: extreme([r["nanos"] for r in rs], largest=False),
+    "text_at_last": lambda rs: _by_order(rs, largest=True, order="tz"),
+    "decimals": lambda rs: sql_sum([r["dec"] for r in rs]),
 }
 
 
-def _by_order(rs: list[dict[str, Any]], largest: bool) -> Any:
-    """max_by / min_by(s, i64): s on the row of the largest (smallest) i64; ties: the
+def _by_order(rs: list[dict[str, Any]], largest: bool, order: str = "i64") -> Any:
+    """max_by / min_by(s, order): s on the row of the largest (smallest) order; ties: the
     largest (smallest) s; rows without an order skipped."""
-    ordered = [(r["i64"], r["s"]) for r in rs if r["i64"] is not None]
+    ordered = [(r[order], r["s"]) for r in rs if r[order] is not None]
     if not ordered:
         return None
     pick = max if largest else min
