@@ -241,7 +241,8 @@ class WindowParams(Params):
         if spans and len(self.order) != 1:
             raise ParamError(f"window column '{spans[0]}': a time span needs one order "
                              f"column, a time (order has {len(self.order)})",
-                             hint="order: [event_time]")
+                             hint=f"order: [{self.ordering[0][0]}] (rows of one time "
+                                  "follow a hash of their values)")
         if spans and self.ordering[0][1]:
             raise ParamError(f"window column '{spans[0]}': a time span is the time before "
                              f"each row: order '{self.order[0]}' ascending",

@@ -174,6 +174,15 @@ def test_bad_parameters_say_what_and_how(columns: dict, order: list, message: st
         cls.Params(by=["k"], order=order, columns=columns)
 
 
+def test_a_time_span_of_two_orders_is_told_the_users_own_time_column() -> None:
+    """The hint named a column of no one's input (order: [event_time]): it is the step's
+    first order column."""
+    with pytest.raises(ParamError) as info:
+        lookup("window").Params(by=["k"], order=["ts", "x"],
+                                columns={"a": "rolling_sum(x, '1 day')"})
+    assert info.value.hint.startswith("order: [ts] ")
+
+
 @pytest.mark.parametrize(("columns", "order", "message"), [
     ({"x": "lag(x)"}, ["t"], "window column 'x': the input has a column 'x' already"),
     ({"a": "cum_sum(s)"}, ["t"], "window column 'a' (cum_sum(s)): cum_sum takes numbers, "
