@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -233,6 +234,22 @@ def test_one_partition_and_many_give_the_same_rows(local_runs: dict, seed: int) 
         found = same_rows(whole(one[step]), whole(many[step]), ordered=step in ORDERED,
                           rel=1e-12)  # float sums: up to their rounding (README)
         assert found is None, f"seed {seed}, step {step}: {found}"
+
+
+def test_rows_in_another_order_give_the_same_rows(local_runs: dict, tmp_path: Path) -> None:
+    """The input's rows shuffled: every step gives the same rows (the sort the same
+    order; the window's lags and ranks, deduplicate's and top's choices and sample's rows
+    follow the rows' values, never their places)."""
+    seed = SEEDS[0]
+    data = awkward_table(seed)
+    shuffled = data.take(np.random.default_rng(seed).permutation(data.num_rows))
+    runs = run_layouts(tmp_path, {"data": shuffled, "other": other_table(seed)}, STEPS,
+                       OUTPUTS, {"local": None}, layouts=("many",))
+    for step in OUTPUTS:
+        found = same_rows(whole(local_runs[seed]["local/many"][step]),
+                          whole(runs["local/many"][step]), ordered=step == "sorted",
+                          rel=1e-12)
+        assert found is None, f"step {step}: {found}"
 
 
 def _wrap32(value: int) -> int:
