@@ -803,7 +803,7 @@ def _combined_variance(partials: pa.Table, roles: dict[str, str], gid: np.ndarra
     m2 = pc.fill_null(plain(partials.column(roles["m2"])), 0.0).to_numpy(
         zero_copy_only=False)
     total = np.bincount(gid, weights=n, minlength=count)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         centre = np.bincount(gid, weights=n * mean, minlength=count) / total
         # a partial of no values adds nothing (not 0 * inf, where the centre is huge)
         between = np.where(n > 0, n * (mean - centre[gid]) ** 2, 0.0)
