@@ -136,10 +136,6 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
 # --------------------------------------------------------------------------- contracts
 
 
-Missing = Annotated[Literal["error", "null"],
-                   BeforeValidator(lambda value: "null" if value is None else value)]
-"""What to do with a column some of the inputs lack (a union's steps, a read's files):
-``error``, or ``null`` in their rows. YAML reads ``missing: null`` as None."""
 
 
 class Params(BaseModel):
@@ -149,6 +145,20 @@ class Params(BaseModel):
     # the names peers give a parameter (Spark's mergeSchema), as written here: what an
     # unknown parameter of that name is told to write instead of the closest spelling
     known_as: ClassVar[dict[str, str]] = {}
+
+
+def yaml_null(value: object) -> object:
+    """A choice named ``null`` (``missing: null``, ``invalid: null``) as YAML reads it:
+    None, which is the choice ``"null"``."""
+    return "null" if value is None else value
+
+
+ErrorOrNull = Annotated[Literal["error", "null"], BeforeValidator(yaml_null)]
+"""A parameter whose choices are ``error`` and ``null`` (cast's ``invalid``), YAML's
+``null`` (None) taken as the choice ``null``."""
+Missing = ErrorOrNull
+"""What to do with a column some of the inputs lack (a union's steps, a read's files):
+``error``, or ``null`` in their rows."""
 
 
 class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated

@@ -21,7 +21,8 @@ Example::
 
 Language
 --------
-* Literals: ``12``, ``1_000``, ``1.5``, ``.5``, ``1e-3``; strings in ``'...'`` or ``"..."``
+* Literals: ``12``, ``1_000``, ``1.5``, ``.5``, ``1e-3`` (an integer is an int64, or a
+  uint64 from 2**63 to 2**64 - 1: ``u64 = 18446744073709551615``); strings in ``'...'`` or ``"..."``
   (backslash escapes ``\\n \\t \\r \\0 \\\\ \\' \\"``, ``\\u`` + 4 hex digits,
   ``\\U`` + 8; any other backslash is kept as is, and a doubled quote ``'it''s'`` stands
   for one); ``true`` / ``false``; ``null``;
@@ -87,7 +88,9 @@ or lose digits:
   error); integers beside a float float64; a uint64 beside a signed integer decimal(20, 0);
   an integer literal the type of the values it meets where it holds it (``coalesce(u64,
   0)`` is a uint64). Timestamps with and without a time zone are refused there, as in
-  comparisons.
+  comparisons; times of several units or zones (a nanosecond column, a literal's
+  microseconds; a Paris column, a literal with ``Z``) are the finest unit in the first's
+  zone, each the instant it was, and so compare.
 * A value that can raise (a cast, rounding, decimal arithmetic) is computed for the
   rows that need it: the branch of ``if`` a row takes, ``coalesce``'s values up to its
   first present one, the operands of ``and``/``or`` up to the one that decides the row;
@@ -1134,6 +1137,8 @@ _ARROW_COMPARISON = {
     ">=": pc.greater_equal,
 }
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_UINT64_MAX = 2**64 - 1
+_UNITS = ["s", "ms", "us", "ns"]  # timestamp units, coarsest first
 
 
 # --------------------------------------------------------------------------------------------
@@ -1180,7 +1185,11 @@ def _value_set(items: Sequence[_Literal], text: str, pos: int) -> tuple[pa.DataT
     kinds = {item.kind for item in values}
     if not values:
         return pa.null(), []
-    if kinds <= {"int", "float"}:
+    if kinds == {"int"} and any(item.value > _INT64_MAX for item in values):  # type: ignore[operator]
+        # past int64 (a uint64's upper half): uint64 where every value is one
+        arrow_type = (pa.uint64() if all(item.value >= 0 for item in values)  # type: ignore[operator]
+                      else pa.float64())
+    elif kinds <= {"int", "float"}:
         arrow_type = pa.int64() if kinds == {"int"} else pa.float64()
     elif len(types) == 1:
         arrow_type = next(iter(types))
@@ -1193,6 +1202,8 @@ def _value_set(items: Sequence[_Literal], text: str, pos: int) -> tuple[pa.DataT
             text,
             pos,
         )
+    if arrow_type == pa.float64():
+        return arrow_type, [float(item.value) for item in values]  # type: ignore[arg-type]
     return arrow_type, [item.value for item in values]
 
 
@@ -1385,9 +1396,13 @@ class _Compiler:
     def _compile(self, node: _Node) -> pc.Expression:
         if isinstance(node, _Literal):
             if node.kind == "int" and not _INT64_MIN <= node.value <= _INT64_MAX:  # type: ignore[operator]
+                if 0 <= node.value <= _UINT64_MAX:  # type: ignore[operator]
+                    # a uint64's upper half (`u64 = 18446744073709551615`): compared with
+                    # a column exactly, as any integer literal
+                    return pc.scalar(pa.scalar(node.value, pa.uint64()))
                 raise ExpressionError(
-                    f"integer {node.value} does not fit in int64; write it as a float, "
-                    "e.g. 1e20",
+                    f"integer {node.value} does not fit in int64 or uint64; write it as a "
+                    "float, e.g. 1e20",
                     self.text,
                     node.pos,
                 )
@@ -1602,6 +1617,10 @@ class _Compiler:
         if spec.values_from is not None:
             at = spec.values_from
             exprs[at:] = self._of_one_type(node.args[at:], exprs[at:], guards[at:])
+        if node.name in ("least", "greatest"):
+            zoned = self._zoned_extreme(node, exprs)
+            if zoned is not None:
+                return zoned
         if node.name in ("floor", "ceil", "round"):
             return self._rounded(node, exprs)
         if node.name in _CASTS:
@@ -1646,10 +1665,45 @@ class _Compiler:
         types, or unknown ones: as Arrow decides."""
         target = self._common_number_type(nodes)
         if target is None:
-            return list(exprs)
+            return self._one_time_type(nodes, exprs)
         guards = guards or [None] * len(exprs)
         return [self._converted(node, expr, target, guard)
                 for node, expr, guard in zip(nodes, exprs, guards)]
+
+    def _one_time_type(self, nodes: Sequence[_Node], exprs: Sequence[pc.Expression]
+                       ) -> list[pc.Expression]:
+        """Times of several units or zones (a nanosecond column, a literal's
+        microseconds; a Paris column, a literal with ``Z``) in one type: the finest unit,
+        in the first's zone, each value the instant it was. Arrow's coalesce took a
+        microsecond literal's count as nanoseconds (1970-01-21 for 2026-03-29), its
+        if_else of us and ms truncated to ms, and it refused two zones side by side.
+        Other values, and zoned times beside others (refused as it plans), as they are."""
+        types = self._time_types(nodes)
+        times = {t for t in types if t is not None and pa.types.is_timestamp(t)}
+        zones = [t.tz for t in types if t is not None and pa.types.is_timestamp(t) and t.tz]
+        if len(times) < 2 or (zones and any(not t.tz for t in times)):
+            return list(exprs)
+        target = pa.timestamp(max((t.unit for t in times), key=_UNITS.index),
+                              tz=zones[0] if zones else None)
+        return [e.cast(target) if t is not None and pa.types.is_timestamp(t) and t != target
+                else e for e, t in zip(exprs, types, strict=True)]
+
+    def _time_types(self, nodes: Sequence[_Node]) -> list[pa.DataType | None]:
+        """The nodes' types, a literal's its own (a time literal's unit and zone)."""
+        return [n.arrow_type if isinstance(n, _Literal) else self._type(n) for n in nodes]
+
+    def _zoned_extreme(self, node: _Call, exprs: Sequence[pc.Expression]
+                       ) -> pc.Expression | None:
+        """least / greatest of zoned times, in one type already (Arrow's element-wise
+        min and max have no kernel for them): of their UTC clocks, in that zone; None
+        for other values."""
+        zoned = [t for t in self._time_types(node.args)
+                 if t is not None and pa.types.is_timestamp(t) and t.tz]
+        if not zoned:
+            return None
+        kernel = pc.min_element_wise if node.name == "least" else pc.max_element_wise
+        target = max(zoned, key=lambda t: _UNITS.index(t.unit))
+        return kernel(*(e.cast(pa.timestamp(target.unit)) for e in exprs)).cast(target)
 
     def _common_number_type(self, nodes: Sequence[_Node]) -> pa.DataType | None:
         types: list[pa.DataType] = []
@@ -1723,7 +1777,8 @@ class _Compiler:
         (``_compared_exactly``); beside a float, and an integer beside a float, both in
         float64 (Arrow narrowed a literal to float32 and converted an int64 checked); a
         uint64 beside a signed integer in decimal(20, 0), which holds both (Arrow
-        converted the uint64 to int64 and raised past 2**63)."""
+        converted the uint64 to int64 and raised past 2**63); times of two zones as the
+        instants they are (Arrow refused them: a UTC literal beside a Paris column)."""
         kernel = _ARROW_COMPARISON[op]
         left_type, right_type = self._type(left_node), self._type(right_node)
         for literal, other_type, other, other_op in ((right_node, left_type, left, op),
@@ -1744,6 +1799,7 @@ class _Compiler:
                                                                           right_type)):
             both = pa.decimal128(20, 0)
             return kernel(left.cast(both), right.cast(both))
+        left, right = self._one_time_type((left_node, right_node), (left, right))
         result = kernel(left, right)
         if "decimal" in {_number_kind(left_type), _number_kind(right_type)} and (
                 self._result_type(result) is None):
@@ -1804,7 +1860,8 @@ class _Compiler:
                 terms.append(pc.is_in(operand, value_set=value_set))
         else:
             arrow_type, values = _value_set(literals, self.text, node.pos)
-            if _number_kind(t) == "float" and arrow_type in (pa.int64(), pa.float64()):
+            if _number_kind(t) == "float" and arrow_type in (pa.int64(), pa.uint64(),
+                                                               pa.float64()):
                 operand, arrow_type = _float64(operand, node.operand), pa.float64()
                 values = [float(v) for v in values]
             if _is_numeric(arrow_type) and any(v == 0 for v in values):

@@ -501,9 +501,12 @@ class Aggregate(Shuffle):
             t = types[0].value_type if pa.types.is_dictionary(types[0]) else types[0]
             if not (pa.types.is_integer(t) or pa.types.is_floating(t)
                     or pa.types.is_decimal(t)):
+                # a duration converts to its count of units (int64) only
+                number = "int64" if pa.types.is_duration(t) else "float64"
                 hint = (f"count_if({agg.args[0]}) counts the true rows"
                         if pa.types.is_boolean(t) else f"cast it, e.g. {agg.fn}(cast("
-                        f"{agg.args[0]} as float64))")
+                        f"{agg.args[0]} as {number}))" + (
+                            f": its count of {t.unit}" if number == "int64" else ""))
                 raise SchemaError(f"{what}: needs numbers, got {t}", hint=hint)
         elif agg.fn in ("min", "max", "max_by", "min_by"):
             for arg, t in zip(agg.args, types):
@@ -800,10 +803,12 @@ def _combined_variance(partials: pa.Table, roles: dict[str, str], gid: np.ndarra
     m2 = pc.fill_null(plain(partials.column(roles["m2"])), 0.0).to_numpy(
         zero_copy_only=False)
     total = np.bincount(gid, weights=n, minlength=count)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         centre = np.bincount(gid, weights=n * mean, minlength=count) / total
+        # a partial of no values adds nothing (not 0 * inf, where the centre is huge)
+        between = np.where(n > 0, n * (mean - centre[gid]) ** 2, 0.0)
         spread = np.bincount(gid, weights=m2, minlength=count) + np.bincount(
-            gid, weights=n * (mean - centre[gid]) ** 2, minlength=count)
+            gid, weights=between, minlength=count)
         var = spread / (total - 1)
     var = np.maximum(var, 0.0)
     out = np.sqrt(var) if sqrt else var
@@ -827,7 +832,9 @@ def _check_range(agg: Aggregation, total: pa.Array, approx: pa.Array) -> None:
 def _quantile(values: pa.ChunkedArray, gid: np.ndarray, count: int, q: float) -> pa.Array:
     """The ``q``-quantile of each group's values (the partials' lists together, nulls and
     NaN left out), interpolated linearly between the two nearest as pandas and NumPy do;
-    null for a group without values."""
+    null for a group without values. A quantile that falls on a value, or between two
+    equal ones, is that value, as Spark's ``percentile`` gives it: the median of [1, inf,
+    inf] is inf, where ``lo + (hi - lo) * 0`` of infinities is NaN."""
     lists = plain(values)
     flat = pc.fill_null(plain(pc.list_flatten(lists)), np.nan).to_numpy(zero_copy_only=False)
     owner = gid[pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)]
@@ -845,7 +852,9 @@ def _quantile(values: pa.ChunkedArray, gid: np.ndarray, count: int, q: float) ->
     if flat.size:
         lo = flat[np.minimum(start + low, flat.size - 1)]
         hi = flat[np.minimum(start + high, flat.size - 1)]
-        out = lo + (hi - lo) * (at - low)
+        with np.errstate(invalid="ignore"):  # inf - inf: taken from ``lo`` below
+            out = lo + (hi - lo) * (at - low)
+        out = np.where((at == low) | (lo == hi), lo, out)
     return pa.array(out, pa.float64(), mask=~has)
 
 

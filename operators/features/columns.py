@@ -14,6 +14,7 @@ from operators.arrays import plain
 from operators.base import (
     ARROW_ERRORS,
     DataError,
+    ErrorOrNull,
     ParamError,
     Params,
     SchemaError,
@@ -290,7 +291,7 @@ class CastParams(Params):
         min_length=1, description="column: type, e.g. {tenure: float64, day: date32}")
     safe: bool = Field(True, description="true: a value that does not fit is an error; "
                                          "false: truncate / wrap as Arrow's unsafe cast does")
-    invalid: Literal["error", "null"] = Field(
+    invalid: ErrorOrNull = Field(
         "error", description="what a value that does not convert becomes: error (the run "
                              "stops, naming the column) or null (Spark SQL's try_cast: "
                              "'12a' as int64, 1e20 as int32, 300 as uint8)")

@@ -135,6 +135,17 @@ def _comparable(t: pa.DataType) -> pa.DataType:
     return t
 
 
+def _lossless(have: pa.DataType, want: pa.DataType) -> pa.DataType:
+    """The type to cast join keys of two types to: the table's, but for times the finer
+    unit (a cast of microseconds to the table's milliseconds would drop digits, and stop
+    the run where it does)."""
+    units = ["s", "ms", "us", "ns"]
+    if (pa.types.is_timestamp(have) and pa.types.is_timestamp(want)
+            and units.index(have.unit) > units.index(want.unit)):
+        return pa.timestamp(have.unit, tz=want.tz)
+    return want
+
+
 def _kind(t: pa.DataType) -> str:
     t = t.value_type if pa.types.is_dictionary(t) else t
     return ("number" if pa.types.is_integer(t) or pa.types.is_floating(t)
@@ -242,7 +253,8 @@ class _Joining:
                     f"{self._named}" + (f" (column '{right}')" if right != left else ""),
                     hint="cast one side first (op: cast), so that both are numbers or both "
                          "text" if _kind(have) != _kind(want) else
-                         f"cast one side first (op: cast), e.g. both to {_comparable(want)}")
+                         f"cast one side first (op: cast), e.g. both to "
+                         f"{_lossless(_comparable(have), _comparable(want))}")
         out = schema
         for name in self._brought(table_schema):
             field = table_schema.field(name).with_name(self.params.prefix + name)

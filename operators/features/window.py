@@ -241,7 +241,8 @@ class WindowParams(Params):
         if spans and len(self.order) != 1:
             raise ParamError(f"window column '{spans[0]}': a time span needs one order "
                              f"column, a time (order has {len(self.order)})",
-                             hint="order: [event_time]")
+                             hint=f"order: [{self.ordering[0][0]}] (rows of one time "
+                                  "follow a hash of their values)")
         if spans and self.ordering[0][1]:
             raise ParamError(f"window column '{spans[0]}': a time span is the time before "
                              f"each row: order '{self.order[0]}' ascending",
@@ -562,9 +563,11 @@ def _window_sum(w: WindowColumn, x: pa.Array, first: np.ndarray, start: np.ndarr
                             "of int64", hint="cast the values to float64 first")
         return pa.array(_int_window(whole, start, end), mask=count == 0)
     filled = pc.fill_null(x.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
-    total = _key_cumsum(filled, first) if running else _range_sums(filled, start, end)
-    if mean:
-        with np.errstate(invalid="ignore", divide="ignore"):
+    # inf + -inf is NaN and a sum past 1e308 inf, as they should be: no RuntimeWarning
+    # on the user's terminal for them
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        total = _key_cumsum(filled, first) if running else _range_sums(filled, start, end)
+        if mean:
             total = total / count
     return pa.array(total, mask=count == 0)
 

@@ -205,15 +205,33 @@ def widens(have: pa.DataType, want: pa.DataType) -> bool:
     return have == want or promoted(want, have) == want
 
 
+# an integer type's most digits, by its bits: signed, unsigned
+_INTEGER_DIGITS = {(8, False): 3, (16, False): 5, (32, False): 10, (64, False): 19,
+                   (8, True): 3, (16, True): 5, (32, True): 10, (64, True): 20}
+
+
 def promoted(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
-    """The type that holds both (pyarrow's permissive promotion), or None."""
+    """The type that holds both (pyarrow's permissive promotion), or None. A decimal
+    beside an integer has the integer type's every digit before its point: pyarrow's is
+    one short for int32, int64 and uint64 (decimal(20, 2) for decimal(5, 2) and int64),
+    and Arrow casts no value of the integer type to it ('Precision is not great
+    enough')."""
     try:
         merged = pa.unify_schemas([pa.schema([pa.field("c", _plain(a))]),
                                    pa.schema([pa.field("c", _plain(b))])],
                                   promote_options="permissive")
     except (pa.ArrowException, TypeError, ValueError):
         return None
-    return merged.field(0).type
+    t = merged.field(0).type
+    if pa.types.is_decimal(t):
+        digits = t.scale + max((_INTEGER_DIGITS[x.bit_width, pa.types.is_unsigned_integer(x)]
+                                for x in map(_plain, (a, b)) if pa.types.is_integer(x)),
+                               default=0)
+        if digits > t.precision:
+            if digits > 76:
+                return None
+            t = (pa.decimal128 if digits <= 38 else pa.decimal256)(digits, t.scale)
+    return t
 
 
 def castable(have: pa.DataType, want: pa.DataType) -> bool:

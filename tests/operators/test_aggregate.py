@@ -3,6 +3,8 @@ partitioning; variances without cancellation; deterministic max_by; clear errors
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -224,6 +226,38 @@ def test_float_keys_and_distinct_values_as_spark_normalises_them() -> None:
     assert whole.finish(whole.partial(table))["d"].to_pylist() == [3]  # 0.0, inf, NaN
 
 
+def test_a_partition_of_nulls_leaves_a_huge_variance_as_it_is() -> None:
+    """A key's partial of nulls only (no values, mean 0) added 0 * inf to the spread of a
+    variance whose centre is huge: var of [null | 3.0, 1e300] was NaN over 2 partitions
+    and inf (Spark's) over 1."""
+    table = pa.table({"k": [1, 1, 1], "x": [None, 3.0, 1e300]})
+    op = aggregate(["k"], {"v": "var(x)", "s": "std(x)"})
+    for parts in ([table], [table.slice(0, 1), table.slice(1)]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no NumPy overflow warning for the user
+            got = shuffled(op, parts, 1).to_pydict()
+        assert got["v"] == [float("inf")] and got["s"] == [float("inf")]
+
+
+def test_a_quantile_on_or_between_equal_infinities_is_that_infinity() -> None:
+    """A median or quantile that falls on a value, or between two equal ones, is that
+    value (Spark's percentile): the median of [1, inf, inf] and of [inf, inf] was NaN
+    (inf + (inf - inf) * 0). Between other values it is Spark's arithmetic: inf above a
+    number, NaN between -inf and inf."""
+    inf = float("inf")
+    groups = {1: [1.0, inf, inf], 2: [inf, inf], 3: [-inf, -inf, 3.0], 4: [0.0, inf],
+              5: [-inf, inf], 6: [-inf, 2.0, 5.0]}
+    table = pa.table({"k": [k for k, vs in groups.items() for _ in vs],
+                      "x": [v for vs in groups.values() for v in vs]})
+    got = run(aggregate(["k"], {"m": "median(x)", "q": "quantile(x, 0.5)"}), table,
+              parts=3)
+    assert got["m"].tolist()[:4] == [inf, inf, -inf, inf]
+    assert np.isnan(got.loc[5, "m"]) and got.loc[6, "m"] == 2.0
+    got = run(aggregate(["k"], {"q": "quantile(x, 0.25)"}), table, parts=3)
+    assert got["q"].tolist()[:4] == [inf, inf, -inf, inf]
+    assert np.isnan(got.loc[5, "q"]) and np.isnan(got.loc[6, "q"])  # -inf + inf / 2
+
+
 @pytest.mark.parametrize("key", ["count_all", "__x0", "__p0", "__row", "__all", "k_sum"])
 def test_any_column_name_is_a_key(key: str) -> None:
     """Keys named like Arrow's outputs or sluice's own columns group as any other."""
@@ -420,3 +454,16 @@ def test_pivot_values_of_dates_and_times_are_dates_and_times() -> None:
         with pytest.raises(SchemaError, match="a number is no date or time.*in quotes"):
             aggregate([], {"s": "sum(v)"}, pivot={"column": t, "values": values}
                       ).output_schema(schema)
+
+
+def test_the_hint_for_a_sum_of_durations_is_a_cast_that_converts() -> None:
+    """sum(gap) of a duration (ts - previous_ts) said "cast it, e.g. sum(cast(gap as
+    float64))", which Arrow refuses (no cast from a duration to a float): the hint is the
+    int64 cast, which counts its units, and that aggregation runs."""
+    table = pa.table({"k": [1, 1, 2],
+                      "gap": pa.array([1_000, 2_000, None], pa.duration("ns"))})
+    with pytest.raises(SchemaError, match="needs numbers, got duration") as info:
+        aggregate(["k"], {"s": "sum(gap)"}).output_schema(table.schema)
+    assert info.value.hint == "cast it, e.g. sum(cast(gap as int64)): its count of ns"
+    got = run(aggregate(["k"], {"s": "sum(cast(gap as int64))"}), table)
+    assert got["s"].tolist()[:1] == [3_000] and pd.isna(got.loc[2, "s"])

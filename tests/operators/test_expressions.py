@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from differential import and3, or3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -135,18 +137,6 @@ def assert_same(actual: list[Any], expected: list[Any]) -> None:
     pairs = enumerate(zip(actual, expected, strict=True))
     bad = [(i, a, e) for i, (a, e) in pairs if not same(a, e)]
     assert not bad, f"rows differ (index, got, expected): {bad}"
-
-
-def and3(*values: bool | None) -> bool | None:
-    if any(v is False for v in values):
-        return False
-    return None if any(v is None for v in values) else True
-
-
-def or3(*values: bool | None) -> bool | None:
-    if any(v is True for v in values):
-        return True
-    return None if any(v is None for v in values) else False
 
 
 def not3(value: bool | None) -> bool | None:
@@ -482,8 +472,9 @@ def test_absurd_nesting_is_a_clean_error() -> None:
 
 def test_integer_edge_literals() -> None:
     assert evaluate("-9223372036854775808", pa.table({"x": [1]})) == [-(2**63)]
-    with pytest.raises(ExpressionError, match="does not fit in int64"):
-        parse_expression("9223372036854775808")
+    assert evaluate("9223372036854775808", pa.table({"x": [1]})) == [2**63]  # a uint64
+    with pytest.raises(ExpressionError, match="does not fit in int64 or uint64"):
+        parse_expression("18446744073709551616")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1180,6 +1171,93 @@ def test_date_and_time_parts_and_differences() -> None:
         "hours_between(z, timestamp '2026-11-28 01:00:00')")})["x"].to_pylist() == [2]
     with pytest.raises(ExpressionError, match="cannot apply"):
         expression_type("days_between(d, 3)", table.schema)
+
+
+def test_a_uint64_is_compared_with_literals_past_int64() -> None:
+    """An integer literal of a uint64's upper half (2**63 .. 2**64 - 1) is compared
+    exactly, as any integer literal: `u64 = 18446744073709551615` was refused ("does not
+    fit in int64; write it as a float"), and a float is not that number; in an `in` list
+    without the rows' schema it stopped the plan with pyarrow's OverflowError."""
+    table = pa.table({"u": pa.array([0, 2**63, 2**64 - 1, None], pa.uint64()),
+                      "i": pa.array([1, -1, 5, None], pa.int64()),
+                      "f": [1.0, 2.0**64, 0.0, None]})
+    cases = {
+        "u = 18446744073709551615": [False, False, True, None],
+        "u > 9223372036854775807": [False, True, True, None],
+        "u in (18446744073709551615, -1)": [False, False, True, None],
+        "u between 9223372036854775808 and 18446744073709551615": [False, True, True, None],
+        "i in (1, 18446744073709551615)": [True, False, False, None],
+        "i < 18446744073709551615": [True, True, True, None],
+        "f in (18446744073709551615)": [False, True, False, None],  # in float64
+    }
+    for text, want in cases.items():
+        parse_expression(text)  # as a step's parameters are checked, without the schema
+        assert derived(table, text).to_pylist() == want, text
+        kept = ds.dataset(table).to_table(filter=parse_filter(text, table.schema))
+        assert kept.num_rows == sum(bool(w) for w in want), text
+    assert derived(table, "18446744073709551615").type == pa.uint64()
+    with pytest.raises(ExpressionError, match="does not fit in int64 or uint64"):
+        parse_expression("u = 18446744073709551616")
+
+
+def test_values_of_times_of_several_units_are_the_times_they_were() -> None:
+    """coalesce / if / least of a nanosecond or millisecond column and a literal (its
+    microseconds): Arrow's coalesce took the literal's count of microseconds as
+    nanoseconds (2026-03-29 became 1970-01-21), or as milliseconds ('date value out of
+    range'), and if_else of us and ms truncated to ms. They are in the finest unit."""
+    day = dt.datetime(2026, 1, 1)
+    table = pa.table({"n": pa.array([None, day], pa.timestamp("ns")),
+                      "m": pa.array([None, day], pa.timestamp("ms"))})
+    cases = {
+        "coalesce(n, timestamp '2026-03-29 00:00:00')": (
+            "ns", [pd.Timestamp(2026, 3, 29), pd.Timestamp(day)]),
+        "coalesce(m, timestamp '2026-03-29 00:00:00.123456')": (
+            "us", [dt.datetime(2026, 3, 29, 0, 0, 0, 123456), day]),
+        "if(m is null, timestamp '2026-03-29 00:00:00.000001', m)": (
+            "us", [dt.datetime(2026, 3, 29, 0, 0, 0, 1), day]),
+        "least(m, timestamp '2026-03-29 00:00:00.5')": (
+            "us", [dt.datetime(2026, 3, 29, 0, 0, 0, 500000), day]),
+    }
+    for text, (unit, want) in cases.items():
+        got = derived(table, text)
+        assert got.type == pa.timestamp(unit) and got.to_pylist() == want, text
+
+
+def test_times_of_two_zones_compare_as_the_instants_they_are() -> None:
+    """A column of one zone beside a literal (UTC) or a column of another: each value is
+    an instant, and they compare as such. Arrow refused any two zones, so a Paris column
+    had no literal to compare with (the differential fuzz's `tz < timestamp '...Z'`)."""
+    instants = [dt.datetime(2026, 3, 28, 23, 30, tzinfo=UTC), None,
+                dt.datetime(2026, 3, 29, 1, 0, tzinfo=UTC)]
+    table = pa.table({"paris": pa.array(instants, pa.timestamp("ns", tz="Europe/Paris")),
+                      "tokyo": pa.array(instants, pa.timestamp("ms", tz="Asia/Tokyo"))})
+    cases = {
+        "paris < timestamp '2026-03-29 00:00:00Z'": [True, None, False],
+        "paris = timestamp '2026-03-29 00:30:00+01:00'": [True, None, False],
+        "timestamp '2026-03-28 23:30:00Z' >= paris": [True, None, False],
+        "paris between timestamp '2026-03-29 00:00:00Z' and timestamp "
+        "'2026-03-29 02:00:00+01:00'": [False, None, True],
+        "paris in (timestamp '2026-03-29 03:00:00+02:00')": [False, None, True],
+        "paris = tokyo": [True, None, True],
+    }
+    for text, want in cases.items():
+        assert derived(table, text).to_pylist() == want, text
+        kept = ds.dataset(table).to_table(filter=parse_filter(text, table.schema))
+        assert kept.num_rows == sum(bool(w) for w in want), text
+    # values of one type: the first's zone, each the instant it was; least and greatest
+    # of zoned times at all (Arrow's element-wise min and max have no kernel for them)
+    noon = dt.datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
+    values = {
+        "if(paris is null, timestamp '2026-03-29 00:00:00Z', tokyo)": [instants[0], noon,
+                                                                       instants[2]],
+        "coalesce(paris, timestamp '2026-03-29 00:00:00Z')": [instants[0], noon,
+                                                              instants[2]],
+        "least(paris, timestamp '2026-03-29 00:00:00Z')": [instants[0], noon, noon],
+        "greatest(paris, tokyo, null)": [instants[0], None, instants[2]],
+    }
+    for text, want in values.items():
+        got = derived(table, text).to_pylist()
+        assert got == [w and pd.Timestamp(w) for w in want], text  # instants, any zone
 
 
 # ---------------------------------------------------------------------------------------------

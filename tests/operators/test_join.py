@@ -314,6 +314,21 @@ def test_uint64_keys_past_int64_join_each_other_and_other_widths_say_how(
         join(path=str(path), on=["k"]).output_schema(pa.schema({"k": pa.int32()}))
 
 
+def test_keys_of_two_time_units_are_told_a_cast_that_keeps_every_digit(tmp_path: Path
+                                                                        ) -> None:
+    """Microseconds in the input, milliseconds in the table: the hint said to cast both
+    to timestamp[ms], which drops the input's microseconds (and stops the run where it
+    would); it names the finer unit."""
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"ts": pa.array([0], pa.timestamp("ms")), "x": [1.0]}), path)
+    with pytest.raises(SchemaError) as info:
+        join(path=str(path), on=["ts"]).output_schema(pa.schema({"ts": pa.timestamp("us")}))
+    assert info.value.hint == "cast one side first (op: cast), e.g. both to timestamp[us]"
+    with pytest.raises(SchemaError) as info:
+        join(path=str(path), on=["ts"]).output_schema(pa.schema({"ts": pa.timestamp("s")}))
+    assert info.value.hint == "cast one side first (op: cast), e.g. both to timestamp[ms]"
+
+
 def test_a_steps_rows_as_the_table_broadcast_or_shuffled(rows: pa.Table, table: Path) -> None:
     """``table: <step>``: the step's rows, bound by the run, give the rows a Parquet
     table of the same rows gives; ``auto`` is decided from the run's estimate."""

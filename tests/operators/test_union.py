@@ -4,6 +4,7 @@ its messages."""
 
 from __future__ import annotations
 
+import decimal
 import pickle
 
 import numpy as np
@@ -154,6 +155,21 @@ def test_a_value_that_does_not_fit_the_widened_type_names_the_step_and_column() 
         op.conform(second, schema, "big")
     assert caught.value.message.startswith(
         "column 'n' of step 'big' does not fit the union's type: uint64 to int64")
+
+
+def test_a_decimal_beside_an_integer_holds_every_value_of_the_integer() -> None:
+    """pyarrow widens decimal(5, 2) and int64 to decimal(20, 2), one digit short of an
+    int64's 19 before the point, and Arrow then cast no int64 to it ('Precision is not
+    great enough'): every row of the integer step stopped the run, as a value that "does
+    not fit". The union's type holds every value (int32 and uint64 likewise)."""
+    first = pa.table({"d": pa.array([decimal.Decimal("1.25"), None], pa.decimal128(5, 2))})
+    for t, want in ((pa.int64(), pa.decimal128(21, 2)), (pa.int32(), pa.decimal128(12, 2)),
+                    (pa.uint64(), pa.decimal128(22, 2))):
+        second = pa.table({"d": pa.array([3, 2**31 - 1], t)})
+        op = union({"ints": second.schema}, input_step="decimals", steps=["ints"])
+        got = appended(op, {"decimals": first, "ints": second}, ["decimals", "ints"])
+        assert got.schema.field("d").type == want
+        assert got["d"].to_pylist() == [decimal.Decimal("1.25"), None, 3, 2**31 - 1]
 
 
 def test_a_step_listed_twice_or_none_is_refused() -> None:

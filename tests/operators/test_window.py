@@ -3,6 +3,8 @@ partitioning; ties, nulls, time spans; what is refused as planned and why."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -172,6 +174,15 @@ def test_bad_parameters_say_what_and_how(columns: dict, order: list, message: st
     with pytest.raises((ParamError, ValueError), match=message.replace("(", r"\(").replace(
             ")", r"\)").replace("?", r"\?")):
         cls.Params(by=["k"], order=order, columns=columns)
+
+
+def test_a_time_span_of_two_orders_is_told_the_users_own_time_column() -> None:
+    """The hint named a column of no one's input (order: [event_time]): it is the step's
+    first order column."""
+    with pytest.raises(ParamError) as info:
+        lookup("window").Params(by=["k"], order=["ts", "x"],
+                                columns={"a": "rolling_sum(x, '1 day')"})
+    assert info.value.hint.startswith("order: [ts] ")
 
 
 @pytest.mark.parametrize(("columns", "order", "message"), [
@@ -501,3 +512,20 @@ def test_rows_tied_but_for_the_sign_of_a_zero_keep_one_order() -> None:
         got = got.sort_by([("k", "ascending"), ("i", "ascending")])
         want = whole.sort_by([("k", "ascending"), ("i", "ascending")])
         assert list(np.signbit(got["x"].to_numpy())) == list(np.signbit(want["x"].to_numpy()))
+
+
+def test_sums_past_the_floats_range_are_inf_and_nan_without_warnings() -> None:
+    """inf + -inf is NaN and 1e308 + 1e308 inf, as SQL's and NumPy's: they printed
+    NumPy's RuntimeWarnings ('invalid value encountered in add') on the user's terminal
+    from a run that succeeded."""
+    inf = float("inf")
+    rows = pa.table({"k": [1] * 4 + [2] * 2, "t": [1, 2, 3, 4, 1, 2],
+                     "x": [inf, -inf, 1.0, 2.0, 1e308, 1e308]})
+    op = window(by=["k"], order=["t"], columns={"cs": "cum_sum(x)", "rs": "rolling_sum(x, 2)",
+                                                "rm": "rolling_mean(x, 2)"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = shuffled(op, [rows], 1).to_pydict()
+    assert str(got["cs"]) == str([inf, float("nan"), float("nan"), float("nan"), 1e308, inf])
+    assert str(got["rs"]) == str([inf, float("nan"), -inf, 3.0, 1e308, inf])
+    assert str(got["rm"]) == str([inf, float("nan"), -inf, 1.5, 1e308, inf])

@@ -66,3 +66,23 @@ def test_a_failed_cast_advises_try_cast(codes: Path, workdir: Path) -> None:
     assert "derive column 'code_number' (cast(code as int64)): Failed to parse string" in message
     assert "try_cast(x as type) gives null where a value does not convert" in message
     assert not (workdir / "out" / "codes").exists()
+
+
+def test_a_cast_step_takes_invalid_null_as_the_readme_writes_it(codes: Path, workdir: Path
+                                                                 ) -> None:
+    """`invalid: null` unquoted, as the README's example has it, is YAML's null: it was
+    refused as the file planned ("Input should be 'error' or 'null' (got None)")."""
+    record = run(write_pipeline(workdir, """
+        pipeline: codes
+        steps:
+          - op: read_parquet
+            path: data/codes
+          - op: cast
+            columns: {code: int64}
+            invalid: null
+          - op: write_parquet
+            path: out/codes
+        """))
+    assert record["status"] == "succeeded"
+    out = pq.read_table(workdir / "out" / "codes")
+    assert out.column("code").to_pylist() == [12, None, None, 31, None, None, 300, -4]
