@@ -48,7 +48,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from operators.arrays import get_namespace
-from operators.base import ARROW_ERRORS, DataError, SluiceError, suggest
+from operators.base import ARROW_ERRORS, DataError, SchemaError, SluiceError, suggest
 from operators.evaluate.drift import Drift
 from operators.io.fs import resolve as fs_resolve
 from operators.io.fs import written_whole
@@ -65,7 +65,7 @@ ARROW_FILE = "application/vnd.apache.arrow.file"
 MEDIA_TYPES = (JSON, CSV, ARROW, ARROW_FILE)
 # the JSON request formats (MLflow's scoring server's names)
 JSON_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
-REQUEST_PARAMS = ("contributions", "contributions_by", "keep")
+REQUEST_PARAMS = ("contributions", "contributions_by", "keep", "threshold")
 MODEL_HEADER = "X-Sluice-Model"
 HOST = get_namespace("numpy")
 REQUEST_HEADER = "X-Request-Id"  # the client's, else one made up; in the row log
@@ -299,15 +299,15 @@ class ScoringModel:
             return False
         return True
 
-    def _scorer(self, contributions: bool, by: str) -> Score:
-        key = (contributions, by)
+    def _scorer(self, contributions: bool, by: str, threshold: float | None = None) -> Score:
+        key = (contributions, by, threshold)
         scorer = self._scorers.get(key)
         if scorer is not None:
             return scorer
         with self._lock:
             if key not in self._scorers:
                 scorer = Score(model=self.asked, contributions=contributions,
-                               contributions_by=by)
+                               contributions_by=by, threshold=threshold)
                 scorer.bind(*binding(self.model, self.asked, self.path))
                 scorer.output_schema(self.input_schema)  # a model without contributions
                 self._scorers[key] = scorer
@@ -326,9 +326,11 @@ class ScoringModel:
         return [out.field(c) for c in scorer.outputs if c in out.names]
 
     def score_table(self, table: pa.Table, *, contributions: bool = False,
-                    contributions_by: str = "features") -> pa.Table:
+                    contributions_by: str = "features",
+                    threshold: float | None = None) -> pa.Table:
         """``table`` with the model's columns added: ``prediction``, ``probability`` for
-        classes, and with ``contributions`` ``contributions`` and ``contribution_base``.
+        classes, and with ``contributions`` ``contributions`` and ``contribution_base``;
+        ``threshold`` cuts a binary classifier's probability (the score step's).
         The model reads its columns in the types it was trained on (int32 as int64...,
         a value that does not convert is a RequestError naming it); the table's own
         columns pass on as given."""
@@ -337,7 +339,13 @@ class ScoringModel:
                                "inputs")
         if contributions_by != "features" and not contributions:
             raise RequestError("contributions_by needs contributions: true")
-        scorer = self._scorer(bool(contributions), contributions_by)
+        try:
+            scorer = self._scorer(bool(contributions), contributions_by, threshold)
+        except SchemaError as exc:
+            if threshold is None:
+                raise
+            # the request's threshold for a model of numbers or of more classes
+            raise RequestError(exc.message, hint=exc.hint) from None
         cast = _cast(table, self.input_schema)
         scorer.check_input(cast.schema)
 
@@ -359,12 +367,13 @@ class ScoringModel:
         return kept
 
     def score(self, data: Any, *, contributions: bool = False,
-              contributions_by: str = "features") -> Any:
+              contributions_by: str = "features", threshold: float | None = None) -> Any:
         """Score ``data``, given as a ``pyarrow.Table`` or ``RecordBatch``, a pandas
         DataFrame, a list of row dicts or a dict of columns; returns the same kind with
         the model's columns added (the input's columns pass through, as in the ``score``
         step)."""
-        kwargs = {"contributions": contributions, "contributions_by": contributions_by}
+        kwargs = {"contributions": contributions, "contributions_by": contributions_by,
+                  "threshold": threshold}
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
         if isinstance(data, pa.Table):
@@ -440,7 +449,8 @@ def load_model(ref: str, models: str | None = None, *, device: str = "cpu",
 
 def spark_udf(ref: str, models: str | None = None, *, result: str | None = None,
               contributions: bool = False, contributions_by: str = "features",
-              storage_options: dict[str, Any] | None = None) -> Any:
+              storage_options: dict[str, Any] | None = None,
+              threshold: float | None = None) -> Any:
     """A Spark column function scoring with the model ``ref`` (as MLflow's
     ``spark_udf``), on Arrow batches end to end (``arrow_udf``: no pandas):
 
@@ -489,7 +499,7 @@ def spark_udf(ref: str, models: str | None = None, *, result: str | None = None,
                               f"({', '.join(columns)}), in that order, or one struct of "
                               f"them; got {len(arrays)}")
         scored = model.score_table(table, contributions=contributions,
-                                   contributions_by=contributions_by)
+                                   contributions_by=contributions_by, threshold=threshold)
         if result != "all":
             return scored.column(result).combine_chunks()
         out = scored.select(list(fields))
@@ -504,14 +514,16 @@ def spark_udf(ref: str, models: str | None = None, *, result: str | None = None,
 
 def score_spark(df: Any, ref: str, models: str | None = None, *,
                 contributions: bool = False, contributions_by: str = "features",
-                storage_options: dict[str, Any] | None = None) -> Any:
+                storage_options: dict[str, Any] | None = None,
+                threshold: float | None = None) -> Any:
     """The Spark DataFrame ``df`` with the model's columns added (``prediction``,
     ``probability``...; the input's pass through), as the ``score`` step does: one
     ``mapInArrow`` over its batches."""
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
     model = load_model(ref, models, storage_options=storage_options)
-    kwargs = {"contributions": contributions, "contributions_by": contributions_by}
+    kwargs = {"contributions": contributions, "contributions_by": contributions_by,
+              "threshold": threshold}
     arrow_schema = to_arrow_schema(df.schema)
     out_schema = model.score_table(arrow_schema.empty_table(), **kwargs).schema
 
@@ -525,11 +537,13 @@ def score_spark(df: Any, ref: str, models: str | None = None, *,
 
 def score_dask(ddf: Any, ref: str, models: str | None = None, *,
                contributions: bool = False, contributions_by: str = "features",
-               storage_options: dict[str, Any] | None = None) -> Any:
+               storage_options: dict[str, Any] | None = None,
+               threshold: float | None = None) -> Any:
     """The Dask DataFrame ``ddf`` with the model's columns added, partition by partition
     (``map_partitions``; the model travels with the graph), lazily as Dask is."""
     model = load_model(ref, models, storage_options=storage_options)
-    kwargs = {"contributions": contributions, "contributions_by": contributions_by}
+    kwargs = {"contributions": contributions, "contributions_by": contributions_by,
+              "threshold": threshold}
     meta = model.score(ddf._meta, **kwargs)
     return ddf.map_partitions(model.score, meta=meta, **kwargs)
 
@@ -654,6 +668,16 @@ def request_params(params: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
         raise RequestError("params.keep must be a list of column names")
     out["keep"] = keep
+    threshold = params.get("threshold")
+    if threshold is not None:
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            threshold = None
+        if threshold is None or not 0.0 <= threshold <= 1.0:
+            raise RequestError(f"params.threshold must be a number from 0 to 1, not "
+                               f"{json.dumps(params.get('threshold'))}")
+    out["threshold"] = threshold
     return out
 
 

@@ -390,6 +390,35 @@ def test_contributions_and_kept_columns_over_http(registry: Path, server: Served
     assert set(answer["predictions"][0]["contributions"]) == set(INPUTS)
 
 
+def test_a_threshold_cuts_the_probability_in_process_and_over_http(registry: Path,
+                                                                   server: Served) -> None:
+    """params.threshold (or ?threshold=): the second class where the probability is at
+    least it, as the score step's threshold; a number outside [0, 1] is a 400."""
+    rows = _rows(registry, 40)
+    served = load_model("churn@production", str(registry / "models"))
+    low = served.score(rows, threshold=0.2)
+    proba = low.column("probability").to_numpy()
+    assert low.column("prediction").to_pylist() == (proba >= 0.2).astype(int).tolist()
+    assert (proba >= 0.2).sum() > (proba >= 0.5).sum()
+    status, answer = server.post({**_split(rows.select(INPUTS)),
+                                  "params": {"threshold": 0.2}})
+    assert status == 200, answer
+    assert [p["prediction"] for p in answer["predictions"]] == \
+        low.column("prediction").to_pylist()
+    status, answer = server.post(_split(rows.select(INPUTS)), "/invocations?threshold=0.2")
+    assert [p["prediction"] for p in answer["predictions"]] == \
+        low.column("prediction").to_pylist()
+    charges = load_model("charges", str(registry / "models"))
+    with pytest.raises(RequestError, match="threshold cuts a binary classifier's probability, "
+                                           "and model 'charges' predicts numbers"):
+        charges.score(rows, threshold=0.5)
+    for bad in (1.5, "half"):
+        status, answer = server.post({**_split(rows.select(INPUTS)),
+                                      "params": {"threshold": bad}})
+        assert status == 400 and "params.threshold must be a number from 0 to 1" in \
+            answer["message"], answer
+
+
 def test_client_mistakes_are_answered_with_what_to_fix(registry: Path, server: Served
                                                        ) -> None:
     rows = _rows(registry, 3).select(INPUTS)
@@ -957,6 +986,16 @@ def test_spark_udf_and_score_spark_answer_as_load_model(registry: Path, spark: A
     assert {r.customer_id: r.probability for r in got} == pytest.approx(by_id, rel=1e-12)
     assert sorted(r.prediction for r in got) == sorted(
         expected.column("prediction").to_pylist())
+
+    cut = load_model("churn@1", models).score(rows, threshold=0.3)
+    cut_by_id = dict(zip(rows.column("customer_id").to_pylist(),
+                         cut.column("prediction").to_pylist(), strict=True))
+    assert sum(cut_by_id.values()) > sorted(r.prediction for r in got).count(1)
+    for at in (spark_udf("churn@1", models, result="prediction", threshold=0.3),):
+        chosen = df.select("customer_id", at(F.struct(*at.columns)).alias("p")).collect()
+        assert {r.customer_id: r.p for r in chosen} == cut_by_id
+    chosen = score_spark(df, "churn@1", models, threshold=0.3).collect()
+    assert {r.customer_id: r.prediction for r in chosen} == cut_by_id
 
     with pytest.raises(SluiceError, match="result 'score': model churn@1 gives prediction, "
                                           "probability"):
