@@ -522,6 +522,8 @@ def models_list(models: str | None) -> None:
     store = ModelStore(models)
     names = store.names()
     if not names:
+        if models and _local_path(models) and Path(models).is_file():
+            raise click.UsageError(f"--models {models} is a file, not a model folder")
         click.echo(f"no models in {store.root}")
         return
     for name in names:

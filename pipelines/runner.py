@@ -840,6 +840,10 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
                           f"/{run_id}", notify=notify)
     scratch_lock = None  # held while the run's scratch folder is in use
     lineage = Lineage.configured(openlineage)
+    if lineage is None and openlineage and notify:
+        # the clients' kill switch wins over a flag, as in every OpenLineage client: said
+        notify("OPENLINEAGE_DISABLED is set, so --openlineage sends no events (unset it "
+               "to send them)")
     if lineage is not None:
         record["openlineage"] = {"url": lineage.url, "namespace": lineage.namespace,
                                  "run_id": run_uuid(run_id)}

@@ -53,6 +53,10 @@ def test_run_validate_and_models(churn: Path, workdir: Path) -> None:
 
     listed = sluice("models", "list", cwd=workdir)
     assert listed.returncode == 0 and "centre" in listed.stdout and "1, 2" in listed.stdout
+    (workdir / "afile").write_text("not a folder")
+    wrong = sluice("models", "list", "--models", "afile", cwd=workdir)
+    assert wrong.returncode == 2 and "--models afile is a file, not a model folder" in \
+        wrong.stderr, wrong.stderr
     shown = sluice("models", "show", "centre@1", cwd=workdir)
     assert shown.returncode == 0 and "needs columns: tenure" in shown.stdout
     # what the fitted step was given, as the pipeline file said it

@@ -186,6 +186,13 @@ def test_a_failed_run_sends_fail_with_its_error_and_the_parent_run(
     with pytest.raises(SluiceError):
         run(path.name)
     assert len(server.events) == before  # disabled: nothing sent
+    # an explicit --openlineage under the kill switch sends nothing either, and says so
+    said: list[str] = []
+    with pytest.raises(SluiceError):
+        run(path.name, openlineage=server.url, notify=said.append)
+    assert len(server.events) == before
+    assert any("OPENLINEAGE_DISABLED is set, so --openlineage sends no events" in line
+               for line in said), said
 
 
 @pytest.mark.parametrize("parent", ["airflow/nightly_dag.train/scheduled__2026-11-30",
