@@ -171,7 +171,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, str]:
     lines = text.splitlines()
     source = lines[mark.line] if mark.line < len(lines) else ""
     key, _, value = source.partition(": ")
-    value = value.strip()
+    value = _without_comment(value).strip()
     if value[:1] in ("'", '"') and what.endswith("a value"):
         # the whole value in the other quotes, escaped as YAML reads them back
         quoted = ("'" + value.replace("'", "''") + "'" if value[0] == '"' else
@@ -180,6 +180,20 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, str]:
                       f"{key.strip().removeprefix('- ')}: {quoted}")
     return line, f"{what} (check the indentation of the block that starts on line " \
                  f"{start.line + 1})"
+
+
+def _without_comment(value: str) -> str:
+    """A YAML line's value without its trailing ``# comment`` (a ``#`` after a space,
+    outside quotes), which a suggested quoting must not take in."""
+    quote = None
+    for i, char in enumerate(value):
+        if quote is not None:
+            quote = None if char == quote else quote
+        elif char in ("'", '"'):
+            quote = char
+        elif char == "#" and (i == 0 or value[i - 1].isspace()):
+            return value[:i]
+    return value
 
 
 def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:

@@ -183,6 +183,10 @@ HEAD = "pipeline: x\nsteps:\n  - op: read_parquet\n"
     ('    filter: "a > 3" and b == "x"\n', 4, "text after the quoted part of a value: "
                                              "quote all of it, in filter: '\"a > 3\" and "
                                              "b == \"x\"'"),
+    # a trailing comment stays out of the suggested quotes ('#' inside them stays in)
+    ('    filter: "a > 3" and b == "#x"  # keep the big ones\n', 4,
+     "text after the quoted part of a value: quote all of it, in filter: '\"a > 3\" and "
+     "b == \"#x\"'"),
     # both quotes in the value: the suggestion's quotes doubled, as YAML reads them
     ("  - path: 'data' + \"x\" + 'y'\n", 4, "text after the quoted part of a value: quote "
                                             "all of it, in path: \"'data' + \\\"x\\\" + "
