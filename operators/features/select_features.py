@@ -44,6 +44,7 @@ from operators.base import (
 )
 from operators.models.common import (
     check_features,
+    check_listed_features,
     check_role,
     check_weight,
     chosen_features,
@@ -95,6 +96,7 @@ class SelectFeaturesParams(Params):
 
     @model_validator(mode="after")
     def _one_selection(self) -> SelectFeaturesParams:
+        check_listed_features(self.features)
         given = [name for name in SELECTIONS if getattr(self, name) is not None]
         test = self.test or ("variance" if self.label is None else None)
         if len(given) > 1:

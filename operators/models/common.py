@@ -103,7 +103,18 @@ class SupervisedParams(Params):
     @model_validator(mode="after")
     def _window(self) -> SupervisedParams:
         check_validation_window(self)
+        check_listed_features(self.features)
         return self
+
+
+def check_listed_features(features: list[str] | None) -> None:
+    """A ParamError for ``features: []``: an empty list is no default (every numeric
+    column is), and no model trains on no column."""
+    if features is not None and not features:
+        raise ParamError("features: an empty list", hint="list the feature columns, or "
+                                                         "leave features out for every "
+                                                         "numeric column but the label and "
+                                                         "the weight")
 
 
 ClassWeight = Literal["balanced"] | dict[bool | int | str, PositiveFloat] | None

@@ -209,3 +209,17 @@ def test_same_features_as_mllibs_univariate_selector(spark: Any, test: str, feat
     _, state = fit_state(SelectFeatures(label="y", test=test, k=4),
                          split(table_of(X, y, None, test != "f_regression"), 3))
     assert set(state["kept"]) == theirs
+
+
+@pytest.mark.parametrize("op", ["select_features", "logistic_regression", "naive_bayes",
+                                "gradient_boosted_trees"])
+def test_an_empty_features_list_is_refused_at_its_name(op: str) -> None:
+    """features: [] said "no numeric feature columns in the input" at the step's line,
+    as if the input lacked them; an empty list is the mistake, named."""
+    from operators.base import lookup
+
+    params: dict[str, Any] = {"label": "y", "features": []}
+    if op == "select_features":
+        params["k"] = 2
+    with pytest.raises(ParamError, match="features: an empty list"):
+        lookup(op)(**params)
