@@ -36,10 +36,12 @@ class SluiceModel:
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
         """The model's columns for each row of ``model_input`` (``params``:
-        ``contributions``, ``contributions_by`` as ``sluice serve`` takes them)."""
-        options = dict(params or {})
+        ``contributions``, ``contributions_by``, ``threshold`` as ``sluice serve`` takes
+        them)."""
+        options = {k: v for k, v in (params or {}).items() if v is not None}
         scored = self.model.score(model_input, **options)
-        outputs = list(self.model.outputs(**options))
+        outputs = list(self.model.outputs(options.get("contributions", False),
+                                          options.get("contributions_by", "features")))
         if hasattr(scored, "columns") and hasattr(scored, "loc"):  # pandas
             return scored[outputs]
         if hasattr(scored, "select"):  # a pyarrow Table
@@ -90,7 +92,8 @@ def save(source: str, name: str, version: int, path: Path) -> None:
 
     # MLflow passes ``predict`` the params its signature declares, and drops any other
     params = ParamSchema([ParamSpec("contributions", "boolean", False),
-                          ParamSpec("contributions_by", "string", "features")])
+                          ParamSpec("contributions_by", "string", "features"),
+                          ParamSpec("threshold", "double", None)])
 
     with tempfile.TemporaryDirectory() as scratch:
         registry = Path(scratch) / DATA

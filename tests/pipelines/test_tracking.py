@@ -444,6 +444,10 @@ def test_the_mlflow_model_takes_contributions_as_params(churn: Path, workdir: Pa
     assert list(answer.columns) == list(model.outputs(contributions=True))
     assert "contributions" in answer.columns
     assert answer["contributions"].tolist() == expected["contributions"].tolist()
+    cut = loaded.predict(shuffled, params={"threshold": 0.3})
+    assert cut["prediction"].tolist() == model.score(rows, threshold=0.3)[
+        "prediction"].tolist()
+    assert cut["prediction"].sum() > plain["prediction"].sum()
 
 
 def test_a_run_logged_to_another_experiment_is_there_already(churn: Path, workdir: Path,
