@@ -398,6 +398,7 @@ def _written(output: dict[str, Any]) -> str:
 
 
 SHOWN_GROUPS = 20  # evaluate's groups (by) shown in a run's summary; all are in the record
+SHOWN_ITEMS = 20  # figures on a summary line (select_features' ranking of 500 features)
 
 
 def _print_metrics(by_step: dict[str, Any]) -> None:
@@ -405,11 +406,13 @@ def _print_metrics(by_step: dict[str, Any]) -> None:
     of scalar metrics."""
 
     def show(label: str, values: dict[str, Any]) -> None:
-        shown = ", ".join(f"{k}={_fmt_list(v) if isinstance(v, list) else _fmt(v)}"
-                          for k, v in values.items()
-                          if not isinstance(v, dict) and not _long(v))
-        if shown:
-            click.echo(f"  metrics {label}: {shown}")
+        items = [f"{k}={_fmt_list(v) if isinstance(v, list) else _fmt(v)}"
+                 for k, v in values.items() if not isinstance(v, dict) and not _long(v)]
+        if len(items) > SHOWN_ITEMS:  # a statistic per feature of wide data: the first
+            items = [*items[:SHOWN_ITEMS], f"{len(items) - SHOWN_ITEMS} more in the run "
+                                           "record"]
+        if items:
+            click.echo(f"  metrics {label}: {', '.join(items)}")
         for key, value in values.items():
             if key == "groups" and isinstance(value, dict):
                 for group in list(value)[:SHOWN_GROUPS]:

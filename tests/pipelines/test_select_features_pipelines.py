@@ -53,3 +53,38 @@ def test_the_model_trains_and_scores_on_the_kept_features(workdir: Path, churn: 
                           timeout=300, cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert pq.read_table(workdir / "out").num_rows == rows.num_rows
+
+
+def test_the_summary_shows_the_best_twenty_of_a_wide_ranking(workdir: Path) -> None:
+    """60 candidates: the summary line has the 20 best and how many more the record
+    keeps (it listed every one on one line); the record ranks all 60."""
+    import json
+
+    import pyarrow as pa
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 2000)
+    X = rng.standard_normal((2000, 60)) + np.outer(y, np.linspace(0, 1, 60))
+    (workdir / "wide").mkdir()
+    pq.write_table(pa.table({**{f"f{j:02d}": X[:, j] for j in range(60)}, "y": y}),
+                   workdir / "wide" / "part-0.parquet")
+    path = write_pipeline(workdir, f"""
+        pipeline: wide
+        steps:
+          - op: read_parquet
+            path: {workdir / "wide"}
+          - id: pick
+            op: select_features
+            label: y
+            k: 5
+        """, "wide.yaml")
+    done = subprocess.run([SLUICE, "run", str(path)], capture_output=True, text=True,
+                          timeout=300, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if "metrics pick.statistic:" in x)
+    assert line.count("=") == 20 and line.endswith("40 more in the run record")
+    record = json.loads(Path(next(x.split("record: ", 1)[1] for x in done.stdout.splitlines()
+                                  if "record: " in x)).read_text())
+    assert len(record["metrics"]["pick"]["statistic"]) == 60
+    assert line.split(": ", 1)[1].split("=")[0] == next(iter(record["metrics"]["pick"][
+        "statistic"]))
