@@ -658,8 +658,8 @@ def default_features(step: Step, schema: pa.Schema) -> list[str] | None:
     takes no such parameter."""
     params = step.op.params
     if (not isinstance(step.op, Estimator) or "features" not in type(params).model_fields
-            or params.features is not None):
-        return None
+            or params.features is not None or "features" in step.spec.params):
+        return None  # (given, even where its value was refused: not the default)
     others = {getattr(params, name, None) for name in ("label", "weight", "prediction")}
     return [c for c in step.op.input_columns(schema) if c not in others]
 

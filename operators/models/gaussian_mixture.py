@@ -101,7 +101,8 @@ Covariance = Literal["full", "diag", "tied", "spherical"]
 class GaussianMixtureParams(Params):
     k: int = Field(ge=1, description="the number of components")
     features: list[str] | None = Field(
-        None, description="feature columns (default: every numeric column but the weight)")
+        None, min_length=1,
+        description="feature columns (default: every numeric column but the weight)")
     weight: str | None = Field(None, description="column of non-negative row weights: a row "
                                                  "of weight w counts as w copies (MLlib's "
                                                  "weightCol)")

@@ -74,7 +74,7 @@ on (scikit-learn's tree splitters' ``FEATURE_THRESHOLD``)."""
 
 class IsolationForestParams(Params):
     features: list[str] | None = Field(
-        None, description="feature columns (default: every numeric column)")
+        None, min_length=1, description="feature columns (default: every numeric column)")
     n_trees: int = Field(100, ge=1, le=100_000,
                          description="trees in the forest (scikit-learn's n_estimators)")
     max_samples: Literal["auto"] | int | float = Field(

@@ -131,7 +131,8 @@ VALIDATION_PHASES = ("validate", "validate_spread")
 class KMeansParams(Params):
     k: int = Field(ge=2, description="the number of clusters")
     features: list[str] | None = Field(
-        None, description="feature columns (default: every numeric column but the weight)")
+        None, min_length=1,
+        description="feature columns (default: every numeric column but the weight)")
     weight: str | None = Field(None, description="column of non-negative row weights "
                                                  "(scikit-learn's sample_weight)")
     init: Literal["k-means||", "k-means++", "random"] | list[list[float]] = Field(

@@ -331,3 +331,12 @@ def test_default_features_that_look_wrong_are_a_note(churn: Path, workdir: Path)
     quiet: list[str] = []
     run(named, notify=quiet.append)
     assert quiet == []
+    # features given but refused (an empty list): its error, no note that it was not given
+    from pipelines.runner import plan_file
+
+    refused = plan_file(write_pipeline(workdir, text.replace("k: 3", "k: 3\n            "
+                                                             "features: []"), "empty.yaml"))
+    assert [p.message for p in refused.problems] == [
+        "parameter 'features': List should have at least 1 item after validation, not 0 "
+        "(got [])"]
+    assert not any("kmeans" in n and "is not given" in n for n in refused.notices)
