@@ -286,7 +286,9 @@ def test_scoring_rejects_nan_features() -> None:
     ({"features": ["x", "y"]}, _small(), ParamError, "label column 'y' is also listed",
      "remove"),
     ({"weight": "s"}, _small(s=["a", "b", "c", "d"]), SchemaError, "weight column 's'", "cast"),
-    ({"features": []}, _small(), SchemaError, "no numeric feature", "one_hot"),
+    # no numeric column but the label (features: [] is refused as the step is built)
+    ({}, pa.table({"s": ["a", "b"], "y": [1.0, 2.0]}), SchemaError, "no numeric feature",
+     "one_hot"),
 ])
 def test_plan_time_errors(params: dict[str, Any], table: pa.Table, error: type, match: str,
                           hint: str) -> None:
