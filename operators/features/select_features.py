@@ -56,6 +56,7 @@ from operators.models.common import (
     comoments,
     feature_matrix,
     label_column,
+    require_counts,
     require_some_features,
     row_weights,
 )
@@ -227,11 +228,8 @@ class SelectFeatures(Estimator):
         if test in ("anova", "chi2"):
 
             def counts(X: Any) -> Any:
-                if bool(xp.any(X < 0)):
-                    bad = features[int(np.argmax(np.asarray(xp.any(X < 0, axis=0))))]
-                    raise DataError(f"feature column '{bad}' has negative values, but test "
-                                    "chi2 takes counts or frequencies",
-                                    hint="use test: anova for continuous features")
+                require_counts(X, features, xp, "test chi2",
+                               "use test: anova for continuous features")
                 return X
 
             return class_sums(part, features, label_column(part, p.label),

@@ -107,6 +107,18 @@ class SupervisedParams(Params):
         return self
 
 
+def require_counts(X: Any, features: list[str], xp: Any, what: str, hint: str) -> None:
+    """Counts or frequencies (a multinomial model's, a chi-squared test's): a DataError
+    naming the first feature column of ``X`` with a negative value, and its lowest; the
+    look at the values made on ``xp``'s device, only the flags brought back."""
+    negative = X < 0
+    if bool(xp.any(negative)):
+        column = int(np.argmax(to_numpy(xp.any(negative, axis=0))))
+        value = float(to_numpy(xp.min(X[:, column])))
+        raise DataError(f"feature column '{features[column]}' has negative values (as low as "
+                        f"{value:g}), but {what} takes counts or frequencies", hint=hint)
+
+
 def check_listed_features(features: list[str] | None) -> None:
     """A ParamError for ``features: []``: an empty list is no default (every numeric
     column is), and no model trains on no column."""

@@ -48,6 +48,7 @@ from operators.models.common import (
     label_column,
     model_input_columns,
     parameters,
+    require_counts,
     require_positive_weight,
     require_training_rows,
     row_weights,
@@ -285,7 +286,10 @@ class NaiveBayes(Estimator):
 
         def prepare(X: Any) -> Any:
             if p.model_type in ("multinomial", "complement"):
-                _check_counts(X, features, xp, p.model_type)
+                require_counts(X, features, xp, f"{p.model_type} naive_bayes",
+                               "use model_type: gaussian for continuous features, or leave "
+                               "the column out (features:); a scaler before it makes values "
+                               "negative")
             elif p.model_type == "bernoulli":
                 X = _switches(X, p.binarize, features, xp)
             return X
@@ -395,20 +399,6 @@ class NaiveBayes(Estimator):
         if "validation" in state:
             out["validation"] = state["validation"]
         return out
-
-
-def _check_counts(X: Any, features: list[str], xp: Any, model_type: str) -> None:
-    """Multinomial and complement features are counts or frequencies: a DataError naming
-    the first column with a negative value."""
-    negative = X < 0
-    if bool(xp.any(negative)):
-        column = int(np.argmax(to_numpy(xp.any(negative, axis=0))))
-        value = float(to_numpy(xp.min(X[:, column])))
-        raise DataError(f"feature column '{features[column]}' has negative values (as low as "
-                        f"{value:g}), but {model_type} naive_bayes takes counts or frequencies",
-                        hint="use model_type: gaussian for continuous features, or leave the "
-                             "column out (features:); a scaler before it makes values "
-                             "negative")
 
 
 def _expected_terms(model_type: str, model: dict[str, Any], stats: dict[str, Any],

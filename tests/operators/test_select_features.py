@@ -174,9 +174,16 @@ def test_errors_say_what_and_how() -> None:
     floats = table.set_column(table.schema.get_field_index("y"), "y", pa.array(y + 0.5))
     with pytest.raises(SchemaError, match="test anova needs classes"):
         SelectFeatures(label="y", test="anova", k=2).output_schema(floats.schema)
+    negative = table.set_column(0, "f0", pa.array(X[:, 0] - 2e4))
     with pytest.raises(DataError, match="test chi2 takes counts"):
-        fit_state(SelectFeatures(label="y", test="chi2", k=2), split(
-            table.set_column(0, "f0", pa.array(X[:, 0] - 2e4)), 2))
+        fit_state(SelectFeatures(label="y", test="chi2", k=2), split(negative, 2))
+    # on a device (array_api_strict's non-default one, as CuPy's): the same error, where
+    # the column's flags were taken to the host without leaving the device first
+    import array_api_strict
+
+    device = get_namespace("array_api_strict", array_api_strict.Device("device1"))
+    with pytest.raises(DataError, match="feature column 'f0' has negative values"):
+        fit_state(SelectFeatures(label="y", test="chi2", k=2), split(negative, 2), device)
     noise = table_of(np.random.default_rng(1).standard_normal((400, D)),
                      np.random.default_rng(2).integers(0, 2, 400).astype(float), None, True)
     with pytest.raises(DataError, match=r"keeps no feature by fwe: 1e-06 \(test anova; the "
