@@ -264,8 +264,7 @@ class SelectFeatures(Estimator):
                             "the features on", hint="check the filter and the weight column")
         statistic, p_value = _TESTS[test](stats, n, self.params.label)
         kept = _chosen(self.params, statistic, p_value, features, test)
-        return {**state, "statistic": statistic, "p_value": p_value, "kept": kept,
-                "rows": n}, True
+        return {**state, "statistic": statistic, "p_value": p_value, "kept": kept}, True
 
     def fitted(self, state: dict[str, Any]) -> SelectedFeatures:
         kept = set(state["kept"])

@@ -1,4 +1,4 @@
-"""naive_bayes: Gaussian, multinomial and Bernoulli naive Bayes, fitted in one pass.
+"""naive_bayes: Gaussian, multinomial, Bernoulli and complement naive Bayes, in one pass.
 
 Each class's statistics are sums over its rows, so the fit is one pass over the
 partitions (two with ``validation_fraction``: the held-out rows are scored after):
@@ -16,6 +16,8 @@ partitions (two with ``validation_fraction``: the held-out rows are scored after
   rows where a feature is on (above ``binarize``; with ``binarize: null`` the values must
   be 0 or 1, as MLlib asks), smoothed ``log((N_cj + a) / (N_c + 2a))``; a feature that
   is off counts against its class too.
+- ``complement`` (``ComplementNB``, MLlib's ``complement``): the multinomial totals of
+  every other class, smoothed, ``-log((N_~cj + a) / (N_~c + a d))``; no class priors.
 
 The class priors are the classes' weight shares unless ``priors`` gives them. A row of
 weight w counts as w copies of it. Probabilities are the normalised exponentials of the
@@ -110,8 +112,9 @@ class NaiveBayesParams(SupervisedParams):
 class NaiveBayesFitted(FittedModel):
     """Class probabilities from each class's joint log-likelihood: ``log_prior`` plus,
     for ``gaussian``, the normal log-densities of ``theta`` (means) and ``var``; for
-    ``multinomial``, ``X @ feature_log_prob.T``; for ``bernoulli``, the on features'
-    ``feature_log_prob`` and the off features' ``log(1 - exp(feature_log_prob))``."""
+    ``multinomial`` and ``complement`` (which adds no prior), ``X @ feature_log_prob.T``;
+    for ``bernoulli``, the on features' ``feature_log_prob`` and the off features'
+    ``log(1 - exp(feature_log_prob))``."""
 
     def __init__(self, features: list[str], classes: list[Any], label_type: pa.DataType,
                  model_type: ModelType, log_prior: np.ndarray,
@@ -237,17 +240,18 @@ def _switches(X: Any, binarize: float | None, features: list[str], xp: Any) -> A
 
 @register("naive_bayes")
 class NaiveBayes(Estimator):
-    """Naive Bayes classifier: Gaussian, multinomial or Bernoulli, fitted in one pass.
+    """Naive Bayes classifier: Gaussian, multinomial, Bernoulli or complement, fitted in
+    one pass.
 
     ```yaml
     - op: naive_bayes
       label: churned
-      model_type: gaussian        # multinomial (counts) | bernoulli (on/off features)
-      var_smoothing: 1.0e-9       # gaussian; smoothing: 1.0 for the other two
+      model_type: gaussian        # multinomial (counts) | bernoulli (on/off) | complement
+      var_smoothing: 1.0e-9       # gaussian; smoothing: 1.0 for the other three
       validation_fraction: 0.2
     ```
-    The same model as scikit-learn's GaussianNB / MultinomialNB / BernoulliNB (a row of
-    weight w as w copies) and MLlib's NaiveBayes.
+    The same model as scikit-learn's GaussianNB / MultinomialNB / BernoulliNB /
+    ComplementNB (a row of weight w as w copies) and MLlib's NaiveBayes.
     """
 
     Params = NaiveBayesParams
@@ -330,12 +334,11 @@ class NaiveBayes(Estimator):
                             "weight 0 only: naive_bayes cannot describe its features",
                             hint="give those rows a positive weight, or filter the class out")
         out: dict[str, Any] = {"classes": classes, "rows": stats["rows"],
-                               "heldout": stats["heldout"], "class_weights": totals,
+                               "heldout": stats["heldout"],
                                "log_prior": np.log(self._priors(classes, totals))}
         features = state["features"]
         if p.model_type == "gaussian":
-            out.update(theta=stats["means"], var=_variances(stats, totals, p.var_smoothing,
-                                                           features, classes))
+            out.update(theta=stats["means"], var=_variances(stats, p.var_smoothing, features))
         elif p.model_type == "multinomial":
             smoothed = stats["sums"] + p.smoothing
             out["feature_log_prob"] = (np.log(smoothed)
@@ -348,7 +351,7 @@ class NaiveBayes(Estimator):
         else:
             out["feature_log_prob"] = (np.log(stats["sums"] + p.smoothing)
                                        - np.log(totals + 2.0 * p.smoothing)[:, None])
-        out["expected_terms"] = _expected_terms(p.model_type, out, stats, totals)
+        out["expected_terms"] = _expected_terms(p.model_type, out, stats)
         return out
 
     def _priors(self, classes: list[Any], totals: np.ndarray) -> np.ndarray:
@@ -401,8 +404,8 @@ class NaiveBayes(Estimator):
         return out
 
 
-def _expected_terms(model_type: str, model: dict[str, Any], stats: dict[str, Any],
-                    totals: np.ndarray) -> np.ndarray:
+def _expected_terms(model_type: str, model: dict[str, Any], stats: dict[str, Any]
+                    ) -> np.ndarray:
     """(classes, features): each feature's term of each class's joint log-likelihood
     averaged over the training rows (``NaiveBayesFitted.terms``' mean), from the means
     (and variances) of the features alone: the terms are of one feature each."""
@@ -417,17 +420,17 @@ def _expected_terms(model_type: str, model: dict[str, Any], stats: dict[str, Any
     return mean * (flp - off) + off  # mean: the share of rows where the feature is on
 
 
-def _variances(stats: dict[str, Any], totals: np.ndarray, var_smoothing: float,
-               features: list[str], classes: list[Any]) -> np.ndarray:
+def _variances(stats: dict[str, Any], var_smoothing: float, features: list[str]
+               ) -> np.ndarray:
     """Each class's feature variances (population) plus ``var_smoothing`` times the
     largest variance of a feature over all the training rows."""
     epsilon = var_smoothing * float(np.max(class_overall(stats)[1]))
-    var = stats["squares"] / totals[:, None] + epsilon
+    var = stats["squares"] / stats["weights"][:, None] + epsilon
     if not (var > 0).all():
         c, j = np.argwhere(~(var > 0))[0]
         raise DataError(f"feature column '{features[j]}' is constant within class "
-                        f"{classes[c]!r}: a Gaussian of variance 0 (var_smoothing is 0, or "
-                        "every feature is constant)",
+                        f"{stats['classes'][c]!r}: a Gaussian of variance 0 (var_smoothing "
+                        "is 0, or every feature is constant)",
                         hint="raise var_smoothing (scikit-learn's default is 1e-9), or leave "
                              "the column out (features:)")
     return var
