@@ -381,7 +381,8 @@ class MetricAccumulator:
             "count": int(stats["rows"]),
         }
         if stats["proba"] is not None:
-            out.update(_finalize_proba(stats["proba"], k, total, true_sum))
+            out.update(_finalize_proba(stats["proba"], k, total, true_sum,
+                                       "thresholds" in self.metrics))
         return out
 
 
@@ -506,8 +507,11 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / safe, 0.0)
 
 
-def _finalize_proba(proba: dict[str, Any], k: int, total: float, true_sum: np.ndarray
-                    ) -> dict[str, float]:
+def _finalize_proba(proba: dict[str, Any], k: int, total: float, true_sum: np.ndarray,
+                    curves: bool = False) -> dict[str, Any]:
+    """The probability metrics; the ``thresholds`` curves only where ``curves`` asks
+    (2 ms of bins each: every group of an evaluate ``by`` and every validation had
+    paid it)."""
     width, loss, hist = proba["width"], proba["loss"], proba["hist"]
     if width == 1:
         if k < 2:
@@ -519,7 +523,8 @@ def _finalize_proba(proba: dict[str, Any], k: int, total: float, true_sum: np.nd
                 "brier": float(max(brier, 0.0) / total),
                 "roc_auc": auc(hist[1, 0], hist[0, 0]),
                 "pr_auc": average_precision(hist[1, 0], hist[0, 0]),
-                "thresholds": threshold_table(hist[1, 0], hist[0, 0])}
+                **({"thresholds": threshold_table(hist[1, 0], hist[0, 0])} if curves
+                   else {})}
     if k != width:
         raise DataError(f"probability has {width} entries per row but {k} classes are known "
                         "(given, or found in the labels and predictions)",
