@@ -162,6 +162,11 @@ from bench.target_encode_cases import (  # noqa: F401 - bench.worker looks the s
     target_encode_sklearn,
     target_encode_sluice_local,
 )
+from bench.text_cases import (  # noqa: F401 - bench.worker looks the sides up here
+    tickets,
+    train_text_naive_bayes_sklearn,
+    train_text_naive_bayes_sluice_local,
+)
 from bench.tree_cases import (  # noqa: F401 - bench.worker looks the sides up here
     train_boosted_sklearn_hist,
     train_boosted_sluice_local,
@@ -346,6 +351,10 @@ CASES: dict[str, Case] = {
     # row scored) vs scikit-learn's IsolationForest fit + score_samples on the files read
     # with pyarrow; both sides' ROC AUC printed (bench/isolation_cases.py)
     "train_isolation_forest": Case("planted", ("sluice_local", "sklearn"), planted_rows),
+    # read -> vectorize_text (the 2,000 most frequent terms in >= 5 tickets) -> naive_bayes
+    # (multinomial) -> save vs CountVectorizer + MultinomialNB on the files read with
+    # pyarrow (bench/text_cases.py)
+    "train_text_naive_bayes": Case("tickets", ("sluice_local", "sklearn"), tickets),
     # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->
     # write vs pyarrow's group_by, Dask's groupby().agg() and Spark's groupBy().agg();
     # the outputs are compared after the sides (bench/aggregate_cases.py)

@@ -63,6 +63,7 @@ MODULES: dict[str, str] = {
     "top": "operators.features.top",
     "union": "operators.features.union",
     "vector_columns": "operators.features.vectors",
+    "vectorize_text": "operators.features.text",
     "window": "operators.features.window",
     "write_parquet": "operators.io.parquet",
 }

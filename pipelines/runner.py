@@ -333,6 +333,9 @@ class Run:
                 self.cached[step.input] = data
             self.fitted[step.id] = transform
             self.record["metrics"][step.id] = metrics
+            if metrics.get("note") and self.notify:  # what the fit found worth a line
+                self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
+                            f"{metrics['note']}")
             if isinstance(op, Promote):
                 self._promote(step, metrics)
             # the fitted schema can differ from the plan's (one_hot's columns come from

@@ -1,6 +1,6 @@
 """Cases for the feature operators: impute, scalers, pca, one_hot, target_encode,
-hash_encode, bucketize, derive, select, drop, rename, cast, filter, sample, join, union,
-expect, and the shuffles."""
+hash_encode, bucketize, vectorize_text, derive, select, drop, rename, cast, filter, sample,
+join, union, expect, and the shuffles."""
 
 from __future__ import annotations
 
@@ -137,6 +137,37 @@ _cases("one_hot", features_table,
        ("min-frequency", {"columns": ["plan", "n"], "min_frequency": 0.1}),
        ("min-count-no-nulls", {"columns": ["region", "flag"], "min_frequency": 90,
                                "nulls": "error"}))
+
+def text_table(rows: int = 200, seed: int = 8) -> pa.Table:
+    """Short texts of a Zipf-like vocabulary with capitals, punctuation, accents, digits,
+    one-letter words, nulls and empty texts; a dictionary-encoded copy; a number."""
+    rng = np.random.default_rng(seed)
+    words = np.array(["refund", "Slow", "delivery", "great", "café", "naïve", "a", "the",
+                      "App", "crash", "42", "login_error", "über", "support", "price",
+                      "日本", "x"])
+    weights = 1.0 / np.arange(1, len(words) + 1)
+    weights /= weights.sum()
+    seps = np.array([" ", ", ", "! ", " - ", "  ", "... "])
+    texts = []
+    for _ in range(rows):
+        n = int(rng.integers(0, 9))
+        picked = rng.choice(words, size=n, p=weights)
+        text = "".join(w + seps[rng.integers(0, len(seps))] for w in picked).strip()
+        texts.append(None if rng.random() < 0.05 else text)
+    text = pa.array(texts, pa.string())
+    return pa.table({"review": text, "notes": text.dictionary_encode(),
+                     "x": pa.array(rng.standard_normal(rows))})
+
+
+_cases("vectorize_text", text_table,
+       ("counts", {"columns": ["review"]}),
+       ("tfidf-ngrams", {"columns": ["review", "notes"], "ngram_range": [1, 2],
+                         "idf": "smooth", "norm": "l2", "min_df": 2}),
+       ("binary-limits", {"columns": ["review"], "binary": True, "max_df": 0.3,
+                          "max_features": 6, "stop_words": ["The", "a"]}),
+       ("spark-tokens", {"columns": ["notes"], "separators": "\\s+", "min_token_length": 1,
+                         "lowercase": False, "idf": "spark", "sublinear_tf": True,
+                         "norm": "l1", "min_df": 0.05}))
 
 _cases("target_encode", features_table,
        ("regression", {"columns": ["plan", "region", "n"], "label": "big"}),

@@ -1,0 +1,446 @@
+"""vectorize_text: a text column as term counts or TF-IDF weights, a float64 column per
+term of a vocabulary learned over all partitions (scikit-learn's CountVectorizer and
+TfidfVectorizer; MLlib's RegexTokenizer, StopWordsRemover, NGram, CountVectorizer and IDF
+in one step)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator, model_validator
+
+from operators.base import (
+    DataError,
+    Estimator,
+    Params,
+    SchemaError,
+    Transform,
+    register,
+    register_fitted,
+    require_columns,
+)
+from operators.features.columns import plain, unique_names
+
+MAX_TERMS = 10_000
+WIDENING_NOTE = 20.0
+"""How many times wider than its text a row's term columns may be before the run says
+so (a partition of text becomes that many times its size in memory)."""
+"""The most terms (columns) a vocabulary may have when ``max_features`` is not given."""
+
+SEPARATORS = r"[^\p{L}\p{N}_]+"
+"""Anything but letters, digits and underscores: with ``min_token_length: 2``,
+scikit-learn's default ``token_pattern`` (runs of two or more word characters)."""
+
+_NO_TERMS = pa.table({"term": pa.array([], pa.string()), "tf": pa.array([], pa.int64()),
+                      "df": pa.array([], pa.int64())})
+
+
+def _count(value: int | float, name: str) -> int | float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number of rows or a fraction, got {value}")
+    if isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise ValueError(f"a fraction of the rows must lie in [0, 1], got {value} (a "
+                         "number of rows is written without a decimal point)")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"a number of rows must be at least 0, got {value}")
+    return value
+
+
+class VectorizeTextParams(Params):
+    columns: list[str] = Field(min_length=1, description="string (or dictionary of string) "
+                                                         "columns of text, each replaced by "
+                                                         "its terms' columns `<col>:<term>`")
+    lowercase: bool = Field(True, description="lower-case the text before splitting it")
+    separators: str = Field(
+        SEPARATORS, description="a regular expression (RE2) of what separates tokens "
+                                "(MLlib's RegexTokenizer `pattern`); the default splits at "
+                                "anything but letters, digits and `_`")
+    min_token_length: int = Field(
+        2, ge=1, description="shorter tokens are dropped (2 with the default separators: "
+                             "scikit-learn's token_pattern; MLlib's RegexTokenizer: 1)")
+    stop_words: list[str] | None = Field(
+        None, description="tokens removed before n-grams are made (lower-cased too when "
+                          "`lowercase`)")
+    ngram_range: tuple[int, int] = Field(
+        (1, 1), description="[min_n, max_n]: the n-grams of consecutive tokens taken as "
+                            "terms, joined by one space ([1, 2]: words and pairs)")
+    min_df: int | float = Field(
+        1, description="terms in fewer rows (an integer) or a smaller fraction of the rows "
+                       "(a float in [0, 1]) are left out")
+    max_df: int | float = Field(
+        1.0, description="terms in more rows (an integer) or a larger fraction of the rows "
+                         "(a float) are left out: corpus-specific stop words")
+    max_features: int | None = Field(
+        None, ge=1, description="keep only the terms most frequent over all rows (equal "
+                                f"counts: the first in sorted order); without it a "
+                                f"vocabulary over {MAX_TERMS:,} terms is an error")
+    binary: bool = Field(False, description="1 where a term occurs, whatever its count")
+    sublinear_tf: bool = Field(False, description="a count c as 1 + ln(c)")
+    idf: Literal["none", "smooth", "plain", "spark"] = Field(
+        "none", description="inverse document frequency weights: smooth: "
+                            "ln((1 + n) / (1 + df)) + 1 (scikit-learn's default), plain: "
+                            "ln(n / df) + 1 (its smooth_idf=False), spark: "
+                            "ln((n + 1) / (df + 1)) (MLlib's IDF); n: the fitted rows")
+    norm: Literal["l1", "l2"] | None = Field(
+        None, description="scale each row's terms of a column to unit l1 or l2 norm (after "
+                          "the weights; TfidfVectorizer's default is l2)")
+
+    @field_validator("min_df", "max_df")
+    @classmethod
+    def _df(cls, value: int | float, info: Any) -> int | float:
+        return _count(value, info.field_name)
+
+    @field_validator("ngram_range")
+    @classmethod
+    def _ngrams(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1]:
+            raise ValueError(f"ngram_range must be [min_n, max_n] with 1 <= min_n <= max_n, "
+                             f"got {list(value)}")
+        return value
+
+    @field_validator("separators")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:  # (Arrow's split never ends on a pattern that matches nothing)
+            empty = pc.match_substring_regex(pa.array([""]), value)[0].as_py()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"not a regular expression RE2 reads: {exc}") from None
+        if empty:
+            raise ValueError("the pattern matches an empty string: separators must match "
+                             "at least one character (e.g. '\\s+', not '\\s*')")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> VectorizeTextParams:
+        if type(self.min_df) is type(self.max_df) and self.min_df > self.max_df:
+            raise ValueError(f"min_df ({self.min_df}) is above max_df ({self.max_df}): no "
+                             "term could be kept")
+        return self
+
+
+def check_text(schema: pa.Schema, name: str) -> None:
+    t = schema.field(name).type
+    value = t.value_type if pa.types.is_dictionary(t) else t
+    if not (pa.types.is_string(value) or pa.types.is_large_string(value)):
+        raise SchemaError(f"column '{name}' is {t}; vectorize_text reads text (strings)",
+                          hint=f"cast '{name}' to string first, or use one_hot for "
+                               "categories")
+
+
+def term_name(column: str, term: str) -> str:
+    return f"{column}:{term}"
+
+
+class Tokens:
+    """How a column's text becomes terms: tokens, stop words, n-grams."""
+
+    def __init__(self, params: VectorizeTextParams):
+        self.params = params
+        stop = params.stop_words or []
+        if params.lowercase:
+            stop = [w.lower() for w in stop]
+        self.stop = pa.array(sorted(set(stop)), pa.string()) if stop else None
+
+    def terms(self, column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
+        """Every term of every row (its n-grams), and the row each came from (int64,
+        ascending); a null text is a row without terms."""
+        text = plain(column)
+        if isinstance(text, pa.ChunkedArray):
+            text = text.combine_chunks()
+        if self.params.lowercase:
+            text = pc.utf8_lower(text)
+        lists = pc.split_pattern_regex(text, self.params.separators)
+        tokens = pc.list_flatten(lists)
+        rows = pc.list_parent_indices(lists)
+        keep = pc.greater_equal(pc.utf8_length(tokens), self.params.min_token_length)
+        if self.stop is not None:
+            keep = pc.and_(keep, pc.invert(pc.is_in(tokens, value_set=self.stop)))
+        tokens = tokens.filter(keep).cast(pa.string())
+        rows = rows.filter(keep).to_numpy(zero_copy_only=False).astype(np.int64)
+        low, high = self.params.ngram_range
+        terms: list[pa.Array] = []
+        of: list[np.ndarray] = []
+        for n in range(low, high + 1):
+            if n == 1:
+                terms.append(tokens)
+                of.append(rows)
+                continue
+            count = len(tokens) - n + 1
+            if count <= 0:
+                continue
+            # n consecutive tokens of one row (the rows are ascending: the first and the
+            # last of the n share it)
+            starts = np.flatnonzero(rows[:count] == rows[n - 1:])
+            at = pa.array(starts)
+            parts = [tokens.take(pc.add(at, k)) for k in range(n)]
+            terms.append(pc.binary_join_element_wise(*parts, " "))
+            of.append(rows[starts])
+        if not terms:
+            return pa.array([], pa.string()), np.empty(0, np.int64)
+        joined = pa.concat_arrays(terms) if len(terms) > 1 else terms[0]
+        return joined, np.concatenate(of) if len(of) > 1 else of[0]
+
+
+def term_stats(terms: pa.Array, rows: np.ndarray) -> pa.Table:
+    """Each distinct term's count over the rows (tf) and how many rows have it (df)."""
+    if not len(terms):
+        return _NO_TERMS
+    table = pa.table({"term": terms, "row": rows})
+    counted = table.group_by("term").aggregate([("row", "count"), ("row", "count_distinct")])
+    return pa.table({"term": counted["term"], "tf": counted["row_count"],
+                     "df": counted["row_count_distinct"]})
+
+
+def merge_stats(a: pa.Table, b: pa.Table) -> pa.Table:
+    """Two ``term_stats`` as one: the counts of equal terms add."""
+    if not b.num_rows:
+        return a
+    if not a.num_rows:
+        return b
+    summed = pa.concat_tables([a, b]).group_by("term").aggregate([("tf", "sum"), ("df", "sum")])
+    return pa.table({"term": summed["term"], "tf": summed["tf_sum"], "df": summed["df_sum"]})
+
+
+def _limit(value: int | float, rows: int) -> float:
+    return float(value) * rows if isinstance(value, float) else float(value)
+
+
+@register("vectorize_text")
+class VectorizeText(Estimator):
+    """Text as numbers: each row's terms counted (or TF-IDF weighted) in a float64 column
+    per term, `<col>:<term>`, where the text column was; the vocabulary is learned over all
+    partitions (counts combine exactly), in sorted term order.
+
+    The text is lower-cased, split at `separators` (by default anything but letters,
+    digits and `_`), tokens shorter than `min_token_length` and `stop_words` dropped,
+    and the n-grams of `ngram_range` made of the tokens left: with the defaults,
+    scikit-learn's `CountVectorizer` tokens. `min_df` / `max_df` leave out terms in too
+    few or too many rows, then `max_features` keeps the most frequent. A term not in
+    the vocabulary when scoring counts nowhere; a null text is a row of zeros.
+    `idf` and `norm` make TF-IDF weights (scikit-learn's `TfidfVectorizer`: `idf: smooth`,
+    `norm: l2`; MLlib's `IDF`: `idf: spark`). A column per term is dense: keep the
+    vocabulary to the terms that matter (`max_features`, `min_df`); a vocabulary of more
+    than 10,000 terms needs `max_features` said.
+
+    ```yaml
+    - op: vectorize_text
+      columns: [review]          # review:refund, review:slow, ...
+      stop_words: [the, a, an, and, or, of, to, is, it]
+      ngram_range: [1, 2]
+      min_df: 5                  # in at least 5 rows
+      max_df: 0.5                # in at most half of them
+      max_features: 2000
+      idf: smooth
+      norm: l2
+    ```
+    """
+
+    numeric_kernels = False
+    schema_from_fit = True
+
+    Params = VectorizeTextParams
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        unique_names(self.params.columns, "columns")
+        self.tokens = Tokens(self.params)
+        self._fitted: VectorizeTextFitted | None = None
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        if self._fitted is not None:
+            return self._fitted.output_schema(schema)
+        require_columns(schema, self.params.columns)
+        for name in self.params.columns:
+            check_text(schema, name)
+        return pa.schema([f for f in schema if f.name not in self.params.columns],
+                         metadata=schema.metadata)
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        require_columns(schema, self.params.columns)
+        for name in self.params.columns:
+            check_text(schema, name)
+        return {}
+
+    def partial(self, part: pa.Table, state: Any, xp: Any) -> dict[str, Any]:
+        stats: dict[str, Any] = {"rows": part.num_rows, "bytes": 0}
+        for name in self.params.columns:
+            column = part.column(name)
+            stats["bytes"] += int(pc.sum(pc.binary_length(plain(column))).as_py() or 0)
+            stats[name] = term_stats(*self.tokens.terms(column))
+        return stats
+
+    def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"rows": a["rows"] + b["rows"], "bytes": a["bytes"] + b["bytes"]}
+        for name in self.params.columns:
+            out[name] = merge_stats(a[name], b[name])
+        return out
+
+    def update(self, stats: dict[str, Any], state: Any) -> tuple[dict[str, Any], bool]:
+        rows = stats["rows"]
+        vocabulary = {name: self._vocabulary(name, stats[name], rows)
+                      for name in self.params.columns}
+        return {"rows": rows, "bytes": stats["bytes"], "vocabulary": vocabulary}, True
+
+    def _vocabulary(self, name: str, stats: pa.Table, rows: int) -> dict[str, Any]:
+        p = self.params
+        low, high = _limit(p.min_df, rows), _limit(p.max_df, rows)
+        if high < low:
+            raise DataError(f"max_df ({p.max_df}: {high:g} of the {rows} rows) is below "
+                            f"min_df ({p.min_df}: {low:g} rows): no term of '{name}' can be "
+                            "kept", hint="lower min_df or raise max_df")
+        df = stats["df"].to_numpy()
+        kept = stats.filter(pa.array((df >= low) & (df <= high)))
+        if not kept.num_rows:
+            found = ("it has no terms" if not stats.num_rows else
+                     f"all {stats.num_rows:,} of its terms are in fewer than {low:g} "
+                     f"(min_df: {p.min_df}) or more than {high:g} (max_df: {p.max_df}) of the "
+                     f"{rows:,} rows")
+            raise DataError(f"no term of '{name}' is left for the vocabulary: {found}",
+                            hint="lower min_df or raise max_df" if stats.num_rows else
+                            "check the column's text, separators and min_token_length")
+        if p.max_features is not None and kept.num_rows > p.max_features:
+            # the most frequent (in the most rows when binary, as scikit-learn ranks);
+            # equal counts: the first in sorted order
+            kept = kept.sort_by([("df" if p.binary else "tf", "descending"),
+                                 ("term", "ascending")]).slice(0, p.max_features)
+        elif p.max_features is None and kept.num_rows > MAX_TERMS:
+            raise DataError(
+                f"the vocabulary of '{name}' has {kept.num_rows:,} terms, over {MAX_TERMS:,}: "
+                "a float64 column each makes rows too wide",
+                hint="set max_features (e.g. max_features: 5000, the most frequent terms), "
+                     "or raise min_df; max_features may be set higher than "
+                     f"{MAX_TERMS:,} on purpose")
+        kept = kept.sort_by("term")
+        terms = kept["term"].to_pylist()
+        out: dict[str, Any] = {"terms": terms,
+                               "df": kept["df"].to_numpy().astype(np.int64).tolist()}
+        if p.idf != "none":
+            out["idf"] = idf_weights(np.asarray(out["df"], np.float64), rows, p.idf).tolist()
+        return out
+
+    def fitted(self, state: dict[str, Any]) -> VectorizeTextFitted:
+        self._fitted = VectorizeTextFitted(self.params, state["vocabulary"], state["rows"])
+        return self._fitted
+
+    def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        terms = {c: len(v["terms"]) for c, v in state["vocabulary"].items()}
+        out: dict[str, Any] = {"terms": terms, "rows": state["rows"]}
+        width = 8 * sum(terms.values())  # float64 bytes a row
+        text = state["bytes"] / max(state["rows"], 1)
+        if width > WIDENING_NOTE * max(text, 1.0):
+            out["note"] = (
+                f"the text's {sum(terms.values()):,} term columns take {width:,} bytes a row "
+                f"where the text took {text:,.0f} on average: a partition of the text grows "
+                f"{width / max(text, 1.0):,.0f} times in memory (its columns are dense); if "
+                "memory runs short, lower read_parquet's partition_mb, or max_features")
+        return out
+
+
+def idf_weights(df: np.ndarray, rows: int, kind: str) -> np.ndarray:
+    """The inverse document frequency of terms in ``df`` of ``rows`` rows."""
+    if kind == "smooth":
+        return np.log((1.0 + rows) / (1.0 + df)) + 1.0
+    if kind == "plain":
+        return np.log(rows / df) + 1.0
+    return np.log((rows + 1.0) / (df + 1.0))
+
+
+@register_fitted("vectorize_text.fitted")
+class VectorizeTextFitted(Transform):
+    """The fitted vocabularies: a float64 column per term."""
+
+    numeric_kernels = False
+
+    Params = VectorizeTextParams
+
+    def __init__(self, params: VectorizeTextParams, vocabulary: dict[str, Any], rows: int):
+        super().__init__(params)
+        self.vocabulary = vocabulary
+        self.rows = rows
+        self.tokens = Tokens(params)
+        self._sets: dict[str, pa.Array] = {}
+
+    def _terms(self, name: str) -> pa.Array:
+        found = self._sets.get(name)
+        if found is None:
+            found = self._sets[name] = pa.array(self.vocabulary[name]["terms"], pa.string())
+        return found
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return list(self.params.columns)
+
+    def names(self, name: str) -> list[str]:
+        return [term_name(name, t) for t in self.vocabulary[name]["terms"]]
+
+    def derived_from(self) -> dict[str, list[str]]:
+        return {new: [name] for name in self.params.columns for new in self.names(name)}
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        require_columns(schema, self.params.columns)
+        fields: list[pa.Field] = []
+        for f in schema:
+            if f.name not in self.params.columns:
+                fields.append(f)
+                continue
+            check_text(schema, f.name)
+            fields.extend(pa.field(n, pa.float64()) for n in self.names(f.name))
+        seen: set[str] = set()
+        for f in fields:
+            if f.name in seen:
+                raise SchemaError(f"vectorize_text adds column '{f.name}' that the input "
+                                  "already has", hint="rename or drop it first")
+            seen.add(f.name)
+        return pa.schema(fields, metadata=schema.metadata)
+
+    def encode(self, column: pa.ChunkedArray, name: str) -> np.ndarray:
+        """The (terms, rows) weights of one text column, each term's row contiguous."""
+        p = self.params
+        v = self.vocabulary[name]
+        rows = len(column)
+        k = len(v["terms"])
+        terms, of = self.tokens.terms(column)
+        at = pc.index_in(terms, value_set=self._terms(name)).fill_null(-1)
+        at = at.to_numpy(zero_copy_only=False).astype(np.int64)
+        hit = at >= 0
+        flat = at[hit] * rows + of[hit]
+        out = np.bincount(flat, minlength=k * rows).astype(np.float64).reshape(k, rows)
+        if p.binary:
+            np.minimum(out, 1.0, out=out)
+        elif p.sublinear_tf:
+            counted = out > 0
+            np.log(out, out=out, where=counted)
+            np.add(out, 1.0, out=out, where=counted)
+        if p.idf != "none":
+            out *= np.asarray(v["idf"], np.float64)[:, None]
+        if p.norm is not None:
+            size = (np.abs(out).sum(axis=0) if p.norm == "l1"
+                    else np.sqrt(np.einsum("ij,ij->j", out, out)))
+            np.divide(out, size, out=out, where=size > 0)
+        return out
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        schema = self.output_schema(part.schema)
+        arrays: list[pa.Array | pa.ChunkedArray] = []
+        for f in part.schema:
+            if f.name not in self.params.columns:
+                arrays.append(part.column(f.name))
+                continue
+            matrix = self.encode(part.column(f.name), f.name)
+            arrays.extend(pa.array(matrix[j]) for j in range(matrix.shape[0]))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"params": self.params.model_dump(mode="json"), "vocabulary": self.vocabulary,
+                "rows": self.rows}, {}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+                   ) -> VectorizeTextFitted:
+        return cls(VectorizeTextParams(**meta["params"]), meta["vocabulary"], meta["rows"])
+

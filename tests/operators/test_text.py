@@ -1,0 +1,230 @@
+"""vectorize_text against scikit-learn's CountVectorizer / TfidfVectorizer and MLlib's
+RegexTokenizer, StopWordsRemover, CountVectorizer and IDF, over in-memory partitions."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+
+from operators.base import DataError, SchemaError, drive, tree_reduce
+from operators.features.text import (
+    MAX_TERMS,
+    VectorizeText,
+    VectorizeTextFitted,
+)
+from operators.testing.kit import roundtrip, split
+
+
+def fit(op: VectorizeText, parts: list[pa.Table]) -> VectorizeTextFitted:
+    def aggregate(partial: Any) -> Any:
+        return tree_reduce([partial(p, None) for p in parts], op.combine)
+
+    state, passes = drive(op, parts[0].schema, aggregate)
+    assert passes == 1
+    return op.fitted(state)
+
+
+def corpus(rows: int = 600, seed: int = 0, words: int = 120) -> list[str | None]:
+    """Texts of a Zipf vocabulary: capitals, accents, digits, underscores, one-letter
+    words, punctuation and runs of spaces; some empty."""
+    rng = np.random.default_rng(seed)
+    stems = ["refund", "slow", "delivery", "great", "café", "naïve", "app", "crash",
+             "login_error", "über", "support", "price", "straße", "résumé", "x", "a", "ok"]
+    vocab = [stems[i % len(stems)] + ("" if i < len(stems) else str(i)) for i in range(words)]
+    vocab = [w.capitalize() if i % 5 == 0 else w for i, w in enumerate(vocab)]
+    p = 1.0 / np.arange(1, words + 1) ** 1.1
+    p /= p.sum()
+    seps = [" ", ", ", "! ", " - ", "   ", "... ", "\t", "/"]
+    out = []
+    for _ in range(rows):
+        n = int(rng.integers(0, 14))
+        picked = rng.choice(vocab, size=n, p=p)
+        out.append("".join(w + seps[int(rng.integers(0, len(seps)))] for w in picked))
+    return out
+
+
+def matrix(fitted: VectorizeTextFitted, table: pa.Table, column: str = "text") -> np.ndarray:
+    out = fitted.transform(table, None)
+    names = [n for n in out.column_names if n.startswith(f"{column}:")]
+    return np.column_stack([out.column(n).to_numpy() for n in names])
+
+
+SKLEARN_CASES = [
+    ({}, {}),
+    ({"binary": True}, {"binary": True}),
+    ({"min_df": 3, "max_df": 0.2}, {"min_df": 3, "max_df": 0.2}),
+    ({"min_df": 0.01, "max_df": 40}, {"min_df": 0.01, "max_df": 40}),
+    ({"ngram_range": [1, 3], "min_df": 2}, {"ngram_range": (1, 3), "min_df": 2}),
+    ({"ngram_range": [2, 2], "stop_words": ["a", "ok", "x"]},
+     {"ngram_range": (2, 2), "stop_words": ["a", "ok", "x"]}),
+    ({"idf": "smooth", "norm": "l2"}, {"tfidf": True}),
+    ({"idf": "plain", "norm": "l1", "sublinear_tf": True, "ngram_range": [1, 2]},
+     {"tfidf": True, "smooth_idf": False, "norm": "l1", "sublinear_tf": True,
+      "ngram_range": (1, 2)}),
+    ({"idf": "smooth", "binary": True, "max_df": 0.5}, {"tfidf": True, "binary": True,
+                                                       "max_df": 0.5, "norm": None}),
+    ({"lowercase": False, "min_token_length": 1, "separators": r"\s+"},
+     {"lowercase": False, "token_pattern": r"\S+"}),
+]
+
+
+@pytest.mark.parametrize("parts", [1, 3, 7])
+@pytest.mark.parametrize("ours,theirs", SKLEARN_CASES)
+def test_equal_to_scikit_learns_vectorizers(ours: dict, theirs: dict, parts: int) -> None:
+    docs = corpus()
+    table = pa.table({"text": docs, "n": np.arange(len(docs))})
+    shuffled = table.take(np.random.default_rng(parts).permutation(table.num_rows))
+    fitted = fit(VectorizeText(columns=["text"], **ours), split(shuffled, parts))
+    theirs = dict(theirs)
+    cls = TfidfVectorizer if theirs.pop("tfidf", False) else CountVectorizer
+    reference = cls(**theirs).fit(docs)
+    assert fitted.vocabulary["text"]["terms"] == sorted(reference.vocabulary_)
+    np.testing.assert_allclose(matrix(fitted, table), reference.transform(docs).toarray(),
+                               rtol=1e-12, atol=1e-15)
+    if cls is TfidfVectorizer:
+        np.testing.assert_allclose(fitted.vocabulary["text"]["idf"], reference.idf_,
+                                   rtol=1e-13)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_max_features_keeps_scikit_learns_most_frequent_terms(binary: bool) -> None:
+    """The most frequent terms (in the most rows when binary, as scikit-learn ranks): the
+    cut is placed where no two terms tie, so that its unstable order does not matter."""
+    docs = corpus(rows=800, seed=4)
+    table = pa.table({"text": docs})
+    full = CountVectorizer(binary=binary).fit_transform(docs)
+    counts = np.sort(np.asarray(full.sum(axis=0)).ravel())[::-1]
+    k = next(i for i in range(10, len(counts)) if counts[i - 1] > counts[i])
+    fitted = fit(VectorizeText(columns=["text"], max_features=k, binary=binary),
+                 split(table, 4))
+    reference = CountVectorizer(max_features=k, binary=binary).fit(docs)
+    assert fitted.vocabulary["text"]["terms"] == sorted(reference.vocabulary_)
+    np.testing.assert_array_equal(matrix(fitted, table), reference.transform(docs).toarray())
+
+
+def test_tokens_of_any_script_are_scikit_learns() -> None:
+    """The default separators and min_token_length 2 split text as scikit-learn's
+    token_pattern (?u)\\b\\w\\w+\\b over letters, marks, digits and symbols of many
+    scripts (Python's \\w is RE2's [\\p{L}\\p{N}_])."""
+    rng = np.random.default_rng(1)
+    pool = [chr(c) for c in range(0x20, 0x3000)
+            if unicodedata.category(chr(c))[0] in "LNMPSZ" and chr(c) not in "\x85"]
+    docs = ["".join(rng.choice(pool, size=int(rng.integers(0, 40)))) for _ in range(400)]
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], lowercase=False), split(table, 3))
+    analyzer = CountVectorizer(lowercase=False).build_analyzer()
+    expected = sorted({t for d in docs for t in analyzer(d)})
+    assert fitted.vocabulary["text"]["terms"] == expected
+    assert all(re.fullmatch(r"\w\w+", t) for t in expected)
+
+
+def test_null_text_is_a_row_of_zeros_and_unseen_terms_count_nowhere() -> None:
+    table = pa.table({"text": ["good service", None, "good good", ""]})
+    fitted = fit(VectorizeText(columns=["text"], idf="smooth"), [table])
+    assert fitted.vocabulary["text"]["terms"] == ["good", "service"]
+    new = pa.table({"text": [None, "bad service, never again", "GOOD"]})
+    got = matrix(fitted, new)
+    idf = np.log(5 / np.array([3.0, 2.0])) + 1  # 4 rows, the null one among them
+    np.testing.assert_allclose(got, [[0, 0], [0, idf[1]], [idf[0], 0]], rtol=1e-15)
+
+
+def test_columns_take_the_place_of_each_text_column_and_state_survives() -> None:
+    table = pa.table({"a": [1, 2], "title": ["Late delivery", "late again"],
+                      "body": pa.array(["refund please", "refund"]).dictionary_encode(),
+                      "z": [0.5, 1.5]})
+    op = VectorizeText(columns=["title", "body"])
+    fitted = fit(op, [table])
+    out = fitted.transform(table, None)
+    assert out.column_names == ["a", "title:again", "title:delivery", "title:late",
+                                "body:please", "body:refund", "z"]
+    assert out.schema == fitted.output_schema(table.schema)
+    assert op.output_schema(table.schema).names == out.column_names  # once fitted
+    assert out.column("title:late").to_pylist() == [1.0, 1.0]
+    again = roundtrip(fitted)
+    assert again.transform(table, None).equals(out)
+    assert fitted.derived_from()["body:refund"] == ["body"]
+
+
+def test_equal_to_mllibs_tokenizer_stop_words_count_vectorizer_and_idf(spark: Any) -> None:
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import (
+        IDF,
+        RegexTokenizer,
+        StopWordsRemover,
+    )
+    from pyspark.ml.feature import (
+        CountVectorizer as MLlibCountVectorizer,
+    )
+
+    docs = [d.strip() for d in corpus(rows=300, seed=2)]
+    stop = ["a", "ok", "the"]
+    frame = spark.spark.createDataFrame([(i, d) for i, d in enumerate(docs)], ["id", "text"])
+    model = Pipeline(stages=[
+        RegexTokenizer(inputCol="text", outputCol="tokens", pattern="\\s+",
+                       minTokenLength=1),
+        StopWordsRemover(inputCol="tokens", outputCol="kept", stopWords=stop),
+        MLlibCountVectorizer(inputCol="kept", outputCol="tf", minDF=2.0),
+        IDF(inputCol="tf", outputCol="tfidf"),
+    ]).fit(frame)
+    rows = sorted(model.transform(frame).select("id", "tfidf").collect())
+    vocabulary = model.stages[2].vocabulary
+    expected = np.zeros((len(docs), len(vocabulary)))
+    for r in rows:
+        expected[r["id"]] = r["tfidf"].toArray()
+    order = np.argsort(vocabulary)
+
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], separators=r"\s+", min_token_length=1,
+                               stop_words=stop, min_df=2, idf="spark"), split(table, 4))
+    assert fitted.vocabulary["text"]["terms"] == sorted(vocabulary)
+    np.testing.assert_allclose(matrix(fitted, table), expected[:, order], rtol=1e-12,
+                               atol=1e-15)
+
+
+def test_errors_say_what_and_how() -> None:
+    table = pa.table({"text": ["one two", "two three"], "n": [1, 2]})
+    with pytest.raises(SchemaError, match="column 'n' is int64; vectorize_text reads text") \
+            as err:
+        VectorizeText(columns=["n"]).output_schema(table.schema)
+    assert "cast 'n' to string" in err.value.hint
+    four = pa.table({"text": ["one two", "two three", "four", None]})
+    with pytest.raises(DataError, match=r"no term of 'text' is left for the vocabulary: all 4 of "
+                                        r"its terms are in fewer than 3 \(min_df: 3\) or more "
+                                        r"than 4 \(max_df: 1.0\) of the 4 rows") as err:
+        fit(VectorizeText(columns=["text"], min_df=3), split(four, 2))
+    assert "lower min_df" in err.value.hint
+    with pytest.raises(DataError, match="no term of 'text'.*it has no terms"):
+        fit(VectorizeText(columns=["text"], min_token_length=6), [table])
+    with pytest.raises(DataError, match=r"max_df \(0.1: 0.2 of the 2 rows\) is below min_df"):
+        fit(VectorizeText(columns=["text"], max_df=0.1), [table])
+    with pytest.raises(ValidationError, match="min_df \\(5\\) is above max_df \\(2\\)"):
+        VectorizeText(columns=["text"], min_df=5, max_df=2)
+    with pytest.raises(ValidationError, match="a fraction of the rows must lie in"):
+        VectorizeText(columns=["text"], max_df=1.5)
+    with pytest.raises(ValidationError, match="ngram_range must be"):
+        VectorizeText(columns=["text"], ngram_range=[2, 1])
+    with pytest.raises(ValidationError, match="not a regular expression"):
+        VectorizeText(columns=["text"], separators="[a-")
+    with pytest.raises(ValidationError, match="matches an empty string"):
+        VectorizeText(columns=["text"], separators="x*")
+    clash = pa.table({"text": ["one"], "text:one": [1.0]})
+    fitted = fit(VectorizeText(columns=["text"], min_token_length=1), [clash])
+    with pytest.raises(SchemaError, match="adds column 'text:one' that the input already"):
+        fitted.output_schema(clash.schema)
+
+
+def test_a_vocabulary_too_wide_for_columns_asks_for_max_features() -> None:
+    words = [f"w{i}" for i in range(MAX_TERMS + 5)]
+    table = pa.table({"text": [" ".join(words[i::4]) for i in range(4)]})
+    with pytest.raises(DataError, match=f"has {MAX_TERMS + 5:,} terms, over") as err:
+        fit(VectorizeText(columns=["text"]), split(table, 2))
+    assert "max_features: 5000" in err.value.hint
+    fitted = fit(VectorizeText(columns=["text"], max_features=MAX_TERMS + 5), [table])
+    assert len(fitted.vocabulary["text"]["terms"]) == MAX_TERMS + 5

@@ -1,0 +1,192 @@
+"""vectorize_text in pipelines: text to a naive Bayes or logistic model on every engine
+(scikit-learn's CountVectorizer + MultinomialNB / TfidfVectorizer on the same rows),
+saved and scored on new text by `sluice score` and served with each term's contribution;
+errors that name the step."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SLUICE, write_pipeline
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.naive_bayes import MultinomialNB
+
+from operators.arrays import STANDIN_ENV
+from pipelines.runner import plan_file, run
+from pipelines.serving import load_model
+from pipelines.store import ModelStore
+
+STOP = ["the", "a", "and", "is", "it"]
+
+
+def tickets(rows: int = 1200, seed: int = 0) -> pa.Table:
+    """Support tickets: the topic (the label) shifts which words a ticket uses."""
+    rng = np.random.default_rng(seed)
+    common = ["the", "a", "and", "is", "it", "please", "help", "thanks", "app", "account"]
+    topic_words = {"billing": ["refund", "charge", "invoice", "price", "card", "paid"],
+                   "bug": ["crash", "error", "slow", "freeze", "login", "update"],
+                   "delivery": ["late", "parcel", "courier", "address", "tracking", "box"]}
+    topics = np.array(sorted(topic_words))[rng.integers(0, 3, rows)]
+    texts = []
+    for topic in topics:
+        n = int(rng.integers(2, 12))
+        own = rng.random(n) < 0.45
+        words = [rng.choice(topic_words[topic]) if o else
+                 rng.choice(common + [w for ws in topic_words.values() for w in ws])
+                 for o in own]
+        words = [w.capitalize() if rng.random() < 0.2 else w for w in words]
+        texts.append(" ".join(words) + rng.choice([".", "!", "", "?!"]))
+    return pa.table({"ticket_id": np.arange(rows), "text": texts, "topic": topics})
+
+
+@pytest.fixture
+def ticket_files(workdir: Path) -> Path:
+    folder = workdir / "data" / "tickets"
+    folder.mkdir(parents=True)
+    table = tickets()
+    for i, at in enumerate(range(0, table.num_rows, 300)):
+        pq.write_table(table.slice(at, 300), folder / f"part-{i}.parquet", row_group_size=100)
+    return folder
+
+
+TRAIN = """
+    pipeline: tickets
+    steps:
+      - op: read_parquet
+        path: {data}
+        partition_mb: 0.01
+      - op: drop
+        columns: [ticket_id]
+      - id: words
+        op: vectorize_text
+        columns: [text]
+        stop_words: [the, a, and, is, it]
+        min_df: 3
+      - id: nb
+        op: naive_bayes
+        label: topic
+        model_type: multinomial
+      - op: save_model
+        name: tickets
+"""
+
+
+def test_text_to_naive_bayes_is_scikit_learns_on_every_engine(workdir: Path, engine,
+                                                              ticket_files: Path) -> None:
+    record = run(write_pipeline(workdir, TRAIN.format(data=ticket_files)),
+                 engine_instance=engine)
+    table = tickets()
+    docs = table.column("text").to_pylist()
+    vectorizer = CountVectorizer(stop_words=STOP, min_df=3).fit(docs)
+    counts = vectorizer.transform(docs)
+    sk = MultinomialNB().fit(counts, table.column("topic").to_pylist())
+    words = record["metrics"]["words"]
+    assert words["terms"] == {"text": len(vectorizer.vocabulary_)}
+    model = ModelStore().load("tickets")
+    fitted = model.chain.steps[-2]
+    assert fitted.vocabulary["text"]["terms"] == sorted(vectorizer.vocabulary_)
+    # the model's features are the text's columns (no features given: every numeric one)
+    nb = model.chain.steps[-1]
+    assert nb.features == [f"text:{t}" for t in sorted(vectorizer.vocabulary_)]
+    new = ["Refund my card please, the charge is wrong", "app crash after update!!",
+           "courier lost my parcel", "", "completely unseen words"]
+    scored = load_model("tickets").score([{"text": t} for t in new])
+    np.testing.assert_allclose([r["probability"] for r in scored],
+                               sk.predict_proba(vectorizer.transform(new)), rtol=1e-9)
+    assert [r["prediction"] for r in scored] == list(sk.predict(vectorizer.transform(new)))
+
+
+def test_scored_by_sluice_score_and_served_with_each_terms_contribution(
+        workdir: Path, ticket_files: Path) -> None:
+    run(write_pipeline(workdir, TRAIN.format(data=ticket_files)))
+    pq.write_table(pa.table({"id": [7, 8], "text": ["late parcel, wrong address", None]}),
+                   workdir / "new.parquet")
+    done = subprocess.run([SLUICE, "score", "tickets", str(workdir / "new.parquet"), "out",
+                           "--keep", "id"], capture_output=True, text=True, timeout=300,
+                          cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    out = pq.read_table(workdir / "out")
+    assert out.column_names == ["id", "prediction", "probability"]
+    assert out.column("prediction").to_pylist()[0] == "delivery"
+    served = load_model("tickets")
+    explained = served.score([{"text": "late parcel, wrong address"}], contributions=True)[0]
+    contributions = explained["contributions"]
+    assert "text:parcel" in contributions and "text:late" in contributions
+    ranked = sorted(contributions, key=lambda k: -abs(np.asarray(contributions[k]).sum()))
+    assert ranked[0] in {"text:parcel", "text:late", "text:address"}
+
+
+def test_tfidf_to_logistic_regression_matches_across_partitionings(
+        workdir: Path, ticket_files: Path) -> None:
+    """The fitted idf and the model are the same from 1 file as from 4."""
+    one = workdir / "one"
+    one.mkdir()
+    pq.write_table(tickets(), one / "all.parquet")
+    pipeline = TRAIN.replace("      - id: nb\n        op: naive_bayes\n        label: topic\n"
+                             "        model_type: multinomial\n",
+                             "      - id: nb\n        op: logistic_regression\n"
+                             "        label: topic\n        l2: 0.01\n").replace(
+        "min_df: 3", "min_df: 3\n        ngram_range: [1, 2]\n        idf: smooth\n"
+                     "        norm: l2")
+    states = []
+    for folder, name in ((one, "one"), (ticket_files, "four")):
+        run(write_pipeline(workdir, pipeline.format(data=folder).replace(
+            "name: tickets", f"name: {name}"), f"{name}.yaml"))
+        model = ModelStore().load(name)
+        states.append([step.state() for step in model.chain.steps])
+    (meta1, _), (meta4, _) = states[0][-2], states[1][-2]
+    assert meta1["vocabulary"]["text"]["terms"] == meta4["vocabulary"]["text"]["terms"]
+    np.testing.assert_allclose(meta1["vocabulary"]["text"]["idf"],
+                               meta4["vocabulary"]["text"]["idf"], rtol=1e-15)
+    for key, value in states[0][-1][1].items():
+        np.testing.assert_allclose(states[1][-1][1][key], value, rtol=1e-7, atol=1e-10,
+                                   err_msg=key)
+
+
+def test_a_number_column_is_refused_at_its_line(workdir: Path, ticket_files: Path) -> None:
+    path = write_pipeline(workdir, TRAIN.format(data=ticket_files).replace(
+        "columns: [text]", "columns: [text, ticket_id]").replace(
+        "      - op: drop\n        columns: [ticket_id]\n", ""))
+    found = [str(p) for p in plan_file(path).problems]
+    assert len(found) == 1
+    assert "pipeline.yaml:8: step 'words' (vectorize_text): column 'ticket_id' is int64" \
+        in found[0]
+    assert "cast 'ticket_id' to string" in found[0]
+
+
+def test_on_the_gpu_stand_in_the_model_is_the_cpus(workdir: Path, ticket_files: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text is split on the host (a host-only step in a GPU run) and the model fitted
+    on the stand-in device: the same state as on the CPU."""
+    run(write_pipeline(workdir, TRAIN.format(data=ticket_files)))
+    cpu = ModelStore().load("tickets").chain.steps[-1].state()[1]
+    monkeypatch.setenv(STANDIN_ENV, "array_api_strict")
+    record = run(write_pipeline(workdir, TRAIN.format(data=ticket_files), "gpu.yaml"),
+                 device="gpu")
+    assert record["steps"]["words"]["device"] == "cpu"
+    assert record["steps"]["nb"]["device"] == "gpu:standin"
+    gpu = ModelStore().load("tickets").chain.steps[-1].state()[1]
+    assert gpu.keys() == cpu.keys()
+    for key, value in cpu.items():
+        np.testing.assert_allclose(gpu[key], value, rtol=1e-12, err_msg=key)
+
+
+def test_a_vocabulary_much_wider_than_its_text_is_a_note(workdir: Path,
+                                                         ticket_files: Path) -> None:
+    """Terms of a few bytes each become 8 bytes a row each: the run says how much wider
+    the partitions grow, and what to lower; a narrow vocabulary says nothing."""
+    notes: list[str] = []
+    run(write_pipeline(workdir, TRAIN.format(data=ticket_files).replace(
+        "min_df: 3", "min_df: 1\n        ngram_range: [1, 3]")), notify=notes.append)
+    wide = [n for n in notes if "step 'words'" in n]
+    assert len(wide) == 1 and "grows" in wide[0] and "partition_mb" in wide[0]
+    assert "pipeline.yaml:" in wide[0]
+    notes.clear()
+    run(write_pipeline(workdir, TRAIN.format(data=ticket_files).replace(
+        "min_df: 3", "min_df: 3\n        max_features: 2"), "narrow.yaml"), notify=notes.append)
+    assert not [n for n in notes if "step 'words'" in n]
