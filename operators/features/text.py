@@ -408,8 +408,8 @@ class VectorizeTextFitted(Transform):
         at = pc.index_in(terms, value_set=self._terms(name)).fill_null(-1)
         at = at.to_numpy(zero_copy_only=False).astype(np.int64)
         hit = at >= 0
-        flat = at[hit] * rows + of[hit]
-        out = np.bincount(flat, minlength=k * rows).astype(np.float64).reshape(k, rows)
+        out = np.zeros((k, rows), np.float64)  # (pages untouched until written)
+        np.add.at(out.reshape(-1), at[hit] * rows + of[hit], 1.0)
         if p.binary:
             np.minimum(out, 1.0, out=out)
         elif p.sublinear_tf:
