@@ -198,7 +198,11 @@ def chosen_rows(table: pa.Table, fraction: float, seed: int,
     """True for about ``fraction`` of the rows: those whose hash of ``columns`` (default:
     all) and ``seed``, in [0, 1), falls in [start, start + fraction) (the validation
     hold-out, a cross-validation fold, ``sample``)."""
-    position = unit_interval(hash_rows(table, columns, seed))
+    return window(unit_interval(hash_rows(table, columns, seed)), fraction, start)
+
+
+def window(position: np.ndarray, fraction: float, start: float = 0.0) -> np.ndarray:
+    """True where ``position`` (in [0, 1)) falls in [start, start + fraction)."""
     if start == 0:
         return position < fraction
     return (position >= start) & (position < start + fraction)

@@ -182,7 +182,9 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                      "rows pass on")
     elif isinstance(op, Estimator):
         passes = "passes over its cached input" if op.multi_pass else "one pass"
-        notes.append(f"fits ({passes})")
+        notes.append(f"fits ({passes})" if step.tuned_by is None else
+                     f"fits ({passes}) once per candidate of '{step.tuned_by}''s tune, on "
+                     "the rows that step trains on; the best is kept")
         upstream = plan.step(step.input) if step.input else None
         if upstream is not None and upstream.schema is not None and not upstream.open:
             chosen = default_features(step, upstream.schema)
@@ -194,7 +196,9 @@ def _notes(plan: Plan, step: Step) -> list[str]:
             folds = len(step.tuning.folds[0]) if step.tuning.folds else 0
             count = len(step.tuning.combos)
             notes.append(f"tunes {count} combination{'s' if count != 1 else ''}"
-                         + (f" by {folds}-fold cross-validation" if folds else ""))
+                         + (f" by {folds}-fold cross-validation" if folds else "")
+                         + (f", with step '{step.tuning.feature.step}'"
+                            if step.tuning.feature is not None else ""))
         if op.schema_from_fit:
             notes.append("the fit decides columns it adds or their types (known once it "
                          "has run)")

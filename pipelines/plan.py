@@ -35,7 +35,13 @@ from operators.io.parquet import MANIFEST, ReadParquet, WriteParquet
 from operators.score.score import Score, model_columns
 from pipelines.spec import PipelineSpec, Problem, StepSpec
 from pipelines.store import parse_ref, required_columns
-from pipelines.tuning import Tuning, plan_tuning, untuned_defaults
+from pipelines.tuning import (
+    Tuning,
+    feature_defaults,
+    feature_keys,
+    plan_tuning,
+    untuned_defaults,
+)
 
 
 @dataclass
@@ -51,6 +57,9 @@ class Step:
     tuning: Tuning | None = None
     # a read_parquet step that also applies the condition of this filter step
     pushed_from: str | None = None
+    # a feature step a model's tune varies with it: that model step's id (the feature
+    # step is fitted there, once per candidate)
+    tuned_by: str | None = None
 
     @property
     def id(self) -> str:
@@ -253,6 +262,10 @@ def build(spec: PipelineSpec, resolve_model: Any = None, reads: Any = None) -> P
 
     built: dict[str, Step] = {}
     previous: str | None = None
+    # a model's tune of a feature step's parameters (``words.max_features``): the feature
+    # step is planned with the first values
+    tuned_by = {step: (s.id, tuned) for s in spec.steps
+                for step, tuned in feature_keys(s.tune).items()}
     for s in spec.steps:
         try:
             cls = lookup(s.op)
@@ -260,16 +273,10 @@ def build(spec: PipelineSpec, resolve_model: Any = None, reads: Any = None) -> P
             problem(s, str(exc), "op")
             previous = s.id
             continue
-        op = _build_op(cls, s, plan, file, untuned_defaults(cls, s.params, s.tune))
-        tuning = None
-        if op is not None and any(v is not None for v in (s.tune, s.tune_metric, s.tune_folds,
-                                                          s.tune_samples)):
-            tuning, found = plan_tuning(cls, s.params, s.tune, s.tune_metric, s.tune_folds,
-                                        s.tune_samples)
-            for key, message in found:
-                problem(s, message, key)
-            if tuning is not None:
-                op = tuning.ops[0]
+        defaults = untuned_defaults(cls, s.params, s.tune)
+        if s.id in tuned_by:
+            defaults = {**defaults, **feature_defaults(cls, tuned_by[s.id][1], s.params)}
+        op = _build_op(cls, s, plan, file, defaults)
         if isinstance(op, Source) or (op is None and issubclass(cls, Source)):
             if s.input is not None:
                 problem(s, f"{s.op} reads data and takes no `input:`", "input")
@@ -278,6 +285,17 @@ def build(spec: PipelineSpec, resolve_model: Any = None, reads: Any = None) -> P
             input_id = s.input if s.input is not None else previous
             if input_id is None:
                 problem(s, "the first step must read data (e.g. `op: read_parquet`)")
+        tuning = None
+        if op is not None and any(v is not None for v in (s.tune, s.tune_metric, s.tune_folds,
+                                                          s.tune_samples)):
+            tuning, found = plan_tuning(cls, s.params, s.tune, s.tune_metric, s.tune_folds,
+                                        s.tune_samples, built, input_id)
+            for key, message in found:
+                problem(s, message, key)
+            if tuning is not None:
+                op = tuning.ops[0]
+                if tuning.feature is not None:
+                    built[tuning.feature.step].tuned_by = s.id
         if op is not None:
             built[s.id] = Step(s, op, input_id, tuning=tuning)
         previous = s.id
@@ -310,6 +328,18 @@ def build(spec: PipelineSpec, resolve_model: Any = None, reads: Any = None) -> P
                            "to themselves)", param)
     _link_saved_models(built)
     plan.steps = _toposort(built, plan, file)
+    for step in plan.steps:
+        if step.tuned_by is not None:  # fitted by its model's tune: only that step reads it
+            others = [c.id for c in plan.consumers(step.id) if c.id != step.tuned_by]
+            if others:
+                model = plan.step(step.tuned_by)
+                plan.problems.append(Problem(
+                    file, model.spec.line_of("tune"),
+                    f"tune: step '{step.id}' is tuned with this one, but step "
+                    f"'{others[0]}' reads its rows too, and they are only decided here "
+                    f"(a fit per candidate, the best kept): give '{others[0]}' this step's "
+                    f"rows (`input: {model.id}`: the best candidate's), or a feature step "
+                    "of its own", step=model.id, op=model.spec.op))
     _propagate(plan, resolve_model)
     _check_outputs_outside_inputs(plan)
     if not plan.problems:

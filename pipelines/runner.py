@@ -43,6 +43,7 @@ from operators.features.union import Union
 from operators.io.fs import release_dir
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
+from operators.models.common import query_column
 from pipelines import profiles, runs
 from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
@@ -69,7 +70,7 @@ from pipelines.shuffle import (
 from pipelines.spec import Problem
 from pipelines.store import Model, ModelStore, binding, required_columns
 from pipelines.tracking import Tracker, log_quietly
-from pipelines.tuning import label_of
+from pipelines.tuning import HoldoutPositions, TrainingRows, label_of
 from pipelines.union import UnionSource
 
 ENGINES = ("local", "dask", "spark")
@@ -313,6 +314,8 @@ class Run:
         return exc.located(f"{here}: step '{step.id}' ({step.op.name})")
 
     def _step(self, step: Step) -> None:
+        if step.tuned_by is not None:
+            return  # a feature step its model's tune fits, once per candidate (``_tune``)
         if isinstance(step.op, Join | ShuffleJoin) and step.op.params.table is not None:
             self._join_step_table(step)
         op = step.op
@@ -480,6 +483,17 @@ class Run:
         the best's, so that the saved model says how it was trained."""
         tuning = step.tuning
         assert tuning is not None
+        feature = tuning.feature
+        if feature is not None:  # its feature step, fitted for each candidate
+            fstep = self.plan.step(feature.step)
+            marked = self._positions(step, fstep)
+
+        def fit_candidate(i: int, candidate: Estimator, data: Dataset) -> tuple[Any, ...]:
+            if feature is None:
+                return (*fit(self.engine, data, step.id, candidate, self.placement(step)),
+                        None)
+            return self._fit_through(fstep, feature.build(i), marked, step, candidate)
+
         fits = []
         for i, combo in enumerate(tuning.combos):
             result: dict[str, Any] = {"params": combo, "passes": 0}
@@ -488,8 +502,7 @@ class Run:
                 which = label_of(combo) + (f" (fold {f + 1} of {len(candidates)})"
                                            if tuning.folds else "")
                 try:
-                    transform, metrics, data = fit(self.engine, data, step.id, candidate,
-                                                   self.placement(step))
+                    transform, metrics, data, fitted = fit_candidate(i, candidate, data)
                     name, value = tuning.score(metrics)
                 except SluiceError as exc:
                     exc.message = f"tune candidate {which}: {exc.message}"
@@ -503,17 +516,26 @@ class Run:
                     result.setdefault("note", f"{which}: {undefined}")
             result["value"] = float(np.mean(result["folds"]))
             tuning.results.append(result)
-            fits.append((transform, metrics))
+            fits.append((transform, metrics, fitted))
         try:
             best = tuning.best()
         except SluiceError as exc:
             raise exc.located(f"step '{step.id}'") from None
         step.op = tuning.ops[best]
         if tuning.folds:  # the best values, fitted as the step says
-            transform, metrics, data = fit(self.engine, data, step.id, step.op,
-                                           self.placement(step))
+            transform, metrics, data, fitted = fit_candidate(best, step.op, data)
         else:
-            transform, metrics = fits[best]
+            transform, metrics, fitted = fits[best]
+        if feature is not None:  # the best feature step's, as if it had run on its turn
+            ftransform, fmetrics = fitted
+            fstep.op = feature.build(best)
+            self.fitted[fstep.id] = ftransform
+            self.record["metrics"][fstep.id] = fmetrics
+            source = self.datasets[fstep.input]
+            data = self.engine.map(source, fstep.id, ftransform.training_view(),
+                                   ftransform.output_schema(source.schema),
+                                   self.placement(fstep))
+            self.datasets[fstep.id] = data
         name = tuning.results[best]["metric"]
         candidates = {}
         for r in tuning.results:
@@ -527,6 +549,29 @@ class Run:
                                          "folds": len(tuning.folds[0]) if tuning.folds else 0,
                                          "candidates": candidates}}
         return transform, metrics, data
+
+    def _positions(self, step: Step, fstep: Step) -> Dataset:
+        """The feature step's input rows with each one's place in the model's hold-out
+        (``HoldoutPositions``), kept for every candidate's fits."""
+        source = self.datasets[fstep.input]
+        op = HoldoutPositions(seed=step.op.params.seed, by=query_column(step.op.params))
+        return self.engine.persist(self.engine.map(source, fstep.id, op,
+                                                   op.output_schema(source.schema)))
+
+    def _fit_through(self, fstep: Step, fop: Operator, marked: Dataset, step: Step,
+                     op: Estimator) -> tuple[Any, ...]:
+        """A candidate of a model tuned with its feature step: the feature step fitted on
+        the rows the model trains on, then the model on its transform of every row (the
+        held-out rows where ``marked`` places them)."""
+        p = op.params
+        train = marked if not p.validation_fraction else self.engine.map(
+            marked, fstep.id, TrainingRows(fraction=p.validation_fraction,
+                                           start=p.validation_start), marked.schema)
+        ftransform, fmetrics, _ = fit(self.engine, train, fstep.id, fop, self.placement(fstep))
+        rows = self.engine.map(marked, fstep.id, ftransform.training_view(),
+                               ftransform.output_schema(marked.schema), self.placement(fstep))
+        transform, metrics, rows = fit(self.engine, rows, step.id, op, self.placement(step))
+        return transform, metrics, rows, (ftransform, fmetrics)
 
     def _bind_promote(self, step: Step) -> None:
         """Bind a promote step to the model this run saved (the challenger) and to the

@@ -23,6 +23,29 @@ instead (MLlib's CrossValidator): fold i holds out the rows whose hash falls in
 folds' metric, and the best values are then fitted as the step says (on all its rows,
 or holding out its own ``validation_fraction``): k x combinations + 1 fits.
 
+A key ``<step>.<param>`` varies the feature step that feeds the model with it
+(scikit-learn's GridSearchCV over a Pipeline, MLlib's ParamGridBuilder over a Pipeline's
+stages):
+
+```yaml
+- id: words
+  op: vectorize_text
+  columns: [text]
+- id: nb
+  op: naive_bayes
+  label: topic
+  model_type: multinomial
+  validation_fraction: 0.2
+  tune:
+    smoothing: [0.1, 1.0]
+    words.max_features: [500, 2000]
+```
+
+Every candidate fits the feature step on the rows the model trains on (the held-out rows
+are no step's training rows), then the model on its transform of every row, holding out
+the rows ``HoldoutPositions`` placed by the hash of the row as the feature step read it:
+the same rows for every candidate, whatever columns its feature step makes.
+
 A ``kmeans`` step is tuned the same way, by how its fitted centres cluster the held-out
 rows (MLlib's ClusteringEvaluator in a TrainValidationSplit; scikit-learn's loop over k
 with ``silhouette_score``):
@@ -54,9 +77,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pydantic import ValidationError
 
-from operators.base import Operator, SluiceError, suggest
+from operators.base import Estimator, Operator, Params, SluiceError, Transform, suggest
 from operators.evaluate.clusters import EUCLIDEAN_ONLY
 from operators.evaluate.metrics import (
     CLUSTERING_COMPARABLE,
@@ -65,6 +89,8 @@ from operators.evaluate.metrics import (
     MIXTURE_COMPARABLE,
     default_metric,
 )
+from operators.hashing import hash_rows, unit_interval, window
+from operators.models.common import HOLDOUT_POSITION
 
 MAX_CANDIDATES = 100
 """The most combinations one step may try."""
@@ -78,6 +104,20 @@ TUNABLE = ("a model of a label (logistic_regression, linear_regression, the tree
 
 
 @dataclass
+class FeatureTuning:
+    """The feature step a model's ``tune`` varies with it (``<step>.<param>`` keys): the
+    step, its class, and its parameters in each combination (an operator is built for
+    each fit: an estimator keeps what it fitted)."""
+
+    step: str
+    cls: type[Operator]
+    params: list[dict[str, Any]] = field(default_factory=list)
+
+    def build(self, i: int) -> Operator:
+        return self.cls.create(self.cls.Params(**self.params[i]))
+
+
+@dataclass
 class Tuning:
     """A step's candidates: each combination of the tuned values and its operator."""
 
@@ -86,6 +126,7 @@ class Tuning:
     ops: list[Operator] = field(default_factory=list)  # each combination as the step says
     folds: list[list[Operator]] = field(default_factory=list)  # and per fold (tune_folds)
     results: list[dict[str, Any]] = field(default_factory=list)
+    feature: FeatureTuning | None = None  # a feature step tuned with the model
 
     def metric_for(self, validation: dict[str, Any]) -> str:
         if self.metric is not None:
@@ -122,6 +163,53 @@ class Tuning:
         return ranked.index(min(ranked))
 
 
+class PositionParams(Params):
+    seed: int = 0
+    by: str | None = None  # a ranking's query column: whole queries held out
+
+
+class HoldoutPositions(Transform):
+    """Each row's place in [0, 1) by the hash of the row as it is here (or of its query),
+    with the model's seed: where the model's held-out window is taken when a feature step
+    between here and it is tuned with it (``HOLDOUT_POSITION``; the same place the
+    model's own hash gives a row it sees)."""
+
+    name = "tune.positions"
+    numeric_kernels = False
+    Params = PositionParams
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema.append(pa.field(HOLDOUT_POSITION, pa.float64()))
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        by = None if self.params.by is None else [self.params.by]
+        position = unit_interval(hash_rows(part, by, self.params.seed))
+        return part.append_column(HOLDOUT_POSITION, pa.array(position, pa.float64()))
+
+
+class WindowParams(Params):
+    fraction: float
+    start: float = 0.0
+
+
+class TrainingRows(Transform):
+    """The rows outside the model's held-out window: what a feature step tuned with the
+    model is fitted on (as scikit-learn's GridSearchCV fits a Pipeline's steps on the
+    training folds), so that the held-out rows' metrics are of rows no step saw."""
+
+    name = "tune.training_rows"
+    numeric_kernels = False
+    Params = WindowParams
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        position = part.column(HOLDOUT_POSITION).to_numpy()
+        held = window(position, self.params.fraction, self.params.start)
+        return part.filter(pa.array(~held))
+
+
 def _combination(index: int, lists: list[list[Any]]) -> list[Any]:
     """The ``index``-th combination of ``itertools.product(*lists)``."""
     out = []
@@ -147,11 +235,79 @@ def untuned_defaults(cls: type[Operator], params: dict[str, Any], tune: Any
             and isinstance(values, list) and values}
 
 
+def feature_keys(tune: Any) -> dict[str, dict[str, Any]]:
+    """A model step's ``tune`` keys that name another step's parameter
+    (``words.max_features``), by step: ``{step: {param: values}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(tune, dict):
+        for key, values in tune.items():
+            if isinstance(key, str) and "." in key:
+                step, _, param = key.partition(".")
+                out.setdefault(step, {})[param] = values
+    return out
+
+
+def feature_defaults(cls: type[Operator], tuned: dict[str, Any], params: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """The first value a model's ``tune`` lists of each parameter of a feature step it
+    tunes: the step is planned with it (select_features' k given only there); the
+    model's step reports what is wrong with the others."""
+    return {name: values[0] for name, values in tuned.items()
+            if name in cls.Params.model_fields and name not in params
+            and isinstance(values, list) and values}
+
+
+def check_feature_step(step: str, param: str, values: Any, feature: Any, model_input: str | None
+                       ) -> str | None:
+    """What is wrong with tuning ``step.param`` from a model step (``feature``: the planned
+    step named, or None), or None."""
+    if feature is None:
+        return f"tune: '{step}.{param}': no step '{step}' is planned before this one"
+    if step != model_input:
+        return (f"tune: '{step}.{param}': step '{step}' is not this step's input "
+                f"('{model_input}'): a feature step is tuned with the model it feeds "
+                "directly (make it the step before the model, or tune it there)")
+    fcls = type(feature.op)
+    if not isinstance(feature.op, Estimator) or "validation_fraction" in fcls.Params.model_fields:
+        return (f"tune: '{step}.{param}': step '{step}' ({fcls.name}) fits nothing to tune "
+                "with this one" if not isinstance(feature.op, Estimator) else
+                f"tune: '{step}.{param}': step '{step}' is a model; tune it on its own step")
+    if feature.tuning is not None:
+        return f"tune: '{step}.{param}': step '{step}' is tuned on its own step already"
+    known = list(fcls.Params.model_fields)
+    if param not in known:
+        return (f"tune: unknown parameter '{param}' of step '{step}'{suggest(param, known)} "
+                f"({fcls.name} takes: {', '.join(known)})")
+    if param in FIXED or param in ("columns", "features"):
+        return (f"tune cannot vary '{step}.{param}': the feature step reads the same columns "
+                "and rows in every candidate")
+    if not isinstance(values, list) or not values:
+        return (f"tune: '{step}.{param}' must list the values to try, e.g. {step}.{param}: "
+                "[a, b]")
+    if param in feature.spec.params:
+        return (f"tune: '{step}.{param}' is set on step '{step}' too; give its values in tune "
+                "only")
+    return None
+
+
 def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: Any,
-                folds: Any = None, samples: Any = None
+                folds: Any = None, samples: Any = None, feature: Any = None,
+                model_input: str | None = None
                 ) -> tuple[Tuning | None, list[tuple[str, str]]]:
-    """The candidates of a step's ``tune:``, or the problems (``(key, message)``)."""
+    """The candidates of a step's ``tune:``, or the problems (``(key, message)``);
+    ``feature``: the planned steps by id, for keys that name another step's parameter."""
     problems: list[tuple[str, str]] = []
+    tuned_steps = feature_keys(tune)
+    for step, tuned in tuned_steps.items():
+        for param, values in tuned.items():
+            found = check_feature_step(step, param, values, (feature or {}).get(step),
+                                       model_input)
+            if found:
+                problems.append(("tune", found))
+    if len(tuned_steps) > 1 and not problems:
+        problems.append(("tune", "tune varies the parameters of one feature step with the "
+                                 f"model, not of {len(tuned_steps)} ("
+                                 f"{', '.join(tuned_steps)})"))
     known = list(cls.Params.model_fields)
     if "validation_fraction" not in known:
         return None, [("tune", f"{cls.name} cannot be tuned: tune compares candidates by "
@@ -167,6 +323,8 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
         return None, [("tune", f"tune must map parameters to the values to try, e.g. "
                                f"{example}")]
     for name, values in tune.items():
+        if "." in name:
+            continue  # another step's parameter: checked above
         if name == "features" and clustering:  # of a model of no label: fixed too
             problems.append(("tune", "tune cannot vary 'features': the candidates' clusters "
                                      "are compared in the space of their features, and "
@@ -254,12 +412,22 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
         combos = [dict(zip(tune, values, strict=True))
                   for values in itertools.product(*lists)]
     tuning = Tuning(metric)
+    if tuned_steps:
+        (step, _), = tuned_steps.items()
+        planned = feature[step]
+        tuning.feature = FeatureTuning(step, type(planned.op))
     for combo in combos:
+        own = {k: v for k, v in combo.items() if "." not in k}
         try:
-            tuning.ops.append(cls(cls.Params(**{**params, **combo})))
+            if tuning.feature is not None:
+                fparams = {**planned.spec.params, **{k.partition(".")[2]: v
+                                                    for k, v in combo.items() if "." in k}}
+                tuning.feature.cls.Params(**fparams)  # each candidate's, checked
+                tuning.feature.params.append(fparams)
+            tuning.ops.append(cls(cls.Params(**{**params, **own})))
             if folds is not None:
                 tuning.folds.append([cls(cls.Params(**{
-                    **params, **combo, "validation_fraction": 1.0 / folds,
+                    **params, **own, "validation_fraction": 1.0 / folds,
                     "validation_start": i / folds})) for i in range(folds)])
         except ValidationError as exc:
             err = exc.errors()[0]

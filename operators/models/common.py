@@ -33,7 +33,7 @@ from operators.base import (
 )
 from operators.evaluate.metrics import DEFAULT_METRICS, MetricAccumulator
 from operators.expressions import quote_name
-from operators.hashing import chosen_rows
+from operators.hashing import chosen_rows, window
 
 PREDICTION = "prediction"
 PROBABILITY = "probability"
@@ -247,7 +247,8 @@ def chosen_features(schema: pa.Schema, features: list[str] | None,
     if features is not None:
         return list(features)
     return [f.name for f in schema
-            if f.name not in skip and (is_numeric(f.type) or f.name in categorical)]
+            if f.name not in skip and f.name != HOLDOUT_POSITION
+            and (is_numeric(f.type) or f.name in categorical)]
 
 
 def model_input_columns(schema: pa.Schema, params: SupervisedParams,
@@ -344,15 +345,25 @@ def table_memo(part: pa.Table) -> dict[str, Any]:
     return memo
 
 
+HOLDOUT_POSITION = "__sluice_holdout_position"
+"""A column a tune of a feature step with its model adds before the feature step: each
+row's place in [0, 1) by the hash of the row as the feature step read it (and the model's
+seed), which the model's hold-out then reads, so that every candidate's feature columns
+hold out the same rows (``pipelines.tuning``). Never a feature."""
+
+
 def holdout_mask(part: pa.Table, fraction: float, seed: int, start: float = 0.0,
                  by: str | None = None) -> np.ndarray:
     """True for the rows held out for validation: a hash of all of the row's columns, or
-    of column ``by`` alone (a ranking's query: whole queries are held out); kept with the
+    of column ``by`` alone (a ranking's query: whole queries are held out), or where a
+    tune of the feature step before placed them (``HOLDOUT_POSITION``); kept with the
     table: every pass of a multi-pass fit splits the same rows."""
     if fraction <= 0:
         return np.zeros(part.num_rows, dtype=bool)
     masks = table_memo(part).setdefault("holdout", {})
     mask = masks.get((fraction, seed, start, by))
+    if mask is None and HOLDOUT_POSITION in part.column_names:
+        mask = window(column_to_numpy(part.column(HOLDOUT_POSITION)), fraction, start)
     if mask is None:
         mask = chosen_rows(part, fraction, seed, None if by is None else [by], start=start)
         mask.flags.writeable = False

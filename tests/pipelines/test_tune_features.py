@@ -1,0 +1,208 @@
+"""A model's tune varying the feature step before it (`words.max_features`,
+`pick.k`): scikit-learn's GridSearchCV over a Pipeline. Each candidate's feature step is
+fitted on the rows the model trains on, every candidate holds out the same rows, and the
+saved model is the best's; on every engine; and the problems of such a tune as the file
+plans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_pipeline
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.feature_selection import SelectKBest, f_classif
+from sklearn.metrics import log_loss
+from sklearn.naive_bayes import GaussianNB, MultinomialNB
+from test_text_pipelines import tickets
+
+from operators.hashing import chosen_rows
+from pipelines.runner import plan_file, run
+from pipelines.serving import load_model
+from pipelines.store import ModelStore
+
+TEXT = """
+    pipeline: tickets_tuned
+    steps:
+      - op: read_parquet
+        path: {data}
+        partition_mb: 0.01
+      - op: drop
+        columns: [ticket_id]
+      - id: words
+        op: vectorize_text
+        columns: [text]
+        min_df: 2
+      - id: nb
+        op: naive_bayes
+        label: topic
+        model_type: multinomial
+        validation_fraction: 0.25
+        seed: 5
+        tune:
+          smoothing: [0.1, 1.0]
+          words.max_features: [6, 30]
+      - op: save_model
+        name: tickets
+"""
+
+
+@pytest.fixture
+def ticket_files(workdir: Path) -> Path:
+    folder = workdir / "data" / "tickets"
+    folder.mkdir(parents=True)
+    table = tickets(rows=900, seed=3)
+    for i, at in enumerate(range(0, table.num_rows, 300)):
+        pq.write_table(table.slice(at, 300), folder / f"part-{i}.parquet", row_group_size=100)
+    return folder
+
+
+def test_text_features_tuned_with_the_model_are_gridsearchcvs_on_every_engine(
+        workdir: Path, engine, ticket_files: Path) -> None:
+    """Each candidate is CountVectorizer(max_features) fitted on the training rows only,
+    then MultinomialNB(alpha), scored by log-loss on the same held-out rows (the rows as
+    vectorize_text read them, hashed with the model's seed)."""
+    record = run(write_pipeline(workdir, TEXT.format(data=ticket_files)),
+                 engine_instance=engine)
+    table = tickets(rows=900, seed=3).drop(["ticket_id"])
+    held = chosen_rows(table, 0.25, 5)
+    docs = np.array(table.column("text").to_pylist(), dtype=object)
+    topics = np.array(table.column("topic").to_pylist(), dtype=object)
+    candidates = record["metrics"]["nb"]["tuning"]["candidates"]
+    expected = {}
+    for alpha in (0.1, 1.0):
+        for k in (6, 30):
+            vectorizer = CountVectorizer(min_df=2, max_features=k).fit(docs[~held])
+            nb = MultinomialNB(alpha=alpha).fit(vectorizer.transform(docs[~held]),
+                                                topics[~held])
+            loss = log_loss(topics[held], nb.predict_proba(vectorizer.transform(docs[held])),
+                            labels=nb.classes_)
+            name = f"smoothing={alpha}, words.max_features={k}"
+            expected[name] = (loss, vectorizer, nb)
+            assert candidates[name]["log_loss"] == pytest.approx(loss, rel=1e-9), name
+    best = min(expected, key=lambda n: expected[n][0])
+    assert record["metrics"]["nb"]["tuning"]["best"] == best
+    assert record["metrics"]["nb"]["validation_rows"] == int(held.sum())
+    # the feature step's record and the saved model are the best candidate's
+    _, vectorizer, nb = expected[best]
+    assert record["metrics"]["words"]["terms"] == {"text": len(vectorizer.vocabulary_)}
+    assert record["metrics"]["words"]["rows"] == int((~held).sum())
+    model = ModelStore().load("tickets")
+    assert model.chain.steps[-2].vocabulary["text"]["terms"] == sorted(vectorizer.vocabulary_)
+    trained = model.meta["trained_with"]
+    assert trained["nb"]["params"]["smoothing"] == float(best.split(",")[0].split("=")[1])
+    assert trained["words"]["params"]["max_features"] == int(best.split("=")[-1])
+    new = ["refund my card", "app crash", "", "courier late again"]
+    scored = load_model("tickets").score([{"text": t} for t in new])
+    np.testing.assert_allclose([r["probability"] for r in scored],
+                               nb.predict_proba(vectorizer.transform(new)), rtol=1e-9)
+
+
+SELECT = """
+    pipeline: picked
+    steps:
+      - op: read_parquet
+        path: {data}
+      - id: pick
+        op: select_features
+        label: y
+        test: anova
+      - id: model
+        op: naive_bayes
+        label: y
+        seed: 2
+        tune_folds: 3
+        tune:
+          pick.k: [1, 3, 6]
+      - op: save_model
+        name: picked
+"""
+
+
+def test_select_features_k_tuned_by_cross_validation(workdir: Path) -> None:
+    """k of SelectKBest(f_classif) with GaussianNB, by 3-fold cross-validation: each fold's
+    selector fitted on the other folds' rows; the best k then fitted on every row."""
+    rng = np.random.default_rng(0)
+    rows = 600
+    y = rng.integers(0, 2, rows)
+    X = rng.standard_normal((rows, 6))
+    X[:, 0] += 1.2 * y
+    X[:, 1] += 0.6 * y
+    X[:, 2] += 0.2 * y
+    table = pa.table({**{f"x{j}": X[:, j] for j in range(6)}, "y": y})
+    data = workdir / "rows.parquet"
+    pq.write_table(table, data)
+    record = run(write_pipeline(workdir, SELECT.format(data=data)))
+    tuning = record["metrics"]["model"]["tuning"]
+    assert tuning["folds"] == 3
+    for k in (1, 3, 6):
+        losses = []
+        for f in range(3):
+            held = chosen_rows(table, 1 / 3, 2, start=f / 3)
+            selector = SelectKBest(f_classif, k=k).fit(X[~held], y[~held])
+            nb = GaussianNB().fit(selector.transform(X[~held]), y[~held])
+            losses.append(log_loss(y[held], nb.predict_proba(selector.transform(X[held]))))
+        got = tuning["candidates"][f"pick.k={k}"]
+        np.testing.assert_allclose(got["folds"], losses, rtol=1e-7)
+    best_k = int(tuning["best"].split("=")[1])
+    selector = SelectKBest(f_classif, k=best_k).fit(X, y)
+    kept = [f"x{j}" for j in np.flatnonzero(selector.get_support())]
+    assert sorted(record["metrics"]["pick"]["kept"]) == kept  # on every row at the end
+    model = ModelStore().load("picked")
+    assert model.chain.steps[-1].features == kept
+
+
+@pytest.mark.parametrize("tune,message", [
+    ("pick.k: [1, 2]", "tune: 'pick.k': no step 'pick' is planned before this one"),
+    ("words.max_featurs: [5]", "unknown parameter 'max_featurs' of step 'words'; did you "
+                               "mean 'max_features'? (vectorize_text takes: columns,"),
+    ("words.columns: [[text]]", "tune cannot vary 'words.columns'"),
+    ("words.min_df: [1, 2]", "tune: 'words.min_df' is set on step 'words' too"),
+    ("words.max_features: 5", "tune: 'words.max_features' must list the values to try"),
+    ("drop.columns: [[a]]", "step 'drop' is not this step's input ('words')"),
+])
+def test_problems_of_a_feature_steps_tune_are_found_as_the_file_plans(
+        workdir: Path, ticket_files: Path, tune: str, message: str) -> None:
+    text = TEXT.format(data=ticket_files).replace(
+        "          smoothing: [0.1, 1.0]\n          words.max_features: [6, 30]\n",
+        f"          {tune}\n")
+    found = [str(p) for p in plan_file(write_pipeline(workdir, text)).problems]
+    assert len(found) == 1, found
+    assert message in found[0]
+    assert "step 'nb'" in found[0]
+
+
+def test_plan_says_the_feature_step_is_fitted_by_the_tune(workdir: Path,
+                                                          ticket_files: Path) -> None:
+    from pipelines.describe import describe, format_plan
+
+    plan = plan_file(write_pipeline(workdir, TEXT.format(data=ticket_files)))
+    text = "\n".join(format_plan(plan, describe(plan)))
+    assert ("fits (one pass) once per candidate of 'nb''s tune, on the rows that step "
+            "trains on; the best is kept") in text
+    assert "tunes 4 combinations, with step 'words'" in text
+
+
+def test_a_feature_step_read_by_another_step_too_is_refused(workdir: Path,
+                                                            ticket_files: Path) -> None:
+    text = TEXT.format(data=ticket_files) + """      - op: write_parquet
+        input: words
+        path: out
+"""
+    found = [str(p) for p in plan_file(write_pipeline(workdir, text)).problems]
+    assert len(found) == 1, found
+    assert "step 'words' is tuned with this one, but step 'write_parquet' reads its rows" \
+        in found[0]
+
+
+def test_a_model_is_no_feature_step(workdir: Path, ticket_files: Path) -> None:
+    text = TEXT.format(data=ticket_files).replace(
+        "      - op: save_model\n", "      - id: again\n        op: naive_bayes\n"
+        "        label: topic\n        validation_fraction: 0.2\n        tune:\n"
+        "          nb.smoothing: [1.0, 2.0]\n      - op: save_model\n")
+    found = [str(p) for p in plan_file(write_pipeline(workdir, text)).problems]
+    assert any("step 'nb' is tuned on its own step already" in f
+               or "step 'nb' is a model" in f for f in found), found
