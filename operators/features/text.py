@@ -34,6 +34,24 @@ SEPARATORS = r"[^\p{L}\p{N}_]+"
 """Anything but letters, digits and underscores: with ``min_token_length: 2``,
 scikit-learn's default ``token_pattern`` (runs of two or more word characters)."""
 
+_ENGLISH_WORDS = """
+a about above after again against all almost also although am among an and another any
+anyone anything are around as at be because been before being below between both but by
+can cannot could did do does doing done down during each either else enough etc even ever
+every few for from further had has have having he her here hers herself him himself his
+how however i if in into is it its itself just least less let like many may me might
+more most much must my myself neither no nor not now of off often on once one only onto
+or other others otherwise our ours ourselves out over own per perhaps quite rather
+same several shall she should since so some such than that the their theirs them
+themselves then there therefore these they this those though through thus to together
+too toward towards under until up upon us very via was we well were what whatever when
+whenever where whereas wherever whether which while who whoever whom whose why will with
+within without would yet you your yours yourself yourselves
+"""
+ENGLISH = frozenset(_ENGLISH_WORDS.split())
+"""``stop_words: english``: common English function words (pronouns, articles,
+prepositions, conjunctions, auxiliaries), all lower case; sluice's own list."""
+
 _NO_TERMS = pa.table({"term": pa.array([], pa.string()), "tf": pa.array([], pa.int64()),
                       "df": pa.array([], pa.int64())})
 
@@ -61,9 +79,10 @@ class VectorizeTextParams(Params):
     min_token_length: int = Field(
         2, ge=1, description="shorter tokens are dropped (2 with the default separators: "
                              "scikit-learn's token_pattern; MLlib's RegexTokenizer: 1)")
-    stop_words: list[str] | None = Field(
+    stop_words: Literal["english"] | list[str] | None = Field(
         None, description="tokens removed before n-grams are made (lower-cased too when "
-                          "`lowercase`)")
+                          f"`lowercase`); `english`: {len(ENGLISH)} common English "
+                          "function words (sluice's list: not scikit-learn's nor MLlib's)")
     ngram_range: tuple[int, int] = Field(
         (1, 1), description="[min_n, max_n]: the n-grams of consecutive tokens taken as "
                             "terms, joined by one space ([1, 2]: words and pairs)")
@@ -139,7 +158,7 @@ class Tokens:
 
     def __init__(self, params: VectorizeTextParams):
         self.params = params
-        stop = params.stop_words or []
+        stop = sorted(ENGLISH) if params.stop_words == "english" else params.stop_words or []
         if params.lowercase:
             stop = [w.lower() for w in stop]
         self.stop = pa.array(sorted(set(stop)), pa.string()) if stop else None

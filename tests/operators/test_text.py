@@ -228,3 +228,17 @@ def test_a_vocabulary_too_wide_for_columns_asks_for_max_features() -> None:
     assert "max_features: 5000" in err.value.hint
     fitted = fit(VectorizeText(columns=["text"], max_features=MAX_TERMS + 5), [table])
     assert len(fitted.vocabulary["text"]["terms"]) == MAX_TERMS + 5
+
+
+def test_english_stop_words_are_the_listed_words() -> None:
+    from operators.features.text import ENGLISH
+
+    docs = ["The refund would not arrive", "Yourselves and THE courier, however late",
+            "an app that crashes"]
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], stop_words="english"), [table])
+    reference = CountVectorizer(stop_words=sorted(ENGLISH)).fit(docs)
+    assert fitted.vocabulary["text"]["terms"] == sorted(reference.vocabulary_) == [
+        "app", "arrive", "courier", "crashes", "late", "refund"]
+    with pytest.raises(ValidationError, match="stop_words"):
+        VectorizeText(columns=["text"], stop_words="french")
