@@ -206,3 +206,62 @@ def window(position: np.ndarray, fraction: float, start: float = 0.0) -> np.ndar
     if start == 0:
         return position < fraction
     return (position >= start) & (position < start + fraction)
+
+
+_C1, _C2 = np.uint32(0xCC9E2D51), np.uint32(0x1B873593)
+
+
+def _rotl(x: np.ndarray, r: int) -> np.ndarray:
+    return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+
+def _scramble(k: np.ndarray) -> np.ndarray:
+    return _rotl(k * _C1, 15) * _C2
+
+
+def murmur3_32(values: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """MurmurHash3 x86 32-bit of each string's UTF-8 bytes (uint32; a null hashes as the
+    empty string): scikit-learn's ``murmurhash3_32`` (seed 0 in its HashingVectorizer)
+    and Spark's ``Murmur3_x86_32.hashUnsafeBytes2`` (seed 42 in MLlib's HashingTF), all
+    strings at once, a 4-byte block a step."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    values = values.cast(pa.large_string()) if not pa.types.is_large_string(values.type) \
+        else values
+    n = len(values)
+    offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset:values.offset + n + 1]
+    data = values.buffers()[2]
+    raw = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    if values.null_count:
+        lengths = np.where(values.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
+    h = np.full(n, seed & 0xFFFFFFFF, np.uint32)
+
+    def byte(at: np.ndarray) -> np.ndarray:
+        return raw[at].astype(np.uint32)
+
+    blocks = lengths // 4
+    for b in range(int(blocks.max()) if n else 0):
+        rows = np.flatnonzero(blocks > b)
+        at = starts[rows] + 4 * b
+        k = byte(at) | byte(at + 1) << np.uint32(8) | byte(at + 2) << np.uint32(16) \
+            | byte(at + 3) << np.uint32(24)
+        x = _rotl(h[rows] ^ _scramble(k), 13)
+        h[rows] = x * np.uint32(5) + np.uint32(0xE6546B64)
+    tail = lengths & 3
+    rows = np.flatnonzero(tail)
+    if len(rows):
+        at = starts[rows] + 4 * blocks[rows]
+        k = np.zeros(len(rows), np.uint32)
+        for i in (2, 1, 0):
+            has = tail[rows] > i
+            k[has] ^= byte(at[has] + i) << np.uint32(8 * i)
+        h[rows] ^= _scramble(k)
+    h ^= lengths.astype(np.uint32)
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h

@@ -23,6 +23,7 @@ from operators.base import (
     require_columns,
 )
 from operators.features.columns import plain, unique_names
+from operators.hashing import murmur3_32
 
 MAX_TERMS = 10_000
 WIDENING_NOTE = 20.0
@@ -106,6 +107,16 @@ class VectorizeTextParams(Params):
     norm: Literal["l1", "l2"] | None = Field(
         None, description="scale each row's terms of a column to unit l1 or l2 norm (after "
                           "the weights; TfidfVectorizer's default is l2)")
+    num_features: int | None = Field(
+        None, ge=1, description="hash each term to one of this many columns `<col>:#<i>` "
+                                "instead of learning a vocabulary (MLlib's HashingTF, "
+                                "scikit-learn's HashingVectorizer): no vocabulary to keep, "
+                                "terms unseen in training count too, no min_df / max_df / "
+                                "max_features")
+    hashing: Literal["spark", "sklearn"] = Field(
+        "spark", description="with num_features: spark: MurmurHash3 of seed 42, a term adds 1 "
+                             "(HashingTF); sklearn: of seed 0, a term adds the hash's sign "
+                             "(HashingVectorizer's alternate_sign)")
 
     @field_validator("min_df", "max_df")
     @classmethod
@@ -137,6 +148,18 @@ class VectorizeTextParams(Params):
         if type(self.min_df) is type(self.max_df) and self.min_df > self.max_df:
             raise ValueError(f"min_df ({self.min_df}) is above max_df ({self.max_df}): no "
                              "term could be kept")
+        if self.num_features is None and self.hashing != "spark":
+            raise ValueError("hashing says how terms are hashed to num_features columns: set "
+                             "num_features too (e.g. num_features: 1024)")
+        defaults = {"min_df": 1, "max_df": 1.0, "max_features": None}
+        vocabulary = [n for n, v in defaults.items()
+                      if getattr(self, n) != v or type(getattr(self, n)) is not type(v)]
+        if self.num_features is not None and vocabulary:
+            raise ValueError(f"{vocabulary[0]} limits a learned vocabulary, and num_features "
+                             "hashes terms without one: leave one of them out")
+        if self.num_features is not None and self.hashing == "sklearn" and self.sublinear_tf:
+            raise ValueError("sublinear_tf takes counts, and hashing: sklearn adds signed ones "
+                             "(a bucket can be negative): use hashing: spark")
         return self
 
 
@@ -201,6 +224,25 @@ class Tokens:
             return pa.array([], pa.string()), np.empty(0, np.int64)
         joined = pa.concat_arrays(terms) if len(terms) > 1 else terms[0]
         return joined, np.concatenate(of) if len(of) > 1 else of[0]
+
+
+def buckets(terms: pa.Array, n: int, hashing: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each term's column of ``n`` and what it adds there (None: 1): Spark's HashingTF
+    (seed 42, the hash's non-negative remainder) or scikit-learn's HashingVectorizer
+    (seed 0, |hash| mod n, the hash's sign)."""
+    signed = murmur3_32(terms, 42 if hashing == "spark" else 0).view(np.int32).astype(np.int64)
+    if hashing == "spark":
+        return signed % n, None
+    at = np.abs(signed) % n
+    at[signed == -2**31] = (2**31 - 1 - (n - 1)) % n  # |INT_MIN|, as scikit-learn takes it
+    return at, np.where(signed >= 0, 1.0, -1.0)
+
+
+def bucket_stats(at: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """How many rows have a term in each of the ``n`` columns (df)."""
+    if not len(at):
+        return np.zeros(n, np.int64)
+    return np.bincount(np.unique(rows * n + at) % n, minlength=n).astype(np.int64)
 
 
 def term_stats(terms: pa.Array, rows: np.ndarray) -> pa.Table:
@@ -291,13 +333,17 @@ class VectorizeText(Estimator):
         for name in self.params.columns:
             column = part.column(name)
             stats["bytes"] += int(pc.sum(pc.binary_length(plain(column))).as_py() or 0)
-            stats[name] = term_stats(*self.tokens.terms(column))
+            terms, rows = self.tokens.terms(column)
+            n = self.params.num_features
+            stats[name] = (term_stats(terms, rows) if n is None else
+                           bucket_stats(buckets(terms, n, self.params.hashing)[0], rows, n))
         return stats
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"rows": a["rows"] + b["rows"], "bytes": a["bytes"] + b["bytes"]}
         for name in self.params.columns:
-            out[name] = merge_stats(a[name], b[name])
+            out[name] = (merge_stats(a[name], b[name]) if self.params.num_features is None
+                         else a[name] + b[name])
         return out
 
     def update(self, stats: dict[str, Any], state: Any) -> tuple[dict[str, Any], bool]:
@@ -306,8 +352,13 @@ class VectorizeText(Estimator):
                       for name in self.params.columns}
         return {"rows": rows, "bytes": stats["bytes"], "vocabulary": vocabulary}, True
 
-    def _vocabulary(self, name: str, stats: pa.Table, rows: int) -> dict[str, Any]:
+    def _vocabulary(self, name: str, stats: Any, rows: int) -> dict[str, Any]:
         p = self.params
+        if p.num_features is not None:  # hashed: each column's rows, for the idf
+            out: dict[str, Any] = {"df": stats.tolist()}
+            if p.idf != "none":
+                out["idf"] = idf_weights(stats.astype(np.float64), rows, p.idf).tolist()
+            return out
         low, high = _limit(p.min_df, rows), _limit(p.max_df, rows)
         if high < low:
             raise DataError(f"max_df ({p.max_df}: {high:g} of the {rows} rows) is below "
@@ -337,7 +388,7 @@ class VectorizeText(Estimator):
                      f"{MAX_TERMS:,} on purpose")
         kept = kept.sort_by("term")
         terms = kept["term"].to_pylist()
-        out: dict[str, Any] = {"terms": terms,
+        out = {"terms": terms,
                                "df": kept["df"].to_numpy().astype(np.int64).tolist()}
         if p.idf != "none":
             out["idf"] = idf_weights(np.asarray(out["df"], np.float64), rows, p.idf).tolist()
@@ -348,7 +399,7 @@ class VectorizeText(Estimator):
         return self._fitted
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
-        terms = {c: len(v["terms"]) for c, v in state["vocabulary"].items()}
+        terms = {c: len(v.get("terms", v["df"])) for c, v in state["vocabulary"].items()}
         out: dict[str, Any] = {"terms": terms, "rows": state["rows"]}
         width = 8 * sum(terms.values())  # float64 bytes a row
         text = state["bytes"] / max(state["rows"], 1)
@@ -395,6 +446,8 @@ class VectorizeTextFitted(Transform):
         return list(self.params.columns)
 
     def names(self, name: str) -> list[str]:
+        if self.params.num_features is not None:
+            return [f"{name}:#{i}" for i in range(self.params.num_features)]
         return [term_name(name, t) for t in self.vocabulary[name]["terms"]]
 
     def derived_from(self) -> dict[str, list[str]]:
@@ -422,16 +475,23 @@ class VectorizeTextFitted(Transform):
         p = self.params
         v = self.vocabulary[name]
         rows = len(column)
-        k = len(v["terms"])
         terms, of = self.tokens.terms(column)
-        at = pc.index_in(terms, value_set=self._terms(name)).fill_null(-1)
-        at = at.to_numpy(zero_copy_only=False).astype(np.int64)
+        sign = None
+        if p.num_features is not None:
+            k = p.num_features
+            at, sign = buckets(terms, k, p.hashing)
+        else:
+            k = len(v["terms"])
+            at = pc.index_in(terms, value_set=self._terms(name)).fill_null(-1)
+            at = at.to_numpy(zero_copy_only=False).astype(np.int64)
         hit = at >= 0
         out = np.zeros((k, rows), np.float64)  # (pages untouched until written)
-        np.add.at(out.reshape(-1), at[hit] * rows + of[hit], 1.0)
-        if p.binary:
-            np.minimum(out, 1.0, out=out)
-        elif p.sublinear_tf:
+        if p.binary:  # 1 where a term falls (hashed: whatever the signs add up to)
+            out.reshape(-1)[at[hit] * rows + of[hit]] = 1.0
+        else:
+            np.add.at(out.reshape(-1), at[hit] * rows + of[hit],
+                      1.0 if sign is None else sign[hit])
+        if p.sublinear_tf and not p.binary:
             counted = out > 0
             np.log(out, out=out, where=counted)
             np.add(out, 1.0, out=out, where=counted)

@@ -242,3 +242,64 @@ def test_english_stop_words_are_the_listed_words() -> None:
         "app", "arrive", "courier", "crashes", "late", "refund"]
     with pytest.raises(ValidationError, match="stop_words"):
         VectorizeText(columns=["text"], stop_words="french")
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    ({}, {"norm": None}),
+    ({"norm": "l2", "ngram_range": [1, 2]}, {"norm": "l2", "ngram_range": (1, 2)}),
+    ({"binary": True, "stop_words": ["a", "ok"]},
+     {"norm": None, "binary": True, "stop_words": ["a", "ok"]}),
+])
+@pytest.mark.parametrize("parts", [1, 4])
+def test_hashed_columns_are_scikit_learns_hashing_vectorizer(ours: dict, theirs: dict,
+                                                             parts: int) -> None:
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    docs = corpus(rows=300, seed=6)
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], num_features=64, hashing="sklearn", **ours),
+                 split(table, parts))
+    out = fitted.transform(table, None)
+    assert out.column_names == [f"text:#{i}" for i in range(64)]
+    reference = HashingVectorizer(n_features=64, **theirs).transform(docs).toarray()
+    np.testing.assert_allclose(matrix(fitted, table, "text"), reference, rtol=1e-13,
+                               atol=1e-15)
+    if not ours.get("binary"):
+        assert (reference < 0).any()  # the signs are scikit-learn's too
+
+
+def test_hashed_columns_and_idf_are_mllibs_hashing_tf_and_idf(spark: Any) -> None:
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import IDF, HashingTF, RegexTokenizer
+
+    docs = [d.strip() for d in corpus(rows=300, seed=7)]
+    frame = spark.spark.createDataFrame([(i, d) for i, d in enumerate(docs)], ["id", "text"])
+    model = Pipeline(stages=[
+        RegexTokenizer(inputCol="text", outputCol="tokens", pattern="\\s+", minTokenLength=1),
+        HashingTF(inputCol="tokens", outputCol="tf", numFeatures=50),
+        IDF(inputCol="tf", outputCol="tfidf"),
+    ]).fit(frame)
+    expected = np.zeros((len(docs), 50))
+    for r in model.transform(frame).select("id", "tfidf").collect():
+        expected[r["id"]] = r["tfidf"].toArray()
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], separators=r"\s+", min_token_length=1,
+                               num_features=50, idf="spark"), split(table, 3))
+    np.testing.assert_allclose(matrix(fitted, table), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(fitted.vocabulary["text"]["idf"], model.stages[2].idf.toArray(),
+                               rtol=1e-13)
+
+
+def test_hashing_refuses_a_vocabularys_limits() -> None:
+    with pytest.raises(ValidationError, match="min_df limits a learned vocabulary"):
+        VectorizeText(columns=["text"], num_features=8, min_df=2)
+    with pytest.raises(ValidationError, match="max_features limits a learned vocabulary"):
+        VectorizeText(columns=["text"], num_features=8, max_features=4)
+    with pytest.raises(ValidationError, match="set num_features too"):
+        VectorizeText(columns=["text"], hashing="sklearn")
+    with pytest.raises(ValidationError, match="use hashing: spark"):
+        VectorizeText(columns=["text"], num_features=8, hashing="sklearn", sublinear_tf=True)
+    table = pa.table({"text": ["never seen in training"]})
+    fitted = fit(VectorizeText(columns=["text"], num_features=8),
+                 [pa.table({"text": ["something else"]})])
+    assert matrix(fitted, table).sum() == 4  # unseen terms count: no vocabulary

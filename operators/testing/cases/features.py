@@ -167,7 +167,11 @@ _cases("vectorize_text", text_table,
                           "max_features": 6, "stop_words": ["The", "a"]}),
        ("spark-tokens", {"columns": ["notes"], "separators": "\\s+", "min_token_length": 1,
                          "lowercase": False, "idf": "spark", "sublinear_tf": True,
-                         "norm": "l1", "min_df": 0.05}))
+                         "norm": "l1", "min_df": 0.05}),
+       ("hashed-idf", {"columns": ["review", "notes"], "num_features": 16, "idf": "smooth",
+                       "norm": "l2"}),
+       ("hashed-signed", {"columns": ["review"], "num_features": 8, "hashing": "sklearn",
+                          "binary": True, "ngram_range": [1, 2]}))
 
 _cases("target_encode", features_table,
        ("regression", {"columns": ["plan", "region", "n"], "label": "big"}),
