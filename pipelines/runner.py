@@ -418,6 +418,10 @@ class Run:
         them (``pipelines/shuffle.py``)."""
         op = step.op
         assert isinstance(op, Shuffle)
+        # planned again on the columns as the steps before made them (a fit's, known only
+        # now): what the partial rows take from them is bound before any is made (the
+        # type a join's keys are compared in, which its table's side hashes them in too)
+        op.output_schema(data.schema)
         # a side (a shuffle join's table) is a step's rows, or read as a source of its own,
         # under its own name in the engine's figures
         sides = [(side, self.datasets[side.step] if side.step is not None else
