@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from operators.io.fs import is_url
+from operators.io.paths import local_path
 
 SPEC = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
 PRODUCER = "https://github.com/sluice-pipelines/sluice"
@@ -64,7 +65,7 @@ def dataset(path: str, schema: pa.Schema | None = None) -> dict[str, Any]:
     if is_url(path) and parts.netloc:
         namespace, name = f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/") or "/"
     else:  # the file the run reads or writes (``operators.io.fs.resolve``'s)
-        namespace, name = "file", os.path.abspath(path.removeprefix("file://"))
+        namespace, name = "file", local_path(path)
     out: dict[str, Any] = {"namespace": namespace, "name": name, "facets": {}}
     if schema is not None:
         out["facets"]["schema"] = {

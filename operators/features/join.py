@@ -44,6 +44,7 @@ from operators.features.grouping import (
     plain,
 )
 from operators.io.parquet import ReadParquet, promoted
+from operators.io.paths import this_machines
 
 
 class JoinParams(Params):
@@ -82,6 +83,11 @@ class JoinParams(Params):
                                 "rows is split among several, each with its table rows")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for a URL")
+
+    @field_validator("path")
+    @classmethod
+    def _this_machines(cls, value: str | None) -> str | None:
+        return this_machines(value)
 
     @field_validator("on")
     @classmethod

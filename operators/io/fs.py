@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from operators.errors import DataError, SluiceError, causes
+from operators.io.paths import local_path
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def is_url(path: str) -> bool:
 def resolve(path: str, storage_options: dict[str, Any] | None = None) -> Location:
     """Resolve a path or URL to a Location; an unknown protocol gets a clear error."""
     if not is_url(path):
-        local = os.path.abspath(path.removeprefix("file://"))
+        local = local_path(path)
         return Location(path, local, pafs.LocalFileSystem(), None, True)
     import fsspec
 

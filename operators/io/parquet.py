@@ -84,6 +84,7 @@ from operators.io.fs import (
     sweep_stale,
     written_whole,
 )
+from operators.io.paths import this_machines
 
 if TYPE_CHECKING:  # imported where a dataset is made (it imports pandas: ~0.15 s)
     import pyarrow.dataset as ds
@@ -362,6 +363,11 @@ class ReadParquetParams(Params):
                              "this read is not one",
                              hint="add `incremental: true`, or leave max_files out")
         return self
+
+    @field_validator("path")
+    @classmethod
+    def _this_machines(cls, value: str) -> str:
+        return this_machines(value)
 
     @field_validator("schema_")
     @classmethod
@@ -1139,6 +1145,11 @@ class WriteParquetParams(Params):
                            "is safe without it)")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for URLs")
+
+    @field_validator("path")
+    @classmethod
+    def _this_machines(cls, value: str) -> str:
+        return this_machines(value)
 
     @model_validator(mode="after")
     def _partitions_named(self) -> WriteParquetParams:
