@@ -32,7 +32,7 @@ from operators.features.union import Union
 from operators.io.fs import is_url
 from operators.io.model import SaveModel
 from operators.io.parquet import MANIFEST, ReadParquet, WriteParquet
-from operators.io.paths import local_path
+from operators.io.paths import GLOB_CHARS, glob_base, local_path
 from operators.score.score import Score, model_columns
 from pipelines.spec import PipelineSpec, Problem, StepSpec
 from pipelines.store import parse_ref, required_columns
@@ -356,13 +356,13 @@ def _reads_output(path: str, out: str, partitions: int) -> str | None:
     (``partitions`` folders deep): "inside" a folder it reads whole, "matched by" a glob
     that names the folder, a folder above it or its files (as ``read_parquet`` globs:
     a folder matched stands for its files); None where it would not."""
-    if not re.search(r"[*?\[]", path):
+    if not GLOB_CHARS.search(path):
         inside = (os.path.isdir(path) and not os.path.exists(os.path.join(path, MANIFEST))
                   and out.startswith(os.path.abspath(path).rstrip(os.sep) + os.sep))
         return "inside" if inside else None
     from fsspec.utils import glob_translate
 
-    if out == os.path.abspath(re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0] or "."):
+    if out == os.path.abspath(glob_base(path) or "."):
         return None  # the glob's own folder, overwritten in place
     try:
         matches = re.compile(glob_translate(os.path.abspath(path))).match

@@ -84,7 +84,7 @@ from operators.io.fs import (
     sweep_stale,
     written_whole,
 )
-from operators.io.paths import this_machines
+from operators.io.paths import GLOB_CHARS, glob_base, this_machines
 
 if TYPE_CHECKING:  # imported where a dataset is made (it imports pandas: ~0.15 s)
     import pyarrow.dataset as ds
@@ -92,7 +92,6 @@ if TYPE_CHECKING:  # imported where a dataset is made (it imports pandas: ~0.15 
 MANIFEST = "_SUCCESS"
 MANIFEST_FORMAT = "sluice-output/1"
 STAGING_MARK = ".sluice-tmp-"
-_GLOB_CHARS = re.compile(r"[*?\[]")
 def _io_errors() -> tuple[type[BaseException], ...]:
     """What reading and writing Parquet raises for bad files and refused access: pyarrow's
     errors, OSError, ValueError, and the object-store clients' (credentials...)."""
@@ -248,14 +247,6 @@ def _hidden(relative: str) -> bool:
     """Whether a path below a dataset's root is hidden from readers (as pyarrow's
     discovery hides it): any part starting with '_' or '.'."""
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
-
-
-def _base(path: str) -> str:
-    """The folder a read's files lie under: its path, or a glob's folder before its
-    first wildcard."""
-    path = path.rstrip("/") or path
-    return _GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0] if _GLOB_CHARS.search(path) \
-        else path
 
 
 def _stamp(info: pa.fs.FileInfo) -> list[int]:
@@ -543,8 +534,8 @@ class ReadParquet(Source):
         import pyarrow.dataset as ds
 
         manifests = _Manifests(loc, self._listed)
-        if _GLOB_CHARS.search(path):
-            base = _base(path)
+        if GLOB_CHARS.search(path):
+            base = glob_base(path)
             files = self._glob(loc, path, base, manifests)
             if not files:
                 raise DataError(f"no files match '{self.params.path}'")
@@ -662,7 +653,7 @@ class ReadParquet(Source):
             physical = first.physical_schema
         except (*_io_errors(), SluiceError):
             return []
-        base = _base(self.location.path)
+        base = glob_base(self.location.path)
         if not first.path.startswith(base + "/"):
             return []  # one file: no folders of its own
         folders = posixpath.dirname(first.path[len(base) + 1:]).split("/")
@@ -824,7 +815,7 @@ class ReadParquet(Source):
                 # request a file
                 wanted = set(unlisted)
                 listed.update((i.path, _stamp(i)) for i in fs.get_file_info(
-                    pa.fs.FileSelector(_base(self.location.path), recursive=True))
+                    pa.fs.FileSelector(glob_base(self.location.path), recursive=True))
                     if i.path in wanted)
                 unlisted = [p for p in unlisted if p not in listed]
             if unlisted:

@@ -4,8 +4,19 @@ folder without importing pyarrow or fsspec)."""
 from __future__ import annotations
 
 import os
+import re
 
 from operators.errors import ParamError, SluiceError
+
+GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def glob_base(path: str) -> str:
+    """The folder a read's files lie under: its path, or a glob's folder before its
+    first wildcard ("" for a glob of the working directory's files)."""
+    path = path.rstrip("/") or path
+    return GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0] if GLOB_CHARS.search(path) \
+        else path
 
 
 def local_path(path: str) -> str:

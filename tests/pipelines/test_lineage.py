@@ -241,3 +241,13 @@ def test_datasets_are_named_as_openlineage_names_them() -> None:
                                                   "facets": {}}
     with pytest.raises(SluiceError, match="names a file on host 'otherhost'"):
         dataset("file://otherhost/tmp/x")
+    # a glob: its folder (the path before the first wildcard), as Spark's integration
+    # names a directory of files
+    assert dataset("data/**")["name"] == os.path.abspath("data")
+    assert dataset("data/events/*.parquet")["name"] == os.path.abspath("data/events")
+    assert dataset("data/ds=2026-1?/part-[0-9].parquet")["name"] == os.path.abspath("data")
+    assert dataset("*.parquet")["name"] == os.getcwd()
+    assert dataset("file:///tmp/events/**/*.parquet")["name"] == "/tmp/events"
+    assert (dataset("s3://bucket/events/ds=*/x.parquet")["namespace"],
+            dataset("s3://bucket/events/ds=*/x.parquet")["name"]) == ("s3://bucket", "events")
+    assert dataset("s3://bucket/*.parquet")["name"] == "/"
