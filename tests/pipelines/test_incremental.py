@@ -258,3 +258,32 @@ def test_a_column_dropped_upstream_stops_the_next_run(workdir: Path) -> None:
     assert (f"'bad' is in none of the 1 file read (e.g. {folder / 'part.parquet'}); only in "
             f"files earlier runs read, such as {workdir}/data/events/ds=1/part.parquet"
             ) in str(info.value.problems[0])
+
+
+def test_validate_and_plan_read_the_state_under_the_runs_folder_they_are_given(
+        workdir: Path) -> None:
+    """`sluice plan --runs DIR` says what an incremental read would read as the runs kept
+    in DIR say (as `sluice run --runs DIR` reads), and `sluice validate --runs DIR`
+    finds its problems there; without it, $SLUICE_RUNS (here another folder) decides."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    path = pipeline(workdir)
+    kept = workdir / "kept_runs"
+    day(workdir, 1)
+    run(path, runs_dir=str(kept))
+    day(workdir, 2)
+    cli = CliRunner()
+    planned = cli.invoke(main, ["plan", str(path), "--runs", str(kept)])
+    assert planned.exit_code == 0, planned.output
+    assert "incremental: 1 new file(s) to read now, 1 read by earlier runs" in planned.stdout
+    default = cli.invoke(main, ["plan", str(path)])
+    assert "incremental: 2 new file(s) to read now, 0 read by earlier runs" in default.stdout
+    shown = kept / "events_daily" / ".reads" / "events.json"
+    shown.write_text("{not json")
+    checked = cli.invoke(main, ["validate", str(path), "--runs", str(kept)])
+    assert checked.exit_code == 1
+    assert f"'{kept}/events_daily/.reads/events.json' is damaged" in checked.stderr
+    assert cli.invoke(main, ["validate", str(path)]).exit_code == 0
+    assert "--runs DIR" in cli.invoke(main, ["validate", "--help"]).stdout
