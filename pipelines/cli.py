@@ -365,7 +365,9 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
         click.echo(f"  file: {record.get('file', '?')}")
         click.echo(f"  params: {shown_params(record['params']) or 'none'}")
         if record.get("failed_in"):
-            click.echo(f"  failed in: {record['failed_in']} (before any step ran)")
+            held = (f"run {record['held_by']} of the pipeline held its incremental reads; "
+                    if record.get("held_by") else "")
+            click.echo(f"  failed in: {record['failed_in']} ({held}before any step ran)")
         problems = record.get("problems") or []
         if len(problems) > 1:
             for problem in problems:

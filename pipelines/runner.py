@@ -670,11 +670,12 @@ def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,
 
 def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
              exc: SluiceError, stage: str, runs_dir: str, tracker: Any = None,
-             source: str | None = None, notify: Callable[[str], None] | None = None
-             ) -> None:
+             source: str | None = None, notify: Callable[[str], None] | None = None,
+             held_by: str | None = None) -> None:
     """The record of a run that stopped before it started (its plan's problems, no
-    device for it): status failed, ``failed_in`` the stage, every problem; logged to
-    MLflow too where the run would have been (``tracker``)."""
+    device for it, another run holding its incremental reads: ``held_by``, that run's
+    id): status failed, ``failed_in`` the stage, every problem; logged to MLflow too
+    where the run would have been (``tracker``)."""
     if not plan.spec.steps:  # no pipeline there (a path mistyped): no run to record
         return
     problems = [str(p) for p in getattr(exc, "problems", [])]
@@ -682,7 +683,8 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
                                  if len(problems) > 1 else "")) if problems else str(exc)
     record = {
         **_record_head(plan, path, run_id, started, {"name": engine}), "status": "failed",
-        "failed_in": stage, "steps": {}, "models_used": [], "error": error,
+        "failed_in": stage, **({"held_by": held_by} if held_by else {}),
+        "steps": {}, "models_used": [], "error": error,
         **({"problems": problems} if problems else {}),
         "seconds": round(time.time() - started, 6)}
     if tracker is not None and plan.spec.name:
@@ -794,8 +796,12 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
         exc = ValidationFailed(plan.problems)
         if explain:
             explain(exc)
-        _refused(plan, path, run_id, started, asked, exc, "validation",
-                 runs_dir or default_runs_dir(), tracker, source, notify)
+        # refused because another run of the pipeline holds its incremental reads: a
+        # run to wait for, not a problem of the pipeline
+        held_by = reads.holder(plan.problems)
+        _refused(plan, path, run_id, started, asked, exc,
+                 "validation" if held_by is None else "lock", runs_dir or default_runs_dir(),
+                 tracker, source, notify, held_by)
         raise exc
     if tracker is not None:
         try:

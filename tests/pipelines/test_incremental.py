@@ -19,9 +19,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from conftest import write_pipeline
 
 from operators.base import SluiceError
+from pipelines.cli import main
 from pipelines.runner import ValidationFailed, run
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
@@ -171,6 +173,15 @@ def test_a_second_run_at_once_is_refused_naming_the_first(workdir: Path) -> None
         assert problem.line == 7 and (
             f"step 'events' reads incrementally, and run {first} of pipeline 'events_daily' "
             "is reading it now") in problem.message
+        # its record says what it was: refused while another run held the step, not a
+        # problem of the pipeline
+        (refused,) = [r for r in map(json.loads, map(Path.read_text, (
+            workdir / "runs" / "events_daily").glob("*.json"))) if r["status"] == "failed"]
+        assert (refused["failed_in"], refused["held_by"]) == ("lock", first)
+        assert refused["steps"] == {} and refused["problems"] == [str(problem)]
+        shown = CliRunner().invoke(main, ["runs", "show", refused["run_id"]]).stdout
+        assert (f"failed in: lock (run {first} of the pipeline held its incremental reads; "
+                "before any step ran)") in shown
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
@@ -265,10 +276,6 @@ def test_validate_and_plan_read_the_state_under_the_runs_folder_they_are_given(
     """`sluice plan --runs DIR` says what an incremental read would read as the runs kept
     in DIR say (as `sluice run --runs DIR` reads), and `sluice validate --runs DIR`
     finds its problems there; without it, $SLUICE_RUNS (here another folder) decides."""
-    from click.testing import CliRunner
-
-    from pipelines.cli import main
-
     path = pipeline(workdir)
     kept = workdir / "kept_runs"
     day(workdir, 1)
