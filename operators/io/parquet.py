@@ -455,12 +455,12 @@ class ReadParquet(Source):
         try:
             return rows.filter(self._filter)
         except ARROW_ERRORS as exc:
-            from operators.expressions import failure_hint
+            from operators.expressions import value_failure
 
+            detail, hint = value_failure(exc, [self.params.filter], rows,
+                                         also=", or cast the column first", on_read=True)
             raise DataError(f"read_parquet filter {self.params.filter!r} failed on the rows "
-                            f"of '{self._shown(path)}': {arrow_message(exc)}",
-                            hint=failure_hint([self.params.filter]) + ", or cast the column "
-                                 "first") from None
+                            f"of '{self._shown(path)}': {detail}", hint=hint) from None
 
     @cached_property
     def dataset(self) -> ds.Dataset:
