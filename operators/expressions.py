@@ -108,7 +108,8 @@ or lose digits:
   do: a value that does not fit is an error, never another value; a product with more
   than 38 digits after the point is refused as it plans.
 * ``floor``/``ceil``/``round`` of a decimal value keep its type, and a value that rounds
-  past its precision is an error (Arrow alone gave 0; of a decimal256(76, s), which has no
+  past its precision is an error (``value_failure`` names the column, the value and the
+  wider type to cast it to first; Arrow alone gave 0; of a decimal256(76, s), which has no
   wider type to round in, they are refused as it plans); of an integer, ``floor``/``ceil``
   are float64 (converted unchecked) and ``round`` keeps the integer type.
 
@@ -153,6 +154,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.arrays import is_text
+from operators.base import arrow_message
 from operators.try_cast import cast_options, try_cast, within
 
 # lark is imported where an expression is parsed: a run without one never imports it
@@ -166,6 +168,7 @@ __all__ = [
     "check_filter",
     "expression_type",
     "failure_hint",
+    "value_failure",
     "nan_safe_filter",
     "parse_expression",
     "parse_filter",
@@ -2021,11 +2024,7 @@ class _Compiler:
                         and int(digits.value) >= 0):  # type: ignore[arg-type]
                     raise _Unsafe
             return build(node.args, exprs)
-        places: int | None = 0
-        if len(node.args) > 1:
-            digits = node.args[1]
-            literal = isinstance(digits, _Literal) and digits.kind == "int"
-            places = int(digits.value) if literal else None  # type: ignore[union-attr, arg-type]
+        places = _places(node)
         if t.precision >= _DECIMAL256_DIGITS and (places is None or places < t.scale):
             raise ExpressionError(
                 f"cannot {node.written}() a {t} value: one that rounds up past its "
@@ -2034,14 +2033,31 @@ class _Compiler:
                 self.text,
                 node.pos,
             )
-        precision = t.precision + 1
-        if places is not None and places < 0:
-            precision = max(precision, t.scale - places + 1)
-        precision = min(precision, _DECIMAL256_DIGITS)
-        wider = (pa.decimal128(precision, t.scale)
-                 if precision <= _DECIMAL128_DIGITS and pa.types.is_decimal128(t)
-                 else pa.decimal256(precision, t.scale))
+        wider = _rounding_type(t, places)
         return self._narrowed(build(node.args, [exprs[0].cast(wider), *exprs[1:]]), wider, t)
+
+
+def _places(node: _Call) -> int | None:
+    """The digits a floor, ceil or round rounds to: 0, round's literal, None for another
+    expression."""
+    if len(node.args) < 2:
+        return 0
+    digits = node.args[1]
+    return int(digits.value) if isinstance(digits, _Literal) and digits.kind == "int" \
+        else None  # type: ignore[arg-type]
+
+
+def _rounding_type(t: pa.DataType, places: int | None) -> pa.DataType:
+    """The decimal a decimal of type ``t`` is rounded in to ``places``: a digit more
+    before the point (and as many as it rounds to: round(d, -3) of a decimal(5, 2) needs
+    thousands), as many after."""
+    precision = t.precision + 1
+    if places is not None and places < 0:
+        precision = max(precision, t.scale - places + 1)
+    precision = min(precision, _DECIMAL256_DIGITS)
+    return (pa.decimal128(precision, t.scale)
+            if precision <= _DECIMAL128_DIGITS and pa.types.is_decimal128(t)
+            else pa.decimal256(precision, t.scale))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -2432,6 +2448,71 @@ def failure_hint(texts: Iterable[str], what: str = "expression") -> str:
            for text in texts for n in _walk(_parse(_require_text(text)))):
         return f"try_cast(x as type) gives null where a value does not convert; or {guard}"
     return guard
+
+
+def value_failure(exc: BaseException, texts: Iterable[str], part: pa.Table,
+                  what: str = "expression", also: str = "", on_read: bool = False
+                  ) -> tuple[str, str]:
+    """What went wrong where the expressions ``texts`` failed (``exc``) on the values of
+    ``part``, and what to do: a floor, ceil or round of a decimal that rounds a value past
+    the digits of its type names its column (or type), a value and what it rounds to, and
+    the wider type to round in (``on_read``: a read's filter, which reads the files'
+    types: filtered after a cast instead); else
+    Arrow's message and ``failure_hint`` (and ``also``)."""
+    texts = list(texts)
+    for text in texts:
+        found = _rounded_past(text, part, on_read)
+        if found is not None:
+            return found
+    return arrow_message(exc), failure_hint(texts, what) + also
+
+
+def _rounded_past(text: str, part: pa.Table, on_read: bool) -> tuple[str, str] | None:
+    """A floor, ceil or round of a decimal in ``text`` that rounds a value of ``part``
+    past its type's digits: what, and the fix; None where none does."""
+    import pyarrow.dataset as ds
+
+    types = {f.name: f.type for f in part.schema}
+    for node in _walk(_parse(text)):
+        if not (isinstance(node, _Call) and node.name in ("floor", "ceil", "round")):
+            continue
+        compiler = _Compiler(text, types=types)
+        try:
+            args = [compiler.to_expr(a) for a in node.args]
+            t = compiler._type(node.args[0])
+            if t is None or not pa.types.is_decimal(t):
+                continue
+            wider = _rounding_type(t, _places(node))
+            rounded = _FUNCTIONS[node.name].build(node.args, [args[0].cast(wider), *args[1:]])
+            made = ds.dataset(part).to_table(columns={"value": args[0], "rounded": rounded})
+        except (pa.ArrowException, TypeError, ValueError, RecursionError):
+            continue  # its argument fails itself: another node says why
+        most = decimal.Decimal(10) ** (t.precision - t.scale)
+        past = pc.greater_equal(pc.abs(made.column("rounded")), pa.scalar(most, wider))
+        at = pc.index(past, True).as_py()
+        if at < 0:
+            continue
+        value, to = made.column("value")[at].as_py(), made.column("rounded")[at].as_py()
+        widened = f"decimal({wider.precision}, {wider.scale})"
+        places = "" if len(node.args) < 2 or _places(node) is None else f", {_places(node)}"
+        subject = node.args[0]
+        message = (f"{node.written}() of " + (f"column '{subject.name}' ({t})"
+                                              if isinstance(subject, _Column)
+                                              else f"a {t} value")
+                   + f" rounds {value} to {to}, which has more digits than the "
+                   f"{t.precision} of the type {node.written}() keeps")
+        if isinstance(subject, _Column):
+            cast = f"`op: cast` with `columns: {{{subject.name}: {widened}}}`"
+            hint = ((f"filter in steps after the read instead: {cast}, then `op: filter`"
+                     if on_read else f"widen the column first: {cast} in a step before this "
+                     "one") + f" ({node.written}() then keeps that type), or round it as a "
+                    f"float: {node.written}(cast({subject.name} as float64){places})")
+        else:
+            hint = ("cast the decimal columns it is computed from to a wider decimal first "
+                    f"(`op: cast`, e.g. {widened}), or round it as a float: "
+                    f"{node.written}(cast(... as float64){places})")
+        return message, hint
+    return None
 
 
 def referenced_columns(text: str) -> list[str]:

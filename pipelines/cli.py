@@ -365,7 +365,9 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
         click.echo(f"  file: {record.get('file', '?')}")
         click.echo(f"  params: {shown_params(record['params']) or 'none'}")
         if record.get("failed_in"):
-            click.echo(f"  failed in: {record['failed_in']} (before any step ran)")
+            held = (f"run {record['held_by']} of the pipeline held its incremental reads; "
+                    if record.get("held_by") else "")
+            click.echo(f"  failed in: {record['failed_in']} ({held}before any step ran)")
         problems = record.get("problems") or []
         if len(problems) > 1:
             for problem in problems:
@@ -450,8 +452,11 @@ def _fmt(value: Any) -> str:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--param", "params", multiple=True, metavar="K=V", help="override a param")
 @models_option
-def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None) -> None:
-    """Check pipeline files without running them; report every problem (exit 1 if any)."""
+@runs_option
+def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None,
+             runs_dir: str | None) -> None:
+    """Check pipeline files without running them; report every problem (exit 1 if any).
+    An incremental read is checked against what the runs under --runs read before."""
     from pipelines.runner import plan_file
     from pipelines.store import ModelStore
 
@@ -459,7 +464,7 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
     store = ModelStore(models)
     total = wrong = 0
     for file in files:
-        plan = plan_file(file, overrides, store)
+        plan = plan_file(file, overrides, store, reads=_reads(runs_dir))
         for problem in plan.problems:
             _err(str(problem))
         for line in plan.notices:
@@ -474,27 +479,38 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
         sys.exit(1)
 
 
+def _reads(runs_dir: str | None) -> Any:
+    """What the incremental reads read before, as the runs under ``runs_dir`` (else
+    $SLUICE_RUNS, else data/runs) say: the state `sluice run --runs` reads."""
+    from pipelines.incremental import Reads
+    from pipelines.runs import default_runs_dir
+
+    return Reads(runs_dir or default_runs_dir())
+
+
 @main.command("plan")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--param", "params", multiple=True, metavar="K=V", help="override a param")
 @models_option
+@runs_option
 @click.option("--json", "as_json", is_flag=True, help="the plan as JSON, for tools")
 @click.option("--dot", "as_dot", is_flag=True,
               help="the steps as a Graphviz graph (| dot -Tsvg > plan.svg)")
 @click.option("--mermaid", "as_mermaid", is_flag=True,
               help="the steps as a Mermaid flowchart (drawn in GitHub Markdown)")
 def plan_command(file: str, params: tuple[str, ...], models: str | None,
-                 as_json: bool, as_dot: bool, as_mermaid: bool) -> None:
+                 runs_dir: str | None, as_json: bool, as_dot: bool, as_mermaid: bool) -> None:
     """What a pipeline will do, without reading a row: each step in the order it runs,
-    what it reads, fits, scores (the model version) or writes, and how it changes the
-    columns. Problems are reported as `validate` does (exit 1)."""
+    what it reads (an incremental read: the files the runs under --runs have not read),
+    fits, scores (the model version) or writes, and how it changes the columns. Problems
+    are reported as `validate` does (exit 1)."""
     from pipelines.describe import describe, format_plan, graph, to_dot, to_mermaid
     from pipelines.runner import ValidationFailed, plan_file
     from pipelines.store import ModelStore
 
     if as_json + as_dot + as_mermaid > 1:
         raise click.UsageError("give one of --json, --dot and --mermaid")
-    plan = plan_file(file, _parse_params(params), ModelStore(models))
+    plan = plan_file(file, _parse_params(params), ModelStore(models), reads=_reads(runs_dir))
     if not plan.ok:
         raise ValidationFailed(plan.problems)
     for line in plan.notices:

@@ -44,6 +44,9 @@ class Reads:
     run_id: str | None = None
     full_refresh: bool = False
     held: dict[str, Any] = field(default_factory=dict)
+    # the steps another run of the pipeline held when this one claimed them: the run
+    # holding each (None: unknown)
+    refused: dict[str, str | None] = field(default_factory=dict)
 
     def _where(self, pipeline: str, step_id: str, suffix: str) -> tuple[Any, str, bool]:
         fs, root, local = runs._files(self.runs_dir)
@@ -136,6 +139,7 @@ class Reads:
                 with contextlib.suppress(FileNotFoundError):
                     holder = _run_of(fs.cat_file(lock))
         if lock not in self.held:
+            self.refused[step_id] = holder
             gone = "" if local else (f", or delete '{lock}' if that run was killed "
                                      "outright (it is no longer running)")
             raise SluiceError(
@@ -143,6 +147,15 @@ class Reads:
                 f"pipeline '{pipeline}' is reading it now: a second run at once would read "
                 "the same files", hint=f"wait for that run to end (`sluice runs show "
                                        f"{holder or '...'}`){gone}")
+
+    def holder(self, problems: list[Any]) -> str | None:
+        """The run that held this one's incremental reads, where that is all that stopped
+        it (every one of the plan's ``problems`` is a step another run held; "" where its
+        lock names no run): what its record says it failed in; None where the pipeline
+        had problems of its own."""
+        if not self.refused or any(p.step not in self.refused for p in problems):
+            return None
+        return next((r for r in self.refused.values() if r), "")
 
     def release(self) -> None:
         """Let the steps go (a run's end, whatever it was)."""

@@ -11,7 +11,8 @@ rows written) and each model version saved, with their columns (the schema facet
 parent run (``OPENLINEAGE_PARENT_ID``: ``namespace/job/run id``, the Airflow task that
 started the run) is named in the parent facet. Datasets are named as OpenLineage names
 them: ``file`` and the absolute path for a local one, ``s3://bucket`` and the key for an
-object store's.
+object store's; a glob's by its folder (the path before its first wildcard), as Spark's
+integration names a directory of files.
 
 Lineage is observability, never the run's outcome: a server that does not answer (5
 seconds) costs a ``note:`` line; the events are JSON over HTTP, with
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from operators.io.fs import is_url
+from operators.io.paths import GLOB_CHARS, glob_base, local_path
 
 SPEC = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
 PRODUCER = "https://github.com/sluice-pipelines/sluice"
@@ -59,12 +61,15 @@ def run_uuid(run_id: str) -> str:
 
 def dataset(path: str, schema: pa.Schema | None = None) -> dict[str, Any]:
     """A dataset as OpenLineage names it (``file`` and the absolute path, or the
-    URL's scheme and bucket and the key), with its columns where known."""
+    URL's scheme and bucket and the key; a glob's folder's), with its columns where
+    known."""
+    if GLOB_CHARS.search(path):  # a directory of files, as Spark's integration names it
+        path = glob_base(path) or "."
     parts = urlsplit(path)
     if is_url(path) and parts.netloc:
         namespace, name = f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/") or "/"
     else:  # the file the run reads or writes (``operators.io.fs.resolve``'s)
-        namespace, name = "file", os.path.abspath(path.removeprefix("file://"))
+        namespace, name = "file", local_path(path)
     out: dict[str, Any] = {"namespace": namespace, "name": name, "facets": {}}
     if schema is not None:
         out["facets"]["schema"] = {

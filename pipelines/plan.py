@@ -32,6 +32,7 @@ from operators.features.union import Union
 from operators.io.fs import is_url
 from operators.io.model import SaveModel
 from operators.io.parquet import MANIFEST, ReadParquet, WriteParquet
+from operators.io.paths import GLOB_CHARS, glob_base, local_path
 from operators.score.score import Score, model_columns
 from pipelines.spec import PipelineSpec, Problem, StepSpec
 from pipelines.store import parse_ref, required_columns
@@ -353,15 +354,14 @@ def _check_outputs_outside_inputs(plan: Plan) -> None:
     that a glob it reads matches, is a problem: the next run would read the rows written
     as input too (5,000 rows, then 10,000...). The same folder is not: overwrite replaces
     what it read, atomically."""
-    reads = [step for step in plan.steps
-             if isinstance(step.op, ReadParquet) and not is_url(step.op.params.path)]
+    reads = [(step, _local(step.op.params.path)) for step in plan.steps
+             if isinstance(step.op, ReadParquet)]
     for step in plan.steps:
-        if not isinstance(step.op, WriteParquet) or is_url(step.op.params.path):
+        out = _local(step.op.params.path) if isinstance(step.op, WriteParquet) else None
+        if out is None:
             continue
-        out = os.path.abspath(step.op.params.path)
-        for read in reads:
-            where = _reads_output(read.op.params.path, out,
-                                  len(step.op.params.partition_by or []))
+        for read, path in reads:
+            where = path and _reads_output(path, out, len(step.op.params.partition_by or []))
             if where:
                 plan.problems.append(Problem(
                     plan.spec.file, step.spec.line_of("path"),
@@ -370,18 +370,29 @@ def _check_outputs_outside_inputs(plan: Plan) -> None:
                     "input too (write it outside that folder)", step=step.id, op=step.spec.op))
 
 
+def _local(path: str) -> str | None:
+    """A local path's absolute path (a file:// URL's too); None for a URL, or for a file
+    URL of another host (its read or write says what is wrong)."""
+    if is_url(path):
+        return None
+    try:
+        return local_path(path)
+    except SluiceError:
+        return None
+
+
 def _reads_output(path: str, out: str, partitions: int) -> str | None:
     """How a read of local ``path`` would take the files a write makes in folder ``out``
     (``partitions`` folders deep): "inside" a folder it reads whole, "matched by" a glob
     that names the folder, a folder above it or its files (as ``read_parquet`` globs:
     a folder matched stands for its files); None where it would not."""
-    if not re.search(r"[*?\[]", path):
+    if not GLOB_CHARS.search(path):
         inside = (os.path.isdir(path) and not os.path.exists(os.path.join(path, MANIFEST))
                   and out.startswith(os.path.abspath(path).rstrip(os.sep) + os.sep))
         return "inside" if inside else None
     from fsspec.utils import glob_translate
 
-    if out == os.path.abspath(re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0] or "."):
+    if out == os.path.abspath(glob_base(path) or "."):
         return None  # the glob's own folder, overwritten in place
     try:
         matches = re.compile(glob_translate(os.path.abspath(path))).match

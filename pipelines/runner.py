@@ -424,6 +424,10 @@ class Run:
         them (``pipelines/shuffle.py``)."""
         op = step.op
         assert isinstance(op, Shuffle)
+        # planned again on the columns as the steps before made them (a fit's, known only
+        # now): what the partial rows take from them is bound before any is made (the
+        # type a join's keys are compared in, which its table's side hashes them in too)
+        op.output_schema(data.schema)
         # a side (a shuffle join's table) is a step's rows, or read as a source of its own,
         # under its own name in the engine's figures
         sides = [(side, self.datasets[side.step] if side.step is not None else
@@ -714,11 +718,12 @@ def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,
 
 def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
              exc: SluiceError, stage: str, runs_dir: str, tracker: Any = None,
-             source: str | None = None, notify: Callable[[str], None] | None = None
-             ) -> None:
+             source: str | None = None, notify: Callable[[str], None] | None = None,
+             held_by: str | None = None) -> None:
     """The record of a run that stopped before it started (its plan's problems, no
-    device for it): status failed, ``failed_in`` the stage, every problem; logged to
-    MLflow too where the run would have been (``tracker``)."""
+    device for it, another run holding its incremental reads: ``held_by``, that run's
+    id): status failed, ``failed_in`` the stage, every problem; logged to MLflow too
+    where the run would have been (``tracker``)."""
     if not plan.spec.steps:  # no pipeline there (a path mistyped): no run to record
         return
     problems = [str(p) for p in getattr(exc, "problems", [])]
@@ -726,7 +731,8 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
                                  if len(problems) > 1 else "")) if problems else str(exc)
     record = {
         **_record_head(plan, path, run_id, started, {"name": engine}), "status": "failed",
-        "failed_in": stage, "steps": {}, "models_used": [], "error": error,
+        "failed_in": stage, **({"held_by": held_by} if held_by else {}),
+        "steps": {}, "models_used": [], "error": error,
         **({"problems": problems} if problems else {}),
         "seconds": round(time.time() - started, 6)}
     if tracker is not None and plan.spec.name:
@@ -838,8 +844,12 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
         exc = ValidationFailed(plan.problems)
         if explain:
             explain(exc)
-        _refused(plan, path, run_id, started, asked, exc, "validation",
-                 runs_dir or default_runs_dir(), tracker, source, notify)
+        # refused because another run of the pipeline holds its incremental reads: a
+        # run to wait for, not a problem of the pipeline
+        held_by = reads.holder(plan.problems)
+        _refused(plan, path, run_id, started, asked, exc,
+                 "validation" if held_by is None else "lock", runs_dir or default_runs_dir(),
+                 tracker, source, notify, held_by)
         raise exc
     if tracker is not None:
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.errors import SluiceError, suggest
+from operators.io.paths import local_path
 
 STATUSES = ("succeeded", "failed", "interrupted")
 
@@ -120,7 +121,7 @@ def _files(root: str) -> tuple[Any, str, bool]:
     local: a folder through ``os`` (``sluice runs`` imports neither fsspec nor pyarrow
     for one), a URL through fsspec."""
     if "://" not in root or root.startswith("file://"):
-        return _LocalFiles(), os.path.abspath(root.removeprefix("file://")), True
+        return _LocalFiles(), local_path(root), True
     from operators.io.fs import resolve
 
     loc = resolve(root)
@@ -225,7 +226,7 @@ def _record_path(root: str, local: bool, pipeline: str, file: str) -> str:
     """A record file's path as said and deleted: under a folder (a file:// URL's as its
     path: a Path of the URL would be a folder named 'file:'), or a URL."""
     if local:
-        return str(Path(root.removeprefix("file://")) / pipeline / file)
+        return str(Path(local_path(root)) / pipeline / file)
     return f"{root.rstrip('/')}/{pipeline}/{file}"
 
 

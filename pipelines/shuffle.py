@@ -73,6 +73,7 @@ from operators.io.fs import (
     store_problem,
     sweep_stale,
 )
+from operators.io.paths import local_path
 
 MAX_BUCKETS = 1024  # buckets by default: one an input partition, at most this many
 SAMPLE_PER_BUCKET = 20  # a ranged shuffle's sample: rows a bucket (at least 1,000)
@@ -495,7 +496,7 @@ def claim_scratch(folder: str) -> int | None:
     object store (no locks there: a dead run's folder stays)."""
     if is_url(folder):
         return None
-    root, name = os.path.split(os.path.abspath(folder.removeprefix("file://")))
+    root, name = os.path.split(local_path(folder))
     try:
         os.makedirs(root, exist_ok=True)
         sweep_stale(root, "", _RUN_FOLDER)

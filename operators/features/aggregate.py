@@ -47,9 +47,9 @@ from operators.base import (
 from operators.expressions import (
     ExpressionError,
     expression_type,
-    failure_hint,
     parse_expression,
     referenced_columns,
+    value_failure,
 )
 from operators.features.columns import arrow_message
 from operators.features.grouping import (
@@ -537,8 +537,9 @@ class Aggregate(Shuffle):
         try:
             out = ds.dataset(part).to_table(columns=columns) if columns else None
         except ARROW_ERRORS as exc:
-            raise DataError(f"aggregate column {self._failing(part)}: {arrow_message(exc)}",
-                            hint=failure_hint(self._layout.inputs)) from None
+            detail, hint = value_failure(exc, self._layout.inputs, part)
+            raise DataError(f"aggregate column {self._failing(part)}: {detail}",
+                            hint=hint) from None
         arrays = {} if out is None else {n: plain(out.column(n)) for n in out.column_names}
         for key in self.params.by:  # one group of 0.0 and -0.0, one of every NaN
             arrays[key] = normalized(arrays[key])

@@ -19,12 +19,11 @@ from operators.base import (
 from operators.expressions import (
     ExpressionError,
     expression_type,
-    failure_hint,
     parse_expression,
     referenced_columns,
+    value_failure,
     with_projected,
 )
-from operators.features.columns import arrow_message
 
 
 class DeriveParams(Params):
@@ -125,9 +124,9 @@ class Derive(Transform):
                                            for name, text in batch.items()})
             except ARROW_ERRORS as exc:
                 failed = self._failing(out, batch)
-                raise DataError(f"derive column '{failed}' ({batch[failed]}): "
-                                f"{arrow_message(exc)}",
-                                hint=failure_hint([batch[failed]])) from None
+                detail, hint = value_failure(exc, [batch[failed]], out)
+                raise DataError(f"derive column '{failed}' ({batch[failed]}): {detail}",
+                                hint=hint) from None
         return out
 
     @staticmethod

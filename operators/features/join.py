@@ -31,6 +31,7 @@ from operators.base import (
     ShuffleSide,
     SluiceError,
     Transform,
+    arrow_message,
     register,
     require_columns,
 )
@@ -42,7 +43,8 @@ from operators.features.grouping import (
     partitions_field,
     plain,
 )
-from operators.io.parquet import ReadParquet
+from operators.io.parquet import ReadParquet, promoted
+from operators.io.paths import this_machines
 
 
 class JoinParams(Params):
@@ -81,6 +83,11 @@ class JoinParams(Params):
                                 "rows is split among several, each with its table rows")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for a URL")
+
+    @field_validator("path")
+    @classmethod
+    def _this_machines(cls, value: str | None) -> str | None:
+        return this_machines(value)
 
     @field_validator("on")
     @classmethod
@@ -123,9 +130,9 @@ class JoinParams(Params):
 
 
 def _comparable(t: pa.DataType) -> pa.DataType:
-    """The type keys are compared in: integers as int64 (uint64 as itself: its values
-    past int64's range), strings as string, a dictionary as its values'; others as they
-    are."""
+    """The type keys of one type are compared in: integers as int64 (uint64 as itself:
+    its values past int64's range), strings as string, a dictionary as its values';
+    others as they are."""
     if pa.types.is_dictionary(t):
         t = t.value_type
     if pa.types.is_integer(t) and not pa.types.is_uint64(t):
@@ -135,29 +142,56 @@ def _comparable(t: pa.DataType) -> pa.DataType:
     return t
 
 
-def _lossless(have: pa.DataType, want: pa.DataType) -> pa.DataType:
-    """The type to cast join keys of two types to: the table's, but for times the finer
-    unit (a cast of microseconds to the table's milliseconds would drop digits, and stop
-    the run where it does)."""
-    units = ["s", "ms", "us", "ns"]
-    if (pa.types.is_timestamp(have) and pa.types.is_timestamp(want)
-            and units.index(have.unit) > units.index(want.unit)):
-        return pa.timestamp(have.unit, tz=want.tz)
-    return want
+_UNITS = ["s", "ms", "us", "ns"]
+
+
+def _common(have: pa.DataType, want: pa.DataType) -> pa.DataType | None:
+    """The type keys of types ``have`` and ``want`` are compared in, as Spark SQL
+    compares them: times in the finer unit (zoned ones as instants, in UTC where the
+    zones differ), integers as int64 (a uint64 beside a signed type as decimal(20, 0),
+    which holds both), floats as float64, decimals widened to hold both (an integer as
+    its every digit); None for keys that cannot be compared (text and numbers, a time
+    with a zone and one without)."""
+    a, b = _comparable(have), _comparable(want)
+    if a == b:
+        return a
+    if pa.types.is_timestamp(a) and pa.types.is_timestamp(b):
+        if (a.tz is None) != (b.tz is None):
+            return None
+        unit = max(a.unit, b.unit, key=_UNITS.index)
+        return pa.timestamp(unit, tz=a.tz if a.tz == b.tz else "UTC")
+    if pa.types.is_integer(a) and pa.types.is_integer(b):
+        return pa.decimal128(20, 0)
+    if _kind(a) != _kind(b):
+        return None
+    common = promoted(a, b)
+    return None if common is None else _comparable(common)
 
 
 def _kind(t: pa.DataType) -> str:
     t = t.value_type if pa.types.is_dictionary(t) else t
     return ("number" if pa.types.is_integer(t) or pa.types.is_floating(t)
             or pa.types.is_decimal(t) else "text" if pa.types.is_string(t)
-            or pa.types.is_large_string(t) else str(t).split("[")[0])
+            or pa.types.is_large_string(t) else "date" if pa.types.is_date(t)
+            else str(t).split("[")[0])
 
 
-def _key_values(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """A key column as keys compare: decoded, in its comparable type, floats as one
-    value each (-0.0 as 0.0: both sides of a join, and the hash that places them)."""
+def _key_values(column: pa.ChunkedArray | pa.Array, compared: pa.DataType, name: str
+                ) -> pa.Array:
+    """Key column ``name`` as keys compare: decoded, in the type both sides' keys are
+    compared in (``compared``), floats as one value each (-0.0 as 0.0: both sides of a
+    join, and the hash that places them)."""
     column = plain(column)
-    return normalized(column.cast(_comparable(column.type)))
+    # an integer or a decimal compared as a float is rounded to one, as Spark casts it
+    exact = not pa.types.is_floating(compared) or pa.types.is_floating(column.type)
+    try:
+        return normalized(column.cast(compared, safe=exact))
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"key '{name}' ({column.type}) does not fit {compared}, the type "
+                        f"both sides' keys are compared in: {arrow_message(exc)}",
+                        hint="keep out the rows whose key is out of that range (a filter "
+                             "step), or cast both sides' keys to one type first (op: "
+                             "cast)") from None
 
 
 class _Joining:
@@ -232,10 +266,47 @@ class _Joining:
     def _reads_of(self, other: _Joining) -> _Joining:
         """This operator, with the table's reads ``other`` made already (the files
         listed and their footers read once)."""
-        for name in ("_source", "_reading", "step_schemas"):
+        for name in ("_source", "_reading", "step_schemas", "key_types"):
             if name in other.__dict__:
                 self.__dict__[name] = other.__dict__[name]
         return self
+
+    # per key, the type both sides' keys are compared in: bound as the step plans
+    # (``output_schema``), and travelling with the step to the table's side of a shuffle
+    key_types: list[pa.DataType] | None = None
+
+    def _compared(self, schema: pa.Schema, table_schema: pa.Schema) -> list[pa.DataType]:
+        """Per key, the type the input's (``schema``) and the table's keys are compared
+        in; a SchemaError naming both columns for keys that cannot be compared."""
+        types = []
+        for left, right in self.keys:
+            have, want = schema.field(left).type, table_schema.field(right).type
+            common = _common(have, want)
+            if common is None:
+                zoned = next((t for t in (have, want) if pa.types.is_timestamp(t) and t.tz),
+                             None)
+                raise SchemaError(
+                    f"on: key '{left}' is {have} in the input and {want} in "
+                    f"{self._named}" + (f" (column '{right}')" if right != left else "")
+                    + ": keys that cannot be compared",
+                    hint="cast one side first (op: cast), so that both are numbers or both "
+                         "text" if {_kind(have), _kind(want)} == {"number", "text"} else
+                         "cast one side first (op: cast), e.g. both to "
+                         f"{pa.timestamp(max(have.unit, want.unit, key=_UNITS.index), zoned.tz)}"
+                         " (a time without a zone is taken as UTC)"
+                         if zoned is not None else "cast one side first (op: cast), e.g. "
+                         f"both to {want}")
+            types.append(common)
+        return types
+
+    def _key_types(self, schema: pa.Schema | None = None) -> list[pa.DataType]:
+        """The keys' compared types: as planned, else from the input's ``schema``."""
+        if self.key_types is None:
+            if schema is None:
+                raise RuntimeError("join: the keys' types are not bound: plan the step "
+                                   "(output_schema) first")
+            self.key_types = self._compared(schema, self._table_schema())
+        return self.key_types
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         table_schema = self._table_schema()
@@ -244,17 +315,7 @@ class _Joining:
                             self._named)
         except SchemaError as exc:
             raise type(exc)(f"on: {exc.message}", hint=exc.hint) from None
-        for left, right in self.keys:
-            have = schema.field(left).type
-            want = table_schema.field(right).type
-            if _comparable(have) != _comparable(want):
-                raise SchemaError(
-                    f"on: key '{left}' is {have} in the input and {want} in "
-                    f"{self._named}" + (f" (column '{right}')" if right != left else ""),
-                    hint="cast one side first (op: cast), so that both are numbers or both "
-                         "text" if _kind(have) != _kind(want) else
-                         f"cast one side first (op: cast), e.g. both to "
-                         f"{_lossless(_comparable(have), _comparable(want))}")
+        self.key_types = self._compared(schema, table_schema)
         out = schema
         for name in self._brought(table_schema):
             field = table_schema.field(name).with_name(self.params.prefix + name)
@@ -342,8 +403,9 @@ class Join(_Joining, Transform):
     by a hash of their keys to the same output partitions (`partitions`), through the
     scratch folder, on any engine; rows keep their order within each output partition.
     A key must be on one row of the table at most (a lookup: duplicates are an error
-    naming the key), a null key matches nothing, and keys compare as values (any integer
-    types, any string types). The table is a Parquet `path`, or another step's rows
+    naming the key), a null key matches nothing, and keys compare as values, those of two
+    types in their common type as Spark SQL compares them (times in the finer unit, int64,
+    float64, decimals widened). The table is a Parquet `path`, or another step's rows
     (`table: <step id>`: that step runs first; with `auto` the run chooses once it has,
     from the size its source estimates). Never part of a saved model: a scoring
     pipeline joins the table too.
@@ -410,10 +472,11 @@ class Join(_Joining, Transform):
     def __getstate__(self) -> dict[str, Any]:
         # read on the driver before the step goes to the workers: the same table for
         # every partition, read once
-        return {"params": self.params, "table": self.table()}
+        return {"params": self.params, "table": self.table(), "key_types": self.key_types}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.params, self._table, self._lock = state["params"], state["table"], threading.Lock()
+        self.key_types = state["key_types"]
         self._lookup, self.estimated_mb, self._given = None, None, None
 
     def table(self) -> pa.Table:
@@ -426,6 +489,7 @@ class Join(_Joining, Transform):
 
     def _read(self) -> pa.Table:
         keys = [right for _, right in self.keys]
+        types = self._key_types()
         if self.params.table is not None:
             if self._given is None:
                 raise RuntimeError(f"join: step '{self.params.table}''s rows were not bound")
@@ -445,7 +509,7 @@ class Join(_Joining, Transform):
                 + (f"(a filter step before '{self.params.table}')" if self.params.table
                    else "(filter:)") + ", or raise max_mb")
         for i, name in enumerate(keys):
-            table = table.set_column(i, name, _key_values(table.column(i)))
+            table = table.set_column(i, name, _key_values(table.column(i), types[i], name))
         known = table.filter(pc.invert(pc.is_null(_combined(table, keys)))).combine_chunks()
         self._lookup = _Lookup([known.column(k) for k in keys])
         self._check_one_row_per_key(known, keys, self._lookup)
@@ -460,7 +524,9 @@ class Join(_Joining, Transform):
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         keys = [right for _, right in self.keys]
-        return self._joined(part, [_key_values(part.column(left)) for left, _ in self.keys],
+        types = self._key_types(part.schema)
+        return self._joined(part, [_key_values(part.column(left), t, left)
+                                   for (left, _), t in zip(self.keys, types, strict=True)],
                             self.table(), keys, self._codes())
 
 
@@ -490,7 +556,9 @@ class _TableSide(ShuffleSide):
 
     def partial(self, part: pa.Table) -> pa.Table:
         keys = [right for _, right in self.join.keys]
-        out = pa.table([_key_values(part.column(k)) for k in keys], names=self.key_columns())
+        types = self.join._key_types()
+        out = pa.table([_key_values(part.column(k), t, k)
+                        for k, t in zip(keys, types, strict=True)], names=self.key_columns())
         known = pc.is_valid(_combined(out, out.column_names))  # a null key matches nothing
         # a Parquet table's read has the columns it brings; a step's rows have others too
         join = self.join
@@ -530,8 +598,9 @@ class ShuffleJoin(_Joining, Shuffle):
     def partial(self, part: pa.Table) -> pa.Table:
         """The rows, with their keys in the compared form (under hidden names) to be
         placed by."""
-        for i, (left, _) in enumerate(self.keys):
-            part = part.append_column(_hidden(i), _key_values(part.column(left)))
+        types = self._key_types(part.schema)
+        for i, ((left, _), t) in enumerate(zip(self.keys, types, strict=True)):
+            part = part.append_column(_hidden(i), _key_values(part.column(left), t, left))
         return part
 
     def finish(self, partials: pa.Table, *sides: pa.Table) -> pa.Table:

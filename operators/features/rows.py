@@ -28,12 +28,12 @@ from operators.base import (
 from operators.expressions import (
     ExpressionError,
     check_filter,
-    failure_hint,
     parse_filter,
     quote_name,
     referenced_columns,
+    value_failure,
 )
-from operators.features.columns import arrow_message, unique_names
+from operators.features.columns import unique_names
 from operators.hashing import chosen_rows
 
 # --------------------------------------------------------------------------- conditions
@@ -58,9 +58,11 @@ def _checked(text: str, schema: pa.Schema, what: str) -> None:
         raise SchemaError(f"{what}: {exc}") from None
 
 
-def _failed(exc: BaseException, what: str, texts: Iterable[str]) -> DataError:
-    """Conditions ``texts`` that Arrow could not evaluate on a partition's values."""
-    return DataError(f"{what}: {arrow_message(exc)}", hint=failure_hint(texts, "condition"))
+def _failed(exc: BaseException, what: str, texts: Iterable[str], part: pa.Table
+            ) -> DataError:
+    """Conditions ``texts`` that Arrow could not evaluate on the values of ``part``."""
+    detail, hint = value_failure(exc, texts, part, "condition")
+    return DataError(f"{what}: {detail}", hint=hint)
 
 
 # --------------------------------------------------------------------------- filter
@@ -109,7 +111,8 @@ class Filter(Transform):
         try:
             return part.filter(parse_filter(self.params.where, part.schema))
         except ARROW_ERRORS as exc:
-            raise _failed(exc, f"where ({self.params.where})", [self.params.where]) from None
+            raise _failed(exc, f"where ({self.params.where})", [self.params.where],
+                          part) from None
 
 
 # --------------------------------------------------------------------------- sample
@@ -287,7 +290,7 @@ class Expect(Transform):
                 columns={name: parse_filter(text, part.schema)
                          for name, text in checks.items()})
         except ARROW_ERRORS as exc:
-            raise _failed(exc, "rules", checks.values()) from None
+            raise _failed(exc, "rules", checks.values(), part) from None
         passed = None
         for name in checks:
             ok = pc.fill_null(met.column(name), False)

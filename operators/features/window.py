@@ -39,9 +39,9 @@ from operators.base import (
 from operators.expressions import (
     ExpressionError,
     expression_type,
-    failure_hint,
     parse_expression,
     referenced_columns,
+    value_failure,
 )
 from operators.features.aggregate import _CALL, _raise_all, _split_args
 from operators.features.columns import arrow_message
@@ -421,10 +421,11 @@ class Window(ByKeys, Shuffle):
         except ARROW_ERRORS as exc:
             failing = next((w for w in self.windows if w.arg is not None
                             and not _evaluates(rows, w.arg)), self.windows[0])
+            detail, hint = value_failure(exc, [t for t in (failing.arg, failing.default)
+                                               if t is not None], rows)
             raise DataError(f"window column '{failing.name}' "
-                            f"({self.params.columns[failing.name]}): {arrow_message(exc)}",
-                            hint=failure_hint(t for t in (failing.arg, failing.default)
-                                              if t is not None)) from None
+                            f"({self.params.columns[failing.name]}): {detail}",
+                            hint=hint) from None
         return {t: plain(out.column(names[t])) for t in names}
 
 

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import difflib
 import errno
+import glob
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from operators.errors import DataError, SluiceError, causes
+from operators.io.paths import local_path
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def is_url(path: str) -> bool:
 def resolve(path: str, storage_options: dict[str, Any] | None = None) -> Location:
     """Resolve a path or URL to a Location; an unknown protocol gets a clear error."""
     if not is_url(path):
-        local = os.path.abspath(path.removeprefix("file://"))
+        local = local_path(path)
         return Location(path, local, pafs.LocalFileSystem(), None, True)
     import fsspec
 
@@ -69,9 +71,53 @@ def resolve(path: str, storage_options: dict[str, Any] | None = None) -> Locatio
         hint = (f"did you mean '{close[0]}://'?" if protocol not in known and close else
                 f"install the fsspec package for '{protocol}://' (s3fs for s3, gcsfs for gs)")
         raise SluiceError(f"cannot open '{path}': {exc}", hint=hint) from None
+    except OSError as exc:
+        problem = hadoop_problem(exc, path) or store_problem(exc, path)
+        if problem is None:
+            raise
+        raise problem from None
     _forget_listings(fs, inner)
     handler = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     return Location(path, inner, handler, fs, False)
+
+
+def hadoop_problem(exc: BaseException, path: str) -> SluiceError | None:
+    """pyarrow's HDFS client (``hdfs://``) failing to load, as one error: what it needs
+    and what to set (pyarrow's own message lists each of the ~80 folders it looked in for
+    the JVM); None for another failure. What is missing is read from the environment
+    (pyarrow says only "Prior attempt to load libhdfs failed" after a first failure)."""
+    if not re.search(r"load (libjvm|libhdfs)", str(exc)):
+        return None
+    env = os.environ
+    needs, sets = [], []
+    java_home = env.get("JAVA_HOME")
+    if not java_home or not glob.glob(os.path.join(java_home, "**", "libjvm.so"),
+                                      recursive=True):
+        needs.append("a Java runtime (" + (f"JAVA_HOME '{java_home}' has no libjvm.so"
+                                           if java_home else "JAVA_HOME is not set") + ")")
+        java = shutil.which("java")
+        found = os.path.dirname(os.path.dirname(os.path.realpath(java))) if java else None
+        sets.append("JAVA_HOME to a JDK's folder" + (f" (the java on PATH is {found}'s)"
+                                                     if found else ""))
+    folder = env.get("ARROW_LIBHDFS_DIR") or (
+        os.path.join(env["HADOOP_HOME"], "lib", "native") if env.get("HADOOP_HOME") else None)
+    if folder is None or not os.path.isfile(os.path.join(folder, "libhdfs.so")):
+        needs.append("Hadoop's libhdfs.so (" + (f"'{folder}' has none" if folder else
+                                               "neither HADOOP_HOME nor ARROW_LIBHDFS_DIR "
+                                               "is set") + ")")
+        sets.append("HADOOP_HOME to a Hadoop install (libhdfs.so in its lib/native), or "
+                    "ARROW_LIBHDFS_DIR to the folder that has libhdfs.so")
+    if not (env.get("CLASSPATH") or env.get("HADOOP_HOME") or shutil.which("hadoop")):
+        needs.append("the Hadoop jars (CLASSPATH is not set)")
+        sets.append("CLASSPATH to `hadoop classpath --glob`")
+    first = (str(exc).strip().splitlines() or ["it did not load"])[0]
+    return SluiceError(
+        f"cannot open '{path}': pyarrow's HDFS client needs "
+        + " and ".join([", ".join(needs[:-1]), needs[-1]] if len(needs) > 1 else needs)
+        if needs else f"cannot open '{path}': pyarrow's HDFS client did not load ({first})",
+        hint=("set " + "; ".join(sets) if sets else
+              "check JAVA_HOME, HADOOP_HOME (or ARROW_LIBHDFS_DIR) and CLASSPATH")
+        + "; or read it over webhdfs:// (HTTP: no JVM)")
 
 
 # the base classes of the errors object-store clients raise besides OSError (credentials,

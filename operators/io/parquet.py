@@ -84,6 +84,7 @@ from operators.io.fs import (
     sweep_stale,
     written_whole,
 )
+from operators.io.paths import GLOB_CHARS, glob_base, this_machines
 
 if TYPE_CHECKING:  # imported where a dataset is made (it imports pandas: ~0.15 s)
     import pyarrow.dataset as ds
@@ -91,7 +92,6 @@ if TYPE_CHECKING:  # imported where a dataset is made (it imports pandas: ~0.15 
 MANIFEST = "_SUCCESS"
 MANIFEST_FORMAT = "sluice-output/1"
 STAGING_MARK = ".sluice-tmp-"
-_GLOB_CHARS = re.compile(r"[*?\[]")
 def _io_errors() -> tuple[type[BaseException], ...]:
     """What reading and writing Parquet raises for bad files and refused access: pyarrow's
     errors, OSError, ValueError, and the object-store clients' (credentials...)."""
@@ -249,14 +249,6 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
 
 
-def _base(path: str) -> str:
-    """The folder a read's files lie under: its path, or a glob's folder before its
-    first wildcard."""
-    path = path.rstrip("/") or path
-    return _GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0] if _GLOB_CHARS.search(path) \
-        else path
-
-
 def _stamp(info: pa.fs.FileInfo) -> list[int]:
     """A file's ``[size, mtime_ns]``: what an incremental read knows it by."""
     return [int(info.size or 0), int(info.mtime_ns or 0)]
@@ -363,6 +355,11 @@ class ReadParquetParams(Params):
                              hint="add `incremental: true`, or leave max_files out")
         return self
 
+    @field_validator("path")
+    @classmethod
+    def _this_machines(cls, value: str) -> str:
+        return this_machines(value)
+
     @field_validator("schema_")
     @classmethod
     def _types_known(cls, value: dict[str, str] | None) -> dict[str, str] | None:
@@ -458,12 +455,12 @@ class ReadParquet(Source):
         try:
             return rows.filter(self._filter)
         except ARROW_ERRORS as exc:
-            from operators.expressions import failure_hint
+            from operators.expressions import value_failure
 
+            detail, hint = value_failure(exc, [self.params.filter], rows,
+                                         also=", or cast the column first", on_read=True)
             raise DataError(f"read_parquet filter {self.params.filter!r} failed on the rows "
-                            f"of '{self._shown(path)}': {arrow_message(exc)}",
-                            hint=failure_hint([self.params.filter]) + ", or cast the column "
-                                 "first") from None
+                            f"of '{self._shown(path)}': {detail}", hint=hint) from None
 
     @cached_property
     def dataset(self) -> ds.Dataset:
@@ -537,8 +534,8 @@ class ReadParquet(Source):
         import pyarrow.dataset as ds
 
         manifests = _Manifests(loc, self._listed)
-        if _GLOB_CHARS.search(path):
-            base = _base(path)
+        if GLOB_CHARS.search(path):
+            base = glob_base(path)
             files = self._glob(loc, path, base, manifests)
             if not files:
                 raise DataError(f"no files match '{self.params.path}'")
@@ -656,7 +653,7 @@ class ReadParquet(Source):
             physical = first.physical_schema
         except (*_io_errors(), SluiceError):
             return []
-        base = _base(self.location.path)
+        base = glob_base(self.location.path)
         if not first.path.startswith(base + "/"):
             return []  # one file: no folders of its own
         folders = posixpath.dirname(first.path[len(base) + 1:]).split("/")
@@ -818,7 +815,7 @@ class ReadParquet(Source):
                 # request a file
                 wanted = set(unlisted)
                 listed.update((i.path, _stamp(i)) for i in fs.get_file_info(
-                    pa.fs.FileSelector(_base(self.location.path), recursive=True))
+                    pa.fs.FileSelector(glob_base(self.location.path), recursive=True))
                     if i.path in wanted)
                 unlisted = [p for p in unlisted if p not in listed]
             if unlisted:
@@ -1139,6 +1136,11 @@ class WriteParquetParams(Params):
                            "is safe without it)")
     storage_options: dict[str, Any] = Field(default_factory=dict,
                                             description="fsspec options for URLs")
+
+    @field_validator("path")
+    @classmethod
+    def _this_machines(cls, value: str) -> str:
+        return this_machines(value)
 
     @model_validator(mode="after")
     def _partitions_named(self) -> WriteParquetParams:

@@ -2257,3 +2257,61 @@ def test_a_difference_past_int64_is_an_error_naming_the_column() -> None:
     with pytest.raises(DataError, match=r"derive column 'gap' \(seconds_between\(a, b\)\): "
                                         r".*overflow"):
         lookup("derive")(columns={"gap": "seconds_between(a, b)"}).transform(table, np)
+
+
+def test_a_decimal_rounded_past_its_precision_names_the_column_a_value_and_the_fix(
+        tmp_path: Path) -> None:
+    """Arrow's 'Decimal value does not fit in precision 5' named no column and no value:
+    the error names the call, its column (or its type), a value and what it rounds to,
+    and how to widen the type first (or round a float)."""
+    rows = pa.table({"id": [1, 2, 3], "price": pa.array([D("1.25"), D("999.99"), D("-3.50")],
+                                                         pa.decimal128(5, 2))})
+    with pytest.raises(DataError) as info:
+        derived(rows, "id + round(price)")
+    assert info.value.message == (
+        "derive column 'r' (id + round(price)): round() of column 'price' "
+        "(decimal128(5, 2)) rounds 999.99 to 1000.00, which has more digits than the 5 of "
+        "the type round() keeps")
+    assert info.value.hint == (
+        "widen the column first: `op: cast` with `columns: {price: decimal(6, 2)}` in a "
+        "step before this one (round() then keeps that type), or round it as a float: "
+        "round(cast(price as float64))")
+    with pytest.raises(DataError) as info:
+        derived(rows, "round(price, -3)")
+    assert "rounds 999.99 to 1000.00" in info.value.message
+    assert "`columns: {price: decimal(6, 2)}`" in info.value.hint
+    assert info.value.hint.endswith("round(cast(price as float64), -3)")
+    with pytest.raises(DataError) as info:  # of an expression: its type
+        kept_by_filter_step(EDGES, "ceil(- d) > 0")
+    assert info.value.message == (
+        "where (ceil(- d) > 0): ceil() of a decimal128(10, 2) value rounds 99999999.99 to "
+        "100000000.00, which has more digits than the 10 of the type ceil() keeps")
+    assert info.value.hint.startswith(
+        "cast the decimal columns it is computed from to a wider decimal first (`op: cast`, "
+        "e.g. decimal(11, 2))")
+    assert derived(rows.slice(0, 1), "round(price)").to_pylist() == [D("1.00")]
+    # every step that evaluates expressions on rows says so (aggregate, window, expect)
+    from operators.testing.kit import shuffled
+
+    window = lookup("window")
+    for step, run in [
+            (lookup("aggregate")(by=["id"], columns={"s": "sum(round(price))"}),
+             lambda op: op.partial(rows)),
+            (window.create(window.Params(by=["id"], order=["id"],
+                                         columns={"prev": "lag(round(price))"})),
+             lambda op: shuffled(op, [rows], 1)),
+            (lookup("expect")(rules={"small": "round(price) < 10"}),
+             lambda op: op.transform(rows, np))]:
+        with pytest.raises(DataError) as info:
+            run(step)
+        assert ("round() of column 'price' (decimal128(5, 2)) rounds 999.99 to 1000.00"
+                in info.value.message), step
+    # a read's filter reads the files' types: the fix is a cast, then a filter step
+    pq.write_table(rows, tmp_path / "rows.parquet")
+    read = lookup("read_parquet")(path=str(tmp_path), filter="round(price) > 5")
+    with pytest.raises(DataError) as info:
+        read.read(read.partitions()[0])
+    assert "round() of column 'price' (decimal128(5, 2)) rounds 999.99" in info.value.message
+    assert info.value.hint.startswith(
+        "filter in steps after the read instead: `op: cast` with `columns: {price: "
+        "decimal(6, 2)}`, then `op: filter`")

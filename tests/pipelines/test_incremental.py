@@ -19,9 +19,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from conftest import write_pipeline
 
 from operators.base import SluiceError
+from pipelines.cli import main
 from pipelines.runner import ValidationFailed, run
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
@@ -171,6 +173,15 @@ def test_a_second_run_at_once_is_refused_naming_the_first(workdir: Path) -> None
         assert problem.line == 7 and (
             f"step 'events' reads incrementally, and run {first} of pipeline 'events_daily' "
             "is reading it now") in problem.message
+        # its record says what it was: refused while another run held the step, not a
+        # problem of the pipeline
+        (refused,) = [r for r in map(json.loads, map(Path.read_text, (
+            workdir / "runs" / "events_daily").glob("*.json"))) if r["status"] == "failed"]
+        assert (refused["failed_in"], refused["held_by"]) == ("lock", first)
+        assert refused["steps"] == {} and refused["problems"] == [str(problem)]
+        shown = CliRunner().invoke(main, ["runs", "show", refused["run_id"]]).stdout
+        assert (f"failed in: lock (run {first} of the pipeline held its incremental reads; "
+                "before any step ran)") in shown
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
@@ -258,3 +269,28 @@ def test_a_column_dropped_upstream_stops_the_next_run(workdir: Path) -> None:
     assert (f"'bad' is in none of the 1 file read (e.g. {folder / 'part.parquet'}); only in "
             f"files earlier runs read, such as {workdir}/data/events/ds=1/part.parquet"
             ) in str(info.value.problems[0])
+
+
+def test_validate_and_plan_read_the_state_under_the_runs_folder_they_are_given(
+        workdir: Path) -> None:
+    """`sluice plan --runs DIR` says what an incremental read would read as the runs kept
+    in DIR say (as `sluice run --runs DIR` reads), and `sluice validate --runs DIR`
+    finds its problems there; without it, $SLUICE_RUNS (here another folder) decides."""
+    path = pipeline(workdir)
+    kept = workdir / "kept_runs"
+    day(workdir, 1)
+    run(path, runs_dir=str(kept))
+    day(workdir, 2)
+    cli = CliRunner()
+    planned = cli.invoke(main, ["plan", str(path), "--runs", str(kept)])
+    assert planned.exit_code == 0, planned.output
+    assert "incremental: 1 new file(s) to read now, 1 read by earlier runs" in planned.stdout
+    default = cli.invoke(main, ["plan", str(path)])
+    assert "incremental: 2 new file(s) to read now, 0 read by earlier runs" in default.stdout
+    shown = kept / "events_daily" / ".reads" / "events.json"
+    shown.write_text("{not json")
+    checked = cli.invoke(main, ["validate", str(path), "--runs", str(kept)])
+    assert checked.exit_code == 1
+    assert f"'{kept}/events_daily/.reads/events.json' is damaged" in checked.stderr
+    assert cli.invoke(main, ["validate", str(path)]).exit_code == 0
+    assert "--runs DIR" in cli.invoke(main, ["validate", "--help"]).stdout

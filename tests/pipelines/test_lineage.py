@@ -236,5 +236,18 @@ def test_datasets_are_named_as_openlineage_names_them() -> None:
     local = dataset("data/churn")
     assert local["namespace"] == "file" and local["name"] == os.path.abspath("data/churn")
     assert dataset("file:///tmp/x")["name"] == "/tmp/x"
-    # file:// and a relative path: the folder the run reads, as fs.resolve takes it
-    assert dataset("file://data/churn")["name"] == os.path.abspath("data/churn")
+    # RFC 8089: file://localhost/tmp/x is /tmp/x (not a folder 'localhost' here)
+    assert dataset("file://localhost/tmp/x") == {"namespace": "file", "name": "/tmp/x",
+                                                  "facets": {}}
+    with pytest.raises(SluiceError, match="names a file on host 'otherhost'"):
+        dataset("file://otherhost/tmp/x")
+    # a glob: its folder (the path before the first wildcard), as Spark's integration
+    # names a directory of files
+    assert dataset("data/**")["name"] == os.path.abspath("data")
+    assert dataset("data/events/*.parquet")["name"] == os.path.abspath("data/events")
+    assert dataset("data/ds=2026-1?/part-[0-9].parquet")["name"] == os.path.abspath("data")
+    assert dataset("*.parquet")["name"] == os.getcwd()
+    assert dataset("file:///tmp/events/**/*.parquet")["name"] == "/tmp/events"
+    assert (dataset("s3://bucket/events/ds=*/x.parquet")["namespace"],
+            dataset("s3://bucket/events/ds=*/x.parquet")["name"]) == ("s3://bucket", "events")
+    assert dataset("s3://bucket/*.parquet")["name"] == "/"

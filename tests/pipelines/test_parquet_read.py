@@ -1178,3 +1178,41 @@ def test_a_column_the_folders_name_too_is_a_notice(workdir: Path) -> None:
         """)
     assert done.returncode == 0, done.stderr
     assert notices("out") == []
+
+
+def test_file_urls_of_localhost_are_read_and_written_and_other_hosts_refused(
+        workdir: Path) -> None:
+    """file://localhost/abs/path is /abs/path (RFC 8089): read and written there, not in
+    a folder 'localhost' below the working directory; file://otherhost/... is refused as
+    the pipeline plans, at its line, for the read, the write and a join's table."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import ValidationFailed, plan_file, run
+
+    (workdir / "data").mkdir()
+    pq.write_table(pa.table({"k": [1, 2, 3]}), workdir / "data" / "rows.parquet")
+    text = f"""
+        pipeline: urls
+        steps:
+          - op: read_parquet
+            path: file://localhost{workdir}/data/rows.parquet
+          - op: join
+            path: file://localhost{workdir}/data/rows.parquet
+            on: [k]
+          - op: write_parquet
+            path: file://localhost{workdir}/out
+    """
+    record = run(write_pipeline(workdir, text))
+    assert record["outputs"][0]["rows"] == 3
+    assert pq.read_table(workdir / "out")["k"].to_pylist() == [1, 2, 3]
+    assert not (workdir / "localhost").exists()
+    path = write_pipeline(workdir, text.replace("file://localhost", "file://otherhost"),
+                          "other.yaml")
+    problems = plan_file(path).problems
+    assert [(p.line, p.step) for p in problems] == [
+        (4, "read_parquet"), (6, "join"), (9, "write_parquet")]
+    assert all(f"path: 'file://otherhost{workdir}/" in p.message
+               and "names a file on host 'otherhost'" in p.message for p in problems)
+    with pytest.raises(ValidationFailed):
+        run(path)
+    assert not (workdir / "otherhost").exists()

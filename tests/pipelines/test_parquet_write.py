@@ -496,6 +496,14 @@ def test_an_output_inside_the_folder_the_pipeline_reads_is_refused(workdir: Path
         "'data/scored' is inside 'data', which step 'rows' reads: the next run would read "
         "these rows as input too (write it outside that folder)"]
     assert problems("./data/", "data/ds=2/x")  # however the paths are written
+    assert problems(f"file://localhost{workdir}/data", f"file://{workdir}/data/scored")
+    assert problems("data", f"file://otherhost{workdir}/data/scored") == [  # its own
+        f"{workdir / 'pipeline.yaml'}:7: step 'write_parquet' (write_parquet): path: "
+        f"'file://otherhost{workdir}/data/scored' names a file on host 'otherhost': sluice "
+        "opens file:// URLs of this machine only (file:///path, or file://localhost/path) "
+        f"(for this machine's {workdir}/data/scored: file://{workdir}/data/scored; for a "
+        "file on 'otherhost': a URL of a store that reaches it (hdfs://, s3://...), or "
+        "mount it here and give its path)"]
     for read, write in [("data", "data"), ("data", "scored"), ("data/ds=*", "data/out"),
                         ("data/ds=1", "data/ds=10")]:
         assert problems(read, write) == [], (read, write)

@@ -308,3 +308,104 @@ def test_dictionary_columns_with_other_dictionaries_in_each_file_shuffle(
     assert joined["label"].to_pylist()[:8] == ["a"] * 8
     unique = ds.dataset(workdir / "out" / "deduplicated").to_table().sort_by("k")
     assert unique["tag"].to_pylist() == [f"t{i // 10}" for i in range(30)]
+
+
+MIXED_KEYS = """
+    pipeline: mixed_keys
+    steps:
+      - id: rows
+        op: read_parquet
+        path: data/rows
+      - id: shuffled
+        op: join
+        input: rows
+        path: data/table
+        on: [ts, f, i, d]
+        columns: [w]
+        strategy: shuffle
+        partitions: 5
+      - op: write_parquet
+        path: out/shuffled
+      - id: broadcast
+        op: join
+        input: rows
+        path: data/table
+        on: [ts, f, i, d]
+        columns: [w]
+        strategy: broadcast
+      - op: write_parquet
+        path: out/broadcast
+"""
+
+
+def test_keys_of_different_types_join_in_their_common_type_on_every_engine(
+        workdir: Path, engine: Engine) -> None:
+    """Times of two units and zones, float32 and float64, int32 and int64, decimals of
+    two scales, together: compared in their common type (as Spark SQL compares them), the
+    shuffle hashing both sides' keys in it (5 places, 3 input files), on every engine
+    alike (each pair alone: tests/operators/test_join.py)."""
+    import decimal
+
+    rows_dir, table_dir = workdir / "data" / "rows", workdir / "data" / "table"
+    rows_dir.mkdir(parents=True)
+    table_dir.mkdir(parents=True)
+    n = 60
+    ms = np.arange(n, dtype=np.int64) * 1_001
+    table = pa.table({
+        "ts": pa.array(ms * 1_000_000, pa.timestamp("ns", tz="Europe/Paris")),
+        "f": pa.array(np.arange(n) / 4, pa.float64()),
+        "i": pa.array(np.arange(n), pa.int64()),
+        "d": pa.array([decimal.Decimal(v) / 4 for v in range(n)], pa.decimal128(12, 4)),
+        "w": pa.array(np.arange(n) * 10.0)})
+    pq.write_table(table.slice(0, 30), table_dir / "0.parquet")
+    pq.write_table(table.slice(30), table_dir / "1.parquet")
+    # every other key of the table, and as many the table lacks
+    picked = np.concatenate([np.arange(0, n, 2), np.arange(n, n + 30)])
+    rows = pa.table({
+        "ts": pa.array(picked * 1_001, pa.timestamp("ms", tz="Asia/Tokyo")),
+        "f": pa.array(picked / 4, pa.float32()),
+        "i": pa.array(picked, pa.int32()),
+        "d": pa.array([decimal.Decimal(int(v)) / 4 for v in picked], pa.decimal128(6, 2)),
+        "n": pa.array(np.arange(picked.size))})
+    for i in range(3):
+        pq.write_table(rows.slice(i * 20, 20), rows_dir / f"{i}.parquet")
+    record = run(write_pipeline(workdir, MIXED_KEYS), engine_instance=engine)
+    assert record["steps"]["shuffled"]["shuffle"]["partitions"] == 5
+    got, want = (ds.dataset(workdir / "out" / out).to_table().sort_by("n")
+                 for out in ("shuffled", "broadcast"))
+    assert got.equals(want)
+    # a key of one type that did not meet its table's would match no row
+    assert got["w"].to_pylist() == [10.0 * v if v < n else None for v in picked]
+    assert got.schema.field("d").type == pa.decimal128(6, 2)
+
+
+ON_A_FITTED_COLUMN = """
+    pipeline: fitted_key
+    steps:
+      - op: read_parquet
+        path: data/rows
+      - op: one_hot                   # plan=a: a column known once the fit has run
+        columns: [plan]
+      - op: join
+        path: data/flags
+        on: {plan=a: flag}
+        strategy: shuffle
+        partitions: 3
+      - op: write_parquet
+        path: out/joined
+"""
+
+
+def test_a_shuffle_join_on_a_column_a_fit_makes_binds_its_key_types_on_every_engine(
+        workdir: Path, engine: Engine) -> None:
+    """The key is one_hot's (float64, known once it has fitted), the table's int32: the
+    table's side, read on the workers, hashes its keys in the type the run binds."""
+    (workdir / "data" / "rows").mkdir(parents=True)
+    (workdir / "data" / "flags").mkdir(parents=True)
+    pq.write_table(pa.table({"plan": ["a", "b", "a", "c"] * 5, "x": np.arange(20)}),
+                   workdir / "data" / "rows" / "0.parquet")
+    pq.write_table(pa.table({"flag": pa.array([0, 1], pa.int32()), "w": [1.5, 2.5]}),
+                   workdir / "data" / "flags" / "0.parquet")
+    run(write_pipeline(workdir, ON_A_FITTED_COLUMN), engine_instance=engine)
+    joined = ds.dataset(workdir / "out" / "joined").to_table().sort_by("x")
+    assert joined["w"].to_pylist() == [2.5, 1.5, 2.5, 1.5] * 5
