@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -503,9 +502,9 @@ class IsolationForest(Estimator):
         note = None
         if n < k:
             if p.max_samples != "auto":
+                # (the run says it in a note line: the fit's metrics' note)
                 note = (f"max_samples ({k}) is more than the {n} training rows: every row "
                         f"is used (max_samples {n})")
-                warnings.warn(f"isolation_forest: {note}", UserWarning, stacklevel=3)
             k = n
         limit = height_limit(k)
         d = len(state["features"])

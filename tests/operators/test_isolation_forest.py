@@ -191,13 +191,14 @@ def test_max_samples_a_fraction_counts_the_rows_first() -> None:
     assert state["k"] == 50 and estimator.metrics(state)["height_limit"] == 6
 
 
-def test_more_max_samples_than_rows_uses_every_row_with_a_warning() -> None:
+def test_more_max_samples_than_rows_uses_every_row_with_a_note() -> None:
     table, _ = planted(rows=100, seed=8)
     estimator = IsolationForest(n_trees=4, max_samples=300)
-    with pytest.warns(UserWarning, match=r"max_samples \(300\) is more than the 100 training"):
-        state = fitted_state(estimator, split(table, 3))
+    state = fitted_state(estimator, split(table, 3))
     metrics = estimator.metrics(state)
-    assert metrics["max_samples"] == 100 and "every row is used" in metrics["note"]
+    assert metrics["max_samples"] == 100
+    assert metrics["note"] == ("max_samples (300) is more than the 100 training rows: every "
+                               "row is used (max_samples 100)")
     with_auto = IsolationForest(n_trees=4)
     state = fitted_state(with_auto, [table])  # auto: 256 or every row, no warning
     assert with_auto.metrics(state)["max_samples"] == 100 and "note" not in with_auto.metrics(

@@ -103,8 +103,11 @@ def test_the_score_command_and_serving(workdir: Path, churn: Path, trained: dict
 
 
 def test_more_max_samples_than_rows_is_a_note(workdir: Path, churn: Path) -> None:
-    with pytest.warns(UserWarning, match="max_samples"):
-        record = run(write_pipeline(workdir, TRAIN.format(data=churn, max_samples=9000)))
+    notes: list[str] = []
+    record = run(write_pipeline(workdir, TRAIN.format(data=churn, max_samples=9000)),
+                 notify=notes.append)
+    said = [n for n in notes if "step 'forest'" in n]
+    assert len(said) == 1 and "max_samples (9000) is more than the 5000 training rows" in said[0]
     metrics = record["metrics"]["forest"]
     assert metrics["max_samples"] == 5000 and "every row is used" in metrics["note"]
 
