@@ -40,7 +40,13 @@ LEAD_COLUMNS = 4
 BINS = 10
 """Equal-frequency bins of a numeric column's profile."""
 TOP_VALUES = 50
-"""A text column's profile keeps the shares of this many most frequent values."""
+"""A text column's profile keeps the shares of this many most frequent values (of those
+seen more than once in the sample)."""
+FREE_TEXT = 0.5
+"""A text column whose repeated values are less than this share of its sample's values
+is free text (a ticket, a review): profiled by its lengths, never its values (no text of
+a training row is kept in the model, and a share of values never seen again says
+nothing)."""
 FLOOR = 1e-4
 """Shares below this count as this in the PSI (an empty bin would make it infinite)."""
 
@@ -107,24 +113,42 @@ def profile_finish(stats: dict[str, Any]) -> dict[str, Any]:
     for name in sample.column_names:
         column = sample.column(name)
         if _kind(column.type) == "numeric":
-            values = _values(column)
-            known = values[~np.isnan(values)]
-            edges = (np.unique(np.quantile(known, np.arange(1, BINS) / BINS, method="lower"))
-                     if known.size else np.zeros(0))
-            counts = np.bincount(np.searchsorted(edges, known, side="left"),
-                                 minlength=len(edges) + 1)
-            columns[name] = {"kind": "numeric", "edges": edges.tolist(),
-                             "shares": _shares(counts, n - known.size, n)}
-        else:
-            texts = _texts(column)
-            counted = pc.value_counts(texts.drop_null()).to_pylist()
-            counted.sort(key=lambda c: (-c["counts"], c["values"]))
-            top = counted[:TOP_VALUES]
-            rest = sum(c["counts"] for c in counted[TOP_VALUES:])
-            columns[name] = {"kind": "text", "values": [c["values"] for c in top],
-                             "shares": _shares(np.array([c["counts"] for c in top] + [rest]),
-                                               texts.null_count, n)}
+            columns[name] = {"kind": "numeric", **_binned(_values(column), n)}
+            continue
+        texts = _texts(column)
+        counted = [c for c in pc.value_counts(texts.drop_null()).to_pylist()
+                   if c["counts"] > 1]
+        counted.sort(key=lambda c: (-c["counts"], c["values"]))
+        top = counted[:TOP_VALUES]
+        known = len(texts) - texts.null_count
+        kept = sum(c["counts"] for c in top)
+        if known and kept < FREE_TEXT * known:
+            columns[name] = {"kind": "text", "measure": "length", **_binned(_lengths(texts), n)}
+            continue
+        columns[name] = {"kind": "text", "values": [c["values"] for c in top],
+                         "shares": _shares(np.array([c["counts"] for c in top]
+                                                    + [known - kept]), texts.null_count, n)}
     return {"rows": int(stats["rows"]), "sample_rows": n, "columns": columns}
+
+
+def _lengths(texts: pa.Array) -> np.ndarray:
+    """Each text's length in characters, NaN for a null."""
+    return pc.fill_null(pc.utf8_length(texts).cast(pa.float64()), np.nan).to_numpy(
+        zero_copy_only=False)
+
+
+def _binned(values: np.ndarray, n: int) -> dict[str, Any]:
+    """Equal-frequency bins of the values (NaN: missing): inner edges and shares."""
+    known = values[~np.isnan(values)]
+    edges = (np.unique(np.quantile(known, np.arange(1, BINS) / BINS, method="lower"))
+             if known.size else np.zeros(0))
+    return {"edges": edges.tolist(), "shares": _shares(_bin_counts(edges, known),
+                                                       n - known.size, n)}
+
+
+def _bin_counts(edges: Any, known: np.ndarray) -> np.ndarray:
+    edges = np.asarray(edges, dtype=np.float64)
+    return np.bincount(np.searchsorted(edges, known, side="left"), minlength=len(edges) + 1)
 
 
 def _shares(counts: np.ndarray, missing: int, n: int) -> list[float]:
@@ -237,13 +261,12 @@ class Drift(Measuring):
         counts = {}
         for name, entry in state["columns"].items():
             column = part.column(name)
-            if entry["kind"] == "numeric":
-                values = _values(column)
+            if entry["kind"] == "numeric" or entry.get("measure") == "length":
+                values = (_values(column) if entry["kind"] == "numeric"
+                          else _lengths(_texts(column)))
                 known = values[~np.isnan(values)]
-                bins = np.bincount(np.searchsorted(np.asarray(entry["edges"], dtype=np.float64),
-                                                   known, side="left"),
-                                   minlength=len(entry["edges"]) + 1)
-                counts[name] = np.append(bins, values.size - known.size).astype(np.int64)
+                counts[name] = np.append(_bin_counts(entry["edges"], known),
+                                         values.size - known.size).astype(np.int64)
             else:
                 texts = _texts(column)
                 at = pc.index_in(texts, value_set=pa.array(entry["values"], pa.string()))

@@ -190,3 +190,40 @@ def test_a_vocabulary_much_wider_than_its_text_is_a_note(workdir: Path,
     run(write_pipeline(workdir, TRAIN.format(data=ticket_files).replace(
         "min_df: 3", "min_df: 3\n        max_features: 2"), "narrow.yaml"), notify=notes.append)
     assert not [n for n in notes if "step 'words'" in n]
+
+
+def test_the_models_profile_keeps_no_text_and_drift_sees_longer_texts(
+        workdir: Path, ticket_files: Path) -> None:
+    """A free-text column is profiled by its lengths: the saved model holds none of the
+    training texts, and drift flags texts twice as long, not the same kind of texts."""
+    import json
+
+    run(write_pipeline(workdir, TRAIN.format(data=ticket_files)))
+    path = ModelStore().path_of(ModelStore().load("tickets"))
+    meta = json.loads((Path(path) / "model.json").read_text())
+    profile = meta["profile"]["columns"]["text"]
+    assert profile["kind"] == "text" and profile["measure"] == "length"
+    assert "values" not in profile
+    written = (Path(path) / "model.json").read_text()
+    assert not [t for t in tickets().column("text").to_pylist() if t in written]
+    fresh = tickets(rows=600, seed=9)
+    longer = fresh.set_column(1, "text", pa.array(
+        [f"{t} {t}" for t in fresh.column("text").to_pylist()]))
+    for name, rows in (("same", fresh), ("longer", longer)):
+        pq.write_table(rows, workdir / f"{name}.parquet")
+    drift = """
+        pipeline: watch
+        steps:
+          - op: read_parquet
+            path: {path}
+          - id: drift
+            op: drift
+            model: tickets
+            columns: [text]
+    """
+    psi = {}
+    for name in ("same", "longer"):
+        record = run(write_pipeline(workdir, drift.format(path=workdir / f"{name}.parquet"),
+                                    f"{name}.yaml"))
+        psi[name] = record["metrics"]["drift"]["psi"]["text"]
+    assert psi["same"] < 0.1 < 0.25 < psi["longer"]
