@@ -1139,7 +1139,7 @@ def ops(name: str | None) -> None:
 
 @main.command()
 @click.argument("kind", type=click.Choice(["churn", "numeric", "events", "searches",
-                                           "transactions"]))
+                                           "transactions", "tickets"]))
 @click.option("--rows", type=click.IntRange(min=0), default=10_000, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--files", type=click.IntRange(min=1), default=1, show_default=True)
@@ -1149,7 +1149,8 @@ def datagen(kind: str, rows: int, out: str, files: int, seed: int, row_group_row
     """Write synthetic data with a known signal (deterministic by seed): churn
     (customers), events (what the churn sample's 5,000 customers did), numeric,
     searches (shop searches' products and grades, for ranking), transactions (card
-    transactions with planted fraud, for anomaly detection). Written again into the same
+    transactions with planted fraud, for anomaly detection), tickets (support tickets'
+    text and topic, for text classification). Written again into the same
     --out, the new files replace all those an earlier datagen wrote there."""
     from pipelines.datagen import foreign_files, generate
 

@@ -1,7 +1,8 @@
 """Synthetic data with a known signal, deterministic by seed: ``sluice datagen churn``;
 ``events``: what the churn data's customers did (their churn shows in it); ``searches``:
 shop searches' products and what shoppers did with them (for ranking); ``transactions``:
-card transactions with planted fraud (for anomaly detection)."""
+card transactions with planted fraud (for anomaly detection); ``tickets``: support tickets'
+text and their topic (for text classification)."""
 
 from __future__ import annotations
 
@@ -195,8 +196,64 @@ def transactions_table(rows: int, seed: int = 0, start: int = 0) -> pa.Table:
     return _blockwise(block, rows, seed, start)
 
 
+TOPICS = {
+    "billing": ["refund", "charged", "twice", "invoice", "payment", "card", "bill", "price",
+                "subscription", "overcharged", "receipt", "money"],
+    "delivery": ["parcel", "courier", "late", "tracking", "address", "package", "arrived",
+                 "shipping", "delivered", "box", "damaged", "week"],
+    "bug": ["crash", "crashes", "error", "app", "freezes", "update", "screen", "button",
+            "broken", "slow", "loading", "bug"],
+    "account": ["password", "login", "reset", "email", "locked", "account", "username",
+                "verification", "code", "sign", "profile", "access"],
+}
+"""Each topic's own words; a ticket also draws words every topic uses."""
+COMMON = ["the", "my", "i", "it", "is", "and", "to", "please", "help", "again", "not",
+          "still", "why", "hello", "thanks", "today", "order", "was", "have", "a", "this",
+          "can", "you", "your", "since", "yesterday", "urgent", "support"]
+
+
+def tickets_table(rows: int, seed: int = 0, start: int = 0) -> pa.Table:
+    """Support tickets: an id, the customer (of the churn sample), the text (4 to 24 words,
+    some capitalised, with punctuation), and its topic: billing, delivery, bug or account.
+    About a third of a ticket's words are its topic's own, the rest common words and
+    other topics' (so no one word gives a ticket's topic away; a few tickets are mostly
+    another topic's words)."""
+    topics = sorted(TOPICS)
+    marks = np.array(["", ".", "!", "?", "!!", "..."])
+
+    def block(rng: np.random.Generator, rows: int, start: int) -> pa.Table:
+        topic = rng.integers(0, len(topics), rows)
+        lengths = rng.integers(4, 25, rows)
+        texts = []
+        for t, n in zip(topic, lengths, strict=True):
+            own = rng.random(n) < 0.33
+            other = rng.random(n) < 0.2
+            words = []
+            for is_own, is_other in zip(own, other, strict=True):
+                if is_own:
+                    words.append(TOPICS[topics[t]][rng.integers(0, 12)])
+                elif is_other:
+                    words.append(TOPICS[topics[rng.integers(0, len(topics))]][rng.integers(0, 12)])
+                else:
+                    words.append(COMMON[rng.integers(0, len(COMMON))])
+            if rng.random() < 0.5:
+                words[0] = words[0].capitalize()
+            cut = int(rng.integers(1, n)) if n > 6 and rng.random() < 0.4 else n
+            text = " ".join(words[:cut]) + (", " + " ".join(words[cut:]) if cut < n else "")
+            texts.append(text + marks[rng.integers(0, len(marks))])
+        return pa.table({
+            "ticket_id": pa.array(np.arange(start, start + rows, dtype=np.int64)),
+            "customer_id": pa.array(rng.integers(0, 5000, rows).astype(np.int64)),
+            "text": pa.array(texts, pa.string()),
+            "topic": pa.array(np.array(topics)[topic]),
+        })
+
+    return _blockwise(block, rows, seed, start)
+
+
 GENERATORS = {"churn": churn_table, "numeric": numeric_table, "events": events_table,
-              "searches": searches_table, "transactions": transactions_table}
+              "searches": searches_table, "transactions": transactions_table,
+              "tickets": tickets_table}
 
 
 PART = re.compile(r"^part-\d{5}\.parquet$")  # the files generate writes

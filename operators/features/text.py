@@ -28,7 +28,9 @@ from operators.hashing import murmur3_32
 MAX_TERMS = 10_000
 WIDENING_NOTE = 20.0
 """How many times wider than its text a row's term columns may be before the run says
-so (a partition of text becomes that many times its size in memory)."""
+so (a partition of text becomes that many times its size in memory)..."""
+NOTE_BYTES = 1 << 30
+"""... when the fitted rows' term columns would take more than this in all."""
 """The most terms (columns) a vocabulary may have when ``max_features`` is not given."""
 
 SEPARATORS = r"[^\p{L}\p{N}_]+"
@@ -403,7 +405,7 @@ class VectorizeText(Estimator):
         out: dict[str, Any] = {"terms": terms, "rows": state["rows"]}
         width = 8 * sum(terms.values())  # float64 bytes a row
         text = state["bytes"] / max(state["rows"], 1)
-        if width > WIDENING_NOTE * max(text, 1.0):
+        if width > WIDENING_NOTE * max(text, 1.0) and width * state["rows"] > NOTE_BYTES:
             out["note"] = (
                 f"the text's {sum(terms.values()):,} term columns take {width:,} bytes a row "
                 f"where the text took {text:,.0f} on average: a partition of the text grows "
