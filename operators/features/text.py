@@ -75,6 +75,11 @@ class VectorizeTextParams(Params):
                                                          "columns of text, each replaced by "
                                                          "its terms' columns `<col>:<term>`")
     lowercase: bool = Field(True, description="lower-case the text before splitting it")
+    analyzer: Literal["word", "char", "char_wb"] = Field(
+        "word", description="word: terms are n-grams of tokens; char: n-grams of characters "
+                            "of the text (runs of white space as one space); char_wb: of "
+                            "each word padded with a space (scikit-learn's analyzers: for "
+                            "short, noisy text such as names)")
     separators: str = Field(
         SEPARATORS, description="a regular expression (RE2) of what separates tokens "
                                 "(MLlib's RegexTokenizer `pattern`); the default splits at "
@@ -159,6 +164,14 @@ class VectorizeTextParams(Params):
         if self.num_features is not None and vocabulary:
             raise ValueError(f"{vocabulary[0]} limits a learned vocabulary, and num_features "
                              "hashes terms without one: leave one of them out")
+        if self.analyzer != "word":
+            word_only = [n for n, v in (("separators", self.separators != SEPARATORS),
+                                        ("min_token_length", self.min_token_length != 2),
+                                        ("stop_words", self.stop_words is not None)) if v]
+            if word_only:
+                raise ValueError(f"{word_only[0]} splits text into words, and analyzer: "
+                                 f"{self.analyzer} takes n-grams of characters: leave one of "
+                                 "them out")
         if self.num_features is not None and self.hashing == "sklearn" and self.sublinear_tf:
             raise ValueError("sublinear_tf takes counts, and hashing: sklearn adds signed ones "
                              "(a bucket can be negative): use hashing: spark")
@@ -196,6 +209,8 @@ class Tokens:
             text = text.combine_chunks()
         if self.params.lowercase:
             text = pc.utf8_lower(text)
+        if self.params.analyzer != "word":
+            return self._characters(text)
         lists = pc.split_pattern_regex(text, self.params.separators)
         tokens = pc.list_flatten(lists)
         rows = pc.list_parent_indices(lists)
@@ -227,6 +242,29 @@ class Tokens:
         joined = pa.concat_arrays(terms) if len(terms) > 1 else terms[0]
         return joined, np.concatenate(of) if len(of) > 1 else of[0]
 
+    def _characters(self, text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+        """scikit-learn's char (the text's runs of white space as one space) and char_wb
+        (each word with a space before and after) n-grams."""
+        low, high = self.params.ngram_range
+        if self.params.analyzer == "char":
+            pieces = pc.replace_substring_regex(text, WHITE_SPACE + "{2,}", " ")
+            rows = np.arange(len(text), dtype=np.int64)
+        else:
+            lists = pc.split_pattern_regex(text, WHITE_SPACE + "+")
+            words = pc.list_flatten(lists)
+            keep = pc.greater(pc.utf8_length(words), 0)
+            rows = pc.list_parent_indices(lists).filter(keep).to_numpy(
+                zero_copy_only=False).astype(np.int64)
+            pieces = pc.binary_join_element_wise(" ", words.filter(keep), " ", "")
+        terms, of = [], []
+        for n in range(low, high + 1):
+            grams, owner = char_ngrams(pieces, n,
+                                       low if self.params.analyzer == "char_wb" else None)
+            terms.append(grams)
+            of.append(rows[owner])
+        joined = pa.concat_arrays(terms) if len(terms) > 1 else terms[0]
+        return joined, np.concatenate(of) if len(of) > 1 else of[0]
+
 
 def buckets(terms: pa.Array, n: int, hashing: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Each term's column of ``n`` and what it adds there (None: 1): Spark's HashingTF
@@ -245,6 +283,46 @@ def bucket_stats(at: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     if not len(at):
         return np.zeros(n, np.int64)
     return np.bincount(np.unique(rows * n + at) % n, minlength=n).astype(np.int64)
+
+
+WHITE_SPACE = r"[\t\n\x{0b}\f\r\x{1c}-\x{1f}\x{85}\p{Z}]"
+"""What Python's str.split() and re's \\s split at (scikit-learn's analyzers), in RE2."""
+
+
+def char_ngrams(text: pa.Array, n: int, low: int | None = None) -> tuple[pa.Array, np.ndarray]:
+    """Every n characters in a row of ``text`` (a string array), and the position of its
+    string. With ``low`` (char_wb's padded words, n-grams from ``low`` up): a string of no
+    more than n characters is one n-gram of itself at the first n that reaches its
+    length, none at the others. The n-grams are cut from the UTF-8 bytes at character
+    starts."""
+    text = text.cast(pa.large_string())
+    count = len(text)
+    offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset:text.offset + count + 1]
+    data = text.buffers()[2]
+    raw = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    raw = raw[offsets[0]:offsets[-1]]
+    offsets = offsets - offsets[0]
+    starts = np.flatnonzero((raw & 0xC0) != 0x80)  # each character's first byte
+    # characters per string, and the position of each string's first in ``starts``
+    first = np.searchsorted(starts, offsets[:-1])
+    chars = np.searchsorted(starts, offsets[1:]) - first
+    if text.null_count:
+        chars = np.where(text.is_valid().to_numpy(zero_copy_only=False), chars, 0)
+    per = np.maximum(chars - n + 1, 0)
+    if low is not None:
+        per = np.where(chars > n, per, (chars > 0) & (np.maximum(chars, low) == n))
+    owner = np.repeat(np.arange(count), per)
+    at = first[owner] + (np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per))
+    ends_at = np.minimum(at + n, first[owner] + chars[owner])
+    bounds = np.append(starts, len(raw))
+    begin, end = bounds[at], bounds[ends_at]
+    lengths = end - begin
+    cut = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=cut[1:])
+    index = np.repeat(begin - cut[:-1], lengths) + np.arange(int(cut[-1]))
+    grams = pa.LargeStringArray.from_buffers(len(lengths), pa.py_buffer(cut),
+                                             pa.py_buffer(raw[index].tobytes()))
+    return grams.cast(pa.string()), owner.astype(np.int64)
 
 
 def term_stats(terms: pa.Array, rows: np.ndarray) -> pa.Table:

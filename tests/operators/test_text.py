@@ -72,6 +72,10 @@ SKLEARN_CASES = [
                                                        "max_df": 0.5, "norm": None}),
     ({"lowercase": False, "min_token_length": 1, "separators": r"\s+"},
      {"lowercase": False, "token_pattern": r"\S+"}),
+    ({"analyzer": "char", "ngram_range": [2, 4], "min_df": 2},
+     {"analyzer": "char", "ngram_range": (2, 4), "min_df": 2}),
+    ({"analyzer": "char_wb", "ngram_range": [1, 3], "idf": "smooth", "norm": "l2"},
+     {"tfidf": True, "analyzer": "char_wb", "ngram_range": (1, 3)}),
 ]
 
 
@@ -303,3 +307,29 @@ def test_hashing_refuses_a_vocabularys_limits() -> None:
     fitted = fit(VectorizeText(columns=["text"], num_features=8),
                  [pa.table({"text": ["something else"]})])
     assert matrix(fitted, table).sum() == 4  # unseen terms count: no vocabulary
+
+
+@pytest.mark.parametrize("analyzer", ["char", "char_wb"])
+def test_character_ngrams_of_any_text_are_scikit_learns(analyzer: str) -> None:
+    """n-grams of characters, white space of every kind (tabs, no-break and ideographic
+    spaces, separators U+001C-U+001F, NEL) as Python splits and collapses it, characters
+    of 1 to 4 UTF-8 bytes."""
+    rng = np.random.default_rng(5)
+    spaces = [" ", "  ", "\t", "\n", "\x0b", "\x1c", "\x1f", "\x85", "\xa0", "\u2003",
+              "\u2028", "\u3000"]
+    pool = list("abcXYZé日本語ß") + ["\U0001F600", "\u0301"] + spaces
+    docs = ["".join(rng.choice(pool, size=int(rng.integers(0, 25)))) for _ in range(300)]
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], analyzer=analyzer, ngram_range=[1, 4]),
+                 split(table, 3))
+    reference = CountVectorizer(analyzer=analyzer, ngram_range=(1, 4)).fit(docs)
+    assert fitted.vocabulary["text"]["terms"] == sorted(reference.vocabulary_)
+    np.testing.assert_array_equal(matrix(fitted, table), reference.transform(docs).toarray())
+
+
+def test_word_settings_are_refused_with_character_ngrams() -> None:
+    with pytest.raises(ValidationError, match="stop_words splits text into words, and "
+                                              "analyzer: char_wb takes n-grams of characters"):
+        VectorizeText(columns=["text"], analyzer="char_wb", stop_words="english")
+    with pytest.raises(ValidationError, match="min_token_length splits text into words"):
+        VectorizeText(columns=["text"], analyzer="char", min_token_length=1)
