@@ -230,3 +230,33 @@ def test_an_empty_features_list_is_refused_at_its_name(op: str) -> None:
         params["k"] = 2
     with pytest.raises(ParamError, match="features: an empty list"):
         lookup(op)(**params)
+
+
+@pytest.mark.parametrize("parts", [1, 3, 7])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_constant_feature_has_no_spread_whatever_its_value(parts: int, weighted: bool
+                                                             ) -> None:
+    """A column of 0.1 (or 1e10 + 0.1) everywhere: its mean is the value exactly, not a
+    rounding of it, so variance 0 (dropped by min_variance 0, as VarianceThreshold), and
+    anova's and f_regression's F 0 and p-value 1, ranked below every real feature (the
+    rounding noise of its sums of squares made F of 100+, the best of the features)."""
+    X, y, w = data("anova", seed=parts)
+    w[0] = 0.0  # a row of weight 0 (its value counts for nothing)
+    X[:, 2], X[:, 7] = 0.1, 1e10 + 0.1
+    X[0, 2] = 5.0  # on the row of weight 0 only: constant where the weights are
+    constant = ["f2", "f7"] if weighted else ["f7"]
+    weight = {"weight": "w"} if weighted else {}
+    table = table_of(X, y, w if weighted else None, True)
+    _, state = fit_state(SelectFeatures(**weight), split(table.drop_columns(["y"]), parts,
+                                                          seed=parts))
+    features = state["features"]
+    assert [f for f in features if state["statistic"][features.index(f)] == 0] == constant
+    assert not set(constant) & set(state["kept"])
+    for test in ("anova", "f_regression"):
+        labelled = table if test == "anova" else table.set_column(
+            table.schema.get_field_index("y"), "y", pa.array(y + X[:, 0] * 0.1))
+        _, state = fit_state(SelectFeatures(label="y", test=test, k=D - 2, **weight),
+                             split(labelled, parts, seed=parts))
+        at = [features.index(f) for f in constant]
+        assert (state["statistic"][at] == 0).all() and (state["p_value"][at] == 1).all()
+        assert not set(constant) & set(state["kept"])
