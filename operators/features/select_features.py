@@ -296,8 +296,9 @@ def _anova(stats: dict[str, Any], n: float, label: str | None
 
 
 def _classes(stats: dict[str, Any], label: str | None) -> int:
-    """How many classes the rows have: two at least, or a DataError."""
-    k = len(stats["classes"])
+    """How many classes the rows have (of positive weight: a row of weight w is w copies,
+    and a class of rows of weight 0 is none): two at least, or a DataError."""
+    k = int(np.count_nonzero(stats["weights"] > 0))
     if k < 2:
         raise DataError(f"label column '{label}' has a single class in the rows: the test "
                         "compares classes", hint="check the filter and the label column")

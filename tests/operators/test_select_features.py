@@ -260,3 +260,19 @@ def test_a_constant_feature_has_no_spread_whatever_its_value(parts: int, weighte
         at = [features.index(f) for f in constant]
         assert (state["statistic"][at] == 0).all() and (state["p_value"][at] == 1).all()
         assert not set(constant) & set(state["kept"])
+
+
+@pytest.mark.parametrize("test", ["anova", "chi2"])
+def test_a_class_of_rows_of_weight_0_only_is_no_class(test: str) -> None:
+    """A row of weight w is w copies: a class whose rows all weigh 0 is not in the data,
+    and not among the k classes of the degrees of freedom (it made anova's F and both
+    p-values another test's)."""
+    X, y, w = data(test, seed=3)
+    y[:6], w[:6] = 7.0, 0.0
+    table = table_of(X, y, w, True)
+    _, state = fit_state(SelectFeatures(label="y", test=test, weight="w", k=3),
+                         split(table, 3))
+    repeated = np.repeat(X if test == "chi2" else X - 1e4, w.astype(int), axis=0)
+    statistic, p_value = SCORES[test](repeated, np.repeat(y, w.astype(int)))
+    np.testing.assert_allclose(state["statistic"], statistic, rtol=1e-9)
+    np.testing.assert_allclose(state["p_value"], p_value, rtol=1e-6, atol=1e-300)
