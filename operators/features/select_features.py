@@ -368,12 +368,15 @@ def _chosen(p: SelectFeaturesParams, statistic: np.ndarray, p_value: np.ndarray 
         keep = order[:p.k]
     elif p.percentile is not None:
         # scikit-learn's SelectPercentile: above the (interpolated) percentile, then ties
-        # at it in the features' order while fewer than the percentile's share are kept
-        threshold = np.percentile(statistic, 100 - p.percentile) if p.percentile < 100 \
+        # at it in the features' order while fewer than the percentile's share are kept;
+        # an infinite F (a feature constant within each class) as the largest float: the
+        # interpolation next to it, 4 + (inf - 4) x 0, is NaN, above which nothing is
+        finite = np.minimum(statistic, np.finfo(np.float64).max)
+        threshold = np.percentile(finite, 100 - p.percentile) if p.percentile < 100 \
             else -np.inf
-        room = int(count * p.percentile / 100) - int(np.sum(statistic > threshold))
-        ties = [i for i in range(count) if statistic[i] == threshold][:max(room, 0)]
-        keep = [i for i in order if statistic[i] > threshold or i in ties]
+        room = int(count * p.percentile / 100) - int(np.sum(finite > threshold))
+        ties = [i for i in range(count) if finite[i] == threshold][:max(room, 0)]
+        keep = [i for i in order if finite[i] > threshold or i in ties]
     elif p.fpr is not None:
         keep = [i for i in order if p_value[i] < p.fpr]
     elif p.fwe is not None:

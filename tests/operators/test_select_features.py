@@ -276,3 +276,18 @@ def test_a_class_of_rows_of_weight_0_only_is_no_class(test: str) -> None:
     statistic, p_value = SCORES[test](repeated, np.repeat(y, w.astype(int)))
     np.testing.assert_allclose(state["statistic"], statistic, rtol=1e-9)
     np.testing.assert_allclose(state["p_value"], p_value, rtol=1e-6, atol=1e-300)
+
+
+def test_percentile_keeps_a_feature_of_infinite_f() -> None:
+    """A feature constant within each class (the class's own code) has F = inf; the
+    percentile's interpolation between it and the next (4 + (inf - 4) x 0) was NaN, and
+    no feature was above NaN: 'keeps no feature'. percentile: 25 of 5 keeps the best."""
+    X, y, _ = data("anova", seed=2)
+    X = X[:, :5]
+    X[:, 3] = y
+    table = table_of(X, y, None, True)
+    _, state = fit_state(SelectFeatures(label="y", percentile=25), split(table, 2))
+    assert np.isinf(state["statistic"][3])
+    assert state["kept"] == ["f3"]
+    _, best = fit_state(SelectFeatures(label="y", k=1), split(table, 2))
+    assert best["kept"] == ["f3"]
