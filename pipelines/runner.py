@@ -805,6 +805,10 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             notify(line)
     incremental = _incremental(plan)
     reading = {s.id for s in incremental}
+    if reads.full_refresh and not incremental and notify:
+        notify(f"--full-refresh: no read_parquet step of pipeline '{plan.spec.name}' reads "
+               "incrementally (incremental: true), so every read reads all its files, as "
+               "always")
     if incremental and not any(s.op.incremental_counts()["new_files"] for s in incremental):
         return _nothing_new(plan, path, run_id, started, asked, reads,
                             runs_dir or default_runs_dir(), tracker, source, notify)

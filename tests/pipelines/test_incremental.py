@@ -258,3 +258,26 @@ def test_a_column_dropped_upstream_stops_the_next_run(workdir: Path) -> None:
     assert (f"'bad' is in none of the 1 file read (e.g. {folder / 'part.parquet'}); only in "
             f"files earlier runs read, such as {workdir}/data/events/ds=1/part.parquet"
             ) in str(info.value.problems[0])
+
+
+def test_full_refresh_of_a_pipeline_without_incremental_reads_is_said(workdir: Path) -> None:
+    """--full-refresh does something to incremental reads only: asked of a pipeline
+    without one, a note says that it changes nothing (it was silent: as if it had
+    refreshed)."""
+    path = write_pipeline(workdir, """
+        pipeline: whole
+        steps:
+          - op: read_parquet
+            path: data/events
+          - op: write_parquet
+            path: out
+            mode: overwrite
+        """)
+    day(workdir, 1)
+    said: list[str] = []
+    assert run(path, full_refresh=True, notify=said.append)["status"] == "succeeded"
+    assert ("--full-refresh: no read_parquet step of pipeline 'whole' reads incrementally "
+            "(incremental: true), so every read reads all its files, as always") in said
+    said.clear()
+    run(pipeline(workdir), full_refresh=True, notify=said.append)
+    assert not [line for line in said if "--full-refresh" in line]
