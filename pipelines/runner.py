@@ -47,7 +47,7 @@ from pipelines import profiles, runs
 from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
-from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
+from pipelines.engines.base import Dataset, Engine, StagedSink, interruption, on_interrupt
 from pipelines.incremental import Reads
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
@@ -282,6 +282,11 @@ class Run:
     scratch: str = ""
     # where lines worth a person's attention go as the run finds them (the CLI: stderr)
     notify: Callable[[str], None] | None = None
+    # the write steps' outputs, written and staged: published once every step has run
+    # (``publish``), so a run failing after a write publishes none (``discard``): the
+    # files of an incremental read are read again by the next run, and their rows must
+    # not be in an output already
+    staged: list[tuple[Step, StagedSink]] = field(default_factory=list)
 
     def placement(self, step: Step) -> Placement:
         return self.placements.get(step.id, CPU)
@@ -301,6 +306,26 @@ class Run:
                 self.engine.aggregate(self.datasets[step.id], step.id,
                                       lambda part, xp: part.num_rows, lambda a, b: a + b,
                                       placement=CPU)
+
+    def publish(self) -> None:
+        """Commit the staged outputs, in the order the steps wrote them."""
+        while self.staged:
+            step, staged = self.staged.pop(0)
+            try:
+                output = staged.publish()
+            except SluiceError as exc:
+                raise self._locate(step, exc) from None
+            self.record["outputs"].append({"step": step.id, **output})
+            line = small_files_note(output, getattr(step.op.params, "partition_by", None))
+            if line and self.notify:
+                self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
+                            f"{line}")
+
+    def discard(self) -> None:
+        """Abort the outputs still staged (a run that failed, or was stopped)."""
+        while self.staged:
+            with contextlib.suppress(Exception):
+                self.staged.pop(0)[1].discard()
 
     def _locate(self, step: Step, exc: SluiceError) -> SluiceError:
         """Prefix file:line of the step the error names (an upstream step's partition
@@ -346,14 +371,11 @@ class Run:
         elif isinstance(op, Union):
             self.datasets[step.id] = self._union(step, data)
         elif isinstance(op, Sink):
-            output = self.engine.write(data, step.id, op, self.run_id)
-            self.record["outputs"].append({"step": step.id, **output})
+            staged = StagedSink(op)
+            output = self.engine.write(data, step.id, staged, self.run_id)  # type: ignore[arg-type]
+            self.staged.append((step, staged))
             self.record["steps"][step.id]["rows"] = output["rows"]
             self.datasets[step.id] = data
-            line = small_files_note(output, getattr(op.params, "partition_by", None))
-            if line and self.notify:
-                self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
-                            f"{line}")
         elif isinstance(op, SaveModel):
             self._save_model(step)
             self.datasets[step.id] = data
@@ -868,11 +890,13 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
         eng.begin_run()
         record["engine"] = eng.describe()
         current.execute()
+        current.publish()
         for step in incremental:  # only now: a failed run's files are read again
             reads.commit(plan.spec.name, step.id, step.op.files_read(),
                          step.op.read_schema())
         record["status"] = "succeeded"
     except BaseException as exc:
+        current.discard()
         record["status"] = "failed"
         interrupt = interruption(exc)
         if interrupt is not None:

@@ -22,6 +22,8 @@ import pytest
 from conftest import write_pipeline
 
 from operators.base import SluiceError
+from operators.io.parquet import STAGING_MARK
+from pipelines.engines.base import StepFailure
 from pipelines.runner import ValidationFailed, run
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
@@ -281,3 +283,41 @@ def test_full_refresh_of_a_pipeline_without_incremental_reads_is_said(workdir: P
     said.clear()
     run(pipeline(workdir), full_refresh=True, notify=said.append)
     assert not [line for line in said if "--full-refresh" in line]
+
+
+def test_a_run_failing_after_its_write_publishes_no_output(workdir: Path, engine: Any
+                                                           ) -> None:
+    """A step failing after a write of the new files' rows: the write is not published
+    (its output was, while the files stayed unread, so the next run appended their rows
+    a second time); every output is published once every step has run, and the next
+    run appends each row once."""
+    path = write_pipeline(workdir, """
+        pipeline: events_checked
+        steps:
+          - id: events
+            op: read_parquet
+            path: data/events
+            incremental: true
+          - op: write_parquet
+            path: out
+            mode: append
+          - id: check
+            input: events
+            op: derive
+            columns: {customer_id: id}
+          - op: sluice_testops.FailingLate
+            after: {201: 0.0}
+          - op: write_parquet
+            path: checked
+            mode: append
+        """)
+    day(workdir, 1)
+    run(path, engine_instance=engine)
+    day(workdir, 2)
+    with pytest.raises(StepFailure, match="boom at 201"):
+        run(path, engine_instance=engine)
+    assert ids_in(workdir / "out") == [100, 101, 102]
+    assert not [p for p in workdir.iterdir() if STAGING_MARK in p.name]  # none left staged
+    day(workdir, 2, rows=1)  # mended: rewritten in place without the failing row
+    run(path, engine_instance=engine)
+    assert ids_in(workdir / "out") == ids_in(workdir / "checked") == every_input_id(workdir)
