@@ -288,11 +288,22 @@ def _anova(stats: dict[str, Any], n: float, label: str | None
            ) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's ``f_classif``: the between- and within-class sums of squares."""
     k = _classes(stats, label)
+    _require_freedom(n - k, f"more rows than classes: {n:g} rows (their total "
+                               f"weight) of {k} classes", "anova")
     totals, means = stats["weights"], stats["means"]
     overall, _ = class_overall(stats)
     between = totals @ ((means - overall) ** 2)
     within = stats["squares"].sum(axis=0)
-    return _f_test(between / (k - 1), within / max(n - k, 0.0), k - 1, n - k)
+    return _f_test(between / (k - 1), within / (n - k), k - 1, n - k)
+
+
+def _require_freedom(freedom: float, needs: str, test: str) -> None:
+    """A DataError where the test's denominator has no degrees of freedom (its F is
+    0 / 0 for every feature)."""
+    if not freedom > 0:
+        raise DataError(f"test {test} needs {needs}: no degrees of freedom are left for "
+                        "the F test", hint="give it more rows (check the filter and the "
+                                           "weight column)")
 
 
 def _classes(stats: dict[str, Any], label: str | None) -> int:
@@ -330,6 +341,8 @@ def _f_regression(stats: dict[str, Any], n: float, label: str | None
         r = comoment[:-1, -1] / np.sqrt(spread[:-1] * spread[-1])
     r = np.where(spread[:-1] > 0, np.clip(r, -1.0, 1.0), 0.0)
     freedom = n - 2
+    _require_freedom(freedom, f"more than 2 rows: {n:g} rows (their total weight)",
+                     "f_regression")
     with np.errstate(divide="ignore"):
         statistic = np.where(r * r < 1.0, r * r / (1.0 - r * r) * freedom, np.inf)
     return statistic, scipy_stats.f.sf(statistic, 1, freedom)

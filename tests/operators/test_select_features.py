@@ -291,3 +291,18 @@ def test_percentile_keeps_a_feature_of_infinite_f() -> None:
     assert state["kept"] == ["f3"]
     _, best = fit_state(SelectFeatures(label="y", k=1), split(table, 2))
     assert best["kept"] == ["f3"]
+
+
+def test_too_few_rows_for_the_degrees_of_freedom_are_said() -> None:
+    """anova of as many rows as classes, f_regression of two rows: no degrees of freedom
+    are left (n - k, n - 2), F is 0 / 0; it was NaN for every feature, with NumPy's
+    RuntimeWarning on the terminal, and the features 'kept' were any."""
+    table = pa.table({"a": [1.0, 2.0], "b": [3.0, 3.5], "y": [0, 1]})
+    with pytest.raises(DataError, match=r"test anova needs more rows than classes: 2 rows "
+                                        r"\(their total weight\) of 2 classes") as info:
+        fit_state(SelectFeatures(label="y", k=1), [table])
+    assert "more rows" in (info.value.hint or "")
+    numeric = table.set_column(2, "y", pa.array([0.0, 1.0]))
+    with pytest.raises(DataError, match=r"test f_regression needs more than 2 rows: 2 rows "
+                                        r"\(their total weight\)"):
+        fit_state(SelectFeatures(label="y", k=1), [numeric])
