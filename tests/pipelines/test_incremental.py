@@ -331,3 +331,29 @@ def test_a_run_failing_after_its_write_publishes_no_output(workdir: Path, engine
     day(workdir, 2, rows=1)  # mended: rewritten in place without the failing row
     run(path, engine_instance=engine)
     assert ids_in(workdir / "out") == ids_in(workdir / "checked") == every_input_id(workdir)
+
+
+def test_an_incremental_read_without_an_id_is_told_to_take_one(workdir: Path) -> None:
+    """What an incremental read read is kept by its step id: one the file does not give
+    ('read_parquet') changes when another read_parquet step comes before it
+    ('read_parquet_2'), and every file is then read again; a note says to give one."""
+    path = write_pipeline(workdir, """
+        pipeline: events_daily
+        steps:
+          - op: read_parquet
+            path: data/events
+            incremental: true
+          - op: write_parquet
+            path: out
+            mode: append
+        """)
+    day(workdir, 1)
+    said: list[str] = []
+    run(path, notify=said.append)
+    assert (f"{path}:3: step 'read_parquet' reads incrementally and has no id: what it "
+            "read is kept by its step id, which another read_parquet step before it would "
+            "change (every file read again); give it one (`id: events`)") in said
+    said.clear()
+    day(workdir, 2)
+    run(pipeline(workdir), notify=said.append)
+    assert not [line for line in said if "has no id" in line]
