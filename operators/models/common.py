@@ -170,10 +170,12 @@ def weigh_classes(choice: ClassWeight, classes: list[Any], totals: np.ndarray, l
 
 def classes_named(key: bool | int | str, classes: list[Any]) -> list[int]:
     """The positions in ``classes`` of the class a parameter's key names: as the label
-    holds it (True is not 1), or as text (YAML keys of a text label, "1" of an integer)."""
+    holds it (True is not 1), or as text (YAML keys of a text label, "1" of an integer,
+    "true" or "false" of a boolean in any case: a pipeline file's keys come as written)."""
     return [i for i, c in enumerate(classes)
             if (key == c and isinstance(key, bool) == isinstance(c, bool))
-            or (isinstance(key, str) and key == str(c))]
+            or (isinstance(key, str) and (key.lower() == str(c).lower()
+                                          if isinstance(c, bool) else key == str(c)))]
 
 
 def check_class_weight(choice: ClassWeight, classify: bool, label: str) -> None:
