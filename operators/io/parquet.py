@@ -643,8 +643,32 @@ class ReadParquet(Source):
             # an incremental read's columns so far: no footer read to find them (the
             # first file's would be, and it was read before)
             schema = self.__dict__.get("schema_before") if self.params.incremental else None
+            if schema is not None:
+                schema = self._with_new_keys(schema, files, base, partitioning)
         return ds.dataset(files, filesystem=self.location.filesystem, format="parquet",
                           partitioning=partitioning, partition_base_dir=base, schema=schema)
+
+    def _with_new_keys(self, schema: pa.Schema, files: list[str], base: str,
+                       partitioning: Any) -> pa.Schema:
+        """``schema`` (the columns of the files earlier runs read) with the hive keys of
+        folders only files not read before are in (``ds=`` folders after files in the
+        folder itself, a ``region=`` level added), as pyarrow's discovery of those files
+        types them (a new file's footer read, as the new files' are anyway)."""
+        import pyarrow.dataset as ds
+
+        read = self.__dict__.get("read_before") or {}
+        new = [f for f in files if f not in read]
+        if not new:
+            return schema
+        try:
+            found = ds.dataset(new, filesystem=self.location.filesystem, format="parquet",
+                               partitioning=partitioning, partition_base_dir=base)
+        except (*_io_errors(), pa.ArrowException):
+            return schema  # a file that does not open: its footer's read says which
+        for field in found.partitioning.schema if found.partitioning is not None else []:
+            if schema.get_field_index(field.name) < 0:
+                schema = schema.append(field)
+        return schema
 
     def shadowed_columns(self) -> list[str]:
         """The hive keys of the folders (``region=north``) that the files hold as columns

@@ -357,3 +357,35 @@ def test_an_incremental_read_without_an_id_is_told_to_take_one(workdir: Path) ->
     day(workdir, 2)
     run(pipeline(workdir), notify=said.append)
     assert not [line for line in said if "has no id" in line]
+
+
+def test_hive_folders_that_come_later_are_columns_of_their_rows(workdir: Path) -> None:
+    """Files in the folder itself first, then `ds=` folders, then a `region=` level: the
+    new folders' keys are columns of their rows, as a read of every file has them (the
+    columns of the files read before were the whole schema: ds and region were dropped,
+    their values lost)."""
+    path = write_pipeline(workdir, """
+        pipeline: events_by_day
+        steps:
+          - id: days
+            op: read_parquet
+            path: data/events
+            incremental: true
+          - op: write_parquet
+            path: out
+            mode: overwrite
+        """)
+    events = workdir / "data" / "events"
+    events.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1]}), events / "flat.parquet")
+    run(path)
+    day(workdir, 2)
+    run(path)
+    assert pq.read_table(workdir / "out").select(["id", "ds"]).to_pylist() == [
+        {"id": i, "ds": 2} for i in (200, 201, 202)]
+    (events / "ds=3" / "region=north").mkdir(parents=True)
+    pq.write_table(pa.table({"id": [300], "bad": [False]}),
+                   events / "ds=3" / "region=north" / "part.parquet")
+    run(path)
+    assert pq.read_table(workdir / "out").select(["id", "ds", "region"]).to_pylist() == [
+        {"id": 300, "ds": 3, "region": "north"}]
