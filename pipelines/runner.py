@@ -40,7 +40,7 @@ from operators.evaluate.drift import (
 from operators.evaluate.promote import Promote
 from operators.features.join import Join, ShuffleJoin
 from operators.features.union import Union
-from operators.io.fs import release_dir
+from operators.io.fs import release_dir, resolve
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
 from pipelines import profiles, runs
@@ -307,9 +307,10 @@ class Run:
                                       lambda part, xp: part.num_rows, lambda a, b: a + b,
                                       placement=CPU)
 
-    def publish(self) -> None:
-        """Commit the staged outputs, in the order the steps wrote them."""
-        while self.staged:
+    def publish(self, count: int | None = None) -> None:
+        """Commit the staged outputs (the first ``count``), in the order the steps
+        wrote them."""
+        for _ in range(len(self.staged) if count is None else count):
             step, staged = self.staged.pop(0)
             try:
                 output = staged.publish()
@@ -320,6 +321,18 @@ class Run:
             if line and self.notify:
                 self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
                             f"{line}")
+
+    def _publish_into(self, sink: Sink) -> None:
+        """Publish the staged outputs that ``sink`` writes into too (a pipeline writing
+        one output twice): its write finds their rows there, as written in that order."""
+        where = _target_of(sink)
+        if where is None:
+            return
+        for step, staged in list(self.staged):
+            if _target_of(staged.sink) == where:
+                self.staged.remove((step, staged))
+                self.staged.insert(0, (step, staged))
+                self.publish(1)
 
     def discard(self) -> None:
         """Abort the outputs still staged (a run that failed, or was stopped)."""
@@ -371,6 +384,7 @@ class Run:
         elif isinstance(op, Union):
             self.datasets[step.id] = self._union(step, data)
         elif isinstance(op, Sink):
+            self._publish_into(op)
             staged = StagedSink(op)
             output = self.engine.write(data, step.id, staged, self.run_id)  # type: ignore[arg-type]
             self.staged.append((step, staged))
@@ -658,6 +672,16 @@ class Run:
                                       "path": self.store.path_of(model),
                                       **({"aliases": list(step.op.params.aliases)}
                                          if step.op.params.aliases else {})})
+
+
+def _target_of(sink: Any) -> str | None:
+    """Where a write step writes (its path, resolved), None for a sink without one."""
+    params = getattr(sink, "params", None)
+    path = getattr(params, "path", None)
+    if not isinstance(path, str):
+        return None
+    location = resolve(path, getattr(params, "storage_options", None) or {})
+    return location.path if location.local else location.url
 
 
 def small_files_note(output: dict[str, Any], partition_by: list[str] | None) -> str | None:
