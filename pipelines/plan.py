@@ -664,6 +664,12 @@ def _bind_read_before(plan: Plan, step: Step) -> bool:
     """An incremental read given the files earlier runs read (claimed for a run: a run
     of the pipeline going on already is a problem at the step's `incremental` line)."""
     assert isinstance(step.op, ReadParquet)
+    if not step.spec.explicit_id:
+        plan.notices.append(
+            f"{plan.spec.file}:{step.spec.line}: step '{step.id}' reads incrementally and "
+            "has no id: what it read is kept by its step id, which another read_parquet "
+            "step before it would change (every file read again); give it one "
+            "(`id: events`)")
     if plan.reads is None:
         return True
     try:

@@ -40,7 +40,7 @@ from operators.evaluate.drift import (
 from operators.evaluate.promote import Promote
 from operators.features.join import Join, ShuffleJoin
 from operators.features.union import Union
-from operators.io.fs import release_dir
+from operators.io.fs import release_dir, resolve
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet
 from operators.models.common import query_column
@@ -48,7 +48,7 @@ from pipelines import profiles, runs
 from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
-from pipelines.engines.base import Dataset, Engine, interruption, on_interrupt
+from pipelines.engines.base import Dataset, Engine, StagedSink, interruption, on_interrupt
 from pipelines.incremental import Reads
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
@@ -283,6 +283,11 @@ class Run:
     scratch: str = ""
     # where lines worth a person's attention go as the run finds them (the CLI: stderr)
     notify: Callable[[str], None] | None = None
+    # the write steps' outputs, written and staged: published once every step has run
+    # (``publish``), so a run failing after a write publishes none (``discard``): the
+    # files of an incremental read are read again by the next run, and their rows must
+    # not be in an output already
+    staged: list[tuple[Step, StagedSink]] = field(default_factory=list)
 
     def placement(self, step: Step) -> Placement:
         return self.placements.get(step.id, CPU)
@@ -302,6 +307,39 @@ class Run:
                 self.engine.aggregate(self.datasets[step.id], step.id,
                                       lambda part, xp: part.num_rows, lambda a, b: a + b,
                                       placement=CPU)
+
+    def publish(self, count: int | None = None) -> None:
+        """Commit the staged outputs (the first ``count``), in the order the steps
+        wrote them."""
+        for _ in range(len(self.staged) if count is None else count):
+            step, staged = self.staged.pop(0)
+            try:
+                output = staged.publish()
+            except SluiceError as exc:
+                raise self._locate(step, exc) from None
+            self.record["outputs"].append({"step": step.id, **output})
+            line = small_files_note(output, getattr(step.op.params, "partition_by", None))
+            if line and self.notify:
+                self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
+                            f"{line}")
+
+    def _publish_into(self, sink: Sink) -> None:
+        """Publish the staged outputs that ``sink`` writes into too (a pipeline writing
+        one output twice): its write finds their rows there, as written in that order."""
+        where = _target_of(sink)
+        if where is None:
+            return
+        for step, staged in list(self.staged):
+            if _target_of(staged.sink) == where:
+                self.staged.remove((step, staged))
+                self.staged.insert(0, (step, staged))
+                self.publish(1)
+
+    def discard(self) -> None:
+        """Abort the outputs still staged (a run that failed, or was stopped)."""
+        while self.staged:
+            with contextlib.suppress(Exception):
+                self.staged.pop(0)[1].discard()
 
     def _locate(self, step: Step, exc: SluiceError) -> SluiceError:
         """Prefix file:line of the step the error names (an upstream step's partition
@@ -352,14 +390,12 @@ class Run:
         elif isinstance(op, Union):
             self.datasets[step.id] = self._union(step, data)
         elif isinstance(op, Sink):
-            output = self.engine.write(data, step.id, op, self.run_id)
-            self.record["outputs"].append({"step": step.id, **output})
+            self._publish_into(op)
+            staged = StagedSink(op)
+            output = self.engine.write(data, step.id, staged, self.run_id)  # type: ignore[arg-type]
+            self.staged.append((step, staged))
             self.record["steps"][step.id]["rows"] = output["rows"]
             self.datasets[step.id] = data
-            line = small_files_note(output, getattr(op.params, "partition_by", None))
-            if line and self.notify:
-                self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
-                            f"{line}")
         elif isinstance(op, SaveModel):
             self._save_model(step)
             self.datasets[step.id] = data
@@ -690,6 +726,16 @@ class Run:
                                          if step.op.params.aliases else {})})
 
 
+def _target_of(sink: Any) -> str | None:
+    """Where a write step writes (its path, resolved), None for a sink without one."""
+    params = getattr(sink, "params", None)
+    path = getattr(params, "path", None)
+    if not isinstance(path, str):
+        return None
+    location = resolve(path, getattr(params, "storage_options", None) or {})
+    return location.path if location.local else location.url
+
+
 def small_files_note(output: dict[str, Any], partition_by: list[str] | None) -> str | None:
     """A line when a hive-partitioned write made many small files: every input partition
     writes a file into each partition folder its rows fall in (Spark's small-files
@@ -863,6 +909,10 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             notify(line)
     incremental = _incremental(plan)
     reading = {s.id for s in incremental}
+    if reads.full_refresh and not incremental and notify:
+        notify(f"--full-refresh: no read_parquet step of pipeline '{plan.spec.name}' reads "
+               "incrementally (incremental: true), so every read reads all its files, as "
+               "always")
     if incremental and not any(s.op.incremental_counts()["new_files"] for s in incremental):
         return _nothing_new(plan, path, run_id, started, asked, reads,
                             runs_dir or default_runs_dir(), tracker, source, notify)
@@ -922,11 +972,13 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
         eng.begin_run()
         record["engine"] = eng.describe()
         current.execute()
+        current.publish()
         for step in incremental:  # only now: a failed run's files are read again
             reads.commit(plan.spec.name, step.id, step.op.files_read(),
                          step.op.read_schema())
         record["status"] = "succeeded"
     except BaseException as exc:
+        current.discard()
         record["status"] = "failed"
         interrupt = interruption(exc)
         if interrupt is not None:

@@ -66,6 +66,7 @@ MEDIA_TYPES = (JSON, CSV, ARROW, ARROW_FILE)
 # the JSON request formats (MLflow's scoring server's names)
 JSON_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 REQUEST_PARAMS = ("contributions", "contributions_by", "keep", "threshold")
+MAX_SCORERS = 64  # a model's scorers kept (each of options and a threshold)
 MODEL_HEADER = "X-Sluice-Model"
 HOST = get_namespace("numpy")
 REQUEST_HEADER = "X-Request-Id"  # the client's, else one made up; in the row log
@@ -267,7 +268,7 @@ class ScoringModel:
             trained.field(c).with_type(pa.int64())
             if c in coded and pa.types.is_integer(trained.field(c).type) else trained.field(c)
             for c in model.required])
-        self._scorers: dict[tuple[bool, str], Score] = {}
+        self._scorers: dict[tuple[bool, str, float | None], Score] = {}
         self._lock = threading.Lock()
         self.score_table(self.input_schema.empty_table())
 
@@ -310,8 +311,22 @@ class ScoringModel:
                                contributions_by=by, threshold=threshold)
                 scorer.bind(*binding(self.model, self.asked, self.path))
                 scorer.output_schema(self.input_schema)  # a model without contributions
+                if len(self._scorers) >= MAX_SCORERS:
+                    # callers' thresholds are any numbers: the oldest goes, not memory
+                    self._scorers.pop(next(iter(self._scorers)))
                 self._scorers[key] = scorer
             return self._scorers[key]
+
+    def _cutting_scorer(self, contributions: bool, by: str, threshold: Any) -> Score:
+        """``_scorer`` for a caller's ``threshold``: one that is no number from 0 to 1, or
+        is given to a model of numbers or of more classes, is a RequestError."""
+        threshold = threshold_value(threshold)
+        try:
+            return self._scorer(contributions, by, threshold)
+        except SchemaError as exc:
+            if threshold is None:
+                raise
+            raise RequestError(exc.message, hint=exc.hint) from None
 
     def outputs(self, contributions: bool = False,
                 contributions_by: str = "features") -> tuple[str, ...]:
@@ -339,13 +354,7 @@ class ScoringModel:
                                "inputs")
         if contributions_by != "features" and not contributions:
             raise RequestError("contributions_by needs contributions: true")
-        try:
-            scorer = self._scorer(bool(contributions), contributions_by, threshold)
-        except SchemaError as exc:
-            if threshold is None:
-                raise
-            # the request's threshold for a model of numbers or of more classes
-            raise RequestError(exc.message, hint=exc.hint) from None
+        scorer = self._cutting_scorer(bool(contributions), contributions_by, threshold)
         cast = _cast(table, self.input_schema)
         scorer.check_input(cast.schema)
 
@@ -463,7 +472,8 @@ def spark_udf(ref: str, models: str | None = None, *, result: str | None = None,
     ``probability`` (a double, or an array of doubles in class order), ``prediction``,
     or ``all`` (a struct of the model's columns, with ``contributions`` too); by default
     a classifier's ``probability``, else the ``prediction`` (a regression's value, a
-    cluster), as MLflow's default answers with the prediction. The model
+    cluster), as MLflow's default answers with the prediction; ``threshold`` cuts a
+    binary classifier's probability into its ``prediction`` (the default then). The model
     is loaded here, once, and travels with the function to the executors (which need
     this package: ``sluice package``'s archive, or an install)."""
     try:
@@ -475,8 +485,16 @@ def spark_udf(ref: str, models: str | None = None, *, result: str | None = None,
 
     model = load_model(ref, models, storage_options=storage_options)
     fields = {f.name: f for f in model.output_fields(contributions, contributions_by)}
+    if threshold is not None:
+        # said here, on the driver, not by every executor's task
+        model._cutting_scorer(contributions, contributions_by, threshold)
+        if result == "probability":
+            raise SluiceError("threshold cuts the prediction, and result 'probability' is "
+                              "the same without it", hint="result: prediction (the default "
+                                                          "with a threshold), or all")
     if result is None:
-        result = "probability" if "probability" in fields else "prediction"
+        result = ("probability" if "probability" in fields and threshold is None
+                  else "prediction")
     if result == "all":
         out_type: pa.DataType = pa.struct(list(fields.values()))
     elif result in fields:
@@ -668,17 +686,26 @@ def request_params(params: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
         raise RequestError("params.keep must be a list of column names")
     out["keep"] = keep
-    threshold = params.get("threshold")
-    if threshold is not None:
-        try:
-            threshold = float(threshold)
-        except (TypeError, ValueError):
-            threshold = None
-        if threshold is None or not 0.0 <= threshold <= 1.0:
-            raise RequestError(f"params.threshold must be a number from 0 to 1, not "
-                               f"{json.dumps(params.get('threshold'))}")
-    out["threshold"] = threshold
+    out["threshold"] = threshold_value(params.get("threshold"), "params.threshold")
     return out
+
+
+def threshold_value(value: Any, name: str = "threshold") -> float | None:
+    """A caller's threshold as a float from 0 to 1 (None: none); anything else (1.5, NaN,
+    'half', true) a RequestError that says so."""
+    if value is None:
+        return None
+    number = None
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError, ValueError):
+            number = float(value)
+    if number is None or not 0.0 <= number <= 1.0:
+        shown = "NaN" if number is not None and math.isnan(number) else json.dumps(
+            value, default=str)
+        raise RequestError(f"{name} must be a number from 0 to 1, not {shown}",
+                           hint="a binary classifier's probability at or above it is the "
+                                "second class (evaluate's thresholds.best_f1 suggests one)")
+    return number
 
 
 def media_type(header: str | None) -> str:

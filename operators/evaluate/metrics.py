@@ -117,7 +117,7 @@ class MetricAccumulator:
     weighted (scikit-learn's ``sample_weight``).
 
     How exact ``roc_auc`` is: each class's scores are histogrammed on the fixed
-    grid ``k / 2**16`` (a score goes to the nearest grid point; memory is
+    grid ``k / 2**16`` (a score goes to the grid point at or below it; memory is
     ``2**16 + 1`` floats per class, whatever the data size) and the
     Mann-Whitney statistic is computed over bins, pairs within one bin counting
     one half. That is exactly the trapezoidal ROC AUC of the binned scores, so:
@@ -409,8 +409,11 @@ def _send(xp: Any, blocks: list[np.ndarray]) -> list[Any]:
 
 
 def _bins(xp: Any, scores: Any) -> Any:
-    """Nearest grid point ``k / AUC_BINS`` of each score (clipped to [0, 1]) as int64."""
-    scaled = xp.floor(xp.clip(scores, 0.0, 1.0) * AUC_BINS + 0.5)
+    """The grid point ``k / AUC_BINS`` at or below each score (clipped to [0, 1]) as
+    int64: a bin's rows are those at least its threshold and below the next (exactly:
+    the scaling is by a power of two), score's rule of a threshold; the nearest point
+    put 0.3 at 0.3000031, which the scores of 0.3 are not at least."""
+    scaled = xp.floor(xp.clip(scores, 0.0, 1.0) * AUC_BINS)
     return xp.astype(scaled, xp.int64)
 
 

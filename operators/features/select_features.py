@@ -288,16 +288,28 @@ def _anova(stats: dict[str, Any], n: float, label: str | None
            ) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's ``f_classif``: the between- and within-class sums of squares."""
     k = _classes(stats, label)
+    _require_freedom(n - k, f"more rows than classes: {n:g} rows (their total "
+                               f"weight) of {k} classes", "anova")
     totals, means = stats["weights"], stats["means"]
     overall, _ = class_overall(stats)
     between = totals @ ((means - overall) ** 2)
     within = stats["squares"].sum(axis=0)
-    return _f_test(between / (k - 1), within / max(n - k, 0.0), k - 1, n - k)
+    return _f_test(between / (k - 1), within / (n - k), k - 1, n - k)
+
+
+def _require_freedom(freedom: float, needs: str, test: str) -> None:
+    """A DataError where the test's denominator has no degrees of freedom (its F is
+    0 / 0 for every feature)."""
+    if not freedom > 0:
+        raise DataError(f"test {test} needs {needs}: no degrees of freedom are left for "
+                        "the F test", hint="give it more rows (check the filter and the "
+                                           "weight column)")
 
 
 def _classes(stats: dict[str, Any], label: str | None) -> int:
-    """How many classes the rows have: two at least, or a DataError."""
-    k = len(stats["classes"])
+    """How many classes the rows have (of positive weight: a row of weight w is w copies,
+    and a class of rows of weight 0 is none): two at least, or a DataError."""
+    k = int(np.count_nonzero(stats["weights"] > 0))
     if k < 2:
         raise DataError(f"label column '{label}' has a single class in the rows: the test "
                         "compares classes", hint="check the filter and the label column")
@@ -329,6 +341,8 @@ def _f_regression(stats: dict[str, Any], n: float, label: str | None
         r = comoment[:-1, -1] / np.sqrt(spread[:-1] * spread[-1])
     r = np.where(spread[:-1] > 0, np.clip(r, -1.0, 1.0), 0.0)
     freedom = n - 2
+    _require_freedom(freedom, f"more than 2 rows: {n:g} rows (their total weight)",
+                     "f_regression")
     with np.errstate(divide="ignore"):
         statistic = np.where(r * r < 1.0, r * r / (1.0 - r * r) * freedom, np.inf)
     return statistic, scipy_stats.f.sf(statistic, 1, freedom)
@@ -367,12 +381,15 @@ def _chosen(p: SelectFeaturesParams, statistic: np.ndarray, p_value: np.ndarray 
         keep = order[:p.k]
     elif p.percentile is not None:
         # scikit-learn's SelectPercentile: above the (interpolated) percentile, then ties
-        # at it in the features' order while fewer than the percentile's share are kept
-        threshold = np.percentile(statistic, 100 - p.percentile) if p.percentile < 100 \
+        # at it in the features' order while fewer than the percentile's share are kept;
+        # an infinite F (a feature constant within each class) as the largest float: the
+        # interpolation next to it, 4 + (inf - 4) x 0, is NaN, above which nothing is
+        finite = np.minimum(statistic, np.finfo(np.float64).max)
+        threshold = np.percentile(finite, 100 - p.percentile) if p.percentile < 100 \
             else -np.inf
-        room = int(count * p.percentile / 100) - int(np.sum(statistic > threshold))
-        ties = [i for i in range(count) if statistic[i] == threshold][:max(room, 0)]
-        keep = [i for i in order if statistic[i] > threshold or i in ties]
+        room = int(count * p.percentile / 100) - int(np.sum(finite > threshold))
+        ties = [i for i in range(count) if finite[i] == threshold][:max(room, 0)]
+        keep = [i for i in order if finite[i] > threshold or i in ties]
     elif p.fpr is not None:
         keep = [i for i in order if p_value[i] < p.fpr]
     elif p.fwe is not None:

@@ -640,8 +640,32 @@ class ReadParquet(Source):
             # an incremental read's columns so far: no footer read to find them (the
             # first file's would be, and it was read before)
             schema = self.__dict__.get("schema_before") if self.params.incremental else None
+            if schema is not None:
+                schema = self._with_new_keys(schema, files, base, partitioning)
         return ds.dataset(files, filesystem=self.location.filesystem, format="parquet",
                           partitioning=partitioning, partition_base_dir=base, schema=schema)
+
+    def _with_new_keys(self, schema: pa.Schema, files: list[str], base: str,
+                       partitioning: Any) -> pa.Schema:
+        """``schema`` (the columns of the files earlier runs read) with the hive keys of
+        folders only files not read before are in (``ds=`` folders after files in the
+        folder itself, a ``region=`` level added), as pyarrow's discovery of those files
+        types them (a new file's footer read, as the new files' are anyway)."""
+        import pyarrow.dataset as ds
+
+        read = self.__dict__.get("read_before") or {}
+        new = [f for f in files if f not in read]
+        if not new:
+            return schema
+        try:
+            found = ds.dataset(new, filesystem=self.location.filesystem, format="parquet",
+                               partitioning=partitioning, partition_base_dir=base)
+        except (*_io_errors(), pa.ArrowException):
+            return schema  # a file that does not open: its footer's read says which
+        for field in found.partitioning.schema if found.partitioning is not None else []:
+            if schema.get_field_index(field.name) < 0:
+                schema = schema.append(field)
+        return schema
 
     def shadowed_columns(self) -> list[str]:
         """The hive keys of the folders (``region=north``) that the files hold as columns
@@ -885,14 +909,15 @@ class ReadParquet(Source):
                          f"(e.g. {self._shown(having[name][0])}), not in {len(gone):,} "
                          f"(e.g. {self._shown(gone[0])})")
             else:
-                elsewhere = next((f.path for f in self.dataset.get_fragments()
-                                  if f.physical_schema.get_field_index(name) >= 0), None)
-                which = ("earlier runs read" if elsewhere in self.__dict__.get(
-                    "read_before", {}) else "the filter leaves out")
+                earlier = self._read_before_with(name)
+                elsewhere = self._file_with(name, earlier)
+                which = "earlier runs read" if earlier else "the filter leaves out"
                 found = (f"'{name}' is in none of the {total} (e.g. "
                          f"{self._shown(gone[0])})"
                          + (f"; only in files {which}, such as {self._shown(elsewhere)}"
-                            if elsewhere else ""))
+                            if elsewhere else
+                            f"; only in files {which} (the columns they had are kept "
+                            "with the files read)" if earlier else ""))
             said.append(found)
         shared = [n for n in self.schema().names if n not in lacking]
         fixes = ["set `missing: null` to read every file's columns, null in the rows of "
@@ -915,6 +940,27 @@ class ReadParquet(Source):
                          f"derive of `{b}: coalesce({b}, {a})`")
         raise DataError("the files disagree on the columns read: " + "; ".join(said),
                         hint="; or ".join(fixes))
+
+    def _read_before_with(self, name: str) -> bool:
+        """Whether the columns of the files earlier runs read (an incremental read's
+        state) hold ``name``."""
+        known = self.__dict__.get("schema_before")
+        return (self.params.incremental and known is not None
+                and known.get_field_index(name) >= 0)
+
+    def _file_with(self, name: str, earlier: bool, looked_at: int = 20) -> str | None:
+        """For a message: a file not read that has column ``name``, among the files
+        earlier runs read (``earlier``: at most ``looked_at`` of them, one that no longer
+        opens passed over) or else those the filter leaves out."""
+        before = self.__dict__.get("read_before", {})
+        candidates = [f for f in self.dataset.get_fragments() if (f.path in before) == earlier]
+        for fragment in candidates[:looked_at] if earlier else candidates:
+            try:
+                if fragment.physical_schema.get_field_index(name) >= 0:
+                    return fragment.path
+            except (*_io_errors(), pa.ArrowException):
+                continue  # changed in place since (same size and time): no example
+        return None
 
     def _pieces(self) -> Iterator[tuple[Any, pa.Schema, list[Any]]]:
         """Each file the filter keeps: its fragment, its physical schema and its row

@@ -10,6 +10,7 @@ partitioning holds out the same rows.
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from abc import abstractmethod
@@ -169,10 +170,12 @@ def weigh_classes(choice: ClassWeight, classes: list[Any], totals: np.ndarray, l
 
 def classes_named(key: bool | int | str, classes: list[Any]) -> list[int]:
     """The positions in ``classes`` of the class a parameter's key names: as the label
-    holds it (True is not 1), or as text (YAML keys of a text label, "1" of an integer)."""
+    holds it (True is not 1), or as text (YAML keys of a text label, "1" of an integer,
+    "true" or "false" of a boolean in any case: a pipeline file's keys come as written)."""
     return [i for i, c in enumerate(classes)
             if (key == c and isinstance(key, bool) == isinstance(c, bool))
-            or (isinstance(key, str) and key == str(c))]
+            or (isinstance(key, str) and (key.lower() == str(c).lower()
+                                          if isinstance(c, bool) else key == str(c)))]
 
 
 def check_class_weight(choice: ClassWeight, classify: bool, label: str) -> None:
@@ -606,11 +609,12 @@ def comoments(values: Any, weights: Any, xp: Any, block_rows: int | None = None
         mean = row_products(weights, values, xp) / total if total > 0 else None
     if not total > 0:
         return {"weight": 0.0, "mean": np.zeros(k), "comoment": np.zeros((k, k))}
+    rows = values.shape[0]
+    step = rows if block_rows is None else block_rows
+    mean = _exact_where_constant(values, weights, mean, xp, step)
     # centred on the mean rounded to the data's dtype: in float32 the co-moments move by
     # (mean - rounded)^2 relative terms, below float32's own resolution of the values
     rounded = xp.astype(mean, values.dtype)
-    rows = values.shape[0]
-    step = rows if block_rows is None else block_rows
     comoment = None
     for start in range(0, rows, step):
         stop = min(start + step, rows)
@@ -619,6 +623,37 @@ def comoments(values: Any, weights: Any, xp: Any, block_rows: int | None = None
         block = row_products(centred, weighted, xp)
         comoment = block if comoment is None else comoment + block
     return {"weight": total, "mean": to_numpy(mean), "comoment": to_numpy(comoment)}
+
+
+def _exact_where_constant(values: Any, weights: Any, mean: Any, xp: Any, step: int) -> Any:
+    """``mean`` with each column that has one value over the rows that weigh set to that
+    value exactly: the mean's rounding (3 x 0.1 / 3 is not 0.1) centres such a column off
+    itself, and gives it a variance of rounding noise (1e-34 at 0.1, 4e-12 at 1e10),
+    which a test of spread then ranks as spread. ``step`` rows at a time."""
+    lowest = highest = None
+    for start in range(0, values.shape[0], step):
+        block = values[start:start + step, ...]
+        low = high = block
+        if weights is not None:
+            weighs = weights[start:start + step, None] > 0
+            low = xp.where(weighs, block, xp.asarray(math.inf, dtype=block.dtype))
+            high = xp.where(weighs, block, xp.asarray(-math.inf, dtype=block.dtype))
+        low, high = xp.min(low, axis=0), xp.max(high, axis=0)
+        lowest = low if lowest is None else xp.minimum(lowest, low)
+        highest = high if highest is None else xp.maximum(highest, high)
+    return xp.where(lowest == highest, xp.astype(lowest, mean.dtype), mean)
+
+
+def combine_means(wa: np.ndarray, ma: np.ndarray, wb: np.ndarray, mb: np.ndarray
+                  ) -> np.ndarray:
+    """The mean of two weighted means, symmetric in a and b (commutative bit for bit),
+    and exactly the one that has weight where the other has none, or where both are
+    equal (a constant column stays its value: 0.1 and 0.1 of weights 1 and 2 are 0.1,
+    not the 0.10000000000000002 of (0.1 + 2 x 0.1) / 3)."""
+    total = wa + wb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mixed = (wa * ma + wb * mb) / total
+    return np.where(wa > 0, np.where((wb > 0) & (ma != mb), mixed, ma), mb)
 
 
 def combine_comoments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -630,8 +665,7 @@ def combine_comoments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     wa, wb = a["weight"], b["weight"]
     total = wa + wb
     delta = b["mean"] - a["mean"]
-    # symmetric in a and b, so combine is commutative bit for bit
-    mean = (wa * a["mean"] + wb * b["mean"]) / total
+    mean = combine_means(wa, a["mean"], wb, b["mean"])
     comoment = a["comoment"] + b["comoment"] + np.outer(delta, delta) * (wa * wb / total)
     return {"weight": total, "mean": mean, "comoment": comoment}
 
@@ -722,10 +756,27 @@ def class_sums(part: pa.Table, features: list[str], labels: pa.Array,
     sums = to_numpy(row_products(by_class, X, xp))
     if not moments:
         return {**out, "sums": sums}
-    means = sums / np.where(totals > 0, totals, 1.0)[:, None]
+    # each class's mean about one of its rows that weighs: a feature constant in a
+    # class has that value for mean exactly, and deviations of 0 (its sums' rounding
+    # made a spread of noise, which a test of spread ranks as spread)
+    shift = xp.take(X, xp.asarray(_first_weighing_rows(index, weights, len(classes))),
+                    axis=0)
+    shifted = to_numpy(row_products(by_class, X - onehot @ shift, xp))
+    means = to_numpy(shift) + shifted / np.where(totals > 0, totals, 1.0)[:, None]
     deviations = X - onehot @ parameters(means, xp)
     return {**out, "means": means,
             "squares": to_numpy(row_products(by_class, deviations * deviations, xp))}
+
+
+def _first_weighing_rows(index: np.ndarray, weights: np.ndarray, classes: int
+                         ) -> np.ndarray:
+    """Each class position's first row of positive weight (row 0 for a class without
+    one: its rows add nothing)."""
+    rows = np.flatnonzero((weights > 0) & (index >= 0))
+    found, first = np.unique(index[rows], return_index=True)
+    out = np.zeros(classes, dtype=np.int64)
+    out[found] = rows[first]
+    return out
 
 
 def _on_classes(stats: dict[str, Any], classes: list[Any]) -> dict[str, np.ndarray]:
@@ -754,7 +805,7 @@ def combine_class_sums(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         return {**out, "sums": x["sums"] + y["sums"]}
     safe = np.where(total > 0, total, 1.0)[:, None]
     delta = y["means"] - x["means"]
-    return {**out, "means": (wa[:, None] * x["means"] + wb[:, None] * y["means"]) / safe,
+    return {**out, "means": combine_means(wa[:, None], x["means"], wb[:, None], y["means"]),
             "squares": x["squares"] + y["squares"] + delta * delta * (wa * wb)[:, None] / safe}
 
 
@@ -767,7 +818,9 @@ def class_overall(stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]
     if "sums" in stats:
         return stats["sums"].sum(axis=0) / total, None
     means, squares = stats["means"], stats["squares"]
-    overall = totals @ means / total
+    # about a class's mean: where every class has the same, the overall mean is it exactly
+    reference = means[int(np.argmax(totals > 0))]
+    overall = reference + totals @ (means - reference) / total
     return overall, (squares.sum(axis=0) + totals @ ((means - overall) ** 2)) / total
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -254,6 +254,12 @@ class Score(Transform):
         if chain is None:
             # a planned model's contributions come with its features, at run time
             added = list(self.planned or [])
+            probability = next((f for f in added if f.name == PROBABILITY), None)
+            if self.params.threshold is not None and (probability is None or
+                                                      probability.type != pa.float64()):
+                # a classifier's number of classes is known once fitted: then said
+                self._refuse_threshold("predicts numbers" if probability is None
+                                       else "has more than two classes")
         else:
             try:
                 produced = chain.output_schema(schema)
@@ -283,13 +289,15 @@ class Score(Transform):
                         if getattr(step, "classes", None) is not None), None)
         if (classes is None or len(classes) != 2 or PROBABILITY not in produced.names
                 or produced.field(PROBABILITY).type != pa.float64()):
-            what = ("predicts numbers" if classes is None
-                    else f"has {len(classes)} classes")
-            raise SchemaError(f"threshold cuts a binary classifier's probability, and model "
-                              f"'{self.params.model}' {what}",
-                              hint="leave threshold out (the most probable class is the "
-                                   "prediction)")
+            self._refuse_threshold("predicts numbers" if classes is None
+                                   else f"has {len(classes)} classes")
         return list(classes)
+
+    def _refuse_threshold(self, what: str) -> NoReturn:
+        raise SchemaError(f"threshold cuts a binary classifier's probability, and model "
+                          f"'{self.params.model}' {what}",
+                          hint="leave threshold out (the most probable class is the "
+                               "prediction)")
 
     def _retyped(self, schema: pa.Schema, exc: SchemaError) -> SchemaError:
         """``exc`` (a step of the model's chain refused this input), with a hint that names

@@ -36,7 +36,7 @@ from operators.base import (
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem, run_placed
 
 __all__ = ["Dataset", "Engine", "StepFailure", "StepsSource", "compute_partition",
-           "placed_action", "tree_reduce", "write_through"]
+           "placed_action", "tree_reduce", "write_through", "StagedSink"]
 
 # record(step, partition index, rows, seconds, device): what each step did on each
 # partition; ``device`` says where it ran ("cpu", "gpu:0") and any out-of-memory
@@ -422,6 +422,43 @@ def write_through(sink: Sink, run_id: str, schema: pa.Schema,
         sink.abort(token)
         raise
     return sink.commit(token, results)
+
+
+class StagedSink:
+    """A write step's sink whose commit waits for ``publish``: the engine writes its rows
+    and stages them as for any sink (``write_through``), and the run publishes every
+    output once all its steps have run, so that a run failing after a write publishes
+    none (``discard``). Picklable: the workers call ``write`` only."""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self.token: Any = None
+        self.results: list[WriteResult] = []
+
+    def begin(self, run_id: str, schema: pa.Schema) -> Any:
+        return self.sink.begin(run_id, schema)
+
+    def write(self, token: Any, part: pa.Table, index: int) -> WriteResult:
+        return self.sink.write(token, part, index)
+
+    def commit(self, token: Any, results: list[WriteResult]) -> dict[str, Any]:
+        """Kept for ``publish``; the rows written, for now."""
+        self.token, self.results = token, results
+        return {"rows": sum(r.rows for r in results)}
+
+    def abort(self, token: Any) -> None:
+        self.sink.abort(token)
+
+    def publish(self) -> dict[str, Any]:
+        """Commit the staged output (the sink's run-record entry)."""
+        token, self.token = self.token, None
+        return self.sink.commit(token, self.results)
+
+    def discard(self) -> None:
+        """Abort the staged output, if it is still staged."""
+        token, self.token = self.token, None
+        if token is not None:
+            self.sink.abort(token)
 
 
 class Engine(ABC):

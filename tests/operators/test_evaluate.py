@@ -533,3 +533,24 @@ def test_thresholds_of_many_scores_are_a_hundred_points_and_not_of_three_classes
     with pytest.raises(DataError, match="thresholds are of two classes' scores, and the "
                                         "label has 4"):
         evaluate({"label": "plan", "metrics": ["thresholds"]}, [three])
+
+
+def test_best_f1_threshold_given_to_score_cuts_as_the_curve_counted() -> None:
+    """Probabilities of a tree's leaves (0.1, 0.3, 0.7: off the bins' grid), the best F1
+    at the 0.3 leaf: score's rule (the second class where the probability is at least
+    the threshold) at best_f1's threshold gives best_f1's precision and recall. A score
+    went to the nearest grid point, 0.3 to 0.3000031, which is above 0.3: the leaf's
+    rows counted positive in the curve were negative when cut there."""
+    rng = np.random.default_rng(0)
+    leaf = rng.choice([0.1, 0.3, 0.7], 2000)
+    y = rng.random(2000) < np.where(leaf == 0.3, 0.6, leaf)
+    table = pa.table({"churned": pa.array(y.astype(np.int64)),
+                      "prediction": pa.array((leaf > 0.5).astype(np.int64)),
+                      "probability": leaf})
+    best = evaluate({"label": "churned", "metrics": ["thresholds"]},
+                    split(table, 2))["thresholds"]["best_f1"]
+    cut = leaf >= best["threshold"]
+    assert 0.1 < best["threshold"] <= 0.3
+    assert best["precision"] == pytest.approx(precision_score(y, cut), rel=1e-12)
+    assert best["recall"] == pytest.approx(recall_score(y, cut), rel=1e-12)
+    assert best["f1"] == pytest.approx(f1_score(y, cut), rel=1e-12)

@@ -144,6 +144,22 @@ def test_priors_given_are_the_class_log_priors_as_scikit_learns() -> None:
                                sk.predict_proba(X)[:, 1], rtol=1e-8, atol=1e-12)
 
 
+def test_priors_of_a_boolean_label_are_named_as_yaml_writes_them() -> None:
+    """A pipeline file's `priors: {true: 0.3, false: 0.7}` names the classes True and
+    False (its keys reach the step as the text written): it was 'priors names class
+    'true', which label 'y' does not have (classes: False, True)'."""
+    X, labels, _ = data("gaussian", classes=2)
+    table = table_of(X, labels == "stay")
+    for priors in ({"true": 0.3, "false": 0.7}, {"TRUE": 0.3, "False": 0.7},
+                   {True: 0.3, False: 0.7}):
+        _, state = fit_state(NaiveBayes(label="y", features=FEATURES, priors=priors),
+                             split(table, 2))
+        np.testing.assert_allclose(np.exp(state["log_prior"]), [0.7, 0.3], rtol=1e-15)
+    with pytest.raises(DataError, match="priors names class 'yes'"):
+        fit_state(NaiveBayes(label="y", features=FEATURES, priors={"yes": 0.3, "no": 0.7}),
+                  split(table, 2))
+
+
 def test_held_out_rows_are_scored_into_the_metrics() -> None:
     X, labels, _ = data("gaussian", rows=2000, classes=2)
     table = table_of(X, labels)

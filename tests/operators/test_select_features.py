@@ -230,3 +230,79 @@ def test_an_empty_features_list_is_refused_at_its_name(op: str) -> None:
         params["k"] = 2
     with pytest.raises(ParamError, match="features: an empty list"):
         lookup(op)(**params)
+
+
+@pytest.mark.parametrize("parts", [1, 3, 7])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_constant_feature_has_no_spread_whatever_its_value(parts: int, weighted: bool
+                                                             ) -> None:
+    """A column of 0.1 (or 1e10 + 0.1) everywhere: its mean is the value exactly, not a
+    rounding of it, so variance 0 (dropped by min_variance 0, as VarianceThreshold), and
+    anova's and f_regression's F 0 and p-value 1, ranked below every real feature (the
+    rounding noise of its sums of squares made F of 100+, the best of the features)."""
+    X, y, w = data("anova", seed=parts)
+    w[0] = 0.0  # a row of weight 0 (its value counts for nothing)
+    X[:, 2], X[:, 7] = 0.1, 1e10 + 0.1
+    X[0, 2] = 5.0  # on the row of weight 0 only: constant where the weights are
+    constant = ["f2", "f7"] if weighted else ["f7"]
+    weight = {"weight": "w"} if weighted else {}
+    table = table_of(X, y, w if weighted else None, True)
+    _, state = fit_state(SelectFeatures(**weight), split(table.drop_columns(["y"]), parts,
+                                                          seed=parts))
+    features = state["features"]
+    assert [f for f in features if state["statistic"][features.index(f)] == 0] == constant
+    assert not set(constant) & set(state["kept"])
+    for test in ("anova", "f_regression"):
+        labelled = table if test == "anova" else table.set_column(
+            table.schema.get_field_index("y"), "y", pa.array(y + X[:, 0] * 0.1))
+        _, state = fit_state(SelectFeatures(label="y", test=test, k=D - 2, **weight),
+                             split(labelled, parts, seed=parts))
+        at = [features.index(f) for f in constant]
+        assert (state["statistic"][at] == 0).all() and (state["p_value"][at] == 1).all()
+        assert not set(constant) & set(state["kept"])
+
+
+@pytest.mark.parametrize("test", ["anova", "chi2"])
+def test_a_class_of_rows_of_weight_0_only_is_no_class(test: str) -> None:
+    """A row of weight w is w copies: a class whose rows all weigh 0 is not in the data,
+    and not among the k classes of the degrees of freedom (it made anova's F and both
+    p-values another test's)."""
+    X, y, w = data(test, seed=3)
+    y[:6], w[:6] = 7.0, 0.0
+    table = table_of(X, y, w, True)
+    _, state = fit_state(SelectFeatures(label="y", test=test, weight="w", k=3),
+                         split(table, 3))
+    repeated = np.repeat(X if test == "chi2" else X - 1e4, w.astype(int), axis=0)
+    statistic, p_value = SCORES[test](repeated, np.repeat(y, w.astype(int)))
+    np.testing.assert_allclose(state["statistic"], statistic, rtol=1e-9)
+    np.testing.assert_allclose(state["p_value"], p_value, rtol=1e-6, atol=1e-300)
+
+
+def test_percentile_keeps_a_feature_of_infinite_f() -> None:
+    """A feature constant within each class (the class's own code) has F = inf; the
+    percentile's interpolation between it and the next (4 + (inf - 4) x 0) was NaN, and
+    no feature was above NaN: 'keeps no feature'. percentile: 25 of 5 keeps the best."""
+    X, y, _ = data("anova", seed=2)
+    X = X[:, :5]
+    X[:, 3] = y
+    table = table_of(X, y, None, True)
+    _, state = fit_state(SelectFeatures(label="y", percentile=25), split(table, 2))
+    assert np.isinf(state["statistic"][3])
+    assert state["kept"] == ["f3"]
+    _, best = fit_state(SelectFeatures(label="y", k=1), split(table, 2))
+    assert best["kept"] == ["f3"]
+
+
+def test_too_few_rows_for_the_degrees_of_freedom_are_said() -> None:
+    """anova of as many rows as classes, f_regression of two rows: no degrees of freedom
+    are left (n - k, n - 2), F is 0 / 0; it was NaN for every feature, with NumPy's
+    RuntimeWarning on the terminal, and the features 'kept' were any."""
+    table = pa.table({"a": [1.0, 2.0], "b": [3.0, 3.5], "y": [0, 1]})
+    with pytest.raises(DataError, match=r"test anova needs more rows than classes: 2 rows "
+                                        r"\(their total weight\) of 2 classes") as info:
+        fit_state(SelectFeatures(label="y", k=1), [table])
+    assert "more rows" in (info.value.hint or "")
+    numeric = table.set_column(2, "y", pa.array([0.0, 1.0]))
+    with pytest.raises(DataError, match=r"test f_regression needs more than 2 rows: 2 rows "
+                                        r"\(their total weight\)"):
+        fit_state(SelectFeatures(label="y", k=1), [numeric])

@@ -23,7 +23,9 @@ from click.testing import CliRunner
 from conftest import write_pipeline
 
 from operators.base import SluiceError
+from operators.io.parquet import STAGING_MARK
 from pipelines.cli import main
+from pipelines.engines.base import StepFailure
 from pipelines.runner import ValidationFailed, run
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
@@ -269,6 +271,135 @@ def test_a_column_dropped_upstream_stops_the_next_run(workdir: Path) -> None:
     assert (f"'bad' is in none of the 1 file read (e.g. {folder / 'part.parquet'}); only in "
             f"files earlier runs read, such as {workdir}/data/events/ds=1/part.parquet"
             ) in str(info.value.problems[0])
+    # the earlier file garbled in place (same size and time): said all the same, from
+    # the columns the state keeps (looking for an example opened it: Arrow's error)
+    old = workdir / "data" / "events" / "ds=1" / "part.parquet"
+    stat = old.stat()
+    old.write_bytes(b"\0" * stat.st_size)
+    os.utime(old, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ValidationFailed) as info:
+        run(path)
+    assert (f"'bad' is in none of the 1 file read (e.g. {folder / 'part.parquet'}); only in "
+            "files earlier runs read (") in str(info.value.problems[0])
+
+
+def test_full_refresh_of_a_pipeline_without_incremental_reads_is_said(workdir: Path) -> None:
+    """--full-refresh does something to incremental reads only: asked of a pipeline
+    without one, a note says that it changes nothing (it was silent: as if it had
+    refreshed)."""
+    path = write_pipeline(workdir, """
+        pipeline: whole
+        steps:
+          - op: read_parquet
+            path: data/events
+          - op: write_parquet
+            path: out
+            mode: overwrite
+        """)
+    day(workdir, 1)
+    said: list[str] = []
+    assert run(path, full_refresh=True, notify=said.append)["status"] == "succeeded"
+    assert ("--full-refresh: no read_parquet step of pipeline 'whole' reads incrementally "
+            "(incremental: true), so every read reads all its files, as always") in said
+    said.clear()
+    run(pipeline(workdir), full_refresh=True, notify=said.append)
+    assert not [line for line in said if "--full-refresh" in line]
+
+
+def test_a_run_failing_after_its_write_publishes_no_output(workdir: Path, engine: Any
+                                                           ) -> None:
+    """A step failing after a write of the new files' rows: the write is not published
+    (its output was, while the files stayed unread, so the next run appended their rows
+    a second time); every output is published once every step has run, and the next
+    run appends each row once."""
+    path = write_pipeline(workdir, """
+        pipeline: events_checked
+        steps:
+          - id: events
+            op: read_parquet
+            path: data/events
+            incremental: true
+          - op: write_parquet
+            path: out
+            mode: append
+          - id: check
+            input: events
+            op: derive
+            columns: {customer_id: id}
+          - op: sluice_testops.FailingLate
+            after: {201: 0.0}
+          - op: write_parquet
+            path: checked
+            mode: append
+        """)
+    day(workdir, 1)
+    run(path, engine_instance=engine)
+    day(workdir, 2)
+    with pytest.raises(StepFailure, match="boom at 201"):
+        run(path, engine_instance=engine)
+    assert ids_in(workdir / "out") == [100, 101, 102]
+    assert not [p for p in workdir.iterdir() if STAGING_MARK in p.name]  # none left staged
+    day(workdir, 2, rows=1)  # mended: rewritten in place without the failing row
+    run(path, engine_instance=engine)
+    assert ids_in(workdir / "out") == ids_in(workdir / "checked") == every_input_id(workdir)
+
+
+def test_an_incremental_read_without_an_id_is_told_to_take_one(workdir: Path) -> None:
+    """What an incremental read read is kept by its step id: one the file does not give
+    ('read_parquet') changes when another read_parquet step comes before it
+    ('read_parquet_2'), and every file is then read again; a note says to give one."""
+    path = write_pipeline(workdir, """
+        pipeline: events_daily
+        steps:
+          - op: read_parquet
+            path: data/events
+            incremental: true
+          - op: write_parquet
+            path: out
+            mode: append
+        """)
+    day(workdir, 1)
+    said: list[str] = []
+    run(path, notify=said.append)
+    assert (f"{path}:3: step 'read_parquet' reads incrementally and has no id: what it "
+            "read is kept by its step id, which another read_parquet step before it would "
+            "change (every file read again); give it one (`id: events`)") in said
+    said.clear()
+    day(workdir, 2)
+    run(pipeline(workdir), notify=said.append)
+    assert not [line for line in said if "has no id" in line]
+
+
+def test_hive_folders_that_come_later_are_columns_of_their_rows(workdir: Path) -> None:
+    """Files in the folder itself first, then `ds=` folders, then a `region=` level: the
+    new folders' keys are columns of their rows, as a read of every file has them (the
+    columns of the files read before were the whole schema: ds and region were dropped,
+    their values lost)."""
+    path = write_pipeline(workdir, """
+        pipeline: events_by_day
+        steps:
+          - id: days
+            op: read_parquet
+            path: data/events
+            incremental: true
+          - op: write_parquet
+            path: out
+            mode: overwrite
+        """)
+    events = workdir / "data" / "events"
+    events.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1]}), events / "flat.parquet")
+    run(path)
+    day(workdir, 2)
+    run(path)
+    assert pq.read_table(workdir / "out").select(["id", "ds"]).to_pylist() == [
+        {"id": i, "ds": 2} for i in (200, 201, 202)]
+    (events / "ds=3" / "region=north").mkdir(parents=True)
+    pq.write_table(pa.table({"id": [300], "bad": [False]}),
+                   events / "ds=3" / "region=north" / "part.parquet")
+    run(path)
+    assert pq.read_table(workdir / "out").select(["id", "ds", "region"]).to_pylist() == [
+        {"id": 300, "ds": 3, "region": "north"}]
 
 
 def test_validate_and_plan_read_the_state_under_the_runs_folder_they_are_given(

@@ -527,3 +527,37 @@ def test_an_output_inside_the_folder_the_pipeline_reads_is_refused(workdir: Path
         "format": "sluice-output/1", "run_id": "r", "rows": 1000,
         "files": ["ds=1/part-0.parquet"]}))
     assert problems("data", "data/scored") == []
+
+
+def test_a_run_that_writes_one_output_twice(workdir: Path) -> None:
+    """Two write steps into one output in a run: the second finds the first's output
+    there, as written in that order (overwritten; mode error is the output-exists
+    error). Outputs wait for the end of the run to be published, and the second's
+    staging met the first's: 'File exists: .out.sluice-tmp-...'."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import run
+
+    pq.write_table(pa.table({"id": [1, 2]}), workdir / "in.parquet")
+
+    def pipeline(mode: str) -> Path:
+        return write_pipeline(workdir, f"""
+            pipeline: twice
+            steps:
+              - id: rows
+                op: read_parquet
+                path: in.parquet
+              - op: write_parquet
+                path: out
+                mode: {mode}
+              - input: rows
+                op: write_parquet
+                path: ./out
+                mode: {mode}
+            """)
+
+    run(pipeline("overwrite"))
+    assert sorted(pq.read_table(workdir / "out").column("id").to_pylist()) == [1, 2]
+    shutil.rmtree(workdir / "out")
+    with pytest.raises(DataError, match="output './out' already exists"):
+        run(pipeline("error"))

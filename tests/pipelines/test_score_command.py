@@ -520,7 +520,38 @@ def test_a_threshold_cuts_a_binary_classifiers_probability(churn: Path, workdir:
             model: plans
             threshold: 0.3
         """, "refused.yaml")
-    with pytest.raises(ValidationFailed) as info:
-        run(refused)
     assert ("threshold cuts a binary classifier's probability, and model 'plans' has 3 "
-            "classes") in str(info.value.problems[0])
+            "classes") in refusal(refused)
+
+
+def refusal(path: Path) -> str:
+    """The first problem of a run refused as it plans."""
+    with pytest.raises(ValidationFailed) as info:
+        run(path)
+    return str(info.value.problems[0])
+
+
+def test_a_threshold_on_a_model_of_numbers_the_run_trains_is_refused_as_it_plans(
+        churn: Path, workdir: Path) -> None:
+    """A model the same run saves, then scores with a threshold: one of numbers is refused
+    as the pipeline plans (it was found after the fit and the save, the run failed
+    there); a classifier's classes are known only once fitted, and the run says it then."""
+    path = write_pipeline(workdir, f"""
+        pipeline: holdout
+        steps:
+          - id: rows
+            op: read_parquet
+            path: {churn}
+            columns: [tenure, monthly_charges]
+          - op: linear_regression
+            label: monthly_charges
+          - op: save_model
+            name: charges
+          - op: score
+            input: rows
+            model: charges
+            threshold: 0.3
+        """)
+    assert ("threshold cuts a binary classifier's probability, and model 'charges' "
+            "predicts numbers") in refusal(path)
+    assert not (workdir / "models" / "charges").exists()

@@ -412,11 +412,28 @@ def test_a_threshold_cuts_the_probability_in_process_and_over_http(registry: Pat
     with pytest.raises(RequestError, match="threshold cuts a binary classifier's probability, "
                                            "and model 'charges' predicts numbers"):
         charges.score(rows, threshold=0.5)
-    for bad in (1.5, "half"):
+    for bad in (1.5, "half", True):
         status, answer = server.post({**_split(rows.select(INPUTS)),
                                       "params": {"threshold": bad}})
         assert status == 400 and "params.threshold must be a number from 0 to 1" in \
             answer["message"], answer
+
+
+def test_a_threshold_out_of_range_in_process_is_said_and_thresholds_are_not_hoarded(
+        registry: Path) -> None:
+    """score(threshold=1.5) (the API under spark_udf, score_dask and MLflow's predict)
+    says what is wrong as a request does, not pydantic's ValidationError of ScoreParams;
+    a long-running model scoring every threshold its callers send keeps a bounded
+    number of scorers (one a distinct threshold, kept for ever, grew without end)."""
+    rows = _rows(registry, 10)
+    served = load_model("churn@production", str(registry / "models"))
+    for bad in (1.5, -0.1, float("nan"), True):
+        with pytest.raises(RequestError, match=r"threshold must be a number from 0 to 1, "
+                                               r"not (1\.5|-0\.1|NaN|true)"):
+            served.score(rows, threshold=bad)
+    for step in range(200):
+        served.score(rows, threshold=step / 200)
+    assert len(served._scorers) <= 64
 
 
 def test_client_mistakes_are_answered_with_what_to_fix(registry: Path, server: Served
@@ -991,9 +1008,20 @@ def test_spark_udf_and_score_spark_answer_as_load_model(registry: Path, spark: A
     cut_by_id = dict(zip(rows.column("customer_id").to_pylist(),
                          cut.column("prediction").to_pylist(), strict=True))
     assert sum(cut_by_id.values()) > sorted(r.prediction for r in got).count(1)
-    for at in (spark_udf("churn@1", models, result="prediction", threshold=0.3),):
+    # a threshold cuts the prediction: the result a threshold is given for by default
+    for at in (spark_udf("churn@1", models, result="prediction", threshold=0.3),
+               spark_udf("churn@1", models, threshold=0.3)):
         chosen = df.select("customer_id", at(F.struct(*at.columns)).alias("p")).collect()
         assert {r.customer_id: r.p for r in chosen} == cut_by_id
+    with pytest.raises(SluiceError, match="threshold cuts the prediction, and result "
+                                          "'probability' is the same without it"):
+        spark_udf("churn@1", models, result="probability", threshold=0.3)
+    # said on the driver, as the function is made (not in every executor's task)
+    with pytest.raises(SluiceError, match="threshold cuts a binary classifier's "
+                                          "probability, and model 'charges' predicts numbers"):
+        spark_udf("charges", models, threshold=0.3)
+    with pytest.raises(SluiceError, match="threshold must be a number from 0 to 1"):
+        spark_udf("churn@1", models, result="prediction", threshold=1.5)
     chosen = score_spark(df, "churn@1", models, threshold=0.3).collect()
     assert {r.customer_id: r.prediction for r in chosen} == cut_by_id
 
