@@ -202,7 +202,13 @@ def widens(have: pa.DataType, want: pa.DataType) -> bool:
     float64, timestamp[ms] -> timestamp[us]...); a value that still does not fit is a
     read-time error naming it."""
     have, want = _plain(have), _plain(want)
-    return have == want or promoted(want, have) == want
+    return (have == want or promoted(want, have) == want
+            or {have, want} in _OFFSET_WIDTHS)
+
+
+# the same values with 32- or 64-bit offsets: a file may hold either where the dataset
+# has the other (pyarrow writes large_string from Polars' and pandas' strings)
+_OFFSET_WIDTHS = [{pa.string(), pa.large_string()}, {pa.binary(), pa.large_binary()}]
 
 
 # an integer type's most digits, by its bits: signed, unsigned

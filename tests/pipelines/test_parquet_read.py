@@ -487,6 +487,7 @@ def cast_each(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
 WIDENING = [  # (the first file's type, a later file's type): the later widens to the first
     (pa.int64(), pa.int32()), (pa.int64(), pa.uint16()), (pa.float64(), pa.float32()),
     (pa.float64(), pa.int64()), (pa.large_string(), pa.string()),
+    (pa.string(), pa.large_string()),
     (pa.string(), pa.dictionary(pa.int32(), pa.string())),
     (pa.dictionary(pa.int32(), pa.string()), pa.string()),
     (pa.timestamp("us"), pa.timestamp("ms")),
