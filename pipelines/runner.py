@@ -288,6 +288,8 @@ class Run:
     # files of an incremental read are read again by the next run, and their rows must
     # not be in an output already
     staged: list[tuple[Step, StagedSink]] = field(default_factory=list)
+    # how many writes of each output the run made (``_publish_into``)
+    written: dict[Any, int] = field(default_factory=dict)
 
     def placement(self, step: Step) -> Placement:
         return self.placements.get(step.id, CPU)
@@ -323,17 +325,22 @@ class Run:
                 self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
                             f"{line}")
 
-    def _publish_into(self, sink: Sink) -> None:
+    def _publish_into(self, sink: Sink) -> str:
         """Publish the staged outputs that ``sink`` writes into too (a pipeline writing
-        one output twice): its write finds their rows there, as written in that order."""
+        one output twice): its write finds their rows there, as written in that order.
+        The id its files are named by: the run's, and for a second write of one output
+        in the run the run's and ``.2`` (the first one's files keep their names)."""
         where = _target_of(sink)
         if where is None:
-            return
+            return self.run_id
         for step, staged in list(self.staged):
             if _target_of(staged.sink) == where:
                 self.staged.remove((step, staged))
                 self.staged.insert(0, (step, staged))
                 self.publish(1)
+        self.written[where] = self.written.get(where, 0) + 1
+        times = self.written[where]
+        return self.run_id if times == 1 else f"{self.run_id}.{times}"
 
     def discard(self) -> None:
         """Abort the outputs still staged (a run that failed, or was stopped)."""
@@ -390,9 +397,9 @@ class Run:
         elif isinstance(op, Union):
             self.datasets[step.id] = self._union(step, data)
         elif isinstance(op, Sink):
-            self._publish_into(op)
+            named = self._publish_into(op)
             staged = StagedSink(op)
-            output = self.engine.write(data, step.id, staged, self.run_id)  # type: ignore[arg-type]
+            output = self.engine.write(data, step.id, staged, named)  # type: ignore[arg-type]
             self.staged.append((step, staged))
             self.record["steps"][step.id]["rows"] = output["rows"]
             self.datasets[step.id] = data

@@ -480,3 +480,36 @@ def test_sigkill_of_an_append_leaves_old_or_new(workdir: Path) -> None:
         assert back.num_rows == old.num_rows + new.num_rows
         assert back.equals(pa.concat_tables([old, new]))
         assert pq.read_table(target).num_rows == back.num_rows and staging_dirs(target) == []
+
+
+def test_two_appends_into_one_output_in_one_run_keep_both(workdir: Path, engine: Engine
+                                                          ) -> None:
+    """A pipeline appending two steps' rows to one output: the second write's files are
+    named apart from the first's (they met: 'exists: part-<run>-00000.parquet'), on
+    every engine."""
+    pq.write_table(pa.table({"id": [1, 2, 3]}), workdir / "a.parquet")
+    pq.write_table(pa.table({"id": [10, 20]}), workdir / "b.parquet")
+    record = run(write_pipeline(workdir, """
+        pipeline: two
+        steps:
+          - id: a
+            op: read_parquet
+            path: a.parquet
+          - id: wa
+            op: write_parquet
+            path: out
+            mode: append
+          - id: b
+            op: read_parquet
+            path: b.parquet
+          - id: wb
+            op: write_parquet
+            input: b
+            path: out
+            mode: append
+        """), engine_instance=engine)
+    assert record["status"] == "succeeded"
+    assert sorted(pq.read_table(workdir / "out").column("id").to_pylist()) == [1, 2, 3, 10, 20]
+    names = sorted(p.name for p in (workdir / "out").glob("part-*.parquet"))
+    run_id = record["run_id"]
+    assert names[0].startswith(f"part-{run_id}-") and names[-1].startswith(f"part-{run_id}.2-")
