@@ -161,13 +161,25 @@ def touch_pipeline(folder: Path, name: str, files: int, seconds: float,
         """), marks
 
 
-@pytest.fixture
-def churn(workdir: Path) -> Path:
-    """5,000 churn rows in 3 files of several row groups under workdir/data/churn."""
+@pytest.fixture(scope="session")
+def _churn_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The churn fixture's files, generated once: datagen writes the same bytes for the
+    same arguments, and over two hundred tests take a copy."""
     from pipelines.datagen import generate
 
-    out = workdir / "data" / "churn"
+    out = tmp_path_factory.mktemp("churn-source") / "churn"
     generate("churn", 5000, out, files=3, row_group_rows=700)
+    return out
+
+
+@pytest.fixture
+def churn(workdir: Path, _churn_files: Path) -> Path:
+    """5,000 churn rows in 3 files of several row groups under workdir/data/churn (a
+    test's own copy: it may change or remove them)."""
+    import shutil
+
+    out = workdir / "data" / "churn"
+    shutil.copytree(_churn_files, out, copy_function=shutil.copyfile)
     return out
 
 
