@@ -186,6 +186,38 @@ def churn(workdir: Path, _churn_files: Path) -> Path:
 SLUICE = str(Path(sys.executable).parent / "sluice")
 
 
+def sluice_in_process(*args: str, cwd: Path,
+                      env: dict[str, str] | None = None) -> Any:
+    """`sluice ARGS` in ``cwd`` (``env`` added to this environment), run in this process
+    by click's CliRunner: a ``subprocess.CompletedProcess`` with the command's exit
+    status, stdout and stderr, without the half second a new interpreter spends
+    importing. As in a new interpreter, warnings print on its stderr under Python's
+    default filters (pytest would record them away, unseen by the test); an exception that escapes
+    the command is raised here (the console script would print its traceback and exit 1).
+    The console script itself is run as a process by tests/pipelines/test_cli.py."""
+    import contextlib
+    import subprocess
+    import warnings
+
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with contextlib.chdir(cwd), warnings.catch_warnings():
+        warnings.resetwarnings()  # a new interpreter's filters: these four ignored
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.showwarning = show
+        result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return subprocess.CompletedProcess(["sluice", *args], result.exit_code, result.stdout,
+                                       result.stderr)
+
+
 def terminal_env() -> dict[str, str]:
     """The environment of a person at a terminal: no CI variable, a real TERM."""
     env = {k: v for k, v in os.environ.items() if k != "CI"}
