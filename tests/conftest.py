@@ -186,15 +186,17 @@ def churn(workdir: Path, _churn_files: Path) -> Path:
 SLUICE = str(Path(sys.executable).parent / "sluice")
 
 
-def sluice_in_process(*args: str, cwd: Path,
-                      env: dict[str, str] | None = None) -> Any:
+def sluice_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None,
+                      check: bool = False) -> Any:
     """`sluice ARGS` in ``cwd`` (``env`` added to this environment), run in this process
     by click's CliRunner: a ``subprocess.CompletedProcess`` with the command's exit
     status, stdout and stderr, without the half second a new interpreter spends
     importing. As in a new interpreter, warnings print on its stderr under Python's
-    default filters (pytest would record them away, unseen by the test); an exception that escapes
-    the command is raised here (the console script would print its traceback and exit 1).
-    The console script itself is run as a process by tests/pipelines/test_cli.py."""
+    default filters (pytest would record them away, unseen by the test); an exception
+    that escapes the command is raised here (the console script would print its
+    traceback and exit 1); ``check``: a non-zero status raises CalledProcessError, as
+    subprocess.run's. The console script itself runs as a process in
+    tests/pipelines/test_cli.py."""
     import contextlib
     import subprocess
     import warnings
@@ -214,8 +216,11 @@ def sluice_in_process(*args: str, cwd: Path,
             warnings.simplefilter("ignore", category)
         warnings.showwarning = show
         result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
-    return subprocess.CompletedProcess(["sluice", *args], result.exit_code, result.stdout,
+    done = subprocess.CompletedProcess(["sluice", *args], result.exit_code, result.stdout,
                                        result.stderr)
+    if check:
+        done.check_returncode()
+    return done
 
 
 def terminal_env() -> dict[str, str]:
