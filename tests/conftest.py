@@ -161,17 +161,68 @@ def touch_pipeline(folder: Path, name: str, files: int, seconds: float,
         """), marks
 
 
-@pytest.fixture
-def churn(workdir: Path) -> Path:
-    """5,000 churn rows in 3 files of several row groups under workdir/data/churn."""
+@pytest.fixture(scope="session")
+def _churn_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The churn fixture's files, generated once: datagen writes the same bytes for the
+    same arguments, and over two hundred tests take a copy."""
     from pipelines.datagen import generate
 
-    out = workdir / "data" / "churn"
+    out = tmp_path_factory.mktemp("churn-source") / "churn"
     generate("churn", 5000, out, files=3, row_group_rows=700)
     return out
 
 
+@pytest.fixture
+def churn(workdir: Path, _churn_files: Path) -> Path:
+    """5,000 churn rows in 3 files of several row groups under workdir/data/churn (a
+    test's own copy: it may change or remove them)."""
+    import shutil
+
+    out = workdir / "data" / "churn"
+    out.mkdir(parents=True)
+    for path in sorted(_churn_files.iterdir()):  # written in datagen's order, as it does
+        shutil.copyfile(path, out / path.name)
+    return out
+
+
 SLUICE = str(Path(sys.executable).parent / "sluice")
+
+
+def sluice_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None,
+                      check: bool = False) -> Any:
+    """`sluice ARGS` in ``cwd`` (``env`` added to this environment), run in this process
+    by click's CliRunner: a ``subprocess.CompletedProcess`` with the command's exit
+    status, stdout and stderr, without the half second a new interpreter spends
+    importing. As in a new interpreter, warnings print on its stderr under Python's
+    default filters (pytest would record them away, unseen by the test); an exception
+    that escapes the command is raised here (the console script would print its
+    traceback and exit 1); ``check``: a non-zero status raises CalledProcessError, as
+    subprocess.run's. The console script itself runs as a process in
+    tests/pipelines/test_cli.py."""
+    import contextlib
+    import subprocess
+    import warnings
+
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with contextlib.chdir(cwd), warnings.catch_warnings():
+        warnings.resetwarnings()  # a new interpreter's filters: these four ignored
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.showwarning = show
+        result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    done = subprocess.CompletedProcess(["sluice", *args], result.exit_code, result.stdout,
+                                       result.stderr)
+    if check:
+        done.check_returncode()
+    return done
 
 
 def terminal_env() -> dict[str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from operators.base import SluiceError
 from operators.features.aggregate import Aggregate
@@ -375,19 +374,16 @@ def test_shuffle_files_a_worker_cannot_see_are_a_clear_error(tmp_path: Path) -> 
 
 def test_the_command_line_plans_and_runs_an_aggregate(events: Path, workdir: Path) -> None:
     path = write_pipeline(workdir, AGGREGATE.format(partitions="\n        partitions: 3"))
-    plan = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
-                          text=True, check=True).stdout
+    plan = sluice_in_process("plan", str(path), cwd=workdir, check=True).stdout
     assert "shuffles: one row per customer_id, from the rows of every partition" in plan
     assert "into 3 partitions" in plan and "+ refunds int64" in plan
     scratch = workdir / "elsewhere"
-    done = subprocess.run([SLUICE, "run", str(path), "--scratch", str(scratch)], cwd=workdir,
-                          capture_output=True, text=True)
+    done = sluice_in_process("run", str(path), "--scratch", str(scratch), cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert f"features                 aggregate                       {CUSTOMERS + 1} rows" \
         in done.stdout
     assert scratch.is_dir() and not list(scratch.iterdir())
-    ops = subprocess.run([SLUICE, "ops", "aggregate"], cwd=workdir, capture_output=True,
-                         text=True, check=True).stdout
+    ops = sluice_in_process("ops", "aggregate", cwd=workdir, check=True).stdout
     assert "max_by" in ops and "count_distinct" in ops
 
 

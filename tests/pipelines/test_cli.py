@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import exploding_pipeline, refused, write_pipeline
+from conftest import exploding_pipeline, refused, sluice_in_process, write_pipeline
 
 from operators.base import registered
 
@@ -19,6 +19,12 @@ def sluice(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CI": "1"}
     return subprocess.run([SLUICE, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=120)
+
+
+def in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`sluice ARGS` in this process, for tests of what the commands say and do over
+    several calls (the other tests run the console script, as a user does)."""
+    return sluice_in_process(*args, cwd=cwd, env={"CI": "1"})
 
 
 TRAIN = """
@@ -95,32 +101,32 @@ def test_aliases_promote_and_roll_back_what_a_pipeline_scores_with(churn: Path,
             mode: overwrite
         """, "score.yaml")
     for version in (1, 2):
-        done = sluice("run", str(train), cwd=workdir)
+        done = in_process("run", str(train), cwd=workdir)
         assert done.returncode == 0, done.stderr
         assert f"saved model centre@{version} (" in done.stdout
         assert done.stdout.count("centre@candidate)") == 1
-    missing = sluice("run", str(score), cwd=workdir)
+    missing = in_process("run", str(score), cwd=workdir)
     assert missing.returncode == 1
     assert "model 'centre' has no alias 'production'" in missing.stderr
     assert "candidate -> 2" in missing.stderr
 
     for ref, version, said in (("centre@candidate", 2, "centre@production -> version 2"),
                                ("centre@1", 1, "centre@production -> version 1 (was 2)")):
-        moved = sluice("models", "alias", ref, "production", cwd=workdir)
+        moved = in_process("models", "alias", ref, "production", cwd=workdir)
         assert moved.returncode == 0 and moved.stdout.strip() == said, moved.stderr
-        done = sluice("run", str(score), cwd=workdir)
+        done = in_process("run", str(score), cwd=workdir)
         assert done.returncode == 0, done.stderr
         assert f"used model centre@{version} (" in done.stdout
         assert done.stdout.rstrip().splitlines()[-1].startswith("  record:")
         assert ", as centre@production)" in done.stdout
 
-    listed = sluice("models", "list", cwd=workdir)
+    listed = in_process("models", "list", cwd=workdir)
     assert "aliases candidate -> 2, production -> 1" in listed.stdout
-    shown = sluice("models", "show", "centre@production", cwd=workdir)
+    shown = in_process("models", "show", "centre@production", cwd=workdir)
     assert shown.stdout.startswith("centre@1 ") and "aliases production" in shown.stdout
-    gone = sluice("models", "alias", "centre", "production", "--delete", cwd=workdir)
+    gone = in_process("models", "alias", "centre", "production", "--delete", cwd=workdir)
     assert gone.stdout.strip() == "removed centre@production (it pointed at version 1)"
-    bad = sluice("models", "alias", "centre@2", "latest", cwd=workdir)
+    bad = in_process("models", "alias", "centre@2", "latest", cwd=workdir)
     assert bad.returncode == 1 and bad.stderr.startswith("error: 'latest' cannot be an alias")
 
 
@@ -233,7 +239,7 @@ def test_the_summary_shows_short_lists_and_leaves_long_ones_to_the_record(
           - op: save_model
             name: churn
         """)
-    first = sluice("run", str(train), cwd=workdir)
+    first = in_process("run", str(train), cwd=workdir)
     assert first.returncode == 0, first.stderr
     score = write_pipeline(workdir, """
         pipeline: evaluated
@@ -247,7 +253,7 @@ def test_the_summary_shows_short_lists_and_leaves_long_ones_to_the_record(
           - op: evaluate
             label: churned
         """, "evaluated.yaml")
-    done = sluice("run", str(score), cwd=workdir)
+    done = in_process("run", str(score), cwd=workdir)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     drift = next(line for line in lines if line.startswith("  metrics drift:"))

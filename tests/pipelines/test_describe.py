@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from pipelines.datagen import churn_table
 from pipelines.describe import describe, graph
@@ -59,8 +59,7 @@ def _rows(workdir: Path) -> Path:
 
 
 def _plan(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SLUICE, "plan", *args], capture_output=True, text=True,
-                          timeout=120, cwd=workdir)
+    return sluice_in_process("plan", *args, cwd=workdir)
 
 
 def test_plan_says_what_each_step_does_and_how_the_columns_change(workdir: Path) -> None:

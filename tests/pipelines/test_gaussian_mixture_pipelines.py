@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from operators.arrays import get_namespace
 from operators.base import SluiceError
@@ -84,9 +83,8 @@ def test_fit_record_and_score_pipeline(workdir: Path, churn: Path, trained: dict
 
 
 def test_the_score_command_and_serving(workdir: Path, churn: Path, trained: dict) -> None:
-    done = subprocess.run([SLUICE, "score", "segments", str(churn), "out", "--keep",
-                           "customer_id"], capture_output=True, text=True, timeout=300,
-                          cwd=workdir)
+    done = sluice_in_process("score", "segments", str(churn), "out", "--keep", "customer_id",
+                             cwd=workdir)
     assert done.returncode == 0, done.stderr
     out = pq.read_table(workdir / "out")
     assert out.column_names == ["customer_id", "prediction", "probability", "log_likelihood"]

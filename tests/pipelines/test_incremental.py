@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from operators.base import SluiceError
 from operators.io.parquet import STAGING_MARK
@@ -134,20 +134,17 @@ def test_full_refresh_reads_every_file_and_runs_show_says_what_was_read(
     path = pipeline(workdir)
     day(workdir, 1)
     day(workdir, 2)
-    env = {**os.environ, "CI": "1"}
+    env = {"CI": "1"}
     for args in ([], [], ["--full-refresh"]):
-        done = subprocess.run([SLUICE, "run", str(path), *args], cwd=workdir, env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = sluice_in_process("run", str(path), *args, cwd=workdir, env=env)
         assert done.returncode == 0, done.stderr
     lines = [line.strip() for line in done.stdout.splitlines()]
     assert (f"step 'events' read 2 new files (first {workdir}/data/events/ds=1/part.parquet, "
             f"last {workdir}/data/events/ds=2/part.parquet); every file (--full-refresh)"
             ) in lines
-    listed = subprocess.run([SLUICE, "runs", "list", "--json"], cwd=workdir, env=env,
-                            capture_output=True, text=True, timeout=120)
+    listed = sluice_in_process("runs", "list", "--json", cwd=workdir, env=env)
     skipped = json.loads(listed.stdout.splitlines()[1])  # the second run, newest first
-    shown = subprocess.run([SLUICE, "runs", "show", skipped["run_id"]], cwd=workdir,
-                           env=env, capture_output=True, text=True, timeout=120)
+    shown = sluice_in_process("runs", "show", skipped["run_id"], cwd=workdir, env=env)
     assert ("nothing to do: no new files: every file of step 'events' was read by an "
             "earlier run") in shown.stdout
     assert "step 'events' read 0 new files; 2 read by earlier runs" in shown.stdout

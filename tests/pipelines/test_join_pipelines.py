@@ -3,7 +3,6 @@ model is data preparation, not part of the saved model: scoring joins the table 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from pipelines.engines.base import Engine
 from pipelines.runner import ValidationFailed, plan_file, run
@@ -119,8 +118,7 @@ def test_a_join_is_not_part_of_the_saved_model(churn: Path, regions: Path,
     assert model.meta["data_steps"] == [{
         "step": "join", "op": "join", "added_columns": ["tax_rate"],
         "params": {"path": "data/regions.parquet", "on": ["region"], "columns": ["tax_rate"]}}]
-    shown = subprocess.run([SLUICE, "models", "show", "joined"], cwd=workdir,
-                           capture_output=True, text=True, check=True).stdout
+    shown = sluice_in_process("models", "show", "joined", cwd=workdir, check=True).stdout
     assert ('  data join (join): path=data/regions.parquet, on=["region"], '
             'columns=["tax_rate"]; added tax_rate\n') in shown
     assert ("  profile: 5,000 training rows (5,000 sampled): tax_rate, tenure, "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from operators.base import DataError
 from pipelines.engines.base import Engine
@@ -202,15 +201,13 @@ def test_a_model_on_joined_features_and_a_scoring_pipeline_that_repeats_them(
 def test_the_plan_says_how_and_each_problem_is_at_its_line(shop: Path,
                                                            workdir: Path) -> None:
     path = write_pipeline(workdir, ENRICH.format(out="auto", extra=""))
-    shown = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
-                           text=True, check=True).stdout
+    shown = sluice_in_process("plan", str(path), cwd=workdir, check=True).stdout
     assert ("joins the rows of step 'activity' as its table; decided when step 'activity' "
             "has run: a broadcast of its rows if they take at most max_mb 256 (as its "
             "source estimates them, or measured), else a shuffle") in shown
     assert "joined: join <- customers, table activity  (line 15)" in shown
-    planned = json.loads(subprocess.run([SLUICE, "plan", str(path), "--json"], cwd=workdir,
-                                        capture_output=True, text=True,
-                                        check=True).stdout)
+    planned = json.loads(sluice_in_process("plan", str(path), "--json", cwd=workdir,
+                                           check=True).stdout)
     order = [s["id"] for s in planned["steps"]]
     assert order.index("activity") < order.index("joined")
     cases = {

@@ -4,14 +4,13 @@ name the step."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 from sklearn.metrics import log_loss
 from sklearn.naive_bayes import GaussianNB
 
@@ -63,9 +62,8 @@ def test_record_saved_model_scores_and_serves(workdir: Path, churn: Path) -> Non
     # scoring rows without the label or the other columns: the model reads its features
     rows = pq.read_table(churn)
     pq.write_table(rows.select(["customer_id", *FEATURES]), workdir / "new.parquet")
-    done = subprocess.run([SLUICE, "score", "plans", str(workdir / "new.parquet"), "out",
-                           "--keep", "customer_id"], capture_output=True, text=True,
-                          timeout=300, cwd=workdir)
+    done = sluice_in_process("score", "plans", str(workdir / "new.parquet"), "out", "--keep",
+                             "customer_id", cwd=workdir)
     assert done.returncode == 0, done.stderr
     out = pq.read_table(workdir / "out")
     assert out.column_names == ["customer_id", "prediction", "probability"]

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 from test_parquet_write import (
     kill_at,
     kill_pipeline,
@@ -438,20 +438,17 @@ def test_a_daily_job_rerun_replaces_its_day_on_every_engine(workdir: Path,
 
 
 def test_cli_appends_and_says_how_many_rows_the_output_has(workdir: Path) -> None:
-    import subprocess
 
     folder = workdir / "data" / "events" / "ds=2026-11-01"
     folder.mkdir(parents=True)
     pq.write_table(pa.table({"id": np.arange(40), "v": np.ones(40)}), folder / "a.parquet")
     pipeline = write_pipeline(workdir, APPEND.replace("overwrite_partitions", "append"))
     for _ in range(2):
-        done = subprocess.run([SLUICE, "run", str(pipeline)], cwd=workdir,
-                              capture_output=True, text=True)
+        done = sluice_in_process("run", str(pipeline), cwd=workdir)
         assert done.returncode == 0, done.stderr
     assert "appended 40 rows to out/events (80 rows in all)" in done.stdout
     bad = write_pipeline(workdir, APPEND.replace("ds: \"'${ds}'\"", "ds: 'id'"), "bad.yaml")
-    done = subprocess.run([SLUICE, "run", str(bad)], cwd=workdir, capture_output=True,
-                          text=True)
+    done = sluice_in_process("run", str(bad), cwd=workdir)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "column 'ds' is int64 in the rows and string in the output" in done.stderr
     assert "bad.yaml:" in done.stderr

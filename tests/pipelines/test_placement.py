@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, refused, write_pipeline
+from conftest import SLUICE, refused, sluice_in_process, write_pipeline
 
 from operators.arrays import STANDIN_ENV, STANDIN_MEMORY_ENV
 from operators.base import SluiceError
@@ -264,21 +264,25 @@ def test_engine_gpu_reads_the_gpu_profile(numbers: Path, workdir: Path) -> None:
 
 def test_engine_names_and_profiles_are_checked(numbers: Path, workdir: Path) -> None:
     path = pipeline(workdir)
-    result = sluice("run", str(path), "--engine", "flink", cwd=workdir)
+    result = sluice_in_process("run", str(path), "--engine", "flink", cwd=workdir,
+                               env={"CI": "1"})
     assert result.returncode == 2
     assert "unknown engine 'flink': not local, dask, spark, and no conf/engines/flink.yaml" \
         in result.stderr
     assert "did you mean" not in result.stderr  # nothing near
-    typo = sluice("run", str(path), "--engine", "sparkk", cwd=workdir)
+    typo = sluice_in_process("run", str(path), "--engine", "sparkk", cwd=workdir,
+                             env={"CI": "1"})
     assert typo.returncode == 2 and "no conf/engines/sparkk.yaml; did you mean 'spark'?" \
         in typo.stderr
     bad = workdir / "odd.yaml"
     bad.write_text("engine: ray\n")
-    result = sluice("run", str(path), "--engine", str(bad), cwd=workdir)
+    result = sluice_in_process("run", str(path), "--engine", str(bad), cwd=workdir,
+                               env={"CI": "1"})
     assert result.returncode == 2 and "`engine:` must be one of local, dask, spark, not 'ray'" \
         in result.stderr
     bad.write_text("engine: local\ndevice: gpu\nworkrs: 3\n")
-    result = sluice("run", str(path), "--engine", str(bad), cwd=workdir)
+    result = sluice_in_process("run", str(path), "--engine", str(bad), cwd=workdir,
+                               env={"CI": "1"})
     assert result.returncode == 1
     assert "odd.yaml': 'workrs': unknown key; did you mean 'workers'?" in result.stderr
 

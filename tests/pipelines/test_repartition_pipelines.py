@@ -4,7 +4,6 @@ bytes; rows unchanged and in the input's order within each output partition."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from operators.io.parquet import ReadParquet
 from pipelines.engines.base import Engine
@@ -144,8 +143,7 @@ def test_rows_spread_into_as_many_partitions_as_asked_on_every_engine(
 
 def test_the_plan_says_where_the_rows_go(events: pa.Table, workdir: Path) -> None:
     path = write_pipeline(workdir, BY_DAY.format(out="out/x"))
-    shown = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
-                           text=True, check=True).stdout
+    shown = sluice_in_process("plan", str(path), cwd=workdir, check=True).stdout
     assert ("shuffles: the rows of each ds to one place through the scratch folder, into "
             "partitions of up to 64 MB, as many as the rows need; rows unchanged, in their "
             "order within each") in shown
@@ -187,8 +185,7 @@ def test_a_key_column_that_is_not_there_is_named_at_its_line(workdir: Path,
                                                             events: pa.Table) -> None:
     path = write_pipeline(workdir, BY_DAY.format(out="out/x").replace("by: [ds]",
                                                                       "by: [day]"))
-    done = subprocess.run([SLUICE, "validate", str(path)], cwd=workdir, capture_output=True,
-                          text=True)
+    done = sluice_in_process("validate", str(path), cwd=workdir)
     assert done.returncode == 1
     assert "pipeline.yaml:7: step 'days' (repartition): by: key column 'day'" in done.stderr
     assert "not in the input (input has: event, ds, amount, note)" in done.stderr

@@ -231,9 +231,7 @@ def test_a_param_a_saved_model_keeps_is_a_note(churn: Path, workdir: Path) -> No
     """A derive the model keeps was made with the training run's ${ds}: scoring on another
     day applies that value. Said as the file plans (a note, not a problem); a fit's own
     params (l2) and the read's path are not kept that way and are not mentioned."""
-    import subprocess
-
-    from conftest import SLUICE
+    from conftest import sluice_in_process
 
     path = write_pipeline(workdir, BAKED)
     notes: list[str] = []
@@ -243,8 +241,7 @@ def test_a_param_a_saved_model_keeps_is_a_note(churn: Path, workdir: Path) -> No
         "from ${ds} = '2026-11-28': scoring applies it with these values, whatever its own "
         "params (compute what should follow the run in a step before the model: read, "
         "filter, aggregate)"]
-    done = subprocess.run([SLUICE, "validate", str(path)], cwd=workdir, capture_output=True,
-                          text=True)
+    done = sluice_in_process("validate", str(path), cwd=workdir)
     assert done.returncode == 0 and done.stderr == f"note: {notes[0]}\n"
     plain = write_pipeline(workdir, BAKED.replace("date '${ds}'", "date '2026-11-28'"),
                            "plain.yaml")
@@ -290,9 +287,7 @@ def test_default_features_that_look_wrong_are_a_note(churn: Path, workdir: Path)
     """A model step whose `features` is not given takes every numeric column but its label
     and weight: an id column or an earlier model's prediction among them is said as the
     file plans (a note), and `sluice plan` lists the features it takes."""
-    import subprocess
-
-    from conftest import SLUICE
+    from conftest import sluice_in_process
 
     text = """
         pipeline: defaults
@@ -320,8 +315,7 @@ def test_default_features_that_look_wrong_are_a_note(churn: Path, workdir: Path)
         "features (`features` is not given), among them customer_id (an "
         "identifier?), prediction (an earlier model's output): list `features`, or drop "
         "those columns first"]
-    done = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
-                          text=True)
+    done = sluice_in_process("plan", str(path), cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert ("features (every numeric column but the label and weight): customer_id, tenure, "
             "total_charges, churned\n") in done.stdout

@@ -8,22 +8,18 @@ with their columns unified (``promote_options="default"``)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from operators.base import DataError
 from operators.io.parquet import ReadParquet
 from pipelines.runner import ValidationFailed, plan_file, run
-
-SLUICE = str(Path(sys.executable).parent / "sluice")
 
 
 def days(root: Path) -> list[Path]:
@@ -49,8 +45,7 @@ def unified(paths: list[Path]) -> pa.Table:
 
 
 def sluice(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SLUICE, *args], cwd=cwd, env={**os.environ, "CI": "1"},
-                          capture_output=True, text=True, timeout=120)
+    return sluice_in_process(*args, cwd=cwd, env={"CI": "1"})
 
 
 COPY = """

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from pipelines.datagen import generate
 from pipelines.runner import ValidationFailed, run, scoring_pipeline
@@ -74,8 +74,7 @@ def test_scoring_without_a_file_on_every_engine(workdir: Path, trained: Path,
 
 def test_the_score_command(workdir: Path, trained: Path) -> None:
     def sluice(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([SLUICE, "score", *args], capture_output=True, text=True,
-                              timeout=300, cwd=workdir)
+        return sluice_in_process("score", *args, cwd=workdir)
 
     done = sluice("churn@production", str(trained), "scores")
     assert done.returncode == 0, done.stderr
@@ -123,8 +122,7 @@ def test_scoring_into_a_partitioned_output_day_by_day(workdir: Path, trained: Pa
     """`--mode overwrite_partitions --partition-by`: a re-scored region replaces that
     region's scores only; options named as options in the errors."""
     def sluice(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([SLUICE, "score", "churn", *args], capture_output=True,
-                              text=True, timeout=300, cwd=workdir)
+        return sluice_in_process("score", "churn", *args, cwd=workdir)
 
     done = sluice(str(trained), "scores", "--partition-by", "region")
     assert done.returncode == 0, done.stderr
@@ -492,9 +490,8 @@ def test_a_threshold_cuts_a_binary_classifiers_probability(churn: Path, workdir:
           - op: save_model
             name: binary
         """, "binary.yaml"))
-    done = subprocess.run([SLUICE, "score", "binary", str(churn), "cut", "--threshold", "0.3",
-                           "--keep", "customer_id"], capture_output=True, text=True,
-                          timeout=300, cwd=workdir)
+    done = sluice_in_process("score", "binary", str(churn), "cut", "--threshold", "0.3",
+                             "--keep", "customer_id", cwd=workdir)
     assert done.returncode == 0, done.stderr
     out = pq.read_table(workdir / "cut")
     proba = out.column("probability").to_numpy()

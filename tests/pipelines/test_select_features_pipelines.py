@@ -4,12 +4,11 @@ rows that have only those."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 from sklearn.feature_selection import f_classif
 
 from pipelines.runner import run
@@ -48,9 +47,8 @@ def test_the_model_trains_and_scores_on_the_kept_features(workdir: Path, churn: 
     assert sorted(model.chain.steps[-1].features) == sorted(ranked[:2])
     # rows with the kept features and an id only: the dropped one is not asked for
     pq.write_table(rows.select(["customer_id", *ranked[:2]]), workdir / "new.parquet")
-    done = subprocess.run([SLUICE, "score", "selected", str(workdir / "new.parquet"), "out",
-                           "--keep", "customer_id"], capture_output=True, text=True,
-                          timeout=300, cwd=workdir)
+    done = sluice_in_process("score", "selected", str(workdir / "new.parquet"), "out", "--keep",
+                             "customer_id", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert pq.read_table(workdir / "out").num_rows == rows.num_rows
 
@@ -78,8 +76,7 @@ def test_the_summary_shows_the_best_twenty_of_a_wide_ranking(workdir: Path) -> N
             label: y
             k: 5
         """, "wide.yaml")
-    done = subprocess.run([SLUICE, "run", str(path)], capture_output=True, text=True,
-                          timeout=300, cwd=workdir)
+    done = sluice_in_process("run", str(path), cwd=workdir)
     assert done.returncode == 0, done.stderr
     line = next(x for x in done.stdout.splitlines() if "metrics pick.statistic:" in x)
     assert line.count("=") == 20 and line.endswith("40 more in the run record")

@@ -6,7 +6,6 @@ the step."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from operators.base import DataError
 from operators.io.parquet import ReadParquet
@@ -153,20 +152,18 @@ def test_auto_shuffles_a_table_over_max_mb_and_the_plan_says_so(customers: Path,
     assert size.endswith(" KB") and float(size[:-3].replace(",", "")) > 10
     assert (f"broadcasts the table (its footers say ~{size}, within max_mb 256): read once "
             "on the driver, sent to every partition; partitions: 4 applies to a shuffle "
-            "join only (strategy: shuffle)") in subprocess.run(
-        [SLUICE, "plan", str(small_path)], cwd=workdir, capture_output=True, text=True,
-        check=True).stdout
+            "join only (strategy: shuffle)") in sluice_in_process("plan", str(small_path),
+                                                                  cwd=workdir, check=True).stdout
     path = write_pipeline(workdir, AUTO.format(max_mb=0.01), "big.yaml")
     big = plan_file(path)
     assert big.step("join").op.kind == "shuffle"
-    shown = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
-                           text=True, check=True).stdout
+    shown = sluice_in_process("plan", str(path), cwd=workdir, check=True).stdout
     assert ("shuffles: the rows and the table's rows by customer_id to the same places "
             f"through the scratch folder: its footers say ~{size}, over max_mb 0.01, into "
             "partitions of up to 64 MB, as many as the rows need (a key of more rows split "
             "among several); rows in their order within each") in shown
-    as_json = json.loads(subprocess.run([SLUICE, "plan", str(path), "--json"], cwd=workdir,
-                                        capture_output=True, text=True, check=True).stdout)
+    as_json = json.loads(sluice_in_process("plan", str(path), "--json", cwd=workdir,
+                                           check=True).stdout)
     (joined,) = [s for s in as_json["steps"] if s["id"] == "join"]
     assert joined["kind"] == "shuffle"
     record = run(path)

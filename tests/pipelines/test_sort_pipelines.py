@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from pipelines.engines.base import Engine
 from pipelines.runner import plan_file, run
@@ -97,8 +96,7 @@ def test_another_partitioning_gives_the_same_order(sales: Path, workdir: Path) -
 def test_the_plan_says_how_and_a_column_without_order_is_named(sales: Path,
                                                                workdir: Path) -> None:
     path = write_pipeline(workdir, SORTED.format(out="out/x"))
-    shown = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
-                           text=True, check=True).stdout
+    shown = sluice_in_process("plan", str(path), cwd=workdir, check=True).stdout
     assert ("sorts by region, amount desc: a pass samples the rows for the ranges of the "
             "output partitions, then the rows go to their range's through the scratch "
             "folder, into partitions of up to 0.05 MB, as many as the rows need, one "

@@ -114,7 +114,7 @@ def test_delete_and_prune_keep_aliased_versions_and_never_reuse_a_number(tmp_pat
 def test_models_delete_and_prune_commands(tmp_path: Path) -> None:
     import subprocess
 
-    from conftest import SLUICE
+    from conftest import sluice_in_process
 
     root = str(tmp_path / "models")
     store = ModelStore(root)
@@ -123,8 +123,7 @@ def test_models_delete_and_prune_commands(tmp_path: Path) -> None:
     store.set_alias("m", "production", 1)
 
     def sluice(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([SLUICE, "models", *args, "--models", root],
-                              capture_output=True, text=True, timeout=120)
+        return sluice_in_process("models", *args, "--models", root, cwd=Path.cwd())
 
     done = sluice("delete", "m@production")
     assert done.returncode == 1 and "'m@production' names no version number" in done.stderr

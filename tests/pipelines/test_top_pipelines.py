@@ -3,7 +3,6 @@ and the same bytes on each; the plan's note."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from pipelines.engines.base import Engine
 from pipelines.runner import run
@@ -70,8 +69,7 @@ def test_each_customers_latest_rows_on_every_engine(events: Path, workdir: Path,
 
 def test_the_plan_says_what_travels(events: Path, workdir: Path) -> None:
     path = write_pipeline(workdir, LATEST.format(out="out/x"))
-    shown = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
-                           text=True, check=True).stdout
+    shown = sluice_in_process("plan", str(path), cwd=workdir, check=True).stdout
     assert ("keeps the first 3 rows by ts desc of each customer: each partition's own "
             "first ones go through the scratch folder to one place per group, into "
             "partitions of up to 0.01 MB, as many as the rows need") in shown

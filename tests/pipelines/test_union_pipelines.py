@@ -6,8 +6,6 @@ from a fit; the plan's line and every problem at its line through `sluice valida
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from operators.base import DataError, lookup
 from operators.io.parquet import ReadParquet
@@ -410,8 +408,7 @@ BASE = """
 def test_the_plan_shows_the_steps_and_validate_finds_each_problem_at_its_line(
         feeds: Path, workdir: Path) -> None:
     good = write_pipeline(workdir, BASE, "good.yaml")
-    shown = subprocess.run([SLUICE, "plan", str(good)], cwd=workdir, capture_output=True,
-                           text=True, check=True).stdout
+    shown = sluice_in_process("plan", str(good), cwd=workdir, check=True).stdout
     assert "  events: union <- web, app  (line 9)" in shown
     assert ("appends the rows of 'app' after 'web''s, columns matched by name: its "
             "partitions are theirs in that order, each read through its own steps (no "
@@ -450,8 +447,7 @@ def test_the_plan_shows_the_steps_and_validate_finds_each_problem_at_its_line(
                           "        input: events\n        where: \"id > 0\"\n").replace(
         "          - app\n", "          - later\n")
     files.append(write_pipeline(workdir, looped, "looped.yaml"))
-    done = subprocess.run([SLUICE, "validate", *map(str, files)], cwd=workdir,
-                          capture_output=True, text=True, env={**os.environ, "CI": "1"})
+    done = sluice_in_process("validate", *map(str, files), cwd=workdir, env={"CI": "1"})
     assert done.returncode == 1
     errors = done.stderr.splitlines()
     for path, (message, line) in zip(files, cases.values(), strict=False):

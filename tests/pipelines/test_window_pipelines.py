@@ -3,14 +3,13 @@ same bytes on each, features that an aggregate then a model use, the plan's note
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from pipelines.datagen import generate
 from pipelines.engines.base import Engine
@@ -101,17 +100,15 @@ FEATURES = """
 def test_window_then_aggregate_and_the_plan_says_what_it_does(events: Path,
                                                               workdir: Path) -> None:
     path = write_pipeline(workdir, FEATURES)
-    shown = subprocess.run([SLUICE, "plan", str(path)], cwd=workdir, capture_output=True,
-                           text=True, check=True).stdout
+    shown = sluice_in_process("plan", str(path), cwd=workdir, check=True).stdout
     assert ("shuffles: the rows of each customer_id to one place (through the scratch "
             "folder), ordered by ts, into partitions of up to 64 MB, as many as the rows "
             "need; every row kept") in shown
     one_key = write_pipeline(workdir, FEATURES.replace("by: [customer_id]\n        order",
                                                        "by: []\n        order"), "all.yaml")
     assert ("shuffles: all the rows to one place (one key: no by), ordered by ts, into 1 "
-            "partition; every row kept") in subprocess.run(
-        [SLUICE, "plan", str(one_key)], cwd=workdir, capture_output=True, text=True,
-        check=True).stdout
+            "partition; every row kept") in sluice_in_process("plan", str(one_key), cwd=workdir,
+                                                              check=True).stdout
     run(path)
     out = ds.dataset(workdir / "out" / "buyers").to_table().sort_by("customer_id")
     counts = ds.dataset(events).to_table().group_by("customer_id").aggregate(
