@@ -26,10 +26,10 @@ from operators.features.columns import plain, unique_names
 from operators.hashing import murmur3_32
 
 MAX_TERMS = 10_000
+"""The most terms (columns) a vocabulary may have when ``max_features`` is not given."""
 WIDENING_NOTE = 20.0
 """How many times wider than its text a row's term columns may be before the run says
 so (a partition of text becomes that many times its size in memory)."""
-"""The most terms (columns) a vocabulary may have when ``max_features`` is not given."""
 
 SEPARATORS = r"[^\p{L}\p{N}_]+"
 """Anything but letters, digits and underscores: with ``min_token_length: 2``,
@@ -79,7 +79,10 @@ class VectorizeTextParams(Params):
                                 "anything but letters, digits and `_`")
     min_token_length: int = Field(
         2, ge=1, description="shorter tokens are dropped (2 with the default separators: "
-                             "scikit-learn's token_pattern; MLlib's RegexTokenizer: 1)")
+                             "scikit-learn's token_pattern; MLlib's RegexTokenizer: 1); "
+                             "a length in characters, as scikit-learn counts (MLlib counts "
+                             "UTF-16 units: an emoji, or another character past U+FFFF, "
+                             "is 2 there)")
     stop_words: Literal["english"] | list[str] | None = Field(
         None, description="tokens removed before n-grams are made (lower-cased too when "
                           f"`lowercase`); `english`: {len(ENGLISH)} common English "
@@ -172,6 +175,23 @@ def check_text(schema: pa.Schema, name: str) -> None:
                                "categories")
 
 
+_CONTEXTUAL = "[\u03a3\u0130]"
+"""What Arrow's utf8_lower (one code point for one) lower-cases otherwise than Python's
+str.lower and Java's toLowerCase: a capital sigma ending a word (Unicode's Final_Sigma:
+'\u03c2') and the capital I with a dot above (its full mapping: 'i' + U+0307)."""
+
+
+def lower(text: pa.Array) -> pa.Array:
+    """The text lower-cased as scikit-learn (str.lower) and MLlib (toLowerCase) do: by
+    Arrow, and the rows holding a character it maps otherwise by Python."""
+    out = pc.utf8_lower(text)
+    special = pc.match_substring_regex(text, _CONTEXTUAL).fill_null(False)
+    if not pc.any(special).as_py():
+        return out
+    fixed = [s.lower() for s in text.filter(special).to_pylist()]
+    return pc.replace_with_mask(out, special, pa.array(fixed, out.type))
+
+
 def term_name(column: str, term: str) -> str:
     return f"{column}:{term}"
 
@@ -193,7 +213,7 @@ class Tokens:
         if isinstance(text, pa.ChunkedArray):
             text = text.combine_chunks()
         if self.params.lowercase:
-            text = pc.utf8_lower(text)
+            text = lower(text)
         lists = pc.split_pattern_regex(text, self.params.separators)
         tokens = pc.list_flatten(lists)
         rows = pc.list_parent_indices(lists)

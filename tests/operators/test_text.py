@@ -125,6 +125,36 @@ def test_tokens_of_any_script_are_scikit_learns() -> None:
     assert all(re.fullmatch(r"\w\w+", t) for t in expected)
 
 
+def test_lower_casing_is_scikit_learns_and_mllibs_where_arrows_differs() -> None:
+    """A capital sigma ending a word is lower-cased to the final sigma (Unicode's
+    Final_Sigma, as Python's str.lower and Java's toLowerCase: 'ΟΔΟΣ' is 'οδος', the word
+    written in lower case) and 'İ' to 'i' + a combining dot above; Arrow's utf8_lower
+    gives 'οδοσ' and 'i'. Stop words are lower-cased the same way."""
+    docs = ["ΟΔΟΣ ΑΘΗΝΑΣ, Οδός Αθηνάς", "ΣΑΣ ΕΥΧΑΡΙΣΤΩ; σας ευχαριστώ", "İSTANBUL İzmir",
+            "ΣΟΦΙΑ ΚΑΙ ΝΙΚΟΣ", None, "Ως ΟΛΟΣ ΣΑΣ"]
+    table = pa.table({"text": pa.array(docs, pa.large_string())})
+    theirs = [d or "" for d in docs]
+    for stop in (None, ["ΣΑΣ"]):
+        fitted = fit(VectorizeText(columns=["text"], stop_words=stop), split(table, 2))
+        reference = CountVectorizer(stop_words=stop and ["σας"]).fit(theirs)
+        assert fitted.vocabulary["text"]["terms"] == sorted(reference.vocabulary_)
+        np.testing.assert_array_equal(matrix(fitted, table),
+                                      reference.transform(theirs).toarray())
+    assert "οδος" in fitted.vocabulary["text"]["terms"]
+
+
+def test_lower_casing_is_mllibs_regex_tokenizers(spark: Any) -> None:
+    from pyspark.ml.feature import RegexTokenizer
+
+    docs = ["ΟΔΟΣ ΑΘΗΝΑΣ, Οδός", "İSTANBUL İzmir ΣΑΣ.", "ΣΟΦΙΑ ΚΑΙ ΝΙΚΟΣ"]
+    frame = spark.spark.createDataFrame(list(enumerate(docs)), ["id", "text"])
+    tokens = RegexTokenizer(inputCol="text", outputCol="tokens", pattern="\\s+",
+                            minTokenLength=1).transform(frame).select("tokens").collect()
+    fitted = fit(VectorizeText(columns=["text"], separators=r"\s+", min_token_length=1),
+                 [pa.table({"text": docs})])
+    assert fitted.vocabulary["text"]["terms"] == sorted({t for r in tokens for t in r[0]})
+
+
 def test_null_text_is_a_row_of_zeros_and_unseen_terms_count_nowhere() -> None:
     table = pa.table({"text": ["good service", None, "good good", ""]})
     fitted = fit(VectorizeText(columns=["text"], idf="smooth"), [table])
