@@ -70,7 +70,13 @@ from pipelines.shuffle import (
 from pipelines.spec import Problem
 from pipelines.store import Model, ModelStore, binding, required_columns
 from pipelines.tracking import Tracker, log_quietly
-from pipelines.tuning import HoldoutPositions, TrainingRows, label_of
+from pipelines.tuning import (
+    HeldOutView,
+    HoldoutPositions,
+    TrainingRows,
+    ViewParams,
+    label_of,
+)
 from pipelines.union import UnionSource
 
 ENGINES = ("local", "dask", "spark")
@@ -535,9 +541,9 @@ class Run:
             fstep.op = feature.build(best)
             self.fitted[fstep.id] = ftransform
             self.record["metrics"][fstep.id] = fmetrics
-            source = self.datasets[fstep.input]
-            data = self.engine.map(source, fstep.id, ftransform.training_view(),
-                                   ftransform.output_schema(source.schema),
+            # the rows the model trained on, the position no longer needed
+            view = self._held_out_view(ftransform, step.op, drop=True)
+            data = self.engine.map(marked, fstep.id, view, view.output_schema(marked.schema),
                                    self.placement(fstep))
             self.datasets[fstep.id] = data
         name = tuning.results[best]["metric"]
@@ -572,10 +578,20 @@ class Run:
             marked, fstep.id, TrainingRows(fraction=p.validation_fraction,
                                            start=p.validation_start), marked.schema)
         ftransform, fmetrics, _ = fit(self.engine, train, fstep.id, fop, self.placement(fstep))
-        rows = self.engine.map(marked, fstep.id, ftransform.training_view(),
-                               ftransform.output_schema(marked.schema), self.placement(fstep))
+        view = self._held_out_view(ftransform, op)
+        rows = self.engine.map(marked, fstep.id, view, view.output_schema(marked.schema),
+                               self.placement(fstep))
         transform, metrics, rows = fit(self.engine, rows, step.id, op, self.placement(step))
         return transform, metrics, rows, (ftransform, fmetrics)
+
+    @staticmethod
+    def _held_out_view(ftransform: Transform, op: Operator, drop: bool = False
+                       ) -> HeldOutView:
+        """The feature step's fitted transform of the rows as model ``op`` holds them out
+        (``HeldOutView``)."""
+        p = op.params
+        return HeldOutView(ViewParams(fraction=p.validation_fraction or 0.0,
+                                      start=p.validation_start, drop=drop), fitted=ftransform)
 
     def _bind_promote(self, step: Step) -> None:
         """Bind a promote step to the model this run saved (the challenger) and to the

@@ -210,6 +210,49 @@ class TrainingRows(Transform):
         return part.filter(pa.array(~held))
 
 
+class ViewParams(WindowParams):
+    drop: bool = False  # the position column too (the rows after the tune)
+
+
+class HeldOutView(Transform):
+    """A feature step tuned with its model, as it hands the model its rows: the rows it
+    was fitted on through its ``training_view`` (target_encode's cross-fitted encodings,
+    folded as the fit folded them), the held-out rows, which it never saw, as it scores
+    new rows (as scikit-learn's GridSearchCV transforms a validation fold with the fitted
+    Pipeline). ``drop``: without ``HOLDOUT_POSITION``, the rows after the tune."""
+
+    name = "tune.held_out_view"
+    numeric_kernels = False
+    Params = ViewParams
+
+    def __init__(self, params: Any = None, fitted: Transform | None = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        assert fitted is not None
+        self.fitted = fitted
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return self.fitted.input_columns(schema)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        out = self.fitted.output_schema(schema)
+        return out.remove(out.get_field_index(HOLDOUT_POSITION)) if self.params.drop else out
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        training = self.fitted.training_view()
+        held = window(part.column(HOLDOUT_POSITION).to_numpy(), self.params.fraction,
+                      self.params.start)
+        if training is self.fitted or not held.any():
+            out = training.transform(part, xp)
+        elif held.all():
+            out = self.fitted.transform(part, xp)
+        else:
+            order = np.concatenate([np.flatnonzero(~held), np.flatnonzero(held)])
+            both = pa.concat_tables([training.transform(part.filter(pa.array(~held)), xp),
+                                     self.fitted.transform(part.filter(pa.array(held)), xp)])
+            out = both.take(pa.array(np.argsort(order)))
+        return out.drop_columns([HOLDOUT_POSITION]) if self.params.drop else out
+
+
 def _combination(index: int, lists: list[list[Any]]) -> list[Any]:
     """The ``index``-th combination of ``itertools.product(*lists)``."""
     out = []
