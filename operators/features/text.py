@@ -105,7 +105,8 @@ class VectorizeTextParams(Params):
     idf: Literal["none", "smooth", "plain", "spark"] = Field(
         "none", description="inverse document frequency weights: smooth: "
                             "ln((1 + n) / (1 + df)) + 1 (scikit-learn's default), plain: "
-                            "ln(n / df) + 1 (its smooth_idf=False), spark: "
+                            "ln(n / df) + 1 (its smooth_idf=False; 0 for a hashed "
+                            "column no row had), spark: "
                             "ln((n + 1) / (df + 1)) (MLlib's IDF); n: the fitted rows")
     norm: Literal["l1", "l2"] | None = Field(
         None, description="scale each row's terms of a column to unit l1 or l2 norm (after "
@@ -377,7 +378,12 @@ class VectorizeText(Estimator):
         if p.num_features is not None:  # hashed: each column's rows, for the idf
             out: dict[str, Any] = {"df": stats.tolist()}
             if p.idf != "none":
-                out["idf"] = idf_weights(stats.astype(np.float64), rows, p.idf).tolist()
+                with np.errstate(divide="ignore"):
+                    idf = idf_weights(stats.astype(np.float64), rows, p.idf)
+                # plain's ln(n / 0): a column no fitted row has counts nowhere, as a term
+                # outside a vocabulary (a zero count times infinity would be NaN)
+                idf[~np.isfinite(idf)] = 0.0
+                out["idf"] = idf.tolist()
             return out
         low, high = _limit(p.min_df, rows), _limit(p.max_df, rows)
         if high < low:

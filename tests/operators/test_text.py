@@ -333,3 +333,33 @@ def test_hashing_refuses_a_vocabularys_limits() -> None:
     fitted = fit(VectorizeText(columns=["text"], num_features=8),
                  [pa.table({"text": ["something else"]})])
     assert matrix(fitted, table).sum() == 4  # unseen terms count: no vocabulary
+
+
+def test_hashed_plain_idf_of_a_column_no_row_has_counts_nowhere() -> None:
+    """idf: plain is ln(n / df) + 1, infinite for a hashed column no fitted row falls in:
+    such a column weighs 0 (as a term outside a vocabulary counts nowhere), so the
+    fitted rows are scikit-learn's HashingVectorizer + TfidfTransformer(smooth_idf=False)
+    (whose sparse zeros stay zero; dense ones times infinity were NaN in every row)."""
+    from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+    from sklearn.pipeline import make_pipeline
+
+    docs = corpus(rows=40, seed=9)
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], num_features=256, hashing="sklearn",
+                               idf="plain", norm="l2"), split(table, 2))
+    reference = make_pipeline(HashingVectorizer(n_features=256, norm=None),
+                              TfidfTransformer(smooth_idf=False))
+    with np.errstate(divide="ignore"):
+        expected = reference.fit_transform(docs).toarray()
+    got = matrix(fitted, table)
+    assert (np.asarray(fitted.vocabulary["text"]["df"]) == 0).any()
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    idf = np.asarray(fitted.vocabulary["text"]["idf"])
+    assert np.isfinite(idf).all()
+    empty = np.flatnonzero(np.asarray(fitted.vocabulary["text"]["df"]) == 0)
+    unseen = next(w for w in (f"zz{i}" for i in range(10_000))
+                  if fit(VectorizeText(columns=["text"], num_features=256, hashing="sklearn"),
+                         [pa.table({"text": [w]})]).vocabulary["text"]["df"][empty[0]])
+    scored = matrix(fitted, pa.table({"text": [unseen, f"{docs[0]} {unseen}"]}))
+    assert np.isfinite(scored).all() and scored[0].sum() == 0
+    np.testing.assert_allclose(scored[1], got[0], rtol=1e-12)
