@@ -369,6 +369,10 @@ class VectorizeText(Estimator):
 
     def update(self, stats: dict[str, Any], state: Any) -> tuple[dict[str, Any], bool]:
         rows = stats["rows"]
+        if not rows:
+            raise DataError(f"no rows to learn the terms of '{self.params.columns[0]}' from",
+                            hint="no rows may reach this step: check the input and the "
+                                 "filters before it")
         vocabulary = {name: self._vocabulary(name, stats[name], rows)
                       for name in self.params.columns}
         return {"rows": rows, "bytes": stats["bytes"], "vocabulary": vocabulary}, True

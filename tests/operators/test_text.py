@@ -232,6 +232,9 @@ def test_errors_say_what_and_how() -> None:
     assert "lower min_df" in err.value.hint
     with pytest.raises(DataError, match="no term of 'text'.*it has no terms"):
         fit(VectorizeText(columns=["text"], min_token_length=6), [table])
+    with pytest.raises(DataError, match="no rows to learn the terms of 'text' from") as err:
+        fit(VectorizeText(columns=["text"]), split(table.slice(0, 0), 2))
+    assert "check the input and the filters before it" in err.value.hint
     with pytest.raises(DataError, match=r"max_df \(0.1: 0.2 of the 2 rows\) is below min_df"):
         fit(VectorizeText(columns=["text"], max_df=0.1), [table])
     with pytest.raises(ValidationError, match="min_df \\(5\\) is above max_df \\(2\\)"):
