@@ -532,6 +532,7 @@ class Run:
         except SluiceError as exc:
             raise exc.located(f"step '{step.id}'") from None
         step.op = tuning.ops[best]
+        self._record_params(step)
         if tuning.folds:  # the best values, fitted as the step says
             transform, metrics, data, fitted = fit_candidate(best, step.op, data)
         else:
@@ -539,6 +540,7 @@ class Run:
         if feature is not None:  # the best feature step's, as if it had run on its turn
             ftransform, fmetrics = fitted
             fstep.op = feature.build(best)
+            self._record_params(fstep)
             self.fitted[fstep.id] = ftransform
             self.record["metrics"][fstep.id] = fmetrics
             # the rows the model trained on, the position no longer needed
@@ -559,6 +561,13 @@ class Run:
                                          "folds": len(tuning.folds[0]) if tuning.folds else 0,
                                          "candidates": candidates}}
         return transform, metrics, data
+
+    def _record_params(self, step: Step) -> None:
+        """A tuned step's parameters in the record as the best candidate's (they were the
+        first's, as the step was planned): what MLflow and `runs compare` show."""
+        given = given_params(step.op)
+        if given:
+            self.record["steps"][step.id]["params"] = given
 
     def _positions(self, step: Step, fstep: Step) -> Dataset:
         """The feature step's input rows with each one's place in the model's hold-out

@@ -21,6 +21,7 @@ from test_text_pipelines import tickets
 
 from operators.hashing import chosen_rows
 from pipelines.runner import plan_file, run
+from pipelines.runs import run_params
 from pipelines.serving import load_model
 from pipelines.store import ModelStore
 
@@ -95,6 +96,10 @@ def test_text_features_tuned_with_the_model_are_gridsearchcvs_on_every_engine(
     trained = model.meta["trained_with"]
     assert trained["nb"]["params"]["smoothing"] == float(best.split(",")[0].split("=")[1])
     assert trained["words"]["params"]["max_features"] == int(best.split("=")[-1])
+    # the run's params (MLflow's, `sluice runs compare`'s) are those it trained with too
+    given = run_params(record)
+    assert given["nb.smoothing"] == trained["nb"]["params"]["smoothing"]
+    assert given["words.max_features"] == trained["words"]["params"]["max_features"]
     new = ["refund my card", "app crash", "", "courier late again"]
     scored = load_model("tickets").score([{"text": t} for t in new])
     np.testing.assert_allclose([r["probability"] for r in scored],
