@@ -438,7 +438,8 @@ class VectorizeText(Estimator):
                 f"the text's {sum(terms.values()):,} term columns take {width:,} bytes a row "
                 f"where the text took {text:,.0f} on average: a partition of the text grows "
                 f"{width / max(text, 1.0):,.0f} times in memory (its columns are dense); if "
-                "memory runs short, lower read_parquet's partition_mb, or max_features")
+                "memory runs short, lower read_parquet's partition_mb, or "
+                + ("max_features" if self.params.num_features is None else "num_features"))
         return out
 
 

@@ -366,3 +366,15 @@ def test_hashed_plain_idf_of_a_column_no_row_has_counts_nowhere() -> None:
     scored = matrix(fitted, pa.table({"text": [unseen, f"{docs[0]} {unseen}"]}))
     assert np.isfinite(scored).all() and scored[0].sum() == 0
     np.testing.assert_allclose(scored[1], got[0], rtol=1e-12)
+
+
+def test_the_widening_note_names_what_to_lower() -> None:
+    """Hashed columns have no max_features (it is refused with num_features): the note
+    says to lower num_features there, and max_features for a vocabulary."""
+    table = pa.table({"text": ["a b c d e f g h", "i j k l m n o p"]})
+    for params, lower in (({"num_features": 512}, "num_features"),
+                          ({"ngram_range": [1, 6]}, "max_features")):
+        op = VectorizeText(columns=["text"], min_token_length=1, **params)
+        state, _ = drive(op, table.schema, lambda partial, op=op: partial(table, None))
+        note = op.metrics(state)["note"]
+        assert "grows" in note and note.endswith(f"partition_mb, or {lower}")
