@@ -487,18 +487,24 @@ class VectorizeTextFitted(Transform):
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         require_columns(schema, self.params.columns)
         fields: list[pa.Field] = []
+        made: dict[str, str] = {}  # a term's column: the text column it comes from
         for f in schema:
             if f.name not in self.params.columns:
                 fields.append(f)
                 continue
             check_text(schema, f.name)
-            fields.extend(pa.field(n, pa.float64()) for n in self.names(f.name))
-        seen: set[str] = set()
-        for f in fields:
-            if f.name in seen:
-                raise SchemaError(f"vectorize_text adds column '{f.name}' that the input "
+            for n in self.names(f.name):
+                if n in made:
+                    raise SchemaError(
+                        f"vectorize_text makes column '{n}' of both '{made[n]}' and "
+                        f"'{f.name}' (a term of each)", hint=f"rename '{f.name}' first")
+                made[n] = f.name
+                fields.append(pa.field(n, pa.float64()))
+        kept = {f.name for f in schema if f.name not in self.params.columns}
+        for name in made:
+            if name in kept:
+                raise SchemaError(f"vectorize_text adds column '{name}' that the input "
                                   "already has", hint="rename or drop it first")
-            seen.add(f.name)
         return pa.schema(fields, metadata=schema.metadata)
 
     def encode(self, column: pa.ChunkedArray, name: str) -> np.ndarray:

@@ -251,6 +251,12 @@ def test_errors_say_what_and_how() -> None:
     fitted = fit(VectorizeText(columns=["text"], min_token_length=1), [clash])
     with pytest.raises(SchemaError, match="adds column 'text:one' that the input already"):
         fitted.output_schema(clash.schema)
+    two = pa.table({"a": ["b:c"], "a:b": ["c"]})  # a's term 'b:c' and a:b's term 'c'
+    fitted = fit(VectorizeText(columns=["a", "a:b"], separators=r"\s+", min_token_length=1),
+                 [two])
+    with pytest.raises(SchemaError, match="makes column 'a:b:c' of both 'a' and 'a:b'") as err:
+        fitted.output_schema(two.schema)
+    assert err.value.hint == "rename 'a:b' first"
 
 
 def test_a_vocabulary_too_wide_for_columns_asks_for_max_features() -> None:
