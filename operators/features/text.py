@@ -58,8 +58,6 @@ _NO_TERMS = pa.table({"term": pa.array([], pa.string()), "tf": pa.array([], pa.i
 
 
 def _count(value: int | float, name: str) -> int | float:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number of rows or a fraction, got {value}")
     if isinstance(value, float) and not 0.0 <= value <= 1.0:
         raise ValueError(f"a fraction of the rows must lie in [0, 1], got {value} (a "
                          "number of rows is written without a decimal point)")
@@ -121,6 +119,14 @@ class VectorizeTextParams(Params):
         "spark", description="with num_features: spark: MurmurHash3 of seed 42, a term adds 1 "
                              "(HashingTF); sklearn: of seed 0, a term adds the hash's sign "
                              "(HashingVectorizer's alternate_sign)")
+
+    @field_validator("min_df", "max_df", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool):  # (an int to pydantic: true would be 1 row)
+            raise ValueError(f"{info.field_name} must be a number of rows or a fraction, "
+                             f"got {value}")
+        return value
 
     @field_validator("min_df", "max_df")
     @classmethod

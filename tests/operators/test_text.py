@@ -239,6 +239,9 @@ def test_errors_say_what_and_how() -> None:
         fit(VectorizeText(columns=["text"], max_df=0.1), [table])
     with pytest.raises(ValidationError, match="min_df \\(5\\) is above max_df \\(2\\)"):
         VectorizeText(columns=["text"], min_df=5, max_df=2)
+    with pytest.raises(ValidationError, match="min_df must be a number of rows or a fraction, "
+                                              "got True"):
+        VectorizeText(columns=["text"], min_df=True)
     with pytest.raises(ValidationError, match="a fraction of the rows must lie in"):
         VectorizeText(columns=["text"], max_df=1.5)
     with pytest.raises(ValidationError, match="ngram_range must be"):
