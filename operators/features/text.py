@@ -53,6 +53,10 @@ ENGLISH = frozenset(_ENGLISH_WORDS.split())
 """``stop_words: english``: common English function words (pronouns, articles,
 prepositions, conjunctions, auxiliaries), all lower case; sluice's own list."""
 
+_PROBES = pa.array(["", "a", "ab", "a b", "ab cd", " ", " a", "a ", ".", "a.b", "_", "1",
+                    "x", "xx", "A", "Ab", "é", "\t"])
+"""Texts a separator is tried on: one that matches an empty string within any is refused."""
+
 _NO_TERMS = pa.table({"term": pa.array([], pa.string()), "tf": pa.array([], pa.int64()),
                       "df": pa.array([], pa.int64())})
 
@@ -144,13 +148,14 @@ class VectorizeTextParams(Params):
     @field_validator("separators")
     @classmethod
     def _regex(cls, value: str) -> str:
-        try:  # (Arrow's split never ends on a pattern that matches nothing)
-            empty = pc.match_substring_regex(pa.array([""]), value)[0].as_py()
+        try:  # (Arrow's split never ends where the pattern matches nothing, \b between
+            # two letters too): the first match in each probe, none of them empty
+            first = pc.extract_regex(_PROBES, f"(?P<sluice_separator>{value})")
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise ValueError(f"not a regular expression RE2 reads: {exc}") from None
-        if empty:
+        if pc.any(pc.equal(pc.struct_field(first, [0]), "")).as_py():
             raise ValueError("the pattern matches an empty string: separators must match "
-                             "at least one character (e.g. '\\s+', not '\\s*')")
+                             "at least one character (e.g. '\\s+', not '\\s*' or '\\b')")
         return value
 
     @model_validator(mode="after")

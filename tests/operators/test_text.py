@@ -250,6 +250,10 @@ def test_errors_say_what_and_how() -> None:
         VectorizeText(columns=["text"], separators="[a-")
     with pytest.raises(ValidationError, match="matches an empty string"):
         VectorizeText(columns=["text"], separators="x*")
+    # empty only between characters: Arrow's split of 'ab cd' at them never ended
+    for pattern in (r"\b", r"\B", "(?:a|)", r"(?:\s|\b)", "$", r"\s*$"):
+        with pytest.raises(ValidationError, match="matches an empty string"):
+            VectorizeText(columns=["text"], separators=pattern)
     clash = pa.table({"text": ["one"], "text:one": [1.0]})
     fitted = fit(VectorizeText(columns=["text"], min_token_length=1), [clash])
     with pytest.raises(SchemaError, match="adds column 'text:one' that the input already"):
