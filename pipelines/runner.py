@@ -342,9 +342,7 @@ class Run:
                 self.cached[step.input] = data
             self.fitted[step.id] = transform
             self.record["metrics"][step.id] = metrics
-            if metrics.get("note") and self.notify:  # what the fit found worth a line
-                self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
-                            f"{metrics['note']}")
+            self._fit_note(step, metrics)
             if isinstance(op, Promote):
                 self._promote(step, metrics)
             # the fitted schema can differ from the plan's (one_hot's columns come from
@@ -543,6 +541,7 @@ class Run:
             self._record_params(fstep)
             self.fitted[fstep.id] = ftransform
             self.record["metrics"][fstep.id] = fmetrics
+            self._fit_note(fstep, fmetrics)
             # the rows the model trained on, the position no longer needed
             view = self._held_out_view(ftransform, step.op, drop=True)
             data = self.engine.map(marked, fstep.id, view, view.output_schema(marked.schema),
@@ -561,6 +560,12 @@ class Run:
                                          "folds": len(tuning.folds[0]) if tuning.folds else 0,
                                          "candidates": candidates}}
         return transform, metrics, data
+
+    def _fit_note(self, step: Step, metrics: dict[str, Any]) -> None:
+        """What a fit found worth a line of the run (``metrics['note']``), at its step."""
+        if metrics.get("note") and self.notify:
+            self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
+                        f"{metrics['note']}")
 
     def _record_params(self, step: Step) -> None:
         """A tuned step's parameters in the record as the best candidate's (they were the

@@ -275,3 +275,16 @@ def test_a_cross_fitted_encoder_tuned_with_the_model_is_gridsearchcvs(workdir: P
     refit = LogisticRegression(C=1 / (0.01 * int((~held).sum())), tol=1e-12,
                                max_iter=10_000).fit(written[~held], y[~held])
     np.testing.assert_allclose(model.coef[0], refit.coef_[0], rtol=1e-5)
+
+
+def test_the_tuned_feature_steps_note_is_said(workdir: Path, ticket_files: Path) -> None:
+    """The best candidate's feature step's note (a vocabulary much wider than its text)
+    is a line of the run, at that step's line, as if it had run on its turn."""
+    notes: list[str] = []
+    text = TEXT.format(data=ticket_files).replace(
+        "min_df: 2", "min_df: 1\n        ngram_range: [1, 3]").replace("[6, 30]",
+                                                                      "[2000, 3000]")
+    run(write_pipeline(workdir, text), notify=notes.append)
+    wide = [n for n in notes if "step 'words'" in n]
+    assert len(wide) == 1 and "grows" in wide[0], notes
+    assert wide[0].startswith(f"{workdir / 'pipeline.yaml'}:8: step 'words'")
