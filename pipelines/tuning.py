@@ -44,7 +44,9 @@ stages):
 Every candidate fits the feature step on the rows the model trains on (the held-out rows
 are no step's training rows), then the model on its transform of every row, holding out
 the rows ``HoldoutPositions`` placed by the hash of the row as the feature step read it:
-the same rows for every candidate, whatever columns its feature step makes.
+the same rows for every candidate, whatever columns its feature step makes. The held-out
+rows go through the feature step as new rows would (``HeldOutView``: a cross-fitted
+target_encode's training view is for the rows it was fitted on).
 
 A ``kmeans`` step is tuned the same way, by how its fitted centres cluster the held-out
 rows (MLlib's ClusteringEvaluator in a TrainValidationSplit; scikit-learn's loop over k
