@@ -337,13 +337,17 @@ def check_feature_step(step: str, param: str, values: Any, feature: Any, model_i
 
 def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: Any,
                 folds: Any = None, samples: Any = None, feature: Any = None,
-                model_input: str | None = None
+                model_input: str | None = None, troubled: Any = frozenset()
                 ) -> tuple[Tuning | None, list[tuple[str, str]]]:
     """The candidates of a step's ``tune:``, or the problems (``(key, message)``);
-    ``feature``: the planned steps by id, for keys that name another step's parameter."""
+    ``feature``: the planned steps by id, for keys that name another step's parameter
+    (``troubled``: the ids of steps with problems of their own, said there)."""
     problems: list[tuple[str, str]] = []
     tuned_steps = feature_keys(tune)
+    blocked = [step for step in tuned_steps if step in troubled]
     for step, tuned in tuned_steps.items():
+        if step in blocked:
+            continue
         for param, values in tuned.items():
             found = check_feature_step(step, param, values, (feature or {}).get(step),
                                        model_input)
@@ -438,7 +442,7 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
         problems.append(("tune", "tune needs held-out rows to compare the candidates on: "
                                  "set validation_fraction (e.g. 0.2), or tune_folds (e.g. "
                                  "5) to cross-validate"))
-    if problems:
+    if problems or blocked:
         return None, problems
     lists = list(tune.values())
     total = math.prod(len(v) for v in lists)

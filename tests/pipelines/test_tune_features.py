@@ -288,3 +288,18 @@ def test_the_tuned_feature_steps_note_is_said(workdir: Path, ticket_files: Path)
     wide = [n for n in notes if "step 'words'" in n]
     assert len(wide) == 1 and "grows" in wide[0], notes
     assert wide[0].startswith(f"{workdir / 'pipeline.yaml'}:8: step 'words'")
+
+
+@pytest.mark.parametrize("change,message", [
+    (("op: vectorize_text", "op: vectorise_text"), "unknown operator 'vectorise_text'"),
+    (("min_df: 2", "min_df: -1"), "parameter 'min_df': a number of rows must be at least 0"),
+])
+def test_a_feature_step_of_its_own_problem_is_said_once(workdir: Path, ticket_files: Path,
+                                                        change: tuple[str, str],
+                                                        message: str) -> None:
+    """The feature step's problem is said at its line, not again by the tune as a
+    candidate's problem or as no step 'words' planned."""
+    text = TEXT.format(data=ticket_files).replace(*change)
+    found = [str(p) for p in plan_file(write_pipeline(workdir, text)).problems]
+    assert len(found) == 1, found
+    assert "step 'words'" in found[0] and message in found[0]
