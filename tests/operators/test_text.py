@@ -391,3 +391,20 @@ def test_the_widening_note_names_what_to_lower() -> None:
         state, _ = drive(op, table.schema, lambda partial, op=op: partial(table, None))
         note = op.metrics(state)["note"]
         assert "grows" in note and note.endswith(f"partition_mb, or {lower}")
+
+
+@pytest.mark.parametrize("n", [7, 64, 1000])
+def test_the_int_min_hash_is_placed_and_signed_as_scikit_learn_does(n: int) -> None:
+    """'aaaiTBFZ' hashes to -2**31 (seed 0), whose absolute value a 32-bit integer cannot
+    hold: HashingVectorizer puts it at (2**31 - 1 - (n - 1)) % n, negative."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.utils import murmurhash3_32
+
+    assert murmurhash3_32("aaaiTBFZ", seed=0) == -2**31
+    docs = ["aaaiTBFZ", "aaaiTBFZ aaaiTBFZ other", "other words"]
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], num_features=n, hashing="sklearn",
+                               lowercase=False), [table])
+    reference = HashingVectorizer(n_features=n, lowercase=False, norm=None)
+    np.testing.assert_array_equal(matrix(fitted, table), reference.transform(docs).toarray())
+    assert matrix(fitted, table)[0, (2**31 - 1 - (n - 1)) % n] == -1
