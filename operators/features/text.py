@@ -94,7 +94,8 @@ class VectorizeTextParams(Params):
                             "terms, joined by one space ([1, 2]: words and pairs)")
     min_df: int | float = Field(
         1, description="terms in fewer rows (an integer) or a smaller fraction of the rows "
-                       "(a float in [0, 1]) are left out")
+                       "(a float in [0, 1]) are left out; 1.0 is every row, as scikit-learn "
+                       "reads it (MLlib's minDF 1.0 is one row: write 1)")
     max_df: int | float = Field(
         1.0, description="terms in more rows (an integer) or a larger fraction of the rows "
                          "(a float) are left out: corpus-specific stop words")
