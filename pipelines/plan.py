@@ -290,7 +290,8 @@ def build(spec: PipelineSpec, resolve_model: Any = None, reads: Any = None) -> P
         if op is not None and any(v is not None for v in (s.tune, s.tune_metric, s.tune_folds,
                                                           s.tune_samples)):
             tuning, found = plan_tuning(cls, s.params, s.tune, s.tune_metric, s.tune_folds,
-                                        s.tune_samples, built, input_id)
+                                        s.tune_samples, built, input_id,
+                                        {p.step for p in plan.problems})
             for key, message in found:
                 problem(s, message, key)
             if tuning is not None:

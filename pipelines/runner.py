@@ -70,7 +70,13 @@ from pipelines.shuffle import (
 from pipelines.spec import Problem
 from pipelines.store import Model, ModelStore, binding, required_columns
 from pipelines.tracking import Tracker, log_quietly
-from pipelines.tuning import HoldoutPositions, TrainingRows, label_of
+from pipelines.tuning import (
+    HeldOutView,
+    HoldoutPositions,
+    TrainingRows,
+    ViewParams,
+    label_of,
+)
 from pipelines.union import UnionSource
 
 ENGINES = ("local", "dask", "spark")
@@ -381,9 +387,7 @@ class Run:
                 self.cached[step.input] = data
             self.fitted[step.id] = transform
             self.record["metrics"][step.id] = metrics
-            if metrics.get("note") and self.notify:  # what the fit found worth a line
-                self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
-                            f"{metrics['note']}")
+            self._fit_note(step, metrics)
             if isinstance(op, Promote):
                 self._promote(step, metrics)
             # the fitted schema can differ from the plan's (one_hot's columns come from
@@ -569,6 +573,7 @@ class Run:
         except SluiceError as exc:
             raise exc.located(f"step '{step.id}'") from None
         step.op = tuning.ops[best]
+        self._record_params(step)
         if tuning.folds:  # the best values, fitted as the step says
             transform, metrics, data, fitted = fit_candidate(best, step.op, data)
         else:
@@ -576,11 +581,13 @@ class Run:
         if feature is not None:  # the best feature step's, as if it had run on its turn
             ftransform, fmetrics = fitted
             fstep.op = feature.build(best)
+            self._record_params(fstep)
             self.fitted[fstep.id] = ftransform
             self.record["metrics"][fstep.id] = fmetrics
-            source = self.datasets[fstep.input]
-            data = self.engine.map(source, fstep.id, ftransform.training_view(),
-                                   ftransform.output_schema(source.schema),
+            self._fit_note(fstep, fmetrics)
+            # the rows the model trained on, the position no longer needed
+            view = self._held_out_view(ftransform, step.op, drop=True)
+            data = self.engine.map(marked, fstep.id, view, view.output_schema(marked.schema),
                                    self.placement(fstep))
             self.datasets[fstep.id] = data
         name = tuning.results[best]["metric"]
@@ -596,6 +603,19 @@ class Run:
                                          "folds": len(tuning.folds[0]) if tuning.folds else 0,
                                          "candidates": candidates}}
         return transform, metrics, data
+
+    def _fit_note(self, step: Step, metrics: dict[str, Any]) -> None:
+        """What a fit found worth a line of the run (``metrics['note']``), at its step."""
+        if metrics.get("note") and self.notify:
+            self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
+                        f"{metrics['note']}")
+
+    def _record_params(self, step: Step) -> None:
+        """A tuned step's parameters in the record as the best candidate's (they were the
+        first's, as the step was planned): what MLflow and `runs compare` show."""
+        given = given_params(step.op)
+        if given:
+            self.record["steps"][step.id]["params"] = given
 
     def _positions(self, step: Step, fstep: Step) -> Dataset:
         """The feature step's input rows with each one's place in the model's hold-out
@@ -615,10 +635,20 @@ class Run:
             marked, fstep.id, TrainingRows(fraction=p.validation_fraction,
                                            start=p.validation_start), marked.schema)
         ftransform, fmetrics, _ = fit(self.engine, train, fstep.id, fop, self.placement(fstep))
-        rows = self.engine.map(marked, fstep.id, ftransform.training_view(),
-                               ftransform.output_schema(marked.schema), self.placement(fstep))
+        view = self._held_out_view(ftransform, op)
+        rows = self.engine.map(marked, fstep.id, view, view.output_schema(marked.schema),
+                               self.placement(fstep))
         transform, metrics, rows = fit(self.engine, rows, step.id, op, self.placement(step))
         return transform, metrics, rows, (ftransform, fmetrics)
+
+    @staticmethod
+    def _held_out_view(ftransform: Transform, op: Operator, drop: bool = False
+                       ) -> HeldOutView:
+        """The feature step's fitted transform of the rows as model ``op`` holds them out
+        (``HeldOutView``)."""
+        p = op.params
+        return HeldOutView(ViewParams(fraction=p.validation_fraction or 0.0,
+                                      start=p.validation_start, drop=drop), fitted=ftransform)
 
     def _bind_promote(self, step: Step) -> None:
         """Bind a promote step to the model this run saved (the challenger) and to the

@@ -44,7 +44,9 @@ stages):
 Every candidate fits the feature step on the rows the model trains on (the held-out rows
 are no step's training rows), then the model on its transform of every row, holding out
 the rows ``HoldoutPositions`` placed by the hash of the row as the feature step read it:
-the same rows for every candidate, whatever columns its feature step makes.
+the same rows for every candidate, whatever columns its feature step makes. The held-out
+rows go through the feature step as new rows would (``HeldOutView``: a cross-fitted
+target_encode's training view is for the rows it was fitted on).
 
 A ``kmeans`` step is tuned the same way, by how its fitted centres cluster the held-out
 rows (MLlib's ClusteringEvaluator in a TrainValidationSplit; scikit-learn's loop over k
@@ -210,6 +212,49 @@ class TrainingRows(Transform):
         return part.filter(pa.array(~held))
 
 
+class ViewParams(WindowParams):
+    drop: bool = False  # the position column too (the rows after the tune)
+
+
+class HeldOutView(Transform):
+    """A feature step tuned with its model, as it hands the model its rows: the rows it
+    was fitted on through its ``training_view`` (target_encode's cross-fitted encodings,
+    folded as the fit folded them), the held-out rows, which it never saw, as it scores
+    new rows (as scikit-learn's GridSearchCV transforms a validation fold with the fitted
+    Pipeline). ``drop``: without ``HOLDOUT_POSITION``, the rows after the tune."""
+
+    name = "tune.held_out_view"
+    numeric_kernels = False
+    Params = ViewParams
+
+    def __init__(self, params: Any = None, fitted: Transform | None = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        assert fitted is not None
+        self.fitted = fitted
+
+    def input_columns(self, schema: pa.Schema) -> list[str]:
+        return self.fitted.input_columns(schema)
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        out = self.fitted.output_schema(schema)
+        return out.remove(out.get_field_index(HOLDOUT_POSITION)) if self.params.drop else out
+
+    def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        training = self.fitted.training_view()
+        held = window(part.column(HOLDOUT_POSITION).to_numpy(), self.params.fraction,
+                      self.params.start)
+        if training is self.fitted or not held.any():
+            out = training.transform(part, xp)
+        elif held.all():
+            out = self.fitted.transform(part, xp)
+        else:
+            order = np.concatenate([np.flatnonzero(~held), np.flatnonzero(held)])
+            both = pa.concat_tables([training.transform(part.filter(pa.array(~held)), xp),
+                                     self.fitted.transform(part.filter(pa.array(held)), xp)])
+            out = both.take(pa.array(np.argsort(order)))
+        return out.drop_columns([HOLDOUT_POSITION]) if self.params.drop else out
+
+
 def _combination(index: int, lists: list[list[Any]]) -> list[Any]:
     """The ``index``-th combination of ``itertools.product(*lists)``."""
     out = []
@@ -292,13 +337,17 @@ def check_feature_step(step: str, param: str, values: Any, feature: Any, model_i
 
 def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: Any,
                 folds: Any = None, samples: Any = None, feature: Any = None,
-                model_input: str | None = None
+                model_input: str | None = None, troubled: Any = frozenset()
                 ) -> tuple[Tuning | None, list[tuple[str, str]]]:
     """The candidates of a step's ``tune:``, or the problems (``(key, message)``);
-    ``feature``: the planned steps by id, for keys that name another step's parameter."""
+    ``feature``: the planned steps by id, for keys that name another step's parameter
+    (``troubled``: the ids of steps with problems of their own, said there)."""
     problems: list[tuple[str, str]] = []
     tuned_steps = feature_keys(tune)
+    blocked = [step for step in tuned_steps if step in troubled]
     for step, tuned in tuned_steps.items():
+        if step in blocked:
+            continue
         for param, values in tuned.items():
             found = check_feature_step(step, param, values, (feature or {}).get(step),
                                        model_input)
@@ -393,7 +442,7 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
         problems.append(("tune", "tune needs held-out rows to compare the candidates on: "
                                  "set validation_fraction (e.g. 0.2), or tune_folds (e.g. "
                                  "5) to cross-validate"))
-    if problems:
+    if problems or blocked:
         return None, problems
     lists = list(tune.values())
     total = math.prod(len(v) for v in lists)

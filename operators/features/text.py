@@ -26,12 +26,12 @@ from operators.features.columns import plain, unique_names
 from operators.hashing import murmur3_32
 
 MAX_TERMS = 10_000
+"""The most terms (columns) a vocabulary may have when ``max_features`` is not given."""
 WIDENING_NOTE = 20.0
 """How many times wider than its text a row's term columns may be before the run says
 so (a partition of text becomes that many times its size in memory)..."""
 NOTE_BYTES = 1 << 30
 """... when the fitted rows' term columns would take more than this in all."""
-"""The most terms (columns) a vocabulary may have when ``max_features`` is not given."""
 
 SEPARATORS = r"[^\p{L}\p{N}_]+"
 """Anything but letters, digits and underscores: with ``min_token_length: 2``,
@@ -55,13 +55,15 @@ ENGLISH = frozenset(_ENGLISH_WORDS.split())
 """``stop_words: english``: common English function words (pronouns, articles,
 prepositions, conjunctions, auxiliaries), all lower case; sluice's own list."""
 
+_PROBES = pa.array(["", "a", "ab", "a b", "ab cd", " ", " a", "a ", ".", "a.b", "_", "1",
+                    "x", "xx", "A", "Ab", "é", "\t"])
+"""Texts a separator is tried on: one that matches an empty string within any is refused."""
+
 _NO_TERMS = pa.table({"term": pa.array([], pa.string()), "tf": pa.array([], pa.int64()),
                       "df": pa.array([], pa.int64())})
 
 
 def _count(value: int | float, name: str) -> int | float:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number of rows or a fraction, got {value}")
     if isinstance(value, float) and not 0.0 <= value <= 1.0:
         raise ValueError(f"a fraction of the rows must lie in [0, 1], got {value} (a "
                          "number of rows is written without a decimal point)")
@@ -86,17 +88,22 @@ class VectorizeTextParams(Params):
                                 "anything but letters, digits and `_`")
     min_token_length: int = Field(
         2, ge=1, description="shorter tokens are dropped (2 with the default separators: "
-                             "scikit-learn's token_pattern; MLlib's RegexTokenizer: 1)")
+                             "scikit-learn's token_pattern; MLlib's RegexTokenizer: 1); "
+                             "a length in characters, as scikit-learn counts (MLlib counts "
+                             "UTF-16 units: an emoji, or another character past U+FFFF, "
+                             "is 2 there)")
     stop_words: Literal["english"] | list[str] | None = Field(
         None, description="tokens removed before n-grams are made (lower-cased too when "
                           f"`lowercase`); `english`: {len(ENGLISH)} common English "
                           "function words (sluice's list: not scikit-learn's nor MLlib's)")
     ngram_range: tuple[int, int] = Field(
         (1, 1), description="[min_n, max_n]: the n-grams of consecutive tokens taken as "
-                            "terms, joined by one space ([1, 2]: words and pairs)")
+                            "terms, joined by one space ([1, 2]: words and pairs); of "
+                            "characters with analyzer char or char_wb")
     min_df: int | float = Field(
         1, description="terms in fewer rows (an integer) or a smaller fraction of the rows "
-                       "(a float in [0, 1]) are left out")
+                       "(a float in [0, 1]) are left out; 1.0 is every row, as scikit-learn "
+                       "reads it (MLlib's minDF 1.0 is one row: write 1)")
     max_df: int | float = Field(
         1.0, description="terms in more rows (an integer) or a larger fraction of the rows "
                          "(a float) are left out: corpus-specific stop words")
@@ -109,7 +116,8 @@ class VectorizeTextParams(Params):
     idf: Literal["none", "smooth", "plain", "spark"] = Field(
         "none", description="inverse document frequency weights: smooth: "
                             "ln((1 + n) / (1 + df)) + 1 (scikit-learn's default), plain: "
-                            "ln(n / df) + 1 (its smooth_idf=False), spark: "
+                            "ln(n / df) + 1 (its smooth_idf=False; 0 for a hashed "
+                            "column no row had), spark: "
                             "ln((n + 1) / (df + 1)) (MLlib's IDF); n: the fitted rows")
     norm: Literal["l1", "l2"] | None = Field(
         None, description="scale each row's terms of a column to unit l1 or l2 norm (after "
@@ -124,6 +132,14 @@ class VectorizeTextParams(Params):
         "spark", description="with num_features: spark: MurmurHash3 of seed 42, a term adds 1 "
                              "(HashingTF); sklearn: of seed 0, a term adds the hash's sign "
                              "(HashingVectorizer's alternate_sign)")
+
+    @field_validator("min_df", "max_df", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool):  # (an int to pydantic: true would be 1 row)
+            raise ValueError(f"{info.field_name} must be a number of rows or a fraction, "
+                             f"got {value}")
+        return value
 
     @field_validator("min_df", "max_df")
     @classmethod
@@ -141,13 +157,14 @@ class VectorizeTextParams(Params):
     @field_validator("separators")
     @classmethod
     def _regex(cls, value: str) -> str:
-        try:  # (Arrow's split never ends on a pattern that matches nothing)
-            empty = pc.match_substring_regex(pa.array([""]), value)[0].as_py()
+        try:  # (Arrow's split never ends where the pattern matches nothing, \b between
+            # two letters too): the first match in each probe, none of them empty
+            first = pc.extract_regex(_PROBES, f"(?P<sluice_separator>{value})")
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise ValueError(f"not a regular expression RE2 reads: {exc}") from None
-        if empty:
+        if pc.any(pc.equal(pc.struct_field(first, [0]), "")).as_py():
             raise ValueError("the pattern matches an empty string: separators must match "
-                             "at least one character (e.g. '\\s+', not '\\s*')")
+                             "at least one character (e.g. '\\s+', not '\\s*' or '\\b')")
         return value
 
     @model_validator(mode="after")
@@ -187,6 +204,23 @@ def check_text(schema: pa.Schema, name: str) -> None:
                                "categories")
 
 
+_CONTEXTUAL = "[\u03a3\u0130]"
+"""What Arrow's utf8_lower (one code point for one) lower-cases otherwise than Python's
+str.lower and Java's toLowerCase: a capital sigma ending a word (Unicode's Final_Sigma:
+'\u03c2') and the capital I with a dot above (its full mapping: 'i' + U+0307)."""
+
+
+def lower(text: pa.Array) -> pa.Array:
+    """The text lower-cased as scikit-learn (str.lower) and MLlib (toLowerCase) do: by
+    Arrow, and the rows holding a character it maps otherwise by Python."""
+    out = pc.utf8_lower(text)
+    special = pc.match_substring_regex(text, _CONTEXTUAL).fill_null(False)
+    if not pc.any(special).as_py():
+        return out
+    fixed = [s.lower() for s in text.filter(special).to_pylist()]
+    return pc.replace_with_mask(out, special, pa.array(fixed, out.type))
+
+
 def term_name(column: str, term: str) -> str:
     return f"{column}:{term}"
 
@@ -208,7 +242,7 @@ class Tokens:
         if isinstance(text, pa.ChunkedArray):
             text = text.combine_chunks()
         if self.params.lowercase:
-            text = pc.utf8_lower(text)
+            text = lower(text)
         if self.params.analyzer != "word":
             return self._characters(text)
         lists = pc.split_pattern_regex(text, self.params.separators)
@@ -428,6 +462,10 @@ class VectorizeText(Estimator):
 
     def update(self, stats: dict[str, Any], state: Any) -> tuple[dict[str, Any], bool]:
         rows = stats["rows"]
+        if not rows:
+            raise DataError(f"no rows to learn the terms of '{self.params.columns[0]}' from",
+                            hint="no rows may reach this step: check the input and the "
+                                 "filters before it")
         vocabulary = {name: self._vocabulary(name, stats[name], rows)
                       for name in self.params.columns}
         return {"rows": rows, "bytes": stats["bytes"], "vocabulary": vocabulary}, True
@@ -437,7 +475,12 @@ class VectorizeText(Estimator):
         if p.num_features is not None:  # hashed: each column's rows, for the idf
             out: dict[str, Any] = {"df": stats.tolist()}
             if p.idf != "none":
-                out["idf"] = idf_weights(stats.astype(np.float64), rows, p.idf).tolist()
+                with np.errstate(divide="ignore"):
+                    idf = idf_weights(stats.astype(np.float64), rows, p.idf)
+                # plain's ln(n / 0): a column no fitted row has counts nowhere, as a term
+                # outside a vocabulary (a zero count times infinity would be NaN)
+                idf[~np.isfinite(idf)] = 0.0
+                out["idf"] = idf.tolist()
             return out
         low, high = _limit(p.min_df, rows), _limit(p.max_df, rows)
         if high < low:
@@ -488,7 +531,8 @@ class VectorizeText(Estimator):
                 f"the text's {sum(terms.values()):,} term columns take {width:,} bytes a row "
                 f"where the text took {text:,.0f} on average: a partition of the text grows "
                 f"{width / max(text, 1.0):,.0f} times in memory (its columns are dense); if "
-                "memory runs short, lower read_parquet's partition_mb, or max_features")
+                "memory runs short, lower read_parquet's partition_mb, or "
+                + ("max_features" if self.params.num_features is None else "num_features"))
         return out
 
 
@@ -536,18 +580,24 @@ class VectorizeTextFitted(Transform):
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         require_columns(schema, self.params.columns)
         fields: list[pa.Field] = []
+        made: dict[str, str] = {}  # a term's column: the text column it comes from
         for f in schema:
             if f.name not in self.params.columns:
                 fields.append(f)
                 continue
             check_text(schema, f.name)
-            fields.extend(pa.field(n, pa.float64()) for n in self.names(f.name))
-        seen: set[str] = set()
-        for f in fields:
-            if f.name in seen:
-                raise SchemaError(f"vectorize_text adds column '{f.name}' that the input "
+            for n in self.names(f.name):
+                if n in made:
+                    raise SchemaError(
+                        f"vectorize_text makes column '{n}' of both '{made[n]}' and "
+                        f"'{f.name}' (a term of each)", hint=f"rename '{f.name}' first")
+                made[n] = f.name
+                fields.append(pa.field(n, pa.float64()))
+        kept = {f.name for f in schema if f.name not in self.params.columns}
+        for name in made:
+            if name in kept:
+                raise SchemaError(f"vectorize_text adds column '{name}' that the input "
                                   "already has", hint="rename or drop it first")
-            seen.add(f.name)
         return pa.schema(fields, metadata=schema.metadata)
 
     def encode(self, column: pa.ChunkedArray, name: str) -> np.ndarray:

@@ -129,6 +129,36 @@ def test_tokens_of_any_script_are_scikit_learns() -> None:
     assert all(re.fullmatch(r"\w\w+", t) for t in expected)
 
 
+def test_lower_casing_is_scikit_learns_and_mllibs_where_arrows_differs() -> None:
+    """A capital sigma ending a word is lower-cased to the final sigma (Unicode's
+    Final_Sigma, as Python's str.lower and Java's toLowerCase: 'ΟΔΟΣ' is 'οδος', the word
+    written in lower case) and 'İ' to 'i' + a combining dot above; Arrow's utf8_lower
+    gives 'οδοσ' and 'i'. Stop words are lower-cased the same way."""
+    docs = ["ΟΔΟΣ ΑΘΗΝΑΣ, Οδός Αθηνάς", "ΣΑΣ ΕΥΧΑΡΙΣΤΩ; σας ευχαριστώ", "İSTANBUL İzmir",
+            "ΣΟΦΙΑ ΚΑΙ ΝΙΚΟΣ", None, "Ως ΟΛΟΣ ΣΑΣ"]
+    table = pa.table({"text": pa.array(docs, pa.large_string())})
+    theirs = [d or "" for d in docs]
+    for stop in (None, ["ΣΑΣ"]):
+        fitted = fit(VectorizeText(columns=["text"], stop_words=stop), split(table, 2))
+        reference = CountVectorizer(stop_words=stop and ["σας"]).fit(theirs)
+        assert fitted.vocabulary["text"]["terms"] == sorted(reference.vocabulary_)
+        np.testing.assert_array_equal(matrix(fitted, table),
+                                      reference.transform(theirs).toarray())
+    assert "οδος" in fitted.vocabulary["text"]["terms"]
+
+
+def test_lower_casing_is_mllibs_regex_tokenizers(spark: Any) -> None:
+    from pyspark.ml.feature import RegexTokenizer
+
+    docs = ["ΟΔΟΣ ΑΘΗΝΑΣ, Οδός", "İSTANBUL İzmir ΣΑΣ.", "ΣΟΦΙΑ ΚΑΙ ΝΙΚΟΣ"]
+    frame = spark.spark.createDataFrame(list(enumerate(docs)), ["id", "text"])
+    tokens = RegexTokenizer(inputCol="text", outputCol="tokens", pattern="\\s+",
+                            minTokenLength=1).transform(frame).select("tokens").collect()
+    fitted = fit(VectorizeText(columns=["text"], separators=r"\s+", min_token_length=1),
+                 [pa.table({"text": docs})])
+    assert fitted.vocabulary["text"]["terms"] == sorted({t for r in tokens for t in r[0]})
+
+
 def test_null_text_is_a_row_of_zeros_and_unseen_terms_count_nowhere() -> None:
     table = pa.table({"text": ["good service", None, "good good", ""]})
     fitted = fit(VectorizeText(columns=["text"], idf="smooth"), [table])
@@ -206,10 +236,16 @@ def test_errors_say_what_and_how() -> None:
     assert "lower min_df" in err.value.hint
     with pytest.raises(DataError, match="no term of 'text'.*it has no terms"):
         fit(VectorizeText(columns=["text"], min_token_length=6), [table])
+    with pytest.raises(DataError, match="no rows to learn the terms of 'text' from") as err:
+        fit(VectorizeText(columns=["text"]), split(table.slice(0, 0), 2))
+    assert "check the input and the filters before it" in err.value.hint
     with pytest.raises(DataError, match=r"max_df \(0.1: 0.2 of the 2 rows\) is below min_df"):
         fit(VectorizeText(columns=["text"], max_df=0.1), [table])
     with pytest.raises(ValidationError, match="min_df \\(5\\) is above max_df \\(2\\)"):
         VectorizeText(columns=["text"], min_df=5, max_df=2)
+    with pytest.raises(ValidationError, match="min_df must be a number of rows or a fraction, "
+                                              "got True"):
+        VectorizeText(columns=["text"], min_df=True)
     with pytest.raises(ValidationError, match="a fraction of the rows must lie in"):
         VectorizeText(columns=["text"], max_df=1.5)
     with pytest.raises(ValidationError, match="ngram_range must be"):
@@ -218,10 +254,20 @@ def test_errors_say_what_and_how() -> None:
         VectorizeText(columns=["text"], separators="[a-")
     with pytest.raises(ValidationError, match="matches an empty string"):
         VectorizeText(columns=["text"], separators="x*")
+    # empty only between characters: Arrow's split of 'ab cd' at them never ended
+    for pattern in (r"\b", r"\B", "(?:a|)", r"(?:\s|\b)", "$", r"\s*$"):
+        with pytest.raises(ValidationError, match="matches an empty string"):
+            VectorizeText(columns=["text"], separators=pattern)
     clash = pa.table({"text": ["one"], "text:one": [1.0]})
     fitted = fit(VectorizeText(columns=["text"], min_token_length=1), [clash])
     with pytest.raises(SchemaError, match="adds column 'text:one' that the input already"):
         fitted.output_schema(clash.schema)
+    two = pa.table({"a": ["b:c"], "a:b": ["c"]})  # a's term 'b:c' and a:b's term 'c'
+    fitted = fit(VectorizeText(columns=["a", "a:b"], separators=r"\s+", min_token_length=1),
+                 [two])
+    with pytest.raises(SchemaError, match="makes column 'a:b:c' of both 'a' and 'a:b'") as err:
+        fitted.output_schema(two.schema)
+    assert err.value.hint == "rename 'a:b' first"
 
 
 def test_a_vocabulary_too_wide_for_columns_asks_for_max_features() -> None:
@@ -333,3 +379,66 @@ def test_word_settings_are_refused_with_character_ngrams() -> None:
         VectorizeText(columns=["text"], analyzer="char_wb", stop_words="english")
     with pytest.raises(ValidationError, match="min_token_length splits text into words"):
         VectorizeText(columns=["text"], analyzer="char", min_token_length=1)
+
+
+def test_hashed_plain_idf_of_a_column_no_row_has_counts_nowhere() -> None:
+    """idf: plain is ln(n / df) + 1, infinite for a hashed column no fitted row falls in:
+    such a column weighs 0 (as a term outside a vocabulary counts nowhere), so the
+    fitted rows are scikit-learn's HashingVectorizer + TfidfTransformer(smooth_idf=False)
+    (whose sparse zeros stay zero; dense ones times infinity were NaN in every row)."""
+    from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+    from sklearn.pipeline import make_pipeline
+
+    docs = corpus(rows=40, seed=9)
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], num_features=256, hashing="sklearn",
+                               idf="plain", norm="l2"), split(table, 2))
+    reference = make_pipeline(HashingVectorizer(n_features=256, norm=None),
+                              TfidfTransformer(smooth_idf=False))
+    with np.errstate(divide="ignore"):
+        expected = reference.fit_transform(docs).toarray()
+    got = matrix(fitted, table)
+    assert (np.asarray(fitted.vocabulary["text"]["df"]) == 0).any()
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    idf = np.asarray(fitted.vocabulary["text"]["idf"])
+    assert np.isfinite(idf).all()
+    empty = np.flatnonzero(np.asarray(fitted.vocabulary["text"]["df"]) == 0)
+    unseen = next(w for w in (f"zz{i}" for i in range(10_000))
+                  if fit(VectorizeText(columns=["text"], num_features=256, hashing="sklearn"),
+                         [pa.table({"text": [w]})]).vocabulary["text"]["df"][empty[0]])
+    scored = matrix(fitted, pa.table({"text": [unseen, f"{docs[0]} {unseen}"]}))
+    assert np.isfinite(scored).all() and scored[0].sum() == 0
+    np.testing.assert_allclose(scored[1], got[0], rtol=1e-12)
+
+
+def test_the_widening_note_names_what_to_lower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashed columns have no max_features (it is refused with num_features): the note
+    says to lower num_features there, and max_features for a vocabulary (past a total of
+    no bytes here: the run's threshold is 1 GiB)."""
+    import operators.features.text as text
+
+    monkeypatch.setattr(text, "NOTE_BYTES", 0)
+    table = pa.table({"text": ["a b c d e f g h", "i j k l m n o p"]})
+    for params, lower in (({"num_features": 512}, "num_features"),
+                          ({"ngram_range": [1, 6]}, "max_features")):
+        op = VectorizeText(columns=["text"], min_token_length=1, **params)
+        state, _ = drive(op, table.schema, lambda partial, op=op: partial(table, None))
+        note = op.metrics(state)["note"]
+        assert "grows" in note and note.endswith(f"partition_mb, or {lower}")
+
+
+@pytest.mark.parametrize("n", [7, 64, 1000])
+def test_the_int_min_hash_is_placed_and_signed_as_scikit_learn_does(n: int) -> None:
+    """'aaaiTBFZ' hashes to -2**31 (seed 0), whose absolute value a 32-bit integer cannot
+    hold: HashingVectorizer puts it at (2**31 - 1 - (n - 1)) % n, negative."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.utils import murmurhash3_32
+
+    assert murmurhash3_32("aaaiTBFZ", seed=0) == -2**31
+    docs = ["aaaiTBFZ", "aaaiTBFZ aaaiTBFZ other", "other words"]
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], num_features=n, hashing="sklearn",
+                               lowercase=False), [table])
+    reference = HashingVectorizer(n_features=n, lowercase=False, norm=None)
+    np.testing.assert_array_equal(matrix(fitted, table), reference.transform(docs).toarray())
+    assert matrix(fitted, table)[0, (2**31 - 1 - (n - 1)) % n] == -1

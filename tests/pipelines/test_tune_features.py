@@ -21,6 +21,7 @@ from test_text_pipelines import tickets
 
 from operators.hashing import chosen_rows
 from pipelines.runner import plan_file, run
+from pipelines.runs import run_params
 from pipelines.serving import load_model
 from pipelines.store import ModelStore
 
@@ -95,6 +96,10 @@ def test_text_features_tuned_with_the_model_are_gridsearchcvs_on_every_engine(
     trained = model.meta["trained_with"]
     assert trained["nb"]["params"]["smoothing"] == float(best.split(",")[0].split("=")[1])
     assert trained["words"]["params"]["max_features"] == int(best.split("=")[-1])
+    # the run's params (MLflow's, `sluice runs compare`'s) are those it trained with too
+    given = run_params(record)
+    assert given["nb.smoothing"] == trained["nb"]["params"]["smoothing"]
+    assert given["words.max_features"] == trained["words"]["params"]["max_features"]
     new = ["refund my card", "app crash", "", "courier late again"]
     scored = load_model("tickets").score([{"text": t} for t in new])
     np.testing.assert_allclose([r["probability"] for r in scored],
@@ -206,3 +211,100 @@ def test_a_model_is_no_feature_step(workdir: Path, ticket_files: Path) -> None:
     found = [str(p) for p in plan_file(write_pipeline(workdir, text)).problems]
     assert any("step 'nb' is tuned on its own step already" in f
                or "step 'nb' is a model" in f for f in found), found
+
+
+ENCODED = """
+    pipeline: encoded
+    steps:
+      - op: read_parquet
+        path: {data}
+      - id: enc
+        op: target_encode
+        columns: [city]
+        label: y
+      - id: model
+        op: logistic_regression
+        label: y
+        features: [city, x]
+        l2: 0.01
+        validation_fraction: 0.3
+        seed: 4
+        tune:
+          enc.smooth: [1.0, 50.0]
+      - op: save_model
+        name: encoded
+      - op: write_parquet
+        path: out
+"""
+
+
+def test_a_cross_fitted_encoder_tuned_with_the_model_is_gridsearchcvs(workdir: Path,
+                                                                     engine) -> None:
+    """target_encode (cross-fitted, as TargetEncoder.fit_transform) tuned with its model:
+    the held-out rows, which the encoder never saw, are encoded as it encodes new rows
+    (GridSearchCV transforms a validation fold with the fitted Pipeline), and the rows
+    after the tune are those the model trained on: the training rows' cross-fitted
+    encodings as the fit folded them (a model refitted on the rows written has the saved
+    model's coefficients)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import TargetEncoder
+
+    rng = np.random.default_rng(0)
+    rows = 800
+    city = rng.integers(0, 40, rows)
+    x = rng.standard_normal(rows)
+    y = (rng.random(rows) < 1 / (1 + np.exp(-(rng.standard_normal(40)[city] + x)))).astype(
+        np.int64)
+    table = pa.table({"id": np.arange(rows), "city": [f"c{c}" for c in city], "x": x, "y": y})
+    pq.write_table(table, workdir / "rows.parquet")
+    record = run(write_pipeline(workdir, ENCODED.format(data=workdir / "rows.parquet")),
+                 engine_instance=engine)
+    tuning = record["metrics"]["model"]["tuning"]
+    smooth = float(tuning["best"].split("=")[1])
+    held = chosen_rows(table, 0.3, 4)
+    cities = np.array(table.column("city").to_pylist(), dtype=object)[:, None]
+    encoder = TargetEncoder(smooth=smooth, target_type="binary").fit(cities[~held], y[~held])
+    model = ModelStore().load("encoded").chain.steps[-1]
+    X = np.column_stack([encoder.transform(cities[held])[:, 0], x[held]])
+    p = 1 / (1 + np.exp(-(X @ model.coef[0] + model.intercept[0])))
+    assert tuning["candidates"][tuning["best"]]["log_loss"] == pytest.approx(
+        log_loss(y[held], p), rel=1e-9)
+    out = pq.read_table(workdir / "out").sort_by("id")
+    written = np.column_stack([out.column("city").to_numpy(), out.column("x").to_numpy()])
+    np.testing.assert_allclose(written[held, 0], X[:, 0], rtol=1e-12)
+    refit = LogisticRegression(C=1 / (0.01 * int((~held).sum())), tol=1e-12,
+                               max_iter=10_000).fit(written[~held], y[~held])
+    np.testing.assert_allclose(model.coef[0], refit.coef_[0], rtol=1e-5)
+
+
+def test_the_tuned_feature_steps_note_is_said(workdir: Path, ticket_files: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best candidate's feature step's note (a vocabulary much wider than its text,
+    past 1 MB of columns here where the run's threshold is 1 GiB) is a line of the run, at
+    that step's line, as if it had run on its turn."""
+    import operators.features.text as text_module
+
+    monkeypatch.setattr(text_module, "NOTE_BYTES", 1 << 20)
+    notes: list[str] = []
+    text = TEXT.format(data=ticket_files).replace(
+        "min_df: 2", "min_df: 1\n        ngram_range: [1, 3]").replace("[6, 30]",
+                                                                      "[2000, 3000]")
+    run(write_pipeline(workdir, text), notify=notes.append)
+    wide = [n for n in notes if "step 'words'" in n]
+    assert len(wide) == 1 and "grows" in wide[0], notes
+    assert wide[0].startswith(f"{workdir / 'pipeline.yaml'}:8: step 'words'")
+
+
+@pytest.mark.parametrize("change,message", [
+    (("op: vectorize_text", "op: vectorise_text"), "unknown operator 'vectorise_text'"),
+    (("min_df: 2", "min_df: -1"), "parameter 'min_df': a number of rows must be at least 0"),
+])
+def test_a_feature_step_of_its_own_problem_is_said_once(workdir: Path, ticket_files: Path,
+                                                        change: tuple[str, str],
+                                                        message: str) -> None:
+    """The feature step's problem is said at its line, not again by the tune as a
+    candidate's problem or as no step 'words' planned."""
+    text = TEXT.format(data=ticket_files).replace(*change)
+    found = [str(p) for p in plan_file(write_pipeline(workdir, text)).problems]
+    assert len(found) == 1, found
+    assert "step 'words'" in found[0] and message in found[0]
