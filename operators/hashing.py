@@ -242,8 +242,13 @@ def murmur3_32(values: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
         return raw[at].astype(np.uint32)
 
     blocks = lengths // 4
-    for b in range(int(blocks.max()) if n else 0):
-        rows = np.flatnonzero(blocks > b)
+    # the strings by their blocks, most first: step b works on those still running (a
+    # prefix), so one long string costs its own blocks, not every string's
+    longest = np.argsort(-blocks, kind="stable")
+    running = np.searchsorted(-blocks[longest], -np.arange(int(blocks.max()) if n else 0),
+                              side="left")
+    for b, count in enumerate(running):
+        rows = longest[:count]
         at = starts[rows] + 4 * b
         k = byte(at) | byte(at + 1) << np.uint32(8) | byte(at + 2) << np.uint32(16) \
             | byte(at + 3) << np.uint32(24)
