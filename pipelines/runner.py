@@ -638,7 +638,9 @@ class Run:
         view = self._held_out_view(ftransform, op)
         rows = self.engine.map(marked, fstep.id, view, view.output_schema(marked.schema),
                                self.placement(fstep))
-        transform, metrics, rows = fit(self.engine, rows, step.id, op, self.placement(step))
+        transform, metrics, kept = fit(self.engine, rows, step.id, op, self.placement(step))
+        if kept.cache_key is not None and kept.cache_key != marked.cache_key:
+            self.engine.release(kept)  # this candidate's rows: the next one's need the room
         return transform, metrics, rows, (ftransform, fmetrics)
 
     @staticmethod

@@ -571,6 +571,10 @@ class Engine(ABC):
     def persist(self, data: Dataset) -> Dataset:
         """Keep the dataset's partitions for several passes (multi-pass fits)."""
 
+    def release(self, data: Dataset) -> None:  # noqa: B027 - engines that keep nothing
+        """Forget what ``persist`` kept of ``data`` (a tune candidate's rows, done with),
+        before the run ends, so that the next candidate's rows have the room."""
+
     @abstractmethod
     def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
         """Write every partition through the sink and commit, or abort on failure."""

@@ -743,6 +743,11 @@ class DaskEngine(Engine):
                 self._client.cancel([*kept.futures, kept.blob])
         self._persisted.clear()
 
+    def release(self, data: Dataset) -> None:
+        kept = self._persisted.pop(data.cache_key or "", None)
+        if kept is not None and self._client is not None:
+            self._client.cancel([*kept.futures, kept.blob])
+
     def _require(self) -> Any:
         self.start()
         return self._client

@@ -327,6 +327,12 @@ class LocalEngine(Engine):
         self._caches[key] = {}
         return replace(data, cache_key=key)
 
+    def release(self, data: Dataset) -> None:
+        with self._lock:
+            cache = self._caches.pop(data.cache_key or "", None)
+            self._cached_bytes -= sum(t.nbytes for t in (cache or {}).values())
+            self._cache_full.discard(data.cache_key or "")
+
     def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
         def write_all(token: Any) -> list[WriteResult]:
             return [r for _, r in self._each(

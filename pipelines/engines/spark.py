@@ -751,6 +751,12 @@ class SparkEngine(Engine):
         self._drop_caches()
         self._partitions.clear()
 
+    def release(self, data: Dataset) -> None:
+        cache = self._caches.pop(data.cache_key or "", None)
+        if cache is not None and cache.frame is not None:
+            with contextlib.suppress(Exception):
+                cache.frame.unpersist(blocking=False)
+
     def _drop_caches(self) -> None:
         for cache in self._caches.values():
             if cache.frame is not None:

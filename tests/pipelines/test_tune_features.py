@@ -7,6 +7,7 @@ plans."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -308,3 +309,23 @@ def test_a_feature_step_of_its_own_problem_is_said_once(workdir: Path, ticket_fi
     found = [str(p) for p in plan_file(write_pipeline(workdir, text)).problems]
     assert len(found) == 1, found
     assert "step 'words'" in found[0] and message in found[0]
+
+
+def kept_datasets(engine: Any) -> int:
+    """How many datasets the engine keeps persisted now (each engine's own store)."""
+    return len(engine._persisted if hasattr(engine, "_persisted") else engine._caches)
+
+
+def test_each_candidates_rows_are_let_go_once_fitted(workdir: Path, engine,
+                                                     ticket_files: Path) -> None:
+    """A multi-pass model's candidate rows (the feature step's columns of every row) are
+    persisted for its passes and released after its fit: only the marked input stays for
+    the run (4 candidates kept 5 datasets, on every engine)."""
+    text = TEXT.format(data=ticket_files).replace(
+        "        op: naive_bayes\n        label: topic\n        model_type: multinomial\n",
+        "        op: logistic_regression\n        label: topic\n").replace(
+        "smoothing: [0.1, 1.0]", "l2: [0.1, 1.0]")
+    record = run(write_pipeline(workdir, text), engine_instance=engine)
+    assert len(record["metrics"]["nb"]["tuning"]["candidates"]) == 4
+    # Spark caches nothing of local files (cache_fits: auto reads them again)
+    assert kept_datasets(engine) == (0 if engine.name == "spark" else 1)
