@@ -55,12 +55,13 @@ ENGLISH = frozenset(_ENGLISH_WORDS.split())
 """``stop_words: english``: common English function words (pronouns, articles,
 prepositions, conjunctions, auxiliaries), all lower case; sluice's own list."""
 
-_PROBES = pa.array(["", "a", "ab", "a b", "ab cd", " ", " a", "a ", ".", "a.b", "_", "1",
-                    "x", "xx", "A", "Ab", "é", "\t"])
+_PROBES = ("", "a", "ab", "a b", "ab cd", " ", " a", "a ", ".", "a.b", "_", "1", "x", "xx",
+           "A", "Ab", "é", "\t")
 """Texts a separator is tried on: one that matches an empty string within any is refused."""
 
-_NO_TERMS = pa.table({"term": pa.array([], pa.string()), "tf": pa.array([], pa.int64()),
-                      "df": pa.array([], pa.int64())})
+_NO_TERMS = pa.schema({"term": pa.string(), "tf": pa.int64(), "df": pa.int64()})
+"""The columns of ``term_stats`` (no Arrow array at import: pyarrow's first one imports
+pandas, which ``sluice ops`` does without)."""
 
 
 def _count(value: int | float, name: str) -> int | float:
@@ -159,7 +160,8 @@ class VectorizeTextParams(Params):
     def _regex(cls, value: str) -> str:
         try:  # (Arrow's split never ends where the pattern matches nothing, \b between
             # two letters too): the first match in each probe, none of them empty
-            first = pc.extract_regex(_PROBES, f"(?P<sluice_separator>{value})")
+            first = pc.extract_regex(pa.array(_PROBES, pa.string()),
+                                     f"(?P<sluice_separator>{value})")
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise ValueError(f"not a regular expression RE2 reads: {exc}") from None
         if pc.any(pc.equal(pc.struct_field(first, [0]), "")).as_py():
@@ -362,7 +364,7 @@ def char_ngrams(text: pa.Array, n: int, low: int | None = None) -> tuple[pa.Arra
 def term_stats(terms: pa.Array, rows: np.ndarray) -> pa.Table:
     """Each distinct term's count over the rows (tf) and how many rows have it (df)."""
     if not len(terms):
-        return _NO_TERMS
+        return _NO_TERMS.empty_table()
     table = pa.table({"term": terms, "row": rows})
     counted = table.group_by("term").aggregate([("row", "count"), ("row", "count_distinct")])
     return pa.table({"term": counted["term"], "tf": counted["row_count"],
