@@ -62,8 +62,9 @@ class ScoreParams(Params):
         None, ge=0.0, le=1.0,
         description="a binary classifier's cut: the prediction is the second class where "
                     "its probability is at least this, else the first (default: the most "
-                    "probable class, 0.5; evaluate's thresholds.best_f1 suggests one; "
-                    "MLlib's threshold)")
+                    "probable class, 0.5; evaluate's thresholds.best_f1 suggests one): "
+                    "scikit-learn's FixedThresholdClassifier; MLlib's threshold cuts at "
+                    "strictly above")
     contributions_by: Literal["features", "inputs"] = Field(
         "features", description="features: a field per model feature (plan=basic, "
                                 "plan=premium...); inputs: per column of this step's input "
