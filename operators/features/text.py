@@ -5,6 +5,7 @@ in one step)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import numpy as np
@@ -32,6 +33,19 @@ WIDENING_NOTE = 20.0
 so (a partition of text becomes that many times its size in memory)..."""
 NOTE_BYTES = 1 << 30
 """... when the fitted rows' term columns would take more than this in all."""
+MEMORY_SHARE = 0.25
+"""A partition's term columns may take at most this share of the machine's memory: past
+it, an error that says how to make partitions smaller (where the allocation would
+succeed and the kernel then kill the process mid-run, with no word of why)."""
+
+
+def dense_limit() -> float:
+    """The most bytes one partition's term columns may take here (no limit where the
+    machine does not say its memory)."""
+    try:
+        return MEMORY_SHARE * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
 
 SEPARATORS = r"[^\p{L}\p{N}_]+"
 """Anything but letters, digits and underscores: with ``min_token_length: 2``,
@@ -607,6 +621,16 @@ class VectorizeTextFitted(Transform):
         p = self.params
         v = self.vocabulary[name]
         rows = len(column)
+        k = p.num_features if p.num_features is not None else len(v["terms"])
+        need, limit = 8.0 * k * rows, dense_limit()
+        if need > limit:
+            raise DataError(
+                f"a partition of {rows:,} rows makes {need / 2**30:,.1f} GiB of '{name}''s "
+                f"{k:,} term columns (dense float64), over {MEMORY_SHARE:.0%} of this "
+                f"machine's memory ({limit / MEMORY_SHARE / 2**30:,.1f} GiB)",
+                hint="make partitions smaller: read_parquet's partition_mb (a partition is "
+                     "at least one row group of a file: files written with smaller row "
+                     "groups split finer), or fewer terms (max_features, num_features)")
         terms, of = self.tokens.terms(column)
         sign = None
         if p.num_features is not None:

@@ -442,3 +442,21 @@ def test_the_int_min_hash_is_placed_and_signed_as_scikit_learn_does(n: int) -> N
     reference = HashingVectorizer(n_features=n, lowercase=False, norm=None)
     np.testing.assert_array_equal(matrix(fitted, table), reference.transform(docs).toarray())
     assert matrix(fitted, table)[0, (2**31 - 1 - (n - 1)) % n] == -1
+
+
+def test_a_partition_too_large_for_dense_columns_says_how_to_split_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a partition's term columns would take more than a quarter of the machine's
+    memory (here a limit of 1 KB), an error saying how much and what to make smaller,
+    before the allocation (which would succeed and have the process killed later)."""
+    import operators.features.text as text
+
+    table = pa.table({"text": [f"w{i} w{i + 1} w{i + 2}" for i in range(200)]})
+    fitted = fit(VectorizeText(columns=["text"]), [table])
+    assert matrix(fitted, table).shape == (200, 202)  # 323 KB: under this machine's limit
+    monkeypatch.setattr(text, "dense_limit", lambda: 1024.0)
+    with pytest.raises(DataError, match=r"a partition of 200 rows makes 0.0 GiB of 'text''s "
+                                        r"202 term columns \(dense float64\), over 25% of") \
+            as err:
+        fitted.transform(table, None)
+    assert "partition_mb" in err.value.hint and "row group" in err.value.hint

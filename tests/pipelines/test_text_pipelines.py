@@ -264,3 +264,16 @@ def test_the_tickets_example_routes_tickets_by_topic(workdir: Path) -> None:
                            {"text": "App crashes after the update, screen freezes"},
                            {"text": "Cannot login, password reset email never came"}])
     assert [r["prediction"] for r in routed] == ["billing", "delivery", "bug", "account"]
+
+
+def test_a_partition_too_large_for_its_term_columns_names_the_step(
+        workdir: Path, ticket_files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import operators.features.text as text
+    from operators.base import SluiceError
+
+    monkeypatch.setattr(text, "dense_limit", lambda: 4096.0)
+    with pytest.raises(SluiceError) as info:
+        run(write_pipeline(workdir, TRAIN.format(data=ticket_files)))
+    said = str(info.value)
+    assert "pipeline.yaml:" in said and "step 'words'" in said
+    assert "term columns (dense float64)" in said and "partition_mb" in said
