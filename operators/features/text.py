@@ -287,10 +287,7 @@ class Tokens:
             parts = [tokens.take(pc.add(at, k)) for k in range(n)]
             terms.append(pc.binary_join_element_wise(*parts, " "))
             of.append(rows[starts])
-        if not terms:
-            return pa.array([], pa.string()), np.empty(0, np.int64)
-        joined = pa.concat_arrays(terms) if len(terms) > 1 else terms[0]
-        return joined, np.concatenate(of) if len(of) > 1 else of[0]
+        return _joined(terms, of)
 
     def _characters(self, text: pa.Array) -> tuple[pa.Array, np.ndarray]:
         """scikit-learn's char (the text's runs of white space as one space) and char_wb
@@ -312,8 +309,16 @@ class Tokens:
                                        low if self.params.analyzer == "char_wb" else None)
             terms.append(grams)
             of.append(rows[owner])
-        joined = pa.concat_arrays(terms) if len(terms) > 1 else terms[0]
-        return joined, np.concatenate(of) if len(of) > 1 else of[0]
+        return _joined(terms, of)
+
+
+def _joined(terms: list[pa.Array], of: list[np.ndarray]) -> tuple[pa.Array, np.ndarray]:
+    """The terms of each n, and the rows they came from, as one array each."""
+    if not terms:
+        return pa.array([], pa.string()), np.empty(0, np.int64)
+    if len(terms) == 1:
+        return terms[0], of[0]
+    return pa.concat_arrays(terms), np.concatenate(of)
 
 
 def buckets(terms: pa.Array, n: int, hashing: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -446,16 +451,17 @@ class VectorizeText(Estimator):
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         if self._fitted is not None:
             return self._fitted.output_schema(schema)
-        require_columns(schema, self.params.columns)
-        for name in self.params.columns:
-            check_text(schema, name)
+        self._check(schema)
         return pa.schema([f for f in schema if f.name not in self.params.columns],
                          metadata=schema.metadata)
 
-    def init(self, schema: pa.Schema) -> dict[str, Any]:
+    def _check(self, schema: pa.Schema) -> None:
         require_columns(schema, self.params.columns)
         for name in self.params.columns:
             check_text(schema, name)
+
+    def init(self, schema: pa.Schema) -> dict[str, Any]:
+        self._check(schema)
         return {}
 
     def partial(self, part: pa.Table, state: Any, xp: Any) -> dict[str, Any]:
@@ -527,8 +533,7 @@ class VectorizeText(Estimator):
                      f"{MAX_TERMS:,} on purpose")
         kept = kept.sort_by("term")
         terms = kept["term"].to_pylist()
-        out = {"terms": terms,
-                               "df": kept["df"].to_numpy().astype(np.int64).tolist()}
+        out = {"terms": terms, "df": kept["df"].to_numpy().astype(np.int64).tolist()}
         if p.idf != "none":
             out["idf"] = idf_weights(np.asarray(out["df"], np.float64), rows, p.idf).tolist()
         return out
@@ -634,10 +639,8 @@ class VectorizeTextFitted(Transform):
         terms, of = self.tokens.terms(column)
         sign = None
         if p.num_features is not None:
-            k = p.num_features
             at, sign = buckets(terms, k, p.hashing)
         else:
-            k = len(v["terms"])
             at = pc.index_in(terms, value_set=self._terms(name)).fill_null(-1)
             at = at.to_numpy(zero_copy_only=False).astype(np.int64)
         hit = at >= 0
