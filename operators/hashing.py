@@ -193,12 +193,18 @@ def unit_interval(hashes: np.ndarray) -> np.ndarray:
     return (hashes >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+def positions(table: pa.Table, seed: int, columns: list[str] | None = None) -> np.ndarray:
+    """Each row's place in [0, 1): the hash of its ``columns`` (default: all) and
+    ``seed``."""
+    return unit_interval(hash_rows(table, columns, seed))
+
+
 def chosen_rows(table: pa.Table, fraction: float, seed: int,
                 columns: list[str] | None = None, start: float = 0.0) -> np.ndarray:
-    """True for about ``fraction`` of the rows: those whose hash of ``columns`` (default:
-    all) and ``seed``, in [0, 1), falls in [start, start + fraction) (the validation
-    hold-out, a cross-validation fold, ``sample``)."""
-    return window(unit_interval(hash_rows(table, columns, seed)), fraction, start)
+    """True for about ``fraction`` of the rows: those whose place (``positions``) falls
+    in [start, start + fraction) (the validation hold-out, a cross-validation fold,
+    ``sample``)."""
+    return window(positions(table, seed, columns), fraction, start)
 
 
 def window(position: np.ndarray, fraction: float, start: float = 0.0) -> np.ndarray:

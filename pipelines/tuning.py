@@ -91,8 +91,8 @@ from operators.evaluate.metrics import (
     MIXTURE_COMPARABLE,
     default_metric,
 )
-from operators.hashing import hash_rows, unit_interval, window
-from operators.models.common import HOLDOUT_POSITION
+from operators.hashing import positions
+from operators.models.common import HOLDOUT_POSITION, placed_in
 
 MAX_CANDIDATES = 100
 """The most combinations one step may try."""
@@ -185,8 +185,8 @@ class HoldoutPositions(Transform):
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         by = None if self.params.by is None else [self.params.by]
-        position = unit_interval(hash_rows(part, by, self.params.seed))
-        return part.append_column(HOLDOUT_POSITION, pa.array(position, pa.float64()))
+        return part.append_column(HOLDOUT_POSITION,
+                                  pa.array(positions(part, self.params.seed, by)))
 
 
 class WindowParams(Params):
@@ -207,8 +207,7 @@ class TrainingRows(Transform):
         return schema
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        position = part.column(HOLDOUT_POSITION).to_numpy()
-        held = window(position, self.params.fraction, self.params.start)
+        held = placed_in(part, self.params.fraction, self.params.start)
         return part.filter(pa.array(~held))
 
 
@@ -241,8 +240,7 @@ class HeldOutView(Transform):
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         training = self.fitted.training_view()
-        held = window(part.column(HOLDOUT_POSITION).to_numpy(), self.params.fraction,
-                      self.params.start)
+        held = placed_in(part, self.params.fraction, self.params.start)
         if training is self.fitted or not held.any():
             out = training.transform(part, xp)
         elif held.all():

@@ -355,6 +355,11 @@ seed), which the model's hold-out then reads, so that every candidate's feature 
 hold out the same rows (``pipelines.tuning``). Never a feature."""
 
 
+def placed_in(part: pa.Table, fraction: float, start: float = 0.0) -> np.ndarray:
+    """True for the rows whose ``HOLDOUT_POSITION`` falls in [start, start + fraction)."""
+    return window(column_to_numpy(part.column(HOLDOUT_POSITION)), fraction, start)
+
+
 def holdout_mask(part: pa.Table, fraction: float, seed: int, start: float = 0.0,
                  by: str | None = None) -> np.ndarray:
     """True for the rows held out for validation: a hash of all of the row's columns, or
@@ -366,7 +371,7 @@ def holdout_mask(part: pa.Table, fraction: float, seed: int, start: float = 0.0,
     masks = table_memo(part).setdefault("holdout", {})
     mask = masks.get((fraction, seed, start, by))
     if mask is None and HOLDOUT_POSITION in part.column_names:
-        mask = window(column_to_numpy(part.column(HOLDOUT_POSITION)), fraction, start)
+        mask = placed_in(part, fraction, start)
     if mask is None:
         mask = chosen_rows(part, fraction, seed, None if by is None else [by], start=start)
         mask.flags.writeable = False
