@@ -326,10 +326,8 @@ class Run:
             except SluiceError as exc:
                 raise self._locate(step, exc) from None
             self.record["outputs"].append({"step": step.id, **output})
-            line = small_files_note(output, getattr(step.op.params, "partition_by", None))
-            if line and self.notify:
-                self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
-                            f"{line}")
+            self._say(step, small_files_note(output,
+                                             getattr(step.op.params, "partition_by", None)))
 
     def _publish_into(self, sink: Sink) -> str:
         """Publish the staged outputs that ``sink`` writes into too (a pipeline writing
@@ -387,7 +385,7 @@ class Run:
                 self.cached[step.input] = data
             self.fitted[step.id] = transform
             self.record["metrics"][step.id] = metrics
-            self._fit_note(step, metrics)
+            self._say(step, metrics.get("note"))
             if isinstance(op, Promote):
                 self._promote(step, metrics)
             # the fitted schema can differ from the plan's (one_hot's columns come from
@@ -521,9 +519,7 @@ class Run:
             "largest_mb": round(max(p.bytes for p in chosen) / 2**20, 3),
             **({"split_buckets": len(split)} if split else {})})
         self.record["steps"][step.id]["shuffle"] = figures
-        line = oversized_note(op, chosen)
-        if line and self.notify:
-            self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': {line}")
+        self._say(step, oversized_note(op, chosen))
         source = ShuffledSource(op, url, data.schema, written, sides=side_urls,
                                 pieces=chosen, positions=positions)
         return self.engine.read(source, step.id, source.schema())
@@ -584,7 +580,7 @@ class Run:
             self._record_params(fstep)
             self.fitted[fstep.id] = ftransform
             self.record["metrics"][fstep.id] = fmetrics
-            self._fit_note(fstep, fmetrics)
+            self._say(fstep, fmetrics.get("note"))
             # the rows the model trained on, the position no longer needed
             view = self._held_out_view(ftransform, step.op, drop=True)
             data = self.engine.map(marked, fstep.id, view, view.output_schema(marked.schema),
@@ -604,11 +600,10 @@ class Run:
                                          "candidates": candidates}}
         return transform, metrics, data
 
-    def _fit_note(self, step: Step, metrics: dict[str, Any]) -> None:
-        """What a fit found worth a line of the run (``metrics['note']``), at its step."""
-        if metrics.get("note") and self.notify:
-            self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': "
-                        f"{metrics['note']}")
+    def _say(self, step: Step, line: str | None) -> None:
+        """A line worth a person's attention, at its step's line (none: nothing)."""
+        if line and self.notify:
+            self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': {line}")
 
     def _record_params(self, step: Step) -> None:
         """A tuned step's parameters in the record as the best candidate's (they were the
