@@ -15,13 +15,20 @@ ADAM_NOT_INVARIANT = ("adam averages per-partition mini-batch steps once per epo
                       "partitioning -> same model is tested in tests/operators/test_mlp.py")
 
 
+# an L-BFGS net's probabilities in float32 against float64's at the same minimum: the
+# tolerance docs/float32.md states for them (measured up to 1e-4; 4.3e-5 for the weighted
+# multiclass case on one machine, 1.6e-5 on another: float32 sums differ by CPU)
+LBFGS_FLOAT32 = {"float32_atol": 1e-3}
+
+
 def _cases() -> None:
     case("mlp", {"label": "y", "hidden": [4], "activation": "tanh", "l2": 0.01, "tol": 1e-9,
                  "max_iter": 500},
-         classification_table, id="lbfgs-binary", rtol=1e-6, atol=1e-8)
+         classification_table, id="lbfgs-binary", rtol=1e-6, atol=1e-8, **LBFGS_FLOAT32)
     case("mlp", {"label": "y", "hidden": [5, 3], "activation": "tanh", "weight": "w",
                  "l2": 0.01, "tol": 1e-9, "max_iter": 500, "validation_fraction": 0.2},
-         string_multiclass_table, id="lbfgs-multiclass-weighted", rtol=1e-6, atol=1e-8)
+         string_multiclass_table, id="lbfgs-multiclass-weighted", rtol=1e-6, atol=1e-8,
+         **LBFGS_FLOAT32)
     case("mlp", {"label": "y", "features": ["x1", "x2", "x3"], "hidden": [3],
                  "activation": "sigmoid", "l2": 0.01, "tol": 1e-9, "max_iter": 500},
          regression_table, id="lbfgs-regression", rtol=1e-6, atol=1e-8)
