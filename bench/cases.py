@@ -166,6 +166,8 @@ from bench.text_cases import (  # noqa: F401 - bench.worker looks the sides up h
     tickets,
     train_text_naive_bayes_sklearn,
     train_text_naive_bayes_sluice_local,
+    train_text_naive_bayes_sparse_sklearn,
+    train_text_naive_bayes_sparse_sluice_local,
 )
 from bench.tree_cases import (  # noqa: F401 - bench.worker looks the sides up here
     train_boosted_sklearn_hist,
@@ -355,6 +357,8 @@ CASES: dict[str, Case] = {
     # (multinomial) -> save vs CountVectorizer + MultinomialNB on the files read with
     # pyarrow (bench/text_cases.py)
     "train_text_naive_bayes": Case("tickets", ("sluice_local", "sklearn"), tickets),
+    # the same with vectorize_text's sparse: true (each row's terms in one column)
+    "train_text_naive_bayes_sparse": Case("tickets", ("sluice_local", "sklearn"), tickets),
     # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->
     # write vs pyarrow's group_by, Dask's groupby().agg() and Spark's groupBy().agg();
     # the outputs are compared after the sides (bench/aggregate_cases.py)

@@ -12,6 +12,8 @@ size and the first class's log-probability of the first term (equal when they ag
   about 200 times the text's bytes, as the run's note says), against scikit-learn's
   ``CountVectorizer(min_df=5, max_features=2000)`` ``.fit_transform`` (a sparse matrix)
   + ``MultinomialNB().fit`` on the same files read with pyarrow.
+* ``train_text_naive_bayes_sparse``: the same with ``sparse: true`` (one column of each
+  row's terms, what scikit-learn's sparse matrix holds) and the default partitions.
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ def tickets(out: Path, rows: int, files: int) -> None:
 
 
 def train_text_naive_bayes_sluice_local(data: Path, scratch: Path) -> None:
+    _sluice_text_naive_bayes(data, scratch, "partition_mb: 4", "")
+
+
+def train_text_naive_bayes_sparse_sluice_local(data: Path, scratch: Path) -> None:
+    _sluice_text_naive_bayes(data, scratch, "", "sparse: true")
+
+
+def train_text_naive_bayes_sparse_sklearn(data: Path, scratch: Path) -> None:
+    train_text_naive_bayes_sklearn(data, scratch)
+
+
+def _sluice_text_naive_bayes(data: Path, scratch: Path, read: str, words: str) -> None:
     from pipelines.runner import run
     from pipelines.store import ModelStore
 
@@ -69,11 +83,12 @@ def train_text_naive_bayes_sluice_local(data: Path, scratch: Path) -> None:
         steps:
           - op: read_parquet
             path: {data}
-            partition_mb: 4
+            {read}
           - op: vectorize_text
             columns: [text]
             min_df: 5
             max_features: 2000
+            {words}
           - op: naive_bayes
             label: topic
             model_type: multinomial

@@ -25,6 +25,7 @@ from operators.base import (
 )
 from operators.features.columns import plain, unique_names
 from operators.hashing import murmur3_32
+from operators.sparse import from_csr, sparse_field, sparse_type
 
 MAX_TERMS = 10_000
 """The most terms (columns) a vocabulary may have when ``max_features`` is not given."""
@@ -124,8 +125,17 @@ class VectorizeTextParams(Params):
                          "(a float) are left out: corpus-specific stop words")
     max_features: int | None = Field(
         None, ge=1, description="keep only the terms most frequent over all rows (equal "
-                                f"counts: the first in sorted order); without it a "
-                                f"vocabulary over {MAX_TERMS:,} terms is an error")
+                                f"counts: the first in sorted order); without it (and "
+                                f"without sparse) a vocabulary over {MAX_TERMS:,} terms is an "
+                                "error")
+    sparse: bool = Field(
+        False, description="one sparse column `<col>` in the text's place (each row's "
+                           "non-zero terms only: struct<indices, values>, as MLlib's "
+                           "SparseVector and scikit-learn's sparse matrix) instead of a "
+                           "float64 column per term: rows stay about as small as their "
+                           "text. naive_bayes, logistic_regression and linear_regression "
+                           "read it (its terms are their features `<col>:<term>`); other "
+                           "steps need the columns")
     binary: bool = Field(False, description="1 where a term occurs, whatever its count")
     sublinear_tf: bool = Field(False, description="a count c as 1 + ln(c)")
     idf: Literal["none", "smooth", "plain", "spark"] = Field(
@@ -421,6 +431,15 @@ class VectorizeText(Estimator):
     vocabulary to the terms that matter (`max_features`, `min_df`); a vocabulary of more
     than 10,000 terms needs `max_features` said.
 
+    `sparse: true` makes one column `<col>` of each row's non-zero terms instead
+    (`struct<indices, values>`, as scikit-learn's sparse matrix and MLlib's
+    `SparseVector`): a row stays about the size of its text, whatever the vocabulary.
+    `naive_bayes`, `logistic_regression` and `linear_regression` read it, its terms
+    their features `<col>:<term>` (in `model.json` and contributions); the other steps
+    need the term columns. On the CPU naive Bayes and logistic regression (L-BFGS)
+    compute on the sparse rows as they are; on a GPU a partition's rows are made dense
+    in the model's matrix.
+
     ```yaml
     - op: vectorize_text
       columns: [review]          # review:refund, review:slow, ...
@@ -452,6 +471,9 @@ class VectorizeText(Estimator):
         if self._fitted is not None:
             return self._fitted.output_schema(schema)
         self._check(schema)
+        if self.params.sparse:  # the column's type is known, its terms after the fit
+            return pa.schema([pa.field(f.name, sparse_type()) if f.name in self.params.columns
+                              else f for f in schema], metadata=schema.metadata)
         return pa.schema([f for f in schema if f.name not in self.params.columns],
                          metadata=schema.metadata)
 
@@ -524,13 +546,14 @@ class VectorizeText(Estimator):
             # equal counts: the first in sorted order
             kept = kept.sort_by([("df" if p.binary else "tf", "descending"),
                                  ("term", "ascending")]).slice(0, p.max_features)
-        elif p.max_features is None and kept.num_rows > MAX_TERMS:
+        elif p.max_features is None and kept.num_rows > MAX_TERMS and not p.sparse:
             raise DataError(
                 f"the vocabulary of '{name}' has {kept.num_rows:,} terms, over {MAX_TERMS:,}: "
                 "a float64 column each makes rows too wide",
                 hint="set max_features (e.g. max_features: 5000, the most frequent terms), "
                      "or raise min_df; max_features may be set higher than "
-                     f"{MAX_TERMS:,} on purpose")
+                     f"{MAX_TERMS:,} on purpose; sparse: true keeps only each row's terms "
+                     "(for naive_bayes and the linear models)")
         kept = kept.sort_by("term")
         terms = kept["term"].to_pylist()
         out = {"terms": terms, "df": kept["df"].to_numpy().astype(np.int64).tolist()}
@@ -547,13 +570,16 @@ class VectorizeText(Estimator):
         out: dict[str, Any] = {"terms": terms, "rows": state["rows"]}
         width = 8 * sum(terms.values())  # float64 bytes a row
         text = state["bytes"] / max(state["rows"], 1)
-        if width > WIDENING_NOTE * max(text, 1.0) and width * state["rows"] > NOTE_BYTES:
+        wide = width > WIDENING_NOTE * max(text, 1.0) and width * state["rows"] > NOTE_BYTES
+        if wide and not self.params.sparse:
             out["note"] = (
                 f"the text's {sum(terms.values()):,} term columns take {width:,} bytes a row "
                 f"where the text took {text:,.0f} on average: a partition of the text grows "
                 f"{width / max(text, 1.0):,.0f} times in memory (its columns are dense); if "
                 "memory runs short, lower read_parquet's partition_mb, or "
-                + ("max_features" if self.params.num_features is None else "num_features"))
+                + ("max_features" if self.params.num_features is None else "num_features")
+                + ", or keep each row's terms only (sparse: true) for naive_bayes and the "
+                  "linear models")
         return out
 
 
@@ -607,6 +633,11 @@ class VectorizeTextFitted(Transform):
                 fields.append(f)
                 continue
             check_text(schema, f.name)
+            if self.params.sparse:
+                v = self.vocabulary[f.name]
+                fields.append(sparse_field(f.name, self._size(f.name),
+                                           None if self.params.num_features else v["terms"]))
+                continue
             for n in self.names(f.name):
                 if n in made:
                     raise SchemaError(
@@ -621,12 +652,66 @@ class VectorizeTextFitted(Transform):
                                   "already has", hint="rename or drop it first")
         return pa.schema(fields, metadata=schema.metadata)
 
+    def _size(self, name: str) -> int:
+        """How many terms (positions) a text column's vocabulary has."""
+        p = self.params
+        return p.num_features if p.num_features is not None else len(
+            self.vocabulary[name]["terms"])
+
+    def _hits(self, column: pa.ChunkedArray, name: str
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Each term occurrence of the vocabulary in a text column: its term's position,
+        its row, and (hashed with signs) its sign."""
+        p = self.params
+        terms, of = self.tokens.terms(column)
+        sign = None
+        if p.num_features is not None:
+            at, sign = buckets(terms, p.num_features, p.hashing)
+        else:
+            at = pc.index_in(terms, value_set=self._terms(name)).fill_null(-1)
+            at = at.to_numpy(zero_copy_only=False).astype(np.int64)
+        hit = at >= 0
+        return at[hit], of[hit], None if sign is None else sign[hit]
+
+    def encode_sparse(self, column: pa.ChunkedArray, name: str) -> pa.Array:
+        """One text column's weights as a sparse column (``operators.sparse``): each
+        row's non-zero terms in position order, weighted as ``encode`` weighs them."""
+        p = self.params
+        v = self.vocabulary[name]
+        rows, k = len(column), self._size(name)
+        at, of, sign = self._hits(column, name)
+        keys, where = np.unique(of * k + at, return_inverse=True)
+        if p.binary:  # 1 where a term falls (hashed too)
+            values = np.ones(len(keys))
+        else:
+            values = np.bincount(where, weights=None if sign is None else sign,
+                                 minlength=len(keys)).astype(np.float64)
+            kept = values != 0  # hashed signs that cancel: no term there, as dense
+            keys, values = keys[kept], values[kept]
+        row, position = keys // k, keys % k
+        if p.sublinear_tf and not p.binary:
+            counted = values > 0
+            values[counted] = 1.0 + np.log(values[counted])
+        if p.idf != "none":
+            values *= np.asarray(v["idf"], np.float64)[position]
+            kept = values != 0  # spark's idf of a term in every row: 0
+            row, position, values = row[kept], position[kept], values[kept]
+        if p.norm is not None:
+            size = np.bincount(row, weights=np.abs(values) if p.norm == "l1"
+                               else values * values, minlength=rows)
+            if p.norm == "l2":
+                size = np.sqrt(size)
+            values /= size[row]
+        indptr = np.zeros(rows + 1, np.int64)
+        np.cumsum(np.bincount(row, minlength=rows), out=indptr[1:])
+        return from_csr(indptr, position, values)
+
     def encode(self, column: pa.ChunkedArray, name: str) -> np.ndarray:
         """The (terms, rows) weights of one text column, each term's row contiguous."""
         p = self.params
         v = self.vocabulary[name]
         rows = len(column)
-        k = p.num_features if p.num_features is not None else len(v["terms"])
+        k = self._size(name)
         need, limit = 8.0 * k * rows, dense_limit()
         if need > limit:
             raise DataError(
@@ -636,20 +721,12 @@ class VectorizeTextFitted(Transform):
                 hint="make partitions smaller: read_parquet's partition_mb (a partition is "
                      "at least one row group of a file: files written with smaller row "
                      "groups split finer), or fewer terms (max_features, num_features)")
-        terms, of = self.tokens.terms(column)
-        sign = None
-        if p.num_features is not None:
-            at, sign = buckets(terms, k, p.hashing)
-        else:
-            at = pc.index_in(terms, value_set=self._terms(name)).fill_null(-1)
-            at = at.to_numpy(zero_copy_only=False).astype(np.int64)
-        hit = at >= 0
+        at, of, sign = self._hits(column, name)
         out = np.zeros((k, rows), np.float64)  # (pages untouched until written)
         if p.binary:  # 1 where a term falls (hashed: whatever the signs add up to)
-            out.reshape(-1)[at[hit] * rows + of[hit]] = 1.0
+            out.reshape(-1)[at * rows + of] = 1.0
         else:
-            np.add.at(out.reshape(-1), at[hit] * rows + of[hit],
-                      1.0 if sign is None else sign[hit])
+            np.add.at(out.reshape(-1), at * rows + of, 1.0 if sign is None else sign)
         if p.sublinear_tf and not p.binary:
             counted = out > 0
             np.log(out, out=out, where=counted)
@@ -668,6 +745,9 @@ class VectorizeTextFitted(Transform):
         for f in part.schema:
             if f.name not in self.params.columns:
                 arrays.append(part.column(f.name))
+                continue
+            if self.params.sparse:
+                arrays.append(self.encode_sparse(part.column(f.name), f.name))
                 continue
             matrix = self.encode(part.column(f.name), f.name)
             arrays.extend(pa.array(matrix[j]) for j in range(matrix.shape[0]))

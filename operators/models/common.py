@@ -22,7 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, PositiveFloat, model_validator
 
-from operators.arrays import column_to_numpy, compute_dtype, host_buffer, is_text, to_numpy, to_xp
+from operators.arrays import (
+    column_to_numpy,
+    compute_dtype,
+    host_buffer,
+    is_numpy,
+    is_text,
+    to_numpy,
+    to_xp,
+)
 from operators.base import (
     DataError,
     MissingColumnError,
@@ -35,6 +43,18 @@ from operators.base import (
 from operators.evaluate.metrics import DEFAULT_METRICS, MetricAccumulator
 from operators.expressions import quote_name
 from operators.hashing import chosen_rows, window
+from operators.sparse import (
+    columns_of,
+    csr_matrix,
+    csr_parts,
+    expand,
+    fill_dense,
+    groups,
+    has_sparse,
+    is_sparse_type,
+    issparse,
+    scipy_sparse,
+)
 
 PREDICTION = "prediction"
 PROBABILITY = "probability"
@@ -112,6 +132,15 @@ def require_counts(X: Any, features: list[str], xp: Any, what: str, hint: str) -
     """Counts or frequencies (a multinomial model's, a chi-squared test's): a DataError
     naming the first feature column of ``X`` with a negative value, and its lowest; the
     look at the values made on ``xp``'s device, only the flags brought back."""
+    if issparse(X):  # its stored values only: the rest are 0
+        negative = X.data < 0
+        if negative.any():
+            column = int(X.indices[np.argmax(negative)])
+            value = float(X.data[X.indices == column].min())
+            raise DataError(f"feature column '{features[column]}' has negative values (as "
+                            f"low as {value:g}), but {what} takes counts or frequencies",
+                            hint=hint)
+        return
     negative = X < 0
     if bool(xp.any(negative)):
         column = int(np.argmax(to_numpy(xp.any(negative, axis=0))))
@@ -235,37 +264,63 @@ def is_classification(label_type: pa.DataType, task: str | None = None) -> bool:
 
 
 def select_features(schema: pa.Schema, params: SupervisedParams,
-                    categorical: Collection[str] = ()) -> list[str]:
+                    categorical: Collection[str] = (), sparse: bool = False) -> list[str]:
     """The feature columns: as given, or every numeric column (and every ``categorical``
-    one) but the label and weight, in the input's order."""
+    one) but the label and weight, in the input's order (``sparse``: a sparse column's
+    positions too, ``operators.sparse``)."""
     return chosen_features(schema, params.features,
-                           {params.label, params.weight, query_column(params)}, categorical)
+                           {params.label, params.weight, query_column(params)}, categorical,
+                           sparse)
 
 
 def chosen_features(schema: pa.Schema, features: list[str] | None,
-                    skip: Collection[str | None], categorical: Collection[str] = ()
-                    ) -> list[str]:
+                    skip: Collection[str | None], categorical: Collection[str] = (),
+                    sparse: bool = False) -> list[str]:
     """``features`` as given, or every numeric column (and every ``categorical`` one)
-    but those of ``skip`` (a label, a weight), in the input's order."""
-    if features is not None:
-        return list(features)
-    return [f.name for f in schema
-            if f.name not in skip and f.name != HOLDOUT_POSITION
-            and (is_numeric(f.type) or f.name in categorical)]
+    but those of ``skip`` (a label, a weight), in the input's order. ``sparse``: the
+    step reads sparse columns, each as its positions' names (``operators.sparse``);
+    without it a sparse column among the features is a SchemaError that says which steps
+    read one."""
+    if features is None:
+        features = [f.name for f in schema
+                    if f.name not in skip and f.name != HOLDOUT_POSITION
+                    and (is_numeric(f.type) or f.name in categorical
+                         or is_sparse_type(f.type))]
+    else:
+        features = list(features)
+    if not sparse:
+        for name in features:
+            if name in schema.names and is_sparse_type(schema.field(name).type):
+                raise SchemaError(
+                    f"column '{name}' is a sparse column (vectorize_text with sparse: "
+                    "true), which this step does not read",
+                    hint="naive_bayes, logistic_regression and linear_regression read "
+                         "sparse columns; for this step make a column per term (leave "
+                         "sparse: out), or leave the column out (features:)")
+        return features
+    return expand(schema, features)
 
 
 def model_input_columns(schema: pa.Schema, params: SupervisedParams,
-                        categorical: Collection[str] = ()) -> list[str]:
-    """Columns a model step reads while fitting: features, label, weight."""
+                        categorical: Collection[str] = (), sparse: bool = False
+                        ) -> list[str]:
+    """Columns a model step reads while fitting: features (a sparse column once),
+    label, weight."""
     extra = [params.label, params.weight, query_column(params)]
-    return select_features(schema, params, categorical) + [c for c in extra if c]
+    return (columns_of(schema, select_features(schema, params, categorical, sparse))
+            + [c for c in extra if c])
 
 
 def check_features(schema: pa.Schema, features: list[str]) -> None:
-    """Plan-time check: every feature is present and numeric."""
-    require_columns(schema, features, "feature column")
-    for name in features:
+    """Plan-time check: every feature is present and numeric (or a position of a sparse
+    column)."""
+    plain_features = [features[start] for column, start, _ in groups(schema, features)
+                      if column is None]
+    require_columns(schema, plain_features, "feature column")
+    for name in plain_features:
         t = schema.field(name).type
+        if is_sparse_type(t):  # its terms not known yet (at plan: the step fits them)
+            continue
         if not is_numeric(t):
             raise SchemaError(
                 f"feature column '{name}' is {t}, not numeric",
@@ -293,11 +348,12 @@ def check_weight(schema: pa.Schema, weight: str | None, features: list[str] | No
 
 
 def check_inputs(schema: pa.Schema, params: SupervisedParams,
-                 categorical: Collection[str] = ()) -> list[str]:
+                 categorical: Collection[str] = (), sparse: bool = False) -> list[str]:
     """Plan-time checks of features, label and weight; returns the feature columns
-    (``categorical`` ones need not be numeric: their caller checks them)."""
+    (``categorical`` ones need not be numeric: their caller checks them; ``sparse``: a
+    sparse column's positions, ``operators.sparse``)."""
     require_columns(schema, [params.label], "label column")
-    features = select_features(schema, params, categorical)
+    features = select_features(schema, params, categorical, sparse)
     check_role("label", params.label, params.features)
     check_weight(schema, params.weight, params.features)
     if params.weight == params.label:
@@ -399,7 +455,7 @@ def held_out(part: pa.Table, params: HoldsOut) -> tuple[pa.Table, pa.Table]:
                       query_column(params))
 
 
-def _finite_values(column: pa.ChunkedArray, what: str) -> np.ndarray:
+def finite_column(column: pa.ChunkedArray, what: str) -> np.ndarray:
     """The column as float64 values, a DataError when one is null, NaN or infinite."""
     if column.null_count:
         raise DataError(f"{what} has {column.null_count} null values", hint=FEATURE_HINT)
@@ -435,8 +491,12 @@ def host_matrix(part: pa.Table, features: list[str],
     extra = extra or []
     shape = (part.num_rows, len(features) + len(extra))
     host = np.empty(shape, np.float64, order="F") if xp is None else host_buffer(shape, xp)
-    for j, name in enumerate(features):
-        values = _finite_values(part.column(name), f"{role} '{name}'")
+    for column, j, stop in groups(part.schema, features):
+        if column is not None:  # a sparse column's positions: its rows made dense here
+            fill_dense(host[:, j:stop], part.column(column), stop - j, column)
+            continue
+        name = features[j]
+        values = finite_column(part.column(name), f"{role} '{name}'")
         try:
             # finite in float64, past the compute dtype's range (float32: 3.4e38): the
             # cast's own overflow flag says so, no second look at the values
@@ -451,6 +511,27 @@ def host_matrix(part: pa.Table, features: list[str],
     for j, values in enumerate(extra, start=len(features)):
         host[:, j] = values
     return host
+
+
+def require_features(schema: pa.Schema, features: list[str]) -> None:
+    """A missing-column error where a table lacks a feature's column (a sparse column's
+    for its positions)."""
+    require_columns(schema, columns_of(schema, features), "feature column")
+
+
+def sparse_matrix(part: pa.Table, features: list[str], xp: Any) -> Any:
+    """The features as a SciPy CSR matrix where some are a sparse column's and ``xp`` is
+    NumPy (and SciPy is there); else None: the caller makes a dense matrix."""
+    if is_numpy(xp) and has_sparse(part.schema, features):
+        return csr_matrix(part, features)
+    return None
+
+
+def model_matrix(part: pa.Table, features: list[str], xp: Any, sparse: bool) -> Any:
+    """``feature_matrix``, or (``sparse``: the caller computes on SciPy matrices) a CSR
+    matrix where ``sparse_matrix`` makes one."""
+    X = sparse_matrix(part, features, xp) if sparse else None
+    return feature_matrix(part, features, xp) if X is None else X
 
 
 def feature_matrix(part: pa.Table, features: list[str], xp: Any,
@@ -737,13 +818,15 @@ def merge_class_weights(a: tuple[list[Any], np.ndarray],
 
 def class_sums(part: pa.Table, features: list[str], labels: pa.Array,
                label_type: pa.DataType, weights: np.ndarray, xp: Any, moments: bool,
-               prepare: Any = None) -> dict[str, Any]:
+               prepare: Any = None, sparse: bool = False) -> dict[str, Any]:
     """A partition's statistics of ``features`` per class of ``labels``: the classes
     present (sorted), their total ``weights``, and each class's weighted feature
     ``sums``, or with ``moments`` its weighted ``means`` and the weighted ``squares`` of
     the deviations from them (no cancellation far from the origin). One copy of the rows
     to ``xp``; ``prepare`` (the feature matrix -> the matrix summed) checks or maps it
-    first. ``combine_class_sums`` adds two up."""
+    first. ``sparse`` (sums only): where some features are a sparse column's and ``xp``
+    is NumPy, the sums of its CSR matrix (``prepare`` then takes one).
+    ``combine_class_sums`` adds two up."""
     classes, totals = class_weights(labels, weights)
     d = len(features)
     out: dict[str, Any] = {"classes": classes, "weights": totals}
@@ -751,6 +834,13 @@ def class_sums(part: pa.Table, features: list[str], labels: pa.Array,
         empty = np.zeros((0, d))
         return {**out, **({"means": empty, "squares": empty} if moments else {"sums": empty})}
     index = encode_classes(labels, classes, label_type)
+    X = sparse_matrix(part, features, xp) if sparse and not moments else None
+    if X is not None:
+        X = X if prepare is None else prepare(X)
+        by_class = np.zeros((len(index), len(classes)))
+        valid = index >= 0
+        by_class[np.flatnonzero(valid), index[valid]] = weights[valid]
+        return {**out, "sums": np.asarray((X.T @ by_class).T)}
     data = feature_matrix(part, features, xp, [index, weights])
     X, w = data[:, :d], data[:, d + 1]
     if prepare is not None:
@@ -905,8 +995,12 @@ class FittedModel(Transform):
     def arrays(self) -> dict[str, np.ndarray]:
         """The model's numeric state, saved in arrays.npz."""
 
+    # whether predict_matrix takes a SciPy CSR matrix (a sparse column's rows as they
+    # are: operators.sparse) where the namespace is NumPy
+    takes_sparse: bool = False
+
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return list(self.features)
+        return columns_of(schema, self.features)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         check_features(schema, self.features)
@@ -914,9 +1008,9 @@ class FittedModel(Transform):
 
     def outputs(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """(predictions, probabilities) on the host: class positions for a classifier."""
-        require_columns(part.schema, self.features, "feature column")
-        return self.outputs_of(self.predict_matrix(feature_matrix(part, self.features, xp),
-                                                   xp))
+        require_features(part.schema, self.features)
+        X = model_matrix(part, self.features, xp, self.takes_sparse)
+        return self.outputs_of(self.predict_matrix(X, xp))
 
     def outputs_of(self, scores: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """``outputs`` of ``predict_matrix``'s scores."""
@@ -972,7 +1066,7 @@ class FittedModel(Transform):
                 ) -> pa.Table:
         """``transform`` plus the ``contributions`` and ``contribution_base`` columns;
         with ``groups`` (feature -> name) the features of a group add up to one field."""
-        require_columns(part.schema, self.features, "feature column")
+        require_features(part.schema, self.features)
         predicted, proba, phi, base = self.contributions(part, xp)
         out = self.with_outputs(part, predicted, proba)
         n, fields = part.num_rows, self.contribution_fields(groups)
@@ -1013,8 +1107,24 @@ class FittedModel(Transform):
 
 def weighted_sums(table: pa.Table, columns: list[str], weights: np.ndarray) -> np.ndarray:
     """Each column's sum of ``weights`` x value, in float64 (the training means of a
-    linear model's contributions)."""
-    return np.array([float(column_to_numpy(table.column(c)) @ weights) for c in columns])
+    linear model's contributions); a sparse column's positions' sums too."""
+    out = np.zeros(len(columns))
+    for column, start, stop in groups(table.schema, columns):
+        if column is None:
+            out[start] = float(column_to_numpy(table.column(columns[start])) @ weights)
+            continue
+        indptr, at, values = csr_parts(table.column(column), stop - start, column)
+        rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        out[start:stop] = np.bincount(at, weights=values * weights[rows],
+                                      minlength=stop - start)
+    return out
+
+
+def with_ones(X: Any) -> Any:
+    """A SciPy CSR design matrix with a column of ones after its features (the
+    intercept's)."""
+    sp = scipy_sparse()
+    return sp.hstack([X, np.ones((X.shape[0], 1))], format="csr")
 
 
 class LinearContributions:

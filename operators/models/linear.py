@@ -155,6 +155,10 @@ class LinearRegressionFitted(LinearContributions, FittedModel):
         self.link = link
         self.deviance = None if deviance is None else dict(deviance)
 
+    # X @ coef of a SciPy CSR matrix too (its fit makes a sparse column's rows dense a
+    # partition at a time: the normal equations' and the GLM's passes)
+    takes_sparse = True
+
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         raw = X @ parameters(self.coef, xp) + self.intercept
         return xp.exp(raw) if self.link == "exp" else raw
@@ -216,10 +220,10 @@ class LinearRegression(Estimator):
         self.multi_pass = self.glm or p.validation_fraction > 0
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return model_input_columns(schema, self.params)
+        return model_input_columns(schema, self.params, sparse=True)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        check_inputs(schema, self.params)
+        check_inputs(schema, self.params, sparse=True)
         label_type = schema.field(self.params.label).type
         if not is_numeric(label_type):
             raise SchemaError(f"label column '{self.params.label}' is {label_type}, not numeric",
@@ -229,7 +233,7 @@ class LinearRegression(Estimator):
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
         return {"phase": "summary" if self.glm else "moments",
-                "features": check_inputs(schema, self.params)}
+                "features": check_inputs(schema, self.params, sparse=True)}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         if state["phase"] == "validate":

@@ -57,12 +57,14 @@ from operators.models.common import (
     row_weights,
     sigmoid,
     softmax,
+    sparse_matrix,
     validation_combine,
     validation_finalize,
     validation_partial,
     warn_unconverged,
     weigh_classes,
     weighted_sums,
+    with_ones,
     with_predictions,
 )
 from operators.models.linear import UNCONVERGED_ADVICE, SolverParams, start_optimizer
@@ -88,6 +90,8 @@ class LogisticRegressionFitted(LinearContributions, FittedModel):
         self.coef = np.asarray(coef, dtype=np.float64).reshape(-1, len(self.features))
         self.intercept = np.asarray(intercept, dtype=np.float64).reshape(-1)
         self._keep_means(means)
+
+    takes_sparse = True  # X @ coef.T of a SciPy CSR matrix too
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         z = X @ parameters(self.coef, xp).T + parameters(self.intercept, xp)
@@ -129,18 +133,18 @@ class LogisticRegression(Estimator):
     schema_from_fit = True  # probability is float64 for 2 classes, list<double> for more
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return model_input_columns(schema, self.params)
+        return model_input_columns(schema, self.params, sparse=True)
 
     def _label_type(self, schema: pa.Schema) -> pa.DataType:
         return classifier_label_type(schema, self.params.label, "logistic_regression")
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        check_inputs(schema, self.params)
+        check_inputs(schema, self.params, sparse=True)
         label_type = self._label_type(schema)
         return with_predictions(schema, [False, True], label_type)
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        features = check_inputs(schema, self.params)
+        features = check_inputs(schema, self.params, sparse=True)
         return {"phase": "summary", "features": features,
                 "label_type": str(self._label_type(schema))}
 
@@ -162,10 +166,16 @@ class LogisticRegression(Estimator):
                     "sums": sums}
         index = encode_classes(labels, state["classes"], pa.type_for_alias(state["label_type"]))
         weights = by_class(weights, index, state.get("class_factor"))
+        theta = state["opt"]["point"].reshape(state["shape"])
+        newton = state["solver"] == "newton"
+        X = None if newton else sparse_matrix(train, state["features"], xp)
+        if X is not None:  # a sparse column's rows as they are (L-BFGS: no Hessian)
+            if p.fit_intercept:
+                X = with_ones(X)
+            return _evaluate_rows(X, index.astype(np.float64), weights, theta, False, xp)
         extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [index, weights]
         data = feature_matrix(train, state["features"], xp, extra)
-        theta = state["opt"]["point"].reshape(state["shape"])
-        return _evaluate(data, theta, state["solver"] == "newton", xp)
+        return _evaluate(data, theta, newton, xp)
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "metrics" in a:
@@ -284,10 +294,20 @@ def _evaluate(data: Any, theta: np.ndarray, hessian: bool, xp: Any) -> dict[str,
     as a class position, and the weight.
     """
     k, width = theta.shape
-    size = k * width
     if data.shape[0] == 0:
+        return no_loss_sums(k * width, hessian)
+    return _evaluate_rows(data[:, :width], data[:, width], data[:, width + 1], theta,
+                          hessian, xp)
+
+
+def _evaluate_rows(X: Any, y: Any, w: Any, theta: np.ndarray, hessian: bool, xp: Any
+                   ) -> dict[str, Any]:
+    """``_evaluate`` of the design ``X`` (dense on ``xp``, or a SciPy CSR matrix without
+    ``hessian``), the class positions ``y`` and the weights ``w``."""
+    k, width = theta.shape
+    size = k * width
+    if X.shape[0] == 0:
         return no_loss_sums(size, hessian)
-    X, y, w = data[:, :width], data[:, width], data[:, width + 1]
     z = X @ parameters(theta, xp).T
     if k == 1:
         z = z[:, 0]
@@ -295,7 +315,7 @@ def _evaluate(data: Any, theta: np.ndarray, hessian: bool, xp: Any) -> dict[str,
         # log(1 + exp(z)) - y z, stable for large |z|
         return loss_sums(X, w * (xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))) - y * z),
                          w * (p - y), w * p * (1.0 - p) if hessian else None, xp)
-    onehot = xp.astype(y[:, None] == xp.arange(k, dtype=data.dtype)[None, :], data.dtype)
+    onehot = xp.astype(y[:, None] == xp.arange(k, dtype=z.dtype)[None, :], z.dtype)
     top = xp.max(z, axis=1, keepdims=True)
     log_norm = top + xp.log(xp.sum(xp.exp(z - top), axis=1, keepdims=True))
     loss = xp.sum(w * xp.sum(onehot * (log_norm - z), axis=1), dtype=xp.float64)

@@ -61,6 +61,7 @@ from operators.models.common import (
     weigh_classes,
     with_predictions,
 )
+from operators.sparse import issparse
 
 ModelType = Literal["gaussian", "multinomial", "bernoulli", "complement"]
 LOG_2PI = math.log(2.0 * math.pi)
@@ -133,6 +134,12 @@ class NaiveBayesFitted(FittedModel):
         self.feature_log_prob = (None if feature_log_prob is None
                                  else np.asarray(feature_log_prob, dtype=np.float64))
         self.binarize = binarize
+
+    @property
+    def takes_sparse(self) -> bool:  # type: ignore[override]
+        """Scores a sparse column's CSR rows as they are (the Gaussian's squares need
+        every value)."""
+        return self.model_type != "gaussian"
 
     @property
     def _prior(self) -> np.ndarray:
@@ -224,7 +231,25 @@ class NaiveBayesFitted(FittedModel):
 
 def _switches(X: Any, binarize: float | None, features: list[str], xp: Any) -> Any:
     """Bernoulli's 0/1 matrix: above ``binarize``, or the values themselves, which must
-    then be 0 or 1 (a DataError naming the first column that is not)."""
+    then be 0 or 1 (a DataError naming the first column that is not). A SciPy sparse
+    ``X`` stays sparse where its zeros stay off (``binarize`` of 0 or more)."""
+    if issparse(X):
+        if binarize is not None and binarize < 0:  # every zero is on
+            return _switches(X.toarray(), binarize, features, xp)
+        on = X.copy()
+        if binarize is not None:
+            on.data = (on.data > binarize).astype(on.dtype)
+            on.eliminate_zeros()
+            return on
+        bad = (on.data != 0) & (on.data != 1)
+        if bad.any():
+            column = int(on.indices[np.argmax(bad)])
+            value = float(on.data[np.argmax(bad)])
+            raise DataError(f"feature column '{features[column]}' has {value!r}, but "
+                            "naive_bayes with binarize: null takes features of 0 or 1 only",
+                            hint="set binarize: to the value above which a feature is on (0 "
+                                 "is scikit-learn's default)")
+        return on
     if binarize is not None:
         return xp.astype(binarize < X, X.dtype)
     bad = (X != 0) & (X != 1)
@@ -264,17 +289,17 @@ class NaiveBayes(Estimator):
         self.multi_pass = self.params.validation_fraction > 0
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return model_input_columns(schema, self.params)
+        return model_input_columns(schema, self.params, sparse=True)
 
     def _label_type(self, schema: pa.Schema) -> pa.DataType:
         return classifier_label_type(schema, self.params.label, "naive_bayes")
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        check_inputs(schema, self.params)
+        check_inputs(schema, self.params, sparse=True)
         return with_predictions(schema, [False, True], self._label_type(schema))
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        features = check_inputs(schema, self.params)
+        features = check_inputs(schema, self.params, sparse=True)
         return {"phase": "fit", "features": features,
                 "label_type": str(self._label_type(schema))}
 
@@ -301,7 +326,7 @@ class NaiveBayes(Estimator):
         stats = class_sums(train, features, label_column(train, p.label),
                            pa.type_for_alias(state["label_type"]),
                            row_weights(train, p.weight), xp, p.model_type == "gaussian",
-                           prepare)
+                           prepare, sparse=True)
         return {**stats, "rows": train.num_rows, "heldout": held.num_rows}
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

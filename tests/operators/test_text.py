@@ -424,7 +424,12 @@ def test_the_widening_note_names_what_to_lower(monkeypatch: pytest.MonkeyPatch) 
         op = VectorizeText(columns=["text"], min_token_length=1, **params)
         state, _ = drive(op, table.schema, lambda partial, op=op: partial(table, None))
         note = op.metrics(state)["note"]
-        assert "grows" in note and note.endswith(f"partition_mb, or {lower}")
+        assert "grows" in note and f"partition_mb, or {lower}, or keep each row's terms " \
+            "only (sparse: true)" in note
+        # a sparse column does not widen the rows: no note
+        op = VectorizeText(columns=["text"], min_token_length=1, sparse=True, **params)
+        state, _ = drive(op, table.schema, lambda partial, op=op: partial(table, None))
+        assert "note" not in op.metrics(state)
 
 
 @pytest.mark.parametrize("n", [7, 64, 1000])

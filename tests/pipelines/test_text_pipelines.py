@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLUICE, write_pipeline
+from conftest import SLUICE, sluice_in_process, write_pipeline
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.naive_bayes import MultinomialNB
 
@@ -277,3 +277,77 @@ def test_a_partition_too_large_for_its_term_columns_names_the_step(
     said = str(info.value)
     assert "pipeline.yaml:" in said and "step 'words'" in said
     assert "term columns (dense float64)" in said and "partition_mb" in said
+
+
+SPARSE = TRAIN.replace("min_df: 3", "min_df: 3\n        sparse: true")
+
+
+def test_a_sparse_term_column_trains_scikit_learns_model_on_every_engine(
+        workdir: Path, engine, ticket_files: Path) -> None:
+    """``sparse: true``: one column of each row's terms through every engine, the same
+    model as the term columns (scikit-learn's on its sparse matrix); saved, scored by
+    `sluice score` on new text, explained term by term, written as a struct column."""
+    record = run(write_pipeline(workdir, SPARSE.format(data=ticket_files)),
+                 engine_instance=engine)
+    assert record["status"] == "succeeded"
+    table = tickets()
+    docs = table.column("text").to_pylist()
+    vectorizer = CountVectorizer(stop_words=STOP, min_df=3).fit(docs)
+    sk = MultinomialNB().fit(vectorizer.transform(docs), table.column("topic").to_pylist())
+    model = ModelStore().load("tickets")
+    nb = model.chain.steps[-1]
+    assert nb.features == [f"text:{t}" for t in sorted(vectorizer.vocabulary_)]
+    np.testing.assert_allclose(nb.feature_log_prob, sk.feature_log_prob_, rtol=1e-12)
+    new = ["Refund my card please, the charge is wrong", "app crash after update!!",
+           "courier lost my parcel", "", "completely unseen words"]
+    served = load_model("tickets")
+    scored = served.score([{"text": t} for t in new])
+    np.testing.assert_allclose([r["probability"] for r in scored],
+                               sk.predict_proba(vectorizer.transform(new)), rtol=1e-9)
+    explained = served.score([{"text": "late parcel, wrong address"}],
+                             contributions=True)[0]["contributions"]
+    assert "text:parcel" in explained and "text:late" in explained
+    # a pipeline that writes the column: Parquet keeps its type
+    written = workdir / "terms.yaml"
+    written.write_text(f"""
+pipeline: terms
+steps:
+  - op: read_parquet
+    path: {ticket_files}
+  - op: vectorize_text
+    columns: [text]
+    sparse: true
+    stop_words: [the, a, and, is, it]
+    min_df: 3
+  - op: write_parquet
+    path: {workdir / 'terms'}
+""")
+    run(str(written), engine_instance=engine)
+    out = pq.read_table(workdir / "terms")
+    assert pa.types.is_struct(out.schema.field("text").type)
+    assert out.num_rows == table.num_rows
+    assert sum(len(r["indices"]) for r in out.column("text").to_pylist()) == \
+        vectorizer.transform(docs).nnz
+
+
+def test_sluice_score_takes_text_through_a_sparse_model(workdir: Path,
+                                                         ticket_files: Path) -> None:
+    run(write_pipeline(workdir, SPARSE.format(data=ticket_files)))
+    pq.write_table(pa.table({"id": [7, 8], "text": ["late parcel, wrong address", None]}),
+                   workdir / "new.parquet")
+    done = sluice_in_process("score", "tickets", str(workdir / "new.parquet"), "out",
+                             "--keep", "id", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    out = pq.read_table(workdir / "out")
+    assert out.column("prediction").to_pylist()[0] == "delivery"
+
+
+def test_a_model_that_reads_no_sparse_column_is_refused_at_plan(
+        workdir: Path, ticket_files: Path) -> None:
+    path = write_pipeline(workdir, SPARSE.format(data=ticket_files).replace(
+        "op: naive_bayes\n        label: topic\n        model_type: multinomial",
+        "op: random_forest\n        label: topic"))
+    done = sluice_in_process("plan", str(path), cwd=workdir)
+    assert done.returncode != 0
+    assert "sparse column" in done.stderr and "step 'nb'" in done.stderr
+    assert "Traceback" not in done.stderr

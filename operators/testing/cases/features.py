@@ -171,7 +171,11 @@ _cases("vectorize_text", text_table,
        ("hashed-idf", {"columns": ["review", "notes"], "num_features": 16, "idf": "smooth",
                        "norm": "l2"}),
        ("hashed-signed", {"columns": ["review"], "num_features": 8, "hashing": "sklearn",
-                          "binary": True, "ngram_range": [1, 2]}))
+                          "binary": True, "ngram_range": [1, 2]}),
+       ("sparse-tfidf", {"columns": ["review", "notes"], "sparse": True, "idf": "smooth",
+                         "norm": "l2", "ngram_range": [1, 2]}),
+       ("sparse-hashed", {"columns": ["review"], "sparse": True, "num_features": 8,
+                          "hashing": "sklearn", "min_token_length": 1}))
 
 _cases("target_encode", features_table,
        ("regression", {"columns": ["plan", "region", "n"], "label": "big"}),

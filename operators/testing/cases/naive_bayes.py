@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from operators.chain import Chain
 from operators.models.naive_bayes import NaiveBayes, NaiveBayesFitted
+from operators.sparse import from_csr, sparse_field
 from operators.testing.cases.models import classification_table, string_multiclass_table
 from operators.testing.kit import case, fit, split
 
@@ -23,6 +24,25 @@ def count_features_table(rows: int = 160, seed: int = 6) -> pa.Table:
         "c3": pa.array(counts[:, 2] > 0),
         "y": pa.array(np.array(["a", "b", "c"])[y]), "w": rng.uniform(0.5, 2.0, rows),
     })
+
+
+def sparse_counts_table(rows: int = 160, seed: int = 7) -> pa.Table:
+    """A sparse column of 12 term counts (``operators.sparse``: a few non-zeros a row,
+    some rows empty) a class shifts, beside a plain count column; string classes,
+    weights."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, rows)
+    rates = 0.15 + 0.6 * (np.arange(12)[None, :] % 3 == y[:, None])
+    dense = rng.poisson(rates)
+    rows_of, positions = np.nonzero(dense)
+    indptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(np.bincount(rows_of, minlength=rows), out=indptr[1:])
+    terms = from_csr(indptr, positions, dense[rows_of, positions].astype(float))
+    field = sparse_field("terms", 12, [f"t{i:02d}" for i in range(12)])
+    return pa.table({"terms": terms, "c": rng.poisson(1.0 + y), "w": rng.uniform(0.5, 2.0, rows),
+                     "y": pa.array(np.array(["a", "b", "c"])[y])}).cast(pa.schema([
+                         field, pa.field("c", pa.int64()), pa.field("w", pa.float64()),
+                         pa.field("y", pa.string())]))
 
 
 @cache
@@ -47,6 +67,13 @@ def _cases() -> None:
     case("naive_bayes", {"label": "y", "model_type": "complement", "weight": "w",
                          "validation_fraction": 0.3},
          count_features_table, id="complement-validation", rtol=1e-9, atol=1e-12)
+    case("naive_bayes", {"label": "y", "model_type": "multinomial", "weight": "w"},
+         sparse_counts_table, id="multinomial-sparse", rtol=1e-9, atol=1e-12)
+    case("naive_bayes", {"label": "y", "model_type": "bernoulli", "validation_fraction": 0.25},
+         sparse_counts_table, id="bernoulli-sparse-validation", rtol=1e-9, atol=1e-12)
+    case("logistic_regression", {"label": "y", "l2": 0.01, "solver": "lbfgs",
+                                 "features": ["terms", "c"]},
+         sparse_counts_table, id="multiclass-lbfgs-sparse", rtol=1e-6, atol=1e-8)
     case("score", {"model": "nb"}, count_features_table, id="naive-bayes",
          prepare=lambda op: op.bind(Chain([_model()]), _model().features,
                                     {"name": "nb", "version": 1}))

@@ -1,0 +1,272 @@
+"""Sparse feature columns: many numeric features in one column, only the non-zeros kept.
+
+A text's term weights are mostly zeros: 2,000 terms where a row has a dozen. As a float64
+column per term a row takes 16 KB where its text took a hundred bytes; scikit-learn's
+``CountVectorizer`` returns a sparse matrix and MLlib's a ``SparseVector`` for that reason.
+sluice's sparse column is Arrow's CSR layout of one row's vector:
+
+    struct<indices: list<int32>, values: list<float64>>
+
+the positions of a row's non-zeros (ascending) and their values (Spark's ``SparseVector``
+without its per-row size). The field's metadata (``sluice.sparse``) says how many
+positions there are and their names (terms); the features a model reads of column
+``words`` are named ``words:<term>`` (``words:#<i>`` where terms are hashed), in position
+order, as the dense columns are. Those names are the model's feature names (in
+``model.json``, contributions, ``runs show``); the data keeps one column.
+
+A model that reads such a column (naive_bayes, logistic_regression, linear_regression)
+takes it whole: its features are the column's positions, in order. Where it can, a model
+computes on the CSR matrix itself (SciPy's ``csr_matrix``: NumPy on the CPU); elsewhere
+(a GPU, the ``array_api_strict`` stand-in, a Python without SciPy) a partition's rows are
+made dense in the model's matrix as they are read, never as columns of the table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators.base import DataError, SchemaError
+
+META = b"sluice.sparse"
+"""The field metadata key of a sparse column: JSON ``{"size": n, "terms": [...] | null}``."""
+
+
+def sparse_type() -> pa.DataType:
+    """The Arrow type of a sparse column."""
+    return pa.struct([pa.field("indices", pa.list_(pa.int32())),
+                      pa.field("values", pa.list_(pa.float64()))])
+
+
+def is_sparse_type(t: pa.DataType) -> bool:
+    """Whether ``t`` is a sparse column's type (as written, or read back from Parquet or
+    Spark, which may make the lists large)."""
+    if not pa.types.is_struct(t) or t.num_fields != 2:
+        return False
+    names = {t.field(i).name: t.field(i).type for i in range(2)}
+    lists = (pa.types.is_list, pa.types.is_large_list)
+    index, value = names.get("indices"), names.get("values")
+    return (index is not None and value is not None
+            and any(test(index) for test in lists) and any(test(value) for test in lists)
+            and pa.types.is_integer(index.value_type)
+            and pa.types.is_floating(value.value_type))
+
+
+def sparse_field(name: str, size: int, terms: list[str] | None) -> pa.Field:
+    """A sparse column's field: ``size`` positions, named by ``terms`` (None: hashed
+    positions ``#0 ... #size-1``)."""
+    meta = json.dumps({"size": size, "terms": terms}, ensure_ascii=False)
+    return pa.field(name, sparse_type(), metadata={META: meta.encode()})
+
+
+def sparse_names(field: pa.Field) -> list[str] | None:
+    """The feature names of a sparse column's positions (``<column>:<term>``), or None
+    where ``field`` is no sparse column that says its size (a struct of this shape whose
+    metadata was lost on the way: an engine that keeps no field metadata)."""
+    if not is_sparse_type(field.type) or not field.metadata or META not in field.metadata:
+        return None
+    meta = json.loads(field.metadata[META])
+    terms = meta.get("terms")
+    if terms is None:
+        return [f"{field.name}:#{i}" for i in range(int(meta["size"]))]
+    return [f"{field.name}:{t}" for t in terms]
+
+
+def expand(schema: pa.Schema, features: list[str]) -> list[str]:
+    """``features`` with each sparse column (of ``schema``) as its positions' names, in
+    order; a SchemaError where a listed name is one position of a sparse column (a model
+    reads such a column whole)."""
+    out: list[str] = []
+    for name in features:
+        i = schema.get_field_index(name)
+        names = sparse_names(schema.field(i)) if i >= 0 else None
+        if names is not None:
+            out.extend(names)
+            continue
+        if i < 0:
+            owner = _owner(schema, name)
+            if owner is not None:
+                raise SchemaError(
+                    f"feature '{name}' is one position of the sparse column '{owner}'",
+                    hint=f"list the column '{owner}' (a model reads all of its terms), or "
+                         "make its terms columns (vectorize_text without sparse: true) to "
+                         "pick some")
+        out.append(name)
+    return out
+
+
+def _owner(schema: pa.Schema, name: str) -> str | None:
+    """The sparse column of ``schema`` whose positions' names include ``name``."""
+    for field in schema:
+        names = sparse_names(field)
+        if names is not None and name.startswith(field.name + ":") and name in names:
+            return field.name
+    return None
+
+
+def sparse_columns(schema: pa.Schema) -> list[str]:
+    """The sparse columns of ``schema`` (by their type: metadata or not)."""
+    return [f.name for f in schema if is_sparse_type(f.type)]
+
+
+def groups(schema: pa.Schema, features: list[str]) -> list[tuple[str | None, int, int]]:
+    """``features`` as runs over the columns a table has: ``(None, j, j + 1)`` for a
+    feature that is a column, ``(column, start, stop)`` for a sparse column's positions
+    ``features[start:stop]`` (a name not a column, prefixed ``<column>:`` of a sparse
+    column of ``schema``). Found by name and type alone: an engine may lose the field
+    metadata between steps. A name found nowhere is ``(None, j, j + 1)`` (the caller's
+    missing-column error names it)."""
+    present = set(schema.names)
+    sparse = set(sparse_columns(schema))
+    out: list[tuple[str | None, int, int]] = []
+    j = 0
+    while j < len(features):
+        name = features[j]
+        owner = None if name in present else _prefix(name, sparse)
+        if owner is None:
+            out.append((None, j, j + 1))
+            j += 1
+            continue
+        stop = j + 1
+        while (stop < len(features) and features[stop] not in present
+               and _prefix(features[stop], sparse) == owner):
+            stop += 1
+        out.append((owner, j, stop))
+        j = stop
+    return out
+
+
+def _prefix(name: str, sparse: set[str]) -> str | None:
+    """The sparse column (of ``sparse``) whose prefix ``<column>:`` ``name`` has (the
+    longest)."""
+    best = None
+    for column in sparse:
+        if name.startswith(column + ":") and (best is None or len(column) > len(best)):
+            best = column
+    return best
+
+
+def columns_of(schema: pa.Schema, features: list[str]) -> list[str]:
+    """The table columns ``features`` read: each sparse column once, for its positions."""
+    out: list[str] = []
+    for column, start, _ in groups(schema, features):
+        name = features[start] if column is None else column
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def has_sparse(schema: pa.Schema, features: list[str]) -> bool:
+    """Whether some of ``features`` are a sparse column's positions."""
+    return any(column is not None for column, _, _ in groups(schema, features))
+
+
+def csr_parts(column: pa.ChunkedArray | pa.Array, size: int, name: str
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A sparse column's rows as CSR arrays ``(indptr, indices, values)`` (int64, int32,
+    float64); a null row has no non-zeros. A DataError names the column where a row's
+    lists differ in length, a position is outside ``[0, size)``, or a value is null, NaN
+    or infinite."""
+    if isinstance(column, pa.ChunkedArray):
+        column = (column.chunk(0) if column.num_chunks == 1 else
+                  column.combine_chunks() if column.num_chunks else
+                  pa.array([], column.type))
+    index_lists, value_lists = column.flatten()  # the struct's nulls on both lists
+    lengths = pc.list_value_length(index_lists).fill_null(0).to_numpy(zero_copy_only=False)
+    counts = pc.list_value_length(value_lists).fill_null(0).to_numpy(zero_copy_only=False)
+    if not np.array_equal(lengths, counts):
+        row = int(np.flatnonzero(lengths != counts)[0])
+        raise DataError(f"sparse column '{name}' has {lengths[row]} positions and "
+                        f"{counts[row]} values in row {row}",
+                        hint="a sparse column's indices and values are of one length a row")
+    indptr = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    indices = index_lists.flatten()
+    values = value_lists.flatten()
+    if indices.null_count or values.null_count:
+        raise DataError(f"sparse column '{name}' has null positions or values",
+                        hint="a sparse column keeps only its non-zeros: leave a zero out")
+    at = indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    if len(at) and (int(at.min()) < 0 or int(at.max()) >= size):
+        bad = int(at.max()) if int(at.max()) >= size else int(at.min())
+        raise DataError(f"sparse column '{name}' has position {bad}, outside the {size:,} "
+                        "the model was fitted with",
+                        hint="score with the feature step saved with the model (its "
+                             "vocabulary), not with columns made by another one")
+    numbers = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    if len(numbers) and not np.isfinite(numbers).all():
+        raise DataError(f"sparse column '{name}' has NaN or infinite values",
+                        hint="filter or fix those rows before the step")
+    return indptr, at, numbers
+
+
+def from_csr(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> pa.Array:
+    """A sparse column of CSR arrays (each row's positions ascending)."""
+    offsets = pa.array(indptr.astype(np.int32, copy=False))
+    return pa.StructArray.from_arrays(
+        [pa.ListArray.from_arrays(offsets, pa.array(indices.astype(np.int32, copy=False))),
+         pa.ListArray.from_arrays(offsets, pa.array(values.astype(np.float64, copy=False)))],
+        fields=list(sparse_type()))
+
+
+def scipy_sparse() -> Any:
+    """``scipy.sparse``, or None where SciPy is missing (the spark-submit archive): the
+    models then make the rows dense."""
+    try:
+        import scipy.sparse
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return None
+    return scipy.sparse
+
+
+def issparse(X: Any) -> bool:
+    """Whether ``X`` is a SciPy sparse matrix (``csr_matrix``'s)."""
+    sp = scipy_sparse()
+    return sp is not None and sp.issparse(X)
+
+
+def csr_matrix(part: pa.Table, features: list[str], dtype: Any = np.float64) -> Any:
+    """``features`` of ``part`` as one SciPy CSR matrix (rows, features): a sparse
+    column's positions as they are, a plain column's values (checked finite by
+    ``finite``) as a dense block made sparse. None without SciPy."""
+    sp = scipy_sparse()
+    if sp is None:
+        return None
+    from operators.models.common import finite_column
+
+    blocks = []
+    n = part.num_rows
+    for column, start, stop in groups(part.schema, features):
+        if column is None:
+            values = finite_column(part.column(features[start]), f"feature column "
+                                   f"'{features[start]}'")
+            blocks.append(sp.csr_matrix(values.astype(dtype, copy=False)[:, None]))
+            continue
+        indptr, at, numbers = csr_parts(part.column(column), stop - start, column)
+        blocks.append(sp.csr_matrix((numbers.astype(dtype, copy=False), at, indptr),
+                                    shape=(n, stop - start)))
+    if len(blocks) == 1:
+        return blocks[0]
+    return sp.hstack(blocks, format="csr")
+
+
+def fill_dense(out: np.ndarray, column: pa.ChunkedArray, size: int, name: str) -> None:
+    """Write a sparse column's rows into ``out`` (rows, size), zeros elsewhere."""
+    indptr, at, numbers = csr_parts(column, size, name)
+    out[...] = 0
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    # positions within a row are distinct as vectorize_text writes them; add duplicates
+    # (a sum, as SciPy's CSR products do) only where some row repeats one
+    if len(at) and _repeats(rows, at, size):
+        np.add.at(out, (rows, at), numbers)
+    else:
+        out[rows, at] = numbers
+
+
+def _repeats(rows: np.ndarray, at: np.ndarray, size: int) -> bool:
+    keys = rows.astype(np.int64) * size + at
+    return bool((np.diff(keys) <= 0).any()) and len(np.unique(keys)) < len(keys)

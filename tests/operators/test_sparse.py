@@ -1,0 +1,258 @@
+"""Sparse term columns (vectorize_text's ``sparse: true``) and the models that read them:
+the same numbers as the dense columns, scikit-learn's sparse matrices and models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
+from sklearn.linear_model import LogisticRegression as SkLogistic
+from sklearn.metrics import log_loss
+from sklearn.naive_bayes import BernoulliNB, ComplementNB, MultinomialNB
+
+from operators.arrays import get_namespace
+from operators.base import DataError, SchemaError, drive, tree_reduce
+from operators.features.text import VectorizeText, VectorizeTextFitted
+from operators.models.common import host_matrix
+from operators.models.forest import DecisionTree
+from operators.models.linear import LinearRegression
+from operators.models.logistic import LogisticRegression
+from operators.models.naive_bayes import NaiveBayes
+from operators.sparse import (
+    csr_matrix,
+    csr_parts,
+    from_csr,
+    is_sparse_type,
+    sparse_names,
+    sparse_type,
+)
+from operators.testing.kit import roundtrip, split
+from tests.operators.test_text import SKLEARN_CASES, corpus, fit
+from tests.pipelines.test_text_pipelines import tickets
+
+
+def fit_model(op: Any, parts: list[pa.Table], xp: Any = None) -> Any:
+    xp = NP if xp is None else xp
+
+    def aggregate(partial: Any) -> Any:
+        return tree_reduce([partial(p, xp) for p in parts], op.combine)
+
+    state, _ = drive(op, parts[0].schema, aggregate)
+    return op.fitted(state)
+
+
+NP = get_namespace("numpy")
+
+
+def dense_of(fitted: VectorizeTextFitted, table: pa.Table) -> np.ndarray:
+    out = fitted.transform(table, None)
+    field = out.schema.field("text")
+    names = sparse_names(field)
+    return host_matrix(out, names)
+
+
+def topics(rows: int = 900, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    docs = corpus(rows, seed)
+    label = np.array(["bug", "billing", "other"])[
+        [(len(d or "") + int(rng.integers(0, 3))) % 3 for d in docs]]
+    return pa.table({"text": docs, "topic": label, "w": rng.uniform(0.5, 2.0, rows)})
+
+
+@pytest.mark.parametrize("parts", [1, 4])
+@pytest.mark.parametrize("ours,theirs", SKLEARN_CASES)
+def test_sparse_column_is_scikit_learns_sparse_matrix(ours: dict, theirs: dict,
+                                                      parts: int) -> None:
+    docs = corpus()
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], sparse=True, **ours), split(table, parts))
+    theirs = dict(theirs)
+    cls = TfidfVectorizer if theirs.pop("tfidf", False) else CountVectorizer
+    reference = cls(**theirs).fit(docs).transform(docs)
+    out = fitted.transform(table, None)
+    assert out.column_names == ["text"] and is_sparse_type(out.schema.field("text").type)
+    assert sparse_names(out.schema.field("text")) == [
+        f"text:{t}" for t in fitted.vocabulary["text"]["terms"]]
+    ours_csr = csr_matrix(out, sparse_names(out.schema.field("text")))
+    reference.sort_indices()
+    reference.eliminate_zeros()
+    # the same non-zeros in the same places, each row's positions ascending
+    np.testing.assert_array_equal(ours_csr.indptr, reference.indptr)
+    np.testing.assert_array_equal(ours_csr.indices, reference.indices)
+    np.testing.assert_allclose(ours_csr.data, reference.data, rtol=1e-12, atol=1e-15)
+    dense = fit(VectorizeText(columns=["text"], **ours), split(table, parts))
+    np.testing.assert_array_equal(dense_of(fitted, table), host_matrix(
+        dense.transform(table, None), dense.names("text")))
+
+
+@pytest.mark.parametrize("hashing", ["spark", "sklearn"])
+def test_hashed_sparse_column_is_the_hashed_columns(hashing: str) -> None:
+    docs = corpus(rows=300, seed=6)
+    table = pa.table({"text": docs})
+    params = {"num_features": 64, "hashing": hashing}
+    fitted = fit(VectorizeText(columns=["text"], sparse=True, **params), [table])
+    dense = fit(VectorizeText(columns=["text"], **params), [table])
+    field = fitted.transform(table, None).schema.field("text")
+    assert sparse_names(field) == [f"text:#{i}" for i in range(64)]
+    np.testing.assert_array_equal(dense_of(fitted, table),
+                                  host_matrix(dense.transform(table, None),
+                                              dense.names("text")))
+    if hashing == "sklearn":
+        reference = HashingVectorizer(n_features=64, norm=None).transform(docs).toarray()
+        np.testing.assert_array_equal(dense_of(fitted, table), reference)
+
+
+def test_the_sparse_step_survives_its_state_and_a_vocabulary_may_pass_ten_thousand() -> None:
+    docs = [" ".join(f"w{i}_{j}" for j in range(30)) for i in range(400)]  # 12,000 terms
+    table = pa.table({"text": docs})
+    fitted = fit(VectorizeText(columns=["text"], sparse=True), [table])
+    assert len(fitted.vocabulary["text"]["terms"]) == 12_000
+    back = roundtrip(fitted)
+    a, b = fitted.transform(table, None), back.transform(table, None)
+    assert a.equals(b) and a.schema.field("text").metadata == b.schema.field("text").metadata
+    with pytest.raises(DataError, match="max_features"):
+        fit(VectorizeText(columns=["text"]), [table])
+
+
+@pytest.mark.parametrize("model_type,reference", [
+    ("multinomial", MultinomialNB()), ("complement", ComplementNB()),
+    ("bernoulli", BernoulliNB()), ("gaussian", None)])
+@pytest.mark.parametrize("parts", [1, 3])
+def test_naive_bayes_on_a_sparse_column_is_scikit_learns_and_the_dense_columns(
+        model_type: str, reference: Any, parts: int) -> None:
+    table = topics()
+    shuffled = table.take(np.random.default_rng(parts).permutation(table.num_rows))
+    words = {"min_df": 2, "ngram_range": [1, 2]}
+    sparse_step = fit(VectorizeText(columns=["text"], sparse=True, **words),
+                      split(shuffled, parts))
+    dense_step = fit(VectorizeText(columns=["text"], **words), split(shuffled, parts))
+    sparse_rows = [sparse_step.transform(p, None) for p in split(shuffled, parts)]
+    dense_rows = [dense_step.transform(p, None) for p in split(shuffled, parts)]
+    params = {"label": "topic", "model_type": model_type, "weight": "w"}
+    sparse_model = fit_model(NaiveBayes(**params), sparse_rows)
+    dense_model = fit_model(NaiveBayes(**params), dense_rows)
+    assert sparse_model.features == dense_model.features == dense_step.names("text")
+    for key, value in dense_model.arrays().items():
+        np.testing.assert_allclose(sparse_model.arrays()[key], value, rtol=1e-12,
+                                   atol=1e-14, err_msg=key)
+    scored = sparse_model.transform(sparse_step.transform(table, None), NP)
+    proba = np.array(scored.column("probability").to_pylist())
+    np.testing.assert_allclose(proba, np.array(dense_model.transform(
+        dense_step.transform(table, None), NP).column("probability").to_pylist()),
+        rtol=1e-10)
+    if reference is not None:
+        docs = table.column("text").to_pylist()
+        counts = CountVectorizer(ngram_range=(1, 2), min_df=2).fit_transform(docs)
+        reference.fit(counts, table.column("topic").to_pylist(),
+                      sample_weight=table.column("w").to_numpy())
+        np.testing.assert_allclose(proba, reference.predict_proba(counts), rtol=1e-9)
+
+
+@pytest.mark.parametrize("parts", [1, 4])
+def test_logistic_regression_on_a_sparse_column_is_scikit_learns(parts: int) -> None:
+    table = tickets(600, seed=3)
+    words = {"min_df": 2, "idf": "smooth", "norm": "l2"}
+    step = fit(VectorizeText(columns=["text"], sparse=True, **words), split(table, parts))
+    rows = [step.transform(p, None) for p in split(table, parts)]
+    l2 = 0.01
+    model = fit_model(LogisticRegression(label="topic", features=["text"], l2=l2,
+                                         solver="lbfgs", tol=1e-10, max_iter=500), rows)
+    docs = table.column("text").to_pylist()
+    X = TfidfVectorizer(min_df=2).fit_transform(docs)
+    n = table.num_rows
+    # sluice's loss is the mean log-loss + l2/2 |w|^2: scikit-learn's C = 1 / (n l2)
+    sk = SkLogistic(C=1.0 / (n * l2), tol=1e-12, max_iter=5000).fit(
+        X, table.column("topic").to_pylist())
+    out = model.transform(step.transform(table, None), NP)
+    proba = np.array(out.column("probability").to_pylist())
+    labels = table.column("topic").to_pylist()
+
+    def objective(p: np.ndarray, coef: np.ndarray) -> float:
+        return log_loss(labels, p, labels=sk.classes_) + l2 / 2 * float((coef ** 2).sum())
+
+    # the same problem and minimum (sluice's at least as low as scikit-learn's)
+    assert objective(proba, model.coef) <= objective(sk.predict_proba(X), sk.coef_) + 1e-12
+    assert objective(proba, model.coef) > objective(sk.predict_proba(X), sk.coef_) - 1e-8
+    np.testing.assert_allclose(proba, sk.predict_proba(X), atol=1e-4)
+    # and on the dense columns the same model
+    dense = fit(VectorizeText(columns=["text"], **words), split(table, parts))
+    dense_model = fit_model(LogisticRegression(label="topic", l2=l2, solver="lbfgs",
+                                               features=dense.names("text"), tol=1e-10,
+                                               max_iter=500),
+                            [dense.transform(p, None) for p in split(table, parts)])
+    np.testing.assert_allclose(model.coef, dense_model.coef, atol=1e-6)
+    np.testing.assert_allclose(model.means, dense_model.means, rtol=1e-12, atol=1e-15)
+
+
+def test_off_numpy_the_rows_are_made_dense_with_the_same_model() -> None:
+    """On a GPU (here the strict stand-in) a sparse column's rows are made dense in the
+    model's matrix: the same model and scores as SciPy's CSR path."""
+    table = topics(seed=5)
+    step = fit(VectorizeText(columns=["text"], sparse=True, min_df=2), [table])
+    rows = step.transform(table, None)
+    strict = get_namespace("array_api_strict")
+    cpu = fit_model(NaiveBayes(label="topic", model_type="multinomial"), [rows])
+    off = fit_model(NaiveBayes(label="topic", model_type="multinomial"), [rows], strict)
+    np.testing.assert_allclose(off.feature_log_prob, cpu.feature_log_prob, rtol=1e-12)
+    a = cpu.transform(rows, NP).column("probability").to_pylist()
+    b = off.transform(rows, strict).column("probability").to_pylist()
+    np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-12)
+
+
+def test_steps_that_read_no_sparse_column_say_which_do() -> None:
+    table = topics()
+    step = fit(VectorizeText(columns=["text"], sparse=True), [table])
+    schema = step.output_schema(table.schema)
+    with pytest.raises(SchemaError, match="sparse column.*naive_bayes, logistic_regression"):
+        DecisionTree(label="topic").output_schema(schema)
+    with pytest.raises(SchemaError, match="one position of the sparse column 'text'"):
+        NaiveBayes(label="topic", features=["text:app"]).output_schema(schema)
+    # listed whole, or left out for others, is fine
+    NaiveBayes(label="topic", features=["text"]).output_schema(schema)
+    DecisionTree(label="topic", features=["w"]).output_schema(schema)
+
+
+def test_a_sparse_column_of_other_positions_is_refused_by_name() -> None:
+    good = from_csr(np.array([0, 2, 2, 3]), np.array([0, 3, 1]), np.array([1.0, 2.0, 5.0]))
+    assert is_sparse_type(good.type) and good.type == sparse_type()
+    indptr, at, values = csr_parts(pa.chunked_array([good]), 4, "text")
+    np.testing.assert_array_equal(indptr, [0, 2, 2, 3])
+    with pytest.raises(DataError, match="position 3, outside the 3"):
+        csr_parts(good, 3, "text")
+    bad = from_csr(np.array([0, 1]), np.array([0]), np.array([np.nan]))
+    with pytest.raises(DataError, match="NaN"):
+        csr_parts(bad, 3, "text")
+    nulls = pa.array([None, {"indices": [1], "values": [2.0]}], sparse_type())
+    indptr, at, values = csr_parts(nulls, 3, "text")
+    np.testing.assert_array_equal(indptr, [0, 0, 1])  # a null row has no non-zeros
+    uneven = pa.array([{"indices": [1, 2], "values": [2.0]}], sparse_type())
+    with pytest.raises(DataError, match="2 positions and 1 values in row 0"):
+        csr_parts(uneven, 3, "text")
+
+
+@pytest.mark.parametrize("params", [{"l2": 0.01}, {"loss": "poisson", "l2": 0.001}])
+def test_linear_regression_on_a_sparse_column_is_the_dense_columns_model(params: dict
+                                                                        ) -> None:
+    table = topics(seed=4)
+    target = pa.array(np.array([len(t or "") for t in table.column("text").to_pylist()],
+                               float) / 10.0 + 0.5)
+    table = table.append_column("size", target)
+    sparse_step = fit(VectorizeText(columns=["text"], sparse=True, min_df=3), split(table, 3))
+    dense_step = fit(VectorizeText(columns=["text"], min_df=3), split(table, 3))
+    models = []
+    for step, features in ((sparse_step, ["text"]), (dense_step, dense_step.names("text"))):
+        rows = [step.transform(p, None) for p in split(table, 3)]
+        models.append(fit_model(LinearRegression(label="size", features=features, **params),
+                                rows))
+    sparse_model, dense_model = models
+    assert sparse_model.features == dense_model.features
+    np.testing.assert_allclose(sparse_model.coef, dense_model.coef, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(sparse_model.means, dense_model.means, rtol=1e-12,
+                               atol=1e-15)
+    got = sparse_model.transform(sparse_step.transform(table, None), NP)
+    want = dense_model.transform(dense_step.transform(table, None), NP)
+    np.testing.assert_allclose(got.column("prediction").to_numpy(),
+                               want.column("prediction").to_numpy(), rtol=1e-8)
