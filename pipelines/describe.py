@@ -53,7 +53,15 @@ def _plain(params: dict[str, Any]) -> dict[str, Any]:
 def _columns(schema: pa.Schema | None) -> list[dict[str, str]] | None:
     if schema is None:
         return None
-    return [{"name": f.name, "type": str(f.type)} for f in schema]
+    return [{"name": f.name, "type": type_text(f.type)} for f in schema]
+
+
+def type_text(t: pa.DataType) -> str:
+    """A column type as the plan shows it: Arrow's name, a sparse column's by what it
+    is (``operators.sparse``)."""
+    from operators.sparse import is_sparse_type
+
+    return "sparse (each row's non-zero terms)" if is_sparse_type(t) else str(t)
 
 
 def _changes(before: pa.Schema | None, after: pa.Schema | None) -> dict[str, Any]:
@@ -62,9 +70,10 @@ def _changes(before: pa.Schema | None, after: pa.Schema | None) -> dict[str, Any
         return {}
     old = {f.name: f.type for f in before}
     new = {f.name: f.type for f in after}
-    return {"added": [{"name": n, "type": str(t)} for n, t in new.items() if n not in old],
+    return {"added": [{"name": n, "type": type_text(t)} for n, t in new.items()
+                      if n not in old],
             "removed": [n for n in old if n not in new],
-            "retyped": [{"name": n, "from": str(old[n]), "to": str(t)}
+            "retyped": [{"name": n, "from": type_text(old[n]), "to": type_text(t)}
                         for n, t in new.items() if n in old and old[n] != t]}
 
 

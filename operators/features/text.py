@@ -720,7 +720,9 @@ class VectorizeTextFitted(Transform):
                 f"machine's memory ({limit / MEMORY_SHARE / 2**30:,.1f} GiB)",
                 hint="make partitions smaller: read_parquet's partition_mb (a partition is "
                      "at least one row group of a file: files written with smaller row "
-                     "groups split finer), or fewer terms (max_features, num_features)")
+                     "groups split finer), or fewer terms (max_features, num_features), "
+                     "or each row's terms only (sparse: true) for naive_bayes and the "
+                     "linear models")
         at, of, sign = self._hits(column, name)
         out = np.zeros((k, rows), np.float64)  # (pages untouched until written)
         if p.binary:  # 1 where a term falls (hashed: whatever the signs add up to)

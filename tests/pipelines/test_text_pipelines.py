@@ -351,3 +351,11 @@ def test_a_model_that_reads_no_sparse_column_is_refused_at_plan(
     assert done.returncode != 0
     assert "sparse column" in done.stderr and "step 'nb'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_plan_says_the_text_becomes_a_sparse_column(workdir: Path,
+                                                        ticket_files: Path) -> None:
+    path = write_pipeline(workdir, SPARSE.format(data=ticket_files))
+    done = sluice_in_process("plan", str(path), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "~ text string -> sparse (each row's non-zero terms)" in done.stdout
