@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import shutil
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,66 @@ def train_text_naive_bayes_sklearn(data: Path, scratch: Path) -> None:
     terms = vectorizer.get_feature_names_out()
     print(f"  text naive_bayes scikit-learn: {len(terms)} terms, first {terms[0]!r}, "
           f"log p[0, 0] {model.feature_log_prob_[0, 0]:.15g}")
+
+
+L2 = 1e-4
+"""``train_text_logistic_sparse``'s penalty: sluice's ``l2`` (on the mean log-loss),
+scikit-learn's ``C = 1 / (n l2)``."""
+ITERATIONS = 40
+"""... and its L-BFGS iterations on both sides (no tolerance stops either first): the
+same work, each side's objective printed."""
+
+
+def train_text_logistic_sparse_sluice_local(data: Path, scratch: Path) -> None:
+    from pipelines.runner import run
+    from pipelines.store import ModelStore
+
+    models = scratch / "text_models"
+    shutil.rmtree(models, ignore_errors=True)
+    pipeline = scratch / "text_logistic.yaml"
+    pipeline.write_text(textwrap.dedent(f"""\
+        pipeline: text_logistic
+        steps:
+          - op: read_parquet
+            path: {data}
+          - op: vectorize_text
+            columns: [text]
+            sparse: true
+            min_df: 5
+            idf: smooth
+            norm: l2
+          - id: model
+            op: logistic_regression
+            label: topic
+            l2: {L2}
+            solver: lbfgs
+            max_iter: {ITERATIONS}
+            tol: 1.0e-12
+          - op: save_model
+            name: tickets
+            profile: false
+        """))
+    with warnings.catch_warnings():  # stopped by max_iter on purpose
+        warnings.simplefilter("ignore")
+        record = run(pipeline, models=str(models), runs_dir=str(scratch / "runs"))
+    chain = ModelStore(str(models)).load("tickets").chain.steps
+    metrics = record["metrics"]["model"]
+    print(f"  text logistic sluice: {len(chain[-2].vocabulary['text']['terms'])} terms, "
+          f"{metrics['iterations']} iterations, objective {metrics['loss']:.10g}")
+
+
+def train_text_logistic_sparse_sklearn(data: Path, scratch: Path) -> None:
+    import pyarrow.parquet as pq
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    table = pq.read_table(data)
+    warnings.simplefilter("ignore")  # stopped by max_iter on purpose
+    X = TfidfVectorizer(min_df=5).fit_transform(table.column("text").to_pylist())
+    y = table.column("topic").to_numpy()
+    model = LogisticRegression(C=1.0 / (len(y) * L2), max_iter=ITERATIONS, tol=0.0).fit(X, y)
+    proba = model.predict_proba(X)
+    loss = -np.mean(np.log(proba[np.arange(len(y)), np.searchsorted(model.classes_, y)]))
+    objective = loss + L2 / 2 * float((model.coef_ ** 2).sum())
+    print(f"  text logistic scikit-learn: {X.shape[1]} terms, {int(model.n_iter_[0])} "
+          f"iterations, objective {objective:.10g}")

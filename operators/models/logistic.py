@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from operators.arrays import to_numpy
+from operators.arrays import is_numpy, to_numpy
 from operators.base import Estimator, register, register_fitted
 from operators.models.common import (
     ClassWeight,
@@ -58,6 +58,7 @@ from operators.models.common import (
     sigmoid,
     softmax,
     sparse_matrix,
+    table_memo,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -69,6 +70,7 @@ from operators.models.common import (
 )
 from operators.models.linear import UNCONVERGED_ADVICE, SolverParams, start_optimizer
 from operators.models.optimize import lbfgs_tell, newton_tell
+from operators.models.trees import MEMO_FACTOR
 
 HESSIAN_CHUNK = 1 << 22
 """Elements of the per-row Kronecker block built at once for a multinomial Hessian."""
@@ -168,14 +170,36 @@ class LogisticRegression(Estimator):
         weights = by_class(weights, index, state.get("class_factor"))
         theta = state["opt"]["point"].reshape(state["shape"])
         newton = state["solver"] == "newton"
-        X = None if newton else sparse_matrix(train, state["features"], xp)
+        X = None if newton else self._sparse_design(part, train, state["features"], xp)
         if X is not None:  # a sparse column's rows as they are (L-BFGS: no Hessian)
-            if p.fit_intercept:
-                X = with_ones(X)
             return _evaluate_rows(X, index.astype(np.float64), weights, theta, False, xp)
         extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [index, weights]
         data = feature_matrix(train, state["features"], xp, extra)
         return _evaluate(data, theta, newton, xp)
+
+    def _sparse_design(self, part: pa.Table, train: pa.Table, features: list[str], xp: Any
+                       ) -> Any:
+        """The training rows' design (features, then the intercept's ones) as a SciPy
+        CSR matrix where some features are a sparse column's (None where none is), kept
+        with the partition's table for the next pass (the local engine's and resident
+        fits' passes get the same table object): an L-BFGS fit's passes read it, not the
+        column, again. At most ``MEMO_FACTOR`` times the table's bytes."""
+        if not is_numpy(xp):  # a device's passes make a dense matrix
+            return None
+        p = self.params
+        memo = table_memo(part)
+        key = (tuple(features), p.fit_intercept, p.validation_fraction, p.seed,
+               p.validation_start)
+        held = memo.get("logistic_design")
+        if held is not None and held[0] == key:
+            return held[1]
+        X = sparse_matrix(train, features, xp)
+        if X is not None and p.fit_intercept:
+            X = with_ones(X)
+        size = 0 if X is None else X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+        if size <= MEMO_FACTOR * part.nbytes:
+            memo["logistic_design"] = (key, X)
+        return X
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "metrics" in a:
