@@ -24,6 +24,7 @@ made dense in the model's matrix as they are read, never as columns of the table
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -126,23 +127,23 @@ def groups(schema: pa.Schema, features: list[str]) -> list[tuple[str | None, int
     j = 0
     while j < len(features):
         name = features[j]
-        owner = None if name in present else _prefix(name, sparse)
+        owner = None if name in present else owner_of(name, sparse)
         if owner is None:
             out.append((None, j, j + 1))
             j += 1
             continue
         stop = j + 1
         while (stop < len(features) and features[stop] not in present
-               and _prefix(features[stop], sparse) == owner):
+               and owner_of(features[stop], sparse) == owner):
             stop += 1
         out.append((owner, j, stop))
         j = stop
     return out
 
 
-def _prefix(name: str, sparse: set[str]) -> str | None:
+def owner_of(name: str, sparse: Collection[str]) -> str | None:
     """The sparse column (of ``sparse``) whose prefix ``<column>:`` ``name`` has (the
-    longest)."""
+    longest): the column a feature name is a position of."""
     best = None
     for column in sparse:
         if name.startswith(column + ":") and (best is None or len(column) > len(best)):
@@ -211,6 +212,19 @@ def from_csr(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> pa.
         [pa.ListArray.from_arrays(offsets, pa.array(indices.astype(np.int32, copy=False))),
          pa.ListArray.from_arrays(offsets, pa.array(values.astype(np.float64, copy=False)))],
         fields=list(sparse_type()))
+
+
+def select_positions(column: pa.ChunkedArray, size: int, renumbered: np.ndarray, name: str
+                     ) -> pa.Array:
+    """A sparse column with only the positions ``renumbered`` keeps (``renumbered[p]``:
+    position p's new position, -1 to drop it), in their rows."""
+    indptr, at, values = csr_parts(column, size, name)
+    new = renumbered[at]
+    keep = new >= 0
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))[keep]
+    out = np.zeros(len(indptr), np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(indptr) - 1), out=out[1:])
+    return from_csr(out, new[keep], values[keep])
 
 
 def scipy_sparse() -> Any:

@@ -18,7 +18,9 @@ MLlib's ``UnivariateFeatureSelector`` (ANOVA, chi-squared, F-value) and
 
 A row of weight w counts as w copies (n is the total weight). The fitted step drops the
 features not kept; every other column passes through, and a saved model asks only for
-the kept ones.
+the kept ones. A sparse column's terms (``vectorize_text`` with ``sparse: true``) are
+candidates one by one (``chi2`` and ``anova``: ``SelectKBest(chi2)`` on a
+``TfidfVectorizer``'s matrix); its kept terms stay one sparse column.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ from operators.models.common import (
     require_counts,
     require_some_features,
     row_weights,
+)
+from operators.sparse import (
+    columns_of,
+    groups,
+    is_sparse_type,
+    owner_of,
+    select_positions,
+    sparse_columns,
+    sparse_field,
 )
 
 Test = Literal["anova", "chi2", "f_regression", "variance"]
@@ -122,9 +133,18 @@ class SelectFeaturesParams(Params):
         return self
 
 
+class SparseKept(Params):
+    size: int = Field(description="the sparse column's positions before the selection")
+    kept: list[int] = Field(description="the positions kept, ascending")
+
+
 class SelectedParams(Params):
     kept: list[str] = Field(description="the features kept, in the input's order")
     dropped: list[str] = Field(description="the features dropped")
+    sparse: dict[str, SparseKept] = Field(
+        default_factory=dict, description="each sparse column the features include the "
+                                          "positions of: its kept positions stay one sparse "
+                                          "column, renumbered in order")
 
 
 @register_fitted("select_features.fitted")
@@ -136,16 +156,40 @@ class SelectedFeatures(Transform):
     Params = SelectedParams
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return list(self.params.kept)
+        plain_kept = [k for k in self.params.kept if owner_of(k, self.params.sparse) is None]
+        return plain_kept + list(self.params.sparse)
+
+    def _terms(self, column: str) -> list[str]:
+        """A sparse column's kept terms, in position order."""
+        return [k[len(column) + 1:] for k in self.params.kept
+                if owner_of(k, self.params.sparse) == column]
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        require_columns(schema, self.params.kept, "feature column")
+        require_columns(schema, self.input_columns(schema), "feature column")
         names = set(self.params.dropped)
-        return pa.schema([f for f in schema if f.name not in names], metadata=schema.metadata)
+        fields = []
+        for f in schema:
+            if f.name in self.params.sparse:
+                terms = self._terms(f.name)
+                fields.append(sparse_field(f.name, len(terms), terms))
+            elif f.name not in names:
+                fields.append(f)
+        return pa.schema(fields, metadata=schema.metadata)
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         present = [name for name in self.params.dropped if name in part.column_names]
-        return part.drop_columns(present) if present else part
+        out = part.drop_columns(present) if present else part
+        for column, kept in self.params.sparse.items():
+            if column not in out.column_names:
+                continue
+            renumbered = np.full(kept.size, -1, np.int64)
+            renumbered[kept.kept] = np.arange(len(kept.kept))
+            at = out.schema.get_field_index(column)
+            terms = self._terms(column)
+            out = out.set_column(at, sparse_field(column, len(terms), terms),
+                                 select_positions(out.column(column), kept.size, renumbered,
+                                                  column))
+        return out
 
 
 @register("select_features")
@@ -169,7 +213,7 @@ class SelectFeatures(Estimator):
 
     def _features(self, schema: pa.Schema) -> list[str]:
         p = self.params
-        return chosen_features(schema, p.features, {p.label, p.weight})
+        return chosen_features(schema, p.features, {p.label, p.weight}, sparse=True)
 
     def _test(self, schema: pa.Schema) -> str:
         p = self.params
@@ -182,14 +226,18 @@ class SelectFeatures(Estimator):
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         p = self.params
-        return self._features(schema) + [c for c in (p.label, p.weight) if c]
+        return columns_of(schema, self._features(schema)) + [c for c in (p.label, p.weight)
+                                                             if c]
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         """At plan time, a lower bound: the columns that are not candidates (which of those
         stay is known after the fit; later steps' checks of them wait for it)."""
         features, _ = self._check(schema)
         names = set(features)
-        return pa.schema([f for f in schema if f.name not in names], metadata=schema.metadata)
+        # a sparse column stays (its kept positions), its terms known after the fit
+        return pa.schema([pa.field(f.name, f.type) if is_sparse_type(f.type) else f
+                          for f in schema if f.name not in names or is_sparse_type(f.type)],
+                         metadata=schema.metadata)
 
     def _check(self, schema: pa.Schema) -> tuple[list[str], str]:
         p = self.params
@@ -199,6 +247,13 @@ class SelectFeatures(Estimator):
         require_some_features(features)
         check_features(schema, features)
         test = self._test(schema)
+        sparse = sparse_columns(schema)
+        if test in ("f_regression", "variance") and any(
+                column in sparse for column in columns_of(schema, features)):
+            raise SchemaError(f"test {test} of a sparse column's terms: its co-moments of "
+                              "every pair of terms would be dense",
+                              hint="use test: chi2 (counts, TF-IDF) or anova with a label of "
+                                   "classes, or leave the sparse column out (features:)")
         if p.label is not None:
             require_columns(schema, [p.label], "label column")
             t = schema.field(p.label).type
@@ -217,7 +272,8 @@ class SelectFeatures(Estimator):
         label_type = (None if self.params.label is None
                       else class_label_type(schema.field(self.params.label).type))
         return {"features": features, "test": test,
-                "label_type": None if label_type is None else str(label_type)}
+                "label_type": None if label_type is None else str(label_type),
+                "groups": [g for g in groups(schema, features) if g[0] is not None]}
 
     # ------------------------------------------------------------------ partitions
 
@@ -234,7 +290,8 @@ class SelectFeatures(Estimator):
 
             return class_sums(part, features, label_column(part, p.label),
                               pa.type_for_alias(state["label_type"]), weights, xp,
-                              test == "anova", counts if test == "chi2" else None)
+                              test == "anova", counts if test == "chi2" else None,
+                              sparse=True)
         if test == "f_regression":
             label_column(part, p.label)  # a null or NaN label: its own error
         columns = features + ([p.label] if test == "f_regression" else [])
@@ -268,8 +325,17 @@ class SelectFeatures(Estimator):
 
     def fitted(self, state: dict[str, Any]) -> SelectedFeatures:
         kept = set(state["kept"])
-        return SelectedFeatures(kept=[f for f in state["features"] if f in kept],
-                                dropped=[f for f in state["features"] if f not in kept])
+        features = state["features"]
+        sparse = {}
+        for column, start, stop in state.get("groups", []):
+            sparse[column] = SparseKept(size=stop - start, kept=[
+                j - start for j in range(start, stop) if features[j] in kept])
+        return SelectedFeatures(
+            kept=[f for f in features if f in kept],
+            dropped=[f for j, f in enumerate(features) if f not in kept
+                     and not any(start <= j < stop for _, start, stop
+                                 in state.get("groups", []))],
+            sparse=sparse)
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if "kept" not in state:

@@ -256,3 +256,49 @@ def test_linear_regression_on_a_sparse_column_is_the_dense_columns_model(params:
     want = dense_model.transform(dense_step.transform(table, None), NP)
     np.testing.assert_allclose(got.column("prediction").to_numpy(),
                                want.column("prediction").to_numpy(), rtol=1e-8)
+
+
+@pytest.mark.parametrize("test,score", [("chi2", "chi2"), ("anova", "f_classif")])
+def test_select_features_keeps_scikit_learns_terms_as_one_sparse_column(test: str,
+                                                                        score: str) -> None:
+    from sklearn import feature_selection
+
+    from operators.features.select_features import SelectFeatures
+
+    table = tickets(900, seed=8)
+    step = fit(VectorizeText(columns=["text"], sparse=True), split(table, 3))
+    rows = [step.transform(p, None) for p in split(table, 3)]
+    select = SelectFeatures(label="topic", features=["text"], test=test, k=8)
+    chosen = fit_model(select, rows)
+    docs = table.column("text").to_pylist()
+    vectorizer = CountVectorizer()
+    counts = vectorizer.fit_transform(docs)
+    reference = feature_selection.SelectKBest(getattr(feature_selection, score), k=8).fit(
+        counts, table.column("topic").to_pylist())
+    names = vectorizer.get_feature_names_out()
+    assert sorted(chosen.params.kept) == sorted(f"text:{t}"
+                                                for t in names[reference.get_support()])
+    out = chosen.transform(step.transform(table, None), NP)
+    field = out.schema.field("text")
+    assert sparse_names(field) == chosen.params.kept  # in position order
+    kept = reference.transform(counts)
+    kept.sort_indices()
+    got = csr_matrix(out, sparse_names(field))
+    np.testing.assert_array_equal(got.indptr, kept.indptr)
+    np.testing.assert_array_equal(got.indices, kept.indices)
+    np.testing.assert_array_equal(got.data, kept.data)
+    # a model after it reads the kept terms; saved and loaded, the step is the same
+    model = fit_model(NaiveBayes(label="topic", model_type="multinomial",
+                                 features=["text"]), [out])
+    assert model.features == chosen.params.kept
+    assert roundtrip(chosen).transform(step.transform(table, None), NP).equals(out)
+
+
+def test_select_features_of_a_sparse_column_refuses_a_dense_test() -> None:
+    from operators.features.select_features import SelectFeatures
+
+    table = topics()
+    step = fit(VectorizeText(columns=["text"], sparse=True), [table])
+    schema = step.output_schema(table.schema)
+    with pytest.raises(SchemaError, match="test variance of a sparse column"):
+        SelectFeatures(features=["text"], k=3).output_schema(schema)

@@ -359,3 +359,32 @@ def test_the_plan_says_the_text_becomes_a_sparse_column(workdir: Path,
     done = sluice_in_process("plan", str(path), cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert "~ text string -> sparse (each row's non-zero terms)" in done.stdout
+
+
+def test_chi2_keeps_the_best_terms_of_a_sparse_column_on_every_engine(
+        workdir: Path, engine, ticket_files: Path) -> None:
+    """TF-IDF terms -> SelectKBest(chi2) -> MultinomialNB, scikit-learn's pipeline, as
+    one sparse column end to end."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_selection import SelectKBest, chi2
+
+    pipeline = SPARSE.replace("      - id: nb\n", "      - id: pick\n        op: select_features\n"
+                              "        label: topic\n        test: chi2\n        k: 10\n"
+                              "      - id: nb\n").replace("min_df: 3\n",
+                                                           "min_df: 3\n        idf: smooth\n"
+                                                           "        norm: l2\n")
+    run(write_pipeline(workdir, pipeline.format(data=ticket_files)), engine_instance=engine)
+    table = tickets()
+    docs, labels = table.column("text").to_pylist(), table.column("topic").to_pylist()
+    vectorizer = TfidfVectorizer(stop_words=STOP, min_df=3).fit(docs)
+    weights = vectorizer.transform(docs)
+    pick = SelectKBest(chi2, k=10).fit(weights, labels)
+    sk = MultinomialNB().fit(pick.transform(weights), labels)
+    model = ModelStore().load("tickets")
+    names = vectorizer.get_feature_names_out()[pick.get_support()]
+    assert model.chain.steps[-1].features == [f"text:{t}" for t in names]
+    new = ["Refund my card please, the charge is wrong", "courier lost my parcel", ""]
+    scored = load_model("tickets").score([{"text": t} for t in new])
+    np.testing.assert_allclose([r["probability"] for r in scored],
+                               sk.predict_proba(pick.transform(vectorizer.transform(new))),
+                               rtol=1e-9)
