@@ -133,9 +133,9 @@ class VectorizeTextParams(Params):
                            "non-zero terms only: struct<indices, values>, as MLlib's "
                            "SparseVector and scikit-learn's sparse matrix) instead of a "
                            "float64 column per term: rows stay about as small as their "
-                           "text. naive_bayes, logistic_regression and linear_regression "
-                           "read it (its terms are their features `<col>:<term>`); other "
-                           "steps need the columns")
+                           "text. naive_bayes, logistic_regression, linear_regression and "
+                           "select_features read it (its terms are their features "
+                           "`<col>:<term>`); other steps need the columns")
     binary: bool = Field(False, description="1 where a term occurs, whatever its count")
     sublinear_tf: bool = Field(False, description="a count c as 1 + ln(c)")
     idf: Literal["none", "smooth", "plain", "spark"] = Field(
@@ -435,8 +435,9 @@ class VectorizeText(Estimator):
     (`struct<indices, values>`, as scikit-learn's sparse matrix and MLlib's
     `SparseVector`): a row stays about the size of its text, whatever the vocabulary.
     `naive_bayes`, `logistic_regression` and `linear_regression` read it, its terms
-    their features `<col>:<term>` (in `model.json` and contributions); the other steps
-    need the term columns. On the CPU naive Bayes and logistic regression (L-BFGS)
+    their features `<col>:<term>` (in `model.json` and contributions), and
+    `select_features` (chi2, anova) keeps the best of its terms; the other steps need
+    the term columns. On the CPU naive Bayes and logistic regression (L-BFGS)
     compute on the sparse rows as they are; on a GPU a partition's rows are made dense
     in the model's matrix.
 
