@@ -251,7 +251,13 @@ def test_output_columns_keep_prefix_and_schema() -> None:
     fraction = PCA(columns=names(X), k=0.99)
     assert fraction.schema_from_fit and fraction.output_schema(table.schema).names[-1] == "pca_0"
     again = roundtrip(fitted)
-    assert again.transform(table, NUMPY).equals(out)
+    back = again.transform(table, NUMPY)
+    assert back.schema == out.schema and back.drop_columns(["pc0"]).equals(
+        out.drop_columns(["pc0"]))
+    # the same projection; BLAS's last bits may follow the arrays' alignment (AVX-512
+    # kernels on an AMD EPYC: 1 ulp)
+    np.testing.assert_allclose(back.column("pc0").to_numpy(), out.column("pc0").to_numpy(),
+                               rtol=1e-14, atol=0)
     empty = fitted.transform(table.schema.empty_table(), NUMPY)
     assert empty.num_rows == 0 and empty.schema == out.schema
 

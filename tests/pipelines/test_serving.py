@@ -1263,8 +1263,11 @@ def test_a_shadow_scores_every_request_into_the_row_log(registry: Path) -> None:
         mine = logged.filter(pc.equal(logged.column("model"), ref)).sort_by(
             [("request_id", "ascending")])
         assert mine.num_rows == 40
-        assert mine.column("probability").to_pylist() == table.column(
-            "probability").to_pylist()
+        # each request scored alone against the batch: the same rows' scores to the last
+        # bits BLAS gives a row in another block (AVX-512 kernels on an AMD EPYC differ)
+        np.testing.assert_allclose(mine.column("probability").to_numpy(),
+                                   table.column("probability").to_numpy(), rtol=1e-13,
+                                   atol=0)
     disagreeing = sum(a != b for a, b in zip(first.column("prediction").to_pylist(),
                                              second.column("prediction").to_pylist()))
     assert got.get(("sluice_shadow_disagreements_total", (("model", "churn@2"),)),
