@@ -1281,3 +1281,38 @@ def test_file_urls_of_localhost_are_read_and_written_and_other_hosts_refused(
         run(path)
     assert not (workdir / "otherhost").exists()
 
+
+def test_file_urls_are_percent_decoded_for_reads_writes_and_run_folders(
+        workdir: Path) -> None:
+    """file:///tmp/a%20b/x.parquet is /tmp/a b/x.parquet (RFC 8089, as urllib and fsspec
+    read it): the read, the write, the run records' and the models' folders are there,
+    not in folders named with the escapes; a plain path is taken as it is."""
+    from conftest import write_pipeline
+
+    from operators.io.paths import local_path
+    from pipelines.runner import run
+
+    assert local_path("file:///tmp/a%20b/x.parquet") == "/tmp/a b/x.parquet"
+    assert local_path("file://localhost/tmp/100%25") == "/tmp/100%"
+    assert local_path("/tmp/a%20b") == "/tmp/a%20b"
+    (workdir / "in data").mkdir()
+    pq.write_table(pa.table({"k": [1, 2, 3], "y": [0, 1, 0]}),
+                   workdir / "in data" / "rows.parquet")
+    url = f"file://{str(workdir).replace(' ', '%20')}"
+    record = run(write_pipeline(workdir, f"""
+        pipeline: spaced
+        steps:
+          - op: read_parquet
+            path: {url}/in%20data/rows.parquet
+          - op: standard_scale
+            columns: [y]
+          - op: save_model
+            name: spaced
+          - op: write_parquet
+            path: {url}/out%20put
+        """), runs_dir=f"{url}/run%20records", models=f"{url}/my%20models")
+    assert pq.read_table(workdir / "out put")["k"].to_pylist() == [1, 2, 3]
+    assert record["record_path"] == str(workdir / "run records" / "spaced"
+                                        / f"{record['run_id']}.json")
+    assert (workdir / "my models" / "spaced" / "1" / "model.json").is_file()
+    assert not [p.name for p in workdir.iterdir() if "%" in p.name]
