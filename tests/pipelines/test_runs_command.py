@@ -429,3 +429,58 @@ def test_prune_where_the_store_refuses_a_delete_says_so(
     assert f"access denied to '{copy['record_path']}'" in pruned.output
     assert "permissions on the path" in pruned.output
     assert Path(copy["record_path"]).exists()
+
+
+def test_a_records_nan_and_infinity_are_strict_json_and_read_as_before(workdir: Path
+                                                                        ) -> None:
+    """A metric of NaN (roc_auc of rows of one class) is written as the text "nan", not
+    JavaScript's bare NaN that strict readers refuse; `runs show` and `compare` print it
+    as before, and a record written with bare NaN and Infinity (before) reads the same."""
+    (workdir / "scored").mkdir()
+    pq.write_table(pa.table({"churned": [0, 0, 0, 0], "prediction": [0, 0, 1, 0],
+                             "probability": [0.1, 0.2, 0.7, 0.4]}),
+                   workdir / "scored" / "part.parquet")
+    path = write_pipeline(workdir, """
+        pipeline: one_class
+        steps:
+          - op: read_parquet
+            path: scored
+          - id: quality
+            op: evaluate
+            label: churned
+            metrics: [accuracy, roc_auc]
+        """)
+    record = run(path.name)
+    assert record["metrics"]["quality"]["roc_auc"] != record["metrics"]["quality"]["roc_auc"]
+    text = Path(record["record_path"]).read_text()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    written = json.loads(text, parse_constant=refuse)  # as jq, JSON.parse and MLflow read
+    assert written["metrics"]["quality"]["roc_auc"] == "nan"
+    older = {**written, "run_id": "20261101T000000Z-000001",
+             "started_at": "2026-11-01T00:00:00Z"}
+    older["metrics"] = {"quality": {"accuracy": 0.75, "roc_auc": "NAN_HERE",
+                                    "ratio": "INF_HERE"}}
+    old_text = (json.dumps(older).replace('"NAN_HERE"', "NaN")
+                .replace('"INF_HERE"', "-Infinity"))
+    (Path(record["record_path"]).parent / f"{older['run_id']}.json").write_text(old_text)
+
+    loaded = {r["run_id"]: r for r in runs.load().records}
+    assert loaded[older["run_id"]]["metrics"]["quality"] == {
+        "accuracy": 0.75, "roc_auc": "nan", "ratio": "-inf"}
+    shown = in_process("runs", "show", record["run_id"])
+    assert shown.exit_code == 0, shown.output
+    assert "roc_auc" in shown.output and "nan" in shown.output
+    as_json = in_process("runs", "show", older["run_id"], "--json")
+    assert json.loads(as_json.output, parse_constant=refuse)["metrics"]["quality"][
+        "ratio"] == "-inf"
+    table = runs.compare([loaded[older["run_id"]], loaded[record["run_id"]]])
+    auc = next(row for row in table["metrics"] if row["name"] == "quality.roc_auc")
+    assert auc["values"] == ["nan", "nan"] and not auc["changed"]
+    assert (auc["difference"], auc["ratio"]) == (None, None)
+    compared = in_process("runs", "compare", older["run_id"], record["run_id"])
+    assert compared.exit_code == 0, compared.output
+    assert ["quality.roc_auc", "nan", "nan"] in [line.split() for line in
+                                                 compared.output.splitlines()]
