@@ -78,7 +78,7 @@ def _run(path: Path, **params: str) -> dict[str, Any]:
 def history(churn: Path, workdir: Path) -> list[dict[str, Any]]:
     """Four real runs, oldest first: center l2=0.001 (succeeds, centre@1), copy
     (succeeds, no model), center l2=0.1 (succeeds, centre@2), center l2=0.001 again
-    (fails writing: the output exists; it saved centre@3 first)."""
+    (fails writing: the output exists; the centre@3 it saved first is not published)."""
     center = write_pipeline(workdir, CENTER, "center.yaml")
     copy = write_pipeline(workdir, COPY, "copy.yaml")
     records = [_run(center), _run(copy), _run(center, l2="0.1"), _run(center)]
@@ -100,7 +100,8 @@ def test_list_is_newest_first_and_filters(history: list[dict[str, Any]],
                               "ROWS", "WRITTEN", "MODELS", "ERROR"]
     assert [line.split()[0] for line in lines] == _ids([failed, second, copy, first])
     assert lines[0].split()[1:3] == ["center", "failed"]
-    assert "centre@3" in lines[0] and "output 'out/l2=0.001' already exists" in lines[0]
+    assert "centre@3" not in lines[0]  # a failed run publishes no model
+    assert "output 'out/l2=0.001' already exists" in lines[0]
     assert lines[2].split()[1:3] == ["copy", "succeeded"]
     copied = copy["outputs"][0]["rows"]
     assert f"{copied:,}" in lines[2].split() and lines[2].split()[-1] == "-"  # no model
@@ -113,7 +114,7 @@ def test_list_is_newest_first_and_filters(history: list[dict[str, Any]],
     assert summary == {
         "run_id": failed["run_id"], "pipeline": "center", "status": "failed",
         "started_at": failed["started_at"], "seconds": failed["seconds"], "engine": "local",
-        "rows_written": None, "models": ["centre@3"],
+        "rows_written": None, "models": [],
         "error": failed["error"].splitlines()[0], "params": {"l2": 0.001},
         "record_path": failed["record_path"]}
 
@@ -154,7 +155,7 @@ def test_show_takes_a_unique_prefix(history: list[dict[str, Any]], workdir: Path
     lines = shown.stdout.splitlines()
     assert lines[0] == (f"run {failed['run_id']} of 'center' on local: failed in "
                         f"{failed['seconds']:.2f}s")
-    assert "  saved model centre@3" in shown.stdout
+    assert "saved model" not in shown.stdout
     assert "  params: l2=0.001" in lines
     assert f"  error: {failed['error']}" in lines
     assert lines[-1] == f"  record: {failed['record_path']}"
