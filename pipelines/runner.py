@@ -359,7 +359,10 @@ class Run:
 
     def _locate(self, step: Step, exc: SluiceError) -> SluiceError:
         """Prefix file:line of the step the error names (an upstream step's partition
-        can fail while a later step pulls it), else of the step being run."""
+        can fail while a later step pulls it), else of the step being run; one that
+        names its file:line already (a tune candidate's, ``_candidate_failure``) as it is."""
+        if exc.where and exc.where.startswith(f"{self.plan.spec.file}:"):
+            return exc
         for named in self.plan.steps:
             if exc.where and exc.where.startswith(f"step '{named.id}'"):
                 exc.where = f"{self.plan.spec.file}:{named.spec.line}: {exc.where}"
@@ -557,8 +560,7 @@ class Run:
                     transform, metrics, data, fitted = fit_candidate(i, candidate, data)
                     name, value = tuning.score(metrics)
                 except SluiceError as exc:
-                    exc.message = f"tune candidate {which}: {exc.message}"
-                    raise exc.located(f"step '{step.id}'") from None
+                    raise self._candidate_failure(exc, step, which) from None
                 tuning.metric = name  # every candidate by the first one's metric
                 result["metric"] = name
                 result.setdefault("folds", []).append(value)
@@ -604,6 +606,23 @@ class Run:
                                          "folds": len(tuning.folds[0]) if tuning.folds else 0,
                                          "candidates": candidates}}
         return transform, metrics, data
+
+    def _candidate_failure(self, exc: SluiceError, step: Step, which: str) -> SluiceError:
+        """A tune candidate's failure, named by its values (``which``). One in the feature
+        step the tune varies is its values' doing mostly (a min_df no term reaches: "lower
+        min_df"), so it is said at the tune's line of that step's values, where the value
+        to change is, with the feature step named in the message."""
+        feature = step.tuning.feature if step.tuning is not None else None
+        if feature is None or not (exc.where or "").startswith(f"step '{feature.step}'"):
+            exc.message = f"tune candidate {which}: {exc.message}"
+            return exc.located(f"step '{step.id}'")
+        tune = step.spec.tune
+        lines = getattr(tune, "key_lines", {})
+        line = next((lines[k] for k in tune if k.startswith(f"{feature.step}.") and k in lines),
+                    step.spec.line_of("tune"))
+        exc.message = f"tune candidate {which}: {exc.where}: {exc.message}"
+        exc.where = f"{self.plan.spec.file}:{line}: step '{step.id}' ({step.op.name})"
+        return exc
 
     def _say(self, step: Step, line: str | None) -> None:
         """A line worth a person's attention, at its step's line (none: nothing)."""
