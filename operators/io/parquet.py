@@ -808,7 +808,8 @@ class ReadParquet(Source):
         if columns is not None:
             require_columns(full, columns)
             # a column only the filter reads is declared as the filter compares it
-            unread = [c for c in casts if c not in columns and c not in self._filter_columns]
+            unread = [c for c in self.params.schema_ or {}
+                      if c not in columns and c not in self._filter_columns]
             if unread:
                 raise SchemaError(f"schema names column '{unread[0]}' that is not read",
                                   hint="add it to `columns` (or the filter), or drop it "

@@ -1316,3 +1316,31 @@ def test_file_urls_are_percent_decoded_for_reads_writes_and_run_folders(
                                         / f"{record['run_id']}.json")
     assert (workdir / "my models" / "spaced" / "1" / "model.json").is_file()
     assert not [p.name for p in workdir.iterdir() if "%" in p.name]
+
+
+def test_a_partitioned_output_read_without_its_partition_column(workdir: Path) -> None:
+    """A sluice output partitioned by a column whose folders are parsed as another type
+    (a decimal's text) reads with `columns:` that leave that column out: its type is
+    the manifest's, no `schema:` of the user's that names a column not read."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import run
+
+    pq.write_table(pa.table({"d": pa.array([decimal.Decimal("1.50"), decimal.Decimal("2.25")],
+                                           pa.decimal128(5, 2)), "x": [1, 2]}),
+                   workdir / "in.parquet")
+    run(write_pipeline(workdir, """
+        pipeline: w
+        steps:
+          - op: read_parquet
+            path: in.parquet
+          - op: write_parquet
+            path: out
+            partition_by: [d]
+        """, "w.yaml"))
+    assert sorted(read(workdir / "out", columns=["x"]).read_all()["x"].to_pylist()) == [1, 2]
+    both = read(workdir / "out", columns=["x", "d"]).read_all().sort_by("x")
+    assert both["d"].type == pa.decimal128(5, 2)
+    # a filter on it compares decimals, as the column reads, not the folders' text
+    assert read(workdir / "out", columns=["x"], filter="d > 2").read_all()[
+        "x"].to_pylist() == [2]
