@@ -2314,22 +2314,25 @@ def _nan_safe_test(node: _Node, negated: bool, nan_columns: frozenset[str]) -> b
 
 
 def _nan_safe_part(node: _Node, negated: bool, nan_columns: frozenset[str],
-                   compiler: _Compiler) -> pc.Expression | None:
+                   compiler: _Compiler, unread: frozenset[str]) -> pc.Expression | None:
     """A filter every row passing ``node`` (``not node`` where ``negated``) passes, made of
-    its parts that are safe from NaN (``_nan_safe_test``), or None: a conjunction keeps the
-    parts that are (each is implied by the whole), a disjunction needs every one to be;
-    under ``not`` the two trade places (De Morgan holds in three-valued logic too)."""
+    its parts that are safe from NaN (``_nan_safe_test``) and read none of ``unread``, or
+    None: a conjunction keeps the parts that are (each is implied by the whole), a
+    disjunction needs every one to be; under ``not`` the two trade places (De Morgan
+    holds in three-valued logic too)."""
     if isinstance(node, _Not):
-        return _nan_safe_part(node.operand, not negated, nan_columns, compiler)
-    if isinstance(node, _Logic) and _reads(node, nan_columns):
-        parts = [_nan_safe_part(op, negated, nan_columns, compiler) for op in node.operands]
+        return _nan_safe_part(node.operand, not negated, nan_columns, compiler, unread)
+    if isinstance(node, _Logic) and _reads(node, nan_columns | unread):
+        parts = [_nan_safe_part(op, negated, nan_columns, compiler, unread)
+                 for op in node.operands]
         if (node.op == "and") != negated:
             kept = [p for p in parts if p is not None]
             return _balanced(pc.and_kleene, kept) if kept else None
         if any(p is None for p in parts):
             return None
         return _balanced(pc.or_kleene, parts)  # type: ignore[arg-type]
-    if _reads(node, nan_columns) and not _nan_safe_test(node, negated, nan_columns):
+    if _reads(node, unread) or (_reads(node, nan_columns)
+                                and not _nan_safe_test(node, negated, nan_columns)):
         return None
     expr = compiler.to_expr(node)
     return pc.invert(expr) if negated else expr
@@ -2337,11 +2340,11 @@ def _nan_safe_part(node: _Node, negated: bool, nan_columns: frozenset[str],
 
 @functools.lru_cache(maxsize=1024)
 def _nan_safe(text: str, types: tuple[tuple[str, pa.DataType], ...],
-              nan_columns: frozenset[str]) -> pc.Expression | None:
-    if not _reads(_parse(text), nan_columns):
+              nan_columns: frozenset[str], unread: frozenset[str]) -> pc.Expression | None:
+    if not _reads(_parse(text), nan_columns | unread):
         return _compiled(text, types)
     compiler = _Compiler(text, types=dict(types))
-    return _nan_safe_part(_parse(text), False, nan_columns, compiler)
+    return _nan_safe_part(_parse(text), False, nan_columns, compiler, unread)
 
 
 # --------------------------------------------------------------------------------------------
@@ -2567,12 +2570,15 @@ def check_filter(text: str, schema: pa.Schema) -> pc.Expression:
 
 
 def nan_safe_filter(text: str, nan_columns: Collection[str],
-                    schema: pa.Schema | None = None) -> pc.Expression | None:
+                    schema: pa.Schema | None = None,
+                    unread: Collection[str] = ()) -> pc.Expression | None:
     """What of filter ``text`` Parquet row-group statistics may judge where the columns
     ``nan_columns`` can hold NaN (their min and max leave it out): a weaker filter that
     every row passing ``text`` passes and whose truth never rests on a NaN; the filter
     itself where it reads none of them, None where no part of it is so. Skip row groups
-    by it, then filter the rows read by the whole filter.
+    by it, then filter the rows read by the whole filter. No part of it reads the
+    columns ``unread`` (a read's columns that the files hold as another type than
+    ``schema``'s: their rows are judged once cast).
 
     Example::
 
@@ -2583,6 +2589,8 @@ def nan_safe_filter(text: str, nan_columns: Collection[str],
         <pyarrow.compute.Expression (cast(x, ...) > 10)>
         >>> print(nan_safe_filter("x != 1", {"x"}, schema))  # NaN != 1 is true
         None
+        >>> nan_safe_filter("n > 5 and x > 10", {"x"}, schema, unread={"n"})  # doctest: +ELLIPSIS
+        <pyarrow.compute.Expression (cast(x, ...) > 10)>
     """
     text = _require_text(text)
-    return _nan_safe(text, _types_of(text, schema), frozenset(nan_columns))
+    return _nan_safe(text, _types_of(text, schema), frozenset(nan_columns), frozenset(unread))

@@ -930,7 +930,7 @@ def runs_list(pipeline: str | None, status: str | None, since: Any, last: int | 
     summaries = [runs.summary(r) for r in chosen]
     if as_json:
         for entry in summaries:
-            click.echo(json.dumps(entry))
+            click.echo(runs.dumps(entry))
         return
     rows = []
     for entry in summaries:
@@ -1026,7 +1026,7 @@ def runs_show(run_id: str, as_json: bool, runs_dir: str | None) -> None:
     `sluice run` ends with, its params, its error, its record file."""
     record = runs.resolve(_history(runs_dir, prefix=run_id.strip()), run_id)
     if as_json:
-        click.echo(json.dumps({k: v for k, v in record.items() if k != "record_path"},
+        click.echo(runs.dumps({k: v for k, v in record.items() if k != "record_path"},
                               indent=1))
         return
     _print_record(record, details=True)

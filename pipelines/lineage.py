@@ -205,9 +205,11 @@ def datasets(plan: Any, record: dict[str, Any], ended: bool
                 outputs.append(item)
         else:  # a read, a join's table file
             inputs.append(dataset(path, step.schema if isinstance(step.op, Source) else None))
-    made = {m.get("path") for m in record.get("models") or []}  # saved, then scored with
+    # a version the run saves, then scores with, is no input (and an output only once
+    # the run publishes it)
+    own = {s.id for s in plan.steps if s.saved_by is not None}
     inputs += [dataset(m["path"]) for m in record.get("models_used") or []
-               if m.get("path") and m["path"] not in made]
+               if m.get("path") and m.get("step") not in own]
     if ended:
         outputs += [dataset(m["path"]) for m in record.get("models") or [] if m.get("path")]
     return _unique(inputs), _unique(outputs)

@@ -68,7 +68,7 @@ from pipelines.shuffle import (
     scratch_note,
 )
 from pipelines.spec import Problem
-from pipelines.store import Model, ModelStore, binding, required_columns
+from pipelines.store import Model, ModelStore, StagedModel, binding, required_columns
 from pipelines.tracking import Tracker, log_quietly
 from pipelines.tuning import (
     HeldOutView,
@@ -289,11 +289,12 @@ class Run:
     scratch: str = ""
     # where lines worth a person's attention go as the run finds them (the CLI: stderr)
     notify: Callable[[str], None] | None = None
-    # the write steps' outputs, written and staged: published once every step has run
-    # (``publish``), so a run failing after a write publishes none (``discard``): the
-    # files of an incremental read are read again by the next run, and their rows must
-    # not be in an output already
-    staged: list[tuple[Step, StagedSink]] = field(default_factory=list)
+    # the write steps' outputs and the save_model steps' versions, written and staged:
+    # published once every step has run (``publish``), so a run failing after a write
+    # or a save publishes none (``discard``): the files of an incremental read are read
+    # again by the next run, and their rows must not be in an output already; a model
+    # trained on rows whose outputs were never published is no model of the registry
+    staged: list[tuple[Step, StagedSink | StagedModel]] = field(default_factory=list)
     # how many writes of each output the run made (``_publish_into``)
     written: dict[Any, int] = field(default_factory=dict)
 
@@ -317,14 +318,17 @@ class Run:
                                       placement=CPU)
 
     def publish(self, count: int | None = None) -> None:
-        """Commit the staged outputs (the first ``count``), in the order the steps
-        wrote them."""
+        """Commit the staged outputs and model versions (the first ``count``), in the
+        order the steps made them."""
         for _ in range(len(self.staged) if count is None else count):
             step, staged = self.staged.pop(0)
             try:
                 output = staged.publish()
             except SluiceError as exc:
                 raise self._locate(step, exc) from None
+            if isinstance(staged, StagedModel):
+                self._published_model(step, staged, output)
+                continue
             self.record["outputs"].append({"step": step.id, **output})
             self._say(step, small_files_note(output,
                                              getattr(step.op.params, "partition_by", None)))
@@ -338,7 +342,7 @@ class Run:
         if where is None:
             return self.run_id
         for step, staged in list(self.staged):
-            if _target_of(staged.sink) == where:
+            if isinstance(staged, StagedSink) and _target_of(staged.sink) == where:
                 self.staged.remove((step, staged))
                 self.staged.insert(0, (step, staged))
                 self.publish(1)
@@ -347,14 +351,18 @@ class Run:
         return self.run_id if times == 1 else f"{self.run_id}.{times}"
 
     def discard(self) -> None:
-        """Abort the outputs still staged (a run that failed, or was stopped)."""
+        """Abort the outputs and model versions still staged (a run that failed, or was
+        stopped)."""
         while self.staged:
             with contextlib.suppress(Exception):
                 self.staged.pop(0)[1].discard()
 
     def _locate(self, step: Step, exc: SluiceError) -> SluiceError:
         """Prefix file:line of the step the error names (an upstream step's partition
-        can fail while a later step pulls it), else of the step being run."""
+        can fail while a later step pulls it), else of the step being run; one that
+        names its file:line already (a tune candidate's, ``_candidate_failure``) as it is."""
+        if exc.where and exc.where.startswith(f"{self.plan.spec.file}:"):
+            return exc
         for named in self.plan.steps:
             if exc.where and exc.where.startswith(f"step '{named.id}'"):
                 exc.where = f"{self.plan.spec.file}:{named.spec.line}: {exc.where}"
@@ -552,8 +560,7 @@ class Run:
                     transform, metrics, data, fitted = fit_candidate(i, candidate, data)
                     name, value = tuning.score(metrics)
                 except SluiceError as exc:
-                    exc.message = f"tune candidate {which}: {exc.message}"
-                    raise exc.located(f"step '{step.id}'") from None
+                    raise self._candidate_failure(exc, step, which) from None
                 tuning.metric = name  # every candidate by the first one's metric
                 result["metric"] = name
                 result.setdefault("folds", []).append(value)
@@ -599,6 +606,23 @@ class Run:
                                          "folds": len(tuning.folds[0]) if tuning.folds else 0,
                                          "candidates": candidates}}
         return transform, metrics, data
+
+    def _candidate_failure(self, exc: SluiceError, step: Step, which: str) -> SluiceError:
+        """A tune candidate's failure, named by its values (``which``). One in the feature
+        step the tune varies is its values' doing mostly (a min_df no term reaches: "lower
+        min_df"), so it is said at the tune's line of that step's values, where the value
+        to change is, with the feature step named in the message."""
+        feature = step.tuning.feature if step.tuning is not None else None
+        if feature is None or not (exc.where or "").startswith(f"step '{feature.step}'"):
+            exc.message = f"tune candidate {which}: {exc.message}"
+            return exc.located(f"step '{step.id}'")
+        tune = step.spec.tune
+        lines = getattr(tune, "key_lines", {})
+        line = next((lines[k] for k in tune if k.startswith(f"{feature.step}.") and k in lines),
+                    step.spec.line_of("tune"))
+        exc.message = f"tune candidate {which}: {exc.where}: {exc.message}"
+        exc.where = f"{self.plan.spec.file}:{line}: step '{step.id}' ({step.op.name})"
+        return exc
 
     def _say(self, step: Step, line: str | None) -> None:
         """A line worth a person's attention, at its step's line (none: nothing)."""
@@ -669,9 +693,14 @@ class Run:
         entry = {"step": step.id, "name": model.name, "alias": alias,
                  "version": model.version, "promoted": bool(decision.get("promoted")),
                  "reason": decision.get("reason")}
-        if entry["promoted"]:
-            entry["was"] = self.store.set_alias(model.name, alias, model.version)
+        if entry["promoted"]:  # moved when the run publishes the challenger
+            entry["was"] = None
+            self._staged_model(step.saved_by).aliases.append(alias)
         self.record.setdefault("promotions", []).append(entry)
+
+    def _staged_model(self, save_id: str) -> StagedModel:
+        return next(s for st, s in self.staged
+                    if st.id == save_id and isinstance(s, StagedModel))
 
     def _bind_saved(self, step: Step) -> None:
         """Bind a score step to the model this run saved at ``step.saved_by``."""
@@ -749,15 +778,27 @@ class Run:
             info["description"] = step.op.params.description
         if step.op.params.profile:
             info["profile"] = self._profile(step, chain, steps)
-        model = self.store.save(step.op.params.name, steps, source_schema, info)
+        # staged: the version's number is taken and later steps score with it, but it is
+        # a model of the registry (and its aliases move) only when the run publishes
+        model = self.store.stage(step.op.params.name, steps, source_schema, info)
         self.saved[step.id] = model
-        for alias in step.op.params.aliases:
-            self.store.set_alias(model.name, alias, model.version)
+        self.staged.append((step, StagedModel(self.store, model,
+                                              list(step.op.params.aliases))))
+
+    def _published_model(self, step: Step, staged: StagedModel,
+                         moved: dict[str, int | None]) -> None:
+        """The run record's entries of a model version the run published: the models it
+        saved, and the promotions that moved an alias to it (``was``: where it was)."""
+        model = staged.model
         self.record["models"].append({"step": step.id, "name": model.name,
                                       "version": model.version,
                                       "path": self.store.path_of(model),
                                       **({"aliases": list(step.op.params.aliases)}
                                          if step.op.params.aliases else {})})
+        for entry in self.record.get("promotions", []):
+            if entry["promoted"] and entry["version"] == model.version \
+                    and entry["name"] == model.name:
+                entry["was"] = moved.get(entry["alias"])
 
 
 def _target_of(sink: Any) -> str | None:

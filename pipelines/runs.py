@@ -33,6 +33,29 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 
 _ITEM_KEYS = {"steps": ("op",), "outputs": ("path", "rows"), "models": ("name", "version", "path")}
 
+NON_FINITE = {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}
+"""A number JSON cannot hold (a metric of NaN: a roc_auc of rows with no positives), as
+a record holds it: the text Python prints it as (what `sluice runs show` and `compare`
+print), never JavaScript's bare NaN and Infinity, which strict readers (jq, MLflow's
+and JavaScript's JSON.parse) refuse. Records written before have those: read as the
+same text."""
+
+
+def strict(value: Any) -> Any:
+    """``value`` with each non-finite float as its text (``NON_FINITE``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    return value
+
+
+def dumps(record: dict[str, Any], indent: int | None = None) -> str:
+    """A run record (or a summary of one) as strict JSON (``strict``)."""
+    return json.dumps(strict(record), indent=indent, default=str, allow_nan=False)
+
 
 @dataclass
 class History:
@@ -178,7 +201,7 @@ def _parsed(content: bytes | BaseException | None) -> tuple[dict[str, Any], str 
     if isinstance(content, BaseException):
         return {}, f"cannot read it ({getattr(content, 'strerror', None) or content})"
     try:
-        record = json.loads(content)
+        record = json.loads(content, parse_constant=NON_FINITE.__getitem__)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return {}, f"not JSON ({exc})"
     if not isinstance(record, dict):
@@ -204,7 +227,7 @@ def write(record: dict[str, Any], runs_dir: str) -> str:
     from operators.io.fs import written_whole
 
     fs, path, local = _files(runs_dir)
-    text = json.dumps(record, indent=1, default=str)
+    text = dumps(record, indent=1)
     name = f"{record['run_id']}.json"
     try:
         if local:

@@ -1,13 +1,12 @@
 """The model registry: ``<root>/<name>/<version>/model.json + arrays.npz``, no pickle.
 
-Versions are 1, 2, ... A local save writes a hidden staging directory and renames
-it to the next free version number with an atomic no-replace rename, retrying
-on the next number if another run took it, so concurrent saves never collide.
-On object stores (no atomic rename) a save claims the version number by creating
+Versions are 1, 2, ... A save claims the next version number: locally by making
+``<version>/`` (which fails if another run made it), on object stores by creating
 ``<version>/.claim`` exclusively (S3 ``If-None-Match: *``, fsspec mode ``"xb"``),
-moving on to the next number if another writer holds it; only the holder writes
-that directory, ``model.json`` last. A version without ``model.json`` (a writer in
-progress, or one that died) is not a model and its number is never reused.
+moving on to the next number if another writer holds it, so concurrent saves never
+collide; only the holder writes that directory, ``model.json`` last and whole. A
+version without ``model.json`` (a run's model staged until the run publishes it, a
+writer that died, a run that failed) is not a model and its number is never reused.
 
 Aliases (``churn@production``) name a version: ``<name>/aliases/<alias>.json`` holds
 its number, written whole (a rename locally, one PUT on object stores), so a scoring
@@ -24,7 +23,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -38,7 +36,6 @@ from operators.base import ArtifactError, SluiceError, Transform, suggest
 from operators.chain import Chain, dump_chain, load_chain
 from operators.io.fs import (
     Location,
-    rename_noreplace,
     resolve,
     store_errors,
     store_problem,
@@ -375,7 +372,25 @@ class ModelStore:
     @_store_access
     def save(self, name: str, steps: list[Transform], input_schema: pa.Schema,
              info: dict[str, Any] | None = None) -> Model:
-        """Store a fitted chain as the next version of ``name``."""
+        """Store a fitted chain as the next version of ``name`` (``stage``, then
+        ``publish``)."""
+        model = self.stage(name, steps, input_schema, info)
+        try:
+            self.publish(model)
+        except BaseException:
+            self.discard(model)
+            raise
+        return model
+
+    @_store_access
+    def stage(self, name: str, steps: list[Transform], input_schema: pa.Schema,
+              info: dict[str, Any] | None = None) -> Model:
+        """Take the next version number of ``name`` and write the chain's arrays there,
+        but not its model.json: no listing or reference finds the version until
+        ``publish`` (a run publishes its models with its outputs, once every step has
+        run), and ``discard`` removes it. The number is the version's from now on, so
+        that a step of the same run can score with it, and a model of that model
+        (calibrate) name it."""
         chain = Chain(steps)
         entries, arrays = dump_chain(steps)
         meta: dict[str, Any] = {
@@ -392,53 +407,43 @@ class ModelStore:
         }
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        if self.location.local:
-            version = self._save_local(name, meta, buffer.getvalue())
-        else:
-            version = self._save_remote(name, meta, buffer.getvalue())
-        meta["version"] = version
-        return Model(name, version, chain, meta)
-
-    def _save_local(self, name: str, meta: dict[str, Any], arrays: bytes) -> int:
-        base = os.path.join(self.location.path, name)
-        os.makedirs(base, exist_ok=True)
-        staging = os.path.join(base, f".staging-{uuid.uuid4().hex}")
-        os.makedirs(staging)
-        try:
-            with open(os.path.join(staging, "arrays.npz"), "wb") as f:
-                f.write(arrays)
-            version = (self.versions(name) or [0])[-1] + 1
-            while True:
-                meta["version"] = version
-                with open(os.path.join(staging, "model.json"), "w") as f:
-                    json.dump(meta, f, indent=1)
-                try:
-                    rename_noreplace(staging, os.path.join(base, str(version)))
-                    return version
-                except FileExistsError:
-                    version += 1
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def _save_remote(self, name: str, meta: dict[str, Any], arrays: bytes) -> int:
-        fs = self.location.fsspec_fs
         version = self._claim(name)
+        meta["version"] = version
+        model = Model(name, version, chain, meta)
         try:
-            meta["version"] = version
-            with fs.open(self._path(name, str(version), "arrays.npz"), "wb") as f:
-                f.write(arrays)
-            with fs.open(self._path(name, str(version), "model.json"), "wb") as f:
-                f.write(json.dumps(meta, indent=1).encode())
+            with self.location.fsspec_fs.open(self._path(name, str(version), "arrays.npz"),
+                                              "wb") as f:
+                f.write(buffer.getvalue())
         except BaseException:
-            # the number stays claimed (never reused); its half-written files go
-            for leftover in ("model.json", "arrays.npz"):
-                with contextlib.suppress(Exception):  # best effort; the first error matters
-                    fs.rm(self._path(name, str(version), leftover))
+            self.discard(model)
             raise
-        return version
+        return model
+
+    @_store_access
+    def publish(self, model: Model) -> None:
+        """Make a staged version a model: its model.json, written whole (a rename
+        locally, one PUT on an object store), after its arrays."""
+        path = self._path(model.name, str(model.version), "model.json")
+        body = json.dumps(model.meta, indent=1).encode()
+        if self.location.local:
+            with written_whole(path) as staging, open(staging, "wb") as f:
+                f.write(body)
+        else:
+            with self.location.fsspec_fs.open(path, "wb") as f:
+                f.write(body)
+
+    def discard(self, model: Model) -> None:
+        """Remove a staged version's files (a run that failed or was stopped); its
+        number stays taken (its claim), never given to another model."""
+        for leftover in ("model.json", "arrays.npz"):
+            with contextlib.suppress(Exception):  # best effort; the first error matters
+                self.location.fsspec_fs.rm(self._path(model.name, str(model.version),
+                                                      leftover))
 
     def _claim(self, name: str) -> int:
-        """Take the next free version number of ``name`` on an object store."""
+        """Take the next free version number of ``name``: locally by making its folder
+        (which fails when another run made it first), on an object store by creating its
+        ``.claim`` exclusively. A number once taken is never taken again."""
         fs = self.location.fsspec_fs
         base = self._path(name)
         taken = [0]
@@ -447,6 +452,14 @@ class ModelStore:
             taken += [int(t) for t in (posixpath.basename(e.rstrip("/"))
                                        for e in fs.ls(base, detail=False)) if t.isdigit()]
         version = max(taken) + 1
+        if self.location.local:
+            os.makedirs(base, exist_ok=True)
+            while True:
+                try:
+                    os.mkdir(self._path(name, str(version)))
+                    return version
+                except FileExistsError:
+                    version += 1
         token = uuid.uuid4().hex.encode()
         while True:
             claim = self._path(name, str(version), CLAIM)
@@ -463,3 +476,25 @@ class ModelStore:
                     "could take the same version number",
                     hint="keep the registry (--models) on a local path or on s3://, gs:// or abfs://"
                 ) from None
+
+
+class StagedModel:
+    """A run's saved model version, staged (``ModelStore.stage``) until the run
+    publishes its outputs: ``publish`` makes it a model and then points ``aliases`` at
+    it (the save's, a promotion's); ``discard`` removes it (a run that failed or was
+    stopped), so no alias or ``latest`` ever names a model of a run with no outputs."""
+
+    def __init__(self, store: ModelStore, model: Model, aliases: list[str]):
+        self.store, self.model, self.aliases = store, model, aliases
+
+    def publish(self) -> dict[str, int | None]:
+        """The aliases moved, each with the version it named before (None: new)."""
+        self.store.publish(self.model)
+        moved: dict[str, int | None] = {}
+        for alias in self.aliases:
+            previous = self.store.set_alias(self.model.name, alias, self.model.version)
+            moved.setdefault(alias, previous)
+        return moved
+
+    def discard(self) -> None:
+        self.store.discard(self.model)

@@ -88,7 +88,8 @@ def _numbers(record: dict[str, Any], flat: dict[str, Any]) -> dict[str, list[flo
     step's rows and compute seconds and the run's seconds."""
     out: dict[str, list[float]] = {}
     for name, value in flat.items():
-        if isinstance(value, bool | int | float):
+        # a NaN metric as a record read from its file has it: text (``runs.strict``)
+        if isinstance(value, bool | int | float) or value in runs.NON_FINITE.values():
             out[name] = [float(value)]
         elif (isinstance(value, list) and value and not name.endswith("classes")
               and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
@@ -123,7 +124,8 @@ def _tags(record: dict[str, Any], flat: dict[str, Any]) -> dict[str, str]:
     if record.get("failed_in"):
         tags["sluice.failed_in"] = record["failed_in"]
     for name, value in flat.items():
-        if isinstance(value, str):  # a solver's name, a chosen setting
+        if isinstance(value, str) and value not in runs.NON_FINITE.values():
+            # a solver's name, a chosen setting
             tags[name] = value
     keys = _keys(list(tags))
     return {keys[k]: _text(v, TAG_VALUE) for k, v in tags.items()}
@@ -250,8 +252,8 @@ class Tracker:
                 self.client.log_batch(run_id, **{kind: items[at:at + size]})
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "sluice_run.json"
-            path.write_text(json.dumps({k: v for k, v in record.items() if k != "mlflow"},
-                                       indent=1, default=str))
+            path.write_text(runs.dumps({k: v for k, v in record.items() if k != "mlflow"},
+                                       indent=1))
             self.client.log_artifact(run_id, str(path))
         if pipeline_file and Path(pipeline_file).is_file():
             self.client.log_artifact(run_id, pipeline_file)

@@ -328,7 +328,8 @@ class ReadParquetParams(Params):
     schema_: dict[str, str] | None = Field(
         None, alias="schema",
         description="types to read columns as, e.g. {tenure: int64}; cast on read (also "
-                    "where the files disagree on a column's type)"
+                    "where the files disagree on a column's type); `filter` compares "
+                    "the declared types"
     )
     missing: Missing = Field(
         "error", description="a column some files have and others lack (added, dropped or "
@@ -699,16 +700,48 @@ class ReadParquet(Source):
 
     @cached_property
     def _filter(self) -> Any:
+        """The filter, on the columns as the step reads them: a column ``schema`` casts
+        (text in the files, int64 declared) compares as the declared type."""
         if not self.params.filter:
             return None
         from operators.expressions import ExpressionError, check_filter
 
         try:
-            return check_filter(self.params.filter, self.full_schema)
+            return check_filter(self.params.filter, self._filter_schema)
         except ExpressionError as exc:
             raise ParamError(f"filter: {exc}",
                              hint="columns: " + ", ".join(self.full_schema.names[:20])
                              ) from None
+
+    @cached_property
+    def _filter_schema(self) -> pa.Schema:
+        """Every column of the dataset, each a column the read casts to another kind of
+        value (not only another width or a dictionary's) as the type it is cast to."""
+        full = self.full_schema
+        for name, want in self._casts.items():
+            i = full.get_field_index(name)
+            if _plain(full.field(i).type) != _plain(want):
+                full = full.set(i, full.field(i).with_type(want))
+        return full
+
+    @cached_property
+    def _cast_filter_columns(self) -> frozenset[str]:
+        """The columns the filter reads as another type than the files hold: what Arrow
+        prunes and scans by (the files' types) leaves them out; the rows are filtered
+        once cast (``read``)."""
+        return frozenset(c for c in self._filter_columns
+                         if self._filter_schema.field(c).type != self.full_schema.field(c).type)
+
+    @cached_property
+    def _pushed_filter(self) -> Any:
+        """What of the filter the hive partitions prune by: all of it, but the parts
+        reading a column the read casts (``_cast_filter_columns``)."""
+        if not self._cast_filter_columns:
+            return self._filter
+        from operators.expressions import nan_safe_filter
+
+        return nan_safe_filter(self.params.filter, (), self._filter_schema,
+                               self._cast_filter_columns)
 
     @cached_property
     def _filter_columns(self) -> list[str]:
@@ -735,11 +768,12 @@ class ReadParquet(Source):
         row), its parts that a NaN cannot make true ('x > 10' of 'x > 10 and x != 12';
         ``nan_safe_filter``), or None."""
         nan_columns = self._nan_columns(physical)
-        if not nan_columns:
+        if not nan_columns and not self._cast_filter_columns:
             return self._filter
         from operators.expressions import nan_safe_filter
 
-        return nan_safe_filter(self.params.filter, nan_columns, self.full_schema)
+        return nan_safe_filter(self.params.filter, nan_columns, self._filter_schema,
+                               self._cast_filter_columns)
 
     @cached_property
     def _casts(self) -> dict[str, pa.DataType]:
@@ -773,14 +807,18 @@ class ReadParquet(Source):
         columns = self.params.columns
         if columns is not None:
             require_columns(full, columns)
-            unread = [c for c in casts if c not in columns]
+            # a column only the filter reads is declared as the filter compares it
+            unread = [c for c in self.params.schema_ or {}
+                      if c not in columns and c not in self._filter_columns]
             if unread:
                 raise SchemaError(f"schema names column '{unread[0]}' that is not read",
-                                  hint="add it to `columns`, or drop it from `schema`")
+                                  hint="add it to `columns` (or the filter), or drop it "
+                                       "from `schema`")
             full = pa.schema([full.field(c) for c in columns])
         for name, want in casts.items():
             i = full.get_field_index(name)
-            full = full.set(i, full.field(i).with_type(want))
+            if i >= 0:
+                full = full.set(i, full.field(i).with_type(want))
         return full
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
@@ -790,7 +828,7 @@ class ReadParquet(Source):
     def _kept(self) -> list[tuple[Any, pa.Schema]]:
         """Each file the filter keeps by its hive partition, with its own schema (the
         footers, read once: ``_footers``)."""
-        flt = self._filter
+        flt = self._pushed_filter
         try:
             # the whole filter prunes hive partitions here (a folder's value is exact, NaN
             # too), what statistics may judge of it prunes row groups in ``_pieces``
@@ -1125,8 +1163,10 @@ class ReadParquet(Source):
 
             table = None
             # a filter reading a column that can hold NaN is not the scan's: the scan
-            # would skip row groups by the whole filter (_row_group_filter)
-            if not self._nan_columns(fragment.physical_schema):
+            # would skip row groups by the whole filter (_row_group_filter); nor one
+            # reading a column the read casts: the scan has the files' types
+            if not self._nan_columns(fragment.physical_schema) \
+                    and not self._cast_filter_columns:
                 try:
                     table = scan(columns, self._filter)
                 except ARROW_ERRORS:
@@ -1138,11 +1178,22 @@ class ReadParquet(Source):
             if table is None:  # filtered here, not by the scan's statistics
                 if columns is not None:
                     columns = list(dict.fromkeys([*columns, *self._filter_columns]))
-                table = self._filtered(scan(columns, None), partition.path)
+                rows = scan(columns, None)
+                if self._cast_filter_columns:  # as the filter compares them
+                    rows = self._cast(rows, self._filter_schema, partition.path)
+                table = self._filtered(rows, partition.path)
                 if columns != self.params.columns:
                     table = table.select(self.params.columns)
         except _io_errors() as exc:
             raise self._failure(exc, partition.path) from None
+        table = self._cast(table, schema, partition.path)
+        if table.schema != schema:
+            table = table.cast(schema)
+        return table
+
+    def _cast(self, table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
+        """``table``'s columns as ``schema`` types them (a file's own type to the step's);
+        a value that does not convert is a DataError naming the file and the column."""
         for i, field in enumerate(table.schema):
             want = schema.field(field.name).type
             if field.type == want:
@@ -1152,15 +1203,13 @@ class ReadParquet(Source):
             except _io_errors() as exc:
                 declared = field.name in (self.params.schema_ or {})
                 raise DataError(
-                    f"'{self._shown(partition.path)}': column '{field.name}' cannot be cast "
+                    f"'{self._shown(path)}': column '{field.name}' cannot be cast "
                     f"from {field.type} to {'the declared ' if declared else ''}{want}: "
                     f"{arrow_message(exc)}",
                     hint="fix the data, or declare a type every value converts to"
                     if declared else "declare a type every value converts to on this "
                     f"read_parquet step (`schema: {{{field.name}: ...}}`)") from None
             table = table.set_column(i, field.with_type(want), column)
-        if table.schema != schema:
-            table = table.cast(schema)
         return table
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from urllib.parse import unquote
 
 from operators.errors import ParamError, SluiceError
 
@@ -21,11 +22,14 @@ def glob_base(path: str) -> str:
 
 def local_path(path: str) -> str:
     """The absolute local path of a path or a ``file://`` URL, as RFC 8089 reads one:
-    ``file:///abs/path`` and ``file://localhost/abs/path`` are ``/abs/path``; a URL
-    naming another host is an error (its files are not this machine's)."""
+    ``file:///abs/path`` and ``file://localhost/abs/path`` are ``/abs/path``, its
+    percent-escapes decoded (``file:///tmp/a%20b`` is ``/tmp/a b``, as urllib and
+    fsspec read it; a path is taken as it is); a URL naming another host is an error
+    (its files are not this machine's)."""
     if not path.startswith("file://"):
         return os.path.abspath(path)
     host, _, inner = path.removeprefix("file://").partition("/")
+    inner = unquote(inner)
     if host and host.lower() != "localhost":
         raise SluiceError(
             f"'{path}' names a file on host '{host}': sluice opens file:// URLs of this "

@@ -207,6 +207,16 @@ def classes_named(key: bool | int | str, classes: list[Any]) -> list[int]:
                                           if isinstance(c, bool) else key == str(c)))]
 
 
+def named_classes(choice: ClassWeight) -> list[str]:
+    """The distinct classes a ``class_weight`` mapping names, as text (``classes_named``
+    reads True and "true", 1 and "1" as one): a fit finds each in its label or refuses,
+    so a model fitted has at least these, as its pipeline plans."""
+    if not isinstance(choice, dict):
+        return []
+    return list(dict.fromkeys(str(k).lower() if isinstance(k, bool) else str(k)
+                              for k in choice))
+
+
 def check_class_weight(choice: ClassWeight, classify: bool, label: str) -> None:
     if choice is not None and not classify:
         raise ParamError(f"class_weight weighs classes, and label '{label}' makes this a "

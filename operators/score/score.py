@@ -27,6 +27,7 @@ from operators.models.common import (
     PREDICTION,
     PROBABILITY,
     FittedModel,
+    named_classes,
 )
 
 PREDICTION_COLUMNS = ("prediction", "probability")
@@ -122,6 +123,8 @@ class Score(Transform):
         self.planned: list[pa.Field] | None = None
         self.predictions: tuple[str, ...] = PREDICTION_COLUMNS
         self.model_kind: str | None = None  # the operator of the model that predicts
+        # the model step of a model this run trains and saves (``bind_planned``)
+        self.planned_model: Operator | None = None
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -156,6 +159,7 @@ class Score(Transform):
                                 if model is not None else "no model step")
         self.chain, self.required, self.model_info = None, list(required), dict(info)
         self.planned = list(added)
+        self.planned_model = model
         self.predictions = model_columns(model)
         self.model_kind = predicting_model(steps or [], model)
 
@@ -256,11 +260,8 @@ class Score(Transform):
             # a planned model's contributions come with its features, at run time
             added = list(self.planned or [])
             probability = next((f for f in added if f.name == PROBABILITY), None)
-            if self.params.threshold is not None and (probability is None or
-                                                      probability.type != pa.float64()):
-                # a classifier's number of classes is known once fitted: then said
-                self._refuse_threshold("predicts numbers" if probability is None
-                                       else "has more than two classes")
+            if self.params.threshold is not None:
+                self._planned_binary(probability)
         else:
             try:
                 produced = chain.output_schema(schema)
@@ -283,6 +284,20 @@ class Score(Transform):
             kept = kept.append(field)
         return kept
 
+    def _planned_binary(self, probability: pa.Field | None) -> None:
+        """As the pipeline plans, a SchemaError for a ``threshold`` on the model this run
+        trains where it predicts numbers, or has more than two classes as far as the plan
+        knows them: those its class_weight names (its label's values are known only once
+        fitted: then said, ``_binary_classes``)."""
+        if probability is None or probability.type != pa.float64():
+            self._refuse_threshold("predicts numbers" if probability is None
+                                   else "has more than two classes")
+        named = named_classes(getattr(getattr(self.planned_model, "params", None),
+                                      "class_weight", None))
+        if len(named) > 2:
+            self._refuse_threshold(f"is trained on at least {len(named)} classes (its "
+                                   f"class_weight names {', '.join(named)})")
+
     def _binary_classes(self, produced: pa.Schema) -> list[Any]:
         """The two classes of the model a ``threshold`` cuts; a SchemaError for a model
         of more classes, or of numbers."""
@@ -290,8 +305,11 @@ class Score(Transform):
                         if getattr(step, "classes", None) is not None), None)
         if (classes is None or len(classes) != 2 or PROBABILITY not in produced.names
                 or produced.field(PROBABILITY).type != pa.float64()):
-            self._refuse_threshold("predicts numbers" if classes is None
-                                   else f"has {len(classes)} classes")
+            label = getattr(getattr(self.planned_model, "params", None), "label", None)
+            self._refuse_threshold(
+                "predicts numbers" if classes is None else f"has {len(classes)} classes"
+                + (f" (this run trains it: label '{label}' has them, which are known only "
+                   "once fitted, not as the pipeline plans)" if label else ""))
         return list(classes)
 
     def _refuse_threshold(self, what: str) -> NoReturn:

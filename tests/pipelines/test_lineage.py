@@ -174,10 +174,10 @@ def test_a_failed_run_sends_fail_with_its_error_and_the_parent_run(
     assert end["run"]["facets"]["parent"]["job"] == {"namespace": "airflow",
                                                      "name": "nightly_dag.train"}
     assert end["run"]["facets"]["parent"]["run"]["runId"].endswith("000000000001")
-    assert [o["name"] for o in end["outputs"]] == [
-        json.loads(p.read_text())["models"][0]["path"]
-        for p in sorted((workdir / "runs" / "churn_lineage").glob("*.json"))
-        if json.loads(p.read_text())["status"] == "failed"]  # its model; not the write
+    # nothing published: not the write, nor the model (saved with the outputs), which
+    # its score step used and is no input either
+    assert end["outputs"] == []
+    assert [i["name"] for i in end["inputs"]] == [str(workdir / "data" / "churn")]
     assert server.requests[0]["headers"]["Authorization"] == "Bearer s3cret"
     assert {"parent", "errorMessage"} <= _assert_facets_point_at_their_definitions([end])
 

@@ -450,6 +450,69 @@ def test_declared_schema_casts(workdir: Path) -> None:
     assert_same(projected.read_all(), want.select(["d"]))
 
 
+def declared_text_numbers(folder: Path) -> pa.Table:
+    """Two files of several row groups whose numbers are text (a CSV's export), as
+    a declared `schema: {code: int64, amount: double}` reads them."""
+    folder.mkdir()
+    codes = [str(v) for v in (9, 10, 100, 7, 55, 300, 49, 50, 51, 1000, 2, 60)]
+    amounts = ["1.5", "2.25", "10", "0.5", "3", "20.5", "2", "2.0", "7.75", "1", "4", "0"]
+    for i in range(2):
+        half = slice(6 * i, 6 * i + 6)
+        pq.write_table(pa.table({"code": codes[half], "amount": amounts[half],
+                                 "x": [float(v) for v in range(6 * i, 6 * i + 6)]}),
+                       folder / f"part-{i}.parquet", row_group_size=2)
+    return pa.table({"code": codes, "amount": amounts,
+                     "x": [float(v) for v in range(12)]}).cast(
+        pa.schema({"code": pa.int64(), "amount": pa.float64(), "x": pa.float64()}))
+
+
+TYPED_FILTERS = [
+    ("code > 50", pc.field("code") > 50),
+    ("code > 50 and x >= 2", (pc.field("code") > 50) & (pc.field("x") >= 2)),
+    ("amount >= 2 or code in (7, 9)",
+     (pc.field("amount") >= 2) | pc.field("code").isin([7, 9])),
+    ("not (code between 10 and 100)", ~((pc.field("code") >= 10) & (pc.field("code") <= 100))),
+]
+
+
+@pytest.mark.parametrize(("where", "expected"), TYPED_FILTERS)
+def test_a_filter_compares_a_declared_column_as_its_declared_type(
+        workdir: Path, where: str, expected: pc.Expression) -> None:
+    """A filter on a column ``schema`` casts (text in the files, int64 declared) compares
+    numbers, as the step declares them, not the files' text ('9' > '50')."""
+    want = declared_text_numbers(workdir / "d")
+    declared = {"code": "int64", "amount": "double"}
+    op = read(workdir / "d", schema=declared, filter=where)
+    assert_same(op.read_all(), want.filter(expected))
+    # a column only the filter reads is declared for it
+    only_filtered = {c: t for c, t in declared.items() if c in where}
+    projected = read(workdir / "d", columns=["x"], schema=only_filtered, filter=where)
+    assert_same(projected.read_all(), want.filter(expected).select(["x"]))
+
+
+def test_a_filter_on_declared_columns_reads_the_same_on_every_engine(workdir: Path,
+                                                                     engine: Any) -> None:
+    from pipelines.runner import run
+
+    want = declared_text_numbers(workdir / "d")
+    path = workdir / "typed.yaml"
+    path.write_text(textwrap.dedent("""
+        pipeline: typed
+        steps:
+          - op: read_parquet
+            path: d
+            schema: {code: int64, amount: double}
+            filter: "code > 50 and amount >= 2"
+          - op: write_parquet
+            path: out
+        """))
+    record = run(path, engine_instance=engine)
+    assert record["steps"]["read_parquet"]["rows"] == 4
+    got = pq.read_table(workdir / "out")
+    assert_same(got.sort_by("x"), want.filter((pc.field("code") > 50)
+                                              & (pc.field("amount") >= 2)))
+
+
 def test_declared_schema_that_cannot_apply(workdir: Path) -> None:
     path = workdir / "t.parquet"
     pq.write_table(pa.table({"s": ["1", "x"], "l": [[1], [2]], "n": [1, 2]}), path)
@@ -1217,3 +1280,67 @@ def test_file_urls_of_localhost_are_read_and_written_and_other_hosts_refused(
     with pytest.raises(ValidationFailed):
         run(path)
     assert not (workdir / "otherhost").exists()
+
+
+def test_file_urls_are_percent_decoded_for_reads_writes_and_run_folders(
+        workdir: Path) -> None:
+    """file:///tmp/a%20b/x.parquet is /tmp/a b/x.parquet (RFC 8089, as urllib and fsspec
+    read it): the read, the write, the run records' and the models' folders are there,
+    not in folders named with the escapes; a plain path is taken as it is."""
+    from conftest import write_pipeline
+
+    from operators.io.paths import local_path
+    from pipelines.runner import run
+
+    assert local_path("file:///tmp/a%20b/x.parquet") == "/tmp/a b/x.parquet"
+    assert local_path("file://localhost/tmp/100%25") == "/tmp/100%"
+    assert local_path("/tmp/a%20b") == "/tmp/a%20b"
+    (workdir / "in data").mkdir()
+    pq.write_table(pa.table({"k": [1, 2, 3], "y": [0, 1, 0]}),
+                   workdir / "in data" / "rows.parquet")
+    url = f"file://{str(workdir).replace(' ', '%20')}"
+    record = run(write_pipeline(workdir, f"""
+        pipeline: spaced
+        steps:
+          - op: read_parquet
+            path: {url}/in%20data/rows.parquet
+          - op: standard_scale
+            columns: [y]
+          - op: save_model
+            name: spaced
+          - op: write_parquet
+            path: {url}/out%20put
+        """), runs_dir=f"{url}/run%20records", models=f"{url}/my%20models")
+    assert pq.read_table(workdir / "out put")["k"].to_pylist() == [1, 2, 3]
+    assert record["record_path"] == str(workdir / "run records" / "spaced"
+                                        / f"{record['run_id']}.json")
+    assert (workdir / "my models" / "spaced" / "1" / "model.json").is_file()
+    assert not [p.name for p in workdir.iterdir() if "%" in p.name]
+
+
+def test_a_partitioned_output_read_without_its_partition_column(workdir: Path) -> None:
+    """A sluice output partitioned by a column whose folders are parsed as another type
+    (a decimal's text) reads with `columns:` that leave that column out: its type is
+    the manifest's, no `schema:` of the user's that names a column not read."""
+    from conftest import write_pipeline
+
+    from pipelines.runner import run
+
+    pq.write_table(pa.table({"d": pa.array([decimal.Decimal("1.50"), decimal.Decimal("2.25")],
+                                           pa.decimal128(5, 2)), "x": [1, 2]}),
+                   workdir / "in.parquet")
+    run(write_pipeline(workdir, """
+        pipeline: w
+        steps:
+          - op: read_parquet
+            path: in.parquet
+          - op: write_parquet
+            path: out
+            partition_by: [d]
+        """, "w.yaml"))
+    assert sorted(read(workdir / "out", columns=["x"]).read_all()["x"].to_pylist()) == [1, 2]
+    both = read(workdir / "out", columns=["x", "d"]).read_all().sort_by("x")
+    assert both["d"].type == pa.decimal128(5, 2)
+    # a filter on it compares decimals, as the column reads, not the folders' text
+    assert read(workdir / "out", columns=["x"], filter="d > 2").read_all()[
+        "x"].to_pylist() == [2]

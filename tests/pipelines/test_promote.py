@@ -4,6 +4,7 @@ same rows; plan problems name the line; a champion that cannot score the rows sa
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +287,24 @@ def test_models_of_one_log_link_are_compared_by_their_deviance(workdir: Path,
                           "\n        tweedie_power: 1.2"), "check.yaml")
     assert decision["champion_value"] == pytest.approx(
         run(check)["metrics"]["evaluate"]["tweedie_deviance"], rel=1e-12)
+
+
+def test_a_run_failing_after_its_promotion_moves_no_alias(workdir: Path, rows: Path) -> None:
+    """The alias moves when the run publishes the challenger, with its outputs: a run
+    that promotes and then fails leaves no version and no alias; the next run's
+    promotion says what the alias was then."""
+    from pipelines.engines.base import StepFailure
+
+    store = ModelStore()
+    text = RETRAIN.format(data=rows, extra="") + textwrap.indent(textwrap.dedent("""
+        - input: rows
+          op: sluice_testops.FailingLate
+          after: {7: 0.0}
+        """), "      ")
+    with pytest.raises(StepFailure, match="boom at 7"):
+        run(write_pipeline(workdir, text, "failing.yaml"))
+    assert store.aliases("churn") == {} and store.versions("churn") == []
+    record = _retrain(workdir, rows)
+    assert [(p["version"], p["promoted"], p["was"]) for p in record["promotions"]] == [
+        (2, True, None)]
+    assert store.aliases("churn") == {"production": 2}

@@ -70,7 +70,7 @@ def test_train_save_write_and_record(churn: Path, workdir: Path, engine: Engine)
 
     with pytest.raises(SluiceError, match="already exists"):
         run(path, engine_instance=engine)
-    assert ModelStore().versions("centre") == [1, 2]  # the fit ran; the write refused
+    assert ModelStore().versions("centre") == [1]  # the fit ran; the write refused: no model
 
 
 def test_partitioning_does_not_change_the_model(workdir: Path, engine: Engine) -> None:
@@ -334,3 +334,50 @@ def test_default_features_that_look_wrong_are_a_note(churn: Path, workdir: Path)
         "parameter 'features': List should have at least 1 item after validation, not 0 "
         "(got [])"]
     assert not any("kmeans" in n and "is not given" in n for n in refused.notices)
+
+
+SAVE_SCORE_THEN_FAIL = """
+    pipeline: train_score
+    steps:
+      - id: rows
+        op: read_parquet
+        path: data/churn
+      - op: logistic_regression
+        label: churned
+        features: [tenure, monthly_charges]
+      - op: save_model
+        name: churn
+        aliases: [production]
+      - input: rows
+        op: score
+        model: churn
+      - op: sluice_testops.FailingLate
+        after: {{{fail}: 0.0}}
+      - op: write_parquet
+        path: out
+        mode: overwrite
+    """
+
+
+def test_a_run_failing_after_save_model_leaves_no_new_version(churn: Path, workdir: Path,
+                                                              engine: Engine) -> None:
+    """The model version a run saves is published with its outputs: a run failing in a
+    step after save_model (after a score step used the version, as saved in the run)
+    leaves no new version, moves no alias, and its number is never given to another."""
+    passing = write_pipeline(workdir, SAVE_SCORE_THEN_FAIL.format(fail=-1), "pass.yaml")
+    failing = write_pipeline(workdir, SAVE_SCORE_THEN_FAIL.format(fail=7), "fail.yaml")
+    store = ModelStore()
+    assert run(passing, engine_instance=engine)["models"][0]["version"] == 1
+    first = pq.read_table(workdir / "out")
+    with pytest.raises(StepFailure, match="boom at 7"):
+        run(failing, engine_instance=engine)
+    assert store.versions("churn") == [1] and store.aliases("churn") == {"production": 1}
+    assert store.load("churn").version == 1
+    assert pq.read_table(workdir / "out").equals(first)
+    records = [json.loads(p.read_text()) for p in (workdir / "runs").glob("*/*.json")]
+    assert [r["models"] for r in records if r["status"] == "failed"] == [[]]
+    record = run(passing, engine_instance=engine)
+    assert record["models"] == [{"step": "save_model", "name": "churn", "version": 3,
+                                 "path": store.path_of(store.load("churn@3")),
+                                 "aliases": ["production"]}]
+    assert store.versions("churn") == [1, 3] and store.aliases("churn") == {"production": 3}

@@ -78,7 +78,7 @@ def _run(path: Path, **params: str) -> dict[str, Any]:
 def history(churn: Path, workdir: Path) -> list[dict[str, Any]]:
     """Four real runs, oldest first: center l2=0.001 (succeeds, centre@1), copy
     (succeeds, no model), center l2=0.1 (succeeds, centre@2), center l2=0.001 again
-    (fails writing: the output exists; it saved centre@3 first)."""
+    (fails writing: the output exists; the centre@3 it saved first is not published)."""
     center = write_pipeline(workdir, CENTER, "center.yaml")
     copy = write_pipeline(workdir, COPY, "copy.yaml")
     records = [_run(center), _run(copy), _run(center, l2="0.1"), _run(center)]
@@ -100,7 +100,8 @@ def test_list_is_newest_first_and_filters(history: list[dict[str, Any]],
                               "ROWS", "WRITTEN", "MODELS", "ERROR"]
     assert [line.split()[0] for line in lines] == _ids([failed, second, copy, first])
     assert lines[0].split()[1:3] == ["center", "failed"]
-    assert "centre@3" in lines[0] and "output 'out/l2=0.001' already exists" in lines[0]
+    assert "centre@3" not in lines[0]  # a failed run publishes no model
+    assert "output 'out/l2=0.001' already exists" in lines[0]
     assert lines[2].split()[1:3] == ["copy", "succeeded"]
     copied = copy["outputs"][0]["rows"]
     assert f"{copied:,}" in lines[2].split() and lines[2].split()[-1] == "-"  # no model
@@ -113,7 +114,7 @@ def test_list_is_newest_first_and_filters(history: list[dict[str, Any]],
     assert summary == {
         "run_id": failed["run_id"], "pipeline": "center", "status": "failed",
         "started_at": failed["started_at"], "seconds": failed["seconds"], "engine": "local",
-        "rows_written": None, "models": ["centre@3"],
+        "rows_written": None, "models": [],
         "error": failed["error"].splitlines()[0], "params": {"l2": 0.001},
         "record_path": failed["record_path"]}
 
@@ -154,7 +155,7 @@ def test_show_takes_a_unique_prefix(history: list[dict[str, Any]], workdir: Path
     lines = shown.stdout.splitlines()
     assert lines[0] == (f"run {failed['run_id']} of 'center' on local: failed in "
                         f"{failed['seconds']:.2f}s")
-    assert "  saved model centre@3" in shown.stdout
+    assert "saved model" not in shown.stdout
     assert "  params: l2=0.001" in lines
     assert f"  error: {failed['error']}" in lines
     assert lines[-1] == f"  record: {failed['record_path']}"
@@ -429,3 +430,58 @@ def test_prune_where_the_store_refuses_a_delete_says_so(
     assert f"access denied to '{copy['record_path']}'" in pruned.output
     assert "permissions on the path" in pruned.output
     assert Path(copy["record_path"]).exists()
+
+
+def test_a_records_nan_and_infinity_are_strict_json_and_read_as_before(workdir: Path
+                                                                        ) -> None:
+    """A metric of NaN (roc_auc of rows of one class) is written as the text "nan", not
+    JavaScript's bare NaN that strict readers refuse; `runs show` and `compare` print it
+    as before, and a record written with bare NaN and Infinity (before) reads the same."""
+    (workdir / "scored").mkdir()
+    pq.write_table(pa.table({"churned": [0, 0, 0, 0], "prediction": [0, 0, 1, 0],
+                             "probability": [0.1, 0.2, 0.7, 0.4]}),
+                   workdir / "scored" / "part.parquet")
+    path = write_pipeline(workdir, """
+        pipeline: one_class
+        steps:
+          - op: read_parquet
+            path: scored
+          - id: quality
+            op: evaluate
+            label: churned
+            metrics: [accuracy, roc_auc]
+        """)
+    record = run(path.name)
+    assert record["metrics"]["quality"]["roc_auc"] != record["metrics"]["quality"]["roc_auc"]
+    text = Path(record["record_path"]).read_text()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    written = json.loads(text, parse_constant=refuse)  # as jq, JSON.parse and MLflow read
+    assert written["metrics"]["quality"]["roc_auc"] == "nan"
+    older = {**written, "run_id": "20261101T000000Z-000001",
+             "started_at": "2026-11-01T00:00:00Z"}
+    older["metrics"] = {"quality": {"accuracy": 0.75, "roc_auc": "NAN_HERE",
+                                    "ratio": "INF_HERE"}}
+    old_text = (json.dumps(older).replace('"NAN_HERE"', "NaN")
+                .replace('"INF_HERE"', "-Infinity"))
+    (Path(record["record_path"]).parent / f"{older['run_id']}.json").write_text(old_text)
+
+    loaded = {r["run_id"]: r for r in runs.load().records}
+    assert loaded[older["run_id"]]["metrics"]["quality"] == {
+        "accuracy": 0.75, "roc_auc": "nan", "ratio": "-inf"}
+    shown = in_process("runs", "show", record["run_id"])
+    assert shown.exit_code == 0, shown.output
+    assert "roc_auc" in shown.output and "nan" in shown.output
+    as_json = in_process("runs", "show", older["run_id"], "--json")
+    assert json.loads(as_json.output, parse_constant=refuse)["metrics"]["quality"][
+        "ratio"] == "-inf"
+    table = runs.compare([loaded[older["run_id"]], loaded[record["run_id"]]])
+    auc = next(row for row in table["metrics"] if row["name"] == "quality.roc_auc")
+    assert auc["values"] == ["nan", "nan"] and not auc["changed"]
+    assert (auc["difference"], auc["ratio"]) == (None, None)
+    compared = in_process("runs", "compare", older["run_id"], record["run_id"])
+    assert compared.exit_code == 0, compared.output
+    assert ["quality.roc_auc", "nan", "nan"] in [line.split() for line in
+                                                 compared.output.splitlines()]

@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import sluice_in_process, write_pipeline
 
+from operators.base import SluiceError
 from pipelines.datagen import generate
 from pipelines.runner import ValidationFailed, run, scoring_pipeline
 from pipelines.serving import load_model
+from pipelines.store import ModelStore
 
 TRAIN = """
     pipeline: train
@@ -552,3 +554,41 @@ def test_a_threshold_on_a_model_of_numbers_the_run_trains_is_refused_as_it_plans
     assert ("threshold cuts a binary classifier's probability, and model 'charges' "
             "predicts numbers") in refusal(path)
     assert not (workdir / "models" / "charges").exists()
+
+
+def test_a_threshold_on_a_model_of_more_classes_the_run_trains_is_refused_as_known(
+        churn: Path, workdir: Path) -> None:
+    """A classifier the same run trains, then scores with a threshold: refused as the
+    pipeline plans where the plan knows it has more than two classes (its class_weight
+    names three); else once fitted, saying why the plan could not know, and the run
+    saves no version."""
+    text = f"""
+        pipeline: regions
+        steps:
+          - id: rows
+            op: read_parquet
+            path: {churn}
+          - op: logistic_regression
+            label: region
+            features: [tenure, monthly_charges]
+            class_weight: {{north: 2, south: 1, east: 1}}
+          - op: save_model
+            name: regions
+          - op: score
+            input: rows
+            model: regions
+            threshold: 0.3
+        """
+    path = write_pipeline(workdir, text)
+    assert ("threshold cuts a binary classifier's probability, and model 'regions' is "
+            "trained on at least 3 classes (its class_weight names north, south, east)"
+            ) in refusal(path)
+    assert not (workdir / "models" / "regions").exists()
+    unknown = write_pipeline(workdir, text.replace(
+        "            class_weight: {north: 2, south: 1, east: 1}\n", ""), "unknown.yaml")
+    with pytest.raises(SluiceError) as failed:
+        run(unknown)
+    assert ("threshold cuts a binary classifier's probability, and model 'regions' has 5 "
+            "classes (this run trains it: label 'region' has them, which are known only "
+            "once fitted, not as the pipeline plans)") in str(failed.value)
+    assert ModelStore().versions("regions") == []

@@ -329,3 +329,23 @@ def test_each_candidates_rows_are_let_go_once_fitted(workdir: Path, engine,
     assert len(record["metrics"]["nb"]["tuning"]["candidates"]) == 4
     # Spark caches nothing of local files (cache_fits: auto reads them again)
     assert kept_datasets(engine) == (0 if engine.name == "spark" else 1)
+
+
+def test_a_failing_feature_candidate_is_said_at_the_tunes_line_with_its_values(
+        workdir: Path, ticket_files: Path) -> None:
+    """A candidate whose feature step fails by its tuned value (a min_df no term reaches:
+    "lower min_df") is said at the tune's line of that value, with the candidate's
+    values and the feature step named: not at the step's line, where min_df is not."""
+    from operators.base import SluiceError
+
+    text = TEXT.format(data=ticket_files).replace("        min_df: 2\n", "").replace(
+        "words.max_features: [6, 30]", "words.min_df: [2, 100000]")
+    path = write_pipeline(workdir, text)
+    line = next(n for n, row in enumerate(path.read_text().splitlines(), 1)
+                if "words.min_df:" in row)
+    with pytest.raises(SluiceError) as failed:
+        run(path)
+    said = str(failed.value)
+    assert said.startswith(f"{path}:{line}: step 'nb' (naive_bayes): tune candidate "
+                           "smoothing=0.1, words.min_df=100000: step 'words': "), said
+    assert said.endswith("(lower min_df or raise max_df)"), said
