@@ -63,13 +63,30 @@ def sparse_field(name: str, size: int, terms: list[str] | None) -> pa.Field:
     return pa.field(name, sparse_type(), metadata={META: meta.encode()})
 
 
+def pending_field(name: str) -> pa.Field:
+    """A sparse column's field before its step is fitted: its terms are not known yet
+    (``sparse_names`` None), as ``terms_lost`` tells apart from a field that lost them."""
+    return pa.field(name, sparse_type(), metadata={META: b'{"size": null, "terms": null}'})
+
+
+def terms_lost(field: pa.Field) -> bool:
+    """Whether ``field`` is a sparse column's type without the metadata naming its
+    positions (a file another tool wrote, an operator that dropped the field's
+    metadata): a model cannot name the features it reads."""
+    return (is_sparse_type(field.type)
+            and (not field.metadata or META not in field.metadata))
+
+
 def sparse_names(field: pa.Field) -> list[str] | None:
     """The feature names of a sparse column's positions (``<column>:<term>``), or None
-    where ``field`` is no sparse column that says its size (a struct of this shape whose
-    metadata was lost on the way: an engine that keeps no field metadata)."""
+    where ``field`` is no sparse column that says its size (its step not fitted yet, or
+    a struct of this shape whose metadata was lost on the way: an engine that keeps no
+    field metadata)."""
     if not is_sparse_type(field.type) or not field.metadata or META not in field.metadata:
         return None
     meta = json.loads(field.metadata[META])
+    if meta.get("size") is None:
+        return None
     terms = meta.get("terms")
     if terms is None:
         return [f"{field.name}:#{i}" for i in range(int(meta["size"]))]
@@ -84,6 +101,14 @@ def expand(schema: pa.Schema, features: list[str]) -> list[str]:
     for name in features:
         i = schema.get_field_index(name)
         names = sparse_names(schema.field(i)) if i >= 0 else None
+        if i >= 0 and terms_lost(schema.field(i)):
+            raise SchemaError(
+                f"sparse column '{name}' does not name its terms: its field has no "
+                f"'{META.decode()}' metadata (the terms vectorize_text found), so a model "
+                "cannot name the features it reads",
+                hint="make the column with vectorize_text (sparse: true) in this pipeline, "
+                     "before the model, or read it from a Parquet file sluice wrote (Arrow "
+                     "field metadata kept)")
         if names is not None:
             out.extend(names)
             continue

@@ -359,3 +359,35 @@ def test_the_plan_says_the_text_becomes_a_sparse_column(workdir: Path,
     done = sluice_in_process("plan", str(path), cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert "~ text string -> sparse (each row's non-zero terms)" in done.stdout
+
+
+def test_a_sparse_column_that_lost_its_terms_is_refused_at_plan(workdir: Path,
+                                                                ticket_files: Path) -> None:
+    """A struct<indices, values> column read from a file without the field metadata
+    naming its terms (another tool wrote it): the model cannot name its features, which
+    the plan says (a TypeError in the fit before)."""
+    words = pa.array([{"indices": [0, 2], "values": [1.0, 2.0]},
+                      {"indices": [1], "values": [3.0]}] * 10,
+                     pa.struct([pa.field("indices", pa.list_(pa.int32())),
+                                pa.field("values", pa.list_(pa.float64()))]))
+    pq.write_table(pa.table({"text": words, "topic": ["a", "b"] * 10}),
+                   workdir / "terms.parquet")
+    path = write_pipeline(workdir, f"""
+    pipeline: lost
+    steps:
+      - op: read_parquet
+        path: {workdir / 'terms.parquet'}
+      - id: nb
+        op: naive_bayes
+        label: topic
+        features: [text]
+    """)
+    done = sluice_in_process("validate", str(path), cwd=workdir)
+    assert done.returncode != 0
+    assert "sparse column 'text' does not name its terms" in done.stderr
+    assert "step 'nb'" in done.stderr and "vectorize_text" in done.stderr
+    assert "Traceback" not in done.stderr
+    # the step's own column, planned before its terms are fitted, is no such column
+    done = sluice_in_process("validate", str(write_pipeline(workdir, SPARSE.format(
+        data=ticket_files))), cwd=workdir)
+    assert done.returncode == 0, done.stderr
