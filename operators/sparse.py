@@ -98,6 +98,7 @@ def expand(schema: pa.Schema, features: list[str]) -> list[str]:
     order; a SchemaError where a listed name is one position of a sparse column (a model
     reads such a column whole)."""
     out: list[str] = []
+    columns = set(schema.names)
     for name in features:
         i = schema.get_field_index(name)
         names = sparse_names(schema.field(i)) if i >= 0 else None
@@ -110,6 +111,12 @@ def expand(schema: pa.Schema, features: list[str]) -> list[str]:
                      "before the model, or read it from a Parquet file sluice wrote (Arrow "
                      "field metadata kept)")
         if names is not None:
+            clash = next((n for n in names if n in columns), None)
+            if clash is not None:  # a model's features name one thing each
+                raise SchemaError(
+                    f"feature '{clash}' of the sparse column '{name}' (its term "
+                    f"'{clash[len(name) + 1:]}') is also the name of a column",
+                    hint=f"rename the column '{clash}' (rename), or drop it")
             out.extend(names)
             continue
         if i < 0:

@@ -256,3 +256,20 @@ def test_linear_regression_on_a_sparse_column_is_the_dense_columns_model(params:
     want = dense_model.transform(dense_step.transform(table, None), NP)
     np.testing.assert_allclose(got.column("prediction").to_numpy(),
                                want.column("prediction").to_numpy(), rtol=1e-8)
+
+
+def test_a_column_named_as_a_term_of_a_sparse_column_is_refused_by_name() -> None:
+    """``review:title`` a column and the term 'title' of the sparse column ``review``:
+    a model's features name one thing each (the fit took the column for the term's
+    place, and said the positions were another vocabulary's)."""
+    table = pa.table({"review": ["good title", "bad title", "good", "bad"] * 5,
+                      "review:title": np.arange(20.0), "y": ["a", "b"] * 10})
+    step = fit(VectorizeText(columns=["review"], sparse=True), [table])
+    schema = step.output_schema(table.schema)
+    for features in (None, ["review", "review:title"], ["review"]):
+        with pytest.raises(SchemaError, match="feature 'review:title' of the sparse column "
+                                              "'review' .* is also the name of a column"):
+            LogisticRegression(label="y", features=features).output_schema(schema)
+    renamed = table.rename_columns(["review", "length", "y"])
+    model = fit_model(LogisticRegression(label="y"), [step.transform(renamed, None)])
+    assert model.features == ["review:bad", "review:good", "review:title", "length"]
