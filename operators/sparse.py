@@ -286,6 +286,27 @@ def csr_matrix(part: pa.Table, features: list[str], dtype: Any = np.float64) -> 
     return sp.hstack(blocks, format="csr")
 
 
+def require_dense_room(rows: int, width: int, columns: list[tuple[str, int]]) -> None:
+    """A DataError, before anything is allocated, where a partition's matrix of ``width``
+    float64 columns, the sparse ``columns`` (name, terms) among them made dense, would
+    take more of this machine's memory than vectorize_text lets its term columns take."""
+    from operators.features import text  # (it imports this module)
+
+    need, limit = 8.0 * rows * width, text.dense_limit()
+    if need <= limit:
+        return
+    name, terms = max(columns, key=lambda c: c[1])
+    raise DataError(
+        f"a partition of {rows:,} rows makes {need / 2**30:,.1f} GiB with the {terms:,} "
+        f"terms of the sparse column '{name}' made dense (this step's matrix), over "
+        f"{text.MEMORY_SHARE:.0%} of this machine's memory "
+        f"({limit / text.MEMORY_SHARE / 2**30:,.1f} GiB)",
+        hint="make partitions smaller (read_parquet's partition_mb), or fewer terms "
+             "(vectorize_text's max_features, num_features); on the CPU naive_bayes "
+             "(multinomial, complement, bernoulli) and logistic_regression with solver: "
+             "lbfgs read the rows as they are")
+
+
 def fill_dense(out: np.ndarray, column: pa.ChunkedArray, size: int, name: str) -> None:
     """Write a sparse column's rows into ``out`` (rows, size), zeros elsewhere."""
     indptr, at, numbers = csr_parts(column, size, name)

@@ -53,6 +53,7 @@ from operators.sparse import (
     has_sparse,
     is_sparse_type,
     issparse,
+    require_dense_room,
     scipy_sparse,
 )
 
@@ -490,8 +491,12 @@ def host_matrix(part: pa.Table, features: list[str],
     without ``xp``), ready to send to it."""
     extra = extra or []
     shape = (part.num_rows, len(features) + len(extra))
+    runs = groups(part.schema, features)
+    made_dense = [(column, stop - j) for column, j, stop in runs if column is not None]
+    if made_dense:
+        require_dense_room(shape[0], shape[1], made_dense)
     host = np.empty(shape, np.float64, order="F") if xp is None else host_buffer(shape, xp)
-    for column, j, stop in groups(part.schema, features):
+    for column, j, stop in runs:
         if column is not None:  # a sparse column's positions: its rows made dense here
             fill_dense(host[:, j:stop], part.column(column), stop - j, column)
             continue

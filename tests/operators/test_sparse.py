@@ -273,3 +273,29 @@ def test_a_column_named_as_a_term_of_a_sparse_column_is_refused_by_name() -> Non
     renamed = table.rename_columns(["review", "length", "y"])
     model = fit_model(LogisticRegression(label="y"), [step.transform(renamed, None)])
     assert model.features == ["review:bad", "review:good", "review:title", "length"]
+
+
+def test_rows_made_dense_past_the_memory_share_are_refused_before_the_allocation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that makes a sparse column's rows dense (linear regression's normal
+    equations, the Gaussian naive Bayes, a GPU) checks the partition's matrix against
+    the share of memory the term columns may take (here 64 KB), as vectorize_text
+    does, before it allocates it; the steps that read the rows sparse do not."""
+    import operators.features.text as text
+
+    table = topics(seed=7).append_column("size", pa.array(np.arange(900.0)))
+    step = fit(VectorizeText(columns=["text"], sparse=True), [table])
+    rows = step.transform(table, None)
+    width = len(step.vocabulary["text"]["terms"])
+    assert 8 * 900 * width > 65536
+    monkeypatch.setattr(text, "dense_limit", lambda: 65536.0)
+    for model in (LinearRegression(label="size", features=["text"]),
+                  NaiveBayes(label="topic", model_type="gaussian")):
+        with pytest.raises(DataError, match=rf"a partition of 900 rows makes .* GiB with the "
+                                            rf"{width:,} terms of the sparse column 'text' "
+                                            r"made dense .*over 25% of") as err:
+            fit_model(model, [rows])
+        assert "partition_mb" in err.value.hint and "max_features" in err.value.hint
+    fit_model(NaiveBayes(label="topic", model_type="multinomial"), [rows])
+    fit_model(LogisticRegression(label="topic", features=["text"], solver="lbfgs", l2=0.01),
+              [rows])
