@@ -286,21 +286,29 @@ def csr_matrix(part: pa.Table, features: list[str], dtype: Any = np.float64) -> 
     return sp.hstack(blocks, format="csr")
 
 
-def require_dense_room(rows: int, width: int, columns: list[tuple[str, int]]) -> None:
-    """A DataError, before anything is allocated, where a partition's matrix of ``width``
-    float64 columns, the sparse ``columns`` (name, terms) among them made dense, would
-    take more of this machine's memory than vectorize_text lets its term columns take."""
+def past_memory_share(need: float) -> str | None:
+    """Where ``need`` bytes are more of this machine's memory than vectorize_text lets its
+    term columns take, the words that say so (None where they are not)."""
     from operators.features import text  # (it imports this module)
 
-    need, limit = 8.0 * rows * width, text.dense_limit()
+    limit = text.dense_limit()
     if need <= limit:
+        return None
+    return (f"{need / 2**30:,.1f} GiB, over {text.MEMORY_SHARE:.0%} of this machine's "
+            f"memory ({limit / text.MEMORY_SHARE / 2**30:,.1f} GiB)")
+
+
+def require_dense_room(rows: int, width: int, columns: list[tuple[str, int]]) -> None:
+    """A DataError, before anything is allocated, where a partition's matrix of ``width``
+    float64 columns, the sparse ``columns`` (name, terms) among them made dense, is past
+    ``past_memory_share``."""
+    past = past_memory_share(8.0 * rows * width)
+    if past is None:
         return
     name, terms = max(columns, key=lambda c: c[1])
     raise DataError(
-        f"a partition of {rows:,} rows makes {need / 2**30:,.1f} GiB with the {terms:,} "
-        f"terms of the sparse column '{name}' made dense (this step's matrix), over "
-        f"{text.MEMORY_SHARE:.0%} of this machine's memory "
-        f"({limit / text.MEMORY_SHARE / 2**30:,.1f} GiB)",
+        f"a partition of {rows:,} rows with the {terms:,} terms of the sparse column "
+        f"'{name}' made dense (this step's matrix) takes {past}",
         hint="make partitions smaller (read_parquet's partition_mb), or fewer terms "
              "(vectorize_text's max_features, num_features); on the CPU naive_bayes "
              "(multinomial, complement, bernoulli) and logistic_regression with solver: "

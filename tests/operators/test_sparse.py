@@ -277,8 +277,8 @@ def test_a_column_named_as_a_term_of_a_sparse_column_is_refused_by_name() -> Non
 
 def test_rows_made_dense_past_the_memory_share_are_refused_before_the_allocation(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A step that makes a sparse column's rows dense (linear regression's normal
-    equations, the Gaussian naive Bayes, a GPU) checks the partition's matrix against
+    """A step that makes a sparse column's rows dense (linear regression's passes, the
+    Gaussian naive Bayes, a GPU) checks the partition's matrix against
     the share of memory the term columns may take (here 64 KB), as vectorize_text
     does, before it allocates it; the steps that read the rows sparse do not."""
     import operators.features.text as text
@@ -289,13 +289,38 @@ def test_rows_made_dense_past_the_memory_share_are_refused_before_the_allocation
     width = len(step.vocabulary["text"]["terms"])
     assert 8 * 900 * width > 65536
     monkeypatch.setattr(text, "dense_limit", lambda: 65536.0)
-    for model in (LinearRegression(label="size", features=["text"]),
+    for model in (LinearRegression(label="size", features=["text"], loss="poisson"),
                   NaiveBayes(label="topic", model_type="gaussian")):
-        with pytest.raises(DataError, match=rf"a partition of 900 rows makes .* GiB with the "
-                                            rf"{width:,} terms of the sparse column 'text' "
-                                            r"made dense .*over 25% of") as err:
+        with pytest.raises(DataError, match=rf"a partition of 900 rows with the {width:,} "
+                                            r"terms of the sparse column 'text' made dense "
+                                            r"\(this step's matrix\) takes .* GiB, over 25% "
+                                            r"of") as err:
             fit_model(model, [rows])
         assert "partition_mb" in err.value.hint and "max_features" in err.value.hint
     fit_model(NaiveBayes(label="topic", model_type="multinomial"), [rows])
     fit_model(LogisticRegression(label="topic", features=["text"], solver="lbfgs", l2=0.01),
+              [rows])
+
+
+def test_normal_equations_too_wide_for_memory_are_refused_before_the_first_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """linear_regression's squared loss sums a (features + 2)^2 matrix a partition: with a
+    sparse column's terms (no 10,000-term cap) it is checked against the term columns'
+    share of memory (here just under it) before any pass; the log-link losses, fitted
+    by L-BFGS without it, are not refused."""
+    import operators.features.text as text
+
+    table = topics(seed=7).slice(0, 12)
+    table = table.append_column("size", pa.array(np.arange(1.0, 13.0)))
+    step = fit(VectorizeText(columns=["text"], sparse=True), [table])
+    rows = step.transform(table, None)
+    width = len(step.vocabulary["text"]["terms"]) + 2
+    assert 8 * 12 * width < 8 * width * width - 1
+    monkeypatch.setattr(text, "dense_limit", lambda: 8.0 * width * width - 1)
+    with pytest.raises(DataError, match=rf"normal equations on {width - 2:,} features "
+                                        rf"\({width - 2:,} terms of the sparse column 'text'\)"
+                                        rf" take a {width:,} x {width:,} matrix") as err:
+        fit_model(LinearRegression(label="size", features=["text"]), [rows])
+    assert "max_features" in err.value.hint
+    fit_model(LinearRegression(label="size", features=["text"], loss="poisson", l2=0.01),
               [rows])
