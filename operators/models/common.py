@@ -1159,9 +1159,13 @@ class LinearContributions:
     def contributions(self, part: pa.Table, xp: Any
                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         assert self.means is not None
+        coef = np.atleast_2d(self.coef)  # (outputs, features)
+        made = [(column, stop - start) for column, start, stop
+                in groups(part.schema, self.features) if column is not None]
+        if made:  # each row's contributions, (rows, features, outputs), are dense
+            require_dense_room(part.num_rows, coef.size, made)
         X = feature_matrix(part, self.features, xp)
         predicted, proba = self.outputs_of(self.predict_matrix(X, xp))
-        coef = np.atleast_2d(self.coef)  # (outputs, features)
         centred = X - to_xp(self.means.astype(compute_dtype(xp)), xp)
         phi = centred[:, :, None] * to_xp(coef.T[None, :, :].astype(compute_dtype(xp)), xp)
         base = coef @ self.means + np.asarray(self.intercept, dtype=np.float64).reshape(-1)

@@ -324,3 +324,23 @@ def test_normal_equations_too_wide_for_memory_are_refused_before_the_first_pass(
     assert "max_features" in err.value.hint
     fit_model(LinearRegression(label="size", features=["text"], loss="poisson", l2=0.01),
               [rows])
+
+
+def test_contributions_of_a_wide_vocabulary_are_refused_before_the_allocation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each row's contributions are dense, a number per term and class: with 3 classes
+    three times the rows made dense; past the memory share (here between the two) the
+    scores are made all the same and the contributions refused by name."""
+    import operators.features.text as text
+
+    table = topics(seed=7)
+    step = fit(VectorizeText(columns=["text"], sparse=True), [table])
+    rows = step.transform(table, None)
+    model = fit_model(LogisticRegression(label="topic", features=["text"], l2=0.01), [rows])
+    width = len(model.features)
+    monkeypatch.setattr(text, "dense_limit", lambda: 8.0 * 900 * width * 2)
+    assert model.transform(rows, NP).num_rows == 900
+    with pytest.raises(DataError, match=rf"a partition of 900 rows with the {width:,} terms "
+                                        r"of the sparse column 'text' made dense"):
+        model.explain(rows, NP)
+    assert model.explain(rows.slice(0, 400), NP).num_rows == 400
