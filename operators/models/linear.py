@@ -142,6 +142,13 @@ def start_optimizer(params: SolverParams, x0: np.ndarray, precision: float
     solver = params.solver
     if solver == "auto":
         solver = "newton" if x0.size <= NEWTON_MAX_PARAMETERS else "lbfgs"
+    # a sparse column's terms (no 10,000-term cap) make a Hessian of any size
+    past = past_memory_share(8.0 * x0.size * x0.size) if solver == "newton" else None
+    if past is not None:
+        raise DataError(f"solver: newton's Hessian of {x0.size:,} coefficients takes a "
+                        f"{x0.size:,} x {x0.size:,} matrix a partition: {past}",
+                        hint="solver: lbfgs (or auto, which takes it past "
+                             f"{NEWTON_MAX_PARAMETERS} coefficients), or fewer features")
     start = newton_start if solver == "newton" else lbfgs_start
     return solver, start(x0, tol=params.tol, max_iter=params.max_iter, precision=precision)
 

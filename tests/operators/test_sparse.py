@@ -292,7 +292,8 @@ def test_rows_made_dense_past_the_memory_share_are_refused_before_the_allocation
     width = len(step.vocabulary["text"]["terms"])
     assert 8 * 900 * width > 65536
     monkeypatch.setattr(text, "dense_limit", lambda: 65536.0)
-    for model in (LinearRegression(label="size", features=["text"], loss="poisson"),
+    for model in (LinearRegression(label="size", features=["text"], loss="poisson",
+                                   solver="lbfgs"),
                   NaiveBayes(label="topic", model_type="gaussian")):
         with pytest.raises(DataError, match=rf"a partition of 900 rows with the {width:,} "
                                             r"terms of the sparse column 'text' made dense "
@@ -373,3 +374,22 @@ def test_a_million_hashed_positions_are_grouped_faster_than_they_are_named() -> 
                            "a:w", "\n", "b:"]) == [
         ("a", 0, 1), ("a:x", 1, 3), ("a", 3, 4), (None, 4, 5), ("b", 5, 7), ("a", 7, 8),
         (None, 8, 9), ("b", 9, 10)]
+
+
+def test_a_newton_hessian_too_large_for_memory_is_refused_before_the_first_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """solver: newton sums a (coefficients)^2 Hessian a partition: a sparse column's
+    terms can make it any size; past the memory share it is refused, saying lbfgs."""
+    import operators.features.text as text
+
+    table = topics(seed=7)
+    rows = fit(VectorizeText(columns=["text"], sparse=True), [table]).transform(table, None)
+    model = fit_model(LogisticRegression(label="topic", features=["text"], l2=0.01,
+                                         solver="newton"), [rows])
+    size = model.coef.size + model.intercept.size
+    monkeypatch.setattr(text, "dense_limit", lambda: 8.0 * size * size - 1)
+    with pytest.raises(DataError, match=rf"solver: newton's Hessian of {size:,} "
+                                        "coefficients takes") as err:
+        fit_model(LogisticRegression(label="topic", features=["text"], l2=0.01,
+                                     solver="newton"), [rows])
+    assert "solver: lbfgs" in err.value.hint
