@@ -24,6 +24,7 @@ made dense in the model's matrix as they are read, never as columns of the table
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -64,13 +65,30 @@ def sparse_field(name: str, size: int, terms: list[str] | None) -> pa.Field:
     return pa.field(name, sparse_type(), metadata={META: meta.encode()})
 
 
+def pending_field(name: str) -> pa.Field:
+    """A sparse column's field before its step is fitted: its terms are not known yet
+    (``sparse_names`` None), as ``terms_lost`` tells apart from a field that lost them."""
+    return pa.field(name, sparse_type(), metadata={META: b'{"size": null, "terms": null}'})
+
+
+def terms_lost(field: pa.Field) -> bool:
+    """Whether ``field`` is a sparse column's type without the metadata naming its
+    positions (a file another tool wrote, an operator that dropped the field's
+    metadata): a model cannot name the features it reads."""
+    return (is_sparse_type(field.type)
+            and (not field.metadata or META not in field.metadata))
+
+
 def sparse_names(field: pa.Field) -> list[str] | None:
     """The feature names of a sparse column's positions (``<column>:<term>``), or None
-    where ``field`` is no sparse column that says its size (a struct of this shape whose
-    metadata was lost on the way: an engine that keeps no field metadata)."""
+    where ``field`` is no sparse column that says its size (its step not fitted yet, or
+    a struct of this shape whose metadata was lost on the way: an engine that keeps no
+    field metadata)."""
     if not is_sparse_type(field.type) or not field.metadata or META not in field.metadata:
         return None
     meta = json.loads(field.metadata[META])
+    if meta.get("size") is None:
+        return None
     terms = meta.get("terms")
     if terms is None:
         return [f"{field.name}:#{i}" for i in range(int(meta["size"]))]
@@ -82,10 +100,25 @@ def expand(schema: pa.Schema, features: list[str]) -> list[str]:
     order; a SchemaError where a listed name is one position of a sparse column (a model
     reads such a column whole)."""
     out: list[str] = []
+    columns = set(schema.names)
     for name in features:
         i = schema.get_field_index(name)
         names = sparse_names(schema.field(i)) if i >= 0 else None
+        if i >= 0 and terms_lost(schema.field(i)):
+            raise SchemaError(
+                f"sparse column '{name}' does not name its terms: its field has no "
+                f"'{META.decode()}' metadata (the terms vectorize_text found), so a model "
+                "cannot name the features it reads",
+                hint="make the column with vectorize_text (sparse: true) in this pipeline, "
+                     "before the model, or read it from a Parquet file sluice wrote (Arrow "
+                     "field metadata kept)")
         if names is not None:
+            clash = next((n for n in names if n in columns), None)
+            if clash is not None:  # a model's features name one thing each
+                raise SchemaError(
+                    f"feature '{clash}' of the sparse column '{name}' (its term "
+                    f"'{clash[len(name) + 1:]}') is also the name of a column",
+                    hint=f"rename the column '{clash}' (rename), or drop it")
             out.extend(names)
             continue
         if i < 0:
@@ -132,13 +165,34 @@ def groups(schema: pa.Schema, features: list[str]) -> list[tuple[str | None, int
             out.append((None, j, j + 1))
             j += 1
             continue
+        stop = _run_end(features, j, owner, present, sparse)
+        out.append((owner, j, stop))
+        j = stop
+    return out
+
+
+def _run_end(features: list[str], j: int, owner: str, present: set[str],
+             sparse: set[str]) -> int:
+    """Where the run of ``owner``'s positions that starts at ``features[j]`` ends: at
+    the first name not prefixed ``<owner>:`` (a column, or another sparse column's).
+    Found by one regular-expression scan of the names joined (a hashed column has a
+    million positions: a Python step a name took a second a partition, and a request)."""
+    prefix = owner + ":"
+    rest = features[j + 1:]
+    joined = "\n".join(rest)
+    nested = any(c.startswith(prefix) for c in (present | sparse) - {owner})
+    if nested or joined.count("\n") != max(len(rest) - 1, 0):  # (or names with \n)
         stop = j + 1
         while (stop < len(features) and features[stop] not in present
                and owner_of(features[stop], sparse) == owner):
             stop += 1
-        out.append((owner, j, stop))
-        j = stop
-    return out
+        return stop
+    if not rest or not rest[0].startswith(prefix):
+        return j + 1
+    found = re.compile(r"\n(?!" + re.escape(prefix) + ")").search(joined)
+    if found is None:
+        return len(features)
+    return j + 2 + joined.count("\n", 0, found.start())
 
 
 def owner_of(name: str, sparse: Collection[str]) -> str | None:
@@ -266,6 +320,35 @@ def csr_matrix(part: pa.Table, features: list[str], dtype: Any = np.float64) -> 
     if len(blocks) == 1:
         return blocks[0]
     return sp.hstack(blocks, format="csr")
+
+
+def past_memory_share(need: float) -> str | None:
+    """Where ``need`` bytes are more of this machine's memory than vectorize_text lets its
+    term columns take, the words that say so (None where they are not)."""
+    from operators.features import text  # (it imports this module)
+
+    limit = text.dense_limit()
+    if need <= limit:
+        return None
+    return (f"{need / 2**30:,.1f} GiB, over {text.MEMORY_SHARE:.0%} of this machine's "
+            f"memory ({limit / text.MEMORY_SHARE / 2**30:,.1f} GiB)")
+
+
+def require_dense_room(rows: int, width: int, columns: list[tuple[str, int]]) -> None:
+    """A DataError, before anything is allocated, where a partition's matrix of ``width``
+    float64 columns, the sparse ``columns`` (name, terms) among them made dense, is past
+    ``past_memory_share``."""
+    past = past_memory_share(8.0 * rows * width)
+    if past is None:
+        return
+    name, terms = max(columns, key=lambda c: c[1])
+    raise DataError(
+        f"a partition of {rows:,} rows with the {terms:,} terms of the sparse column "
+        f"'{name}' made dense (this step's matrix) takes {past}",
+        hint="make partitions smaller (read_parquet's partition_mb), or fewer terms "
+             "(vectorize_text's max_features, num_features); on the CPU naive_bayes "
+             "(multinomial, complement, bernoulli) and logistic_regression with solver: "
+             "lbfgs read the rows as they are")
 
 
 def fill_dense(out: np.ndarray, column: pa.ChunkedArray, size: int, name: str) -> None:

@@ -53,6 +53,7 @@ from operators.evaluate.drift import Drift
 from operators.io.fs import resolve as fs_resolve
 from operators.io.fs import written_whole
 from operators.score.score import Score
+from operators.sparse import is_sparse_type
 from pipelines.device import CPU, Placement, resolve, run_placed
 from pipelines.store import Model, ModelStore, binding
 
@@ -506,7 +507,9 @@ def spark_udf(ref: str, models: str | None = None, *, result: str | None = None,
     columns = model.required
 
     def score(*arrays: pa.Array) -> pa.Array:
-        if len(arrays) == 1 and pa.types.is_struct(arrays[0].type):
+        # a sparse term column is a struct too: given alone, it is the model's column
+        if (len(arrays) == 1 and pa.types.is_struct(arrays[0].type)
+                and not (len(columns) == 1 and is_sparse_type(arrays[0].type))):
             given = arrays[0]
             names = [given.type.field(i).name for i in range(given.type.num_fields)]
             table = pa.Table.from_arrays(given.flatten(), names=names)

@@ -108,8 +108,8 @@ class Deduplicate(Shuffle):
 
     def partial(self, part: pa.Table) -> pa.Table:
         table = pa.table({n: plain(part.column(n)) for n in part.column_names},
-                         schema=pa.schema([pa.field(f.name, f.type.value_type if
-                                                    pa.types.is_dictionary(f.type) else f.type)
+                         schema=pa.schema([f.with_type(f.type.value_type) if
+                                           pa.types.is_dictionary(f.type) else f
                                            for f in part.schema]))
         if not self.params.by:  # whole rows: equal rows meet by their hash (placement only)
             table = table.append_column(_HASH, pa.array(

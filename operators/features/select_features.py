@@ -67,6 +67,7 @@ from operators.sparse import (
     groups,
     is_sparse_type,
     owner_of,
+    pending_field,
     select_positions,
     sparse_columns,
     sparse_field,
@@ -235,7 +236,7 @@ class SelectFeatures(Estimator):
         features, _ = self._check(schema)
         names = set(features)
         # a sparse column stays (its kept positions), its terms known after the fit
-        return pa.schema([pa.field(f.name, f.type) if is_sparse_type(f.type) else f
+        return pa.schema([pending_field(f.name) if is_sparse_type(f.type) else f
                           for f in schema if f.name not in names or is_sparse_type(f.type)],
                          metadata=schema.metadata)
 

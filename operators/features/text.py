@@ -25,7 +25,7 @@ from operators.base import (
 )
 from operators.features.columns import plain, unique_names
 from operators.hashing import murmur3_32
-from operators.sparse import from_csr, sparse_field, sparse_type
+from operators.sparse import from_csr, pending_field, sparse_field
 
 MAX_TERMS = 10_000
 """The most terms (columns) a vocabulary may have when ``max_features`` is not given."""
@@ -473,7 +473,7 @@ class VectorizeText(Estimator):
             return self._fitted.output_schema(schema)
         self._check(schema)
         if self.params.sparse:  # the column's type is known, its terms after the fit
-            return pa.schema([pa.field(f.name, sparse_type()) if f.name in self.params.columns
+            return pa.schema([pending_field(f.name) if f.name in self.params.columns
                               else f for f in schema], metadata=schema.metadata)
         return pa.schema([f for f in schema if f.name not in self.params.columns],
                          metadata=schema.metadata)

@@ -53,6 +53,7 @@ from operators.sparse import (
     has_sparse,
     is_sparse_type,
     issparse,
+    require_dense_room,
     scipy_sparse,
 )
 
@@ -501,8 +502,12 @@ def host_matrix(part: pa.Table, features: list[str],
     without ``xp``), ready to send to it."""
     extra = extra or []
     shape = (part.num_rows, len(features) + len(extra))
+    runs = groups(part.schema, features)
+    made_dense = [(column, stop - j) for column, j, stop in runs if column is not None]
+    if made_dense:
+        require_dense_room(shape[0], shape[1], made_dense)
     host = np.empty(shape, np.float64, order="F") if xp is None else host_buffer(shape, xp)
-    for column, j, stop in groups(part.schema, features):
+    for column, j, stop in runs:
         if column is not None:  # a sparse column's positions: its rows made dense here
             fill_dense(host[:, j:stop], part.column(column), stop - j, column)
             continue
@@ -1165,9 +1170,13 @@ class LinearContributions:
     def contributions(self, part: pa.Table, xp: Any
                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         assert self.means is not None
+        coef = np.atleast_2d(self.coef)  # (outputs, features)
+        made = [(column, stop - start) for column, start, stop
+                in groups(part.schema, self.features) if column is not None]
+        if made:  # each row's contributions, (rows, features, outputs), are dense
+            require_dense_room(part.num_rows, coef.size, made)
         X = feature_matrix(part, self.features, xp)
         predicted, proba = self.outputs_of(self.predict_matrix(X, xp))
-        coef = np.atleast_2d(self.coef)  # (outputs, features)
         centred = X - to_xp(self.means.astype(compute_dtype(xp)), xp)
         phi = centred[:, :, None] * to_xp(coef.T[None, :, :].astype(compute_dtype(xp)), xp)
         base = coef @ self.means + np.asarray(self.intercept, dtype=np.float64).reshape(-1)

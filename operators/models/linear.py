@@ -39,7 +39,14 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from operators.base import Estimator, ParamError, SchemaError, register, register_fitted
+from operators.base import (
+    DataError,
+    Estimator,
+    ParamError,
+    SchemaError,
+    register,
+    register_fitted,
+)
 from operators.models.common import (
     ConditioningWarning,
     FittedModel,
@@ -86,6 +93,7 @@ from operators.models.optimize import (
     newton_start,
     newton_tell,
 )
+from operators.sparse import groups, past_memory_share
 
 RCOND = 1e-12
 """Eigenvalues of the equilibrated normal matrix below RCOND x the largest count as zero
@@ -134,6 +142,13 @@ def start_optimizer(params: SolverParams, x0: np.ndarray, precision: float
     solver = params.solver
     if solver == "auto":
         solver = "newton" if x0.size <= NEWTON_MAX_PARAMETERS else "lbfgs"
+    # a sparse column's terms (no 10,000-term cap) make a Hessian of any size
+    past = past_memory_share(8.0 * x0.size * x0.size) if solver == "newton" else None
+    if past is not None:
+        raise DataError(f"solver: newton's Hessian of {x0.size:,} coefficients takes a "
+                        f"{x0.size:,} x {x0.size:,} matrix a partition: {past}",
+                        hint="solver: lbfgs (or auto, which takes it past "
+                             f"{NEWTON_MAX_PARAMETERS} coefficients), or fewer features")
     start = newton_start if solver == "newton" else lbfgs_start
     return solver, start(x0, tol=params.tol, max_iter=params.max_iter, precision=precision)
 
@@ -179,6 +194,25 @@ class LinearRegressionFitted(LinearContributions, FittedModel):
         # models saved before the log links have no link: least squares
         return cls(list(meta["features"]), arrays["coef"], float(arrays["intercept"]),
                    arrays.get("means"), meta.get("link", "identity"), meta.get("deviance"))
+
+
+def _require_normal_equations_room(schema: pa.Schema, features: list[str]) -> None:
+    """A DataError, before any pass, where a sparse column's terms make the normal
+    equations' (features + 2)^2 float64 matrix (every partition's, then their sums)
+    ``past_memory_share``."""
+    made = [(column, stop - start) for column, start, stop in groups(schema, features)
+            if column is not None]
+    width = len(features) + 2
+    past = past_memory_share(8.0 * width * width) if made else None
+    if past is None:
+        return
+    name, terms = max(made, key=lambda m: m[1])
+    raise DataError(
+        f"linear_regression's normal equations on {len(features):,} features ({terms:,} "
+        f"terms of the sparse column '{name}') take a {width:,} x {width:,} matrix a "
+        f"partition: {past}",
+        hint="fewer terms: vectorize_text's max_features (e.g. max_features: 5000) or a "
+             "higher min_df")
 
 
 @register("linear_regression")
@@ -232,8 +266,10 @@ class LinearRegression(Estimator):
         return with_predictions(schema, None, None)
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        return {"phase": "summary" if self.glm else "moments",
-                "features": check_inputs(schema, self.params, sparse=True)}
+        features = check_inputs(schema, self.params, sparse=True)
+        if not self.glm:
+            _require_normal_equations_room(schema, features)
+        return {"phase": "summary" if self.glm else "moments", "features": features}
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         if state["phase"] == "validate":

@@ -10,6 +10,7 @@ import pytest
 
 from operators.base import MissingColumnError, ParamError, SchemaError
 from operators.features.deduplicate import Deduplicate
+from operators.sparse import from_csr, sparse_field, sparse_names
 from operators.testing.cases.features import updates_table
 from operators.testing.kit import shuffled, split
 
@@ -107,3 +108,18 @@ def test_the_kept_row_of_a_tie_is_the_same_when_rows_differ_by_the_sign_of_a_zer
         got = shuffled(op, split(table, 4, seed), 2, seed).sort_by("k")
         kept.setdefault(tuple(np.signbit(got["x"].to_numpy())), []).append(seed)
     assert len(kept) == 1, kept
+
+
+def test_a_sparse_term_column_keeps_its_terms() -> None:
+    """A column's field metadata (a sparse column's terms: a model reads them as its
+    features) passes through, in the planned schema and in the rows."""
+    field = sparse_field("words", 3, ["late", "parcel", "refund"])
+    words = from_csr(np.array([0, 1, 3, 3]), np.array([2, 0, 1]), np.array([1.0, 2.0, 1.0]))
+    table = pa.Table.from_arrays([pa.array([1, 1, 2]), words],
+                                 schema=pa.schema([pa.field("id", pa.int64()), field]))
+    op = Deduplicate(by=["id"])
+    assert op.output_schema(table.schema).field("words").equals(field, check_metadata=True)
+    got = shuffled(op, split(table, 2, 0), 2, 0)
+    assert got.schema.field("words").equals(field, check_metadata=True)
+    assert sparse_names(got.schema.field("words")) == ["words:late", "words:parcel",
+                                                       "words:refund"]

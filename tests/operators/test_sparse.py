@@ -3,6 +3,7 @@ the same numbers as the dense columns, scikit-learn's sparse matrices and models
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,9 @@ from operators.sparse import (
     csr_matrix,
     csr_parts,
     from_csr,
+    groups,
     is_sparse_type,
+    sparse_field,
     sparse_names,
     sparse_type,
 )
@@ -302,3 +305,136 @@ def test_select_features_of_a_sparse_column_refuses_a_dense_test() -> None:
     schema = step.output_schema(table.schema)
     with pytest.raises(SchemaError, match="test variance of a sparse column"):
         SelectFeatures(features=["text"], k=3).output_schema(schema)
+
+def test_a_column_named_as_a_term_of_a_sparse_column_is_refused_by_name() -> None:
+    """``review:title`` a column and the term 'title' of the sparse column ``review``:
+    a model's features name one thing each (the fit took the column for the term's
+    place, and said the positions were another vocabulary's)."""
+    table = pa.table({"review": ["good title", "bad title", "good", "bad"] * 5,
+                      "review:title": np.arange(20.0), "y": ["a", "b"] * 10})
+    step = fit(VectorizeText(columns=["review"], sparse=True), [table])
+    schema = step.output_schema(table.schema)
+    for features in (None, ["review", "review:title"], ["review"]):
+        with pytest.raises(SchemaError, match="feature 'review:title' of the sparse column "
+                                              "'review' .* is also the name of a column"):
+            LogisticRegression(label="y", features=features).output_schema(schema)
+    renamed = table.rename_columns(["review", "length", "y"])
+    model = fit_model(LogisticRegression(label="y"), [step.transform(renamed, None)])
+    assert model.features == ["review:bad", "review:good", "review:title", "length"]
+
+
+def test_rows_made_dense_past_the_memory_share_are_refused_before_the_allocation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that makes a sparse column's rows dense (linear regression's passes, the
+    Gaussian naive Bayes, a GPU) checks the partition's matrix against
+    the share of memory the term columns may take (here 64 KB), as vectorize_text
+    does, before it allocates it; the steps that read the rows sparse do not."""
+    import operators.features.text as text
+
+    table = topics(seed=7).append_column("size", pa.array(np.arange(900.0)))
+    step = fit(VectorizeText(columns=["text"], sparse=True), [table])
+    rows = step.transform(table, None)
+    width = len(step.vocabulary["text"]["terms"])
+    assert 8 * 900 * width > 65536
+    monkeypatch.setattr(text, "dense_limit", lambda: 65536.0)
+    for model in (LinearRegression(label="size", features=["text"], loss="poisson",
+                                   solver="lbfgs"),
+                  NaiveBayes(label="topic", model_type="gaussian")):
+        with pytest.raises(DataError, match=rf"a partition of 900 rows with the {width:,} "
+                                            r"terms of the sparse column 'text' made dense "
+                                            r"\(this step's matrix\) takes .* GiB, over 25% "
+                                            r"of") as err:
+            fit_model(model, [rows])
+        assert "partition_mb" in err.value.hint and "max_features" in err.value.hint
+    fit_model(NaiveBayes(label="topic", model_type="multinomial"), [rows])
+    fit_model(LogisticRegression(label="topic", features=["text"], solver="lbfgs", l2=0.01),
+              [rows])
+
+
+def test_normal_equations_too_wide_for_memory_are_refused_before_the_first_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """linear_regression's squared loss sums a (features + 2)^2 matrix a partition: with a
+    sparse column's terms (no 10,000-term cap) it is checked against the term columns'
+    share of memory (here just under it) before any pass; the log-link losses, fitted
+    by L-BFGS without it, are not refused."""
+    import operators.features.text as text
+
+    table = topics(seed=7).slice(0, 12)
+    table = table.append_column("size", pa.array(np.arange(1.0, 13.0)))
+    step = fit(VectorizeText(columns=["text"], sparse=True), [table])
+    rows = step.transform(table, None)
+    width = len(step.vocabulary["text"]["terms"]) + 2
+    assert 8 * 12 * width < 8 * width * width - 1
+    monkeypatch.setattr(text, "dense_limit", lambda: 8.0 * width * width - 1)
+    with pytest.raises(DataError, match=rf"normal equations on {width - 2:,} features "
+                                        rf"\({width - 2:,} terms of the sparse column 'text'\)"
+                                        rf" take a {width:,} x {width:,} matrix") as err:
+        fit_model(LinearRegression(label="size", features=["text"]), [rows])
+    assert "max_features" in err.value.hint
+    fit_model(LinearRegression(label="size", features=["text"], loss="poisson", l2=0.01),
+              [rows])
+
+
+def test_contributions_of_a_wide_vocabulary_are_refused_before_the_allocation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each row's contributions are dense, a number per term and class: with 3 classes
+    three times the rows made dense; past the memory share (here between the two) the
+    scores are made all the same and the contributions refused by name."""
+    import operators.features.text as text
+
+    table = topics(seed=7)
+    step = fit(VectorizeText(columns=["text"], sparse=True), [table])
+    rows = step.transform(table, None)
+    model = fit_model(LogisticRegression(label="topic", features=["text"], l2=0.01), [rows])
+    width = len(model.features)
+    monkeypatch.setattr(text, "dense_limit", lambda: 8.0 * 900 * width * 2)
+    assert model.transform(rows, NP).num_rows == 900
+    with pytest.raises(DataError, match=rf"a partition of 900 rows with the {width:,} terms "
+                                        r"of the sparse column 'text' made dense"):
+        model.explain(rows, NP)
+    assert model.explain(rows.slice(0, 400), NP).num_rows == 400
+
+
+def test_a_million_hashed_positions_are_grouped_faster_than_they_are_named() -> None:
+    """``groups`` runs on every scored partition and served request (three times): a
+    hashed column's 2^20 positions took a second (a Python step a name), more than
+    making their names; the runs are the same where names nest or hold line breaks."""
+    field = sparse_field("text", 2 ** 20, None)
+    schema = pa.schema([pa.field("x", pa.float64()), field])
+
+    def best(call: Any) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    names = ["x", *sparse_names(field)]
+    assert groups(schema, names) == [(None, 0, 1), ("text", 1, 2 ** 20 + 1)]
+    assert best(lambda: groups(schema, names)) < 0.5 * best(lambda: sparse_names(field))
+    nested = pa.schema([pa.field("a", sparse_type()), pa.field("a:x", sparse_type()),
+                        pa.field("b", sparse_type()), pa.field("c", pa.float64())])
+    assert groups(nested, ["a:p", "a:x:q", "a:x:r", "a:s", "c", "b:t\nb:u", "b:v",
+                           "a:w", "\n", "b:"]) == [
+        ("a", 0, 1), ("a:x", 1, 3), ("a", 3, 4), (None, 4, 5), ("b", 5, 7), ("a", 7, 8),
+        (None, 8, 9), ("b", 9, 10)]
+
+
+def test_a_newton_hessian_too_large_for_memory_is_refused_before_the_first_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """solver: newton sums a (coefficients)^2 Hessian a partition: a sparse column's
+    terms can make it any size; past the memory share it is refused, saying lbfgs."""
+    import operators.features.text as text
+
+    table = topics(seed=7)
+    rows = fit(VectorizeText(columns=["text"], sparse=True), [table]).transform(table, None)
+    model = fit_model(LogisticRegression(label="topic", features=["text"], l2=0.01,
+                                         solver="newton"), [rows])
+    size = model.coef.size + model.intercept.size
+    monkeypatch.setattr(text, "dense_limit", lambda: 8.0 * size * size - 1)
+    with pytest.raises(DataError, match=rf"solver: newton's Hessian of {size:,} "
+                                        "coefficients takes") as err:
+        fit_model(LogisticRegression(label="topic", features=["text"], l2=0.01,
+                                     solver="newton"), [rows])
+    assert "solver: lbfgs" in err.value.hint

@@ -282,6 +282,21 @@ def test_a_partition_too_large_for_its_term_columns_names_the_step(
 SPARSE = TRAIN.replace("min_df: 3", "min_df: 3\n        sparse: true")
 
 
+TERMS = """
+    pipeline: terms
+    steps:
+      - op: read_parquet
+        path: {data}
+      - op: vectorize_text
+        columns: [text]
+        sparse: true
+        stop_words: [the, a, and, is, it]
+        min_df: 3
+      - op: write_parquet
+        path: {out}
+"""
+
+
 def test_a_sparse_term_column_trains_scikit_learns_model_on_every_engine(
         workdir: Path, engine, ticket_files: Path) -> None:
     """``sparse: true``: one column of each row's terms through every engine, the same
@@ -308,21 +323,8 @@ def test_a_sparse_term_column_trains_scikit_learns_model_on_every_engine(
                              contributions=True)[0]["contributions"]
     assert "text:parcel" in explained and "text:late" in explained
     # a pipeline that writes the column: Parquet keeps its type
-    written = workdir / "terms.yaml"
-    written.write_text(f"""
-pipeline: terms
-steps:
-  - op: read_parquet
-    path: {ticket_files}
-  - op: vectorize_text
-    columns: [text]
-    sparse: true
-    stop_words: [the, a, and, is, it]
-    min_df: 3
-  - op: write_parquet
-    path: {workdir / 'terms'}
-""")
-    run(str(written), engine_instance=engine)
+    run(write_pipeline(workdir, TERMS.format(data=ticket_files, out=workdir / "terms")),
+        engine_instance=engine)
     out = pq.read_table(workdir / "terms")
     assert pa.types.is_struct(out.schema.field("text").type)
     assert out.num_rows == table.num_rows
@@ -388,3 +390,70 @@ def test_chi2_keeps_the_best_terms_of_a_sparse_column_on_every_engine(
     np.testing.assert_allclose([r["probability"] for r in scored],
                                sk.predict_proba(pick.transform(vectorizer.transform(new))),
                                rtol=1e-9)
+
+def test_a_sparse_column_that_lost_its_terms_is_refused_at_plan(workdir: Path,
+                                                                ticket_files: Path) -> None:
+    """A struct<indices, values> column read from a file without the field metadata
+    naming its terms (another tool wrote it): the model cannot name its features, which
+    the plan says (a TypeError in the fit before)."""
+    words = pa.array([{"indices": [0, 2], "values": [1.0, 2.0]},
+                      {"indices": [1], "values": [3.0]}] * 10,
+                     pa.struct([pa.field("indices", pa.list_(pa.int32())),
+                                pa.field("values", pa.list_(pa.float64()))]))
+    pq.write_table(pa.table({"text": words, "topic": ["a", "b"] * 10}),
+                   workdir / "terms.parquet")
+    path = write_pipeline(workdir, f"""
+    pipeline: lost
+    steps:
+      - op: read_parquet
+        path: {workdir / 'terms.parquet'}
+      - id: nb
+        op: naive_bayes
+        label: topic
+        features: [text]
+    """)
+    done = sluice_in_process("validate", str(path), cwd=workdir)
+    assert done.returncode != 0
+    assert "sparse column 'text' does not name its terms" in done.stderr
+    assert "step 'nb'" in done.stderr and "vectorize_text" in done.stderr
+    assert "Traceback" not in done.stderr
+    # the step's own column, planned before its terms are fitted, is no such column
+    done = sluice_in_process("validate", str(write_pipeline(workdir, SPARSE.format(
+        data=ticket_files))), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+
+
+def test_spark_udf_takes_a_model_of_one_sparse_column_by_its_column(
+        workdir: Path, ticket_files: Path, spark) -> None:
+    """A model trained on a sparse column written by another pipeline takes that one
+    column: ``score(*score.columns)`` gives it (a struct itself, it was taken for a
+    struct of the model's columns: 'text' not in the input) as ``F.struct`` does."""
+    from pyspark.sql import functions as F
+
+    from pipelines.serving import spark_udf
+
+    run(write_pipeline(workdir, TERMS.format(data=ticket_files, out=workdir / "terms")))
+    run(write_pipeline(workdir, f"""
+    pipeline: on_terms
+    steps:
+      - op: read_parquet
+        path: {workdir / 'terms'}
+      - op: naive_bayes
+        label: topic
+        features: [text]
+      - op: save_model
+        name: on_terms
+    """))
+    rows = pq.read_table(workdir / "terms")
+    want = dict(zip(rows.column("ticket_id").to_pylist(),
+                    load_model("on_terms").score(rows).column("probability").to_pylist()))
+    score = spark_udf("on_terms")
+    assert score.columns == ["text"]
+    df = spark.spark.read.parquet(str(workdir / "terms"))
+    for argument in (score.columns, [F.struct(*score.columns)]):
+        got = {r.ticket_id: r.p for r in df.select("ticket_id", score(*argument)
+                                                   .alias("p")).collect()}
+        ids = sorted(want)
+        assert sorted(got) == ids
+        np.testing.assert_allclose([got[i] for i in ids], [want[i] for i in ids],
+                                   rtol=1e-12)
