@@ -826,6 +826,10 @@ def _history(runs_dir: str | None, pipeline: str | None = None,
     history = runs.load(runs_dir, pipeline, prefix)
     for line in history.skipped:
         click.echo(f"warning: {line}", err=True)
+    if pipeline is not None and history.pipelines and pipeline not in history.pipelines:
+        # a name no run ever had (a typo, as a script's exit status must say), not one
+        # whose runs were selected away or pruned
+        raise SluiceError(runs.nothing_found(history, pipeline))
     return history
 
 
