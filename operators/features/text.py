@@ -406,8 +406,9 @@ def _limit(value: int | float, rows: int) -> float:
 
 @register("vectorize_text")
 class VectorizeText(Estimator):
-    """Text as numbers: each row's terms counted (or TF-IDF weighted) in a float64 column
-    per term, `<col>:<term>`, where the text column was; the vocabulary is learned over all
+    """Text as numbers: a float64 column per term, `<col>:<term>`, of counts or TF-IDF.
+
+    The terms' columns take the text column's place; the vocabulary is learned over all
     partitions (counts combine exactly), in sorted term order.
 
     The text is lower-cased, split at `separators` (by default anything but letters,

@@ -240,8 +240,7 @@ def _switches(X: Any, binarize: float | None, features: list[str], xp: Any) -> A
 
 @register("naive_bayes")
 class NaiveBayes(Estimator):
-    """Naive Bayes classifier: Gaussian, multinomial, Bernoulli or complement, fitted in
-    one pass.
+    """Naive Bayes classifier: Gaussian, multinomial, Bernoulli or complement, in one pass.
 
     ```yaml
     - op: naive_bayes

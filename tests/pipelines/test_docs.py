@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from conftest import ROOT
 
 from operators.base import registered
@@ -23,3 +25,12 @@ def test_every_operator_is_documented() -> None:
         for p in parameters(cls):
             assert p["description"], f"{name}.{p['name']} has no description"
         assert describe_operator(name).startswith(f"{name} (")
+
+
+def test_every_summary_is_a_whole_line() -> None:
+    """`sluice ops` and the README's headings show a docstring's first line: a summary
+    wrapped onto a second line was cut mid-sentence there ("... F of a")."""
+    for name, cls in registered().items():
+        first = inspect.getdoc(cls).split("\n\n", 1)[0]
+        assert "\n" not in first, f"{name}'s summary runs onto a second line: {first!r}"
+        assert first.endswith((".", ")")), f"{name}'s summary is no sentence: {first!r}"
