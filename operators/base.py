@@ -323,6 +323,13 @@ class Estimator(Operator):
     # columns) it asks of that one
     after_model: ClassVar[bool] = False
 
+    def fit_may_add(self, column: str) -> bool:
+        """Plan time, for a step ``schema_from_fit``: whether its fit may add a column of
+        this name that the planned schema after it lacks (a later step's check of such a
+        column waits for the run; of any other, it is a problem as the pipeline plans).
+        True unless the operator knows the names it adds."""
+        return True
+
     def bind_model(self, model: str | None) -> None:
         """Plan time, for a step ``after_model``: the operator name of the model whose
         predictions it reads (``logistic_regression``...; None where the plan cannot

@@ -105,7 +105,17 @@ class SupervisedParams(Params):
     def _window(self) -> SupervisedParams:
         check_validation_window(self)
         check_listed_features(self.features)
+        check_role("label", self.label, self.features)
+        check_role("weight", self.weight, self.features)
         return self
+
+
+class PlannedPredictions:
+    """A model step whose fit decides the types of its prediction columns (probability:
+    float64 for two classes, list<double> for more), never their names."""
+
+    def fit_may_add(self, column: str) -> bool:
+        return column in ("prediction", "probability")
 
 
 def require_counts(X: Any, features: list[str], xp: Any, what: str, hint: str) -> None:

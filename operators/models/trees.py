@@ -97,6 +97,7 @@ from operators.models.categories import (
 from operators.models.common import (
     ClassWeight,
     FittedModel,
+    PlannedPredictions,
     SupervisedParams,
     by_class,
     check_class_weight,
@@ -1811,7 +1812,7 @@ def drop_leaves(rows: Any, pos: Any, extra: Any | None, arrays: dict[str, Any], 
 # --------------------------------------------------------------------------- estimator base
 
 
-class TreeEstimator(Estimator):
+class TreeEstimator(PlannedPredictions, Estimator):
     """What the tree estimators share: the summary pass, the level passes, validation.
 
     Subclasses say which trees a pass grows (``_start`` builds the forest), the rows and

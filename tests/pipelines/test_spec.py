@@ -436,3 +436,38 @@ def test_a_step_using_a_model_whose_chain_has_a_bad_step(churn: Path, workdir: P
         """)
     found = problems(path)
     assert len(found) == 1 and "step 'derive' (derive): derive column 'w'" in found[0], found
+
+
+def test_a_feature_no_fit_can_add_is_a_plan_time_problem_after_one_hot(churn: Path,
+                                                                      workdir: Path) -> None:
+    """After one_hot (whose columns are known once it has fitted), a model's misspelt
+    feature, a column one_hot replaced, or its label among its features is found as the
+    pipeline plans, not after the fits before it have run; `plan=basic`, which one_hot
+    may add, still waits for the run."""
+    def model(features: str, label: str = "churned") -> list[str]:
+        path = write_pipeline(workdir, f"""
+            pipeline: onehot_then_model
+            steps:
+              - op: read_parquet
+                path: data/churn
+                columns: [tenure, plan, monthly_charges, churned]
+              - op: one_hot
+                columns: [plan]
+              - op: logistic_regression
+                label: {label}
+                features: [{features}]
+              - op: evaluate
+                label: churned
+            """)
+        return problems(path)
+
+    assert model("tenure, plan=basic, plan=premium") == []
+    (typo,) = model("tenur, plan=basic")
+    assert "pipeline.yaml:10: step 'logistic_regression'" in typo, typo
+    assert "column 'tenur' not in the input; did you mean 'tenure'?" in typo, typo
+    assert "plan=basic" not in typo.split("(input has")[0], typo
+    (replaced,) = model("tenure, plan")
+    assert "column 'plan' not in the input" in replaced, replaced
+    (label,) = model("tenure, monthly_charges, plan=basic", label="monthly_charges")
+    assert ("the label column 'monthly_charges' is also listed in features "
+            "(remove 'monthly_charges' from features)") in label, label
