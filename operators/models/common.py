@@ -46,6 +46,11 @@ float64: the float32 rounding of a statistic then stays near 2^-24 x sqrt(block)
 
 FEATURE_HINT = ("impute it (op: impute) or leave those rows out (op: filter, or "
                 "read_parquet's filter)")
+SCORING_HINT = ("the model was trained without such values: leave those rows out before it "
+                "scores (op: filter, read_parquet's filter, or `sluice score --filter "
+                "'COLUMN is not null'`), or train it again with an impute of the column "
+                "before the model step (op: impute; the saved model then fills them as it "
+                "scores)")
 
 
 class ConvergenceWarning(UserWarning):
@@ -409,14 +414,15 @@ def held_out(part: pa.Table, params: HoldsOut) -> tuple[pa.Table, pa.Table]:
                       query_column(params))
 
 
-def _finite_values(column: pa.ChunkedArray, what: str) -> np.ndarray:
+def _finite_values(column: pa.ChunkedArray, what: str, hint: str = FEATURE_HINT
+                   ) -> np.ndarray:
     """The column as float64 values, a DataError when one is null, NaN or infinite."""
     if column.null_count:
-        raise DataError(f"{what} has {column.null_count} null values", hint=FEATURE_HINT)
+        raise DataError(f"{what} has {column.null_count:,} null values", hint=hint)
     values = column_to_numpy(column)
     if pa.types.is_floating(column.type) and not np.isfinite(values).all():
         bad = len(values) - int(np.isfinite(values).sum())
-        raise DataError(f"{what} has {bad} NaN or infinite values", hint=FEATURE_HINT)
+        raise DataError(f"{what} has {bad:,} NaN or infinite values", hint=hint)
     return values
 
 
@@ -438,15 +444,15 @@ def require_positive_weight(total: float, weight: str | None) -> None:
 
 def host_matrix(part: pa.Table, features: list[str],
                 extra: list[np.ndarray] | None = None, xp: Any = None,
-                role: str = "feature column") -> np.ndarray:
+                role: str = "feature column", hint: str = FEATURE_HINT) -> np.ndarray:
     """Features (checked: no nulls, NaN or inf; an error names the ``role`` and the
-    column) then ``extra`` columns, as one host matrix in ``xp``'s compute dtype (float64
-    without ``xp``), ready to send to it."""
+    column, with ``hint``) then ``extra`` columns, as one host matrix in ``xp``'s compute
+    dtype (float64 without ``xp``), ready to send to it."""
     extra = extra or []
     shape = (part.num_rows, len(features) + len(extra))
     host = np.empty(shape, np.float64, order="F") if xp is None else host_buffer(shape, xp)
     for j, name in enumerate(features):
-        values = _finite_values(part.column(name), f"{role} '{name}'")
+        values = _finite_values(part.column(name), f"{role} '{name}'", hint)
         try:
             # finite in float64, past the compute dtype's range (float32: 3.4e38): the
             # cast's own overflow flag says so, no second look at the values
@@ -464,9 +470,10 @@ def host_matrix(part: pa.Table, features: list[str],
 
 
 def feature_matrix(part: pa.Table, features: list[str], xp: Any,
-                   extra: list[np.ndarray] | None = None, role: str = "feature column") -> Any:
+                   extra: list[np.ndarray] | None = None, role: str = "feature column",
+                   hint: str = FEATURE_HINT) -> Any:
     """``host_matrix`` moved to ``xp`` in one host-to-device copy."""
-    return to_xp(host_matrix(part, features, extra, xp, role), xp)
+    return to_xp(host_matrix(part, features, extra, xp, role, hint), xp)
 
 
 def unit_rows(X: Any, features: list[str], xp: Any, step: str) -> Any:
@@ -925,8 +932,8 @@ class FittedModel(Transform):
     def outputs(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """(predictions, probabilities) on the host: class positions for a classifier."""
         require_columns(part.schema, self.features, "feature column")
-        return self.outputs_of(self.predict_matrix(feature_matrix(part, self.features, xp),
-                                                   xp))
+        X = feature_matrix(part, self.features, xp, hint=SCORING_HINT)
+        return self.outputs_of(self.predict_matrix(X, xp))
 
     def outputs_of(self, scores: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """``outputs`` of ``predict_matrix``'s scores."""
