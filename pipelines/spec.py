@@ -144,7 +144,8 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem]
 
 _YAML_TOKENS = {"<block end>": "the end of the block", "'<scalar>'": "a value",
                 "'<block sequence start>'": "a list item", "'<block mapping start>'": "a key",
-                "'<block mapping end>'": "the end of the block"}
+                "'<block mapping end>'": "the end of the block",
+                "'?'": "a key"}  # a key token (a step's key indented as the list's `-`)
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, str]:

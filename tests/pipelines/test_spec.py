@@ -178,6 +178,10 @@ HEAD = "pipeline: x\nsteps:\n  - op: read_parquet\n"
     ("    path: data\n   - op: select\n", 5, "expected the end of the block, but found a "
                                               "list item (check the indentation of the block "
                                               "that starts on line 3)"),
+    # a step's key at the indentation of its list's `-`: PyYAML's "found '?'"
+    ("  path: data\n    columns: [a]\n", 4, "expected the end of the block, but found a key "
+                                          "(check the indentation of the block that starts "
+                                          "on line 3)"),
     ("    columns: [a, b\n  - op: select\n", 5,
      "expected ',' or ']', but got ':' (in the [ on line 4, column 14)"),
     ('    filter: "a > 3" and b == "x"\n', 4, "text after the quoted part of a value: "
