@@ -133,6 +133,20 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
     raise error
 
 
+def require_expression_columns(schema: pa.Schema, columns: Iterable[str]) -> None:
+    """``require_columns`` for the names an expression reads as columns: a bare word no
+    column's name is near (`plan = basic`) is most likely a text value without its
+    quotes, which the hint says."""
+    try:
+        require_columns(schema, columns)
+    except MissingColumnError as exc:
+        words = [c for c in getattr(exc, "columns", ()) if not renames([c], schema.names,
+                                                                          cutoff=0.6)]
+        if words:
+            exc.hint = f"{exc.hint}; a text value goes in quotes: '{words[0]}'"
+        raise
+
+
 # --------------------------------------------------------------------------- contracts
 
 

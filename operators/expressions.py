@@ -751,7 +751,8 @@ def _unknown_column_message(name: str, columns: Sequence[str]) -> str:
         written = quote_name(match)
         suggestion = repr(match) if written == match else written
         return f"unknown column {name!r}; did you mean {suggestion}?"
-    return f"unknown column {name!r}; the columns are: {_shown([quote_name(c) for c in columns])}"
+    return (f"unknown column {name!r} (a text value goes in quotes: {name!r}); the columns "
+            f"are: {_shown([quote_name(c) for c in columns])}")
 
 
 def _unknown_function_message(name: str) -> str:

@@ -15,6 +15,7 @@ from operators.base import (
     SchemaError,
     Transform,
     register,
+    require_expression_columns,
 )
 from operators.expressions import (
     ExpressionError,
@@ -73,6 +74,9 @@ class Derive(Transform):
                     used.append(column)
             made.add(name)
         return used
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_expression_columns(schema, self.input_columns(schema))
 
     def saved_view(self, training_only: frozenset[str] = frozenset()) -> Derive | None:
         """Without the columns only training reads (a label derived here: scoring rows

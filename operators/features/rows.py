@@ -24,6 +24,7 @@ from operators.base import (
     Transform,
     register,
     require_columns,
+    require_expression_columns,
 )
 from operators.expressions import (
     ExpressionError,
@@ -102,6 +103,9 @@ class Filter(Transform):
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return referenced_columns(self.params.where)
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_expression_columns(schema, self.input_columns(schema))
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         _checked(self.params.where, schema, "where")
@@ -271,6 +275,9 @@ class Expect(Transform):
         for text in self.params.rules.values():
             used += [c for c in referenced_columns(text) if c not in used]
         return used
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_expression_columns(schema, self.input_columns(schema))
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         try:

@@ -675,7 +675,8 @@ def test_unknown_column_suggests_a_close_name() -> None:
     assert "did you mean `plan=basic`?" in err.message
     schema = pa.schema([("b", pa.int8()), ("a", pa.int8()), ("a b", pa.int8())])
     err = error_of(check_filter, "zzz > 1", schema)
-    assert err.message == "unknown column 'zzz'; the columns are: b, a, `a b`"
+    assert err.message == ("unknown column 'zzz' (a text value goes in quotes: 'zzz'); the "
+                           "columns are: b, a, `a b`")
 
 
 def test_unknown_function_suggests_a_close_name() -> None:

@@ -402,6 +402,45 @@ def test_bad_filters_are_plan_time_problems(churn: Path, workdir: Path, filter_t
     assert p.startswith(f"{path}:5: step 'read_parquet' (read_parquet): "), p
 
 
+def test_a_bare_word_in_an_expression_is_said_to_want_quotes(churn: Path,
+                                                            workdir: Path) -> None:
+    """`plan = basic` reads `basic` as a column: each expression step says that a text
+    value goes in quotes (a read's filter listed the columns twice), where a name near a
+    column's is still a misspelling."""
+    path = write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+            filter: "plan = basic"
+          - op: filter
+            where: "region = north"
+          - op: derive
+            columns: {premium: "if(plan = premium, 1, 0)"}
+          - op: expect
+            rules: {real: "region != test"}
+          - op: derive
+            columns: {ratio: "total_charges / monthly_charge"}
+        """)
+    read, *steps = [p.split("(read_parquet): ")[-1] for p in problems(path)]
+    assert read == ("filter: unknown column 'basic' (a text value goes in quotes: 'basic'); "
+                    "the columns are: customer_id, tenure, plan, region, monthly_charges, "
+                    "total_charges, signup_date, churned at column 8 in 'plan = basic'")
+    path.write_text(path.read_text().replace("plan = basic", "plan = 'basic'"))
+    found = problems(path)
+    assert len(found) == 1, found  # a step after a broken one is not checked
+    assert found[0].endswith("; a text value goes in quotes: 'north')"), found
+    for bare, word in (("region = north", "premium"), ("plan = premium", "test")):
+        quoted = bare.replace(bare.split()[-1], f"'{bare.split()[-1]}'")
+        path.write_text(path.read_text().replace(bare, quoted))
+        (found,) = problems(path)
+        assert found.endswith(f"; a text value goes in quotes: '{word}')"), found
+    path.write_text(path.read_text().replace("region != test", "region != 'test'"))
+    (found,) = problems(path)
+    assert "column 'monthly_charge' not in the input; did you mean 'monthly_charges'?" in found
+    assert "quotes" not in found
+
+
 def test_missing_data_is_a_plan_time_problem(workdir: Path) -> None:
     path = write_pipeline(workdir, """
         pipeline: x
