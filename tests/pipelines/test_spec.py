@@ -514,3 +514,34 @@ def test_a_feature_no_fit_can_add_is_a_plan_time_problem_after_one_hot(churn: Pa
     (label,) = model("tenure, monthly_charges, plan=basic", label="monthly_charges")
     assert ("the label column 'monthly_charges' is also listed in features "
             "(remove 'monthly_charges' from features)") in label, label
+
+
+def test_evaluate_before_any_model_says_so_not_a_near_column(churn: Path,
+                                                             workdir: Path) -> None:
+    """No prediction yet (evaluate before the model, or its `input:` a step before it)
+    said "column 'prediction' not in the input; did you mean 'region'?"."""
+    path = write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - id: rows
+            op: read_parquet
+            path: data/churn
+          - op: logistic_regression
+            label: churned
+            features: [tenure]
+          - op: evaluate
+            input: rows
+            label: churned
+        """)
+    (found,) = problems(path)
+    assert found.endswith(
+        "step 'evaluate' (evaluate): its input has no 'prediction' column: evaluate measures "
+        "the predictions of a model step or a score step before it (put evaluate after the "
+        "model step or an `op: score` (check its `input:`), or name the column of "
+        "predictions (prediction: COLUMN))"), found
+    assert "did you mean" not in found
+    path.write_text(path.read_text().replace("input: rows", "prediction: tenure"))
+    assert problems(path) == []
+    path.write_text(path.read_text().replace("prediction: tenure", "prediction: predicted"))
+    (found,) = problems(path)
+    assert "column 'predicted' not in the input" in found, found
