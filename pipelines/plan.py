@@ -181,8 +181,12 @@ def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
             msg = f"missing required parameter '{'.'.join(loc)}'"
         elif err.get("any_of"):
             shown = repr(err.get("input"))
+            got = err.get("input")
+            listed = isinstance(got, str) and loc and any(
+                kind.startswith("list[") for kind in err["any_of"])
             msg = (f"parameter '{'.'.join(loc)}': {shown[:80]} is none of the kinds of value "
-                   f"it may be ({', '.join(err['any_of'])})")
+                   f"it may be ({', '.join(err['any_of'])})"
+                   + (f"; write a list: `{loc[-1]}: [{got}]`" if listed else ""))
         else:
             path = ".".join(loc) if loc else "parameters"
             got = err.get("input")

@@ -333,6 +333,24 @@ def test_a_misspelt_choice_and_a_name_for_a_list_say_what_was_meant(churn: Path,
         "'constant' (got 'meadian'); did you mean 'median'?"], found
 
 
+def test_one_key_named_for_a_list_or_a_mapping_says_to_write_a_list(churn: Path,
+                                                                    workdir: Path) -> None:
+    """join's `on: customer_id` (a list or a mapping): "none of the kinds of value it may
+    be" said nothing of the brackets that make it one, as a plain list's error does."""
+    (found,) = problems(write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: join
+            path: data/churn
+            on: customer_id
+        """))
+    assert found.endswith(
+        "(join): parameter 'on': 'customer_id' is none of the kinds of value it may be "
+        "(list[str], dict[str,str]); write a list: `on: [customer_id]`"), found
+
+
 def test_duplicate_keys_are_problems() -> None:
     spec = parse("pipeline: x\nsteps:\n  - op: read_parquet\n    path: a\n    path: b\n", "f.yaml")
     assert any("key 'path' appears twice" in str(p) for p in spec.problems)
