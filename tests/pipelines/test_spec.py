@@ -281,6 +281,20 @@ def test_a_pipeline_name_that_cannot_be_a_folder_is_a_problem(churn: Path, workd
     assert found("churn train é") == []
 
 
+@pytest.mark.parametrize(("written", "read"), [("2026", "2026 as int"),
+                                              ("2026_11", "202611 as int"),
+                                              ("yes", "True as bool"), ("1.5", "1.5 as float")])
+def test_a_pipeline_name_yaml_reads_as_no_text_says_to_quote_it(
+        workdir: Path, written: str, read: str) -> None:
+    """Not "`pipeline:` is required" for a name that is there."""
+    path = write_pipeline(workdir, f"pipeline: {written}\nsteps:\n  - op: read_parquet\n"
+                                   "    path: data/churn\n")
+    (problem,) = parse(path.read_text(), str(path)).problems
+    assert (problem.line, problem.message) == (
+        1, f"`pipeline:` is a name, and YAML reads {read}: quote it (pipeline: \"...\") or "
+           "start it with a letter (e.g. churn_train)")
+
+
 @pytest.mark.parametrize("step_id", ["rows\n", "a b", "1st", ""])
 def test_a_step_id_that_is_no_name_is_a_problem(churn: Path, workdir: Path,
                                                 step_id: str) -> None:
