@@ -20,6 +20,7 @@ from operators.base import (
 from operators.expressions import (
     ExpressionError,
     expression_type,
+    function_names,
     parse_expression,
     referenced_columns,
     value_failure,
@@ -30,7 +31,8 @@ from operators.expressions import (
 class DeriveParams(Params):
     columns: dict[str, str] = Field(
         min_length=1, description="new column: expression, in order; a later expression may "
-                                  "use an earlier new column; an existing name is replaced")
+                                  "use an earlier new column; an existing name is replaced; "
+                                  f"functions: {function_names()}")
 
     @field_validator("columns")
     @classmethod

@@ -29,6 +29,7 @@ from operators.base import (
 from operators.expressions import (
     ExpressionError,
     check_filter,
+    function_names,
     parse_filter,
     quote_name,
     referenced_columns,
@@ -72,7 +73,8 @@ def _failed(exc: BaseException, what: str, texts: Iterable[str], part: pa.Table
 class FilterParams(Params):
     where: str = Field(description="the rows to keep: a true/false expression, e.g. "
                                    "\"probability >= 0.8 and region != 'test'\"; a row "
-                                   "where it is null is dropped (SQL's WHERE)")
+                                   "where it is null is dropped (SQL's WHERE); functions: "
+                                   f"{function_names()}")
 
     @field_validator("where")
     @classmethod

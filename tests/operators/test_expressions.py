@@ -687,6 +687,8 @@ def test_unknown_function_suggests_a_close_name() -> None:
     assert "did you mean 'log1p'?" in err.message
     err = error_of(parse_expression, "frobnicate(x)")
     assert err.message.startswith("unknown function 'frobnicate'; known functions: abs, ")
+    # all of them (the first dozen, then "...", left substr's user guessing)
+    assert err.message.endswith(", upper, week, year") and "..." not in err.message
     err = error_of(parse_expression, "cast(x as int42)")
     assert err.message.startswith("unknown type 'int42'; did you mean")
     assert err.position == 10
