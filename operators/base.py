@@ -133,6 +133,20 @@ def require_columns(schema: pa.Schema, columns: Iterable[str], what: str = "colu
     raise error
 
 
+def require_expression_columns(schema: pa.Schema, columns: Iterable[str]) -> None:
+    """``require_columns`` for the names an expression reads as columns: a bare word no
+    column's name is near (`plan = basic`) is most likely a text value without its
+    quotes, which the hint says."""
+    try:
+        require_columns(schema, columns)
+    except MissingColumnError as exc:
+        words = [c for c in getattr(exc, "columns", ()) if not renames([c], schema.names,
+                                                                          cutoff=0.6)]
+        if words:
+            exc.hint = f"{exc.hint}; a text value goes in quotes: '{words[0]}'"
+        raise
+
+
 # --------------------------------------------------------------------------- contracts
 
 
@@ -322,6 +336,13 @@ class Estimator(Operator):
     # model of its own: what a score step asks of a chain's model (its contributions, its
     # columns) it asks of that one
     after_model: ClassVar[bool] = False
+
+    def fit_may_add(self, column: str) -> bool:
+        """Plan time, for a step ``schema_from_fit``: whether its fit may add a column of
+        this name that the planned schema after it lacks (a later step's check of such a
+        column waits for the run; of any other, it is a problem as the pipeline plans).
+        True unless the operator knows the names it adds."""
+        return True
 
     def bind_model(self, model: str | None) -> None:
         """Plan time, for a step ``after_model``: the operator name of the model whose

@@ -751,11 +751,21 @@ def _unknown_column_message(name: str, columns: Sequence[str]) -> str:
         written = quote_name(match)
         suggestion = repr(match) if written == match else written
         return f"unknown column {name!r}; did you mean {suggestion}?"
-    return f"unknown column {name!r}; the columns are: {_shown([quote_name(c) for c in columns])}"
+    return (f"unknown column {name!r} (a text value goes in quotes: {name!r}); the columns "
+            f"are: {_shown([quote_name(c) for c in columns])}")
 
 
 def _unknown_function_message(name: str) -> str:
-    return _unknown_name_message("function", name, _FUNCTIONS)
+    match = _closest(name, sorted(_FUNCTIONS))
+    if match is not None:
+        return f"unknown function {name!r}; did you mean {match!r}?"
+    return f"unknown function {name!r}; known functions: {function_names()}"
+
+
+def function_names() -> str:
+    """Every function an expression may call, in order (what `sluice ops derive` lists,
+    and an unknown function's error: all of them, not the first dozen)."""
+    return ", ".join(sorted(_FUNCTIONS))
 
 
 @functools.lru_cache(maxsize=1024)

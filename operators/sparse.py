@@ -297,21 +297,23 @@ def issparse(X: Any) -> bool:
     return sp is not None and sp.issparse(X)
 
 
-def csr_matrix(part: pa.Table, features: list[str], dtype: Any = np.float64) -> Any:
+def csr_matrix(part: pa.Table, features: list[str], dtype: Any = np.float64,
+               hint: str | None = None) -> Any:
     """``features`` of ``part`` as one SciPy CSR matrix (rows, features): a sparse
     column's positions as they are, a plain column's values (checked finite by
-    ``finite``) as a dense block made sparse. None without SciPy."""
+    ``finite_column``, its error with ``hint``) as a dense block made sparse. None
+    without SciPy."""
     sp = scipy_sparse()
     if sp is None:
         return None
-    from operators.models.common import finite_column
+    from operators.models.common import FEATURE_HINT, finite_column
 
     blocks = []
     n = part.num_rows
     for column, start, stop in groups(part.schema, features):
         if column is None:
             values = finite_column(part.column(features[start]), f"feature column "
-                                   f"'{features[start]}'")
+                                   f"'{features[start]}'", hint or FEATURE_HINT)
             blocks.append(sp.csr_matrix(values.astype(dtype, copy=False)[:, None]))
             continue
         indptr, at, numbers = csr_parts(part.column(column), stop - start, column)

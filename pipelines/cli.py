@@ -357,7 +357,7 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
                        f"{promotion['reason']}")
         else:
             click.echo(f"  kept {target}: {promotion['reason']}")
-    _print_metrics(record["metrics"])
+    _print_metrics(record["metrics"], notes=details)
     _print_tracking(record.get("mlflow"))
     if details:
         from pipelines.describe import shown_params
@@ -403,18 +403,22 @@ SHOWN_GROUPS = 20  # evaluate's groups (by) shown in a run's summary; all are in
 SHOWN_ITEMS = 20  # figures on a summary line (select_features' ranking of 500 features)
 
 
-def _print_metrics(by_step: dict[str, Any]) -> None:
+def _print_metrics(by_step: dict[str, Any], notes: bool = True) -> None:
     """One line per step (and per nested group: validation, evaluate's groups by value)
-    of scalar metrics."""
+    of scalar metrics; a fit's note on a line of its own (none where ``notes`` is False:
+    the run said it at its step)."""
 
     def show(label: str, values: dict[str, Any]) -> None:
         items = [f"{k}={_fmt_list(v) if isinstance(v, list) else _fmt(v)}"
-                 for k, v in values.items() if not isinstance(v, dict) and not _long(v)]
+                 for k, v in values.items()
+                 if not isinstance(v, dict) and not _long(v) and k != "note"]
         if len(items) > SHOWN_ITEMS:  # a statistic per feature of wide data: the first
             items = [*items[:SHOWN_ITEMS], f"{len(items) - SHOWN_ITEMS} more in the run "
                                            "record"]
         if items:
             click.echo(f"  metrics {label}: {', '.join(items)}")
+        if notes and isinstance(values.get("note"), str):
+            click.echo(f"  note {label}: {values['note']}")
         for key, value in values.items():
             if key == "groups" and isinstance(value, dict):
                 for group in list(value)[:SHOWN_GROUPS]:
@@ -826,6 +830,10 @@ def _history(runs_dir: str | None, pipeline: str | None = None,
     history = runs.load(runs_dir, pipeline, prefix)
     for line in history.skipped:
         click.echo(f"warning: {line}", err=True)
+    if pipeline is not None and history.pipelines and pipeline not in history.pipelines:
+        # a name no run ever had (a typo, as a script's exit status must say), not one
+        # whose runs were selected away or pruned
+        raise SluiceError(runs.nothing_found(history, pipeline))
     return history
 
 

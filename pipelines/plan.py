@@ -21,6 +21,7 @@ from operators.base import (
     SluiceError,
     Source,
     lookup,
+    require_columns,
     suggest,
 )
 from operators.evaluate.drift import Drift
@@ -52,6 +53,8 @@ class Step:
     input: str | None
     schema: pa.Schema | None = None  # output schema; None where it could not be derived
     open: bool = False  # a fit upstream adds columns only known at run time
+    # the steps upstream (or this one) that make ``open``: what a missing column may come from
+    opened_by: tuple[Step, ...] = field(default=(), repr=False, compare=False)
     # a score step of a model this pipeline saves: the save_model step it waits for
     saved_by: str | None = None
     # a tuned model step: its candidates (the best becomes ``op`` when fitted)
@@ -178,8 +181,12 @@ def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
             msg = f"missing required parameter '{'.'.join(loc)}'"
         elif err.get("any_of"):
             shown = repr(err.get("input"))
+            got = err.get("input")
+            listed = isinstance(got, str) and loc and any(
+                kind.startswith("list[") for kind in err["any_of"])
             msg = (f"parameter '{'.'.join(loc)}': {shown[:80]} is none of the kinds of value "
-                   f"it may be ({', '.join(err['any_of'])})")
+                   f"it may be ({', '.join(err['any_of'])})"
+                   + (f"; write a list: `{loc[-1]}: [{got}]`" if listed else ""))
         else:
             path = ".".join(loc) if loc else "parameters"
             got = err.get("input")
@@ -617,6 +624,10 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             # a fit before it, or before a step it reads, decides columns at run time
             opened = upstream.open or any(o.open for o in others)
             step.open = opened or (isinstance(step.op, Estimator) and step.op.schema_from_fit)
+            before_it = tuple({id(o): o for before in (upstream, *others)
+                               for o in before.opened_by}.values())
+            step.opened_by = before_it + ((step,) if isinstance(step.op, Estimator)
+                                          and step.op.schema_from_fit else ())
             if isinstance(step.op, Promote):
                 if not _bind_promoted(plan, step):
                     continue  # a step of the model's chain has a problem reported
@@ -624,6 +635,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 if not _bind_planned(plan, step):
                     continue  # a step of the model's chain has a problem reported
                 step.open = True  # the fitted chain's columns and types come at run time
+                step.opened_by = (*before_it, step)
             elif isinstance(step.op, Drift) and step.saved_by is not None:
                 if not _bind_drift_planned(plan, step):
                     continue  # a step of the model's chain has a problem reported
@@ -650,15 +662,26 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                     _note_measured_features(plan, step, schema)
                 if isinstance(step.op, Estimator) and step.op.after_model:
                     _bind_adjusted_model(plan, step)
-            except MissingColumnError:
+            except MissingColumnError as exc:
                 if not opened:
                     raise
+                unexplained = _not_from_fits(exc, before_it)
+                if unexplained:  # named alone: the others may come from a fit
+                    require_columns(schema, unexplained)
                 # the column may come from the fit upstream: checked when the run gets there
                 step.schema = schema
         except SluiceError as exc:
             param = _param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
                                          op=s.op))
+
+
+def _not_from_fits(exc: MissingColumnError, fits: tuple[Step, ...]) -> list[str]:
+    """The columns ``exc`` names that no fit of ``fits`` may add as it runs (one_hot's
+    are its columns' `col=value`, a model's its prediction columns)."""
+    return [column for column in getattr(exc, "columns", ())
+            if not any(not isinstance(f.op, Estimator) or f.op.fit_may_add(column)
+                       for f in fits)]
 
 
 def _bind_read_before(plan: Plan, step: Step) -> bool:

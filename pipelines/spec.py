@@ -144,7 +144,8 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem]
 
 _YAML_TOKENS = {"<block end>": "the end of the block", "'<scalar>'": "a value",
                 "'<block sequence start>'": "a list item", "'<block mapping start>'": "a key",
-                "'<block mapping end>'": "the end of the block"}
+                "'<block mapping end>'": "the end of the block",
+                "'?'": "a key"}  # a key token (a step's key indented as the list's `-`)
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, str]:
@@ -305,7 +306,13 @@ def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> Pipe
             problems.append(Problem(file, doc.key_lines[key],
                                     f"unknown key '{key}'{suggest(key, TOP_LEVEL_KEYS)}",))
     name = doc.get("pipeline")
-    if not isinstance(name, str) or not name:
+    if name is not None and not isinstance(name, str | list | dict):
+        # YAML reads `pipeline: 2026` (or 2026_11, yes) as a number or a boolean
+        problems.append(Problem(file, doc.key_lines["pipeline"],
+                                f"`pipeline:` is a name, and YAML reads {name!r} as "
+                                f"{type(name).__name__}: quote it (pipeline: \"...\") or "
+                                "start it with a letter (e.g. churn_train)"))
+    elif not isinstance(name, str) or not name:
         problems.append(Problem(file, doc.key_lines.get("pipeline", 1),
                                 "`pipeline:` (the pipeline's name) is required"))
     elif name in (".", "..") or re.search(r"[/\\\x00-\x1f\x7f]", name):

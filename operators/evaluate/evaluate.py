@@ -13,6 +13,7 @@ from operators.arrays import column_to_numpy, is_text
 from operators.base import (
     DataError,
     Estimator,
+    MissingColumnError,
     ParamError,
     Params,
     SchemaError,
@@ -177,6 +178,19 @@ class Evaluate(Measuring):
                     *(p.by or [])]
         optional = [c for c in (p.probability, p.weight) if c and c in schema.names]
         return [p.label, p.prediction, *optional, *(p.by or [])]
+
+    def check_input(self, schema: pa.Schema) -> None:
+        p = self.params
+        if p.prediction not in schema.names and p.prediction == "prediction":
+            # not a misspelling of another column ("did you mean 'region'?"): no model yet
+            error = MissingColumnError(
+                "its input has no 'prediction' column: evaluate measures the predictions "
+                "of a model step or a score step before it",
+                hint="put evaluate after the model step or an `op: score` (check its "
+                     "`input:`), or name the column of predictions (prediction: COLUMN)")
+            error.columns = ("prediction",)
+            raise error
+        super().check_input(schema)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         self._plan(schema)

@@ -15,10 +15,12 @@ from operators.base import (
     SchemaError,
     Transform,
     register,
+    require_expression_columns,
 )
 from operators.expressions import (
     ExpressionError,
     expression_type,
+    function_names,
     parse_expression,
     referenced_columns,
     value_failure,
@@ -29,7 +31,8 @@ from operators.expressions import (
 class DeriveParams(Params):
     columns: dict[str, str] = Field(
         min_length=1, description="new column: expression, in order; a later expression may "
-                                  "use an earlier new column; an existing name is replaced")
+                                  "use an earlier new column; an existing name is replaced; "
+                                  f"functions: {function_names()}")
 
     @field_validator("columns")
     @classmethod
@@ -73,6 +76,9 @@ class Derive(Transform):
                     used.append(column)
             made.add(name)
         return used
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_expression_columns(schema, self.input_columns(schema))
 
     def saved_view(self, training_only: frozenset[str] = frozenset()) -> Derive | None:
         """Without the columns only training reads (a label derived here: scoring rows

@@ -171,6 +171,9 @@ class OneHot(Estimator):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
 
+    def fit_may_add(self, column: str) -> bool:
+        return any(column.startswith(f"{name}=") for name in self.params.columns)
+
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         if self._fitted is not None:
             return self._fitted.output_schema(schema)

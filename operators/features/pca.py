@@ -173,6 +173,9 @@ class PCA(Estimator):
         p = self.params
         return list(p.columns) + ([p.weight] if p.weight else [])
 
+    def fit_may_add(self, column: str) -> bool:
+        return column.startswith(self.params.prefix)
+
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         p = self.params
         require_numeric(schema, self.input_columns(schema), self.name)

@@ -24,10 +24,12 @@ from operators.base import (
     Transform,
     register,
     require_columns,
+    require_expression_columns,
 )
 from operators.expressions import (
     ExpressionError,
     check_filter,
+    function_names,
     parse_filter,
     quote_name,
     referenced_columns,
@@ -71,7 +73,8 @@ def _failed(exc: BaseException, what: str, texts: Iterable[str], part: pa.Table
 class FilterParams(Params):
     where: str = Field(description="the rows to keep: a true/false expression, e.g. "
                                    "\"probability >= 0.8 and region != 'test'\"; a row "
-                                   "where it is null is dropped (SQL's WHERE)")
+                                   "where it is null is dropped (SQL's WHERE); functions: "
+                                   f"{function_names()}")
 
     @field_validator("where")
     @classmethod
@@ -102,6 +105,9 @@ class Filter(Transform):
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return referenced_columns(self.params.where)
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_expression_columns(schema, self.input_columns(schema))
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         _checked(self.params.where, schema, "where")
@@ -271,6 +277,9 @@ class Expect(Transform):
         for text in self.params.rules.values():
             used += [c for c in referenced_columns(text) if c not in used]
         return used
+
+    def check_input(self, schema: pa.Schema) -> None:
+        require_expression_columns(schema, self.input_columns(schema))
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         try:

@@ -195,8 +195,9 @@ class SelectedFeatures(Transform):
 
 @register("select_features")
 class SelectFeatures(Estimator):
-    """Keep the features a univariate test ranks best (ANOVA F, chi-squared, F of a
-    correlation, or variance); drop the rest.
+    """Keep the features a univariate test ranks best; drop the rest.
+
+    The tests: ANOVA F, chi-squared, F of a correlation, or variance.
 
     ```yaml
     - op: select_features

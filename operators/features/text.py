@@ -416,8 +416,9 @@ def _limit(value: int | float, rows: int) -> float:
 
 @register("vectorize_text")
 class VectorizeText(Estimator):
-    """Text as numbers: each row's terms counted (or TF-IDF weighted) in a float64 column
-    per term, `<col>:<term>`, where the text column was; the vocabulary is learned over all
+    """Text as numbers: a float64 column per term, `<col>:<term>`, of counts or TF-IDF.
+
+    The terms' columns take the text column's place; the vocabulary is learned over all
     partitions (counts combine exactly), in sorted term order.
 
     The text is lower-cased, split at `separators` (by default anything but letters,
@@ -467,6 +468,9 @@ class VectorizeText(Estimator):
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return list(self.params.columns)
+
+    def fit_may_add(self, column: str) -> bool:
+        return any(column.startswith(f"{name}:") for name in self.params.columns)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         if self._fitted is not None:

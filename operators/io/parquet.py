@@ -709,9 +709,9 @@ class ReadParquet(Source):
         try:
             return check_filter(self.params.filter, self._filter_schema)
         except ExpressionError as exc:
-            raise ParamError(f"filter: {exc}",
-                             hint="columns: " + ", ".join(self.full_schema.names[:20])
-                             ) from None
+            listed = "the columns are:" in str(exc)  # an unknown column's message has them
+            raise ParamError(f"filter: {exc}", hint=None if listed else
+                             "columns: " + ", ".join(self.full_schema.names[:20])) from None
 
     @cached_property
     def _filter_schema(self) -> pa.Schema:

@@ -242,6 +242,14 @@ class GradientBoostedTrees(TreeEstimator):
         if self.params.early_stopping and self.params.validation_fraction <= 0:
             raise ParamError("early_stopping needs held-out rows",
                              hint="set validation_fraction (0.1 is usual)")
+        unused = sorted({"n_iter_no_change", "tol"} & self.params.model_fields_set)
+        if unused and not self.params.early_stopping:
+            # XGBoost's early_stopping_rounds alone turns it on; here it would do nothing
+            raise ParamError(f"{' and '.join(unused)} {'say' if len(unused) > 1 else 'says'} "
+                             "when early stopping stops, and early_stopping is off: every "
+                             "one of n_trees would be fitted",
+                             hint="set early_stopping: true (with validation_fraction), or "
+                                  f"leave {' and '.join(unused)} out")
         if self.params.loss == "quantile" and self.params.quantile is None:
             raise ParamError("loss: quantile needs the quantile to predict",
                              hint="add quantile: 0.9 (or the level wanted, between 0 and 1)")

@@ -67,6 +67,11 @@ float64: the float32 rounding of a statistic then stays near 2^-24 x sqrt(block)
 
 FEATURE_HINT = ("impute it (op: impute) or leave those rows out (op: filter, or "
                 "read_parquet's filter)")
+SCORING_HINT = ("the model was trained without such values: leave those rows out before it "
+                "scores (op: filter, read_parquet's filter, or `sluice score --filter "
+                "'COLUMN is not null'`), or train it again with an impute of the column "
+                "before the model step (op: impute; the saved model then fills them as it "
+                "scores)")
 
 
 class ConvergenceWarning(UserWarning):
@@ -126,7 +131,17 @@ class SupervisedParams(Params):
     def _window(self) -> SupervisedParams:
         check_validation_window(self)
         check_listed_features(self.features)
+        check_role("label", self.label, self.features)
+        check_role("weight", self.weight, self.features)
         return self
+
+
+class PlannedPredictions:
+    """A model step whose fit decides the types of its prediction columns (probability:
+    float64 for two classes, list<double> for more), never their names."""
+
+    def fit_may_add(self, column: str) -> bool:
+        return column in ("prediction", "probability")
 
 
 def require_counts(X: Any, features: list[str], xp: Any, what: str, hint: str) -> None:
@@ -467,14 +482,15 @@ def held_out(part: pa.Table, params: HoldsOut) -> tuple[pa.Table, pa.Table]:
                       query_column(params))
 
 
-def finite_column(column: pa.ChunkedArray, what: str) -> np.ndarray:
+def finite_column(column: pa.ChunkedArray, what: str, hint: str = FEATURE_HINT
+                  ) -> np.ndarray:
     """The column as float64 values, a DataError when one is null, NaN or infinite."""
     if column.null_count:
-        raise DataError(f"{what} has {column.null_count} null values", hint=FEATURE_HINT)
+        raise DataError(f"{what} has {column.null_count:,} null values", hint=hint)
     values = column_to_numpy(column)
     if pa.types.is_floating(column.type) and not np.isfinite(values).all():
         bad = len(values) - int(np.isfinite(values).sum())
-        raise DataError(f"{what} has {bad} NaN or infinite values", hint=FEATURE_HINT)
+        raise DataError(f"{what} has {bad:,} NaN or infinite values", hint=hint)
     return values
 
 
@@ -496,10 +512,10 @@ def require_positive_weight(total: float, weight: str | None) -> None:
 
 def host_matrix(part: pa.Table, features: list[str],
                 extra: list[np.ndarray] | None = None, xp: Any = None,
-                role: str = "feature column") -> np.ndarray:
+                role: str = "feature column", hint: str = FEATURE_HINT) -> np.ndarray:
     """Features (checked: no nulls, NaN or inf; an error names the ``role`` and the
-    column) then ``extra`` columns, as one host matrix in ``xp``'s compute dtype (float64
-    without ``xp``), ready to send to it."""
+    column, with ``hint``) then ``extra`` columns, as one host matrix in ``xp``'s compute
+    dtype (float64 without ``xp``), ready to send to it."""
     extra = extra or []
     shape = (part.num_rows, len(features) + len(extra))
     runs = groups(part.schema, features)
@@ -512,7 +528,7 @@ def host_matrix(part: pa.Table, features: list[str],
             fill_dense(host[:, j:stop], part.column(column), stop - j, column)
             continue
         name = features[j]
-        values = finite_column(part.column(name), f"{role} '{name}'")
+        values = finite_column(part.column(name), f"{role} '{name}'", hint)
         try:
             # finite in float64, past the compute dtype's range (float32: 3.4e38): the
             # cast's own overflow flag says so, no second look at the values
@@ -535,25 +551,29 @@ def require_features(schema: pa.Schema, features: list[str]) -> None:
     require_columns(schema, columns_of(schema, features), "feature column")
 
 
-def sparse_matrix(part: pa.Table, features: list[str], xp: Any) -> Any:
+def sparse_matrix(part: pa.Table, features: list[str], xp: Any,
+                  hint: str = FEATURE_HINT) -> Any:
     """The features as a SciPy CSR matrix where some are a sparse column's and ``xp`` is
-    NumPy (and SciPy is there); else None: the caller makes a dense matrix."""
+    NumPy (and SciPy is there); else None: the caller makes a dense matrix. A plain
+    feature's nulls or NaN: a DataError with ``hint``."""
     if is_numpy(xp) and has_sparse(part.schema, features):
-        return csr_matrix(part, features)
+        return csr_matrix(part, features, hint=hint)
     return None
 
 
-def model_matrix(part: pa.Table, features: list[str], xp: Any, sparse: bool) -> Any:
+def model_matrix(part: pa.Table, features: list[str], xp: Any, sparse: bool,
+                 hint: str = FEATURE_HINT) -> Any:
     """``feature_matrix``, or (``sparse``: the caller computes on SciPy matrices) a CSR
     matrix where ``sparse_matrix`` makes one."""
-    X = sparse_matrix(part, features, xp) if sparse else None
-    return feature_matrix(part, features, xp) if X is None else X
+    X = sparse_matrix(part, features, xp, hint) if sparse else None
+    return feature_matrix(part, features, xp, hint=hint) if X is None else X
 
 
 def feature_matrix(part: pa.Table, features: list[str], xp: Any,
-                   extra: list[np.ndarray] | None = None, role: str = "feature column") -> Any:
+                   extra: list[np.ndarray] | None = None, role: str = "feature column",
+                   hint: str = FEATURE_HINT) -> Any:
     """``host_matrix`` moved to ``xp`` in one host-to-device copy."""
-    return to_xp(host_matrix(part, features, extra, xp, role), xp)
+    return to_xp(host_matrix(part, features, extra, xp, role, hint), xp)
 
 
 def unit_rows(X: Any, features: list[str], xp: Any, step: str) -> Any:
@@ -1025,7 +1045,7 @@ class FittedModel(Transform):
     def outputs(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """(predictions, probabilities) on the host: class positions for a classifier."""
         require_features(part.schema, self.features)
-        X = model_matrix(part, self.features, xp, self.takes_sparse)
+        X = model_matrix(part, self.features, xp, self.takes_sparse, hint=SCORING_HINT)
         return self.outputs_of(self.predict_matrix(X, xp))
 
     def outputs_of(self, scores: Any) -> tuple[np.ndarray, np.ndarray | None]:

@@ -33,6 +33,7 @@ from operators.models.common import (
     ClassWeight,
     FittedModel,
     LinearContributions,
+    PlannedPredictions,
     by_class,
     check_inputs,
     class_weight_field,
@@ -113,7 +114,7 @@ class LogisticRegressionFitted(LinearContributions, FittedModel):
 
 
 @register("logistic_regression")
-class LogisticRegression(Estimator):
+class LogisticRegression(PlannedPredictions, Estimator):
     """Logistic regression (binary, or multinomial softmax for more than two classes).
 
     ```yaml

@@ -100,6 +100,7 @@ from operators.models.common import (
     ClassWeight,
     ConvergenceWarning,
     FittedModel,
+    PlannedPredictions,
     SupervisedParams,
     by_class,
     check_class_weight,
@@ -425,7 +426,7 @@ class MLPFitted(FittedModel):
 
 
 @register("mlp")
-class MLP(Estimator):
+class MLP(PlannedPredictions, Estimator):
     """Multilayer perceptron: a classifier (sigmoid / softmax output) or a regressor.
 
     ```yaml

@@ -38,6 +38,7 @@ from operators.arrays import in_float64, to_numpy
 from operators.base import DataError, Estimator, ParamError, register, register_fitted
 from operators.models.common import (
     FittedModel,
+    PlannedPredictions,
     SupervisedParams,
     check_inputs,
     class_overall,
@@ -264,9 +265,8 @@ def _switches(X: Any, binarize: float | None, features: list[str], xp: Any) -> A
 
 
 @register("naive_bayes")
-class NaiveBayes(Estimator):
-    """Naive Bayes classifier: Gaussian, multinomial, Bernoulli or complement, fitted in
-    one pass.
+class NaiveBayes(PlannedPredictions, Estimator):
+    """Naive Bayes classifier: Gaussian, multinomial, Bernoulli or complement, in one pass.
 
     ```yaml
     - op: naive_bayes

@@ -97,6 +97,7 @@ from operators.models.categories import (
 from operators.models.common import (
     ClassWeight,
     FittedModel,
+    PlannedPredictions,
     SupervisedParams,
     by_class,
     check_class_weight,
@@ -1811,7 +1812,7 @@ def drop_leaves(rows: Any, pos: Any, extra: Any | None, arrays: dict[str, Any], 
 # --------------------------------------------------------------------------- estimator base
 
 
-class TreeEstimator(Estimator):
+class TreeEstimator(PlannedPredictions, Estimator):
     """What the tree estimators share: the summary pass, the level passes, validation.
 
     Subclasses say which trees a pass grows (``_start`` builds the forest), the rows and
@@ -1907,6 +1908,8 @@ class TreeEstimator(Estimator):
             out["label_min"] = float(min(y.min(initial=np.inf), held_y.min(initial=np.inf)))
             out["label_max"] = float(max(y.max(initial=-np.inf),
                                          held_y.max(initial=-np.inf)))
+            out["label_zero_one"] = bool(np.all((y == 0) | (y == 1))
+                                         and np.all((held_y == 0) | (held_y == 1)))
         features = state["features"]
         keys = mix(model_hashes(train, p, features) ^ _SAMPLE_KEY)
         order = np.argsort(keys, kind="stable")[:BIN_SAMPLE_ROWS]
@@ -2100,6 +2103,8 @@ class TreeEstimator(Estimator):
             out["mean"] = float(stats["sums"][1] / total) if total > 0 else 0.0
             out["label_min"] = float(stats["label_min"])
             out["label_max"] = float(stats["label_max"])
+            out["label_zero_one"] = bool(stats["label_zero_one"]) and (
+                out["label_min"] < out["label_max"])
         require_positive_weight(total, p.weight)
         out["total_weight"] = total
         return out
@@ -2273,7 +2278,23 @@ class TreeEstimator(Estimator):
                                       zip(state["features"], weights, strict=True)}
         if "validation" in state:
             out["validation"] = state["validation"]
+        note = self._regression_of_classes_note(state)
+        if note:
+            out["note"] = note
         return out
+
+    def _regression_of_classes_note(self, state: dict[str, Any]) -> str | None:
+        """A floating label of only 0 and 1, its task not given: a regression, where a
+        scikit-learn user (whose RandomForestClassifier takes 0.0 and 1.0 as classes) or a
+        label read as double from CSV meant a classifier."""
+        p = self.params
+        if (state["classify"] or not state.get("label_zero_one") or p.task is not None
+                or getattr(p, "loss", None) is not None):
+            return None
+        return (f"the label '{p.label}' is {state['label_type']} of only 0 and 1: "
+                f"{self.name} fitted a regression, as for any floating label (its prediction "
+                "is a number, evaluate gives rmse); for a classifier of the two classes, set "
+                "`task: classification`, or cast the label to int64 (op: cast)")
 
 
 def _categorical(state: dict[str, Any], n_nodes: int) -> np.ndarray | None:
@@ -2308,6 +2329,7 @@ def _combine_summary(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         out["sums"] = a["sums"] + b["sums"]
         out["label_min"] = min(a["label_min"], b["label_min"])
         out["label_max"] = max(a["label_max"], b["label_max"])
+        out["label_zero_one"] = a["label_zero_one"] and b["label_zero_one"]
     (out["sample_keys"], out["sample"]), places = _smallest_keys(
         a["sample_keys"], a["sample"], b["sample_keys"], b["sample"], BIN_SAMPLE_ROWS)
     out["sample_values"] = {name: _merged(values, b["sample_values"][name], places)

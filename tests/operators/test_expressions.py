@@ -675,7 +675,8 @@ def test_unknown_column_suggests_a_close_name() -> None:
     assert "did you mean `plan=basic`?" in err.message
     schema = pa.schema([("b", pa.int8()), ("a", pa.int8()), ("a b", pa.int8())])
     err = error_of(check_filter, "zzz > 1", schema)
-    assert err.message == "unknown column 'zzz'; the columns are: b, a, `a b`"
+    assert err.message == ("unknown column 'zzz' (a text value goes in quotes: 'zzz'); the "
+                           "columns are: b, a, `a b`")
 
 
 def test_unknown_function_suggests_a_close_name() -> None:
@@ -686,6 +687,8 @@ def test_unknown_function_suggests_a_close_name() -> None:
     assert "did you mean 'log1p'?" in err.message
     err = error_of(parse_expression, "frobnicate(x)")
     assert err.message.startswith("unknown function 'frobnicate'; known functions: abs, ")
+    # all of them (the first dozen, then "...", left substr's user guessing)
+    assert err.message.endswith(", upper, week, year") and "..." not in err.message
     err = error_of(parse_expression, "cast(x as int42)")
     assert err.message.startswith("unknown type 'int42'; did you mean")
     assert err.position == 10

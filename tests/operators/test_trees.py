@@ -684,6 +684,18 @@ def test_bad_parameters_and_schemas() -> None:
             tree_table(rows=10, regression=True).schema)
     with pytest.raises(ParamError, match="early_stopping needs held-out rows"):
         GradientBoostedTrees(label="y", early_stopping=True)
+    # XGBoost's early_stopping_rounds turns early stopping on; n_iter_no_change (or tol)
+    # alone did nothing here, silently: every one of n_trees was fitted
+    with pytest.raises(ParamError) as info:
+        GradientBoostedTrees(label="y", n_iter_no_change=5, validation_fraction=0.2)
+    assert str(info.value) == (
+        "n_iter_no_change says when early stopping stops, and early_stopping is off: every "
+        "one of n_trees would be fitted (set early_stopping: true (with "
+        "validation_fraction), or leave n_iter_no_change out)")
+    with pytest.raises(ParamError, match="^n_iter_no_change and tol say when"):
+        GradientBoostedTrees(label="y", tol=1e-3, n_iter_no_change=3)
+    GradientBoostedTrees(label="y", n_iter_no_change=5, validation_fraction=0.2,
+                         early_stopping=True)
     dated = table.append_column("d", pa.array(np.zeros(50, "datetime64[D]")))
     with pytest.raises(SchemaError, match="not numeric"):
         DecisionTree(label="y", features=["d"]).output_schema(dated.schema)

@@ -191,8 +191,9 @@ def test_a_time_span_of_two_orders_is_told_the_users_own_time_column() -> None:
                                  "not string"),
     ({"a": "rolling_sum(x, '1 day')"}, ["n"], "a time span needs a time order, and 'n' is "
                                               "int64"),
-    ({"a": "lag(nope)"}, ["t"], "window column 'a' (lag(nope)): unknown column 'nope'; the "
-                                "columns are: k, t, n, x, s"),
+    ({"a": "lag(nope)"}, ["t"], "window column 'a' (lag(nope)): unknown column 'nope' (a "
+                                "text value goes in quotes: 'nope'); the columns are: k, t, "
+                                "n, x, s"),
 ])
 def test_schema_problems_are_found_as_planned(columns: dict, order: list, message: str) -> None:
     schema = pa.schema({"k": pa.int64(), "t": pa.timestamp("s"), "n": pa.int64(),

@@ -280,3 +280,42 @@ def test_a_cluster_option_for_another_engine_is_a_usage_error(churn: Path,
                                      "--engine spark") in done.stderr
     assert not (workdir / "out").exists() and not (workdir / "scores").exists()
     assert not (workdir / "runs").exists()
+
+
+def test_a_tree_on_a_floating_zero_one_label_says_it_fitted_a_regression(
+        churn: Path, workdir: Path) -> None:
+    """churned as 0.0 / 1.0 (a derive, a CSV's double): scikit-learn's
+    RandomForestClassifier takes those as classes, our trees fit a regression, as
+    designed; the run says so once at the step, with the two ways to a classifier, and
+    `runs show` says it again. A floating label of other values, or task given, is not
+    noted."""
+    def run(label: str, task: str = "") -> subprocess.CompletedProcess[str]:
+        path = write_pipeline(workdir, f"""
+            pipeline: trees
+            steps:
+              - op: read_parquet
+                path: data/churn
+                columns: [tenure, monthly_charges, churned]
+              - op: derive
+                columns: {{y: "{label}"}}
+              - op: decision_tree
+                label: y
+                features: [tenure, monthly_charges]
+                max_depth: 3{task}
+            """)
+        done = in_process("run", path.name, cwd=workdir)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    noted = run("churned * 1.0")
+    assert noted.stderr.splitlines() == [
+        "note: pipeline.yaml:8: step 'decision_tree': the label 'y' is double of only 0 and "
+        "1: decision_tree fitted a regression, as for any floating label (its prediction is "
+        "a number, evaluate gives rmse); for a classifier of the two classes, set `task: "
+        "classification`, or cast the label to int64 (op: cast)"]
+    assert "note" not in noted.stdout  # said once, not again among the metrics
+    run_id = noted.stdout.split()[1]
+    shown = in_process("runs", "show", run_id, cwd=workdir)
+    assert "  note decision_tree: the label 'y' is double of only 0 and 1" in shown.stdout
+    assert "note" not in run("churned * 2.0").stderr
+    assert "note" not in run("churned * 1.0", "\n                task: regression").stderr

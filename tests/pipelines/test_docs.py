@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 from conftest import ROOT
 
 from operators.base import registered
+from operators.expressions import function_names
 from pipelines.docs import describe_operator, parameters, readme_with_reference
 
 
@@ -23,3 +26,21 @@ def test_every_operator_is_documented() -> None:
         for p in parameters(cls):
             assert p["description"], f"{name}.{p['name']} has no description"
         assert describe_operator(name).startswith(f"{name} (")
+
+
+def test_every_summary_is_a_whole_line() -> None:
+    """`sluice ops` and the README's headings show a docstring's first line: a summary
+    wrapped onto a second line was cut mid-sentence there ("... F of a")."""
+    for name, cls in registered().items():
+        first = inspect.getdoc(cls).split("\n\n", 1)[0]
+        assert "\n" not in first, f"{name}'s summary runs onto a second line: {first!r}"
+        assert first.endswith((".", ")")), f"{name}'s summary is no sentence: {first!r}"
+
+
+def test_the_expression_steps_list_every_function() -> None:
+    """`sluice ops derive` said "functions such as" nowhere: which there are was found
+    only by an unknown one's error, which showed the first dozen."""
+    listed = function_names()
+    assert listed.startswith("abs, cast, ceil, coalesce") and listed.endswith("week, year")
+    for name in ("derive", "filter"):
+        assert f"functions: {listed}" in describe_operator(name), name

@@ -258,6 +258,25 @@ def test_metric_across_runs_is_the_records_values(history: list[dict[str, Any]],
         runs.metric_history(runs.load().records, "model.validation")
 
 
+def test_a_pipeline_no_run_ever_had_is_an_error_not_an_empty_answer(
+        history: list[dict[str, Any]], workdir: Path) -> None:
+    """A misspelt pipeline (`runs metric centr ...` in a scheduled check of a metric)
+    exits 1 with the pipelines there are, where it printed the same line and exited 0;
+    a selection that leaves none of a real pipeline's runs is still an empty answer."""
+    expected = (f"error: no runs of 'centr' in {workdir / 'runs'} (runs of center, copy; "
+                "did you mean 'center'?)")
+    for args in (["metric", "centr", "model.validation.roc_auc"], ["list", "centr"],
+                 ["prune", "centr", "--keep", "1"]):
+        typo = in_process("runs", *args)
+        assert typo.exit_code == 1, (args, typo.output)
+        assert typo.stderr.splitlines() == [expected], args
+        assert typo.stdout == ""
+    assert len(runs.load().records) == len(history)  # the prune deleted nothing
+    none = in_process("runs", "list", "copy", "--status", "failed")
+    assert none.exit_code == 0, none.output
+    assert none.stdout.startswith("no runs that failed among the 1 runs of 'copy'")
+
+
 def test_a_damaged_record_is_skipped_with_a_warning(history: list[dict[str, Any]],
                                                     workdir: Path) -> None:
     folder = workdir / "runs" / "center"

@@ -272,6 +272,29 @@ def test_a_column_of_another_type_than_in_training_says_to_cast_it_back(
     assert not (workdir / "out").exists()
 
 
+def test_nulls_in_a_feature_as_it_scores_say_what_fixes_scoring(workdir: Path,
+                                                                  trained: Path) -> None:
+    """A feature with nulls the model never saw: not "impute it (op: impute)", which
+    `sluice score` has no step for, but the filter to score without those rows (the
+    command's own --filter) or the impute to train with; then that filter scores."""
+    table = pq.read_table(trained)
+    at = table.schema.get_field_index("monthly_charges")
+    holes = pa.array([None if i % 3 == 0 else v for i, v in
+                      enumerate(table.column(at).to_pylist())], pa.float64())
+    pq.write_table(table.set_column(at, "monthly_charges", holes), workdir / "holes.parquet")
+    done = sluice_in_process("score", "churn", "holes.parquet", "out", cwd=workdir)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (f"feature column 'monthly_charges' has {holes.null_count:,} null values (the "
+            "model was trained without such values: leave those rows out before it scores "
+            "(op: filter, read_parquet's filter, or `sluice score --filter 'COLUMN is not "
+            "null'`), or train it again with an impute of the column before the model step "
+            "(op: impute; the saved model then fills them as it scores))") in done.stderr
+    filtered = sluice_in_process("score", "churn", "holes.parquet", "out", "--filter",
+                                 "monthly_charges is not null", cwd=workdir)
+    assert filtered.returncode == 0, filtered.stderr
+    assert pq.read_table(workdir / "out").num_rows == len(holes) - holes.null_count
+
+
 @pytest.mark.parametrize(("ref", "message"), [
     ("churn@7", "model 'churn' has no version 7 (versions: 1)"),
     ("churn@staging", "model 'churn' has no alias 'staging'"),

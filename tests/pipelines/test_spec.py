@@ -178,6 +178,10 @@ HEAD = "pipeline: x\nsteps:\n  - op: read_parquet\n"
     ("    path: data\n   - op: select\n", 5, "expected the end of the block, but found a "
                                               "list item (check the indentation of the block "
                                               "that starts on line 3)"),
+    # a step's key at the indentation of its list's `-`: PyYAML's "found '?'"
+    ("  path: data\n    columns: [a]\n", 4, "expected the end of the block, but found a key "
+                                          "(check the indentation of the block that starts "
+                                          "on line 3)"),
     ("    columns: [a, b\n  - op: select\n", 5,
      "expected ',' or ']', but got ':' (in the [ on line 4, column 14)"),
     ('    filter: "a > 3" and b == "x"\n', 4, "text after the quoted part of a value: "
@@ -277,6 +281,20 @@ def test_a_pipeline_name_that_cannot_be_a_folder_is_a_problem(churn: Path, workd
     assert found("churn train é") == []
 
 
+@pytest.mark.parametrize(("written", "read"), [("2026", "2026 as int"),
+                                              ("2026_11", "202611 as int"),
+                                              ("yes", "True as bool"), ("1.5", "1.5 as float")])
+def test_a_pipeline_name_yaml_reads_as_no_text_says_to_quote_it(
+        workdir: Path, written: str, read: str) -> None:
+    """Not "`pipeline:` is required" for a name that is there."""
+    path = write_pipeline(workdir, f"pipeline: {written}\nsteps:\n  - op: read_parquet\n"
+                                   "    path: data/churn\n")
+    (problem,) = parse(path.read_text(), str(path)).problems
+    assert (problem.line, problem.message) == (
+        1, f"`pipeline:` is a name, and YAML reads {read}: quote it (pipeline: \"...\") or "
+           "start it with a letter (e.g. churn_train)")
+
+
 @pytest.mark.parametrize("step_id", ["rows\n", "a b", "1st", ""])
 def test_a_step_id_that_is_no_name_is_a_problem(churn: Path, workdir: Path,
                                                 step_id: str) -> None:
@@ -327,6 +345,24 @@ def test_a_misspelt_choice_and_a_name_for_a_list_say_what_was_meant(churn: Path,
         "list: `columns: [total_charges]`",
         "parameter 'strategy': Input should be 'mean', 'median', 'most_frequent' or "
         "'constant' (got 'meadian'); did you mean 'median'?"], found
+
+
+def test_one_key_named_for_a_list_or_a_mapping_says_to_write_a_list(churn: Path,
+                                                                    workdir: Path) -> None:
+    """join's `on: customer_id` (a list or a mapping): "none of the kinds of value it may
+    be" said nothing of the brackets that make it one, as a plain list's error does."""
+    (found,) = problems(write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: join
+            path: data/churn
+            on: customer_id
+        """))
+    assert found.endswith(
+        "(join): parameter 'on': 'customer_id' is none of the kinds of value it may be "
+        "(list[str], dict[str,str]); write a list: `on: [customer_id]`"), found
 
 
 def test_duplicate_keys_are_problems() -> None:
@@ -398,6 +434,45 @@ def test_bad_filters_are_plan_time_problems(churn: Path, workdir: Path, filter_t
     assert p.startswith(f"{path}:5: step 'read_parquet' (read_parquet): "), p
 
 
+def test_a_bare_word_in_an_expression_is_said_to_want_quotes(churn: Path,
+                                                            workdir: Path) -> None:
+    """`plan = basic` reads `basic` as a column: each expression step says that a text
+    value goes in quotes (a read's filter listed the columns twice), where a name near a
+    column's is still a misspelling."""
+    path = write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+            filter: "plan = basic"
+          - op: filter
+            where: "region = north"
+          - op: derive
+            columns: {premium: "if(plan = premium, 1, 0)"}
+          - op: expect
+            rules: {real: "region != test"}
+          - op: derive
+            columns: {ratio: "total_charges / monthly_charge"}
+        """)
+    read, *steps = [p.split("(read_parquet): ")[-1] for p in problems(path)]
+    assert read == ("filter: unknown column 'basic' (a text value goes in quotes: 'basic'); "
+                    "the columns are: customer_id, tenure, plan, region, monthly_charges, "
+                    "total_charges, signup_date, churned at column 8 in 'plan = basic'")
+    path.write_text(path.read_text().replace("plan = basic", "plan = 'basic'"))
+    found = problems(path)
+    assert len(found) == 1, found  # a step after a broken one is not checked
+    assert found[0].endswith("; a text value goes in quotes: 'north')"), found
+    for bare, word in (("region = north", "premium"), ("plan = premium", "test")):
+        quoted = bare.replace(bare.split()[-1], f"'{bare.split()[-1]}'")
+        path.write_text(path.read_text().replace(bare, quoted))
+        (found,) = problems(path)
+        assert found.endswith(f"; a text value goes in quotes: '{word}')"), found
+    path.write_text(path.read_text().replace("region != test", "region != 'test'"))
+    (found,) = problems(path)
+    assert "column 'monthly_charge' not in the input; did you mean 'monthly_charges'?" in found
+    assert "quotes" not in found
+
+
 def test_missing_data_is_a_plan_time_problem(workdir: Path) -> None:
     path = write_pipeline(workdir, """
         pipeline: x
@@ -436,3 +511,69 @@ def test_a_step_using_a_model_whose_chain_has_a_bad_step(churn: Path, workdir: P
         """)
     found = problems(path)
     assert len(found) == 1 and "step 'derive' (derive): derive column 'w'" in found[0], found
+
+
+def test_a_feature_no_fit_can_add_is_a_plan_time_problem_after_one_hot(churn: Path,
+                                                                      workdir: Path) -> None:
+    """After one_hot (whose columns are known once it has fitted), a model's misspelt
+    feature, a column one_hot replaced, or its label among its features is found as the
+    pipeline plans, not after the fits before it have run; `plan=basic`, which one_hot
+    may add, still waits for the run."""
+    def model(features: str, label: str = "churned") -> list[str]:
+        path = write_pipeline(workdir, f"""
+            pipeline: onehot_then_model
+            steps:
+              - op: read_parquet
+                path: data/churn
+                columns: [tenure, plan, monthly_charges, churned]
+              - op: one_hot
+                columns: [plan]
+              - op: logistic_regression
+                label: {label}
+                features: [{features}]
+              - op: evaluate
+                label: churned
+            """)
+        return problems(path)
+
+    assert model("tenure, plan=basic, plan=premium") == []
+    (typo,) = model("tenur, plan=basic")
+    assert "pipeline.yaml:10: step 'logistic_regression'" in typo, typo
+    assert "column 'tenur' not in the input; did you mean 'tenure'?" in typo, typo
+    assert "plan=basic" not in typo.split("(input has")[0], typo
+    (replaced,) = model("tenure, plan")
+    assert "column 'plan' not in the input" in replaced, replaced
+    (label,) = model("tenure, monthly_charges, plan=basic", label="monthly_charges")
+    assert ("the label column 'monthly_charges' is also listed in features "
+            "(remove 'monthly_charges' from features)") in label, label
+
+
+def test_evaluate_before_any_model_says_so_not_a_near_column(churn: Path,
+                                                             workdir: Path) -> None:
+    """No prediction yet (evaluate before the model, or its `input:` a step before it)
+    said "column 'prediction' not in the input; did you mean 'region'?"."""
+    path = write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - id: rows
+            op: read_parquet
+            path: data/churn
+          - op: logistic_regression
+            label: churned
+            features: [tenure]
+          - op: evaluate
+            input: rows
+            label: churned
+        """)
+    (found,) = problems(path)
+    assert found.endswith(
+        "step 'evaluate' (evaluate): its input has no 'prediction' column: evaluate measures "
+        "the predictions of a model step or a score step before it (put evaluate after the "
+        "model step or an `op: score` (check its `input:`), or name the column of "
+        "predictions (prediction: COLUMN))"), found
+    assert "did you mean" not in found
+    path.write_text(path.read_text().replace("input: rows", "prediction: tenure"))
+    assert problems(path) == []
+    path.write_text(path.read_text().replace("prediction: tenure", "prediction: predicted"))
+    (found,) = problems(path)
+    assert "column 'predicted' not in the input" in found, found

@@ -146,9 +146,10 @@ def test_failed_and_refused_runs_are_logged_as_failed(churn: Path, workdir: Path
     assert "unknown parameter 'l3'" in refused["error"]
     path.unlink()
 
-    failing = write_pipeline(workdir, TRAIN.replace("label: churned", "label: tenure_x"),
-                             "bad.yaml")
-    with pytest.raises(SluiceError, match="label column 'tenure_x' not in the input"):
+    # a feature with nulls (a label missing after one_hot is a plan-time problem now)
+    failing = write_pipeline(workdir, TRAIN.replace("[tenure, monthly_charges,",
+                                                    "[tenure, total_charges,"), "bad.yaml")
+    with pytest.raises(SluiceError, match="feature column 'total_charges' has .* null values"):
         run(failing.name, mlflow=store)  # found as the model's step runs
     (path,) = folder.glob("*.json")
     failed = json.loads(path.read_text())
