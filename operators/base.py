@@ -529,6 +529,12 @@ class Sink(Operator):
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         return schema
 
+    def preflight(self) -> None:
+        """Before any step of the run: a cheap look for what would make ``begin`` refuse
+        (an output that exists where the mode forbids it), so that a run does not train
+        for an hour to stop at its write. Nothing where it cannot tell (``begin`` checks
+        again)."""
+
     @abstractmethod
     def begin(self, run_id: str, schema: pa.Schema) -> Any:
         """Prepare the staging area; returns a picklable token for ``write``."""

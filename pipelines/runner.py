@@ -301,6 +301,16 @@ class Run:
     def placement(self, step: Step) -> Placement:
         return self.placements.get(step.id, CPU)
 
+    def preflight(self) -> None:
+        """An output the run may not write, said before anything runs (an engine
+        started, a model fitted for an hour)."""
+        for step in self.plan.steps:
+            if isinstance(step.op, Sink):
+                try:
+                    step.op.preflight()
+                except SluiceError as exc:
+                    raise self._locate(step, exc) from None
+
     def execute(self) -> None:
         for step in self.plan.steps:
             t0 = time.perf_counter()
@@ -1034,6 +1044,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             notify(problem)
         _lineage_event(lineage, "START", plan, record, notify)
     try:
+        current.preflight()
         if any(isinstance(s.op, Shuffle) for s in plan.steps):
             scratch_lock = claim_scratch(current.scratch)
         if engine_instance is None:

@@ -1333,6 +1333,25 @@ class WriteParquet(Sink):
         return DataError(f"cannot write Parquet to '{self.params.path}': {arrow_message(exc)}",
                          hint="check the path, its permissions and the free space")
 
+    def preflight(self) -> None:
+        if self.params.mode != "error":
+            return
+        try:
+            loc = resolve(self.params.path, self.params.storage_options)
+            if loc.local:
+                exists = self._existing(loc)
+            else:
+                manifest = read_manifest(loc, loc.path)
+                exists = (loc.filesystem.get_file_info(loc.path).type == pa.fs.FileType.File
+                          or (bool(manifest.get("files")) if manifest is not None
+                              else bool(self._foreign_files(loc))))
+        except SluiceError:
+            return  # (begin says what is wrong with the place)
+        except _io_errors():
+            return
+        if exists:
+            raise self._exists_error()
+
     def begin(self, run_id: str, schema: pa.Schema) -> dict[str, Any]:
         loc = resolve(self.params.path, self.params.storage_options)
         token: dict[str, Any] = {"run_id": run_id, "schema": schema, "local": loc.local}

@@ -68,9 +68,15 @@ def test_train_save_write_and_record(churn: Path, workdir: Path, engine: Engine)
     np.testing.assert_allclose(model.chain.steps[0].means, means, rtol=1e-12)
     assert model.meta["pipeline"] == "center" and model.meta["run_id"] == record["run_id"]
 
-    with pytest.raises(SluiceError, match="already exists"):
+    with pytest.raises(SluiceError, match="already exists") as refused:
         run(path, engine_instance=engine)
-    assert ModelStore().versions("centre") == [1]  # the fit ran; the write refused: no model
+    assert ModelStore().versions("centre") == [1]  # the write refused: no model
+    # said before any step ran (no fit for an hour to stop at the write), at its line
+    assert "step 'write_parquet'" in str(refused.value)
+    records = [json.loads(p.read_text()) for p in (workdir / "runs" / "center").glob("*.json")]
+    [record] = [r for r in records if r["status"] == "failed"]
+    assert "step 'write_parquet'" in record["error"]
+    assert "center" not in record["metrics"]  # the fit never ran
 
 
 def test_partitioning_does_not_change_the_model(workdir: Path, engine: Engine) -> None:

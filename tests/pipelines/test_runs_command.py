@@ -78,7 +78,7 @@ def _run(path: Path, **params: str) -> dict[str, Any]:
 def history(churn: Path, workdir: Path) -> list[dict[str, Any]]:
     """Four real runs, oldest first: center l2=0.001 (succeeds, centre@1), copy
     (succeeds, no model), center l2=0.1 (succeeds, centre@2), center l2=0.001 again
-    (fails writing: the output exists; the centre@3 it saved first is not published)."""
+    (fails before any step runs: its output exists; no model fitted, none saved)."""
     center = write_pipeline(workdir, CENTER, "center.yaml")
     copy = write_pipeline(workdir, COPY, "copy.yaml")
     records = [_run(center), _run(copy), _run(center, l2="0.1"), _run(center)]
@@ -211,10 +211,9 @@ def test_compare_marks_the_changed_param_and_metric(history: list[dict[str, Any]
                     "model.features": ["tenure", "monthly_charges"],
                     "model.validation_fraction": 0.2, "save_model.name": "centre"}
     by_name = {row["name"]: row for row in table["metrics"]}
-    assert by_name["model.loss"]["difference"] == (failed["metrics"]["model"]["loss"]
-                                                   - loss[0])
+    assert "model" not in failed["metrics"]  # refused before the fit: no value (None)
     assert by_name["model.validation.roc_auc"]["values"] == [
-        r["metrics"]["model"]["validation"]["roc_auc"] for r in (first, second, failed)]
+        *(r["metrics"]["model"]["validation"]["roc_auc"] for r in (first, second)), None]
     write = next(row for row in table["steps"] if row["name"] == "write_parquet")
     assert write["rows"] == [5000, 5000, None] and write["changed"]
     assert table["outputs"][0]["values"] == ["5,000 rows to out/l2=0.001",
@@ -233,22 +232,22 @@ def test_compare_marks_the_changed_param_and_metric(history: list[dict[str, Any]
 
 def test_metric_across_runs_is_the_records_values(history: list[dict[str, Any]],
                                                   workdir: Path) -> None:
-    center = [history[0], history[2], history[3]]
+    center = [history[0], history[2]]  # the failed run fitted nothing: no value
     values = [r["metrics"]["model"]["validation"]["roc_auc"] for r in center]
     points = runs.metric_history(runs.load(pipeline="center").records,
                                  "model.validation.roc_auc")
     assert [(p["run_id"], p["value"]) for p in points] == list(zip(_ids(center), values))
 
-    out = sluice("runs", "metric", "center", "model.validation.roc_auc", "--last", "2",
+    out = sluice("runs", "metric", "center", "model.validation.roc_auc", "--last", "3",
                  cwd=workdir)
     assert out.returncode == 0, out.stderr
     _, *rows, last = out.stdout.splitlines()
     assert [(row.split()[0], row.split()[-1]) for row in rows] == [
-        (center[1]["run_id"], f"{values[1]:.6g}"), (center[2]["run_id"], f"{values[2]:.6g}")]
-    assert last.startswith("2 runs  ")
-    assert last.endswith(f"last - first {values[2] - values[1]:+.6g}"
-                         + ("" if values[2] == values[1] or not values[1]
-                            else f" ({values[2] / values[1]:.4g}x)"))
+        (center[0]["run_id"], f"{values[0]:.6g}"), (center[1]["run_id"], f"{values[1]:.6g}")]
+    assert last.startswith("2 runs (1 more without it)  ")  # the failed run: no fit
+    assert last.endswith(f"last - first {values[1] - values[0]:+.6g}"
+                         + ("" if values[1] == values[0] or not values[0]
+                            else f" ({values[1] / values[0]:.4g}x)"))
 
     typo = in_process("runs", "metric", "center", "model.validation.roc")
     assert typo.exit_code == 1
