@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
@@ -130,6 +131,12 @@ def expand(schema: pa.Schema, features: list[str]) -> list[str]:
                          "make its terms columns (vectorize_text without sparse: true) to "
                          "pick some")
         out.append(name)
+    if len(set(out)) < len(out):  # two sparse columns naming one feature (a:x's q, a's x:q)
+        twice = next(n for n, count in Counter(out).items() if count > 1)
+        raise SchemaError(f"two of the features are named '{twice}' (the terms of two "
+                          "sparse columns, or a column listed twice)",
+                          hint="rename one of the columns (rename) before the text step, so "
+                               "that their terms' names differ")
     return out
 
 

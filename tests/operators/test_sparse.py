@@ -438,3 +438,13 @@ def test_a_newton_hessian_too_large_for_memory_is_refused_before_the_first_step(
         fit_model(LogisticRegression(label="topic", features=["text"], l2=0.01,
                                      solver="newton"), [rows])
     assert "solver: lbfgs" in err.value.hint
+
+
+def test_two_sparse_columns_naming_one_feature_are_refused() -> None:
+    """Column 'a:x' and column 'a' whose term is 'x:q' both make the feature 'a:x:q'."""
+    from operators.sparse import expand, sparse_field
+
+    schema = pa.schema([sparse_field("a", 2, ["x:q", "z"]), sparse_field("a:x", 1, ["q"])])
+    with pytest.raises(SchemaError, match="two of the features are named 'a:x:q'"):
+        expand(schema, ["a", "a:x"])
+    assert expand(schema, ["a"]) == ["a:x:q", "a:z"]
