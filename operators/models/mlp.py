@@ -484,7 +484,8 @@ class MLP(PlannedPredictions, Estimator):
         label_type = self._label_type(schema)
         check_class_weight(self.params.class_weight, label_type is not None, self.params.label)
         return {"phase": "summary", "features": features, "classify": label_type is not None,
-                "label_type": None if label_type is None else str(label_type)}
+                "label_type": None if label_type is None else str(label_type),
+                "label_arrow": str(schema.field(self.params.label).type)}
 
     # ------------------------------------------------------------------ partitions
 
@@ -511,7 +512,14 @@ class MLP(PlannedPredictions, Estimator):
         if classify:
             out["classes"], out["weights"] = class_weights(labels, weights)
         else:
-            out["label_sum"] = float(weights @ column_to_numpy(labels))
+            y = column_to_numpy(labels)
+            out["label_sum"] = float(weights @ y)
+            held_y = column_to_numpy(label_column(held, p.label))
+            # which of 0 and 1 the label has, and whether it has anything else
+            out["zero_one"] = [bool((y == 0).any() or (held_y == 0).any()),
+                               bool((y == 1).any() or (held_y == 1).any()),
+                               bool(((y != 0) & (y != 1)).any()
+                                    or ((held_y != 0) & (held_y != 1)).any())]
         return out
 
     def _host_data(self, table: pa.Table, state: dict[str, Any], xp: Any = None
@@ -572,6 +580,8 @@ class MLP(PlannedPredictions, Estimator):
                     (a["classes"], a["weights"]), (b["classes"], b["weights"]))
             else:
                 out["label_sum"] = a["label_sum"] + b["label_sum"]
+                out["zero_one"] = [x or y for x, y in zip(a["zero_one"], b["zero_one"],
+                                                          strict=True)]
             return out
         return {"kind": "sums", "sums": {k: _dd_add(v, b["sums"][k])
                                          for k, v in a["sums"].items()}}
@@ -618,6 +628,7 @@ class MLP(PlannedPredictions, Estimator):
         net = {"units": units, "activation": p.activation, "output": output,
                "penalised": penalised}
         state = {**state, "classes": classes, "rows": stats["rows"],
+                 "zero_one": stats.get("zero_one"),
                  "heldout": stats["heldout"], "weight": total, "class_factor": factor,
                  "mean_weight": total / stats["rows"], "net": net, "loss_curve": []}
         if p.solver == "lbfgs":
@@ -775,6 +786,14 @@ class MLP(PlannedPredictions, Estimator):
             reason = adam.get("reason", "")
         if not out["converged"] and reason:
             out["stop_reason"] = reason
+        if state.get("zero_one") == [True, True, False] and self.params.task is None:
+            # a float label of only 0 and 1 (a derive, a CSV's double): scikit-learn's
+            # MLPClassifier takes 0.0 and 1.0 as classes; this fit made a regression
+            out["note"] = (f"the label '{self.params.label}' is {state['label_arrow']} of "
+                           "only 0 and 1: mlp fitted a regression, as for any floating label "
+                           "(its prediction is a number, evaluate gives rmse); for a "
+                           "classifier of the two classes, set `task: classification`, or "
+                           "cast the label to int64 (op: cast)")
         if "validation" in state:
             out["validation"] = state["validation"]
         return out

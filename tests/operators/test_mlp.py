@@ -550,3 +550,31 @@ def test_plan_time_errors(params: dict[str, Any], table: pa.Table, match: str,
     with pytest.raises(SchemaError, match=match) as info:
         MLP(label="y", **params).output_schema(table.schema)
     assert hint in (info.value.hint or "")
+
+
+def test_a_floating_zero_one_label_says_it_fitted_a_regression() -> None:
+    """As the trees: scikit-learn's MLPClassifier takes 0.0 / 1.0 as classes; a float
+    label of only 0 and 1 fits a regression here, as designed, and the metrics' note (the
+    run's note line) says so with the two ways to a classifier. Other values, task given,
+    or an integer label: no note."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 2))
+    y = (x[:, 0] + 0.3 * rng.standard_normal(300) > 0).astype(float)
+    params = {"label": "y", "hidden": [3], "max_iter": 20, "seed": 1}
+
+    def note(label: pa.Array, **extra: Any) -> str | None:
+        table = pa.table({"a": x[:, 0], "b": x[:, 1], "y": label})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            _, metrics = fit_state(MLP(**params, **extra), [table.slice(0, 150),
+                                                           table.slice(150)])
+        return metrics.get("note")
+
+    said = note(pa.array(y))
+    assert said is not None and said.startswith("the label 'y' is double of only 0 and 1: "
+                                                "mlp fitted a regression")
+    assert "task: classification" in said and "int64" in said
+    assert note(pa.array(y * 2.0)) is None
+    assert note(pa.array(y), task="regression") is None
+    assert note(pa.array(y.astype(np.int64))) is None
+    assert note(pa.array(np.zeros(300))) is None  # one value: nothing to classify
