@@ -253,8 +253,9 @@ def csr_parts(column: pa.ChunkedArray | pa.Array, size: int, name: str
         raise DataError(f"sparse column '{name}' has null positions or values",
                         hint="a sparse column keeps only its non-zeros: leave a zero out")
     at = indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    if len(at) and (int(at.min()) < 0 or int(at.max()) >= size):
-        bad = int(at.max()) if int(at.max()) >= size else int(at.min())
+    low, high = (int(at.min()), int(at.max())) if len(at) else (0, -1)
+    if low < 0 or high >= size:
+        bad = high if high >= size else low
         raise DataError(f"sparse column '{name}' has position {bad}, outside the {size:,} "
                         "the model was fitted with",
                         hint="score with the feature step saved with the model (its "
@@ -264,6 +265,18 @@ def csr_parts(column: pa.ChunkedArray | pa.Array, size: int, name: str
         raise DataError(f"sparse column '{name}' has NaN or infinite values",
                         hint="filter or fix those rows before the step")
     return indptr, at, numbers
+
+
+def rows_of(indptr: np.ndarray) -> np.ndarray:
+    """The row of each stored value of CSR arrays."""
+    return np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+
+
+def indptr_of(rows: np.ndarray, n: int) -> np.ndarray:
+    """CSR row offsets (int64) of stored values in ``rows`` (ascending) of ``n`` rows."""
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return indptr
 
 
 def from_csr(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> pa.Array:
@@ -282,10 +295,8 @@ def select_positions(column: pa.ChunkedArray, size: int, renumbered: np.ndarray,
     indptr, at, values = csr_parts(column, size, name)
     new = renumbered[at]
     keep = new >= 0
-    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))[keep]
-    out = np.zeros(len(indptr), np.int64)
-    np.cumsum(np.bincount(rows, minlength=len(indptr) - 1), out=out[1:])
-    return from_csr(out, new[keep], values[keep])
+    return from_csr(indptr_of(rows_of(indptr)[keep], len(indptr) - 1), new[keep],
+                    values[keep])
 
 
 def scipy_sparse() -> Any:
@@ -364,7 +375,7 @@ def fill_dense(out: np.ndarray, column: pa.ChunkedArray, size: int, name: str) -
     """Write a sparse column's rows into ``out`` (rows, size), zeros elsewhere."""
     indptr, at, numbers = csr_parts(column, size, name)
     out[...] = 0
-    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    rows = rows_of(indptr)
     # positions within a row are distinct as vectorize_text writes them; add duplicates
     # (a sum, as SciPy's CSR products do) only where some row repeats one
     if len(at) and _repeats(rows, at, size):

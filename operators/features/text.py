@@ -25,7 +25,7 @@ from operators.base import (
 )
 from operators.features.columns import plain, unique_names
 from operators.hashing import murmur3_32
-from operators.sparse import from_csr, pending_field, sparse_field
+from operators.sparse import from_csr, indptr_of, pending_field, sparse_field
 
 MAX_TERMS = 10_000
 """The most terms (columns) a vocabulary may have when ``max_features`` is not given."""
@@ -707,9 +707,7 @@ class VectorizeTextFitted(Transform):
             if p.norm == "l2":
                 size = np.sqrt(size)
             values /= size[row]
-        indptr = np.zeros(rows + 1, np.int64)
-        np.cumsum(np.bincount(row, minlength=rows), out=indptr[1:])
-        return from_csr(indptr, position, values)
+        return from_csr(indptr_of(row, rows), position, values)
 
     def encode(self, column: pa.ChunkedArray, name: str) -> np.ndarray:
         """The (terms, rows) weights of one text column, each term's row contiguous."""

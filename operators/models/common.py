@@ -54,6 +54,7 @@ from operators.sparse import (
     is_sparse_type,
     issparse,
     require_dense_room,
+    rows_of,
     scipy_sparse,
 )
 
@@ -1150,8 +1151,7 @@ def weighted_sums(table: pa.Table, columns: list[str], weights: np.ndarray) -> n
             out[start] = float(column_to_numpy(table.column(columns[start])) @ weights)
             continue
         indptr, at, values = csr_parts(table.column(column), stop - start, column)
-        rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-        out[start:stop] = np.bincount(at, weights=values * weights[rows],
+        out[start:stop] = np.bincount(at, weights=values * weights[rows_of(indptr)],
                                       minlength=stop - start)
     return out
 

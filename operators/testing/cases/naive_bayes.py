@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from operators.chain import Chain
 from operators.models.naive_bayes import NaiveBayes, NaiveBayesFitted
-from operators.sparse import from_csr, sparse_field
+from operators.sparse import from_csr, indptr_of, sparse_field
 from operators.testing.cases.models import classification_table, string_multiclass_table
 from operators.testing.kit import case, fit, split
 
@@ -35,9 +35,8 @@ def sparse_counts_table(rows: int = 160, seed: int = 7) -> pa.Table:
     rates = 0.15 + 0.6 * (np.arange(12)[None, :] % 3 == y[:, None])
     dense = rng.poisson(rates)
     rows_of, positions = np.nonzero(dense)
-    indptr = np.zeros(rows + 1, np.int64)
-    np.cumsum(np.bincount(rows_of, minlength=rows), out=indptr[1:])
-    terms = from_csr(indptr, positions, dense[rows_of, positions].astype(float))
+    terms = from_csr(indptr_of(rows_of, rows), positions,
+                     dense[rows_of, positions].astype(float))
     field = sparse_field("terms", 12, [f"t{i:02d}" for i in range(12)])
     return pa.table({"terms": terms, "c": rng.poisson(1.0 + y), "w": rng.uniform(0.5, 2.0, rows),
                      "y": pa.array(np.array(["a", "b", "c"])[y])}).cast(pa.schema([
