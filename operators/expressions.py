@@ -27,7 +27,11 @@ Language
   ``\\U`` + 8; any other backslash is kept as is, and a doubled quote ``'it''s'`` stands
   for one); ``true`` / ``false``; ``null``;
   ``date '2026-11-28'`` (``date32``); ``timestamp '2026-11-28 10:00:00'`` (``timestamp[us]``,
-  or ``timestamp[us, tz=UTC]`` when the text has a zone such as ``Z`` or ``+01:00``).
+  or ``timestamp[us, tz=UTC]`` when the text has a zone such as ``Z`` or ``+01:00``); a
+  text literal compared with a date or a timestamp (``=``... ``between``, ``in``) is the
+  date or time it writes, as Spark SQL, DuckDB and PostgreSQL read it (``day >=
+  '2026-01-01'``; beside dates a date alone; a time without a zone beside zoned times is
+  their zone's clock, an error where a clock change skips or repeats it).
 * Columns: bare names (``tenure``, ``größe``) or backticks for anything else
   (```plan=basic```, a doubled backtick stands for one). Keywords (``and or not in is null
   true false between like date timestamp as``) are case-insensitive and need backticks to be
@@ -516,7 +520,10 @@ def _column_name(token: Token) -> str:
 
 
 def _date_literal(token: Token, text: str) -> _Literal:
-    value = _unquote_string(token, text)
+    return _date_value(_unquote_string(token, text), text, token.start_pos)
+
+
+def _date_value(value: str, text: str, pos: int) -> _Literal:
     try:
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
             raise ValueError("expected YYYY-MM-DD")
@@ -525,13 +532,16 @@ def _date_literal(token: Token, text: str) -> _Literal:
         raise ExpressionError(
             f"invalid date {value!r} ({exc}); write date 'YYYY-MM-DD', e.g. date '2026-11-28'",
             text,
-            token.start_pos,
+            pos,
         ) from None
-    return _Literal(token.start_pos, "date", parsed, pa.date32())
+    return _Literal(pos, "date", parsed, pa.date32())
 
 
 def _timestamp_literal(token: Token, text: str) -> _Literal:
-    value = _unquote_string(token, text)
+    return _timestamp_value(_unquote_string(token, text), text, token.start_pos)
+
+
+def _timestamp_value(value: str, text: str, pos: int) -> _Literal:
     try:
         if not re.match(r"\d{4}-\d{2}-\d{2}", value.strip()):
             raise ValueError("expected YYYY-MM-DD HH:MM:SS")
@@ -541,12 +551,45 @@ def _timestamp_literal(token: Token, text: str) -> _Literal:
             f"invalid timestamp {value!r} ({exc}); write timestamp 'YYYY-MM-DD HH:MM:SS', "
             "optionally with a zone like 'Z' or '+02:00'",
             text,
-            token.start_pos,
+            pos,
         ) from None
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(_dt.UTC)
-        return _Literal(token.start_pos, "timestamp", parsed, pa.timestamp("us", tz="UTC"))
-    return _Literal(token.start_pos, "timestamp", parsed, pa.timestamp("us"))
+        return _Literal(pos, "timestamp", parsed, pa.timestamp("us", tz="UTC"))
+    return _Literal(pos, "timestamp", parsed, pa.timestamp("us"))
+
+
+def _time_text(node: _Node, other: pa.DataType | None, text: str) -> _Node:
+    """A text literal compared with a date or a timestamp (``day >= '2026-01-01'``, as
+    Spark SQL, DuckDB and PostgreSQL take it): the date or timestamp it writes, read as
+    ``date '...'`` / ``timestamp '...'`` read theirs (a time without a zone beside zoned
+    times in their zone, as Spark reads it in its session's); any other node as it is."""
+    if not (isinstance(node, _Literal) and node.kind == "string" and other is not None):
+        return node
+    value = str(node.value)
+    if pa.types.is_date(other):
+        if re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", value) is None:
+            raise ExpressionError(
+                f"{value!r} is compared with dates; write a date as 'YYYY-MM-DD' (a time "
+                "of day is compared with a timestamp: cast the dates as timestamp first)",
+                text, node.pos)
+        return _date_value(value, text, node.pos)
+    if not pa.types.is_timestamp(other):
+        return node
+    written = _timestamp_value(value, text, node.pos)
+    if other.tz is None or written.arrow_type.tz is not None:
+        return written
+    # a time without a zone beside zoned times: that clock time in their zone
+    naive = pa.scalar(written.value, pa.timestamp("us"))
+    try:
+        instant = pc.assume_timezone(naive, other.tz).as_py().astimezone(_dt.UTC)
+    except pa.ArrowInvalid as exc:  # in a clock change's gap, or twice in its overlap
+        when = ("twice in zone {} (its clocks go back over it)" if "ambiguous" in str(exc)
+                else "no time in zone {} (its clocks skip it)")
+        raise ExpressionError(
+            f"{value!r} is {when.format(repr(other.tz))}; write the time with its offset, "
+            "e.g. '2026-10-25 02:30:00+02:00'", text, node.pos) from None
+    return _Literal(node.pos, "timestamp", instant, pa.timestamp("us", tz="UTC"))
 
 
 def _tok(tree: Tree, index: int) -> Token:
@@ -1397,10 +1440,12 @@ class _Compiler:
                                           and pa.types.is_dictionary(t) else t)
         return self._node_types[id(node)]
 
-    def to_expr(self, node: _Node) -> pc.Expression:
+    def to_expr(self, node: _Node, compiled_as: _Node | None = None) -> pc.Expression:
+        """``node``'s expression (``compiled_as``'s where given: the value a literal
+        stands for where it is compared, ``_time_text``)."""
         if self._safe:  # not the node's own expression: not recorded, nor traced
-            return self._compile(node)
-        expr = self._compile(node)
+            return self._compile(compiled_as or node)
+        expr = self._compile(compiled_as or node)
         self._exprs[id(node)] = expr
         if self.trace is not None:
             self.trace.append((node, expr))
@@ -1463,9 +1508,10 @@ class _Compiler:
             return pc.invert(result) if node.negated else result
         if isinstance(node, _Between):
             operand = self.to_expr(node.operand)
-            low, high = self.to_expr(node.low), self.to_expr(node.high)
-            result = pc.and_kleene(self._compare(">=", node.operand, node.low, operand, low),
-                                   self._compare("<=", node.operand, node.high, operand, high))
+            low_node, high_node = self._compared_with(node.operand, (node.low, node.high))
+            low, high = self.to_expr(node.low, low_node), self.to_expr(node.high, high_node)
+            result = pc.and_kleene(self._compare(">=", node.operand, low_node, operand, low),
+                                   self._compare("<=", node.operand, high_node, operand, high))
             return pc.invert(result) if node.negated else result
         if isinstance(node, _Like):
             operand = _text(self.to_expr(node.operand))
@@ -1783,6 +1829,14 @@ class _Compiler:
 
     # ---------------------------------------------------------------------- comparisons
 
+    def _compared_with(self, node: _Node, others: Sequence[_Node]) -> tuple[_Node, ...]:
+        """``others`` as compared with ``node`` (compiled): a text literal beside a date
+        or timestamp the date or time it writes (``_time_text``)."""
+        t = self._type(node)
+        if t is None or not (pa.types.is_date(t) or pa.types.is_timestamp(t)):
+            return tuple(others)
+        return tuple(_time_text(other, t, self.text) for other in others)
+
     def _compare(self, op: str, left_node: _Node, right_node: _Node, left: pc.Expression,
                  right: pc.Expression) -> pc.Expression:
         """``left op right`` (the operands compiled) where Arrow alone converts lossily or
@@ -1851,14 +1905,14 @@ class _Compiler:
 
     def _in_list(self, node: _InList) -> pc.Expression:
         operand = self.to_expr(node.operand)
-        items = node.items
+        items = self._compared_with(node.operand, node.items)
         if not all(isinstance(item, _Literal) for item in items):
             return _balanced(pc.or_kleene, [
-                self._compare("=", node.operand, item, operand, self.to_expr(item))
-                for item in items])
+                self._compare("=", node.operand, item, operand, self.to_expr(written, item))
+                for written, item in zip(node.items, items, strict=True)])
         literals = [item for item in items if isinstance(item, _Literal)]
-        for item in literals:
-            self.to_expr(item)  # range checks and tracing
+        for written, item in zip(node.items, literals, strict=True):
+            self.to_expr(written, item)  # range checks and tracing
         t = self._type(node.operand)
         numbers = [item for item in literals if item.kind != "null"]
         terms = []
@@ -1905,9 +1959,18 @@ class _Compiler:
                     self.text,
                     node.pos,
                 )
-        left, right = self.to_expr(node.left), self.to_expr(node.right)
         if node.op in _ARROW_COMPARISON:
-            return self._compare(node.op, node.left, node.right, left, right)
+            # a text literal beside a date or timestamp is the date or time it writes
+            if isinstance(node.left, _Literal):
+                right = self.to_expr(node.right)
+                (left_node,) = self._compared_with(node.right, (node.left,))
+                left, right_node = self.to_expr(node.left, left_node), node.right
+            else:
+                left = self.to_expr(node.left)
+                (right_node,) = self._compared_with(node.left, (node.right,))
+                right, left_node = self.to_expr(node.right, right_node), node.left
+            return self._compare(node.op, left_node, right_node, left, right)
+        left, right = self.to_expr(node.left), self.to_expr(node.right)
         if node.op == "/":
             return pc.divide(_float64(left, node.left), _float64(right, node.right))
         if node.op == "**":

@@ -724,7 +724,7 @@ def test_wrong_arity(text: str, fragment: str) -> None:
      ("upper(tenure) = 'A'", ["upper()", "int64"], "upper"),
      ("tenure and flag", ["'and' needs true/false values", "int64"], "and"),
      ("not region", ["'not' needs true/false values", "string"], "not"),
-     ("d > '2026-01-01'", ["cannot compare date32[day] and string", "date '2026-11-28'"], ">"),
+     ("d > region", ["cannot compare date32[day] and string"], ">"),
      # a text column of dates: cast it (not "write dates as date '...'", a literal's fix)
      ("days_between(region, d)", ["days_between() to string and date32[day]",
                                   "cast(region as date), or as timestamp"], "days_between"),
@@ -1224,6 +1224,65 @@ def test_values_of_times_of_several_units_are_the_times_they_were() -> None:
     for text, (unit, want) in cases.items():
         got = derived(table, text)
         assert got.type == pa.timestamp(unit) and got.to_pylist() == want, text
+
+
+def test_text_literals_beside_dates_and_times_are_what_they_write(
+        parquet_file: tuple[Path, pa.Table]) -> None:
+    """``d >= '2026-06-15'``, as Spark SQL, DuckDB and PostgreSQL take it: a text literal
+    compared with a date or a timestamp (in a comparison, ``between``, ``in``) is the
+    date or time it writes; beside zoned times, a time without a zone is their zone's
+    clock. The same rows as the typed literal, and a Parquet scan still prunes by it."""
+    same = {
+        "d >= '2026-06-15'": "d >= date '2026-06-15'",
+        "'2026-06-15' < d": "date '2026-06-15' < d",
+        "d between '2026-01-01' and '2026-12-31'":
+            "d between date '2026-01-01' and date '2026-12-31'",
+        "d not in ('2026-01-01', '2027-02-03')":
+            "d not in (date '2026-01-01', date '2027-02-03')",
+        "d in ('2026-01-01', d)": "d in (date '2026-01-01', d)",
+        "ts < '2026-06-15 12:30:00'": "ts < timestamp '2026-06-15 12:30:00'",
+        "ts >= '2026-06-15'": "ts >= timestamp '2026-06-15 00:00:00'",
+        "cast(ts as date) = '2026-11-28'": "cast(ts as date) = date '2026-11-28'",
+        "tsz >= '2026-06-15T14:30:00+02:00'": "tsz >= timestamp '2026-06-15T14:30:00+02:00'",
+        "tsz < '2026-01-01 08:00:00'": "tsz < timestamp '2026-01-01 08:00:00Z'",
+        "region = 'eu'": "region = 'eu'",  # text beside text stays text
+    }
+    rows = TABLE.append_column("_row", pa.array(range(TABLE.num_rows)))
+    for text, typed in same.items():
+        want = ds.dataset(rows).to_table(filter=check_filter(typed, SCHEMA))["_row"]
+        got = ds.dataset(rows).to_table(filter=check_filter(text, SCHEMA))["_row"]
+        assert got.to_pylist() == want.to_pylist(), text
+        assert 0 < len(got) < TABLE.num_rows, text
+        assert expression_type(text, SCHEMA) == pa.bool_()
+    # a zone's clock: 01:30 in Paris is 00:30 UTC in winter
+    instants = [dt.datetime(2026, 1, 1, 0, 29, tzinfo=UTC), dt.datetime(2026, 1, 1, 0, 30,
+                                                                        tzinfo=UTC)]
+    paris = pa.table({"p": pa.array(instants, pa.timestamp("ns", tz="Europe/Paris"))})
+    assert derived(paris, "p >= '2026-01-01 01:30:00'").to_pylist() == [False, True]
+    # said where the literal is: not a date, a time of day beside dates, a clock change
+    for text, fragment in [("d = '2026-13-01'", "invalid date '2026-13-01'"),
+                           ("d > 'soon'", "'soon' is compared with dates"),
+                           ("d = '2026-01-01 10:00'", "cast the dates as timestamp"),
+                           ("ts in ('2026-01-01', 'x')", "invalid timestamp 'x'")]:
+        err = error_of(check_filter, text, SCHEMA)
+        assert fragment in err.message, err.message
+        assert err.position == text.rindex("'", 0, len(text) - 2 if text.endswith(")")
+                                           else len(text) - 1), str(err)
+    for text, fragment in [("p >= '2026-03-29 02:30'", "no time in zone 'Europe/Paris'"),
+                           ("p >= '2026-10-25 02:30'", "twice in zone 'Europe/Paris'")]:
+        err = error_of(check_filter, text, paris.schema)
+        assert fragment in err.message and "+02:00" in err.message, err.message
+        assert err.position == 5, str(err)
+    # row groups pruned by a text literal's date and time as by the typed ones
+    path, _ = parquet_file
+    (fragment,) = list(ds.dataset(path, format="parquet").get_fragments())
+    for text, typed in [("day < '2026-01-03'", "day < date '2026-01-03'"),
+                        ("at >= '2026-01-10 00:00:00Z'",
+                         "at >= timestamp '2026-01-10 00:00:00Z'")]:
+        kept = fragment.subset(check_filter(text, fragment.physical_schema)).row_groups
+        want = fragment.subset(check_filter(typed, fragment.physical_schema)).row_groups
+        assert [rg.id for rg in kept] == [rg.id for rg in want]
+        assert 0 < len(kept) < N_ROWS // GROUP
 
 
 def test_times_of_two_zones_compare_as_the_instants_they_are() -> None:
