@@ -32,6 +32,9 @@ from pipelines.runner import run
 from pipelines.serving import ARROW, RequestError, _finite, json_columns, load_model
 from pipelines.store import ModelStore
 
+# one worker runs the module under pytest-xdist (-n 2): its module fixtures start once
+pytestmark = pytest.mark.xdist_group("serving")
+
 INPUTS = ["tenure", "plan", "region", "monthly_charges", "total_charges"]
 
 TRAIN = """

@@ -43,6 +43,9 @@ from pipelines.engines.spark import (
 from pipelines.runner import run
 from pipelines.store import ModelStore
 
+# one worker runs the module under pytest-xdist (-n 2): its module fixtures start once
+pytestmark = pytest.mark.xdist_group("spark_gpu")
+
 TRAIN = ROOT / "conf" / "pipelines" / "churn_train.yaml"
 ADDRESS = "3"  # the worker's one GPU: not 0, so that it cannot be a default
 

@@ -38,7 +38,8 @@ from pipelines.package import build, dependency_closure
 from pipelines.runner import run
 from pipelines.store import ModelStore
 
-pytestmark = pytest.mark.slow
+# one worker runs the module under pytest-xdist (-n 2): its standalone cluster starts once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("spark_submit")]
 
 VENV_BIN = Path(sys.executable).parent
 SITE = Path(np.__file__).resolve().parent.parent
