@@ -339,16 +339,22 @@ def model_input_columns(schema: pa.Schema, params: SupervisedParams,
             + [c for c in extra if c])
 
 
-def check_features(schema: pa.Schema, features: list[str]) -> None:
+def check_features(schema: pa.Schema, features: list[str], fitted: bool = False) -> None:
     """Plan-time check: every feature is present and numeric (or a position of a sparse
-    column)."""
+    column). ``fitted``: a fitted model's features, whose sparse columns' terms are
+    positions of their own, so a feature that is a sparse column is not a number."""
     plain_features = [features[start] for column, start, _ in groups(schema, features)
                       if column is None]
     require_columns(schema, plain_features, "feature column")
     for name in plain_features:
         t = schema.field(name).type
-        if is_sparse_type(t):  # its terms not known yet (at plan: the step fits them)
+        if is_sparse_type(t) and not fitted:  # its terms not known yet (the step fits them)
             continue
+        if is_sparse_type(t):
+            raise SchemaError(
+                f"feature column '{name}' is a sparse column (each row's non-zero terms), "
+                "and the model was trained on it as one number a row",
+                hint=f"score rows whose '{name}' is the number it was trained on")
         if not is_numeric(t):
             raise SchemaError(
                 f"feature column '{name}' is {t}, not numeric",
@@ -1040,7 +1046,7 @@ class FittedModel(Transform):
         return columns_of(schema, self.features)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        check_features(schema, self.features)
+        check_features(schema, self.features, fitted=True)
         return with_predictions(schema, self.classes, self.label_type)
 
     def outputs(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:

@@ -337,7 +337,7 @@ class GaussianMixtureFitted(FittedModel):
                 f"covariance={self.covariance!r})")
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        check_features(schema, self.features)
+        check_features(schema, self.features, fitted=True)
         return mixture_schema(schema)
 
     def densities(self, X: Any, xp: Any) -> Any:
@@ -364,7 +364,7 @@ class GaussianMixtureFitted(FittedModel):
                                    xp.exp(logp - lse[:, None])], axis=1))
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        check_features(part.schema, self.features)
+        check_features(part.schema, self.features, fitted=True)
         out = self.scored(part, xp)
         table = put_column(part, pa.field(PREDICTION, pa.int64()),
                            pa.array(out[:, 1].astype(np.int64)))

@@ -252,7 +252,7 @@ class IsolationForestFitted(FittedModel):
         return coded_walk(self._walk, len(self.features))
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        check_features(schema, self.features)
+        check_features(schema, self.features, fitted=True)
         return anomaly_schema(schema)
 
     def path_lengths(self, flat: Any, n: int, xp: Any) -> Any:
@@ -298,7 +298,7 @@ class IsolationForestFitted(FittedModel):
         return (-scores - self.offset) < 0
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        check_features(part.schema, self.features)
+        check_features(part.schema, self.features, fitted=True)
         scores = self.anomaly_scores(part, xp)
         out = put_column(part, pa.field(PREDICTION, pa.int64()),
                          pa.array(self.flagged(scores).astype(np.int64)))

@@ -514,7 +514,7 @@ class KMeansFitted(FittedModel):
         return (DISTANCE,) if self.distance else ()
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        check_features(schema, self.features)
+        check_features(schema, self.features, fitted=True)
         return clustered_schema(schema, self.distance)
 
     def assign(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -539,7 +539,7 @@ class KMeansFitted(FittedModel):
         return unit_rows(X, self.features, xp, "kmeans (cosine)") if self.cosine else X
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
-        check_features(part.schema, self.features)
+        check_features(part.schema, self.features, fitted=True)
         labels, d2 = self.assign(part, xp)
         out = put_column(part, pa.field(PREDICTION, pa.int64()), pa.array(labels))
         if self.distance:

@@ -2471,7 +2471,7 @@ class TreeModelFitted(FittedModel):
         return self._scores(xp.reshape(xp.permute_dims(X, (1, 0)), (-1,)), X.shape[0], xp)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        check_features(schema, [f for f in self.features if f not in self.categories])
+        check_features(schema, [f for f in self.features if f not in self.categories], fitted=True)
         for name, kept in self.categories.items():
             require_columns(schema, [name], "feature column")
             error = scoring_type_error(schema, name, kept.type)

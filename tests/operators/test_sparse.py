@@ -448,3 +448,29 @@ def test_two_sparse_columns_naming_one_feature_are_refused() -> None:
     with pytest.raises(SchemaError, match="two of the features are named 'a:x:q'"):
         expand(schema, ["a", "a:x"])
     assert expand(schema, ["a"]) == ["a:x:q", "a:z"]
+
+
+def test_a_fitted_model_scoring_a_sparse_column_in_a_numbers_place_says_so() -> None:
+    """A model fitted on numbers, scored where a feature's column is a sparse one (another
+    pipeline's column of that name): every model says which feature, as it plans to
+    score; kmeans, trees and the mixtures raised a TypeError of Python's (a row's dict
+    made a float) as the rows were read."""
+    from operators.models.boosted_trees import GradientBoostedTrees
+    from operators.models.gaussian_mixture import GaussianMixture
+    from operators.models.isolation_forest import IsolationForest
+    from operators.models.kmeans import KMeans
+
+    rng = np.random.default_rng(0)
+    table = pa.table({"a": rng.normal(size=200), "b": rng.normal(size=200),
+                      "y": (rng.random(200) > 0.5).astype(np.int64)})
+    sparse = from_csr(np.arange(201), np.zeros(200, np.int64), np.ones(200))
+    scored = table.set_column(1, "b", sparse).schema
+    for op in [KMeans(k=2, features=["a", "b"]), GaussianMixture(k=2, features=["a", "b"]),
+               IsolationForest(features=["a", "b"], n_trees=5),
+               DecisionTree(label="y", features=["a", "b"]),
+               GradientBoostedTrees(label="y", features=["a", "b"], n_trees=3),
+               LogisticRegression(label="y", features=["a", "b"])]:
+        fitted = fit_model(op, [table])
+        fitted.output_schema(table.schema)
+        with pytest.raises(SchemaError, match="feature column 'b' is a sparse column"):
+            fitted.output_schema(scored)
