@@ -431,7 +431,8 @@ def _naming(s: StepSpec, other: str) -> tuple[str, int]:
 
 def _push_filters(plan: Plan) -> None:
     """A ``filter`` whose input is a ``read_parquet`` step it alone reads, on the files'
-    own columns (none the read casts), is given to the read too: Parquet's statistics
+    own columns (those the read's ``schema:`` declares compared as declared, as the read's
+    own ``filter:`` compares them), is given to the read too: Parquet's statistics
     and the hive partitions then skip the files and row groups none of whose rows can
     pass, and the rows that cannot are never decoded. The filter step still runs (on
     rows that all pass), so every step after it gets the same rows; the read step counts
@@ -446,8 +447,7 @@ def _push_filters(plan: Plan) -> None:
         # the plan has no problem: the read's schema is known and the condition parses
         read, where = source.op, step.op.params.where
         full = read.full_schema
-        if any(full.get_field_index(c) < 0 or c in (read.params.schema_ or {})
-               for c in referenced_columns(where)):
+        if any(full.get_field_index(c) < 0 for c in referenced_columns(where)):
             continue
         combined = where if not read.params.filter else f"({read.params.filter}) and ({where})"
         pushed = ReadParquet(read.params.model_copy(update={"filter": combined}))
