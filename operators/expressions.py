@@ -28,10 +28,13 @@ Language
   for one); ``true`` / ``false``; ``null``;
   ``date '2026-11-28'`` (``date32``); ``timestamp '2026-11-28 10:00:00'`` (``timestamp[us]``,
   or ``timestamp[us, tz=UTC]`` when the text has a zone such as ``Z`` or ``+01:00``); a
-  text literal compared with a date or a timestamp (``=``... ``between``, ``in``) is the
+  text literal that meets a date or a timestamp (compared with one: ``=``... ``between``,
+  ``in``; an argument of ``days_between``..., ``nullif``, or a value of ``if``,
+  ``coalesce``, ``least``, ``greatest`` beside a date or time column or literal) is the
   date or time it writes, as Spark SQL, DuckDB and PostgreSQL read it (``day >=
-  '2026-01-01'``; beside dates a date alone; a time without a zone beside zoned times is
-  their zone's clock, an error where a clock change skips or repeats it).
+  '2026-01-01'``, ``days_between(day, '${ds}')``; beside dates a date alone; a time
+  without a zone beside zoned times is their zone's clock, an error where a clock change
+  skips or repeats it).
 * Columns: bare names (``tenure``, ``größe``) or backticks for anything else
   (```plan=basic```, a doubled backtick stands for one). Keywords (``and or not in is null
   true false between like date timestamp as``) are case-insensitive and need backticks to be
@@ -560,8 +563,9 @@ def _timestamp_value(value: str, text: str, pos: int) -> _Literal:
 
 
 def _time_text(node: _Node, other: pa.DataType | None, text: str) -> _Node:
-    """A text literal compared with a date or a timestamp (``day >= '2026-01-01'``, as
-    Spark SQL, DuckDB and PostgreSQL take it): the date or timestamp it writes, read as
+    """A text literal that meets a date or a timestamp (``day >= '2026-01-01'``,
+    ``days_between(day, '2026-01-01')``, as Spark SQL, DuckDB and PostgreSQL take it):
+    the date or timestamp it writes, read as
     ``date '...'`` / ``timestamp '...'`` read theirs (a time without a zone beside zoned
     times in their zone, as Spark reads it in its session's); any other node as it is."""
     if not (isinstance(node, _Literal) and node.kind == "string" and other is not None):
@@ -570,8 +574,8 @@ def _time_text(node: _Node, other: pa.DataType | None, text: str) -> _Node:
     if pa.types.is_date(other):
         if re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", value) is None:
             raise ExpressionError(
-                f"{value!r} is compared with dates; write a date as 'YYYY-MM-DD' (a time "
-                "of day is compared with a timestamp: cast the dates as timestamp first)",
+                f"{value!r} meets dates here and is no date: write one as 'YYYY-MM-DD' (a "
+                "time of day meets timestamps: cast the dates as timestamp first)",
                 text, node.pos)
         return _date_value(value, text, node.pos)
     if not pa.types.is_timestamp(other):
@@ -1417,6 +1421,8 @@ class _Compiler:
         # compiling a value as the guards after it read it (``_decider``): null where it
         # would raise, no guard of its own
         self._safe = False
+        # text literals read as the dates or times they write (``_read_as_times``)
+        self._as: dict[int, _Node] = {}
 
     def _result_type(self, expr: pc.Expression) -> pa.DataType | None:
         """The type ``expr`` has over the known columns; None where it names another column
@@ -1440,12 +1446,12 @@ class _Compiler:
                                           and pa.types.is_dictionary(t) else t)
         return self._node_types[id(node)]
 
-    def to_expr(self, node: _Node, compiled_as: _Node | None = None) -> pc.Expression:
-        """``node``'s expression (``compiled_as``'s where given: the value a literal
-        stands for where it is compared, ``_time_text``)."""
+    def to_expr(self, node: _Node) -> pc.Expression:
+        """``node``'s expression (a text literal's read as the date or time it stands
+        for, ``_read_as_times``)."""
         if self._safe:  # not the node's own expression: not recorded, nor traced
-            return self._compile(compiled_as or node)
-        expr = self._compile(compiled_as or node)
+            return self._compile(self._written(node))
+        expr = self._compile(self._written(node))
         self._exprs[id(node)] = expr
         if self.trace is not None:
             self.trace.append((node, expr))
@@ -1509,7 +1515,7 @@ class _Compiler:
         if isinstance(node, _Between):
             operand = self.to_expr(node.operand)
             low_node, high_node = self._compared_with(node.operand, (node.low, node.high))
-            low, high = self.to_expr(node.low, low_node), self.to_expr(node.high, high_node)
+            low, high = self.to_expr(node.low), self.to_expr(node.high)
             result = pc.and_kleene(self._compare(">=", node.operand, low_node, operand, low),
                                    self._compare("<=", node.operand, high_node, operand, high))
             return pc.invert(result) if node.negated else result
@@ -1671,8 +1677,15 @@ class _Compiler:
         return [self.to_expr(arg) for arg in node.args], [None] * len(node.args)
 
     def _call(self, node: _Call) -> pc.Expression:
-        exprs, guards = self._arguments(node)
         spec = _FUNCTIONS[node.name]
+        times = node.args if spec.time_args or node.name == "nullif" else (
+            node.args[spec.values_from:] if spec.values_from is not None else ())
+        # days_between(d, '2026-01-01'), coalesce(d, '2026-01-01'): beside a date or time
+        # column or literal, a text literal is the date or time it writes
+        self._read_as_times(times, next((t for t in map(self._plain_type, times) if t is not None
+                                         and (pa.types.is_date(t) or pa.types.is_timestamp(t))),
+                                        None))
+        exprs, guards = self._arguments(node)
         if spec.values_from is not None:
             at = spec.values_from
             exprs[at:] = self._of_one_type(node.args[at:], exprs[at:], guards[at:])
@@ -1696,8 +1709,8 @@ class _Compiler:
                 return try_cast(exprs[0], source, target, options, refused_only=True)
             return exprs[0].cast(options=options)
         if spec.time_args:
-            types = [arg.arrow_type if isinstance(arg, _Literal) else self._result_type(e)
-                     for arg, e in zip(node.args, exprs, strict=True)]
+            types = [self._written(arg).arrow_type if isinstance(arg, _Literal)
+                     else self._result_type(e) for arg, e in zip(node.args, exprs, strict=True)]
             if None not in types:  # b's boundaries less a's: past int64 an error
                 unit = spec.canonical.removesuffix("_between")
                 return pc.subtract_checked(*(_boundaries(e, t, unit)
@@ -1749,7 +1762,16 @@ class _Compiler:
 
     def _time_types(self, nodes: Sequence[_Node]) -> list[pa.DataType | None]:
         """The nodes' types, a literal's its own (a time literal's unit and zone)."""
-        return [n.arrow_type if isinstance(n, _Literal) else self._type(n) for n in nodes]
+        return [self._written(n).arrow_type if isinstance(n, _Literal) else self._type(n)
+                for n in nodes]
+
+    def _plain_type(self, node: _Node) -> pa.DataType | None:
+        """The type of a column or a date or time literal, before anything compiles (a
+        dictionary's values); None for other nodes."""
+        t = (self.types.get(node.name) if isinstance(node, _Column) else
+             node.arrow_type if isinstance(node, _Literal) and node.kind in ("date", "timestamp")
+             else None)
+        return t.value_type if t is not None and pa.types.is_dictionary(t) else t
 
     def _zoned_extreme(self, node: _Call, exprs: Sequence[pc.Expression]
                        ) -> pc.Expression | None:
@@ -1800,6 +1822,7 @@ class _Compiler:
 
     def _converted(self, node: _Node, expr: pc.Expression, target: pa.DataType,
                    guard: pc.Expression | None = None) -> pc.Expression:
+        node = self._written(node)
         if isinstance(node, _Literal):
             value = node.value
             if value is not None and pa.types.is_decimal(target):
@@ -1831,11 +1854,24 @@ class _Compiler:
 
     def _compared_with(self, node: _Node, others: Sequence[_Node]) -> tuple[_Node, ...]:
         """``others`` as compared with ``node`` (compiled): a text literal beside a date
-        or timestamp the date or time it writes (``_time_text``)."""
-        t = self._type(node)
+        or timestamp the date or time it writes (``_read_as_times``)."""
+        self._read_as_times(others, self._type(node))
+        return tuple(map(self._written, others))
+
+    def _read_as_times(self, nodes: Sequence[_Node], t: pa.DataType | None) -> None:
+        """The text literals of ``nodes``, beside values of type ``t``, read as the dates
+        or times they write where ``t`` is a date or a timestamp (``_time_text``)."""
         if t is None or not (pa.types.is_date(t) or pa.types.is_timestamp(t)):
-            return tuple(others)
-        return tuple(_time_text(other, t, self.text) for other in others)
+            return
+        for node in nodes:
+            read = _time_text(node, t, self.text)
+            if read is not node:
+                self._as[id(node)] = read
+
+    def _written(self, node: _Node) -> _Node:
+        """``node`` as it is read: a text literal the date or time it writes where it
+        meets dates or times (``_read_as_times``)."""
+        return self._as.get(id(node), node)
 
     def _compare(self, op: str, left_node: _Node, right_node: _Node, left: pc.Expression,
                  right: pc.Expression) -> pc.Expression:
@@ -1908,11 +1944,11 @@ class _Compiler:
         items = self._compared_with(node.operand, node.items)
         if not all(isinstance(item, _Literal) for item in items):
             return _balanced(pc.or_kleene, [
-                self._compare("=", node.operand, item, operand, self.to_expr(written, item))
+                self._compare("=", node.operand, item, operand, self.to_expr(written))
                 for written, item in zip(node.items, items, strict=True)])
         literals = [item for item in items if isinstance(item, _Literal)]
-        for written, item in zip(node.items, literals, strict=True):
-            self.to_expr(written, item)  # range checks and tracing
+        for written in node.items:
+            self.to_expr(written)  # range checks and tracing
         t = self._type(node.operand)
         numbers = [item for item in literals if item.kind != "null"]
         terms = []
@@ -1964,11 +2000,11 @@ class _Compiler:
             if isinstance(node.left, _Literal):
                 right = self.to_expr(node.right)
                 (left_node,) = self._compared_with(node.right, (node.left,))
-                left, right_node = self.to_expr(node.left, left_node), node.right
+                left, right_node = self.to_expr(node.left), node.right
             else:
                 left = self.to_expr(node.left)
                 (right_node,) = self._compared_with(node.left, (node.right,))
-                right, left_node = self.to_expr(node.right, right_node), node.left
+                right, left_node = self.to_expr(node.right), node.left
             return self._compare(node.op, left_node, right_node, left, right)
         left, right = self.to_expr(node.left), self.to_expr(node.right)
         if node.op == "/":

@@ -1254,6 +1254,21 @@ def test_text_literals_beside_dates_and_times_are_what_they_write(
         assert got.to_pylist() == want.to_pylist(), text
         assert 0 < len(got) < TABLE.num_rows, text
         assert expression_type(text, SCHEMA) == pa.bool_()
+    # an argument of the time functions and nullif, a value beside dates or times
+    values = {
+        "days_between(d, '2026-06-15')": "days_between(d, date '2026-06-15')",
+        "hours_between('2026-06-15 12:00:00', ts)":
+            "hours_between(timestamp '2026-06-15 12:00:00', ts)",
+        "coalesce(d, '2026-01-01')": "coalesce(d, date '2026-01-01')",
+        "if(tenure > 2, '2026-01-01', d)": "if(tenure > 2, date '2026-01-01', d)",
+        "greatest(ts, '2026-06-15')": "greatest(ts, timestamp '2026-06-15 00:00:00')",
+        "least(tsz, '2026-06-15T12:00:00Z')": "least(tsz, timestamp '2026-06-15T12:00:00Z')",
+        "nullif(d, '2026-01-01')": "nullif(d, date '2026-01-01')",
+    }
+    for text, typed in values.items():
+        assert derived(TABLE, text).equals(derived(TABLE, typed)), text
+        assert expression_type(text, SCHEMA) == expression_type(typed, SCHEMA), text
+    assert "'x' meets dates" in error_of(expression_type, "coalesce(d, 'x')", SCHEMA).message
     # a zone's clock: 01:30 in Paris is 00:30 UTC in winter
     instants = [dt.datetime(2026, 1, 1, 0, 29, tzinfo=UTC), dt.datetime(2026, 1, 1, 0, 30,
                                                                         tzinfo=UTC)]
@@ -1261,7 +1276,7 @@ def test_text_literals_beside_dates_and_times_are_what_they_write(
     assert derived(paris, "p >= '2026-01-01 01:30:00'").to_pylist() == [False, True]
     # said where the literal is: not a date, a time of day beside dates, a clock change
     for text, fragment in [("d = '2026-13-01'", "invalid date '2026-13-01'"),
-                           ("d > 'soon'", "'soon' is compared with dates"),
+                           ("d > 'soon'", "'soon' meets dates here and is no date"),
                            ("d = '2026-01-01 10:00'", "cast the dates as timestamp"),
                            ("ts in ('2026-01-01', 'x')", "invalid timestamp 'x'")]:
         err = error_of(check_filter, text, SCHEMA)
