@@ -1065,12 +1065,16 @@ def runs_compare(run_ids: tuple[str, ...], runs_dir: str | None) -> None:
     def ratio(value: float | None) -> str:
         return "" if value is None else f"{value:.3g}x"
 
-    def section(title: str, rows: list[list[Any]], right: tuple[int, ...] = ()) -> None:
+    def section(title: str, rows: list[list[Any]], right: tuple[int, ...] = (),
+                empty: str | None = None) -> None:
+        """A table of ``rows``; without rows, a line of the title and ``empty`` (default:
+        none, or none in common)."""
         click.echo("")
         if rows:
             _table(["", title, *ids, "CHANGE"], rows, right)
         else:
-            click.echo(f"{title}: none" + (" in common" if table["shared_only"] else ""))
+            click.echo(f"{title}: " + (empty or "none" + (" in common" if table["shared_only"]
+                                                          else "")))
 
     section("RUN", [[mark(r), r["name"],
                      *(runs.format_duration(v) if r["name"] == "seconds" else _shown(v)
@@ -1078,8 +1082,11 @@ def runs_compare(run_ids: tuple[str, ...], runs_dir: str | None) -> None:
                      ratio(r.get("ratio"))] for r in table["runs"]])
     changed = [r for r in table["params"] if r["changed"]]
     same = len(table["params"]) - len(changed)
-    section(f"PARAMS ({same} the same)" if same else "PARAMS",
-            [["*", r["name"], *map(_shown, r["values"]), ""] for r in changed])
+    common = " they all have" if table["shared_only"] else ""
+    section(f"PARAMS ({same} the same)" if same and changed else "PARAMS",
+            [["*", r["name"], *map(_shown, r["values"]), ""] for r in changed],
+            empty=None if not same else f"the one{common} is the same" if same == 1 else
+            f"all {same}{common} are the same")
     section("METRICS", [[mark(r), r["name"], *map(_shown, r["values"]),
                          _difference(r["difference"], r["ratio"]) if r["changed"] else ""]
                         for r in table["metrics"]],
