@@ -266,11 +266,29 @@ def score_command(model: str, source: str, output: str, mode: str,
             "COLUMNS" if m[1] == "..." else m[1].replace(" ", "")), text).replace(
             "`partition_by`", "--partition-by")
 
+    # a column named with spaces ('tenure plan'): a list written with spaces for commas
+    spaced = {name: option for option, given in (("--keep", keep),
+                                                  ("--partition-by", partition_by))
+              for name in _listed(given) or [] if len(name.split()) > 1}
+
+    def comma_hint(message: str) -> str:
+        """``message`` with, where it names a column of spaces, how to list columns."""
+        for name, option in spaced.items():
+            fix = f"{option} is comma separated, as in {option} {','.join(name.split())}"
+            said, found = re.subn(rf"'{re.escape(name)}' not in the input"
+                                  r"(; did you mean '[^']*'\?)?",
+                                  lambda m, fix=fix: f"{m[0].split(';')[0]}: {fix}", message)
+            if found:
+                return said
+            if f"'{name}'" in message:
+                return f"{message} ({fix})"
+        return message
+
     def explain(exc: SluiceError) -> None:
         """The failure in this command's words (also in the run record)."""
         if isinstance(exc, ValidationFailed):  # the lines of a file nobody wrote
-            exc.problems[:] = [dataclasses.replace(p, line=0, message=as_options(p.message))
-                               for p in exc.problems]
+            exc.problems[:] = [dataclasses.replace(p, line=0, message=comma_hint(
+                as_options(p.message))) for p in exc.problems]
             return
         exc.where = re.sub(rf"^{re.escape(label)}:\d+", label, exc.where or "") or None
         if exc.hint:

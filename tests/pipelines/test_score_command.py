@@ -250,6 +250,22 @@ def test_a_model_never_needs_a_column_it_only_drops_or_selects(churn: Path, work
         rows.schema.names
 
 
+@pytest.mark.parametrize(("option", "given", "listed"), [
+    ("--keep", "customer_id tenure", "customer_id,tenure"),
+    ("--partition-by", "plan  region", "plan,region"),
+])
+def test_a_column_list_written_with_spaces_says_it_is_comma_separated(
+        workdir: Path, trained: Path, option: str, given: str, listed: str) -> None:
+    """`--keep "a b"` names one column 'a b': the error says the list is comma
+    separated (and how), not "did you mean 'a'?"."""
+    done = sluice_in_process("score", "churn", str(trained), "out", option, given,
+                             cwd=workdir)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (f"column '{given}' not in the input: {option} is comma separated, as in "
+            f"{option} {listed} (input has: ") in done.stderr, done.stderr
+    assert "did you mean" not in done.stderr and not (workdir / "out").exists()
+
+
 @pytest.mark.parametrize(("column", "to", "trained_as"), [
     ("tenure", pa.string(), "int64"),   # refused by the model's scaler: needs numbers
     ("plan", pa.int64(), "string"),     # refused by its one_hot: fitted on strings
