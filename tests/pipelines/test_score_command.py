@@ -288,6 +288,28 @@ def test_a_column_of_another_type_than_in_training_says_to_cast_it_back(
     assert not (workdir / "out").exists()
 
 
+@pytest.mark.parametrize("to", ["struct", "list"])
+def test_a_column_now_nested_says_which_rows_to_score_not_a_cast(
+        workdir: Path, trained: Path, to: str) -> None:
+    """A feature that became a struct or a list: no cast turns it back into the int64
+    the model was trained on, so the hint is not "cast it back" but the rows to score."""
+    table = pq.read_table(trained)
+    at = table.schema.get_field_index("tenure")
+    tenure = table.column(at).combine_chunks()
+    nested = (pa.StructArray.from_arrays([tenure], ["months"]) if to == "struct" else
+              pa.ListArray.from_arrays(pa.array(range(len(tenure) + 1), pa.int32()), tenure))
+    pq.write_table(table.set_column(at, "tenure", nested), workdir / "retyped.parquet")
+    read_as = pq.read_schema(workdir / "retyped.parquet").field("tenure").type
+    text = scoring_pipeline("churn", str(workdir / "retyped.parquet"), str(workdir / "out"))
+    with pytest.raises(ValidationFailed) as info:
+        run("sluice score churn", text=text)
+    (problem,) = info.value.problems
+    assert (f"(model 'churn' was trained with 'tenure' as int64, not {read_as}: no cast "
+            "turns 'tenure' back; score rows whose 'tenure' holds the numbers the model "
+            "was trained on)") in str(problem), str(problem)
+    assert "op: cast" not in str(problem) and not (workdir / "out").exists()
+
+
 def test_nulls_in_a_feature_as_it_scores_say_what_fixes_scoring(workdir: Path,
                                                                   trained: Path) -> None:
     """A feature with nulls the model never saw: not "impute it (op: impute)", which
