@@ -116,8 +116,7 @@ def _engine_choice(value: str) -> str:
     try:
         profiles.locate(value)
     except SluiceError as exc:
-        raise click.BadParameter(f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-                                 ) from None
+        raise click.BadParameter(str(exc)) from None
     return value
 
 
