@@ -375,10 +375,17 @@ class Run:
             return exc
         for named in self.plan.steps:
             if exc.where and exc.where.startswith(f"step '{named.id}'"):
-                exc.where = f"{self.plan.spec.file}:{named.spec.line}: {exc.where}"
+                exc.where = f"{self.plan.spec.file}:{self._line(named, exc)}: {exc.where}"
                 return exc
-        here = f"{self.plan.spec.file}:{step.spec.line}"
+        here = f"{self.plan.spec.file}:{self._line(step, exc)}"
         return exc.located(f"{here}: step '{step.id}' ({step.op.name})")
+
+    @staticmethod
+    def _line(step: Step, exc: SluiceError) -> int:
+        """The line of the parameter ``exc`` names (a filter's `where`, a derive's
+        column: ``SluiceError.param``), else the step's."""
+        param = exc.param if exc.param in step.spec.params else None
+        return step.spec.line_of(param, str(exc))
 
     def _step(self, step: Step) -> None:
         if step.tuned_by is not None:
