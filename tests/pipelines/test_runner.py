@@ -445,3 +445,31 @@ def test_a_column_an_expression_lacks_is_at_its_line(churn: Path, workdir: Path,
         run(path)
     assert [str(p).split(" (input has")[0] for p in info.value.problems] == [
         f"{path}:{line}: {said}"]
+
+
+def test_a_label_a_derive_left_null_points_at_the_derive(churn: Path, workdir: Path,
+                                                         engine: Engine) -> None:
+    """A label the pipeline derives, null for some rows: the hint names the derive column
+    that made it (and the filter that keeps the labelled rows after it), not a read
+    filter."""
+    path = write_pipeline(workdir, """
+        pipeline: derived_label
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: derive
+            columns:
+              months: "tenure + 1"
+              stayed: "if(tenure > 10, churned, cast(null as int64))"
+          - op: logistic_regression
+            label: stayed
+            features: [months]
+        """)
+    with pytest.raises(SluiceError) as info:
+        run(path, engine_instance=engine)
+    text = str(info.value)
+    assert text.startswith(f"{path}:9: step 'logistic_regression', partition "), text
+    assert "label column 'stayed' has " in text and "read_parquet filter" not in text
+    assert (f"(step 'derive' (derive, {path}:8) makes it: `if(tenure > 10, churned, "
+            "cast(null as int64))` is not a value for those rows; give it one there") in text
+    assert text.endswith('(op: filter, where: "stayed is not null"))'), text
