@@ -14,13 +14,17 @@ class SluiceError(Exception):
     """A failure a user can act on: what was wrong, where, and what would fix it.
 
     The CLI prints ``str(error)`` on one line and exits non-zero, no traceback.
+    ``param``: the step parameter the error is about (a filter's ``where``), where the
+    operator knows it: the runtime says that parameter's line of the pipeline file.
     """
 
-    def __init__(self, message: str, *, hint: str | None = None, where: str | None = None):
+    def __init__(self, message: str, *, hint: str | None = None, where: str | None = None,
+                 param: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.where = where
+        self.param = param
 
     def __str__(self) -> str:
         text = f"{self.where}: {self.message}" if self.where else self.message

@@ -116,8 +116,7 @@ def _engine_choice(value: str) -> str:
     try:
         profiles.locate(value)
     except SluiceError as exc:
-        raise click.BadParameter(f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-                                 ) from None
+        raise click.BadParameter(str(exc)) from None
     return value
 
 
@@ -266,11 +265,29 @@ def score_command(model: str, source: str, output: str, mode: str,
             "COLUMNS" if m[1] == "..." else m[1].replace(" ", "")), text).replace(
             "`partition_by`", "--partition-by")
 
+    # a column named with spaces ('tenure plan'): a list written with spaces for commas
+    spaced = {name: option for option, given in (("--keep", keep),
+                                                  ("--partition-by", partition_by))
+              for name in _listed(given) or [] if len(name.split()) > 1}
+
+    def comma_hint(message: str) -> str:
+        """``message`` with, where it names a column of spaces, how to list columns."""
+        for name, option in spaced.items():
+            fix = f"{option} is comma separated, as in {option} {','.join(name.split())}"
+            said, found = re.subn(rf"'{re.escape(name)}' not in the input"
+                                  r"(; did you mean '[^']*'\?)?",
+                                  lambda m, fix=fix: f"{m[0].split(';')[0]}: {fix}", message)
+            if found:
+                return said
+            if f"'{name}'" in message:
+                return f"{message} ({fix})"
+        return message
+
     def explain(exc: SluiceError) -> None:
         """The failure in this command's words (also in the run record)."""
         if isinstance(exc, ValidationFailed):  # the lines of a file nobody wrote
-            exc.problems[:] = [dataclasses.replace(p, line=0, message=as_options(p.message))
-                               for p in exc.problems]
+            exc.problems[:] = [dataclasses.replace(p, line=0, message=comma_hint(
+                as_options(p.message))) for p in exc.problems]
             return
         exc.where = re.sub(rf"^{re.escape(label)}:\d+", label, exc.where or "") or None
         if exc.hint:
@@ -1065,12 +1082,16 @@ def runs_compare(run_ids: tuple[str, ...], runs_dir: str | None) -> None:
     def ratio(value: float | None) -> str:
         return "" if value is None else f"{value:.3g}x"
 
-    def section(title: str, rows: list[list[Any]], right: tuple[int, ...] = ()) -> None:
+    def section(title: str, rows: list[list[Any]], right: tuple[int, ...] = (),
+                empty: str | None = None) -> None:
+        """A table of ``rows``; without rows, a line of the title and ``empty`` (default:
+        none, or none in common)."""
         click.echo("")
         if rows:
             _table(["", title, *ids, "CHANGE"], rows, right)
         else:
-            click.echo(f"{title}: none" + (" in common" if table["shared_only"] else ""))
+            click.echo(f"{title}: " + (empty or "none" + (" in common" if table["shared_only"]
+                                                          else "")))
 
     section("RUN", [[mark(r), r["name"],
                      *(runs.format_duration(v) if r["name"] == "seconds" else _shown(v)
@@ -1078,8 +1099,11 @@ def runs_compare(run_ids: tuple[str, ...], runs_dir: str | None) -> None:
                      ratio(r.get("ratio"))] for r in table["runs"]])
     changed = [r for r in table["params"] if r["changed"]]
     same = len(table["params"]) - len(changed)
-    section(f"PARAMS ({same} the same)" if same else "PARAMS",
-            [["*", r["name"], *map(_shown, r["values"]), ""] for r in changed])
+    common = " they all have" if table["shared_only"] else ""
+    section(f"PARAMS ({same} the same)" if same and changed else "PARAMS",
+            [["*", r["name"], *map(_shown, r["values"]), ""] for r in changed],
+            empty=None if not same else f"the one{common} is the same" if same == 1 else
+            f"all {same}{common} are the same")
     section("METRICS", [[mark(r), r["name"], *map(_shown, r["values"]),
                          _difference(r["difference"], r["ratio"]) if r["changed"] else ""]
                         for r in table["metrics"]],

@@ -671,7 +671,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 # the column may come from the fit upstream: checked when the run gets there
                 step.schema = schema
         except SluiceError as exc:
-            param = _param_for(step, exc)
+            param = param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
                                          op=s.op))
 
@@ -1019,8 +1019,11 @@ def _bind_planned(plan: Plan, step: Step) -> bool:
     return True
 
 
-def _param_for(step: Step, exc: SluiceError) -> str | None:
-    """The parameter a schema problem is most likely about, for its line number."""
+def param_for(step: Step, exc: SluiceError) -> str | None:
+    """The parameter a problem is about (the one the error names, ``exc.param``), else
+    the one it is most likely about, for its line number."""
+    if exc.param in step.spec.params:
+        return exc.param
     found = _param_named(step.spec.params, str(exc))
     if found is None and isinstance(step.op, Source) and "path" in step.spec.params:
         return "path"

@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from operators.base import SluiceError, suggest
 from pipelines.device import DeviceProfile
+from pipelines.spec import Located, load_yaml
 
 ENGINES = ("local", "dask", "spark")
 FOLDER = Path("conf") / "engines"
@@ -39,24 +39,42 @@ class LocalProfile(DeviceProfile):
 
 
 def read(path: str | Path, what: str) -> dict[str, Any]:
-    """A profile file's settings as a mapping; unreadable or not a mapping is an error."""
+    """A profile file's settings as a mapping that knows the line of each key
+    (``pipelines.spec.Located``); unreadable, not YAML or not a mapping is an error at
+    the file's line, as a pipeline's problems are."""
     where = str(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise SluiceError(f"{what} profile '{where}' does not exist",
                           hint="fix the path, or create the file") from None
-    except yaml.YAMLError as exc:
-        raise SluiceError(f"{what} profile '{where}' is not valid YAML: "
-                          f"{str(exc).splitlines()[0]}") from None
+    raw, problems = load_yaml(text, where) if text.strip() else (Located(), [])
+    if problems:
+        first = problems[0]
+        raise SluiceError(f"{what} profile: {first.message.splitlines()[0]}",
+                          where=f"{where}:{first.line}" if first.line else where)
     if not isinstance(raw, dict):
-        raise SluiceError(f"{what} profile '{where}' must be a mapping of settings")
+        raise SluiceError(f"{what} profile must be a mapping of settings",
+                          where=f"{where}:{getattr(raw, 'line', 0) or 1}")
     return raw
+
+
+def line_of(raw: dict[str, Any], keys: tuple[Any, ...]) -> int:
+    """The line of the innermost of ``keys`` (a path into ``raw``) the file has, else of
+    the mapping (0: not known)."""
+    line = getattr(raw, "line", 0)
+    value: Any = raw
+    for key in keys:
+        lines = getattr(value, "key_lines", None)
+        if not lines or str(key) not in lines:
+            break
+        line, value = lines[str(key)], value[str(key)]
+    return line
 
 
 def validated(model: type[DeviceProfile], raw: dict[str, Any], where: str,
               what: str) -> Any:
-    """``raw`` as ``model``; the first wrong key is a one-line error naming the file."""
+    """``raw`` as ``model``; the first wrong key is a one-line error at its file:line."""
     try:
         return model(**raw)
     except ValidationError as exc:
@@ -65,7 +83,9 @@ def validated(model: type[DeviceProfile], raw: dict[str, Any], where: str,
         message = first["msg"]
         if first["type"] == "extra_forbidden":
             message = "unknown key" + suggest(key, model.model_fields)
-        raise SluiceError(f"{what} profile '{where}': '{key}': {message}",
+        line = line_of(raw, tuple(first["loc"]))
+        raise SluiceError(f"{what} profile: '{key}': {message}",
+                          where=f"{where}:{line}" if line else where,
                           hint="keys: " + ", ".join(model.model_fields)) from None
 
 
@@ -83,11 +103,14 @@ def locate(name: str) -> tuple[str, str | None]:
                                            f": not {', '.join(ENGINES)}, and no {path}")
             + close,
             hint="use --engine local, dask or spark, or a profile in conf/engines/")
-    kind = read(path, "engine").get("engine")
+    raw = read(path, "engine")
+    kind = raw.get("engine")
     if kind not in ENGINES:
-        raise SluiceError(f"engine profile '{path}': `engine:` must be one of "
+        line = line_of(raw, ("engine",)) or 1
+        raise SluiceError(f"engine profile: `engine:` must be one of "
                           f"{', '.join(ENGINES)}" + (f", not '{kind}'" if kind else ""),
-                          hint="say which engine the profile configures")
+                          where=f"{path}:{line}", hint="say which engine the profile "
+                                                       "configures")
     return kind, str(path)
 
 

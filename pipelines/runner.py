@@ -38,6 +38,8 @@ from operators.evaluate.drift import (
     profiled_columns,
 )
 from operators.evaluate.promote import Promote
+from operators.expressions import quote_name
+from operators.features.derive import Derive
 from operators.features.join import Join, ShuffleJoin
 from operators.features.union import Union
 from operators.io.fs import release_dir, resolve
@@ -373,12 +375,42 @@ class Run:
         names its file:line already (a tune candidate's, ``_candidate_failure``) as it is."""
         if exc.where and exc.where.startswith(f"{self.plan.spec.file}:"):
             return exc
+        self._derived_label(step, exc)
         for named in self.plan.steps:
             if exc.where and exc.where.startswith(f"step '{named.id}'"):
-                exc.where = f"{self.plan.spec.file}:{named.spec.line}: {exc.where}"
+                exc.where = f"{self.plan.spec.file}:{self._line(named, exc)}: {exc.where}"
                 return exc
-        here = f"{self.plan.spec.file}:{step.spec.line}"
+        here = f"{self.plan.spec.file}:{self._line(step, exc)}"
         return exc.located(f"{here}: step '{step.id}' ({step.op.name})")
+
+    def _derived_label(self, step: Step, exc: SluiceError) -> None:
+        """A model step's label that is null or NaN where a derive made it (a division by
+        zero, an `if` without an else): the hint names that derive's column, not a read
+        filter the rows never went through."""
+        label = getattr(step.op.params, "label", None)
+        if not isinstance(label, str) or not exc.message.startswith(
+                f"label column '{label}' has "):
+            return
+        made = [s for s in self.plan.chain_to(step.id)[:-1]
+                if isinstance(s.op, Derive) and label in s.op.params.columns]
+        if not made:
+            return
+        derive = made[-1]
+        text = derive.op.params.columns[label]
+        kept = (f"abs({quote_name(label)}) < 1e308" if "NaN" in exc.message else
+                f"{quote_name(label)} is not null")
+        exc.hint = (f"step '{derive.id}' (derive, {self.plan.spec.file}:"
+                    f"{derive.spec.line_of('columns', f'derive column {label!r}')}) makes it: "
+                    f"`{text}` is not a value for those rows; give it one there (an else "
+                    f"of its if, coalesce(..., 0), a divisor that is not 0), or keep the "
+                    f"rows with a label after it (op: filter, where: \"{kept}\")")
+
+    @staticmethod
+    def _line(step: Step, exc: SluiceError) -> int:
+        """The line of the parameter ``exc`` names (a filter's `where`, a derive's
+        column: ``SluiceError.param``), else the step's."""
+        param = exc.param if exc.param in step.spec.params else None
+        return step.spec.line_of(param, str(exc))
 
     def _step(self, step: Step) -> None:
         if step.tuned_by is not None:

@@ -19,8 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from operators import jsontext
 from operators.errors import SluiceError, suggest
 from operators.io.paths import local_path
+from operators.jsontext import NON_FINITE
 
 STATUSES = ("succeeded", "failed", "interrupted")
 
@@ -33,28 +35,9 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 
 _ITEM_KEYS = {"steps": ("op",), "outputs": ("path", "rows"), "models": ("name", "version", "path")}
 
-NON_FINITE = {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}
-"""A number JSON cannot hold (a metric of NaN: a roc_auc of rows with no positives), as
-a record holds it: the text Python prints it as (what `sluice runs show` and `compare`
-print), never JavaScript's bare NaN and Infinity, which strict readers (jq, MLflow's
-and JavaScript's JSON.parse) refuse. Records written before have those: read as the
-same text."""
-
-
-def strict(value: Any) -> Any:
-    """``value`` with each non-finite float as its text (``NON_FINITE``)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
-    if isinstance(value, dict):
-        return {k: strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict(v) for v in value]
-    return value
-
-
 def dumps(record: dict[str, Any], indent: int | None = None) -> str:
-    """A run record (or a summary of one) as strict JSON (``strict``)."""
-    return json.dumps(strict(record), indent=indent, default=str, allow_nan=False)
+    """A run record (or a summary of one) as strict JSON (``operators.jsontext``)."""
+    return jsontext.dumps(record, indent)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from operators import jsontext
 from operators.base import ArtifactError, SluiceError, Transform, suggest
 from operators.chain import Chain, dump_chain, load_chain
 from operators.io.fs import (
@@ -424,7 +425,8 @@ class ModelStore:
         """Make a staged version a model: its model.json, written whole (a rename
         locally, one PUT on an object store), after its arrays."""
         path = self._path(model.name, str(model.version), "model.json")
-        body = json.dumps(model.meta, indent=1).encode()
+        # strict JSON: a NaN metric as "nan", never a bare NaN other tools refuse
+        body = json.dumps(jsontext.strict(model.meta), indent=1, allow_nan=False).encode()
         if self.location.local:
             with written_whole(path) as staging, open(staging, "wb") as f:
                 f.write(body)

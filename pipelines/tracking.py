@@ -88,7 +88,7 @@ def _numbers(record: dict[str, Any], flat: dict[str, Any]) -> dict[str, list[flo
     step's rows and compute seconds and the run's seconds."""
     out: dict[str, list[float]] = {}
     for name, value in flat.items():
-        # a NaN metric as a record read from its file has it: text (``runs.strict``)
+        # a NaN metric as a record read from its file has it: text (``operators.jsontext``)
         if isinstance(value, bool | int | float) or value in runs.NON_FINITE.values():
             out[name] = [float(value)]
         elif (isinstance(value, list) and value and not name.endswith("classes")

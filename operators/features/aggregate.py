@@ -539,7 +539,7 @@ class Aggregate(Shuffle):
         except ARROW_ERRORS as exc:
             detail, hint = value_failure(exc, self._layout.inputs, part)
             raise DataError(f"aggregate column {self._failing(part)}: {detail}",
-                            hint=hint) from None
+                            hint=hint, param="columns") from None
         arrays = {} if out is None else {n: plain(out.column(n)) for n in out.column_names}
         for key in self.params.by:  # one group of 0.0 and -0.0, one of every NaN
             arrays[key] = normalized(arrays[key])
@@ -827,7 +827,8 @@ def _check_range(agg: Aggregation, total: pa.Array, approx: pa.Array) -> None:
         at = pc.index(over, True).as_py()
         raise DataError(f"aggregate column '{agg.name}': the sum is past the range of "
                         f"{total.type} (about {approx[at].as_py():.4g})",
-                        hint=f"sum in float64: sum(cast({agg.args[0]} as float64))")
+                        hint=f"sum in float64: sum(cast({agg.args[0]} as float64))",
+                        param="columns")
 
 
 def _quantile(values: pa.ChunkedArray, gid: np.ndarray, count: int, q: float) -> pa.Array:

@@ -78,7 +78,17 @@ class Derive(Transform):
         return used
 
     def check_input(self, schema: pa.Schema) -> None:
-        require_expression_columns(schema, self.input_columns(schema))
+        made: set[str] = set()
+        for name, text in self.params.columns.items():
+            try:
+                require_expression_columns(schema, [c for c in referenced_columns(text)
+                                                    if c not in made])
+            except SchemaError as exc:
+                # the entry's line, not the step's (``StepSpec.line_of``)
+                exc.message, exc.param = f"derive column '{name}': {exc.message}", "columns"
+                exc.args = (exc.message,)
+                raise
+            made.add(name)
 
     def saved_view(self, training_only: frozenset[str] = frozenset()) -> Derive | None:
         """Without the columns only training reads (a label derived here: scoring rows
@@ -132,7 +142,7 @@ class Derive(Transform):
                 failed = self._failing(out, batch)
                 detail, hint = value_failure(exc, [batch[failed]], out)
                 raise DataError(f"derive column '{failed}' ({batch[failed]}): {detail}",
-                                hint=hint) from None
+                                hint=hint, param="columns") from None
         return out
 
     @staticmethod

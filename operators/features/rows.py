@@ -60,11 +60,12 @@ def _checked(text: str, schema: pa.Schema, what: str) -> None:
         raise SchemaError(f"{what}: {exc}") from None
 
 
-def _failed(exc: BaseException, what: str, texts: Iterable[str], part: pa.Table
-            ) -> DataError:
-    """Conditions ``texts`` that Arrow could not evaluate on the values of ``part``."""
+def _failed(exc: BaseException, what: str, texts: Iterable[str], part: pa.Table,
+            param: str) -> DataError:
+    """Conditions ``texts`` (of parameter ``param``) that Arrow could not evaluate on the
+    values of ``part``."""
     detail, hint = value_failure(exc, texts, part, "condition")
-    return DataError(f"{what}: {detail}", hint=hint)
+    return DataError(f"{what}: {detail}", hint=hint, param=param)
 
 
 # --------------------------------------------------------------------------- filter
@@ -107,7 +108,11 @@ class Filter(Transform):
         return referenced_columns(self.params.where)
 
     def check_input(self, schema: pa.Schema) -> None:
-        require_expression_columns(schema, self.input_columns(schema))
+        try:
+            require_expression_columns(schema, self.input_columns(schema))
+        except SchemaError as exc:
+            exc.param = "where"
+            raise
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         _checked(self.params.where, schema, "where")
@@ -118,7 +123,7 @@ class Filter(Transform):
             return part.filter(parse_filter(self.params.where, part.schema))
         except ARROW_ERRORS as exc:
             raise _failed(exc, f"where ({self.params.where})", [self.params.where],
-                          part) from None
+                          part, "where") from None
 
 
 # --------------------------------------------------------------------------- sample
@@ -299,7 +304,7 @@ class Expect(Transform):
                 columns={name: parse_filter(text, part.schema)
                          for name, text in checks.items()})
         except ARROW_ERRORS as exc:
-            raise _failed(exc, "rules", checks.values(), part) from None
+            raise _failed(exc, "rules", checks.values(), part, "rules") from None
         passed = None
         for name in checks:
             ok = pc.fill_null(met.column(name), False)

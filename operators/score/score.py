@@ -34,6 +34,20 @@ PREDICTION_COLUMNS = ("prediction", "probability")
 OUTPUT_COLUMNS = (*PREDICTION_COLUMNS, CONTRIBUTIONS, CONTRIBUTION_BASE)
 
 
+# how a nested type's name starts (a type is saved as its name: ``str(pa.DataType)``)
+_NESTED_TYPES = ("list<", "large_list<", "list_view<", "large_list_view<", "fixed_size_list<",
+                 "struct<", "map<", "sparse_union<", "dense_union<")
+
+
+def _numeric_name(name: str) -> bool:
+    """Whether a saved type name is an integer or floating type's."""
+    try:
+        t = pa.type_for_alias(name)
+    except (ValueError, KeyError):
+        return False
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
 def model_columns(model: Any) -> tuple[str, ...]:
     """The columns score takes from a chain whose model is ``model`` (fitted, or the step
     a pipeline saves it from; None: not known): prediction and probability, and those the
@@ -329,6 +343,18 @@ class Score(Transform):
             return exc
         said = ", ".join(f"'{name}' as {trained}, not {schema.field(name).type}"
                          for name, trained in changed.items())
+        # a list, struct or map casts to none of a number, a text or a time (nor back)
+        uncastable = [name for name, trained in changed.items()
+                      if pa.types.is_nested(schema.field(name).type)
+                      != trained.startswith(_NESTED_TYPES)]
+        if uncastable:
+            numbers = all(_numeric_name(changed[name]) for name in uncastable)
+            which = " and ".join(f"'{name}'" for name in uncastable)
+            exc.hint = (f"model '{self.params.model}' was trained with {said}: no cast "
+                        f"turns {which} back; score rows whose {which} "
+                        f"{'holds' if len(uncastable) == 1 else 'hold'} the "
+                        f"{'numbers' if numbers else 'values'} the model was trained on")
+            return exc
         casts = ", ".join(f"{name}: {yaml_text(trained)}" for name, trained in changed.items())
         exc.hint = (f"model '{self.params.model}' was trained with {said}: cast "
                     f"{'it' if len(changed) == 1 else 'them'} back before scoring "

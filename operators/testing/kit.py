@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from operators import jsontext
 from operators.arrays import get_namespace, transfers
 from operators.base import (
     Estimator,
@@ -123,7 +124,7 @@ def fit(estimator: Estimator, parts: list[pa.Table], xp: Any = NUMPY) -> Transfo
 def roundtrip(transform: Transform) -> Transform:
     """The transform rebuilt from its saved form (JSON text + npz bytes, no pickle)."""
     meta, arrays = transform.state()
-    meta = json.loads(json.dumps(meta))
+    meta = json.loads(json.dumps(jsontext.strict(meta), allow_nan=False))
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
     buffer.seek(0)

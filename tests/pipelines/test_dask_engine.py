@@ -91,7 +91,7 @@ def test_profile_gives_defaults_and_arguments_win(tmp_path: Path,
     monkeypatch.chdir(tmp_path)  # no conf/engines/dask.yaml here: the defaults
     assert load_profile().scheduler is None and load_profile().memory_limit == "auto"
     profile.write_text("workers: 2\nmemory: 4GiB\n")
-    with pytest.raises(SluiceError, match=r"dask.yaml': 'memory': unknown key; "
+    with pytest.raises(SluiceError, match=r"dask.yaml:2: Dask profile: 'memory': unknown key; "
                                           r"did you mean 'memory_limit'\?.*keys: "):
         load_profile(profile)
     with pytest.raises(SluiceError, match="Dask profile .* not found"):

@@ -278,13 +278,26 @@ def test_engine_names_and_profiles_are_checked(numbers: Path, workdir: Path) -> 
     bad.write_text("engine: ray\n")
     result = sluice_in_process("run", str(path), "--engine", str(bad), cwd=workdir,
                                env={"CI": "1"})
-    assert result.returncode == 2 and "`engine:` must be one of local, dask, spark, not 'ray'" \
-        in result.stderr
+    assert result.returncode == 2 and (f"{bad}:1: engine profile: `engine:` must be one of "
+                                       "local, dask, spark, not 'ray'") in result.stderr
+    # a profile's problems are at their file:line, as a pipeline's are
     bad.write_text("engine: local\ndevice: gpu\nworkrs: 3\n")
     result = sluice_in_process("run", str(path), "--engine", str(bad), cwd=workdir,
                                env={"CI": "1"})
     assert result.returncode == 1
-    assert "odd.yaml': 'workrs': unknown key; did you mean 'workers'?" in result.stderr
+    assert (f"error: {bad}:3: local profile: 'workrs': unknown key; did you mean "
+            "'workers'?") in result.stderr, result.stderr
+    for text, line, said in [
+            ("engine: local\n\nworkers: 0\n", 3, "'workers': Input should be greater than 0"),
+            ("engine: local\nworkers: [2\n", 3, "not valid YAML: expected ',' or ']'"),
+            ("engine: local\nworkers: 2\nworkers: 3\n", 3,
+             "key 'workers' appears twice (first on line 2)")]:
+        bad.write_text(text)
+        result = sluice_in_process("run", str(path), "--engine", str(bad), cwd=workdir,
+                                   env={"CI": "1"})
+        assert result.returncode in (1, 2) and f"{bad}:{line}: " in result.stderr, (
+            result.stderr)
+        assert said in result.stderr and "Traceback" not in result.stderr
 
 
 def test_steps_without_numeric_kernels_stay_on_the_host(numbers: Path, workdir: Path,

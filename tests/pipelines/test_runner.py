@@ -387,3 +387,89 @@ def test_a_run_failing_after_save_model_leaves_no_new_version(churn: Path, workd
                                  "path": store.path_of(store.load("churn@3")),
                                  "aliases": ["production"]}]
     assert store.versions("churn") == [1, 3] and store.aliases("churn") == {"production": 3}
+
+
+EXPRESSIONS = """
+    pipeline: expressions
+    steps:
+      - op: read_parquet
+        path: data/churn
+      - op: derive
+        columns:
+          months: "tenure + 1"
+          code: "{derive}"
+      - op: filter
+        where: "{where}"
+      - op: aggregate
+        by: [region]
+        columns:
+          n: "count(*)"
+          total: "{total}"
+      - op: write_parquet
+        path: out/expressions
+    """
+FINE = {"derive": "tenure * 2", "where": "tenure >= 0", "total": "sum(tenure)"}
+FAILING = "cast(plan as int64)"  # a plan is no int64: fails on the rows, not as it plans
+
+
+@pytest.mark.parametrize(("param", "line", "said"), [
+    ("derive", 8, "step 'derive', partition "),
+    ("where", 10, "step 'filter', partition "),
+    ("total", 15, "step 'aggregate', partition "),
+])
+def test_an_expression_failing_on_the_rows_is_at_its_line(
+        churn: Path, workdir: Path, engine: Engine, param: str, line: int, said: str) -> None:
+    """A derive column's, a filter's `where` or an aggregate column's expression that
+    fails on a partition's values is at the line of that expression (the entry's, the
+    key's), not the step's, on every engine."""
+    given = {**FINE, param: f"{FAILING} > 1" if param == "where" else
+             f"sum({FAILING})" if param == "total" else FAILING}
+    path = write_pipeline(workdir, EXPRESSIONS.format(**given))
+    with pytest.raises(SluiceError) as info:
+        run(path, engine_instance=engine)
+    assert str(info.value).startswith(f"{path}:{line}: {said}"), str(info.value)
+    assert "as a scalar of type int64" in str(info.value) and not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize(("param", "line", "said"), [
+    ("derive", 8, "step 'derive' (derive): derive column 'code': column 'nosuch' not in "
+                  "the input"),
+    ("where", 10, "step 'filter' (filter): column 'nosuch' not in the input"),
+])
+def test_a_column_an_expression_lacks_is_at_its_line(churn: Path, workdir: Path, param: str,
+                                                    line: int, said: str) -> None:
+    """As the pipeline plans: a derive column or a `where` that reads a column the input
+    lacks is at that expression's line."""
+    path = write_pipeline(workdir, EXPRESSIONS.format(**{**FINE, param: "nosuch + 1 > 0"}))
+    with pytest.raises(ValidationFailed) as info:
+        run(path)
+    assert [str(p).split(" (input has")[0] for p in info.value.problems] == [
+        f"{path}:{line}: {said}"]
+
+
+def test_a_label_a_derive_left_null_points_at_the_derive(churn: Path, workdir: Path,
+                                                         engine: Engine) -> None:
+    """A label the pipeline derives, null for some rows: the hint names the derive column
+    that made it (and the filter that keeps the labelled rows after it), not a read
+    filter."""
+    path = write_pipeline(workdir, """
+        pipeline: derived_label
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: derive
+            columns:
+              months: "tenure + 1"
+              stayed: "if(tenure > 10, churned, cast(null as int64))"
+          - op: logistic_regression
+            label: stayed
+            features: [months]
+        """)
+    with pytest.raises(SluiceError) as info:
+        run(path, engine_instance=engine)
+    text = str(info.value)
+    assert text.startswith(f"{path}:9: step 'logistic_regression', partition "), text
+    assert "label column 'stayed' has " in text and "read_parquet filter" not in text
+    assert (f"(step 'derive' (derive, {path}:8) makes it: `if(tenure > 10, churned, "
+            "cast(null as int64))` is not a value for those rows; give it one there") in text
+    assert text.endswith('(op: filter, where: "stayed is not null"))'), text

@@ -228,6 +228,13 @@ def test_compare_marks_the_changed_param_and_metric(history: list[dict[str, Any]
     told = in_process("runs", "compare", first["run_id"], copy["run_id"])
     assert told.stdout.startswith("2 runs of different pipelines (center, copy): only the "
                                   "params, metrics, steps, outputs and models they all have")
+    assert "PARAMS (1 the same)" in told.stdout  # a table of the one that changed
+
+    # params that all are the same are said so, not as a list of none
+    alike = in_process("runs", "compare", first["run_id"], failed["run_id"])
+    same = sum(not p["changed"] for p in runs.compare([first, failed])["params"])
+    assert same > 1 and f"\nPARAMS: all {same} are the same\n" in alike.stdout, alike.stdout
+    assert "none" not in alike.stdout.split("PARAMS")[1].splitlines()[0]
 
 
 def test_metric_across_runs_is_the_records_values(history: list[dict[str, Any]],

@@ -250,6 +250,22 @@ def test_a_model_never_needs_a_column_it_only_drops_or_selects(churn: Path, work
         rows.schema.names
 
 
+@pytest.mark.parametrize(("option", "given", "listed"), [
+    ("--keep", "customer_id tenure", "customer_id,tenure"),
+    ("--partition-by", "plan  region", "plan,region"),
+])
+def test_a_column_list_written_with_spaces_says_it_is_comma_separated(
+        workdir: Path, trained: Path, option: str, given: str, listed: str) -> None:
+    """`--keep "a b"` names one column 'a b': the error says the list is comma
+    separated (and how), not "did you mean 'a'?"."""
+    done = sluice_in_process("score", "churn", str(trained), "out", option, given,
+                             cwd=workdir)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (f"column '{given}' not in the input: {option} is comma separated, as in "
+            f"{option} {listed} (input has: ") in done.stderr, done.stderr
+    assert "did you mean" not in done.stderr and not (workdir / "out").exists()
+
+
 @pytest.mark.parametrize(("column", "to", "trained_as"), [
     ("tenure", pa.string(), "int64"),   # refused by the model's scaler: needs numbers
     ("plan", pa.int64(), "string"),     # refused by its one_hot: fitted on strings
@@ -270,6 +286,28 @@ def test_a_column_of_another_type_than_in_training_says_to_cast_it_back(
             f"it back before scoring (`op: cast`, `columns: {{{column}: {trained_as}}}`))"
             ) in str(problem)
     assert not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize("to", ["struct", "list"])
+def test_a_column_now_nested_says_which_rows_to_score_not_a_cast(
+        workdir: Path, trained: Path, to: str) -> None:
+    """A feature that became a struct or a list: no cast turns it back into the int64
+    the model was trained on, so the hint is not "cast it back" but the rows to score."""
+    table = pq.read_table(trained)
+    at = table.schema.get_field_index("tenure")
+    tenure = table.column(at).combine_chunks()
+    nested = (pa.StructArray.from_arrays([tenure], ["months"]) if to == "struct" else
+              pa.ListArray.from_arrays(pa.array(range(len(tenure) + 1), pa.int32()), tenure))
+    pq.write_table(table.set_column(at, "tenure", nested), workdir / "retyped.parquet")
+    read_as = pq.read_schema(workdir / "retyped.parquet").field("tenure").type
+    text = scoring_pipeline("churn", str(workdir / "retyped.parquet"), str(workdir / "out"))
+    with pytest.raises(ValidationFailed) as info:
+        run("sluice score churn", text=text)
+    (problem,) = info.value.problems
+    assert (f"(model 'churn' was trained with 'tenure' as int64, not {read_as}: no cast "
+            "turns 'tenure' back; score rows whose 'tenure' holds the numbers the model "
+            "was trained on)") in str(problem), str(problem)
+    assert "op: cast" not in str(problem) and not (workdir / "out").exists()
 
 
 def test_nulls_in_a_feature_as_it_scores_say_what_fixes_scoring(workdir: Path,

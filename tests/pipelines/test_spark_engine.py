@@ -484,7 +484,8 @@ def test_profile_master_and_conf_precedence(workdir: Path,
     monkeypatch.setenv("SLUICE_SPARK_PROFILE", str(other))
     assert SparkEngine().master == "local[3]" and SparkEngine().profile.rows_per_task == 10
     other.write_text("master: local[3]\nshuffle: 3\n")
-    with pytest.raises(SluiceError, match=r"elsewhere.yaml': 'shuffle': unknown key"):
+    with pytest.raises(SluiceError,
+                       match=r"elsewhere.yaml:2: Spark profile: 'shuffle': unknown key"):
         SparkEngine()
     monkeypatch.setenv("SLUICE_SPARK_PROFILE", str(workdir / "missing.yaml"))
     with pytest.raises(SluiceError, match="does not exist"):

@@ -212,3 +212,51 @@ def test_concurrent_saves_get_distinct_versions(tmp_path: Path) -> None:
     assert store.versions("m") == versions
     assert all(store.load(f"m@{v}").version == v for v in versions)
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]
+
+
+def _refuse_bare(name: str) -> None:
+    raise ValueError(f"bare {name} is not JSON")
+
+
+def test_model_json_is_strict_json_and_old_files_still_read(workdir: Path) -> None:
+    """A fitted fill of inf (a column's most frequent value) and a metric of NaN (the
+    r2 of a constant label) are "inf" and "nan" in model.json, as in a run record: a
+    strict reader reads the file, and the model scores as before; a file written with
+    bare NaN (before) reads as it did."""
+    import pyarrow.parquet as pq
+    from conftest import write_pipeline
+
+    from pipelines.runner import run
+
+    (workdir / "in").mkdir()
+    inf = float("inf")
+    table = pa.table({"x": [inf, None, inf, 2.0], "z": [1.0, 2.0, 3.0, 4.0],
+                      "y": [0.0, 0.0, 0.0, 0.0]})
+    pq.write_table(table, workdir / "in" / "a.parquet")
+    run(write_pipeline(workdir, """
+        pipeline: strict
+        steps:
+          - op: read_parquet
+            path: in
+          - op: impute
+            columns: [x]
+            strategy: most_frequent
+          - op: linear_regression
+            label: y
+            features: [z]
+            l2: 1.0
+          - op: save_model
+            name: m
+        """), {})
+    path = workdir / "models" / "m" / "1" / "model.json"
+    meta = json.loads(path.read_text(), parse_constant=_refuse_bare)
+    assert meta["steps"][0]["state"]["fill"] == {"x": "inf"}
+    assert meta["metrics"]["linear_regression"]["training_r2"] == "nan"
+    store = ModelStore(str(workdir / "models"))
+    scored = store.load("m").chain.steps[0].transform(table, np)
+    assert scored.column("x").to_pylist() == [inf, inf, inf, 2.0]
+    path.write_text(path.read_text().replace('"inf"', "Infinity").replace('"nan"', "NaN"))
+    old = store.load("m")
+    assert old.meta["steps"][0]["state"]["fill"] == {"x": inf}
+    assert np.isnan(old.meta["metrics"]["linear_regression"]["training_r2"])
+    assert old.chain.steps[0].transform(table, np).equals(scored)
