@@ -452,6 +452,7 @@ def _push_filters(plan: Plan) -> None:
         combined = where if not read.params.filter else f"({read.params.filter}) and ({where})"
         pushed = ReadParquet(read.params.model_copy(update={"filter": combined}))
         pushed.full_schema = full  # listed once, when planned
+        pushed.pushed = (step.id, where, read.params.filter)
         source.op, source.pushed_from = pushed, step.id
 
 

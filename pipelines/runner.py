@@ -405,10 +405,12 @@ class Run:
                     f"of its if, coalesce(..., 0), a divisor that is not 0), or keep the "
                     f"rows with a label after it (op: filter, where: \"{kept}\")")
 
-    @staticmethod
-    def _line(step: Step, exc: SluiceError) -> int:
+    def _line(self, step: Step, exc: SluiceError) -> int:
         """The line of the parameter ``exc`` names (a filter's `where`, a derive's
-        column: ``SluiceError.param``), else the step's."""
+        column: ``SluiceError.param``; a filter step's `where` that failed in the read
+        it was given to: that step's), else the step's."""
+        if step.pushed_from is not None and exc.param == "where":
+            step = self.plan.step(step.pushed_from)
         param = exc.param if exc.param in step.spec.params else None
         return step.spec.line_of(param, str(exc))
 

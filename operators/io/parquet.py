@@ -392,10 +392,17 @@ class ReadParquet(Source):
 
     Params = ReadParquetParams
 
+    pushed: tuple[str, str, str | None] | None = None
+    """A filter step's condition given to this read (the plan's push-down): (that step,
+    its ``where``, the read's own filter before it); a failure of that part on the rows
+    is said as the filter step's."""
+
     def __getstate__(self) -> dict[str, Any]:
         # the dataset's schema travels once known: a worker reads its partitions
         # (path + row groups) without listing the dataset again on every pass
         state: dict[str, Any] = {"params": self.params}
+        if self.pushed is not None:
+            state["pushed"] = self.pushed
         if "full_schema" in self.__dict__:
             state["full_schema"] = self.__dict__["full_schema"]
             state["partition_types"] = self._partition_types
@@ -403,6 +410,8 @@ class ReadParquet(Source):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.params = state["params"]
+        if "pushed" in state:
+            self.pushed = state["pushed"]
         if "full_schema" in state:
             self.full_schema = state["full_schema"]
             self.__dict__["partition_types"] = state["partition_types"]
@@ -464,10 +473,33 @@ class ReadParquet(Source):
         except ARROW_ERRORS as exc:
             from operators.expressions import value_failure
 
+            if self.pushed is not None and self._own_filter_holds(rows):
+                step, where, _ = self.pushed
+                detail, hint = value_failure(exc, [where], rows,
+                                             also=", or cast the column first")
+                raise DataError(f"filter step '{step}': where {where!r} failed on the rows "
+                                f"of '{self._shown(path)}' (given to the read to skip what "
+                                f"it cannot keep): {detail}", hint=hint, param="where"
+                                ) from None
             detail, hint = value_failure(exc, [self.params.filter], rows,
                                          also=", or cast the column first", on_read=True)
             raise DataError(f"read_parquet filter {self.params.filter!r} failed on the rows "
                             f"of '{self._shown(path)}': {detail}", hint=hint) from None
+
+    def _own_filter_holds(self, rows: pa.Table) -> bool:
+        """Whether the read's own filter (before a filter step's was given to it) runs on
+        ``rows`` without an error: then the given part is the one that failed."""
+        assert self.pushed is not None
+        own = self.pushed[2]
+        if not own:
+            return True
+        from operators.expressions import check_filter
+
+        try:
+            rows.filter(check_filter(own, self._filter_schema))
+        except ARROW_ERRORS:
+            return False
+        return True
 
     @cached_property
     def dataset(self) -> ds.Dataset:

@@ -134,3 +134,42 @@ def test_a_pushed_filter_keeps_the_nan_rows_the_statistics_leave_out(workdir: Pa
     want = data.filter(parse_filter(where)).select(["n"])
     assert want.num_rows > 0
     assert pq.read_table(workdir / "out").sort_by("n").equals(want)
+
+
+@pytest.mark.parametrize("own", [None, "v > 0", "cast(s as int8) > 0"])
+def test_a_pushed_condition_failing_on_the_rows_is_the_filter_steps(
+        workdir: Path, engine: Engine, own: str | None) -> None:
+    """A filter step's condition given to the read fails on a value ('x' as int64): the
+    error is the filter step's, at its where: line, not the read's filter (which the
+    user never wrote there); one the read's own filter fails on stays the read's."""
+    from operators.base import SluiceError
+
+    (workdir / "d").mkdir()
+    pq.write_table(pa.table({"s": ["1", "5", "x"], "v": [1, 2, 3]}),
+                   workdir / "d" / "part-0.parquet")
+    read_filter = f'\n            filter: "{own}"' if own else ""
+    path = write_pipeline(workdir, f"""
+        pipeline: pushed_failure
+        steps:
+          - id: events
+            op: read_parquet
+            path: d{read_filter}
+          - id: keep
+            op: filter
+            where: "cast(s as int64) > 3"
+          - op: write_parquet
+            path: out
+        """)
+    assert plan_file(path).step("events").pushed_from == "keep"
+    with pytest.raises(SluiceError) as caught:
+        run(path, engine_instance=engine)
+    text = str(caught.value)
+    lines = path.read_text().splitlines()
+    if own is not None and "int8" in own:  # the read's own filter fails first
+        assert "read_parquet filter" in text, text
+        assert text.startswith(f"{path}:{lines.index('  - id: events') + 1}:"), text
+        return
+    where = next(i for i, line in enumerate(lines, 1) if "where:" in line)
+    assert text.startswith(f"{path}:{where}: "), text
+    assert "filter step 'keep': where 'cast(s as int64) > 3' failed on the rows" in text, text
+    assert "'x'" in text and "read_parquet filter" not in text, text
