@@ -517,9 +517,19 @@ def _rows(part: pa.Table, features: list[str], at: np.ndarray) -> np.ndarray:
 
 def _ordered(keys: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     """The order of rows by ``keys`` (the first first), then by their values: the same
-    order whatever order they came in."""
+    order whatever order they came in. The values are sorted by only where the keys tie
+    (a sparse column's thousands of terms are as many sort keys)."""
+    if not len(rows):
+        return np.zeros(0, np.int64)
+    order = np.lexsort(list(reversed(keys)))
+    ties = np.ones(len(order) - 1, bool)
+    for key in keys:
+        ranked = key[order]
+        ties &= ranked[1:] == ranked[:-1]
+    if not ties.any():
+        return order
     columns = [rows[:, j] for j in range(rows.shape[1] - 1, -1, -1)]
-    return np.lexsort([*columns, *reversed(keys)]) if len(rows) else np.zeros(0, np.int64)
+    return np.lexsort([*columns, *reversed(keys)])
 
 
 def _distinct(order: np.ndarray, rows: np.ndarray) -> np.ndarray:
