@@ -164,6 +164,8 @@ from bench.target_encode_cases import (  # noqa: F401 - bench.worker looks the s
 )
 from bench.text_cases import (  # noqa: F401 - bench.worker looks the sides up here
     tickets,
+    train_text_kmeans_sparse_sklearn,
+    train_text_kmeans_sparse_sluice_local,
     train_text_logistic_sparse_sklearn,
     train_text_logistic_sparse_sluice_local,
     train_text_naive_bayes_sklearn,
@@ -365,6 +367,10 @@ CASES: dict[str, Case] = {
     # logistic_regression (8 classes, L-BFGS, 100 iterations at most) vs TfidfVectorizer +
     # LogisticRegression on the files read with pyarrow
     "train_text_logistic_sparse": Case("tickets", ("sluice_local", "sklearn"), tickets),
+    # read -> vectorize_text (sparse, TF-IDF of every term in >= 5 tickets) -> kmeans (k 8,
+    # 20 Lloyd passes, k-means|| start) vs TfidfVectorizer + KMeans (lloyd, k-means++,
+    # n_init=1, 20 passes) on the files read with pyarrow
+    "train_text_kmeans_sparse": Case("tickets", ("sluice_local", "sklearn"), tickets),
     # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->
     # write vs pyarrow's group_by, Dask's groupby().agg() and Spark's groupBy().agg();
     # the outputs are compared after the sides (bench/aggregate_cases.py)

@@ -14,6 +14,10 @@ size and the first class's log-probability of the first term (equal when they ag
   + ``MultinomialNB().fit`` on the same files read with pyarrow.
 * ``train_text_naive_bayes_sparse``: the same with ``sparse: true`` (one column of each
   row's terms, what scikit-learn's sparse matrix holds) and the default partitions.
+* ``train_text_logistic_sparse``: TF-IDF of every term in at least 5 tickets (sparse) ->
+  ``logistic_regression`` (L-BFGS) against ``TfidfVectorizer`` + ``LogisticRegression``.
+* ``train_text_kmeans_sparse``: the same TF-IDF rows (sparse) -> ``kmeans`` (k 8, 20
+  Lloyd passes) against ``TfidfVectorizer`` + ``KMeans`` on its CSR matrix.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import shutil
 import textwrap
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -128,14 +133,31 @@ same work, each side's objective printed."""
 
 
 def train_text_logistic_sparse_sluice_local(data: Path, scratch: Path) -> None:
+    terms, metrics = _sluice_tfidf(data, scratch, "logistic", f"""\
+        op: logistic_regression
+        label: topic
+        l2: {L2}
+        solver: lbfgs
+        max_iter: {ITERATIONS}
+        tol: 1.0e-12""")
+    print(f"  text logistic sluice: {terms} terms, "
+          f"{metrics['iterations']} iterations, objective {metrics['loss']:.10g}")
+
+
+def _sluice_tfidf(data: Path, scratch: Path, name: str, model: str
+                  ) -> tuple[int, dict[str, Any]]:
+    """read -> vectorize_text (sparse TF-IDF of every term in >= 5 tickets) -> ``model``
+    (a step's YAML, its lines as in a list item) -> save_model, on the local engine: the
+    vocabulary's size and the model step's metrics."""
     from pipelines.runner import run
     from pipelines.store import ModelStore
 
     models = scratch / "text_models"
     shutil.rmtree(models, ignore_errors=True)
-    pipeline = scratch / "text_logistic.yaml"
+    pipeline = scratch / f"text_{name}.yaml"
+    step = textwrap.indent(textwrap.dedent(model), " " * 12).strip()
     pipeline.write_text(textwrap.dedent(f"""\
-        pipeline: text_logistic
+        pipeline: text_{name}
         steps:
           - op: read_parquet
             path: {data}
@@ -146,12 +168,7 @@ def train_text_logistic_sparse_sluice_local(data: Path, scratch: Path) -> None:
             idf: smooth
             norm: l2
           - id: model
-            op: logistic_regression
-            label: topic
-            l2: {L2}
-            solver: lbfgs
-            max_iter: {ITERATIONS}
-            tol: 1.0e-12
+            {step}
           - op: save_model
             name: tickets
             profile: false
@@ -160,9 +177,7 @@ def train_text_logistic_sparse_sluice_local(data: Path, scratch: Path) -> None:
         warnings.simplefilter("ignore")
         record = run(pipeline, models=str(models), runs_dir=str(scratch / "runs"))
     chain = ModelStore(str(models)).load("tickets").chain.steps
-    metrics = record["metrics"]["model"]
-    print(f"  text logistic sluice: {len(chain[-2].vocabulary['text']['terms'])} terms, "
-          f"{metrics['iterations']} iterations, objective {metrics['loss']:.10g}")
+    return len(chain[-2].vocabulary["text"]["terms"]), record["metrics"]["model"]
 
 
 def train_text_logistic_sparse_sklearn(data: Path, scratch: Path) -> None:
@@ -180,3 +195,34 @@ def train_text_logistic_sparse_sklearn(data: Path, scratch: Path) -> None:
     objective = loss + L2 / 2 * float((model.coef_ ** 2).sum())
     print(f"  text logistic scikit-learn: {X.shape[1]} terms, {int(model.n_iter_[0])} "
           f"iterations, objective {objective:.10g}")
+
+
+CLUSTERS = 8
+"""``train_text_kmeans_sparse``'s k (the tickets' topics) ..."""
+LLOYD_PASSES = 20
+"""... and its Lloyd passes on both sides (``tol: 0``): the same work, each side's
+inertia printed (their starts differ: k-means|| against k-means++)."""
+
+
+def train_text_kmeans_sparse_sluice_local(data: Path, scratch: Path) -> None:
+    terms, metrics = _sluice_tfidf(data, scratch, "kmeans", f"""\
+        op: kmeans
+        features: [text]
+        k: {CLUSTERS}
+        max_iter: {LLOYD_PASSES}
+        tol: 0.0""")
+    print(f"  text kmeans sluice: {terms} terms, "
+          f"{metrics['iterations']} iterations, inertia {metrics['inertia']:.10g}")
+
+
+def train_text_kmeans_sparse_sklearn(data: Path, scratch: Path) -> None:
+    import pyarrow.parquet as pq
+    from sklearn.cluster import KMeans
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    table = pq.read_table(data, columns=["text"])
+    X = TfidfVectorizer(min_df=5).fit_transform(table.column("text").to_pylist())
+    model = KMeans(n_clusters=CLUSTERS, n_init=1, max_iter=LLOYD_PASSES, tol=0.0,
+                   algorithm="lloyd", random_state=0).fit(X)
+    print(f"  text kmeans scikit-learn: {X.shape[1]} terms, {int(model.n_iter_)} "
+          f"iterations, inertia {model.inertia_:.10g}")

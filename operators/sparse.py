@@ -14,8 +14,8 @@ positions there are and their names (terms); the features a model reads of colum
 order, as the dense columns are. Those names are the model's feature names (in
 ``model.json``, contributions, ``runs show``); the data keeps one column.
 
-A model that reads such a column (naive_bayes, logistic_regression, linear_regression)
-takes it whole: its features are the column's positions, in order. Where it can, a model
+A model that reads such a column (naive_bayes, logistic_regression, linear_regression,
+kmeans) takes it whole: its features are the column's positions, in order. Where it can, a model
 computes on the CSR matrix itself (SciPy's ``csr_matrix``: NumPy on the CPU); elsewhere
 (a GPU, the ``array_api_strict`` stand-in, a Python without SciPy) a partition's rows are
 made dense in the model's matrix as they are read, never as columns of the table.
@@ -339,11 +339,12 @@ def issparse(X: Any) -> bool:
 
 
 def csr_matrix(part: pa.Table, features: list[str], dtype: Any = np.float64,
-               hint: str | None = None) -> Any:
+               hint: str | None = None, shift: np.ndarray | None = None) -> Any:
     """``features`` of ``part`` as one SciPy CSR matrix (rows, features): a sparse
     column's positions as they are, a plain column's values (checked finite by
-    ``finite_column``, its error with ``hint``) as a dense block made sparse. None
-    without SciPy."""
+    ``finite_column``, its error with ``hint``; less ``shift`` at its position, where
+    given: a sparse column's positions are never shifted, which would make them dense)
+    as a dense block made sparse. None without SciPy."""
     sp = scipy_sparse()
     if sp is None:
         return None
@@ -355,6 +356,8 @@ def csr_matrix(part: pa.Table, features: list[str], dtype: Any = np.float64,
         if column is None:
             values = finite_column(part.column(features[start]), f"feature column "
                                    f"'{features[start]}'", hint or FEATURE_HINT)
+            if shift is not None:
+                values = values - shift[start]
             blocks.append(sp.csr_matrix(values.astype(dtype, copy=False)[:, None]))
             continue
         indptr, at, numbers = csr_parts(part.column(column), stop - start, column)
@@ -390,8 +393,8 @@ def require_dense_room(rows: int, width: int, columns: list[tuple[str, int]]) ->
         f"'{name}' made dense (this step's matrix) takes {past}",
         hint="make partitions smaller (read_parquet's partition_mb), or fewer terms "
              "(vectorize_text's max_features, num_features); on the CPU naive_bayes "
-             "(multinomial, complement, bernoulli) and logistic_regression with solver: "
-             "lbfgs read the rows as they are")
+             "(multinomial, complement, bernoulli), logistic_regression with solver: "
+             "lbfgs and kmeans (but for its held-out rows) read the rows as they are")
 
 
 def fill_dense(out: np.ndarray, column: pa.ChunkedArray, size: int, name: str) -> None:

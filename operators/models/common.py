@@ -321,8 +321,9 @@ def chosen_features(schema: pa.Schema, features: list[str] | None,
                 raise SchemaError(
                     f"column '{name}' is a sparse column (vectorize_text with sparse: "
                     "true), which this step does not read",
-                    hint="naive_bayes, logistic_regression, linear_regression and "
-                         "select_features (chi2, anova) read sparse columns; for this step "
+                    hint="naive_bayes, logistic_regression, linear_regression, kmeans "
+                         "and select_features (chi2, anova) read sparse columns; for this "
+                         "step "
                          "make a column per term (leave sparse: out), or leave the column "
                          "out (features:)")
         return features
@@ -586,7 +587,10 @@ def feature_matrix(part: pa.Table, features: list[str], xp: Any,
 def unit_rows(X: Any, features: list[str], xp: Any, step: str) -> Any:
     """The rows of ``X`` divided by their Euclidean norms: their directions, what cosine
     distances compare (``1 - cos = |a - b|^2 / 2`` of unit rows). A row of all zeros has
-    no direction: a DataError naming the columns (MLlib refuses zero vectors too)."""
+    no direction: a DataError naming the columns (MLlib refuses zero vectors too). A
+    SciPy CSR matrix's rows are scaled as they are stored (still sparse)."""
+    if issparse(X):
+        return _unit_sparse_rows(X, features, step)
     with np.errstate(over="ignore", under="ignore"):  # such rows are measured again
         norms = xp.sqrt(xp.sum(X * X, axis=1))
     lost = ~xp.isfinite(norms) | (norms == 0)
@@ -599,12 +603,34 @@ def unit_rows(X: Any, features: list[str], xp: Any, step: str) -> Any:
         scaled = X / scale[:, None]
         norms = xp.where(lost, largest * xp.sqrt(xp.sum(scaled * scaled, axis=1)), norms)
     if bool(xp.any(norms == 0)):
-        zeros = int(np.count_nonzero(to_numpy(norms) == 0))
-        raise DataError(f"{step}: {zeros} rows have every feature 0 ({', '.join(features)}): "
-                        "a zero vector has no direction, so no cosine distance",
-                        hint="filter those rows out before the step (filter: or op: filter), "
-                             "or use the Euclidean distance")
+        _no_direction(int(np.count_nonzero(to_numpy(norms) == 0)), features, step)
     return X / norms[:, None]
+
+
+def _unit_sparse_rows(X: Any, features: list[str], step: str) -> Any:
+    """``unit_rows`` of a SciPy CSR matrix: each stored value divided by its row's norm
+    (of the row divided by its largest value, as BLAS's nrm2 does)."""
+    n = X.shape[0]
+    rows = rows_of(X.indptr)
+    largest = np.zeros(n, X.dtype)
+    np.maximum.at(largest, rows, np.abs(X.data))
+    scale = np.where(largest > 0, largest, 1.0).astype(X.dtype)
+    scaled = X.data / scale[rows]
+    norms = largest * np.sqrt(np.bincount(rows, weights=scaled * scaled, minlength=n))
+    if (norms == 0).any():
+        _no_direction(int(np.count_nonzero(norms == 0)), features, step)
+    out = X.copy()
+    out.data = (X.data / norms[rows]).astype(X.dtype, copy=False)
+    return out
+
+
+def _no_direction(zeros: int, features: list[str], step: str) -> None:
+    named = ", ".join(features) if len(features) <= 12 else (
+        ", ".join(features[:12]) + f", ... ({len(features):,} features)")
+    raise DataError(f"{step}: {zeros} rows have every feature 0 ({named}): "
+                    "a zero vector has no direction, so no cosine distance",
+                    hint="filter those rows out before the step (filter: or op: filter), "
+                         "or use the Euclidean distance")
 
 
 def parameters(values: np.ndarray, xp: Any) -> Any:
@@ -721,14 +747,19 @@ def optimizer_metrics(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def comoments(values: Any, weights: Any, xp: Any, block_rows: int | None = None
-              ) -> dict[str, Any]:
+def comoments(values: Any, weights: Any, xp: Any, block_rows: int | None = None,
+              diagonal: bool = False) -> dict[str, Any]:
     """Total weight, weighted mean and centred co-moment matrix (the weighted sum of
     ``outer(x - mean, x - mean)``) of the rows of ``values``, accumulated in float64
     whatever its dtype; ``weights`` None: every row weighs 1. ``combine_comoments``
     adds two up. ``block_rows``: the co-moment summed that many rows at a time, with no
     temporary the size of ``values`` (the same mean; the co-moment to the last bits of
-    another order of its sums)."""
+    another order of its sums). ``diagonal``: the co-moment's diagonal only (a vector:
+    the weighted sums of squares about the mean; a sparse column's thousands of terms
+    have a co-moment matrix of millions of values); a SciPy CSR matrix's (``values``,
+    on NumPy) is that diagonal, from its stored values."""
+    if issparse(values):
+        return _sparse_moments(values, weights)
     k = values.shape[1]
     if weights is None:
         total = float(values.shape[0])
@@ -737,7 +768,8 @@ def comoments(values: Any, weights: Any, xp: Any, block_rows: int | None = None
         total = float(xp.sum(weights, dtype=xp.float64))
         mean = row_products(weights, values, xp) / total if total > 0 else None
     if not total > 0:
-        return {"weight": 0.0, "mean": np.zeros(k), "comoment": np.zeros((k, k))}
+        return {"weight": 0.0, "mean": np.zeros(k),
+                "comoment": np.zeros(k if diagonal else (k, k))}
     rows = values.shape[0]
     step = rows if block_rows is None else block_rows
     mean = _exact_where_constant(values, weights, mean, xp, step)
@@ -749,9 +781,29 @@ def comoments(values: Any, weights: Any, xp: Any, block_rows: int | None = None
         stop = min(start + step, rows)
         centred = values[start:stop, ...] - rounded
         weighted = centred if weights is None else centred * weights[start:stop, None]
-        block = row_products(centred, weighted, xp)
+        block = (xp.sum(centred * weighted, axis=0, dtype=xp.float64) if diagonal
+                 else row_products(centred, weighted, xp))
         comoment = block if comoment is None else comoment + block
     return {"weight": total, "mean": to_numpy(mean), "comoment": to_numpy(comoment)}
+
+
+def _sparse_moments(X: Any, weights: Any) -> dict[str, Any]:
+    """``comoments(diagonal=True)`` of a SciPy CSR matrix: the weighted sums of squares
+    about the mean from the stored values, ``sum w ((x - m)^2 - m^2)`` over them plus
+    ``W m^2`` (each row's zeros' share), in float64, no cancellation of raw sums."""
+    n, k = X.shape
+    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    total = float(np.sum(w))
+    if not total > 0:
+        return {"weight": 0.0, "mean": np.zeros(k), "comoment": np.zeros(k)}
+    rows, at = rows_of(X.indptr), X.indices
+    values = X.data.astype(np.float64, copy=False)
+    row_weight = w[rows]
+    mean = np.bincount(at, weights=values * row_weight, minlength=k) / total
+    m = mean[at]
+    comoment = (np.bincount(at, weights=row_weight * ((values - m) ** 2 - m * m),
+                            minlength=k) + total * mean * mean)
+    return {"weight": total, "mean": mean, "comoment": np.maximum(comoment, 0.0)}
 
 
 def _exact_where_constant(values: Any, weights: Any, mean: Any, xp: Any, step: int) -> Any:
@@ -795,7 +847,8 @@ def combine_comoments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     total = wa + wb
     delta = b["mean"] - a["mean"]
     mean = combine_means(wa, a["mean"], wb, b["mean"])
-    comoment = a["comoment"] + b["comoment"] + np.outer(delta, delta) * (wa * wb / total)
+    spread = np.outer(delta, delta) if a["comoment"].ndim == 2 else delta * delta
+    comoment = a["comoment"] + b["comoment"] + spread * (wa * wb / total)
     return {"weight": total, "mean": mean, "comoment": comoment}
 
 

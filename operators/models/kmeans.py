@@ -65,6 +65,24 @@ inertia is half the squared distances, MLlib's cosine trainingCost; the validati
 measures the silhouette only, evaluate_clusters' cosine one. A row of zeros has no
 direction: a DataError (MLlib refuses zero vectors), in the fit and when scoring. From the
 same centres (MLlib's ``initialModel``) it gives MLlib's centres to 1e-15.
+
+A sparse column among the features (``vectorize_text`` with ``sparse: true``:
+``operators.sparse``; text clustering, as scikit-learn's KMeans on a CSR matrix and
+MLlib's on SparseVectors) is its terms, features ``<column>:<term>`` of the model. On
+NumPy a pass reads the rows as a SciPy CSR matrix and never makes them dense: each row's
+nearest centre by ``|c|^2 - 2 x.c`` (a sparse product), its squared distance summed over
+its stored values (scikit-learn's sparse inertia), the clusters' sums by a sparse
+product, the unit rows of cosine by scaling the stored values. Such rows are not centred
+on the training mean: a CSR matrix less its mean is dense. The plain columns beside them
+still are (their mean is the model's ``mean``, 0 at the terms), except with cosine, whose
+unit rows are within the unit ball, with nothing to cancel (``mean`` all 0). The summary
+keeps the variances only (``tol``'s; no co-moment matrix of the terms). The draws read a
+few rows made dense (float64, as for plain columns), the driver's centres are dense.
+Elsewhere (a GPU, the ``array_api_strict`` stand-in) a partition's rows are made dense in
+the pass's matrix, checked against the memory share first. The validation passes read
+the held-out rows made dense the same way (evaluate_clusters' statistics are of dense
+rows), the memory share checked: a partition's held-out rows too wide for it are a
+DataError that says so.
 """
 
 from __future__ import annotations
@@ -83,7 +101,9 @@ from operators.evaluate.clusters import EvaluateClusters, unmeasurable
 from operators.hashing import hash_rows
 from operators.models.common import (
     ACCUMULATE_ROWS,
+    FEATURE_HINT,
     PREDICTION,
+    SCORING_HINT,
     ConvergenceWarning,
     FittedModel,
     check_features,
@@ -108,6 +128,16 @@ from operators.models.common import (
     validation_start_field,
 )
 from operators.models.trees import MEMO_FACTOR, _sparse_product, derived_uniform
+from operators.sparse import (
+    columns_of,
+    csr_matrix,
+    groups,
+    has_sparse,
+    is_sparse_type,
+    issparse,
+    rows_of,
+    scipy_sparse,
+)
 
 DISTANCE = "distance"
 LOCAL_ITERATIONS = 30
@@ -208,7 +238,11 @@ def nearest(X: Any, centres: Any, xp: Any) -> tuple[Any, Any]:
     """Each row's nearest centre (the first of equals) and its squared distance to it.
 
     The nearest by ``|c|^2 - 2 x.c`` (one matmul, as scikit-learn), the distance from the
-    difference itself (no cancellation)."""
+    difference itself (no cancellation). ``X`` may be a SciPy CSR matrix (on NumPy):
+    ``_sparse_pass``."""
+    if issparse(X):
+        labels, d2, _ = _sparse_pass(X, None, centres)
+        return labels, d2
     if is_numpy(xp):
         labels, d2, _ = _host_pass(X, None, centres)
         return labels, d2
@@ -238,6 +272,8 @@ def assigned(X: Any, w: Any, centres: Any, xp: Any) -> tuple[Any, Any, dict[str,
     """``nearest`` of every row, and per cluster the weighted sums of the rows, the
     weights and the row counts (float64 on the host, accumulated in float64 block by
     block)."""
+    if issparse(X):
+        return _sparse_pass(X, w, centres)
     if is_numpy(xp) and _sparse_product() is not None:
         return _host_pass(X, w, centres)
     k, d = centres.shape
@@ -337,6 +373,60 @@ def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
                         "counts": np.bincount(labels, minlength=k).astype(np.float64)}
 
 
+def _sparse_pass(X: Any, w: np.ndarray | None, centres: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``_host_pass`` of a SciPy CSR matrix ``X``, never made dense: each row's nearest
+    centre by ``|c|^2 - 2 x.c`` (a sparse product a block of rows, scikit-learn's
+    sparse Lloyd), its squared distance ``|x - c|^2`` as scikit-learn's sparse inertia
+    sums it (over the row's stored values ``(x - c)^2 - c^2``, plus ``|c|^2``: no
+    ``|x|^2`` to cancel); with weights ``w`` the clusters' weighted sums of rows by a
+    sparse product (one-hot weights by ``X``), in float64."""
+    n = X.shape[0]
+    k = centres.shape[0]
+    dtype = np.result_type(X.dtype, centres.dtype)
+    centres = np.asarray(centres, dtype)
+    norms = np.sum(centres * centres, axis=1)
+    scaled = np.ascontiguousarray(-2.0 * centres.T)
+    labels = np.empty(n, np.int64)
+    step = block_rows(np, k)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        scores = np.asarray(X[start:stop] @ scaled)
+        scores += norms
+        np.argmin(scores, axis=1, out=labels[start:stop])
+    rows = rows_of(X.indptr)
+    at = centres[labels[rows], X.indices]
+    diff = X.data - at
+    d2 = np.bincount(rows, weights=diff * diff - at * at, minlength=n) + norms[labels]
+    d2 = np.maximum(d2, 0.0).astype(dtype, copy=False)
+    if w is None:
+        return labels, d2, {}
+    sp = scipy_sparse()
+    w = np.asarray(w, np.float64)
+    onehot = sp.csr_matrix((w, (labels, np.arange(n))), shape=(k, n))
+    sums = np.asarray((onehot @ X.astype(np.float64, copy=False)).toarray())
+    return labels, d2, {"sums": sums, "weights": np.bincount(labels, weights=w, minlength=k),
+                        "counts": np.bincount(labels, minlength=k).astype(np.float64)}
+
+
+def sparse_rows(part: pa.Table, features: list[str], shift: np.ndarray | None,
+                cosine: bool, dtype: Any, hint: str = FEATURE_HINT) -> Any:
+    """The features of ``part`` as a SciPy CSR matrix in ``dtype``: the plain columns
+    less ``shift`` (their training mean), a sparse column's positions as they are;
+    ``cosine``: the rows made unit (then ``shift`` is None or zeros: unit rows are not
+    centred where a sparse column is among them)."""
+    X = csr_matrix(part, features, dtype, hint,
+                   None if shift is None or cosine else np.asarray(shift, np.float64))
+    return unit_rows(X, features, None, "kmeans (cosine)") if cosine else X
+
+
+def _matrix_bytes(X: Any) -> int:
+    """The bytes of a dense or SciPy CSR matrix."""
+    if issparse(X):
+        return X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    return X.nbytes
+
+
 def _first_least(scores: np.ndarray, near: np.ndarray, least: np.ndarray,
                  above: np.ndarray, leading: np.ndarray, counted: np.ndarray) -> None:
     """Into ``near``: the first centre of least score of each column of ``scores``
@@ -414,21 +504,32 @@ def _uniforms(part: pa.Table, columns: list[str], seed: int, salt: int) -> np.nd
 
 def _rows(part: pa.Table, features: list[str], at: np.ndarray) -> np.ndarray:
     """The features of rows ``at`` as float64 from the columns (exact, whatever the
-    compute dtype). A few rows are slices: a take from a table of several chunks costs
-    about a millisecond whatever the rows (a Lloyd pass reads one, its farthest)."""
+    compute dtype; a sparse column's few rows made dense). A few rows are slices: a take
+    from a table of several chunks costs about a millisecond whatever the rows (a Lloyd
+    pass reads one, its farthest)."""
     at = np.asarray(at, dtype=np.int64)
     if len(at) > FEW_ROWS:
         return host_matrix(part.take(pa.array(at)), features)
-    rows = part.select(features)
+    rows = part.select(columns_of(part.schema, features))
     return host_matrix(pa.concat_tables([rows.slice(0, 0)] + [rows.slice(int(i), 1) for i in at]),
                        features)
 
 
 def _ordered(keys: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     """The order of rows by ``keys`` (the first first), then by their values: the same
-    order whatever order they came in."""
+    order whatever order they came in. The values are sorted by only where the keys tie
+    (a sparse column's thousands of terms are as many sort keys)."""
+    if not len(rows):
+        return np.zeros(0, np.int64)
+    order = np.lexsort(list(reversed(keys)))
+    ties = np.ones(len(order) - 1, bool)
+    for key in keys:
+        ranked = key[order]
+        ties &= ranked[1:] == ranked[:-1]
+    if not ties.any():
+        return order
     columns = [rows[:, j] for j in range(rows.shape[1] - 1, -1, -1)]
-    return np.lexsort([*columns, *reversed(keys)]) if len(rows) else np.zeros(0, np.int64)
+    return np.lexsort([*columns, *reversed(keys)])
 
 
 def _distinct(order: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -493,9 +594,12 @@ class KMeansFitted(FittedModel):
     """``prediction``: the nearest centre's position (int64); ``distance`` (when asked):
     the Euclidean distance to it, or with ``cosine`` 1 - cos (the rows made unit first,
     the centres unit: half their squared distance). ``mean``: the training rows' mean,
-    which distances are computed from (precision)."""
+    which distances are computed from (precision); 0 at a sparse column's positions (and
+    everywhere with ``cosine`` where a sparse column is among the features): such rows
+    are not centred (``KMeans``)."""
 
     supervised = False
+    takes_sparse = True  # nearest() of a SciPy CSR matrix too
 
     def __init__(self, features: list[str], centres: np.ndarray, mean: np.ndarray,
                  distance: bool = False, cosine: bool = False):
@@ -518,7 +622,14 @@ class KMeansFitted(FittedModel):
         return clustered_schema(schema, self.distance)
 
     def assign(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's cluster (int64) and squared distance to its centre, on the host."""
+        """Each row's cluster (int64) and squared distance to its centre, on the host (on
+        NumPy a sparse column's rows as they are: a SciPy CSR matrix)."""
+        if is_numpy(xp) and scipy_sparse() is not None and has_sparse(part.schema,
+                                                                      self.features):
+            X = sparse_rows(part, self.features, self.mean, self.cosine, compute_dtype(xp),
+                            SCORING_HINT)
+            labels, d2 = nearest(X, parameters(self.centres - self.mean, xp), xp)
+            return labels, d2.astype(np.float64)
         labels, d2 = self.nearest_of(feature_matrix(part, self.features, xp), xp)
         # one transfer back: the labels are exact in either float dtype (k < 2^24)
         both = to_numpy(xp.stack([xp.astype(labels, d2.dtype), d2]))
@@ -606,7 +717,9 @@ class KMeans(Estimator):
     has nothing to compare them with. `distance_measure: cosine` clusters the rows'
     directions (embeddings; MLlib's distanceMeasure): unit centres, `distance` 1 - cos,
     the inertia the sum of 1 - cos, the held-out silhouette the cosine one; no row may be
-    all zeros.
+    all zeros. A sparse column of terms among the features (`vectorize_text` with
+    `sparse: true`: text clustering, scikit-learn's KMeans on a CSR matrix) is clustered
+    by its terms, `<column>:<term>` in the model; on the CPU its rows are never made dense.
     """
 
     float32 = True  # docs/float32.md
@@ -643,10 +756,11 @@ class KMeans(Estimator):
 
     def _features(self, schema: pa.Schema) -> list[str]:
         p = self.params
-        return chosen_features(schema, p.features, {p.weight})
+        return chosen_features(schema, p.features, {p.weight}, sparse=True)
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return self._features(schema) + ([self.params.weight] if self.params.weight else [])
+        return (columns_of(schema, self._features(schema))
+                + ([self.params.weight] if self.params.weight else []))
 
     def _check(self, schema: pa.Schema) -> list[str]:
         p = self.params
@@ -656,7 +770,9 @@ class KMeans(Estimator):
             raise ParamError("no numeric feature columns in the input",
                              hint="list features, or encode string columns (op: one_hot)")
         check_features(schema, features)
-        check_given_width(p.init, features, "centres")
+        if not any(is_sparse_type(schema.field(f).type) for f in features
+                   if f in schema.names):  # (a sparse column's terms not fitted yet)
+            check_given_width(p.init, features, "centres")
         return features
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
@@ -666,9 +782,13 @@ class KMeans(Estimator):
     def init(self, schema: pa.Schema) -> dict[str, Any]:
         features = self._check(schema)
         state: dict[str, Any] = {"phase": "summary", "features": features}
+        sparse = [[start, stop] for column, start, stop in groups(schema, features)
+                  if column is not None]
+        if sparse:
+            state["sparse"] = sparse
         if self.params.validation_fraction > 0:
             state["held_out"] = _measuring(features, self._cosine).init(clustered_schema(
-                pa.schema([schema.field(f) for f in features]), False))
+                pa.schema([pa.field(f, pa.float64()) for f in features]), False))
         return state
 
     # ------------------------------------------------------------------ partitions
@@ -678,7 +798,7 @@ class KMeans(Estimator):
         """The features (less the training mean), the weights and (with ``salt``) the
         rows' uniforms on ``xp``: one copy to the device."""
         features = state["features"]
-        uniforms = None if salt is None else _uniforms(part, self._hashed(features),
+        uniforms = None if salt is None else _uniforms(part, self._hashed(part, features),
                                                        self.params.seed, salt)
         if is_numpy(xp):
             X, w = self._host_matrix(part, state, xp)
@@ -704,19 +824,33 @@ class KMeans(Estimator):
         key = self._matrix_key(state, xp, state["mean"])
         if held is not None and held[0] == key:
             return held[1], held[2]
-        if held is not None and held[0] == self._matrix_key(state, xp, None):
+        summary = held is not None and held[0] == self._matrix_key(state, xp, None)
+        if "sparse" in state and not (summary and not np.any(state["mean"])):
+            # a CSR matrix is not shifted in place: made again with its plain columns less
+            # their means (the summary's, of none, serves where the means are all 0)
+            X, w = self._features_weights(part, state, xp, shift=state["mean"])
+        elif summary:
             X, w = held[1], held[2]
+            if not issparse(X):
+                X -= parameters(state["mean"], xp)  # ours: no second of its size
         else:
             X, w = self._features_weights(part, state, xp)
-        X -= parameters(state["mean"], xp)  # the matrix is ours: no second of its size
+            X -= parameters(state["mean"], xp)
         self._keep(part, key, X, w)
         return X, w
 
     def _features_weights(self, part: pa.Table, state: dict[str, Any], xp: Any,
-                          weights: np.ndarray | None = None) -> tuple[Any, Any]:
-        """The features and the weights (``row_weights``) on ``xp``, in one copy to it."""
+                          weights: np.ndarray | None = None, shift: np.ndarray | None = None
+                          ) -> tuple[Any, Any]:
+        """The features and the weights (``row_weights``) on ``xp``, in one copy to it;
+        on NumPy with a sparse column among the features a SciPy CSR matrix (its plain
+        columns less ``shift``)."""
         if weights is None:
             weights = row_weights(part, self.params.weight)
+        if "sparse" in state and is_numpy(xp) and scipy_sparse() is not None:
+            dtype = compute_dtype(xp)
+            return (sparse_rows(part, state["features"], shift, self._cosine, dtype),
+                    np.asarray(weights, dtype))
         data = feature_matrix(part, state["features"], xp, [weights])
         d = len(state["features"])
         return self._directions(data[:, :d], state, xp), data[:, d]
@@ -728,13 +862,15 @@ class KMeans(Estimator):
                 str(compute_dtype(xp)),
                 None if mean is None else np.asarray(mean, dtype=np.float64).tobytes())
 
-    def _keep(self, part: pa.Table, key: tuple[Any, ...], X: np.ndarray, w: np.ndarray
-              ) -> None:
-        if X.nbytes + w.nbytes <= MEMO_FACTOR * part.nbytes:
+    def _keep(self, part: pa.Table, key: tuple[Any, ...], X: Any, w: np.ndarray) -> None:
+        if _matrix_bytes(X) + w.nbytes <= MEMO_FACTOR * part.nbytes:
             table_memo(part)["kmeans_matrix"] = (key, X, w)
 
-    def _hashed(self, features: list[str]) -> list[str]:
-        return features + ([self.params.weight] if self.params.weight else [])
+    def _hashed(self, part: pa.Table, features: list[str]) -> list[str]:
+        """The columns of the rows' content: the features' (a sparse column once) and
+        the weight."""
+        return (columns_of(part.schema, features)
+                + ([self.params.weight] if self.params.weight else []))
 
     def _centres(self, state: dict[str, Any], key: str, xp: Any) -> Any:
         return parameters(np.asarray(state[key]) - state["mean"], xp)
@@ -747,7 +883,7 @@ class KMeans(Estimator):
         p = self.params
         if p.validation_fraction <= 0:
             return part
-        columns = self._hashed(state["features"])
+        columns = self._hashed(part, state["features"])
         key = (p.validation_fraction, p.seed, p.validation_start, tuple(columns))
         memo = table_memo(part)
         kept = memo.get("kmeans_training")
@@ -809,12 +945,14 @@ class KMeans(Estimator):
         host = is_numpy(xp)
         if host:
             self._keep(part, self._matrix_key(state, xp, None), X, w)
-        # on the host a block of rows at a time: no temporaries of the partition's size
-        moments = comoments(X, w, xp, block_rows=1 << 12 if host else None)
+        # on the host a block of rows at a time: no temporaries of the partition's size;
+        # with a sparse column the variances only (tol's), not a co-moment of its terms
+        moments = comoments(X, w, xp, block_rows=1 << 12 if host else None,
+                            diagonal="sparse" in state)
         out = {"rows": part.num_rows, "moments": moments}
         if isinstance(p.init, str):
             # a row with probability proportional to its weight: the largest log(u) / w
-            u = _uniforms(part, self._hashed(features), p.seed, _SUMMARY_SALT)
+            u = _uniforms(part, self._hashed(part, features), p.seed, _SUMMARY_SALT)
             with np.errstate(divide="ignore"):
                 keys = np.where(weights > 0, np.log(u) / np.where(weights > 0, weights, 1),
                                 -np.inf)
@@ -961,9 +1099,10 @@ class KMeans(Estimator):
         require_training_rows(stats["rows"], stats["heldout"])
         require_rows_for(stats["rows"], stats["heldout"], p.k, self.noun)
         require_positive_weight(moments["weight"], p.weight)
-        variance = np.diag(moments["comoment"]) / moments["weight"]
+        comoment = moments["comoment"]
+        variance = (np.diag(comoment) if comoment.ndim == 2 else comoment) / moments["weight"]
         state = {**state, "rows": stats["rows"], "heldout": stats["heldout"],
-                 "mean": moments["mean"],
+                 "mean": self._centre_of(moments["mean"], state),
                  "tol": float(np.mean(variance)) * p.tol, "init_passes": 1}
         if isinstance(p.init, list):
             return self._lloyd(state, np.asarray(p.init, dtype=np.float64))
@@ -975,6 +1114,20 @@ class KMeans(Estimator):
         if p.init == "k-means++":
             return {**state, "phase": "pick", "round": 1, "centres": first}
         return {**state, "phase": "sample", "round": 1, "candidates": first}
+
+    def _centre_of(self, mean: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        """What the rows are centred on: their mean, but 0 at a sparse column's positions
+        (a CSR matrix less its mean would be dense) and, with cosine, everywhere where a
+        sparse column is among the features (unit rows, within the unit ball: nothing to
+        cancel)."""
+        if "sparse" not in state:
+            return mean
+        mean = np.array(mean, dtype=np.float64)
+        if self._cosine:
+            return np.zeros_like(mean)
+        for start, stop in state["sparse"]:
+            mean[start:stop] = 0.0
+        return mean
 
     def _sampled(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         p = self.params

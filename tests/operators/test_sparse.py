@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from sklearn.cluster import KMeans as SkKMeans
 from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression as SkLogistic
 from sklearn.metrics import log_loss
@@ -19,6 +20,7 @@ from operators.base import DataError, SchemaError, drive, tree_reduce
 from operators.features.text import VectorizeText, VectorizeTextFitted
 from operators.models.common import host_matrix
 from operators.models.forest import DecisionTree
+from operators.models.kmeans import KMeans
 from operators.models.linear import LinearRegression
 from operators.models.logistic import LogisticRegression
 from operators.models.naive_bayes import NaiveBayes
@@ -480,3 +482,121 @@ def test_a_fitted_model_scoring_a_sparse_column_in_a_numbers_place_says_so() -> 
         fitted.output_schema(table.schema)
         with pytest.raises(SchemaError, match="feature column 'b' is a sparse column"):
             fitted.output_schema(scored)
+
+
+def fit_kmeans(op: Any, parts: list[pa.Table], xp: Any = None) -> tuple[Any, dict[str, Any]]:
+    """The fitted kmeans model and its metrics."""
+    xp = NP if xp is None else xp
+    state, _ = drive(op, parts[0].schema,
+                     lambda partial: tree_reduce([partial(p, xp) for p in parts], op.combine))
+    return op.fitted(state), op.metrics(state)
+
+
+def tfidf_tickets(parts: int, sparse: bool = True) -> tuple[pa.Table, Any, list[pa.Table]]:
+    """Tickets, the fitted TF-IDF step (scikit-learn's TfidfVectorizer(min_df=2)) and the
+    rows it makes of ``parts`` partitions."""
+    table = tickets(600, seed=3)
+    step = fit(VectorizeText(columns=["text"], sparse=sparse, min_df=2, idf="smooth",
+                             norm="l2"), split(table, parts))
+    return table, step, [step.transform(p, None) for p in split(table, parts)]
+
+
+@pytest.mark.parametrize("parts", [1, 4])
+def test_kmeans_on_a_sparse_column_is_scikit_learns_on_the_csr_matrix(parts: int) -> None:
+    """From the same centres scikit-learn's KMeans on the TF-IDF CSR matrix: the same
+    labels, centres, inertia and iterations; the term columns (no sparse: true) give the
+    same model."""
+    table, step, rows = tfidf_tickets(parts)
+    X = TfidfVectorizer(min_df=2).fit_transform(table.column("text").to_pylist())
+    init = X[[0, 5, 11, 42]].toarray()
+    model, metrics = fit_kmeans(KMeans(k=4, features=["text"], init=init.tolist()), rows)
+    sk = SkKMeans(n_clusters=4, init=init, n_init=1, algorithm="lloyd").fit(X)
+    assert model.features == [f"text:{t}" for t in step.vocabulary["text"]["terms"]]
+    labels = model.transform(step.transform(table, None), NP).column("prediction")
+    np.testing.assert_array_equal(labels.to_numpy(), sk.labels_)
+    np.testing.assert_allclose(model.centres, sk.cluster_centers_, rtol=1e-9, atol=1e-12)
+    assert metrics["inertia"] == pytest.approx(sk.inertia_, rel=1e-9)
+    assert metrics["iterations"] == sk.n_iter_
+    _, dense_step, dense_rows = tfidf_tickets(parts, sparse=False)
+    dense, dense_metrics = fit_kmeans(KMeans(k=4, features=dense_step.names("text"),
+                                             init=init.tolist()), dense_rows)
+    assert dense.features == model.features
+    np.testing.assert_allclose(model.centres, dense.centres, rtol=1e-9, atol=1e-12)
+    assert metrics["inertia"] == pytest.approx(dense_metrics["inertia"], rel=1e-9)
+    assert metrics["cluster_sizes"] == dense_metrics["cluster_sizes"]
+
+
+def test_kmeans_cosine_on_a_sparse_column_is_the_term_columns_model() -> None:
+    """Cosine: the CSR rows scaled to unit length, never made dense; the model, the
+    distances and the inertia of the term columns'."""
+    table, step, rows = tfidf_tickets(3)
+    _, dense_step, dense_rows = tfidf_tickets(3, sparse=False)
+    init = host_matrix(dense_step.transform(table, None),
+                       dense_step.names("text"))[[1, 7, 30]] * 3.0  # not unit
+    params = {"k": 3, "init": init.tolist(), "distance_measure": "cosine", "distance": True}
+    model, metrics = fit_kmeans(KMeans(features=["text"], **params), rows)
+    dense, dense_metrics = fit_kmeans(KMeans(features=dense_step.names("text"), **params),
+                                      dense_rows)
+    np.testing.assert_allclose(model.centres, dense.centres, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(model.centres, axis=1), 1.0, rtol=1e-12)
+    assert metrics["inertia"] == pytest.approx(dense_metrics["inertia"], rel=1e-9)
+    ours = model.transform(step.transform(table, None), NP)
+    theirs = dense.transform(dense_step.transform(table, None), NP)
+    assert ours.column("prediction").equals(theirs.column("prediction"))
+    np.testing.assert_allclose(ours.column("distance").to_numpy(),
+                               theirs.column("distance").to_numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("params", [
+    {"init": "k-means||"}, {"init": "k-means++", "weight": "w"}, {"init": "random"},
+    {"validation_fraction": 0.25, "seed": 2}, {"distance_measure": "cosine"}])
+def test_kmeans_on_a_sparse_column_is_one_model_on_any_partitioning_and_off_numpy(
+        params: dict) -> None:
+    """Every start and the held-out measure: the same model from 1 partition as from 4,
+    and on the strict stand-in (the rows made dense there) as on the CPU."""
+    table = tickets(600, seed=3).append_column(
+        "w", pa.array(np.random.default_rng(1).uniform(0.5, 2.0, 600)))
+    step = fit(VectorizeText(columns=["text"], sparse=True, min_df=2, norm="l2"), [table])
+    features = ["text", "w"] if "weight" not in params else ["text"]
+    op = KMeans(k=4, features=features, **params)
+    one, one_metrics = fit_kmeans(op, [step.transform(table, None)])
+    four, four_metrics = fit_kmeans(op, [step.transform(p, None) for p in split(table, 4)])
+    strict, strict_metrics = fit_kmeans(op, [step.transform(p, None) for p in split(table, 4)],
+                                        get_namespace("array_api_strict"))
+    for other, other_metrics in ((four, four_metrics), (strict, strict_metrics)):
+        np.testing.assert_allclose(other.centres, one.centres, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(other.mean, one.mean, rtol=1e-9, atol=1e-12)
+        assert other_metrics["inertia"] == pytest.approx(one_metrics["inertia"], rel=1e-9)
+        assert other_metrics["cluster_sizes"] == one_metrics["cluster_sizes"]
+        if "validation" in one_metrics:
+            for key, value in one_metrics["validation"].items():
+                assert other_metrics["validation"][key] == pytest.approx(value, rel=1e-9)
+    assert len(one.features) == len(step.vocabulary["text"]["terms"]) + len(features) - 1
+    # the terms are not centred (a centred CSR matrix is dense); a plain column is
+    np.testing.assert_array_equal(one.mean[:-1 if "w" in features else None], 0.0)
+    if features == ["text", "w"] and params == {"init": "k-means||"}:  # all rows train
+        assert one.mean[-1] == pytest.approx(float(np.mean(table.column("w").to_numpy())))
+    scored = [one.transform(step.transform(p, None), xp).column("prediction")
+              for p, xp in ((table, NP), (table, get_namespace("array_api_strict")))]
+    assert scored[0].equals(scored[1])
+
+
+def test_kmeans_reads_a_sparse_column_as_it_is_on_the_cpu_and_dense_off_it_in_the_share(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On NumPy no pass makes the partition's rows dense (the fit and the scores go
+    where the matrix would be past the memory share, here 64 KB); on the strict
+    stand-in they are made dense, checked against the share first."""
+    import operators.features.text as text
+
+    table = topics(seed=7)
+    step = fit(VectorizeText(columns=["text"], sparse=True), [table])
+    rows = step.transform(table, None)
+    width = len(step.vocabulary["text"]["terms"])
+    assert 8 * 900 * width > 65536
+    monkeypatch.setattr(text, "dense_limit", lambda: 65536.0)
+    op = KMeans(k=3, features=["text", "w"], distance_measure="cosine")
+    model, _ = fit_kmeans(op, [rows])
+    assert len(model.transform(rows, NP).column("prediction")) == 900
+    with pytest.raises(DataError, match=rf"a partition of 900 rows with the {width:,} "
+                                        r"terms of the sparse column 'text' made dense"):
+        fit_kmeans(op, [rows], get_namespace("array_api_strict"))

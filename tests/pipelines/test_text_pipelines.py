@@ -16,7 +16,7 @@ from conftest import SLUICE, sluice_in_process, write_pipeline
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.naive_bayes import MultinomialNB
 
-from operators.arrays import STANDIN_ENV
+from operators.arrays import STANDIN_ENV, get_namespace
 from pipelines.runner import plan_file, run
 from pipelines.serving import load_model
 from pipelines.store import ModelStore
@@ -457,3 +457,72 @@ def test_spark_udf_takes_a_model_of_one_sparse_column_by_its_column(
         assert sorted(got) == ids
         np.testing.assert_allclose([got[i] for i in ids], [want[i] for i in ids],
                                    rtol=1e-12)
+
+
+TOPICS = """
+    pipeline: topics
+    steps:
+      - op: read_parquet
+        path: {data}
+        partition_mb: 0.01
+      - op: drop
+        columns: [ticket_id, topic]
+      - id: words
+        op: vectorize_text
+        columns: [text]
+        sparse: true
+        stop_words: [the, a, and, is, it]
+        min_df: 3
+        idf: smooth
+        norm: l2
+      - id: clusters
+        op: kmeans
+        k: 3
+        seed: 4
+        distance: true
+        validation_fraction: 0.2
+      - op: save_model
+        name: topics
+"""
+
+
+def test_tfidf_rows_cluster_into_one_kmeans_model_on_every_engine(
+        workdir: Path, engine, ticket_files: Path) -> None:
+    """kmeans on a sparse TF-IDF column (text clustering) through every engine and its
+    partitions: the model of one partition fitted in process; saved, its centres named by
+    term, scored from text by `sluice score` and load_model."""
+    from operators.base import drive, tree_reduce
+    from operators.features.text import VectorizeText
+    from operators.models.kmeans import KMeans
+
+    record = run(write_pipeline(workdir, TOPICS.format(data=ticket_files)),
+                 engine_instance=engine)
+    assert record["status"] == "succeeded"
+    metrics = record["metrics"]["clusters"]
+    assert metrics["validation"]["count"] > 0
+    model = ModelStore().load("topics")
+    words, clusters = model.chain.steps[-2:]
+    table = tickets().drop_columns(["ticket_id", "topic"])
+    step = VectorizeText(columns=["text"], sparse=True, stop_words=STOP, min_df=3,
+                         idf="smooth", norm="l2")
+    np_ = get_namespace("numpy")
+    state, _ = drive(step, table.schema, lambda partial: partial(table, np_))
+    rows = step.fitted(state).transform(table, None)
+    op = KMeans(k=3, seed=4, distance=True, validation_fraction=0.2)
+    state, _ = drive(op, rows.schema, lambda partial: tree_reduce([partial(rows, np_)],
+                                                                  op.combine))
+    assert clusters.features == [f"text:{t}" for t in words.vocabulary["text"]["terms"]]
+    np.testing.assert_allclose(clusters.centres, op.fitted(state).centres, rtol=1e-9,
+                               atol=1e-12)
+    assert metrics["inertia"] == pytest.approx(op.metrics(state)["inertia"], rel=1e-9)
+    assert metrics["validation"]["silhouette"] == pytest.approx(
+        op.metrics(state)["validation"]["silhouette"], rel=1e-9)
+    expected = op.fitted(state).transform(rows, np_).column("prediction").to_pylist()
+    new = table.slice(0, 5).column("text").to_pylist()
+    served = load_model("topics").score([{"text": t} for t in new])
+    assert [r["prediction"] for r in served] == expected[:5]
+    pq.write_table(table.slice(0, 5), workdir / "new.parquet")
+    done = sluice_in_process("score", "topics", str(workdir / "new.parquet"), "out",
+                             cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(workdir / "out").column("prediction").to_pylist() == expected[:5]

@@ -1,4 +1,5 @@
-"""Cases for naive_bayes (each model type), and score with a bound naive Bayes model."""
+"""Cases for naive_bayes (each model type), and score with a bound naive Bayes model; the
+sparse column's cases of the other models that read one (logistic_regression, kmeans)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,13 @@ def _cases() -> None:
     case("logistic_regression", {"label": "y", "l2": 0.01, "solver": "lbfgs",
                                  "features": ["terms", "c"]},
          sparse_counts_table, id="multiclass-lbfgs-sparse", rtol=1e-6, atol=1e-8)
+    # the terms alone: whole counts put rows at equal distances from two centres, which
+    # a centred plain column's mean (its last bit depends on the partitioning) would split
+    case("kmeans", {"k": 3, "features": ["terms"], "weight": "w",
+                    "validation_fraction": 0.25, "seed": 3},
+         sparse_counts_table, id="kmeans-sparse-validation", rtol=1e-9, atol=1e-9)
+    case("kmeans", {"k": 4, "features": ["terms"], "init": "k-means++", "distance": True},
+         sparse_counts_table, id="kmeans-sparse-plusplus", rtol=1e-9, atol=1e-9)
     case("score", {"model": "nb"}, count_features_table, id="naive-bayes",
          prepare=lambda op: op.bind(Chain([_model()]), _model().features,
                                     {"name": "nb", "version": 1}))
