@@ -266,6 +266,28 @@ def test_the_tickets_example_routes_tickets_by_topic(workdir: Path) -> None:
     assert [r["prediction"] for r in routed] == ["billing", "delivery", "bug", "account"]
 
 
+def test_the_tickets_clusters_example_finds_the_topics_without_them(workdir: Path) -> None:
+    """conf/pipelines/tickets_clusters.yaml on the committed sample: k-means of the
+    sparse TF-IDF column, k chosen by the held-out silhouette, finds the four topics the
+    tickets were written about without reading them (adjusted Rand index against the
+    topics; chance is 0), and the saved model groups raw text as the run did."""
+    import pyarrow.dataset as ds
+    from conftest import ROOT
+    from sklearn.metrics import adjusted_rand_score
+
+    (workdir / "data").symlink_to(ROOT / "data")
+    record = run(ROOT / "conf" / "pipelines" / "tickets_clusters.yaml",
+                 models=str(workdir / "models"), runs_dir=str(workdir / "runs"))
+    assert record["status"] == "succeeded"
+    assert record["metrics"]["groups"]["tuning"]["best"] == "k=4"
+    tickets = ds.dataset(ROOT / "data" / "tickets").to_table()
+    served = load_model("tickets_clusters", models=str(workdir / "models"))
+    groups = served.score_table(tickets.select(["text"])).column("prediction").to_pylist()
+    assert adjusted_rand_score(tickets.column("topic").to_pylist(), groups) > 0.8
+    sizes = sorted(record["metrics"]["groups"]["cluster_sizes"])
+    assert sizes[0] > 0.15 * sum(sizes)  # no group of a few odd tickets
+
+
 def test_a_partition_too_large_for_its_term_columns_names_the_step(
         workdir: Path, ticket_files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import operators.features.text as text
