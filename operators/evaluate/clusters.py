@@ -53,6 +53,7 @@ from operators.models.common import (
     row_weights,
     unit_rows,
 )
+from operators.sparse import columns_of, groups, is_sparse_type
 
 Metric = Literal["silhouette", "calinski_harabasz", "davies_bouldin", "within_ss", "count",
                  "clusters", "cluster_sizes"]
@@ -146,11 +147,13 @@ class EvaluateClusters(Measuring):
 
     def _features(self, schema: pa.Schema) -> list[str]:
         p = self.params
-        return chosen_features(schema, p.features, {p.prediction, p.weight, *SKIPPED} - {None})
+        return chosen_features(schema, p.features, {p.prediction, p.weight, *SKIPPED} - {None},
+                               sparse=True)
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         p = self.params
-        return [*self._features(schema), p.prediction, *([p.weight] if p.weight else [])]
+        return [*columns_of(schema, self._features(schema)), p.prediction,
+                *([p.weight] if p.weight else [])]
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         self._plan(schema)
@@ -176,9 +179,11 @@ class EvaluateClusters(Measuring):
         if not features:
             raise SchemaError("no numeric feature columns to measure the clusters on",
                               hint="set features: the columns the rows were clustered on")
-        require_columns(schema, features, "feature column")
-        for name in features:
-            if not is_numeric(value_type(schema.field(name).type)):
+        require_columns(schema, columns_of(schema, features), "feature column")
+        for column, start, _ in groups(schema, features):
+            name = features[start]
+            if column is None and not (is_numeric(value_type(schema.field(name).type))
+                                       or is_sparse_type(schema.field(name).type)):
                 raise SchemaError(f"feature column '{name}' has type "
                                   f"{schema.field(name).type}: distances need numbers",
                                   hint="cast it, or leave it out of features")

@@ -321,11 +321,10 @@ def chosen_features(schema: pa.Schema, features: list[str] | None,
                 raise SchemaError(
                     f"column '{name}' is a sparse column (vectorize_text with sparse: "
                     "true), which this step does not read",
-                    hint="naive_bayes, logistic_regression, linear_regression, kmeans "
-                         "and select_features (chi2, anova) read sparse columns; for this "
-                         "step "
-                         "make a column per term (leave sparse: out), or leave the column "
-                         "out (features:)")
+                    hint="naive_bayes, logistic_regression, linear_regression, kmeans, "
+                         "select_features (chi2, anova) and evaluate_clusters read sparse "
+                         "columns; for this step make a column per term (leave sparse: "
+                         "out), or leave the column out (features:)")
         return features
     return expand(schema, features)
 

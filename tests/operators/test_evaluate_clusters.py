@@ -487,3 +487,39 @@ def test_cosine_after_a_cosine_kmeans_in_a_pipeline(workdir: Path) -> None:
                                         r"\(a, b, c\)") as err:
         run(write_pipeline(workdir, text.format(extra="")))
     assert "step" in str(err.value) and "filter those rows out" in str(err.value)
+
+
+@pytest.mark.parametrize("parts", [1, 4])
+@pytest.mark.parametrize("cosine", [False, True])
+def test_a_sparse_term_column_is_measured_as_its_terms(parts: int, cosine: bool) -> None:
+    """A TF-IDF sparse column (vectorize_text sparse: true) as the features: the same
+    figures as scikit-learn's on its CSR matrix and as the term columns' (its rows made
+    dense in the step's matrix, within the memory share); it was refused at plan."""
+    from operators.features.text import VectorizeText
+    from operators.sparse import csr_matrix, sparse_names
+    from tests.operators.test_text import corpus
+
+    docs = [d or "empty" for d in corpus(600, 3)]
+    texts = pa.table({"text": docs})
+    words = fit(VectorizeText(columns=["text"], sparse=True, min_df=2, norm="l2"), [texts])
+    terms = words.transform(texts, None)
+    names = sparse_names(terms.schema.field("text"))
+    X = csr_matrix(terms, names)
+    labels = np.asarray(X[:, : len(names) // 3].sum(axis=1)).ravel().argsort().argsort() % 4
+    table = terms.append_column("prediction", pa.array(labels))
+    params = {"distance_measure": "cosine"} if cosine else {}
+    got = measured(table, parts, seed=parts, features=["text"], **params)
+    dense = pa.table({**{n: X[:, j].toarray().ravel() for j, n in enumerate(names)},
+                      "prediction": labels})
+    same = measured(dense, parts, seed=parts, features=names, **params)
+    for name, value in same.items():
+        assert value == pytest.approx(got[name], rel=1e-12, abs=1e-12), name
+    if cosine:
+        assert got["silhouette"] == pytest.approx(
+            silhouette_score(X, labels, metric="cosine"), rel=1e-9)
+        return
+    want = {"silhouette": silhouette_score(X.toarray(), labels, metric="sqeuclidean"),
+            "calinski_harabasz": calinski_harabasz_score(X.toarray(), labels),
+            "davies_bouldin": davies_bouldin_score(X.toarray(), labels)}
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=1e-9), name

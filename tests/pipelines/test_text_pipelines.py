@@ -505,6 +505,10 @@ TOPICS = """
         validation_fraction: 0.2
       - op: save_model
         name: topics
+      - id: quality
+        op: evaluate_clusters
+        input: clusters
+        features: [text]
 """
 
 
@@ -539,7 +543,16 @@ def test_tfidf_rows_cluster_into_one_kmeans_model_on_every_engine(
     assert metrics["inertia"] == pytest.approx(op.metrics(state)["inertia"], rel=1e-9)
     assert metrics["validation"]["silhouette"] == pytest.approx(
         op.metrics(state)["validation"]["silhouette"], rel=1e-9)
-    expected = op.fitted(state).transform(rows, np_).column("prediction").to_pylist()
+    clustered = op.fitted(state).transform(rows, np_)
+    expected = clustered.column("prediction").to_pylist()
+    # evaluate_clusters on the sparse column: the figures of the rows measured here
+    from operators.evaluate.clusters import EvaluateClusters
+    from operators.testing.kit import fit
+
+    measured = fit(EvaluateClusters(features=["text"]), [clustered]).metrics
+    for name in ("silhouette", "calinski_harabasz", "davies_bouldin", "within_ss"):
+        assert record["metrics"]["quality"][name] == pytest.approx(measured[name],
+                                                                   rel=1e-9), name
     new = table.slice(0, 5).column("text").to_pylist()
     served = load_model("topics").score([{"text": t} for t in new])
     assert [r["prediction"] for r in served] == expected[:5]

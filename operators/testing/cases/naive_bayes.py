@@ -1,5 +1,6 @@
 """Cases for naive_bayes (each model type), and score with a bound naive Bayes model; the
-sparse column's cases of the other models that read one (logistic_regression, kmeans)."""
+sparse column's cases of the other steps that read one (logistic_regression, kmeans,
+evaluate_clusters)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from functools import cache
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from operators.chain import Chain
 from operators.models.naive_bayes import NaiveBayes, NaiveBayesFitted
@@ -45,6 +47,13 @@ def sparse_counts_table(rows: int = 160, seed: int = 7) -> pa.Table:
                          pa.field("y", pa.string())]))
 
 
+def _sparse_clustered() -> pa.Table:
+    """``sparse_counts_table`` with its classes as clusters (``prediction``)."""
+    table = sparse_counts_table()
+    codes = pc.index_in(table.column("y"), value_set=pa.array(["a", "b", "c"]))
+    return table.append_column("prediction", codes.cast(pa.int64()))
+
+
 @cache
 def _model() -> NaiveBayesFitted:
     model = fit(NaiveBayes(label="y", model_type="multinomial"), split(count_features_table(), 3))
@@ -81,6 +90,8 @@ def _cases() -> None:
          sparse_counts_table, id="kmeans-sparse-validation", rtol=1e-9, atol=1e-9)
     case("kmeans", {"k": 4, "features": ["terms"], "init": "k-means++", "distance": True},
          sparse_counts_table, id="kmeans-sparse-plusplus", rtol=1e-9, atol=1e-9)
+    case("evaluate_clusters", {"features": ["terms", "c"], "weight": "w"},
+         _sparse_clustered, id="sparse", rtol=1e-9, atol=1e-12)
     case("score", {"model": "nb"}, count_features_table, id="naive-bayes",
          prepare=lambda op: op.bind(Chain([_model()]), _model().features,
                                     {"name": "nb", "version": 1}))
