@@ -332,6 +332,14 @@ def scipy_sparse() -> Any:
     return scipy.sparse
 
 
+def matrix_bytes(X: Any) -> int:
+    """The bytes of a dense matrix or of a SciPy CSR matrix (its values, positions and
+    row offsets)."""
+    if issparse(X):
+        return X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    return X.nbytes
+
+
 def issparse(X: Any) -> bool:
     """Whether ``X`` is a SciPy sparse matrix (``csr_matrix``'s)."""
     sp = scipy_sparse()

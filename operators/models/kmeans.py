@@ -135,6 +135,7 @@ from operators.sparse import (
     has_sparse,
     is_sparse_type,
     issparse,
+    matrix_bytes,
     rows_of,
     scipy_sparse,
 )
@@ -418,13 +419,6 @@ def sparse_rows(part: pa.Table, features: list[str], shift: np.ndarray | None,
     X = csr_matrix(part, features, dtype, hint,
                    None if shift is None or cosine else np.asarray(shift, np.float64))
     return unit_rows(X, features, None, "kmeans (cosine)") if cosine else X
-
-
-def _matrix_bytes(X: Any) -> int:
-    """The bytes of a dense or SciPy CSR matrix."""
-    if issparse(X):
-        return X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
-    return X.nbytes
 
 
 def _first_least(scores: np.ndarray, near: np.ndarray, least: np.ndarray,
@@ -863,7 +857,7 @@ class KMeans(Estimator):
                 None if mean is None else np.asarray(mean, dtype=np.float64).tobytes())
 
     def _keep(self, part: pa.Table, key: tuple[Any, ...], X: Any, w: np.ndarray) -> None:
-        if _matrix_bytes(X) + w.nbytes <= MEMO_FACTOR * part.nbytes:
+        if matrix_bytes(X) + w.nbytes <= MEMO_FACTOR * part.nbytes:
             table_memo(part)["kmeans_matrix"] = (key, X, w)
 
     def _hashed(self, part: pa.Table, features: list[str]) -> list[str]:

@@ -72,6 +72,7 @@ from operators.models.common import (
 from operators.models.linear import UNCONVERGED_ADVICE, SolverParams, start_optimizer
 from operators.models.optimize import lbfgs_tell, newton_tell
 from operators.models.trees import MEMO_FACTOR
+from operators.sparse import matrix_bytes
 
 HESSIAN_CHUNK = 1 << 22
 """Elements of the per-row Kronecker block built at once for a multinomial Hessian."""
@@ -197,7 +198,7 @@ class LogisticRegression(PlannedPredictions, Estimator):
         X = sparse_matrix(train, features, xp)
         if X is not None and p.fit_intercept:
             X = with_ones(X)
-        size = 0 if X is None else X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+        size = 0 if X is None else matrix_bytes(X)
         if size <= MEMO_FACTOR * part.nbytes:
             memo["logistic_design"] = (key, X)
         return X
