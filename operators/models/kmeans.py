@@ -16,7 +16,8 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
      passes, each drawing every row with probability ``min(1, l w d^2 / phi)`` (``d``:
      its distance to the nearest candidate so far, ``phi``: the sum of ``w d^2``,
      ``l = 2k`` as MLlib), a row drawn when its hash's uniform is below that; a pass
-     weighs the candidates by the weight of the rows nearest to each; on the driver,
+     weighs the candidates by the weight of the rows nearest to each (a row as near to
+     several shares its weight among them); on the driver,
      weighted k-means++ (scikit-learn's greedy variant) picks k of them and a weighted
      Lloyd over the candidates polishes them (MLlib's LocalKMeans, 30 iterations); fewer
      than k candidates after ``EXTRA_ROUNDS`` more passes: k-means++ passes add the rest;
@@ -24,7 +25,10 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
      of largest ``log(u) / (w d^2)``: a draw with probability proportional to
      ``w d^2`` (of distinct rows, as above), exactly as on one machine;
    - ``random``: the k rows of the summary's keys; or the centres given as a list;
-3. Lloyd passes: each row goes to its nearest centre; the pass sums the weighted rows,
+3. Lloyd passes: each row goes to its nearest centre (of centres as near, the first:
+   scores within ``TIE_RTOL`` of the least tie, so a row of whole counts exactly between
+   two goes to the same one whatever last bits the partitioning left in the centres and
+   in the training mean); the pass sums the weighted rows,
    weights and counts of each cluster and the inertia; the driver moves each centre to
    its cluster's mean. A cluster left empty moves to the row farthest from its centre
    (scikit-learn's rule; more than one empty cluster: a pass finds as many farthest
@@ -120,7 +124,6 @@ from operators.models.common import (
     put_column,
     require_positive_weight,
     require_training_rows,
-    row_products,
     row_weights,
     table_memo,
     unit_rows,
@@ -150,6 +153,16 @@ SCAN_CENTRES = 64
 centre over a block's rows; more, by argmin along each row's scores (``_host_pass``;
 250,000 rows against 8 centres: 6.4 against 11.2 ms, 64: 21 against 27, 128: 42
 against 44)."""
+TIE_RTOL = 2.0 ** -32
+"""Scores within this of a row's least, relative to ``|x|^2 + max |c|^2`` (the size of
+what its score sums), are ties, which go to the first such centre (``nearest``): a
+row's exact distances to two centres tie where features are whole counts, and the
+rounding that parts them depends on the last bits of the centres and of the training
+mean, which depend on the order the partitions' sums were added in. Read exactly, one
+partitioning sent such rows to one centre and another to the other (the centres 4.4
+apart after k-means|| on 1 and 7 partitions of a count table). Far above the rounding
+of a score and of centres summed from millions of rows (~1e-13), far below a distance
+that means anything; in float32 64 of its epsilons (``tie_rtol``)."""
 FEW_ROWS = 64
 """Rows read from a partition by slices rather than a take (``_rows``)."""
 _SUMMARY_SALT = 0  # the salts of the rows' uniforms: one per pass that draws rows
@@ -235,20 +248,32 @@ def require_rows_for(rows: int, heldout: int, k: int, what: str) -> None:
 # --------------------------------------------------------------------------- kernels
 
 
+def tie_rtol(eps: float) -> float:
+    """A row's scores within this times ``|x|^2 + max |c|^2`` of its least tie, in a
+    dtype of epsilon ``eps`` (``TIE_RTOL`` in float64, 64 epsilons in float32)."""
+    return max(TIE_RTOL, 64.0 * eps)
+
+
 def nearest(X: Any, centres: Any, xp: Any) -> tuple[Any, Any]:
-    """Each row's nearest centre (the first of equals) and its squared distance to it.
+    """Each row's nearest centre and its squared distance to it.
 
     The nearest by ``|c|^2 - 2 x.c`` (one matmul, as scikit-learn), the distance from the
-    difference itself (no cancellation). ``X`` may be a SciPy CSR matrix (on NumPy):
-    ``_sparse_pass``."""
+    difference itself (no cancellation). Scores within a rounding's reach of the least
+    (``TIE_RTOL``) tie, and a tie goes to the first centre: the same centre whatever
+    the last bits the partitioning left in the centres. ``X`` may be a SciPy CSR matrix
+    (on NumPy): ``_sparse_pass``."""
     if issparse(X):
         labels, d2, _ = _sparse_pass(X, None, centres)
         return labels, d2
     if is_numpy(xp):
         labels, d2, _ = _host_pass(X, None, centres)
         return labels, d2
-    scores = xp.sum(centres * centres, axis=1)[None, :] - 2.0 * (X @ centres.T)
-    labels = xp.argmin(scores, axis=1)
+    norms = xp.sum(centres * centres, axis=1)
+    scores = norms[None, :] - 2.0 * (X @ centres.T)
+    rtol = tie_rtol(float(xp.finfo(X.dtype).eps))
+    bound = xp.min(scores, axis=1) + rtol * (xp.sum(X * X, axis=1) + xp.max(norms))
+    # the first centre within the bound: argmax of a 0/1 row is its first 1
+    labels = xp.argmax(xp.astype(scores <= bound[:, None], xp.int8), axis=1)
     diff = X - xp.take(centres, labels, axis=0)
     # a matmul sums each row's few squares faster than a reduction along the short axis
     return labels, (diff * diff) @ xp.ones(X.shape[1], dtype=X.dtype)
@@ -298,11 +323,39 @@ def assigned(X: Any, w: Any, centres: Any, xp: Any) -> tuple[Any, Any, dict[str,
         "sums": to_numpy(sums), "weights": to_numpy(weights), "counts": to_numpy(counts)}
 
 
-def cluster_weights(labels: Any, w: Any, k: int, xp: Any) -> np.ndarray:
-    """The weights of each cluster's rows, on the host in float64."""
-    if is_numpy(xp):
-        return np.bincount(labels, weights=w, minlength=k)
-    return to_numpy(row_products(w, one_hot(labels, k, w.dtype, xp), xp))
+def shared_weights(X: Any, w: Any, centres: Any, xp: Any) -> np.ndarray:
+    """The weight of the rows nearest each centre, on the host in float64, a row's weight
+    shared equally among the centres it ties between (``nearest``'s ties): k-means||'s
+    candidates are rows, all of one length where the rows are unit (TF-IDF, cosine), and
+    a text sharing no term with any is at one distance from all; the first of them would
+    take every such row's weight and bend the start towards itself. ``X`` may be a SciPy
+    CSR matrix (on NumPy)."""
+    sparse = issparse(X)
+    ns = np if sparse else xp
+    k, n = centres.shape[0], X.shape[0]
+    dtype = X.dtype
+    norms = ns.sum(centres * centres, axis=1)
+    scaled = -2.0 * centres.T
+    rtol = tie_rtol(float(ns.finfo(dtype).eps))
+    slack = rtol * ns.max(norms)
+    total = ns.zeros(k, dtype=ns.float64)
+    step = block_rows(ns, k)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        if sparse:
+            rows = X[start:stop]
+            scores = np.asarray(rows @ scaled)
+            squares = np.asarray(rows.multiply(rows).sum(axis=1)).reshape(-1)
+        else:
+            rows = X[start:stop, ...]
+            scores = rows @ scaled
+            squares = ns.sum(rows * rows, axis=1)
+        scores = scores + norms[None, :]
+        bound = ns.min(scores, axis=1) + (rtol * squares + slack)
+        tied = ns.astype(scores <= bound[:, None], dtype)
+        share = w[start:stop] / ns.sum(tied, axis=1)
+        total = total + ns.astype(share @ tied, ns.float64)
+    return to_numpy(total)
 
 
 def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
@@ -326,13 +379,16 @@ def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
     scaled = -2.0 * centres
     norms = np.sum(centres * centres, axis=1)
     norms_by_centre = norms[:, None]
+    rtol = tie_rtol(float(np.finfo(dtype).eps))
+    slack = rtol * float(np.max(norms))
     ones = np.ones(d, dtype)
     labels = np.empty(n, np.int64)
     d2 = np.empty(n, dtype)
     scores_buffer = np.empty(k * step, dtype)
     rows_buffer = np.empty(step * d, dtype)
     diff_buffer = np.empty(step * d, dtype)
-    least, above, leading = np.empty(step, dtype), np.empty(step, bool), np.empty(step, bool)
+    least, bound = np.empty(step, dtype), np.empty(step, dtype)
+    above, leading = np.empty(step, bool), np.empty(step, bool)
     counted = np.empty(step, np.uint8)
     if w is not None:
         product = _sparse_product()
@@ -349,14 +405,20 @@ def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
             copied[...] = rows
             rows = copied
         near = labels[start:stop]
+        # each row's slack: rtol |x|^2 + slack (its squares through the diff buffer)
+        squares = np.multiply(rows, rows, out=diff_buffer[:m * d].reshape(m, d))
+        np.matmul(squares, ones, out=bound[:m])
+        bound[:m] *= rtol
+        bound[:m] += slack
         if scan:
             scores = np.matmul(scaled, rows.T, out=scores_buffer[:k * m].reshape(k, m))
             scores += norms_by_centre
-            _first_least(scores, near, least[:m], above[:m], leading[:m], counted[:m])
+            _first_least(scores, near, least[:m], bound[:m], above[:m], leading[:m],
+                         counted[:m])
         else:
             scores = np.matmul(rows, scaled.T, out=scores_buffer[:k * m].reshape(m, k))
             scores += norms
-            np.argmin(scores, axis=1, out=near)
+            _first_within(scores, bound[:m], near)
         # mode clip: a take with "raise" buffers its output (the labels are in range)
         diff = np.take(centres, near, axis=0, out=diff_buffer[:m * d].reshape(m, d),
                        mode="clip")
@@ -390,12 +452,16 @@ def _sparse_pass(X: Any, w: np.ndarray | None, centres: np.ndarray
     scaled = np.ascontiguousarray(-2.0 * centres.T)
     labels = np.empty(n, np.int64)
     step = block_rows(np, k)
+    rows = rows_of(X.indptr)
+    rtol = tie_rtol(float(np.finfo(dtype).eps))
+    slack = rtol * float(np.max(norms))
+    bounds = np.bincount(rows, weights=np.square(X.data, dtype=np.float64), minlength=n)
+    bounds = (rtol * bounds + slack).astype(dtype, copy=False)
     for start in range(0, n, step):
         stop = min(start + step, n)
         scores = np.asarray(X[start:stop] @ scaled)
         scores += norms
-        np.argmin(scores, axis=1, out=labels[start:stop])
-    rows = rows_of(X.indptr)
+        _first_within(scores, bounds[start:stop], labels[start:stop])
     at = centres[labels[rows], X.indices]
     diff = X.data - at
     d2 = np.bincount(rows, weights=diff * diff - at * at, minlength=n) + norms[labels]
@@ -421,12 +487,22 @@ def sparse_rows(part: pa.Table, features: list[str], shift: np.ndarray | None,
     return unit_rows(X, features, None, "kmeans (cosine)") if cosine else X
 
 
-def _first_least(scores: np.ndarray, near: np.ndarray, least: np.ndarray,
+def _first_within(scores: np.ndarray, bound: np.ndarray, near: np.ndarray) -> None:
+    """Into ``near``: the first centre of each row of ``scores`` (rows by centres) within
+    ``bound`` of the row's least score (``nearest``'s ties)."""
+    least = np.min(scores, axis=1)
+    least += bound
+    np.argmax(scores <= least[:, None], axis=1, out=near)
+
+
+def _first_least(scores: np.ndarray, near: np.ndarray, least: np.ndarray, bound: np.ndarray,
                  above: np.ndarray, leading: np.ndarray, counted: np.ndarray) -> None:
-    """Into ``near``: the first centre of least score of each column of ``scores``
-    (centres by rows; argmin's first of equals), as the count of the centres before it,
-    all of greater score (counted in bytes: ``SCAN_CENTRES`` is below 256)."""
+    """Into ``near``: the first centre of each column of ``scores`` (centres by rows)
+    within ``bound`` of the column's least score (``nearest``'s ties), as the count of
+    the centres before it, all of greater score (counted in bytes: ``SCAN_CENTRES`` is
+    below 256)."""
     np.minimum.reduce(scores, axis=0, out=least)
+    least += bound
     np.greater(scores[0], least, out=leading)
     np.copyto(counted, leading.view(np.uint8))
     for j in range(1, scores.shape[0] - 1):
@@ -902,9 +978,8 @@ class KMeans(Estimator):
             return self._pick(part, state, xp)
         X, w, _ = self._matrix(part, state, xp)
         if phase == "weigh":
-            labels, _ = nearest(X, self._centres(state, "candidates", xp), xp)
-            k = len(state["candidates"])
-            return {"weights": cluster_weights(labels, w, k, xp)}
+            return {"weights": shared_weights(X, w, self._centres(state, "candidates", xp),
+                                             xp)}
         centres = self._centres(state, "centres", xp)
         if phase == "relocate":
             labels, d2 = nearest(X, centres, xp)

@@ -224,6 +224,54 @@ def test_the_same_fit_on_any_partitioning(init: str) -> None:
         assert metrics["iterations"] == ref_metrics["iterations"]
 
 
+@pytest.mark.parametrize("k", [3, 70])
+@pytest.mark.parametrize("kernel", ["host", "sparse", "strict"])
+def test_ties_go_to_the_first_centre_whatever_the_last_bits(k: int, kernel: str) -> None:
+    """Rows of whole counts exactly between two centres go to the first of them on
+    every kernel, when the centres' last bits move either way (as another partitioning
+    leaves them): the tie rule reads no last bits."""
+    rng = np.random.default_rng(k)
+    centres = rng.integers(0, 6, (k, 4)).astype(float)
+    centres[0], centres[1] = [0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0]
+    between = np.array([[1.0, 1.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]])
+    centres[2:] += 50.0  # the others far
+    X = np.vstack([between, rng.integers(0, 3, (200, 4)).astype(float)])
+    found = []
+    for direction in (-np.inf, np.inf):
+        moved = centres.copy()
+        moved[:2] = np.nextafter(np.nextafter(moved[:2], direction), direction)
+        if kernel == "host":
+            labels = nearest(X, moved, NUMPY)[0]
+        elif kernel == "sparse":
+            from scipy.sparse import csr_matrix
+            labels = nearest(csr_matrix(X), moved, NUMPY)[0]
+        else:
+            labels = np.asarray(nearest(STRICT.asarray(X), STRICT.asarray(moved), STRICT)[0])
+        assert list(labels[:3]) == [0, 0, 0]
+        found.append(np.asarray(labels))
+    np.testing.assert_array_equal(found[0], found[1])
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_whole_counts_fit_the_same_model_on_any_partitioning(init: str) -> None:
+    """Counts put many rows at exactly equal distances from two centres; the centres'
+    and the training mean's last bits depend on the partitioning, yet the model does
+    not (k-means|| with held-out rows put the centres 4.4 apart on 1 and 7 partitions
+    before ties were read as ties)."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 400)
+    counts = rng.poisson(0.3 + 1.2 * (np.arange(6)[None, :] % 3 == y[:, None]))
+    table = table_of(counts.astype(float), w=rng.uniform(0.5, 2.0, len(y)))
+    params = {"k": 3, "init": init, "weight": "w", "seed": 3, "validation_fraction": 0.25}
+    reference, ref_metrics = fit_state(KMeans(**params), [table])
+    for parts, order in ((3, None), (7, 1), (5, 2), (11, 3)):
+        model, metrics = fit_state(KMeans(**params), split(table, parts, order))
+        np.testing.assert_allclose(model.centres, reference.centres, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(labels_of(model, table), labels_of(reference, table))
+        assert metrics["iterations"] == ref_metrics["iterations"]
+        assert metrics["cluster_sizes"] == ref_metrics["cluster_sizes"]
+
+
 def test_seed_changes_the_start() -> None:
     X = overlapping(1500)
     starts = {tuple(start_of(KMeans(k=5, seed=s), [table_of(X)])[0]) for s in range(3)}

@@ -508,7 +508,10 @@ def test_kmeans_on_a_sparse_column_is_scikit_learns_on_the_csr_matrix(parts: int
     same model."""
     table, step, rows = tfidf_tickets(parts)
     X = TfidfVectorizer(min_df=2).fit_transform(table.column("text").to_pylist())
-    init = X[[0, 5, 11, 42]].toarray()
+    # rows of distinct lengths: unit rows would put a text that shares no term with any
+    # at one distance from all four, a tie scikit-learn parts by rounding (sluice: the
+    # first centre)
+    init = X[[0, 5, 11, 42]].toarray() * np.array([[1.0], [0.9], [0.8], [0.7]])
     model, metrics = fit_kmeans(KMeans(k=4, features=["text"], init=init.tolist()), rows)
     sk = SkKMeans(n_clusters=4, init=init, n_init=1, algorithm="lloyd").fit(X)
     assert model.features == [f"text:{t}" for t in step.vocabulary["text"]["terms"]]
@@ -525,6 +528,30 @@ def test_kmeans_on_a_sparse_column_is_scikit_learns_on_the_csr_matrix(parts: int
     assert metrics["inertia"] == pytest.approx(dense_metrics["inertia"], rel=1e-9)
     assert metrics["cluster_sizes"] == dense_metrics["cluster_sizes"]
 
+
+def test_kmeans_ties_of_unit_rows_are_the_same_on_every_kernel_and_partitioning() -> None:
+    """From unit rows (TF-IDF rows as given centres), every text that shares no term with
+    any is at one distance from all four: a tie, the first centre's on the CSR pass, the
+    term columns' and the array-API kernels, on 1 and 4 partitions alike."""
+    table, step, rows = tfidf_tickets(1)
+    X = TfidfVectorizer(min_df=2).fit_transform(table.column("text").to_pylist())
+    init = X[[0, 5, 11, 42]].toarray().tolist()
+    sparse, metrics = fit_kmeans(KMeans(k=4, features=["text"], init=init), rows)
+    want = sparse.transform(rows[0], NP).column("prediction").to_numpy()
+    _, _, four = tfidf_tickets(4)
+    again, again_metrics = fit_kmeans(KMeans(k=4, features=["text"], init=init), four)
+    _, dense_step, dense_rows = tfidf_tickets(1, sparse=False)
+    dense, dense_metrics = fit_kmeans(KMeans(k=4, features=dense_step.names("text"),
+                                             init=init), dense_rows)
+    strict, strict_metrics = fit_kmeans(KMeans(k=4, features=["text"], init=init), rows,
+                                        get_namespace("array_api_strict"))
+    for model, got in ((again, again_metrics), (dense, dense_metrics),
+                       (strict, strict_metrics)):
+        np.testing.assert_allclose(model.centres, sparse.centres, rtol=1e-9, atol=1e-12)
+        assert got["cluster_sizes"] == metrics["cluster_sizes"]
+        assert got["iterations"] == metrics["iterations"]
+    np.testing.assert_array_equal(
+        dense.transform(dense_rows[0], NP).column("prediction").to_numpy(), want)
 
 def test_kmeans_cosine_on_a_sparse_column_is_the_term_columns_model() -> None:
     """Cosine: the CSR rows scaled to unit length, never made dense; the model, the
