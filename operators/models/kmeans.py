@@ -38,6 +38,12 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    ``tol`` x the mean variance in all (sum of squared moves), or after ``max_iter``
    passes; then, unless they stood still, one more pass assigns the rows to the final
    centres for the inertia and the cluster sizes (scikit-learn's last E-step).
+   With ``n_init`` (scikit-learn's) 1 and 2 (or 3) run again from another summary pass,
+   each start's draws from a seed derived from ``seed`` and the start's number (the
+   first: ``seed`` itself, so ``n_init: 1`` is the fit above), and the start of least
+   inertia is kept (the first of equal ones); the run record lists each start's inertia
+   and Lloyd passes (``starts``). The validation split keeps ``seed``: every start
+   leaves out the same rows, and only the kept start is measured on them.
 
 4. with ``validation_fraction``, every pass above leaves out the rows a supervised model
    holds out (by a hash of the row's content and ``seed``; ``validation_start``: where
@@ -192,6 +198,9 @@ class KMeansParams(Params):
                                    "scikit-learn's tol); 0: only when they stand still")
     seed: int = Field(0, description="seed of the starting centres (with the rows' content) "
                                      "and of the validation split")
+    n_init: int = Field(1, ge=1, description="starts to run from (scikit-learn's n_init): "
+                                             "each its own draw of the start, the one of "
+                                             "least inertia kept; passes grow with it")
     distance: bool = Field(False, description="also add `distance`: each row's distance to "
                                               "its cluster's centre (Euclidean, or 1 - cos)")
     distance_measure: Literal["euclidean", "cosine"] = Field(
@@ -206,6 +215,10 @@ class KMeansParams(Params):
     def _given_centres(self) -> KMeansParams:
         check_validation_window(self)
         check_given_points(self.init, self.k, "centres")
+        if isinstance(self.init, list) and self.n_init > 1:
+            raise ParamError(f"n_init: {self.n_init} starts from the centres init gives "
+                             "would all be the same fit",
+                             hint="n_init: 1 with given centres, or init: k-means||")
         if (self.distance_measure == "cosine" and isinstance(self.init, list)
                 and not np.all(np.any(np.asarray(self.init) != 0, axis=1))):
             raise ParamError("init: a centre of all zeros has no direction for "
@@ -869,7 +882,7 @@ class KMeans(Estimator):
         rows' uniforms on ``xp``: one copy to the device."""
         features = state["features"]
         uniforms = None if salt is None else _uniforms(part, self._hashed(part, features),
-                                                       self.params.seed, salt)
+                                                       draw_seed(self.params.seed, state), salt)
         if is_numpy(xp):
             X, w = self._host_matrix(part, state, xp)
             return X, w, None if uniforms is None else np.asarray(uniforms, compute_dtype(xp))
@@ -1021,7 +1034,8 @@ class KMeans(Estimator):
         out = {"rows": part.num_rows, "moments": moments}
         if isinstance(p.init, str):
             # a row with probability proportional to its weight: the largest log(u) / w
-            u = _uniforms(part, self._hashed(part, features), p.seed, _SUMMARY_SALT)
+            u = _uniforms(part, self._hashed(part, features), draw_seed(p.seed, state),
+                          _SUMMARY_SALT)
             with np.errstate(divide="ignore"):
                 keys = np.where(weights > 0, np.log(u) / np.where(weights > 0, weights, 1),
                                 -np.inf)
@@ -1225,7 +1239,8 @@ class KMeans(Estimator):
         points, weights = points[held], weights[held]
         if len(points) < p.k:
             _too_few(len(points), p.k, self.noun)
-        centres = plus_plus(points, weights, p.k, np.random.default_rng(p.seed))
+        centres = plus_plus(points, weights, p.k,
+                            np.random.default_rng(draw_seed(p.seed, state)))
         centres = lloyd(points, weights, centres, LOCAL_ITERATIONS, self._cosine)
         state = {k: v for k, v in state.items() if k != "candidates"}
         return self._lloyd({**state, "init_passes": state["init_passes"] + 1}, centres)
@@ -1292,6 +1307,22 @@ class KMeans(Estimator):
         return state
 
     def _finish(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """After a start's last pass: the next start (``n_init``), or the fit of least
+        inertia of them all (the first of equal ones) to validate."""
+        fit = {key: state[key] for key in _START_KEYS if key in state}
+        fit.update(inertia=float(stats["inertia"]) * self._cost, sizes=stats["counts"],
+                   cluster_weights=stats["weights"])
+        best = state.get("best")
+        if best is None or fit["inertia"] < best["inertia"]:
+            best = fit
+        starts = [*state.get("starts", []), {"inertia": fit["inertia"],
+                                             "iterations": int(fit["iterations"])}]
+        if len(starts) < self.params.n_init:  # the next start: its draws from the summary on
+            rest = {k: v for k, v in state.items() if k not in _START_KEYS
+                    and k not in ("final", "mean", "tol", "rows", "heldout")}
+            return {**rest, "phase": "summary", "best": best, "starts": starts}
+        state = {k: v for k, v in state.items() if k != "best"}
+        state.update(best)
         if not state["converged"]:
             warnings.warn(
                 f"kmeans did not converge: the centres moved {state['shift']:.3g} in the "
@@ -1300,8 +1331,7 @@ class KMeans(Estimator):
                 stacklevel=3)
         measure = self.params.validation_fraction > 0
         return {**state, "phase": "validate" if measure else "done", "final": False,
-                "inertia": float(stats["inertia"]) * self._cost, "sizes": stats["counts"],
-                "cluster_weights": stats["weights"]}
+                "starts": starts}
 
     def _measured(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         """After a validation pass: the held-out rows' figures, then (the second pass
@@ -1349,9 +1379,22 @@ class KMeans(Estimator):
         }
         if self.params.weight is not None:
             out["cluster_weights"] = [float(w) for w in state["cluster_weights"]]
+        if self.params.n_init > 1:  # each start's inertia and Lloyd passes, in order
+            out["starts"] = state["starts"]
         if "validation" in state:
             out["validation"] = state["validation"]
         return out
+
+
+_START_KEYS = ("centres", "initial", "iterations", "converged", "shift", "init_passes")
+"""What a start's fit leaves in the state (``_finish``: kept when its inertia is least)."""
+
+
+def draw_seed(seed: int, state: dict[str, Any]) -> int:
+    """The seed of a start's draws: ``seed`` for the first, one derived from it and the
+    start's number for the others (``n_init``); the validation split keeps ``seed``."""
+    start = len(state.get("starts", ()))
+    return seed if start == 0 else int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
 
 
 def _measuring(features: list[str] | None = None, cosine: bool = False) -> EvaluateClusters:

@@ -26,6 +26,7 @@ from operators.models.kmeans import (
     KMeansFitted,
     _largest_first,
     assigned,
+    draw_seed,
     nearest,
 )
 from operators.testing.kit import fit as fit_one
@@ -270,6 +271,55 @@ def test_whole_counts_fit_the_same_model_on_any_partitioning(init: str) -> None:
         np.testing.assert_array_equal(labels_of(model, table), labels_of(reference, table))
         assert metrics["iterations"] == ref_metrics["iterations"]
         assert metrics["cluster_sizes"] == ref_metrics["cluster_sizes"]
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_n_init_keeps_the_start_of_least_inertia(init: str) -> None:
+    """n_init starts, each its own draws (the first of seed, the others of seeds derived
+    from it): each start's fit is the one-start fit of its seed, the model kept is the
+    start of least inertia, and any partitioning fits the same starts."""
+    table = table_of(overlapping(3000, seed=1))
+    model, metrics = fit_state(KMeans(k=6, init=init, n_init=4, seed=3), [table])
+    starts = metrics["starts"]
+    assert len(starts) == 4
+    alone = [fit_state(KMeans(k=6, init=init, seed=draw_seed(3, {"starts": [{}] * i})),
+                       [table]) for i in range(4)]
+    for start, (_, one_metrics) in zip(starts, alone):
+        assert start["inertia"] == pytest.approx(one_metrics["inertia"], rel=1e-12)
+        assert start["iterations"] == one_metrics["iterations"]
+    best = int(np.argmin([s["inertia"] for s in starts]))
+    assert len({round(s["inertia"], 6) for s in starts}) > 1  # the starts differ here
+    np.testing.assert_array_equal(model.centres, alone[best][0].centres)
+    assert metrics["inertia"] == min(s["inertia"] for s in starts)
+    assert metrics["iterations"] == starts[best]["iterations"]
+    assert alone[0][1]["inertia"] == fit_state(KMeans(k=6, init=init, seed=3), [table])[1][
+        "inertia"]  # the first start is n_init: 1's
+    parts, parts_metrics = fit_state(KMeans(k=6, init=init, n_init=4, seed=3),
+                                     split(table, 5, 2))
+    np.testing.assert_allclose(parts.centres, model.centres, rtol=1e-12, atol=1e-12)
+    assert [s["iterations"] for s in parts_metrics["starts"]] == [
+        s["iterations"] for s in starts]
+
+
+def test_n_init_with_held_out_rows_validates_the_kept_start_only() -> None:
+    """The held-out rows are the same for every start (the split keeps ``seed``) and are
+    measured once, for the start kept."""
+    X = overlapping(2000, seed=4)
+    table = table_of(X)
+    params = {"k": 5, "n_init": 3, "seed": 7, "validation_fraction": 0.25}
+    model, metrics = fit_state(KMeans(**params), [table])
+    assert metrics["training_rows"] + metrics["validation_rows"] == len(X)
+    held_labels = labels_of(model, table)[holdout_mask(table, 0.25, 7, 0.0)]
+    assert metrics["validation"]["count"] == len(held_labels)
+    assert metrics["validation"]["cluster_sizes"] == list(
+        np.bincount(held_labels, minlength=5))
+    one = fit_state(KMeans(k=5, seed=7, validation_fraction=0.25), [table])[1]
+    assert one["training_rows"] == metrics["training_rows"]
+
+
+def test_n_init_with_given_centres_is_a_param_error() -> None:
+    with pytest.raises(ParamError, match="n_init: 3 starts from the centres init gives"):
+        KMeans(k=2, init=[[0.0], [1.0]], n_init=3)
 
 
 def test_seed_changes_the_start() -> None:

@@ -251,6 +251,7 @@ ZOO = {
       - op: kmeans
         features: [tenure, monthly_charges, total_charges]
         seed: 3
+        n_init: 2
         validation_fraction: 0.2
         tune:
           k: [4, 3]

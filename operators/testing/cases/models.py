@@ -104,6 +104,9 @@ def _cases() -> None:
                     "tol": 0.0}, blobs_table, id="kmeans-random", rtol=1e-9, atol=1e-9)
     case("kmeans", {"k": 3, "weight": "w", "validation_fraction": 0.25, "seed": 5},
          blobs_table, id="kmeans-validation", rtol=1e-9, atol=1e-9)
+    case("kmeans", {"k": 3, "n_init": 3, "init": "k-means++", "seed": 6,
+                    "validation_fraction": 0.2}, blobs_table, id="kmeans-n-init",
+         rtol=1e-9, atol=1e-9)
     case("kmeans", {"k": 3, "weight": "w", "distance_measure": "cosine", "distance": True,
                     "validation_fraction": 0.25, "seed": 5},
          blobs_table, id="kmeans-cosine", rtol=1e-9, atol=1e-9)
