@@ -38,9 +38,10 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    ``tol`` x the mean variance in all (sum of squared moves), or after ``max_iter``
    passes; then, unless they stood still, one more pass assigns the rows to the final
    centres for the inertia and the cluster sizes (scikit-learn's last E-step).
-   With ``n_init`` (scikit-learn's) 1 and 2 (or 3) run again from another summary pass,
-   each start's draws from a seed derived from ``seed`` and the start's number (the
-   first: ``seed`` itself, so ``n_init: 1`` is the fit above), and the start of least
+   With ``n_init`` (scikit-learn's) steps 1 to 3 run again for each further start, from
+   another summary pass, each start's draws from a seed derived from ``seed`` and the
+   start's number (the first: ``seed`` itself, so ``n_init: 1`` is the fit above), and
+   the start of least
    inertia is kept (the first of equal ones); the run record lists each start's inertia
    and Lloyd passes (``starts``). The validation split keeps ``seed``: every start
    leaves out the same rows, and only the kept start is measured on them.
