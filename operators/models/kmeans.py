@@ -28,9 +28,8 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
 3. Lloyd passes: each row goes to its nearest centre (of centres as near, the first:
    scores within ``TIE_RTOL`` of the least tie, so a row of whole counts exactly between
    two goes to the same one whatever last bits the partitioning left in the centres and
-   in the training mean); the pass sums the weighted rows,
-   weights and counts of each cluster and the inertia; the driver moves each centre to
-   its cluster's mean. A cluster left empty moves to the row farthest from its centre
+   in the training mean); the pass sums the weighted rows, weights and counts of each
+   cluster and the inertia; the driver moves each centre to its cluster's mean. A cluster left empty moves to the row farthest from its centre
    (scikit-learn's rule; more than one empty cluster: a pass finds as many farthest
    rows; a cluster that a move leaves of no weight goes where scikit-learn's puts it,
    on the heaviest cluster's centre). The fit stops when the centres stand still
@@ -41,10 +40,10 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    With ``n_init`` (scikit-learn's) steps 1 to 3 run again for each further start, from
    another summary pass, each start's draws from a seed derived from ``seed`` and the
    start's number (the first: ``seed`` itself, so ``n_init: 1`` is the fit above), and
-   the start of least
-   inertia is kept (the first of equal ones); the run record lists each start's inertia
-   and Lloyd passes (``starts``). The validation split keeps ``seed``: every start
-   leaves out the same rows, and only the kept start is measured on them.
+   the start of least inertia is kept (the first of equal ones); the run record lists
+   each start's inertia and Lloyd passes (``starts``). The validation split keeps
+   ``seed``: every start leaves out the same rows, and only the kept start is measured
+   on them.
 
 4. with ``validation_fraction``, every pass above leaves out the rows a supervised model
    holds out (by a hash of the row's content and ``seed``; ``validation_start``: where
