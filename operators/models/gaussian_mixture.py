@@ -34,9 +34,14 @@ The fit is rounds of passes over the partitions, one pass an EM iteration:
    pass's: the fit stops when it changes less than ``tol``, or after ``max_iter``
    passes, with the parameters of the last M-step (scikit-learn's ``n_iter_`` and
    ``lower_bound_``);
-3. one pass more scores every row under the fitted parameters: the training rows' mean
-   log-likelihood (scikit-learn's ``score``; its ``bic`` and ``aic``) and, with
-   ``validation_fraction``, the held-out rows' (what compares values of ``k``).
+   with ``n_init`` (scikit-learn's) steps 1 and 2 again for each further start, kmeans'
+   start drawing from a seed derived from ``seed`` and the start's number (the first:
+   ``seed``'s, so ``n_init: 1`` is the fit above), and the start of largest lower bound
+   kept (the first of equal ones); the run record lists each start's lower bound, EM
+   passes and convergence (``starts``);
+3. one pass more scores every row under the fitted parameters (the kept start's): the
+   training rows' mean log-likelihood (scikit-learn's ``score``; its ``bic`` and ``aic``)
+   and, with ``validation_fraction``, the held-out rows' (what compares values of ``k``).
 
 A weight is a repeated row (MLlib's ``weightCol``): a row of weight 3 counts as three
 copies in every sum, the lower bound and the first weights. Given the same start
@@ -58,7 +63,14 @@ import scipy.linalg
 from pydantic import Field, model_validator
 
 from operators.arrays import in_float64, to_numpy, to_xp
-from operators.base import DataError, Estimator, Params, register, register_fitted
+from operators.base import (
+    DataError,
+    Estimator,
+    ParamError,
+    Params,
+    register,
+    register_fitted,
+)
 from operators.evaluate.metrics import MIXTURE_COMPARABLE
 from operators.models.common import (
     PREDICTION,
@@ -125,6 +137,9 @@ class GaussianMixtureParams(Params):
                                                        "covariance (scikit-learn's)")
     seed: int = Field(0, description="seed of the start (with the rows' content, as kmeans') "
                                      "and of the validation split")
+    n_init: int = Field(1, ge=1, description="starts to run EM from (scikit-learn's n_init): "
+                                             "each its own kmeans start, the one of largest "
+                                             "lower bound kept; passes grow with it")
     validation_fraction: float = validation_fraction_field()
     validation_start: float = validation_start_field()
 
@@ -132,6 +147,10 @@ class GaussianMixtureParams(Params):
     def _given_means(self) -> GaussianMixtureParams:
         check_validation_window(self)
         check_given_points(self.init, self.k, "means")
+        if isinstance(self.init, list) and self.n_init > 1:
+            raise ParamError(f"n_init: {self.n_init} starts from the means init gives "
+                             "would all be the same fit",
+                             hint="n_init: 1 with given means, or init: k-means||")
         return self
 
 
@@ -464,10 +483,12 @@ class GaussianMixture(Estimator):
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
         features = self._check(schema)
-        return {"phase": "start", "features": features, "kmeans": self._start.init(schema)}
+        kmeans = self._start.init(schema)
+        return {"phase": "start", "features": features, "kmeans": kmeans, "fresh": kmeans}
 
     def partial_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        return {key: value for key, value in state.items() if key != "initial"}
+        return {key: value for key, value in state.items()
+                if key not in ("initial", "fresh", "best")}
 
     # ------------------------------------------------------------------ partitions
 
@@ -563,9 +584,10 @@ class GaussianMixture(Estimator):
     def _assigning(self, state: dict[str, Any], kmeans: dict[str, Any], centres: np.ndarray
                    ) -> dict[str, Any]:
         passes = kmeans["init_passes"] + kmeans.get("iterations", 0)
+        starts = {key: state[key] for key in ("fresh", "best", "starts") if key in state}
         return {"phase": "assign", "features": state["features"], "mean": kmeans["mean"],
                 "rows": kmeans["rows"], "heldout": kmeans["heldout"], "init_passes": passes,
-                "centres": np.asarray(centres, dtype=np.float64) - kmeans["mean"]}
+                "centres": np.asarray(centres, dtype=np.float64) - kmeans["mean"], **starts}
 
     def _assigned(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         """The first M-step, of the rows given to their nearest centres; its weights are
@@ -603,14 +625,34 @@ class GaussianMixture(Estimator):
                                  nk / nk.sum(), means, covariances)
         converged = abs(change) < p.tol
         if converged or iterations >= p.max_iter:
-            if not converged:
-                warnings.warn(
-                    f"gaussian_mixture did not converge: the lower bound changed "
-                    f"{change:.3g} in the last of {iterations} iterations (tol {p.tol:g}); "
-                    "raise max_iter or tol, or try another start (seed, init)",
-                    ConvergenceWarning, stacklevel=3)
-            return {**state, "phase": "score", "converged": converged}
+            return self._chosen({**state, "converged": converged})
         return state
+
+    def _chosen(self, state: dict[str, Any]) -> dict[str, Any]:
+        """After a start's last EM pass: the next start (``n_init``: kmeans' start again,
+        its draws from the next seed, ``kmeans.draw_seed``), or the start of largest
+        lower bound (the first of equal ones, as scikit-learn's) to score."""
+        p = self.params
+        fit = {key: value for key, value in state.items()
+               if key not in ("fresh", "best", "starts", "initial", "phase")}
+        fit["initial"] = state["initial"]
+        best = state.get("best")
+        if best is None or fit["lower_bound"] > best["lower_bound"]:
+            best = fit
+        starts = [*state.get("starts", []), {"lower_bound": float(fit["lower_bound"]),
+                                             "iterations": int(fit["iterations"]),
+                                             "converged": bool(fit["converged"])}]
+        if len(starts) < p.n_init:
+            return {"phase": "start", "features": state["features"], "fresh": state["fresh"],
+                    "kmeans": {**state["fresh"], "start": len(starts)}, "best": best,
+                    "starts": starts}
+        if not best["converged"]:
+            warnings.warn(
+                f"gaussian_mixture did not converge: the lower bound changed "
+                f"{best['change']:.3g} in the last of {best['iterations']} iterations "
+                f"(tol {p.tol:g}); raise max_iter or tol, or try another start (seed, init, "
+                "n_init)", ConvergenceWarning, stacklevel=4)
+        return {**best, "phase": "score", "starts": starts}
 
     def _scored(self, stats: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         p = self.params
@@ -648,6 +690,8 @@ class GaussianMixture(Estimator):
             "training_rows": int(state["rows"]), "validation_rows": int(state["heldout"]),
             "init_passes": int(state["init_passes"]),
         }
+        if self.params.n_init > 1:  # each start's lower bound and EM passes, in order
+            out["starts"] = state["starts"]
         if "validation" in state:
             out["validation"] = state["validation"]
         return out

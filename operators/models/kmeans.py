@@ -29,14 +29,15 @@ The fit is rounds of passes over the partitions, the way Spark MLlib trains:
    scores within ``TIE_RTOL`` of the least tie, so a row of whole counts exactly between
    two goes to the same one whatever last bits the partitioning left in the centres and
    in the training mean); the pass sums the weighted rows, weights and counts of each
-   cluster and the inertia; the driver moves each centre to its cluster's mean. A cluster left empty moves to the row farthest from its centre
-   (scikit-learn's rule; more than one empty cluster: a pass finds as many farthest
-   rows; a cluster that a move leaves of no weight goes where scikit-learn's puts it,
-   on the heaviest cluster's centre). The fit stops when the centres stand still
-   (scikit-learn's strict convergence: the same assignment twice) or move less than
-   ``tol`` x the mean variance in all (sum of squared moves), or after ``max_iter``
-   passes; then, unless they stood still, one more pass assigns the rows to the final
-   centres for the inertia and the cluster sizes (scikit-learn's last E-step).
+   cluster and the inertia; the driver moves each centre to its cluster's mean. A
+   cluster left empty moves to the row farthest from its centre (scikit-learn's rule;
+   more than one empty cluster: a pass finds as many farthest rows; a cluster that a
+   move leaves of no weight goes where scikit-learn's puts it, on the heaviest cluster's
+   centre). The fit stops when the centres stand still (scikit-learn's strict
+   convergence: the same assignment twice) or move less than ``tol`` x the mean variance
+   in all (sum of squared moves), or after ``max_iter`` passes; then, unless they stood
+   still, one more pass assigns the rows to the final centres for the inertia and the
+   cluster sizes (scikit-learn's last E-step).
    With ``n_init`` (scikit-learn's) steps 1 to 3 run again for each further start, from
    another summary pass, each start's draws from a seed derived from ``seed`` and the
    start's number (the first: ``seed`` itself, so ``n_init: 1`` is the fit above), and
@@ -1320,7 +1321,8 @@ class KMeans(Estimator):
         if len(starts) < self.params.n_init:  # the next start: its draws from the summary on
             rest = {k: v for k, v in state.items() if k not in _START_KEYS
                     and k not in ("final", "mean", "tol", "rows", "heldout")}
-            return {**rest, "phase": "summary", "best": best, "starts": starts}
+            return {**rest, "phase": "summary", "best": best, "starts": starts,
+                    "start": len(starts)}
         state = {k: v for k, v in state.items() if k != "best"}
         state.update(best)
         if not state["converged"]:
@@ -1392,8 +1394,9 @@ _START_KEYS = ("centres", "initial", "iterations", "converged", "shift", "init_p
 
 def draw_seed(seed: int, state: dict[str, Any]) -> int:
     """The seed of a start's draws: ``seed`` for the first, one derived from it and the
-    start's number for the others (``n_init``); the validation split keeps ``seed``."""
-    start = len(state.get("starts", ()))
+    start's number (``state["start"]``) for the others (``n_init``; gaussian_mixture's
+    starts too); the validation split keeps ``seed``."""
+    start = state.get("start", 0)
     return seed if start == 0 else int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
 
 

@@ -204,6 +204,49 @@ def test_seed_and_partitioning() -> None:
                            rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("init", ["k-means||", "kmeans"])
+def test_n_init_keeps_the_start_of_largest_lower_bound(init: str) -> None:
+    """n_init starts, each kmeans' start of its own seed (the first: seed's), EM from
+    each: each start is the one-start fit of its seed, the kept one the start of largest
+    lower bound (scikit-learn's n_init), the same on any partitioning."""
+    table = table_of(overlapping(900, seed=2))
+    params = {"k": 6, "init": init, "seed": 4, "covariance": "diag", "max_iter": 200}
+    model, state = fit_state(GaussianMixture(**params, n_init=4), [table])
+    metrics = GaussianMixture(**params, n_init=4).metrics(state)
+    starts = metrics["starts"]
+    assert len(starts) == 4
+    # each start alone: a one-start fit whose kmeans start draws from that start's seed
+    alone = []
+    for i in range(4):
+
+        class StartAt(GaussianMixture):
+            def init(self, schema: pa.Schema, start: int = i) -> dict[str, Any]:
+                state = super().init(schema)
+                return {**state, "kmeans": {**state["kmeans"], "start": start}}
+
+        estimator = StartAt(**params)
+        state_i = fit_state(estimator, [table])[1]
+        alone.append((estimator.fitted(state_i), estimator.metrics(state_i)))
+    for start, (_, one) in zip(starts, alone):
+        assert start["lower_bound"] == pytest.approx(one["lower_bound"], rel=1e-12)
+        assert start["iterations"] == one["iterations"]
+    assert len({round(s["lower_bound"], 6) for s in starts}) > 1  # the starts differ here
+    best = int(np.argmax([s["lower_bound"] for s in starts]))
+    np.testing.assert_allclose(model.means, alone[best][0].means, rtol=1e-12, atol=1e-12)
+    assert metrics["lower_bound"] == max(s["lower_bound"] for s in starts)
+    assert metrics["log_likelihood"] == pytest.approx(alone[best][1]["log_likelihood"],
+                                                      rel=1e-12)
+    assert alone[0][1]["lower_bound"] == fit_state(GaussianMixture(**params), [table])[1][
+        "lower_bound"]  # the first start is n_init: 1's
+    parts, _ = fit_state(GaussianMixture(**params, n_init=4), split(table, 5, seed=3))
+    np.testing.assert_allclose(parts.means, model.means, rtol=1e-9, atol=1e-9)
+
+
+def test_n_init_with_given_means_is_a_param_error() -> None:
+    with pytest.raises(ParamError, match="n_init: 2 starts from the means init gives"):
+        GaussianMixture(k=2, init=[[0.0], [1.0]], n_init=2)
+
+
 # --------------------------------------------------------------------------- model
 
 

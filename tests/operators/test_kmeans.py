@@ -282,7 +282,7 @@ def test_n_init_keeps_the_start_of_least_inertia(init: str) -> None:
     model, metrics = fit_state(KMeans(k=6, init=init, n_init=4, seed=3), [table])
     starts = metrics["starts"]
     assert len(starts) == 4
-    alone = [fit_state(KMeans(k=6, init=init, seed=draw_seed(3, {"starts": [{}] * i})),
+    alone = [fit_state(KMeans(k=6, init=init, seed=draw_seed(3, {"start": i})),
                        [table]) for i in range(4)]
     for start, (_, one_metrics) in zip(starts, alone):
         assert start["inertia"] == pytest.approx(one_metrics["inertia"], rel=1e-12)

@@ -289,6 +289,7 @@ ZOO = {
         weight: w
         k: 3
         seed: 4
+        n_init: 2
         tol: 1.0e-6
         validation_fraction: 0.2
     """,

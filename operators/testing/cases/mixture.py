@@ -29,6 +29,8 @@ def _cases() -> None:
     case("gaussian_mixture", {"k": 3, "weight": "w", "covariance": "spherical",
                               "validation_fraction": 0.25, "seed": 5},
          blobs_table, id="spherical-validation", rtol=1e-9, atol=1e-9)
+    case("gaussian_mixture", {"k": 3, "n_init": 3, "init": "kmeans", "covariance": "diag",
+                              "seed": 2}, blobs_table, id="n-init", rtol=1e-9, atol=1e-9)
     case("gaussian_mixture", {"k": 1, "features": ["x1", "x2"]}, blobs_table, id="one",
          rtol=1e-9, atol=1e-9)
     case("score", {"model": "m"}, blobs_table, id="gaussian-mixture",
