@@ -164,6 +164,8 @@ from bench.target_encode_cases import (  # noqa: F401 - bench.worker looks the s
 )
 from bench.text_cases import (  # noqa: F401 - bench.worker looks the sides up here
     tickets,
+    train_text_boosted_sparse_sluice_local,
+    train_text_boosted_sparse_xgboost,
     train_text_kmeans_sparse_sklearn,
     train_text_kmeans_sparse_sluice_local,
     train_text_logistic_sparse_sklearn,
@@ -371,6 +373,11 @@ CASES: dict[str, Case] = {
     # 20 Lloyd passes, k-means|| start) vs TfidfVectorizer + KMeans (lloyd, k-means++,
     # n_init=1, 20 passes) on the files read with pyarrow
     "train_text_kmeans_sparse": Case("tickets", ("sluice_local", "sklearn"), tickets),
+    # read -> vectorize_text (sparse, TF-IDF of the 2,000 most frequent terms in >= 5
+    # tickets) -> gradient_boosted_trees (20 rounds of 8 trees, depth 6, 32 bins, a tenth
+    # held out) vs TfidfVectorizer + XGBoost hist on its CSR matrix (absent terms missing
+    # there, 0 here); held-out accuracy on each side (bench/text_cases.py)
+    "train_text_boosted_sparse": Case("tickets", ("sluice_local", "xgboost"), tickets),
     # read -> aggregate by customer (counts, sums, mean, std, extremes, distinct, max_by) ->
     # write vs pyarrow's group_by, Dask's groupby().agg() and Spark's groupBy().agg();
     # the outputs are compared after the sides (bench/aggregate_cases.py)

@@ -233,6 +233,9 @@ class GradientBoostedTrees(TreeEstimator):
       validation_fraction: 0.1
       early_stopping: true        # stop when the held-out loss stops improving
     ```
+    A sparse column (vectorize_text with `sparse: true`) is read as decision_tree reads
+    it: its terms are features, an absent term the value 0 (XGBoost and LightGBM read it
+    as missing), only the stored terms summed on the CPU.
     """
 
     Params = BoostedTreesParams

@@ -137,6 +137,13 @@ class DecisionTree(AveragedTrees):
     ```
     Missing feature values (null, NaN) are allowed: each split learns where they go.
     Categorical columns: one_hot them, or give integer codes (split as ordered values).
+    A sparse column (vectorize_text with `sparse: true`) is read as its terms' features
+    (`words:<term>`), an absent term the value 0 (scikit-learn's trees; XGBoost and
+    LightGBM take it as missing): on the CPU its rows stay sparse, a pass costs the
+    stored terms. One node's histograms hold every term's bins: past the memory share
+    the fit stops with what to cut (min_df, max_features, max_bins). Draws by row
+    content (bootstrap, subsample, the validation split) hash a sparse row as stored,
+    so they take other rows than the term columns' would.
     """
 
     Params = DecisionTreeParams
@@ -156,6 +163,7 @@ class RandomForest(AveragedTrees):
       seed: 7                     # bootstrap and feature draws (by row content, not order)
       max_histogram_mb: 64        # a level needing more is grown in several passes
     ```
+    A sparse column (vectorize_text with `sparse: true`) is read as decision_tree reads it.
     """
 
     Params = RandomForestParams

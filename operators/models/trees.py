@@ -33,6 +33,10 @@ A fit is rounds of passes over the partitions:
    the round's trees (``node_tables``, ``walk_step``: one lookup per row and level).
 3. a validation pass when ``validation_fraction`` > 0.
 
+A sparse column's positions are features as the others, kept sparse on NumPy: its
+sample, codes and histograms are of the stored entries (``sparse_codes.py``), scoring
+reads only the features the trees split on.
+
 Nothing a partition computes depends on how the rows are split into partitions:
 bootstrap counts and subsamples come from a hash of the row's content (features, label,
 weight) and the seed. Histogram sums are floating point, so their last bits depend on
@@ -71,6 +75,7 @@ from operators.arrays import (
     column_to_numpy,
     get_namespace,
     host_buffer,
+    is_numpy,
     segment_sums,
     to_numpy,
     to_xp,
@@ -125,6 +130,25 @@ from operators.models.common import (
     with_predictions,
 )
 from operators.models.explain import Paths, contributions
+from operators.models.sparse_codes import (
+    SparseCodes,
+    can_read,
+    merged_rows,
+    sample_matrix,
+    sorted_values,
+    sparse_codes,
+    sparse_histograms,
+)
+from operators.sparse import (
+    columns_of,
+    csr_parts,
+    groups,
+    has_sparse,
+    issparse,
+    past_memory_share,
+    require_dense_room,
+    rows_of,
+)
 
 BIN_SAMPLE_ROWS = 200_000
 """Training rows sampled (by smallest row hash) for the bin edges; below this the edges
@@ -265,9 +289,10 @@ def tree_label_type(schema: pa.Schema, params: TreeParams, op: str) -> tuple[boo
 
 
 def model_hashes(table: pa.Table, params: SupervisedParams, features: list[str]) -> np.ndarray:
-    """One uint64 per row from its features, label and weight: bootstrap, subsample and
-    bin sample streams are derived from it."""
-    columns = features + [params.label] + ([params.weight] if params.weight else [])
+    """One uint64 per row from its features (a sparse column's rows as stored), label
+    and weight: bootstrap, subsample and bin sample streams are derived from it."""
+    columns = (columns_of(table.schema, features) + [params.label]
+               + ([params.weight] if params.weight else []))
     return hash_rows(table, columns, params.seed)
 
 
@@ -327,18 +352,47 @@ def feature_values(table: pa.Table, name: str,
 
 
 def feature_columns(table: pa.Table, features: list[str], xp: Any = None,
-                    categories: dict[str, pa.Array] | None = None) -> np.ndarray:
-    """The features as a (features, rows) float64 host array (``feature_values``).
+                    categories: dict[str, pa.Array] | None = None,
+                    which: np.ndarray | None = None) -> np.ndarray:
+    """The features (those at the sorted positions ``which``, where given) as a
+    (features, rows) float64 host array (``feature_values``); a sparse column's
+    positions made dense (``fill_features``).
 
     Float64 whatever ``xp``'s compute dtype: values are only compared with the bin
     edges, and the codes that travel on are one byte each.
     """
-    shape = (len(features), table.num_rows)
+    which = np.arange(len(features)) if which is None else which
+    shape = (len(which), table.num_rows)
     host = (np.empty(shape, np.float64) if xp is None
             else host_buffer(shape, xp, order="C", dtype=np.float64))
-    for j, name in enumerate(features):
-        host[j] = feature_values(table, name, categories)
+    fill_features(host, table, features, categories, which)
     return host
+
+
+def fill_features(out: np.ndarray, table: pa.Table, features: list[str],
+                  categories: dict[str, pa.Array] | None,
+                  which: np.ndarray | None = None) -> None:
+    """``out[i]``: the values of feature ``which[i]`` (sorted; default: every feature),
+    a sparse column's positions as its rows' values, 0 where a row stores none (checked
+    to fit the memory share where all its positions are made dense)."""
+    which = np.arange(len(features)) if which is None else which
+    runs = groups(table.schema, features)
+    dense = [(column, stop - start) for column, start, stop in runs if column is not None]
+    if dense and len(which) == len(features):
+        require_dense_room(table.num_rows, len(features), dense)
+    for column, start, stop in runs:
+        lo, hi = np.searchsorted(which, [start, stop]).tolist()
+        if lo == hi:
+            continue
+        if column is None:
+            out[lo] = feature_values(table, features[start], categories)
+            continue
+        indptr, at, values = csr_parts(table.column(column), stop - start, column)
+        place = np.full(stop - start, -1, np.int64)  # a position's row of out
+        place[which[lo:hi] - start] = np.arange(lo, hi)
+        out[lo:hi] = 0.0
+        keep = place[at] >= 0
+        np.add.at(out, (place[at[keep]], rows_of(indptr)[keep]), values[keep])
 
 
 # --------------------------------------------------------------------------- bins
@@ -352,20 +406,30 @@ def bin_edges(sample: np.ndarray, max_bins: int) -> list[np.ndarray]:
     ``averaged_inverted_cdf``: scikit-learn's HistGradientBoosting rule).
     A value ``x`` falls in bin ``#{edges < x}``; NaN and inf never become edges.
     """
+    if issparse(sample):  # a sparse column's sample: each feature's zeros counted
+        stored, sorted_of = sorted_values(sample, max_bins)
+        out = [np.zeros(0)] * sample.shape[1]  # a feature of zeros only: no edge
+        for j in stored.tolist():
+            out[j] = _edges(sorted_of(j), max_bins)
+        return out
     edges = []
     for j in range(sample.shape[1]):
         values = sample[:, j]
         # sorted once: np.unique's own way to the distinct values, and np.percentile
         # selects from a sorted array ~7 times faster (the same values)
-        values = np.sort(values[np.isfinite(values)])
-        distinct = values[np.concatenate([[True], values[1:] != values[:-1]])[:len(values)]]
-        if len(distinct) <= max_bins:
-            cut = distinct[:-1] / 2 + distinct[1:] / 2
-        else:
-            percents = np.linspace(0.0, 100.0, max_bins + 1)[1:-1]
-            cut = np.unique(np.percentile(values, percents, method="averaged_inverted_cdf"))
-        edges.append(np.asarray(cut, dtype=np.float64))
+        edges.append(_edges(np.sort(values[np.isfinite(values)]), max_bins))
     return edges
+
+
+def _edges(values: np.ndarray, max_bins: int) -> np.ndarray:
+    """``bin_edges`` of one feature's finite values, sorted."""
+    distinct = values[np.concatenate([[True], values[1:] != values[:-1]])[:len(values)]]
+    if len(distinct) <= max_bins:
+        cut = distinct[:-1] / 2 + distinct[1:] / 2
+    else:
+        percents = np.linspace(0.0, 100.0, max_bins + 1)[1:-1]
+        cut = np.unique(np.percentile(values, percents, method="averaged_inverted_cdf"))
+    return np.asarray(cut, dtype=np.float64)
 
 
 def threshold_of(edges: np.ndarray, bin_: int) -> float:
@@ -671,6 +735,8 @@ def histograms(xp: Any, codes: Any, n: int, rows: Any, slots: Any, channels: lis
     if rows.shape[0] == 0 or m == 0:
         out[...] = 0.0
         return out
+    if isinstance(codes, SparseCodes):
+        return sparse_histograms(codes, rows, slots, channels, fold, featsel, out)
     product = _sparse_product() if isinstance(codes, np.ndarray) else None
     if product is not None:
         return _product_histograms(product, codes, n, rows, slots, channels, fold, featsel,
@@ -1719,7 +1785,7 @@ def descend(pos: Any, rows: Any, codes: Any, n: int, arrays: dict[str, Any], mis
         if steps is None and not bool(xp.any(inner)):
             return pos
         feature = xp.where(inner, feature, xp.zeros_like(feature))
-        code = xp.astype(xp.take(codes, feature * n + rows), xp.int64)
+        code = xp.astype(take_codes(codes, feature * n + rows, xp), xp.int64)
         go_left = goes_left(code, pos, arrays, missing, xp)
         child = xp.where(go_left, xp.take(arrays["left"], pos), xp.take(arrays["right"], pos))
         pos = xp.where(inner, child, pos)
@@ -1791,11 +1857,19 @@ def node_tables(forest: dict[str, np.ndarray], first: int, end: int, missing: in
 
 def walk_step(pos: Any, rows: Any, codes: Any, tables: dict[str, Any], xp: Any) -> Any:
     """The local nodes ``pos`` of the rows ``rows`` one level down (``node_tables``)."""
-    code = xp.astype(xp.take(codes, xp.take(tables["offset"], pos) + rows), xp.int64)
+    code = xp.astype(take_codes(codes, xp.take(tables["offset"], pos) + rows, xp), xp.int64)
     if "child" in tables:
         return xp.take(tables["child"], pos * tables["width"] + code)
     go_left = goes_left(code, pos, tables, tables["missing"], xp)
     return xp.where(go_left, xp.take(tables["left"], pos), xp.take(tables["right"], pos))
+
+
+def take_codes(codes: Any, index: Any, xp: Any) -> Any:
+    """The codes at the feature-major positions ``index`` of a partition's flat codes,
+    or of its ``SparseCodes``."""
+    if isinstance(codes, SparseCodes):
+        return codes.take(index)
+    return xp.take(codes, index)
 
 
 def drop_leaves(rows: Any, pos: Any, extra: Any | None, arrays: dict[str, Any], xp: Any
@@ -1825,11 +1899,12 @@ class TreeEstimator(PlannedPredictions, Estimator):
     explained = True
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return model_input_columns(schema, self.params, categorical_names(schema, self.params))
+        return model_input_columns(schema, self.params, categorical_names(schema, self.params),
+                                   sparse=True)
 
     def _check(self, schema: pa.Schema) -> tuple[list[str], bool, pa.DataType]:
         categorical = categorical_names(schema, self.params)
-        features = check_inputs(schema, self.params, categorical)
+        features = check_inputs(schema, self.params, categorical, sparse=True)
         check_categorical_features(schema, self.params, features, categorical)
         classify, label_type = self._label_type(schema)
         self._check_params(classify)
@@ -1866,8 +1941,10 @@ class TreeEstimator(PlannedPredictions, Estimator):
         # the categorical features' kept types, until the summary finds their categories
         kept = {name: category_type(schema.field(name).type)
                 for name in categorical_names(schema, self.params)}
+        sparse = [(column, stop - start) for column, start, stop in groups(schema, features)
+                  if column is not None]  # (name, positions) of each sparse column read
         return {"phase": "summary", "token": new_token(), "features": features,
-                "classify": classify, "label_type": str(label_type),
+                "sparse": sparse, "classify": classify, "label_type": str(label_type),
                 "categories": {name: pa.array([], type=t) for name, t in kept.items()}}
 
     # ------------------------------------------------------------------ partitions
@@ -1917,8 +1994,12 @@ class TreeEstimator(PlannedPredictions, Estimator):
         taken = train.take(pa.array(order))
         # a categorical feature's codes are NaN until the summary finds its categories:
         # its sample is its values
-        out["sample"] = np.ascontiguousarray(
-            feature_columns(taken, features, categories=state["categories"]).T)
+        if has_sparse(taken.schema, features) and can_read():
+            out["sample"] = sample_matrix(
+                taken, features, lambda name: feature_values(taken, name, state["categories"]))
+        else:
+            out["sample"] = np.ascontiguousarray(
+                feature_columns(taken, features, categories=state["categories"]).T)
         out["sample_values"] = {name: normalized(taken.column(name), kept.type, name)
                                 for name, kept in state["categories"].items()}
         return out
@@ -2117,6 +2198,26 @@ class TreeEstimator(PlannedPredictions, Estimator):
     def _featsel(self, state: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray | None]:
         return lambda nodes: None
 
+    def _require_histogram_room(self, state: dict[str, Any]) -> None:
+        """A DataError where one node's histograms (its features' bins, made for every
+        position of a sparse column, however few rows store one) are past the memory
+        share: a pass could not hold one node."""
+        sparse = state.get("sparse")
+        if not sparse:
+            return
+        m = self._n_sampled(state)
+        need = m * (state["missing"] + 1) * self._criterion(state).channels * 8.0
+        past = past_memory_share(need)
+        if past is None:
+            return
+        name, positions = max(sparse, key=lambda c: c[1])
+        raise DataError(
+            f"{self.name}: a node's histograms of {m:,} features ({positions:,} the "
+            f"positions of the sparse column '{name}') x {state['missing'] + 1} bins take "
+            f"{past}",
+            hint="fewer terms (vectorize_text's min_df or max_features; num_features where "
+                 "terms are hashed), or fewer bins (max_bins)")
+
     children_share_features = False
     """Whether a node's children sum the histograms of the features the node did (then a
     child's sibling may come from its parent's), as every node does when none samples."""
@@ -2146,6 +2247,7 @@ class TreeEstimator(PlannedPredictions, Estimator):
         return len(state["features"])
 
     def _next_level(self, state: dict[str, Any]) -> dict[str, Any]:
+        self._require_histogram_room(state)
         level = Level.start(state["forest"], self._group_size(state, self._n_sampled(state)),
                             self._featsel(state), state.get("siblings"))
         return {**state, "level": level, "phase": "grow" if level is not None else "grown"}
@@ -2348,11 +2450,14 @@ def _smallest_keys(keys_a: np.ndarray, rows_a: np.ndarray, keys_b: np.ndarray,
     at_b = np.arange(len(keys_b)) + np.searchsorted(keys_a, keys_b, side="right")
     keep_a, keep_b = at_a < limit, at_b < limit
     size = int(keep_a.sum() + keep_b.sum())
+    places = (keep_a, at_a[keep_a], keep_b, at_b[keep_b])
     keys = np.empty(size, dtype=np.result_type(keys_a, keys_b))
+    keys[at_a[keep_a]], keys[at_b[keep_b]] = keys_a[keep_a], keys_b[keep_b]
+    if issparse(rows_a):  # a sparse column's sample (``sample_matrix``)
+        return (keys, merged_rows(rows_a, rows_b, places)), places
     rows = np.empty((size, *rows_a.shape[1:]), dtype=np.result_type(rows_a, rows_b))
-    keys[at_a[keep_a]], rows[at_a[keep_a]] = keys_a[keep_a], rows_a[keep_a]
-    keys[at_b[keep_b]], rows[at_b[keep_b]] = keys_b[keep_b], rows_b[keep_b]
-    return (keys, rows), (keep_a, at_a[keep_a], keep_b, at_b[keep_b])
+    rows[at_a[keep_a]], rows[at_b[keep_b]] = rows_a[keep_a], rows_b[keep_b]
+    return (keys, rows), places
 
 
 def _merged(a: pa.Array, b: pa.Array, places: tuple[np.ndarray, ...]) -> pa.Array:
@@ -2371,16 +2476,21 @@ def prepare_rows(tables: list[pa.Table], state: dict[str, Any], params: Supervis
     another): the row's features, label (class position or value), weight and the two
     32-bit halves of its hash (a uint64 is not exact in float64; its halves are). The
     device splits it and keeps the codes and copies of the label, weight and hash only.
+    A sparse column on NumPy (with SciPy) stays sparse: the rows' codes are
+    ``SparseCodes``, the buffer holds the rest; elsewhere its positions are made dense in
+    the buffer (within the memory share).
     """
     features, classify = state["features"], state["classify"]
-    f = len(features)
+    codes_apart = (is_numpy(xp) and bool(tables) and has_sparse(tables[0].schema, features)
+                   and can_read())
+    f = 0 if codes_apart else len(features)
     starts = np.cumsum([0] + [t.num_rows for t in tables]).tolist()
     host = host_buffer((f + (4 if row_hash else 2), starts[-1]), xp, order="C",
                        dtype=np.float64)
     for table, a, b in zip(tables, starts[:-1], starts[1:], strict=True):
         block = host[:, a:b]
-        for j, name in enumerate(features):
-            block[j] = feature_values(table, name, state["categories"])
+        if not codes_apart:
+            fill_features(block, table, features, state["categories"])
         labels = label_column(table, params.label)
         if classify:
             index = encode_classes(labels, state["classes"],
@@ -2397,9 +2507,15 @@ def prepare_rows(tables: list[pa.Table], state: dict[str, Any], params: Supervis
             block[f + 3] = hashes & np.uint64(0xFFFFFFFF)
     matrix = to_xp(host, xp)
     out = []
-    for a, b in zip(starts[:-1], starts[1:], strict=True):
+    for table, a, b in zip(tables, starts[:-1], starts[1:], strict=True):
         block = matrix[:, a:b]
-        prep = {"n": b - a, "codes": bin_codes(block, state["edges"], state["missing"], xp),
+        if codes_apart:
+            codes = sparse_codes(table, features, state["edges"], state["missing"],
+                                 lambda name, t=table: feature_values(t, name,
+                                                                      state["categories"]))
+        else:
+            codes = bin_codes(block, state["edges"], state["missing"], xp)
+        prep = {"n": b - a, "codes": codes,
                 "y": xp.astype(block[f, :], xp.int64 if classify else xp.float64),
                 "w": xp.astype(block[f + 1, :], xp.float64), "hash": None}
         if isinstance(prep["codes"], np.ndarray):  # for ``histograms``' row gathers
@@ -2493,10 +2609,34 @@ class TreeModelFitted(FittedModel):
         """The walk on codes (``coded_walk``), made when the model first scores."""
         return coded_walk(self._walk, len(self.features), self._sets)
 
-    def _scores(self, flat: Any, n: int, xp: Any) -> Any:
-        """``predict_matrix`` of the feature-major flattened matrix ``flat``."""
-        sums = leaf_sums(flat, n, self._walk, self.nodes["tree_start"][:-1], self.depth, xp,
-                         self._coded, self._sets)
+    @functools.cached_property
+    def _split_features(self) -> np.ndarray:
+        """The features the trees split on, sorted (feature 0 where none is): all that
+        scoring reads of a sparse column's rows."""
+        feature = self.nodes["feature"]
+        used = np.unique(feature[feature >= 0]).astype(np.int64)
+        return used if len(used) else np.zeros(1, np.int64)
+
+    @functools.cached_property
+    def _projected(self) -> tuple[np.ndarray, dict[str, np.ndarray] | None,
+                                  dict[str, np.ndarray] | None]:
+        """The walk, coded walk and sets of the model on ``_split_features`` only (a
+        node's feature its place among them): the same decisions on fewer columns."""
+        used = self._split_features
+        walk = self._walk.copy()
+        walk[0] = np.searchsorted(used, walk[0].astype(np.int64))
+        sets = self._sets
+        if sets is not None:
+            sets = {**sets, "sizes": sets["sizes"][used]}
+        return walk, coded_walk(walk, len(used), sets), sets
+
+    def _scores(self, flat: Any, n: int, xp: Any, projected: bool = False) -> Any:
+        """``predict_matrix`` of the feature-major flattened matrix ``flat`` (of
+        ``_split_features`` only, ``projected``)."""
+        walk, coded, sets = (self._projected if projected
+                             else (self._walk, self._coded, self._sets))
+        sums = leaf_sums(flat, n, walk, self.nodes["tree_start"][:-1], self.depth, xp,
+                         coded, sets)
         n_trees = len(self.nodes["tree_start"]) - 1
         if self.combine == "mean":
             scores = sums / max(n_trees, 1)
@@ -2515,7 +2655,12 @@ class TreeModelFitted(FittedModel):
 
     def outputs(self, part: pa.Table, xp: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """As ``FittedModel.outputs``, with missing and infinite feature values allowed."""
-        require_columns(part.schema, self.features, "feature column")
+        require_columns(part.schema, columns_of(part.schema, self.features), "feature column")
+        if has_sparse(part.schema, self.features):  # only the columns the trees split on
+            flat = feature_columns(part, self.features, xp, self.categories,
+                                   self._split_features)
+            return self.outputs_of(self._scores(to_xp(flat.reshape(-1), xp), part.num_rows,
+                                                xp, projected=True))
         flat = to_xp(feature_columns(part, self.features, xp, self.categories).reshape(-1), xp)
         return self.outputs_of(self._scores(flat, part.num_rows, xp))
 
@@ -2537,7 +2682,13 @@ class TreeModelFitted(FittedModel):
     def contributions(self, part: pa.Table, xp: Any
                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """TreeSHAP (``operators/models/explain.py``) from the same copy of the features
-        to the device as the scores."""
+        to the device as the scores; a sparse column's positions made dense, each row's
+        contributions are (within the memory share)."""
+        made = [(column, stop - start) for column, start, stop
+                in groups(part.schema, self.features) if column is not None]
+        if made:
+            require_dense_room(part.num_rows, len(self.features) * self.nodes["value"].shape[1],
+                               made)
         flat = to_xp(feature_columns(part, self.features, xp, self.categories).reshape(-1), xp)
         n = part.num_rows
         predicted, proba = self.outputs_of(self._scores(flat, n, xp))

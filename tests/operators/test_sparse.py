@@ -23,6 +23,7 @@ from operators.models.forest import DecisionTree
 from operators.models.kmeans import KMeans
 from operators.models.linear import LinearRegression
 from operators.models.logistic import LogisticRegression
+from operators.models.mlp import MLP
 from operators.models.naive_bayes import NaiveBayes
 from operators.sparse import (
     csr_matrix,
@@ -212,12 +213,12 @@ def test_steps_that_read_no_sparse_column_say_which_do() -> None:
     step = fit(VectorizeText(columns=["text"], sparse=True), [table])
     schema = step.output_schema(table.schema)
     with pytest.raises(SchemaError, match="sparse column.*naive_bayes, logistic_regression"):
-        DecisionTree(label="topic").output_schema(schema)
+        MLP(label="topic").output_schema(schema)
     with pytest.raises(SchemaError, match="one position of the sparse column 'text'"):
         NaiveBayes(label="topic", features=["text:app"]).output_schema(schema)
     # listed whole, or left out for others, is fine
     NaiveBayes(label="topic", features=["text"]).output_schema(schema)
-    DecisionTree(label="topic", features=["w"]).output_schema(schema)
+    MLP(label="topic", features=["w"]).output_schema(schema)
 
 
 def test_a_sparse_column_of_other_positions_is_refused_by_name() -> None:

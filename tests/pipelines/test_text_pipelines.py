@@ -370,7 +370,7 @@ def test_a_model_that_reads_no_sparse_column_is_refused_at_plan(
         workdir: Path, ticket_files: Path) -> None:
     path = write_pipeline(workdir, SPARSE.format(data=ticket_files).replace(
         "op: naive_bayes\n        label: topic\n        model_type: multinomial",
-        "op: random_forest\n        label: topic"))
+        "op: mlp\n        label: topic"))
     done = sluice_in_process("plan", str(path), cwd=workdir)
     assert done.returncode != 0
     assert "sparse column" in done.stderr and "step 'nb'" in done.stderr
@@ -561,3 +561,76 @@ def test_tfidf_rows_cluster_into_one_kmeans_model_on_every_engine(
                              cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert pq.read_table(workdir / "out").column("prediction").to_pylist() == expected[:5]
+
+
+BOOSTED = """
+    pipeline: boosted
+    steps:
+      - op: read_parquet
+        path: {data}
+        partition_mb: 0.01
+      - op: drop
+        columns: [ticket_id]
+      - id: words
+        op: vectorize_text
+        columns: [text]
+        sparse: true
+        stop_words: [the, a, and, is, it]
+        min_df: 3
+        idf: smooth
+        norm: l2
+      - id: trees
+        op: {op}
+        label: topic
+        n_trees: 6
+        max_depth: 3
+        seed: 2
+      - op: save_model
+        name: boosted
+"""
+
+
+@pytest.mark.parametrize("op", ["gradient_boosted_trees", "random_forest"])
+def test_tfidf_rows_train_one_tree_model_on_every_engine(workdir: Path, engine,
+                                                          ticket_files: Path, op: str) -> None:
+    """Trees on a sparse TF-IDF column through every engine and its partitions (a forest
+    with its bootstrap): the model fitted in process on one partition, node for node;
+    saved, scored from text by load_model, explained term by term."""
+    from operators.base import drive, tree_reduce
+    from operators.features.text import VectorizeText
+    from operators.models.boosted_trees import GradientBoostedTrees
+    from operators.models.forest import RandomForest
+
+    record = run(write_pipeline(workdir, BOOSTED.format(data=ticket_files, op=op)),
+                 engine_instance=engine)
+    assert record["status"] == "succeeded"
+    words, trees = ModelStore().load("boosted").chain.steps[-2:]
+    table = tickets().drop_columns(["ticket_id"])
+    step = VectorizeText(columns=["text"], sparse=True, stop_words=STOP, min_df=3,
+                         idf="smooth", norm="l2")
+    np_ = get_namespace("numpy")
+    state, _ = drive(step, table.schema, lambda partial: partial(table, np_))
+    vectorized = step.fitted(state)
+    rows = vectorized.transform(table, None)
+    cls = GradientBoostedTrees if op == "gradient_boosted_trees" else RandomForest
+    model = cls(label="topic", n_trees=6, max_depth=3, seed=2)
+    state, _ = drive(model, rows.schema,
+                     lambda partial: tree_reduce([partial(rows, np_)], model.combine))
+    fitted = model.fitted(state)
+    assert trees.features == [f"text:{t}" for t in words.vocabulary["text"]["terms"]]
+    for name in ("feature", "left", "right", "tree_start"):
+        np.testing.assert_array_equal(trees.nodes[name], fitted.nodes[name], err_msg=name)
+    for name in ("threshold", "value", "cover", "importances"):
+        np.testing.assert_allclose(trees.nodes[name], fitted.nodes[name], rtol=1e-12,
+                                   atol=1e-15, err_msg=name)
+    importances = record["metrics"]["trees"]["feature_importances"]
+    assert max(importances, key=importances.get).startswith("text:")
+    new = table.slice(0, 40)
+    served = load_model("boosted")
+    scored = served.score([{"text": t} for t in new.column("text").to_pylist()])
+    want = fitted.transform(vectorized.transform(new, None), np_)
+    np.testing.assert_allclose([r["probability"] for r in scored],
+                               want.column("probability").to_pylist(), rtol=1e-12)
+    explained = served.score([{"text": "late parcel, wrong address"}],
+                             contributions=True)[0]["contributions"]
+    assert "text:parcel" in explained and "text:late" in explained

@@ -1,6 +1,6 @@
 """Cases for naive_bayes (each model type), and score with a bound naive Bayes model; the
 sparse column's cases of the other steps that read one (logistic_regression, kmeans,
-evaluate_clusters)."""
+evaluate_clusters, the trees)."""
 
 from __future__ import annotations
 
@@ -92,6 +92,16 @@ def _cases() -> None:
          sparse_counts_table, id="kmeans-sparse-plusplus", rtol=1e-9, atol=1e-9)
     case("evaluate_clusters", {"features": ["terms", "c"], "weight": "w"},
          _sparse_clustered, id="sparse", rtol=1e-9, atol=1e-12)
+    case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 4, "max_depth": 3,
+                                    "min_samples_leaf": 3, "validation_fraction": 0.25,
+                                    "features": ["terms", "c"]},
+         sparse_counts_table, id="multiclass-sparse-validation", rtol=1e-8, atol=1e-10)
+    case("random_forest", {"label": "y", "n_trees": 4, "max_depth": 4, "seed": 2,
+                           "max_features": 0.5},
+         sparse_counts_table, id="sparse-bootstrap", rtol=1e-9, atol=1e-12)
+    case("decision_tree", {"label": "c", "task": "regression", "max_depth": 3,
+                           "features": ["terms"]},
+         sparse_counts_table, id="regression-sparse", rtol=1e-9, atol=1e-12)
     case("score", {"model": "nb"}, count_features_table, id="naive-bayes",
          prepare=lambda op: op.bind(Chain([_model()]), _model().features,
                                     {"name": "nb", "version": 1}))
