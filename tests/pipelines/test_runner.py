@@ -79,6 +79,20 @@ def test_train_save_write_and_record(churn: Path, workdir: Path, engine: Engine)
     assert "center" not in record["metrics"]  # the fit never ran
 
 
+def test_a_date_param_yaml_reads_as_a_date_saves_its_model(churn: Path,
+                                                          workdir: Path) -> None:
+    """`params: {ds: 2026-11-28}` unquoted: the run trains, saves and records its model
+    (YAML's date used to reach the model's JSON and fail the run as it published)."""
+    path = write_pipeline(workdir, TRAIN.replace("params: {folder: data/churn}",
+                                                 "params: {folder: data/churn, ds: 2026-11-28}")
+                          .replace("name: centre", "name: centre_${ds}"))
+    record = run(path)
+    assert record["status"] == "succeeded", record.get("error")
+    assert record["params"]["ds"] == "2026-11-28"
+    model = ModelStore().load("centre_2026-11-28")
+    assert model.meta["params"]["ds"] == "2026-11-28"
+
+
 def test_partitioning_does_not_change_the_model(workdir: Path, engine: Engine) -> None:
     table = churn_table(5000)
     one = workdir / "one"

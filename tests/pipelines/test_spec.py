@@ -110,6 +110,26 @@ def test_params_substitute_and_override(churn: Path, workdir: Path) -> None:
     assert any("--param color: the pipeline has no param 'color'" in p for p in bad), bad
 
 
+def test_a_date_param_yaml_reads_as_a_date_is_the_text_written(churn: Path,
+                                                               workdir: Path) -> None:
+    """`ds: 2026-11-28` unquoted (as a scheduler's ds is written) is a date to YAML 1.1:
+    the param is the text written, as `--param ds=...` gives it, so that a run record or
+    a model's JSON holds it; a time too, in its own spelling."""
+    path = write_pipeline(workdir, """
+        pipeline: p
+        params: {ds: 2026-11-28, at: 2026-11-28T06:00:00Z, n: 2026}
+        steps:
+          - op: read_parquet
+            path: data/churn
+            filter: "signup_date <= date '${ds}'"
+        """)
+    plan = plan_file(path)
+    assert plan.ok, plan.problems
+    assert plan.spec.params == {"ds": "2026-11-28", "at": "2026-11-28T06:00:00Z", "n": 2026}
+    assert plan.steps[0].op.params.filter == "signup_date <= date '2026-11-28'"
+    assert plan_file(path, {"ds": "2026-11-29"}).spec.params["ds"] == "2026-11-29"
+
+
 def test_an_undeclared_param_says_how_to_declare_it(churn: Path, workdir: Path) -> None:
     """${ds} without `params:` (and --param ds=... for it) says how to declare it; the
     path with ${ds} left in is not also reported missing; a --param nothing uses says so."""
