@@ -658,8 +658,10 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             try:
                 step.op.check_input(schema)
                 step.schema = step.op.output_schema(schema)
+                # after a fit that decides columns the schema is a lower bound: each
+                # column it names is there at run time, an identifier among them too
+                _note_default_features(plan, step, schema)
                 if not opened:
-                    _note_default_features(plan, step, schema)
                     _note_measured_features(plan, step, schema)
                 if isinstance(step.op, Estimator) and step.op.after_model:
                     _bind_adjusted_model(plan, step)

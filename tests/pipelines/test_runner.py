@@ -379,6 +379,52 @@ SAVE_SCORE_THEN_FAIL = """
     """
 
 
+
+def test_default_features_after_a_fit_that_decides_columns_are_noted_too(
+        churn: Path, workdir: Path) -> None:
+    """After one_hot (or a classifier), whose fit decides the columns it adds, the planned
+    schema is a lower bound: an id in it is still among the default features, and said;
+    `sluice plan` lists the features it knows and the fits that add the others."""
+    from conftest import sluice_in_process
+
+    path = write_pipeline(workdir, """
+        pipeline: opened
+        steps:
+          - op: read_parquet
+            path: data/churn
+            columns: [customer_id, tenure, plan, churned]
+          - op: one_hot
+            columns: [plan]
+          - op: logistic_regression
+            label: churned
+          - op: kmeans
+            k: 3
+          - op: save_model
+            name: opened
+    """)
+    notes: list[str] = []
+    record = run(path, notify=notes.append)
+    assert notes == [
+        f"{path}:8: step 'logistic_regression' (logistic_regression) takes every numeric "
+        "column but its label and weight as features (`features` is not given), among them "
+        "customer_id (an identifier?): list `features`, or drop those columns first",
+        f"{path}:10: step 'kmeans' (kmeans) takes every numeric column but its weight as "
+        "features (`features` is not given), among them customer_id (an identifier?), "
+        "prediction (an earlier model's output), probability (an earlier model's output): "
+        "list `features`, or drop those columns first"]
+    # the note is true: the fitted model does take the id
+    assert record["status"] == "succeeded"
+    fitted = ModelStore().load("opened").chain.steps[1]
+    assert fitted.features[:2] == ["customer_id", "tenure"]
+    done = sluice_in_process("plan", str(path), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert ("features (every numeric column but the label and weight): customer_id, tenure, "
+            "and those the fit of step 'one_hot' decides\n") in done.stdout
+    assert ("features (every numeric column but the weight): customer_id, tenure, churned, "
+            "prediction, probability, and those the fits of steps 'one_hot', "
+            "'logistic_regression' decide\n") in done.stdout
+
+
 def test_a_run_failing_after_save_model_leaves_no_new_version(churn: Path, workdir: Path,
                                                               engine: Engine) -> None:
     """The model version a run saves is published with its outputs: a run failing in a
