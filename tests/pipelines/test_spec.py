@@ -385,6 +385,49 @@ def test_one_key_named_for_a_list_or_a_mapping_says_to_write_a_list(churn: Path,
         "(list[str], dict[str,str]); write a list: `on: [customer_id]`"), found
 
 
+def test_a_tree_parameter_by_a_peer_s_name_says_ours(churn: Path, workdir: Path) -> None:
+    """XGBoost's, LightGBM's, scikit-learn's and MLlib's names of a boosting or forest
+    parameter (n_estimators, eta, num_leaves, numTrees...) say which one to write here,
+    not only the closest spelling."""
+    path = write_pipeline(workdir, """
+        pipeline: p
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: gradient_boosted_trees
+            label: churned
+            features: [tenure, monthly_charges]
+            n_estimators: 300
+            eta: 0.05
+            num_leaves: 31
+            colsample_bytree: 0.8
+            reg_lambda: 1.0
+          - op: random_forest
+            input: read_parquet
+            label: churned
+            features: [tenure]
+            numTrees: 50
+            maxDepth: 5
+        """)
+    said = problems(path)
+    for step, name, ours in [
+            ("gradient_boosted_trees", "n_estimators", "n_trees"),
+            ("gradient_boosted_trees", "eta", "learning_rate"),
+            ("gradient_boosted_trees", "num_leaves", "max_leaves"),
+            ("gradient_boosted_trees", "colsample_bytree", "tree_features"),
+            ("gradient_boosted_trees", "reg_lambda", "l2"),
+            ("random_forest", "numTrees", "n_trees"),
+            ("random_forest", "maxDepth", "max_depth")]:
+        assert any(f"step '{step}' ({step}): unknown parameter '{name}'; write `{ours}` "
+                   "here (" in p for p in said), (name, said)
+    # every operator's peers' names lead to a parameter it has, and are none of its own
+    from operators.base import registered
+    for op, cls in registered().items():
+        for peer, written in cls.Params.known_as.items():
+            assert peer not in cls.Params.model_fields, (op, peer)
+            assert written.split(":")[0] in cls.Params.model_fields, (op, peer, written)
+
+
 def test_duplicate_keys_are_problems() -> None:
     spec = parse("pipeline: x\nsteps:\n  - op: read_parquet\n    path: a\n    path: b\n", "f.yaml")
     assert any("key 'path' appears twice" in str(p) for p in spec.problems)
