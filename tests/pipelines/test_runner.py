@@ -93,6 +93,20 @@ def test_a_date_param_yaml_reads_as_a_date_saves_its_model(churn: Path,
     assert model.meta["params"]["ds"] == "2026-11-28"
 
 
+def test_a_runs_folder_that_cannot_be_written_fails_the_run_before_it_starts(
+        churn: Path, workdir: Path) -> None:
+    """--runs where no record can be written: said before any data moves (as an MLflow
+    that cannot be used is), not after an hour's fit whose outputs and model are then
+    published by a run that exits 1."""
+    (workdir / "a_file").write_text("")
+    path = write_pipeline(workdir, TRAIN)
+    with pytest.raises(SluiceError, match="cannot write the run record to ") as refused:
+        run(path, runs_dir=str(workdir / "a_file" / "runs"))
+    assert "a_file/runs/center" in str(refused.value)
+    assert not (workdir / "out" / "centered").exists()
+    assert ModelStore().versions("centre") == []
+
+
 def test_partitioning_does_not_change_the_model(workdir: Path, engine: Engine) -> None:
     table = churn_table(5000)
     one = workdir / "one"
