@@ -130,6 +130,35 @@ def test_a_date_param_yaml_reads_as_a_date_is_the_text_written(churn: Path,
     assert plan_file(path, {"ds": "2026-11-29"}).spec.params["ds"] == "2026-11-29"
 
 
+def test_a_date_param_put_in_an_expression_without_quotes_is_said(churn: Path,
+                                                                  workdir: Path) -> None:
+    """`derive: {day: "${ds}"}` computes 2026 - 11 - 28, silently: a note says so, where
+    the filter's comparison of that number with a date is a problem that says it too."""
+    path = write_pipeline(workdir, """
+        pipeline: p
+        params: {ds: "2026-11-28"}
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: derive
+            columns:
+              day: "${ds}"
+              fine: "date '${ds}'"
+          - op: filter
+            where: "signup_date <= ${ds}"
+        """)
+    plan = plan_file(path)
+    assert plan.notices == [
+        f"{path}:7: step 'derive' (derive): column 'day' computes 2026-11-28 without quotes, "
+        "a subtraction (1987): a date is written date '2026-11-28', text '2026-11-28' (a "
+        "param too: date '${ds}')"]
+    [problem] = [str(p) for p in plan.problems]
+    assert problem.startswith(f"{path}:11: step 'filter' (filter): where: cannot compare "
+                              "date32[day] and int64 with '<=' (2026-11-28 without quotes is "
+                              "a subtraction (1987): a date is written date '2026-11-28', "
+                              "text '2026-11-28')"), problem
+
+
 def test_an_undeclared_param_says_how_to_declare_it(churn: Path, workdir: Path) -> None:
     """${ds} without `params:` (and --param ds=... for it) says how to declare it; the
     path with ${ds} left in is not also reported missing; a --param nothing uses says so."""
