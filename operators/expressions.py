@@ -453,6 +453,42 @@ def _children(node: _Node) -> tuple[_Node, ...]:
     return ()
 
 
+# a date as a ${ds} puts it in without quotes: 2026-11-28, the number 1987
+_DATE_WRITTEN = re.compile(r"\d{4}\s*-\s*\d{1,2}\s*-\s*\d{1,2}")
+
+
+def _unquoted_date(node: _Node, text: str) -> tuple[str, int] | None:
+    """The date ``node`` writes without quotes (a subtraction of three integers:
+    2026-11-28), as ``text`` has it, and the number it is; None where it is none."""
+    if not (isinstance(node, _BinOp) and node.op == "-" and isinstance(node.left, _BinOp)
+            and node.left.op == "-"):
+        return None
+    year, month, day = node.left.left, node.left.right, node.right
+    if not all(isinstance(p, _Literal) and p.kind == "int" for p in (year, month, day)):
+        return None
+    assert isinstance(year, _Literal) and isinstance(month, _Literal)
+    assert isinstance(day, _Literal)
+    found = _DATE_WRITTEN.match(text, year.pos)
+    if found is None or not year.pos < day.pos < found.end() or (
+            text[found.end():][:1].isdigit()):
+        return None
+    return found.group(0), int(year.value) - int(month.value) - int(day.value)  # type: ignore[call-overload]
+
+
+def unquoted_dates(text: str) -> list[tuple[str, int]]:
+    """The dates ``text`` writes without quotes, as it writes them, each with the number
+    it is: a subtraction (2026-11-28 is 1987), where ``date '2026-11-28'`` is a date and
+    ``'2026-11-28'`` text.
+
+    Example::
+
+        >>> unquoted_dates("days_between(signup, 2026-11-28)")
+        [('2026-11-28', 1987)]
+    """
+    node = _parse(_require_text(text))
+    return [found for sub in _walk(node) if (found := _unquoted_date(sub, text))]
+
+
 def _walk(node: _Node) -> Iterator[_Node]:
     """All nodes, parents before children, children in textual order (iterative)."""
     stack = [node]
@@ -2271,6 +2307,11 @@ def _type_error(
         if len(columns) < len(texts):
             hints.append("write dates as date '2026-11-28' or timestamp "
                          "'2026-11-28 10:00:00'")
+    dates = [found for sub in _walk(node) if (found := _unquoted_date(sub, text))]
+    if dates:
+        date, number = dates[0]
+        hints.append(f"{date} without quotes is a subtraction ({number}): a date is "
+                     f"written date '{date}', text '{date}'")
     zones = {t.tz is not None for t in arg_types if pa.types.is_timestamp(t)}
     if zones == {True, False}:
         hints.append(

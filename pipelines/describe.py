@@ -195,12 +195,17 @@ def _notes(plan: Plan, step: Step) -> list[str]:
                      f"fits ({passes}) once per candidate of '{step.tuned_by}''s tune, on "
                      "the rows that step trains on; the best is kept")
         upstream = plan.step(step.input) if step.input else None
-        if upstream is not None and upstream.schema is not None and not upstream.open:
+        if upstream is not None and upstream.schema is not None:
+            # after a fit that decides columns: those the plan knows, and the fit's
             chosen = default_features(step, upstream.schema)
+            fits = [f"'{s.id}'" for s in upstream.opened_by] if upstream.open else []
             if chosen:
                 notes.append(f"features (every numeric column but the {left_out(step)}): "
                              f"{', '.join(chosen[:12])}"
-                             + (f" ... ({len(chosen)} in all)" if len(chosen) > 12 else ""))
+                             + (f" ... ({len(chosen)} in all)" if len(chosen) > 12 else "")
+                             + (f", and those the fit{'s' * (len(fits) > 1)} of "
+                                f"step{'s' * (len(fits) > 1)} {', '.join(fits)} "
+                                f"decide{'s' * (len(fits) == 1)}" if fits else ""))
         if step.tuning is not None:
             folds = len(step.tuning.folds[0]) if step.tuning.folds else 0
             count = len(step.tuning.combos)

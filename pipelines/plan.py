@@ -27,7 +27,8 @@ from operators.base import (
 from operators.evaluate.drift import Drift
 from operators.evaluate.evaluate import Measuring
 from operators.evaluate.promote import Promote
-from operators.expressions import referenced_columns
+from operators.expressions import referenced_columns, unquoted_dates
+from operators.features.derive import Derive
 from operators.features.rows import Filter
 from operators.features.union import Union
 from operators.io.fs import is_url
@@ -658,8 +659,12 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             try:
                 step.op.check_input(schema)
                 step.schema = step.op.output_schema(schema)
+                if isinstance(step.op, Derive):
+                    _note_unquoted_dates(plan, step)
+                # after a fit that decides columns the schema is a lower bound: each
+                # column it names is there at run time, an identifier among them too
+                _note_default_features(plan, step, schema)
                 if not opened:
-                    _note_default_features(plan, step, schema)
                     _note_measured_features(plan, step, schema)
                 if isinstance(step.op, Estimator) and step.op.after_model:
                     _bind_adjusted_model(plan, step)
@@ -705,6 +710,21 @@ def _bind_read_before(plan: Plan, step: Step) -> bool:
                                      str(exc), step=step.id, op=step.spec.op))
         return False
     return True
+
+
+def _note_unquoted_dates(plan: Plan, step: Step) -> None:
+    """A notice where a derive computes a date written without quotes (a ${ds} put in
+    as it is): the number it subtracts to, silently, where a filter's comparison would
+    have been a type error."""
+    assert isinstance(step.op, Derive)
+    used = step.spec.params_used.get("columns", [])
+    inside = f" (a param too: date '${{{used[0]}}}')" if used else ""
+    for name, text in step.op.params.columns.items():
+        for date, number in unquoted_dates(text):
+            plan.notices.append(
+                f"{plan.spec.file}:{step.spec.line_of('columns')}: step '{step.id}' (derive): "
+                f"column '{name}' computes {date} without quotes, a subtraction ({number}): "
+                f"a date is written date '{date}', text '{date}'{inside}")
 
 
 def _note_shadowed_columns(plan: Plan, step: Step) -> None:

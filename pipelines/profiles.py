@@ -98,11 +98,16 @@ def locate(name: str) -> tuple[str, str | None]:
     if not path.is_file():
         profiles = sorted(p.stem for p in FOLDER.glob("*.yaml")) if FOLDER.is_dir() else []
         close = "" if named else suggest(name, [*ENGINES, *profiles])
+        # profiles are the working directory's (the repository's conf/engines/ holds
+        # gpu, dask-gpu and spark-gpu): run from elsewhere, `--engine gpu` finds none
+        device = "; --device gpu alone runs the steps on a GPU" if "gpu" in name else ""
         raise SluiceError(
             f"unknown engine '{name}'" + (f": {path} does not exist" if named else
-                                           f": not {', '.join(ENGINES)}, and no {path}")
+                                           f": not {', '.join(ENGINES)}, and no {path} in "
+                                           f"{Path.cwd()}")
             + close,
-            hint="use --engine local, dask or spark, or a profile in conf/engines/")
+            hint="use --engine local, dask or spark, or a profile in conf/engines/ of the "
+                 f"working directory (copy the sluice repository's){device}")
     raw = read(path, "engine")
     kind = raw.get("engine")
     if kind not in ENGINES:

@@ -1016,6 +1016,9 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
                  "validation" if held_by is None else "lock", runs_dir or default_runs_dir(),
                  tracker, source, notify, held_by)
         raise exc
+    # where its record cannot be written: said before any data moves, not after the
+    # fits (the run's outputs and models published by a run that then fails)
+    runs.check_writable(runs_dir or default_runs_dir(), plan.spec.name)
     if tracker is not None:
         try:
             tracker.connect(plan.spec.name)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import posixpath
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -221,11 +222,31 @@ def write(record: dict[str, Any], runs_dir: str) -> str:
         else:
             fs.pipe_file(f"{path.rstrip('/')}/{record['pipeline']}/{name}", text.encode())
     except _errors(local) as exc:
-        shown = f"{runs_dir.rstrip('/')}/{record['pipeline']}"
-        raise _failure(exc, shown, f"cannot write the run record to '{shown}'",
-                       hint="--runs DIR (or $SLUICE_RUNS) names a folder (or URL) this "
-                            "user can write") from None
+        raise _unwritable(exc, runs_dir, record["pipeline"]) from None
     return _record_path(runs_dir, local, record["pipeline"], name)
+
+
+def check_writable(runs_dir: str, pipeline: str) -> None:
+    """Before a run: that its record can be written under ``runs_dir``, a SluiceError
+    as ``write``'s where not (a local folder is made, and a file made and removed in it;
+    an object store is not probed: a put would leave an object behind)."""
+    _, path, local = _files(runs_dir)
+    if not local:
+        return
+    folder = Path(path) / pipeline
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise _unwritable(exc, runs_dir, pipeline) from None
+
+
+def _unwritable(exc: BaseException, runs_dir: str, pipeline: str) -> SluiceError:
+    shown = f"{runs_dir.rstrip('/')}/{pipeline}"
+    return _failure(exc, shown, f"cannot write the run record to '{shown}'",
+                    hint="--runs DIR (or $SLUICE_RUNS) names a folder (or URL) this user "
+                         "can write")
 
 
 def _record_path(root: str, local: bool, pipeline: str, file: str) -> str:

@@ -24,6 +24,7 @@ STEP_KEYS = ("id", "op", "input", "device", "dtype", "tune", "tune_metric", "tun
 PLACEMENT_KEYS = {"device": DEVICES, "dtype": DTYPES}
 _PARAM_REF = re.compile(r"\$\{([^}]*)\}")
 _ID = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,12 @@ class Problem:
 
 
 class Located(dict):
-    """A YAML mapping that remembers its line and the line of each key (1-based)."""
+    """A YAML mapping that remembers its line and the line of each key (1-based), and the
+    text of each value YAML 1.1 reads as a date or a time (``ds: 2026-11-28``)."""
 
     line: int = 0
     key_lines: dict[str, int]
+    written: dict[str, str]
 
 
 class LocatedList(list):
@@ -115,6 +118,7 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem]
         out = Located()
         out.line = line
         out.key_lines = {}
+        out.written = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             if isinstance(key, bool) and isinstance(key_node, yaml.ScalarNode):
@@ -130,6 +134,8 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem]
                                         f"{out.key_lines[key]})"))
             out[key] = _to_python(loader, value_node, problems, file)
             out.key_lines[key] = key_line
+            if value_node.tag == _TIMESTAMP:
+                out.written[key] = value_node.value
         return out
     if isinstance(node, yaml.SequenceNode):
         items = LocatedList()
@@ -333,7 +339,10 @@ def parse(text: str, file: str, overrides: dict[str, str] | None = None) -> Pipe
         problems.append(Problem(file, doc.key_lines.get("params", 1),
                                 "`params:` must be a mapping of name: default"))
         params = {}
-    params = {str(k): v for k, v in params.items()}
+    # a date as written, as `--param ds=2026-11-29` gives it: `ds: 2026-11-28` unquoted is
+    # a date to YAML 1.1, which ${ds} would print alike but no run record or model's JSON
+    # could hold
+    params = {str(k): getattr(params, "written", {}).get(k, v) for k, v in params.items()}
     for key, value in (overrides or {}).items():
         if key not in params:
             close = suggest(key, params)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -133,6 +133,22 @@ def interaction_allowed(forest: dict[str, np.ndarray], nodes: np.ndarray, groups
 
 
 class BoostedTreesParams(TreeParams):
+    known_as: ClassVar[dict[str, str]] = {
+        **TreeParams.known_as, "n_estimators": "n_trees", "num_boost_round": "n_trees",
+        "num_round": "n_trees", "num_iterations": "n_trees", "max_iter": "n_trees",
+        "maxIter": "n_trees", "rounds": "n_trees", "eta": "learning_rate",
+        "stepSize": "learning_rate", "reg_lambda": "l2", "lambda": "l2", "lambda_l2": "l2",
+        "reg_alpha": "l1", "lambda_l1": "l1", "gamma": "min_split_gain",
+        "min_split_loss": "min_split_gain", "min_gain_to_split": "min_split_gain",
+        "min_sum_hessian_in_leaf": "min_child_weight", "colsample_bytree": "tree_features",
+        "feature_fraction": "tree_features", "colsample_bynode": "max_features",
+        "bagging_fraction": "subsample", "subsampleRate": "subsample",
+        "early_stopping_rounds": "early_stopping: true, n_iter_no_change: N",
+        "interaction_constraints": "interactions", "interaction_cst": "interactions",
+        "scale_pos_weight": "class_weight", "tweedie_variance_power": "tweedie_power",
+        "quantile_alpha": "quantile", "qid": "group", "eval_at": "ndcg_at",
+        "lambdarank_truncation_level": "truncation"}
+
     n_trees: int = Field(100, ge=1, le=100_000,
                          description="boosting rounds (one tree per class for multiclass)")
     learning_rate: float = Field(0.1, gt=0.0, description="shrinkage of each tree's values")

@@ -46,6 +46,8 @@ from operators.models.trees import (
 
 
 class DecisionTreeParams(TreeParams):
+    known_as: ClassVar[dict[str, str]] = {**TreeParams.known_as, "impurity": "criterion"}
+
     criterion: Literal["gini", "entropy", "variance"] | None = Field(
         None, description="split quality: gini or entropy (classification), variance "
                           "(regression); default gini / variance")
@@ -55,6 +57,10 @@ class DecisionTreeParams(TreeParams):
 
 
 class RandomForestParams(DecisionTreeParams):
+    known_as: ClassVar[dict[str, str]] = {
+        **DecisionTreeParams.known_as, "n_estimators": "n_trees", "numTrees": "n_trees",
+        "featureSubsetStrategy": "max_features"}
+
     n_trees: int = Field(100, ge=1, le=100_000, description="trees in the forest")
     max_features: Annotated[Literal["auto", "sqrt", "log2", "all"] | float,
                             AfterValidator(fraction_of_features)] = Field(

@@ -65,7 +65,7 @@ import secrets
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -184,6 +184,16 @@ _MIX_M1, _MIX_M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 class TreeParams(SupervisedParams):
     """Parameters every tree model has."""
+
+    # the names XGBoost, LightGBM, scikit-learn and Spark MLlib give these parameters
+    known_as: ClassVar[dict[str, str]] = {
+        "maxDepth": "max_depth", "maxBins": "max_bins", "max_bin": "max_bins",
+        "minInstancesPerNode": "min_samples_leaf", "min_data_in_leaf": "min_samples_leaf",
+        "min_child_samples": "min_samples_leaf", "num_leaves": "max_leaves",
+        "max_leaf_nodes": "max_leaves", "monotone_constraints": "monotonic",
+        "monotonic_cst": "monotonic", "categorical_feature": "categorical",
+        "random_state": "seed", "labelCol": "label", "featuresCol": "features",
+        "weightCol": "weight"}
 
     seed: int = Field(0, description="seed of the validation split, the bootstrap, feature "
                                      "draws and subsamples (with each row's content)")

@@ -38,6 +38,7 @@ from operators.expressions import (
     parse_expression,
     parse_filter,
     referenced_columns,
+    unquoted_dates,
 )
 
 NAN = float("nan")
@@ -736,7 +737,13 @@ def test_wrong_arity(text: str, fragment: str) -> None:
      ("tenure in ('a', 'b')", ["cannot look up int64 values in a list of string"], "in"),
      ("region like 'a%' and tenure like 'b'", ["'like'", "int64"], "like 'b'"),
      ("-region", ["unary '-'", "string"], "-"),
-     ("cast(d as int8)", ["cannot cast date32[day] to int8"], "cast")],
+     ("cast(d as int8)", ["cannot cast date32[day] to int8"], "cast"),
+     # a date without quotes (a ${ds} put in as it is) is a subtraction: said so
+     ("region = 2026-11-28", ["cannot compare string and int64",
+                              "2026-11-28 without quotes is a subtraction (1987): a date is "
+                              "written date '2026-11-28', text '2026-11-28'"], "="),
+     ("d <= 2026-1-05", ["cannot compare date32[day] and int64",
+                         "2026-1-05 without quotes is a subtraction (2020)"], "<=")],
 )
 def test_type_errors_name_the_operation_and_types(text: str, fragments: list[str], at: str) -> None:
     parse_expression(text)  # syntactically fine: the problem is only visible with a schema
@@ -744,6 +751,16 @@ def test_type_errors_name_the_operation_and_types(text: str, fragments: list[str
     for fragment in fragments:
         assert fragment in err.message, err.message
     assert err.position == text.index(at), str(err)
+
+
+def test_dates_without_quotes_are_found() -> None:
+    """What a derive computes silently (2026-11-28 is the number 1987) is found, as
+    written; a date in quotes, a date literal and other subtractions are not."""
+    assert unquoted_dates("2026-11-28") == [("2026-11-28", 1987)]
+    assert unquoted_dates("if(tenure > 0, 2026 - 11 - 28, 0)") == [("2026 - 11 - 28", 1987)]
+    for text in ["'2026-11-28'", "date '2026-11-28'", "tenure - 11 - 28", "2026 - 11",
+                 "20 - 11 - 28", "2026.0 - 11 - 28"]:
+        assert unquoted_dates(text) == [], text
 
 
 def test_non_boolean_filter() -> None:

@@ -267,13 +267,21 @@ def test_engine_names_and_profiles_are_checked(numbers: Path, workdir: Path) -> 
     result = sluice_in_process("run", str(path), "--engine", "flink", cwd=workdir,
                                env={"CI": "1"})
     assert result.returncode == 2
-    assert "unknown engine 'flink': not local, dask, spark, and no conf/engines/flink.yaml" \
-        in result.stderr
+    assert ("unknown engine 'flink': not local, dask, spark, and no conf/engines/flink.yaml "
+            f"in {workdir} (use --engine local, dask or spark, or a profile in conf/engines/ "
+            "of the working directory (copy the sluice repository's))") in result.stderr
     assert "did you mean" not in result.stderr  # nothing near
     typo = sluice_in_process("run", str(path), "--engine", "sparkk", cwd=workdir,
                              env={"CI": "1"})
-    assert typo.returncode == 2 and "no conf/engines/sparkk.yaml; did you mean 'spark'?" \
-        in typo.stderr
+    assert typo.returncode == 2 and (f"no conf/engines/sparkk.yaml in {workdir}; did you "
+                                     "mean 'spark'?") in typo.stderr
+    # the repository's GPU profiles, asked for from another folder: --device says it alone
+    gpu = sluice_in_process("run", str(path), "--engine", "gpu", cwd=workdir, env={"CI": "1"})
+    assert gpu.returncode == 2 and (f"no conf/engines/gpu.yaml in {workdir} (use --engine "
+                                    "local, dask or spark, or a profile in conf/engines/ of "
+                                    "the working directory (copy the sluice repository's); "
+                                    "--device gpu alone runs the steps on a GPU)"
+                                    ) in gpu.stderr, gpu.stderr
     bad = workdir / "odd.yaml"
     bad.write_text("engine: ray\n")
     result = sluice_in_process("run", str(path), "--engine", str(bad), cwd=workdir,

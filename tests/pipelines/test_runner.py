@@ -79,6 +79,34 @@ def test_train_save_write_and_record(churn: Path, workdir: Path, engine: Engine)
     assert "center" not in record["metrics"]  # the fit never ran
 
 
+def test_a_date_param_yaml_reads_as_a_date_saves_its_model(churn: Path,
+                                                          workdir: Path) -> None:
+    """`params: {ds: 2026-11-28}` unquoted: the run trains, saves and records its model
+    (YAML's date used to reach the model's JSON and fail the run as it published)."""
+    path = write_pipeline(workdir, TRAIN.replace("params: {folder: data/churn}",
+                                                 "params: {folder: data/churn, ds: 2026-11-28}")
+                          .replace("name: centre", "name: centre_${ds}"))
+    record = run(path)
+    assert record["status"] == "succeeded", record.get("error")
+    assert record["params"]["ds"] == "2026-11-28"
+    model = ModelStore().load("centre_2026-11-28")
+    assert model.meta["params"]["ds"] == "2026-11-28"
+
+
+def test_a_runs_folder_that_cannot_be_written_fails_the_run_before_it_starts(
+        churn: Path, workdir: Path) -> None:
+    """--runs where no record can be written: said before any data moves (as an MLflow
+    that cannot be used is), not after an hour's fit whose outputs and model are then
+    published by a run that exits 1."""
+    (workdir / "a_file").write_text("")
+    path = write_pipeline(workdir, TRAIN)
+    with pytest.raises(SluiceError, match="cannot write the run record to ") as refused:
+        run(path, runs_dir=str(workdir / "a_file" / "runs"))
+    assert "a_file/runs/center" in str(refused.value)
+    assert not (workdir / "out" / "centered").exists()
+    assert ModelStore().versions("centre") == []
+
+
 def test_partitioning_does_not_change_the_model(workdir: Path, engine: Engine) -> None:
     table = churn_table(5000)
     one = workdir / "one"
@@ -363,6 +391,52 @@ SAVE_SCORE_THEN_FAIL = """
         path: out
         mode: overwrite
     """
+
+
+
+def test_default_features_after_a_fit_that_decides_columns_are_noted_too(
+        churn: Path, workdir: Path) -> None:
+    """After one_hot (or a classifier), whose fit decides the columns it adds, the planned
+    schema is a lower bound: an id in it is still among the default features, and said;
+    `sluice plan` lists the features it knows and the fits that add the others."""
+    from conftest import sluice_in_process
+
+    path = write_pipeline(workdir, """
+        pipeline: opened
+        steps:
+          - op: read_parquet
+            path: data/churn
+            columns: [customer_id, tenure, plan, churned]
+          - op: one_hot
+            columns: [plan]
+          - op: logistic_regression
+            label: churned
+          - op: kmeans
+            k: 3
+          - op: save_model
+            name: opened
+    """)
+    notes: list[str] = []
+    record = run(path, notify=notes.append)
+    assert notes == [
+        f"{path}:8: step 'logistic_regression' (logistic_regression) takes every numeric "
+        "column but its label and weight as features (`features` is not given), among them "
+        "customer_id (an identifier?): list `features`, or drop those columns first",
+        f"{path}:10: step 'kmeans' (kmeans) takes every numeric column but its weight as "
+        "features (`features` is not given), among them customer_id (an identifier?), "
+        "prediction (an earlier model's output), probability (an earlier model's output): "
+        "list `features`, or drop those columns first"]
+    # the note is true: the fitted model does take the id
+    assert record["status"] == "succeeded"
+    fitted = ModelStore().load("opened").chain.steps[1]
+    assert fitted.features[:2] == ["customer_id", "tenure"]
+    done = sluice_in_process("plan", str(path), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert ("features (every numeric column but the label and weight): customer_id, tenure, "
+            "and those the fit of step 'one_hot' decides\n") in done.stdout
+    assert ("features (every numeric column but the weight): customer_id, tenure, churned, "
+            "prediction, probability, and those the fits of steps 'one_hot', "
+            "'logistic_regression' decide\n") in done.stdout
 
 
 def test_a_run_failing_after_save_model_leaves_no_new_version(churn: Path, workdir: Path,

@@ -110,6 +110,55 @@ def test_params_substitute_and_override(churn: Path, workdir: Path) -> None:
     assert any("--param color: the pipeline has no param 'color'" in p for p in bad), bad
 
 
+def test_a_date_param_yaml_reads_as_a_date_is_the_text_written(churn: Path,
+                                                               workdir: Path) -> None:
+    """`ds: 2026-11-28` unquoted (as a scheduler's ds is written) is a date to YAML 1.1:
+    the param is the text written, as `--param ds=...` gives it, so that a run record or
+    a model's JSON holds it; a time too, in its own spelling."""
+    path = write_pipeline(workdir, """
+        pipeline: p
+        params: {ds: 2026-11-28, at: 2026-11-28T06:00:00Z, n: 2026}
+        steps:
+          - op: read_parquet
+            path: data/churn
+            filter: "signup_date <= date '${ds}'"
+        """)
+    plan = plan_file(path)
+    assert plan.ok, plan.problems
+    assert plan.spec.params == {"ds": "2026-11-28", "at": "2026-11-28T06:00:00Z", "n": 2026}
+    assert plan.steps[0].op.params.filter == "signup_date <= date '2026-11-28'"
+    assert plan_file(path, {"ds": "2026-11-29"}).spec.params["ds"] == "2026-11-29"
+
+
+def test_a_date_param_put_in_an_expression_without_quotes_is_said(churn: Path,
+                                                                  workdir: Path) -> None:
+    """`derive: {day: "${ds}"}` computes 2026 - 11 - 28, silently: a note says so, where
+    the filter's comparison of that number with a date is a problem that says it too."""
+    path = write_pipeline(workdir, """
+        pipeline: p
+        params: {ds: "2026-11-28"}
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: derive
+            columns:
+              day: "${ds}"
+              fine: "date '${ds}'"
+          - op: filter
+            where: "signup_date <= ${ds}"
+        """)
+    plan = plan_file(path)
+    assert plan.notices == [
+        f"{path}:7: step 'derive' (derive): column 'day' computes 2026-11-28 without quotes, "
+        "a subtraction (1987): a date is written date '2026-11-28', text '2026-11-28' (a "
+        "param too: date '${ds}')"]
+    [problem] = [str(p) for p in plan.problems]
+    assert problem.startswith(f"{path}:11: step 'filter' (filter): where: cannot compare "
+                              "date32[day] and int64 with '<=' (2026-11-28 without quotes is "
+                              "a subtraction (1987): a date is written date '2026-11-28', "
+                              "text '2026-11-28')"), problem
+
+
 def test_an_undeclared_param_says_how_to_declare_it(churn: Path, workdir: Path) -> None:
     """${ds} without `params:` (and --param ds=... for it) says how to declare it; the
     path with ${ds} left in is not also reported missing; a --param nothing uses says so."""
@@ -363,6 +412,49 @@ def test_one_key_named_for_a_list_or_a_mapping_says_to_write_a_list(churn: Path,
     assert found.endswith(
         "(join): parameter 'on': 'customer_id' is none of the kinds of value it may be "
         "(list[str], dict[str,str]); write a list: `on: [customer_id]`"), found
+
+
+def test_a_tree_parameter_by_a_peer_s_name_says_ours(churn: Path, workdir: Path) -> None:
+    """XGBoost's, LightGBM's, scikit-learn's and MLlib's names of a boosting or forest
+    parameter (n_estimators, eta, num_leaves, numTrees...) say which one to write here,
+    not only the closest spelling."""
+    path = write_pipeline(workdir, """
+        pipeline: p
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: gradient_boosted_trees
+            label: churned
+            features: [tenure, monthly_charges]
+            n_estimators: 300
+            eta: 0.05
+            num_leaves: 31
+            colsample_bytree: 0.8
+            reg_lambda: 1.0
+          - op: random_forest
+            input: read_parquet
+            label: churned
+            features: [tenure]
+            numTrees: 50
+            maxDepth: 5
+        """)
+    said = problems(path)
+    for step, name, ours in [
+            ("gradient_boosted_trees", "n_estimators", "n_trees"),
+            ("gradient_boosted_trees", "eta", "learning_rate"),
+            ("gradient_boosted_trees", "num_leaves", "max_leaves"),
+            ("gradient_boosted_trees", "colsample_bytree", "tree_features"),
+            ("gradient_boosted_trees", "reg_lambda", "l2"),
+            ("random_forest", "numTrees", "n_trees"),
+            ("random_forest", "maxDepth", "max_depth")]:
+        assert any(f"step '{step}' ({step}): unknown parameter '{name}'; write `{ours}` "
+                   "here (" in p for p in said), (name, said)
+    # every operator's peers' names lead to a parameter it has, and are none of its own
+    from operators.base import registered
+    for op, cls in registered().items():
+        for peer, written in cls.Params.known_as.items():
+            assert peer not in cls.Params.model_fields, (op, peer)
+            assert written.split(":")[0] in cls.Params.model_fields, (op, peer, written)
 
 
 def test_duplicate_keys_are_problems() -> None:
