@@ -23,6 +23,8 @@ STEP_KEYS = ("id", "op", "input", "device", "dtype", "tune", "tune_metric", "tun
 # where a pipeline's or a step's numeric kernels run, and in which dtype
 PLACEMENT_KEYS = {"device": DEVICES, "dtype": DTYPES}
 _PARAM_REF = re.compile(r"\$\{([^}]*)\}")
+_UNCLOSED = re.compile(r"\$\{(?![^}]*\})")
+"""A ``${`` with no ``}`` after it (``path: data/ds=${ds``)."""
 _ID = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 
@@ -286,6 +288,19 @@ def substitute(value: Any, params: dict[str, Any], on_unknown: Any,
     return value
 
 
+def unclosed(value: Any) -> str | None:
+    """The first string in ``value`` (a string, or one in its lists and mappings) with a
+    ``${`` that no ``}`` closes: a param reference cut short, else read as text."""
+    if isinstance(value, str):
+        return value if _UNCLOSED.search(value) else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for item in items:
+        found = unclosed(item)
+        if found is not None:
+            return found
+    return None
+
+
 def _declare(name: str, known: str, text: str | None = None) -> str:
     """The hint for a param the pipeline does not declare: a ${name} in it, or a --param
     (``text``: the pipeline's, which may use no ${name} at all)."""
@@ -413,6 +428,11 @@ def _parse_steps(steps: LocatedList, params: dict[str, Any], file: str,
         used: dict[str, set[str]] = {}
         reported = len(problems)
         for key, value in body.items():
+            cut = unclosed(value)
+            if cut is not None:
+                problems.append(Problem(file, key_lines[key],
+                                        f"{key}: '${{' without its '}}' in {cut!r} (a param "
+                                        "is written ${name})", step=step_id, op=op))
             body[key] = substitute(value, params,
                                    lambda name, line=key_lines[key]: unknown(name, line=line),
                                    used.setdefault(key, set()))

@@ -182,6 +182,27 @@ def test_an_undeclared_param_says_how_to_declare_it(churn: Path, workdir: Path) 
         f"none; {declare})"]
 
 
+def test_a_param_reference_cut_short_is_a_problem_at_its_line(workdir: Path) -> None:
+    """``${ds`` without its ``}`` was read as text: a run looked for a folder named
+    ``ds=${ds``; it is said where it is written, a list's item too."""
+    path = write_pipeline(workdir, """
+        pipeline: p
+        params: {ds: "2026-11-28"}
+        steps:
+          - op: read_parquet
+            path: data/churn/ds=${ds
+          - op: select
+            columns: [tenure, "${ds"]
+        """)
+    assert problems(path) == [
+        f"{path}:5: step 'read_parquet' (read_parquet): path: '${{' without its '}}' in "
+        "'data/churn/ds=${ds' (a param is written ${name})",
+        f"{path}:7: step 'select' (select): columns: '${{' without its '}}' in '${{ds' (a "
+        "param is written ${name})"]
+    fixed = path.read_text().replace("${ds\n", "${ds}\n").replace('"${ds"', '"${ds}"')
+    path.write_text(fixed)
+    assert not any("without its" in p for p in problems(path))
+
 def test_list_and_mapping_params_override_in_yaml_flow_style(churn: Path,
                                                              workdir: Path) -> None:
     path = write_pipeline(workdir, """
