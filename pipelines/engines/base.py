@@ -534,6 +534,17 @@ class Engine(ABC):
         except SluiceError as exc:
             raise exc.located(f"step '{data.source_step}'") from None
 
+    def remembered_partitions(self, memo: dict[int, tuple[Source, list[PartitionInfo]]],
+                              data: Dataset) -> list[PartitionInfo]:
+        """``partitions``, remembered in ``memo`` (an engine's, cleared as a run begins)
+        by the source object, which the memo holds: an id alone could be a source freed
+        earlier in the run (a shuffle's buckets) whose id a new source took, and its
+        partitions would be read in the new one's place."""
+        held = memo.get(id(data.source))
+        if held is None or held[0] is not data.source:
+            held = memo[id(data.source)] = (data.source, Engine.partitions(self, data))
+        return held[1]
+
     def read(self, source: Source, step_id: str, schema: pa.Schema) -> Dataset:
         return Dataset(source=source, source_step=step_id, schema=schema)
 

@@ -497,7 +497,7 @@ class DaskEngine(Engine):
         self._cluster: Any = None
         self._client: Any = None
         self._persisted: dict[str, _Persisted] = {}
-        self._partitions: dict[int, list[PartitionInfo]] = {}
+        self._partitions: dict[int, tuple[Any, list[PartitionInfo]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -753,10 +753,7 @@ class DaskEngine(Engine):
         return self._client
 
     def partitions(self, data: Dataset) -> list[PartitionInfo]:
-        key = id(data.source)
-        if key not in self._partitions:
-            self._partitions[key] = super().partitions(data)
-        return self._partitions[key]
+        return self.remembered_partitions(self._partitions, data)
 
     # ------------------------------------------------------------------ running
 

@@ -112,7 +112,7 @@ class LocalEngine(Engine):
         self._cache_full: set[str] = set()
         self._cached_bytes = 0
         self._lock = threading.Lock()
-        self._partitions: dict[int, list[PartitionInfo]] = {}
+        self._partitions: dict[int, tuple[Any, list[PartitionInfo]]] = {}
 
     def start(self) -> None:
         if self._pool is None:
@@ -146,10 +146,7 @@ class LocalEngine(Engine):
             super().record(step, partition, rows, seconds, device)
 
     def partitions(self, data: Dataset) -> list[PartitionInfo]:
-        key = id(data.source)
-        if key not in self._partitions:
-            self._partitions[key] = super().partitions(data)
-        return self._partitions[key]
+        return self.remembered_partitions(self._partitions, data)
 
     # ------------------------------------------------------------------ running
 

@@ -651,7 +651,7 @@ class SparkEngine(Engine):
         self._owned = False
         self._attempts = 1
         self._caches: dict[str, _Cache] = {}
-        self._partitions: dict[int, list[PartitionInfo]] = {}
+        self._partitions: dict[int, tuple[Any, list[PartitionInfo]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -767,10 +767,7 @@ class SparkEngine(Engine):
     # ------------------------------------------------------------------ planning
 
     def partitions(self, data: Dataset) -> list[PartitionInfo]:
-        key = id(data.source)
-        if key not in self._partitions:
-            self._partitions[key] = super().partitions(data)
-        return self._partitions[key]
+        return self.remembered_partitions(self._partitions, data)
 
     def task_groups(self, infos: list[PartitionInfo]) -> list[list[int]]:
         """Consecutive partitions per Spark task: about ``rows_per_task`` rows each, and

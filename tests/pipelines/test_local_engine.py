@@ -219,3 +219,28 @@ def test_the_steps_before_a_fit_run_once(churn: Path, workdir: Path, name: str,
     out = pq.read_table(workdir / "out")
     assert out.num_rows == 5000 and out.column("twice").to_pylist() == [
         2 * v for v in out.column("monthly_charges").to_pylist()]
+
+
+
+@pytest.mark.parametrize("engine_name", ["local", "dask", "spark"])
+def test_partitions_remembered_by_the_source_not_its_id(workdir: Path, engine_name: str
+                                                       ) -> None:
+    """An engine remembers a source's partitions for the run by the source object: a
+    source freed earlier in the run (a shuffle's buckets) whose id a new source takes
+    must not lend the new one its partitions (Spark read a finished test's deleted
+    scratch buckets for a new read this way). No engine is started."""
+    from pipelines.engines.dask import DaskEngine
+    from pipelines.engines.spark import SparkEngine
+
+    first, second = workdir / "a.parquet", workdir / "b.parquet"
+    pq.write_table(churn_table(50, seed=1), first)
+    pq.write_table(churn_table(80, seed=2), second)
+    old = ReadParquet(path=str(first), partition_mb=0.001)
+    new = ReadParquet(path=str(second))
+    engine = {"local": LocalEngine, "dask": DaskEngine, "spark": SparkEngine}[engine_name]()
+    engine._partitions[id(new)] = (old, old.partitions())  # as if old had had new's id
+    data = engine.read(new, "b", new.schema())
+    infos = engine.partitions(data)
+    assert [(i.path, i.rows) for i in infos] == [(str(second), 80)]
+    assert engine._partitions[id(new)][0] is new
+    assert engine.partitions(data) is infos  # remembered now
