@@ -169,7 +169,7 @@ mean, which depend on the order the partitions' sums were added in. Read exactly
 partitioning sent such rows to one centre and another to the other (the centres 4.4
 apart after k-means|| on 1 and 7 partitions of a count table). Far above the rounding
 of a score and of centres summed from millions of rows (~1e-13), far below a distance
-that means anything; in float32 64 of its epsilons (``tie_rtol``)."""
+that means anything; in float32 64 of its epsilons (``tie_terms``)."""
 FEW_ROWS = 64
 """Rows read from a partition by slices rather than a take (``_rows``)."""
 _SUMMARY_SALT = 0  # the salts of the rows' uniforms: one per pass that draws rows
@@ -262,10 +262,12 @@ def require_rows_for(rows: int, heldout: int, k: int, what: str) -> None:
 # --------------------------------------------------------------------------- kernels
 
 
-def tie_rtol(eps: float) -> float:
-    """A row's scores within this times ``|x|^2 + max |c|^2`` of its least tie, in a
-    dtype of epsilon ``eps`` (``TIE_RTOL`` in float64, 64 epsilons in float32)."""
-    return max(TIE_RTOL, 64.0 * eps)
+def tie_terms(ns: Any, dtype: Any, norms: Any) -> tuple[float, Any]:
+    """``(r, s)``: a row's scores within ``r |x|^2 + s`` of its least tie, ``r`` of
+    ``TIE_RTOL`` in float64 (64 epsilons in float32), ``s = r max |c|^2`` of the centres'
+    squared lengths ``norms``, on their namespace ``ns``."""
+    rtol = max(TIE_RTOL, 64.0 * float(ns.finfo(dtype).eps))
+    return rtol, rtol * ns.max(norms)
 
 
 def nearest(X: Any, centres: Any, xp: Any) -> tuple[Any, Any]:
@@ -284,8 +286,8 @@ def nearest(X: Any, centres: Any, xp: Any) -> tuple[Any, Any]:
         return labels, d2
     norms = xp.sum(centres * centres, axis=1)
     scores = norms[None, :] - 2.0 * (X @ centres.T)
-    rtol = tie_rtol(float(xp.finfo(X.dtype).eps))
-    bound = xp.min(scores, axis=1) + rtol * (xp.sum(X * X, axis=1) + xp.max(norms))
+    rtol, slack = tie_terms(xp, X.dtype, norms)
+    bound = xp.min(scores, axis=1) + (rtol * xp.sum(X * X, axis=1) + slack)
     # the first centre within the bound: argmax of a 0/1 row is its first 1
     labels = xp.argmax(xp.astype(scores <= bound[:, None], xp.int8), axis=1)
     diff = X - xp.take(centres, labels, axis=0)
@@ -350,8 +352,7 @@ def shared_weights(X: Any, w: Any, centres: Any, xp: Any) -> np.ndarray:
     dtype = X.dtype
     norms = ns.sum(centres * centres, axis=1)
     scaled = -2.0 * centres.T
-    rtol = tie_rtol(float(ns.finfo(dtype).eps))
-    slack = rtol * ns.max(norms)
+    rtol, slack = tie_terms(ns, dtype, norms)
     total = ns.zeros(k, dtype=ns.float64)
     step = block_rows(ns, k)
     for start in range(0, n, step):
@@ -393,8 +394,7 @@ def _host_pass(X: np.ndarray, w: np.ndarray | None, centres: np.ndarray
     scaled = -2.0 * centres
     norms = np.sum(centres * centres, axis=1)
     norms_by_centre = norms[:, None]
-    rtol = tie_rtol(float(np.finfo(dtype).eps))
-    slack = rtol * float(np.max(norms))
+    rtol, slack = tie_terms(np, dtype, norms)
     ones = np.ones(d, dtype)
     labels = np.empty(n, np.int64)
     d2 = np.empty(n, dtype)
@@ -467,8 +467,7 @@ def _sparse_pass(X: Any, w: np.ndarray | None, centres: np.ndarray
     labels = np.empty(n, np.int64)
     step = block_rows(np, k)
     rows = rows_of(X.indptr)
-    rtol = tie_rtol(float(np.finfo(dtype).eps))
-    slack = rtol * float(np.max(norms))
+    rtol, slack = tie_terms(np, dtype, norms)
     bounds = np.bincount(rows, weights=np.square(X.data, dtype=np.float64), minlength=n)
     bounds = (rtol * bounds + slack).astype(dtype, copy=False)
     for start in range(0, n, step):
