@@ -137,6 +137,18 @@ def given_params(op: Any) -> dict[str, Any] | None:
         return None
 
 
+def _names_in(value: Any) -> set[str]:
+    """Every text in a step's parameters (a dict's keys too): the columns it may name."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return {k for k in value if isinstance(k, str)} | {
+            n for v in value.values() for n in _names_in(v)}
+    if isinstance(value, list | tuple | set):
+        return {n for v in value for n in _names_in(v)}
+    return set()
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
@@ -773,12 +785,26 @@ class Run:
         the model's input (cached by the fits, mostly) for the numeric and text columns
         the saved model (``saved``: its steps) reads."""
         where = chain[0].input
-        data = (self.cached.get(where) or self.datasets.get(where)) if where else None
+        data = self._rows_at(where)
         if data is None or data.schema is None:
             return {"rows": 0, "sample_rows": 0, "columns": {}}
         needed = required_columns(saved, self.plan.model_input(step.id) or data.schema)
-        profile = self._profile_of(data, step.id, [c for c in needed
-                                                   if c in data.schema.names])
+        at = self._profiled_at(step.id, chain, [c for c in needed if c in data.schema.names])
+        # the rows that reached the model's fits first (they set the profile's count);
+        # a column a step in between rewrote, on the rows before that step
+        order = [where] + [s.id for s in self.plan.chain_to(step.id)]
+        profile: dict[str, Any] | None = None
+        for point in sorted(set(at.values()), key=order.index, reverse=True):
+            part = self._profile_of(self._rows_at(point), step.id,
+                                    [c for c, p in at.items() if p == point])
+            if profile is None:
+                profile = part
+                continue
+            for entry in part["columns"].values():
+                entry["rows"] = part["rows"]
+            profile["columns"].update(part["columns"])
+        assert profile is not None
+        profile["columns"] = {c: profile["columns"][c] for c in at if c in profile["columns"]}
         # a column a data step among the model's adds (a join between two fitted steps)
         # is profiled on that step's rows, in a pass of its own
         for s in self.plan.data_steps_in_model(step.id):
@@ -788,6 +814,53 @@ class Run:
                 profile["columns"].update(self._profile_of(self.datasets[s.id], step.id,
                                                            added)["columns"])
         return profile
+
+    def _rows_at(self, step_id: str | None) -> Dataset | None:
+        """The rows a step made in this run (those a fit cached, where it did)."""
+        if step_id is None:
+            return None
+        return self.cached.get(step_id) or self.datasets.get(step_id)
+
+    def _profiled_at(self, save_id: str, chain: list[Step], columns: list[str]
+                     ) -> dict[str, str]:
+        """The step whose rows each of ``columns`` (the model's input columns) is profiled
+        on: the last of the steps shaping the data between the model's first step and its
+        last fit (a sample, a filter: the training rows are theirs, not the read's) up to
+        which no step rewrote the column; the model's input where none shapes the rows.
+        A step rewrites a column it makes, changes the type of, drops, or names in its
+        parameters (impute's, scale's ``columns``): the profile is of the input's values."""
+        where = chain[0].input
+        assert where is not None
+        at = dict.fromkeys(columns, where)
+        lineage = self.plan.chain_to(save_id)
+        fits = [i for i, s in enumerate(lineage) if s in chain and isinstance(s.op, Estimator)]
+        if not fits:
+            return at
+        between = lineage[lineage.index(chain[0]):fits[-1]]
+        kept = {s.id for s in chain}
+        shaped = [i for i, s in enumerate(between)
+                  if s.id not in kept and not isinstance(s.op, Sink | Action)]
+        if not shaped:
+            return at
+        live = set(columns)
+        for s in between[:shaped[-1] + 1]:
+            if not isinstance(s.op, Sink | Action):
+                live -= self._rewritten(s, live)
+            for c in live:
+                at[c] = s.id
+        return at
+
+    def _rewritten(self, step: Step, columns: set[str]) -> set[str]:
+        """Which of ``columns`` ``step`` may have rewritten in this run (see
+        ``_profiled_at``); all of them where its rows' schemas are not known."""
+        before, after = self._rows_at(step.input), self._rows_at(step.id)
+        if before is None or after is None or before.schema is None or after.schema is None:
+            return set(columns)
+        op = self.fitted.get(step.id, step.op)
+        named = set(op.derived_from()) | _names_in(step.op.params.model_dump())
+        return {c for c in columns
+                if c in named or c not in after.schema.names or c not in before.schema.names
+                or after.schema.field(c).type != before.schema.field(c).type}
 
     def _profile_of(self, data: Dataset, step_id: str, wanted: list[str]) -> dict[str, Any]:
         columns = profiled_columns(data.schema, wanted)

@@ -389,3 +389,67 @@ def test_drift_in_the_saving_run_is_planned_with_the_saved_models_columns(
         model: churn
     """))
     assert sorted(record["metrics"]["drift"]["psi"]) == ["monthly_charges", "tenure"]
+
+
+def shaped(derived: str, shape: str) -> str:
+    """TRAIN with a derive (in the model) and a step shaping the rows (not in it) first."""
+    return TRAIN.replace("        partition_mb: 0.05\n", "        partition_mb: 0.05\n"
+                         f"      - op: derive\n        columns: {{{derived}}}\n"
+                         f"      - op: {shape}\n")
+
+
+SHAPES = {"sample": "sample\n        fraction: 0.6\n        by: [customer_id]",
+          "filter": "filter\n        where: \"monthly_charges > 50\""}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_the_profile_is_of_the_rows_a_sample_or_filter_inside_the_model_kept(
+        tables, workdir: Path, engine: Engine, shape: str) -> None:
+    """A sample or filter between the model's first step (a derive) and its fits: the
+    profile is of the rows the model trained on, not of the read (they were 3,000; the
+    record said it trained on fewer), the same to the bit as a model trained on those
+    rows alone, on every engine."""
+    train, _ = tables
+    pipeline = shaped("high: \"monthly_charges > 80\"", SHAPES[shape])
+    record = run(write_pipeline(workdir, pipeline), engine_instance=engine)
+    profile = ModelStore().load("churn").meta["profile"]
+    trained = record["metrics"]["logistic_regression"]["training_rows"]
+    assert profile["rows"] == trained < 3000
+    assert all("rows" not in entry for entry in profile["columns"].values())
+    # the kept rows, written by the same step, and a model trained on them alone
+    run(write_pipeline(workdir, f"""
+    pipeline: kept
+    steps:
+      - op: read_parquet
+        path: train
+      - op: {SHAPES[shape]}
+      - op: write_parquet
+        path: kept
+    """, "kept.yaml"))
+    models = workdir / "models-kept"
+    run(write_pipeline(workdir, TRAIN.replace("path: train", "path: kept"), "alone.yaml"),
+        models=str(models))
+    alone = ModelStore(str(models)).load("churn").meta["profile"]
+    assert alone["rows"] == trained
+    assert json.dumps(profile, sort_keys=True) == json.dumps(alone, sort_keys=True)
+
+
+def test_a_column_rewritten_before_the_sample_is_profiled_on_the_read(
+        tables, workdir: Path) -> None:
+    """The model's derive rewrites tenure before the sample: the profile is of tenure as
+    scoring rows bring it, so of the read's rows (all of them, its count said); the other
+    columns are of the sampled rows."""
+    train, _ = tables
+    pipeline = shaped("tenure: \"tenure + 1\"", SHAPES["sample"])
+    record = run(write_pipeline(workdir, pipeline))
+    profile = ModelStore().load("churn").meta["profile"]
+    assert profile["rows"] == record["metrics"]["logistic_regression"]["training_rows"]
+    assert profile["rows"] < 3000
+    assert sorted(profile["columns"]) == ["monthly_charges", "plan", "region", "tenure",
+                                          "total_charges"]
+    tenure = profile["columns"]["tenure"]
+    assert tenure["rows"] == 3000
+    values = train["tenure"].to_numpy()  # the read's, not plus one
+    edges = np.unique(np.quantile(values, np.arange(1, 10) / 10, method="lower"))
+    np.testing.assert_array_equal(tenure["edges"], edges)
+    assert all("rows" not in e for c, e in profile["columns"].items() if c != "tenure")
