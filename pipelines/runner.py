@@ -857,7 +857,9 @@ class Run:
         if before is None or after is None or before.schema is None or after.schema is None:
             return set(columns)
         op = self.fitted.get(step.id, step.op)
-        named = set(op.derived_from()) | _names_in(step.op.params.model_dump())
+        # a shuffle (repartition, a shuffle join) derives no column under a new name
+        derived = op.derived_from() if isinstance(op, Transform) else {}
+        named = set(derived) | _names_in(step.op.params.model_dump())
         return {c for c in columns
                 if c in named or c not in after.schema.names or c not in before.schema.names
                 or after.schema.field(c).type != before.schema.field(c).type}
