@@ -8,6 +8,16 @@ eigen-decomposes the covariance (ddof 1), sorts the components by variance and f
 each one's sign as scikit-learn's PCA does (``svd_flip(u_based_decision=False)``: the
 largest loading of a component is positive), so the components are scikit-learn's
 ``PCA(svd_solver="full")``'s, not just up to sign.
+
+A sparse column (``vectorize_text`` with ``sparse: true``) among ``columns`` is its
+positions (terms), as the models read it. On NumPy its rows stay sparse: a partition's
+co-moments are its weighted Gram matrix less ``W m m'`` for the sparse positions (their
+zeros are not stored, so not centred), the plain columns centred exactly, and the cross
+terms from the centred plain block (scikit-learn's PCA of a sparse matrix centres
+implicitly the same way); scoring is a sparse product less the mean's. Off NumPy (a GPU,
+the strict stand-in) the rows are made dense as they are read. The covariance of d
+positions is d x d: a column of more terms than the memory share holds is refused before
+the first pass.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
-from operators.arrays import to_numpy
+from operators.arrays import is_numpy, to_numpy
 from operators.base import (
     DataError,
     Estimator,
@@ -34,8 +44,21 @@ from operators.models.common import (
     combine_comoments,
     comoments,
     feature_matrix,
+    host_matrix,
     parameters,
+    require_features,
     row_weights,
+)
+from operators.sparse import (
+    csr_matrix,
+    expand,
+    groups,
+    has_sparse,
+    is_sparse_type,
+    past_memory_share,
+    scipy_sparse,
+    sparse_columns,
+    sparse_names,
 )
 
 ROLE = "pca input column"
@@ -47,9 +70,11 @@ every partitioning. scikit-learn takes whichever rounding made larger."""
 
 
 class PCAParams(Params):
-    columns: list[str] = Field(min_length=1, description="numeric columns to analyse")
+    columns: list[str] = Field(min_length=1, description="numeric columns to analyse (a "
+                                                         "sparse column: its terms)")
     k: int | float = Field(
-        description="components to keep: a number from 1 to len(columns), or a fraction in "
+        description="components to keep: a number from 1 to the columns' count (a sparse "
+                    "column's terms counted), or a fraction in "
                     "(0, 1): the fewest components whose explained variance ratio adds up "
                     "to more than it (scikit-learn's float n_components)")
     whiten: bool = Field(False, description="scale each component to unit variance "
@@ -76,8 +101,10 @@ class PCAParams(Params):
             raise ValueError(f"a fractional k must be in (0, 1), got {k}; a number of "
                              "components is an integer")
         n = len(info.data.get("columns", []))
-        if isinstance(k, int) and not 1 <= k <= max(n, 1):
+        if isinstance(k, int) and k < 1:
             raise ValueError(f"k must be from 1 to the number of columns ({n}), got {k}")
+        # the upper bound is the features' count: a sparse column's terms are known
+        # from the schema (``check_k``)
         return k
 
 
@@ -121,6 +148,68 @@ def kept_components(ratio: np.ndarray, k: int | float) -> int:
     return min(int(np.searchsorted(np.cumsum(ratio), k, side="right")) + 1, len(ratio))
 
 
+def pca_features(schema: pa.Schema, params: PCAParams, room: bool = False) -> list[str]:
+    """The features ``columns`` names: a sparse column as its positions; a SchemaError
+    for a column neither numeric nor sparse, and for a k past the features' count;
+    ``room``: a DataError where their covariance is past the memory share."""
+    sparse = set(sparse_columns(schema))
+    require_numeric(schema, [c for c in params.columns if c not in sparse], "pca")
+    features = expand(schema, list(params.columns)) if sparse else list(params.columns)
+    k, n = params.k, len(features)
+    # a sparse column whose step is not fitted yet (as planned) has no count of terms
+    counted = all(sparse_names(schema.field(c)) is not None
+                  for c in params.columns if c in sparse)
+    if isinstance(k, int) and k > n and counted:
+        what = (f"features ({n}: the sparse columns' terms counted)"
+                if len(params.columns) < n else f"columns ({n})")
+        raise SchemaError(f"pca k must be from 1 to the number of {what}, got {k}",
+                          hint="ask for fewer components, or a fraction of the variance "
+                               "(k: 0.95)")
+    if room and len(features) > len(params.columns):
+        past = past_memory_share(3 * 8.0 * n * n)
+        if past is not None:
+            wide = max((c for c in params.columns if c in sparse),
+                       key=lambda c: sum(f.startswith(c + ":") for f in features))
+            raise DataError(f"pca of the {n:,} features of sparse column '{wide}' "
+                            f"needs their {n:,} x {n:,} covariance: {past}",
+                            hint="fewer terms (vectorize_text's max_features, min_df, "
+                                 "num_features)")
+    return features
+
+
+def sparse_comoments(part: pa.Table, features: list[str], weights: np.ndarray | None
+                     ) -> dict[str, Any]:
+    """``comoments`` of ``features`` (some a sparse column's) from the CSR rows: the
+    sparse positions' block ``S'WS - W m m'``, the plain columns' centred exactly, and
+    the cross block ``S'W(P - m_P)`` (exact: the centred plain columns sum to 0)."""
+    d = len(features)
+    runs = groups(part.schema, features)
+    plain = np.array([j for column, j, _ in runs if column is None], dtype=np.int64)
+    spread = np.array([i for column, j, stop in runs if column is not None
+                       for i in range(j, stop)], dtype=np.int64)
+    n = part.num_rows
+    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    total = float(w.sum())
+    if not total > 0:
+        return {"weight": 0.0, "mean": np.zeros(d), "comoment": np.zeros((d, d))}
+    mean, comoment = np.zeros(d), np.zeros((d, d))
+    S = csr_matrix(part, [features[i] for i in spread])
+    weighted = scipy_sparse().diags(w) @ S
+    m_s = np.asarray(weighted.sum(axis=0)).ravel() / total
+    mean[spread] = m_s
+    gram = (S.T @ weighted).toarray()
+    comoment[np.ix_(spread, spread)] = gram - total * np.outer(m_s, m_s)
+    if len(plain):
+        P = host_matrix(part, [features[j] for j in plain], role=ROLE)
+        moments = comoments(P, w if weights is not None else None, np)
+        mean[plain] = moments["mean"]
+        comoment[np.ix_(plain, plain)] = moments["comoment"]
+        cross = np.asarray(weighted.T @ (P - moments["mean"]))
+        comoment[np.ix_(spread, plain)] = cross
+        comoment[np.ix_(plain, spread)] = cross.T
+    return {"weight": total, "mean": mean, "comoment": comoment}
+
+
 def component_names(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i}" for i in range(n)]
 
@@ -145,6 +234,9 @@ class PCA(Estimator):
 
     The components are scikit-learn's ``PCA(svd_solver="full")``'s, signs included;
     null, NaN or infinite inputs are an error (impute first), when fitting and scoring.
+    A sparse column (``vectorize_text`` with ``sparse: true``) is its terms, kept sparse
+    on the CPU (scikit-learn's PCA of a sparse matrix, centred implicitly): LSA of TF-IDF
+    rows before ``kmeans``; its terms x terms covariance must fit the memory share.
 
     ```yaml
     - op: pca
@@ -178,17 +270,24 @@ class PCA(Estimator):
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         p = self.params
-        require_numeric(schema, self.input_columns(schema), self.name)
+        if p.weight:
+            require_numeric(schema, [p.weight], self.name)
+        pca_features(schema, p)
         return components_schema(schema, p, p.k if isinstance(p.k, int) else 1)
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        return {}
+        return {"features": pca_features(schema, self.params, room=True)}
 
     def partial(self, part: pa.Table, state: Any, xp: Any) -> dict[str, Any]:
         p = self.params
+        features = state["features"]
+        if (is_numpy(xp) and scipy_sparse() is not None
+                and has_sparse(part.schema, features)):
+            weights = row_weights(part, p.weight) if p.weight else None
+            return {"rows": part.num_rows, **sparse_comoments(part, features, weights)}
         extra = [row_weights(part, p.weight)] if p.weight else None
-        data = feature_matrix(part, p.columns, xp, extra, ROLE)
-        n = len(p.columns)
+        data = feature_matrix(part, features, xp, extra, ROLE)
+        n = len(features)
         weights = data[:, n] if p.weight else None
         return {"rows": part.num_rows, **comoments(data[:, :n], weights, xp)}
 
@@ -212,13 +311,15 @@ class PCA(Estimator):
                             "(every one is constant)", hint="leave constant columns out")
         ratio = variance / spread
         n = kept_components(ratio, p.k)
-        return {"rows": int(stats["rows"]), "mean": stats["mean"],
+        return {"rows": int(stats["rows"]), "features": state["features"],
+                "mean": stats["mean"],
                 "components": components[:n], "explained_variance": variance[:n],
                 "explained_variance_ratio": ratio[:n],
                 "rank": int((variance > 0).sum())}, True
 
     def fitted(self, state: dict[str, Any]) -> PCAFitted:
-        return PCAFitted(self.params, {k: state[k] for k in FITTED_ARRAYS})
+        return PCAFitted(self.params, {k: state[k] for k in FITTED_ARRAYS},
+                         state["features"])
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         ratio = state["explained_variance_ratio"]
@@ -237,9 +338,14 @@ class PCAFitted(Transform):
 
     Params = PCAParams
 
-    def __init__(self, params: PCAParams, arrays: dict[str, np.ndarray]):
+    def __init__(self, params: PCAParams, arrays: dict[str, np.ndarray],
+                 features: list[str] | None = None):
         super().__init__(params)
-        self.arrays = {k: np.asarray(arrays[k], dtype=np.float64) for k in FITTED_ARRAYS}
+        # a sparse column's positions; a model saved before sparse columns: the columns
+        self.features = list(params.columns if features is None else features)
+        # one memory layout, fitted or loaded: a product's rounding depends on it
+        self.arrays = {k: np.ascontiguousarray(arrays[k], dtype=np.float64)
+                       for k in FITTED_ARRAYS}
         variance = self.arrays["explained_variance"]
         self.names = component_names(params.prefix, len(variance))
         scale = np.sqrt(variance)
@@ -254,16 +360,31 @@ class PCAFitted(Transform):
         return {name: list(self.params.columns) for name in self.names}
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        require_numeric(schema, self.params.columns, "pca")
-        return components_schema(schema, self.params, len(self.names))
+        p = self.params
+        require_numeric(schema, [c for c in p.columns
+                                 if c not in schema.names
+                                 or not is_sparse_type(schema.field(c).type)], "pca")
+        require_features(schema, self.features)
+        return components_schema(schema, p, len(self.names))
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         p = self.params
-        x = feature_matrix(part, p.columns, xp, role=ROLE)
         projection = self.arrays["components"].T
         if p.whiten:
             projection = projection * self.factor
-        y = to_numpy((x - parameters(self.arrays["mean"], xp)) @ parameters(projection, xp))
+        mean = self.arrays["mean"]
+        if is_numpy(xp) and scipy_sparse() is not None and has_sparse(part.schema,
+                                                                       self.features):
+            # (x - m) P as the sparse product x P less m P: the plain columns shifted
+            # by their means first (exact), the sparse positions' means after
+            runs = groups(part.schema, self.features)
+            plain = np.zeros(len(mean), bool)
+            plain[[j for column, j, _ in runs if column is None]] = True
+            x = csr_matrix(part, self.features, shift=np.where(plain, mean, 0.0))
+            y = np.asarray(x @ projection) - np.where(plain, 0.0, mean) @ projection
+        else:
+            x = feature_matrix(part, self.features, xp, role=ROLE)
+            y = to_numpy((x - parameters(mean, xp)) @ parameters(projection, xp))
         out = part if p.keep else part.drop_columns(p.columns)
         for j, name in enumerate(self.names):
             out = out.append_column(pa.field(name, pa.float64()),
@@ -271,9 +392,12 @@ class PCAFitted(Transform):
         return out
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {"params": self.params.model_dump(mode="json")}, dict(self.arrays)
+        meta: dict[str, Any] = {"params": self.params.model_dump(mode="json")}
+        if self.features != list(self.params.columns):
+            meta["features"] = self.features
+        return meta, dict(self.arrays)
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> PCAFitted:
-        return cls(PCAParams(**meta["params"]), arrays)
+        return cls(PCAParams(**meta["params"]), arrays, meta.get("features"))
 

@@ -297,7 +297,6 @@ def test_too_few_rows_constant_data_and_small_weights() -> None:
 
 @pytest.mark.parametrize(("params", "message"), [
     ({"k": 0}, "k must be from 1 to the number of columns \\(3\\), got 0"),
-    ({"k": 4}, "got 4"),
     ({"k": 1.5}, "fractional k must be in \\(0, 1\\), got 1.5"),
     ({"k": 1.0}, "got 1.0"),
     ({"k": True}, "not a boolean"),
@@ -318,6 +317,10 @@ def test_columns_checked_when_planned() -> None:
         PCA(columns=["a", "b"], k=1, weight="a")
     with pytest.raises(SchemaError, match="column 'plan' is string, but pca needs numbers"):
         PCA(columns=["a", "plan"], k=1).output_schema(schema)
+    # k past the columns: known with the schema (a sparse column's terms count)
+    with pytest.raises(SchemaError, match=r"pca k must be from 1 to the number of columns "
+                                          r"\(2\), got 3"):
+        PCA(columns=["a", "b"], k=3).output_schema(schema)
     with pytest.raises(SchemaError, match="output column 'pca_0' is already in the input"):
         PCA(columns=["a", "b"], k=1).output_schema(schema)
     # replaced inputs free their names

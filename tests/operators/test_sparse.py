@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from sklearn.cluster import KMeans as SkKMeans
+from sklearn.decomposition import PCA as SkPCA
 from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression as SkLogistic
 from sklearn.metrics import log_loss
@@ -17,6 +18,7 @@ from sklearn.naive_bayes import BernoulliNB, ComplementNB, MultinomialNB
 
 from operators.arrays import get_namespace
 from operators.base import DataError, SchemaError, drive, tree_reduce
+from operators.features.pca import PCA
 from operators.features.text import VectorizeText, VectorizeTextFitted
 from operators.models.common import host_matrix
 from operators.models.forest import DecisionTree
@@ -628,3 +630,78 @@ def test_kmeans_reads_a_sparse_column_as_it_is_on_the_cpu_and_dense_off_it_in_th
     with pytest.raises(DataError, match=rf"a partition of 900 rows with the {width:,} "
                                         r"terms of the sparse column 'text' made dense"):
         fit_kmeans(op, [rows], get_namespace("array_api_strict"))
+
+
+@pytest.mark.parametrize("parts", [1, 4])
+def test_pca_of_a_sparse_column_is_the_term_columns_pca(parts: int) -> None:
+    """pca of a sparse column (with a plain column of a mean far from 0 beside it, and
+    weights) on the CSR rows: the term columns' pca (centred co-moments, scikit-learn's
+    components and signs) to rounding, on any partitioning, its scores too; and the
+    same model off NumPy, where the rows are made dense."""
+    table = topics(seed=3)
+    rng = np.random.default_rng(parts)
+    table = table.append_column("size", pa.array(1e6 + rng.normal(0, 3, table.num_rows)))
+    shuffled = table.take(rng.permutation(table.num_rows))
+    words = {"min_df": 3, "idf": "smooth"}
+    sparse_step = fit(VectorizeText(columns=["text"], sparse=True, **words),
+                      split(shuffled, parts))
+    dense_step = fit(VectorizeText(columns=["text"], **words), split(shuffled, parts))
+    sparse_rows = [sparse_step.transform(p, None) for p in split(shuffled, parts)]
+    dense_rows = [dense_step.transform(p, None) for p in split(shuffled, parts)]
+    terms = dense_step.names("text")
+    params = {"k": 5, "whiten": True, "weight": "w"}
+    sparse_model = fit_model(PCA(columns=["text", "size"], **params), sparse_rows)
+    dense_model = fit_model(PCA(columns=[*terms, "size"], **params), dense_rows)
+    assert sparse_model.features == [*terms, "size"]
+    for key, value in dense_model.arrays.items():  # loadings ~1e-2, their rounding 1e-11
+        np.testing.assert_allclose(sparse_model.arrays[key], value, rtol=1e-9, atol=1e-10,
+                                   err_msg=key)
+    scored = sparse_model.transform(sparse_step.transform(table, None), NP)
+    assert scored.column_names == ["topic", "w", "pca_0", "pca_1", "pca_2", "pca_3", "pca_4"]
+    ours = np.column_stack([scored.column(f"pca_{i}").to_numpy() for i in range(5)])
+    theirs = dense_model.transform(dense_step.transform(table, None), NP)
+    np.testing.assert_allclose(ours, np.column_stack(
+        [theirs.column(f"pca_{i}").to_numpy() for i in range(5)]), rtol=1e-8, atol=1e-9)
+    # unweighted: scikit-learn's PCA of the same matrix, signs included
+    plain = fit_model(PCA(columns=["text", "size"], k=5), sparse_rows)
+    X = host_matrix(sparse_step.transform(table, None), [*terms, "size"])
+    reference = SkPCA(5, svd_solver="full").fit(X)
+    np.testing.assert_allclose(plain.arrays["components"], reference.components_,
+                               rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(plain.arrays["explained_variance"],
+                               reference.explained_variance_, rtol=1e-9)
+    # off NumPy the rows are made dense: the same model
+    strict = get_namespace("array_api_strict")
+    off = fit_model(PCA(columns=["text", "size"], **params), sparse_rows, strict)
+    for key, value in sparse_model.arrays.items():
+        np.testing.assert_allclose(off.arrays[key], value, rtol=1e-9, atol=1e-10,
+                                   err_msg=key)
+    # and it is saved with its terms
+    again = roundtrip(sparse_model)
+    assert again.features == sparse_model.features
+    np.testing.assert_allclose(np.column_stack([again.transform(
+        sparse_step.transform(table, None), NP).column(f"pca_{i}").to_numpy()
+        for i in range(5)]), ours, rtol=1e-12, atol=1e-14)
+
+
+def test_pca_of_a_sparse_column_checks_k_and_its_covariance_room(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """k counts the terms (more than the listed columns), and a covariance of the terms
+    past the memory share is refused before the first pass, naming the column."""
+    import operators.features.text as text
+
+    table = topics(seed=7)
+    step = fit(VectorizeText(columns=["text"], sparse=True, min_df=2), [table])
+    rows = step.transform(table, None)
+    width = len(step.vocabulary["text"]["terms"])
+    PCA(columns=["text"], k=3).output_schema(rows.schema)  # 3 of the terms: fine
+    with pytest.raises(SchemaError, match=rf"pca k must be from 1 to the number of features "
+                                          rf"\({width}: the sparse columns' terms counted\), "
+                                          rf"got {width + 1}"):
+        PCA(columns=["text"], k=width + 1).output_schema(rows.schema)
+    monkeypatch.setattr(text, "dense_limit", lambda: 8.0 * width * width)
+    with pytest.raises(DataError, match=rf"pca of the {width:,} features of sparse column "
+                                        rf"'text' needs their {width:,} x {width:,} "
+                                        r"covariance: .* GiB, over 25%") as err:
+        fit_model(PCA(columns=["text"], k=2), [rows])
+    assert "max_features" in err.value.hint

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -481,6 +482,21 @@ def test_spark_udf_takes_a_model_of_one_sparse_column_by_its_column(
                                    rtol=1e-12)
 
 
+def vectorized_tickets(drop: list[str]) -> tuple[pa.Table, Any, pa.Table]:
+    """The tickets less ``drop``, the TF-IDF step the pipelines here fit on them (in
+    process, one partition) and its sparse rows."""
+    from operators.base import drive
+    from operators.features.text import VectorizeText
+
+    table = tickets().drop_columns(drop)
+    step = VectorizeText(columns=["text"], sparse=True, stop_words=STOP, min_df=3,
+                         idf="smooth", norm="l2")
+    state, _ = drive(step, table.schema,
+                     lambda partial: partial(table, get_namespace("numpy")))
+    vectorized = step.fitted(state)
+    return table, vectorized, vectorized.transform(table, None)
+
+
 TOPICS = """
     pipeline: topics
     steps:
@@ -518,7 +534,6 @@ def test_tfidf_rows_cluster_into_one_kmeans_model_on_every_engine(
     partitions: the model of one partition fitted in process; saved, its centres named by
     term, scored from text by `sluice score` and load_model."""
     from operators.base import drive, tree_reduce
-    from operators.features.text import VectorizeText
     from operators.models.kmeans import KMeans
 
     record = run(write_pipeline(workdir, TOPICS.format(data=ticket_files)),
@@ -528,12 +543,8 @@ def test_tfidf_rows_cluster_into_one_kmeans_model_on_every_engine(
     assert metrics["validation"]["count"] > 0
     model = ModelStore().load("topics")
     words, clusters = model.chain.steps[-2:]
-    table = tickets().drop_columns(["ticket_id", "topic"])
-    step = VectorizeText(columns=["text"], sparse=True, stop_words=STOP, min_df=3,
-                         idf="smooth", norm="l2")
+    table, _, rows = vectorized_tickets(["ticket_id", "topic"])
     np_ = get_namespace("numpy")
-    state, _ = drive(step, table.schema, lambda partial: partial(table, np_))
-    rows = step.fitted(state).transform(table, None)
     op = KMeans(k=3, seed=4, distance=True, validation_fraction=0.2)
     state, _ = drive(op, rows.schema, lambda partial: tree_reduce([partial(rows, np_)],
                                                                   op.combine))
@@ -597,7 +608,6 @@ def test_tfidf_rows_train_one_tree_model_on_every_engine(workdir: Path, engine,
     with its bootstrap): the model fitted in process on one partition, node for node;
     saved, scored from text by load_model, explained term by term."""
     from operators.base import drive, tree_reduce
-    from operators.features.text import VectorizeText
     from operators.models.boosted_trees import GradientBoostedTrees
     from operators.models.forest import RandomForest
 
@@ -605,13 +615,8 @@ def test_tfidf_rows_train_one_tree_model_on_every_engine(workdir: Path, engine,
                  engine_instance=engine)
     assert record["status"] == "succeeded"
     words, trees = ModelStore().load("boosted").chain.steps[-2:]
-    table = tickets().drop_columns(["ticket_id"])
-    step = VectorizeText(columns=["text"], sparse=True, stop_words=STOP, min_df=3,
-                         idf="smooth", norm="l2")
+    table, vectorized, rows = vectorized_tickets(["ticket_id"])
     np_ = get_namespace("numpy")
-    state, _ = drive(step, table.schema, lambda partial: partial(table, np_))
-    vectorized = step.fitted(state)
-    rows = vectorized.transform(table, None)
     cls = GradientBoostedTrees if op == "gradient_boosted_trees" else RandomForest
     model = cls(label="topic", n_trees=6, max_depth=3, seed=2)
     state, _ = drive(model, rows.schema,
@@ -634,3 +639,53 @@ def test_tfidf_rows_train_one_tree_model_on_every_engine(workdir: Path, engine,
     explained = served.score([{"text": "late parcel, wrong address"}],
                              contributions=True)[0]["contributions"]
     assert "text:parcel" in explained and "text:late" in explained
+
+
+LSA = TOPICS.replace("      - id: clusters\n", """      - id: lsa
+        op: pca
+        columns: [text]
+        k: 6
+      - id: clusters
+""").replace("        input: clusters\n        features: [text]\n",
+             "        input: clusters\n        features: [pca_0, pca_1, pca_2]\n")
+
+
+def test_tfidf_rows_reduced_by_pca_then_clustered_on_every_engine(
+        workdir: Path, engine, ticket_files: Path) -> None:
+    """LSA: pca of a sparse TF-IDF column (its rows kept sparse), then kmeans on the
+    components, through every engine and its partitions: the components fitted in
+    process on one partition; saved, scored from text by load_model."""
+    from operators.base import drive, tree_reduce
+    from operators.features.pca import PCA
+    from operators.models.kmeans import KMeans
+
+    record = run(write_pipeline(workdir, LSA.format(data=ticket_files)),
+                 engine_instance=engine)
+    assert record["status"] == "succeeded"
+    assert record["metrics"]["lsa"]["components"] == 6
+    words, lsa, clusters = ModelStore().load("topics").chain.steps[-3:]
+    table, vectorized, rows = vectorized_tickets(["ticket_id", "topic"])
+    np_ = get_namespace("numpy")
+    op = PCA(columns=["text"], k=6)
+    state, _ = drive(op, rows.schema, lambda partial: tree_reduce([partial(rows, np_)],
+                                                                  op.combine))
+    fitted = op.fitted(state)
+    assert lsa.features == [f"text:{t}" for t in words.vocabulary["text"]["terms"]]
+    for key, value in fitted.arrays.items():
+        np.testing.assert_allclose(lsa.arrays[key], value, rtol=1e-9, atol=1e-11,
+                                   err_msg=key)
+    # the clusters of the saved components (the hold-out hashes the rows' values: those
+    # of the pipeline's pca, not of the one fitted here, equal to 1e-9 only)
+    reduced = lsa.transform(rows, np_)
+    km = KMeans(k=3, seed=4, distance=True, validation_fraction=0.2)
+    state, _ = drive(km, reduced.schema, lambda partial: tree_reduce(
+        [partial(reduced, np_)], km.combine))
+    assert clusters.features == [f"pca_{i}" for i in range(6)]
+    np.testing.assert_allclose(clusters.centres, km.fitted(state).centres, rtol=1e-7,
+                               atol=1e-9)
+    new = table.slice(0, 20)
+    served = load_model("topics").score([{"text": t} for t in new.column("text").to_pylist()])
+    want = km.fitted(state).transform(lsa.transform(vectorized.transform(new, None), np_), np_)
+    assert [r["prediction"] for r in served] == want.column("prediction").to_pylist()
+    np.testing.assert_allclose([r["distance"] for r in served],
+                               want.column("distance").to_pylist(), rtol=1e-7)

@@ -92,6 +92,8 @@ def _cases() -> None:
          sparse_counts_table, id="kmeans-sparse-plusplus", rtol=1e-9, atol=1e-9)
     case("evaluate_clusters", {"features": ["terms", "c"], "weight": "w"},
          _sparse_clustered, id="sparse", rtol=1e-9, atol=1e-12)
+    case("pca", {"columns": ["terms", "c"], "k": 4, "weight": "w", "whiten": True},
+         sparse_counts_table, id="sparse-weighted", rtol=1e-9, atol=1e-10)
     case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 4, "max_depth": 3,
                                     "min_samples_leaf": 3, "validation_fraction": 0.25,
                                     "features": ["terms", "c"]},
