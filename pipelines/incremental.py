@@ -289,16 +289,17 @@ def _run_of(note: bytes) -> str | None:
 
 def settled_line(step_id: str, settled: dict[str, Any]) -> str:
     """What a run said of a killed run's claim it settled, in one line."""
-    files = f"{settled['files']:,} file{'s' * (settled['files'] != 1)}"
+    many = settled["files"] != 1
+    files = f"{settled['files']:,} file{'s' * many} {'are' if many else 'is'}"
     if settled["outcome"] == "settled":
         return (f"step '{step_id}': run {settled['run_id']} was killed after its outputs "
-                f"landed: its {files} are recorded as read (settled)")
+                f"landed: its {files} recorded as read (settled)")
     removed = settled.get("removed") or []
     taken = (f"; taken out of its outputs: {', '.join(removed[:3])}"
              f"{f' and {len(removed) - 3} more' if len(removed) > 3 else ''}"
              if removed else "")
     return (f"step '{step_id}': run {settled['run_id']} was killed before all its outputs "
-            f"landed: its {files} are read again (recovered){taken}")
+            f"landed: its {files} read again (recovered){taken}")
 
 
 def _relative(files: dict[str, list[int]], folder: str) -> dict[str, list[int]]:
