@@ -1202,7 +1202,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             # nothing of it landed: no claim to settle (one that published an output and
             # then failed leaves it, and the next run takes that output out)
             for step in incremental:
-                with contextlib.suppress(SluiceError):
+                with contextlib.suppress(Exception):  # best effort: the run's error matters
                     reads.unclaim(plan.spec.name, step.id)
         record["status"] = "failed"
         interrupt = interruption(exc)

@@ -112,6 +112,8 @@ def test_a_failed_run_commits_nothing_and_a_rewritten_file_is_new(workdir: Path)
     with pytest.raises(SluiceError, match="a bad row"):
         run(path)
     assert list(state(workdir)) == ["ds=1/part.parquet"]
+    # it published nothing: its claim is removed, nothing for the next run to settle
+    assert not (workdir / "runs" / "events_daily" / ".reads" / "events.pending.json").exists()
     day(workdir, 3)  # rewritten in place, good now: a new file
     done = run(path)
     assert done["steps"]["events"]["incremental"]["new_files"] == 2
@@ -190,6 +192,7 @@ def test_a_second_run_at_once_is_refused_naming_the_first(workdir: Path) -> None
             child.kill()
         child.communicate()
     assert not (workdir / "runs" / "events_daily" / ".reads" / "events.json").exists()
+    assert not (workdir / "runs" / "events_daily" / ".reads" / "events.pending.json").exists()
     done = run(path)
     assert done["steps"]["events"]["incremental"]["new_files"] == 1
     assert ids_in(workdir / "out") == every_input_id(workdir)
