@@ -703,7 +703,9 @@ def _bind_read_before(plan: Plan, step: Step) -> bool:
     if plan.reads is None:
         return True
     try:
-        before = plan.reads.before(plan.spec.name, step.id)
+        before = plan.reads.before(plan.spec.name, step.id, step.op.folder,
+                                   {s.id: s.op.params.storage_options for s in plan.steps
+                                    if isinstance(s.op, WriteParquet)})
         step.op.bind_read_before(before.get("files", {}), before.get("schema"))
     except SluiceError as exc:
         plan.problems.append(Problem(plan.spec.file, step.spec.line_of("incremental"),

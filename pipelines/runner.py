@@ -31,6 +31,7 @@ from operators.base import (
     Source,
     Transform,
 )
+from operators.crash import crash_point
 from operators.evaluate.drift import (
     profile_combine,
     profile_finish,
@@ -44,14 +45,14 @@ from operators.features.join import Join, ShuffleJoin
 from operators.features.union import Union
 from operators.io.fs import release_dir, resolve
 from operators.io.model import SaveModel
-from operators.io.parquet import ReadParquet
+from operators.io.parquet import ReadParquet, WriteParquet
 from operators.models.common import query_column
 from pipelines import profiles, runs
 from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, StagedSink, interruption, on_interrupt
-from pipelines.incremental import Reads
+from pipelines.incremental import Reads, settled_line
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
 from pipelines.plan import Plan, Step, build, training_only
@@ -1026,7 +1027,18 @@ def _read_entry(reads: Reads, plan: Plan, step: Step) -> dict[str, Any]:
     return {**step.op.incremental_counts(),
             **({"first": files[0], "last": files[-1]} if files else {}),
             **({"full_refresh": True} if reads.full_refresh else {}),
+            # a killed run's claim this run settled first (``Reads.settle``)
+            **({"claim": reads.settled[step.id]} if step.id in reads.settled else {}),
             "state": reads.shown(plan.spec.name, step.id)}
+
+
+def _claimed_outputs(plan: Plan, store: ModelStore) -> list[dict[str, Any]]:
+    """What a run claims to write, for its incremental reads' claims: each write_parquet's
+    output and each save_model's model (``Reads.claim``)."""
+    registry = store.location.path if store.location.local else store.root
+    return [{"step": s.id, "path": _target_of(s.op)} if isinstance(s.op, WriteParquet)
+            else {"step": s.id, "model": s.op.params.name, "models": registry}
+            for s in plan.steps if isinstance(s.op, WriteParquet | SaveModel)]
 
 
 def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
@@ -1104,6 +1116,9 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
     for line in plan.notices:
         if notify:
             notify(line)
+    for step_id, settled in reads.settled.items():
+        if notify:
+            notify(settled_line(step_id, settled))
     incremental = _incremental(plan)
     reading = {s.id for s in incremental}
     if reads.full_refresh and not incremental and notify:
@@ -1169,14 +1184,26 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
                 notify(note)
         eng.begin_run()
         record["engine"] = eng.describe()
+        outputs = _claimed_outputs(plan, store)
+        for step in incremental:  # a run killed from here on is settled by the next
+            reads.claim(plan.spec.name, step.id, step.op.files_read(), step.op.read_schema(),
+                        step.op.folder, outputs)
+        crash_point("before-write")
         current.execute()
         current.publish()
+        crash_point("after-write")
         for step in incremental:  # only now: a failed run's files are read again
             reads.commit(plan.spec.name, step.id, step.op.files_read(),
-                         step.op.read_schema())
+                         step.op.read_schema(), step.op.folder)
         record["status"] = "succeeded"
     except BaseException as exc:
         current.discard()
+        if not record["outputs"] and not record["models"]:
+            # nothing of it landed: no claim to settle (one that published an output and
+            # then failed leaves it, and the next run takes that output out)
+            for step in incremental:
+                with contextlib.suppress(Exception):  # best effort: the run's error matters
+                    reads.unclaim(plan.spec.name, step.id)
         record["status"] = "failed"
         interrupt = interruption(exc)
         if interrupt is not None:

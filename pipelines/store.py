@@ -35,6 +35,7 @@ import pyarrow as pa
 from operators import jsontext
 from operators.base import ArtifactError, SluiceError, Transform, suggest
 from operators.chain import Chain, dump_chain, load_chain
+from operators.crash import crash_point
 from operators.io.fs import (
     Location,
     resolve,
@@ -201,6 +202,12 @@ class ModelStore:
             if tail.isdigit():
                 found.add(int(tail))
         return sorted(found)
+
+    def version_of_run(self, name: str, run_id: str) -> int | None:
+        """The version of ``name`` run ``run_id`` published (None: none), the newest
+        looked at first."""
+        return next((v for v in reversed(self.versions(name))
+                     if self.read_meta(name, v).get("run_id") == run_id), None)
 
     def resolve(self, ref: str) -> tuple[str, int]:
         """``name``, ``name@latest``, ``name@3`` or ``name@ALIAS`` to (name, version)."""
@@ -492,6 +499,7 @@ class StagedModel:
     def publish(self) -> dict[str, int | None]:
         """The aliases moved, each with the version it named before (None: new)."""
         self.store.publish(self.model)
+        crash_point("after-model")
         moved: dict[str, int | None] = {}
         for alias in self.aliases:
             previous = self.store.set_alias(self.model.name, alias, self.model.version)
