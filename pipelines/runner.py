@@ -948,7 +948,7 @@ def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,
     """What every run record starts with: the run, its pipeline and params, its engine
     and start, and what it made (none yet)."""
     return {"run_id": run_id, "pipeline": plan.spec.name, "file": str(path),
-            "params": plan.spec.params, "engine": engine,
+            "params": plan.spec.params, "engine": engine, **runs.this_process(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             # to the microsecond: the order of runs started in one second (an object
             # store's files say when they were written to the second only)
@@ -1094,6 +1094,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
     # where its record cannot be written: said before any data moves, not after the
     # fits (the run's outputs and models published by a run that then fails)
     runs.check_writable(runs_dir or default_runs_dir(), plan.spec.name)
+    beat_every = runs.heartbeat_seconds()
     if tracker is not None:
         try:
             tracker.connect(plan.spec.name)
@@ -1144,6 +1145,9 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
                   scratch=f"{(scratch or default_scratch(eng.profile.scratch)).rstrip('/')}"
                           f"/{run_id}", notify=notify)
     scratch_lock = None  # held while the run's scratch folder is in use
+    # the record, running, from now until the final one replaces it: a run killed
+    # outright leaves it, which readers then show as lost
+    heartbeat = runs.Heartbeat(record, runs_dir or default_runs_dir(), beat_every)
     lineage = Lineage.configured(openlineage)
     if lineage is None and openlineage and notify:
         # the clients' kill switch wins over a flag, as in every OpenLineage client: said
@@ -1156,6 +1160,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             notify(problem)
         _lineage_event(lineage, "START", plan, record, notify)
     try:
+        heartbeat.start()
         current.preflight()
         if any(isinstance(s.op, Shuffle) for s in plan.steps):
             scratch_lock = claim_scratch(current.scratch)
@@ -1193,6 +1198,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             record["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        heartbeat.stop()
         if engine_instance is None:
             eng.close()
         remove_scratch(current.scratch)
