@@ -293,7 +293,27 @@ def score_command(model: str, source: str, output: str, mode: str,
         if exc.hint:
             exc.hint = as_options(exc.hint)
 
+    _model_named(model, options["models"], label)
     _run_and_print(label, {}, progress, text=text, explain=explain, **options)
+
+
+def _model_named(ref: str, models: str | None, label: str) -> None:
+    """That the registry has a model of the name ``sluice score`` was given, said before
+    the run where not: a name that names nothing is a typo, as a mistyped pipeline path
+    is, and leaves no run record (a version or alias the model lacks is the run's
+    failure, recorded)."""
+    from pipelines.store import ModelStore, parse_ref
+
+    try:
+        name, _ = parse_ref(ref)
+    except SluiceError:
+        return  # the run says what is wrong with the reference
+    store = ModelStore(models)
+    try:
+        store.resolve(ref)
+    except SluiceError as exc:
+        if not store.versions(name):
+            raise exc.located(f"{label}: step 'score' (score)") from None
 
 
 def _local_path(text: str) -> bool | None:

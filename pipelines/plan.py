@@ -502,7 +502,8 @@ def _link_saved_models(built: dict[str, Step]) -> None:
         except SluiceError:
             continue  # reported when the model is resolved
         for save in reversed(saves.get(name, [])):  # the last save of the name
-            if selector in (None, "latest") or selector in save.op.params.aliases:
+            if selector is None or selector.casefold() in (
+                    "latest", *(a.casefold() for a in save.op.params.aliases)):
                 if isinstance(step.op, Drift) and _feeds(built, step.id, save.id):
                     continue  # the version saved before: an earlier save's, if any
                 step.saved_by = save.id

@@ -316,14 +316,26 @@ class Run:
         return self.placements.get(step.id, CPU)
 
     def preflight(self) -> None:
-        """An output the run may not write, said before anything runs (an engine
-        started, a model fitted for an hour)."""
+        """An output the run may not write, or an alias it may not set, said before
+        anything runs (an engine started, a model fitted for an hour)."""
         for step in self.plan.steps:
-            if isinstance(step.op, Sink):
-                try:
+            try:
+                if isinstance(step.op, Sink):
                     step.op.preflight()
-                except SluiceError as exc:
-                    raise self._locate(step, exc) from None
+                for name, alias in self._aliases_set(step):
+                    self.store.check_alias(name, alias)
+            except SluiceError as exc:
+                raise self._locate(step, exc) from None
+
+    def _aliases_set(self, step: Step) -> list[tuple[str, str]]:
+        """The (model name, alias) pairs a step may point at the version the run saves."""
+        if isinstance(step.op, SaveModel):
+            return [(step.op.params.name, a) for a in step.op.params.aliases]
+        if isinstance(step.op, Promote) and step.saved_by is not None:
+            save = next(s for s in self.plan.steps if s.id == step.saved_by)
+            assert isinstance(save.op, SaveModel)
+            return [(save.op.params.name, step.op.params.alias)]
+        return []
 
     def execute(self) -> None:
         for step in self.plan.steps:
