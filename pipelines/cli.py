@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -173,13 +174,17 @@ def _cluster_options_fit(engine: str, scheduler: str | None, master: str | None)
 
 
 def _run_and_print(path: str, params: dict[str, str], progress: bool | None,
-                   text: str | None = None, **options: Any) -> None:
+                   text: str | None = None, before: Callable[[], None] | None = None,
+                   **options: Any) -> None:
     """Run a pipeline as `sluice run` does: the summary, or one line and the exit
-    status of a failure or a signal."""
+    status of a failure or a signal. ``before``: a check of the command's own, once its
+    options are known to fit, before the run (and its record)."""
     from pipelines.engines.base import StepFailure
     from pipelines.runner import Interrupted, run, stopping_on_signals
 
     _cluster_options_fit(options["engine"], options.get("scheduler"), options.get("master"))
+    if before is not None:
+        before()
 
     try:
         with stopping_on_signals():
@@ -293,8 +298,8 @@ def score_command(model: str, source: str, output: str, mode: str,
         if exc.hint:
             exc.hint = as_options(exc.hint)
 
-    _model_named(model, options["models"], label)
-    _run_and_print(label, {}, progress, text=text, explain=explain, **options)
+    _run_and_print(label, {}, progress, text=text, explain=explain,
+                   before=lambda: _model_named(model, options["models"], label), **options)
 
 
 def _model_named(ref: str, models: str | None, label: str) -> None:
