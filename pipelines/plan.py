@@ -986,7 +986,7 @@ def _bind_promoted(plan: Plan, step: Step) -> bool:
                           hint="promote compares the model the run saves (save_model's "
                                "name, or an alias it sets) with the alias's version")
     save = plan.step(step.saved_by)
-    if p.alias in save.op.params.aliases:
+    if p.alias.casefold() in (a.casefold() for a in save.op.params.aliases):
         raise SchemaError(f"alias: step '{save.id}' sets '{p.alias}' itself, whatever "
                           "the comparison says", hint=f"drop '{p.alias}' from its aliases")
     planned = _planned_chain(plan, step.saved_by)
