@@ -277,8 +277,9 @@ def _process_gone(record: dict[str, Any]) -> bool | None:
     zombie, or another process's now); None where this host is not the run's (another
     host, or another container of the same name: another pid namespace)."""
     pid = record.get("pid")
-    if record.get("host") != socket.gethostname() or not isinstance(pid, int) \
-            or isinstance(pid, bool) or pid <= 0:
+    # not POSIX: os.kill(pid, 0) would end the process (Windows), not look at it
+    if os.name != "posix" or record.get("host") != socket.gethostname() \
+            or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return None
     here = this_process()
     if record.get("pid_namespace") != here.get("pid_namespace"):
@@ -297,7 +298,7 @@ def _process_gone(record: dict[str, Any]) -> bool | None:
     return start is not None and record.get("pid_start") not in (None, start)
 
 
-def lost_because(record: dict[str, Any], now: float | None = None) -> str | None:
+def lost_because(record: dict[str, Any]) -> str | None:
     """Why the run of a ``running`` record cannot be alive, or None (it may be): on this
     host, its process is gone; elsewhere, its heartbeat stopped ``LOST_AFTER_BEATS``
     intervals and ``LOST_AFTER_SECONDS`` ago or more."""
@@ -310,7 +311,7 @@ def lost_because(record: dict[str, Any], now: float | None = None) -> str | None
         return None
     if not is_number(interval) or interval <= 0:
         interval = HEARTBEAT_SECONDS
-    silent = (time.time() if now is None else now) - beat
+    silent = time.time() - beat
     if silent < max(LOST_AFTER_BEATS * interval, LOST_AFTER_SECONDS):
         return None
     since = record.get("heartbeat_at") or record["started_at"]

@@ -209,7 +209,7 @@ class ModelStore:
         if not versions:
             raise ArtifactError(f"no model '{name}' in {self.root}{suggest(name, self.names())}",
                                 hint="train and `save_model` it first, or pass --models DIR")
-        if version is None or version.lower() == "latest":
+        if version is None or version.casefold() == "latest":
             return name, versions[-1]
         if not version.isdigit():
             return name, self._aliased(name, version, versions)
@@ -295,8 +295,7 @@ class ModelStore:
     def check_alias(self, name: str, alias: str) -> None:
         """Before a run points ``name@alias`` at the version it saves: an ArtifactError
         where the model has an alias of that name spelt in another case."""
-        if self.versions(name):
-            _same_spelling(name, alias, self.aliases(name))
+        _same_spelling(name, alias, self.aliases(name))
 
     @_store_access
     def delete(self, name: str, version: int) -> None:
