@@ -252,13 +252,26 @@ class Reads:
                     holder = _run_of(fs.cat_file(lock))
         if lock not in self.held:
             self.refused[step_id] = holder
+            lost = None if local or not holder else self._lost(pipeline, holder)
             gone = "" if local else (f", or delete '{lock}' if that run was killed "
                                      "outright (it is no longer running)")
+            if lost is not None:
+                gone = (f"; its run record says it is lost ({lost}): if so, delete "
+                        f"'{lock}' and run again")
             raise SluiceError(
                 f"step '{step_id}' reads incrementally, and run {holder or '?'} of "
                 f"pipeline '{pipeline}' is reading it now: a second run at once would read "
                 "the same files", hint=f"wait for that run to end (`sluice runs show "
                                        f"{holder or '...'}`){gone}")
+
+    def _lost(self, pipeline: str, run_id: str) -> str | None:
+        """Why the run holding a lock object cannot be alive, as its record says (None:
+        it may be, or its record cannot be read: the lock's message says what to do)."""
+        try:
+            history = runs.load(self.runs_dir, pipeline, run_id)
+        except SluiceError:
+            return None
+        return next((r.get("lost") for r in history.records if r["run_id"] == run_id), None)
 
     def holder(self, problems: list[Any]) -> str | None:
         """The run that held this one's incremental reads, where that is all that stopped

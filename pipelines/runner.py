@@ -317,14 +317,26 @@ class Run:
         return self.placements.get(step.id, CPU)
 
     def preflight(self) -> None:
-        """An output the run may not write, said before anything runs (an engine
-        started, a model fitted for an hour)."""
+        """An output the run may not write, or an alias it may not set, said before
+        anything runs (an engine started, a model fitted for an hour)."""
         for step in self.plan.steps:
-            if isinstance(step.op, Sink):
-                try:
+            try:
+                if isinstance(step.op, Sink):
                     step.op.preflight()
-                except SluiceError as exc:
-                    raise self._locate(step, exc) from None
+                for name, alias in self._aliases_set(step):
+                    self.store.check_alias(name, alias)
+            except SluiceError as exc:
+                raise self._locate(step, exc) from None
+
+    def _aliases_set(self, step: Step) -> list[tuple[str, str]]:
+        """The (model name, alias) pairs a step may point at the version the run saves."""
+        if isinstance(step.op, SaveModel):
+            return [(step.op.params.name, a) for a in step.op.params.aliases]
+        if isinstance(step.op, Promote) and step.saved_by is not None:
+            save = next(s for s in self.plan.steps if s.id == step.saved_by)
+            assert isinstance(save.op, SaveModel)
+            return [(save.op.params.name, step.op.params.alias)]
+        return []
 
     def execute(self) -> None:
         for step in self.plan.steps:
@@ -949,7 +961,7 @@ def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,
     """What every run record starts with: the run, its pipeline and params, its engine
     and start, and what it made (none yet)."""
     return {"run_id": run_id, "pipeline": plan.spec.name, "file": str(path),
-            "params": plan.spec.params, "engine": engine,
+            "params": plan.spec.params, "engine": engine, **runs.this_process(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             # to the microsecond: the order of runs started in one second (an object
             # store's files say when they were written to the second only)
@@ -1106,6 +1118,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
     # where its record cannot be written: said before any data moves, not after the
     # fits (the run's outputs and models published by a run that then fails)
     runs.check_writable(runs_dir or default_runs_dir(), plan.spec.name)
+    beat_every = runs.heartbeat_seconds()
     if tracker is not None:
         try:
             tracker.connect(plan.spec.name)
@@ -1159,6 +1172,9 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
                   scratch=f"{(scratch or default_scratch(eng.profile.scratch)).rstrip('/')}"
                           f"/{run_id}", notify=notify)
     scratch_lock = None  # held while the run's scratch folder is in use
+    # the record, running, from now until the final one replaces it: a run killed
+    # outright leaves it, which readers then show as lost
+    heartbeat = runs.Heartbeat(record, runs_dir or default_runs_dir(), beat_every)
     lineage = Lineage.configured(openlineage)
     if lineage is None and openlineage and notify:
         # the clients' kill switch wins over a flag, as in every OpenLineage client: said
@@ -1171,6 +1187,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             notify(problem)
         _lineage_event(lineage, "START", plan, record, notify)
     try:
+        heartbeat.start()
         current.preflight()
         if any(isinstance(s.op, Shuffle) for s in plan.steps):
             scratch_lock = claim_scratch(current.scratch)
@@ -1220,6 +1237,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             record["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        heartbeat.stop()
         if engine_instance is None:
             eng.close()
         remove_scratch(current.scratch)

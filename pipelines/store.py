@@ -216,7 +216,7 @@ class ModelStore:
         if not versions:
             raise ArtifactError(f"no model '{name}' in {self.root}{suggest(name, self.names())}",
                                 hint="train and `save_model` it first, or pass --models DIR")
-        if version in (None, "latest"):
+        if version is None or version.casefold() == "latest":
             return name, versions[-1]
         if not version.isdigit():
             return name, self._aliased(name, version, versions)
@@ -228,13 +228,14 @@ class ModelStore:
     def _aliased(self, name: str, alias: str, versions: list[int]) -> int:
         """The version alias ``alias`` of ``name`` points at (an existing one)."""
         aliases = self.aliases(name)
-        if alias not in aliases:
+        spelt = _spelt(alias, aliases)
+        if spelt is None:
             known = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
             raise ArtifactError(
                 f"model '{name}' has no alias '{alias}'{suggest(alias, list(aliases))}",
                 hint=f"aliases: {known}; set one with `sluice models alias {name}@VERSION "
                      f"{alias}`")
-        version = aliases[alias]
+        alias, version = spelt, aliases[spelt]
         if version not in versions:
             raise ArtifactError(
                 f"alias {name}@{alias} points at version {version}, which is not in the "
@@ -274,7 +275,9 @@ class ModelStore:
             raise SluiceError(f"'{alias}' cannot be an alias", hint=ALIAS_RULE)
         if version not in self.versions(name):
             raise ArtifactError(f"model '{name}' has no version {version}")
-        previous = self.aliases(name).get(alias)
+        aliases = self.aliases(name)
+        _same_spelling(name, alias, aliases)
+        previous = aliases.get(alias)
         body = json.dumps({"version": version, "set_at": time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
         path = self._path(name, ALIASES, f"{alias}.json")
@@ -288,12 +291,18 @@ class ModelStore:
 
     @_store_access
     def remove_alias(self, name: str, alias: str) -> int:
-        """Remove ``name@alias``; the version it pointed at."""
+        """Remove ``name@alias`` (spelt in any case); the version it pointed at."""
         aliases = self.aliases(name)
-        if alias not in aliases:
+        spelt = _spelt(alias, aliases)
+        if spelt is None:
             raise ArtifactError(f"model '{name}' has no alias '{alias}'")
-        self.location.fsspec_fs.rm(self._path(name, ALIASES, f"{alias}.json"))
-        return aliases[alias]
+        self.location.fsspec_fs.rm(self._path(name, ALIASES, f"{spelt}.json"))
+        return aliases[spelt]
+
+    def check_alias(self, name: str, alias: str) -> None:
+        """Before a run points ``name@alias`` at the version it saves: an ArtifactError
+        where the model has an alias of that name spelt in another case."""
+        _same_spelling(name, alias, self.aliases(name))
 
     @_store_access
     def delete(self, name: str, version: int) -> None:
@@ -485,6 +494,27 @@ class ModelStore:
                     "could take the same version number",
                     hint="keep the registry (--models) on a local path or on s3://, gs:// or abfs://"
                 ) from None
+
+
+def _spelt(alias: str, aliases: dict[str, int]) -> str | None:
+    """The alias of ``aliases`` that ``alias`` names: aliases are case-insensitive
+    (``Production`` names ``production``), as a person reads them and as a file system
+    that ignores case (macOS, Windows) stores them."""
+    if alias in aliases:
+        return alias
+    return next((a for a in aliases if a.casefold() == alias.casefold()), None)
+
+
+def _same_spelling(name: str, alias: str, aliases: dict[str, int]) -> None:
+    """An ArtifactError where ``alias`` is new but one of ``aliases`` differs from it in
+    case only: two aliases a reference could not tell apart."""
+    spelt = _spelt(alias, aliases)
+    if spelt is not None and spelt != alias:
+        raise ArtifactError(
+            f"model '{name}' has alias '{spelt}' (version {aliases[spelt]}), which differs "
+            f"from '{alias}' in case only: aliases are case-insensitive, so '{alias}' would "
+            f"name it too",
+            hint=f"spell it '{spelt}' to point it elsewhere, or choose another name")
 
 
 class StagedModel:
