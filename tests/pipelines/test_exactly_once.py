@@ -86,6 +86,7 @@ def killed_at(point: str, path: Path, workdir: Path) -> None:
     ("after-model", "recovered", "local"),  # the model published, the output not
     ("after-parts", "recovered", "local"),  # the output's parts there, no _SUCCESS
     ("after-parts", "recovered", "dask"),  # recovered, and read again, on Dask
+    ("after-parts", "recovered", "spark"),  # and on Spark
     ("after-write", "settled", "local"),  # every output landed, nothing recorded
     ("after-state", "settled", "local"),  # recorded, its claim not yet removed
 ])
