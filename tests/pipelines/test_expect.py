@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from operators.base import SluiceError
 from pipelines.datagen import churn_table
@@ -104,3 +104,18 @@ def test_warn_goes_on_with_every_row_and_counts_each_rule(data: Path, workdir: P
     for step_id, entry in steps.items():
         assert entry["work_share"] == pytest.approx(work[step_id] / sum(work.values()),
                                                     abs=1e-4)
+
+
+def test_warn_prints_one_warning_line_and_the_status_says_it(data: Path,
+                                                            workdir: Path) -> None:
+    path = write_pipeline(workdir, CHECKED.format(on_failure="warn"))
+    done = sluice_in_process("run", str(path), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("warning:")] == [
+        f"warning: {path}:5: step 'expect' (expect): 1 of 3,000 rows fail "
+        "'positive_charges' (monthly_charges > 0) (on_failure: warn: the run went on with "
+        "every row)"]
+    assert ": succeeded, 1 warning in " in done.stdout.splitlines()[0]
+    assert "metrics expect.positive_charges: checked=3000, failed=1" in done.stdout
+    listed = sluice_in_process("runs", "list", "--status", "succeeded", cwd=workdir)
+    assert "succeeded, 1 warning" in listed.stdout, listed.stdout
