@@ -1125,8 +1125,8 @@ def runs_compare(run_ids: tuple[str, ...], runs_dir: str | None) -> None:
                                                           else "")))
 
     section("RUN", [[mark(r), r["name"],
-                     *(runs.format_duration(v) if r["name"] == "seconds" else _shown(v)
-                       for v in r["values"]),
+                     *(runs.format_duration(v) if r["name"] in ("seconds", "work")
+                       and v is not None else _shown(v) for v in r["values"]),
                      ratio(r.get("ratio"))] for r in table["runs"]])
     changed = [r for r in table["params"] if r["changed"]]
     same = len(table["params"]) - len(changed)

@@ -506,6 +506,9 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
         # when and how long: measurements, never a change of the run
         {"name": "started", "values": [r["started_at"] for r in records], "changed": False},
         {"name": "seconds", "values": seconds, "changed": False, "ratio": change(seconds)[1]},
+        # the steps' tasks and fits' driver time (None: a record from before it was kept)
+        {"name": "work", "values": (work := [r.get("work_seconds") for r in records]),
+         "changed": False, "ratio": change(work)[1]},
         _row("engine", [r["engine"]["name"] for r in records]),
         _row("file", [r.get("file") for r in records]),
         _row("error", [first_line(r.get("error")) for r in records]),

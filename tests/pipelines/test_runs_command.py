@@ -542,6 +542,8 @@ def test_show_and_compare_say_each_steps_work_its_share_and_wall(
     rows = [line.split() for line in compared.stdout.splitlines()]
     assert ["STEP", "ROWS,", "WORK,", "WALL", first["run_id"], second["run_id"],
             "CHANGE"] in rows
+    assert ["work", *(runs.format_duration(r["work_seconds"]) for r in (first, second)),
+            f"{second['work_seconds'] / first['work_seconds']:.3g}x"] in rows
     work = [runs.step_work(r["steps"]["model"]) for r in (first, second)]
     assert ["model", "(logistic_regression)", *(
         cell for r, w in zip((first, second), work) for cell in (
