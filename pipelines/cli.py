@@ -341,11 +341,13 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
     for step_id, entry in record["steps"].items():
         rows = entry.get("rows")
         shown = f"{rows:>12,} rows" if rows is not None else " " * 17
-        where = f"  {entry.get('device', '')}" if on_gpu else ""
-        if entry.get("dtype"):
-            where += f" {entry['dtype']}"
+        where = ""
         if entry.get("wall_includes"):  # its own wall ran the lazy steps before it
             where += f"  (wall with {', '.join(entry['wall_includes'])})"
+        if on_gpu:
+            where += f"  {entry.get('device', '')}"
+        if entry.get("dtype"):
+            where += f" {entry['dtype']}"
         if work is None:  # a record from before the work was recorded
             click.echo(f"  {step_id:<24} {entry['op']:<22} {shown}  "
                        f"{entry.get('wall_seconds', 0):8.3f}s{where}".rstrip())
