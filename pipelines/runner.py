@@ -1019,13 +1019,24 @@ def _record_work(record: dict[str, Any], plan: Plan, eng: Engine) -> None:
     ``work_seconds``); what a transform counted (expect's rules) as its metrics, and the
     warnings its counts leave (``warnings``: a line each, for the run's summary)."""
     steps = record["steps"]
-    for step_id, stats in eng.stats.items():
-        if step_id in steps:
-            steps[step_id]["rows"] = stats.rows
-            steps[step_id]["compute_seconds"] = round(stats.seconds, 6)
-            if stats.driver_seconds:
-                steps[step_id]["driver_seconds"] = round(stats.driver_seconds, 6)
+    work: dict[str, list[float]] = {}
+    for name, stats in eng.stats.items():
+        # a step's own figures, and those of its parts under names of their own (a
+        # shuffle's sample, a shuffle join's table side): their time is the step's work
+        step_id = name if name in steps else name.split(" (", 1)[0]
+        if step_id not in steps:
+            continue
+        seconds = work.setdefault(step_id, [0.0, 0.0])
+        seconds[0] += stats.seconds
+        seconds[1] += stats.driver_seconds
+        if name == step_id:
+            if stats.rows_by_partition:  # a write's rows are its sink's count
+                steps[step_id]["rows"] = stats.rows
             steps[step_id].update(stats.describe())
+    for step_id, (compute, driver) in work.items():
+        steps[step_id]["compute_seconds"] = round(compute, 6)
+        if driver:
+            steps[step_id]["driver_seconds"] = round(driver, 6)
     warnings = []
     for step in plan.steps:
         entry = steps[step.id]

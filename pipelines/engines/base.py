@@ -43,10 +43,11 @@ __all__ = ["Dataset", "Engine", "StepFailure", "StepsSource", "compute_partition
            "placed_action", "tree_reduce", "write_through", "StagedSink"]
 
 # record(step, partition index, rows, seconds, device, rows_in, counts): what each step
-# did on each partition; ``device`` says where it ran ("cpu", "gpu:0") and any
-# out-of-memory split or CPU fallback (see ``pipelines.device.run_placed``), None for a
-# source or a write; a transform's ``rows_in`` (its input's rows) and ``counts`` (what it
-# counted: ``Transform.transform_counted``)
+# did on each partition (rows None: its time only, a write's); ``device`` says where it
+# ran ("cpu", "gpu:0") and any out-of-memory split or CPU fallback (see
+# ``pipelines.device.run_placed``), None for a source or a write; a transform's
+# ``rows_in`` (its input's rows) and ``counts`` (what it counted:
+# ``Transform.transform_counted``)
 Record = Callable[..., None]
 
 
@@ -457,8 +458,10 @@ class placed_action:  # noqa: N801 - used like a function
 
 @dataclass(frozen=True)
 class recorded_write:  # noqa: N801 - used like a function
-    """A write step's ``sink.write`` of one partition (``token``: the write's), recorded
-    like a transform (rows, seconds). Picklable for workers."""
+    """A write's ``sink.write`` of one partition (``token``: the write's), its time
+    recorded as the step's work; not its rows, which the sink counts (a shuffle step's
+    first stage writes its partial rows, and the step's rows are those of its second).
+    Picklable for workers."""
 
     step: str
     sink: Any
@@ -468,7 +471,7 @@ class recorded_write:  # noqa: N801 - used like a function
         t0 = time.perf_counter()
         result = self.sink.write(self.token, part, info.index)
         if record:
-            record(self.step, info.index, part.num_rows, time.perf_counter() - t0, None)
+            record(self.step, info.index, None, time.perf_counter() - t0, None)
         return result
 
 
@@ -538,7 +541,8 @@ class Engine(ABC):
                device: dict[str, Any] | None = None, rows_in: int | None = None,
                counts: Counts | None = None) -> None:
         stats = self.stats.setdefault(step, StepStats())
-        stats.rows_by_partition[partition] = rows
+        if rows is not None:
+            stats.rows_by_partition[partition] = rows
         stats.seconds += seconds
         if rows_in is not None:
             stats.rows_in_by_partition[partition] = rows_in
