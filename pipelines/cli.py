@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -173,13 +174,17 @@ def _cluster_options_fit(engine: str, scheduler: str | None, master: str | None)
 
 
 def _run_and_print(path: str, params: dict[str, str], progress: bool | None,
-                   text: str | None = None, **options: Any) -> None:
+                   text: str | None = None, before: Callable[[], None] | None = None,
+                   **options: Any) -> None:
     """Run a pipeline as `sluice run` does: the summary, or one line and the exit
-    status of a failure or a signal."""
+    status of a failure or a signal. ``before``: a check of the command's own, once its
+    options are known to fit, before the run (and its record)."""
     from pipelines.engines.base import StepFailure
     from pipelines.runner import Interrupted, run, stopping_on_signals
 
     _cluster_options_fit(options["engine"], options.get("scheduler"), options.get("master"))
+    if before is not None:
+        before()
 
     try:
         with stopping_on_signals():
@@ -295,7 +300,27 @@ def score_command(model: str, source: str, output: str, mode: str,
         if exc.hint:
             exc.hint = as_options(exc.hint)
 
-    _run_and_print(label, {}, progress, text=text, explain=explain, **options)
+    _run_and_print(label, {}, progress, text=text, explain=explain,
+                   before=lambda: _model_named(model, options["models"], label), **options)
+
+
+def _model_named(ref: str, models: str | None, label: str) -> None:
+    """That the registry has a model of the name ``sluice score`` was given, said before
+    the run where not: a name that names nothing is a typo, as a mistyped pipeline path
+    is, and leaves no run record (a version or alias the model lacks is the run's
+    failure, recorded)."""
+    from pipelines.store import ModelStore, parse_ref
+
+    try:
+        name, _ = parse_ref(ref)
+    except SluiceError:
+        return  # the run says what is wrong with the reference
+    store = ModelStore(models)
+    try:
+        store.resolve(ref)
+    except SluiceError as exc:
+        if not store.versions(name):
+            raise exc.located(f"{label}: step 'score' (score)") from None
 
 
 def _local_path(text: str) -> bool | None:
@@ -329,11 +354,20 @@ def _read_incrementally(step_id: str, read: dict[str, Any]) -> str:
 def _print_record(record: dict[str, Any], details: bool = False) -> None:
     """A run's summary, as `sluice run` ends; ``details`` adds its file, params and error
     (`sluice runs show`)."""
+    status = record["status"]
+    took = {"running": "running for", "lost": "lost after"}.get(
+        status, f"{runs.status_said(record)} in")
     work = record.get("work_seconds")
     click.echo(f"run {record['run_id']} of '{record['pipeline']}' on {record['engine']['name']}: "
-               f"{runs.status_said(record)} in {record['seconds']:.2f}s"
+               f"{took} {record['seconds']:.2f}s"
                + (f" (work {work:.3f}s: the steps' tasks and fits' driver time)"
                   if work else ""))
+    if status == "lost":
+        click.echo(f"  lost: {record['lost']}")
+    elif status == "running":
+        click.echo(f"  heartbeat: {record.get('heartbeat_at', '?')} (every "
+                   f"{record.get('heartbeat_seconds', '?')}s), process {record.get('pid', '?')}"
+                   f" on {record.get('host', '?')}")
     on_gpu = "gpu" in record.get("device", "")
     if record["steps"] and work is not None:
         click.echo(f"  {'STEP':<24} {'OP':<22} {'ROWS':>17}  {'TASKS':>8}  {'DRIVER':>8}  "
@@ -892,7 +926,8 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
 
 SHOWN_TEXT = 100  # characters of a value in a runs table (an error's first line); --json,
 # `runs show` have it all
-STATUS_STYLES = {"succeeded": "green", "failed": "red", "interrupted": "yellow"}
+STATUS_STYLES = {"succeeded": "green", "failed": "red", "interrupted": "yellow",
+                 "running": "cyan", "lost": "magenta"}
 SHOWN_LAST = 20  # characters a terminal too narrow for a table still shows of its last column
 TRAILING_BLANKS = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$")  # before any closing colour codes
 
@@ -956,7 +991,8 @@ def _selection_options(command: Any) -> Any:
     """--status, --since and --last: which runs a command takes (``runs.select``)."""
     options = [
         click.option("--status", type=click.Choice(runs.STATUSES),
-                     default=None, help="only the runs that ended so"),
+                     default=None, help="only the runs of that status (running: not ended "
+                                        "yet; lost: killed outright, as its record says)"),
         click.option("--since", metavar="DATE", default=None, callback=_since,
                      help="only the runs started at or after it (2026-11-01, "
                           "2026-11-01T06:00; UTC)"),
@@ -1008,14 +1044,16 @@ def runs_list(pipeline: str | None, status: str | None, since: Any, last: int | 
 @click.option("--before", metavar="DATE", default=None, callback=_since,
               help="delete only runs started before it (2026-09-01, 2026-09-01T06:00; UTC)")
 @click.option("--status", type=click.Choice(runs.STATUSES), default=None,
-              help="only runs that ended so (failed: clear out failed attempts)")
+              help="only runs that ended so (failed: clear out failed attempts; a running "
+                   "run is never deleted)")
 @click.option("--dry-run", is_flag=True, help="say what would be deleted, delete nothing")
 @runs_option
 def runs_prune(pipeline: str | None, keep: int | None, before: Any, status: str | None,
                dry_run: bool, runs_dir: str | None) -> None:
     """Delete the run records of PIPELINE (else of every pipeline) past the newest --keep
     and started before --before (a scheduled job writes one a run); a run that saved a
-    model version still in the registry is kept (the model's provenance)."""
+    model version still in the registry is kept (the model's provenance), and a running
+    run is neither deleted nor counted (a lost one is deleted as a failed one)."""
     if keep is None and before is None:
         raise click.UsageError("say which runs to delete: --keep N (the newest N of each "
                                "pipeline stay), --before DATE, or both")
@@ -1055,6 +1093,9 @@ def runs_export(pipeline: str | None, mlflow: str, mlflow_experiment: str | None
     if not chosen:
         click.echo(runs.nothing_found(history, pipeline, _selected_by(status, since)))
         return
+    # a running run is logged once it has ended: logged now, it would stay as it is now
+    running = [r["run_id"] for r in chosen if r["status"] == "running"]
+    chosen = [r for r in chosen if r["status"] != "running"]
     tracker = Tracker(mlflow, mlflow_experiment)
     logged, there = [], []
     for record in reversed(chosen):  # oldest first: MLflow lists the newest on top
@@ -1072,7 +1113,10 @@ def runs_export(pipeline: str | None, mlflow: str, mlflow_experiment: str | None
                      "rest (those logged are left as they are)") from None
         logged.append(record["run_id"])
     click.echo(f"logged {len(logged)} run(s) to MLflow at {mlflow}"
-               + (f"; {len(there)} already there" if there else ""))
+               + (f"; {len(there)} already there" if there else "")
+               + (f"; {len(running)} still running, not logged (export again once "
+                  f"{'it has' if len(running) == 1 else 'they have'} ended): "
+                  f"{', '.join(running)}" if running else ""))
 
 
 @runs_group.command("show")

@@ -3,9 +3,20 @@ read, kept per pipeline and step beside the run records, so that a scheduled re-
 reads only the files no succeeded run read (Spark's file stream checkpoint, Auto
 Loader's ``availableNow``, Kedro's ``IncrementalDataset``).
 
-``<runs>/<pipeline>/.reads/<step>.json`` lists the files read, each with its size and
-modification time (a file rewritten in place is new again); it is replaced whole, only
-when a run succeeds, so a failed or interrupted run's files are read again by the next.
+``<runs>/<pipeline>/.reads/<step>.json`` lists the files read (relative to the read's
+folder, so that a moved dataset keeps what was read; a state written before that lists
+them whole, and is read as it is), each with its size and modification time (a file
+rewritten in place is new again); it is replaced whole, only when a run succeeds, so a
+failed or interrupted run's files are read again by the next.
+
+Exactly once across crashes (Spark's file sink and commit log): before any output is
+written, the run records its claim, ``<step>.pending.json`` (the files it reads, its run
+id, the outputs it writes), and removes it after the state. A run killed in between
+leaves the claim, and the next run of the pipeline settles it from the outputs before it
+reads (``settle``): where every output of the dead run landed (a write_parquet's
+``_SUCCESS`` lists files named by its run id, a save_model's model.json names it), its
+files are recorded as read (``settled``); where any did not, what did land is taken out
+and its files are read again (``recovered``).
 A run holds ``<step>.lock`` beside it while it runs: a second run of the pipeline at once
 is refused, naming the running one, before any data moves (locally a lock the kernel
 drops when its process dies; on an object store an object created exclusively and
@@ -23,10 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from operators.crash import crash_point
 from operators.errors import DataError, SluiceError
 from pipelines import runs
 
 FOLDER = ".reads"
+PENDING = ".pending.json"
 
 try:
     import fcntl
@@ -47,6 +60,8 @@ class Reads:
     # the steps another run of the pipeline held when this one claimed them: the run
     # holding each (None: unknown)
     refused: dict[str, str | None] = field(default_factory=dict)
+    # the claims of killed runs this run settled before it read, by step (``settle``)
+    settled: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def _where(self, pipeline: str, step_id: str, suffix: str) -> tuple[Any, str, bool]:
         fs, root, local = runs._files(self.runs_dir)
@@ -56,47 +71,66 @@ class Reads:
         """The state file, as the runs folder is spelt."""
         return f"{self.runs_dir.rstrip('/')}/{pipeline}/{FOLDER}/{step_id}.json"
 
-    def before(self, pipeline: str, step_id: str) -> dict[str, Any]:
+    def before(self, pipeline: str, step_id: str, folder: str,
+               storage_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """What earlier succeeded runs of the pipeline read in the step: ``files``, each
-        ``[size, mtime_ns]`` by path, and ``schema``, their columns (an Arrow schema,
-        base64); the step is claimed first for a run (a SluiceError naming the run that
-        holds it)."""
+        ``[size, mtime_ns]`` by path (``folder``: the read's, which the state's paths are
+        relative to), and ``schema``, their columns (an Arrow schema, base64); the step
+        is claimed first for a run (a SluiceError naming the run that holds it), and a
+        killed run's claim settled (``settle``; ``storage_options``: the write steps'
+        by id, to reach their outputs)."""
         if self.run_id is not None:
             self._claim(pipeline, step_id)
+            self.settle(pipeline, step_id, folder, storage_options or {})
         if self.full_refresh:
             return {}
-        return self.state(pipeline, step_id)
+        state = self.state(pipeline, step_id)
+        return {**state, "files": _absolute(state.get("files", {}), folder,
+                                            state.get("relative", False))}
 
     def state(self, pipeline: str, step_id: str) -> dict[str, Any]:
-        fs, path, local = self._where(pipeline, step_id, ".json")
+        """The state as it is kept (its paths relative to the read's folder where
+        ``relative``); {} where there is none."""
+        shown = self.shown(pipeline, step_id)
+        state = self._read(pipeline, step_id, ".json", shown)
+        if state is None:
+            return {}
+        try:
+            files = {str(k): [int(v[0]), int(v[1])] for k, v in state["files"].items()}
+            schema = state.get("schema")
+            return {"files": files, "schema": schema if isinstance(schema, str) else None,
+                    "relative": state.get("relative") is True,
+                    "run_id": state.get("run_id")}
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError):
+            raise DataError(f"'{shown}' is damaged: it is not the list of files earlier "
+                            "runs read", hint="run with --full-refresh to read every file "
+                                              "again and write it anew") from None
+
+    def _read(self, pipeline: str, step_id: str, suffix: str, shown: str
+              ) -> dict[str, Any] | None:
+        """One of the step's JSON files, None where there is none."""
+        fs, path, local = self._where(pipeline, step_id, suffix)
         try:
             raw = Path(path).read_bytes() if local else fs.cat_file(path)
         except FileNotFoundError:
-            return {}
+            return None
         except runs._errors(local) as exc:
-            raise runs._failure(exc, self.shown(pipeline, step_id),
-                                "cannot read what earlier runs read") from None
+            raise runs._failure(exc, shown, "cannot read what earlier runs read") from None
         try:
-            state = json.loads(raw)
-            files = {str(k): [int(v[0]), int(v[1])] for k, v in state["files"].items()}
-            schema = state.get("schema")
-            return {"files": files, "schema": schema if isinstance(schema, str) else None}
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            raise DataError(f"'{self.shown(pipeline, step_id)}' is damaged: it is not the "
-                            "list of files earlier runs read",
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise DataError(f"'{shown}' is damaged: it is not JSON",
                             hint="run with --full-refresh to read every file again and "
-                                 "write it anew") from None
+                                 "write it anew")
+        return value
 
-    def commit(self, pipeline: str, step_id: str, files: dict[str, list[int]],
-               schema: str) -> None:
-        """Add a succeeded run's files to what the step has read (replace it, with
-        ``full_refresh``), with the columns of all of them (``schema``), written whole."""
-        kept = {} if self.full_refresh else self.state(pipeline, step_id).get("files", {})
-        kept.update(files)
-        text = json.dumps({"pipeline": pipeline, "step": step_id, "run_id": self.run_id,
-                           "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "schema": schema, "files": dict(sorted(kept.items()))}, indent=1)
-        fs, path, local = self._where(pipeline, step_id, ".json")
+    def _write(self, pipeline: str, step_id: str, suffix: str, content: dict[str, Any],
+               what: str) -> None:
+        """One of the step's JSON files, written whole (``what``: what a failure loses)."""
+        text = json.dumps(content, indent=1)
+        fs, path, local = self._where(pipeline, step_id, suffix)
         try:
             if local:
                 from operators.io.fs import written_whole
@@ -107,9 +141,87 @@ class Reads:
             else:
                 fs.pipe_file(path, text.encode())
         except runs._errors(local) as exc:
-            raise runs._failure(exc, self.shown(pipeline, step_id),
-                                "cannot record the files this run read (the next run "
-                                "reads them again)") from None
+            raise runs._failure(exc, f"{self.runs_dir.rstrip('/')}/{pipeline}/{FOLDER}/"
+                                     f"{step_id}{suffix}", what) from None
+
+    def _remove(self, pipeline: str, step_id: str, suffix: str) -> None:
+        fs, path, local = self._where(pipeline, step_id, suffix)
+        with contextlib.suppress(FileNotFoundError):
+            if local:
+                os.remove(path)
+            else:
+                fs.rm(path)
+
+    def commit(self, pipeline: str, step_id: str, files: dict[str, list[int]],
+               schema: str, folder: str) -> None:
+        """Add a succeeded run's files to what the step has read (replace it, with
+        ``full_refresh``), with the columns of all of them (``schema``), written whole;
+        then its claim removed."""
+        self._record(pipeline, step_id, files, schema, folder, self.run_id,
+                     replace=self.full_refresh)
+        crash_point("after-state")
+        self._remove(pipeline, step_id, PENDING)
+
+    def _record(self, pipeline: str, step_id: str, files: dict[str, list[int]],
+                schema: str | None, folder: str, run_id: str | None, replace: bool) -> None:
+        state = {} if replace else self.state(pipeline, step_id)
+        kept = _absolute(state.get("files", {}), folder, state.get("relative", False))
+        kept.update(files)
+        self._write(pipeline, step_id, ".json", {
+            "pipeline": pipeline, "step": step_id, "run_id": run_id,
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "schema": schema, "relative": True,
+            "files": dict(sorted(_relative(kept, folder).items()))},
+            "cannot record the files this run read (the next run reads them again)")
+
+    def claim(self, pipeline: str, step_id: str, files: dict[str, list[int]], schema: str,
+              folder: str, outputs: list[dict[str, Any]]) -> None:
+        """Record, before any output is written, what this run reads in the step and
+        what it writes (``outputs``: each a write_parquet's ``step`` and ``path``, or a
+        save_model's ``step``, ``model`` and ``models``, the registry), so that the next
+        run can settle it if this one is killed."""
+        self._write(pipeline, step_id, PENDING, {
+            "pipeline": pipeline, "step": step_id, "run_id": self.run_id,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "schema": schema, "files": _relative(files, folder), "outputs": outputs},
+            "cannot record what this run reads (nothing was written)")
+
+    def unclaim(self, pipeline: str, step_id: str) -> None:
+        """Remove this run's claim: it ended having published nothing."""
+        self._remove(pipeline, step_id, PENDING)
+
+    def settle(self, pipeline: str, step_id: str, folder: str,
+               storage_options: dict[str, dict[str, Any]]) -> None:
+        """Settle the claim a killed run left on the step (this run holds it now): where
+        every output it claimed landed, or its state was recorded, its files are recorded
+        as read; else what landed of it is taken out of its outputs, and its files are
+        left to read again. Said in ``settled``."""
+        shown = f"{self.runs_dir.rstrip('/')}/{pipeline}/{FOLDER}/{step_id}{PENDING}"
+        pending = self._read(pipeline, step_id, PENDING, shown)
+        if pending is None:
+            return
+        try:
+            dead = str(pending["run_id"])
+            files = {str(k): [int(v[0]), int(v[1])] for k, v in pending["files"].items()}
+            outputs = [dict(o) for o in pending["outputs"]]
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError):
+            raise DataError(f"'{shown}' is damaged: it is not a run's claim",
+                            hint="delete it, and check the outputs of the run that left it "
+                                 "for rows written twice") from None
+        files = _absolute(files, folder, True)
+        landed = self.state(pipeline, step_id).get("run_id") == dead or bool(outputs) and all(
+            _landed(o, dead, storage_options) for o in outputs)
+        removed: list[str] = []
+        if landed:
+            self._record(pipeline, step_id, files, pending.get("schema"), folder, dead,
+                         replace=False)
+        else:
+            for output in outputs:
+                removed += _withdraw(output, dead, storage_options)
+        self._remove(pipeline, step_id, PENDING)
+        self.settled[step_id] = {"run_id": dead, "outcome": "settled" if landed
+                                 else "recovered", "files": len(files),
+                                 **({} if landed else {"removed": removed})}
 
     def _claim(self, pipeline: str, step_id: str) -> None:
         fs, lock, local = self._where(pipeline, step_id, ".lock")
@@ -140,13 +252,26 @@ class Reads:
                     holder = _run_of(fs.cat_file(lock))
         if lock not in self.held:
             self.refused[step_id] = holder
+            lost = None if local or not holder else self._lost(pipeline, holder)
             gone = "" if local else (f", or delete '{lock}' if that run was killed "
                                      "outright (it is no longer running)")
+            if lost is not None:
+                gone = (f"; its run record says it is lost ({lost}): if so, delete "
+                        f"'{lock}' and run again")
             raise SluiceError(
                 f"step '{step_id}' reads incrementally, and run {holder or '?'} of "
                 f"pipeline '{pipeline}' is reading it now: a second run at once would read "
                 "the same files", hint=f"wait for that run to end (`sluice runs show "
                                        f"{holder or '...'}`){gone}")
+
+    def _lost(self, pipeline: str, run_id: str) -> str | None:
+        """Why the run holding a lock object cannot be alive, as its record says (None:
+        it may be, or its record cannot be read: the lock's message says what to do)."""
+        try:
+            history = runs.load(self.runs_dir, pipeline, run_id)
+        except SluiceError:
+            return None
+        return next((r.get("lost") for r in history.records if r["run_id"] == run_id), None)
 
     def holder(self, problems: list[Any]) -> str | None:
         """The run that held this one's incremental reads, where that is all that stopped
@@ -173,3 +298,67 @@ def _run_of(note: bytes) -> str | None:
         return str(json.loads(note)["run_id"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def settled_line(step_id: str, settled: dict[str, Any]) -> str:
+    """What a run said of a killed run's claim it settled, in one line."""
+    many = settled["files"] != 1
+    files = f"{settled['files']:,} file{'s' * many} {'are' if many else 'is'}"
+    if settled["outcome"] == "settled":
+        return (f"step '{step_id}': run {settled['run_id']} was killed after its outputs "
+                f"landed: its {files} recorded as read (settled)")
+    removed = settled.get("removed") or []
+    taken = (f"; taken out of its outputs: {', '.join(removed[:3])}"
+             f"{f' and {len(removed) - 3} more' if len(removed) > 3 else ''}"
+             if removed else "")
+    return (f"step '{step_id}': run {settled['run_id']} was killed before all its outputs "
+            f"landed: its {files} read again (recovered){taken}")
+
+
+def _relative(files: dict[str, list[int]], folder: str) -> dict[str, list[int]]:
+    return {posixpath.relpath(path, folder): stamp for path, stamp in files.items()}
+
+
+def _absolute(files: dict[str, list[int]], folder: str, relative: bool
+              ) -> dict[str, list[int]]:
+    if not relative:  # a state written before they were kept relative
+        return dict(files)
+    return {posixpath.normpath(posixpath.join(folder, path)): stamp
+            for path, stamp in files.items()}
+
+
+def _landed(output: dict[str, Any], run_id: str,
+            storage_options: dict[str, dict[str, Any]]) -> bool:
+    """Whether run ``run_id`` published ``output`` (a claim's entry)."""
+    if "model" in output:
+        from pipelines.store import ModelStore
+
+        return ModelStore(output["models"]).version_of_run(output["model"], run_id) is not None
+    from operators.io.fs import resolve
+    from operators.io.parquet import published_by
+
+    return published_by(resolve(output["path"], storage_options.get(output["step"])), run_id)
+
+
+def _withdraw(output: dict[str, Any], run_id: str,
+              storage_options: dict[str, dict[str, Any]]) -> list[str]:
+    """Take what run ``run_id`` published of ``output`` out; what was taken out, for
+    messages (a model version an alias names stays, said so)."""
+    if "model" in output:
+        from operators.base import ArtifactError
+        from pipelines.store import ModelStore
+
+        store = ModelStore(output["models"])
+        version = store.version_of_run(output["model"], run_id)
+        if version is None:
+            return []
+        try:
+            store.delete(output["model"], version)
+        except ArtifactError as exc:
+            return [f"{output['model']}@{version} (kept: {exc})"]
+        return [f"{output['model']}@{version}"]
+    from operators.io.fs import resolve
+    from operators.io.parquet import withdraw
+
+    taken = withdraw(resolve(output["path"], storage_options.get(output["step"])), run_id)
+    return [posixpath.join(output["path"], f) for f in taken]

@@ -502,7 +502,8 @@ def _link_saved_models(built: dict[str, Step]) -> None:
         except SluiceError:
             continue  # reported when the model is resolved
         for save in reversed(saves.get(name, [])):  # the last save of the name
-            if selector in (None, "latest") or selector in save.op.params.aliases:
+            if selector is None or selector.casefold() in (
+                    "latest", *(a.casefold() for a in save.op.params.aliases)):
                 if isinstance(step.op, Drift) and _feeds(built, step.id, save.id):
                     continue  # the version saved before: an earlier save's, if any
                 step.saved_by = save.id
@@ -703,7 +704,9 @@ def _bind_read_before(plan: Plan, step: Step) -> bool:
     if plan.reads is None:
         return True
     try:
-        before = plan.reads.before(plan.spec.name, step.id)
+        before = plan.reads.before(plan.spec.name, step.id, step.op.folder,
+                                   {s.id: s.op.params.storage_options for s in plan.steps
+                                    if isinstance(s.op, WriteParquet)})
         step.op.bind_read_before(before.get("files", {}), before.get("schema"))
     except SluiceError as exc:
         plan.problems.append(Problem(plan.spec.file, step.spec.line_of("incremental"),
@@ -985,7 +988,7 @@ def _bind_promoted(plan: Plan, step: Step) -> bool:
                           hint="promote compares the model the run saves (save_model's "
                                "name, or an alias it sets) with the alias's version")
     save = plan.step(step.saved_by)
-    if p.alias in save.op.params.aliases:
+    if p.alias.casefold() in (a.casefold() for a in save.op.params.aliases):
         raise SchemaError(f"alias: step '{save.id}' sets '{p.alias}' itself, whatever "
                           "the comparison says", hint=f"drop '{p.alias}' from its aliases")
     planned = _planned_chain(plan, step.saved_by)

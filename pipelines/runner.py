@@ -31,6 +31,7 @@ from operators.base import (
     Source,
     Transform,
 )
+from operators.crash import crash_point
 from operators.evaluate.drift import (
     profile_combine,
     profile_finish,
@@ -44,14 +45,14 @@ from operators.features.join import Join, ShuffleJoin
 from operators.features.union import Union
 from operators.io.fs import release_dir, resolve
 from operators.io.model import SaveModel
-from operators.io.parquet import ReadParquet
+from operators.io.parquet import ReadParquet, WriteParquet
 from operators.models.common import query_column
 from pipelines import profiles, runs
 from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, StagedSink, interruption, on_interrupt
-from pipelines.incremental import Reads
+from pipelines.incremental import Reads, settled_line
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
 from pipelines.plan import Plan, Step, build, training_only
@@ -320,14 +321,26 @@ class Run:
         return self.placements.get(step.id, CPU)
 
     def preflight(self) -> None:
-        """An output the run may not write, said before anything runs (an engine
-        started, a model fitted for an hour)."""
+        """An output the run may not write, or an alias it may not set, said before
+        anything runs (an engine started, a model fitted for an hour)."""
         for step in self.plan.steps:
-            if isinstance(step.op, Sink):
-                try:
+            try:
+                if isinstance(step.op, Sink):
                     step.op.preflight()
-                except SluiceError as exc:
-                    raise self._locate(step, exc) from None
+                for name, alias in self._aliases_set(step):
+                    self.store.check_alias(name, alias)
+            except SluiceError as exc:
+                raise self._locate(step, exc) from None
+
+    def _aliases_set(self, step: Step) -> list[tuple[str, str]]:
+        """The (model name, alias) pairs a step may point at the version the run saves."""
+        if isinstance(step.op, SaveModel):
+            return [(step.op.params.name, a) for a in step.op.params.aliases]
+        if isinstance(step.op, Promote) and step.saved_by is not None:
+            save = next(s for s in self.plan.steps if s.id == step.saved_by)
+            assert isinstance(save.op, SaveModel)
+            return [(save.op.params.name, step.op.params.alias)]
+        return []
 
     def execute(self) -> None:
         for step in self.plan.steps:
@@ -959,7 +972,7 @@ def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,
     """What every run record starts with: the run, its pipeline and params, its engine
     and start, and what it made (none yet)."""
     return {"run_id": run_id, "pipeline": plan.spec.name, "file": str(path),
-            "params": plan.spec.params, "engine": engine,
+            "params": plan.spec.params, "engine": engine, **runs.this_process(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             # to the microsecond: the order of runs started in one second (an object
             # store's files say when they were written to the second only)
@@ -1087,7 +1100,18 @@ def _read_entry(reads: Reads, plan: Plan, step: Step) -> dict[str, Any]:
     return {**step.op.incremental_counts(),
             **({"first": files[0], "last": files[-1]} if files else {}),
             **({"full_refresh": True} if reads.full_refresh else {}),
+            # a killed run's claim this run settled first (``Reads.settle``)
+            **({"claim": reads.settled[step.id]} if step.id in reads.settled else {}),
             "state": reads.shown(plan.spec.name, step.id)}
+
+
+def _claimed_outputs(plan: Plan, store: ModelStore) -> list[dict[str, Any]]:
+    """What a run claims to write, for its incremental reads' claims: each write_parquet's
+    output and each save_model's model (``Reads.claim``)."""
+    registry = store.location.path if store.location.local else store.root
+    return [{"step": s.id, "path": _target_of(s.op)} if isinstance(s.op, WriteParquet)
+            else {"step": s.id, "model": s.op.params.name, "models": registry}
+            for s in plan.steps if isinstance(s.op, WriteParquet | SaveModel)]
 
 
 def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
@@ -1155,6 +1179,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
     # where its record cannot be written: said before any data moves, not after the
     # fits (the run's outputs and models published by a run that then fails)
     runs.check_writable(runs_dir or default_runs_dir(), plan.spec.name)
+    beat_every = runs.heartbeat_seconds()
     if tracker is not None:
         try:
             tracker.connect(plan.spec.name)
@@ -1165,6 +1190,9 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
     for line in plan.notices:
         if notify:
             notify(line)
+    for step_id, settled in reads.settled.items():
+        if notify:
+            notify(settled_line(step_id, settled))
     incremental = _incremental(plan)
     reading = {s.id for s in incremental}
     if reads.full_refresh and not incremental and notify:
@@ -1205,6 +1233,9 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
                   scratch=f"{(scratch or default_scratch(eng.profile.scratch)).rstrip('/')}"
                           f"/{run_id}", notify=notify)
     scratch_lock = None  # held while the run's scratch folder is in use
+    # the record, running, from now until the final one replaces it: a run killed
+    # outright leaves it, which readers then show as lost
+    heartbeat = runs.Heartbeat(record, runs_dir or default_runs_dir(), beat_every)
     lineage = Lineage.configured(openlineage)
     if lineage is None and openlineage and notify:
         # the clients' kill switch wins over a flag, as in every OpenLineage client: said
@@ -1217,6 +1248,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             notify(problem)
         _lineage_event(lineage, "START", plan, record, notify)
     try:
+        heartbeat.start()
         current.preflight()
         if any(isinstance(s.op, Shuffle) for s in plan.steps):
             scratch_lock = claim_scratch(current.scratch)
@@ -1230,14 +1262,26 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
                 notify(note)
         eng.begin_run()
         record["engine"] = eng.describe()
+        outputs = _claimed_outputs(plan, store)
+        for step in incremental:  # a run killed from here on is settled by the next
+            reads.claim(plan.spec.name, step.id, step.op.files_read(), step.op.read_schema(),
+                        step.op.folder, outputs)
+        crash_point("before-write")
         current.execute()
         current.publish()
+        crash_point("after-write")
         for step in incremental:  # only now: a failed run's files are read again
             reads.commit(plan.spec.name, step.id, step.op.files_read(),
-                         step.op.read_schema())
+                         step.op.read_schema(), step.op.folder)
         record["status"] = "succeeded"
     except BaseException as exc:
         current.discard()
+        if not record["outputs"] and not record["models"]:
+            # nothing of it landed: no claim to settle (one that published an output and
+            # then failed leaves it, and the next run takes that output out)
+            for step in incremental:
+                with contextlib.suppress(Exception):  # best effort: the run's error matters
+                    reads.unclaim(plan.spec.name, step.id)
         record["status"] = "failed"
         interrupt = interruption(exc)
         if interrupt is not None:
@@ -1254,6 +1298,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             record["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        heartbeat.stop()
         if engine_instance is None:
             eng.close()
         remove_scratch(current.scratch)

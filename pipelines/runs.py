@@ -5,6 +5,13 @@ Every run writes ``<runs>/<pipeline>/<run id>.json`` (``pipelines.runner``; the 
 folder may be a URL, ``s3://bucket/runs``: a Kubernetes CronJob's pod keeps nothing);
 this module reads them (and ``prune`` deletes them). A file that is not a whole run
 record is skipped and said, never fatal.
+
+A run writes its record as it starts, status ``running``, and rewrites it every
+``$SLUICE_HEARTBEAT_SECONDS`` (30) with a heartbeat (``Heartbeat``) until the final
+record replaces it, so a run killed outright (SIGKILL, out of memory, its node lost)
+leaves a trace. A reader shows a running record whose run cannot be alive as ``lost``
+(``lost_because``): on this host, its process is gone; elsewhere, no heartbeat for
+``LOST_AFTER_BEATS`` intervals and at least ``LOST_AFTER_SECONDS``.
 """
 
 from __future__ import annotations
@@ -14,7 +21,10 @@ import json
 import math
 import os
 import posixpath
+import socket
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +35,14 @@ from operators.errors import SluiceError, suggest
 from operators.io.paths import local_path
 from operators.jsontext import NON_FINITE
 
-STATUSES = ("succeeded", "failed", "interrupted")
+STATUSES = ("succeeded", "failed", "interrupted", "running", "lost")
+"""A run's status: how it ended, ``running`` (its record written as it started, and
+kept fresh by its heartbeat), or ``lost`` (a running record whose run cannot be
+alive: a reader's verdict, never written)."""
+HEARTBEAT_ENV = "SLUICE_HEARTBEAT_SECONDS"
+HEARTBEAT_SECONDS = 30.0
+LOST_AFTER_BEATS = 10
+LOST_AFTER_SECONDS = 300.0
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "run_id": str, "pipeline": str, "status": str, "started_at": str,
@@ -101,6 +118,8 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
             history.skipped.append(f"skipped {shown}: {problem}")
             continue
         record["record_path"] = shown
+        if record["status"] == "running":
+            judge_running(record)
         when = record.get("started_unix")  # older records: when written
         found.append(((record["run_id"][:16],
                        when if isinstance(when, int | float) else _written(info),
@@ -226,6 +245,149 @@ def write(record: dict[str, Any], runs_dir: str) -> str:
     return _record_path(runs_dir, local, record["pipeline"], name)
 
 
+def this_process() -> dict[str, Any]:
+    """Where a run runs, for its record: the host, the pid, and (Linux) when the process
+    started and its pid namespace, so that a reader on the same host can tell the run's
+    process from another that took its pid, or from one in another container."""
+    start, _ = _process_state(os.getpid())
+    found: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    if start is not None:
+        found["pid_start"] = start
+    with contextlib.suppress(OSError):
+        found["pid_namespace"] = os.readlink("/proc/self/ns/pid")
+    return found
+
+
+def _process_state(pid: int) -> tuple[int | None, str | None]:
+    """A process's start (clock ticks after boot) and state letter (Z: a zombie), as
+    Linux's /proc says; (None, None) where it cannot say (gone, or not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None, None
+    fields = stat[stat.rfind(")") + 2:].split()  # after the command, which may hold spaces
+    try:
+        return int(fields[19]), fields[0]
+    except (IndexError, ValueError):
+        return None, None
+
+
+def _process_gone(record: dict[str, Any]) -> bool | None:
+    """Whether the process a record names is gone from this host (its pid unused, a
+    zombie, or another process's now); None where this host is not the run's (another
+    host, or another container of the same name: another pid namespace)."""
+    pid = record.get("pid")
+    # not POSIX: os.kill(pid, 0) would end the process (Windows), not look at it
+    if os.name != "posix" or record.get("host") != socket.gethostname() \
+            or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    here = this_process()
+    if record.get("pid_namespace") != here.get("pid_namespace"):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: there
+        pass
+    except OSError:
+        return None
+    start, state = _process_state(pid)
+    if state == "Z":
+        return True
+    return start is not None and record.get("pid_start") not in (None, start)
+
+
+def lost_because(record: dict[str, Any]) -> str | None:
+    """Why the run of a ``running`` record cannot be alive, or None (it may be): on this
+    host, its process is gone; elsewhere, its heartbeat stopped ``LOST_AFTER_BEATS``
+    intervals and ``LOST_AFTER_SECONDS`` ago or more."""
+    gone = _process_gone(record)
+    if gone is not None:
+        return f"process {record['pid']} on this host is gone" if gone else None
+    beat = record.get("heartbeat_unix", record.get("started_unix"))
+    interval = record.get("heartbeat_seconds")
+    if not is_number(beat):
+        return None
+    if not is_number(interval) or interval <= 0:
+        interval = HEARTBEAT_SECONDS
+    silent = time.time() - beat
+    if silent < max(LOST_AFTER_BEATS * interval, LOST_AFTER_SECONDS):
+        return None
+    since = record.get("heartbeat_at") or record["started_at"]
+    return (f"no heartbeat since {since} ({format_duration(silent)} ago; it beats every "
+            f"{interval:g}s)")
+
+
+def judge_running(record: dict[str, Any]) -> None:
+    """A loaded ``running`` record as a reader shows it: ``lost`` with the reason
+    (``lost``) where its run cannot be alive; else how long it has run so far
+    (``seconds``)."""
+    reason = lost_because(record)
+    if reason is not None:
+        record["status"], record["lost"] = "lost", reason
+    elif is_number(record.get("started_unix")):
+        record["seconds"] = round(max(time.time() - record["started_unix"],
+                                      record["seconds"]), 6)
+
+
+def heartbeat_seconds() -> float:
+    """How often a running run rewrites its record: ``$SLUICE_HEARTBEAT_SECONDS``, else
+    30; a SluiceError for a value that is not a number of seconds above 0."""
+    text = os.environ.get(HEARTBEAT_ENV, "").strip()
+    if not text:
+        return HEARTBEAT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise SluiceError(f"${HEARTBEAT_ENV} is '{text}', not a number of seconds above 0",
+                          hint=f"set it to how often a running run's record is rewritten "
+                               f"(default {HEARTBEAT_SECONDS:g}), or unset it")
+    return seconds
+
+
+class Heartbeat:
+    """A run's record as it runs: written ``running`` at ``start``, then rewritten with
+    a fresh heartbeat every ``interval`` seconds by a daemon thread until ``stop`` (the
+    caller then writes the final record over it). The thread writes a copy of the record
+    as it was at ``start``: the run's own record changes under it meanwhile. A heartbeat
+    that cannot be written is tried again at the next (the run goes on; a reader
+    elsewhere may see it lost if the store stays out of reach)."""
+
+    def __init__(self, record: dict[str, Any], runs_dir: str, interval: float):
+        self.record = json.loads(dumps(record), parse_constant=NON_FINITE.__getitem__)
+        self.record.update(status="running", heartbeat_seconds=interval)
+        self.runs_dir, self.interval = runs_dir, interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="sluice-heartbeat",
+                                        daemon=True)
+
+    def _write(self) -> None:
+        now = time.time()
+        self.record.update(heartbeat_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                           heartbeat_unix=round(now, 6),
+                           seconds=round(now - self.record["started_unix"], 6))
+        write(self.record, self.runs_dir)
+
+    def start(self) -> None:
+        """Write the running record (a SluiceError where it cannot be) and start beating."""
+        self._write()
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.interval):
+            with contextlib.suppress(SluiceError, OSError):
+                self._write()
+
+    def stop(self) -> None:
+        """Stop beating; when this returns, no heartbeat write is under way."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
 def check_writable(runs_dir: str, pipeline: str) -> None:
     """Before a run: that its record can be written under ``runs_dir``, a SluiceError
     as ``write``'s where not (a local folder is made, and a file made and removed in it;
@@ -317,9 +479,12 @@ def prunable(records: list[dict[str, Any]], *, keep: int | None = None,
     of ``status`` (any), those past its newest ``keep`` and started before ``before``
     (a run whose start cannot be read is kept); and those it keeps only because they
     saved a model version that is still in the registry (its provenance: `sluice models
-    show` names the run)."""
+    show` names the run). A running run is not done: never deleted, nor counted among
+    the newest ``keep`` (a lost one is done, as a failed one)."""
     by_pipeline: dict[str, list[dict[str, Any]]] = {}
     for record in records:
+        if record["status"] == "running":
+            continue
         if status is None or record["status"] == status:
             by_pipeline.setdefault(record["pipeline"], []).append(record)
     doomed: list[dict[str, Any]] = []
@@ -376,7 +541,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "engine": record["engine"]["name"],
         "rows_written": sum(o["rows"] for o in outputs) if outputs else None,
         "models": [f"{m['name']}@{m['version']}" for m in record["models"]],
-        "error": first_line(record.get("error")),
+        "error": first_line(record.get("error") or record.get("lost")),
         "warnings": len(record.get("warnings") or []),
         "params": record["params"],
         "record_path": record.get("record_path"),
@@ -511,7 +676,7 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
          "changed": False, "ratio": change(work)[1]},
         _row("engine", [r["engine"]["name"] for r in records]),
         _row("file", [r.get("file") for r in records]),
-        _row("error", [first_line(r.get("error")) for r in records]),
+        _row("error", [first_line(r.get("error") or r.get("lost")) for r in records]),
     ]
 
     params = [run_params(r) for r in records]

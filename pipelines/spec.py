@@ -225,7 +225,13 @@ def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
 
 def coerce_override(value: str, default: Any) -> Any:
     """A ``--param k=v`` string as the type of the param's default (int, float, bool; a
-    list or a mapping written in YAML's flow style: ``[a, b]``, ``{a: 1}``)."""
+    list or a mapping written in YAML's flow style: ``[a, b]``, ``{a: 1}``). An empty
+    value where the default is not empty is refused: it is most often a shell variable
+    that was not set (``--param ds=$DS``), which would run the pipeline on nothing."""
+    if not value.strip() and default not in (None, "", [], {}):
+        raise ValueError(f"the value is empty, and the param's default is {default!r}: "
+                         "an unset shell variable (--param NAME=$VAR) reads so; pass a "
+                         "value, or make the default empty in the file to run with none")
     if isinstance(default, list | dict):
         kind = "list" if isinstance(default, list) else "mapping"
         example = "[a, b]" if kind == "list" else "{a: 1, b: 2}"

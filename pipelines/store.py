@@ -35,6 +35,7 @@ import pyarrow as pa
 from operators import jsontext
 from operators.base import ArtifactError, SluiceError, Transform, suggest
 from operators.chain import Chain, dump_chain, load_chain
+from operators.crash import crash_point
 from operators.io.fs import (
     Location,
     resolve,
@@ -202,6 +203,12 @@ class ModelStore:
                 found.add(int(tail))
         return sorted(found)
 
+    def version_of_run(self, name: str, run_id: str) -> int | None:
+        """The version of ``name`` run ``run_id`` published (None: none), the newest
+        looked at first."""
+        return next((v for v in reversed(self.versions(name))
+                     if self.read_meta(name, v).get("run_id") == run_id), None)
+
     def resolve(self, ref: str) -> tuple[str, int]:
         """``name``, ``name@latest``, ``name@3`` or ``name@ALIAS`` to (name, version)."""
         name, version = parse_ref(ref)
@@ -209,7 +216,7 @@ class ModelStore:
         if not versions:
             raise ArtifactError(f"no model '{name}' in {self.root}{suggest(name, self.names())}",
                                 hint="train and `save_model` it first, or pass --models DIR")
-        if version in (None, "latest"):
+        if version is None or version.casefold() == "latest":
             return name, versions[-1]
         if not version.isdigit():
             return name, self._aliased(name, version, versions)
@@ -221,13 +228,14 @@ class ModelStore:
     def _aliased(self, name: str, alias: str, versions: list[int]) -> int:
         """The version alias ``alias`` of ``name`` points at (an existing one)."""
         aliases = self.aliases(name)
-        if alias not in aliases:
+        spelt = _spelt(alias, aliases)
+        if spelt is None:
             known = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
             raise ArtifactError(
                 f"model '{name}' has no alias '{alias}'{suggest(alias, list(aliases))}",
                 hint=f"aliases: {known}; set one with `sluice models alias {name}@VERSION "
                      f"{alias}`")
-        version = aliases[alias]
+        alias, version = spelt, aliases[spelt]
         if version not in versions:
             raise ArtifactError(
                 f"alias {name}@{alias} points at version {version}, which is not in the "
@@ -267,7 +275,9 @@ class ModelStore:
             raise SluiceError(f"'{alias}' cannot be an alias", hint=ALIAS_RULE)
         if version not in self.versions(name):
             raise ArtifactError(f"model '{name}' has no version {version}")
-        previous = self.aliases(name).get(alias)
+        aliases = self.aliases(name)
+        _same_spelling(name, alias, aliases)
+        previous = aliases.get(alias)
         body = json.dumps({"version": version, "set_at": time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
         path = self._path(name, ALIASES, f"{alias}.json")
@@ -281,12 +291,18 @@ class ModelStore:
 
     @_store_access
     def remove_alias(self, name: str, alias: str) -> int:
-        """Remove ``name@alias``; the version it pointed at."""
+        """Remove ``name@alias`` (spelt in any case); the version it pointed at."""
         aliases = self.aliases(name)
-        if alias not in aliases:
+        spelt = _spelt(alias, aliases)
+        if spelt is None:
             raise ArtifactError(f"model '{name}' has no alias '{alias}'")
-        self.location.fsspec_fs.rm(self._path(name, ALIASES, f"{alias}.json"))
-        return aliases[alias]
+        self.location.fsspec_fs.rm(self._path(name, ALIASES, f"{spelt}.json"))
+        return aliases[spelt]
+
+    def check_alias(self, name: str, alias: str) -> None:
+        """Before a run points ``name@alias`` at the version it saves: an ArtifactError
+        where the model has an alias of that name spelt in another case."""
+        _same_spelling(name, alias, self.aliases(name))
 
     @_store_access
     def delete(self, name: str, version: int) -> None:
@@ -480,6 +496,27 @@ class ModelStore:
                 ) from None
 
 
+def _spelt(alias: str, aliases: dict[str, int]) -> str | None:
+    """The alias of ``aliases`` that ``alias`` names: aliases are case-insensitive
+    (``Production`` names ``production``), as a person reads them and as a file system
+    that ignores case (macOS, Windows) stores them."""
+    if alias in aliases:
+        return alias
+    return next((a for a in aliases if a.casefold() == alias.casefold()), None)
+
+
+def _same_spelling(name: str, alias: str, aliases: dict[str, int]) -> None:
+    """An ArtifactError where ``alias`` is new but one of ``aliases`` differs from it in
+    case only: two aliases a reference could not tell apart."""
+    spelt = _spelt(alias, aliases)
+    if spelt is not None and spelt != alias:
+        raise ArtifactError(
+            f"model '{name}' has alias '{spelt}' (version {aliases[spelt]}), which differs "
+            f"from '{alias}' in case only: aliases are case-insensitive, so '{alias}' would "
+            f"name it too",
+            hint=f"spell it '{spelt}' to point it elsewhere, or choose another name")
+
+
 class StagedModel:
     """A run's saved model version, staged (``ModelStore.stage``) until the run
     publishes its outputs: ``publish`` makes it a model and then points ``aliases`` at
@@ -492,6 +529,7 @@ class StagedModel:
     def publish(self) -> dict[str, int | None]:
         """The aliases moved, each with the version it named before (None: new)."""
         self.store.publish(self.model)
+        crash_point("after-model")
         moved: dict[str, int | None] = {}
         for alias in self.aliases:
             previous = self.store.set_alias(self.model.name, alias, self.model.version)

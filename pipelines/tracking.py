@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 from operators.errors import SluiceError
 from pipelines import runs
 
-STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "lost": "FAILED"}
 """A sluice run's status as MLflow's run status."""
 BATCH = {"metrics": 1000, "params": 100, "tags": 100}
 """What one ``log_batch`` call may carry of each (MLflow's limits)."""

@@ -17,7 +17,7 @@ MODEL_NAME_RULE = "a letter or digit, then letters, digits, '_', '.' or '-' (ASC
 
 def is_alias(name: str) -> bool:
     """Whether ``name`` can be an alias (``latest`` always means the newest version)."""
-    return name != "latest" and re.fullmatch(ALIAS, name) is not None
+    return name.casefold() != "latest" and re.fullmatch(ALIAS, name) is not None
 
 
 class SaveModelParams(Params):

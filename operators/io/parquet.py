@@ -66,6 +66,7 @@ from operators.base import (
     require_columns,
     yaml_text,
 )
+from operators.crash import crash_point
 from operators.io.fs import (
     Location,
     claim_dir,
@@ -924,6 +925,20 @@ class ReadParquet(Source):
             raise self._failure(exc, self.location.path) from None
         return {f.path: listed[f.path] for f in fragments}
 
+    @cached_property
+    def folder(self) -> str:
+        """The folder an incremental read's files are recorded relative to, so that a
+        dataset moved with its files keeps what was read: the read's directory, a glob's
+        folder before its first wildcard, a file's folder."""
+        path = self.location.path.rstrip("/") or self.location.path
+        if GLOB_CHARS.search(path):
+            return glob_base(path)
+        try:
+            kind = self.location.filesystem.get_file_info(path).type
+        except _io_errors() as exc:
+            raise self._failure(exc, path) from None
+        return posixpath.dirname(path) if kind == pa.fs.FileType.File else path
+
     def files_read(self) -> dict[str, list[int]]:
         """The files this read reads (``[size, mtime_ns]`` by path): what an incremental
         read records when its run succeeds."""
@@ -1599,6 +1614,7 @@ class WriteParquet(Sink):
             files = [self._empty_file(token)]
         if not token["local"]:
             self._check_own_files(token, files)
+        crash_point("after-parts")
         _write_manifest(fs, token["staging"], self._manifest(token, files, rows,
                                                              token["schema"]))
         if token["local"]:
@@ -1729,9 +1745,11 @@ class WriteParquet(Sink):
             manifest = self._manifest(token, listing, total, schema)
             if token["local"]:
                 self._move_in(token, current, files)
+                crash_point("after-parts")
                 _replace_manifest(target, manifest, self.params.durable)
             else:
                 self._check_own_files(token, files)
+                crash_point("after-parts")
                 _write_manifest(self._filesystem(token), target, manifest)
         if token["local"]:
             remove(token["staging"])
@@ -1882,6 +1900,66 @@ class WriteParquet(Sink):
                     and manifest.get("run_id") == token["run_id"]):
                 fs.delete_file(posixpath.join(token["target"], MANIFEST))
 
+
+
+def _of_run(run_id: str) -> Callable[[str], bool]:
+    """Whether a data file (a relative path) is one a run wrote: its first write of an
+    output ``part-<run id>-...``, a second write of it ``part-<run id>.2-...``."""
+    prefixes = (f"part-{run_id}-", f"part-{run_id}.")
+    return lambda name: posixpath.basename(name).startswith(prefixes)
+
+
+def published_by(location: Location, run_id: str) -> bool:
+    """Whether the output at ``location`` has a commit of run ``run_id``: its ``_SUCCESS``
+    lists a file the run wrote."""
+    manifest = read_manifest(location, location.path) or {}
+    files = manifest.get("files")
+    return isinstance(files, list) and any(isinstance(f, str) and _of_run(run_id)(f)
+                                           for f in files)
+
+
+def withdraw(location: Location, run_id: str) -> list[str]:
+    """Take the files of run ``run_id`` (one that died) out of the output at ``location``:
+    its ``_SUCCESS`` rewritten without them (the rows counted less theirs), or, where it
+    listed nothing else (a new output, an overwrite), the output removed; then the run's
+    files deleted, listed or not, and its dead staging folder beside a local output.
+    Under the output's lock, as a commit. The files withdrawn from the listing."""
+    fs, target = location.filesystem, location.path.rstrip("/")
+    ours = _of_run(run_id)
+    if location.local:
+        parent, name = os.path.split(target)
+        sweep_stale(parent, f".{name}{STAGING_MARK}")
+    if fs.get_file_info(target).type != pa.fs.FileType.Directory:
+        return []
+    with (locked_beside(target) if location.local
+          else locked_on_store(location.fsspec_fs, target)):
+        manifest = read_manifest(location, target)
+        listed = [f for f in (manifest or {}).get("files") or [] if isinstance(f, str)]
+        dropped = [f for f in listed if ours(f)]
+        kept = [f for f in listed if not ours(f)]
+        if manifest is not None and dropped and not kept:
+            if location.local:
+                remove(target)
+                return dropped
+            for info in fs.get_file_info(pa.fs.FileSelector(target, recursive=True)):
+                if info.type == pa.fs.FileType.File and not is_store_lock(info.path):
+                    fs.delete_file(info.path)
+            return dropped
+        if dropped:
+            rows = manifest.get("rows")
+            for name in dropped if isinstance(rows, int) else []:
+                with fs.open_input_file(posixpath.join(target, name)) as f:
+                    rows -= pq.ParquetFile(f).metadata.num_rows
+            rewritten = {**manifest, "files": kept, "rows": rows}
+            if location.local:
+                _replace_manifest(target, rewritten, durable=False)
+            else:
+                _write_manifest(fs, target, rewritten)
+        for info in fs.get_file_info(pa.fs.FileSelector(target, recursive=True)):
+            if info.type == pa.fs.FileType.File and ours(info.base_name):
+                with contextlib.suppress(FileNotFoundError):
+                    fs.delete_file(info.path)
+    return dropped
 
 _WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 8}
 

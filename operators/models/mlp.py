@@ -85,7 +85,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from operators.arrays import column_to_numpy, compute_dtype, to_numpy, to_xp
+from operators.arrays import column_to_numpy, compute_dtype, is_numpy, to_numpy, to_xp
 from operators.base import (
     ArtifactError,
     DataError,
@@ -123,6 +123,7 @@ from operators.models.common import (
     row_weights,
     sigmoid,
     softmax,
+    sparse_matrix,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -278,18 +279,23 @@ def _predict(X: Any, layers: list[tuple[Any, Any]], activation: str, output: str
     return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=0)
 
 
-def _data_loss(data: Any, theta: Any, net: dict[str, Any], xp: Any, gradient: bool
-               ) -> tuple[float, np.ndarray | None]:
-    """Weighted loss sum (and its gradient sum) over the rows of ``data`` (features,
-    target, weight), block by block so memory stays bounded; ``theta`` is in ``data``'s
-    dtype, the blocks' sums are added up in float64."""
-    n_features = net["units"][0]
+def _columns(data: Any, n_features: int) -> tuple[Any, Any, Any]:
+    """(features, target, weight) of a dense matrix of the three (views, no copy)."""
+    return data[:, :n_features], data[:, n_features], data[:, n_features + 1]
+
+
+def _data_loss(rows: tuple[Any, Any, Any], theta: Any, net: dict[str, Any], xp: Any,
+               gradient: bool) -> tuple[float, np.ndarray | None]:
+    """Weighted loss sum (and its gradient sum) over ``rows`` (features: a matrix, or a
+    SciPy CSR one; target; weight), block by block so memory stays bounded; ``theta`` is
+    in the features' dtype, the blocks' sums are added up in float64."""
+    X, target, weight = rows
     layers = _layers(theta, net["units"], xp)
-    loss, grad, rows = None, None, data.shape[0]
-    for start in range(0, rows, CHUNK_ROWS):
-        block = data[start:min(start + CHUNK_ROWS, rows), :]
-        inputs, z = _forward(block[:, :n_features], layers, net["activation"], xp)
-        part, delta = _output_loss(z, block[:, n_features], block[:, n_features + 1],
+    loss, grad, count = None, None, X.shape[0]
+    for start in range(0, count, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, count)
+        inputs, z = _forward(X[start:stop, :], layers, net["activation"], xp)
+        part, delta = _output_loss(z, target[start:stop], weight[start:stop],
                                    net["output"], xp)
         loss = part if loss is None else loss + part  # on the device until the end
         if gradient:
@@ -301,28 +307,28 @@ def _data_loss(data: Any, theta: Any, net: dict[str, Any], xp: Any, gradient: bo
     return total, np.zeros(_size(net["units"])) if grad is None else to_numpy(grad)
 
 
-def _adam_epoch(data: Any, net: dict[str, Any], adam: dict[str, Any], l2: float,
-                batch_size: int, learning_rate: float, mean_weight: float, xp: Any
+def _adam_epoch(rows: tuple[Any, Any, Any], net: dict[str, Any], adam: dict[str, Any],
+                l2: float, batch_size: int, learning_rate: float, mean_weight: float, xp: Any
                 ) -> tuple[Any, Any, Any, int, float]:
-    """Mini-batch Adam steps over ``data``'s rows in order: (theta, m, v, steps, the
-    weighted sum of each row's loss when its batch was used).
+    """Mini-batch Adam steps over ``rows`` (features, target, weight) in order: (theta,
+    m, v, steps, the weighted sum of each row's loss when its batch was used).
 
     The parameters and moments stay float64 on the device (a float32 step would be lost
     in the rounding of a float32 weight); each batch's forward and backward pass runs in
-    ``data``'s dtype with the parameters rounded to it."""
-    n_features = net["units"][0]
+    the features' dtype with the parameters rounded to it."""
+    X, target, weight = rows
     theta, m, v = (xp.asarray(adam[key]) for key in ("theta", "m", "v"))
     penalised = xp.asarray(net["penalised"])
     # the running loss stays on the device: one transfer at the end, not one per step
-    t, running, steps, rows = float(adam["t"]), xp.asarray(0.0, dtype=xp.float64), 0, \
-        data.shape[0]
-    for start in range(0, rows, batch_size):
-        block = data[start:min(start + batch_size, rows), :]
-        layers = _layers(xp.astype(theta, data.dtype, copy=False), net["units"], xp)
-        inputs, z = _forward(block[:, :n_features], layers, net["activation"], xp)
-        loss, delta = _output_loss(z, block[:, n_features], block[:, n_features + 1],
-                                   net["output"], xp)
-        scale = 1.0 / (block.shape[0] * mean_weight)
+    t, running, steps, count = float(adam["t"]), xp.asarray(0.0, dtype=xp.float64), 0, \
+        X.shape[0]
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        layers = _layers(xp.astype(theta, target.dtype, copy=False), net["units"], xp)
+        inputs, z = _forward(X[start:stop, :], layers, net["activation"], xp)
+        loss, delta = _output_loss(z, target[start:stop], weight[start:stop], net["output"],
+                                   xp)
+        scale = 1.0 / ((stop - start) * mean_weight)
         grad = _backward(inputs, layers, delta * scale, net["activation"], xp)
         grad = grad + l2 * penalised * theta
         t += 1.0
@@ -357,16 +363,30 @@ def _size(units: list[int]) -> int:
     return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(units[:-1], units[1:]))
 
 
-def _batch_order(data: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+def _batch_order(data: np.ndarray, seed: int, epoch: int, X: Any = None) -> np.ndarray:
     """A row order from each row's content (its float64 bits), the seed and the epoch,
-    never from the row's position: ``argsort`` of a hash of every row."""
+    never from the row's position: ``argsort`` of a hash of every row. ``X``: the rows'
+    features as a SciPy CSR matrix, ``data`` then their other columns (target, weight):
+    the order of the dense matrix of the two side by side, to the bit."""
     key = np.array([seed, epoch], dtype=np.int64).view(np.uint64)
+    width = data.shape[1] + (0 if X is None else X.shape[1])
     with np.errstate(over="ignore"):
         salt = mix(mix(key[:1]) ^ (key[1:] + np.uint64(1)))[0]
-        salts = mix(np.arange(data.shape[1], dtype=np.uint64) ^ salt)
+        salts = mix(np.arange(width, dtype=np.uint64) ^ salt)
         # one mixed word per cell (column-salted), summed along the row and mixed again
-        cells = mix(np.ascontiguousarray(data).view(np.uint64) ^ salts[None, :])
-        keys = mix(np.sum(cells, axis=1, dtype=np.uint64))
+        tail = salts[width - data.shape[1]:]
+        sums = np.sum(mix(np.ascontiguousarray(data).view(np.uint64) ^ tail[None, :]),
+                      axis=1, dtype=np.uint64)
+        if X is not None:
+            # a zero cell's word is mix(salt) (0 ^ salt): every row's zeros' words, less
+            # those of its stored cells, plus their words (the sum wraps, as the dense one)
+            zeros = mix(salts[:X.shape[1]] ^ np.uint64(0))
+            values = np.asarray(X.data, dtype=np.float64).view(np.uint64)
+            stored = mix(values ^ salts[X.indices]) - zeros[X.indices]
+            row_of = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+            np.add.at(sums, row_of, stored)
+            sums += np.sum(zeros, dtype=np.uint64)
+        keys = mix(sums)
     return np.argsort(keys, kind="stable")
 
 
@@ -394,6 +414,8 @@ class MLPFitted(FittedModel):
     @property
     def hidden(self) -> list[int]:
         return [W.shape[1] for W in self.weights[:-1]]
+
+    takes_sparse = True  # the first layer's X @ W of a SciPy CSR matrix too
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
         layers = [(parameters(W, xp), parameters(b, xp))
@@ -450,7 +472,7 @@ class MLP(PlannedPredictions, Estimator):
     schema_from_fit = True  # probability is float64 for 2 classes, list<double> for more
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return model_input_columns(schema, self.params)
+        return model_input_columns(schema, self.params, sparse=True)
 
     def _label_type(self, schema: pa.Schema) -> pa.DataType | None:
         """The class label type (classifier) or None (regressor); checks the label."""
@@ -473,14 +495,14 @@ class MLP(PlannedPredictions, Estimator):
         return None
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
-        check_inputs(schema, self.params)
+        check_inputs(schema, self.params, sparse=True)
         label_type = self._label_type(schema)
         check_class_weight(self.params.class_weight, label_type is not None, self.params.label)
         classes = None if label_type is None else [False, True]
         return with_predictions(schema, classes, label_type)
 
     def init(self, schema: pa.Schema) -> dict[str, Any]:
-        features = check_inputs(schema, self.params)
+        features = check_inputs(schema, self.params, sparse=True)
         label_type = self._label_type(schema)
         check_class_weight(self.params.class_weight, label_type is not None, self.params.label)
         return {"phase": "summary", "features": features, "classify": label_type is not None,
@@ -497,9 +519,9 @@ class MLP(PlannedPredictions, Estimator):
         if state["phase"] == "summary":
             return {**self._summary(train, held, state["classify"]), "precision": precision(xp)}
         if state["phase"] == "lbfgs":
-            data = to_xp(self._host_data(train, state, xp), xp)
-            loss, grad = _data_loss(data, parameters(state["opt"]["point"], xp), state["net"],
-                                    xp, gradient=True)
+            loss, grad = _data_loss(self._rows(train, state, xp),
+                                    parameters(state["opt"]["point"], xp), state["net"], xp,
+                                    gradient=True)
             return _exact({"loss": loss, "grad": grad})
         return self._epoch(train, held, state, xp)
 
@@ -522,11 +544,24 @@ class MLP(PlannedPredictions, Estimator):
                                     or ((held_y != 0) & (held_y != 1)).any())]
         return out
 
-    def _host_data(self, table: pa.Table, state: dict[str, Any], xp: Any = None
-                   ) -> np.ndarray:
-        """Features, target (class position or value) and weight of ``table``'s rows, in
-        ``xp``'s compute dtype (float64 without ``xp``); rows of a class the training rows
-        never had are dropped."""
+    def _rows(self, table: pa.Table, state: dict[str, Any], xp: Any
+              ) -> tuple[Any, Any, Any]:
+        """``table``'s (features, target, weight) in ``xp``, in one host-to-device copy;
+        the features a SciPy CSR matrix where some are a sparse column's and ``xp`` is
+        NumPy (its rows as they are: the first layer's products read the stored values
+        only), else dense."""
+        X, host = self._host_data(table, state, xp, sparse=is_numpy(xp))
+        if X is None:
+            return _columns(to_xp(host, xp), len(state["features"]))
+        return X.astype(compute_dtype(xp), copy=False), host[:, 0], host[:, 1]
+
+    def _host_data(self, table: pa.Table, state: dict[str, Any], xp: Any = None,
+                   sparse: bool = False) -> tuple[Any, np.ndarray]:
+        """(None, the features, target (class position or value) and weight of
+        ``table``'s rows) in ``xp``'s compute dtype (float64 without ``xp``), or, with
+        ``sparse`` where some features are a sparse column's, (their CSR matrix in
+        float64, the target and weight); rows of a class the training rows never had are
+        dropped."""
         p = self.params
         weights = row_weights(table, p.weight)
         labels = label_column(table, p.label)
@@ -541,7 +576,11 @@ class MLP(PlannedPredictions, Estimator):
             target = target.astype(np.float64)
         else:
             target = column_to_numpy(labels)
-        return host_matrix(table, state["features"], [target, weights], xp)
+        X = sparse_matrix(table, state["features"], np) if sparse else None
+        if X is not None:
+            return X, np.column_stack([target, weights]).astype(
+                np.float64 if xp is None else compute_dtype(xp))
+        return None, host_matrix(table, state["features"], [target, weights], xp)
 
     def _epoch(self, train: pa.Table, held: pa.Table, state: dict[str, Any], xp: Any
                ) -> dict[str, Any]:
@@ -551,17 +590,23 @@ class MLP(PlannedPredictions, Estimator):
                                "m": np.zeros(size), "v": np.zeros(size), "val_loss": 0.0,
                                "val_weight": 0.0}
         if p.early_stopping and held.num_rows:
-            data = self._host_data(held, state, xp)
-            loss, _ = _data_loss(to_xp(data, xp), parameters(adam["theta"], xp), net, xp,
-                                 gradient=False)
-            out.update(val_loss=loss, val_weight=float(data[:, -1].sum(dtype=np.float64)))
+            rows = self._rows(held, state, xp)
+            loss, _ = _data_loss(rows, parameters(adam["theta"], xp), net, xp, gradient=False)
+            out.update(val_loss=loss, val_weight=float(xp.sum(rows[2], dtype=xp.float64)))
         if not adam["train"] or train.num_rows == 0:
             return _exact(out)
         # float64 on the host: the batch order hashes the float64 bits of every row
-        host = self._host_data(train, state)
-        order = _batch_order(host, p.seed, adam["epoch"])
-        data = to_xp(np.ascontiguousarray(host[order], dtype=compute_dtype(xp)), xp)
-        theta, m, v, steps, running = _adam_epoch(data, net, adam, p.l2, p.batch_size,
+        # (a sparse column's rows as they are on NumPy, made dense for a device: the
+        # same order, which ``_batch_order`` gives either)
+        X, host = self._host_data(train, state, sparse=is_numpy(xp))
+        order = _batch_order(host, p.seed, adam["epoch"], X)
+        if X is None:
+            data = to_xp(np.ascontiguousarray(host[order], dtype=compute_dtype(xp)), xp)
+            rows = _columns(data, len(state["features"]))
+        else:
+            tail = np.ascontiguousarray(host[order], dtype=compute_dtype(xp))
+            rows = X[order].astype(compute_dtype(xp), copy=False), tail[:, 0], tail[:, 1]
+        theta, m, v, steps, running = _adam_epoch(rows, net, adam, p.l2, p.batch_size,
                                                   p.learning_rate, state["mean_weight"], xp)
         rows = train.num_rows
         out.update(rows=float(rows), steps=float(steps * rows), loss=running,

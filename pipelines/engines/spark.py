@@ -944,11 +944,15 @@ class SparkEngine(Engine):
                     f"{TASK_GPU} ({GPU_PROFILE} shows how)")
         timeout = self.profile.gpu_timeout
         group = f"sluice-gpu-{uuid.uuid4().hex[:12]}"
-        expired = threading.Event()
+        expired, finished = threading.Event(), threading.Event()
 
         def cancel() -> None:
+            # again until the probe returns: a job submitted after the first cancel (the
+            # query planned slowly on a loaded driver) would otherwise wait for ever
             expired.set()
-            sc.cancelJobGroup(group)
+            while not finished.is_set():
+                sc.cancelJobGroup(group)
+                finished.wait(0.5)
 
         frame = self._map(self.spark.range(0, 1, 1, 1), _GpuProbe(), _ROWS_DDL)
         timer = threading.Timer(timeout, cancel)
@@ -968,6 +972,7 @@ class SparkEngine(Engine):
                                        "for no GPU") from None
             raise _job_failure(exc, "GPU probe") from None
         finally:
+            finished.set()
             timer.cancel()
             _clear_job_group(sc)
         return pickle.loads(rows.column(2)[0].as_py())

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.decomposition import PCA as SkPCA
@@ -22,10 +23,12 @@ from operators.features.pca import PCA
 from operators.features.text import VectorizeText, VectorizeTextFitted
 from operators.models.common import host_matrix
 from operators.models.forest import DecisionTree
+from operators.models.isolation_forest import IsolationForest
 from operators.models.kmeans import KMeans
 from operators.models.linear import LinearRegression
 from operators.models.logistic import LogisticRegression
 from operators.models.mlp import MLP
+from operators.models.mlp import _batch_order as batch_order
 from operators.models.naive_bayes import NaiveBayes
 from operators.sparse import (
     csr_matrix,
@@ -215,12 +218,12 @@ def test_steps_that_read_no_sparse_column_say_which_do() -> None:
     step = fit(VectorizeText(columns=["text"], sparse=True), [table])
     schema = step.output_schema(table.schema)
     with pytest.raises(SchemaError, match="sparse column.*naive_bayes, logistic_regression"):
-        MLP(label="topic").output_schema(schema)
+        IsolationForest().output_schema(schema)
     with pytest.raises(SchemaError, match="one position of the sparse column 'text'"):
         NaiveBayes(label="topic", features=["text:app"]).output_schema(schema)
     # listed whole, or left out for others, is fine
     NaiveBayes(label="topic", features=["text"]).output_schema(schema)
-    MLP(label="topic", features=["w"]).output_schema(schema)
+    IsolationForest(features=["w"]).output_schema(schema)
 
 
 def test_a_sparse_column_of_other_positions_is_refused_by_name() -> None:
@@ -705,3 +708,77 @@ def test_pca_of_a_sparse_column_checks_k_and_its_covariance_room(
                                         r"covariance: .* GiB, over 25%") as err:
         fit_model(PCA(columns=["text"], k=2), [rows])
     assert "max_features" in err.value.hint
+
+
+ADAM = {"hidden": [5], "solver": "adam", "batch_size": 50, "learning_rate": 0.01,
+        "max_iter": 8, "weight": "w"}
+MLP_CASES = [
+    {"hidden": [6], "activation": "tanh", "l2": 0.1, "tol": 1e-11, "max_iter": 1000},
+    ADAM,
+    # held-out rows: a sparse row is hashed as stored, so not the term columns' rows
+    {**ADAM, "early_stopping": True, "validation_fraction": 0.2, "n_iter_no_change": 3},
+]
+
+
+@pytest.mark.filterwarnings("ignore::operators.models.common.ConvergenceWarning")  # 8 epochs
+@pytest.mark.parametrize("parts", [1, 3])
+@pytest.mark.parametrize("params", MLP_CASES, ids=["lbfgs", "adam", "adam-early-stopping"])
+def test_mlp_on_a_sparse_column_is_the_term_columns_network(params: dict, parts: int
+                                                           ) -> None:
+    """A sparse TF-IDF column beside a plain one: the network of the term columns (the
+    same start and batch order), the first layer computed on SciPy's CSR; off NumPy (the
+    strict stand-in) on the rows made dense, the same network (held-out rows too); scored
+    from the sparse rows as from the columns."""
+    table, _, rows = tfidf_tickets(parts)
+    sized = [p.append_column("size", pa.array(np.log1p(stored_terms(p))))
+             .append_column("w", pa.array(1.0 + stored_terms(p) % 3)) for p in rows]
+    _, dense_step, dense_rows = tfidf_tickets(parts, sparse=False)
+    terms = dense_step.names("text")
+    dense_sized = [p.append_column("size", s.column("size")).append_column("w", s.column("w"))
+                   for p, s in zip(dense_rows, sized, strict=True)]
+    sparse_net = fit_model(MLP(label="topic", features=["text", "size"], **params), sized)
+    dense_net = fit_model(MLP(label="topic", features=[*terms, "size"], **params),
+                          dense_sized)
+    assert sparse_net.features == [*terms, "size"]
+    if "validation_fraction" not in params:
+        for a, b in zip(sparse_net.weights + sparse_net.biases,
+                        dense_net.weights + dense_net.biases, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    strict = get_namespace("array_api_strict")
+    off = fit_model(MLP(label="topic", features=["text", "size"], **params), sized, strict)
+    for a, b in zip(off.weights + off.biases, sparse_net.weights + sparse_net.biases,
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    # scored from the sparse rows as from those rows made dense
+    whole = pa.concat_tables(sized)
+    scored = np.array(sparse_net.transform(whole, NP).column("probability").to_pylist())
+    dense_rows = host_matrix(whole, sparse_net.features)
+    np.testing.assert_allclose(scored, sparse_net.predict_matrix(dense_rows, NP),
+                               rtol=1e-12, atol=1e-14)
+
+
+def stored_terms(part: pa.Table) -> np.ndarray:
+    """Each row's count of stored terms (a plain feature beside the sparse column)."""
+    indices = pc.struct_field(part.column("text"), "indices")
+    return pc.list_value_length(indices).to_numpy().astype(np.float64)
+
+
+def test_mlp_batch_order_of_sparse_rows_is_the_dense_rows_order() -> None:
+    """The order Adam's batches take hashes a row's cells: the CSR rows with their target
+    and weight give the dense matrix's order to the bit (zeros stored or not)."""
+    rng = np.random.default_rng(3)
+    dense = np.where(rng.random((400, 9)) < 0.3, rng.normal(size=(400, 9)), 0.0)
+    tail = rng.normal(size=(400, 2))
+    from scipy import sparse as sp
+
+    X = sp.csr_matrix(dense)
+    with_zero = X.copy()
+    with_zero.data[0] = 0.0  # an explicitly stored zero
+    with_zero_dense = with_zero.toarray()
+    for epoch in (0, 1, 7):
+        want = batch_order(np.column_stack([dense, tail]), 4, epoch)
+        np.testing.assert_array_equal(batch_order(tail, 4, epoch, X), want)
+        np.testing.assert_array_equal(
+            batch_order(tail, 4, epoch, with_zero),
+            batch_order(np.column_stack([with_zero_dense, tail]), 4, epoch))
+    assert not np.array_equal(batch_order(tail, 4, 0, X), batch_order(tail, 5, 0, X))

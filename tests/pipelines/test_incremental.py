@@ -97,8 +97,10 @@ def test_scheduled_runs_append_each_row_exactly_once(workdir: Path, engine: Any)
                                 "earlier run")
     assert third["steps"]["events"]["incremental"]["read_before"] == 2
     assert ids_in(workdir / "out") == every_input_id(workdir)
-    assert sorted(state(workdir)) == sorted(str(p) for p in
-                                            (workdir / "data" / "events").rglob("*.parquet"))
+    # kept relative to the read's folder: a dataset moved with its files keeps its state
+    assert sorted(state(workdir)) == sorted(
+        str(p.relative_to(workdir / "data" / "events"))
+        for p in (workdir / "data" / "events").rglob("*.parquet"))
 
 
 def test_a_failed_run_commits_nothing_and_a_rewritten_file_is_new(workdir: Path) -> None:
@@ -109,7 +111,9 @@ def test_a_failed_run_commits_nothing_and_a_rewritten_file_is_new(workdir: Path)
     day(workdir, 3, bad=True)
     with pytest.raises(SluiceError, match="a bad row"):
         run(path)
-    assert list(state(workdir)) == [str(workdir / "data/events/ds=1/part.parquet")]
+    assert list(state(workdir)) == ["ds=1/part.parquet"]
+    # it published nothing: its claim is removed, nothing for the next run to settle
+    assert not (workdir / "runs" / "events_daily" / ".reads" / "events.pending.json").exists()
     day(workdir, 3)  # rewritten in place, good now: a new file
     done = run(path)
     assert done["steps"]["events"]["incremental"]["new_files"] == 2
@@ -188,6 +192,7 @@ def test_a_second_run_at_once_is_refused_naming_the_first(workdir: Path) -> None
             child.kill()
         child.communicate()
     assert not (workdir / "runs" / "events_daily" / ".reads" / "events.json").exists()
+    assert not (workdir / "runs" / "events_daily" / ".reads" / "events.pending.json").exists()
     done = run(path)
     assert done["steps"]["events"]["incremental"]["new_files"] == 1
     assert ids_in(workdir / "out") == every_input_id(workdir)

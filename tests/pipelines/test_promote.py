@@ -4,6 +4,7 @@ same rows; plan problems name the line; a champion that cannot score the rows sa
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,34 @@ def test_the_alias_moves_only_to_a_better_model(workdir: Path, rows: Path,
         _evaluated(workdir, rows, "churn@3", "roc_auc"), rel=1e-12)
     assert better["promotions"][0]["was"] == 1
     assert store.aliases("churn") == {"production": 3}
+
+
+def test_an_alias_spelt_in_another_case_is_refused_before_any_step(workdir: Path,
+                                                                  rows: Path) -> None:
+    """`promote` to Production where the model has production, or `save_model` with
+    aliases [CANDIDATE] where it has candidate: refused before any step runs (aliases are
+    case-insensitive, so it would be a second name for it), naming the alias there;
+    nothing saved or moved."""
+    _retrain(workdir, rows)
+    ModelStore().set_alias("churn", "candidate", 1)
+    cases = {"promote": ("alias: production", "alias: Production", "Production", "production"),
+             "save_model": ("name: churn\n", "name: churn\n        aliases: [CANDIDATE]\n",
+                            "CANDIDATE", "candidate")}
+    for step, (old, new, spelt, there) in cases.items():
+        text = RETRAIN.format(data=rows, extra="").replace(old, new, 1)
+        with pytest.raises(SluiceError) as info:
+            run(write_pipeline(workdir, text, "retrain.yaml"))
+        assert str(info.value).endswith(
+            f"step '{step}' ({step}): model 'churn' has alias '{there}' (version 1), "
+            f"which differs from '{spelt}' in case only: aliases are case-insensitive, so "
+            f"'{spelt}' would name it too (spell it '{there}' to point it elsewhere, "
+            "or choose another name)"), str(info.value)
+    assert ModelStore().versions("churn") == [1]
+    assert ModelStore().aliases("churn") == {"production": 1, "candidate": 1}
+    failed = [json.loads(p.read_text()) for p in (workdir / "runs" / "retrain").glob("*.json")]
+    assert sorted(r["status"] for r in failed) == ["failed", "failed", "succeeded"]
+    assert all("rows" not in entry for r in failed if r["status"] == "failed"
+               for entry in r["steps"].values())
 
 
 def test_min_delta_keeps_the_champion_when_the_gain_is_small(workdir: Path,

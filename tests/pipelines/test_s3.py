@@ -914,6 +914,20 @@ def test_incremental_reads_on_s3(bucket: str, workdir: Any) -> None:
     message = str(info.value.problems[0])
     assert "run 20261130T000000Z-dead00 of pipeline 'inc' is reading it now" in message
     assert f"delete '{lock}' if that run was killed outright" in message
+    # its running record, its heartbeat silent long enough: lost, as the refusal says
+    from pipelines import runs
+
+    runs.write({"run_id": "20261130T000000Z-dead00", "pipeline": "inc", "status": "running",
+                "started_at": "2026-11-30T00:00:00Z", "seconds": 1.0,
+                "engine": {"name": "local"}, "params": {}, "steps": {}, "outputs": [],
+                "models": [], "metrics": {}, "host": "node-7", "pid": 1,
+                "heartbeat_at": "2026-11-30T00:00:01Z", "heartbeat_unix": 1796000401.0,
+                "heartbeat_seconds": 30.0}, url)
+    with pytest.raises(ValidationFailed) as info:
+        run(str(pipeline), runs_dir=url)
+    assert ("; its run record says it is lost (no heartbeat since 2026-11-30T00:00:01Z ("
+            ) in str(info.value.problems[0])
+    assert f"if so, delete '{lock}' and run again" in str(info.value.problems[0])
     s3().rm(lock)
     second = run(str(pipeline), runs_dir=url)["steps"]["events"]["incremental"]
     assert (second["new_files"], second["read_before"]) == (1, 2)

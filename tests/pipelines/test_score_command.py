@@ -113,6 +113,15 @@ def test_the_score_command(workdir: Path, trained: Path) -> None:
     done = sluice("churn@staging", str(trained), "other")
     assert done.returncode == 1 and "has no alias 'staging'" in done.stderr
     assert not (workdir / "other").exists()
+    # a model name that names nothing: a typo, said, and no run in the history
+    for ref in ("churnn", "churnn@production"):
+        done = sluice(ref, str(trained), "other")
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert done.stderr.startswith(
+            f"error: sluice score {ref}: step 'score' (score): no model 'churnn' in "
+            f"{workdir / 'models'}; did you mean 'churn'? (train and `save_model` it first, "
+            "or pass --models DIR)"), done.stderr
+    assert not (workdir / "runs" / "score_churnn").exists()
     done = sluice(str(trained), "churn", "other")  # the input before the model
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert (f"MODEL comes first, then INPUT: '{trained}' is a path and 'churn' is none "

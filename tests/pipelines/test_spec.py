@@ -110,6 +110,29 @@ def test_params_substitute_and_override(churn: Path, workdir: Path) -> None:
     assert any("--param color: the pipeline has no param 'color'" in p for p in bad), bad
 
 
+def test_an_empty_param_value_for_a_default_that_is_not_is_refused(churn: Path,
+                                                                   workdir: Path) -> None:
+    """`--param folder=` (a shell variable that was not set) is no value for a param
+    whose default has one; a param whose default is empty takes it."""
+    path = write_pipeline(workdir, """
+        pipeline: p
+        params: {folder: churn, rows: 3, suffix: ""}
+        steps:
+          - op: read_parquet
+            path: data/${folder}${suffix}
+            partition_mb: ${rows}
+        """)
+    for name, default in (("folder", "'churn'"), ("rows", "3")):
+        for empty in ("", "  "):
+            said = [p for p in problems(path, **{name: empty}) if f"--param {name}" in p]
+            assert said == [
+                f"{path}:2: --param {name}: the value is empty, and the param's default is "
+                f"{default}: an unset shell variable (--param NAME=$VAR) reads so; pass a "
+                "value, or make the default empty in the file to run with none"], said
+    plan = plan_file(path, {"suffix": ""})
+    assert plan.ok and plan.spec.params["suffix"] == ""
+
+
 def test_a_date_param_yaml_reads_as_a_date_is_the_text_written(churn: Path,
                                                                workdir: Path) -> None:
     """`ds: 2026-11-28` unquoted (as a scheduler's ds is written) is a date to YAML 1.1:

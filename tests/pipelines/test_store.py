@@ -136,6 +136,30 @@ def test_models_delete_and_prune_commands(tmp_path: Path) -> None:
     assert "m@1 is named by m@production" in done.stderr
 
 
+def test_aliases_are_case_insensitive(tmp_path: Path) -> None:
+    """A reference in another case names the alias; a new alias that differs from one of
+    the model's only in case is refused, naming it (the same name moves it)."""
+    store = ModelStore(str(tmp_path))
+    for i in range(2):
+        store.save("m", [centered([i, i])], SCHEMA)
+    store.set_alias("m", "production", 1)
+    assert store.resolve("m@Production") == store.resolve("m@PRODUCTION") == ("m", 1)
+    assert store.resolve("m@Latest") == ("m", 2)
+    with pytest.raises(ArtifactError) as info:
+        store.set_alias("m", "Production", 2)
+    assert info.value.message == (
+        "model 'm' has alias 'production' (version 1), which differs from 'Production' in "
+        "case only: aliases are case-insensitive, so 'Production' would name it too")
+    assert info.value.hint == "spell it 'production' to point it elsewhere, or choose " \
+                              "another name"
+    assert store.aliases("m") == {"production": 1}
+    assert store.set_alias("m", "production", 2) == 1  # moved, as spelt
+    with pytest.raises(SluiceError, match="cannot be an alias"):
+        store.set_alias("m", "LATEST", 1)
+    assert store.remove_alias("m", "PRODUCTION") == 2
+    assert store.aliases("m") == {}
+
+
 def test_bad_aliases_say_what_to_do(tmp_path: Path) -> None:
     from operators.base import SluiceError
 

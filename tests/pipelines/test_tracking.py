@@ -236,6 +236,22 @@ def test_export_logs_the_history_once(churn: Path, workdir: Path, store: str) ->
     assert set(exported.data.metrics) == set(live.data.metrics)  # logged the same way
     assert exported.data.metrics["model.loss"] == second["metrics"]["model"]["loss"]
 
+    # a running run is logged once it has ended (logged now, it would stay running or
+    # be ended as it is now); a lost one is logged, failed
+    gone = 2**22 + 1  # above any pid Linux gives
+    for run_id, pid in (("20261201T000000Z-aaaaaa", None), ("20261201T000000Z-bbbbbb", gone)):
+        process = runs.this_process()
+        runs.write({**first, "run_id": run_id, "status": "running", "outputs": [],
+                    "models": [], "metrics": {}, **process,
+                    "pid": process["pid"] if pid is None else pid}, str(workdir / "runs"))
+    out = CliRunner().invoke(main, ["runs", "export", "--mlflow", store])
+    assert out.stdout.strip() == (
+        f"logged 1 run(s) to MLflow at {store}; 4 already there; 1 still running, not "
+        "logged (export again once it has ended): 20261201T000000Z-aaaaaa")
+    (lost,) = client.search_runs([experiment.experiment_id],
+                                 "tags.`sluice.run_id` = '20261201T000000Z-bbbbbb'")
+    assert (lost.info.status, lost.data.tags["sluice.status"]) == ("FAILED", "lost")
+
 
 def test_the_summary_says_where_the_run_went(churn: Path, workdir: Path, store: str) -> None:
     path = write_pipeline(workdir, TRAIN, "train.yaml")

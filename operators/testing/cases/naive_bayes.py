@@ -94,6 +94,9 @@ def _cases() -> None:
          _sparse_clustered, id="sparse", rtol=1e-9, atol=1e-12)
     case("pca", {"columns": ["terms", "c"], "k": 4, "weight": "w", "whiten": True},
          sparse_counts_table, id="sparse-weighted", rtol=1e-9, atol=1e-10)
+    case("mlp", {"label": "y", "features": ["terms", "c"], "weight": "w", "hidden": [3],
+                 "activation": "tanh", "l2": 0.1, "tol": 1e-10, "max_iter": 500},
+         sparse_counts_table, id="lbfgs-sparse", rtol=1e-6, atol=1e-8, float32_atol=1e-3)
     case("gradient_boosted_trees", {"label": "y", "weight": "w", "n_trees": 4, "max_depth": 3,
                                     "min_samples_leaf": 3, "validation_fraction": 0.25,
                                     "features": ["terms", "c"]},

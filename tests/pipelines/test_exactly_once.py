@@ -1,0 +1,146 @@
+"""Incremental reads exactly once across a kill: a run SIGKILLed at any point of its
+writes (``SLUICE_TEST_KILL_AT``, ``operators/crash.py``) leaves a claim that the next run
+settles from the outputs, so that every input row is in the appended output once and
+the registry holds the model of each run that read files once.
+
+The oracle is the files themselves: the output's ids against every input file's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_pipeline
+
+from pipelines.runner import run
+from pipelines.store import ModelStore
+
+SLUICE = str(Path(sys.executable).parent / "sluice")
+
+# the model is saved before the write: published first, so that a kill in the write's
+# commit leaves a model of a run whose output did not land (taken out by the next run)
+PIPELINE = """
+    pipeline: events_daily
+    params: {src: data/events}
+    steps:
+      - id: events
+        op: read_parquet
+        path: ${src}
+        incremental: true
+      - op: standard_scale
+        columns: [value]
+      - id: save
+        op: save_model
+        name: scaler
+      - id: write
+        op: write_parquet
+        input: events
+        path: out
+        mode: append
+    """
+
+
+def day(root: Path, ds: int, folder: str = "data/events") -> None:
+    """A `ds=` folder's file of 3 ids (``ds * 100 + i``)."""
+    where = root / folder / f"ds={ds}"
+    where.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [ds * 100 + i for i in range(3)],
+                             "value": [float(i) for i in range(3)]}), where / "part.parquet")
+
+
+def ids_in(folder: Path) -> list[int]:
+    return sorted(pq.read_table(folder, columns=["id"]).column("id").to_pylist())
+
+
+def every_input_id(folder: Path) -> list[int]:
+    return sorted(i for f in folder.rglob("*.parquet")
+                  for i in pq.read_table(f).column("id").to_pylist())
+
+
+def models_by_run(workdir: Path) -> list[str]:
+    """The run id of each published version of the model, oldest first."""
+    store = ModelStore(str(workdir / "models"))
+    return [store.read_meta("scaler", v)["run_id"] for v in store.versions("scaler")]
+
+
+def killed_at(point: str, path: Path, workdir: Path) -> None:
+    """A `sluice run` of ``path`` that kills itself at crash point ``point``."""
+    done = subprocess.run([SLUICE, "run", str(path)], cwd=workdir, capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "CI": "1", "SLUICE_TEST_KILL_AT": point})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "outcome", "engine_name"), [
+    ("before-write", "recovered", "local"),  # claimed, nothing written
+    ("after-model", "recovered", "local"),  # the model published, the output not
+    ("after-parts", "recovered", "local"),  # the output's parts there, no _SUCCESS
+    ("after-parts", "recovered", "dask"),  # recovered, and read again, on Dask
+    ("after-parts", "recovered", "spark"),  # and on Spark
+    ("after-write", "settled", "local"),  # every output landed, nothing recorded
+    ("after-state", "settled", "local"),  # recorded, its claim not yet removed
+])
+def test_a_run_killed_at_any_point_leaves_each_row_once(
+        workdir: Path, shared_engines: dict[str, Any], point: str, outcome: str,
+        engine_name: str) -> None:
+    from conftest import started
+
+    path = write_pipeline(workdir, PIPELINE)
+    day(workdir, 1)
+    run(path)  # an output to append to
+    day(workdir, 2)
+    killed_at(point, path, workdir)
+    pending = workdir / "runs" / "events_daily" / ".reads" / "events.pending.json"
+    dead = json.loads(pending.read_text())["run_id"]
+    day(workdir, 3)
+    said: list[str] = []
+    after = run(path, engine_instance=started(shared_engines, engine_name),
+                notify=said.append)
+    assert ids_in(workdir / "out") == every_input_id(workdir / "data" / "events")
+    assert models_by_run(workdir)[1:] == (
+        [dead, after["run_id"]] if outcome == "settled" else [after["run_id"]])
+    read = after["steps"]["events"]["incremental"]
+    assert read["claim"]["run_id"] == dead and read["claim"]["outcome"] == outcome
+    # settled: the dead run's file is read; recovered: read again with the new one
+    assert read["new_files"] == (1 if outcome == "settled" else 2)
+    (line,) = [line for line in said if line.startswith("step 'events': run ")]
+    assert dead in line and f"({outcome})" in line
+    assert not pending.exists()
+    assert not [p for p in workdir.iterdir() if ".sluice-tmp-" in p.name]
+
+
+def test_a_moved_dataset_keeps_what_was_read_and_an_old_state_still_reads(
+        workdir: Path) -> None:
+    """The files read are kept relative to the read's folder: the dataset moved (and the
+    pipeline pointed at its new place), nothing is read again; a state written before,
+    with whole paths, is read as it was."""
+    path = write_pipeline(workdir, PIPELINE)
+    day(workdir, 1)
+    run(path)
+    shutil.move(workdir / "data" / "events", workdir / "data" / "moved")
+    moved = run(path, {"src": "data/moved"})
+    assert moved["skipped"] and moved["steps"]["events"]["incremental"]["read_before"] == 1
+    state_file = workdir / "runs" / "events_daily" / ".reads" / "events.json"
+    state = json.loads(state_file.read_text())
+    assert list(state["files"]) == ["ds=1/part.parquet"]
+    # as sluice wrote it before: whole paths, no "relative"
+    del state["relative"]
+    state["files"] = {str(workdir / "data" / "moved" / k): v
+                      for k, v in state["files"].items()}
+    state_file.write_text(json.dumps(state))
+    day(workdir, 2, "data/moved")
+    again = run(path, {"src": "data/moved"})
+    assert again["steps"]["events"]["incremental"]["new_files"] == 1
+    assert ids_in(workdir / "out") == every_input_id(workdir / "data" / "moved")
+    assert sorted(json.loads(state_file.read_text())["files"]) == [
+        "ds=1/part.parquet", "ds=2/part.parquet"]

@@ -1,0 +1,157 @@
+"""A run's record while it runs: written ``running`` as it starts, its heartbeat kept
+fresh, replaced by the final record; a run killed outright leaves it, and readers show
+it ``lost`` (its process gone from this host, or no heartbeat from another)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SLUICE, sluice_in_process, touch_pipeline
+
+from pipelines import runs
+from pipelines.runner import run
+
+
+def _listed(workdir: Path, *options: str) -> list[dict[str, Any]]:
+    done = sluice_in_process("runs", "list", "--json", *options, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def _wait_for(check: Any, what: str, child: subprocess.Popen[str]) -> Any:
+    deadline = time.monotonic() + 60
+    while not (found := check()):
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return found
+
+
+@pytest.mark.slow
+def test_a_running_run_is_seen_and_a_killed_one_is_lost(workdir: Path) -> None:
+    """While the run runs its record says running and its heartbeat moves; list shows it
+    with its time so far, prune leaves it; SIGKILLed, it is lost (the record on disk
+    still says running), and prune deletes it as a failed run. Its incremental read's
+    lock went with its process: the next run reads the files it did not commit."""
+    path, marks = touch_pipeline(workdir, "beating", 2, 60.0)
+    path.write_text(path.read_text().replace("path: parts", "path: parts\n    incremental: true"))
+    env = {**os.environ, "CI": "1", "SLUICE_HEARTBEAT_SECONDS": "0.2"}
+    child = subprocess.Popen([SLUICE, "run", str(path)], cwd=workdir, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    folder = workdir / "runs" / "beating"
+    try:
+        _wait_for(lambda: any(marks.iterdir()), "no partition started", child)
+        (record_path,) = folder.glob("*.json")
+        record = json.loads(record_path.read_text())
+        assert (record["status"], record["pid"], record["host"], record["heartbeat_seconds"]
+                ) == ("running", child.pid, socket.gethostname(), 0.2)
+        assert record["steps"]["touch"]["op"] == "sluice_testops.Touch"
+        run_id, beat = record["run_id"], record["heartbeat_unix"]
+        _wait_for(lambda: json.loads(record_path.read_text())["heartbeat_unix"] > beat,
+                  "the heartbeat did not move", child)
+
+        (running,) = _listed(workdir)
+        assert running["status"] == "running" and running["seconds"] > 0
+        assert _listed(workdir, "--status", "lost") == []
+        shown = sluice_in_process("runs", "show", run_id, cwd=workdir).stdout
+        assert f"run {run_id} of 'beating' on local: running for " in shown
+        assert f"(every 0.2s), process {child.pid} on {socket.gethostname()}" in shown
+        pruned = sluice_in_process("runs", "prune", "--keep", "0", cwd=workdir).stdout
+        assert pruned.startswith("deleted 0 run record(s)") and record_path.exists()
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        child.communicate()
+
+    assert json.loads(record_path.read_text())["status"] == "running"  # as it was left
+    (lost,) = _listed(workdir, "--status", "lost")
+    assert lost["run_id"] == run_id
+    assert lost["error"] == f"process {child.pid} on this host is gone"
+    assert _listed(workdir, "--status", "running") == []
+    shown = sluice_in_process("runs", "show", run_id, cwd=workdir).stdout
+    assert f"run {run_id} of 'beating' on local: lost after " in shown
+    assert f"  lost: process {child.pid} on this host is gone" in shown
+    pruned = sluice_in_process("runs", "prune", "--keep", "0", cwd=workdir).stdout
+    assert pruned.startswith(f"deleted 1 run record(s): {run_id} (beating)")
+    assert not record_path.exists()
+
+    path.write_text(path.read_text().replace("seconds: 60.0", "seconds: 0.0"))
+    after = run(path)
+    assert after["status"] == "succeeded"
+    assert after["steps"]["read_parquet"]["incremental"]["new_files"] == 2
+
+
+def test_a_run_s_final_record_replaces_its_running_one(workdir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """The heartbeat stops with the run: what stays is the final record, without the
+    heartbeat (a beat after it would make a finished run running again)."""
+    monkeypatch.setenv("SLUICE_HEARTBEAT_SECONDS", "0.01")
+    path, _ = touch_pipeline(workdir, "short", 1, 0.2)
+    record = run(path)
+    time.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name == "sluice-heartbeat"]
+    (record_path,) = (workdir / "runs" / "short").glob("*.json")
+    written = json.loads(record_path.read_text())
+    assert written["status"] == "succeeded" == record["status"]
+    assert written["pid"] == os.getpid() and "heartbeat_at" not in written
+    assert not [p for p in record_path.parent.iterdir() if p.name.startswith(".")]
+
+    monkeypatch.setenv("SLUICE_HEARTBEAT_SECONDS", "soon")
+    done = sluice_in_process("run", str(path), cwd=workdir)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: $SLUICE_HEARTBEAT_SECONDS is 'soon', not a number "
+                                  "of seconds above 0 (set it to how often a running run's "
+                                  "record is rewritten (default 30), or unset it)")
+
+
+def _running(workdir: Path, run_id: str, **fields: Any) -> None:
+    """A running record as a run writes it, with ``fields`` (another host's, a process
+    that is not the run's)."""
+    record = {"run_id": run_id, "pipeline": "elsewhere", "status": "running",
+              "started_at": "2026-11-28T06:00:00Z", "started_unix": time.time() - 3600,
+              "seconds": 1.0, "engine": {"name": "spark"}, "params": {}, "steps": {},
+              "outputs": [], "models": [], "metrics": {}, "heartbeat_seconds": 30.0,
+              **runs.this_process(), **fields}
+    runs.write(record, str(workdir / "runs"))
+
+
+def test_a_running_record_is_lost_when_its_run_cannot_be_alive(workdir: Path) -> None:
+    """From another host: lost after 10 silent intervals and at least 5 minutes; on
+    this host: alive while its process is (the same process, by its start), lost once
+    its pid is another process's."""
+    now = time.time()
+    _running(workdir, "20261128T060000Z-000001", host="node-7", heartbeat_unix=now - 299,
+             heartbeat_at="2026-11-28T06:55:01Z", heartbeat_seconds=1.0)
+    _running(workdir, "20261128T060000Z-000002", host="node-7", heartbeat_unix=now - 301,
+             heartbeat_at="2026-11-28T06:54:59Z", heartbeat_seconds=1.0)
+    _running(workdir, "20261128T060000Z-000003", host="node-7", heartbeat_unix=now - 400,
+             heartbeat_at="2026-11-28T06:53:20Z", heartbeat_seconds=60.0)
+    _running(workdir, "20261128T060000Z-000004")  # this very process
+    _running(workdir, "20261128T060000Z-000005", pid_start=-1)  # its pid, reused
+    statuses = {r["run_id"][-1]: (r["status"], r["error"]) for r in _listed(workdir)}
+    assert statuses == {
+        "1": ("running", None),
+        "2": ("lost", "no heartbeat since 2026-11-28T06:54:59Z (5m01s ago; it beats every "
+                      "1s)"),
+        "3": ("running", None),  # 400 s is not 10 of its 60 s beats
+        "4": ("running", None),
+        "5": ("lost", f"process {os.getpid()} on this host is gone"),
+    }
+    # a running run is not done: not counted among the newest kept, never deleted
+    doomed, _ = runs.prunable(runs.load(str(workdir / "runs")).records, keep=1)
+    assert sorted(r["run_id"][-1] for r in doomed) == ["2"]
+
