@@ -11,6 +11,7 @@ import difflib
 import importlib
 import json
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -299,6 +300,17 @@ class Transform(Operator):
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
         """Return a new table; never mutate ``part``."""
 
+    def transform_counted(self, part: pa.Table, xp: Any) -> tuple[pa.Table, Counts | None]:
+        """``transform``, and what it counted on the partition for the run record's
+        metrics (expect: each rule's failed and checked rows; None: nothing). Counts of
+        partitions add up (``add_counts``)."""
+        return self.transform(part, xp), None
+
+    def warning(self, counts: Counts) -> str | None:
+        """What the run's counts (every partition's, added) leave worth a warning line
+        (expect with on_failure: warn: the rows that failed a rule); None: nothing."""
+        return None
+
     def training_view(self) -> Transform:
         """The transform a fitted estimator applies to the rows of the run that fitted
         it (target_encode's cross-fitted encodings of its own training rows); itself
@@ -378,15 +390,67 @@ class Estimator(Operator):
         driver for ``update``)."""
         return state
 
+    def progress(self, state: Any) -> FitProgress | None:
+        """Where an iterative fit is before its next pass, for the progress line (tree 6
+        of 60; Lloyd pass 12 of at most 300); None: nothing more than the pass number."""
+        return None
+
+
+Counts = dict[str, Any]
+"""What a transform counted on a partition: numbers by name, or nested counts."""
+
+
+def add_counts(a: Counts | None, b: Counts | None) -> Counts | None:
+    """Two partitions' counts added, name by name (nested ones too)."""
+    if a is None or b is None:
+        return a if b is None else b
+    out = dict(a)
+    for name, value in b.items():
+        out[name] = (add_counts(out[name], value) if isinstance(value, dict)
+                     else out.get(name, 0) + value)
+    return out
+
+
+@dataclass(frozen=True)
+class FitProgress:
+    """Where an iterative fit is (``Estimator.progress``): ``where`` in words ("tree 6
+    of 60"), and ``done``, the share of the fit done (0 to 1) that a fit ETA is drawn
+    from, None where it cannot be told (a fit that stops when it converges)."""
+
+    where: str
+    done: float | None = None
+
+
+@dataclass
+class FitClock:
+    """How a fit goes, as ``drive`` runs it: the pass about to run (``passes``, from
+    1) and where the estimator says it is then (``progress``), the time since it
+    started and the seconds it spent in the driver (``driver_seconds``: init, update,
+    and what the engine adds: the combine of the partitions' partials)."""
+
+    estimator: Estimator
+    passes: int = 0
+    progress: FitProgress | None = None
+    driver_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
 
 def drive(estimator: Estimator, schema: pa.Schema,
-          aggregate: Callable[[Callable[[pa.Table, Any], Any]], Any]) -> tuple[Any, int]:
+          aggregate: Callable[[Callable[[pa.Table, Any], Any]], Any],
+          clock: FitClock | None = None) -> tuple[Any, int]:
     """The driver loop of every fit: rounds of ``aggregate(partial)`` then ``update``.
 
     ``aggregate(fn)`` runs ``fn(part, xp)`` on every partition and combines the
     results with ``estimator.combine``; engines and the conformance kit supply it.
+    ``clock`` (engines': a progress line, the run record's driver seconds) is told each
+    pass before it runs and the time spent outside ``aggregate``.
     Returns the final state and the number of passes.
     """
+    clock = clock or FitClock(estimator)
+    t0 = time.perf_counter()
     state = estimator.init(schema)
     rounds = 0
     while True:
@@ -395,10 +459,14 @@ def drive(estimator: Estimator, schema: pa.Schema,
         def partial(part: pa.Table, xp: Any, current: Any = current) -> Any:
             return estimator.partial(part, current, xp)
 
+        clock.passes, clock.progress = rounds + 1, estimator.progress(state)
+        clock.driver_seconds += time.perf_counter() - t0
         stats = aggregate(partial)
+        t0 = time.perf_counter()
         state, done = estimator.update(stats, state)
         rounds += 1
         if done:
+            clock.driver_seconds += time.perf_counter() - t0
             return state, rounds
 
 

@@ -198,6 +198,8 @@ def _run_and_print(path: str, params: dict[str, str], progress: bool | None,
         _err(f"interrupted by {signal.Signals(signum).name}: stopped; what the run had not "
              "committed was discarded (its run record says interrupted)")
         sys.exit(128 + signum)
+    for line in record.get("warnings", []):
+        click.echo(f"warning: {line}", err=True)
     _print_record(record)
 
 
@@ -353,9 +355,13 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
     """A run's summary, as `sluice run` ends; ``details`` adds its file, params and error
     (`sluice runs show`)."""
     status = record["status"]
-    took = {"running": "running for", "lost": "lost after"}.get(status, f"{status} in")
+    took = {"running": "running for", "lost": "lost after"}.get(
+        status, f"{runs.status_said(record)} in")
+    work = record.get("work_seconds")
     click.echo(f"run {record['run_id']} of '{record['pipeline']}' on {record['engine']['name']}: "
-               f"{took} {record['seconds']:.2f}s")
+               f"{took} {record['seconds']:.2f}s"
+               + (f" (work {work:.3f}s: the steps' tasks and fits' driver time)"
+                  if work else ""))
     if status == "lost":
         click.echo(f"  lost: {record['lost']}")
     elif status == "running":
@@ -363,14 +369,28 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
                    f"{record.get('heartbeat_seconds', '?')}s), process {record.get('pid', '?')}"
                    f" on {record.get('host', '?')}")
     on_gpu = "gpu" in record.get("device", "")
+    if record["steps"] and work is not None:
+        click.echo(f"  {'STEP':<24} {'OP':<22} {'ROWS':>17}  {'TASKS':>8}  {'DRIVER':>8}  "
+                   f"{'WORK':>6}  {'WALL':>8}")
     for step_id, entry in record["steps"].items():
         rows = entry.get("rows")
         shown = f"{rows:>12,} rows" if rows is not None else " " * 17
-        where = f"  {entry.get('device', '')}" if on_gpu else ""
+        where = ""
+        if entry.get("wall_includes"):  # its own wall ran the lazy steps before it
+            where += f"  (wall with {', '.join(entry['wall_includes'])})"
+        if on_gpu:
+            where += f"  {entry.get('device', '')}"
         if entry.get("dtype"):
             where += f" {entry['dtype']}"
+        if work is None:  # a record from before the work was recorded
+            click.echo(f"  {step_id:<24} {entry['op']:<22} {shown}  "
+                       f"{entry.get('wall_seconds', 0):8.3f}s{where}".rstrip())
+            continue
         click.echo(f"  {step_id:<24} {entry['op']:<22} {shown}  "
-                   f"{entry.get('wall_seconds', 0):8.3f}s{where}".rstrip())
+                   f"{_seconds(entry.get('compute_seconds')):>8}  "
+                   f"{_seconds(entry.get('driver_seconds')):>8}  "
+                   f"{_share(entry.get('work_share')):>6}  "
+                   f"{_seconds(entry.get('wall_seconds')):>8}{where}".rstrip())
     for step_id, entry in record["steps"].items():
         mode = entry.get("fit_mode", "")
         if mode.startswith("one job a pass ("):  # resident was possible, and fell back
@@ -425,6 +445,16 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
         elif record.get("error"):
             click.echo(f"  error: {record['error']}")
     click.echo(f"  record: {record['record_path']}")
+
+
+def _seconds(value: float | None) -> str:
+    """A step's seconds in its summary line ('' for none)."""
+    return "" if value is None else f"{value:.3f}s"
+
+
+def _share(value: float | None) -> str:
+    """A step's share of the run's work in its summary line: 41.2% ('' for none)."""
+    return "" if value is None else f"{value:.1%}"
 
 
 def _print_tracking(entry: dict[str, Any] | None) -> None:
@@ -933,10 +963,13 @@ def _table(headers: list[str], rows: list[list[Any]], right: tuple[int, ...] = (
         click.echo(TRAILING_BLANKS.sub(r"\1", line))
 
 
-def _status(status: str) -> Any:
+def _status(status: str, warnings: int = 0) -> Any:
+    """A run's status in a runs table, in its colour (and its warnings: 'succeeded, 2
+    warnings')."""
     from rich.text import Text
 
-    return Text(status, style=STATUS_STYLES.get(status, ""))
+    return Text(runs.status_said({"status": status, "warnings": [None] * warnings}),
+                style=STATUS_STYLES.get(status, ""))
 
 
 def _shown(value: Any) -> str:
@@ -994,7 +1027,8 @@ def runs_list(pipeline: str | None, status: str | None, since: Any, last: int | 
         return
     rows = []
     for entry in summaries:
-        rows.append([entry["run_id"], entry["pipeline"], _status(entry["status"]),
+        rows.append([entry["run_id"], entry["pipeline"],
+                     _status(entry["status"], entry["warnings"]),
                      entry["started_at"].replace("T", " "),
                      runs.format_duration(entry["seconds"]), entry["engine"],
                      _shown(entry["rows_written"] and f"{entry['rows_written']:,}"),
@@ -1137,8 +1171,8 @@ def runs_compare(run_ids: tuple[str, ...], runs_dir: str | None) -> None:
                                                           else "")))
 
     section("RUN", [[mark(r), r["name"],
-                     *(runs.format_duration(v) if r["name"] == "seconds" else _shown(v)
-                       for v in r["values"]),
+                     *(runs.format_duration(v) if r["name"] in ("seconds", "work")
+                       and v is not None else _shown(v) for v in r["values"]),
                      ratio(r.get("ratio"))] for r in table["runs"]])
     changed = [r for r in table["params"] if r["changed"]]
     same = len(table["params"]) - len(changed)
@@ -1151,10 +1185,14 @@ def runs_compare(run_ids: tuple[str, ...], runs_dir: str | None) -> None:
                          _difference(r["difference"], r["ratio"]) if r["changed"] else ""]
                         for r in table["metrics"]],
             right=tuple(range(2, 2 + len(ids))))
-    section("STEP ROWS, SECONDS",
+    section("STEP ROWS, WORK, WALL",
             [[mark(r), f"{r['name']} ({r['op']})",
-              *(f"{'-' if n is None else f'{n:,}'}  {'-' if s is None else f'{s:.3f}s'}"
-                for n, s in zip(r["rows"], r["seconds"])), ""]
+              *(f"{'-' if n is None else f'{n:,}'}  "
+                f"{'-' if w is None else f'{w:.3f}s'} {_share(share) or '-':>6}  "
+                f"{'-' if s is None else f'{s:.3f}s'}"
+                for n, w, share, s in zip(r["rows"], r["work"], r["work_share"],
+                                          r["seconds"])),
+              ratio(r.get("work_ratio"))]
              for r in table["steps"]], right=tuple(range(2, 2 + len(ids))))
     section("OUTPUTS", [[mark(r), r["name"], *map(_shown, r["values"]), ""]
                         for r in table["outputs"]])

@@ -281,8 +281,12 @@ def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator,
         if (exc.where or "").startswith("step '"):
             raise  # an upstream step failed while the fit pulled its rows: that step's
         raise exc.located(f"step '{step_id}'") from None
-    metrics = {"passes": rounds, **estimator.metrics(state)}
-    return estimator.fitted(state), metrics, data
+    t0 = time.perf_counter()  # the finish (a solver's last solve, the trees' arrays)
+    try:
+        metrics = {"passes": rounds, **estimator.metrics(state)}
+        return estimator.fitted(state), metrics, data
+    finally:
+        engine.driver_time(step_id, time.perf_counter() - t0)
 
 
 @dataclass
@@ -341,12 +345,19 @@ class Run:
     def execute(self) -> None:
         for step in self.plan.steps:
             t0 = time.perf_counter()
+            before = {s: stats.seconds for s, stats in self.engine.stats.items()}
             try:
                 self._step(step)
             except SluiceError as exc:
                 raise self._locate(step, exc) from None
             entry = self.record["steps"][step.id]
             entry["wall_seconds"] = round(time.perf_counter() - t0, 6)
+            # the lazy steps before it whose partitions it computed (a read, a transform
+            # pulled by a fit): in its wall time, their work theirs
+            ran = [s.id for s in self.plan.steps if s.id != step.id and s.id in
+                   self.engine.stats and self.engine.stats[s.id].seconds > before.get(s.id, 0)]
+            if ran:
+                entry["wall_includes"] = ran
         for step in self.plan.steps:
             if not self.plan.consumers(step.id) and isinstance(step.op, Transform | Union):
                 # a dangling transform (or union) still runs, so that its rows are counted
@@ -1014,6 +1025,56 @@ def _write_record(record: dict[str, Any], runs_dir: str, quiet: bool = False) ->
         raise
 
 
+def _record_work(record: dict[str, Any], plan: Plan, eng: Engine) -> None:
+    """Each step's work into the run record: its rows (and a transform's rows in and
+    partitions), its partitions' task time (``compute_seconds``) and a fit's time in the
+    driver (``driver_seconds``), its share of the run's work (``work_share``; the run's
+    ``work_seconds``); what a transform counted (expect's rules) as its metrics, and the
+    warnings its counts leave (``warnings``: a line each, for the run's summary)."""
+    steps = record["steps"]
+    work: dict[str, list[float]] = {}
+    for name, stats in eng.stats.items():
+        # a step's own figures, and those of its parts under names of their own (a
+        # shuffle's sample, a shuffle join's table side): their time is the step's work
+        step_id = name if name in steps else name.split(" (", 1)[0]
+        if step_id not in steps:
+            continue
+        seconds = work.setdefault(step_id, [0.0, 0.0])
+        seconds[0] += stats.seconds
+        seconds[1] += stats.driver_seconds
+        if name == step_id:
+            if stats.rows_by_partition:  # a write's rows are its sink's count
+                steps[step_id]["rows"] = stats.rows
+            steps[step_id].update(stats.describe())
+    for step_id, (compute, driver) in work.items():
+        steps[step_id]["compute_seconds"] = round(compute, 6)
+        if driver:
+            steps[step_id]["driver_seconds"] = round(driver, 6)
+    warnings = []
+    for step in plan.steps:
+        entry = steps[step.id]
+        if "rows" not in entry and isinstance(step.op, Estimator | Action) and step.input:
+            rows = steps[step.input].get("rows")  # a fit or an action sees its input's
+            if rows is not None:
+                entry["rows"] = rows
+        counts = eng.stats[step.id].counts() if step.id in eng.stats else None
+        if counts is not None and isinstance(step.op, Transform):
+            record["metrics"][step.id] = counts
+            said = step.op.warning(counts)
+            if said:
+                warnings.append(f"{plan.spec.file}:{step.spec.line_of(None, said)}: step "
+                                f"'{step.id}' ({step.op.name}): {said}")
+    total = sum(e.get("compute_seconds", 0) + e.get("driver_seconds", 0)
+                for e in steps.values())
+    record["work_seconds"] = round(total, 6)
+    for entry in steps.values():
+        if "compute_seconds" in entry and total:
+            entry["work_share"] = round(
+                (entry["compute_seconds"] + entry.get("driver_seconds", 0)) / total, 4)
+    if warnings:
+        record["warnings"] = warnings
+
+
 def run(path: str | Path, overrides: dict[str, str] | None = None, *,
         full_refresh: bool = False, **options: Any) -> dict[str, Any]:
     """Validate, plan and execute a pipeline file (``_run``'s options): its incremental
@@ -1242,17 +1303,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
             eng.close()
         remove_scratch(current.scratch)
         release_dir(scratch_lock)
-        for step_id, stats in eng.stats.items():
-            if step_id in record["steps"]:
-                record["steps"][step_id]["rows"] = stats.rows
-                record["steps"][step_id]["compute_seconds"] = round(stats.seconds, 6)
-                record["steps"][step_id].update(stats.describe())
-        for step in plan.steps:  # a fit or an action sees the rows of its input
-            entry = record["steps"][step.id]
-            if "rows" not in entry and isinstance(step.op, Estimator | Action) and step.input:
-                rows = record["steps"][step.input].get("rows")
-                if rows is not None:
-                    entry["rows"] = rows
+        _record_work(record, plan, eng)
         record["seconds"] = round(time.time() - started, 6)
         if lineage is not None:
             _lineage_event(lineage, ENDS[record["status"]], plan, record, notify)

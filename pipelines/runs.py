@@ -515,6 +515,20 @@ def first_line(error: Any) -> str | None:
     return lines[0].strip() if lines else None
 
 
+def step_work(entry: dict[str, Any]) -> float | None:
+    """A step's own work in a run: its partitions' task time and its time in the driver
+    (None: a record from before the work was recorded)."""
+    if "compute_seconds" not in entry:
+        return None
+    return entry["compute_seconds"] + entry.get("driver_seconds", 0)
+
+
+def status_said(record: dict[str, Any]) -> str:
+    """A run's status, and its warnings where it has some: 'succeeded, 1 warning'."""
+    n = len(record.get("warnings") or [])
+    return record["status"] + (f", {n} warning{'s' * (n != 1)}" if n else "")
+
+
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     """A run in one flat dict: what ``sluice runs list`` shows a line of."""
     outputs = record["outputs"]
@@ -528,6 +542,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "rows_written": sum(o["rows"] for o in outputs) if outputs else None,
         "models": [f"{m['name']}@{m['version']}" for m in record["models"]],
         "error": first_line(record.get("error") or record.get("lost")),
+        "warnings": len(record.get("warnings") or []),
         "params": record["params"],
         "record_path": record.get("record_path"),
     }
@@ -656,6 +671,9 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
         # when and how long: measurements, never a change of the run
         {"name": "started", "values": [r["started_at"] for r in records], "changed": False},
         {"name": "seconds", "values": seconds, "changed": False, "ratio": change(seconds)[1]},
+        # the steps' tasks and fits' driver time (None: a record from before it was kept)
+        {"name": "work", "values": (work := [r.get("work_seconds") for r in records]),
+         "changed": False, "ratio": change(work)[1]},
         _row("engine", [r["engine"]["name"] for r in records]),
         _row("file", [r.get("file") for r in records]),
         _row("error", [first_line(r.get("error") or r.get("lost")) for r in records]),
@@ -673,8 +691,11 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
     for step_id in _names(steps, shared):
         entries = [s.get(step_id) or {} for s in steps]
         rows = [e.get("rows") for e in entries]
+        work = [step_work(e) for e in entries]
         step_rows.append({"name": step_id, "op": next(e["op"] for e in entries if e),
                           "rows": rows, "seconds": [e.get("wall_seconds") for e in entries],
+                          "work": work, "work_share": [e.get("work_share") for e in entries],
+                          "work_ratio": change(work)[1],
                           "changed": any(n != rows[0] for n in rows)})
 
     def by_step(key: str, shown: Any) -> list[dict[str, Any]]:

@@ -85,7 +85,7 @@ def _numbers(record: dict[str, Any], flat: dict[str, Any]) -> dict[str, list[flo
     """Each numeric metric of the record (``flat``: its metrics, lists kept) as a
     history: one value, or a list's values (``validation_losses``: a round each; a list
     of class labels is no measurement and is left out); booleans as 0 and 1; then each
-    step's rows and compute seconds and the run's seconds."""
+    step's rows, compute, driver and wall seconds and the run's seconds."""
     out: dict[str, list[float]] = {}
     for name, value in flat.items():
         # a NaN metric as a record read from its file has it: text (``operators.jsontext``)
@@ -95,7 +95,7 @@ def _numbers(record: dict[str, Any], flat: dict[str, Any]) -> dict[str, list[flo
               and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
             out[name] = [float(v) for v in value]
     for step_id, entry in (record.get("steps") or {}).items():
-        for name in ("rows", "compute_seconds"):
+        for name in ("rows", "compute_seconds", "driver_seconds", "wall_seconds"):
             if isinstance(entry.get(name), int | float):
                 out[f"steps.{step_id}.{name}"] = [float(entry[name])]
     if isinstance(record.get("seconds"), int | float):

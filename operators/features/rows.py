@@ -213,10 +213,12 @@ class ExpectParams(Params):
                     "{positive_charges: \"monthly_charges > 0\"}; false or null fails")
     not_null: list[str] = Field(default_factory=list,
                                 description="columns that must have a value in every row")
-    on_failure: Literal["fail", "drop"] = Field(
+    on_failure: Literal["fail", "drop", "warn"] = Field(
         "fail", description="fail: stop the run at the first partition with a failing row, "
                             "naming the rule, the count and a failing row (an output is "
-                            "never half written); drop: keep only the rows that pass")
+                            "never half written); drop: keep only the rows that pass; "
+                            "warn: keep every row, the run going on with a warning line "
+                            "that counts the rows failing each rule")
 
     @field_validator("rules")
     @classmethod
@@ -253,7 +255,10 @@ class Expect(Transform):
     failing row, with the rule, how many of the partition's rows fail it and one of
     them: a scheduled job stops before it writes or trains on bad data (a write is
     atomic: no half output). `on_failure: drop` keeps the rows that pass every rule
-    (the run record's row counts show how many went). Never part of a saved model.
+    (the run record's row counts show how many went). `on_failure: warn` keeps every
+    row: the run goes on, and ends with a warning line counting the failing rows (dbt's
+    `severity: warn`). Every rule's rows checked and failed are the step's metrics
+    (`<step>.<rule>.failed`, `.checked`). Never part of a saved model.
 
     ```yaml
     - op: expect
@@ -296,6 +301,10 @@ class Expect(Transform):
         return schema
 
     def transform(self, part: pa.Table, xp: Any) -> pa.Table:
+        return self.transform_counted(part, xp)[0]
+
+    def transform_counted(self, part: pa.Table, xp: Any) -> tuple[pa.Table, dict[str, Any]]:
+        """The rows that go on, and each check's rows ``checked`` and ``failed``."""
         import pyarrow.dataset as ds
 
         checks = self.checks
@@ -306,15 +315,26 @@ class Expect(Transform):
         except ARROW_ERRORS as exc:
             raise _failed(exc, "rules", checks.values(), part, "rules") from None
         passed = None
+        counts = {}
         for name in checks:
             ok = pc.fill_null(met.column(name), False)
-            if self.params.on_failure == "fail":
-                failing = part.num_rows - pc.sum(ok).as_py() if part.num_rows else 0
-                if failing:
-                    raise self._failure(part, name, checks[name], ok, failing)
+            failing = part.num_rows - pc.sum(ok).as_py() if part.num_rows else 0
+            if failing and self.params.on_failure == "fail":
+                raise self._failure(part, name, checks[name], ok, failing)
+            counts[name] = {"checked": part.num_rows, "failed": failing}
             passed = ok if passed is None else pc.and_(passed, ok)
-        return part if passed is None or self.params.on_failure == "fail" else part.filter(
-            passed)
+        kept = part.filter(passed) if self.params.on_failure == "drop" and passed is not None \
+            else part
+        return kept, counts
+
+    def warning(self, counts: dict[str, Any]) -> str | None:
+        failed = {name: c for name, c in counts.items() if c["failed"]}
+        if self.params.on_failure != "warn" or not failed:
+            return None
+        checks = self.checks
+        said = "; ".join(f"{c['failed']:,} of {c['checked']:,} rows fail "
+                         f"{_rule(name, checks[name])}" for name, c in failed.items())
+        return f"{said} (on_failure: warn: the run went on with every row)"
 
     def _failure(self, part: pa.Table, name: str, text: str, ok: pa.ChunkedArray,
                  failing: int) -> DataError:
@@ -323,10 +343,16 @@ class Expect(Transform):
         shown += [c for c in part.column_names if c not in shown]
         row = part.slice(first, 1).select(shown[:EXAMPLE_COLUMNS]).to_pylist()[0]
         example = ", ".join(f"{k}={_value(v)}" for k, v in row.items())
-        rule = name if name.startswith("not_null(") else f"'{name}' ({text})"
         return DataError(
-            f"{failing:,} of {part.num_rows:,} rows fail {rule}, e.g. the row {example}",
-            hint="fix the data, or on_failure: drop to go on with the rows that pass")
+            f"{failing:,} of {part.num_rows:,} rows fail {_rule(name, text)}, e.g. the row "
+            f"{example}",
+            hint="fix the data, or on_failure: drop to go on with the rows that pass "
+                 "(warn: with every row, and a warning)")
+
+
+def _rule(name: str, text: str) -> str:
+    """A check as a message names it: not_null(column), or 'name' (its condition)."""
+    return name if name.startswith("not_null(") else f"'{name}' ({text})"
 
 
 def _value(value: Any) -> str:

@@ -54,7 +54,14 @@ import pyarrow as pa
 from pydantic import AfterValidator, Field
 
 from operators.arrays import to_numpy, to_xp
-from operators.base import DataError, ParamError, SchemaError, register, register_fitted
+from operators.base import (
+    DataError,
+    FitProgress,
+    ParamError,
+    SchemaError,
+    register,
+    register_fitted,
+)
 from operators.models import ranking, selection
 from operators.models.common import check_role, held_out, label_column, row_weights
 from operators.models.log_link import (
@@ -648,6 +655,15 @@ class GradientBoostedTrees(TreeEstimator):
                                   ndcg_at=self.params.ndcg_at)
             return {**state, "phase": "done", "validation": validation}, True
         return super().update(stats, state)
+
+    def progress(self, state: dict[str, Any]) -> FitProgress | None:
+        """The tree being grown, of ``n_trees`` (early stopping may end the fit sooner:
+        its ETA is then the longest it can take)."""
+        if state.get("phase") != "grow":
+            return None
+        n = self.params.n_trees
+        done = state["round"]
+        return FitProgress(f"tree {min(done + 1, n)} of {n}", done / n)
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         out = super().metrics(state)

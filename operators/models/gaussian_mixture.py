@@ -66,6 +66,7 @@ from operators.arrays import in_float64, to_numpy, to_xp
 from operators.base import (
     DataError,
     Estimator,
+    FitProgress,
     ParamError,
     Params,
     register,
@@ -100,6 +101,7 @@ from operators.models.kmeans import (
     nearest,
     one_hot,
     require_rows_for,
+    start_pass_progress,
 )
 
 LOG_LIKELIHOOD = "log_likelihood"
@@ -677,6 +679,14 @@ class GaussianMixture(Estimator):
                                      state["weights"], state["means"] + state["mean"],
                                      state["covariances"], state["precisions_cholesky"],
                                      state["mean"])
+
+    def progress(self, state: dict[str, Any]) -> FitProgress | None:
+        """The EM pass of the start (of ``n_init``), of at most ``max_iter``: it stops
+        sooner when the lower bound stands still, so no ETA."""
+        if state.get("phase") != "em":
+            return None
+        return FitProgress(start_pass_progress(len(state.get("starts", [])), self.params.n_init,
+                                          "EM", state["iterations"], self.params.max_iter))
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if state.get("phase") != "done":

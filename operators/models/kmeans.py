@@ -107,7 +107,15 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from operators.arrays import compute_dtype, get_namespace, is_cupy, is_numpy, to_numpy, to_xp
-from operators.base import DataError, Estimator, ParamError, Params, register, register_fitted
+from operators.base import (
+    DataError,
+    Estimator,
+    FitProgress,
+    ParamError,
+    Params,
+    register,
+    register_fitted,
+)
 from operators.evaluate.clusters import EvaluateClusters, unmeasurable
 from operators.hashing import hash_rows
 from operators.models.common import (
@@ -770,6 +778,13 @@ def clustered_schema(schema: pa.Schema, distance: bool) -> pa.Schema:
 # --------------------------------------------------------------------------- estimator
 
 
+def start_pass_progress(started: int, starts: int, name: str, passes: int, at_most: int) -> str:
+    """Where an iterative fit of several starts is: '[start 2 of 3, ]Lloyd pass 12 of
+    at most 300' (``started``: the starts done; ``passes``: the start's passes done)."""
+    start = f"start {started + 1} of {starts}, " if starts > 1 else ""
+    return f"{start}{name} pass {passes + 1} of at most {at_most}"
+
+
 @register("kmeans")
 class KMeans(Estimator):
     """k-means clustering: adds `prediction`, the cluster of each row (MLlib's KMeans).
@@ -1367,6 +1382,16 @@ class KMeans(Estimator):
             raise RuntimeError("kmeans: fitted() before the start was chosen")
         return KMeansFitted(state["features"], state["centres"], state["mean"],
                             self.params.distance, self._cosine)
+
+    def progress(self, state: dict[str, Any]) -> FitProgress | None:
+        """The Lloyd pass of the start (of ``n_init``), of at most ``max_iter``: it stops
+        sooner when the centres stand still, so no ETA."""
+        if state.get("phase") != "lloyd":
+            return None
+        if state.get("final"):  # the Lloyd passes are done: the figures of the last
+            return FitProgress("the start's figures (inertia, sizes)")
+        return FitProgress(start_pass_progress(len(state.get("starts", [])), self.params.n_init,
+                                          "Lloyd", state["iterations"], self.params.max_iter))
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if state.get("phase") != "done":

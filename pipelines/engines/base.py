@@ -22,25 +22,32 @@ from typing import Any
 import pyarrow as pa
 
 from operators.base import (
+    Counts,
     Estimator,
+    FitClock,
     PartitionInfo,
     Sink,
     SluiceError,
     Source,
     Transform,
     WriteResult,
+    add_counts,
     causes,
     drive,
     tree_reduce,
 )
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem, run_placed
+from pipelines.engines.progress import fit_label
 
 __all__ = ["Dataset", "Engine", "StepFailure", "StepsSource", "compute_partition",
            "placed_action", "tree_reduce", "write_through", "StagedSink"]
 
-# record(step, partition index, rows, seconds, device): what each step did on each
-# partition; ``device`` says where it ran ("cpu", "gpu:0") and any out-of-memory
-# split or CPU fallback (see ``pipelines.device.run_placed``); None for a source
+# record(step, partition index, rows, seconds, device, rows_in, counts): what each step
+# did on each partition (rows None: its time only, a write's); ``device`` says where it
+# ran ("cpu", "gpu:0") and any out-of-memory split or CPU fallback (see
+# ``pipelines.device.run_placed``), None for a source or a write; a transform's
+# ``rows_in`` (its input's rows) and ``counts`` (what it counted:
+# ``Transform.transform_counted``)
 Record = Callable[..., None]
 
 
@@ -145,7 +152,14 @@ class StepsSource(Source):
 @dataclass
 class StepStats:
     rows_by_partition: dict[int, int] = field(default_factory=dict)
+    # a transform's input rows, and what it counted, by partition (a partition computed
+    # twice, for two steps that read it, counts once)
+    rows_in_by_partition: dict[int, int] = field(default_factory=dict)
+    counts_by_partition: dict[int, Counts] = field(default_factory=dict)
+    # the task time of its partitions, all of it (a partition computed twice: twice)
     seconds: float = 0.0
+    # a fit's time in the driver: init, update, the combine of the partials
+    driver_seconds: float = 0.0
     devices: set[str] = field(default_factory=set)
     splits: dict[int, int] = field(default_factory=dict)
     fallbacks: dict[int, str] = field(default_factory=dict)
@@ -156,9 +170,21 @@ class StepStats:
     def rows(self) -> int:
         return sum(self.rows_by_partition.values())
 
+    def counts(self) -> Counts | None:
+        """What the step counted, every partition's added (None: nothing)."""
+        total = None
+        for index in sorted(self.counts_by_partition):
+            total = add_counts(total, self.counts_by_partition[index])
+        return total
+
     def describe(self) -> dict[str, Any]:
-        """The run record's view: where the step ran, and what ran out of device memory."""
+        """The run record's view: its partitions (and a transform's rows in), where the
+        step ran, and what ran out of device memory."""
         out: dict[str, Any] = dict(self.notes)
+        if self.rows_by_partition:
+            out["partitions"] = len(self.rows_by_partition)
+        if self.rows_in_by_partition:
+            out["rows_in"] = sum(self.rows_in_by_partition.values())
         if self.devices:
             out["device"] = ", ".join(sorted(self.devices))
         if self.splits:
@@ -348,8 +374,9 @@ class Raised:
         return value
 
 
-def _concat(a: pa.Table, b: pa.Table) -> pa.Table:
-    return pa.concat_tables([a, b])
+def _concat_counted(a: tuple[pa.Table, Counts | None],
+                    b: tuple[pa.Table, Counts | None]) -> tuple[pa.Table, Counts | None]:
+    return pa.concat_tables([a[0], b[0]]), add_counts(a[1], b[1])
 
 
 def _placed(step: str, placement: Placement, fn: Callable[[pa.Table, Any], Any],
@@ -358,10 +385,29 @@ def _placed(step: str, placement: Placement, fn: Callable[[pa.Table, Any], Any],
     t0 = time.perf_counter()
     value, event = run_placed(placement, fn, part, merge)
     if record:
-        device = {"device": "cpu" if event and "fallback" in event else placement.describe(),
-                  **(event or {})}
-        record(step, index, rows(value), time.perf_counter() - t0, device)
+        record(step, index, rows(value), time.perf_counter() - t0,
+               _where(placement, event))
     return value
+
+
+def _where(placement: Placement, event: dict[str, Any] | None) -> dict[str, Any]:
+    """Where a partition's work ran, for ``record``: the placement's device, or the CPU
+    it fell back to, and any out-of-memory split."""
+    return {"device": "cpu" if event and "fallback" in event else placement.describe(),
+            **(event or {})}
+
+
+def _transformed(step: str, placement: Placement, op: Transform, part: pa.Table,
+                 index: int, record: Record | None) -> pa.Table:
+    """A transform step on one partition, where ``placement`` says, recorded with its
+    rows in and out and what it counted."""
+    t0 = time.perf_counter()
+    (table, counts), event = run_placed(placement, op.transform_counted, part,
+                                        _concat_counted)
+    if record:
+        record(step, index, table.num_rows, time.perf_counter() - t0,
+               _where(placement, event), part.num_rows, counts)
+    return table
 
 
 def compute_partition(data: Dataset, partition: PartitionInfo,
@@ -387,8 +433,7 @@ def compute_partition(data: Dataset, partition: PartitionInfo,
         else:
             part = start
         for step, op, placement in data.ops[skip:]:
-            part = _placed(step, placement, op.transform, part, partition.index, _concat,
-                           record, lambda table: table.num_rows)
+            part = _transformed(step, placement, op, part, partition.index, record)
         return part
     except (SluiceError, StepFailure) as exc:
         raise located(step, partition, exc) from None
@@ -409,6 +454,25 @@ class placed_action:  # noqa: N801 - used like a function
     def __call__(self, part: pa.Table, info: PartitionInfo, record: Record | None) -> Any:
         return _placed(self.step, self.placement, self.partial, part, info.index,
                        self.combine, record, lambda _: part.num_rows)
+
+
+@dataclass(frozen=True)
+class recorded_write:  # noqa: N801 - used like a function
+    """A write's ``sink.write`` of one partition (``token``: the write's), its time
+    recorded as the step's work; not its rows, which the sink counts (a shuffle step's
+    first stage writes its partial rows, and the step's rows are those of its second).
+    Picklable for workers."""
+
+    step: str
+    sink: Any
+    token: Any
+
+    def __call__(self, part: pa.Table, info: PartitionInfo, record: Record | None) -> Any:
+        t0 = time.perf_counter()
+        result = self.sink.write(self.token, part, info.index)
+        if record:
+            record(self.step, info.index, None, time.perf_counter() - t0, None)
+        return result
 
 
 def write_through(sink: Sink, run_id: str, schema: pa.Schema,
@@ -474,16 +538,36 @@ class Engine(ABC):
         self.stats: dict[str, StepStats] = {}
 
     def record(self, step: str, partition: int, rows: int, seconds: float,
-               device: dict[str, Any] | None = None) -> None:
+               device: dict[str, Any] | None = None, rows_in: int | None = None,
+               counts: Counts | None = None) -> None:
         stats = self.stats.setdefault(step, StepStats())
-        stats.rows_by_partition[partition] = rows
+        if rows is not None:
+            stats.rows_by_partition[partition] = rows
         stats.seconds += seconds
+        if rows_in is not None:
+            stats.rows_in_by_partition[partition] = rows_in
+        if counts is not None:
+            stats.counts_by_partition[partition] = counts
         if device is not None:
             stats.devices.add(device["device"])
             if "split" in device:
                 stats.splits[partition] = device["split"]
             if "fallback" in device:
                 stats.fallbacks[partition] = device["reason"]
+
+    def driver_time(self, step: str, seconds: float) -> None:
+        """Count ``seconds`` of the step's work done in the driver (a fit's update, the
+        combine of its partials)."""
+        self.stats.setdefault(step, StepStats()).driver_seconds += seconds
+
+    def reduce(self, step: str, values: list[Any], combine: Callable[[Any, Any], Any]) -> Any:
+        """``tree_reduce`` of the partitions' partials on the driver, its time the step's
+        driver time."""
+        t0 = time.perf_counter()
+        try:
+            return tree_reduce(values, combine)
+        finally:
+            self.driver_time(step, time.perf_counter() - t0)
 
     def record_all(self, rows: list[tuple[Any, ...]]) -> None:
         """``record`` each of the rows a worker sent back."""
@@ -568,14 +652,16 @@ class Engine(ABC):
         """
         if estimator.multi_pass:
             data = self.persist(data)
-        passes = [0]
+        clock = FitClock(estimator)
 
         def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
-            passes[0] += 1
             return self.aggregate(data, step_id, partial, estimator.combine,
-                                  label=f"{step_id}: pass {passes[0]}", placement=placement)
+                                  label=fit_label(step_id, clock), placement=placement)
 
-        state, rounds = drive(estimator, data.schema, aggregate)
+        try:
+            state, rounds = drive(estimator, data.schema, aggregate, clock)
+        finally:
+            self.driver_time(step_id, clock.driver_seconds)
         return state, rounds, data
 
     @abstractmethod

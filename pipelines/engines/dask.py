@@ -83,11 +83,11 @@ from pydantic import Field
 
 from operators.base import (
     Estimator,
+    FitClock,
     PartitionInfo,
     Sink,
     SluiceError,
     WriteResult,
-    tree_reduce,
 )
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem
 from pipelines.engines import resident
@@ -101,6 +101,7 @@ from pipelines.engines.base import (
     format_bytes,
     located,
     placed_action,
+    recorded_write,
     unreachable,
     workers_ignore_ctrl_c,
     write_through,
@@ -213,14 +214,6 @@ class _Job:
         fit's partial)."""
         return self.data.uses_gpu(self.skip) or (
             isinstance(self.action, placed_action) and self.action.placement.device == "gpu")
-
-
-class _Write:
-    def __init__(self, sink: Sink, token: Any):
-        self.sink, self.token = sink, token
-
-    def __call__(self, part: pa.Table, info: PartitionInfo, record: Any) -> WriteResult:
-        return self.sink.write(self.token, part, info.index)
 
 
 def _table(part: pa.Table, info: PartitionInfo, record: Any) -> pa.Table:
@@ -931,28 +924,24 @@ class DaskEngine(Engine):
 
             import cloudpickle
 
-            passes = [0]
-            rows = {i.index: i.rows or 0 for i in infos}
             hub = self._hub(holders, notes)
 
-            def gather(work: bytes) -> dict[tuple[int, int], Any]:
-                passes[0] += 1
-                with progress_bar(self.progress, f"{step_id}: pass {passes[0]}",
-                                  len(infos)) as bar:
-                    def advance(index: int) -> None:
-                        bar.advance(rows[index])
+            def gather(work: bytes, advance: Callable[[int], None]
+                       ) -> dict[tuple[int, int], Any]:
+                if hub is not None:
+                    return hub.gather(work, self.record_all, advance)
+                calls = [h.run(work) for h in holders]  # every actor at once
+                return resident.by_partition((call.result() for call in calls),
+                                             self.record_all, advance)
 
-                    if hub is not None:
-                        return hub.gather(work, self.record_all, advance)
-                    calls = [h.run(work) for h in holders]  # every actor at once
-                    return resident.by_partition((call.result() for call in calls),
-                                                 self.record_all, advance)
-
+            clock = FitClock(estimator)
             try:
-                state, rounds = resident.drive_passes(estimator, data.schema, infos,
-                                                      step_id, placement, gather,
-                                                      cloudpickle.Pickler)
+                state, rounds = resident.drive_passes(
+                    estimator, data.schema, infos, step_id, placement,
+                    resident.shown_passes(self.progress, step_id, clock, infos, gather),
+                    cloudpickle.Pickler, clock)
             finally:
+                self.driver_time(step_id, clock.driver_seconds)
                 if hub is not None:
                     hub.close()
         except (SluiceError, StepFailure):
@@ -1070,7 +1059,7 @@ class DaskEngine(Engine):
         action = placed_action(step_id, placement, partial, combine)
         partials = [p for _, p in self._each(data, step_id, action,
                                              label or f"{step_id}: fit")]
-        return tree_reduce(partials, combine)
+        return self.reduce(step_id, partials, combine)
 
     def persist(self, data: Dataset) -> Dataset:
         if data.cache_key is not None:
@@ -1093,7 +1082,7 @@ class DaskEngine(Engine):
         self._require()
 
         def write_all(token: Any) -> list[WriteResult]:
-            return [r for _, r in self._each(data, step_id, _Write(sink, token),
+            return [r for _, r in self._each(data, step_id, recorded_write(step_id, sink, token),
                                              f"{step_id}: write", drain=True)]
 
         return write_through(sink, run_id, data.schema, write_all)

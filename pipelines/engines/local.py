@@ -30,11 +30,11 @@ from threadpoolctl import threadpool_limits
 
 from operators.base import (
     Estimator,
+    FitClock,
     PartitionInfo,
     Sink,
     SluiceError,
     WriteResult,
-    tree_reduce,
 )
 from pipelines.device import CPU, Placement
 from pipelines.engines import resident
@@ -50,6 +50,7 @@ from pipelines.engines.base import (
     format_bytes,
     located,
     placed_action,
+    recorded_write,
     workers_ignore_ctrl_c,
     write_through,
 )
@@ -140,10 +141,9 @@ class LocalEngine(Engine):
         self._cached_bytes = 0
         self._partitions.clear()
 
-    def record(self, step: str, partition: int, rows: int, seconds: float,
-               device: dict[str, Any] | None = None) -> None:
+    def record(self, *row: Any) -> None:
         with self._lock:
-            super().record(step, partition, rows, seconds, device)
+            super().record(*row)
 
     def partitions(self, data: Dataset) -> list[PartitionInfo]:
         return self.remembered_partitions(self._partitions, data)
@@ -230,7 +230,7 @@ class LocalEngine(Engine):
         partials = [p for _, p in self._each(data, step_id,
                                              lambda part, info: action(part, info, self.record),
                                              label or f"{step_id}: fit")]
-        return tree_reduce(partials, combine)
+        return self.reduce(step_id, partials, combine)
 
     def fit(self, data: Dataset, step_id: str, estimator: Estimator,
             placement: Placement = CPU) -> tuple[Any, int, Dataset]:
@@ -305,8 +305,13 @@ class LocalEngine(Engine):
 
             hub.accept(len(groups), check)
             try:
-                return resident.fit(hub, estimator, data.schema, infos, step_id, placement,
-                                    self.record_all, cloudpickle.Pickler)
+                clock = FitClock(estimator)
+                try:
+                    return resident.fit(hub, estimator, data.schema, infos, step_id, placement,
+                                        self.record_all, cloudpickle.Pickler, clock,
+                                        self.progress)
+                finally:
+                    self.driver_time(step_id, clock.driver_seconds)
             except ConnectionError:
                 stop()  # the others stop; then the lost one has its exit code
                 lost = [p for p in processes if p.exitcode not in (None, 0)]
@@ -332,8 +337,9 @@ class LocalEngine(Engine):
 
     def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
         def write_all(token: Any) -> list[WriteResult]:
+            write = recorded_write(step_id, sink, token)
             return [r for _, r in self._each(
-                data, step_id, lambda part, info: sink.write(token, part, info.index),
+                data, step_id, lambda part, info: write(part, info, self.record),
                 f"{step_id}: write")]
 
         return write_through(sink, run_id, data.schema, write_all)

@@ -1,9 +1,13 @@
-"""A terminal progress bar (partitions, rows, ETA) shared by the engines."""
+"""A terminal progress bar (partitions, rows, ETA) shared by the engines, and the line
+that says where a fit is."""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from typing import Any
+
+from operators.base import FitClock
+from pipelines.runs import format_duration
 
 
 class _Bar:
@@ -50,3 +54,18 @@ class _ProgressContext:
 def progress_bar(enabled: bool, label: str, total: int) -> Any:
     """A context manager yielding a bar with ``advance(rows)``; a no-op when disabled."""
     return _ProgressContext(label, total) if enabled else nullcontext(_NoBar())
+
+
+def fit_label(step: str, clock: FitClock) -> str:
+    """Where a fit is, as its pass's progress bar is labelled: 'model: pass 38, tree 6 of
+    60, fit ETA 1m20s' (the ETA where the estimator can say how much of the fit is done,
+    from the time the fit took so far)."""
+    text = f"{step}: pass {clock.passes}"
+    progress = clock.progress
+    if progress is None:
+        return text
+    text += f", {progress.where}"
+    if progress.done:
+        left = clock.elapsed() * (1 - progress.done) / progress.done
+        text += f", fit ETA {format_duration(left)}"
+    return text

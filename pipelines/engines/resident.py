@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from operators.base import (
     Estimator,
+    FitClock,
     PartitionInfo,
     SluiceError,
     drive,
@@ -55,6 +56,7 @@ from pipelines.engines.base import (
     located,
     placed_action,
 )
+from pipelines.engines.progress import fit_label, progress_bar
 
 HELLO, READY, WORK, REPLY, STOP = 1, 2, 3, 4, 5
 _HEADER = struct.Struct("!BQ")
@@ -477,27 +479,50 @@ def by_partition(replies: Iterable[tuple[list[Answer], Records]],
 def drive_passes(estimator: Estimator, schema: pa.Schema, infos: list[PartitionInfo],
                  step: str, placement: Placement,
                  gather: Callable[[bytes], dict[tuple[int, int], Any]],
-                 pickler: type) -> tuple[Any, int]:
+                 pickler: type, clock: FitClock) -> tuple[Any, int]:
     """The estimator's driver loop over resident partitions: each pass pickled
     (``PassWriter`` with ``pickler``, a cloudpickle the tasks can load), ``gather``-ed
     from every task (the values by the partitions they answer for: ``merged``) and
-    combined in partition order (``tree_reduce_blocks``: as ``tree_reduce``)."""
+    combined in partition order (``tree_reduce_blocks``: as ``tree_reduce``; its time
+    the ``clock``'s driver time)."""
     if [i.index for i in infos] != list(range(len(infos))):
         raise RuntimeError("a resident fit's partitions must be numbered 0, 1, ... in order")
     writer = PassWriter(pickler)
 
     def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
         work = placed_action(step, placement, partial, estimator.combine)
-        return tree_reduce_blocks(gather(writer.dumps(work)), len(infos), estimator.combine)
+        answers = gather(writer.dumps(work))
+        t0 = time.perf_counter()
+        try:
+            return tree_reduce_blocks(answers, len(infos), estimator.combine)
+        finally:
+            clock.driver_seconds += time.perf_counter() - t0
 
-    return drive(estimator, schema, aggregate)
+    return drive(estimator, schema, aggregate, clock)
 
 
 def fit(hub: Hub, estimator: Estimator, schema: pa.Schema, infos: list[PartitionInfo],
         step: str, placement: Placement, on_records: Callable[[Records], None],
-        pickler: type) -> tuple[Any, int]:
+        pickler: type, clock: FitClock, progress: bool = False) -> tuple[Any, int]:
     """The driver's side once every task connected: READY, then ``drive_passes`` with
-    each pass sent over the hub."""
+    each pass sent over the hub (``progress``: a bar a pass, as the fit's label says)."""
     hub.ready(on_records)
     return drive_passes(estimator, schema, infos, step, placement,
-                        lambda work: hub.gather(work, on_records), pickler)
+                        shown_passes(progress, step, clock, infos,
+                                     lambda work, advance: hub.gather(work, on_records,
+                                                                      advance)),
+                        pickler, clock)
+
+
+def shown_passes(progress: bool, step: str, clock: FitClock, infos: list[PartitionInfo],
+                 gather: Callable[[bytes, Callable[[int], None]], Any]
+                 ) -> Callable[[bytes], Any]:
+    """``gather(work, advance)`` of each pass under a progress bar of the pass
+    (``fit_label``), advanced as each partition answers (``progress``: else none)."""
+    rows = {i.index: i.rows or 0 for i in infos}
+
+    def shown(work: bytes) -> Any:
+        with progress_bar(progress, fit_label(step, clock), len(infos)) as bar:
+            return gather(work, lambda index: bar.advance(rows[index]))
+
+    return shown

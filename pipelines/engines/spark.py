@@ -70,11 +70,11 @@ from pydantic import Field
 from operators.arrays import standin
 from operators.base import (
     Estimator,
+    FitClock,
     PartitionInfo,
     Sink,
     SluiceError,
     WriteResult,
-    tree_reduce,
 )
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem, select_gpu
 from pipelines.engines import resident
@@ -91,6 +91,7 @@ from pipelines.engines.base import (
     interruption,
     located,
     placed_action,
+    recorded_write,
     unreachable,
     write_through,
 )
@@ -1008,7 +1009,7 @@ class SparkEngine(Engine):
                   placement: Placement = CPU) -> Any:
         partials = self._run(data, step_id, placed_action(step_id, placement, partial, combine),
                              label or f"{step_id}: fit")
-        return tree_reduce(partials, combine)
+        return self.reduce(step_id, partials, combine)
 
     def fit(self, data: Dataset, step_id: str, estimator: Estimator,
             placement: Placement = CPU) -> tuple[Any, int, Dataset]:
@@ -1055,8 +1056,14 @@ class SparkEngine(Engine):
 
         try:
             hub.accept(len(groups), job.check)
-            state, rounds = resident.fit(hub, estimator, data.schema, infos, step_id,
-                                         placement, self.record_all, cloudpickle.Pickler)
+            # no bar of ours: Spark's own stage bar shows the one job on the console
+            clock = FitClock(estimator)
+            try:
+                state, rounds = resident.fit(hub, estimator, data.schema, infos, step_id,
+                                             placement, self.record_all, cloudpickle.Pickler,
+                                             clock)
+            finally:
+                self.driver_time(step_id, clock.driver_seconds)
         except (ConnectionError, _JobEnded) as exc:
             # the job or a task was lost (an executor, a Python worker, the network), or
             # the tasks never connected: a barrier stage is not retried, so under auto
@@ -1137,8 +1144,7 @@ class SparkEngine(Engine):
     def write(self, data: Dataset, step_id: str, sink: Sink, run_id: str) -> dict[str, Any]:
         def write_all(token: Any) -> list[WriteResult]:
             return self._run(
-                data, step_id, lambda part, info, record: sink.write(token, part, info.index),
-                f"{step_id}: write")
+                data, step_id, recorded_write(step_id, sink, token), f"{step_id}: write")
 
         return write_through(sink, run_id, data.schema, write_all)
 

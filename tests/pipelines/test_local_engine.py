@@ -213,9 +213,8 @@ def test_the_steps_before_a_fit_run_once(churn: Path, workdir: Path, name: str,
     """
     record = run(write_pipeline(workdir, text), engine_instance=engine)
     lines = counted.read_text().split()
-    partitions = len(record["steps"]["read_parquet"].get("partitions", [])) or None
     assert sum(int(n) for n in lines) == 5000, lines  # each partition once
-    assert partitions is None or len(lines) == partitions
+    assert len(lines) == record["steps"]["read_parquet"]["partitions"] > 1
     out = pq.read_table(workdir / "out")
     assert out.num_rows == 5000 and out.column("twice").to_pylist() == [
         2 * v for v in out.column("monthly_charges").to_pylist()]

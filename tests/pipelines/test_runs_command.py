@@ -115,7 +115,7 @@ def test_list_is_newest_first_and_filters(history: list[dict[str, Any]],
         "run_id": failed["run_id"], "pipeline": "center", "status": "failed",
         "started_at": failed["started_at"], "seconds": failed["seconds"], "engine": "local",
         "rows_written": None, "models": [],
-        "error": failed["error"].splitlines()[0], "params": {"l2": 0.001},
+        "error": failed["error"].splitlines()[0], "warnings": 0, "params": {"l2": 0.001},
         "record_path": failed["record_path"]}
 
     newest = in_process("runs", "list", "center", "--last", "2", "--json")
@@ -510,3 +510,44 @@ def test_a_records_nan_and_infinity_are_strict_json_and_read_as_before(workdir: 
     assert compared.exit_code == 0, compared.output
     assert ["quality.roc_auc", "nan", "nan"] in [line.split() for line in
                                                  compared.output.splitlines()]
+
+
+def test_show_and_compare_say_each_steps_work_its_share_and_wall(
+        history: list[dict[str, Any]], workdir: Path) -> None:
+    """A step's line: its partitions' task time, a fit's driver time, its share of the
+    run's work and its wall time, which holds the lazy read the fit pulled (the read's
+    work is the read's); compare puts them side by side with the work's ratio."""
+    first, _, second, _ = history
+    shown = in_process("runs", "show", first["run_id"])
+    assert shown.exit_code == 0, shown.output
+    lines = [line.split() for line in shown.stdout.splitlines()]
+    assert shown.stdout.splitlines()[0].endswith(
+        f"succeeded in {first['seconds']:.2f}s (work {first['work_seconds']:.3f}s: the "
+        "steps' tasks and fits' driver time)")
+    assert lines[1] == ["STEP", "OP", "ROWS", "TASKS", "DRIVER", "WORK", "WALL"]
+    steps = first["steps"]
+    read, model = steps["read_parquet"], steps["model"]
+    assert model["wall_includes"] == ["read_parquet"] and read["compute_seconds"] > 0
+    assert ["model", "logistic_regression", f"{model['rows']:,}", "rows",
+            f"{model['compute_seconds']:.3f}s", f"{model['driver_seconds']:.3f}s",
+            f"{model['work_share']:.1%}", f"{model['wall_seconds']:.3f}s", "(wall", "with",
+            "read_parquet)"] in lines
+    assert ["read_parquet", "read_parquet", f"{read['rows']:,}", "rows",
+            f"{read['compute_seconds']:.3f}s", f"{read['work_share']:.1%}",
+            f"{read['wall_seconds']:.3f}s"] in lines  # no driver time: no fit
+    assert sum(e["work_share"] for e in steps.values()) == pytest.approx(1, abs=1e-3)
+
+    compared = in_process("runs", "compare", first["run_id"], second["run_id"])
+    assert compared.exit_code == 0, compared.output
+    rows = [line.split() for line in compared.stdout.splitlines()]
+    assert ["STEP", "ROWS,", "WORK,", "WALL", first["run_id"], second["run_id"],
+            "CHANGE"] in rows
+    assert ["work", *(runs.format_duration(r["work_seconds"]) for r in (first, second)),
+            f"{second['work_seconds'] / first['work_seconds']:.3g}x"] in rows
+    work = [runs.step_work(r["steps"]["model"]) for r in (first, second)]
+    assert ["model", "(logistic_regression)", *(
+        cell for r, w in zip((first, second), work) for cell in (
+            f"{r['steps']['model']['rows']:,}", f"{w:.3f}s",
+            f"{r['steps']['model']['work_share']:.1%}",
+            f"{r['steps']['model']['wall_seconds']:.3f}s")),
+            f"{work[1] / work[0]:.3g}x"] in rows
