@@ -346,8 +346,8 @@ class Expect(Transform):
         return DataError(
             f"{failing:,} of {part.num_rows:,} rows fail {_rule(name, text)}, e.g. the row "
             f"{example}",
-            hint="fix the data, or on_failure: drop to go on with the rows that pass "
-                 "(warn: with every row, and a warning)")
+            hint="fix the data; or on_failure: drop to go on with the rows that pass, or "
+                 "on_failure: warn to go on with every row and a warning")
 
 
 def _rule(name: str, text: str) -> str:

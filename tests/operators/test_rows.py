@@ -178,8 +178,8 @@ def test_expect_fails_with_the_rule_the_count_and_a_failing_row() -> None:
         f"{len(failing):,} of 4,000 rows fail 'positive' (amount > -1.5), e.g. the row "
         f"amount={'null' if first['amount'] is None else repr(first['amount'])}, "
         f"customer={first['customer']!r}, plan={first['plan']!r}, "
-        f"churned={first['churned']!r} (fix the data, or on_failure: drop to go on with "
-        "the rows that pass)")
+        f"churned={first['churned']!r} (fix the data; or on_failure: drop to go on with "
+        "the rows that pass, or on_failure: warn to go on with every row and a warning)")
     nulls = data.filter(pa.array([a is None for a in amount]))
     with pytest.raises(DataError, match=rf"^{nulls.num_rows} of {nulls.num_rows} rows fail "
                                         r"not_null\(amount\), e.g. the row amount=null, "
@@ -209,4 +209,4 @@ def test_expect_rules_are_checked_when_planned() -> None:
                                           "you mean 'plan'"):
         build("expect", not_null=["pln"]).output_schema(schema)
     with pytest.raises(ValidationError, match="on_failure"):
-        build("expect", not_null=["plan"], on_failure="warn")
+        build("expect", not_null=["plan"], on_failure="warning")
