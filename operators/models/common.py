@@ -33,6 +33,7 @@ from operators.arrays import (
 )
 from operators.base import (
     DataError,
+    FitProgress,
     MissingColumnError,
     ParamError,
     Params,
@@ -728,6 +729,18 @@ def warn_unconverged(name: str, opt: dict[str, Any], advice: str) -> None:
             f"{opt['iterations']} iterations (gradient norm {opt['gradient_norm']:.3g}, "
             f"tol {opt['tol']:g} x initial {opt['g0']:.3g}); {advice}", ConvergenceWarning,
             stacklevel=4)
+
+
+def optimizer_progress(state: dict[str, Any]) -> FitProgress | None:
+    """Where a fit's optimiser is (``state["opt"]``, ``operators.models.optimize``):
+    'L-BFGS iteration 12 of at most 100' (a line search may take several passes an
+    iteration; it stops sooner when it converges, so no ETA); None outside it."""
+    opt = state.get("opt")
+    if not isinstance(opt, dict) or opt.get("done") or "iterations" not in opt:
+        return None
+    name = "Newton" if opt.get("method") == "newton" else "L-BFGS"
+    return FitProgress(f"{name} iteration {opt['iterations'] + 1} of at most "
+                       f"{opt['max_iter']}")
 
 
 def optimizer_metrics(state: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from pydantic import Field
 from operators.base import (
     DataError,
     Estimator,
+    FitProgress,
     ParamError,
     SchemaError,
     register,
@@ -64,6 +65,7 @@ from operators.models.common import (
     model_input_columns,
     no_loss_sums,
     optimizer_metrics,
+    optimizer_progress,
     parameters,
     penalised,
     precision,
@@ -444,6 +446,9 @@ class LinearRegression(Estimator):
             opt = state["opt"]
             state = {**state, **self._glm_coefficients(opt.get("x", opt["point"]))}
         return self._model(state)
+
+    def progress(self, state: dict[str, Any]) -> FitProgress | None:
+        return optimizer_progress(state)
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if self.glm:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from operators.arrays import is_numpy, to_numpy
-from operators.base import Estimator, register, register_fitted
+from operators.base import Estimator, FitProgress, register, register_fitted
 from operators.models.common import (
     ClassWeight,
     FittedModel,
@@ -49,6 +49,7 @@ from operators.models.common import (
     model_input_columns,
     no_loss_sums,
     optimizer_metrics,
+    optimizer_progress,
     parameters,
     penalised,
     precision,
@@ -305,6 +306,9 @@ class LogisticRegression(PlannedPredictions, Estimator):
                                                    if "x" in state["opt"]
                                                    else state["opt"]["point"])}
         return self._model(state)
+
+    def progress(self, state: dict[str, Any]) -> FitProgress | None:
+        return optimizer_progress(state)
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if "opt" not in state:

@@ -90,6 +90,7 @@ from operators.base import (
     ArtifactError,
     DataError,
     Estimator,
+    FitProgress,
     ParamError,
     SchemaError,
     register,
@@ -116,6 +117,7 @@ from operators.models.common import (
     label_column,
     merge_class_weights,
     model_input_columns,
+    optimizer_progress,
     parameters,
     precision,
     require_positive_weight,
@@ -801,6 +803,14 @@ class MLP(PlannedPredictions, Estimator):
             return self._model(state, state["adam"]["theta"])
         opt = state["opt"]
         return self._model(state, opt["x"] if "x" in opt else opt["point"])
+
+    def progress(self, state: dict[str, Any]) -> FitProgress | None:
+        """L-BFGS's iteration, or Adam's epoch, of at most ``max_iter`` (either may stop
+        sooner: no ETA)."""
+        if state.get("phase") == "adam" and state["adam"]["train"]:
+            return FitProgress(f"epoch {state['adam']['epoch'] + 1} of at most "
+                               f"{self.params.max_iter}")
+        return optimizer_progress(state) if state.get("phase") == "lbfgs" else None
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if "net" not in state:

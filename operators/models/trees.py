@@ -83,6 +83,7 @@ from operators.arrays import (
 from operators.base import (
     DataError,
     Estimator,
+    FitProgress,
     ParamError,
     SchemaError,
     require_columns,
@@ -2375,6 +2376,14 @@ class TreeEstimator(PlannedPredictions, Estimator):
         if state["phase"] not in ("validate", "done"):
             raise RuntimeError(f"{self.name}: fitted() before the trees are grown")
         return self._model(state)
+
+    def progress(self, state: dict[str, Any]) -> FitProgress | None:
+        """The level the trees grow, of at most ``max_depth`` (a branch stops sooner
+        where no split pays: no ETA)."""
+        if state.get("phase") != "grow" or state.get("level") is None:
+            return None
+        return FitProgress(f"level {state['level']['depth'] + 1} of at most "
+                           f"{self.params.max_depth}")
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if "forest" not in state:

@@ -46,6 +46,28 @@ PASSES = BOOSTED + """      - id: clusters
         k: 2
         features: [tenure, monthly_charges]
         max_iter: 3
+      - id: logistic
+        input: read_parquet
+        op: logistic_regression
+        label: churned
+        features: [tenure, monthly_charges]
+        solver: lbfgs
+        max_iter: 3
+      - id: forest
+        input: read_parquet
+        op: random_forest
+        label: churned
+        features: [tenure, monthly_charges]
+        n_trees: 2
+        max_depth: 2
+      - id: net
+        input: read_parquet
+        op: mlp
+        label: churned
+        features: [tenure, monthly_charges]
+        hidden: [2]
+        solver: adam
+        max_iter: 2
 """
 
 
@@ -85,6 +107,13 @@ def test_each_pass_of_an_iterative_fit_says_where_it_is(
     assert lloyd == set(range(1, record["metrics"]["clusters"]["iterations"] + 1)), drawn
     em = {int(n) for n in re.findall(r"mixture: pass \d+, EM pass (\d) of at most 3", drawn)}
     assert em == set(range(1, record["metrics"]["mixture"]["iterations"] + 1)), drawn
+    lbfgs = {int(n) for n in re.findall(
+        r"logistic: pass \d+, L-BFGS iteration (\d) of at most 3", drawn)}
+    assert lbfgs == set(range(1, record["metrics"]["logistic"]["iterations"] + 1)), drawn
+    levels = set(re.findall(r"forest: pass \d+, level (\d) of at most 2", drawn))
+    assert levels == {"1", "2"}, drawn
+    epochs = set(re.findall(r"net: pass \d+, epoch (\d) of at most 2", drawn))
+    assert epochs == {"1", "2"}, drawn
 
 
 def trees_said(texts: str) -> list[tuple[str, str]]:
