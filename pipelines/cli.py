@@ -706,8 +706,8 @@ def models_alias(ref: str, alias: str, models: str | None, delete: bool) -> None
     store = ModelStore(models)
     if delete:
         name = ref.split("@", 1)[0]
-        was = store.remove_alias(name, alias)
-        click.echo(f"removed {name}@{alias} (it pointed at version {was})")
+        spelt, was = store.remove_alias_spelt(name, alias)
+        click.echo(f"removed {name}@{spelt} (it pointed at version {was})")
         return
     name, version = store.resolve(ref)
     was = store.set_alias(name, alias, version)

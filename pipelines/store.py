@@ -292,12 +292,18 @@ class ModelStore:
     @_store_access
     def remove_alias(self, name: str, alias: str) -> int:
         """Remove ``name@alias`` (spelt in any case); the version it pointed at."""
+        return self.remove_alias_spelt(name, alias)[1]
+
+    @_store_access
+    def remove_alias_spelt(self, name: str, alias: str) -> tuple[str, int]:
+        """``remove_alias``, and the alias as it was stored (``Production`` removes
+        ``production``)."""
         aliases = self.aliases(name)
         spelt = _spelt(alias, aliases)
         if spelt is None:
             raise ArtifactError(f"model '{name}' has no alias '{alias}'")
         self.location.fsspec_fs.rm(self._path(name, ALIASES, f"{spelt}.json"))
-        return aliases[spelt]
+        return spelt, aliases[spelt]
 
     def check_alias(self, name: str, alias: str) -> None:
         """Before a run points ``name@alias`` at the version it saves: an ArtifactError

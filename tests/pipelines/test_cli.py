@@ -126,7 +126,8 @@ def test_aliases_promote_and_roll_back_what_a_pipeline_scores_with(churn: Path,
     assert "aliases candidate -> 2, production -> 1" in listed.stdout
     shown = in_process("models", "show", "centre@production", cwd=workdir)
     assert shown.stdout.startswith("centre@1 ") and "aliases production" in shown.stdout
-    gone = in_process("models", "alias", "centre", "production", "--delete", cwd=workdir)
+    # aliases are case-insensitive: the one removed is said as it was stored
+    gone = in_process("models", "alias", "centre", "PRODUCTION", "--delete", cwd=workdir)
     assert gone.stdout.strip() == "removed centre@production (it pointed at version 1)"
     bad = in_process("models", "alias", "centre@2", "latest", cwd=workdir)
     assert bad.returncode == 1 and bad.stderr.startswith("error: 'latest' cannot be an alias")
