@@ -407,6 +407,10 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
         read = entry.get("incremental")
         if read is not None:
             click.echo(f"  {_read_incrementally(step_id, read)}")
+            if read.get("claim"):  # a killed run's claim this run settled first
+                from pipelines.incremental import settled_line
+
+                click.echo(f"  {settled_line(step_id, read['claim'])}")
     for output in record["outputs"]:
         click.echo(f"  {_written(output)}")
     for model in record.get("models_used", []):

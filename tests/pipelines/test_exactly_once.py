@@ -115,6 +115,10 @@ def test_a_run_killed_at_any_point_leaves_each_row_once(
     assert read["new_files"] == (1 if outcome == "settled" else 2)
     (line,) = [line for line in said if line.startswith("step 'events': run ")]
     assert dead in line and f"({outcome})" in line
+    # and `sluice runs show` of the run says it too
+    shown = subprocess.run([SLUICE, "runs", "show", after["run_id"]], cwd=workdir,
+                           capture_output=True, text=True, timeout=60)
+    assert f"  {line}\n" in shown.stdout, shown.stdout
     assert not pending.exists()
     assert not [p for p in workdir.iterdir() if ".sluice-tmp-" in p.name]
 
