@@ -15,8 +15,9 @@ order, as the dense columns are. Those names are the model's feature names (in
 ``model.json``, contributions, ``runs show``); the data keeps one column.
 
 A model that reads such a column (naive_bayes, logistic_regression, linear_regression,
-kmeans, decision_tree, random_forest, gradient_boosted_trees; evaluate_clusters,
-select_features and pca too) takes it whole: its features are the column's positions, in order.
+kmeans, decision_tree, random_forest, gradient_boosted_trees, mlp, isolation_forest;
+evaluate_clusters, select_features and pca too) takes it whole: its features are the
+column's positions, in order.
 Where it can, a model computes on the CSR matrix itself (SciPy's ``csr_matrix``: NumPy on
 the CPU; the trees on the bin codes of the stored entries, ``models/sparse_codes.py``, an
 absent entry the value 0 as scikit-learn's trees read it); elsewhere (a GPU, the

@@ -135,7 +135,8 @@ class VectorizeTextParams(Params):
                            "float64 column per term: rows stay about as small as their "
                            "text. naive_bayes, logistic_regression, linear_regression, "
                            "kmeans, decision_tree, random_forest, gradient_boosted_trees, "
-                           "select_features, evaluate_clusters, pca and mlp read it (its terms "
+                           "isolation_forest, select_features, evaluate_clusters, pca and "
+                           "mlp read it (its terms "
                            "are their features "
                            "`<col>:<term>`); other steps need the columns")
     binary: bool = Field(False, description="1 where a term occurs, whatever its count")

@@ -324,7 +324,8 @@ def chosen_features(schema: pa.Schema, features: list[str] | None,
                     "true), which this step does not read",
                     hint="naive_bayes, logistic_regression, linear_regression, kmeans, "
                          "decision_tree, random_forest, gradient_boosted_trees, mlp, "
-                         "select_features (chi2, anova), evaluate_clusters and pca read "
+                         "isolation_forest, select_features (chi2, anova), "
+                         "evaluate_clusters and pca read "
                          "sparse columns; for this step make a column per term (leave sparse: "
                          "out), or leave the column out (features:)")
         return features

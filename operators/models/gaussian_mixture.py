@@ -81,6 +81,7 @@ from operators.models.common import (
     _put_field,
     check_features,
     check_validation_window,
+    chosen_features,
     feature_matrix,
     holdout_mask,
     host_matrix,
@@ -476,6 +477,8 @@ class GaussianMixture(Estimator):
         return self._start.input_columns(schema)
 
     def _check(self, schema: pa.Schema) -> list[str]:
+        # kmeans (the start) reads a sparse column; the EM passes' matrices are dense
+        chosen_features(schema, self.params.features, {self.params.weight})
         check_given_width(self.params.init, self._start._features(schema), "means")
         return self._start._check(schema)
 

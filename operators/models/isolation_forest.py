@@ -27,6 +27,15 @@ The fit is a pass or a few over the partitions:
    ``np.percentile``; no sketch error), in a few passes that score the rows; then one
    pass counts the training rows flagged (for the run record).
 
+A sparse column (``vectorize_text`` with ``sparse: true``, ``operators.sparse``) among the
+features is its terms ``<col>:<term>``, as the other models read it: the sample pass keeps
+its rows a CSR matrix and makes dense only the rows drawn; scoring makes dense only the
+terms the trees split on (feature-major, as the walk reads them), on every namespace. Its
+row hash is of the column as stored, so the draws differ from those of the same terms as
+columns; where every row is drawn (``max_samples`` at least the rows, or 1.0) the trees
+are the same as on the term columns (a tree's splits depend on its rows as a set), and a
+fitted model scores a sparse row as it scores the same terms as columns.
+
 A row's path length in a tree is the depth of its leaf plus ``c(n)`` for the ``n``
 subsample rows the leaf holds (the average path length of an unsuccessful search in a
 binary search tree of n keys, scikit-learn's ``_average_path_length``); its anomaly
@@ -52,14 +61,22 @@ from operators.models.common import (
     FittedModel,
     check_features,
     chosen_features,
+    finite_column,
     host_matrix,
     put_column,
-    require_columns,
+    require_features,
     require_training_rows,
     table_memo,
 )
-from operators.models.trees import coded_walk, leaf_sums
+from operators.models.trees import (
+    coded_walk,
+    feature_columns,
+    leaf_sums,
+    projected_walk,
+    split_features,
+)
 from operators.quantiles import QuantileSearch
+from operators.sparse import columns_of, csr_matrix, groups, has_sparse, issparse
 
 ANOMALY_SCORE = "anomaly_score"
 AUTO_OFFSET = -0.5
@@ -211,6 +228,7 @@ class IsolationForestFitted(FittedModel):
 
     supervised = False
     extra_columns = (ANOMALY_SCORE,)
+    takes_sparse = True  # predict_matrix of a SciPy CSR matrix too: its split features
     NODES = ("feature", "threshold", "left", "right", "samples", "depth", "tree_start")
 
     def __init__(self, features: list[str], nodes: dict[str, np.ndarray], max_samples: int,
@@ -251,19 +269,36 @@ class IsolationForestFitted(FittedModel):
     def _coded(self) -> dict[str, np.ndarray] | None:
         return coded_walk(self._walk, len(self.features))
 
+    @functools.cached_property
+    def _split_features(self) -> np.ndarray:
+        """The features the trees split on: all that scoring reads of a sparse column."""
+        return split_features(self.nodes["feature"])
+
+    @functools.cached_property
+    def _projected(self) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+        """The walk and coded walk on ``_split_features`` only: the same decisions."""
+        walk = projected_walk(self._walk, self._split_features)
+        return walk, coded_walk(walk, len(self._split_features))
+
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         check_features(schema, self.features, fitted=True)
         return anomaly_schema(schema)
 
-    def path_lengths(self, flat: Any, n: int, xp: Any) -> Any:
+    def path_lengths(self, flat: Any, n: int, xp: Any, projected: bool = False) -> Any:
         """Each row's summed path length over the trees (float64, on ``xp``), from the
-        feature-major flattened float64 matrix ``flat``."""
-        sums = leaf_sums(flat, n, self._walk, self.nodes["tree_start"][:-1], self.depth, xp,
-                         self._coded)
+        feature-major flattened float64 matrix ``flat`` (of ``_split_features`` only,
+        ``projected``)."""
+        walk, coded = self._projected if projected else (self._walk, self._coded)
+        sums = leaf_sums(flat, n, walk, self.nodes["tree_start"][:-1], self.depth, xp, coded)
         return sums[:, 0]
 
     def predict_matrix(self, X: Any, xp: Any) -> Any:
-        """The anomaly scores of a (rows, features) matrix."""
+        """The anomaly scores of a (rows, features) matrix, or of a SciPy CSR matrix (its
+        columns the trees split on made dense, the rest never read)."""
+        if issparse(X):
+            used = X[:, self._split_features].toarray().astype(np.float64, copy=False)
+            flat = to_xp(np.ascontiguousarray(used.T).reshape(-1), xp)
+            return self._scores(self.path_lengths(flat, X.shape[0], xp, projected=True))
         flat = xp.reshape(xp.permute_dims(xp.astype(X, xp.float64), (1, 0)), (-1,))
         return self._scores(self.path_lengths(flat, X.shape[0], xp))
 
@@ -287,11 +322,23 @@ class IsolationForestFitted(FittedModel):
         return held
 
     def _anomaly_scores(self, part: pa.Table, xp: Any) -> np.ndarray:
-        require_columns(part.schema, self.features, "feature column")
-        host = host_matrix(part, self.features)  # (rows, features) in F order: checked
-        flat = to_xp(np.ascontiguousarray(host.T).reshape(-1), xp)
-        return to_numpy(self._scores(self.path_lengths(flat, part.num_rows, xp))
-                        ).astype(np.float64, copy=False)
+        require_features(part.schema, self.features)
+        if has_sparse(part.schema, self.features):
+            # a sparse column's rows: only the features the trees split on made dense
+            # (feature-major), on every namespace; the plain columns checked as host_matrix
+            # checks them, the sparse one's values by csr_parts
+            for column, j, _ in groups(part.schema, self.features):
+                if column is None:
+                    finite_column(part.column(self.features[j]),
+                                  f"feature column '{self.features[j]}'")
+            host = feature_columns(part, self.features, None, None, self._split_features)
+            flat = to_xp(host.reshape(-1), xp)
+            lengths = self.path_lengths(flat, part.num_rows, xp, projected=True)
+        else:
+            host = host_matrix(part, self.features)  # (rows, features) in F order: checked
+            flat = to_xp(np.ascontiguousarray(host.T).reshape(-1), xp)
+            lengths = self.path_lengths(flat, part.num_rows, xp)
+        return to_numpy(self._scores(lengths)).astype(np.float64, copy=False)
 
     def flagged(self, scores: np.ndarray) -> np.ndarray:
         """True for an outlier: scikit-learn's ``decision_function < 0``."""
@@ -345,15 +392,23 @@ def smallest_rows(keys: np.ndarray, values: np.ndarray, k: int
     return kept_keys, kept
 
 
-def partition_sample(X: np.ndarray, hashes: np.ndarray, n_trees: int, k: int
+def dense_rows(X: Any, at: np.ndarray | slice) -> np.ndarray:
+    """Rows ``at`` of ``X`` as a dense float64 array (of a SciPy CSR matrix: those rows
+    alone made dense)."""
+    return X[at].toarray() if issparse(X) else X[at]
+
+
+def partition_sample(X: Any, hashes: np.ndarray, n_trees: int, k: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """A partition's ``smallest_rows`` of each tree's keys, from its rows ``X`` (rows,
-    features) and their hashes; the partition's other rows are never copied."""
+    features; a SciPy CSR matrix of a sparse column's rows too) and their hashes; the
+    partition's other rows are never copied (nor made dense)."""
     n = len(hashes)
     if n <= k:
         keys = np.stack([salted_keys(hashes, _SUBSAMPLE_SALT + t) for t in range(n_trees)]
                         ) if n_trees else np.zeros((0, n), np.uint64)
-        return smallest_rows(keys, np.broadcast_to(X, (n_trees, *X.shape)), k)
+        rows = dense_rows(X, slice(None))
+        return smallest_rows(keys, np.broadcast_to(rows, (n_trees, *rows.shape)), k)
     key, spare = np.empty_like(hashes), np.empty_like(hashes)
     picked_keys, picked_rows = [], []
     for t in range(n_trees):
@@ -361,7 +416,7 @@ def partition_sample(X: np.ndarray, hashes: np.ndarray, n_trees: int, k: int
         bound = np.partition(key, k - 1)[k - 1]
         at = np.flatnonzero(key <= bound)  # the k smallest and any that tie with the k-th
         picked_keys.append(key[at])
-        picked_rows.append(X[at])
+        picked_rows.append(dense_rows(X, at))
     most = max(len(a) for a in picked_keys)
     if any(len(a) != most for a in picked_keys):  # ties at the k-th: trim each to k first
         trimmed = [smallest_rows(a[None, :], r[None, :, :], k)
@@ -398,7 +453,11 @@ class IsolationForest(Estimator):
     sample_weight only weighs its draws). Features may not be null, NaN or infinite: impute
     them first. More `max_samples` than rows: every row, with a warning (scikit-learn's).
     The run record has the trees, the rows each grew on, the height limit, the offset and
-    threshold, and the share of training rows flagged.
+    threshold, and the share of training rows flagged. A sparse column (vectorize_text with
+    `sparse: true`) among the features gives its terms as features (`<col>:<term>`), its
+    rows never made dense but for those drawn and the terms the trees split on; its rows
+    are drawn by a hash of the column as stored, so not as the same terms as columns are
+    (the same trees where every row is drawn: max_samples at least the rows).
     """
 
     Params = IsolationForestParams
@@ -406,10 +465,10 @@ class IsolationForest(Estimator):
     extra_columns = (ANOMALY_SCORE,)
 
     def _features(self, schema: pa.Schema) -> list[str]:
-        return chosen_features(schema, self.params.features, ())
+        return chosen_features(schema, self.params.features, (), sparse=True)
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
-        return self._features(schema)
+        return columns_of(schema, self._features(schema))
 
     def _check(self, schema: pa.Schema) -> list[str]:
         features = self._features(schema)
@@ -447,10 +506,14 @@ class IsolationForest(Estimator):
     def _sample(self, part: pa.Table, state: dict[str, Any]) -> dict[str, Any]:
         """The partition's rows and each tree's k rows of smallest key. On the host: the
         row hashes are NumPy's, and a selection of the k smallest (``np.partition``) has
-        no array API equivalent but a full sort."""
+        no array API equivalent but a full sort. A sparse column's rows stay a CSR
+        matrix (SciPy's), only those drawn made dense; its row hash is of the column as
+        stored (its positions and values), not of a column per term."""
         features, k, n_trees = state["features"], state["k"], self.params.n_trees
-        X = host_matrix(part, features)  # the features checked: no null, NaN or inf
-        hashes = hash_rows(part, features, self.params.seed)
+        # the features checked: no null, NaN or inf
+        X = csr_matrix(part, features) if has_sparse(part.schema, features) else None
+        X = host_matrix(part, features) if X is None else X
+        hashes = hash_rows(part, columns_of(part.schema, features), self.params.seed)
         keys, rows = partition_sample(X, hashes, n_trees, k)
         return {"rows": part.num_rows, "k": k, "keys": keys, "values": rows}
 

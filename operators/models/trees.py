@@ -2630,11 +2630,9 @@ class TreeModelFitted(FittedModel):
 
     @functools.cached_property
     def _split_features(self) -> np.ndarray:
-        """The features the trees split on, sorted (feature 0 where none is): all that
-        scoring reads of a sparse column's rows."""
-        feature = self.nodes["feature"]
-        used = np.unique(feature[feature >= 0]).astype(np.int64)
-        return used if len(used) else np.zeros(1, np.int64)
+        """The features the trees split on (``split_features``): all that scoring reads
+        of a sparse column's rows."""
+        return split_features(self.nodes["feature"])
 
     @functools.cached_property
     def _projected(self) -> tuple[np.ndarray, dict[str, np.ndarray] | None,
@@ -2642,8 +2640,7 @@ class TreeModelFitted(FittedModel):
         """The walk, coded walk and sets of the model on ``_split_features`` only (a
         node's feature its place among them): the same decisions on fewer columns."""
         used = self._split_features
-        walk = self._walk.copy()
-        walk[0] = np.searchsorted(used, walk[0].astype(np.int64))
+        walk = projected_walk(self._walk, used)
         sets = self._sets
         if sets is not None:
             sets = {**sets, "sizes": sets["sizes"][used]}
@@ -2776,6 +2773,21 @@ def coded_walk(walk: np.ndarray, n_features: int, sets: dict[str, np.ndarray] | 
                         masks).astype(np.int32)
     return {"edges": edges, "child": child.reshape(-1), "feature": feature.astype(np.int32),
             "width": np.array(width)}
+
+
+def split_features(feature: np.ndarray) -> np.ndarray:
+    """The features nodes split on (``feature``: per node, -1 at a leaf), sorted; feature
+    0 where none is (a table of one column to walk)."""
+    used = np.unique(feature[feature >= 0]).astype(np.int64)
+    return used if len(used) else np.zeros(1, np.int64)
+
+
+def projected_walk(walk: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """``leaf_sums``' ``walk`` on the features ``used`` only (``split_features``): each
+    node's feature its place among them (a leaf's, never read, a valid one)."""
+    walk = walk.copy()
+    walk[0] = np.searchsorted(used, walk[0].astype(np.int64))
+    return walk
 
 
 def leaf_sums(flat: Any, n: int, walk: np.ndarray, roots: np.ndarray, depth: int,

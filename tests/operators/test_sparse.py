@@ -217,13 +217,19 @@ def test_steps_that_read_no_sparse_column_say_which_do() -> None:
     table = topics()
     step = fit(VectorizeText(columns=["text"], sparse=True), [table])
     schema = step.output_schema(table.schema)
-    with pytest.raises(SchemaError, match="sparse column.*naive_bayes, logistic_regression"):
-        IsolationForest().output_schema(schema)
+    from operators.models.gaussian_mixture import GaussianMixture
+
+    # gaussian_mixture's kmeans start reads one, its EM passes' matrices do not
+    for refusing in (GaussianMixture(k=2), GaussianMixture(k=2, features=["text", "w"])):
+        with pytest.raises(SchemaError, match="sparse column.*naive_bayes, logistic_regression"
+                                              ".*isolation_forest"):
+            refusing.output_schema(schema)
     with pytest.raises(SchemaError, match="one position of the sparse column 'text'"):
         NaiveBayes(label="topic", features=["text:app"]).output_schema(schema)
     # listed whole, or left out for others, is fine
     NaiveBayes(label="topic", features=["text"]).output_schema(schema)
-    IsolationForest(features=["w"]).output_schema(schema)
+    GaussianMixture(k=2, features=["w"]).output_schema(schema)
+    IsolationForest().output_schema(schema)
 
 
 def test_a_sparse_column_of_other_positions_is_refused_by_name() -> None:
@@ -782,3 +788,47 @@ def test_mlp_batch_order_of_sparse_rows_is_the_dense_rows_order() -> None:
             batch_order(tail, 4, epoch, with_zero),
             batch_order(np.column_stack([with_zero_dense, tail]), 4, epoch))
     assert not np.array_equal(batch_order(tail, 4, 0, X), batch_order(tail, 5, 0, X))
+
+
+def test_isolation_forest_reads_a_sparse_column_as_the_term_columns() -> None:
+    """isolation_forest of a sparse column: its terms are the features; where every row
+    is drawn (200 rows, max_samples auto: 256) the trees and scores are the term
+    columns' on any partitioning; where rows are drawn by hash (max_samples 64, of the
+    column as stored) the fitted model scores a sparse row as the same terms as columns,
+    through its CSR matrix and off NumPy alike."""
+    table = topics(rows=200, seed=6)
+    parts = split(table, 3)
+    step = fit(VectorizeText(columns=["text"], sparse=True, min_df=2), parts)
+    terms = fit(VectorizeText(columns=["text"], min_df=2), parts)
+    sparse_rows = [step.transform(p, None) for p in parts]
+    dense_rows = [terms.transform(p, None) for p in parts]
+    every = fit_model(IsolationForest(features=["text", "w"], n_trees=12, seed=3),
+                      sparse_rows)
+    names = [n for n in dense_rows[0].column_names if n.startswith("text:")]
+    assert every.features == [*names, "w"]
+    columns = fit_model(IsolationForest(features=[*names, "w"], n_trees=12, seed=3),
+                        dense_rows)
+    for key in every.NODES:
+        np.testing.assert_array_equal(every.nodes[key], columns.nodes[key])
+    whole, whole_terms = pa.concat_tables(sparse_rows), pa.concat_tables(dense_rows)
+    scores = every.transform(whole, NP).column("anomaly_score").to_numpy()
+    np.testing.assert_array_equal(
+        scores, columns.transform(whole_terms, NP).column("anomaly_score").to_numpy())
+    assert len(np.unique(every.nodes["feature"][every.nodes["feature"] >= 0])) > 3
+
+    drawn = IsolationForest(features=["text"], n_trees=10, max_samples=64,
+                            contamination=0.1, seed=5)
+    model = fit_model(drawn, sparse_rows)
+    again = fit_model(drawn, [pa.concat_tables(sparse_rows[::-1])])
+    for key in model.NODES:  # the draws by the stored rows' hashes, not partitioning
+        np.testing.assert_array_equal(model.nodes[key], again.nodes[key])
+    want = model.transform(whole_terms, NP)  # its features are the term columns' names
+    for xp in (NP, get_namespace("array_api_strict")):
+        got = model.transform(pa.concat_tables(sparse_rows), xp)  # a table of no memo
+        for column in ("prediction", "anomaly_score"):
+            np.testing.assert_array_equal(got.column(column).to_numpy(),
+                                          want.column(column).to_numpy())
+    # predict_matrix of the CSR matrix (takes_sparse): the split terms made dense
+    np.testing.assert_array_equal(model.outputs(whole, NP)[0],
+                                  want.column("anomaly_score").to_numpy())
+    assert model.offset != -0.5 and 0 < want.column("prediction").to_numpy().sum() < 200

@@ -371,7 +371,7 @@ def test_a_model_that_reads_no_sparse_column_is_refused_at_plan(
         workdir: Path, ticket_files: Path) -> None:
     path = write_pipeline(workdir, SPARSE.format(data=ticket_files).replace(
         "op: naive_bayes\n        label: topic\n        model_type: multinomial",
-        "op: isolation_forest"))
+        "op: gaussian_mixture\n        k: 2"))
     done = sluice_in_process("plan", str(path), cwd=workdir)
     assert done.returncode != 0
     assert "sparse column" in done.stderr and "step 'nb'" in done.stderr

@@ -92,6 +92,9 @@ def _cases() -> None:
          sparse_counts_table, id="kmeans-sparse-plusplus", rtol=1e-9, atol=1e-9)
     case("evaluate_clusters", {"features": ["terms", "c"], "weight": "w"},
          _sparse_clustered, id="sparse", rtol=1e-9, atol=1e-12)
+    case("isolation_forest", {"n_trees": 8, "max_samples": 48, "features": ["terms", "c"],
+                              "contamination": 0.1, "seed": 2},
+         sparse_counts_table, id="sparse-contamination", rtol=1e-12, atol=1e-12)
     case("pca", {"columns": ["terms", "c"], "k": 4, "weight": "w", "whiten": True},
          sparse_counts_table, id="sparse-weighted", rtol=1e-9, atol=1e-10)
     case("mlp", {"label": "y", "features": ["terms", "c"], "weight": "w", "hidden": [3],
