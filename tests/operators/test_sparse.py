@@ -3,7 +3,7 @@ the same numbers as the dense columns, scikit-learn's sparse matrices and models
 
 from __future__ import annotations
 
-import time
+import sys
 from typing import Any
 
 import numpy as np
@@ -415,19 +415,23 @@ def test_a_million_hashed_positions_are_grouped_faster_than_they_are_named() -> 
     making their names; the runs are the same where names nest or hold line breaks."""
     field = sparse_field("text", 2 ** 20, None)
     schema = pa.schema([pa.field("x", pa.float64()), field])
-
-    def best(call: Any) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     names = ["x", *sparse_names(field)]
     assert groups(schema, names) == ((None, 0, 1), ("text", 1, 2 ** 20 + 1))
-    # walked (a new list each time: nothing remembered) faster than named
-    assert best(lambda: groups(schema, list(names))) < 0.5 * best(lambda: sparse_names(field))
+    # walked (a new list each time: nothing remembered) with no Python step a name: the
+    # lines Python runs counted, not timed (a test asserts no speed; bench/ measures it)
+    lines = 0
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal lines
+        lines += event == "line"
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        groups(schema, list(names))
+    finally:
+        sys.settrace(None)
+    assert 0 < lines < 10_000, lines
     # a model's own list, walked again for each partition: remembered, for that list
     assert groups(schema, names) is groups(schema, names)
     fewer = names[:-1]
