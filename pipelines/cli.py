@@ -382,9 +382,10 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
             where += f"  {entry.get('device', '')}"
         if entry.get("dtype"):
             where += f" {entry['dtype']}"
-        if work is None:  # a record from before the work was recorded
+        if work is None:  # a running or lost run's, a skipped one's, or an old record
+            # a step that has not ended has no time: blank, not a step of 0 seconds
             click.echo(f"  {step_id:<24} {entry['op']:<22} {shown}  "
-                       f"{entry.get('wall_seconds', 0):8.3f}s{where}".rstrip())
+                       f"{_seconds(entry.get('wall_seconds')):>9}{where}".rstrip())
             continue
         click.echo(f"  {step_id:<24} {entry['op']:<22} {shown}  "
                    f"{_seconds(entry.get('compute_seconds')):>8}  "
