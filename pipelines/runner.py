@@ -1114,6 +1114,13 @@ def _claimed_outputs(plan: Plan, store: ModelStore) -> list[dict[str, Any]]:
             for s in plan.steps if isinstance(s.op, WriteParquet | SaveModel)]
 
 
+def _planned(step: Step) -> dict[str, Any]:
+    """A step's entry in a run record before it runs: its operator and the parameters the
+    pipeline gave it."""
+    given = given_params(step.op)
+    return {"op": step.op.name, "kind": step.op.kind, **({"params": given} if given else {})}
+
+
 def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
                  reads: Reads, runs_dir: str, tracker: Tracker | None = None,
                  source: str | None = None, notify: Callable[[str], None] | None = None
@@ -1123,12 +1130,15 @@ def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engi
     scheduled job's night there too)."""
     steps = _incremental(plan)
     said = ", ".join(f"'{s.id}'" for s in steps)
+    reading = {s.id for s in steps}
     record = {**_record_head(plan, path, run_id, started, {"name": engine}),
               "status": "succeeded", "models_used": [],
               "skipped": f"no new files: every file of step{'s' * (len(steps) > 1)} {said} "
                          "was read by an earlier run",
-              "steps": {s.id: {"op": s.op.name, "kind": s.op.kind,
-                               "incremental": _read_entry(reads, plan, s)} for s in steps},
+              # every step as planned, none run: its params are the run's, as compared
+              "steps": {s.id: {**_planned(s), **({"incremental": _read_entry(reads, plan, s)}
+                                                 if s.id in reading else {})}
+                        for s in plan.steps},
               "seconds": round(time.time() - started, 6)}
     if tracker is not None:
         record["mlflow"] = log_quietly(tracker, record, source, notify)
@@ -1219,8 +1229,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
         **_record_head(plan, path, run_id, started, eng.describe()),
         "status": "running",
         "device": ", ".join(sorted({p.device for p in placed.values()})),
-        "steps": {s.id: {"op": s.op.name, "kind": s.op.kind,
-                         **({"params": given} if (given := given_params(s.op)) else {}),
+        "steps": {s.id: {**_planned(s),
                          **({"dtype": "float32"} if placed[s.id].dtype == "float32" else {}),
                          **({"filter_from": s.pushed_from} if s.pushed_from else {}),
                          **({"incremental": _read_entry(reads, plan, s)}
