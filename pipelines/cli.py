@@ -86,7 +86,8 @@ runs_option = click.option(
 mlflow_option = click.option(
     "--mlflow", metavar="URI", envvar="SLUICE_MLFLOW", default=None,
     help="log the run to this MLflow tracking server (http://host:5000, databricks, "
-         "sqlite:///mlflow.db; default: $SLUICE_MLFLOW; needs sluice[mlflow])")
+         "sqlite:///mlflow.db with the full mlflow; default: $SLUICE_MLFLOW; needs "
+         "sluice[mlflow])")
 mlflow_experiment_option = click.option(
     "--mlflow-experiment", metavar="NAME", envvar="SLUICE_MLFLOW_EXPERIMENT", default=None,
     help="the MLflow experiment (default: $SLUICE_MLFLOW_EXPERIMENT, else the pipeline's "
