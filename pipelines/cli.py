@@ -86,7 +86,8 @@ runs_option = click.option(
 mlflow_option = click.option(
     "--mlflow", metavar="URI", envvar="SLUICE_MLFLOW", default=None,
     help="log the run to this MLflow tracking server (http://host:5000, databricks, "
-         "sqlite:///mlflow.db; default: $SLUICE_MLFLOW; needs sluice[mlflow])")
+         "sqlite:///mlflow.db with the full mlflow; default: $SLUICE_MLFLOW; needs "
+         "sluice[mlflow])")
 mlflow_experiment_option = click.option(
     "--mlflow-experiment", metavar="NAME", envvar="SLUICE_MLFLOW_EXPERIMENT", default=None,
     help="the MLflow experiment (default: $SLUICE_MLFLOW_EXPERIMENT, else the pipeline's "
@@ -382,9 +383,10 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
             where += f"  {entry.get('device', '')}"
         if entry.get("dtype"):
             where += f" {entry['dtype']}"
-        if work is None:  # a record from before the work was recorded
+        if work is None:  # a running or lost run's, a skipped one's, or an old record
+            # a step that has not ended has no time: blank, not a step of 0 seconds
             click.echo(f"  {step_id:<24} {entry['op']:<22} {shown}  "
-                       f"{entry.get('wall_seconds', 0):8.3f}s{where}".rstrip())
+                       f"{_seconds(entry.get('wall_seconds')):>9}{where}".rstrip())
             continue
         click.echo(f"  {step_id:<24} {entry['op']:<22} {shown}  "
                    f"{_seconds(entry.get('compute_seconds')):>8}  "

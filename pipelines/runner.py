@@ -12,6 +12,7 @@ import secrets
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from operators.features.union import Union
 from operators.io.fs import release_dir, resolve
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet, WriteParquet
-from operators.models.common import query_column
+from operators.models.common import ConditioningWarning, ConvergenceWarning, query_column
 from pipelines import profiles, runs
 from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
@@ -268,25 +269,41 @@ def plan_file(path: str | Path, overrides: dict[str, str] | None = None,
                  reads=reads if reads is not None else Reads(default_runs_dir()))
 
 
+# what a fit warns of that is the run's warning (its status, its record), not Python's
+FIT_WARNINGS = (ConvergenceWarning, ConditioningWarning)
+
+
 def fit(engine: Engine, data: Dataset, step_id: str, estimator: Estimator,
-        placement: Placement = CPU) -> tuple[Transform, dict[str, Any], Dataset]:
+        placement: Placement = CPU, warned: Callable[[str], None] | None = None
+        ) -> tuple[Transform, dict[str, Any], Dataset]:
     """Fit an estimator over the engine's partitions (``Engine.fit``: the same driver
     loop on every engine, run where the engine says).
 
+    ``warned`` is told what the fit warns of (it did not converge, its design matrix is
+    ill-conditioned), as the run's warnings; without it, they are Python warnings.
     Returns the fitted transform, the fit's metrics and the (possibly persisted) input.
     """
-    try:
-        state, rounds, data = engine.fit(data, step_id, estimator, placement)
-    except SluiceError as exc:
-        if (exc.where or "").startswith("step '"):
-            raise  # an upstream step failed while the fit pulled its rows: that step's
-        raise exc.located(f"step '{step_id}'") from None
-    t0 = time.perf_counter()  # the finish (a solver's last solve, the trees' arrays)
-    try:
-        metrics = {"passes": rounds, **estimator.metrics(state)}
-        return estimator.fitted(state), metrics, data
-    finally:
-        engine.driver_time(step_id, time.perf_counter() - t0)
+    with warnings.catch_warnings(record=warned is not None) as caught:
+        for category in FIT_WARNINGS if warned is not None else ():
+            warnings.simplefilter("always", category)
+        try:
+            state, rounds, data = engine.fit(data, step_id, estimator, placement)
+        except SluiceError as exc:
+            if (exc.where or "").startswith("step '"):
+                raise  # an upstream step failed while the fit pulled its rows: that step's
+            raise exc.located(f"step '{step_id}'") from None
+        t0 = time.perf_counter()  # the finish (a solver's last solve, the trees' arrays)
+        try:
+            metrics = {"passes": rounds, **estimator.metrics(state)}
+            fitted = estimator.fitted(state)
+        finally:
+            engine.driver_time(step_id, time.perf_counter() - t0)
+    for said in caught or []:
+        if warned is not None and issubclass(said.category, FIT_WARNINGS):
+            warned(str(said.message))
+        else:  # another library's: as it would have been shown
+            warnings.warn_explicit(said.message, said.category, said.filename, said.lineno)
+    return fitted, metrics, data
 
 
 @dataclass
@@ -468,7 +485,8 @@ class Run:
                 transform, metrics, data = self._tune(step, data)
             else:
                 transform, metrics, data = fit(self.engine, data, step.id, op,
-                                               self.placement(step))
+                                               self.placement(step),
+                                               lambda said, step=step: self._warn(step, said))
             if data.cache_key is not None and step.input is not None:
                 self.cached[step.input] = data
             self.fitted[step.id] = transform
@@ -708,6 +726,12 @@ class Run:
         """A line worth a person's attention, at its step's line (none: nothing)."""
         if line and self.notify:
             self.notify(f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}': {line}")
+
+    def _warn(self, step: Step, said: str) -> None:
+        """A warning of the run (a fit that did not converge), at its step's line: printed
+        as the run ends, counted in its status (``succeeded, 1 warning``)."""
+        self.record.setdefault("warnings", []).append(
+            f"{self.plan.spec.file}:{step.spec.line}: step '{step.id}' ({step.op.name}): {said}")
 
     def _record_params(self, step: Step) -> None:
         """A tuned step's parameters in the record as the best candidate's (they were the
@@ -1050,7 +1074,7 @@ def _record_work(record: dict[str, Any], plan: Plan, eng: Engine) -> None:
         steps[step_id]["compute_seconds"] = round(compute, 6)
         if driver:
             steps[step_id]["driver_seconds"] = round(driver, 6)
-    warnings = []
+    said = list(record.get("warnings", []))  # the fits' (``Run._warn``)
     for step in plan.steps:
         entry = steps[step.id]
         if "rows" not in entry and isinstance(step.op, Estimator | Action) and step.input:
@@ -1060,10 +1084,10 @@ def _record_work(record: dict[str, Any], plan: Plan, eng: Engine) -> None:
         counts = eng.stats[step.id].counts() if step.id in eng.stats else None
         if counts is not None and isinstance(step.op, Transform):
             record["metrics"][step.id] = counts
-            said = step.op.warning(counts)
-            if said:
-                warnings.append(f"{plan.spec.file}:{step.spec.line_of(None, said)}: step "
-                                f"'{step.id}' ({step.op.name}): {said}")
+            warning = step.op.warning(counts)
+            if warning:
+                said.append(f"{plan.spec.file}:{step.spec.line_of(None, warning)}: step "
+                            f"'{step.id}' ({step.op.name}): {warning}")
     total = sum(e.get("compute_seconds", 0) + e.get("driver_seconds", 0)
                 for e in steps.values())
     record["work_seconds"] = round(total, 6)
@@ -1071,8 +1095,8 @@ def _record_work(record: dict[str, Any], plan: Plan, eng: Engine) -> None:
         if "compute_seconds" in entry and total:
             entry["work_share"] = round(
                 (entry["compute_seconds"] + entry.get("driver_seconds", 0)) / total, 4)
-    if warnings:
-        record["warnings"] = warnings
+    if said:
+        record["warnings"] = said
 
 
 def run(path: str | Path, overrides: dict[str, str] | None = None, *,
@@ -1114,6 +1138,13 @@ def _claimed_outputs(plan: Plan, store: ModelStore) -> list[dict[str, Any]]:
             for s in plan.steps if isinstance(s.op, WriteParquet | SaveModel)]
 
 
+def _planned(step: Step) -> dict[str, Any]:
+    """A step's entry in a run record before it runs: its operator and the parameters the
+    pipeline gave it."""
+    given = given_params(step.op)
+    return {"op": step.op.name, "kind": step.op.kind, **({"params": given} if given else {})}
+
+
 def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
                  reads: Reads, runs_dir: str, tracker: Tracker | None = None,
                  source: str | None = None, notify: Callable[[str], None] | None = None
@@ -1123,12 +1154,15 @@ def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engi
     scheduled job's night there too)."""
     steps = _incremental(plan)
     said = ", ".join(f"'{s.id}'" for s in steps)
+    reading = {s.id for s in steps}
     record = {**_record_head(plan, path, run_id, started, {"name": engine}),
               "status": "succeeded", "models_used": [],
               "skipped": f"no new files: every file of step{'s' * (len(steps) > 1)} {said} "
                          "was read by an earlier run",
-              "steps": {s.id: {"op": s.op.name, "kind": s.op.kind,
-                               "incremental": _read_entry(reads, plan, s)} for s in steps},
+              # every step as planned, none run: its params are the run's, as compared
+              "steps": {s.id: {**_planned(s), **({"incremental": _read_entry(reads, plan, s)}
+                                                 if s.id in reading else {})}
+                        for s in plan.steps},
               "seconds": round(time.time() - started, 6)}
     if tracker is not None:
         record["mlflow"] = log_quietly(tracker, record, source, notify)
@@ -1219,8 +1253,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
         **_record_head(plan, path, run_id, started, eng.describe()),
         "status": "running",
         "device": ", ".join(sorted({p.device for p in placed.values()})),
-        "steps": {s.id: {"op": s.op.name, "kind": s.op.kind,
-                         **({"params": given} if (given := given_params(s.op)) else {}),
+        "steps": {s.id: {**_planned(s),
                          **({"dtype": "float32"} if placed[s.id].dtype == "float32" else {}),
                          **({"filter_from": s.pushed_from} if s.pushed_from else {}),
                          **({"incremental": _read_entry(reads, plan, s)}

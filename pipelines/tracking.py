@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import re
 import socket
@@ -131,6 +132,10 @@ def _tags(record: dict[str, Any], flat: dict[str, Any]) -> dict[str, str]:
     return {keys[k]: _text(v, TAG_VALUE) for k, v in tags.items()}
 
 
+# the schemes of MLflow's database stores (SQLAlchemy's, with or without a driver: mysql+pymysql)
+DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
 def _mlflow_client(uri: str) -> Any:
     try:
         from mlflow.tracking import MlflowClient
@@ -141,9 +146,16 @@ def _mlflow_client(uri: str) -> Any:
     try:
         return MlflowClient(tracking_uri=uri)
     except Exception as exc:  # a store MLflow will not open (its file store, by default)
-        raise SluiceError(f"cannot use MLflow tracking at {uri}: {runs.first_line(exc) or ''}",
-                          hint="give a tracking server (http://host:5000) or a database "
-                               "(sqlite:///mlflow.db), or leave --mlflow off") from None
+        database = uri.split(":", 1)[0].split("+", 1)[0] in DATABASES
+        raise SluiceError(
+            f"cannot use MLflow tracking at {uri}: {runs.first_line(exc) or ''}",
+            # sluice[mlflow] is mlflow-skinny, whose client has no database store
+            hint="a database store needs the full MLflow (pip install mlflow; sluice[mlflow] "
+                 "is mlflow-skinny, a tracking server's client): install it, or give a "
+                 "tracking server (http://host:5000), or leave --mlflow off"
+            if database and importlib.util.find_spec("sqlalchemy") is None else
+            "give a tracking server (http://host:5000) or a database "
+            "(sqlite:///mlflow.db), or leave --mlflow off") from None
 
 
 @dataclass

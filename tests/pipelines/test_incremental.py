@@ -152,6 +152,11 @@ def test_full_refresh_reads_every_file_and_runs_show_says_what_was_read(
     assert ("nothing to do: no new files: every file of step 'events' was read by an "
             "earlier run") in shown.stdout
     assert "step 'events' read 0 new files; 2 read by earlier runs" in shown.stdout
+    # the skipped run was asked what the first was: its steps' params are the same
+    first = json.loads(listed.stdout.splitlines()[2])
+    compared = sluice_in_process("runs", "compare", first["run_id"], skipped["run_id"],
+                                 cwd=workdir, env=env)
+    assert "\nPARAMS: all " in compared.stdout and " are the same\n" in compared.stdout
     assert ids_in(workdir / "out") == sorted(every_input_id(workdir) * 2)  # appended again
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, exploding_pipeline, refused, write_pipeline
+from conftest import ROOT, exploding_pipeline, refused, sluice_in_process, write_pipeline
 
 from operators.base import SluiceError
 from pipelines.datagen import churn_table, generate
@@ -547,3 +547,30 @@ def test_a_label_a_derive_left_null_points_at_the_derive(churn: Path, workdir: P
     assert (f"(step 'derive' (derive, {path}:8) makes it: `if(tenure > 10, churned, "
             "cast(null as int64))` is not a value for those rows; give it one there") in text
     assert text.endswith('(op: filter, where: "stayed is not null"))'), text
+
+
+def test_a_fit_that_does_not_converge_is_a_warning_of_the_run(churn: Path,
+                                                              workdir: Path) -> None:
+    """A fit's ConvergenceWarning is the run's: one `warning:` line at the step's line,
+    counted in the status and kept in the record, not Python's warning with sluice's
+    source line (which a scheduled job's log showed, and the status did not count)."""
+    path = write_pipeline(workdir, """
+        pipeline: unconverged
+        steps:
+          - op: read_parquet
+            path: data/churn
+            columns: [tenure, monthly_charges, churned]
+          - id: model
+            op: logistic_regression
+            label: churned
+            max_iter: 1
+    """)
+    done = sluice_in_process("run", str(path), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "ConvergenceWarning" not in done.stderr, done.stderr
+    (warned,) = done.stderr.splitlines()
+    assert warned.startswith(f"warning: {path}:6: step 'model' (logistic_regression): "
+                             "logistic_regression did not converge: max_iter=1 reached"), warned
+    assert ": succeeded, 1 warning in " in done.stdout.splitlines()[0]
+    (record,) = (workdir / "runs" / "unconverged").glob("*.json")
+    assert json.loads(record.read_text())["warnings"] == [warned.removeprefix("warning: ")]

@@ -155,3 +155,16 @@ def test_a_running_record_is_lost_when_its_run_cannot_be_alive(workdir: Path) ->
     doomed, _ = runs.prunable(runs.load(str(workdir / "runs")).records, keep=1)
     assert sorted(r["run_id"][-1] for r in doomed) == ["2"]
 
+
+
+def test_a_running_run_s_steps_show_no_time(workdir: Path) -> None:
+    """A running (or lost) run's steps have not ended: `runs show` lists them without a
+    time, not as steps of 0 seconds; a step an older record timed keeps its time."""
+    _running(workdir, "20261128T060000Z-000001",
+             steps={"events": {"op": "read_parquet", "kind": "source"},
+                    "model": {"op": "logistic_regression", "kind": "estimator",
+                              "wall_seconds": 1.5}})
+    shown = sluice_in_process("runs", "show", "20261128T060000Z-000001", cwd=workdir).stdout
+    lines = {line.split()[0]: line for line in shown.splitlines() if line.startswith("  ")}
+    assert lines["events"] == f"  {'events':<24} read_parquet"
+    assert lines["model"] == f"  {'model':<24} {'logistic_regression':<22} {'':17}     1.500s"

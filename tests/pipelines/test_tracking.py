@@ -4,6 +4,7 @@ through MLflow's own client."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import socket
@@ -529,3 +530,18 @@ def test_a_run_with_no_new_files_is_logged_too(workdir: Path, store: str) -> Non
     assert idle["skipped"] and idle["mlflow"]["run_id"]
     got = _logged(store, idle)
     assert got.info.status == "FINISHED" and got.data.tags["sluice.run_id"] == idle["run_id"]
+
+
+def test_a_database_store_without_the_full_mlflow_says_to_install_it(workdir: Path) -> None:
+    """sluice[mlflow] is mlflow-skinny, whose client opens no database store: the hint
+    says the full MLflow is needed, not to give the database it was given."""
+    if importlib.util.find_spec("sqlalchemy") is not None:
+        pytest.skip("the full MLflow is installed: it opens a database store")
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    with pytest.raises(SluiceError) as info:
+        Tracker(uri).connect("churn_train")
+    assert str(info.value).startswith(f"cannot use MLflow tracking at {uri}: ")
+    assert info.value.hint == (
+        "a database store needs the full MLflow (pip install mlflow; sluice[mlflow] is "
+        "mlflow-skinny, a tracking server's client): install it, or give a tracking server "
+        "(http://host:5000), or leave --mlflow off")
