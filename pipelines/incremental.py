@@ -219,8 +219,13 @@ class Reads:
             for output in outputs:
                 removed += _withdraw(output, dead, storage_options)
         self._remove(pipeline, step_id, PENDING)
+        # the model versions the dead run published and that stay: its own record (left
+        # running, read as lost) names none, so `runs prune` learns them from here
+        models = [m for o in outputs if landed and "model" in o
+                  and (m := _landed_model(o, dead)) is not None]
         self.settled[step_id] = {"run_id": dead, "outcome": "settled" if landed
                                  else "recovered", "files": len(files),
+                                 **({"models": models} if models else {}),
                                  **({} if landed else {"removed": removed})}
 
     def _claim(self, pipeline: str, step_id: str) -> None:
@@ -338,6 +343,19 @@ def _landed(output: dict[str, Any], run_id: str,
     from operators.io.parquet import published_by
 
     return published_by(resolve(output["path"], storage_options.get(output["step"])), run_id)
+
+
+def _landed_model(output: dict[str, Any], run_id: str) -> dict[str, Any] | None:
+    """The version of a claim's model entry run ``run_id`` published, as a run record
+    names the models it saved (None: it published none)."""
+    from pipelines.store import ModelStore
+
+    store = ModelStore(output["models"])
+    version = store.version_of_run(output["model"], run_id)
+    if version is None:
+        return None
+    return {"step": output["step"], "name": output["model"], "version": version,
+            "path": store.version_path(output["model"], version)}
 
 
 def _withdraw(output: dict[str, Any], run_id: str,

@@ -489,22 +489,37 @@ def prunable(records: list[dict[str, Any]], *, keep: int | None = None,
             by_pipeline.setdefault(record["pipeline"], []).append(record)
     doomed: list[dict[str, Any]] = []
     spared: list[dict[str, Any]] = []
+    settled = _settled_models(records)
     for chosen in by_pipeline.values():
         for record in chosen[keep or 0:]:
             if before is not None and (started(record) or before) >= before:
                 continue
-            (spared if _saved_model_kept(record) else doomed).append(record)
+            if settled.get(record["run_id"]):  # as read: a killed run's, found later
+                record["models"] = [*record["models"], *settled[record["run_id"]]]
+            (spared if _saved_model_kept(record["models"]) else doomed).append(record)
     order = {id(r): i for i, r in enumerate(records)}
     return (sorted(doomed, key=lambda r: order[id(r)]),
             sorted(spared, key=lambda r: order[id(r)]))
 
 
-def _saved_model_kept(record: dict[str, Any]) -> bool:
-    """Whether a model version the run saved is still there: its folder holds its
-    model.json (a deleted version's keeps a note alone); one on an object store, which
-    this does not look up, counts as there."""
+def _settled_models(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The model versions killed runs published, by run id, as the runs that settled
+    their incremental claims found them (a killed run's own record names none)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        for entry in record.get("steps", {}).values():
+            claim = (entry.get("incremental") or {}).get("claim") or {}
+            if claim.get("models"):
+                out.setdefault(str(claim["run_id"]), []).extend(claim["models"])
+    return out
+
+
+def _saved_model_kept(models: list[dict[str, Any]]) -> bool:
+    """Whether one of ``models`` (versions a run saved) is still there: its folder holds
+    its model.json (a deleted version's keeps a note alone); one on an object store,
+    which this does not look up, counts as there."""
     return any("://" in str(m["path"]) or (Path(m["path"]) / "model.json").exists()
-               for m in record["models"])
+               for m in models)
 
 
 def first_line(error: Any) -> str | None:

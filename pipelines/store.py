@@ -168,9 +168,13 @@ class ModelStore:
 
     def path_of(self, model: Model) -> str:
         """Where a model version lives (its folder, or its URL on an object store)."""
+        return self.version_path(model.name, model.version)
+
+    def version_path(self, name: str, version: int) -> str:
+        """Where version ``version`` of ``name`` lives (``path_of``)."""
         if self.location.local:
-            return self._path(model.name, str(model.version))
-        return "/".join([self.root.rstrip("/"), model.name, str(model.version)])
+            return self._path(name, str(version))
+        return "/".join([self.root.rstrip("/"), name, str(version)])
 
     # ------------------------------------------------------------------ reading
 

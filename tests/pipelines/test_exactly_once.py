@@ -119,6 +119,14 @@ def test_a_run_killed_at_any_point_leaves_each_row_once(
     shown = subprocess.run([SLUICE, "runs", "show", after["run_id"]], cwd=workdir,
                            capture_output=True, text=True, timeout=60)
     assert f"  {line}\n" in shown.stdout, shown.stdout
+    # the killed run's record (lost) stays while its settled model version does
+    pruned = subprocess.run([SLUICE, "runs", "prune", "--keep", "0"], cwd=workdir,
+                            capture_output=True, text=True, timeout=60)
+    assert pruned.returncode == 0, pruned.stderr
+    kept = (workdir / "runs" / "events_daily" / f"{dead}.json").exists()
+    assert kept == (outcome == "settled"), pruned.stdout
+    if outcome == "settled":
+        assert f"{dead} (scaler@" in pruned.stdout, pruned.stdout
     assert not pending.exists()
     assert not [p for p in workdir.iterdir() if ".sluice-tmp-" in p.name]
 
