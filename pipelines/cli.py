@@ -996,7 +996,7 @@ def _selected_by(status: str | None, since: Any) -> str:
 def _selection_options(command: Any) -> Any:
     """--status, --since and --last: which runs a command takes (``runs.select``)."""
     options = [
-        click.option("--status", type=click.Choice(runs.STATUSES),
+        click.option("--status", type=click.Choice(runs.STATUSES, case_sensitive=False),
                      default=None, help="only the runs of that status (running: not ended "
                                         "yet; lost: killed outright, as its record says)"),
         click.option("--since", metavar="DATE", default=None, callback=_since,
@@ -1049,7 +1049,7 @@ def runs_list(pipeline: str | None, status: str | None, since: Any, last: int | 
               help="keep the newest N runs of each pipeline (of --status, if given)")
 @click.option("--before", metavar="DATE", default=None, callback=_since,
               help="delete only runs started before it (2026-09-01, 2026-09-01T06:00; UTC)")
-@click.option("--status", type=click.Choice(runs.STATUSES), default=None,
+@click.option("--status", type=click.Choice(runs.STATUSES, case_sensitive=False), default=None,
               help="only runs that ended so (failed: clear out failed attempts; a running "
                    "run is never deleted)")
 @click.option("--dry-run", is_flag=True, help="say what would be deleted, delete nothing")

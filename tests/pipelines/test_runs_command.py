@@ -108,7 +108,8 @@ def test_list_is_newest_first_and_filters(history: list[dict[str, Any]],
     assert lines[3].split()[-2:] == ["5,000", "centre@1"]
     assert lines[3].split()[5] == runs.format_duration(first["seconds"])
 
-    only_failed = in_process("runs", "list", "center", "--status", "failed", "--json")
+    # a status in any case (Failed), as a person may type it
+    only_failed = in_process("runs", "list", "center", "--status", "Failed", "--json")
     assert only_failed.exit_code == 0, only_failed.output
     (summary,) = [json.loads(line) for line in only_failed.stdout.splitlines()]
     assert summary == {
