@@ -884,7 +884,7 @@ def models_delete(ref: str, models: str | None) -> None:
         raise SluiceError(f"'{ref}' names no version number",
                           hint=f"delete takes {name}@N; `sluice models show {ref}` says "
                                "which version it is")
-    ModelStore(models).delete(name, int(version))
+    ModelStore(models).delete(name, int(version), "sluice models delete")
     click.echo(f"deleted {name}@{version}")
 
 

@@ -371,7 +371,9 @@ def _withdraw(output: dict[str, Any], run_id: str,
         if version is None:
             return []
         try:
-            store.delete(output["model"], version)
+            store.delete(output["model"], version,
+                         f"run {run_id} was killed before all its outputs landed: the "
+                         "next run of its pipeline took them out and read its files again")
         except ArtifactError as exc:
             return [f"{output['model']}@{version} (kept: {exc})"]
         return [f"{output['model']}@{version}"]

@@ -225,9 +225,25 @@ class ModelStore:
         if not version.isdigit():
             return name, self._aliased(name, version, versions)
         if int(version) not in versions:
-            raise ArtifactError(f"model '{name}' has no version {version}",
+            raise ArtifactError(f"model '{name}' has no version {version}"
+                                f"{self._deleted(name, int(version))}",
                                 hint=f"versions: {', '.join(map(str, versions))}")
         return name, int(version)
+
+    def _deleted(self, name: str, version: int) -> str:
+        """', deleted 2026-12-02T08:00:00Z (why)' where the version's folder holds a
+        ``DELETED`` note, else ''."""
+        try:
+            with self.location.fsspec_fs.open(self._path(name, str(version), DELETED),
+                                              "rb") as f:
+                note = json.loads(f.read())
+        except (OSError, ValueError):
+            return ""
+        if not isinstance(note, dict):
+            return ""
+        said = " ".join(str(part) for part in (
+            note.get("deleted_at"), f"({note['why']})" if note.get("why") else None) if part)
+        return f": it was deleted {said}".rstrip()
 
     def _aliased(self, name: str, alias: str, versions: list[int]) -> int:
         """The version alias ``alias`` of ``name`` points at (an existing one)."""
@@ -315,12 +331,12 @@ class ModelStore:
         _same_spelling(name, alias, self.aliases(name))
 
     @_store_access
-    def delete(self, name: str, version: int) -> None:
+    def delete(self, name: str, version: int, why: str | None = None) -> None:
         """Delete version ``version`` of ``name``: its model.json first (from then on it
         is no model: no listing or reference finds it), then its arrays. Its folder
-        stays with a ``DELETED`` note, so that its number is never given to another
-        model (a reference to churn@3 never means two things). A version an alias names
-        is refused."""
+        stays with a ``DELETED`` note (when, and ``why``), so that its number is never
+        given to another model (a reference to churn@3 never means two things) and a
+        reference to it says what became of it. A version an alias names is refused."""
         if version not in self.versions(name):
             raise ArtifactError(f"model '{name}' has no version {version}")
         named = sorted(a for a, v in self.aliases(name).items() if v == version)
@@ -330,8 +346,8 @@ class ModelStore:
                                 hint="point the alias at another version, or remove it "
                                      "(sluice models alias ... --delete), first")
         fs = self.location.fsspec_fs
-        note = json.dumps({"deleted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                       time.gmtime())}).encode()
+        note = json.dumps({"deleted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           **({"why": why} if why else {})}).encode()
         fs.pipe_file(self._path(name, str(version), DELETED), note)
         for leftover in ("model.json", "arrays.npz"):
             with contextlib.suppress(FileNotFoundError):
@@ -350,7 +366,7 @@ class ModelStore:
         doomed = [v for v in versions[:-keep] if v not in named]
         if not dry_run:
             for version in doomed:
-                self.delete(name, version)
+                self.delete(name, version, "sluice models prune")
         return doomed
 
     @_store_access

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_pipeline
 
+from operators.base import ArtifactError
 from pipelines.runner import run
 from pipelines.store import ModelStore
 
@@ -119,6 +120,13 @@ def test_a_run_killed_at_any_point_leaves_each_row_once(
     shown = subprocess.run([SLUICE, "runs", "show", after["run_id"]], cwd=workdir,
                            capture_output=True, text=True, timeout=60)
     assert f"  {line}\n" in shown.stdout, shown.stdout
+    if outcome == "recovered" and point == "after-model":  # its version taken out, said
+        store = ModelStore(str(workdir / "models"))
+        taken = max(set(range(1, max(store.versions("scaler")) + 1))
+                    - set(store.versions("scaler")))
+        with pytest.raises(ArtifactError, match=rf"has no version {taken}: it was deleted "
+                                                rf".*\(run {dead} was killed before all"):
+            store.resolve(f"scaler@{taken}")
     # the killed run's record (lost) stays while its settled model version does
     pruned = subprocess.run([SLUICE, "runs", "prune", "--keep", "0"], cwd=workdir,
                             capture_output=True, text=True, timeout=60)

@@ -98,7 +98,8 @@ def test_delete_and_prune_keep_aliased_versions_and_never_reuse_a_number(tmp_pat
         store.delete("m", 9)
     store.delete("m", 6)  # the latest
     assert store.versions("m") == [1, 2, 3, 4, 5] and store.resolve("m") == ("m", 5)
-    with pytest.raises(ArtifactError, match="has no version 6"):
+    with pytest.raises(ArtifactError, match=r"has no version 6: it was deleted "
+                                            r"20\d\d-\d\d-\d\dT[\d:]+Z \(versions: 1, 2"):
         store.load("m@6")
     assert (tmp_path / "models" / "m" / "6" / "DELETED").exists()
     assert store.save("m", [centered([7, 7])], SCHEMA).version == 7  # 6 stays taken
@@ -106,6 +107,9 @@ def test_delete_and_prune_keep_aliased_versions_and_never_reuse_a_number(tmp_pat
     assert store.versions("m") == [1, 2, 3, 4, 5, 7]
     assert store.prune("m", keep=2) == [1, 3, 4]
     assert store.versions("m") == [2, 5, 7]
+    with pytest.raises(ArtifactError, match=r"has no version 3: it was deleted .*Z "
+                                            r"\(sluice models prune\)"):
+        store.resolve("m@3")
     np.testing.assert_array_equal(store.load("m@production").chain.steps[0].means, [1, 1])
     with pytest.raises(ArtifactError, match="no model 'n'"):
         store.prune("n", keep=1)
