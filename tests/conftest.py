@@ -266,3 +266,22 @@ def split_gain(criterion: Any, left: Any, total: Any, min_leaf: float) -> float 
         return None
     return float((criterion.score(left[:, None]) + criterion.score(right[:, None])
                   - criterion.score(total[:, None]))[0])
+
+
+def lines_run(call: Any) -> int:
+    """The lines of Python ``call()`` runs (``sys.settrace``): how a test says a kernel
+    takes no Python step a row, deterministically, where timing it would assert a speed
+    (bench/ measures those)."""
+    lines = 0
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal lines
+        lines += event == "line"
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return lines

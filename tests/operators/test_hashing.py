@@ -6,12 +6,11 @@ hold-out or a seed; these were computed by the first version and must not move."
 from __future__ import annotations
 
 import datetime
-import sys
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import lines_run
 
 from operators.base import ParamError
 from operators.hashing import hash_column, hash_rows, mix
@@ -215,16 +214,5 @@ def test_a_sparse_term_column_hashes_by_its_values_at_a_float_columns_pace() -> 
     n, k = 20_000, 20
     values = np.random.default_rng(0).random(n * k)
     terms = from_csr(np.arange(0, n * k + 1, k), np.tile(np.arange(k), n), values)
-    lines = 0
-
-    def tracer(frame: Any, event: str, arg: Any) -> Any:
-        nonlocal lines
-        lines += event == "line"
-        return tracer
-
-    sys.settrace(tracer)
-    try:
-        hash_column(terms, 0)
-    finally:
-        sys.settrace(None)
+    lines = lines_run(lambda: hash_column(terms, 0))
     assert 0 < lines < 2_000, lines

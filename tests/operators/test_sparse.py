@@ -3,13 +3,13 @@ the same numbers as the dense columns, scikit-learn's sparse matrices and models
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import lines_run
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.decomposition import PCA as SkPCA
 from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
@@ -419,18 +419,7 @@ def test_a_million_hashed_positions_are_grouped_faster_than_they_are_named() -> 
     assert groups(schema, names) == ((None, 0, 1), ("text", 1, 2 ** 20 + 1))
     # walked (a new list each time: nothing remembered) with no Python step a name: the
     # lines Python runs counted, not timed (a test asserts no speed; bench/ measures it)
-    lines = 0
-
-    def tracer(frame: Any, event: str, arg: Any) -> Any:
-        nonlocal lines
-        lines += event == "line"
-        return tracer
-
-    sys.settrace(tracer)
-    try:
-        groups(schema, list(names))
-    finally:
-        sys.settrace(None)
+    lines = lines_run(lambda: groups(schema, list(names)))
     assert 0 < lines < 10_000, lines
     # a model's own list, walked again for each partition: remembered, for that list
     assert groups(schema, names) is groups(schema, names)
