@@ -133,6 +133,7 @@ from operators.models.common import (
     with_predictions,
 )
 from operators.models.optimize import lbfgs_start, lbfgs_tell
+from operators.sparse import rows_of
 
 CHUNK_ROWS = 1 << 13
 """Rows per forward/backward block of a full-batch pass or of scoring: the activations
@@ -385,8 +386,7 @@ def _batch_order(data: np.ndarray, seed: int, epoch: int, X: Any = None) -> np.n
             zeros = mix(salts[:X.shape[1]] ^ np.uint64(0))
             values = np.asarray(X.data, dtype=np.float64).view(np.uint64)
             stored = mix(values ^ salts[X.indices]) - zeros[X.indices]
-            row_of = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-            np.add.at(sums, row_of, stored)
+            np.add.at(sums, rows_of(X.indptr), stored)
             sums += np.sum(zeros, dtype=np.uint64)
         keys = mix(sums)
     return np.argsort(keys, kind="stable")
