@@ -16,7 +16,8 @@ leaves the claim, and the next run of the pipeline settles it from the outputs b
 reads (``settle``): where every output of the dead run landed (a write_parquet's
 ``_SUCCESS`` lists files named by its run id, a save_model's model.json names it), its
 files are recorded as read (``settled``); where any did not, what did land is taken out
-and its files are read again (``recovered``).
+and its files are read again (``recovered``). ``validate`` and ``plan`` say which it
+will be, settling nothing (``foresee``).
 A run holds ``<step>.lock`` beside it while it runs: a second run of the pipeline at once
 is refused, naming the running one, before any data moves (locally a lock the kernel
 drops when its process dies; on an object store an object created exclusively and
@@ -62,6 +63,9 @@ class Reads:
     refused: dict[str, str | None] = field(default_factory=dict)
     # the claims of killed runs this run settled before it read, by step (``settle``)
     settled: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # read without a run (``validate``, ``plan``): the claim another run left on each
+    # step, and what the next run will do with it (``foresee``)
+    claims: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def _where(self, pipeline: str, step_id: str, suffix: str) -> tuple[Any, str, bool]:
         fs, root, local = runs._files(self.runs_dir)
@@ -82,11 +86,16 @@ class Reads:
         if self.run_id is not None:
             self._claim(pipeline, step_id)
             self.settle(pipeline, step_id, folder, storage_options or {})
+        else:
+            self.foresee(pipeline, step_id, folder, storage_options or {})
         if self.full_refresh:
             return {}
         state = self.state(pipeline, step_id)
-        return {**state, "files": _absolute(state.get("files", {}), folder,
-                                            state.get("relative", False))}
+        files = _absolute(state.get("files", {}), folder, state.get("relative", False))
+        claim = self.claims.get(step_id)
+        if claim is not None and claim["outcome"] == "settled":
+            files.update(claim["paths"])  # the next run records them as read first
+        return {**state, "files": files}
 
     def state(self, pipeline: str, step_id: str) -> dict[str, Any]:
         """The state as it is kept (its paths relative to the read's folder where
@@ -196,25 +205,15 @@ class Reads:
         every output it claimed landed, or its state was recorded, its files are recorded
         as read; else what landed of it is taken out of its outputs, and its files are
         left to read again. Said in ``settled``."""
-        shown = f"{self.runs_dir.rstrip('/')}/{pipeline}/{FOLDER}/{step_id}{PENDING}"
-        pending = self._read(pipeline, step_id, PENDING, shown)
+        pending = self._pending(pipeline, step_id)
         if pending is None:
             return
-        try:
-            dead = str(pending["run_id"])
-            files = {str(k): [int(v[0]), int(v[1])] for k, v in pending["files"].items()}
-            outputs = [dict(o) for o in pending["outputs"]]
-        except (KeyError, TypeError, IndexError, AttributeError, ValueError):
-            raise DataError(f"'{shown}' is damaged: it is not a run's claim",
-                            hint="delete it, and check the outputs of the run that left it "
-                                 "for rows written twice") from None
+        dead, files, outputs, schema = pending
         files = _absolute(files, folder, True)
-        landed = self.state(pipeline, step_id).get("run_id") == dead or bool(outputs) and all(
-            _landed(o, dead, storage_options) for o in outputs)
+        landed = self._landed(pipeline, step_id, dead, outputs, storage_options)
         removed: list[str] = []
         if landed:
-            self._record(pipeline, step_id, files, pending.get("schema"), folder, dead,
-                         replace=False)
+            self._record(pipeline, step_id, files, schema, folder, dead, replace=False)
         else:
             for output in outputs:
                 removed += _withdraw(output, dead, storage_options)
@@ -227,6 +226,68 @@ class Reads:
                                  else "recovered", "files": len(files),
                                  **({"models": models} if models else {}),
                                  **({} if landed else {"removed": removed})}
+
+    def foresee(self, pipeline: str, step_id: str, folder: str,
+                storage_options: dict[str, dict[str, Any]]) -> None:
+        """Without a run (``validate``, ``plan``): what the next run will do with the
+        claim another run left on the step, changing nothing, in ``claims``: its
+        ``run_id``, its ``files`` and their ``paths``, its ``outputs`` (as shown), and
+        the ``outcome``: ``running`` (its record says it runs: it holds the step),
+        ``settled`` (killed after every output landed: its files recorded as read) or
+        ``recovered`` (killed before: what landed taken out, its files read again)."""
+        pending = self._pending(pipeline, step_id)
+        if pending is None:
+            return
+        run_id, files, outputs, _ = pending
+        landed = [o for o in outputs if _landed(o, run_id, storage_options)]
+        if self._running(pipeline, run_id):
+            outcome = "running"
+        elif (self.state(pipeline, step_id).get("run_id") == run_id
+              or outputs and len(landed) == len(outputs)):
+            outcome = "settled"
+        else:
+            outcome = "recovered"
+        self.claims[step_id] = {
+            "run_id": run_id, "outcome": outcome, "files": len(files),
+            "paths": _absolute(files, folder, True),
+            "landed": [f"model '{o['model']}'" if "model" in o else f"'{o['path']}'"
+                       for o in landed]}
+
+    def _pending(self, pipeline: str, step_id: str
+                 ) -> tuple[str, dict[str, list[int]], list[dict[str, Any]], str | None] | None:
+        """The claim a run left on the step: its run id, its files (relative to the
+        read's folder), its outputs and the files' columns; None where there is none."""
+        shown = f"{self.runs_dir.rstrip('/')}/{pipeline}/{FOLDER}/{step_id}{PENDING}"
+        pending = self._read(pipeline, step_id, PENDING, shown)
+        if pending is None:
+            return None
+        try:
+            dead = str(pending["run_id"])
+            files = {str(k): [int(v[0]), int(v[1])] for k, v in pending["files"].items()}
+            outputs = [dict(o) for o in pending["outputs"]]
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError):
+            raise DataError(f"'{shown}' is damaged: it is not a run's claim",
+                            hint="delete it, and check the outputs of the run that left it "
+                                 "for rows written twice") from None
+        schema = pending.get("schema")
+        return dead, files, outputs, schema if isinstance(schema, str) else None
+
+    def _landed(self, pipeline: str, step_id: str, run_id: str,
+                outputs: list[dict[str, Any]],
+                storage_options: dict[str, dict[str, Any]]) -> bool:
+        """Whether the run that left a claim got its files recorded as read, or every
+        output it claimed landed."""
+        return self.state(pipeline, step_id).get("run_id") == run_id or bool(outputs) and all(
+            _landed(o, run_id, storage_options) for o in outputs)
+
+    def _running(self, pipeline: str, run_id: str) -> bool:
+        """Whether run ``run_id``'s record says it is running (not ended, not lost)."""
+        try:
+            history = runs.load(self.runs_dir, pipeline, run_id)
+        except SluiceError:
+            return False
+        return any(r["run_id"] == run_id and r.get("status") == "running"
+                   for r in history.records)
 
     def _claim(self, pipeline: str, step_id: str) -> None:
         fs, lock, local = self._where(pipeline, step_id, ".lock")
@@ -318,6 +379,26 @@ def settled_line(step_id: str, settled: dict[str, Any]) -> str:
              if removed else "")
     return (f"step '{step_id}': run {settled['run_id']} was killed before all its outputs "
             f"landed: its {files} read again (recovered){taken}")
+
+
+def foreseen_line(step_id: str, claim: dict[str, Any]) -> str:
+    """What the next run will do with the claim another run left on a step
+    (``Reads.foresee``), in one line."""
+    many = claim["files"] != 1
+    files = f"{claim['files']:,} file{'s' * many}"
+    if claim["outcome"] == "running":
+        return (f"step '{step_id}': run {claim['run_id']} is reading {files} now (it holds "
+                "the step): a run started before it ends is refused")
+    if claim["outcome"] == "settled":
+        return (f"step '{step_id}': run {claim['run_id']} was killed after its outputs "
+                f"landed: the next run records its {files} as read (settled), and reads "
+                "what is new besides")
+    landed = claim["landed"]
+    taken = (f", and takes out what landed of it in {', '.join(landed[:3])}"
+             f"{f' and {len(landed) - 3} more' if len(landed) > 3 else ''}"
+             if landed else " (nothing of it landed)")
+    return (f"step '{step_id}': run {claim['run_id']} was killed before all its outputs "
+            f"landed: the next run reads its {files} again (recovered){taken}")
 
 
 def _relative(files: dict[str, list[int]], folder: str) -> dict[str, list[int]]:

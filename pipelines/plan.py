@@ -36,6 +36,7 @@ from operators.io.model import SaveModel
 from operators.io.parquet import MANIFEST, ReadParquet, WriteParquet
 from operators.io.paths import GLOB_CHARS, glob_base, local_path
 from operators.score.score import Score, model_columns
+from pipelines.incremental import foreseen_line
 from pipelines.spec import PipelineSpec, Problem, StepSpec
 from pipelines.store import parse_ref, required_columns
 from pipelines.tuning import (
@@ -712,6 +713,10 @@ def _bind_read_before(plan: Plan, step: Step) -> bool:
         plan.problems.append(Problem(plan.spec.file, step.spec.line_of("incremental"),
                                      str(exc), step=step.id, op=step.spec.op))
         return False
+    claim = plan.reads.claims.get(step.id)
+    if claim is not None:
+        plan.notices.append(f"{plan.spec.file}:{step.spec.line_of('incremental')}: "
+                            f"{foreseen_line(step.id, claim)}")
     return True
 
 

@@ -164,3 +164,58 @@ def test_a_moved_dataset_keeps_what_was_read_and_an_old_state_still_reads(
     assert ids_in(workdir / "out") == every_input_id(workdir / "data" / "moved")
     assert sorted(json.loads(state_file.read_text())["files"]) == [
         "ds=1/part.parquet", "ds=2/part.parquet"]
+
+
+def _plan_of(path: Path, workdir: Path) -> tuple[dict[str, Any], str]:
+    """`sluice plan --json` of ``path``: the plan, and what it said on stderr."""
+    shown = subprocess.run([SLUICE, "plan", "--json", str(path)], cwd=workdir,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout), shown.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "outcome"), [
+    ("after-parts", "recovered"),  # the output did not land: its file is read again
+    ("after-write", "settled"),  # every output landed: its file counts as read
+    ("after-write", "running"),  # its record says it runs: it holds the step
+])
+def test_plan_and_validate_say_what_the_next_run_does_with_a_claim(
+        workdir: Path, point: str, outcome: str) -> None:
+    """A claim a killed run left: `sluice plan` and `sluice validate` say whose it is and
+    what the next run will do with it, and count the files as that run will (a settled
+    claim's files as read before, not new), changing nothing."""
+    from pipelines.runs import this_process
+
+    path = write_pipeline(workdir, PIPELINE)
+    day(workdir, 1)
+    run(path)
+    day(workdir, 2)
+    killed_at(point, path, workdir)
+    pending = workdir / "runs" / "events_daily" / ".reads" / "events.pending.json"
+    dead = json.loads(pending.read_text())["run_id"]
+    if outcome == "running":  # its record as a live run's: this process's
+        record = workdir / "runs" / "events_daily" / f"{dead}.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), **this_process()}))
+    day(workdir, 3)
+    before = pending.read_bytes()
+    plan, said = _plan_of(path, workdir)
+    line = next(line for line in said.splitlines() if f"run {dead} " in line)
+    assert line.startswith(f"note: {path}:"), said
+    assert {"recovered": "reads its 1 file again (recovered), and takes out what landed "
+                         "of it in model 'scaler'",
+            "settled": "records its 1 file as read (settled)",
+            "running": "is reading 1 file now"}[outcome] in line, line
+    (events,) = [s for s in plan["steps"] if s["id"] == "events"]
+    new = 1 if outcome == "settled" else 2
+    assert f"incremental: {new} new file(s) to read now, {3 - new} read by earlier" in (
+        " ".join(events["notes"])), events
+    checked = subprocess.run([SLUICE, "validate", str(path)], cwd=workdir,
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and f"note: {line[6:]}" in checked.stderr, checked.stderr
+    assert pending.read_bytes() == before  # nothing settled by looking
+    if outcome == "running":
+        return
+    after = run(path)
+    assert after["steps"]["events"]["incremental"]["new_files"] == new
+    assert after["steps"]["events"]["incremental"]["claim"]["outcome"] == outcome
