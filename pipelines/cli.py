@@ -409,6 +409,10 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
         read = entry.get("incremental")
         if read is not None:
             click.echo(f"  {_read_incrementally(step_id, read)}")
+            if read.get("lock_taken"):  # a lost run's lock object this run took over
+                from pipelines.incremental import taken_line
+
+                click.echo(f"  {taken_line(step_id, read['lock_taken'])}")
             if read.get("claim"):  # a killed run's claim this run settled first
                 from pipelines.incremental import settled_line
 

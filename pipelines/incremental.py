@@ -21,7 +21,8 @@ will be, settling nothing (``foresee``).
 A run holds ``<step>.lock`` beside it while it runs: a second run of the pipeline at once
 is refused, naming the running one, before any data moves (locally a lock the kernel
 drops when its process dies; on an object store an object created exclusively and
-deleted at the end, which a run killed outright leaves behind).
+deleted at the end, which a run killed outright leaves behind, until its run record reads
+lost and the next run takes it over).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class Reads:
     refused: dict[str, str | None] = field(default_factory=dict)
     # the claims of killed runs this run settled before it read, by step (``settle``)
     settled: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the steps whose lock object a lost run left, taken over by this run: that run's id
+    # (``run_id``) and why its record says it is lost (``lost``)
+    taken: dict[str, dict[str, str]] = field(default_factory=dict)
     # read without a run (``validate``, ``plan``): the claim another run left on each
     # step, and what the next run will do with it (``foresee``)
     claims: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -309,26 +313,67 @@ class Reads:
                 os.write(fd, note.encode())
                 self.held[lock] = fd
         else:
-            try:
-                with fs.open(lock, "xb") as f:
-                    f.write(note.encode())
-                self.held[lock] = fs
-            except FileExistsError:
-                with contextlib.suppress(FileNotFoundError):
-                    holder = _run_of(fs.cat_file(lock))
+            holder = self._claim_on_store(fs, lock, note.encode(), pipeline, step_id)
         if lock not in self.held:
             self.refused[step_id] = holder
-            lost = None if local or not holder else self._lost(pipeline, holder)
             gone = "" if local else (f", or delete '{lock}' if that run was killed "
                                      "outright (it is no longer running)")
-            if lost is not None:
-                gone = (f"; its run record says it is lost ({lost}): if so, delete "
-                        f"'{lock}' and run again")
             raise SluiceError(
                 f"step '{step_id}' reads incrementally, and run {holder or '?'} of "
                 f"pipeline '{pipeline}' is reading it now: a second run at once would read "
                 "the same files", hint=f"wait for that run to end (`sluice runs show "
                                        f"{holder or '...'}`){gone}")
+
+    def _claim_on_store(self, fs: Any, lock: str, note: bytes, pipeline: str,
+                        step_id: str) -> str | None:
+        """Create the step's lock object (held: in ``held``), taking over one that a run
+        its record says is lost left (a run killed outright leaves its lock: the next run
+        is not refused for ever; two takers at once: ``take_over_lock`` lets one in).
+        The run that holds it, where this one is refused (None: unknown)."""
+        from operators.io.fs import STORE_LOCK_STALE, take_over_lock
+
+        holder: str | None = None
+        for _ in range(5):  # each turn: created, or a holder released or taken over
+            try:
+                with fs.open(lock, "xb") as f:
+                    f.write(note)
+            except FileExistsError:
+                try:
+                    held = fs.cat_file(lock)
+                except FileNotFoundError:
+                    continue  # released between the two calls
+                holder = _run_of(held)
+                lost = self._lost(pipeline, holder) if holder else None
+                if lost is None or not take_over_lock(fs, lock, held, STORE_LOCK_STALE):
+                    return holder
+                self.taken[step_id] = {"run_id": str(holder), "lost": lost}
+                continue
+            self.held[lock] = fs
+            return None
+        return holder
+
+    def check_held(self) -> None:
+        """Before this run publishes: each lock object it took is its own still. One
+        another run took over (this run's heartbeat stopped so long that its record read
+        lost: its record's store unreachable, the process stopped) means that run reads
+        the same files: this one publishes nothing (a SluiceError)."""
+        for lock, handle in self.held.items():
+            if isinstance(handle, int):
+                continue  # a kernel lock: never taken over
+            try:
+                holder = _run_of(handle.cat_file(lock))
+            except FileNotFoundError:
+                holder = None
+            if holder != self.run_id:
+                step_id = posixpath.basename(lock).removesuffix(".lock")
+                by = f"run {holder} took it over" if holder else "it was deleted"
+                raise SluiceError(
+                    f"step '{step_id}' reads incrementally, and its lock '{lock}' is no "
+                    f"longer this run's ({by}): "
+                    "this run's heartbeat stopped long enough for its record to read lost, "
+                    "so another run may read the same files; nothing of this run was "
+                    "published", hint="run it again; if its heartbeat cannot reach the runs "
+                                      "folder, see why (`sluice runs show` of this run)")
 
     def _lost(self, pipeline: str, run_id: str) -> str | None:
         """Why the run holding a lock object cannot be alive, as its record says (None:
@@ -354,7 +399,7 @@ class Reads:
             with contextlib.suppress(Exception):
                 if isinstance(handle, int):
                     os.close(handle)  # drops the lock; the file stays for the next run
-                else:
+                elif _run_of(handle.cat_file(lock)) == self.run_id:  # not taken over
                     handle.rm(lock)
         self.held.clear()
 
@@ -364,6 +409,12 @@ def _run_of(note: bytes) -> str | None:
         return str(json.loads(note)["run_id"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def taken_line(step_id: str, taken: dict[str, str]) -> str:
+    """What a run said of the lock of a lost run it took over, in one line."""
+    return (f"step '{step_id}': run {taken['run_id']} left its lock and its record says it "
+            f"is lost ({taken['lost']}): this run took the lock over")
 
 
 def settled_line(step_id: str, settled: dict[str, Any]) -> str:

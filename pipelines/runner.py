@@ -53,7 +53,7 @@ from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
 from pipelines.device import resolve as resolve_device
 from pipelines.engines.base import Dataset, Engine, StagedSink, interruption, on_interrupt
-from pipelines.incremental import Reads, settled_line
+from pipelines.incremental import Reads, settled_line, taken_line
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
 from pipelines.plan import Plan, Step, build, training_only
@@ -1126,6 +1126,8 @@ def _read_entry(reads: Reads, plan: Plan, step: Step) -> dict[str, Any]:
             **({"full_refresh": True} if reads.full_refresh else {}),
             # a killed run's claim this run settled first (``Reads.settle``)
             **({"claim": reads.settled[step.id]} if step.id in reads.settled else {}),
+            # a lost run's lock object this run took over (``Reads.taken``)
+            **({"lock_taken": reads.taken[step.id]} if step.id in reads.taken else {}),
             "state": reads.shown(plan.spec.name, step.id)}
 
 
@@ -1224,6 +1226,9 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
     for line in plan.notices:
         if notify:
             notify(line)
+    for step_id, taken in reads.taken.items():
+        if notify:
+            notify(taken_line(step_id, taken))
     for step_id, settled in reads.settled.items():
         if notify:
             notify(settled_line(step_id, settled))
@@ -1301,6 +1306,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
                         step.op.folder, outputs)
         crash_point("before-write")
         current.execute()
+        reads.check_held()  # not taken over meanwhile: another run would read its files
         current.publish()
         crash_point("after-write")
         for step in incremental:  # only now: a failed run's files are read again

@@ -413,7 +413,7 @@ def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterato
     it (``.<name>.sluice-lock``) created exclusively (fsspec's ``"xb"``: S3's
     ``If-None-Match: *``, the registry's version claims use the same), deleted after. A
     writer finding it waits; one older than ``stale`` seconds is a dead writer's and is
-    taken over (two takers at once: ``_take_over`` lets one delete it). A store with no
+    taken over (two takers at once: ``take_over_lock`` lets one delete it). A store with no
     exclusive create is written without the lock, as before there was one."""
     import json
     import socket
@@ -436,7 +436,7 @@ def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterato
                 held = fs.cat_file(lock)
             except FileNotFoundError:
                 continue  # released between the two calls
-            if _age(held) > stale and _take_over(fs, lock, held, stale):
+            if _age(held) > stale and take_over_lock(fs, lock, held, stale):
                 continue
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -462,7 +462,7 @@ def _age(note: bytes) -> float:
         return float("inf")
 
 
-def _take_over(fs: Any, lock: str, note: bytes, stale: float) -> bool:
+def take_over_lock(fs: Any, lock: str, note: bytes, stale: float) -> bool:
     """Delete the dead writer's ``lock`` that held ``note``, unless another writer is
     taking it over: whether this one did. Its takers race to create a claim named by the
     note, exclusively; the one that makes it deletes the lock only if it holds that note

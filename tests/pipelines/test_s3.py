@@ -24,7 +24,7 @@ moto_server = pytest.importorskip("moto.server")
 import fsspec  # noqa: E402
 
 import operators.io.parquet as parquet  # noqa: E402
-from operators.base import DataError  # noqa: E402
+from operators.base import DataError, SluiceError  # noqa: E402
 from operators.io.parquet import MANIFEST, ReadParquet, WriteParquet  # noqa: E402
 
 
@@ -890,9 +890,23 @@ def appending_incrementally(workdir: Any, source: str) -> Any:
     return pipeline
 
 
+def lost_record(url: str) -> None:
+    """Run 20261130T000000Z-dead00's record under ``url``: running, on another host, its
+    heartbeat silent since 2026-11-30 (lost)."""
+    from pipelines import runs
+
+    runs.write({"run_id": "20261130T000000Z-dead00", "pipeline": "inc", "status": "running",
+                "started_at": "2026-11-30T00:00:00Z", "seconds": 1.0,
+                "engine": {"name": "local"}, "params": {}, "steps": {}, "outputs": [],
+                "models": [], "metrics": {}, "host": "node-7", "pid": 1,
+                "heartbeat_at": "2026-11-30T00:00:01Z", "heartbeat_unix": 1796000401.0,
+                "heartbeat_seconds": 30.0}, url)
+
+
 def test_incremental_reads_on_s3(bucket: str, workdir: Any) -> None:
     """Files of an object store read incrementally, with the state and the lock in the
-    runs folder on the store: each file's rows once; a lock a killed run left is named."""
+    runs folder on the store: each file's rows once; a lock a killed run left is named,
+    and taken over once the run's record reads lost."""
     from pathlib import Path
 
     from pipelines.runner import ValidationFailed, run
@@ -914,27 +928,49 @@ def test_incremental_reads_on_s3(bucket: str, workdir: Any) -> None:
     message = str(info.value.problems[0])
     assert "run 20261130T000000Z-dead00 of pipeline 'inc' is reading it now" in message
     assert f"delete '{lock}' if that run was killed outright" in message
-    # its running record, its heartbeat silent long enough: lost, as the refusal says
-    from pipelines import runs
-
-    runs.write({"run_id": "20261130T000000Z-dead00", "pipeline": "inc", "status": "running",
-                "started_at": "2026-11-30T00:00:00Z", "seconds": 1.0,
-                "engine": {"name": "local"}, "params": {}, "steps": {}, "outputs": [],
-                "models": [], "metrics": {}, "host": "node-7", "pid": 1,
-                "heartbeat_at": "2026-11-30T00:00:01Z", "heartbeat_unix": 1796000401.0,
-                "heartbeat_seconds": 30.0}, url)
-    with pytest.raises(ValidationFailed) as info:
-        run(str(pipeline), runs_dir=url)
-    assert ("; its run record says it is lost (no heartbeat since 2026-11-30T00:00:01Z ("
-            ) in str(info.value.problems[0])
-    assert f"if so, delete '{lock}' and run again" in str(info.value.problems[0])
-    s3().rm(lock)
-    second = run(str(pipeline), runs_dir=url)["steps"]["events"]["incremental"]
+    lost_record(url)  # its running record, its heartbeat silent long enough: lost
+    said: list[str] = []
+    second = run(str(pipeline), runs_dir=url, notify=said.append)["steps"]["events"][
+        "incremental"]
     assert (second["new_files"], second["read_before"]) == (1, 2)
+    assert second["lock_taken"]["run_id"] == "20261130T000000Z-dead00"
+    assert second["lock_taken"]["lost"].startswith("no heartbeat since 2026-11-30T00:00:01Z")
+    assert ("step 'events': run 20261130T000000Z-dead00 left its lock and its record says "
+            "it is lost (no heartbeat since 2026-11-30T00:00:01Z (") in said[0], said
+    assert said[0].endswith("): this run took the lock over"), said
     assert not s3().exists(lock)
     assert run(str(pipeline), runs_dir=url)["skipped"]
     got = sorted(pq.read_table(Path(workdir) / "out").column("id").to_pylist())
     assert got == [10, 11, 12, 20, 21, 22, 30, 31, 32]
+
+
+def test_a_run_whose_lock_is_taken_over_publishes_nothing(bucket: str, workdir: Any) -> None:
+    """A run that took a lost run's lock, and whose own lock another run then took over
+    (its heartbeat judged stopped), publishes nothing and says why; the lock stays the
+    other run's."""
+    from pathlib import Path
+
+    from pipelines.runner import run
+
+    put(bucket, "events/ds=1/part.parquet", parquet_bytes(pa.table({"id": [10, 11]})))
+    pipeline = appending_incrementally(workdir, f"s3://{bucket}/events")
+    url = f"s3://{bucket}/sluice/runs"
+    lock = f"{bucket}/sluice/runs/inc/.reads/events.lock"
+    s3().pipe_file(lock, json.dumps({"run_id": "20261130T000000Z-dead00"}).encode())
+    lost_record(url)
+    other = json.dumps({"run_id": "20261130T000100Z-other0"}).encode()
+
+    def taken_over_meanwhile(line: str) -> None:
+        if "this run took the lock over" in line:  # the lock is this run's now: lost too
+            s3().pipe_file(lock, other)
+
+    with pytest.raises(SluiceError, match=r"its lock '.*events\.lock' is no longer this "
+                                          r"run's \(run 20261130T000100Z-other0 took it "
+                                          r"over\).*nothing of this run was published"):
+        run(str(pipeline), runs_dir=url, notify=taken_over_meanwhile)
+    assert not (Path(workdir) / "out").exists()
+    assert s3().cat_file(lock) == other  # not released by the run it is no longer
+    assert not s3().exists(f"{bucket}/sluice/runs/inc/.reads/events.json")
 
 
 def test_incremental_read_of_a_sluice_output_on_s3(bucket: str, workdir: Any) -> None:
