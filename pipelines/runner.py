@@ -48,6 +48,7 @@ from operators.io.fs import release_dir, resolve
 from operators.io.model import SaveModel
 from operators.io.parquet import ReadParquet, WriteParquet
 from operators.models.common import ConditioningWarning, ConvergenceWarning, query_column
+from operators.processes import this_process
 from pipelines import profiles, runs
 from pipelines import spec as spec_module
 from pipelines.device import CPU, Placement
@@ -996,7 +997,7 @@ def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,
     """What every run record starts with: the run, its pipeline and params, its engine
     and start, and what it made (none yet)."""
     return {"run_id": run_id, "pipeline": plan.spec.name, "file": str(path),
-            "params": plan.spec.params, "engine": engine, **runs.this_process(),
+            "params": plan.spec.params, "engine": engine, **this_process(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             # to the microsecond: the order of runs started in one second (an object
             # store's files say when they were written to the second only)

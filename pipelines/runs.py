@@ -21,7 +21,6 @@ import json
 import math
 import os
 import posixpath
-import socket
 import tempfile
 import threading
 import time
@@ -34,6 +33,7 @@ from operators import jsontext
 from operators.errors import SluiceError, suggest
 from operators.io.paths import local_path
 from operators.jsontext import NON_FINITE
+from operators.processes import process_gone
 
 STATUSES = ("succeeded", "failed", "interrupted", "running", "lost")
 """A run's status: how it ended, ``running`` (its record written as it started, and
@@ -245,64 +245,11 @@ def write(record: dict[str, Any], runs_dir: str) -> str:
     return _record_path(runs_dir, local, record["pipeline"], name)
 
 
-def this_process() -> dict[str, Any]:
-    """Where a run runs, for its record: the host, the pid, and (Linux) when the process
-    started and its pid namespace, so that a reader on the same host can tell the run's
-    process from another that took its pid, or from one in another container."""
-    start, _ = _process_state(os.getpid())
-    found: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
-    if start is not None:
-        found["pid_start"] = start
-    with contextlib.suppress(OSError):
-        found["pid_namespace"] = os.readlink("/proc/self/ns/pid")
-    return found
-
-
-def _process_state(pid: int) -> tuple[int | None, str | None]:
-    """A process's start (clock ticks after boot) and state letter (Z: a zombie), as
-    Linux's /proc says; (None, None) where it cannot say (gone, or not Linux)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None, None
-    fields = stat[stat.rfind(")") + 2:].split()  # after the command, which may hold spaces
-    try:
-        return int(fields[19]), fields[0]
-    except (IndexError, ValueError):
-        return None, None
-
-
-def _process_gone(record: dict[str, Any]) -> bool | None:
-    """Whether the process a record names is gone from this host (its pid unused, a
-    zombie, or another process's now); None where this host is not the run's (another
-    host, or another container of the same name: another pid namespace)."""
-    pid = record.get("pid")
-    # not POSIX: os.kill(pid, 0) would end the process (Windows), not look at it
-    if os.name != "posix" or record.get("host") != socket.gethostname() \
-            or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return None
-    here = this_process()
-    if record.get("pid_namespace") != here.get("pid_namespace"):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's process: there
-        pass
-    except OSError:
-        return None
-    start, state = _process_state(pid)
-    if state == "Z":
-        return True
-    return start is not None and record.get("pid_start") not in (None, start)
-
-
 def lost_because(record: dict[str, Any]) -> str | None:
     """Why the run of a ``running`` record cannot be alive, or None (it may be): on this
     host, its process is gone; elsewhere, its heartbeat stopped ``LOST_AFTER_BEATS``
     intervals and ``LOST_AFTER_SECONDS`` ago or more."""
-    gone = _process_gone(record)
+    gone = process_gone(record)
     if gone is not None:
         return f"process {record['pid']} on this host is gone" if gone else None
     beat = record.get("heartbeat_unix", record.get("started_unix"))

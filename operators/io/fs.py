@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 
 from operators.errors import DataError, SluiceError, causes
 from operators.io.paths import local_path
+from operators.processes import process_gone, this_process
 
 
 @dataclass(frozen=True)
@@ -412,11 +413,11 @@ def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterato
     """Hold a lock on ``target`` of an object store for the block: a lock object beside
     it (``.<name>.sluice-lock``) created exclusively (fsspec's ``"xb"``: S3's
     ``If-None-Match: *``, the registry's version claims use the same), deleted after. A
-    writer finding it waits; one older than ``stale`` seconds is a dead writer's and is
-    taken over (two takers at once: ``take_over_lock`` lets one delete it). A store with no
-    exclusive create is written without the lock, as before there was one."""
+    writer finding it waits; one whose process is gone from this host, or older than
+    ``stale`` seconds, is a dead writer's and is taken over (two takers at once:
+    ``take_over_lock`` lets one delete it). A store with no exclusive create is written
+    without the lock, as before there was one."""
     import json
-    import socket
 
     stale = STORE_LOCK_STALE if stale is None else stale
     folder, _, name = target.rstrip("/").rpartition("/")
@@ -425,8 +426,7 @@ def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterato
     owner = uuid.uuid4().hex
     delay = 0.02
     while True:
-        note = json.dumps({"owner": owner, "at": time.time(), "host": socket.gethostname(),
-                           "pid": os.getpid()}).encode()
+        note = json.dumps({"owner": owner, "at": time.time(), **this_process()}).encode()
         try:
             with fs.open(lock, "xb") as f:
                 f.write(note)
@@ -436,7 +436,8 @@ def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterato
                 held = fs.cat_file(lock)
             except FileNotFoundError:
                 continue  # released between the two calls
-            if _age(held) > stale and take_over_lock(fs, lock, held, stale):
+            if (_age(held) > stale or _holder_gone(held)) and take_over_lock(
+                    fs, lock, held, stale):
                 continue
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -460,6 +461,18 @@ def _age(note: bytes) -> float:
         return time.time() - float(json.loads(note)["at"])
     except (ValueError, KeyError, TypeError):
         return float("inf")
+
+
+def _holder_gone(note: bytes) -> bool:
+    """Whether a lock's note names a process on this host that is gone (a writer killed
+    in its commit: the next one need not wait for the lock to go stale)."""
+    import json
+
+    try:
+        holder = json.loads(note)
+    except ValueError:
+        return False
+    return isinstance(holder, dict) and process_gone(holder) is True
 
 
 def take_over_lock(fs: Any, lock: str, note: bytes, stale: float) -> bool:

@@ -185,7 +185,7 @@ def test_plan_and_validate_say_what_the_next_run_does_with_a_claim(
     """A claim a killed run left: `sluice plan` and `sluice validate` say whose it is and
     what the next run will do with it, and count the files as that run will (a settled
     claim's files as read before, not new), changing nothing."""
-    from pipelines.runs import this_process
+    from operators.processes import this_process
 
     path = write_pipeline(workdir, PIPELINE)
     day(workdir, 1)

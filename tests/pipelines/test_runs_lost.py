@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import SLUICE, sluice_in_process, touch_pipeline
 
+from operators.processes import this_process
 from pipelines import runs
 from pipelines.runner import run
 
@@ -125,7 +126,7 @@ def _running(workdir: Path, run_id: str, **fields: Any) -> None:
               "started_at": "2026-11-28T06:00:00Z", "started_unix": time.time() - 3600,
               "seconds": 1.0, "engine": {"name": "spark"}, "params": {}, "steps": {},
               "outputs": [], "models": [], "metrics": {}, "heartbeat_seconds": 30.0,
-              **runs.this_process(), **fields}
+              **this_process(), **fields}
     runs.write(record, str(workdir / "runs"))
 
 

@@ -973,6 +973,59 @@ def test_a_run_whose_lock_is_taken_over_publishes_nothing(bucket: str, workdir: 
     assert not s3().exists(f"{bucket}/sluice/runs/inc/.reads/events.json")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "outcome"), [
+    ("after-parts", "recovered"),  # the output's parts there, no _SUCCESS
+    ("after-write", "settled"),  # the output landed, nothing recorded
+])
+def test_a_run_killed_on_s3_is_settled_by_the_next(bucket: str, workdir: Any, point: str,
+                                                   outcome: str) -> None:
+    """Exactly once on an object store: a `sluice run` SIGKILLed in its writes leaves its
+    lock and its claim on the store; the next run takes the lock over (its process is
+    gone from this host), settles the claim, and every input row is in the output once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipelines.runner import run
+
+    def day(ds: int) -> None:
+        put(bucket, f"events/ds={ds}/part.parquet",
+            parquet_bytes(pa.table({"id": [ds * 10 + i for i in range(3)]})))
+
+    pipeline = appending_incrementally(workdir, f"s3://{bucket}/events")
+    text = pipeline.read_text().replace("path: out", f"path: s3://{bucket}/out")
+    pipeline.write_text(text)
+    url = f"s3://{bucket}/sluice/runs"
+    day(1)
+    run(str(pipeline), runs_dir=url)
+    day(2)
+    killed = subprocess.run([str(Path(sys.executable).parent / "sluice"), "run",
+                             str(pipeline), "--runs", url], cwd=workdir, capture_output=True,
+                            text=True, timeout=120,
+                            env={**os.environ, "CI": "1", "SLUICE_TEST_KILL_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    lock = f"{bucket}/sluice/runs/inc/.reads/events.lock"
+    dead = json.loads(s3().cat_file(lock))["run_id"]
+    s3().invalidate_cache()
+    day(3)
+    said: list[str] = []
+    after = run(str(pipeline), runs_dir=url, notify=said.append)
+    read = after["steps"]["events"]["incremental"]
+    assert read["lock_taken"]["run_id"] == dead
+    assert read["lock_taken"]["lost"].startswith("process ")
+    assert read["claim"]["run_id"] == dead and read["claim"]["outcome"] == outcome
+    assert read["new_files"] == (1 if outcome == "settled" else 2)
+    assert any(line.endswith("this run took the lock over") for line in said), said
+    s3().invalidate_cache()
+    got = sorted(pq.read_table(f"{bucket}/out", filesystem=s3()).column("id").to_pylist())
+    assert got == [10, 11, 12, 20, 21, 22, 30, 31, 32]
+    assert not s3().exists(lock)
+    assert not s3().exists(f"{bucket}/sluice/runs/inc/.reads/events.pending.json")
+
+
 def test_incremental_read_of_a_sluice_output_on_s3(bucket: str, workdir: Any) -> None:
     """Another job's output, appended to run after run (its files listed by its
     manifest), read incrementally: each appended file's rows once."""

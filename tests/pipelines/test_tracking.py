@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from conftest import write_pipeline
 
 from operators.base import SluiceError
+from operators.processes import this_process
 from pipelines import runs
 from pipelines.cli import main
 from pipelines.runner import ValidationFailed, run
@@ -241,7 +242,7 @@ def test_export_logs_the_history_once(churn: Path, workdir: Path, store: str) ->
     # be ended as it is now); a lost one is logged, failed
     gone = 2**22 + 1  # above any pid Linux gives
     for run_id, pid in (("20261201T000000Z-aaaaaa", None), ("20261201T000000Z-bbbbbb", gone)):
-        process = runs.this_process()
+        process = this_process()
         runs.write({**first, "run_id": run_id, "status": "running", "outputs": [],
                     "models": [], "metrics": {}, **process,
                     "pid": process["pid"] if pid is None else pid}, str(workdir / "runs"))
