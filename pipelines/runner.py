@@ -1040,19 +1040,24 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
              held_by: str | None = None) -> None:
     """The record of a run that stopped before it started (its plan's problems, no
     device for it, another run holding its incremental reads: ``held_by``, that run's
-    id): status failed, ``failed_in`` the stage, every problem; logged to MLflow too
-    where the run would have been (``tracker``)."""
-    if not plan.spec.steps:  # no pipeline there (a path mistyped): no run to record
-        return
-    problems = [str(p) for p in getattr(exc, "problems", [])]
+    id): status failed, ``failed_in`` the stage, every problem, the steps the file
+    declares (``_declared``; none known where it did not parse: ``steps_unknown`` says
+    why); logged to MLflow too where the run would have been (``tracker``)."""
+    if not plan.spec.raw_text.strip():
+        return  # no pipeline there (a path mistyped, a Parquet file): no run to record
+    found = list(getattr(exc, "problems", []))
+    problems = [str(p) for p in found]
     error = (f"{problems[0]}" + (f" (and {len(problems) - 1} more problem(s))"
                                  if len(problems) > 1 else "")) if problems else str(exc)
     record = {
         **_record_head(plan, path, run_id, started, {"name": engine}), "status": "failed",
         "failed_in": stage, **({"held_by": held_by} if held_by else {}),
-        "steps": {}, "models_used": [], "error": error,
+        "steps": _declared(plan, found), "models_used": [], "error": error,
         **({"problems": problems} if problems else {}),
         "seconds": round(time.time() - started, 6)}
+    if not plan.spec.steps:
+        record["steps_unknown"] = ("the file did not parse: "
+                                   f"{(plan.spec.problems or found or [exc])[0]}")
     if tracker is not None and plan.spec.name:
         record["mlflow"] = log_quietly(tracker, record, source, notify)
     _write_record(record, runs_dir, quiet=True)
@@ -1173,6 +1178,20 @@ def _planned(step: Step) -> dict[str, Any]:
     pipeline gave it."""
     given = given_params(step.op)
     return {"op": step.op.name, "kind": step.op.kind, **({"params": given} if given else {})}
+
+
+def _declared(plan: Plan, problems: list[Problem]) -> dict[str, Any]:
+    """The steps a refused run's file declares, in its order: a step that planned as it
+    would have run (``_planned``), one that did not by its ``op`` as written; each with
+    the count of its ``problems``."""
+    planned = {s.id: s for s in plan.steps}
+    out: dict[str, Any] = {}
+    for spec in plan.spec.steps:
+        said = sum(p.step == spec.id for p in problems)
+        out.setdefault(spec.id, {
+            **(_planned(planned[spec.id]) if spec.id in planned else {"op": spec.op}),
+            **({"problems": said} if said else {})})
+    return out
 
 
 def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
