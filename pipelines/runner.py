@@ -1056,7 +1056,7 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
         **({"problems": problems} if problems else {}),
         "seconds": round(time.time() - started, 6)}
     if not plan.spec.steps:
-        record["steps_unknown"] = ("the file did not parse: "
+        record["steps_unknown"] = ("the file did not parse as a pipeline: "
                                    f"{(plan.spec.problems or found or [exc])[0]}")
     if tracker is not None and plan.spec.name:
         record["mlflow"] = log_quietly(tracker, record, source, notify)

@@ -396,7 +396,7 @@ def test_a_refused_run_names_the_steps_its_file_declares_or_why_none_are_known(
     (path,) = (workdir / "runs" / "broken").glob("*.json")
     record = json.loads(path.read_text())
     assert record["steps"] == {} and record["failed_in"] == "validation"
-    assert record["steps_unknown"] == f"the file did not parse: {record['error']}"
+    assert record["steps_unknown"] == f"the file did not parse as a pipeline: {record['error']}"
     assert record["error"].startswith(f"{broken}:") and "not valid YAML" in record["error"]
     shown = sluice_in_process("runs", "show", record["run_id"], cwd=workdir).stdout
     assert shown.splitlines()[1] == f"  steps: none known, {record['steps_unknown']}", shown
