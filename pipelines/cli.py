@@ -370,10 +370,12 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
                    f"{record.get('heartbeat_seconds', '?')}s), process {record.get('pid', '?')}"
                    f" on {record.get('host', '?')}")
     on_gpu = "gpu" in record.get("device", "")
-    if record["steps"] and work is not None:
+    if record.get("failed_in"):
+        _print_declared(record)
+    elif record["steps"] and work is not None:
         click.echo(f"  {'STEP':<24} {'OP':<22} {'ROWS':>17}  {'TASKS':>8}  {'DRIVER':>8}  "
                    f"{'WORK':>6}  {'WALL':>8}")
-    for step_id, entry in record["steps"].items():
+    for step_id, entry in record["steps"].items() if not record.get("failed_in") else ():
         rows = entry.get("rows")
         shown = f"{rows:>12,} rows" if rows is not None else " " * 17
         where = ""
@@ -455,6 +457,20 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
         elif record.get("error"):
             click.echo(f"  error: {record['error']}")
     click.echo(f"  record: {record['record_path']}")
+
+
+def _print_declared(record: dict[str, Any]) -> None:
+    """A refused run's steps as its file declares them (none ran), with how many of its
+    problems each has; where the file did not parse, why no step is known."""
+    if record.get("steps_unknown"):
+        click.echo(f"  steps: none known, {record['steps_unknown']}")
+        return
+    steps = record["steps"]
+    counted = any(entry.get("problems") for entry in steps.values())
+    if steps:
+        click.echo(f"  {'STEP':<24} {'OP':<22} {'PROBLEMS' if counted else ''}".rstrip())
+    for step_id, entry in steps.items():
+        click.echo(f"  {step_id:<24} {entry['op']:<22} {entry.get('problems') or ''}".rstrip())
 
 
 def _seconds(value: float | None) -> str:

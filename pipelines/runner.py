@@ -80,6 +80,7 @@ from pipelines.tuning import (
     HoldoutPositions,
     TrainingRows,
     ViewParams,
+    candidate_warnings,
     label_of,
 )
 from pipelines.union import UnionSource
@@ -642,42 +643,67 @@ class Run:
             fstep = self.plan.step(feature.step)
             marked = self._positions(step, fstep)
 
-        def fit_candidate(i: int, candidate: Estimator, data: Dataset) -> tuple[Any, ...]:
+        def fit_candidate(i: int, candidate: Estimator, data: Dataset,
+                          warned: Callable[[Step, str], None]) -> tuple[Any, ...]:
             if feature is None:
-                return (*fit(self.engine, data, step.id, candidate, self.placement(step)),
-                        None)
-            return self._fit_through(fstep, feature.build(i), marked, step, candidate)
+                return (*fit(self.engine, data, step.id, candidate, self.placement(step),
+                             lambda said: warned(step, said)), None)
+            return self._fit_through(fstep, feature.build(i), marked, step, candidate, warned)
 
+        # each candidate fit's warnings (its label, what it said), said as the run's
+        # warnings once the fits are done, alike ones in one line; the model's own fit's
+        # (the best values fitted again, or without folds the best candidate's) as a
+        # plain fit's
+        said: list[tuple[str, Step, str]] = []
+        model_fit = None  # the label of the candidate fit that is the model
         fits = []
-        for i, combo in enumerate(tuning.combos):
-            result: dict[str, Any] = {"params": combo, "passes": 0}
-            candidates = tuning.folds[i] if tuning.folds else [tuning.ops[i]]
-            for f, candidate in enumerate(candidates):
-                which = label_of(combo) + (f" (fold {f + 1} of {len(candidates)})"
-                                           if tuning.folds else "")
-                try:
-                    transform, metrics, data, fitted = fit_candidate(i, candidate, data)
-                    name, value = tuning.score(metrics)
-                except SluiceError as exc:
-                    raise self._candidate_failure(exc, step, which) from None
-                tuning.metric = name  # every candidate by the first one's metric
-                result["metric"] = name
-                result.setdefault("folds", []).append(value)
-                result["passes"] += metrics["passes"]
-                undefined = metrics["validation"].get("undefined")
-                if value != value and undefined:  # no value: the candidate loses, and why
-                    result.setdefault("note", f"{which}: {undefined}")
-            result["value"] = float(np.mean(result["folds"]))
-            tuning.results.append(result)
-            fits.append((transform, metrics, fitted))
         try:
-            best = tuning.best()
-        except SluiceError as exc:
-            raise exc.located(f"step '{step.id}'") from None
+            for i, combo in enumerate(tuning.combos):
+                result: dict[str, Any] = {"params": combo, "passes": 0}
+                candidates = tuning.folds[i] if tuning.folds else [tuning.ops[i]]
+                for f, candidate in enumerate(candidates):
+                    which = label_of(combo) + (f" (fold {f + 1} of {len(candidates)})"
+                                               if tuning.folds else "")
+
+                    def candidate_warned(at: Step, message: str, which: str = which) -> None:
+                        said.append((which, at, message))
+
+                    try:
+                        transform, metrics, data, fitted = fit_candidate(
+                            i, candidate, data, candidate_warned)
+                        name, value = tuning.score(metrics)
+                    except SluiceError as exc:
+                        raise self._candidate_failure(exc, step, which) from None
+                    tuning.metric = name  # every candidate by the first one's metric
+                    result["metric"] = name
+                    result.setdefault("folds", []).append(value)
+                    result["passes"] += metrics["passes"]
+                    if said and said[-1][0] == which:
+                        result["warned"] = result.get("warned", 0) + 1
+                    undefined = metrics["validation"].get("undefined")
+                    if value != value and undefined:  # no value: it loses, and why
+                        result.setdefault("note", f"{which}: {undefined}")
+                result["value"] = float(np.mean(result["folds"]))
+                tuning.results.append(result)
+                fits.append((transform, metrics, fitted))
+            try:
+                best = tuning.best()
+            except SluiceError as exc:
+                raise exc.located(f"step '{step.id}'") from None
+            if not tuning.folds:
+                model_fit = label_of(tuning.combos[best])
+        finally:
+            for line in candidate_warnings([
+                    (w, m if at is step else f"step '{at.id}' ({at.op.name}): {m}")
+                    for w, at, m in said if w != model_fit]):
+                self._warn(step, line)
+        for which, at, message in said:
+            if which == model_fit:
+                self._warn(at, message)
         step.op = tuning.ops[best]
         self._record_params(step)
         if tuning.folds:  # the best values, fitted as the step says
-            transform, metrics, data, fitted = fit_candidate(best, step.op, data)
+            transform, metrics, data, fitted = fit_candidate(best, step.op, data, self._warn)
         else:
             transform, metrics, fitted = fits[best]
         if feature is not None:  # the best feature step's, as if it had run on its turn
@@ -698,8 +724,9 @@ class Run:
             entry = {name: r["value"], "passes": r["passes"]}
             if tuning.folds:
                 entry["folds"] = r["folds"]
-            if "note" in r:
-                entry["note"] = r["note"]
+            for key in ("warned", "note"):
+                if key in r:
+                    entry[key] = r[key]
             candidates[label_of(r["params"])] = entry
         metrics = {**metrics, "tuning": {"metric": name, "best": label_of(tuning.combos[best]),
                                          "folds": len(tuning.folds[0]) if tuning.folds else 0,
@@ -750,19 +777,22 @@ class Run:
                                                    op.output_schema(source.schema)))
 
     def _fit_through(self, fstep: Step, fop: Operator, marked: Dataset, step: Step,
-                     op: Estimator) -> tuple[Any, ...]:
+                     op: Estimator, warned: Callable[[Step, str], None]) -> tuple[Any, ...]:
         """A candidate of a model tuned with its feature step: the feature step fitted on
         the rows the model trains on, then the model on its transform of every row (the
-        held-out rows where ``marked`` places them)."""
+        held-out rows where ``marked`` places them); ``warned`` is told what each fit
+        warns of, and of which step."""
         p = op.params
         train = marked if not p.validation_fraction else self.engine.map(
             marked, fstep.id, TrainingRows(fraction=p.validation_fraction,
                                            start=p.validation_start), marked.schema)
-        ftransform, fmetrics, _ = fit(self.engine, train, fstep.id, fop, self.placement(fstep))
+        ftransform, fmetrics, _ = fit(self.engine, train, fstep.id, fop, self.placement(fstep),
+                                      lambda said: warned(fstep, said))
         view = self._held_out_view(ftransform, op)
         rows = self.engine.map(marked, fstep.id, view, view.output_schema(marked.schema),
                                self.placement(fstep))
-        transform, metrics, kept = fit(self.engine, rows, step.id, op, self.placement(step))
+        transform, metrics, kept = fit(self.engine, rows, step.id, op, self.placement(step),
+                                       lambda said: warned(step, said))
         if kept.cache_key is not None and kept.cache_key != marked.cache_key:
             self.engine.release(kept)  # this candidate's rows: the next one's need the room
         return transform, metrics, rows, (ftransform, fmetrics)
@@ -1011,19 +1041,24 @@ def _refused(plan: Plan, path: str | Path, run_id: str, started: float, engine: 
              held_by: str | None = None) -> None:
     """The record of a run that stopped before it started (its plan's problems, no
     device for it, another run holding its incremental reads: ``held_by``, that run's
-    id): status failed, ``failed_in`` the stage, every problem; logged to MLflow too
-    where the run would have been (``tracker``)."""
-    if not plan.spec.steps:  # no pipeline there (a path mistyped): no run to record
-        return
-    problems = [str(p) for p in getattr(exc, "problems", [])]
+    id): status failed, ``failed_in`` the stage, every problem, the steps the file
+    declares (``_declared``; none known where it did not parse: ``steps_unknown`` says
+    why); logged to MLflow too where the run would have been (``tracker``)."""
+    if not plan.spec.raw_text.strip():
+        return  # no pipeline there (a path mistyped, a Parquet file): no run to record
+    found = list(getattr(exc, "problems", []))
+    problems = [str(p) for p in found]
     error = (f"{problems[0]}" + (f" (and {len(problems) - 1} more problem(s))"
                                  if len(problems) > 1 else "")) if problems else str(exc)
     record = {
         **_record_head(plan, path, run_id, started, {"name": engine}), "status": "failed",
         "failed_in": stage, **({"held_by": held_by} if held_by else {}),
-        "steps": {}, "models_used": [], "error": error,
+        "steps": _declared(plan, found), "models_used": [], "error": error,
         **({"problems": problems} if problems else {}),
         "seconds": round(time.time() - started, 6)}
+    if not plan.spec.steps:
+        record["steps_unknown"] = ("the file did not parse as a pipeline: "
+                                   f"{(plan.spec.problems or found or [exc])[0]}")
     if tracker is not None and plan.spec.name:
         record["mlflow"] = log_quietly(tracker, record, source, notify)
     _write_record(record, runs_dir, quiet=True)
@@ -1146,6 +1181,20 @@ def _planned(step: Step) -> dict[str, Any]:
     pipeline gave it."""
     given = given_params(step.op)
     return {"op": step.op.name, "kind": step.op.kind, **({"params": given} if given else {})}
+
+
+def _declared(plan: Plan, problems: list[Problem]) -> dict[str, Any]:
+    """The steps a refused run's file declares, in its order: a step that planned as it
+    would have run (``_planned``), one that did not by its ``op`` as written; each with
+    the count of its ``problems``."""
+    planned = {s.id: s for s in plan.steps}
+    out: dict[str, Any] = {}
+    for spec in plan.spec.steps:
+        said = sum(p.step == spec.id for p in problems)
+        out.setdefault(spec.id, {
+            **(_planned(planned[spec.id]) if spec.id in planned else {"op": spec.op}),
+            **({"problems": said} if said else {})})
+    return out
 
 
 def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,

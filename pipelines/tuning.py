@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,8 @@ from operators.models.common import HOLDOUT_POSITION, placed_in
 MAX_CANDIDATES = 100
 """The most combinations one step may try."""
 MAX_FOLDS = 20
+NAMED_ALIKE = 3
+"""The most candidate fits a warning line of a tune names besides its first."""
 FIXED = ("label", "weight", "validation_fraction", "validation_start", "seed", "group")
 """What a tuned step cannot vary, of a model that takes it: the rows and what they are
 compared on (a ranking's group: its queries, whole ones held out)."""
@@ -264,6 +267,31 @@ def _combination(index: int, lists: list[list[Any]]) -> list[Any]:
 
 def label_of(combo: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in combo.items())
+
+
+_FIGURE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def candidate_warnings(said: list[tuple[str, str]]) -> list[str]:
+    """The warnings of a tune's candidate fits (``said``: each fit's label, as
+    ``label_of`` and its fold name it, and a warning it gave), a line per warning that
+    differs by more than its figures (a gradient norm, the max_iter reached), in the
+    order first said: the first fit that gave it, its text, and how many more did,
+    naming a few (a grid of 20 candidates x 5 folds that all stop at max_iter: one line,
+    not 100)."""
+    alike: dict[str, list[tuple[str, str]]] = {}
+    for which, message in said:
+        alike.setdefault(_FIGURE.sub("#", message), []).append((which, message))
+    lines = []
+    for (which, message), *more in alike.values():
+        line = f"tune candidate {which}: {message}"
+        if more:
+            named = "; ".join(w for w, _ in more[:NAMED_ALIKE])
+            rest = len(more) - NAMED_ALIKE
+            line += (f"; so did {len(more)} more candidate fit{'s' * (len(more) > 1)}: "
+                     f"{named}" + (f"; and {rest} more" if rest > 0 else ""))
+        lines.append(line)
+    return lines
 
 
 def untuned_defaults(cls: type[Operator], params: dict[str, Any], tune: Any

@@ -39,14 +39,17 @@ ENGINES = ("local", "dask", "spark")
 
 def refused(runs: Path, stage: str) -> dict[str, Any]:
     """The one record of a run refused before it started (``stage``: validation, or
-    placement: no device for it): failed, no step ran, nothing written or saved."""
+    placement: no device for it): failed, its steps as the file declares them but none
+    ran, nothing written or saved."""
     import json
 
     records = list(runs.glob("*/*.json"))
     assert len(records) == 1, records
     record = json.loads(records[0].read_text())
     assert (record["status"], record["failed_in"]) == ("failed", stage), record
-    assert record["steps"] == {} and record["outputs"] == [] and record["models"] == []
+    assert record["steps"] and all(set(entry) <= {"op", "kind", "params", "problems"}
+                                   for entry in record["steps"].values()), record["steps"]
+    assert record["outputs"] == [] and record["models"] == []
     return record
 
 

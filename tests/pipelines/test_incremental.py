@@ -186,7 +186,9 @@ def test_a_second_run_at_once_is_refused_naming_the_first(workdir: Path) -> None
         (refused,) = [r for r in map(json.loads, map(Path.read_text, (
             workdir / "runs" / "events_daily").glob("*.json"))) if r["status"] == "failed"]
         assert (refused["failed_in"], refused["held_by"]) == ("lock", first)
-        assert refused["steps"] == {} and refused["problems"] == [str(problem)]
+        assert refused["problems"] == [str(problem)]
+        assert {k: e.get("problems") for k, e in refused["steps"].items()} == {
+            "events": 1, "touch": None, "write_parquet": None}
         shown = CliRunner().invoke(main, ["runs", "show", refused["run_id"]]).stdout
         assert (f"failed in: lock (run {first} of the pipeline held its incremental reads; "
                 "before any step ran)") in shown

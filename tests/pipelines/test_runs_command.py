@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
-from conftest import SLUICE, write_pipeline
+from conftest import SLUICE, sluice_in_process, write_pipeline
 
 from operators.base import SluiceError
 from pipelines import runs
@@ -337,7 +337,8 @@ def test_duration_and_sparkline() -> None:
 def test_a_run_refused_before_it_started_is_a_failed_run_in_the_history(
         churn: Path, workdir: Path) -> None:
     """A scheduled run whose day's input is not there yet stops at validation, exit 1,
-    and the history says so: a failed run, its problem, no step run."""
+    and the history says so: a failed run, its problem, its steps as the file declares
+    them, none run."""
     daily = write_pipeline(workdir, """
         pipeline: daily
         params: {ds: "2026-11-30"}
@@ -358,11 +359,47 @@ def test_a_run_refused_before_it_started_is_a_failed_run_in_the_history(
     (path,) = (workdir / "runs" / "daily").glob("*.json")
     record = json.loads(path.read_text())
     assert record["failed_in"] == "validation" and record["params"] == {"ds": "2026-11-30"}
-    assert record["steps"] == {} and len(record["problems"]) == 1
+    assert record["steps"] == {
+        "read_parquet": {"op": "read_parquet", "kind": "source",
+                         "params": {"path": "data/churn/ds=2026-11-30"}, "problems": 1},
+        "write_parquet": {"op": "write_parquet", "kind": "sink",
+                          "params": {"path": "out/daily/ds=2026-11-30"}}}
+    assert len(record["problems"]) == 1 and "steps_unknown" not in record
     assert not (workdir / "out").exists()
     shown = sluice("runs", "show", record["run_id"], cwd=workdir).stdout
+    assert shown.splitlines()[1:4] == [
+        "  STEP                     OP                     PROBLEMS",
+        "  read_parquet             read_parquet           1",
+        "  write_parquet            write_parquet"], shown
     assert "failed in: validation (before any step ran)" in shown
     assert "error: " in shown and "data/churn/ds=2026-11-30" in shown
+
+
+def test_a_refused_run_names_the_steps_its_file_declares_or_why_none_are_known(
+        churn: Path, workdir: Path) -> None:
+    """A file that planned with problems: its record names every step it declares, one
+    whose op is unknown by the op as written, with its problems; a file that did not
+    parse: no step known, and the record and `runs show` say why."""
+    typo = write_pipeline(workdir, COPY.replace("op: write_parquet", "op: write_parquett"),
+                          "typo.yaml")
+    assert sluice_in_process("run", str(typo), cwd=workdir).returncode == 1
+    (path,) = (workdir / "runs" / "copy").glob("*.json")
+    record = json.loads(path.read_text())
+    assert {k: (e["op"], e.get("problems")) for k, e in record["steps"].items()} == {
+        "read_parquet": ("read_parquet", None), "write_parquett": ("write_parquett", 1)}
+    shown = sluice_in_process("runs", "show", record["run_id"], cwd=workdir).stdout
+    assert "  write_parquett           write_parquett         1\n" in shown, shown
+    broken = write_pipeline(workdir, COPY.replace("path: out", "path: [out"), "broken.yaml")
+    done = sluice_in_process("run", str(broken), cwd=workdir)
+    assert done.returncode == 1 and "not valid YAML" in done.stderr
+    # its name unknown, the record is under the file's
+    (path,) = (workdir / "runs" / "broken").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["steps"] == {} and record["failed_in"] == "validation"
+    assert record["steps_unknown"] == f"the file did not parse as a pipeline: {record['error']}"
+    assert record["error"].startswith(f"{broken}:") and "not valid YAML" in record["error"]
+    shown = sluice_in_process("runs", "show", record["run_id"], cwd=workdir).stdout
+    assert shown.splitlines()[1] == f"  steps: none known, {record['steps_unknown']}", shown
 
 
 def test_no_record_for_a_file_that_is_not_there_and_the_records_folder_named(

@@ -6,6 +6,7 @@ plans."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sklearn.naive_bayes import GaussianNB, MultinomialNB
 from test_text_pipelines import tickets
 
 from operators.hashing import chosen_rows
+from operators.models.common import ConvergenceWarning
 from pipelines.runner import plan_file, run
 from pipelines.runs import run_params
 from pipelines.serving import load_model
@@ -349,3 +351,24 @@ def test_a_failing_feature_candidate_is_said_at_the_tunes_line_with_its_values(
     assert said.startswith(f"{path}:{line}: step 'nb' (naive_bayes): tune candidate "
                            "smoothing=0.1, words.min_df=100000: step 'words': "), said
     assert said.endswith("(lower min_df or raise max_df)"), said
+
+
+def test_a_candidate_through_its_feature_step_that_does_not_converge_is_a_warning(
+        workdir: Path, ticket_files: Path) -> None:
+    """A model tuned with its feature step warns as the run's warning, naming the
+    candidate's values of both steps, not as a Python warning."""
+    text = TEXT.format(data=ticket_files).replace(
+        "op: naive_bayes", "op: logistic_regression").replace(
+        "        model_type: multinomial\n", "        max_iter: 1\n").replace(
+        "smoothing: [0.1, 1.0]", "l2: [0.1]")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = run(write_pipeline(workdir, text))
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)], caught
+    best = record["metrics"]["nb"]["tuning"]["best"]
+    other = next(k for k in record["metrics"]["nb"]["tuning"]["candidates"] if k != best)
+    candidate, model = record["warnings"]
+    assert f"step 'nb' (logistic_regression): tune candidate {other}: logistic_regression " \
+           "did not converge: max_iter=1 reached" in candidate, candidate
+    assert "step 'nb' (logistic_regression): logistic_regression did not converge: " \
+           "max_iter=1 reached" in model, model

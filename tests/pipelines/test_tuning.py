@@ -3,17 +3,19 @@ rows, the best kept, on every engine; and the problems of a tune: as the file pl
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_pipeline
+from conftest import sluice_in_process, write_pipeline
 
 from operators.arrays import get_namespace
 from operators.base import SluiceError
-from operators.models.common import holdout_mask
+from operators.models.common import ConvergenceWarning, holdout_mask
 from pipelines.engines.base import Engine
 from pipelines.runner import ValidationFailed, plan_file, run
 from pipelines.store import ModelStore
@@ -192,6 +194,68 @@ def test_tune_folds_cross_validates_then_fits_the_best_as_the_step_says(
     theirs = ModelStore().load("whole").chain.steps[-1].state()[1]
     for key, value in theirs.items():
         np.testing.assert_allclose(ours[key], value, rtol=1e-8, err_msg=key)
+
+
+UNCONVERGED = """        tune:
+          max_iter: [1, 50]
+          l2: [0.1, 1.0]"""
+
+
+def test_candidates_that_do_not_converge_are_one_warning_of_the_run(
+        churn: Path, workdir: Path, engine: Engine) -> None:
+    """A candidate fit's ConvergenceWarning is the run's, as a plain fit's, naming the
+    candidate and fold: one line for the six alike (max_iter=1, two l2s, three folds),
+    not six Python warnings from sluice's source; the best values fitted again converge,
+    so nothing more is said."""
+    cv = TUNED.format(tune=UNCONVERGED + "\n        tune_folds: 3").replace(
+        "        validation_fraction: 0.25\n", "")
+    path = write_pipeline(workdir, cv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = run(path, engine_instance=engine)
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)], caught
+    tuning = record["metrics"]["model"]["tuning"]
+    assert tuning["best"].startswith("max_iter=50, ") and record["metrics"]["model"]["converged"]
+    assert {k: c.get("warned") for k, c in tuning["candidates"].items()} == {
+        "max_iter=1, l2=0.1": 3, "max_iter=1, l2=1.0": 3,
+        "max_iter=50, l2=0.1": None, "max_iter=50, l2=1.0": None}
+    (said,) = record["warnings"]
+    line = model_line(path)
+    assert said.startswith(f"{path}:{line}: step 'model' (logistic_regression): tune candidate "
+                           "max_iter=1, l2=0.1 (fold 1 of 3): logistic_regression did not "
+                           "converge: max_iter=1 reached after 1 iterations (gradient norm "), said
+    assert said.endswith("; so did 5 more candidate fits: max_iter=1, l2=0.1 (fold 2 of 3); "
+                         "max_iter=1, l2=0.1 (fold 3 of 3); max_iter=1, l2=1.0 (fold 1 of 3); "
+                         "and 2 more"), said
+
+
+def test_the_tuned_models_own_warning_is_a_plain_fits(churn: Path, workdir: Path) -> None:
+    """Without folds the best candidate's fit is the model: its warning is said as a
+    plain fit's (the step's, no candidate named), the three others' as the candidates'
+    (one line); both counted in the status, no Python warning on stderr."""
+    path = write_pipeline(workdir, TUNED.format(tune=UNCONVERGED.replace("50", "2")))
+    done = sluice_in_process("run", str(path), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+    assert ": succeeded, 2 warnings in " in done.stdout.splitlines()[0], done.stdout
+    record = json.loads(next((workdir / "runs" / "tuned").glob("*.json")).read_text())
+    best = record["metrics"]["model"]["tuning"]["best"]
+    head = f"{path}:{model_line(path)}: step 'model' (logistic_regression): "
+    assert done.stderr.splitlines() == [f"warning: {w}" for w in record["warnings"]]
+    candidates, model = record["warnings"]
+    others = [k for k in record["metrics"]["model"]["tuning"]["candidates"] if k != best]
+    assert candidates.startswith(f"{head}tune candidate {others[0]}: logistic_regression "
+                                 "did not converge: "), candidates
+    assert candidates.endswith(f"; so did 2 more candidate fits: {others[1]}; {others[2]}"
+                               ), candidates
+    max_iter = best.split(",")[0].removeprefix("max_iter=")
+    assert model.startswith(f"{head}logistic_regression did not converge: max_iter={max_iter} "
+                            "reached"), model
+
+
+def model_line(path: Path) -> int:
+    """The line of the tuned step (``- id: model``) in a pipeline file."""
+    return path.read_text().splitlines().index("  - id: model") + 1
 
 
 @pytest.mark.parametrize("folds", ["1", "21", "2.5", "true"])
