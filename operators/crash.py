@@ -9,7 +9,9 @@ comparison. The points:
 * ``after-model``: a save_model's model.json is written, its aliases not yet moved;
 * ``after-write``: every output of the run is published, its incremental reads not
   recorded;
-* ``after-state``: an incremental read's files are recorded, its claim not yet removed.
+* ``after-state``: an incremental read's files are recorded, its claim not yet removed;
+* ``in-record``: a run's final record is in its staging file, not yet renamed over the
+  running record (a local runs folder).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import os
 import signal
 
 KILL_AT = os.environ.get("SLUICE_TEST_KILL_AT") or None
-POINTS = ("before-write", "after-parts", "after-model", "after-write", "after-state")
+POINTS = ("before-write", "after-parts", "after-model", "after-write", "after-state",
+          "in-record")
 
 if KILL_AT is not None and KILL_AT not in POINTS:
     raise SystemExit(f"SLUICE_TEST_KILL_AT={KILL_AT} names no crash point; the points are "

@@ -380,9 +380,10 @@ class Run:
         for step in self.plan.steps:
             if not self.plan.consumers(step.id) and isinstance(step.op, Transform | Union):
                 # a dangling transform (or union) still runs, so that its rows are counted
-                self.engine.aggregate(self.datasets[step.id], step.id,
+                # (by the step's own partitions: the count's CPU pass is its work only)
+                self.engine.aggregate(self.datasets[step.id], part_of(step.id, "count"),
                                       lambda part, xp: part.num_rows, lambda a, b: a + b,
-                                      placement=CPU)
+                                      label=f"{step.id}: count", placement=CPU)
 
     def publish(self, count: int | None = None) -> None:
         """Commit the staged outputs and model versions (the first ``count``), in the
@@ -543,7 +544,8 @@ class Run:
             # one pass over the table step's rows
             wanted = op.table_columns(table.schema)
             estimate = self.engine.aggregate(
-                table, f"{step.id} (table size)", lambda part, xp: part.select(wanted).nbytes,
+                table, part_of(step.id, "table size"),
+                lambda part, xp: part.select(wanted).nbytes,
                 lambda a, b: a + b, label=f"{step.id}: size of {op.params.table}",
                 placement=CPU)
         chosen = op.decided(estimate)
@@ -584,7 +586,7 @@ class Run:
         # a side (a shuffle join's table) is a step's rows, or read as a source of its own,
         # under its own name in the engine's figures
         sides = [(side, self.datasets[side.step] if side.step is not None else
-                  self.engine.read(side.source(), f"{step.id} ({side.name})",
+                  self.engine.read(side.source(), part_of(step.id, side.name),
                                    side.source().schema())) for side in op.sides()]
         datasets = [data, *(d for _, d in sides)]
         listed = [self.engine.partitions(d) for d in datasets]
@@ -599,8 +601,8 @@ class Run:
             # the ranges' bounds from a sample of the rows (a pass: those of the smallest
             # hash of their values, however the rows are cut)
             k = max(1000, SAMPLE_PER_BUCKET * buckets)
-            sample = self.engine.aggregate(  # its figures under a name of their own
-                data, f"{step.id} (sample)", lambda part, xp: op.sample(part, k),
+            sample = self.engine.aggregate(
+                data, part_of(step.id, "sample"), lambda part, xp: op.sample(part, k),
                 lambda a, b: op.combine_samples(a, b, k), label=f"{step.id}: sample",
                 placement=CPU)
             op.set_bounds(sample, buckets)
@@ -614,7 +616,7 @@ class Run:
         side_urls, side_written = [], []
         for side, side_data in sides:
             side_url = f"{url}/{side.name}"
-            made = self.engine.write(side_data, f"{step.id} ({side.name})",
+            made = self.engine.write(side_data, part_of(step.id, side.name),
                                      ShuffleWrite(side, side_url, buckets), self.run_id)
             figures[f"{side.name}_rows"] = made["partial_rows"]
             figures["files"] += made["files"]
@@ -947,7 +949,9 @@ class Run:
         columns = profiled_columns(data.schema, wanted)
         if not columns:
             return {"rows": 0, "sample_rows": 0, "columns": {}}
-        stats = self.engine.aggregate(data, step_id,
+        # the passes over the rows at each point (the model's input, a sample's): the
+        # save's work, not its rows, which are its input's
+        stats = self.engine.aggregate(data, part_of(step_id, "profile"),
                                       lambda part, xp: profile_partial(part, columns),
                                       profile_combine, label=f"{step_id}: profile")
         return profile_finish(stats)
@@ -1020,6 +1024,16 @@ def small_files_note(output: dict[str, Any], partition_by: list[str] | None) -> 
     return (f"wrote {files:,} files into {folders:,} partition folders ({files / folders:.0f} "
             f"each, a file from every input partition): a `repartition` step with `by: "
             f"[{keys}]` before the write makes one file a folder")
+
+
+PART = " ("
+
+
+def part_of(step_id: str, part: str) -> str:
+    """The name a step's pass of its own is counted under in the engine's figures (a
+    shuffle's sample, a save's profile): its time is the step's work; its rows,
+    partitions and device are not the step's, which are those of the rows it puts out."""
+    return f"{step_id}{PART}{part})"
 
 
 def _record_head(plan: Plan, path: str | Path, run_id: str, started: float,
@@ -1096,7 +1110,7 @@ def _record_work(record: dict[str, Any], plan: Plan, eng: Engine) -> None:
     for name, stats in eng.stats.items():
         # a step's own figures, and those of its parts under names of their own (a
         # shuffle's sample, a shuffle join's table side): their time is the step's work
-        step_id = name if name in steps else name.split(" (", 1)[0]
+        step_id = name if name in steps else name.split(PART, 1)[0]
         if step_id not in steps:
             continue
         seconds = work.setdefault(step_id, [0.0, 0.0])

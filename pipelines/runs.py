@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from operators import jsontext
+from operators.crash import crash_point
 from operators.errors import SluiceError, suggest
 from operators.io.paths import local_path
 from operators.jsontext import NON_FINITE
@@ -238,6 +239,8 @@ def write(record: dict[str, Any], runs_dir: str) -> str:
             folder.mkdir(parents=True, exist_ok=True)
             with written_whole(folder / name) as staging:
                 Path(staging).write_text(text)
+                if record["status"] != "running":
+                    crash_point("in-record")
         else:
             fs.pipe_file(f"{path.rstrip('/')}/{record['pipeline']}/{name}", text.encode())
     except _errors(local) as exc:

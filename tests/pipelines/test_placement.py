@@ -339,3 +339,23 @@ def test_the_summary_says_where_steps_ran_and_what_did_not_fit(
     model = next(line for line in lines if line.lstrip().startswith("model "))
     assert model.endswith("gpu:standin")
     assert "  step 'model', partition 0: split in 4 pieces to fit in device memory" in lines
+
+
+def test_a_gpu_transform_no_step_reads_ran_on_the_gpu_only(numbers: Path, workdir: Path,
+                                                           standin: None) -> None:
+    """A transform no step reads is counted by a CPU pass of its own (the run's work):
+    the step's device is where its transform ran, not 'cpu, gpu' for that count."""
+    record = run(write_pipeline(workdir, """
+        pipeline: unread
+        steps:
+          - id: events
+            op: read_parquet
+            path: data/numbers.parquet
+          - id: unit
+            op: normalize
+            columns: [a, b, c, d]
+            device: gpu
+        """))
+    unit = record["steps"]["unit"]
+    assert (unit["device"], unit["rows"], unit["rows_in"]) == ("gpu:standin", ROWS, ROWS)
+    assert unit["compute_seconds"] > 0

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, exploding_pipeline, refused, sluice_in_process, write_pipeline
+from conftest import ROOT, exploding_pipeline, refused, sluice_in_process, started, write_pipeline
 
 from operators.base import SluiceError
 from pipelines.datagen import churn_table, generate
@@ -574,3 +575,58 @@ def test_a_fit_that_does_not_converge_is_a_warning_of_the_run(churn: Path,
     assert ": succeeded, 1 warning in " in done.stdout.splitlines()[0]
     (record,) = (workdir / "runs" / "unconverged").glob("*.json")
     assert json.loads(record.read_text())["warnings"] == [warned.removeprefix("warning: ")]
+
+
+SHAPED = """
+    pipeline: shaped
+    steps:
+      - id: events
+        op: read_parquet
+        path: data/churn
+        partition_mb: 0.02
+      - id: plus
+        op: derive
+        columns: {tenure: "tenure + 1"}
+      - id: spread
+        op: repartition
+        partitions: 16
+      - id: kept
+        op: filter
+        where: "monthly_charges > 50"
+      - id: model
+        op: logistic_regression
+        label: churned
+        features: [tenure, monthly_charges]
+      - id: save
+        op: save_model
+        name: shaped
+      - id: spare
+        op: derive
+        input: kept
+        columns: {double: "monthly_charges * 2"}
+    """
+
+
+@pytest.mark.parametrize("engine_name", ["local", "dask"])
+def test_each_step_s_rows_are_the_rows_it_puts_out_whatever_passes_it_makes(
+        churn: Path, workdir: Path, shared_engines: dict[str, Any], engine_name: str
+        ) -> None:
+    """A step's own passes over rows are its work, not its rows: save_model profiles the
+    model's rows at two points (tenure, which the model's derive rewrites, on the read's
+    9 partitions; monthly_charges on the filter's 16) and its rows are still its input's,
+    the rows the model trained on (they were the last pass's, or a mix of the two
+    passes' partitions); a transform no step reads is counted by a pass of its own, and
+    its rows and partitions are those it put out."""
+    record = run(write_pipeline(workdir, SHAPED), engine_instance=started(shared_engines,
+                                                                         engine_name))
+    steps = record["steps"]
+    read, kept, save, spare = (steps[s] for s in ("events", "kept", "save", "spare"))
+    trained = record["metrics"]["model"]["training_rows"]
+    profile = ModelStore().load("shaped").meta["profile"]
+    assert (read["rows"], read["partitions"]) == (5000, 9)
+    assert (kept["rows_in"], kept["partitions"]) == (5000, 16)
+    assert profile["rows"] == trained == kept["rows"] == steps["model"]["rows"] < 5000
+    assert profile["columns"]["tenure"]["rows"] == 5000  # a pass over the read's rows
+    assert save["rows"] == trained and "partitions" not in save and "device" not in save
+    assert save["compute_seconds"] > 0  # the profile's passes: the save's work
+    assert (spare["rows"], spare["rows_in"], spare["partitions"]) == (trained, trained, 16)

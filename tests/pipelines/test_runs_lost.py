@@ -38,14 +38,20 @@ def _wait_for(check: Any, what: str, child: subprocess.Popen[str]) -> Any:
 
 
 @pytest.mark.slow
-def test_a_running_run_is_seen_and_a_killed_one_is_lost(workdir: Path) -> None:
+def test_a_running_run_is_seen_and_a_killed_one_is_lost(workdir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
     """While the run runs its record says running and its heartbeat moves; list shows it
     with its time so far, prune leaves it; SIGKILLed, it is lost (the record on disk
-    still says running), and prune deletes it as a failed run. Its incremental read's
-    lock went with its process: the next run reads the files it did not commit."""
+    still says running). The same record as another host's (its host rewritten) is
+    running until its heartbeat has been silent LOST_AFTER_BEATS intervals (and
+    LOST_AFTER_SECONDS, lowered here from 5 minutes), and lost after. Its incremental
+    read's lock went with its process: the next run reads the files it did not commit,
+    and writes a record of its own beside the killed one's; prune deletes the lost one."""
+    interval = 0.4
     path, marks = touch_pipeline(workdir, "beating", 2, 60.0)
     path.write_text(path.read_text().replace("path: parts", "path: parts\n    incremental: true"))
-    env = {**os.environ, "CI": "1", "SLUICE_HEARTBEAT_SECONDS": "0.2"}
+    env = {**os.environ, "CI": "1", "SLUICE_HEARTBEAT_SECONDS": str(interval)}
     child = subprocess.Popen([SLUICE, "run", str(path)], cwd=workdir, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
@@ -55,18 +61,21 @@ def test_a_running_run_is_seen_and_a_killed_one_is_lost(workdir: Path) -> None:
         (record_path,) = folder.glob("*.json")
         record = json.loads(record_path.read_text())
         assert (record["status"], record["pid"], record["host"], record["heartbeat_seconds"]
-                ) == ("running", child.pid, socket.gethostname(), 0.2)
+                ) == ("running", child.pid, socket.gethostname(), interval)
         assert record["steps"]["touch"]["op"] == "sluice_testops.Touch"
-        run_id, beat = record["run_id"], record["heartbeat_unix"]
-        _wait_for(lambda: json.loads(record_path.read_text())["heartbeat_unix"] > beat,
-                  "the heartbeat did not move", child)
+        run_id = record["run_id"]
+        # heartbeat_at says the second: it moves within two intervals of one
+        later = _wait_for(lambda: (r := json.loads(record_path.read_text()))["heartbeat_at"]
+                          != record["heartbeat_at"] and r, "the heartbeat did not move", child)
+        assert later["heartbeat_unix"] > record["heartbeat_unix"]
+        assert later["seconds"] > record["seconds"] and later["status"] == "running"
 
         (running,) = _listed(workdir)
         assert running["status"] == "running" and running["seconds"] > 0
         assert _listed(workdir, "--status", "lost") == []
         shown = sluice_in_process("runs", "show", run_id, cwd=workdir).stdout
         assert f"run {run_id} of 'beating' on local: running for " in shown
-        assert f"(every 0.2s), process {child.pid} on {socket.gethostname()}" in shown
+        assert f"(every {interval:g}s), process {child.pid} on {socket.gethostname()}" in shown
         pruned = sluice_in_process("runs", "prune", "--keep", "0", cwd=workdir).stdout
         assert pruned.startswith("deleted 0 run record(s)") and record_path.exists()
         os.killpg(child.pid, signal.SIGKILL)
@@ -77,7 +86,8 @@ def test_a_running_run_is_seen_and_a_killed_one_is_lost(workdir: Path) -> None:
             child.wait()
         child.communicate()
 
-    assert json.loads(record_path.read_text())["status"] == "running"  # as it was left
+    left = json.loads(record_path.read_text())
+    assert left["status"] == "running"  # as it was left
     (lost,) = _listed(workdir, "--status", "lost")
     assert lost["run_id"] == run_id
     assert lost["error"] == f"process {child.pid} on this host is gone"
@@ -85,14 +95,76 @@ def test_a_running_run_is_seen_and_a_killed_one_is_lost(workdir: Path) -> None:
     shown = sluice_in_process("runs", "show", run_id, cwd=workdir).stdout
     assert f"run {run_id} of 'beating' on local: lost after " in shown
     assert f"  lost: process {child.pid} on this host is gone" in shown
-    pruned = sluice_in_process("runs", "prune", "--keep", "0", cwd=workdir).stdout
-    assert pruned.startswith(f"deleted 1 run record(s): {run_id} (beating)")
-    assert not record_path.exists()
 
+    # as another host's run: its process cannot be looked at, its heartbeat is what says
+    text = record_path.read_text()
+    here = f'"host": {json.dumps(socket.gethostname())}'
+    assert text.count(here) == 1
+    record_path.write_text(text.replace(here, '"host": "node-7"'))
+    floor = runs.LOST_AFTER_SECONDS
+    monkeypatch.setattr(runs, "LOST_AFTER_SECONDS", 0.0)
+    (running,) = _listed(workdir)  # within LOST_AFTER_BEATS intervals of its last beat
+    assert (running["status"], running["error"]) == ("running", None)
+    shown = sluice_in_process("runs", "show", run_id, cwd=workdir).stdout
+    assert f"(every {interval:g}s), process {child.pid} on node-7" in shown
+    pruned = sluice_in_process("runs", "prune", "--keep", "0", cwd=workdir).stdout
+    assert pruned.startswith("deleted 0 run record(s)") and record_path.exists()
+    silent_for = runs.LOST_AFTER_BEATS * interval
+    time.sleep(max(0.0, left["heartbeat_unix"] + silent_for - time.time()) + 0.05)
+    (lost,) = _listed(workdir, "--status", "lost")
+    assert lost["error"].startswith(f"no heartbeat since {left['heartbeat_at']} (")
+    assert lost["error"].endswith(f"s ago; it beats every {interval:g}s)")
+    shown = sluice_in_process("runs", "show", run_id, cwd=workdir).stdout
+    assert f"  lost: no heartbeat since {left['heartbeat_at']} (" in shown
+    monkeypatch.setattr(runs, "LOST_AFTER_SECONDS", floor)  # and not before 5 minutes
+    assert _listed(workdir, "--status", "running")[0]["run_id"] == run_id
+    record_path.write_text(text)
+
+    killed = record_path.read_text()
     path.write_text(path.read_text().replace("seconds: 60.0", "seconds: 0.0"))
     after = run(path)
-    assert after["status"] == "succeeded"
+    assert after["status"] == "succeeded" and after["run_id"] != run_id
     assert after["steps"]["read_parquet"]["incremental"]["new_files"] == 2
+    assert record_path.read_text() == killed  # the killed run's record is not its
+    (mine,) = set(folder.glob("*.json")) - {record_path}
+    written = json.loads(mine.read_text())
+    assert (written["run_id"], written["status"], written["pid"]) == (
+        after["run_id"], "succeeded", os.getpid())
+    assert "heartbeat_at" not in written and written["steps"]["touch"]["rows"] == 200
+    assert [(r["run_id"], r["status"]) for r in _listed(workdir)] == [
+        (after["run_id"], "succeeded"), (run_id, "lost")]
+    pruned = sluice_in_process("runs", "prune", "--keep", "0", "--status", "lost",
+                               cwd=workdir).stdout
+    assert pruned.startswith(f"deleted 1 run record(s): {run_id} (beating)")
+    assert not record_path.exists() and mine.exists()
+
+
+@pytest.mark.slow
+def test_a_run_killed_as_it_writes_its_final_record_leaves_its_running_one_whole(
+        workdir: Path) -> None:
+    """Killed between writing its final record and putting it in place
+    (``SLUICE_TEST_KILL_AT=in-record``), a run leaves its running record as it was, whole:
+    read as lost, no file skipped as damaged; the next run's record is its own."""
+    path, _ = touch_pipeline(workdir, "ending", 1, 0.0)
+    path.write_text(path.read_text().replace("path: out", "path: out\n    mode: overwrite"))
+    done = subprocess.run([SLUICE, "run", str(path)], cwd=workdir, capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "CI": "1", "SLUICE_TEST_KILL_AT": "in-record"})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    (record_path,) = (workdir / "runs" / "ending").glob("*.json")
+    left = json.loads(record_path.read_text())
+    assert left["status"] == "running" and left["outputs"] == []
+    listed = sluice_in_process("runs", "list", "--json", cwd=workdir)
+    assert listed.stderr == ""  # nothing skipped as damaged
+    (lost,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (lost["run_id"], lost["status"], lost["error"]) == (
+        left["run_id"], "lost", f"process {left['pid']} on this host is gone")
+
+    after = run(path)
+    assert after["status"] == "succeeded" and after["run_id"] != left["run_id"]
+    assert json.loads(record_path.read_text()) == left
+    assert [(r["run_id"], r["status"]) for r in _listed(workdir)] == [
+        (after["run_id"], "succeeded"), (left["run_id"], "lost")]
 
 
 def test_a_run_s_final_record_replaces_its_running_one(workdir: Path,
