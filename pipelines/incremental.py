@@ -474,7 +474,9 @@ def _landed(output: dict[str, Any], run_id: str,
     from operators.io.fs import resolve
     from operators.io.parquet import published_by
 
-    return published_by(resolve(output["path"], storage_options.get(output["step"])), run_id)
+    write = output.get("write", 1)  # a second write of one output: its own files
+    return published_by(resolve(output["path"], storage_options.get(output["step"])),
+                        run_id if write == 1 else f"{run_id}.{write}")
 
 
 def _landed_model(output: dict[str, Any], run_id: str) -> dict[str, Any] | None:

@@ -1183,11 +1183,22 @@ def _read_entry(reads: Reads, plan: Plan, step: Step) -> dict[str, Any]:
 
 def _claimed_outputs(plan: Plan, store: ModelStore) -> list[dict[str, Any]]:
     """What a run claims to write, for its incremental reads' claims: each write_parquet's
-    output and each save_model's model (``Reads.claim``)."""
+    output and each save_model's model (``Reads.claim``); a second write of one output in
+    the run says which (``write``: its files are named ``part-<run id>.<write>-...``,
+    ``Run._publish_into``)."""
     registry = store.location.path if store.location.local else store.root
-    return [{"step": s.id, "path": _target_of(s.op)} if isinstance(s.op, WriteParquet)
-            else {"step": s.id, "model": s.op.params.name, "models": registry}
-            for s in plan.steps if isinstance(s.op, WriteParquet | SaveModel)]
+    claimed: list[dict[str, Any]] = []
+    writes: dict[str | None, int] = {}
+    for step in plan.steps:
+        if isinstance(step.op, WriteParquet):
+            target = _target_of(step.op)
+            writes[target] = times = writes.get(target, 0) + 1
+            claimed.append({"step": step.id, "path": target,
+                            **({"write": times} if times > 1 else {})})
+        elif isinstance(step.op, SaveModel):
+            claimed.append({"step": step.id, "model": step.op.params.name,
+                            "models": registry})
+    return claimed
 
 
 def _planned(step: Step) -> dict[str, Any]:

@@ -219,3 +219,50 @@ def test_plan_and_validate_say_what_the_next_run_does_with_a_claim(
     after = run(path)
     assert after["steps"]["events"]["incremental"]["new_files"] == new
     assert after["steps"]["events"]["incremental"]["claim"]["outcome"] == outcome
+
+
+@pytest.mark.slow
+def test_a_kill_between_two_writes_of_one_output_is_recovered(workdir: Path) -> None:
+    """One output written twice by a run: killed after the first write landed and before
+    the second did, the run is recovered (its rows taken out of the output, its model
+    version removed, its files read again), not settled as landed because the first
+    write's files are there."""
+    path = write_pipeline(workdir, """
+        pipeline: events_daily
+        steps:
+          - id: events
+            op: read_parquet
+            path: data/events
+            incremental: true
+          - id: first
+            op: write_parquet
+            input: events
+            path: out
+            mode: append
+          - op: standard_scale
+            input: events
+            columns: [value]
+          - id: save
+            op: save_model
+            name: scaler
+          - id: second
+            op: write_parquet
+            input: events
+            path: out
+            mode: append
+        """)
+    day(workdir, 1)
+    run(path)
+    day(workdir, 2)
+    killed_at("after-model", path, workdir)  # the first write and the model landed
+    pending = workdir / "runs" / "events_daily" / ".reads" / "events.pending.json"
+    dead = json.loads(pending.read_text())["run_id"]
+    assert [o.get("write") for o in json.loads(pending.read_text())["outputs"]] == [
+        None, None, 2]
+    assert len(ids_in(workdir / "out")) == 9  # day 1 twice, day 2 once: half a run
+    day(workdir, 3)
+    after = run(path)
+    read = after["steps"]["events"]["incremental"]
+    assert read["claim"]["run_id"] == dead and read["claim"]["outcome"] == "recovered"
+    assert ids_in(workdir / "out") == sorted(2 * every_input_id(workdir / "data" / "events"))
+    assert models_by_run(workdir)[1:] == [after["run_id"]]
