@@ -38,6 +38,7 @@ from typing import Any
 
 from operators.crash import crash_point
 from operators.errors import DataError, SluiceError
+from operators.processes import this_process
 from pipelines import runs
 
 FOLDER = ".reads"
@@ -65,7 +66,7 @@ class Reads:
     # the claims of killed runs this run settled before it read, by step (``settle``)
     settled: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the steps whose lock object a lost run left, taken over by this run: that run's id
-    # (``run_id``) and why its record says it is lost (``lost``)
+    # (``run_id``) and why it is lost (``lost``: its process gone, or its record lost)
     taken: dict[str, dict[str, str]] = field(default_factory=dict)
     # read without a run (``validate``, ``plan``): the claim another run left on each
     # step, and what the next run will do with it (``foresee``)
@@ -295,7 +296,7 @@ class Reads:
 
     def _claim(self, pipeline: str, step_id: str) -> None:
         fs, lock, local = self._where(pipeline, step_id, ".lock")
-        note = json.dumps({"run_id": self.run_id, "pid": os.getpid(),
+        note = json.dumps({"run_id": self.run_id, **this_process(),
                            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         holder: str | None = None
         if local:
@@ -330,7 +331,7 @@ class Reads:
         its record says is lost left (a run killed outright leaves its lock: the next run
         is not refused for ever; two takers at once: ``take_over_lock`` lets one in).
         The run that holds it, where this one is refused (None: unknown)."""
-        from operators.io.fs import STORE_LOCK_STALE, take_over_lock
+        from operators.io.fs import STORE_LOCK_STALE, holder_gone, take_over_lock
 
         holder: str | None = None
         for _ in range(5):  # each turn: created, or a holder released or taken over
@@ -343,7 +344,9 @@ class Reads:
                 except FileNotFoundError:
                     continue  # released between the two calls
                 holder = _run_of(held)
-                lost = self._lost(pipeline, holder) if holder else None
+                # its process gone from this host (a run killed before it wrote its
+                # record has none to say so), or its record lost
+                lost = holder_gone(held) or (self._lost(pipeline, holder) if holder else None)
                 if lost is None or not take_over_lock(fs, lock, held, STORE_LOCK_STALE):
                     return holder
                 self.taken[step_id] = {"run_id": str(holder), "lost": lost}
@@ -413,8 +416,8 @@ def _run_of(note: bytes) -> str | None:
 
 def taken_line(step_id: str, taken: dict[str, str]) -> str:
     """What a run said of the lock of a lost run it took over, in one line."""
-    return (f"step '{step_id}': run {taken['run_id']} left its lock and its record says it "
-            f"is lost ({taken['lost']}): this run took the lock over")
+    return (f"step '{step_id}': run {taken['run_id']} left its lock and is lost "
+            f"({taken['lost']}): this run took the lock over")
 
 
 def settled_line(step_id: str, settled: dict[str, Any]) -> str:

@@ -436,7 +436,7 @@ def locked_on_store(fs: Any, target: str, stale: float | None = None) -> Iterato
                 held = fs.cat_file(lock)
             except FileNotFoundError:
                 continue  # released between the two calls
-            if (_age(held) > stale or _holder_gone(held)) and take_over_lock(
+            if (_age(held) > stale or holder_gone(held)) and take_over_lock(
                     fs, lock, held, stale):
                 continue
             time.sleep(delay)
@@ -463,16 +463,19 @@ def _age(note: bytes) -> float:
         return float("inf")
 
 
-def _holder_gone(note: bytes) -> bool:
-    """Whether a lock's note names a process on this host that is gone (a writer killed
-    in its commit: the next one need not wait for the lock to go stale)."""
+def holder_gone(note: bytes) -> str | None:
+    """Where a lock's note (``this_process``) names a process on this host that is gone,
+    the reason, said so (a writer killed in its commit: the next one need not wait for
+    the lock to go stale); else None."""
     import json
 
     try:
         holder = json.loads(note)
     except ValueError:
-        return False
-    return isinstance(holder, dict) and process_gone(holder) is True
+        return None
+    if isinstance(holder, dict) and process_gone(holder) is True:
+        return f"process {holder['pid']} on this host is gone"
+    return None
 
 
 def take_over_lock(fs: Any, lock: str, note: bytes, stale: float) -> bool:

@@ -935,8 +935,8 @@ def test_incremental_reads_on_s3(bucket: str, workdir: Any) -> None:
     assert (second["new_files"], second["read_before"]) == (1, 2)
     assert second["lock_taken"]["run_id"] == "20261130T000000Z-dead00"
     assert second["lock_taken"]["lost"].startswith("no heartbeat since 2026-11-30T00:00:01Z")
-    assert ("step 'events': run 20261130T000000Z-dead00 left its lock and its record says "
-            "it is lost (no heartbeat since 2026-11-30T00:00:01Z (") in said[0], said
+    assert ("step 'events': run 20261130T000000Z-dead00 left its lock and is lost (no "
+            "heartbeat since 2026-11-30T00:00:01Z (") in said[0], said
     assert said[0].endswith("): this run took the lock over"), said
     assert not s3().exists(lock)
     assert run(str(pipeline), runs_dir=url)["skipped"]
@@ -971,6 +971,32 @@ def test_a_run_whose_lock_is_taken_over_publishes_nothing(bucket: str, workdir: 
     assert not (Path(workdir) / "out").exists()
     assert s3().cat_file(lock) == other  # not released by the run it is no longer
     assert not s3().exists(f"{bucket}/sluice/runs/inc/.reads/events.json")
+
+
+def test_a_lock_whose_process_is_gone_is_taken_over_without_a_record(
+        bucket: str, workdir: Any) -> None:
+    """A run killed as it started, before its record was written, leaves a lock naming
+    its process: gone from this host, the next run takes the lock over at once."""
+    import os
+    import subprocess
+    import sys
+
+    from operators.processes import this_process
+    from pipelines.runner import run
+
+    put(bucket, "events/ds=1/part.parquet", parquet_bytes(pa.table({"id": [10, 11]})))
+    pipeline = appending_incrementally(workdir, f"s3://{bucket}/events")
+    url = f"s3://{bucket}/sluice/runs"
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    lock = f"{bucket}/sluice/runs/inc/.reads/events.lock"
+    s3().pipe_file(lock, json.dumps({"run_id": "20261130T000000Z-dead00",
+                                     **this_process(), "pid": ended.pid}).encode())
+    assert not os.path.exists(f"/proc/{ended.pid}")
+    read = run(str(pipeline), runs_dir=url)["steps"]["events"]["incremental"]
+    assert read["lock_taken"] == {"run_id": "20261130T000000Z-dead00",
+                                  "lost": f"process {ended.pid} on this host is gone"}
+    assert read["new_files"] == 1 and not s3().exists(lock)
 
 
 @pytest.mark.slow
