@@ -17,6 +17,7 @@ leaves a trace. A reader shows a running record whose run cannot be alive as ``l
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -378,6 +379,10 @@ def delete(record: dict[str, Any]) -> None:
     try:
         with contextlib.suppress(FileNotFoundError):
             fs.rm(path)
+        if local:  # a rewrite of it its run was killed in (written_whole's staging)
+            folder, name = os.path.split(path)
+            for left in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+                left.unlink(missing_ok=True)
     except _errors(local) as exc:
         raise _failure(exc, shown, f"cannot delete the run record '{shown}'") from None
 

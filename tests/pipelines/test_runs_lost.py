@@ -165,6 +165,12 @@ def test_a_run_killed_as_it_writes_its_final_record_leaves_its_running_one_whole
     assert json.loads(record_path.read_text()) == left
     assert [(r["run_id"], r["status"]) for r in _listed(workdir)] == [
         (after["run_id"], "succeeded"), (left["run_id"], "lost")]
+    # the final record it was writing, left beside it, goes with it when it is pruned
+    (staged,) = record_path.parent.glob(f".{record_path.name}.*.tmp")
+    assert json.loads(staged.read_text())["status"] == "succeeded"
+    sluice_in_process("runs", "prune", "--keep", "0", "--status", "lost", cwd=workdir,
+                      check=True)
+    assert not record_path.exists() and not staged.exists()
 
 
 def test_a_run_s_final_record_replaces_its_running_one(workdir: Path,
