@@ -58,14 +58,14 @@ def progress_bar(enabled: bool, label: str, total: int) -> Any:
 
 def fit_label(step: str, clock: FitClock) -> str:
     """Where a fit is, as its pass's progress bar is labelled: 'model: pass 38, tree 6 of
-    60, fit ETA 1m20s' (the ETA where the estimator can say how much of the fit is done,
-    from the time the fit took so far)."""
+    60, fit ETA 1m20s' (the ETA where the estimator can say how much of the fit is done:
+    ``FitClock.left``)."""
     text = f"{step}: pass {clock.passes}"
     progress = clock.progress
     if progress is None:
         return text
     text += f", {progress.where}"
-    if progress.done:
-        left = clock.elapsed() * (1 - progress.done) / progress.done
+    left = clock.left()
+    if left is not None:
         text += f", fit ETA {format_duration(left)}"
     return text
