@@ -1,11 +1,10 @@
 """Iterative fits say which pass they are on: gradient boosting the tree of n_trees,
 trees the level of at most max_depth, with a fit ETA, kmeans and gaussian_mixture their
 Lloyd / EM pass of at most max_iter, on the progress bar of each pass (local and Dask;
-Spark: the pass's job description)."""
+Spark: the pass's job description). The bar's line fits the terminal's width."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import urllib.request
@@ -15,16 +14,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-import rich
-from conftest import write_pipeline
-from rich.console import Console
+from conftest import sluice_on_terminal, write_pipeline
 
 from operators.base import Estimator, FitClock, FitProgress, drive, tree_reduce
 from operators.models.boosted_trees import GradientBoostedTrees
 from operators.models.forest import RandomForest
 from operators.models.kmeans import KMeans
 from operators.testing.kit import NUMPY, split
-from pipelines.engines.progress import fit_label
+from pipelines.engines.progress import fit_label, pass_line, shortened
 from pipelines.runner import run
 
 BOOSTED = """
@@ -135,22 +132,82 @@ def test_tree_fits_tell_the_time_left_from_the_levels_and_trees_grown() -> None:
     assert all(", fit ETA " in label for label in grouped[2:])
 
 
+LABEL = "churn_boosted_trees_by_tenure: pass 38, tree 6 of 60, fit ETA 1m20s"
+KEPT = [(30, "churn"), (30, "nure: "), (30, "fit ETA 1m20s"), (44, "tree 6 of 60"),
+        (52, "pass 38")]
+"""What of ``LABEL`` a line keeps from which terminal width on."""
+
+
+def test_the_line_fits_the_width_keeping_the_step_id_and_the_counters() -> None:
+    """What goes first as the terminal narrows: the bar, the rows, the times, the word
+    'partitions', then the middle of the label; never wider than the terminal."""
+    times = "0:00:03 ETA 0:00:05"
+    full = "2/3 partitions, 5,000 rows 0:00:03 ETA 0:00:05"
+    assert pass_line(LABEL, "2/3", 5000, times, 200) == (LABEL, 40, full)
+    assert pass_line(LABEL, "2/3", 5000, times, 130) == (LABEL, 15, full)
+    assert pass_line(LABEL, "2/3", 5000, times, 116) == (LABEL, 0, full)
+    assert pass_line(LABEL, "2/3", 5000, times, 104) == (
+        LABEL, 0, "2/3 partitions 0:00:03 ETA 0:00:05")
+    assert pass_line(LABEL, "2/3", 5000, times, 100) == (LABEL, 0, "2/3 partitions")
+    assert pass_line(LABEL, "2/3", 5000, times, 72) == (LABEL, 0, "2/3")
+    assert pass_line(LABEL, "2/3", 5000, times, 60) == (
+        "churn_boo…y_tenure: pass 38, tree 6 of 60, fit ETA 1m20s", 0, "2/3")
+    assert shortened(LABEL, 40) == "churn…nure: …tree 6 of 60, fit ETA 1m20s"
+    assert shortened(LABEL, 30) == "churn_b…tenure: …fit ETA 1m20s"
+    assert shortened("model: pass 38, tree 6 of 60, fit ETA 1m20s", 36) == \
+        "model: …tree 6 of 60, fit ETA 1m20s"
+    for width in range(140):
+        label, bar, after = pass_line(LABEL, "2/3", 5000, times, width)
+        line = " ".join(p for p in (label, "━" * bar, after) if p)
+        assert len(line) <= width, (width, line)
+        assert (width < 4 or line.endswith("2/3") or "2/3 partitions" in line), line
+        # the step id's two ends and the label's counters, the last ones longest
+        kept = [said for least, said in KEPT if width >= least]
+        assert all(said in label for said in kept), (width, label)
+
+
+CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_on_a_narrow_terminal_each_bar_is_one_line_with_the_step_and_its_counters(
+        churn: Path, workdir: Path) -> None:
+    """On a terminal 60 columns wide (its window's size: no COLUMNS) every bar drawn is
+    one line of at most 60, the step id cut in its middle and the tree counted; the
+    bars go to stderr, so the summary sent to a file (`> FILE`) has none of them."""
+    step = "churn_boosted_trees_by_tenure"
+    path = write_pipeline(workdir, BOOSTED.replace("id: boosted", f"id: {step}"))
+    summary = workdir / "summary.txt"
+    code, text = sluice_on_terminal(["run", str(path)], workdir, columns=60, stdout=summary)
+    assert code == 0, text
+    drawn = [line for line in re.split(r"[\r\n]", CONTROL.sub("", text)) if line.strip()]
+    bars = [line for line in drawn if re.search(r": (…|pass \d)", line)]
+    assert bars and all(len(line) <= 60 for line in bars), bars
+    assert all(re.match(r"churn_[^:]*nure: ", line) for line in bars), bars  # both ends
+    assert any("…" in line.partition(":")[0] for line in bars), bars
+    assert set(re.findall(r"tree (\d) of 3", "\n".join(bars))) == {"1", "2", "3"}, bars
+    written = summary.read_text()
+    assert not re.search(r"pass \d|partitions|\x1b|\r", written), written
+    assert "succeeded" in written, written
+
+
 @pytest.fixture
-def screen(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
-    """What the progress bars draw, as on a terminal."""
-    out = io.StringIO()
-    monkeypatch.setattr(rich, "_console", Console(file=out, force_terminal=True, width=400))
-    return out
+def screen(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """What the progress bars draw on stderr, as on a terminal 400 columns wide: a
+    function that reads it."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: draw as on a terminal
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", "400")
+    return lambda: capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore::operators.models.common.ConvergenceWarning")
 @pytest.mark.parametrize("engine", ["local", "dask"], indirect=True)
 def test_each_pass_of_an_iterative_fit_says_where_it_is(
-        engine: Any, churn: Path, workdir: Path, screen: io.StringIO,
+        engine: Any, churn: Path, workdir: Path, screen: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine, "progress", True)
     record = run(write_pipeline(workdir, PASSES), engine_instance=engine)
-    drawn = screen.getvalue()
+    drawn = screen()
     trees = trees_said(drawn)
     assert {tree for tree, _ in trees} == {"1", "2", "3"}, drawn
     assert all(bool(eta) == (tree != "1") for tree, eta in trees)  # none before a tree
@@ -181,13 +238,13 @@ def profile(engine: Any, monkeypatch: pytest.MonkeyPatch, **update: Any) -> None
 
 @pytest.mark.parametrize("engine", ["local"], indirect=True)
 def test_a_resident_fit_shows_its_passes_too(engine: Any, churn: Path, workdir: Path,
-                                            screen: io.StringIO,
+                                            screen: Any,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     profile(engine, monkeypatch, resident_fits="always")
     monkeypatch.setattr(engine, "progress", True)
     record = run(write_pipeline(workdir, BOOSTED), engine_instance=engine)
     assert record["steps"]["boosted"]["fit_mode"].startswith("resident")
-    assert {tree for tree, _ in trees_said(screen.getvalue())} == {"1", "2", "3"}
+    assert {tree for tree, _ in trees_said(screen())} == {"1", "2", "3"}
     assert record["steps"]["boosted"]["driver_seconds"] > 0
 
 
