@@ -1,7 +1,7 @@
 """Iterative fits say which pass they are on: gradient boosting the tree of n_trees,
 trees the level of at most max_depth, with a fit ETA, kmeans and gaussian_mixture their
-Lloyd / EM pass of at most max_iter, on the progress bar of each pass (local and Dask;
-Spark: the pass's job description). The bar's line fits the terminal's width."""
+Lloyd / EM pass of at most max_iter, on the progress bar of each pass (every engine; on
+Spark the pass's job description too). The bar's line fits the terminal's width."""
 
 from __future__ import annotations
 
@@ -236,10 +236,14 @@ def profile(engine: Any, monkeypatch: pytest.MonkeyPatch, **update: Any) -> None
     monkeypatch.setattr(engine, "profile", engine.profile.model_copy(update=update))
 
 
-@pytest.mark.parametrize("engine", ["local"], indirect=True)
+@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.slow)],
+                         indirect=True)
 def test_a_resident_fit_shows_its_passes_too(engine: Any, churn: Path, workdir: Path,
                                             screen: Any,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bar a pass, as one job a pass has, though the passes run in one job of tasks
+    that keep their partitions (Spark: one barrier job, whose own bar would say
+    nothing of the passes; Spark's stage bar is off, sluice's draws)."""
     profile(engine, monkeypatch, resident_fits="always")
     monkeypatch.setattr(engine, "progress", True)
     record = run(write_pipeline(workdir, BOOSTED), engine_instance=engine)
@@ -250,12 +254,15 @@ def test_a_resident_fit_shows_its_passes_too(engine: Any, churn: Path, workdir: 
 
 @pytest.mark.slow
 def test_on_spark_each_pass_job_is_described_by_its_label(
-        spark: Any, churn: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Spark draws its own stage bar; a fit of one job a pass names each job (the Spark
-    UI's description, read here from its REST API)."""
+        spark: Any, churn: Path, workdir: Path, screen: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fit of one job a pass on Spark draws each job's bar with its label, and names
+    each job so (the Spark UI's description, read here from its REST API)."""
     profile(spark, monkeypatch, resident_fits="never")
+    monkeypatch.setattr(spark, "progress", True)
     record = run(write_pipeline(workdir, BOOSTED), engine_instance=spark)
     assert record["steps"]["boosted"]["fit_mode"] == "one job a pass"
+    assert {tree for tree, _ in trees_said(screen())} == {"1", "2", "3"}
     sc = spark.spark.sparkContext
     assert sc.uiWebUrl.startswith("http://127.0.0.1:")  # a local master's: this machine's
     with urllib.request.urlopen(f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}"
