@@ -424,18 +424,36 @@ class FitProgress:
 @dataclass
 class FitClock:
     """How a fit goes, as ``drive`` runs it: the pass about to run (``passes``, from
-    1) and where the estimator says it is then (``progress``), the time since it
-    started and the seconds it spent in the driver (``driver_seconds``: init, update,
-    and what the engine adds: the combine of the partitions' partials)."""
+    1) and where the estimator says it is then (``progress``), the seconds it spent in
+    the driver (``driver_seconds``: init, update, and what the engine adds: the combine
+    of the partitions' partials), and the time left (``left``), from when the estimator
+    first told how much of the fit was done (``paced``: the time, by ``now``, and that
+    share)."""
 
     estimator: Estimator
     passes: int = 0
     progress: FitProgress | None = None
     driver_seconds: float = 0.0
-    started: float = field(default_factory=time.perf_counter)
+    now: Callable[[], float] = time.perf_counter
+    paced: tuple[float, float] | None = None
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+    def at_pass(self, passes: int, progress: FitProgress | None) -> None:
+        """Pass ``passes`` is about to run, the fit where ``progress`` says."""
+        self.passes, self.progress = passes, progress
+        if self.paced is None and progress is not None and progress.done is not None:
+            self.paced = (self.now(), progress.done)
+
+    def left(self) -> float | None:
+        """Seconds the fit has left at the pace of its passes since ``paced`` (those
+        before, a summary of the data or workers starting, go at another pace); None
+        where that cannot be told yet."""
+        progress = self.progress
+        if progress is None or progress.done is None or self.paced is None:
+            return None
+        at, first = self.paced
+        if progress.done <= first:
+            return None
+        return (self.now() - at) * (1 - progress.done) / (progress.done - first)
 
 
 def drive(estimator: Estimator, schema: pa.Schema,
@@ -459,7 +477,7 @@ def drive(estimator: Estimator, schema: pa.Schema,
         def partial(part: pa.Table, xp: Any, current: Any = current) -> Any:
             return estimator.partial(part, current, xp)
 
-        clock.passes, clock.progress = rounds + 1, estimator.progress(state)
+        clock.at_pass(rounds + 1, estimator.progress(state))
         clock.driver_seconds += time.perf_counter() - t0
         stats = aggregate(partial)
         t0 = time.perf_counter()

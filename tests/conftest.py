@@ -235,14 +235,27 @@ def terminal_env() -> dict[str, str]:
     return env
 
 
-def sluice_on_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
-    """Run `sluice ARGS` on a pseudo-terminal, as a person would; exit code and screen."""
+def sluice_on_terminal(args: list[str], cwd: Path, columns: int | None = None,
+                       stdout: Path | None = None) -> tuple[int, str]:
+    """Run `sluice ARGS` on a pseudo-terminal, as a person would; exit code and screen.
+    ``columns``: the terminal's width (as a window of that size sets it, no COLUMNS);
+    ``stdout``: sluice's standard output goes to that file (`> FILE`), not the screen."""
     import pty
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: sluice with the pty as its terminal
         os.chdir(cwd)
-        os.execve(SLUICE, [SLUICE, *args], terminal_env())
+        env = terminal_env()
+        if columns is not None:
+            import fcntl
+            import struct
+            import termios
+
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+            env.pop("COLUMNS", None)
+        if stdout is not None:
+            os.dup2(os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+        os.execve(SLUICE, [SLUICE, *args], env)
     chunks = []
     while True:
         try:

@@ -657,13 +657,16 @@ class GradientBoostedTrees(TreeEstimator):
         return super().update(stats, state)
 
     def progress(self, state: dict[str, Any]) -> FitProgress | None:
-        """The tree being grown, of ``n_trees`` (early stopping may end the fit sooner:
-        its ETA is then the longest it can take)."""
-        if state.get("phase") != "grow":
+        """The tree being grown, of ``n_trees``, and its level, with a fit ETA from the
+        trees grown and the share of this one (``Level.done``); early stopping, or trees
+        that stop short of ``max_depth``, may end the fit sooner."""
+        level = state.get("level")
+        if state.get("phase") != "grow" or level is None:
             return None
-        n = self.params.n_trees
-        done = state["round"]
-        return FitProgress(f"tree {min(done + 1, n)} of {n}", done / n)
+        n, depth = self.params.n_trees, self.params.max_depth
+        done = state["round"] + Level.done(level, depth)
+        return FitProgress(f"tree {min(state['round'] + 1, n)} of {n}, "
+                           f"{Level.where(level, depth)}", done / n)
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         out = super().metrics(state)

@@ -1326,6 +1326,18 @@ class Level:
         return {**level, "start": nxt} if nxt < len(level["nodes"]) else None
 
     @staticmethod
+    def where(level: dict[str, Any], max_depth: int) -> str:
+        """The level in words, for the progress line: 'level 4 of at most 6'."""
+        return f"level {level['depth'] + 1} of at most {max_depth}"
+
+    @staticmethod
+    def done(level: dict[str, Any], max_depth: int) -> float:
+        """The share of the trees' growth done before the level's next pass, as if every
+        tree grows to ``max_depth`` and a level takes as long as the last: the levels
+        grown, and of this one the share of its node groups (passes) done."""
+        return (level["depth"] + level["start"] / max(len(level["nodes"]), 1)) / max_depth
+
+    @staticmethod
     def rank(level: dict[str, Any], forest: dict[str, np.ndarray],
              siblings: dict[str, np.ndarray] | None, pairs: bool) -> np.ndarray:
         """Per node of ``forest``, its place among the level's nodes in the order one pass
@@ -2378,12 +2390,13 @@ class TreeEstimator(PlannedPredictions, Estimator):
         return self._model(state)
 
     def progress(self, state: dict[str, Any]) -> FitProgress | None:
-        """The level the trees grow, of at most ``max_depth`` (a branch stops sooner
-        where no split pays: no ETA)."""
+        """The level the trees grow, of at most ``max_depth``, with the fit ETA of
+        ``Level.done`` (trees whose branches stop sooner, where no split pays, end it
+        sooner)."""
         if state.get("phase") != "grow" or state.get("level") is None:
             return None
-        return FitProgress(f"level {state['level']['depth'] + 1} of at most "
-                           f"{self.params.max_depth}")
+        return FitProgress(Level.where(state["level"], self.params.max_depth),
+                           Level.done(state["level"], self.params.max_depth))
 
     def metrics(self, state: dict[str, Any]) -> dict[str, Any]:
         if "forest" not in state:

@@ -95,6 +95,7 @@ from pipelines.engines.base import (
     unreachable,
     write_through,
 )
+from pipelines.engines.progress import progress_bar
 from pipelines.package import active_archive, cached_build, run_in_executor
 from pipelines.profiles import read, validated
 
@@ -662,7 +663,9 @@ class SparkEngine(Engine):
         out = dict(DEFAULT_CONF)
         if is_local(self.master) if local is None else local:
             out.update(LOCAL_CONF)
-        out["spark.ui.showConsoleProgress"] = "true" if self.progress else "false"
+        # sluice draws its own bars (``_bars``): a job's, a resident fit's passes', labelled
+        # with where the fit is, as wide as the terminal; Spark's would overwrite them
+        out["spark.ui.showConsoleProgress"] = "false"
         if self.profile.log_level:
             out["spark.log.level"] = self.profile.log_level.upper()
         out.update(self.conf)
@@ -832,8 +835,7 @@ class SparkEngine(Engine):
         failures = self.spark.sparkContext.accumulator(None, _Outcomes())
         task = self._task("results", data, infos, groups, cached=cache is not None, step=step,
                           work=work, failures=failures, done=done)
-        rows = self._collect(self._map(frame, task, _ROWS_DDL), label,
-                             (failures, [info.index for info in infos]))
+        rows = self._collect(self._map(frame, task, _ROWS_DDL), label, (failures, infos))
         results: dict[int, Any] = {}
         errors: dict[int, BaseException] = {}
         # (an ancestor's cache: its tasks send the counts of the steps after it only)
@@ -854,17 +856,18 @@ class SparkEngine(Engine):
         return [results[info.index] for info in infos]
 
     def _collect(self, frame: Any, label: str,
-                 failures: tuple[Any, list[int]] | None = None,
+                 failures: tuple[Any, list[PartitionInfo]] | None = None,
                  group: str | None = None) -> pa.Table:
         """Run a job; a failed one (every attempt of a task failed) becomes the sluice
         error it carries, or one line saying what Spark reported.
 
         ``failures``: the job's ``_Outcomes`` accumulator (partition failures that are
-        not retried, partitions done) and the job's partition indices. A failure cancels
-        the job (fail fast: the other partitions' work would be thrown away) once every
-        partition before it is done, and the lowest failure is raised: the same error
-        whichever task finished first, as on the other engines. ``group``: the job group
-        (to cancel the job from another thread), else a new one.
+        not retried, partitions done) and the job's partitions. A failure cancels the job
+        (fail fast: the other partitions' work would be thrown away) once every partition
+        before it is done, and the lowest failure is raised: the same error whichever
+        task finished first, as on the other engines. The partitions done advance the
+        job's progress bar (``_bars``), labelled ``label``. ``group``: the job group (to
+        cancel the job from another thread), else a new one.
         """
         sc = self.spark.sparkContext
         group = group or f"sluice-{uuid.uuid4().hex[:12]}"
@@ -872,24 +875,35 @@ class SparkEngine(Engine):
         done = threading.Event()
         failed: list[bytes] = []
 
-        def watch() -> None:
-            accumulator, indices = failures
+        def watch(bar: Any) -> None:
+            accumulator, infos = failures
+            rows = {info.index: info.rows or 0 for info in infos}
+            shown: set[int] = set()
             while not done.wait(FAIL_FAST_POLL_S):
                 value = accumulator.value
-                if value is not None and value[0] is not None:
-                    first, finished = value
-                    if any(i < first[0] and i not in finished for i in indices):
+                if value is None:
+                    continue
+                first, finished = value
+                for index in sorted(finished - shown):
+                    bar.advance(rows[index])
+                shown |= finished
+                if first is not None:
+                    if any(index < first[0] and index not in finished for index in rows):
                         continue  # a partition before it may fail too: its turn first
                     failed.append(first[1])
                     _cancel(sc, group)
                     return
 
         watcher = None
-        if failures is not None:
-            watcher = threading.Thread(target=watch, name="sluice-fail-fast", daemon=True)
-            watcher.start()
+        shown = progress_bar(failures is not None and self._bars(), label,
+                             len(failures[1]) if failures else 0)
         try:
-            with _quiet_pandas_warning(), interrupt_hook(lambda: _cancel(sc, group)):
+            with _quiet_pandas_warning(), interrupt_hook(lambda: _cancel(sc, group)), \
+                    shown as bar:
+                if failures is not None:
+                    watcher = threading.Thread(target=watch, args=(bar,),
+                                               name="sluice-fail-fast", daemon=True)
+                    watcher.start()
                 return frame.toArrow()
         except BaseException as exc:
             # Ctrl-C, or pyspark's own error raised in a finally while it was interrupted
@@ -1056,12 +1070,12 @@ class SparkEngine(Engine):
 
         try:
             hub.accept(len(groups), job.check)
-            # no bar of ours: Spark's own stage bar shows the one job on the console
             clock = FitClock(estimator)
             try:
+                # a bar a pass (the job's own has none: it is one job for every pass)
                 state, rounds = resident.fit(hub, estimator, data.schema, infos, step_id,
                                              placement, self.record_all, cloudpickle.Pickler,
-                                             clock)
+                                             clock, self._bars())
             finally:
                 self.driver_time(step_id, clock.driver_seconds)
         except (ConnectionError, _JobEnded) as exc:
@@ -1081,6 +1095,13 @@ class SparkEngine(Engine):
         if failed is not None:
             raise failed
         return state, rounds, data
+
+    def _bars(self) -> bool:
+        """Whether jobs draw sluice's progress bars: with ``progress``, unless Spark's
+        own stage bar is on (a session sluice attached to may have it): the two would
+        overwrite each other on the terminal."""
+        conf = self.spark.sparkContext.getConf()
+        return self.progress and not _on(conf, "spark.ui.showConsoleProgress")
 
     def _resident_tasks(self, data: Dataset, step_id: str, estimator: Estimator
                         ) -> tuple[int | None, str]:
