@@ -1044,7 +1044,11 @@ def test_a_run_killed_on_s3_is_settled_by_the_next(bucket: str, workdir: Any, po
     assert read["lock_taken"]["lost"].startswith("process ")
     assert read["claim"]["run_id"] == dead and read["claim"]["outcome"] == outcome
     assert read["new_files"] == (1 if outcome == "settled" else 2)
-    assert any(line.endswith("this run took the lock over") for line in said), said
+    (taken,) = [line for line in said if line.endswith("this run took the lock over")]
+    shown = subprocess.run([str(Path(sys.executable).parent / "sluice"), "runs", "show",
+                            after["run_id"], "--runs", url], cwd=workdir,
+                           capture_output=True, text=True, timeout=60)
+    assert f"  {taken}\n" in shown.stdout, shown.stdout
     s3().invalidate_cache()
     got = sorted(pq.read_table(f"{bucket}/out", filesystem=s3()).column("id").to_pylist())
     assert got == [10, 11, 12, 20, 21, 22, 30, 31, 32]
