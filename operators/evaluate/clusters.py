@@ -37,6 +37,7 @@ from pydantic import Field
 from operators.arrays import to_numpy
 from operators.base import (
     DataError,
+    MissingColumnError,
     ParamError,
     Params,
     SchemaError,
@@ -176,9 +177,10 @@ class EvaluateClusters(Measuring):
                                   f"{schema.field(p.weight).type}, not a number",
                                   hint="cast it to float64")
         features = self._features(schema)
-        if not features:
-            raise SchemaError("no numeric feature columns to measure the clusters on",
-                              hint="set features: the columns the rows were clustered on")
+        if not features:  # (after a fit that adds them, such as one_hot: at run time)
+            raise MissingColumnError("no numeric feature columns to measure the clusters on",
+                                     hint="set features: the columns the rows were "
+                                          "clustered on")
         require_columns(schema, columns_of(schema, features), "feature column")
         for column, start, _ in groups(schema, features):
             name = features[start]

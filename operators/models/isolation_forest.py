@@ -68,6 +68,7 @@ from operators.models.common import (
     host_matrix,
     put_column,
     require_features,
+    require_some_features,
     require_training_rows,
     table_memo,
 )
@@ -530,9 +531,7 @@ class IsolationForest(Estimator):
 
     def _check(self, schema: pa.Schema) -> list[str]:
         features = self._features(schema)
-        if not features:
-            raise ParamError("no numeric feature columns in the input",
-                             hint="list features, or encode string columns (op: one_hot)")
+        require_some_features(features)  # after a fit that adds them: at run time
         check_features(schema, features)
         return features
 

@@ -226,7 +226,7 @@ def test_non_numeric_features_and_bad_parameters() -> None:
     with pytest.raises(SchemaError, match="feature column 'name' is string, not numeric"):
         IsolationForest(features=["x", "name"]).output_schema(table.schema)
     assert IsolationForest().init(table.schema)["features"] == ["x"]  # default: numeric
-    with pytest.raises(ParamError, match="no numeric feature columns"):
+    with pytest.raises(SchemaError, match="no numeric feature columns"):
         IsolationForest().output_schema(pa.schema([("name", pa.string())]))
     for bad in ({"contamination": 0.6}, {"contamination": 0.0}, {"max_samples": 0},
                 {"max_samples": 1.5}, {"max_features": 0.0}):
