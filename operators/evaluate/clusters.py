@@ -121,7 +121,7 @@ class EvaluateClusters(Measuring):
     - op: kmeans
       k: 6
     - op: evaluate_clusters       # silhouette, calinski_harabasz, davies_bouldin, ...
-      # features: [tenure, monthly_charges]   prediction: prediction
+      # features: [tenure, monthly_charges]   prediction: prediction   by: [region]
     ```
     `silhouette` is MLlib's `ClusteringEvaluator` (squared Euclidean distances) and
     scikit-learn's `silhouette_score(metric="sqeuclidean")`: from -1 to 1, higher is
