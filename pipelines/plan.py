@@ -676,8 +676,11 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 unexplained = _not_from_fits(exc, before_it)
                 if unexplained:  # named alone: the others may come from a fit
                     require_columns(schema, unexplained)
-                # the column may come from the fit upstream: checked when the run gets there
+                # the column may come from the fit upstream: checked when the run gets there;
+                # what this step adds (a kmeans' prediction) is known then too
                 step.schema = schema
+                if not any(o is step for o in step.opened_by):
+                    step.opened_by = (*step.opened_by, step)
         except SluiceError as exc:
             param = param_for(step, exc)
             plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,

@@ -23,10 +23,19 @@ vectors, so the silhouette, a ratio of such means, is the same sums' squared-Euc
 one. Calinski-Harabasz and Davies-Bouldin are Euclidean indices (scikit-learn has them
 only so): refused with cosine; ``within_ss`` is then the rows' sum of cosine distances to
 their cluster's direction, ``W_C (1 - |mean_C|)``.
+
+With ``by`` each group of rows (a value of the columns) is measured as its rows alone
+would be, in the same passes: the first keeps each group's clusters beside all the rows',
+the second measures a group's rows against its own clusters' means. A partition's rows
+are put in their groups' order on the host first, so that the features go to the device
+once and each group's are a slice of them. A group of one cluster (or of as many clusters
+as rows) has no silhouette, Calinski-Harabasz or Davies-Bouldin: NaN, as evaluate's
+metrics undefined on a group's rows are, where all the rows' are an error.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -37,6 +46,7 @@ from pydantic import Field
 from operators.arrays import to_numpy
 from operators.base import (
     DataError,
+    MissingColumnError,
     ParamError,
     Params,
     SchemaError,
@@ -44,7 +54,16 @@ from operators.base import (
     register_fitted,
     require_columns,
 )
-from operators.evaluate.evaluate import Measured, Measuring, value_type
+from operators.evaluate.evaluate import (
+    ByGroups,
+    Measured,
+    Measuring,
+    by_field,
+    max_groups_field,
+    require_groupable,
+    value_type,
+)
+from operators.features.columns import unique_names
 from operators.models.common import (
     check_role,
     chosen_features,
@@ -88,6 +107,8 @@ class EvaluateClustersParams(Params):
                     "or cosine (1 - cos, for a kmeans of distance_measure: cosine; a row of "
                     "zeros is an error): then no calinski_harabasz or davies_bouldin, and "
                     "within_ss sums the rows' cosine distances to their cluster's direction")
+    by: list[str] | None = by_field()
+    max_groups: int = max_groups_field()
 
 
 @register("evaluate_clusters")
@@ -100,7 +121,7 @@ class EvaluateClusters(Measuring):
     - op: kmeans
       k: 6
     - op: evaluate_clusters       # silhouette, calinski_harabasz, davies_bouldin, ...
-      # features: [tenure, monthly_charges]   prediction: prediction
+      # features: [tenure, monthly_charges]   prediction: prediction   by: [region]
     ```
     `silhouette` is MLlib's `ClusteringEvaluator` (squared Euclidean distances) and
     scikit-learn's `silhouette_score(metric="sqeuclidean")`: from -1 to 1, higher is
@@ -113,13 +134,19 @@ class EvaluateClusters(Measuring):
     With `weight` (positive), the silhouette is MLlib's with `weightCol` (a row's mean
     distance to its own cluster's others over their weight, the rows' silhouettes
     averaged by weight) and the other metrics count a row as its weight; `count` and
-    `cluster_sizes` stay rows.
+    `cluster_sizes` stay rows. With `by: [region]` the same metrics of each region's rows
+    too, as if measured alone (its clusters' sizes and means), under `groups` in the run
+    record (a null is a group of its own); a region whose rows are all in one cluster has
+    no silhouette, calinski_harabasz or davies_bouldin (NaN). A number column in `by`
+    stays among the default features, as the clustering step's default took it.
     """
 
     Params = EvaluateClustersParams
 
     def __init__(self, params: Any = None, **kwargs: Any):
         super().__init__(params, **kwargs)
+        unique_names(self.params.by or [], "by")
+        self._by = ByGroups(self.name, self.params.by or [], self.params.max_groups)
         metrics = self.params.metrics or []
         if len(set(metrics)) != len(metrics):
             raise ParamError("metrics lists a metric twice", hint="list each once")
@@ -153,7 +180,7 @@ class EvaluateClusters(Measuring):
     def input_columns(self, schema: pa.Schema) -> list[str]:
         p = self.params
         return [*columns_of(schema, self._features(schema)), p.prediction,
-                *([p.weight] if p.weight else [])]
+                *([p.weight] if p.weight else []), *(p.by or [])]
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         self._plan(schema)
@@ -169,6 +196,8 @@ class EvaluateClusters(Measuring):
                               "integers or text", hint="is `prediction:` the clustering "
                                                        "step's column?")
         check_role("weight", p.weight, p.features)
+        if p.by:
+            require_groupable(schema, p.by)
         if p.weight:
             require_columns(schema, [p.weight], "weight column")
             if not is_numeric(value_type(schema.field(p.weight).type)):
@@ -176,9 +205,10 @@ class EvaluateClusters(Measuring):
                                   f"{schema.field(p.weight).type}, not a number",
                                   hint="cast it to float64")
         features = self._features(schema)
-        if not features:
-            raise SchemaError("no numeric feature columns to measure the clusters on",
-                              hint="set features: the columns the rows were clustered on")
+        if not features:  # (after a fit that adds them, such as one_hot: at run time)
+            raise MissingColumnError("no numeric feature columns to measure the clusters on",
+                                     hint="set features: the columns the rows were "
+                                          "clustered on")
         require_columns(schema, columns_of(schema, features), "feature column")
         for column, start, _ in groups(schema, features):
             name = features[start]
@@ -207,8 +237,13 @@ class EvaluateClusters(Measuring):
         return ids, X if X.dtype == xp.float64 else xp.astype(X, xp.float64)
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
+        by = self.params.by
         if part.num_rows == 0:
-            return self.measure(pa.array([], pa.int64()), None, state, xp)
+            out = self.measure(pa.array([], pa.int64()), None, state, xp)
+            return {**out, "groups": {}} if by else out
+        grouped = self._by.rows(part) if by else []
+        if by:  # each group's rows together: a slice of the one matrix sent to the device
+            part = part.take(pa.array(np.concatenate([rows for _, rows in grouped])))
         ids, X = self._rows(part, state, xp)
         w = None
         if self.params.weight:
@@ -217,7 +252,21 @@ class EvaluateClusters(Measuring):
                 raise DataError(f"weight column '{self.params.weight}' has "
                                 f"{int((w <= 0).sum())} values of 0: a row of no weight "
                                 "has no silhouette", hint="filter those rows out")
-        return self.measure(ids, X, state, xp, w)
+        if self._cosine:
+            X = unit_rows(X, state["features"], xp, "evaluate_clusters (cosine)")
+        out = self._stats(ids, X, state, xp, w)
+        if not by:
+            return out
+        out["groups"], start = {}, 0
+        for key, rows in grouped:
+            stop = start + len(rows)
+            mine = state if state["phase"] == "clusters" else {**state,
+                                                              **state["groups"][key]}
+            out["groups"][key] = self._stats(ids.slice(start, stop - start),
+                                             X[start:stop, :], mine, xp,
+                                             None if w is None else w[start:stop])
+            start = stop
+        return out
 
     def measure(self, ids: pa.Array, X: Any, state: dict[str, Any], xp: Any,
                 w: np.ndarray | None = None) -> dict[str, Any]:
@@ -227,15 +276,24 @@ class EvaluateClusters(Measuring):
         (kmeans' validation) calls this."""
         if self._cosine and X is not None:
             X = unit_rows(X, state["features"], xp, "evaluate_clusters (cosine)")
+        return self._stats(ids, X, state, xp, w)
+
+    def _stats(self, ids: pa.Array, X: Any, state: dict[str, Any], xp: Any,
+               w: np.ndarray | None) -> dict[str, Any]:
+        """``measure``'s statistics of rows already made unit where the measure is cosine."""
         if state["phase"] == "clusters":
             return _clusters(ids, X, len(state["features"]), xp, w)
         return _spread(ids, X, state, xp, w)
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "silhouette" in a:
-            return {"silhouette": a["silhouette"] + b["silhouette"],
-                    "distance": a["distance"] + b["distance"]}
-        return _combine_clusters(a, b)
+            out = {"silhouette": a["silhouette"] + b["silhouette"],
+                   "distance": a["distance"] + b["distance"]}
+        else:
+            out = _combine_clusters(a, b)
+        if "groups" in a:
+            out["groups"] = self._by.merged(a["groups"], b["groups"], self.combine)
+        return out
 
     def update(self, stats: dict[str, Any], state: dict[str, Any]
                ) -> tuple[dict[str, Any], bool]:
@@ -244,13 +302,26 @@ class EvaluateClusters(Measuring):
             if problem is not None:
                 raise DataError(f"{problem} (scikit-learn's rule)",
                                 hint="check the prediction column and the rows given")
-            state = {**state, "ids": stats["ids"], "rows": stats["rows"],
-                     "weight": stats["weight"], "means": stats["means"],
-                     "within": stats["within"]}
+            state = {**state, **_clusters_of(stats)}
+            if "groups" in stats:
+                state["groups"] = {key: _clusters_of(group)
+                                   for key, group in stats["groups"].items()}
             if SECOND_PASS & set(state["metrics"]):
                 return {**state, "phase": "spread"}, False
-            return {**state, "metrics_values": self._values(state, None)}, True
-        return {**state, "metrics_values": self._values(state, stats)}, True
+            return {**state, "metrics_values": self._figures(state, None)}, True
+        return {**state, "metrics_values": self._figures(state, stats)}, True
+
+    def _figures(self, state: dict[str, Any], spread: dict[str, Any] | None
+                 ) -> dict[str, Any]:
+        """The metrics of all the rows and, with ``by``, of each group's."""
+        values = self._values(state, spread)
+        if "groups" in state:
+            values["groups"] = {
+                self._by.label(key): self._values(
+                    {**state, **state["groups"][key]},
+                    None if spread is None else spread["groups"][key])
+                for key in self._by.ordered(state["groups"])}
+        return values
 
     def _values(self, state: dict[str, Any], spread: dict[str, Any] | None
                 ) -> dict[str, Any]:
@@ -265,6 +336,10 @@ class EvaluateClusters(Measuring):
         if self._cosine:  # the unit rows' cosine distances to their cluster's direction
             everything["within_ss"] = float(weight @ (1.0 - np.sqrt(np.sum(means ** 2,
                                                                            axis=1))))
+        if unmeasurable(k, int(np.sum(rows))) is not None:  # a by group's (all rows': an error)
+            everything.update(silhouette=math.nan, calinski_harabasz=math.nan,
+                              davies_bouldin=math.nan)
+            return {m: everything[m] for m in METRICS if m in state["metrics"]}
         mean = weight @ means / n
         between = float(weight @ np.sum((means - mean) ** 2, axis=1))
         everything["calinski_harabasz"] = (1.0 if total_within == 0 else
@@ -273,6 +348,11 @@ class EvaluateClusters(Measuring):
             everything["silhouette"] = spread["silhouette"] / n
             everything["davies_bouldin"] = davies_bouldin(spread["distance"] / weight, means)
         return {m: everything[m] for m in METRICS if m in state["metrics"]}
+
+
+def _clusters_of(stats: dict[str, Any]) -> dict[str, Any]:
+    """The first pass's clusters (ids, rows, weight, means, within) of combined stats."""
+    return {key: stats[key] for key in ("ids", "rows", "weight", "means", "within")}
 
 
 def _clusters(ids: pa.Array, X: Any, d: int, xp: Any, w: np.ndarray | None = None

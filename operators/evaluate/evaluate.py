@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 import numpy as np
@@ -40,6 +41,20 @@ from operators.models.common import is_numeric, probability_matrix
 Task = Literal["classification", "regression", "auto"]
 
 
+def by_field() -> Any:
+    """A measuring step's ``by`` parameter (evaluate, evaluate_clusters)."""
+    return Field(None, min_length=1,
+                 description="also the metrics of each value of these columns, e.g. [region]: "
+                             "under `groups` in the run record (region=east: {...}), beside "
+                             "the overall ones")
+
+
+def max_groups_field() -> Any:
+    """A measuring step's ``max_groups`` parameter."""
+    return Field(1000, gt=0, description="most groups `by` may make (a run with more fails, "
+                                         "naming the columns)")
+
+
 class EvaluateParams(Params):
     label: str = Field(description="the column of true values")
     metrics: list[str] | None = Field(
@@ -58,18 +73,14 @@ class EvaluateParams(Params):
     classes: list[bool | int | float | str] | None = Field(
         None, description="every class (sorted order is used); default: learned from the "
         "label and prediction values")
-    by: list[str] | None = Field(
-        None, min_length=1,
-        description="also the metrics of each value of these columns, e.g. [region]: under "
-        "`groups` in the run record (region=east: {...}), beside the overall ones")
+    by: list[str] | None = by_field()
     tweedie_power: float = Field(1.5, gt=1.0, lt=2.0,
                                  description="the power tweedie_deviance is measured at (a "
                                              "tweedie model's tweedie_power)")
     quantile: float = Field(0.5, gt=0.0, lt=1.0,
                             description="the level pinball_loss and coverage are for: a "
                                         "quantile model's (loss: quantile)")
-    max_groups: int = Field(1000, gt=0, description="most groups `by` may make (a run "
-                                                    "with more fails, naming the columns)")
+    max_groups: int = max_groups_field()
     group: str | None = Field(
         None, description="the query id column of a ranking (integer or string): the "
                           "metrics are ndcg (NDCG@k, the mean over queries, LightGBM's: gain "
@@ -156,6 +167,7 @@ class Evaluate(Measuring):
         if self.params.task == "regression" and self.params.classes is not None:
             raise ParamError("classes are for classification", hint="drop classes")
         unique_names(self.params.by or [], "by")
+        self._by = ByGroups(self.name, self.params.by or [], self.params.max_groups)
         if self.params.group is None:
             if "ndcg" in (self.params.metrics or []):
                 raise ParamError("ndcg ranks the rows of each query, and group (the query "
@@ -207,7 +219,7 @@ class Evaluate(Measuring):
             if p.weight:
                 _require_numeric(schema, p.weight, "a weight")
             if p.by:
-                _require_groupable(schema, p.by)
+                require_groupable(schema, p.by)
             return {"task": "ranking", "metrics": p.metrics or ["ndcg", "count"]}
         label_type = value_type(schema.field(p.label).type)
         task = p.task if p.task != "auto" else task_of(p.label, label_type)
@@ -245,7 +257,7 @@ class Evaluate(Measuring):
             require_columns(schema, [p.weight], "weight column")
             _require_numeric(schema, p.weight, "a weight")
         if p.by:
-            _require_groupable(schema, p.by)
+            require_groupable(schema, p.by)
         return {"task": task, "metrics": metrics, "classes": classes,
                 "probability": p.probability if needs else None}
 
@@ -288,24 +300,16 @@ class Evaluate(Measuring):
         if not p.by:
             return accumulator.partial(y_true, y_pred, proba, weight, xp=xp)
         groups = {}
-        for key, rows in _group_rows(part, p.by):
+        for key, rows in self._by.rows(part):
             groups[key] = accumulator.partial(
                 y_true[rows], y_pred[rows], None if proba is None else proba[rows],
                 None if weight is None else weight[rows], xp=xp)
-        self._check_groups(groups)
         overall = functools.reduce(accumulator.combine, groups.values())
         return self._grouped(overall, groups)
 
     def _grouped(self, overall: dict[str, Any], groups: dict[tuple, Any]) -> dict[str, Any]:
         """Stats with their groups' (``by``), or the overall stats alone."""
         return {**overall, "groups": groups} if self.params.by else overall
-
-    def _check_groups(self, groups: dict[tuple, Any]) -> None:
-        p = self.params
-        if len(groups) > p.max_groups:
-            raise DataError(f"evaluate by {', '.join(p.by or [])}: more than {p.max_groups} "
-                            "groups", hint="group by fewer or coarser columns, or raise "
-                                           "max_groups")
 
     def _ranking_partial(self, part: pa.Table) -> dict[str, Any]:
         """The partition's queries' NDCG@k sum, their weight (their number, unweighted),
@@ -328,11 +332,10 @@ class Evaluate(Measuring):
         out = {"task": "ranking", **sums(slice(None)),
                "ranking": {"keys": keys, "queries": len(keys), "span": None}}
         if p.by:
-            grouped = _group_rows(part, p.by)
+            grouped = self._by.rows(part)
             groups = {key: sums(rows) for key, rows in grouped}
             if sum(g["queries"] for g in groups.values()) != len(keys):
                 self._split_query(grouped, codes, keys)
-            self._check_groups(groups)
             out["groups"] = groups
         return out
 
@@ -345,7 +348,7 @@ class Evaluate(Measuring):
         for key, rows in grouped:
             for code in np.unique(codes[rows]).tolist():
                 if code in seen:
-                    shown = [self._label(k) for k in (seen[code], key)]
+                    shown = [self._by.label(k) for k in (seen[code], key)]
                     raise DataError(f"query {keys[code].as_py()!r} of group column "
                                     f"'{p.group}' has rows in two groups of by ({shown[0]} "
                                     f"and {shown[1]}): NDCG ranks a query's rows together",
@@ -358,29 +361,15 @@ class Evaluate(Measuring):
             out = {"task": "ranking", **_added(a, b),
                    "ranking": ranking.combine_keys(a["ranking"], b["ranking"])}
             if "groups" in a:
-                out["groups"] = self._merged_groups(a, b, _added)
+                out["groups"] = self._by.merged(a["groups"], b["groups"], _added)
             return out
         accumulator = MetricAccumulator(a["task"])
         if "groups" not in a:
             return accumulator.combine(a, b)
-        groups = self._merged_groups(a, b, accumulator.combine)
+        groups = self._by.merged(a["groups"], b["groups"], accumulator.combine)
         overall = {k: v for k, v in a.items() if k != "groups"}
         other = {k: v for k, v in b.items() if k != "groups"}
         return {**accumulator.combine(overall, other), "groups": groups}
-
-    def _merged_groups(self, a: dict[str, Any], b: dict[str, Any], add: Any
-                       ) -> dict[tuple, Any]:
-        """Two partials' ``by`` groups as one's, a group both hold ``add``-ed."""
-        groups = dict(a["groups"])
-        for key, stats in b["groups"].items():
-            groups[key] = add(groups[key], stats) if key in groups else stats
-        self._check_groups(groups)
-        return groups
-
-    def _label(self, key: tuple) -> str:
-        """A ``by`` group's name in the run record (region=east)."""
-        return ",".join(f"{c}={_shown(v)}" for c, v in zip(self.params.by or [], key,
-                                                           strict=True))
 
     def update(self, stats: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         if state["task"] == "ranking":
@@ -396,8 +385,8 @@ class Evaluate(Measuring):
                                  "against the rest (derive a boolean label)")
         if groups is not None:
             values["groups"] = {}
-            for key in sorted(groups, key=_key_order):
-                label = self._label(key)
+            for key in self._by.ordered(groups):
+                label = self._by.label(key)
                 group = groups[key]
                 if state["task"] == "classification":  # every group on all rows' classes
                     group = align(group, overall["classes"])
@@ -428,8 +417,8 @@ class Evaluate(Measuring):
         out = values(stats)
         if "groups" in stats:
             out["groups"] = {}
-            for key in sorted(stats["groups"], key=_key_order):
-                label = self._label(key)
+            for key in self._by.ordered(stats["groups"]):
+                label = self._by.label(key)
                 out["groups"][label] = values(stats["groups"][key], f" of group {label}")
         return out
 
@@ -509,7 +498,8 @@ def _require_probability(schema: pa.Schema, column: str, classes: list[Any] | No
                           hint="multiclass probability is a list<double> per row")
 
 
-def _require_groupable(schema: pa.Schema, columns: list[str]) -> None:
+def require_groupable(schema: pa.Schema, columns: list[str]) -> None:
+    """Plan time: the ``by`` columns are in the input, each of distinct values."""
     require_columns(schema, columns, "by column")
     for name in columns:
         t = value_type(schema.field(name).type)
@@ -519,15 +509,51 @@ def _require_groupable(schema: pa.Schema, columns: list[str]) -> None:
                               hint="`bucketize` or `cast` it first, or group by another column")
 
 
-def _group_rows(part: pa.Table, by: list[str]) -> list[tuple[tuple, np.ndarray]]:
-    """(the values of ``by``, the positions of the rows that have them), per group of
-    ``part`` (a null is a value of its own)."""
-    keys = part.select(by)
-    keys = keys.append_column("__row", pa.array(np.arange(part.num_rows, dtype=np.int64)))
-    grouped = keys.group_by(by, use_threads=False).aggregate([("__row", "list")])
-    values = list(zip(*(grouped.column(c).to_pylist() for c in by), strict=True))
-    rows = grouped.column("__row_list")
-    return [(key, rows[i].values.to_numpy()) for i, key in enumerate(values)]
+class ByGroups:
+    """What ``by`` does in a step that measures rows (evaluate, evaluate_clusters): the
+    rows of each value of the columns (a null is a value of its own) measured apart, at
+    most ``max_groups`` groups, named ``col=value,...`` in the run record in the order of
+    their values."""
+
+    def __init__(self, step: str, by: list[str], max_groups: int):
+        self.step, self.by, self.max_groups = step, by, max_groups
+
+    def rows(self, part: pa.Table) -> list[tuple[tuple, np.ndarray]]:
+        """(the values of ``by``, the positions of the rows that have them), per group
+        of ``part``."""
+        keys = part.select(self.by)
+        keys = keys.append_column("__row", pa.array(np.arange(part.num_rows, dtype=np.int64)))
+        grouped = keys.group_by(self.by, use_threads=False).aggregate([("__row", "list")])
+        values = list(zip(*(grouped.column(c).to_pylist() for c in self.by), strict=True))
+        rows = grouped.column("__row_list")
+        self.check(values)
+        return [(key, rows[i].values.to_numpy()) for i, key in enumerate(values)]
+
+    def check(self, groups: Collection[Any]) -> None:
+        """A DataError where there are more than ``max_groups`` groups."""
+        if len(groups) > self.max_groups:
+            raise DataError(f"{self.step} by {', '.join(self.by)}: more than "
+                            f"{self.max_groups} groups",
+                            hint="group by fewer or coarser columns, or raise max_groups")
+
+    def merged(self, a: dict[tuple, Any], b: dict[tuple, Any], add: Callable[[Any, Any], Any]
+               ) -> dict[tuple, Any]:
+        """Two partials' groups as one's, a group both hold ``add``-ed."""
+        groups = dict(a)
+        for key, stats in b.items():
+            groups[key] = add(groups[key], stats) if key in groups else stats
+        self.check(groups)
+        return groups
+
+    def label(self, key: tuple) -> str:
+        """A group's name in the run record (region=east)."""
+        return ",".join(f"{c}={_shown(v)}" for c, v in zip(self.by, key, strict=True))
+
+    @staticmethod
+    def ordered(groups: dict[tuple, Any]) -> list[tuple]:
+        """The groups' keys in order of their values, nulls last."""
+        return sorted(groups, key=lambda key: tuple((v is None, "" if v is None else v)
+                                                    for v in key))
 
 
 def _added(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -543,11 +569,6 @@ def _shown(value: Any) -> str:
     if value == "null":
         return "'null'"
     return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _key_order(key: tuple) -> tuple:
-    """Groups in order of their values, nulls last."""
-    return tuple((v is None, "" if v is None else v) for v in key)
 
 
 def _no_nulls(part: pa.Table, column: str, what: str) -> pa.Array:

@@ -11,7 +11,10 @@ The fit is a pass or a few over the partitions:
    k smallest keys per tree, ``combine`` the k smallest of both (ties by the rows'
    values). Copies of a row share their keys, so they enter a tree together (up to k):
    a row repeated m times is drawn about as often as scikit-learn draws each copy, in
-   one clump;
+   one clump. The draws, ``n_trees`` x ``max_samples`` rows of every feature (float64),
+   are held whole by each partition's task and the driver (a merge holds two and its
+   result): past the memory share (``operators.sparse.past_memory_share``) the fit stops
+   before the pass that draws them, with their size and what lowers it;
 3. on the driver, each tree grows on its subsample as scikit-learn's (an
    ``ExtraTreeRegressor`` of ``max_features=1``): at each node a feature drawn among
    those not constant in the node, a threshold uniform between the node's least and
@@ -65,6 +68,7 @@ from operators.models.common import (
     host_matrix,
     put_column,
     require_features,
+    require_some_features,
     require_training_rows,
     table_memo,
 )
@@ -76,7 +80,14 @@ from operators.models.trees import (
     split_features,
 )
 from operators.quantiles import QuantileSearch
-from operators.sparse import columns_of, csr_matrix, groups, has_sparse, issparse
+from operators.sparse import (
+    columns_of,
+    csr_matrix,
+    groups,
+    has_sparse,
+    issparse,
+    past_memory_share,
+)
 
 ANOMALY_SCORE = "anomaly_score"
 AUTO_OFFSET = -0.5
@@ -398,6 +409,50 @@ def dense_rows(X: Any, at: np.ndarray | slice) -> np.ndarray:
     return X[at].toarray() if issparse(X) else X[at]
 
 
+def merged_rows(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``smallest_rows`` of two draws (keys, values) together, a tree at a time: only one
+    tree's rows of both are copied side by side, never all of both draws at once (the
+    merge holds the two draws and its result)."""
+    (a_keys, a_values), (b_keys, b_values) = a, b
+    trees = a_keys.shape[0]
+    m = min(a_keys.shape[1] + b_keys.shape[1], k)
+    kept_keys = np.empty((trees, m), np.uint64)
+    kept = np.empty((trees, m, a_values.shape[2]))
+    for t in range(trees):
+        keys, values = smallest_rows(np.concatenate([a_keys[t], b_keys[t]])[None, :],
+                                     np.concatenate([a_values[t], b_values[t]])[None], k)
+        kept_keys[t], kept[t] = keys[0], values[0]
+    return kept_keys, kept
+
+
+SAMPLE_COPIES = 3
+"""How many times over the subsamples are held at once: a merge's two draws and its
+result (``merged_rows``); a partition's draw, each tree's rows picked, stacked and trimmed."""
+
+
+def require_sample_room(n_trees: int, k: int, features: list[str],
+                        sparse: list[tuple[str, int]]) -> None:
+    """A DataError, before the pass that draws them, where the subsamples the trees grow on
+    (``n_trees`` x ``k`` rows x the features, float64, ``SAMPLE_COPIES`` times over) are
+    past ``past_memory_share``: every partition's task and the driver hold them whole;
+    ``sparse``: the sparse columns among the features (name, terms), which the hint names."""
+    d = len(features)
+    past = past_memory_share(SAMPLE_COPIES * 8.0 * n_trees * k * d)
+    if past is None:
+        return
+    fewer = "fewer features (features:)"
+    if sparse:
+        name, terms = max(sparse, key=lambda c: c[1])
+        fewer = (f"fewer features (the sparse column '{name}' gives {terms:,} of them: "
+                 "vectorize_text's max_features, min_df or num_features)")
+    raise DataError(
+        f"the subsamples the trees grow on, {n_trees:,} trees x {k:,} rows x {d:,} features "
+        f"(float64, held {SAMPLE_COPIES} times over as partitions' draws merge), take {past}",
+        hint=f"lower max_samples (the rows each tree draws) or n_trees, or {fewer}; "
+             "max_features does not lower it (a tree's rows keep every feature)")
+
+
 def partition_sample(X: Any, hashes: np.ndarray, n_trees: int, k: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """A partition's ``smallest_rows`` of each tree's keys, from its rows ``X`` (rows,
@@ -451,13 +506,17 @@ class IsolationForest(Estimator):
     and partitioning. With `contamination` a fraction the threshold is that exact quantile
     of the training rows' scores (a few more passes). Rows have no weights (scikit-learn's
     sample_weight only weighs its draws). Features may not be null, NaN or infinite: impute
-    them first. More `max_samples` than rows: every row, with a warning (scikit-learn's).
+    them first. More `max_samples` than rows: every row, said in the run's note line.
     The run record has the trees, the rows each grew on, the height limit, the offset and
-    threshold, and the share of training rows flagged. A sparse column (vectorize_text with
-    `sparse: true`) among the features gives its terms as features (`<col>:<term>`), its
-    rows never made dense but for those drawn and the terms the trees split on; its rows
-    are drawn by a hash of the column as stored, so not as the same terms as columns are
-    (the same trees where every row is drawn: max_samples at least the rows).
+    threshold, and the share of training rows flagged. The subsamples, `n_trees` x
+    `max_samples` rows of every feature, are held whole on the driver and in each task:
+    where three copies would take over a quarter of the machine's memory, the fit stops
+    before drawing them and says how large they are and what lowers them. A sparse column
+    (vectorize_text with `sparse: true`) among the features gives its terms as features
+    (`<col>:<term>`), its rows never made dense but for those drawn and the terms the trees
+    split on; its rows are drawn by a hash of the column as stored, so not as the same
+    terms as columns are (the same trees where every row is drawn: max_samples at least
+    the rows).
     """
 
     Params = IsolationForestParams
@@ -472,9 +531,7 @@ class IsolationForest(Estimator):
 
     def _check(self, schema: pa.Schema) -> list[str]:
         features = self._features(schema)
-        if not features:
-            raise ParamError("no numeric feature columns in the input",
-                             hint="list features, or encode string columns (op: one_hot)")
+        require_some_features(features)  # after a fit that adds them: at run time
         check_features(schema, features)
         return features
 
@@ -486,7 +543,11 @@ class IsolationForest(Estimator):
         features = self._check(schema)
         phase = "count" if isinstance(self.params.max_samples, float) else "sample"
         k = 256 if self.params.max_samples == "auto" else self.params.max_samples
-        return {"phase": phase, "features": features, "k": k}
+        sparse = [(column, stop - start) for column, start, stop in groups(schema, features)
+                  if column is not None]
+        if phase == "sample":
+            require_sample_room(self.params.n_trees, k, features, sparse)
+        return {"phase": phase, "features": features, "k": k, "sparse": sparse}
 
     # ------------------------------------------------------------------ partitions
 
@@ -526,9 +587,8 @@ class IsolationForest(Estimator):
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "keys" in a:
-            keys, values = smallest_rows(np.concatenate([a["keys"], b["keys"]], axis=1),
-                                         np.concatenate([a["values"], b["values"]], axis=1),
-                                         a["k"])
+            keys, values = merged_rows((a["keys"], a["values"]), (b["keys"], b["values"]),
+                                       a["k"])
             return {"rows": a["rows"] + b["rows"], "k": a["k"], "keys": keys,
                     "values": values}
         if "flagged" in a:
@@ -545,6 +605,7 @@ class IsolationForest(Estimator):
         if phase == "count":
             require_training_rows(stats["rows"], 0)
             k = max(1, int(self.params.max_samples * stats["rows"]))
+            require_sample_room(self.params.n_trees, k, state["features"], state["sparse"])
             return {**state, "phase": "sample", "k": k}, False
         if phase == "sample":
             return self._grown(stats, state), False

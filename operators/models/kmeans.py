@@ -138,6 +138,7 @@ from operators.models.common import (
     parameters,
     put_column,
     require_positive_weight,
+    require_some_features,
     require_training_rows,
     row_weights,
     table_memo,
@@ -864,9 +865,7 @@ class KMeans(Estimator):
         p = self.params
         features = self._features(schema)
         check_weight(schema, p.weight, p.features)
-        if not features:
-            raise ParamError("no numeric feature columns in the input",
-                             hint="list features, or encode string columns (op: one_hot)")
+        require_some_features(features)  # after a fit that adds them: at run time
         check_features(schema, features)
         if not any(is_sparse_type(schema.field(f).type) for f in features
                    if f in schema.names):  # (a sparse column's terms not fitted yet)

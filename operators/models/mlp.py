@@ -63,6 +63,15 @@ tolerance: about 1e-7 relative with ``tol: 1e-9``), but the optimiser can amplif
 differences on a non-convex loss, so a fit stopped by ``max_iter`` far from a minimum (or
 with relu kinks) can end elsewhere on another partitioning.
 
+A sparse column (``vectorize_text`` with ``sparse: true``, ``operators.sparse``) among the
+features is its terms ``<col>:<term>``. On NumPy the first layer's products and its
+gradient read the rows as SciPy's CSR matrix (the stored values only); off NumPy the rows
+are made dense within the memory share. Adam's batch order of CSR rows is that of the
+same rows as term columns to the bit (``_batch_order``), so the network is the term
+columns' (``sparse: false``) network: to rounding by Adam, to the optimiser's tolerance by
+L-BFGS. Held-out rows (``validation_fraction``) are drawn by a hash of the column as
+stored, so they (and the network trained on the others) are not the term columns'.
+
 In a float32 step (docs/float32.md) the forward and backward passes run in float32 and
 the loss and gradient sums accumulate in float64; adam keeps its parameters and moments
 in float64 and orders batches by the float64 rows (the same batches in both dtypes).
@@ -464,7 +473,13 @@ class MLP(PlannedPredictions, Estimator):
       validation_fraction: 0.1  # held-out rows scored into the run record
     ```
     The plan-time schema of a classifier assumes two classes (``probability`` float64)
-    unless the fit finds more: the number of classes is only known from the data.
+    unless the fit finds more: the number of classes is only known from the data. A
+    sparse column (vectorize_text with `sparse: true`) among the features gives its terms
+    as features (`<col>:<term>`), the first layer computed on its stored values on the
+    CPU: the network of the same terms as columns (`sparse: false`), to the optimiser's
+    tolerance with lbfgs and to rounding with adam. With `validation_fraction` the
+    held-out rows are drawn by a hash of the column as stored, so they (and the network)
+    are not the term columns'.
     """
 
     float32 = True  # docs/float32.md

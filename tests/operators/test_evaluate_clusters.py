@@ -192,13 +192,12 @@ def test_after_kmeans_in_a_pipeline(workdir: Path) -> None:
     assert silhouettes[3] > max(silhouettes[2], silhouettes[6])
 
 
-def test_every_engine_and_layout_gives_the_same_figures(workdir: Path, engine: Any) -> None:
-    """Local, Dask and Spark, over 6 files of small row groups: the local engine's
-    figures from one file, and scikit-learn's."""
+def engine_figures(workdir: Path, engine: Any, table: pa.Table, params: str = ""
+                   ) -> dict[str, dict[str, Any]]:
+    """The run record's figures of ``table`` as one file on the local engine ("one") and
+    as 6 files of small row groups on ``engine`` ("many"); ``params``: the step's lines."""
     import pyarrow.parquet as pq
 
-    X, labels = blobs(4)
-    table = table_of(X, labels)
     for name, parts in (("one", [table]), ("many", split(table, 6))):
         folder = workdir / name
         folder.mkdir()
@@ -214,8 +213,17 @@ def test_every_engine_and_layout_gives_the_same_figures(workdir: Path, engine: A
                 partition_mb: 0.002
               - id: quality
                 op: evaluate_clusters
+                {params}
         """, f"{name}.yaml")
         figures[name] = run(pipeline, engine_instance=eng)["metrics"]["quality"]
+    return figures
+
+
+def test_every_engine_and_layout_gives_the_same_figures(workdir: Path, engine: Any) -> None:
+    """Local, Dask and Spark, over 6 files of small row groups: the local engine's
+    figures from one file, and scikit-learn's."""
+    X, labels = blobs(4)
+    figures = engine_figures(workdir, engine, table_of(X, labels))
     for key, value in reference(X, labels).items():
         assert figures["one"][key] == pytest.approx(value, rel=1e-12), key
         assert figures["many"][key] == pytest.approx(value, rel=1e-12), key
@@ -523,3 +531,106 @@ def test_a_sparse_term_column_is_measured_as_its_terms(parts: int, cosine: bool)
             "davies_bouldin": davies_bouldin_score(X.toarray(), labels)}
     for name, value in want.items():
         assert got[name] == pytest.approx(value, rel=1e-9), name
+
+
+def with_regions(X: np.ndarray, labels: np.ndarray, seed: int = 0) -> pa.Table:
+    """``table_of`` with a region to group by (a null region among them; 'west' holds 12
+    rows all of cluster 1) and a positive weight."""
+    rng = np.random.default_rng(seed)
+    region = np.array(["east", "north", "south"])[rng.integers(0, 3, len(X))].astype(object)
+    region[rng.random(len(X)) < 0.05] = None
+    region[np.flatnonzero(labels == 1)[:12]] = "west"
+    return table_of(X, labels).append_column("region", pa.array(region, pa.string())) \
+        .append_column("w", pa.array(rng.uniform(0.5, 2.0, len(X))))
+
+
+def assert_same_figures(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        if isinstance(value, float):
+            assert got[name] == pytest.approx(value, rel=1e-12, nan_ok=True), name
+        else:
+            assert got[name] == value, name
+
+
+def assert_references(figures: dict[str, Any], X: np.ndarray, labels: np.ndarray) -> None:
+    """scikit-learn's figures of a group's rows: Davies-Bouldin to 1e-7, as scikit-learn
+    measures the means' distances by expanding |a - b|^2, which loses up to 1e-8 in a
+    group whose means are 1e3 apart (ours agree with 40-digit arithmetic to the last bit)."""
+    for name, value in reference(X, labels).items():
+        rel = 1e-7 if name == "davies_bouldin" else 1e-12
+        assert figures[name] == pytest.approx(value, rel=rel), name
+
+
+BY_CASES = {"squared": {}, "weighted": {"weight": "w"}, "cosine": {"distance_measure": "cosine"}}
+
+
+@pytest.mark.parametrize("parts", [1, 3, 7])
+@pytest.mark.parametrize("how", sorted(BY_CASES))
+def test_by_gives_each_group_the_figures_of_its_rows_alone(parts: int, how: str) -> None:
+    """`by: [region]`, as evaluate's: each region's figures are those of its rows measured
+    alone (scikit-learn's too, squared Euclidean), on any partitioning; the overall ones
+    are those without `by`; a null region is a group of its own, named last; a region of
+    one cluster has no silhouette, Calinski-Harabasz or Davies-Bouldin (NaN), where all
+    the rows' would be an error."""
+    X, labels = blobs(6)
+    table = with_regions(X, labels)
+    params = {"features": ["a", "b", "c"], **BY_CASES[how]}
+    got = measured(table, parts, seed=parts, by=["region"], **params)
+    groups = got.pop("groups")
+    assert_same_figures(got, measured(table, **params))
+    assert list(groups) == ["region=east", "region=north", "region=south", "region=west",
+                            "region=null"]
+    regions = table.column("region").to_pylist()
+    for label, figures in groups.items():
+        value = label.split("=")[1]
+        mask = np.array([r is None if value == "null" else r == value for r in regions])
+        if value == "west":
+            assert figures["clusters"] == 1 and figures["cluster_sizes"] == {"1": 12}
+            assert all(np.isnan(figures[m]) for m in
+                       ("silhouette", "calinski_harabasz", "davies_bouldin") if m in figures)
+            continue
+        assert_same_figures(figures, measured(table.filter(pa.array(mask)), **params))
+        if how == "squared":
+            assert_references(figures, X[mask], labels[mask])
+    assert sum(g["count"] for g in groups.values()) == len(X)
+
+
+def test_by_two_columns_and_its_errors() -> None:
+    X, labels = blobs(7)
+    table = with_regions(X, labels).append_column(
+        "flag", pa.array(np.arange(len(X)) % 2 == 0)).append_column(
+        "id", pa.array([str(i) for i in range(len(X))]))
+    got = measured(table, 3, features=["a", "b", "c"], by=["region", "flag"],
+                   metrics=["count", "calinski_harabasz"])
+    assert list(got["groups"])[:2] == ["region=east,flag=false", "region=east,flag=true"]
+    assert got["groups"]["region=west,flag=true"]["count"] == 6
+    with pytest.raises(DataError, match="evaluate_clusters by id: more than 100 groups") as info:
+        measured(table, 3, features=["a", "b", "c"], by=["id"], max_groups=100)
+    assert "raise max_groups" in info.value.hint
+    with pytest.raises(SchemaError, match="by column 'w' is double: groups need distinct"):
+        EvaluateClusters(by=["w"]).output_schema(table.schema)
+    with pytest.raises(SchemaError, match="by column 'regoin' not in the input; did you mean "
+                                          "'region'"):
+        EvaluateClusters(by=["regoin"]).output_schema(table.schema)
+    with pytest.raises(ParamError, match="'region' is listed twice in `by`"):
+        EvaluateClusters(by=["region", "region"])
+    assert EvaluateClusters(features=["a"], by=["region"]).input_columns(table.schema) == [
+        "a", "prediction", "region"]
+
+
+def test_by_on_every_engine_and_layout(workdir: Path, engine: Any) -> None:
+    """`by` through local, Dask and Spark over 6 files of small row groups: the local
+    engine's figures of one file, group by group, and scikit-learn's of each region."""
+    X, labels = blobs(8)
+    table = with_regions(X, labels, seed=8)
+    figures = engine_figures(workdir, engine, table, "features: [a, b, c]\n"
+                                                     "                by: [region]")
+    assert list(figures["many"]["groups"]) == list(figures["one"]["groups"])
+    for label, want in figures["one"]["groups"].items():
+        assert_same_figures(figures["many"]["groups"][label], want)
+    regions = table.column("region").to_pylist()
+    for value in ("east", "north", "south"):
+        mask = np.array([r == value for r in regions])
+        assert_references(figures["many"]["groups"][f"region={value}"], X[mask], labels[mask])
+    assert np.isnan(figures["many"]["groups"]["region=west"]["silhouette"])

@@ -226,7 +226,7 @@ def test_non_numeric_features_and_bad_parameters() -> None:
     with pytest.raises(SchemaError, match="feature column 'name' is string, not numeric"):
         IsolationForest(features=["x", "name"]).output_schema(table.schema)
     assert IsolationForest().init(table.schema)["features"] == ["x"]  # default: numeric
-    with pytest.raises(ParamError, match="no numeric feature columns"):
+    with pytest.raises(SchemaError, match="no numeric feature columns"):
         IsolationForest().output_schema(pa.schema([("name", pa.string())]))
     for bad in ({"contamination": 0.6}, {"contamination": 0.0}, {"max_samples": 0},
                 {"max_samples": 1.5}, {"max_features": 0.0}):
@@ -257,3 +257,50 @@ def test_a_feature_of_a_tiny_range_is_constant_as_in_scikit_learn() -> None:
     wider = tiny.set_column(0, "x", pa.array(1.0 + rng.random(300) * 1e-6))
     assert (fit(IsolationForest(n_trees=3, max_samples=64), [wider]).nodes["feature"] == 0
             ).any()
+
+
+def test_subsamples_past_the_memory_share_are_refused_before_they_are_drawn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trees' subsamples (n_trees x max_samples rows of every feature, float64, three
+    copies while draws merge) are checked against the share of memory the term columns
+    may take (here 50 KB) before the pass that draws them: a count before the first
+    pass, a fraction after the count; dense features and a sparse column's terms alike,
+    the error saying how large and what lowers it."""
+    import operators.features.text as text
+    from operators.features.text import VectorizeText
+
+    table, _ = planted(rows=500, seed=4)  # 5 features
+    monkeypatch.setattr(text, "dense_limit", lambda: 50_000.0)
+    phases: list[str] = []
+
+    def fitted(estimator: IsolationForest, parts: list[pa.Table]) -> dict:
+        def aggregate(partial):
+            phases.append(partial.__defaults__[0]["phase"])  # the state it runs with
+            return tree_reduce([partial(p, NUMPY) for p in parts], estimator.combine)
+        return drive(estimator, parts[0].schema, aggregate)[0]
+
+    # 3 x 8 x 10 x 64 x 5 = 76,800 bytes: refused before any pass
+    with pytest.raises(DataError, match=r"the subsamples the trees grow on, 10 trees x 64 "
+                                        r"rows x 5 features \(float64, held 3 times over as "
+                                        r"partitions' draws merge\), take 0.0 GiB, over 25% "
+                                        r"of this machine's memory") as err:
+        fitted(IsolationForest(n_trees=10, max_samples=64), split(table, 3))
+    assert phases == []
+    assert "lower max_samples" in err.value.hint and "n_trees" in err.value.hint
+    assert "fewer features (features:)" in err.value.hint
+    # a fraction: 50 rows a tree once counted (60,000 bytes), refused before the draw
+    with pytest.raises(DataError, match="10 trees x 50 rows x 5 features"):
+        fitted(IsolationForest(n_trees=10, max_samples=0.1), split(table, 3))
+    assert phases == ["count"]
+    phases.clear()
+    state = fitted(IsolationForest(n_trees=10, max_samples=32), split(table, 3))  # 38,400
+    assert phases[:1] == ["sample"] and state["k"] == 32
+    # a sparse column: its terms are the features, which the hint names
+    words = pa.table({"text": [f"w{i % 7} w{i % 11} w{i % 13}" for i in range(300)]})
+    step = fit(VectorizeText(columns=["text"], sparse=True), [words])
+    rows = step.transform(words, None)
+    terms = len(step.vocabulary["text"]["terms"])
+    with pytest.raises(DataError, match=rf"10 trees x 64 rows x {terms} features") as err:
+        fitted(IsolationForest(n_trees=10, max_samples=64), [rows])
+    assert f"the sparse column 'text' gives {terms} of them" in err.value.hint
+    assert "vectorize_text's max_features" in err.value.hint

@@ -684,6 +684,44 @@ def test_a_feature_no_fit_can_add_is_a_plan_time_problem_after_one_hot(churn: Pa
             "(remove 'monthly_charges' from features)") in label, label
 
 
+def test_unsupervised_steps_whose_numbers_all_come_from_a_fit_plan_and_run(
+        churn: Path, workdir: Path) -> None:
+    """kmeans, gaussian_mixture, isolation_forest and evaluate_clusters of default
+    features after a fit that makes every numeric column (one_hot of text columns, a
+    vectorize_text of term columns) were refused at plan ("no numeric feature columns"),
+    as the supervised models were not: planned, they run; with no such fit before them
+    the plan still says so."""
+    from pipelines.runner import run
+
+    def pipeline(encode: str) -> Path:
+        return write_pipeline(workdir, f"""
+            pipeline: encoded
+            steps:
+              - id: rows
+                op: read_parquet
+                path: data/churn
+                columns: [plan, region]
+              {encode}
+              - id: clusters
+                op: kmeans
+                k: 3
+              - op: evaluate_clusters
+              - op: gaussian_mixture
+                input: encoded
+                k: 2
+              - op: isolation_forest
+                input: encoded
+                n_trees: 5
+            """)
+
+    path = pipeline("- {id: encoded, op: one_hot, columns: [plan, region]}")
+    assert problems(path) == []
+    assert run(path)["status"] == "succeeded"
+    found = problems(pipeline("- {id: encoded, op: select, columns: [plan, region]}"))
+    assert len(found) == 3, found
+    assert all("no numeric feature columns" in p for p in found), found
+
+
 def test_evaluate_before_any_model_says_so_not_a_near_column(churn: Path,
                                                              workdir: Path) -> None:
     """No prediction yet (evaluate before the model, or its `input:` a step before it)

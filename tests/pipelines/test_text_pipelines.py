@@ -482,13 +482,13 @@ def test_spark_udf_takes_a_model_of_one_sparse_column_by_its_column(
                                    rtol=1e-12)
 
 
-def vectorized_tickets(drop: list[str]) -> tuple[pa.Table, Any, pa.Table]:
-    """The tickets less ``drop``, the TF-IDF step the pipelines here fit on them (in
-    process, one partition) and its sparse rows."""
+def vectorized_tickets(drop: list[str], rows: int = 1200) -> tuple[pa.Table, Any, pa.Table]:
+    """The first ``rows`` tickets less ``drop``, the TF-IDF step the pipelines here fit on
+    them (in process, one partition) and its sparse rows."""
     from operators.base import drive
     from operators.features.text import VectorizeText
 
-    table = tickets().drop_columns(drop)
+    table = tickets(rows).drop_columns(drop)
     step = VectorizeText(columns=["text"], sparse=True, stop_words=STOP, min_df=3,
                          idf="smooth", norm="l2")
     state, _ = drive(step, table.schema,
@@ -689,3 +689,224 @@ def test_tfidf_rows_reduced_by_pca_then_clustered_on_every_engine(
     assert [r["prediction"] for r in served] == want.column("prediction").to_pylist()
     np.testing.assert_allclose([r["distance"] for r in served],
                                want.column("distance").to_pylist(), rtol=1e-7)
+
+
+FEW = 400
+
+
+@pytest.fixture
+def few_ticket_files(workdir: Path) -> Path:
+    """400 tickets in 4 files of 2 row groups: the fits that pass over the rows many
+    times (an mlp's L-BFGS iterations, an isolation forest's threshold search)."""
+    folder = workdir / "data" / "few"
+    folder.mkdir(parents=True)
+    table = tickets(FEW)
+    for i, at in enumerate(range(0, FEW, 100)):
+        pq.write_table(table.slice(at, 100), folder / f"part-{i}.parquet", row_group_size=50)
+    return folder
+
+
+WORDS = """
+    pipeline: {name}
+    steps:
+      - op: read_parquet
+        path: {data}
+        partition_mb: 0.01
+      - op: drop
+        columns: {drop}
+      - id: words
+        op: vectorize_text
+        columns: [text]
+        sparse: {sparse}
+        stop_words: [the, a, and, is, it]
+        min_df: 3
+        idf: smooth
+        norm: l2
+"""
+
+NETWORKS = WORDS + """
+      - id: lbfgs
+        op: mlp
+        label: topic
+        hidden: [2]
+        activation: tanh
+        l2: 0.05
+        tol: 1.0e-9
+        max_iter: 500
+        seed: 2
+      - op: save_model
+        name: {name}_lbfgs
+      - id: adam
+        op: mlp
+        input: words
+        label: topic
+        hidden: [3]
+        solver: adam
+        batch_size: 32
+        learning_rate: 0.02
+        max_iter: 4
+        seed: 2
+      - op: save_model
+        name: {name}_adam
+"""
+
+FORESTS = WORDS + """
+      - id: every
+        op: isolation_forest
+        n_trees: 15
+        max_samples: 1.0
+        contamination: 0.05
+        seed: 3
+      - op: save_model
+        name: {name}_every
+      - id: drawn
+        op: isolation_forest
+        input: words
+        n_trees: 15
+        max_samples: 64
+        seed: 3
+      - op: save_model
+        name: {name}_drawn
+"""
+
+SCORE_BOTH = """
+    pipeline: score_both
+    steps:
+      - id: rows
+        op: read_parquet
+        path: {data}
+        partition_mb: 0.01
+      - op: score
+        model: {first}
+      - op: write_parquet
+        path: {out}/{first}
+      - op: score
+        input: rows
+        model: {second}
+      - op: write_parquet
+        path: {out}/{second}
+"""
+
+
+def sparse_and_dense_runs(workdir: Path, engine: Any, data: Path, pipeline: str,
+                          drop: list[str], models: tuple[str, str]) -> dict[str, Any]:
+    """``pipeline`` of the sparse column run on ``engine``, and the sparse models scoring
+    the same files there; the pipeline of its term columns (``sparse: false``) on the
+    local engine (what a cluster engine gives is the local one's, which the sparse runs
+    show: the dense fits need not take cluster time). The fitted models by name
+    (``sparse_<model>``, ``dense_<model>``) and the scores by model, in ticket order."""
+    for sparse, on in (("true", engine), ("false", None)):
+        name = "sparse" if sparse == "true" else "dense"
+        record = run(write_pipeline(workdir, pipeline.format(
+            name=name, data=data, drop=drop, sparse=sparse), f"{name}.yaml"),
+            engine_instance=on)
+        assert record["status"] == "succeeded"
+    first, second = (f"sparse_{m}" for m in models)
+    run(write_pipeline(workdir, SCORE_BOTH.format(data=data, first=first, second=second,
+                                                  out=workdir / "scores"), "score.yaml"),
+        engine_instance=engine)
+    out: dict[str, Any] = {f"{kind}_{m}": ModelStore().load(f"{kind}_{m}").chain.steps[-1]
+                           for kind in ("sparse", "dense") for m in models}
+    for name in (first, second):
+        out[f"scores_{name}"] = pq.read_table(workdir / "scores" / name).sort_by("ticket_id")
+    return out
+
+
+def in_process(op: Any, rows: pa.Table) -> Any:
+    """``op`` fitted in process on ``rows`` as one partition."""
+    from operators.base import drive, tree_reduce
+
+    np_ = get_namespace("numpy")
+    state, _ = drive(op, rows.schema, lambda partial: tree_reduce([partial(rows, np_)],
+                                                                  op.combine))
+    return op.fitted(state)
+
+
+@pytest.mark.filterwarnings("ignore::operators.models.common.ConvergenceWarning")  # adam: 4
+def test_tfidf_rows_train_one_mlp_on_every_engine(workdir: Path, engine,
+                                                  few_ticket_files: Path) -> None:
+    """mlp on a sparse TF-IDF column (its first layer on SciPy's CSR rows) through every
+    engine and its partitions: by L-BFGS the network fitted in process on one partition
+    and the term columns' network (sparse: false) to the optimiser's tolerance; by Adam,
+    whose batches follow the partitioning by design, the local engine's on the same files
+    and the term columns' (its batch order is theirs). The engine's scores of the files
+    are those of the saved networks, and of the term columns' networks."""
+    from operators.models.mlp import MLP
+
+    got = sparse_and_dense_runs(workdir, engine, few_ticket_files, NETWORKS,
+                                ["ticket_id"], ("lbfgs", "adam"))
+    _, vectorized, rows = vectorized_tickets(["ticket_id"], FEW)
+    terms = [f"text:{t}" for t in vectorized.vocabulary["text"]["terms"]]
+    lbfgs = in_process(MLP(label="topic", hidden=[2], activation="tanh", l2=0.05, tol=1e-9,
+                           max_iter=500, seed=2), rows)
+
+    def same(a: Any, b: Any, rtol: float) -> None:
+        assert a.features == b.features == terms and a.classes == b.classes
+        for x, y in zip(a.weights + a.biases, b.weights + b.biases, strict=True):
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-9)
+
+    same(got["sparse_lbfgs"], lbfgs, 1e-6)
+    same(got["dense_lbfgs"], got["sparse_lbfgs"], 1e-6)
+    same(got["dense_adam"], got["sparse_adam"], 1e-9)
+    if engine.name != "local":
+        run(write_pipeline(workdir, NETWORKS.format(name="local", data=few_ticket_files,
+                                                    drop=["ticket_id"], sparse="true"),
+                           "local.yaml"))
+        same(got["sparse_adam"], ModelStore().load("local_adam").chain.steps[-1], 1e-12)
+    np_ = get_namespace("numpy")
+    sparse_rows = vectorized.transform(tickets(FEW), None)
+    for name in ("lbfgs", "adam"):
+        scores = got[f"scores_sparse_{name}"]
+        for model, rtol in ((got[f"sparse_{name}"], 1e-12), (got[f"dense_{name}"], 1e-6)):
+            want = model.transform(sparse_rows, np_)
+            assert scores.column("prediction").to_pylist() == \
+                want.column("prediction").to_pylist()
+            np.testing.assert_allclose(np.array(scores.column("probability").to_pylist()),
+                                       np.array(want.column("probability").to_pylist()),
+                                       rtol=rtol, atol=1e-15)
+
+
+def test_tfidf_rows_grow_one_isolation_forest_on_every_engine(
+        workdir: Path, engine, few_ticket_files: Path) -> None:
+    """isolation_forest on a sparse TF-IDF column through every engine and its
+    partitions: the forest fitted in process on one partition, node for node, where every
+    row is drawn (max_samples: 1.0, its contamination threshold too) and where rows are
+    drawn by the hash of the column as stored (max_samples: 64); where every row is
+    drawn, the term columns' forest (sparse: false) and its scores. The engine's scores
+    of the files are those of the forests fitted here."""
+    from operators.models.isolation_forest import IsolationForest
+
+    got = sparse_and_dense_runs(workdir, engine, few_ticket_files, FORESTS,
+                                ["ticket_id", "topic"], ("every", "drawn"))
+    _, vectorized, rows = vectorized_tickets(["ticket_id", "topic"], FEW)
+    terms = [f"text:{t}" for t in vectorized.vocabulary["text"]["terms"]]
+    every = in_process(IsolationForest(n_trees=15, max_samples=1.0, contamination=0.05,
+                                       seed=3), rows)
+    drawn = in_process(IsolationForest(n_trees=15, max_samples=64, seed=3), rows)
+
+    def same(a: Any, b: Any) -> None:
+        assert a.features == b.features == terms and a.max_samples == b.max_samples
+        for key in a.NODES:
+            np.testing.assert_allclose(a.nodes[key], b.nodes[key], rtol=1e-12, atol=0,
+                                       err_msg=key)
+        assert a.offset == pytest.approx(b.offset, rel=1e-12)
+
+    same(got["sparse_every"], every)
+    same(got["dense_every"], got["sparse_every"])
+    same(got["sparse_drawn"], drawn)
+    assert every.max_samples == FEW and drawn.max_samples == 64 and every.offset != -0.5
+    np_ = get_namespace("numpy")
+    sparse_rows = vectorized.transform(tickets(FEW), None)
+    for name, model in (("every", every), ("drawn", drawn)):
+        scores = got[f"scores_sparse_{name}"]
+        want = model.transform(sparse_rows, np_)
+        for column in ("prediction", "anomaly_score"):
+            np.testing.assert_allclose(scores.column(column).to_numpy(),
+                                       want.column(column).to_numpy(), rtol=1e-12,
+                                       err_msg=column)
+    # the term columns' forest scores the rows as the sparse column's
+    dense = got["dense_every"].transform(sparse_rows, np_)
+    for column in ("prediction", "anomaly_score"):
+        np.testing.assert_array_equal(dense.column(column).to_numpy(),
+                                      got["scores_sparse_every"].column(column).to_numpy())
+    assert 0 < dense.column("prediction").to_numpy().sum() < FEW

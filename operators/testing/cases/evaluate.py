@@ -134,6 +134,11 @@ case("evaluate_clusters", {"features": ["x", "y"], "metrics": ["calinski_harabas
 case("evaluate_clusters", {"features": ["x", "y"], "weight": "n1"},
      lambda: clustered_table().append_column(
          "n1", pa.array(clustered_table().column("n").to_numpy() + 1.0)), id="weighted")
+case("evaluate_clusters", {"features": ["x", "y"], "by": ["g"], "weight": "n1"},
+     lambda: clustered_table().append_column(
+         "n1", pa.array(clustered_table().column("n").to_numpy() + 1.0)).append_column(
+         "g", pa.array(np.array(["a", "b", None], dtype=object)[
+             clustered_table().column("n").to_numpy() % 3])), id="by-weighted")
 case("evaluate_clusters", {"features": ["x", "y"], "weight": "n1", "distance_measure": "cosine"},
      lambda: clustered_table().append_column(
          "n1", pa.array(clustered_table().column("n").to_numpy() + 1.0)), id="cosine-weighted")
