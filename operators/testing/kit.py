@@ -36,6 +36,7 @@ from operators.base import (
     lookup_fitted,
     tree_reduce,
 )
+from operators.evaluate.evaluate import Measuring
 from operators.features.union import Union
 
 
@@ -112,13 +113,42 @@ def split(table: pa.Table, k: int, seed: int | None = None) -> list[pa.Table]:
 
 def fit(estimator: Estimator, parts: list[pa.Table], xp: Any = NUMPY) -> Transform:
     """Fit over in-memory partitions with the same driver loop the engines use."""
+    return fit_measured(estimator, parts, xp)[0]
+
+
+def fit_measured(estimator: Estimator, parts: list[pa.Table], xp: Any = NUMPY
+                 ) -> tuple[Transform, dict[str, Any]]:
+    """``fit``, and the figures the fit reports for the run record (``metrics``: an
+    evaluate step's measures, a model's passes and losses)."""
     schema = parts[0].schema
 
     def aggregate(partial: Callable[[pa.Table, Any], Any]) -> Any:
         return tree_reduce([partial(p, xp) for p in parts], estimator.combine)
 
     state, _ = drive(estimator, schema, aggregate)
-    return estimator.fitted(state)
+    return estimator.fitted(state), estimator.metrics(state)
+
+
+def assert_metrics_close(actual: Any, expected: Any, rtol: float, atol: float,
+                         what: str) -> None:
+    """The same figures: numbers with tolerances (NaN equal to NaN), the same keys and
+    lengths, anything else exactly."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), (
+            f"{what}: keys {sorted(actual) if isinstance(actual, dict) else actual} != "
+            f"{sorted(expected)}")
+        for key in expected:
+            assert_metrics_close(actual[key], expected[key], rtol, atol, f"{what}['{key}']")
+    elif isinstance(expected, list | tuple):
+        assert isinstance(actual, list | tuple) and len(actual) == len(expected), (
+            f"{what}: {actual} != {expected}")
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_metrics_close(a, e, rtol, atol, f"{what}[{i}]")
+    elif isinstance(expected, float | np.floating) and not isinstance(actual, bool):
+        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True,
+                                   err_msg=what)
+    else:
+        assert actual == expected, f"{what}: {actual!r} != {expected!r}"
 
 
 def roundtrip(transform: Transform) -> Transform:
@@ -238,17 +268,28 @@ def check_empty_partition(c: Case) -> None:
     if isinstance(op, Estimator):
         _, with_empty = _apply(c.build(), [empty, data, empty])
         assert_tables_close(with_empty, whole, c.rtol, c.atol, "with empty partitions")
+    if isinstance(op, Measuring):
+        assert_metrics_close(fit_measured(c.build(), [empty, data, empty])[1],
+                             fit_measured(c.build(), [data])[1], c.rtol, c.atol,
+                             "metrics with empty partitions")
 
 
 def check_partition_invariance(c: Case) -> None:
-    """1 partition, k partitions and shuffled partitions give the same result, and the
+    """1 partition, k partitions and shuffled partitions give the same result, the same
+    figures (what a measuring step, evaluate or drift, puts in the run record), and the
     same rows to the run that fitted it (``training_view``, partition by partition)."""
     op, data = c.build(), c.data()
     transform, whole = _apply(op, [data])
     training = transform.training_view().transform(data, NUMPY)
+    measured = fit_measured(c.build(), [data])[1] if isinstance(op, Measuring) else {}
     for k, seed in ((3, None), (7, 1)):
         parts = split(data, k, seed)
-        fitted = fit(c.build(), parts) if isinstance(op, Estimator) else transform
+        fitted = transform
+        if isinstance(op, Estimator):
+            fitted, metrics = fit_measured(c.build(), parts)
+            if isinstance(op, Measuring):
+                assert_metrics_close(metrics, measured, c.rtol, c.atol,
+                                     f"what it measures on {k} partitions")
         got = fitted.transform(data, NUMPY)
         assert_tables_close(got, whole, c.rtol, c.atol, f"fit on {k} partitions")
         view = fitted.training_view()
@@ -318,6 +359,10 @@ def check_strict_namespace(c: Case) -> None:
     strict = get_namespace("array_api_strict")
     _, got = _apply(c.build(), [data], strict)
     assert_tables_close(got, expected, max(c.rtol, 1e-9), max(c.atol, 1e-12), "array_api_strict")
+    if isinstance(op, Measuring):
+        assert_metrics_close(fit_measured(c.build(), [data], strict)[1],
+                             fit_measured(c.build(), [data])[1], max(c.rtol, 1e-9),
+                             max(c.atol, 1e-12), "metrics with array_api_strict")
 
 
 def check_strict_device(c: Case) -> None:
