@@ -116,7 +116,8 @@ def test_list_is_newest_first_and_filters(history: list[dict[str, Any]],
         "run_id": failed["run_id"], "pipeline": "center", "status": "failed",
         "started_at": failed["started_at"], "seconds": failed["seconds"], "engine": "local",
         "rows_written": None, "models": [],
-        "error": failed["error"].splitlines()[0], "warnings": 0, "params": {"l2": 0.001},
+        "error": failed["error"].splitlines()[0], "warnings": 0, "skipped": None,
+        "params": {"l2": 0.001},
         "record_path": failed["record_path"]}
 
     newest = in_process("runs", "list", "center", "--last", "2", "--json")
