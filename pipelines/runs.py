@@ -555,6 +555,10 @@ def resolve(history: History, prefix: str) -> dict[str, Any]:
             raise SluiceError(f"run '{wanted}' has no whole record: "
                               f"{', '.join(damaged[:SHOWN_CANDIDATES])} skipped as damaged",
                               hint="the warning above says what is wrong with the file")
+        if wanted in history.pipelines:  # a pipeline's name where its run's id goes
+            raise SluiceError(
+                f"no run '{wanted}': that is a pipeline's name, and a run is named by its "
+                f"run id", hint=f"`sluice runs list {wanted} --last 1` shows its newest run")
         raise SluiceError(
             f"no run '{wanted}' among the {len(history.ids)} runs in {history.root}"
             + suggest(wanted, history.ids),

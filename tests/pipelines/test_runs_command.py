@@ -177,6 +177,14 @@ def test_show_takes_a_unique_prefix(history: list[dict[str, Any]], workdir: Path
         f"error: no run '19991231' among the 4 runs in {workdir / 'runs'} (`sluice runs "
         "list` shows them; --runs DIR looks in another folder)"]
 
+    # a pipeline's name where a run id goes (`runs show center`): told how to find its runs
+    for command in (["show", "center"], ["compare", "center", history[0]["run_id"]]):
+        named = in_process("runs", *command)
+        assert named.exit_code == 1
+        assert named.stderr.splitlines() == [
+            "error: no run 'center': that is a pipeline's name, and a run is named by its run "
+            "id (`sluice runs list center --last 1` shows its newest run)"]
+
     loaded = runs.load()
     assert runs.resolve(loaded, history[0]["run_id"])["run_id"] == history[0]["run_id"]
     with pytest.raises(SluiceError, match="ambiguous: 4 runs"):
