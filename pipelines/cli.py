@@ -989,12 +989,13 @@ def _table(headers: list[str], rows: list[list[Any]], right: tuple[int, ...] = (
         click.echo(TRAILING_BLANKS.sub(r"\1", line))
 
 
-def _status(status: str, warnings: int = 0) -> Any:
+def _status(status: str, warnings: int = 0, skipped: str | None = None) -> Any:
     """A run's status in a runs table, in its colour (and its warnings: 'succeeded, 2
-    warnings')."""
+    warnings'; 'succeeded, nothing to do' where it was ``skipped``)."""
     from rich.text import Text
 
-    return Text(runs.status_said({"status": status, "warnings": [None] * warnings}),
+    return Text(runs.status_said({"status": status, "warnings": [None] * warnings,
+                                  "skipped": skipped}),
                 style=STATUS_STYLES.get(status, ""))
 
 
@@ -1054,7 +1055,7 @@ def runs_list(pipeline: str | None, status: str | None, since: Any, last: int | 
     rows = []
     for entry in summaries:
         rows.append([entry["run_id"], entry["pipeline"],
-                     _status(entry["status"], entry["warnings"]),
+                     _status(entry["status"], entry["warnings"], entry["skipped"]),
                      entry["started_at"].replace("T", " "),
                      runs.format_duration(entry["seconds"]), entry["engine"],
                      _shown(entry["rows_written"] and f"{entry['rows_written']:,}"),

@@ -8,17 +8,40 @@ from __future__ import annotations
 
 import inspect
 import textwrap
-from typing import Any
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from operators.base import Operator, lookup, registered
 
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
 
 def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    text = text or str(annotation)
-    return text.replace("typing.", "").replace("NoneType", "None")
+    """A parameter's type as a user writes its value: `'error' | 'overwrite'`, `int > 0`,
+    `float | None`, `list[str]`, `mapping (column, values, format)`; never Python's
+    spelling of it (`Optional[Literal['error', ...]]`, `Annotated[int, Gt(gt=0)]`, a
+    class's dotted path)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is type(None):
+        return "None"
+    if annotation is Any:
+        return "any"
+    if origin is Literal:
+        return " | ".join(repr(value) for value in args)
+    if origin is Union or origin is types.UnionType:
+        return " | ".join(_type_name(arg) for arg in args)
+    if origin is Annotated:
+        bounds = [f"{sign} {getattr(rule, name)}" for rule in args[1:]
+                  for name, sign in _BOUNDS if getattr(rule, name, None) is not None]
+        return " ".join([_type_name(args[0]), *bounds])
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(map(_type_name, args))}]"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"mapping ({', '.join(annotation.model_fields)})"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def parameters(cls: type[Operator]) -> list[dict[str, Any]]:

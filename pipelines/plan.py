@@ -205,13 +205,22 @@ def _pydantic_problems(spec: StepSpec, file: str, exc: ValidationError,
 
 def _value_hint(err: Any, loc: list[str]) -> str:
     """What the value was likely meant to be: the closest of the values a choice takes
-    (``strategy: meadian``), or a one-item list (``columns: total_charges``)."""
+    (``strategy: meadian``), a one-item list (``columns: total_charges``), one value
+    where a list was given (``label: [churned]``), true or false (``incremental: yes
+    please``)."""
     got = err.get("input")
     if err["type"] == "literal_error" and isinstance(got, str):
         return suggest(got, re.findall(r"'([^']*)'", (err.get("ctx") or {}).get("expected",
                                                                                   "")))
     if err["type"] == "list_type" and isinstance(got, str) and loc and not loc[-1].isdigit():
         return f"; write a list: `{loc[-1]}: [{got}]`"
+    if err["type"] == "string_type" and isinstance(got, list) and loc \
+            and not loc[-1].isdigit():
+        # `label: [churned]`, as a list of one column is written elsewhere
+        return (f"; write one value, not a list: `{loc[-1]}: {got[0]}`"
+                if len(got) == 1 and isinstance(got[0], str) else "; it takes one value")
+    if err["type"] == "bool_parsing":
+        return "; write true or false"
     return ""
 
 

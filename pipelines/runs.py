@@ -494,9 +494,13 @@ def step_work(entry: dict[str, Any]) -> float | None:
 
 
 def status_said(record: dict[str, Any]) -> str:
-    """A run's status, and its warnings where it has some: 'succeeded, 1 warning'."""
+    """A run's status, and its warnings where it has some: 'succeeded, 1 warning'; a run
+    that had nothing to do (its incremental reads had no new file) says so, 'succeeded,
+    nothing to do', so that a scheduled job's history tells the nights that did nothing
+    from those that did."""
     n = len(record.get("warnings") or [])
-    return record["status"] + (f", {n} warning{'s' * (n != 1)}" if n else "")
+    return record["status"] + (", nothing to do" if record.get("skipped") else "") + (
+        f", {n} warning{'s' * (n != 1)}" if n else "")
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -513,6 +517,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "models": [f"{m['name']}@{m['version']}" for m in record["models"]],
         "error": first_line(record.get("error") or record.get("lost")),
         "warnings": len(record.get("warnings") or []),
+        "skipped": record.get("skipped"),
         "params": record["params"],
         "record_path": record.get("record_path"),
     }
@@ -555,6 +560,10 @@ def resolve(history: History, prefix: str) -> dict[str, Any]:
             raise SluiceError(f"run '{wanted}' has no whole record: "
                               f"{', '.join(damaged[:SHOWN_CANDIDATES])} skipped as damaged",
                               hint="the warning above says what is wrong with the file")
+        if wanted in history.pipelines:  # a pipeline's name where its run's id goes
+            raise SluiceError(
+                f"no run '{wanted}': that is a pipeline's name, and a run is named by its "
+                f"run id", hint=f"`sluice runs list {wanted} --last 1` shows its newest run")
         raise SluiceError(
             f"no run '{wanted}' among the {len(history.ids)} runs in {history.root}"
             + suggest(wanted, history.ids),

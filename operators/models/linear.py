@@ -107,10 +107,20 @@ ILL_CONDITIONED = 1e4
 NEWTON_MAX_PARAMETERS = 500
 """``solver: auto`` uses Newton up to this many coefficients (K x (features + 1)): its
 per-pass Hessian costs rows x parameters^2, L-BFGS's gradient rows x parameters."""
-UNCONVERGED_ADVICE = ("raise max_iter, standardise the features (op: standard_scale) or set "
-                      "l2 > 0")
 SOLVER_PARAMS = ("max_iter", "tol", "solver")
 """The optimiser's parameters: a least-squares fit (one pass) has no use for them."""
+
+
+def penalty_advice(l2: float) -> str:
+    """A penalty where the fit has none, a larger one where it has one (advising
+    `set l2 > 0` to a fit of l2=0.1 sends its user looking for a setting that is there)."""
+    return "set l2 > 0" if l2 == 0 else "raise l2"
+
+
+def unconverged_advice(l2: float) -> str:
+    """What to try when a linear or logistic fit of penalty ``l2`` stops unconverged."""
+    return f"raise max_iter, standardise the features (op: standard_scale) or " \
+           f"{penalty_advice(l2)}"
 
 
 class LinearParams(SupervisedParams):
@@ -350,11 +360,11 @@ class LinearRegression(Estimator):
         if rank < k:
             out["warning"] = (f"the design is rank-deficient (rank {rank} of {k} features, "
                               "collinear or constant columns): the minimum-norm solution was "
-                              "used; drop redundant features or set l2 > 0")
+                              f"used; drop redundant features or {penalty_advice(p.l2)}")
         elif condition > ILL_CONDITIONED:
             out["warning"] = (f"the design is ill-conditioned (scaled condition number "
                               f"{condition:.3g}): coefficients may be inaccurate; drop "
-                              "near-collinear features or set l2 > 0")
+                              f"near-collinear features or {penalty_advice(p.l2)}")
         return out
 
     # ------------------------------------------------------------------ log links
@@ -419,7 +429,7 @@ class LinearRegression(Estimator):
         state = {**state, "opt": opt}
         if not opt["done"]:
             return state, False
-        warn_unconverged("linear_regression", opt, UNCONVERGED_ADVICE)
+        warn_unconverged("linear_regression", opt, unconverged_advice(self.params.l2))
         state = {**state, **self._glm_coefficients(opt["x"])}
         done = self.params.validation_fraction == 0
         return {**state, "phase": "done" if done else "validate"}, done

@@ -70,7 +70,7 @@ from operators.models.common import (
     with_ones,
     with_predictions,
 )
-from operators.models.linear import UNCONVERGED_ADVICE, SolverParams, start_optimizer
+from operators.models.linear import SolverParams, start_optimizer, unconverged_advice
 from operators.models.optimize import lbfgs_tell, newton_tell
 from operators.models.trees import MEMO_FACTOR
 from operators.sparse import matrix_bytes
@@ -277,7 +277,8 @@ class LogisticRegression(PlannedPredictions, Estimator):
 
     def _finish(self, state: dict[str, Any]) -> dict[str, Any]:
         opt = state["opt"]
-        warn_unconverged("logistic_regression", opt, UNCONVERGED_ADVICE)
+        warn_unconverged("logistic_regression", opt,
+                         unconverged_advice(self.params.l2))
         return {**state, **self._coefficients(state, opt["x"])}
 
     def _coefficients(self, state: dict[str, Any], point: np.ndarray) -> dict[str, np.ndarray]:

@@ -175,6 +175,11 @@ def test_unconverged_fit_warns_and_says_so() -> None:
     assert not metrics["converged"] and metrics["stop_reason"] == "max_iter=1 reached"
 
 
+def test_unconverged_penalised_fit_is_told_to_raise_its_penalty() -> None:
+    with pytest.warns(ConvergenceWarning, match=r"or raise l2$"):
+        fit_state(ours("poisson", solver="lbfgs", max_iter=1, l2=0.5), [TABLE])
+
+
 # --------------------------------------------------------------------------- errors
 
 

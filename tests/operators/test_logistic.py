@@ -216,6 +216,17 @@ def test_non_convergence_is_warned_and_recorded(cancer, solver: str) -> None:
     assert "max_iter" in metrics["stop_reason"]
 
 
+@pytest.mark.parametrize(("l2", "advice"), [(0.0, "or set l2 > 0"), (0.1, "or raise l2")])
+def test_non_convergence_advice_fits_the_penalty(cancer, l2: float, advice: str) -> None:
+    """A fit that has a penalty is not told to set one: a user of l2=0.1 who reads `set
+    l2 > 0` looks for a setting that is already there."""
+    *_, table = cancer
+    with pytest.warns(ConvergenceWarning) as said:
+        fit_state(LogisticRegression(label="y", max_iter=1, l2=l2), [table])
+    message = str(said[0].message)
+    assert message.endswith(f"standardise the features (op: standard_scale) {advice}"), message
+
+
 def test_validation_metrics_on_held_out_rows() -> None:
     X, y, w = synthetic(n=800, classes=3, seed=10)
     table = table_of(X, y, w=w)

@@ -44,3 +44,22 @@ def test_the_expression_steps_list_every_function() -> None:
     assert listed.startswith("abs, cast, ceil, coalesce") and listed.endswith("week, year")
     for name in ("derive", "filter"):
         assert f"functions: {listed}" in describe_operator(name), name
+
+
+def test_parameter_types_read_as_values_are_written() -> None:
+    """`sluice ops` and the README showed Python's spelling of a type, `Optional[Literal[
+    'anova', ...]]`, `Annotated[int, Gt(gt=0)]`, `operators.features.aggregate.PivotParams
+    | None`: a user of the YAML file reads the values it takes."""
+    types = {(name, p["name"]): p["type"]
+             for name, cls in registered().items() for p in parameters(cls)}
+    for (name, param), text in types.items():
+        assert not any(spelled in text for spelled in (
+            "Literal", "Optional", "Union", "Annotated", "typing", "NoneType", "operators.",
+            "(gt=", "(ge=")), f"{name}.{param}: {text}"
+    assert types["write_parquet", "mode"] == \
+        "'error' | 'overwrite' | 'append' | 'overwrite_partitions'"
+    assert types["select_features", "k"] == "int > 0 | None"
+    assert types["target_encode", "smooth"] == "'auto' | float >= 0"
+    assert types["aggregate", "pivot"] == "mapping (column, values, format) | None"
+    assert "  mode: 'error' | 'overwrite' | 'append' | 'overwrite_partitions' (default " \
+           "'error')" in describe_operator("write_parquet")

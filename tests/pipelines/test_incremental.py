@@ -148,7 +148,15 @@ def test_full_refresh_reads_every_file_and_runs_show_says_what_was_read(
             ) in lines
     listed = sluice_in_process("runs", "list", "--json", cwd=workdir, env=env)
     skipped = json.loads(listed.stdout.splitlines()[1])  # the second run, newest first
+    assert skipped["skipped"] == ("no new files: every file of step 'events' was read by "
+                                  "an earlier run")
+    # the history tells the night that did nothing from those that did
+    table = sluice_in_process("runs", "list", cwd=workdir, env=env).stdout.splitlines()
+    assert [line.split("  ")[2].strip() for line in table[1:] if line.strip()] == [
+        "succeeded", "succeeded, nothing to do", "succeeded"], table
     shown = sluice_in_process("runs", "show", skipped["run_id"], cwd=workdir, env=env)
+    assert shown.stdout.startswith(f"run {skipped['run_id']} of 'events_daily' on local: "
+                                   "succeeded, nothing to do in "), shown.stdout
     assert ("nothing to do: no new files: every file of step 'events' was read by an "
             "earlier run") in shown.stdout
     assert "step 'events' read 0 new files; 2 read by earlier runs" in shown.stdout

@@ -116,7 +116,8 @@ def test_list_is_newest_first_and_filters(history: list[dict[str, Any]],
         "run_id": failed["run_id"], "pipeline": "center", "status": "failed",
         "started_at": failed["started_at"], "seconds": failed["seconds"], "engine": "local",
         "rows_written": None, "models": [],
-        "error": failed["error"].splitlines()[0], "warnings": 0, "params": {"l2": 0.001},
+        "error": failed["error"].splitlines()[0], "warnings": 0, "skipped": None,
+        "params": {"l2": 0.001},
         "record_path": failed["record_path"]}
 
     newest = in_process("runs", "list", "center", "--last", "2", "--json")
@@ -175,6 +176,14 @@ def test_show_takes_a_unique_prefix(history: list[dict[str, Any]], workdir: Path
     assert unknown.stderr.splitlines() == [
         f"error: no run '19991231' among the 4 runs in {workdir / 'runs'} (`sluice runs "
         "list` shows them; --runs DIR looks in another folder)"]
+
+    # a pipeline's name where a run id goes (`runs show center`): told how to find its runs
+    for command in (["show", "center"], ["compare", "center", history[0]["run_id"]]):
+        named = in_process("runs", *command)
+        assert named.exit_code == 1
+        assert named.stderr.splitlines() == [
+            "error: no run 'center': that is a pipeline's name, and a run is named by its run "
+            "id (`sluice runs list center --last 1` shows its newest run)"]
 
     loaded = runs.load()
     assert runs.resolve(loaded, history[0]["run_id"])["run_id"] == history[0]["run_id"]

@@ -440,6 +440,29 @@ def test_a_misspelt_choice_and_a_name_for_a_list_say_what_was_meant(churn: Path,
         "'constant' (got 'meadian'); did you mean 'median'?"], found
 
 
+def test_a_list_for_one_value_and_a_word_for_a_flag_say_what_to_write(churn: Path,
+                                                                    workdir: Path) -> None:
+    """`label: [churned]` (a list of one column, as `columns:` takes) and `incremental:
+    sometimes` said only pydantic's "Input should be a valid string / boolean"."""
+    found = problems(write_pipeline(workdir, """
+        pipeline: x
+        steps:
+          - op: read_parquet
+            path: data/churn
+            incremental: sometimes
+          - op: logistic_regression
+            label: [churned]
+            weight: [a, b]
+        """))
+    assert [p.split("): ", 1)[1] for p in found] == [
+        "parameter 'incremental': Input should be a valid boolean, unable to interpret "
+        "input (got 'sometimes'); write true or false",
+        "parameter 'label': Input should be a valid string (got ['churned']); write one "
+        "value, not a list: `label: churned`",
+        "parameter 'weight': Input should be a valid string (got ['a', 'b']); it takes one "
+        "value"], found
+
+
 def test_one_key_named_for_a_list_or_a_mapping_says_to_write_a_list(churn: Path,
                                                                     workdir: Path) -> None:
     """join's `on: customer_id` (a list or a mapping): "none of the kinds of value it may
