@@ -1335,7 +1335,8 @@ class Level:
         """The share of the trees' growth done before the level's next pass, as if every
         tree grows to ``max_depth`` and a level takes as long as the last: the levels
         grown, and of this one the share of its node groups (passes) done."""
-        return (level["depth"] + level["start"] / max(len(level["nodes"]), 1)) / max_depth
+        return ((level["depth"] + level["start"] / max(len(level["nodes"]), 1))
+                / max(max_depth, 1))  # max_depth 0: the root's one level
 
     @staticmethod
     def rank(level: dict[str, Any], forest: dict[str, np.ndarray],
