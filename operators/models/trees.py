@@ -609,6 +609,10 @@ class Gini(Criterion):
         return _ratio(chosen[..., 0], _channel_sum(stats))
 
     def value(self, stats: np.ndarray) -> np.ndarray:
+        # a class whose weight is a rounding residue (a sibling's sums are its parent's
+        # minus its own) is absent, as ``splittable`` counts it: its share is 0, not the
+        # 5e-16 another engine's or partitioning's sums would not have
+        stats = np.where(stats > GAIN_RTOL * _channel_sum(stats), stats, 0.0)
         w = _channel_sum(stats)
         return np.where(w > 0, stats / np.where(w > 0, w, 1.0), 1.0 / stats.shape[0])
 

@@ -1236,3 +1236,24 @@ def test_node_draws_are_the_same_however_many_passes_a_level_takes() -> None:
         table_scores = predictions(whole, table)["prediction"]
         np.testing.assert_allclose(predictions(passes, table)["prediction"], table_scores,
                                    rtol=1e-9)
+
+
+def test_an_absent_class_of_a_leaf_is_0_whatever_the_sums_order() -> None:
+    """A class a leaf has no row of has probability 0 exactly, on NumPy and on the array
+    API path (where a sibling's class weights are its parent's minus its own: a residue
+    of 5e-16 where no row is), so that the validation's log loss and AUC, which a
+    probability of 5e-16 against 0 moves, are the same on both."""
+    from operators.testing.kit import all_cases, fit_measured
+
+    (case,) = [c for c in all_cases() if c.name == "decision_tree[entropy-weighted-multiclass]"]
+    data = case.data()
+    fitted = {}
+    for name, xp in (("numpy", NUMPY), ("strict", STRICT)):
+        model, metrics = fit_measured(case.build(), [data], xp)
+        proba = np.array(model.transform(data, NUMPY).column("probability").to_pylist())
+        fitted[name] = proba, metrics["validation"]
+    (p_numpy, v_numpy), (p_strict, v_strict) = fitted.values()
+    assert (p_numpy == 0).any()
+    np.testing.assert_array_equal(p_strict == 0, p_numpy == 0)
+    for metric in ("log_loss", "roc_auc", "pr_auc"):
+        assert v_strict[metric] == pytest.approx(v_numpy[metric], rel=1e-12), metric
