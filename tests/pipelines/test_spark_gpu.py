@@ -238,10 +238,11 @@ def test_the_address_spark_assigns_is_the_device_and_gives_the_cpu_model(
     steps = train_on_gpu(folder, gpu_cluster.url, profile)
     placed = {step: entry["device"] for step, entry in steps.items() if "device" in entry}
     assert placed["model"] == f"gpu:{ADDRESS}" and placed["standard_scale"] == f"gpu:{ADDRESS}"
-    # every step with numeric kernels; one_hot, and save_model's profile of the training
-    # rows, work on Arrow on the host
+    # every step with numeric kernels; one_hot works on Arrow on the host; save_model
+    # puts out no rows (its profile of the training rows is a pass of its own: its time
+    # counts, not its device)
     assert placed.pop("one_hot") == "cpu"
-    assert placed.pop("save_model") == "cpu"
+    assert "save_model" not in placed
     assert set(placed.values()) == {f"gpu:{ADDRESS}"}
     assert_same_model(folder / "models", cpu_model)
 
