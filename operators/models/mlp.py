@@ -105,6 +105,7 @@ from operators.base import (
     register,
     register_fitted,
 )
+from operators.errors import counted
 from operators.hashing import mix
 from operators.models.common import (
     ClassWeight,
@@ -794,8 +795,9 @@ class MLP(PlannedPredictions, Estimator):
         if converged:
             return
         warnings.warn(
-            f"mlp did not converge: {reason} after {iterations} "
-            f"{'iterations' if self.params.solver == 'lbfgs' else 'epochs'} ({detail}); "
+            f"mlp did not converge: {reason} after "
+            f"{counted(iterations, 'iteration' if self.params.solver == 'lbfgs' else 'epoch')}"
+            f" ({detail}); "
             "raise max_iter, standardise the features (op: standard_scale) or raise l2",
             ConvergenceWarning, stacklevel=4)
 

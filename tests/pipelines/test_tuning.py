@@ -223,7 +223,7 @@ def test_candidates_that_do_not_converge_are_one_warning_of_the_run(
     line = model_line(path)
     assert said.startswith(f"{path}:{line}: step 'model' (logistic_regression): tune candidate "
                            "max_iter=1, l2=0.1 (fold 1 of 3): logistic_regression did not "
-                           "converge: max_iter=1 reached after 1 iterations (gradient norm "), said
+                           "converge: max_iter=1 reached after 1 iteration (gradient norm "), said
     assert said.endswith("; so did 5 more candidate fits: max_iter=1, l2=0.1 (fold 2 of 3); "
                          "max_iter=1, l2=0.1 (fold 3 of 3); max_iter=1, l2=1.0 (fold 1 of 3); "
                          "and 2 more"), said
