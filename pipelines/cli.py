@@ -465,6 +465,11 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
 
         click.echo(f"  file: {record.get('file', '?')}")
         click.echo(f"  params: {shown_params(record['params']) or 'none'}")
+        # what `sluice run` said of the run: its notes as it started, its warnings
+        for note in record.get("notes", []):
+            click.echo(f"  note: {note}")
+        for warning in record.get("warnings", []):
+            click.echo(f"  warning: {warning}")
         if record.get("failed_in"):
             held = (f"run {record['held_by']} of the pipeline held its incremental reads; "
                     if record.get("held_by") else "")

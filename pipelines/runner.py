@@ -1222,6 +1222,24 @@ def _declared(plan: Plan, problems: list[Problem]) -> dict[str, Any]:
     return out
 
 
+def _appended_again(plan: Plan, reading: set[str]) -> list[str]:
+    """The lines a --full-refresh run says of each write_parquet with ``mode: append``
+    that an incremental read reaches: every row it appended before is appended again."""
+    lines = []
+    for step in plan.steps:
+        if not (isinstance(step.op, WriteParquet) and step.op.params.mode == "append"):
+            continue
+        sources = [s.id for s in plan.upstream(step.id) if s.id in reading]
+        if sources:
+            lines.append(
+                f"{plan.spec.file}:{step.spec.line_of('mode')}: --full-refresh: step "
+                f"'{sources[0]}' reads every file again, and step '{step.id}' appends "
+                f"(mode: append) to {step.op.params.path}: the rows earlier runs appended "
+                "are appended again; write that output with mode: overwrite for a full "
+                "refresh")
+    return lines
+
+
 def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
                  reads: Reads, runs_dir: str, tracker: Tracker | None = None,
                  source: str | None = None, notify: Callable[[str], None] | None = None
@@ -1313,6 +1331,10 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
         notify(f"--full-refresh: no read_parquet step of pipeline '{plan.spec.name}' reads "
                "incrementally (incremental: true), so every read reads all its files, as "
                "always")
+    notes = _appended_again(plan, reading) if reads.full_refresh else []
+    for line in notes:
+        if notify:
+            notify(line)
     if incremental and not any(s.op.incremental_counts()["new_files"] for s in incremental):
         return _nothing_new(plan, path, run_id, started, asked, reads,
                             runs_dir or default_runs_dir(), tracker, source, notify)
@@ -1341,6 +1363,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
                   for s in plan.steps},
         "models_used": [{"step": s.id, **s.op.model_info} for s in plan.steps
                         if getattr(s.op, "model_info", None) and s.saved_by is None],
+        **({"notes": notes} if notes else {}),
     }
     current = Run(plan, eng, store, run_id, record, placements=placed,
                   scratch=f"{(scratch or default_scratch(eng.profile.scratch)).rstrip('/')}"
