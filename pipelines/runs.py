@@ -703,7 +703,9 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Runs side by side, in the order given: each row has a value per run (None: the run
     has none) and ``changed`` (the values differ); metric rows add the difference and
     ratio from the first run to the last. Runs of different pipelines compare only the
-    params, metrics, steps, outputs and models they all have (``shared_only``)."""
+    params, metrics, steps, outputs and models they all have (``shared_only``). Where a
+    run read incrementally, two rows say which run was a --full-refresh and how many
+    files each read."""
     pipelines = list(dict.fromkeys(r["pipeline"] for r in records))
     shared = len(pipelines) > 1
     seconds = [r["seconds"] for r in records]
@@ -721,6 +723,14 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
         _row("file", [r.get("file") for r in records]),
         _row("error", [first_line(r.get("error") or r.get("lost")) for r in records]),
     ]
+    reads = [[e["incremental"] for e in r["steps"].values() if e.get("incremental")]
+             for r in records]
+    if any(reads):  # what each read: a --full-refresh run's every file, or the new ones
+        runs += [
+            _row("full refresh", [("yes" if any(i.get("full_refresh") for i in read)
+                                   else "no") if read else None for read in reads]),
+            _row("files read", [sum(i.get("new_files", 0) for i in read) if read else None
+                                for read in reads])]
 
     params = [run_params(r) for r in records]
     metrics = [flat_metrics(r) for r in records]

@@ -163,6 +163,12 @@ def test_full_refresh_reads_every_file_and_runs_show_says_what_was_read(
     refreshed = json.loads(listed.stdout.splitlines()[0])
     shown = sluice_in_process("runs", "show", refreshed["run_id"], cwd=workdir, env=env)
     assert f"\n  {note}\n" in shown.stdout, shown.stdout  # kept in its record
+    # compared, the nights say which was a full refresh and how many files each read
+    compared = sluice_in_process("runs", "compare", skipped["run_id"], refreshed["run_id"],
+                                 cwd=workdir, env=env).stdout.splitlines()
+    assert [line.split() for line in compared if " full refresh " in line
+            or " files read " in line] == [["*", "full", "refresh", "no", "yes"],
+                                           ["*", "files", "read", "0", "2"]], compared
     shown = sluice_in_process("runs", "show", skipped["run_id"], cwd=workdir, env=env)
     assert shown.stdout.startswith(f"run {skipped['run_id']} of 'events_daily' on local: "
                                    "succeeded, nothing to do in "), shown.stdout
