@@ -81,6 +81,7 @@ from pipelines.tuning import (
     TrainingRows,
     ViewParams,
     candidate_warnings,
+    chosen_unconverged,
     label_of,
 )
 from pipelines.union import UnionSource
@@ -659,6 +660,7 @@ class Run:
         said: list[tuple[str, Step, str]] = []
         model_fit = None  # the label of the candidate fit that is the model
         fits = []
+        fitted_count = unconverged = 0  # candidate fits made, and those that did not converge
         try:
             for i, combo in enumerate(tuning.combos):
                 result: dict[str, Any] = {"params": combo, "passes": 0}
@@ -676,6 +678,8 @@ class Run:
                         name, value = tuning.score(metrics)
                     except SluiceError as exc:
                         raise self._candidate_failure(exc, step, which) from None
+                    fitted_count += 1
+                    unconverged += metrics.get("converged") is False
                     tuning.metric = name  # every candidate by the first one's metric
                     result["metric"] = name
                     result.setdefault("folds", []).append(value)
@@ -697,11 +701,15 @@ class Run:
         finally:
             for line in candidate_warnings([
                     (w, m if at is step else f"step '{at.id}' ({at.op.name}): {m}")
-                    for w, at, m in said if w != model_fit]):
+                    for w, at, m in said if w != model_fit], fitted_count):
                 self._warn(step, line)
         for which, at, message in said:
-            if which == model_fit:
-                self._warn(at, message)
+            if which == model_fit:  # named: the tune's other fits are counted apart
+                self._warn(at, f"tune candidate {which}, chosen (its fit is the model): "
+                               f"{message}")
+        if fitted_count and unconverged == fitted_count:
+            self._warn(step, chosen_unconverged(label_of(tuning.combos[best]), fitted_count,
+                                                step.spec.tune))
         step.op = tuning.ops[best]
         self._record_params(step)
         if tuning.folds:  # the best values, fitted as the step says

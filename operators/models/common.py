@@ -724,10 +724,9 @@ def softmax(z: Any, xp: Any) -> Any:
 
 
 def in_last_iteration(iterations: int) -> str:
-    """Where a change was measured: 'in the last of 12 iterations', 'in its only
-    iteration'."""
-    return "in its only iteration" if iterations == 1 else \
-        f"in the last of {iterations:,} iterations"
+    """Where a change was measured: 'in iteration 12, its last' (one shape for every
+    count: a tune says the warnings of candidate fits alike where only figures differ)."""
+    return f"in iteration {iterations:,}, its last"
 
 
 def warn_unconverged(name: str, opt: dict[str, Any], advice: str) -> None:
