@@ -342,11 +342,9 @@ def _read_incrementally(step_id: str, read: dict[str, Any], record: dict[str, An
     1 waits (max_files)'; a run that did not end claimed them (a later run that settled
     it recorded them as read, or read them again)."""
     new = read.get("new_files", 0)
-    verb = "read"
-    if record["status"] in ("running", "lost"):
-        settled = record.get("settled_by") or {}
-        verb = {"settled": "read", "recovered": "claimed"}.get(settled.get("outcome", ""),
-                                                             "claimed")
+    verb = {"running": "is reading", "lost": "claimed"}.get(record["status"], "read")
+    if (record.get("settled_by") or {}).get("outcome") == "settled":
+        verb = "read"  # recorded as read by the run that settled it
     text = f"step '{step_id}' {verb} {new:,} new file{'s' * (new != 1)}"
     if read.get("first"):
         text += (f" ({read['first']})" if read["first"] == read["last"]
