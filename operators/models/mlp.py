@@ -772,7 +772,7 @@ class MLP(PlannedPredictions, Estimator):
         state = {**state, "adam": adam, "loss_curve": curve}
         if adam["stale"] >= p.n_iter_no_change:
             converged, reason = True, (f"loss did not improve by tol={p.tol:g} for "
-                                       f"{p.n_iter_no_change} epochs")
+                                       f"{counted(p.n_iter_no_change, 'epoch')}")
         elif adam["epoch"] >= p.max_iter and (adam["train"] and p.early_stopping):
             # one more pass scores the last epoch's parameters on the held-out rows
             return {**state, "adam": {**adam, "train": False}}
