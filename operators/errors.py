@@ -79,3 +79,9 @@ def suggest(name: str, choices: Iterable[str], shown: Mapping[str, str] | None =
     given: a file's name as the path to it), or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{(shown or {}).get(close[0], close[0])}'?" if close else ""
+
+
+def counted(n: int, word: str, words: str | None = None) -> str:
+    """A count and its noun, singular for one: '1 iteration', '3 iterations' (``words``:
+    a plural that is not ``word`` + 's')."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"

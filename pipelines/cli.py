@@ -337,11 +337,15 @@ def _listed(text: str | None) -> list[str] | None:
 
 
 
-def _read_incrementally(step_id: str, read: dict[str, Any]) -> str:
+def _read_incrementally(step_id: str, read: dict[str, Any], record: dict[str, Any]) -> str:
     """'step 'events' read 2 new files (first ..., last ...); 4 read by earlier runs;
-    1 waits (max_files)'."""
+    1 waits (max_files)'; a run that did not end claimed them (a later run that settled
+    it recorded them as read, or read them again)."""
     new = read.get("new_files", 0)
-    text = f"step '{step_id}' read {new:,} new file{'s' * (new != 1)}"
+    verb = {"running": "is reading", "lost": "claimed"}.get(record["status"], "read")
+    if (record.get("settled_by") or {}).get("outcome") == "settled":
+        verb = "read"  # recorded as read by the run that settled it
+    text = f"step '{step_id}' {verb} {new:,} new file{'s' * (new != 1)}"
     if read.get("first"):
         text += (f" ({read['first']})" if read["first"] == read["last"]
                  else f" (first {read['first']}, last {read['last']})")
@@ -349,6 +353,10 @@ def _read_incrementally(step_id: str, read: dict[str, Any]) -> str:
         f"; {read.get('read_before', 0):,} read by earlier runs")
     if read.get("waiting"):
         text += f"; {read['waiting']:,} wait for the next runs (max_files)"
+    settled = record.get("settled_by")
+    if settled:
+        text += (f"; recorded as read by run {settled['by']}" if settled["outcome"] == "settled"
+                 else f"; read again by run {settled['by']}, nothing of it kept")
     return text
 
 
@@ -365,6 +373,8 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
                   if work else ""))
     if status == "lost":
         click.echo(f"  lost: {record['lost']}")
+    if record.get("settled_by"):
+        click.echo(f"  {runs.settled_said(record['settled_by'])}")
     elif status == "running":
         click.echo(f"  heartbeat: {record.get('heartbeat_at', '?')} (every "
                    f"{record.get('heartbeat_seconds', '?')}s), process {record.get('pid', '?')}"
@@ -410,7 +420,7 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
     for step_id, entry in record["steps"].items():
         read = entry.get("incremental")
         if read is not None:
-            click.echo(f"  {_read_incrementally(step_id, read)}")
+            click.echo(f"  {_read_incrementally(step_id, read, record)}")
             if read.get("lock_taken"):  # a lost run's lock object this run took over
                 from pipelines.incremental import taken_line
 
@@ -421,12 +431,19 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
                 click.echo(f"  {settled_line(step_id, read['claim'])}")
     for output in record["outputs"]:
         click.echo(f"  {_written(output)}")
+    for output in runs.outputs_of(record) if not record["outputs"] else ():
+        counted = f"{output['rows']:,} rows" if output["rows"] is not None \
+            else "its rows (not counted)"
+        click.echo(f"  landed: {counted} in {output['path']} (step '{output['step']}', as "
+                   f"run {record['settled_by']['by']} found them)")
+    for taken in (record.get("settled_by") or {}).get("removed", []):
+        click.echo(f"  taken out by run {record['settled_by']['by']}: {taken}")
     for model in record.get("models_used", []):
         ref = model.get("ref", "")
         alias = f", as {ref}" if "@" in ref and not ref.endswith(f"@{model['version']}") else ""
         click.echo(f"  step '{model['step']}' used model {model['name']}@{model['version']} "
                    f"({model['path']}{alias})")
-    for model in record["models"]:
+    for model in runs.models_of(record):
         aliases = "".join(f", {model['name']}@{a}" for a in model.get("aliases", []))
         click.echo(f"  saved model {model['name']}@{model['version']} ({model['path']}"
                    f"{aliases})")
@@ -446,6 +463,11 @@ def _print_record(record: dict[str, Any], details: bool = False) -> None:
 
         click.echo(f"  file: {record.get('file', '?')}")
         click.echo(f"  params: {shown_params(record['params']) or 'none'}")
+        # what `sluice run` said of the run: its notes as it started, its warnings
+        for note in record.get("notes", []):
+            click.echo(f"  note: {note}")
+        for warning in record.get("warnings", []):
+            click.echo(f"  warning: {warning}")
         if record.get("failed_in"):
             held = (f"run {record['held_by']} of the pipeline held its incremental reads; "
                     if record.get("held_by") else "")
@@ -989,13 +1011,15 @@ def _table(headers: list[str], rows: list[list[Any]], right: tuple[int, ...] = (
         click.echo(TRAILING_BLANKS.sub(r"\1", line))
 
 
-def _status(status: str, warnings: int = 0, skipped: str | None = None) -> Any:
+def _status(status: str, warnings: int = 0, skipped: str | None = None,
+            settled_by: dict[str, Any] | None = None) -> Any:
     """A run's status in a runs table, in its colour (and its warnings: 'succeeded, 2
-    warnings'; 'succeeded, nothing to do' where it was ``skipped``)."""
+    warnings'; 'succeeded, nothing to do' where it was ``skipped``; 'lost; settled by run
+    Y: its outputs landed' where a later run settled it)."""
     from rich.text import Text
 
     return Text(runs.status_said({"status": status, "warnings": [None] * warnings,
-                                  "skipped": skipped}),
+                                  "skipped": skipped, "settled_by": settled_by}),
                 style=STATUS_STYLES.get(status, ""))
 
 
@@ -1055,10 +1079,13 @@ def runs_list(pipeline: str | None, status: str | None, since: Any, last: int | 
     rows = []
     for entry in summaries:
         rows.append([entry["run_id"], entry["pipeline"],
-                     _status(entry["status"], entry["warnings"], entry["skipped"]),
+                     _status(entry["status"], entry["warnings"], entry["skipped"],
+                             entry["settled_by"]),
                      entry["started_at"].replace("T", " "),
                      runs.format_duration(entry["seconds"]), entry["engine"],
-                     _shown(entry["rows_written"] and f"{entry['rows_written']:,}"),
+                     "landed" if entry["rows_written"] is None
+                     and (entry["settled_by"] or {}).get("outcome") == "settled"
+                     else _shown(entry["rows_written"] and f"{entry['rows_written']:,}"),
                      ", ".join(entry["models"]) or "-", _shown(entry["error"] or "")])
     _table(["RUN", "PIPELINE", "STATUS", "STARTED", "DURATION", "ENGINE", "ROWS WRITTEN",
             "MODELS", "ERROR"], rows, right=(4, 6))

@@ -227,9 +227,15 @@ class Reads:
         # running, read as lost) names none, so `runs prune` learns them from here
         models = [m for o in outputs if landed and "model" in o
                   and (m := _landed_model(o, dead)) is not None]
+        # and what its writes added, where their manifests still say (``runs`` shows
+        # the killed run's rows written from here)
+        written = [{"step": o["step"], "path": o["path"],
+                    "rows": _landed_rows(o, dead, storage_options)}
+                   for o in outputs if landed and "model" not in o]
         self.settled[step_id] = {"run_id": dead, "outcome": "settled" if landed
                                  else "recovered", "files": len(files),
                                  **({"models": models} if models else {}),
+                                 **({"outputs": written} if written else {}),
                                  **({} if landed else {"removed": removed})}
 
     def foresee(self, pipeline: str, step_id: str, folder: str,
@@ -477,9 +483,26 @@ def _landed(output: dict[str, Any], run_id: str,
     from operators.io.fs import resolve
     from operators.io.parquet import published_by
 
-    write = output.get("write", 1)  # a second write of one output: its own files
     return published_by(resolve(output["path"], storage_options.get(output["step"])),
-                        run_id if write == 1 else f"{run_id}.{write}")
+                        _write_id(output, run_id))
+
+
+def _write_id(output: dict[str, Any], run_id: str) -> str:
+    """The id run ``run_id`` wrote a claim's output entry under: a second write of one
+    output has its own files (``part-<run id>.2-...``)."""
+    write = output.get("write", 1)
+    return run_id if write == 1 else f"{run_id}.{write}"
+
+
+def _landed_rows(output: dict[str, Any], run_id: str,
+                 storage_options: dict[str, dict[str, Any]]) -> int | None:
+    """The rows run ``run_id`` added to a claim's write_parquet output, as its manifest
+    says while no commit came since (None: it cannot say; no data file is read)."""
+    from operators.io.fs import resolve
+    from operators.io.parquet import published_rows
+
+    return published_rows(resolve(output["path"], storage_options.get(output["step"])),
+                          _write_id(output, run_id))
 
 
 def _landed_model(output: dict[str, Any], run_id: str) -> dict[str, Any] | None:

@@ -81,6 +81,7 @@ from pipelines.tuning import (
     TrainingRows,
     ViewParams,
     candidate_warnings,
+    chosen_unconverged,
     label_of,
 )
 from pipelines.union import UnionSource
@@ -659,6 +660,7 @@ class Run:
         said: list[tuple[str, Step, str]] = []
         model_fit = None  # the label of the candidate fit that is the model
         fits = []
+        fitted_count = unconverged = 0  # candidate fits made, and those that did not converge
         try:
             for i, combo in enumerate(tuning.combos):
                 result: dict[str, Any] = {"params": combo, "passes": 0}
@@ -676,6 +678,8 @@ class Run:
                         name, value = tuning.score(metrics)
                     except SluiceError as exc:
                         raise self._candidate_failure(exc, step, which) from None
+                    fitted_count += 1
+                    unconverged += metrics.get("converged") is False
                     tuning.metric = name  # every candidate by the first one's metric
                     result["metric"] = name
                     result.setdefault("folds", []).append(value)
@@ -697,11 +701,15 @@ class Run:
         finally:
             for line in candidate_warnings([
                     (w, m if at is step else f"step '{at.id}' ({at.op.name}): {m}")
-                    for w, at, m in said if w != model_fit]):
+                    for w, at, m in said if w != model_fit], fitted_count):
                 self._warn(step, line)
         for which, at, message in said:
-            if which == model_fit:
-                self._warn(at, message)
+            if which == model_fit:  # named: the tune's other fits are counted apart
+                self._warn(at, f"tune candidate {which}, chosen (its fit is the model): "
+                               f"{message}")
+        if fitted_count and unconverged == fitted_count:
+            self._warn(step, chosen_unconverged(label_of(tuning.combos[best]), fitted_count,
+                                                step.spec.tune))
         step.op = tuning.ops[best]
         self._record_params(step)
         if tuning.folds:  # the best values, fitted as the step says
@@ -1222,6 +1230,24 @@ def _declared(plan: Plan, problems: list[Problem]) -> dict[str, Any]:
     return out
 
 
+def _appended_again(plan: Plan, reading: set[str]) -> list[str]:
+    """The lines a --full-refresh run says of each write_parquet with ``mode: append``
+    that an incremental read reaches: every row it appended before is appended again."""
+    lines = []
+    for step in plan.steps:
+        if not (isinstance(step.op, WriteParquet) and step.op.params.mode == "append"):
+            continue
+        sources = [s.id for s in plan.upstream(step.id) if s.id in reading]
+        if sources:
+            lines.append(
+                f"{plan.spec.file}:{step.spec.line_of('mode')}: --full-refresh: step "
+                f"'{sources[0]}' reads every file again, and step '{step.id}' appends "
+                f"(mode: append) to {step.op.params.path}: the rows earlier runs appended "
+                "are appended again; write that output with mode: overwrite for a full "
+                "refresh")
+    return lines
+
+
 def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engine: str,
                  reads: Reads, runs_dir: str, tracker: Tracker | None = None,
                  source: str | None = None, notify: Callable[[str], None] | None = None
@@ -1313,6 +1339,10 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
         notify(f"--full-refresh: no read_parquet step of pipeline '{plan.spec.name}' reads "
                "incrementally (incremental: true), so every read reads all its files, as "
                "always")
+    notes = _appended_again(plan, reading) if reads.full_refresh else []
+    for line in notes:
+        if notify:
+            notify(line)
     if incremental and not any(s.op.incremental_counts()["new_files"] for s in incremental):
         return _nothing_new(plan, path, run_id, started, asked, reads,
                             runs_dir or default_runs_dir(), tracker, source, notify)
@@ -1341,6 +1371,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
                   for s in plan.steps},
         "models_used": [{"step": s.id, **s.op.model_info} for s in plan.steps
                         if getattr(s.op, "model_info", None) and s.saved_by is None],
+        **({"notes": notes} if notes else {}),
     }
     current = Run(plan, eng, store, run_id, record, placements=placed,
                   scratch=f"{(scratch or default_scratch(eng.profile.scratch)).rstrip('/')}"

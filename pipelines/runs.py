@@ -130,7 +130,72 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
     # start to the microsecond (an older record's: when it was written)
     found.sort(key=lambda item: item[0], reverse=True)
     history.records = [record for _, record in found]
+    killed = {r["pipeline"] for r in history.records if r["status"] in ("running", "lost")}
+    if killed:  # the later runs that settled their claims: read too, where not read here
+        known = history.records if not prefix else [
+            r for name in sorted(killed) for r in load(root, name).records]
+        _mark_settled(history.records, settlements(known))
     return history
+
+
+def settlements(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """How later runs settled the incremental claims killed runs left, by the killed
+    run's id, from the records of the runs that settled them (``Reads.settle``): ``by``
+    (that run's id), ``outcome`` (``settled``: every output of it landed, its files
+    recorded as read; ``recovered``: its files read again, what landed taken out),
+    ``files`` (read in its claimed steps), ``outputs`` (each write's ``step``, ``path``
+    and ``rows`` added, None where uncounted), ``models`` and ``removed`` (taken out)."""
+    out: dict[str, dict[str, Any]] = {}
+    for record in records:
+        for entry in record.get("steps", {}).values():
+            claim = (entry.get("incremental") or {}).get("claim") or {}
+            if "run_id" not in claim:
+                continue
+            dead = str(claim["run_id"])
+            said = out.setdefault(dead, {"by": record["run_id"], "outcome": "settled",
+                                         "files": 0, "outputs": [], "models": [],
+                                         "removed": []})
+            if claim.get("outcome") != "settled":
+                said["outcome"] = "recovered"
+            said["files"] += claim.get("files") or 0
+            # a run's outputs and models are claimed by each of its incremental reads
+            for key in ("outputs", "models", "removed"):
+                said[key] += [item for item in claim.get(key) or [] if item not in said[key]]
+    return out
+
+
+def _mark_settled(records: list[dict[str, Any]], settled: dict[str, dict[str, Any]]) -> None:
+    """Each record of a killed run that a later run settled, as a reader shows it:
+    ``settled_by`` (``settlements``), and ``lost`` where its record still read running
+    (another host's, before its heartbeat went stale: the later run proves it dead)."""
+    for record in records:
+        found = settled.get(record["run_id"])
+        if found is None or record["status"] not in ("running", "lost"):
+            continue
+        record["settled_by"] = found
+        if record["status"] == "running":
+            record["status"] = "lost"
+            record["lost"] = f"run {found['by']} settled its incremental claim"
+
+
+def settled_said(settled: dict[str, Any]) -> str:
+    """A killed run's settling, in words: 'settled by run Y: its outputs landed'."""
+    if settled["outcome"] == "settled":
+        return f"settled by run {settled['by']}: its outputs landed"
+    return (f"recovered by run {settled['by']}: its files read again, "
+            + ("what landed taken out" if settled["removed"] else "nothing of it had landed"))
+
+
+def outputs_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a run wrote (``outputs``); a killed run's record has none, and where a later
+    run settled it, its outputs landed: each as that run found it (``rows`` None: not
+    counted)."""
+    settled = record.get("settled_by")
+    if record["outputs"] or not settled or settled["outcome"] != "settled":
+        return record["outputs"]
+    # its path as the run's file gave it (the settling run found it resolved), where kept
+    return [{**o, "path": ((record["steps"].get(o["step"]) or {}).get("params") or {}).get(
+        "path", o["path"])} for o in settled["outputs"]]
 
 
 def _written(info: dict[str, Any]) -> float:
@@ -444,29 +509,20 @@ def prunable(records: list[dict[str, Any]], *, keep: int | None = None,
             by_pipeline.setdefault(record["pipeline"], []).append(record)
     doomed: list[dict[str, Any]] = []
     spared: list[dict[str, Any]] = []
-    settled = _settled_models(records)
     for chosen in by_pipeline.values():
         for record in chosen[keep or 0:]:
             if before is not None and (started(record) or before) >= before:
                 continue
-            if settled.get(record["run_id"]):  # as read: a killed run's, found later
-                record["models"] = [*record["models"], *settled[record["run_id"]]]
-            (spared if _saved_model_kept(record["models"]) else doomed).append(record)
+            (spared if _saved_model_kept(models_of(record)) else doomed).append(record)
     order = {id(r): i for i, r in enumerate(records)}
     return (sorted(doomed, key=lambda r: order[id(r)]),
             sorted(spared, key=lambda r: order[id(r)]))
 
 
-def _settled_models(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The model versions killed runs published, by run id, as the runs that settled
-    their incremental claims found them (a killed run's own record names none)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        for entry in record.get("steps", {}).values():
-            claim = (entry.get("incremental") or {}).get("claim") or {}
-            if claim.get("models"):
-                out.setdefault(str(claim["run_id"]), []).extend(claim["models"])
-    return out
+def models_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model versions a run saved; a killed run's record names none, and where a
+    later run settled it, those that run found it published."""
+    return [*record["models"], *(record.get("settled_by") or {}).get("models", [])]
 
 
 def _saved_model_kept(models: list[dict[str, Any]]) -> bool:
@@ -497,15 +553,19 @@ def status_said(record: dict[str, Any]) -> str:
     """A run's status, and its warnings where it has some: 'succeeded, 1 warning'; a run
     that had nothing to do (its incremental reads had no new file) says so, 'succeeded,
     nothing to do', so that a scheduled job's history tells the nights that did nothing
-    from those that did."""
+    from those that did; a killed run a later run settled says how ('lost; settled by
+    run Y: its outputs landed')."""
     n = len(record.get("warnings") or [])
+    settled = record.get("settled_by")
     return record["status"] + (", nothing to do" if record.get("skipped") else "") + (
-        f", {n} warning{'s' * (n != 1)}" if n else "")
+        f", {n} warning{'s' * (n != 1)}" if n else "") + (
+        f"; {settled_said(settled)}" if settled else "")
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     """A run in one flat dict: what ``sluice runs list`` shows a line of."""
-    outputs = record["outputs"]
+    outputs = outputs_of(record)
+    counted = [o["rows"] for o in outputs]
     return {
         "run_id": record["run_id"],
         "pipeline": record["pipeline"],
@@ -513,8 +573,11 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "started_at": record["started_at"],
         "seconds": record["seconds"],
         "engine": record["engine"]["name"],
-        "rows_written": sum(o["rows"] for o in outputs) if outputs else None,
-        "models": [f"{m['name']}@{m['version']}" for m in record["models"]],
+        # None where nothing was written, or a killed run's landed rows were not counted
+        "rows_written": sum(counted) if counted and None not in counted else None,
+        # a killed run's claim as a later run settled it (its outputs landed, or not)
+        "settled_by": record.get("settled_by"),
+        "models": [f"{m['name']}@{m['version']}" for m in models_of(record)],
         "error": first_line(record.get("error") or record.get("lost")),
         "warnings": len(record.get("warnings") or []),
         "skipped": record.get("skipped"),
@@ -640,13 +703,16 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Runs side by side, in the order given: each row has a value per run (None: the run
     has none) and ``changed`` (the values differ); metric rows add the difference and
     ratio from the first run to the last. Runs of different pipelines compare only the
-    params, metrics, steps, outputs and models they all have (``shared_only``)."""
+    params, metrics, steps, outputs and models they all have (``shared_only``). Where a
+    run read incrementally, two rows say which run was a --full-refresh and how many
+    files each read."""
     pipelines = list(dict.fromkeys(r["pipeline"] for r in records))
     shared = len(pipelines) > 1
     seconds = [r["seconds"] for r in records]
     runs = [
         _row("pipeline", [r["pipeline"] for r in records]),
-        _row("status", [r["status"] for r in records]),
+        _row("status", [r["status"] + (f"; {settled_said(r['settled_by'])}"
+                                       if r.get("settled_by") else "") for r in records]),
         # when and how long: measurements, never a change of the run
         {"name": "started", "values": [r["started_at"] for r in records], "changed": False},
         {"name": "seconds", "values": seconds, "changed": False, "ratio": change(seconds)[1]},
@@ -657,6 +723,14 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
         _row("file", [r.get("file") for r in records]),
         _row("error", [first_line(r.get("error") or r.get("lost")) for r in records]),
     ]
+    reads = [[e["incremental"] for e in r["steps"].values() if e.get("incremental")]
+             for r in records]
+    if any(reads):  # what each read: a --full-refresh run's every file, or the new ones
+        runs += [
+            _row("full refresh", [("yes" if any(i.get("full_refresh") for i in read)
+                                   else "no") if read else None for read in reads]),
+            _row("files read", [sum(i.get("new_files", 0) for i in read) if read else None
+                                for read in reads])]
 
     params = [run_params(r) for r in records]
     metrics = [flat_metrics(r) for r in records]
@@ -677,8 +751,8 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
                           "work_ratio": change(work)[1],
                           "changed": any(n != rows[0] for n in rows)})
 
-    def by_step(key: str, shown: Any) -> list[dict[str, Any]]:
-        found = [{item["step"]: shown(item) for item in r[key] if "step" in item}
+    def by_step(items: Any, shown: Any) -> list[dict[str, Any]]:
+        found = [{item["step"]: shown(item) for item in items(r) if "step" in item}
                  for r in records]
         return [_row(step_id, [f.get(step_id) for f in found])
                 for step_id in _names(found, shared)]
@@ -691,8 +765,9 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
         "params": [_row(n, [p.get(n) for p in params]) for n in _names(params, shared)],
         "metrics": metric_rows,
         "steps": step_rows,
-        "outputs": by_step("outputs", lambda o: f"{o['rows']:,} rows to {o['path']}"),
-        "models": by_step("models", lambda m: f"{m['name']}@{m['version']}"),
+        "outputs": by_step(outputs_of, lambda o: f"{o['rows']:,} rows to {o['path']}"
+                           if o["rows"] is not None else f"landed in {o['path']}"),
+        "models": by_step(models_of, lambda m: f"{m['name']}@{m['version']}"),
     }
 
 

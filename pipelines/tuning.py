@@ -270,18 +270,22 @@ def label_of(combo: dict[str, Any]) -> str:
 
 
 _FIGURE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_PLURAL = re.compile(r"#( [a-z]+?)s\b")
+"""A counted noun after a figure (# iterations): alike whatever the count, 1 iteration
+or 2 iterations."""
 
 
-def candidate_warnings(said: list[tuple[str, str]]) -> list[str]:
+def candidate_warnings(said: list[tuple[str, str]], fits: int) -> list[str]:
     """The warnings of a tune's candidate fits (``said``: each fit's label, as
-    ``label_of`` and its fold name it, and a warning it gave), a line per warning that
-    differs by more than its figures (a gradient norm, the max_iter reached), in the
-    order first said: the first fit that gave it, its text, and how many more did,
-    naming a few (a grid of 20 candidates x 5 folds that all stop at max_iter: one line,
-    not 100)."""
+    ``label_of`` and its fold name it, and a warning it gave; ``fits``: how many fits
+    the tune made), a line per warning that differs by more than its figures (a
+    gradient norm, the max_iter reached), in the order first said: the first fit that
+    gave it, its text, and how many more did, naming a few (a grid of 20 candidates x 5
+    folds that all stop at max_iter: one line, not 100), and of how many fits in all."""
     alike: dict[str, list[tuple[str, str]]] = {}
     for which, message in said:
-        alike.setdefault(_FIGURE.sub("#", message), []).append((which, message))
+        alike.setdefault(_PLURAL.sub(r"#\1", _FIGURE.sub("#", message)), []).append(
+            (which, message))
     lines = []
     for (which, message), *more in alike.values():
         line = f"tune candidate {which}: {message}"
@@ -290,8 +294,21 @@ def candidate_warnings(said: list[tuple[str, str]]) -> list[str]:
             rest = len(more) - NAMED_ALIKE
             line += (f"; so did {len(more)} more candidate fit{'s' * (len(more) > 1)}: "
                      f"{named}" + (f"; and {rest} more" if rest > 0 else ""))
-        lines.append(line)
+        lines.append(f"{line} ({len(more) + 1} of the tune's {fits} candidate fits)")
     return lines
+
+
+def chosen_unconverged(best: str, fits: int, tune: Any) -> str:
+    """The warning of a tune whose every candidate fit (``fits``) stopped unconverged:
+    the best values (``best``) were chosen among fits that did not converge."""
+    listed = tune.get("max_iter") if isinstance(tune, dict) else None
+    raise_it = (f"list larger max_iter values in the tune (its largest is {max(listed)})"
+                if isinstance(listed, list) and listed
+                and all(isinstance(v, int | float) for v in listed)
+                else "raise the step's max_iter")
+    return (f"tune chose {best} from fits that did not converge: none of its {fits} "
+            f"candidate fits converged, so their scores rank unfinished models; {raise_it} "
+            "(or standardise the features) and run again")
 
 
 def untuned_defaults(cls: type[Operator], params: dict[str, Any], tune: Any

@@ -1599,9 +1599,12 @@ class WriteParquet(Sink):
         return entry
 
     def _manifest(self, token: dict[str, Any], files: list[str], rows: int | None,
-                  schema: pa.Schema) -> dict[str, Any]:
+                  schema: pa.Schema, run_rows: int | None = None) -> dict[str, Any]:
+        """The ``_SUCCESS`` of a commit: its files and ``rows`` in all, and ``run_rows``,
+        the rows this commit added (what a killed run's settling reads: ``published_rows``)."""
         return {"format": MANIFEST_FORMAT, "run_id": token["run_id"], "files": files,
-                "rows": rows, "partition_by": list(self.params.partition_by or []),
+                "rows": rows, **({"run_rows": run_rows} if run_rows is not None else {}),
+                "partition_by": list(self.params.partition_by or []),
                 "schema": _encode_schema(schema), "mode": self.params.mode,
                 "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -1616,7 +1619,7 @@ class WriteParquet(Sink):
             self._check_own_files(token, files)
         crash_point("after-parts")
         _write_manifest(fs, token["staging"], self._manifest(token, files, rows,
-                                                             token["schema"]))
+                                                             token["schema"], rows))
         if token["local"]:
             self._publish_local(token)
         return {"path": self.params.path, "rows": rows, "files": len(files), "listed": files,
@@ -1742,7 +1745,7 @@ class WriteParquet(Sink):
         listing = [f for f in current.files if f not in set(replaced)] + files
         total = self._rows_after(token, current, replaced, rows)
         if files:
-            manifest = self._manifest(token, listing, total, schema)
+            manifest = self._manifest(token, listing, total, schema, rows)
             if token["local"]:
                 self._move_in(token, current, files)
                 crash_point("after-parts")
@@ -1918,6 +1921,15 @@ def published_by(location: Location, run_id: str) -> bool:
                                            for f in files)
 
 
+def published_rows(location: Location, run_id: str) -> int | None:
+    """The rows run ``run_id``'s commit added to the output at ``location``, as its
+    ``_SUCCESS`` says while it is the last commit there (None: another commit since, or
+    a manifest from before it said)."""
+    manifest = read_manifest(location, location.path) or {}
+    rows = manifest.get("run_rows")
+    return rows if manifest.get("run_id") == run_id and isinstance(rows, int) else None
+
+
 def withdraw(location: Location, run_id: str) -> list[str]:
     """Take the files of run ``run_id`` (one that died) out of the output at ``location``:
     its ``_SUCCESS`` rewritten without them (the rows counted less theirs), or, where it
@@ -1950,7 +1962,9 @@ def withdraw(location: Location, run_id: str) -> list[str]:
             for name in dropped if isinstance(rows, int) else []:
                 with fs.open_input_file(posixpath.join(target, name)) as f:
                     rows -= pq.ParquetFile(f).metadata.num_rows
-            rewritten = {**manifest, "files": kept, "rows": rows}
+            # the rows the committing run added no longer stand where its files went
+            rewritten = {**{k: v for k, v in manifest.items() if k != "run_rows"},
+                         "files": kept, "rows": rows}
             if location.local:
                 _replace_manifest(target, rewritten, durable=False)
             else:

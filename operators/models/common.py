@@ -41,6 +41,7 @@ from operators.base import (
     Transform,
     require_columns,
 )
+from operators.errors import counted
 from operators.evaluate.metrics import DEFAULT_METRICS, MetricAccumulator
 from operators.expressions import quote_name
 from operators.hashing import chosen_rows, window
@@ -722,12 +723,18 @@ def softmax(z: Any, xp: Any) -> Any:
     return e / xp.sum(e, axis=1, keepdims=True)
 
 
+def in_last_iteration(iterations: int) -> str:
+    """Where a change was measured: 'in iteration 12, its last' (one shape for every
+    count: a tune says the warnings of candidate fits alike where only figures differ)."""
+    return f"in iteration {iterations:,}, its last"
+
+
 def warn_unconverged(name: str, opt: dict[str, Any], advice: str) -> None:
     """A ConvergenceWarning when the optimiser state ``opt`` stopped unconverged."""
     if not opt["converged"]:
         warnings.warn(
             f"{name} did not converge: {opt['reason']} after "
-            f"{opt['iterations']} iterations (gradient norm {opt['gradient_norm']:.3g}, "
+            f"{counted(opt['iterations'], 'iteration')} (gradient norm {opt['gradient_norm']:.3g}, "
             f"tol {opt['tol']:g} x initial {opt['g0']:.3g}); {advice}", ConvergenceWarning,
             stacklevel=4)
 

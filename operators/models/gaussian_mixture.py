@@ -85,6 +85,7 @@ from operators.models.common import (
     feature_matrix,
     holdout_mask,
     host_matrix,
+    in_last_iteration,
     parameters,
     probability_array,
     put_column,
@@ -654,7 +655,7 @@ class GaussianMixture(Estimator):
         if not best["converged"]:
             warnings.warn(
                 f"gaussian_mixture did not converge: the lower bound changed "
-                f"{best['change']:.3g} in the last of {best['iterations']} iterations "
+                f"{best['change']:.3g} {in_last_iteration(best['iterations'])} "
                 f"(tol {p.tol:g}); raise max_iter or tol, or try another start (seed, init, "
                 "n_init)", ConvergenceWarning, stacklevel=4)
         return {**best, "phase": "score", "starts": starts}

@@ -135,6 +135,7 @@ from operators.models.common import (
     held_out,
     holdout_mask,
     host_matrix,
+    in_last_iteration,
     parameters,
     put_column,
     require_positive_weight,
@@ -1340,8 +1341,8 @@ class KMeans(Estimator):
         state.update(best)
         if not state["converged"]:
             warnings.warn(
-                f"kmeans did not converge: the centres moved {state['shift']:.3g} in the "
-                f"last of {state['iterations']} iterations (sum of squared moves; tolerance "
+                f"kmeans did not converge: the centres moved {state['shift']:.3g} "
+                f"{in_last_iteration(state['iterations'])} (sum of squared moves; tolerance "
                 f"{state['tol']:.3g}); raise max_iter or tol", ConvergenceWarning,
                 stacklevel=3)
         measure = self.params.validation_fraction > 0

@@ -105,6 +105,7 @@ from operators.base import (
     register,
     register_fitted,
 )
+from operators.errors import counted
 from operators.hashing import mix
 from operators.models.common import (
     ClassWeight,
@@ -771,7 +772,7 @@ class MLP(PlannedPredictions, Estimator):
         state = {**state, "adam": adam, "loss_curve": curve}
         if adam["stale"] >= p.n_iter_no_change:
             converged, reason = True, (f"loss did not improve by tol={p.tol:g} for "
-                                       f"{p.n_iter_no_change} epochs")
+                                       f"{counted(p.n_iter_no_change, 'epoch')}")
         elif adam["epoch"] >= p.max_iter and (adam["train"] and p.early_stopping):
             # one more pass scores the last epoch's parameters on the held-out rows
             return {**state, "adam": {**adam, "train": False}}
@@ -794,8 +795,9 @@ class MLP(PlannedPredictions, Estimator):
         if converged:
             return
         warnings.warn(
-            f"mlp did not converge: {reason} after {iterations} "
-            f"{'iterations' if self.params.solver == 'lbfgs' else 'epochs'} ({detail}); "
+            f"mlp did not converge: {reason} after "
+            f"{counted(iterations, 'iteration' if self.params.solver == 'lbfgs' else 'epoch')}"
+            f" ({detail}); "
             "raise max_iter, standardise the features (op: standard_scale) or raise l2",
             ConvergenceWarning, stacklevel=4)
 

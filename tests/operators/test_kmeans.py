@@ -165,6 +165,8 @@ def test_convergence_warning_and_metrics() -> None:
     assert metrics["iterations"] == 2 and not metrics["converged"]
     assert set(metrics) >= {"inertia", "iterations", "converged", "cluster_sizes",
                             "training_rows", "init_passes"}
+    with pytest.warns(ConvergenceWarning, match="moved .* in iteration 1, its last "):
+        fit_state(KMeans(k=5, max_iter=1, seed=1), split(table_of(X), 2))
 
 
 # --------------------------------------------------------------------------- the start

@@ -266,3 +266,58 @@ def test_a_kill_between_two_writes_of_one_output_is_recovered(workdir: Path) -> 
     assert read["claim"]["run_id"] == dead and read["claim"]["outcome"] == "recovered"
     assert ids_in(workdir / "out") == sorted(2 * every_input_id(workdir / "data" / "events"))
     assert models_by_run(workdir)[1:] == [after["run_id"]]
+
+
+@pytest.mark.slow
+def test_the_history_says_how_a_later_run_settled_a_killed_one(workdir: Path) -> None:
+    """`runs show / list / compare` of a killed run say what became of it: recovered (its
+    file read again, its model version taken out, none of its rows said read or
+    written) or settled (its rows landed, counted from the output's _SUCCESS)."""
+    from conftest import sluice_in_process
+
+    path = write_pipeline(workdir, PIPELINE)
+    day(workdir, 1)
+    run(path)
+    ids = []
+    for ds, point in ((2, "after-parts"), (4, "after-write")):
+        day(workdir, ds)
+        killed_at(point, path, workdir)
+        (pending,) = (workdir / "runs" / "events_daily" / ".reads").glob("*.pending.json")
+        day(workdir, ds + 1)
+        ids += [json.loads(pending.read_text())["run_id"], run(path)["run_id"]]
+    recovered, recovering, settled, settling = ids
+
+    def said(*args: str) -> str:
+        done = sluice_in_process(*args, cwd=workdir)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    shown = said("runs", "show", recovered)
+    assert (f"  recovered by run {recovering}: its files read again, what landed taken "
+            "out\n") in shown, shown
+    assert "step 'events' claimed 1 new file (" in shown and " read 1 new" not in shown
+    assert f"; read again by run {recovering}, nothing of it kept\n" in shown, shown
+    assert f"  taken out by run {recovering}: scaler@2\n" in shown, shown
+    shown = said("runs", "show", settled)
+    assert f"  settled by run {settling}: its outputs landed\n" in shown, shown
+    assert "step 'events' read 1 new file (" in shown, shown
+    assert (f"  landed: 3 rows in out (step 'write', as run {settling} found them)\n"
+            in shown), shown
+    assert "  saved model scaler@" in shown, shown
+
+    listed = {e["run_id"]: e for e in map(json.loads, said("runs", "list", "--json")
+                                          .splitlines())}
+    assert (listed[settled]["status"], listed[settled]["rows_written"],
+            listed[settled]["settled_by"]["by"]) == ("lost", 3, settling)
+    assert (listed[recovered]["rows_written"], listed[recovered]["settled_by"]["outcome"]
+            ) == (None, "recovered")
+    table = said("runs", "list").splitlines()
+    (line,) = [line for line in table if line.startswith(settled)]
+    assert f"lost; settled by run {settling}: its outputs landed" in line, table
+
+    compared = said("runs", "compare", settled, settling).splitlines()
+    (status,) = [line for line in compared if line.startswith("*  status ")]
+    assert f" lost; settled by run {settling}: its outputs landed " in status, compared
+    (output,) = [line.split() for line in compared if line.startswith("   write ")]
+    assert output == ["write", "3", "rows", "to", "out", "3", "rows", "to", "out"], \
+        compared  # the same in both: unmarked

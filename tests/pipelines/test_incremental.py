@@ -143,6 +143,12 @@ def test_full_refresh_reads_every_file_and_runs_show_says_what_was_read(
         done = sluice_in_process("run", str(path), *args, cwd=workdir, env=env)
         assert done.returncode == 0, done.stderr
     lines = [line.strip() for line in done.stdout.splitlines()]
+    # every row appended again (mode: append downstream): said once, as the run starts
+    (note,) = [line for line in done.stderr.splitlines() if "--full-refresh" in line]
+    assert note == (f"note: {path}:14: --full-refresh: step 'events' reads every file again, "
+                    "and step 'write_parquet' appends (mode: append) to out: the rows earlier "
+                    "runs appended are appended again; write that output with mode: "
+                    "overwrite for a full refresh"), done.stderr
     assert (f"step 'events' read 2 new files (first {workdir}/data/events/ds=1/part.parquet, "
             f"last {workdir}/data/events/ds=2/part.parquet); every file (--full-refresh)"
             ) in lines
@@ -154,6 +160,15 @@ def test_full_refresh_reads_every_file_and_runs_show_says_what_was_read(
     table = sluice_in_process("runs", "list", cwd=workdir, env=env).stdout.splitlines()
     assert [line.split("  ")[2].strip() for line in table[1:] if line.strip()] == [
         "succeeded", "succeeded, nothing to do", "succeeded"], table
+    refreshed = json.loads(listed.stdout.splitlines()[0])
+    shown = sluice_in_process("runs", "show", refreshed["run_id"], cwd=workdir, env=env)
+    assert f"\n  {note}\n" in shown.stdout, shown.stdout  # kept in its record
+    # compared, the nights say which was a full refresh and how many files each read
+    compared = sluice_in_process("runs", "compare", skipped["run_id"], refreshed["run_id"],
+                                 cwd=workdir, env=env).stdout.splitlines()
+    assert [line.split() for line in compared if " full refresh " in line
+            or " files read " in line] == [["*", "full", "refresh", "no", "yes"],
+                                           ["*", "files", "read", "0", "2"]], compared
     shown = sluice_in_process("runs", "show", skipped["run_id"], cwd=workdir, env=env)
     assert shown.stdout.startswith(f"run {skipped['run_id']} of 'events_daily' on local: "
                                    "succeeded, nothing to do in "), shown.stdout
@@ -319,8 +334,11 @@ def test_full_refresh_of_a_pipeline_without_incremental_reads_is_said(workdir: P
     assert ("--full-refresh: no read_parquet step of pipeline 'whole' reads incrementally "
             "(incremental: true), so every read reads all its files, as always") in said
     said.clear()
-    run(pipeline(workdir), full_refresh=True, notify=said.append)
-    assert not [line for line in said if "--full-refresh" in line]
+    # an incremental read writing with mode: overwrite refreshes as asked: no line
+    overwriting = pipeline(workdir)
+    overwriting.write_text(overwriting.read_text().replace("mode: append", "mode: overwrite"))
+    run(overwriting, full_refresh=True, notify=said.append)
+    assert not [line for line in said if "--full-refresh" in line], said
 
 
 def test_a_run_failing_after_its_write_publishes_no_output(workdir: Path, engine: Any

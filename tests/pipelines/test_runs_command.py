@@ -115,7 +115,7 @@ def test_list_is_newest_first_and_filters(history: list[dict[str, Any]],
     assert summary == {
         "run_id": failed["run_id"], "pipeline": "center", "status": "failed",
         "started_at": failed["started_at"], "seconds": failed["seconds"], "engine": "local",
-        "rows_written": None, "models": [],
+        "rows_written": None, "settled_by": None, "models": [],
         "error": failed["error"].splitlines()[0], "warnings": 0, "skipped": None,
         "params": {"l2": 0.001},
         "record_path": failed["record_path"]}

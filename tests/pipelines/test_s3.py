@@ -1044,6 +1044,10 @@ def test_a_run_killed_on_s3_is_settled_by_the_next(bucket: str, workdir: Any, po
     assert read["lock_taken"]["lost"].startswith("process ")
     assert read["claim"]["run_id"] == dead and read["claim"]["outcome"] == outcome
     assert read["new_files"] == (1 if outcome == "settled" else 2)
+    # the rows it landed, counted from the output's _SUCCESS on the store
+    assert read["claim"].get("outputs") == ([{"step": "write_parquet",
+                                              "path": f"s3://{bucket}/out",
+                                              "rows": 3}] if outcome == "settled" else None)
     (taken,) = [line for line in said if line.endswith("this run took the lock over")]
     shown = subprocess.run([str(Path(sys.executable).parent / "sluice"), "runs", "show",
                             after["run_id"], "--runs", url], cwd=workdir,

@@ -367,8 +367,14 @@ def test_a_candidate_through_its_feature_step_that_does_not_converge_is_a_warnin
     assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)], caught
     best = record["metrics"]["nb"]["tuning"]["best"]
     other = next(k for k in record["metrics"]["nb"]["tuning"]["candidates"] if k != best)
-    candidate, model = record["warnings"]
+    candidate, model, chosen = record["warnings"]
     assert f"step 'nb' (logistic_regression): tune candidate {other}: logistic_regression " \
            "did not converge: max_iter=1 reached" in candidate, candidate
-    assert "step 'nb' (logistic_regression): logistic_regression did not converge: " \
-           "max_iter=1 reached" in model, model
+    assert candidate.endswith(" (1 of the tune's 2 candidate fits)"), candidate
+    assert f"step 'nb' (logistic_regression): tune candidate {best}, chosen (its fit is the " \
+           "model): logistic_regression did not converge: max_iter=1 reached" in model, model
+    # max_iter is the step's, not tuned: raise it there
+    assert chosen.endswith(f"step 'nb' (logistic_regression): tune chose {best} from fits "
+                           "that did not converge: none of its 2 candidate fits converged, so "
+                           "their scores rank unfinished models; raise the step's max_iter (or "
+                           "standardise the features) and run again"), chosen

@@ -223,34 +223,42 @@ def test_candidates_that_do_not_converge_are_one_warning_of_the_run(
     line = model_line(path)
     assert said.startswith(f"{path}:{line}: step 'model' (logistic_regression): tune candidate "
                            "max_iter=1, l2=0.1 (fold 1 of 3): logistic_regression did not "
-                           "converge: max_iter=1 reached after 1 iterations (gradient norm "), said
+                           "converge: max_iter=1 reached after 1 iteration (gradient norm "), said
     assert said.endswith("; so did 5 more candidate fits: max_iter=1, l2=0.1 (fold 2 of 3); "
                          "max_iter=1, l2=0.1 (fold 3 of 3); max_iter=1, l2=1.0 (fold 1 of 3); "
-                         "and 2 more"), said
+                         "and 2 more (6 of the tune's 12 candidate fits)"), said
 
 
-def test_the_tuned_models_own_warning_is_a_plain_fits(churn: Path, workdir: Path) -> None:
-    """Without folds the best candidate's fit is the model: its warning is said as a
-    plain fit's (the step's, no candidate named), the three others' as the candidates'
-    (one line); both counted in the status, no Python warning on stderr."""
+def test_the_tuned_models_own_warning_names_it_and_no_fit_converging_is_said(
+        churn: Path, workdir: Path) -> None:
+    """Without folds the best candidate's fit is the model: its warning names it, the
+    chosen one, the three others' are the candidates' (one line, counted of the four:
+    not read as three of four warned); none of the four converged, which a third line
+    says (the choice ranks unfinished fits: list larger max_iter values); all counted in
+    the status, no Python warning on stderr."""
     path = write_pipeline(workdir, TUNED.format(tune=UNCONVERGED.replace("50", "2")))
     done = sluice_in_process("run", str(path), cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr
-    assert ": succeeded, 2 warnings in " in done.stdout.splitlines()[0], done.stdout
+    assert ": succeeded, 3 warnings in " in done.stdout.splitlines()[0], done.stdout
     record = json.loads(next((workdir / "runs" / "tuned").glob("*.json")).read_text())
     best = record["metrics"]["model"]["tuning"]["best"]
     head = f"{path}:{model_line(path)}: step 'model' (logistic_regression): "
     assert done.stderr.splitlines() == [f"warning: {w}" for w in record["warnings"]]
-    candidates, model = record["warnings"]
+    candidates, model, chosen = record["warnings"]
     others = [k for k in record["metrics"]["model"]["tuning"]["candidates"] if k != best]
     assert candidates.startswith(f"{head}tune candidate {others[0]}: logistic_regression "
                                  "did not converge: "), candidates
-    assert candidates.endswith(f"; so did 2 more candidate fits: {others[1]}; {others[2]}"
-                               ), candidates
+    assert candidates.endswith(f"; so did 2 more candidate fits: {others[1]}; {others[2]} "
+                               "(3 of the tune's 4 candidate fits)"), candidates
     max_iter = best.split(",")[0].removeprefix("max_iter=")
-    assert model.startswith(f"{head}logistic_regression did not converge: max_iter={max_iter} "
+    assert model.startswith(f"{head}tune candidate {best}, chosen (its fit is the model): "
+                            f"logistic_regression did not converge: max_iter={max_iter} "
                             "reached"), model
+    assert chosen == (f"{head}tune chose {best} from fits that did not converge: none of its "
+                      "4 candidate fits converged, so their scores rank unfinished models; "
+                      "list larger max_iter values in the tune (its largest is 2) (or "
+                      "standardise the features) and run again"), chosen
 
 
 def model_line(path: Path) -> int:
