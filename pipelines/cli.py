@@ -640,7 +640,8 @@ def plan_command(file: str, params: tuple[str, ...], models: str | None,
     entries = describe(plan)
     if as_json:
         click.echo(json.dumps({"pipeline": plan.spec.name, "file": str(plan.spec.file),
-                               "steps": entries, "notes": plan.notices}, indent=1))
+                               "steps": entries, "notes": plan.notices,
+                               "skipped": plan.nothing_new()}, indent=1))
         return
     for line in format_plan(plan, entries):
         click.echo(line)

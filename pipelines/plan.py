@@ -90,6 +90,21 @@ class Plan:
     def step(self, step_id: str) -> Step:
         return next(s for s in self.steps if s.id == step_id)
 
+    def incremental(self) -> list[Step]:
+        """The read_parquet steps that read incrementally."""
+        return [s for s in self.steps
+                if isinstance(s.op, ReadParquet) and s.op.params.incremental]
+
+    def nothing_new(self) -> str | None:
+        """Why a run of this plan would run no step (its incremental reads have no new
+        file: a run succeeds doing nothing); None where it would run."""
+        steps = self.incremental()
+        if not steps or any(s.op.incremental_counts()["new_files"] for s in steps):
+            return None
+        said = ", ".join(f"'{s.id}'" for s in steps)
+        return (f"no new files: every file of step{'s' * (len(steps) > 1)} {said} was read "
+                "by an earlier run")
+
     def consumers(self, step_id: str) -> list[Step]:
         """The steps that read ``step_id``'s rows: as their input, or besides it (a
         join's ``table:``)."""

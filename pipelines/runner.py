@@ -1161,11 +1161,6 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *,
         reads.release()
 
 
-def _incremental(plan: Plan) -> list[Step]:
-    return [s for s in plan.steps
-            if isinstance(s.op, ReadParquet) and s.op.params.incremental]
-
-
 def _read_entry(reads: Reads, plan: Plan, step: Step) -> dict[str, Any]:
     """What an incremental read takes, for the run record: how many new files (the
     first and last by name), read before, waiting for later runs; the state's file."""
@@ -1229,13 +1224,9 @@ def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engi
     """The record of a run whose incremental reads have no new file: succeeded, no step
     run, nothing written, trained or saved (logged to MLflow where the run would be: a
     scheduled job's night there too)."""
-    steps = _incremental(plan)
-    said = ", ".join(f"'{s.id}'" for s in steps)
-    reading = {s.id for s in steps}
+    reading = {s.id for s in plan.incremental()}
     record = {**_record_head(plan, path, run_id, started, {"name": engine}),
-              "status": "succeeded", "models_used": [],
-              "skipped": f"no new files: every file of step{'s' * (len(steps) > 1)} {said} "
-                         "was read by an earlier run",
+              "status": "succeeded", "models_used": [], "skipped": plan.nothing_new(),
               # every step as planned, none run: its params are the run's, as compared
               "steps": {s.id: {**_planned(s), **({"incremental": _read_entry(reads, plan, s)}
                                                  if s.id in reading else {})}
@@ -1307,13 +1298,13 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
     for step_id, settled in reads.settled.items():
         if notify:
             notify(settled_line(step_id, settled))
-    incremental = _incremental(plan)
+    incremental = plan.incremental()
     reading = {s.id for s in incremental}
     if reads.full_refresh and not incremental and notify:
         notify(f"--full-refresh: no read_parquet step of pipeline '{plan.spec.name}' reads "
                "incrementally (incremental: true), so every read reads all its files, as "
                "always")
-    if incremental and not any(s.op.incremental_counts()["new_files"] for s in incremental):
+    if plan.nothing_new() is not None:
         return _nothing_new(plan, path, run_id, started, asked, reads,
                             runs_dir or default_runs_dir(), tracker, source, notify)
     eng = engine_instance or make_engine(engine, scheduler=scheduler, master=master,
