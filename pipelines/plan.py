@@ -493,7 +493,7 @@ def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str,
         for found in _pydantic_problems(s, file, exc, cls):
             named = [n for n in tuned if found.message.startswith(f"parameter '{n}'")]
             if named:  # a value tune lists: said as plan_tuning says a candidate's
-                found = replace(found, line=s.line_of("tune"),
+                found = replace(found, line=s.line_of(f"tune.{named[0]}"),
                                 message=f"tune: {named[0]}={tuned[named[0]]}: {found.message}")
             plan.problems.append(found)
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}

@@ -744,10 +744,8 @@ class Run:
         if feature is None or not (exc.where or "").startswith(f"step '{feature.step}'"):
             exc.message = f"tune candidate {which}: {exc.message}"
             return exc.located(f"step '{step.id}'")
-        tune = step.spec.tune
-        lines = getattr(tune, "key_lines", {})
-        line = next((lines[k] for k in tune if k.startswith(f"{feature.step}.") and k in lines),
-                    step.spec.line_of("tune"))
+        line = next((step.spec.line_of(f"tune.{k}") for k in step.spec.tune
+                     if k.startswith(f"{feature.step}.")), step.spec.line_of("tune"))
         exc.message = f"tune candidate {which}: {exc.where}: {exc.message}"
         exc.where = f"{self.plan.spec.file}:{line}: step '{step.id}' ({step.op.name})"
         return exc
