@@ -615,11 +615,12 @@ class Sink(Operator):
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         return schema
 
-    def preflight(self) -> None:
-        """Before any step of the run: a cheap look for what would make ``begin`` refuse
-        (an output that exists where the mode forbids it), so that a run does not train
-        for an hour to stop at its write. Nothing where it cannot tell (``begin`` checks
-        again)."""
+    def preflight(self, schema: pa.Schema | None = None) -> None:
+        """Before any step of the run (and as ``sluice validate`` and ``plan`` check a
+        pipeline): a cheap look for what would make ``begin`` refuse (an output that
+        exists where the mode forbids it; with ``schema``, the rows' schema as planned,
+        rows the output cannot take), so that a run does not train for an hour to stop
+        at its write. Nothing where it cannot tell (``begin`` checks again)."""
 
     @abstractmethod
     def begin(self, run_id: str, schema: pa.Schema) -> Any:

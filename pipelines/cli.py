@@ -567,6 +567,7 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
              runs_dir: str | None) -> None:
     """Check pipeline files without running them; report every problem (exit 1 if any).
     An incremental read is checked against what the runs under --runs read before."""
+    from pipelines.plan import output_problems
     from pipelines.runner import plan_file
     from pipelines.store import ModelStore
 
@@ -575,6 +576,7 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
     total = wrong = 0
     for file in files:
         plan = plan_file(file, overrides, store, reads=_reads(runs_dir))
+        output_problems(plan)
         _report(plan)
         total += len(plan.problems)
         wrong += not plan.ok
@@ -625,12 +627,14 @@ def plan_command(file: str, params: tuple[str, ...], models: str | None,
     fits, scores (the model version) or writes, and how it changes the columns. Problems
     are reported as `validate` does (exit 1)."""
     from pipelines.describe import describe, format_plan, graph, to_dot, to_mermaid
+    from pipelines.plan import output_problems
     from pipelines.runner import plan_file
     from pipelines.store import ModelStore
 
     if as_json + as_dot + as_mermaid > 1:
         raise click.UsageError("give one of --json, --dot and --mermaid")
     plan = plan_file(file, _parse_params(params), ModelStore(models), reads=_reads(runs_dir))
+    output_problems(plan)
     _report(plan)
     if not plan.ok:
         _problems_found(len(plan.problems), 1, 1)

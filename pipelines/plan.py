@@ -383,6 +383,35 @@ def build(spec: PipelineSpec, resolve_model: Any = None, reads: Any = None) -> P
     return plan
 
 
+def check_output(plan: Plan, step: Step) -> None:
+    """A SluiceError where sink ``step`` could not write its output as the output is
+    now (there already, in mode error; rows with other columns or types than an output
+    appended to has), by the sink's own ``preflight``: given the rows' planned schema,
+    unless a fit upstream decides columns at run time or another sink of the pipeline
+    writes the same output first."""
+    assert isinstance(step.op, Sink)
+    path = getattr(step.op.params, "path", None)
+    shared = path is not None and any(
+        s is not step and isinstance(s.op, Sink) and getattr(s.op.params, "path", None) == path
+        for s in plan.steps)
+    step.op.preflight(None if step.open or shared else step.schema)
+
+
+def output_problems(plan: Plan) -> None:
+    """The problems of the outputs as they are now (``check_output``) added to
+    ``plan.problems``, at each sink step's line: what ``sluice validate`` and ``plan``
+    say before a run would (its preflight) refuse them."""
+    for step in plan.steps:
+        if not isinstance(step.op, Sink) or step.spec.unresolved:
+            continue
+        try:
+            check_output(plan, step)
+        except SluiceError as exc:
+            plan.problems.append(Problem(plan.spec.file, step.spec.line_of(
+                param_for(step, exc), str(exc)), str(exc), step=step.id, op=step.spec.op))
+    plan.problems.sort(key=lambda p: (p.file, p.line))
+
+
 def _check_outputs_outside_inputs(plan: Plan) -> None:
     """A write into a folder below one the pipeline reads (all of it, no manifest), or
     that a glob it reads matches, is a problem: the next run would read the rows written

@@ -57,7 +57,7 @@ from pipelines.engines.base import Dataset, Engine, StagedSink, interruption, on
 from pipelines.incremental import Reads, settled_line, taken_line
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
-from pipelines.plan import Plan, Step, build, training_only
+from pipelines.plan import Plan, Step, build, check_output, training_only
 from pipelines.runs import default_runs_dir
 from pipelines.shuffle import (
     SAMPLE_PER_BUCKET,
@@ -345,7 +345,7 @@ class Run:
         for step in self.plan.steps:
             try:
                 if isinstance(step.op, Sink):
-                    step.op.preflight()
+                    check_output(self.plan, step)
                 for name, alias in self._aliases_set(step):
                     self.store.check_alias(name, alias)
             except SluiceError as exc:

@@ -1380,8 +1380,10 @@ class WriteParquet(Sink):
         return DataError(f"cannot write Parquet to '{self.params.path}': {arrow_message(exc)}",
                          hint="check the path, its permissions and the free space")
 
-    def preflight(self) -> None:
+    def preflight(self, schema: pa.Schema | None = None) -> None:
         if self.params.mode != "error":
+            if schema is not None:
+                self._preflight_merge(schema)
             return
         try:
             loc = resolve(self.params.path, self.params.storage_options)
@@ -1398,6 +1400,18 @@ class WriteParquet(Sink):
             return
         if exists:
             raise self._exists_error()
+
+    def _preflight_merge(self, schema: pa.Schema) -> None:
+        """Rows of ``schema`` the output there is cannot take (``_check_merge``, which
+        ``begin`` runs again on the rows as they come)."""
+        try:
+            loc = resolve(self.params.path, self.params.storage_options)
+        except SluiceError:
+            return  # (begin says what is wrong with the place)
+        try:
+            self._check_merge(loc, schema)
+        except _io_errors():
+            return
 
     def begin(self, run_id: str, schema: pa.Schema) -> dict[str, Any]:
         loc = resolve(self.params.path, self.params.storage_options)
