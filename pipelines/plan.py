@@ -751,7 +751,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 named = list(getattr(exc, "columns", ()))
                 fits = _not_from_fits(named, before_it) if opened else named
                 unexplained = [c for c in fits if c not in step.doubt]
-                if unexplained == named:
+                if not opened and unexplained == named:
                     raise
                 if unexplained:  # named alone: the others may come from a fit or a problem
                     require_columns(schema, unexplained)
