@@ -1086,7 +1086,9 @@ def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | N
         return None  # nor a chain to walk where a step of it was not built
     chain = plan.model_chain(save_id)
     source = plan.model_input(save_id)
-    if not chain or source is None or any(s.schema is None for s in chain):
+    troubled = {p.step for p in plan.problems}  # a step with a problem may pass a schema on
+    if not chain or source is None or any(s.schema is None or s.id in troubled
+                                          for s in chain):
         return None
     training, fit_only = _saved_reads(plan, chain)
     saved = [(view, s.schema) for s, only in zip(chain, training, strict=True)
