@@ -192,6 +192,9 @@ class Operator(ABC):  # noqa: B024 - a base of the four kinds, not instantiated
     # docs/float32.md's tolerances; False: it computes exactly whatever the dtype (the
     # conformance kit's float32 check holds both)
     float32: ClassVar[bool] = False
+    # True: the output's columns are the input's, whatever the parameters (a filter, a
+    # sort, a sink), so a plan goes on past a step whose parameters are wrong
+    keeps_columns: ClassVar[bool] = False
 
     def __init__(self, params: Params | dict[str, Any] | None = None, **kwargs: Any):
         if params is None or isinstance(params, dict):
@@ -611,15 +614,17 @@ class Sink(Operator):
     """
 
     kind = "sink"
+    keeps_columns = True
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         return schema
 
-    def preflight(self) -> None:
-        """Before any step of the run: a cheap look for what would make ``begin`` refuse
-        (an output that exists where the mode forbids it), so that a run does not train
-        for an hour to stop at its write. Nothing where it cannot tell (``begin`` checks
-        again)."""
+    def preflight(self, schema: pa.Schema | None = None) -> None:
+        """Before any step of the run (and as ``sluice validate`` and ``plan`` check a
+        pipeline): a cheap look for what would make ``begin`` refuse (an output that
+        exists where the mode forbids it; with ``schema``, the rows' schema as planned,
+        rows the output cannot take), so that a run does not train for an hour to stop
+        at its write. Nothing where it cannot tell (``begin`` checks again)."""
 
     @abstractmethod
     def begin(self, run_id: str, schema: pa.Schema) -> Any:
@@ -764,6 +769,7 @@ class Action(Operator):
     """A driver-side step the runtime carries out (save_model); data passes through."""
 
     kind = "action"
+    keeps_columns = True
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         return schema

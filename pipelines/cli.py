@@ -589,6 +589,7 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
              runs_dir: str | None) -> None:
     """Check pipeline files without running them; report every problem (exit 1 if any).
     An incremental read is checked against what the runs under --runs read before."""
+    from pipelines.plan import output_problems
     from pipelines.runner import plan_file
     from pipelines.store import ModelStore
 
@@ -597,18 +598,29 @@ def validate(files: tuple[str, ...], params: tuple[str, ...], models: str | None
     total = wrong = 0
     for file in files:
         plan = plan_file(file, overrides, store, reads=_reads(runs_dir))
-        for problem in plan.problems:
-            _err(str(problem))
-        for line in plan.notices:
-            click.echo(f"note: {line}", err=True)
+        output_problems(plan)
+        _report(plan)
         total += len(plan.problems)
         wrong += not plan.ok
         if plan.ok:
             click.echo(f"{file}: ok ({len(plan.steps)} steps)")
     if total:
-        of = f"{wrong} of {len(files)}" if wrong < len(files) else f"{wrong}"
-        _err(f"{total} problem(s) in {of} file(s)")
-        sys.exit(1)
+        _problems_found(total, wrong, len(files))
+
+
+def _report(plan: Any) -> None:
+    """A plan's problems (each located) and notes, as validate and plan print them."""
+    for problem in plan.problems:
+        _err(str(problem))
+    for line in plan.notices:
+        click.echo(f"note: {line}", err=True)
+
+
+def _problems_found(total: int, wrong: int, files: int) -> None:
+    """The last line of a check that found problems (validate's, plan's); exit 1."""
+    of = f"{wrong} of {files}" if wrong < files else f"{wrong}"
+    _err(f"{total} problem(s) in {of} file(s)")
+    sys.exit(1)
 
 
 def _reads(runs_dir: str | None) -> Any:
@@ -637,23 +649,25 @@ def plan_command(file: str, params: tuple[str, ...], models: str | None,
     fits, scores (the model version) or writes, and how it changes the columns. Problems
     are reported as `validate` does (exit 1)."""
     from pipelines.describe import describe, format_plan, graph, to_dot, to_mermaid
-    from pipelines.runner import ValidationFailed, plan_file
+    from pipelines.plan import output_problems
+    from pipelines.runner import plan_file
     from pipelines.store import ModelStore
 
     if as_json + as_dot + as_mermaid > 1:
         raise click.UsageError("give one of --json, --dot and --mermaid")
     plan = plan_file(file, _parse_params(params), ModelStore(models), reads=_reads(runs_dir))
+    output_problems(plan)
+    _report(plan)
     if not plan.ok:
-        raise ValidationFailed(plan.problems)
-    for line in plan.notices:
-        click.echo(f"note: {line}", err=True)
+        _problems_found(len(plan.problems), 1, 1)
     if as_dot or as_mermaid:
         click.echo((to_dot if as_dot else to_mermaid)(graph(plan)))
         return
     entries = describe(plan)
     if as_json:
         click.echo(json.dumps({"pipeline": plan.spec.name, "file": str(plan.spec.file),
-                               "steps": entries, "notes": plan.notices}, indent=1))
+                               "steps": entries, "notes": plan.notices,
+                               "skipped": plan.nothing_new()}, indent=1))
         return
     for line in format_plan(plan, entries):
         click.echo(line)

@@ -272,6 +272,10 @@ def format_plan(plan: Plan, entries: list[dict[str, Any]]) -> list[str]:
             lines.append(f"      - {name}")
         for column in entry.get("retyped", []):
             lines.append(f"      ~ {column['name']} {column['from']} -> {column['to']}")
+    skipped = plan.nothing_new()
+    if skipped is not None:  # as the run would say it, with what makes it read again
+        lines.append(f"nothing to do: {skipped}: a run now runs no step (and succeeds); "
+                     "it reads the next new files, or every file with --full-refresh")
     return lines
 
 

@@ -66,6 +66,10 @@ class Step:
     # a feature step a model's tune varies with it: that model step's id (the feature
     # step is fitted there, once per candidate)
     tuned_by: str | None = None
+    # columns an earlier problem may have left out of ``schema`` (a read's `columns:`
+    # naming one the data lacks, and those it would have read instead): a later step
+    # missing only these has no problem of its own
+    doubt: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -89,6 +93,21 @@ class Plan:
 
     def step(self, step_id: str) -> Step:
         return next(s for s in self.steps if s.id == step_id)
+
+    def incremental(self) -> list[Step]:
+        """The read_parquet steps that read incrementally."""
+        return [s for s in self.steps
+                if isinstance(s.op, ReadParquet) and s.op.params.incremental]
+
+    def nothing_new(self) -> str | None:
+        """Why a run of this plan would run no step (its incremental reads have no new
+        file: a run succeeds doing nothing); None where it would run."""
+        steps = self.incremental()
+        if not steps or any(s.op.incremental_counts()["new_files"] for s in steps):
+            return None
+        said = ", ".join(f"'{s.id}'" for s in steps)
+        return (f"no new files: every file of step{'s' * (len(steps) > 1)} {said} was read "
+                "by an earlier run")
 
     def consumers(self, step_id: str) -> list[Step]:
         """The steps that read ``step_id``'s rows: as their input, or besides it (a
@@ -368,6 +387,35 @@ def build(spec: PipelineSpec, resolve_model: Any = None, reads: Any = None) -> P
     return plan
 
 
+def check_output(plan: Plan, step: Step) -> None:
+    """A SluiceError where sink ``step`` could not write its output as the output is
+    now (there already, in mode error; rows with other columns or types than an output
+    appended to has), by the sink's own ``preflight``: given the rows' planned schema,
+    unless a fit upstream decides columns at run time or another sink of the pipeline
+    writes the same output first."""
+    assert isinstance(step.op, Sink)
+    path = getattr(step.op.params, "path", None)
+    shared = path is not None and any(
+        s is not step and isinstance(s.op, Sink) and getattr(s.op.params, "path", None) == path
+        for s in plan.steps)
+    step.op.preflight(None if step.open or shared else step.schema)
+
+
+def output_problems(plan: Plan) -> None:
+    """The problems of the outputs as they are now (``check_output``) added to
+    ``plan.problems``, at each sink step's line: what ``sluice validate`` and ``plan``
+    say before a run would (its preflight) refuse them."""
+    for step in plan.steps:
+        if not isinstance(step.op, Sink) or step.spec.unresolved:
+            continue
+        try:
+            check_output(plan, step)
+        except SluiceError as exc:
+            plan.problems.append(Problem(plan.spec.file, step.spec.line_of(
+                param_for(step, exc), str(exc)), str(exc), step=step.id, op=step.spec.op))
+    plan.problems.sort(key=lambda p: (p.file, p.line))
+
+
 def _check_outputs_outside_inputs(plan: Plan) -> None:
     """A write into a folder below one the pipeline reads (all of it, no manifest), or
     that a glob it reads matches, is a problem: the next run would read the rows written
@@ -478,7 +526,7 @@ def _build_op(cls: type[Operator], s: StepSpec, plan: Plan, file: str,
         for found in _pydantic_problems(s, file, exc, cls):
             named = [n for n in tuned if found.message.startswith(f"parameter '{n}'")]
             if named:  # a value tune lists: said as plan_tuning says a candidate's
-                found = replace(found, line=s.line_of("tune"),
+                found = replace(found, line=s.line_of(f"tune.{named[0]}"),
                                 message=f"tune: {named[0]}={tuned[named[0]]}: {found.message}")
             plan.problems.append(found)
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
@@ -604,24 +652,43 @@ def _toposort(built: dict[str, Step], plan: Plan, file: str) -> list[Step]:
 
 
 def _propagate(plan: Plan, resolve_model: Any) -> None:
-    """Output schema of every step, in order; a step after a broken one is skipped."""
+    """Output schema of every step, in order. A step with a problem passes on the schema
+    that is known all the same (a read's of the columns there are, a filter's input's, a
+    fit's input's as the lower bound its fit makes it), so that later steps are checked
+    too, but not for the columns that problem may have left out (``Step.doubt``); a step
+    after one whose schema is not known is skipped."""
     file = plan.spec.file
     by_id = {s.id: s for s in plan.steps}
+
+    def report(step: Step, exc: SluiceError) -> None:
+        param = param_for(step, exc)
+        plan.problems.append(Problem(file, step.spec.line_of(param, str(exc)), str(exc),
+                                     step=step.id, op=step.spec.op))
+
     for step in plan.steps:
         s = step.spec
         if s.unresolved:
             continue  # its unknown ${param} is reported: a path or column with it in is not
+        schema = None
         try:
             if isinstance(step.op, Source):
                 # an incremental read knows the files read before as it plans: only the
                 # new files' footers are read, and checked
                 claimed = not (isinstance(step.op, ReadParquet) and step.op.params.incremental
                                ) or _bind_read_before(plan, step)
-                step.schema = step.op.schema()
-                if isinstance(step.op, ReadParquet):
-                    _note_shadowed_columns(plan, step)
-                    if claimed:
-                        step.op.check_files()
+                if not isinstance(step.op, ReadParquet):
+                    step.schema = step.op.schema()
+                    continue
+                step.schema, found = step.op.planned_schema()
+                for exc in found:
+                    report(step, exc)
+                missing = [c for e in found for c in getattr(e, "columns", ())]
+                if missing:  # the columns read instead of those may be the ones meant
+                    step.doubt = frozenset(
+                        [*missing, *step.op.full_schema.names]) - set(step.schema.names)
+                _note_shadowed_columns(plan, step)
+                if claimed and not found:
+                    step.op.check_files()
                 continue
             upstream = by_id.get(step.input) if step.input else None
             if upstream is None or upstream.schema is None:
@@ -630,6 +697,7 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
             others = [by_id.get(o) for o in step.op.step_inputs()]
             if any(o is None or o.schema is None for o in others):
                 continue  # a step it reads has a problem reported
+            step.doubt = upstream.doubt.union(*(o.doubt for o in others))
             for other in others:
                 step.op.bind_step_schema(other.id, other.schema)
             if isinstance(step.op, Union):
@@ -680,26 +748,62 @@ def _propagate(plan: Plan, resolve_model: Any) -> None:
                 if isinstance(step.op, Estimator) and step.op.after_model:
                     _bind_adjusted_model(plan, step)
             except MissingColumnError as exc:
-                if not opened:
+                named = list(getattr(exc, "columns", ()))
+                fits = _not_from_fits(named, before_it) if opened else named
+                unexplained = [c for c in fits if c not in step.doubt]
+                if not opened and unexplained == named:
                     raise
-                unexplained = _not_from_fits(exc, before_it)
-                if unexplained:  # named alone: the others may come from a fit
+                if unexplained:  # named alone: the others may come from a fit or a problem
                     require_columns(schema, unexplained)
+                if fits:  # columns an earlier problem left out: said there
+                    step.schema = _known_after_problem(step, schema, named)
+                    continue
                 # the column may come from the fit upstream: checked when the run gets there;
                 # what this step adds (a kmeans' prediction) is known then too
                 step.schema = schema
                 if not any(o is step for o in step.opened_by):
                     step.opened_by = (*step.opened_by, step)
         except SluiceError as exc:
-            param = param_for(step, exc)
-            plan.problems.append(Problem(file, s.line_of(param, str(exc)), str(exc), step=s.id,
-                                         op=s.op))
+            report(step, exc)
+            if schema is not None:
+                step.schema = _known_after_problem(step, schema,
+                                                   list(getattr(exc, "columns", ())))
 
 
-def _not_from_fits(exc: MissingColumnError, fits: tuple[Step, ...]) -> list[str]:
-    """The columns ``exc`` names that no fit of ``fits`` may add as it runs (one_hot's
-    are its columns' `col=value`, a model's its prediction columns)."""
-    return [column for column in getattr(exc, "columns", ())
+def _known_after_problem(step: Step, schema: pa.Schema, missing: list[str]
+                         ) -> pa.Schema | None:
+    """The schema a step with a problem passes on, ``schema`` its input's and
+    ``missing`` the columns it named that are not there: that schema where its columns
+    are its input's whatever its parameters (a filter's, a sink's) or where its fit
+    decides them (a lower bound, as a run's later steps wait for the fit); where it
+    changes the columns it lists in place (an impute, a scaler), its output without the
+    missing ones (later steps missing those have no problem of their own); None where
+    what it makes cannot be known (later steps are not checked)."""
+    if step.op.keeps_columns or (isinstance(step.op, Estimator) and step.op.schema_from_fit):
+        return schema
+    params = step.op.params
+    given = {key: value for key, value in params.model_dump(by_alias=True).items()
+             if isinstance(value, list) and set(missing) & set(value)}
+    if not missing or not given:
+        return None
+    try:
+        op = type(step.op).create(type(params)(**{
+            **params.model_dump(by_alias=True, exclude_unset=True),
+            **{key: [v for v in value if v not in missing] for key, value in given.items()}}))
+        op.check_input(schema)
+        after = op.output_schema(schema)
+    except (ValidationError, SluiceError):
+        return None
+    if not set(after.names) <= set(schema.names):
+        return None  # columns it adds may be made of the missing ones
+    step.doubt = step.doubt | set(missing)
+    return after
+
+
+def _not_from_fits(columns: list[str], fits: tuple[Step, ...]) -> list[str]:
+    """The ``columns`` that no fit of ``fits`` may add as it runs (one_hot's are its
+    columns' `col=value`, a model's its prediction columns)."""
+    return [column for column in columns
             if not any(not isinstance(f.op, Estimator) or f.op.fit_may_add(column)
                        for f in fits)]
 
@@ -982,7 +1086,9 @@ def _planned_chain(plan: Plan, save_id: str) -> tuple[list[Step], list[str]] | N
         return None  # nor a chain to walk where a step of it was not built
     chain = plan.model_chain(save_id)
     source = plan.model_input(save_id)
-    if not chain or source is None or any(s.schema is None for s in chain):
+    troubled = {p.step for p in plan.problems}  # a step with a problem may pass a schema on
+    if not chain or source is None or any(s.schema is None or s.id in troubled
+                                          for s in chain):
         return None
     training, fit_only = _saved_reads(plan, chain)
     saved = [(view, s.schema) for s, only in zip(chain, training, strict=True)

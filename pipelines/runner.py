@@ -57,7 +57,7 @@ from pipelines.engines.base import Dataset, Engine, StagedSink, interruption, on
 from pipelines.incremental import Reads, settled_line, taken_line
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
-from pipelines.plan import Plan, Step, build, training_only
+from pipelines.plan import Plan, Step, build, check_output, training_only
 from pipelines.runs import default_runs_dir
 from pipelines.shuffle import (
     SAMPLE_PER_BUCKET,
@@ -346,7 +346,7 @@ class Run:
         for step in self.plan.steps:
             try:
                 if isinstance(step.op, Sink):
-                    step.op.preflight()
+                    check_output(self.plan, step)
                 for name, alias in self._aliases_set(step):
                     self.store.check_alias(name, alias)
             except SluiceError as exc:
@@ -752,10 +752,8 @@ class Run:
         if feature is None or not (exc.where or "").startswith(f"step '{feature.step}'"):
             exc.message = f"tune candidate {which}: {exc.message}"
             return exc.located(f"step '{step.id}'")
-        tune = step.spec.tune
-        lines = getattr(tune, "key_lines", {})
-        line = next((lines[k] for k in tune if k.startswith(f"{feature.step}.") and k in lines),
-                    step.spec.line_of("tune"))
+        line = next((step.spec.line_of(f"tune.{k}") for k in step.spec.tune
+                     if k.startswith(f"{feature.step}.")), step.spec.line_of("tune"))
         exc.message = f"tune candidate {which}: {exc.where}: {exc.message}"
         exc.where = f"{self.plan.spec.file}:{line}: step '{step.id}' ({step.op.name})"
         return exc
@@ -1169,11 +1167,6 @@ def run(path: str | Path, overrides: dict[str, str] | None = None, *,
         reads.release()
 
 
-def _incremental(plan: Plan) -> list[Step]:
-    return [s for s in plan.steps
-            if isinstance(s.op, ReadParquet) and s.op.params.incremental]
-
-
 def _read_entry(reads: Reads, plan: Plan, step: Step) -> dict[str, Any]:
     """What an incremental read takes, for the run record: how many new files (the
     first and last by name), read before, waiting for later runs; the state's file."""
@@ -1255,13 +1248,9 @@ def _nothing_new(plan: Plan, path: str | Path, run_id: str, started: float, engi
     """The record of a run whose incremental reads have no new file: succeeded, no step
     run, nothing written, trained or saved (logged to MLflow where the run would be: a
     scheduled job's night there too)."""
-    steps = _incremental(plan)
-    said = ", ".join(f"'{s.id}'" for s in steps)
-    reading = {s.id for s in steps}
+    reading = {s.id for s in plan.incremental()}
     record = {**_record_head(plan, path, run_id, started, {"name": engine}),
-              "status": "succeeded", "models_used": [],
-              "skipped": f"no new files: every file of step{'s' * (len(steps) > 1)} {said} "
-                         "was read by an earlier run",
+              "status": "succeeded", "models_used": [], "skipped": plan.nothing_new(),
               # every step as planned, none run: its params are the run's, as compared
               "steps": {s.id: {**_planned(s), **({"incremental": _read_entry(reads, plan, s)}
                                                  if s.id in reading else {})}
@@ -1333,7 +1322,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
     for step_id, settled in reads.settled.items():
         if notify:
             notify(settled_line(step_id, settled))
-    incremental = _incremental(plan)
+    incremental = plan.incremental()
     reading = {s.id for s in incremental}
     if reads.full_refresh and not incremental and notify:
         notify(f"--full-refresh: no read_parquet step of pipeline '{plan.spec.name}' reads "
@@ -1343,7 +1332,7 @@ def _run(path: str | Path, overrides: dict[str, str] | None = None, *, engine: s
     for line in notes:
         if notify:
             notify(line)
-    if incremental and not any(s.op.incremental_counts()["new_files"] for s in incremental):
+    if plan.nothing_new() is not None:
         return _nothing_new(plan, path, run_id, started, asked, reads,
                             runs_dir or default_runs_dir(), tracker, source, notify)
     eng = engine_instance or make_engine(engine, scheduler=scheduler, master=master,

@@ -85,9 +85,14 @@ class StepSpec:
     def line_of(self, param: str | None, text: str = "") -> int:
         """The line of parameter ``param`` (the step's without one); where its value is
         a mapping of named entries (an aggregate's or a window's columns) and ``text``
-        is about one of them ("window column 'spend': ..."), that entry's line."""
+        is about one of them ("window column 'spend': ..."), that entry's line. A key of
+        a mapping is named by its path (``tune.max_depth``, ``tune.words.max_features``)."""
         if not param:
             return self.line
+        head, dot, key = param.partition(".")
+        if dot and param not in self.param_lines:
+            mapping = self.tune if head == "tune" else self.params.get(head)
+            return getattr(mapping, "key_lines", {}).get(key) or self.line_of(head)
         value = self.params.get(param)
         lines = getattr(value, "key_lines", None)
         if text and lines:

@@ -395,7 +395,7 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
             found = check_feature_step(step, param, values, (feature or {}).get(step),
                                        model_input)
             if found:
-                problems.append(("tune", found))
+                problems.append((f"tune.{step}.{param}", found))
     if len(tuned_steps) > 1 and not problems:
         problems.append(("tune", "tune varies the parameters of one feature step with the "
                                  f"model, not of {len(tuned_steps)} ("
@@ -417,36 +417,37 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
     for name, values in tune.items():
         if "." in name:
             continue  # another step's parameter: checked above
+        at = f"tune.{name}"  # said at the key's own line
         if name == "features" and clustering:  # of a model of no label: fixed too
-            problems.append(("tune", "tune cannot vary 'features': the candidates' clusters "
+            problems.append((at, "tune cannot vary 'features': the candidates' clusters "
                                      "are compared in the space of their features, and "
                                      "another space's silhouette measures another thing; "
                                      "set features on the step"))
         elif name == "distance_measure" and clustering:
-            problems.append(("tune", "tune cannot vary 'distance_measure': a cosine "
+            problems.append((at, "tune cannot vary 'distance_measure': a cosine "
                                      "silhouette and a Euclidean one measure other things "
                                      "and cannot choose between them; set it on the step"))
         elif name in FIXED and name in known:
-            problems.append(("tune", f"tune cannot vary '{name}': every candidate is "
+            problems.append((at, f"tune cannot vary '{name}': every candidate is "
                                      "fitted and compared on the same rows"))
         elif name not in known:
-            problems.append(("tune", f"tune: unknown parameter '{name}'{suggest(name, known)}"
+            problems.append((at, f"tune: unknown parameter '{name}'{suggest(name, known)}"
                                      f" ({cls.name} takes: {', '.join(known)})"))
         elif not isinstance(values, list) or not values:
-            problems.append(("tune", f"tune: '{name}' must list the values to try, e.g. "
+            problems.append((at, f"tune: '{name}' must list the values to try, e.g. "
                                      f"{name}: [a, b]"))
         elif name == "quantile":
-            problems.append(("tune", "tune cannot vary 'quantile': it is what a model of "
+            problems.append((at, "tune cannot vary 'quantile': it is what a model of "
                                      "loss: quantile predicts, not a setting to tune (each "
                                      "level's pinball loss measures another thing); fit "
                                      "a model per level"))
         elif name == "ndcg_at":
-            problems.append(("tune", "tune cannot vary 'ndcg_at': it is the cut-off the "
+            problems.append((at, "tune cannot vary 'ndcg_at': it is the cut-off the "
                                      "candidates' held-out NDCG is measured at, not a "
                                      "setting to tune (NDCG@1 of one candidate and NDCG@10 "
                                      "of another measure other things); set it on the step"))
         elif name in params:
-            problems.append(("tune", f"tune: '{name}' is set on the step too; give its "
+            problems.append((at, f"tune: '{name}' is set on the step too; give its "
                                      "values in tune only"))
     for varied in ("loss", "tweedie_power"):
         if varied in tune and metric is None:
@@ -525,7 +526,12 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
             err = exc.errors()[0]
             text = err["msg"].removeprefix("Value error, ").rstrip(".")
             where = ".".join(str(p) for p in err["loc"])
-            problems.append(("tune", f"tune: {label_of(combo)}: parameter '{where}': {text}"))
+            # the tune key whose value it refused: a feature step's (words.max_features)
+            # where the model's own parameters took theirs
+            key = next((k for k in combo if k == where or k.endswith(f".{where}")), None)
+            got = f" (got {err['input']!r})" if key is not None and "input" in err else ""
+            problems.append((f"tune.{key}" if key else "tune",
+                             f"tune: {label_of(combo)}: parameter '{where}': {text}{got}"))
             break
         except SluiceError as exc:
             problems.append(("tune", f"tune: {label_of(combo)}: {exc}"))

@@ -56,6 +56,7 @@ class Repartition(ByKeys, Shuffle):
     ```
     """
 
+    keeps_columns = True
     numeric_kernels = False
     in_model = False
     new_rows = False

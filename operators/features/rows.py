@@ -99,6 +99,7 @@ class Filter(Transform):
     ```
     """
 
+    keeps_columns = True
     numeric_kernels = False
     in_model = False
 
@@ -176,6 +177,7 @@ class Sample(Transform):
     ```
     """
 
+    keeps_columns = True
     numeric_kernels = False
     in_model = False
 
@@ -269,6 +271,7 @@ class Expect(Transform):
     ```
     """
 
+    keeps_columns = True
     numeric_kernels = False
     in_model = False
 

@@ -82,6 +82,7 @@ class Sort(RangedShuffle):
     ```
     """
 
+    keeps_columns = True
     numeric_kernels = False
     in_model = False
     new_rows = False

@@ -87,6 +87,7 @@ class Top(ByKeys, Shuffle):
     ```
     """
 
+    keeps_columns = True
     numeric_kernels = False
     in_model = False
     new_rows = False

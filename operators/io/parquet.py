@@ -833,26 +833,51 @@ class ReadParquet(Source):
         return self.location.local
 
     def schema(self) -> pa.Schema:
+        schema, problems = self.planned_schema()
+        if problems:
+            raise problems[0]
+        return schema
+
+    def planned_schema(self) -> tuple[pa.Schema, list[SluiceError]]:
+        """The schema the read gives, and every problem of the parameters it is made
+        from (the filter's, the declared types', the columns'), so that validate says them
+        all at once: the schema then has the columns ``columns`` names that the data has
+        (and the data's types where a declared one cannot be had). Raises where the data
+        cannot be listed."""
         full = self.full_schema
-        if self.params.filter:
-            self._filter  # noqa: B018 - validates the filter against the full schema
-        casts = self._casts
+        problems: list[SluiceError] = []
+        try:
+            if self.params.filter:
+                self._filter  # noqa: B018 - validates the filter against the full schema
+        except SluiceError as exc:
+            problems.append(exc)
+        filter_wrong = bool(problems)
+        try:
+            casts = self._casts
+        except SluiceError as exc:
+            problems.append(exc)
+            casts = dict(self._partition_types)
         columns = self.params.columns
         if columns is not None:
-            require_columns(full, columns)
-            # a column only the filter reads is declared as the filter compares it
-            unread = [c for c in self.params.schema_ or {}
-                      if c not in columns and c not in self._filter_columns]
+            try:
+                require_columns(full, columns)
+            except SchemaError as exc:
+                problems.append(exc)
+            # a column only the filter reads is declared as the filter compares it (which
+            # columns it reads is not known where the filter is wrong)
+            unread = [] if filter_wrong else [c for c in self.params.schema_ or {}
+                                              if c not in columns
+                                              and c not in self._filter_columns]
             if unread:
-                raise SchemaError(f"schema names column '{unread[0]}' that is not read",
-                                  hint="add it to `columns` (or the filter), or drop it "
-                                       "from `schema`")
-            full = pa.schema([full.field(c) for c in columns])
+                problems.append(SchemaError(
+                    f"schema names column '{unread[0]}' that is not read",
+                    hint="add it to `columns` (or the filter), or drop it from `schema`"))
+            full = pa.schema([full.field(c) for c in columns if full.get_field_index(c) >= 0])
         for name, want in casts.items():
             i = full.get_field_index(name)
             if i >= 0:
                 full = full.set(i, full.field(i).with_type(want))
-        return full
+        return full, problems
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
         return []
@@ -1380,8 +1405,10 @@ class WriteParquet(Sink):
         return DataError(f"cannot write Parquet to '{self.params.path}': {arrow_message(exc)}",
                          hint="check the path, its permissions and the free space")
 
-    def preflight(self) -> None:
+    def preflight(self, schema: pa.Schema | None = None) -> None:
         if self.params.mode != "error":
+            if schema is not None:
+                self._preflight_merge(schema)
             return
         try:
             loc = resolve(self.params.path, self.params.storage_options)
@@ -1398,6 +1425,18 @@ class WriteParquet(Sink):
             return
         if exists:
             raise self._exists_error()
+
+    def _preflight_merge(self, schema: pa.Schema) -> None:
+        """Rows of ``schema`` the output there is cannot take (``_check_merge``, which
+        ``begin`` runs again on the rows as they come)."""
+        try:
+            loc = resolve(self.params.path, self.params.storage_options)
+        except SluiceError:
+            return  # (begin says what is wrong with the place)
+        try:
+            self._check_merge(loc, schema)
+        except _io_errors():
+            return
 
     def begin(self, run_id: str, schema: pa.Schema) -> dict[str, Any]:
         loc = resolve(self.params.path, self.params.storage_options)

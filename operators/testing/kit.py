@@ -244,6 +244,10 @@ def check_declared_schema(c: Case) -> None:
         assert not missing, f"plan-time schema has {sorted(missing)}, the output does not"
     else:
         assert out.schema == declared, f"declared {declared}\nbut produced {out.schema}"
+    if op.keeps_columns:  # what a plan passes on past a step of it with a problem
+        assert out.schema == data.schema, (
+            f"{op.name} says its columns are its input's (keeps_columns), but it made "
+            f"{out.schema}")
 
 
 def check_no_input_mutation(c: Case) -> None:
@@ -621,6 +625,9 @@ def check_shuffle_schema(c: Case) -> None:
         out = op.finish(rows, *with_sides)
         declared = op.output_schema(data.schema)
         assert out.schema == declared, f"declared {declared}\nbut finish made {out.schema}"
+        assert not op.keeps_columns or out.schema == data.schema, (
+            f"{op.name} says its columns are its input's (keeps_columns), but it made "
+            f"{out.schema}")
     assert op.partial(data.schema.empty_table()).num_rows == 0, (
         "an empty partition has partial rows")
 

@@ -134,6 +134,10 @@ def test_plan_of_a_pipeline_with_problems_reports_them(workdir: Path) -> None:
     assert done.returncode == 1 and done.stdout == ""
     assert "unknown parameter 'colums'; did you mean 'columns'" in done.stderr
     assert "Traceback" not in done.stderr
+    # ended as validate ends (a plan runs nothing: no "nothing ran")
+    errors = done.stderr.strip().splitlines()
+    said = sum(line.startswith(f"error: {path}:") for line in errors)
+    assert said > 1 and errors[-1] == f"error: {said} problem(s) in 1 file(s)", errors
 
 
 GRAPH = """

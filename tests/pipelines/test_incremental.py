@@ -446,11 +446,24 @@ def test_validate_and_plan_read_the_state_under_the_runs_folder_they_are_given(
     kept = workdir / "kept_runs"
     day(workdir, 1)
     run(path, runs_dir=str(kept))
-    day(workdir, 2)
     cli = CliRunner()
+    # no new file: the plan says the run would do nothing, as the run then says
+    idle = cli.invoke(main, ["plan", str(path), "--runs", str(kept)])
+    assert idle.exit_code == 0, idle.output
+    assert "incremental: 0 new file(s) to read now, 1 read by earlier runs" in idle.stdout
+    assert idle.stdout.splitlines()[-1] == (
+        "nothing to do: no new files: every file of step 'events' was read by an earlier "
+        "run: a run now runs no step (and succeeds); it reads the next new files, or every "
+        "file with --full-refresh")
+    idle_json = cli.invoke(main, ["plan", str(path), "--runs", str(kept), "--json"])
+    assert json.loads(idle_json.stdout)["skipped"].startswith("no new files: every file")
+    day(workdir, 2)
     planned = cli.invoke(main, ["plan", str(path), "--runs", str(kept)])
     assert planned.exit_code == 0, planned.output
     assert "incremental: 1 new file(s) to read now, 1 read by earlier runs" in planned.stdout
+    assert "nothing to do" not in planned.stdout
+    assert json.loads(cli.invoke(main, ["plan", str(path), "--runs", str(kept), "--json"]
+                                 ).stdout)["skipped"] is None
     default = cli.invoke(main, ["plan", str(path)])
     assert "incremental: 2 new file(s) to read now, 0 read by earlier runs" in default.stdout
     shown = kept / "events_daily" / ".reads" / "events.json"

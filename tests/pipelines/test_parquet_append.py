@@ -510,3 +510,48 @@ def test_two_appends_into_one_output_in_one_run_keep_both(workdir: Path, engine:
     names = sorted(p.name for p in (workdir / "out").glob("part-*.parquet"))
     run_id = record["run_id"]
     assert names[0].startswith(f"part-{run_id}-") and names[-1].startswith(f"part-{run_id}.2-")
+
+
+def test_validate_and_plan_say_what_the_output_cannot_take(workdir: Path) -> None:
+    """An output there already that the rows cannot go to (a new upstream column under
+    `mode: append`; `mode: error`) is a problem `validate` and `plan` report at the write
+    step's line, as the run then refuses it before any step runs."""
+    pq.write_table(pa.table({"id": [1, 2], "v": [1.0, 2.0]}), workdir / "rows.parquet")
+    steps = """
+        pipeline: {name}
+        steps:
+          - op: read_parquet
+            path: rows.parquet
+          - op: derive
+            columns: {{{columns}}}
+          - id: out
+            op: write_parquet
+            path: out
+            mode: {mode}
+        """
+    first = write_pipeline(workdir, steps.format(name="first", columns="w: v * 2",
+                                                 mode="append"), "first.yaml")
+    assert run(first)["status"] == "succeeded"
+    before = snapshot(workdir / "out")
+    grown = write_pipeline(workdir, steps.format(name="grown", columns="w: v * 2, channel: "
+                                                 "\"'web'\"", mode="append"), "grown.yaml")
+    again = write_pipeline(workdir, steps.format(name="again", columns="w: v * 2",
+                                                 mode="error"), "again.yaml")
+    line = next(n for n, text in enumerate(grown.read_text().splitlines(), 1)
+                if "path: out" in text)
+    appended = (f"error: {grown}:{line}: step 'out' (write_parquet): cannot append to output "
+                "'out': it has no column(s) channel")
+    exists = f"error: {again}:{line}: step 'out' (write_parquet): output 'out' already exists"
+    checked = sluice_in_process("validate", str(grown), str(again), cwd=workdir)
+    errors = checked.stderr.strip().splitlines()
+    assert checked.returncode == 1 and len(errors) == 3, errors
+    assert errors[0].startswith(appended) and errors[1].startswith(exists), errors
+    assert errors[2] == "error: 2 problem(s) in 2 file(s)"
+    planned = sluice_in_process("plan", str(grown), cwd=workdir)
+    assert planned.returncode == 1 and planned.stdout == ""
+    assert planned.stderr.startswith(appended), planned.stderr
+    # the same rows the output takes: no problem
+    assert sluice_in_process("validate", str(first), cwd=workdir).returncode == 0
+    ran = sluice_in_process("run", str(grown), cwd=workdir)
+    assert ran.returncode == 1 and "it has no column(s) channel" in ran.stderr
+    assert snapshot(workdir / "out") == before

@@ -85,6 +85,50 @@ def test_every_problem_in_one_pass_with_file_line_and_step(churn: Path, workdir:
         assert contains in got, got
 
 
+def test_mistakes_down_a_chain_are_all_said_without_their_follow_ons(churn: Path,
+                                                                     workdir: Path) -> None:
+    """A problem does not hide the next: each step goes on with the schema that is known
+    (a read's of the columns there are; a filter's input's; a fit's input's; an impute's
+    of the columns it has), and a column an earlier problem left out ('plan', for the
+    read's 'plann') is no problem of a later step's."""
+    path = write_pipeline(workdir, """
+        pipeline: chain
+        steps:
+          - id: events
+            op: read_parquet
+            path: data/churn
+            columns: [tenure, plann, region, monthly_charges, total_charges, churned]
+            filter: "tenur >= 0"
+          - op: filter
+            where: "monthly_charge > 0"
+          - op: impute
+            columns: [total_charge, monthly_charges]
+          - op: one_hot
+            columns: [plan, regoin]
+          - op: standard_scale
+            columns: [tenure, monthly_charges, total_charge]
+          - op: logistic_regression
+            label: churnd
+          - op: save_model
+            name: churn
+        """)
+    found = [(p.line, p.step, p.message) for p in plan_file(path).problems]
+    expected = [
+        (6, "events", "column 'plann' not in the input; did you mean 'plan'?"),
+        (7, "events", "filter: unknown column 'tenur'; did you mean 'tenure'?"),
+        (9, "filter", "column 'monthly_charge' not in the input; did you mean "
+                       "'monthly_charges'?"),
+        (11, "impute", "column 'total_charge' not in the input; did you mean "
+                       "'total_charges'?"),
+        (13, "one_hot", "column 'regoin' not in the input; did you mean 'region'?"),
+        (17, "logistic_regression", "column 'churnd' not in the input; did you mean "
+                                    "'churned'?"),
+    ]
+    assert len(found) == len(expected), "\n".join(map(str, found))
+    for (line, step, start), got in zip(expected, found, strict=True):
+        assert got[:2] == (line, step) and got[2].startswith(start), got
+
+
 def test_params_substitute_and_override(churn: Path, workdir: Path) -> None:
     text = """
         pipeline: p
@@ -618,18 +662,18 @@ def test_a_bare_word_in_an_expression_is_said_to_want_quotes(churn: Path,
                     "the columns are: customer_id, tenure, plan, region, monthly_charges, "
                     "total_charges, signup_date, churned at column 8 in 'plan = basic'")
     path.write_text(path.read_text().replace("plan = basic", "plan = 'basic'"))
-    found = problems(path)
-    assert len(found) == 1, found  # a step after a broken one is not checked
-    assert found[0].endswith("; a text value goes in quotes: 'north')"), found
-    for bare, word in (("region = north", "premium"), ("plan = premium", "test")):
+    # a filter's columns are its input's: the step after it is checked in the same pass;
+    # a derive's are not known where it is wrong: the steps after it wait
+    first, second = problems(path)
+    assert first.endswith("; a text value goes in quotes: 'north')"), first
+    assert second.endswith("; a text value goes in quotes: 'premium')"), second
+    for bare in ("region = north", "plan = premium"):
         quoted = bare.replace(bare.split()[-1], f"'{bare.split()[-1]}'")
         path.write_text(path.read_text().replace(bare, quoted))
-        (found,) = problems(path)
-        assert found.endswith(f"; a text value goes in quotes: '{word}')"), found
-    path.write_text(path.read_text().replace("region != test", "region != 'test'"))
-    (found,) = problems(path)
-    assert "column 'monthly_charge' not in the input; did you mean 'monthly_charges'?" in found
-    assert "quotes" not in found
+    expect, derive = problems(path)  # an expect's columns are its input's too
+    assert expect.endswith("; a text value goes in quotes: 'test')"), expect
+    assert "column 'monthly_charge' not in the input; did you mean 'monthly_charges'?" in derive
+    assert "quotes" not in derive
 
 
 def test_missing_data_is_a_plan_time_problem(workdir: Path) -> None:

@@ -97,15 +97,25 @@ def test_candidates_compared_by_their_brier_score(churn: Path, workdir: Path) ->
     assert 0 < record["metrics"]["model"]["validation"]["brier"] < 0.25
 
 
+def _line_of(path: Path, key: str) -> int:
+    """The line of a step key (tune, tune_metric...), else of a key under tune."""
+    lines = path.read_text().splitlines()
+    tune = next(n for n, text in enumerate(lines, 1) if text.strip() == "tune:")
+    return next(n for n, text in enumerate(lines, 1) if text.strip().startswith(f"{key}:")
+                and (key.startswith("tune") or n > tune))
+
+
 @pytest.mark.parametrize(("tune", "key", "message"), [
-    ("tune:\n          max_iters: [10]", "tune",
+    # a problem of one key of tune is said at that key's line
+    ("tune:\n          l2: [0.1]\n          max_iters: [10]", "max_iters",
      "tune: unknown parameter 'max_iters'; did you mean 'max_iter'? (logistic_regression "
      "takes: label, features,"),
-    ("tune:\n          seed: [1, 2]", "tune",
+    ("tune:\n          seed: [1, 2]", "seed",
      "tune cannot vary 'seed': every candidate is fitted and compared on the same rows"),
-    ("tune:\n          l2: 0.1", "tune", "tune: 'l2' must list the values to try"),
-    ("tune:\n          l2: [0.1, -1.0]", "tune",
-     "tune: l2=-1.0: parameter 'l2': Input should be greater than or equal to 0"),
+    ("tune:\n          l2: 0.1", "l2", "tune: 'l2' must list the values to try"),
+    ("tune:\n          max_iter: [10]\n          l2: [0.1, -1.0]", "l2",
+     "tune: max_iter=10, l2=-1.0: parameter 'l2': Input should be greater than or equal "
+     "to 0 (got -1.0)"),
     ("tune:\n          l2: [0.1]\n        tune_metric: roc_aoc", "tune_metric",
      "unknown metric 'roc_aoc'; did you mean 'roc_auc'? (one of: accuracy, brier, f1,"),
     ("tune:\n          l2: [0.1]\n        tune_samples: 0", "tune_samples",
@@ -119,8 +129,7 @@ def test_tune_problems_are_reported_as_the_file_plans(churn: Path, workdir: Path
     path = write_pipeline(workdir, TUNED.format(tune="        " + tune))
     plan = plan_file(path)
     (problem,) = plan.problems
-    lines = path.read_text().splitlines()
-    line = next(n for n, text in enumerate(lines, 1) if text.strip().startswith(f"{key}:"))
+    line = _line_of(path, key)
     assert (problem.line, problem.step) == (line, "model")
     assert message in problem.message, problem.message
 
@@ -548,24 +557,24 @@ def test_too_few_held_out_rows_for_a_silhouette_fail_saying_so(workdir: Path) ->
      "        tune_metric: silhuette", "tune_metric",
      "unknown metric 'silhuette'; did you mean 'silhouette'?"),
     ("k: 3\n        validation_fraction: 0.2\n        tune:\n          features: [[x0, x1]]",
-     "tune", "tune cannot vary 'features': the candidates' clusters are compared in the "
+     "features", "tune cannot vary 'features': the candidates' clusters are compared in the "
              "space of their features"),
     ("k: 3\n        validation_fraction: 0.2\n        tune:\n"
-     "          distance_measure: [euclidean, cosine]", "tune",
+     "          distance_measure: [euclidean, cosine]", "distance_measure",
      "tune cannot vary 'distance_measure': a cosine silhouette and a Euclidean one"),
     ("distance_measure: cosine\n        validation_fraction: 0.2\n        tune:\n"
      "          k: [2, 3]\n        tune_metric: davies_bouldin", "tune_metric",
      "tune_metric: davies_bouldin measures Euclidean distances, and the step's "
      "distance_measure is cosine: compare by silhouette"),
     ("k: 3\n        validation_fraction: 0.2\n        tune:\n          seed: [1, 2]",
-     "tune", "tune cannot vary 'seed': every candidate is fitted and compared on the same"),
+     "seed", "tune cannot vary 'seed': every candidate is fitted and compared on the same"),
     ("k: 3\n        validation_fraction: 0.2\n        tune:\n          weight: [id]",
-     "tune", "tune cannot vary 'weight'"),
+     "weight", "tune cannot vary 'weight'"),
     ("tune:\n          k: [2, 3]", "tune",
      "tune needs held-out rows to compare the candidates on: set validation_fraction"),
-    ("validation_fraction: 0.2\n        tune:\n          k: [3, 1]", "tune",
+    ("validation_fraction: 0.2\n        tune:\n          k: [3, 1]", "k",
      "tune: k=1: parameter 'k': Input should be greater than or equal to 2"),
-    ("validation_fraction: 0.2\n        tune:\n          k: [1, 3]", "tune",
+    ("validation_fraction: 0.2\n        tune:\n          k: [1, 3]", "k",
      "tune: k=1: parameter 'k': Input should be greater than or equal to 2 (got 1)"),
 ], ids=["inertia-for-k", "a-label-metric", "unknown-metric", "features", "measure",
         "cosine-davies-bouldin", "seed", "weight",
@@ -577,8 +586,7 @@ def test_kmeans_tune_problems_are_reported_as_the_file_plans(
     path = write_pipeline(workdir, KMEANS.format(data=workdir / "rows.parquet",
                                                  settings="        " + settings))
     (problem,) = plan_file(path).problems
-    lines = path.read_text().splitlines()
-    line = next(n for n, text in enumerate(lines, 1) if text.strip().startswith(f"{key}:"))
+    line = _line_of(path, key)
     assert (problem.line, problem.step) == (line, "clusters")
     assert message in problem.message, problem.message
 
