@@ -1371,5 +1371,47 @@ def package_command(out: str, include: tuple[str, ...]) -> None:
     click.echo(f"  {archive.command()}")
 
 
+def exit_now(code: int) -> None:
+    """Leave the process with ``code`` once its work is done, as a normal exit does less
+    the interpreter's finalization: non-daemon threads joined and the ``atexit`` hooks
+    run (logging flushed, clusters and sessions stopped, temporary files removed), the
+    standard streams flushed, then ``os._exit``. Finalization tears native libraries down
+    while their threads may still run (an abandoned Arrow scan, a pool's worker), and
+    ``std::terminate`` then turns a run that succeeded into a SIGABRT, exit -6: seen from
+    ``sluice run``, a scheduler's job marked failed after its output was published."""
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)  # what a normal exit does first
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (sluice ... | head): nothing to add
+            pass
+    os._exit(code)
+
+
+def exit_code(exc: SystemExit) -> int:
+    """A SystemExit's status as the process's: None is 0, a message (printed) is 1."""
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def entry(args: list[str] | None = None) -> None:
+    """The ``sluice`` command as a process (the console script, ``python -m
+    pipelines.cli``, a spark-submit driver): ``main``, then ``exit_now`` with its status.
+    A bug's traceback leaves through the normal exit, as it would have."""
+    try:
+        main(args=args, prog_name="sluice")
+    except SystemExit as exc:
+        exit_now(exit_code(exc))
+    exit_now(0)  # main in standalone mode always raises SystemExit; for the type checker
+
+
 if __name__ == "__main__":
-    main()
+    entry()

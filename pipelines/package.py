@@ -73,7 +73,9 @@ import sys
 from pipelines.package import ensure_importable, submit_main
 
 ensure_importable()
-sys.exit(submit_main(sys.argv[1:]))
+from pipelines.cli import exit_now  # noqa: E402
+
+exit_now(submit_main(sys.argv[1:]))
 '''
 
 

@@ -75,6 +75,59 @@ def test_run_validate_and_models(churn: Path, workdir: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
+def leaving(workdir: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``sluice ARGS`` as the console script runs it (``pipelines.cli.entry``), in a
+    process that also holds what a native library's teardown can do at interpreter
+    finalization: an object whose destruction aborts (std::terminate on a still-running
+    thread), a non-daemon thread still at work, an atexit hook. The hook and the thread
+    each leave a line in the file returned."""
+    left = workdir / "left.txt"
+    script = f"""
+import atexit, os, sys, threading, time
+
+class AbortsWhenFinalized:
+    def __del__(self):
+        os.abort()
+
+held = AbortsWhenFinalized()  # a module global: destroyed in finalization
+
+def late():
+    time.sleep(0.5)
+    with open({str(left)!r}, "a") as out:
+        out.write("thread\\n")
+
+threading.Thread(target=late).start()
+atexit.register(lambda: open({str(left)!r}, "a").write("atexit\\n"))
+from pipelines.cli import entry
+entry({list(args)!r})
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=workdir, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "CI": "1"})
+    return done, left
+
+
+def test_a_finished_command_leaves_before_native_teardown_can_abort_it(churn: Path,
+                                                                       workdir: Path) -> None:
+    """A run that succeeded exits 0 even where finalization would abort the process
+    (an Arrow scan's thread at teardown: SIGABRT after the output was published, seen
+    in CI); its output is whole, threads are joined and atexit hooks run first. A user's
+    error keeps its exit code and its one line."""
+    path = write_pipeline(workdir, TRAIN)
+    done, left = leaving(workdir, "run", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "wrote 5,000 rows to out" in done.stdout and done.stdout.endswith("\n")
+    assert done.stderr == ""
+    assert left.read_text() == "thread\natexit\n"  # joined first, as a normal exit does
+    left.unlink()
+    again, left = leaving(workdir, "run", str(path))
+    assert again.returncode == 1 and again.stderr.startswith(f"error: {path}:9: "), \
+        again.stderr
+    assert len(again.stderr.splitlines()) == 1 and left.read_text() == "thread\natexit\n"
+    left.unlink()
+    usage, _ = leaving(workdir, "run")
+    assert usage.returncode == 2 and "Missing argument 'FILE'" in usage.stderr
+
+
 def test_aliases_promote_and_roll_back_what_a_pipeline_scores_with(churn: Path,
                                                                    workdir: Path) -> None:
     """Training saves a candidate; `sluice models alias` promotes it to production; the
