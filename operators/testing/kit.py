@@ -129,22 +129,32 @@ def fit_measured(estimator: Estimator, parts: list[pa.Table], xp: Any = NUMPY
     return estimator.fitted(state), estimator.metrics(state)
 
 
-def assert_metrics_close(actual: Any, expected: Any, rtol: float, atol: float,
-                         what: str) -> None:
-    """The same figures: numbers with tolerances (NaN equal to NaN), the same keys and
-    lengths, anything else exactly."""
+def assert_close_tree(actual: Any, expected: Any, rtol: float, atol: float,
+                      what: str) -> None:
+    """The same figures, nested: numbers and float arrays with tolerances (NaN equal to
+    NaN), the same keys, lengths, array shapes and dtypes, anything else exactly."""
     if isinstance(expected, dict):
         assert isinstance(actual, dict) and actual.keys() == expected.keys(), (
             f"{what}: keys {sorted(actual) if isinstance(actual, dict) else actual} != "
             f"{sorted(expected)}")
         for key in expected:
-            assert_metrics_close(actual[key], expected[key], rtol, atol, f"{what}['{key}']")
+            assert_close_tree(actual[key], expected[key], rtol, atol, f"{what}['{key}']")
     elif isinstance(expected, list | tuple):
         assert isinstance(actual, list | tuple) and len(actual) == len(expected), (
             f"{what}: {actual} != {expected}")
         for i, (a, e) in enumerate(zip(actual, expected)):
-            assert_metrics_close(a, e, rtol, atol, f"{what}[{i}]")
+            assert_close_tree(a, e, rtol, atol, f"{what}[{i}]")
+    elif isinstance(expected, np.ndarray):
+        actual = np.asarray(actual)
+        assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
+            f"{what}: {actual.dtype}{actual.shape} != {expected.dtype}{expected.shape}")
+        if np.issubdtype(expected.dtype, np.floating):
+            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol,
+                                       equal_nan=True, err_msg=what)
+        else:
+            np.testing.assert_array_equal(actual, expected, err_msg=what)
     elif isinstance(expected, float | np.floating) and not isinstance(actual, bool):
+        assert isinstance(actual, int | float | np.number), f"{what}: {actual!r} != {expected!r}"
         np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True,
                                    err_msg=what)
     else:
@@ -273,7 +283,7 @@ def check_empty_partition(c: Case) -> None:
         _, with_empty = _apply(c.build(), [empty, data, empty])
         assert_tables_close(with_empty, whole, c.rtol, c.atol, "with empty partitions")
     if isinstance(op, Measuring):
-        assert_metrics_close(fit_measured(c.build(), [empty, data, empty])[1],
+        assert_close_tree(fit_measured(c.build(), [empty, data, empty])[1],
                              fit_measured(c.build(), [data])[1], c.rtol, c.atol,
                              "metrics with empty partitions")
 
@@ -292,7 +302,7 @@ def check_partition_invariance(c: Case) -> None:
         if isinstance(op, Estimator):
             fitted, metrics = fit_measured(c.build(), parts)
             if isinstance(op, Measuring):
-                assert_metrics_close(metrics, measured, c.rtol, c.atol,
+                assert_close_tree(metrics, measured, c.rtol, c.atol,
                                      f"what it measures on {k} partitions")
         got = fitted.transform(data, NUMPY)
         assert_tables_close(got, whole, c.rtol, c.atol, f"fit on {k} partitions")
@@ -364,7 +374,7 @@ def check_strict_namespace(c: Case) -> None:
     _, got = _apply(c.build(), [data], strict)
     assert_tables_close(got, expected, max(c.rtol, 1e-9), max(c.atol, 1e-12), "array_api_strict")
     if isinstance(op, Measuring):
-        assert_metrics_close(fit_measured(c.build(), [data], strict)[1],
+        assert_close_tree(fit_measured(c.build(), [data], strict)[1],
                              fit_measured(c.build(), [data])[1], max(c.rtol, 1e-9),
                              max(c.atol, 1e-12), "metrics with array_api_strict")
 

@@ -24,7 +24,6 @@ What is checked:
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +42,7 @@ from operators.testing.kit import (
     Case,
     all_cases,
     applicable,
+    assert_close_tree,
     assert_tables_close,
     fit,
     split,
@@ -73,35 +73,6 @@ def xp() -> Any:
 
 
 # --------------------------------------------------------------------------- comparisons
-
-
-def assert_close_tree(actual: Any, expected: Any, rtol: float, atol: float, what: str) -> None:
-    """Nested dicts / lists / arrays / numbers equal, floats within the tolerances."""
-    if isinstance(expected, dict):
-        assert isinstance(actual, dict) and sorted(actual) == sorted(expected), (
-            f"{what}: keys {sorted(actual)} != {sorted(expected)}")
-        for key in expected:
-            assert_close_tree(actual[key], expected[key], rtol, atol, f"{what}.{key}")
-    elif isinstance(expected, list | tuple):
-        assert isinstance(actual, list | tuple) and len(actual) == len(expected), (
-            f"{what}: {actual!r} != {expected!r}")
-        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
-            assert_close_tree(a, e, rtol, atol, f"{what}[{i}]")
-    elif isinstance(expected, np.ndarray):
-        actual = np.asarray(actual)
-        assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
-            f"{what}: {actual.dtype}{actual.shape} != {expected.dtype}{expected.shape}")
-        if np.issubdtype(expected.dtype, np.floating):
-            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol,
-                                       equal_nan=True, err_msg=what)
-        else:
-            np.testing.assert_array_equal(actual, expected, err_msg=what)
-    elif isinstance(expected, float) and not isinstance(actual, bool):
-        assert isinstance(actual, int | float), f"{what}: {actual!r} != {expected!r}"
-        assert (math.isnan(actual) and math.isnan(expected)) or math.isclose(
-            actual, expected, rel_tol=rtol, abs_tol=atol), f"{what}: {actual!r} != {expected!r}"
-    else:
-        assert actual == expected, f"{what}: {actual!r} != {expected!r}"
 
 
 def assert_same_state(actual: Transform, expected: Transform, rtol: float, atol: float,
