@@ -286,7 +286,7 @@ def generate(kind: str, rows: int, out: str | Path, *, files: int = 1, seed: int
     for i in range(files):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
         path = os.path.join(out, f"part-{i:05d}.parquet")
-        with written_whole(path) as staging:
+        with written_whole(path, durable=False) as staging:  # regenerated at will
             pq.write_table(make(hi - lo, seed=seed, start=lo), staging,
                            row_group_size=row_group_rows)
         written.append(path)

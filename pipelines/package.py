@@ -254,7 +254,8 @@ def build(out: str | Path, include: Iterable[str | Path] = (),
     target = out / name
     existing = _marker_of(target) if target.exists() else None
     if existing is None or existing.get("digest") != contents.marker["digest"]:
-        with (written_whole(target) as staging, open(staging, "wb") as raw,
+        # built again at will: no need to flush it to disk
+        with (written_whole(target, durable=False) as staging, open(staging, "wb") as raw,
               zipfile.ZipFile(raw, "w") as archive):
             for arcname in sorted(contents.files):
                 path = contents.files[arcname]

@@ -467,6 +467,34 @@ def test_a_file_written_whole_replaces_the_old_one_or_leaves_it(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
 
 
+def test_a_file_written_whole_is_flushed_then_renamed_then_its_folder_flushed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record, model or state file said written survives a power cut whole: its
+    contents reach the disk before the rename publishes it, the rename after."""
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def spy_replace(src: str, dst: str) -> None:
+        events.append(("replace", os.fspath(src), os.fspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    target = tmp_path / "model.json"
+    with sluice_fs.written_whole(target) as staging:
+        Path(staging).write_text("new")
+    assert events == [("fsync", staging), ("replace", staging, str(target)),
+                      ("fsync", str(tmp_path))]
+    events.clear()
+    with sluice_fs.written_whole(target, durable=False) as staging:
+        Path(staging).write_text("newer")
+    assert events == [("replace", staging, str(target))] and target.read_text() == "newer"
+
+
 def test_an_output_inside_the_folder_the_pipeline_reads_is_refused(workdir: Path) -> None:
     """Its rows would be read again by the next run (5,000 rows, then 10,000): refused
     as the file is planned, and where a glob the pipeline reads reaches it (data/**: the
