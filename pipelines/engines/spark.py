@@ -652,6 +652,8 @@ class SparkEngine(Engine):
         self.mode = "off"  # session: sluice made it; spark-submit; attached: it existed
         self._owned = False
         self._attempts = 1
+        self._conf: dict[str, str] = {}
+        self._conf_of: Any = None  # the SparkContext ``_conf`` was read from
         self._caches: dict[str, _Cache] = {}
         self._partitions: dict[int, tuple[Any, list[PartitionInfo]]] = {}
 
@@ -718,8 +720,17 @@ class SparkEngine(Engine):
                                               self.master)
                 self.mode, self._owned = "session", True
         sc = self.spark.sparkContext
-        self._attempts = task_attempts(sc.master, dict(sc.getConf().getAll()))
+        self._attempts = task_attempts(sc.master, self.spark_conf())
         self._ship_code(sc)
+
+    def spark_conf(self) -> dict[str, str]:
+        """The session's Spark confs, read once per SparkContext: they are fixed once it
+        has started, and reading them is a py4j call per conf (hundreds, a few tens of
+        milliseconds, which every job and run asked for again)."""
+        sc = self.spark.sparkContext
+        if self._conf_of is not sc:
+            self._conf, self._conf_of = dict(sc.getConf().getAll()), sc
+        return self._conf
 
     def _ship_code(self, sc: Any) -> None:
         ship = self.profile.ship_code
@@ -743,7 +754,7 @@ class SparkEngine(Engine):
             out["profile"] = self.profile_path
         if self.spark is not None:
             sc = self.spark.sparkContext
-            conf = dict(sc.getConf().getAll())
+            conf = self.spark_conf()
             out.update(master=sc.master, spark_version=sc.version, app_id=sc.applicationId,
                        parallelism=sc.defaultParallelism, task_attempts=self._attempts,
                        conf={k: conf[k] for k in sorted(self.settings(is_local(sc.master)))
@@ -941,7 +952,7 @@ class SparkEngine(Engine):
         ``wait`` says: a session whose tasks ask for GPUs cannot run without one)."""
         self.start()
         sc = self.spark.sparkContext
-        conf = dict(sc.getConf().getAll())
+        conf = self.spark_conf()
         asks = {k: _amount(conf.get(k)) > 0 for k in (EXECUTOR_GPU, TASK_GPU)}
         # local[N] has no executors to give GPUs to: tasks that ask for one never start
         # (local-cluster[...] is a standalone cluster, and does)
@@ -1040,7 +1051,7 @@ class SparkEngine(Engine):
         rows = [self.profile.rows_per_task if i.rows is None else i.rows for i in infos]
         groups = contiguous_groups(infos, rows, tasks)
         notes["fit_mode"] = f"resident, {len(groups)} tasks"
-        conf = self.spark.sparkContext.getConf()
+        conf = self.spark_conf()
         host = conf.get("spark.driver.host") or socket.gethostname()
         hub = resident.Hub(conf.get("spark.driver.bindAddress") or host,
                            secrets.token_bytes(32), self.profile.resident_port)
@@ -1100,8 +1111,7 @@ class SparkEngine(Engine):
         """Whether jobs draw sluice's progress bars: with ``progress``, unless Spark's
         own stage bar is on (a session sluice attached to may have it): the two would
         overwrite each other on the terminal."""
-        conf = self.spark.sparkContext.getConf()
-        return self.progress and not _on(conf, "spark.ui.showConsoleProgress")
+        return self.progress and not _on(self.spark_conf(), "spark.ui.showConsoleProgress")
 
     def _resident_tasks(self, data: Dataset, step_id: str, estimator: Estimator
                         ) -> tuple[int | None, str]:
@@ -1116,7 +1126,7 @@ class SparkEngine(Engine):
         if not infos:
             return None, ""
         slots = self._slots()
-        conf = self.spark.sparkContext.getConf()
+        conf = self.spark_conf()
         problem = None
         if _on(conf, "spark.dynamicAllocation.enabled"):
             problem = "dynamic allocation is on, and a barrier job needs its executors fixed"
