@@ -11,7 +11,8 @@ named by the run id and tagged ``sluice.run_id``. It holds
   ``validation_losses``, as the metric's history, a step per round), each step's rows and
   compute seconds (``steps.<step>.rows``) and the run's ``seconds``;
 - tags: status, engine, device, pipeline file, the models saved (``churn@3``) and used,
-  the error of a failed run, and the text metrics (a solver's name);
+  the error of a failed run, its warnings and notes (a line each, as the run said them),
+  and the text metrics (a solver's name);
 - artifacts: the run record (``sluice_run.json``) and the pipeline file.
 
 The MLflow run starts and ends when the sluice run did, and ends FINISHED, FAILED or
@@ -124,6 +125,9 @@ def _tags(record: dict[str, Any], flat: dict[str, Any]) -> dict[str, str]:
         tags["sluice.error"] = record["error"]
     if record.get("failed_in"):
         tags["sluice.failed_in"] = record["failed_in"]
+    for said in ("warnings", "notes"):  # what the run said besides its result, a line each
+        if record.get(said):
+            tags[f"sluice.{said}"] = "\n".join(map(str, record[said]))
     for name, value in flat.items():
         if isinstance(value, str) and value not in runs.NON_FINITE.values():
             # a solver's name, a chosen setting

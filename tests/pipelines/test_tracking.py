@@ -122,6 +122,17 @@ def test_a_run_is_logged_with_its_params_metrics_tags_and_record(
                                "run_id": got.info.run_id}
 
 
+def test_the_runs_warnings_are_a_tag(churn: Path, workdir: Path, store: str) -> None:
+    path = write_pipeline(workdir, TRAIN.replace("l2: ${l2}", "max_iter: 1"), "train.yaml")
+    record = run(path.name, mlflow=store)
+    (warned,) = record["warnings"]
+    assert "did not converge: max_iter=1 reached" in warned
+    tags = _logged(store, record).data.tags
+    assert tags["sluice.warnings"] == warned and "sluice.notes" not in tags
+    clean = run(write_pipeline(workdir, TRAIN, "clean.yaml").name, mlflow=store)
+    assert "sluice.warnings" not in _logged(store, clean).data.tags
+
+
 def test_a_list_of_numbers_is_the_metrics_history(churn: Path, workdir: Path,
                                                   store: str) -> None:
     path = write_pipeline(workdir, BOOSTED, "boosted.yaml")
