@@ -14,6 +14,10 @@ from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# the JVM options of the Spark drivers and executors the tests start (every session and
+# spark-submit reads spark-defaults.conf from here; see the file)
+os.environ.setdefault("SPARK_CONF_DIR", str(ROOT / "tests" / "spark-conf"))
+
 # The property tests draw the same examples every run (a seed from each test's name):
 # a run, CI's included, cannot pass or fail by the luck of its seed. To look further,
 # `SLUICE_HYPOTHESIS=explore pytest ...` draws new ones (`--hypothesis-seed=N` repeats a

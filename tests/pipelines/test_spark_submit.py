@@ -134,7 +134,8 @@ def free_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without anything that would let Python find this project."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYSPARK_", "SPARK_", "SLUICE_", "PYTHON"))}
+           if not k.startswith(("PYSPARK_", "SPARK_", "SLUICE_", "PYTHON"))
+           or k == "SPARK_CONF_DIR"}  # the tests' JVM options (tests/spark-conf)
     env.update(SPARK_HOME=str(SPARK_HOME), SPARK_LOCAL_IP="127.0.0.1",
                PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
                PYTHONDONTWRITEBYTECODE="1")
