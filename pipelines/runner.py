@@ -57,7 +57,7 @@ from pipelines.engines.base import Dataset, Engine, StagedSink, interruption, on
 from pipelines.incremental import Reads, settled_line, taken_line
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
-from pipelines.plan import Plan, Step, build, check_output, training_only
+from pipelines.plan import Plan, Step, build, check_output, param_for, training_only
 from pipelines.runs import default_runs_dir
 from pipelines.shuffle import (
     SAMPLE_PER_BUCKET,
@@ -350,6 +350,8 @@ class Run:
                 for name, alias in self._aliases_set(step):
                     self.store.check_alias(name, alias)
             except SluiceError as exc:
+                # at the line validate says the same problem at (``output_problems``)
+                exc.param = exc.param or param_for(step, exc)
                 raise self._locate(step, exc) from None
 
     def _aliases_set(self, step: Step) -> list[tuple[str, str]]:

@@ -54,7 +54,8 @@ def test_run_validate_and_models(churn: Path, workdir: Path) -> None:
     again = sluice("run", str(path), cwd=workdir)
     assert again.returncode == 1
     lines = again.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {path}:9: step 'write_parquet'")
+    # at the output's path, where validate says it too
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}:10: step 'write_parquet'")
     assert "mode: overwrite" in lines[0]
 
     listed = sluice("models", "list", cwd=workdir)
@@ -120,7 +121,7 @@ def test_a_finished_command_leaves_before_native_teardown_can_abort_it(churn: Pa
     assert left.read_text() == "thread\natexit\n"  # joined first, as a normal exit does
     left.unlink()
     again, left = leaving(workdir, "run", str(path))
-    assert again.returncode == 1 and again.stderr.startswith(f"error: {path}:9: "), \
+    assert again.returncode == 1 and again.stderr.startswith(f"error: {path}:10: "), \
         again.stderr
     assert len(again.stderr.splitlines()) == 1 and left.read_text() == "thread\natexit\n"
     left.unlink()

@@ -515,7 +515,7 @@ def test_two_appends_into_one_output_in_one_run_keep_both(workdir: Path, engine:
 def test_validate_and_plan_say_what_the_output_cannot_take(workdir: Path) -> None:
     """An output there already that the rows cannot go to (a new upstream column under
     `mode: append`; `mode: error`) is a problem `validate` and `plan` report at the write
-    step's line, as the run then refuses it before any step runs."""
+    step's line, as the run then refuses it before any step runs, at that line too."""
     pq.write_table(pa.table({"id": [1, 2], "v": [1.0, 2.0]}), workdir / "rows.parquet")
     steps = """
         pipeline: {name}
@@ -552,6 +552,9 @@ def test_validate_and_plan_say_what_the_output_cannot_take(workdir: Path) -> Non
     assert planned.stderr.startswith(appended), planned.stderr
     # the same rows the output takes: no problem
     assert sluice_in_process("validate", str(first), cwd=workdir).returncode == 0
+    # the run refuses it in the same words, at the same line
     ran = sluice_in_process("run", str(grown), cwd=workdir)
-    assert ran.returncode == 1 and "it has no column(s) channel" in ran.stderr
+    assert ran.returncode == 1 and ran.stderr.startswith(appended), ran.stderr
+    ran = sluice_in_process("run", str(again), cwd=workdir)
+    assert ran.returncode == 1 and ran.stderr.startswith(exists), ran.stderr
     assert snapshot(workdir / "out") == before
