@@ -378,6 +378,40 @@ def check_feature_step(step: str, param: str, values: Any, feature: Any, model_i
     return None
 
 
+def _refusal(exc: ValidationError, name: str) -> str | None:
+    """What a step's parameters said of parameter ``name`` (one of their errors), or
+    None where they refused something else."""
+    for err in exc.errors():
+        if ".".join(str(p) for p in err["loc"]) == name:
+            text = err["msg"].removeprefix("Value error, ").rstrip(".")
+            return f"parameter '{name}': {text}" + (
+                f" (got {err['input']!r})" if "input" in err else "")
+    return None
+
+
+def _values_refused(cls: type[Operator], params: dict[str, Any], tune: dict[str, Any],
+                    problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Where some of a step's tune keys have problems (said), the values its other keys
+    list that the step refuses, as its candidates would have said them (each key's
+    first): one validate shows them all, not one a round."""
+    said = {key for key, _ in problems}
+    good = {k: v for k, v in tune.items() if isinstance(k, str) and "." not in k
+            and f"tune.{k}" not in said and k in cls.Params.model_fields
+            and isinstance(v, list) and v}
+    first = {k: v[0] for k, v in good.items()}
+    out = []
+    for name, values in good.items():
+        for value in values:
+            try:
+                cls.Params(**{**params, **first, name: value})
+            except ValidationError as exc:
+                refused = _refusal(exc, name)
+                if refused is not None:
+                    out.append((f"tune.{name}", f"tune: {label_of({name: value})}: {refused}"))
+                    break
+    return out
+
+
 def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: Any,
                 folds: Any = None, samples: Any = None, feature: Any = None,
                 model_input: str | None = None, troubled: Any = frozenset()
@@ -487,7 +521,7 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                                  "set validation_fraction (e.g. 0.2), or tune_folds (e.g. "
                                  "5) to cross-validate"))
     if problems or blocked:
-        return None, problems
+        return None, problems + _values_refused(cls, params, tune, problems)
     lists = list(tune.values())
     total = math.prod(len(v) for v in lists)
     if samples is not None:

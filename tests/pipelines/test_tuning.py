@@ -134,6 +134,23 @@ def test_tune_problems_are_reported_as_the_file_plans(churn: Path, workdir: Path
     assert message in problem.message, problem.message
 
 
+def test_a_key_with_a_problem_does_not_hide_the_values_the_others_list_wrong(
+        churn: Path, workdir: Path) -> None:
+    """One validate says every problem of a tune: the values the step refuses, each at
+    its key's line, besides an unknown key (not one a round)."""
+    tune = ("tune:\n          l2: [0.1, -1.0]\n          max_iters: [10]\n"
+            "          max_iter: [10, 0]\n          tol: [0.001]")
+    path = write_pipeline(workdir, TUNED.format(tune="        " + tune))
+    said = [(p.line, p.message) for p in plan_file(path).problems]
+    assert said == [
+        (_line_of(path, "l2"), "tune: l2=-1.0: parameter 'l2': Input should be greater than "
+                               "or equal to 0 (got -1.0)"),
+        (_line_of(path, "max_iters"), said[1][1]),
+        (_line_of(path, "max_iter"), "tune: max_iter=0: parameter 'max_iter': Input should "
+                                     "be greater than or equal to 1 (got 0)")]
+    assert said[1][1].startswith("tune: unknown parameter 'max_iters'")
+
+
 def test_only_a_model_with_held_out_rows_is_tuned(churn: Path, workdir: Path) -> None:
     no_rows = TUNED.format(tune=GRID).replace("        validation_fraction: 0.25\n", "")
     with pytest.raises(ValidationFailed) as info:
