@@ -786,12 +786,27 @@ def _known_after_problem(step: Step, schema: pa.Schema, missing: list[str]
              if isinstance(value, list) and set(missing) & set(value)}
     if not missing or not given:
         return None
+    # and those an earlier problem left out (``Step.doubt``), said there
+    gone = set(missing) | {c for c in step.doubt if c not in schema.names}
+    kept = {key: [v for v in value if v not in gone] for key, value in given.items()}
     try:
-        op = type(step.op).create(type(params)(**{
-            **params.model_dump(by_alias=True, exclude_unset=True),
-            **{key: [v for v in value if v not in missing] for key, value in given.items()}}))
-        op.check_input(schema)
-        after = op.output_schema(schema)
+        if all(kept.values()):
+            op = type(step.op).create(type(params)(**{
+                **params.model_dump(by_alias=True, exclude_unset=True), **kept}))
+            op.check_input(schema)
+            after = op.output_schema(schema)
+        else:
+            # every column a list names is missing (a scaler of none of them): what it
+            # makes of them were they there, as numbers, without them
+            probe = schema
+            for name in sorted(gone):
+                probe = probe.append(pa.field(name, pa.float64()))
+            op = type(step.op).create(params)
+            op.check_input(probe)
+            made = op.output_schema(probe)
+            if not set(made.names) <= set(probe.names):
+                return None
+            after = pa.schema([f for f in made if f.name not in gone])
     except (ValidationError, SluiceError):
         return None
     if not set(after.names) <= set(schema.names):

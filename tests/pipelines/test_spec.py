@@ -129,6 +129,36 @@ def test_mistakes_down_a_chain_are_all_said_without_their_follow_ons(churn: Path
         assert got[:2] == (line, step) and got[2].startswith(start), got
 
 
+def test_a_step_of_none_of_the_columns_it_names_does_not_hide_the_next(churn: Path,
+                                                                        workdir: Path) -> None:
+    """An in-place step (a scaler, an impute) whose every column is missing passes its
+    input's schema on, so the later steps are checked too; a later step naming one of
+    those columns has no problem of its own (said once, where it was named first)."""
+    path = write_pipeline(workdir, """
+        pipeline: chain
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: standard_scale
+            columns: [tenur, monthly_charge]
+          - op: impute
+            columns: [total_charge, tenur]
+          - op: logistic_regression
+            label: churnd
+        """)
+    found = [(p.line, p.step, p.message) for p in plan_file(path).problems]
+    expected = [
+        (6, "standard_scale", "columns 'tenur', 'monthly_charge' not in the input"),
+        (8, "impute", "column 'total_charge' not in the input; did you mean "
+                      "'total_charges'?"),
+        (10, "logistic_regression", "column 'churnd' not in the input; did you mean "
+                                    "'churned'?"),
+    ]
+    assert len(found) == len(expected), "\n".join(map(str, found))
+    for (line, step, start), got in zip(expected, found, strict=True):
+        assert got[:2] == (line, step) and got[2].startswith(start), got
+
+
 def test_params_substitute_and_override(churn: Path, workdir: Path) -> None:
     text = """
         pipeline: p
