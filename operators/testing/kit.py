@@ -226,12 +226,19 @@ def _float_values(column: pa.Array) -> np.ndarray:
 def _apply(op: Operator, parts: list[pa.Table], xp: Any = NUMPY) -> tuple[Transform, pa.Table]:
     """Fit if needed, then transform every partition and concatenate in order (a
     shuffle: every partition's partial rows, finished together)."""
+    transform, out, _ = _apply_measured(op, parts, xp)
+    return transform, out
+
+
+def _apply_measured(op: Operator, parts: list[pa.Table], xp: Any = NUMPY
+                    ) -> tuple[Transform, pa.Table, dict[str, Any]]:
+    """``_apply``, and the figures the fit reports (``fit_measured``; none but a fit's)."""
     if isinstance(op, Shuffle):
         return op, op.finish(pa.concat_tables([op.partial(p) for p in parts]),
-                             *side_partials(op))
-    transform = fit(op, parts, xp) if isinstance(op, Estimator) else op
+                             *side_partials(op)), {}
+    transform, figures = fit_measured(op, parts, xp) if isinstance(op, Estimator) else (op, {})
     out = [transform.transform(p, xp) for p in parts]
-    return transform, pa.concat_tables(out)
+    return transform, pa.concat_tables(out), figures
 
 
 # --------------------------------------------------------------------------- checks
@@ -279,15 +286,13 @@ def check_empty_partition(c: Case) -> None:
     (for estimators) adds nothing to a fit."""
     op, data = c.build(), c.data()
     empty = data.schema.empty_table()
-    transform, whole = _apply(op, [data])
+    transform, whole, figures = _apply_measured(op, [data])
     out = transform.transform(empty, NUMPY)
     assert out.num_rows == 0 and out.schema == transform.output_schema(data.schema)
     if isinstance(op, Estimator):
-        _, with_empty = _apply(c.build(), [empty, data, empty])
+        _, with_empty, with_empty_figures = _apply_measured(c.build(), [empty, data, empty])
         assert_tables_close(with_empty, whole, c.rtol, c.atol, "with empty partitions")
-    if isinstance(op, Estimator):
-        assert_same_figures(c, fit_measured(c.build(), [empty, data, empty])[1],
-                            fit_measured(c.build(), [data])[1], "with empty partitions")
+        assert_same_figures(c, with_empty_figures, figures, "with empty partitions")
 
 
 def assert_same_figures(c: Case, actual: dict[str, Any], expected: dict[str, Any],
@@ -308,9 +313,8 @@ def check_partition_invariance(c: Case) -> None:
     metrics, what evaluate or drift measures), and the
     same rows to the run that fitted it (``training_view``, partition by partition)."""
     op, data = c.build(), c.data()
-    transform, whole = _apply(op, [data])
+    transform, whole, measured = _apply_measured(op, [data])
     training = transform.training_view().transform(data, NUMPY)
-    measured = fit_measured(c.build(), [data])[1] if isinstance(op, Estimator) else {}
     for k, seed in ((3, None), (7, 1)):
         parts = split(data, k, seed)
         fitted = transform
