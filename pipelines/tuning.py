@@ -378,15 +378,16 @@ def check_feature_step(step: str, param: str, values: Any, feature: Any, model_i
     return None
 
 
-def _refusal(exc: ValidationError, name: str) -> str | None:
-    """What a step's parameters said of parameter ``name`` (one of their errors), or
-    None where they refused something else."""
-    for err in exc.errors():
-        if ".".join(str(p) for p in err["loc"]) == name:
-            text = err["msg"].removeprefix("Value error, ").rstrip(".")
-            return f"parameter '{name}': {text}" + (
-                f" (got {err['input']!r})" if "input" in err else "")
-    return None
+def _where(err: dict[str, Any]) -> str:
+    """The parameter a pydantic error is about (dotted where it is nested)."""
+    return ".".join(str(p) for p in err["loc"])
+
+
+def _refused(err: dict[str, Any], with_input: bool = True) -> str:
+    """A candidate's parameter error as tune says it (``with_input``: the value too)."""
+    text = err["msg"].removeprefix("Value error, ").rstrip(".")
+    got = f" (got {err['input']!r})" if with_input and "input" in err else ""
+    return f"parameter '{_where(err)}': {text}{got}"
 
 
 def _values_refused(cls: type[Operator], params: dict[str, Any], tune: dict[str, Any],
@@ -405,9 +406,11 @@ def _values_refused(cls: type[Operator], params: dict[str, Any], tune: dict[str,
             try:
                 cls.Params(**{**params, **first, name: value})
             except ValidationError as exc:
-                refused = _refusal(exc, name)
-                if refused is not None:
-                    out.append((f"tune.{name}", f"tune: {label_of({name: value})}: {refused}"))
+                # what it says of this key (not of a parameter the step got wrong itself)
+                err = next((e for e in exc.errors() if _where(e) == name), None)
+                if err is not None:
+                    out.append((f"tune.{name}",
+                                f"tune: {label_of({name: value})}: {_refused(err)}"))
                     break
     return out
 
@@ -558,14 +561,12 @@ def plan_tuning(cls: type[Operator], params: dict[str, Any], tune: Any, metric: 
                     "validation_start": i / folds})) for i in range(folds)])
         except ValidationError as exc:
             err = exc.errors()[0]
-            text = err["msg"].removeprefix("Value error, ").rstrip(".")
-            where = ".".join(str(p) for p in err["loc"])
+            where = _where(err)
             # the tune key whose value it refused: a feature step's (words.max_features)
             # where the model's own parameters took theirs
             key = next((k for k in combo if k == where or k.endswith(f".{where}")), None)
-            got = f" (got {err['input']!r})" if key is not None and "input" in err else ""
             problems.append((f"tune.{key}" if key else "tune",
-                             f"tune: {label_of(combo)}: parameter '{where}': {text}{got}"))
+                             f"tune: {label_of(combo)}: {_refused(err, key is not None)}"))
             break
         except SluiceError as exc:
             problems.append(("tune", f"tune: {label_of(combo)}: {exc}"))
