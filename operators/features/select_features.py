@@ -30,7 +30,6 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, PositiveInt, model_validator
-from scipy import stats as scipy_stats
 
 from operators.arrays import in_float64
 from operators.base import (
@@ -394,7 +393,7 @@ def _chi2(stats: dict[str, Any], n: float, label: str | None
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(expected > 0, (observed - expected) ** 2 / expected, 0.0)
     statistic = terms.sum(axis=0)
-    return statistic, scipy_stats.chi2.sf(statistic, k - 1)
+    return statistic, _chi2_sf(statistic, k - 1)
 
 
 def _f_regression(stats: dict[str, Any], n: float, label: str | None
@@ -413,7 +412,7 @@ def _f_regression(stats: dict[str, Any], n: float, label: str | None
                      "f_regression")
     with np.errstate(divide="ignore"):
         statistic = np.where(r * r < 1.0, r * r / (1.0 - r * r) * freedom, np.inf)
-    return statistic, scipy_stats.f.sf(statistic, 1, freedom)
+    return statistic, _f_sf(statistic, 1, freedom)
 
 
 def _variance(stats: dict[str, Any], n: float, label: str | None
@@ -432,7 +431,22 @@ def _f_test(between: np.ndarray, within: np.ndarray, df1: float, df2: float
     with np.errstate(divide="ignore", invalid="ignore"):
         statistic = np.where(within > 0, between / within,
                              np.where(between > 0, np.inf, 0.0))
-    return statistic, scipy_stats.f.sf(statistic, df1, df2)
+    return statistic, _f_sf(statistic, df1, df2)
+
+
+def _chi2_sf(statistic: np.ndarray, df: float) -> np.ndarray:
+    """``scipy.stats.chi2.sf``: the same special function, without importing
+    scipy.stats (about a second, in the driver and in every worker process)."""
+    from scipy.special import chdtrc
+
+    return chdtrc(df, np.maximum(statistic, 0.0))  # (NaN stays NaN; below 0: p = 1)
+
+
+def _f_sf(statistic: np.ndarray, df1: float, df2: float) -> np.ndarray:
+    """``scipy.stats.f.sf``, as ``_chi2_sf``."""
+    from scipy.special import fdtrc
+
+    return fdtrc(df1, df2, np.maximum(statistic, 0.0))
 
 
 def _ranking(statistic: np.ndarray) -> list[int]:
