@@ -12,13 +12,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, write_pipeline
+from conftest import ENGINES, ROOT, started, write_pipeline
 
 from operators.arrays import STANDIN_ENV
 from operators.testing.kit import assert_tables_close
 from pipelines.datagen import churn_table
 from pipelines.runner import make_engine, run
 from pipelines.store import ModelStore
+
+# one worker runs the module under pytest-xdist (-n 2): the reference (every case on the
+# local engine, one file) is fitted once, not once a worker
+pytestmark = pytest.mark.xdist_group("equivalence")
 
 # the model zoo: every model family and feature step on the churn data
 ZOO = {
@@ -476,10 +480,17 @@ def assert_same(got: tuple, expected: tuple, rtol: float) -> None:
     assert_tables_close(scores, ref_scores, rtol=rtol, atol=1e-9, what="scores")
 
 
-@pytest.mark.parametrize("files", [1, 5])
+# every engine on 1 file and on 5, but the local engine on 1 file: the reference itself
+LAYOUTS = [(engine, files) for engine in ENGINES for files in (1, 5)
+           if (engine, files) != ("local", 1)]
+
+
+@pytest.mark.parametrize(("engine_name", "files"), LAYOUTS,
+                         ids=[f"{engine}-{files}" for engine, files in LAYOUTS])
 @pytest.mark.parametrize("name", sorted(ZOO))
-def test_zoo_matches_local_one_partition(workdir: Path, engine, reference: dict, name: str,
-                                         files: int) -> None:
+def test_zoo_matches_local_one_partition(workdir: Path, shared_engines: dict, reference: dict,
+                                         name: str, engine_name: str, files: int) -> None:
+    engine = started(shared_engines, engine_name)
     got = train_and_score(workdir, engine, ZOO[name], files, f"{name}{files}")
     assert_same(got, reference[name], rtol=1e-6)
 
