@@ -16,6 +16,7 @@ leaves a trace. A reader shows a running record whose run cannot be alive as ``l
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import glob
 import json
@@ -53,6 +54,10 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 """What a run record has, and of which JSON type (what the summaries read)."""
 
+STAMP = len("20261128T060000Z")
+"""A run id starts with the second its run started (``runner.new_run_id``): run ids of
+this length order by start."""
+
 _ITEM_KEYS = {"steps": ("op",), "outputs": ("path", "rows"), "models": ("name", "version", "path")}
 
 def dumps(record: dict[str, Any], indent: int | None = None) -> str:
@@ -82,10 +87,11 @@ def default_runs_dir() -> str:
 
 
 def load(runs_dir: str | None = None, pipeline: str | None = None,
-         prefix: str = "") -> History:
+         prefix: str = "", since: str = "") -> History:
     """The run records of ``pipeline`` (else of every pipeline) under ``runs_dir`` (else
     ``$SLUICE_RUNS``, else data/runs; a folder or a URL), newest first; only those whose
-    run id starts with ``prefix`` are read (a record file is named by its run id)."""
+    run id starts with ``prefix`` are read (a record file is named by its run id), and
+    with ``since`` (a run id) only those of runs started in its second or later."""
     root = runs_dir or default_runs_dir()
     history = History(root)
     fs, path, local = _files(root)
@@ -106,7 +112,7 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
                 if info["type"] != "file" or not file.endswith(".json") or file.startswith("."):
                     continue
                 history.ids.append(file.removesuffix(".json"))
-                if file.startswith(prefix):
+                if file.startswith(prefix) and file[:STAMP] >= since[:STAMP]:
                     wanted.append((_record_path(root, local, name, file), info))
         # every record in one call: an object store's are fetched side by side
         contents = fs.cat([info["name"] for _, info in wanted], on_error="return") \
@@ -123,7 +129,7 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
         if record["status"] == "running":
             judge_running(record)
         when = record.get("started_unix")  # older records: when written
-        found.append(((record["run_id"][:16],
+        found.append(((record["run_id"][:STAMP],
                        when if isinstance(when, int | float) else _written(info),
                        record["run_id"]), record))
     # a run id starts with its second; runs started in the same second go by their
@@ -132,10 +138,26 @@ def load(runs_dir: str | None = None, pipeline: str | None = None,
     history.records = [record for _, record in found]
     killed = {r["pipeline"] for r in history.records if r["status"] in ("running", "lost")}
     if killed:  # the later runs that settled their claims: read too, where not read here
+        # (a run settles a claim of a run started before it: the records from the first
+        # killed run's start on, less an hour for the clocks of other hosts, not a
+        # scheduled pipeline's whole history)
+        first = {name: _earlier(min(r["run_id"] for r in history.records if r["pipeline"]
+                                    == name and r["status"] in ("running", "lost")), 3600)
+                 for name in killed}
         known = history.records if not prefix else [
-            r for name in sorted(killed) for r in load(root, name).records]
+            r for name in sorted(killed) for r in load(root, name, since=first[name]).records]
         _mark_settled(history.records, settlements(known))
     return history
+
+
+def _earlier(run_id: str, seconds: float) -> str:
+    """The stamp of a run id started ``seconds`` before ``run_id`` ("" for an id that
+    does not start with its stamp: every record is later)."""
+    try:
+        start = calendar.timegm(time.strptime(run_id[:STAMP], "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        return ""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start - seconds))
 
 
 def settlements(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

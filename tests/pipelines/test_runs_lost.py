@@ -236,6 +236,39 @@ def test_a_running_record_is_lost_when_its_run_cannot_be_alive(workdir: Path) ->
 
 
 
+def test_showing_a_lost_run_reads_the_records_after_it_not_the_whole_history(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`runs show` of a killed run finds the run that settled its claim among the
+    records from an hour before it on (a settling host's clock may lag), without reading
+    the pipeline's older history."""
+    killed, settler = "20261128T060000Z-000005", "20261128T055000Z-000006"  # a lagging clock
+    old = [f"2026112{day}T060000Z-00000{day}" for day in range(1, 4)]
+    for run_id in old:
+        runs.write({"run_id": run_id, "pipeline": "elsewhere", "status": "succeeded",
+                    "started_at": "2026-11-2xT06:00:00Z", "seconds": 1.0,
+                    "engine": {"name": "local"}, "params": {}, "steps": {}, "outputs": [],
+                    "models": [], "metrics": {}}, str(workdir / "runs"))
+    _running(workdir, killed, pid_start=-1)  # its pid, reused: lost
+    claim = {"run_id": killed, "outcome": "settled", "files": 1, "outputs": [], "models": []}
+    runs.write({"run_id": settler, "pipeline": "elsewhere", "status": "succeeded",
+                "started_at": "2026-11-28T05:50:00Z", "seconds": 1.0,
+                "engine": {"name": "local"}, "params": {},
+                "steps": {"events": {"op": "read_parquet", "incremental": {"claim": claim}}},
+                "outputs": [], "models": [], "metrics": {}}, str(workdir / "runs"))
+    parsed: list[str] = []
+    real = runs._parsed
+
+    def spy(content: Any) -> Any:
+        record, problem = real(content)
+        parsed.append(record["run_id"] if record else problem)
+        return record, problem
+
+    monkeypatch.setattr(runs, "_parsed", spy)
+    (shown,) = runs.load(str(workdir / "runs"), "elsewhere", prefix=killed).records
+    assert shown["status"] == "lost" and shown["settled_by"]["by"] == settler
+    assert sorted(parsed) == [settler, killed, killed], parsed  # the older three unread
+
+
 def test_a_running_run_s_steps_show_no_time(workdir: Path) -> None:
     """A running (or lost) run's steps have not ended: `runs show` lists them without a
     time, not as steps of 0 seconds; a step an older record timed keeps its time."""
