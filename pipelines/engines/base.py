@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -246,11 +247,14 @@ def located(step: str, partition: PartitionInfo, exc: BaseException) -> BaseExce
 
 
 def unreachable(addresses: list[tuple[str, int]], timeout: float,
-                greeting: bool = False) -> str | None:
+                greeting: bool = False, waiting: Callable[[str], None] | None = None
+                ) -> str | None:
     """Why none of ``addresses`` takes a connection within ``timeout`` seconds (tried
     again every second: a server may be starting), or None when one does. With
     ``greeting``, the server must also speak first (a Dask scheduler sends its
-    handshake at once; a web server, say the dashboard's port, waits for a request)."""
+    handshake at once; a web server, say the dashboard's port, waits for a request).
+    ``waiting``: told why, once, when the first try fails and there is time to try again
+    (a person at a terminal then knows what the run waits for)."""
     deadline = time.monotonic() + timeout
     while addresses:
         problems = []
@@ -273,8 +277,21 @@ def unreachable(addresses: list[tuple[str, int]], timeout: float,
                 problems.append(f"{host}:{port}: {exc.strerror or exc}")
         if time.monotonic() >= deadline:
             return "; ".join(problems)
+        if waiting is not None:
+            waiting("; ".join(problems))
+            waiting = None
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     return None
+
+
+def waiting_line(what: str, timeout: float, setting: str) -> Callable[[str], None]:
+    """A ``waiting`` for ``unreachable`` that prints one line to stderr: what the run
+    waits for, why, for how long and where that is set."""
+    def say(why: str) -> None:
+        print(f"waiting for {what} ({why}): trying again for up to {timeout:g} s "
+              f"({setting})", file=sys.stderr, flush=True)
+
+    return say
 
 
 _interrupt_hooks: list[Callable[[], None]] = []

@@ -103,6 +103,7 @@ from pipelines.engines.base import (
     placed_action,
     recorded_write,
     unreachable,
+    waiting_line,
     workers_ignore_ctrl_c,
     write_through,
 )
@@ -502,7 +503,10 @@ class DaskEngine(Engine):
         if self.scheduler:
             # Dask's client waits for ever on a server that takes the connection but does
             # not speak its protocol (the dashboard's port, another service)
-            why = unreachable(_tcp_address(self.scheduler), self.timeout, greeting=True)
+            why = unreachable(_tcp_address(self.scheduler), self.timeout, greeting=True,
+                              waiting=waiting_line(f"the Dask scheduler at {self.scheduler}",
+                                                   self.timeout, f"timeout in {PROFILE}")
+                              if self.progress else None)
             if why is not None:
                 raise SluiceError(
                     f"cannot reach the Dask scheduler at {self.scheduler}: {why}",

@@ -93,6 +93,7 @@ from pipelines.engines.base import (
     placed_action,
     recorded_write,
     unreachable,
+    waiting_line,
     write_through,
 )
 from pipelines.engines.progress import progress_bar
@@ -202,10 +203,13 @@ def master_addresses(master: str) -> list[tuple[str, int]]:
     return out
 
 
-def unreachable_master(master: str, timeout: float) -> str | None:
+def unreachable_master(master: str, timeout: float, say: bool = False) -> str | None:
     """Why no master of a standalone URL takes a connection within ``timeout`` seconds,
-    or None when one does or the master is not standalone."""
-    return unreachable(master_addresses(master), timeout)
+    or None when one does or the master is not standalone; ``say``: a line on stderr
+    while it tries again."""
+    return unreachable(master_addresses(master), timeout, waiting=waiting_line(
+        f"the Spark master {master}", timeout, f"connect_timeout in {PROFILE_PATH}")
+        if say else None)
 
 
 def is_local(master: str) -> bool:
@@ -703,7 +707,8 @@ class SparkEngine(Engine):
                 self.spark = SparkSession.builder.config(conf=conf).getOrCreate()
                 self.mode, self._owned = "spark-submit", True
             else:
-                why = unreachable_master(self.master, self.profile.connect_timeout)
+                why = unreachable_master(self.master, self.profile.connect_timeout,
+                                         self.progress)
                 if why is not None:
                     raise SluiceError(
                         f"cannot reach the Spark master {self.master} within "

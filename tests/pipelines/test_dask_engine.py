@@ -149,6 +149,26 @@ def test_unreachable_scheduler_is_one_clear_error() -> None:
     engine.close()
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_wait_for_a_scheduler_is_said_once_where_progress_is_shown(
+        progress: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """With progress (a terminal), one line says what the run waits for as the wait
+    starts; without (a scheduled job's log), the error alone."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    engine = DaskEngine(scheduler=f"tcp://127.0.0.1:{port}", timeout=2.5, progress=progress)
+    with pytest.raises(SluiceError, match="Connection refused"):
+        engine.start()
+    engine.close()
+    said = capsys.readouterr().err.splitlines()
+    assert said == ([f"waiting for the Dask scheduler at tcp://127.0.0.1:{port} (127.0.0.1:"
+                     f"{port}: Connection refused): trying again for up to 2.5 s (timeout "
+                     "in conf/engines/dask.yaml)"] if progress else [])
+
+
 def test_a_port_that_is_no_scheduler_is_one_clear_error() -> None:
     """A server that takes the connection and says nothing (the dashboard's port, a web
     server): Dask's client would wait for ever; sluice says what it found."""

@@ -667,6 +667,34 @@ def test_unreachable_master_waits_then_says_why() -> None:
     assert unreachable_master("local[2]", 0.1) is None
 
 
+def test_at_a_terminal_the_wait_for_a_master_is_said_as_it_starts(churn: Path,
+                                                                 workdir: Path) -> None:
+    """A person at a terminal sees at once what the run waits for, and for how long,
+    not only the error at the end of the wait."""
+    from conftest import sluice_on_terminal
+
+    port = _closed_port()
+    (workdir / "conf" / "engines").mkdir(parents=True)
+    (workdir / "conf" / "engines" / "spark.yaml").write_text("connect_timeout: 1.5\n")
+    path = write_pipeline(workdir, """
+        pipeline: nowhere
+        steps:
+          - op: read_parquet
+            path: data/churn
+          - op: write_parquet
+            path: out
+        """)
+    code, screen = sluice_on_terminal(["run", str(path), "--engine", "spark", "--master",
+                                       f"spark://127.0.0.1:{port}"], workdir)
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 2, screen
+    assert lines[0] == (f"waiting for the Spark master spark://127.0.0.1:{port} (127.0.0.1:"
+                        f"{port}: Connection refused): trying again for up to 1.5 s "
+                        "(connect_timeout in conf/engines/spark.yaml)"), screen
+    assert lines[1].startswith(f"error: cannot reach the Spark master spark://127.0.0.1:{port}"
+                               " within 1.5 s"), screen
+
+
 def _sluice_spark(workdir: Path, args: list[str], profile: str) -> Any:
     import subprocess
 
