@@ -674,16 +674,7 @@ def test_at_a_terminal_the_wait_for_a_master_is_said_as_it_starts(churn: Path,
     from conftest import sluice_on_terminal
 
     port = _closed_port()
-    (workdir / "conf" / "engines").mkdir(parents=True)
-    (workdir / "conf" / "engines" / "spark.yaml").write_text("connect_timeout: 1.5\n")
-    path = write_pipeline(workdir, """
-        pipeline: nowhere
-        steps:
-          - op: read_parquet
-            path: data/churn
-          - op: write_parquet
-            path: out
-        """)
+    path = _nowhere(workdir, "connect_timeout: 1.5\n")
     code, screen = sluice_on_terminal(["run", str(path), "--engine", "spark", "--master",
                                        f"spark://127.0.0.1:{port}"], workdir)
     lines = [line for line in screen.splitlines() if line.strip()]
@@ -695,12 +686,11 @@ def test_at_a_terminal_the_wait_for_a_master_is_said_as_it_starts(churn: Path,
                                " within 1.5 s"), screen
 
 
-def _sluice_spark(workdir: Path, args: list[str], profile: str) -> Any:
-    import subprocess
-
+def _nowhere(workdir: Path, profile: str) -> Path:
+    """The Spark profile ``profile`` and a pipeline that copies data/churn to out."""
     (workdir / "conf" / "engines").mkdir(parents=True)
     (workdir / "conf" / "engines" / "spark.yaml").write_text(textwrap.dedent(profile))
-    path = write_pipeline(workdir, """
+    return write_pipeline(workdir, """
         pipeline: nowhere
         steps:
           - op: read_parquet
@@ -708,6 +698,12 @@ def _sluice_spark(workdir: Path, args: list[str], profile: str) -> Any:
           - op: write_parquet
             path: out
         """)
+
+
+def _sluice_spark(workdir: Path, args: list[str], profile: str) -> Any:
+    import subprocess
+
+    path = _nowhere(workdir, profile)
     env = {**os.environ, "CI": "1", "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_PYTHON": sys.executable}
     return subprocess.run([str(Path(sys.executable).parent / "sluice"), "run", str(path),
