@@ -587,6 +587,11 @@ class Source(Operator):
     @abstractmethod
     def read(self, partition: PartitionInfo) -> pa.Table: ...
 
+    def ready(self) -> None:
+        """Import what ``read`` imports on first use, in the process about to read: the
+        engines call it before a partition's clock starts, so that a fresh worker's
+        imports are no step's work (as an array namespace's first import is not)."""
+
     def is_local(self) -> bool:
         """True when partitions are read from this machine's disks (cheap to read again);
         engines may re-read such a source instead of caching it."""

@@ -1208,6 +1208,10 @@ class ReadParquet(Source):
         return PartitionInfo(index, fragment.path, tuple(row_groups), rows,
                              fragment.partition_expression)
 
+    def ready(self) -> None:
+        # pyarrow's dataset module imports pandas: tenths of a second in a fresh worker
+        import pyarrow.dataset  # noqa: F401
+
     def read(self, partition: PartitionInfo) -> pa.Table:
         import pyarrow.dataset as ds
 

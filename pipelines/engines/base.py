@@ -450,6 +450,8 @@ def compute_partition(data: Dataset, partition: PartitionInfo,
         # its steps count their rows and locate their own failures
         start = data.source.read_recorded(partition, record)
     try:
+        if start is None:
+            data.source.ready()
         t0 = time.perf_counter()
         if start is None:
             part = data.source.read(partition)
