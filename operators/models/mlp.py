@@ -136,6 +136,7 @@ from operators.models.common import (
     sigmoid,
     softmax,
     sparse_matrix,
+    table_memo,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -143,7 +144,8 @@ from operators.models.common import (
     with_predictions,
 )
 from operators.models.optimize import lbfgs_start, lbfgs_tell
-from operators.sparse import rows_of
+from operators.models.trees import MEMO_FACTOR
+from operators.sparse import matrix_bytes, rows_of
 
 CHUNK_ROWS = 1 << 13
 """Rows per forward/backward block of a full-batch pass or of scoring: the activations
@@ -537,7 +539,7 @@ class MLP(PlannedPredictions, Estimator):
         if state["phase"] == "summary":
             return {**self._summary(train, held, state["classify"]), "precision": precision(xp)}
         if state["phase"] == "lbfgs":
-            loss, grad = _data_loss(self._rows(train, state, xp),
+            loss, grad = _data_loss(self._lbfgs_rows(part, train, state, xp),
                                     parameters(state["opt"]["point"], xp), state["net"], xp,
                                     gradient=True)
             return _exact({"loss": loss, "grad": grad})
@@ -572,6 +574,30 @@ class MLP(PlannedPredictions, Estimator):
         if X is None:
             return _columns(to_xp(host, xp), len(state["features"]))
         return X.astype(compute_dtype(xp), copy=False), host[:, 0], host[:, 1]
+
+    def _lbfgs_rows(self, part: pa.Table, train: pa.Table, state: dict[str, Any], xp: Any
+                    ) -> tuple[Any, Any, Any]:
+        """``_rows`` of the training rows ``train`` of ``part``, kept with the partition's
+        table for the next pass (the local engine's and resident fits' passes get the same
+        table object): an L-BFGS fit reads the columns once, not once an evaluation. On
+        NumPy only (a device gets its one copy each pass), and at most ``MEMO_FACTOR``
+        times the table's bytes."""
+        if not is_numpy(xp):
+            return self._rows(train, state, xp)
+        p = self.params
+        factor = state.get("class_factor")
+        key = (tuple(state["features"]), p.label, p.weight, p.validation_fraction, p.seed,
+               p.validation_start, state["classify"], tuple(state.get("classes") or ()),
+               state.get("label_type"), None if factor is None else tuple(
+                   np.asarray(factor, np.float64).tolist()), str(compute_dtype(xp)))
+        memo = table_memo(part)
+        held = memo.get("mlp_rows")
+        if held is not None and held[0] == key:
+            return held[1]
+        rows = self._rows(train, state, xp)
+        if sum(matrix_bytes(a) for a in rows) <= MEMO_FACTOR * part.nbytes:
+            memo["mlp_rows"] = (key, rows)
+        return rows
 
     def _host_data(self, table: pa.Table, state: dict[str, Any], xp: Any = None,
                    sparse: bool = False) -> tuple[Any, np.ndarray]:
