@@ -14,7 +14,7 @@ import math
 import warnings
 import weakref
 from abc import abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
@@ -442,6 +442,29 @@ def table_memo(part: pa.Table) -> dict[str, Any]:
     return memo
 
 
+MEMO_FACTOR = 2.0
+"""What a fit keeps with a partition's table (``kept_with``, the trees' rows) holds at most
+this many times the table's bytes."""
+
+
+def kept_with(part: pa.Table, name: str, key: tuple[Any, ...], make: Callable[[], Any],
+              nbytes: Callable[[Any], int]) -> Any:
+    """``make()``, kept with the table ``part`` (``table_memo``) under ``name`` for the next
+    pass that asks with the same ``key`` (what it was made from: the fit's columns,
+    classes, weights and split), where it takes (``nbytes``) at most ``MEMO_FACTOR``
+    times the table's bytes: a multi-pass fit over the same table objects (the local
+    engine's cache, a resident fit's tasks) reads a partition's columns once. What is
+    kept must not be written to."""
+    memo = table_memo(part)
+    held = memo.get(name)
+    if held is not None and held[0] == key:
+        return held[1]
+    made = make()
+    if nbytes(made) <= MEMO_FACTOR * part.nbytes:
+        memo[name] = (key, made)
+    return made
+
+
 HOLDOUT_POSITION = "__sluice_holdout_position"
 """A column a tune of a feature step with its model adds before the feature step: each
 row's place in [0, 1) by the hash of the row as the feature step read it (and the model's
@@ -485,6 +508,18 @@ def split_rows(part: pa.Table, fraction: float, seed: int, start: float = 0.0,
 def query_column(params: HoldsOut) -> str | None:
     """The query id column of a ranking model (``group``), None for other models."""
     return getattr(params, "group", None)
+
+
+def target_key(params: SupervisedParams, state: dict[str, Any]) -> tuple[Any, ...]:
+    """What a supervised fit's rows of a pass are made of, as a ``kept_with`` key: the
+    features, label and weight columns, the validation split (and query, if any), and
+    the classes and class weights of the fit's ``state``."""
+    factor = state.get("class_factor")
+    return (tuple(state["features"]), params.label, params.weight,
+            params.validation_fraction, params.seed, params.validation_start,
+            query_column(params), tuple(state.get("classes") or ()),
+            state.get("label_type"),
+            None if factor is None else tuple(np.asarray(factor, np.float64).tolist()))
 
 
 def held_out(part: pa.Table, params: HoldsOut) -> tuple[pa.Table, pa.Table]:

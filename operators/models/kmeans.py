@@ -121,6 +121,7 @@ from operators.hashing import hash_rows
 from operators.models.common import (
     ACCUMULATE_ROWS,
     FEATURE_HINT,
+    MEMO_FACTOR,
     PREDICTION,
     SCORING_HINT,
     ConvergenceWarning,
@@ -147,7 +148,7 @@ from operators.models.common import (
     validation_fraction_field,
     validation_start_field,
 )
-from operators.models.trees import MEMO_FACTOR, _sparse_product, derived_uniform
+from operators.models.trees import _sparse_product, derived_uniform
 from operators.sparse import (
     columns_of,
     csr_matrix,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from operators.arrays import is_numpy, to_numpy
+from operators.arrays import compute_dtype, is_numpy, to_numpy
 from operators.base import Estimator, FitProgress, register, register_fitted
 from operators.models.common import (
     ClassWeight,
@@ -43,6 +43,7 @@ from operators.models.common import (
     encode_classes,
     feature_matrix,
     held_out,
+    kept_with,
     label_column,
     loss_sums,
     merge_class_weights,
@@ -60,7 +61,7 @@ from operators.models.common import (
     sigmoid,
     softmax,
     sparse_matrix,
-    table_memo,
+    target_key,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -72,7 +73,6 @@ from operators.models.common import (
 )
 from operators.models.linear import SolverParams, start_optimizer, unconverged_advice
 from operators.models.optimize import lbfgs_tell, newton_tell
-from operators.models.trees import MEMO_FACTOR
 from operators.sparse import matrix_bytes
 
 HESSIAN_CHUNK = 1 << 22
@@ -169,16 +169,36 @@ class LogisticRegression(PlannedPredictions, Estimator):
             return {"kind": "summary", "rows": train.num_rows, "heldout": held.num_rows,
                     "classes": classes, "weights": totals, "precision": precision(xp),
                     "sums": sums}
-        index = encode_classes(labels, state["classes"], pa.type_for_alias(state["label_type"]))
-        weights = by_class(weights, index, state.get("class_factor"))
         theta = state["opt"]["point"].reshape(state["shape"])
         newton = state["solver"] == "newton"
         X = None if newton else self._sparse_design(part, train, state["features"], xp)
         if X is not None:  # a sparse column's rows as they are (L-BFGS: no Hessian)
+            index, weights = self._target(labels, weights, state)
             return _evaluate_rows(X, index.astype(np.float64), weights, theta, False, xp)
-        extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [index, weights]
-        data = feature_matrix(train, state["features"], xp, extra)
-        return _evaluate(data, theta, newton, xp)
+        return _evaluate(self._dense_design(part, train, labels, weights, state, xp), theta,
+                         newton, xp)
+
+    def _target(self, labels: pa.ChunkedArray, weights: np.ndarray, state: dict[str, Any]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The rows' class positions and their weights with the class weights."""
+        index = encode_classes(labels, state["classes"], pa.type_for_alias(state["label_type"]))
+        return index, by_class(weights, index, state.get("class_factor"))
+
+    def _dense_design(self, part: pa.Table, train: pa.Table, labels: pa.ChunkedArray,
+                      weights: np.ndarray, state: dict[str, Any], xp: Any) -> Any:
+        """The training rows' design (features, the intercept's ones), class positions
+        and weights as one matrix on ``xp``; on NumPy kept with the partition's table for
+        the next pass (``kept_with``: each Newton or L-BFGS pass reads the columns once)."""
+        def make() -> Any:
+            index, row_weights = self._target(labels, weights, state)
+            ones = [np.ones(train.num_rows)] if self.params.fit_intercept else []
+            return feature_matrix(train, state["features"], xp, [*ones, index, row_weights])
+
+        if not is_numpy(xp):  # a device gets its one copy each pass
+            return make()
+        return kept_with(part, "logistic_dense", (*target_key(self.params, state),
+                                                  self.params.fit_intercept,
+                                                  str(compute_dtype(xp))), make, matrix_bytes)
 
     def _sparse_design(self, part: pa.Table, train: pa.Table, features: list[str], xp: Any
                        ) -> Any:
@@ -190,19 +210,15 @@ class LogisticRegression(PlannedPredictions, Estimator):
         if not is_numpy(xp):  # a device's passes make a dense matrix
             return None
         p = self.params
-        memo = table_memo(part)
+
+        def make() -> Any:
+            X = sparse_matrix(train, features, xp)
+            return with_ones(X) if X is not None and p.fit_intercept else X
+
         key = (tuple(features), p.fit_intercept, p.validation_fraction, p.seed,
                p.validation_start)
-        held = memo.get("logistic_design")
-        if held is not None and held[0] == key:
-            return held[1]
-        X = sparse_matrix(train, features, xp)
-        if X is not None and p.fit_intercept:
-            X = with_ones(X)
-        size = 0 if X is None else matrix_bytes(X)
-        if size <= MEMO_FACTOR * part.nbytes:
-            memo["logistic_design"] = (key, X)
-        return X
+        return kept_with(part, "logistic_design", key, make,
+                         lambda X: 0 if X is None else matrix_bytes(X))
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "metrics" in a:

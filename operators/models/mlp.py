@@ -124,6 +124,7 @@ from operators.models.common import (
     host_matrix,
     is_classification,
     is_numeric,
+    kept_with,
     label_column,
     merge_class_weights,
     model_input_columns,
@@ -136,7 +137,7 @@ from operators.models.common import (
     sigmoid,
     softmax,
     sparse_matrix,
-    table_memo,
+    target_key,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -144,7 +145,6 @@ from operators.models.common import (
     with_predictions,
 )
 from operators.models.optimize import lbfgs_start, lbfgs_tell
-from operators.models.trees import MEMO_FACTOR
 from operators.sparse import matrix_bytes, rows_of
 
 CHUNK_ROWS = 1 << 13
@@ -580,24 +580,12 @@ class MLP(PlannedPredictions, Estimator):
         """``_rows`` of the training rows ``train`` of ``part``, kept with the partition's
         table for the next pass (the local engine's and resident fits' passes get the same
         table object): an L-BFGS fit reads the columns once, not once an evaluation. On
-        NumPy only (a device gets its one copy each pass), and at most ``MEMO_FACTOR``
-        times the table's bytes."""
+        NumPy only (a device gets its one copy each pass; ``kept_with``)."""
         if not is_numpy(xp):
             return self._rows(train, state, xp)
-        p = self.params
-        factor = state.get("class_factor")
-        key = (tuple(state["features"]), p.label, p.weight, p.validation_fraction, p.seed,
-               p.validation_start, state["classify"], tuple(state.get("classes") or ()),
-               state.get("label_type"), None if factor is None else tuple(
-                   np.asarray(factor, np.float64).tolist()), str(compute_dtype(xp)))
-        memo = table_memo(part)
-        held = memo.get("mlp_rows")
-        if held is not None and held[0] == key:
-            return held[1]
-        rows = self._rows(train, state, xp)
-        if sum(matrix_bytes(a) for a in rows) <= MEMO_FACTOR * part.nbytes:
-            memo["mlp_rows"] = (key, rows)
-        return rows
+        return kept_with(part, "mlp_rows", (*target_key(self.params, state), str(
+            compute_dtype(xp))), lambda: self._rows(train, state, xp),
+            lambda rows: sum(matrix_bytes(a) for a in rows))
 
     def _host_data(self, table: pa.Table, state: dict[str, Any], xp: Any = None,
                    sparse: bool = False) -> tuple[Any, np.ndarray]:

@@ -101,6 +101,7 @@ from operators.models.categories import (
     scoring_type_error,
 )
 from operators.models.common import (
+    MEMO_FACTOR,
     ClassWeight,
     FittedModel,
     PlannedPredictions,
@@ -157,8 +158,6 @@ are exact."""
 GAIN_RTOL = 1e-9
 """Split gains within this fraction of the node's gain scale are ties (floating-point
 noise of histogram sums added in another order must not change a split)."""
-MEMO_FACTOR = 2.0
-"""A partition's memo of tree rows holds at most this many times the table's bytes."""
 PARENT_HISTOGRAM_MB = 16.0
 """Histograms of split nodes kept (in the state) for the next level, where the larger
 child of a node gets its parent's histogram minus its sibling's instead of a pass's

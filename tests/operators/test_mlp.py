@@ -579,33 +579,3 @@ def test_a_floating_zero_one_label_says_it_fitted_a_regression() -> None:
     assert note(pa.array(y.astype(np.int64))) is None
     assert note(pa.array(np.zeros(300))) is None  # one value: nothing to classify
 
-
-def test_lbfgs_reads_a_partition_s_columns_once_and_never_another_fit_s(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """L-BFGS passes over the same table objects (the local engine's cache, a resident
-    fit's tasks) build a partition's matrix once, not once an evaluation; another fit of
-    the same tables (other class weights, another validation split) builds its own and
-    gets what it would on fresh tables."""
-    rng = np.random.default_rng(3)
-    X = rng.standard_normal((300, 4))
-    y = (X[:, 0] + 0.5 * X[:, 1] + 0.3 * rng.standard_normal(300) > 0.4).astype(np.int64)
-    parts = split(table_of(X, y), 3)
-    built = []
-    real = mlp_module.host_matrix
-
-    def counted(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
-        built.append(table.num_rows)
-        return real(table, *args, **kwargs)
-
-    monkeypatch.setattr(mlp_module, "host_matrix", counted)
-    params = {"label": "y", "hidden": [3], "activation": "tanh", "l2": 0.01, "tol": 1e-8,
-              "max_iter": 200}
-    plain, metrics = fit_state(MLP(MLP.Params(**params)), parts)
-    assert metrics["iterations"] > 10
-    assert len(built) == len(parts), built  # one matrix a partition for the whole fit
-    for other in ({"class_weight": "balanced"}, {"validation_fraction": 0.25, "seed": 5}):
-        again, _ = fit_state(MLP(MLP.Params(**params, **other)), parts)
-        fresh, _ = fit_state(MLP(MLP.Params(**params, **other)),
-                             [pa.table(p.to_pydict()) for p in parts])
-        np.testing.assert_array_equal(flat(again), flat(fresh))
-        assert not np.allclose(flat(again), flat(plain))

@@ -1,0 +1,62 @@
+"""Multi-pass fits over the same table objects (the local engine's cache, a resident
+fit's tasks) build a partition's matrix once (``operators.models.common.kept_with``),
+and never hand one fit's matrix to another."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from operators.arrays import get_namespace
+from operators.base import drive, tree_reduce
+from operators.models import logistic, mlp
+from operators.testing.kit import split
+
+NUMPY = get_namespace("numpy")
+MLP = {"hidden": [3], "activation": "tanh", "l2": 0.01, "tol": 1e-8, "max_iter": 200}
+FITS = [(mlp, "MLP", "host_matrix", MLP),
+        (logistic, "LogisticRegression", "feature_matrix", {"solver": "newton"}),
+        (logistic, "LogisticRegression", "feature_matrix", {"solver": "lbfgs"})]
+
+
+def _fitted_arrays(op: Any, parts: list[pa.Table]) -> tuple[np.ndarray, dict[str, Any]]:
+    def aggregate(partial: Any) -> Any:
+        return tree_reduce([partial(p, NUMPY) for p in parts], op.combine)
+
+    state, _ = drive(op, parts[0].schema, aggregate)
+    arrays = op.fitted(state).state()[1]
+    return np.concatenate([np.ravel(v) for v in arrays.values()]), op.metrics(state)
+
+
+@pytest.mark.parametrize(("module", "name", "builder", "params"), FITS,
+                         ids=["mlp-lbfgs", "logistic-newton", "logistic-lbfgs"])
+def test_a_partition_s_matrix_is_built_once_a_fit_and_never_another_fit_s(
+        module: Any, name: str, builder: str, params: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((300, 4))
+    y = (X[:, 0] + 0.5 * X[:, 1] + 0.3 * rng.standard_normal(300) > 0.4).astype(np.int64)
+    parts = split(pa.table({**{f"x{j}": X[:, j] for j in range(4)}, "y": y}), 3)
+    built = []
+    real = getattr(module, builder)
+
+    def counted(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+        built.append(table.num_rows)
+        return real(table, *args, **kwargs)
+
+    monkeypatch.setattr(module, builder, counted)
+    estimator = getattr(module, name)
+    plain, metrics = _fitted_arrays(estimator(estimator.Params(label="y", **params)), parts)
+    assert metrics["iterations"] > 3
+    assert len(built) == len(parts), built  # one matrix a partition for the whole fit
+    for other in ({"class_weight": "balanced"}, {"validation_fraction": 0.25, "seed": 5}):
+        def fitted(tables: list[pa.Table], other: dict[str, Any] = other) -> np.ndarray:
+            return _fitted_arrays(estimator(estimator.Params(label="y", **params, **other)),
+                                  tables)[0]
+
+        again = fitted(parts)
+        np.testing.assert_array_equal(again, fitted([pa.table(p.to_pydict()) for p in parts]))
+        assert not np.allclose(again, plain)
