@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from operators.arrays import compute_dtype, is_numpy
 from operators.base import (
     DataError,
     Estimator,
@@ -60,6 +61,7 @@ from operators.models.common import (
     feature_matrix,
     held_out,
     is_numeric,
+    kept_with,
     label_column,
     loss_sums,
     model_input_columns,
@@ -72,6 +74,7 @@ from operators.models.common import (
     require_positive_weight,
     require_training_rows,
     row_weights,
+    target_key,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -95,7 +98,7 @@ from operators.models.optimize import (
     newton_start,
     newton_tell,
 )
-from operators.sparse import groups, past_memory_share
+from operators.sparse import groups, matrix_bytes, past_memory_share
 
 RCOND = 1e-12
 """Eigenvalues of the equilibrated normal matrix below RCOND x the largest count as zero
@@ -390,8 +393,15 @@ class LinearRegression(Estimator):
         theta = state["opt"]["point"]
         if train.num_rows == 0:
             return no_loss_sums(theta.size, newton)
-        extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [label, weights]
-        data = feature_matrix(train, state["features"], xp, extra)
+
+        def design() -> Any:
+            extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [label, weights]
+            return feature_matrix(train, state["features"], xp, extra)
+
+        # each pass of the optimiser reads the partition's columns once (``kept_with``)
+        data = kept_with(part, "glm_design", (*target_key(p, state), p.fit_intercept,
+                                              str(compute_dtype(xp))), design, matrix_bytes) \
+            if is_numpy(xp) else design()
         width = theta.size
         X, y, w = data[:, :width], data[:, width], data[:, width + 1]
         raw = X @ parameters(theta, xp)

@@ -12,14 +12,21 @@ import pytest
 
 from operators.arrays import get_namespace
 from operators.base import drive, tree_reduce
-from operators.models import logistic, mlp
+from operators.models import linear, logistic, mlp
 from operators.testing.kit import split
 
 NUMPY = get_namespace("numpy")
 MLP = {"hidden": [3], "activation": "tanh", "l2": 0.01, "tol": 1e-8, "max_iter": 200}
-FITS = [(mlp, "MLP", "host_matrix", MLP),
-        (logistic, "LogisticRegression", "feature_matrix", {"solver": "newton"}),
-        (logistic, "LogisticRegression", "feature_matrix", {"solver": "lbfgs"})]
+SPLIT = {"validation_fraction": 0.25, "seed": 5}
+BALANCED = {"class_weight": "balanced"}
+# (module, estimator, what builds its matrix, its params, other fits of the same tables)
+FITS = [(mlp, "MLP", "host_matrix", MLP, [BALANCED, SPLIT]),
+        (logistic, "LogisticRegression", "feature_matrix", {"solver": "newton"},
+         [BALANCED, SPLIT]),
+        (logistic, "LogisticRegression", "feature_matrix", {"solver": "lbfgs"},
+         [BALANCED, SPLIT]),
+        (linear, "LinearRegression", "feature_matrix", {"loss": "poisson", "solver": "lbfgs"},
+         [{"fit_intercept": False}, SPLIT])]
 
 
 def _fitted_arrays(op: Any, parts: list[pa.Table]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -31,11 +38,11 @@ def _fitted_arrays(op: Any, parts: list[pa.Table]) -> tuple[np.ndarray, dict[str
     return np.concatenate([np.ravel(v) for v in arrays.values()]), op.metrics(state)
 
 
-@pytest.mark.parametrize(("module", "name", "builder", "params"), FITS,
-                         ids=["mlp-lbfgs", "logistic-newton", "logistic-lbfgs"])
+@pytest.mark.parametrize(("module", "name", "builder", "params", "others"), FITS,
+                         ids=["mlp-lbfgs", "logistic-newton", "logistic-lbfgs", "poisson"])
 def test_a_partition_s_matrix_is_built_once_a_fit_and_never_another_fit_s(
         module: Any, name: str, builder: str, params: dict[str, Any],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        others: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(3)
     X = rng.standard_normal((300, 4))
     y = (X[:, 0] + 0.5 * X[:, 1] + 0.3 * rng.standard_normal(300) > 0.4).astype(np.int64)
@@ -52,7 +59,7 @@ def test_a_partition_s_matrix_is_built_once_a_fit_and_never_another_fit_s(
     plain, metrics = _fitted_arrays(estimator(estimator.Params(label="y", **params)), parts)
     assert metrics["iterations"] > 3
     assert len(built) == len(parts), built  # one matrix a partition for the whole fit
-    for other in ({"class_weight": "balanced"}, {"validation_fraction": 0.25, "seed": 5}):
+    for other in others:
         def fitted(tables: list[pa.Table], other: dict[str, Any] = other) -> np.ndarray:
             return _fitted_arrays(estimator(estimator.Params(label="y", **params, **other)),
                                   tables)[0]
