@@ -64,3 +64,16 @@ def process_gone(record: dict[str, Any]) -> bool | None:
     if state == "Z":
         return True
     return start is not None and record.get("pid_start") not in (None, start)
+
+
+def cache_budget() -> int:
+    """The bytes a process may keep of partitions between a fit's passes: a quarter of
+    physical memory, or ``SLUICE_CACHE_MB``. The local engine's cache of partitions has
+    this budget, and what fits derive from cached partitions (``kept_with``) another."""
+    if "SLUICE_CACHE_MB" in os.environ:
+        return int(float(os.environ["SLUICE_CACHE_MB"]) * 1024 * 1024)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 * 1024**3
+    return total // 4

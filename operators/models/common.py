@@ -11,6 +11,7 @@ partitioning holds out the same rows.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 import weakref
 from abc import abstractmethod
@@ -45,6 +46,7 @@ from operators.errors import counted
 from operators.evaluate.metrics import DEFAULT_METRICS, MetricAccumulator
 from operators.expressions import quote_name
 from operators.hashing import chosen_rows, window
+from operators.processes import cache_budget
 from operators.sparse import (
     columns_of,
     csr_matrix,
@@ -447,22 +449,60 @@ MEMO_FACTOR = 2.0
 this many times the table's bytes."""
 
 
+class _Kept:
+    """The bytes ``kept_with`` holds in this process, against ``cache_budget`` (the local
+    engine's cache has as much: the designs of the partitions it caches take at most
+    as much again)."""
+
+    lock = threading.Lock()
+    bytes = 0
+
+    @classmethod
+    def take(cls, size: int) -> bool:
+        with cls.lock:
+            if cls.bytes + size > cache_budget():
+                return False
+            cls.bytes += size
+            return True
+
+    @classmethod
+    def give_back(cls, size: int) -> None:
+        with cls.lock:
+            cls.bytes -= size
+
+
 def kept_with(part: pa.Table, name: str, key: tuple[Any, ...], make: Callable[[], Any],
               nbytes: Callable[[Any], int]) -> Any:
     """``make()``, kept with the table ``part`` (``table_memo``) under ``name`` for the next
     pass that asks with the same ``key`` (what it was made from: the fit's columns,
     classes, weights and split), where it takes (``nbytes``) at most ``MEMO_FACTOR``
-    times the table's bytes: a multi-pass fit over the same table objects (the local
-    engine's cache, a resident fit's tasks) reads a partition's columns once. What is
-    kept must not be written to."""
+    times the table's bytes and what this process keeps so stays within ``_Kept``'s
+    budget (released as the table goes): a multi-pass fit over the same table objects
+    (the local engine's cache, a resident fit's tasks) reads a partition's columns
+    once. What is kept must not be written to."""
     memo = table_memo(part)
     held = memo.get(name)
     if held is not None and held[0] == key:
         return held[1]
+    if held is not None:  # another fit's: let it go
+        del memo[name]
+        held[2].detach()
+        _Kept.give_back(held[3])
     made = make()
-    if nbytes(made) <= MEMO_FACTOR * part.nbytes:
-        memo[name] = (key, made)
+    size = nbytes(made)
+    if size <= MEMO_FACTOR * part.nbytes and _Kept.take(size):
+        try:
+            release = weakref.finalize(part, _Kept.give_back, size)
+        except TypeError:  # a table that cannot be weakly referenced: nothing kept
+            _Kept.give_back(size)
+            return made
+        memo[name] = (key, made, release, size)
     return made
+
+
+def kept_bytes() -> int:
+    """What ``kept_with`` holds in this process now, in bytes."""
+    return _Kept.bytes
 
 
 HOLDOUT_POSITION = "__sluice_holdout_position"

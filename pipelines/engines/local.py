@@ -36,6 +36,7 @@ from operators.base import (
     SluiceError,
     WriteResult,
 )
+from operators.processes import cache_budget
 from pipelines.device import CPU, Placement
 from pipelines.engines import resident
 from pipelines.engines.base import (
@@ -64,14 +65,8 @@ AUTO_WORKERS = 4
 
 
 def default_cache_bytes() -> int:
-    """A quarter of physical memory, or ``SLUICE_CACHE_MB``."""
-    if "SLUICE_CACHE_MB" in os.environ:
-        return int(os.environ["SLUICE_CACHE_MB"]) * 1024 * 1024
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = 8 * 1024**3
-    return total // 4
+    """A quarter of physical memory, or ``SLUICE_CACHE_MB`` (``cache_budget``)."""
+    return cache_budget()
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter

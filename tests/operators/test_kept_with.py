@@ -67,3 +67,45 @@ def test_a_partition_s_matrix_is_built_once_a_fit_and_never_another_fit_s(
         again = fitted(parts)
         np.testing.assert_array_equal(again, fitted([pa.table(p.to_pydict()) for p in parts]))
         assert not np.allclose(again, plain)
+
+
+def test_what_is_kept_stays_within_the_budget_and_goes_with_its_tables(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The designs kept in a process are counted against the cache's budget
+    (``SLUICE_CACHE_MB``): past it a fit builds its matrix each pass, as before; and
+    what is kept is given back when its tables go."""
+    import gc
+
+    from operators.models.common import kept_bytes
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((400, 4))
+    y = (X[:, 0] > 0).astype(np.int64)
+
+    def tables() -> list[pa.Table]:
+        return split(pa.table({**{f"x{j}": X[:, j] for j in range(4)}, "y": y}), 2)
+
+    def fit_counting(parts: list[pa.Table]) -> int:
+        built = []
+        real = logistic.feature_matrix
+
+        def counted(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+            built.append(table.num_rows)
+            return real(table, *args, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(logistic, "feature_matrix", counted)
+            _fitted_arrays(logistic.LogisticRegression(
+                logistic.LogisticRegression.Params(label="y", solver="lbfgs")), parts)
+        return len(built)
+
+    gc.collect()
+    before = kept_bytes()
+    parts = tables()
+    assert fit_counting(parts) == 2 and kept_bytes() > before
+    del parts
+    gc.collect()
+    assert kept_bytes() == before
+    monkeypatch.setenv("SLUICE_CACHE_MB", "0")
+    parts = tables()
+    assert fit_counting(parts) > 2 * 3 and kept_bytes() == before  # each pass builds
