@@ -57,6 +57,7 @@ from operators.sparse import (
     has_sparse,
     is_sparse_type,
     issparse,
+    matrix_bytes,
     require_dense_room,
     rows_of,
     scipy_sparse,
@@ -550,16 +551,24 @@ def query_column(params: HoldsOut) -> str | None:
     return getattr(params, "group", None)
 
 
-def target_key(params: SupervisedParams, state: dict[str, Any]) -> tuple[Any, ...]:
-    """What a supervised fit's rows of a pass are made of, as a ``kept_with`` key: the
-    features, label and weight columns, the validation split (and query, if any), and
-    the classes and class weights of the fit's ``state``."""
+def kept_design(part: pa.Table, name: str, params: SupervisedParams, state: dict[str, Any],
+                xp: Any, make: Callable[[], Any], *key: Any,
+                nbytes: Callable[[Any], int] = matrix_bytes) -> Any:
+    """A supervised fit's design of ``part``'s training rows for a pass on ``xp``
+    (``make()``): on NumPy ``kept_with`` the table under ``name``, keyed by what it is
+    made of (the features, label and weight columns, the validation split and query, the
+    classes and class weights of ``state``, ``key``, the compute dtype); on a device
+    made each pass (its one copy there)."""
+    if not is_numpy(xp):
+        return make()
     factor = state.get("class_factor")
-    return (tuple(state["features"]), params.label, params.weight,
-            params.validation_fraction, params.seed, params.validation_start,
-            query_column(params), tuple(state.get("classes") or ()),
-            state.get("label_type"),
-            None if factor is None else tuple(np.asarray(factor, np.float64).tolist()))
+    made_of = (tuple(state["features"]), params.label, params.weight,
+               params.validation_fraction, params.seed, params.validation_start,
+               query_column(params), tuple(state.get("classes") or ()),
+               state.get("label_type"),
+               None if factor is None else tuple(np.asarray(factor, np.float64).tolist()),
+               *key, str(compute_dtype(xp)))
+    return kept_with(part, name, made_of, make, nbytes)
 
 
 def held_out(part: pa.Table, params: HoldsOut) -> tuple[pa.Table, pa.Table]:

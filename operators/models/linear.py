@@ -39,7 +39,6 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from operators.arrays import compute_dtype, is_numpy
 from operators.base import (
     DataError,
     Estimator,
@@ -61,7 +60,7 @@ from operators.models.common import (
     feature_matrix,
     held_out,
     is_numeric,
-    kept_with,
+    kept_design,
     label_column,
     loss_sums,
     model_input_columns,
@@ -74,7 +73,6 @@ from operators.models.common import (
     require_positive_weight,
     require_training_rows,
     row_weights,
-    target_key,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -98,7 +96,7 @@ from operators.models.optimize import (
     newton_start,
     newton_tell,
 )
-from operators.sparse import groups, matrix_bytes, past_memory_share
+from operators.sparse import groups, past_memory_share
 
 RCOND = 1e-12
 """Eigenvalues of the equilibrated normal matrix below RCOND x the largest count as zero
@@ -398,10 +396,8 @@ class LinearRegression(Estimator):
             extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [label, weights]
             return feature_matrix(train, state["features"], xp, extra)
 
-        # each pass of the optimiser reads the partition's columns once (``kept_with``)
-        data = kept_with(part, "glm_design", (*target_key(p, state), p.fit_intercept,
-                                              str(compute_dtype(xp))), design, matrix_bytes) \
-            if is_numpy(xp) else design()
+        # each pass of the optimiser reads the partition's columns once
+        data = kept_design(part, "glm_design", p, state, xp, design, p.fit_intercept)
         width = theta.size
         X, y, w = data[:, :width], data[:, width], data[:, width + 1]
         raw = X @ parameters(theta, xp)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from operators.arrays import compute_dtype, is_numpy, to_numpy
+from operators.arrays import is_numpy, to_numpy
 from operators.base import Estimator, FitProgress, register, register_fitted
 from operators.models.common import (
     ClassWeight,
@@ -43,6 +43,7 @@ from operators.models.common import (
     encode_classes,
     feature_matrix,
     held_out,
+    kept_design,
     kept_with,
     label_column,
     loss_sums,
@@ -61,7 +62,6 @@ from operators.models.common import (
     sigmoid,
     softmax,
     sparse_matrix,
-    target_key,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -188,17 +188,15 @@ class LogisticRegression(PlannedPredictions, Estimator):
                       weights: np.ndarray, state: dict[str, Any], xp: Any) -> Any:
         """The training rows' design (features, the intercept's ones), class positions
         and weights as one matrix on ``xp``; on NumPy kept with the partition's table for
-        the next pass (``kept_with``: each Newton or L-BFGS pass reads the columns once)."""
+        the next pass (``kept_design``: each Newton or L-BFGS pass reads the columns
+        once)."""
         def make() -> Any:
             index, row_weights = self._target(labels, weights, state)
             ones = [np.ones(train.num_rows)] if self.params.fit_intercept else []
             return feature_matrix(train, state["features"], xp, [*ones, index, row_weights])
 
-        if not is_numpy(xp):  # a device gets its one copy each pass
-            return make()
-        return kept_with(part, "logistic_dense", (*target_key(self.params, state),
-                                                  self.params.fit_intercept,
-                                                  str(compute_dtype(xp))), make, matrix_bytes)
+        return kept_design(part, "logistic_dense", self.params, state, xp, make,
+                           self.params.fit_intercept)
 
     def _sparse_design(self, part: pa.Table, train: pa.Table, features: list[str], xp: Any
                        ) -> Any:

@@ -124,7 +124,7 @@ from operators.models.common import (
     host_matrix,
     is_classification,
     is_numeric,
-    kept_with,
+    kept_design,
     label_column,
     merge_class_weights,
     model_input_columns,
@@ -137,7 +137,6 @@ from operators.models.common import (
     sigmoid,
     softmax,
     sparse_matrix,
-    target_key,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -580,12 +579,10 @@ class MLP(PlannedPredictions, Estimator):
         """``_rows`` of the training rows ``train`` of ``part``, kept with the partition's
         table for the next pass (the local engine's and resident fits' passes get the same
         table object): an L-BFGS fit reads the columns once, not once an evaluation. On
-        NumPy only (a device gets its one copy each pass; ``kept_with``)."""
-        if not is_numpy(xp):
-            return self._rows(train, state, xp)
-        return kept_with(part, "mlp_rows", (*target_key(self.params, state), str(
-            compute_dtype(xp))), lambda: self._rows(train, state, xp),
-            lambda rows: sum(matrix_bytes(a) for a in rows))
+        NumPy only (a device gets its one copy each pass; ``kept_design``)."""
+        return kept_design(part, "mlp_rows", self.params, state, xp,
+                           lambda: self._rows(train, state, xp),
+                           nbytes=lambda rows: sum(matrix_bytes(a) for a in rows))
 
     def _host_data(self, table: pa.Table, state: dict[str, Any], xp: Any = None,
                    sparse: bool = False) -> tuple[Any, np.ndarray]:
