@@ -58,7 +58,7 @@ from pipelines.incremental import Reads, settled_line, taken_line
 from pipelines.lineage import ENDS, Lineage, run_uuid
 from pipelines.lineage import datasets as lineage_datasets
 from pipelines.plan import Plan, Step, build, check_output, param_for, training_only
-from pipelines.runs import default_runs_dir
+from pipelines.runs import STAMP_FORMAT, default_runs_dir
 from pipelines.shuffle import (
     SAMPLE_PER_BUCKET,
     ShuffledSource,
@@ -155,7 +155,7 @@ def _names_in(value: Any) -> set[str]:
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    return time.strftime(STAMP_FORMAT, time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 def make_engine(name: str, *, scheduler: str | None = None, master: str | None = None,

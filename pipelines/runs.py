@@ -54,9 +54,10 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 """What a run record has, and of which JSON type (what the summaries read)."""
 
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+"""A run id starts with the second its run started, in UTC (``runner.new_run_id``)."""
 STAMP = len("20261128T060000Z")
-"""A run id starts with the second its run started (``runner.new_run_id``): run ids of
-this length order by start."""
+"""The length of that start: run ids of this length order by start."""
 
 _ITEM_KEYS = {"steps": ("op",), "outputs": ("path", "rows"), "models": ("name", "version", "path")}
 
@@ -154,10 +155,10 @@ def _earlier(run_id: str, seconds: float) -> str:
     """The stamp of a run id started ``seconds`` before ``run_id`` ("" for an id that
     does not start with its stamp: every record is later)."""
     try:
-        start = calendar.timegm(time.strptime(run_id[:STAMP], "%Y%m%dT%H%M%SZ"))
+        start = calendar.timegm(time.strptime(run_id[:STAMP], STAMP_FORMAT))
     except ValueError:
         return ""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start - seconds))
+    return time.strftime(STAMP_FORMAT, time.gmtime(start - seconds))
 
 
 def settlements(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -64,11 +64,6 @@ from pipelines.profiles import load_local
 AUTO_WORKERS = 4
 
 
-def default_cache_bytes() -> int:
-    """A quarter of physical memory, or ``SLUICE_CACHE_MB`` (``cache_budget``)."""
-    return cache_budget()
-
-
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 
@@ -102,7 +97,7 @@ class LocalEngine(Engine):
         conf = load_local(profile)
         super().__init__(profile=conf, **kwargs)
         self.workers = workers or conf.workers or os.cpu_count() or 1
-        self.cache_bytes = default_cache_bytes() if cache_bytes is None else cache_bytes
+        self.cache_bytes = cache_budget() if cache_bytes is None else cache_bytes
         self._pool: ThreadPoolExecutor | None = None
         self._caches: dict[str, dict[int, pa.Table]] = {}
         self._cache_full: set[str] = set()
