@@ -472,6 +472,9 @@ class _Kept:
             cls.bytes -= size
 
 
+_NOTHING = object()
+
+
 def kept_with(part: pa.Table, name: str, key: tuple[Any, ...], make: Callable[[], Any],
               nbytes: Callable[[Any], int]) -> Any:
     """``make()``, kept with the table ``part`` (``table_memo``) under ``name`` for the next
@@ -481,10 +484,11 @@ def kept_with(part: pa.Table, name: str, key: tuple[Any, ...], make: Callable[[]
     budget (released as the table goes): a multi-pass fit over the same table objects
     (the local engine's cache, a resident fit's tasks) reads a partition's columns
     once. What is kept must not be written to."""
+    found = kept(part, name, key, _NOTHING)
+    if found is not _NOTHING:
+        return found
     memo = table_memo(part)
     held = memo.get(name)
-    if held is not None and held[0] == key:
-        return held[1]
     if held is not None:  # another fit's: let it go
         del memo[name]
         held[2].detach()
@@ -499,6 +503,13 @@ def kept_with(part: pa.Table, name: str, key: tuple[Any, ...], make: Callable[[]
             return made
         memo[name] = (key, made, release, size)
     return made
+
+
+def kept(part: pa.Table, name: str, key: tuple[Any, ...], default: Any = None) -> Any:
+    """What ``kept_with`` keeps with ``part`` under ``name`` for ``key``; ``default`` if
+    nothing is."""
+    held = table_memo(part).get(name)
+    return held[1] if held is not None and held[0] == key else default
 
 
 def kept_bytes() -> int:
@@ -571,10 +582,26 @@ def kept_design(part: pa.Table, name: str, params: SupervisedParams, state: dict
     return kept_with(part, name, made_of, make, nbytes)
 
 
-def held_out(part: pa.Table, params: HoldsOut) -> tuple[pa.Table, pa.Table]:
-    """``split_rows`` as a model step's parameters say (a ranking holds out queries)."""
-    return split_rows(part, params.validation_fraction, params.seed, params.validation_start,
-                      query_column(params))
+def held_out(part: pa.Table, params: HoldsOut, keep: bool = False
+             ) -> tuple[pa.Table, pa.Table]:
+    """``split_rows`` as a model step's parameters say (a ranking holds out queries).
+
+    With ``keep`` (a multi-pass fit's passes) the two tables are kept with ``part``
+    (``kept_with``, within its budget), so that every pass after the first filters
+    nothing; without it a split already kept is used, and none is kept."""
+    fraction = params.validation_fraction
+    by = query_column(params)
+    if fraction <= 0:
+        return split_rows(part, fraction, params.seed, params.validation_start, by)
+    key = (fraction, params.seed, params.validation_start, by)
+    if not keep:
+        found = kept(part, "held_out", key)
+        if found is not None:
+            return found
+        return split_rows(part, fraction, params.seed, params.validation_start, by)
+    return kept_with(part, "held_out", key,
+                     lambda: split_rows(part, fraction, params.seed, params.validation_start, by),
+                     lambda tables: sum(t.nbytes for t in tables))
 
 
 def finite_column(column: pa.ChunkedArray, what: str, hint: str = FEATURE_HINT

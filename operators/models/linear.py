@@ -372,10 +372,10 @@ class LinearRegression(Estimator):
 
     def _glm_partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         p = self.params
-        train, held = held_out(part, p)
-        weights = row_weights(train, p.weight)
-        label = _float_values(label_column(train, p.label))
+        train, held = held_out(part, p, keep=True)
         if state["phase"] == "summary":
+            weights = row_weights(train, p.weight)
+            label = _float_values(label_column(train, p.label))
             # the weighted feature sums: the training means, contributions' reference;
             # the held-out rows' labels are checked too (their deviance needs them valid)
             held_labels = _float_values(label_column(held, p.label))
@@ -393,7 +393,8 @@ class LinearRegression(Estimator):
             return no_loss_sums(theta.size, newton)
 
         def design() -> Any:
-            extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [label, weights]
+            extra = ([np.ones(train.num_rows)] if p.fit_intercept else []) + [
+                _float_values(label_column(train, p.label)), row_weights(train, p.weight)]
             return feature_matrix(train, state["features"], xp, extra)
 
         # each pass of the optimiser reads the partition's columns once

@@ -44,7 +44,6 @@ from operators.models.common import (
     feature_matrix,
     held_out,
     kept_design,
-    kept_with,
     label_column,
     loss_sums,
     merge_class_weights,
@@ -159,11 +158,10 @@ class LogisticRegression(PlannedPredictions, Estimator):
         p = self.params
         if state["phase"] == "validate":
             return validation_partial(self._model(state), part, p, xp)
-        train, held = held_out(part, p)
-        weights = row_weights(train, p.weight)
-        labels = label_column(train, p.label)
+        train, held = held_out(part, p, keep=True)
         if state["phase"] == "summary":
-            classes, totals = class_weights(labels, weights)
+            weights = row_weights(train, p.weight)
+            classes, totals = class_weights(label_column(train, p.label), weights)
             # the weighted feature sums: the training means, contributions' reference
             sums = weighted_sums(train, state["features"], weights)
             return {"kind": "summary", "rows": train.num_rows, "heldout": held.num_rows,
@@ -171,52 +169,55 @@ class LogisticRegression(PlannedPredictions, Estimator):
                     "sums": sums}
         theta = state["opt"]["point"].reshape(state["shape"])
         newton = state["solver"] == "newton"
-        X = None if newton else self._sparse_design(part, train, state["features"], xp)
-        if X is not None:  # a sparse column's rows as they are (L-BFGS: no Hessian)
-            index, weights = self._target(labels, weights, state)
-            return _evaluate_rows(X, index.astype(np.float64), weights, theta, False, xp)
-        return _evaluate(self._dense_design(part, train, labels, weights, state, xp), theta,
-                         newton, xp)
+        sparse = None if newton else self._sparse_design(part, train, state, xp)
+        if sparse is not None:  # a sparse column's rows as they are (L-BFGS: no Hessian)
+            X, index, weights = sparse
+            return _evaluate_rows(X, index, weights, theta, False, xp)
+        return _evaluate(self._dense_design(part, train, state, xp), theta, newton, xp)
 
-    def _target(self, labels: pa.ChunkedArray, weights: np.ndarray, state: dict[str, Any]
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """The rows' class positions and their weights with the class weights."""
-        index = encode_classes(labels, state["classes"], pa.type_for_alias(state["label_type"]))
-        return index, by_class(weights, index, state.get("class_factor"))
+    def _target(self, train: pa.Table, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The training rows' class positions and their weights with the class weights."""
+        p = self.params
+        index = encode_classes(label_column(train, p.label), state["classes"],
+                               pa.type_for_alias(state["label_type"]))
+        return index, by_class(row_weights(train, p.weight), index, state.get("class_factor"))
 
-    def _dense_design(self, part: pa.Table, train: pa.Table, labels: pa.ChunkedArray,
-                      weights: np.ndarray, state: dict[str, Any], xp: Any) -> Any:
+    def _dense_design(self, part: pa.Table, train: pa.Table, state: dict[str, Any], xp: Any
+                      ) -> Any:
         """The training rows' design (features, the intercept's ones), class positions
         and weights as one matrix on ``xp``; on NumPy kept with the partition's table for
         the next pass (``kept_design``: each Newton or L-BFGS pass reads the columns
         once)."""
         def make() -> Any:
-            index, row_weights = self._target(labels, weights, state)
+            index, weights = self._target(train, state)
             ones = [np.ones(train.num_rows)] if self.params.fit_intercept else []
-            return feature_matrix(train, state["features"], xp, [*ones, index, row_weights])
+            return feature_matrix(train, state["features"], xp, [*ones, index, weights])
 
         return kept_design(part, "logistic_dense", self.params, state, xp, make,
                            self.params.fit_intercept)
 
-    def _sparse_design(self, part: pa.Table, train: pa.Table, features: list[str], xp: Any
-                       ) -> Any:
+    def _sparse_design(self, part: pa.Table, train: pa.Table, state: dict[str, Any], xp: Any
+                       ) -> tuple[Any, np.ndarray, np.ndarray] | None:
         """The training rows' design (features, then the intercept's ones) as a SciPy
-        CSR matrix where some features are a sparse column's (None where none is), kept
-        with the partition's table for the next pass (the local engine's and resident
-        fits' passes get the same table object): an L-BFGS fit's passes read it, not the
-        column, again. At most ``MEMO_FACTOR`` times the table's bytes."""
-        if not is_numpy(xp):  # a device's passes make a dense matrix
+        CSR matrix where some features are a sparse column's, with the rows' class
+        positions (float64) and weights; None where no feature is sparse. Kept with the
+        partition's table for the next pass (``kept_design``): an L-BFGS fit's passes
+        read it, not the column, again. NumPy only (a device's passes make a dense
+        matrix)."""
+        if not is_numpy(xp):
             return None
         p = self.params
 
-        def make() -> Any:
-            X = sparse_matrix(train, features, xp)
-            return with_ones(X) if X is not None and p.fit_intercept else X
+        def make() -> tuple[Any, np.ndarray, np.ndarray] | None:
+            X = sparse_matrix(train, state["features"], xp)
+            if X is None:
+                return None
+            index, weights = self._target(train, state)
+            return (with_ones(X) if p.fit_intercept else X), index.astype(np.float64), weights
 
-        key = (tuple(features), p.fit_intercept, p.validation_fraction, p.seed,
-               p.validation_start)
-        return kept_with(part, "logistic_design", key, make,
-                         lambda X: 0 if X is None else matrix_bytes(X))
+        return kept_design(part, "logistic_sparse", p, state, xp, make, p.fit_intercept,
+                           nbytes=lambda kept: 0 if kept is None else sum(
+                               matrix_bytes(a) for a in kept))
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "metrics" in a:

@@ -534,7 +534,7 @@ class MLP(PlannedPredictions, Estimator):
         p = self.params
         if state["phase"] == "validate":
             return validation_partial(self._model(state, state["theta"]), part, p, xp)
-        train, held = held_out(part, p)
+        train, held = held_out(part, p, keep=True)
         if state["phase"] == "summary":
             return {**self._summary(train, held, state["classify"]), "precision": precision(xp)}
         if state["phase"] == "lbfgs":

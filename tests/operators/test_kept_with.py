@@ -109,3 +109,69 @@ def test_what_is_kept_stays_within_the_budget_and_goes_with_its_tables(
     monkeypatch.setenv("SLUICE_CACHE_MB", "0")
     parts = tables()
     assert fit_counting(parts) > 2 * 3 and kept_bytes() == before  # each pass builds
+
+
+def _sparse_parts(rows: int, parts: int) -> list[pa.Table]:
+    """A dense feature and a sparse column of 3 positions, a 0/1 label."""
+    from operators.sparse import sparse_field
+
+    rng = np.random.default_rng(6)
+    dense = rng.standard_normal(rows)
+    values = rng.standard_normal((rows, 3))
+    y = (dense + values[:, 0] - values[:, 2] > 0).astype(np.int64)
+    bag = pa.array([{"indices": [j for j in range(3) if (i + j) % 2], "values":
+                     [float(values[i, j]) for j in range(3) if (i + j) % 2]}
+                    for i in range(rows)], type=sparse_field("bag", 3, None).type)
+    schema = pa.schema([pa.field("d", pa.float64()), sparse_field("bag", 3, None),
+                        pa.field("y", pa.int64())])
+    return split(pa.table([dense, bag, y], schema=schema), parts)
+
+
+@pytest.mark.parametrize(("module", "name", "builder", "params", "others"),
+                         [*FITS, (logistic, "LogisticRegression", "sparse_matrix",
+                                  {"solver": "lbfgs"}, [])],
+                         ids=["mlp-lbfgs", "logistic-newton", "logistic-lbfgs", "poisson",
+                              "logistic-sparse"])
+def test_a_partition_s_validation_split_is_made_once_a_fit(
+        module: Any, name: str, builder: str, params: dict[str, Any],
+        others: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``validation_fraction`` every pass of a multi-pass fit trains on the same
+    rows: the partition is split (filtered) once a fit, not once a pass, the held-out
+    metrics read the same split, and the fit is the one of tables split afresh each pass
+    (tables that cannot keep anything: copies each pass)."""
+    from operators.models import common
+
+    if builder == "sparse_matrix":
+        parts = _sparse_parts(300, 3)
+    else:
+        rng = np.random.default_rng(3)
+        X = rng.standard_normal((300, 4))
+        y = (X[:, 0] + 0.3 * rng.standard_normal(300) > 0.4).astype(np.int64)
+        parts = split(pa.table({**{f"x{j}": X[:, j] for j in range(4)}, "y": y}), 3)
+    splits, built = [], []
+    real_split, real_build = common.split_rows, getattr(module, builder)
+
+    def counted_split(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+        splits.append(table.num_rows)
+        return real_split(table, *args, **kwargs)
+
+    def counted_build(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+        built.append(table.num_rows)
+        return real_build(table, *args, **kwargs)
+
+    monkeypatch.setattr(common, "split_rows", counted_split)
+    monkeypatch.setattr(module, builder, counted_build)
+    estimator = getattr(module, name)
+    op = estimator(estimator.Params(label="y", **params, **SPLIT))
+    kept, metrics = _fitted_arrays(op, parts)
+    assert metrics["iterations"] > 3 and "validation" in metrics, metrics
+    assert len(splits) == len(parts), splits
+    assert len(built) == len(parts), built
+    # nothing kept: each pass splits and builds afresh, to the same fit
+    monkeypatch.setenv("SLUICE_CACHE_MB", "0")
+    splits.clear()
+    again, again_metrics = _fitted_arrays(
+        op, [pa.table(p.to_pydict(), schema=p.schema) for p in parts])
+    assert len(splits) > 3 * len(parts)
+    np.testing.assert_array_equal(again, kept)
+    assert again_metrics["validation"] == metrics["validation"]
