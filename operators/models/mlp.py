@@ -94,7 +94,14 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from operators.arrays import column_to_numpy, compute_dtype, is_numpy, to_numpy, to_xp
+from operators.arrays import (
+    column_to_numpy,
+    compute_dtype,
+    get_namespace,
+    is_numpy,
+    to_numpy,
+    to_xp,
+)
 from operators.base import (
     ArtifactError,
     DataError,
@@ -377,17 +384,16 @@ def _size(units: list[int]) -> int:
     return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(units[:-1], units[1:]))
 
 
-def _batch_order(data: np.ndarray, seed: int, epoch: int, X: Any = None) -> np.ndarray:
-    """A row order from each row's content (its float64 bits), the seed and the epoch,
-    never from the row's position: ``argsort`` of a hash of every row. ``X``: the rows'
-    features as a SciPy CSR matrix, ``data`` then their other columns (target, weight):
-    the order of the dense matrix of the two side by side, to the bit."""
-    key = np.array([seed, epoch], dtype=np.int64).view(np.uint64)
+def _row_keys(data: np.ndarray, seed: int, X: Any = None) -> np.ndarray:
+    """A uint64 a row from its content (its float64 bits) and the seed, never from its
+    position: every cell's bits mixed with a salt of its column, summed along the row and
+    mixed again. ``X``: the rows' features as a SciPy CSR matrix, ``data`` then their
+    other columns (target, weight): the keys of the dense matrix of the two side by side,
+    to the bit."""
     width = data.shape[1] + (0 if X is None else X.shape[1])
     with np.errstate(over="ignore"):
-        salt = mix(mix(key[:1]) ^ (key[1:] + np.uint64(1)))[0]
+        salt = mix(np.array([seed], dtype=np.int64).view(np.uint64))[0]
         salts = mix(np.arange(width, dtype=np.uint64) ^ salt)
-        # one mixed word per cell (column-salted), summed along the row and mixed again
         tail = salts[width - data.shape[1]:]
         sums = np.sum(mix(np.ascontiguousarray(data).view(np.uint64) ^ tail[None, :]),
                       axis=1, dtype=np.uint64)
@@ -399,8 +405,18 @@ def _batch_order(data: np.ndarray, seed: int, epoch: int, X: Any = None) -> np.n
             stored = mix(values ^ salts[X.indices]) - zeros[X.indices]
             np.add.at(sums, rows_of(X.indptr), stored)
             sums += np.sum(zeros, dtype=np.uint64)
-        keys = mix(sums)
-    return np.argsort(keys, kind="stable")
+        return mix(sums)
+
+
+def _batch_order(keys: np.ndarray, epoch: int) -> np.ndarray:
+    """The rows' order in an epoch: ``argsort`` of their ``_row_keys`` mixed with the
+    epoch's salt (a fresh permutation an epoch, from the rows' content alone)."""
+    with np.errstate(over="ignore"):
+        salt = mix(np.array([epoch], dtype=np.int64).view(np.uint64) + _EPOCH_SALT)[0]
+        return np.argsort(mix(keys ^ salt), kind="stable")
+
+
+_EPOCH_SALT = np.uint64(0x243F6A8885A308D3)
 
 
 # --------------------------------------------------------------------------- fitted
@@ -538,11 +554,11 @@ class MLP(PlannedPredictions, Estimator):
         if state["phase"] == "summary":
             return {**self._summary(train, held, state["classify"]), "precision": precision(xp)}
         if state["phase"] == "lbfgs":
-            loss, grad = _data_loss(self._lbfgs_rows(part, train, state, xp),
+            loss, grad = _data_loss(self._kept_rows(part, "mlp_rows", train, state, xp),
                                     parameters(state["opt"]["point"], xp), state["net"], xp,
                                     gradient=True)
             return _exact({"loss": loss, "grad": grad})
-        return self._epoch(train, held, state, xp)
+        return self._epoch(part, train, held, state, xp)
 
     def _summary(self, train: pa.Table, held: pa.Table, classify: bool) -> dict[str, Any]:
         p = self.params
@@ -574,15 +590,30 @@ class MLP(PlannedPredictions, Estimator):
             return _columns(to_xp(host, xp), len(state["features"]))
         return X.astype(compute_dtype(xp), copy=False), host[:, 0], host[:, 1]
 
-    def _lbfgs_rows(self, part: pa.Table, train: pa.Table, state: dict[str, Any], xp: Any
-                    ) -> tuple[Any, Any, Any]:
-        """``_rows`` of the training rows ``train`` of ``part``, kept with the partition's
-        table for the next pass (the local engine's and resident fits' passes get the same
-        table object): an L-BFGS fit reads the columns once, not once an evaluation. On
-        NumPy only (a device gets its one copy each pass; ``kept_design``)."""
-        return kept_design(part, "mlp_rows", self.params, state, xp,
-                           lambda: self._rows(train, state, xp),
+    def _kept_rows(self, part: pa.Table, name: str, table: pa.Table, state: dict[str, Any],
+                   xp: Any) -> tuple[Any, Any, Any]:
+        """``_rows`` of ``table``, the training or the held-out rows of ``part``, kept with
+        the partition's table under ``name`` for the next pass (``kept_design``: the local
+        engine's and resident fits' passes get the same table object): L-BFGS's
+        evaluations and adam's held-out losses read the columns once a fit. On NumPy only
+        (a device gets its one copy each pass)."""
+        return kept_design(part, name, self.params, state, xp,
+                           lambda: self._rows(table, state, xp),
                            nbytes=lambda rows: sum(matrix_bytes(a) for a in rows))
+
+    def _epoch_rows(self, part: pa.Table, train: pa.Table, state: dict[str, Any], xp: Any
+                    ) -> tuple[Any, np.ndarray, np.ndarray]:
+        """``_host_data`` of the training rows ``train`` of ``part`` (CSR features where
+        ``xp`` is NumPy), float64 on the host, with their ``_row_keys``: kept with the
+        partition's table (``kept_design``), so that each of adam's epochs gathers its
+        batches' rows, neither reading the columns nor hashing the rows again."""
+        def make() -> tuple[Any, np.ndarray, np.ndarray]:
+            X, host = self._host_data(train, state, sparse=is_numpy(xp))
+            return X, host, _row_keys(host, self.params.seed, X)
+
+        return kept_design(part, "mlp_epoch", self.params, state, get_namespace(), make,
+                           is_numpy(xp), nbytes=lambda kept: sum(
+                               matrix_bytes(a) for a in kept if a is not None))
 
     def _host_data(self, table: pa.Table, state: dict[str, Any], xp: Any = None,
                    sparse: bool = False) -> tuple[Any, np.ndarray]:
@@ -611,15 +642,15 @@ class MLP(PlannedPredictions, Estimator):
                 np.float64 if xp is None else compute_dtype(xp))
         return None, host_matrix(table, state["features"], [target, weights], xp)
 
-    def _epoch(self, train: pa.Table, held: pa.Table, state: dict[str, Any], xp: Any
-               ) -> dict[str, Any]:
+    def _epoch(self, part: pa.Table, train: pa.Table, held: pa.Table, state: dict[str, Any],
+               xp: Any) -> dict[str, Any]:
         p, net, adam = self.params, state["net"], state["adam"]
         size = _size(net["units"])
         out: dict[str, Any] = {"rows": 0.0, "steps": 0.0, "loss": 0.0, "theta": np.zeros(size),
                                "m": np.zeros(size), "v": np.zeros(size), "val_loss": 0.0,
                                "val_weight": 0.0}
         if p.early_stopping and held.num_rows:
-            rows = self._rows(held, state, xp)
+            rows = self._kept_rows(part, "mlp_held", held, state, xp)
             loss, _ = _data_loss(rows, parameters(adam["theta"], xp), net, xp, gradient=False)
             out.update(val_loss=loss, val_weight=float(xp.sum(rows[2], dtype=xp.float64)))
         if not adam["train"] or train.num_rows == 0:
@@ -627,8 +658,8 @@ class MLP(PlannedPredictions, Estimator):
         # float64 on the host: the batch order hashes the float64 bits of every row
         # (a sparse column's rows as they are on NumPy, made dense for a device: the
         # same order, which ``_batch_order`` gives either)
-        X, host = self._host_data(train, state, sparse=is_numpy(xp))
-        order = _batch_order(host, p.seed, adam["epoch"], X)
+        X, host, keys = self._epoch_rows(part, train, state, xp)
+        order = _batch_order(keys, adam["epoch"])
         if X is None:
             data = to_xp(np.ascontiguousarray(host[order], dtype=compute_dtype(xp)), xp)
             rows = _columns(data, len(state["features"]))

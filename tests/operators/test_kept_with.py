@@ -175,3 +175,41 @@ def test_a_partition_s_validation_split_is_made_once_a_fit(
     assert len(splits) > 3 * len(parts)
     np.testing.assert_array_equal(again, kept)
     assert again_metrics["validation"] == metrics["validation"]
+
+
+def test_adam_reads_and_hashes_a_partition_s_rows_once_a_fit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of adam's epochs gathers its batches from the training rows' matrix and their
+    hashes (``_row_keys``) kept with the partition, and scores early stopping's held-out
+    rows from theirs: one build of each a partition for the whole fit, to the model of
+    tables that keep nothing."""
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((300, 4))
+    y = (X[:, 0] - X[:, 2] + 0.3 * rng.standard_normal(300) > 0).astype(np.int64)
+    parts = split(pa.table({**{f"x{j}": X[:, j] for j in range(4)}, "y": y}), 3)
+    built, hashed = [], []
+    real_build, real_keys = mlp.host_matrix, mlp._row_keys
+
+    def counted_build(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+        built.append(table.num_rows)
+        return real_build(table, *args, **kwargs)
+
+    def counted_keys(data: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        hashed.append(len(data))
+        return real_keys(data, *args, **kwargs)
+
+    monkeypatch.setattr(mlp, "host_matrix", counted_build)
+    monkeypatch.setattr(mlp, "_row_keys", counted_keys)
+    op = mlp.MLP(mlp.MLP.Params(label="y", hidden=[4], solver="adam", batch_size=16,
+                                max_iter=6, early_stopping=True, n_iter_no_change=10,
+                                **SPLIT))
+    with pytest.warns(Warning, match="max_iter"):
+        kept, metrics = _fitted_arrays(op, parts)
+    assert metrics["iterations"] == 6, metrics
+    assert len(built) == 2 * len(parts) and len(hashed) == len(parts), (built, hashed)
+    monkeypatch.setenv("SLUICE_CACHE_MB", "0")
+    built.clear()
+    with pytest.warns(Warning, match="max_iter"):
+        again = _fitted_arrays(op, [pa.table(p.to_pydict()) for p in parts])[0]
+    assert len(built) > 6 * len(parts)
+    np.testing.assert_array_equal(again, kept)

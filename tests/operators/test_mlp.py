@@ -347,7 +347,8 @@ def test_one_partition_adam_is_sequential_adam() -> None:
     v = [np.zeros_like(a) for a in W + b]
     t = 0
     for epoch in range(2):
-        order = mlp_module._batch_order(np.column_stack([X, y.astype(float), w]), 0, epoch)
+        order = mlp_module._batch_order(
+            mlp_module._row_keys(np.column_stack([X, y.astype(float), w]), 0), epoch)
         for s in range(0, 50, 16):
             rows = order[s:s + 16]
             xb, yb, wb = X[rows], y[rows], w[rows]

@@ -28,7 +28,8 @@ from operators.models.kmeans import KMeans
 from operators.models.linear import LinearRegression
 from operators.models.logistic import LogisticRegression
 from operators.models.mlp import MLP
-from operators.models.mlp import _batch_order as batch_order
+from operators.models.mlp import _batch_order as epoch_order
+from operators.models.mlp import _row_keys as row_keys
 from operators.models.naive_bayes import NaiveBayes
 from operators.sparse import (
     csr_matrix,
@@ -774,13 +775,19 @@ def test_mlp_batch_order_of_sparse_rows_is_the_dense_rows_order() -> None:
     with_zero = X.copy()
     with_zero.data[0] = 0.0  # an explicitly stored zero
     with_zero_dense = with_zero.toarray()
+    def batch_order(data: np.ndarray, seed: int, epoch: int, X: Any = None) -> np.ndarray:
+        return epoch_order(row_keys(data, seed, X), epoch)
+
+    orders = []
     for epoch in (0, 1, 7):
         want = batch_order(np.column_stack([dense, tail]), 4, epoch)
         np.testing.assert_array_equal(batch_order(tail, 4, epoch, X), want)
         np.testing.assert_array_equal(
             batch_order(tail, 4, epoch, with_zero),
             batch_order(np.column_stack([with_zero_dense, tail]), 4, epoch))
+        orders.append(want)
     assert not np.array_equal(batch_order(tail, 4, 0, X), batch_order(tail, 5, 0, X))
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
 
 
 def test_isolation_forest_reads_a_sparse_column_as_the_term_columns() -> None:
