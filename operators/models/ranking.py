@@ -47,13 +47,16 @@ from operators.base import DataError, SchemaError
 
 RELEVANCE_MAX = 30
 """The highest relevance label: LightGBM's default ``label_gain`` holds gains of 0..30."""
-PAIRS_PER_BLOCK = 1 << 14
+PAIRS_PER_BLOCK = 1 << 16
 """Pairs are worked out a block of about this many places (a row above, a row below) at
 a time: the whole queries of one width that fit, or some upper rows of one query that
 does not (10,000 rows at truncation 10,000: 100 million places). Four float64 arrays of
-a block live at once: 512 KB, which stays in the processor's cache (at 45k rows a call
-took 15 ms, 24 ms in blocks twice as large and 28 ms in 4 times), and what bounds the
-memory of any one query."""
+a block live at once: 2 MB, within the processor's caches, and what bounds the memory of
+any one query. A block is some 25 NumPy calls whose Python and GIL handovers are paid
+a block: on 2 cores with both threads computing gradients, a call on 100k rows (queries
+of 5-60 rows, truncation 30) took 368 ms in blocks of 2^12 places, 138 ms in 2^13, 90 ms
+in 2^14, 72 ms in 2^16, 66-70 ms in 2^17-2^18 (one thread: 56-65 ms in 2^14, 49 ms in
+2^16)."""
 WIDTH_STEPS = 3
 """A query of ``m`` rows is laid out ``m`` wide up to ``2 ** WIDTH_STEPS`` rows, and
 above that in ``2 ** WIDTH_STEPS`` widths an octave (at most 1/8 of its places pad)."""
