@@ -137,6 +137,7 @@ from operators.models.common import (
     holdout_mask,
     host_matrix,
     in_last_iteration,
+    kept_with,
     parameters,
     put_column,
     require_positive_weight,
@@ -976,21 +977,21 @@ class KMeans(Estimator):
 
     def _training_rows(self, part: pa.Table, state: dict[str, Any]) -> pa.Table:
         """The rows the fit trains on: those ``validation_fraction`` does not hold out
-        (a supervised model's split), of the columns the fit reads; kept with the table,
-        so every pass gets the same table object (the matrix ``_host_matrix`` keeps is
-        kept with it) and filters once. One split a table: a fold's replaces another's."""
+        (a supervised model's split), of the columns the fit reads; kept with the table
+        (``kept_with``, within its budget), so every pass gets the same table object
+        (the matrix ``_host_matrix`` keeps is kept with it) and filters once. One split
+        a table: a fold's replaces another's."""
         p = self.params
         if p.validation_fraction <= 0:
             return part
         columns = self._hashed(part, state["features"])
         key = (p.validation_fraction, p.seed, p.validation_start, tuple(columns))
-        memo = table_memo(part)
-        kept = memo.get("kmeans_training")
-        if kept is None or kept[0] != key:
+
+        def make() -> pa.Table:
             mask = holdout_mask(part, p.validation_fraction, p.seed, p.validation_start)
-            kept = memo["kmeans_training"] = (key, part.select(columns).filter(
-                pa.array(~mask)))
-        return kept[1]
+            return part.select(columns).filter(pa.array(~mask))
+
+        return kept_with(part, "kmeans_training", key, make, lambda table: table.nbytes)
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         phase = state["phase"]

@@ -213,3 +213,44 @@ def test_adam_reads_and_hashes_a_partition_s_rows_once_a_fit(
         again = _fitted_arrays(op, [pa.table(p.to_pydict()) for p in parts])[0]
     assert len(built) > 6 * len(parts)
     np.testing.assert_array_equal(again, kept)
+
+
+def test_kmeans_training_rows_are_kept_within_the_budget(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """kmeans' training rows (a validation split of the columns it reads) are kept with
+    the partition through ``kept_with``: filtered once a fit and counted in the budget,
+    and past it (``SLUICE_CACHE_MB`` 0) filtered each pass, to the same model."""
+    import gc
+
+    from operators.models import common, kmeans
+    from operators.models.common import kept_bytes
+
+    rng = np.random.default_rng(9)
+    X = np.concatenate([rng.normal(c, 1.0, (100, 3)) for c in (-0.5, 0.0, 0.5)])
+    data = pa.table({f"x{j}": X[:, j] for j in range(3)})
+    masks = []
+    real = kmeans.holdout_mask
+
+    def counted(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+        masks.append(table.num_rows)
+        return real(table, *args, **kwargs)
+
+    monkeypatch.setattr(kmeans, "holdout_mask", counted)
+    op = kmeans.KMeans(kmeans.KMeans.Params(k=3, max_iter=20, tol=1e-12, **SPLIT))
+    gc.collect()
+    before = kept_bytes()
+    parts = split(data, 3)
+    kept, metrics = _fitted_arrays(op, parts)
+    assert metrics["iterations"] > 3, metrics
+    assert len(masks) == len(parts), masks
+    assert kept_bytes() > before
+    assert common.kept(parts[0], "kmeans_training",
+                       (0.25, 5, 0.0, ("x0", "x1", "x2"))) is not None
+    del parts
+    gc.collect()
+    assert kept_bytes() == before
+    monkeypatch.setenv("SLUICE_CACHE_MB", "0")
+    masks.clear()
+    again = _fitted_arrays(op, split(data, 3))[0]
+    assert len(masks) > 3 * 3
+    np.testing.assert_array_equal(again, kept)
