@@ -475,11 +475,23 @@ class _Kept:
 _NOTHING = object()
 
 
-def kept_with(part: pa.Table, name: str, key: tuple[Any, ...], make: Callable[[], Any],
-              nbytes: Callable[[Any], int]) -> Any:
+def kept_size(made: Any) -> int:
+    """The bytes of what ``kept_with`` keeps: a dense or CSR matrix's (``matrix_bytes``),
+    a table's, the sum of a tuple's items; None takes none."""
+    if made is None:
+        return 0
+    if isinstance(made, tuple | list):
+        return sum(kept_size(item) for item in made)
+    if isinstance(made, pa.Table):
+        return made.nbytes
+    return matrix_bytes(made)
+
+
+def kept_with(part: pa.Table, name: str, key: tuple[Any, ...], make: Callable[[], Any]
+              ) -> Any:
     """``make()``, kept with the table ``part`` (``table_memo``) under ``name`` for the next
     pass that asks with the same ``key`` (what it was made from: the fit's columns,
-    classes, weights and split), where it takes (``nbytes``) at most ``MEMO_FACTOR``
+    classes, weights and split), where it takes (``kept_size``) at most ``MEMO_FACTOR``
     times the table's bytes and what this process keeps so stays within ``_Kept``'s
     budget (released as the table goes): a multi-pass fit over the same table objects
     (the local engine's cache, a resident fit's tasks) reads a partition's columns
@@ -494,7 +506,7 @@ def kept_with(part: pa.Table, name: str, key: tuple[Any, ...], make: Callable[[]
         held[2].detach()
         _Kept.give_back(held[3])
     made = make()
-    size = nbytes(made)
+    size = kept_size(made)
     if size <= MEMO_FACTOR * part.nbytes and _Kept.take(size):
         try:
             release = weakref.finalize(part, _Kept.give_back, size)
@@ -563,8 +575,7 @@ def query_column(params: HoldsOut) -> str | None:
 
 
 def kept_design(part: pa.Table, name: str, params: SupervisedParams, state: dict[str, Any],
-                xp: Any, make: Callable[[], Any], *key: Any,
-                nbytes: Callable[[Any], int] = matrix_bytes) -> Any:
+                xp: Any, make: Callable[[], Any], *key: Any) -> Any:
     """A supervised fit's design of ``part``'s training rows for a pass on ``xp``
     (``make()``): on NumPy ``kept_with`` the table under ``name``, keyed by what it is
     made of (the features, label and weight columns, the validation split and query, the
@@ -579,7 +590,7 @@ def kept_design(part: pa.Table, name: str, params: SupervisedParams, state: dict
                state.get("label_type"),
                None if factor is None else tuple(np.asarray(factor, np.float64).tolist()),
                *key, str(compute_dtype(xp)))
-    return kept_with(part, name, made_of, make, nbytes)
+    return kept_with(part, name, made_of, make)
 
 
 def held_out(part: pa.Table, params: HoldsOut, keep: bool = False
@@ -589,19 +600,18 @@ def held_out(part: pa.Table, params: HoldsOut, keep: bool = False
     With ``keep`` (a multi-pass fit's passes) the two tables are kept with ``part``
     (``kept_with``, within its budget), so that every pass after the first filters
     nothing; without it a split already kept is used, and none is kept."""
-    fraction = params.validation_fraction
-    by = query_column(params)
-    if fraction <= 0:
-        return split_rows(part, fraction, params.seed, params.validation_start, by)
-    key = (fraction, params.seed, params.validation_start, by)
-    if not keep:
-        found = kept(part, "held_out", key)
-        if found is not None:
-            return found
-        return split_rows(part, fraction, params.seed, params.validation_start, by)
-    return kept_with(part, "held_out", key,
-                     lambda: split_rows(part, fraction, params.seed, params.validation_start, by),
-                     lambda tables: sum(t.nbytes for t in tables))
+    key = (params.validation_fraction, params.seed, params.validation_start,
+           query_column(params))
+
+    def split() -> tuple[pa.Table, pa.Table]:
+        return split_rows(part, *key)
+
+    if params.validation_fraction <= 0:
+        return split()
+    if keep:
+        return kept_with(part, "held_out", key, split)
+    found = kept(part, "held_out", key)
+    return split() if found is None else found
 
 
 def finite_column(column: pa.ChunkedArray, what: str, hint: str = FEATURE_HINT

@@ -991,7 +991,7 @@ class KMeans(Estimator):
             mask = holdout_mask(part, p.validation_fraction, p.seed, p.validation_start)
             return part.select(columns).filter(pa.array(~mask))
 
-        return kept_with(part, "kmeans_training", key, make, lambda table: table.nbytes)
+        return kept_with(part, "kmeans_training", key, make)
 
     def partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
         phase = state["phase"]

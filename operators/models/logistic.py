@@ -72,7 +72,6 @@ from operators.models.common import (
 )
 from operators.models.linear import SolverParams, start_optimizer, unconverged_advice
 from operators.models.optimize import lbfgs_tell, newton_tell
-from operators.sparse import matrix_bytes
 
 HESSIAN_CHUNK = 1 << 22
 """Elements of the per-row Kronecker block built at once for a multinomial Hessian."""
@@ -215,9 +214,7 @@ class LogisticRegression(PlannedPredictions, Estimator):
             index, weights = self._target(train, state)
             return (with_ones(X) if p.fit_intercept else X), index.astype(np.float64), weights
 
-        return kept_design(part, "logistic_sparse", p, state, xp, make, p.fit_intercept,
-                           nbytes=lambda kept: 0 if kept is None else sum(
-                               matrix_bytes(a) for a in kept))
+        return kept_design(part, "logistic_sparse", p, state, xp, make, p.fit_intercept)
 
     def combine(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if "metrics" in a:

@@ -151,7 +151,7 @@ from operators.models.common import (
     with_predictions,
 )
 from operators.models.optimize import lbfgs_start, lbfgs_tell
-from operators.sparse import matrix_bytes, rows_of
+from operators.sparse import rows_of
 
 CHUNK_ROWS = 1 << 13
 """Rows per forward/backward block of a full-batch pass or of scoring: the activations
@@ -598,8 +598,7 @@ class MLP(PlannedPredictions, Estimator):
         evaluations and adam's held-out losses read the columns once a fit. On NumPy only
         (a device gets its one copy each pass)."""
         return kept_design(part, name, self.params, state, xp,
-                           lambda: self._rows(table, state, xp),
-                           nbytes=lambda rows: sum(matrix_bytes(a) for a in rows))
+                           lambda: self._rows(table, state, xp))
 
     def _epoch_rows(self, part: pa.Table, train: pa.Table, state: dict[str, Any], xp: Any
                     ) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -612,8 +611,7 @@ class MLP(PlannedPredictions, Estimator):
             return X, host, _row_keys(host, self.params.seed, X)
 
         return kept_design(part, "mlp_epoch", self.params, state, get_namespace(), make,
-                           is_numpy(xp), nbytes=lambda kept: sum(
-                               matrix_bytes(a) for a in kept if a is not None))
+                           is_numpy(xp))
 
     def _host_data(self, table: pa.Table, state: dict[str, Any], xp: Any = None,
                    sparse: bool = False) -> tuple[Any, np.ndarray]:
