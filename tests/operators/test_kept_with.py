@@ -29,6 +29,20 @@ FITS = [(mlp, "MLP", "host_matrix", MLP, [BALANCED, SPLIT]),
          [{"fit_intercept": False}, SPLIT])]
 
 
+def _counted(patch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
+    """The calls of ``module.name`` from now on, each as the rows (length) of its first
+    argument."""
+    calls: list[int] = []
+    real = getattr(module, name)
+
+    def counted(first: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(first))
+        return real(first, *args, **kwargs)
+
+    patch.setattr(module, name, counted)
+    return calls
+
+
 def _fitted_arrays(op: Any, parts: list[pa.Table]) -> tuple[np.ndarray, dict[str, Any]]:
     def aggregate(partial: Any) -> Any:
         return tree_reduce([partial(p, NUMPY) for p in parts], op.combine)
@@ -47,14 +61,7 @@ def test_a_partition_s_matrix_is_built_once_a_fit_and_never_another_fit_s(
     X = rng.standard_normal((300, 4))
     y = (X[:, 0] + 0.5 * X[:, 1] + 0.3 * rng.standard_normal(300) > 0.4).astype(np.int64)
     parts = split(pa.table({**{f"x{j}": X[:, j] for j in range(4)}, "y": y}), 3)
-    built = []
-    real = getattr(module, builder)
-
-    def counted(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
-        built.append(table.num_rows)
-        return real(table, *args, **kwargs)
-
-    monkeypatch.setattr(module, builder, counted)
+    built = _counted(monkeypatch, module, builder)
     estimator = getattr(module, name)
     plain, metrics = _fitted_arrays(estimator(estimator.Params(label="y", **params)), parts)
     assert metrics["iterations"] > 3
@@ -86,15 +93,8 @@ def test_what_is_kept_stays_within_the_budget_and_goes_with_its_tables(
         return split(pa.table({**{f"x{j}": X[:, j] for j in range(4)}, "y": y}), 2)
 
     def fit_counting(parts: list[pa.Table]) -> int:
-        built = []
-        real = logistic.feature_matrix
-
-        def counted(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
-            built.append(table.num_rows)
-            return real(table, *args, **kwargs)
-
         with monkeypatch.context() as patch:
-            patch.setattr(logistic, "feature_matrix", counted)
+            built = _counted(patch, logistic, "feature_matrix")
             _fitted_arrays(logistic.LogisticRegression(
                 logistic.LogisticRegression.Params(label="y", solver="lbfgs")), parts)
         return len(built)
@@ -148,19 +148,8 @@ def test_a_partition_s_validation_split_is_made_once_a_fit(
         X = rng.standard_normal((300, 4))
         y = (X[:, 0] + 0.3 * rng.standard_normal(300) > 0.4).astype(np.int64)
         parts = split(pa.table({**{f"x{j}": X[:, j] for j in range(4)}, "y": y}), 3)
-    splits, built = [], []
-    real_split, real_build = common.split_rows, getattr(module, builder)
-
-    def counted_split(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
-        splits.append(table.num_rows)
-        return real_split(table, *args, **kwargs)
-
-    def counted_build(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
-        built.append(table.num_rows)
-        return real_build(table, *args, **kwargs)
-
-    monkeypatch.setattr(common, "split_rows", counted_split)
-    monkeypatch.setattr(module, builder, counted_build)
+    splits = _counted(monkeypatch, common, "split_rows")
+    built = _counted(monkeypatch, module, builder)
     estimator = getattr(module, name)
     op = estimator(estimator.Params(label="y", **params, **SPLIT))
     kept, metrics = _fitted_arrays(op, parts)
@@ -187,19 +176,8 @@ def test_adam_reads_and_hashes_a_partition_s_rows_once_a_fit(
     X = rng.standard_normal((300, 4))
     y = (X[:, 0] - X[:, 2] + 0.3 * rng.standard_normal(300) > 0).astype(np.int64)
     parts = split(pa.table({**{f"x{j}": X[:, j] for j in range(4)}, "y": y}), 3)
-    built, hashed = [], []
-    real_build, real_keys = mlp.host_matrix, mlp._row_keys
-
-    def counted_build(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
-        built.append(table.num_rows)
-        return real_build(table, *args, **kwargs)
-
-    def counted_keys(data: np.ndarray, *args: Any, **kwargs: Any) -> Any:
-        hashed.append(len(data))
-        return real_keys(data, *args, **kwargs)
-
-    monkeypatch.setattr(mlp, "host_matrix", counted_build)
-    monkeypatch.setattr(mlp, "_row_keys", counted_keys)
+    built = _counted(monkeypatch, mlp, "host_matrix")
+    hashed = _counted(monkeypatch, mlp, "_row_keys")
     op = mlp.MLP(mlp.MLP.Params(label="y", hidden=[4], solver="adam", batch_size=16,
                                 max_iter=6, early_stopping=True, n_iter_no_change=10,
                                 **SPLIT))
@@ -228,14 +206,7 @@ def test_kmeans_training_rows_are_kept_within_the_budget(monkeypatch: pytest.Mon
     rng = np.random.default_rng(9)
     X = np.concatenate([rng.normal(c, 1.0, (100, 3)) for c in (-0.5, 0.0, 0.5)])
     data = pa.table({f"x{j}": X[:, j] for j in range(3)})
-    masks = []
-    real = kmeans.holdout_mask
-
-    def counted(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
-        masks.append(table.num_rows)
-        return real(table, *args, **kwargs)
-
-    monkeypatch.setattr(kmeans, "holdout_mask", counted)
+    masks = _counted(monkeypatch, kmeans, "holdout_mask")
     op = kmeans.KMeans(kmeans.KMeans.Params(k=3, max_iter=20, tol=1e-12, **SPLIT))
     gc.collect()
     before = kept_bytes()
