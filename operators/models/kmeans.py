@@ -121,7 +121,6 @@ from operators.hashing import hash_rows
 from operators.models.common import (
     ACCUMULATE_ROWS,
     FEATURE_HINT,
-    MEMO_FACTOR,
     PREDICTION,
     SCORING_HINT,
     ConvergenceWarning,
@@ -137,6 +136,7 @@ from operators.models.common import (
     holdout_mask,
     host_matrix,
     in_last_iteration,
+    kept,
     kept_with,
     parameters,
     put_column,
@@ -157,7 +157,6 @@ from operators.sparse import (
     has_sparse,
     is_sparse_type,
     issparse,
-    matrix_bytes,
     rows_of,
     scipy_sparse,
 )
@@ -917,27 +916,28 @@ class KMeans(Estimator):
         pass (the local engine's and resident fits' passes get the same table object):
         a pass then reads the matrix instead of copying and checking the columns again.
         The summary pass keeps its matrix, which the next takes the mean from in place.
-        At most ``MEMO_FACTOR`` times the table's bytes, one matrix a table (another
-        fit's replaces it); exactly what a pass would make again."""
-        memo = table_memo(part)
-        held = memo.get("kmeans_matrix")
-        key = self._matrix_key(state, xp, state["mean"])
-        if held is not None and held[0] == key:
-            return held[1], held[2]
-        summary = held is not None and held[0] == self._matrix_key(state, xp, None)
-        if "sparse" in state and not (summary and not np.any(state["mean"])):
-            # a CSR matrix is not shifted in place: made again with its plain columns less
-            # their means (the summary's, of none, serves where the means are all 0)
-            X, w = self._features_weights(part, state, xp, shift=state["mean"])
-        elif summary:
-            X, w = held[1], held[2]
-            if not issparse(X):
-                X -= parameters(state["mean"], xp)  # ours: no second of its size
-        else:
+        Kept through ``kept_with`` (at most ``MEMO_FACTOR`` times the table's bytes,
+        within the process's kept budget), one matrix a table (another fit's replaces
+        it); exactly what a pass would make again."""
+        mean = state["mean"]
+        # read before kept_with, which lets another key's matrix go before it makes one
+        summary = kept(part, "kmeans_matrix", self._matrix_key(state, xp, None))
+
+        def make() -> tuple[Any, np.ndarray]:
+            if "sparse" in state and not (summary is not None and not np.any(mean)):
+                # a CSR matrix is not shifted in place: made again with its plain columns
+                # less their means (the summary's, of none, serves where the means are 0)
+                return self._features_weights(part, state, xp, shift=mean)
+            if summary is not None:  # the summary pass's, taken over: shifted in place
+                X, w = summary
+                if not issparse(X):
+                    X -= parameters(mean, xp)
+                return X, w
             X, w = self._features_weights(part, state, xp)
-            X -= parameters(state["mean"], xp)
-        self._keep(part, key, X, w)
-        return X, w
+            X -= parameters(mean, xp)
+            return X, w
+
+        return kept_with(part, "kmeans_matrix", self._matrix_key(state, xp, mean), make)
 
     def _features_weights(self, part: pa.Table, state: dict[str, Any], xp: Any,
                           weights: np.ndarray | None = None, shift: np.ndarray | None = None
@@ -961,10 +961,6 @@ class KMeans(Estimator):
         return (tuple(state["features"]), self.params.weight, self._cosine,
                 str(compute_dtype(xp)),
                 None if mean is None else np.asarray(mean, dtype=np.float64).tobytes())
-
-    def _keep(self, part: pa.Table, key: tuple[Any, ...], X: Any, w: np.ndarray) -> None:
-        if matrix_bytes(X) + w.nbytes <= MEMO_FACTOR * part.nbytes:
-            table_memo(part)["kmeans_matrix"] = (key, X, w)
 
     def _hashed(self, part: pa.Table, features: list[str]) -> list[str]:
         """The columns of the rows' content: the features' (a sparse column once) and
@@ -1043,7 +1039,8 @@ class KMeans(Estimator):
         X, w = self._features_weights(part, state, xp, weights)
         host = is_numpy(xp)
         if host:
-            self._keep(part, self._matrix_key(state, xp, None), X, w)
+            kept_with(part, "kmeans_matrix", self._matrix_key(state, xp, None),
+                      lambda: (X, w))
         # on the host a block of rows at a time: no temporaries of the partition's size;
         # with a sparse column the variances only (tol's), not a co-moment of its terms
         moments = comoments(X, w, xp, block_rows=1 << 12 if host else None,

@@ -193,35 +193,46 @@ def test_adam_reads_and_hashes_a_partition_s_rows_once_a_fit(
     np.testing.assert_array_equal(again, kept)
 
 
-def test_kmeans_training_rows_are_kept_within_the_budget(monkeypatch: pytest.MonkeyPatch
-                                                        ) -> None:
-    """kmeans' training rows (a validation split of the columns it reads) are kept with
-    the partition through ``kept_with``: filtered once a fit and counted in the budget,
-    and past it (``SLUICE_CACHE_MB`` 0) filtered each pass, to the same model."""
+def _blobs(seed: int) -> pa.Table:
+    """300 rows of 3 features about three close centres."""
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([rng.normal(c, 1.0, (100, 3)) for c in (-0.5, 0.0, 0.5)])
+    return pa.table({f"x{j}": X[:, j] for j in range(3)})
+
+
+@pytest.mark.parametrize("params", [SPLIT, {}], ids=["split", "whole"])
+def test_kmeans_rows_and_matrix_are_kept_within_the_budget(monkeypatch: pytest.MonkeyPatch,
+                                                           params: dict[str, Any]) -> None:
+    """kmeans keeps with a partition, through ``kept_with``: its training rows (a
+    validation split of the columns it reads, filtered once a fit) and their centred
+    matrix (built by the summary pass, shifted by the mean in place, read by every pass
+    after), counted in the budget while the table lives; past the budget
+    (``SLUICE_CACHE_MB`` 0) made again each pass, to the same model."""
     import gc
 
     from operators.models import common, kmeans
     from operators.models.common import kept_bytes
 
-    rng = np.random.default_rng(9)
-    X = np.concatenate([rng.normal(c, 1.0, (100, 3)) for c in (-0.5, 0.0, 0.5)])
-    data = pa.table({f"x{j}": X[:, j] for j in range(3)})
-    masks = _counted(monkeypatch, kmeans, "holdout_mask")
-    op = kmeans.KMeans(kmeans.KMeans.Params(k=3, max_iter=20, tol=1e-12, **SPLIT))
+    data = _blobs(9)
+    built = _counted(monkeypatch, kmeans, "holdout_mask" if params else "feature_matrix")
+    op = kmeans.KMeans(kmeans.KMeans.Params(k=3, max_iter=20, tol=1e-12, **params))
     gc.collect()
     before = kept_bytes()
     parts = split(data, 3)
     kept, metrics = _fitted_arrays(op, parts)
     assert metrics["iterations"] > 3, metrics
-    assert len(masks) == len(parts), masks
-    assert kept_bytes() > before
-    assert common.kept(parts[0], "kmeans_training",
-                       (0.25, 5, 0.0, ("x0", "x1", "x2"))) is not None
-    del parts
+    assert built == [p.num_rows for p in parts], built
+    key = (0.25, 5, 0.0, ("x0", "x1", "x2"))
+    trained = [common.kept(p, "kmeans_training", key) if params else p for p in parts]
+    # the training rows' table (where split) and its (matrix, weights): float64 rows of
+    # 3 features and a weight
+    assert kept_bytes() - before == sum((t.nbytes if params else 0) + t.num_rows * 4 * 8
+                                        for t in trained)
+    del parts, trained
     gc.collect()
     assert kept_bytes() == before
     monkeypatch.setenv("SLUICE_CACHE_MB", "0")
-    masks.clear()
+    built.clear()
     again = _fitted_arrays(op, split(data, 3))[0]
-    assert len(masks) > 3 * 3
+    assert len(built) > 3 * 3, built
     np.testing.assert_array_equal(again, kept)
