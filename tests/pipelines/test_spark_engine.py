@@ -577,9 +577,10 @@ def test_package_builds_a_self_sufficient_archive(tmp_path: Path,
 def test_a_user_error_cancels_the_rest_of_the_job(spark: SparkEngine, workdir: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail fast: the first partition's error reaches the driver as its task ends and
-    the job is cancelled; the other partitions (each 1 s here) are not all computed."""
+    the job is cancelled; the other partitions (each 2 s here: under load the
+    cancellation has taken over 2 s to reach the tasks) are not all computed."""
     files = 12
-    path, marks = touch_pipeline(workdir, "fail_fast", files, 1.0, bad_file=0)
+    path, marks = touch_pipeline(workdir, "fail_fast", files, 2.0, bad_file=0)
     # one partition per task, so that there are tasks to cancel
     monkeypatch.setattr(spark, "profile", spark.profile.model_copy(update={"rows_per_task": 1}))
     with pytest.raises(SluiceError) as info:
