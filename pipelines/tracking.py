@@ -23,7 +23,9 @@ already there, by its ``sluice.run_id`` tag, is left as it is).
 MLflow is an optional dependency (``pip install 'sluice[mlflow]'``: mlflow-skinny); it
 is imported only when asked for. ``--mlflow`` that cannot be used (no MLflow, a server
 that does not answer) fails before any data moves; a server lost while the run ran costs
-the logging only (a warning, the run's own status kept).
+the logging only (a warning, the run's own status kept), said at once: each use checks
+first that the server takes connections, where MLflow's client retries a refused one for
+about four minutes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import socket
 import tempfile
@@ -147,6 +150,10 @@ def _mlflow_client(uri: str) -> Any:
         raise SluiceError(f"--mlflow {uri}: MLflow is not installed ({exc})",
                           hint="pip install 'sluice[mlflow]' (mlflow-skinny), or leave "
                                "--mlflow off") from None
+    # sluice's summary says where each run went: not MLflow's own lines on stdout as a run
+    # ends ("View run ... at: ...", printed for a tracking server, not for a file store),
+    # which would interleave with sluice's output (`runs export`, `models export`)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         return MlflowClient(tracking_uri=uri)
     except Exception as exc:  # a store MLflow will not open (its file store, by default)
@@ -179,14 +186,16 @@ class Tracker:
         self._experiment_id(self.experiment or pipeline)
 
     def _open(self) -> None:
-        """Make the client, once the server takes connections: a SluiceError naming the
-        URI at once where it does not (a run refused as it plans is logged with no
-        ``connect`` before, and MLflow's client retries a refused connection for
-        minutes)."""
+        """Make the client (once), and check that the server takes connections (each
+        time: a server can go while a run runs): a SluiceError naming the URI at once
+        where it does not, where MLflow's client would retry each request for about
+        four minutes (its retries are for a server that answers, busy)."""
         if self.client is None:
             client = _mlflow_client(self.uri)
             _answers(self.uri)
             self.client = client
+        else:
+            _answers(self.uri)
 
     def _experiment_id(self, name: str) -> str:
         if name in self._experiments:
@@ -354,7 +363,10 @@ def _answers(uri: str, timeout: float = CONNECT_SECONDS) -> None:
 
 
 def described(exc: BaseException) -> str:
-    """A failure of MLflow's or the network's in a line: its type and first line."""
+    """A failure of MLflow's or the network's in a line: its type and first line (our
+    own errors, such as a server that no longer takes connections: their message)."""
+    if isinstance(exc, SluiceError):
+        return exc.message
     return f"{type(exc).__name__}: {runs.first_line(exc) or ''}"
 
 
