@@ -190,12 +190,9 @@ class Tracker:
         time: a server can go while a run runs): a SluiceError naming the URI at once
         where it does not, where MLflow's client would retry each request for about
         four minutes (its retries are for a server that answers, busy)."""
-        if self.client is None:
-            client = _mlflow_client(self.uri)
-            _answers(self.uri)
-            self.client = client
-        else:
-            _answers(self.uri)
+        client = self.client or _mlflow_client(self.uri)
+        _answers(self.uri)
+        self.client = client
 
     def _experiment_id(self, name: str) -> str:
         if name in self._experiments:
