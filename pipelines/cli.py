@@ -1168,18 +1168,22 @@ def runs_export(pipeline: str | None, mlflow: str, mlflow_experiment: str | None
     tracker = Tracker(mlflow, mlflow_experiment)
     logged, there = [], []
     for record in reversed(chosen):  # oldest first: MLflow lists the newest on top
-        tracker.connect(record["pipeline"])
         try:
+            tracker.connect(record["pipeline"])
             if tracker.find(record) is not None:
                 there.append(record["run_id"])
                 continue
             tracker.log(record)
         except Exception as exc:  # the server lost on the way: what is logged stays
+            if isinstance(exc, SluiceError) and not (logged or there):
+                raise  # the first connect: the server's own error and hint
             raise SluiceError(
                 f"logging run {record['run_id']} to MLflow at {mlflow} failed: "
                 f"{described(exc)}",
-                hint=f"{len(logged)} run(s) were logged before it; export again to log the "
-                     "rest (those logged are left as they are)") from None
+                hint=f"{len(logged)} run(s) were logged before it"
+                     + (f", {len(there)} were there already" if there else "")
+                     + f", {len(chosen) - len(logged) - len(there)} not; export again once "
+                     "the server answers to log the rest, each run once") from None
         logged.append(record["run_id"])
     click.echo(f"logged {len(logged)} run(s) to MLflow at {mlflow}"
                + (f"; {len(there)} already there" if there else "")

@@ -362,6 +362,51 @@ def test_a_server_lost_after_the_run_started_costs_the_logging_only_at_once(
                     f"(`sluice runs export --mlflow {uri}` logs it later)"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["server"], indirect=True)
+def test_an_export_that_loses_the_server_part_way_says_how_far_it_got(
+        churn: Path, workdir: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server goes while `sluice runs export` logs the history: the error names the
+    run that was not logged and says how many were (and were there already); exporting
+    again logs the rest, each run once (MLflow's retries off: a regression fails fast)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    path = write_pipeline(workdir, TRAIN, "train.yaml")
+    records = [run(path.name, {"l2": l2}) for l2 in ("0.1", "0.01", "0.001")]
+    logged_by = Tracker.log
+
+    def export_losing_the_server_after_one_run() -> tuple[str, Any]:
+        hop = Forwarder((urlsplit(store).hostname, urlsplit(store).port))
+
+        def log_then_lose(self: Tracker, *args: Any, **kwargs: Any) -> dict[str, str]:
+            out = logged_by(self, *args, **kwargs)
+            hop.close()
+            return out
+
+        uri = f"http://127.0.0.1:{hop.port}"
+        with monkeypatch.context() as patch:
+            patch.setattr(Tracker, "log", log_then_lose)
+            return uri, CliRunner().invoke(main, ["runs", "export", "--mlflow", uri])
+
+    uri, out = export_losing_the_server_after_one_run()
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    lost = f"cannot reach MLflow tracking at {uri}: connection refused"
+    assert out.stderr == (
+        f"error: logging run {records[1]['run_id']} to MLflow at {uri} failed: {lost} "
+        "(1 run(s) were logged before it, 2 not; export again once the server answers to "
+        "log the rest, each run once)\n")
+    uri, out = export_losing_the_server_after_one_run()
+    lost = f"cannot reach MLflow tracking at {uri}: connection refused"
+    assert out.stderr.startswith(
+        f"error: logging run {records[2]['run_id']} to MLflow at {uri} failed: {lost} "
+        "(1 run(s) were logged before it, 1 were there already, 1 not; ")
+    out = CliRunner().invoke(main, ["runs", "export", "--mlflow", store])
+    assert out.stdout.strip() == f"logged 1 run(s) to MLflow at {store}; 2 already there"
+    client = MlflowClient(store)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "churn_train"]
+    logged = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+    assert [r.data.tags["sluice.run_id"] for r in logged] == [r["run_id"] for r in records]
+
+
 def test_export_logs_the_history_once(churn: Path, workdir: Path, store: str) -> None:
     path = write_pipeline(workdir, TRAIN, "train.yaml")
     first = run(path.name)
