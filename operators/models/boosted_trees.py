@@ -17,7 +17,7 @@ partition (the summary pass checks), its held-out rows are whole queries and the
 loss is 1 - NDCG@``ndcg_at``.
 
 The trees of the finished rounds live in the driver's state. A partition's memo
-(``trees.partition_memo``) keeps, per round, every training row's node in each tree of
+(``common.fit_memo``) keeps, per round, every training row's node in each tree of
 the round (moved one level down per pass by a table lookup), the rows' scores and their
 gradient and hessian: a round's last positions are its leaves, so no earlier tree is
 walked again (XGBoost and LightGBM update predictions from leaf positions as well).
@@ -63,7 +63,15 @@ from operators.base import (
     register_fitted,
 )
 from operators.models import ranking, selection
-from operators.models.common import check_role, held_out, label_column, row_weights
+from operators.models.common import (
+    check_role,
+    fit_memo,
+    held_out,
+    label_column,
+    memo_release,
+    memo_take,
+    row_weights,
+)
 from operators.models.log_link import (
     LOG_LINK,
     LOSS_DESCRIPTION,
@@ -97,7 +105,6 @@ from operators.models.trees import (
     new_forest,
     node_keys,
     node_tables,
-    partition_memo,
     prepare_rows,
     subsample_salt,
     tree_features,
@@ -534,7 +541,7 @@ class GradientBoostedTrees(TreeEstimator):
 
     def _select_partial(self, part: pa.Table, state: dict[str, Any], xp: Any
                         ) -> dict[str, Any]:
-        memo = partition_memo(part, state["token"])
+        memo = fit_memo(part, state["token"])
         prep = self._prepared(part, state, memo, xp)
         groups, values, mass = self._selection_rows(prep, state, memo, xp)
         sel = state["select"]
@@ -688,7 +695,7 @@ class GradientBoostedTrees(TreeEstimator):
         """The histograms of this pass's nodes from the round's rows: every training row
         keeps its node in each tree of the round (``_positions``), so a level moves rows
         one step down and the round's last positions give the rows' new scores."""
-        memo = partition_memo(part, state["token"])
+        memo = fit_memo(part, state["token"])
         prep = self._prepared(part, state, memo, xp)
         out = self._pass_extras(part, prep, state, memo, xp)
         columns = self._round_channels(prep, state, memo, xp)  # before positions move
@@ -770,7 +777,9 @@ class GradientBoostedTrees(TreeEstimator):
         for _ in range(steps):
             positions = [walk_step(pos, _row_ids(prep, xp), prep["codes"], tables, xp)
                          for pos in positions]
-        if k * n * 8 <= memo["limit"]:
+        if memo.pop("walk", None) is not None:
+            memo_release(memo, k * n * 8)
+        if memo_take(memo, k * n * 8):
             memo["walk"] = (rounds, depth, positions, cuts)
         return positions
 

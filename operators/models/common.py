@@ -451,25 +451,92 @@ this many times the table's bytes."""
 
 
 class _Kept:
-    """The bytes ``kept_with`` holds in this process, against ``cache_budget`` (the local
-    engine's cache has as much: the designs of the partitions it caches take at most
-    as much again)."""
+    """The bytes ``kept_with`` and the fits' memos (``fit_memo``) hold in this process,
+    against ``cache_budget`` (the local engine's cache has as much: what is derived from
+    the partitions it caches takes at most as much again)."""
 
     lock = threading.Lock()
     bytes = 0
+    # given back by a table's finalizer, settled under the lock: the garbage collector
+    # can run a finalizer anywhere, inside a locked section too
+    freed: ClassVar[list[int]] = []
 
     @classmethod
-    def take(cls, size: int) -> bool:
+    def settle(cls) -> None:
+        """Under the lock: what finalizers gave back, off the count."""
+        while cls.freed:
+            cls.bytes -= cls.freed.pop()
+
+    @classmethod
+    def take(cls, size: int, memo: dict[str, Any] | None = None) -> bool:
+        """``size`` bytes more where the budget (and ``memo``'s limit) has room."""
         with cls.lock:
-            if cls.bytes + size > cache_budget():
+            cls.settle()
+            if cls.bytes + size > cache_budget() or (
+                    memo is not None and memo["bytes"] + size > memo["limit"]):
                 return False
             cls.bytes += size
+            if memo is not None:
+                memo["bytes"] += size
             return True
 
     @classmethod
     def give_back(cls, size: int) -> None:
-        with cls.lock:
-            cls.bytes -= size
+        """``size`` bytes let go of (without the lock: also a finalizer)."""
+        cls.freed.append(size)
+
+
+def memo_take(memo: dict[str, Any], size: int) -> bool:
+    """Room for ``size`` more bytes in a fit's memo of a partition (``fit_memo``), taken
+    where there is: within the memo's ``limit`` (``MEMO_FACTOR`` times its table's bytes)
+    and the process's kept budget (``_Kept``, which ``kept_with`` shares); False (keep
+    nothing) where there is not."""
+    return _Kept.take(size, memo)
+
+
+def memo_release(memo: dict[str, Any], size: int) -> None:
+    """``size`` bytes ``memo_take`` took for an entry let go of (none once the memo is
+    let go of whole: ``_memo_gone``)."""
+    with _Kept.lock:
+        if memo["limit"] >= 0:
+            memo["bytes"] -= size
+            _Kept.give_back(size)
+
+
+def _memo_gone(memo: dict[str, Any]) -> None:
+    """Every byte of ``memo`` given back, and nothing taken again: its table went (a
+    finalizer: no lock), or another fit's memo took its place (under the lock)."""
+    _Kept.give_back(memo["bytes"])
+    memo["bytes"], memo["limit"] = 0, -1
+
+
+def fit_memo(part: pa.Table, token: str) -> dict[str, Any]:
+    """A dict that lives as long as the table object ``part`` and belongs to the fit
+    ``token`` (another fit's replaces it): what a fit derives from a partition for its
+    next pass over the same table (``table_memo``). What is counted in it (``memo_take``,
+    ``memo_release``: its ``bytes`` of at most its ``limit``) is within the process's
+    kept budget until the table goes or another fit's memo replaces it. A fresh dict,
+    kept nowhere and taking nothing, if the table cannot be weakly referenced.
+
+    Only derived, exactly recomputable data goes in: an engine that hands a new table
+    object to every pass gets the same model, more slowly.
+    """
+    held = table_memo(part)
+    entry = held.get("fit")
+    if entry is not None and entry[0] == token:
+        return entry[1]
+    if entry is not None:
+        entry[2].detach()
+        with _Kept.lock:
+            _memo_gone(entry[1])
+    memo: dict[str, Any] = {"bytes": 0, "limit": MEMO_FACTOR * part.nbytes}
+    try:
+        release = weakref.finalize(part, _memo_gone, memo)
+    except TypeError:  # nothing outlives the pass: nothing to count
+        memo["limit"] = -1
+        return memo
+    held["fit"] = (token, memo, release)
+    return memo
 
 
 _NOTHING = object()
@@ -526,7 +593,9 @@ def kept(part: pa.Table, name: str, key: tuple[Any, ...], default: Any = None) -
 
 def kept_bytes() -> int:
     """What ``kept_with`` holds in this process now, in bytes."""
-    return _Kept.bytes
+    with _Kept.lock:
+        _Kept.settle()
+        return _Kept.bytes
 
 
 HOLDOUT_POSITION = "__sluice_holdout_position"

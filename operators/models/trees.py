@@ -44,11 +44,13 @@ the order partials are added; split choices treat gains within ``GAIN_RTOL`` of 
 as ties (the lowest feature, then bin, wins) so that such noise cannot flip a split.
 
 A partition cannot keep state between passes, but an engine that caches partitions (the
-local engine) hands the same table object to every pass. ``partition_memo`` keeps the
+local engine) hands the same table object to every pass. ``fit_memo`` keeps the
 derived arrays (bin codes, each tree's rows and their nodes, boosting scores and
 gradients) in a weakly keyed memo of that object for the fit that made them; everything
 in it is recomputed exactly when it is missing, with the same operations in the same
-order, so it only saves time.
+order, so it only saves time. The trees' rows and nodes and boosting's walks, the
+memo's largest part, are kept within the process's kept budget (``memo_take``: that of
+``kept_with``, ``SLUICE_CACHE_MB``); past it a pass moves the rows down from the roots.
 
 The fitted model is arrays (``TreeModelFitted.arrays``): per node the feature (-1 for a
 leaf), threshold (``x <= threshold`` goes left), children, default direction of missing
@@ -101,7 +103,6 @@ from operators.models.categories import (
     scoring_type_error,
 )
 from operators.models.common import (
-    MEMO_FACTOR,
     ClassWeight,
     FittedModel,
     PlannedPredictions,
@@ -114,9 +115,12 @@ from operators.models.common import (
     class_weight_field,
     class_weights,
     encode_classes,
+    fit_memo,
     held_out,
     is_classification,
     label_column,
+    memo_release,
+    memo_take,
     merge_class_weights,
     model_input_columns,
     require_positive_weight,
@@ -124,7 +128,6 @@ from operators.models.common import (
     row_weights,
     sigmoid,
     softmax,
-    table_memo,
     validation_combine,
     validation_finalize,
     validation_partial,
@@ -487,23 +490,6 @@ def bin_codes(values: Any, edges: list[np.ndarray], missing: int, xp: Any,
 
 
 # --------------------------------------------------------------------------- memo
-
-def partition_memo(part: pa.Table, token: str) -> dict[str, Any]:
-    """A dict that lives as long as the table object ``part`` and belongs to the fit
-    ``token`` (another fit's replaces it); a fresh dict (kept nowhere) if the table
-    cannot be weakly referenced (``table_memo``).
-
-    Only derived, exactly recomputable data goes in: an engine that hands a new table
-    object to every pass gets the same model, more slowly.
-    """
-    held = table_memo(part)
-    entry = held.get("fit")
-    if entry is not None and entry[0] == token:
-        return entry[1]
-    memo: dict[str, Any] = {"bytes": 0, "limit": MEMO_FACTOR * part.nbytes}
-    held["fit"] = (token, memo)
-    return memo
-
 
 def new_token() -> str:
     """Names one fit's memo entries."""
@@ -2046,7 +2032,7 @@ class TreeEstimator(PlannedPredictions, Estimator):
         return False
 
     def _level_partial(self, part: pa.Table, state: dict[str, Any], xp: Any) -> dict[str, Any]:
-        memo = partition_memo(part, state["token"])
+        memo = fit_memo(part, state["token"])
         prep = self._prepared(part, state, memo, xp)
         out = self._pass_extras(part, prep, state, memo, xp)
         nodes, featsel = Level.group(state["level"])
@@ -2131,16 +2117,15 @@ class TreeEstimator(PlannedPredictions, Estimator):
             steps = depth
         else:
             rows, pos, extra, size, at = held
-            memo["bytes"] -= size
+            memo_release(memo, size)
             rows, pos = xp.astype(rows, xp.int64), xp.astype(pos, xp.int64)
             steps = depth - at
         pos = descend(pos, rows, prep["codes"], prep["n"], arrays, state["missing"], xp, steps)
         rows, pos, extra = drop_leaves(rows, pos, extra, arrays, xp)
         size = int(rows.shape[0]) * (8 + (0 if extra is None else 1))
-        if memo["bytes"] + size <= memo["limit"]:
+        if memo_take(memo, size):
             trees[tree] = (xp.astype(rows, xp.int32), xp.astype(pos, xp.int32), extra, size,
                            depth)
-            memo["bytes"] += size
         return rows, pos, extra
 
     def _initial_rows(self, prep: dict[str, Any], state: dict[str, Any], tree: int, xp: Any

@@ -2,7 +2,7 @@
 
 Run one job per pass, and every pass pays the cluster's scheduling and reads (or
 deserialises) its partitions again; an estimator's per-partition memo
-(``trees.partition_memo``) never survives a pass either. A resident fit starts one
+(``common.fit_memo``) never survives a pass either. A resident fit starts one
 task per slot, all at once (Spark's barrier mode: all or none), each computing its
 share of the partitions once and holding them. The tasks connect to the driver, which
 runs the estimator's driver loop (``operators.base.drive``) as on every engine: each

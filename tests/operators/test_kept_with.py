@@ -236,3 +236,95 @@ def test_kmeans_rows_and_matrix_are_kept_within_the_budget(monkeypatch: pytest.M
     again = _fitted_arrays(op, split(data, 3))[0]
     assert len(built) > 3 * 3, built
     np.testing.assert_array_equal(again, kept)
+
+
+def _tree_fits() -> list[tuple[Any, dict[str, Any]]]:
+    from operators.models.boosted_trees import GradientBoostedTrees
+    from operators.models.forest import RandomForest
+
+    return [(RandomForest, {"n_trees": 4, "max_depth": 5}),
+            (GradientBoostedTrees, {"n_trees": 4, "max_depth": 3})]
+
+
+@pytest.mark.parametrize("fit", [0, 1], ids=["forest", "boosting"])
+def test_the_trees_rows_are_kept_within_the_budget_and_go_with_their_tables(
+        fit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a tree fit keeps with a partition for its next pass (``fit_memo``: a forest's
+    rows and their nodes per tree, boosting's walk of each row down the round's tree) is
+    counted in the process's kept budget while the table lives and given back when it
+    goes or another fit's memo replaces it; within a small budget (``SLUICE_CACHE_MB``)
+    the kept bytes never pass it, and with none nothing is kept: the same model each
+    time, bit for bit."""
+    import gc
+
+    from operators.models import common
+    from operators.models.common import kept_bytes
+    from operators.testing.cases.trees import tree_table
+
+    op, params = _tree_fits()[fit]
+    data = tree_table(rows=600, seed=21)
+    seen: list[tuple[int, int]] = []  # (kept in the process, counted in the memos) a pass
+    real = common.fit_memo
+
+    def watched(part: pa.Table, token: str) -> dict[str, Any]:
+        memo = real(part, token)
+        seen.append((kept_bytes(), sum(common.table_memo(p).get("fit", (0, {"bytes": 0}))[1]
+                                       ["bytes"] for p in parts)))
+        return memo
+
+    def fit_watched() -> np.ndarray:
+        seen.clear()
+        return _fitted_arrays(op(op.Params(label="y", seed=2, **params)), parts)[0]
+
+    for module in ("trees", "boosted_trees"):
+        monkeypatch.setattr(f"operators.models.{module}.fit_memo", watched)
+    gc.collect()
+    before = kept_bytes()
+    parts = split(data, 3)
+    model = fit_watched()
+    kept = [now - before for now, _ in seen]
+    assert max(kept) > 0 and kept == [counted for _, counted in seen]
+    # each partition's memo holds at most MEMO_FACTOR times its table
+    assert max(kept) <= common.MEMO_FACTOR * sum(p.nbytes for p in parts)
+    # another fit over the same tables: the first's memos are let go of, and given back
+    np.testing.assert_array_equal(fit_watched(), model)
+    assert [now - before for now, _ in seen] == [counted for _, counted in seen]
+    del parts
+    gc.collect()
+    assert kept_bytes() == before
+    budget = max(kept) // 3
+    monkeypatch.setenv("SLUICE_CACHE_MB", str(budget / 2**20))
+    parts = split(data, 3)
+    np.testing.assert_array_equal(fit_watched(), model)
+    assert 0 < max(now - before for now, _ in seen) <= budget
+    del parts
+    gc.collect()
+    monkeypatch.setenv("SLUICE_CACHE_MB", "0")
+    parts = split(data, 3)
+    np.testing.assert_array_equal(fit_watched(), model)
+    assert {now for now, _ in seen} == {before}
+
+
+def test_a_table_freed_inside_the_budget_s_lock_gives_its_bytes_back() -> None:
+    """The garbage collector can free a table, and run its finalizer (which gives back
+    what was kept with it), on a thread inside the budget's locked section (a fit taking
+    room): the finalizer must not wait on that lock (it waited for ever: a fit hung)."""
+    import threading
+    import weakref
+
+    from operators.models.common import _Kept, kept_bytes
+
+    before = kept_bytes()
+    assert _Kept.take(100)
+
+    def freed_while_locked() -> None:
+        with _Kept.lock:
+            part = pa.table({"x": [1.0]})
+            weakref.finalize(part, _Kept.give_back, 100)
+            del part  # its finalizer runs here, the lock held
+
+    thread = threading.Thread(target=freed_while_locked, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert kept_bytes() == before
