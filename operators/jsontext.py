@@ -18,15 +18,55 @@ bare NaN and Infinity, which strict readers refuse. Files written before have th
 Python's ``json`` reads them as the floats."""
 
 
-def strict(value: Any) -> Any:
-    """``value`` with each non-finite float as its text (``NON_FINITE``)."""
+def strict(value: Any, found: list[list[Any]] | None = None, at: tuple[Any, ...] = ()
+           ) -> Any:
+    """``value`` with each non-finite float as its text (``NON_FINITE``); the path of
+    each (its keys and list indices from the top) appended to ``found``, if given."""
     if isinstance(value, float) and not math.isfinite(value):
+        if found is not None:
+            found.append(list(at))
         return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
     if isinstance(value, dict):
-        return {k: strict(v) for k, v in value.items()}
+        return {k: strict(v, found, (*at, k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [strict(v) for v in value]
+        return [strict(v, found, (*at, i)) for i, v in enumerate(value)]
     return value
+
+
+FLOATS_KEY = "non_finite"
+"""The key of a model.json that lists where its non-finite floats are (``floats_saved``)."""
+
+
+def floats_saved(meta: dict[str, Any]) -> dict[str, Any]:
+    """A model's metadata as strict JSON holds it (``strict``), with the paths of the
+    non-finite floats it wrote as text under ``FLOATS_KEY``, so that loading gives back
+    the floats (``floats_loaded``) where a field takes text too (impute's constant
+    ``value`` of NaN is a float, not the text "nan")."""
+    found: list[list[Any]] = []
+    out = strict(meta, found)
+    if found:
+        out[FLOATS_KEY] = found
+    return out
+
+
+def floats_loaded(meta: dict[str, Any]) -> dict[str, Any]:
+    """``floats_saved``'s metadata with its non-finite floats back (a path that does not
+    lead to one of their texts, in a damaged file, is passed over); a file without the
+    list (written before it) is as it was read."""
+    paths = meta.pop(FLOATS_KEY, None)
+    texts = {text: float(text) for text in NON_FINITE.values()}
+    for path in paths if isinstance(paths, list) else ():
+        if not isinstance(path, list) or not path:
+            continue
+        holder: Any = meta
+        try:
+            for key in path[:-1]:
+                holder = holder[key]
+            if holder[path[-1]] in texts:
+                holder[path[-1]] = texts[holder[path[-1]]]
+        except (KeyError, IndexError, TypeError):
+            continue
+    return meta
 
 
 def dumps(value: Any, indent: int | None = None) -> str:

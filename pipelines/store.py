@@ -381,6 +381,7 @@ class ModelStore:
                 hint="the artifact is damaged; re-train or use another version") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ArtifactError(f"model {name}@{version}: model.json is not a sluice model")
+        meta = jsontext.floats_loaded(meta)
         fv = meta.get("format_version")
         if not isinstance(fv, int) or fv > FORMAT_VERSION:
             raise ArtifactError(
@@ -467,8 +468,10 @@ class ModelStore:
         """Make a staged version a model: its model.json, written whole (a rename
         locally, one PUT on an object store), after its arrays."""
         path = self._path(model.name, str(model.version), "model.json")
-        # strict JSON: a NaN metric as "nan", never a bare NaN other tools refuse
-        body = json.dumps(jsontext.strict(model.meta), indent=1, allow_nan=False).encode()
+        # strict JSON: a NaN metric as "nan", never a bare NaN other tools refuse (and
+        # where those are, so that loading gives back the floats)
+        body = json.dumps(jsontext.floats_saved(model.meta), indent=1,
+                          allow_nan=False).encode()
         if self.location.local:
             with written_whole(path) as staging, open(staging, "wb") as f:
                 f.write(body)

@@ -167,7 +167,8 @@ def assert_close_tree(actual: Any, expected: Any, rtol: float, atol: float,
 def roundtrip(transform: Transform) -> Transform:
     """The transform rebuilt from its saved form (JSON text + npz bytes, no pickle)."""
     meta, arrays = transform.state()
-    meta = json.loads(json.dumps(jsontext.strict(meta), allow_nan=False))
+    meta = jsontext.floats_loaded(json.loads(json.dumps(jsontext.floats_saved(meta),
+                                                        allow_nan=False)))
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
     buffer.seek(0)

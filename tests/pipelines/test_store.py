@@ -246,37 +246,92 @@ def _refuse_bare(name: str) -> None:
     raise ValueError(f"bare {name} is not JSON")
 
 
-def test_model_json_is_strict_json_and_old_files_still_read(workdir: Path) -> None:
-    """A fitted fill of inf (a column's most frequent value) and a metric of NaN (the
-    r2 of a constant label) are "inf" and "nan" in model.json, as in a run record: a
-    strict reader reads the file, and the model scores as before; a file written with
-    bare NaN (before) reads as it did."""
+def _saved_with_a_nan_metric(workdir: Path, table: pa.Table, steps: str) -> Path:
+    """``table`` read, ``steps`` (YAML steps), then a linear regression of a constant
+    label ``y`` on ``z`` (its training r2: NaN), saved as model ``m``: its model.json."""
+    import textwrap
+
     import pyarrow.parquet as pq
     from conftest import write_pipeline
 
     from pipelines.runner import run
 
     (workdir / "in").mkdir()
+    pq.write_table(table, workdir / "in" / "a.parquet")
+    run(write_pipeline(workdir, "pipeline: floats\nsteps:\n  - op: read_parquet\n"
+                       "    path: in\n" + textwrap.indent(textwrap.dedent(steps).strip("\n"), "  ")
+                       + "\n"
+                       "  - op: linear_regression\n    label: y\n    features: [z]\n"
+                       "    l2: 1.0\n  - op: save_model\n    name: m\n"), {})
+    return workdir / "models" / "m" / "1" / "model.json"
+
+
+def test_a_non_finite_float_loads_as_the_float_and_the_text_nan_as_text(
+        workdir: Path) -> None:
+    """A float NaN or inf where a field takes text too (impute's constant ``value``) is
+    text in model.json, as every non-finite float is, and the float again when the model
+    loads (it loaded as the text "nan": a model that imputes NaN could not score, "value
+    'nan' does not suit column 'x'"); the text "nan" (a string column's fill) stays text,
+    and a metric of NaN is the float again in the loaded model's metadata."""
+    import math
+
+    table = pa.table({"x": [1.0, None, float("nan"), 2.0], "s": ["a", None, "b", "a"],
+                      "z": [1.0, 2.0, 3.0, 4.0], "y": [0.0, 0.0, 0.0, 0.0]})
+    path = _saved_with_a_nan_metric(workdir, table, """
+          - op: impute
+            columns: [x]
+            strategy: constant
+            value: .nan
+          - op: impute
+            columns: [s]
+            strategy: constant
+            value: nan""")
+    saved = json.loads(path.read_text(), parse_constant=_refuse_bare)  # strict JSON still
+    assert saved["steps"][0]["state"]["params"]["value"] == "nan"
+    assert saved["steps"][1]["state"]["params"]["value"] == "nan"
+    model = ModelStore(str(workdir / "models")).load("m")
+    x_fill, s_fill = (step.params.value for step in model.chain.steps[:2])
+    assert isinstance(x_fill, float) and math.isnan(x_fill) and s_fill == "nan"
+    assert math.isnan(model.meta["metrics"]["linear_regression"]["training_r2"])
+    assert "non_finite" not in model.meta
+    scored = model.chain.transform(table, np)
+    assert [v if v == v else "NaN" for v in scored.column("x").to_pylist()] == [
+        1.0, "NaN", "NaN", 2.0]
+    assert scored.column("s").to_pylist() == ["a", "nan", "b", "a"]
+
+
+def test_where_the_non_finite_floats_are_is_read_with_care() -> None:
+    """model.json lists the paths of its non-finite floats; a damaged list (paths that
+    lead nowhere, or to other text) changes nothing it does not name rightly."""
+    import math
+
+    from operators import jsontext
+
+    inf = float("inf")
+    meta = {"a": [1.0, inf, {"b": -inf}], "t": "nan", "c": float("nan")}
+    saved = json.loads(json.dumps(jsontext.floats_saved(meta), allow_nan=False))
+    assert saved["non_finite"] == [["a", 1], ["a", 2, "b"], ["c"]] and saved["t"] == "nan"
+    back = jsontext.floats_loaded(saved)
+    assert back["a"][1] == inf and back["a"][2]["b"] == -inf and math.isnan(back["c"])
+    assert back["t"] == "nan" and "non_finite" not in back
+    damaged = {"a": "nan", "t": "x", "l": ["inf"],
+               "non_finite": [["zz", 3], ["t"], ["a", "b"], "a", [], ["l", 5], 7, ["l", 0]]}
+    assert jsontext.floats_loaded(damaged) == {"a": "nan", "t": "x", "l": [inf]}
+    assert jsontext.floats_loaded({"a": "nan", "non_finite": "a"}) == {"a": "nan"}
+
+
+def test_model_json_is_strict_json_and_old_files_still_read(workdir: Path) -> None:
+    """A fitted fill of inf (a column's most frequent value) and a metric of NaN (the
+    r2 of a constant label) are "inf" and "nan" in model.json, as in a run record: a
+    strict reader reads the file, and the model scores as before; a file written with
+    bare NaN (before) reads as it did."""
     inf = float("inf")
     table = pa.table({"x": [inf, None, inf, 2.0], "z": [1.0, 2.0, 3.0, 4.0],
                       "y": [0.0, 0.0, 0.0, 0.0]})
-    pq.write_table(table, workdir / "in" / "a.parquet")
-    run(write_pipeline(workdir, """
-        pipeline: strict
-        steps:
-          - op: read_parquet
-            path: in
+    path = _saved_with_a_nan_metric(workdir, table, """
           - op: impute
             columns: [x]
-            strategy: most_frequent
-          - op: linear_regression
-            label: y
-            features: [z]
-            l2: 1.0
-          - op: save_model
-            name: m
-        """), {})
-    path = workdir / "models" / "m" / "1" / "model.json"
+            strategy: most_frequent""")
     meta = json.loads(path.read_text(), parse_constant=_refuse_bare)
     assert meta["steps"][0]["state"]["fill"] == {"x": "inf"}
     assert meta["metrics"]["linear_regression"]["training_r2"] == "nan"
