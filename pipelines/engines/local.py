@@ -8,7 +8,8 @@ A multi-pass fit on the CPU can run resident instead (``resident_fits``; auto: w
 workers or more and ``resident_rows`` rows; ``pipelines/engines/resident.py``):
 ``workers`` processes (forkserver; auto: unless their partitions are estimated over
 the cache budget, ``SLUICE_CACHE_MB``) each compute
-their share of the partitions once, keep them, and answer every pass the driver
+their share of the partitions once, keep them (and what the fit derives from them,
+within a share of that budget), and answer every pass the driver
 sends over a connection on 127.0.0.1. The kernels release the GIL (the tree
 histograms too: a sparse product), but a pass's Python code between them does not,
 and its share of the threads' time grows with their number; processes share nothing.
@@ -280,7 +281,8 @@ class LocalEngine(Engine):
         try:
             for rank, group in enumerate(groups):
                 task = _LocalTask(data, [by_index[i] for i in group], step_id, hub.port,
-                                  hub.secret, rank, os.getcwd(), blas)
+                                  hub.secret, rank, os.getcwd(), blas,
+                                  self.cache_bytes // len(groups))
                 process = context.Process(target=_serve_local, args=(cloudpickle.dumps(task),),
                                           name=f"sluice-fit-{rank}", daemon=True)
                 with workers_ignore_ctrl_c():  # and the forkserver, started by the first
@@ -347,9 +349,10 @@ class _LocalTask:
     """What a worker process of a local resident fit runs (pickled once)."""
 
     def __init__(self, data: Dataset, infos: list[PartitionInfo], step: str, port: int,
-                 secret: bytes, rank: int, cwd: str, blas: int):
+                 secret: bytes, rank: int, cwd: str, blas: int, kept: int):
         self.data, self.infos, self.step = data, infos, step
         self.port, self.secret, self.rank, self.cwd, self.blas = port, secret, rank, cwd, blas
+        self.kept = kept  # the bytes it may keep of what fits derive: a share of the budget
 
 
 def _serve_local(blob: bytes) -> None:
@@ -358,6 +361,8 @@ def _serve_local(blob: bytes) -> None:
 
     task: _LocalTask = pickle.loads(blob)
     os.chdir(task.cwd)
+    # the processes share the budget of what fits keep (``cache_budget``), as threads do
+    os.environ["SLUICE_CACHE_MB"] = repr(task.kept / 2**20)
     with threadpool_limits(task.blas, "blas"):
         resident.Task(task.data, task.infos, task.step, label="worker process").run(
             "127.0.0.1", task.port, task.secret, task.rank)

@@ -408,6 +408,31 @@ def test_local_auto_keeps_threads_when_the_processes_would_hold_too_much(
     assert re.fullmatch(r"resident, \d processes", modes[1]), modes
 
 
+def test_local_worker_processes_share_the_budget_of_what_fits_keep(
+        churn: Path, workdir: Path) -> None:
+    """The worker processes of a local resident fit keep what fits derive from their
+    partitions (``kept_with``, the trees' memos) within a share each of the engine's
+    budget, as the threads keep it within the one budget: not a whole budget each."""
+    from pipelines.engines.local import LocalEngine
+
+    engine = LocalEngine(workers=2, cache_bytes=6 << 20)
+    engine.profile = engine.profile.model_copy(update={"resident_fits": "always"})
+    try:
+        record = run(write_pipeline(workdir, """
+            pipeline: budget
+            steps:
+              - op: read_parquet
+                path: data/churn
+                partition_mb: 0.02
+              - id: fit
+                op: sluice_testops.KeptBudget
+            """), engine_instance=engine)
+    finally:
+        engine.close()
+    assert record["steps"]["fit"]["fit_mode"] == "resident, 2 processes"
+    assert record["metrics"]["fit"] == {"passes": 1, "processes": 2, "budgets": [3 << 20]}
+
+
 def test_tasks_that_never_start_fall_back_after_the_timeout(
         spark: SparkEngine, churn: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A barrier job asking for more slots than are free never starts its tasks: after

@@ -248,11 +248,9 @@ class FailingPassParams(Params):
                                                "(and create it)")
 
 
-class FailingPass(Estimator):
-    """Counts rows in ``at_pass + 1`` passes, failing in pass ``at_pass`` on one
-    partition (to test failures in the middle of a multi-pass fit)."""
+class _CustomerPasses(Estimator):
+    """A multi-pass fit that reads ``customer_id`` and changes no column."""
 
-    Params = FailingPassParams
     multi_pass = True
 
     def input_columns(self, schema: pa.Schema) -> list[str]:
@@ -263,6 +261,13 @@ class FailingPass(Estimator):
 
     def init(self, schema: pa.Schema) -> Any:
         return {"pass": 0}
+
+
+class FailingPass(_CustomerPasses):
+    """Counts rows in ``at_pass + 1`` passes, failing in pass ``at_pass`` on one
+    partition (to test failures in the middle of a multi-pass fit)."""
+
+    Params = FailingPassParams
 
     def partial(self, part: pa.Table, state: Any, xp: Any) -> Any:
         if (state["pass"] == self.params.at_pass
@@ -288,3 +293,26 @@ class FailingPass(Estimator):
 
     def fitted(self, state: Any) -> Transform:
         return Passthrough({})
+
+
+class KeptBudget(_CustomerPasses):
+    """One pass: the process of each partition and the bytes it may keep of what fits
+    derive (``operators.processes.cache_budget``)."""
+
+    def partial(self, part: pa.Table, state: Any, xp: Any) -> Any:
+        from operators.processes import cache_budget
+
+        return {(os.getpid(), cache_budget())}
+
+    def combine(self, a: Any, b: Any) -> Any:
+        return a | b
+
+    def update(self, stats: Any, state: Any) -> tuple[Any, bool]:
+        return {"processes": len({pid for pid, _ in stats}),
+                "budgets": sorted({budget for _, budget in stats})}, True
+
+    def fitted(self, state: Any) -> Transform:
+        return Passthrough({})
+
+    def metrics(self, state: Any) -> dict[str, Any]:
+        return dict(state)
