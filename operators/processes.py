@@ -68,12 +68,112 @@ def process_gone(record: dict[str, Any]) -> bool | None:
 
 def cache_budget() -> int:
     """The bytes a process may keep of partitions between a fit's passes: a quarter of
-    physical memory, or ``SLUICE_CACHE_MB``. The local engine's cache of partitions has
-    this budget, and what fits derive from cached partitions (``kept_with``) another."""
+    the memory it may use (``usable_memory``), or ``SLUICE_CACHE_MB``. The local
+    engine's cache of partitions has this budget, and what fits derive from cached
+    partitions (``kept_with``) another."""
     if "SLUICE_CACHE_MB" in os.environ:
         return int(float(os.environ["SLUICE_CACHE_MB"]) * 1024 * 1024)
+    return (usable_memory() or 8 * 1024**3) // 4
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+"""Where Linux mounts the control groups (a container's limits)."""
+CGROUP_OF_PROCESS = "/proc/self/cgroup"
+"""Which control groups this process is in (a line a hierarchy: id, controllers, path)."""
+
+
+def usable_memory() -> int | None:
+    """The bytes this process may use: physical memory, or less where a limit says so:
+    its container's (the control group's memory limit, cgroup v2 or v1), a Dask
+    worker's ``memory_limit``, a PySpark worker's memory (``spark.executor.pyspark.memory``
+    over the executor's cores, which Spark hands it as ``PYSPARK_EXECUTOR_MEMORY_MB``).
+    None where nothing says (not Linux, say)."""
+    found = []
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # not Linux
+        found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    found += _cgroup_limits("memory", ("memory.max",), ("memory.limit_in_bytes",))
+    spark = os.environ.get("PYSPARK_EXECUTOR_MEMORY_MB", "")
+    if spark.isdigit() and int(spark) > 0:
+        found.append(int(spark) * 1024**2)
+    dask = _dask_worker_memory()
+    if dask:
+        found.append(dask)
+    return min(found) if found else None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: those its CPU affinity allows (a cpuset), or
+    fewer where its container's CPU quota (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``) gives fewer (rounded up); at least
+    1. A container limited to 2 CPUs on a 64-core host computes 2 partitions at once,
+    not 64."""
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = 8 * 1024**3
-    return total // 4
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quotas = _cgroup_limits("cpu", ("cpu.max",), ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+    return max(1, min([cores, *quotas]))
+
+
+def _cgroup_limits(controller: str, v2: tuple[str, ...], v1: tuple[str, ...]) -> list[int]:
+    """The limits of ``controller`` on this process's control group and those above it
+    (each applies): for memory, bytes; for cpu, whole cores (the quota over its period,
+    rounded up). Empty where none is set or Linux has no control groups here."""
+    try:
+        lines = Path(CGROUP_OF_PROCESS).read_text().splitlines()
+    except OSError:
+        return []
+    found: list[int] = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # cgroup v2, the unified hierarchy
+            base, files = Path(CGROUP_ROOT), v2
+        elif controller in controllers.split(","):
+            base, files = Path(CGROUP_ROOT) / controllers, v1
+        else:
+            continue
+        # the group's folder and those above it; inside a container's own namespace
+        # the path is "/" and the container's limit is at the root of the mount
+        folder = base / path.strip("/")
+        for at in (folder, *folder.parents):
+            if len(at.parts) < len(base.parts):
+                break
+            limit = _cgroup_limit(at, files, controller)
+            if limit is not None:
+                found.append(limit)
+    return found
+
+
+def _cgroup_limit(folder: Path, files: tuple[str, ...], controller: str) -> int | None:
+    """One control group's limit (``_cgroup_limits``), or None (none set, or no file)."""
+    try:
+        texts = [(folder / name).read_text().split() for name in files]
+    except OSError:
+        return None
+    try:
+        if controller == "memory":
+            value = texts[0][0]
+            # v1 says "no limit" with a number near 2^63
+            return None if value == "max" or int(value) >= 1 << 60 else int(value)
+        quota, period = texts[0] if len(texts) == 1 else (texts[0][0], texts[1][0])
+        if quota in ("max", "-1") or int(period) <= 0:
+            return None
+        return -(-int(quota) // int(period))
+    except (IndexError, ValueError):
+        return None
+
+
+def _dask_worker_memory() -> int | None:
+    """The ``memory_limit`` of the Dask worker this code runs in; None outside one (or
+    without a limit)."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ValueError, AttributeError, ImportError):
+        return None
+    return int(limit) if limit else None

@@ -381,15 +381,16 @@ def csr_matrix(part: pa.Table, features: list[str], dtype: Any = np.float64,
 
 
 def past_memory_share(need: float) -> str | None:
-    """Where ``need`` bytes are more of this machine's memory than vectorize_text lets its
-    term columns take, the words that say so (None where they are not)."""
+    """Where ``need`` bytes are more of the memory here (``usable_memory``) than
+    vectorize_text lets its term columns take, the words that say so (None where they
+    are not)."""
     from operators.features import text  # (it imports this module)
 
     limit = text.dense_limit()
     if need <= limit:
         return None
-    return (f"{need / 2**30:,.1f} GiB, over {text.MEMORY_SHARE:.0%} of this machine's "
-            f"memory ({limit / text.MEMORY_SHARE / 2**30:,.1f} GiB)")
+    return (f"{need / 2**30:,.1f} GiB, over {text.MEMORY_SHARE:.0%} of the memory here "
+            f"({limit / text.MEMORY_SHARE / 2**30:,.1f} GiB)")
 
 
 def require_dense_room(rows: int, width: int, columns: list[tuple[str, int]]) -> None:

@@ -26,7 +26,8 @@ class LocalProfile(DeviceProfile):
     """``conf/engines/local.yaml`` (or a profile with ``engine: local``)."""
 
     workers: int | None = Field(
-        None, gt=0, description="partitions computed at once (null: one per core)")
+        None, gt=0, description="partitions computed at once (null: one per core it "
+                                   "may use: a container's CPU quota counts)")
     resident_fits: Literal["auto", "always", "never"] = Field(
         "auto", description="multi-pass CPU fits in `workers` processes that keep their "
                             "partitions (a pass's Python code holds the GIL: its share of "

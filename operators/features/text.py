@@ -5,7 +5,6 @@ in one step)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +34,8 @@ so (a partition of text becomes that many times its size in memory)..."""
 NOTE_BYTES = 1 << 30
 """... when the fitted rows' term columns would take more than this in all."""
 MEMORY_SHARE = 0.25
-"""A partition's term columns may take at most this share of the machine's memory: past
+"""A partition's term columns may take at most this share of the memory a process may
+use (``operators.processes.usable_memory``: a container's limit, or the machine's): past
 it, an error that says how to make partitions smaller (where the allocation would
 succeed and the kernel then kill the process mid-run, with no word of why)."""
 
@@ -43,10 +43,10 @@ succeed and the kernel then kill the process mid-run, with no word of why)."""
 def dense_limit() -> float:
     """The most bytes one partition's term columns may take here (no limit where the
     machine does not say its memory)."""
-    try:
-        return MEMORY_SHARE * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return float("inf")
+    from operators.processes import usable_memory
+
+    memory = usable_memory()
+    return float("inf") if memory is None else MEMORY_SHARE * memory
 
 SEPARATORS = r"[^\p{L}\p{N}_]+"
 """Anything but letters, digits and underscores: with ``min_token_length: 2``,
@@ -722,8 +722,8 @@ class VectorizeTextFitted(Transform):
         if need > limit:
             raise DataError(
                 f"a partition of {rows:,} rows makes {need / 2**30:,.1f} GiB of '{name}''s "
-                f"{k:,} term columns (dense float64), over {MEMORY_SHARE:.0%} of this "
-                f"machine's memory ({limit / MEMORY_SHARE / 2**30:,.1f} GiB)",
+                f"{k:,} term columns (dense float64), over {MEMORY_SHARE:.0%} of the "
+                f"memory here ({limit / MEMORY_SHARE / 2**30:,.1f} GiB)",
                 hint="make partitions smaller: read_parquet's partition_mb (a partition is "
                      "at least one row group of a file: files written with smaller row "
                      "groups split finer), or fewer terms (max_features, num_features), "

@@ -510,7 +510,7 @@ class IsolationForest(Estimator):
     The run record has the trees, the rows each grew on, the height limit, the offset and
     threshold, and the share of training rows flagged. The subsamples, `n_trees` x
     `max_samples` rows of every feature, are held whole on the driver and in each task:
-    where three copies would take over a quarter of the machine's memory, the fit stops
+    where three copies would take over a quarter of the memory here, the fit stops
     before drawing them and says how large they are and what lowers them. A sparse column
     (vectorize_text with `sparse: true`) among the features gives its terms as features
     (`<col>:<term>`), its rows never made dense but for those drawn and the terms the trees

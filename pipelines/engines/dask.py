@@ -89,6 +89,7 @@ from operators.base import (
     SluiceError,
     WriteResult,
 )
+from operators.processes import usable_cores
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem
 from pipelines.engines import resident
 from pipelines.engines.base import (
@@ -559,7 +560,7 @@ class DaskEngine(Engine):
     def _start_local_cluster(self) -> Any:
         from distributed import LocalCluster
 
-        total = max(self.workers or os.cpu_count() or 1, self.gpu_workers)
+        total = max(self.workers or usable_cores(), self.gpu_workers)
         gpus = total if self._share_gpu else self.gpu_workers
         cluster = LocalCluster(
             n_workers=total - gpus,

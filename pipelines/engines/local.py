@@ -37,7 +37,7 @@ from operators.base import (
     SluiceError,
     WriteResult,
 )
-from operators.processes import cache_budget
+from operators.processes import cache_budget, usable_cores
 from pipelines.device import CPU, Placement
 from pipelines.engines import resident
 from pipelines.engines.base import (
@@ -97,7 +97,7 @@ class LocalEngine(Engine):
                  profile: str | None = None, **kwargs: Any):
         conf = load_local(profile)
         super().__init__(profile=conf, **kwargs)
-        self.workers = workers or conf.workers or os.cpu_count() or 1
+        self.workers = workers or conf.workers or usable_cores()
         self.cache_bytes = cache_budget() if cache_bytes is None else cache_bytes
         self._pool: ThreadPoolExecutor | None = None
         self._caches: dict[str, dict[int, pa.Table]] = {}
@@ -112,7 +112,7 @@ class LocalEngine(Engine):
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sluice")
             # partitions already run in parallel: BLAS threads inside each would
             # oversubscribe the cores (small matmuls slow down many times over)
-            cores = os.cpu_count() or 1
+            cores = usable_cores()
             self._blas_limits = threadpool_limits(max(1, cores // self.workers), "blas")
 
     def close(self) -> None:
@@ -266,7 +266,7 @@ class LocalEngine(Engine):
         by_index = {i.index: i for i in infos}
         hub = resident.Hub("127.0.0.1", secrets.token_bytes(32))
         context = multiprocessing.get_context("forkserver")
-        blas = max(1, (os.cpu_count() or 1) // len(groups))
+        blas = max(1, usable_cores() // len(groups))
         processes: list[Any] = []
 
         def stop() -> None:

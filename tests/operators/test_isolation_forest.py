@@ -283,7 +283,7 @@ def test_subsamples_past_the_memory_share_are_refused_before_they_are_drawn(
     with pytest.raises(DataError, match=r"the subsamples the trees grow on, 10 trees x 64 "
                                         r"rows x 5 features \(float64, held 3 times over as "
                                         r"partitions' draws merge\), take 0.0 GiB, over 25% "
-                                        r"of this machine's memory") as err:
+                                        r"of the memory here") as err:
         fitted(IsolationForest(n_trees=10, max_samples=64), split(table, 3))
     assert phases == []
     assert "lower max_samples" in err.value.hint and "n_trees" in err.value.hint
