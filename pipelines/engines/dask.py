@@ -89,7 +89,7 @@ from operators.base import (
     SluiceError,
     WriteResult,
 )
-from operators.processes import usable_cores
+from operators.processes import cache_budget, usable_cores
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem
 from pipelines.engines import resident
 from pipelines.engines.base import (
@@ -557,18 +557,27 @@ class DaskEngine(Engine):
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             return self._start_local_cluster()
 
+    def _local_workers(self) -> int:
+        """The worker processes of the LocalCluster this engine starts."""
+        return max(self.workers or usable_cores(), self.gpu_workers)
+
     def _start_local_cluster(self) -> Any:
         from distributed import LocalCluster
 
-        total = max(self.workers or usable_cores(), self.gpu_workers)
+        total = self._local_workers()
         gpus = total if self._share_gpu else self.gpu_workers
+        env = {}  # set in each worker once started (the pre-spawn environ is the driver's too)
+        if not self.memory_limit and "SLUICE_CACHE_MB" not in os.environ:
+            # workers without a memory_limit share the budget of what fits keep with
+            # their partitions (``cache_budget``), as the local engine's threads do
+            env["SLUICE_CACHE_MB"] = repr(cache_budget() / total / 2**20)
         cluster = LocalCluster(
             n_workers=total - gpus,
             threads_per_worker=self.threads_per_worker, processes=True, host="127.0.0.1",
             # the scheduler's HTTP server (the dashboard, with bokeh) on a free port
             # of 127.0.0.1: the default, 8787, is often taken by another cluster
             dashboard_address="127.0.0.1:0",
-            memory_limit=self.memory_limit or 0,
+            memory_limit=self.memory_limit or 0, **({"env": env} if env else {}),
         )
         if not gpus:
             return cluster

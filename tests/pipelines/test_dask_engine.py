@@ -77,6 +77,35 @@ def test_local_cluster_is_described(dask_engine: DaskEngine) -> None:
         w: "1" for w in found}  # Dask's other settings stay
 
 
+@pytest.mark.parametrize("mode", ["auto", "never"], ids=["resident", "a-job-a-pass"])
+def test_workers_keep_what_fits_derive_within_a_share_of_the_memory(
+        dask_engine: DaskEngine, churn: Path, workdir: Path, mode: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a fit keeps with a worker's partitions (``cache_budget``) is a quarter of the
+    worker's memory_limit (``memory_limit: auto``: the machine's over the workers), in
+    a resident fit's actors as in a task a pass: not a quarter of the machine each."""
+    from operators.processes import usable_memory
+
+    cores = os.cpu_count() or 1
+    dask_engine._client.wait_for_workers(cores, timeout=60)
+    monkeypatch.setattr(dask_engine, "profile",
+                        dask_engine.profile.model_copy(update={"resident_fits": mode}))
+    record = run(write_pipeline(workdir, """
+        pipeline: budget
+        steps:
+          - op: read_parquet
+            path: data/churn
+            partition_mb: 0.02
+          - id: fit
+            op: sluice_testops.KeptBudget
+        """), engine_instance=dask_engine)
+    assert record["steps"]["fit"]["fit_mode"] == (
+        f"resident, {cores} workers" if mode == "auto" else "one job a pass")
+    limit = usable_memory() // cores  # Dask's auto: the memory over the workers
+    assert record["metrics"]["fit"] == {"passes": 1, "processes": cores,
+                                        "budgets": [limit // 4]}
+
+
 def test_profile_gives_defaults_and_arguments_win(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     profile = tmp_path / "dask.yaml"

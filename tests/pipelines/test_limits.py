@@ -127,10 +127,35 @@ def test_the_local_engine_computes_as_many_partitions_as_the_container_has_cores
 def test_a_dask_worker_s_memory_limit_bounds_its_budget() -> None:
     """In a Dask worker with a memory_limit, that limit is the memory there: what fits
     keep with its partitions is a quarter of it, not of the machine's."""
-    from distributed import Client, LocalCluster
+    from pipelines.engines.dask import DaskEngine
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, memory_limit=GIB) as cluster, \
-            Client(cluster) as client:
-        memory, budget = client.submit(lambda: (usable_memory(), cache_budget())).result()
+    # the engine's own LocalCluster: Dask's, made directly, would leave its workers'
+    # pre-spawn environment (MALLOC_TRIM_THRESHOLD_) in this process's for later tests
+    engine = DaskEngine(workers=1, memory_limit=GIB)
+    engine.start()
+    try:
+        memory, budget = engine._client.submit(
+            lambda: (usable_memory(), cache_budget())).result()
+    finally:
+        engine.close()
     assert memory == min(GIB, machine_memory()) and budget == memory // 4
+
+
+@pytest.mark.slow
+def test_a_local_cluster_without_a_memory_limit_shares_the_budget() -> None:
+    """The Dask engine's own LocalCluster with ``memory_limit: 0`` (none): each worker's
+    budget is a share of this process's (as the local engine's threads share one), not
+    a quarter of the machine each."""
+    import os
+
+    from pipelines.engines.dask import DaskEngine
+
+    engine = DaskEngine(workers=2, memory_limit=0)
+    engine.start()
+    try:
+        budgets = {engine._client.submit(cache_budget, pure=False, workers=[w]).result()
+                   for w in engine._client.scheduler_info()["workers"]}
+    finally:
+        engine.close()
+    assert "SLUICE_CACHE_MB" not in os.environ  # the driver's own budget stays whole
+    assert budgets == {cache_budget() // 2}
