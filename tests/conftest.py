@@ -122,6 +122,22 @@ def write_pipeline(folder: Path, text: str, name: str = "pipeline.yaml") -> Path
     return path
 
 
+def kept_budget_fit(folder: Path, engine: Any) -> dict[str, Any]:
+    """A run on ``engine`` of a one-pass fit whose partitions say their process and its
+    budget of what fits keep (``sluice_testops.KeptBudget``): its record."""
+    from pipelines.runner import run
+
+    return run(write_pipeline(folder, """
+        pipeline: budget
+        steps:
+          - op: read_parquet
+            path: data/churn
+            partition_mb: 0.02
+          - id: fit
+            op: sluice_testops.KeptBudget
+        """), engine_instance=engine)
+
+
 def exploding_pipeline(folder: Path, at_partition_with: int) -> Path:
     """read data/churn -> a step ``explode`` that fails with a bug (ZeroDivisionError) on
     the partition holding row ``at_partition_with`` -> write ``out``."""

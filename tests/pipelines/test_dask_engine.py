@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import sluice_on_terminal, write_pipeline
+from conftest import kept_budget_fit, sluice_on_terminal, write_pipeline
 
 from operators.base import SluiceError
 from operators.io.parquet import ReadParquet
@@ -90,15 +90,7 @@ def test_workers_keep_what_fits_derive_within_a_share_of_the_memory(
     dask_engine._client.wait_for_workers(cores, timeout=60)
     monkeypatch.setattr(dask_engine, "profile",
                         dask_engine.profile.model_copy(update={"resident_fits": mode}))
-    record = run(write_pipeline(workdir, """
-        pipeline: budget
-        steps:
-          - op: read_parquet
-            path: data/churn
-            partition_mb: 0.02
-          - id: fit
-            op: sluice_testops.KeptBudget
-        """), engine_instance=dask_engine)
+    record = kept_budget_fit(workdir, dask_engine)
     assert record["steps"]["fit"]["fit_mode"] == (
         f"resident, {cores} workers" if mode == "auto" else "one job a pass")
     limit = usable_memory() // cores  # Dask's auto: the memory over the workers

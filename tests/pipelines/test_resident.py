@@ -21,7 +21,7 @@ import click
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import write_pipeline
+from conftest import kept_budget_fit, write_pipeline
 
 from operators.base import DataError, PartitionInfo, SluiceError
 from pipelines.engines import resident
@@ -418,15 +418,7 @@ def test_local_worker_processes_share_the_budget_of_what_fits_keep(
     engine = LocalEngine(workers=2, cache_bytes=6 << 20)
     engine.profile = engine.profile.model_copy(update={"resident_fits": "always"})
     try:
-        record = run(write_pipeline(workdir, """
-            pipeline: budget
-            steps:
-              - op: read_parquet
-                path: data/churn
-                partition_mb: 0.02
-              - id: fit
-                op: sluice_testops.KeptBudget
-            """), engine_instance=engine)
+        record = kept_budget_fit(workdir, engine)
     finally:
         engine.close()
     assert record["steps"]["fit"]["fit_mode"] == "resident, 2 processes"
