@@ -80,24 +80,25 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 """Where Linux mounts the control groups (a container's limits)."""
 CGROUP_OF_PROCESS = "/proc/self/cgroup"
 """Which control groups this process is in (a line a hierarchy: id, controllers, path)."""
+WORKER_MEMORY_ENV = "SLUICE_WORKER_MEMORY"
+"""The bytes an engine's worker process may use, where the engine says so in its
+environment (the Dask engine: each worker's ``memory_limit``)."""
 
 
 def usable_memory() -> int | None:
     """The bytes this process may use: physical memory, or less where a limit says so:
-    its container's (the control group's memory limit, cgroup v2 or v1), a Dask
-    worker's ``memory_limit``, a PySpark worker's memory (``spark.executor.pyspark.memory``
-    over the executor's cores, which Spark hands it as ``PYSPARK_EXECUTOR_MEMORY_MB``).
-    None where nothing says (not Linux, say)."""
+    its container's (the control group's memory limit, cgroup v2 or v1), an engine's
+    worker's (``WORKER_MEMORY_ENV``: a Dask worker's ``memory_limit``), a PySpark
+    worker's (``spark.executor.pyspark.memory`` over the executor's cores, which Spark
+    hands it as ``PYSPARK_EXECUTOR_MEMORY_MB``). None where nothing says (not Linux)."""
     found = []
     with contextlib.suppress(ValueError, OSError, AttributeError):  # not Linux
         found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     found += _cgroup_limits("memory", ("memory.max",), ("memory.limit_in_bytes",))
-    spark = os.environ.get("PYSPARK_EXECUTOR_MEMORY_MB", "")
-    if spark.isdigit() and int(spark) > 0:
-        found.append(int(spark) * 1024**2)
-    dask = _dask_worker_memory()
-    if dask:
-        found.append(dask)
+    for variable, unit in ((WORKER_MEMORY_ENV, 1), ("PYSPARK_EXECUTOR_MEMORY_MB", 1024**2)):
+        value = os.environ.get(variable, "")
+        if value.isdigit() and int(value) > 0:
+            found.append(int(value) * unit)
     return min(found) if found else None
 
 
@@ -162,18 +163,3 @@ def _cgroup_limit(folder: Path, files: tuple[str, ...], controller: str) -> int 
     except (IndexError, ValueError):
         return None
 
-
-def _dask_worker_memory() -> int | None:
-    """The ``memory_limit`` of the Dask worker this code runs in; None outside one (or
-    without a limit)."""
-    import sys
-
-    if "distributed" not in sys.modules:
-        return None
-    try:
-        from distributed import get_worker
-
-        limit = get_worker().memory_manager.memory_limit
-    except (ValueError, AttributeError, ImportError):
-        return None
-    return int(limit) if limit else None

@@ -89,7 +89,7 @@ from operators.base import (
     SluiceError,
     WriteResult,
 )
-from operators.processes import cache_budget, usable_cores
+from operators.processes import WORKER_MEMORY_ENV, cache_budget, usable_cores
 from pipelines.device import CPU, DeviceProfile, Placement, gpu_problem
 from pipelines.engines import resident
 from pipelines.engines.base import (
@@ -260,6 +260,24 @@ def _quiet_cancellations() -> None:
     import logging
 
     logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+
+
+def _worker_memory() -> Any:
+    """A worker plugin: each worker (those there and those that join) says its
+    ``memory_limit`` in its environment (``WORKER_MEMORY_ENV``), the memory the
+    operators' budgets there are a quarter of (``operators.processes.usable_memory``).
+    Made here: ``distributed`` is imported only where the engine runs."""
+    from distributed import WorkerPlugin
+
+    class WorkerMemory(WorkerPlugin):
+        name = "sluice-worker-memory"
+
+        def setup(self, worker: Any) -> None:
+            limit = worker.memory_manager.memory_limit
+            if limit:
+                os.environ[WORKER_MEMORY_ENV] = str(int(limit))
+
+    return WorkerMemory()
 
 
 def _quiet_shutdown() -> None:
@@ -536,7 +554,8 @@ class DaskEngine(Engine):
         if self._cluster is not None:
             client.run(_quiet_cancellations)
         try:
-            self._check_workers()
+            self._check_workers()  # the plugin is unpickled by the workers' sluice
+            client.register_plugin(_worker_memory())
         except BaseException:
             self.close()
             raise
