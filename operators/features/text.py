@@ -24,7 +24,13 @@ from operators.base import (
 )
 from operators.features.columns import plain, unique_names
 from operators.hashing import murmur3_32
-from operators.sparse import from_csr, indptr_of, pending_field, sparse_field
+from operators.sparse import (
+    from_csr,
+    indptr_of,
+    past_memory_share,
+    pending_field,
+    sparse_field,
+)
 
 MAX_TERMS = 10_000
 """The most terms (columns) a vocabulary may have when ``max_features`` is not given."""
@@ -718,12 +724,11 @@ class VectorizeTextFitted(Transform):
         v = self.vocabulary[name]
         rows = len(column)
         k = self._size(name)
-        need, limit = 8.0 * k * rows, dense_limit()
-        if need > limit:
+        past = past_memory_share(8.0 * k * rows)
+        if past is not None:
             raise DataError(
-                f"a partition of {rows:,} rows makes {need / 2**30:,.1f} GiB of '{name}''s "
-                f"{k:,} term columns (dense float64), over {MEMORY_SHARE:.0%} of the "
-                f"memory here ({limit / MEMORY_SHARE / 2**30:,.1f} GiB)",
+                f"a partition of {rows:,} rows makes '{name}''s {k:,} term columns (dense "
+                f"float64): {past}",
                 hint="make partitions smaller: read_parquet's partition_mb (a partition is "
                      "at least one row group of a file: files written with smaller row "
                      "groups split finer), or fewer terms (max_features, num_features), "

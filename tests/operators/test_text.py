@@ -451,8 +451,8 @@ def test_the_int_min_hash_is_placed_and_signed_as_scikit_learn_does(n: int) -> N
 
 def test_a_partition_too_large_for_dense_columns_says_how_to_split_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where a partition's term columns would take more than a quarter of the machine's
-    memory (here a limit of 1 KB), an error saying how much and what to make smaller,
+    """Where a partition's term columns would take more than a quarter of the memory
+    here (a limit of 1 KB), an error saying how much and what to make smaller,
     before the allocation (which would succeed and have the process killed later)."""
     import operators.features.text as text
 
@@ -460,8 +460,8 @@ def test_a_partition_too_large_for_dense_columns_says_how_to_split_it(
     fitted = fit(VectorizeText(columns=["text"]), [table])
     assert matrix(fitted, table).shape == (200, 202)  # 323 KB: under this machine's limit
     monkeypatch.setattr(text, "dense_limit", lambda: 1024.0)
-    with pytest.raises(DataError, match=r"a partition of 200 rows makes 0.0 GiB of 'text''s "
-                                        r"202 term columns \(dense float64\), over 25% of") \
-            as err:
+    with pytest.raises(DataError, match=r"a partition of 200 rows makes 'text''s 202 term "
+                                        r"columns \(dense float64\): 0.0 GiB, over 25% of "
+                                        r"the memory here") as err:
         fitted.transform(table, None)
     assert "partition_mb" in err.value.hint and "row group" in err.value.hint
